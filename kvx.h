@@ -1,0 +1,2355 @@
+/* kvx.h - v0.1.0 - move paged KV cache between inference engine instances
+
+   kvx moves the paged KV cache of an LLM inference engine from the instance
+   that ran prefill to the instance that decodes, and to and from storage.
+   This file is the core: results, the poll state machine (SGLang's KVPoll
+   codes), KV layouts and their fingerprint, transfer plans, the engine /
+   sender / receiver objects, the backend interface transports implement, the
+   `fake` transport, and small shared utilities (CRC32C, SHA-256, JSON, clock,
+   environment settings, a worker queue).
+
+   DO THIS
+     In exactly one C or C++ file:
+         #define KVX_IMPLEMENTATION
+         #include "kvx.h"        (and kvx_file.h, kvx_tcp.h ... as needed)
+     Every other file just includes the headers. Link with -lpthread.
+
+   COMPILE-TIME MACROS
+     KVX_IMPLEMENTATION      emit the implementation in this translation unit
+     KVX_STATIC              make every function static (one private copy per TU)
+     KVX_ASSERT(c)           internal invariants (default: assert); never used
+                             on input from a peer, a file or the caller
+     KVX_DEBUG               extra internal checks
+     KVX_MAX_BUFFERS         most KV buffers in a layout (default 1024)
+     KVX_MAX_AUX             most aux buffers in a layout (default 16)
+     KVX_MAX_PAGES           most pages in one request (default 1<<24)
+
+   ENVIRONMENT (read once in kvx_engine_create; override the desc)
+     KVX_TRANSPORT            transport name                    (desc.transport)
+     KVX_LOG_LEVEL            error|warn|info|debug             (warn)
+     KVX_WAITING_TIMEOUT      seconds a receiver waits for its KV after init (300)
+     KVX_BOOTSTRAP_TIMEOUT    seconds a sender waits for its destination (300)
+     KVX_POLL_INTERVAL_US     progress thread tick, microseconds (1000)
+     Transport headers document their own (KVX_FILE_*, KVX_TCP_*, KVX_IB_*...).
+
+   EXAMPLE (prefill side, error handling shortened)
+       kvx_engine_desc d = {0};
+       d.role = KVX_ROLE_PREFILL;
+       d.transport = "fake";
+       d.layout = my_layout;            // see kvx_layout
+       kvx_engine *e;  kvx_engine_create(&d, &e);
+       kvx_room_desc rd = {0}; rd.room = 42;
+       kvx_sender *s;  kvx_sender_create(e, &rd, &s);
+       while (kvx_sender_poll(s) == KVX_POLL_BOOTSTRAPPING) wait();
+       kvx_sender_init(s, num_pages, aux_slot);
+       kvx_sender_send(s, pages, num_pages);       // maybe in several chunks
+       while (kvx_sender_poll(s) == KVX_POLL_TRANSFERRING) wait();
+       if (kvx_sender_poll(s) == KVX_POLL_FAILED) puts(kvx_sender_error(s));
+       kvx_sender_destroy(s);
+       kvx_engine_destroy(e);
+
+   THREAD SAFETY
+     An engine may be shared by threads. All calls on one sender or receiver
+     must come from one thread at a time. kvx_*_poll never blocks (one atomic
+     load). Progress happens on threads the engine owns; kvx_engine_destroy
+     joins them.
+
+   LICENSE: MIT, see the end of this file.
+*/
+#ifndef KVX_H_INCLUDED
+#define KVX_H_INCLUDED
+
+/* The implementation needs POSIX and Linux interfaces (clock_gettime,
+   pwritev, pthreads). Include the implementing file's kvx headers before
+   any system header, or build that file with -D_GNU_SOURCE. */
+#if defined(KVX_IMPLEMENTATION) && !defined(_GNU_SOURCE)
+#define _GNU_SOURCE 1
+#endif
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdarg.h>
+
+#define KVX_VERSION_MAJOR 0
+#define KVX_VERSION_MINOR 1
+#define KVX_VERSION_PATCH 0
+
+#ifndef KVX_API
+#ifdef KVX_STATIC
+#define KVX_API static
+#else
+#define KVX_API extern
+#endif
+#endif
+
+#ifndef KVX_MAX_BUFFERS
+#define KVX_MAX_BUFFERS 1024
+#endif
+#ifndef KVX_MAX_AUX
+#define KVX_MAX_AUX 16
+#endif
+#ifndef KVX_MAX_PAGES
+#define KVX_MAX_PAGES (1u << 24)
+#endif
+#define KVX_ERROR_MAX 320 /* bytes of a failure sentence, NUL included */
+
+#if defined(__GNUC__) || defined(__clang__)
+#define KVX_PRINTF(f, a) __attribute__((format(printf, f, a)))
+#else
+#define KVX_PRINTF(f, a)
+#endif
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* >>results ------------------------------------------------------------- */
+
+/* Negative codes in bands: -1xx argument, -2xx state, -3xx I/O,
+   -4xx peer, -5xx transport, -6xx not compiled. */
+typedef enum kvx_result {
+    KVX_OK = 0,
+    KVX_ERR_INVALID_ARGUMENT = -100,
+    KVX_ERR_OUT_OF_RANGE = -101,   /* a page index or slot outside the pool */
+    KVX_ERR_DUPLICATE = -102,      /* the same destination page twice */
+    KVX_ERR_TOO_MANY_PAGES = -103, /* more pages sent than declared */
+    KVX_ERR_LAYOUT_MISMATCH = -104,
+    KVX_ERR_UNKNOWN_TRANSPORT = -105,
+    KVX_ERR_BAD_CONFIG = -106,     /* an environment value that does not parse */
+    KVX_ERR_STATE = -200,          /* call not allowed in the current state */
+    KVX_ERR_TIMEOUT = -201,
+    KVX_ERR_ABORTED = -202,
+    KVX_ERR_IO = -300,
+    KVX_ERR_NO_MEMORY = -301,
+    KVX_ERR_NO_SPACE = -302,
+    KVX_ERR_CORRUPT = -303,        /* checksum or format check failed */
+    KVX_ERR_NOT_FOUND = -304,
+    KVX_ERR_PERMISSION = -305,
+    KVX_ERR_PEER = -400,
+    KVX_ERR_PEER_LOST = -401,
+    KVX_ERR_PROTOCOL = -402,
+    KVX_ERR_TRANSPORT = -500,
+    KVX_ERR_NOT_COMPILED = -600
+} kvx_result;
+
+/* Short constant name of a result ("KVX_ERR_TIMEOUT"); never NULL. */
+KVX_API const char *kvx_result_str(kvx_result r);
+
+/* >>poll states --------------------------------------------------------- */
+
+/* Same numbers as SGLang's KVPoll. States only move forward; FAILED is
+   sticky and may be entered from any non-terminal state. */
+typedef enum kvx_poll {
+    KVX_POLL_FAILED = 0,
+    KVX_POLL_BOOTSTRAPPING = 1,
+    KVX_POLL_WAITING_FOR_INPUT = 2,
+    KVX_POLL_TRANSFERRING = 3,
+    KVX_POLL_SUCCESS = 4
+} kvx_poll;
+
+KVX_API const char *kvx_poll_str(kvx_poll p); /* "Failed", "Success", ... */
+
+/* >>layout -------------------------------------------------------------- */
+
+typedef enum kvx_role { KVX_ROLE_PREFILL = 1, KVX_ROLE_DECODE = 2 } kvx_role;
+typedef enum kvx_mem_kind { KVX_MEM_HOST = 0, KVX_MEM_CUDA = 1 } kvx_mem_kind;
+
+/* One KV buffer of the pool: page p of this buffer is the item_len bytes at
+   base + p * item_len. For MHA there is one buffer per layer for K and one
+   per layer for V (order: K layer 0..N-1, then V layer 0..N-1, as SGLang);
+   for MLA one per layer. */
+typedef struct kvx_buffer {
+    void *base;
+    uint64_t length;   /* bytes; pages = length / item_len */
+    uint64_t item_len; /* bytes of one page of this buffer */
+    kvx_mem_kind mem;
+    int device;        /* GPU ordinal when mem == KVX_MEM_CUDA */
+} kvx_buffer;
+
+/* An aux buffer: one row of item_len bytes per request slot (first output
+   token ids, logprobs, hidden states, the room id...). Host memory. */
+typedef struct kvx_aux_buffer {
+    void *base;
+    uint64_t length;
+    uint64_t item_len;
+} kvx_aux_buffer;
+
+typedef struct kvx_layout {
+    const kvx_buffer *buffers;
+    uint32_t num_buffers;
+    const kvx_aux_buffer *aux;
+    uint32_t num_aux;
+    uint32_t page_size;    /* tokens per page */
+    uint32_t num_kv_heads; /* KV heads held by this rank (1 for MLA) */
+    uint32_t dtype_size;   /* bytes per element */
+    const char *dtype;     /* name, e.g. "bfloat16"; NULL = "" */
+    int mla;               /* 1 when the layout is MLA (one buffer per layer) */
+} kvx_layout;
+
+/* Checks a layout for internal consistency: at least one buffer, nonzero
+   item_len and page_size, lengths that are whole pages, no NULL base with a
+   nonzero length. Writes a sentence to why on failure. Thread-safe. */
+KVX_API kvx_result kvx_layout_validate(const kvx_layout *l, char *why, size_t why_len);
+
+/* 64-bit fingerprint of what both sides of a transfer must agree on: page
+   size, dtype, heads, MLA flag, buffer count and every item_len (not the
+   bases or pool lengths, which differ between instances). */
+KVX_API uint64_t kvx_layout_fingerprint(const kvx_layout *l);
+
+/* Compares what the fingerprint covers. KVX_OK when equal; otherwise
+   KVX_ERR_LAYOUT_MISMATCH and a sentence naming the first field that
+   differs with both values ("page_size differs: ours 16, theirs 32"). */
+KVX_API kvx_result kvx_layout_compare(const kvx_layout *ours, const kvx_layout *theirs,
+                                      char *why, size_t why_len);
+
+/* Pages the pool holds: the smallest length / item_len over the buffers. */
+KVX_API uint64_t kvx_layout_num_pages(const kvx_layout *l);
+/* Bytes of one page summed over every buffer. */
+KVX_API uint64_t kvx_layout_page_bytes(const kvx_layout *l);
+/* Rows (request slots) the aux buffers hold: smallest length / item_len. */
+KVX_API uint64_t kvx_layout_num_aux_slots(const kvx_layout *l);
+
+/* >>plan ---------------------------------------------------------------- */
+
+/* One contiguous copy of `length` bytes of buffer `buffer`. Offsets are
+   relative to the start of that buffer on each side (or of the packed
+   region for one-sided plans). */
+typedef struct kvx_span {
+    uint32_t buffer;
+    uint32_t reserved;
+    uint64_t src_offset;
+    uint64_t dst_offset;
+    uint64_t length;
+} kvx_span;
+
+/* A growable list of spans. Zero-initialise; reuse across calls (the
+   storage is kept); release with kvx_plan_free. Spans are ordered buffer by
+   buffer, then by position in the request. */
+typedef struct kvx_plan {
+    kvx_span *spans;
+    size_t count;
+    size_t capacity;
+    uint64_t total_bytes;
+    uint64_t packed_bytes; /* bytes of the packed side of a one-sided plan */
+    int32_t *scratch;      /* internal: duplicate detection */
+    size_t scratch_cap;
+    char error[KVX_ERROR_MAX];
+} kvx_plan;
+
+/* Two-sided plan: page src_pages[i] of the source pool goes to page
+   dst_pages[i] of the destination pool, for every buffer. Runs where both
+   sides are consecutive become one span. Fails with KVX_ERR_OUT_OF_RANGE
+   (negative index or beyond either pool), KVX_ERR_DUPLICATE (a destination
+   page twice), KVX_ERR_LAYOUT_MISMATCH (item_len or buffer count differ);
+   plan->error then says which index. n == 0 gives an empty plan. */
+KVX_API kvx_result kvx_plan_pages(kvx_plan *p, const kvx_layout *src, const int32_t *src_pages,
+                                  const kvx_layout *dst, const int32_t *dst_pages, size_t n);
+
+/* One-sided gather: pool pages -> a packed region laid out buffer-major:
+   buffer b's pages start at n * (sum of item_len of buffers before b), page
+   i of the request at + i * item_len. Source pages may repeat. */
+KVX_API kvx_result kvx_plan_gather(kvx_plan *p, const kvx_layout *l, const int32_t *pages,
+                                   size_t n);
+
+/* One-sided scatter: the packed region (as above) -> pool pages. A
+   destination page may not repeat. */
+KVX_API kvx_result kvx_plan_scatter(kvx_plan *p, const kvx_layout *l, const int32_t *pages,
+                                    size_t n);
+
+/* Checks page indices against a pool of `pool_pages` pages (and that none
+   repeats when no_duplicates). Used by the plan builders and by senders and
+   receivers before anything is queued. */
+KVX_API kvx_result kvx_pages_check(kvx_plan *scratch, const int32_t *pages, size_t n,
+                                   uint64_t pool_pages, int no_duplicates, const char *what);
+
+KVX_API void kvx_plan_free(kvx_plan *p);
+
+/* >>desc ---------------------------------------------------------------- */
+
+typedef enum kvx_log_level {
+    KVX_LOG_ERROR = 1,
+    KVX_LOG_WARN = 2,
+    KVX_LOG_INFO = 3,
+    KVX_LOG_DEBUG = 4
+} kvx_log_level;
+
+typedef struct kvx_allocator {
+    void *(*alloc_fn)(size_t size, void *user_data); /* NULL = malloc */
+    void (*free_fn)(void *ptr, void *user_data);     /* NULL = free */
+    void *user_data;
+} kvx_allocator;
+
+/* room is 0 when a line concerns no room. Called from any engine thread. */
+typedef void (*kvx_log_fn)(void *user_data, kvx_log_level level, const char *subsystem,
+                           uint64_t room, const char *message);
+
+typedef struct kvx_logger {
+    kvx_log_fn func;    /* NULL = one line on stderr */
+    void *user_data;
+    kvx_log_level level; /* 0 = KVX_LOG_WARN (or KVX_LOG_LEVEL) */
+} kvx_logger;
+
+/* Settings of the file transport (kvx_file.h). 0 / NULL = default. */
+typedef struct kvx_file_desc {
+    const char *dir;      /* KVX_FILE_DIR, "/tmp/kvx_file" */
+    double timeout_s;     /* KVX_FILE_TIMEOUT, 300: receiver waits for transfer_done */
+    int fsync;            /* KVX_FILE_FSYNC, 0: 1 = fsync files and directory */
+    int keep;             /* KVX_FILE_KEEP, 0: 1 = keep room directories */
+    int io_threads;       /* KVX_FILE_IO_THREADS, 4 */
+    double ttl_s;         /* KVX_FILE_TTL, 3600: stale rooms removed at start */
+    uint32_t stripe_bytes; /* KVX_FILE_STRIPE, 16 MiB: parallel I/O unit */
+} kvx_file_desc;
+
+/* Settings of the bootstrap handshake (kvx_boot.h). 0 / NULL = default. */
+typedef struct kvx_boot_desc {
+    const char *host;          /* KVX_BOOTSTRAP_HOST: prefill listens here */
+    int port;                  /* KVX_BOOTSTRAP_PORT, 8998 */
+    double heartbeat_interval_s; /* KVX_HEARTBEAT_INTERVAL, 5 (min 2) */
+    int heartbeat_max_failure; /* KVX_HEARTBEAT_MAX_FAILURE, 2 */
+    int tp_size, tp_rank, dp_size, dp_rank, pp_size, pp_rank, cp_size, cp_rank;
+} kvx_boot_desc;
+
+/* Settings of the tcp transport (kvx_tcp.h). */
+typedef struct kvx_tcp_desc {
+    int streams;       /* KVX_TCP_STREAMS */
+    const char *host;  /* KVX_TCP_HOST: address the data listener binds */
+} kvx_tcp_desc;
+
+/* Settings of the rdma transport (kvx_rdma.h). */
+typedef struct kvx_rdma_desc {
+    const char *devices; /* KVX_IB_DEVICE: comma-separated, NULL = every active port */
+    int gid_index;       /* KVX_IB_GID_INDEX, -1 = auto (0 also means auto) */
+    int qps;             /* KVX_IB_QPS */
+    const char *library; /* KVX_IBVERBS_LIBRARY, "libibverbs.so.1" */
+} kvx_rdma_desc;
+
+typedef struct kvx_backend kvx_backend;
+
+typedef struct kvx_engine_desc {
+    kvx_role role;
+    const char *transport;      /* "fake", "file", ... (KVX_TRANSPORT) */
+    const kvx_backend *backend; /* or give the backend table directly */
+    kvx_layout layout;          /* copied; the memory it points to is not */
+    kvx_allocator allocator;
+    kvx_logger logger;
+    double waiting_timeout_s;   /* KVX_WAITING_TIMEOUT, 300 */
+    double bootstrap_timeout_s; /* KVX_BOOTSTRAP_TIMEOUT, 300 */
+    uint32_t poll_interval_us;  /* KVX_POLL_INTERVAL_US, 1000 */
+    int rank;                   /* this process's rank, for names and logs */
+    const char *bootstrap_addr; /* prefill: where to serve; decode: default peer */
+    kvx_file_desc file;
+    kvx_boot_desc boot;
+    kvx_tcp_desc tcp;
+    kvx_rdma_desc rdma;
+} kvx_engine_desc;
+
+/* Per-room options. Zero = defaults. */
+typedef struct kvx_room_desc {
+    uint64_t room;              /* chosen by the router; any value */
+    const char *bootstrap_addr; /* receiver: prefill's "host:port" (NULL = engine's) */
+} kvx_room_desc;
+
+/* >>engine -------------------------------------------------------------- */
+
+typedef struct kvx_engine kvx_engine;
+typedef struct kvx_room kvx_room; /* what a transport sees of a sender or receiver */
+typedef struct kvx_sender kvx_sender;
+typedef struct kvx_receiver kvx_receiver;
+
+/* Creates an engine. On failure *out is NULL and, when why is not NULL, a
+   sentence is written there (bad layout, unknown transport, a KVX_*
+   variable that does not parse, a transport that cannot start). May block
+   (transport start-up). Thread-safe. */
+KVX_API kvx_result kvx_engine_create(const kvx_engine_desc *desc, kvx_engine **out,
+                                     char *why, size_t why_len);
+
+/* Joins every engine thread and frees everything. Senders and receivers
+   should be destroyed first; any left are failed and freed here. NULL ok. */
+KVX_API void kvx_engine_destroy(kvx_engine *e);
+
+KVX_API const kvx_layout *kvx_engine_layout(const kvx_engine *e);
+KVX_API const kvx_engine_desc *kvx_engine_settings(const kvx_engine *e); /* env applied */
+KVX_API const char *kvx_engine_transport(const kvx_engine *e);
+
+/* Process-wide registry of transports that can be named in desc.transport.
+   "fake" is always known. Thread-safe; registering twice is harmless. */
+KVX_API kvx_result kvx_transport_register(const kvx_backend *b);
+KVX_API const kvx_backend *kvx_transport_find(const char *name);
+
+/* Engine-wide counters (monotonic). */
+typedef struct kvx_engine_stats {
+    uint64_t rooms_created, rooms_succeeded, rooms_failed;
+    uint64_t bytes; /* KV + aux bytes moved by finished rooms */
+} kvx_engine_stats;
+KVX_API void kvx_engine_stats_get(const kvx_engine *e, kvx_engine_stats *out);
+
+/* >>sender (prefill side) ------------------------------------------------ */
+
+/* Creates the sender of one room. Starts in BOOTSTRAPPING (transports
+   without a handshake move to WAITING_FOR_INPUT at once). Errors:
+   KVX_ERR_INVALID_ARGUMENT, KVX_ERR_STATE (engine is not prefill),
+   KVX_ERR_NO_MEMORY. Does not block. */
+KVX_API kvx_result kvx_sender_create(kvx_engine *e, const kvx_room_desc *d, kvx_sender **out);
+
+/* Declares the request: num_pages KV pages in total and the aux slot the
+   receiver's aux rows come from (-1 = no aux). Only in WAITING_FOR_INPUT,
+   once. A failed call (other than KVX_ERR_STATE) fails the room too. */
+KVX_API kvx_result kvx_sender_init(kvx_sender *s, uint32_t num_pages, int32_t aux_index);
+
+/* Sends the next chunk of pages (indices into this side's pool). Call as
+   chunked prefill produces pages; the chunk that reaches the declared total
+   is the last and aux goes with it. Errors: KVX_ERR_STATE (before init,
+   after the last chunk, or failed), KVX_ERR_TOO_MANY_PAGES,
+   KVX_ERR_OUT_OF_RANGE. An argument error fails the room. Does not block on
+   I/O: the transport works on its own threads. */
+KVX_API kvx_result kvx_sender_send(kvx_sender *s, const int32_t *pages, uint32_t n);
+
+KVX_API kvx_poll kvx_sender_poll(const kvx_sender *s);    /* atomic load */
+KVX_API kvx_result kvx_sender_result(const kvx_sender *s); /* KVX_OK unless failed */
+KVX_API const char *kvx_sender_error(const kvx_sender *s); /* "" unless failed */
+KVX_API uint64_t kvx_sender_room(const kvx_sender *s);
+/* Fails the room with KVX_ERR_ABORTED and tells the peer where the
+   transport can. Thread-safe. */
+KVX_API void kvx_sender_abort(kvx_sender *s, const char *reason);
+/* Cancels what is still queued and releases the sender. NULL ok. May wait
+   briefly for an in-flight write to finish touching the pool pages. */
+KVX_API void kvx_sender_destroy(kvx_sender *s);
+
+/* >>receiver (decode side) ----------------------------------------------- */
+
+KVX_API kvx_result kvx_receiver_create(kvx_engine *e, const kvx_room_desc *d,
+                                       kvx_receiver **out);
+/* Gives the destination pages (indices into this side's pool, no repeats)
+   and the aux slot (-1 = none). Only in WAITING_FOR_INPUT, once. Moves to
+   TRANSFERRING; SUCCESS means every KV byte and aux row is in place. */
+KVX_API kvx_result kvx_receiver_init(kvx_receiver *r, const int32_t *pages, uint32_t n,
+                                     int32_t aux_index);
+KVX_API kvx_poll kvx_receiver_poll(const kvx_receiver *r);
+KVX_API kvx_result kvx_receiver_result(const kvx_receiver *r);
+KVX_API const char *kvx_receiver_error(const kvx_receiver *r);
+KVX_API uint64_t kvx_receiver_room(const kvx_receiver *r);
+KVX_API void kvx_receiver_abort(kvx_receiver *r, const char *reason);
+/* Waits for in-flight writes into the pool pages to stop, then releases.
+   After it returns no byte of this room is written into the pool. NULL ok. */
+KVX_API void kvx_receiver_destroy(kvx_receiver *r);
+
+/* >>backend interface (for transport authors) ---------------------------- */
+
+/* One chunk handed to a transport by kvx_sender_send. The transport owns it
+   and releases it with kvx_chunk_free. */
+typedef struct kvx_chunk {
+    uint32_t index;      /* 0, 1, 2 ... */
+    uint32_t first_page; /* pages of the request before this chunk */
+    uint32_t num_pages;
+    uint32_t total_pages; /* declared by kvx_sender_init */
+    int is_last;
+    int32_t aux_index;    /* sender's aux slot (-1 = none), meaningful on the last */
+    int32_t *pages;       /* copy of the caller's indices, already range-checked */
+    kvx_plan gather;      /* pool pages -> packed chunk (see kvx_plan_gather) */
+} kvx_chunk;
+
+KVX_API void kvx_chunk_free(kvx_engine *e, kvx_chunk *c);
+
+/* The table a transport fills. Every hook is optional except name. Hooks
+   run on the caller's thread unless noted; they must not block on I/O. */
+struct kvx_backend {
+    const char *name;
+    kvx_result (*engine_init)(kvx_engine *e, char *why, size_t why_len);
+    void (*engine_fini)(kvx_engine *e);                 /* join transport threads */
+    void (*progress)(kvx_engine *e);                    /* every tick, progress thread */
+    kvx_result (*room_open)(kvx_room *r);               /* sender or receiver created */
+    kvx_result (*sender_init)(kvx_room *r, uint32_t num_pages, int32_t aux_index);
+    kvx_result (*sender_send)(kvx_room *r, kvx_chunk *c); /* takes c, even on error */
+    kvx_result (*receiver_init)(kvx_room *r, const int32_t *pages, uint32_t n,
+                                int32_t aux_index);
+    void (*room_abort)(kvx_room *r, const char *reason); /* tell the peer, cancel */
+    void (*room_close)(kvx_room *r); /* user destroyed it: stop touching its pages */
+    void (*room_free)(kvx_room *r);  /* last reference gone: free transport state */
+};
+
+KVX_API kvx_engine *kvx_room_engine(const kvx_room *r);
+KVX_API uint64_t kvx_room_id(const kvx_room *r);
+KVX_API kvx_role kvx_room_role(const kvx_room *r);
+KVX_API const char *kvx_room_bootstrap_addr(const kvx_room *r);
+KVX_API void *kvx_room_data(const kvx_room *r);
+KVX_API void kvx_room_set_data(kvx_room *r, void *data);
+KVX_API kvx_poll kvx_room_poll(const kvx_room *r);
+KVX_API int kvx_room_closed(const kvx_room *r); /* user destroyed it */
+KVX_API void kvx_room_ref(kvx_room *r);
+KVX_API void kvx_room_unref(kvx_room *r);
+/* Moves forward only (ignored when not forward or terminal). */
+KVX_API void kvx_room_advance(kvx_room *r, kvx_poll state);
+/* Success: records bytes moved for the stats, then advances. */
+KVX_API void kvx_room_succeed(kvx_room *r, uint64_t bytes);
+/* Fails the room unless it is terminal: keeps the first result and
+   sentence, logs it at error level. Thread-safe. */
+KVX_API void kvx_room_fail(kvx_room *r, kvx_result res, const char *fmt, ...) KVX_PRINTF(3, 4);
+/* Deadline (CLOCK_MONOTONIC ns, 0 = none) after which the core fails the
+   room with KVX_ERR_TIMEOUT and `what` in the sentence. */
+KVX_API void kvx_room_set_deadline(kvx_room *r, uint64_t deadline_ns, const char *what);
+
+KVX_API void *kvx_engine_backend_data(const kvx_engine *e);
+KVX_API void kvx_engine_set_backend_data(kvx_engine *e, void *data);
+KVX_API void *kvx_engine_alloc(const kvx_engine *e, size_t size); /* desc allocator */
+KVX_API void kvx_engine_free(const kvx_engine *e, void *p);
+KVX_API void kvx_engine_log(const kvx_engine *e, kvx_log_level lvl, const char *subsystem,
+                            uint64_t room, const char *fmt, ...) KVX_PRINTF(5, 6);
+KVX_API int kvx_engine_log_enabled(const kvx_engine *e, kvx_log_level lvl);
+
+/* The built-in transport: moves nothing. A sender succeeds right after its
+   last chunk; a receiver right after init. For warm-up and for measuring
+   the engine's own overhead. */
+KVX_API const kvx_backend *kvx_fake_backend(void);
+
+/* >>utilities ------------------------------------------------------------ */
+
+KVX_API uint64_t kvx_now_ns(void); /* CLOCK_MONOTONIC */
+KVX_API uint32_t kvx_crc32c(uint32_t crc, const void *data, size_t len); /* start with 0 */
+
+typedef struct kvx_sha256 {
+    uint32_t h[8];
+    uint64_t len;
+    uint8_t buf[64];
+    uint32_t fill;
+} kvx_sha256;
+KVX_API void kvx_sha256_init(kvx_sha256 *s);
+KVX_API void kvx_sha256_update(kvx_sha256 *s, const void *data, size_t len);
+KVX_API void kvx_sha256_final(kvx_sha256 *s, uint8_t out[32]);
+
+/* Settings from the environment. Return KVX_OK and leave *v unchanged when
+   the variable is unset or empty; KVX_ERR_BAD_CONFIG with a sentence naming
+   the variable when it does not parse. */
+KVX_API kvx_result kvx_env_double(const char *name, double *v, char *why, size_t why_len);
+KVX_API kvx_result kvx_env_int(const char *name, int *v, char *why, size_t why_len);
+KVX_API kvx_result kvx_env_str(const char *name, const char **v);
+
+/* A small JSON reader for formats kvx reads from files and peers. Bounded:
+   at most `max_nodes` values and depth 32. */
+typedef enum kvx_json_type {
+    KVX_JSON_NULL, KVX_JSON_BOOL, KVX_JSON_NUMBER, KVX_JSON_STRING, KVX_JSON_ARRAY,
+    KVX_JSON_OBJECT
+} kvx_json_type;
+typedef struct kvx_json {
+    kvx_json_type type;
+    uint32_t count;   /* children of an array or object */
+    uint32_t next;    /* index of the next sibling (0 = none) */
+    uint32_t child;   /* index of the first child (0 = none) */
+    const char *str;  /* key of an object member / string value, in the doc buffer */
+    uint32_t str_len;
+    uint32_t key_len;
+    const char *key;
+    double num;
+    int is_int;       /* integral and exact in i64 (negative) or u64 */
+    int negative;
+    int64_t i64;
+    uint64_t u64;
+} kvx_json;
+typedef struct kvx_json_doc {
+    kvx_json *nodes;
+    uint32_t count, cap;
+    char *strbuf;     /* unescaped strings */
+    char error[128];
+} kvx_json_doc;
+/* Parses text[0..len). Returns KVX_ERR_PROTOCOL with doc->error set on bad
+   input. Free with kvx_json_free even on failure. */
+KVX_API kvx_result kvx_json_parse(kvx_json_doc *doc, const char *text, size_t len,
+                                  uint32_t max_nodes);
+KVX_API void kvx_json_free(kvx_json_doc *doc);
+KVX_API const kvx_json *kvx_json_root(const kvx_json_doc *doc);
+KVX_API const kvx_json *kvx_json_get(const kvx_json_doc *doc, const kvx_json *obj,
+                                     const char *key);
+KVX_API const kvx_json *kvx_json_at(const kvx_json_doc *doc, const kvx_json *arr, uint32_t i);
+/* Integer member that is present, integral and within [lo, hi]. */
+KVX_API int kvx_json_u64(const kvx_json_doc *doc, const kvx_json *obj, const char *key,
+                         uint64_t lo, uint64_t hi, uint64_t *out);
+
+/* A growable text buffer (JSON writing, messages). */
+typedef struct kvx_buf {
+    char *data;
+    size_t len, cap;
+    int oom;
+} kvx_buf;
+KVX_API void kvx_buf_printf(kvx_buf *b, const char *fmt, ...) KVX_PRINTF(2, 3);
+KVX_API void kvx_buf_json_str(kvx_buf *b, const char *s); /* quoted, escaped */
+KVX_API void kvx_buf_free(kvx_buf *b);
+
+/* A fixed pool of worker threads running submitted jobs in FIFO order. */
+typedef struct kvx_workq kvx_workq;
+typedef void (*kvx_job_fn)(void *arg);
+KVX_API kvx_result kvx_workq_create(kvx_engine *e, int threads, const char *name,
+                                    kvx_workq **out);
+KVX_API kvx_result kvx_workq_submit(kvx_workq *q, kvx_job_fn fn, void *arg);
+/* Runs every queued job, joins the threads, frees. NULL ok. */
+KVX_API void kvx_workq_destroy(kvx_workq *q);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* KVX_H_INCLUDED */
+
+/* ======================================================================== */
+/*                             IMPLEMENTATION                               */
+/* ======================================================================== */
+#if defined(KVX_IMPLEMENTATION) && !defined(KVX_IMPL_INCLUDED)
+#define KVX_IMPL_INCLUDED
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <errno.h>
+#include <math.h>
+#include <time.h>
+#include <pthread.h>
+#if !defined(CLOCK_MONOTONIC)
+#error "kvx: the implementation needs POSIX: include the kvx headers before any system header in the KVX_IMPLEMENTATION file, or compile it with -D_GNU_SOURCE"
+#endif
+
+#ifndef KVX_ASSERT
+#include <assert.h>
+#define KVX_ASSERT(c) assert(c)
+#endif
+
+#if defined(__GNUC__) || defined(__clang__)
+#define KVX__UNUSED __attribute__((unused))
+#else
+#define KVX__UNUSED
+#endif
+
+#define KVX__LOAD(p) __atomic_load_n((p), __ATOMIC_ACQUIRE)
+#define KVX__STORE(p, v) __atomic_store_n((p), (v), __ATOMIC_RELEASE)
+#define KVX__ADD(p, v) __atomic_add_fetch((p), (v), __ATOMIC_ACQ_REL)
+#define KVX__SUB(p, v) __atomic_sub_fetch((p), (v), __ATOMIC_ACQ_REL)
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* >>impl: results --------------------------------------------------------- */
+
+KVX_API const char *kvx_result_str(kvx_result r) {
+    switch (r) {
+    case KVX_OK: return "KVX_OK";
+    case KVX_ERR_INVALID_ARGUMENT: return "KVX_ERR_INVALID_ARGUMENT";
+    case KVX_ERR_OUT_OF_RANGE: return "KVX_ERR_OUT_OF_RANGE";
+    case KVX_ERR_DUPLICATE: return "KVX_ERR_DUPLICATE";
+    case KVX_ERR_TOO_MANY_PAGES: return "KVX_ERR_TOO_MANY_PAGES";
+    case KVX_ERR_LAYOUT_MISMATCH: return "KVX_ERR_LAYOUT_MISMATCH";
+    case KVX_ERR_UNKNOWN_TRANSPORT: return "KVX_ERR_UNKNOWN_TRANSPORT";
+    case KVX_ERR_BAD_CONFIG: return "KVX_ERR_BAD_CONFIG";
+    case KVX_ERR_STATE: return "KVX_ERR_STATE";
+    case KVX_ERR_TIMEOUT: return "KVX_ERR_TIMEOUT";
+    case KVX_ERR_ABORTED: return "KVX_ERR_ABORTED";
+    case KVX_ERR_IO: return "KVX_ERR_IO";
+    case KVX_ERR_NO_MEMORY: return "KVX_ERR_NO_MEMORY";
+    case KVX_ERR_NO_SPACE: return "KVX_ERR_NO_SPACE";
+    case KVX_ERR_CORRUPT: return "KVX_ERR_CORRUPT";
+    case KVX_ERR_NOT_FOUND: return "KVX_ERR_NOT_FOUND";
+    case KVX_ERR_PERMISSION: return "KVX_ERR_PERMISSION";
+    case KVX_ERR_PEER: return "KVX_ERR_PEER";
+    case KVX_ERR_PEER_LOST: return "KVX_ERR_PEER_LOST";
+    case KVX_ERR_PROTOCOL: return "KVX_ERR_PROTOCOL";
+    case KVX_ERR_TRANSPORT: return "KVX_ERR_TRANSPORT";
+    case KVX_ERR_NOT_COMPILED: return "KVX_ERR_NOT_COMPILED";
+    }
+    return "KVX_ERR_UNKNOWN";
+}
+
+KVX_API const char *kvx_poll_str(kvx_poll p) {
+    switch (p) {
+    case KVX_POLL_FAILED: return "Failed";
+    case KVX_POLL_BOOTSTRAPPING: return "Bootstrapping";
+    case KVX_POLL_WAITING_FOR_INPUT: return "WaitingForInput";
+    case KVX_POLL_TRANSFERRING: return "Transferring";
+    case KVX_POLL_SUCCESS: return "Success";
+    }
+    return "Unknown";
+}
+
+static KVX__UNUSED void kvx__set_why(char *why, size_t n, const char *fmt, ...) KVX_PRINTF(3, 4);
+static KVX__UNUSED void kvx__set_why(char *why, size_t n, const char *fmt, ...) {
+    va_list ap;
+    if (!why || n == 0) return;
+    va_start(ap, fmt);
+    vsnprintf(why, n, fmt, ap);
+    va_end(ap);
+}
+
+/* >>impl: clock, checksums ---------------------------------------------- */
+
+KVX_API uint64_t kvx_now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static uint32_t kvx__crc_table[8][256];
+static pthread_once_t kvx__crc_once = PTHREAD_ONCE_INIT;
+static int kvx__crc_hw;
+
+static uint32_t kvx__crc_shift4k[32]; /* operator: raw register over 4096 zero bytes */
+static uint32_t kvx__gf2_times(const uint32_t *mat, uint32_t vec);
+static uint32_t kvx__crc32c_shift(uint32_t crc, size_t nbytes);
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+__attribute__((target("sse4.2"))) static uint32_t kvx__crc32c_hw(uint32_t crc, const uint8_t *p,
+                                                                 size_t len) {
+    uint64_t c = crc;
+    while (len && ((uintptr_t)p & 7)) { c = __builtin_ia32_crc32qi((uint32_t)c, *p++); len--; }
+    /* three independent 4 KiB streams hide the instruction's latency */
+    while (len >= 3 * 4096) {
+        uint64_t c1 = 0, c2 = 0;
+        size_t i;
+        for (i = 0; i < 4096; i += 8) {
+            uint64_t a, b, d;
+            memcpy(&a, p + i, 8); memcpy(&b, p + 4096 + i, 8); memcpy(&d, p + 8192 + i, 8);
+            c = __builtin_ia32_crc32di(c, a);
+            c1 = __builtin_ia32_crc32di(c1, b);
+            c2 = __builtin_ia32_crc32di(c2, d);
+        }
+        c = kvx__gf2_times(kvx__crc_shift4k, (uint32_t)c) ^ (uint32_t)c1;
+        c = kvx__gf2_times(kvx__crc_shift4k, (uint32_t)c) ^ (uint32_t)c2;
+        p += 3 * 4096; len -= 3 * 4096;
+    }
+    while (len >= 8) { uint64_t v; memcpy(&v, p, 8); c = __builtin_ia32_crc32di(c, v); p += 8; len -= 8; }
+    while (len) { c = __builtin_ia32_crc32qi((uint32_t)c, *p++); len--; }
+    return (uint32_t)c;
+}
+#endif
+
+static void kvx__crc_init(void) {
+    uint32_t i, j;
+    for (i = 0; i < 256; i++) {
+        uint32_t c = i;
+        for (j = 0; j < 8; j++) c = (c >> 1) ^ (0x82F63B78u & (0u - (c & 1u)));
+        kvx__crc_table[0][i] = c;
+    }
+    for (i = 0; i < 256; i++)
+        for (j = 1; j < 8; j++)
+            kvx__crc_table[j][i] = (kvx__crc_table[j - 1][i] >> 8) ^
+                                   kvx__crc_table[0][kvx__crc_table[j - 1][i] & 0xff];
+    for (i = 0; i < 32; i++) kvx__crc_shift4k[i] = kvx__crc32c_shift(1u << i, 4096);
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+    __builtin_cpu_init();
+    kvx__crc_hw = __builtin_cpu_supports("sse4.2") ? 1 : 0;
+#endif
+}
+
+static uint32_t kvx__crc32c_sw(uint32_t c, const uint8_t *p, size_t len) {
+    while (len && ((uintptr_t)p & 7)) { c = (c >> 8) ^ kvx__crc_table[0][(c ^ *p++) & 0xff]; len--; }
+    while (len >= 8) {
+        uint32_t lo, hi;
+        memcpy(&lo, p, 4); memcpy(&hi, p + 4, 4);
+        lo ^= c; /* little-endian hosts; kvx targets Linux on x86-64 and arm64 */
+        c = kvx__crc_table[7][lo & 0xff] ^ kvx__crc_table[6][(lo >> 8) & 0xff] ^
+            kvx__crc_table[5][(lo >> 16) & 0xff] ^ kvx__crc_table[4][lo >> 24] ^
+            kvx__crc_table[3][hi & 0xff] ^ kvx__crc_table[2][(hi >> 8) & 0xff] ^
+            kvx__crc_table[1][(hi >> 16) & 0xff] ^ kvx__crc_table[0][hi >> 24];
+        p += 8; len -= 8;
+    }
+    while (len) { c = (c >> 8) ^ kvx__crc_table[0][(c ^ *p++) & 0xff]; len--; }
+    return c;
+}
+
+/* GF(2) helpers to move a raw CRC register over n zero bytes (zlib's
+   crc32_combine idea, reflected CRC32C polynomial). */
+static uint32_t kvx__gf2_times(const uint32_t *mat, uint32_t vec) {
+    uint32_t sum = 0;
+    while (vec) { if (vec & 1) sum ^= *mat; vec >>= 1; mat++; }
+    return sum;
+}
+static void kvx__gf2_square(uint32_t *sq, const uint32_t *mat) {
+    int n;
+    for (n = 0; n < 32; n++) sq[n] = kvx__gf2_times(mat, mat[n]);
+}
+static uint32_t kvx__crc32c_shift(uint32_t crc, size_t nbytes) {
+    uint32_t even[32], odd[32];
+    uint32_t row = 1;
+    int n;
+    if (nbytes == 0) return crc;
+    odd[0] = 0x82F63B78u;
+    for (n = 1; n < 32; n++) { odd[n] = row; row <<= 1; }
+    kvx__gf2_square(even, odd); /* 2 zero bits */
+    kvx__gf2_square(odd, even); /* 4 zero bits */
+    do {
+        kvx__gf2_square(even, odd);
+        if (nbytes & 1) crc = kvx__gf2_times(even, crc);
+        nbytes >>= 1;
+        if (!nbytes) break;
+        kvx__gf2_square(odd, even);
+        if (nbytes & 1) crc = kvx__gf2_times(odd, crc);
+        nbytes >>= 1;
+    } while (nbytes);
+    return crc;
+}
+
+KVX_API uint32_t kvx_crc32c(uint32_t crc, const void *data, size_t len) {
+    uint32_t c = ~crc;
+    pthread_once(&kvx__crc_once, kvx__crc_init);
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+    if (kvx__crc_hw) return ~kvx__crc32c_hw(c, (const uint8_t *)data, len);
+#endif
+    return ~kvx__crc32c_sw(c, (const uint8_t *)data, len);
+}
+
+static const uint32_t kvx__sha_k[64] = {
+    0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4,
+    0xab1c5ed5, 0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe,
+    0x9bdc06a7, 0xc19bf174, 0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f,
+    0x4a7484aa, 0x5cb0a9dc, 0x76f988da, 0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7,
+    0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967, 0x27b70a85, 0x2e1b2138, 0x4d2c6dfc,
+    0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85, 0xa2bfe8a1, 0xa81a664b,
+    0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070, 0x19a4c116,
+    0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
+    0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7,
+    0xc67178f2};
+
+#define KVX__ROR(x, n) (((x) >> (n)) | ((x) << (32 - (n))))
+static void kvx__sha_block(kvx_sha256 *s, const uint8_t *b) {
+    uint32_t w[64], a, bb, c, d, e, f, g, h, i;
+    for (i = 0; i < 16; i++)
+        w[i] = (uint32_t)b[4 * i] << 24 | (uint32_t)b[4 * i + 1] << 16 |
+               (uint32_t)b[4 * i + 2] << 8 | b[4 * i + 3];
+    for (i = 16; i < 64; i++) {
+        uint32_t s0 = KVX__ROR(w[i - 15], 7) ^ KVX__ROR(w[i - 15], 18) ^ (w[i - 15] >> 3);
+        uint32_t s1 = KVX__ROR(w[i - 2], 17) ^ KVX__ROR(w[i - 2], 19) ^ (w[i - 2] >> 10);
+        w[i] = w[i - 16] + s0 + w[i - 7] + s1;
+    }
+    a = s->h[0]; bb = s->h[1]; c = s->h[2]; d = s->h[3];
+    e = s->h[4]; f = s->h[5]; g = s->h[6]; h = s->h[7];
+    for (i = 0; i < 64; i++) {
+        uint32_t t1 = h + (KVX__ROR(e, 6) ^ KVX__ROR(e, 11) ^ KVX__ROR(e, 25)) +
+                      ((e & f) ^ (~e & g)) + kvx__sha_k[i] + w[i];
+        uint32_t t2 = (KVX__ROR(a, 2) ^ KVX__ROR(a, 13) ^ KVX__ROR(a, 22)) +
+                      ((a & bb) ^ (a & c) ^ (bb & c));
+        h = g; g = f; f = e; e = d + t1; d = c; c = bb; bb = a; a = t1 + t2;
+    }
+    s->h[0] += a; s->h[1] += bb; s->h[2] += c; s->h[3] += d;
+    s->h[4] += e; s->h[5] += f; s->h[6] += g; s->h[7] += h;
+}
+
+KVX_API void kvx_sha256_init(kvx_sha256 *s) {
+    static const uint32_t iv[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
+                                   0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
+    memcpy(s->h, iv, sizeof iv);
+    s->len = 0;
+    s->fill = 0;
+}
+
+KVX_API void kvx_sha256_update(kvx_sha256 *s, const void *data, size_t len) {
+    const uint8_t *p = (const uint8_t *)data;
+    s->len += len;
+    while (len) {
+        size_t take = 64 - s->fill;
+        if (take > len) take = len;
+        memcpy(s->buf + s->fill, p, take);
+        s->fill += (uint32_t)take; p += take; len -= take;
+        if (s->fill == 64) { kvx__sha_block(s, s->buf); s->fill = 0; }
+    }
+}
+
+KVX_API void kvx_sha256_final(kvx_sha256 *s, uint8_t out[32]) {
+    uint64_t bits = s->len * 8;
+    uint8_t pad = 0x80, zero = 0, lenb[8];
+    int i;
+    kvx_sha256_update(s, &pad, 1);
+    while (s->fill != 56) kvx_sha256_update(s, &zero, 1);
+    for (i = 0; i < 8; i++) lenb[i] = (uint8_t)(bits >> (56 - 8 * i));
+    kvx_sha256_update(s, lenb, 8);
+    for (i = 0; i < 8; i++) {
+        out[4 * i] = (uint8_t)(s->h[i] >> 24); out[4 * i + 1] = (uint8_t)(s->h[i] >> 16);
+        out[4 * i + 2] = (uint8_t)(s->h[i] >> 8); out[4 * i + 3] = (uint8_t)s->h[i];
+    }
+}
+
+/* >>impl: environment ---------------------------------------------------- */
+
+KVX_API kvx_result kvx_env_str(const char *name, const char **v) {
+    const char *s = getenv(name);
+    if (s && *s) *v = s;
+    return KVX_OK;
+}
+
+KVX_API kvx_result kvx_env_double(const char *name, double *v, char *why, size_t why_len) {
+    const char *s = getenv(name);
+    char *end = NULL;
+    double d;
+    if (!s || !*s) return KVX_OK;
+    errno = 0;
+    d = strtod(s, &end);
+    if (errno || end == s || *end || !(d >= 0) || d > 1e12) {
+        kvx__set_why(why, why_len, "%s='%s' is not a non-negative number", name, s);
+        return KVX_ERR_BAD_CONFIG;
+    }
+    *v = d;
+    return KVX_OK;
+}
+
+KVX_API kvx_result kvx_env_int(const char *name, int *v, char *why, size_t why_len) {
+    const char *s = getenv(name);
+    char *end = NULL;
+    long d;
+    if (!s || !*s) return KVX_OK;
+    errno = 0;
+    d = strtol(s, &end, 10);
+    if (errno || end == s || *end || d < -1 || d > 1000000000L) {
+        kvx__set_why(why, why_len, "%s='%s' is not an integer in [-1, 1e9]", name, s);
+        return KVX_ERR_BAD_CONFIG;
+    }
+    *v = (int)d;
+    return KVX_OK;
+}
+
+/* >>impl: text buffer ---------------------------------------------------- */
+
+KVX_API void kvx_buf_printf(kvx_buf *b, const char *fmt, ...) {
+    va_list ap;
+    int n;
+    if (b->oom) return;
+    for (;;) {
+        size_t room = b->cap - b->len;
+        va_start(ap, fmt);
+        n = vsnprintf(b->data ? b->data + b->len : NULL, room, fmt, ap);
+        va_end(ap);
+        if (n < 0) { b->oom = 1; return; }
+        if ((size_t)n < room) { b->len += (size_t)n; return; }
+        {
+            size_t ncap = b->cap ? b->cap * 2 : 256;
+            char *nd;
+            while (ncap < b->len + (size_t)n + 1) ncap *= 2;
+            nd = (char *)realloc(b->data, ncap);
+            if (!nd) { b->oom = 1; return; }
+            b->data = nd; b->cap = ncap;
+        }
+    }
+}
+
+KVX_API void kvx_buf_json_str(kvx_buf *b, const char *s) {
+    kvx_buf_printf(b, "\"");
+    for (; s && *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '"' || c == '\\') kvx_buf_printf(b, "\\%c", c);
+        else if (c < 0x20) kvx_buf_printf(b, "\\u%04x", c);
+        else kvx_buf_printf(b, "%c", c);
+    }
+    kvx_buf_printf(b, "\"");
+}
+
+KVX_API void kvx_buf_free(kvx_buf *b) {
+    free(b->data);
+    memset(b, 0, sizeof *b);
+}
+
+/* >>impl: json reader ---------------------------------------------------- */
+
+typedef struct kvx__jp {
+    kvx_json_doc *doc;
+    const char *s, *end, *start;
+    char *out;
+    uint32_t max;
+    int depth;
+} kvx__jp;
+
+static void kvx__jws(kvx__jp *p) {
+    while (p->s < p->end && (*p->s == ' ' || *p->s == '\t' || *p->s == '\n' || *p->s == '\r'))
+        p->s++;
+}
+
+static int kvx__jerr(kvx__jp *p, const char *msg) {
+    if (!p->doc->error[0])
+        snprintf(p->doc->error, sizeof p->doc->error, "%s at byte %ld", msg,
+                 (long)(p->s - p->start));
+    return -1;
+}
+
+static int kvx__jnode(kvx__jp *p, kvx_json_type t) {
+    kvx_json_doc *d = p->doc;
+    if (d->count >= p->max) return kvx__jerr(p, "too many JSON values");
+    if (d->count == d->cap) {
+        uint32_t nc = d->cap ? d->cap * 2 : 32;
+        kvx_json *nn;
+        if (nc > p->max) nc = p->max;
+        nn = (kvx_json *)realloc(d->nodes, nc * sizeof *nn);
+        if (!nn) return kvx__jerr(p, "out of memory");
+        d->nodes = nn; d->cap = nc;
+    }
+    memset(&d->nodes[d->count], 0, sizeof(kvx_json));
+    d->nodes[d->count].type = t;
+    return (int)d->count++;
+}
+
+static int kvx__jhex(const char *s, unsigned *v) {
+    int i;
+    *v = 0;
+    for (i = 0; i < 4; i++) {
+        char c = s[i];
+        *v <<= 4;
+        if (c >= '0' && c <= '9') *v |= (unsigned)(c - '0');
+        else if (c >= 'a' && c <= 'f') *v |= (unsigned)(c - 'a' + 10);
+        else if (c >= 'A' && c <= 'F') *v |= (unsigned)(c - 'A' + 10);
+        else return -1;
+    }
+    return 0;
+}
+
+/* Reads a string literal; result is NUL-terminated in the doc's strbuf. */
+static int kvx__jstr(kvx__jp *p, const char **str, uint32_t *len) {
+    char *o = p->out;
+    p->s++; /* opening quote */
+    while (p->s < p->end && *p->s != '"') {
+        unsigned char c = (unsigned char)*p->s++;
+        if (c < 0x20) return kvx__jerr(p, "control character in string");
+        if (c != '\\') { *o++ = (char)c; continue; }
+        if (p->s >= p->end) return kvx__jerr(p, "unterminated escape");
+        c = (unsigned char)*p->s++;
+        switch (c) {
+        case '"': case '\\': case '/': *o++ = (char)c; break;
+        case 'b': *o++ = '\b'; break;
+        case 'f': *o++ = '\f'; break;
+        case 'n': *o++ = '\n'; break;
+        case 'r': *o++ = '\r'; break;
+        case 't': *o++ = '\t'; break;
+        case 'u': {
+            unsigned v;
+            if (p->end - p->s < 4 || kvx__jhex(p->s, &v)) return kvx__jerr(p, "bad \\u escape");
+            p->s += 4;
+            /* surrogates are kept as-is (3 bytes each); kvx never needs them */
+            if (v < 0x80) *o++ = (char)v;
+            else if (v < 0x800) { *o++ = (char)(0xC0 | (v >> 6)); *o++ = (char)(0x80 | (v & 0x3F)); }
+            else {
+                *o++ = (char)(0xE0 | (v >> 12)); *o++ = (char)(0x80 | ((v >> 6) & 0x3F));
+                *o++ = (char)(0x80 | (v & 0x3F));
+            }
+            break;
+        }
+        default: return kvx__jerr(p, "bad escape");
+        }
+    }
+    if (p->s >= p->end) return kvx__jerr(p, "unterminated string");
+    p->s++;
+    *o++ = 0;
+    *str = p->out;
+    *len = (uint32_t)(o - p->out - 1);
+    p->out = o;
+    return 0;
+}
+
+static int kvx__jvalue(kvx__jp *p);
+
+static int kvx__jcontainer(kvx__jp *p, int obj) {
+    int self = kvx__jnode(p, obj ? KVX_JSON_OBJECT : KVX_JSON_ARRAY);
+    int prev = -1;
+    char close = obj ? '}' : ']';
+    if (self < 0) return -1;
+    if (++p->depth > 32) return kvx__jerr(p, "nesting deeper than 32");
+    p->s++;
+    kvx__jws(p);
+    if (p->s < p->end && *p->s == close) { p->s++; p->depth--; return self; }
+    for (;;) {
+        const char *key = NULL;
+        uint32_t klen = 0;
+        int child;
+        kvx__jws(p);
+        if (obj) {
+            if (p->s >= p->end || *p->s != '"') return kvx__jerr(p, "expected a key");
+            if (kvx__jstr(p, &key, &klen)) return -1;
+            kvx__jws(p);
+            if (p->s >= p->end || *p->s != ':') return kvx__jerr(p, "expected ':'");
+            p->s++;
+        }
+        child = kvx__jvalue(p);
+        if (child < 0) return -1;
+        p->doc->nodes[child].key = key;
+        p->doc->nodes[child].key_len = klen;
+        if (prev < 0) p->doc->nodes[self].child = (uint32_t)child;
+        else p->doc->nodes[prev].next = (uint32_t)child;
+        prev = child;
+        p->doc->nodes[self].count++;
+        kvx__jws(p);
+        if (p->s < p->end && *p->s == ',') { p->s++; continue; }
+        if (p->s < p->end && *p->s == close) { p->s++; break; }
+        return kvx__jerr(p, obj ? "expected ',' or '}'" : "expected ',' or ']'");
+    }
+    p->depth--;
+    return self;
+}
+
+static int kvx__jnumber(kvx__jp *p) {
+    const char *st = p->s;
+    char tmp[64];
+    size_t n;
+    int self, isint = 1;
+    char *end;
+    if (p->s < p->end && *p->s == '-') p->s++;
+    if (p->s >= p->end || *p->s < '0' || *p->s > '9') return kvx__jerr(p, "bad number");
+    while (p->s < p->end && ((*p->s >= '0' && *p->s <= '9') || *p->s == '.' || *p->s == 'e' ||
+                             *p->s == 'E' || *p->s == '+' || *p->s == '-')) {
+        if (*p->s == '.' || *p->s == 'e' || *p->s == 'E') isint = 0;
+        p->s++;
+    }
+    n = (size_t)(p->s - st);
+    if (n >= sizeof tmp) return kvx__jerr(p, "number too long");
+    memcpy(tmp, st, n);
+    tmp[n] = 0;
+    self = kvx__jnode(p, KVX_JSON_NUMBER);
+    if (self < 0) return -1;
+    p->doc->nodes[self].num = strtod(tmp, &end);
+    if (*end) return kvx__jerr(p, "bad number");
+    if (isint) {
+        kvx_json *nd = &p->doc->nodes[self];
+        errno = 0;
+        if (tmp[0] == '-') {
+            nd->negative = 1;
+            nd->i64 = strtoll(tmp, &end, 10);
+        } else {
+            nd->u64 = strtoull(tmp, &end, 10);
+            nd->i64 = (int64_t)(nd->u64 & 0x7fffffffffffffffull);
+        }
+        nd->is_int = (errno == 0 && !*end);
+    }
+    return self;
+}
+
+static int kvx__jvalue(kvx__jp *p) {
+    kvx__jws(p);
+    if (p->s >= p->end) return kvx__jerr(p, "unexpected end");
+    switch (*p->s) {
+    case '{': return kvx__jcontainer(p, 1);
+    case '[': return kvx__jcontainer(p, 0);
+    case '"': {
+        int self = kvx__jnode(p, KVX_JSON_STRING);
+        if (self < 0) return -1;
+        if (kvx__jstr(p, &p->doc->nodes[self].str, &p->doc->nodes[self].str_len)) return -1;
+        return self;
+    }
+    case 't': case 'f': case 'n': {
+        static const char *words[3] = {"true", "false", "null"};
+        int w = *p->s == 't' ? 0 : *p->s == 'f' ? 1 : 2;
+        size_t wl = strlen(words[w]);
+        int self;
+        if ((size_t)(p->end - p->s) < wl || memcmp(p->s, words[w], wl))
+            return kvx__jerr(p, "bad literal");
+        p->s += wl;
+        self = kvx__jnode(p, w == 2 ? KVX_JSON_NULL : KVX_JSON_BOOL);
+        if (self >= 0) p->doc->nodes[self].i64 = (w == 0);
+        return self;
+    }
+    default: return kvx__jnumber(p);
+    }
+}
+
+KVX_API kvx_result kvx_json_parse(kvx_json_doc *doc, const char *text, size_t len,
+                                  uint32_t max_nodes) {
+    kvx__jp p;
+    memset(doc, 0, sizeof *doc);
+    doc->strbuf = (char *)malloc(len + 1);
+    if (!doc->strbuf) {
+        snprintf(doc->error, sizeof doc->error, "out of memory");
+        return KVX_ERR_NO_MEMORY;
+    }
+    p.doc = doc; p.s = text; p.start = text; p.end = text + len; p.out = doc->strbuf;
+    p.max = max_nodes ? max_nodes : 4096; p.depth = 0;
+    if (kvx__jvalue(&p) < 0) return KVX_ERR_PROTOCOL;
+    kvx__jws(&p);
+    if (p.s != p.end) {
+        kvx__jerr(&p, "trailing characters");
+        return KVX_ERR_PROTOCOL;
+    }
+    return KVX_OK;
+}
+
+KVX_API void kvx_json_free(kvx_json_doc *doc) {
+    free(doc->nodes);
+    free(doc->strbuf);
+    doc->nodes = NULL; doc->strbuf = NULL; doc->count = doc->cap = 0;
+}
+
+KVX_API const kvx_json *kvx_json_root(const kvx_json_doc *doc) {
+    return doc->count ? &doc->nodes[0] : NULL;
+}
+
+KVX_API const kvx_json *kvx_json_get(const kvx_json_doc *doc, const kvx_json *obj,
+                                     const char *key) {
+    uint32_t i;
+    size_t kl = strlen(key);
+    if (!obj || obj->type != KVX_JSON_OBJECT || !obj->count) return NULL;
+    for (i = obj->child; ; i = doc->nodes[i].next) {
+        const kvx_json *c = &doc->nodes[i];
+        if (c->key_len == kl && memcmp(c->key, key, kl) == 0) return c;
+        if (!c->next) break;
+    }
+    return NULL;
+}
+
+KVX_API const kvx_json *kvx_json_at(const kvx_json_doc *doc, const kvx_json *arr, uint32_t idx) {
+    uint32_t i, k = 0;
+    if (!arr || arr->type != KVX_JSON_ARRAY || idx >= arr->count) return NULL;
+    for (i = arr->child; k < idx; k++) i = doc->nodes[i].next;
+    return &doc->nodes[i];
+}
+
+KVX_API int kvx_json_u64(const kvx_json_doc *doc, const kvx_json *obj, const char *key,
+                         uint64_t lo, uint64_t hi, uint64_t *out) {
+    const kvx_json *v = key ? kvx_json_get(doc, obj, key) : obj;
+    if (!v || v->type != KVX_JSON_NUMBER) return 0;
+    if (!v->is_int || v->negative || v->u64 < lo || v->u64 > hi) return 0;
+    *out = v->u64;
+    return 1;
+}
+
+/* >>impl: layout ---------------------------------------------------------- */
+
+KVX_API uint64_t kvx_layout_num_pages(const kvx_layout *l) {
+    uint64_t m = UINT64_MAX;
+    uint32_t i;
+    if (!l || !l->num_buffers) return 0;
+    for (i = 0; i < l->num_buffers; i++) {
+        uint64_t p = l->buffers[i].item_len ? l->buffers[i].length / l->buffers[i].item_len : 0;
+        if (p < m) m = p;
+    }
+    return m;
+}
+
+KVX_API uint64_t kvx_layout_page_bytes(const kvx_layout *l) {
+    uint64_t s = 0;
+    uint32_t i;
+    for (i = 0; l && i < l->num_buffers; i++) s += l->buffers[i].item_len;
+    return s;
+}
+
+KVX_API uint64_t kvx_layout_num_aux_slots(const kvx_layout *l) {
+    uint64_t m = UINT64_MAX;
+    uint32_t i;
+    if (!l || !l->num_aux) return 0;
+    for (i = 0; i < l->num_aux; i++) {
+        uint64_t p = l->aux[i].item_len ? l->aux[i].length / l->aux[i].item_len : 0;
+        if (p < m) m = p;
+    }
+    return m;
+}
+
+KVX_API kvx_result kvx_layout_validate(const kvx_layout *l, char *why, size_t why_len) {
+    uint32_t i;
+    if (!l) { kvx__set_why(why, why_len, "layout is NULL"); return KVX_ERR_INVALID_ARGUMENT; }
+    if (!l->num_buffers || !l->buffers) {
+        kvx__set_why(why, why_len, "layout has no KV buffers");
+        return KVX_ERR_INVALID_ARGUMENT;
+    }
+    if (l->num_buffers > KVX_MAX_BUFFERS || l->num_aux > KVX_MAX_AUX) {
+        kvx__set_why(why, why_len, "layout has %u buffers and %u aux buffers; limits are %d and %d",
+                     l->num_buffers, l->num_aux, KVX_MAX_BUFFERS, KVX_MAX_AUX);
+        return KVX_ERR_INVALID_ARGUMENT;
+    }
+    if (!l->page_size) {
+        kvx__set_why(why, why_len, "layout page_size is 0");
+        return KVX_ERR_INVALID_ARGUMENT;
+    }
+    if (l->num_aux && !l->aux) {
+        kvx__set_why(why, why_len, "layout num_aux is %u but aux is NULL", l->num_aux);
+        return KVX_ERR_INVALID_ARGUMENT;
+    }
+    for (i = 0; i < l->num_buffers; i++) {
+        const kvx_buffer *b = &l->buffers[i];
+        if (!b->item_len || b->length < b->item_len || (!b->base && b->length)) {
+            kvx__set_why(why, why_len,
+                         "KV buffer %u: base %p, length %llu, item_len %llu (need item_len > 0, "
+                         "length >= item_len, non-NULL base)",
+                         i, b->base, (unsigned long long)b->length,
+                         (unsigned long long)b->item_len);
+            return KVX_ERR_INVALID_ARGUMENT;
+        }
+        if (b->mem != KVX_MEM_HOST && b->mem != KVX_MEM_CUDA) {
+            kvx__set_why(why, why_len, "KV buffer %u: unknown memory kind %d", i, (int)b->mem);
+            return KVX_ERR_INVALID_ARGUMENT;
+        }
+    }
+    for (i = 0; i < l->num_aux; i++) {
+        const kvx_aux_buffer *a = &l->aux[i];
+        if (!a->item_len || a->length < a->item_len || !a->base) {
+            kvx__set_why(why, why_len,
+                         "aux buffer %u: base %p, length %llu, item_len %llu (need item_len > 0, "
+                         "length >= item_len, non-NULL base)",
+                         i, a->base, (unsigned long long)a->length,
+                         (unsigned long long)a->item_len);
+            return KVX_ERR_INVALID_ARGUMENT;
+        }
+    }
+    return KVX_OK;
+}
+
+static void kvx__sha_u64(kvx_sha256 *h, uint64_t v) {
+    uint8_t b[8];
+    int i;
+    for (i = 0; i < 8; i++) b[i] = (uint8_t)(v >> (8 * i));
+    kvx_sha256_update(h, b, 8);
+}
+
+KVX_API uint64_t kvx_layout_fingerprint(const kvx_layout *l) {
+    kvx_sha256 h;
+    uint8_t d[32];
+    uint64_t fp = 0;
+    uint32_t i;
+    const char *dt = l->dtype ? l->dtype : "";
+    kvx_sha256_init(&h);
+    kvx_sha256_update(&h, "kvx-layout-v1", 13);
+    kvx__sha_u64(&h, l->page_size);
+    kvx__sha_u64(&h, l->dtype_size);
+    kvx__sha_u64(&h, strlen(dt));
+    kvx_sha256_update(&h, dt, strlen(dt));
+    kvx__sha_u64(&h, l->num_kv_heads);
+    kvx__sha_u64(&h, (uint64_t)(l->mla != 0));
+    kvx__sha_u64(&h, l->num_buffers);
+    for (i = 0; i < l->num_buffers; i++) kvx__sha_u64(&h, l->buffers[i].item_len);
+    kvx__sha_u64(&h, l->num_aux);
+    for (i = 0; i < l->num_aux; i++) kvx__sha_u64(&h, l->aux[i].item_len);
+    kvx_sha256_final(&h, d);
+    for (i = 0; i < 8; i++) fp |= (uint64_t)d[i] << (8 * i);
+    return fp;
+}
+
+KVX_API kvx_result kvx_layout_compare(const kvx_layout *a, const kvx_layout *b, char *why,
+                                      size_t why_len) {
+    uint32_t i;
+#define KVX__CMP(field, name)                                                                  \
+    if ((uint64_t)(a->field) != (uint64_t)(b->field)) {                                        \
+        kvx__set_why(why, why_len, "%s differs: ours %llu, theirs %llu", name,                \
+                     (unsigned long long)(a->field), (unsigned long long)(b->field));         \
+        return KVX_ERR_LAYOUT_MISMATCH;                                                        \
+    }
+    KVX__CMP(page_size, "page_size")
+    KVX__CMP(dtype_size, "dtype_size")
+    if (strcmp(a->dtype ? a->dtype : "", b->dtype ? b->dtype : "")) {
+        kvx__set_why(why, why_len, "dtype differs: ours '%s', theirs '%s'",
+                     a->dtype ? a->dtype : "", b->dtype ? b->dtype : "");
+        return KVX_ERR_LAYOUT_MISMATCH;
+    }
+    KVX__CMP(num_kv_heads, "num_kv_heads")
+    KVX__CMP(mla != 0, "mla")
+    KVX__CMP(num_buffers, "buffer count")
+    for (i = 0; i < a->num_buffers; i++)
+        if (a->buffers[i].item_len != b->buffers[i].item_len) {
+            kvx__set_why(why, why_len, "item_len of KV buffer %u differs: ours %llu, theirs %llu",
+                         i, (unsigned long long)a->buffers[i].item_len,
+                         (unsigned long long)b->buffers[i].item_len);
+            return KVX_ERR_LAYOUT_MISMATCH;
+        }
+    KVX__CMP(num_aux, "aux buffer count")
+    for (i = 0; i < a->num_aux; i++)
+        if (a->aux[i].item_len != b->aux[i].item_len) {
+            kvx__set_why(why, why_len, "item_len of aux buffer %u differs: ours %llu, theirs %llu",
+                         i, (unsigned long long)a->aux[i].item_len,
+                         (unsigned long long)b->aux[i].item_len);
+            return KVX_ERR_LAYOUT_MISMATCH;
+        }
+#undef KVX__CMP
+    return KVX_OK;
+}
+
+/* >>impl: plan ------------------------------------------------------------- */
+/* The one place that understands page indices. */
+
+KVX_API void kvx_plan_free(kvx_plan *p) {
+    if (!p) return;
+    free(p->spans);
+    free(p->scratch);
+    memset(p, 0, sizeof *p);
+}
+
+static int kvx__plan_reserve(kvx_plan *p, size_t need) {
+    if (need <= p->capacity) return 0;
+    {
+        size_t nc = p->capacity ? p->capacity : 16;
+        kvx_span *ns;
+        while (nc < need) nc *= 2;
+        ns = (kvx_span *)realloc(p->spans, nc * sizeof *ns);
+        if (!ns) return -1;
+        p->spans = ns;
+        p->capacity = nc;
+    }
+    return 0;
+}
+
+static int kvx__cmp_i32(const void *a, const void *b) {
+    int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
+    return (x > y) - (x < y);
+}
+
+KVX_API kvx_result kvx_pages_check(kvx_plan *p, const int32_t *pages, size_t n,
+                                   uint64_t pool_pages, int no_duplicates, const char *what) {
+    size_t i;
+    if (n && !pages) {
+        snprintf(p->error, sizeof p->error, "%s: page list is NULL with %zu pages", what, n);
+        return KVX_ERR_INVALID_ARGUMENT;
+    }
+    if (n > KVX_MAX_PAGES) {
+        snprintf(p->error, sizeof p->error, "%s: %zu pages exceed KVX_MAX_PAGES (%u)", what, n,
+                 (unsigned)KVX_MAX_PAGES);
+        return KVX_ERR_OUT_OF_RANGE;
+    }
+    for (i = 0; i < n; i++)
+        if (pages[i] < 0 || (uint64_t)pages[i] >= pool_pages) {
+            snprintf(p->error, sizeof p->error,
+                     "%s: page index %ld at position %zu is outside the pool of %llu pages", what,
+                     (long)pages[i], i, (unsigned long long)pool_pages);
+            return KVX_ERR_OUT_OF_RANGE;
+        }
+    if (!no_duplicates || n < 2) return KVX_OK;
+    if (n > p->scratch_cap) {
+        int32_t *ns = (int32_t *)realloc(p->scratch, n * sizeof *ns);
+        if (!ns) {
+            snprintf(p->error, sizeof p->error, "%s: out of memory", what);
+            return KVX_ERR_NO_MEMORY;
+        }
+        p->scratch = ns;
+        p->scratch_cap = n;
+    }
+    memcpy(p->scratch, pages, n * sizeof *pages);
+    qsort(p->scratch, n, sizeof *p->scratch, kvx__cmp_i32);
+    for (i = 1; i < n; i++)
+        if (p->scratch[i] == p->scratch[i - 1]) {
+            snprintf(p->error, sizeof p->error, "%s: destination page %ld appears more than once",
+                     what, (long)p->scratch[i]);
+            return KVX_ERR_DUPLICATE;
+        }
+    return KVX_OK;
+}
+
+/* Emits spans for one buffer: position i moves from (src side) to (dst
+   side). A side with pages == NULL is packed: position i is at
+   base + i * item_len. */
+static int kvx__plan_runs(kvx_plan *p, uint32_t buf, uint64_t item, const int32_t *sp,
+                          uint64_t sbase, const int32_t *dp, uint64_t dbase, size_t n) {
+    size_t i = 0;
+    while (i < n) {
+        size_t j = i + 1;
+        kvx_span *s;
+        while (j < n && (!sp || sp[j] == sp[j - 1] + 1) && (!dp || dp[j] == dp[j - 1] + 1)) j++;
+        if (kvx__plan_reserve(p, p->count + 1)) return -1;
+        s = &p->spans[p->count++];
+        s->buffer = buf;
+        s->reserved = 0;
+        s->src_offset = sbase + (sp ? (uint64_t)sp[i] : (uint64_t)i) * item;
+        s->dst_offset = dbase + (dp ? (uint64_t)dp[i] : (uint64_t)i) * item;
+        s->length = (uint64_t)(j - i) * item;
+        p->total_bytes += s->length;
+        i = j;
+    }
+    return 0;
+}
+
+static kvx_result kvx__plan_build(kvx_plan *p, const kvx_layout *l, const int32_t *sp,
+                                  const int32_t *dp, size_t n) {
+    uint64_t packed = 0;
+    uint32_t b;
+    p->count = 0;
+    p->total_bytes = 0;
+    p->error[0] = 0;
+    for (b = 0; b < l->num_buffers; b++) {
+        uint64_t item = l->buffers[b].item_len;
+        uint64_t sbase = sp ? 0 : packed, dbase = dp ? 0 : packed;
+        if (kvx__plan_runs(p, b, item, sp, sbase, dp, dbase, n)) {
+            snprintf(p->error, sizeof p->error, "out of memory building a plan of %zu pages", n);
+            return KVX_ERR_NO_MEMORY;
+        }
+        packed += item * n;
+    }
+    p->packed_bytes = (sp && dp) ? 0 : packed;
+    return KVX_OK;
+}
+
+KVX_API kvx_result kvx_plan_pages(kvx_plan *p, const kvx_layout *src, const int32_t *sp,
+                                  const kvx_layout *dst, const int32_t *dp, size_t n) {
+    kvx_result r;
+    uint32_t b;
+    if (!p || !src || !dst) return KVX_ERR_INVALID_ARGUMENT;
+    p->error[0] = 0;
+    if (src->num_buffers != dst->num_buffers) {
+        snprintf(p->error, sizeof p->error, "buffer count differs: source %u, destination %u",
+                 src->num_buffers, dst->num_buffers);
+        return KVX_ERR_LAYOUT_MISMATCH;
+    }
+    for (b = 0; b < src->num_buffers; b++)
+        if (src->buffers[b].item_len != dst->buffers[b].item_len) {
+            snprintf(p->error, sizeof p->error,
+                     "item_len of buffer %u differs: source %llu, destination %llu", b,
+                     (unsigned long long)src->buffers[b].item_len,
+                     (unsigned long long)dst->buffers[b].item_len);
+            return KVX_ERR_LAYOUT_MISMATCH;
+        }
+    if ((r = kvx_pages_check(p, sp, n, kvx_layout_num_pages(src), 0, "source")) != KVX_OK)
+        return r;
+    if ((r = kvx_pages_check(p, dp, n, kvx_layout_num_pages(dst), 1, "destination")) != KVX_OK)
+        return r;
+    return kvx__plan_build(p, src, sp, dp, n);
+}
+
+KVX_API kvx_result kvx_plan_gather(kvx_plan *p, const kvx_layout *l, const int32_t *pages,
+                                   size_t n) {
+    kvx_result r;
+    if (!p || !l) return KVX_ERR_INVALID_ARGUMENT;
+    p->error[0] = 0;
+    if ((r = kvx_pages_check(p, pages, n, kvx_layout_num_pages(l), 0, "source")) != KVX_OK)
+        return r;
+    return kvx__plan_build(p, l, pages, NULL, n);
+}
+
+KVX_API kvx_result kvx_plan_scatter(kvx_plan *p, const kvx_layout *l, const int32_t *pages,
+                                    size_t n) {
+    kvx_result r;
+    if (!p || !l) return KVX_ERR_INVALID_ARGUMENT;
+    p->error[0] = 0;
+    if ((r = kvx_pages_check(p, pages, n, kvx_layout_num_pages(l), 1, "destination")) != KVX_OK)
+        return r;
+    return kvx__plan_build(p, l, NULL, pages, n);
+}
+
+/* >>impl: engine and rooms ------------------------------------------------ */
+
+struct kvx_room {
+    kvx_engine *engine;
+    uint64_t id;
+    kvx_role role;
+    int state;  /* atomic kvx_poll */
+    int refs;   /* atomic */
+    int closed; /* atomic */
+    kvx_result result;
+    char error[KVX_ERROR_MAX];      /* failure sentence, set once before FAILED */
+    char call_error[KVX_ERROR_MAX]; /* last refused call (room not failed) */
+    pthread_mutex_t mu;
+    void *data;
+    char *bootstrap_addr;
+    uint64_t deadline_ns; /* atomic */
+    const char *deadline_what;
+    uint64_t created_ns;
+    /* sender bookkeeping (caller's thread only) */
+    int inited;
+    uint32_t total_pages, sent_pages, chunks;
+    int32_t aux_index;
+    kvx_room *prev, *next; /* engine list, under engine->mu */
+};
+
+struct kvx_sender { kvx_room r; };
+struct kvx_receiver { kvx_room r; };
+
+#define KVX__MAX_OWNED_STRINGS 16
+
+struct kvx_engine {
+    kvx_engine_desc desc; /* env applied, strings and layout owned */
+    kvx_buffer *bufs;
+    kvx_aux_buffer *aux;
+    char *owned[KVX__MAX_OWNED_STRINGS];
+    int num_owned;
+    const kvx_backend *be;
+    void *be_data;
+    pthread_mutex_t mu;
+    kvx_room *rooms;
+    pthread_t progress;
+    int progress_started;
+    int stop; /* under mu */
+    pthread_cond_t cv;
+    kvx_engine_stats stats; /* atomics */
+};
+
+static void *kvx__alloc(const kvx_allocator *a, size_t n) {
+    return a->alloc_fn ? a->alloc_fn(n, a->user_data) : malloc(n);
+}
+static void kvx__free(const kvx_allocator *a, void *p) {
+    if (!p) return;
+    if (a->free_fn) a->free_fn(p, a->user_data);
+    else free(p);
+}
+
+KVX_API void *kvx_engine_alloc(const kvx_engine *e, size_t size) {
+    return kvx__alloc(&e->desc.allocator, size);
+}
+KVX_API void kvx_engine_free(const kvx_engine *e, void *p) { kvx__free(&e->desc.allocator, p); }
+
+static void kvx__default_log(void *user, kvx_log_level lvl, const char *sub, uint64_t room,
+                             const char *msg) {
+    static const char *names[] = {"", "ERROR", "WARN", "INFO", "DEBUG"};
+    (void)user;
+    if (room)
+        fprintf(stderr, "kvx %s %s room=%llu: %s\n", names[lvl & 7 ? lvl : 0], sub,
+                (unsigned long long)room, msg);
+    else
+        fprintf(stderr, "kvx %s %s: %s\n", names[lvl & 7 ? lvl : 0], sub, msg);
+}
+
+KVX_API int kvx_engine_log_enabled(const kvx_engine *e, kvx_log_level lvl) {
+    return lvl <= e->desc.logger.level;
+}
+
+KVX_API void kvx_engine_log(const kvx_engine *e, kvx_log_level lvl, const char *sub,
+                            uint64_t room, const char *fmt, ...) {
+    char msg[512];
+    va_list ap;
+    if (!kvx_engine_log_enabled(e, lvl)) return;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    if (e->desc.logger.func) e->desc.logger.func(e->desc.logger.user_data, lvl, sub, room, msg);
+    else kvx__default_log(NULL, lvl, sub, room, msg);
+}
+
+KVX_API const kvx_layout *kvx_engine_layout(const kvx_engine *e) { return &e->desc.layout; }
+KVX_API const kvx_engine_desc *kvx_engine_settings(const kvx_engine *e) { return &e->desc; }
+KVX_API const char *kvx_engine_transport(const kvx_engine *e) { return e->be->name; }
+KVX_API void *kvx_engine_backend_data(const kvx_engine *e) { return e->be_data; }
+KVX_API void kvx_engine_set_backend_data(kvx_engine *e, void *d) { e->be_data = d; }
+
+KVX_API void kvx_engine_stats_get(const kvx_engine *e, kvx_engine_stats *out) {
+    out->rooms_created = KVX__LOAD(&e->stats.rooms_created);
+    out->rooms_succeeded = KVX__LOAD(&e->stats.rooms_succeeded);
+    out->rooms_failed = KVX__LOAD(&e->stats.rooms_failed);
+    out->bytes = KVX__LOAD(&e->stats.bytes);
+}
+
+/* registry ---------------------------------------------------------------- */
+
+static pthread_mutex_t kvx__reg_mu = PTHREAD_MUTEX_INITIALIZER;
+static const kvx_backend *kvx__reg[16];
+static int kvx__reg_n;
+
+KVX_API kvx_result kvx_transport_register(const kvx_backend *b) {
+    int i;
+    kvx_result r = KVX_OK;
+    if (!b || !b->name) return KVX_ERR_INVALID_ARGUMENT;
+    pthread_mutex_lock(&kvx__reg_mu);
+    for (i = 0; i < kvx__reg_n; i++)
+        if (strcmp(kvx__reg[i]->name, b->name) == 0) break;
+    if (i < kvx__reg_n) kvx__reg[i] = b;
+    else if (kvx__reg_n < (int)(sizeof kvx__reg / sizeof kvx__reg[0])) kvx__reg[kvx__reg_n++] = b;
+    else r = KVX_ERR_NO_MEMORY;
+    pthread_mutex_unlock(&kvx__reg_mu);
+    return r;
+}
+
+KVX_API const kvx_backend *kvx_transport_find(const char *name) {
+    const kvx_backend *found = NULL;
+    int i;
+    if (!name) return NULL;
+    if (strcmp(name, "fake") == 0) return kvx_fake_backend();
+    pthread_mutex_lock(&kvx__reg_mu);
+    for (i = 0; i < kvx__reg_n; i++)
+        if (strcmp(kvx__reg[i]->name, name) == 0) found = kvx__reg[i];
+    pthread_mutex_unlock(&kvx__reg_mu);
+    return found;
+}
+
+/* room state ---------------------------------------------------------------- */
+
+KVX_API kvx_engine *kvx_room_engine(const kvx_room *r) { return r->engine; }
+KVX_API uint64_t kvx_room_id(const kvx_room *r) { return r->id; }
+KVX_API kvx_role kvx_room_role(const kvx_room *r) { return r->role; }
+KVX_API const char *kvx_room_bootstrap_addr(const kvx_room *r) { return r->bootstrap_addr; }
+KVX_API void *kvx_room_data(const kvx_room *r) { return r->data; }
+KVX_API void kvx_room_set_data(kvx_room *r, void *d) { r->data = d; }
+KVX_API kvx_poll kvx_room_poll(const kvx_room *r) { return (kvx_poll)KVX__LOAD(&r->state); }
+KVX_API int kvx_room_closed(const kvx_room *r) { return KVX__LOAD(&r->closed); }
+
+static const char *kvx__subsys(const kvx_room *r) {
+    return r->role == KVX_ROLE_PREFILL ? "kvx.sender" : "kvx.receiver";
+}
+
+KVX_API void kvx_room_advance(kvx_room *r, kvx_poll to) {
+    int cur = KVX__LOAD(&r->state);
+    for (;;) {
+        if (cur == KVX_POLL_FAILED || cur == KVX_POLL_SUCCESS || (int)to <= cur) return;
+        if (__atomic_compare_exchange_n(&r->state, &cur, (int)to, 0, __ATOMIC_ACQ_REL,
+                                        __ATOMIC_ACQUIRE))
+            break;
+    }
+    if (to == KVX_POLL_SUCCESS) KVX__ADD(&r->engine->stats.rooms_succeeded, 1);
+    if (cur == KVX_POLL_BOOTSTRAPPING && r->role == KVX_ROLE_PREFILL)
+        KVX__STORE(&r->deadline_ns, (uint64_t)0); /* bootstrap deadline met */
+    kvx_engine_log(r->engine, KVX_LOG_DEBUG, kvx__subsys(r), r->id, "%s -> %s",
+                   kvx_poll_str((kvx_poll)cur), kvx_poll_str(to));
+}
+
+KVX_API void kvx_room_succeed(kvx_room *r, uint64_t bytes) {
+    int cur = KVX__LOAD(&r->state);
+    if (cur == KVX_POLL_FAILED || cur == KVX_POLL_SUCCESS) return;
+    KVX__ADD(&r->engine->stats.bytes, bytes);
+    kvx_room_advance(r, KVX_POLL_SUCCESS);
+}
+
+static void kvx__room_failv(kvx_room *r, kvx_result res, const char *fmt, va_list ap) {
+    int cur;
+    pthread_mutex_lock(&r->mu);
+    cur = KVX__LOAD(&r->state);
+    if (cur == KVX_POLL_FAILED || cur == KVX_POLL_SUCCESS) {
+        pthread_mutex_unlock(&r->mu);
+        return;
+    }
+    vsnprintf(r->error, sizeof r->error, fmt, ap);
+    r->result = res ? res : KVX_ERR_TRANSPORT;
+    while (!__atomic_compare_exchange_n(&r->state, &cur, KVX_POLL_FAILED, 0, __ATOMIC_ACQ_REL,
+                                        __ATOMIC_ACQUIRE))
+        if (cur == KVX_POLL_SUCCESS) break;
+    pthread_mutex_unlock(&r->mu);
+    if (cur == KVX_POLL_SUCCESS) return;
+    KVX__ADD(&r->engine->stats.rooms_failed, 1);
+    kvx_engine_log(r->engine, KVX_LOG_ERROR, kvx__subsys(r), r->id, "failed (%s): %s",
+                   kvx_result_str(r->result), r->error);
+}
+
+KVX_API void kvx_room_fail(kvx_room *r, kvx_result res, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    kvx__room_failv(r, res, fmt, ap);
+    va_end(ap);
+}
+
+KVX_API void kvx_room_set_deadline(kvx_room *r, uint64_t deadline_ns, const char *what) {
+    pthread_mutex_lock(&r->mu);
+    r->deadline_what = what;
+    pthread_mutex_unlock(&r->mu);
+    KVX__STORE(&r->deadline_ns, deadline_ns);
+}
+
+static void kvx__room_destroy_mem(kvx_room *r) {
+    kvx_engine *e = r->engine;
+    pthread_mutex_destroy(&r->mu);
+    kvx_engine_free(e, r->bootstrap_addr);
+    kvx_engine_free(e, r);
+}
+
+KVX_API void kvx_room_ref(kvx_room *r) { KVX__ADD(&r->refs, 1); }
+
+KVX_API void kvx_room_unref(kvx_room *r) {
+    if (KVX__SUB(&r->refs, 1) != 0) return;
+    if (r->engine->be->room_free) r->engine->be->room_free(r);
+    kvx__room_destroy_mem(r);
+}
+
+/* Fails rooms whose deadline passed. Runs on the progress thread. */
+static void kvx__check_deadlines(kvx_engine *e) {
+    uint64_t now = kvx_now_ns();
+    kvx_room *expired[64];
+    int n = 0, i;
+    kvx_room *r;
+    pthread_mutex_lock(&e->mu);
+    for (r = e->rooms; r && n < 64; r = r->next) {
+        uint64_t d = KVX__LOAD(&r->deadline_ns);
+        int st = KVX__LOAD(&r->state);
+        if (d && now > d && st != KVX_POLL_FAILED && st != KVX_POLL_SUCCESS) {
+            kvx_room_ref(r);
+            expired[n++] = r;
+        }
+    }
+    pthread_mutex_unlock(&e->mu);
+    for (i = 0; i < n; i++) {
+        const char *what;
+        r = expired[i];
+        pthread_mutex_lock(&r->mu);
+        what = r->deadline_what ? r->deadline_what : "deadline";
+        pthread_mutex_unlock(&r->mu);
+        kvx_room_fail(r, KVX_ERR_TIMEOUT, "timed out after %.1f s in state %s: %s",
+                      (double)(now - r->created_ns) / 1e9,
+                      kvx_poll_str(kvx_room_poll(r)), what);
+        if (e->be->room_abort) e->be->room_abort(r, "timed out");
+        kvx_room_unref(r);
+    }
+}
+
+static void *kvx__progress_main(void *arg) {
+    kvx_engine *e = (kvx_engine *)arg;
+    uint64_t last_deadline_check = 0;
+    pthread_mutex_lock(&e->mu);
+    while (!e->stop) {
+        struct timespec ts;
+        uint64_t now;
+        pthread_mutex_unlock(&e->mu);
+        now = kvx_now_ns();
+        if (now - last_deadline_check > 10000000ull) {
+            kvx__check_deadlines(e);
+            last_deadline_check = now;
+        }
+        if (e->be->progress) e->be->progress(e);
+        pthread_mutex_lock(&e->mu);
+        if (e->stop) break;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += (long)e->desc.poll_interval_us * 1000L;
+        while (ts.tv_nsec >= 1000000000L) { ts.tv_sec++; ts.tv_nsec -= 1000000000L; }
+        pthread_cond_timedwait(&e->cv, &e->mu, &ts);
+    }
+    pthread_mutex_unlock(&e->mu);
+    return NULL;
+}
+
+static const char *kvx__own(kvx_engine *e, const char *s) {
+    size_t n;
+    char *c;
+    if (!s) return NULL;
+    if (e->num_owned >= KVX__MAX_OWNED_STRINGS) return NULL;
+    n = strlen(s) + 1;
+    c = (char *)kvx_engine_alloc(e, n);
+    if (!c) return NULL;
+    memcpy(c, s, n);
+    e->owned[e->num_owned++] = c;
+    return c;
+}
+
+static kvx_result kvx__apply_env(kvx_engine_desc *d, char *why, size_t wl) {
+    const char *lvl = NULL;
+    int ival;
+    kvx_result r;
+    kvx_env_str("KVX_TRANSPORT", &d->transport);
+    kvx_env_str("KVX_LOG_LEVEL", &lvl);
+    if (lvl) {
+        if (!strcmp(lvl, "error")) d->logger.level = KVX_LOG_ERROR;
+        else if (!strcmp(lvl, "warn")) d->logger.level = KVX_LOG_WARN;
+        else if (!strcmp(lvl, "info")) d->logger.level = KVX_LOG_INFO;
+        else if (!strcmp(lvl, "debug")) d->logger.level = KVX_LOG_DEBUG;
+        else {
+            kvx__set_why(why, wl, "KVX_LOG_LEVEL='%s' is not one of error, warn, info, debug", lvl);
+            return KVX_ERR_BAD_CONFIG;
+        }
+    }
+    if ((r = kvx_env_double("KVX_WAITING_TIMEOUT", &d->waiting_timeout_s, why, wl))) return r;
+    if ((r = kvx_env_double("KVX_BOOTSTRAP_TIMEOUT", &d->bootstrap_timeout_s, why, wl))) return r;
+    ival = (int)d->poll_interval_us;
+    if ((r = kvx_env_int("KVX_POLL_INTERVAL_US", &ival, why, wl))) return r;
+    d->poll_interval_us = ival > 0 ? (uint32_t)ival : 0;
+    if (!d->logger.level) d->logger.level = KVX_LOG_WARN;
+    if (d->waiting_timeout_s <= 0) d->waiting_timeout_s = 300;
+    if (d->bootstrap_timeout_s <= 0) d->bootstrap_timeout_s = 300;
+    if (!d->poll_interval_us) d->poll_interval_us = 1000;
+    if (d->poll_interval_us > 1000000) d->poll_interval_us = 1000000;
+    return KVX_OK;
+}
+
+static kvx_result kvx__copy_layout(kvx_engine *e, const kvx_layout *src) {
+    kvx_layout *l = &e->desc.layout;
+    e->bufs = (kvx_buffer *)kvx_engine_alloc(e, src->num_buffers * sizeof *e->bufs);
+    if (!e->bufs) return KVX_ERR_NO_MEMORY;
+    memcpy(e->bufs, src->buffers, src->num_buffers * sizeof *e->bufs);
+    l->buffers = e->bufs;
+    if (src->num_aux) {
+        e->aux = (kvx_aux_buffer *)kvx_engine_alloc(e, src->num_aux * sizeof *e->aux);
+        if (!e->aux) return KVX_ERR_NO_MEMORY;
+        memcpy(e->aux, src->aux, src->num_aux * sizeof *e->aux);
+    }
+    l->aux = e->aux;
+    l->dtype = kvx__own(e, src->dtype ? src->dtype : "");
+    return l->dtype ? KVX_OK : KVX_ERR_NO_MEMORY;
+}
+
+static void kvx__engine_free(kvx_engine *e) {
+    kvx_allocator a = e->desc.allocator;
+    int i;
+    for (i = 0; i < e->num_owned; i++) kvx__free(&a, e->owned[i]);
+    kvx__free(&a, e->bufs);
+    kvx__free(&a, e->aux);
+    pthread_mutex_destroy(&e->mu);
+    pthread_cond_destroy(&e->cv);
+    kvx__free(&a, e);
+}
+
+KVX_API kvx_result kvx_engine_create(const kvx_engine_desc *desc, kvx_engine **out, char *why,
+                                     size_t wl) {
+    kvx_engine *e;
+    kvx_engine_desc d;
+    kvx_result r;
+    const char *name;
+    if (why && wl) why[0] = 0;
+    if (!out) return KVX_ERR_INVALID_ARGUMENT;
+    *out = NULL;
+    if (!desc) {
+        kvx__set_why(why, wl, "engine desc is NULL");
+        return KVX_ERR_INVALID_ARGUMENT;
+    }
+    d = *desc;
+    if (d.role != KVX_ROLE_PREFILL && d.role != KVX_ROLE_DECODE) {
+        kvx__set_why(why, wl, "desc.role must be KVX_ROLE_PREFILL or KVX_ROLE_DECODE, not %d",
+                     (int)d.role);
+        return KVX_ERR_INVALID_ARGUMENT;
+    }
+    if ((r = kvx__apply_env(&d, why, wl)) != KVX_OK) return r;
+    if ((r = kvx_layout_validate(&d.layout, why, wl)) != KVX_OK) return r;
+    if (!d.backend) {
+        name = d.transport ? d.transport : "fake";
+        d.backend = kvx_transport_find(name);
+        if (!d.backend) {
+            kvx__set_why(why, wl,
+                         "unknown transport '%s': compile its header (e.g. kvx_file.h) with "
+                         "KVX_IMPLEMENTATION and call its register function, or set desc.backend",
+                         name);
+            return KVX_ERR_UNKNOWN_TRANSPORT;
+        }
+    }
+    e = (kvx_engine *)kvx__alloc(&d.allocator, sizeof *e);
+    if (!e) return KVX_ERR_NO_MEMORY;
+    memset(e, 0, sizeof *e);
+    e->desc = d;
+    e->be = d.backend;
+    pthread_mutex_init(&e->mu, NULL);
+    pthread_cond_init(&e->cv, NULL);
+    r = kvx__copy_layout(e, &d.layout);
+    e->desc.transport = e->be->name;
+    e->desc.bootstrap_addr = kvx__own(e, d.bootstrap_addr);
+    e->desc.file.dir = kvx__own(e, d.file.dir);
+    e->desc.boot.host = kvx__own(e, d.boot.host);
+    e->desc.tcp.host = kvx__own(e, d.tcp.host);
+    e->desc.rdma.devices = kvx__own(e, d.rdma.devices);
+    e->desc.rdma.library = kvx__own(e, d.rdma.library);
+    if (r != KVX_OK) {
+        kvx__set_why(why, wl, "out of memory copying the layout");
+        kvx__engine_free(e);
+        return r;
+    }
+    if (e->be->engine_init && (r = e->be->engine_init(e, why, wl)) != KVX_OK) {
+        if (why && wl && !why[0]) kvx__set_why(why, wl, "transport '%s' failed to start", e->be->name);
+        kvx__engine_free(e);
+        return r;
+    }
+    if (pthread_create(&e->progress, NULL, kvx__progress_main, e) != 0) {
+        kvx__set_why(why, wl, "cannot start the progress thread: %s", strerror(errno));
+        if (e->be->engine_fini) e->be->engine_fini(e);
+        kvx__engine_free(e);
+        return KVX_ERR_NO_MEMORY;
+    }
+    e->progress_started = 1;
+    kvx_engine_log(e, KVX_LOG_INFO, "kvx.engine", 0,
+                   "%s engine, transport %s, %u buffers, %llu pages, fingerprint %016llx",
+                   d.role == KVX_ROLE_PREFILL ? "prefill" : "decode", e->be->name,
+                   d.layout.num_buffers, (unsigned long long)kvx_layout_num_pages(&d.layout),
+                   (unsigned long long)kvx_layout_fingerprint(&d.layout));
+    *out = e;
+    return KVX_OK;
+}
+
+static void kvx__room_close(kvx_room *r) {
+    kvx_engine *e = r->engine;
+    KVX__STORE(&r->closed, 1);
+    if (e->be->room_close) e->be->room_close(r);
+    pthread_mutex_lock(&e->mu);
+    if (r->prev) r->prev->next = r->next;
+    else e->rooms = r->next;
+    if (r->next) r->next->prev = r->prev;
+    r->prev = r->next = NULL;
+    pthread_mutex_unlock(&e->mu);
+    kvx_room_unref(r);
+}
+
+KVX_API void kvx_engine_destroy(kvx_engine *e) {
+    if (!e) return;
+    pthread_mutex_lock(&e->mu);
+    e->stop = 1;
+    pthread_cond_broadcast(&e->cv);
+    pthread_mutex_unlock(&e->mu);
+    if (e->progress_started) pthread_join(e->progress, NULL);
+    for (;;) {
+        kvx_room *r;
+        pthread_mutex_lock(&e->mu);
+        r = e->rooms;
+        pthread_mutex_unlock(&e->mu);
+        if (!r) break;
+        kvx_engine_log(e, KVX_LOG_WARN, "kvx.engine", r->id,
+                       "still open at engine destroy; failed and freed");
+        kvx_room_fail(r, KVX_ERR_ABORTED, "the engine was destroyed");
+        kvx__room_close(r);
+    }
+    if (e->be->engine_fini) e->be->engine_fini(e);
+    kvx__engine_free(e);
+}
+
+static kvx_result kvx__room_create(kvx_engine *e, const kvx_room_desc *d, kvx_role role,
+                                   kvx_room **out) {
+    kvx_room *r;
+    kvx_result res;
+    const char *addr;
+    if (!out) return KVX_ERR_INVALID_ARGUMENT;
+    *out = NULL;
+    if (!e || !d) return KVX_ERR_INVALID_ARGUMENT;
+    if (e->desc.role != role) {
+        kvx_engine_log(e, KVX_LOG_ERROR, "kvx.engine", d->room,
+                       "a %s needs a %s engine", role == KVX_ROLE_PREFILL ? "sender" : "receiver",
+                       role == KVX_ROLE_PREFILL ? "prefill" : "decode");
+        return KVX_ERR_STATE;
+    }
+    r = (kvx_room *)kvx_engine_alloc(e, sizeof(struct kvx_sender));
+    if (!r) return KVX_ERR_NO_MEMORY;
+    memset(r, 0, sizeof *r);
+    r->engine = e;
+    r->id = d->room;
+    r->role = role;
+    r->state = KVX_POLL_BOOTSTRAPPING;
+    r->refs = 1;
+    r->aux_index = -1;
+    r->created_ns = kvx_now_ns();
+    pthread_mutex_init(&r->mu, NULL);
+    addr = d->bootstrap_addr ? d->bootstrap_addr : e->desc.bootstrap_addr;
+    if (addr) {
+        size_t n = strlen(addr) + 1;
+        r->bootstrap_addr = (char *)kvx_engine_alloc(e, n);
+        if (!r->bootstrap_addr) { kvx__room_destroy_mem(r); return KVX_ERR_NO_MEMORY; }
+        memcpy(r->bootstrap_addr, addr, n);
+    }
+    if (role == KVX_ROLE_PREFILL) {
+        r->deadline_ns = r->created_ns + (uint64_t)(e->desc.bootstrap_timeout_s * 1e9);
+        r->deadline_what = "no destination arrived from decode (KVX_BOOTSTRAP_TIMEOUT)";
+    }
+    pthread_mutex_lock(&e->mu);
+    r->next = e->rooms;
+    if (e->rooms) e->rooms->prev = r;
+    e->rooms = r;
+    pthread_mutex_unlock(&e->mu);
+    KVX__ADD(&e->stats.rooms_created, 1);
+    if (e->be->room_open && (res = e->be->room_open(r)) != KVX_OK) {
+        kvx_room_fail(r, res, "transport %s could not open the room", e->be->name);
+        KVX__STORE(&r->closed, 1);
+        pthread_mutex_lock(&e->mu);
+        if (r->prev) r->prev->next = r->next;
+        else e->rooms = r->next;
+        if (r->next) r->next->prev = r->prev;
+        pthread_mutex_unlock(&e->mu);
+        kvx_room_unref(r);
+        return res;
+    }
+    *out = r;
+    return KVX_OK;
+}
+
+static kvx_result kvx__call_error(kvx_room *r, kvx_result res, const char *fmt, ...)
+    KVX_PRINTF(3, 4);
+static kvx_result kvx__call_error(kvx_room *r, kvx_result res, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(r->call_error, sizeof r->call_error, fmt, ap);
+    va_end(ap);
+    kvx_engine_log(r->engine, KVX_LOG_WARN, kvx__subsys(r), r->id, "%s: %s",
+                   kvx_result_str(res), r->call_error);
+    return res;
+}
+
+static const char *kvx__room_error(const kvx_room *r) {
+    if (KVX__LOAD(&r->state) == KVX_POLL_FAILED) return r->error;
+    return r->call_error;
+}
+
+static kvx_result kvx__room_result(const kvx_room *r) {
+    return KVX__LOAD(&r->state) == KVX_POLL_FAILED ? r->result : KVX_OK;
+}
+
+static void kvx__room_abort(kvx_room *r, const char *reason) {
+    kvx_room_fail(r, KVX_ERR_ABORTED, "aborted by the %s: %s",
+                  r->role == KVX_ROLE_PREFILL ? "prefill engine" : "decode engine",
+                  reason ? reason : "no reason given");
+    if (r->engine->be->room_abort) r->engine->be->room_abort(r, reason);
+}
+
+/* sender -------------------------------------------------------------------- */
+
+KVX_API kvx_result kvx_sender_create(kvx_engine *e, const kvx_room_desc *d, kvx_sender **out) {
+    return kvx__room_create(e, d, KVX_ROLE_PREFILL, (kvx_room **)out);
+}
+
+KVX_API kvx_result kvx_sender_init(kvx_sender *s, uint32_t num_pages, int32_t aux_index) {
+    kvx_room *r = (kvx_room *)s;
+    const kvx_layout *l;
+    kvx_result res;
+    int st;
+    if (!r) return KVX_ERR_INVALID_ARGUMENT;
+    l = &r->engine->desc.layout;
+    st = KVX__LOAD(&r->state);
+    if (r->inited || st != KVX_POLL_WAITING_FOR_INPUT)
+        return kvx__call_error(r, KVX_ERR_STATE, "init called %s (state %s)",
+                               r->inited ? "twice" : "before the room was ready",
+                               kvx_poll_str((kvx_poll)st));
+    if (num_pages > KVX_MAX_PAGES || num_pages > kvx_layout_num_pages(l)) {
+        kvx_room_fail(r, KVX_ERR_OUT_OF_RANGE,
+                      "init declares %u pages but the pool holds %llu (KVX_MAX_PAGES %u)",
+                      num_pages, (unsigned long long)kvx_layout_num_pages(l),
+                      (unsigned)KVX_MAX_PAGES);
+        return KVX_ERR_OUT_OF_RANGE;
+    }
+    if (aux_index < -1 || (aux_index >= 0 && (uint64_t)aux_index >= kvx_layout_num_aux_slots(l))) {
+        kvx_room_fail(r, KVX_ERR_OUT_OF_RANGE, "aux index %ld is outside the %llu aux slots",
+                      (long)aux_index, (unsigned long long)kvx_layout_num_aux_slots(l));
+        return KVX_ERR_OUT_OF_RANGE;
+    }
+    r->inited = 1;
+    r->total_pages = num_pages;
+    r->aux_index = aux_index;
+    if (r->engine->be->sender_init &&
+        (res = r->engine->be->sender_init(r, num_pages, aux_index)) != KVX_OK) {
+        kvx_room_fail(r, res, "transport %s refused init", r->engine->be->name);
+        return res;
+    }
+    return KVX_OK;
+}
+
+KVX_API kvx_result kvx_sender_send(kvx_sender *s, const int32_t *pages, uint32_t n) {
+    kvx_room *r = (kvx_room *)s;
+    kvx_engine *e;
+    kvx_chunk *c;
+    kvx_result res;
+    int st;
+    if (!r) return KVX_ERR_INVALID_ARGUMENT;
+    e = r->engine;
+    st = KVX__LOAD(&r->state);
+    if (st == KVX_POLL_FAILED)
+        return kvx__call_error(r, KVX_ERR_STATE, "send on a failed room: %s", r->error);
+    if (!r->inited)
+        return kvx__call_error(r, KVX_ERR_STATE, "send before init (state %s)",
+                               kvx_poll_str((kvx_poll)st));
+    if (r->chunks && r->sent_pages == r->total_pages)
+        return kvx__call_error(r, KVX_ERR_STATE, "send after the last chunk (%u of %u pages sent)",
+                               r->sent_pages, r->total_pages);
+    if ((uint64_t)r->sent_pages + n > r->total_pages) {
+        kvx_room_fail(r, KVX_ERR_TOO_MANY_PAGES,
+                      "chunk %u sends %u pages after %u, more than the %u declared by init",
+                      r->chunks, n, r->sent_pages, r->total_pages);
+        return KVX_ERR_TOO_MANY_PAGES;
+    }
+    c = (kvx_chunk *)kvx_engine_alloc(e, sizeof *c);
+    if (!c) return kvx__call_error(r, KVX_ERR_NO_MEMORY, "out of memory for a chunk");
+    memset(c, 0, sizeof *c);
+    res = kvx_plan_gather(&c->gather, &e->desc.layout, pages, n);
+    if (res != KVX_OK) {
+        kvx_room_fail(r, res, "chunk %u: %s", r->chunks, c->gather.error);
+        kvx_chunk_free(e, c);
+        return res;
+    }
+    if (n) {
+        c->pages = (int32_t *)kvx_engine_alloc(e, n * sizeof *pages);
+        if (!c->pages) {
+            kvx_chunk_free(e, c);
+            return kvx__call_error(r, KVX_ERR_NO_MEMORY, "out of memory for a chunk");
+        }
+        memcpy(c->pages, pages, n * sizeof *pages);
+    }
+    c->index = r->chunks++;
+    c->first_page = r->sent_pages;
+    c->num_pages = n;
+    c->total_pages = r->total_pages;
+    r->sent_pages += n;
+    c->is_last = r->sent_pages == r->total_pages;
+    c->aux_index = r->aux_index;
+    kvx_room_advance(r, KVX_POLL_TRANSFERRING);
+    if (!e->be->sender_send) {
+        kvx_chunk_free(e, c);
+        if (r->sent_pages == r->total_pages) kvx_room_succeed(r, 0);
+        return KVX_OK;
+    }
+    res = e->be->sender_send(r, c);
+    if (res != KVX_OK) kvx_room_fail(r, res, "transport %s refused chunk", e->be->name);
+    return res;
+}
+
+KVX_API void kvx_chunk_free(kvx_engine *e, kvx_chunk *c) {
+    if (!c) return;
+    kvx_plan_free(&c->gather);
+    kvx_engine_free(e, c->pages);
+    kvx_engine_free(e, c);
+}
+
+KVX_API kvx_poll kvx_sender_poll(const kvx_sender *s) { return kvx_room_poll((const kvx_room *)s); }
+KVX_API kvx_result kvx_sender_result(const kvx_sender *s) { return kvx__room_result((const kvx_room *)s); }
+KVX_API const char *kvx_sender_error(const kvx_sender *s) { return kvx__room_error((const kvx_room *)s); }
+KVX_API uint64_t kvx_sender_room(const kvx_sender *s) { return ((const kvx_room *)s)->id; }
+KVX_API void kvx_sender_abort(kvx_sender *s, const char *why) { if (s) kvx__room_abort((kvx_room *)s, why); }
+KVX_API void kvx_sender_destroy(kvx_sender *s) { if (s) kvx__room_close((kvx_room *)s); }
+
+/* receiver ------------------------------------------------------------------ */
+
+KVX_API kvx_result kvx_receiver_create(kvx_engine *e, const kvx_room_desc *d,
+                                       kvx_receiver **out) {
+    return kvx__room_create(e, d, KVX_ROLE_DECODE, (kvx_room **)out);
+}
+
+KVX_API kvx_result kvx_receiver_init(kvx_receiver *rc, const int32_t *pages, uint32_t n,
+                                     int32_t aux_index) {
+    kvx_room *r = (kvx_room *)rc;
+    kvx_engine *e;
+    const kvx_layout *l;
+    kvx_plan chk;
+    kvx_result res;
+    int st;
+    if (!r) return KVX_ERR_INVALID_ARGUMENT;
+    e = r->engine;
+    l = &e->desc.layout;
+    st = KVX__LOAD(&r->state);
+    if (r->inited || st != KVX_POLL_WAITING_FOR_INPUT)
+        return kvx__call_error(r, KVX_ERR_STATE, "init called %s (state %s)",
+                               r->inited ? "twice" : "before the room was ready",
+                               kvx_poll_str((kvx_poll)st));
+    memset(&chk, 0, sizeof chk);
+    res = kvx_pages_check(&chk, pages, n, kvx_layout_num_pages(l), 1, "destination");
+    if (res != KVX_OK) {
+        kvx_room_fail(r, res, "init: %s", chk.error);
+        kvx_plan_free(&chk);
+        return res;
+    }
+    kvx_plan_free(&chk);
+    if (aux_index < -1 || (aux_index >= 0 && (uint64_t)aux_index >= kvx_layout_num_aux_slots(l))) {
+        kvx_room_fail(r, KVX_ERR_OUT_OF_RANGE, "aux index %ld is outside the %llu aux slots",
+                      (long)aux_index, (unsigned long long)kvx_layout_num_aux_slots(l));
+        return KVX_ERR_OUT_OF_RANGE;
+    }
+    r->inited = 1;
+    r->total_pages = n;
+    r->aux_index = aux_index;
+    kvx_room_set_deadline(r, kvx_now_ns() + (uint64_t)(e->desc.waiting_timeout_s * 1e9),
+                          "the KV cache did not arrive (KVX_WAITING_TIMEOUT)");
+    kvx_room_advance(r, KVX_POLL_TRANSFERRING);
+    if (e->be->receiver_init && (res = e->be->receiver_init(r, pages, n, aux_index)) != KVX_OK) {
+        kvx_room_fail(r, res, "transport %s refused init", e->be->name);
+        return res;
+    }
+    return KVX_OK;
+}
+
+KVX_API kvx_poll kvx_receiver_poll(const kvx_receiver *r) { return kvx_room_poll((const kvx_room *)r); }
+KVX_API kvx_result kvx_receiver_result(const kvx_receiver *r) { return kvx__room_result((const kvx_room *)r); }
+KVX_API const char *kvx_receiver_error(const kvx_receiver *r) { return kvx__room_error((const kvx_room *)r); }
+KVX_API uint64_t kvx_receiver_room(const kvx_receiver *r) { return ((const kvx_room *)r)->id; }
+KVX_API void kvx_receiver_abort(kvx_receiver *r, const char *why) { if (r) kvx__room_abort((kvx_room *)r, why); }
+KVX_API void kvx_receiver_destroy(kvx_receiver *r) { if (r) kvx__room_close((kvx_room *)r); }
+
+/* >>impl: fake transport -------------------------------------------------- */
+
+static kvx_result kvx__fake_open(kvx_room *r) {
+    kvx_room_advance(r, KVX_POLL_WAITING_FOR_INPUT);
+    return KVX_OK;
+}
+static kvx_result kvx__fake_send(kvx_room *r, kvx_chunk *c) {
+    int last = c->is_last;
+    kvx_chunk_free(kvx_room_engine(r), c);
+    if (last) kvx_room_succeed(r, 0);
+    return KVX_OK;
+}
+static kvx_result kvx__fake_recv_init(kvx_room *r, const int32_t *p, uint32_t n, int32_t aux) {
+    (void)p; (void)n; (void)aux;
+    kvx_room_succeed(r, 0);
+    return KVX_OK;
+}
+
+KVX_API const kvx_backend *kvx_fake_backend(void) {
+    static const kvx_backend fake = {"fake", NULL, NULL, NULL, kvx__fake_open, NULL,
+                                     kvx__fake_send, kvx__fake_recv_init, NULL, NULL, NULL};
+    return &fake;
+}
+
+/* >>impl: worker queue ---------------------------------------------------- */
+
+typedef struct kvx__job {
+    kvx_job_fn fn;
+    void *arg;
+    struct kvx__job *next;
+} kvx__job;
+
+struct kvx_workq {
+    kvx_engine *engine;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    kvx__job *head, *tail;
+    int stop;
+    int nthreads;
+    pthread_t *threads;
+};
+
+static void *kvx__workq_main(void *arg) {
+    kvx_workq *q = (kvx_workq *)arg;
+    for (;;) {
+        kvx__job *j;
+        pthread_mutex_lock(&q->mu);
+        while (!q->head && !q->stop) pthread_cond_wait(&q->cv, &q->mu);
+        j = q->head;
+        if (!j) { pthread_mutex_unlock(&q->mu); break; }
+        q->head = j->next;
+        if (!q->head) q->tail = NULL;
+        pthread_mutex_unlock(&q->mu);
+        j->fn(j->arg);
+        kvx_engine_free(q->engine, j);
+    }
+    return NULL;
+}
+
+KVX_API kvx_result kvx_workq_create(kvx_engine *e, int threads, const char *name,
+                                    kvx_workq **out) {
+    kvx_workq *q;
+    int i;
+    (void)name;
+    *out = NULL;
+    if (threads < 1) threads = 1;
+    if (threads > 256) threads = 256;
+    q = (kvx_workq *)kvx_engine_alloc(e, sizeof *q);
+    if (!q) return KVX_ERR_NO_MEMORY;
+    memset(q, 0, sizeof *q);
+    q->engine = e;
+    q->threads = (pthread_t *)kvx_engine_alloc(e, (size_t)threads * sizeof(pthread_t));
+    if (!q->threads) { kvx_engine_free(e, q); return KVX_ERR_NO_MEMORY; }
+    pthread_mutex_init(&q->mu, NULL);
+    pthread_cond_init(&q->cv, NULL);
+    for (i = 0; i < threads; i++) {
+        if (pthread_create(&q->threads[i], NULL, kvx__workq_main, q) != 0) break;
+        q->nthreads++;
+    }
+    if (!q->nthreads) {
+        kvx_workq_destroy(q);
+        return KVX_ERR_NO_MEMORY;
+    }
+    *out = q;
+    return KVX_OK;
+}
+
+KVX_API kvx_result kvx_workq_submit(kvx_workq *q, kvx_job_fn fn, void *arg) {
+    kvx__job *j = (kvx__job *)kvx_engine_alloc(q->engine, sizeof *j);
+    if (!j) return KVX_ERR_NO_MEMORY;
+    j->fn = fn;
+    j->arg = arg;
+    j->next = NULL;
+    pthread_mutex_lock(&q->mu);
+    if (q->tail) q->tail->next = j;
+    else q->head = j;
+    q->tail = j;
+    pthread_cond_signal(&q->cv);
+    pthread_mutex_unlock(&q->mu);
+    return KVX_OK;
+}
+
+KVX_API void kvx_workq_destroy(kvx_workq *q) {
+    int i;
+    if (!q) return;
+    pthread_mutex_lock(&q->mu);
+    q->stop = 1;
+    pthread_cond_broadcast(&q->cv);
+    pthread_mutex_unlock(&q->mu);
+    for (i = 0; i < q->nthreads; i++) pthread_join(q->threads[i], NULL);
+    pthread_mutex_destroy(&q->mu);
+    pthread_cond_destroy(&q->cv);
+    kvx_engine_free(q->engine, q->threads);
+    kvx_engine_free(q->engine, q);
+}
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* KVX_IMPLEMENTATION */
+
+/*
+------------------------------------------------------------------------------
+MIT License
+
+Copyright (c) 2026 the kvx authors
+
+Permission is hereby granted, free of charge, to any person obtaining a copy of
+this software and associated documentation files (the "Software"), to deal in
+the Software without restriction, including without limitation the rights to
+use, copy, modify, merge, publish, distribute, sublicense, and/or sell copies
+of the Software, and to permit persons to whom the Software is furnished to do
+so, subject to the following conditions:
+
+The above copyright notice and this permission notice shall be included in all
+copies or substantial portions of the Software.
+
+THE SOFTWARE IS PROVIDED "AS IS", WITHOUT WARRANTY OF ANY KIND, EXPRESS OR
+IMPLIED, INCLUDING BUT NOT LIMITED TO THE WARRANTIES OF MERCHANTABILITY,
+FITNESS FOR A PARTICULAR PURPOSE AND NONINFRINGEMENT. IN NO EVENT SHALL THE
+AUTHORS OR COPYRIGHT HOLDERS BE LIABLE FOR ANY CLAIM, DAMAGES OR OTHER
+LIABILITY, WHETHER IN AN ACTION OF CONTRACT, TORT OR OTHERWISE, ARISING FROM,
+OUT OF OR IN CONNECTION WITH THE SOFTWARE OR THE USE OR OTHER DEALINGS IN THE
+SOFTWARE.
+------------------------------------------------------------------------------
+*/
