@@ -1,0 +1,299 @@
+/* kvx_example.h - what the reference prefill and decode programs share: a
+   simulated engine KV pool of a named model shape, a scattered page
+   allocator, deterministic page contents, and the request list both sides
+   derive from one seed (in a real deployment the router tells both sides).
+
+   Not part of the library: engines have their own pools. Copy what helps. */
+#ifndef KVX_EXAMPLE_H
+#define KVX_EXAMPLE_H
+
+#include "../kvx.h"
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <math.h>
+#include <time.h>
+
+#if defined(__GNUC__) || defined(__clang__)
+#define EX_UNUSED __attribute__((unused))
+#else
+#define EX_UNUSED
+#endif
+
+/* ---- model shapes --------------------------------------------------------- */
+
+typedef struct ex_model {
+    const char *name;
+    uint32_t layers, kv_heads, head_dim, dtype_size;
+    int mla; /* MLA: one buffer per layer of head_dim (kv_lora_rank + rope) wide */
+    const char *dtype;
+} ex_model;
+
+static const ex_model ex_models[] = {
+    {"llama-3.1-8b", 32, 8, 128, 2, 0, "bfloat16"},
+    {"llama-3.1-70b", 80, 8, 128, 2, 0, "bfloat16"},
+    {"deepseek-v3", 61, 1, 576, 2, 1, "bfloat16"},
+};
+
+static const ex_model *ex_model_find(const char *name) {
+    size_t i;
+    for (i = 0; i < sizeof ex_models / sizeof ex_models[0]; i++)
+        if (!strcmp(ex_models[i].name, name)) return &ex_models[i];
+    return NULL;
+}
+
+/* ---- deterministic content ------------------------------------------------- */
+
+static EX_UNUSED uint64_t ex_mix(uint64_t x) { /* splitmix64 finaliser */
+    x += 0x9E3779B97F4A7C15ull;
+    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+    x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+    return x ^ (x >> 31);
+}
+
+/* The bytes of token `tok` of buffer `buf` of request `room`: a word stream
+   seeded from all three, so a page landing in the wrong place, buffer or
+   request is caught. */
+static EX_UNUSED uint64_t ex_seed(uint64_t room, uint32_t buf, uint64_t tok) {
+    return ex_mix(room * 0x100000001B3ull ^ ((uint64_t)buf << 40) ^ tok);
+}
+
+#define EX_AUX_IDS 0  /* aux 0: 16 int32 output token ids, padded to 64 bytes */
+#define EX_AUX_ROOM 1 /* aux 1: the room id, 8 bytes (0 = slot never written) */
+
+typedef struct ex_pool {
+    kvx_layout layout;
+    kvx_buffer *bufs;
+    kvx_aux_buffer aux[2];
+    uint32_t num_pages, page_size, token_bytes; /* bytes of one token in one buffer */
+    /* scattered free list */
+    int32_t *free_pages;
+    uint32_t num_free;
+    uint32_t num_slots;
+    int32_t *free_slots;
+    uint32_t num_free_slots;
+    uint64_t rng;
+} ex_pool;
+
+static EX_UNUSED uint64_t ex_rand(uint64_t *s) { return ex_mix((*s)++); }
+
+static EX_UNUSED int ex_pool_init(ex_pool *p, const ex_model *m, uint32_t num_pages, uint32_t page_size,
+                        uint32_t num_slots, uint64_t seed) {
+    uint32_t nb = m->mla ? m->layers : 2 * m->layers, i;
+    uint64_t item;
+    memset(p, 0, sizeof *p);
+    p->token_bytes = m->kv_heads * m->head_dim * m->dtype_size;
+    item = (uint64_t)p->token_bytes * page_size;
+    p->bufs = (kvx_buffer *)calloc(nb, sizeof *p->bufs);
+    if (!p->bufs) return -1;
+    for (i = 0; i < nb; i++) {
+        /* one allocation per buffer, as engines do (a tensor per layer) */
+        p->bufs[i].base = malloc(item * num_pages);
+        if (!p->bufs[i].base) return -1;
+        p->bufs[i].length = item * num_pages;
+        p->bufs[i].item_len = item;
+    }
+    p->aux[EX_AUX_IDS].item_len = 64;
+    p->aux[EX_AUX_ROOM].item_len = 8;
+    for (i = 0; i < 2; i++) {
+        p->aux[i].length = p->aux[i].item_len * num_slots;
+        p->aux[i].base = calloc(num_slots, p->aux[i].item_len);
+        if (!p->aux[i].base) return -1;
+    }
+    p->layout.buffers = p->bufs;
+    p->layout.num_buffers = nb;
+    p->layout.aux = p->aux;
+    p->layout.num_aux = 2;
+    p->layout.page_size = page_size;
+    p->layout.num_kv_heads = m->kv_heads;
+    p->layout.dtype_size = m->dtype_size;
+    p->layout.dtype = m->dtype;
+    p->layout.mla = m->mla;
+    p->num_pages = num_pages;
+    p->page_size = page_size;
+    p->num_slots = num_slots;
+    p->rng = seed;
+    /* a pool after hours of serving: the free list is shuffled */
+    p->free_pages = (int32_t *)malloc(num_pages * sizeof(int32_t));
+    p->free_slots = (int32_t *)malloc(num_slots * sizeof(int32_t));
+    if (!p->free_pages || !p->free_slots) return -1;
+    for (i = 0; i < num_pages; i++) p->free_pages[i] = (int32_t)i;
+    for (i = num_pages; i > 1; i--) {
+        uint32_t j = (uint32_t)(ex_rand(&p->rng) % i);
+        int32_t t = p->free_pages[i - 1];
+        p->free_pages[i - 1] = p->free_pages[j];
+        p->free_pages[j] = t;
+    }
+    p->num_free = num_pages;
+    for (i = 0; i < num_slots; i++) p->free_slots[i] = (int32_t)(num_slots - 1 - i);
+    p->num_free_slots = num_slots;
+    return 0;
+}
+
+static EX_UNUSED void ex_pool_free(ex_pool *p) {
+    uint32_t i;
+    for (i = 0; i < p->layout.num_buffers && p->bufs; i++) free(p->bufs[i].base);
+    free(p->bufs);
+    free(p->aux[0].base);
+    free(p->aux[1].base);
+    free(p->free_pages);
+    free(p->free_slots);
+}
+
+/* Takes n pages from the free list (0 on success, -1 when the pool is full). */
+static EX_UNUSED int ex_alloc_pages(ex_pool *p, int32_t *out, uint32_t n) {
+    uint32_t i;
+    if (n > p->num_free) return -1;
+    for (i = 0; i < n; i++) out[i] = p->free_pages[--p->num_free];
+    return 0;
+}
+
+/* Returns pages at a random place in the free list, so the pool stays scattered. */
+static EX_UNUSED void ex_free_pages(ex_pool *p, const int32_t *pages, uint32_t n) {
+    uint32_t i;
+    for (i = 0; i < n; i++) {
+        uint32_t j = p->num_free ? (uint32_t)(ex_rand(&p->rng) % (p->num_free + 1)) : 0;
+        p->free_pages[p->num_free] = p->free_pages[j];
+        p->free_pages[j] = pages[i];
+        p->num_free++;
+    }
+}
+
+static EX_UNUSED int32_t ex_alloc_slot(ex_pool *p) {
+    return p->num_free_slots ? p->free_slots[--p->num_free_slots] : -1;
+}
+static EX_UNUSED void ex_free_slot(ex_pool *p, int32_t s) { p->free_slots[p->num_free_slots++] = s; }
+
+/* Fills (write=1) or checks (write=0) the pages of a request as a prefill
+   forward pass would have left them. Returns the number of bad tokens. */
+static EX_UNUSED uint64_t ex_pages_pattern(ex_pool *p, uint64_t room, const int32_t *pages, uint32_t n,
+                                 int write) {
+    uint64_t bad = 0;
+    uint32_t b, i, t, w, words = p->token_bytes / 8;
+    for (b = 0; b < p->layout.num_buffers; b++) {
+        for (i = 0; i < n; i++) {
+            uint64_t *page = (uint64_t *)((char *)p->bufs[b].base +
+                                          (uint64_t)pages[i] * p->bufs[b].item_len);
+            for (t = 0; t < p->page_size; t++) {
+                uint64_t *tokw = page + (uint64_t)t * words;
+                uint64_t v = ex_seed(room, b, (uint64_t)i * p->page_size + t);
+                if (write) {
+                    for (w = 0; w < words; w++) tokw[w] = v + w * 0xD1B54A32D192ED03ull;
+                } else {
+                    for (w = 0; w < words; w++)
+                        if (tokw[w] != v + w * 0xD1B54A32D192ED03ull) { bad++; break; }
+                }
+            }
+        }
+    }
+    return bad;
+}
+
+static EX_UNUSED void ex_aux_write(ex_pool *p, uint64_t room, int32_t slot) {
+    int32_t ids[16];
+    int i;
+    for (i = 0; i < 16; i++) ids[i] = (int32_t)(ex_mix(room + (uint64_t)i) % 128256);
+    memcpy((char *)p->aux[EX_AUX_IDS].base + (uint64_t)slot * 64, ids, sizeof ids);
+    memcpy((char *)p->aux[EX_AUX_ROOM].base + (uint64_t)slot * 8, &room, 8);
+}
+
+static EX_UNUSED int ex_aux_check(ex_pool *p, uint64_t room, int32_t slot) {
+    int32_t ids[16];
+    uint64_t got;
+    int i;
+    for (i = 0; i < 16; i++) ids[i] = (int32_t)(ex_mix(room + (uint64_t)i) % 128256);
+    memcpy(&got, (char *)p->aux[EX_AUX_ROOM].base + (uint64_t)slot * 8, 8);
+    return got == room &&
+           !memcmp((char *)p->aux[EX_AUX_IDS].base + (uint64_t)slot * 64, ids, sizeof ids);
+}
+
+static EX_UNUSED void ex_aux_clear(ex_pool *p, int32_t slot) {
+    memset((char *)p->aux[EX_AUX_IDS].base + (uint64_t)slot * 64, 0, 64);
+    memset((char *)p->aux[EX_AUX_ROOM].base + (uint64_t)slot * 8, 0, 8);
+}
+
+/* ---- requests ----------------------------------------------------------------- */
+
+typedef struct ex_request {
+    uint64_t room;
+    uint32_t tokens, pages;
+} ex_request;
+
+/* Lengths are log-uniform in [min, max] tokens: mostly short prompts, a few
+   long ones, as in chat traffic. Rooms are random 63-bit ids like SGLang's. */
+static EX_UNUSED void ex_requests(ex_request *r, uint32_t n, uint64_t seed, uint32_t min_tok,
+                        uint32_t max_tok, uint32_t page_size) {
+    uint32_t i;
+    double lo = (double)min_tok, ratio = (double)max_tok / (double)min_tok;
+    for (i = 0; i < n; i++) {
+        double u = (double)(ex_mix(seed * 7919 + i) >> 11) / 9007199254740992.0;
+        double len = lo * pow(ratio, u);
+        r[i].room = ex_mix(seed ^ (0xABCDull << 32) ^ i) & 0x7FFFFFFFFFFFFFFFull;
+        r[i].tokens = (uint32_t)len;
+        if (r[i].tokens < min_tok) r[i].tokens = min_tok;
+        if (r[i].tokens > max_tok) r[i].tokens = max_tok;
+        r[i].pages = (r[i].tokens + page_size - 1) / page_size;
+    }
+}
+
+/* ---- command line ---------------------------------------------------------- */
+
+typedef struct ex_args {
+    const char *model, *transport, *dir, *times, *bootstrap;
+    uint32_t requests, min_tokens, max_tokens, chunk_tokens, page_size, pool_pages, inflight;
+    uint64_t seed;
+    int quiet;
+} ex_args;
+
+static EX_UNUSED void ex_usage(const char *prog) {
+    fprintf(stderr,
+            "usage: %s [--model llama-3.1-8b|llama-3.1-70b|deepseek-v3] [--transport file|fake]\n"
+            "          [--dir DIR] [--requests N] [--min-tokens N] [--max-tokens N]\n"
+            "          [--chunk-tokens N] [--page-size N] [--pool-pages N] [--inflight N]\n"
+            "          [--seed N] [--times FILE] [--quiet]\n",
+            prog);
+}
+
+static EX_UNUSED int ex_parse(ex_args *a, int argc, char **argv) {
+    int i;
+    a->model = "llama-3.1-8b"; a->transport = "file"; a->dir = NULL; a->times = NULL;
+    a->bootstrap = NULL;
+    a->requests = 64; a->min_tokens = 16; a->max_tokens = 2048; a->chunk_tokens = 512;
+    a->page_size = 16; a->pool_pages = 0; a->inflight = 4; a->seed = 1; a->quiet = 0;
+    for (i = 1; i < argc; i++) {
+        const char *k = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        unsigned long long n = v ? strtoull(v, NULL, 10) : 0;
+        if (!strcmp(k, "--quiet")) { a->quiet = 1; continue; }
+        if (!v) { ex_usage(argv[0]); return -1; }
+        i++;
+        if (!strcmp(k, "--model")) a->model = v;
+        else if (!strcmp(k, "--transport")) a->transport = v;
+        else if (!strcmp(k, "--dir")) a->dir = v;
+        else if (!strcmp(k, "--times")) a->times = v;
+        else if (!strcmp(k, "--bootstrap")) a->bootstrap = v;
+        else if (!strcmp(k, "--requests")) a->requests = (uint32_t)n;
+        else if (!strcmp(k, "--min-tokens")) a->min_tokens = (uint32_t)n;
+        else if (!strcmp(k, "--max-tokens")) a->max_tokens = (uint32_t)n;
+        else if (!strcmp(k, "--chunk-tokens")) a->chunk_tokens = (uint32_t)n;
+        else if (!strcmp(k, "--page-size")) a->page_size = (uint32_t)n;
+        else if (!strcmp(k, "--pool-pages")) a->pool_pages = (uint32_t)n;
+        else if (!strcmp(k, "--inflight")) a->inflight = (uint32_t)n;
+        else if (!strcmp(k, "--seed")) a->seed = n;
+        else { ex_usage(argv[0]); return -1; }
+    }
+    if (!ex_model_find(a->model)) {
+        fprintf(stderr, "unknown model '%s'\n", a->model);
+        return -1;
+    }
+    if (!a->page_size || !a->min_tokens || a->min_tokens > a->max_tokens || !a->inflight ||
+        !a->chunk_tokens || a->chunk_tokens % a->page_size) {
+        fprintf(stderr, "bad sizes: need page-size > 0, 0 < min-tokens <= max-tokens, "
+                        "inflight > 0, chunk-tokens a multiple of page-size\n");
+        return -1;
+    }
+    if (!a->pool_pages) /* room for every request in flight, plus slack */
+        a->pool_pages = (a->max_tokens / a->page_size + 1) * (a->inflight + 1);
+    return 0;
+}
+
+#endif
