@@ -488,6 +488,16 @@ KVX_API void kvx_room_fail(kvx_room *r, kvx_result res, const char *fmt, ...) KV
    room with KVX_ERR_TIMEOUT and `what` in the sentence. */
 KVX_API void kvx_room_set_deadline(kvx_room *r, uint64_t deadline_ns, const char *what);
 
+/* The open sender or receiver of `room` on this engine, referenced (call
+   kvx_room_unref), or NULL. Thread-safe. */
+KVX_API kvx_room *kvx_engine_find_room(kvx_engine *e, uint64_t room);
+/* Calls fn on every open room (each referenced for the call). fn may fail
+   rooms but must not destroy them. Thread-safe; do not call from fn. */
+KVX_API void kvx_engine_foreach_room(kvx_engine *e, void (*fn)(kvx_room *r, void *arg),
+                                     void *arg);
+/* Monotonic ns when the room was created. */
+KVX_API uint64_t kvx_room_created_ns(const kvx_room *r);
+
 KVX_API void *kvx_engine_backend_data(const kvx_engine *e);
 KVX_API void kvx_engine_set_backend_data(kvx_engine *e, void *data);
 KVX_API void *kvx_engine_alloc(const kvx_engine *e, size_t size); /* desc allocator */
@@ -1704,6 +1714,40 @@ KVX_API void kvx_room_set_deadline(kvx_room *r, uint64_t deadline_ns, const char
     r->deadline_what = what;
     pthread_mutex_unlock(&r->mu);
     KVX__STORE(&r->deadline_ns, deadline_ns);
+}
+
+KVX_API uint64_t kvx_room_created_ns(const kvx_room *r) { return r->created_ns; }
+
+KVX_API kvx_room *kvx_engine_find_room(kvx_engine *e, uint64_t id) {
+    kvx_room *r;
+    pthread_mutex_lock(&e->mu);
+    for (r = e->rooms; r; r = r->next)
+        if (r->id == id) { KVX__ADD(&r->refs, 1); break; }
+    pthread_mutex_unlock(&e->mu);
+    return r;
+}
+
+KVX_API void kvx_engine_foreach_room(kvx_engine *e, void (*fn)(kvx_room *, void *), void *arg) {
+    kvx_room **all = NULL, *r;
+    size_t n = 0, cap = 0, i;
+    pthread_mutex_lock(&e->mu);
+    for (r = e->rooms; r; r = r->next) {
+        if (n == cap) {
+            size_t nc = cap ? cap * 2 : 64;
+            kvx_room **na = (kvx_room **)realloc(all, nc * sizeof *na);
+            if (!na) break;
+            all = na;
+            cap = nc;
+        }
+        KVX__ADD(&r->refs, 1);
+        all[n++] = r;
+    }
+    pthread_mutex_unlock(&e->mu);
+    for (i = 0; i < n; i++) {
+        fn(all[i], arg);
+        kvx_room_unref(all[i]);
+    }
+    free(all);
 }
 
 static void kvx__room_destroy_mem(kvx_room *r) {
