@@ -1018,7 +1018,7 @@ static kvx_result kvx__file_receiver_init(kvx_room *r, const int32_t *pages, uin
     fr->aux_index = aux;
     if (fe->timeout_s < kvx_engine_settings(e)->waiting_timeout_s) {
         snprintf(fr->deadline_what, sizeof fr->deadline_what,
-                 "no %s/transfer_done appeared (KVX_FILE_TIMEOUT %.0f s)", fr->dir, fe->timeout_s);
+                 "no %s/transfer_done appeared (KVX_FILE_TIMEOUT %g s)", fr->dir, fe->timeout_s);
         kvx_room_set_deadline(r, kvx_now_ns() + (uint64_t)(fe->timeout_s * 1e9),
                               fr->deadline_what);
     }

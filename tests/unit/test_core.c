@@ -1,0 +1,405 @@
+/* Unit tests of the core: results, state machine, layouts, plans, JSON,
+   checksums, settings, engine objects over the fake transport and over a
+   transport that never finishes (for the core's waiting timeout). */
+#define KVX_IMPLEMENTATION
+#include "../../kvx.h"
+#include "../kvx_test.h"
+#include <unistd.h>
+#include <time.h>
+
+static void sleep_ms(int ms) {
+    struct timespec ts;
+    ts.tv_sec = ms / 1000;
+    ts.tv_nsec = (long)(ms % 1000) * 1000000L;
+    nanosleep(&ts, NULL);
+}
+
+/* A small pool: 3 buffers of 4 pages (item_len 16), one aux buffer of 4 slots. */
+static char mem[3][64];
+static char auxmem[4 * 8];
+static kvx_buffer bufs[3];
+static kvx_aux_buffer auxb;
+
+static kvx_layout small_layout(void) {
+    kvx_layout l;
+    int i;
+    memset(&l, 0, sizeof l);
+    for (i = 0; i < 3; i++) {
+        bufs[i].base = mem[i];
+        bufs[i].length = 64;
+        bufs[i].item_len = 16;
+    }
+    auxb.base = auxmem;
+    auxb.length = sizeof auxmem;
+    auxb.item_len = 8;
+    l.buffers = bufs;
+    l.num_buffers = 3;
+    l.aux = &auxb;
+    l.num_aux = 1;
+    l.page_size = 4;
+    l.num_kv_heads = 2;
+    l.dtype_size = 2;
+    l.dtype = "bfloat16";
+    return l;
+}
+
+static void test_checksums(void) {
+    kvx_sha256 h;
+    uint8_t d[32];
+    static const uint8_t abc[32] = {0xba, 0x78, 0x16, 0xbf, 0x8f, 0x01, 0xcf, 0xea, 0x41, 0x41, 0x40,
+                                    0xde, 0x5d, 0xae, 0x22, 0x23, 0xb0, 0x03, 0x61, 0xa3, 0x96, 0x17,
+                                    0x7a, 0x9c, 0xb4, 0x10, 0xff, 0x61, 0xf2, 0x00, 0x15, 0xad};
+    char big[50000];
+    size_t i;
+    uint32_t whole, bytewise = 0;
+    CHECK(kvx_crc32c(0, "123456789", 9) == 0xE3069283u, "crc32c check value");
+    kvx_sha256_init(&h);
+    kvx_sha256_update(&h, "abc", 3);
+    kvx_sha256_final(&h, d);
+    CHECK(memcmp(d, abc, 32) == 0, "sha256(abc)");
+    /* the 3-stream hardware path and the bytewise path agree at every alignment */
+    for (i = 0; i < sizeof big; i++) big[i] = (char)(i * 131 + (i >> 7));
+    whole = kvx_crc32c(0, big + 3, sizeof big - 3);
+    for (i = 3; i < sizeof big; i++) bytewise = kvx_crc32c(bytewise, big + i, 1);
+    CHECK(whole == bytewise, "crc32c streaming: %08x vs %08x", whole, bytewise);
+}
+
+static void test_json(void) {
+    kvx_json_doc d;
+    const char *t = "{\"a\": [1, 2, {\"b\": \"x\\ny\"}], \"n\": 18446744073709551615, \"neg\": -5,"
+                    " \"f\": 1.5, \"t\": true, \"z\": null}";
+    uint64_t v = 0;
+    const kvx_json *a;
+    CHECK(kvx_json_parse(&d, t, strlen(t), 0) == KVX_OK, "parse: %s", d.error);
+    a = kvx_json_get(&d, kvx_json_root(&d), "a");
+    CHECK(a && a->count == 3, "array count");
+    CHECK(kvx_json_u64(&d, kvx_json_at(&d, a, 1), NULL, 0, 10, &v) && v == 2, "a[1] == 2");
+    CHECK(kvx_json_get(&d, kvx_json_at(&d, a, 2), "b") &&
+              !strcmp(kvx_json_get(&d, kvx_json_at(&d, a, 2), "b")->str, "x\ny"),
+          "escaped string");
+    CHECK(kvx_json_u64(&d, kvx_json_root(&d), "n", 0, UINT64_MAX, &v) && v == UINT64_MAX,
+          "u64 max");
+    CHECK(!kvx_json_u64(&d, kvx_json_root(&d), "neg", 0, 100, &v), "negative refused");
+    CHECK(!kvx_json_u64(&d, kvx_json_root(&d), "f", 0, 100, &v), "fraction refused");
+    CHECK(!kvx_json_u64(&d, kvx_json_root(&d), "missing", 0, 100, &v), "missing key");
+    kvx_json_free(&d);
+    {
+        static const char *bad[] = {"{", "[1,]", "{\"a\" 1}", "\"\\x\"", "01x", "[1] 2", "",
+                                    "{\"a\":tru}", "\"\x01\""};
+        size_t i;
+        for (i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+            CHECK(kvx_json_parse(&d, bad[i], strlen(bad[i]), 0) == KVX_ERR_PROTOCOL,
+                  "bad JSON '%s' refused", bad[i]);
+            kvx_json_free(&d);
+        }
+    }
+    {
+        char deep[200];
+        memset(deep, '[', 100);
+        memset(deep + 100, ']', 100);
+        CHECK(kvx_json_parse(&d, deep, 200, 0) == KVX_ERR_PROTOCOL, "depth limit");
+        CHECK_STR(d.error, "deeper");
+        kvx_json_free(&d);
+        CHECK(kvx_json_parse(&d, "[1,2,3,4,5]", 11, 3) == KVX_ERR_PROTOCOL, "node limit");
+        kvx_json_free(&d);
+    }
+}
+
+static void test_layout(void) {
+    kvx_layout a = small_layout(), b;
+    kvx_buffer other[3];
+    char why[256];
+    CHECK(kvx_layout_validate(&a, why, sizeof why) == KVX_OK, "valid layout: %s", why);
+    CHECK(kvx_layout_num_pages(&a) == 4, "4 pages");
+    CHECK(kvx_layout_page_bytes(&a) == 48, "48 bytes per page");
+    CHECK(kvx_layout_num_aux_slots(&a) == 4, "4 aux slots");
+    b = a;
+    CHECK(kvx_layout_compare(&a, &b, why, sizeof why) == KVX_OK, "equal layouts");
+    CHECK(kvx_layout_fingerprint(&a) == kvx_layout_fingerprint(&b), "equal fingerprints");
+    b.page_size = 8;
+    CHECK(kvx_layout_compare(&a, &b, why, sizeof why) == KVX_ERR_LAYOUT_MISMATCH, "page size");
+    CHECK_STR(why, "page_size differs: ours 4, theirs 8");
+    CHECK(kvx_layout_fingerprint(&a) != kvx_layout_fingerprint(&b), "fingerprint covers page size");
+    b = a;
+    b.dtype = "float16";
+    kvx_layout_compare(&a, &b, why, sizeof why);
+    CHECK_STR(why, "dtype differs: ours 'bfloat16', theirs 'float16'");
+    b = a;
+    b.num_buffers = 2;
+    kvx_layout_compare(&a, &b, why, sizeof why);
+    CHECK_STR(why, "buffer count differs: ours 3, theirs 2");
+    b = a;
+    memcpy(other, bufs, sizeof other);
+    other[2].item_len = 32;
+    other[2].base = mem[2];
+    b.buffers = other;
+    kvx_layout_compare(&a, &b, why, sizeof why);
+    CHECK_STR(why, "item_len of KV buffer 2 differs: ours 16, theirs 32");
+    /* pool lengths and bases are not part of the fingerprint */
+    other[2].item_len = 16;
+    other[2].length = 32;
+    CHECK(kvx_layout_fingerprint(&a) == kvx_layout_fingerprint(&b), "pool size not covered");
+    b = a;
+    b.page_size = 0;
+    CHECK(kvx_layout_validate(&b, why, sizeof why) == KVX_ERR_INVALID_ARGUMENT, "page_size 0");
+    memcpy(other, bufs, sizeof other);
+    other[1].length = 8;
+    b = a;
+    b.buffers = other;
+    CHECK(kvx_layout_validate(&b, why, sizeof why) == KVX_ERR_INVALID_ARGUMENT, "short buffer");
+    CHECK_STR(why, "KV buffer 1");
+}
+
+static void test_plan(void) {
+    kvx_layout l = small_layout();
+    kvx_plan p;
+    int32_t src[4] = {0, 1, 2, 3}, dst[4] = {3, 0, 1, 2}, dup[3] = {1, 2, 1};
+    int32_t oob[2] = {1, 4}, neg[1] = {-1};
+    memset(&p, 0, sizeof p);
+    /* two-sided: 0->3 alone, then 1,2,3 -> 0,1,2 as one run, for each of 3 buffers */
+    CHECK(kvx_plan_pages(&p, &l, src, &l, dst, 4) == KVX_OK, "plan: %s", p.error);
+    CHECK(p.count == 6, "6 spans, got %zu", p.count);
+    CHECK(p.spans[0].buffer == 0 && p.spans[0].src_offset == 0 && p.spans[0].dst_offset == 48 &&
+              p.spans[0].length == 16, "span 0");
+    CHECK(p.spans[1].src_offset == 16 && p.spans[1].dst_offset == 0 && p.spans[1].length == 48,
+          "span 1 merged run of 3 pages");
+    CHECK(p.spans[5].buffer == 2, "buffer order");
+    CHECK(p.total_bytes == 4 * 48, "total bytes");
+    /* fully consecutive: one span per buffer */
+    CHECK(kvx_plan_pages(&p, &l, src, &l, src, 4) == KVX_OK && p.count == 3, "coalesced");
+    /* empty and single page */
+    CHECK(kvx_plan_pages(&p, &l, src, &l, dst, 0) == KVX_OK && p.count == 0 && !p.total_bytes,
+          "empty plan");
+    CHECK(kvx_plan_pages(&p, &l, src + 2, &l, dst + 2, 1) == KVX_OK && p.count == 3 &&
+              p.spans[0].src_offset == 32 && p.spans[0].dst_offset == 16,
+          "single page");
+    /* out of range and duplicates */
+    CHECK(kvx_plan_pages(&p, &l, oob, &l, src, 2) == KVX_ERR_OUT_OF_RANGE, "source beyond pool");
+    CHECK_STR(p.error, "page index 4 at position 1 is outside the pool of 4 pages");
+    CHECK(kvx_plan_pages(&p, &l, src, &l, neg, 1) == KVX_ERR_OUT_OF_RANGE, "negative");
+    CHECK(kvx_plan_pages(&p, &l, src, &l, dup, 3) == KVX_ERR_DUPLICATE, "duplicate dst");
+    CHECK_STR(p.error, "destination page 1 appears more than once");
+    CHECK(kvx_plan_pages(&p, &l, dup, &l, src, 3) == KVX_OK, "duplicate src allowed");
+    /* one-sided: gather is packed buffer-major */
+    CHECK(kvx_plan_gather(&p, &l, dst, 4) == KVX_OK, "gather");
+    CHECK(p.packed_bytes == 4 * 48, "packed bytes");
+    CHECK(p.count == 6 && p.spans[0].dst_offset == 0 && p.spans[1].dst_offset == 16 &&
+              p.spans[2].dst_offset == 64 && p.spans[2].buffer == 1,
+          "gather packed offsets");
+    CHECK(kvx_plan_scatter(&p, &l, dup, 3) == KVX_ERR_DUPLICATE, "scatter refuses duplicates");
+    CHECK(kvx_plan_scatter(&p, &l, dst, 4) == KVX_OK && p.spans[1].src_offset == 16 &&
+              p.spans[1].dst_offset == 0 && p.spans[1].length == 48,
+          "scatter");
+    kvx_plan_free(&p);
+}
+
+static kvx_engine *make_engine(kvx_role role, const kvx_backend *be) {
+    kvx_engine_desc d;
+    kvx_engine *e = NULL;
+    char why[256];
+    memset(&d, 0, sizeof d);
+    d.role = role;
+    d.layout = small_layout();
+    d.backend = be;
+    if (kvx_engine_create(&d, &e, why, sizeof why) != KVX_OK) printf("engine: %s\n", why);
+    return e;
+}
+
+static void test_engine_errors(void) {
+    kvx_engine_desc d;
+    kvx_engine *e = (kvx_engine *)1;
+    char why[256];
+    memset(&d, 0, sizeof d);
+    d.role = KVX_ROLE_PREFILL;
+    d.layout = small_layout();
+    d.transport = "carrier-pigeon";
+    CHECK(kvx_engine_create(&d, &e, why, sizeof why) == KVX_ERR_UNKNOWN_TRANSPORT && !e,
+          "unknown transport");
+    CHECK_STR(why, "carrier-pigeon");
+    d.transport = NULL;
+    d.role = (kvx_role)0;
+    CHECK(kvx_engine_create(&d, &e, why, sizeof why) == KVX_ERR_INVALID_ARGUMENT, "no role");
+    d.role = KVX_ROLE_DECODE;
+    d.layout.num_buffers = 0;
+    CHECK(kvx_engine_create(&d, &e, why, sizeof why) == KVX_ERR_INVALID_ARGUMENT, "no buffers");
+    d.layout = small_layout();
+    setenv("KVX_WAITING_TIMEOUT", "soon", 1);
+    CHECK(kvx_engine_create(&d, &e, why, sizeof why) == KVX_ERR_BAD_CONFIG, "bad env");
+    CHECK_STR(why, "KVX_WAITING_TIMEOUT='soon'");
+    unsetenv("KVX_WAITING_TIMEOUT");
+    setenv("KVX_LOG_LEVEL", "loud", 1);
+    CHECK(kvx_engine_create(&d, &e, why, sizeof why) == KVX_ERR_BAD_CONFIG, "bad log level");
+    unsetenv("KVX_LOG_LEVEL");
+    CHECK(kvx_engine_create(&d, &e, why, sizeof why) == KVX_OK, "fake engine: %s", why);
+    CHECK(!strcmp(kvx_engine_transport(e), "fake"), "fake by default");
+    {
+        kvx_room_desc rd;
+        kvx_sender *s = (kvx_sender *)1;
+        memset(&rd, 0, sizeof rd);
+        CHECK(kvx_sender_create(e, &rd, &s) == KVX_ERR_STATE && !s, "sender on a decode engine");
+    }
+    kvx_engine_destroy(e);
+    kvx_engine_destroy(NULL);
+}
+
+static void test_fake_flow(void) {
+    kvx_engine *pe = make_engine(KVX_ROLE_PREFILL, NULL), *de = make_engine(KVX_ROLE_DECODE, NULL);
+    kvx_room_desc rd;
+    kvx_sender *s;
+    kvx_receiver *r;
+    int32_t pages[3] = {2, 0, 1}, bad[1] = {7}, dup[2] = {1, 1};
+    kvx_engine_stats st;
+    memset(&rd, 0, sizeof rd);
+    rd.room = 77;
+    CHECK(kvx_sender_create(pe, &rd, &s) == KVX_OK, "sender");
+    CHECK(kvx_sender_poll(s) == KVX_POLL_WAITING_FOR_INPUT, "fake: no handshake");
+    CHECK(kvx_sender_send(s, pages, 3) == KVX_ERR_STATE, "send before init");
+    CHECK_STR(kvx_sender_error(s), "send before init");
+    CHECK(kvx_sender_poll(s) == KVX_POLL_WAITING_FOR_INPUT, "still usable after refused send");
+    CHECK(kvx_sender_init(s, 3, 9) == KVX_ERR_OUT_OF_RANGE, "aux slot beyond aux buffers");
+    CHECK(kvx_sender_poll(s) == KVX_POLL_FAILED && kvx_sender_result(s) == KVX_ERR_OUT_OF_RANGE,
+          "failed with the code");
+    CHECK_STR(kvx_sender_error(s), "aux index 9 is outside the 4 aux slots");
+    kvx_sender_destroy(s);
+
+    CHECK(kvx_sender_create(pe, &rd, &s) == KVX_OK, "sender 2");
+    CHECK(kvx_sender_init(s, 3, 1) == KVX_OK, "init");
+    CHECK(kvx_sender_init(s, 3, 1) == KVX_ERR_STATE, "init twice");
+    CHECK(kvx_sender_send(s, pages, 2) == KVX_OK, "chunk 1");
+    CHECK(kvx_sender_poll(s) == KVX_POLL_TRANSFERRING, "transferring after a chunk");
+    CHECK(kvx_sender_send(s, pages + 2, 1) == KVX_OK, "last chunk");
+    CHECK(kvx_sender_poll(s) == KVX_POLL_SUCCESS, "fake sender: success after last chunk");
+    CHECK(kvx_sender_send(s, pages, 1) == KVX_ERR_STATE, "send after the last chunk");
+    kvx_sender_abort(s, "late");
+    CHECK(kvx_sender_poll(s) == KVX_POLL_SUCCESS, "success is terminal: abort ignored");
+    kvx_sender_destroy(s);
+
+    CHECK(kvx_sender_create(pe, &rd, &s) == KVX_OK, "sender 3");
+    kvx_sender_init(s, 2, -1);
+    CHECK(kvx_sender_send(s, pages, 3) == KVX_ERR_TOO_MANY_PAGES, "more pages than declared");
+    CHECK(kvx_sender_poll(s) == KVX_POLL_FAILED, "room failed");
+    CHECK_STR(kvx_sender_error(s), "more than the 2 declared");
+    kvx_sender_abort(s, "later");
+    CHECK(kvx_sender_result(s) == KVX_ERR_TOO_MANY_PAGES, "failed is sticky, first reason kept");
+    kvx_sender_destroy(s);
+
+    CHECK(kvx_sender_create(pe, &rd, &s) == KVX_OK, "sender 4");
+    kvx_sender_init(s, 1, -1);
+    CHECK(kvx_sender_send(s, bad, 1) == KVX_ERR_OUT_OF_RANGE, "page out of range");
+    CHECK_STR(kvx_sender_error(s), "page index 7 at position 0 is outside the pool of 4 pages");
+    kvx_sender_destroy(s);
+
+    CHECK(kvx_sender_create(pe, &rd, &s) == KVX_OK, "sender 5");
+    kvx_sender_init(s, 0, -1);
+    CHECK(kvx_sender_send(s, NULL, 0) == KVX_OK && kvx_sender_poll(s) == KVX_POLL_SUCCESS,
+          "empty request");
+    kvx_sender_destroy(s);
+
+    CHECK(kvx_receiver_create(de, &rd, &r) == KVX_OK, "receiver");
+    CHECK(kvx_receiver_init(r, dup, 2, 0) == KVX_ERR_DUPLICATE, "duplicate destination");
+    CHECK(kvx_receiver_poll(r) == KVX_POLL_FAILED, "failed");
+    kvx_receiver_destroy(r);
+    CHECK(kvx_receiver_create(de, &rd, &r) == KVX_OK, "receiver 2");
+    CHECK(kvx_receiver_init(r, pages, 3, 0) == KVX_OK && kvx_receiver_poll(r) == KVX_POLL_SUCCESS,
+          "fake receiver: success at init");
+    kvx_receiver_destroy(r);
+    kvx_engine_stats_get(pe, &st);
+    CHECK(st.rooms_created == 5 && st.rooms_succeeded == 2 && st.rooms_failed == 3,
+          "stats %llu/%llu/%llu", (unsigned long long)st.rooms_created,
+          (unsigned long long)st.rooms_succeeded, (unsigned long long)st.rooms_failed);
+    kvx_engine_destroy(pe);
+    kvx_engine_destroy(de);
+}
+
+/* A transport that opens rooms and then never moves a byte. */
+static kvx_result stuck_open(kvx_room *r) {
+    kvx_room_advance(r, KVX_POLL_WAITING_FOR_INPUT);
+    return KVX_OK;
+}
+static kvx_result stuck_open_bootstrapping(kvx_room *r) { (void)r; return KVX_OK; }
+static int logged_errors;
+static void count_log(void *u, kvx_log_level lvl, const char *sub, uint64_t room, const char *m) {
+    (void)u; (void)sub; (void)room; (void)m;
+    if (lvl == KVX_LOG_ERROR) __atomic_add_fetch(&logged_errors, 1, __ATOMIC_RELAXED);
+}
+
+static void test_timeouts(void) {
+    static kvx_backend stuck;
+    static kvx_backend stuck_boot;
+    kvx_engine_desc d;
+    kvx_engine *de, *pe;
+    kvx_receiver *r;
+    kvx_sender *s;
+    kvx_room_desc rd;
+    int32_t pages[1] = {0};
+    char why[256];
+    uint64_t t0;
+    memset(&stuck, 0, sizeof stuck);
+    stuck.name = "stuck";
+    stuck.room_open = stuck_open;
+    memset(&stuck_boot, 0, sizeof stuck_boot);
+    stuck_boot.name = "stuck-bootstrap";
+    stuck_boot.room_open = stuck_open_bootstrapping;
+    CHECK(kvx_transport_register(&stuck) == KVX_OK && kvx_transport_find("stuck") == &stuck,
+          "register a transport");
+    memset(&d, 0, sizeof d);
+    d.role = KVX_ROLE_DECODE;
+    d.layout = small_layout();
+    d.transport = "stuck";
+    d.logger.func = count_log;
+    setenv("KVX_WAITING_TIMEOUT", "0.2", 1);
+    setenv("KVX_BOOTSTRAP_TIMEOUT", "0.2", 1);
+    CHECK(kvx_engine_create(&d, &de, why, sizeof why) == KVX_OK, "stuck engine: %s", why);
+    memset(&rd, 0, sizeof rd);
+    rd.room = 5;
+    kvx_receiver_create(de, &rd, &r);
+    t0 = kvx_now_ns();
+    kvx_receiver_init(r, pages, 1, -1);
+    while (kvx_receiver_poll(r) == KVX_POLL_TRANSFERRING && kvx_now_ns() - t0 < 3000000000ull)
+        sleep_ms(5);
+    CHECK(kvx_receiver_poll(r) == KVX_POLL_FAILED && kvx_receiver_result(r) == KVX_ERR_TIMEOUT,
+          "waiting timeout enforced by the core");
+    CHECK_STR(kvx_receiver_error(r), "KVX_WAITING_TIMEOUT");
+    CHECK(kvx_now_ns() - t0 >= 200000000ull, "not before the timeout");
+    CHECK(logged_errors >= 1, "the failure was logged");
+    kvx_receiver_destroy(r);
+    kvx_engine_destroy(de);
+
+    d.role = KVX_ROLE_PREFILL;
+    d.backend = &stuck_boot;
+    CHECK(kvx_engine_create(&d, &pe, why, sizeof why) == KVX_OK, "stuck prefill: %s", why);
+    kvx_sender_create(pe, &rd, &s);
+    CHECK(kvx_sender_poll(s) == KVX_POLL_BOOTSTRAPPING, "bootstrapping");
+    CHECK(kvx_sender_init(s, 1, -1) == KVX_ERR_STATE, "init while bootstrapping refused");
+    t0 = kvx_now_ns();
+    while (kvx_sender_poll(s) == KVX_POLL_BOOTSTRAPPING && kvx_now_ns() - t0 < 3000000000ull)
+        sleep_ms(5);
+    CHECK(kvx_sender_result(s) == KVX_ERR_TIMEOUT, "bootstrap timeout");
+    CHECK_STR(kvx_sender_error(s), "KVX_BOOTSTRAP_TIMEOUT");
+    /* a room left open is failed and freed by engine destroy (ASan checks the free) */
+    kvx_engine_destroy(pe);
+    unsetenv("KVX_WAITING_TIMEOUT");
+    unsetenv("KVX_BOOTSTRAP_TIMEOUT");
+}
+
+static void test_results(void) {
+    CHECK(!strcmp(kvx_result_str(KVX_ERR_TIMEOUT), "KVX_ERR_TIMEOUT"), "result names");
+    CHECK(!strcmp(kvx_result_str((kvx_result)-999), "KVX_ERR_UNKNOWN"), "unknown result");
+    CHECK(KVX_POLL_FAILED == 0 && KVX_POLL_BOOTSTRAPPING == 1 && KVX_POLL_WAITING_FOR_INPUT == 2 &&
+              KVX_POLL_TRANSFERRING == 3 && KVX_POLL_SUCCESS == 4,
+          "SGLang KVPoll codes");
+    CHECK(!strcmp(kvx_poll_str(KVX_POLL_WAITING_FOR_INPUT), "WaitingForInput"), "poll names");
+}
+
+int main(void) {
+    kt_name = "test_core";
+    test_results();
+    test_checksums();
+    test_json();
+    test_layout();
+    test_plan();
+    test_engine_errors();
+    test_fake_flow();
+    test_timeouts();
+    return kt_done();
+}
