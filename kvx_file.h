@@ -103,6 +103,12 @@ typedef struct kvx_file_done_info {
 KVX_API kvx_result kvx_file_read_meta(const char *path, kvx_file_chunk_info *out, char *why,
                                       size_t why_len);
 KVX_API void kvx_file_chunk_info_free(kvx_file_chunk_info *c);
+/* The same checks on text already in memory (name is used in messages).
+   Pure: no I/O. These are what the fuzzers exercise. */
+KVX_API kvx_result kvx_file_parse_meta(const char *text, size_t len, const char *name,
+                                       kvx_file_chunk_info *out, char *why, size_t why_len);
+KVX_API kvx_result kvx_file_parse_done(const char *text, size_t len, const char *name,
+                                       kvx_file_done_info *out, char *why, size_t why_len);
 KVX_API kvx_result kvx_file_read_done(const char *path, kvx_file_done_info *out, char *why,
                                       size_t why_len);
 
@@ -395,6 +401,16 @@ KVX_API kvx_result kvx_file_read_meta(const char *path, kvx_file_chunk_info *m, 
                                       size_t wl) {
     char *text = NULL;
     size_t len = 0;
+    kvx_result r;
+    memset(m, 0, sizeof *m);
+    if ((r = kvx__read_small(path, &text, &len, KVX__FILE_META_MAX, why, wl)) != KVX_OK) return r;
+    r = kvx_file_parse_meta(text, len, path, m, why, wl);
+    free(text);
+    return r;
+}
+
+KVX_API kvx_result kvx_file_parse_meta(const char *text, size_t len, const char *path,
+                                       kvx_file_chunk_info *m, char *why, size_t wl) {
     kvx_json_doc d;
     const kvx_json *root, *bufs, *fmt, *dt;
     uint64_t v[10], expect_off = 0;
@@ -402,7 +418,11 @@ KVX_API kvx_result kvx_file_read_meta(const char *path, kvx_file_chunk_info *m, 
     kvx_result r;
     memset(m, 0, sizeof *m);
     memset(&d, 0, sizeof d);
-    if ((r = kvx__read_small(path, &text, &len, KVX__FILE_META_MAX, why, wl)) != KVX_OK) return r;
+    if (len > KVX__FILE_META_MAX) {
+        kvx__set_why(why, wl, "%s is %zu bytes, more than the %u allowed", path, len,
+                     KVX__FILE_META_MAX);
+        return KVX_ERR_CORRUPT;
+    }
     if (kvx_json_parse(&d, text, len, 4 * KVX_MAX_BUFFERS + 64) != KVX_OK) {
         kvx__set_why(why, wl, "%s is not valid JSON: %s", path, d.error);
         r = KVX_ERR_CORRUPT;
@@ -460,7 +480,6 @@ KVX_API kvx_result kvx_file_read_meta(const char *path, kvx_file_chunk_info *m, 
 done:
     if (r != KVX_OK) kvx_file_chunk_info_free(m);
     kvx_json_free(&d);
-    free(text);
     return r;
 }
 
@@ -474,6 +493,16 @@ KVX_API kvx_result kvx_file_read_done(const char *path, kvx_file_done_info *o, c
                                       size_t wl) {
     char *text = NULL;
     size_t len = 0;
+    kvx_result r;
+    memset(o, 0, sizeof *o);
+    if ((r = kvx__read_small(path, &text, &len, KVX__FILE_META_MAX, why, wl)) != KVX_OK) return r;
+    r = kvx_file_parse_done(text, len, path, o, why, wl);
+    free(text);
+    return r;
+}
+
+KVX_API kvx_result kvx_file_parse_done(const char *text, size_t len, const char *path,
+                                       kvx_file_done_info *o, char *why, size_t wl) {
     kvx_json_doc d;
     const kvx_json *root, *fmt, *aux;
     uint64_t v[8];
@@ -481,7 +510,6 @@ KVX_API kvx_result kvx_file_read_done(const char *path, kvx_file_done_info *o, c
     kvx_result r;
     memset(o, 0, sizeof *o);
     memset(&d, 0, sizeof d);
-    if ((r = kvx__read_small(path, &text, &len, KVX__FILE_META_MAX, why, wl)) != KVX_OK) return r;
     if (kvx_json_parse(&d, text, len, 256) != KVX_OK) {
         kvx__set_why(why, wl, "%s is not valid JSON: %s", path, d.error);
         r = KVX_ERR_CORRUPT;
@@ -528,7 +556,6 @@ KVX_API kvx_result kvx_file_read_done(const char *path, kvx_file_done_info *o, c
              (unsigned long long)(o->aux_index >= 0 ? v[4] : 0));
 done:
     kvx_json_free(&d);
-    free(text);
     return r;
 }
 #undef KVX__REQ
@@ -576,6 +603,7 @@ typedef struct kvx__fjob {
     uint32_t nstripes;
     uint32_t left;          /* atomic: stripes not finished */
     uint32_t *crcs;
+    struct kvx__fstripe *stripes;
     int err;                /* first errno (atomic-ish, under fr->mu) */
     kvx_result res;
     char why[KVX_ERROR_MAX];
@@ -761,6 +789,7 @@ static void kvx__fjob_free(kvx_engine *e, kvx__fjob *j) {
     kvx_plan_free(&j->plan);
     kvx_file_chunk_info_free(&j->meta);
     free(j->crcs);
+    free(j->stripes);
     kvx_engine_free(e, j);
 }
 
@@ -899,7 +928,6 @@ static void kvx__fsend_stripe(void *arg) {
     uint64_t lo = (uint64_t)st->index * fr->fe->stripe;
     uint64_t hi = lo + fr->fe->stripe < j->bytes ? lo + fr->fe->stripe : j->bytes;
     int err = 0;
-    kvx_engine_free(e, st);
     if (kvx_room_closed(r) || kvx_room_poll(r) == KVX_POLL_FAILED) {
         kvx__fjob_error(j, KVX_ERR_ABORTED, 0, "cancelled");
     } else if (j->res == KVX_OK) {
@@ -922,32 +950,35 @@ static void kvx__fsend_stripe(void *arg) {
 /* Queues a job's stripes. The room stays referenced until the job ends. */
 static kvx_result kvx__fjob_submit(kvx__fjob *j, kvx_job_fn fn) {
     kvx__froom *fr = j->fr;
-    kvx_engine *e = kvx_room_engine(fr->room);
-    uint32_t i;
-    j->nstripes = j->bytes ? (uint32_t)((j->bytes + fr->fe->stripe - 1) / fr->fe->stripe) : 1;
-    j->left = j->nstripes;
-    j->crcs = (uint32_t *)calloc(j->nstripes, sizeof(uint32_t));
-    if (!j->crcs) return KVX_ERR_NO_MEMORY;
-    kvx_room_ref(fr->room);
+    kvx_room *r = fr->room;
+    kvx_engine *e = kvx_room_engine(r);
+    kvx__fstripe *stripes;
+    uint32_t i, n;
+    n = j->bytes ? (uint32_t)((j->bytes + fr->fe->stripe - 1) / fr->fe->stripe) : 1;
+    j->nstripes = n;
+    j->left = n;
+    j->crcs = (uint32_t *)calloc(n, sizeof(uint32_t));
+    j->stripes = stripes = (kvx__fstripe *)calloc(n, sizeof *stripes);
+    if (!j->crcs || !stripes) {
+        if (j->fd >= 0) close(j->fd);
+        kvx__fjob_free(e, j);
+        return KVX_ERR_NO_MEMORY;
+    }
+    for (i = 0; i < n; i++) {
+        stripes[i].job = j;
+        stripes[i].index = i;
+    }
+    kvx_room_ref(r);
     pthread_mutex_lock(&fr->mu);
-    fr->busy += (int)j->nstripes;
+    fr->busy += (int)n;
     pthread_mutex_unlock(&fr->mu);
-    for (i = 0; i < j->nstripes; i++) {
-        kvx__fstripe *st = (kvx__fstripe *)kvx_engine_alloc(e, sizeof *st);
-        if (st) { st->job = j; st->index = i; }
-        if (!st || kvx_workq_submit(fr->fe->q, fn, st) != KVX_OK) {
-            /* run it here as a cancelled stripe so the counts stay right */
+    /* j may be freed by a worker as soon as its last stripe is queued:
+       only locals from here on */
+    for (i = 0; i < n; i++) {
+        kvx__fstripe *st = &stripes[i];
+        if (kvx_workq_submit(fr->fe->q, fn, st) != KVX_OK) {
             kvx__fjob_error(j, KVX_ERR_NO_MEMORY, 0, "out of memory queueing file I/O");
-            if (!st) {
-                kvx_room_fail(fr->room, KVX_ERR_NO_MEMORY, "out of memory queueing file I/O");
-                kvx__froom_leave(fr, j->nstripes - i);
-                if (__atomic_sub_fetch(&j->left, j->nstripes - i, __ATOMIC_ACQ_REL) == 0) {
-                    kvx__fjob_free(e, j);
-                    kvx_room_unref(fr->room);
-                }
-                return KVX_OK;
-            }
-            fn(st);
+            fn(st); /* runs as a failed stripe so the counts stay right */
         }
     }
     return KVX_OK;
@@ -1070,8 +1101,10 @@ static void kvx__frecv_finish(kvx__froom *fr) {
                                               "sent none (aux_index -1 in transfer_done)");
         return;
     }
-    if (!fr->fe->keep) kvx__rm_room(fr->dir);
+    /* every byte is in place: report it, then clean up (the room's files are
+       no longer needed by anyone, and unlinking large files takes time) */
     kvx_room_succeed(r, fr->bytes_done + aux_bytes);
+    if (!fr->fe->keep) kvx__rm_room(fr->dir);
 }
 
 static void kvx__frecv_stripe(void *arg) {
@@ -1083,7 +1116,6 @@ static void kvx__frecv_stripe(void *arg) {
     uint64_t lo = (uint64_t)st->index * fr->fe->stripe;
     uint64_t hi = lo + fr->fe->stripe < j->bytes ? lo + fr->fe->stripe : j->bytes;
     int err = 0, last_chunk = 0;
-    kvx_engine_free(e, st);
     if (kvx_room_closed(r) || kvx_room_poll(r) == KVX_POLL_FAILED) {
         kvx__fjob_error(j, KVX_ERR_ABORTED, 0, "cancelled");
     } else if (j->res == KVX_OK) {

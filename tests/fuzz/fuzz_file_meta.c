@@ -1,0 +1,28 @@
+/* Fuzzes what the file transport reads from disk written by another
+   process: the JSON reader and the chunk meta / transfer_done checks. */
+#define KVX_IMPLEMENTATION
+#include "../../kvx_file.h"
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+    kvx_file_chunk_info m;
+    kvx_file_done_info d;
+    kvx_json_doc doc;
+    char why[256];
+    const char *text = (const char *)data;
+    if (kvx_file_parse_meta(text, size, "fuzz", &m, why, sizeof why) == KVX_OK) {
+        uint32_t i;
+        uint64_t off = 0;
+        /* accepted metas are internally consistent */
+        for (i = 0; i < m.num_buffers; i++) {
+            if (m.offsets[i] != off) __builtin_trap();
+            off += m.item_lens[i] * m.num_pages;
+        }
+        if (off != m.bytes) __builtin_trap();
+        kvx_file_chunk_info_free(&m);
+    }
+    kvx_file_parse_done(text, size, "fuzz", &d, why, sizeof why);
+    kvx_json_parse(&doc, text, size, 64);
+    kvx_json_free(&doc);
+    return 0;
+}

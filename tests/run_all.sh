@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# make test: compile checks, the test suite in a plain build, under
+# ASan+UBSan and under TSan, then the fuzzers for a bounded time.
+set -u
+cd "$(dirname "$0")/.."
+J=${KVX_JOBS:-2}
+W="-Wall -Wextra -Wpedantic -Werror"
+status=0; suites_pass=0; suites_fail=0; suites_skip=0
+step() { echo; echo "== $*"; }
+result() { if [ "$1" -eq 0 ]; then suites_pass=$((suites_pass+1)); else suites_fail=$((suites_fail+1)); status=1; fi; }
+
+step "compile checks (gcc, clang, C11, C++11, KVX_STATIC, implementation twice)"
+bash tests/compile/check.sh; result $?
+
+step "build and run (build/)"
+if make -s -j"$J" all; then bash tests/run_tests.sh build; result $?; else result 1; fi
+
+step "demo, small (build/)"
+./build/kvx_demo --requests 8 --max-tokens 512 --inflight 2 | tail -8; result $?
+
+SAN_ASAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer"
+step "ASan + UBSan (build/asan/)"
+mkdir -p build/asan
+if make -s -j"$J" B=build/asan KVX_CFLAGS="-std=c11 -O1 -g $W -I. $SAN_ASAN" all; then
+  KVX_TEST_QUICK=1 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
+    bash tests/run_tests.sh build/asan; result $?
+else result 1; fi
+
+step "TSan (build/tsan/)"
+mkdir -p build/tsan
+if make -s -j"$J" B=build/tsan KVX_CFLAGS="-std=c11 -O1 -g $W -I. -fsanitize=thread" all; then
+  KVX_TEST_QUICK=1 TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" \
+    bash tests/run_tests.sh build/tsan; result $?
+else result 1; fi
+
+step "fuzzers (bounded)"
+bash tests/fuzz/run.sh; rc=$?
+if [ $rc -eq 77 ]; then suites_skip=$((suites_skip+1)); else result $rc; fi
+
+echo
+echo "make test: $suites_pass passed, $suites_fail failed, $suites_skip skipped"
+exit $status
