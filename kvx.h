@@ -1450,9 +1450,17 @@ static kvx_result kvx__plan_build(kvx_plan *p, const kvx_layout *l, const int32_
                                   const int32_t *dp, size_t n) {
     uint64_t packed = 0;
     uint32_t b;
+    size_t i, runs = n ? 1 : 0;
     p->count = 0;
     p->total_bytes = 0;
     p->error[0] = 0;
+    /* every buffer has the same runs: size the span list once */
+    for (i = 1; i < n; i++)
+        if ((sp && sp[i] != sp[i - 1] + 1) || (dp && dp[i] != dp[i - 1] + 1)) runs++;
+    if (kvx__plan_reserve(p, runs * l->num_buffers)) {
+        snprintf(p->error, sizeof p->error, "out of memory building a plan of %zu pages", n);
+        return KVX_ERR_NO_MEMORY;
+    }
     for (b = 0; b < l->num_buffers; b++) {
         uint64_t item = l->buffers[b].item_len;
         uint64_t sbase = sp ? 0 : packed, dbase = dp ? 0 : packed;

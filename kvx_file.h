@@ -686,6 +686,17 @@ static kvx_result kvx__file_engine_init(kvx_engine *e, char *why, size_t wl) {
         return r;
     }
     if (fe->io_threads < 1) fe->io_threads = 1;
+    {
+        const kvx_layout *l = kvx_engine_layout(e);
+        uint32_t i;
+        for (i = 0; i < l->num_buffers; i++)
+            if (l->buffers[i].mem != KVX_MEM_HOST) {
+                kvx__set_why(why, wl, "KV buffer %u is in GPU memory: the file transport reads "
+                             "and writes host memory only (GPU pools need kvx_cuda.h staging)", i);
+                kvx_engine_free(e, fe);
+                return KVX_ERR_INVALID_ARGUMENT;
+            }
+    }
     fe->stripe = stripe_mb >= 4096 ? (uint64_t)stripe_mb : (16u << 20);
     if (strlen(dir) >= sizeof fe->dir - 64) {
         kvx__set_why(why, wl, "KVX_FILE_DIR is too long (%zu bytes)", strlen(dir));
