@@ -325,6 +325,26 @@ typedef struct kvx_rdma_desc {
 
 typedef struct kvx_backend kvx_backend;
 
+/* Access to KV buffers that are not host memory (mem != KVX_MEM_HOST).
+   kvx_cuda.h fills one for GPU memory (kvx_cuda_mem_ops); transports that
+   read or write buffers with the CPU (file, tcp, the block store) move such
+   pages through pinned host staging buffers with it. */
+typedef struct kvx_copy {
+    void *buf_ptr;  /* address inside a KV buffer (base + offset) */
+    void *host;     /* host memory, from host_alloc */
+    uint64_t len;
+    int device;     /* kvx_buffer.device */
+} kvx_copy;
+typedef struct kvx_mem_ops {
+    /* Copies n pieces, buffer -> host when to_host, else host -> buffer, and
+       returns when all are done. Thread-safe. */
+    kvx_result (*copy)(void *ctx, int to_host, const kvx_copy *c, size_t n, char *why,
+                       size_t why_len);
+    void *(*host_alloc)(void *ctx, size_t size); /* pinned staging memory, NULL = failure */
+    void (*host_free)(void *ctx, void *p);
+    void *ctx;
+} kvx_mem_ops;
+
 typedef struct kvx_engine_desc {
     kvx_role role;
     const char *transport;      /* "fake", "file", ... (KVX_TRANSPORT) */
@@ -337,6 +357,7 @@ typedef struct kvx_engine_desc {
     uint32_t poll_interval_us;  /* KVX_POLL_INTERVAL_US, 1000 */
     int rank;                   /* this process's rank, for names and logs */
     const char *bootstrap_addr; /* prefill: where to serve; decode: default peer */
+    kvx_mem_ops mem;            /* for non-host buffers; copy == NULL = none */
     kvx_file_desc file;
     kvx_boot_desc boot;
     kvx_tcp_desc tcp;
