@@ -294,15 +294,10 @@ static kvx_result kvx__mkdir_p(const char *path, char *why, size_t wl) {
 /* Reads or writes the packed byte range [lo, hi) of a one-sided plan
    between pool memory and a file, and returns the CRC32C of those bytes
    (computed over pool memory: before writing, after reading). */
-static kvx_result kvx__plan_io(const kvx_layout *l, const kvx_plan *p, int to_file, int fd,
-                               uint64_t lo, uint64_t hi, uint32_t *crc, int *err_out) {
-    struct iovec iov[KVX__FILE_IOV];
-    size_t a = 0, b, s;
-    uint64_t pos = lo;
-    uint32_t c = 0;
-    *err_out = 0;
-    /* first span that reaches past lo (spans are sorted on the packed side) */
-    b = p->count;
+/* Index of the first span that reaches past packed offset lo (spans of a
+   one-sided plan are sorted on the packed side). */
+static size_t kvx__plan_find(const kvx_plan *p, int to_file, uint64_t lo) {
+    size_t a = 0, b = p->count;
     while (a < b) {
         size_t m = (a + b) / 2;
         const kvx_span *sp = &p->spans[m];
@@ -310,7 +305,77 @@ static kvx_result kvx__plan_io(const kvx_layout *l, const kvx_plan *p, int to_fi
         if (po + sp->length <= lo) a = m + 1;
         else b = m;
     }
-    s = a;
+    return a;
+}
+
+static kvx_result kvx__full_io(int to_file, int fd, char *buf, uint64_t len, uint64_t off,
+                               int *err_out) {
+    while (len) {
+        ssize_t n = to_file ? pwrite(fd, buf, (size_t)len, (off_t)off)
+                            : pread(fd, buf, (size_t)len, (off_t)off);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) { *err_out = errno; return kvx__errno_result(errno); }
+        if (n == 0) return KVX_ERR_CORRUPT; /* short file */
+        buf += n; len -= (uint64_t)n; off += (uint64_t)n;
+    }
+    return KVX_OK;
+}
+
+/* The same as kvx__plan_io for layouts with buffers outside host memory:
+   the range goes through a pinned staging buffer, device pieces are moved
+   with the engine's kvx_mem_ops in batches. */
+static kvx_result kvx__plan_io_staged(const kvx_layout *l, const kvx_mem_ops *mem,
+                                      const kvx_plan *p, int to_file, int fd, uint64_t lo,
+                                      uint64_t hi, char *stage, uint32_t *crc, int *err_out,
+                                      char *why, size_t wl) {
+    kvx_copy batch[64];
+    size_t s = kvx__plan_find(p, to_file, lo), nb = 0;
+    uint64_t pos = lo;
+    kvx_result r;
+    *err_out = 0;
+    if (!to_file && (r = kvx__full_io(0, fd, stage, hi - lo, lo, err_out)) != KVX_OK) return r;
+    if (!to_file) *crc = kvx_crc32c(0, stage, hi - lo);
+    while (pos < hi && s < p->count) {
+        const kvx_span *sp = &p->spans[s];
+        const kvx_buffer *bf = &l->buffers[sp->buffer];
+        uint64_t po = to_file ? sp->dst_offset : sp->src_offset;
+        uint64_t mo = to_file ? sp->src_offset : sp->dst_offset;
+        uint64_t skip = pos - po, take = sp->length - skip;
+        char *h = stage + (pos - lo), *bp = (char *)bf->base + mo + skip;
+        if (take > hi - pos) take = hi - pos;
+        if (bf->mem == KVX_MEM_HOST) {
+            if (to_file) memcpy(h, bp, (size_t)take);
+            else memcpy(bp, h, (size_t)take);
+        } else {
+            batch[nb].buf_ptr = bp;
+            batch[nb].host = h;
+            batch[nb].len = take;
+            batch[nb].device = bf->device;
+            if (++nb == sizeof batch / sizeof batch[0]) {
+                if ((r = mem->copy(mem->ctx, to_file, batch, nb, why, wl)) != KVX_OK) return r;
+                nb = 0;
+            }
+        }
+        pos += take;
+        if (skip + take == sp->length) s++;
+    }
+    if (nb && (r = mem->copy(mem->ctx, to_file, batch, nb, why, wl)) != KVX_OK) return r;
+    if (pos < hi) return KVX_ERR_CORRUPT; /* plan does not cover the range */
+    if (to_file) {
+        *crc = kvx_crc32c(0, stage, hi - lo);
+        return kvx__full_io(1, fd, stage, hi - lo, lo, err_out);
+    }
+    return KVX_OK;
+}
+
+static kvx_result kvx__plan_io(const kvx_layout *l, const kvx_plan *p, int to_file, int fd,
+                               uint64_t lo, uint64_t hi, uint32_t *crc, int *err_out) {
+    struct iovec iov[KVX__FILE_IOV];
+    size_t s;
+    uint64_t pos = lo;
+    uint32_t c = 0;
+    *err_out = 0;
+    s = kvx__plan_find(p, to_file, lo);
     while (pos < hi) {
         int n = 0;
         uint64_t start = pos;
@@ -588,7 +653,48 @@ typedef struct kvx__fengine {
     kvx_workq *q;
     pthread_mutex_t mu;
     struct kvx__froom *pending; /* receivers waiting for transfer_done */
+    /* layouts with GPU buffers: pinned staging buffers, at most one per I/O thread */
+    int staged;
+    kvx_mem_ops mem;
+    char *stage_free[64];
+    int num_stage_free;
 } kvx__fengine;
+
+static char *kvx__stage_get(kvx__fengine *fe) {
+    char *s = NULL;
+    pthread_mutex_lock(&fe->mu);
+    if (fe->num_stage_free) s = fe->stage_free[--fe->num_stage_free];
+    pthread_mutex_unlock(&fe->mu);
+    return s ? s : (char *)fe->mem.host_alloc(fe->mem.ctx, (size_t)fe->stripe);
+}
+
+static void kvx__stage_put(kvx__fengine *fe, char *s) {
+    pthread_mutex_lock(&fe->mu);
+    if (fe->num_stage_free < (int)(sizeof fe->stage_free / sizeof fe->stage_free[0])) {
+        fe->stage_free[fe->num_stage_free++] = s;
+        s = NULL;
+    }
+    pthread_mutex_unlock(&fe->mu);
+    if (s) fe->mem.host_free(fe->mem.ctx, s);
+}
+
+/* One stripe of a chunk between pool pages and the file, staged when the
+   layout has GPU buffers. */
+static kvx_result kvx__stripe_io(kvx__fengine *fe, const kvx_layout *l, const kvx_plan *p,
+                                 int to_file, int fd, uint64_t lo, uint64_t hi, uint32_t *crc,
+                                 int *err, char *why, size_t wl) {
+    char *stage;
+    kvx_result r;
+    if (!fe->staged) return kvx__plan_io(l, p, to_file, fd, lo, hi, crc, err);
+    if (!(stage = kvx__stage_get(fe))) {
+        kvx__set_why(why, wl, "cannot allocate %llu bytes of pinned staging memory",
+                     (unsigned long long)fe->stripe);
+        return KVX_ERR_NO_MEMORY;
+    }
+    r = kvx__plan_io_staged(l, &fe->mem, p, to_file, fd, lo, hi, stage, crc, err, why, wl);
+    kvx__stage_put(fe, stage);
+    return r;
+}
 
 /* One transfer unit: a chunk file being written or read in stripes. */
 typedef struct kvx__fjob {
@@ -690,12 +796,15 @@ static kvx_result kvx__file_engine_init(kvx_engine *e, char *why, size_t wl) {
         const kvx_layout *l = kvx_engine_layout(e);
         uint32_t i;
         for (i = 0; i < l->num_buffers; i++)
-            if (l->buffers[i].mem != KVX_MEM_HOST) {
-                kvx__set_why(why, wl, "KV buffer %u is in GPU memory: the file transport reads "
-                             "and writes host memory only (GPU pools need kvx_cuda.h staging)", i);
-                kvx_engine_free(e, fe);
-                return KVX_ERR_INVALID_ARGUMENT;
-            }
+            if (l->buffers[i].mem != KVX_MEM_HOST) fe->staged = 1;
+        fe->mem = d->mem;
+        if (fe->staged && (!fe->mem.copy || !fe->mem.host_alloc || !fe->mem.host_free)) {
+            kvx__set_why(why, wl, "the layout has KV buffers in GPU memory but desc.mem has no "
+                         "copy functions: fill it with kvx_cuda_mem_ops() from kvx_cuda.h "
+                         "(built with -DKVX_WITH_CUDA)");
+            kvx_engine_free(e, fe);
+            return KVX_ERR_INVALID_ARGUMENT;
+        }
     }
     fe->stripe = stripe_mb >= 4096 ? (uint64_t)stripe_mb : (16u << 20);
     if (strlen(dir) >= sizeof fe->dir - 64) {
@@ -723,6 +832,7 @@ static void kvx__file_engine_fini(kvx_engine *e) {
     kvx__fengine *fe = kvx__fe(e);
     if (!fe) return;
     kvx_workq_destroy(fe->q);
+    while (fe->num_stage_free) fe->mem.host_free(fe->mem.ctx, fe->stage_free[--fe->num_stage_free]);
     pthread_mutex_destroy(&fe->mu);
     kvx_engine_free(e, fe);
 }
@@ -942,9 +1052,14 @@ static void kvx__fsend_stripe(void *arg) {
     if (kvx_room_closed(r) || kvx_room_poll(r) == KVX_POLL_FAILED) {
         kvx__fjob_error(j, KVX_ERR_ABORTED, 0, "cancelled");
     } else if (j->res == KVX_OK) {
-        kvx_result res = kvx__plan_io(kvx_engine_layout(e), &j->chunk->gather, 1, j->fd, lo, hi,
-                                      &j->crcs[(lo / fr->fe->stripe)], &err);
-        if (res != KVX_OK)
+        char why[KVX_ERROR_MAX];
+        kvx_result res;
+        why[0] = 0;
+        res = kvx__stripe_io(fr->fe, kvx_engine_layout(e), &j->chunk->gather, 1, j->fd, lo, hi,
+                             &j->crcs[st->index], &err, why, sizeof why);
+        if (res != KVX_OK && why[0])
+            kvx__fjob_error(j, res, err, "chunk %u of %s: %s", j->chunk->index, fr->dir, why);
+        else if (res != KVX_OK)
             kvx__fjob_error(j, res, err, "cannot write %s: %s", j->tmp,
                             err ? strerror(err) : "short write");
     }
@@ -1130,9 +1245,14 @@ static void kvx__frecv_stripe(void *arg) {
     if (kvx_room_closed(r) || kvx_room_poll(r) == KVX_POLL_FAILED) {
         kvx__fjob_error(j, KVX_ERR_ABORTED, 0, "cancelled");
     } else if (j->res == KVX_OK) {
-        kvx_result res = kvx__plan_io(kvx_engine_layout(e), &j->plan, 0, j->fd, lo, hi,
-                                      &j->crcs[lo / fr->fe->stripe], &err);
-        if (res != KVX_OK)
+        char why[KVX_ERROR_MAX];
+        kvx_result res;
+        why[0] = 0;
+        res = kvx__stripe_io(fr->fe, kvx_engine_layout(e), &j->plan, 0, j->fd, lo, hi,
+                             &j->crcs[st->index], &err, why, sizeof why);
+        if (res != KVX_OK && why[0])
+            kvx__fjob_error(j, res, err, "%s: %s", j->path, why);
+        else if (res != KVX_OK)
             kvx__fjob_error(j, res, err, "cannot read %s: %s", j->path,
                             err ? strerror(err) : "the file is shorter than its meta says");
     }
