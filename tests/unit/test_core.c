@@ -193,6 +193,78 @@ static void test_plan(void) {
     kvx_plan_free(&p);
 }
 
+/* Property check: executing a plan equals copying page by page, for random
+   page lists (runs, repeats in the source, every length). */
+static void test_plan_random(void) {
+    enum { PAGES = 64, NB = 3 };
+    static char srcm[NB][PAGES * 8], dstm[NB][PAGES * 8], refm[NB][PAGES * 8];
+    kvx_buffer sb[NB], db[NB];
+    kvx_layout sl, dl;
+    kvx_plan p;
+    uint64_t rng = 42;
+    int iter, bad = 0, b;
+    memset(&p, 0, sizeof p);
+    memset(&sl, 0, sizeof sl);
+    for (b = 0; b < NB; b++) {
+        int i;
+        for (i = 0; i < PAGES * 8; i++) srcm[b][i] = (char)(b * 101 + i * 7 + (i >> 3));
+        sb[b].base = srcm[b]; sb[b].length = sizeof srcm[b]; sb[b].item_len = 8;
+        db[b] = sb[b]; db[b].base = dstm[b];
+    }
+    sl.buffers = sb; sl.num_buffers = NB; sl.page_size = 1;
+    dl = sl; dl.buffers = db;
+    for (iter = 0; iter < 2000; iter++) {
+        int32_t s[PAGES], d[PAGES], starts[PAGES], lens[PAGES];
+        size_t n, i, k, nblk = 0, pos = 0;
+#define KT_RND() (rng = rng * 6364136223846793005ull + 1442695040888963407ull, (size_t)(rng >> 33))
+        /* destination: 0..PAGES-1 cut into consecutive blocks, blocks shuffled */
+        while (pos < PAGES) {
+            size_t len = 1 + KT_RND() % 6;
+            if (len > PAGES - pos) len = PAGES - pos;
+            starts[nblk] = (int32_t)pos; lens[nblk++] = (int32_t)len; pos += len;
+        }
+        for (i = nblk; i > 1; i--) {
+            size_t j = KT_RND() % i;
+            int32_t t = starts[i - 1]; starts[i - 1] = starts[j]; starts[j] = t;
+            t = lens[i - 1]; lens[i - 1] = lens[j]; lens[j] = t;
+        }
+        for (i = 0, k = 0; i < nblk; i++) {
+            int32_t q;
+            for (q = 0; q < lens[i]; q++) d[k++] = starts[i] + q;
+        }
+        /* source: random runs, repeats allowed */
+        n = KT_RND() % (PAGES + 1);
+        for (i = 0; i < n; i++)
+            s[i] = (i && KT_RND() % 2 && s[i - 1] + 1 < PAGES) ? s[i - 1] + 1
+                                                                : (int32_t)(KT_RND() % PAGES);
+        if (iter % 50 == 0 && n > 1) d[n - 1] = d[0]; /* now and then a repeated destination */
+#undef KT_RND
+        memset(dstm, 0, sizeof dstm);
+        memset(refm, 0, sizeof refm);
+        if (kvx_plan_pages(&p, &sl, s, &dl, d, n) != KVX_OK) {
+            /* only a repeated destination may be refused */
+            bad += !(iter % 50 == 0 && n > 1) || !strstr(p.error, "more than once");
+            continue;
+        }
+        bad += iter % 50 == 0 && n > 1; /* a repeated destination must be refused */
+        for (k = 0; k < p.count; k++)
+            memcpy(dstm[p.spans[k].buffer] + p.spans[k].dst_offset,
+                   srcm[p.spans[k].buffer] + p.spans[k].src_offset, (size_t)p.spans[k].length);
+        for (b = 0; b < NB; b++)
+            for (i = 0; i < n; i++) memcpy(refm[b] + d[i] * 8, srcm[b] + s[i] * 8, 8);
+        if (memcmp(dstm, refm, sizeof dstm) != 0 || p.total_bytes != (uint64_t)n * 8 * NB) {
+            if (getenv("KVX_TEST_VERBOSE")) {
+                printf("n=%zu:", n);
+                for (i = 0; i < n; i++) printf(" %d->%d", s[i], d[i]);
+                printf("\n");
+            }
+            bad++;
+        }
+    }
+    CHECK(bad == 0, "random plans equal page-by-page copies (%d mismatches)", bad);
+    kvx_plan_free(&p);
+}
+
 static kvx_engine *make_engine(kvx_role role, const kvx_backend *be) {
     kvx_engine_desc d;
     kvx_engine *e = NULL;
@@ -401,6 +473,7 @@ int main(void) {
     test_json();
     test_layout();
     test_plan();
+    test_plan_random();
     test_engine_errors();
     test_fake_flow();
     test_timeouts();
