@@ -50,6 +50,7 @@ demo: $(EXAMPLES)
 	    --chunk-tokens 512 --inflight 4
 
 -include tests/softverbs/Makefile.inc
+-include tests/fakecuda/Makefile.inc
 -include tests/*/Makefile.inc.mk
 
 test: deps

@@ -328,7 +328,7 @@ static kvx_result kvx__plan_io_staged(const kvx_layout *l, const kvx_mem_ops *me
                                       const kvx_plan *p, int to_file, int fd, uint64_t lo,
                                       uint64_t hi, char *stage, uint32_t *crc, int *err_out,
                                       char *why, size_t wl) {
-    kvx_copy batch[64];
+    kvx_copy batch[512];
     size_t s = kvx__plan_find(p, to_file, lo), nb = 0;
     uint64_t pos = lo;
     kvx_result r;
