@@ -303,8 +303,9 @@ typedef struct kvx_file_desc {
 /* Settings of the bootstrap handshake (kvx_boot.h). 0 / NULL = default. */
 typedef struct kvx_boot_desc {
     const char *host;          /* KVX_BOOTSTRAP_HOST: prefill listens here */
-    int port;                  /* KVX_BOOTSTRAP_PORT, 8998 */
-    double heartbeat_interval_s; /* KVX_HEARTBEAT_INTERVAL, 5 (min 2) */
+    int port;                  /* KVX_BOOTSTRAP_PORT, 8998; -1 = ephemeral
+                                  (in the environment 0 = ephemeral) */
+    double heartbeat_interval_s; /* KVX_HEARTBEAT_INTERVAL, 5 (>= 0.1; SGLang's minimum is 2) */
     int heartbeat_max_failure; /* KVX_HEARTBEAT_MAX_FAILURE, 2 */
     int tp_size, tp_rank, dp_size, dp_rank, pp_size, pp_rank, cp_size, cp_rank;
 } kvx_boot_desc;
@@ -495,6 +496,9 @@ KVX_API const char *kvx_room_bootstrap_addr(const kvx_room *r);
 KVX_API void *kvx_room_data(const kvx_room *r);
 KVX_API void kvx_room_set_data(kvx_room *r, void *data);
 KVX_API kvx_poll kvx_room_poll(const kvx_room *r);
+/* KVX_OK unless failed; the failure sentence ("" unless failed). */
+KVX_API kvx_result kvx_room_result(const kvx_room *r);
+KVX_API const char *kvx_room_error(const kvx_room *r);
 KVX_API int kvx_room_closed(const kvx_room *r); /* user destroyed it */
 KVX_API void kvx_room_ref(kvx_room *r);
 KVX_API void kvx_room_unref(kvx_room *r);
@@ -2218,6 +2222,8 @@ KVX_API void kvx_chunk_free(kvx_engine *e, kvx_chunk *c) {
 }
 
 KVX_API kvx_poll kvx_sender_poll(const kvx_sender *s) { return kvx_room_poll((const kvx_room *)s); }
+KVX_API kvx_result kvx_room_result(const kvx_room *r) { return kvx__room_result(r); }
+KVX_API const char *kvx_room_error(const kvx_room *r) { return kvx__room_error(r); }
 KVX_API kvx_result kvx_sender_result(const kvx_sender *s) { return kvx__room_result((const kvx_room *)s); }
 KVX_API const char *kvx_sender_error(const kvx_sender *s) { return kvx__room_error((const kvx_room *)s); }
 KVX_API uint64_t kvx_sender_room(const kvx_sender *s) { return ((const kvx_room *)s)->id; }

@@ -1,0 +1,4329 @@
+/* kvx_boot.h - v0.1.0 - bootstrap discovery, room handshake and heartbeats (SGLang-compatible)
+
+   The part of a network transport that is not about moving bytes. On the
+   prefill side an HTTP/1.1 bootstrap server with SGLang's routes (so
+   routers and tools that speak SGLang's bootstrap API work unchanged) and a
+   control-channel listener; on the decode side the client that asks the
+   bootstrap server where each prefill rank listens, opens one persistent
+   control connection per prefill rank, sends each room's destination pages
+   there, receives status and abort, and heartbeats the bootstrap server.
+   Transports (kvx_tcp.h, kvx_rdma.h) compose it through a few calls and
+   hooks; the `bootfake` transport below is the complete example: a real
+   handshake and no data movement, for tests and benchmarks.
+
+   DO THIS
+       #define KVX_IMPLEMENTATION
+       #include "kvx_boot.h"          (includes kvx.h)
+       kvx_boot_register();           (once; then desc.transport = "bootfake")
+     A transport author calls kvx_boot_create in its engine_init and the
+     kvx_boot_room_* calls in its room hooks; see "HOW A TRANSPORT USES IT".
+
+   COMPILE-TIME MACROS (defaults in parentheses)
+     KVX_BOOT_MAX_HEADER      bytes of an HTTP request line + headers (16384);
+                              more is answered 431 and the connection closed
+     KVX_BOOT_MAX_BODY        bytes of an HTTP request body (65536); more: 413
+     KVX_BOOT_READ_TIMEOUT_MS a bootstrap HTTP connection (and a control
+                              connection that has not said hello) must finish
+                              within this many ms of being accepted (5000)
+     KVX_BOOT_MAX_HTTP_CONNS  HTTP connections served at once (256); more are
+                              answered 503 at once
+     KVX_BOOT_MAX_FRAME       bytes of one control frame after its 8-byte
+                              header (4 * KVX_MAX_PAGES + 64 = 64 MiB + 64)
+     KVX_BOOT_MAX_ENDPOINT    transport endpoint bytes in a hello (65536)
+     KVX_BOOT_MAX_REASON      bytes of a reason text in status/abort (1024)
+     KVX_BOOT_MAX_PENDING     rooms whose frames arrived before their sender
+                              was created, kept per prefill engine (65536)
+     KVX_BOOT_MAX_RANKS       dp*cp*tp*pp ranks the bootstrap server accepts (4096)
+     KVX_BOOT_TRIES           attempts to reach the bootstrap server or a rank
+                              before a room fails (5); backoff 200 ms, doubling
+
+   SETTINGS (desc.boot, zero = default) AND ENVIRONMENT (overrides the desc)
+     KVX_BOOTSTRAP_HOST        prefill: address the bootstrap server and the
+                               control listener bind; also what other prefill
+                               ranks use to reach rank 0's server.
+                               desc.boot.host, else the host of
+                               desc.bootstrap_addr, else 0.0.0.0
+     KVX_BOOTSTRAP_PORT        prefill: bootstrap server port. desc.boot.port
+                               (-1 = ephemeral), else the port of
+                               desc.bootstrap_addr, else 8998. In the
+                               environment 0 means ephemeral. Read the bound
+                               port back with kvx_boot_port().
+     KVX_BOOTSTRAP_RANK_IP     prefill: the address this rank registers as
+                               rank_ip (default: the bind address when it is
+                               a specific one, else the first non-loopback
+                               IPv4 address of the host, else 127.0.0.1)
+     KVX_HEARTBEAT_INTERVAL    decode: seconds between GET /health of every
+                               prefill in use (5; SGLang's minimum is 2, kvx
+                               accepts down to 0.1 for tests)
+     KVX_HEARTBEAT_MAX_FAILURE decode: consecutive failed heartbeats after
+                               which every unfinished room of that prefill
+                               fails (2)
+     KVX_BOOTSTRAP_TIMEOUT     (core) seconds a sender waits for its room frame
+     desc.boot.tp_size/tp_rank, dp_size/dp_rank, pp_size/pp_rank,
+     cp_size/cp_rank           this engine's place in its instance (sizes 1,
+                               ranks 0). The prefill engine whose ranks are
+                               all 0 runs the bootstrap server; the others
+                               register with it by PUT /route. A decode engine
+                               uses its tp_size/tp_rank to pick its prefill
+                               ranks (see RANK MAPPING).
+
+   BOOTSTRAP HTTP SERVER (prefill; HTTP/1.1, Connection: close)
+     PUT /route     a rank registers: JSON object with attn_tp_size,
+                    attn_tp_rank, attn_cp_size, attn_cp_rank, attn_dp_size,
+                    attn_dp_rank, pp_size, pp_rank, system_dp_size,
+                    system_dp_rank, rank_ip, rank_port, page_size,
+                    kv_cache_dtype, load_balance_method, prefill_http_port
+                    (numbers may be JSON numbers or decimal strings; rank_ip
+                    and rank_port are required, sizes default to 1, ranks to
+                    0). 200 "OK"; 400 with a sentence when malformed or when
+                    it disagrees with the sizes already registered.
+     GET /route?prefill_dp_rank=D&prefill_cp_rank=C&target_tp_rank=T&target_pp_rank=P
+                    all four -1: server info {"attn_tp_size","attn_cp_size",
+                    "dp_size","pp_size","page_size","kv_cache_dtype",
+                    "follow_bootstrap_room","prefill_http_port"}; concrete
+                    ranks: {"rank_ip":"...","rank_port":N}. 400 when a
+                    parameter is missing or not an integer, 503 until every
+                    dp*cp*tp*pp rank registered, 404 for a rank outside the
+                    registered sizes.
+     GET /health    200 "OK"
+     GET /metrics   Prometheus text: kvx_rooms{state=...} (open rooms by
+                    state), kvx_rooms_created_total, kvx_rooms_succeeded_total,
+                    kvx_rooms_failed_total, kvx_bytes_total,
+                    kvx_room_failures_total{reason="KVX_ERR_..."} (closed and
+                    open failed rooms by result code), kvx_boot_ranks_registered,
+                    kvx_boot_ranks_expected, kvx_boot_control_connections,
+                    kvx_boot_pending_rooms, kvx_boot_http_connections
+     GET /rooms     JSON {"count":N,"rooms":[{"room","role","state","age_s",
+                    "peer"}...]}: the unfinished rooms (at most 10000)
+     Other paths 404, other methods 405. Requests are parsed strictly and
+     bounded (KVX_BOOT_MAX_HEADER, KVX_BOOT_MAX_BODY, KVX_BOOT_READ_TIMEOUT_MS);
+     one poll() loop serves every connection, so a slow or bad client holds
+     only its own connection.
+
+   CONTROL CHANNEL WIRE FORMAT (version 1; every integer little-endian)
+     One TCP connection per (decode engine, prefill rank); the decode side
+     connects to the rank_ip:rank_port it resolved. Each frame:
+       u32 body_len   bytes after this 8-byte header (<= KVX_BOOT_MAX_FRAME,
+                      and per type as below)
+       u16 type       1 hello, 2 room, 3 status, 4 abort; others: protocol error
+       u16 flags      0 (anything else: protocol error)
+     HELLO (both ways, first frame of each side; body 96 + 8*(nb+na) + dl + tl + el)
+       0  u8[8] magic "kvx-boot"        8  u16 protocol version (1)
+       10 u16 role (1 prefill, 2 decode) 12 u32 flags (0)
+       16 u64 instance (random per engine)
+       24 u64 layout fingerprint (kvx_layout_fingerprint)
+       32 i32 tp_size, tp_rank, dp_size, dp_rank, pp_size, pp_rank, cp_size, cp_rank
+       64 u32 page_size   68 u32 dtype_size   72 u32 num_kv_heads   76 u32 mla
+       80 u32 nb (KV buffers, <= KVX_MAX_BUFFERS)  84 u32 na (aux, <= KVX_MAX_AUX)
+       88 u16 dl (dtype bytes, <= 63)   90 u16 tl (transport name bytes, <= 31)
+       92 u32 el (endpoint bytes, <= KVX_BOOT_MAX_ENDPOINT)
+       96 u64 item_len[nb], u64 aux_item_len[na], dtype, transport, endpoint
+     ROOM (decode -> prefill; body 24 + 4*n)
+       0 u64 room   8 i32 aux_index (-1 none)   12 u32 n (<= KVX_MAX_PAGES)
+       16 u16 peer_index   18 u16 peer_count (decode ranks that send this
+       room to this prefill rank; 0 <= index < count)   20 u32 reserved (0)
+       24 i32 dst_pages[n] (each >= 0)
+     STATUS (prefill -> decode; body 28 + rl)
+       0 u64 room   8 u64 bytes moved   16 i32 state (kvx_poll)
+       20 i32 result (kvx_result)   24 u32 rl (<= KVX_BOOT_MAX_REASON)   28 reason
+     ABORT (both ways; body 12 + rl)
+       0 u64 room   8 u32 rl (<= KVX_BOOT_MAX_REASON)   12 reason
+     A frame that breaks any rule closes that connection; the rooms that
+     depended on it fail with the reason; every other connection goes on.
+
+   RANK MAPPING (decode side)
+     dp: the room's prefill dp rank is room % dp_size (follow_bootstrap_room).
+     tp: prefill tp == decode tp: the same rank; prefill tp > decode tp: the
+     ratio of consecutive prefill ranks; prefill tp < decode tp: rank
+     decode_tp_rank / ratio, which then waits for `ratio` room frames.
+     cp and pp: every rank. A receiver succeeds when every prefill rank it
+     targets has reported status Success.
+
+   HOW A TRANSPORT USES IT
+     engine_init:  kvx_boot_create(e, &hooks, endpoint, len, &boot, why, wl)
+                   (endpoint: what the peer needs to reach this side's data
+                   plane; the peer's bytes arrive in kvx_boot_peer)
+     engine_fini:  kvx_boot_destroy(boot)
+     room_open:    kvx_boot_room_open(boot, r)
+     room_close:   kvx_boot_room_close(boot, r)
+     room_abort:   kvx_boot_abort(boot, r, reason)
+     decode receiver_init: kvx_boot_receiver_init(boot, r, pages, n, aux)
+     prefill:      hooks.on_room learns each destination; when the last
+                   byte is placed call kvx_boot_send_status(boot, r,
+                   KVX_POLL_SUCCESS, KVX_OK, bytes, NULL) and
+                   kvx_room_succeed; on error send KVX_POLL_FAILED.
+     The receiver by default succeeds when every target rank sent Success
+     and fails with the prefill's reason on Failed (hooks.on_status may
+     take over). Lost connections, failed heartbeats and peer aborts fail
+     the rooms concerned with a sentence naming the peer.
+
+   EXAMPLE (two engines; error handling shortened)
+       kvx_boot_register();
+       prefill desc: role PREFILL, transport "bootfake", boot.host "127.0.0.1"
+       decode  desc: role DECODE,  transport "bootfake",
+                     bootstrap_addr "127.0.0.1:8998"
+       then use senders and receivers exactly as with any transport.
+
+   TIMEOUTS AND FAILURES (decode side unless noted)
+     Reaching the bootstrap server or a rank: KVX_BOOT_TRIES attempts, 2 s
+     each, backoff 200/400/800/1600 ms, while it refuses connections, times
+     out or answers 503; then the waiting rooms fail with a sentence that
+     names the address. A dropped control connection fails every unfinished
+     room of that prefill at once ("lost connection with prefill instance
+     HOST:PORT (rank IP:PORT): ..."); so do KVX_HEARTBEAT_MAX_FAILURE failed
+     GET /health in a row (each bounded by min(interval, 2 s)). The next room
+     for that prefill resolves it again, so a restarted prefill is picked up
+     without restarting decode. Prefill: a dropped decode connection fails
+     that decode's unfinished senders; room frames kept for senders never
+     created answer Failed after KVX_BOOTSTRAP_TIMEOUT. kvx_*_abort, the
+     core's timeouts and destroying an unfinished room send an abort frame
+     the peer turns into a failure carrying the reason.
+
+   SECURITY
+     Like SGLang's, the bootstrap and control ports are unauthenticated and
+     unencrypted: whoever reaches them can register ranks or name
+     destinations. Bind them to a private network (KVX_BOOTSTRAP_HOST).
+     Everything read from them is bounded and checked before use.
+
+   LIMITS OF THIS VERSION
+     The decode side's HTTP client and connects are blocking calls on its
+     worker threads (bounded by the timeouts above), not on the poll loop.
+     Heterogeneous TP is mapped (RANK MAPPING) but the layout fingerprint
+     must still match, so it only works where per-rank layouts are equal
+     (MLA). cp ranks are all targeted. No TLS, no keep-alive.
+
+   THREAD SAFETY
+     As kvx.h. Each kvx_boot owns an I/O thread (poll loop: HTTP server,
+     control connections), on decode a heartbeat thread, and a small worker
+     queue (decode: resolving and connecting; prefill ranks other than 0:
+     registration). kvx_boot_destroy joins them all. Every kvx_boot_* call
+     is thread-safe. Hooks run on those threads (on_room also on the thread
+     that creates a sender whose room frame had already arrived) and must
+     not block; they may call kvx_boot_send_status, kvx_boot_abort and the
+     kvx_room_* helpers. The parsers (kvx_boot_parse_http_request,
+     kvx_boot_decode_frame) are pure and reentrant.
+
+   LICENSE: MIT, see the end of this file.
+*/
+#ifndef KVX_BOOT_H_INCLUDED
+#define KVX_BOOT_H_INCLUDED
+
+#include "kvx.h"
+
+#if !defined(KVX_VERSION_MAJOR) || KVX_VERSION_MAJOR != 0
+#error "kvx_boot.h needs kvx.h major version 0"
+#endif
+
+#ifndef KVX_BOOT_MAX_HEADER
+#define KVX_BOOT_MAX_HEADER 16384
+#endif
+#ifndef KVX_BOOT_MAX_BODY
+#define KVX_BOOT_MAX_BODY 65536
+#endif
+#ifndef KVX_BOOT_READ_TIMEOUT_MS
+#define KVX_BOOT_READ_TIMEOUT_MS 5000
+#endif
+#ifndef KVX_BOOT_MAX_HTTP_CONNS
+#define KVX_BOOT_MAX_HTTP_CONNS 256
+#endif
+#ifndef KVX_BOOT_MAX_FRAME
+#define KVX_BOOT_MAX_FRAME (4u * (uint32_t)KVX_MAX_PAGES + 64u)
+#endif
+#ifndef KVX_BOOT_MAX_ENDPOINT
+#define KVX_BOOT_MAX_ENDPOINT 65536
+#endif
+#ifndef KVX_BOOT_MAX_REASON
+#define KVX_BOOT_MAX_REASON 1024
+#endif
+#ifndef KVX_BOOT_MAX_PENDING
+#define KVX_BOOT_MAX_PENDING 65536
+#endif
+#ifndef KVX_BOOT_MAX_RANKS
+#define KVX_BOOT_MAX_RANKS 4096
+#endif
+#ifndef KVX_BOOT_TRIES
+#define KVX_BOOT_TRIES 5
+#endif
+
+#if (KVX_MAX_PAGES) > 0x3ffffff0u
+#error "kvx_boot.h: KVX_MAX_PAGES is too large for a room frame (4 bytes per page, u32 length)"
+#endif
+
+#define KVX_BOOT_PROTOCOL_VERSION 1
+#define KVX_BOOT_DEFAULT_PORT 8998
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct kvx_boot kvx_boot;
+
+/* What one side learned of the other from its hello. Valid during the
+   hook call that receives it; copy what you keep. */
+typedef struct kvx_boot_peer {
+    const char *addr;      /* "ip:port" of the connection's far end */
+    const char *bootstrap; /* decode side: the prefill's bootstrap "host:port"; else "" */
+    kvx_role role;
+    uint64_t instance;     /* random per engine: tells a restarted peer apart */
+    uint64_t fingerprint;
+    int tp_size, tp_rank, dp_size, dp_rank, pp_size, pp_rank, cp_size, cp_rank;
+    const char *transport;
+    const void *endpoint;  /* the peer's transport-specific bytes */
+    uint32_t endpoint_len;
+} kvx_boot_peer;
+
+/* Hooks a transport gives kvx_boot_create. All optional. */
+typedef struct kvx_boot_hooks {
+    void *user; /* kvx_boot_user() */
+    /* Prefill: a room frame arrived for `sender` (once per decode rank
+       that serves the room). dst_pages is valid during the call. A result
+       other than KVX_OK fails the room and tells the decode side. */
+    kvx_result (*on_room)(kvx_boot *b, kvx_room *sender, const kvx_boot_peer *peer,
+                          const int32_t *dst_pages, uint32_t n, int32_t aux_index);
+    /* Decode: a status frame for `receiver`. Return 1 when handled; 0 runs
+       the default (Success from every target -> kvx_room_succeed with the
+       bytes summed; Failed -> kvx_room_fail with the peer's reason). */
+    int (*on_status)(kvx_boot *b, kvx_room *receiver, const kvx_boot_peer *peer,
+                     kvx_poll state, kvx_result result, uint64_t bytes, const char *reason);
+    /* Both sides: the peer aborted `room`; the room is already failed. */
+    void (*on_abort)(kvx_boot *b, kvx_room *room, const kvx_boot_peer *peer, const char *reason);
+    /* Both sides: hellos exchanged / the connection is gone. */
+    void (*on_connect)(kvx_boot *b, const kvx_boot_peer *peer);
+    void (*on_disconnect)(kvx_boot *b, const kvx_boot_peer *peer, const char *reason);
+} kvx_boot_hooks;
+
+/* Starts the bootstrap machinery of engine e (call from the transport's
+   engine_init): prefill: control listener, and on the rank-0 engine the
+   HTTP server, which registers this rank itself; other prefill ranks
+   register with it in the background. Decode: I/O, heartbeat and resolver
+   threads. endpoint (<= KVX_BOOT_MAX_ENDPOINT bytes, may be NULL) goes to
+   every peer in the hello. Errors: KVX_ERR_BAD_CONFIG (a KVX_* variable
+   that does not parse), KVX_ERR_IO (cannot listen: port in use...),
+   KVX_ERR_INVALID_ARGUMENT, KVX_ERR_NO_MEMORY; why says which. Blocks
+   briefly (binds, starts threads). */
+KVX_API kvx_result kvx_boot_create(kvx_engine *e, const kvx_boot_hooks *hooks,
+                                   const void *endpoint, size_t endpoint_len, kvx_boot **out,
+                                   char *why, size_t why_len);
+/* Stops and joins every thread, closes every connection. NULL ok. Call
+   from engine_fini (after the core closed the rooms). */
+KVX_API void kvx_boot_destroy(kvx_boot *b);
+
+/* The kvx_boot of an engine whose transport uses one, or NULL. */
+KVX_API kvx_boot *kvx_boot_get(const kvx_engine *e);
+KVX_API kvx_engine *kvx_boot_engine(const kvx_boot *b);
+KVX_API void *kvx_boot_user(const kvx_boot *b);
+/* Bound port of the bootstrap HTTP server (0 when this engine runs none). */
+KVX_API int kvx_boot_port(const kvx_boot *b);
+/* Bound port of the prefill's control listener (0 on decode). */
+KVX_API int kvx_boot_control_port(const kvx_boot *b);
+/* kvx_boot_port(kvx_boot_get(e)); 0 when e has no kvx_boot. */
+KVX_API int kvx_boot_engine_port(const kvx_engine *e);
+
+/* Room hooks. room_open: prefill registers the sender (applying room
+   frames that arrived first); decode resolves the prefill named by the
+   room's bootstrap address (in the background the first time) and moves
+   the room to WAITING_FOR_INPUT once every control connection it needs is
+   up. A room that cannot proceed is failed with a sentence (the call still
+   returns KVX_OK so the caller can read it). Does not block. */
+KVX_API kvx_result kvx_boot_room_open(kvx_boot *b, kvx_room *r);
+/* Forgets the room; an unfinished room tells its peer (abort). */
+KVX_API void kvx_boot_room_close(kvx_boot *b, kvx_room *r);
+/* Decode: sends the room frame to every target prefill rank.
+   KVX_ERR_STATE before the room is ready, KVX_ERR_PEER_LOST when a
+   connection is gone (the room is failed with the reason). Non-blocking. */
+KVX_API kvx_result kvx_boot_receiver_init(kvx_boot *b, kvx_room *r, const int32_t *pages,
+                                          uint32_t n, int32_t aux_index);
+/* Prefill: reports state (KVX_POLL_SUCCESS or KVX_POLL_FAILED) to every
+   decode rank that sent this room's frame. reason may be NULL. Returns
+   KVX_ERR_STATE when no room frame arrived yet, KVX_ERR_PEER_LOST when the
+   connection is gone. Non-blocking. */
+KVX_API kvx_result kvx_boot_send_status(kvx_boot *b, kvx_room *r, kvx_poll state,
+                                        kvx_result result, uint64_t bytes, const char *reason);
+/* Tells the peer(s) of the room that this side aborted it (the peer fails
+   its side with the reason). A prefill room whose frame has not arrived
+   answers it with the abort when it does. Non-blocking. */
+KVX_API void kvx_boot_abort(kvx_boot *b, kvx_room *r, const char *reason);
+/* Prefill: the number of destination pages the decode side asked for
+   (every decode rank that serves the room asks for the same count), or 0
+   before the room frame arrived. */
+KVX_API uint32_t kvx_boot_room_dst_pages(kvx_boot *b, const kvx_room *r);
+
+/* The test and benchmark transport "bootfake": the full handshake, no
+   data. A sender becomes WAITING_FOR_INPUT when its room frame arrives,
+   checks that init declares as many pages as the decode side asked for,
+   and after its last chunk sends status Success and succeeds; the receiver
+   succeeds on that status. */
+KVX_API const kvx_backend *kvx_bootfake_backend(void);
+/* Makes "bootfake" known to desc.transport. Thread-safe, idempotent. */
+KVX_API kvx_result kvx_boot_register(void);
+
+/* >>parsers (pure: no I/O, no globals; for the server, tools and fuzzers) */
+
+typedef struct kvx_boot_http_request {
+    int complete;         /* 1: request line, headers and body all present */
+    int headers_done;     /* 1: the blank line after the headers was seen */
+    int status;           /* on error: the HTTP status to answer (400, 413, 431, 501, 505) */
+    const char *method;   /* pointers into the buffer, not NUL-terminated */
+    size_t method_len;
+    const char *path;     /* target up to '?' */
+    size_t path_len;
+    const char *query;    /* after '?', or NULL */
+    size_t query_len;
+    const char *body;
+    size_t body_len;
+    size_t header_len;    /* bytes up to and including the blank line */
+    size_t consumed;      /* header_len + body_len once complete */
+    uint64_t content_length;
+    int expect_continue;  /* "Expect: 100-continue" */
+    int http10;           /* HTTP/1.0 */
+    char error[128];
+} kvx_boot_http_request;
+
+/* Parses one HTTP/1.x request at the start of buf[0..len). KVX_OK with
+   complete 0: need more bytes (headers_done tells whether the headers are
+   in). KVX_ERR_PROTOCOL with out->status and out->error set: the request
+   is bad (malformed 400, header block over KVX_BOOT_MAX_HEADER 431, body
+   over KVX_BOOT_MAX_BODY 413, Transfer-Encoding 501, not HTTP/1.x 505). */
+KVX_API kvx_result kvx_boot_parse_http_request(const void *buf, size_t len,
+                                               kvx_boot_http_request *out);
+/* The decimal integer value of `key` in a query string; 1 found and valid,
+   0 absent, -1 present but not an integer in [INT32_MIN, INT32_MAX]. */
+KVX_API int kvx_boot_query_int(const char *query, size_t len, const char *key, int32_t *out);
+
+typedef enum kvx_boot_frame_type {
+    KVX_BOOT_FRAME_HELLO = 1,
+    KVX_BOOT_FRAME_ROOM = 2,
+    KVX_BOOT_FRAME_STATUS = 3,
+    KVX_BOOT_FRAME_ABORT = 4
+} kvx_boot_frame_type;
+
+typedef struct kvx_boot_hello {
+    uint16_t version, role;
+    uint64_t instance, fingerprint;
+    int32_t tp_size, tp_rank, dp_size, dp_rank, pp_size, pp_rank, cp_size, cp_rank;
+    uint32_t page_size, dtype_size, num_kv_heads, mla, num_buffers, num_aux;
+    const uint64_t *item_lens;     /* encode: native values */
+    const uint64_t *aux_item_lens; /* encode: native values */
+    const uint8_t *item_lens_le;   /* decode: num_buffers u64 LE, unaligned */
+    const uint8_t *aux_item_lens_le;
+    const char *dtype;
+    uint32_t dtype_len;
+    const char *transport;
+    uint32_t transport_len;
+    const void *endpoint;
+    uint32_t endpoint_len;
+} kvx_boot_hello;
+
+typedef struct kvx_boot_frame {
+    kvx_boot_frame_type type;
+    uint32_t body_len;     /* set as soon as the 8-byte header is there */
+    uint64_t room;         /* room, status, abort */
+    int32_t aux_index;     /* room */
+    uint32_t num_pages;    /* room */
+    uint16_t peer_index, peer_count; /* room */
+    const int32_t *pages;  /* room, encode: native values */
+    const uint8_t *pages_le; /* room, decode: n i32 LE, unaligned */
+    int32_t state, result; /* status */
+    uint64_t bytes;        /* status */
+    const char *reason;    /* status, abort; not NUL-terminated */
+    uint32_t reason_len;
+    kvx_boot_hello hello;  /* hello */
+} kvx_boot_frame;
+
+/* Decodes one frame at the start of buf[0..len). KVX_OK and *consumed > 0:
+   a whole valid frame (pointers point into buf). KVX_OK and *consumed == 0:
+   need more bytes (out->body_len tells how many once the header is in).
+   KVX_ERR_PROTOCOL and a sentence in why: unknown type, nonzero flags, a
+   length or count beyond its limit, sizes that do not add up. */
+KVX_API kvx_result kvx_boot_decode_frame(const void *buf, size_t len, kvx_boot_frame *out,
+                                         size_t *consumed, char *why, size_t why_len);
+/* Page i of a decoded room frame. */
+KVX_API int32_t kvx_boot_frame_page(const kvx_boot_frame *f, uint32_t i);
+/* Appends the encoding of f to out (f uses the native pointers: pages,
+   item_lens, aux_item_lens). KVX_ERR_INVALID_ARGUMENT beyond a limit. */
+KVX_API kvx_result kvx_boot_encode_frame(const kvx_boot_frame *f, kvx_buf *out);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* KVX_BOOT_H_INCLUDED */
+
+/* ======================================================================== */
+/*                             IMPLEMENTATION                               */
+/* ======================================================================== */
+#if defined(KVX_IMPLEMENTATION) && !defined(KVX_BOOT_IMPL_INCLUDED)
+#define KVX_BOOT_IMPL_INCLUDED
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <errno.h>
+#include <limits.h>
+#include <unistd.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/types.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <arpa/inet.h>
+#include <netdb.h>
+#include <ifaddrs.h>
+#include <net/if.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* >>boot: byte helpers -------------------------------------------------- */
+
+static void kvx__boot_w16(uint8_t *p, uint16_t v) { p[0] = (uint8_t)v; p[1] = (uint8_t)(v >> 8); }
+static void kvx__boot_w32(uint8_t *p, uint32_t v) {
+    p[0] = (uint8_t)v; p[1] = (uint8_t)(v >> 8); p[2] = (uint8_t)(v >> 16); p[3] = (uint8_t)(v >> 24);
+}
+static void kvx__boot_w64(uint8_t *p, uint64_t v) {
+    kvx__boot_w32(p, (uint32_t)v);
+    kvx__boot_w32(p + 4, (uint32_t)(v >> 32));
+}
+static uint16_t kvx__boot_r16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
+static uint32_t kvx__boot_r32(const uint8_t *p) {
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+static uint64_t kvx__boot_r64(const uint8_t *p) {
+    return (uint64_t)kvx__boot_r32(p) | (uint64_t)kvx__boot_r32(p + 4) << 32;
+}
+
+/* Copies a NUL-terminated string into out[n], truncating. */
+static void kvx__boot_copy(char *out, size_t n, const char *s) {
+    size_t l = strlen(s);
+    if (!n) return;
+    if (l >= n) l = n - 1;
+    memcpy(out, s, l);
+    out[l] = 0;
+}
+
+/* Appends raw bytes to a kvx_buf (same realloc discipline as the core). */
+static void kvx__boot_put(kvx_buf *b, const void *p, size_t n) {
+    if (b->oom) return;
+    if (b->len + n + 1 > b->cap) {
+        size_t nc = b->cap ? b->cap : 256;
+        char *nd;
+        while (nc < b->len + n + 1) nc *= 2;
+        nd = (char *)realloc(b->data, nc);
+        if (!nd) { b->oom = 1; return; }
+        b->data = nd;
+        b->cap = nc;
+    }
+    if (n) memcpy(b->data + b->len, p, n);
+    b->len += n;
+    b->data[b->len] = 0;
+}
+
+/* >>boot: frame codec ----------------------------------------------------- */
+
+#define KVX__BOOT_HDR 8
+#define KVX__BOOT_HELLO_FIXED 96
+#define KVX__BOOT_ROOM_FIXED 24
+#define KVX__BOOT_STATUS_FIXED 28
+#define KVX__BOOT_ABORT_FIXED 12
+#define KVX__BOOT_MAGIC "kvx-boot"
+
+static const char *kvx__boot_type_name(uint32_t t) {
+    switch (t) {
+    case KVX_BOOT_FRAME_HELLO: return "hello";
+    case KVX_BOOT_FRAME_ROOM: return "room";
+    case KVX_BOOT_FRAME_STATUS: return "status";
+    case KVX_BOOT_FRAME_ABORT: return "abort";
+    }
+    return "unknown";
+}
+
+/* The largest body a frame of this type may have, so a peer cannot make
+   us buffer 64 MiB for a status frame. */
+static uint64_t kvx__boot_type_max(uint32_t t) {
+    switch (t) {
+    case KVX_BOOT_FRAME_HELLO:
+        return KVX__BOOT_HELLO_FIXED + 8ull * (KVX_MAX_BUFFERS + KVX_MAX_AUX) + 63 + 31 +
+               KVX_BOOT_MAX_ENDPOINT;
+    case KVX_BOOT_FRAME_ROOM: return KVX__BOOT_ROOM_FIXED + 4ull * KVX_MAX_PAGES;
+    case KVX_BOOT_FRAME_STATUS: return KVX__BOOT_STATUS_FIXED + KVX_BOOT_MAX_REASON;
+    case KVX_BOOT_FRAME_ABORT: return KVX__BOOT_ABORT_FIXED + KVX_BOOT_MAX_REASON;
+    }
+    return 0;
+}
+
+static kvx_result kvx__boot_bad(char *why, size_t wl, const char *fmt, ...) KVX_PRINTF(3, 4);
+static kvx_result kvx__boot_bad(char *why, size_t wl, const char *fmt, ...) {
+    va_list ap;
+    if (why && wl) {
+        va_start(ap, fmt);
+        vsnprintf(why, wl, fmt, ap);
+        va_end(ap);
+    }
+    return KVX_ERR_PROTOCOL;
+}
+
+static kvx_result kvx__boot_decode_hello(const uint8_t *p, uint32_t n, kvx_boot_hello *h,
+                                         char *why, size_t wl) {
+    uint64_t need;
+    uint32_t el;
+    uint16_t dl, tl;
+    const uint8_t *q;
+    if (n < KVX__BOOT_HELLO_FIXED)
+        return kvx__boot_bad(why, wl, "hello of %u bytes is shorter than its %d fixed bytes", n,
+                             KVX__BOOT_HELLO_FIXED);
+    if (memcmp(p, KVX__BOOT_MAGIC, 8) != 0)
+        return kvx__boot_bad(why, wl, "hello does not start with \"kvx-boot\" (not a kvx peer?)");
+    h->version = kvx__boot_r16(p + 8);
+    if (h->version != KVX_BOOT_PROTOCOL_VERSION)
+        return kvx__boot_bad(why, wl, "peer speaks kvx boot protocol version %u, this side %d",
+                             h->version, KVX_BOOT_PROTOCOL_VERSION);
+    h->role = kvx__boot_r16(p + 10);
+    if (h->role != KVX_ROLE_PREFILL && h->role != KVX_ROLE_DECODE)
+        return kvx__boot_bad(why, wl, "hello has role %u (1 prefill or 2 decode expected)", h->role);
+    if (kvx__boot_r32(p + 12) != 0) return kvx__boot_bad(why, wl, "hello flags are not 0");
+    h->instance = kvx__boot_r64(p + 16);
+    h->fingerprint = kvx__boot_r64(p + 24);
+    h->tp_size = (int32_t)kvx__boot_r32(p + 32); h->tp_rank = (int32_t)kvx__boot_r32(p + 36);
+    h->dp_size = (int32_t)kvx__boot_r32(p + 40); h->dp_rank = (int32_t)kvx__boot_r32(p + 44);
+    h->pp_size = (int32_t)kvx__boot_r32(p + 48); h->pp_rank = (int32_t)kvx__boot_r32(p + 52);
+    h->cp_size = (int32_t)kvx__boot_r32(p + 56); h->cp_rank = (int32_t)kvx__boot_r32(p + 60);
+    h->page_size = kvx__boot_r32(p + 64);
+    h->dtype_size = kvx__boot_r32(p + 68);
+    h->num_kv_heads = kvx__boot_r32(p + 72);
+    h->mla = kvx__boot_r32(p + 76);
+    h->num_buffers = kvx__boot_r32(p + 80);
+    h->num_aux = kvx__boot_r32(p + 84);
+    dl = kvx__boot_r16(p + 88);
+    tl = kvx__boot_r16(p + 90);
+    el = kvx__boot_r32(p + 92);
+    if (h->num_buffers > KVX_MAX_BUFFERS || h->num_aux > KVX_MAX_AUX)
+        return kvx__boot_bad(why, wl, "hello declares %u KV and %u aux buffers (limits %d, %d)",
+                             h->num_buffers, h->num_aux, KVX_MAX_BUFFERS, KVX_MAX_AUX);
+    if (dl > 63 || tl > 31 || el > KVX_BOOT_MAX_ENDPOINT)
+        return kvx__boot_bad(why, wl,
+                             "hello string lengths dtype %u, transport %u, endpoint %u exceed "
+                             "63, 31, %d", dl, tl, el, KVX_BOOT_MAX_ENDPOINT);
+    need = KVX__BOOT_HELLO_FIXED + 8ull * (h->num_buffers + h->num_aux) + dl + tl + el;
+    if (need != n)
+        return kvx__boot_bad(why, wl, "hello is %u bytes but its fields add up to %llu", n,
+                             (unsigned long long)need);
+    q = p + KVX__BOOT_HELLO_FIXED;
+    h->item_lens_le = q; q += 8u * h->num_buffers;
+    h->aux_item_lens_le = q; q += 8u * h->num_aux;
+    h->dtype = (const char *)q; h->dtype_len = dl; q += dl;
+    h->transport = (const char *)q; h->transport_len = tl; q += tl;
+    h->endpoint = q; h->endpoint_len = el;
+    return KVX_OK;
+}
+
+KVX_API kvx_result kvx_boot_decode_frame(const void *buf, size_t len, kvx_boot_frame *f,
+                                         size_t *consumed, char *why, size_t wl) {
+    const uint8_t *p = (const uint8_t *)buf;
+    uint32_t blen, type, flags;
+    const uint8_t *b;
+    if (why && wl) why[0] = 0;
+    if (!f || !consumed || (!buf && len)) return KVX_ERR_INVALID_ARGUMENT;
+    *consumed = 0;
+    memset(f, 0, sizeof *f);
+    if (len < KVX__BOOT_HDR) return KVX_OK;
+    blen = kvx__boot_r32(p);
+    type = kvx__boot_r16(p + 4);
+    flags = kvx__boot_r16(p + 6);
+    f->body_len = blen;
+    if (type < KVX_BOOT_FRAME_HELLO || type > KVX_BOOT_FRAME_ABORT)
+        return kvx__boot_bad(why, wl, "unknown frame type %u", type);
+    f->type = (kvx_boot_frame_type)type;
+    if (flags) return kvx__boot_bad(why, wl, "%s frame has flags %#x (0 expected)",
+                                    kvx__boot_type_name(type), flags);
+    if (blen > KVX_BOOT_MAX_FRAME || (uint64_t)blen > kvx__boot_type_max(type))
+        return kvx__boot_bad(why, wl, "%s frame of %u bytes exceeds its limit of %llu",
+                             kvx__boot_type_name(type), blen,
+                             (unsigned long long)kvx__boot_type_max(type));
+    if (len - KVX__BOOT_HDR < blen) return KVX_OK;
+    b = p + KVX__BOOT_HDR;
+    switch (type) {
+    case KVX_BOOT_FRAME_HELLO: {
+        kvx_result r = kvx__boot_decode_hello(b, blen, &f->hello, why, wl);
+        if (r != KVX_OK) return r;
+        break;
+    }
+    case KVX_BOOT_FRAME_ROOM: {
+        uint32_t i;
+        if (blen < KVX__BOOT_ROOM_FIXED)
+            return kvx__boot_bad(why, wl, "room frame of %u bytes is too short", blen);
+        f->room = kvx__boot_r64(b);
+        f->aux_index = (int32_t)kvx__boot_r32(b + 8);
+        f->num_pages = kvx__boot_r32(b + 12);
+        f->peer_index = kvx__boot_r16(b + 16);
+        f->peer_count = kvx__boot_r16(b + 18);
+        if (f->num_pages > KVX_MAX_PAGES)
+            return kvx__boot_bad(why, wl, "room %llu: %u pages exceed KVX_MAX_PAGES (%u)",
+                                 (unsigned long long)f->room, f->num_pages,
+                                 (unsigned)KVX_MAX_PAGES);
+        if ((uint64_t)blen != KVX__BOOT_ROOM_FIXED + 4ull * f->num_pages)
+            return kvx__boot_bad(why, wl, "room %llu: frame of %u bytes does not hold %u pages",
+                                 (unsigned long long)f->room, blen, f->num_pages);
+        if (f->aux_index < -1)
+            return kvx__boot_bad(why, wl, "room %llu: aux index %ld", (unsigned long long)f->room,
+                                 (long)f->aux_index);
+        if (!f->peer_count || f->peer_index >= f->peer_count)
+            return kvx__boot_bad(why, wl, "room %llu: peer index %u of %u",
+                                 (unsigned long long)f->room, f->peer_index, f->peer_count);
+        if (kvx__boot_r32(b + 20) != 0)
+            return kvx__boot_bad(why, wl, "room %llu: reserved field is not 0",
+                                 (unsigned long long)f->room);
+        f->pages_le = b + KVX__BOOT_ROOM_FIXED;
+        for (i = 0; i < f->num_pages; i++)
+            if ((int32_t)kvx__boot_r32(f->pages_le + 4u * i) < 0)
+                return kvx__boot_bad(why, wl, "room %llu: page index %ld at position %u is negative",
+                                     (unsigned long long)f->room,
+                                     (long)(int32_t)kvx__boot_r32(f->pages_le + 4u * i), i);
+        break;
+    }
+    case KVX_BOOT_FRAME_STATUS:
+        if (blen < KVX__BOOT_STATUS_FIXED)
+            return kvx__boot_bad(why, wl, "status frame of %u bytes is too short", blen);
+        f->room = kvx__boot_r64(b);
+        f->bytes = kvx__boot_r64(b + 8);
+        f->state = (int32_t)kvx__boot_r32(b + 16);
+        f->result = (int32_t)kvx__boot_r32(b + 20);
+        f->reason_len = kvx__boot_r32(b + 24);
+        if (f->state < KVX_POLL_FAILED || f->state > KVX_POLL_SUCCESS)
+            return kvx__boot_bad(why, wl, "room %llu: status with state %ld",
+                                 (unsigned long long)f->room, (long)f->state);
+        if (f->reason_len > KVX_BOOT_MAX_REASON ||
+            (uint64_t)blen != KVX__BOOT_STATUS_FIXED + (uint64_t)f->reason_len)
+            return kvx__boot_bad(why, wl, "room %llu: status reason of %u bytes in a %u-byte frame",
+                                 (unsigned long long)f->room, f->reason_len, blen);
+        f->reason = (const char *)b + KVX__BOOT_STATUS_FIXED;
+        break;
+    case KVX_BOOT_FRAME_ABORT:
+        if (blen < KVX__BOOT_ABORT_FIXED)
+            return kvx__boot_bad(why, wl, "abort frame of %u bytes is too short", blen);
+        f->room = kvx__boot_r64(b);
+        f->reason_len = kvx__boot_r32(b + 8);
+        if (f->reason_len > KVX_BOOT_MAX_REASON ||
+            (uint64_t)blen != KVX__BOOT_ABORT_FIXED + (uint64_t)f->reason_len)
+            return kvx__boot_bad(why, wl, "room %llu: abort reason of %u bytes in a %u-byte frame",
+                                 (unsigned long long)f->room, f->reason_len, blen);
+        f->reason = (const char *)b + KVX__BOOT_ABORT_FIXED;
+        break;
+    }
+    *consumed = KVX__BOOT_HDR + (size_t)blen;
+    return KVX_OK;
+}
+
+KVX_API int32_t kvx_boot_frame_page(const kvx_boot_frame *f, uint32_t i) {
+    if (f->pages_le) return (int32_t)kvx__boot_r32(f->pages_le + 4u * i);
+    return f->pages ? f->pages[i] : -1;
+}
+
+static void kvx__boot_hdr(uint8_t *p, uint32_t blen, uint32_t type) {
+    kvx__boot_w32(p, blen);
+    kvx__boot_w16(p + 4, (uint16_t)type);
+    kvx__boot_w16(p + 6, 0);
+}
+
+/* Header and fixed part of a room frame (the pages follow). */
+static void kvx__boot_room_head(uint8_t *p, uint64_t room, int32_t aux, uint32_t n,
+                                uint16_t idx, uint16_t count) {
+    kvx__boot_hdr(p, KVX__BOOT_ROOM_FIXED + 4u * n, KVX_BOOT_FRAME_ROOM);
+    p += KVX__BOOT_HDR;
+    kvx__boot_w64(p, room);
+    kvx__boot_w32(p + 8, (uint32_t)aux);
+    kvx__boot_w32(p + 12, n);
+    kvx__boot_w16(p + 16, idx);
+    kvx__boot_w16(p + 18, count);
+    kvx__boot_w32(p + 20, 0);
+}
+
+static size_t kvx__boot_reason_len(size_t len) {
+    return len > KVX_BOOT_MAX_REASON ? KVX_BOOT_MAX_REASON : len;
+}
+
+KVX_API kvx_result kvx_boot_encode_frame(const kvx_boot_frame *f, kvx_buf *out) {
+    uint8_t fixed[KVX__BOOT_HDR + KVX__BOOT_HELLO_FIXED];
+    uint8_t *b = fixed + KVX__BOOT_HDR;
+    uint32_t i;
+    if (!f || !out) return KVX_ERR_INVALID_ARGUMENT;
+    memset(fixed, 0, sizeof fixed);
+    switch (f->type) {
+    case KVX_BOOT_FRAME_HELLO: {
+        const kvx_boot_hello *h = &f->hello;
+        uint64_t blen;
+        if (h->num_buffers > KVX_MAX_BUFFERS || h->num_aux > KVX_MAX_AUX || h->dtype_len > 63 ||
+            h->transport_len > 31 || h->endpoint_len > KVX_BOOT_MAX_ENDPOINT ||
+            (h->num_buffers && !h->item_lens) || (h->num_aux && !h->aux_item_lens) ||
+            (h->dtype_len && !h->dtype) || (h->transport_len && !h->transport) ||
+            (h->endpoint_len && !h->endpoint))
+            return KVX_ERR_INVALID_ARGUMENT;
+        blen = KVX__BOOT_HELLO_FIXED + 8ull * (h->num_buffers + h->num_aux) + h->dtype_len +
+               h->transport_len + h->endpoint_len;
+        kvx__boot_hdr(fixed, (uint32_t)blen, KVX_BOOT_FRAME_HELLO);
+        memcpy(b, KVX__BOOT_MAGIC, 8);
+        kvx__boot_w16(b + 8, h->version ? h->version : KVX_BOOT_PROTOCOL_VERSION);
+        kvx__boot_w16(b + 10, h->role);
+        kvx__boot_w64(b + 16, h->instance);
+        kvx__boot_w64(b + 24, h->fingerprint);
+        kvx__boot_w32(b + 32, (uint32_t)h->tp_size); kvx__boot_w32(b + 36, (uint32_t)h->tp_rank);
+        kvx__boot_w32(b + 40, (uint32_t)h->dp_size); kvx__boot_w32(b + 44, (uint32_t)h->dp_rank);
+        kvx__boot_w32(b + 48, (uint32_t)h->pp_size); kvx__boot_w32(b + 52, (uint32_t)h->pp_rank);
+        kvx__boot_w32(b + 56, (uint32_t)h->cp_size); kvx__boot_w32(b + 60, (uint32_t)h->cp_rank);
+        kvx__boot_w32(b + 64, h->page_size);
+        kvx__boot_w32(b + 68, h->dtype_size);
+        kvx__boot_w32(b + 72, h->num_kv_heads);
+        kvx__boot_w32(b + 76, h->mla);
+        kvx__boot_w32(b + 80, h->num_buffers);
+        kvx__boot_w32(b + 84, h->num_aux);
+        kvx__boot_w16(b + 88, (uint16_t)h->dtype_len);
+        kvx__boot_w16(b + 90, (uint16_t)h->transport_len);
+        kvx__boot_w32(b + 92, h->endpoint_len);
+        kvx__boot_put(out, fixed, sizeof fixed);
+        for (i = 0; i < h->num_buffers + h->num_aux; i++) {
+            uint8_t v[8];
+            kvx__boot_w64(v, i < h->num_buffers ? h->item_lens[i]
+                                                : h->aux_item_lens[i - h->num_buffers]);
+            kvx__boot_put(out, v, 8);
+        }
+        kvx__boot_put(out, h->dtype, h->dtype_len);
+        kvx__boot_put(out, h->transport, h->transport_len);
+        kvx__boot_put(out, h->endpoint, h->endpoint_len);
+        break;
+    }
+    case KVX_BOOT_FRAME_ROOM:
+        if (f->num_pages > KVX_MAX_PAGES || (f->num_pages && !f->pages) || !f->peer_count ||
+            f->peer_index >= f->peer_count)
+            return KVX_ERR_INVALID_ARGUMENT;
+        kvx__boot_room_head(fixed, f->room, f->aux_index, f->num_pages, f->peer_index,
+                            f->peer_count);
+        kvx__boot_put(out, fixed, KVX__BOOT_HDR + KVX__BOOT_ROOM_FIXED);
+        for (i = 0; i < f->num_pages; i++) {
+            uint8_t v[4];
+            kvx__boot_w32(v, (uint32_t)f->pages[i]);
+            kvx__boot_put(out, v, 4);
+        }
+        break;
+    case KVX_BOOT_FRAME_STATUS: {
+        size_t rl = f->reason ? kvx__boot_reason_len(f->reason_len) : 0;
+        kvx__boot_hdr(fixed, (uint32_t)(KVX__BOOT_STATUS_FIXED + rl), KVX_BOOT_FRAME_STATUS);
+        kvx__boot_w64(b, f->room);
+        kvx__boot_w64(b + 8, f->bytes);
+        kvx__boot_w32(b + 16, (uint32_t)f->state);
+        kvx__boot_w32(b + 20, (uint32_t)f->result);
+        kvx__boot_w32(b + 24, (uint32_t)rl);
+        kvx__boot_put(out, fixed, KVX__BOOT_HDR + KVX__BOOT_STATUS_FIXED);
+        kvx__boot_put(out, f->reason, rl);
+        break;
+    }
+    case KVX_BOOT_FRAME_ABORT: {
+        size_t rl = f->reason ? kvx__boot_reason_len(f->reason_len) : 0;
+        kvx__boot_hdr(fixed, (uint32_t)(KVX__BOOT_ABORT_FIXED + rl), KVX_BOOT_FRAME_ABORT);
+        kvx__boot_w64(b, f->room);
+        kvx__boot_w32(b + 8, (uint32_t)rl);
+        kvx__boot_put(out, fixed, KVX__BOOT_HDR + KVX__BOOT_ABORT_FIXED);
+        kvx__boot_put(out, f->reason, rl);
+        break;
+    }
+    default: return KVX_ERR_INVALID_ARGUMENT;
+    }
+    return out->oom ? KVX_ERR_NO_MEMORY : KVX_OK;
+}
+
+/* >>boot: HTTP request parser ---------------------------------------------- */
+
+static int kvx__boot_tchar(unsigned char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+           (c && strchr("!#$%&'*+-.^_`|~", c) != NULL);
+}
+
+static int kvx__boot_ieq(const char *a, size_t alen, const char *b) {
+    size_t i, bl = strlen(b);
+    if (alen != bl) return 0;
+    for (i = 0; i < alen; i++) {
+        char x = a[i], y = b[i];
+        if (x >= 'A' && x <= 'Z') x = (char)(x - 'A' + 'a');
+        if (y >= 'A' && y <= 'Z') y = (char)(y - 'A' + 'a');
+        if (x != y) return 0;
+    }
+    return 1;
+}
+
+static kvx_result kvx__boot_http_err(kvx_boot_http_request *o, int status, const char *fmt, ...)
+    KVX_PRINTF(3, 4);
+static kvx_result kvx__boot_http_err(kvx_boot_http_request *o, int status, const char *fmt, ...) {
+    va_list ap;
+    o->status = status;
+    o->complete = 0;
+    va_start(ap, fmt);
+    vsnprintf(o->error, sizeof o->error, fmt, ap);
+    va_end(ap);
+    return KVX_ERR_PROTOCOL;
+}
+
+/* Finds the end of the header block (CRLFCRLF) within the first `lim` bytes. */
+static size_t kvx__boot_find_hdr_end(const char *s, size_t len, size_t lim) {
+    size_t i, n = len < lim ? len : lim;
+    for (i = 0; i + 3 < n; i++)
+        if (s[i] == '\r' && s[i + 1] == '\n' && s[i + 2] == '\r' && s[i + 3] == '\n') return i + 4;
+    return 0;
+}
+
+static kvx_result kvx__boot_parse_reqline(const char *s, size_t n, kvx_boot_http_request *o) {
+    size_t i = 0, t0, t1;
+    while (i < n && kvx__boot_tchar((unsigned char)s[i])) i++;
+    if (i == 0 || i > 16 || i >= n || s[i] != ' ')
+        return kvx__boot_http_err(o, 400, "malformed request line (method)");
+    o->method = s;
+    o->method_len = i;
+    t0 = ++i;
+    while (i < n && s[i] != ' ') {
+        unsigned char c = (unsigned char)s[i];
+        if (c <= 0x20 || c == 0x7f) return kvx__boot_http_err(o, 400, "control character in target");
+        i++;
+    }
+    t1 = i;
+    if (t1 == t0 || i >= n || s[t0] != '/')
+        return kvx__boot_http_err(o, 400, "malformed request line (target)");
+    i++;
+    if (n - i != 8 || memcmp(s + i, "HTTP/1.", 7) != 0)
+        return kvx__boot_http_err(o, 505, "not an HTTP/1.x request");
+    if (s[i + 7] != '0' && s[i + 7] != '1')
+        return kvx__boot_http_err(o, 505, "HTTP version 1.%c is not supported", s[i + 7]);
+    o->http10 = s[i + 7] == '0';
+    o->path = s + t0;
+    o->path_len = t1 - t0;
+    for (i = t0; i < t1; i++)
+        if (s[i] == '?') {
+            o->path_len = i - t0;
+            o->query = s + i + 1;
+            o->query_len = t1 - i - 1;
+            break;
+        }
+    return KVX_OK;
+}
+
+static kvx_result kvx__boot_parse_header(const char *s, size_t n, kvx_boot_http_request *o,
+                                         int *have_cl) {
+    size_t i = 0, nl, v0, v1;
+    if (n && (s[0] == ' ' || s[0] == '\t'))
+        return kvx__boot_http_err(o, 400, "obsolete header line folding");
+    while (i < n && kvx__boot_tchar((unsigned char)s[i])) i++;
+    if (i == 0 || i >= n || s[i] != ':') return kvx__boot_http_err(o, 400, "malformed header line");
+    nl = i;
+    v0 = i + 1;
+    while (v0 < n && (s[v0] == ' ' || s[v0] == '\t')) v0++;
+    v1 = n;
+    while (v1 > v0 && (s[v1 - 1] == ' ' || s[v1 - 1] == '\t')) v1--;
+    for (i = v0; i < v1; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if ((c < 0x20 && c != '\t') || c == 0x7f)
+            return kvx__boot_http_err(o, 400, "control character in a header value");
+    }
+    if (kvx__boot_ieq(s, nl, "content-length")) {
+        uint64_t v = 0;
+        if (v1 == v0 || v1 - v0 > 18) return kvx__boot_http_err(o, 400, "bad Content-Length");
+        for (i = v0; i < v1; i++) {
+            if (s[i] < '0' || s[i] > '9') return kvx__boot_http_err(o, 400, "bad Content-Length");
+            v = v * 10 + (uint64_t)(s[i] - '0');
+        }
+        if (*have_cl && v != o->content_length)
+            return kvx__boot_http_err(o, 400, "conflicting Content-Length headers");
+        *have_cl = 1;
+        o->content_length = v;
+    } else if (kvx__boot_ieq(s, nl, "transfer-encoding")) {
+        return kvx__boot_http_err(o, 501, "Transfer-Encoding is not supported; send Content-Length");
+    } else if (kvx__boot_ieq(s, nl, "expect")) {
+        if (kvx__boot_ieq(s + v0, v1 - v0, "100-continue")) o->expect_continue = 1;
+        else return kvx__boot_http_err(o, 417, "unsupported Expect header");
+    }
+    return KVX_OK;
+}
+
+KVX_API kvx_result kvx_boot_parse_http_request(const void *buf, size_t len,
+                                               kvx_boot_http_request *o) {
+    const char *s = (const char *)buf;
+    size_t hend, pos, line_end;
+    int have_cl = 0, nheaders = 0;
+    kvx_result r;
+    if (!o) return KVX_ERR_INVALID_ARGUMENT;
+    memset(o, 0, sizeof *o);
+    if (!buf && len) return KVX_ERR_INVALID_ARGUMENT;
+    hend = kvx__boot_find_hdr_end(s, len, KVX_BOOT_MAX_HEADER);
+    if (!hend) {
+        if (len >= KVX_BOOT_MAX_HEADER)
+            return kvx__boot_http_err(o, 431, "request header block exceeds %d bytes",
+                                      KVX_BOOT_MAX_HEADER);
+        /* reject garbage early: a request line starts with a method token */
+        for (pos = 0; pos < len && pos < 17; pos++) {
+            unsigned char c = (unsigned char)s[pos];
+            if (c == ' ' && pos > 0) break;
+            if (!kvx__boot_tchar(c)) return kvx__boot_http_err(o, 400, "malformed request line");
+        }
+        if (pos == 17) return kvx__boot_http_err(o, 400, "malformed request line (method)");
+        return KVX_OK;
+    }
+    o->headers_done = 1;
+    o->header_len = hend;
+    for (line_end = 0; line_end + 1 < hend && !(s[line_end] == '\r' && s[line_end + 1] == '\n');)
+        line_end++;
+    if ((r = kvx__boot_parse_reqline(s, line_end, o)) != KVX_OK) return r;
+    pos = line_end + 2;
+    while (pos + 2 < hend) { /* each header line up to the final blank line */
+        size_t e = pos;
+        while (e + 1 < hend && !(s[e] == '\r' && s[e + 1] == '\n')) {
+            if (s[e] == '\r' || s[e] == '\n' || s[e] == 0)
+                return kvx__boot_http_err(o, 400, "stray CR, LF or NUL in a header line");
+            e++;
+        }
+        if (++nheaders > 100) return kvx__boot_http_err(o, 431, "more than 100 header lines");
+        if ((r = kvx__boot_parse_header(s + pos, e - pos, o, &have_cl)) != KVX_OK) return r;
+        pos = e + 2;
+    }
+    if (o->content_length > KVX_BOOT_MAX_BODY)
+        return kvx__boot_http_err(o, 413, "request body of %llu bytes exceeds %d",
+                                  (unsigned long long)o->content_length, KVX_BOOT_MAX_BODY);
+    if (len - hend < o->content_length) return KVX_OK;
+    o->body = s + hend;
+    o->body_len = (size_t)o->content_length;
+    o->consumed = hend + o->body_len;
+    o->complete = 1;
+    return KVX_OK;
+}
+
+KVX_API int kvx_boot_query_int(const char *q, size_t len, const char *key, int32_t *out) {
+    size_t i = 0, kl = strlen(key);
+    while (q && i < len) {
+        size_t e = i, eq;
+        while (e < len && q[e] != '&') e++;
+        for (eq = i; eq < e && q[eq] != '='; eq++) {}
+        if (eq - i == kl && memcmp(q + i, key, kl) == 0) {
+            size_t j = eq < e ? eq + 1 : e;
+            int neg = 0;
+            int64_t v = 0;
+            if (j < e && q[j] == '-') { neg = 1; j++; }
+            if (j >= e || e - j > 10) return -1;
+            for (; j < e; j++) {
+                if (q[j] < '0' || q[j] > '9') return -1;
+                v = v * 10 + (q[j] - '0');
+            }
+            if (neg) v = -v;
+            if (v < INT32_MIN || v > INT32_MAX) return -1;
+            *out = (int32_t)v;
+            return 1;
+        }
+        i = e + 1;
+    }
+    return 0;
+}
+
+/* >>boot: state ------------------------------------------------------------ */
+
+enum { KVX__BOOT_K_HTTP_LISTEN = 1, KVX__BOOT_K_CTRL_LISTEN, KVX__BOOT_K_HTTP, KVX__BOOT_K_CTRL };
+enum { KVX__BOOT_PF_IDLE = 0, KVX__BOOT_PF_RESOLVING, KVX__BOOT_PF_READY, KVX__BOOT_PF_DEAD };
+enum { KVX__BOOT_H_READING = 0, KVX__BOOT_H_WRITING, KVX__BOOT_H_DRAINING };
+
+#define KVX__BOOT_MAX_OUT (256u << 20) /* queued bytes a control peer may leave unread */
+#define KVX__BOOT_MAX_PEERS 1024
+#define KVX__BOOT_RETRY_MS 200
+#define KVX__BOOT_HTTP_TIMEOUT_S 2.0
+#define KVX__BOOT_MAX_RESULTS 32
+
+typedef struct kvx__boot_pf kvx__boot_pf;
+
+/* A socket the I/O thread polls. Control connections are shared with the
+   threads that send frames (under mu); only the I/O thread closes fds. */
+typedef struct kvx__boot_conn {
+    kvx_boot *boot;
+    int kind;
+    int fd;
+    int refs;       /* atomic */
+    pthread_mutex_t mu;
+    int closed;     /* under mu */
+    int want_write; /* atomic: out holds bytes */
+    int want_close; /* atomic: asked to close by another thread */
+    uint8_t *out;   /* under mu */
+    size_t out_off, out_len, out_cap;
+    /* I/O thread only */
+    uint8_t *in;
+    size_t in_len, in_cap, need;
+    uint64_t deadline_ns;
+    int http_state, sent_continue, dropped, hello_done;
+    /* control: set before the connection is shared, then read-only */
+    kvx__boot_pf *peer; /* decode: the prefill instance */
+    uint64_t gen;     /* decode: peer generation, under boot->mu */
+    char addr[64];
+    char transport[32];
+    uint8_t *endpoint;
+    kvx_boot_peer info;
+} kvx__boot_conn;
+
+/* A decode engine's view of one prefill instance (one bootstrap address). */
+struct kvx__boot_pf {
+    kvx_boot *boot;
+    char addr[256];
+    char host[256];
+    int port;
+    /* under boot->mu */
+    int state;
+    uint64_t gen;
+    int tp, cp, dp, pp;
+    uint32_t per_dp;  /* target ranks per dp rank */
+    uint16_t peer_index, peer_count;
+    kvx__boot_conn **conns; /* dp * per_dp */
+    uint32_t nconns;
+    int hb_failures;
+    uint64_t next_hb_ns;
+    kvx__boot_pf *next;
+};
+
+/* A room or abort frame kept until its sender is created (prefill). */
+typedef struct kvx__boot_pframe {
+    struct kvx__boot_pframe *next;
+    kvx__boot_conn *conn;
+    int type;
+    int32_t aux;
+    uint16_t idx, count;
+    uint32_t n;
+    int32_t *pages;
+    char *reason;
+} kvx__boot_pframe;
+
+/* What kvx_boot keeps per room id. room == NULL: a prefill entry holding
+   frames that arrived before the sender. Fields under boot->mu. */
+typedef struct kvx__boot_br {
+    uint64_t id;
+    int refs; /* atomic */
+    kvx_room *room;
+    struct kvx__boot_br *hnext;
+    uint64_t created_ns;
+    /* connections: decode: the targets; prefill: the decode ranks that sent
+       the room. tag: decode: status Success seen; prefill: peer index. */
+    kvx__boot_conn **conns;
+    uint32_t *tag;
+    uint32_t nconns, cap;
+    kvx__boot_conn *inl[2];
+    uint32_t inl_tag[2];
+    uint32_t ndone;
+    /* decode */
+    kvx__boot_pf *peer;
+    uint64_t gen;
+    int waiting, inited;
+    uint64_t bytes;
+    uint16_t peer_index, peer_count;
+    /* prefill */
+    uint32_t expected, dst_pages;
+    int aborted;
+    char *abort_reason;
+    kvx__boot_pframe *frames, *frames_tail;
+} kvx__boot_br;
+
+typedef struct kvx__boot_rank {
+    char ip[64];
+    int port, set;
+} kvx__boot_rank;
+
+/* The bootstrap server's registration table (under boot->mu). */
+typedef struct kvx__boot_server {
+    int tp, cp, dp, pp, system_dp; /* 0 until the first registration */
+    int page_size, http_port;
+    char dtype[64];
+    char lbm[64];
+    kvx__boot_rank *ranks;
+    int registered;
+} kvx__boot_server;
+
+typedef struct kvx__boot_vec {
+    kvx__boot_br **v;
+    size_t n, cap;
+} kvx__boot_vec;
+
+struct kvx_boot {
+    kvx_engine *engine;
+    kvx_boot_hooks hooks;
+    kvx_role role;
+    uint8_t *endpoint;
+    uint32_t endpoint_len;
+    uint64_t instance;
+    kvx_buf hello; /* our encoded hello frame */
+    /* settings (read-only after create) */
+    char host[256];
+    char rank_ip[64];
+    int port_cfg;
+    double hb_interval;
+    int hb_max_failure;
+    int tp_size, tp_rank, dp_size, dp_rank, pp_size, pp_rank, cp_size, cp_rank;
+    int serves;
+    int http_port, ctrl_port;
+    /* threads */
+    pthread_t io, hb;
+    int io_started, hb_started;
+    kvx_workq *wq;
+    int wake_rd, wake_wr;
+    int wake_pending; /* atomic */
+    int stop;         /* atomic */
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    /* I/O thread only */
+    kvx__boot_conn **conns;
+    size_t nconns, cconns;
+    int nhttp;
+    int32_t *scratch;
+    size_t scratch_cap;
+    uint64_t next_sweep_ns;
+    /* under mu */
+    kvx__boot_conn **incoming;
+    size_t nincoming, cincoming;
+    kvx__boot_br **buckets;
+    size_t nbuckets, nrooms, npending;
+    uint64_t pending_pages;
+    kvx__boot_pf *peers;
+    int npeers;
+    kvx__boot_server srv;
+    struct { int code; uint64_t count; } failures[KVX__BOOT_MAX_RESULTS];
+    int nfailures;
+    int nctrl; /* atomic: open control connections */
+    kvx_boot *reg_next;
+};
+
+static const char *kvx__boot_room_error(const kvx_room *r) {
+    return kvx_sender_error((const kvx_sender *)r); /* senders and receivers share kvx_room */
+}
+static kvx_result kvx__boot_room_result(const kvx_room *r) {
+    return kvx_sender_result((const kvx_sender *)r);
+}
+static int kvx__boot_terminal(const kvx_room *r) {
+    kvx_poll p = kvx_room_poll(r);
+    return p == KVX_POLL_FAILED || p == KVX_POLL_SUCCESS;
+}
+
+static void kvx__boot_vec_push(kvx__boot_vec *v, kvx__boot_br *br) {
+    if (v->n == v->cap) {
+        size_t nc = v->cap ? v->cap * 2 : 16;
+        kvx__boot_br **nv = (kvx__boot_br **)realloc(v->v, nc * sizeof *nv);
+        if (!nv) return; /* the room then misses this notice; it still times out */
+        v->v = nv;
+        v->cap = nc;
+    }
+    KVX__ADD(&br->refs, 1);
+    v->v[v->n++] = br;
+}
+
+/* >>boot: registry of engines ------------------------------------------------ */
+
+static pthread_mutex_t kvx__boot_registry_mu = PTHREAD_MUTEX_INITIALIZER;
+static kvx_boot *kvx__boot_registry;
+
+KVX_API kvx_boot *kvx_boot_get(const kvx_engine *e) {
+    kvx_boot *b;
+    pthread_mutex_lock(&kvx__boot_registry_mu);
+    for (b = kvx__boot_registry; b && b->engine != e; b = b->reg_next) {}
+    pthread_mutex_unlock(&kvx__boot_registry_mu);
+    return b;
+}
+KVX_API kvx_engine *kvx_boot_engine(const kvx_boot *b) { return b ? b->engine : NULL; }
+KVX_API void *kvx_boot_user(const kvx_boot *b) { return b ? b->hooks.user : NULL; }
+KVX_API int kvx_boot_port(const kvx_boot *b) { return b ? b->http_port : 0; }
+KVX_API int kvx_boot_control_port(const kvx_boot *b) { return b ? b->ctrl_port : 0; }
+KVX_API int kvx_boot_engine_port(const kvx_engine *e) { return kvx_boot_port(kvx_boot_get(e)); }
+
+/* >>boot: sockets ------------------------------------------------------------ */
+
+static void kvx__boot_nonblock(int fd) {
+    int fl = fcntl(fd, F_GETFL, 0);
+    if (fl >= 0) fcntl(fd, F_SETFL, fl | O_NONBLOCK);
+}
+static void kvx__boot_nodelay(int fd) {
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+}
+
+/* "host:port", "[v6]:port", "http://host:port/...", "host" (default port). */
+static int kvx__boot_split(const char *addr, char *host, size_t hl, int *port, int defport) {
+    const char *s = addr, *h, *he, *pp = NULL;
+    size_t n;
+    if (!addr) return -1;
+    if (!strncmp(s, "http://", 7)) s += 7;
+    if (*s == '[') {
+        h = s + 1;
+        he = strchr(h, ']');
+        if (!he) return -1;
+        if (he[1] == ':') pp = he + 2;
+        else if (he[1] && he[1] != '/') return -1;
+    } else {
+        const char *c = strchr(s, ':');
+        h = s;
+        he = c ? c : s + strcspn(s, "/");
+        if (c) pp = c + 1;
+    }
+    n = (size_t)(he - h);
+    if (n == 0 || n >= hl) return -1;
+    memcpy(host, h, n);
+    host[n] = 0;
+    *port = defport;
+    if (pp) {
+        long v = 0;
+        int digits = 0;
+        while (*pp >= '0' && *pp <= '9' && digits < 6) { v = v * 10 + (*pp - '0'); pp++; digits++; }
+        if (!digits || (*pp && *pp != '/') || v > 65535) return -1;
+        *port = (int)v;
+    }
+    return 0;
+}
+
+static void kvx__boot_sa_str(const struct sockaddr *sa, char *out, size_t n) {
+    char ip[INET6_ADDRSTRLEN] = "?";
+    int port = 0;
+    if (sa->sa_family == AF_INET) {
+        const struct sockaddr_in *a = (const struct sockaddr_in *)(const void *)sa;
+        inet_ntop(AF_INET, &a->sin_addr, ip, sizeof ip);
+        port = ntohs(a->sin_port);
+        snprintf(out, n, "%s:%d", ip, port);
+    } else if (sa->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)(const void *)sa;
+        inet_ntop(AF_INET6, &a->sin6_addr, ip, sizeof ip);
+        port = ntohs(a->sin6_port);
+        snprintf(out, n, "[%s]:%d", ip, port);
+    } else {
+        snprintf(out, n, "?");
+    }
+}
+
+static kvx_result kvx__boot_listen(const char *host, int port, const char *what, int *fd_out,
+                                   int *bound, char *why, size_t wl) {
+    struct addrinfo hints, *res = NULL, *ai;
+    char ps[16];
+    int fd = -1, err = 0, gai;
+    memset(&hints, 0, sizeof hints);
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+    snprintf(ps, sizeof ps, "%d", port);
+    gai = getaddrinfo(host[0] ? host : NULL, ps, &hints, &res);
+    if (gai) {
+        kvx__set_why(why, wl, "cannot listen on %s:%d for the %s: %s", host, port, what,
+                     gai_strerror(gai));
+        return KVX_ERR_IO;
+    }
+    for (ai = res; ai; ai = ai->ai_next) {
+        int one = 1;
+        fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, 0);
+        if (fd < 0) { err = errno; continue; }
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+        if (bind(fd, ai->ai_addr, ai->ai_addrlen) == 0 && listen(fd, 1024) == 0) break;
+        err = errno;
+        close(fd);
+        fd = -1;
+    }
+    freeaddrinfo(res);
+    if (fd < 0) {
+        kvx__set_why(why, wl, "cannot listen on %s:%d for the %s: %s%s", host, port, what,
+                     strerror(err),
+                     err == EADDRINUSE ? " (another process has this port; set KVX_BOOTSTRAP_PORT)" : "");
+        return KVX_ERR_IO;
+    }
+    kvx__boot_nonblock(fd);
+    {
+        struct sockaddr_storage ss;
+        socklen_t sl = sizeof ss;
+        getsockname(fd, (struct sockaddr *)&ss, &sl);
+        *bound = ss.ss_family == AF_INET6 ? ntohs(((struct sockaddr_in6 *)(void *)&ss)->sin6_port)
+                                          : ntohs(((struct sockaddr_in *)(void *)&ss)->sin_port);
+    }
+    *fd_out = fd;
+    return KVX_OK;
+}
+
+static int kvx__boot_wait_fd(int fd, short ev, uint64_t deadline_ns) {
+    for (;;) {
+        struct pollfd p;
+        uint64_t now = kvx_now_ns();
+        int ms, rc;
+        if (now >= deadline_ns) { errno = ETIMEDOUT; return -1; }
+        ms = (int)((deadline_ns - now + 999999) / 1000000);
+        p.fd = fd; p.events = ev; p.revents = 0;
+        rc = poll(&p, 1, ms);
+        if (rc > 0) return 0;
+        if (rc < 0 && errno != EINTR) return -1;
+    }
+}
+
+/* Non-blocking connect with a deadline; the fd stays non-blocking. */
+static int kvx__boot_connect(const char *host, int port, uint64_t deadline_ns, int *err_out) {
+    struct addrinfo hints, *res = NULL, *ai;
+    char ps[16];
+    int fd = -1, err = ECONNREFUSED;
+    memset(&hints, 0, sizeof hints);
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_NUMERICSERV;
+    snprintf(ps, sizeof ps, "%d", port);
+    if (getaddrinfo(host, ps, &hints, &res) != 0) { *err_out = EHOSTUNREACH; return -1; }
+    for (ai = res; ai; ai = ai->ai_next) {
+        int rc;
+        fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+        if (fd < 0) { err = errno; continue; }
+        rc = connect(fd, ai->ai_addr, ai->ai_addrlen);
+        if (rc < 0 && errno == EINPROGRESS) {
+            int soerr = 0;
+            socklen_t sl = sizeof soerr;
+            if (kvx__boot_wait_fd(fd, POLLOUT, deadline_ns) == 0 &&
+                getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &sl) == 0 && soerr == 0)
+                rc = 0;
+            else err = soerr ? soerr : errno;
+        } else if (rc < 0) {
+            err = errno;
+        }
+        if (rc == 0) break;
+        close(fd);
+        fd = -1;
+    }
+    freeaddrinfo(res);
+    if (fd >= 0) kvx__boot_nodelay(fd);
+    else *err_out = err;
+    return fd;
+}
+
+static int kvx__boot_send_all(int fd, const void *p, size_t n, uint64_t deadline_ns) {
+    const char *s = (const char *)p;
+    while (n) {
+        ssize_t w = send(fd, s, n, MSG_NOSIGNAL);
+        if (w > 0) { s += w; n -= (size_t)w; continue; }
+        if (w < 0 && errno == EINTR) continue;
+        if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            if (kvx__boot_wait_fd(fd, POLLOUT, deadline_ns)) return -1;
+            continue;
+        }
+        return -1;
+    }
+    return 0;
+}
+
+/* Reads until n bytes, EOF or the deadline. Returns bytes read, -1 on error. */
+static ssize_t kvx__boot_recv_some(int fd, void *p, size_t n, uint64_t deadline_ns) {
+    for (;;) {
+        ssize_t r = recv(fd, p, n, 0);
+        if (r >= 0) return r;
+        if (errno == EINTR) continue;
+        if (errno != EAGAIN && errno != EWOULDBLOCK) return -1;
+        if (kvx__boot_wait_fd(fd, POLLIN, deadline_ns)) return -1;
+    }
+}
+
+static const char *kvx__boot_errstr(int err) {
+    switch (err) {
+    case ECONNREFUSED: return "connection refused";
+    case ETIMEDOUT: return "timed out";
+    case ECONNRESET: return "connection reset by peer";
+    case EHOSTUNREACH: return "host unreachable or unknown";
+    case ENETUNREACH: return "network unreachable";
+    default: return strerror(err);
+    }
+}
+
+/* One HTTP/1.1 exchange (Connection: close) on a fresh connection. On
+   KVX_OK *status and resp (body) are set; on failure err gets the reason
+   and *refused tells whether nobody listened. */
+static kvx_result kvx__boot_http_call(const char *host, int port, const char *method,
+                                      const char *target, const char *body, size_t blen,
+                                      double timeout_s, int *status, kvx_buf *resp, char *err,
+                                      size_t el, int *refused) {
+    uint64_t deadline = kvx_now_ns() + (uint64_t)(timeout_s * 1e9);
+    kvx_buf req, in;
+    int fd, e = 0;
+    size_t hend = 0;
+    uint64_t clen = UINT64_MAX;
+    *refused = 0;
+    *status = 0;
+    fd = kvx__boot_connect(host, port, deadline, &e);
+    if (fd < 0) {
+        *refused = e == ECONNREFUSED;
+        snprintf(err, el, "%s", kvx__boot_errstr(e));
+        return KVX_ERR_PEER;
+    }
+    memset(&req, 0, sizeof req);
+    memset(&in, 0, sizeof in);
+    kvx_buf_printf(&req, "%s %s HTTP/1.1\r\nHost: %s%s%s:%d\r\nUser-Agent: kvx-boot/%d.%d\r\n"
+                   "Connection: close\r\nContent-Length: %zu\r\n%s\r\n",
+                   method, target, strchr(host, ':') ? "[" : "", host,
+                   strchr(host, ':') ? "]" : "", port, KVX_VERSION_MAJOR, KVX_VERSION_MINOR, blen,
+                   blen ? "Content-Type: application/json\r\n" : "");
+    if (blen) kvx__boot_put(&req, body, blen);
+    if (req.oom || kvx__boot_send_all(fd, req.data, req.len, deadline)) {
+        snprintf(err, el, "cannot send the request: %s", req.oom ? "out of memory" : kvx__boot_errstr(errno));
+        goto fail;
+    }
+    for (;;) {
+        char tmp[4096];
+        ssize_t r;
+        if (hend && in.len - hend >= clen) break;
+        r = kvx__boot_recv_some(fd, tmp, sizeof tmp, deadline);
+        if (r < 0) { snprintf(err, el, "no answer: %s", kvx__boot_errstr(errno)); goto fail; }
+        if (r == 0) break;
+        kvx__boot_put(&in, tmp, (size_t)r);
+        if (in.oom || in.len > (1u << 20)) { snprintf(err, el, "answer too large"); goto fail; }
+        if (!hend && (hend = kvx__boot_find_hdr_end(in.data, in.len, in.len)) != 0) {
+            const char *p = in.data;
+            const char *end = in.data + hend;
+            if (in.len < 12 || memcmp(p, "HTTP/1.", 7) || p[8] != ' ') {
+                snprintf(err, el, "not an HTTP answer");
+                goto fail;
+            }
+            *status = atoi(p + 9);
+            while ((p = strstr(p, "\r\n")) != NULL && p + 2 < end) {
+                p += 2;
+                if (!strncasecmp(p, "content-length:", 15)) clen = strtoull(p + 15, NULL, 10);
+            }
+        }
+    }
+    if (!hend) { snprintf(err, el, "the connection closed before an answer"); goto fail; }
+    close(fd);
+    kvx_buf_free(&req);
+    kvx__boot_put(resp, in.data + hend, in.len - hend);
+    kvx_buf_free(&in);
+    return KVX_OK;
+fail:
+    close(fd);
+    kvx_buf_free(&req);
+    kvx_buf_free(&in);
+    return KVX_ERR_PEER;
+}
+
+/* Sleeps before retry `attempt` (200 ms, 400 ms...). Nonzero when the boot stops. */
+static int kvx__boot_backoff(kvx_boot *b, int attempt) {
+    struct timespec ts;
+    uint64_t ms = (uint64_t)KVX__BOOT_RETRY_MS << (attempt < 8 ? attempt : 8);
+    int stop;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += (time_t)(ms / 1000);
+    ts.tv_nsec += (long)(ms % 1000) * 1000000L;
+    if (ts.tv_nsec >= 1000000000L) { ts.tv_sec++; ts.tv_nsec -= 1000000000L; }
+    pthread_mutex_lock(&b->mu);
+    while (!(stop = KVX__LOAD(&b->stop)))
+        if (pthread_cond_timedwait(&b->cv, &b->mu, &ts) == ETIMEDOUT) break;
+    pthread_mutex_unlock(&b->mu);
+    return stop;
+}
+
+/* >>boot: connections ---------------------------------------------------------- */
+
+static kvx__boot_conn *kvx__boot_conn_new(kvx_boot *b, int kind, int fd) {
+    kvx__boot_conn *c = (kvx__boot_conn *)calloc(1, sizeof *c);
+    if (!c) return NULL;
+    c->boot = b;
+    c->kind = kind;
+    c->fd = fd;
+    c->refs = 1;
+    pthread_mutex_init(&c->mu, NULL);
+    c->info.addr = c->addr;
+    c->info.bootstrap = "";
+    c->info.transport = c->transport;
+    return c;
+}
+
+static void kvx__boot_conn_ref(kvx__boot_conn *c) { KVX__ADD(&c->refs, 1); }
+
+static void kvx__boot_conn_unref(kvx__boot_conn *c) {
+    if (!c || KVX__SUB(&c->refs, 1) != 0) return;
+    if (c->fd >= 0) close(c->fd);
+    pthread_mutex_destroy(&c->mu);
+    free(c->out);
+    free(c->in);
+    free(c->endpoint);
+    free(c);
+}
+
+static void kvx__boot_wake(kvx_boot *b) {
+    if (__atomic_exchange_n(&b->wake_pending, 1, __ATOMIC_ACQ_REL) == 0) {
+        char x = 1;
+        ssize_t r = write(b->wake_wr, &x, 1);
+        (void)r;
+    }
+}
+
+/* Closes the fd (I/O thread, or the owner before the connection is shared). */
+static void kvx__boot_conn_shut(kvx__boot_conn *c) {
+    pthread_mutex_lock(&c->mu);
+    if (!c->closed) {
+        c->closed = 1;
+        if (c->fd >= 0) close(c->fd);
+        c->fd = -1;
+        free(c->out);
+        c->out = NULL;
+        c->out_off = c->out_len = c->out_cap = 0;
+        KVX__STORE(&c->want_write, 0);
+    }
+    pthread_mutex_unlock(&c->mu);
+}
+
+static int kvx__boot_conn_append(kvx__boot_conn *c, const uint8_t *p, size_t n) {
+    if (c->out_off && c->out_off == c->out_len) c->out_off = c->out_len = 0;
+    if (c->out_len + n > c->out_cap) {
+        size_t nc = c->out_cap ? c->out_cap : 4096;
+        uint8_t *no;
+        if (c->out_off) { /* compact first */
+            memmove(c->out, c->out + c->out_off, c->out_len - c->out_off);
+            c->out_len -= c->out_off;
+            c->out_off = 0;
+        }
+        if (c->out_len + n > KVX__BOOT_MAX_OUT) return -1;
+        while (nc < c->out_len + n) nc *= 2;
+        if (nc > c->out_cap) {
+            no = (uint8_t *)realloc(c->out, nc);
+            if (!no) return -1;
+            c->out = no;
+            c->out_cap = nc;
+        }
+    }
+    memcpy(c->out + c->out_len, p, n);
+    c->out_len += n;
+    return 0;
+}
+
+/* Sends what fits now and queues the rest for the I/O thread. Never blocks. */
+static kvx_result kvx__boot_conn_sendv(kvx__boot_conn *c, const struct iovec *iov, int iovcnt) {
+    size_t total = 0, done = 0;
+    int i, wake = 0;
+    kvx_result res = KVX_OK;
+    for (i = 0; i < iovcnt; i++) total += iov[i].iov_len;
+    pthread_mutex_lock(&c->mu);
+    if (c->closed || KVX__LOAD(&c->want_close)) {
+        pthread_mutex_unlock(&c->mu);
+        return KVX_ERR_PEER_LOST;
+    }
+    if (c->out_len == c->out_off) {
+        struct msghdr m;
+        ssize_t w;
+        memset(&m, 0, sizeof m);
+        m.msg_iov = (struct iovec *)iov;
+        m.msg_iovlen = (size_t)iovcnt;
+        w = sendmsg(c->fd, &m, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (w >= 0) done = (size_t)w;
+        else if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+            KVX__STORE(&c->want_close, 1);
+            res = KVX_ERR_PEER_LOST;
+            wake = 1;
+        }
+    }
+    if (res == KVX_OK && done < total) {
+        size_t skip = done;
+        for (i = 0; i < iovcnt && res == KVX_OK; i++) {
+            size_t l = iov[i].iov_len;
+            if (skip >= l) { skip -= l; continue; }
+            if (kvx__boot_conn_append(c, (const uint8_t *)iov[i].iov_base + skip, l - skip)) {
+                KVX__STORE(&c->want_close, 1); /* the peer stopped reading */
+                res = KVX_ERR_PEER_LOST;
+            }
+            skip = 0;
+        }
+        KVX__STORE(&c->want_write, 1);
+        wake = 1;
+    }
+    pthread_mutex_unlock(&c->mu);
+    if (wake) kvx__boot_wake(c->boot);
+    return res;
+}
+
+static kvx_result kvx__boot_conn_send(kvx__boot_conn *c, const void *p, size_t n) {
+    struct iovec v;
+    v.iov_base = (void *)p;
+    v.iov_len = n;
+    return kvx__boot_conn_sendv(c, &v, 1);
+}
+
+/* I/O thread: writes queued bytes. 0 ok (maybe more left), else the errno. */
+static int kvx__boot_conn_flush(kvx__boot_conn *c) {
+    int rc = 0;
+    pthread_mutex_lock(&c->mu);
+    while (!c->closed && c->out_off < c->out_len) {
+        ssize_t w = send(c->fd, c->out + c->out_off, c->out_len - c->out_off, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (w > 0) { c->out_off += (size_t)w; continue; }
+        if (w < 0 && errno == EINTR) continue;
+        if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
+        rc = w < 0 ? errno : EPIPE;
+        break;
+    }
+    if (c->out_off == c->out_len) {
+        c->out_off = c->out_len = 0;
+        if (c->out_cap > (1u << 20)) { free(c->out); c->out = NULL; c->out_cap = 0; }
+        KVX__STORE(&c->want_write, 0);
+    }
+    pthread_mutex_unlock(&c->mu);
+    return rc;
+}
+
+static kvx_result kvx__boot_conn_status(kvx__boot_conn *c, uint64_t room, kvx_poll state, kvx_result res,
+                                    uint64_t bytes, const char *reason) {
+    uint8_t h[KVX__BOOT_HDR + KVX__BOOT_STATUS_FIXED];
+    size_t rl = reason ? kvx__boot_reason_len(strlen(reason)) : 0;
+    struct iovec v[2];
+    kvx__boot_hdr(h, (uint32_t)(KVX__BOOT_STATUS_FIXED + rl), KVX_BOOT_FRAME_STATUS);
+    kvx__boot_w64(h + 8, room);
+    kvx__boot_w64(h + 16, bytes);
+    kvx__boot_w32(h + 24, (uint32_t)state);
+    kvx__boot_w32(h + 28, (uint32_t)res);
+    kvx__boot_w32(h + 32, (uint32_t)rl);
+    v[0].iov_base = h; v[0].iov_len = sizeof h;
+    v[1].iov_base = (void *)reason; v[1].iov_len = rl;
+    return kvx__boot_conn_sendv(c, v, rl ? 2 : 1);
+}
+
+static kvx_result kvx__boot_conn_abort(kvx__boot_conn *c, uint64_t room, const char *reason) {
+    uint8_t h[KVX__BOOT_HDR + KVX__BOOT_ABORT_FIXED];
+    size_t rl = reason ? kvx__boot_reason_len(strlen(reason)) : 0;
+    struct iovec v[2];
+    kvx__boot_hdr(h, (uint32_t)(KVX__BOOT_ABORT_FIXED + rl), KVX_BOOT_FRAME_ABORT);
+    kvx__boot_w64(h + 8, room);
+    kvx__boot_w32(h + 16, (uint32_t)rl);
+    v[0].iov_base = h; v[0].iov_len = sizeof h;
+    v[1].iov_base = (void *)reason; v[1].iov_len = rl;
+    return kvx__boot_conn_sendv(c, v, rl ? 2 : 1);
+}
+
+/* Fills c->info from a decoded hello (copies what the frame points to). */
+static int kvx__boot_conn_set_info(kvx__boot_conn *c, const kvx_boot_hello *h) {
+    kvx_boot_peer *i = &c->info;
+    i->role = (kvx_role)h->role;
+    i->instance = h->instance;
+    i->fingerprint = h->fingerprint;
+    i->tp_size = h->tp_size; i->tp_rank = h->tp_rank;
+    i->dp_size = h->dp_size; i->dp_rank = h->dp_rank;
+    i->pp_size = h->pp_size; i->pp_rank = h->pp_rank;
+    i->cp_size = h->cp_size; i->cp_rank = h->cp_rank;
+    memcpy(c->transport, h->transport, h->transport_len);
+    c->transport[h->transport_len] = 0;
+    if (h->endpoint_len) {
+        c->endpoint = (uint8_t *)malloc(h->endpoint_len);
+        if (!c->endpoint) return -1;
+        memcpy(c->endpoint, h->endpoint, h->endpoint_len);
+    }
+    i->endpoint = c->endpoint;
+    i->endpoint_len = h->endpoint_len;
+    return 0;
+}
+
+/* >>boot: room table ------------------------------------------------------------ */
+
+static size_t kvx__boot_hash(uint64_t x, size_t n) {
+    x ^= x >> 33;
+    x *= 0xff51afd7ed558ccdull;
+    x ^= x >> 33;
+    return (size_t)(x & (n - 1));
+}
+
+static kvx__boot_br *kvx__boot_find(kvx_boot *b, uint64_t id) {
+    kvx__boot_br *br;
+    if (!b->nbuckets) return NULL;
+    for (br = b->buckets[kvx__boot_hash(id, b->nbuckets)]; br; br = br->hnext)
+        if (br->id == id) return br;
+    return NULL;
+}
+
+static int kvx__boot_insert(kvx_boot *b, kvx__boot_br *br) {
+    size_t h;
+    if (b->nrooms + 1 > b->nbuckets) {
+        size_t nn = b->nbuckets ? b->nbuckets * 2 : 1024, i;
+        kvx__boot_br **nb = (kvx__boot_br **)calloc(nn, sizeof *nb);
+        if (!nb) return -1;
+        for (i = 0; i < b->nbuckets; i++) {
+            kvx__boot_br *x = b->buckets[i], *nx;
+            for (; x; x = nx) {
+                size_t k = kvx__boot_hash(x->id, nn);
+                nx = x->hnext;
+                x->hnext = nb[k];
+                nb[k] = x;
+            }
+        }
+        free(b->buckets);
+        b->buckets = nb;
+        b->nbuckets = nn;
+    }
+    h = kvx__boot_hash(br->id, b->nbuckets);
+    br->hnext = b->buckets[h];
+    b->buckets[h] = br;
+    b->nrooms++;
+    return 0;
+}
+
+static void kvx__boot_unlink(kvx_boot *b, kvx__boot_br *br) {
+    kvx__boot_br **pp = &b->buckets[kvx__boot_hash(br->id, b->nbuckets)];
+    for (; *pp; pp = &(*pp)->hnext)
+        if (*pp == br) {
+            *pp = br->hnext;
+            br->hnext = NULL;
+            b->nrooms--;
+            return;
+        }
+}
+
+static kvx__boot_br *kvx__boot_br_new(uint64_t id) {
+    kvx__boot_br *br = (kvx__boot_br *)calloc(1, sizeof *br);
+    if (!br) return NULL;
+    br->id = id;
+    br->refs = 1;
+    br->conns = br->inl;
+    br->tag = br->inl_tag;
+    br->cap = 2;
+    br->created_ns = kvx_now_ns();
+    return br;
+}
+
+static void kvx__boot_pframe_free(kvx__boot_pframe *f) {
+    kvx__boot_conn_unref(f->conn);
+    free(f->pages);
+    free(f->reason);
+    free(f);
+}
+
+/* Never called with boot->mu held: the room's last reference may run the
+   transport's room_free. */
+static void kvx__boot_br_unref(kvx__boot_br *br) {
+    uint32_t i;
+    if (!br || KVX__SUB(&br->refs, 1) != 0) return;
+    while (br->frames) {
+        kvx__boot_pframe *f = br->frames;
+        br->frames = f->next;
+        kvx__boot_pframe_free(f);
+    }
+    for (i = 0; i < br->nconns; i++) kvx__boot_conn_unref(br->conns[i]);
+    if (br->conns != br->inl) { free(br->conns); free(br->tag); }
+    free(br->abort_reason);
+    if (br->room) kvx_room_unref(br->room);
+    free(br);
+}
+
+static void kvx__boot_vec_release(kvx__boot_vec *v) {
+    size_t i;
+    for (i = 0; i < v->n; i++) kvx__boot_br_unref(v->v[i]);
+    free(v->v);
+    memset(v, 0, sizeof *v);
+}
+
+/* Under boot->mu. Takes a connection reference. */
+static int kvx__boot_br_add_conn(kvx__boot_br *br, kvx__boot_conn *c, uint32_t tag) {
+    if (br->nconns == br->cap) {
+        uint32_t nc = br->cap * 2;
+        kvx__boot_conn **ncs = (kvx__boot_conn **)malloc(nc * sizeof *ncs);
+        uint32_t *nt = (uint32_t *)malloc(nc * sizeof *nt);
+        if (!ncs || !nt) { free(ncs); free(nt); return -1; }
+        memcpy(ncs, br->conns, br->nconns * sizeof *ncs);
+        memcpy(nt, br->tag, br->nconns * sizeof *nt);
+        if (br->conns != br->inl) { free(br->conns); free(br->tag); }
+        br->conns = ncs;
+        br->tag = nt;
+        br->cap = nc;
+    }
+    kvx__boot_conn_ref(c);
+    br->conns[br->nconns] = c;
+    br->tag[br->nconns] = tag;
+    br->nconns++;
+    return 0;
+}
+
+/* Copies the room's connections (referenced) so frames can be sent
+   without boot->mu. Returns the count; *out must be freed with
+   kvx__boot_conns_release. */
+static uint32_t kvx__boot_br_conns(kvx__boot_br *br, kvx__boot_conn ***out, kvx__boot_conn **stack,
+                                 uint32_t stack_n) {
+    kvx__boot_conn **v = br->nconns <= stack_n ? stack
+                                           : (kvx__boot_conn **)malloc(br->nconns * sizeof *v);
+    uint32_t i;
+    *out = v;
+    if (!v) return 0;
+    for (i = 0; i < br->nconns; i++) {
+        v[i] = br->conns[i];
+        kvx__boot_conn_ref(v[i]);
+    }
+    return br->nconns;
+}
+
+static void kvx__boot_conns_release(kvx__boot_conn **v, uint32_t n, kvx__boot_conn **stack) {
+    uint32_t i;
+    for (i = 0; i < n; i++) kvx__boot_conn_unref(v[i]);
+    if (v != stack) free(v);
+}
+
+static void kvx__boot_count_failure(kvx_boot *b, kvx_result res) {
+    int i;
+    for (i = 0; i < b->nfailures; i++)
+        if (b->failures[i].code == (int)res) { b->failures[i].count++; return; }
+    if (b->nfailures < KVX__BOOT_MAX_RESULTS) {
+        b->failures[b->nfailures].code = (int)res;
+        b->failures[b->nfailures].count = 1;
+        b->nfailures++;
+    }
+}
+
+static void kvx__boot_drop(kvx_boot *b, kvx__boot_conn *c, const char *reason);
+
+/* >>boot: bootstrap server (the prefill engine whose ranks are all 0) ------------ */
+
+typedef struct kvx__boot_regn {
+    int tp, tp_rank, cp, cp_rank, dp, dp_rank, pp, pp_rank, system_dp, system_dp_rank;
+    int port, page_size, http_port;
+    char ip[64], dtype[64], lbm[64];
+} kvx__boot_regn;
+
+/* An integer member given as a JSON number or a decimal string (SGLang
+   clients send both). 1 ok, 0 absent or null, -1 bad or out of [lo, hi]. */
+static int kvx__boot_jint(const kvx_json_doc *d, const kvx_json *o, const char *key, long lo,
+                          long hi, int *out) {
+    const kvx_json *v = kvx_json_get(d, o, key);
+    long long x;
+    if (!v || v->type == KVX_JSON_NULL) return 0;
+    if (v->type == KVX_JSON_NUMBER) {
+        if (!v->is_int) return -1;
+        x = v->negative ? (long long)v->i64
+                        : (v->u64 > (uint64_t)LLONG_MAX ? LLONG_MAX : (long long)v->u64);
+    } else if (v->type == KVX_JSON_STRING) {
+        char *end = NULL;
+        if (!v->str_len || v->str_len > 12) return -1;
+        errno = 0;
+        x = strtoll(v->str, &end, 10);
+        if (errno || !end || *end) return -1;
+    } else {
+        return -1;
+    }
+    if (x < lo || x > hi) return -1;
+    *out = (int)x;
+    return 1;
+}
+
+static int kvx__boot_jstr(const kvx_json_doc *d, const kvx_json *o, const char *key, char *out,
+                          size_t n) {
+    const kvx_json *v = kvx_json_get(d, o, key);
+    if (!v || v->type == KVX_JSON_NULL) return 0;
+    if (v->type != KVX_JSON_STRING || v->str_len >= n || memchr(v->str, 0, v->str_len)) return -1;
+    memcpy(out, v->str, v->str_len);
+    out[v->str_len] = 0;
+    return 1;
+}
+
+static int kvx__boot_reg_parse(const char *body, size_t len, kvx__boot_regn *g, char *why, size_t wl) {
+    static const struct { const char *key; size_t off; long lo, hi; } ints[] = {
+        {"attn_tp_size", offsetof(kvx__boot_regn, tp), 1, 1024},
+        {"attn_tp_rank", offsetof(kvx__boot_regn, tp_rank), 0, 1023},
+        {"attn_cp_size", offsetof(kvx__boot_regn, cp), 1, 1024},
+        {"attn_cp_rank", offsetof(kvx__boot_regn, cp_rank), 0, 1023},
+        {"attn_dp_size", offsetof(kvx__boot_regn, dp), 1, 1024},
+        {"attn_dp_rank", offsetof(kvx__boot_regn, dp_rank), 0, 1023},
+        {"pp_size", offsetof(kvx__boot_regn, pp), 1, 1024},
+        {"pp_rank", offsetof(kvx__boot_regn, pp_rank), 0, 1023},
+        {"system_dp_size", offsetof(kvx__boot_regn, system_dp), 1, 1024},
+        {"system_dp_rank", offsetof(kvx__boot_regn, system_dp_rank), 0, 1023},
+        {"rank_port", offsetof(kvx__boot_regn, port), 1, 65535},
+        {"page_size", offsetof(kvx__boot_regn, page_size), 1, 1 << 24},
+        {"prefill_http_port", offsetof(kvx__boot_regn, http_port), 0, 65535}};
+    kvx_json_doc d;
+    const kvx_json *root;
+    size_t i;
+    int rc = -1;
+    memset(g, 0, sizeof *g);
+    g->tp = g->cp = g->dp = g->pp = g->system_dp = 1;
+    if (kvx_json_parse(&d, body ? body : "", len, 256) != KVX_OK) {
+        kvx__set_why(why, wl, "the body is not JSON: %s", d.error);
+        goto out;
+    }
+    root = kvx_json_root(&d);
+    if (!root || root->type != KVX_JSON_OBJECT) {
+        kvx__set_why(why, wl, "the body is not a JSON object");
+        goto out;
+    }
+    for (i = 0; i < sizeof ints / sizeof ints[0]; i++)
+        if (kvx__boot_jint(&d, root, ints[i].key, ints[i].lo, ints[i].hi,
+                           (int *)(void *)((char *)g + ints[i].off)) < 0) {
+            kvx__set_why(why, wl, "%s must be an integer in [%ld, %ld]", ints[i].key, ints[i].lo,
+                         ints[i].hi);
+            goto out;
+        }
+    if (kvx__boot_jstr(&d, root, "rank_ip", g->ip, sizeof g->ip) != 1 || !g->ip[0]) {
+        kvx__set_why(why, wl, "rank_ip must be a non-empty string of at most 63 bytes");
+        goto out;
+    }
+    if (!g->port) {
+        kvx__set_why(why, wl, "rank_port is missing");
+        goto out;
+    }
+    if (kvx__boot_jstr(&d, root, "kv_cache_dtype", g->dtype, sizeof g->dtype) < 0 ||
+        kvx__boot_jstr(&d, root, "load_balance_method", g->lbm, sizeof g->lbm) < 0) {
+        kvx__set_why(why, wl, "kv_cache_dtype and load_balance_method must be short strings");
+        goto out;
+    }
+    if (g->tp_rank >= g->tp || g->cp_rank >= g->cp || g->dp_rank >= g->dp || g->pp_rank >= g->pp) {
+        kvx__set_why(why, wl, "a rank is not below its size (tp %d/%d, cp %d/%d, dp %d/%d, pp %d/%d)",
+                     g->tp_rank, g->tp, g->cp_rank, g->cp, g->dp_rank, g->dp, g->pp_rank, g->pp);
+        goto out;
+    }
+    rc = 0;
+out:
+    kvx_json_free(&d);
+    return rc;
+}
+
+/* Under boot->mu. */
+static int kvx__boot_srv_register(kvx_boot *b, const kvx__boot_regn *g, char *why, size_t wl) {
+    kvx__boot_server *s = &b->srv;
+    kvx__boot_rank *slot;
+    size_t idx;
+    if (!s->ranks) {
+        uint64_t total = (uint64_t)g->tp * (uint64_t)g->cp * (uint64_t)g->dp * (uint64_t)g->pp;
+        if (total > KVX_BOOT_MAX_RANKS) {
+            kvx__set_why(why, wl, "dp*cp*tp*pp = %llu ranks exceed KVX_BOOT_MAX_RANKS (%d)",
+                         (unsigned long long)total, KVX_BOOT_MAX_RANKS);
+            return -1;
+        }
+        s->ranks = (kvx__boot_rank *)calloc((size_t)total, sizeof *s->ranks);
+        if (!s->ranks) { kvx__set_why(why, wl, "out of memory"); return -1; }
+        s->tp = g->tp; s->cp = g->cp; s->dp = g->dp; s->pp = g->pp;
+        s->system_dp = g->system_dp;
+    } else if (g->tp != s->tp || g->cp != s->cp || g->dp != s->dp || g->pp != s->pp) {
+        kvx__set_why(why, wl,
+                     "sizes tp %d, cp %d, dp %d, pp %d differ from the registered tp %d, cp %d, "
+                     "dp %d, pp %d", g->tp, g->cp, g->dp, g->pp, s->tp, s->cp, s->dp, s->pp);
+        return -1;
+    }
+    if (g->page_size && s->page_size && g->page_size != s->page_size) {
+        kvx__set_why(why, wl, "page_size %d differs from the registered %d", g->page_size,
+                     s->page_size);
+        return -1;
+    }
+    if (!s->page_size) s->page_size = g->page_size;
+    if (!s->dtype[0]) memcpy(s->dtype, g->dtype, sizeof s->dtype);
+    if (!s->lbm[0]) memcpy(s->lbm, g->lbm, sizeof s->lbm);
+    if (!s->http_port) s->http_port = g->http_port;
+    idx = (((size_t)g->dp_rank * (size_t)s->cp + (size_t)g->cp_rank) * (size_t)s->tp +
+           (size_t)g->tp_rank) * (size_t)s->pp + (size_t)g->pp_rank;
+    slot = &s->ranks[idx];
+    if (!slot->set) s->registered++;
+    slot->set = 1;
+    memcpy(slot->ip, g->ip, sizeof slot->ip);
+    slot->port = g->port;
+    return 0;
+}
+
+static void kvx__boot_reg_json(kvx_boot *b, kvx_buf *o) {
+    const kvx_layout *l = kvx_engine_layout(b->engine);
+    kvx_buf_printf(o, "{\"attn_tp_size\":%d,\"attn_tp_rank\":%d,\"attn_cp_size\":%d,"
+                      "\"attn_cp_rank\":%d,\"attn_dp_size\":%d,\"attn_dp_rank\":%d,\"pp_size\":%d,"
+                      "\"pp_rank\":%d,\"system_dp_size\":%d,\"system_dp_rank\":%d,\"rank_ip\":",
+                   b->tp_size, b->tp_rank, b->cp_size, b->cp_rank, b->dp_size, b->dp_rank,
+                   b->pp_size, b->pp_rank, b->dp_size, b->dp_rank);
+    kvx_buf_json_str(o, b->rank_ip);
+    kvx_buf_printf(o, ",\"rank_port\":%d,\"page_size\":%u,\"kv_cache_dtype\":", b->ctrl_port,
+                   l->page_size);
+    kvx_buf_json_str(o, l->dtype ? l->dtype : "");
+    kvx_buf_printf(o, ",\"load_balance_method\":\"follow_bootstrap_room\",\"prefill_http_port\":0}");
+}
+
+static const char *kvx__boot_reason_phrase(int st) {
+    switch (st) {
+    case 100: return "Continue";
+    case 200: return "OK";
+    case 400: return "Bad Request";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 408: return "Request Timeout";
+    case 413: return "Content Too Large";
+    case 417: return "Expectation Failed";
+    case 431: return "Request Header Fields Too Large";
+    case 500: return "Internal Server Error";
+    case 501: return "Not Implemented";
+    case 503: return "Service Unavailable";
+    case 505: return "HTTP Version Not Supported";
+    }
+    return "Unknown";
+}
+
+/* I/O thread: the response is queued; finish when it is written. */
+static void kvx__boot_http_finish(kvx_boot *b, kvx__boot_conn *c) {
+    uint64_t d = kvx_now_ns() + 1000000000ull;
+    (void)b;
+    shutdown(c->fd, SHUT_WR);
+    c->http_state = KVX__BOOT_H_DRAINING;
+    if (!c->deadline_ns || d < c->deadline_ns) c->deadline_ns = d;
+}
+
+static void kvx__boot_http_respond(kvx_boot *b, kvx__boot_conn *c, int status, const char *ctype,
+                                   const char *body, size_t blen, const char *extra) {
+    kvx_buf h;
+    int err;
+    memset(&h, 0, sizeof h);
+    kvx_buf_printf(&h, "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n%s"
+                       "Connection: close\r\n\r\n",
+                   status, kvx__boot_reason_phrase(status), ctype, blen, extra ? extra : "");
+    kvx__boot_put(&h, body, blen);
+    if (h.oom) { kvx_buf_free(&h); kvx__boot_drop(b, c, "out of memory for a response"); return; }
+    pthread_mutex_lock(&c->mu);
+    err = kvx__boot_conn_append(c, (const uint8_t *)h.data, h.len);
+    pthread_mutex_unlock(&c->mu);
+    kvx_buf_free(&h);
+    if (err) { kvx__boot_drop(b, c, "response too large"); return; }
+    KVX__STORE(&c->want_write, 1);
+    c->http_state = KVX__BOOT_H_WRITING;
+    if ((err = kvx__boot_conn_flush(c)) != 0) { kvx__boot_drop(b, c, strerror(err)); return; }
+    if (!KVX__LOAD(&c->want_write)) kvx__boot_http_finish(b, c);
+}
+
+static void kvx__boot_http_text(kvx_boot *b, kvx__boot_conn *c, int status, const char *text) {
+    kvx__boot_http_respond(b, c, status, "text/plain; charset=utf-8", text, strlen(text), NULL);
+}
+
+static void kvx__boot_http_buf(kvx_boot *b, kvx__boot_conn *c, int status, const char *ctype,
+                               kvx_buf *o) {
+    if (o->oom) kvx__boot_http_text(b, c, 500, "out of memory\n");
+    else kvx__boot_http_respond(b, c, status, ctype, o->data ? o->data : "", o->len, NULL);
+}
+
+static void kvx__boot_route_get(kvx_boot *b, kvx__boot_conn *c, const kvx_boot_http_request *rq) {
+    static const char *keys[4] = {"prefill_dp_rank", "prefill_cp_rank", "target_tp_rank",
+                                  "target_pp_rank"};
+    int32_t v[4];
+    int k, status = 200, total;
+    kvx__boot_server *s = &b->srv;
+    kvx_buf o;
+    memset(&o, 0, sizeof o);
+    for (k = 0; k < 4; k++) {
+        int r = kvx_boot_query_int(rq->query, rq->query_len, keys[k], &v[k]);
+        if (r != 1) {
+            kvx_buf_printf(&o, "Missing inputs for bootstrap server: %s is %s.\n", keys[k],
+                           r == 0 ? "missing" : "not an integer");
+            kvx__boot_http_buf(b, c, 400, "text/plain; charset=utf-8", &o);
+            kvx_buf_free(&o);
+            return;
+        }
+    }
+    pthread_mutex_lock(&b->mu);
+    total = s->ranks ? s->tp * s->cp * s->dp * s->pp : 0;
+    if (v[0] == -1 && v[1] == -1 && v[2] == -1 && v[3] == -1) {
+        if (!s->ranks || s->registered < total) {
+            status = 503;
+            kvx_buf_printf(&o, "Prefill server not fully registered yet: %d of %d ranks.\n",
+                           s->registered, total);
+        } else {
+            kvx_buf_printf(&o, "{\"attn_tp_size\":%d,\"attn_cp_size\":%d,\"dp_size\":%d,"
+                               "\"pp_size\":%d,\"page_size\":%d,\"kv_cache_dtype\":",
+                           s->tp, s->cp, s->dp, s->pp, s->page_size);
+            kvx_buf_json_str(&o, s->dtype[0] ? s->dtype : "auto");
+            kvx_buf_printf(&o, ",\"follow_bootstrap_room\":true,\"prefill_http_port\":%d}",
+                           s->http_port);
+        }
+    } else if (!s->ranks) {
+        status = 503;
+        kvx_buf_printf(&o, "Prefill server not fully registered yet: no rank registered.\n");
+    } else if (v[0] < 0 || v[0] >= s->dp || v[1] < 0 || v[1] >= s->cp || v[2] < 0 ||
+               v[2] >= s->tp || v[3] < 0 || v[3] >= s->pp) {
+        status = 404;
+        kvx_buf_printf(&o, "Bootstrap info not Found: no rank dp %ld, cp %ld, tp %ld, pp %ld "
+                           "(sizes dp %d, cp %d, tp %d, pp %d).\n",
+                       (long)v[0], (long)v[1], (long)v[2], (long)v[3], s->dp, s->cp, s->tp, s->pp);
+    } else if (s->registered < total) {
+        status = 503;
+        kvx_buf_printf(&o, "Prefill server not fully registered yet: %d of %d ranks.\n",
+                       s->registered, total);
+    } else {
+        const kvx__boot_rank *slot =
+            &s->ranks[(((size_t)v[0] * (size_t)s->cp + (size_t)v[1]) * (size_t)s->tp +
+                       (size_t)v[2]) * (size_t)s->pp + (size_t)v[3]];
+        kvx_buf_printf(&o, "{\"rank_ip\":");
+        kvx_buf_json_str(&o, slot->ip);
+        kvx_buf_printf(&o, ",\"rank_port\":%d}", slot->port);
+    }
+    pthread_mutex_unlock(&b->mu);
+    kvx__boot_http_buf(b, c, status, status == 200 ? "application/json" : "text/plain; charset=utf-8",
+                       &o);
+    kvx_buf_free(&o);
+}
+
+static void kvx__boot_route_put(kvx_boot *b, kvx__boot_conn *c, const kvx_boot_http_request *rq) {
+    kvx__boot_regn g;
+    char why[256];
+    int rc;
+    kvx_buf o;
+    if (kvx__boot_reg_parse(rq->body, rq->body_len, &g, why, sizeof why)) {
+        memset(&o, 0, sizeof o);
+        kvx_buf_printf(&o, "bad registration: %s\n", why);
+        kvx__boot_http_buf(b, c, 400, "text/plain; charset=utf-8", &o);
+        kvx_buf_free(&o);
+        return;
+    }
+    pthread_mutex_lock(&b->mu);
+    rc = kvx__boot_srv_register(b, &g, why, sizeof why);
+    pthread_mutex_unlock(&b->mu);
+    if (rc) {
+        memset(&o, 0, sizeof o);
+        kvx_buf_printf(&o, "bad registration: %s\n", why);
+        kvx__boot_http_buf(b, c, 400, "text/plain; charset=utf-8", &o);
+        kvx_buf_free(&o);
+        return;
+    }
+    kvx_engine_log(b->engine, KVX_LOG_INFO, "kvx.boot", 0,
+                   "rank dp %d cp %d tp %d pp %d registered at %s:%d (from %s)", g.dp_rank,
+                   g.cp_rank, g.tp_rank, g.pp_rank, g.ip, g.port, c->addr);
+    kvx__boot_http_text(b, c, 200, "OK");
+}
+
+typedef struct kvx__boot_scan {
+    kvx_boot *b;
+    uint64_t by_state[5];
+    struct { int code; uint64_t count; } fails[KVX__BOOT_MAX_RESULTS];
+    int nfails;
+    kvx_buf *list; /* /rooms */
+    size_t listed;
+    uint64_t now;
+} kvx__boot_scan;
+
+static void kvx__boot_scan_room(kvx_room *r, void *arg) {
+    kvx__boot_scan *s = (kvx__boot_scan *)arg;
+    kvx_poll st = kvx_room_poll(r);
+    if ((int)st >= 0 && (int)st <= 4) s->by_state[st]++;
+    if (st == KVX_POLL_FAILED) {
+        kvx_result res = kvx__boot_room_result(r);
+        int i;
+        for (i = 0; i < s->nfails && s->fails[i].code != (int)res; i++) {}
+        if (i < s->nfails) s->fails[i].count++;
+        else if (s->nfails < KVX__BOOT_MAX_RESULTS) {
+            s->fails[s->nfails].code = (int)res;
+            s->fails[s->nfails++].count = 1;
+        }
+    }
+    if (s->list && st != KVX_POLL_FAILED && st != KVX_POLL_SUCCESS && s->listed < 10000) {
+        char peer[300] = "";
+        kvx__boot_br *br;
+        pthread_mutex_lock(&s->b->mu);
+        br = kvx__boot_find(s->b, kvx_room_id(r));
+        if (br && br->room == r) {
+            if (br->nconns) snprintf(peer, sizeof peer, "%s", br->conns[0]->addr);
+            else if (br->peer) snprintf(peer, sizeof peer, "%s", br->peer->addr);
+        }
+        pthread_mutex_unlock(&s->b->mu);
+        kvx_buf_printf(s->list, "%s{\"room\":%llu,\"role\":\"%s\",\"state\":\"%s\",\"age_s\":%.3f,"
+                                "\"peer\":", s->listed ? "," : "",
+                       (unsigned long long)kvx_room_id(r),
+                       kvx_room_role(r) == KVX_ROLE_PREFILL ? "sender" : "receiver",
+                       kvx_poll_str(st), (double)(s->now - kvx_room_created_ns(r)) / 1e9);
+        kvx_buf_json_str(s->list, peer);
+        kvx_buf_printf(s->list, "}");
+        s->listed++;
+    }
+}
+
+static void kvx__boot_metrics(kvx_boot *b, kvx__boot_conn *c) {
+    kvx__boot_scan s;
+    kvx_engine_stats st;
+    kvx_buf o;
+    int i, j, registered, expected;
+    size_t pending;
+    memset(&s, 0, sizeof s);
+    memset(&o, 0, sizeof o);
+    s.b = b;
+    s.now = kvx_now_ns();
+    kvx_engine_foreach_room(b->engine, kvx__boot_scan_room, &s);
+    kvx_engine_stats_get(b->engine, &st);
+    pthread_mutex_lock(&b->mu);
+    for (i = 0; i < b->nfailures; i++) { /* closed rooms, then the open failed ones */
+        for (j = 0; j < s.nfails && s.fails[j].code != b->failures[i].code; j++) {}
+        if (j < s.nfails) s.fails[j].count += b->failures[i].count;
+        else if (s.nfails < KVX__BOOT_MAX_RESULTS) {
+            s.fails[s.nfails].code = b->failures[i].code;
+            s.fails[s.nfails++].count = b->failures[i].count;
+        }
+    }
+    registered = b->srv.registered;
+    expected = b->srv.ranks ? b->srv.tp * b->srv.cp * b->srv.dp * b->srv.pp : 0;
+    pending = b->npending;
+    pthread_mutex_unlock(&b->mu);
+    kvx_buf_printf(&o, "# HELP kvx_rooms Rooms open on this engine, by state.\n"
+                       "# TYPE kvx_rooms gauge\n");
+    for (i = 0; i < 5; i++)
+        kvx_buf_printf(&o, "kvx_rooms{state=\"%s\"} %llu\n", kvx_poll_str((kvx_poll)i),
+                       (unsigned long long)s.by_state[i]);
+    kvx_buf_printf(&o, "# HELP kvx_rooms_created_total Rooms created.\n"
+                       "# TYPE kvx_rooms_created_total counter\nkvx_rooms_created_total %llu\n"
+                       "# HELP kvx_rooms_succeeded_total Rooms that reached Success.\n"
+                       "# TYPE kvx_rooms_succeeded_total counter\nkvx_rooms_succeeded_total %llu\n"
+                       "# HELP kvx_rooms_failed_total Rooms that reached Failed.\n"
+                       "# TYPE kvx_rooms_failed_total counter\nkvx_rooms_failed_total %llu\n"
+                       "# HELP kvx_bytes_total KV and aux bytes moved by finished rooms.\n"
+                       "# TYPE kvx_bytes_total counter\nkvx_bytes_total %llu\n",
+                   (unsigned long long)st.rooms_created, (unsigned long long)st.rooms_succeeded,
+                   (unsigned long long)st.rooms_failed, (unsigned long long)st.bytes);
+    kvx_buf_printf(&o, "# HELP kvx_room_failures_total Failed rooms by result code.\n"
+                       "# TYPE kvx_room_failures_total counter\n");
+    for (i = 0; i < s.nfails; i++)
+        kvx_buf_printf(&o, "kvx_room_failures_total{reason=\"%s\"} %llu\n",
+                       kvx_result_str((kvx_result)s.fails[i].code),
+                       (unsigned long long)s.fails[i].count);
+    kvx_buf_printf(&o, "# HELP kvx_boot_ranks_registered Prefill ranks registered with this "
+                       "bootstrap server.\n# TYPE kvx_boot_ranks_registered gauge\n"
+                       "kvx_boot_ranks_registered %d\n"
+                       "# HELP kvx_boot_ranks_expected dp*cp*tp*pp of the registered instance.\n"
+                       "# TYPE kvx_boot_ranks_expected gauge\nkvx_boot_ranks_expected %d\n"
+                       "# HELP kvx_boot_control_connections Open control connections.\n"
+                       "# TYPE kvx_boot_control_connections gauge\n"
+                       "kvx_boot_control_connections %d\n"
+                       "# HELP kvx_boot_pending_rooms Rooms whose frames arrived before their "
+                       "sender.\n# TYPE kvx_boot_pending_rooms gauge\nkvx_boot_pending_rooms %zu\n"
+                       "# HELP kvx_boot_http_connections Open bootstrap HTTP connections.\n"
+                       "# TYPE kvx_boot_http_connections gauge\nkvx_boot_http_connections %d\n",
+                   registered, expected, KVX__LOAD(&b->nctrl), pending, b->nhttp);
+    kvx__boot_http_buf(b, c, 200, "text/plain; version=0.0.4; charset=utf-8", &o);
+    kvx_buf_free(&o);
+}
+
+static void kvx__boot_rooms(kvx_boot *b, kvx__boot_conn *c) {
+    kvx__boot_scan s;
+    kvx_buf list, o;
+    memset(&s, 0, sizeof s);
+    memset(&list, 0, sizeof list);
+    memset(&o, 0, sizeof o);
+    s.b = b;
+    s.now = kvx_now_ns();
+    s.list = &list;
+    kvx_engine_foreach_room(b->engine, kvx__boot_scan_room, &s);
+    kvx_buf_printf(&o, "{\"count\":%zu,\"rooms\":[%s]}", s.listed, list.data ? list.data : "");
+    if (list.oom) o.oom = 1;
+    kvx__boot_http_buf(b, c, 200, "application/json", &o);
+    kvx_buf_free(&list);
+    kvx_buf_free(&o);
+}
+
+static int kvx__boot_is(const kvx_boot_http_request *rq, const char *path) {
+    return rq->path_len == strlen(path) && memcmp(rq->path, path, rq->path_len) == 0;
+}
+static int kvx__boot_method(const kvx_boot_http_request *rq, const char *m) {
+    return rq->method_len == strlen(m) && memcmp(rq->method, m, rq->method_len) == 0;
+}
+
+static void kvx__boot_http_route(kvx_boot *b, kvx__boot_conn *c, const kvx_boot_http_request *rq) {
+    int get = kvx__boot_method(rq, "GET");
+    if (kvx__boot_is(rq, "/route")) {
+        if (get) kvx__boot_route_get(b, c, rq);
+        else if (kvx__boot_method(rq, "PUT")) kvx__boot_route_put(b, c, rq);
+        else kvx__boot_http_respond(b, c, 405, "text/plain; charset=utf-8", "use GET or PUT\n", 15,
+                                    "Allow: GET, PUT\r\n");
+        return;
+    }
+    if (kvx__boot_is(rq, "/health") || kvx__boot_is(rq, "/metrics") || kvx__boot_is(rq, "/rooms")) {
+        if (!get) {
+            kvx__boot_http_respond(b, c, 405, "text/plain; charset=utf-8", "use GET\n", 8,
+                                   "Allow: GET\r\n");
+            return;
+        }
+        if (kvx__boot_is(rq, "/health")) kvx__boot_http_text(b, c, 200, "OK");
+        else if (kvx__boot_is(rq, "/metrics")) kvx__boot_metrics(b, c);
+        else kvx__boot_rooms(b, c);
+        return;
+    }
+    kvx__boot_http_text(b, c, 404, "not found (routes: /route, /health, /metrics, /rooms)\n");
+}
+
+static void kvx__boot_http_readable(kvx_boot *b, kvx__boot_conn *c) {
+    size_t cap = (size_t)KVX_BOOT_MAX_HEADER + KVX_BOOT_MAX_BODY;
+    kvx_boot_http_request rq;
+    int eof = 0;
+    if (c->http_state == KVX__BOOT_H_DRAINING) {
+        /* read what the client still sends so closing does not reset the
+           answer away, but at most 256 KiB and until the drain deadline */
+        char tmp[4096];
+        int i;
+        for (i = 0; i < 16; i++) {
+            ssize_t r = recv(c->fd, tmp, sizeof tmp, 0);
+            if (r > 0) { c->need += (size_t)r; if (c->need > (256u << 10)) break; continue; }
+            if (r < 0 && errno == EINTR) continue;
+            if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
+            break;
+        }
+        if (i == 16) return;
+        kvx__boot_drop(b, c, "response sent");
+        return;
+    }
+    if (c->http_state != KVX__BOOT_H_READING) return;
+    for (;;) {
+        ssize_t r;
+        if (c->in_len == c->in_cap) {
+            size_t nc = c->in_cap ? c->in_cap * 2 : 4096;
+            uint8_t *ni;
+            if (c->in_cap >= cap) break;
+            if (nc > cap) nc = cap;
+            ni = (uint8_t *)realloc(c->in, nc);
+            if (!ni) { kvx__boot_drop(b, c, "out of memory"); return; }
+            c->in = ni;
+            c->in_cap = nc;
+        }
+        r = recv(c->fd, c->in + c->in_len, c->in_cap - c->in_len, 0);
+        if (r > 0) { c->in_len += (size_t)r; continue; }
+        if (r == 0) { eof = 1; break; }
+        if (errno == EINTR) continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK) break;
+        kvx__boot_drop(b, c, strerror(errno));
+        return;
+    }
+    if (kvx_boot_parse_http_request(c->in, c->in_len, &rq) != KVX_OK) {
+        char msg[160];
+        snprintf(msg, sizeof msg, "%s\n", rq.error);
+        kvx_engine_log(b->engine, KVX_LOG_INFO, "kvx.boot", 0, "bad HTTP request from %s: %d %s",
+                       c->addr, rq.status, rq.error);
+        kvx__boot_http_text(b, c, rq.status ? rq.status : 400, msg);
+        return;
+    }
+    if (rq.complete) {
+        kvx__boot_http_route(b, c, &rq);
+        return;
+    }
+    if (eof) { kvx__boot_drop(b, c, "the client closed the connection mid-request"); return; }
+    if (rq.headers_done && rq.expect_continue && !c->sent_continue) {
+        static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+        int err;
+        c->sent_continue = 1;
+        pthread_mutex_lock(&c->mu);
+        err = kvx__boot_conn_append(c, (const uint8_t *)cont, sizeof cont - 1);
+        pthread_mutex_unlock(&c->mu);
+        if (err || kvx__boot_conn_flush(c)) { kvx__boot_drop(b, c, "cannot write"); return; }
+    }
+}
+
+static void kvx__boot_http_event(kvx_boot *b, kvx__boot_conn *c, short rev) {
+    if (rev & POLLOUT) {
+        int err = kvx__boot_conn_flush(c);
+        if (err) { kvx__boot_drop(b, c, strerror(err)); return; }
+        if (c->http_state == KVX__BOOT_H_WRITING && !KVX__LOAD(&c->want_write))
+            kvx__boot_http_finish(b, c);
+    }
+    if (c->http_state == KVX__BOOT_H_WRITING && (rev & (POLLERR | POLLHUP))) {
+        kvx__boot_drop(b, c, "the client went away");
+        return;
+    }
+    if (rev & (POLLIN | POLLHUP | POLLERR)) kvx__boot_http_readable(b, c);
+}
+
+/* >>boot: control channel, prefill side ------------------------------------------- */
+
+#define KVX__BOOT_MAX_PENDING_PAGES (1u << 26) /* pages held in pending room frames */
+#define KVX__BOOT_MAX_FRAMES_PER_ROOM 64
+
+/* Copies a reason text from the wire, replacing control bytes. */
+static void kvx__boot_reason_copy(char *out, size_t n, const char *s, uint32_t len) {
+    uint32_t i;
+    if (len >= n) len = (uint32_t)n - 1;
+    for (i = 0; i < len; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        out[i] = (ch < 0x20 || ch == 0x7f) ? '?' : (char)ch;
+    }
+    out[len] = 0;
+}
+
+/* Applies one room frame to a sender that exists. br is referenced by the
+   caller; boot->mu is not held. */
+static void kvx__boot_apply_room(kvx_boot *b, kvx__boot_br *br, kvx__boot_conn *c,
+                                 const int32_t *pages, uint32_t n, int32_t aux, uint16_t idx,
+                                 uint16_t count) {
+    kvx_room *r = br->room;
+    int complete = 0, bad = 0, aborted;
+    uint32_t i, expected, prev;
+    char reason[KVX_ERROR_MAX];
+    kvx_result res;
+    pthread_mutex_lock(&b->mu);
+    if (!br->expected) br->expected = count;
+    expected = br->expected;
+    prev = br->dst_pages;
+    if (count != br->expected) bad = 1;
+    for (i = 0; !bad && i < br->nconns; i++)
+        if (br->tag[i] == idx) bad = 2;
+    if (!bad && br->nconns && n != br->dst_pages) bad = 4;
+    if (!bad && kvx__boot_br_add_conn(br, c, idx)) bad = 3;
+    if (!bad) {
+        br->dst_pages = n;
+        complete = br->nconns == br->expected;
+    }
+    aborted = br->aborted;
+    snprintf(reason, sizeof reason, "%s", br->abort_reason ? br->abort_reason : "aborted");
+    pthread_mutex_unlock(&b->mu);
+    if (bad == 1 || bad == 2) {
+        snprintf(reason, sizeof reason,
+                 bad == 1 ? "room %llu: decode %s says %u decode ranks serve it, an earlier frame said %u"
+                          : "room %llu: decode %s sent its destination again (peer index %u of %u)",
+                 (unsigned long long)br->id, c->addr, bad == 1 ? (unsigned)count : (unsigned)idx,
+                 bad == 1 ? (unsigned)expected : (unsigned)count);
+        kvx_engine_log(b->engine, KVX_LOG_WARN, "kvx.boot", br->id, "%s", reason);
+        kvx__boot_conn_status(c, br->id, KVX_POLL_FAILED, KVX_ERR_PROTOCOL, 0, reason);
+        return;
+    }
+    if (bad == 4) {
+        kvx_room_fail(r, KVX_ERR_PROTOCOL, "decode ranks disagree on the page count of room %llu: "
+                      "%u from %s, %u before", (unsigned long long)br->id, n, c->addr, prev);
+        kvx__boot_conn_status(c, br->id, KVX_POLL_FAILED, KVX_ERR_PROTOCOL, 0, kvx__boot_room_error(r));
+        return;
+    }
+    if (bad == 3) {
+        kvx_room_fail(r, KVX_ERR_NO_MEMORY, "out of memory recording the destination of room %llu",
+                      (unsigned long long)br->id);
+        kvx__boot_conn_status(c, br->id, KVX_POLL_FAILED, KVX_ERR_NO_MEMORY, 0, "out of memory on prefill");
+        return;
+    }
+    if (kvx_room_poll(r) == KVX_POLL_FAILED) { /* timed out or aborted before the frame came */
+        if (aborted) kvx__boot_conn_abort(c, br->id, kvx__boot_room_error(r));
+        else kvx__boot_conn_status(c, br->id, KVX_POLL_FAILED, kvx__boot_room_result(r), 0,
+                               kvx__boot_room_error(r));
+        return;
+    }
+    if (b->hooks.on_room &&
+        (res = b->hooks.on_room(b, r, &c->info, pages, n, aux)) != KVX_OK) {
+        kvx_room_fail(r, res, "the %s transport refused the destination sent by decode %s (%s)",
+                      kvx_engine_transport(b->engine), c->addr, kvx_result_str(res));
+        kvx__boot_conn_status(c, br->id, KVX_POLL_FAILED, res, 0, kvx__boot_room_error(r));
+        return;
+    }
+    if (complete) kvx_room_advance(r, KVX_POLL_WAITING_FOR_INPUT);
+}
+
+/* Under boot->mu: the pending entry of a room with no sender yet. */
+static kvx__boot_br *kvx__boot_pending_entry(kvx_boot *b, uint64_t id) {
+    kvx__boot_br *br = kvx__boot_find(b, id);
+    if (br) return br->room ? NULL : br;
+    if (b->npending >= KVX_BOOT_MAX_PENDING) return NULL;
+    br = kvx__boot_br_new(id);
+    if (!br) return NULL;
+    if (kvx__boot_insert(b, br)) { free(br); return NULL; }
+    b->npending++;
+    return br;
+}
+
+static int kvx__boot_pending_frames(const kvx__boot_br *br) {
+    int n = 0;
+    const kvx__boot_pframe *f;
+    for (f = br->frames; f; f = f->next) n++;
+    return n;
+}
+
+static void kvx__boot_pending_add(kvx__boot_br *br, kvx__boot_pframe *f) {
+    if (br->frames_tail) br->frames_tail->next = f;
+    else br->frames = f;
+    br->frames_tail = f;
+}
+
+static void kvx__boot_on_room_frame(kvx_boot *b, kvx__boot_conn *c, const kvx_boot_frame *f) {
+    kvx__boot_br *br;
+    uint32_t i, n = f->num_pages;
+    if (n > b->scratch_cap) {
+        int32_t *ns = (int32_t *)realloc(b->scratch, n * sizeof *ns);
+        if (!ns) {
+            kvx__boot_conn_status(c, f->room, KVX_POLL_FAILED, KVX_ERR_NO_MEMORY, 0,
+                              "out of memory on prefill for the destination pages");
+            return;
+        }
+        b->scratch = ns;
+        b->scratch_cap = n;
+    }
+    for (i = 0; i < n; i++) b->scratch[i] = kvx_boot_frame_page(f, i);
+    pthread_mutex_lock(&b->mu);
+    br = kvx__boot_find(b, f->room);
+    if (!br || !br->room) { /* the sender does not exist yet: keep the frame */
+        kvx__boot_pframe *fr = NULL;
+        const char *why = "too many rooms wait for their sender (KVX_BOOT_MAX_PENDING)";
+        br = kvx__boot_pending_entry(b, f->room);
+        if (br && kvx__boot_pending_frames(br) >= KVX__BOOT_MAX_FRAMES_PER_ROOM) {
+            br = NULL;
+            why = "too many frames for one room";
+        }
+        if (br && b->pending_pages + n > KVX__BOOT_MAX_PENDING_PAGES) {
+            br = NULL;
+            why = "too many destination pages wait for their senders";
+        }
+        if (br) fr = (kvx__boot_pframe *)calloc(1, sizeof *fr);
+        if (fr && n) {
+            fr->pages = (int32_t *)malloc(n * sizeof *fr->pages);
+            if (!fr->pages) { free(fr); fr = NULL; }
+        }
+        if (fr) {
+            fr->type = KVX_BOOT_FRAME_ROOM;
+            fr->conn = c;
+            kvx__boot_conn_ref(c);
+            fr->aux = f->aux_index;
+            fr->idx = f->peer_index;
+            fr->count = f->peer_count;
+            fr->n = n;
+            if (n) memcpy(fr->pages, b->scratch, n * sizeof *fr->pages);
+            kvx__boot_pending_add(br, fr);
+            b->pending_pages += n;
+        }
+        pthread_mutex_unlock(&b->mu);
+        if (!fr) kvx__boot_conn_status(c, f->room, KVX_POLL_FAILED, KVX_ERR_NO_SPACE, 0, br ? "out of memory" : why);
+        return;
+    }
+    KVX__ADD(&br->refs, 1);
+    pthread_mutex_unlock(&b->mu);
+    kvx__boot_apply_room(b, br, c, b->scratch, n, f->aux_index, f->peer_index, f->peer_count);
+    kvx__boot_br_unref(br);
+}
+
+static void kvx__boot_on_abort_frame(kvx_boot *b, kvx__boot_conn *c, const kvx_boot_frame *f) {
+    char reason[KVX_BOOT_MAX_REASON + 1];
+    kvx__boot_br *br;
+    uint32_t k;
+    kvx_room *r;
+    kvx__boot_reason_copy(reason, sizeof reason, f->reason, f->reason_len);
+    pthread_mutex_lock(&b->mu);
+    br = kvx__boot_find(b, f->room);
+    if (b->role == KVX_ROLE_PREFILL && (!br || !br->room)) {
+        kvx__boot_pframe *fr = NULL;
+        br = kvx__boot_pending_entry(b, f->room);
+        if (br && kvx__boot_pending_frames(br) < KVX__BOOT_MAX_FRAMES_PER_ROOM)
+            fr = (kvx__boot_pframe *)calloc(1, sizeof *fr);
+        if (fr) {
+            fr->type = KVX_BOOT_FRAME_ABORT;
+            fr->conn = c;
+            kvx__boot_conn_ref(c);
+            fr->reason = strdup(reason);
+            kvx__boot_pending_add(br, fr);
+        }
+        pthread_mutex_unlock(&b->mu);
+        return;
+    }
+    if (!br || !br->room) { pthread_mutex_unlock(&b->mu); return; }
+    for (k = 0; k < br->nconns && br->conns[k] != c; k++) {}
+    if (k == br->nconns && (b->role == KVX_ROLE_DECODE || br->nconns)) {
+        pthread_mutex_unlock(&b->mu); /* not from this room's peer */
+        return;
+    }
+    KVX__ADD(&br->refs, 1);
+    r = br->room;
+    pthread_mutex_unlock(&b->mu);
+    kvx_room_fail(r, KVX_ERR_ABORTED, "aborted by the %s engine at %s: %s",
+                  b->role == KVX_ROLE_PREFILL ? "decode" : "prefill", c->addr, reason);
+    if (b->hooks.on_abort) b->hooks.on_abort(b, r, &c->info, reason);
+    kvx__boot_br_unref(br);
+}
+
+static int kvx__boot_on_hello(kvx_boot *b, kvx__boot_conn *c, const kvx_boot_frame *f) {
+    const kvx_layout *l = kvx_engine_layout(b->engine);
+    uint64_t fp = kvx_layout_fingerprint(l);
+    if (b->role != KVX_ROLE_PREFILL || f->hello.role != KVX_ROLE_DECODE) {
+        kvx__boot_drop(b, c, "hello from a prefill engine on a prefill control port");
+        return 1;
+    }
+    if (kvx__boot_conn_set_info(c, &f->hello)) {
+        kvx__boot_drop(b, c, "out of memory");
+        return 1;
+    }
+    c->hello_done = 1;
+    c->deadline_ns = 0;
+    if (kvx__boot_conn_send(c, b->hello.data, b->hello.len) != KVX_OK) {
+        kvx__boot_drop(b, c, "cannot answer its hello");
+        return 1;
+    }
+    if (f->hello.fingerprint != fp)
+        kvx_engine_log(b->engine, KVX_LOG_WARN, "kvx.boot", 0,
+                       "decode %s has layout fingerprint %016llx, this prefill %016llx: it will "
+                       "refuse this connection", c->addr, (unsigned long long)f->hello.fingerprint,
+                       (unsigned long long)fp);
+    else
+        kvx_engine_log(b->engine, KVX_LOG_INFO, "kvx.boot", 0,
+                       "decode %s connected (tp rank %d of %d, transport %s)", c->addr,
+                       c->info.tp_rank, c->info.tp_size, c->transport);
+    if (b->hooks.on_connect) b->hooks.on_connect(b, &c->info);
+    return 0;
+}
+
+/* >>boot: control channel, decode side --------------------------------------------- */
+
+static void kvx__boot_on_status_frame(kvx_boot *b, kvx__boot_conn *c, const kvx_boot_frame *f) {
+    char reason[KVX_BOOT_MAX_REASON + 1];
+    kvx__boot_br *br;
+    kvx_room *r;
+    uint32_t k;
+    int done = 0, inited;
+    uint64_t bytes = 0;
+    kvx__boot_reason_copy(reason, sizeof reason, f->reason, f->reason_len);
+    pthread_mutex_lock(&b->mu);
+    br = kvx__boot_find(b, f->room);
+    if (!br || !br->room) { pthread_mutex_unlock(&b->mu); return; }
+    for (k = 0; k < br->nconns && br->conns[k] != c; k++) {}
+    if (k == br->nconns) { pthread_mutex_unlock(&b->mu); return; }
+    KVX__ADD(&br->refs, 1);
+    r = br->room;
+    inited = br->inited;
+    pthread_mutex_unlock(&b->mu);
+    if (b->hooks.on_status &&
+        b->hooks.on_status(b, r, &c->info, (kvx_poll)f->state, (kvx_result)f->result, f->bytes,
+                           reason)) {
+        kvx__boot_br_unref(br);
+        return;
+    }
+    if (f->state == KVX_POLL_SUCCESS && inited) {
+        pthread_mutex_lock(&b->mu);
+        if (!br->tag[k]) {
+            br->tag[k] = 1;
+            br->ndone++;
+            br->bytes += f->bytes;
+        }
+        done = br->ndone == br->nconns;
+        bytes = br->bytes;
+        pthread_mutex_unlock(&b->mu);
+        if (done) kvx_room_succeed(r, bytes);
+    } else if (f->state == KVX_POLL_SUCCESS) {
+        kvx_engine_log(b->engine, KVX_LOG_WARN, "kvx.boot", br->id,
+                       "prefill rank %s reported Success before this receiver sent its "
+                       "destination; ignored", c->addr);
+    } else if (f->state == KVX_POLL_FAILED) {
+        kvx_room_fail(r, f->result < 0 ? (kvx_result)f->result : KVX_ERR_PEER,
+                      "prefill rank %s (bootstrap %s) failed the room: %s", c->addr,
+                      c->peer ? c->peer->addr : "?", reason[0] ? reason : "no reason given");
+    }
+    kvx__boot_br_unref(br);
+}
+
+/* Under boot->mu: the prefill instance is gone; returns its unfinished rooms. */
+static void kvx__boot_peer_dead_locked(kvx_boot *b, kvx__boot_pf *p, kvx__boot_vec *out) {
+    size_t i;
+    uint32_t k;
+    p->state = KVX__BOOT_PF_DEAD;
+    for (k = 0; k < p->nconns; k++) KVX__STORE(&p->conns[k]->want_close, 1);
+    for (i = 0; i < b->nbuckets; i++) {
+        kvx__boot_br *br;
+        for (br = b->buckets[i]; br; br = br->hnext)
+            if (br->room && br->peer == p && !br->waiting && br->gen == p->gen &&
+                !kvx__boot_terminal(br->room))
+                kvx__boot_vec_push(out, br);
+    }
+    kvx__boot_wake(b);
+}
+
+static void kvx__boot_fail_all(kvx__boot_vec *v, kvx_result res, const char *fmt, ...) KVX_PRINTF(3, 4);
+static void kvx__boot_fail_all(kvx__boot_vec *v, kvx_result res, const char *fmt, ...) {
+    char msg[KVX_ERROR_MAX];
+    va_list ap;
+    size_t i;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    for (i = 0; i < v->n; i++) kvx_room_fail(v->v[i]->room, res, "%s", msg);
+    kvx__boot_vec_release(v);
+}
+
+/* I/O thread: a control connection is gone; fail what depended on it. */
+static void kvx__boot_conn_lost(kvx_boot *b, kvx__boot_conn *c, const char *reason) {
+    kvx__boot_vec fail;
+    size_t i;
+    memset(&fail, 0, sizeof fail);
+    if (b->role == KVX_ROLE_PREFILL) {
+        kvx__boot_br *dead = NULL;
+        if (!c->hello_done) return;
+        pthread_mutex_lock(&b->mu);
+        for (i = 0; i < b->nbuckets; i++) {
+            kvx__boot_br **pp = &b->buckets[i];
+            while (*pp) {
+                kvx__boot_br *br = *pp;
+                uint32_t k;
+                if (!br->room) { /* pending frames from this connection go */
+                    kvx__boot_pframe **fp = &br->frames;
+                    br->frames_tail = NULL;
+                    while (*fp) {
+                        kvx__boot_pframe *fr = *fp;
+                        if (fr->conn == c) {
+                            *fp = fr->next;
+                            b->pending_pages -= fr->n;
+                            kvx__boot_pframe_free(fr);
+                            continue;
+                        }
+                        br->frames_tail = fr;
+                        fp = &fr->next;
+                    }
+                    if (!br->frames) {
+                        *pp = br->hnext;
+                        b->nrooms--;
+                        b->npending--;
+                        br->hnext = dead;
+                        dead = br;
+                        continue;
+                    }
+                } else {
+                    for (k = 0; k < br->nconns && br->conns[k] != c; k++) {}
+                    if (k < br->nconns && !kvx__boot_terminal(br->room)) kvx__boot_vec_push(&fail, br);
+                }
+                pp = &br->hnext;
+            }
+        }
+        pthread_mutex_unlock(&b->mu);
+        while (dead) {
+            kvx__boot_br *nx = dead->hnext;
+            kvx__boot_br_unref(dead);
+            dead = nx;
+        }
+        if (fail.n)
+            kvx_engine_log(b->engine, KVX_LOG_WARN, "kvx.boot", 0,
+                           "lost connection with decode instance %s (%s): failing %zu rooms",
+                           c->addr, reason, fail.n);
+        kvx__boot_fail_all(&fail, KVX_ERR_PEER_LOST, "lost connection with decode instance %s: %s",
+                           c->addr, reason);
+    } else {
+        kvx__boot_pf *p = c->peer;
+        int dead = 0;
+        if (!p) return;
+        pthread_mutex_lock(&b->mu);
+        if (p->gen == c->gen && p->state == KVX__BOOT_PF_READY) {
+            kvx__boot_peer_dead_locked(b, p, &fail);
+            dead = 1;
+        }
+        pthread_mutex_unlock(&b->mu);
+        if (dead)
+            kvx_engine_log(b->engine, fail.n ? KVX_LOG_WARN : KVX_LOG_INFO, "kvx.boot", 0,
+                           "lost connection with prefill instance %s (rank %s): %s; failing %zu rooms",
+                           p->addr, c->addr, reason, fail.n);
+        kvx__boot_fail_all(&fail, KVX_ERR_PEER_LOST,
+                           "lost connection with prefill instance %s (rank %s): %s", p->addr,
+                           c->addr, reason);
+    }
+    if (b->hooks.on_disconnect && c->hello_done) b->hooks.on_disconnect(b, &c->info, reason);
+}
+
+/* Returns 1 when the connection was dropped. */
+static int kvx__boot_dispatch(kvx_boot *b, kvx__boot_conn *c, const kvx_boot_frame *f) {
+    char msg[160];
+    if (!c->hello_done) {
+        if (f->type == KVX_BOOT_FRAME_HELLO) return kvx__boot_on_hello(b, c, f);
+        snprintf(msg, sizeof msg, "protocol error: %s frame before hello",
+                 kvx__boot_type_name(f->type));
+        kvx__boot_drop(b, c, msg);
+        return 1;
+    }
+    switch (f->type) {
+    case KVX_BOOT_FRAME_ROOM:
+        if (b->role != KVX_ROLE_PREFILL) break;
+        kvx__boot_on_room_frame(b, c, f);
+        return c->dropped;
+    case KVX_BOOT_FRAME_STATUS:
+        if (b->role != KVX_ROLE_DECODE) break;
+        kvx__boot_on_status_frame(b, c, f);
+        return c->dropped;
+    case KVX_BOOT_FRAME_ABORT:
+        kvx__boot_on_abort_frame(b, c, f);
+        return c->dropped;
+    default: break;
+    }
+    snprintf(msg, sizeof msg, "protocol error: unexpected %s frame on a %s engine",
+             kvx__boot_type_name(f->type), b->role == KVX_ROLE_PREFILL ? "prefill" : "decode");
+    kvx__boot_drop(b, c, msg);
+    return 1;
+}
+
+/* Decodes every whole frame in c->in. Returns 1 when the connection was dropped. */
+static int kvx__boot_ctrl_frames(kvx_boot *b, kvx__boot_conn *c) {
+    size_t off = 0;
+    c->need = 0;
+    while (off < c->in_len) {
+        kvx_boot_frame f;
+        size_t used = 0;
+        char why[256], msg[300];
+        if (kvx_boot_decode_frame(c->in + off, c->in_len - off, &f, &used, why, sizeof why) != KVX_OK) {
+            snprintf(msg, sizeof msg, "protocol error: %s", why);
+            kvx_engine_log(b->engine, KVX_LOG_WARN, "kvx.boot", 0, "closing control connection %s: %s",
+                           c->addr, msg);
+            kvx__boot_drop(b, c, msg);
+            return 1;
+        }
+        if (!used) {
+            c->need = c->in_len - off >= KVX__BOOT_HDR ? KVX__BOOT_HDR + (size_t)f.body_len : KVX__BOOT_HDR;
+            break;
+        }
+        if (kvx__boot_dispatch(b, c, &f)) return 1;
+        off += used;
+    }
+    if (off) {
+        memmove(c->in, c->in + off, c->in_len - off);
+        c->in_len -= off;
+    }
+    if (c->in_cap > (1u << 20) && c->in_len < (64u << 10) && c->need < (64u << 10)) {
+        uint8_t *ni = (uint8_t *)realloc(c->in, 64u << 10);
+        if (ni) { c->in = ni; c->in_cap = 64u << 10; }
+    }
+    return 0;
+}
+
+static void kvx__boot_ctrl_readable(kvx_boot *b, kvx__boot_conn *c) {
+    int rounds;
+    for (rounds = 0; rounds < 64; rounds++) {
+        size_t want = c->need > c->in_len + 4096 ? c->need : c->in_len + (64u << 10);
+        ssize_t r;
+        if (want > c->in_cap) {
+            uint8_t *ni = (uint8_t *)realloc(c->in, want);
+            if (!ni) { kvx__boot_drop(b, c, "out of memory for an incoming frame"); return; }
+            c->in = ni;
+            c->in_cap = want;
+        }
+        r = recv(c->fd, c->in + c->in_len, c->in_cap - c->in_len, 0);
+        if (r > 0) {
+            size_t space = c->in_cap - c->in_len;
+            c->in_len += (size_t)r;
+            if (kvx__boot_ctrl_frames(b, c)) return;
+            if ((size_t)r < space) return;
+            continue;
+        }
+        if (r == 0) { kvx__boot_drop(b, c, "the peer closed the connection"); return; }
+        if (errno == EINTR) continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK) return;
+        kvx__boot_drop(b, c, kvx__boot_errstr(errno));
+        return;
+    }
+}
+
+/* >>boot: I/O thread ----------------------------------------------------------------- */
+
+static void kvx__boot_drop(kvx_boot *b, kvx__boot_conn *c, const char *reason) {
+    if (c->dropped) return;
+    c->dropped = 1;
+    kvx__boot_conn_shut(c);
+    if (c->kind == KVX__BOOT_K_HTTP) b->nhttp--;
+    if (c->kind == KVX__BOOT_K_CTRL) {
+        KVX__SUB(&b->nctrl, 1);
+        kvx__boot_conn_lost(b, c, reason);
+    }
+}
+
+/* Takes the caller's reference. */
+static int kvx__boot_io_add(kvx_boot *b, kvx__boot_conn *c) {
+    if (b->nconns == b->cconns) {
+        size_t nc = b->cconns ? b->cconns * 2 : 16;
+        kvx__boot_conn **nv = (kvx__boot_conn **)realloc(b->conns, nc * sizeof *nv);
+        if (!nv) return -1;
+        b->conns = nv;
+        b->cconns = nc;
+    }
+    b->conns[b->nconns++] = c;
+    return 0;
+}
+
+static void kvx__boot_accept(kvx_boot *b, kvx__boot_conn *l) {
+    int i;
+    for (i = 0; i < 64; i++) {
+        struct sockaddr_storage ss;
+        socklen_t sl = sizeof ss;
+        kvx__boot_conn *c;
+        int fd = accept4(l->fd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            if (errno == EINTR) continue;
+            if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+                kvx_engine_log(b->engine, KVX_LOG_WARN, "kvx.boot", 0,
+                               "cannot accept connections: %s; pausing 100 ms", strerror(errno));
+                l->deadline_ns = kvx_now_ns() + 100000000ull;
+            }
+            return;
+        }
+        if (l->kind == KVX__BOOT_K_HTTP_LISTEN && b->nhttp >= KVX_BOOT_MAX_HTTP_CONNS) {
+            static const char busy[] = "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 21\r\n"
+                                       "Connection: close\r\n\r\ntoo many connections\n";
+            ssize_t w = send(fd, busy, sizeof busy - 1, MSG_NOSIGNAL | MSG_DONTWAIT);
+            (void)w;
+            close(fd);
+            continue;
+        }
+        c = kvx__boot_conn_new(b, l->kind == KVX__BOOT_K_HTTP_LISTEN ? KVX__BOOT_K_HTTP : KVX__BOOT_K_CTRL, fd);
+        if (!c || kvx__boot_io_add(b, c)) {
+            if (c) kvx__boot_conn_unref(c);
+            else close(fd);
+            continue;
+        }
+        kvx__boot_sa_str((struct sockaddr *)&ss, c->addr, sizeof c->addr);
+        c->deadline_ns = kvx_now_ns() + (uint64_t)KVX_BOOT_READ_TIMEOUT_MS * 1000000ull;
+        if (c->kind == KVX__BOOT_K_CTRL) {
+            kvx__boot_nodelay(fd);
+            KVX__ADD(&b->nctrl, 1);
+        } else {
+            b->nhttp++;
+        }
+    }
+}
+
+static void kvx__boot_io_event(kvx_boot *b, kvx__boot_conn *c, short rev) {
+    if (c->dropped) return;
+    switch (c->kind) {
+    case KVX__BOOT_K_HTTP_LISTEN:
+    case KVX__BOOT_K_CTRL_LISTEN:
+        if (rev & POLLIN) kvx__boot_accept(b, c);
+        break;
+    case KVX__BOOT_K_HTTP: kvx__boot_http_event(b, c, rev); break;
+    case KVX__BOOT_K_CTRL:
+        if (rev & POLLOUT) {
+            int err = kvx__boot_conn_flush(c);
+            if (err) { kvx__boot_drop(b, c, kvx__boot_errstr(err)); return; }
+        }
+        if (rev & (POLLIN | POLLHUP | POLLERR)) kvx__boot_ctrl_readable(b, c);
+        break;
+    }
+}
+
+/* Prefill: room frames whose sender never came answer Failed after the
+   bootstrap timeout. */
+static void kvx__boot_sweep(kvx_boot *b) {
+    uint64_t now = kvx_now_ns();
+    uint64_t limit = (uint64_t)(kvx_engine_settings(b->engine)->bootstrap_timeout_s * 1e9);
+    kvx__boot_br *expired = NULL;
+    size_t i;
+    pthread_mutex_lock(&b->mu);
+    for (i = 0; b->npending && i < b->nbuckets; i++) {
+        kvx__boot_br **pp = &b->buckets[i];
+        while (*pp) {
+            kvx__boot_br *br = *pp;
+            if (!br->room && now - br->created_ns > limit) {
+                kvx__boot_pframe *f;
+                *pp = br->hnext;
+                b->nrooms--;
+                b->npending--;
+                for (f = br->frames; f; f = f->next) b->pending_pages -= f->n;
+                br->hnext = expired;
+                expired = br;
+                continue;
+            }
+            pp = &br->hnext;
+        }
+    }
+    pthread_mutex_unlock(&b->mu);
+    while (expired) {
+        kvx__boot_br *nx = expired->hnext;
+        kvx__boot_pframe *f;
+        char msg[KVX_ERROR_MAX];
+        snprintf(msg, sizeof msg,
+                 "no sender was created for room %llu on prefill rank %s:%d within %.0f s "
+                 "(KVX_BOOTSTRAP_TIMEOUT)", (unsigned long long)expired->id, b->rank_ip,
+                 b->ctrl_port, (double)limit / 1e9);
+        for (f = expired->frames; f; f = f->next)
+            if (f->type == KVX_BOOT_FRAME_ROOM)
+                kvx__boot_conn_status(f->conn, expired->id, KVX_POLL_FAILED, KVX_ERR_TIMEOUT, 0, msg);
+        kvx__boot_br_unref(expired);
+        expired = nx;
+    }
+}
+
+static void kvx__boot_housekeeping(kvx_boot *b) {
+    uint64_t now = kvx_now_ns();
+    size_t i, j;
+    for (i = 0; i < b->nconns; i++) {
+        kvx__boot_conn *c = b->conns[i];
+        if (c->dropped) continue;
+        if (c->kind == KVX__BOOT_K_HTTP_LISTEN || c->kind == KVX__BOOT_K_CTRL_LISTEN) {
+            if (c->deadline_ns && now >= c->deadline_ns) c->deadline_ns = 0; /* accept pause over */
+            continue;
+        }
+        if (KVX__LOAD(&c->want_close)) {
+            kvx__boot_drop(b, c, "the connection broke while sending");
+            continue;
+        }
+        if (c->deadline_ns && now >= c->deadline_ns) {
+            if (c->kind == KVX__BOOT_K_HTTP && c->http_state == KVX__BOOT_H_READING && c->in_len) {
+                static const char slow[] = "HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\n"
+                                           "Connection: close\r\n\r\n";
+                ssize_t w = send(c->fd, slow, sizeof slow - 1, MSG_NOSIGNAL | MSG_DONTWAIT);
+                (void)w;
+            }
+            kvx__boot_drop(b, c, c->kind == KVX__BOOT_K_CTRL ? "no hello within the read timeout"
+                                                         : "request deadline passed");
+        }
+    }
+    for (i = j = 0; i < b->nconns; i++) {
+        if (b->conns[i]->dropped) kvx__boot_conn_unref(b->conns[i]);
+        else b->conns[j++] = b->conns[i];
+    }
+    b->nconns = j;
+    if (b->role == KVX_ROLE_PREFILL && now >= b->next_sweep_ns) {
+        kvx__boot_sweep(b);
+        b->next_sweep_ns = now + 500000000ull;
+    }
+}
+
+static void kvx__boot_adopt(kvx_boot *b) {
+    size_t i;
+    pthread_mutex_lock(&b->mu);
+    for (i = 0; i < b->nincoming; i++) {
+        if (kvx__boot_io_add(b, b->incoming[i])) {
+            KVX__STORE(&b->incoming[i]->want_close, 1);
+            kvx__boot_conn_shut(b->incoming[i]);
+            kvx__boot_conn_unref(b->incoming[i]);
+            continue;
+        }
+        KVX__ADD(&b->nctrl, 1);
+    }
+    b->nincoming = 0;
+    pthread_mutex_unlock(&b->mu);
+}
+
+static void *kvx__boot_io_main(void *arg) {
+    kvx_boot *b = (kvx_boot *)arg;
+    struct pollfd *pf = NULL;
+    size_t pcap = 0, i;
+    while (!KVX__LOAD(&b->stop)) {
+        size_t n;
+        int timeout = 250, rc;
+        uint64_t now = kvx_now_ns();
+        kvx__boot_adopt(b);
+        n = b->nconns;
+        if (pcap < n + 1) {
+            size_t nc = (n + 1) * 2;
+            struct pollfd *np = (struct pollfd *)realloc(pf, nc * sizeof *np);
+            if (!np) { poll(NULL, 0, 10); continue; }
+            pf = np;
+            pcap = nc;
+        }
+        pf[0].fd = b->wake_rd;
+        pf[0].events = POLLIN;
+        pf[0].revents = 0;
+        for (i = 0; i < n; i++) {
+            kvx__boot_conn *c = b->conns[i];
+            short ev = POLLIN;
+            if (c->kind == KVX__BOOT_K_HTTP_LISTEN || c->kind == KVX__BOOT_K_CTRL_LISTEN) {
+                if (c->deadline_ns > now) ev = 0;
+            } else if (c->kind == KVX__BOOT_K_HTTP && c->http_state == KVX__BOOT_H_WRITING) {
+                ev = POLLOUT;
+            }
+            if (KVX__LOAD(&c->want_write)) ev |= POLLOUT;
+            if (c->deadline_ns) {
+                uint64_t ms = c->deadline_ns > now ? (c->deadline_ns - now) / 1000000u + 1 : 0;
+                if ((int)ms < timeout) timeout = (int)ms;
+            }
+            pf[i + 1].fd = c->fd;
+            pf[i + 1].events = ev;
+            pf[i + 1].revents = 0;
+        }
+        rc = poll(pf, n + 1, timeout);
+        if (rc > 0 && pf[0].revents) {
+            char tmp[256];
+            KVX__STORE(&b->wake_pending, 0);
+            while (read(b->wake_rd, tmp, sizeof tmp) > 0) {}
+        }
+        for (i = 0; rc > 0 && i < n; i++)
+            if (pf[i + 1].revents) kvx__boot_io_event(b, b->conns[i], pf[i + 1].revents);
+        kvx__boot_housekeeping(b);
+    }
+    kvx__boot_adopt(b);
+    for (i = 0; i < b->nconns; i++) {
+        kvx__boot_conn_shut(b->conns[i]);
+        kvx__boot_conn_unref(b->conns[i]);
+    }
+    b->nconns = 0;
+    free(pf);
+    return NULL;
+}
+
+/* >>boot: decode client: resolving a prefill ------------------------------------------- */
+
+/* GET target from the peer's bootstrap server with retries while it
+   refuses connections, times out or answers 503. */
+static kvx_result kvx__boot_get(kvx_boot *b, const kvx__boot_pf *p, const char *target,
+                                kvx_buf *out, char *why, size_t wl) {
+    int attempt, status = 0, refused = 0, last_503 = 0;
+    char err[256] = "";
+    kvx_buf body;
+    memset(out, 0, sizeof *out);
+    for (attempt = 0; attempt < KVX_BOOT_TRIES; attempt++) {
+        kvx_result r;
+        if (attempt && kvx__boot_backoff(b, attempt - 1)) {
+            kvx__set_why(why, wl, "the engine is shutting down");
+            return KVX_ERR_ABORTED;
+        }
+        memset(&body, 0, sizeof body);
+        r = kvx__boot_http_call(p->host, p->port, "GET", target, NULL, 0, KVX__BOOT_HTTP_TIMEOUT_S,
+                                &status, &body, err, sizeof err, &refused);
+        if (r == KVX_OK && status == 200) {
+            *out = body;
+            return KVX_OK;
+        }
+        if (r == KVX_OK) {
+            size_t n = body.len;
+            while (n && (body.data[n - 1] == '\n' || body.data[n - 1] == '\r')) n--;
+            snprintf(err, sizeof err, "%.*s", (int)(n > 200 ? 200 : n), body.data ? body.data : "");
+        }
+        kvx_buf_free(&body);
+        if (r == KVX_OK && status != 503) {
+            kvx__set_why(why, wl, "bootstrap server %s:%d answered %d to GET %s: %s", p->host,
+                         p->port, status, target, err);
+            return status == 404 ? KVX_ERR_NOT_FOUND : KVX_ERR_PEER;
+        }
+        last_503 = r == KVX_OK;
+    }
+    if (last_503)
+        kvx__set_why(why, wl, "bootstrap server %s:%d still answers 503 after %d tries: %s (not every "
+                     "prefill rank has registered with it)", p->host, p->port, KVX_BOOT_TRIES, err);
+    else if (refused)
+        kvx__set_why(why, wl, "cannot reach bootstrap server %s:%d: connection refused (is the "
+                     "prefill running, and is KVX_BOOTSTRAP_PORT its bootstrap port?)",
+                     p->host, p->port);
+    else
+        kvx__set_why(why, wl, "cannot reach bootstrap server %s:%d: %s (after %d tries)", p->host,
+                     p->port, err, KVX_BOOT_TRIES);
+    return KVX_ERR_PEER;
+}
+
+/* Names the first layout field that differs from a peer's hello. */
+static void kvx__boot_layout_diff(kvx_boot *b, const kvx_boot_hello *h, char *out, size_t n) {
+    const kvx_layout *ours = kvx_engine_layout(b->engine);
+    kvx_layout t;
+    kvx_buffer *bufs = (kvx_buffer *)calloc(h->num_buffers + 1, sizeof *bufs);
+    kvx_aux_buffer *aux = (kvx_aux_buffer *)calloc(h->num_aux + 1, sizeof *aux);
+    char dt[64];
+    uint32_t i;
+    if (!bufs || !aux) {
+        snprintf(out, n, "(out of memory comparing layouts)");
+        free(bufs);
+        free(aux);
+        return;
+    }
+    memset(&t, 0, sizeof t);
+    memcpy(dt, h->dtype, h->dtype_len);
+    dt[h->dtype_len] = 0;
+    for (i = 0; i < h->num_buffers; i++) bufs[i].item_len = kvx__boot_r64(h->item_lens_le + 8u * i);
+    for (i = 0; i < h->num_aux; i++) aux[i].item_len = kvx__boot_r64(h->aux_item_lens_le + 8u * i);
+    t.buffers = bufs; t.num_buffers = h->num_buffers;
+    t.aux = aux; t.num_aux = h->num_aux;
+    t.page_size = h->page_size; t.dtype_size = h->dtype_size; t.num_kv_heads = h->num_kv_heads;
+    t.mla = (int)h->mla; t.dtype = dt;
+    if (kvx_layout_compare(ours, &t, out, n) == KVX_OK)
+        snprintf(out, n, "every compared field agrees");
+    free(bufs);
+    free(aux);
+}
+
+/* Connects to one prefill rank and exchanges hellos (resolver thread). */
+static kvx_result kvx__boot_ctrl_connect(kvx_boot *b, kvx__boot_pf *p, const char *ip, int port,
+                                         kvx__boot_conn **out, char *why, size_t wl) {
+    int attempt, e = 0;
+    char err[200] = "";
+    uint64_t fp = kvx_layout_fingerprint(kvx_engine_layout(b->engine));
+    *out = NULL;
+    for (attempt = 0; attempt < KVX_BOOT_TRIES; attempt++) {
+        uint64_t deadline;
+        int fd;
+        kvx_buf in;
+        kvx_boot_frame f;
+        size_t used = 0;
+        char ferr[200];
+        kvx__boot_conn *c;
+        if (attempt && kvx__boot_backoff(b, attempt - 1)) {
+            kvx__set_why(why, wl, "the engine is shutting down");
+            return KVX_ERR_ABORTED;
+        }
+        deadline = kvx_now_ns() + (uint64_t)(KVX__BOOT_HTTP_TIMEOUT_S * 1e9);
+        fd = kvx__boot_connect(ip, port, deadline, &e);
+        if (fd < 0) { snprintf(err, sizeof err, "%s", kvx__boot_errstr(e)); continue; }
+        if (kvx__boot_send_all(fd, b->hello.data, b->hello.len, deadline)) {
+            snprintf(err, sizeof err, "cannot send hello: %s", kvx__boot_errstr(errno));
+            close(fd);
+            continue;
+        }
+        memset(&in, 0, sizeof in);
+        for (;;) { /* read the prefill's hello */
+            char tmp[4096];
+            ssize_t r;
+            kvx_result dr = kvx_boot_decode_frame(in.data, in.len, &f, &used, ferr, sizeof ferr);
+            if (dr != KVX_OK) {
+                kvx__set_why(why, wl, "prefill rank %s:%d (bootstrap %s) sent a bad hello: %s", ip,
+                             port, p->addr, ferr);
+                kvx_buf_free(&in);
+                close(fd);
+                return KVX_ERR_PROTOCOL;
+            }
+            if (used) break;
+            r = kvx__boot_recv_some(fd, tmp, sizeof tmp, deadline);
+            if (r <= 0) {
+                snprintf(err, sizeof err, "no hello: %s", r == 0 ? "the connection closed" : kvx__boot_errstr(errno));
+                break;
+            }
+            kvx__boot_put(&in, tmp, (size_t)r);
+            if (in.oom) { snprintf(err, sizeof err, "out of memory"); break; }
+        }
+        if (!used) { kvx_buf_free(&in); close(fd); continue; }
+        if (f.type != KVX_BOOT_FRAME_HELLO || f.hello.role != KVX_ROLE_PREFILL) {
+            kvx__set_why(why, wl, "prefill rank %s:%d (bootstrap %s) answered with a %s frame, not "
+                         "a prefill hello", ip, port, p->addr, kvx__boot_type_name(f.type));
+            kvx_buf_free(&in);
+            close(fd);
+            return KVX_ERR_PROTOCOL;
+        }
+        if (f.hello.transport_len != strlen(kvx_engine_transport(b->engine)) ||
+            memcmp(f.hello.transport, kvx_engine_transport(b->engine), f.hello.transport_len)) {
+            kvx__set_why(why, wl, "prefill rank %s:%d (bootstrap %s) uses transport '%.*s', this "
+                         "decode engine '%s'", ip, port, p->addr, (int)f.hello.transport_len,
+                         f.hello.transport, kvx_engine_transport(b->engine));
+            kvx_buf_free(&in);
+            close(fd);
+            return KVX_ERR_LAYOUT_MISMATCH;
+        }
+        if (f.hello.fingerprint != fp) {
+            char diff[KVX_ERROR_MAX];
+            kvx__boot_layout_diff(b, &f.hello, diff, sizeof diff);
+            kvx__set_why(why, wl, "KV layout of prefill rank %s:%d (bootstrap %s) differs from this "
+                         "decode engine's: %s (fingerprints: ours %016llx, theirs %016llx)", ip,
+                         port, p->addr, diff, (unsigned long long)fp,
+                         (unsigned long long)f.hello.fingerprint);
+            kvx_buf_free(&in);
+            close(fd);
+            return KVX_ERR_LAYOUT_MISMATCH;
+        }
+        c = kvx__boot_conn_new(b, KVX__BOOT_K_CTRL, fd);
+        if (!c || kvx__boot_conn_set_info(c, &f.hello)) {
+            if (c) kvx__boot_conn_unref(c);
+            else close(fd);
+            kvx_buf_free(&in);
+            kvx__set_why(why, wl, "out of memory");
+            return KVX_ERR_NO_MEMORY;
+        }
+        snprintf(c->addr, sizeof c->addr, "%s%s%s:%d", strchr(ip, ':') ? "[" : "", ip,
+                 strchr(ip, ':') ? "]" : "", port);
+        c->hello_done = 1;
+        c->peer = p;
+        c->info.bootstrap = p->addr;
+        if (in.len > used) { /* nothing else is expected yet, but keep it */
+            c->in = (uint8_t *)malloc(in.len - used);
+            if (c->in) {
+                memcpy(c->in, in.data + used, in.len - used);
+                c->in_len = c->in_cap = in.len - used;
+            }
+        }
+        kvx_buf_free(&in);
+        *out = c;
+        return KVX_OK;
+    }
+    kvx__set_why(why, wl, "cannot connect to prefill rank %s:%d (registered with bootstrap server "
+                 "%s:%d): %s (after %d tries)", ip, port, p->host, p->port, err, KVX_BOOT_TRIES);
+    return KVX_ERR_PEER;
+}
+
+typedef struct kvx__boot_res {
+    int tp, cp, dp, pp;
+    uint32_t per_dp;
+    uint16_t peer_index, peer_count;
+    kvx__boot_conn **conns;
+    uint32_t nconns;
+} kvx__boot_res;
+
+static void kvx__boot_res_free(kvx__boot_res *rs) {
+    uint32_t i;
+    for (i = 0; i < rs->nconns; i++) {
+        kvx__boot_conn_shut(rs->conns[i]);
+        kvx__boot_conn_unref(rs->conns[i]);
+    }
+    free(rs->conns);
+    memset(rs, 0, sizeof *rs);
+}
+
+/* Server info as the decode side reads it (pure; fuzzed). 0 ok, -1 bad. */
+static int kvx__boot_info_parse(const char *text, size_t len, int *tp, int *cp, int *dp, int *pp,
+                                int *page_size, char *dtype, size_t dl) {
+    kvx_json_doc d;
+    const kvx_json *root;
+    int ok;
+    *tp = *cp = *dp = *pp = 1;
+    *page_size = 0;
+    dtype[0] = 0;
+    if (kvx_json_parse(&d, text ? text : "", len, 256) != KVX_OK) { kvx_json_free(&d); return -1; }
+    root = kvx_json_root(&d);
+    ok = root && root->type == KVX_JSON_OBJECT &&
+         kvx__boot_jint(&d, root, "attn_tp_size", 1, 1024, tp) == 1 &&
+         kvx__boot_jint(&d, root, "attn_cp_size", 1, 1024, cp) >= 0 &&
+         kvx__boot_jint(&d, root, "dp_size", 1, 1024, dp) >= 0 &&
+         kvx__boot_jint(&d, root, "pp_size", 1, 1024, pp) >= 0 &&
+         kvx__boot_jint(&d, root, "page_size", 1, 1 << 24, page_size) == 1 &&
+         kvx__boot_jstr(&d, root, "kv_cache_dtype", dtype, dl) >= 0;
+    kvx_json_free(&d);
+    return ok ? 0 : -1;
+}
+
+/* A rank answer {"rank_ip": ..., "rank_port": ...} (pure; fuzzed). */
+static int kvx__boot_rank_parse(const char *text, size_t len, char *ip, size_t il, int *port) {
+    kvx_json_doc d;
+    const kvx_json *root;
+    int ok;
+    if (kvx_json_parse(&d, text ? text : "", len, 64) != KVX_OK) { kvx_json_free(&d); return -1; }
+    root = kvx_json_root(&d);
+    ok = root && root->type == KVX_JSON_OBJECT && kvx__boot_jstr(&d, root, "rank_ip", ip, il) == 1 &&
+         ip[0] && kvx__boot_jint(&d, root, "rank_port", 1, 65535, port) == 1;
+    kvx_json_free(&d);
+    return ok ? 0 : -1;
+}
+
+static kvx_result kvx__boot_resolve(kvx_boot *b, kvx__boot_pf *p, kvx__boot_res *rs, char *why,
+                                    size_t wl) {
+    const kvx_layout *l = kvx_engine_layout(b->engine);
+    kvx_buf body;
+    char dtype[64] = "", target[192];
+    int page_size = 0, first, count, dpi, cpi, t, ppi, bad;
+    uint64_t total;
+    kvx_result r;
+    memset(rs, 0, sizeof *rs);
+    r = kvx__boot_get(b, p, "/route?prefill_dp_rank=-1&prefill_cp_rank=-1&target_tp_rank=-1&"
+                            "target_pp_rank=-1", &body, why, wl);
+    if (r != KVX_OK) return r;
+    bad = kvx__boot_info_parse(body.data, body.len, &rs->tp, &rs->cp, &rs->dp, &rs->pp, &page_size,
+                               dtype, sizeof dtype);
+    kvx_buf_free(&body);
+    if (bad) {
+        kvx__set_why(why, wl, "bootstrap server %s:%d sent server info without valid attn_tp_size, "
+                     "page_size, dp_size, pp_size, attn_cp_size or kv_cache_dtype", p->host, p->port);
+        return KVX_ERR_PROTOCOL;
+    }
+    if ((uint32_t)page_size != l->page_size) {
+        kvx__set_why(why, wl, "page size mismatch: prefill at %s:%d has page_size %d, this decode "
+                     "engine %u (both sides must use the same page size)", p->host, p->port,
+                     page_size, l->page_size);
+        return KVX_ERR_LAYOUT_MISMATCH;
+    }
+    if (dtype[0] && strcmp(dtype, "auto") && l->dtype && l->dtype[0] && strcmp(dtype, l->dtype)) {
+        kvx__set_why(why, wl, "KV cache dtype mismatch: prefill at %s:%d has kv_cache_dtype '%s', "
+                     "this decode engine '%s'", p->host, p->port, dtype, l->dtype);
+        return KVX_ERR_LAYOUT_MISMATCH;
+    }
+    if (rs->tp == b->tp_size) {
+        first = b->tp_rank; count = 1; rs->peer_index = 0; rs->peer_count = 1;
+    } else if (rs->tp > b->tp_size && rs->tp % b->tp_size == 0) {
+        count = rs->tp / b->tp_size; first = b->tp_rank * count;
+        rs->peer_index = 0; rs->peer_count = 1;
+    } else if (rs->tp < b->tp_size && b->tp_size % rs->tp == 0) {
+        int ratio = b->tp_size / rs->tp;
+        first = b->tp_rank / ratio; count = 1;
+        rs->peer_index = (uint16_t)(b->tp_rank % ratio); rs->peer_count = (uint16_t)ratio;
+    } else {
+        kvx__set_why(why, wl, "prefill at %s:%d has attn_tp_size %d and this decode engine "
+                     "tp_size %d: one must divide the other", p->host, p->port, rs->tp, b->tp_size);
+        return KVX_ERR_LAYOUT_MISMATCH;
+    }
+    rs->per_dp = (uint32_t)(rs->cp * count * rs->pp);
+    total = (uint64_t)rs->dp * rs->per_dp;
+    if (total > KVX_BOOT_MAX_RANKS) {
+        kvx__set_why(why, wl, "prefill at %s:%d needs %llu control connections (KVX_BOOT_MAX_RANKS %d)",
+                     p->host, p->port, (unsigned long long)total, KVX_BOOT_MAX_RANKS);
+        return KVX_ERR_OUT_OF_RANGE;
+    }
+    rs->conns = (kvx__boot_conn **)calloc((size_t)total, sizeof *rs->conns);
+    if (!rs->conns) { kvx__set_why(why, wl, "out of memory"); return KVX_ERR_NO_MEMORY; }
+    for (dpi = 0; dpi < rs->dp; dpi++)
+        for (cpi = 0; cpi < rs->cp; cpi++)
+            for (t = first; t < first + count; t++)
+                for (ppi = 0; ppi < rs->pp; ppi++) {
+                    char ip[64];
+                    int port = 0;
+                    snprintf(target, sizeof target,
+                             "/route?prefill_dp_rank=%d&prefill_cp_rank=%d&target_tp_rank=%d&"
+                             "target_pp_rank=%d", dpi, cpi, t, ppi);
+                    r = kvx__boot_get(b, p, target, &body, why, wl);
+                    bad = r == KVX_OK && kvx__boot_rank_parse(body.data, body.len, ip, sizeof ip, &port);
+                    kvx_buf_free(&body);
+                    if (bad) {
+                        kvx__set_why(why, wl, "bootstrap server %s:%d answered GET %s without "
+                                     "rank_ip and rank_port", p->host, p->port, target);
+                        r = KVX_ERR_PROTOCOL;
+                    }
+                    if (r == KVX_OK)
+                        r = kvx__boot_ctrl_connect(b, p, ip, port, &rs->conns[rs->nconns], why, wl);
+                    if (r != KVX_OK) { kvx__boot_res_free(rs); return r; }
+                    rs->nconns++;
+                }
+    return KVX_OK;
+}
+
+/* Under boot->mu: points a decode room at its target connections. */
+static int kvx__boot_assign(kvx__boot_br *br, kvx__boot_pf *p) {
+    uint32_t dp = (uint32_t)(br->id % (uint64_t)p->dp), k;
+    for (k = 0; k < p->per_dp; k++)
+        if (kvx__boot_br_add_conn(br, p->conns[dp * p->per_dp + k], 0)) return -1;
+    br->gen = p->gen;
+    br->peer_index = p->peer_index;
+    br->peer_count = p->peer_count;
+    br->waiting = 0;
+    return 0;
+}
+
+static void kvx__boot_resolve_job(void *arg) {
+    kvx__boot_pf *p = (kvx__boot_pf *)arg;
+    kvx_boot *b = p->boot;
+    char why[KVX_ERROR_MAX] = "";
+    kvx__boot_res rs;
+    kvx__boot_vec ready, fail;
+    kvx__boot_conn **old = NULL;
+    uint32_t nold = 0, k;
+    kvx_result res;
+    size_t i;
+    memset(&ready, 0, sizeof ready);
+    memset(&fail, 0, sizeof fail);
+    memset(&rs, 0, sizeof rs);
+    if (KVX__LOAD(&b->stop)) {
+        res = KVX_ERR_ABORTED;
+        snprintf(why, sizeof why, "the engine is shutting down");
+    } else {
+        res = kvx__boot_resolve(b, p, &rs, why, sizeof why);
+    }
+    pthread_mutex_lock(&b->mu);
+    if (res == KVX_OK && KVX__LOAD(&b->stop)) {
+        res = KVX_ERR_ABORTED;
+        snprintf(why, sizeof why, "the engine is shutting down");
+    }
+    if (res == KVX_OK) {
+        old = p->conns;
+        nold = p->nconns;
+        p->gen++;
+        p->conns = rs.conns;
+        p->nconns = rs.nconns;
+        p->tp = rs.tp; p->cp = rs.cp; p->dp = rs.dp; p->pp = rs.pp;
+        p->per_dp = rs.per_dp;
+        p->peer_index = rs.peer_index;
+        p->peer_count = rs.peer_count;
+        p->state = KVX__BOOT_PF_READY;
+        p->hb_failures = 0;
+        p->next_hb_ns = kvx_now_ns() + (uint64_t)(b->hb_interval * 1e9);
+        for (k = 0; k < p->nconns; k++) {
+            kvx__boot_conn *c = p->conns[k];
+            c->gen = p->gen;
+            if (b->nincoming == b->cincoming) {
+                size_t nc = b->cincoming ? b->cincoming * 2 : 16;
+                kvx__boot_conn **ni = (kvx__boot_conn **)realloc(b->incoming, nc * sizeof *ni);
+                if (!ni) { KVX__STORE(&c->want_close, 1); continue; }
+                b->incoming = ni;
+                b->cincoming = nc;
+            }
+            kvx__boot_conn_ref(c);
+            b->incoming[b->nincoming++] = c;
+        }
+        rs.conns = NULL;
+        rs.nconns = 0;
+    } else {
+        p->state = KVX__BOOT_PF_DEAD;
+    }
+    for (i = 0; i < b->nbuckets; i++) {
+        kvx__boot_br *br;
+        for (br = b->buckets[i]; br; br = br->hnext) {
+            if (!br->room || br->peer != p || !br->waiting) continue;
+            if (res == KVX_OK && kvx__boot_assign(br, p) == 0) kvx__boot_vec_push(&ready, br);
+            else { br->waiting = 0; kvx__boot_vec_push(&fail, br); }
+        }
+    }
+    pthread_mutex_unlock(&b->mu);
+    kvx__boot_wake(b);
+    for (k = 0; k < nold; k++) {
+        KVX__STORE(&old[k]->want_close, 1);
+        kvx__boot_conn_unref(old[k]);
+    }
+    free(old);
+    if (res == KVX_OK) {
+        kvx_engine_log(b->engine, KVX_LOG_INFO, "kvx.boot", 0,
+                       "prefill %s: tp %d, cp %d, dp %d, pp %d; %u control connections up",
+                       p->addr, p->tp, p->cp, p->dp, p->pp, p->nconns);
+        if (b->hooks.on_connect) {
+            pthread_mutex_lock(&b->mu);
+            nold = p->nconns;
+            old = (kvx__boot_conn **)malloc((nold ? nold : 1) * sizeof *old);
+            for (k = 0; old && k < nold; k++) { old[k] = p->conns[k]; kvx__boot_conn_ref(old[k]); }
+            pthread_mutex_unlock(&b->mu);
+            for (k = 0; old && k < nold; k++) {
+                b->hooks.on_connect(b, &old[k]->info);
+                kvx__boot_conn_unref(old[k]);
+            }
+            free(old);
+        }
+    } else {
+        kvx_engine_log(b->engine, KVX_LOG_ERROR, "kvx.boot", 0, "%s", why);
+    }
+    for (i = 0; i < ready.n; i++) kvx_room_advance(ready.v[i]->room, KVX_POLL_WAITING_FOR_INPUT);
+    kvx__boot_vec_release(&ready);
+    if (res == KVX_OK) /* resolved, but a room could not be pointed at its ranks */
+        kvx__boot_fail_all(&fail, KVX_ERR_NO_MEMORY, "out of memory assigning the room to %s", p->addr);
+    else
+        kvx__boot_fail_all(&fail, res, "%s", why);
+    kvx__boot_res_free(&rs);
+}
+
+/* >>boot: decode client: heartbeats --------------------------------------------------- */
+
+static void *kvx__boot_hb_main(void *arg) {
+    kvx_boot *b = (kvx_boot *)arg;
+    double tmo = b->hb_interval < 0.1 ? 0.1 : b->hb_interval > 2 ? 2 : b->hb_interval;
+    pthread_mutex_lock(&b->mu);
+    while (!KVX__LOAD(&b->stop)) {
+        uint64_t now = kvx_now_ns(), next = now + 1000000000ull;
+        kvx__boot_pf *p, *due = NULL;
+        struct timespec ts;
+        for (p = b->peers; p; p = p->next) {
+            if (p->state != KVX__BOOT_PF_READY) continue;
+            if (p->next_hb_ns <= now) { due = p; break; }
+            if (p->next_hb_ns < next) next = p->next_hb_ns;
+        }
+        if (due) {
+            uint64_t gen = due->gen;
+            int status = 0, refused = 0, ok;
+            char err[200] = "";
+            kvx_buf body;
+            kvx__boot_vec fail;
+            memset(&body, 0, sizeof body);
+            memset(&fail, 0, sizeof fail);
+            pthread_mutex_unlock(&b->mu);
+            ok = kvx__boot_http_call(due->host, due->port, "GET", "/health", NULL, 0, tmo, &status,
+                                     &body, err, sizeof err, &refused) == KVX_OK && status == 200;
+            if (!ok && status) snprintf(err, sizeof err, "GET /health answered %d", status);
+            kvx_buf_free(&body);
+            pthread_mutex_lock(&b->mu);
+            if (due->gen == gen && due->state == KVX__BOOT_PF_READY) {
+                due->next_hb_ns = kvx_now_ns() + (uint64_t)(b->hb_interval * 1e9);
+                if (ok) due->hb_failures = 0;
+                else if (++due->hb_failures >= b->hb_max_failure) {
+                    int nf = due->hb_failures;
+                    kvx__boot_peer_dead_locked(b, due, &fail);
+                    pthread_mutex_unlock(&b->mu);
+                    kvx_engine_log(b->engine, KVX_LOG_WARN, "kvx.boot", 0,
+                                   "prefill %s failed %d heartbeats (%s); failing %zu rooms",
+                                   due->addr, nf, err, fail.n);
+                    kvx__boot_fail_all(&fail, KVX_ERR_PEER_LOST,
+                                       "lost connection with prefill instance %s: %d consecutive "
+                                       "heartbeats failed (last: %s)", due->addr, nf, err);
+                    pthread_mutex_lock(&b->mu);
+                } else {
+                    kvx_engine_log(b->engine, KVX_LOG_INFO, "kvx.boot", 0,
+                                   "heartbeat %d of %d to prefill %s failed: %s", due->hb_failures,
+                                   b->hb_max_failure, due->addr, err);
+                }
+            }
+            continue;
+        }
+        clock_gettime(CLOCK_REALTIME, &ts);
+        {
+            uint64_t wait = next > now ? next - now : 0;
+            ts.tv_sec += (time_t)(wait / 1000000000ull);
+            ts.tv_nsec += (long)(wait % 1000000000ull);
+            if (ts.tv_nsec >= 1000000000L) { ts.tv_sec++; ts.tv_nsec -= 1000000000L; }
+        }
+        pthread_cond_timedwait(&b->cv, &b->mu, &ts);
+    }
+    pthread_mutex_unlock(&b->mu);
+    return NULL;
+}
+
+/* >>boot: prefill ranks other than 0 register with rank 0's server ------------------- */
+
+static void kvx__boot_register_job(void *arg) {
+    kvx_boot *b = (kvx_boot *)arg;
+    char host[256], err[200] = "";
+    int attempt, status = 0, refused = 0;
+    kvx_buf body, resp;
+    memset(&body, 0, sizeof body);
+    snprintf(host, sizeof host, "%s",
+             (!b->host[0] || !strcmp(b->host, "0.0.0.0") || !strcmp(b->host, "::")) ? "127.0.0.1"
+                                                                                   : b->host);
+    kvx__boot_reg_json(b, &body);
+    for (attempt = 0; attempt < KVX_BOOT_TRIES * 2 && !body.oom; attempt++) {
+        kvx_result r;
+        if (attempt && kvx__boot_backoff(b, attempt - 1 > 3 ? 3 : attempt - 1)) break;
+        memset(&resp, 0, sizeof resp);
+        r = kvx__boot_http_call(host, b->port_cfg, "PUT", "/route", body.data, body.len,
+                                KVX__BOOT_HTTP_TIMEOUT_S, &status, &resp, err, sizeof err, &refused);
+        if (r == KVX_OK && status == 200) {
+            kvx_buf_free(&resp);
+            kvx_buf_free(&body);
+            kvx_engine_log(b->engine, KVX_LOG_INFO, "kvx.boot", 0,
+                           "registered rank dp %d cp %d tp %d pp %d (%s:%d) with bootstrap server %s:%d",
+                           b->dp_rank, b->cp_rank, b->tp_rank, b->pp_rank, b->rank_ip, b->ctrl_port,
+                           host, b->port_cfg);
+            return;
+        }
+        if (r == KVX_OK)
+            snprintf(err, sizeof err, "answered %d: %.*s", status, (int)(resp.len > 150 ? 150 : resp.len),
+                     resp.data ? resp.data : "");
+        kvx_buf_free(&resp);
+        if (r == KVX_OK && status != 503) break;
+    }
+    kvx_buf_free(&body);
+    if (!KVX__LOAD(&b->stop))
+        kvx_engine_log(b->engine, KVX_LOG_ERROR, "kvx.boot", 0,
+                       "could not register rank dp %d cp %d tp %d pp %d with bootstrap server "
+                       "%s:%d: %s; decode engines will get 503 from it", b->dp_rank, b->cp_rank,
+                       b->tp_rank, b->pp_rank, host, b->port_cfg, err);
+}
+
+/* >>boot: room API ---------------------------------------------------------------------- */
+
+static kvx__boot_pf *kvx__boot_peer_get(kvx_boot *b, const char *addr, char *why, size_t wl) {
+    kvx__boot_pf *p;
+    for (p = b->peers; p; p = p->next)
+        if (!strcmp(p->addr, addr)) return p;
+    if (b->npeers >= KVX__BOOT_MAX_PEERS) {
+        kvx__set_why(why, wl, "this decode engine already talks to %d prefill instances",
+                     KVX__BOOT_MAX_PEERS);
+        return NULL;
+    }
+    if (strlen(addr) >= sizeof p->addr) {
+        kvx__set_why(why, wl, "bootstrap address of %zu bytes is too long", strlen(addr));
+        return NULL;
+    }
+    p = (kvx__boot_pf *)calloc(1, sizeof *p);
+    if (!p) { kvx__set_why(why, wl, "out of memory"); return NULL; }
+    p->boot = b;
+    snprintf(p->addr, sizeof p->addr, "%s", addr);
+    if (kvx__boot_split(addr, p->host, sizeof p->host, &p->port, KVX_BOOT_DEFAULT_PORT) ||
+        !p->port) {
+        kvx__set_why(why, wl, "bootstrap address '%s' is not host:port", addr);
+        free(p);
+        return NULL;
+    }
+    p->next = b->peers;
+    b->peers = p;
+    b->npeers++;
+    return p;
+}
+
+static kvx_result kvx__boot_open_decode(kvx_boot *b, kvx_room *r, kvx__boot_br *br) {
+    const char *addr = kvx_room_bootstrap_addr(r);
+    char why[KVX_ERROR_MAX] = "";
+    kvx__boot_pf *p = NULL;
+    int ready = 0, submit = 0;
+    if (!addr || !addr[0]) {
+        kvx__set_why(why, sizeof why, "no bootstrap address for this receiver: set "
+                     "kvx_room_desc.bootstrap_addr or desc.bootstrap_addr to the prefill's "
+                     "bootstrap host:port");
+    } else {
+        pthread_mutex_lock(&b->mu);
+        p = kvx__boot_peer_get(b, addr, why, sizeof why);
+        if (p) {
+            br->peer = p;
+            if (p->state == KVX__BOOT_PF_READY) {
+                if (kvx__boot_assign(br, p) == 0) ready = 1;
+                else { snprintf(why, sizeof why, "out of memory"); p = NULL; }
+            } else {
+                br->waiting = 1;
+                if (p->state != KVX__BOOT_PF_RESOLVING) { p->state = KVX__BOOT_PF_RESOLVING; submit = 1; }
+            }
+        }
+        pthread_mutex_unlock(&b->mu);
+    }
+    if (!p) {
+        kvx_room_fail(r, KVX_ERR_INVALID_ARGUMENT, "%s", why);
+        return KVX_OK;
+    }
+    if (submit && kvx_workq_submit(b->wq, kvx__boot_resolve_job, p) != KVX_OK) {
+        pthread_mutex_lock(&b->mu);
+        p->state = KVX__BOOT_PF_DEAD;
+        br->waiting = 0;
+        pthread_mutex_unlock(&b->mu);
+        kvx_room_fail(r, KVX_ERR_NO_MEMORY, "out of memory queueing the bootstrap of %s", addr);
+        return KVX_OK;
+    }
+    if (ready) kvx_room_advance(r, KVX_POLL_WAITING_FOR_INPUT);
+    return KVX_OK;
+}
+
+KVX_API kvx_result kvx_boot_room_open(kvx_boot *b, kvx_room *r) {
+    kvx__boot_br *br, *fresh;
+    kvx__boot_pframe *frames = NULL, *f;
+    if (!b || !r) return KVX_ERR_INVALID_ARGUMENT;
+    fresh = kvx__boot_br_new(kvx_room_id(r));
+    if (!fresh) return KVX_ERR_NO_MEMORY;
+    pthread_mutex_lock(&b->mu);
+    br = kvx__boot_find(b, kvx_room_id(r));
+    if (br && br->room) {
+        pthread_mutex_unlock(&b->mu);
+        free(fresh);
+        kvx_room_fail(r, KVX_ERR_INVALID_ARGUMENT, "room %llu is already open on this engine",
+                      (unsigned long long)kvx_room_id(r));
+        return KVX_OK;
+    }
+    if (br) { /* prefill: frames arrived before the sender */
+        free(fresh);
+        frames = br->frames;
+        br->frames = br->frames_tail = NULL;
+        for (f = frames; f; f = f->next) b->pending_pages -= f->n;
+        b->npending--;
+        br->created_ns = kvx_now_ns();
+    } else if (kvx__boot_insert(b, fresh)) {
+        pthread_mutex_unlock(&b->mu);
+        free(fresh);
+        return KVX_ERR_NO_MEMORY;
+    } else {
+        br = fresh;
+    }
+    kvx_room_ref(r);
+    br->room = r;
+    KVX__ADD(&br->refs, 1);
+    pthread_mutex_unlock(&b->mu);
+    if (b->role == KVX_ROLE_DECODE) {
+        kvx__boot_open_decode(b, r, br);
+    } else {
+        for (f = frames; f; f = f->next) {
+            if (f->type == KVX_BOOT_FRAME_ROOM) {
+                kvx__boot_apply_room(b, br, f->conn, f->pages, f->n, f->aux, f->idx, f->count);
+            } else {
+                kvx_room_fail(r, KVX_ERR_ABORTED, "aborted by the decode engine at %s: %s",
+                              f->conn->addr, f->reason ? f->reason : "no reason given");
+                if (b->hooks.on_abort) b->hooks.on_abort(b, r, &f->conn->info, f->reason);
+            }
+        }
+    }
+    while (frames) {
+        f = frames;
+        frames = f->next;
+        kvx__boot_pframe_free(f);
+    }
+    kvx__boot_br_unref(br);
+    return KVX_OK;
+}
+
+KVX_API void kvx_boot_room_close(kvx_boot *b, kvx_room *r) {
+    kvx__boot_br *br;
+    kvx__boot_conn *stack[4], **cs = NULL;
+    uint32_t n = 0, i;
+    if (!b || !r) return;
+    pthread_mutex_lock(&b->mu);
+    br = kvx__boot_find(b, kvx_room_id(r));
+    if (!br || br->room != r) { pthread_mutex_unlock(&b->mu); return; }
+    kvx__boot_unlink(b, br);
+    if (kvx_room_poll(r) == KVX_POLL_FAILED) kvx__boot_count_failure(b, kvx__boot_room_result(r));
+    if (!kvx__boot_terminal(r) && br->nconns) n = kvx__boot_br_conns(br, &cs, stack, 4);
+    pthread_mutex_unlock(&b->mu);
+    for (i = 0; i < n; i++)
+        kvx__boot_conn_abort(cs[i], br->id, b->role == KVX_ROLE_DECODE
+                                            ? "the receiver was destroyed before the transfer finished"
+                                            : "the sender was destroyed before the transfer finished");
+    if (n) kvx__boot_conns_release(cs, n, stack);
+    kvx__boot_br_unref(br);
+}
+
+KVX_API kvx_result kvx_boot_receiver_init(kvx_boot *b, kvx_room *r, const int32_t *pages,
+                                          uint32_t n, int32_t aux_index) {
+    kvx__boot_br *br;
+    kvx__boot_conn *stack[4], **cs = NULL;
+    uint32_t nc, i;
+    uint16_t idx, count;
+    uint8_t head[KVX__BOOT_HDR + KVX__BOOT_ROOM_FIXED];
+    struct iovec v[2];
+    int32_t *le = NULL;
+    kvx_result res = KVX_OK;
+    if (!b || !r || (n && !pages) || n > KVX_MAX_PAGES) return KVX_ERR_INVALID_ARGUMENT;
+    pthread_mutex_lock(&b->mu);
+    br = kvx__boot_find(b, kvx_room_id(r));
+    if (!br || br->room != r || !br->nconns || br->waiting) {
+        pthread_mutex_unlock(&b->mu);
+        return KVX_ERR_STATE;
+    }
+    br->inited = 1;
+    idx = br->peer_index;
+    count = br->peer_count ? br->peer_count : 1;
+    nc = kvx__boot_br_conns(br, &cs, stack, 4);
+    pthread_mutex_unlock(&b->mu);
+    if (!cs) return KVX_ERR_NO_MEMORY;
+    kvx__boot_room_head(head, kvx_room_id(r), aux_index, n, idx, count);
+    v[0].iov_base = head;
+    v[0].iov_len = sizeof head;
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+    if (n) {
+        le = (int32_t *)malloc(n * sizeof *le);
+        if (!le) { kvx__boot_conns_release(cs, nc, stack); return KVX_ERR_NO_MEMORY; }
+        for (i = 0; i < n; i++) kvx__boot_w32((uint8_t *)&le[i], (uint32_t)pages[i]);
+    }
+#endif
+    v[1].iov_base = (void *)(le ? le : pages);
+    v[1].iov_len = (size_t)n * 4u;
+    for (i = 0; i < nc && res == KVX_OK; i++) {
+        res = kvx__boot_conn_sendv(cs[i], v, n ? 2 : 1);
+        if (res != KVX_OK)
+            kvx_room_fail(r, res, "cannot send the destination of room %llu to prefill rank %s: "
+                          "the control connection is gone", (unsigned long long)kvx_room_id(r),
+                          cs[i]->addr);
+    }
+    free(le);
+    kvx__boot_conns_release(cs, nc, stack);
+    return res;
+}
+
+KVX_API kvx_result kvx_boot_send_status(kvx_boot *b, kvx_room *r, kvx_poll state,
+                                        kvx_result result, uint64_t bytes, const char *reason) {
+    kvx__boot_br *br;
+    kvx__boot_conn *stack[4], **cs = NULL;
+    uint32_t nc, i;
+    kvx_result res = KVX_OK;
+    if (!b || !r) return KVX_ERR_INVALID_ARGUMENT;
+    pthread_mutex_lock(&b->mu);
+    br = kvx__boot_find(b, kvx_room_id(r));
+    if (!br || br->room != r || !br->nconns) {
+        pthread_mutex_unlock(&b->mu);
+        return KVX_ERR_STATE;
+    }
+    nc = kvx__boot_br_conns(br, &cs, stack, 4);
+    pthread_mutex_unlock(&b->mu);
+    if (!cs) return KVX_ERR_NO_MEMORY;
+    for (i = 0; i < nc; i++) {
+        kvx_result x = kvx__boot_conn_status(cs[i], kvx_room_id(r), state, result, bytes, reason);
+        if (x != KVX_OK && res == KVX_OK) res = x;
+    }
+    kvx__boot_conns_release(cs, nc, stack);
+    return res;
+}
+
+KVX_API void kvx_boot_abort(kvx_boot *b, kvx_room *r, const char *reason) {
+    kvx__boot_br *br;
+    kvx__boot_conn *stack[4], **cs = NULL;
+    uint32_t nc = 0, i;
+    const char *why;
+    if (!b || !r) return;
+    /* an explicit abort forwards the caller's reason; a timeout or other
+       failure forwards the room's own sentence, which says more */
+    why = kvx_room_poll(r) == KVX_POLL_FAILED && kvx__boot_room_result(r) != KVX_ERR_ABORTED
+              ? kvx__boot_room_error(r)
+              : (reason ? reason : "aborted");
+    pthread_mutex_lock(&b->mu);
+    br = kvx__boot_find(b, kvx_room_id(r));
+    if (!br || br->room != r) { pthread_mutex_unlock(&b->mu); return; }
+    if (!br->aborted) {
+        br->aborted = 1;
+        br->abort_reason = strdup(why);
+    }
+    if (br->nconns) nc = kvx__boot_br_conns(br, &cs, stack, 4);
+    pthread_mutex_unlock(&b->mu);
+    for (i = 0; cs && i < nc; i++) kvx__boot_conn_abort(cs[i], kvx_room_id(r), why);
+    if (cs) kvx__boot_conns_release(cs, nc, stack);
+}
+
+KVX_API uint32_t kvx_boot_room_dst_pages(kvx_boot *b, const kvx_room *r) {
+    kvx__boot_br *br;
+    uint32_t n = 0;
+    if (!b || !r) return 0;
+    pthread_mutex_lock(&b->mu);
+    br = kvx__boot_find(b, kvx_room_id(r));
+    if (br && br->room == r) n = br->dst_pages;
+    pthread_mutex_unlock(&b->mu);
+    return n;
+}
+
+/* >>boot: create and destroy --------------------------------------------------------------- */
+
+static void kvx__boot_local_ip(const char *host, char *out, size_t n) {
+    struct ifaddrs *ifs = NULL, *i;
+    if (host[0] && strcmp(host, "0.0.0.0") && strcmp(host, "::") && strcmp(host, "*")) {
+        struct addrinfo hints, *res = NULL;
+        memset(&hints, 0, sizeof hints);
+        hints.ai_socktype = SOCK_STREAM;
+        if (getaddrinfo(host, NULL, &hints, &res) == 0 && res) {
+            char tmp[64];
+            kvx__boot_sa_str(res->ai_addr, tmp, sizeof tmp); /* "ip:0" or "[ip]:0" */
+            freeaddrinfo(res);
+            if (tmp[0] == '[') { *strrchr(tmp, ']') = 0; snprintf(out, n, "%s", tmp + 1); }
+            else { *strrchr(tmp, ':') = 0; snprintf(out, n, "%s", tmp); }
+            return;
+        }
+        kvx__boot_copy(out, n, host);
+        return;
+    }
+    snprintf(out, n, "127.0.0.1");
+    if (getifaddrs(&ifs) != 0) return;
+    for (i = ifs; i; i = i->ifa_next)
+        if (i->ifa_addr && i->ifa_addr->sa_family == AF_INET && (i->ifa_flags & IFF_UP) &&
+            !(i->ifa_flags & IFF_LOOPBACK)) {
+            inet_ntop(AF_INET, &((struct sockaddr_in *)(void *)i->ifa_addr)->sin_addr, out,
+                      (socklen_t)n);
+            break;
+        }
+    freeifaddrs(ifs);
+}
+
+static kvx_result kvx__boot_rank_setting(const char *name, int size, int rank, int *sz, int *rk,
+                                         char *why, size_t wl) {
+    *sz = size > 0 ? size : 1;
+    *rk = rank;
+    if (rank < 0 || rank >= *sz) {
+        kvx__set_why(why, wl, "desc.boot.%s_rank %d is not in [0, %s_size %d)", name, rank, name, *sz);
+        return KVX_ERR_BAD_CONFIG;
+    }
+    return KVX_OK;
+}
+
+static kvx_result kvx__boot_settings(kvx_boot *b, char *why, size_t wl) {
+    const kvx_engine_desc *d = kvx_engine_settings(b->engine);
+    const char *host = d->boot.host, *rip = NULL;
+    char ahost[256];
+    int aport = 0, has_addr = 0, port = d->boot.port, envport = -2, maxf;
+    kvx_result r;
+    if (d->role == KVX_ROLE_PREFILL && d->bootstrap_addr &&
+        !kvx__boot_split(d->bootstrap_addr, ahost, sizeof ahost, &aport, 0))
+        has_addr = 1;
+    if (!host && has_addr) host = ahost;
+    kvx_env_str("KVX_BOOTSTRAP_HOST", &host);
+    if (!port) port = has_addr && aport ? aport : KVX_BOOT_DEFAULT_PORT;
+    if (port < 0) port = 0;
+    if ((r = kvx_env_int("KVX_BOOTSTRAP_PORT", &envport, why, wl)) != KVX_OK) return r;
+    if (envport != -2) {
+        if (envport < 0 || envport > 65535) {
+            kvx__set_why(why, wl, "KVX_BOOTSTRAP_PORT=%d is not a port (0 = ephemeral)", envport);
+            return KVX_ERR_BAD_CONFIG;
+        }
+        port = envport;
+    }
+    if (port > 65535) {
+        kvx__set_why(why, wl, "desc.boot.port %d is not a port", port);
+        return KVX_ERR_BAD_CONFIG;
+    }
+    b->port_cfg = port;
+    if (!host) host = "0.0.0.0";
+    if (strlen(host) >= sizeof b->host) {
+        kvx__set_why(why, wl, "bootstrap host '%s' is too long", host);
+        return KVX_ERR_BAD_CONFIG;
+    }
+    snprintf(b->host, sizeof b->host, "%s", host);
+    b->hb_interval = d->boot.heartbeat_interval_s > 0 ? d->boot.heartbeat_interval_s : 5.0;
+    if ((r = kvx_env_double("KVX_HEARTBEAT_INTERVAL", &b->hb_interval, why, wl)) != KVX_OK) return r;
+    if (b->hb_interval < 0.1) b->hb_interval = 0.1;
+    maxf = d->boot.heartbeat_max_failure > 0 ? d->boot.heartbeat_max_failure : 2;
+    if ((r = kvx_env_int("KVX_HEARTBEAT_MAX_FAILURE", &maxf, why, wl)) != KVX_OK) return r;
+    b->hb_max_failure = maxf < 1 ? 1 : maxf;
+    if ((r = kvx__boot_rank_setting("tp", d->boot.tp_size, d->boot.tp_rank, &b->tp_size,
+                                    &b->tp_rank, why, wl)) ||
+        (r = kvx__boot_rank_setting("dp", d->boot.dp_size, d->boot.dp_rank, &b->dp_size,
+                                    &b->dp_rank, why, wl)) ||
+        (r = kvx__boot_rank_setting("pp", d->boot.pp_size, d->boot.pp_rank, &b->pp_size,
+                                    &b->pp_rank, why, wl)) ||
+        (r = kvx__boot_rank_setting("cp", d->boot.cp_size, d->boot.cp_rank, &b->cp_size,
+                                    &b->cp_rank, why, wl)))
+        return r;
+    b->serves = b->role == KVX_ROLE_PREFILL && !b->tp_rank && !b->dp_rank && !b->pp_rank &&
+                !b->cp_rank;
+    if (b->role == KVX_ROLE_PREFILL && !b->serves && !b->port_cfg) {
+        kvx__set_why(why, wl, "prefill rank (tp %d, dp %d, pp %d, cp %d) needs the bootstrap "
+                     "server's port to register with it; an ephemeral port is only for rank 0",
+                     b->tp_rank, b->dp_rank, b->pp_rank, b->cp_rank);
+        return KVX_ERR_BAD_CONFIG;
+    }
+    kvx_env_str("KVX_BOOTSTRAP_RANK_IP", &rip);
+    if (rip && strlen(rip) < sizeof b->rank_ip) snprintf(b->rank_ip, sizeof b->rank_ip, "%s", rip);
+    else kvx__boot_local_ip(b->host, b->rank_ip, sizeof b->rank_ip);
+    return KVX_OK;
+}
+
+static kvx_result kvx__boot_make_hello(kvx_boot *b) {
+    const kvx_layout *l = kvx_engine_layout(b->engine);
+    const char *tn = kvx_engine_transport(b->engine), *dt = l->dtype ? l->dtype : "";
+    kvx_boot_frame f;
+    uint64_t *items = (uint64_t *)malloc((l->num_buffers + l->num_aux + 1) * sizeof *items);
+    uint32_t i;
+    kvx_result r;
+    if (!items) return KVX_ERR_NO_MEMORY;
+    for (i = 0; i < l->num_buffers; i++) items[i] = l->buffers[i].item_len;
+    for (i = 0; i < l->num_aux; i++) items[l->num_buffers + i] = l->aux[i].item_len;
+    memset(&f, 0, sizeof f);
+    f.type = KVX_BOOT_FRAME_HELLO;
+    f.hello.version = KVX_BOOT_PROTOCOL_VERSION;
+    f.hello.role = (uint16_t)b->role;
+    f.hello.instance = b->instance;
+    f.hello.fingerprint = kvx_layout_fingerprint(l);
+    f.hello.tp_size = b->tp_size; f.hello.tp_rank = b->tp_rank;
+    f.hello.dp_size = b->dp_size; f.hello.dp_rank = b->dp_rank;
+    f.hello.pp_size = b->pp_size; f.hello.pp_rank = b->pp_rank;
+    f.hello.cp_size = b->cp_size; f.hello.cp_rank = b->cp_rank;
+    f.hello.page_size = l->page_size;
+    f.hello.dtype_size = l->dtype_size;
+    f.hello.num_kv_heads = l->num_kv_heads;
+    f.hello.mla = l->mla != 0;
+    f.hello.num_buffers = l->num_buffers;
+    f.hello.num_aux = l->num_aux;
+    f.hello.item_lens = items;
+    f.hello.aux_item_lens = items + l->num_buffers;
+    f.hello.dtype = dt;
+    f.hello.dtype_len = (uint32_t)strlen(dt);
+    f.hello.transport = tn;
+    f.hello.transport_len = (uint32_t)strlen(tn);
+    f.hello.endpoint = b->endpoint;
+    f.hello.endpoint_len = b->endpoint_len;
+    r = kvx_boot_encode_frame(&f, &b->hello);
+    free(items);
+    return r;
+}
+
+static uint64_t kvx__boot_random(const void *salt) {
+    uint64_t v = 0;
+    int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
+    if (fd >= 0) {
+        if (read(fd, &v, sizeof v) != (ssize_t)sizeof v) v = 0;
+        close(fd);
+    }
+    v ^= kvx_now_ns() ^ ((uint64_t)getpid() << 32) ^ (uint64_t)(uintptr_t)salt;
+    return v ? v : 1;
+}
+
+static void kvx__boot_free(kvx_boot *b) {
+    size_t i;
+    kvx__boot_pf *p;
+    for (i = 0; i < b->nbuckets; i++)
+        while (b->buckets[i]) {
+            kvx__boot_br *br = b->buckets[i];
+            b->buckets[i] = br->hnext;
+            kvx__boot_br_unref(br);
+        }
+    free(b->buckets);
+    while ((p = b->peers) != NULL) {
+        uint32_t k;
+        b->peers = p->next;
+        for (k = 0; k < p->nconns; k++) {
+            kvx__boot_conn_shut(p->conns[k]);
+            kvx__boot_conn_unref(p->conns[k]);
+        }
+        free(p->conns);
+        free(p);
+    }
+    for (i = 0; i < b->nincoming; i++) {
+        kvx__boot_conn_shut(b->incoming[i]);
+        kvx__boot_conn_unref(b->incoming[i]);
+    }
+    free(b->incoming);
+    for (i = 0; i < b->nconns; i++) {
+        kvx__boot_conn_shut(b->conns[i]);
+        kvx__boot_conn_unref(b->conns[i]);
+    }
+    free(b->conns);
+    free(b->srv.ranks);
+    free(b->scratch);
+    free(b->endpoint);
+    kvx_buf_free(&b->hello);
+    if (b->wake_rd >= 0) close(b->wake_rd);
+    if (b->wake_wr >= 0) close(b->wake_wr);
+    pthread_mutex_destroy(&b->mu);
+    pthread_cond_destroy(&b->cv);
+    free(b);
+}
+
+KVX_API void kvx_boot_destroy(kvx_boot *b) {
+    kvx_boot **pp;
+    if (!b) return;
+    pthread_mutex_lock(&kvx__boot_registry_mu);
+    for (pp = &kvx__boot_registry; *pp; pp = &(*pp)->reg_next)
+        if (*pp == b) { *pp = b->reg_next; break; }
+    pthread_mutex_unlock(&kvx__boot_registry_mu);
+    pthread_mutex_lock(&b->mu);
+    KVX__STORE(&b->stop, 1);
+    pthread_cond_broadcast(&b->cv);
+    pthread_mutex_unlock(&b->mu);
+    kvx__boot_wake(b);
+    if (b->hb_started) pthread_join(b->hb, NULL);
+    kvx_workq_destroy(b->wq); /* resolver jobs see stop and give up */
+    if (b->io_started) pthread_join(b->io, NULL);
+    kvx__boot_free(b);
+}
+
+KVX_API kvx_result kvx_boot_create(kvx_engine *e, const kvx_boot_hooks *hooks,
+                                   const void *endpoint, size_t endpoint_len, kvx_boot **out,
+                                   char *why, size_t wl) {
+    kvx_boot *b;
+    kvx_result r;
+    int fds[2];
+    if (why && wl) why[0] = 0;
+    if (!out) return KVX_ERR_INVALID_ARGUMENT;
+    *out = NULL;
+    if (!e || endpoint_len > KVX_BOOT_MAX_ENDPOINT || (endpoint_len && !endpoint)) {
+        kvx__set_why(why, wl, "kvx_boot_create: no engine, or an endpoint of %zu bytes (limit %d)",
+                     endpoint_len, KVX_BOOT_MAX_ENDPOINT);
+        return KVX_ERR_INVALID_ARGUMENT;
+    }
+    b = (kvx_boot *)calloc(1, sizeof *b);
+    if (!b) return KVX_ERR_NO_MEMORY;
+    b->engine = e;
+    if (hooks) b->hooks = *hooks;
+    b->role = kvx_engine_settings(e)->role;
+    b->wake_rd = b->wake_wr = -1;
+    pthread_mutex_init(&b->mu, NULL);
+    pthread_cond_init(&b->cv, NULL);
+    b->instance = kvx__boot_random(b);
+    if (endpoint_len) {
+        b->endpoint = (uint8_t *)malloc(endpoint_len);
+        if (!b->endpoint) { kvx__boot_free(b); return KVX_ERR_NO_MEMORY; }
+        memcpy(b->endpoint, endpoint, endpoint_len);
+        b->endpoint_len = (uint32_t)endpoint_len;
+    }
+    if ((r = kvx__boot_settings(b, why, wl)) != KVX_OK) { kvx__boot_free(b); return r; }
+    if (strlen(kvx_engine_transport(e)) > 31 ||
+        strlen(kvx_engine_layout(e)->dtype ? kvx_engine_layout(e)->dtype : "") > 63) {
+        kvx__set_why(why, wl, "transport name (31 bytes at most) or layout dtype (63) too long");
+        kvx__boot_free(b);
+        return KVX_ERR_INVALID_ARGUMENT;
+    }
+    if ((r = kvx__boot_make_hello(b)) != KVX_OK) { kvx__boot_free(b); return r; }
+    if (pipe(fds) != 0) {
+        kvx__set_why(why, wl, "cannot create a pipe: %s", strerror(errno));
+        kvx__boot_free(b);
+        return KVX_ERR_IO;
+    }
+    b->wake_rd = fds[0];
+    b->wake_wr = fds[1];
+    kvx__boot_nonblock(fds[0]);
+    kvx__boot_nonblock(fds[1]);
+    fcntl(fds[0], F_SETFD, FD_CLOEXEC);
+    fcntl(fds[1], F_SETFD, FD_CLOEXEC);
+    if (b->role == KVX_ROLE_PREFILL) {
+        int fd = -1;
+        kvx__boot_conn *c;
+        if ((r = kvx__boot_listen(b->host, 0, "control channel", &fd, &b->ctrl_port, why, wl))) {
+            kvx__boot_free(b);
+            return r;
+        }
+        c = kvx__boot_conn_new(b, KVX__BOOT_K_CTRL_LISTEN, fd);
+        if (!c || kvx__boot_io_add(b, c)) {
+            if (c) kvx__boot_conn_unref(c);
+            else close(fd);
+            kvx__boot_free(b);
+            return KVX_ERR_NO_MEMORY;
+        }
+        if (b->serves) {
+            kvx__boot_regn g;
+            kvx_buf reg;
+            char rwhy[256] = "";
+            int rc;
+            if ((r = kvx__boot_listen(b->host, b->port_cfg, "bootstrap server", &fd, &b->http_port,
+                                      why, wl))) {
+                kvx__boot_free(b);
+                return r;
+            }
+            c = kvx__boot_conn_new(b, KVX__BOOT_K_HTTP_LISTEN, fd);
+            if (!c || kvx__boot_io_add(b, c)) {
+                if (c) kvx__boot_conn_unref(c);
+                else close(fd);
+                kvx__boot_free(b);
+                return KVX_ERR_NO_MEMORY;
+            }
+            memset(&reg, 0, sizeof reg);
+            kvx__boot_reg_json(b, &reg);
+            rc = reg.oom || kvx__boot_reg_parse(reg.data, reg.len, &g, rwhy, sizeof rwhy) ||
+                 kvx__boot_srv_register(b, &g, rwhy, sizeof rwhy);
+            kvx_buf_free(&reg);
+            if (rc) {
+                kvx__set_why(why, wl, "cannot register this rank with its own bootstrap server: %s", rwhy);
+                kvx__boot_free(b);
+                return KVX_ERR_INVALID_ARGUMENT;
+            }
+        }
+    }
+    if ((r = kvx_workq_create(e, b->role == KVX_ROLE_DECODE ? 2 : 1, "kvx.boot", &b->wq)) != KVX_OK) {
+        kvx__set_why(why, wl, "cannot start the bootstrap worker threads");
+        kvx__boot_free(b);
+        return r;
+    }
+    if (pthread_create(&b->io, NULL, kvx__boot_io_main, b) != 0) {
+        kvx__set_why(why, wl, "cannot start the bootstrap I/O thread: %s", strerror(errno));
+        kvx_workq_destroy(b->wq);
+        kvx__boot_free(b);
+        return KVX_ERR_NO_MEMORY;
+    }
+    b->io_started = 1;
+    if (b->role == KVX_ROLE_DECODE) {
+        if (pthread_create(&b->hb, NULL, kvx__boot_hb_main, b) != 0) {
+            kvx__set_why(why, wl, "cannot start the heartbeat thread: %s", strerror(errno));
+            kvx_boot_destroy(b);
+            return KVX_ERR_NO_MEMORY;
+        }
+        b->hb_started = 1;
+    } else if (!b->serves) {
+        kvx_workq_submit(b->wq, kvx__boot_register_job, b);
+    }
+    pthread_mutex_lock(&kvx__boot_registry_mu);
+    b->reg_next = kvx__boot_registry;
+    kvx__boot_registry = b;
+    pthread_mutex_unlock(&kvx__boot_registry_mu);
+    if (b->role == KVX_ROLE_PREFILL)
+        kvx_engine_log(e, KVX_LOG_INFO, "kvx.boot", 0,
+                       "prefill rank tp %d/%d dp %d/%d pp %d/%d cp %d/%d: control %s:%d%s%s:%d",
+                       b->tp_rank, b->tp_size, b->dp_rank, b->dp_size, b->pp_rank, b->pp_size,
+                       b->cp_rank, b->cp_size, b->rank_ip, b->ctrl_port,
+                       b->serves ? ", bootstrap server " : ", registering with ",
+                       b->host, b->serves ? b->http_port : b->port_cfg);
+    *out = b;
+    return KVX_OK;
+}
+
+/* >>boot: the bootfake transport ---------------------------------------------------------- */
+
+static kvx_boot *kvx__boot_fake(kvx_room *r) {
+    return (kvx_boot *)kvx_engine_backend_data(kvx_room_engine(r));
+}
+
+static kvx_result kvx__boot_fake_init(kvx_engine *e, char *why, size_t wl) {
+    kvx_boot *b;
+    kvx_result r = kvx_boot_create(e, NULL, "bootfake", 8, &b, why, wl);
+    if (r == KVX_OK) kvx_engine_set_backend_data(e, b);
+    return r;
+}
+static void kvx__boot_fake_fini(kvx_engine *e) {
+    kvx_boot_destroy((kvx_boot *)kvx_engine_backend_data(e));
+    kvx_engine_set_backend_data(e, NULL);
+}
+static kvx_result kvx__boot_fake_open(kvx_room *r) { return kvx_boot_room_open(kvx__boot_fake(r), r); }
+static void kvx__boot_fake_close(kvx_room *r) { kvx_boot_room_close(kvx__boot_fake(r), r); }
+static void kvx__boot_fake_abort(kvx_room *r, const char *why) { kvx_boot_abort(kvx__boot_fake(r), r, why); }
+
+static kvx_result kvx__boot_fake_sender_init(kvx_room *r, uint32_t n, int32_t aux) {
+    kvx_boot *b = kvx__boot_fake(r);
+    uint32_t want = kvx_boot_room_dst_pages(b, r);
+    (void)aux;
+    if (n != want) {
+        kvx_room_fail(r, KVX_ERR_INVALID_ARGUMENT,
+                      "init declares %u pages but the decode side asked for %u", n, want);
+        kvx_boot_send_status(b, r, KVX_POLL_FAILED, KVX_ERR_INVALID_ARGUMENT, 0,
+                             kvx__boot_room_error(r));
+        return KVX_ERR_INVALID_ARGUMENT;
+    }
+    return KVX_OK;
+}
+
+static kvx_result kvx__boot_fake_send(kvx_room *r, kvx_chunk *c) {
+    kvx_boot *b = kvx__boot_fake(r);
+    int last = c->is_last;
+    kvx_result res;
+    kvx_chunk_free(kvx_room_engine(r), c);
+    if (!last) return KVX_OK;
+    res = kvx_boot_send_status(b, r, KVX_POLL_SUCCESS, KVX_OK, 0, NULL);
+    if (res != KVX_OK) {
+        kvx_room_fail(r, res, "cannot report success to the decode side: the control connection is gone");
+        return res;
+    }
+    kvx_room_succeed(r, 0);
+    return KVX_OK;
+}
+
+static kvx_result kvx__boot_fake_recv_init(kvx_room *r, const int32_t *pages, uint32_t n,
+                                          int32_t aux) {
+    return kvx_boot_receiver_init(kvx__boot_fake(r), r, pages, n, aux);
+}
+
+KVX_API const kvx_backend *kvx_bootfake_backend(void) {
+    static const kvx_backend bf = {"bootfake",
+                                   kvx__boot_fake_init,
+                                   kvx__boot_fake_fini,
+                                   NULL,
+                                   kvx__boot_fake_open,
+                                   kvx__boot_fake_sender_init,
+                                   kvx__boot_fake_send,
+                                   kvx__boot_fake_recv_init,
+                                   kvx__boot_fake_abort,
+                                   kvx__boot_fake_close,
+                                   NULL};
+    return &bf;
+}
+
+KVX_API kvx_result kvx_boot_register(void) { return kvx_transport_register(kvx_bootfake_backend()); }
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* KVX_IMPLEMENTATION */
+
+/*
+------------------------------------------------------------------------------
+MIT License
+
+Copyright (c) 2026 the kvx authors
+
+Permission is hereby granted, free of charge, to any person obtaining a copy of
+this software and associated documentation files (the "Software"), to deal in
+the Software without restriction, including without limitation the rights to
+use, copy, modify, merge, publish, distribute, sublicense, and/or sell copies
+of the Software, and to permit persons to whom the Software is furnished to do
+so, subject to the following conditions:
+
+The above copyright notice and this permission notice shall be included in all
+copies or substantial portions of the Software.
+
+THE SOFTWARE IS PROVIDED "AS IS", WITHOUT WARRANTY OF ANY KIND, EXPRESS OR
+IMPLIED, INCLUDING BUT NOT LIMITED TO THE WARRANTIES OF MERCHANTABILITY,
+FITNESS FOR A PARTICULAR PURPOSE AND NONINFRINGEMENT. IN NO EVENT SHALL THE
+AUTHORS OR COPYRIGHT HOLDERS BE LIABLE FOR ANY CLAIM, DAMAGES OR OTHER
+LIABILITY, WHETHER IN AN ACTION OF CONTRACT, TORT OR OTHERWISE, ARISING FROM,
+OUT OF OR IN CONNECTION WITH THE SOFTWARE OR THE USE OR OTHER DEALINGS IN THE
+SOFTWARE.
+------------------------------------------------------------------------------
+*/
