@@ -46,6 +46,20 @@
                                         failed or aborted
      Temporary files end in ".tmp.<pid>.<n>" and are never read.
 
+   WITH A BOOTSTRAP ADDRESS (kvx_boot.h)
+     The file transport needs no handshake, but it can use one: a prefill
+     engine given desc.bootstrap_addr, desc.boot.port or KVX_BOOTSTRAP_PORT
+     runs kvx_boot's bootstrap server and control listener; a receiver whose
+     room (or engine) has a bootstrap address connects to it. Then the
+     sender waits in BOOTSTRAPPING for the decode side's room frame (and
+     checks that both sides agree on the page count), reports Success or
+     its failure reason over the control channel, and aborts travel both
+     ways at once; the decode side also learns within
+     KVX_HEARTBEAT_INTERVAL x KVX_HEARTBEAT_MAX_FAILURE that a prefill died,
+     instead of waiting for KVX_FILE_TIMEOUT. The bytes still go through
+     the files, and a receiver still reports Success only after reading and
+     verifying them.
+
    THREAD SAFETY: as kvx.h. I/O runs on the engine's worker threads;
    kvx_receiver_destroy waits until no worker touches the room's pages.
 */
@@ -53,6 +67,7 @@
 #define KVX_FILE_H_INCLUDED
 
 #include "kvx.h"
+#include "kvx_boot.h"
 
 #if KVX_VERSION_MAJOR != 0
 #error "kvx_file.h needs kvx.h major version 0"
@@ -656,6 +671,7 @@ typedef struct kvx__fengine {
     /* layouts with GPU buffers: pinned staging buffers, at most one per I/O thread */
     int staged;
     kvx_mem_ops mem;
+    kvx_boot *boot;             /* NULL: no bootstrap */
     char *stage_free[64];
     int num_stage_free;
 } kvx__fengine;
@@ -732,6 +748,7 @@ typedef struct kvx__froom {
     int last_sent, finished;
     uint64_t bytes_done;
     int32_t aux_index;
+    int boot;               /* the room goes through kvx_boot */
     /* receiver */
     int32_t *pages;
     uint32_t num_pages;
@@ -763,6 +780,24 @@ static void kvx__file_sweep(kvx_engine *e, kvx__fengine *fe) {
         kvx_engine_log(e, KVX_LOG_INFO, "kvx.file", 0,
                        "removed %d room directories older than %.0f s from %s", removed,
                        fe->ttl_s, fe->dir);
+}
+
+/* Prefill: a bootstrap server when one is configured. Decode: always
+   ready, used by the rooms that carry a bootstrap address. */
+static int kvx__file_wants_boot(const kvx_engine_desc *d) {
+    const char *port = getenv("KVX_BOOTSTRAP_PORT");
+    if (d->role == KVX_ROLE_DECODE) return 1;
+    return d->bootstrap_addr || d->boot.port || (port && *port);
+}
+
+/* Decode: the sender's Success only says the files are complete; this
+   side succeeds after reading and verifying them. A failure or abort is
+   taken at once (default handling). */
+static int kvx__file_on_status(kvx_boot *b, kvx_room *r, const kvx_boot_peer *peer,
+                               kvx_poll state, kvx_result result, uint64_t bytes,
+                               const char *reason) {
+    (void)b; (void)r; (void)peer; (void)result; (void)bytes; (void)reason;
+    return state == KVX_POLL_SUCCESS;
 }
 
 static kvx_result kvx__file_engine_init(kvx_engine *e, char *why, size_t wl) {
@@ -824,6 +859,17 @@ static kvx_result kvx__file_engine_init(kvx_engine *e, char *why, size_t wl) {
     }
     pthread_mutex_init(&fe->mu, NULL);
     kvx_engine_set_backend_data(e, fe);
+    if (kvx__file_wants_boot(d)) {
+        static const kvx_boot_hooks hooks = {NULL, NULL, kvx__file_on_status, NULL, NULL, NULL};
+        r = kvx_boot_create(e, &hooks, "file", 4, &fe->boot, why, wl);
+        if (r != KVX_OK) {
+            kvx_engine_set_backend_data(e, NULL);
+            kvx_workq_destroy(fe->q);
+            pthread_mutex_destroy(&fe->mu);
+            kvx_engine_free(e, fe);
+            return r;
+        }
+    }
     kvx__file_sweep(e, fe);
     return KVX_OK;
 }
@@ -831,6 +877,7 @@ static kvx_result kvx__file_engine_init(kvx_engine *e, char *why, size_t wl) {
 static void kvx__file_engine_fini(kvx_engine *e) {
     kvx__fengine *fe = kvx__fe(e);
     if (!fe) return;
+    kvx_boot_destroy(fe->boot);
     kvx_workq_destroy(fe->q);
     while (fe->num_stage_free) fe->mem.host_free(fe->mem.ctx, fe->stage_free[--fe->num_stage_free]);
     pthread_mutex_destroy(&fe->mu);
@@ -850,6 +897,8 @@ static kvx_result kvx__file_room_open(kvx_room *r) {
     pthread_cond_init(&fr->cv, NULL);
     kvx__pathf(fr->dir, "%s/room_%llu", fe->dir, (unsigned long long)kvx_room_id(r));
     kvx_room_set_data(r, fr);
+    fr->boot = fe->boot && (kvx_room_role(r) == KVX_ROLE_PREFILL || kvx_room_bootstrap_addr(r));
+    if (fr->boot) return kvx_boot_room_open(fe->boot, r); /* BOOTSTRAPPING until connected */
     kvx_room_advance(r, KVX_POLL_WAITING_FOR_INPUT); /* no handshake */
     return KVX_OK;
 }
@@ -882,6 +931,7 @@ static void kvx__file_room_close(kvx_room *r) {
     pthread_mutex_lock(&fr->mu);
     while (fr->busy) pthread_cond_wait(&fr->cv, &fr->mu); /* workers leave the pages */
     pthread_mutex_unlock(&fr->mu);
+    if (fr->boot) kvx_boot_room_close(fr->fe->boot, r);
 }
 
 static void kvx__file_write_failed(kvx__froom *fr, const char *reason) {
@@ -896,6 +946,7 @@ static void kvx__file_write_failed(kvx__froom *fr, const char *reason) {
 
 static void kvx__file_room_abort(kvx_room *r, const char *reason) {
     kvx__froom *fr = (kvx__froom *)kvx_room_data(r);
+    if (fr->boot) kvx_boot_abort(fr->fe->boot, r, reason ? reason : "aborted");
     if (kvx_room_role(r) == KVX_ROLE_PREFILL) {
         struct stat st;
         if (stat(fr->dir, &st) == 0) kvx__file_write_failed(fr, reason ? reason : "aborted");
@@ -978,6 +1029,14 @@ static kvx_result kvx__file_finish_send(kvx__froom *fr, char *why, size_t wl) {
     return r;
 }
 
+/* A sender failure reaches the receiver as transfer_failed and, with a
+   bootstrap channel, as a status frame at once. */
+static void kvx__fsend_failed(kvx__froom *fr, kvx_result res, const char *why) {
+    kvx_room_fail(fr->room, res, "%s", why);
+    kvx__file_write_failed(fr, why);
+    if (fr->boot) kvx_boot_send_status(fr->fe->boot, fr->room, KVX_POLL_FAILED, res, 0, why);
+}
+
 static void kvx__fsend_chunk_done(kvx__fjob *j) {
     kvx__froom *fr = j->fr;
     kvx_room *r = fr->room;
@@ -1023,18 +1082,17 @@ static void kvx__fsend_chunk_done(kvx__fjob *j) {
         finish = fr->finished = 1;
     pthread_mutex_unlock(&fr->mu);
     if (failed) {
-        if (res != KVX_ERR_ABORTED) {
-            kvx_room_fail(r, res, "%s", j->why);
-            kvx__file_write_failed(fr, j->why);
-        }
+        if (res != KVX_ERR_ABORTED) kvx__fsend_failed(fr, res, j->why);
         return;
     }
     if (finish) {
         res = kvx__file_finish_send(fr, why, sizeof why);
         if (res != KVX_OK) {
-            kvx_room_fail(r, res, "%s", why);
-            kvx__file_write_failed(fr, why);
+            kvx__fsend_failed(fr, res, why);
         } else {
+            if (fr->boot)
+                kvx_boot_send_status(fr->fe->boot, r, KVX_POLL_SUCCESS, KVX_OK, fr->bytes_done,
+                                     NULL);
             kvx_room_succeed(r, fr->bytes_done);
         }
     }
@@ -1117,6 +1175,14 @@ static kvx_result kvx__file_sender_init(kvx_room *r, uint32_t n, int32_t aux) {
     kvx_result res;
     fr->total_pages = n;
     fr->aux_index = aux;
+    if (fr->boot && kvx_boot_room_dst_pages(fr->fe->boot, r) != n) {
+        kvx_room_fail(r, KVX_ERR_INVALID_ARGUMENT,
+                      "init declares %u pages but the decode side asked for %u", n,
+                      kvx_boot_room_dst_pages(fr->fe->boot, r));
+        kvx_boot_send_status(fr->fe->boot, r, KVX_POLL_FAILED, KVX_ERR_INVALID_ARGUMENT, 0,
+                             "the prefill and decode sides disagree on the page count");
+        return KVX_ERR_INVALID_ARGUMENT;
+    }
     if (stat(fr->dir, &st) == 0) {
         kvx_engine_log(kvx_room_engine(r), KVX_LOG_WARN, "kvx.file", kvx_room_id(r),
                        "%s already exists (a reused room id?); replacing it", fr->dir);
@@ -1178,6 +1244,10 @@ static kvx_result kvx__file_receiver_init(kvx_room *r, const int32_t *pages, uin
                  "no %s/transfer_done appeared (KVX_FILE_TIMEOUT %g s)", fr->dir, fe->timeout_s);
         kvx_room_set_deadline(r, kvx_now_ns() + (uint64_t)(fe->timeout_s * 1e9),
                               fr->deadline_what);
+    }
+    if (fr->boot) {
+        kvx_result res = kvx_boot_receiver_init(fe->boot, r, pages, n, aux);
+        if (res != KVX_OK) return res;
     }
     kvx_room_ref(r);
     pthread_mutex_lock(&fe->mu);
