@@ -280,8 +280,11 @@ typedef struct kvx_boot_hooks {
        other than KVX_OK fails the room and tells the decode side. */
     kvx_result (*on_room)(kvx_boot *b, kvx_room *sender, const kvx_boot_peer *peer,
                           const int32_t *dst_pages, uint32_t n, int32_t aux_index);
-    /* Decode: a status frame for `receiver`. Return 1 when handled; 0 runs
-       the default (Success from every target -> kvx_room_succeed with the
+    /* Decode: a status frame for `receiver`. Return 1 when handled; 2 when
+       handled and that prefill rank is done with the room (its Success
+       counts, and losing it afterwards no longer fails the room: the file
+       transport, whose bytes are already in files, uses this); 0 runs the
+       default (Success from every target -> kvx_room_succeed with the
        bytes summed; Failed -> kvx_room_fail with the peer's reason). */
     int (*on_status)(kvx_boot *b, kvx_room *receiver, const kvx_boot_peer *peer,
                      kvx_poll state, kvx_result result, uint64_t bytes, const char *reason);
@@ -2645,11 +2648,22 @@ static void kvx__boot_on_status_frame(kvx_boot *b, kvx__boot_conn *c, const kvx_
     r = br->room;
     inited = br->inited;
     pthread_mutex_unlock(&b->mu);
-    if (b->hooks.on_status &&
-        b->hooks.on_status(b, r, &c->info, (kvx_poll)f->state, (kvx_result)f->result, f->bytes,
-                           reason)) {
-        kvx__boot_br_unref(br);
-        return;
+    if (b->hooks.on_status) {
+        int h = b->hooks.on_status(b, r, &c->info, (kvx_poll)f->state, (kvx_result)f->result,
+                                   f->bytes, reason);
+        if (h == 2) { /* handled, and this rank is done with the room */
+            pthread_mutex_lock(&b->mu);
+            if (!br->tag[k]) {
+                br->tag[k] = 1;
+                br->ndone++;
+                br->bytes += f->bytes;
+            }
+            pthread_mutex_unlock(&b->mu);
+        }
+        if (h) {
+            kvx__boot_br_unref(br);
+            return;
+        }
     }
     if (f->state == KVX_POLL_SUCCESS && inited) {
         pthread_mutex_lock(&b->mu);
@@ -2684,7 +2698,7 @@ static void kvx__boot_peer_dead_locked(kvx_boot *b, kvx__boot_pf *p, kvx__boot_v
         kvx__boot_br *br;
         for (br = b->buckets[i]; br; br = br->hnext)
             if (br->room && br->peer == p && !br->waiting && br->gen == p->gen &&
-                !kvx__boot_terminal(br->room))
+                !kvx__boot_terminal(br->room) && !(br->nconns && br->ndone == br->nconns))
                 kvx__boot_vec_push(out, br);
     }
     kvx__boot_wake(b);

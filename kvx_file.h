@@ -791,13 +791,14 @@ static int kvx__file_wants_boot(const kvx_engine_desc *d) {
 }
 
 /* Decode: the sender's Success only says the files are complete; this
-   side succeeds after reading and verifying them. A failure or abort is
-   taken at once (default handling). */
+   side succeeds after reading and verifying them, and no longer needs the
+   prefill (2: losing its connection now fails nothing). A failure or abort
+   is taken at once (default handling). */
 static int kvx__file_on_status(kvx_boot *b, kvx_room *r, const kvx_boot_peer *peer,
                                kvx_poll state, kvx_result result, uint64_t bytes,
                                const char *reason) {
     (void)b; (void)r; (void)peer; (void)result; (void)bytes; (void)reason;
-    return state == KVX_POLL_SUCCESS;
+    return state == KVX_POLL_SUCCESS ? 2 : 0;
 }
 
 static kvx_result kvx__file_engine_init(kvx_engine *e, char *why, size_t wl) {

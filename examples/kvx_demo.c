@@ -3,7 +3,11 @@
    requests, bytes, GB/s, p50/p99 request latency (prefill's first send to
    decode's verified Success, both on CLOCK_MONOTONIC).
 
-   usage: kvx_demo [options of kvx_prefill / kvx_decode]   */
+   usage: kvx_demo [--handshake] [options of kvx_prefill / kvx_decode]
+     --handshake   also run kvx_boot's bootstrap handshake: the prefill serves
+                   SGLang's bootstrap API on a free loopback port, the decode
+                   side connects to it; status and aborts go over its control
+                   channel while the bytes still go through the files   */
 #define _GNU_SOURCE
 #include <stdio.h>
 #include <stdlib.h>
@@ -11,6 +15,24 @@
 #include <stdint.h>
 #include <unistd.h>
 #include <sys/wait.h>
+#include <sys/socket.h>
+#include <netinet/in.h>
+#include <arpa/inet.h>
+
+/* A free loopback port for the bootstrap server (bound and released). */
+static int free_port(void) {
+    struct sockaddr_in a;
+    socklen_t len = sizeof a;
+    int fd = socket(AF_INET, SOCK_STREAM, 0), port = 0;
+    memset(&a, 0, sizeof a);
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof a) == 0 &&
+        getsockname(fd, (struct sockaddr *)&a, &len) == 0)
+        port = ntohs(a.sin_port);
+    if (fd >= 0) close(fd);
+    return port;
+}
 
 static char *sibling(const char *argv0, const char *name) {
     const char *slash = strrchr(argv0, '/');
@@ -22,12 +44,16 @@ static char *sibling(const char *argv0, const char *name) {
     return p;
 }
 
+static char boot_addr[64];
+
 static pid_t spawn(char *prog, int argc, char **argv, const char *times, const char *dir) {
-    char **av = (char **)calloc((size_t)argc + 8, sizeof *av);
+    char **av = (char **)calloc((size_t)argc + 10, sizeof *av);
     int i, k = 0;
     pid_t pid;
     av[k++] = prog;
-    for (i = 1; i < argc; i++) av[k++] = argv[i];
+    for (i = 1; i < argc; i++)
+        if (strcmp(argv[i], "--handshake")) av[k++] = argv[i];
+    if (boot_addr[0]) { av[k++] = (char *)"--bootstrap"; av[k++] = boot_addr; }
     av[k++] = (char *)"--times";
     av[k++] = (char *)times;
     if (dir) { av[k++] = (char *)"--dir"; av[k++] = (char *)dir; }
@@ -58,13 +84,16 @@ int main(int argc, char **argv) {
     int st_p, st_d, k;
     pid_t dp, pp;
     FILE *f;
-    for (k = 1; k + 1 < argc; k++)
-        if (!strcmp(argv[k], "--dir")) user_dir = argv[k + 1];
+    for (k = 1; k < argc; k++) {
+        if (k + 1 < argc && !strcmp(argv[k], "--dir")) user_dir = argv[k + 1];
+        if (!strcmp(argv[k], "--handshake"))
+            snprintf(boot_addr, sizeof boot_addr, "127.0.0.1:%d", free_port());
+    }
     snprintf(ptimes, sizeof ptimes, "/tmp/kvx_demo_%d.prefill", (int)getpid());
     snprintf(dtimes, sizeof dtimes, "/tmp/kvx_demo_%d.decode", (int)getpid());
     snprintf(dir, sizeof dir, "/tmp/kvx_demo_%d", (int)getpid());
-    printf("kvx demo: prefill and decode processes, KV cache through the file transport in %s\n",
-           user_dir ? user_dir : dir);
+    printf("kvx demo: prefill and decode processes, KV cache through the file transport in %s%s%s\n",
+           user_dir ? user_dir : dir, boot_addr[0] ? ", bootstrap handshake at " : "", boot_addr);
     fflush(stdout);
     dp = spawn(sibling(argv[0], "kvx_decode"), argc, argv, dtimes, user_dir ? NULL : dir);
     pp = spawn(sibling(argv[0], "kvx_prefill"), argc, argv, ptimes, user_dir ? NULL : dir);

@@ -1,0 +1,2520 @@
+/* kvx_store.h - v0.1.0 - block store: persistent KV offload and prefix cache on local or shared storage
+
+   One file per KV page ("block"), named by a 32-byte key, under a
+   directory on a local disk or a shared filesystem (NFS, Lustre, CephFS).
+   An engine offloads pages it is about to drop (kvx_store_batch_put), asks
+   how long a prefix of a new request is already stored
+   (kvx_store_batch_exists), and loads that prefix back into free pool
+   pages (kvx_store_batch_get) instead of recomputing it. Keys are
+   SGLang HiCache's chained SHA-256 page hashes (kvx_store_page_keys), so
+   the same prompt gives the same keys in every process and after restarts.
+   This header needs only kvx.h: an engine can vendor offload without the
+   transports.
+
+   DO THIS
+     In exactly one C or C++ file:
+         #define KVX_IMPLEMENTATION
+         #include "kvx_store.h"          (includes kvx.h)
+     Every other file just includes kvx_store.h. Link with -lpthread.
+
+   SETTINGS (kvx_store_desc; zero / NULL = the default on the right)
+     dir             root directory; KVX_STORE_DIR              (/tmp/kvx_store)
+     model           model id, part of the namespace            ("")
+     layout          the KV pool (host memory); copied          (required)
+     tp_rank         this rank                                  (0)
+     tp_size         tensor-parallel size                       (1)
+     capacity_bytes  most bytes of block files this store keeps;
+                     KVX_STORE_CAPACITY; KVX_STORE_UNLIMITED = no limit (64 GiB)
+     io_threads      threads doing a batch's I/O, the calling thread
+                     included; KVX_STORE_IO_THREADS               (4)
+     fsync           durability, see below; KVX_STORE_FSYNC       (0)
+     allocator       {alloc_fn, free_fn, user_data}             (malloc/free)
+     logger          {func, user_data, level}                   (stderr, warn)
+
+   ENVIRONMENT (read once in kvx_store_open; override the desc)
+     KVX_STORE_DIR        root directory
+     KVX_STORE_CAPACITY   bytes, optional suffix K, M, G, T (powers of 1024,
+                          "KiB"/"GB"... accepted), or "unlimited"; 0 = default
+     KVX_STORE_FSYNC      0 = rename only: a block is written under a
+                            temporary name and renamed, so no reader ever
+                            sees a torn block even when the writer is killed;
+                            a power failure may lose recent blocks (they are
+                            then misses, never garbage: the data CRC catches
+                            a block whose bytes did not reach the disk).
+                          1 = fsync the file, rename, fsync the directory:
+                            a block that a put reported is on stable storage.
+     KVX_STORE_IO_THREADS 1..256
+     KVX_LOG_LEVEL        error|warn|info|debug for the store's logger
+
+   NAMESPACE AND LAYOUT ON DISK
+     <dir>/<config-hash>/config.json              what the namespace holds
+     <dir>/<config-hash>/<k0k1>/<key>.kvb         one block per key
+     <config-hash> is 16 hex digits: the first 8 bytes (little-endian) of
+       SHA-256("kvx-store-v1" 0x00, u64 len(model), model,
+               u64 kv_fingerprint, u64 page_size, u64 len(dtype), dtype,
+               u64 dtype_size, u64 tp_rank, u64 tp_size)   (u64 = 8 bytes LE)
+       where kv_fingerprint is kvx_layout_fingerprint() of the layout with
+       its aux buffers left out (aux rows belong to requests, not pages, and
+       are not stored). Another model, dtype, page size, head count, buffer
+       list or TP rank/size is another directory: it never sees these blocks.
+     <key> is the 64 lowercase hex digits of the key; <k0k1> the two hex
+       digits of its first byte: 256 directories, made with the namespace,
+       so a directory holds about 1/256 of the blocks (4,000 at 2 TB of
+       2 MiB blocks) and is only ever looked up by name (hashed: ext4
+       htree, XFS B+tree, NFS LOOKUP), never scanned on the hot path. A
+       second level (65,536 directories) was measured to make nearly every
+       put into a young store also create a directory (an inode, and a
+       server round trip on NFS) and to leave the scan at open 65,536
+       directories to read.
+     Temporary files are "<key>.kvb.tmp.<pid>-<nonce>.<seq>" in the same
+       directory (unique per process and thread, also across hosts), created
+       with O_EXCL, renamed over <key>.kvb when complete (rename is atomic;
+       two writers of one key write identical bytes, the last rename wins).
+       Temporary files older than 10 minutes are removed by kvx_store_open.
+
+   BLOCK FILE, format version 1 (all integers little-endian)
+     offset size  field
+       0     8    magic "KVXBLOCK"
+       8     4    u32 format version = 1
+      12     4    u32 header_size: bytes before the data; a multiple of 8,
+                  >= 96 + 8 * num_buffers, <= 65536. Writers pad to 4096
+                  when one page is >= 64 KiB (page-aligned data), else to 8.
+      16     4    u32 header_crc: CRC32C (Castagnoli, as kvx_crc32c) of
+                  bytes [0, header_size) with these 4 bytes taken as zero
+      20     4    u32 flags = 0 (readers reject other values)
+      24     8    u64 config hash (the namespace directory's name)
+      32    32    key
+      64     4    u32 page_count = 1 (one page per block in version 1)
+      68     4    u32 num_buffers
+      72     8    u64 data_len = page_count * sum(item_len)
+      80     4    u32 data_crc: CRC32C of the data_len data bytes
+      84     4    u32 page_size (tokens per page, informational)
+      88     8    u64 kv_fingerprint (informational, see above)
+      96   8*nb   u64 item_len[num_buffers]: bytes of one page of buffer b
+      ...         zero padding up to header_size
+      header_size data, buffer-major: buffer b's bytes start at
+                  header_size + page_count * sum(item_len[0..b-1]); page j at
+                  + j * item_len[b]
+     The file is exactly header_size + data_len bytes. A file of another
+     size, a bad magic/version/flag, a header or data CRC mismatch, or a
+     header that names another key, configuration or buffer list is
+     "corrupt": counted, logged at warn, removed, and treated as a miss.
+
+     Reading a block in Python (crc32c: any CRC32C, e.g. the 8 lines in
+     tests/store/read_block.py):
+         import struct
+         b = open(path, "rb").read()
+         assert b[:8] == b"KVXBLOCK"
+         ver, hsz, hcrc, flags, cfg = struct.unpack_from("<IIIIQ", b, 8)
+         key = b[32:64]
+         pages, nb, dlen, dcrc, psz, kvfp = struct.unpack_from("<IIQIIQ", b, 64)
+         item_len = struct.unpack_from("<%dQ" % nb, b, 96)
+         h = bytearray(b[:hsz]); h[16:20] = bytes(4)
+         assert crc32c(bytes(h)) == hcrc and len(b) == hsz + dlen
+         data = b[hsz:]; assert crc32c(data) == dcrc
+         layer_b = data[sum(item_len[:i]) : sum(item_len[:i + 1])]  # buffer i
+
+   CAPACITY AND EVICTION (LRU that survives restarts)
+     The store keeps an in-memory index of its blocks: key, size, last use.
+     Every put and every get sets the block's atime and mtime explicitly
+     (futimens) to a per-process strictly increasing wall-clock stamp, so the
+     mtime is the last use. kvx_store_open rebuilds the index by reading each
+     of the namespace's directories once and stat-ing each block: cost
+     O(blocks + 256 directories), about 6 us per block with warm metadata
+     on a local disk (0.57 s for 100,000 blocks; bench/bench_store.c),
+     longer on a cold disk or a shared filesystem. It then orders blocks by
+     mtime (ns; filesystems with coarser stamps break ties arbitrarily) and
+     evicts the least recently used until the total is under capacity. A put
+     reserves its block's bytes first, evicting least recently used blocks
+     until the block fits, so the total of this store's block files stays
+     under capacity_bytes. Once the store is full, the first block a put
+     evicts is not unlinked: its file is renamed to the put's temporary name
+     and overwritten in place (every byte; blocks of a namespace all have one
+     size), then renamed to the new key. That spares the filesystem an
+     inode, extents and page cache freed and allocated per block (on ext4
+     without a journal, creating files soon after deleting many is
+     particularly slow). A reader that had the evicted block open sees its
+     bytes change: the CRC fails, the name no longer leads to that file, and
+     it is an ordinary miss. Several processes sharing a namespace each
+     enforce the limit over the blocks they know: those found at open plus
+     those they put or see in exists or verify; blocks another process wrote
+     since are counted when first seen. Capacity is in file bytes
+     (header + data), not filesystem blocks. An entry whose file another
+     process removed is dropped when eviction reaches it.
+
+   HOT PATH COSTS
+     exists: one fstatat per key (checks the size too); no directory scan,
+             no open. 128 keys or more are spread over the I/O threads.
+     get:    openat, fstat, pread of the header, preadv of the data straight
+             into the pool pages in groups of ~1 MiB, CRC32C of each group
+             while it is in cache, futimens, close.
+     put:    fstatat (an existing block is only touched), renameat of an
+             evicted block to the temporary name or openat(O_EXCL) of a new
+             one, pwritev straight from the pool pages in groups of ~1 MiB,
+             each followed by its CRC32C while it is in cache, pwrite of the
+             header, futimens, [fsync], close, renameat, [fsync dir]. No KV
+             byte is copied in user space.
+     On x86-64 the data CRC32C runs three crc32 streams and joins them with
+     tables (about twice kvx_crc32c's speed; same values; elsewhere it is
+     kvx_crc32c). Batches are split over io_threads threads (the caller
+     works too).
+
+   EXAMPLE (error handling shortened)
+       kvx_store_desc d = {0};
+       d.dir = "/mnt/nvme/kvcache";  d.model = "meta-llama/Llama-3.1-8B";
+       d.layout = my_layout;         d.tp_rank = rank;  d.tp_size = tp;
+       kvx_store *st;  char why[KVX_ERROR_MAX];
+       if (kvx_store_open(&d, &st, why, sizeof why)) puts(why);
+       kvx_store_key keys[256];
+       size_t nk = kvx_store_page_keys(tokens, ntok, 16, NULL, keys, 256);
+       size_t hit = kvx_store_batch_exists(st, keys, nk);     // prefix hits
+       size_t got = 0;
+       kvx_store_batch_get(st, keys, free_pages, hit, &got);  // got <= hit
+       ... compute the rest, then offload:
+       kvx_store_batch_put(st, keys, pages, nk, NULL);
+       kvx_store_close(st);
+
+   THREADS
+     The store starts io_threads - 1 worker threads at open and joins them at
+     close. A batch is a parallel loop over its keys that the calling thread
+     joins: workers and caller claim keys with one atomic counter, each with
+     its own preallocated scratch (header and iovecs), so nothing is
+     allocated per key and a one-key get runs on the caller with no hand-off.
+     (It is not an internal kvx_engine with the fake transport: that would
+     bring a progress thread waking every millisecond, rooms and a role the
+     store has no use for, and kvx_workq allocates a node per job.)
+
+   THREAD SAFETY
+     Every function may be called from any thread, concurrently, on one
+     store, except kvx_store_close. Batch calls block until their I/O is
+     done (call them from the engine's offload thread, not its scheduler).
+     Several processes (and hosts) may share a directory.
+
+   LICENSE: MIT, see the end of this file.
+*/
+#ifndef KVX_STORE_H_INCLUDED
+#define KVX_STORE_H_INCLUDED
+
+#include "kvx.h"
+
+#if KVX_VERSION_MAJOR != 0
+#error "kvx_store.h needs kvx.h major version 0"
+#endif
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define KVX_STORE_FORMAT_VERSION 1
+#define KVX_STORE_HEADER_FIXED 96     /* bytes of the header before item_len[] */
+#define KVX_STORE_HEADER_MAX 65536    /* most header_size a reader accepts */
+#define KVX_STORE_UNLIMITED (~(uint64_t)0)
+
+typedef struct kvx_store kvx_store;
+
+/* A block's name: 32 bytes, e.g. a SHA-256 page hash. */
+typedef struct kvx_store_key {
+    uint8_t bytes[32];
+} kvx_store_key;
+
+typedef struct kvx_store_desc {
+    const char *dir;         /* KVX_STORE_DIR, "/tmp/kvx_store" */
+    const char *model;       /* model id, part of the namespace; NULL = "" */
+    kvx_layout layout;       /* the KV pool, host memory; copied (not the memory) */
+    int tp_rank;             /* 0 */
+    int tp_size;             /* 0 = 1 */
+    uint64_t capacity_bytes; /* KVX_STORE_CAPACITY, 0 = 64 GiB */
+    int io_threads;          /* KVX_STORE_IO_THREADS, 0 = 4 */
+    int fsync;               /* KVX_STORE_FSYNC, 0 = rename only, 1 = fsync */
+    kvx_allocator allocator;
+    kvx_logger logger;
+} kvx_store_desc;
+
+/* Opens (creating directories as needed) the namespace of this
+   configuration under desc->dir, removes stale temporary files, rebuilds
+   the LRU index from the block files (see CAPACITY) and evicts down to the
+   capacity, starts io_threads - 1 worker threads. On failure *out is NULL
+   and a sentence is written to why: KVX_ERR_INVALID_ARGUMENT (bad layout,
+   GPU memory in the layout, tp_rank outside tp_size, path too long),
+   KVX_ERR_BAD_CONFIG (a KVX_STORE_* variable that does not parse),
+   KVX_ERR_PERMISSION / KVX_ERR_IO (directory), KVX_ERR_CORRUPT (config.json
+   of the namespace describes another configuration), KVX_ERR_NO_MEMORY.
+   Blocks. Thread-safe. */
+KVX_API kvx_result kvx_store_open(const kvx_store_desc *desc, kvx_store **out, char *why,
+                                  size_t why_len);
+
+/* Joins the worker threads and frees the store. Files stay. No call may be
+   running on the store. NULL ok. */
+KVX_API void kvx_store_close(kvx_store *s);
+
+/* Stores pool page pages[i] (that page of every KV buffer of the layout)
+   under keys[i], for i < n. A key whose block is already present is not
+   rewritten (blocks are content-addressed) but becomes most recently used.
+   Evicts least recently used blocks to stay under capacity. When results is
+   not NULL, results[i] is KVX_OK or the error of key i. Returns KVX_OK when
+   every key is stored, else the error of the lowest failing key
+   (KVX_ERR_NO_SPACE: a block larger than the capacity, or the disk full;
+   KVX_ERR_PERMISSION, KVX_ERR_IO), logged once per call. Bad arguments
+   (NULL, a page outside the pool): KVX_ERR_INVALID_ARGUMENT /
+   KVX_ERR_OUT_OF_RANGE, nothing written. Pages may repeat. Blocks until
+   done; thread-safe. The pool pages must not change during the call. */
+KVX_API kvx_result kvx_store_batch_put(kvx_store *s, const kvx_store_key *keys,
+                                       const int32_t *pages, size_t n, kvx_result *results);
+
+/* Loads keys[i] into pool page dst_pages[i] for the longest prefix of keys
+   that are all present and intact, in parallel; *loaded (required) is the
+   length of that prefix. Only pages [0, *loaded) are valid: a page of a key
+   at or after *loaded may have been partly overwritten, and no page is
+   counted as loaded before its bytes were read completely and their
+   CRC32C matched. A torn, truncated, corrupt or foreign block is a miss: it
+   is logged, counted in stats.corrupt and removed. Returns KVX_OK when the
+   prefix ended on a miss or covers all keys; the error when it ended on an
+   I/O error (KVX_ERR_IO, KVX_ERR_PERMISSION...); KVX_ERR_INVALID_ARGUMENT,
+   KVX_ERR_OUT_OF_RANGE or KVX_ERR_DUPLICATE (a destination page twice) with
+   nothing read. Loaded blocks become most recently used. Blocks;
+   thread-safe. */
+KVX_API kvx_result kvx_store_batch_get(kvx_store *s, const kvx_store_key *keys,
+                                       const int32_t *dst_pages, size_t n, size_t *loaded);
+
+/* How many keys from keys[0] on are present, stopping at the first that is
+   not: the prefix hit that decides a prefetch. One fstatat per key (no
+   file is opened); batches of 128 keys or more are spread over the I/O
+   threads, shorter ones run on the calling thread. A block of the wrong
+   size is removed as corrupt. Does not change the LRU order. 0 on bad
+   arguments. Blocks (briefly); thread-safe. */
+KVX_API size_t kvx_store_batch_exists(kvx_store *s, const kvx_store_key *keys, size_t n);
+
+/* Removes one block. KVX_OK, KVX_ERR_NOT_FOUND, or an I/O error. */
+KVX_API kvx_result kvx_store_remove(kvx_store *s, const kvx_store_key *key);
+
+/* Monotonic counters of this store object, plus the index's current size. */
+typedef struct kvx_store_stats {
+    uint64_t hits;          /* keys kvx_store_batch_get reported loaded */
+    uint64_t misses;        /* keys get looked for and did not load (corrupt included) */
+    uint64_t corrupt;       /* block files found torn/corrupt/foreign and removed */
+    uint64_t evictions;     /* blocks removed to stay under capacity */
+    uint64_t puts;          /* blocks written */
+    uint64_t put_present;   /* puts skipped: the block was already there */
+    uint64_t errors;        /* I/O errors (other than a missing file) */
+    uint64_t bytes_written; /* block file bytes written (header + data) */
+    uint64_t bytes_read;    /* block file bytes read by get (also keys read in parallel
+                               past a miss, which are not reported loaded) */
+    uint64_t blocks;        /* blocks in the index now */
+    uint64_t bytes_used;    /* their file bytes */
+    uint64_t capacity;      /* the limit in effect */
+} kvx_store_stats;
+KVX_API void kvx_store_stats_get(kvx_store *s, kvx_store_stats *out);
+
+/* Settings in effect and where things are. */
+KVX_API const char *kvx_store_dir(const kvx_store *s);   /* <dir>/<config-hash> */
+KVX_API uint64_t kvx_store_config_hash(const kvx_store *s);
+KVX_API uint64_t kvx_store_block_bytes(const kvx_store *s); /* size of one block file */
+KVX_API const kvx_store_desc *kvx_store_settings(const kvx_store *s); /* env applied */
+/* Full path of key's block file (whether or not it exists). KVX_OK or
+   KVX_ERR_INVALID_ARGUMENT when len is too small. */
+KVX_API kvx_result kvx_store_block_path(const kvx_store *s, const kvx_store_key *key, char *out,
+                                        size_t len);
+
+/* >>keys ---------------------------------------------------------------- */
+
+/* SGLang HiCache page keys: for each full page of page_size tokens,
+   key = SHA-256(previous key (absent for the first page, unless prior is
+   given) || each token id as 4-byte little-endian unsigned). Writes
+   min(num_tokens / page_size, max_keys) keys and returns that count. A
+   trailing partial page has no key. prior continues a sequence whose
+   earlier pages were hashed before (NULL = start of the sequence). */
+KVX_API size_t kvx_store_page_keys(const uint32_t *tokens, size_t num_tokens, uint32_t page_size,
+                                   const kvx_store_key *prior, kvx_store_key *keys,
+                                   size_t max_keys);
+/* 64 lowercase hex digits and a NUL. */
+KVX_API void kvx_store_key_hex(const kvx_store_key *k, char out[65]);
+/* Parses 64 hex digits (either case). 0 on success, -1 otherwise. */
+KVX_API int kvx_store_key_parse(const char *hex, kvx_store_key *out);
+
+/* >>block format ---------------------------------------------------------- */
+
+/* A parsed block header (see BLOCK FILE). */
+typedef struct kvx_store_block_info {
+    uint32_t version, header_size, header_crc, flags;
+    uint64_t config_hash;
+    kvx_store_key key;
+    uint32_t page_count, num_buffers;
+    uint64_t data_len;
+    uint32_t data_crc, page_size;
+    uint64_t kv_fingerprint;
+    const uint8_t *item_lens; /* num_buffers u64 LE, inside the parsed buffer */
+} kvx_store_block_info;
+
+/* Parses and checks a block header held in buf[0..len): magic, version,
+   sizes within bounds, header CRC, flags, page_count >= 1, every item_len
+   >= 1, data_len == page_count * sum(item_len) without overflow. Pure: no
+   I/O, no allocation, never reads outside buf. KVX_OK, or KVX_ERR_CORRUPT
+   with a sentence in why (when len < header_size, out->header_size is set
+   when it could be read, so a reader can fetch the rest and call again);
+   KVX_ERR_INVALID_ARGUMENT when out is NULL. Thread-safe. */
+KVX_API kvx_result kvx_store_header_parse(const void *buf, size_t len, kvx_store_block_info *out,
+                                          char *why, size_t why_len);
+/* item_len of buffer i of a parsed header (0 when i is out of range). */
+KVX_API uint64_t kvx_store_block_item_len(const kvx_store_block_info *b, uint32_t i);
+
+/* >>inspection -------------------------------------------------------------- */
+
+/* One block file found by kvx_store_scan. Pointers are valid during the
+   callback only. */
+typedef struct kvx_store_entry {
+    const char *path;        /* the block file */
+    const char *namespace_dir; /* <dir>/<config-hash> */
+    kvx_result status;       /* KVX_OK, or KVX_ERR_CORRUPT / KVX_ERR_IO ... */
+    const char *why;         /* "" when status is KVX_OK */
+    const kvx_store_block_info *info; /* NULL when the header did not parse */
+    uint64_t file_bytes;
+    int64_t mtime_ns;        /* last use (see CAPACITY) */
+} kvx_store_entry;
+/* Return nonzero to stop the scan. */
+typedef int (*kvx_store_scan_fn)(void *user, const kvx_store_entry *e);
+
+/* Lists and checks every block under dir, without a layout: dir is a store
+   root (every <16-hex> namespace under it is scanned) or one namespace
+   directory (holding config.json). For each <key>.kvb: parses the header,
+   checks the file size, that the config hash is the directory's and the key
+   the file name's, and when check_data the data CRC32C (reads every byte).
+   Read-only. Calls fn for each block. KVX_OK, or KVX_ERR_NOT_FOUND /
+   KVX_ERR_IO with a sentence when dir cannot be read. This is what an
+   inspection tool calls. Thread-safe. */
+KVX_API kvx_result kvx_store_scan(const char *dir, int check_data, kvx_store_scan_fn fn,
+                                  void *user, char *why, size_t why_len);
+
+typedef struct kvx_store_verify_report {
+    uint64_t blocks;   /* block files found */
+    uint64_t ok;       /* of them intact and of this configuration */
+    uint64_t bad;      /* torn, corrupt or foreign */
+    uint64_t removed;  /* bad ones removed (remove_bad) */
+    uint64_t bytes_ok; /* file bytes of the intact ones */
+    uint64_t temporary; /* temporary files (writes in flight or abandoned) */
+} kvx_store_verify_report;
+
+/* Checks every block of this store's namespace as kvx_store_scan with
+   check_data, and also against this store's layout; with remove_bad, bad
+   blocks are removed and counted in stats.corrupt. Logs each bad block at
+   warn. Blocks (reads everything). Thread-safe. */
+KVX_API kvx_result kvx_store_verify(kvx_store *s, int remove_bad, kvx_store_verify_report *out);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* KVX_STORE_H_INCLUDED */
+
+/* ======================================================================== */
+/*                             IMPLEMENTATION                               */
+/* ======================================================================== */
+#if defined(KVX_IMPLEMENTATION) && !defined(KVX_STORE_IMPL_INCLUDED)
+#define KVX_STORE_IMPL_INCLUDED
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <unistd.h>
+#include <dirent.h>
+#include <time.h>
+#include <pthread.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <sys/uio.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* >>block store: helpers ------------------------------------------------------ */
+
+#define KVX__STORE_PATH 4096
+#define KVX__STORE_REL 128            /* "ab/<64 hex>.kvb.tmp.<pid>-<nonce>.<seq>" */
+#define KVX__STORE_RELLEN 71          /* strlen("ab/<64 hex>.kvb") */
+#define KVX__STORE_GROUP (1u << 20)   /* bytes read or written, then checksummed, at once */
+#define KVX__STORE_IOV 64             /* iovecs per preadv / pwritev */
+#define KVX__STORE_TMP_TTL_NS (600ull * 1000000000ull)
+#define KVX__STORE_DEFAULT_CAPACITY (64ull << 30)
+#define KVX__STORE_VICTIMS 32
+#define KVX__STORE_MAX_DATA (1ull << 48)
+
+static void kvx__store_why(char *why, size_t n, const char *fmt, ...) KVX_PRINTF(3, 4);
+static void kvx__store_why(char *why, size_t n, const char *fmt, ...) {
+    va_list ap;
+    if (!why || !n) return;
+    va_start(ap, fmt);
+    vsnprintf(why, n, fmt, ap);
+    va_end(ap);
+}
+
+static uint32_t kvx__store_rd32(const uint8_t *p) {
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+static uint64_t kvx__store_rd64(const uint8_t *p) {
+    return (uint64_t)kvx__store_rd32(p) | (uint64_t)kvx__store_rd32(p + 4) << 32;
+}
+static void kvx__store_wr32(uint8_t *p, uint32_t v) {
+    p[0] = (uint8_t)v; p[1] = (uint8_t)(v >> 8); p[2] = (uint8_t)(v >> 16); p[3] = (uint8_t)(v >> 24);
+}
+static void kvx__store_wr64(uint8_t *p, uint64_t v) {
+    kvx__store_wr32(p, (uint32_t)v);
+    kvx__store_wr32(p + 4, (uint32_t)(v >> 32));
+}
+
+static kvx_result kvx__store_errno(int err) {
+    switch (err) {
+    case ENOSPC: case EDQUOT: case EFBIG: return KVX_ERR_NO_SPACE;
+    case EACCES: case EPERM: case EROFS: return KVX_ERR_PERMISSION;
+    case ENOENT: case ENOTDIR: return KVX_ERR_NOT_FOUND;
+    case ENOMEM: return KVX_ERR_NO_MEMORY;
+    default: return KVX_ERR_IO;
+    }
+}
+
+static const char kvx__store_hexd[] = "0123456789abcdef";
+
+static int kvx__store_hexval(char c) {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+}
+
+/* "ab/<64 hex>.kvb": the block's path relative to the namespace. */
+static void kvx__store_relpath(char *out, const kvx_store_key *k) {
+    int i;
+    out[0] = kvx__store_hexd[k->bytes[0] >> 4];
+    out[1] = kvx__store_hexd[k->bytes[0] & 15];
+    out[2] = '/';
+    for (i = 0; i < 32; i++) {
+        out[3 + 2 * i] = kvx__store_hexd[k->bytes[i] >> 4];
+        out[4 + 2 * i] = kvx__store_hexd[k->bytes[i] & 15];
+    }
+    memcpy(out + 67, ".kvb", 5);
+}
+
+static int kvx__store_is_hex(const char *s, size_t n) {
+    size_t i;
+    for (i = 0; i < n; i++)
+        if (s[i] < '0' || (s[i] > '9' && s[i] < 'a') || s[i] > 'f') return 0; /* lowercase only */
+    return 1;
+}
+
+static uint64_t kvx__store_ts_ns(const struct timespec *t) {
+    return (uint64_t)t->tv_sec * 1000000000ull + (uint64_t)t->tv_nsec;
+}
+
+static uint64_t kvx__store_wall_ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_REALTIME, &t);
+    return kvx__store_ts_ns(&t);
+}
+
+/* Reads or writes exactly len bytes at off through an iovec list that is
+   consumed. Returns 0, an errno, or -1 for a short read (end of file). */
+static int kvx__store_iov_full(int fd, struct iovec *v, int vn, uint64_t off, uint64_t len,
+                               int write) {
+    while (len) {
+        ssize_t done = write ? pwritev(fd, v, vn, (off_t)off) : preadv(fd, v, vn, (off_t)off);
+        if (done < 0 && errno == EINTR) continue;
+        if (done < 0) return errno ? errno : EIO;
+        if (done == 0) return write ? EIO : -1;
+        len -= (uint64_t)done;
+        off += (uint64_t)done;
+        while (vn && (size_t)done >= v->iov_len) { done -= (ssize_t)v->iov_len; v++; vn--; }
+        if (vn && done) { v->iov_base = (char *)v->iov_base + done; v->iov_len -= (size_t)done; }
+    }
+    return 0;
+}
+
+static int kvx__store_pio(int fd, void *buf, size_t len, uint64_t off, int write) {
+    struct iovec v;
+    v.iov_base = buf;
+    v.iov_len = len;
+    return kvx__store_iov_full(fd, &v, 1, off, len, write);
+}
+
+/* CRC32C of the block data. kvx_crc32c (kvx.h) interleaves three streams of
+   4 KiB and joins them with a bit-serial GF(2) shift; that runs at about
+   half the speed of the crc32 instruction, and the data CRC is what bounds
+   get and put. This runs three streams over 8 KiB, 2 KiB or 512-byte
+   segments and joins them with table lookups (four per join). Same values
+   as kvx_crc32c. Candidate to move into kvx.h. */
+static uint32_t kvx__store_crc_tab[3][4][256]; /* shift a raw register over 8192, 2048, 512 bytes */
+static int kvx__store_crc_hw;
+static pthread_once_t kvx__store_crc_once = PTHREAD_ONCE_INIT;
+
+static uint32_t kvx__store_gf2_times(const uint32_t *mat, uint32_t vec) {
+    uint32_t sum = 0;
+    while (vec) {
+        if (vec & 1) sum ^= *mat;
+        vec >>= 1;
+        mat++;
+    }
+    return sum;
+}
+
+static void kvx__store_crc_init(void) {
+    uint32_t op[32], sq[32];
+    int t, n, k, b, bits = 0, want[3] = {16, 14, 12}; /* log2 of 8192, 2048, 512 bytes in bits */
+    op[0] = 0x82F63B78u; /* one zero bit through the reflected register */
+    for (n = 1; n < 32; n++) op[n] = 1u << (n - 1);
+    for (t = 2; t >= 0; t--) {
+        while (bits < want[t]) {
+            for (n = 0; n < 32; n++) sq[n] = kvx__store_gf2_times(op, op[n]);
+            memcpy(op, sq, sizeof op);
+            bits++;
+        }
+        for (k = 0; k < 4; k++)
+            for (b = 0; b < 256; b++)
+                kvx__store_crc_tab[t][k][b] = kvx__store_gf2_times(op, (uint32_t)b << (8 * k));
+    }
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+    __builtin_cpu_init();
+    kvx__store_crc_hw = __builtin_cpu_supports("sse4.2") ? 1 : 0;
+#endif
+}
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+static uint32_t kvx__store_crc_shift(int t, uint32_t c) {
+    return kvx__store_crc_tab[t][0][c & 255] ^ kvx__store_crc_tab[t][1][(c >> 8) & 255] ^
+           kvx__store_crc_tab[t][2][(c >> 16) & 255] ^ kvx__store_crc_tab[t][3][c >> 24];
+}
+
+__attribute__((target("sse4.2"))) static uint32_t kvx__store_crc_hw3(uint32_t c, const uint8_t *p,
+                                                                    size_t len, size_t *done) {
+    static const size_t blk[3] = {8192, 2048, 512};
+    int t;
+    *done = 0;
+    for (t = 0; t < 3; t++) {
+        while (len >= 3 * blk[t]) {
+            uint64_t a = c, b = 0, d = 0;
+            const uint8_t *q = p + blk[t], *r = p + 2 * blk[t];
+            size_t i;
+            for (i = 0; i < blk[t]; i += 8) {
+                uint64_t x, y, z;
+                memcpy(&x, p + i, 8);
+                memcpy(&y, q + i, 8);
+                memcpy(&z, r + i, 8);
+                a = __builtin_ia32_crc32di(a, x);
+                b = __builtin_ia32_crc32di(b, y);
+                d = __builtin_ia32_crc32di(d, z);
+            }
+            c = kvx__store_crc_shift(t, kvx__store_crc_shift(t, (uint32_t)a) ^ (uint32_t)b) ^ (uint32_t)d;
+            p += 3 * blk[t];
+            len -= 3 * blk[t];
+            *done += 3 * blk[t];
+        }
+    }
+    return c;
+}
+#endif
+
+static uint32_t kvx__store_crc32c(uint32_t crc, const void *data, size_t len) {
+    pthread_once(&kvx__store_crc_once, kvx__store_crc_init);
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+    if (kvx__store_crc_hw && len >= 3 * 512) {
+        size_t done;
+        uint32_t raw = kvx__store_crc_hw3(~crc, (const uint8_t *)data, len, &done);
+        return kvx_crc32c(~raw, (const uint8_t *)data + done, len - done); /* the tail */
+    }
+#endif
+    return kvx_crc32c(crc, data, len);
+}
+
+/* Parses a byte count with an optional K/M/G/T suffix (powers of 1024). */
+static int kvx__store_parse_bytes(const char *s, uint64_t *out) {
+    char *end = NULL;
+    unsigned long long v;
+    int shift = 0;
+    if (!strcmp(s, "unlimited")) { *out = KVX_STORE_UNLIMITED; return 0; }
+    if (*s < '0' || *s > '9') return -1;
+    errno = 0;
+    v = strtoull(s, &end, 10);
+    if (errno) return -1;
+    switch (*end) {
+    case 'k': case 'K': shift = 10; end++; break;
+    case 'm': case 'M': shift = 20; end++; break;
+    case 'g': case 'G': shift = 30; end++; break;
+    case 't': case 'T': shift = 40; end++; break;
+    default: break;
+    }
+    if (shift && *end == 'i') end++;
+    if (*end == 'B' || *end == 'b') end++;
+    if (*end) return -1;
+    if (shift && v > (~0ull >> shift)) return -1;
+    *out = (uint64_t)v << shift;
+    return 0;
+}
+
+/* >>block store: keys ----------------------------------------------------------- */
+
+KVX_API size_t kvx_store_page_keys(const uint32_t *tokens, size_t num_tokens, uint32_t page_size,
+                                   const kvx_store_key *prior, kvx_store_key *keys,
+                                   size_t max_keys) {
+    size_t pages, p, t;
+    const kvx_store_key *prev = prior;
+    if (!page_size || !keys || (num_tokens && !tokens)) return 0;
+    pages = num_tokens / page_size;
+    if (pages > max_keys) pages = max_keys;
+    for (p = 0; p < pages; p++) {
+        kvx_sha256 h;
+        uint8_t le[4 * 64];
+        kvx_sha256_init(&h);
+        if (prev) kvx_sha256_update(&h, prev->bytes, 32);
+        for (t = 0; t < page_size;) {
+            size_t k, m = page_size - t < 64 ? page_size - t : 64;
+            for (k = 0; k < m; k++) kvx__store_wr32(le + 4 * k, tokens[p * page_size + t + k]);
+            kvx_sha256_update(&h, le, 4 * m);
+            t += m;
+        }
+        kvx_sha256_final(&h, keys[p].bytes);
+        prev = &keys[p];
+    }
+    return pages;
+}
+
+KVX_API void kvx_store_key_hex(const kvx_store_key *k, char out[65]) {
+    int i;
+    for (i = 0; i < 32; i++) {
+        out[2 * i] = kvx__store_hexd[k->bytes[i] >> 4];
+        out[2 * i + 1] = kvx__store_hexd[k->bytes[i] & 15];
+    }
+    out[64] = 0;
+}
+
+KVX_API int kvx_store_key_parse(const char *hex, kvx_store_key *out) {
+    int i;
+    if (!hex || !out) return -1;
+    for (i = 0; i < 32; i++) {
+        int hi = kvx__store_hexval(hex[2 * i]), lo;
+        if (hi < 0) return -1;
+        lo = kvx__store_hexval(hex[2 * i + 1]);
+        if (lo < 0) return -1;
+        out->bytes[i] = (uint8_t)(hi << 4 | lo);
+    }
+    return hex[64] ? -1 : 0;
+}
+
+/* >>block store: header --------------------------------------------------------- */
+
+static uint32_t kvx__store_header_crc(const uint8_t *h, uint32_t size) {
+    static const uint8_t zero[4] = {0, 0, 0, 0};
+    uint32_t c = kvx_crc32c(0, h, 16);
+    c = kvx_crc32c(c, zero, 4);
+    return kvx_crc32c(c, h + 20, size - 20);
+}
+
+KVX_API uint64_t kvx_store_block_item_len(const kvx_store_block_info *b, uint32_t i) {
+    if (!b || !b->item_lens || i >= b->num_buffers) return 0;
+    return kvx__store_rd64(b->item_lens + 8 * (size_t)i);
+}
+
+KVX_API kvx_result kvx_store_header_parse(const void *buf, size_t len, kvx_store_block_info *o,
+                                          char *why, size_t wl) {
+    const uint8_t *p = (const uint8_t *)buf;
+    uint64_t sum = 0;
+    uint32_t i, crc;
+    if (why && wl) why[0] = 0;
+    if (!o) return KVX_ERR_INVALID_ARGUMENT;
+    memset(o, 0, sizeof *o);
+    if (!p || len < KVX_STORE_HEADER_FIXED) {
+        kvx__store_why(why, wl, "header truncated: %zu bytes, the fixed part is %d", p ? len : 0,
+                       KVX_STORE_HEADER_FIXED);
+        return KVX_ERR_CORRUPT;
+    }
+    if (memcmp(p, "KVXBLOCK", 8)) {
+        kvx__store_why(why, wl, "bad magic (not a kvx block)");
+        return KVX_ERR_CORRUPT;
+    }
+    o->version = kvx__store_rd32(p + 8);
+    if (o->version != KVX_STORE_FORMAT_VERSION) {
+        kvx__store_why(why, wl, "format version %u; this reader knows %d", o->version,
+                       KVX_STORE_FORMAT_VERSION);
+        return KVX_ERR_CORRUPT;
+    }
+    o->header_size = kvx__store_rd32(p + 12);
+    o->header_crc = kvx__store_rd32(p + 16);
+    o->num_buffers = kvx__store_rd32(p + 68);
+    if (o->header_size < KVX_STORE_HEADER_FIXED + 8 || o->header_size > KVX_STORE_HEADER_MAX ||
+        o->header_size % 8) {
+        kvx__store_why(why, wl, "header_size %u is not a multiple of 8 in [%d, %d]",
+                       o->header_size, KVX_STORE_HEADER_FIXED + 8, KVX_STORE_HEADER_MAX);
+        return KVX_ERR_CORRUPT;
+    }
+    if (o->num_buffers == 0 || o->num_buffers > (o->header_size - KVX_STORE_HEADER_FIXED) / 8) {
+        kvx__store_why(why, wl, "num_buffers %u does not fit header_size %u", o->num_buffers,
+                       o->header_size);
+        return KVX_ERR_CORRUPT;
+    }
+    if (len < o->header_size) {
+        kvx__store_why(why, wl, "header truncated: %zu of %u bytes", len, o->header_size);
+        return KVX_ERR_CORRUPT;
+    }
+    crc = kvx__store_header_crc(p, o->header_size);
+    if (crc != o->header_crc) {
+        kvx__store_why(why, wl, "header CRC32C mismatch: stored %08x, computed %08x",
+                       o->header_crc, crc);
+        return KVX_ERR_CORRUPT;
+    }
+    o->flags = kvx__store_rd32(p + 20);
+    o->config_hash = kvx__store_rd64(p + 24);
+    memcpy(o->key.bytes, p + 32, 32);
+    o->page_count = kvx__store_rd32(p + 64);
+    o->data_len = kvx__store_rd64(p + 72);
+    o->data_crc = kvx__store_rd32(p + 80);
+    o->page_size = kvx__store_rd32(p + 84);
+    o->kv_fingerprint = kvx__store_rd64(p + 88);
+    o->item_lens = p + KVX_STORE_HEADER_FIXED;
+    if (o->flags) {
+        kvx__store_why(why, wl, "unknown flags %08x", o->flags);
+        return KVX_ERR_CORRUPT;
+    }
+    if (o->page_count == 0) {
+        kvx__store_why(why, wl, "page_count is 0");
+        return KVX_ERR_CORRUPT;
+    }
+    for (i = 0; i < o->num_buffers; i++) {
+        uint64_t it = kvx_store_block_item_len(o, i);
+        if (it == 0 || it > KVX__STORE_MAX_DATA - sum) {
+            kvx__store_why(why, wl, "item_len[%u] = %llu is 0 or makes the page too large", i,
+                           (unsigned long long)it);
+            return KVX_ERR_CORRUPT;
+        }
+        sum += it;
+    }
+    if (sum > KVX__STORE_MAX_DATA / o->page_count || o->data_len != sum * o->page_count) {
+        kvx__store_why(why, wl, "data_len %llu is not page_count %u x page bytes %llu",
+                       (unsigned long long)o->data_len, o->page_count, (unsigned long long)sum);
+        return KVX_ERR_CORRUPT;
+    }
+    return KVX_OK;
+}
+
+/* >>block store: object ------------------------------------------------------- */
+
+typedef struct kvx__store_ent {
+    kvx_store_key key;
+    uint64_t size, ts;
+    uint32_t prev, next; /* LRU list (head = most recent); 0 = none; entries are 1-based */
+} kvx__store_ent;
+
+typedef struct kvx__store_task {
+    void (*fn)(void *arg, size_t i, void *scratch);
+    void *arg;
+    size_t n;
+    size_t next;  /* atomic: next item to claim */
+    int users;    /* threads working on it, under pool_mu */
+    int listed;   /* under pool_mu */
+    struct kvx__store_task *link;
+} kvx__store_task;
+
+typedef struct kvx__store_worker {
+    struct kvx_store *s;
+    void *scratch;
+    pthread_t th;
+} kvx__store_worker;
+
+typedef struct kvx__store_scratch {
+    struct kvx__store_scratch *next;
+} kvx__store_scratch;
+
+struct kvx_store {
+    kvx_store_desc desc;   /* env applied; strings and layout owned */
+    kvx_buffer *bufs;
+    char *model, *dtype, *root;
+    char ns[KVX__STORE_PATH]; /* <root>/<config-hash> */
+    char cfg_hex[17];
+    uint64_t cfg_hash, kv_fp, capacity;
+    uint32_t nb, hdr_size;
+    uint64_t data_len, block_bytes;
+    uint8_t *hdr_template; /* this store's header with key and CRCs zero */
+    size_t scratch_bytes;  /* header + iovecs */
+    int ns_fd;
+    char tmp_tag[48];      /* ".tmp.<pid>-<nonce>." */
+    uint64_t tmp_seq;      /* atomic */
+    uint64_t last_ts;      /* atomic */
+    /* index, under mu */
+    pthread_mutex_t mu;
+    kvx__store_ent *ents;
+    uint32_t ents_cap, ents_used, free_ent;
+    uint32_t *slots;
+    uint32_t slots_cap, count;
+    uint32_t lru_head, lru_tail;
+    uint64_t bytes, reserved;
+    int index_oom_logged;
+    /* counters, atomics */
+    kvx_store_stats st;
+    /* worker pool */
+    pthread_mutex_t pool_mu;
+    pthread_cond_t pool_cv, pool_done;
+    kvx__store_task *tasks;
+    int pool_stop, nworkers;
+    kvx__store_worker *workers;
+    kvx__store_scratch *spare; /* callers' scratch buffers, under pool_mu */
+};
+
+#define KVX__STORE_ADD(p, v) __atomic_add_fetch((p), (v), __ATOMIC_RELAXED)
+#define KVX__STORE_LOAD(p) __atomic_load_n((p), __ATOMIC_ACQUIRE)
+
+static void *kvx__store_alloc(const kvx_store *s, size_t n) {
+    const kvx_allocator *a = &s->desc.allocator;
+    return a->alloc_fn ? a->alloc_fn(n, a->user_data) : malloc(n);
+}
+static void kvx__store_free(const kvx_store *s, void *p) {
+    const kvx_allocator *a = &s->desc.allocator;
+    if (!p) return;
+    if (a->free_fn) a->free_fn(p, a->user_data);
+    else free(p);
+}
+
+static void kvx__store_log(const kvx_store *s, kvx_log_level lvl, const char *fmt, ...)
+    KVX_PRINTF(3, 4);
+static void kvx__store_log(const kvx_store *s, kvx_log_level lvl, const char *fmt, ...) {
+    static const char *names[] = {"", "ERROR", "WARN", "INFO", "DEBUG"};
+    char msg[1024];
+    va_list ap;
+    if (lvl > s->desc.logger.level) return;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    if (s->desc.logger.func) s->desc.logger.func(s->desc.logger.user_data, lvl, "kvx.store", 0, msg);
+    else fprintf(stderr, "kvx %s kvx.store: %s\n", names[lvl >= 1 && lvl <= 4 ? lvl : 0], msg);
+}
+
+/* Strictly increasing wall-clock ns: the "last use" stamp of blocks. */
+static uint64_t kvx__store_stamp(kvx_store *s) {
+    uint64_t now = kvx__store_wall_ns();
+    uint64_t last = __atomic_load_n(&s->last_ts, __ATOMIC_RELAXED), v;
+    do {
+        v = now > last ? now : last + 1;
+    } while (!__atomic_compare_exchange_n(&s->last_ts, &last, v, 0, __ATOMIC_RELAXED,
+                                          __ATOMIC_RELAXED));
+    return v;
+}
+
+static void kvx__store_times(struct timespec t[2], uint64_t ns) {
+    t[0].tv_sec = (time_t)(ns / 1000000000ull);
+    t[0].tv_nsec = (long)(ns % 1000000000ull);
+    t[1] = t[0];
+}
+
+/* >>block store: index (key -> size, last use; LRU list), under s->mu -------- */
+
+static uint32_t kvx__store_hash(const kvx_store_key *k) {
+    uint64_t x = kvx__store_rd64(k->bytes) ^ (kvx__store_rd64(k->bytes + 8) * 0x9E3779B97F4A7C15ull);
+    x ^= x >> 31; x *= 0xBF58476D1CE4E5B9ull; x ^= x >> 29; x *= 0x94D049BB133111EBull; x ^= x >> 32;
+    return (uint32_t)x;
+}
+
+/* Slot holding key, or the empty slot where it would go. */
+static uint32_t kvx__store_slot(const kvx_store *s, const kvx_store_key *k) {
+    uint32_t mask = s->slots_cap - 1, h = kvx__store_hash(k) & mask;
+    while (s->slots[h] && memcmp(s->ents[s->slots[h]].key.bytes, k->bytes, 32))
+        h = (h + 1) & mask;
+    return h;
+}
+
+static uint32_t kvx__store_find(const kvx_store *s, const kvx_store_key *k) {
+    return s->slots_cap ? s->slots[kvx__store_slot(s, k)] : 0;
+}
+
+static int kvx__store_grow_slots(kvx_store *s) {
+    uint32_t ncap = s->slots_cap ? s->slots_cap * 2 : 1024, i, *old = s->slots, ocap = s->slots_cap;
+    uint32_t *ns;
+    if (ncap < s->slots_cap) return -1;
+    ns = (uint32_t *)kvx__store_alloc(s, (size_t)ncap * sizeof *ns);
+    if (!ns) return -1;
+    memset(ns, 0, (size_t)ncap * sizeof *ns);
+    s->slots = ns;
+    s->slots_cap = ncap;
+    for (i = 0; i < ocap; i++)
+        if (old[i]) s->slots[kvx__store_slot(s, &s->ents[old[i]].key)] = old[i];
+    kvx__store_free(s, old);
+    return 0;
+}
+
+static uint32_t kvx__store_new_ent(kvx_store *s) {
+    uint32_t e;
+    if (s->free_ent) {
+        e = s->free_ent;
+        s->free_ent = s->ents[e].next;
+        return e;
+    }
+    if (s->ents_used + 1 >= s->ents_cap) {
+        uint32_t ncap = s->ents_cap ? s->ents_cap * 2 : 1024;
+        kvx__store_ent *ne;
+        if (ncap < s->ents_cap) return 0;
+        ne = (kvx__store_ent *)kvx__store_alloc(s, (size_t)ncap * sizeof *ne);
+        if (!ne) return 0;
+        if (s->ents) memcpy(ne, s->ents, (size_t)s->ents_cap * sizeof *ne);
+        kvx__store_free(s, s->ents);
+        s->ents = ne;
+        s->ents_cap = ncap;
+        if (!s->ents_used) s->ents_used = 1; /* entry 0 means "none" */
+    }
+    return s->ents_used++;
+}
+
+static void kvx__store_lru_unlink(kvx_store *s, uint32_t e) {
+    kvx__store_ent *x = &s->ents[e];
+    if (x->prev) s->ents[x->prev].next = x->next;
+    else s->lru_head = x->next;
+    if (x->next) s->ents[x->next].prev = x->prev;
+    else s->lru_tail = x->prev;
+    x->prev = x->next = 0;
+}
+
+static void kvx__store_lru_front(kvx_store *s, uint32_t e) {
+    kvx__store_ent *x = &s->ents[e];
+    x->prev = 0;
+    x->next = s->lru_head;
+    if (s->lru_head) s->ents[s->lru_head].prev = e;
+    s->lru_head = e;
+    if (!s->lru_tail) s->lru_tail = e;
+}
+
+/* Records that key has a block of size bytes used at ts. front: make it
+   most recently used (a put or a get); otherwise only a key not yet known
+   is added (seen by exists). */
+static void kvx__store_idx_note(kvx_store *s, const kvx_store_key *k, uint64_t size, uint64_t ts,
+                                int front) {
+    uint32_t e = kvx__store_find(s, k);
+    if (e) {
+        s->bytes += size - s->ents[e].size;
+        s->ents[e].size = size;
+        if (!front) return;
+        s->ents[e].ts = ts;
+        kvx__store_lru_unlink(s, e);
+        kvx__store_lru_front(s, e);
+        return;
+    }
+    if ((s->count + 1) * 2 > s->slots_cap && kvx__store_grow_slots(s)) goto oom;
+    if (!(e = kvx__store_new_ent(s))) goto oom;
+    s->ents[e].key = *k;
+    s->ents[e].size = size;
+    s->ents[e].ts = ts;
+    s->slots[kvx__store_slot(s, k)] = e;
+    s->count++;
+    s->bytes += size;
+    kvx__store_lru_front(s, e);
+    return;
+oom:
+    if (!s->index_oom_logged++)
+        kvx__store_log(s, KVX_LOG_ERROR, "out of memory growing the index of %s: new blocks are not "
+                       "counted against the capacity", s->ns);
+}
+
+/* Removes key from the index; returns 1 when it was there. */
+static int kvx__store_idx_remove(kvx_store *s, const kvx_store_key *k) {
+    uint32_t mask, i, j, e;
+    if (!s->slots_cap) return 0;
+    mask = s->slots_cap - 1;
+    i = kvx__store_slot(s, k);
+    e = s->slots[i];
+    if (!e) return 0;
+    s->slots[i] = 0;
+    /* backward-shift deletion keeps linear probing chains unbroken */
+    for (j = (i + 1) & mask; s->slots[j]; j = (j + 1) & mask) {
+        uint32_t home = kvx__store_hash(&s->ents[s->slots[j]].key) & mask;
+        int between = i <= j ? (home > i && home <= j) : (home > i || home <= j);
+        if (!between) {
+            s->slots[i] = s->slots[j];
+            s->slots[j] = 0;
+            i = j;
+        }
+    }
+    kvx__store_lru_unlink(s, e);
+    s->bytes -= s->ents[e].size;
+    s->count--;
+    s->ents[e].next = s->free_ent;
+    s->free_ent = e;
+    return 1;
+}
+
+/* >>block store: worker pool ---------------------------------------------------- */
+/* A batch is a task of n items; the caller and every worker claim items with
+   an atomic counter. Several batches (from several caller threads) may be
+   queued at once. Each thread has its own scratch (header + iovecs). */
+
+static void kvx__store_task_run(kvx__store_task *t, void *scratch) {
+    size_t i;
+    while ((i = __atomic_fetch_add(&t->next, 1, __ATOMIC_RELAXED)) < t->n) t->fn(t->arg, i, scratch);
+}
+
+static void kvx__store_task_unlist(kvx_store *s, kvx__store_task *t) {
+    kvx__store_task **pp;
+    if (!t->listed) return;
+    for (pp = &s->tasks; *pp; pp = &(*pp)->link)
+        if (*pp == t) { *pp = t->link; break; }
+    t->listed = 0;
+}
+
+static void *kvx__store_worker_main(void *arg) {
+    kvx__store_worker *w = (kvx__store_worker *)arg;
+    kvx_store *s = w->s;
+    pthread_mutex_lock(&s->pool_mu);
+    for (;;) {
+        kvx__store_task *t;
+        while (!s->pool_stop && !s->tasks) pthread_cond_wait(&s->pool_cv, &s->pool_mu);
+        t = s->tasks;
+        if (!t) break;
+        t->users++;
+        pthread_mutex_unlock(&s->pool_mu);
+        kvx__store_task_run(t, w->scratch);
+        pthread_mutex_lock(&s->pool_mu);
+        kvx__store_task_unlist(s, t); /* every item is claimed */
+        if (--t->users == 0) pthread_cond_broadcast(&s->pool_done);
+    }
+    pthread_mutex_unlock(&s->pool_mu);
+    return NULL;
+}
+
+static void *kvx__store_scratch_take(kvx_store *s) {
+    kvx__store_scratch *sc;
+    pthread_mutex_lock(&s->pool_mu);
+    sc = s->spare;
+    if (sc) s->spare = sc->next;
+    pthread_mutex_unlock(&s->pool_mu);
+    return sc ? (void *)sc : kvx__store_alloc(s, s->scratch_bytes);
+}
+
+static void kvx__store_scratch_give(kvx_store *s, void *p) {
+    kvx__store_scratch *sc = (kvx__store_scratch *)p;
+    if (!p) return;
+    pthread_mutex_lock(&s->pool_mu);
+    sc->next = s->spare;
+    s->spare = sc;
+    pthread_mutex_unlock(&s->pool_mu);
+}
+
+/* Runs fn(arg, i, scratch) for i < n on the caller and the workers; returns
+   when all are done. -1 when no thread could run them (out of memory). */
+static int kvx__store_parallel(kvx_store *s, size_t n, void (*fn)(void *, size_t, void *),
+                               void *arg) {
+    kvx__store_task t;
+    void *scratch;
+    if (!n) return 0;
+    memset(&t, 0, sizeof t);
+    t.fn = fn;
+    t.arg = arg;
+    t.n = n;
+    scratch = kvx__store_scratch_take(s);
+    if (!scratch && !s->nworkers) return -1;
+    if (s->nworkers && (n > 1 || !scratch)) {
+        pthread_mutex_lock(&s->pool_mu);
+        t.listed = 1;
+        t.link = s->tasks;
+        s->tasks = &t;
+        if (n - 1 >= (size_t)s->nworkers || !scratch) pthread_cond_broadcast(&s->pool_cv);
+        else {
+            size_t k;
+            for (k = 0; k + 1 < n; k++) pthread_cond_signal(&s->pool_cv);
+        }
+        pthread_mutex_unlock(&s->pool_mu);
+    }
+    if (scratch) kvx__store_task_run(&t, scratch);
+    pthread_mutex_lock(&s->pool_mu);
+    /* without scratch the caller only waits for the workers to take it all */
+    while (!scratch && (t.users || __atomic_load_n(&t.next, __ATOMIC_RELAXED) < n))
+        pthread_cond_wait(&s->pool_done, &s->pool_mu);
+    kvx__store_task_unlist(s, &t);
+    while (t.users) pthread_cond_wait(&s->pool_done, &s->pool_mu);
+    pthread_mutex_unlock(&s->pool_mu);
+    kvx__store_scratch_give(s, scratch);
+    return 0;
+}
+
+/* >>block store: capacity --------------------------------------------------------- */
+
+/* Reserves need bytes under the capacity, evicting least recently used
+   blocks until they fit. When reuse is not NULL the first block evicted is
+   not unlinked but handed back in *reuse (*have_reuse = 1): the caller
+   renames it to its temporary name and overwrites it in place, which spares
+   the filesystem freeing and allocating an inode, its extents and its page
+   cache for every block once the store is full. KVX_ERR_NO_SPACE when
+   nothing is left to evict (the block is larger than the capacity, or the
+   rest is reserved by writes in flight). */
+static kvx_result kvx__store_reserve(kvx_store *s, uint64_t need, kvx_store_key *reuse,
+                                     int *have_reuse) {
+    kvx_store_key victims[KVX__STORE_VICTIMS];
+    if (have_reuse) *have_reuse = 0;
+    for (;;) {
+        int nv = 0, fits = 0, i;
+        pthread_mutex_lock(&s->mu);
+        while (s->bytes + s->reserved + need > s->capacity && s->lru_tail && nv < KVX__STORE_VICTIMS) {
+            victims[nv] = s->ents[s->lru_tail].key;
+            kvx__store_idx_remove(s, &victims[nv++]);
+        }
+        if (s->bytes + s->reserved + need <= s->capacity) {
+            s->reserved += need;
+            fits = 1;
+        }
+        pthread_mutex_unlock(&s->mu);
+        for (i = 0; i < nv; i++) {
+            char rel[KVX__STORE_REL];
+            KVX__STORE_ADD(&s->st.evictions, 1);
+            if (reuse && !*have_reuse) {
+                *reuse = victims[i];
+                *have_reuse = 1;
+                continue;
+            }
+            kvx__store_relpath(rel, &victims[i]);
+            if (unlinkat(s->ns_fd, rel, 0) && errno != ENOENT)
+                kvx__store_log(s, KVX_LOG_WARN, "cannot evict %s/%s: %s", s->ns, rel, strerror(errno));
+        }
+        if (fits) return KVX_OK;
+        if (!nv) {
+            if (have_reuse && *have_reuse) { /* evicted, but nothing will reuse it */
+                char rel[KVX__STORE_REL];
+                kvx__store_relpath(rel, reuse);
+                (void)unlinkat(s->ns_fd, rel, 0);
+                *have_reuse = 0;
+            }
+            return KVX_ERR_NO_SPACE;
+        }
+    }
+}
+
+static void kvx__store_release(kvx_store *s, uint64_t need) {
+    pthread_mutex_lock(&s->mu);
+    s->reserved -= need;
+    pthread_mutex_unlock(&s->mu);
+}
+
+/* A block that must not be loaded: removed (when the name still refers to
+   the file that was examined), forgotten, counted, logged. */
+static void kvx__store_bad(kvx_store *s, int dirfd, const char *name, const char *shown,
+                           const kvx_store_key *k, const struct stat *seen, const char *reason) {
+    struct stat now;
+    int removed = 0;
+    if (!fstatat(dirfd, name, &now, AT_SYMLINK_NOFOLLOW) &&
+        (!seen || (now.st_ino == seen->st_ino && now.st_dev == seen->st_dev)) &&
+        !unlinkat(dirfd, name, 0))
+        removed = 1;
+    if (k) {
+        pthread_mutex_lock(&s->mu);
+        kvx__store_idx_remove(s, k);
+        pthread_mutex_unlock(&s->mu);
+    }
+    KVX__STORE_ADD(&s->st.corrupt, 1);
+    kvx__store_log(s, KVX_LOG_WARN, "block %s/%s is unusable: %s; %s, treated as a miss", s->ns,
+                   shown, reason, removed ? "removed" : "not removed (already replaced or gone)");
+}
+
+/* >>block store: batches -------------------------------------------------------------- */
+
+typedef struct kvx__store_batch {
+    kvx_store *s;
+    const kvx_store_key *keys;
+    const int32_t *pages;
+    kvx_result *results;
+    pthread_mutex_t mu;
+    size_t stop;   /* atomic: lowest failed index, n when none */
+    size_t failed; /* under mu */
+    kvx_result err; /* of the lowest failed index, under mu */
+    char why[KVX_ERROR_MAX];
+} kvx__store_batch;
+
+static void kvx__store_fail(kvx__store_batch *b, size_t i, kvx_result r, const char *fmt, ...)
+    KVX_PRINTF(4, 5);
+static void kvx__store_fail(kvx__store_batch *b, size_t i, kvx_result r, const char *fmt, ...) {
+    va_list ap;
+    if (b->results) b->results[i] = r;
+    pthread_mutex_lock(&b->mu);
+    b->failed++;
+    if (i < __atomic_load_n(&b->stop, __ATOMIC_RELAXED)) {
+        __atomic_store_n(&b->stop, i, __ATOMIC_RELEASE);
+        b->err = r;
+        va_start(ap, fmt);
+        vsnprintf(b->why, sizeof b->why, fmt, ap);
+        va_end(ap);
+    }
+    pthread_mutex_unlock(&b->mu);
+}
+
+static void kvx__store_batch_init(kvx__store_batch *b, kvx_store *s, const kvx_store_key *keys,
+                                  const int32_t *pages, size_t n, kvx_result *results) {
+    memset(b, 0, sizeof *b);
+    b->s = s;
+    b->keys = keys;
+    b->pages = pages;
+    b->results = results;
+    b->stop = n;
+    pthread_mutex_init(&b->mu, NULL);
+}
+
+/* Moves one page between the pool and the file (data at header_size), in
+   groups of about KVX__STORE_GROUP bytes, and returns the CRC32C of the
+   bytes as they are in the pool, computed right after each group's I/O
+   while the group is in cache (so the data crosses memory once, in the
+   kernel's copy). 0, an errno, or -1 (short file). */
+static int kvx__store_data_io(kvx_store *s, int fd, int32_t page, struct iovec *iov, int write,
+                              uint32_t *crc) {
+    uint32_t b = 0, c = 0;
+    uint64_t off = s->hdr_size;
+    while (b < s->nb) {
+        uint32_t b0 = b, k;
+        int n = 0, err;
+        uint64_t len = 0;
+        while (b < s->nb && n < KVX__STORE_IOV && (n == 0 || len < KVX__STORE_GROUP)) {
+            const kvx_buffer *bf = &s->bufs[b++];
+            iov[n].iov_base = (char *)bf->base + (uint64_t)page * bf->item_len;
+            iov[n].iov_len = (size_t)bf->item_len;
+            len += bf->item_len;
+            n++;
+        }
+        if ((err = kvx__store_iov_full(fd, iov, n, off, len, write)) != 0) return err;
+        for (k = b0; k < b; k++)
+            c = kvx__store_crc32c(c, (char *)s->bufs[k].base + (uint64_t)page * s->bufs[k].item_len,
+                                  (size_t)s->bufs[k].item_len);
+        off += len;
+    }
+    *crc = c;
+    return 0;
+}
+
+/* The header h (hdr_size bytes) is a valid header of this store for key k. */
+static int kvx__store_check_header(const kvx_store *s, const uint8_t *h, const kvx_store_key *k,
+                                   char *why, size_t wl) {
+    kvx_store_block_info in;
+    char a[65], b[65];
+    if (kvx_store_header_parse(h, s->hdr_size, &in, why, wl) != KVX_OK) return -1;
+    if (in.config_hash != s->cfg_hash) {
+        kvx__store_why(why, wl, "written for configuration %016llx, this store is %s",
+                       (unsigned long long)in.config_hash, s->cfg_hex);
+        return -1;
+    }
+    if (k && memcmp(in.key.bytes, k->bytes, 32)) {
+        kvx_store_key_hex(&in.key, a);
+        kvx_store_key_hex(k, b);
+        kvx__store_why(why, wl, "holds key %.16s..., not %.16s...", a, b);
+        return -1;
+    }
+    if (in.header_size != s->hdr_size || in.page_count != 1 || in.num_buffers != s->nb ||
+        in.data_len != s->data_len ||
+        memcmp(h + 84, s->hdr_template + 84, s->hdr_size - 84)) {
+        kvx__store_why(why, wl, "its page layout (%u buffers, %llu bytes, header %u) is not this "
+                       "store's (%u buffers, %llu bytes, header %u)", in.num_buffers,
+                       (unsigned long long)in.data_len, in.header_size, s->nb,
+                       (unsigned long long)s->data_len, s->hdr_size);
+        return -1;
+    }
+    return 0;
+}
+
+/* The name no longer refers to the file examined (seen). */
+static int kvx__store_replaced(const kvx_store *s, const char *rel, const struct stat *seen) {
+    struct stat now;
+    if (fstatat(s->ns_fd, rel, &now, AT_SYMLINK_NOFOLLOW)) return errno == ENOENT;
+    return now.st_ino != seen->st_ino || now.st_dev != seen->st_dev;
+}
+
+static void kvx__store_get_item(void *arg, size_t i, void *scratch) {
+    kvx__store_batch *b = (kvx__store_batch *)arg;
+    kvx_store *s = b->s;
+    const kvx_store_key *k = &b->keys[i];
+    uint8_t *hdr = (uint8_t *)scratch;
+    struct iovec *iov = (struct iovec *)(void *)(hdr + s->hdr_size);
+    char rel[KVX__STORE_REL], why[256];
+    struct stat st;
+    struct timespec t[2];
+    uint32_t crc = 0;
+    uint64_t ts;
+    int fd, err;
+    if (i > __atomic_load_n(&b->stop, __ATOMIC_ACQUIRE)) return; /* past a miss: not needed */
+    kvx__store_relpath(rel, k);
+    fd = openat(s->ns_fd, rel, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0) {
+        err = errno;
+        if (err == ENOENT || err == ENOTDIR) {
+            KVX__STORE_ADD(&s->st.misses, 1);
+            kvx__store_fail(b, i, KVX_ERR_NOT_FOUND, "%s is not stored", rel);
+            return;
+        }
+        goto io_error;
+    }
+    if (fstat(fd, &st)) { err = errno; close(fd); goto io_error; }
+    if (!S_ISREG(st.st_mode) || (uint64_t)st.st_size != s->block_bytes) {
+        snprintf(why, sizeof why, "file is %lld bytes, a block is %llu (torn, truncated or foreign)",
+                 (long long)st.st_size, (unsigned long long)s->block_bytes);
+        goto bad;
+    }
+    err = kvx__store_pio(fd, hdr, s->hdr_size, 0, 0);
+    if (err < 0) { snprintf(why, sizeof why, "header truncated"); goto bad; }
+    if (err) { close(fd); goto io_error; }
+    if (kvx__store_check_header(s, hdr, k, why, sizeof why)) goto bad;
+    err = kvx__store_data_io(s, fd, b->pages[i], iov, 0, &crc);
+    if (err < 0) { snprintf(why, sizeof why, "data truncated"); goto bad; }
+    if (err) { close(fd); goto io_error; }
+    if (crc != kvx__store_rd32(hdr + 80)) {
+        snprintf(why, sizeof why, "data CRC32C mismatch: stored %08x, read %08x",
+                 kvx__store_rd32(hdr + 80), crc);
+        goto bad;
+    }
+    ts = kvx__store_stamp(s);
+    kvx__store_times(t, ts);
+    (void)futimens(fd, t); /* last use; a read-only store still serves */
+    close(fd);
+    /* only a key still indexed becomes recent: one evicted while it was read
+       must not come back as an entry without a file */
+    pthread_mutex_lock(&s->mu);
+    {
+        uint32_t e = kvx__store_find(s, k);
+        if (e) {
+            s->ents[e].ts = ts;
+            kvx__store_lru_unlink(s, e);
+            kvx__store_lru_front(s, e);
+        }
+    }
+    pthread_mutex_unlock(&s->mu);
+    KVX__STORE_ADD(&s->st.bytes_read, s->block_bytes);
+    return;
+bad:
+    close(fd);
+    KVX__STORE_ADD(&s->st.misses, 1);
+    if (kvx__store_replaced(s, rel, &st)) {
+        /* evicted (and its file reused) or replaced while we read it: a miss */
+        kvx__store_log(s, KVX_LOG_DEBUG, "%s/%s changed while being read (%s); a miss", s->ns, rel, why);
+        kvx__store_fail(b, i, KVX_ERR_NOT_FOUND, "%s changed while being read", rel);
+        return;
+    }
+    kvx__store_bad(s, s->ns_fd, rel, rel, k, &st, why);
+    kvx__store_fail(b, i, KVX_ERR_CORRUPT, "%s: %s", rel, why);
+    return;
+io_error:
+    KVX__STORE_ADD(&s->st.errors, 1);
+    KVX__STORE_ADD(&s->st.misses, 1);
+    kvx__store_fail(b, i, kvx__store_errno(err), "cannot read %s/%s: %s", s->ns, rel, strerror(err));
+}
+
+static void kvx__store_fsync_dir(int dirfd, const char *rel) {
+    int fd = openat(dirfd, rel, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd >= 0) { (void)fsync(fd); close(fd); }
+}
+
+/* Creates the fan-out directory of rel ("ab/...") again if it went away. */
+static void kvx__store_mkdirs(kvx_store *s, const char *rel) {
+    char d[4];
+    memcpy(d, rel, 2);
+    d[2] = 0;
+    if (!mkdirat(s->ns_fd, d, 0755) && s->desc.fsync) kvx__store_fsync_dir(s->ns_fd, ".");
+}
+
+/* Takes the evicted block v for the block about to be written at rel:
+   renames it to tmp (atomic: if another process evicted or took it first,
+   the rename fails and a new file is made) and opens it for overwriting.
+   Every byte of a block is rewritten and its size does not change, so
+   nothing of the old block survives; until the final rename the file only
+   has a temporary name. Returns the fd or -1. */
+static int kvx__store_reuse(kvx_store *s, const kvx_store_key *v, const char *rel, const char *tmp) {
+    char vrel[KVX__STORE_REL];
+    int fd;
+    kvx__store_relpath(vrel, v);
+    if (renameat(s->ns_fd, vrel, s->ns_fd, tmp)) {
+        if (errno != ENOENT) goto drop;
+        kvx__store_mkdirs(s, rel); /* the target directory may not exist yet */
+        if (renameat(s->ns_fd, vrel, s->ns_fd, tmp)) goto drop;
+    }
+    fd = openat(s->ns_fd, tmp, O_WRONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (fd >= 0) {
+        struct stat st;
+        if (!fstat(fd, &st) && S_ISREG(st.st_mode) && (uint64_t)st.st_size == s->block_bytes) return fd;
+        close(fd);
+    }
+    (void)unlinkat(s->ns_fd, tmp, 0);
+    return -1;
+drop:
+    (void)unlinkat(s->ns_fd, vrel, 0);
+    return -1;
+}
+
+static void kvx__store_put_item(void *arg, size_t i, void *scratch) {
+    kvx__store_batch *b = (kvx__store_batch *)arg;
+    kvx_store *s = b->s;
+    const kvx_store_key *k = &b->keys[i];
+    uint8_t *hdr = (uint8_t *)scratch;
+    struct iovec *iov = (struct iovec *)(void *)(hdr + s->hdr_size);
+    char rel[KVX__STORE_REL], tmp[KVX__STORE_REL];
+    struct stat st;
+    struct timespec t[2];
+    uint32_t crc = 0;
+    uint64_t ts;
+    kvx_result r;
+    kvx_store_key victim;
+    int fd, err = 0, have_victim = 0;
+    kvx__store_relpath(rel, k);
+    if (!fstatat(s->ns_fd, rel, &st, AT_SYMLINK_NOFOLLOW) && S_ISREG(st.st_mode) &&
+        (uint64_t)st.st_size == s->block_bytes) {
+        /* content-addressed: the block is there; only make it recent */
+        ts = kvx__store_stamp(s);
+        kvx__store_times(t, ts);
+        (void)utimensat(s->ns_fd, rel, t, AT_SYMLINK_NOFOLLOW);
+        pthread_mutex_lock(&s->mu);
+        kvx__store_idx_note(s, k, s->block_bytes, ts, 1);
+        pthread_mutex_unlock(&s->mu);
+        KVX__STORE_ADD(&s->st.put_present, 1);
+        if (b->results) b->results[i] = KVX_OK;
+        return;
+    }
+    if ((r = kvx__store_reserve(s, s->block_bytes, &victim, &have_victim)) != KVX_OK) {
+        kvx__store_fail(b, i, r, "a block of %llu bytes does not fit the capacity of %llu bytes "
+                        "(nothing left to evict)", (unsigned long long)s->block_bytes,
+                        (unsigned long long)s->capacity);
+        return;
+    }
+    memcpy(tmp, rel, KVX__STORE_RELLEN);
+    snprintf(tmp + KVX__STORE_RELLEN, sizeof tmp - KVX__STORE_RELLEN, "%s%llu", s->tmp_tag,
+             (unsigned long long)__atomic_add_fetch(&s->tmp_seq, 1, __ATOMIC_RELAXED));
+    fd = have_victim ? kvx__store_reuse(s, &victim, rel, tmp) : -1;
+    if (fd < 0) fd = openat(s->ns_fd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    if (fd < 0 && errno == ENOENT) {
+        kvx__store_mkdirs(s, rel);
+        fd = openat(s->ns_fd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    }
+    if (fd < 0) {
+        err = errno;
+        kvx__store_release(s, s->block_bytes);
+        KVX__STORE_ADD(&s->st.errors, 1);
+        kvx__store_fail(b, i, kvx__store_errno(err), "cannot create %s/%s: %s", s->ns, tmp,
+                        strerror(err));
+        return;
+    }
+    err = kvx__store_data_io(s, fd, b->pages[i], iov, 1, &crc);
+    if (!err) {
+        memcpy(hdr, s->hdr_template, s->hdr_size);
+        memcpy(hdr + 32, k->bytes, 32);
+        kvx__store_wr32(hdr + 80, crc);
+        kvx__store_wr32(hdr + 16, kvx__store_header_crc(hdr, s->hdr_size));
+        err = kvx__store_pio(fd, hdr, s->hdr_size, 0, 1);
+    }
+    ts = kvx__store_stamp(s);
+    kvx__store_times(t, ts);
+    if (!err) (void)futimens(fd, t); /* after the last write: mtime = last use */
+    if (!err && s->desc.fsync && fsync(fd)) err = errno;
+    if (close(fd) && !err) err = errno;
+    if (!err && renameat(s->ns_fd, tmp, s->ns_fd, rel)) err = errno;
+    if (err) {
+        if (err < 0) err = EIO;
+        unlinkat(s->ns_fd, tmp, 0);
+        kvx__store_release(s, s->block_bytes);
+        KVX__STORE_ADD(&s->st.errors, 1);
+        kvx__store_fail(b, i, kvx__store_errno(err), "cannot write %s/%s: %s", s->ns, rel,
+                        strerror(err));
+        return;
+    }
+    if (s->desc.fsync) {
+        char d[4];
+        memcpy(d, rel, 2);
+        d[2] = 0;
+        kvx__store_fsync_dir(s->ns_fd, d);
+    }
+    pthread_mutex_lock(&s->mu);
+    s->reserved -= s->block_bytes;
+    kvx__store_idx_note(s, k, s->block_bytes, ts, 1);
+    pthread_mutex_unlock(&s->mu);
+    KVX__STORE_ADD(&s->st.puts, 1);
+    KVX__STORE_ADD(&s->st.bytes_written, s->block_bytes);
+    if (b->results) b->results[i] = KVX_OK;
+}
+
+static kvx_result kvx__store_check_pages(kvx_store *s, const int32_t *pages, size_t n,
+                                         int no_dup, const char *what) {
+    kvx_plan chk;
+    kvx_result r;
+    memset(&chk, 0, sizeof chk);
+    r = kvx_pages_check(&chk, pages, n, kvx_layout_num_pages(&s->desc.layout), no_dup, what);
+    if (r != KVX_OK) kvx__store_log(s, KVX_LOG_ERROR, "%s", chk.error);
+    kvx_plan_free(&chk);
+    return r;
+}
+
+KVX_API kvx_result kvx_store_batch_put(kvx_store *s, const kvx_store_key *keys,
+                                       const int32_t *pages, size_t n, kvx_result *results) {
+    kvx__store_batch b;
+    kvx_result r;
+    if (!s || (n && (!keys || !pages))) return KVX_ERR_INVALID_ARGUMENT;
+    if (!n) return KVX_OK;
+    if ((r = kvx__store_check_pages(s, pages, n, 0, "kvx_store_batch_put")) != KVX_OK) return r;
+    kvx__store_batch_init(&b, s, keys, pages, n, results);
+    if (kvx__store_parallel(s, n, kvx__store_put_item, &b)) {
+        pthread_mutex_destroy(&b.mu);
+        return KVX_ERR_NO_MEMORY;
+    }
+    pthread_mutex_destroy(&b.mu);
+    if (!b.failed) return KVX_OK;
+    kvx__store_log(s, KVX_LOG_ERROR, "put of %zu blocks: %zu failed; first (key %zu): %s", n,
+                   b.failed, b.stop, b.why);
+    return b.err;
+}
+
+KVX_API kvx_result kvx_store_batch_get(kvx_store *s, const kvx_store_key *keys,
+                                       const int32_t *dst_pages, size_t n, size_t *loaded) {
+    kvx__store_batch b;
+    kvx_result r;
+    if (loaded) *loaded = 0;
+    if (!s || !loaded || (n && (!keys || !dst_pages))) return KVX_ERR_INVALID_ARGUMENT;
+    if (!n) return KVX_OK;
+    if ((r = kvx__store_check_pages(s, dst_pages, n, 1, "kvx_store_batch_get")) != KVX_OK)
+        return r;
+    kvx__store_batch_init(&b, s, keys, dst_pages, n, NULL);
+    if (kvx__store_parallel(s, n, kvx__store_get_item, &b)) {
+        pthread_mutex_destroy(&b.mu);
+        return KVX_ERR_NO_MEMORY;
+    }
+    pthread_mutex_destroy(&b.mu);
+    *loaded = b.stop;
+    KVX__STORE_ADD(&s->st.hits, (uint64_t)b.stop);
+    if (b.stop == n || b.err == KVX_ERR_NOT_FOUND || b.err == KVX_ERR_CORRUPT) return KVX_OK;
+    kvx__store_log(s, KVX_LOG_ERROR, "get of %zu blocks stopped at key %zu: %s", n, b.stop, b.why);
+    return b.err;
+}
+
+/* 1 when keys[i]'s block is there (and learns it), 0 when not. */
+static int kvx__store_exists1(kvx_store *s, const kvx_store_key *k) {
+    char rel[KVX__STORE_REL], why[160];
+    struct stat st;
+    kvx__store_relpath(rel, k);
+    if (fstatat(s->ns_fd, rel, &st, AT_SYMLINK_NOFOLLOW)) {
+        if (errno != ENOENT && errno != ENOTDIR) {
+            KVX__STORE_ADD(&s->st.errors, 1);
+            kvx__store_log(s, KVX_LOG_WARN, "cannot stat %s/%s: %s", s->ns, rel, strerror(errno));
+        }
+        return 0;
+    }
+    if (!S_ISREG(st.st_mode) || (uint64_t)st.st_size != s->block_bytes) {
+        snprintf(why, sizeof why, "file is %lld bytes, a block is %llu", (long long)st.st_size,
+                 (unsigned long long)s->block_bytes);
+        kvx__store_bad(s, s->ns_fd, rel, rel, k, &st, why);
+        return 0;
+    }
+    pthread_mutex_lock(&s->mu);
+    kvx__store_idx_note(s, k, s->block_bytes, kvx__store_ts_ns(&st.st_mtim), 0);
+    pthread_mutex_unlock(&s->mu);
+    return 1;
+}
+
+#define KVX__STORE_EXISTS_CHUNK 32
+
+typedef struct kvx__store_exists_job {
+    kvx_store *s;
+    const kvx_store_key *keys;
+    size_t n;
+    size_t stop; /* atomic: lowest index found missing */
+} kvx__store_exists_job;
+
+static void kvx__store_exists_item(void *arg, size_t c, void *scratch) {
+    kvx__store_exists_job *j = (kvx__store_exists_job *)arg;
+    size_t i = c * KVX__STORE_EXISTS_CHUNK, end = i + KVX__STORE_EXISTS_CHUNK;
+    (void)scratch;
+    if (end > j->n) end = j->n;
+    for (; i < end; i++) {
+        size_t cur = __atomic_load_n(&j->stop, __ATOMIC_ACQUIRE);
+        if (i > cur) return; /* past a miss: not needed */
+        if (kvx__store_exists1(j->s, &j->keys[i])) continue;
+        while (i < cur && !__atomic_compare_exchange_n(&j->stop, &cur, i, 0, __ATOMIC_ACQ_REL,
+                                                       __ATOMIC_ACQUIRE)) {}
+        return;
+    }
+}
+
+KVX_API size_t kvx_store_batch_exists(kvx_store *s, const kvx_store_key *keys, size_t n) {
+    kvx__store_exists_job j;
+    size_t i;
+    if (!s || !keys) return 0;
+    if (n < 4 * KVX__STORE_EXISTS_CHUNK || !s->nworkers) {
+        for (i = 0; i < n && kvx__store_exists1(s, &keys[i]); i++) {}
+        return i;
+    }
+    /* long prefixes: the stats run on every I/O thread (it matters on shared
+       filesystems, where each one is a round trip) */
+    j.s = s;
+    j.keys = keys;
+    j.n = n;
+    j.stop = n;
+    if (kvx__store_parallel(s, (n + KVX__STORE_EXISTS_CHUNK - 1) / KVX__STORE_EXISTS_CHUNK,
+                            kvx__store_exists_item, &j)) {
+        for (i = 0; i < n && kvx__store_exists1(s, &keys[i]); i++) {}
+        return i;
+    }
+    return j.stop;
+}
+
+KVX_API kvx_result kvx_store_remove(kvx_store *s, const kvx_store_key *key) {
+    char rel[KVX__STORE_REL];
+    int err;
+    if (!s || !key) return KVX_ERR_INVALID_ARGUMENT;
+    kvx__store_relpath(rel, key);
+    pthread_mutex_lock(&s->mu);
+    kvx__store_idx_remove(s, key);
+    pthread_mutex_unlock(&s->mu);
+    if (!unlinkat(s->ns_fd, rel, 0)) return KVX_OK;
+    err = errno;
+    return err == ENOENT || err == ENOTDIR ? KVX_ERR_NOT_FOUND : kvx__store_errno(err);
+}
+
+KVX_API void kvx_store_stats_get(kvx_store *s, kvx_store_stats *o) {
+    if (!o) return;
+    memset(o, 0, sizeof *o);
+    if (!s) return;
+    o->hits = KVX__STORE_LOAD(&s->st.hits);
+    o->misses = KVX__STORE_LOAD(&s->st.misses);
+    o->corrupt = KVX__STORE_LOAD(&s->st.corrupt);
+    o->evictions = KVX__STORE_LOAD(&s->st.evictions);
+    o->puts = KVX__STORE_LOAD(&s->st.puts);
+    o->put_present = KVX__STORE_LOAD(&s->st.put_present);
+    o->errors = KVX__STORE_LOAD(&s->st.errors);
+    o->bytes_written = KVX__STORE_LOAD(&s->st.bytes_written);
+    o->bytes_read = KVX__STORE_LOAD(&s->st.bytes_read);
+    pthread_mutex_lock(&s->mu);
+    o->blocks = s->count;
+    o->bytes_used = s->bytes;
+    pthread_mutex_unlock(&s->mu);
+    o->capacity = s->capacity;
+}
+
+KVX_API const char *kvx_store_dir(const kvx_store *s) { return s ? s->ns : ""; }
+KVX_API uint64_t kvx_store_config_hash(const kvx_store *s) { return s ? s->cfg_hash : 0; }
+KVX_API uint64_t kvx_store_block_bytes(const kvx_store *s) { return s ? s->block_bytes : 0; }
+KVX_API const kvx_store_desc *kvx_store_settings(const kvx_store *s) { return s ? &s->desc : NULL; }
+
+KVX_API kvx_result kvx_store_block_path(const kvx_store *s, const kvx_store_key *key, char *out,
+                                        size_t len) {
+    char rel[KVX__STORE_REL];
+    if (!s || !key || !out) return KVX_ERR_INVALID_ARGUMENT;
+    kvx__store_relpath(rel, key);
+    if ((size_t)snprintf(out, len, "%s/%s", s->ns, rel) >= len) return KVX_ERR_INVALID_ARGUMENT;
+    return KVX_OK;
+}
+
+/* >>block store: walking a namespace ---------------------------------------------- */
+
+/* Calls fn(user, dirfd, name, rel) for every entry of every <2 hex>/
+   directory of a namespace (rel = "ab/name"). The only directory scans kvx
+   does: at open, and for scan / verify. fn returns nonzero to stop. 0 or an
+   errno (the namespace itself cannot be read). */
+typedef int (*kvx__store_walk_fn)(void *user, int dirfd, const char *name, const char *rel);
+
+static DIR *kvx__store_opendir_at(int dirfd, const char *name) {
+    int fd = openat(dirfd, name, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
+    DIR *d;
+    if (fd < 0) return NULL;
+    d = fdopendir(fd);
+    if (!d) close(fd);
+    return d;
+}
+
+static int kvx__store_walk(int nsfd, kvx__store_walk_fn fn, void *user) {
+    DIR *d1 = kvx__store_opendir_at(nsfd, "."), *d2;
+    struct dirent *e1, *e2;
+    int stop = 0;
+    char rel[KVX__STORE_REL + 256];
+    if (!d1) return errno ? errno : EIO;
+    while (!stop && (e1 = readdir(d1)) != NULL) {
+        if (strlen(e1->d_name) != 2 || !kvx__store_is_hex(e1->d_name, 2)) continue;
+        if (!(d2 = kvx__store_opendir_at(dirfd(d1), e1->d_name))) continue;
+        while (!stop && (e2 = readdir(d2)) != NULL) {
+            size_t nl = strlen(e2->d_name);
+            if (e2->d_name[0] == '.' || nl + 4 > sizeof rel) continue;
+            memcpy(rel, e1->d_name, 2);
+            rel[2] = '/';
+            memcpy(rel + 3, e2->d_name, nl + 1);
+            stop = fn(user, dirfd(d2), e2->d_name, rel);
+        }
+        closedir(d2);
+    }
+    closedir(d1);
+    return 0;
+}
+
+/* A block file name "<64 lowercase hex>.kvb" whose first byte matches its
+   directory ("ab/ab..."). Fills key. */
+static int kvx__store_block_name(const char *name, const char *rel, kvx_store_key *key) {
+    if (strlen(name) != 68 || strcmp(name + 64, ".kvb") || !kvx__store_is_hex(name, 64)) return 0;
+    if (memcmp(rel, name, 2)) return 0;
+    if (key) {
+        char hex[65];
+        memcpy(hex, name, 64);
+        hex[64] = 0;
+        if (kvx_store_key_parse(hex, key)) return 0;
+    }
+    return 1;
+}
+
+static int kvx__store_tmp_name(const char *name) { return strstr(name, ".kvb.tmp.") != NULL; }
+
+/* >>block store: open ----------------------------------------------------------------- */
+
+typedef struct kvx__store_found {
+    kvx_store_key key;
+    uint64_t ts;
+} kvx__store_found;
+
+typedef struct kvx__store_load {
+    kvx_store *s;
+    kvx__store_found *v;
+    size_t n, cap;
+    uint64_t now, tmp_removed, tmp_kept, bad;
+    int oom;
+} kvx__store_load;
+
+static int kvx__store_load_fn(void *user, int dirfd, const char *name, const char *rel) {
+    kvx__store_load *L = (kvx__store_load *)user;
+    kvx_store *s = L->s;
+    struct stat st;
+    kvx_store_key key;
+    if (kvx__store_tmp_name(name)) {
+        if (fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW)) return 0;
+        if (kvx__store_ts_ns(&st.st_mtim) + KVX__STORE_TMP_TTL_NS < L->now && !unlinkat(dirfd, name, 0))
+            L->tmp_removed++;
+        else
+            L->tmp_kept++;
+        return 0;
+    }
+    if (!kvx__store_block_name(name, rel, &key)) return 0;
+    if (fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW)) return 0;
+    if (!S_ISREG(st.st_mode) || (uint64_t)st.st_size != s->block_bytes) {
+        char why[160];
+        snprintf(why, sizeof why, "file is %lld bytes, a block is %llu", (long long)st.st_size,
+                 (unsigned long long)s->block_bytes);
+        kvx__store_bad(s, dirfd, name, rel, NULL, &st, why);
+        L->bad++;
+        return 0;
+    }
+    if (L->n == L->cap) {
+        size_t nc = L->cap ? L->cap * 2 : 4096;
+        kvx__store_found *nv = (kvx__store_found *)kvx__store_alloc(s, nc * sizeof *nv);
+        if (!nv) { L->oom = 1; return 1; }
+        if (L->v) memcpy(nv, L->v, L->n * sizeof *nv);
+        kvx__store_free(s, L->v);
+        L->v = nv;
+        L->cap = nc;
+    }
+    L->v[L->n].key = key;
+    L->v[L->n].ts = kvx__store_ts_ns(&st.st_mtim);
+    L->n++;
+    return 0;
+}
+
+static int kvx__store_cmp_found(const void *a, const void *b) {
+    const kvx__store_found *x = (const kvx__store_found *)a, *y = (const kvx__store_found *)b;
+    if (x->ts != y->ts) return x->ts < y->ts ? -1 : 1;
+    return memcmp(x->key.bytes, y->key.bytes, 32);
+}
+
+/* Rebuilds the LRU index from the files (oldest mtime = least recently
+   used), then evicts down to the capacity. */
+static kvx_result kvx__store_load_index(kvx_store *s, char *why, size_t wl) {
+    kvx__store_load L;
+    uint64_t t0 = kvx_now_ns(), evicted = 0;
+    size_t i;
+    int err;
+    memset(&L, 0, sizeof L);
+    L.s = s;
+    L.now = kvx__store_wall_ns();
+    err = kvx__store_walk(s->ns_fd, kvx__store_load_fn, &L);
+    if (err || L.oom) {
+        kvx__store_free(s, L.v);
+        kvx__store_why(why, wl, "cannot read the blocks of %s: %s", s->ns,
+                       err ? strerror(err) : "out of memory");
+        return err ? kvx__store_errno(err) : KVX_ERR_NO_MEMORY;
+    }
+    if (L.n) qsort(L.v, L.n, sizeof *L.v, kvx__store_cmp_found);
+    pthread_mutex_lock(&s->mu);
+    for (i = 0; i < L.n; i++) kvx__store_idx_note(s, &L.v[i].key, s->block_bytes, L.v[i].ts, 1);
+    if (L.n && L.v[L.n - 1].ts > s->last_ts) s->last_ts = L.v[L.n - 1].ts;
+    pthread_mutex_unlock(&s->mu);
+    kvx__store_free(s, L.v);
+    for (;;) {
+        kvx_store_key k;
+        char rel[KVX__STORE_REL];
+        pthread_mutex_lock(&s->mu);
+        if (s->bytes <= s->capacity || !s->lru_tail) { pthread_mutex_unlock(&s->mu); break; }
+        k = s->ents[s->lru_tail].key;
+        kvx__store_idx_remove(s, &k);
+        pthread_mutex_unlock(&s->mu);
+        kvx__store_relpath(rel, &k);
+        (void)unlinkat(s->ns_fd, rel, 0);
+        KVX__STORE_ADD(&s->st.evictions, 1);
+        evicted++;
+    }
+    kvx__store_log(s, KVX_LOG_INFO,
+                   "opened %s: %u blocks, %llu bytes (capacity %llu) indexed in %.1f ms; %llu "
+                   "evicted to fit, %llu bad removed, %llu stale temporaries removed, %llu in flight",
+                   s->ns, s->count, (unsigned long long)s->bytes, (unsigned long long)s->capacity,
+                   (double)(kvx_now_ns() - t0) / 1e6, (unsigned long long)evicted,
+                   (unsigned long long)L.bad, (unsigned long long)L.tmp_removed,
+                   (unsigned long long)L.tmp_kept);
+    return KVX_OK;
+}
+
+static kvx_result kvx__store_mkdir_p(const char *path, char *why, size_t wl) {
+    char tmp[KVX__STORE_PATH];
+    size_t i, n = strlen(path);
+    struct stat st;
+    if (n == 0 || n >= sizeof tmp) {
+        kvx__store_why(why, wl, "directory path '%s' is empty or too long", path);
+        return KVX_ERR_INVALID_ARGUMENT;
+    }
+    memcpy(tmp, path, n + 1);
+    for (i = 1; i <= n; i++) {
+        if (tmp[i] != '/' && tmp[i] != 0) continue;
+        tmp[i] = 0;
+        if (mkdir(tmp, 0755) && errno != EEXIST) {
+            int err = errno;
+            kvx__store_why(why, wl, "cannot create directory %s: %s", tmp, strerror(err));
+            return kvx__store_errno(err);
+        }
+        tmp[i] = path[i];
+    }
+    if (stat(path, &st) || !S_ISDIR(st.st_mode)) {
+        kvx__store_why(why, wl, "%s is not a directory", path);
+        return KVX_ERR_NOT_FOUND;
+    }
+    if (access(path, W_OK | X_OK)) {
+        kvx__store_why(why, wl, "no write permission on %s: %s", path, strerror(errno));
+        return KVX_ERR_PERMISSION;
+    }
+    return KVX_OK;
+}
+
+static void kvx__store_config_json(const kvx_store *s, kvx_buf *b) {
+    const kvx_layout *l = &s->desc.layout;
+    uint32_t i;
+    kvx_buf_printf(b, "{\"format\": \"kvx-store\", \"version\": %d, \"config_hash\": \"%s\", "
+                   "\"model\": ", KVX_STORE_FORMAT_VERSION, s->cfg_hex);
+    kvx_buf_json_str(b, s->model);
+    kvx_buf_printf(b, ", \"kv_fingerprint\": \"%016llx\", \"page_size\": %u, \"dtype\": ",
+                   (unsigned long long)s->kv_fp, l->page_size);
+    kvx_buf_json_str(b, s->dtype);
+    kvx_buf_printf(b, ", \"dtype_size\": %u, \"num_kv_heads\": %u, \"mla\": %d, \"tp_rank\": %d, "
+                   "\"tp_size\": %d, \"num_buffers\": %u, \"header_size\": %u, \"page_bytes\": "
+                   "%llu, \"block_bytes\": %llu, \"item_len\": [", l->dtype_size, l->num_kv_heads,
+                   l->mla != 0, s->desc.tp_rank, s->desc.tp_size, s->nb, s->hdr_size,
+                   (unsigned long long)s->data_len, (unsigned long long)s->block_bytes);
+    for (i = 0; i < s->nb; i++)
+        kvx_buf_printf(b, "%s%llu", i ? ", " : "", (unsigned long long)l->buffers[i].item_len);
+    kvx_buf_printf(b, "]}\n");
+}
+
+/* Writes <ns>/config.json when absent; refuses a namespace whose
+   config.json names another configuration. */
+static kvx_result kvx__store_config_file(kvx_store *s, char *why, size_t wl) {
+    kvx_buf b;
+    char old[1 << 16], tmp[96];
+    ssize_t got;
+    int fd, err = 0;
+    memset(&b, 0, sizeof b);
+    fd = openat(s->ns_fd, "config.json", O_RDONLY | O_CLOEXEC);
+    if (fd >= 0) {
+        got = read(fd, old, sizeof old - 1);
+        close(fd);
+        if (got > 0) {
+            kvx_json_doc doc;
+            const kvx_json *h = NULL;
+            memset(&doc, 0, sizeof doc);
+            old[got] = 0;
+            if (kvx_json_parse(&doc, old, (size_t)got, 4096) == KVX_OK)
+                h = kvx_json_get(&doc, kvx_json_root(&doc), "config_hash");
+            if (h && h->type == KVX_JSON_STRING) {
+                char theirs[33];
+                int same = h->str_len == 16 && !memcmp(h->str, s->cfg_hex, 16);
+                snprintf(theirs, sizeof theirs, "%.*s", (int)(h->str_len < 32 ? h->str_len : 32),
+                         h->str);
+                kvx_json_free(&doc);
+                if (same) return KVX_OK;
+                kvx__store_why(why, wl, "%s/config.json describes configuration '%s', not %s: "
+                               "the directory was renamed or copied; move it away",
+                               s->ns, theirs, s->cfg_hex);
+                return KVX_ERR_CORRUPT;
+            }
+            kvx_json_free(&doc);
+        }
+        kvx__store_log(s, KVX_LOG_WARN, "%s/config.json is unreadable; rewriting it", s->ns);
+    }
+    kvx__store_config_json(s, &b);
+    if (b.oom) { kvx_buf_free(&b); return KVX_ERR_NO_MEMORY; }
+    snprintf(tmp, sizeof tmp, "config.json%s%llu", s->tmp_tag,
+             (unsigned long long)__atomic_add_fetch(&s->tmp_seq, 1, __ATOMIC_RELAXED));
+    fd = openat(s->ns_fd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    if (fd < 0) err = errno;
+    else {
+        err = kvx__store_pio(fd, b.data, b.len, 0, 1);
+        if (!err && s->desc.fsync && fsync(fd)) err = errno;
+        if (close(fd) && !err) err = errno;
+        if (!err && renameat(s->ns_fd, tmp, s->ns_fd, "config.json")) err = errno;
+        if (err) unlinkat(s->ns_fd, tmp, 0);
+    }
+    kvx_buf_free(&b);
+    if (err) {
+        if (err < 0) err = EIO;
+        kvx__store_why(why, wl, "cannot write %s/config.json: %s", s->ns, strerror(err));
+        return kvx__store_errno(err);
+    }
+    if (s->desc.fsync) kvx__store_fsync_dir(s->ns_fd, ".");
+    return KVX_OK;
+}
+
+/* The 256 fan-out directories, made once (the first open of a namespace). */
+static kvx_result kvx__store_fanout(kvx_store *s, char *why, size_t wl) {
+    int i, made = 0;
+    struct stat st;
+    if (!fstatat(s->ns_fd, "ff", &st, 0) && S_ISDIR(st.st_mode)) return KVX_OK; /* made last */
+    for (i = 0; i < 256; i++) {
+        char d[4];
+        d[0] = kvx__store_hexd[i >> 4];
+        d[1] = kvx__store_hexd[i & 15];
+        d[2] = 0;
+        if (mkdirat(s->ns_fd, d, 0755)) {
+            if (errno == EEXIST) continue;
+            kvx__store_why(why, wl, "cannot create %s/%s: %s", s->ns, d, strerror(errno));
+            return kvx__store_errno(errno);
+        }
+        made++;
+    }
+    if (made && s->desc.fsync) kvx__store_fsync_dir(s->ns_fd, ".");
+    return KVX_OK;
+}
+
+static kvx_result kvx__store_apply_env(kvx_store_desc *d, char *why, size_t wl) {
+    const char *cap = NULL, *lvl = NULL;
+    kvx_result r;
+    kvx_env_str("KVX_STORE_DIR", &d->dir);
+    kvx_env_str("KVX_STORE_CAPACITY", &cap);
+    if (cap && kvx__store_parse_bytes(cap, &d->capacity_bytes)) {
+        kvx__store_why(why, wl, "KVX_STORE_CAPACITY='%s' is not a byte count (e.g. 500G, "
+                       "1073741824, unlimited)", cap);
+        return KVX_ERR_BAD_CONFIG;
+    }
+    if ((r = kvx_env_int("KVX_STORE_FSYNC", &d->fsync, why, wl)) != KVX_OK) return r;
+    if ((r = kvx_env_int("KVX_STORE_IO_THREADS", &d->io_threads, why, wl)) != KVX_OK) return r;
+    if (d->fsync != 0 && d->fsync != 1) {
+        kvx__store_why(why, wl, "KVX_STORE_FSYNC / desc.fsync is %d; use 0 (rename only) or 1 "
+                       "(fsync file and directory)", d->fsync);
+        return KVX_ERR_BAD_CONFIG;
+    }
+    if (d->io_threads < 0 || d->io_threads > 256) {
+        kvx__store_why(why, wl, "KVX_STORE_IO_THREADS / desc.io_threads is %d; use 1..256",
+                       d->io_threads);
+        return KVX_ERR_BAD_CONFIG;
+    }
+    kvx_env_str("KVX_LOG_LEVEL", &lvl);
+    if (lvl) {
+        if (!strcmp(lvl, "error")) d->logger.level = KVX_LOG_ERROR;
+        else if (!strcmp(lvl, "warn")) d->logger.level = KVX_LOG_WARN;
+        else if (!strcmp(lvl, "info")) d->logger.level = KVX_LOG_INFO;
+        else if (!strcmp(lvl, "debug")) d->logger.level = KVX_LOG_DEBUG;
+        else {
+            kvx__store_why(why, wl, "KVX_LOG_LEVEL='%s' is not one of error, warn, info, debug", lvl);
+            return KVX_ERR_BAD_CONFIG;
+        }
+    }
+    if (!d->dir || !*d->dir) d->dir = "/tmp/kvx_store";
+    if (!d->model) d->model = "";
+    if (!d->capacity_bytes) d->capacity_bytes = KVX__STORE_DEFAULT_CAPACITY;
+    if (!d->io_threads) d->io_threads = 4;
+    if (!d->logger.level) d->logger.level = KVX_LOG_WARN;
+    if (d->tp_size <= 0) d->tp_size = 1;
+    return KVX_OK;
+}
+
+static kvx_result kvx__store_check_desc(const kvx_store_desc *d, char *why, size_t wl) {
+    kvx_result r;
+    uint32_t i;
+    if ((r = kvx_layout_validate(&d->layout, why, wl)) != KVX_OK) return r;
+    for (i = 0; i < d->layout.num_buffers; i++)
+        if (d->layout.buffers[i].mem != KVX_MEM_HOST) {
+            kvx__store_why(why, wl, "KV buffer %u is GPU memory: the block store reads and writes "
+                           "host memory; stage pages through pinned host buffers", i);
+            return KVX_ERR_INVALID_ARGUMENT;
+        }
+    if (KVX_STORE_HEADER_FIXED + 8ull * d->layout.num_buffers > KVX_STORE_HEADER_MAX - 4096) {
+        kvx__store_why(why, wl, "%u KV buffers do not fit a block header", d->layout.num_buffers);
+        return KVX_ERR_INVALID_ARGUMENT;
+    }
+    if (d->tp_rank < 0 || d->tp_rank >= d->tp_size) {
+        kvx__store_why(why, wl, "tp_rank %d is outside tp_size %d", d->tp_rank, d->tp_size);
+        return KVX_ERR_INVALID_ARGUMENT;
+    }
+    if (strlen(d->dir) > KVX__STORE_PATH - 256) {
+        kvx__store_why(why, wl, "store directory path is too long (%zu bytes)", strlen(d->dir));
+        return KVX_ERR_INVALID_ARGUMENT;
+    }
+    return KVX_OK;
+}
+
+static char *kvx__store_strdup(const kvx_store *s, const char *str) {
+    size_t n = strlen(str) + 1;
+    char *c = (char *)kvx__store_alloc(s, n);
+    if (c) memcpy(c, str, n);
+    return c;
+}
+
+static void kvx__store_sha_u64(kvx_sha256 *h, uint64_t v) {
+    uint8_t b[8];
+    kvx__store_wr64(b, v);
+    kvx_sha256_update(h, b, 8);
+}
+
+static void kvx__store_sha_str(kvx_sha256 *h, const char *str) {
+    kvx__store_sha_u64(h, strlen(str));
+    kvx_sha256_update(h, str, strlen(str));
+}
+
+/* Hashes, header geometry and the header template. */
+static kvx_result kvx__store_geometry(kvx_store *s) {
+    const kvx_layout *l = &s->desc.layout;
+    kvx_layout kv = *l;
+    kvx_sha256 h;
+    uint8_t d[32], *t;
+    uint32_t i;
+    kv.aux = NULL;
+    kv.num_aux = 0;
+    s->kv_fp = kvx_layout_fingerprint(&kv);
+    kvx_sha256_init(&h);
+    kvx_sha256_update(&h, "kvx-store-v1", 13); /* with its NUL */
+    kvx__store_sha_str(&h, s->model);
+    kvx__store_sha_u64(&h, s->kv_fp);
+    kvx__store_sha_u64(&h, l->page_size);
+    kvx__store_sha_str(&h, s->dtype);
+    kvx__store_sha_u64(&h, l->dtype_size);
+    kvx__store_sha_u64(&h, (uint64_t)s->desc.tp_rank);
+    kvx__store_sha_u64(&h, (uint64_t)s->desc.tp_size);
+    kvx_sha256_final(&h, d);
+    s->cfg_hash = kvx__store_rd64(d);
+    snprintf(s->cfg_hex, sizeof s->cfg_hex, "%016llx", (unsigned long long)s->cfg_hash);
+    s->nb = l->num_buffers;
+    s->data_len = kvx_layout_page_bytes(l);
+    s->hdr_size = KVX_STORE_HEADER_FIXED + 8 * s->nb;
+    if (s->data_len >= (64u << 10)) s->hdr_size = (s->hdr_size + 4095) & ~4095u;
+    s->block_bytes = s->hdr_size + s->data_len;
+    s->scratch_bytes = ((size_t)s->hdr_size + KVX__STORE_IOV * sizeof(struct iovec) + 63) & ~(size_t)63;
+    t = s->hdr_template = (uint8_t *)kvx__store_alloc(s, s->hdr_size);
+    if (!t) return KVX_ERR_NO_MEMORY;
+    memset(t, 0, s->hdr_size);
+    memcpy(t, "KVXBLOCK", 8);
+    kvx__store_wr32(t + 8, KVX_STORE_FORMAT_VERSION);
+    kvx__store_wr32(t + 12, s->hdr_size);
+    kvx__store_wr64(t + 24, s->cfg_hash);
+    kvx__store_wr32(t + 64, 1);
+    kvx__store_wr32(t + 68, s->nb);
+    kvx__store_wr64(t + 72, s->data_len);
+    kvx__store_wr32(t + 84, l->page_size);
+    kvx__store_wr64(t + 88, s->kv_fp);
+    for (i = 0; i < s->nb; i++) kvx__store_wr64(t + 96 + 8 * i, l->buffers[i].item_len);
+    return KVX_OK;
+}
+
+static void kvx__store_tmp_tag(kvx_store *s) {
+    uint64_t nonce = kvx__store_wall_ns() ^ ((uint64_t)(uintptr_t)s << 16) ^ kvx_now_ns();
+    int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
+    if (fd >= 0) {
+        uint64_t r = 0;
+        if (read(fd, &r, sizeof r) == (ssize_t)sizeof r) nonce ^= r;
+        close(fd);
+    }
+    snprintf(s->tmp_tag, sizeof s->tmp_tag, ".tmp.%ld-%08x.", (long)getpid(),
+             (unsigned)(nonce ^ (nonce >> 32)));
+}
+
+static void kvx__store_start_workers(kvx_store *s) {
+    int want = s->desc.io_threads - 1, i;
+    if (want <= 0) return;
+    s->workers = (kvx__store_worker *)kvx__store_alloc(s, (size_t)want * sizeof *s->workers);
+    if (!s->workers) return;
+    for (i = 0; i < want; i++) {
+        kvx__store_worker *w = &s->workers[s->nworkers];
+        w->s = s;
+        w->scratch = kvx__store_alloc(s, s->scratch_bytes);
+        if (!w->scratch) break;
+        if (pthread_create(&w->th, NULL, kvx__store_worker_main, w) != 0) {
+            kvx__store_free(s, w->scratch);
+            break;
+        }
+        s->nworkers++;
+    }
+    if (s->nworkers < want)
+        kvx__store_log(s, KVX_LOG_WARN, "started %d of %d store I/O threads", s->nworkers, want);
+}
+
+KVX_API void kvx_store_close(kvx_store *s) {
+    int i;
+    if (!s) return;
+    pthread_mutex_lock(&s->pool_mu);
+    s->pool_stop = 1;
+    pthread_cond_broadcast(&s->pool_cv);
+    pthread_mutex_unlock(&s->pool_mu);
+    for (i = 0; i < s->nworkers; i++) {
+        pthread_join(s->workers[i].th, NULL);
+        kvx__store_free(s, s->workers[i].scratch);
+    }
+    kvx__store_free(s, s->workers);
+    while (s->spare) {
+        kvx__store_scratch *n = s->spare->next;
+        kvx__store_free(s, s->spare);
+        s->spare = n;
+    }
+    if (s->ns_fd >= 0) close(s->ns_fd);
+    kvx__store_free(s, s->ents);
+    kvx__store_free(s, s->slots);
+    kvx__store_free(s, s->hdr_template);
+    kvx__store_free(s, s->bufs);
+    kvx__store_free(s, s->model);
+    kvx__store_free(s, s->dtype);
+    kvx__store_free(s, s->root);
+    pthread_mutex_destroy(&s->mu);
+    pthread_mutex_destroy(&s->pool_mu);
+    pthread_cond_destroy(&s->pool_cv);
+    pthread_cond_destroy(&s->pool_done);
+    kvx__store_free(s, s);
+}
+
+KVX_API kvx_result kvx_store_open(const kvx_store_desc *desc, kvx_store **out, char *why,
+                                  size_t wl) {
+    kvx_store_desc d;
+    kvx_store *s;
+    kvx_result r;
+    if (why && wl) why[0] = 0;
+    if (!out) return KVX_ERR_INVALID_ARGUMENT;
+    *out = NULL;
+    if (!desc) {
+        kvx__store_why(why, wl, "store desc is NULL");
+        return KVX_ERR_INVALID_ARGUMENT;
+    }
+    d = *desc;
+    if ((r = kvx__store_apply_env(&d, why, wl)) != KVX_OK) return r;
+    if ((r = kvx__store_check_desc(&d, why, wl)) != KVX_OK) return r;
+    s = (kvx_store *)(d.allocator.alloc_fn ? d.allocator.alloc_fn(sizeof *s, d.allocator.user_data)
+                                           : malloc(sizeof *s));
+    if (!s) {
+        kvx__store_why(why, wl, "out of memory");
+        return KVX_ERR_NO_MEMORY;
+    }
+    memset(s, 0, sizeof *s);
+    s->desc = d;
+    s->ns_fd = -1;
+    s->capacity = d.capacity_bytes;
+    pthread_mutex_init(&s->mu, NULL);
+    pthread_mutex_init(&s->pool_mu, NULL);
+    pthread_cond_init(&s->pool_cv, NULL);
+    pthread_cond_init(&s->pool_done, NULL);
+    s->bufs = (kvx_buffer *)kvx__store_alloc(s, d.layout.num_buffers * sizeof *s->bufs);
+    s->model = kvx__store_strdup(s, d.model);
+    s->dtype = kvx__store_strdup(s, d.layout.dtype ? d.layout.dtype : "");
+    s->root = kvx__store_strdup(s, d.dir);
+    if (!s->bufs || !s->model || !s->dtype || !s->root) {
+        r = KVX_ERR_NO_MEMORY;
+        kvx__store_why(why, wl, "out of memory");
+        goto fail;
+    }
+    memcpy(s->bufs, d.layout.buffers, d.layout.num_buffers * sizeof *s->bufs);
+    s->desc.layout.buffers = s->bufs;
+    s->desc.layout.aux = NULL; /* aux rows are not stored */
+    s->desc.layout.num_aux = 0;
+    s->desc.layout.dtype = s->dtype;
+    s->desc.model = s->model;
+    s->desc.dir = s->root;
+    if ((r = kvx__store_geometry(s)) != KVX_OK) {
+        kvx__store_why(why, wl, "out of memory");
+        goto fail;
+    }
+    snprintf(s->ns, sizeof s->ns, "%s/%s", s->root, s->cfg_hex);
+    if ((r = kvx__store_mkdir_p(s->ns, why, wl)) != KVX_OK) goto fail;
+    s->ns_fd = open(s->ns, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (s->ns_fd < 0) {
+        r = kvx__store_errno(errno);
+        kvx__store_why(why, wl, "cannot open %s: %s", s->ns, strerror(errno));
+        goto fail;
+    }
+    kvx__store_tmp_tag(s);
+    if ((r = kvx__store_config_file(s, why, wl)) != KVX_OK) goto fail;
+    if ((r = kvx__store_fanout(s, why, wl)) != KVX_OK) goto fail;
+    if ((r = kvx__store_load_index(s, why, wl)) != KVX_OK) goto fail;
+    kvx__store_start_workers(s);
+    *out = s;
+    return KVX_OK;
+fail:
+    kvx_store_close(s);
+    return r;
+}
+
+/* >>block store: scan and verify -------------------------------------------------------- */
+
+/* Opens name in dirfd and checks it as a block file (see kvx_store_scan).
+   hdr holds KVX_STORE_HEADER_MAX bytes, data data_cap bytes. */
+static kvx_result kvx__store_check_file(int dirfd, const char *name, uint8_t *hdr,
+                                        uint8_t *data, size_t data_cap, int check_data,
+                                        const char *cfg_hex, kvx_store_block_info *info,
+                                        struct stat *st, char *why, size_t wl) {
+    int fd = openat(dirfd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW), err;
+    size_t want;
+    char hex[65];
+    kvx_result r;
+    memset(info, 0, sizeof *info);
+    if (fd < 0) {
+        err = errno;
+        kvx__store_why(why, wl, "cannot open: %s", strerror(err));
+        return kvx__store_errno(err);
+    }
+    if (fstat(fd, st)) {
+        err = errno;
+        close(fd);
+        kvx__store_why(why, wl, "cannot stat: %s", strerror(err));
+        return kvx__store_errno(err);
+    }
+    want = (uint64_t)st->st_size < KVX_STORE_HEADER_MAX ? (size_t)st->st_size : KVX_STORE_HEADER_MAX;
+    if ((err = kvx__store_pio(fd, hdr, want, 0, 0)) > 0) {
+        close(fd);
+        kvx__store_why(why, wl, "cannot read: %s", strerror(err));
+        return kvx__store_errno(err);
+    }
+    if ((r = kvx_store_header_parse(hdr, want, info, why, wl)) != KVX_OK) {
+        close(fd);
+        return r;
+    }
+    kvx_store_key_hex(&info->key, hex);
+    if ((uint64_t)st->st_size != info->header_size + info->data_len) {
+        kvx__store_why(why, wl, "file is %lld bytes, its header says %llu (torn or truncated)",
+                       (long long)st->st_size,
+                       (unsigned long long)(info->header_size + info->data_len));
+        r = KVX_ERR_CORRUPT;
+    } else if (strncmp(name, hex, 64)) {
+        kvx__store_why(why, wl, "holds key %.16s..., not the one in its name", hex);
+        r = KVX_ERR_CORRUPT;
+    } else if (cfg_hex && cfg_hex[0] && strtoull(cfg_hex, NULL, 16) != info->config_hash) {
+        kvx__store_why(why, wl, "belongs to configuration %016llx, not this directory's %s",
+                       (unsigned long long)info->config_hash, cfg_hex);
+        r = KVX_ERR_CORRUPT;
+    } else if (check_data) {
+        uint64_t off = info->header_size, left = info->data_len;
+        uint32_t c = 0;
+        while (left && r == KVX_OK) {
+            size_t n = left < data_cap ? (size_t)left : data_cap;
+            err = kvx__store_pio(fd, data, n, off, 0);
+            if (err) {
+                kvx__store_why(why, wl, "cannot read data: %s", err < 0 ? "short file" : strerror(err));
+                r = err < 0 ? KVX_ERR_CORRUPT : kvx__store_errno(err);
+                break;
+            }
+            c = kvx__store_crc32c(c, data, n);
+            off += n;
+            left -= n;
+        }
+        if (r == KVX_OK && c != info->data_crc) {
+            kvx__store_why(why, wl, "data CRC32C mismatch: stored %08x, computed %08x",
+                           info->data_crc, c);
+            r = KVX_ERR_CORRUPT;
+        }
+    }
+    close(fd);
+    return r;
+}
+
+typedef struct kvx__store_scan {
+    const char *ns;
+    char cfg_hex[17];
+    int check_data, stopped;
+    kvx_store_scan_fn fn;
+    void *user;
+    uint8_t *hdr, *data;
+    size_t data_cap;
+    /* verify */
+    kvx_store *s;
+    int remove_bad;
+    kvx_store_verify_report *rep;
+} kvx__store_scan;
+
+static int kvx__store_scan_fn(void *user, int dirfd, const char *name, const char *rel) {
+    kvx__store_scan *c = (kvx__store_scan *)user;
+    kvx_store_block_info info;
+    kvx_store_entry e;
+    struct stat st;
+    char why[KVX_ERROR_MAX], path[KVX__STORE_PATH + 300];
+    if (!kvx__store_block_name(name, rel, NULL)) return 0;
+    memset(&st, 0, sizeof st);
+    why[0] = 0;
+    memset(&e, 0, sizeof e);
+    e.status = kvx__store_check_file(dirfd, name, c->hdr, c->data, c->data_cap, c->check_data,
+                                     c->cfg_hex, &info, &st, why, sizeof why);
+    if (e.status == KVX_ERR_NOT_FOUND) return 0; /* removed meanwhile */
+    snprintf(path, sizeof path, "%s/%s", c->ns, rel);
+    e.path = path;
+    e.namespace_dir = c->ns;
+    e.why = why;
+    e.info = info.item_lens ? &info : NULL;
+    e.file_bytes = (uint64_t)st.st_size;
+    e.mtime_ns = (int64_t)kvx__store_ts_ns(&st.st_mtim);
+    return c->fn(c->user, &e) ? 1 : 0;
+}
+
+static kvx_result kvx__store_scan_ns(kvx__store_scan *c, const char *ns, char *why, size_t wl) {
+    const char *base = strrchr(ns, '/');
+    int fd, err;
+    base = base ? base + 1 : ns;
+    c->ns = ns;
+    c->cfg_hex[0] = 0;
+    if (strlen(base) == 16 && kvx__store_is_hex(base, 16)) memcpy(c->cfg_hex, base, 17);
+    fd = open(ns, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) {
+        err = errno;
+        kvx__store_why(why, wl, "cannot open %s: %s", ns, strerror(err));
+        return kvx__store_errno(err);
+    }
+    err = kvx__store_walk(fd, kvx__store_scan_fn, c);
+    close(fd);
+    if (err) {
+        kvx__store_why(why, wl, "cannot read %s: %s", ns, strerror(err));
+        return kvx__store_errno(err);
+    }
+    return KVX_OK;
+}
+
+static int kvx__store_scan_alloc(kvx__store_scan *c) {
+    c->data_cap = 1u << 20;
+    c->hdr = (uint8_t *)malloc(KVX_STORE_HEADER_MAX);
+    c->data = (uint8_t *)malloc(c->data_cap);
+    return c->hdr && c->data ? 0 : -1;
+}
+
+KVX_API kvx_result kvx_store_scan(const char *dir, int check_data, kvx_store_scan_fn fn,
+                                  void *user, char *why, size_t wl) {
+    kvx__store_scan c;
+    kvx_result r = KVX_OK;
+    char cfg[KVX__STORE_PATH];
+    struct stat st;
+    if (why && wl) why[0] = 0;
+    if (!dir || !fn || strlen(dir) > KVX__STORE_PATH - 64) return KVX_ERR_INVALID_ARGUMENT;
+    memset(&c, 0, sizeof c);
+    c.check_data = check_data;
+    c.fn = fn;
+    c.user = user;
+    if (kvx__store_scan_alloc(&c)) {
+        free(c.hdr);
+        free(c.data);
+        return KVX_ERR_NO_MEMORY;
+    }
+    snprintf(cfg, sizeof cfg, "%s/config.json", dir);
+    if (!stat(cfg, &st)) {
+        r = kvx__store_scan_ns(&c, dir, why, wl);
+    } else {
+        DIR *d = opendir(dir);
+        struct dirent *e;
+        if (!d) {
+            int err = errno;
+            kvx__store_why(why, wl, "cannot open %s: %s", dir, strerror(err));
+            r = kvx__store_errno(err);
+        }
+        while (d && r == KVX_OK && (e = readdir(d)) != NULL) {
+            char ns[KVX__STORE_PATH];
+            if (strlen(e->d_name) != 16 || !kvx__store_is_hex(e->d_name, 16)) continue;
+            snprintf(ns, sizeof ns, "%s/%s", dir, e->d_name);
+            if (stat(ns, &st) || !S_ISDIR(st.st_mode)) continue;
+            r = kvx__store_scan_ns(&c, ns, why, wl);
+        }
+        if (d) closedir(d);
+    }
+    free(c.hdr);
+    free(c.data);
+    return r;
+}
+
+static int kvx__store_verify_fn(void *user, int dirfd, const char *name, const char *rel) {
+    kvx__store_scan *c = (kvx__store_scan *)user;
+    kvx_store *s = c->s;
+    kvx_store_block_info info;
+    kvx_store_key key;
+    struct stat st;
+    char why[KVX_ERROR_MAX];
+    kvx_result r;
+    if (kvx__store_tmp_name(name)) {
+        c->rep->temporary++;
+        return 0;
+    }
+    if (!kvx__store_block_name(name, rel, &key)) return 0;
+    memset(&st, 0, sizeof st);
+    why[0] = 0;
+    r = kvx__store_check_file(dirfd, name, c->hdr, c->data, c->data_cap, 1, s->cfg_hex, &info,
+                              &st, why, sizeof why);
+    if (r == KVX_ERR_NOT_FOUND) return 0;
+    c->rep->blocks++;
+    if (r == KVX_OK && kvx__store_check_header(s, c->hdr, &key, why, sizeof why)) r = KVX_ERR_CORRUPT;
+    if (r == KVX_OK) {
+        c->rep->ok++;
+        c->rep->bytes_ok += (uint64_t)st.st_size;
+        pthread_mutex_lock(&s->mu);
+        kvx__store_idx_note(s, &key, s->block_bytes, kvx__store_ts_ns(&st.st_mtim), 0);
+        pthread_mutex_unlock(&s->mu);
+        return 0;
+    }
+    c->rep->bad++;
+    if (r != KVX_ERR_CORRUPT) {
+        kvx__store_log(s, KVX_LOG_WARN, "block %s/%s: %s", s->ns, rel, why);
+        return 0;
+    }
+    if (c->remove_bad) {
+        kvx__store_bad(s, dirfd, name, rel, &key, &st, why);
+        c->rep->removed++;
+    } else {
+        kvx__store_log(s, KVX_LOG_WARN, "block %s/%s is unusable: %s", s->ns, rel, why);
+    }
+    return 0;
+}
+
+KVX_API kvx_result kvx_store_verify(kvx_store *s, int remove_bad, kvx_store_verify_report *out) {
+    kvx__store_scan c;
+    kvx_store_verify_report rep;
+    int err;
+    if (out) memset(out, 0, sizeof *out);
+    if (!s) return KVX_ERR_INVALID_ARGUMENT;
+    memset(&c, 0, sizeof c);
+    memset(&rep, 0, sizeof rep);
+    c.s = s;
+    c.remove_bad = remove_bad;
+    c.rep = &rep;
+    if (kvx__store_scan_alloc(&c)) {
+        free(c.hdr);
+        free(c.data);
+        return KVX_ERR_NO_MEMORY;
+    }
+    err = kvx__store_walk(s->ns_fd, kvx__store_verify_fn, &c);
+    free(c.hdr);
+    free(c.data);
+    if (out) *out = rep;
+    if (err) {
+        kvx__store_log(s, KVX_LOG_ERROR, "cannot read %s: %s", s->ns, strerror(err));
+        return kvx__store_errno(err);
+    }
+    return KVX_OK;
+}
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* KVX_STORE_IMPL_INCLUDED */
+
+/*
+------------------------------------------------------------------------------
+MIT License
+
+Copyright (c) 2026 the kvx authors
+
+Permission is hereby granted, free of charge, to any person obtaining a copy of
+this software and associated documentation files (the "Software"), to deal in
+the Software without restriction, including without limitation the rights to
+use, copy, modify, merge, publish, distribute, sublicense, and/or sell copies
+of the Software, and to permit persons to whom the Software is furnished to do
+so, subject to the following conditions:
+
+The above copyright notice and this permission notice shall be included in all
+copies or substantial portions of the Software.
+
+THE SOFTWARE IS PROVIDED "AS IS", WITHOUT WARRANTY OF ANY KIND, EXPRESS OR
+IMPLIED, INCLUDING BUT NOT LIMITED TO THE WARRANTIES OF MERCHANTABILITY,
+FITNESS FOR A PARTICULAR PURPOSE AND NONINFRINGEMENT. IN NO EVENT SHALL THE
+AUTHORS OR COPYRIGHT HOLDERS BE LIABLE FOR ANY CLAIM, DAMAGES OR OTHER
+LIABILITY, WHETHER IN AN ACTION OF CONTRACT, TORT OR OTHERWISE, ARISING FROM,
+OUT OF OR IN CONNECTION WITH THE SOFTWARE OR THE USE OR OTHER DEALINGS IN THE
+SOFTWARE.
+------------------------------------------------------------------------------
+*/
