@@ -76,7 +76,11 @@
 
 #ifndef KVX_API
 #ifdef KVX_STATIC
+#if defined(__GNUC__) || defined(__clang__)
+#define KVX_API static __attribute__((unused))
+#else
 #define KVX_API static
+#endif
 #else
 #define KVX_API extern
 #endif
@@ -540,6 +544,9 @@ KVX_API const kvx_backend *kvx_fake_backend(void);
 
 KVX_API uint64_t kvx_now_ns(void); /* CLOCK_MONOTONIC */
 KVX_API uint32_t kvx_crc32c(uint32_t crc, const void *data, size_t len); /* start with 0 */
+/* crc(A || B) from crc(A), crc(B) and len(B): CRCs of pieces computed in
+   parallel joined in order. */
+KVX_API uint32_t kvx_crc32c_combine(uint32_t crc_a, uint32_t crc_b, uint64_t len_b);
 
 typedef struct kvx_sha256 {
     uint32_t h[8];
@@ -721,29 +728,43 @@ static uint32_t kvx__crc_table[8][256];
 static pthread_once_t kvx__crc_once = PTHREAD_ONCE_INIT;
 static int kvx__crc_hw;
 
-static uint32_t kvx__crc_shift4k[32]; /* operator: raw register over 4096 zero bytes */
-static uint32_t kvx__gf2_times(const uint32_t *mat, uint32_t vec);
+/* Operators that move a raw CRC32C register over 8192, 2048 and 512 zero
+   bytes, as four byte-indexed tables each: joining three interleaved
+   streams costs eight lookups. */
+static uint32_t kvx__crc_join[3][4][256];
 static uint32_t kvx__crc32c_shift(uint32_t crc, size_t nbytes);
+static uint32_t kvx__gf2_times(const uint32_t *mat, uint32_t vec);
+static void kvx__gf2_square(uint32_t *sq, const uint32_t *mat);
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+static uint32_t kvx__crc_join_by(int t, uint32_t c) {
+    return kvx__crc_join[t][0][c & 255] ^ kvx__crc_join[t][1][(c >> 8) & 255] ^
+           kvx__crc_join[t][2][(c >> 16) & 255] ^ kvx__crc_join[t][3][c >> 24];
+}
+
+/* Three independent crc32 streams hide the instruction's 3-cycle latency;
+   blocks of 8 KiB, then 2 KiB, then 512 bytes, then one stream. */
 __attribute__((target("sse4.2"))) static uint32_t kvx__crc32c_hw(uint32_t crc, const uint8_t *p,
                                                                  size_t len) {
+    static const size_t blk[3] = {8192, 2048, 512};
     uint64_t c = crc;
-    while (len && ((uintptr_t)p & 7)) { c = __builtin_ia32_crc32qi((uint32_t)c, *p++); len--; }
-    /* three independent 4 KiB streams hide the instruction's latency */
-    while (len >= 3 * 4096) {
-        uint64_t c1 = 0, c2 = 0;
-        size_t i;
-        for (i = 0; i < 4096; i += 8) {
-            uint64_t a, b, d;
-            memcpy(&a, p + i, 8); memcpy(&b, p + 4096 + i, 8); memcpy(&d, p + 8192 + i, 8);
-            c = __builtin_ia32_crc32di(c, a);
-            c1 = __builtin_ia32_crc32di(c1, b);
-            c2 = __builtin_ia32_crc32di(c2, d);
+    int t;
+    for (t = 0; t < 3; t++) {
+        while (len >= 3 * blk[t]) {
+            uint64_t b = 0, d = 0;
+            const uint8_t *q = p + blk[t], *r = p + 2 * blk[t];
+            size_t i;
+            for (i = 0; i < blk[t]; i += 8) {
+                uint64_t x, y, z;
+                memcpy(&x, p + i, 8); memcpy(&y, q + i, 8); memcpy(&z, r + i, 8);
+                c = __builtin_ia32_crc32di(c, x);
+                b = __builtin_ia32_crc32di(b, y);
+                d = __builtin_ia32_crc32di(d, z);
+            }
+            c = kvx__crc_join_by(t, kvx__crc_join_by(t, (uint32_t)c) ^ (uint32_t)b) ^ (uint32_t)d;
+            p += 3 * blk[t];
+            len -= 3 * blk[t];
         }
-        c = kvx__gf2_times(kvx__crc_shift4k, (uint32_t)c) ^ (uint32_t)c1;
-        c = kvx__gf2_times(kvx__crc_shift4k, (uint32_t)c) ^ (uint32_t)c2;
-        p += 3 * 4096; len -= 3 * 4096;
     }
     while (len >= 8) { uint64_t v; memcpy(&v, p, 8); c = __builtin_ia32_crc32di(c, v); p += 8; len -= 8; }
     while (len) { c = __builtin_ia32_crc32qi((uint32_t)c, *p++); len--; }
@@ -762,7 +783,23 @@ static void kvx__crc_init(void) {
         for (j = 1; j < 8; j++)
             kvx__crc_table[j][i] = (kvx__crc_table[j - 1][i] >> 8) ^
                                    kvx__crc_table[0][kvx__crc_table[j - 1][i] & 0xff];
-    for (i = 0; i < 32; i++) kvx__crc_shift4k[i] = kvx__crc32c_shift(1u << i, 4096);
+    {
+        /* the operator for one zero bit, squared up to 512, 2048, 8192 bytes */
+        uint32_t op[32], sq[32];
+        int t, k, n, bits = 0;
+        static const int want[3] = {16, 14, 12}; /* log2 of the block sizes in bits */
+        op[0] = 0x82F63B78u;
+        for (n = 1; n < 32; n++) op[n] = 1u << (n - 1);
+        for (t = 2; t >= 0; t--) {
+            while (bits < want[t]) {
+                kvx__gf2_square(sq, op);
+                memcpy(op, sq, sizeof op);
+                bits++;
+            }
+            for (k = 0; k < 4; k++)
+                for (i = 0; i < 256; i++) kvx__crc_join[t][k][i] = kvx__gf2_times(op, i << (8 * k));
+        }
+    }
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
     __builtin_cpu_init();
     kvx__crc_hw = __builtin_cpu_supports("sse4.2") ? 1 : 0;
@@ -815,6 +852,10 @@ static uint32_t kvx__crc32c_shift(uint32_t crc, size_t nbytes) {
         nbytes >>= 1;
     } while (nbytes);
     return crc;
+}
+
+KVX_API uint32_t kvx_crc32c_combine(uint32_t a, uint32_t b, uint64_t len_b) {
+    return kvx__crc32c_shift(a, (size_t)len_b) ^ b;
 }
 
 KVX_API uint32_t kvx_crc32c(uint32_t crc, const void *data, size_t len) {

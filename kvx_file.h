@@ -130,8 +130,6 @@ KVX_API kvx_result kvx_file_read_done(const char *path, kvx_file_done_info *out,
 /* CRC32C of bytes [off, off+len) of an open file (for tools). */
 KVX_API kvx_result kvx_file_crc32c(int fd, uint64_t off, uint64_t len, uint32_t *crc);
 
-/* crc(A || B) from crc(A), crc(B) and len(B). */
-KVX_API uint32_t kvx_crc32c_combine(uint32_t crc_a, uint32_t crc_b, uint64_t len_b);
 
 #ifdef __cplusplus
 }
@@ -174,9 +172,6 @@ static void kvx__pathf(char *out, const char *fmt, ...) {
     va_end(ap);
 }
 
-KVX_API uint32_t kvx_crc32c_combine(uint32_t a, uint32_t b, uint64_t len_b) {
-    return kvx__crc32c_shift(a, (size_t)len_b) ^ b;
-}
 
 static kvx_result kvx__errno_result(int err) {
     switch (err) {

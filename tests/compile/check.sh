@@ -52,7 +52,7 @@ printf '#define KVX_STATIC\n#define KVX_IMPLEMENTATION\n#include "all.h"\nconst 
 for v in "${variants[@]}"; do
   for cc in $compilers_c; do
     run "all together $cc $v" $cc -std=c11 $W $v -I. -I"$T" "$T/all.c" -o "$T/a.out" -lpthread -ldl
-    run "KVX_STATIC two TUs $cc $v" $cc -std=c11 $W -Wno-unused-function $v -I. -I"$T" "$T/tu1.c" "$T/tu2.c" -o "$T/b.out" -lpthread -ldl
+    run "KVX_STATIC two TUs $cc $v" $cc -std=c11 $W $v -I. -I"$T" "$T/tu1.c" "$T/tu2.c" -o "$T/b.out" -lpthread -ldl
     run "KVX_STATIC runs $cc $v" "$T/b.out"
   done
   for cxx in $compilers_cxx; do

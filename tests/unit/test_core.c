@@ -62,6 +62,14 @@ static void test_checksums(void) {
     whole = kvx_crc32c(0, big + 3, sizeof big - 3);
     for (i = 3; i < sizeof big; i++) bytewise = kvx_crc32c(bytewise, big + i, 1);
     CHECK(whole == bytewise, "crc32c streaming: %08x vs %08x", whole, bytewise);
+    {
+        size_t cut;
+        int bad = 0;
+        for (cut = 0; cut < sizeof big; cut += 4999)
+            bad += kvx_crc32c_combine(kvx_crc32c(0, big, cut), kvx_crc32c(0, big + cut, sizeof big - cut),
+                                      sizeof big - cut) != kvx_crc32c(0, big, sizeof big);
+        CHECK(bad == 0, "crc32c_combine joins pieces (%d wrong)", bad);
+    }
 }
 
 static void test_json(void) {
