@@ -642,6 +642,9 @@ KVX_API void kvx_workq_destroy(kvx_workq *q);
 #include <math.h>
 #include <time.h>
 #include <pthread.h>
+#include <unistd.h>
+#include <sys/stat.h>
+#include <sys/types.h>
 #if !defined(CLOCK_MONOTONIC)
 #error "kvx: the implementation needs POSIX: include the kvx headers before any system header in the KVX_IMPLEMENTATION file, or compile it with -D_GNU_SOURCE"
 #endif
@@ -935,6 +938,48 @@ KVX_API void kvx_sha256_final(kvx_sha256 *s, uint8_t out[32]) {
         out[4 * i] = (uint8_t)(s->h[i] >> 24); out[4 * i + 1] = (uint8_t)(s->h[i] >> 16);
         out[4 * i + 2] = (uint8_t)(s->h[i] >> 8); out[4 * i + 3] = (uint8_t)s->h[i];
     }
+}
+
+/* >>impl: shared helpers of the file-based headers -------------------------- */
+
+static KVX__UNUSED kvx_result kvx__errno_result(int err) {
+    switch (err) {
+    case ENOSPC: case EDQUOT: case EFBIG: return KVX_ERR_NO_SPACE;
+    case EACCES: case EPERM: case EROFS: return KVX_ERR_PERMISSION;
+    case ENOENT: case ENOTDIR: return KVX_ERR_NOT_FOUND;
+    case ENOMEM: return KVX_ERR_NO_MEMORY;
+    default: return KVX_ERR_IO;
+    }
+}
+
+static KVX__UNUSED kvx_result kvx__mkdir_p(const char *path, char *why, size_t wl) {
+    char tmp[4096];
+    size_t i, n = strlen(path);
+    struct stat st;
+    if (n == 0 || n >= sizeof tmp) {
+        kvx__set_why(why, wl, "directory path '%s' is empty or too long", path);
+        return KVX_ERR_INVALID_ARGUMENT;
+    }
+    memcpy(tmp, path, n + 1);
+    for (i = 1; i <= n; i++) {
+        if (tmp[i] != '/' && tmp[i] != 0) continue;
+        tmp[i] = 0;
+        if (mkdir(tmp, 0755) && errno != EEXIST) {
+            int err = errno;
+            kvx__set_why(why, wl, "cannot create directory %s: %s", tmp, strerror(err));
+            return kvx__errno_result(err);
+        }
+        tmp[i] = path[i];
+    }
+    if (stat(path, &st) || !S_ISDIR(st.st_mode)) {
+        kvx__set_why(why, wl, "%s is not a directory", path);
+        return KVX_ERR_NOT_FOUND;
+    }
+    if (access(path, W_OK | X_OK)) {
+        kvx__set_why(why, wl, "no write permission on %s: %s", path, strerror(errno));
+        return KVX_ERR_PERMISSION;
+    }
+    return KVX_OK;
 }
 
 /* >>impl: environment ---------------------------------------------------- */
@@ -1633,10 +1678,10 @@ struct kvx_engine {
     kvx_engine_stats stats; /* atomics */
 };
 
-static void *kvx__alloc(const kvx_allocator *a, size_t n) {
+static KVX__UNUSED void *kvx__alloc(const kvx_allocator *a, size_t n) {
     return a->alloc_fn ? a->alloc_fn(n, a->user_data) : malloc(n);
 }
-static void kvx__free(const kvx_allocator *a, void *p) {
+static KVX__UNUSED void kvx__free(const kvx_allocator *a, void *p) {
     if (!p) return;
     if (a->free_fn) a->free_fn(p, a->user_data);
     else free(p);
@@ -1662,16 +1707,23 @@ KVX_API int kvx_engine_log_enabled(const kvx_engine *e, kvx_log_level lvl) {
     return lvl <= e->desc.logger.level;
 }
 
+/* One line through a logger desc (the default writes to stderr). Objects
+   without an engine (the block store) log through this too. */
+static void kvx__logv(const kvx_logger *lg, kvx_log_level lvl, const char *sub, uint64_t room,
+                      const char *fmt, va_list ap) {
+    char msg[1024];
+    if (lvl > (lg->level ? lg->level : KVX_LOG_WARN)) return;
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    if (lg->func) lg->func(lg->user_data, lvl, sub, room, msg);
+    else kvx__default_log(NULL, lvl, sub, room, msg);
+}
+
 KVX_API void kvx_engine_log(const kvx_engine *e, kvx_log_level lvl, const char *sub,
                             uint64_t room, const char *fmt, ...) {
-    char msg[512];
     va_list ap;
-    if (!kvx_engine_log_enabled(e, lvl)) return;
     va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
+    kvx__logv(&e->desc.logger, lvl, sub, room, fmt, ap);
     va_end(ap);
-    if (e->desc.logger.func) e->desc.logger.func(e->desc.logger.user_data, lvl, sub, room, msg);
-    else kvx__default_log(NULL, lvl, sub, room, msg);
 }
 
 KVX_API const kvx_layout *kvx_engine_layout(const kvx_engine *e) { return &e->desc.layout; }

@@ -173,16 +173,6 @@ static void kvx__pathf(char *out, const char *fmt, ...) {
 }
 
 
-static kvx_result kvx__errno_result(int err) {
-    switch (err) {
-    case ENOSPC: case EDQUOT: case EFBIG: return KVX_ERR_NO_SPACE;
-    case EACCES: case EPERM: case EROFS: return KVX_ERR_PERMISSION;
-    case ENOENT: case ENOTDIR: return KVX_ERR_NOT_FOUND;
-    case ENOMEM: return KVX_ERR_NO_MEMORY;
-    default: return KVX_ERR_IO;
-    }
-}
-
 static kvx_result kvx__read_small(const char *path, char **out, size_t *len, size_t max,
                                   char *why, size_t wl) {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
@@ -269,36 +259,6 @@ static void kvx__rm_room(const char *dir) {
     }
     closedir(d);
     rmdir(dir);
-}
-
-static kvx_result kvx__mkdir_p(const char *path, char *why, size_t wl) {
-    char tmp[KVX__FILE_PATH];
-    size_t i, n = strlen(path);
-    struct stat st;
-    if (n == 0 || n >= sizeof tmp) {
-        kvx__set_why(why, wl, "directory path '%s' is empty or too long", path);
-        return KVX_ERR_INVALID_ARGUMENT;
-    }
-    memcpy(tmp, path, n + 1);
-    for (i = 1; i <= n; i++) {
-        if (tmp[i] != '/' && tmp[i] != 0) continue;
-        tmp[i] = 0;
-        if (mkdir(tmp, 0755) && errno != EEXIST) {
-            int err = errno;
-            kvx__set_why(why, wl, "cannot create directory %s: %s", tmp, strerror(err));
-            return kvx__errno_result(err);
-        }
-        tmp[i] = path[i];
-    }
-    if (stat(path, &st) || !S_ISDIR(st.st_mode)) {
-        kvx__set_why(why, wl, "%s is not a directory", path);
-        return KVX_ERR_NOT_FOUND;
-    }
-    if (access(path, W_OK | X_OK)) {
-        kvx__set_why(why, wl, "no write permission on %s: %s", path, strerror(errno));
-        return KVX_ERR_PERMISSION;
-    }
-    return KVX_OK;
 }
 
 /* Reads or writes the packed byte range [lo, hi) of a one-sided plan

@@ -439,15 +439,6 @@ extern "C" {
 #define KVX__STORE_VICTIMS 32
 #define KVX__STORE_MAX_DATA (1ull << 48)
 
-static void kvx__store_why(char *why, size_t n, const char *fmt, ...) KVX_PRINTF(3, 4);
-static void kvx__store_why(char *why, size_t n, const char *fmt, ...) {
-    va_list ap;
-    if (!why || !n) return;
-    va_start(ap, fmt);
-    vsnprintf(why, n, fmt, ap);
-    va_end(ap);
-}
-
 static uint32_t kvx__store_rd32(const uint8_t *p) {
     return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
 }
@@ -460,16 +451,6 @@ static void kvx__store_wr32(uint8_t *p, uint32_t v) {
 static void kvx__store_wr64(uint8_t *p, uint64_t v) {
     kvx__store_wr32(p, (uint32_t)v);
     kvx__store_wr32(p + 4, (uint32_t)(v >> 32));
-}
-
-static kvx_result kvx__store_errno(int err) {
-    switch (err) {
-    case ENOSPC: case EDQUOT: case EFBIG: return KVX_ERR_NO_SPACE;
-    case EACCES: case EPERM: case EROFS: return KVX_ERR_PERMISSION;
-    case ENOENT: case ENOTDIR: return KVX_ERR_NOT_FOUND;
-    case ENOMEM: return KVX_ERR_NO_MEMORY;
-    default: return KVX_ERR_IO;
-    }
 }
 
 static const char kvx__store_hexd[] = "0123456789abcdef";
@@ -637,17 +618,17 @@ KVX_API kvx_result kvx_store_header_parse(const void *buf, size_t len, kvx_store
     if (!o) return KVX_ERR_INVALID_ARGUMENT;
     memset(o, 0, sizeof *o);
     if (!p || len < KVX_STORE_HEADER_FIXED) {
-        kvx__store_why(why, wl, "header truncated: %zu bytes, the fixed part is %d", p ? len : 0,
+        kvx__set_why(why, wl, "header truncated: %zu bytes, the fixed part is %d", p ? len : 0,
                        KVX_STORE_HEADER_FIXED);
         return KVX_ERR_CORRUPT;
     }
     if (memcmp(p, "KVXBLOCK", 8)) {
-        kvx__store_why(why, wl, "bad magic (not a kvx block)");
+        kvx__set_why(why, wl, "bad magic (not a kvx block)");
         return KVX_ERR_CORRUPT;
     }
     o->version = kvx__store_rd32(p + 8);
     if (o->version != KVX_STORE_FORMAT_VERSION) {
-        kvx__store_why(why, wl, "format version %u; this reader knows %d", o->version,
+        kvx__set_why(why, wl, "format version %u; this reader knows %d", o->version,
                        KVX_STORE_FORMAT_VERSION);
         return KVX_ERR_CORRUPT;
     }
@@ -656,22 +637,22 @@ KVX_API kvx_result kvx_store_header_parse(const void *buf, size_t len, kvx_store
     o->num_buffers = kvx__store_rd32(p + 68);
     if (o->header_size < KVX_STORE_HEADER_FIXED + 8 || o->header_size > KVX_STORE_HEADER_MAX ||
         o->header_size % 8) {
-        kvx__store_why(why, wl, "header_size %u is not a multiple of 8 in [%d, %d]",
+        kvx__set_why(why, wl, "header_size %u is not a multiple of 8 in [%d, %d]",
                        o->header_size, KVX_STORE_HEADER_FIXED + 8, KVX_STORE_HEADER_MAX);
         return KVX_ERR_CORRUPT;
     }
     if (o->num_buffers == 0 || o->num_buffers > (o->header_size - KVX_STORE_HEADER_FIXED) / 8) {
-        kvx__store_why(why, wl, "num_buffers %u does not fit header_size %u", o->num_buffers,
+        kvx__set_why(why, wl, "num_buffers %u does not fit header_size %u", o->num_buffers,
                        o->header_size);
         return KVX_ERR_CORRUPT;
     }
     if (len < o->header_size) {
-        kvx__store_why(why, wl, "header truncated: %zu of %u bytes", len, o->header_size);
+        kvx__set_why(why, wl, "header truncated: %zu of %u bytes", len, o->header_size);
         return KVX_ERR_CORRUPT;
     }
     crc = kvx__store_header_crc(p, o->header_size);
     if (crc != o->header_crc) {
-        kvx__store_why(why, wl, "header CRC32C mismatch: stored %08x, computed %08x",
+        kvx__set_why(why, wl, "header CRC32C mismatch: stored %08x, computed %08x",
                        o->header_crc, crc);
         return KVX_ERR_CORRUPT;
     }
@@ -685,24 +666,24 @@ KVX_API kvx_result kvx_store_header_parse(const void *buf, size_t len, kvx_store
     o->kv_fingerprint = kvx__store_rd64(p + 88);
     o->item_lens = p + KVX_STORE_HEADER_FIXED;
     if (o->flags) {
-        kvx__store_why(why, wl, "unknown flags %08x", o->flags);
+        kvx__set_why(why, wl, "unknown flags %08x", o->flags);
         return KVX_ERR_CORRUPT;
     }
     if (o->page_count == 0) {
-        kvx__store_why(why, wl, "page_count is 0");
+        kvx__set_why(why, wl, "page_count is 0");
         return KVX_ERR_CORRUPT;
     }
     for (i = 0; i < o->num_buffers; i++) {
         uint64_t it = kvx_store_block_item_len(o, i);
         if (it == 0 || it > KVX__STORE_MAX_DATA - sum) {
-            kvx__store_why(why, wl, "item_len[%u] = %llu is 0 or makes the page too large", i,
+            kvx__set_why(why, wl, "item_len[%u] = %llu is 0 or makes the page too large", i,
                            (unsigned long long)it);
             return KVX_ERR_CORRUPT;
         }
         sum += it;
     }
     if (sum > KVX__STORE_MAX_DATA / o->page_count || o->data_len != sum * o->page_count) {
-        kvx__store_why(why, wl, "data_len %llu is not page_count %u x page bytes %llu",
+        kvx__set_why(why, wl, "data_len %llu is not page_count %u x page bytes %llu",
                        (unsigned long long)o->data_len, o->page_count, (unsigned long long)sum);
         return KVX_ERR_CORRUPT;
     }
@@ -776,28 +757,17 @@ struct kvx_store {
 #define KVX__STORE_LOAD(p) __atomic_load_n((p), __ATOMIC_ACQUIRE)
 
 static void *kvx__store_alloc(const kvx_store *s, size_t n) {
-    const kvx_allocator *a = &s->desc.allocator;
-    return a->alloc_fn ? a->alloc_fn(n, a->user_data) : malloc(n);
+    return kvx__alloc(&s->desc.allocator, n);
 }
-static void kvx__store_free(const kvx_store *s, void *p) {
-    const kvx_allocator *a = &s->desc.allocator;
-    if (!p) return;
-    if (a->free_fn) a->free_fn(p, a->user_data);
-    else free(p);
-}
+static void kvx__store_free(const kvx_store *s, void *p) { kvx__free(&s->desc.allocator, p); }
 
 static void kvx__store_log(const kvx_store *s, kvx_log_level lvl, const char *fmt, ...)
     KVX_PRINTF(3, 4);
 static void kvx__store_log(const kvx_store *s, kvx_log_level lvl, const char *fmt, ...) {
-    static const char *names[] = {"", "ERROR", "WARN", "INFO", "DEBUG"};
-    char msg[1024];
     va_list ap;
-    if (lvl > s->desc.logger.level) return;
     va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
+    kvx__logv(&s->desc.logger, lvl, "kvx.store", 0, fmt, ap);
     va_end(ap);
-    if (s->desc.logger.func) s->desc.logger.func(s->desc.logger.user_data, lvl, "kvx.store", 0, msg);
-    else fprintf(stderr, "kvx %s kvx.store: %s\n", names[lvl >= 1 && lvl <= 4 ? lvl : 0], msg);
 }
 
 /* Strictly increasing wall-clock ns: the "last use" stamp of blocks. */
@@ -1199,20 +1169,20 @@ static int kvx__store_check_header(const kvx_store *s, const uint8_t *h, const k
     char a[65], b[65];
     if (kvx_store_header_parse(h, s->hdr_size, &in, why, wl) != KVX_OK) return -1;
     if (in.config_hash != s->cfg_hash) {
-        kvx__store_why(why, wl, "written for configuration %016llx, this store is %s",
+        kvx__set_why(why, wl, "written for configuration %016llx, this store is %s",
                        (unsigned long long)in.config_hash, s->cfg_hex);
         return -1;
     }
     if (k && memcmp(in.key.bytes, k->bytes, 32)) {
         kvx_store_key_hex(&in.key, a);
         kvx_store_key_hex(k, b);
-        kvx__store_why(why, wl, "holds key %.16s..., not %.16s...", a, b);
+        kvx__set_why(why, wl, "holds key %.16s..., not %.16s...", a, b);
         return -1;
     }
     if (in.header_size != s->hdr_size || in.page_count != 1 || in.num_buffers != s->nb ||
         in.data_len != s->data_len ||
         memcmp(h + 84, s->hdr_template + 84, s->hdr_size - 84)) {
-        kvx__store_why(why, wl, "its page layout (%u buffers, %llu bytes, header %u) is not this "
+        kvx__set_why(why, wl, "its page layout (%u buffers, %llu bytes, header %u) is not this "
                        "store's (%u buffers, %llu bytes, header %u)", in.num_buffers,
                        (unsigned long long)in.data_len, in.header_size, s->nb,
                        (unsigned long long)s->data_len, s->hdr_size);
@@ -1303,7 +1273,7 @@ bad:
 io_error:
     KVX__STORE_ADD(&s->st.errors, 1);
     KVX__STORE_ADD(&s->st.misses, 1);
-    kvx__store_fail(b, i, kvx__store_errno(err), "cannot read %s/%s: %s", s->ns, rel, strerror(err));
+    kvx__store_fail(b, i, kvx__errno_result(err), "cannot read %s/%s: %s", s->ns, rel, strerror(err));
 }
 
 static void kvx__store_fsync_dir(int dirfd, const char *rel) {
@@ -1394,7 +1364,7 @@ static void kvx__store_put_item(void *arg, size_t i, void *scratch) {
         err = errno;
         kvx__store_release(s, s->block_bytes);
         KVX__STORE_ADD(&s->st.errors, 1);
-        kvx__store_fail(b, i, kvx__store_errno(err), "cannot create %s/%s: %s", s->ns, tmp,
+        kvx__store_fail(b, i, kvx__errno_result(err), "cannot create %s/%s: %s", s->ns, tmp,
                         strerror(err));
         return;
     }
@@ -1417,7 +1387,7 @@ static void kvx__store_put_item(void *arg, size_t i, void *scratch) {
         unlinkat(s->ns_fd, tmp, 0);
         kvx__store_release(s, s->block_bytes);
         KVX__STORE_ADD(&s->st.errors, 1);
-        kvx__store_fail(b, i, kvx__store_errno(err), "cannot write %s/%s: %s", s->ns, rel,
+        kvx__store_fail(b, i, kvx__errno_result(err), "cannot write %s/%s: %s", s->ns, rel,
                         strerror(err));
         return;
     }
@@ -1568,7 +1538,7 @@ KVX_API kvx_result kvx_store_remove(kvx_store *s, const kvx_store_key *key) {
     pthread_mutex_unlock(&s->mu);
     if (!unlinkat(s->ns_fd, rel, 0)) return KVX_OK;
     err = errno;
-    return err == ENOENT || err == ENOTDIR ? KVX_ERR_NOT_FOUND : kvx__store_errno(err);
+    return err == ENOENT || err == ENOTDIR ? KVX_ERR_NOT_FOUND : kvx__errno_result(err);
 }
 
 KVX_API void kvx_store_stats_get(kvx_store *s, kvx_store_stats *o) {
@@ -1733,9 +1703,9 @@ static kvx_result kvx__store_load_index(kvx_store *s, char *why, size_t wl) {
     err = kvx__store_walk(s->ns_fd, kvx__store_load_fn, &L);
     if (err || L.oom) {
         kvx__store_free(s, L.v);
-        kvx__store_why(why, wl, "cannot read the blocks of %s: %s", s->ns,
+        kvx__set_why(why, wl, "cannot read the blocks of %s: %s", s->ns,
                        err ? strerror(err) : "out of memory");
-        return err ? kvx__store_errno(err) : KVX_ERR_NO_MEMORY;
+        return err ? kvx__errno_result(err) : KVX_ERR_NO_MEMORY;
     }
     if (L.n) qsort(L.v, L.n, sizeof *L.v, kvx__store_cmp_found);
     pthread_mutex_lock(&s->mu);
@@ -1763,36 +1733,6 @@ static kvx_result kvx__store_load_index(kvx_store *s, char *why, size_t wl) {
                    (double)(kvx_now_ns() - t0) / 1e6, (unsigned long long)evicted,
                    (unsigned long long)L.bad, (unsigned long long)L.tmp_removed,
                    (unsigned long long)L.tmp_kept);
-    return KVX_OK;
-}
-
-static kvx_result kvx__store_mkdir_p(const char *path, char *why, size_t wl) {
-    char tmp[KVX__STORE_PATH];
-    size_t i, n = strlen(path);
-    struct stat st;
-    if (n == 0 || n >= sizeof tmp) {
-        kvx__store_why(why, wl, "directory path '%s' is empty or too long", path);
-        return KVX_ERR_INVALID_ARGUMENT;
-    }
-    memcpy(tmp, path, n + 1);
-    for (i = 1; i <= n; i++) {
-        if (tmp[i] != '/' && tmp[i] != 0) continue;
-        tmp[i] = 0;
-        if (mkdir(tmp, 0755) && errno != EEXIST) {
-            int err = errno;
-            kvx__store_why(why, wl, "cannot create directory %s: %s", tmp, strerror(err));
-            return kvx__store_errno(err);
-        }
-        tmp[i] = path[i];
-    }
-    if (stat(path, &st) || !S_ISDIR(st.st_mode)) {
-        kvx__store_why(why, wl, "%s is not a directory", path);
-        return KVX_ERR_NOT_FOUND;
-    }
-    if (access(path, W_OK | X_OK)) {
-        kvx__store_why(why, wl, "no write permission on %s: %s", path, strerror(errno));
-        return KVX_ERR_PERMISSION;
-    }
     return KVX_OK;
 }
 
@@ -1841,7 +1781,7 @@ static kvx_result kvx__store_config_file(kvx_store *s, char *why, size_t wl) {
                          h->str);
                 kvx_json_free(&doc);
                 if (same) return KVX_OK;
-                kvx__store_why(why, wl, "%s/config.json describes configuration '%s', not %s: "
+                kvx__set_why(why, wl, "%s/config.json describes configuration '%s', not %s: "
                                "the directory was renamed or copied; move it away",
                                s->ns, theirs, s->cfg_hex);
                 return KVX_ERR_CORRUPT;
@@ -1866,8 +1806,8 @@ static kvx_result kvx__store_config_file(kvx_store *s, char *why, size_t wl) {
     kvx_buf_free(&b);
     if (err) {
         if (err < 0) err = EIO;
-        kvx__store_why(why, wl, "cannot write %s/config.json: %s", s->ns, strerror(err));
-        return kvx__store_errno(err);
+        kvx__set_why(why, wl, "cannot write %s/config.json: %s", s->ns, strerror(err));
+        return kvx__errno_result(err);
     }
     if (s->desc.fsync) kvx__store_fsync_dir(s->ns_fd, ".");
     return KVX_OK;
@@ -1885,8 +1825,8 @@ static kvx_result kvx__store_fanout(kvx_store *s, char *why, size_t wl) {
         d[2] = 0;
         if (mkdirat(s->ns_fd, d, 0755)) {
             if (errno == EEXIST) continue;
-            kvx__store_why(why, wl, "cannot create %s/%s: %s", s->ns, d, strerror(errno));
-            return kvx__store_errno(errno);
+            kvx__set_why(why, wl, "cannot create %s/%s: %s", s->ns, d, strerror(errno));
+            return kvx__errno_result(errno);
         }
         made++;
     }
@@ -1900,19 +1840,19 @@ static kvx_result kvx__store_apply_env(kvx_store_desc *d, char *why, size_t wl) 
     kvx_env_str("KVX_STORE_DIR", &d->dir);
     kvx_env_str("KVX_STORE_CAPACITY", &cap);
     if (cap && kvx__store_parse_bytes(cap, &d->capacity_bytes)) {
-        kvx__store_why(why, wl, "KVX_STORE_CAPACITY='%s' is not a byte count (e.g. 500G, "
+        kvx__set_why(why, wl, "KVX_STORE_CAPACITY='%s' is not a byte count (e.g. 500G, "
                        "1073741824, unlimited)", cap);
         return KVX_ERR_BAD_CONFIG;
     }
     if ((r = kvx_env_int("KVX_STORE_FSYNC", &d->fsync, why, wl)) != KVX_OK) return r;
     if ((r = kvx_env_int("KVX_STORE_IO_THREADS", &d->io_threads, why, wl)) != KVX_OK) return r;
     if (d->fsync != 0 && d->fsync != 1) {
-        kvx__store_why(why, wl, "KVX_STORE_FSYNC / desc.fsync is %d; use 0 (rename only) or 1 "
+        kvx__set_why(why, wl, "KVX_STORE_FSYNC / desc.fsync is %d; use 0 (rename only) or 1 "
                        "(fsync file and directory)", d->fsync);
         return KVX_ERR_BAD_CONFIG;
     }
     if (d->io_threads < 0 || d->io_threads > 256) {
-        kvx__store_why(why, wl, "KVX_STORE_IO_THREADS / desc.io_threads is %d; use 1..256",
+        kvx__set_why(why, wl, "KVX_STORE_IO_THREADS / desc.io_threads is %d; use 1..256",
                        d->io_threads);
         return KVX_ERR_BAD_CONFIG;
     }
@@ -1923,7 +1863,7 @@ static kvx_result kvx__store_apply_env(kvx_store_desc *d, char *why, size_t wl) 
         else if (!strcmp(lvl, "info")) d->logger.level = KVX_LOG_INFO;
         else if (!strcmp(lvl, "debug")) d->logger.level = KVX_LOG_DEBUG;
         else {
-            kvx__store_why(why, wl, "KVX_LOG_LEVEL='%s' is not one of error, warn, info, debug", lvl);
+            kvx__set_why(why, wl, "KVX_LOG_LEVEL='%s' is not one of error, warn, info, debug", lvl);
             return KVX_ERR_BAD_CONFIG;
         }
     }
@@ -1942,20 +1882,20 @@ static kvx_result kvx__store_check_desc(const kvx_store_desc *d, char *why, size
     if ((r = kvx_layout_validate(&d->layout, why, wl)) != KVX_OK) return r;
     for (i = 0; i < d->layout.num_buffers; i++)
         if (d->layout.buffers[i].mem != KVX_MEM_HOST) {
-            kvx__store_why(why, wl, "KV buffer %u is GPU memory: the block store reads and writes "
+            kvx__set_why(why, wl, "KV buffer %u is GPU memory: the block store reads and writes "
                            "host memory; stage pages through pinned host buffers", i);
             return KVX_ERR_INVALID_ARGUMENT;
         }
     if (KVX_STORE_HEADER_FIXED + 8ull * d->layout.num_buffers > KVX_STORE_HEADER_MAX - 4096) {
-        kvx__store_why(why, wl, "%u KV buffers do not fit a block header", d->layout.num_buffers);
+        kvx__set_why(why, wl, "%u KV buffers do not fit a block header", d->layout.num_buffers);
         return KVX_ERR_INVALID_ARGUMENT;
     }
     if (d->tp_rank < 0 || d->tp_rank >= d->tp_size) {
-        kvx__store_why(why, wl, "tp_rank %d is outside tp_size %d", d->tp_rank, d->tp_size);
+        kvx__set_why(why, wl, "tp_rank %d is outside tp_size %d", d->tp_rank, d->tp_size);
         return KVX_ERR_INVALID_ARGUMENT;
     }
     if (strlen(d->dir) > KVX__STORE_PATH - 256) {
-        kvx__store_why(why, wl, "store directory path is too long (%zu bytes)", strlen(d->dir));
+        kvx__set_why(why, wl, "store directory path is too long (%zu bytes)", strlen(d->dir));
         return KVX_ERR_INVALID_ARGUMENT;
     }
     return KVX_OK;
@@ -1968,14 +1908,9 @@ static char *kvx__store_strdup(const kvx_store *s, const char *str) {
     return c;
 }
 
-static void kvx__store_sha_u64(kvx_sha256 *h, uint64_t v) {
-    uint8_t b[8];
-    kvx__store_wr64(b, v);
-    kvx_sha256_update(h, b, 8);
-}
 
 static void kvx__store_sha_str(kvx_sha256 *h, const char *str) {
-    kvx__store_sha_u64(h, strlen(str));
+    kvx__sha_u64(h, strlen(str));
     kvx_sha256_update(h, str, strlen(str));
 }
 
@@ -1992,12 +1927,12 @@ static kvx_result kvx__store_geometry(kvx_store *s) {
     kvx_sha256_init(&h);
     kvx_sha256_update(&h, "kvx-store-v1", 13); /* with its NUL */
     kvx__store_sha_str(&h, s->model);
-    kvx__store_sha_u64(&h, s->kv_fp);
-    kvx__store_sha_u64(&h, l->page_size);
+    kvx__sha_u64(&h, s->kv_fp);
+    kvx__sha_u64(&h, l->page_size);
     kvx__store_sha_str(&h, s->dtype);
-    kvx__store_sha_u64(&h, l->dtype_size);
-    kvx__store_sha_u64(&h, (uint64_t)s->desc.tp_rank);
-    kvx__store_sha_u64(&h, (uint64_t)s->desc.tp_size);
+    kvx__sha_u64(&h, l->dtype_size);
+    kvx__sha_u64(&h, (uint64_t)s->desc.tp_rank);
+    kvx__sha_u64(&h, (uint64_t)s->desc.tp_size);
     kvx_sha256_final(&h, d);
     s->cfg_hash = kvx__store_rd64(d);
     snprintf(s->cfg_hex, sizeof s->cfg_hex, "%016llx", (unsigned long long)s->cfg_hash);
@@ -2096,7 +2031,7 @@ KVX_API kvx_result kvx_store_open(const kvx_store_desc *desc, kvx_store **out, c
     if (!out) return KVX_ERR_INVALID_ARGUMENT;
     *out = NULL;
     if (!desc) {
-        kvx__store_why(why, wl, "store desc is NULL");
+        kvx__set_why(why, wl, "store desc is NULL");
         return KVX_ERR_INVALID_ARGUMENT;
     }
     d = *desc;
@@ -2105,7 +2040,7 @@ KVX_API kvx_result kvx_store_open(const kvx_store_desc *desc, kvx_store **out, c
     s = (kvx_store *)(d.allocator.alloc_fn ? d.allocator.alloc_fn(sizeof *s, d.allocator.user_data)
                                            : malloc(sizeof *s));
     if (!s) {
-        kvx__store_why(why, wl, "out of memory");
+        kvx__set_why(why, wl, "out of memory");
         return KVX_ERR_NO_MEMORY;
     }
     memset(s, 0, sizeof *s);
@@ -2122,7 +2057,7 @@ KVX_API kvx_result kvx_store_open(const kvx_store_desc *desc, kvx_store **out, c
     s->root = kvx__store_strdup(s, d.dir);
     if (!s->bufs || !s->model || !s->dtype || !s->root) {
         r = KVX_ERR_NO_MEMORY;
-        kvx__store_why(why, wl, "out of memory");
+        kvx__set_why(why, wl, "out of memory");
         goto fail;
     }
     memcpy(s->bufs, d.layout.buffers, d.layout.num_buffers * sizeof *s->bufs);
@@ -2133,15 +2068,15 @@ KVX_API kvx_result kvx_store_open(const kvx_store_desc *desc, kvx_store **out, c
     s->desc.model = s->model;
     s->desc.dir = s->root;
     if ((r = kvx__store_geometry(s)) != KVX_OK) {
-        kvx__store_why(why, wl, "out of memory");
+        kvx__set_why(why, wl, "out of memory");
         goto fail;
     }
     snprintf(s->ns, sizeof s->ns, "%s/%s", s->root, s->cfg_hex);
-    if ((r = kvx__store_mkdir_p(s->ns, why, wl)) != KVX_OK) goto fail;
+    if ((r = kvx__mkdir_p(s->ns, why, wl)) != KVX_OK) goto fail;
     s->ns_fd = open(s->ns, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (s->ns_fd < 0) {
-        r = kvx__store_errno(errno);
-        kvx__store_why(why, wl, "cannot open %s: %s", s->ns, strerror(errno));
+        r = kvx__errno_result(errno);
+        kvx__set_why(why, wl, "cannot open %s: %s", s->ns, strerror(errno));
         goto fail;
     }
     kvx__store_tmp_tag(s);
@@ -2171,20 +2106,20 @@ static kvx_result kvx__store_check_file(int dirfd, const char *name, uint8_t *hd
     memset(info, 0, sizeof *info);
     if (fd < 0) {
         err = errno;
-        kvx__store_why(why, wl, "cannot open: %s", strerror(err));
-        return kvx__store_errno(err);
+        kvx__set_why(why, wl, "cannot open: %s", strerror(err));
+        return kvx__errno_result(err);
     }
     if (fstat(fd, st)) {
         err = errno;
         close(fd);
-        kvx__store_why(why, wl, "cannot stat: %s", strerror(err));
-        return kvx__store_errno(err);
+        kvx__set_why(why, wl, "cannot stat: %s", strerror(err));
+        return kvx__errno_result(err);
     }
     want = (uint64_t)st->st_size < KVX_STORE_HEADER_MAX ? (size_t)st->st_size : KVX_STORE_HEADER_MAX;
     if ((err = kvx__store_pio(fd, hdr, want, 0, 0)) > 0) {
         close(fd);
-        kvx__store_why(why, wl, "cannot read: %s", strerror(err));
-        return kvx__store_errno(err);
+        kvx__set_why(why, wl, "cannot read: %s", strerror(err));
+        return kvx__errno_result(err);
     }
     if ((r = kvx_store_header_parse(hdr, want, info, why, wl)) != KVX_OK) {
         close(fd);
@@ -2192,15 +2127,15 @@ static kvx_result kvx__store_check_file(int dirfd, const char *name, uint8_t *hd
     }
     kvx_store_key_hex(&info->key, hex);
     if ((uint64_t)st->st_size != info->header_size + info->data_len) {
-        kvx__store_why(why, wl, "file is %lld bytes, its header says %llu (torn or truncated)",
+        kvx__set_why(why, wl, "file is %lld bytes, its header says %llu (torn or truncated)",
                        (long long)st->st_size,
                        (unsigned long long)(info->header_size + info->data_len));
         r = KVX_ERR_CORRUPT;
     } else if (strncmp(name, hex, 64)) {
-        kvx__store_why(why, wl, "holds key %.16s..., not the one in its name", hex);
+        kvx__set_why(why, wl, "holds key %.16s..., not the one in its name", hex);
         r = KVX_ERR_CORRUPT;
     } else if (cfg_hex && cfg_hex[0] && strtoull(cfg_hex, NULL, 16) != info->config_hash) {
-        kvx__store_why(why, wl, "belongs to configuration %016llx, not this directory's %s",
+        kvx__set_why(why, wl, "belongs to configuration %016llx, not this directory's %s",
                        (unsigned long long)info->config_hash, cfg_hex);
         r = KVX_ERR_CORRUPT;
     } else if (check_data) {
@@ -2210,8 +2145,8 @@ static kvx_result kvx__store_check_file(int dirfd, const char *name, uint8_t *hd
             size_t n = left < data_cap ? (size_t)left : data_cap;
             err = kvx__store_pio(fd, data, n, off, 0);
             if (err) {
-                kvx__store_why(why, wl, "cannot read data: %s", err < 0 ? "short file" : strerror(err));
-                r = err < 0 ? KVX_ERR_CORRUPT : kvx__store_errno(err);
+                kvx__set_why(why, wl, "cannot read data: %s", err < 0 ? "short file" : strerror(err));
+                r = err < 0 ? KVX_ERR_CORRUPT : kvx__errno_result(err);
                 break;
             }
             c = kvx__store_crc32c(c, data, n);
@@ -2219,7 +2154,7 @@ static kvx_result kvx__store_check_file(int dirfd, const char *name, uint8_t *hd
             left -= n;
         }
         if (r == KVX_OK && c != info->data_crc) {
-            kvx__store_why(why, wl, "data CRC32C mismatch: stored %08x, computed %08x",
+            kvx__set_why(why, wl, "data CRC32C mismatch: stored %08x, computed %08x",
                            info->data_crc, c);
             r = KVX_ERR_CORRUPT;
         }
@@ -2275,14 +2210,14 @@ static kvx_result kvx__store_scan_ns(kvx__store_scan *c, const char *ns, char *w
     fd = open(ns, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (fd < 0) {
         err = errno;
-        kvx__store_why(why, wl, "cannot open %s: %s", ns, strerror(err));
-        return kvx__store_errno(err);
+        kvx__set_why(why, wl, "cannot open %s: %s", ns, strerror(err));
+        return kvx__errno_result(err);
     }
     err = kvx__store_walk(fd, kvx__store_scan_fn, c);
     close(fd);
     if (err) {
-        kvx__store_why(why, wl, "cannot read %s: %s", ns, strerror(err));
-        return kvx__store_errno(err);
+        kvx__set_why(why, wl, "cannot read %s: %s", ns, strerror(err));
+        return kvx__errno_result(err);
     }
     return KVX_OK;
 }
@@ -2319,8 +2254,8 @@ KVX_API kvx_result kvx_store_scan(const char *dir, int check_data, kvx_store_sca
         struct dirent *e;
         if (!d) {
             int err = errno;
-            kvx__store_why(why, wl, "cannot open %s: %s", dir, strerror(err));
-            r = kvx__store_errno(err);
+            kvx__set_why(why, wl, "cannot open %s: %s", dir, strerror(err));
+            r = kvx__errno_result(err);
         }
         while (d && r == KVX_OK && (e = readdir(d)) != NULL) {
             char ns[KVX__STORE_PATH];
@@ -2400,7 +2335,7 @@ KVX_API kvx_result kvx_store_verify(kvx_store *s, int remove_bad, kvx_store_veri
     if (out) *out = rep;
     if (err) {
         kvx__store_log(s, KVX_LOG_ERROR, "cannot read %s: %s", s->ns, strerror(err));
-        return kvx__store_errno(err);
+        return kvx__errno_result(err);
     }
     return KVX_OK;
 }
