@@ -7,6 +7,7 @@
    main() into your engine's scheduler. */
 #define KVX_IMPLEMENTATION
 #include "../kvx_file.h"
+#include "../kvx_tcp.h"
 #include "kvx_example.h"
 
 typedef struct inflight {
@@ -37,6 +38,7 @@ int main(int argc, char **argv) {
     fl = (inflight *)calloc(a.inflight, sizeof *fl);
     ex_requests(reqs, a.requests, a.seed, a.min_tokens, a.max_tokens, a.page_size);
     kvx_file_register();
+    kvx_tcp_register();
     memset(&d, 0, sizeof d);
     d.role = KVX_ROLE_DECODE;
     d.transport = a.transport;

@@ -4,6 +4,9 @@
    decode's verified Success, both on CLOCK_MONOTONIC).
 
    usage: kvx_demo [--handshake] [options of kvx_prefill / kvx_decode]
+     --transport T tcp (or rdma, bootfake): the bytes go over that transport;
+                   the prefill serves the bootstrap on --bootstrap HOST:PORT,
+                   by default 127.0.0.1 and a free port
      --handshake   also run kvx_boot's bootstrap handshake: the prefill serves
                    SGLang's bootstrap API on a free loopback port, the decode
                    side connects to it; status and aborts go over its control
@@ -77,7 +80,8 @@ static int cmp_u64(const void *a, const void *b) {
 
 int main(int argc, char **argv) {
     char ptimes[256], dtimes[256], dir[256];
-    const char *user_dir = NULL;
+    const char *user_dir = NULL, *transport = "file";
+    int want_boot = 0, user_boot = 0;
     rec *p = NULL, *d = NULL;
     size_t np = 0, nd = 0, i, j;
     uint64_t *lat, first = UINT64_MAX, last = 0, bytes = 0;
@@ -86,14 +90,24 @@ int main(int argc, char **argv) {
     FILE *f;
     for (k = 1; k < argc; k++) {
         if (k + 1 < argc && !strcmp(argv[k], "--dir")) user_dir = argv[k + 1];
-        if (!strcmp(argv[k], "--handshake"))
-            snprintf(boot_addr, sizeof boot_addr, "127.0.0.1:%d", free_port());
+        if (k + 1 < argc && !strcmp(argv[k], "--transport")) transport = argv[k + 1];
+        if (!strcmp(argv[k], "--bootstrap")) user_boot = 1;
+        if (!strcmp(argv[k], "--handshake")) want_boot = 1;
     }
+    /* every transport but file and fake needs the handshake */
+    if (strcmp(transport, "file") && strcmp(transport, "fake")) want_boot = 1;
+    if (want_boot && !user_boot)
+        snprintf(boot_addr, sizeof boot_addr, "127.0.0.1:%d", free_port());
     snprintf(ptimes, sizeof ptimes, "/tmp/kvx_demo_%d.prefill", (int)getpid());
     snprintf(dtimes, sizeof dtimes, "/tmp/kvx_demo_%d.decode", (int)getpid());
     snprintf(dir, sizeof dir, "/tmp/kvx_demo_%d", (int)getpid());
-    printf("kvx demo: prefill and decode processes, KV cache through the file transport in %s%s%s\n",
-           user_dir ? user_dir : dir, boot_addr[0] ? ", bootstrap handshake at " : "", boot_addr);
+    if (!strcmp(transport, "file"))
+        printf("kvx demo: prefill and decode processes, KV cache through the file transport in "
+               "%s%s%s\n", user_dir ? user_dir : dir, boot_addr[0] ? ", bootstrap handshake at " : "",
+               boot_addr);
+    else
+        printf("kvx demo: prefill and decode processes, KV cache through the %s transport%s%s\n",
+               transport, boot_addr[0] ? ", bootstrap at " : "", boot_addr);
     fflush(stdout);
     dp = spawn(sibling(argv[0], "kvx_decode"), argc, argv, dtimes, user_dir ? NULL : dir);
     pp = spawn(sibling(argv[0], "kvx_prefill"), argc, argv, ptimes, user_dir ? NULL : dir);

@@ -247,8 +247,8 @@ typedef struct ex_args {
 
 static EX_UNUSED void ex_usage(const char *prog) {
     fprintf(stderr,
-            "usage: %s [--model llama-3.1-8b|llama-3.1-70b|deepseek-v3] [--transport file|fake]\n"
-            "          [--dir DIR] [--requests N] [--min-tokens N] [--max-tokens N]\n"
+            "usage: %s [--model llama-3.1-8b|llama-3.1-70b|deepseek-v3] [--transport file|tcp|fake]\n"
+            "          [--dir DIR] [--bootstrap HOST:PORT] [--requests N] [--min-tokens N] [--max-tokens N]\n"
             "          [--chunk-tokens N] [--page-size N] [--pool-pages N] [--inflight N]\n"
             "          [--seed N] [--times FILE] [--quiet]\n",
             prog);

@@ -6,6 +6,7 @@
    prefill produces them. Copy the loop in run() into your engine. */
 #define KVX_IMPLEMENTATION
 #include "../kvx_file.h"
+#include "../kvx_tcp.h"
 #include "kvx_example.h"
 
 typedef struct inflight {
@@ -76,6 +77,7 @@ int main(int argc, char **argv) {
     fl = (inflight *)calloc(a.inflight, sizeof *fl);
     ex_requests(reqs, a.requests, a.seed, a.min_tokens, a.max_tokens, a.page_size);
     kvx_file_register();
+    kvx_tcp_register();
     memset(&d, 0, sizeof d);
     d.role = KVX_ROLE_PREFILL;
     d.transport = a.transport;

@@ -1,0 +1,2711 @@
+/* kvx_tcp.h - v0.1.0 - the tcp transport: scattered KV pages streamed over parallel sockets
+
+   For hosts without RDMA or a shared filesystem. The decode engine opens a
+   data listener and announces it (address, port, a random token) in the
+   endpoint bytes of its kvx_boot hello. The prefill engine opens
+   KVX_TCP_STREAMS parallel TCP connections to every decode engine it serves
+   (a "link") and streams each chunk's pages straight from its pool along
+   the two-sided plan kvx_plan_pages(its layout, the chunk's pages, the
+   decode layout, the destination pages of that chunk): one sendmsg per
+   frame with an iovec per span, no intermediate copy. The receiver checks
+   every segment against the pages it asked for in that room and reads the
+   payload with recvmsg straight into its destination pages. Frames of one
+   room and of many rooms spread over the streams; chunk k+1 goes out while
+   chunk k is still on the wire; a slow receiver pushes back through TCP
+   flow control and the sender's memory stays bounded (it queues plans, not
+   bytes).
+
+   DO THIS
+       #define KVX_IMPLEMENTATION
+       #include "kvx_tcp.h"          (includes kvx_boot.h and kvx.h)
+       kvx_tcp_register();           (once; then desc.transport = "tcp")
+     or set desc.backend = kvx_tcp_backend(). Everything kvx_boot.h
+     documents applies: the prefill engine serves the bootstrap address
+     (desc.bootstrap_addr / desc.boot / KVX_BOOTSTRAP_*), the decode engine
+     names it in desc.bootstrap_addr or kvx_room_desc.bootstrap_addr.
+
+   EXAMPLE (two hosts; error handling shortened)
+     prefill on 10.0.0.1:
+       d.role = KVX_ROLE_PREFILL; d.transport = "tcp";
+       d.bootstrap_addr = "10.0.0.1:8998"; d.layout = pool_layout;
+       kvx_engine_create(&d, &e, why, sizeof why);
+       per request: kvx_sender_create(e, &rd, &s); poll until it leaves
+       BOOTSTRAPPING (the decode side's pages arrived); kvx_sender_init(s,
+       n, aux_slot); kvx_sender_send(s, pages, k) per prefill chunk; poll
+       until Success (the receiver's ACK) or Failed (kvx_sender_error).
+     decode on 10.0.0.2:
+       d.role = KVX_ROLE_DECODE; d.transport = "tcp";
+       d.bootstrap_addr = "10.0.0.1:8998"; (d.tcp.host = "10.0.0.2")
+       per request: kvx_receiver_create(e, &rd, &r); poll until
+       WAITING_FOR_INPUT; kvx_receiver_init(r, pages, n, aux_slot); poll
+       until Success: every KV byte and the aux rows are in place.
+
+   COMPILE-TIME MACROS (defaults in parentheses)
+     KVX_TCP_MAX_STREAMS  most parallel connections per link (64)
+     KVX_TCP_MAX_SEGS     most segments in one DATA frame (512; the frame
+                          is one sendmsg / recvmsg, so <= IOV_MAX - 1). A
+                          receiver refuses frames with more segments than
+                          its own value: keep it equal on both sides
+     KVX_TCP_MAX_FRAME    most payload bytes of one DATA frame a receiver
+                          accepts (64 MiB)
+     KVX_TCP_MAX_CONNS    data connections a decode engine serves at once;
+                          more are closed at accept (1024)
+     KVX_TCP_TOMBSTONES   rooms closed before they finished whose late
+                          frames are drained instead of rejected (4096)
+     KVX_TCP_HELLO_MS     a data connection must send its HELLO within this
+                          many ms (5000)
+
+   SETTINGS (desc.tcp, zero = default) AND ENVIRONMENT (overrides the desc)
+     KVX_TCP_STREAMS        prefill: parallel connections per decode engine,
+                            1..KVX_TCP_MAX_STREAMS (desc.tcp.streams, 4)
+     KVX_TCP_HOST           decode: address the data listener binds and
+                            announces (desc.tcp.host). Unset: bind 0.0.0.0
+                            and announce nothing, so the prefill connects to
+                            the address the decode's control connection came
+                            from (right across hosts, and on one host)
+     KVX_TCP_SEGMENT        prefill: payload bytes per DATA frame; a frame
+                            never splits a page, so a page larger than this
+                            goes alone (4 MiB; 64 KiB .. KVX_TCP_MAX_FRAME)
+     KVX_TCP_SOCKBUF        SO_SNDBUF / SO_RCVBUF of data connections in
+                            bytes; 0 keeps Linux autotuning, which grows
+                            buffers up to net.ipv4.tcp_wmem / tcp_rmem (0).
+                            Values above net.core.wmem_max / rmem_max are
+                            capped by the kernel (a warning says so)
+     KVX_TCP_TIMEOUT        seconds a data connection may make no progress
+                            (a send blocked by a receiver that reads
+                            nothing, a frame stuck half-read, a connect)
+                            before it is declared dead, and seconds a sender
+                            waits for the receiver's ACK after its last byte
+                            left (60)
+     KVX_TCP_SEGMENT, KVX_TCP_SOCKBUF and KVX_TCP_TIMEOUT have no field in
+     kvx_tcp_desc (kvx.h) yet: environment only.
+
+   WIRE FORMAT (version 1; every integer little-endian)
+     Data connections go from prefill to decode. Each frame is a 32-byte
+     header and a body:
+        0 u32 magic 0x5458564B ("KVXT")   4 u8 version (1)   5 u8 type
+        6 u16 count (DATA: segments, 1..KVX_TCP_MAX_SEGS; else 0)
+        8 u64 room (0 when a frame concerns no room)
+       16 u64 body_len (bytes after the header)
+       24 u32 flags (0)   28 u32 reserved (0)
+     HELLO (1, prefill -> decode, first frame of a connection; body 32)
+        0 u64 token (from the decode endpoint)  8 u64 prefill instance
+       16 u64 layout fingerprint  24 u16 stream index  26 u16 streams
+       28 u32 reserved
+     DATA (2, prefill -> decode; body 24 * count + payload)
+       count segment descriptors of 24 bytes, then the payload: the bytes
+       of every segment in descriptor order.
+        0 u32 buffer (KV buffer index; aux buffer index with the AUX flag)
+        4 u32 flags (bit 0 AUX: the bytes are the room's row of that aux
+              buffer; other bits 0)
+        8 u64 dst_offset (bytes from the start of that buffer in the
+              receiver's pool)   16 u64 length
+       A KV segment covers whole pages (dst_offset and length multiples
+       of item_len) of one buffer. All segments of a frame belong to its
+       room. The descriptors of a frame come together, so the receiver
+       validates them all, then reads the whole payload with one recvmsg
+       whose iovec points into its pages (a header per segment would cost
+       one system call per segment: 16384 for a scattered 4096-token
+       Llama-3.1-8B request).
+     ACK (3, decode -> prefill; body 16): 0 u64 bytes placed (KV + aux)
+       8 u64 reserved. Sent once per room, when its last byte is in place.
+     ERROR (4, decode -> prefill; body 8 + rl): 0 i32 result (kvx_result)
+       4 u32 rl (<= 1024)  8 reason. The decode closes the connection after
+       it (room 0: the connection itself was refused).
+     ENDPOINT (the decode engine's kvx_boot hello endpoint bytes; 24 + hl)
+        0 u8[8] "kvx-tcp\0"  8 u16 version (1)  10 u16 data port
+       12 u16 hl (host bytes, <= 63; 0 = "the address you see me from")
+       14 u16 reserved  16 u64 token   24 host text
+     tests/tcp/tcp_frames.py speaks it in a page of Python (a minimal sender
+     whose rooms a real decode engine accepts).
+
+   COMPLETION
+     The receiver knows the total from its own pages: pages * sum(item_len)
+     plus sum(aux item_len) when it gave an aux slot. It counts the bytes
+     of every segment it accepted (a (buffer, page) pair may arrive once,
+     an aux row once) and reports Success when the count is complete: then
+     every KV byte is in place; the aux rows, which arrive into a per-room
+     staging row, are copied into the aux slot last, so aux is written after
+     the last KV byte even when it overtook KV frames on another stream.
+     The receiver then sends ACK on the connection that brought the last
+     byte, and the sender reports Success on that ACK (and tells the decode
+     side over the control channel, which it ignores for Success: only its
+     own count makes a receiver succeed). A data-path ACK rather than a
+     control message because the bootstrap channel carries status only from
+     prefill to decode, and the ACK follows the bytes it confirms.
+
+   SECURITY
+     Every segment is checked against the destination pages of that room,
+     computed from the receiver's own kvx_receiver_init: buffer index,
+     whole pages, each page one of the room's pages, never twice, aux only
+     into the room's own aux slot and only when it gave one, lengths that
+     add up to the body. A segment outside fails the room, is answered with
+     ERROR, and closes the connection; a frame for an unknown room or for a
+     room that already succeeded closes the connection as well (rooms closed
+     or failed before the end drain their late frames). A connection must
+     present the listener's token in its HELLO and the same layout
+     fingerprint. The token keeps strangers out but is not authentication
+     against someone who can read the control channel: run both on a
+     trusted network. Whatever a peer sends, it cannot write outside the
+     pages and aux slot the receiver asked for.
+
+   FAILURES
+     A prefill killed mid-stream: the receiver fails the room whose frame
+     was cut ("data connection from prefill 10.0.0.1:41234 closed in the
+     middle of ...") and kvx_boot fails the others when the control
+     connection drops. A receiver gone or reset: every room of that link
+     fails on the sender with "lost data connection to decode <addr>: ...",
+     and the decode side is told over the control channel. A receiver that
+     stops reading: the sender blocks (bounded memory), then after
+     KVX_TCP_TIMEOUT without progress the link fails. Nothing waits without
+     a bound.
+
+   LIMITS
+     One decode rank per room and one prefill rank per room: heterogeneous
+     TP (head slicing) and pipeline-parallel prefill are not supported by
+     this transport yet; a second destination for a room fails it with a
+     sentence saying so.
+
+   THREAD SAFETY
+     As kvx.h. Prefill: per link, one thread per stream and a reader thread
+     for ACK / ERROR. Decode: an accept thread and one thread per data
+     connection. kvx_engine_destroy joins them all. kvx_sender_destroy and
+     kvx_receiver_destroy wait until no thread touches the room's pages (a
+     peer stalled in the middle of that room's frame gets its connection
+     shut down after one second).
+
+   LICENSE: MIT, see the end of this file.
+*/
+#ifndef KVX_TCP_H_INCLUDED
+#define KVX_TCP_H_INCLUDED
+
+#include "kvx_boot.h"
+
+#if !defined(KVX_VERSION_MAJOR) || KVX_VERSION_MAJOR != 0
+#error "kvx_tcp.h needs kvx.h major version 0"
+#endif
+
+#ifndef KVX_TCP_MAX_STREAMS
+#define KVX_TCP_MAX_STREAMS 64
+#endif
+#ifndef KVX_TCP_MAX_SEGS
+#define KVX_TCP_MAX_SEGS 512
+#endif
+#ifndef KVX_TCP_MAX_FRAME
+#define KVX_TCP_MAX_FRAME (64u << 20)
+#endif
+#ifndef KVX_TCP_MAX_CONNS
+#define KVX_TCP_MAX_CONNS 1024
+#endif
+#ifndef KVX_TCP_TOMBSTONES
+#define KVX_TCP_TOMBSTONES 4096
+#endif
+#ifndef KVX_TCP_HELLO_MS
+#define KVX_TCP_HELLO_MS 5000
+#endif
+
+#define KVX_TCP_PROTOCOL_VERSION 1
+#define KVX_TCP_MAGIC 0x5458564Bu /* "KVXT" as bytes on the wire */
+#define KVX_TCP_HEADER_BYTES 32
+#define KVX_TCP_SEGMENT_BYTES 24
+#define KVX_TCP_MAX_REASON 1024
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* The tcp transport's backend table. */
+KVX_API const kvx_backend *kvx_tcp_backend(void);
+/* Makes "tcp" known to desc.transport. Thread-safe, idempotent. */
+KVX_API kvx_result kvx_tcp_register(void);
+
+/* Decode: where engine e's data listener is (for tools and tests).
+   KVX_ERR_STATE when e is not a decode engine of the tcp transport. */
+typedef struct kvx_tcp_endpoint {
+    char host[64]; /* "" when the listener announces no address */
+    int port;
+    uint64_t token;
+} kvx_tcp_endpoint;
+KVX_API kvx_result kvx_tcp_endpoint_get(const kvx_engine *e, kvx_tcp_endpoint *out);
+
+/* Counters of engine e (monotonic; zeros for an engine of another transport). */
+typedef struct kvx_tcp_stats {
+    uint64_t frames_sent, bytes_sent;         /* prefill: DATA frames, payload bytes */
+    uint64_t frames_received, bytes_received; /* decode: accepted DATA frames, payload */
+    uint64_t frames_rejected;  /* decode: frames refused by the checks */
+    uint64_t frames_drained;   /* decode: late frames of closed or failed rooms */
+    uint64_t conns_accepted, conns_refused; /* decode: bad token, version, limit */
+    uint64_t links_opened, links_lost;      /* prefill */
+} kvx_tcp_stats;
+KVX_API void kvx_tcp_stats_get(const kvx_engine *e, kvx_tcp_stats *out);
+
+/* >>wire codec (pure: no I/O; for tools, tests and fuzzers) */
+
+typedef enum kvx_tcp_frame_type {
+    KVX_TCP_HELLO = 1,
+    KVX_TCP_DATA = 2,
+    KVX_TCP_ACK = 3,
+    KVX_TCP_ERROR = 4
+} kvx_tcp_frame_type;
+
+#define KVX_TCP_SEG_AUX 1u
+
+typedef struct kvx_tcp_header {
+    uint8_t version, type;
+    uint16_t count;
+    uint64_t room, body_len;
+    uint32_t flags;
+} kvx_tcp_header;
+
+typedef struct kvx_tcp_segment {
+    uint32_t buffer, flags;
+    uint64_t dst_offset, length;
+} kvx_tcp_segment;
+
+/* Writes the 32 header bytes. */
+KVX_API void kvx_tcp_header_encode(const kvx_tcp_header *h, void *out32);
+/* Reads 32 header bytes. KVX_ERR_PROTOCOL and a sentence for a bad magic,
+   version, type, flags, count or body length (DATA: 1..KVX_TCP_MAX_SEGS
+   segments and at most KVX_TCP_MAX_FRAME payload bytes; HELLO 32; ACK 16;
+   ERROR 8..8+KVX_TCP_MAX_REASON). */
+KVX_API kvx_result kvx_tcp_header_decode(const void *in32, kvx_tcp_header *h, char *why,
+                                         size_t why_len);
+KVX_API void kvx_tcp_segment_encode(const kvx_tcp_segment *s, void *out24);
+KVX_API void kvx_tcp_segment_decode(const void *in24, kvx_tcp_segment *s);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* KVX_TCP_H_INCLUDED */
+
+/* ======================================================================== */
+/*                             IMPLEMENTATION                               */
+/* ======================================================================== */
+#if defined(KVX_IMPLEMENTATION) && !defined(KVX_TCP_IMPL_INCLUDED)
+#define KVX_TCP_IMPL_INCLUDED
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <unistd.h>
+#include <poll.h>
+#include <netdb.h>
+#include <sys/types.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <arpa/inet.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* >>tcp: byte helpers and codec ------------------------------------------ */
+
+#define KVX__TCP_HELLO_BODY 32
+#define KVX__TCP_ACK_BODY 16
+#define KVX__TCP_ENDPOINT_FIXED 24
+#define KVX__TCP_DRAIN 65536
+
+static void kvx__tcp_w16(uint8_t *p, uint16_t v) { p[0] = (uint8_t)v; p[1] = (uint8_t)(v >> 8); }
+static void kvx__tcp_w32(uint8_t *p, uint32_t v) {
+    p[0] = (uint8_t)v; p[1] = (uint8_t)(v >> 8); p[2] = (uint8_t)(v >> 16); p[3] = (uint8_t)(v >> 24);
+}
+static void kvx__tcp_w64(uint8_t *p, uint64_t v) {
+    kvx__tcp_w32(p, (uint32_t)v);
+    kvx__tcp_w32(p + 4, (uint32_t)(v >> 32));
+}
+static uint16_t kvx__tcp_r16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
+static uint32_t kvx__tcp_r32(const uint8_t *p) {
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+static uint64_t kvx__tcp_r64(const uint8_t *p) {
+    return (uint64_t)kvx__tcp_r32(p) | (uint64_t)kvx__tcp_r32(p + 4) << 32;
+}
+
+KVX_API void kvx_tcp_header_encode(const kvx_tcp_header *h, void *out32) {
+    uint8_t *p = (uint8_t *)out32;
+    kvx__tcp_w32(p, KVX_TCP_MAGIC);
+    p[4] = h->version;
+    p[5] = h->type;
+    kvx__tcp_w16(p + 6, h->count);
+    kvx__tcp_w64(p + 8, h->room);
+    kvx__tcp_w64(p + 16, h->body_len);
+    kvx__tcp_w32(p + 24, h->flags);
+    kvx__tcp_w32(p + 28, 0);
+}
+
+KVX_API kvx_result kvx_tcp_header_decode(const void *in32, kvx_tcp_header *h, char *why,
+                                         size_t wl) {
+    const uint8_t *p = (const uint8_t *)in32;
+    uint64_t seg_bytes;
+    memset(h, 0, sizeof *h);
+    if (kvx__tcp_r32(p) != KVX_TCP_MAGIC) {
+        kvx__set_why(why, wl, "bad magic %08x (not a kvx tcp frame)", (unsigned)kvx__tcp_r32(p));
+        return KVX_ERR_PROTOCOL;
+    }
+    h->version = p[4];
+    h->type = p[5];
+    h->count = kvx__tcp_r16(p + 6);
+    h->room = kvx__tcp_r64(p + 8);
+    h->body_len = kvx__tcp_r64(p + 16);
+    h->flags = kvx__tcp_r32(p + 24);
+    if (h->version != KVX_TCP_PROTOCOL_VERSION) {
+        kvx__set_why(why, wl, "protocol version %u, this side speaks %d", h->version,
+                     KVX_TCP_PROTOCOL_VERSION);
+        return KVX_ERR_PROTOCOL;
+    }
+    if (h->flags || kvx__tcp_r32(p + 28)) {
+        kvx__set_why(why, wl, "nonzero flags or reserved field in a frame header");
+        return KVX_ERR_PROTOCOL;
+    }
+    switch (h->type) {
+    case KVX_TCP_HELLO:
+        if (h->count || h->body_len != KVX__TCP_HELLO_BODY) break;
+        return KVX_OK;
+    case KVX_TCP_ACK:
+        if (h->count || h->body_len != KVX__TCP_ACK_BODY) break;
+        return KVX_OK;
+    case KVX_TCP_ERROR:
+        if (h->count || h->body_len < 8 || h->body_len > 8 + KVX_TCP_MAX_REASON) break;
+        return KVX_OK;
+    case KVX_TCP_DATA:
+        seg_bytes = (uint64_t)h->count * KVX_TCP_SEGMENT_BYTES;
+        if (!h->count || h->count > KVX_TCP_MAX_SEGS || h->body_len < seg_bytes ||
+            h->body_len - seg_bytes > KVX_TCP_MAX_FRAME) {
+            kvx__set_why(why, wl, "DATA frame with %u segments and a body of %llu bytes (limits: "
+                         "1..%d segments, %u payload bytes)", h->count,
+                         (unsigned long long)h->body_len, KVX_TCP_MAX_SEGS,
+                         (unsigned)KVX_TCP_MAX_FRAME);
+            return KVX_ERR_PROTOCOL;
+        }
+        return KVX_OK;
+    default:
+        kvx__set_why(why, wl, "unknown frame type %u", h->type);
+        return KVX_ERR_PROTOCOL;
+    }
+    kvx__set_why(why, wl, "frame type %u with count %u and a body of %llu bytes", h->type,
+                 h->count, (unsigned long long)h->body_len);
+    return KVX_ERR_PROTOCOL;
+}
+
+KVX_API void kvx_tcp_segment_encode(const kvx_tcp_segment *s, void *out24) {
+    uint8_t *p = (uint8_t *)out24;
+    kvx__tcp_w32(p, s->buffer);
+    kvx__tcp_w32(p + 4, s->flags);
+    kvx__tcp_w64(p + 8, s->dst_offset);
+    kvx__tcp_w64(p + 16, s->length);
+}
+
+KVX_API void kvx_tcp_segment_decode(const void *in24, kvx_tcp_segment *s) {
+    const uint8_t *p = (const uint8_t *)in24;
+    s->buffer = kvx__tcp_r32(p);
+    s->flags = kvx__tcp_r32(p + 4);
+    s->dst_offset = kvx__tcp_r64(p + 8);
+    s->length = kvx__tcp_r64(p + 16);
+}
+
+static void kvx__tcp_hdr(uint8_t *out, int type, uint16_t count, uint64_t room, uint64_t body) {
+    kvx_tcp_header h;
+    memset(&h, 0, sizeof h);
+    h.version = KVX_TCP_PROTOCOL_VERSION;
+    h.type = (uint8_t)type;
+    h.count = count;
+    h.room = room;
+    h.body_len = body;
+    kvx_tcp_header_encode(&h, out);
+}
+
+/* >>tcp: state -------------------------------------------------------------- */
+
+typedef struct kvx__tcp_engine kvx__tcp_engine;
+typedef struct kvx__tcp_link kvx__tcp_link;
+typedef struct kvx__tcp_conn kvx__tcp_conn;
+typedef struct kvx__tcp_room kvx__tcp_room;
+typedef struct kvx__tcp_job kvx__tcp_job;
+
+/* One piece of a frame on the sending side: a descriptor and where its
+   bytes are in this process. */
+typedef struct kvx__tcp_piece {
+    kvx_tcp_segment seg;
+    char *src;
+    int device; /* -1: host memory */
+} kvx__tcp_piece;
+
+/* One chunk's two-sided plan (or the room's aux rows) waiting to be sent.
+   Frames are carved off it by the stream threads in order. */
+struct kvx__tcp_job {
+    kvx__tcp_room *tr;
+    kvx_plan plan;
+    size_t span;     /* cursor: next span, bytes of it already carved */
+    uint64_t off;
+    int aux;         /* the aux rows, not KV */
+    int queued;      /* still in the link queue (has bytes to carve) */
+    int dropped;     /* its room failed or closed: the rest is not sent */
+    int inflight;    /* frames carved and not yet sent */
+    kvx__tcp_job *next;
+};
+
+/* Prefill: one connection of a link. */
+typedef struct kvx__tcp_stream {
+    kvx__tcp_link *link;
+    int index;
+    int fd;           /* -1 until connected; closed when the link is freed */
+    int connected;    /* under link->mu */
+    pthread_t th;
+    int started;
+    kvx__tcp_room *cur; /* room whose frame is being sent, under link->mu */
+    /* stream thread only */
+    uint8_t *head;    /* header + descriptors of the frame being sent */
+    struct iovec *iov;
+    kvx__tcp_piece *pieces;
+    kvx_copy *copies;
+    char *stage;      /* staged layouts: pinned */
+    /* reader thread only */
+    uint8_t in[KVX_TCP_HEADER_BYTES + 8 + KVX_TCP_MAX_REASON];
+    size_t in_len;
+} kvx__tcp_stream;
+
+/* Prefill: the connections to one decode engine's data listener. */
+struct kvx__tcp_link {
+    kvx__tcp_engine *te;
+    char host[64];
+    int port;
+    uint64_t token;
+    char name[96]; /* "10.0.0.2:40123" for messages */
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    kvx__tcp_stream *streams;
+    int nstreams;
+    pthread_t reader;
+    int reader_started;
+    int wake[2];
+    int exited;  /* atomic: threads that returned */
+    int threads; /* threads started */
+    int refs;    /* under te->mu: the engine's live list + attached rooms */
+    /* under mu */
+    kvx__tcp_job *qhead, *qtail;
+    kvx__tcp_room *rooms;
+    int dead;
+    char why[KVX_ERROR_MAX];  /* why it died */
+    char last[KVX_ERROR_MAX]; /* the decode's last ERROR, for the death sentence */
+    kvx__tcp_link *next; /* te->links or te->graveyard */
+};
+
+/* Decode: one accepted data connection. */
+struct kvx__tcp_conn {
+    kvx__tcp_engine *te;
+    int fd;
+    pthread_t th;
+    int done;          /* under te->mu: the thread returned */
+    char addr[64];
+    uint64_t instance; /* prefill instance from the HELLO */
+    kvx__tcp_room *cur; /* room whose payload is being read, under te->mu */
+    uint8_t *descs;
+    struct iovec *iov;
+    kvx_tcp_segment *segs;
+    kvx_copy *copies;
+    char *stage;
+    size_t stage_len;
+    char *drain;
+    kvx__tcp_conn *next;
+};
+
+struct kvx__tcp_room {
+    kvx_room *room;
+    kvx__tcp_engine *te;
+    uint64_t id;
+    pthread_mutex_t mu; /* prefill: link and gone (on_room races kvx_sender_destroy) */
+    int gone;
+    int busy;    /* frames using its pages: link->mu (prefill) / te->mu (decode) */
+    int closing; /* same lock */
+    /* prefill */
+    kvx__tcp_link *link;
+    int32_t *dst_pages;
+    uint32_t ndst;
+    int32_t dst_aux, src_aux;
+    int inited;
+    uint32_t jobs_open;  /* under link->mu */
+    int last_queued, aux_queued, all_sent;
+    kvx__tcp_job *aux_job;
+    char ack_what[200]; /* the ACK deadline's sentence (the core keeps the pointer) */
+    kvx__tcp_room *lnext, *lprev;
+    /* decode */
+    uint64_t *sorted;    /* (page << 32) | position, sorted */
+    uint32_t npages;
+    uint64_t *bitmap;    /* atomic words: bit (buffer * npages + position) received */
+    uint32_t aux_mask;   /* atomic: aux rows received */
+    int32_t aux_index;
+    uint8_t *aux_stage;
+    uint64_t expected;
+    uint64_t remaining;  /* atomic */
+    uint64_t instance;   /* atomic: prefill instance whose frames it takes (0: none yet) */
+    int in_table;        /* under te->mu */
+    kvx__tcp_room *hnext;
+};
+
+typedef struct kvx__tcp_tomb {
+    uint64_t id, until_ns;
+} kvx__tcp_tomb;
+
+struct kvx__tcp_engine {
+    kvx_engine *engine;
+    kvx_boot *boot;
+    kvx_role role;
+    /* settings */
+    int streams;
+    char host[64];
+    uint64_t segment;
+    int sockbuf;
+    double timeout_s;
+    int staged;
+    kvx_mem_ops mem;
+    uint64_t stage_bytes; /* prefill: largest frame payload (segment, a page, the aux rows) */
+    uint64_t aux_off[KVX_MAX_AUX]; /* decode: aux buffer i's row in a room's aux staging row */
+    kvx_buffer *peer_bufs; /* our buffers with a huge length: the decode pool's shape */
+    kvx_layout peer_layout;
+    uint64_t instance;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int stopping;        /* under mu */
+    /* prefill, under mu */
+    kvx__tcp_link *links, *graveyard;
+    int reap;            /* atomic: graveyard may hold a link to free */
+    /* decode */
+    int lfd, port;
+    uint64_t token;
+    pthread_t acceptor;
+    int acceptor_started;
+    int wake[2];
+    kvx__tcp_conn *conns; /* under mu */
+    int nconns;
+    int conns_done;       /* atomic: finished threads to join */
+    kvx__tcp_room **buckets; /* under mu */
+    size_t nbuckets, nrooms;
+    kvx__tcp_tomb tombs[KVX_TCP_TOMBSTONES]; /* under mu, a ring */
+    size_t ntombs, tomb_next;
+    kvx_tcp_stats stats;  /* atomics */
+};
+
+static kvx__tcp_engine *kvx__tcp_te(const kvx_engine *e) {
+    return (kvx__tcp_engine *)kvx_engine_backend_data(e);
+}
+static kvx__tcp_room *kvx__tcp_tr(const kvx_room *r) { return (kvx__tcp_room *)kvx_room_data(r); }
+static int kvx__tcp_terminal(const kvx_room *r) {
+    kvx_poll p = kvx_room_poll(r);
+    return p == KVX_POLL_FAILED || p == KVX_POLL_SUCCESS;
+}
+#define KVX__TCP_STAT(te, field, v) KVX__ADD(&(te)->stats.field, (uint64_t)(v))
+
+static uint64_t kvx__tcp_random64(void) {
+    uint64_t v = 0, x;
+    int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
+    if (fd >= 0) {
+        if (read(fd, &v, sizeof v) != (ssize_t)sizeof v) v = 0;
+        close(fd);
+    }
+    x = v ^ kvx_now_ns() ^ ((uint64_t)getpid() << 32) ^ (uint64_t)(uintptr_t)&v;
+    x += 0x9E3779B97F4A7C15ull;
+    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+    x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+    x ^= x >> 31;
+    return x ? x : 1;
+}
+
+/* >>tcp: sockets ------------------------------------------------------------ */
+
+#define KVX__TCP_EOF (-1)  /* the peer closed before the first byte */
+#define KVX__TCP_CUT (-2)  /* the peer closed in the middle */
+
+static void kvx__tcp_sa_str(const struct sockaddr *sa, char *out, size_t n) {
+    char ip[INET6_ADDRSTRLEN];
+    if (sa->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)(const void *)sa;
+        inet_ntop(AF_INET6, &s6->sin6_addr, ip, sizeof ip);
+        snprintf(out, n, "[%s]:%d", ip, ntohs(s6->sin6_port));
+    } else {
+        const struct sockaddr_in *s4 = (const struct sockaddr_in *)(const void *)sa;
+        inet_ntop(AF_INET, &s4->sin_addr, ip, sizeof ip);
+        snprintf(out, n, "%s:%d", ip, ntohs(s4->sin_port));
+    }
+}
+
+/* The host part of "ip:port" or "[ip6]:port". */
+static void kvx__tcp_addr_host(const char *addr, char *out, size_t n) {
+    const char *end;
+    if (addr[0] == '[' && (end = strchr(addr, ']')) != NULL) {
+        snprintf(out, n, "%.*s", (int)(end - addr - 1), addr + 1);
+        return;
+    }
+    end = strrchr(addr, ':');
+    if (end) snprintf(out, n, "%.*s", (int)(end - addr), addr);
+    else snprintf(out, n, "%s", addr);
+}
+
+static const char *kvx__tcp_errstr(int err) {
+    if (err == KVX__TCP_EOF || err == KVX__TCP_CUT) return "connection closed by the peer";
+    if (err == EAGAIN || err == EWOULDBLOCK || err == ETIMEDOUT) return "no progress within KVX_TCP_TIMEOUT";
+    return strerror(err);
+}
+
+static void kvx__tcp_timeo(int fd, int opt, double s) {
+    struct timeval tv;
+    tv.tv_sec = (time_t)s;
+    tv.tv_usec = (suseconds_t)((s - (double)tv.tv_sec) * 1e6);
+    setsockopt(fd, SOL_SOCKET, opt, &tv, sizeof tv);
+}
+
+/* Options of every data connection; warns when the kernel caps KVX_TCP_SOCKBUF. */
+static void kvx__tcp_sockopts(kvx__tcp_engine *te, int fd) {
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one); /* ACKs and aux go at once */
+    kvx__tcp_timeo(fd, SO_SNDTIMEO, te->timeout_s);
+    kvx__tcp_timeo(fd, SO_RCVTIMEO, te->timeout_s);
+    if (te->sockbuf > 0) {
+        int want = te->sockbuf, got = 0;
+        socklen_t sl = sizeof got;
+        setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &want, sizeof want);
+        setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &want, sizeof want);
+        if (getsockopt(fd, SOL_SOCKET, SO_SNDBUF, &got, &sl) == 0 && got / 2 < want)
+            kvx_engine_log(te->engine, KVX_LOG_WARN, "kvx.tcp", 0,
+                           "KVX_TCP_SOCKBUF=%d capped by the kernel to %d bytes: raise "
+                           "net.core.wmem_max / rmem_max, or unset it to keep autotuning",
+                           want, got / 2);
+    }
+}
+
+static void kvx__tcp_iov_advance(struct iovec **v, int *n, size_t done) {
+    while (*n && done >= (*v)->iov_len) {
+        done -= (*v)->iov_len;
+        (*v)++;
+        (*n)--;
+    }
+    if (*n && done) {
+        (*v)->iov_base = (char *)(*v)->iov_base + done;
+        (*v)->iov_len -= done;
+    }
+}
+
+/* Sends the whole iovec (modified). 0 or an errno. */
+static int kvx__tcp_sendv(int fd, struct iovec *v, int n) {
+    while (n) {
+        struct msghdr m;
+        ssize_t k;
+        memset(&m, 0, sizeof m);
+        m.msg_iov = v;
+        m.msg_iovlen = (size_t)n;
+        k = sendmsg(fd, &m, MSG_NOSIGNAL);
+        if (k < 0 && errno == EINTR) continue;
+        if (k < 0) return errno == EAGAIN || errno == EWOULDBLOCK ? ETIMEDOUT : errno;
+        kvx__tcp_iov_advance(&v, &n, (size_t)k);
+    }
+    return 0;
+}
+
+static int kvx__tcp_send(int fd, const void *p, size_t len) {
+    struct iovec v;
+    v.iov_base = (void *)p;
+    v.iov_len = len;
+    return kvx__tcp_sendv(fd, &v, 1);
+}
+
+/* Receives exactly the iovec (modified). 0; KVX__TCP_EOF when the peer
+   closed before the first byte; KVX__TCP_CUT when it closed after some;
+   otherwise an errno. idle_ok: a receive timeout before the first byte is
+   not an error (a connection may sit idle between frames). *got: bytes read. */
+static int kvx__tcp_recvv(int fd, struct iovec *v, int n, int idle_ok, uint64_t *got) {
+    uint64_t total = 0;
+    while (n) {
+        struct msghdr m;
+        ssize_t k;
+        memset(&m, 0, sizeof m);
+        m.msg_iov = v;
+        m.msg_iovlen = (size_t)n;
+        k = recvmsg(fd, &m, MSG_WAITALL);
+        if (k < 0 && errno == EINTR) continue;
+        if (k < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) && idle_ok && total == 0) continue;
+        if (k < 0) {
+            if (got) *got = total;
+            return errno == EAGAIN || errno == EWOULDBLOCK ? ETIMEDOUT : errno;
+        }
+        if (k == 0) {
+            if (got) *got = total;
+            return total ? KVX__TCP_CUT : KVX__TCP_EOF;
+        }
+        total += (uint64_t)k;
+        kvx__tcp_iov_advance(&v, &n, (size_t)k);
+    }
+    if (got) *got = total;
+    return 0;
+}
+
+static int kvx__tcp_recv(int fd, void *p, size_t len, int idle_ok) {
+    struct iovec v;
+    v.iov_base = p;
+    v.iov_len = len;
+    return kvx__tcp_recvv(fd, &v, 1, idle_ok, NULL);
+}
+
+/* A blocking connection to host:port within timeout_s, or -1 with why.
+   Gives up early when *stop (read under mu) becomes nonzero. */
+static int kvx__tcp_connect(const char *host, int port, double timeout_s, pthread_mutex_t *mu,
+                            const int *stop, char *why, size_t wl) {
+    struct addrinfo hints, *res = NULL, *ai;
+    char ports[16];
+    int fd = -1, rc, err = 0;
+    memset(&hints, 0, sizeof hints);
+    hints.ai_socktype = SOCK_STREAM;
+    snprintf(ports, sizeof ports, "%d", port);
+    rc = getaddrinfo(host, ports, &hints, &res);
+    if (rc) {
+        kvx__set_why(why, wl, "cannot resolve '%s': %s", host, gai_strerror(rc));
+        return -1;
+    }
+    for (ai = res; ai; ai = ai->ai_next) {
+        struct pollfd pf;
+        socklen_t sl = sizeof err;
+        int fl;
+        fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol);
+        if (fd < 0) { err = errno; continue; }
+        fl = fcntl(fd, F_GETFL, 0);
+        fcntl(fd, F_SETFL, fl | O_NONBLOCK);
+        if (connect(fd, ai->ai_addr, ai->ai_addrlen) == 0) err = 0;
+        else if (errno != EINPROGRESS) err = errno;
+        else {
+            double end = (double)kvx_now_ns() / 1e9 + timeout_s;
+            pf.fd = fd;
+            pf.events = POLLOUT;
+            for (;;) { /* in slices, so that engine destroy does not wait for it */
+                int stopped;
+                rc = poll(&pf, 1, 100);
+                if (rc < 0 && errno == EINTR) continue;
+                if (rc != 0) break;
+                pthread_mutex_lock(mu);
+                stopped = *stop;
+                pthread_mutex_unlock(mu);
+                if (stopped || (double)kvx_now_ns() / 1e9 > end) break;
+            }
+            if (rc == 0) err = ETIMEDOUT;
+            else if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &sl)) err = errno;
+        }
+        if (!err) {
+            fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
+            break;
+        }
+        close(fd);
+        fd = -1;
+    }
+    freeaddrinfo(res);
+    if (fd < 0) kvx__set_why(why, wl, "cannot connect to %s:%d: %s", host, port, strerror(err));
+    return fd;
+}
+
+static void kvx__tcp_wake(int wfd) {
+    char c = 1;
+    ssize_t k = write(wfd, &c, 1);
+    (void)k; /* a full pipe already wakes the reader */
+}
+
+static void kvx__tcp_drain_pipe(int rfd) {
+    char buf[64];
+    while (read(rfd, buf, sizeof buf) > 0) {}
+}
+
+static int kvx__tcp_pipe(int p[2]) {
+    if (pipe(p)) return -1;
+    fcntl(p[0], F_SETFL, fcntl(p[0], F_GETFL, 0) | O_NONBLOCK);
+    fcntl(p[1], F_SETFL, fcntl(p[1], F_GETFL, 0) | O_NONBLOCK);
+    fcntl(p[0], F_SETFD, FD_CLOEXEC);
+    fcntl(p[1], F_SETFD, FD_CLOEXEC);
+    return 0;
+}
+
+/* >>tcp: prefill: links ----------------------------------------------------- */
+
+typedef struct kvx__tcp_frame {
+    kvx__tcp_job *job;
+    kvx__tcp_room *tr;
+    uint32_t n;
+    uint64_t payload;
+} kvx__tcp_frame;
+
+static void kvx__tcp_job_free(kvx_engine *e, kvx__tcp_job *j) {
+    kvx_plan_free(&j->plan);
+    kvx_engine_free(e, j);
+}
+
+/* Under lk->mu: removes j from the queue. */
+static void kvx__tcp_queue_remove(kvx__tcp_link *lk, kvx__tcp_job *j) {
+    kvx__tcp_job **pp, *prev = NULL;
+    for (pp = &lk->qhead; *pp; prev = *pp, pp = &(*pp)->next)
+        if (*pp == j) {
+            *pp = j->next;
+            if (lk->qtail == j) lk->qtail = prev;
+            j->next = NULL;
+            j->queued = 0;
+            return;
+        }
+}
+
+/* Under lk->mu: a job left the queue and has no frame in flight. Queues the
+   aux rows after the room's last KV byte left, or arms the ACK deadline. */
+static void kvx__tcp_job_done(kvx__tcp_link *lk, kvx__tcp_job *j) {
+    kvx__tcp_room *tr = j->tr;
+    kvx_engine *e = lk->te->engine;
+    int dropped = j->dropped;
+    tr->jobs_open--;
+    if (j == tr->aux_job) tr->aux_job = NULL;
+    kvx__tcp_job_free(e, j);
+    if (dropped || !tr->last_queued || tr->jobs_open || tr->closing || kvx__tcp_terminal(tr->room))
+        return;
+    if (tr->aux_job && !tr->aux_queued) {
+        kvx__tcp_job *a = tr->aux_job;
+        tr->aux_queued = 1;
+        tr->jobs_open++;
+        a->queued = 1;
+        a->next = lk->qhead; /* small: ahead of other rooms' bulk */
+        lk->qhead = a;
+        if (!lk->qtail) lk->qtail = a;
+        pthread_cond_broadcast(&lk->cv);
+        return;
+    }
+    if (!tr->all_sent) {
+        tr->all_sent = 1;
+        snprintf(tr->ack_what, sizeof tr->ack_what,
+                 "no ACK from decode %s after the last byte left (KVX_TCP_TIMEOUT %g s)", lk->name,
+                 lk->te->timeout_s);
+        kvx_room_set_deadline(tr->room, kvx_now_ns() + (uint64_t)(lk->te->timeout_s * 1e9),
+                              tr->ack_what);
+    }
+}
+
+/* Under lk->mu: the next frame for stream st, or 0 when nothing is queued. */
+static int kvx__tcp_carve(kvx__tcp_link *lk, kvx__tcp_stream *st, kvx__tcp_frame *f) {
+    kvx__tcp_engine *te = lk->te;
+    const kvx_layout *l = kvx_engine_layout(te->engine);
+    for (;;) {
+        kvx__tcp_job *j = lk->qhead;
+        kvx__tcp_room *tr;
+        uint64_t budget = te->segment, sum = 0;
+        uint32_t n = 0, i;
+        if (!j) return 0;
+        tr = j->tr;
+        if (tr->closing || kvx__tcp_terminal(tr->room)) {
+            kvx__tcp_queue_remove(lk, j);
+            j->dropped = 1;
+            if (!j->inflight) kvx__tcp_job_done(lk, j);
+            continue;
+        }
+        if (j->aux) {
+            for (i = 0; i < l->num_aux; i++, n++) {
+                kvx__tcp_piece *p = &st->pieces[n];
+                uint64_t item = l->aux[i].item_len;
+                p->seg.buffer = i;
+                p->seg.flags = KVX_TCP_SEG_AUX;
+                p->seg.dst_offset = (uint64_t)tr->dst_aux * item;
+                p->seg.length = item;
+                p->src = (char *)l->aux[i].base + (uint64_t)tr->src_aux * item;
+                p->device = -1;
+                sum += item;
+            }
+            kvx__tcp_queue_remove(lk, j);
+        } else {
+            while (j->span < j->plan.count && n < KVX_TCP_MAX_SEGS) {
+                const kvx_span *sp = &j->plan.spans[j->span];
+                const kvx_buffer *b = &l->buffers[sp->buffer];
+                kvx__tcp_piece *p = &st->pieces[n];
+                uint64_t take = sp->length - j->off;
+                if (take > budget) {
+                    take = budget / b->item_len * b->item_len;
+                    if (!take) {
+                        if (n) break;
+                        take = b->item_len; /* a page larger than a segment goes alone */
+                    }
+                }
+                p->seg.buffer = sp->buffer;
+                p->seg.flags = 0;
+                p->seg.dst_offset = sp->dst_offset + j->off;
+                p->seg.length = take;
+                p->src = (char *)b->base + sp->src_offset + j->off;
+                p->device = b->mem == KVX_MEM_HOST ? -1 : b->device;
+                n++;
+                sum += take;
+                budget = take >= budget ? 0 : budget - take;
+                j->off += take;
+                if (j->off == sp->length) {
+                    j->span++;
+                    j->off = 0;
+                }
+                if (!budget) break;
+            }
+            if (j->span == j->plan.count) kvx__tcp_queue_remove(lk, j);
+            if (!n) { /* an empty chunk */
+                if (!j->inflight) kvx__tcp_job_done(lk, j);
+                continue;
+            }
+        }
+        j->inflight++;
+        tr->busy++;
+        st->cur = tr;
+        f->job = j;
+        f->tr = tr;
+        f->n = n;
+        f->payload = sum;
+        return 1;
+    }
+}
+
+/* Writes one DATA frame: straight from the pool, or through the stream's
+   pinned staging buffer when the layout has GPU buffers. 0, an errno, or
+   -3 with why when a device copy failed (nothing was sent then). */
+#define KVX__TCP_DEVICE_ERR (-3)
+static int kvx__tcp_send_frame(kvx__tcp_stream *st, const kvx__tcp_frame *f, char *why,
+                               size_t wl) {
+    kvx__tcp_engine *te = st->link->te;
+    uint32_t i, nb = 0;
+    uint64_t pos = 0;
+    kvx__tcp_hdr(st->head, KVX_TCP_DATA, (uint16_t)f->n, f->tr->id,
+                 (uint64_t)f->n * KVX_TCP_SEGMENT_BYTES + f->payload);
+    for (i = 0; i < f->n; i++)
+        kvx_tcp_segment_encode(&st->pieces[i].seg,
+                               st->head + KVX_TCP_HEADER_BYTES + (size_t)i * KVX_TCP_SEGMENT_BYTES);
+    st->iov[0].iov_base = st->head;
+    st->iov[0].iov_len = KVX_TCP_HEADER_BYTES + (size_t)f->n * KVX_TCP_SEGMENT_BYTES;
+    if (!te->staged) {
+        for (i = 0; i < f->n; i++) {
+            st->iov[1 + i].iov_base = st->pieces[i].src;
+            st->iov[1 + i].iov_len = (size_t)st->pieces[i].seg.length;
+        }
+        return kvx__tcp_sendv(st->fd, st->iov, 1 + (int)f->n);
+    }
+    for (i = 0; i < f->n; i++) {
+        kvx__tcp_piece *p = &st->pieces[i];
+        if (p->device < 0) {
+            memcpy(st->stage + pos, p->src, (size_t)p->seg.length);
+        } else {
+            st->copies[nb].buf_ptr = p->src;
+            st->copies[nb].host = st->stage + pos;
+            st->copies[nb].len = p->seg.length;
+            st->copies[nb].device = p->device;
+            nb++;
+        }
+        pos += p->seg.length;
+    }
+    if (nb && te->mem.copy(te->mem.ctx, 1, st->copies, nb, why, wl) != KVX_OK)
+        return KVX__TCP_DEVICE_ERR;
+    st->iov[1].iov_base = st->stage;
+    st->iov[1].iov_len = (size_t)f->payload;
+    return kvx__tcp_sendv(st->fd, st->iov, 2);
+}
+
+/* After a frame: its pages are no longer read. */
+static void kvx__tcp_frame_done(kvx__tcp_link *lk, kvx__tcp_stream *st, kvx__tcp_frame *f) {
+    pthread_mutex_lock(&lk->mu);
+    f->job->inflight--;
+    f->tr->busy--;
+    st->cur = NULL;
+    if (!f->job->queued && !f->job->inflight) kvx__tcp_job_done(lk, f->job);
+    if (f->tr->closing && !f->tr->busy) pthread_cond_broadcast(&lk->cv);
+    pthread_mutex_unlock(&lk->mu);
+}
+
+static void kvx__tcp_link_unref(kvx__tcp_link *lk);
+
+/* Fails the link: every unfinished room attached to it fails with the
+   reason and the decode side hears it over the control channel. Shuts the
+   sockets down so every thread of the link returns. Thread-safe. */
+static void kvx__tcp_link_kill(kvx__tcp_link *lk, const char *fmt, ...) KVX_PRINTF(2, 3);
+static void kvx__tcp_link_kill(kvx__tcp_link *lk, const char *fmt, ...) {
+    kvx__tcp_engine *te = lk->te;
+    kvx_room **rs = NULL;
+    kvx__tcp_room *tr;
+    kvx__tcp_link **pp;
+    size_t n = 0, cap = 0, i;
+    int k, listed = 0;
+    va_list ap;
+    pthread_mutex_lock(&lk->mu);
+    if (lk->dead) {
+        pthread_mutex_unlock(&lk->mu);
+        return;
+    }
+    lk->dead = 1;
+    va_start(ap, fmt);
+    vsnprintf(lk->why, sizeof lk->why, fmt, ap);
+    va_end(ap);
+    for (k = 0; k < lk->nstreams; k++)
+        if (lk->streams[k].fd >= 0) shutdown(lk->streams[k].fd, SHUT_RDWR);
+    pthread_cond_broadcast(&lk->cv);
+    kvx__tcp_wake(lk->wake[1]);
+    for (tr = lk->rooms; tr; tr = tr->lnext) {
+        if (kvx__tcp_terminal(tr->room)) continue;
+        if (n == cap) {
+            size_t nc = cap ? cap * 2 : 16;
+            kvx_room **nr = (kvx_room **)realloc(rs, nc * sizeof *nr);
+            if (!nr) break; /* the rest still time out */
+            rs = nr;
+            cap = nc;
+        }
+        kvx_room_ref(tr->room);
+        rs[n++] = tr->room;
+    }
+    pthread_mutex_unlock(&lk->mu);
+    KVX__TCP_STAT(te, links_lost, 1);
+    kvx_engine_log(te->engine, n ? KVX_LOG_WARN : KVX_LOG_INFO, "kvx.tcp", 0,
+                   "lost data connection to decode %s: %s (%zu rooms failed)", lk->name, lk->why, n);
+    for (i = 0; i < n; i++) {
+        kvx_room_fail(rs[i], KVX_ERR_PEER_LOST, "lost data connection to decode %s: %s", lk->name,
+                      lk->why);
+        kvx_boot_send_status(te->boot, rs[i], KVX_POLL_FAILED, KVX_ERR_PEER_LOST, 0,
+                             kvx_sender_error((kvx_sender *)rs[i]));
+        kvx_room_unref(rs[i]);
+    }
+    free(rs);
+    pthread_mutex_lock(&te->mu);
+    for (pp = &te->links; *pp; pp = &(*pp)->next)
+        if (*pp == lk) {
+            *pp = lk->next;
+            lk->next = NULL;
+            listed = 1;
+            break;
+        }
+    pthread_mutex_unlock(&te->mu);
+    if (listed) kvx__tcp_link_unref(lk); /* the live list's reference */
+}
+
+static void kvx__tcp_thread_exit(kvx__tcp_link *lk) {
+    KVX__ADD(&lk->exited, 1);
+    KVX__STORE(&lk->te->reap, 1);
+}
+
+static void *kvx__tcp_stream_main(void *arg) {
+    kvx__tcp_stream *st = (kvx__tcp_stream *)arg;
+    kvx__tcp_link *lk = st->link;
+    kvx__tcp_engine *te = lk->te;
+    char why[KVX_ERROR_MAX];
+    uint8_t hello[KVX_TCP_HEADER_BYTES + KVX__TCP_HELLO_BODY];
+    int fd, err;
+    why[0] = 0;
+    fd = kvx__tcp_connect(lk->host, lk->port, te->timeout_s, &lk->mu, &lk->dead, why, sizeof why);
+    if (fd < 0) {
+        kvx__tcp_link_kill(lk, "%s", why);
+        kvx__tcp_thread_exit(lk);
+        return NULL;
+    }
+    kvx__tcp_sockopts(te, fd);
+    kvx__tcp_hdr(hello, KVX_TCP_HELLO, 0, 0, KVX__TCP_HELLO_BODY);
+    kvx__tcp_w64(hello + 32, lk->token);
+    kvx__tcp_w64(hello + 40, te->instance);
+    kvx__tcp_w64(hello + 48, kvx_layout_fingerprint(kvx_engine_layout(te->engine)));
+    kvx__tcp_w16(hello + 56, (uint16_t)st->index);
+    kvx__tcp_w16(hello + 58, (uint16_t)lk->nstreams);
+    kvx__tcp_w32(hello + 60, 0);
+    err = kvx__tcp_send(fd, hello, sizeof hello);
+    pthread_mutex_lock(&lk->mu);
+    st->fd = fd;
+    if (lk->dead) shutdown(fd, SHUT_RDWR);
+    else if (!err) st->connected = 1;
+    pthread_mutex_unlock(&lk->mu);
+    kvx__tcp_wake(lk->wake[1]);
+    if (err) kvx__tcp_link_kill(lk, "cannot send the HELLO on stream %d: %s", st->index,
+                                kvx__tcp_errstr(err));
+    while (!err) {
+        kvx__tcp_frame f;
+        pthread_mutex_lock(&lk->mu);
+        while (!lk->dead && !kvx__tcp_carve(lk, st, &f)) pthread_cond_wait(&lk->cv, &lk->mu);
+        if (lk->dead) {
+            pthread_mutex_unlock(&lk->mu);
+            break;
+        }
+        pthread_mutex_unlock(&lk->mu);
+        why[0] = 0;
+        err = kvx__tcp_send_frame(st, &f, why, sizeof why);
+        if (err == KVX__TCP_DEVICE_ERR) {
+            /* nothing of the frame went out: the stream is still in step */
+            kvx_room_fail(f.tr->room, KVX_ERR_TRANSPORT, "cannot stage KV pages for sending: %s",
+                          why);
+            kvx_boot_send_status(te->boot, f.tr->room, KVX_POLL_FAILED, KVX_ERR_TRANSPORT, 0,
+                                 kvx_sender_error((kvx_sender *)f.tr->room));
+            err = 0;
+        } else if (!err) {
+            KVX__TCP_STAT(te, frames_sent, 1);
+            KVX__TCP_STAT(te, bytes_sent, f.payload);
+        }
+        kvx__tcp_frame_done(lk, st, &f);
+        if (err) kvx__tcp_link_kill(lk, "stream %d: %s", st->index, kvx__tcp_errstr(err));
+    }
+    kvx__tcp_thread_exit(lk);
+    return NULL;
+}
+
+/* Reader: one ACK or ERROR frame from the decode side. */
+static void kvx__tcp_on_reply(kvx__tcp_link *lk, const kvx_tcp_header *h, const uint8_t *body) {
+    kvx__tcp_engine *te = lk->te;
+    kvx__tcp_room *tr;
+    kvx_room *r = NULL;
+    pthread_mutex_lock(&lk->mu);
+    for (tr = lk->rooms; tr; tr = tr->lnext)
+        if (tr->id == h->room) {
+            r = tr->room;
+            kvx_room_ref(r);
+            break;
+        }
+    pthread_mutex_unlock(&lk->mu);
+    if (h->type == KVX_TCP_ACK) {
+        uint64_t bytes = kvx__tcp_r64(body);
+        if (!r) return; /* destroyed meanwhile */
+        kvx_engine_log(te->engine, KVX_LOG_DEBUG, "kvx.tcp", h->room,
+                       "decode %s placed all %llu bytes", lk->name, (unsigned long long)bytes);
+        kvx_room_succeed(r, bytes);
+        if (kvx_room_poll(r) == KVX_POLL_SUCCESS)
+            kvx_boot_send_status(te->boot, r, KVX_POLL_SUCCESS, KVX_OK, bytes, NULL);
+    } else {
+        int32_t res = (int32_t)kvx__tcp_r32(body);
+        uint32_t rl = kvx__tcp_r32(body + 4), i;
+        char reason[KVX_TCP_MAX_REASON + 1];
+        if (rl > h->body_len - 8) rl = (uint32_t)(h->body_len - 8);
+        for (i = 0; i < rl; i++) {
+            char c = (char)body[8 + i];
+            reason[i] = (c < 0x20 || c == 0x7f) ? '?' : c;
+        }
+        reason[rl] = 0;
+        pthread_mutex_lock(&lk->mu);
+        snprintf(lk->last, sizeof lk->last, "it refused room %llu: %.240s",
+                 (unsigned long long)h->room, reason);
+        pthread_mutex_unlock(&lk->mu);
+        if (r)
+            kvx_room_fail(r, res < 0 && res > -1000 ? (kvx_result)res : KVX_ERR_PEER,
+                          "decode %s refused the data of this room: %s", lk->name, reason);
+        else
+            kvx_engine_log(te->engine, KVX_LOG_WARN, "kvx.tcp", h->room,
+                           "decode %s refused data: %s", lk->name, reason);
+    }
+    if (r) kvx_room_unref(r);
+}
+
+/* Reader: bytes on stream st. Returns -1 when the link is dead. */
+static int kvx__tcp_reader_input(kvx__tcp_link *lk, kvx__tcp_stream *st) {
+    char why[KVX_ERROR_MAX];
+    for (;;) {
+        ssize_t k = recv(st->fd, st->in + st->in_len, sizeof st->in - st->in_len, MSG_DONTWAIT);
+        if (k < 0 && errno == EINTR) continue;
+        if (k < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return 0;
+        if (k <= 0) {
+            char last[KVX_ERROR_MAX];
+            pthread_mutex_lock(&lk->mu);
+            snprintf(last, sizeof last, "%s", lk->last);
+            pthread_mutex_unlock(&lk->mu);
+            kvx__tcp_link_kill(lk, "stream %d: %s%s%s", st->index,
+                               k == 0 ? "connection closed by the peer" : strerror(errno),
+                               last[0] ? " after " : "", last);
+            return -1;
+        }
+        st->in_len += (size_t)k;
+        while (st->in_len >= KVX_TCP_HEADER_BYTES) {
+            kvx_tcp_header h;
+            size_t need;
+            if (kvx_tcp_header_decode(st->in, &h, why, sizeof why) != KVX_OK ||
+                (h.type != KVX_TCP_ACK && h.type != KVX_TCP_ERROR)) {
+                if (!why[0] || h.type == KVX_TCP_HELLO || h.type == KVX_TCP_DATA)
+                    snprintf(why, sizeof why, "unexpected frame type %u", h.type);
+                kvx__tcp_link_kill(lk, "stream %d: protocol error from decode: %s", st->index, why);
+                return -1;
+            }
+            need = KVX_TCP_HEADER_BYTES + (size_t)h.body_len;
+            if (st->in_len < need) break;
+            kvx__tcp_on_reply(lk, &h, st->in + KVX_TCP_HEADER_BYTES);
+            memmove(st->in, st->in + need, st->in_len - need);
+            st->in_len -= need;
+        }
+    }
+}
+
+static void *kvx__tcp_reader_main(void *arg) {
+    kvx__tcp_link *lk = (kvx__tcp_link *)arg;
+    struct pollfd pf[1 + KVX_TCP_MAX_STREAMS];
+    int idx[1 + KVX_TCP_MAX_STREAMS];
+    for (;;) {
+        int n = 0, k, dead;
+        pthread_mutex_lock(&lk->mu);
+        dead = lk->dead;
+        pf[n].fd = lk->wake[0];
+        pf[n].events = POLLIN;
+        idx[n++] = -1;
+        for (k = 0; k < lk->nstreams; k++)
+            if (lk->streams[k].connected) {
+                pf[n].fd = lk->streams[k].fd;
+                pf[n].events = POLLIN;
+                idx[n++] = k;
+            }
+        pthread_mutex_unlock(&lk->mu);
+        if (dead) break;
+        if (poll(pf, (nfds_t)n, -1) < 0) continue;
+        if (pf[0].revents) kvx__tcp_drain_pipe(lk->wake[0]);
+        for (k = 1; k < n; k++)
+            if (pf[k].revents && kvx__tcp_reader_input(lk, &lk->streams[idx[k]]) < 0) break;
+    }
+    kvx__tcp_thread_exit(lk);
+    return NULL;
+}
+
+static void kvx__tcp_link_free(kvx__tcp_link *lk) {
+    kvx__tcp_engine *te = lk->te;
+    kvx_engine *e = te->engine;
+    int k;
+    for (k = 0; k < lk->nstreams; k++) {
+        kvx__tcp_stream *st = &lk->streams[k];
+        if (st->started) pthread_join(st->th, NULL);
+    }
+    if (lk->reader_started) pthread_join(lk->reader, NULL);
+    for (k = 0; k < lk->nstreams; k++) {
+        kvx__tcp_stream *st = &lk->streams[k];
+        if (st->fd >= 0) close(st->fd);
+        kvx_engine_free(e, st->head);
+        kvx_engine_free(e, st->iov);
+        kvx_engine_free(e, st->pieces);
+        kvx_engine_free(e, st->copies);
+        if (st->stage) te->mem.host_free(te->mem.ctx, st->stage);
+    }
+    while (lk->qhead) { /* only when rooms were never closed; they no longer exist */
+        kvx__tcp_job *j = lk->qhead;
+        lk->qhead = j->next;
+        kvx__tcp_job_free(e, j);
+    }
+    kvx_engine_free(e, lk->streams);
+    close(lk->wake[0]);
+    close(lk->wake[1]);
+    pthread_mutex_destroy(&lk->mu);
+    pthread_cond_destroy(&lk->cv);
+    kvx_engine_free(e, lk);
+}
+
+/* Drops a reference; the last one moves the (dead) link to the graveyard,
+   where the progress thread joins its threads and frees it. */
+static void kvx__tcp_link_unref(kvx__tcp_link *lk) {
+    kvx__tcp_engine *te = lk->te;
+    pthread_mutex_lock(&te->mu);
+    if (--lk->refs == 0) {
+        lk->next = te->graveyard;
+        te->graveyard = lk;
+        KVX__STORE(&te->reap, 1);
+    }
+    pthread_mutex_unlock(&te->mu);
+}
+
+/* Joins and frees graveyard links whose threads returned (all: every one,
+   waiting for them). */
+static void kvx__tcp_reap_links(kvx__tcp_engine *te, int all) {
+    kvx__tcp_link *ready = NULL, **pp;
+    if (!all && !KVX__LOAD(&te->reap)) return;
+    KVX__STORE(&te->reap, 0);
+    pthread_mutex_lock(&te->mu);
+    for (pp = &te->graveyard; *pp;) {
+        kvx__tcp_link *lk = *pp;
+        if (all || KVX__LOAD(&lk->exited) == lk->threads) {
+            *pp = lk->next;
+            lk->next = ready;
+            ready = lk;
+        } else {
+            pp = &lk->next;
+            KVX__STORE(&te->reap, 1); /* look again next tick */
+        }
+    }
+    pthread_mutex_unlock(&te->mu);
+    while (ready) {
+        kvx__tcp_link *lk = ready;
+        ready = lk->next;
+        kvx__tcp_link_free(lk);
+    }
+}
+
+static kvx_result kvx__tcp_stream_alloc(kvx__tcp_engine *te, kvx__tcp_stream *st) {
+    kvx_engine *e = te->engine;
+    st->fd = -1;
+    st->head = (uint8_t *)kvx_engine_alloc(
+        e, KVX_TCP_HEADER_BYTES + (size_t)KVX_TCP_MAX_SEGS * KVX_TCP_SEGMENT_BYTES);
+    st->iov = (struct iovec *)kvx_engine_alloc(e, (KVX_TCP_MAX_SEGS + 1) * sizeof(struct iovec));
+    st->pieces = (kvx__tcp_piece *)kvx_engine_alloc(e, KVX_TCP_MAX_SEGS * sizeof(kvx__tcp_piece));
+    st->copies = (kvx_copy *)kvx_engine_alloc(e, KVX_TCP_MAX_SEGS * sizeof(kvx_copy));
+    if (te->staged) st->stage = (char *)te->mem.host_alloc(te->mem.ctx, (size_t)te->stage_bytes);
+    if (!st->head || !st->iov || !st->pieces || !st->copies || (te->staged && !st->stage))
+        return KVX_ERR_NO_MEMORY;
+    return KVX_OK;
+}
+
+/* The live link to a decode data endpoint, referenced for the caller;
+   created (threads started, connecting in the background) when there is
+   none. Does not block on the network. */
+static kvx__tcp_link *kvx__tcp_link_get(kvx__tcp_engine *te, const char *host, int port,
+                                        uint64_t token, char *why, size_t wl) {
+    kvx_engine *e = te->engine;
+    kvx__tcp_link *lk;
+    int k, ok = 1;
+    pthread_mutex_lock(&te->mu);
+    if (te->stopping) {
+        pthread_mutex_unlock(&te->mu);
+        kvx__set_why(why, wl, "the engine is shutting down");
+        return NULL;
+    }
+    for (lk = te->links; lk; lk = lk->next)
+        if (lk->port == port && lk->token == token && !strcmp(lk->host, host)) {
+            lk->refs++;
+            pthread_mutex_unlock(&te->mu);
+            return lk;
+        }
+    lk = (kvx__tcp_link *)kvx_engine_alloc(e, sizeof *lk);
+    if (!lk) {
+        pthread_mutex_unlock(&te->mu);
+        kvx__set_why(why, wl, "out of memory for a link");
+        return NULL;
+    }
+    memset(lk, 0, sizeof *lk);
+    lk->te = te;
+    snprintf(lk->host, sizeof lk->host, "%s", host);
+    lk->port = port;
+    lk->token = token;
+    snprintf(lk->name, sizeof lk->name, "%s%s%s:%d", strchr(host, ':') ? "[" : "", host,
+             strchr(host, ':') ? "]" : "", port);
+    lk->nstreams = te->streams;
+    lk->wake[0] = lk->wake[1] = -1;
+    pthread_mutex_init(&lk->mu, NULL);
+    pthread_cond_init(&lk->cv, NULL);
+    lk->streams = (kvx__tcp_stream *)kvx_engine_alloc(e, (size_t)lk->nstreams * sizeof *lk->streams);
+    if (!lk->streams || kvx__tcp_pipe(lk->wake)) {
+        kvx_engine_free(e, lk->streams);
+        pthread_mutex_destroy(&lk->mu);
+        pthread_cond_destroy(&lk->cv);
+        kvx_engine_free(e, lk);
+        pthread_mutex_unlock(&te->mu);
+        kvx__set_why(why, wl, "out of memory or file descriptors for a link");
+        return NULL;
+    }
+    memset(lk->streams, 0, (size_t)lk->nstreams * sizeof *lk->streams);
+    for (k = 0; k < lk->nstreams; k++) {
+        lk->streams[k].link = lk;
+        lk->streams[k].index = k;
+        if (kvx__tcp_stream_alloc(te, &lk->streams[k]) != KVX_OK) ok = 0;
+    }
+    for (k = 0; ok && k < lk->nstreams; k++) {
+        if (pthread_create(&lk->streams[k].th, NULL, kvx__tcp_stream_main, &lk->streams[k])) ok = 0;
+        else { lk->streams[k].started = 1; lk->threads++; }
+    }
+    if (ok) {
+        if (pthread_create(&lk->reader, NULL, kvx__tcp_reader_main, lk)) ok = 0;
+        else { lk->reader_started = 1; lk->threads++; }
+    }
+    if (!ok) { /* the threads that started see a dead link and return */
+        pthread_mutex_lock(&lk->mu);
+        lk->dead = 1;
+        snprintf(lk->why, sizeof lk->why, "cannot start its threads");
+        pthread_cond_broadcast(&lk->cv);
+        pthread_mutex_unlock(&lk->mu);
+        kvx__tcp_wake(lk->wake[1]);
+        lk->next = te->graveyard;
+        te->graveyard = lk;
+        KVX__STORE(&te->reap, 1);
+        pthread_mutex_unlock(&te->mu);
+        kvx__set_why(why, wl, "out of memory or threads for %d streams to %s", te->streams,
+                     lk->name);
+        return NULL;
+    }
+    lk->refs = 2; /* the live list and the caller */
+    lk->next = te->links;
+    te->links = lk;
+    pthread_mutex_unlock(&te->mu);
+    KVX__TCP_STAT(te, links_opened, 1);
+    kvx_engine_log(e, KVX_LOG_INFO, "kvx.tcp", 0, "opening %d streams to decode %s",
+                   lk->nstreams, lk->name);
+    return lk;
+}
+
+/* >>tcp: prefill: rooms ----------------------------------------------------- */
+
+/* Reads a decode engine's endpoint from its hello: host (or the address its
+   control connection comes from), data port, token. */
+static kvx_result kvx__tcp_parse_endpoint(const kvx_boot_peer *peer, char *host, size_t hn,
+                                          int *port, uint64_t *token, char *why, size_t wl) {
+    const uint8_t *p = (const uint8_t *)peer->endpoint;
+    uint32_t len = peer->endpoint_len, hl, i;
+    if (!p || len < KVX__TCP_ENDPOINT_FIXED || memcmp(p, "kvx-tcp\0", 8)) {
+        kvx__set_why(why, wl, "decode %s announced no tcp data endpoint in its hello (transport "
+                     "'%s'; both sides must run the tcp transport)", peer->addr,
+                     peer->transport ? peer->transport : "?");
+        return KVX_ERR_PROTOCOL;
+    }
+    hl = kvx__tcp_r16(p + 12);
+    *port = kvx__tcp_r16(p + 10);
+    *token = kvx__tcp_r64(p + 16);
+    if (kvx__tcp_r16(p + 8) != KVX_TCP_PROTOCOL_VERSION || hl >= hn ||
+        len != KVX__TCP_ENDPOINT_FIXED + hl || !*port) {
+        kvx__set_why(why, wl, "decode %s announced a tcp endpoint this side cannot use (version "
+                     "%u, port %d, %u host bytes in %u)", peer->addr, kvx__tcp_r16(p + 8), *port,
+                     hl, len);
+        return KVX_ERR_PROTOCOL;
+    }
+    for (i = 0; i < hl; i++) {
+        char c = (char)p[KVX__TCP_ENDPOINT_FIXED + i];
+        if (c <= ' ' || c > '~') {
+            kvx__set_why(why, wl, "decode %s announced a tcp data host with a bad character",
+                         peer->addr);
+            return KVX_ERR_PROTOCOL;
+        }
+        host[i] = c;
+    }
+    host[hl] = 0;
+    if (!hl) kvx__tcp_addr_host(peer->addr, host, hn);
+    return KVX_OK;
+}
+
+static void kvx__tcp_fail_tell(kvx__tcp_engine *te, kvx_room *r, kvx_result res, const char *fmt,
+                               ...) KVX_PRINTF(4, 5);
+/* Fails a sender room and tells the decode side why. */
+static void kvx__tcp_fail_tell(kvx__tcp_engine *te, kvx_room *r, kvx_result res, const char *fmt,
+                               ...) {
+    char msg[KVX_ERROR_MAX];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    kvx_room_fail(r, res, "%s", msg);
+    kvx_boot_send_status(te->boot, r, KVX_POLL_FAILED, res, 0, kvx_sender_error((kvx_sender *)r));
+}
+
+/* kvx_boot hook (prefill): the decode side's destination for a sender. */
+static kvx_result kvx__tcp_on_room(kvx_boot *b, kvx_room *r, const kvx_boot_peer *peer,
+                                   const int32_t *dst, uint32_t n, int32_t aux) {
+    kvx__tcp_engine *te = (kvx__tcp_engine *)kvx_boot_user(b);
+    kvx__tcp_room *tr = kvx__tcp_tr(r);
+    kvx_engine *e = te->engine;
+    char why[KVX_ERROR_MAX], host[64];
+    int port = 0, gone, dead = 0, second;
+    uint64_t token = 0;
+    kvx__tcp_link *lk;
+    int32_t *copy = NULL;
+    kvx_result res;
+    pthread_mutex_lock(&tr->mu);
+    second = tr->link != NULL;
+    pthread_mutex_unlock(&tr->mu);
+    if (second) {
+        kvx_room_fail(r, KVX_ERR_INVALID_ARGUMENT,
+                      "room %llu is served by more than one decode rank (decode %s is the second): "
+                      "the tcp transport does not support heterogeneous tensor parallelism yet",
+                      (unsigned long long)tr->id, peer->addr);
+        return KVX_ERR_INVALID_ARGUMENT;
+    }
+    if ((res = kvx__tcp_parse_endpoint(peer, host, sizeof host, &port, &token, why, sizeof why))) {
+        kvx_room_fail(r, res, "%s", why);
+        return res;
+    }
+    if (n) {
+        copy = (int32_t *)kvx_engine_alloc(e, (size_t)n * sizeof *copy);
+        if (!copy) return KVX_ERR_NO_MEMORY;
+        memcpy(copy, dst, (size_t)n * sizeof *copy);
+    }
+    lk = kvx__tcp_link_get(te, host, port, token, why, sizeof why);
+    if (!lk) {
+        kvx_engine_free(e, copy);
+        kvx_room_fail(r, KVX_ERR_TRANSPORT, "cannot open data streams to decode %s:%d: %s", host,
+                      port, why);
+        return KVX_ERR_TRANSPORT;
+    }
+    pthread_mutex_lock(&tr->mu);
+    gone = tr->gone || tr->link;
+    if (!gone) {
+        tr->dst_pages = copy;
+        tr->ndst = n;
+        tr->dst_aux = aux;
+        tr->link = lk;
+        pthread_mutex_lock(&lk->mu);
+        tr->lnext = lk->rooms;
+        tr->lprev = NULL;
+        if (lk->rooms) lk->rooms->lprev = tr;
+        lk->rooms = tr;
+        dead = lk->dead;
+        pthread_mutex_unlock(&lk->mu);
+    }
+    pthread_mutex_unlock(&tr->mu);
+    if (gone) { /* the sender was destroyed meanwhile */
+        kvx_engine_free(e, copy);
+        kvx__tcp_link_unref(lk);
+        return KVX_ERR_ABORTED;
+    }
+    if (dead) {
+        kvx_room_fail(r, KVX_ERR_PEER_LOST, "lost data connection to decode %s: %s", lk->name,
+                      lk->why);
+        return KVX_ERR_PEER_LOST;
+    }
+    kvx_engine_log(e, KVX_LOG_DEBUG, "kvx.tcp", tr->id, "destination: %u pages, aux slot %d, decode %s",
+                   n, (int)aux, lk->name);
+    return KVX_OK;
+}
+
+static kvx_result kvx__tcp_sender_init(kvx_room *r, uint32_t n, int32_t aux) {
+    kvx__tcp_room *tr = kvx__tcp_tr(r);
+    kvx__tcp_engine *te = tr->te;
+    const kvx_layout *l = kvx_engine_layout(te->engine);
+    if (!tr->link) {
+        kvx__tcp_fail_tell(te, r, KVX_ERR_STATE, "init before the decode side's destination arrived");
+        return KVX_ERR_STATE;
+    }
+    if (n != tr->ndst) {
+        kvx__tcp_fail_tell(te, r, KVX_ERR_INVALID_ARGUMENT,
+                           "init declares %u pages but decode %s asked for %u", n,
+                           tr->link->name, tr->ndst);
+        return KVX_ERR_INVALID_ARGUMENT;
+    }
+    if (tr->dst_aux >= 0 && aux < 0) {
+        kvx__tcp_fail_tell(te, r, KVX_ERR_INVALID_ARGUMENT,
+                           "decode %s expects aux rows in its slot %d but init gave no aux slot (-1)",
+                           tr->link->name, (int)tr->dst_aux);
+        return KVX_ERR_INVALID_ARGUMENT;
+    }
+    tr->src_aux = aux;
+    if (tr->dst_aux >= 0 && l->num_aux) {
+        tr->aux_job = (kvx__tcp_job *)kvx_engine_alloc(te->engine, sizeof *tr->aux_job);
+        if (!tr->aux_job) return KVX_ERR_NO_MEMORY;
+        memset(tr->aux_job, 0, sizeof *tr->aux_job);
+        tr->aux_job->tr = tr;
+        tr->aux_job->aux = 1;
+    }
+    tr->inited = 1;
+    return KVX_OK;
+}
+
+static kvx_result kvx__tcp_sender_send(kvx_room *r, kvx_chunk *c) {
+    kvx__tcp_room *tr = kvx__tcp_tr(r);
+    kvx__tcp_engine *te = tr->te;
+    kvx_engine *e = te->engine;
+    kvx__tcp_link *lk = tr->link;
+    kvx__tcp_job *j;
+    kvx_result res;
+    int last = c->is_last, dead;
+    if (last && !tr->ndst && !tr->aux_job) { /* nothing to move: vacuously placed */
+        kvx_chunk_free(e, c);
+        kvx_room_succeed(r, 0);
+        kvx_boot_send_status(te->boot, r, KVX_POLL_SUCCESS, KVX_OK, 0, NULL);
+        return KVX_OK;
+    }
+    j = (kvx__tcp_job *)kvx_engine_alloc(e, sizeof *j);
+    if (!j) {
+        kvx_chunk_free(e, c);
+        kvx__tcp_fail_tell(te, r, KVX_ERR_NO_MEMORY, "out of memory queueing chunk");
+        return KVX_ERR_NO_MEMORY;
+    }
+    memset(j, 0, sizeof *j);
+    j->tr = tr;
+    res = kvx_plan_pages(&j->plan, kvx_engine_layout(e), c->pages, &te->peer_layout,
+                         tr->dst_pages + c->first_page, c->num_pages);
+    if (res != KVX_OK) {
+        kvx__tcp_fail_tell(te, r, res, "chunk %u: %s", c->index, j->plan.error);
+        kvx__tcp_job_free(e, j);
+        kvx_chunk_free(e, c);
+        return res;
+    }
+    kvx_chunk_free(e, c);
+    pthread_mutex_lock(&lk->mu);
+    dead = lk->dead;
+    if (!dead) {
+        j->queued = 1;
+        if (lk->qtail) lk->qtail->next = j;
+        else lk->qhead = j;
+        lk->qtail = j;
+        tr->jobs_open++;
+        if (last) tr->last_queued = 1;
+        pthread_cond_broadcast(&lk->cv);
+    }
+    pthread_mutex_unlock(&lk->mu);
+    if (dead) {
+        kvx__tcp_job_free(e, j);
+        kvx__tcp_fail_tell(te, r, KVX_ERR_PEER_LOST, "lost data connection to decode %s: %s",
+                           lk->name, lk->why);
+        return KVX_ERR_PEER_LOST;
+    }
+    return KVX_OK;
+}
+
+/* Under lk->mu: waits until no frame of tr is being sent. A peer that has
+   not taken a byte for a second gets the streams carrying tr shut down
+   (the link then dies) so that destroy does not wait on it. */
+static void kvx__tcp_wait_idle_send(kvx__tcp_link *lk, kvx__tcp_room *tr) {
+    struct timespec ts;
+    int shut = 0, k;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += 1;
+    while (tr->busy) {
+        if (shut) {
+            pthread_cond_wait(&lk->cv, &lk->mu);
+            continue;
+        }
+        if (pthread_cond_timedwait(&lk->cv, &lk->mu, &ts) != ETIMEDOUT) continue;
+        for (k = 0; k < lk->nstreams; k++)
+            if (lk->streams[k].cur == tr && lk->streams[k].fd >= 0)
+                shutdown(lk->streams[k].fd, SHUT_RDWR);
+        shut = 1;
+    }
+}
+
+static void kvx__tcp_sender_close(kvx__tcp_room *tr) {
+    kvx__tcp_link *lk;
+    kvx__tcp_job *j, *next;
+    pthread_mutex_lock(&tr->mu);
+    tr->gone = 1;
+    lk = tr->link;
+    pthread_mutex_unlock(&tr->mu);
+    if (!lk) return;
+    pthread_mutex_lock(&lk->mu);
+    tr->closing = 1;
+    for (j = lk->qhead; j; j = next) {
+        next = j->next;
+        if (j->tr != tr) continue;
+        kvx__tcp_queue_remove(lk, j);
+        j->dropped = 1;
+        if (!j->inflight) kvx__tcp_job_done(lk, j);
+    }
+    kvx__tcp_wait_idle_send(lk, tr);
+    if (tr->lprev) tr->lprev->lnext = tr->lnext;
+    else if (lk->rooms == tr) lk->rooms = tr->lnext;
+    if (tr->lnext) tr->lnext->lprev = tr->lprev;
+    tr->lnext = tr->lprev = NULL;
+    pthread_mutex_unlock(&lk->mu);
+    kvx__tcp_link_unref(lk);
+}
+
+/* >>tcp: decode: rooms ------------------------------------------------------ */
+
+static size_t kvx__tcp_bucket(const kvx__tcp_engine *te, uint64_t id) {
+    id ^= id >> 33;
+    id *= 0xff51afd7ed558ccdull;
+    id ^= id >> 33;
+    return (size_t)(id & (te->nbuckets - 1));
+}
+
+/* Under te->mu. */
+static kvx__tcp_room *kvx__tcp_find(kvx__tcp_engine *te, uint64_t id) {
+    kvx__tcp_room *tr;
+    if (!te->nbuckets) return NULL;
+    for (tr = te->buckets[kvx__tcp_bucket(te, id)]; tr; tr = tr->hnext)
+        if (tr->id == id) return tr;
+    return NULL;
+}
+
+/* Under te->mu. -1 when out of memory. */
+static int kvx__tcp_insert(kvx__tcp_engine *te, kvx__tcp_room *tr) {
+    size_t b;
+    if (te->nrooms >= te->nbuckets) {
+        size_t nb = te->nbuckets ? te->nbuckets * 2 : 256, i, old = te->nbuckets;
+        kvx__tcp_room **nbk = (kvx__tcp_room **)calloc(nb, sizeof *nbk);
+        kvx__tcp_room **obk = te->buckets;
+        if (!nbk) return -1;
+        te->buckets = nbk;
+        te->nbuckets = nb;
+        for (i = 0; i < old; i++)
+            while (obk[i]) {
+                kvx__tcp_room *x = obk[i];
+                obk[i] = x->hnext;
+                b = kvx__tcp_bucket(te, x->id);
+                x->hnext = nbk[b];
+                nbk[b] = x;
+            }
+        free(obk);
+    }
+    b = kvx__tcp_bucket(te, tr->id);
+    tr->hnext = te->buckets[b];
+    te->buckets[b] = tr;
+    tr->in_table = 1;
+    te->nrooms++;
+    return 0;
+}
+
+/* Under te->mu. */
+static void kvx__tcp_remove(kvx__tcp_engine *te, kvx__tcp_room *tr) {
+    kvx__tcp_room **pp;
+    if (!tr->in_table) return;
+    for (pp = &te->buckets[kvx__tcp_bucket(te, tr->id)]; *pp; pp = &(*pp)->hnext)
+        if (*pp == tr) {
+            *pp = tr->hnext;
+            break;
+        }
+    tr->in_table = 0;
+    te->nrooms--;
+}
+
+/* Under te->mu: rooms closed before they finished drain their late frames
+   for a while instead of breaking the connection they arrive on. */
+static void kvx__tcp_tomb_set(kvx__tcp_engine *te, uint64_t id, uint64_t until_ns) {
+    size_t i;
+    for (i = 0; i < te->ntombs; i++)
+        if (te->tombs[i].id == id) {
+            te->tombs[i].until_ns = until_ns;
+            return;
+        }
+    te->tombs[te->tomb_next].id = id;
+    te->tombs[te->tomb_next].until_ns = until_ns;
+    te->tomb_next = (te->tomb_next + 1) % KVX_TCP_TOMBSTONES;
+    if (te->ntombs < KVX_TCP_TOMBSTONES) te->ntombs++;
+}
+
+static void kvx__tcp_tomb_clear(kvx__tcp_engine *te, uint64_t id) {
+    size_t i;
+    for (i = 0; i < te->ntombs; i++)
+        if (te->tombs[i].id == id) te->tombs[i].until_ns = 0;
+}
+
+static int kvx__tcp_tomb_find(const kvx__tcp_engine *te, uint64_t id) {
+    uint64_t now = kvx_now_ns();
+    size_t i;
+    for (i = 0; i < te->ntombs; i++)
+        if (te->tombs[i].id == id) return te->tombs[i].until_ns > now;
+    return 0;
+}
+
+static int kvx__tcp_cmp_u64(const void *a, const void *b) {
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return (x > y) - (x < y);
+}
+
+static kvx_result kvx__tcp_receiver_init(kvx_room *r, const int32_t *pages, uint32_t n,
+                                         int32_t aux) {
+    kvx__tcp_room *tr = kvx__tcp_tr(r);
+    kvx__tcp_engine *te = tr->te;
+    kvx_engine *e = te->engine;
+    const kvx_layout *l = kvx_engine_layout(e);
+    uint64_t bits = (uint64_t)l->num_buffers * n, aux_bytes = 0;
+    uint32_t i;
+    kvx_result res;
+    tr->npages = n;
+    tr->aux_index = aux;
+    if (n) {
+        tr->sorted = (uint64_t *)kvx_engine_alloc(e, (size_t)n * sizeof *tr->sorted);
+        tr->bitmap = (uint64_t *)kvx_engine_alloc(e, (size_t)((bits + 63) / 64) * 8);
+        if (!tr->sorted || !tr->bitmap) return KVX_ERR_NO_MEMORY;
+        memset(tr->bitmap, 0, (size_t)((bits + 63) / 64) * 8);
+        for (i = 0; i < n; i++) tr->sorted[i] = (uint64_t)(uint32_t)pages[i] << 32 | i;
+        qsort(tr->sorted, n, sizeof *tr->sorted, kvx__tcp_cmp_u64);
+    }
+    if (aux >= 0 && l->num_aux) {
+        for (i = 0; i < l->num_aux; i++) aux_bytes += l->aux[i].item_len;
+        tr->aux_stage = (uint8_t *)kvx_engine_alloc(e, (size_t)aux_bytes);
+        if (!tr->aux_stage) return KVX_ERR_NO_MEMORY;
+    }
+    tr->expected = (uint64_t)n * kvx_layout_page_bytes(l) + aux_bytes;
+    tr->remaining = tr->expected;
+    pthread_mutex_lock(&te->mu);
+    kvx__tcp_tomb_clear(te, tr->id); /* a reused id is live again */
+    if (kvx__tcp_find(te, tr->id) || kvx__tcp_insert(te, tr)) {
+        pthread_mutex_unlock(&te->mu);
+        kvx_room_fail(r, KVX_ERR_INVALID_ARGUMENT,
+                      "room %llu is already receiving on this engine, or out of memory",
+                      (unsigned long long)tr->id);
+        return KVX_ERR_INVALID_ARGUMENT;
+    }
+    pthread_mutex_unlock(&te->mu);
+    res = kvx_boot_receiver_init(te->boot, r, pages, n, aux);
+    if (res != KVX_OK) return res;
+    if (!tr->expected) kvx_room_succeed(r, 0); /* nothing to wait for */
+    return KVX_OK;
+}
+
+/* Under te->mu: waits until no connection reads into tr's pages. A peer
+   stalled in the middle of tr's frame for a second gets its connection
+   shut down, so destroy does not wait on it. */
+static void kvx__tcp_wait_idle_recv(kvx__tcp_engine *te, kvx__tcp_room *tr) {
+    struct timespec ts;
+    int shut = 0;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += 1;
+    while (tr->busy) {
+        kvx__tcp_conn *c;
+        if (shut) {
+            pthread_cond_wait(&te->cv, &te->mu);
+            continue;
+        }
+        if (pthread_cond_timedwait(&te->cv, &te->mu, &ts) != ETIMEDOUT) continue;
+        for (c = te->conns; c; c = c->next)
+            if (c->cur == tr) shutdown(c->fd, SHUT_RDWR);
+        shut = 1;
+    }
+}
+
+static void kvx__tcp_receiver_close(kvx__tcp_room *tr) {
+    kvx__tcp_engine *te = tr->te;
+    kvx_poll st = kvx_room_poll(tr->room);
+    pthread_mutex_lock(&te->mu);
+    if (tr->in_table) {
+        kvx__tcp_remove(te, tr);
+        if (st != KVX_POLL_SUCCESS)
+            kvx__tcp_tomb_set(te, tr->id,
+                              kvx_now_ns() + (uint64_t)((te->timeout_s + 5) * 1e9));
+    }
+    tr->closing = 1;
+    kvx__tcp_wait_idle_recv(te, tr);
+    pthread_mutex_unlock(&te->mu);
+}
+
+/* The checks every DATA frame passes before a byte of it is read: each
+   segment lies inside the pages (or the aux slot) this room asked for and
+   was not received before; the lengths add up. Claims the pages. */
+static kvx_result kvx__tcp_check(kvx__tcp_engine *te, kvx__tcp_room *tr,
+                                 const kvx_tcp_segment *s, uint32_t n, uint64_t payload, char *why,
+                                 size_t wl) {
+    const kvx_layout *l = kvx_engine_layout(te->engine);
+    uint64_t sum = 0;
+    uint32_t i;
+    for (i = 0; i < n; i++, s++) {
+        uint64_t item;
+        if (s->flags & ~KVX_TCP_SEG_AUX) {
+            kvx__set_why(why, wl, "segment %u has unknown flags %08x", i, (unsigned)s->flags);
+            return KVX_ERR_PROTOCOL;
+        }
+        if (s->flags & KVX_TCP_SEG_AUX) {
+            uint32_t bit;
+            if (!tr->aux_stage) {
+                kvx__set_why(why, wl, "segment %u carries aux rows but this room gave no aux slot", i);
+                return KVX_ERR_PROTOCOL;
+            }
+            if (s->buffer >= l->num_aux) {
+                kvx__set_why(why, wl, "segment %u names aux buffer %u of %u", i, s->buffer,
+                             l->num_aux);
+                return KVX_ERR_PROTOCOL;
+            }
+            item = l->aux[s->buffer].item_len;
+            if (s->dst_offset != (uint64_t)tr->aux_index * item || s->length != item) {
+                kvx__set_why(why, wl, "segment %u writes bytes [%llu, +%llu) of aux buffer %u; this "
+                             "room's aux slot %d is [%llu, +%llu)", i,
+                             (unsigned long long)s->dst_offset, (unsigned long long)s->length,
+                             s->buffer, (int)tr->aux_index,
+                             (unsigned long long)((uint64_t)tr->aux_index * item),
+                             (unsigned long long)item);
+                return KVX_ERR_PROTOCOL;
+            }
+            bit = 1u << s->buffer;
+            if (__atomic_fetch_or(&tr->aux_mask, bit, __ATOMIC_ACQ_REL) & bit) {
+                kvx__set_why(why, wl, "segment %u: the row of aux buffer %u arrived twice", i,
+                             s->buffer);
+                return KVX_ERR_PROTOCOL;
+            }
+        } else {
+            uint64_t first, cnt, k, lo = 0, hi = tr->npages;
+            if (s->buffer >= l->num_buffers) {
+                kvx__set_why(why, wl, "segment %u names KV buffer %u of %u", i, s->buffer,
+                             l->num_buffers);
+                return KVX_ERR_PROTOCOL;
+            }
+            item = l->buffers[s->buffer].item_len;
+            if (!s->length || s->length % item || s->dst_offset % item) {
+                kvx__set_why(why, wl, "segment %u: [%llu, +%llu) of KV buffer %u is not whole "
+                             "pages of %llu bytes", i, (unsigned long long)s->dst_offset,
+                             (unsigned long long)s->length, s->buffer, (unsigned long long)item);
+                return KVX_ERR_PROTOCOL;
+            }
+            first = s->dst_offset / item;
+            cnt = s->length / item;
+            while (lo < hi) { /* first position whose page >= first */
+                uint64_t m = (lo + hi) / 2;
+                if ((tr->sorted[m] >> 32) < first) lo = m + 1;
+                else hi = m;
+            }
+            for (k = 0; k < cnt; k++)
+                if (cnt > tr->npages || lo + k >= tr->npages || (tr->sorted[lo + k] >> 32) != first + k) {
+                    kvx__set_why(why, wl, "segment %u: page %llu of KV buffer %u (bytes [%llu, "
+                                 "+%llu)) is not one of the %u pages this room asked for", i,
+                                 (unsigned long long)(first + k), s->buffer,
+                                 (unsigned long long)s->dst_offset, (unsigned long long)s->length,
+                                 tr->npages);
+                    return KVX_ERR_OUT_OF_RANGE;
+                }
+            for (k = 0; k < cnt; k++) {
+                uint64_t bitno = (uint64_t)s->buffer * tr->npages + (uint32_t)tr->sorted[lo + k];
+                uint64_t m = 1ull << (bitno & 63);
+                if (__atomic_fetch_or(&tr->bitmap[bitno >> 6], m, __ATOMIC_ACQ_REL) & m) {
+                    kvx__set_why(why, wl, "segment %u: page %llu of KV buffer %u arrived twice", i,
+                                 (unsigned long long)(first + k), s->buffer);
+                    return KVX_ERR_PROTOCOL;
+                }
+            }
+        }
+        sum += s->length; /* bounded: each length lies within this side's pool */
+    }
+    if (sum != payload) {
+        kvx__set_why(why, wl, "the segments add up to %llu bytes but the frame carries %llu",
+                     (unsigned long long)sum, (unsigned long long)payload);
+        return KVX_ERR_PROTOCOL;
+    }
+    return KVX_OK;
+}
+
+/* >>tcp: decode: connections ------------------------------------------------ */
+
+/* Sends ERROR (the decode closes the connection after it). */
+static void kvx__tcp_send_error(kvx__tcp_conn *c, uint64_t room, kvx_result res, const char *reason) {
+    uint8_t h[KVX_TCP_HEADER_BYTES + 8];
+    struct iovec v[2];
+    size_t rl = strlen(reason);
+    if (rl > KVX_TCP_MAX_REASON) rl = KVX_TCP_MAX_REASON;
+    kvx__tcp_hdr(h, KVX_TCP_ERROR, 0, room, 8 + rl);
+    kvx__tcp_w32(h + 32, (uint32_t)res);
+    kvx__tcp_w32(h + 36, (uint32_t)rl);
+    v[0].iov_base = h;
+    v[0].iov_len = sizeof h;
+    v[1].iov_base = (void *)reason;
+    v[1].iov_len = rl;
+    kvx__tcp_sendv(c->fd, v, rl ? 2 : 1);
+}
+
+/* Refuses a frame: the room (when there is one) fails and hears why, the
+   sender gets ERROR, the connection closes. Returns -1. */
+static int kvx__tcp_refuse(kvx__tcp_conn *c, kvx_room *r, uint64_t room, kvx_result res,
+                           const char *why) {
+    kvx__tcp_engine *te = c->te;
+    KVX__TCP_STAT(te, frames_rejected, 1);
+    if (r) {
+        kvx_room_fail(r, res, "prefill %s sent data this room did not ask for; connection closed: %s",
+                      c->addr, why);
+        kvx_boot_abort(te->boot, r, kvx_receiver_error((kvx_receiver *)r));
+    } else {
+        kvx_engine_log(te->engine, KVX_LOG_WARN, "kvx.tcp", room,
+                       "closing data connection from prefill %s: %s", c->addr, why);
+    }
+    kvx__tcp_send_error(c, room, res, why);
+    return -1;
+}
+
+static int kvx__tcp_drain(kvx__tcp_conn *c, uint64_t len) {
+    KVX__TCP_STAT(c->te, frames_drained, 1);
+    while (len) {
+        size_t k = len < KVX__TCP_DRAIN ? (size_t)len : KVX__TCP_DRAIN;
+        int err = kvx__tcp_recv(c->fd, c->drain, k, 0);
+        if (err) {
+            kvx_engine_log(c->te->engine, KVX_LOG_INFO, "kvx.tcp", 0,
+                           "data connection from prefill %s: %s", c->addr, kvx__tcp_errstr(err));
+            return -1;
+        }
+        len -= k;
+    }
+    return 0;
+}
+
+/* Reads the payload of a checked frame into the room's pages. 0, or an
+   errno / KVX__TCP_CUT / KVX__TCP_DEVICE_ERR (why set). */
+static int kvx__tcp_read_payload(kvx__tcp_conn *c, kvx__tcp_room *tr, uint32_t n, uint64_t payload,
+                                 uint64_t *got, char *why, size_t wl) {
+    kvx__tcp_engine *te = c->te;
+    const kvx_layout *l = kvx_engine_layout(te->engine);
+    uint32_t i, nb = 0;
+    uint64_t pos = 0;
+    int err;
+    *got = 0;
+    if (!te->staged) {
+        for (i = 0; i < n; i++) {
+            const kvx_tcp_segment *s = &c->segs[i];
+            c->iov[i].iov_base = s->flags & KVX_TCP_SEG_AUX
+                                     ? (void *)(tr->aux_stage + te->aux_off[s->buffer])
+                                     : (void *)((char *)l->buffers[s->buffer].base + s->dst_offset);
+            c->iov[i].iov_len = (size_t)s->length;
+        }
+        return kvx__tcp_recvv(c->fd, c->iov, (int)n, 0, got);
+    }
+    if (payload > c->stage_len) {
+        if (c->stage) te->mem.host_free(te->mem.ctx, c->stage);
+        c->stage_len = 0;
+        c->stage = (char *)te->mem.host_alloc(te->mem.ctx, (size_t)payload);
+        if (!c->stage) {
+            kvx__set_why(why, wl, "cannot allocate %llu bytes of pinned staging memory",
+                         (unsigned long long)payload);
+            return KVX__TCP_DEVICE_ERR; /* the stream is out of step: the caller closes it */
+        }
+        c->stage_len = (size_t)payload;
+    }
+    if ((err = kvx__tcp_recv(c->fd, c->stage, (size_t)payload, 0)) != 0) return err;
+    *got = payload;
+    for (i = 0; i < n; i++) {
+        const kvx_tcp_segment *s = &c->segs[i];
+        const kvx_buffer *b = &l->buffers[s->buffer];
+        if (s->flags & KVX_TCP_SEG_AUX) {
+            memcpy(tr->aux_stage + te->aux_off[s->buffer], c->stage + pos, (size_t)s->length);
+        } else if (b->mem == KVX_MEM_HOST) {
+            memcpy((char *)b->base + s->dst_offset, c->stage + pos, (size_t)s->length);
+        } else {
+            c->copies[nb].buf_ptr = (char *)b->base + s->dst_offset;
+            c->copies[nb].host = c->stage + pos;
+            c->copies[nb].len = s->length;
+            c->copies[nb].device = b->device;
+            nb++;
+        }
+        pos += s->length;
+    }
+    if (nb && te->mem.copy(te->mem.ctx, 0, c->copies, nb, why, wl) != KVX_OK) {
+        kvx_room_fail(tr->room, KVX_ERR_TRANSPORT, "cannot place KV pages on the device: %s", why);
+        kvx_boot_abort(te->boot, tr->room, kvx_receiver_error((kvx_receiver *)tr->room));
+        return 0; /* the payload was read: the connection stays in step */
+    }
+    return 0;
+}
+
+/* The room's last byte is in place: aux rows into the slot, Success, ACK. */
+static int kvx__tcp_recv_finish(kvx__tcp_conn *c, kvx__tcp_room *tr) {
+    kvx__tcp_engine *te = c->te;
+    const kvx_layout *l = kvx_engine_layout(te->engine);
+    uint8_t ack[KVX_TCP_HEADER_BYTES + KVX__TCP_ACK_BODY];
+    uint32_t i;
+    int err;
+    if (tr->aux_stage)
+        for (i = 0; i < l->num_aux; i++)
+            memcpy((char *)l->aux[i].base + (uint64_t)tr->aux_index * l->aux[i].item_len,
+                   tr->aux_stage + te->aux_off[i], (size_t)l->aux[i].item_len);
+    kvx_room_succeed(tr->room, tr->expected);
+    if (kvx_room_poll(tr->room) != KVX_POLL_SUCCESS) return 0;
+    kvx__tcp_hdr(ack, KVX_TCP_ACK, 0, tr->id, KVX__TCP_ACK_BODY);
+    kvx__tcp_w64(ack + 32, tr->expected);
+    kvx__tcp_w64(ack + 40, 0);
+    err = kvx__tcp_send(c->fd, ack, sizeof ack);
+    if (err) {
+        kvx_engine_log(te->engine, KVX_LOG_WARN, "kvx.tcp", tr->id,
+                       "cannot send ACK to prefill %s: %s", c->addr, kvx__tcp_errstr(err));
+        return -1;
+    }
+    return 0;
+}
+
+/* One DATA frame whose header was read. 0: go on; -1: close the connection. */
+static int kvx__tcp_on_data(kvx__tcp_conn *c, const kvx_tcp_header *h) {
+    kvx__tcp_engine *te = c->te;
+    kvx__tcp_room *tr;
+    kvx_room *r;
+    char why[KVX_ERROR_MAX];
+    uint32_t n = h->count, i;
+    uint64_t dbytes = (uint64_t)n * KVX_TCP_SEGMENT_BYTES, payload = h->body_len - dbytes, got = 0;
+    uint64_t expect_inst = 0;
+    kvx_poll st;
+    kvx_result res;
+    int err, rc = 0;
+    why[0] = 0;
+    if ((err = kvx__tcp_recv(c->fd, c->descs, (size_t)dbytes, 0)) != 0) {
+        kvx_engine_log(te->engine, KVX_LOG_WARN, "kvx.tcp", h->room,
+                       "data connection from prefill %s broke inside a frame header: %s", c->addr,
+                       kvx__tcp_errstr(err));
+        return -1;
+    }
+    for (i = 0; i < n; i++)
+        kvx_tcp_segment_decode(c->descs + (size_t)i * KVX_TCP_SEGMENT_BYTES, &c->segs[i]);
+    pthread_mutex_lock(&te->mu);
+    tr = kvx__tcp_find(te, h->room);
+    if (!tr) {
+        int tomb = kvx__tcp_tomb_find(te, h->room);
+        pthread_mutex_unlock(&te->mu);
+        if (tomb) return kvx__tcp_drain(c, payload);
+        snprintf(why, sizeof why, "room %llu is not receiving on this engine (unknown or "
+                 "long closed)", (unsigned long long)h->room);
+        return kvx__tcp_refuse(c, NULL, h->room, KVX_ERR_PROTOCOL, why);
+    }
+    st = kvx_room_poll(tr->room);
+    if (tr->closing || st == KVX_POLL_FAILED) {
+        pthread_mutex_unlock(&te->mu);
+        return kvx__tcp_drain(c, payload);
+    }
+    if (st == KVX_POLL_SUCCESS) {
+        pthread_mutex_unlock(&te->mu);
+        snprintf(why, sizeof why, "room %llu already received every byte", (unsigned long long)h->room);
+        return kvx__tcp_refuse(c, NULL, h->room, KVX_ERR_PROTOCOL, why);
+    }
+    r = tr->room;
+    kvx_room_ref(r);
+    tr->busy++;
+    c->cur = tr;
+    pthread_mutex_unlock(&te->mu);
+    /* the first prefill engine that sends this room owns it */
+    if (!__atomic_compare_exchange_n(&tr->instance, &expect_inst, c->instance, 0, __ATOMIC_ACQ_REL,
+                                     __ATOMIC_ACQUIRE) &&
+        expect_inst != c->instance) {
+        snprintf(why, sizeof why, "room %llu already receives from another prefill engine",
+                 (unsigned long long)h->room);
+        rc = kvx__tcp_refuse(c, r, h->room, KVX_ERR_PROTOCOL, why);
+    } else if ((res = kvx__tcp_check(te, tr, c->segs, n, payload, why, sizeof why)) != KVX_OK) {
+        rc = kvx__tcp_refuse(c, r, h->room, res, why);
+    } else if ((err = kvx__tcp_read_payload(c, tr, n, payload, &got, why, sizeof why)) != 0) {
+        if (err == KVX__TCP_DEVICE_ERR)
+            kvx_room_fail(r, KVX_ERR_NO_MEMORY, "%s", why);
+        else
+            kvx_room_fail(r, KVX_ERR_PEER_LOST,
+                          "data connection from prefill %s broke in the middle of a frame of this "
+                          "room (%llu of %llu bytes read): %s", c->addr, (unsigned long long)got,
+                          (unsigned long long)payload, kvx__tcp_errstr(err));
+        kvx_boot_abort(te->boot, r, kvx_receiver_error((kvx_receiver *)r));
+        rc = -1;
+    } else {
+        KVX__TCP_STAT(te, frames_received, 1);
+        KVX__TCP_STAT(te, bytes_received, payload);
+        if (KVX__SUB(&tr->remaining, payload) == 0) rc = kvx__tcp_recv_finish(c, tr);
+    }
+    pthread_mutex_lock(&te->mu);
+    tr->busy--;
+    c->cur = NULL;
+    if (tr->closing && !tr->busy) pthread_cond_broadcast(&te->cv);
+    pthread_mutex_unlock(&te->mu);
+    kvx_room_unref(r);
+    return rc;
+}
+
+/* Reads and checks the HELLO. 0, or -1 (the connection is refused). */
+static int kvx__tcp_conn_hello(kvx__tcp_conn *c) {
+    kvx__tcp_engine *te = c->te;
+    uint8_t buf[KVX_TCP_HEADER_BYTES + KVX__TCP_HELLO_BODY];
+    char why[KVX_ERROR_MAX];
+    kvx_tcp_header h;
+    uint64_t fp = kvx_layout_fingerprint(kvx_engine_layout(te->engine));
+    int err;
+    kvx__tcp_timeo(c->fd, SO_RCVTIMEO, KVX_TCP_HELLO_MS / 1000.0);
+    err = kvx__tcp_recv(c->fd, buf, sizeof buf, 0);
+    why[0] = 0;
+    if (err)
+        snprintf(why, sizeof why, "no HELLO within %d ms: %s", KVX_TCP_HELLO_MS,
+                 kvx__tcp_errstr(err));
+    else if (kvx_tcp_header_decode(buf, &h, why, sizeof why) != KVX_OK) {
+    } else if (h.type != KVX_TCP_HELLO)
+        snprintf(why, sizeof why, "first frame is of type %u, not HELLO", h.type);
+    else if (kvx__tcp_r64(buf + 32) != te->token)
+        snprintf(why, sizeof why, "wrong token (it did not learn this endpoint from this decode "
+                 "engine's bootstrap hello)");
+    else if (kvx__tcp_r64(buf + 48) != fp)
+        snprintf(why, sizeof why, "layout fingerprint %016llx, ours %016llx",
+                 (unsigned long long)kvx__tcp_r64(buf + 48), (unsigned long long)fp);
+    if (why[0]) {
+        KVX__TCP_STAT(te, conns_refused, 1);
+        kvx_engine_log(te->engine, KVX_LOG_WARN, "kvx.tcp", 0,
+                       "refusing data connection from %s: %s", c->addr, why);
+        if (err == 0) kvx__tcp_send_error(c, 0, KVX_ERR_PROTOCOL, why);
+        return -1;
+    }
+    c->instance = kvx__tcp_r64(buf + 40);
+    kvx__tcp_sockopts(te, c->fd);
+    KVX__TCP_STAT(te, conns_accepted, 1);
+    kvx_engine_log(te->engine, KVX_LOG_INFO, "kvx.tcp", 0,
+                   "prefill %s connected (stream %u of %u)", c->addr, kvx__tcp_r16(buf + 56),
+                   kvx__tcp_r16(buf + 58));
+    return 0;
+}
+
+static void *kvx__tcp_conn_main(void *arg) {
+    kvx__tcp_conn *c = (kvx__tcp_conn *)arg;
+    kvx__tcp_engine *te = c->te;
+    char why[KVX_ERROR_MAX];
+    if (kvx__tcp_conn_hello(c) == 0) {
+        for (;;) {
+            uint8_t hb[KVX_TCP_HEADER_BYTES];
+            kvx_tcp_header h;
+            int err = kvx__tcp_recv(c->fd, hb, sizeof hb, 1);
+            if (err) {
+                kvx_engine_log(te->engine, err == KVX__TCP_EOF ? KVX_LOG_INFO : KVX_LOG_WARN,
+                               "kvx.tcp", 0, "data connection from prefill %s ended: %s", c->addr,
+                               kvx__tcp_errstr(err));
+                break;
+            }
+            why[0] = 0;
+            if (kvx_tcp_header_decode(hb, &h, why, sizeof why) != KVX_OK || h.type != KVX_TCP_DATA) {
+                if (!why[0]) snprintf(why, sizeof why, "unexpected frame type %u", h.type);
+                kvx__tcp_refuse(c, NULL, h.room, KVX_ERR_PROTOCOL, why);
+                break;
+            }
+            if (kvx__tcp_on_data(c, &h)) break;
+        }
+    }
+    shutdown(c->fd, SHUT_RDWR); /* the fd is closed when the thread is joined */
+    pthread_mutex_lock(&te->mu);
+    c->done = 1;
+    pthread_mutex_unlock(&te->mu);
+    KVX__STORE(&te->conns_done, 1);
+    return NULL;
+}
+
+static void kvx__tcp_conn_free(kvx__tcp_engine *te, kvx__tcp_conn *c) {
+    kvx_engine *e = te->engine;
+    if (c->fd >= 0) close(c->fd);
+    kvx_engine_free(e, c->descs);
+    kvx_engine_free(e, c->iov);
+    kvx_engine_free(e, c->segs);
+    kvx_engine_free(e, c->copies);
+    kvx_engine_free(e, c->drain);
+    if (c->stage) te->mem.host_free(te->mem.ctx, c->stage);
+    kvx_engine_free(e, c);
+}
+
+/* Joins finished connection threads (all: every one, shutting them down). */
+static void kvx__tcp_reap_conns(kvx__tcp_engine *te, int all) {
+    kvx__tcp_conn *ready = NULL, **pp;
+    if (!all && !KVX__LOAD(&te->conns_done)) return;
+    KVX__STORE(&te->conns_done, 0);
+    pthread_mutex_lock(&te->mu);
+    for (pp = &te->conns; *pp;) {
+        kvx__tcp_conn *c = *pp;
+        if (all && !c->done) shutdown(c->fd, SHUT_RDWR);
+        if (all || c->done) {
+            *pp = c->next;
+            c->next = ready;
+            ready = c;
+            te->nconns--;
+        } else {
+            pp = &c->next;
+        }
+    }
+    pthread_mutex_unlock(&te->mu);
+    while (ready) {
+        kvx__tcp_conn *c = ready;
+        ready = c->next;
+        pthread_join(c->th, NULL);
+        kvx__tcp_conn_free(te, c);
+    }
+}
+
+static kvx__tcp_conn *kvx__tcp_conn_new(kvx__tcp_engine *te, int fd, const struct sockaddr *sa) {
+    kvx_engine *e = te->engine;
+    kvx__tcp_conn *c = (kvx__tcp_conn *)kvx_engine_alloc(e, sizeof *c);
+    if (!c) return NULL;
+    memset(c, 0, sizeof *c);
+    c->te = te;
+    c->fd = fd;
+    kvx__tcp_sa_str(sa, c->addr, sizeof c->addr);
+    c->descs = (uint8_t *)kvx_engine_alloc(e, (size_t)KVX_TCP_MAX_SEGS * KVX_TCP_SEGMENT_BYTES);
+    c->iov = (struct iovec *)kvx_engine_alloc(e, KVX_TCP_MAX_SEGS * sizeof(struct iovec));
+    c->segs = (kvx_tcp_segment *)kvx_engine_alloc(e, KVX_TCP_MAX_SEGS * sizeof(kvx_tcp_segment));
+    c->copies = (kvx_copy *)kvx_engine_alloc(e, KVX_TCP_MAX_SEGS * sizeof(kvx_copy));
+    c->drain = (char *)kvx_engine_alloc(e, KVX__TCP_DRAIN);
+    if (!c->descs || !c->iov || !c->segs || !c->copies || !c->drain) {
+        c->fd = -1;
+        kvx__tcp_conn_free(te, c);
+        return NULL;
+    }
+    return c;
+}
+
+static void *kvx__tcp_accept_main(void *arg) {
+    kvx__tcp_engine *te = (kvx__tcp_engine *)arg;
+    for (;;) {
+        struct pollfd pf[2];
+        struct sockaddr_storage sa;
+        socklen_t sl = sizeof sa;
+        kvx__tcp_conn *c;
+        int fd, stop, full;
+        pf[0].fd = te->lfd;
+        pf[0].events = POLLIN;
+        pf[1].fd = te->wake[0];
+        pf[1].events = POLLIN;
+        if (poll(pf, 2, -1) < 0 && errno != EINTR) break;
+        pthread_mutex_lock(&te->mu);
+        stop = te->stopping;
+        pthread_mutex_unlock(&te->mu);
+        if (stop) break;
+        if (pf[1].revents) kvx__tcp_drain_pipe(te->wake[0]);
+        if (!(pf[0].revents & POLLIN)) continue;
+        fd = accept4(te->lfd, (struct sockaddr *)&sa, &sl, SOCK_CLOEXEC);
+        if (fd < 0) {
+            if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+                struct timespec ts = {0, 10000000}; /* out of descriptors: do not spin */
+                kvx_engine_log(te->engine, KVX_LOG_WARN, "kvx.tcp", 0,
+                               "cannot accept a data connection: %s", strerror(errno));
+                nanosleep(&ts, NULL);
+            }
+            continue;
+        }
+        kvx__tcp_reap_conns(te, 0);
+        pthread_mutex_lock(&te->mu);
+        full = te->nconns >= KVX_TCP_MAX_CONNS;
+        pthread_mutex_unlock(&te->mu);
+        c = full ? NULL : kvx__tcp_conn_new(te, fd, (struct sockaddr *)&sa);
+        if (!c) {
+            char addr[64];
+            kvx__tcp_sa_str((struct sockaddr *)&sa, addr, sizeof addr);
+            KVX__TCP_STAT(te, conns_refused, 1);
+            kvx_engine_log(te->engine, KVX_LOG_WARN, "kvx.tcp", 0,
+                           "refusing data connection from %s: %s", addr,
+                           full ? "KVX_TCP_MAX_CONNS connections are open" : "out of memory");
+            close(fd);
+            continue;
+        }
+        pthread_mutex_lock(&te->mu);
+        if (pthread_create(&c->th, NULL, kvx__tcp_conn_main, c)) {
+            pthread_mutex_unlock(&te->mu);
+            kvx_engine_log(te->engine, KVX_LOG_WARN, "kvx.tcp", 0,
+                           "refusing data connection from %s: cannot start a thread", c->addr);
+            kvx__tcp_conn_free(te, c);
+            continue;
+        }
+        c->next = te->conns;
+        te->conns = c;
+        te->nconns++;
+        pthread_mutex_unlock(&te->mu);
+    }
+    return NULL;
+}
+
+/* >>tcp: engine --------------------------------------------------------------- */
+
+static kvx_result kvx__tcp_listen(kvx__tcp_engine *te, char *why, size_t wl) {
+    struct addrinfo hints, *res = NULL;
+    struct sockaddr_storage sa;
+    socklen_t sl = sizeof sa;
+    const char *bind_host = te->host[0] ? te->host : "0.0.0.0";
+    int one = 1, rc;
+    memset(&hints, 0, sizeof hints);
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_PASSIVE;
+    rc = getaddrinfo(bind_host, "0", &hints, &res);
+    if (rc || !res) {
+        kvx__set_why(why, wl, "KVX_TCP_HOST '%s' does not resolve: %s", bind_host,
+                     rc ? gai_strerror(rc) : "no address");
+        return KVX_ERR_BAD_CONFIG;
+    }
+    te->lfd = socket(res->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (te->lfd < 0 || setsockopt(te->lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) ||
+        bind(te->lfd, res->ai_addr, res->ai_addrlen) || listen(te->lfd, 512) ||
+        getsockname(te->lfd, (struct sockaddr *)&sa, &sl)) {
+        kvx__set_why(why, wl, "cannot listen for tcp data on %s: %s (check KVX_TCP_HOST)",
+                     bind_host, strerror(errno));
+        freeaddrinfo(res);
+        return KVX_ERR_IO;
+    }
+    freeaddrinfo(res);
+    fcntl(te->lfd, F_SETFL, fcntl(te->lfd, F_GETFL, 0) | O_NONBLOCK);
+    te->port = sa.ss_family == AF_INET6 ? ntohs(((struct sockaddr_in6 *)(void *)&sa)->sin6_port)
+                                        : ntohs(((struct sockaddr_in *)(void *)&sa)->sin_port);
+    return KVX_OK;
+}
+
+static kvx_result kvx__tcp_settings(kvx__tcp_engine *te, const kvx_engine_desc *d, char *why,
+                                    size_t wl) {
+    const char *host = d->tcp.host;
+    int seg = 4 << 20;
+    kvx_result r;
+    te->streams = d->tcp.streams > 0 ? d->tcp.streams : 4;
+    te->timeout_s = 60;
+    kvx_env_str("KVX_TCP_HOST", &host);
+    if ((r = kvx_env_int("KVX_TCP_STREAMS", &te->streams, why, wl)) ||
+        (r = kvx_env_int("KVX_TCP_SEGMENT", &seg, why, wl)) ||
+        (r = kvx_env_int("KVX_TCP_SOCKBUF", &te->sockbuf, why, wl)) ||
+        (r = kvx_env_double("KVX_TCP_TIMEOUT", &te->timeout_s, why, wl)))
+        return r;
+    if (te->streams < 1 || te->streams > KVX_TCP_MAX_STREAMS) {
+        kvx__set_why(why, wl, "KVX_TCP_STREAMS / desc.tcp.streams is %d; it must be 1..%d",
+                     te->streams, KVX_TCP_MAX_STREAMS);
+        return KVX_ERR_BAD_CONFIG;
+    }
+    if (seg < (64 << 10) || (uint64_t)seg > KVX_TCP_MAX_FRAME) {
+        kvx__set_why(why, wl, "KVX_TCP_SEGMENT is %d bytes; it must be 65536..%u", seg,
+                     (unsigned)KVX_TCP_MAX_FRAME);
+        return KVX_ERR_BAD_CONFIG;
+    }
+    if (te->sockbuf < 0) {
+        kvx__set_why(why, wl, "KVX_TCP_SOCKBUF is %d; it must be >= 0", te->sockbuf);
+        return KVX_ERR_BAD_CONFIG;
+    }
+    if (!(te->timeout_s > 0)) te->timeout_s = 60;
+    te->segment = (uint64_t)seg;
+    if (host && (strlen(host) >= sizeof te->host || strchr(host, ' '))) {
+        kvx__set_why(why, wl, "KVX_TCP_HOST '%s' is not an address", host);
+        return KVX_ERR_BAD_CONFIG;
+    }
+    snprintf(te->host, sizeof te->host, "%s", host ? host : "");
+    if (!strcmp(te->host, "0.0.0.0") || !strcmp(te->host, "::") || !strcmp(te->host, "*"))
+        te->host[0] = 0;
+    return KVX_OK;
+}
+
+/* Layout facts: staging, the largest frame payload, the decode pool's shape
+   for kvx_plan_pages (same item_len; its size is checked by the decode side). */
+static kvx_result kvx__tcp_layout(kvx__tcp_engine *te, const kvx_engine_desc *d, char *why,
+                                  size_t wl) {
+    const kvx_layout *l = kvx_engine_layout(te->engine);
+    uint64_t aux_total = 0;
+    uint32_t i;
+    te->stage_bytes = te->segment;
+    for (i = 0; i < l->num_buffers; i++) {
+        if (l->buffers[i].mem != KVX_MEM_HOST) te->staged = 1;
+        if (l->buffers[i].item_len > KVX_TCP_MAX_FRAME) {
+            kvx__set_why(why, wl, "KV buffer %u has pages of %llu bytes; the tcp transport "
+                         "carries at most KVX_TCP_MAX_FRAME (%u) in a frame", i,
+                         (unsigned long long)l->buffers[i].item_len, (unsigned)KVX_TCP_MAX_FRAME);
+            return KVX_ERR_INVALID_ARGUMENT;
+        }
+        if (l->buffers[i].item_len > te->stage_bytes) te->stage_bytes = l->buffers[i].item_len;
+    }
+    for (i = 0; i < l->num_aux; i++) {
+        te->aux_off[i] = aux_total;
+        aux_total += l->aux[i].item_len;
+    }
+    if (aux_total > KVX_TCP_MAX_FRAME) {
+        kvx__set_why(why, wl, "the aux rows of a request are %llu bytes; at most %u fit a frame",
+                     (unsigned long long)aux_total, (unsigned)KVX_TCP_MAX_FRAME);
+        return KVX_ERR_INVALID_ARGUMENT;
+    }
+    if (aux_total > te->stage_bytes) te->stage_bytes = aux_total;
+    te->mem = d->mem;
+    if (te->staged && (!te->mem.copy || !te->mem.host_alloc || !te->mem.host_free)) {
+        kvx__set_why(why, wl, "the layout has KV buffers in GPU memory but desc.mem has no copy "
+                     "functions: fill it with kvx_cuda_mem_ops() from kvx_cuda.h (built with "
+                     "-DKVX_WITH_CUDA)");
+        return KVX_ERR_INVALID_ARGUMENT;
+    }
+    te->peer_bufs = (kvx_buffer *)kvx_engine_alloc(te->engine, l->num_buffers * sizeof(kvx_buffer));
+    if (!te->peer_bufs) return KVX_ERR_NO_MEMORY;
+    for (i = 0; i < l->num_buffers; i++) {
+        uint64_t item = l->buffers[i].item_len;
+        memset(&te->peer_bufs[i], 0, sizeof te->peer_bufs[i]);
+        te->peer_bufs[i].item_len = item;
+        te->peer_bufs[i].length = item < (1ull << 32) ? item << 31 : item * (UINT64_MAX / item);
+    }
+    te->peer_layout = *l;
+    te->peer_layout.buffers = te->peer_bufs;
+    return KVX_OK;
+}
+
+static void kvx__tcp_engine_free(kvx__tcp_engine *te) {
+    kvx_engine *e = te->engine;
+    if (te->lfd >= 0) close(te->lfd);
+    if (te->wake[0] >= 0) close(te->wake[0]);
+    if (te->wake[1] >= 0) close(te->wake[1]);
+    free(te->buckets);
+    kvx_engine_free(e, te->peer_bufs);
+    pthread_mutex_destroy(&te->mu);
+    pthread_cond_destroy(&te->cv);
+    kvx_engine_free(e, te);
+}
+
+static int kvx__tcp_on_status(kvx_boot *b, kvx_room *r, const kvx_boot_peer *peer, kvx_poll state,
+                              kvx_result result, uint64_t bytes, const char *reason) {
+    (void)b; (void)r; (void)peer; (void)result; (void)bytes; (void)reason;
+    /* a receiver succeeds on its own byte count, never on the sender's word */
+    return state == KVX_POLL_SUCCESS;
+}
+
+static kvx_result kvx__tcp_engine_init(kvx_engine *e, char *why, size_t wl) {
+    const kvx_engine_desc *d = kvx_engine_settings(e);
+    kvx__tcp_engine *te;
+    kvx_boot_hooks hooks;
+    uint8_t ep[KVX__TCP_ENDPOINT_FIXED + 64];
+    size_t eplen = 0;
+    kvx_result r;
+    te = (kvx__tcp_engine *)kvx_engine_alloc(e, sizeof *te);
+    if (!te) return KVX_ERR_NO_MEMORY;
+    memset(te, 0, sizeof *te);
+    te->engine = e;
+    te->role = d->role;
+    te->lfd = -1;
+    te->wake[0] = te->wake[1] = -1;
+    pthread_mutex_init(&te->mu, NULL);
+    pthread_cond_init(&te->cv, NULL);
+    te->instance = kvx__tcp_random64();
+    if ((r = kvx__tcp_settings(te, d, why, wl)) != KVX_OK ||
+        (r = kvx__tcp_layout(te, d, why, wl)) != KVX_OK) {
+        kvx__tcp_engine_free(te);
+        return r;
+    }
+    if (te->role == KVX_ROLE_DECODE) {
+        size_t hl = strlen(te->host);
+        if ((r = kvx__tcp_listen(te, why, wl)) != KVX_OK) {
+            kvx__tcp_engine_free(te);
+            return r;
+        }
+        if (kvx__tcp_pipe(te->wake)) {
+            kvx__set_why(why, wl, "cannot create a pipe: %s", strerror(errno));
+            kvx__tcp_engine_free(te);
+            return KVX_ERR_IO;
+        }
+        te->token = kvx__tcp_random64();
+        memcpy(ep, "kvx-tcp\0", 8);
+        kvx__tcp_w16(ep + 8, KVX_TCP_PROTOCOL_VERSION);
+        kvx__tcp_w16(ep + 10, (uint16_t)te->port);
+        kvx__tcp_w16(ep + 12, (uint16_t)hl);
+        kvx__tcp_w16(ep + 14, 0);
+        kvx__tcp_w64(ep + 16, te->token);
+        memcpy(ep + KVX__TCP_ENDPOINT_FIXED, te->host, hl);
+        eplen = KVX__TCP_ENDPOINT_FIXED + hl;
+    }
+    memset(&hooks, 0, sizeof hooks);
+    hooks.user = te;
+    hooks.on_room = kvx__tcp_on_room;
+    hooks.on_status = kvx__tcp_on_status;
+    if ((r = kvx_boot_create(e, &hooks, eplen ? ep : NULL, eplen, &te->boot, why, wl)) != KVX_OK) {
+        kvx__tcp_engine_free(te);
+        return r;
+    }
+    if (te->role == KVX_ROLE_DECODE) {
+        if (pthread_create(&te->acceptor, NULL, kvx__tcp_accept_main, te)) {
+            kvx__set_why(why, wl, "cannot start the tcp accept thread");
+            kvx_boot_destroy(te->boot);
+            kvx__tcp_engine_free(te);
+            return KVX_ERR_NO_MEMORY;
+        }
+        te->acceptor_started = 1;
+        kvx_engine_log(e, KVX_LOG_INFO, "kvx.tcp", 0, "data listener on %s:%d",
+                       te->host[0] ? te->host : "0.0.0.0", te->port);
+    }
+    kvx_engine_set_backend_data(e, te);
+    return KVX_OK;
+}
+
+static void kvx__tcp_engine_fini(kvx_engine *e) {
+    kvx__tcp_engine *te = kvx__tcp_te(e);
+    if (!te) return;
+    pthread_mutex_lock(&te->mu);
+    te->stopping = 1;
+    pthread_mutex_unlock(&te->mu);
+    if (te->role == KVX_ROLE_PREFILL) {
+        for (;;) {
+            kvx__tcp_link *lk;
+            pthread_mutex_lock(&te->mu);
+            lk = te->links;
+            pthread_mutex_unlock(&te->mu);
+            if (!lk) break;
+            kvx__tcp_link_kill(lk, "the engine is shutting down");
+        }
+        kvx__tcp_reap_links(te, 1);
+    } else {
+        if (te->acceptor_started) {
+            kvx__tcp_wake(te->wake[1]);
+            pthread_join(te->acceptor, NULL);
+        }
+        kvx__tcp_reap_conns(te, 1);
+    }
+    kvx_boot_destroy(te->boot); /* after our threads: they may still talk to it */
+    kvx_engine_set_backend_data(e, NULL);
+    kvx__tcp_engine_free(te);
+}
+
+static void kvx__tcp_progress(kvx_engine *e) {
+    kvx__tcp_engine *te = kvx__tcp_te(e);
+    if (!te) return;
+    if (te->role == KVX_ROLE_PREFILL) kvx__tcp_reap_links(te, 0);
+    else kvx__tcp_reap_conns(te, 0);
+}
+
+/* >>tcp: room hooks ------------------------------------------------------------ */
+
+static kvx_result kvx__tcp_room_open(kvx_room *r) {
+    kvx_engine *e = kvx_room_engine(r);
+    kvx__tcp_engine *te = kvx__tcp_te(e);
+    kvx__tcp_room *tr = (kvx__tcp_room *)kvx_engine_alloc(e, sizeof *tr);
+    if (!tr) return KVX_ERR_NO_MEMORY;
+    memset(tr, 0, sizeof *tr);
+    tr->room = r;
+    tr->te = te;
+    tr->id = kvx_room_id(r);
+    tr->dst_aux = tr->src_aux = tr->aux_index = -1;
+    pthread_mutex_init(&tr->mu, NULL);
+    kvx_room_set_data(r, tr);
+    return kvx_boot_room_open(te->boot, r);
+}
+
+static void kvx__tcp_room_abort(kvx_room *r, const char *reason) {
+    kvx__tcp_room *tr = kvx__tcp_tr(r);
+    if (tr) kvx_boot_abort(tr->te->boot, r, reason);
+}
+
+static void kvx__tcp_room_close(kvx_room *r) {
+    kvx__tcp_room *tr = kvx__tcp_tr(r);
+    if (!tr) return;
+    kvx_boot_room_close(tr->te->boot, r); /* an unfinished room tells its peer first */
+    if (kvx_room_role(r) == KVX_ROLE_PREFILL) kvx__tcp_sender_close(tr);
+    else kvx__tcp_receiver_close(tr);
+}
+
+static void kvx__tcp_room_free(kvx_room *r) {
+    kvx__tcp_room *tr = kvx__tcp_tr(r);
+    kvx_engine *e = kvx_room_engine(r);
+    if (!tr) return;
+    if (tr->aux_job) kvx__tcp_job_free(e, tr->aux_job);
+    kvx_engine_free(e, tr->dst_pages);
+    kvx_engine_free(e, tr->sorted);
+    kvx_engine_free(e, tr->bitmap);
+    kvx_engine_free(e, tr->aux_stage);
+    pthread_mutex_destroy(&tr->mu);
+    kvx_engine_free(e, tr);
+    kvx_room_set_data(r, NULL);
+}
+
+static kvx_result kvx__tcp_recv_init_hook(kvx_room *r, const int32_t *pages, uint32_t n,
+                                          int32_t aux) {
+    return kvx__tcp_receiver_init(r, pages, n, aux);
+}
+
+/* >>tcp: public ------------------------------------------------------------------ */
+
+KVX_API const kvx_backend *kvx_tcp_backend(void) {
+    static const kvx_backend b = {"tcp",
+                                  kvx__tcp_engine_init,
+                                  kvx__tcp_engine_fini,
+                                  kvx__tcp_progress,
+                                  kvx__tcp_room_open,
+                                  kvx__tcp_sender_init,
+                                  kvx__tcp_sender_send,
+                                  kvx__tcp_recv_init_hook,
+                                  kvx__tcp_room_abort,
+                                  kvx__tcp_room_close,
+                                  kvx__tcp_room_free};
+    return &b;
+}
+
+KVX_API kvx_result kvx_tcp_register(void) { return kvx_transport_register(kvx_tcp_backend()); }
+
+static const kvx__tcp_engine *kvx__tcp_of(const kvx_engine *e) {
+    if (!e || strcmp(kvx_engine_transport(e), "tcp")) return NULL;
+    return kvx__tcp_te(e);
+}
+
+KVX_API kvx_result kvx_tcp_endpoint_get(const kvx_engine *e, kvx_tcp_endpoint *out) {
+    const kvx__tcp_engine *te = kvx__tcp_of(e);
+    if (!out) return KVX_ERR_INVALID_ARGUMENT;
+    memset(out, 0, sizeof *out);
+    if (!te || te->role != KVX_ROLE_DECODE) return KVX_ERR_STATE;
+    snprintf(out->host, sizeof out->host, "%s", te->host);
+    out->port = te->port;
+    out->token = te->token;
+    return KVX_OK;
+}
+
+KVX_API void kvx_tcp_stats_get(const kvx_engine *e, kvx_tcp_stats *out) {
+    const kvx__tcp_engine *te = kvx__tcp_of(e);
+    if (!out) return;
+    memset(out, 0, sizeof *out);
+    if (!te) return;
+    out->frames_sent = KVX__LOAD(&te->stats.frames_sent);
+    out->bytes_sent = KVX__LOAD(&te->stats.bytes_sent);
+    out->frames_received = KVX__LOAD(&te->stats.frames_received);
+    out->bytes_received = KVX__LOAD(&te->stats.bytes_received);
+    out->frames_rejected = KVX__LOAD(&te->stats.frames_rejected);
+    out->frames_drained = KVX__LOAD(&te->stats.frames_drained);
+    out->conns_accepted = KVX__LOAD(&te->stats.conns_accepted);
+    out->conns_refused = KVX__LOAD(&te->stats.conns_refused);
+    out->links_opened = KVX__LOAD(&te->stats.links_opened);
+    out->links_lost = KVX__LOAD(&te->stats.links_lost);
+}
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* KVX_IMPLEMENTATION */
+
+/*
+------------------------------------------------------------------------------
+MIT License
+
+Copyright (c) 2026 the kvx authors
+
+Permission is hereby granted, free of charge, to any person obtaining a copy of
+this software and associated documentation files (the "Software"), to deal in
+the Software without restriction, including without limitation the rights to
+use, copy, modify, merge, publish, distribute, sublicense, and/or sell copies
+of the Software, and to permit persons to whom the Software is furnished to do
+so, subject to the following conditions:
+
+The above copyright notice and this permission notice shall be included in all
+copies or substantial portions of the Software.
+
+THE SOFTWARE IS PROVIDED "AS IS", WITHOUT WARRANTY OF ANY KIND, EXPRESS OR
+IMPLIED, INCLUDING BUT NOT LIMITED TO THE WARRANTIES OF MERCHANTABILITY,
+FITNESS FOR A PARTICULAR PURPOSE AND NONINFRINGEMENT. IN NO EVENT SHALL THE
+AUTHORS OR COPYRIGHT HOLDERS BE LIABLE FOR ANY CLAIM, DAMAGES OR OTHER
+LIABILITY, WHETHER IN AN ACTION OF CONTRACT, TORT OR OTHERWISE, ARISING FROM,
+OUT OF OR IN CONNECTION WITH THE SOFTWARE OR THE USE OR OTHER DEALINGS IN THE
+SOFTWARE.
+------------------------------------------------------------------------------
+*/
