@@ -366,7 +366,7 @@ static kvx_result kvx__plan_io(const kvx_layout *l, const kvx_plan *p, int to_fi
             if (skip + take == sp->length) s++;
         }
         if (!n) return KVX_ERR_CORRUPT; /* plan does not cover the range */
-        if (to_file)
+        if (to_file && crc)
             for (k = 0; k < n; k++) c = kvx_crc32c(c, iov[k].iov_base, iov[k].iov_len);
         {
             struct iovec *v = iov;
@@ -383,9 +383,31 @@ static kvx_result kvx__plan_io(const kvx_layout *l, const kvx_plan *p, int to_fi
                 if (vn && done) { v->iov_base = (char *)v->iov_base + done; v->iov_len -= (size_t)done; }
             }
         }
-        if (!to_file)
+        if (!to_file && crc)
             for (k = 0; k < n; k++) c = kvx_crc32c(c, iov[k].iov_base, iov[k].iov_len);
     }
+    if (crc) *crc = c;
+    return KVX_OK;
+}
+
+/* CRC32C of the packed range [lo, hi) of a one-sided plan, read from pool
+   memory (no I/O). */
+static kvx_result kvx__plan_crc(const kvx_layout *l, const kvx_plan *p, int to_file, uint64_t lo,
+                                uint64_t hi, uint32_t *crc) {
+    size_t s = kvx__plan_find(p, to_file, lo);
+    uint64_t pos = lo;
+    uint32_t c = 0;
+    while (pos < hi && s < p->count) {
+        const kvx_span *sp = &p->spans[s];
+        uint64_t po = to_file ? sp->dst_offset : sp->src_offset;
+        uint64_t mo = to_file ? sp->src_offset : sp->dst_offset;
+        uint64_t skip = pos - po, take = sp->length - skip;
+        if (take > hi - pos) take = hi - pos;
+        c = kvx_crc32c(c, (const char *)l->buffers[sp->buffer].base + mo + skip, (size_t)take);
+        pos += take;
+        if (skip + take == sp->length) s++;
+    }
+    if (pos < hi) return KVX_ERR_CORRUPT;
     *crc = c;
     return KVX_OK;
 }
@@ -686,9 +708,16 @@ typedef struct kvx__fjob {
     char why[KVX_ERROR_MAX];
 } kvx__fjob;
 
+/* What one queued piece of a chunk does. On host pools one thread writes
+   (or reads) the whole file in order, because parallel writes to one file
+   contend on its inode lock, while the checksums of its stripes run on the
+   other workers: ahead of the writer, or right behind the reader. Pools in
+   GPU memory stage each stripe instead (I/O and checksum together). */
+enum { KVX__ST_IO_CRC = 0, KVX__ST_CRC = 1, KVX__ST_SEQ_IO = 2 };
 typedef struct kvx__fstripe {
     kvx__fjob *job;
     uint32_t index;
+    int kind;
 } kvx__fstripe;
 
 typedef struct kvx__froom {
@@ -933,8 +962,8 @@ static void kvx__fjob_error(kvx__fjob *j, kvx_result res, int err, const char *f
 static void kvx__fjob_error(kvx__fjob *j, kvx_result res, int err, const char *fmt, ...) {
     va_list ap;
     pthread_mutex_lock(&j->fr->mu);
-    if (j->res == KVX_OK) {
-        j->res = res;
+    if (__atomic_load_n(&j->res, __ATOMIC_ACQUIRE) == KVX_OK) {
+        __atomic_store_n(&j->res, res, __ATOMIC_RELEASE);
         j->err = err;
         va_start(ap, fmt);
         vsnprintf(j->why, sizeof j->why, fmt, ap);
@@ -999,7 +1028,7 @@ static void kvx__fsend_chunk_done(kvx__fjob *j) {
     char why[KVX_ERROR_MAX];
     int finish = 0, failed;
     uint32_t i, crc;
-    kvx_result res = j->res;
+    kvx_result res = __atomic_load_n(&j->res, __ATOMIC_ACQUIRE);
     why[0] = 0;
     if (res == KVX_OK && fr->fe->do_fsync && fsync(j->fd))
         kvx__fjob_error(j, res = kvx__errno_result(errno), errno, "cannot fsync %s: %s", j->tmp,
@@ -1054,28 +1083,57 @@ static void kvx__fsend_chunk_done(kvx__fjob *j) {
     }
 }
 
+/* The work of one piece (see KVX__ST_*); errors go to the job. */
+static void kvx__fstripe_work(kvx__fstripe *st, const kvx_plan *plan, int to_file) {
+    kvx__fjob *j = st->job;
+    kvx__froom *fr = j->fr;
+    kvx_room *r = fr->room;
+    const kvx_layout *l = kvx_engine_layout(kvx_room_engine(r));
+    uint64_t lo = (uint64_t)st->index * fr->fe->stripe;
+    uint64_t hi = lo + fr->fe->stripe < j->bytes ? lo + fr->fe->stripe : j->bytes;
+    char why[KVX_ERROR_MAX];
+    int err = 0;
+    kvx_result res = KVX_OK;
+    if (kvx_room_closed(r) || kvx_room_poll(r) == KVX_POLL_FAILED) {
+        kvx__fjob_error(j, KVX_ERR_ABORTED, 0, "cancelled");
+        return;
+    }
+    if (__atomic_load_n(&j->res, __ATOMIC_ACQUIRE) != KVX_OK) return;
+    why[0] = 0;
+    if (st->kind == KVX__ST_CRC)
+        res = kvx__plan_crc(l, plan, to_file, lo, hi, &j->crcs[st->index]);
+    else
+        res = kvx__stripe_io(fr->fe, l, plan, to_file, j->fd, lo, hi, &j->crcs[st->index], &err,
+                             why, sizeof why);
+    if (res == KVX_OK) return;
+    if (why[0])
+        kvx__fjob_error(j, res, err, "%s: %s", to_file ? j->tmp : j->path, why);
+    else if (to_file)
+        kvx__fjob_error(j, res, err, "cannot write %s: %s", j->tmp, err ? strerror(err) : "short write");
+    else
+        kvx__fjob_error(j, res, err, "cannot read %s: %s", j->path,
+                        err ? strerror(err) : "the file is shorter than its meta says");
+}
+
 static void kvx__fsend_stripe(void *arg) {
     kvx__fstripe *st = (kvx__fstripe *)arg;
     kvx__fjob *j = st->job;
     kvx__froom *fr = j->fr;
     kvx_room *r = fr->room;
     kvx_engine *e = kvx_room_engine(r);
-    uint64_t lo = (uint64_t)st->index * fr->fe->stripe;
-    uint64_t hi = lo + fr->fe->stripe < j->bytes ? lo + fr->fe->stripe : j->bytes;
-    int err = 0;
-    if (kvx_room_closed(r) || kvx_room_poll(r) == KVX_POLL_FAILED) {
-        kvx__fjob_error(j, KVX_ERR_ABORTED, 0, "cancelled");
-    } else if (j->res == KVX_OK) {
-        char why[KVX_ERROR_MAX];
-        kvx_result res;
-        why[0] = 0;
-        res = kvx__stripe_io(fr->fe, kvx_engine_layout(e), &j->chunk->gather, 1, j->fd, lo, hi,
-                             &j->crcs[st->index], &err, why, sizeof why);
-        if (res != KVX_OK && why[0])
-            kvx__fjob_error(j, res, err, "chunk %u of %s: %s", j->chunk->index, fr->dir, why);
-        else if (res != KVX_OK)
+    if (st->kind == KVX__ST_SEQ_IO) { /* the writer: the whole file, in order */
+        int err = 0;
+        kvx_result res = KVX_OK;
+        if (kvx_room_closed(r) || kvx_room_poll(r) == KVX_POLL_FAILED)
+            kvx__fjob_error(j, KVX_ERR_ABORTED, 0, "cancelled");
+        else if (__atomic_load_n(&j->res, __ATOMIC_ACQUIRE) == KVX_OK)
+            res = kvx__plan_io(kvx_engine_layout(e), &j->chunk->gather, 1, j->fd, 0, j->bytes,
+                               NULL, &err);
+        if (res != KVX_OK)
             kvx__fjob_error(j, res, err, "cannot write %s: %s", j->tmp,
                             err ? strerror(err) : "short write");
+    } else {
+        kvx__fstripe_work(st, &j->chunk->gather, 1);
     }
     if (__atomic_sub_fetch(&j->left, 1, __ATOMIC_ACQ_REL) == 0) {
         kvx__fsend_chunk_done(j);
@@ -1088,37 +1146,42 @@ static void kvx__fsend_stripe(void *arg) {
 }
 
 /* Queues a job's stripes. The room stays referenced until the job ends. */
-static kvx_result kvx__fjob_submit(kvx__fjob *j, kvx_job_fn fn) {
+static kvx_result kvx__fjob_submit(kvx__fjob *j, kvx_job_fn fn, int to_file) {
     kvx__froom *fr = j->fr;
     kvx_room *r = fr->room;
     kvx_engine *e = kvx_room_engine(r);
     kvx__fstripe *stripes;
-    uint32_t i, n;
+    int seq = !fr->fe->staged; /* host pool: one in-order I/O piece + checksum pieces */
+    uint32_t i, n, total, queue_now;
     n = j->bytes ? (uint32_t)((j->bytes + fr->fe->stripe - 1) / fr->fe->stripe) : 1;
+    total = n + (seq ? 1u : 0u);
     j->nstripes = n;
-    j->left = n;
+    j->left = total;
     j->crcs = (uint32_t *)calloc(n, sizeof(uint32_t));
-    j->stripes = stripes = (kvx__fstripe *)calloc(n, sizeof *stripes);
+    j->stripes = stripes = (kvx__fstripe *)calloc(total, sizeof *stripes);
     if (!j->crcs || !stripes) {
         if (j->fd >= 0) close(j->fd);
         kvx__fjob_free(e, j);
         return KVX_ERR_NO_MEMORY;
     }
-    for (i = 0; i < n; i++) {
+    for (i = 0; i < total; i++) {
         stripes[i].job = j;
         stripes[i].index = i;
+        stripes[i].kind = i == n ? KVX__ST_SEQ_IO : seq ? KVX__ST_CRC : KVX__ST_IO_CRC;
     }
+    /* a reader queues each checksum piece itself, once its bytes are in */
+    queue_now = seq && !to_file ? 1u : total;
     kvx_room_ref(r);
     pthread_mutex_lock(&fr->mu);
-    fr->busy += (int)n;
+    fr->busy += (int)queue_now;
     pthread_mutex_unlock(&fr->mu);
-    /* j may be freed by a worker as soon as its last stripe is queued:
+    /* j may be freed by a worker as soon as its last piece is queued:
        only locals from here on */
-    for (i = 0; i < n; i++) {
-        kvx__fstripe *st = &stripes[i];
+    for (i = 0; i < queue_now; i++) {
+        kvx__fstripe *st = &stripes[seq ? (i + n) % total : i]; /* the I/O piece first */
         if (kvx_workq_submit(fr->fe->q, fn, st) != KVX_OK) {
             kvx__fjob_error(j, KVX_ERR_NO_MEMORY, 0, "out of memory queueing file I/O");
-            fn(st); /* runs as a failed stripe so the counts stay right */
+            fn(st); /* runs as a failed piece so the counts stay right */
         }
     }
     return KVX_OK;
@@ -1178,7 +1241,7 @@ static kvx_result kvx__file_sender_send(kvx_room *r, kvx_chunk *c) {
     fr->chunks_sent++;
     if (c->is_last) fr->last_sent = 1;
     pthread_mutex_unlock(&fr->mu);
-    return kvx__fjob_submit(j, kvx__fsend_stripe);
+    return kvx__fjob_submit(j, kvx__fsend_stripe, 1);
 }
 
 /* >>file transport: receiver -------------------------------------------------- */
@@ -1259,35 +1322,56 @@ static void kvx__frecv_finish(kvx__froom *fr) {
     if (!fr->fe->keep) kvx__rm_room(fr->dir);
 }
 
+/* The reader of a host pool: the file in order, straight into the
+   destination pages, queueing each stripe's checksum as soon as its bytes
+   are in. */
+static void kvx__frecv_stripe(void *arg);
+static void kvx__frecv_read_all(kvx__fstripe *st) {
+    kvx__fjob *j = st->job;
+    kvx__froom *fr = j->fr;
+    kvx_room *r = fr->room;
+    const kvx_layout *l = kvx_engine_layout(kvx_room_engine(r));
+    uint32_t k, n = j->nstripes, queued = 0;
+    for (k = 0; k < n; k++) {
+        uint64_t lo = (uint64_t)k * fr->fe->stripe;
+        uint64_t hi = lo + fr->fe->stripe < j->bytes ? lo + fr->fe->stripe : j->bytes;
+        int err = 0;
+        kvx_result res;
+        if (kvx_room_closed(r) || kvx_room_poll(r) == KVX_POLL_FAILED) {
+            kvx__fjob_error(j, KVX_ERR_ABORTED, 0, "cancelled");
+            break;
+        }
+        res = kvx__plan_io(l, &j->plan, 0, j->fd, lo, hi, NULL, &err);
+        if (res != KVX_OK) {
+            kvx__fjob_error(j, res, err, "cannot read %s: %s", j->path,
+                            err ? strerror(err) : "the file is shorter than its meta says");
+            break;
+        }
+        pthread_mutex_lock(&fr->mu);
+        fr->busy++;
+        pthread_mutex_unlock(&fr->mu);
+        queued++;
+        if (kvx_workq_submit(fr->fe->q, kvx__frecv_stripe, &j->stripes[k]) != KVX_OK)
+            kvx__frecv_stripe(&j->stripes[k]); /* our own piece keeps the job alive */
+    }
+    if (queued < n) __atomic_sub_fetch(&j->left, n - queued, __ATOMIC_ACQ_REL);
+}
+
 static void kvx__frecv_stripe(void *arg) {
     kvx__fstripe *st = (kvx__fstripe *)arg;
     kvx__fjob *j = st->job;
     kvx__froom *fr = j->fr;
     kvx_room *r = fr->room;
     kvx_engine *e = kvx_room_engine(r);
-    uint64_t lo = (uint64_t)st->index * fr->fe->stripe;
-    uint64_t hi = lo + fr->fe->stripe < j->bytes ? lo + fr->fe->stripe : j->bytes;
-    int err = 0, last_chunk = 0;
-    if (kvx_room_closed(r) || kvx_room_poll(r) == KVX_POLL_FAILED) {
-        kvx__fjob_error(j, KVX_ERR_ABORTED, 0, "cancelled");
-    } else if (j->res == KVX_OK) {
-        char why[KVX_ERROR_MAX];
-        kvx_result res;
-        why[0] = 0;
-        res = kvx__stripe_io(fr->fe, kvx_engine_layout(e), &j->plan, 0, j->fd, lo, hi,
-                             &j->crcs[st->index], &err, why, sizeof why);
-        if (res != KVX_OK && why[0])
-            kvx__fjob_error(j, res, err, "%s: %s", j->path, why);
-        else if (res != KVX_OK)
-            kvx__fjob_error(j, res, err, "cannot read %s: %s", j->path,
-                            err ? strerror(err) : "the file is shorter than its meta says");
-    }
+    int last_chunk = 0;
+    if (st->kind == KVX__ST_SEQ_IO) kvx__frecv_read_all(st);
+    else kvx__fstripe_work(st, &j->plan, 0);
     if (__atomic_sub_fetch(&j->left, 1, __ATOMIC_ACQ_REL) != 0) {
         kvx__froom_leave(fr, 1);
         return;
     }
     close(j->fd);
-    if (j->res == KVX_OK) {
+    if (__atomic_load_n(&j->res, __ATOMIC_ACQUIRE) == KVX_OK) {
         uint32_t i, crc = j->crcs[0];
         for (i = 1; i < j->nstripes; i++) {
             uint64_t off = (uint64_t)i * fr->fe->stripe;
@@ -1304,8 +1388,8 @@ static void kvx__frecv_stripe(void *arg) {
     fr->bytes_done += j->bytes;
     last_chunk = fr->chunks_read == fr->done.chunks;
     pthread_mutex_unlock(&fr->mu);
-    if (j->res != KVX_OK && j->res != KVX_ERR_ABORTED) kvx__frecv_fail(fr, j->res, j->why);
-    else if (last_chunk && j->res == KVX_OK && kvx_room_poll(r) != KVX_POLL_FAILED &&
+    if (__atomic_load_n(&j->res, __ATOMIC_ACQUIRE) != KVX_OK && j->res != KVX_ERR_ABORTED) kvx__frecv_fail(fr, j->res, j->why);
+    else if (last_chunk && __atomic_load_n(&j->res, __ATOMIC_ACQUIRE) == KVX_OK && kvx_room_poll(r) != KVX_POLL_FAILED &&
              !kvx_room_closed(r))
         kvx__frecv_finish(fr);
     kvx__fjob_free(e, j);
@@ -1443,7 +1527,7 @@ static void kvx__frecv_start(void *arg) {
         kvx__frecv_fail(fr, res, why);
         goto out;
     }
-    for (i = 0; i < njobs; i++) kvx__fjob_submit(jobs[i], kvx__frecv_stripe);
+    for (i = 0; i < njobs; i++) kvx__fjob_submit(jobs[i], kvx__frecv_stripe, 0);
 out:
     free(jobs);
     kvx__froom_leave(fr, 1);
