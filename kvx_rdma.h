@@ -1,0 +1,4237 @@
+/* kvx_rdma.h - v0.1.0 - the rdma transport: paged KV cache over libibverbs (RC QPs, RDMA WRITE)
+
+   The prefill side writes every KV page of a request straight from its pool
+   into the decode side's pool with one-sided RDMA WRITEs over reliable
+   connected (RC) queue pairs: one WRITE per coalesced run of pages (split at
+   KVX_IB_MAX_MSG), chained into one ibv_post_send per queue pair per batch,
+   selectively signaled, spread over several queue pairs and NICs. The
+   decode side learns that every byte is in place from an RDMA WRITE WITH
+   IMMEDIATE at the end of the room on every queue pair (the immediate names
+   the room) together with kvx_boot's status frame carrying the byte count,
+   and only then reports Success. The bootstrap handshake, room frames,
+   status, abort and heartbeats are kvx_boot.h's.
+
+   DO THIS
+       #define KVX_IMPLEMENTATION
+       #define KVX_WITH_RDMA          (or -DKVX_WITH_RDMA for that one file)
+       #include "kvx_rdma.h"          (includes kvx_boot.h and kvx.h)
+       kvx_rdma_register();           (once; then desc.transport = "rdma")
+     Link with -lpthread -ldl. libibverbs is loaded at run time with dlopen,
+     so a binary built with KVX_WITH_RDMA starts on a machine without it and
+     engine creation fails with a sentence saying what is missing. Build
+     with -DKVX_NO_RUNTIME_LINKING (and -libverbs) to link it directly.
+     Without KVX_WITH_RDMA everything compiles and creating an "rdma" engine
+     fails with KVX_ERR_NOT_COMPILED and a message naming the macro.
+
+   COMPILE-TIME MACROS
+     KVX_WITH_RDMA            compile the transport (needs <infiniband/verbs.h>,
+                              libibverbs-dev / rdma-core >= 28 headers)
+     KVX_NO_RUNTIME_LINKING   call libibverbs directly instead of dlopen
+                              (needs rdma-core >= 34 at link time)
+     KVX_RDMA_MAX_DEVS        NIC ports one engine uses (16)
+     KVX_RDMA_MAX_QPS         queue pairs per peer (64)
+     KVX_RDMA_CM_MAX          bytes of one connection-exchange message (64 MiB)
+
+   SETTINGS (desc.rdma, zero = default) AND ENVIRONMENT (overrides the desc;
+   read once at engine creation)
+     KVX_IBVERBS_LIBRARY   desc.rdma.library: the verbs library to dlopen
+                           ("libibverbs.so.1"; the tests point it at softverbs)
+     KVX_IB_DEVICE         desc.rdma.devices: comma-separated device names,
+                           each optionally "name:port" (every ACTIVE port of
+                           every device)
+     KVX_IB_GID_INDEX      desc.rdma.gid_index: GID table index (auto: on
+                           RoCE the first RoCE v2 GID that is neither zero nor
+                           link-local, IPv4-mapped ones first; on InfiniBand
+                           LID routing). In the environment 0 means index 0;
+                           in the desc 0 and -1 mean auto.
+     KVX_IB_QPS            desc.rdma.qps: RC queue pairs per peer engine pair;
+                           the larger of both sides' values is used (2, and at
+                           least one per port)
+     KVX_IB_MAX_MSG        bytes of one RDMA WRITE; runs of pages are split
+                           at multiples of it (1048576)
+     KVX_IB_SIGNAL_EVERY   every Nth WRITE on a queue pair is signaled, and
+                           always the last of a room on that queue pair (16)
+     KVX_IB_SEND_DEPTH     WRITEs outstanding per queue pair (1024, at most the
+                           device's max_qp_wr); more wait in a software queue
+     KVX_IB_RECV_DEPTH     receives posted per decode queue pair for the
+                           immediate-data completions (512)
+     KVX_IB_TIMEOUT        local ACK timeout exponent, 4.096 us * 2^N (14)
+     KVX_IB_RETRY_CNT      transport retries (7)
+     KVX_IB_RNR_RETRY      receiver-not-ready retries (7 = infinite)
+     KVX_IB_SL             service level (0)
+     KVX_IB_TRAFFIC_CLASS  GRH traffic class, e.g. 106 for DSCP 26 (0)
+     KVX_IB_RELAXED_ORDERING  1: register with IBV_ACCESS_RELAXED_ORDERING
+                           through ibv_reg_mr_iova2 when libibverbs has it (1)
+     KVX_IB_CONNECT_TIMEOUT seconds for the queue-pair exchange with a peer,
+                           and for a prefill room to wait for it (10)
+     KVX_IB_FENCE_TIMEOUT  seconds kvx_receiver_destroy of an unfinished room
+                           waits for the prefill to confirm it stopped writing (2)
+     KVX_IB_CM_PORT        prefill: TCP port of the queue-pair exchange
+                           listener, on the bootstrap host (0 = ephemeral)
+     And kvx_boot.h's: KVX_BOOTSTRAP_HOST, KVX_BOOTSTRAP_PORT,
+     KVX_HEARTBEAT_INTERVAL, KVX_HEARTBEAT_MAX_FAILURE ...
+
+   HOW IT CONNECTS
+     Both sides register every KV buffer and aux buffer on every port they
+     use (decode: LOCAL_WRITE | REMOTE_WRITE, prefill: LOCAL_WRITE; relaxed
+     ordering when available), split at the device's max_mr_size. Each
+     engine's kvx_boot hello carries a small endpoint blob (format below):
+     its instance id, its ports (GID, LID, MTU, link layer) and, on the
+     prefill, the TCP port of its queue-pair exchange. kvx_boot hellos are
+     fixed per engine and kvx_boot has no per-connection reply path, so the
+     per-peer part goes over that exchange: when the decode side's control
+     connection to a prefill rank is up (hooks.on_connect) it creates its
+     queue pairs, posts receives and sends CONNECT (queue pair numbers,
+     PSNs, ports, and the address, length and rkeys of every registered
+     region); the prefill creates its queue pairs, brings them to RTS and
+     answers ACCEPT; the decode side brings its own to RTS and answers READY,
+     after which the prefill writes. Path MTU is the smaller of the two
+     ports'. A decode receiver holds its room frame while a connection it
+     needs is being made; a prefill room whose destination arrives without
+     a connection waits (KVX_IB_CONNECT_TIMEOUT). Broken connections are
+     repaired while the control connection lives: the decode side redials
+     when its side broke (its next receiver, or a Failed status with
+     KVX_ERR_TRANSPORT from the prefill); when only the prefill's side broke
+     while idle, the next room asks the decode side to reconnect with a
+     status frame in state Transferring carrying KVX_ERR_TRANSPORT and, in
+     its byte field, the decode side's first queue pair number (so a late
+     request cannot retire a newer connection), and waits. A prefill
+     retires its old connection with a decode engine as soon as a new
+     CONNECT from it checks out.
+
+   WHAT A PEER MAY WRITE
+     The decode side registers only its KV pool and aux buffers for remote
+     write, so a peer's rkeys reach nothing else. RDMA cannot restrict a
+     WRITE to one room's pages at the NIC without a memory region or window
+     per room (binding type-2 memory windows per room costs a bind per
+     buffer region per room; out of scope), so the prefill plans every
+     WRITE with kvx_plan_pages against the destination pages of the room
+     frame, checked against the pool size the decode side advertised, and
+     the decode side checks on completion that the bytes the prefill
+     reports placed equal pages * page bytes + aux row bytes of the room.
+
+   DATA PATH (per room, on the prefill)
+     Each chunk becomes a two-sided plan (source pages -> destination pages,
+     runs coalesced); its spans are cut at KVX_IB_MAX_MSG and at region
+     boundaries into one WRITE each and dealt to the queue pairs in byte-
+     balanced contiguous ranges. At most KVX_IB_SEND_DEPTH WRITEs are
+     outstanding per queue pair; the rest are posted as completions free
+     slots. On the last chunk the last WRITE of the room on every queue pair
+     is a WRITE WITH IMMEDIATE (imm = the room id folded to 32 bits; a
+     zero-length one when a queue pair had nothing left), signaled. Aux rows
+     go after every KV WRITE of the room on the other queue pairs completed,
+     on queue pair 0 behind its own KV WRITEs, the last one carrying the
+     immediate. When every WRITE completed, the prefill sends status Success
+     with the byte count. The decode side succeeds when it has that status
+     and an immediate for the room from every queue pair of that peer, and
+     the bytes agree. Two open receivers whose folded ids collide are
+     serialised (the later sends its room frame when the first is done).
+     An aborted room gets a zero-length WRITE WITH IMMEDIATE on each queue
+     pair that had not carried its last one yet, so kvx_receiver_destroy
+     can wait (KVX_IB_FENCE_TIMEOUT) until no more bytes of it can land.
+
+   ERRORS
+     A work completion error (with ibv_wc_status_str), a refused post, an
+     async event on a queue pair (IBV_EVENT_QP_FATAL, QP_REQ_ERR,
+     QP_ACCESS_ERR), on a CQ, on a port (PORT_ERR) or on the device
+     (DEVICE_FATAL), and the loss of the control connection fail every room
+     that depended on that connection, with the verbs text and the peer's
+     address; the prefill passes its sentence on in the status frame. A
+     completion that only says "flushed" or "retry counter exceeded" waits
+     up to 100 ms for an async event or another queue pair's completion
+     that names the cause, and says when the port is down. No room reports
+     Success without its status, its immediates and its bytes; when the
+     cause is ambiguous a room fails rather than succeeds.
+
+   ENDPOINT BLOB (in the kvx_boot hello; version 1; little-endian)
+     0 u8[8] magic "kvx-rdma"   8 u16 version (1)   10 u16 role (1/2)
+     12 u32 flags (0)   16 u64 instance (random, nonzero)
+     24 u16 cm_port (prefill: exchange port; decode 0)   26 u16 qps
+     28 u16 ndev (1..KVX_RDMA_MAX_DEVS)   30 u16 reserved (0)
+     32 ndev port entries of 48 bytes:
+        0 u8[16] gid   16 u16 lid   18 u8 port   19 u8 link_layer (1 IB,
+        2 Ethernet)   20 u8 active_mtu (enum ibv_mtu 1..5)   21 u8 gid_index
+        22 u16 reserved   24 char name[24] (NUL-terminated)
+
+   QUEUE-PAIR EXCHANGE (TCP to the prefill's cm_port; version 1)
+     Each message: u8[4] "KVXR", u16 version (1), u16 type, u32 body_len
+     (<= KVX_RDMA_CM_MAX), u32 reserved (0), then the body:
+     1 CONNECT (decode -> prefill):
+        0 u64 from (decode instance)   8 u64 to (prefill instance)
+        16 u64 layout fingerprint   24 u16 nqp   26 u16 ndev   28 u32 nbuf
+        32 u32 naux   36 u32 reserved   40 nqp entries of 12 bytes (u32 qpn,
+        u32 psn, u16 port entry index, u16 reserved), ndev port entries (as
+        above), then per port entry: u64 region_bytes, and for each of the
+        nbuf KV buffers then the naux aux buffers: u64 base, u64 length,
+        u32 nregions (= ceil(length / region_bytes)), u32 rkey[nregions]
+     2 ACCEPT (prefill -> decode): 0 u64 from, 8 u64 to, 16 u16 nqp,
+        18 u16 ndev, 20 u32 reserved, nqp queue pair entries, ndev port entries
+     3 READY (decode -> prefill): 0 u64 from, 8 u64 to
+     4 REJECT (either way): 0 u64 from, 8 u64 to, 16 i32 result, 20 u32 rl
+        (<= 1024), 24 reason
+     Queue pair i of the decode side talks to queue pair i of the prefill.
+
+   GPU MEMORY
+     KV buffers with mem == KVX_MEM_CUDA are registered through dma-buf
+     (ibv_reg_dmabuf_mr) with the file descriptor a kvx_rdma_dmabuf hook
+     exports (kvx_cuda.h provides one: cuMemGetHandleForAddressRange);
+     without a hook engine creation fails with a sentence saying so.
+
+   EXAMPLE: as kvx_boot.h's, with desc.transport = "rdma" on both sides.
+
+   THREAD SAFETY
+     As kvx.h. Each engine owns one completion/event thread (completion
+     channels, async events, the exchange listener) and two exchange worker
+     threads, besides kvx_boot's; kvx_engine_destroy joins them all. Posting
+     happens on the caller's thread in kvx_sender_send and on the completion
+     thread. kvx_sender_destroy waits until the NIC finished reading the
+     room's pages; kvx_receiver_destroy of an unfinished room waits up to
+     KVX_IB_FENCE_TIMEOUT for the prefill's fence.
+
+   LICENSE: MIT, see the end of this file.
+*/
+#ifndef KVX_RDMA_H_INCLUDED
+#define KVX_RDMA_H_INCLUDED
+
+#include "kvx_boot.h"
+
+#if !defined(KVX_VERSION_MAJOR) || KVX_VERSION_MAJOR != 0
+#error "kvx_rdma.h needs kvx.h major version 0"
+#endif
+
+#ifndef KVX_RDMA_MAX_DEVS
+#define KVX_RDMA_MAX_DEVS 16
+#endif
+#ifndef KVX_RDMA_MAX_QPS
+#define KVX_RDMA_MAX_QPS 64
+#endif
+#ifndef KVX_RDMA_CM_MAX
+#define KVX_RDMA_CM_MAX (64u << 20)
+#endif
+
+#define KVX_RDMA_ENDPOINT_VERSION 1
+#define KVX_RDMA_CM_VERSION 1
+#define KVX_RDMA_HELLO_FIXED 32u
+#define KVX_RDMA_DEV_ENTRY 48u
+#define KVX_RDMA_CM_HEADER 16u
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* The rdma transport's backend table (without KVX_WITH_RDMA a stub whose
+   engine_init fails with KVX_ERR_NOT_COMPILED). Never NULL; thread-safe. */
+KVX_API const kvx_backend *kvx_rdma_backend(void);
+/* Makes "rdma" known to desc.transport. Thread-safe, idempotent. */
+KVX_API kvx_result kvx_rdma_register(void);
+/* 1 when this build has the transport (KVX_WITH_RDMA), else 0. */
+KVX_API int kvx_rdma_compiled(void);
+
+/* Counters of one rdma engine (monotonic; the work requests and posts are
+   the prefill's, the immediates received the decode's). */
+typedef struct kvx_rdma_stats {
+    uint64_t chunks;        /* chunks planned */
+    uint64_t spans;         /* plan spans (coalesced page runs x buffers, aux rows) */
+    uint64_t wrs;           /* RDMA WRITE work requests posted (immediates included) */
+    uint64_t imm_wrs;       /* of which WRITE WITH IMMEDIATE */
+    uint64_t zero_len_wrs;  /* of which zero-length (a queue pair with nothing left, fences) */
+    uint64_t posts;         /* ibv_post_send calls */
+    uint64_t signaled;      /* signaled work requests */
+    uint64_t bytes;         /* bytes posted */
+    uint64_t completions;   /* work completions polled (send and receive) */
+    uint64_t imm_received;  /* decode: immediates received */
+    uint64_t pairs;         /* peer connections (queue-pair exchanges) completed */
+    uint64_t errors;        /* connections failed */
+} kvx_rdma_stats;
+/* Copies the counters of an rdma engine. KVX_ERR_INVALID_ARGUMENT when e
+   or out is NULL or e is not an rdma engine, KVX_ERR_NOT_COMPILED without
+   KVX_WITH_RDMA. Thread-safe, does not block (atomic loads). */
+KVX_API kvx_result kvx_rdma_stats_get(const kvx_engine *e, kvx_rdma_stats *out);
+
+/* The seam for GPU memory (kvx_cuda.h fills it): export a dma-buf file
+   descriptor for [ptr, ptr+len) of GPU `device`, and the offset of ptr
+   inside it. put_fd releases it after registration. Process-wide, like the
+   transport registry; read when an engine registers its pool, so set it
+   before creating engines. NULL clears. Thread-safe. */
+typedef struct kvx_rdma_dmabuf {
+    kvx_result (*get_fd)(void *ctx, void *ptr, uint64_t len, int device, int *fd,
+                         uint64_t *offset, char *why, size_t why_len);
+    void (*put_fd)(void *ctx, int fd);
+    void *ctx;
+} kvx_rdma_dmabuf;
+KVX_API void kvx_rdma_set_dmabuf(const kvx_rdma_dmabuf *ops);
+
+/* >>wire format (pure: no I/O, no verbs; for the transport, tools, fuzzers) */
+
+/* One NIC port as the endpoint blob and the exchange describe it. */
+typedef struct kvx_rdma_port_info {
+    uint8_t gid[16];
+    uint16_t lid;
+    uint8_t port, link_layer, mtu, gid_index; /* link_layer 1 IB, 2 Ethernet; mtu enum ibv_mtu */
+    char name[24];                            /* NUL-terminated */
+} kvx_rdma_port_info;
+
+typedef struct kvx_rdma_hello {
+    uint16_t version, role;
+    uint64_t instance;
+    uint16_t cm_port, qps, ndev;
+    kvx_rdma_port_info dev[KVX_RDMA_MAX_DEVS];
+} kvx_rdma_hello;
+
+/* Encodes h into out (at least KVX_RDMA_HELLO_FIXED + 48 * ndev bytes);
+   returns the length, 0 when h or out is NULL, h breaks a limit or out is
+   too small. Pure and reentrant, like every function of this section. */
+KVX_API size_t kvx_rdma_hello_encode(const kvx_rdma_hello *h, uint8_t *out, size_t cap);
+/* Parses and checks an endpoint blob: KVX_OK, KVX_ERR_PROTOCOL with a
+   sentence in why when malformed, KVX_ERR_INVALID_ARGUMENT for NULL h. */
+KVX_API kvx_result kvx_rdma_hello_parse(const void *buf, size_t len, kvx_rdma_hello *out,
+                                        char *why, size_t why_len);
+
+typedef enum kvx_rdma_cm_type {
+    KVX_RDMA_CM_CONNECT = 1,
+    KVX_RDMA_CM_ACCEPT = 2,
+    KVX_RDMA_CM_READY = 3,
+    KVX_RDMA_CM_REJECT = 4
+} kvx_rdma_cm_type;
+
+typedef struct kvx_rdma_qp_info {
+    uint32_t qpn, psn; /* 24-bit */
+    uint16_t dev;      /* index into the message's port entries */
+} kvx_rdma_qp_info;
+
+/* A parsed exchange message. Pointers point into the parsed buffer. */
+typedef struct kvx_rdma_cm_msg {
+    kvx_rdma_cm_type type;
+    uint64_t from, to;
+    uint64_t fingerprint;       /* CONNECT */
+    uint16_t nqp, ndev;         /* CONNECT, ACCEPT */
+    kvx_rdma_qp_info qp[KVX_RDMA_MAX_QPS];
+    kvx_rdma_port_info dev[KVX_RDMA_MAX_DEVS];
+    uint32_t nbuf, naux;        /* CONNECT */
+    const uint8_t *mr;          /* CONNECT: the region tables, validated */
+    uint32_t mr_len;
+    int32_t result;             /* REJECT */
+    const char *reason;         /* REJECT; not NUL-terminated */
+    uint32_t reason_len;
+} kvx_rdma_cm_msg;
+
+/* Parses one whole message (header and body) at buf[0..len). KVX_OK and
+   *consumed > 0: a valid message; KVX_OK and *consumed == 0: need more
+   bytes; KVX_ERR_PROTOCOL with a sentence: bad magic, version, type,
+   lengths, counts beyond the limits, region counts that do not match. */
+KVX_API kvx_result kvx_rdma_cm_parse(const void *buf, size_t len, kvx_rdma_cm_msg *out,
+                                     size_t *consumed, char *why, size_t why_len);
+/* Region table of port entry `dev`, buffer `buf` (KV buffers first, then
+   aux) of a parsed CONNECT: base, length, region size and region count;
+   rkey i with kvx_rdma_cm_rkey. 0 when out of range. */
+KVX_API int kvx_rdma_cm_region(const kvx_rdma_cm_msg *m, uint32_t dev, uint32_t buf,
+                               uint64_t *base, uint64_t *length, uint64_t *region_bytes,
+                               uint32_t *nregions, const uint8_t **rkeys_le);
+KVX_API uint32_t kvx_rdma_cm_rkey(const uint8_t *rkeys_le, uint32_t i);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* KVX_RDMA_H_INCLUDED */
+
+/* ======================================================================== */
+/*                             IMPLEMENTATION                               */
+/* ======================================================================== */
+#if defined(KVX_IMPLEMENTATION) && !defined(KVX_RDMA_IMPL_INCLUDED)
+#define KVX_RDMA_IMPL_INCLUDED
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <errno.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* >>rdma: wire format ------------------------------------------------------ */
+
+static const char kvx__rdma_magic[8] = {'k', 'v', 'x', '-', 'r', 'd', 'm', 'a'};
+static const char kvx__rdma_cm_magic[4] = {'K', 'V', 'X', 'R'};
+
+#define KVX__RDMA_QP_ENTRY 12u
+#define KVX__RDMA_MAX_REASON 1024u
+
+static KVX__UNUSED void kvx__rdma_w16(uint8_t *p, uint16_t v) {
+    p[0] = (uint8_t)v;
+    p[1] = (uint8_t)(v >> 8);
+}
+static KVX__UNUSED void kvx__rdma_w32(uint8_t *p, uint32_t v) {
+    p[0] = (uint8_t)v; p[1] = (uint8_t)(v >> 8); p[2] = (uint8_t)(v >> 16); p[3] = (uint8_t)(v >> 24);
+}
+static KVX__UNUSED void kvx__rdma_w64(uint8_t *p, uint64_t v) {
+    kvx__rdma_w32(p, (uint32_t)v);
+    kvx__rdma_w32(p + 4, (uint32_t)(v >> 32));
+}
+static uint16_t kvx__rdma_r16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
+static uint32_t kvx__rdma_r32(const uint8_t *p) {
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+static uint64_t kvx__rdma_r64(const uint8_t *p) {
+    return (uint64_t)kvx__rdma_r32(p) | (uint64_t)kvx__rdma_r32(p + 4) << 32;
+}
+
+/* Appends to a kvx_buf (binary). */
+static KVX__UNUSED void kvx__rdma_put(kvx_buf *b, const void *p, size_t n) {
+    if (b->oom) return;
+    if (b->len + n > b->cap) {
+        size_t nc = b->cap ? b->cap : 256;
+        char *nd;
+        while (nc < b->len + n) nc *= 2;
+        nd = (char *)realloc(b->data, nc);
+        if (!nd) { b->oom = 1; return; }
+        b->data = nd;
+        b->cap = nc;
+    }
+    if (n) memcpy(b->data + b->len, p, n);
+    b->len += n;
+}
+static KVX__UNUSED void kvx__rdma_put16(kvx_buf *b, uint16_t v) { uint8_t t[2]; kvx__rdma_w16(t, v); kvx__rdma_put(b, t, 2); }
+static KVX__UNUSED void kvx__rdma_put32(kvx_buf *b, uint32_t v) { uint8_t t[4]; kvx__rdma_w32(t, v); kvx__rdma_put(b, t, 4); }
+static KVX__UNUSED void kvx__rdma_put64(kvx_buf *b, uint64_t v) { uint8_t t[8]; kvx__rdma_w64(t, v); kvx__rdma_put(b, t, 8); }
+
+static void kvx__rdma_port_write(uint8_t *p, const kvx_rdma_port_info *d) {
+    size_t nl = strnlen(d->name, sizeof d->name - 1);
+    memset(p, 0, KVX_RDMA_DEV_ENTRY);
+    memcpy(p, d->gid, 16);
+    kvx__rdma_w16(p + 16, d->lid);
+    p[18] = d->port;
+    p[19] = d->link_layer;
+    p[20] = d->mtu;
+    p[21] = d->gid_index;
+    memcpy(p + 24, d->name, nl);
+}
+
+static int kvx__rdma_port_read(const uint8_t *p, kvx_rdma_port_info *d, char *why, size_t wl,
+                               const char *what, unsigned i) {
+    memcpy(d->gid, p, 16);
+    d->lid = kvx__rdma_r16(p + 16);
+    d->port = p[18];
+    d->link_layer = p[19];
+    d->mtu = p[20];
+    d->gid_index = p[21];
+    if (!memchr(p + 24, 0, 24)) {
+        kvx__set_why(why, wl, "%s port entry %u: name is not NUL-terminated", what, i);
+        return -1;
+    }
+    memcpy(d->name, p + 24, 24);
+    if (!d->port || (d->link_layer != 1 && d->link_layer != 2) || d->mtu < 1 || d->mtu > 5 ||
+        kvx__rdma_r16(p + 22)) {
+        kvx__set_why(why, wl, "%s port entry %u: port %u, link layer %u, mtu %u (need port >= 1, "
+                     "link layer 1 or 2, mtu 1..5, reserved 0)", what, i, d->port, d->link_layer,
+                     d->mtu);
+        return -1;
+    }
+    return 0;
+}
+
+KVX_API size_t kvx_rdma_hello_encode(const kvx_rdma_hello *h, uint8_t *out, size_t cap) {
+    size_t need;
+    unsigned i;
+    if (!h || !out || h->ndev < 1 || h->ndev > KVX_RDMA_MAX_DEVS) return 0;
+    need = KVX_RDMA_HELLO_FIXED + (size_t)KVX_RDMA_DEV_ENTRY * h->ndev;
+    if (cap < need) return 0;
+    memset(out, 0, KVX_RDMA_HELLO_FIXED);
+    memcpy(out, kvx__rdma_magic, 8);
+    kvx__rdma_w16(out + 8, KVX_RDMA_ENDPOINT_VERSION);
+    kvx__rdma_w16(out + 10, h->role);
+    kvx__rdma_w64(out + 16, h->instance);
+    kvx__rdma_w16(out + 24, h->cm_port);
+    kvx__rdma_w16(out + 26, h->qps);
+    kvx__rdma_w16(out + 28, h->ndev);
+    for (i = 0; i < h->ndev; i++)
+        kvx__rdma_port_write(out + KVX_RDMA_HELLO_FIXED + KVX_RDMA_DEV_ENTRY * i, &h->dev[i]);
+    return need;
+}
+
+KVX_API kvx_result kvx_rdma_hello_parse(const void *buf, size_t len, kvx_rdma_hello *h,
+                                        char *why, size_t wl) {
+    const uint8_t *p = (const uint8_t *)buf;
+    unsigned i;
+    if (!h || (!p && len)) return KVX_ERR_INVALID_ARGUMENT;
+    memset(h, 0, sizeof *h);
+    if (len < KVX_RDMA_HELLO_FIXED || memcmp(p, kvx__rdma_magic, 8)) {
+        kvx__set_why(why, wl, "the peer's endpoint (%zu bytes) is not an rdma endpoint: is the "
+                     "peer using transport \"rdma\"?", len);
+        return KVX_ERR_PROTOCOL;
+    }
+    h->version = kvx__rdma_r16(p + 8);
+    h->role = kvx__rdma_r16(p + 10);
+    h->instance = kvx__rdma_r64(p + 16);
+    h->cm_port = kvx__rdma_r16(p + 24);
+    h->qps = kvx__rdma_r16(p + 26);
+    h->ndev = kvx__rdma_r16(p + 28);
+    if (h->version != KVX_RDMA_ENDPOINT_VERSION) {
+        kvx__set_why(why, wl, "rdma endpoint version %u, this build speaks %d", h->version,
+                     KVX_RDMA_ENDPOINT_VERSION);
+        return KVX_ERR_PROTOCOL;
+    }
+    if ((h->role != KVX_ROLE_PREFILL && h->role != KVX_ROLE_DECODE) || kvx__rdma_r32(p + 12) ||
+        !h->instance || h->ndev < 1 || h->ndev > KVX_RDMA_MAX_DEVS || h->qps < 1 ||
+        h->qps > KVX_RDMA_MAX_QPS || kvx__rdma_r16(p + 30) ||
+        (h->role == KVX_ROLE_PREFILL && !h->cm_port)) {
+        kvx__set_why(why, wl, "rdma endpoint: role %u, instance %016llx, %u ports, %u queue pairs, "
+                     "exchange port %u (need role 1 or 2, nonzero instance, 1..%d ports, 1..%d "
+                     "queue pairs, a prefill exchange port, zero flags)", h->role,
+                     (unsigned long long)h->instance, h->ndev, h->qps, h->cm_port,
+                     KVX_RDMA_MAX_DEVS, KVX_RDMA_MAX_QPS);
+        return KVX_ERR_PROTOCOL;
+    }
+    if (len != KVX_RDMA_HELLO_FIXED + (size_t)KVX_RDMA_DEV_ENTRY * h->ndev) {
+        kvx__set_why(why, wl, "rdma endpoint is %zu bytes, %u ports need %u", len, h->ndev,
+                     KVX_RDMA_HELLO_FIXED + KVX_RDMA_DEV_ENTRY * h->ndev);
+        return KVX_ERR_PROTOCOL;
+    }
+    for (i = 0; i < h->ndev; i++)
+        if (kvx__rdma_port_read(p + KVX_RDMA_HELLO_FIXED + KVX_RDMA_DEV_ENTRY * i, &h->dev[i], why,
+                                wl, "rdma endpoint", i))
+            return KVX_ERR_PROTOCOL;
+    return KVX_OK;
+}
+
+/* Walks the region tables of a CONNECT body; returns the bytes they take,
+   0 when malformed (why set). */
+static size_t kvx__rdma_mr_walk(const uint8_t *p, size_t len, uint32_t ndev, uint32_t nbuf,
+                                char *why, size_t wl) {
+    size_t off = 0;
+    uint32_t d, i;
+    for (d = 0; d < ndev; d++) {
+        uint64_t rb;
+        if (len - off < 8) goto short_;
+        rb = kvx__rdma_r64(p + off);
+        off += 8;
+        if (rb < 4096) {
+            kvx__set_why(why, wl, "CONNECT port entry %u: region size %llu is below 4096", d,
+                         (unsigned long long)rb);
+            return 0;
+        }
+        for (i = 0; i < nbuf; i++) {
+            uint64_t length, want;
+            uint32_t nr;
+            if (len - off < 20) goto short_;
+            length = kvx__rdma_r64(p + off + 8);
+            nr = kvx__rdma_r32(p + off + 16);
+            want = length / rb + (length % rb ? 1 : 0);
+            if (!length || want != nr || kvx__rdma_r64(p + off) + length < length) {
+                kvx__set_why(why, wl, "CONNECT port entry %u buffer %u: length %llu in %u regions "
+                             "of %llu bytes (need a nonzero length, ceil(length / region) "
+                             "regions, no wrap-around)", d, i, (unsigned long long)length, nr,
+                             (unsigned long long)rb);
+                return 0;
+            }
+            off += 20;
+            if ((len - off) / 4 < nr) goto short_;
+            off += (size_t)nr * 4;
+        }
+    }
+    return off ? off : 1;
+short_:
+    kvx__set_why(why, wl, "CONNECT region tables end early (%zu bytes)", len);
+    return 0;
+}
+
+KVX_API kvx_result kvx_rdma_cm_parse(const void *buf, size_t len, kvx_rdma_cm_msg *m,
+                                     size_t *consumed, char *why, size_t wl) {
+    const uint8_t *p = (const uint8_t *)buf, *b;
+    uint32_t bl, i, fixed;
+    uint16_t type;
+    if (!m || !consumed || (!p && len)) return KVX_ERR_INVALID_ARGUMENT;
+    *consumed = 0;
+    memset(m, 0, sizeof *m);
+    if (len < KVX_RDMA_CM_HEADER) return KVX_OK;
+    if (memcmp(p, kvx__rdma_cm_magic, 4) || kvx__rdma_r16(p + 4) != KVX_RDMA_CM_VERSION ||
+        kvx__rdma_r32(p + 12)) {
+        kvx__set_why(why, wl, "not a kvx rdma exchange message of version %d (magic, version or "
+                     "reserved field differ)", KVX_RDMA_CM_VERSION);
+        return KVX_ERR_PROTOCOL;
+    }
+    type = kvx__rdma_r16(p + 6);
+    bl = kvx__rdma_r32(p + 8);
+    if (type < KVX_RDMA_CM_CONNECT || type > KVX_RDMA_CM_REJECT || bl > KVX_RDMA_CM_MAX) {
+        kvx__set_why(why, wl, "exchange message type %u with %u body bytes (types 1..4, at most %u)",
+                     type, bl, (unsigned)KVX_RDMA_CM_MAX);
+        return KVX_ERR_PROTOCOL;
+    }
+    if (len - KVX_RDMA_CM_HEADER < bl) return KVX_OK;
+    b = p + KVX_RDMA_CM_HEADER;
+    m->type = (kvx_rdma_cm_type)type;
+    if (bl < 16) goto bad_len;
+    m->from = kvx__rdma_r64(b);
+    m->to = kvx__rdma_r64(b + 8);
+    if (type == KVX_RDMA_CM_READY) {
+        if (bl != 16) goto bad_len;
+    } else if (type == KVX_RDMA_CM_REJECT) {
+        if (bl < 24) goto bad_len;
+        m->result = (int32_t)kvx__rdma_r32(b + 16);
+        m->reason_len = kvx__rdma_r32(b + 20);
+        if (m->reason_len > KVX__RDMA_MAX_REASON || bl != 24 + m->reason_len) goto bad_len;
+        m->reason = (const char *)b + 24;
+    } else {
+        size_t off;
+        if (type == KVX_RDMA_CM_CONNECT) {
+            if (bl < 40) goto bad_len;
+            m->fingerprint = kvx__rdma_r64(b + 16);
+            m->nqp = kvx__rdma_r16(b + 24);
+            m->ndev = kvx__rdma_r16(b + 26);
+            m->nbuf = kvx__rdma_r32(b + 28);
+            m->naux = kvx__rdma_r32(b + 32);
+            if (kvx__rdma_r32(b + 36)) goto bad_fields;
+            fixed = 40;
+            if (m->nbuf < 1 || m->nbuf > KVX_MAX_BUFFERS || m->naux > KVX_MAX_AUX) {
+                kvx__set_why(why, wl, "CONNECT with %u KV buffers and %u aux buffers (1..%d, 0..%d)",
+                             m->nbuf, m->naux, KVX_MAX_BUFFERS, KVX_MAX_AUX);
+                return KVX_ERR_PROTOCOL;
+            }
+        } else {
+            if (bl < 24) goto bad_len;
+            m->nqp = kvx__rdma_r16(b + 16);
+            m->ndev = kvx__rdma_r16(b + 18);
+            if (kvx__rdma_r32(b + 20)) goto bad_fields;
+            fixed = 24;
+        }
+        if (m->nqp < 1 || m->nqp > KVX_RDMA_MAX_QPS || m->ndev < 1 || m->ndev > KVX_RDMA_MAX_DEVS) {
+            kvx__set_why(why, wl, "exchange message with %u queue pairs and %u ports (1..%d, 1..%d)",
+                         m->nqp, m->ndev, KVX_RDMA_MAX_QPS, KVX_RDMA_MAX_DEVS);
+            return KVX_ERR_PROTOCOL;
+        }
+        off = fixed + (size_t)m->nqp * KVX__RDMA_QP_ENTRY + (size_t)m->ndev * KVX_RDMA_DEV_ENTRY;
+        if (bl < off) goto bad_len;
+        for (i = 0; i < m->nqp; i++) {
+            const uint8_t *q = b + fixed + KVX__RDMA_QP_ENTRY * i;
+            m->qp[i].qpn = kvx__rdma_r32(q);
+            m->qp[i].psn = kvx__rdma_r32(q + 4);
+            m->qp[i].dev = kvx__rdma_r16(q + 8);
+            if (m->qp[i].qpn > 0xFFFFFFu || !m->qp[i].qpn || m->qp[i].psn > 0xFFFFFFu ||
+                m->qp[i].dev >= m->ndev || kvx__rdma_r16(q + 10)) {
+                kvx__set_why(why, wl, "queue pair entry %u: qpn %u, psn %u, port entry %u (24-bit "
+                             "nonzero qpn and psn, port entry < %u)", i, m->qp[i].qpn,
+                             m->qp[i].psn, m->qp[i].dev, m->ndev);
+                return KVX_ERR_PROTOCOL;
+            }
+        }
+        for (i = 0; i < m->ndev; i++)
+            if (kvx__rdma_port_read(b + fixed + KVX__RDMA_QP_ENTRY * m->nqp + KVX_RDMA_DEV_ENTRY * i,
+                                    &m->dev[i], why, wl, "exchange message", i))
+                return KVX_ERR_PROTOCOL;
+        if (type == KVX_RDMA_CM_ACCEPT) {
+            if (bl != off) goto bad_len;
+        } else {
+            size_t used = kvx__rdma_mr_walk(b + off, bl - off, m->ndev, m->nbuf + m->naux, why, wl);
+            if (!used) return KVX_ERR_PROTOCOL;
+            if (off + used != bl) goto bad_len;
+            m->mr = b + off;
+            m->mr_len = (uint32_t)used;
+        }
+    }
+    *consumed = KVX_RDMA_CM_HEADER + (size_t)bl;
+    return KVX_OK;
+bad_len:
+    kvx__set_why(why, wl, "exchange message type %u: body of %u bytes does not match its counts",
+                 type, bl);
+    return KVX_ERR_PROTOCOL;
+bad_fields:
+    kvx__set_why(why, wl, "exchange message type %u: reserved fields are not zero", type);
+    return KVX_ERR_PROTOCOL;
+}
+
+KVX_API int kvx_rdma_cm_region(const kvx_rdma_cm_msg *m, uint32_t dev, uint32_t buf,
+                               uint64_t *base, uint64_t *length, uint64_t *region_bytes,
+                               uint32_t *nregions, const uint8_t **rkeys_le) {
+    const uint8_t *p;
+    uint32_t d, i, n;
+    if (!m || !m->mr || dev >= m->ndev || buf >= m->nbuf + m->naux) return 0;
+    p = m->mr;
+    n = m->nbuf + m->naux;
+    for (d = 0; d <= dev; d++) {
+        uint64_t rb = kvx__rdma_r64(p);
+        p += 8;
+        for (i = 0; i < n; i++) {
+            uint32_t nr = kvx__rdma_r32(p + 16);
+            if (d == dev && i == buf) {
+                if (base) *base = kvx__rdma_r64(p);
+                if (length) *length = kvx__rdma_r64(p + 8);
+                if (region_bytes) *region_bytes = rb;
+                if (nregions) *nregions = nr;
+                if (rkeys_le) *rkeys_le = p + 20;
+                return 1;
+            }
+            p += 20 + (size_t)nr * 4;
+        }
+    }
+    return 0;
+}
+
+KVX_API uint32_t kvx_rdma_cm_rkey(const uint8_t *rkeys_le, uint32_t i) {
+    return kvx__rdma_r32(rkeys_le + 4u * i);
+}
+
+/* Starts a message in b: header with a body length to patch. */
+static KVX__UNUSED void kvx__rdma_cm_begin(kvx_buf *b, kvx_rdma_cm_type type) {
+    uint8_t h[KVX_RDMA_CM_HEADER];
+    memset(h, 0, sizeof h);
+    memcpy(h, kvx__rdma_cm_magic, 4);
+    kvx__rdma_w16(h + 4, KVX_RDMA_CM_VERSION);
+    kvx__rdma_w16(h + 6, (uint16_t)type);
+    b->len = 0;
+    kvx__rdma_put(b, h, sizeof h);
+}
+static KVX__UNUSED void kvx__rdma_cm_end(kvx_buf *b) {
+    if (!b->oom && b->len >= KVX_RDMA_CM_HEADER)
+        kvx__rdma_w32((uint8_t *)b->data + 8, (uint32_t)(b->len - KVX_RDMA_CM_HEADER));
+}
+static KVX__UNUSED void kvx__rdma_put_port(kvx_buf *b, const kvx_rdma_port_info *d) {
+    uint8_t t[KVX_RDMA_DEV_ENTRY];
+    kvx__rdma_port_write(t, d);
+    kvx__rdma_put(b, t, sizeof t);
+}
+static KVX__UNUSED void kvx__rdma_put_qp(kvx_buf *b, const kvx_rdma_qp_info *q) {
+    kvx__rdma_put32(b, q->qpn);
+    kvx__rdma_put32(b, q->psn);
+    kvx__rdma_put16(b, q->dev);
+    kvx__rdma_put16(b, 0);
+}
+static KVX__UNUSED void kvx__rdma_cm_reject(kvx_buf *b, uint64_t from, uint64_t to, kvx_result res,
+                                            const char *reason) {
+    size_t rl = strlen(reason);
+    if (rl > KVX__RDMA_MAX_REASON) rl = KVX__RDMA_MAX_REASON;
+    kvx__rdma_cm_begin(b, KVX_RDMA_CM_REJECT);
+    kvx__rdma_put64(b, from);
+    kvx__rdma_put64(b, to);
+    kvx__rdma_put32(b, (uint32_t)res);
+    kvx__rdma_put32(b, (uint32_t)rl);
+    kvx__rdma_put(b, reason, rl);
+    kvx__rdma_cm_end(b);
+}
+
+/* >>rdma: process-wide registries ------------------------------------------ */
+
+static pthread_mutex_t kvx__rdma_dmabuf_mu = PTHREAD_MUTEX_INITIALIZER;
+static kvx_rdma_dmabuf kvx__rdma_dmabuf_ops;
+
+KVX_API void kvx_rdma_set_dmabuf(const kvx_rdma_dmabuf *ops) {
+    pthread_mutex_lock(&kvx__rdma_dmabuf_mu);
+    if (ops) kvx__rdma_dmabuf_ops = *ops;
+    else memset(&kvx__rdma_dmabuf_ops, 0, sizeof kvx__rdma_dmabuf_ops);
+    pthread_mutex_unlock(&kvx__rdma_dmabuf_mu);
+}
+
+static KVX__UNUSED kvx_rdma_dmabuf kvx__rdma_dmabuf_get(void) {
+    kvx_rdma_dmabuf o;
+    pthread_mutex_lock(&kvx__rdma_dmabuf_mu);
+    o = kvx__rdma_dmabuf_ops;
+    pthread_mutex_unlock(&kvx__rdma_dmabuf_mu);
+    return o;
+}
+
+KVX_API kvx_result kvx_rdma_register(void) { return kvx_transport_register(kvx_rdma_backend()); }
+
+#ifdef KVX_WITH_RDMA
+/* ======================================================================== */
+/*                         the transport (KVX_WITH_RDMA)                    */
+/* ======================================================================== */
+#ifdef __cplusplus
+}
+#endif
+#include <infiniband/verbs.h>
+#include <dlfcn.h>
+#include <unistd.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <limits.h>
+#include <sys/types.h>
+#include <sys/socket.h>
+#include <sys/resource.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <arpa/inet.h>
+#include <netdb.h>
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* >>rdma: verbs loader ------------------------------------------------------ */
+
+/* Every non-inline verb the transport calls. The inline ibv_post_send,
+   ibv_post_recv, ibv_poll_cq and ibv_req_notify_cq go through ctx->ops. */
+typedef struct kvx__rdma_verbs {
+    void *lib;
+    char path[256];
+    struct ibv_device **(*get_device_list)(int *n);
+    void (*free_device_list)(struct ibv_device **l);
+    const char *(*get_device_name)(struct ibv_device *d);
+    struct ibv_context *(*open_device)(struct ibv_device *d);
+    int (*close_device)(struct ibv_context *c);
+    int (*query_device)(struct ibv_context *c, struct ibv_device_attr *a);
+    int (*query_port)(struct ibv_context *c, uint8_t port, struct _compat_ibv_port_attr *a);
+    int (*query_gid)(struct ibv_context *c, uint8_t port, int index, union ibv_gid *gid);
+    int (*query_gid_ex)(struct ibv_context *c, uint32_t port, uint32_t index,
+                        struct ibv_gid_entry *e, uint32_t flags, size_t entry_size); /* optional */
+    struct ibv_pd *(*alloc_pd)(struct ibv_context *c);
+    int (*dealloc_pd)(struct ibv_pd *pd);
+    struct ibv_mr *(*reg_mr)(struct ibv_pd *pd, void *addr, size_t len, int access);
+    struct ibv_mr *(*reg_mr_iova2)(struct ibv_pd *pd, void *addr, size_t len, uint64_t iova,
+                                   unsigned int access); /* optional */
+    struct ibv_mr *(*reg_dmabuf_mr)(struct ibv_pd *pd, uint64_t offset, size_t len, uint64_t iova,
+                                    int fd, int access); /* optional */
+    int (*dereg_mr)(struct ibv_mr *mr);
+    struct ibv_comp_channel *(*create_comp_channel)(struct ibv_context *c);
+    int (*destroy_comp_channel)(struct ibv_comp_channel *ch);
+    struct ibv_cq *(*create_cq)(struct ibv_context *c, int cqe, void *ctx,
+                                struct ibv_comp_channel *ch, int vector);
+    int (*destroy_cq)(struct ibv_cq *cq);
+    int (*get_cq_event)(struct ibv_comp_channel *ch, struct ibv_cq **cq, void **ctx);
+    void (*ack_cq_events)(struct ibv_cq *cq, unsigned int n);
+    struct ibv_qp *(*create_qp)(struct ibv_pd *pd, struct ibv_qp_init_attr *a);
+    int (*modify_qp)(struct ibv_qp *qp, struct ibv_qp_attr *a, int mask);
+    int (*destroy_qp)(struct ibv_qp *qp);
+    int (*get_async_event)(struct ibv_context *c, struct ibv_async_event *ev);
+    void (*ack_async_event)(struct ibv_async_event *ev);
+    const char *(*wc_status_str)(enum ibv_wc_status s);
+    const char *(*event_type_str)(enum ibv_event_type t);
+    const char *(*port_state_str)(enum ibv_port_state s);
+} kvx__rdma_verbs;
+
+#ifdef KVX_NO_RUNTIME_LINKING
+static kvx_result kvx__rdma_load(kvx__rdma_verbs *v, const char *path, char *why, size_t wl) {
+    (void)why; (void)wl;
+    memset(v, 0, sizeof *v);
+    snprintf(v->path, sizeof v->path, "%s (linked)", path ? path : "libibverbs");
+    v->get_device_list = ibv_get_device_list;
+    v->free_device_list = ibv_free_device_list;
+    v->get_device_name = ibv_get_device_name;
+    v->open_device = ibv_open_device;
+    v->close_device = ibv_close_device;
+    v->query_device = ibv_query_device;
+    v->query_port = (ibv_query_port);
+    v->query_gid = ibv_query_gid;
+    v->query_gid_ex = _ibv_query_gid_ex;
+    v->alloc_pd = ibv_alloc_pd;
+    v->dealloc_pd = ibv_dealloc_pd;
+    v->reg_mr = (ibv_reg_mr);
+    v->reg_mr_iova2 = ibv_reg_mr_iova2;
+    v->reg_dmabuf_mr = ibv_reg_dmabuf_mr;
+    v->dereg_mr = ibv_dereg_mr;
+    v->create_comp_channel = ibv_create_comp_channel;
+    v->destroy_comp_channel = ibv_destroy_comp_channel;
+    v->create_cq = ibv_create_cq;
+    v->destroy_cq = ibv_destroy_cq;
+    v->get_cq_event = ibv_get_cq_event;
+    v->ack_cq_events = ibv_ack_cq_events;
+    v->create_qp = ibv_create_qp;
+    v->modify_qp = ibv_modify_qp;
+    v->destroy_qp = ibv_destroy_qp;
+    v->get_async_event = ibv_get_async_event;
+    v->ack_async_event = ibv_ack_async_event;
+    v->wc_status_str = ibv_wc_status_str;
+    v->event_type_str = ibv_event_type_str;
+    v->port_state_str = ibv_port_state_str;
+    return KVX_OK;
+}
+static void kvx__rdma_unload(kvx__rdma_verbs *v) { (void)v; }
+#else
+/* dlsym into a function pointer without the object-to-function cast
+   ISO C does not define. */
+static int kvx__rdma_sym(void *lib, const char *name, void *fnp, int required, char *why, size_t wl,
+                         const char *path) {
+    void *p = dlsym(lib, name);
+    if (!p && required) {
+        kvx__set_why(why, wl, "%s has no symbol %s: is it libibverbs (rdma-core)? "
+                     "(KVX_IBVERBS_LIBRARY / desc.rdma.library)", path, name);
+        return -1;
+    }
+    memcpy(fnp, &p, sizeof p);
+    return 0;
+}
+
+static kvx_result kvx__rdma_load(kvx__rdma_verbs *v, const char *path, char *why, size_t wl) {
+    int bad = 0;
+    memset(v, 0, sizeof *v);
+    snprintf(v->path, sizeof v->path, "%s", path);
+    v->lib = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    if (!v->lib) {
+        const char *e = dlerror();
+        kvx__set_why(why, wl, "cannot load the verbs library %s: %s. Install libibverbs "
+                     "(rdma-core: Debian/Ubuntu libibverbs1, RHEL libibverbs) or point "
+                     "KVX_IBVERBS_LIBRARY at it", path, e ? e : "unknown error");
+        return KVX_ERR_NOT_FOUND;
+    }
+#define KVX__RDMA_SYM(field, name, req) \
+    bad |= kvx__rdma_sym(v->lib, name, (void *)&v->field, req, why, wl, path)
+    KVX__RDMA_SYM(get_device_list, "ibv_get_device_list", 1);
+    KVX__RDMA_SYM(free_device_list, "ibv_free_device_list", 1);
+    KVX__RDMA_SYM(get_device_name, "ibv_get_device_name", 1);
+    KVX__RDMA_SYM(open_device, "ibv_open_device", 1);
+    KVX__RDMA_SYM(close_device, "ibv_close_device", 1);
+    KVX__RDMA_SYM(query_device, "ibv_query_device", 1);
+    KVX__RDMA_SYM(query_port, "ibv_query_port", 1);
+    KVX__RDMA_SYM(query_gid, "ibv_query_gid", 1);
+    KVX__RDMA_SYM(query_gid_ex, "_ibv_query_gid_ex", 0);
+    KVX__RDMA_SYM(alloc_pd, "ibv_alloc_pd", 1);
+    KVX__RDMA_SYM(dealloc_pd, "ibv_dealloc_pd", 1);
+    KVX__RDMA_SYM(reg_mr, "ibv_reg_mr", 1);
+    KVX__RDMA_SYM(reg_mr_iova2, "ibv_reg_mr_iova2", 0);
+    KVX__RDMA_SYM(reg_dmabuf_mr, "ibv_reg_dmabuf_mr", 0);
+    KVX__RDMA_SYM(dereg_mr, "ibv_dereg_mr", 1);
+    KVX__RDMA_SYM(create_comp_channel, "ibv_create_comp_channel", 1);
+    KVX__RDMA_SYM(destroy_comp_channel, "ibv_destroy_comp_channel", 1);
+    KVX__RDMA_SYM(create_cq, "ibv_create_cq", 1);
+    KVX__RDMA_SYM(destroy_cq, "ibv_destroy_cq", 1);
+    KVX__RDMA_SYM(get_cq_event, "ibv_get_cq_event", 1);
+    KVX__RDMA_SYM(ack_cq_events, "ibv_ack_cq_events", 1);
+    KVX__RDMA_SYM(create_qp, "ibv_create_qp", 1);
+    KVX__RDMA_SYM(modify_qp, "ibv_modify_qp", 1);
+    KVX__RDMA_SYM(destroy_qp, "ibv_destroy_qp", 1);
+    KVX__RDMA_SYM(get_async_event, "ibv_get_async_event", 1);
+    KVX__RDMA_SYM(ack_async_event, "ibv_ack_async_event", 1);
+    KVX__RDMA_SYM(wc_status_str, "ibv_wc_status_str", 0);
+    KVX__RDMA_SYM(event_type_str, "ibv_event_type_str", 0);
+    KVX__RDMA_SYM(port_state_str, "ibv_port_state_str", 0);
+#undef KVX__RDMA_SYM
+    if (bad) {
+        dlclose(v->lib);
+        v->lib = NULL;
+        return KVX_ERR_NOT_FOUND;
+    }
+    return KVX_OK;
+}
+static void kvx__rdma_unload(kvx__rdma_verbs *v) {
+    if (v->lib) dlclose(v->lib);
+    v->lib = NULL;
+}
+#endif
+
+static const char *kvx__rdma_wc_str(const kvx__rdma_verbs *v, enum ibv_wc_status s) {
+    if (v->wc_status_str) return v->wc_status_str(s);
+    return "work completion error";
+}
+static const char *kvx__rdma_ev_str(const kvx__rdma_verbs *v, enum ibv_event_type t) {
+    if (v->event_type_str) return v->event_type_str(t);
+    return "async event";
+}
+
+static int kvx__rdma_query_port(const kvx__rdma_verbs *v, struct ibv_context *c, uint8_t port,
+                                struct ibv_port_attr *a);
+
+/* ___ibv_query_port of verbs.h, with the exported symbol resolved by us. */
+static int kvx__rdma_query_port(const kvx__rdma_verbs *v, struct ibv_context *c, uint8_t port,
+                                struct ibv_port_attr *a) {
+    memset(a, 0, sizeof *a);
+    if (c->abi_compat == __VERBS_ABI_IS_EXTENDED) {
+        struct verbs_context *vc =
+            (struct verbs_context *)((uint8_t *)c - offsetof(struct verbs_context, context));
+        if (vc->sz >= sizeof(*vc) - offsetof(struct verbs_context, query_port) && vc->query_port)
+            return vc->query_port(c, port, a, sizeof *a);
+    }
+    return v->query_port(c, port, (struct _compat_ibv_port_attr *)a);
+}
+
+/* >>rdma: settings and state ----------------------------------------------- */
+
+typedef struct kvx__rdma_cfg {
+    const char *library, *devices;
+    int gid_index; /* -1 auto */
+    int qps, signal_every, send_depth, recv_depth, timeout, retry_cnt, rnr_retry, sl, tclass;
+    int cm_port, relaxed;
+    uint64_t max_msg;
+    double connect_timeout_s, fence_timeout_s;
+} kvx__rdma_cfg;
+
+/* One registered buffer on one port: regions of region_bytes each. */
+typedef struct kvx__rdma_mr {
+    uint32_t n;
+    struct ibv_mr **mr;
+} kvx__rdma_mr;
+
+/* One NIC port this engine uses (its own device context and PD). */
+typedef struct kvx__rdma_dev {
+    kvx_rdma_port_info info;
+    struct ibv_context *ctx;
+    struct ibv_pd *pd;
+    struct ibv_comp_channel *ch;
+    int is_global;
+    uint64_t region_bytes;
+    uint32_t max_qp_wr;
+    int max_cqe;
+    kvx__rdma_mr *kv, *aux;
+    int down;       /* atomic: PORT_ERR seen, no PORT_ACTIVE since */
+    int fatal;      /* atomic: DEVICE_FATAL seen */
+} kvx__rdma_dev;
+
+struct kvx__rdma_engine;
+struct kvx__rdma_pair;
+struct kvx__rdma_room;
+
+/* A WRITE's bookkeeping until a signaled completion covers it. */
+typedef struct kvx__rdma_slot {
+    struct kvx__rdma_room *room;
+    uint32_t len;
+    uint32_t final; /* the room's last WRITE on this queue pair */
+} kvx__rdma_slot;
+
+typedef struct kvx__rdma_job kvx__rdma_job;
+
+/* One queue pair's share of a plan (a contiguous range of its pieces),
+   or with job == NULL a zero-length WRITE WITH IMMEDIATE (a fence). */
+typedef struct kvx__rdma_work {
+    struct kvx__rdma_work *next;
+    struct kvx__rdma_room *room;
+    kvx__rdma_job *job;
+    size_t s, es;      /* cursor span / end span */
+    uint64_t off, eoff; /* offset in span s / end offset in span es */
+    int final;         /* the last WRITE is WITH IMMEDIATE and signaled */
+    int owned;         /* malloc'ed (fences, aux); else inside the job */
+} kvx__rdma_work;
+
+struct kvx__rdma_job {
+    kvx_plan plan;
+    int refs;          /* works still posting, under pair->mu */
+    int nworks;
+    kvx__rdma_work *w; /* nworks, in the same allocation */
+};
+
+typedef struct kvx__rdma_qp {
+    struct kvx__rdma_pair *pair;
+    int idx;
+    kvx__rdma_dev *dev;     /* local port */
+    uint32_t rdev;          /* peer port entry */
+    struct ibv_cq *cq;
+    struct ibv_qp *qp;
+    uint32_t psn;
+    uint32_t depth;         /* outstanding WRITEs at most (prefill) */
+    uint64_t posted, done;  /* sequence numbers, wr_id = sequence */
+    uint32_t unsig;         /* WRITEs since the last signaled one */
+    kvx__rdma_slot *ring;   /* depth slots */
+    kvx__rdma_work *head, *tail;
+    uint32_t recv_posted;   /* decode */
+} kvx__rdma_qp;
+
+/* The peer's registered regions on one of its ports. */
+typedef struct kvx__rdma_rbuf {
+    uint64_t base, length;
+    uint32_t n;
+    uint32_t *rkeys;
+} kvx__rdma_rbuf;
+typedef struct kvx__rdma_rdev {
+    kvx_rdma_port_info info;
+    uint64_t region_bytes;
+    kvx__rdma_rbuf *kv, *aux;
+} kvx__rdma_rdev;
+
+enum { KVX__RP_CONNECTING = 0, KVX__RP_READY = 1, KVX__RP_DEAD = 2 };
+
+/* The connection with one peer engine: nqp RC queue pairs. */
+typedef struct kvx__rdma_pair {
+    struct kvx__rdma_engine *re;
+    int refs;                 /* atomic */
+    int state;                /* atomic KVX__RP_* */
+    uint64_t peer;            /* the peer's instance */
+    char peer_addr[96];       /* for messages: "decode 10.0.0.2:41234" */
+    int nqp;
+    kvx__rdma_qp *qp;
+    int nrdev;
+    kvx__rdma_rdev *rdev;     /* prefill: the decode side's regions */
+    kvx_layout peer_layout;   /* prefill: the decode pool, for planning */
+    kvx_buffer *peer_bufs;
+    kvx_aux_buffer *peer_aux;
+    pthread_mutex_t mu;       /* data path */
+    pthread_cond_t cv;        /* rooms draining */
+    struct kvx__rdma_room *rooms; /* prefill: attached rooms, under mu */
+    char reason[KVX_ERROR_MAX];   /* why it died, under mu */
+    kvx_result why_res;
+    uint32_t peer_qpn0;       /* prefill: the decode side's first queue pair number */
+    /* decode: which rooms it serves (kvx_boot's dp rule) */
+    char bootstrap[256];
+    int dp_rank, dp_size;
+    struct kvx__rdma_pair *next, *grave_next; /* under re->mu */
+    int listed;
+} kvx__rdma_pair;
+
+/* Decode: a prefill rank whose control connection is up. */
+typedef struct kvx__rdma_peer {
+    uint64_t instance;
+    char ip[64];
+    int cm_port;
+    char addr[96];
+    char bootstrap[256];
+    int dp_rank, dp_size;
+    kvx_rdma_hello hello;
+    kvx__rdma_pair *pair;     /* current, referenced; under re->mu */
+    int dialing;
+    struct kvx__rdma_peer *next;
+} kvx__rdma_peer;
+
+/* Decode: what one room received from one prefill engine. */
+typedef struct kvx__rdma_src {
+    uint64_t instance;
+    uint32_t marks;  /* immediates */
+    uint32_t nqp;
+    int status;      /* Success status seen */
+    uint64_t bytes;
+} kvx__rdma_src;
+
+typedef struct kvx__rdma_room {
+    kvx_room *room;
+    struct kvx__rdma_engine *re;
+    uint64_t id;
+    uint32_t tag;
+    /* prefill */
+    pthread_mutex_t mu;        /* orders chunk submission with attaching */
+    uint64_t decode;           /* the decode engine's instance */
+    char decode_addr[96];
+    int have_dst;
+    int32_t *dst;
+    uint32_t ndst;
+    int32_t dst_aux, src_aux;
+    kvx_chunk **chunks;        /* parked until the connection is ready */
+    uint32_t nchunks, cchunks;
+    int parked;                /* under re->mu */
+    uint64_t park_deadline;
+    struct kvx__rdma_room *park_next;
+    kvx__rdma_pair *pair;      /* attached (referenced) */
+    struct kvx__rdma_room *pnext, *pprev; /* pair->rooms */
+    /* under pair->mu */
+    uint32_t works;
+    uint64_t inflight;
+    int last_queued, aux_needed, aux_queued, finished, cancelled;
+    int others_pending;
+    uint64_t final_mask;
+    uint64_t bytes_planned, bytes_done;
+    int touched;
+    struct kvx__rdma_room *tnext, *fnext;
+    uint64_t fbytes;
+    /* decode (under re->rx_mu) */
+    int in_table, deferred, succeeded_rx;
+    uint64_t expected;
+    int targets;
+    kvx__rdma_src src[4];
+    int nsrc;
+    char bootstrap[256];
+    int32_t *def_pages;
+    uint32_t def_n;
+    int32_t def_aux;
+    struct kvx__rdma_room *hnext, *dnext;
+} kvx__rdma_room;
+
+#define KVX__RDMA_BUCKETS 4096
+
+typedef struct kvx__rdma_engine {
+    kvx_engine *e;
+    kvx_boot *boot;
+    kvx_role role;
+    kvx__rdma_cfg cfg;
+    kvx__rdma_verbs v;
+    kvx__rdma_dev dev[KVX_RDMA_MAX_DEVS];
+    int ndev;
+    uint64_t instance;
+    uint8_t hello[KVX_RDMA_HELLO_FIXED + KVX_RDMA_DEV_ENTRY * KVX_RDMA_MAX_DEVS];
+    size_t hello_len;
+    int qps;                   /* this side's KVX_IB_QPS */
+    char host[256];            /* prefill: where the exchange listener binds */
+    int listen_fd, cm_port;
+    int wake_rd, wake_wr;      /* wakes the completion thread */
+    int stop_rd, stop_wr;      /* readable once the engine stops */
+    int stop;                  /* atomic */
+    pthread_t thread;
+    int thread_started;
+    kvx_workq *cmq;
+    pthread_mutex_t mu;        /* pairs, peers, parked rooms */
+    pthread_mutex_t gmu;       /* graveyard (taken alone: unref may run under mu) */
+    kvx__rdma_pair *pairs, *grave;
+    kvx__rdma_peer *peers;
+    kvx__rdma_room *parked;
+    int stopping;
+    pthread_mutex_t rx_mu;     /* decode: tag table */
+    pthread_cond_t rx_cv;
+    kvx__rdma_room *buckets[KVX__RDMA_BUCKETS];
+    kvx__rdma_room *deferred;
+    kvx_rdma_stats st;         /* atomics */
+} kvx__rdma_engine;
+
+#define KVX__RDMA_STAT(re, f, n) KVX__ADD(&(re)->st.f, (uint64_t)(n))
+
+static kvx__rdma_engine *kvx__rdma_re(const kvx_engine *e) {
+    return (kvx__rdma_engine *)kvx_engine_backend_data(e);
+}
+static kvx__rdma_room *kvx__rdma_rr(const kvx_room *r) { return (kvx__rdma_room *)kvx_room_data(r); }
+
+/* The room id folded to the 32-bit immediate. */
+static uint32_t kvx__rdma_tag(uint64_t room) { return (uint32_t)(room ^ (room >> 32)); }
+
+static void kvx__rdma_abs(struct timespec *ts, double s) {
+    clock_gettime(CLOCK_REALTIME, ts);
+    ts->tv_sec += (time_t)s;
+    ts->tv_nsec += (long)((s - (double)(time_t)s) * 1e9);
+    if (ts->tv_nsec >= 1000000000L) { ts->tv_sec++; ts->tv_nsec -= 1000000000L; }
+}
+
+static uint64_t kvx__rdma_random64(void) {
+    uint64_t x = 0;
+    int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
+    if (fd >= 0) {
+        ssize_t r = read(fd, &x, sizeof x);
+        (void)r;
+        close(fd);
+    }
+    x ^= kvx_now_ns() * 0x9E3779B97F4A7C15ull ^ ((uint64_t)getpid() << 32);
+    x ^= x >> 31;
+    x *= 0xBF58476D1CE4E5B9ull;
+    x ^= x >> 29;
+    return x ? x : 1;
+}
+
+static void kvx__rdma_wake(kvx__rdma_engine *re) {
+    char c = 1;
+    ssize_t w = write(re->wake_wr, &c, 1);
+    (void)w;
+}
+
+/* "; mlx5_0 port 1 is DOWN" when a completion error has that cause. */
+static void kvx__rdma_port_note(kvx__rdma_engine *re, const kvx__rdma_dev *d, char *out, size_t n) {
+    struct ibv_port_attr pa;
+    out[0] = 0;
+    if (KVX__LOAD(&d->fatal)) {
+        snprintf(out, n, "; %s is in a fatal state (IBV_EVENT_DEVICE_FATAL)", d->info.name);
+        return;
+    }
+    if (kvx__rdma_query_port(&re->v, d->ctx, d->info.port, &pa) == 0 && pa.state != IBV_PORT_ACTIVE)
+        snprintf(out, n, "; %s port %u is %s (the link went down)", d->info.name,
+                 (unsigned)d->info.port,
+                 re->v.port_state_str ? re->v.port_state_str(pa.state) : "not active");
+}
+
+/* >>rdma: settings ------------------------------------------------------------ */
+
+static kvx_result kvx__rdma_env_int(const char *name, int *v, int lo, int hi, char *why, size_t wl) {
+    int x = *v;
+    kvx_result r = kvx_env_int(name, &x, why, wl);
+    if (r != KVX_OK) return r;
+    if (x < lo || x > hi) {
+        kvx__set_why(why, wl, "%s=%d is outside [%d, %d]", name, x, lo, hi);
+        return KVX_ERR_BAD_CONFIG;
+    }
+    *v = x;
+    return KVX_OK;
+}
+
+static kvx_result kvx__rdma_settings(kvx__rdma_engine *re, char *why, size_t wl) {
+    const kvx_engine_desc *d = kvx_engine_settings(re->e);
+    kvx__rdma_cfg *c = &re->cfg;
+    int gid = d->rdma.gid_index > 0 ? d->rdma.gid_index : -1, max_msg = 1 << 20;
+    const char *gs = getenv("KVX_IB_GID_INDEX");
+    kvx_result r;
+    c->library = d->rdma.library ? d->rdma.library : "libibverbs.so.1";
+    c->devices = d->rdma.devices;
+    kvx_env_str("KVX_IBVERBS_LIBRARY", &c->library);
+    kvx_env_str("KVX_IB_DEVICE", &c->devices);
+    c->qps = d->rdma.qps > 0 ? d->rdma.qps : 2;
+    c->signal_every = 16;
+    c->send_depth = 1024;
+    c->recv_depth = 512;
+    c->timeout = 14;
+    c->retry_cnt = 7;
+    c->rnr_retry = 7;
+    c->relaxed = 1;
+    c->connect_timeout_s = 10;
+    c->fence_timeout_s = 2;
+    if (gs && *gs && (r = kvx__rdma_env_int("KVX_IB_GID_INDEX", &gid, -1, 65535, why, wl))) return r;
+    if ((r = kvx__rdma_env_int("KVX_IB_QPS", &c->qps, 1, KVX_RDMA_MAX_QPS, why, wl)) ||
+        (r = kvx__rdma_env_int("KVX_IB_MAX_MSG", &max_msg, 4096, 1 << 30, why, wl)) ||
+        (r = kvx__rdma_env_int("KVX_IB_SIGNAL_EVERY", &c->signal_every, 1, 4096, why, wl)) ||
+        (r = kvx__rdma_env_int("KVX_IB_SEND_DEPTH", &c->send_depth, 16, 1 << 20, why, wl)) ||
+        (r = kvx__rdma_env_int("KVX_IB_RECV_DEPTH", &c->recv_depth, 16, 1 << 20, why, wl)) ||
+        (r = kvx__rdma_env_int("KVX_IB_TIMEOUT", &c->timeout, 0, 31, why, wl)) ||
+        (r = kvx__rdma_env_int("KVX_IB_RETRY_CNT", &c->retry_cnt, 0, 7, why, wl)) ||
+        (r = kvx__rdma_env_int("KVX_IB_RNR_RETRY", &c->rnr_retry, 0, 7, why, wl)) ||
+        (r = kvx__rdma_env_int("KVX_IB_SL", &c->sl, 0, 15, why, wl)) ||
+        (r = kvx__rdma_env_int("KVX_IB_TRAFFIC_CLASS", &c->tclass, 0, 255, why, wl)) ||
+        (r = kvx__rdma_env_int("KVX_IB_RELAXED_ORDERING", &c->relaxed, 0, 1, why, wl)) ||
+        (r = kvx__rdma_env_int("KVX_IB_CM_PORT", &c->cm_port, 0, 65535, why, wl)) ||
+        (r = kvx_env_double("KVX_IB_CONNECT_TIMEOUT", &c->connect_timeout_s, why, wl)) ||
+        (r = kvx_env_double("KVX_IB_FENCE_TIMEOUT", &c->fence_timeout_s, why, wl)))
+        return r;
+    c->gid_index = gid;
+    c->max_msg = (uint64_t)max_msg;
+    if (c->connect_timeout_s <= 0) c->connect_timeout_s = 10;
+    if (c->send_depth < 2 * c->signal_every) c->send_depth = 2 * c->signal_every;
+    return KVX_OK;
+}
+
+/* >>rdma: devices ------------------------------------------------------------- */
+
+static int kvx__rdma_gid_zero(const uint8_t *g) {
+    int i;
+    for (i = 0; i < 16; i++)
+        if (g[i]) return 0;
+    return 1;
+}
+static int kvx__rdma_gid_linklocal(const uint8_t *g) { return g[0] == 0xfe && (g[1] & 0xc0) == 0x80; }
+static int kvx__rdma_gid_v4mapped(const uint8_t *g) {
+    static const uint8_t pre[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+    return !memcmp(g, pre, 12);
+}
+
+static void kvx__rdma_gid_str(const uint8_t *g, char *out, size_t n) {
+    if (!inet_ntop(AF_INET6, g, out, (socklen_t)n)) snprintf(out, n, "?");
+}
+
+/* RoCE GID type: 2 RoCE v2, 1 RoCE v1 (or IB), 0 unknown. */
+static int kvx__rdma_gid_type(const kvx__rdma_verbs *v, struct ibv_context *c, const char *name,
+                              uint8_t port, int idx) {
+    char path[256], buf[64];
+    FILE *f;
+    if (v->query_gid_ex) {
+        struct ibv_gid_entry e;
+        memset(&e, 0, sizeof e);
+        if (v->query_gid_ex(c, port, (uint32_t)idx, &e, 0, sizeof e) == 0)
+            return e.gid_type == IBV_GID_TYPE_ROCE_V2 ? 2 : 1;
+    }
+    snprintf(path, sizeof path, "/sys/class/infiniband/%s/ports/%u/gid_attrs/types/%d", name,
+             (unsigned)port, idx);
+    f = fopen(path, "r");
+    if (!f) return 0;
+    buf[0] = 0;
+    if (!fgets(buf, sizeof buf, f)) buf[0] = 0;
+    fclose(f);
+    if (strstr(buf, "v2")) return 2;
+    return buf[0] ? 1 : 0;
+}
+
+/* Picks the GID of a port: explicit index, or on RoCE the best candidate. */
+static kvx_result kvx__rdma_pick_gid(kvx__rdma_engine *re, kvx__rdma_dev *d,
+                                     const struct ibv_port_attr *pa, char *why, size_t wl) {
+    const kvx__rdma_verbs *v = &re->v;
+    union ibv_gid g;
+    int idx, best = -1, best_score = 0, n = pa->gid_tbl_len > 1024 ? 1024 : pa->gid_tbl_len;
+    char gs[64];
+    if (re->cfg.gid_index >= 0) {
+        idx = re->cfg.gid_index;
+        if (idx >= pa->gid_tbl_len || v->query_gid(d->ctx, d->info.port, idx, &g) ||
+            kvx__rdma_gid_zero(g.raw)) {
+            kvx__set_why(why, wl, "KVX_IB_GID_INDEX=%d: %s port %u has no GID there (its table "
+                         "holds %d entries; `show_gids` lists them)", idx, d->info.name,
+                         (unsigned)d->info.port, pa->gid_tbl_len);
+            return KVX_ERR_BAD_CONFIG;
+        }
+        memcpy(d->info.gid, g.raw, 16);
+        d->info.gid_index = (uint8_t)idx;
+        d->is_global = 1;
+        return KVX_OK;
+    }
+    if (d->info.link_layer != 2) { /* InfiniBand: LID routing, GID 0 for the record */
+        if (v->query_gid(d->ctx, d->info.port, 0, &g) == 0) memcpy(d->info.gid, g.raw, 16);
+        d->info.gid_index = 0;
+        d->is_global = 0;
+        if (!pa->lid) {
+            kvx__set_why(why, wl, "%s port %u is InfiniBand without a LID (is a subnet manager "
+                         "running?)", d->info.name, (unsigned)d->info.port);
+            return KVX_ERR_TRANSPORT;
+        }
+        return KVX_OK;
+    }
+    for (idx = 0; idx < n; idx++) {
+        int score, type;
+        if (v->query_gid(d->ctx, d->info.port, idx, &g) || kvx__rdma_gid_zero(g.raw) ||
+            kvx__rdma_gid_linklocal(g.raw))
+            continue;
+        type = kvx__rdma_gid_type(v, d->ctx, d->info.name, d->info.port, idx);
+        if (type == 0) type = kvx__rdma_gid_v4mapped(g.raw) ? 2 : 1;
+        score = type == 2 ? (kvx__rdma_gid_v4mapped(g.raw) ? 3 : 2) : 1;
+        if (score > best_score) { best = idx; best_score = score; memcpy(d->info.gid, g.raw, 16); }
+    }
+    if (best < 0) {
+        kvx__set_why(why, wl, "%s port %u (RoCE) has no usable GID: every entry is empty or "
+                     "link-local. Give the interface an IP address, or set KVX_IB_GID_INDEX",
+                     d->info.name, (unsigned)d->info.port);
+        return KVX_ERR_TRANSPORT;
+    }
+    d->info.gid_index = (uint8_t)best;
+    d->is_global = 1;
+    kvx__rdma_gid_str(d->info.gid, gs, sizeof gs);
+    kvx_engine_log(re->e, KVX_LOG_INFO, "kvx.rdma", 0, "%s port %u: GID index %d (%s, %s)",
+                   d->info.name, (unsigned)d->info.port, best, gs,
+                   best_score >= 2 ? "RoCE v2" : "RoCE v1");
+    return KVX_OK;
+}
+
+/* Is "name" (port p) selected by KVX_IB_DEVICE? *port_out = 0: any port. */
+static int kvx__rdma_dev_selected(const char *list, const char *name, int *port_out) {
+    const char *p = list;
+    size_t nl = strlen(name);
+    *port_out = 0;
+    if (!list || !*list) return 1;
+    while (*p) {
+        const char *e = strchr(p, ','), *colon;
+        size_t l = e ? (size_t)(e - p) : strlen(p);
+        while (l && *p == ' ') { p++; l--; }
+        while (l && p[l - 1] == ' ') l--;
+        colon = (const char *)memchr(p, ':', l);
+        if ((colon ? (size_t)(colon - p) : l) == nl && !memcmp(p, name, nl)) {
+            *port_out = colon ? atoi(colon + 1) : 0;
+            return 1;
+        }
+        if (!e) break;
+        p = e + 1;
+    }
+    return 0;
+}
+
+static void kvx__rdma_dev_close(kvx__rdma_engine *re, kvx__rdma_dev *d) {
+    const kvx_layout *l = kvx_engine_layout(re->e);
+    uint32_t i, k;
+    for (i = 0; d->kv && i < l->num_buffers; i++) {
+        for (k = 0; k < d->kv[i].n; k++)
+            if (d->kv[i].mr[k]) re->v.dereg_mr(d->kv[i].mr[k]);
+        free(d->kv[i].mr);
+    }
+    for (i = 0; d->aux && i < l->num_aux; i++) {
+        for (k = 0; k < d->aux[i].n; k++)
+            if (d->aux[i].mr[k]) re->v.dereg_mr(d->aux[i].mr[k]);
+        free(d->aux[i].mr);
+    }
+    free(d->kv);
+    free(d->aux);
+    if (d->ch) re->v.destroy_comp_channel(d->ch);
+    if (d->pd) re->v.dealloc_pd(d->pd);
+    if (d->ctx) re->v.close_device(d->ctx);
+    memset(d, 0, sizeof *d);
+}
+
+/* Opens one port: context, attributes, GID. 1 added, 0 skipped (why2 says
+   why), -1 error. */
+static int kvx__rdma_port_open(kvx__rdma_engine *re, struct ibv_device *dv, const char *name,
+                               uint8_t port, char *why, size_t wl, char *note, size_t nl,
+                               kvx_result *res) {
+    kvx__rdma_dev *d = &re->dev[re->ndev];
+    struct ibv_device_attr da;
+    struct ibv_port_attr pa;
+    memset(d, 0, sizeof *d);
+    snprintf(d->info.name, sizeof d->info.name, "%s", name);
+    d->info.port = port;
+    d->ctx = re->v.open_device(dv);
+    if (!d->ctx) {
+        kvx__set_why(why, wl, "cannot open RDMA device %s: %s", name, strerror(errno));
+        return -1;
+    }
+    if (re->v.query_device(d->ctx, &da) || kvx__rdma_query_port(&re->v, d->ctx, port, &pa)) {
+        kvx__set_why(why, wl, "cannot query RDMA device %s port %u: %s", name, (unsigned)port,
+                     strerror(errno));
+        kvx__rdma_dev_close(re, d);
+        return -1;
+    }
+    if (pa.state != IBV_PORT_ACTIVE) {
+        snprintf(note, nl, "%s port %u is %s", name, (unsigned)port,
+                 re->v.port_state_str ? re->v.port_state_str(pa.state) : "not active");
+        kvx__rdma_dev_close(re, d);
+        return 0;
+    }
+    d->info.link_layer = pa.link_layer == IBV_LINK_LAYER_ETHERNET ? 2 : 1;
+    d->info.mtu = (uint8_t)pa.active_mtu;
+    d->info.lid = pa.lid;
+    if (d->info.mtu < 1 || d->info.mtu > 5) d->info.mtu = IBV_MTU_1024;
+    d->max_qp_wr = da.max_qp_wr > 0 ? (uint32_t)da.max_qp_wr : 1024;
+    d->max_cqe = da.max_cqe > 0 ? da.max_cqe : 4096;
+    d->region_bytes = da.max_mr_size ? da.max_mr_size & ~(uint64_t)4095 : 0;
+    if (d->region_bytes < 4096 || d->region_bytes > (1ull << 62)) d->region_bytes = 1ull << 62;
+    if ((*res = kvx__rdma_pick_gid(re, d, &pa, why, wl)) != KVX_OK) {
+        kvx__rdma_dev_close(re, d);
+        return -1;
+    }
+    re->ndev++;
+    return 1;
+}
+
+static kvx_result kvx__rdma_open_devices(kvx__rdma_engine *re, char *why, size_t wl) {
+    struct ibv_device **list;
+    int n = 0, i, found_named = 0;
+    char names[512] = "", notes[512] = "";
+    list = re->v.get_device_list(&n);
+    if (!list || n <= 0) {
+        kvx__set_why(why, wl, "no RDMA device found (%s lists none%s%s). Load the NIC's driver, "
+                     "or create a Soft-RoCE device: rdma link add rxe0 type rxe netdev eth0",
+                     re->v.path, errno && !list ? ": " : "", errno && !list ? strerror(errno) : "");
+        if (list) re->v.free_device_list(list);
+        return KVX_ERR_NOT_FOUND;
+    }
+    for (i = 0; i < n && re->ndev < KVX_RDMA_MAX_DEVS; i++) {
+        const char *name = re->v.get_device_name(list[i]);
+        int want_port = 0, p, nports;
+        struct ibv_context *probe;
+        struct ibv_device_attr da;
+        if (!name) continue;
+        snprintf(names + strlen(names), sizeof names - strlen(names), "%s%s", i ? ", " : "", name);
+        if (!kvx__rdma_dev_selected(re->cfg.devices, name, &want_port)) continue;
+        found_named++;
+        probe = re->v.open_device(list[i]);
+        if (!probe || re->v.query_device(probe, &da)) {
+            kvx__set_why(why, wl, "cannot open RDMA device %s: %s", name, strerror(errno));
+            if (probe) re->v.close_device(probe);
+            re->v.free_device_list(list);
+            return KVX_ERR_TRANSPORT;
+        }
+        nports = da.phys_port_cnt;
+        re->v.close_device(probe);
+        for (p = 1; p <= nports && re->ndev < KVX_RDMA_MAX_DEVS; p++) {
+            char note[128] = "";
+            int rc;
+            kvx_result pr = KVX_ERR_TRANSPORT;
+            if (want_port && p != want_port) continue;
+            rc = kvx__rdma_port_open(re, list[i], name, (uint8_t)p, why, wl, note, sizeof note, &pr);
+            if (rc < 0) { re->v.free_device_list(list); return pr != KVX_OK ? pr : KVX_ERR_TRANSPORT; }
+            if (!rc && strlen(notes) + strlen(note) + 3 < sizeof notes)
+                snprintf(notes + strlen(notes), sizeof notes - strlen(notes), "%s%s",
+                         notes[0] ? "; " : "", note);
+        }
+    }
+    re->v.free_device_list(list);
+    if (!found_named) {
+        kvx__set_why(why, wl, "KVX_IB_DEVICE='%s' names no RDMA device; present: %s",
+                     re->cfg.devices ? re->cfg.devices : "", names);
+        return KVX_ERR_BAD_CONFIG;
+    }
+    if (!re->ndev) {
+        kvx__set_why(why, wl, "no ACTIVE RDMA port (%s). Check the link (ibv_devinfo, "
+                     "rdma link show)", notes[0] ? notes : names);
+        return KVX_ERR_TRANSPORT;
+    }
+    return KVX_OK;
+}
+
+/* >>rdma: memory registration --------------------------------------------------- */
+
+static struct ibv_mr *kvx__rdma_reg_host(kvx__rdma_engine *re, kvx__rdma_dev *d, void *p,
+                                         size_t len, int access) {
+    if (re->cfg.relaxed && re->v.reg_mr_iova2)
+        return re->v.reg_mr_iova2(d->pd, p, len, (uint64_t)(uintptr_t)p,
+                                  (unsigned)(access | IBV_ACCESS_RELAXED_ORDERING));
+    return re->v.reg_mr(d->pd, p, len, access);
+}
+
+/* Registers [base, base+len) as regions of d->region_bytes. */
+static kvx_result kvx__rdma_reg(kvx__rdma_engine *re, kvx__rdma_dev *d, kvx__rdma_mr *m,
+                                char *base, uint64_t len, kvx_mem_kind mem, int gpu, int access,
+                                const char *what, uint32_t idx, char *why, size_t wl) {
+    uint64_t rb = d->region_bytes, off;
+    uint32_t k;
+    kvx_rdma_dmabuf db;
+    memset(&db, 0, sizeof db);
+    m->n = (uint32_t)(len / rb + (len % rb ? 1 : 0));
+    m->mr = (struct ibv_mr **)calloc(m->n ? m->n : 1, sizeof *m->mr);
+    if (!m->mr) return KVX_ERR_NO_MEMORY;
+    if (mem == KVX_MEM_CUDA) {
+        db = kvx__rdma_dmabuf_get();
+        if (!db.get_fd) {
+            kvx__set_why(why, wl, "%s %u is GPU memory (device %d): GPU memory registration needs "
+                         "kvx_cuda.h dma-buf support (kvx_rdma_set_dmabuf), which this process "
+                         "has not set up", what, idx, gpu);
+            return KVX_ERR_INVALID_ARGUMENT;
+        }
+        if (!re->v.reg_dmabuf_mr) {
+            kvx__set_why(why, wl, "%s %u is GPU memory but %s has no ibv_reg_dmabuf_mr "
+                         "(rdma-core >= 34 is needed for dma-buf registration)", what, idx,
+                         re->v.path);
+            return KVX_ERR_NOT_COMPILED;
+        }
+    }
+    for (k = 0, off = 0; k < m->n; k++, off += rb) {
+        uint64_t n = len - off < rb ? len - off : rb;
+        if (mem == KVX_MEM_CUDA) {
+            int fd = -1;
+            uint64_t fo = 0;
+            kvx_result r = db.get_fd(db.ctx, base + off, n, gpu, &fd, &fo, why, wl);
+            if (r != KVX_OK) return r;
+            m->mr[k] = re->v.reg_dmabuf_mr(d->pd, fo, (size_t)n, (uint64_t)(uintptr_t)(base + off),
+                                           fd, access | (re->cfg.relaxed ? IBV_ACCESS_RELAXED_ORDERING : 0));
+            if (db.put_fd) db.put_fd(db.ctx, fd);
+        } else {
+            m->mr[k] = kvx__rdma_reg_host(re, d, base + off, (size_t)n, access);
+        }
+        if (!m->mr[k]) {
+            int err = errno;
+            struct rlimit rl;
+            char lim[96] = "";
+            if ((err == ENOMEM || err == EPERM || err == EAGAIN) && getrlimit(RLIMIT_MEMLOCK, &rl) == 0 &&
+                rl.rlim_cur != RLIM_INFINITY)
+                snprintf(lim, sizeof lim, " (locked-memory limit %llu KiB: raise `ulimit -l`)",
+                         (unsigned long long)(rl.rlim_cur / 1024));
+            kvx__set_why(why, wl, "cannot register %s %u (%p, %llu bytes, region %u of %u) on %s: "
+                         "%s%s", what, idx, (void *)(base + off), (unsigned long long)n, k + 1,
+                         m->n, d->info.name, strerror(err), lim);
+            return KVX_ERR_TRANSPORT;
+        }
+    }
+    return KVX_OK;
+}
+
+static kvx_result kvx__rdma_register_pool(kvx__rdma_engine *re, kvx__rdma_dev *d, char *why,
+                                          size_t wl) {
+    const kvx_layout *l = kvx_engine_layout(re->e);
+    int access = IBV_ACCESS_LOCAL_WRITE | (re->role == KVX_ROLE_DECODE ? IBV_ACCESS_REMOTE_WRITE : 0);
+    uint32_t i;
+    kvx_result r;
+    d->kv = (kvx__rdma_mr *)calloc(l->num_buffers, sizeof *d->kv);
+    d->aux = (kvx__rdma_mr *)calloc(l->num_aux ? l->num_aux : 1, sizeof *d->aux);
+    if (!d->kv || !d->aux) return KVX_ERR_NO_MEMORY;
+    for (i = 0; i < l->num_buffers; i++) {
+        const kvx_buffer *b = &l->buffers[i];
+        if ((r = kvx__rdma_reg(re, d, &d->kv[i], (char *)b->base, b->length, b->mem, b->device,
+                               access, "KV buffer", i, why, wl)) != KVX_OK)
+            return r;
+    }
+    for (i = 0; i < l->num_aux; i++) {
+        const kvx_aux_buffer *a = &l->aux[i];
+        if ((r = kvx__rdma_reg(re, d, &d->aux[i], (char *)a->base, a->length, KVX_MEM_HOST, 0,
+                               access, "aux buffer", i, why, wl)) != KVX_OK)
+            return r;
+    }
+    return KVX_OK;
+}
+
+/* >>rdma: queue pairs --------------------------------------------------------- */
+
+static void kvx__rdma_pair_kill(kvx__rdma_engine *re, kvx__rdma_pair *p, kvx_result res,
+                                const char *fmt, ...) KVX_PRINTF(4, 5);
+
+static kvx__rdma_pair *kvx__rdma_pair_new(kvx__rdma_engine *re, int nqp, uint64_t peer,
+                                          const char *addr) {
+    kvx__rdma_pair *p = (kvx__rdma_pair *)calloc(1, sizeof *p);
+    int i;
+    if (!p) return NULL;
+    p->qp = (kvx__rdma_qp *)calloc((size_t)nqp, sizeof *p->qp);
+    if (!p->qp) { free(p); return NULL; }
+    p->re = re;
+    p->refs = 1;
+    p->state = KVX__RP_CONNECTING;
+    p->peer = peer;
+    p->nqp = nqp;
+    snprintf(p->peer_addr, sizeof p->peer_addr, "%s", addr);
+    pthread_mutex_init(&p->mu, NULL);
+    pthread_cond_init(&p->cv, NULL);
+    for (i = 0; i < nqp; i++) {
+        p->qp[i].pair = p;
+        p->qp[i].idx = i;
+        p->qp[i].dev = &re->dev[i % re->ndev];
+    }
+    return p;
+}
+
+static void kvx__rdma_work_free(kvx__rdma_work *w) {
+    kvx__rdma_job *j = w->job;
+    int owned = w->owned; /* w may live inside j */
+    if (j && --j->refs == 0) {
+        kvx_plan_free(&j->plan);
+        free(j);
+    }
+    if (owned) free(w);
+}
+
+/* Frees everything of a pair. Its completion queues must no longer be
+   polled (the completion thread calls this, or fini after joining it). */
+static void kvx__rdma_pair_destroy(kvx__rdma_engine *re, kvx__rdma_pair *p) {
+    int i;
+    for (i = 0; i < p->nqp; i++) {
+        kvx__rdma_qp *q = &p->qp[i];
+        while (q->head) {
+            kvx__rdma_work *w = q->head;
+            q->head = w->next;
+            kvx__rdma_work_free(w);
+        }
+        if (q->qp) re->v.destroy_qp(q->qp);
+        if (q->cq) re->v.destroy_cq(q->cq);
+        free(q->ring);
+    }
+    for (i = 0; i < p->nrdev; i++) {
+        uint32_t k;
+        for (k = 0; p->rdev[i].kv && k < p->peer_layout.num_buffers; k++) free(p->rdev[i].kv[k].rkeys);
+        for (k = 0; p->rdev[i].aux && k < p->peer_layout.num_aux; k++) free(p->rdev[i].aux[k].rkeys);
+        free(p->rdev[i].kv);
+        free(p->rdev[i].aux);
+    }
+    free(p->rdev);
+    free(p->peer_bufs);
+    free(p->peer_aux);
+    free(p->qp);
+    pthread_mutex_destroy(&p->mu);
+    pthread_cond_destroy(&p->cv);
+    free(p);
+}
+
+static void kvx__rdma_pair_ref(kvx__rdma_pair *p) { KVX__ADD(&p->refs, 1); }
+
+/* A reference from a pointer nobody holds for us (qp_context in an async
+   event): only while the pair is alive; at 0 it waits in the graveyard. */
+static int kvx__rdma_pair_tryref(kvx__rdma_pair *p) {
+    int cur = KVX__LOAD(&p->refs);
+    while (cur > 0)
+        if (__atomic_compare_exchange_n(&p->refs, &cur, cur + 1, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+            return 1;
+    return 0;
+}
+
+/* The last reference sends the pair to the completion thread to be freed. */
+static void kvx__rdma_pair_unref(kvx__rdma_engine *re, kvx__rdma_pair *p) {
+    if (!p || KVX__SUB(&p->refs, 1) != 0) return;
+    pthread_mutex_lock(&re->gmu);
+    p->grave_next = re->grave;
+    re->grave = p;
+    pthread_mutex_unlock(&re->gmu);
+    kvx__rdma_wake(re);
+}
+
+static kvx_result kvx__rdma_post_recvs(kvx__rdma_engine *re, kvx__rdma_qp *q, uint32_t n) {
+    struct ibv_recv_wr wr[64], *bad = NULL;
+    (void)re;
+    while (n) {
+        uint32_t k = n < 64 ? n : 64, i;
+        memset(wr, 0, sizeof(wr[0]) * k);
+        for (i = 0; i < k; i++) wr[i].next = i + 1 < k ? &wr[i + 1] : NULL;
+        if (ibv_post_recv(q->qp, wr, &bad)) return KVX_ERR_TRANSPORT;
+        q->recv_posted += k;
+        n -= k;
+    }
+    return KVX_OK;
+}
+
+/* Creates the completion queue and queue pair of q and moves it to INIT. */
+static kvx_result kvx__rdma_qp_create(kvx__rdma_engine *re, kvx__rdma_qp *q, char *why, size_t wl) {
+    kvx__rdma_dev *d = q->dev;
+    struct ibv_qp_init_attr ia;
+    struct ibv_qp_attr a;
+    int decode = re->role == KVX_ROLE_DECODE, cqe;
+    uint32_t depth = (uint32_t)re->cfg.send_depth, rdepth = (uint32_t)re->cfg.recv_depth;
+    if (depth > d->max_qp_wr) depth = d->max_qp_wr;
+    if (rdepth > d->max_qp_wr) rdepth = d->max_qp_wr;
+    if (KVX__LOAD(&d->fatal) || KVX__LOAD(&d->down)) {
+        kvx__set_why(why, wl, "%s port %u is %s", d->info.name, (unsigned)d->info.port,
+                     KVX__LOAD(&d->fatal) ? "in a fatal state (IBV_EVENT_DEVICE_FATAL)" : "down");
+        return KVX_ERR_TRANSPORT;
+    }
+    q->depth = decode ? 1 : depth;
+    cqe = (int)(decode ? rdepth : depth) + 16;
+    if (cqe > d->max_cqe) cqe = d->max_cqe;
+    if (!decode) {
+        q->ring = (kvx__rdma_slot *)calloc(depth, sizeof *q->ring);
+        if (!q->ring) return KVX_ERR_NO_MEMORY;
+    }
+    q->psn = (uint32_t)(kvx__rdma_random64() & 0xFFFFFFu);
+    q->cq = re->v.create_cq(d->ctx, cqe, q, d->ch, 0);
+    if (!q->cq || ibv_req_notify_cq(q->cq, 0)) {
+        kvx__set_why(why, wl, "cannot create a completion queue of %d entries on %s: %s", cqe,
+                     d->info.name, strerror(errno));
+        return KVX_ERR_TRANSPORT;
+    }
+    memset(&ia, 0, sizeof ia);
+    ia.qp_context = q;
+    ia.send_cq = q->cq;
+    ia.recv_cq = q->cq;
+    ia.qp_type = IBV_QPT_RC;
+    ia.sq_sig_all = 0;
+    ia.cap.max_send_wr = decode ? 1 : depth;
+    ia.cap.max_recv_wr = decode ? rdepth : 1;
+    ia.cap.max_send_sge = 1;
+    ia.cap.max_recv_sge = 1;
+    q->qp = re->v.create_qp(d->pd, &ia);
+    if (!q->qp) {
+        kvx__set_why(why, wl, "cannot create an RC queue pair (%u send, %u receive entries) on %s: %s",
+                     ia.cap.max_send_wr, ia.cap.max_recv_wr, d->info.name, strerror(errno));
+        return KVX_ERR_TRANSPORT;
+    }
+    memset(&a, 0, sizeof a);
+    a.qp_state = IBV_QPS_INIT;
+    a.pkey_index = 0;
+    a.port_num = d->info.port;
+    a.qp_access_flags = decode ? IBV_ACCESS_REMOTE_WRITE : 0;
+    if (re->v.modify_qp(q->qp, &a, IBV_QP_STATE | IBV_QP_PKEY_INDEX | IBV_QP_PORT | IBV_QP_ACCESS_FLAGS)) {
+        kvx__set_why(why, wl, "cannot move a queue pair on %s to INIT: %s", d->info.name,
+                     strerror(errno));
+        return KVX_ERR_TRANSPORT;
+    }
+    if (decode && kvx__rdma_post_recvs(re, q, rdepth) != KVX_OK) {
+        kvx__set_why(why, wl, "cannot post %u receives on %s: %s", rdepth, d->info.name,
+                     strerror(errno));
+        return KVX_ERR_TRANSPORT;
+    }
+    return KVX_OK;
+}
+
+/* INIT -> RTR -> RTS towards the peer's queue pair on the peer's port. */
+static kvx_result kvx__rdma_qp_connect(kvx__rdma_engine *re, kvx__rdma_qp *q,
+                                       const kvx_rdma_qp_info *rq, const kvx_rdma_port_info *rd,
+                                       char *why, size_t wl) {
+    kvx__rdma_dev *d = q->dev;
+    struct ibv_qp_attr a;
+    char lg[64], rg[64];
+    if (rd->link_layer != d->info.link_layer) {
+        kvx__set_why(why, wl, "%s port %u is %s but the peer's %s port %u is %s: both ends of a "
+                     "queue pair need the same link layer", d->info.name, (unsigned)d->info.port,
+                     d->info.link_layer == 2 ? "Ethernet (RoCE)" : "InfiniBand", rd->name,
+                     (unsigned)rd->port, rd->link_layer == 2 ? "Ethernet (RoCE)" : "InfiniBand");
+        return KVX_ERR_TRANSPORT;
+    }
+    memset(&a, 0, sizeof a);
+    a.qp_state = IBV_QPS_RTR;
+    a.path_mtu = (enum ibv_mtu)(rd->mtu < d->info.mtu ? rd->mtu : d->info.mtu);
+    a.dest_qp_num = rq->qpn;
+    a.rq_psn = rq->psn;
+    a.max_dest_rd_atomic = 1;
+    a.min_rnr_timer = 12;
+    a.ah_attr.is_global = (uint8_t)(d->is_global || d->info.link_layer == 2);
+    a.ah_attr.dlid = rd->lid;
+    a.ah_attr.sl = (uint8_t)re->cfg.sl;
+    a.ah_attr.src_path_bits = 0;
+    a.ah_attr.port_num = d->info.port;
+    if (a.ah_attr.is_global) {
+        memcpy(a.ah_attr.grh.dgid.raw, rd->gid, 16);
+        a.ah_attr.grh.sgid_index = d->info.gid_index;
+        a.ah_attr.grh.hop_limit = 64;
+        a.ah_attr.grh.traffic_class = (uint8_t)re->cfg.tclass;
+        a.ah_attr.grh.flow_label = 0;
+    }
+    if (re->v.modify_qp(q->qp, &a, IBV_QP_STATE | IBV_QP_AV | IBV_QP_PATH_MTU | IBV_QP_DEST_QPN |
+                                       IBV_QP_RQ_PSN | IBV_QP_MAX_DEST_RD_ATOMIC |
+                                       IBV_QP_MIN_RNR_TIMER)) {
+        int err = errno;
+        kvx__rdma_gid_str(d->info.gid, lg, sizeof lg);
+        kvx__rdma_gid_str(rd->gid, rg, sizeof rg);
+        kvx__set_why(why, wl, "cannot move queue pair %u on %s port %u to RTR towards qpn %u at "
+                     "%s (lid %u, GID index %u local %s, MTU %d): %s", q->qp->qp_num, d->info.name,
+                     (unsigned)d->info.port, rq->qpn, rg, (unsigned)rd->lid,
+                     (unsigned)d->info.gid_index, lg, 128 << a.path_mtu, strerror(err));
+        return KVX_ERR_TRANSPORT;
+    }
+    memset(&a, 0, sizeof a);
+    a.qp_state = IBV_QPS_RTS;
+    a.timeout = (uint8_t)re->cfg.timeout;
+    a.retry_cnt = (uint8_t)re->cfg.retry_cnt;
+    a.rnr_retry = (uint8_t)re->cfg.rnr_retry;
+    a.sq_psn = q->psn;
+    a.max_rd_atomic = 1;
+    if (re->v.modify_qp(q->qp, &a, IBV_QP_STATE | IBV_QP_TIMEOUT | IBV_QP_RETRY_CNT |
+                                       IBV_QP_RNR_RETRY | IBV_QP_SQ_PSN | IBV_QP_MAX_QP_RD_ATOMIC)) {
+        kvx__set_why(why, wl, "cannot move queue pair %u on %s to RTS: %s", q->qp->qp_num,
+                     d->info.name, strerror(errno));
+        return KVX_ERR_TRANSPORT;
+    }
+    return KVX_OK;
+}
+
+/* >>rdma: sockets for the exchange -------------------------------------------- */
+
+/* 1 ready, 0 deadline passed, -1 the engine stops. */
+static int kvx__rdma_wait_fd(kvx__rdma_engine *re, int fd, short ev, uint64_t deadline) {
+    for (;;) {
+        struct pollfd pf[2];
+        uint64_t now = kvx_now_ns();
+        int ms, rc;
+        if (KVX__LOAD(&re->stop)) return -1;
+        if (now >= deadline) return 0;
+        ms = (int)((deadline - now) / 1000000u) + 1;
+        pf[0].fd = fd; pf[0].events = ev; pf[0].revents = 0;
+        pf[1].fd = re->stop_rd; pf[1].events = POLLIN; pf[1].revents = 0;
+        rc = poll(pf, 2, ms);
+        if (rc < 0 && errno != EINTR) return 0;
+        if (pf[1].revents) return -1;
+        if (rc > 0 && pf[0].revents) return 1;
+    }
+}
+
+static kvx_result kvx__rdma_sock_send(kvx__rdma_engine *re, int fd, const void *buf, size_t n,
+                                      uint64_t deadline, char *why, size_t wl, const char *peer) {
+    const char *p = (const char *)buf;
+    while (n) {
+        ssize_t w = send(fd, p, n, MSG_NOSIGNAL | MSG_DONTWAIT);
+        int rc;
+        if (w > 0) { p += w; n -= (size_t)w; continue; }
+        if (w < 0 && errno == EINTR) continue;
+        if (w < 0 && errno != EAGAIN && errno != EWOULDBLOCK) {
+            kvx__set_why(why, wl, "sending to %s: %s", peer, strerror(errno));
+            return KVX_ERR_PEER_LOST;
+        }
+        rc = kvx__rdma_wait_fd(re, fd, POLLOUT, deadline);
+        if (rc <= 0) {
+            kvx__set_why(why, wl, rc < 0 ? "the engine is shutting down" : "sending to %s timed out",
+                         peer);
+            return rc < 0 ? KVX_ERR_ABORTED : KVX_ERR_TIMEOUT;
+        }
+    }
+    return KVX_OK;
+}
+
+/* Reads one exchange message into in (its pointers point into in). */
+static kvx_result kvx__rdma_sock_recv(kvx__rdma_engine *re, int fd, kvx_buf *in, kvx_rdma_cm_msg *m,
+                                      uint64_t deadline, char *why, size_t wl, const char *peer) {
+    char pw[200];
+    in->len = 0;
+    for (;;) {
+        size_t used = 0;
+        ssize_t r;
+        int rc;
+        if (kvx_rdma_cm_parse(in->data, in->len, m, &used, pw, sizeof pw) != KVX_OK) {
+            kvx__set_why(why, wl, "%s sent a bad exchange message: %s", peer, pw);
+            return KVX_ERR_PROTOCOL;
+        }
+        if (used) return KVX_OK;
+        if (in->cap - in->len < 65536) {
+            size_t want = in->len + 65536;
+            char *nd;
+            if (want > KVX_RDMA_CM_MAX + KVX_RDMA_CM_HEADER + 65536) {
+                kvx__set_why(why, wl, "%s sent an oversized exchange message", peer);
+                return KVX_ERR_PROTOCOL;
+            }
+            nd = (char *)realloc(in->data, want);
+            if (!nd) { kvx__set_why(why, wl, "out of memory"); return KVX_ERR_NO_MEMORY; }
+            in->data = nd;
+            in->cap = want;
+        }
+        r = recv(fd, in->data + in->len, in->cap - in->len, MSG_DONTWAIT);
+        if (r > 0) { in->len += (size_t)r; continue; }
+        if (r == 0) {
+            kvx__set_why(why, wl, "%s closed the exchange connection", peer);
+            return KVX_ERR_PEER_LOST;
+        }
+        if (errno == EINTR) continue;
+        if (errno != EAGAIN && errno != EWOULDBLOCK) {
+            kvx__set_why(why, wl, "reading from %s: %s", peer, strerror(errno));
+            return KVX_ERR_PEER_LOST;
+        }
+        rc = kvx__rdma_wait_fd(re, fd, POLLIN, deadline);
+        if (rc <= 0) {
+            kvx__set_why(why, wl, rc < 0 ? "the engine is shutting down"
+                                         : "%s did not answer within KVX_IB_CONNECT_TIMEOUT", peer);
+            return rc < 0 ? KVX_ERR_ABORTED : KVX_ERR_TIMEOUT;
+        }
+    }
+}
+
+static int kvx__rdma_connect(kvx__rdma_engine *re, const char *ip, int port, uint64_t deadline,
+                             char *err, size_t el) {
+    struct addrinfo hints, *res = NULL, *ai;
+    char ps[16];
+    int fd = -1, e;
+    memset(&hints, 0, sizeof hints);
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    snprintf(ps, sizeof ps, "%d", port);
+    if ((e = getaddrinfo(ip, ps, &hints, &res)) != 0) {
+        snprintf(err, el, "cannot resolve %s: %s", ip, gai_strerror(e));
+        return -1;
+    }
+    for (ai = res; ai; ai = ai->ai_next) {
+        int one = 1, so = 0, rc;
+        socklen_t sl = sizeof so;
+        fd = socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        if (fd < 0) continue;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        if (connect(fd, ai->ai_addr, ai->ai_addrlen) == 0) break;
+        if (errno == EINPROGRESS) {
+            rc = kvx__rdma_wait_fd(re, fd, POLLOUT, deadline);
+            if (rc > 0 && getsockopt(fd, SOL_SOCKET, SO_ERROR, &so, &sl) == 0 && so == 0) break;
+            snprintf(err, el, "%s", rc <= 0 ? "timed out" : strerror(so));
+        } else {
+            snprintf(err, el, "%s", strerror(errno));
+        }
+        close(fd);
+        fd = -1;
+    }
+    freeaddrinfo(res);
+    return fd;
+}
+
+/* "1.2.3.4:5678" or "[::1]:5678" -> host. */
+static int kvx__rdma_addr_host(const char *addr, char *host, size_t n) {
+    const char *c = strrchr(addr, ':');
+    size_t l;
+    if (!c) return -1;
+    l = (size_t)(c - addr);
+    if (l >= 2 && addr[0] == '[' && addr[l - 1] == ']') { addr++; l -= 2; }
+    if (!l || l >= n) return -1;
+    memcpy(host, addr, l);
+    host[l] = 0;
+    return 0;
+}
+
+/* >>rdma: the queue-pair exchange ------------------------------------------------ */
+
+static void kvx__rdma_put_ports(kvx__rdma_engine *re, kvx_buf *b) {
+    int i;
+    for (i = 0; i < re->ndev; i++) kvx__rdma_put_port(b, &re->dev[i].info);
+}
+
+static void kvx__rdma_put_qps(kvx__rdma_pair *p, kvx_buf *b) {
+    int i;
+    for (i = 0; i < p->nqp; i++) {
+        kvx_rdma_qp_info qi;
+        qi.qpn = p->qp[i].qp->qp_num;
+        qi.psn = p->qp[i].psn;
+        qi.dev = (uint16_t)(p->qp[i].dev - p->re->dev);
+        kvx__rdma_put_qp(b, &qi);
+    }
+}
+
+/* CONNECT: our queue pairs, ports and registered regions. */
+static void kvx__rdma_cm_connect(kvx__rdma_engine *re, kvx__rdma_pair *p, kvx_buf *b) {
+    const kvx_layout *l = kvx_engine_layout(re->e);
+    int d;
+    uint32_t i, k;
+    kvx__rdma_cm_begin(b, KVX_RDMA_CM_CONNECT);
+    kvx__rdma_put64(b, re->instance);
+    kvx__rdma_put64(b, p->peer);
+    kvx__rdma_put64(b, kvx_layout_fingerprint(l));
+    kvx__rdma_put16(b, (uint16_t)p->nqp);
+    kvx__rdma_put16(b, (uint16_t)re->ndev);
+    kvx__rdma_put32(b, l->num_buffers);
+    kvx__rdma_put32(b, l->num_aux);
+    kvx__rdma_put32(b, 0);
+    kvx__rdma_put_qps(p, b);
+    kvx__rdma_put_ports(re, b);
+    for (d = 0; d < re->ndev; d++) {
+        kvx__rdma_dev *dv = &re->dev[d];
+        kvx__rdma_put64(b, dv->region_bytes);
+        for (i = 0; i < l->num_buffers + l->num_aux; i++) {
+            int aux = i >= l->num_buffers;
+            const kvx__rdma_mr *m = aux ? &dv->aux[i - l->num_buffers] : &dv->kv[i];
+            kvx__rdma_put64(b, (uint64_t)(uintptr_t)(aux ? l->aux[i - l->num_buffers].base
+                                                          : l->buffers[i].base));
+            kvx__rdma_put64(b, aux ? l->aux[i - l->num_buffers].length : l->buffers[i].length);
+            kvx__rdma_put32(b, m->n);
+            for (k = 0; k < m->n; k++) kvx__rdma_put32(b, m->mr[k]->rkey);
+        }
+    }
+    kvx__rdma_cm_end(b);
+}
+
+static kvx_result kvx__rdma_send_buf(kvx__rdma_engine *re, int fd, kvx_buf *b, uint64_t deadline,
+                                     char *why, size_t wl, const char *peer) {
+    if (b->oom) { kvx__set_why(why, wl, "out of memory"); return KVX_ERR_NO_MEMORY; }
+    return kvx__rdma_sock_send(re, fd, b->data, b->len, deadline, why, wl, peer);
+}
+
+/* Prefill: the decode side's regions from a CONNECT, and its pool as a
+   layout for kvx_plan_pages. */
+static kvx_result kvx__rdma_pair_tables(kvx__rdma_pair *p, const kvx_rdma_cm_msg *m,
+                                        const kvx_layout *ours, char *why, size_t wl) {
+    uint32_t d, i, k;
+    p->nrdev = m->ndev;
+    p->rdev = (kvx__rdma_rdev *)calloc(m->ndev, sizeof *p->rdev);
+    p->peer_bufs = (kvx_buffer *)calloc(m->nbuf, sizeof *p->peer_bufs);
+    p->peer_aux = (kvx_aux_buffer *)calloc(m->naux ? m->naux : 1, sizeof *p->peer_aux);
+    if (!p->rdev || !p->peer_bufs || !p->peer_aux) return KVX_ERR_NO_MEMORY;
+    p->peer_layout = *ours;
+    p->peer_layout.buffers = p->peer_bufs;
+    p->peer_layout.aux = p->peer_aux;
+    for (d = 0; d < m->ndev; d++) {
+        kvx__rdma_rdev *rd = &p->rdev[d];
+        rd->info = m->dev[d];
+        rd->kv = (kvx__rdma_rbuf *)calloc(m->nbuf, sizeof *rd->kv);
+        rd->aux = (kvx__rdma_rbuf *)calloc(m->naux ? m->naux : 1, sizeof *rd->aux);
+        if (!rd->kv || !rd->aux) return KVX_ERR_NO_MEMORY;
+        for (i = 0; i < m->nbuf + m->naux; i++) {
+            int aux = i >= m->nbuf;
+            kvx__rdma_rbuf *rb = aux ? &rd->aux[i - m->nbuf] : &rd->kv[i];
+            const uint8_t *keys;
+            uint64_t item = aux ? ours->aux[i - m->nbuf].item_len : ours->buffers[i].item_len;
+            kvx_rdma_cm_region(m, d, i, &rb->base, &rb->length, &rd->region_bytes, &rb->n, &keys);
+            if (rb->length < item) {
+                kvx__set_why(why, wl, "the decode side's %s buffer %u is %llu bytes, less than one "
+                             "item of %llu", aux ? "aux" : "KV", aux ? i - m->nbuf : i,
+                             (unsigned long long)rb->length, (unsigned long long)item);
+                return KVX_ERR_LAYOUT_MISMATCH;
+            }
+            rb->rkeys = (uint32_t *)malloc(rb->n * sizeof *rb->rkeys);
+            if (!rb->rkeys) return KVX_ERR_NO_MEMORY;
+            for (k = 0; k < rb->n; k++) rb->rkeys[k] = kvx_rdma_cm_rkey(keys, k);
+            if (d == 0) {
+                if (aux) {
+                    p->peer_aux[i - m->nbuf].length = rb->length;
+                    p->peer_aux[i - m->nbuf].item_len = item;
+                } else {
+                    p->peer_bufs[i].length = rb->length;
+                    p->peer_bufs[i].item_len = item;
+                }
+            } else if (rb->length != (aux ? p->peer_aux[i - m->nbuf].length : p->peer_bufs[i].length)) {
+                kvx__set_why(why, wl, "the decode side registered buffer %u with different "
+                             "lengths on different ports", i);
+                return KVX_ERR_PROTOCOL;
+            }
+        }
+    }
+    return KVX_OK;
+}
+
+static void kvx__rdma_publish(kvx__rdma_engine *re, kvx__rdma_pair *p);
+static void kvx__rdma_ready(kvx__rdma_engine *re, kvx__rdma_pair *p);
+static void kvx__rdma_decode_dead(kvx__rdma_engine *re, kvx__rdma_pair *p, kvx_result res,
+                                  const char *reason);
+
+/* Decode: dials one prefill rank's exchange listener. */
+typedef struct kvx__rdma_dial {
+    kvx__rdma_engine *re;
+    kvx__rdma_peer peer; /* a copy */
+    kvx__rdma_pair *pair;
+} kvx__rdma_dial;
+
+static void kvx__rdma_dial_job(void *arg) {
+    kvx__rdma_dial *dj = (kvx__rdma_dial *)arg;
+    kvx__rdma_engine *re = dj->re;
+    kvx__rdma_pair *p = dj->pair;
+    kvx_buf b, in;
+    kvx_rdma_cm_msg m;
+    char why[KVX_ERROR_MAX] = "", err[160] = "", who[160];
+    uint64_t deadline = kvx_now_ns() + (uint64_t)(re->cfg.connect_timeout_s * 1e9);
+    kvx_result res = KVX_OK;
+    int fd = -1, i;
+    memset(&b, 0, sizeof b);
+    memset(&in, 0, sizeof in);
+    snprintf(who, sizeof who, "prefill %s (exchange port %d)", dj->peer.addr, dj->peer.cm_port);
+    for (i = 0; i < p->nqp && res == KVX_OK; i++) res = kvx__rdma_qp_create(re, &p->qp[i], why, sizeof why);
+    if (res == KVX_OK) {
+        fd = kvx__rdma_connect(re, dj->peer.ip, dj->peer.cm_port, deadline, err, sizeof err);
+        if (fd < 0) {
+            kvx__set_why(why, sizeof why, "cannot connect to %s: %s", who, err);
+            res = KVX_ERR_PEER;
+        }
+    }
+    if (res == KVX_OK) {
+        kvx__rdma_cm_connect(re, p, &b);
+        res = kvx__rdma_send_buf(re, fd, &b, deadline, why, sizeof why, who);
+    }
+    if (res == KVX_OK) res = kvx__rdma_sock_recv(re, fd, &in, &m, deadline, why, sizeof why, who);
+    if (res == KVX_OK && m.type == KVX_RDMA_CM_REJECT) {
+        kvx__set_why(why, sizeof why, "%s refused the connection: %.*s", who, (int)m.reason_len,
+                     m.reason);
+        res = m.result < 0 ? (kvx_result)m.result : KVX_ERR_PEER;
+    } else if (res == KVX_OK && (m.type != KVX_RDMA_CM_ACCEPT || m.from != p->peer ||
+                                 m.to != re->instance || m.nqp != p->nqp)) {
+        kvx__set_why(why, sizeof why, "%s answered with a %s message (type %d, %u queue pairs, "
+                     "instances %016llx -> %016llx)", who, "wrong", (int)m.type, m.nqp,
+                     (unsigned long long)m.from, (unsigned long long)m.to);
+        res = KVX_ERR_PROTOCOL;
+    }
+    for (i = 0; res == KVX_OK && i < p->nqp; i++) {
+        p->qp[i].rdev = m.qp[i].dev;
+        res = kvx__rdma_qp_connect(re, &p->qp[i], &m.qp[i], &m.dev[m.qp[i].dev], why, sizeof why);
+    }
+    if (res == KVX_OK) {
+        kvx__rdma_cm_begin(&b, KVX_RDMA_CM_READY);
+        kvx__rdma_put64(&b, re->instance);
+        kvx__rdma_put64(&b, p->peer);
+        kvx__rdma_cm_end(&b);
+        res = kvx__rdma_send_buf(re, fd, &b, deadline, why, sizeof why, who);
+    } else if (fd >= 0 && res != KVX_ERR_PEER_LOST && res != KVX_ERR_ABORTED) {
+        kvx__rdma_cm_reject(&b, re->instance, p->peer, res, why);
+        kvx__rdma_send_buf(re, fd, &b, kvx_now_ns() + 100000000ull, err, sizeof err, who);
+    }
+    if (fd >= 0) close(fd);
+    kvx_buf_free(&b);
+    kvx_buf_free(&in);
+    if (res == KVX_OK) {
+        kvx__rdma_ready(re, p);
+    } else {
+        KVX__RDMA_STAT(re, errors, 1);
+        kvx__rdma_pair_kill(re, p, res, "cannot set up RDMA queue pairs with %s: %s", who, why);
+    }
+    pthread_mutex_lock(&re->mu);
+    {
+        kvx__rdma_peer *pe;
+        for (pe = re->peers; pe; pe = pe->next)
+            if (pe->instance == dj->peer.instance) pe->dialing = 0;
+    }
+    pthread_mutex_unlock(&re->mu);
+    kvx__rdma_pair_unref(re, p);
+    free(dj);
+}
+
+/* Decode: starts a dial towards pe (under re->mu). */
+static void kvx__rdma_dial_locked(kvx__rdma_engine *re, kvx__rdma_peer *pe) {
+    kvx__rdma_dial *dj;
+    kvx__rdma_pair *p;
+    int nqp = re->cfg.qps;
+    char addr[128];
+    if (re->stopping || pe->dialing) return;
+    if (pe->hello.qps > nqp) nqp = pe->hello.qps;
+    if (re->ndev > nqp) nqp = re->ndev;
+    if (pe->hello.ndev > nqp) nqp = pe->hello.ndev;
+    if (nqp > KVX_RDMA_MAX_QPS) nqp = KVX_RDMA_MAX_QPS;
+    snprintf(addr, sizeof addr, "prefill %s", pe->addr);
+    dj = (kvx__rdma_dial *)calloc(1, sizeof *dj);
+    p = dj ? kvx__rdma_pair_new(re, nqp, pe->instance, addr) : NULL;
+    if (!p) { free(dj); return; }
+    snprintf(p->bootstrap, sizeof p->bootstrap, "%s", pe->bootstrap);
+    p->dp_rank = pe->dp_rank;
+    p->dp_size = pe->dp_size;
+    dj->re = re;
+    dj->peer = *pe;
+    dj->peer.next = NULL;
+    dj->peer.pair = NULL;
+    dj->pair = p;
+    kvx__rdma_pair_ref(p); /* the job's */
+    /* the list's reference is p's first; the old pair leaves the list */
+    if (pe->pair && pe->pair->listed) {
+        kvx__rdma_pair **pp;
+        for (pp = &re->pairs; *pp; pp = &(*pp)->next)
+            if (*pp == pe->pair) { *pp = pe->pair->next; break; }
+        pe->pair->listed = 0;
+        kvx__rdma_pair_unref(re, pe->pair);
+    }
+    p->next = re->pairs;
+    re->pairs = p;
+    p->listed = 1;
+    pe->pair = p;
+    pe->dialing = 1;
+    if (kvx_workq_submit(re->cmq, kvx__rdma_dial_job, dj) != KVX_OK) {
+        pe->dialing = 0;
+        KVX__STORE(&p->state, KVX__RP_DEAD);
+        snprintf(p->reason, sizeof p->reason, "out of memory queueing the exchange");
+        kvx__rdma_pair_unref(re, p);
+        free(dj);
+    }
+}
+
+/* Prefill: one decode engine's CONNECT on an accepted socket. */
+typedef struct kvx__rdma_accept {
+    kvx__rdma_engine *re;
+    int fd;
+    char addr[96];
+} kvx__rdma_accept;
+
+static kvx_result kvx__rdma_check_connect(kvx__rdma_engine *re, const kvx_rdma_cm_msg *m, char *why,
+                                          size_t wl) {
+    const kvx_layout *l = kvx_engine_layout(re->e);
+    if (m->type != KVX_RDMA_CM_CONNECT) {
+        kvx__set_why(why, wl, "expected CONNECT, got message type %d", (int)m->type);
+        return KVX_ERR_PROTOCOL;
+    }
+    if (m->to != re->instance) {
+        kvx__set_why(why, wl, "the CONNECT is for prefill instance %016llx but this engine is "
+                     "%016llx (it restarted since the decode side saw it)",
+                     (unsigned long long)m->to, (unsigned long long)re->instance);
+        return KVX_ERR_PEER;
+    }
+    if (m->fingerprint != kvx_layout_fingerprint(l) || m->nbuf != l->num_buffers ||
+        m->naux != l->num_aux) {
+        kvx__set_why(why, wl, "the decode side's KV layout differs (fingerprint %016llx, %u KV "
+                     "and %u aux buffers; ours %016llx, %u and %u)",
+                     (unsigned long long)m->fingerprint, m->nbuf, m->naux,
+                     (unsigned long long)kvx_layout_fingerprint(l), l->num_buffers, l->num_aux);
+        return KVX_ERR_LAYOUT_MISMATCH;
+    }
+    return KVX_OK;
+}
+
+/* Prefill: a decode engine reconnects only when its side of the old
+   connection is gone; retire ours before answering, so a room frame it
+   sends once connected can never be planned on the old one. */
+static void kvx__rdma_supersede(kvx__rdma_engine *re, uint64_t decode, const char *who) {
+    kvx__rdma_pair **pp, *old = NULL;
+    pthread_mutex_lock(&re->mu);
+    for (pp = &re->pairs; *pp;) {
+        if ((*pp)->peer == decode) {
+            kvx__rdma_pair *o = *pp;
+            *pp = o->next;
+            o->listed = 0;
+            o->grave_next = old;
+            old = o;
+            continue;
+        }
+        pp = &(*pp)->next;
+    }
+    pthread_mutex_unlock(&re->mu);
+    while (old) {
+        kvx__rdma_pair *o = old;
+        old = o->grave_next;
+        kvx__rdma_pair_kill(re, o, KVX_ERR_TRANSPORT, "%s reconnected: its previous RDMA "
+                           "connection is gone", who);
+        kvx__rdma_pair_unref(re, o);
+    }
+}
+
+static void kvx__rdma_accept_job(void *arg) {
+    kvx__rdma_accept *aj = (kvx__rdma_accept *)arg;
+    kvx__rdma_engine *re = aj->re;
+    kvx__rdma_pair *p = NULL;
+    kvx_buf b, in;
+    kvx_rdma_cm_msg m;
+    char why[KVX_ERROR_MAX] = "", err[160], who[128];
+    uint64_t deadline = kvx_now_ns() + (uint64_t)(re->cfg.connect_timeout_s * 1e9);
+    uint64_t from = 0;
+    kvx_result res;
+    int i;
+    memset(&b, 0, sizeof b);
+    memset(&in, 0, sizeof in);
+    snprintf(who, sizeof who, "decode %s", aj->addr);
+    res = kvx__rdma_sock_recv(re, aj->fd, &in, &m, deadline, why, sizeof why, who);
+    if (res == KVX_OK) {
+        from = m.from;
+        res = kvx__rdma_check_connect(re, &m, why, sizeof why);
+    }
+    if (res == KVX_OK) kvx__rdma_supersede(re, m.from, who);
+    if (res == KVX_OK) {
+        p = kvx__rdma_pair_new(re, m.nqp, m.from, who);
+        if (!p) { kvx__set_why(why, sizeof why, "out of memory"); res = KVX_ERR_NO_MEMORY; }
+    }
+    if (res == KVX_OK) {
+        p->peer_qpn0 = m.qp[0].qpn;
+        res = kvx__rdma_pair_tables(p, &m, kvx_engine_layout(re->e), why, sizeof why);
+    }
+    for (i = 0; p && res == KVX_OK && i < p->nqp; i++) {
+        res = kvx__rdma_qp_create(re, &p->qp[i], why, sizeof why);
+        p->qp[i].rdev = m.qp[i].dev;
+        if (res == KVX_OK)
+            res = kvx__rdma_qp_connect(re, &p->qp[i], &m.qp[i], &m.dev[m.qp[i].dev], why, sizeof why);
+    }
+    if (res == KVX_OK) {
+        kvx__rdma_cm_begin(&b, KVX_RDMA_CM_ACCEPT);
+        kvx__rdma_put64(&b, re->instance);
+        kvx__rdma_put64(&b, p->peer);
+        kvx__rdma_put16(&b, (uint16_t)p->nqp);
+        kvx__rdma_put16(&b, (uint16_t)re->ndev);
+        kvx__rdma_put32(&b, 0);
+        kvx__rdma_put_qps(p, &b);
+        kvx__rdma_put_ports(re, &b);
+        kvx__rdma_cm_end(&b);
+        res = kvx__rdma_send_buf(re, aj->fd, &b, deadline, why, sizeof why, who);
+    } else if (res != KVX_ERR_PEER_LOST && res != KVX_ERR_ABORTED) {
+        kvx__rdma_cm_reject(&b, re->instance, from, res, why);
+        kvx__rdma_send_buf(re, aj->fd, &b, kvx_now_ns() + 100000000ull, err, sizeof err, who);
+    }
+    if (res == KVX_OK) res = kvx__rdma_sock_recv(re, aj->fd, &in, &m, deadline, why, sizeof why, who);
+    if (res == KVX_OK && m.type == KVX_RDMA_CM_REJECT) {
+        kvx__set_why(why, sizeof why, "%s gave up the connection: %.*s", who, (int)m.reason_len,
+                     m.reason);
+        res = KVX_ERR_PEER;
+    } else if (res == KVX_OK && (m.type != KVX_RDMA_CM_READY || m.from != p->peer ||
+                                 m.to != re->instance)) {
+        kvx__set_why(why, sizeof why, "%s sent message type %d instead of READY", who, (int)m.type);
+        res = KVX_ERR_PROTOCOL;
+    }
+    close(aj->fd);
+    kvx_buf_free(&b);
+    kvx_buf_free(&in);
+    if (res == KVX_OK) {
+        kvx__rdma_publish(re, p);
+    } else {
+        KVX__RDMA_STAT(re, errors, 1);
+        if (res != KVX_ERR_ABORTED)
+            kvx_engine_log(re->e, KVX_LOG_ERROR, "kvx.rdma", 0,
+                           "queue-pair exchange with %s failed: %s", who, why);
+        if (p) kvx__rdma_pair_unref(re, p);
+    }
+    free(aj);
+}
+
+/* >>rdma: failing rooms ----------------------------------------------------------- */
+
+static const char *kvx__rdma_room_error(const kvx_room *r) {
+    return kvx_sender_error((const kvx_sender *)r); /* senders and receivers share kvx_room */
+}
+static kvx_result kvx__rdma_room_result(const kvx_room *r) {
+    return kvx_sender_result((const kvx_sender *)r);
+}
+
+/* Prefill: fails the room and tells the decode side why. */
+static void kvx__rdma_tx_fail(kvx__rdma_engine *re, kvx_room *r, kvx_result res, const char *fmt, ...)
+    KVX_PRINTF(4, 5);
+static void kvx__rdma_tx_fail(kvx__rdma_engine *re, kvx_room *r, kvx_result res, const char *fmt, ...) {
+    char msg[KVX_ERROR_MAX];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    kvx_room_fail(r, res, "%s", msg);
+    kvx_boot_send_status(re->boot, r, KVX_POLL_FAILED, kvx__rdma_room_result(r), 0,
+                         kvx__rdma_room_error(r));
+}
+
+typedef struct kvx__rdma_deadarg {
+    kvx__rdma_pair *p;
+    kvx_result res;
+    const char *msg;
+} kvx__rdma_deadarg;
+
+static int kvx__rdma_pair_serves(const kvx__rdma_pair *p, const kvx__rdma_room *rr) {
+    if (strcmp(p->bootstrap, rr->bootstrap)) return 0;
+    return p->dp_size <= 1 || (int)(rr->id % (uint64_t)p->dp_size) == p->dp_rank;
+}
+
+static int kvx__rdma_peer_serves(const kvx__rdma_peer *pe, const kvx__rdma_room *rr) {
+    if (strcmp(pe->bootstrap, rr->bootstrap)) return 0;
+    return pe->dp_size <= 1 || (int)(rr->id % (uint64_t)pe->dp_size) == pe->dp_rank;
+}
+
+static void kvx__rdma_decode_dead_one(kvx_room *r, void *arg) {
+    kvx__rdma_deadarg *a = (kvx__rdma_deadarg *)arg;
+    kvx__rdma_room *rr = kvx__rdma_rr(r);
+    if (!rr || kvx_room_poll(r) != KVX_POLL_TRANSFERRING || !kvx__rdma_pair_serves(a->p, rr)) return;
+    kvx_room_fail(r, a->res, "%s", a->msg);
+}
+
+/* Decode: the rooms that were receiving through p fail. */
+static void kvx__rdma_decode_dead(kvx__rdma_engine *re, kvx__rdma_pair *p, kvx_result res,
+                                  const char *reason) {
+    kvx__rdma_deadarg a;
+    a.p = p;
+    a.res = res;
+    a.msg = reason;
+    kvx_engine_foreach_room(re->e, kvx__rdma_decode_dead_one, &a);
+    pthread_mutex_lock(&re->rx_mu);
+    pthread_cond_broadcast(&re->rx_cv);
+    pthread_mutex_unlock(&re->rx_mu);
+}
+
+/* Takes p out of service: every queue pair to ERR, queued and in-flight
+   WRITEs forgotten; the prefill's rooms on it fail, and with fail_decode
+   the decode rooms it served. */
+static void kvx__rdma_pair_down(kvx__rdma_engine *re, kvx__rdma_pair *p, kvx_result res,
+                                int fail_decode, const char *msg) {
+    kvx_room **fail = NULL;
+    size_t nfail = 0, cap = 0, k;
+    kvx__rdma_room *rr;
+    int i;
+    pthread_mutex_lock(&p->mu);
+    if (KVX__LOAD(&p->state) == KVX__RP_DEAD) {
+        pthread_mutex_unlock(&p->mu);
+        return;
+    }
+    KVX__STORE(&p->state, KVX__RP_DEAD);
+    snprintf(p->reason, sizeof p->reason, "%s", msg);
+    p->why_res = res;
+    for (i = 0; i < p->nqp; i++) {
+        kvx__rdma_qp *q = &p->qp[i];
+        if (q->qp) {
+            struct ibv_qp_attr a;
+            memset(&a, 0, sizeof a);
+            a.qp_state = IBV_QPS_ERR;
+            re->v.modify_qp(q->qp, &a, IBV_QP_STATE);
+        }
+        while (q->head) {
+            kvx__rdma_work *w = q->head;
+            q->head = w->next;
+            w->room->works--;
+            kvx__rdma_work_free(w);
+        }
+        q->tail = NULL;
+        while (q->ring && q->done < q->posted) {
+            kvx__rdma_slot *s = &q->ring[++q->done % q->depth];
+            if (s->room) s->room->inflight--;
+            s->room = NULL;
+        }
+    }
+    for (rr = p->rooms; rr; rr = rr->pnext) {
+        rr->cancelled = 1;
+        if (nfail == cap) {
+            size_t nc = cap ? cap * 2 : 16;
+            kvx_room **nv = (kvx_room **)realloc(fail, nc * sizeof *nv);
+            if (!nv) break;
+            fail = nv;
+            cap = nc;
+        }
+        kvx_room_ref(rr->room);
+        fail[nfail++] = rr->room;
+    }
+    pthread_cond_broadcast(&p->cv);
+    pthread_mutex_unlock(&p->mu);
+    /* the rooms it fails log their own errors */
+    kvx_engine_log(re->e, res == KVX_ERR_ABORTED || (!nfail && res == KVX_ERR_PEER_LOST)
+                              ? KVX_LOG_INFO : KVX_LOG_WARN, "kvx.rdma", 0, "%s", msg);
+    for (k = 0; k < nfail; k++) {
+        kvx__rdma_tx_fail(re, fail[k], res, "%s", msg);
+        kvx_room_unref(fail[k]);
+    }
+    free(fail);
+    if (re->role == KVX_ROLE_DECODE && fail_decode) kvx__rdma_decode_dead(re, p, res, msg);
+}
+
+/* Tears down the data path of p: every queue pair to ERR, queued and
+   in-flight WRITEs forgotten, and every room that used it failed. */
+static void kvx__rdma_pair_kill(kvx__rdma_engine *re, kvx__rdma_pair *p, kvx_result res,
+                                const char *fmt, ...) {
+    char msg[KVX_ERROR_MAX];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    kvx__rdma_pair_down(re, p, res, 1, msg);
+}
+
+/* >>rdma: prefill data path ---------------------------------------------------------- */
+
+#define KVX__RDMA_BATCH 128
+
+static int kvx__rdma_work_done(const kvx__rdma_work *w) {
+    if (!w->job) return 1;
+    if (w->s >= w->job->plan.count || w->s > w->es) return 1;
+    return w->s == w->es && w->off >= w->eoff;
+}
+
+/* Fills one WRITE from the head of w; returns 1 when w is exhausted. */
+static int kvx__rdma_fill(kvx__rdma_engine *re, kvx__rdma_qp *q, kvx__rdma_work *w,
+                          struct ibv_send_wr *wr, struct ibv_sge *sg) {
+    kvx__rdma_pair *p = q->pair;
+    kvx__rdma_room *rr = w->room;
+    const kvx_layout *l = kvx_engine_layout(re->e);
+    const kvx__rdma_rdev *rd = &p->rdev[q->rdev];
+    uint64_t seq = ++q->posted, len = 0;
+    kvx__rdma_slot *slot = &q->ring[seq % q->depth];
+    int last, fin, sig;
+    memset(wr, 0, sizeof *wr);
+    if (kvx__rdma_work_done(w)) { /* zero-length WRITE WITH IMMEDIATE */
+        wr->num_sge = 0;
+        wr->sg_list = NULL;
+        wr->wr.rdma.remote_addr = rd->kv[0].base;
+        wr->wr.rdma.rkey = rd->kv[0].rkeys[0];
+        last = 1;
+        KVX__RDMA_STAT(re, zero_len_wrs, 1);
+    } else {
+        const kvx_span *s = &w->job->plan.spans[w->s];
+        int aux = s->reserved != 0;
+        uint64_t limit = w->s == w->es ? w->eoff : s->length, pos = w->off;
+        uint64_t lo = s->src_offset + pos, ro = s->dst_offset + pos;
+        uint64_t lrb = q->dev->region_bytes, rrb = rd->region_bytes, e;
+        const kvx__rdma_mr *lm = aux ? &q->dev->aux[s->buffer] : &q->dev->kv[s->buffer];
+        const kvx__rdma_rbuf *rm = aux ? &rd->aux[s->buffer] : &rd->kv[s->buffer];
+        char *base = (char *)(aux ? l->aux[s->buffer].base : l->buffers[s->buffer].base);
+        e = (pos / re->cfg.max_msg + 1) * re->cfg.max_msg;
+        if (e > limit) e = limit;
+        if ((lo / lrb + 1) * lrb - lo < e - pos) e = pos + ((lo / lrb + 1) * lrb - lo);
+        if ((ro / rrb + 1) * rrb - ro < e - pos) e = pos + ((ro / rrb + 1) * rrb - ro);
+        len = e - pos;
+        sg->addr = (uint64_t)(uintptr_t)(base + lo);
+        sg->length = (uint32_t)len;
+        sg->lkey = lm->mr[lo / lrb]->lkey;
+        wr->sg_list = sg;
+        wr->num_sge = 1;
+        wr->wr.rdma.remote_addr = rm->base + ro;
+        wr->wr.rdma.rkey = rm->rkeys[ro / rrb];
+        w->off = e;
+        if (w->off >= s->length) { w->s++; w->off = 0; }
+        last = kvx__rdma_work_done(w);
+    }
+    fin = last && w->final;
+    sig = fin || q->unsig + 1 >= (uint32_t)re->cfg.signal_every;
+    wr->wr_id = seq;
+    wr->opcode = fin ? IBV_WR_RDMA_WRITE_WITH_IMM : IBV_WR_RDMA_WRITE;
+    if (fin) wr->imm_data = htonl(rr->tag);
+    wr->send_flags = sig ? IBV_SEND_SIGNALED : 0;
+    q->unsig = sig ? 0 : q->unsig + 1;
+    slot->room = rr;
+    slot->len = (uint32_t)len;
+    slot->final = (uint32_t)fin;
+    rr->inflight++;
+    if (fin) rr->final_mask |= 1ull << q->idx;
+    KVX__RDMA_STAT(re, bytes, len);
+    if (fin) KVX__RDMA_STAT(re, imm_wrs, 1);
+    if (sig) KVX__RDMA_STAT(re, signaled, 1);
+    return last;
+}
+
+static void kvx__rdma_cancel_locked(kvx__rdma_pair *p, kvx__rdma_room *rr);
+
+/* Posts queued WRITEs of q while its send queue has room (under p->mu).
+   0, or -1 with err set when ibv_post_send refused. */
+static int kvx__rdma_pump(kvx__rdma_engine *re, kvx__rdma_qp *q, char *err, size_t el) {
+    kvx__rdma_pair *p = q->pair;
+    struct ibv_send_wr wr[KVX__RDMA_BATCH], *bad;
+    struct ibv_sge sg[KVX__RDMA_BATCH];
+    while (q->head && KVX__LOAD(&p->state) != KVX__RP_DEAD) {
+        uint64_t room = q->depth - (q->posted - q->done);
+        int n = 0, i, rc;
+        while (n < KVX__RDMA_BATCH && (uint64_t)n < room && q->head) {
+            kvx__rdma_work *w = q->head;
+            if (!w->room->cancelled && kvx_room_poll(w->room->room) == KVX_POLL_FAILED) {
+                kvx__rdma_cancel_locked(p, w->room);
+                continue;
+            }
+            if (w->room->cancelled && w->job) { /* a cancelled room's data: dropped */
+                q->head = w->next;
+                if (!q->head) q->tail = NULL;
+                w->room->works--;
+                kvx__rdma_work_free(w);
+                continue;
+            }
+            if (kvx__rdma_fill(re, q, w, &wr[n], &sg[n])) {
+                q->head = w->next;
+                if (!q->head) q->tail = NULL;
+                w->room->works--;
+                kvx__rdma_work_free(w);
+            }
+            n++;
+        }
+        if (!n) break;
+        for (i = 0; i + 1 < n; i++) wr[i].next = &wr[i + 1];
+        wr[n - 1].next = NULL;
+        bad = NULL;
+        rc = ibv_post_send(q->qp, wr, &bad);
+        KVX__RDMA_STAT(re, posts, 1);
+        KVX__RDMA_STAT(re, wrs, n);
+        if (rc) {
+            snprintf(err, el, "ibv_post_send of %d WRITEs on queue pair %u (%s port %u) to %s "
+                     "failed: %s", n, q->qp->qp_num, q->dev->info.name, (unsigned)q->dev->info.port,
+                     p->peer_addr, strerror(rc));
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static int kvx__rdma_pump_all(kvx__rdma_engine *re, kvx__rdma_pair *p, char *err, size_t el) {
+    int i;
+    for (i = 0; i < p->nqp; i++)
+        if (p->qp[i].head && kvx__rdma_pump(re, &p->qp[i], err, el)) return -1;
+    return 0;
+}
+
+static void kvx__rdma_enqueue(kvx__rdma_qp *q, kvx__rdma_work *w, int front) {
+    w->next = NULL;
+    if (front) {
+        w->next = q->head;
+        q->head = w;
+        if (!q->tail) q->tail = w;
+        return;
+    }
+    if (q->tail) q->tail->next = w;
+    else q->head = w;
+    q->tail = w;
+}
+
+/* Stops a room's data: its queued WRITEs go, and each queue pair that has
+   not carried the room's last WRITE gets a zero-length WRITE WITH
+   IMMEDIATE (a fence) so the decode side knows nothing more will land. */
+static void kvx__rdma_cancel_locked(kvx__rdma_pair *p, kvx__rdma_room *rr) {
+    int i;
+    if (rr->cancelled) return;
+    rr->cancelled = 1;
+    for (i = 0; i < p->nqp; i++) {
+        kvx__rdma_qp *q = &p->qp[i];
+        kvx__rdma_work **pp = &q->head, *last = NULL;
+        while (*pp) {
+            kvx__rdma_work *w = *pp;
+            if (w->room == rr) {
+                *pp = w->next;
+                rr->works--;
+                kvx__rdma_work_free(w);
+                continue;
+            }
+            last = w;
+            pp = &w->next;
+        }
+        q->tail = last;
+    }
+    if (KVX__LOAD(&p->state) == KVX__RP_DEAD) return;
+    for (i = 0; i < p->nqp; i++) {
+        kvx__rdma_work *f;
+        if (rr->final_mask & (1ull << i)) continue;
+        f = (kvx__rdma_work *)calloc(1, sizeof *f);
+        if (!f) continue; /* the receiver then waits KVX_IB_FENCE_TIMEOUT */
+        f->room = rr;
+        f->final = 1;
+        f->owned = 1;
+        rr->works++;
+        kvx__rdma_enqueue(&p->qp[i], f, 1);
+    }
+}
+
+/* Cuts the plan's bytes into n contiguous ranges at piece boundaries
+   (multiples of max_msg inside each span), as equal as possible. */
+typedef struct kvx__rdma_pos {
+    size_t s;
+    uint64_t off;
+} kvx__rdma_pos;
+
+static void kvx__rdma_cuts(const kvx_plan *pl, uint64_t msg, int n, kvx__rdma_pos *cut) {
+    uint64_t total = pl->total_bytes, acc = 0;
+    size_t s;
+    int j = 1;
+    cut[0].s = 0;
+    cut[0].off = 0;
+    for (s = 0; s < pl->count && j < n; s++) {
+        uint64_t off = 0, len = pl->spans[s].length;
+        while (off < len && j < n) {
+            uint64_t u = len - off < msg ? len - off : msg;
+            acc += u;
+            off += u;
+            while (j < n && acc * (uint64_t)n >= total * (uint64_t)j) {
+                cut[j].s = off < len ? s : s + 1;
+                cut[j].off = off < len ? off : 0;
+                j++;
+            }
+        }
+    }
+    for (; j <= n; j++) {
+        cut[j].s = pl->count;
+        cut[j].off = 0;
+    }
+}
+
+static kvx__rdma_job *kvx__rdma_job_new(int nworks) {
+    size_t head = (sizeof(kvx__rdma_job) + 15) & ~(size_t)15;
+    kvx__rdma_job *j = (kvx__rdma_job *)calloc(1, head + (size_t)nworks * sizeof(kvx__rdma_work));
+    if (!j) return NULL;
+    j->w = (kvx__rdma_work *)(void *)((char *)j + head);
+    j->nworks = nworks;
+    return j;
+}
+
+/* Aux rows after the room's KV WRITEs (under p->mu). */
+static int kvx__rdma_queue_aux(kvx__rdma_engine *re, kvx__rdma_pair *p, kvx__rdma_room *rr) {
+    const kvx_layout *l = kvx_engine_layout(re->e);
+    kvx__rdma_job *j = kvx__rdma_job_new(1);
+    uint32_t a;
+    if (!j || kvx__plan_reserve(&j->plan, l->num_aux)) {
+        if (j) kvx_plan_free(&j->plan);
+        free(j);
+        return -1;
+    }
+    for (a = 0; a < l->num_aux; a++) {
+        kvx_span *s = &j->plan.spans[a];
+        s->buffer = a;
+        s->reserved = 1;
+        s->src_offset = (uint64_t)rr->src_aux * l->aux[a].item_len;
+        s->dst_offset = (uint64_t)rr->dst_aux * l->aux[a].item_len;
+        s->length = l->aux[a].item_len;
+        j->plan.total_bytes += s->length;
+    }
+    j->plan.count = l->num_aux;
+    j->refs = 1;
+    j->w[0].room = rr;
+    j->w[0].job = j;
+    j->w[0].es = l->num_aux;
+    j->w[0].final = 1;
+    rr->works++;
+    rr->bytes_planned += j->plan.total_bytes;
+    KVX__RDMA_STAT(re, spans, l->num_aux);
+    kvx__rdma_enqueue(&p->qp[0], &j->w[0], 0);
+    return 0;
+}
+
+/* Moves a room on (under p->mu): aux once the other queue pairs carried
+   their last KV WRITE; 1 when every WRITE of the room completed. */
+static int kvx__rdma_room_step(kvx__rdma_engine *re, kvx__rdma_pair *p, kvx__rdma_room *rr) {
+    if (rr->finished || rr->cancelled || !rr->last_queued) return 0;
+    if (rr->aux_needed && !rr->aux_queued && rr->others_pending <= 0) {
+        if (kvx__rdma_queue_aux(re, p, rr)) return -1;
+        rr->aux_queued = 1;
+    }
+    if (!rr->works && !rr->inflight && (!rr->aux_needed || rr->aux_queued)) {
+        rr->finished = 1;
+        return 1;
+    }
+    return 0;
+}
+
+/* Reports a finished room: status Success with the bytes, then Success. */
+static void kvx__rdma_finish(kvx__rdma_engine *re, kvx__rdma_room *rr, uint64_t bytes) {
+    kvx_result res = kvx_boot_send_status(re->boot, rr->room, KVX_POLL_SUCCESS, KVX_OK, bytes, NULL);
+    if (res != KVX_OK)
+        kvx_room_fail(rr->room, res, "every RDMA WRITE to %s completed but the status cannot be "
+                      "sent: the control connection is gone", rr->decode_addr);
+    else
+        kvx_room_succeed(rr->room, bytes);
+}
+
+/* Plans one chunk and queues it on the queue pairs (rr->mu held). */
+static void kvx__rdma_submit(kvx__rdma_engine *re, kvx__rdma_room *rr, kvx_chunk *c) {
+    kvx__rdma_pair *p = rr->pair;
+    kvx_engine *e = re->e;
+    kvx__rdma_job *j = kvx__rdma_job_new(p->nqp);
+    kvx__rdma_pos cut[KVX_RDMA_MAX_QPS + 1];
+    kvx_result res;
+    char err[KVX_ERROR_MAX] = "";
+    int i, fin = 0, bad = 0, step = 0;
+    uint64_t bytes = 0;
+    if (!j) {
+        kvx__rdma_tx_fail(re, rr->room, KVX_ERR_NO_MEMORY, "out of memory planning chunk %u", c->index);
+        kvx_chunk_free(e, c);
+        return;
+    }
+    if ((uint64_t)c->first_page + c->num_pages > rr->ndst) {
+        kvx__rdma_tx_fail(re, rr->room, KVX_ERR_TOO_MANY_PAGES, "chunk %u reaches page %u but the "
+                          "decode side gave %u destination pages", c->index,
+                          c->first_page + c->num_pages, rr->ndst);
+        free(j);
+        kvx_chunk_free(e, c);
+        return;
+    }
+    res = kvx_plan_pages(&j->plan, kvx_engine_layout(e), c->pages, &p->peer_layout,
+                         rr->dst + c->first_page, c->num_pages);
+    if (res != KVX_OK) {
+        kvx__rdma_tx_fail(re, rr->room, res, "chunk %u against the destination of %s: %s",
+                          c->index, rr->decode_addr, j->plan.error);
+        kvx_plan_free(&j->plan);
+        free(j);
+        kvx_chunk_free(e, c);
+        return;
+    }
+    KVX__RDMA_STAT(re, chunks, 1);
+    KVX__RDMA_STAT(re, spans, j->plan.count);
+    kvx__rdma_cuts(&j->plan, re->cfg.max_msg, p->nqp, cut);
+    pthread_mutex_lock(&p->mu);
+    if (KVX__LOAD(&p->state) == KVX__RP_DEAD || rr->cancelled) {
+        pthread_mutex_unlock(&p->mu);
+        kvx_plan_free(&j->plan);
+        free(j);
+        kvx_chunk_free(e, c);
+        return;
+    }
+    for (i = 0; i < p->nqp; i++) {
+        kvx__rdma_work *w = &j->w[i];
+        w->room = rr;
+        w->job = j;
+        w->s = cut[i].s;
+        w->off = cut[i].off;
+        w->es = cut[i + 1].s;
+        w->eoff = cut[i + 1].off;
+        w->final = c->is_last && (i != 0 || !rr->aux_needed);
+        if (kvx__rdma_work_done(w) && !w->final) continue;
+        j->refs++;
+        rr->works++;
+        kvx__rdma_enqueue(&p->qp[i], w, 0);
+    }
+    rr->bytes_planned += j->plan.total_bytes;
+    if (c->is_last) {
+        rr->last_queued = 1;
+        rr->others_pending = rr->aux_needed ? p->nqp - 1 : 0;
+    }
+    if (!j->refs) {
+        kvx_plan_free(&j->plan);
+        free(j);
+    }
+    step = kvx__rdma_room_step(re, p, rr);
+    if (step > 0) { fin = 1; bytes = rr->bytes_done; }
+    if (kvx__rdma_pump_all(re, p, err, sizeof err)) bad = 1;
+    pthread_mutex_unlock(&p->mu);
+    kvx_chunk_free(e, c);
+    if (step < 0) kvx__rdma_tx_fail(re, rr->room, KVX_ERR_NO_MEMORY, "out of memory queueing the aux rows");
+    if (bad) kvx__rdma_pair_kill(re, p, KVX_ERR_TRANSPORT, "%s", err);
+    if (fin) kvx__rdma_finish(re, rr, bytes);
+}
+
+/* Attaches a prefill room to a ready connection and sends what was parked. */
+static void kvx__rdma_attach(kvx__rdma_engine *re, kvx__rdma_room *rr, kvx__rdma_pair *p) {
+    uint32_t i;
+    pthread_mutex_lock(&rr->mu);
+    if (rr->pair || kvx_room_closed(rr->room)) {
+        pthread_mutex_unlock(&rr->mu);
+        return;
+    }
+    pthread_mutex_lock(&p->mu);
+    if (KVX__LOAD(&p->state) == KVX__RP_DEAD) {
+        char why[KVX_ERROR_MAX];
+        snprintf(why, sizeof why, "%s", p->reason);
+        pthread_mutex_unlock(&p->mu);
+        pthread_mutex_unlock(&rr->mu);
+        kvx__rdma_tx_fail(re, rr->room, KVX_ERR_TRANSPORT, "%s", why);
+        return;
+    }
+    kvx__rdma_pair_ref(p);
+    rr->pair = p;
+    rr->pnext = p->rooms;
+    rr->pprev = NULL;
+    if (p->rooms) p->rooms->pprev = rr;
+    p->rooms = rr;
+    pthread_mutex_unlock(&p->mu);
+    for (i = 0; i < rr->nchunks; i++) kvx__rdma_submit(re, rr, rr->chunks[i]);
+    rr->nchunks = 0;
+    pthread_mutex_unlock(&rr->mu);
+}
+
+/* Prefill: a decode engine finished the exchange; p replaces any older
+   connection with it and the rooms waiting for it start. */
+static void kvx__rdma_publish(kvx__rdma_engine *re, kvx__rdma_pair *p) {
+    kvx__rdma_pair **pp, *old = NULL;
+    kvx__rdma_room **rp, *start = NULL, *rr;
+    pthread_mutex_lock(&re->mu);
+    if (re->stopping) {
+        pthread_mutex_unlock(&re->mu);
+        kvx__rdma_pair_unref(re, p);
+        return;
+    }
+    for (pp = &re->pairs; *pp;) {
+        if ((*pp)->peer == p->peer) {
+            kvx__rdma_pair *o = *pp;
+            *pp = o->next;
+            o->listed = 0;
+            o->grave_next = old;
+            old = o;
+            continue;
+        }
+        pp = &(*pp)->next;
+    }
+    KVX__STORE(&p->state, KVX__RP_READY);
+    p->next = re->pairs;
+    re->pairs = p;
+    p->listed = 1;
+    for (rp = &re->parked; *rp;) {
+        if ((*rp)->decode == p->peer) {
+            rr = *rp;
+            *rp = rr->park_next;
+            rr->parked = 0;
+            rr->park_next = start;
+            start = rr;
+            continue;
+        }
+        rp = &(*rp)->park_next;
+    }
+    kvx__rdma_pair_ref(p);
+    pthread_mutex_unlock(&re->mu);
+    KVX__RDMA_STAT(re, pairs, 1);
+    kvx_engine_log(re->e, KVX_LOG_INFO, "kvx.rdma", 0, "%s connected: %d queue pairs", p->peer_addr,
+                   p->nqp);
+    while (old) {
+        kvx__rdma_pair *o = old;
+        old = o->grave_next;
+        kvx__rdma_pair_kill(re, o, KVX_ERR_PEER, "the connection with %s was replaced by a new one",
+                           o->peer_addr);
+        kvx__rdma_pair_unref(re, o);
+    }
+    while (start) {
+        rr = start;
+        start = rr->park_next;
+        kvx__rdma_attach(re, rr, p);
+        kvx_room_unref(rr->room);
+    }
+    kvx__rdma_pair_unref(re, p);
+}
+
+/* Decode: our side of p is at RTS and the prefill may write. */
+static void kvx__rdma_ready(kvx__rdma_engine *re, kvx__rdma_pair *p) {
+    int cur = KVX__RP_CONNECTING;
+    if (__atomic_compare_exchange_n(&p->state, &cur, KVX__RP_READY, 0, __ATOMIC_ACQ_REL,
+                                    __ATOMIC_ACQUIRE)) {
+        KVX__RDMA_STAT(re, pairs, 1);
+        kvx_engine_log(re->e, KVX_LOG_INFO, "kvx.rdma", 0, "%s connected: %d queue pairs",
+                       p->peer_addr, p->nqp);
+    }
+}
+
+/* Confirms WRITEs up to sequence `upto` on q (under p->mu). */
+static void kvx__rdma_confirm(kvx__rdma_qp *q, uint64_t upto, kvx__rdma_room **touched) {
+    if (upto > q->posted) return;
+    while (q->done < upto) {
+        kvx__rdma_slot *s = &q->ring[++q->done % q->depth];
+        kvx__rdma_room *rr = s->room;
+        if (!rr) continue;
+        rr->inflight--;
+        rr->bytes_done += s->len;
+        if (s->final && q->idx != 0) rr->others_pending--;
+        if (!rr->touched) {
+            rr->touched = 1;
+            rr->tnext = *touched;
+            *touched = rr;
+        }
+        s->room = NULL;
+    }
+}
+
+/* How much a completion status says about the cause: a flush only that
+   the queue pair is in error, retry-exceeded only that the peer stopped
+   answering; anything else names the fault. */
+static int kvx__rdma_wc_rank(enum ibv_wc_status st) {
+    return st == IBV_WC_WR_FLUSH_ERR ? 0 : st == IBV_WC_RETRY_EXC_ERR ? 1 : 2;
+}
+
+static void kvx__rdma_async(kvx__rdma_engine *re, kvx__rdma_dev *d);
+
+/* A flush or retry-exceeded usually comes with an async event that names
+   the cause (port down, QP fatal, access error): give it 100 ms to arrive
+   and fail the connection with its sentence first. Completion thread. */
+static void kvx__rdma_async_first(kvx__rdma_engine *re, kvx__rdma_dev *d) {
+    struct pollfd pf;
+    pf.fd = d->ctx->async_fd;
+    pf.events = POLLIN;
+    pf.revents = 0;
+    if (poll(&pf, 1, 100) > 0) kvx__rdma_async(re, d);
+}
+
+static void kvx__rdma_cq_prefill(kvx__rdma_engine *re, kvx__rdma_qp *q) {
+    kvx__rdma_pair *p = q->pair;
+    struct ibv_wc wc[64];
+    kvx__rdma_room *touched = NULL, *fin = NULL, *rr;
+    int bad = 0, n, i, nomem = 0, rank = -1;
+    char err[1024] = "";
+    pthread_mutex_lock(&p->mu);
+    do {
+        n = ibv_poll_cq(q->cq, 64, wc);
+        if (n > 0) KVX__RDMA_STAT(re, completions, n);
+        for (i = 0; i < n; i++) {
+            if (KVX__LOAD(&p->state) == KVX__RP_DEAD) continue;
+            if (wc[i].status != IBV_WC_SUCCESS) {
+                if (kvx__rdma_wc_rank(wc[i].status) > rank) {
+                    rank = kvx__rdma_wc_rank(wc[i].status);
+                    kvx__rdma_slot *s = wc[i].wr_id && wc[i].wr_id <= q->posted
+                                            ? &q->ring[wc[i].wr_id % q->depth] : NULL;
+                    char rm[48] = "", pn[128];
+                    if (s && s->room) snprintf(rm, sizeof rm, " of room %llu", (unsigned long long)s->room->id);
+                    kvx__rdma_port_note(re, q->dev, pn, sizeof pn);
+                    snprintf(err, sizeof err, "RDMA WRITE%s to %s failed on queue pair %u (%s port "
+                             "%u): %s (wc status %d, vendor error 0x%x)%s", rm, p->peer_addr,
+                             q->qp->qp_num, q->dev->info.name, (unsigned)q->dev->info.port,
+                             kvx__rdma_wc_str(&re->v, wc[i].status), (int)wc[i].status,
+                             wc[i].vendor_err, pn);
+                }
+                bad = 1;
+                continue;
+            }
+            kvx__rdma_confirm(q, wc[i].wr_id, &touched);
+        }
+    } while (n == 64);
+    while (touched) {
+        int st;
+        rr = touched;
+        touched = rr->tnext;
+        rr->touched = 0;
+        if (bad) continue;
+        st = kvx__rdma_room_step(re, p, rr);
+        if (st > 0) {
+            kvx_room_ref(rr->room);
+            rr->fbytes = rr->bytes_done;
+            rr->fnext = fin;
+            fin = rr;
+        } else if (st < 0) {
+            nomem = 1;
+        }
+    }
+    pthread_cond_broadcast(&p->cv);
+    if (!bad && kvx__rdma_pump_all(re, p, err, sizeof err)) bad = 1;
+    pthread_mutex_unlock(&p->mu);
+    if (bad && rank >= 0 && rank < 2) {
+        /* the other queue pairs of the connection may hold the real cause
+           (a remote access error behind a peer that went to ERR) */
+        int j;
+        kvx__rdma_async_first(re, q->dev);
+        for (j = 0; j < p->nqp && KVX__LOAD(&p->state) != KVX__RP_DEAD; j++) {
+            kvx__rdma_qp *o = &p->qp[j];
+            if (o == q || !o->cq) continue;
+            n = ibv_poll_cq(o->cq, 64, wc);
+            for (i = 0; i < n; i++)
+                if (wc[i].status != IBV_WC_SUCCESS && kvx__rdma_wc_rank(wc[i].status) > rank) {
+                    rank = kvx__rdma_wc_rank(wc[i].status);
+                    snprintf(err, sizeof err, "RDMA WRITE to %s failed on queue pair %u (%s port %u): "
+                             "%s (wc status %d, vendor error 0x%x)", p->peer_addr, o->qp->qp_num,
+                             o->dev->info.name, (unsigned)o->dev->info.port,
+                             kvx__rdma_wc_str(&re->v, wc[i].status), (int)wc[i].status,
+                             wc[i].vendor_err);
+                }
+        }
+    }
+    if (bad) kvx__rdma_pair_kill(re, p, KVX_ERR_TRANSPORT, "%s", err);
+    else if (nomem) kvx__rdma_pair_kill(re, p, KVX_ERR_NO_MEMORY, "out of memory queueing aux rows");
+    while (fin) {
+        rr = fin;
+        fin = rr->fnext;
+        kvx__rdma_finish(re, rr, rr->fbytes);
+        kvx_room_unref(rr->room);
+    }
+}
+
+/* >>rdma: decode completion accounting ---------------------------------------------- */
+
+static kvx__rdma_room *kvx__rdma_rx_find(kvx__rdma_engine *re, uint32_t tag) {
+    kvx__rdma_room *rr;
+    for (rr = re->buckets[tag % KVX__RDMA_BUCKETS]; rr; rr = rr->hnext)
+        if (rr->tag == tag) return rr;
+    return NULL;
+}
+
+static void kvx__rdma_rx_insert(kvx__rdma_engine *re, kvx__rdma_room *rr) {
+    kvx__rdma_room **b = &re->buckets[rr->tag % KVX__RDMA_BUCKETS];
+    rr->hnext = *b;
+    *b = rr;
+    rr->in_table = 1;
+}
+
+static void kvx__rdma_rx_remove(kvx__rdma_engine *re, kvx__rdma_room *rr) {
+    kvx__rdma_room **b = &re->buckets[rr->tag % KVX__RDMA_BUCKETS];
+    for (; *b; b = &(*b)->hnext)
+        if (*b == rr) { *b = rr->hnext; break; }
+    rr->in_table = 0;
+}
+
+static kvx__rdma_src *kvx__rdma_src_get(kvx__rdma_room *rr, uint64_t inst, int add) {
+    int i;
+    for (i = 0; i < rr->nsrc; i++)
+        if (rr->src[i].instance == inst) return &rr->src[i];
+    if (!add || rr->nsrc == (int)(sizeof rr->src / sizeof rr->src[0])) return NULL;
+    memset(&rr->src[rr->nsrc], 0, sizeof rr->src[0]);
+    rr->src[rr->nsrc].instance = inst;
+    return &rr->src[rr->nsrc++];
+}
+
+/* 1: every target reported Success, every queue pair of each delivered
+   the room's immediate and the bytes agree; -1 (msg set): they do not
+   agree; 0: not yet. Under rx_mu. */
+static int kvx__rdma_rx_check(kvx__rdma_room *rr, char *msg, size_t ml) {
+    int i, nst = 0;
+    uint64_t bytes = 0;
+    if (rr->succeeded_rx || !rr->targets) return 0;
+    for (i = 0; i < rr->nsrc; i++) {
+        if (!rr->src[i].status) continue;
+        if (rr->src[i].marks < rr->src[i].nqp) return 0;
+        nst++;
+        bytes += rr->src[i].bytes;
+    }
+    if (nst < rr->targets) return 0;
+    rr->succeeded_rx = 1;
+    if (bytes != rr->expected) {
+        snprintf(msg, ml, "the prefill reports %llu bytes placed but this receiver expects %llu "
+                 "(its pages times the page bytes of every buffer, plus the aux row)",
+                 (unsigned long long)bytes, (unsigned long long)rr->expected);
+        return -1;
+    }
+    return 1;
+}
+
+static void kvx__rdma_rx_act(kvx_room *r, int verdict, uint64_t bytes, const char *msg) {
+    if (verdict > 0) kvx_room_succeed(r, bytes);
+    else if (verdict < 0) kvx_room_fail(r, KVX_ERR_CORRUPT, "%s", msg);
+}
+
+/* The immediates that arrived on a queue pair of p. */
+static void kvx__rdma_marks(kvx__rdma_engine *re, kvx__rdma_pair *p, const uint32_t *tags, int n) {
+    kvx_room *act[64];
+    int verdict[64], na = 0, i;
+    uint64_t bytes[64];
+    char msg[KVX_ERROR_MAX] = "";
+    pthread_mutex_lock(&re->rx_mu);
+    for (i = 0; i < n; i++) {
+        kvx__rdma_room *rr = kvx__rdma_rx_find(re, tags[i]);
+        kvx__rdma_src *s;
+        int v;
+        if (!rr) continue; /* a fence for a room already forgotten */
+        s = kvx__rdma_src_get(rr, p->peer, 1);
+        if (!s) continue;
+        s->marks++;
+        s->nqp = (uint32_t)p->nqp;
+        v = kvx__rdma_rx_check(rr, msg, sizeof msg);
+        if (v) kvx__rdma_rx_remove(re, rr); /* every immediate is in: the tag is free */
+        if (v && na < 64) {
+            uint64_t b = 0;
+            int k;
+            for (k = 0; k < rr->nsrc; k++) b += rr->src[k].status ? rr->src[k].bytes : 0;
+            kvx_room_ref(rr->room);
+            act[na] = rr->room;
+            verdict[na] = v;
+            bytes[na++] = b;
+        }
+    }
+    pthread_cond_broadcast(&re->rx_cv);
+    pthread_mutex_unlock(&re->rx_mu);
+    for (i = 0; i < na; i++) {
+        kvx__rdma_rx_act(act[i], verdict[i], bytes[i], msg);
+        kvx_room_unref(act[i]);
+    }
+}
+
+static void kvx__rdma_cq_decode(kvx__rdma_engine *re, kvx__rdma_qp *q) {
+    kvx__rdma_pair *p = q->pair;
+    struct ibv_wc wc[64];
+    uint32_t tags[64];
+    int n, i, bad = 0, rank = -1;
+    char err[1024] = "";
+    do {
+        int nt = 0;
+        n = ibv_poll_cq(q->cq, 64, wc);
+        if (n <= 0) break;
+        KVX__RDMA_STAT(re, completions, n);
+        for (i = 0; i < n; i++) {
+            if (wc[i].status != IBV_WC_SUCCESS) {
+                if (kvx__rdma_wc_rank(wc[i].status) > rank && KVX__LOAD(&p->state) != KVX__RP_DEAD) {
+                    char pn[128];
+                    rank = kvx__rdma_wc_rank(wc[i].status);
+                    kvx__rdma_port_note(re, q->dev, pn, sizeof pn);
+                    snprintf(err, sizeof err, "receive on queue pair %u (%s port %u) from %s failed: "
+                             "%s (wc status %d, vendor error 0x%x)%s", q->qp->qp_num,
+                             q->dev->info.name, (unsigned)q->dev->info.port, p->peer_addr,
+                             kvx__rdma_wc_str(&re->v, wc[i].status), (int)wc[i].status,
+                             wc[i].vendor_err, pn);
+                }
+                bad = 1;
+                continue;
+            }
+            if (wc[i].opcode == IBV_WC_RECV_RDMA_WITH_IMM && (wc[i].wc_flags & IBV_WC_WITH_IMM)) {
+                tags[nt++] = ntohl(wc[i].imm_data);
+            } else if (!bad) {
+                snprintf(err, sizeof err, "%s sent a message other than an RDMA WRITE WITH "
+                         "IMMEDIATE (opcode %d) on queue pair %u", p->peer_addr, (int)wc[i].opcode,
+                         q->qp->qp_num);
+                bad = 1;
+            }
+        }
+        if (nt) {
+            KVX__RDMA_STAT(re, imm_received, nt);
+            kvx__rdma_marks(re, p, tags, nt);
+            if (KVX__LOAD(&p->state) != KVX__RP_DEAD && kvx__rdma_post_recvs(re, q, (uint32_t)nt)) {
+                snprintf(err, sizeof err, "cannot post receives on queue pair %u (%s): %s",
+                         q->qp->qp_num, q->dev->info.name, strerror(errno));
+                bad = 1;
+            }
+        }
+    } while (n == 64);
+    if (bad && rank >= 0 && rank < 2) kvx__rdma_async_first(re, q->dev);
+    if (bad && err[0]) kvx__rdma_pair_kill(re, p, KVX_ERR_TRANSPORT, "%s", err);
+    else if (bad) kvx__rdma_pair_kill(re, p, KVX_ERR_TRANSPORT, "queue pair %u with %s failed",
+                                      q->qp->qp_num, p->peer_addr);
+}
+
+/* >>rdma: the completion and event thread --------------------------------------------- */
+
+static void kvx__rdma_cq_events(kvx__rdma_engine *re, kvx__rdma_dev *d) {
+    for (;;) {
+        struct ibv_cq *cq = NULL;
+        void *ctx = NULL;
+        kvx__rdma_qp *q;
+        if (re->v.get_cq_event(d->ch, &cq, &ctx)) break;
+        re->v.ack_cq_events(cq, 1);
+        q = (kvx__rdma_qp *)ctx;
+        ibv_req_notify_cq(cq, 0);
+        if (re->role == KVX_ROLE_PREFILL) kvx__rdma_cq_prefill(re, q);
+        else kvx__rdma_cq_decode(re, q);
+    }
+}
+
+/* Pairs (referenced) with a queue pair on port d. */
+static int kvx__rdma_pairs_on(kvx__rdma_engine *re, const kvx__rdma_dev *d, kvx__rdma_pair **out,
+                              int max) {
+    kvx__rdma_pair *p;
+    int n = 0, i;
+    pthread_mutex_lock(&re->mu);
+    for (p = re->pairs; p && n < max; p = p->next) {
+        for (i = 0; i < p->nqp && p->qp[i].dev != d; i++) {}
+        if (i < p->nqp && KVX__LOAD(&p->state) != KVX__RP_DEAD) {
+            kvx__rdma_pair_ref(p);
+            out[n++] = p;
+        }
+    }
+    pthread_mutex_unlock(&re->mu);
+    return n;
+}
+
+static void kvx__rdma_async(kvx__rdma_engine *re, kvx__rdma_dev *d) {
+    struct ibv_async_event ev;
+    while (re->v.get_async_event(d->ctx, &ev) == 0) {
+        enum ibv_event_type t = ev.event_type;
+        const char *name = kvx__rdma_ev_str(&re->v, t);
+        kvx__rdma_pair *hit[64];
+        int nhit = 0, i;
+        char msg[KVX_ERROR_MAX] = "";
+        kvx__rdma_qp *q = NULL;
+        switch (t) {
+        case IBV_EVENT_QP_FATAL:
+        case IBV_EVENT_QP_REQ_ERR:
+        case IBV_EVENT_QP_ACCESS_ERR:
+        case IBV_EVENT_PATH_MIG_ERR:
+            q = (kvx__rdma_qp *)ev.element.qp->qp_context;
+            /* fallthrough */
+        case IBV_EVENT_CQ_ERR:
+            if (!q) q = (kvx__rdma_qp *)ev.element.cq->cq_context;
+            if (q && kvx__rdma_pair_tryref(q->pair)) {
+                hit[nhit++] = q->pair;
+                snprintf(msg, sizeof msg, "%s (%s) on queue pair %u (%s port %u) with %s%s", name,
+                         t == IBV_EVENT_QP_ACCESS_ERR ? "IBV_EVENT_QP_ACCESS_ERR"
+                         : t == IBV_EVENT_QP_FATAL   ? "IBV_EVENT_QP_FATAL"
+                         : t == IBV_EVENT_CQ_ERR     ? "IBV_EVENT_CQ_ERR"
+                                                     : "IBV_EVENT_QP_REQ_ERR",
+                         q->qp ? q->qp->qp_num : 0u, d->info.name, (unsigned)d->info.port,
+                         q->pair->peer_addr,
+                         t == IBV_EVENT_QP_ACCESS_ERR
+                             ? ": the peer wrote outside the registered pool or with a bad key"
+                             : "");
+            }
+            break;
+        case IBV_EVENT_PORT_ERR:
+            KVX__STORE(&d->down, 1);
+            nhit = kvx__rdma_pairs_on(re, d, hit, 64);
+            snprintf(msg, sizeof msg, "%s (IBV_EVENT_PORT_ERR): %s port %u went down; check the "
+                     "link (ibv_devinfo, rdma link show)", name, d->info.name,
+                     (unsigned)d->info.port);
+            break;
+        case IBV_EVENT_DEVICE_FATAL:
+            KVX__STORE(&d->fatal, 1);
+            nhit = kvx__rdma_pairs_on(re, d, hit, 64);
+            snprintf(msg, sizeof msg, "%s (IBV_EVENT_DEVICE_FATAL) on %s: the NIC needs a reset",
+                     name, d->info.name);
+            break;
+        case IBV_EVENT_PORT_ACTIVE:
+            KVX__STORE(&d->down, 0);
+            kvx_engine_log(re->e, KVX_LOG_INFO, "kvx.rdma", 0, "%s port %u is active again",
+                           d->info.name, (unsigned)d->info.port);
+            break;
+        default:
+            kvx_engine_log(re->e, KVX_LOG_INFO, "kvx.rdma", 0, "%s: async event %s (%d)",
+                           d->info.name, name, (int)t);
+            break;
+        }
+        re->v.ack_async_event(&ev);
+        for (i = 0; i < nhit; i++) {
+            kvx__rdma_pair_kill(re, hit[i], KVX_ERR_TRANSPORT, "%s", msg);
+            kvx__rdma_pair_unref(re, hit[i]);
+        }
+    }
+}
+
+static void kvx__rdma_accept_all(kvx__rdma_engine *re) {
+    for (;;) {
+        struct sockaddr_storage ss;
+        socklen_t sl = sizeof ss;
+        kvx__rdma_accept *aj;
+        char host[64] = "?", port[16] = "?";
+        int fd = accept4(re->listen_fd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            if (errno == EINTR) continue;
+            return;
+        }
+        getnameinfo((struct sockaddr *)&ss, sl, host, sizeof host, port, sizeof port,
+                    NI_NUMERICHOST | NI_NUMERICSERV);
+        aj = (kvx__rdma_accept *)calloc(1, sizeof *aj);
+        if (!aj || KVX__LOAD(&re->stop)) { free(aj); close(fd); continue; }
+        aj->re = re;
+        aj->fd = fd;
+        snprintf(aj->addr, sizeof aj->addr, "%s:%s", host, port);
+        if (kvx_workq_submit(re->cmq, kvx__rdma_accept_job, aj) != KVX_OK) {
+            close(fd);
+            free(aj);
+        }
+    }
+}
+
+static void kvx__rdma_bury(kvx__rdma_engine *re) {
+    kvx__rdma_pair *g;
+    pthread_mutex_lock(&re->gmu);
+    g = re->grave;
+    re->grave = NULL;
+    pthread_mutex_unlock(&re->gmu);
+    while (g) {
+        kvx__rdma_pair *n = g->grave_next;
+        kvx__rdma_pair_destroy(re, g);
+        g = n;
+    }
+}
+
+static void *kvx__rdma_thread_main(void *arg) {
+    kvx__rdma_engine *re = (kvx__rdma_engine *)arg;
+    struct pollfd pf[2 + 2 * KVX_RDMA_MAX_DEVS];
+    int n = 2, d;
+    pf[0].fd = re->wake_rd;
+    pf[0].events = POLLIN;
+    pf[1].fd = re->listen_fd; /* -1 on decode: poll ignores it */
+    pf[1].events = POLLIN;
+    for (d = 0; d < re->ndev; d++) {
+        pf[n].fd = re->dev[d].ctx->async_fd;
+        pf[n++].events = POLLIN;
+        pf[n].fd = re->dev[d].ch->fd;
+        pf[n++].events = POLLIN;
+    }
+    while (!KVX__LOAD(&re->stop)) {
+        int i, rc;
+        for (i = 0; i < n; i++) pf[i].revents = 0;
+        rc = poll(pf, (nfds_t)n, 200);
+        if (rc < 0 && errno != EINTR) break;
+        if (pf[0].revents) {
+            char tmp[256];
+            while (read(re->wake_rd, tmp, sizeof tmp) > 0) {}
+        }
+        if (pf[1].revents) kvx__rdma_accept_all(re);
+        for (d = 0; d < re->ndev; d++) {
+            if (pf[2 + 2 * d].revents) kvx__rdma_async(re, &re->dev[d]);
+            if (pf[3 + 2 * d].revents) kvx__rdma_cq_events(re, &re->dev[d]);
+        }
+        kvx__rdma_bury(re);
+    }
+    return NULL;
+}
+
+/* >>rdma: kvx_boot hooks --------------------------------------------------------------- */
+
+static kvx__rdma_engine *kvx__rdma_bre(kvx_boot *b) { return (kvx__rdma_engine *)kvx_boot_user(b); }
+
+/* Prefill: the destination of a room arrived from a decode rank. */
+static kvx_result kvx__rdma_on_room(kvx_boot *b, kvx_room *r, const kvx_boot_peer *peer,
+                                    const int32_t *dst, uint32_t n, int32_t aux) {
+    kvx__rdma_engine *re = kvx__rdma_bre(b);
+    kvx__rdma_room *rr = kvx__rdma_rr(r);
+    kvx__rdma_pair *p, *found = NULL;
+    kvx_rdma_hello h;
+    char why[KVX_ERROR_MAX], broken[KVX_ERROR_MAX] = "";
+    uint32_t broken_qpn = 0;
+    if (kvx_rdma_hello_parse(peer->endpoint, peer->endpoint_len, &h, why, sizeof why) != KVX_OK) {
+        kvx_room_fail(r, KVX_ERR_PROTOCOL, "decode %s: %s", peer->addr, why);
+        return KVX_ERR_PROTOCOL;
+    }
+    if (rr->have_dst) {
+        kvx_room_fail(r, KVX_ERR_INVALID_ARGUMENT, "decode %s sent a second destination for room "
+                      "%llu (already one from %s): the rdma transport serves one decode rank per "
+                      "prefill room; use equal TP sizes", peer->addr,
+                      (unsigned long long)rr->id, rr->decode_addr);
+        return KVX_ERR_INVALID_ARGUMENT;
+    }
+    rr->dst = (int32_t *)malloc((n ? n : 1) * sizeof *rr->dst);
+    if (!rr->dst) return KVX_ERR_NO_MEMORY;
+    if (n) memcpy(rr->dst, dst, n * sizeof *dst);
+    rr->ndst = n;
+    rr->dst_aux = aux;
+    rr->decode = h.instance;
+    snprintf(rr->decode_addr, sizeof rr->decode_addr, "decode %s", peer->addr);
+    rr->have_dst = 1;
+    pthread_mutex_lock(&re->mu);
+    for (p = re->pairs; p; p = p->next) {
+        if (p->peer != h.instance) continue;
+        if (KVX__LOAD(&p->state) == KVX__RP_READY) { found = p; break; }
+        if (KVX__LOAD(&p->state) == KVX__RP_DEAD && !broken[0]) {
+            pthread_mutex_lock(&p->mu);
+            snprintf(broken, sizeof broken, "%s", p->reason);
+            pthread_mutex_unlock(&p->mu);
+            broken_qpn = p->peer_qpn0;
+        }
+    }
+    if (found) {
+        kvx__rdma_pair_ref(found);
+        broken[0] = 0;
+    } else {
+        rr->parked = 1;
+        rr->park_deadline = kvx_now_ns() + (uint64_t)(re->cfg.connect_timeout_s * 1e9);
+        rr->park_next = re->parked;
+        re->parked = rr;
+        kvx_room_ref(r);
+    }
+    pthread_mutex_unlock(&re->mu);
+    if (found) {
+        kvx__rdma_attach(re, rr, found);
+        kvx__rdma_pair_unref(re, found);
+    } else if (broken[0]) {
+        /* our connection with this decode engine broke while no room used
+           it, so its side may not know: ask it to reconnect (a status in
+           state Transferring with KVX_ERR_TRANSPORT); the room waits */
+        kvx_engine_log(re->e, KVX_LOG_INFO, "kvx.rdma", rr->id, "asking %s to reconnect: %s",
+                       rr->decode_addr, broken);
+        kvx_boot_send_status(re->boot, r, KVX_POLL_TRANSFERRING, KVX_ERR_TRANSPORT, broken_qpn,
+                             broken);
+    }
+    return KVX_OK;
+}
+
+static int kvx__rdma_targets(const kvx__rdma_engine *re, const kvx_boot_peer *pe) {
+    int dtp = kvx_engine_settings(re->e)->boot.tp_size > 0 ? kvx_engine_settings(re->e)->boot.tp_size : 1;
+    int ptp = pe->tp_size > 0 ? pe->tp_size : 1;
+    int cp = pe->cp_size > 0 ? pe->cp_size : 1, pp = pe->pp_size > 0 ? pe->pp_size : 1;
+    return cp * pp * (ptp > dtp && ptp % dtp == 0 ? ptp / dtp : 1);
+}
+
+/* Decode: the prefill's side of our connection broke while idle: retire
+   ours without failing rooms (the one that asked waits on the prefill)
+   and dial again. */
+static void kvx__rdma_reconnect(kvx__rdma_engine *re, uint64_t inst, uint32_t qpn0,
+                                const char *addr, const char *reason) {
+    kvx__rdma_peer *pe;
+    kvx__rdma_pair *old = NULL;
+    char msg[KVX_ERROR_MAX];
+    snprintf(msg, sizeof msg, "prefill %s asks to reconnect: %s", addr,
+             reason && *reason ? reason : "its side of the connection broke");
+    pthread_mutex_lock(&re->mu);
+    for (pe = re->peers; pe; pe = pe->next) {
+        if (pe->instance != inst || pe->dialing) continue;
+        if (pe->pair && KVX__LOAD(&pe->pair->state) == KVX__RP_READY) {
+            /* only the connection the request is about: a late request
+               must not retire the one made in answer to an earlier one */
+            if (!pe->pair->qp[0].qp || pe->pair->qp[0].qp->qp_num != qpn0) continue;
+            old = pe->pair;
+            kvx__rdma_pair_ref(old);
+        }
+        kvx__rdma_dial_locked(re, pe);
+    }
+    pthread_mutex_unlock(&re->mu);
+    if (old) {
+        kvx__rdma_pair_down(re, old, KVX_ERR_TRANSPORT, 0, msg);
+        kvx__rdma_pair_unref(re, old);
+    }
+}
+
+/* Decode: a status frame. Success only counts with the immediates. */
+static int kvx__rdma_on_status(kvx_boot *b, kvx_room *r, const kvx_boot_peer *peer, kvx_poll state,
+                               kvx_result result, uint64_t bytes, const char *reason) {
+    kvx__rdma_engine *re = kvx__rdma_bre(b);
+    kvx__rdma_room *rr = kvx__rdma_rr(r);
+    kvx__rdma_pair *p;
+    kvx_rdma_hello h;
+    kvx__rdma_src *s;
+    char why[KVX_ERROR_MAX] = "";
+    int nqp = 0, v, k;
+    uint64_t total = 0;
+    if (state == KVX_POLL_FAILED && result == KVX_ERR_TRANSPORT &&
+        kvx_rdma_hello_parse(peer->endpoint, peer->endpoint_len, &h, why, sizeof why) == KVX_OK) {
+        /* the prefill fails a room with KVX_ERR_TRANSPORT only when its
+           connection with this engine broke: drop our side too (a receive-
+           only queue pair may never notice), so the next receiver redials */
+        kvx__rdma_pair *dead[8];
+        int nd = 0, i;
+        kvx_room_fail(r, result, "prefill rank %s failed the room: %s", peer->addr,
+                      reason && *reason ? reason : "no reason given");
+        pthread_mutex_lock(&re->mu);
+        for (p = re->pairs; p && nd < 8; p = p->next)
+            if (p->peer == h.instance && KVX__LOAD(&p->state) != KVX__RP_DEAD) {
+                kvx__rdma_pair_ref(p);
+                dead[nd++] = p;
+            }
+        pthread_mutex_unlock(&re->mu);
+        for (i = 0; i < nd; i++) {
+            kvx__rdma_pair_kill(re, dead[i], KVX_ERR_TRANSPORT, "prefill %s reports its RDMA "
+                               "connection with this engine broken: %s", peer->addr,
+                               reason && *reason ? reason : "no reason given");
+            kvx__rdma_pair_unref(re, dead[i]);
+        }
+        return 1;
+    }
+    if (state == KVX_POLL_TRANSFERRING && result == KVX_ERR_TRANSPORT &&
+        kvx_rdma_hello_parse(peer->endpoint, peer->endpoint_len, &h, why, sizeof why) == KVX_OK) {
+        kvx__rdma_reconnect(re, h.instance, (uint32_t)bytes, peer->addr, reason);
+        return 1;
+    }
+    if (state != KVX_POLL_SUCCESS || !rr) return 0;
+    if (kvx_rdma_hello_parse(peer->endpoint, peer->endpoint_len, &h, why, sizeof why) != KVX_OK) {
+        kvx_room_fail(r, KVX_ERR_PROTOCOL, "prefill %s: %s", peer->addr, why);
+        return 1;
+    }
+    pthread_mutex_lock(&re->mu);
+    for (p = re->pairs; p; p = p->next)
+        if (p->peer == h.instance && KVX__LOAD(&p->state) == KVX__RP_READY) nqp = p->nqp;
+    pthread_mutex_unlock(&re->mu);
+    if (!nqp) {
+        kvx_room_fail(r, KVX_ERR_PEER_LOST, "prefill %s reported Success but this engine has no "
+                      "working RDMA connection with it", peer->addr);
+        return 1;
+    }
+    pthread_mutex_lock(&re->rx_mu);
+    if (!rr->in_table) {
+        pthread_mutex_unlock(&re->rx_mu);
+        return 0;
+    }
+    rr->targets = kvx__rdma_targets(re, peer);
+    s = kvx__rdma_src_get(rr, h.instance, 1);
+    if (s && !s->status) {
+        s->status = 1;
+        s->bytes = bytes;
+        s->nqp = (uint32_t)nqp;
+    }
+    v = s ? kvx__rdma_rx_check(rr, why, sizeof why) : -1;
+    if (!s) snprintf(why, sizeof why, "more prefill engines wrote room %llu than this receiver "
+                     "can track", (unsigned long long)rr->id);
+    if (v > 0 || (v < 0 && s)) kvx__rdma_rx_remove(re, rr);
+    for (k = 0; k < rr->nsrc; k++) total += rr->src[k].status ? rr->src[k].bytes : 0;
+    pthread_mutex_unlock(&re->rx_mu);
+    kvx__rdma_rx_act(r, v, total, why);
+    /* 2: this rank is done. It sends Success only after every WRITE,
+       immediates included, completed, so the bytes are placed even if it
+       goes away before the completion thread counted the immediates. */
+    return s ? 2 : 1;
+}
+
+static void kvx__rdma_cancel_room(kvx__rdma_engine *re, kvx__rdma_room *rr) {
+    kvx__rdma_pair *p = rr->pair;
+    char err[KVX_ERROR_MAX] = "";
+    int bad;
+    if (!p) return;
+    pthread_mutex_lock(&p->mu);
+    if (!rr->finished) kvx__rdma_cancel_locked(p, rr);
+    bad = kvx__rdma_pump_all(re, p, err, sizeof err);
+    pthread_mutex_unlock(&p->mu);
+    if (bad) kvx__rdma_pair_kill(re, p, KVX_ERR_TRANSPORT, "%s", err);
+}
+
+static void kvx__rdma_on_abort(kvx_boot *b, kvx_room *r, const kvx_boot_peer *peer,
+                               const char *reason) {
+    kvx__rdma_engine *re = kvx__rdma_bre(b);
+    kvx__rdma_room *rr = kvx__rdma_rr(r);
+    (void)peer; (void)reason;
+    if (re->role == KVX_ROLE_PREFILL && rr && rr->pair) kvx__rdma_cancel_room(re, rr);
+}
+
+/* Decode: the control connection with a prefill rank is up: dial it. */
+static void kvx__rdma_on_connect(kvx_boot *b, const kvx_boot_peer *peer) {
+    kvx__rdma_engine *re = kvx__rdma_bre(b);
+    kvx__rdma_peer *pe;
+    kvx_rdma_hello h;
+    char why[KVX_ERROR_MAX], ip[64];
+    if (re->role != KVX_ROLE_DECODE) return;
+    if (kvx_rdma_hello_parse(peer->endpoint, peer->endpoint_len, &h, why, sizeof why) != KVX_OK ||
+        h.role != KVX_ROLE_PREFILL) {
+        kvx_engine_log(re->e, KVX_LOG_ERROR, "kvx.rdma", 0, "prefill %s: %s", peer->addr,
+                       why[0] ? why : "its endpoint is not a prefill's");
+        return;
+    }
+    if (kvx__rdma_addr_host(peer->addr, ip, sizeof ip)) {
+        kvx_engine_log(re->e, KVX_LOG_ERROR, "kvx.rdma", 0, "prefill address '%s' is not host:port",
+                       peer->addr);
+        return;
+    }
+    pthread_mutex_lock(&re->mu);
+    for (pe = re->peers; pe && pe->instance != h.instance; pe = pe->next) {}
+    if (!pe) {
+        pe = (kvx__rdma_peer *)calloc(1, sizeof *pe);
+        if (!pe) { pthread_mutex_unlock(&re->mu); return; }
+        pe->instance = h.instance;
+        pe->next = re->peers;
+        re->peers = pe;
+    }
+    snprintf(pe->ip, sizeof pe->ip, "%s", ip);
+    snprintf(pe->addr, sizeof pe->addr, "%s", peer->addr);
+    snprintf(pe->bootstrap, sizeof pe->bootstrap, "%s", peer->bootstrap ? peer->bootstrap : "");
+    pe->cm_port = h.cm_port;
+    pe->dp_rank = peer->dp_rank;
+    pe->dp_size = peer->dp_size;
+    pe->hello = h;
+    if (!pe->pair || KVX__LOAD(&pe->pair->state) == KVX__RP_DEAD) kvx__rdma_dial_locked(re, pe);
+    pthread_mutex_unlock(&re->mu);
+}
+
+static void kvx__rdma_on_disconnect(kvx_boot *b, const kvx_boot_peer *peer, const char *reason) {
+    kvx__rdma_engine *re = kvx__rdma_bre(b);
+    kvx__rdma_pair **pp, *gone = NULL;
+    kvx__rdma_peer **pe;
+    kvx_rdma_hello h;
+    char why[KVX_ERROR_MAX];
+    if (kvx_rdma_hello_parse(peer->endpoint, peer->endpoint_len, &h, why, sizeof why) != KVX_OK) return;
+    pthread_mutex_lock(&re->mu);
+    for (pp = &re->pairs; *pp;) {
+        if ((*pp)->peer == h.instance) {
+            kvx__rdma_pair *o = *pp;
+            *pp = o->next;
+            o->listed = 0;
+            o->grave_next = gone;
+            gone = o;
+            continue;
+        }
+        pp = &(*pp)->next;
+    }
+    for (pe = &re->peers; *pe;) {
+        if ((*pe)->instance == h.instance) {
+            kvx__rdma_peer *x = *pe;
+            *pe = x->next;
+            free(x);
+            continue;
+        }
+        pe = &(*pe)->next;
+    }
+    pthread_mutex_unlock(&re->mu);
+    while (gone) {
+        kvx__rdma_pair *o = gone;
+        gone = o->grave_next;
+        kvx__rdma_pair_kill(re, o, KVX_ERR_PEER_LOST, "lost the control connection with %s %s: %s",
+                           re->role == KVX_ROLE_PREFILL ? "decode" : "prefill", peer->addr,
+                           reason ? reason : "closed");
+        kvx__rdma_pair_unref(re, o);
+    }
+}
+
+/* >>rdma: backend hooks --------------------------------------------------------------- */
+
+static kvx_result kvx__rdma_room_open(kvx_room *r) {
+    kvx__rdma_engine *re = kvx__rdma_re(kvx_room_engine(r));
+    kvx__rdma_room *rr = (kvx__rdma_room *)calloc(1, sizeof *rr);
+    const char *bs = kvx_room_bootstrap_addr(r);
+    if (!rr) return KVX_ERR_NO_MEMORY;
+    rr->room = r;
+    rr->re = re;
+    rr->id = kvx_room_id(r);
+    rr->tag = kvx__rdma_tag(rr->id);
+    rr->dst_aux = -1;
+    rr->src_aux = -1;
+    snprintf(rr->bootstrap, sizeof rr->bootstrap, "%s", bs ? bs : "");
+    pthread_mutex_init(&rr->mu, NULL);
+    kvx_room_set_data(r, rr);
+    return kvx_boot_room_open(re->boot, r);
+}
+
+static void kvx__rdma_room_free(kvx_room *r) {
+    kvx__rdma_room *rr = kvx__rdma_rr(r);
+    uint32_t i;
+    if (!rr) return;
+    for (i = 0; i < rr->nchunks; i++) kvx_chunk_free(kvx_room_engine(r), rr->chunks[i]);
+    free(rr->chunks);
+    free(rr->dst);
+    free(rr->def_pages);
+    pthread_mutex_destroy(&rr->mu);
+    free(rr);
+    kvx_room_set_data(r, NULL);
+}
+
+static kvx_result kvx__rdma_sender_init(kvx_room *r, uint32_t n, int32_t aux) {
+    kvx__rdma_engine *re = kvx__rdma_re(kvx_room_engine(r));
+    kvx__rdma_room *rr = kvx__rdma_rr(r);
+    uint32_t want = kvx_boot_room_dst_pages(re->boot, r);
+    if (n != want) {
+        kvx__rdma_tx_fail(re, r, KVX_ERR_INVALID_ARGUMENT,
+                          "init declares %u pages but the decode side asked for %u", n, want);
+        return KVX_ERR_INVALID_ARGUMENT;
+    }
+    if (rr->dst_aux >= 0 && kvx_engine_layout(re->e)->num_aux && aux < 0) {
+        kvx__rdma_tx_fail(re, r, KVX_ERR_INVALID_ARGUMENT, "the decode side asked for aux rows "
+                          "(slot %d) but init gave no aux index", (int)rr->dst_aux);
+        return KVX_ERR_INVALID_ARGUMENT;
+    }
+    rr->src_aux = aux;
+    rr->aux_needed = aux >= 0 && rr->dst_aux >= 0 && kvx_engine_layout(re->e)->num_aux > 0;
+    return KVX_OK;
+}
+
+static kvx_result kvx__rdma_sender_send(kvx_room *r, kvx_chunk *c) {
+    kvx__rdma_engine *re = kvx__rdma_re(kvx_room_engine(r));
+    kvx__rdma_room *rr = kvx__rdma_rr(r);
+    pthread_mutex_lock(&rr->mu);
+    if (kvx_room_poll(r) == KVX_POLL_FAILED) {
+        pthread_mutex_unlock(&rr->mu);
+        kvx_chunk_free(re->e, c);
+        return KVX_OK;
+    }
+    if (!rr->pair) { /* the connection with the decode side is not up yet */
+        if (rr->nchunks == rr->cchunks) {
+            uint32_t nc = rr->cchunks ? rr->cchunks * 2 : 8;
+            kvx_chunk **nv = (kvx_chunk **)realloc(rr->chunks, nc * sizeof *nv);
+            if (!nv) {
+                pthread_mutex_unlock(&rr->mu);
+                kvx_chunk_free(re->e, c);
+                return KVX_ERR_NO_MEMORY;
+            }
+            rr->chunks = nv;
+            rr->cchunks = nc;
+        }
+        rr->chunks[rr->nchunks++] = c;
+        pthread_mutex_unlock(&rr->mu);
+        return KVX_OK;
+    }
+    kvx__rdma_submit(re, rr, c);
+    pthread_mutex_unlock(&rr->mu);
+    return KVX_OK;
+}
+
+/* Decode: the tags of other receivers whose folded ids collide are busy. */
+static kvx_result kvx__rdma_receiver_init(kvx_room *r, const int32_t *pages, uint32_t n,
+                                          int32_t aux) {
+    kvx__rdma_engine *re = kvx__rdma_re(kvx_room_engine(r));
+    kvx__rdma_room *rr = kvx__rdma_rr(r);
+    const kvx_layout *l = kvx_engine_layout(re->e);
+    kvx__rdma_peer *pe;
+    uint32_t i;
+    int dialing = 0;
+    rr->expected = (uint64_t)n * kvx_layout_page_bytes(l);
+    if (aux >= 0)
+        for (i = 0; i < l->num_aux; i++) rr->expected += l->aux[i].item_len;
+    /* a broken connection with one of this room's prefill ranks: redial,
+       and hold the room frame until the connection is made, so the
+       prefill never plans it on the connection it is replacing */
+    pthread_mutex_lock(&re->mu);
+    for (pe = re->peers; pe; pe = pe->next) {
+        if (!kvx__rdma_peer_serves(pe, rr)) continue;
+        if (!pe->pair || KVX__LOAD(&pe->pair->state) == KVX__RP_DEAD) kvx__rdma_dial_locked(re, pe);
+        if (pe->dialing) dialing = 1;
+    }
+    pthread_mutex_unlock(&re->mu);
+    pthread_mutex_lock(&re->rx_mu);
+    if (dialing || kvx__rdma_rx_find(re, rr->tag)) {
+        rr->def_pages = (int32_t *)malloc((n ? n : 1) * sizeof *pages);
+        if (!rr->def_pages) {
+            pthread_mutex_unlock(&re->rx_mu);
+            return KVX_ERR_NO_MEMORY;
+        }
+        if (n) memcpy(rr->def_pages, pages, n * sizeof *pages);
+        rr->def_n = n;
+        rr->def_aux = aux;
+        rr->deferred = 1;
+        rr->dnext = re->deferred;
+        re->deferred = rr;
+        kvx_room_ref(r);
+        pthread_mutex_unlock(&re->rx_mu);
+        kvx_engine_log(re->e, KVX_LOG_INFO, "kvx.rdma", rr->id, "%s",
+                       dialing ? "waits for the RDMA connection with its prefill"
+                               : "another receiver uses the same 32-bit completion tag; this one "
+                                 "waits for it");
+        return KVX_OK;
+    }
+    kvx__rdma_rx_insert(re, rr);
+    pthread_mutex_unlock(&re->rx_mu);
+    return kvx_boot_receiver_init(re->boot, r, pages, n, aux);
+}
+
+static void kvx__rdma_room_abort(kvx_room *r, const char *reason) {
+    kvx__rdma_engine *re = kvx__rdma_re(kvx_room_engine(r));
+    kvx__rdma_room *rr = kvx__rdma_rr(r);
+    kvx_boot_abort(re->boot, r, reason);
+    if (re->role == KVX_ROLE_PREFILL && rr) kvx__rdma_cancel_room(re, rr);
+}
+
+/* Prefill: stop the room's WRITEs and wait until the NIC no longer reads
+   its pages. */
+static void kvx__rdma_tx_close(kvx__rdma_engine *re, kvx__rdma_room *rr) {
+    kvx__rdma_pair *p;
+    uint32_t i;
+    uint64_t limit;
+    int killed = 0;
+    pthread_mutex_lock(&re->mu);
+    if (rr->parked) {
+        kvx__rdma_room **pp;
+        for (pp = &re->parked; *pp; pp = &(*pp)->park_next)
+            if (*pp == rr) { *pp = rr->park_next; break; }
+        rr->parked = 0;
+        pthread_mutex_unlock(&re->mu);
+        kvx_room_unref(rr->room);
+    } else {
+        pthread_mutex_unlock(&re->mu);
+    }
+    pthread_mutex_lock(&rr->mu);
+    for (i = 0; i < rr->nchunks; i++) kvx_chunk_free(re->e, rr->chunks[i]);
+    rr->nchunks = 0;
+    p = rr->pair;
+    pthread_mutex_unlock(&rr->mu);
+    if (!p) return;
+    kvx__rdma_cancel_room(re, rr);
+    limit = kvx_now_ns() + (uint64_t)((re->cfg.connect_timeout_s + 5) * 1e9);
+    pthread_mutex_lock(&p->mu);
+    while (rr->works || rr->inflight) {
+        struct timespec ts;
+        if (kvx_now_ns() > limit && !killed) {
+            pthread_mutex_unlock(&p->mu);
+            kvx__rdma_pair_kill(re, p, KVX_ERR_TIMEOUT, "RDMA WRITEs of room %llu to %s did not "
+                               "complete within %.0f s", (unsigned long long)rr->id, p->peer_addr,
+                               re->cfg.connect_timeout_s + 5);
+            killed = 1;
+            pthread_mutex_lock(&p->mu);
+            continue;
+        }
+        kvx__rdma_abs(&ts, 0.1);
+        pthread_cond_timedwait(&p->cv, &p->mu, &ts);
+    }
+    if (rr->pprev) rr->pprev->pnext = rr->pnext;
+    else if (p->rooms == rr) p->rooms = rr->pnext;
+    if (rr->pnext) rr->pnext->pprev = rr->pprev;
+    rr->pnext = rr->pprev = NULL;
+    pthread_mutex_unlock(&p->mu);
+    kvx__rdma_pair_unref(re, p);
+}
+
+/* Decode: an unfinished room waits (KVX_IB_FENCE_TIMEOUT) until every
+   queue pair of its prefill connections delivered its last immediate. */
+static void kvx__rdma_rx_close(kvx__rdma_engine *re, kvx__rdma_room *rr) {
+    kvx__rdma_pair *ps[16], *p;
+    int np = 0, i, timed_out = 0;
+    uint64_t deadline = kvx_now_ns() + (uint64_t)(re->cfg.fence_timeout_s * 1e9);
+    pthread_mutex_lock(&re->rx_mu);
+    if (rr->deferred) {
+        kvx__rdma_room **pp;
+        for (pp = &re->deferred; *pp; pp = &(*pp)->dnext)
+            if (*pp == rr) { *pp = rr->dnext; break; }
+        rr->deferred = 0;
+        pthread_mutex_unlock(&re->rx_mu);
+        kvx_room_unref(rr->room);
+    } else {
+        pthread_mutex_unlock(&re->rx_mu);
+    }
+    if (!rr->in_table) return;
+    if (kvx_room_poll(rr->room) != KVX_POLL_SUCCESS && re->cfg.fence_timeout_s > 0) {
+        pthread_mutex_lock(&re->mu);
+        for (p = re->pairs; p && np < 16; p = p->next)
+            if (KVX__LOAD(&p->state) == KVX__RP_READY && kvx__rdma_pair_serves(p, rr)) {
+                kvx__rdma_pair_ref(p);
+                ps[np++] = p;
+            }
+        pthread_mutex_unlock(&re->mu);
+        pthread_mutex_lock(&re->rx_mu);
+        for (;;) {
+            struct timespec ts;
+            int all = 1;
+            for (i = 0; i < np; i++) {
+                kvx__rdma_src *s = kvx__rdma_src_get(rr, ps[i]->peer, 0);
+                if (KVX__LOAD(&ps[i]->state) != KVX__RP_DEAD && (!s || s->marks < (uint32_t)ps[i]->nqp))
+                    all = 0;
+            }
+            if (all) break;
+            if (kvx_now_ns() >= deadline) { timed_out = 1; break; }
+            kvx__rdma_abs(&ts, 0.05);
+            pthread_cond_timedwait(&re->rx_cv, &re->rx_mu, &ts);
+        }
+        pthread_mutex_unlock(&re->rx_mu);
+        for (i = 0; i < np; i++) kvx__rdma_pair_unref(re, ps[i]);
+        if (timed_out)
+            kvx_engine_log(re->e, KVX_LOG_WARN, "kvx.rdma", rr->id,
+                           "the prefill did not confirm within %.1f s (KVX_IB_FENCE_TIMEOUT) that "
+                           "it stopped writing this room's pages; they may still change",
+                           re->cfg.fence_timeout_s);
+    }
+    pthread_mutex_lock(&re->rx_mu);
+    kvx__rdma_rx_remove(re, rr);
+    pthread_mutex_unlock(&re->rx_mu);
+}
+
+static void kvx__rdma_room_close(kvx_room *r) {
+    kvx__rdma_engine *re = kvx__rdma_re(kvx_room_engine(r));
+    kvx__rdma_room *rr = kvx__rdma_rr(r);
+    kvx_boot_room_close(re->boot, r);
+    if (!rr) return;
+    if (re->role == KVX_ROLE_PREFILL) kvx__rdma_tx_close(re, rr);
+    else kvx__rdma_rx_close(re, rr);
+}
+
+/* Every tick: prefill rooms that waited too long for their connection;
+   decode rooms whose completion tag became free. */
+static void kvx__rdma_progress(kvx_engine *e) {
+    kvx__rdma_engine *re = kvx__rdma_re(e);
+    kvx__rdma_room *expired = NULL, *rr, **pp, *go = NULL;
+    uint64_t now = kvx_now_ns();
+    if (re->role == KVX_ROLE_PREFILL) {
+        pthread_mutex_lock(&re->mu);
+        for (pp = &re->parked; *pp;) {
+            rr = *pp;
+            if (now > rr->park_deadline || kvx_room_poll(rr->room) == KVX_POLL_FAILED) {
+                *pp = rr->park_next;
+                rr->parked = 0;
+                rr->park_next = expired;
+                expired = rr;
+                continue;
+            }
+            pp = &rr->park_next;
+        }
+        pthread_mutex_unlock(&re->mu);
+        while (expired) {
+            rr = expired;
+            expired = rr->park_next;
+            /* KVX_ERR_TRANSPORT: a decode side that believes it is
+               connected (its READY was lost) then retires its side and
+               the next receiver redials */
+            if (kvx_room_poll(rr->room) != KVX_POLL_FAILED)
+                kvx__rdma_tx_fail(re, rr->room, KVX_ERR_TRANSPORT,
+                                  "no RDMA connection from %s within %.0f s (KVX_IB_CONNECT_TIMEOUT): "
+                                  "the queue-pair exchange did not complete; check that the decode "
+                                  "host reaches this one's exchange port %d",
+                                  rr->decode_addr, re->cfg.connect_timeout_s, re->cm_port);
+            kvx_room_unref(rr->room);
+        }
+    }
+    if (re->role == KVX_ROLE_DECODE) {
+        kvx__rdma_peer dialing[16];
+        int nd = 0, k;
+        kvx__rdma_peer *pe;
+        pthread_mutex_lock(&re->mu);
+        for (pe = re->peers; pe && nd < 16; pe = pe->next)
+            if (pe->dialing) dialing[nd++] = *pe;
+        pthread_mutex_unlock(&re->mu);
+        pthread_mutex_lock(&re->rx_mu);
+        for (pp = &re->deferred; *pp;) {
+            int wait = 0, failed;
+            rr = *pp;
+            failed = kvx_room_poll(rr->room) == KVX_POLL_FAILED;
+            for (k = 0; k < nd && !wait; k++) wait = kvx__rdma_peer_serves(&dialing[k], rr);
+            if (failed || (!wait && !kvx__rdma_rx_find(re, rr->tag))) {
+                *pp = rr->dnext;
+                rr->deferred = 0;
+                if (!failed) kvx__rdma_rx_insert(re, rr);
+                rr->dnext = go;
+                go = rr;
+                continue;
+            }
+            pp = &rr->dnext;
+        }
+        pthread_mutex_unlock(&re->rx_mu);
+        while (go) {
+            kvx_result res;
+            rr = go;
+            go = rr->dnext;
+            if (rr->in_table) {
+                res = kvx_boot_receiver_init(re->boot, rr->room, rr->def_pages, rr->def_n,
+                                             rr->def_aux);
+                if (res != KVX_OK && res != KVX_ERR_STATE)
+                    kvx_room_fail(rr->room, res, "cannot send the destination to the prefill");
+            }
+            kvx_room_unref(rr->room);
+        }
+    }
+}
+
+/* >>rdma: engine ------------------------------------------------------------------------ */
+
+static void kvx__rdma_free(kvx__rdma_engine *re) {
+    kvx__rdma_pair *p;
+    int d;
+    if (re->boot) kvx_boot_destroy(re->boot);
+    re->boot = NULL;
+    while ((p = re->pairs) != NULL) {
+        re->pairs = p->next;
+        kvx__rdma_pair_destroy(re, p);
+    }
+    kvx__rdma_bury(re);
+    while (re->peers) {
+        kvx__rdma_peer *x = re->peers;
+        re->peers = x->next;
+        free(x);
+    }
+    for (d = 0; d < re->ndev; d++) kvx__rdma_dev_close(re, &re->dev[d]);
+    kvx__rdma_unload(&re->v);
+    if (re->listen_fd >= 0) close(re->listen_fd);
+    if (re->wake_rd >= 0) close(re->wake_rd);
+    if (re->wake_wr >= 0) close(re->wake_wr);
+    if (re->stop_rd >= 0) close(re->stop_rd);
+    if (re->stop_wr >= 0) close(re->stop_wr);
+    pthread_mutex_destroy(&re->mu);
+    pthread_mutex_destroy(&re->gmu);
+    pthread_mutex_destroy(&re->rx_mu);
+    pthread_cond_destroy(&re->rx_cv);
+    free(re);
+}
+
+static void kvx__rdma_engine_fini(kvx_engine *e) {
+    kvx__rdma_engine *re = kvx__rdma_re(e);
+    char c = 1;
+    ssize_t w;
+    if (!re) return;
+    pthread_mutex_lock(&re->mu);
+    re->stopping = 1;
+    pthread_mutex_unlock(&re->mu);
+    KVX__STORE(&re->stop, 1);
+    w = write(re->stop_wr, &c, 1);
+    (void)w;
+    kvx_workq_destroy(re->cmq);
+    re->cmq = NULL;
+    kvx__rdma_wake(re);
+    if (re->thread_started) pthread_join(re->thread, NULL);
+    re->thread_started = 0;
+    kvx__rdma_free(re);
+    kvx_engine_set_backend_data(e, NULL);
+}
+
+/* Prefill: the exchange listener, on the bootstrap host. */
+static kvx_result kvx__rdma_listen(kvx__rdma_engine *re, char *why, size_t wl) {
+    const kvx_engine_desc *d = kvx_engine_settings(re->e);
+    const char *host = d->boot.host;
+    struct addrinfo hints, *res = NULL;
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof ss;
+    char ps[16], hb[256] = "";
+    int one = 1, e;
+    kvx_env_str("KVX_BOOTSTRAP_HOST", &host);
+    if (!host && d->bootstrap_addr && !kvx__rdma_addr_host(d->bootstrap_addr, hb, sizeof hb)) host = hb;
+    if (!host || !*host) host = "0.0.0.0";
+    snprintf(re->host, sizeof re->host, "%s", host);
+    memset(&hints, 0, sizeof hints);
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_PASSIVE;
+    snprintf(ps, sizeof ps, "%d", re->cfg.cm_port);
+    if ((e = getaddrinfo(host, ps, &hints, &res)) != 0 || !res) {
+        kvx__set_why(why, wl, "cannot resolve the exchange listener address %s: %s", host,
+                     gai_strerror(e));
+        return KVX_ERR_BAD_CONFIG;
+    }
+    re->listen_fd = socket(res->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (re->listen_fd >= 0) setsockopt(re->listen_fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (re->listen_fd < 0 || bind(re->listen_fd, res->ai_addr, res->ai_addrlen) ||
+        listen(re->listen_fd, 128) ||
+        getsockname(re->listen_fd, (struct sockaddr *)&ss, &sl)) {
+        kvx__set_why(why, wl, "cannot listen for queue-pair exchanges on %s port %d: %s "
+                     "(KVX_IB_CM_PORT)", host, re->cfg.cm_port, strerror(errno));
+        freeaddrinfo(res);
+        return KVX_ERR_IO;
+    }
+    freeaddrinfo(res);
+    re->cm_port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
+                                                 : ((struct sockaddr_in *)&ss)->sin_port);
+    return KVX_OK;
+}
+
+static kvx_result kvx__rdma_pipe(int *rd, int *wr) {
+    int fds[2];
+    if (pipe(fds)) return KVX_ERR_IO;
+    fcntl(fds[0], F_SETFL, fcntl(fds[0], F_GETFL) | O_NONBLOCK);
+    fcntl(fds[1], F_SETFL, fcntl(fds[1], F_GETFL) | O_NONBLOCK);
+    fcntl(fds[0], F_SETFD, FD_CLOEXEC);
+    fcntl(fds[1], F_SETFD, FD_CLOEXEC);
+    *rd = fds[0];
+    *wr = fds[1];
+    return KVX_OK;
+}
+
+static kvx_result kvx__rdma_engine_init(kvx_engine *e, char *why, size_t wl) {
+    kvx__rdma_engine *re = (kvx__rdma_engine *)calloc(1, sizeof *re);
+    kvx_boot_hooks hooks;
+    kvx_rdma_hello h;
+    kvx_result r;
+    int d;
+    if (!re) return KVX_ERR_NO_MEMORY;
+    re->e = e;
+    re->role = kvx_engine_settings(e)->role;
+    re->listen_fd = re->wake_rd = re->wake_wr = re->stop_rd = re->stop_wr = -1;
+    pthread_mutex_init(&re->mu, NULL);
+    pthread_mutex_init(&re->gmu, NULL);
+    pthread_mutex_init(&re->rx_mu, NULL);
+    pthread_cond_init(&re->rx_cv, NULL);
+    if ((r = kvx__rdma_settings(re, why, wl)) != KVX_OK) goto fail;
+    if ((r = kvx__rdma_load(&re->v, re->cfg.library, why, wl)) != KVX_OK) goto fail;
+    if ((r = kvx__rdma_open_devices(re, why, wl)) != KVX_OK) goto fail;
+    for (d = 0; d < re->ndev; d++) {
+        kvx__rdma_dev *dv = &re->dev[d];
+        dv->pd = re->v.alloc_pd(dv->ctx);
+        dv->ch = dv->pd ? re->v.create_comp_channel(dv->ctx) : NULL;
+        if (!dv->pd || !dv->ch) {
+            kvx__set_why(why, wl, "cannot allocate a protection domain and completion channel on "
+                         "%s: %s", dv->info.name, strerror(errno));
+            r = KVX_ERR_TRANSPORT;
+            goto fail;
+        }
+        fcntl(dv->ch->fd, F_SETFL, fcntl(dv->ch->fd, F_GETFL) | O_NONBLOCK);
+        fcntl(dv->ctx->async_fd, F_SETFL, fcntl(dv->ctx->async_fd, F_GETFL) | O_NONBLOCK);
+        if ((r = kvx__rdma_register_pool(re, dv, why, wl)) != KVX_OK) goto fail;
+    }
+    re->instance = kvx__rdma_random64();
+    if (re->role == KVX_ROLE_PREFILL && (r = kvx__rdma_listen(re, why, wl)) != KVX_OK) goto fail;
+    memset(&h, 0, sizeof h);
+    h.role = (uint16_t)re->role;
+    h.instance = re->instance;
+    h.cm_port = (uint16_t)re->cm_port;
+    h.qps = (uint16_t)re->cfg.qps;
+    h.ndev = (uint16_t)re->ndev;
+    for (d = 0; d < re->ndev; d++) h.dev[d] = re->dev[d].info;
+    re->hello_len = kvx_rdma_hello_encode(&h, re->hello, sizeof re->hello);
+    if (kvx__rdma_pipe(&re->wake_rd, &re->wake_wr) || kvx__rdma_pipe(&re->stop_rd, &re->stop_wr)) {
+        kvx__set_why(why, wl, "cannot create pipes: %s", strerror(errno));
+        r = KVX_ERR_IO;
+        goto fail;
+    }
+    if ((r = kvx_workq_create(e, 2, "kvx.rdma.cm", &re->cmq)) != KVX_OK) {
+        kvx__set_why(why, wl, "cannot start the exchange threads");
+        goto fail;
+    }
+    if (pthread_create(&re->thread, NULL, kvx__rdma_thread_main, re) != 0) {
+        kvx__set_why(why, wl, "cannot start the completion thread: %s", strerror(errno));
+        r = KVX_ERR_NO_MEMORY;
+        goto fail;
+    }
+    re->thread_started = 1;
+    kvx_engine_set_backend_data(e, re);
+    memset(&hooks, 0, sizeof hooks);
+    hooks.user = re;
+    hooks.on_room = kvx__rdma_on_room;
+    hooks.on_status = kvx__rdma_on_status;
+    hooks.on_abort = kvx__rdma_on_abort;
+    hooks.on_connect = kvx__rdma_on_connect;
+    hooks.on_disconnect = kvx__rdma_on_disconnect;
+    if ((r = kvx_boot_create(e, &hooks, re->hello, re->hello_len, &re->boot, why, wl)) != KVX_OK) {
+        re->boot = NULL;
+        kvx__rdma_engine_fini(e);
+        return r;
+    }
+    {
+        char devs[1024] = "";
+        for (d = 0; d < re->ndev; d++)
+            snprintf(devs + strlen(devs), sizeof devs - strlen(devs), "%s%s:%u (%s, MTU %d)",
+                     d ? ", " : "", re->dev[d].info.name, (unsigned)re->dev[d].info.port,
+                     re->dev[d].info.link_layer == 2 ? "RoCE" : "IB", 128 << re->dev[d].info.mtu);
+        if (re->role == KVX_ROLE_PREFILL)
+            snprintf(devs + strlen(devs), sizeof devs - strlen(devs), "; exchange %s port %d",
+                     re->host, re->cm_port);
+        kvx_engine_log(e, KVX_LOG_INFO, "kvx.rdma", 0, "%s engine on %s via %s",
+                       re->role == KVX_ROLE_PREFILL ? "prefill" : "decode", devs, re->v.path);
+    }
+    return KVX_OK;
+fail:
+    if (re->cmq) { KVX__STORE(&re->stop, 1); kvx_workq_destroy(re->cmq); re->cmq = NULL; }
+    if (re->thread_started) {
+        KVX__STORE(&re->stop, 1);
+        kvx__rdma_wake(re);
+        pthread_join(re->thread, NULL);
+    }
+    kvx__rdma_free(re);
+    kvx_engine_set_backend_data(e, NULL);
+    return r;
+}
+
+KVX_API kvx_result kvx_rdma_stats_get(const kvx_engine *e, kvx_rdma_stats *out) {
+    const kvx__rdma_engine *re;
+    if (!e || !out || strcmp(kvx_engine_transport(e), "rdma")) return KVX_ERR_INVALID_ARGUMENT;
+    re = kvx__rdma_re(e);
+    if (!re) return KVX_ERR_STATE;
+    out->chunks = KVX__LOAD(&re->st.chunks);
+    out->spans = KVX__LOAD(&re->st.spans);
+    out->wrs = KVX__LOAD(&re->st.wrs);
+    out->imm_wrs = KVX__LOAD(&re->st.imm_wrs);
+    out->zero_len_wrs = KVX__LOAD(&re->st.zero_len_wrs);
+    out->posts = KVX__LOAD(&re->st.posts);
+    out->signaled = KVX__LOAD(&re->st.signaled);
+    out->bytes = KVX__LOAD(&re->st.bytes);
+    out->completions = KVX__LOAD(&re->st.completions);
+    out->imm_received = KVX__LOAD(&re->st.imm_received);
+    out->pairs = KVX__LOAD(&re->st.pairs);
+    out->errors = KVX__LOAD(&re->st.errors);
+    return KVX_OK;
+}
+
+KVX_API int kvx_rdma_compiled(void) { return 1; }
+
+KVX_API const kvx_backend *kvx_rdma_backend(void) {
+    static const kvx_backend be = {"rdma",
+                                   kvx__rdma_engine_init,
+                                   kvx__rdma_engine_fini,
+                                   kvx__rdma_progress,
+                                   kvx__rdma_room_open,
+                                   kvx__rdma_sender_init,
+                                   kvx__rdma_sender_send,
+                                   kvx__rdma_receiver_init,
+                                   kvx__rdma_room_abort,
+                                   kvx__rdma_room_close,
+                                   kvx__rdma_room_free};
+    return &be;
+}
+
+#else /* !KVX_WITH_RDMA */
+
+static kvx_result kvx__rdma_stub_init(kvx_engine *e, char *why, size_t wl) {
+    (void)e;
+    kvx__set_why(why, wl, "the rdma transport is not compiled in: build the file that defines "
+                 "KVX_IMPLEMENTATION with -DKVX_WITH_RDMA (needs <infiniband/verbs.h> from "
+                 "libibverbs-dev / rdma-core)");
+    return KVX_ERR_NOT_COMPILED;
+}
+
+KVX_API const kvx_backend *kvx_rdma_backend(void) {
+    static const kvx_backend be = {"rdma", kvx__rdma_stub_init, NULL, NULL, NULL, NULL,
+                                   NULL,   NULL,                NULL, NULL, NULL};
+    return &be;
+}
+
+KVX_API int kvx_rdma_compiled(void) { return 0; }
+
+KVX_API kvx_result kvx_rdma_stats_get(const kvx_engine *e, kvx_rdma_stats *out) {
+    (void)e;
+    if (out) memset(out, 0, sizeof *out);
+    return KVX_ERR_NOT_COMPILED;
+}
+
+#endif /* KVX_WITH_RDMA */
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* KVX_IMPLEMENTATION */
+
+/*
+------------------------------------------------------------------------------
+MIT License
+
+Copyright (c) 2026 the kvx authors
+
+Permission is hereby granted, free of charge, to any person obtaining a copy of
+this software and associated documentation files (the "Software"), to deal in
+the Software without restriction, including without limitation the rights to
+use, copy, modify, merge, publish, distribute, sublicense, and/or sell copies
+of the Software, and to permit persons to whom the Software is furnished to do
+so, subject to the following conditions:
+
+The above copyright notice and this permission notice shall be included in all
+copies or substantial portions of the Software.
+
+THE SOFTWARE IS PROVIDED "AS IS", WITHOUT WARRANTY OF ANY KIND, EXPRESS OR
+IMPLIED, INCLUDING BUT NOT LIMITED TO THE WARRANTIES OF MERCHANTABILITY,
+FITNESS FOR A PARTICULAR PURPOSE AND NONINFRINGEMENT. IN NO EVENT SHALL THE
+AUTHORS OR COPYRIGHT HOLDERS BE LIABLE FOR ANY CLAIM, DAMAGES OR OTHER
+LIABILITY, WHETHER IN AN ACTION OF CONTRACT, TORT OR OTHERWISE, ARISING FROM,
+OUT OF OR IN CONNECTION WITH THE SOFTWARE OR THE USE OR OTHER DEALINGS IN THE
+SOFTWARE.
+------------------------------------------------------------------------------
+*/

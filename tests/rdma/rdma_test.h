@@ -1,0 +1,651 @@
+/* rdma_test.h - what the rdma transport tests share: checks, a quiet
+   logger, finding libsoftverbs.so, a small model pool, child processes
+   (posix_spawn, safe in a threaded process and under TSan), and the two
+   sides of a transfer run as child processes of the test ("peers") so a
+   test can inject a fault into one side or kill it.
+
+   Include after defining KVX_IMPLEMENTATION and KVX_WITH_RDMA. */
+#ifndef KVX_RDMA_TEST_H
+#define KVX_RDMA_TEST_H
+
+#include "../../kvx_rdma.h"
+#include "../../examples/kvx_example.h"
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <errno.h>
+#include <signal.h>
+#include <spawn.h>
+#include <unistd.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <time.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+
+#if defined(__GNUC__) || defined(__clang__)
+#define RT_UNUSED __attribute__((unused))
+#else
+#define RT_UNUSED
+#endif
+
+extern char **environ;
+
+static const char *rt_name = "test";
+static int rt_pass, rt_fail;
+
+#define CHECK(cond, ...)                                                                      \
+    do {                                                                                      \
+        int rt_ok_ = (cond) ? 1 : 0;                                                          \
+        if (rt_ok_) rt_pass++;                                                                \
+        else rt_fail++;                                                                       \
+        printf("%s ", rt_ok_ ? "ok  " : "FAIL");                                              \
+        printf(__VA_ARGS__);                                                                  \
+        printf("\n");                                                                         \
+        fflush(stdout);                                                                       \
+    } while (0)
+
+static RT_UNUSED int rt_finish(void) {
+    printf("%s: %d passed, %d failed\n", rt_name, rt_pass, rt_fail);
+    fflush(stdout);
+    return rt_fail ? 1 : 0;
+}
+
+static RT_UNUSED int rt_quick(void) {
+    const char *q = getenv("KVX_TEST_QUICK");
+    return q && *q && strcmp(q, "0");
+}
+
+static RT_UNUSED double rt_now(void) { return (double)kvx_now_ns() / 1e9; }
+
+static RT_UNUSED void rt_sleep(double s) {
+    struct timespec ts;
+    ts.tv_sec = (time_t)s;
+    ts.tv_nsec = (long)((s - (double)ts.tv_sec) * 1e9);
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {}
+}
+
+/* Errors are expected in these tests: quiet unless KVX_TEST_VERBOSE. */
+static RT_UNUSED void rt_log(void *u, kvx_log_level lvl, const char *sub, uint64_t room,
+                             const char *msg) {
+    static const char *names[] = {"", "ERROR", "WARN", "INFO", "DEBUG"};
+    (void)u;
+    if (getenv("KVX_TEST_VERBOSE"))
+        fprintf(stderr, "  [%d %s %s room=%llu] %s\n", (int)getpid(), names[lvl & 7 ? lvl : 0], sub,
+                (unsigned long long)room, msg);
+}
+
+static RT_UNUSED void rt_self(char *out, size_t n) {
+    ssize_t l = readlink("/proc/self/exe", out, n - 1);
+    if (l > 0) out[l] = 0;
+    else snprintf(out, n, "./test");
+}
+
+/* libsoftverbs.so next to the test binary (sanitizer builds have their own
+   instrumented one), else the repository's tests/softverbs/libsoftverbs.so.
+   Writes an absolute path; 0 when none is found. */
+static RT_UNUSED int rt_find_softverbs(char *out, size_t n) {
+    char self[2048], dir[2048], cand[3072];
+    const char *env = getenv("SOFTVERBS_LIB");
+    char *slash;
+    struct stat st;
+    const char *rel[4] = {"/libsoftverbs.so", "/../tests/softverbs/libsoftverbs.so",
+                          "/../../tests/softverbs/libsoftverbs.so", NULL};
+    int i;
+    if (env && *env && stat(env, &st) == 0) { snprintf(out, n, "%s", env); return 1; }
+    rt_self(self, sizeof self);
+    snprintf(dir, sizeof dir, "%s", self);
+    slash = strrchr(dir, '/');
+    if (slash) *slash = 0;
+    for (i = 0; rel[i]; i++) {
+        snprintf(cand, sizeof cand, "%s%s", dir, rel[i]);
+        if (stat(cand, &st) == 0) {
+            char *rp = realpath(cand, NULL);
+            snprintf(out, n, "%s", rp ? rp : cand);
+            free(rp);
+            return 1;
+        }
+    }
+    if (stat("tests/softverbs/libsoftverbs.so", &st) == 0) {
+        char *rp = realpath("tests/softverbs/libsoftverbs.so", NULL);
+        snprintf(out, n, "%s", rp ? rp : "tests/softverbs/libsoftverbs.so");
+        free(rp);
+        return 1;
+    }
+    return 0;
+}
+
+/* The model the tests move: 4 layers (8 buffers), 2 KV heads of 64, bf16:
+   4 KiB pages at page size 16. */
+static const ex_model rt_tiny = {"tiny", 4, 2, 64, 2, 0, "bfloat16"};
+
+static RT_UNUSED kvx_engine *rt_engine(kvx_role role, const kvx_layout *l, const char *addr,
+                                       char *why, size_t wl) {
+    kvx_engine_desc d;
+    kvx_engine *e = NULL;
+    memset(&d, 0, sizeof d);
+    d.role = role;
+    d.transport = "rdma";
+    d.layout = *l;
+    d.logger.func = rt_log;
+    d.logger.level = getenv("KVX_TEST_VERBOSE") ? KVX_LOG_DEBUG : KVX_LOG_WARN;
+    d.boot.host = "127.0.0.1";
+    d.boot.port = -1;
+    d.bootstrap_addr = addr;
+    d.poll_interval_us = 1000;
+    kvx_rdma_register();
+    if (kvx_engine_create(&d, &e, why, wl) != KVX_OK) return NULL;
+    return e;
+}
+
+/* ---- child processes --------------------------------------------------------- */
+
+typedef struct rt_proc {
+    pid_t pid;
+    int in_fd;  /* its stdin; closing it tells a peer to finish */
+    int out_fd; /* its stdout */
+    char buf[65536];
+    size_t len;
+} rt_proc;
+
+static RT_UNUSED int rt_spawn(rt_proc *p, char *const argv[], char *const extra_env[]) {
+    int in[2], out[2], rc;
+    size_t ne = 0, nx = 0, i;
+    char **env;
+    posix_spawn_file_actions_t fa;
+    memset(p, 0, sizeof *p);
+    p->pid = -1;
+    while (environ[ne]) ne++;
+    while (extra_env && extra_env[nx]) nx++;
+    env = (char **)calloc(ne + nx + 1, sizeof *env);
+    for (i = 0; i < nx; i++) env[i] = extra_env[i];
+    for (i = 0; i < ne; i++) env[nx + i] = environ[i]; /* first match wins in getenv */
+    if (pipe(in) || pipe(out)) { free(env); return -1; }
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_adddup2(&fa, in[0], 0);
+    posix_spawn_file_actions_adddup2(&fa, out[1], 1);
+    posix_spawn_file_actions_addclose(&fa, in[1]);
+    posix_spawn_file_actions_addclose(&fa, out[0]);
+    rc = posix_spawn(&p->pid, argv[0], &fa, NULL, argv, env);
+    posix_spawn_file_actions_destroy(&fa);
+    free(env);
+    close(in[0]);
+    close(out[1]);
+    fcntl(in[1], F_SETFD, FD_CLOEXEC);
+    fcntl(out[0], F_SETFD, FD_CLOEXEC);
+    if (rc) {
+        close(in[1]);
+        close(out[0]);
+        p->pid = -1;
+        return -1;
+    }
+    p->in_fd = in[1];
+    p->out_fd = out[0];
+    return 0;
+}
+
+/* One line of the child's stdout (no newline); 0 on timeout or EOF. */
+static RT_UNUSED int rt_readline(rt_proc *p, char *line, size_t n, double timeout) {
+    double end = rt_now() + timeout;
+    for (;;) {
+        char *nl = (char *)memchr(p->buf, '\n', p->len);
+        struct pollfd pf;
+        ssize_t r;
+        int ms;
+        if (nl) {
+            size_t l = (size_t)(nl - p->buf);
+            snprintf(line, n, "%.*s", (int)l, p->buf);
+            memmove(p->buf, nl + 1, p->len - l - 1);
+            p->len -= l + 1;
+            return 1;
+        }
+        if (p->len == sizeof p->buf) p->len = 0;
+        ms = (int)((end - rt_now()) * 1000);
+        if (ms <= 0 || p->out_fd < 0) return 0;
+        pf.fd = p->out_fd;
+        pf.events = POLLIN;
+        if (poll(&pf, 1, ms) <= 0) continue;
+        r = read(p->out_fd, p->buf + p->len, sizeof p->buf - p->len);
+        if (r <= 0) return 0;
+        p->len += (size_t)r;
+    }
+}
+
+/* 1 when the child has exited (reaped; its output can still be read). */
+static RT_UNUSED int rt_exited(rt_proc *p, int *status) {
+    int st = 0;
+    if (p->pid <= 0) return 1;
+    if (waitpid(p->pid, &st, WNOHANG) != p->pid) return 0;
+    p->pid = -1;
+    if (status) *status = st;
+    return 1;
+}
+
+/* Closes its stdin and waits (SIGKILL after timeout). Exit status. */
+static RT_UNUSED int rt_reap(rt_proc *p, double timeout) {
+    double end = rt_now() + timeout;
+    int st = -1;
+    if (p->pid <= 0) return -1;
+    if (p->in_fd > 0) { close(p->in_fd); p->in_fd = -1; }
+    for (;;) {
+        pid_t w = waitpid(p->pid, &st, WNOHANG);
+        if (w == p->pid) break;
+        if (rt_now() > end) {
+            kill(p->pid, SIGKILL);
+            waitpid(p->pid, &st, 0);
+            break;
+        }
+        rt_sleep(0.01);
+    }
+    if (p->out_fd > 0) { close(p->out_fd); p->out_fd = -1; }
+    p->pid = -1;
+    return st;
+}
+
+/* ---- peers: one side of a transfer of many rooms, in a child process ---------- */
+
+/* Both sides derive the same requests from the seed; the decode side
+   verifies every byte. Options are "key=value" words after the role. */
+typedef struct rt_opts {
+    uint64_t seed;
+    int rooms, min_tok, max_tok, chunk_pages, pace_ms, aux, consecutive, pool_pages;
+    double timeout, first_wait;
+    int port; /* decode: the prefill's bootstrap port */
+} rt_opts;
+
+static RT_UNUSED void rt_opts_default(rt_opts *o) {
+    memset(o, 0, sizeof *o);
+    o->seed = 1;
+    o->rooms = 16;
+    o->min_tok = 16;
+    o->max_tok = 1024;
+    o->chunk_pages = 8;
+    o->aux = 1;
+    o->timeout = 40;
+    o->pool_pages = 0;
+}
+
+static RT_UNUSED void rt_opts_parse(rt_opts *o, int argc, char **argv) {
+    int i;
+    for (i = 0; i < argc; i++) {
+        const char *eq = strchr(argv[i], '=');
+        double v;
+        if (!eq) continue;
+        v = atof(eq + 1);
+        if (!strncmp(argv[i], "seed=", 5)) o->seed = strtoull(eq + 1, NULL, 10);
+        else if (!strncmp(argv[i], "rooms=", 6)) o->rooms = (int)v;
+        else if (!strncmp(argv[i], "min_tok=", 8)) o->min_tok = (int)v;
+        else if (!strncmp(argv[i], "max_tok=", 8)) o->max_tok = (int)v;
+        else if (!strncmp(argv[i], "chunk=", 6)) o->chunk_pages = (int)v;
+        else if (!strncmp(argv[i], "pace_ms=", 8)) o->pace_ms = (int)v;
+        else if (!strncmp(argv[i], "aux=", 4)) o->aux = (int)v;
+        else if (!strncmp(argv[i], "consecutive=", 12)) o->consecutive = (int)v;
+        else if (!strncmp(argv[i], "pool=", 5)) o->pool_pages = (int)v;
+        else if (!strncmp(argv[i], "timeout=", 8)) o->timeout = v;
+        else if (!strncmp(argv[i], "port=", 5)) o->port = (int)v;
+    }
+}
+
+typedef struct rt_room {
+    uint64_t id;
+    uint32_t pages;
+    int32_t *idx;
+    int32_t slot;
+    kvx_sender *s;
+    kvx_receiver *r;
+    uint32_t sent;
+    int inited;
+    double next_send;
+    int reported;
+} rt_room;
+
+static RT_UNUSED int rt_pool(ex_pool *p, const rt_opts *o, ex_request *req, uint64_t seed) {
+    uint32_t need = 0;
+    int i;
+    for (i = 0; i < o->rooms; i++) need += req[i].pages;
+    if (o->pool_pages > (int)need) need = (uint32_t)o->pool_pages;
+    return ex_pool_init(p, &rt_tiny, need + 8, 16, (uint32_t)o->rooms + 4, seed);
+}
+
+static RT_UNUSED void rt_emit(const rt_room *x, kvx_poll st, kvx_result res, const char *err,
+                              uint64_t bad, int aux_ok) {
+    printf("ROOM %llu %d %d %llu %d %s\n", (unsigned long long)x->id, (int)st, (int)res,
+           (unsigned long long)bad, aux_ok, err && *err ? err : "-");
+    fflush(stdout);
+}
+
+static RT_UNUSED void rt_wait_stdin(void) {
+    char c;
+    while (read(0, &c, 1) > 0) {}
+}
+
+static RT_UNUSED void rt_print_stats(kvx_engine *e) {
+    kvx_rdma_stats s;
+    if (kvx_rdma_stats_get(e, &s) != KVX_OK) return;
+    printf("STATS chunks=%llu spans=%llu wrs=%llu imm=%llu zero=%llu posts=%llu signaled=%llu "
+           "bytes=%llu imm_rx=%llu pairs=%llu\n",
+           (unsigned long long)s.chunks, (unsigned long long)s.spans, (unsigned long long)s.wrs,
+           (unsigned long long)s.imm_wrs, (unsigned long long)s.zero_len_wrs,
+           (unsigned long long)s.posts, (unsigned long long)s.signaled,
+           (unsigned long long)s.bytes, (unsigned long long)s.imm_received,
+           (unsigned long long)s.pairs);
+    fflush(stdout);
+}
+
+/* The prefill peer: prints PORT, sends every room (in chunks, paced),
+   prints ROOM lines as they end, DONE, then waits for stdin EOF. */
+static RT_UNUSED int rt_peer_prefill(const rt_opts *o) {
+    ex_pool pool;
+    ex_request *req = (ex_request *)calloc((size_t)o->rooms, sizeof *req);
+    rt_room *rm = (rt_room *)calloc((size_t)o->rooms, sizeof *rm);
+    kvx_engine *e;
+    char why[KVX_ERROR_MAX];
+    int i, left = o->rooms;
+    double end;
+    ex_requests(req, (uint32_t)o->rooms, o->seed, (uint32_t)o->min_tok, (uint32_t)o->max_tok, 16);
+    if (rt_pool(&pool, o, req, o->seed * 3 + 1)) return 2;
+    e = rt_engine(KVX_ROLE_PREFILL, &pool.layout, NULL, why, sizeof why);
+    if (!e) { printf("ERROR %s\n", why); fflush(stdout); return 2; }
+    printf("PORT %d\n", kvx_boot_engine_port(e));
+    fflush(stdout);
+    for (i = 0; i < o->rooms; i++) {
+        kvx_room_desc rd;
+        rm[i].id = req[i].room;
+        rm[i].pages = req[i].pages;
+        rm[i].idx = (int32_t *)malloc(req[i].pages * sizeof(int32_t));
+        if (o->consecutive) {
+            uint32_t k, base = 0;
+            int j;
+            for (j = 0; j < i; j++) base += req[j].pages;
+            for (k = 0; k < req[i].pages; k++) rm[i].idx[k] = (int32_t)(base + k);
+        } else {
+            ex_alloc_pages(&pool, rm[i].idx, req[i].pages);
+        }
+        rm[i].slot = o->aux ? ex_alloc_slot(&pool) : -1;
+        ex_pages_pattern(&pool, rm[i].id, rm[i].idx, rm[i].pages, 1);
+        if (rm[i].slot >= 0) ex_aux_write(&pool, rm[i].id, rm[i].slot);
+        memset(&rd, 0, sizeof rd);
+        rd.room = rm[i].id;
+        if (kvx_sender_create(e, &rd, &rm[i].s) != KVX_OK) { printf("ERROR sender\n"); return 2; }
+    }
+    end = rt_now() + o->timeout;
+    while (left && rt_now() < end) {
+        for (i = 0; i < o->rooms; i++) {
+            rt_room *x = &rm[i];
+            kvx_poll st = kvx_sender_poll(x->s);
+            if (x->reported) continue;
+            if (st == KVX_POLL_SUCCESS || st == KVX_POLL_FAILED) {
+                rt_emit(x, st, kvx_sender_result(x->s), kvx_sender_error(x->s), 0, 1);
+                x->reported = 1;
+                left--;
+                continue;
+            }
+            if (st == KVX_POLL_WAITING_FOR_INPUT && !x->inited) {
+                kvx_sender_init(x->s, x->pages, x->slot);
+                x->inited = 1;
+                x->next_send = rt_now();
+            }
+            if (x->inited && x->sent < x->pages && rt_now() >= x->next_send) {
+                uint32_t k = x->pages - x->sent;
+                if (k > (uint32_t)o->chunk_pages) k = (uint32_t)o->chunk_pages;
+                kvx_sender_send(x->s, x->idx + x->sent, k);
+                x->sent += k;
+                x->next_send = rt_now() + o->pace_ms / 1000.0;
+            }
+        }
+        rt_sleep(0.001);
+    }
+    rt_print_stats(e);
+    printf("DONE %d\n", left);
+    fflush(stdout);
+    rt_wait_stdin();
+    for (i = 0; i < o->rooms; i++) kvx_sender_destroy(rm[i].s);
+    kvx_engine_destroy(e);
+    for (i = 0; i < o->rooms; i++) free(rm[i].idx);
+    free(rm);
+    free(req);
+    ex_pool_free(&pool);
+    return 0;
+}
+
+/* The decode peer: receives every room into scattered pages, verifies each
+   room that reports Success (every token of every buffer and the aux row),
+   prints ROOM lines, DONE, then waits for stdin EOF. */
+static RT_UNUSED int rt_peer_decode(const rt_opts *o) {
+    ex_pool pool;
+    ex_request *req = (ex_request *)calloc((size_t)o->rooms, sizeof *req);
+    rt_room *rm = (rt_room *)calloc((size_t)o->rooms, sizeof *rm);
+    kvx_engine *e;
+    char why[KVX_ERROR_MAX], addr[64];
+    int i, left = o->rooms;
+    double end;
+    ex_requests(req, (uint32_t)o->rooms, o->seed, (uint32_t)o->min_tok, (uint32_t)o->max_tok, 16);
+    if (rt_pool(&pool, o, req, o->seed * 7 + 5)) return 2;
+    snprintf(addr, sizeof addr, "127.0.0.1:%d", o->port);
+    e = rt_engine(KVX_ROLE_DECODE, &pool.layout, addr, why, sizeof why);
+    if (!e) { printf("ERROR %s\n", why); fflush(stdout); return 2; }
+    for (i = 0; i < o->rooms; i++) {
+        kvx_room_desc rd;
+        rm[i].id = req[i].room;
+        rm[i].pages = req[i].pages;
+        rm[i].idx = (int32_t *)malloc(req[i].pages * sizeof(int32_t));
+        if (o->consecutive) {
+            uint32_t k, base = 0;
+            int j;
+            for (j = 0; j < i; j++) base += req[j].pages;
+            for (k = 0; k < req[i].pages; k++) rm[i].idx[k] = (int32_t)(base + k + 3);
+        } else {
+            ex_alloc_pages(&pool, rm[i].idx, req[i].pages);
+        }
+        rm[i].slot = o->aux ? ex_alloc_slot(&pool) : -1;
+        if (rm[i].slot >= 0) ex_aux_clear(&pool, rm[i].slot);
+        memset(&rd, 0, sizeof rd);
+        rd.room = rm[i].id;
+        if (kvx_receiver_create(e, &rd, &rm[i].r) != KVX_OK) { printf("ERROR receiver\n"); return 2; }
+    }
+    end = rt_now() + o->timeout;
+    while (left && rt_now() < end) {
+        for (i = 0; i < o->rooms; i++) {
+            rt_room *x = &rm[i];
+            kvx_poll st = kvx_receiver_poll(x->r);
+            if (x->reported) continue;
+            if (st == KVX_POLL_WAITING_FOR_INPUT && !x->inited) {
+                kvx_receiver_init(x->r, x->idx, x->pages, x->slot);
+                x->inited = 1;
+            } else if (st == KVX_POLL_SUCCESS || st == KVX_POLL_FAILED) {
+                uint64_t bad = 0;
+                int aux_ok = 1;
+                if (st == KVX_POLL_SUCCESS) {
+                    bad = ex_pages_pattern(&pool, x->id, x->idx, x->pages, 0);
+                    if (x->slot >= 0) aux_ok = ex_aux_check(&pool, x->id, x->slot);
+                }
+                rt_emit(x, st, kvx_receiver_result(x->r), kvx_receiver_error(x->r), bad, aux_ok);
+                x->reported = 1;
+                left--;
+            }
+        }
+        rt_sleep(0.001);
+    }
+    rt_print_stats(e);
+    printf("DONE %d\n", left);
+    fflush(stdout);
+    rt_wait_stdin();
+    for (i = 0; i < o->rooms; i++) kvx_receiver_destroy(rm[i].r);
+    kvx_engine_destroy(e);
+    for (i = 0; i < o->rooms; i++) free(rm[i].idx);
+    free(rm);
+    free(req);
+    ex_pool_free(&pool);
+    return 0;
+}
+
+/* A test's main calls this first: "peer prefill|decode opts..." runs a peer. */
+static RT_UNUSED int rt_peer_main(int argc, char **argv, int *handled) {
+    rt_opts o;
+    *handled = 0;
+    if (argc < 3 || strcmp(argv[1], "peer")) return 0;
+    *handled = 1;
+    signal(SIGPIPE, SIG_IGN);
+    rt_opts_default(&o);
+    rt_opts_parse(&o, argc - 3, argv + 3);
+    if (!strcmp(argv[2], "prefill")) return rt_peer_prefill(&o);
+    return rt_peer_decode(&o);
+}
+
+/* ---- the parent's side of a two-process run ----------------------------------- */
+
+typedef struct rt_result {
+    int rooms, success, failed, corrupt, unreported;
+    int prefill_success, prefill_failed;
+    char first_error[KVX_ERROR_MAX];     /* decode */
+    char prefill_error[KVX_ERROR_MAX];
+    char errors[8192];                   /* every distinct decode error, for CHECK_STR */
+    char stats[4096], prefill_stats[4096];
+    double elapsed, teardown;
+} rt_result;
+
+/* Parses a ROOM line into the result of one side. */
+static RT_UNUSED void rt_account(rt_result *r, const char *line, int decode) {
+    unsigned long long id, bad;
+    int st, res, aux_ok, off = 0;
+    if (sscanf(line, "ROOM %llu %d %d %llu %d %n", &id, &st, &res, &bad, &aux_ok, &off) < 5) return;
+    if (decode) {
+        if (st == KVX_POLL_SUCCESS) {
+            r->success++;
+            if (bad || !aux_ok) r->corrupt++;
+        } else {
+            r->failed++;
+            if (!r->first_error[0]) snprintf(r->first_error, sizeof r->first_error, "%s", line + off);
+            if (!strstr(r->errors, line + off) && strlen(r->errors) + strlen(line + off) + 3 < sizeof r->errors) {
+                strcat(r->errors, line + off);
+                strcat(r->errors, " | ");
+            }
+        }
+    } else {
+        if (st == KVX_POLL_SUCCESS) r->prefill_success++;
+        else {
+            r->prefill_failed++;
+            if (!r->prefill_error[0]) snprintf(r->prefill_error, sizeof r->prefill_error, "%s", line + off);
+        }
+    }
+}
+
+typedef struct rt_run {
+    const char *softverbs;
+    const char *svdir;
+    const char *opts[16];         /* both sides */
+    const char *prefill_env[8], *decode_env[8];
+    double kill_prefill_after;    /* seconds after start, 0 = never */
+    double kill_decode_after;
+    double limit;                 /* seconds for everything */
+} rt_run;
+
+static RT_UNUSED void rt_run_init(rt_run *r, const char *softverbs, const char *svdir) {
+    memset(r, 0, sizeof *r);
+    r->softverbs = softverbs;
+    r->svdir = svdir;
+    r->limit = 60;
+}
+
+/* Runs a prefill peer and a decode peer; fills res. 0 when both ran. */
+static RT_UNUSED int rt_two(const rt_run *run, rt_result *res) {
+    char self[4096], lib[4200], dir[4200], portarg[32], line[4096];
+    char *pargv[24], *dargv[24], *penv[12], *denv[12];
+    rt_proc pp, dp;
+    int np = 0, nd = 0, i, port = 0, pdone = 0, ddone = 0, pkilled = 0, dkilled = 0;
+    double start, end;
+    memset(res, 0, sizeof *res);
+    rt_self(self, sizeof self);
+    snprintf(lib, sizeof lib, "KVX_IBVERBS_LIBRARY=%s", run->softverbs);
+    snprintf(dir, sizeof dir, "SOFTVERBS_DIR=%s", run->svdir);
+    pargv[np++] = self; pargv[np++] = (char *)"peer"; pargv[np++] = (char *)"prefill";
+    dargv[nd++] = self; dargv[nd++] = (char *)"peer"; dargv[nd++] = (char *)"decode";
+    for (i = 0; run->opts[i]; i++) { pargv[np++] = (char *)run->opts[i]; dargv[nd++] = (char *)run->opts[i]; }
+    pargv[np] = NULL;
+    np = 0;
+    penv[np++] = lib; penv[np++] = dir;
+    for (i = 0; run->prefill_env[i]; i++) penv[np++] = (char *)run->prefill_env[i];
+    penv[np] = NULL;
+    nd = 0;
+    denv[nd++] = lib; denv[nd++] = dir;
+    for (i = 0; run->decode_env[i]; i++) denv[nd++] = (char *)run->decode_env[i];
+    denv[nd] = NULL;
+    start = rt_now();
+    if (rt_spawn(&pp, pargv, penv)) { printf("cannot spawn the prefill peer\n"); return -1; }
+    if (!rt_readline(&pp, line, sizeof line, 30) || sscanf(line, "PORT %d", &port) != 1) {
+        printf("prefill peer did not start: %s\n", line);
+        rt_reap(&pp, 5);
+        return -1;
+    }
+    for (i = 0; dargv[i]; i++) {}
+    snprintf(portarg, sizeof portarg, "port=%d", port);
+    dargv[i++] = portarg;
+    dargv[i] = NULL;
+    if (rt_spawn(&dp, dargv, denv)) { printf("cannot spawn the decode peer\n"); rt_reap(&pp, 5); return -1; }
+    end = start + run->limit;
+    while ((!pdone || !ddone) && rt_now() < end) {
+        double t = rt_now() - start;
+        if (run->kill_prefill_after > 0 && !pkilled && t >= run->kill_prefill_after) {
+            kill(pp.pid, SIGKILL);
+            pkilled = 1;
+            pdone = 1;
+        }
+        if (run->kill_decode_after > 0 && !dkilled && t >= run->kill_decode_after) {
+            kill(dp.pid, SIGKILL);
+            dkilled = 1;
+            ddone = 1;
+        }
+        if (!ddone && rt_readline(&dp, line, sizeof line, 0.005)) {
+            if (!strncmp(line, "ROOM ", 5)) { res->rooms++; rt_account(res, line, 1); }
+            else if (!strncmp(line, "STATS ", 6)) snprintf(res->stats, sizeof res->stats, "%s", line + 6);
+            else if (!strncmp(line, "DONE ", 5)) { res->unreported += atoi(line + 5); ddone = 1; }
+            else if (!strncmp(line, "ERROR", 5)) { printf("decode peer: %s\n", line); ddone = 1; }
+        }
+        if (!pdone && rt_readline(&pp, line, sizeof line, 0.005)) {
+            if (!strncmp(line, "ROOM ", 5)) rt_account(res, line, 0);
+            else if (!strncmp(line, "STATS ", 6))
+                snprintf(res->prefill_stats, sizeof res->prefill_stats, "%s", line + 6);
+            else if (!strncmp(line, "DONE ", 5)) pdone = 1;
+            else if (!strncmp(line, "ERROR", 5)) { printf("prefill peer: %s\n", line); pdone = 1; }
+        }
+        /* a peer that crashed: take what it printed, then stop waiting */
+        for (i = 0; i < 2; i++) {
+            rt_proc *x = i ? &pp : &dp;
+            int *done = i ? &pdone : &ddone, st = 0;
+            if (*done || x->pid <= 0 || (i ? pkilled : dkilled) || !rt_exited(x, &st)) continue;
+            while (rt_readline(x, line, sizeof line, 0.2)) {
+                if (!strncmp(line, "ROOM ", 5)) { if (!i) res->rooms++; rt_account(res, line, !i); }
+                else if (!i && !strncmp(line, "DONE ", 5)) res->unreported += atoi(line + 5);
+            }
+            printf("   the %s peer exited early (status %d); stopping the other\n",
+                   i ? "prefill" : "decode", st);
+            *done = 1;
+            if (!i) res->unreported = -1;
+            if (i ? dp.pid > 0 : pp.pid > 0) kill(i ? dp.pid : pp.pid, SIGKILL);
+            pdone = ddone = 1;
+        }
+    }
+    res->elapsed = rt_now() - start;
+    if (!ddone) res->unreported = -1;
+    {
+        double t0 = rt_now(), t1;
+        rt_reap(&dp, 20);
+        t1 = rt_now();
+        rt_reap(&pp, 20);
+        res->teardown = rt_now() - t0;
+        if (getenv("KVX_TEST_VERBOSE") || rt_now() - t0 > 3)
+            printf("   (teardown: decode %.1f s, prefill %.1f s)\n", t1 - t0, rt_now() - t1);
+    }
+    return 0;
+}
+
+/* A field of a STATS line ("wrs=123 ..."). */
+static RT_UNUSED unsigned long long rt_stat(const char *stats, const char *key) {
+    char k[64];
+    const char *p;
+    snprintf(k, sizeof k, "%s=", key);
+    p = strstr(stats, k);
+    return p ? strtoull(p + strlen(k), NULL, 10) : 0;
+}
+
+#endif

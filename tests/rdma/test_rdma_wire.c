@@ -1,0 +1,253 @@
+/* test_rdma_wire - the rdma transport's wire formats, without a device:
+   the endpoint blob in the kvx_boot hello and the queue-pair exchange
+   messages round-trip; every truncation asks for more bytes or is
+   refused; malformed counts, lengths, region tables and reserved fields
+   are refused with a sentence; and a mutation loop over valid messages
+   never reads out of bounds (run it under ASan). */
+#define KVX_IMPLEMENTATION
+#define KVX_WITH_RDMA
+#include "rdma_test.h"
+
+static kvx_rdma_hello sample_hello(void) {
+    kvx_rdma_hello h;
+    int i;
+    memset(&h, 0, sizeof h);
+    h.role = KVX_ROLE_PREFILL;
+    h.instance = 0x0123456789abcdefull;
+    h.cm_port = 4791;
+    h.qps = 4;
+    h.ndev = 2;
+    for (i = 0; i < 2; i++) {
+        h.dev[i].gid[10] = 0xff; h.dev[i].gid[11] = 0xff; h.dev[i].gid[15] = (uint8_t)(i + 1);
+        h.dev[i].lid = (uint16_t)(7 + i);
+        h.dev[i].port = 1;
+        h.dev[i].link_layer = 2;
+        h.dev[i].mtu = 5;
+        h.dev[i].gid_index = 3;
+        snprintf(h.dev[i].name, sizeof h.dev[i].name, "mlx5_%d", i);
+    }
+    return h;
+}
+
+/* A CONNECT with 2 queue pairs, 2 ports, 3 KV buffers and 1 aux buffer. */
+static void sample_connect(kvx_buf *b, uint64_t region) {
+    kvx_rdma_hello h = sample_hello();
+    kvx_rdma_qp_info q;
+    uint32_t d, i, k;
+    kvx__rdma_cm_begin(b, KVX_RDMA_CM_CONNECT);
+    kvx__rdma_put64(b, 11);
+    kvx__rdma_put64(b, 22);
+    kvx__rdma_put64(b, 0xfeedull);
+    kvx__rdma_put16(b, 2);
+    kvx__rdma_put16(b, 2);
+    kvx__rdma_put32(b, 3);
+    kvx__rdma_put32(b, 1);
+    kvx__rdma_put32(b, 0);
+    for (i = 0; i < 2; i++) {
+        q.qpn = 0x100 + i;
+        q.psn = 0x200 + i;
+        q.dev = (uint16_t)i;
+        kvx__rdma_put_qp(b, &q);
+    }
+    for (d = 0; d < 2; d++) kvx__rdma_put_port(b, &h.dev[d]);
+    for (d = 0; d < 2; d++) {
+        kvx__rdma_put64(b, region);
+        for (i = 0; i < 4; i++) {
+            uint64_t len = (i + 1) * 10000;
+            uint32_t n = (uint32_t)(len / region + (len % region ? 1 : 0));
+            kvx__rdma_put64(b, 0x10000000ull * (i + 1));
+            kvx__rdma_put64(b, len);
+            kvx__rdma_put32(b, n);
+            for (k = 0; k < n; k++) kvx__rdma_put32(b, 1000 * d + 100 * i + k);
+        }
+    }
+    kvx__rdma_cm_end(b);
+}
+
+static void hello_tests(void) {
+    kvx_rdma_hello h = sample_hello(), o;
+    uint8_t buf[KVX_RDMA_HELLO_FIXED + KVX_RDMA_DEV_ENTRY * KVX_RDMA_MAX_DEVS + 8];
+    size_t n = kvx_rdma_hello_encode(&h, buf, sizeof buf), i;
+    char why[KVX_ERROR_MAX];
+    int ok = 1;
+    CHECK(n == KVX_RDMA_HELLO_FIXED + 2 * KVX_RDMA_DEV_ENTRY, "hello encodes to %zu bytes", n);
+    CHECK(kvx_rdma_hello_parse(buf, n, &o, why, sizeof why) == KVX_OK && o.instance == h.instance &&
+          o.cm_port == 4791 && o.qps == 4 && o.ndev == 2 && o.dev[1].lid == 8 &&
+          !strcmp(o.dev[1].name, "mlx5_1") && !memcmp(o.dev[0].gid, h.dev[0].gid, 16) &&
+          o.dev[0].mtu == 5 && o.dev[0].gid_index == 3 && o.role == KVX_ROLE_PREFILL,
+          "hello round-trips every field");
+    CHECK(!memcmp(buf, "kvx-rdma", 8) && buf[8] == 1 && buf[9] == 0 && buf[16] == 0xef,
+          "hello is little-endian with its magic and version");
+    for (i = 0; i < n; i++)
+        if (kvx_rdma_hello_parse(buf, i, &o, why, sizeof why) != KVX_ERR_PROTOCOL) ok = 0;
+    CHECK(ok, "every truncated hello is refused");
+    CHECK(kvx_rdma_hello_parse(buf, n + 1, &o, why, sizeof why) == KVX_ERR_PROTOCOL &&
+          strstr(why, "bytes"), "a hello with a trailing byte is refused: %s", why);
+    buf[8] = 2;
+    CHECK(kvx_rdma_hello_parse(buf, n, &o, why, sizeof why) == KVX_ERR_PROTOCOL && strstr(why, "version"),
+          "another version is refused: %s", why);
+    buf[8] = 1;
+    h.cm_port = 0;
+    kvx_rdma_hello_encode(&h, buf, sizeof buf);
+    CHECK(kvx_rdma_hello_parse(buf, n, &o, why, sizeof why) == KVX_ERR_PROTOCOL,
+          "a prefill hello without an exchange port is refused");
+    h = sample_hello();
+    h.dev[1].link_layer = 3;
+    kvx_rdma_hello_encode(&h, buf, sizeof buf);
+    CHECK(kvx_rdma_hello_parse(buf, n, &o, why, sizeof why) == KVX_ERR_PROTOCOL && strstr(why, "link layer"),
+          "a port entry with link layer 3 is refused: %s", why);
+    h = sample_hello();
+    kvx_rdma_hello_encode(&h, buf, sizeof buf);
+    memset(buf + KVX_RDMA_HELLO_FIXED + 24, 'x', 24);
+    CHECK(kvx_rdma_hello_parse(buf, n, &o, why, sizeof why) == KVX_ERR_PROTOCOL && strstr(why, "NUL"),
+          "a port name without its NUL is refused: %s", why);
+    CHECK(kvx_rdma_hello_parse("bootfake", 8, &o, why, sizeof why) == KVX_ERR_PROTOCOL &&
+          strstr(why, "transport \"rdma\""), "another transport's endpoint is named as such: %s", why);
+    h.ndev = KVX_RDMA_MAX_DEVS + 1;
+    CHECK(kvx_rdma_hello_encode(&h, buf, sizeof buf) == 0, "encode refuses too many ports");
+}
+
+static void cm_tests(void) {
+    kvx_buf b;
+    kvx_rdma_cm_msg m;
+    size_t used, i;
+    char why[KVX_ERROR_MAX];
+    uint64_t base, len, rb;
+    uint32_t nr;
+    const uint8_t *keys;
+    int ok = 1;
+    memset(&b, 0, sizeof b);
+    sample_connect(&b, 4096);
+    CHECK(kvx_rdma_cm_parse(b.data, b.len, &m, &used, why, sizeof why) == KVX_OK && used == b.len &&
+          m.type == KVX_RDMA_CM_CONNECT && m.from == 11 && m.to == 22 && m.fingerprint == 0xfeed &&
+          m.nqp == 2 && m.ndev == 2 && m.nbuf == 3 && m.naux == 1 && m.qp[1].qpn == 0x101 &&
+          m.qp[1].psn == 0x201 && m.qp[1].dev == 1 && !strcmp(m.dev[0].name, "mlx5_0"),
+          "CONNECT round-trips (%zu bytes): %s", b.len, why);
+    CHECK(kvx_rdma_cm_region(&m, 1, 3, &base, &len, &rb, &nr, &keys) && base == 0x40000000ull &&
+          len == 40000 && rb == 4096 && nr == 10 && kvx_rdma_cm_rkey(keys, 9) == 1309,
+          "region table of port 1, aux buffer 0: %u regions, last rkey %u", nr,
+          nr ? kvx_rdma_cm_rkey(keys, nr - 1) : 0);
+    CHECK(!kvx_rdma_cm_region(&m, 2, 0, NULL, NULL, NULL, NULL, NULL) &&
+          !kvx_rdma_cm_region(&m, 0, 4, NULL, NULL, NULL, NULL, NULL), "region lookups out of range fail");
+    for (i = 0; i < b.len; i++) {
+        kvx_result r = kvx_rdma_cm_parse(b.data, i, &m, &used, why, sizeof why);
+        if (r != KVX_OK || used) ok = 0;
+    }
+    CHECK(ok, "every prefix of a CONNECT asks for more bytes");
+    /* a wrong region count */
+    ((uint8_t *)b.data)[b.len - 4 * 10 - 4] ^= 1;
+    CHECK(kvx_rdma_cm_parse(b.data, b.len, &m, &used, why, sizeof why) == KVX_ERR_PROTOCOL &&
+          strstr(why, "regions"), "a region count that does not match the length is refused: %s", why);
+    kvx_buf_free(&b);
+    memset(&b, 0, sizeof b);
+    sample_connect(&b, 1024);
+    CHECK(kvx_rdma_cm_parse(b.data, b.len, &m, &used, why, sizeof why) == KVX_ERR_PROTOCOL &&
+          strstr(why, "below 4096"), "regions under 4096 bytes are refused: %s", why);
+    kvx_buf_free(&b);
+    memset(&b, 0, sizeof b);
+    sample_connect(&b, 4096);
+    ((uint8_t *)b.data)[KVX_RDMA_CM_HEADER + 40 + 12 + 8] = 5; /* qp 1 port entry 5 of 2 */
+    CHECK(kvx_rdma_cm_parse(b.data, b.len, &m, &used, why, sizeof why) == KVX_ERR_PROTOCOL &&
+          strstr(why, "port entry"), "a queue pair on a port entry that does not exist: %s", why);
+    ((uint8_t *)b.data)[KVX_RDMA_CM_HEADER + 40 + 12 + 8] = 1;
+    ((uint8_t *)b.data)[KVX_RDMA_CM_HEADER + 36] = 1;
+    CHECK(kvx_rdma_cm_parse(b.data, b.len, &m, &used, why, sizeof why) == KVX_ERR_PROTOCOL &&
+          strstr(why, "reserved"), "a nonzero reserved field: %s", why);
+    ((uint8_t *)b.data)[KVX_RDMA_CM_HEADER + 36] = 0;
+    kvx__rdma_w32((uint8_t *)b.data + 8, KVX_RDMA_CM_MAX + 1);
+    CHECK(kvx_rdma_cm_parse(b.data, b.len, &m, &used, why, sizeof why) == KVX_ERR_PROTOCOL,
+          "a body over KVX_RDMA_CM_MAX is refused before it is read");
+    kvx__rdma_w32((uint8_t *)b.data + 8, (uint32_t)(b.len - KVX_RDMA_CM_HEADER + 1));
+    {
+        char *big = (char *)calloc(1, b.len + 1);
+        memcpy(big, b.data, b.len);
+        CHECK(kvx_rdma_cm_parse(big, b.len + 1, &m, &used, why, sizeof why) == KVX_ERR_PROTOCOL,
+              "a CONNECT with a stray byte after its tables is refused: %s", why);
+        free(big);
+    }
+    kvx__rdma_w32((uint8_t *)b.data + 8, (uint32_t)(b.len - KVX_RDMA_CM_HEADER));
+    memcpy(b.data, "KVXS", 4);
+    CHECK(kvx_rdma_cm_parse(b.data, b.len, &m, &used, why, sizeof why) == KVX_ERR_PROTOCOL &&
+          strstr(why, "magic"), "bad magic: %s", why);
+    kvx_buf_free(&b);
+
+    memset(&b, 0, sizeof b);
+    kvx__rdma_cm_reject(&b, 1, 2, KVX_ERR_LAYOUT_MISMATCH, "layouts differ");
+    CHECK(kvx_rdma_cm_parse(b.data, b.len, &m, &used, why, sizeof why) == KVX_OK &&
+          m.type == KVX_RDMA_CM_REJECT && m.result == KVX_ERR_LAYOUT_MISMATCH && m.reason_len == 14 &&
+          !memcmp(m.reason, "layouts differ", 14), "REJECT carries the result and the reason");
+    kvx__rdma_cm_begin(&b, KVX_RDMA_CM_READY);
+    kvx__rdma_put64(&b, 5);
+    kvx__rdma_put64(&b, 6);
+    kvx__rdma_put32(&b, 0);
+    kvx__rdma_cm_end(&b);
+    CHECK(kvx_rdma_cm_parse(b.data, b.len, &m, &used, why, sizeof why) == KVX_ERR_PROTOCOL,
+          "a READY with extra bytes is refused");
+    kvx__rdma_cm_begin(&b, (kvx_rdma_cm_type)9);
+    kvx__rdma_put64(&b, 5);
+    kvx__rdma_put64(&b, 6);
+    kvx__rdma_cm_end(&b);
+    CHECK(kvx_rdma_cm_parse(b.data, b.len, &m, &used, why, sizeof why) == KVX_ERR_PROTOCOL &&
+          strstr(why, "type 9"), "an unknown type is refused: %s", why);
+    kvx_buf_free(&b);
+}
+
+/* Byte flips, truncations and splices of valid messages: the parser
+   either refuses them or returns tables the accessor walks in bounds. */
+static void mutations(void) {
+    kvx_buf a, b;
+    uint64_t seed = 7;
+    int iters = rt_quick() ? 20000 : 200000, i, accepted = 0, refused = 0;
+    memset(&a, 0, sizeof a);
+    memset(&b, 0, sizeof b);
+    sample_connect(&a, 4096);
+    for (i = 0; i < iters; i++) {
+        kvx_rdma_cm_msg m;
+        size_t used, len = a.len, k;
+        char why[KVX_ERROR_MAX];
+        uint8_t *p;
+        int flips = 1 + (int)(ex_mix(seed++) % 4);
+        b.len = 0;
+        kvx__rdma_put(&b, a.data, a.len);
+        p = (uint8_t *)b.data;
+        for (k = 0; k < (size_t)flips; k++) {
+            size_t at = (size_t)(ex_mix(seed++) % len);
+            p[at] ^= (uint8_t)(1u << (ex_mix(seed++) % 8));
+        }
+        if (ex_mix(seed++) % 4 == 0) len = ex_mix(seed++) % (len + 1);
+        if (kvx_rdma_cm_parse(b.data, len, &m, &used, why, sizeof why) == KVX_OK && used) {
+            uint32_t d, j, nr;
+            const uint8_t *keys;
+            uint64_t sum = 0;
+            accepted++;
+            for (d = 0; m.mr && d < m.ndev; d++)
+                for (j = 0; j < m.nbuf + m.naux; j++)
+                    if (kvx_rdma_cm_region(&m, d, j, NULL, NULL, NULL, &nr, &keys) && nr)
+                        sum += kvx_rdma_cm_rkey(keys, nr - 1);
+            (void)sum;
+        } else {
+            refused++;
+        }
+        if (i % 4 == 0) { /* hellos too */
+            kvx_rdma_hello h = sample_hello(), o;
+            uint8_t hb[KVX_RDMA_HELLO_FIXED + 2 * KVX_RDMA_DEV_ENTRY];
+            size_t hn = kvx_rdma_hello_encode(&h, hb, sizeof hb);
+            size_t at = (size_t)(ex_mix(seed++) % hn);
+            hb[at] ^= (uint8_t)(1u << (ex_mix(seed++) % 8));
+            kvx_rdma_hello_parse(hb, hn, &o, why, sizeof why);
+        }
+    }
+    CHECK(accepted + refused == iters, "%d mutated messages: %d accepted and walked, %d refused",
+          iters, accepted, refused);
+    kvx_buf_free(&a);
+    kvx_buf_free(&b);
+}
+
+int main(void) {
+    rt_name = "test_rdma_wire";
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    hello_tests();
+    cm_tests();
+    mutations();
+    return rt_finish();
+}
