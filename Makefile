@@ -31,8 +31,12 @@ all: examples tests
 examples: $(EXAMPLES)
 tests: $(TESTS)
 
+# The examples take every transport this machine can build: RDMA when the
+# rdma-core headers exist, CUDA when the toolkit headers do (both libraries
+# are loaded at run time, so the programs still start without them).
+KVX_RDMA_CFLAGS := $(if $(wildcard /usr/include/infiniband/verbs.h),-DKVX_WITH_RDMA)
 $(B)/kvx_%: examples/kvx_%.c $(HEADERS) examples/kvx_example.h | $(B)
-	$(CC) $(KVX_CFLAGS) $< -o $@ $(KVX_LDLIBS)
+	$(CC) $(KVX_CFLAGS) $(KVX_RDMA_CFLAGS) $(KVX_CUDA_CFLAGS) $< -o $@ $(KVX_LDLIBS)
 
 $(B)/test_%: test_%.c $(HEADERS) $(wildcard tests/*/*.h) | $(B)
 	$(CC) $(KVX_CFLAGS) $< -o $@ $(KVX_LDLIBS)

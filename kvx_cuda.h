@@ -1,21 +1,22 @@
-/* kvx_cuda.h - v0.1.0 - KV pools in GPU memory: pinned staging, CUDA IPC, dma-buf
+/* kvx_cuda.h - v0.1.0 - KV pools in GPU memory: pinned staging, the cuda transport, dma-buf
 
    What transports need when KV buffers live in GPU memory
-   (kvx_buffer.mem == KVX_MEM_CUDA):
+   (kvx_buffer.mem == KVX_MEM_CUDA), and the transport for one node:
    - staging: a kvx_mem_ops (kvx_cuda_mem_ops) that CPU-side transports
      (file, tcp, the block store) use to move pages between GPU memory and
      pinned host buffers, in batches of asynchronous copies with one
      synchronisation per batch;
    - CUDA IPC: export a KV buffer's memory as a 64-byte handle, import a
      peer's handle (same node, another process), and copy plan spans device
-     to device on a stream, queued without blocking, with completion tickets
-     (what the intra-node `cuda` transport is made of);
+     to device on a stream, queued without blocking, with completion tickets;
+   - the `cuda` transport: prefill and decode engines on one node, KV pages
+     copied GPU to GPU through CUDA IPC (see THE CUDA TRANSPORT);
    - dma-buf: a file descriptor for a range of GPU memory, for
      ibv_reg_dmabuf_mr (GPU memory registered with an RDMA NIC).
 
    DO THIS
        #define KVX_IMPLEMENTATION
-       #include "kvx_cuda.h"            (includes kvx.h)
+       #include "kvx_cuda.h"            (includes kvx_boot.h and kvx.h)
      and compile that one file with -DKVX_WITH_CUDA -I<CUDA toolkit>/include.
      The CUDA headers are needed for types only: libcuda is loaded at run
      time, so the program starts (and everything host-only works) on a
@@ -56,6 +57,17 @@
                               asynchronous copy per piece instead; 1: use it
                               where the driver has it (driver >= 12.8)  (1)
      KVX_LOG_LEVEL            error|warn|info|debug (desc.logger.level) (warn)
+   and, read once at engine creation by the cuda transport (no field in
+   kvx_engine_desc yet: environment only):
+     KVX_CUDA_FENCE_TIMEOUT   seconds kvx_receiver_destroy of an unfinished
+                              room waits for the prefill's word that it
+                              stopped writing into the room's pages      (2)
+     KVX_CUDA_NODE_ID         this node's identity, compared with the
+                              peer's: two engines run the cuda transport
+                              together only with equal ids (the kernel's
+                              boot id, /proc/sys/kernel/random/boot_id: the
+                              same in every container of a host)
+   and kvx_boot.h's (KVX_BOOTSTRAP_HOST, KVX_BOOTSTRAP_PORT, heartbeats...).
 
    HOW IT USES THE DRIVER
      Exact exported symbols are resolved with dlsym, never the unversioned
@@ -76,11 +88,101 @@
      every transport. Pinned staging memory is cuMemHostAlloc'd with
      CU_MEMHOSTALLOC_PORTABLE, pooled, and kept until kvx_cuda_destroy.
 
+   THE CUDA TRANSPORT ("cuda"; kvx_cuda_register() or desc.backend =
+   kvx_cuda_backend())
+     Prefill and decode engines of one node, in different processes (or the
+     same one), with their KV pools in GPU memory. It stands on kvx_boot.h:
+     the prefill serves the bootstrap address, the decode side names it, as
+     with the tcp transport; desc.mem of both must come from
+     kvx_cuda_mem_ops (that is how the transport reaches the driver) and
+     every KV buffer must be KVX_MEM_CUDA (a prefill pool on one GPU).
+       decode engine: exports the allocation under every KV buffer with
+         cuIpcGetMemHandle, once per allocation (buffers that share one
+         share its handle), creates the aux segment (below), and puts both
+         in the endpoint of its kvx_boot hello.
+       prefill engine, first room frame of a decode engine: maps every
+         allocation (cuIpcOpenMemHandle into the GPU of its own pool; the
+         decode's memory may be on another GPU of the node) and the aux
+         segment, and creates one stream for that peer. The mapping serves
+         every later room, and is closed when the control connection goes
+         (once no copy of it is in flight) or the engine is destroyed. A
+         failed import fails that room; the next room tries again. It
+         answers each room frame with status TRANSFERRING: the decode side
+         knows from then on that this side may write into the room's pages.
+       each chunk: the two-sided plan kvx_plan_pages(this pool, the chunk's
+         pages, the decode pool as mapped, the matching destination pages),
+         its spans queued on the peer's stream (kvx_cuda_copy_spans,
+         cuMemcpyBatchAsync where the driver has it); send returns without
+         waiting. A completion thread watches the stream's tickets; when
+         the last chunk's copies are done it writes the aux rows into the
+         decode's segment, then sends status Success with the byte count,
+         and the sender succeeds.
+       decode, on that status: the byte count must be the room's (its pages
+         times the page bytes, plus the aux rows), the aux rows must be in
+         the segment under this room's id; they are copied into the
+         receiver's aux slot, and only then is the room Success.
+     Aux rows are host memory, which CUDA IPC does not share; until
+     kvx_boot's status can carry a payload they travel through a shared
+     memory segment (memfd) of the decode engine: one slot per aux slot of
+     its pool, a 16-byte header (u64 room, u64 ~room, written last) and one
+     row per aux buffer at 8-byte aligned offsets. The prefill maps it
+     through /proc/<decode pid>/fd/<fd>, checking inode and size.
+     Both processes must run under one user, in one PID namespace, and see
+     the same GPUs (as CUDA IPC needs); a peer on another node (another
+     KVX_CUDA_NODE_ID) is refused with a sentence that says so, on both
+     sides, before anything is mapped.
+
+   ENDPOINT (the kvx_boot hello's endpoint bytes; version 1, little-endian;
+   kvx_cuda_endpoint_check reads it)
+       0 u8[8] "kvx-cuda"   8 u16 version (1)   10 u16 role (1 prefill, 2 decode)
+      12 u32 pid   16 char node_id[64]   80 char host[64]   (printable text,
+         NUL-padded; the host name is for messages)
+     144 u32 nalloc   148 u32 nb   152 u32 na   (decode; 0 on a prefill)
+     156 u32 aux_slots   160 u32 aux_slot_bytes   164 i32 aux_fd (-1 none)
+     168 u64 aux_inode   176 u64 aux_size (= aux_slots * aux_slot_bytes)
+     184 nalloc allocations of 88 bytes: u8[64] CUDA IPC handle, u64 base
+         address in the exporter, i32 GPU ordinal there, u32 0, u64 length
+         then nb KV buffers of 24 bytes: u32 allocation index, u32 0, u64
+         offset in that allocation, u64 length
+         then na aux buffers of 16 bytes: u64 row bytes, u64 offset in a slot
+     A prefill engine sends the 184-byte head (node, pid) only. Limit: a
+     hello carries KVX_BOOT_MAX_ENDPOINT (64 KiB) of endpoint, so a decode
+     pool of separately allocated buffers has at most about 580 of them
+     (184 + 112 per buffer); buffers sharing allocations cost 24 bytes each
+     (1024 buffers in one allocation: 24.8 KiB). A decode engine whose
+     endpoint does not fit refuses to start, saying so.
+
+   FAILURES AND THE FENCE
+     A driver error on a copy (with its name: CUDA_ERROR_ILLEGAL_ADDRESS...)
+     fails every room with copies on that stream, on both sides; the stream
+     is replaced. A lost control connection fails the rooms of that peer
+     (kvx_boot) and releases its mapping. Every failure of a room whose
+     destination was acknowledged is reported to the decode side only once
+     no copy of that room is in flight (status Failed or abort), so the
+     decode side can keep kvx.h's promise: kvx_receiver_destroy of an
+     unfinished room tells the prefill (abort) and waits for that word, at
+     most KVX_CUDA_FENCE_TIMEOUT (20 ms when the prefill had not
+     acknowledged the destination yet), or until the prefill process is
+     gone (after its control connection closed). kvx_sender_destroy waits
+     for the room's copies in flight.
+
+   LIMITS
+     One decode rank and one prefill rank per room (no heterogeneous TP,
+     as the tcp transport). Pools from cudaMallocAsync / cuMemCreate need
+     other handles than cuIpcGetMemHandle and are refused at engine
+     creation with the driver's reason. The completion thread polls: it
+     yields, then looks every 10 us while copies run (then every 100 us
+     after 5 ms), and sleeps when nothing is in flight.
+
    THREAD SAFETY
      A kvx_cuda and the kvx_mem_ops filled from it may be used from any
      number of threads at once. A kvx_cuda_stream is used by one thread at a
      time. kvx_mem_ops.copy blocks until its batch is done; kvx_cuda_copy_spans
-     and kvx_cuda_stream_done never wait for copies.
+     and kvx_cuda_stream_done never wait for copies. The cuda transport:
+     as kvx.h; kvx_sender_send queues and returns; the prefill engine owns a
+     completion thread, kvx_boot's threads run the hooks (a first room frame
+     of a peer maps its memory there), kvx_engine_destroy joins them and
+     releases every stream, import and mapping.
 
    ERRORS
      Driver failures return KVX_ERR_TRANSPORT (KVX_ERR_NO_MEMORY for
@@ -96,9 +198,9 @@
 #ifndef KVX_CUDA_H_INCLUDED
 #define KVX_CUDA_H_INCLUDED
 
-#include "kvx.h"
+#include "kvx_boot.h"
 
-#if KVX_VERSION_MAJOR != 0
+#if !defined(KVX_VERSION_MAJOR) || KVX_VERSION_MAJOR != 0
 #error "kvx_cuda.h needs kvx.h major version 0"
 #endif
 
@@ -275,6 +377,48 @@ KVX_API kvx_result kvx_cuda_stream_wait(kvx_cuda_stream *s, uint64_t ticket, cha
 KVX_API kvx_result kvx_cuda_dmabuf_fd(kvx_cuda *cu, int device, void *dev_ptr, size_t len,
                                       int *fd, uint64_t *offset, char *why, size_t why_len);
 
+/* >>cuda transport ------------------------------------------------------------- */
+
+#define KVX_CUDA_ENDPOINT_VERSION 1
+
+/* The `cuda` transport's backend table: KV pages of prefill and decode
+   engines on one node, copied GPU to GPU through CUDA IPC (see "THE CUDA
+   TRANSPORT" above). Without KVX_WITH_CUDA a table whose engine_init fails
+   with KVX_ERR_NOT_COMPILED. Never NULL; thread-safe. */
+KVX_API const kvx_backend *kvx_cuda_backend(void);
+/* Makes "cuda" known to desc.transport. Thread-safe, idempotent. */
+KVX_API kvx_result kvx_cuda_register(void);
+
+/* Counters of one cuda-transport engine (monotonic, except the gauges). */
+typedef struct kvx_cuda_transport_stats {
+    uint64_t exported_allocs; /* decode: GPU allocations its endpoint announces */
+    uint64_t peers;           /* prefill gauge: decode engines mapped now */
+    uint64_t imports;         /* prefill: allocations imported (cuIpcOpenMemHandle) */
+    uint64_t imports_live;    /* prefill gauge: imports not closed yet */
+    uint64_t chunks;          /* prefill: chunks queued */
+    uint64_t spans;           /* prefill: plan spans queued */
+    uint64_t bytes;           /* prefill: KV bytes queued */
+    uint64_t aux_rows;        /* prefill: aux rows written; decode: aux rows placed */
+    uint64_t rooms_done;      /* rooms that reached Success through this transport */
+    uint64_t driver_errors;   /* prefill: copies the driver failed */
+    uint64_t fence_waits;     /* decode: receivers destroyed while the prefill could write */
+    uint64_t fence_timeouts;  /* decode: of which the prefill did not confirm in time */
+} kvx_cuda_transport_stats;
+/* Copies the counters of an engine running the cuda transport.
+   KVX_ERR_INVALID_ARGUMENT when e or out is NULL or e runs another transport,
+   KVX_ERR_NOT_COMPILED without KVX_WITH_CUDA. Thread-safe, does not block. */
+KVX_API kvx_result kvx_cuda_transport_stats_get(const kvx_engine *e, kvx_cuda_transport_stats *out);
+
+/* Checks a cuda transport endpoint (the bytes an engine puts in its
+   kvx_boot hello, format in "ENDPOINT" above) without using it: magic,
+   version, role, text fields, counts against the length, every buffer
+   inside its allocation, the aux segment's geometry. KVX_OK, or
+   KVX_ERR_PROTOCOL with a sentence naming the first rule broken. Pure
+   (no I/O, no driver): for tools, tests and fuzzers. Compiled with and
+   without KVX_WITH_CUDA. */
+KVX_API kvx_result kvx_cuda_endpoint_check(const void *endpoint, size_t len, char *why,
+                                           size_t why_len);
+
 #ifdef __cplusplus
 }
 #endif
@@ -293,6 +437,204 @@ KVX_API kvx_result kvx_cuda_dmabuf_fd(kvx_cuda *cu, int device, void *dev_ptr, s
 #ifdef __cplusplus
 extern "C" {
 #endif
+
+/* >>cuda transport: endpoint codec (pure; with and without KVX_WITH_CUDA) ------------ */
+
+#define KVX__CUX_FIXED 184u   /* fixed part of an endpoint */
+#define KVX__CUX_ALLOC 88u    /* one allocation entry */
+#define KVX__CUX_BUF 24u      /* one KV buffer entry */
+#define KVX__CUX_AUXE 16u     /* one aux buffer entry */
+#define KVX__CUX_TEXT 64u     /* node id, host name */
+#define KVX__CUX_SLOT_HDR 16u /* aux slot header: u64 room, u64 ~room */
+
+static KVX__UNUSED void kvx__cux_w16(uint8_t *p, uint16_t v) {
+    p[0] = (uint8_t)v;
+    p[1] = (uint8_t)(v >> 8);
+}
+static KVX__UNUSED void kvx__cux_w32(uint8_t *p, uint32_t v) {
+    kvx__cux_w16(p, (uint16_t)v);
+    kvx__cux_w16(p + 2, (uint16_t)(v >> 16));
+}
+static KVX__UNUSED void kvx__cux_w64(uint8_t *p, uint64_t v) {
+    kvx__cux_w32(p, (uint32_t)v);
+    kvx__cux_w32(p + 4, (uint32_t)(v >> 32));
+}
+static uint16_t kvx__cux_r16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
+static uint32_t kvx__cux_r32(const uint8_t *p) {
+    return (uint32_t)kvx__cux_r16(p) | (uint32_t)kvx__cux_r16(p + 2) << 16;
+}
+static uint64_t kvx__cux_r64(const uint8_t *p) {
+    return (uint64_t)kvx__cux_r32(p) | (uint64_t)kvx__cux_r32(p + 4) << 32;
+}
+
+/* An endpoint as read from a peer; the tables point into its bytes. */
+typedef struct kvx__cux_ep {
+    uint16_t version, role;
+    uint32_t pid;
+    char node[KVX__CUX_TEXT + 1], host[KVX__CUX_TEXT + 1];
+    uint32_t nalloc, nb, na, aux_slots, aux_slot_bytes;
+    int32_t aux_fd;
+    uint64_t aux_ino, aux_size;
+    const uint8_t *allocs, *bufs, *aux;
+} kvx__cux_ep;
+
+/* A NUL-padded text field of 64 bytes: printable ASCII, then only NULs. */
+static int kvx__cux_text(const uint8_t *p, char *out) {
+    uint32_t i, n = 0;
+    while (n < KVX__CUX_TEXT && p[n]) n++;
+    for (i = 0; i < KVX__CUX_TEXT; i++) {
+        if (i < n && (p[i] < 0x20 || p[i] > 0x7e)) return -1;
+        if (i >= n && p[i]) return -1;
+    }
+    memcpy(out, p, n);
+    out[n] = 0;
+    return 0;
+}
+
+static KVX__UNUSED const uint8_t *kvx__cux_ep_alloc(const kvx__cux_ep *ep, uint32_t i,
+                                                    uint64_t *base, int32_t *device,
+                                                    uint64_t *len) {
+    const uint8_t *a = ep->allocs + (size_t)i * KVX__CUX_ALLOC;
+    *base = kvx__cux_r64(a + 64);
+    *device = (int32_t)kvx__cux_r32(a + 72);
+    *len = kvx__cux_r64(a + 80);
+    return a; /* the 64-byte IPC handle */
+}
+
+static void kvx__cux_ep_buf(const kvx__cux_ep *ep, uint32_t i, uint32_t *alloc, uint64_t *off,
+                            uint64_t *len) {
+    const uint8_t *b = ep->bufs + (size_t)i * KVX__CUX_BUF;
+    *alloc = kvx__cux_r32(b);
+    *off = kvx__cux_r64(b + 8);
+    *len = kvx__cux_r64(b + 16);
+}
+
+static void kvx__cux_ep_aux(const kvx__cux_ep *ep, uint32_t i, uint64_t *item, uint64_t *off) {
+    const uint8_t *x = ep->aux + (size_t)i * KVX__CUX_AUXE;
+    *item = kvx__cux_r64(x);
+    *off = kvx__cux_r64(x + 8);
+}
+
+static kvx_result kvx__cux_bad(char *why, size_t wl, const char *fmt, ...) KVX_PRINTF(3, 4);
+static kvx_result kvx__cux_bad(char *why, size_t wl, const char *fmt, ...) {
+    char msg[KVX_ERROR_MAX];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    kvx__set_why(why, wl, "cuda endpoint: %s", msg);
+    return KVX_ERR_PROTOCOL;
+}
+
+/* The aux segment's geometry: slots of a header and one row per aux buffer,
+   each row inside its slot and after the header, none overlapping. */
+static kvx_result kvx__cux_parse_aux(const kvx__cux_ep *ep, char *why, size_t wl) {
+    uint32_t i, j;
+    if (!ep->na) {
+        if (ep->aux_slots || ep->aux_slot_bytes || ep->aux_fd != -1 || ep->aux_size)
+            return kvx__cux_bad(why, wl, "no aux buffers but an aux segment (%u slots, fd %d)",
+                                ep->aux_slots, (int)ep->aux_fd);
+        return KVX_OK;
+    }
+    if (!ep->aux_slots || ep->aux_fd < 0 || ep->aux_slot_bytes % 8 ||
+        ep->aux_slot_bytes < KVX__CUX_SLOT_HDR ||
+        ep->aux_size != (uint64_t)ep->aux_slots * ep->aux_slot_bytes)
+        return kvx__cux_bad(why, wl, "aux segment of %u slots of %u bytes, %llu bytes, fd %d "
+                            "does not add up", ep->aux_slots, ep->aux_slot_bytes,
+                            (unsigned long long)ep->aux_size, (int)ep->aux_fd);
+    for (i = 0; i < ep->na; i++) {
+        uint64_t item, off;
+        kvx__cux_ep_aux(ep, i, &item, &off);
+        if (!item || off < KVX__CUX_SLOT_HDR || off > ep->aux_slot_bytes ||
+            item > ep->aux_slot_bytes - off)
+            return kvx__cux_bad(why, wl, "aux buffer %u: a %llu-byte row at %llu leaves its "
+                                "%u-byte slot", i, (unsigned long long)item,
+                                (unsigned long long)off, ep->aux_slot_bytes);
+        for (j = 0; j < i; j++) {
+            uint64_t item2, off2;
+            kvx__cux_ep_aux(ep, j, &item2, &off2);
+            if (off < off2 + item2 && off2 < off + item)
+                return kvx__cux_bad(why, wl, "aux rows %u and %u overlap in the slot", j, i);
+        }
+    }
+    return KVX_OK;
+}
+
+static kvx_result kvx__cux_parse(const void *buf, size_t len, kvx__cux_ep *ep, char *why,
+                                 size_t wl) {
+    const uint8_t *p = (const uint8_t *)buf;
+    uint64_t need;
+    uint32_t i;
+    memset(ep, 0, sizeof *ep);
+    if (!p || len < KVX__CUX_FIXED || memcmp(p, "kvx-cuda", 8))
+        return kvx__cux_bad(why, wl, "%zu bytes without the \"kvx-cuda\" magic (the peer does "
+                            "not run the cuda transport)", p ? len : (size_t)0);
+    ep->version = kvx__cux_r16(p + 8);
+    ep->role = kvx__cux_r16(p + 10);
+    ep->pid = kvx__cux_r32(p + 12);
+    if (ep->version != KVX_CUDA_ENDPOINT_VERSION)
+        return kvx__cux_bad(why, wl, "version %u, this side speaks %d", ep->version,
+                            KVX_CUDA_ENDPOINT_VERSION);
+    if (ep->role != KVX_ROLE_PREFILL && ep->role != KVX_ROLE_DECODE)
+        return kvx__cux_bad(why, wl, "role %u is neither prefill (1) nor decode (2)", ep->role);
+    if (!ep->pid || ep->pid > 0x7fffffffu)
+        return kvx__cux_bad(why, wl, "process id %u", ep->pid);
+    if (kvx__cux_text(p + 16, ep->node) || kvx__cux_text(p + 80, ep->host) || !ep->node[0])
+        return kvx__cux_bad(why, wl, "node id or host name is not printable NUL-padded text");
+    ep->nalloc = kvx__cux_r32(p + 144);
+    ep->nb = kvx__cux_r32(p + 148);
+    ep->na = kvx__cux_r32(p + 152);
+    ep->aux_slots = kvx__cux_r32(p + 156);
+    ep->aux_slot_bytes = kvx__cux_r32(p + 160);
+    ep->aux_fd = (int32_t)kvx__cux_r32(p + 164);
+    ep->aux_ino = kvx__cux_r64(p + 168);
+    ep->aux_size = kvx__cux_r64(p + 176);
+    if (ep->nalloc > KVX_MAX_BUFFERS || ep->nb > KVX_MAX_BUFFERS || ep->na > KVX_MAX_AUX)
+        return kvx__cux_bad(why, wl, "%u allocations, %u buffers, %u aux buffers (at most %u, "
+                            "%u, %u)", ep->nalloc, ep->nb, ep->na, (unsigned)KVX_MAX_BUFFERS,
+                            (unsigned)KVX_MAX_BUFFERS, (unsigned)KVX_MAX_AUX);
+    need = KVX__CUX_FIXED + (uint64_t)ep->nalloc * KVX__CUX_ALLOC +
+           (uint64_t)ep->nb * KVX__CUX_BUF + (uint64_t)ep->na * KVX__CUX_AUXE;
+    if (need != len)
+        return kvx__cux_bad(why, wl, "%zu bytes, but %u allocations, %u buffers and %u aux "
+                            "buffers take %llu", len, ep->nalloc, ep->nb, ep->na,
+                            (unsigned long long)need);
+    if (ep->role == KVX_ROLE_PREFILL && (ep->nalloc || ep->nb || ep->na))
+        return kvx__cux_bad(why, wl, "a prefill endpoint announces GPU memory");
+    if (ep->role == KVX_ROLE_DECODE && (!ep->nb || !ep->nalloc))
+        return kvx__cux_bad(why, wl, "a decode endpoint without KV buffers");
+    ep->allocs = p + KVX__CUX_FIXED;
+    ep->bufs = ep->allocs + (size_t)ep->nalloc * KVX__CUX_ALLOC;
+    ep->aux = ep->bufs + (size_t)ep->nb * KVX__CUX_BUF;
+    for (i = 0; i < ep->nalloc; i++) {
+        uint64_t base, alen;
+        int32_t dev;
+        kvx__cux_ep_alloc(ep, i, &base, &dev, &alen);
+        if (!base || !alen || dev < 0 || base + alen < base)
+            return kvx__cux_bad(why, wl, "allocation %u: %llu bytes at 0x%llx on GPU %d", i,
+                                (unsigned long long)alen, (unsigned long long)base, (int)dev);
+    }
+    for (i = 0; i < ep->nb; i++) {
+        uint32_t a;
+        uint64_t off, blen, base, alen;
+        int32_t dev;
+        kvx__cux_ep_buf(ep, i, &a, &off, &blen);
+        if (a >= ep->nalloc)
+            return kvx__cux_bad(why, wl, "buffer %u names allocation %u of %u", i, a, ep->nalloc);
+        kvx__cux_ep_alloc(ep, a, &base, &dev, &alen);
+        if (!blen || off > alen || blen > alen - off)
+            return kvx__cux_bad(why, wl, "buffer %u (%llu bytes at offset %llu) leaves allocation "
+                                "%u (%llu bytes)", i, (unsigned long long)blen,
+                                (unsigned long long)off, a, (unsigned long long)alen);
+    }
+    return kvx__cux_parse_aux(ep, why, wl);
+}
+
+KVX_API kvx_result kvx_cuda_endpoint_check(const void *endpoint, size_t len, char *why,
+                                           size_t why_len) {
+    kvx__cux_ep ep;
+    return kvx__cux_parse(endpoint, len, &ep, why, why_len);
+}
 
 #if !defined(KVX_WITH_CUDA)
 
@@ -396,12 +738,36 @@ KVX_API kvx_result kvx_cuda_dmabuf_fd(kvx_cuda *cu, int device, void *dev_ptr, s
     return kvx__cu_not_compiled(why, why_len);
 }
 
+static kvx_result kvx__cux_nc_init(kvx_engine *e, char *why, size_t wl) {
+    (void)e;
+    return kvx__cu_not_compiled(why, wl);
+}
+KVX_API const kvx_backend *kvx_cuda_backend(void) {
+    static const kvx_backend b = {"cuda", kvx__cux_nc_init, NULL, NULL, NULL, NULL,
+                                  NULL, NULL, NULL, NULL, NULL};
+    return &b;
+}
+KVX_API kvx_result kvx_cuda_register(void) { return kvx_transport_register(kvx_cuda_backend()); }
+KVX_API kvx_result kvx_cuda_transport_stats_get(const kvx_engine *e, kvx_cuda_transport_stats *out) {
+    (void)e;
+    if (out) memset(out, 0, sizeof *out);
+    return KVX_ERR_NOT_COMPILED;
+}
+
 #else /* KVX_WITH_CUDA */
 
 #include <cuda.h>
 #include <unistd.h>
 #include <stdarg.h>
 #include <strings.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <time.h>
+#include <sched.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
 #if !defined(KVX_NO_RUNTIME_LINKING)
 #include <dlfcn.h>
 #endif
@@ -1837,6 +2203,1565 @@ KVX_API kvx_result kvx_cuda_dmabuf_fd(kvx_cuda *cu, int device, void *dev_ptr, s
                             (unsigned long long)(end - start), device);
     *fd = out;
     *offset = (uint64_t)(p - start);
+    return KVX_OK;
+}
+
+/* >>cuda transport: state ----------------------------------------------------------------- */
+
+#define KVX__CUX_GRACE_S 0.02 /* an unacknowledged destination: how long a destroy waits */
+
+typedef struct kvx__cux_engine kvx__cux_engine;
+typedef struct kvx__cux_peer kvx__cux_peer;
+typedef struct kvx__cux_room kvx__cux_room;
+
+enum { KVX__CUX_MSG_NONE = 0, KVX__CUX_MSG_ABORT = 1, KVX__CUX_MSG_CONFIRM = 2 };
+
+/* Prefill: one decode engine (one control connection) whose pool is mapped
+   here. Rooms reference it; the engine's list holds one reference until the
+   connection is gone and no room has copies left on its stream. */
+struct kvx__cux_peer {
+    kvx__cux_engine *ce;
+    int refs; /* atomic */
+    uint64_t instance;
+    char addr[64], name[128];
+    uint8_t *raw; /* copy of its endpoint; info points into it */
+    kvx__cux_ep info;
+    pthread_mutex_t mu; /* everything below, and the rooms' fields marked so */
+    pthread_cond_t cv;  /* a room's copies or its completion finished */
+    int ready, dead, same_process;
+    int nfinishing;     /* rooms whose completion is being reported */
+    void **imports;     /* per allocation: the base mapped here */
+    kvx_buffer *dbufs;
+    kvx_layout dst;     /* this engine's layout with the decode pool's bases */
+    uint8_t *aux_map;   /* the decode's aux segment, mapped here */
+    kvx_cuda_stream *stream;
+    kvx__cux_room *active; /* rooms with copies in flight or a completion due */
+    kvx__cux_peer *next;   /* engine list, under ce->mu */
+};
+
+/* Decode: a prefill instance, by the bootstrap address rooms name. */
+typedef struct kvx__cux_pf {
+    char addr[128];
+    uint32_t pid;
+    struct kvx__cux_pf *next;
+} kvx__cux_pf;
+
+struct kvx__cux_room {
+    kvx_room *room;
+    kvx__cux_engine *ce;
+    uint64_t id;
+    pthread_mutex_t mu; /* prefill: peer, gone */
+    /* prefill */
+    kvx__cux_peer *peer;
+    int32_t *dst;
+    uint32_t ndst;
+    int32_t dst_aux, src_aux;
+    kvx_plan plan;
+    uint64_t bytes;
+    int gone;
+    /* prefill, under peer->mu */
+    uint64_t ticket; /* the room's last submission on the peer's stream */
+    int busy;        /* copies queued and not seen finished */
+    int finishing;   /* the completion thread is placing aux / reporting */
+    int last_queued, listed, msg;
+    int told;        /* atomic: the decode side has its final word (status or abort) */
+    char msg_reason[KVX_ERROR_MAX];
+    kvx__cux_room *anext, *aprev;
+    /* decode, under ce->mu */
+    int32_t aux_slot;
+    uint32_t npages;
+    int sent, armed, fenced, closing, placing;
+    uint32_t fence_pid;      /* the prefill process, once its connection is gone */
+    uint64_t fence_deadline; /* ... and when to stop waiting for it */
+};
+
+struct kvx__cux_engine {
+    kvx_engine *engine;
+    kvx_cuda *cu;
+    kvx_boot *boot;
+    kvx_role role;
+    int device; /* prefill: the GPU of every KV buffer */
+    double fence_s;
+    uint32_t pid;
+    char node[KVX__CUX_TEXT + 1], host[KVX__CUX_TEXT + 1];
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    /* prefill */
+    kvx__cux_peer *peers;
+    pthread_t worker;
+    int worker_started, stop;
+    int work; /* atomic: rooms on the peers' active lists */
+    kvx__cux_peer **scan;
+    size_t scan_cap;
+    uint64_t aux_row_bytes;
+    /* decode */
+    uint8_t *ep;
+    size_t ep_len;
+    int seg_fd;
+    uint8_t *seg;
+    uint64_t seg_size;
+    uint32_t slots, slot_bytes;
+    uint64_t aux_off[KVX_MAX_AUX];
+    kvx__cux_pf *pfs;
+    /* counters (atomics) */
+    kvx_cuda_transport_stats st;
+};
+
+static kvx__cux_engine *kvx__cux_ce(const kvx_engine *e) {
+    return (kvx__cux_engine *)kvx_engine_backend_data(e);
+}
+static kvx__cux_room *kvx__cux_cr(const kvx_room *r) { return (kvx__cux_room *)kvx_room_data(r); }
+static int kvx__cux_terminal(const kvx_room *r) {
+    kvx_poll p = kvx_room_poll(r);
+    return p == KVX_POLL_FAILED || p == KVX_POLL_SUCCESS;
+}
+
+/* >>cuda transport: node identity and the aux segment ---------------------------------------- */
+
+/* Copies s into a 64-byte text field's string, printable characters only. */
+static void kvx__cux_clean(char *out, const char *s) {
+    size_t i, n = 0;
+    for (i = 0; s[i] && n < KVX__CUX_TEXT; i++)
+        if (s[i] >= 0x20 && s[i] <= 0x7e) out[n++] = s[i];
+    out[n] = 0;
+}
+
+/* This node: KVX_CUDA_NODE_ID, else the kernel's boot id (the same in every
+   container of a host, different on every other host and after a reboot),
+   else the host name. */
+static void kvx__cux_identity(kvx__cux_engine *ce) {
+    const char *env = NULL;
+    char buf[128] = "";
+    FILE *f;
+    gethostname(buf, sizeof buf - 1);
+    buf[sizeof buf - 1] = 0;
+    kvx__cux_clean(ce->host, buf);
+    if (!ce->host[0]) snprintf(ce->host, sizeof ce->host, "?");
+    kvx_env_str("KVX_CUDA_NODE_ID", &env);
+    buf[0] = 0;
+    if (env) {
+        snprintf(buf, sizeof buf, "%s", env);
+    } else if ((f = fopen("/proc/sys/kernel/random/boot_id", "r")) != NULL) {
+        if (!fgets(buf, sizeof buf, f)) buf[0] = 0;
+        fclose(f);
+    }
+    kvx__cux_clean(ce->node, buf);
+    if (!ce->node[0]) {
+        snprintf(buf, sizeof buf, "host:%s", ce->host);
+        kvx__cux_clean(ce->node, buf);
+    }
+    ce->pid = (uint32_t)getpid();
+}
+
+/* Decode: the shared memory the prefill writes aux rows into (aux buffers
+   are host memory, which CUDA IPC does not share): one slot per aux slot of
+   the pool, a 16-byte header then one row per aux buffer. */
+static kvx_result kvx__cux_seg_create(kvx__cux_engine *ce, char *why, size_t wl) {
+    const kvx_layout *l = kvx_engine_layout(ce->engine);
+    uint64_t slots = kvx_layout_num_aux_slots(l), bytes = KVX__CUX_SLOT_HDR;
+    struct stat st;
+    uint32_t i;
+    void *m;
+    ce->seg_fd = -1;
+    if (!l->num_aux || !slots) return KVX_OK;
+    for (i = 0; i < l->num_aux; i++) {
+        ce->aux_off[i] = bytes;
+        bytes += (l->aux[i].item_len + 7) & ~7ull;
+    }
+    if (bytes > 0xffffffffull || slots > 0xffffffffull || slots * bytes / bytes != slots) {
+        kvx__set_why(why, wl, "the aux buffers (%llu slots of %llu bytes) are too large for the "
+                     "cuda transport's aux segment", (unsigned long long)slots,
+                     (unsigned long long)bytes);
+        return KVX_ERR_INVALID_ARGUMENT;
+    }
+    ce->slots = (uint32_t)slots;
+    ce->slot_bytes = (uint32_t)bytes;
+    ce->seg_size = slots * bytes;
+    ce->seg_fd = memfd_create("kvx-cuda-aux", MFD_CLOEXEC);
+    if (ce->seg_fd < 0 || ftruncate(ce->seg_fd, (off_t)ce->seg_size) != 0 ||
+        fstat(ce->seg_fd, &st) != 0) {
+        kvx__set_why(why, wl, "cannot create the aux segment of %llu bytes (memfd): %s",
+                     (unsigned long long)ce->seg_size, strerror(errno));
+        return KVX_ERR_IO;
+    }
+    m = mmap(NULL, (size_t)ce->seg_size, PROT_READ | PROT_WRITE, MAP_SHARED, ce->seg_fd, 0);
+    if (m == MAP_FAILED) {
+        kvx__set_why(why, wl, "cannot map the aux segment: %s", strerror(errno));
+        return KVX_ERR_IO;
+    }
+    ce->seg = (uint8_t *)m;
+    return KVX_OK;
+}
+
+/* Prefill: maps a decode engine's aux segment through /proc/<pid>/fd/<fd>. */
+static kvx_result kvx__cux_seg_open(kvx__cux_peer *p, char *why, size_t wl) {
+    char path[64];
+    struct stat st;
+    void *m;
+    int fd;
+    snprintf(path, sizeof path, "/proc/%u/fd/%d", p->info.pid, (int)p->info.aux_fd);
+    fd = open(path, O_RDWR | O_CLOEXEC);
+    if (fd < 0) {
+        kvx__set_why(why, wl, "cannot open the aux segment of decode %s at %s: %s (the cuda "
+                     "transport needs both processes under one user and in one PID namespace, as "
+                     "CUDA IPC does)", p->name, path, strerror(errno));
+        return errno == EACCES || errno == EPERM ? KVX_ERR_PERMISSION : KVX_ERR_PEER;
+    }
+    if (fstat(fd, &st) != 0 || (uint64_t)st.st_ino != p->info.aux_ino ||
+        (uint64_t)st.st_size != p->info.aux_size) {
+        close(fd);
+        kvx__set_why(why, wl, "%s is not the aux segment decode %s announced (inode or size "
+                     "differ: another process of that id, or another PID namespace)", path,
+                     p->name);
+        return KVX_ERR_PEER;
+    }
+    m = mmap(NULL, (size_t)p->info.aux_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    close(fd);
+    if (m == MAP_FAILED) {
+        kvx__set_why(why, wl, "cannot map the aux segment of decode %s: %s", p->name,
+                     strerror(errno));
+        return KVX_ERR_IO;
+    }
+    p->aux_map = (uint8_t *)m;
+    return KVX_OK;
+}
+
+/* >>cuda transport: endpoints ------------------------------------------------------------------ */
+
+static void kvx__cux_ep_head(const kvx__cux_engine *ce, uint8_t *p) {
+    memset(p, 0, KVX__CUX_FIXED);
+    memcpy(p, "kvx-cuda", 8);
+    kvx__cux_w16(p + 8, KVX_CUDA_ENDPOINT_VERSION);
+    kvx__cux_w16(p + 10, (uint16_t)ce->role);
+    kvx__cux_w32(p + 12, ce->pid);
+    memcpy(p + 16, ce->node, strlen(ce->node));
+    memcpy(p + 80, ce->host, strlen(ce->host));
+    kvx__cux_w32(p + 164, (uint32_t)-1); /* aux fd */
+}
+
+/* Decode: exports the allocation under every KV buffer (once per
+   allocation: buffers that share one share its handle) and describes the
+   aux segment. */
+static kvx_result kvx__cux_ep_decode(kvx__cux_engine *ce, char *why, size_t wl) {
+    const kvx_layout *l = kvx_engine_layout(ce->engine);
+    uint32_t nb = l->num_buffers, na = l->num_aux, nalloc = 0, i, j;
+    uint64_t *bases = (uint64_t *)kvx_engine_alloc(ce->engine, nb * sizeof(uint64_t));
+    uint8_t *allocs = (uint8_t *)kvx_engine_alloc(ce->engine, (size_t)nb * KVX__CUX_ALLOC);
+    uint8_t *bufs = (uint8_t *)kvx_engine_alloc(ce->engine, (size_t)nb * KVX__CUX_BUF), *p;
+    kvx_result r = KVX_OK;
+    if (!ce->seg) na = 0;
+    if (!bases || !allocs || !bufs) {
+        r = KVX_ERR_NO_MEMORY;
+        kvx__set_why(why, wl, "out of memory building the cuda endpoint");
+        goto out;
+    }
+    for (i = 0; i < nb && r == KVX_OK; i++) {
+        uint8_t h[KVX_CUDA_IPC_HANDLE_BYTES];
+        uint64_t off = 0, alen = 0, base;
+        const kvx_buffer *b = &l->buffers[i];
+        r = kvx_cuda_ipc_export(ce->cu, b->device, b->base, h, &off, &alen, why, wl);
+        if (r != KVX_OK) break;
+        base = (uint64_t)(uintptr_t)b->base - off;
+        for (j = 0; j < nalloc && bases[j] != base; j++) {}
+        if (j == nalloc) {
+            uint8_t *a = allocs + (size_t)nalloc * KVX__CUX_ALLOC;
+            bases[nalloc++] = base;
+            memcpy(a, h, KVX_CUDA_IPC_HANDLE_BYTES);
+            kvx__cux_w64(a + 64, base);
+            kvx__cux_w32(a + 72, (uint32_t)b->device);
+            kvx__cux_w32(a + 76, 0);
+            kvx__cux_w64(a + 80, alen);
+        }
+        kvx__cux_w32(bufs + (size_t)i * KVX__CUX_BUF, j);
+        kvx__cux_w32(bufs + (size_t)i * KVX__CUX_BUF + 4, 0);
+        kvx__cux_w64(bufs + (size_t)i * KVX__CUX_BUF + 8, off);
+        kvx__cux_w64(bufs + (size_t)i * KVX__CUX_BUF + 16, b->length);
+    }
+    if (r != KVX_OK) goto out;
+    ce->ep_len = KVX__CUX_FIXED + (size_t)nalloc * KVX__CUX_ALLOC + (size_t)nb * KVX__CUX_BUF +
+                 (size_t)na * KVX__CUX_AUXE;
+    if (ce->ep_len > KVX_BOOT_MAX_ENDPOINT) {
+        kvx__set_why(why, wl, "the cuda endpoint needs %zu bytes for %u KV buffers in %u GPU "
+                     "allocations, more than a kvx_boot hello carries (KVX_BOOT_MAX_ENDPOINT, %u): "
+                     "put the KV buffers in fewer allocations (buffers sharing one cost 24 bytes "
+                     "each, an allocation 88) or build both sides with a larger "
+                     "KVX_BOOT_MAX_ENDPOINT", ce->ep_len, nb, nalloc,
+                     (unsigned)KVX_BOOT_MAX_ENDPOINT);
+        r = KVX_ERR_INVALID_ARGUMENT;
+        goto out;
+    }
+    ce->ep = p = (uint8_t *)kvx_engine_alloc(ce->engine, ce->ep_len);
+    if (!p) {
+        r = KVX_ERR_NO_MEMORY;
+        kvx__set_why(why, wl, "out of memory building the cuda endpoint");
+        goto out;
+    }
+    kvx__cux_ep_head(ce, p);
+    kvx__cux_w32(p + 144, nalloc);
+    kvx__cux_w32(p + 148, nb);
+    kvx__cux_w32(p + 152, na);
+    if (na) {
+        struct stat st;
+        fstat(ce->seg_fd, &st);
+        kvx__cux_w32(p + 156, ce->slots);
+        kvx__cux_w32(p + 160, ce->slot_bytes);
+        kvx__cux_w32(p + 164, (uint32_t)ce->seg_fd);
+        kvx__cux_w64(p + 168, (uint64_t)st.st_ino);
+        kvx__cux_w64(p + 176, ce->seg_size);
+    }
+    p += KVX__CUX_FIXED;
+    memcpy(p, allocs, (size_t)nalloc * KVX__CUX_ALLOC);
+    p += (size_t)nalloc * KVX__CUX_ALLOC;
+    memcpy(p, bufs, (size_t)nb * KVX__CUX_BUF);
+    p += (size_t)nb * KVX__CUX_BUF;
+    for (i = 0; i < na; i++) {
+        kvx__cux_w64(p + (size_t)i * KVX__CUX_AUXE, l->aux[i].item_len);
+        kvx__cux_w64(p + (size_t)i * KVX__CUX_AUXE + 8, ce->aux_off[i]);
+    }
+    KVX__STORE(&ce->st.exported_allocs, (uint64_t)nalloc);
+out:
+    kvx_engine_free(ce->engine, bases);
+    kvx_engine_free(ce->engine, allocs);
+    kvx_engine_free(ce->engine, bufs);
+    return r;
+}
+
+/* >>cuda transport: prefill: peers ------------------------------------------------------------ */
+
+/* Closes what maps the decode pool: the stream (after its copies), the
+   imports, the aux segment. Rooms may still point at the peer (all failed,
+   none with copies in flight); its layout stays readable until it is freed. */
+static void kvx__cux_peer_release(kvx__cux_peer *p) {
+    kvx__cux_engine *ce = p->ce;
+    kvx_cuda_stream *stream;
+    uint8_t *aux;
+    void **imports;
+    char why[KVX_ERROR_MAX];
+    uint32_t i;
+    int ready;
+    pthread_mutex_lock(&p->mu);
+    stream = p->stream;
+    aux = p->aux_map;
+    imports = p->imports;
+    ready = p->ready;
+    p->stream = NULL;
+    p->aux_map = NULL;
+    p->imports = NULL;
+    p->ready = 0;
+    pthread_mutex_unlock(&p->mu);
+    if (stream) kvx_cuda_stream_destroy(stream); /* waits for its copies */
+    for (i = 0; imports && i < p->info.nalloc; i++) {
+        if (!imports[i] || p->same_process) continue;
+        if (kvx_cuda_ipc_close(ce->cu, ce->device, imports[i], why, sizeof why) != KVX_OK)
+            kvx_engine_log(ce->engine, KVX_LOG_WARN, "kvx.cuda", 0, "decode %s: %s", p->name, why);
+        KVX__SUB(&ce->st.imports_live, 1);
+    }
+    if (aux) munmap(aux, (size_t)p->info.aux_size);
+    if (ready) KVX__SUB(&ce->st.peers, 1);
+    kvx_engine_free(ce->engine, imports);
+}
+
+static void kvx__cux_peer_free(kvx__cux_peer *p) {
+    kvx_engine *e = p->ce->engine;
+    kvx__cux_peer_release(p);
+    kvx_engine_free(e, p->dbufs);
+    kvx_engine_free(e, p->raw);
+    pthread_mutex_destroy(&p->mu);
+    pthread_cond_destroy(&p->cv);
+    kvx_engine_free(e, p);
+}
+
+static void kvx__cux_peer_unref(kvx__cux_peer *p) {
+    if (p && KVX__SUB(&p->refs, 1) == 0) kvx__cux_peer_free(p);
+}
+
+/* The live peer of a control connection, referenced; created from its hello
+   the first time. NULL with a sentence when its endpoint is unusable. */
+static kvx__cux_peer *kvx__cux_peer_get(kvx__cux_engine *ce, const kvx_boot_peer *bp, char *why,
+                                        size_t wl) {
+    kvx__cux_peer *p;
+    char msg[KVX_ERROR_MAX];
+    pthread_mutex_lock(&ce->mu);
+    for (p = ce->peers; p; p = p->next)
+        if (!p->dead && p->instance == bp->instance && !strcmp(p->addr, bp->addr)) break;
+    if (p) KVX__ADD(&p->refs, 1);
+    pthread_mutex_unlock(&ce->mu);
+    if (p) return p;
+    p = (kvx__cux_peer *)kvx_engine_alloc(ce->engine, sizeof *p);
+    if (!p) {
+        kvx__set_why(why, wl, "out of memory for decode %s", bp->addr);
+        return NULL;
+    }
+    memset(p, 0, sizeof *p);
+    p->ce = ce;
+    p->refs = 2; /* the engine list's and the caller's */
+    p->instance = bp->instance;
+    snprintf(p->addr, sizeof p->addr, "%s", bp->addr);
+    snprintf(p->name, sizeof p->name, "%s", bp->addr);
+    pthread_mutex_init(&p->mu, NULL);
+    pthread_cond_init(&p->cv, NULL);
+    p->raw = (uint8_t *)kvx_engine_alloc(ce->engine, bp->endpoint_len ? bp->endpoint_len : 1);
+    if (!p->raw) {
+        kvx__set_why(why, wl, "out of memory for decode %s", bp->addr);
+        p->refs = 1;
+        kvx__cux_peer_unref(p);
+        return NULL;
+    }
+    if (bp->endpoint_len) memcpy(p->raw, bp->endpoint, bp->endpoint_len);
+    if (kvx__cux_parse(p->raw, bp->endpoint_len, &p->info, msg, sizeof msg) != KVX_OK ||
+        p->info.role != KVX_ROLE_DECODE) {
+        kvx__set_why(why, wl, "decode %s sent no usable cuda endpoint in its hello (%s)", bp->addr,
+                     p->info.role == KVX_ROLE_PREFILL ? "it is a prefill endpoint" : msg);
+        p->refs = 1;
+        kvx__cux_peer_unref(p);
+        return NULL;
+    }
+    snprintf(p->name, sizeof p->name, "%s (pid %u, host %s)", bp->addr, p->info.pid, p->info.host);
+    pthread_mutex_lock(&ce->mu);
+    p->next = ce->peers;
+    ce->peers = p;
+    pthread_mutex_unlock(&ce->mu);
+    return p;
+}
+
+static kvx_result kvx__cux_other_node(const char *who, const char *node, const char *here,
+                                      char *why, size_t wl) {
+    kvx__set_why(why, wl, "%s is on another node: node id '%s', here '%s'; the cuda transport "
+                 "works only within one node (CUDA IPC): use tcp or rdma between nodes", who, node,
+                 here);
+    return KVX_ERR_PEER;
+}
+
+/* cuIpcOpenMemHandle into this engine's GPU, with a short sentence: the
+   decode side puts its own words before it, within KVX_ERROR_MAX. */
+static kvx_result kvx__cux_import(kvx__cux_engine *ce, const uint8_t *h, void **base, char *why,
+                                  size_t wl) {
+    kvx_cuda *cu = ce->cu;
+    kvx__cu_scope sc;
+    CUipcMemHandle ih;
+    CUdeviceptr d = 0;
+    CUresult rc;
+    kvx_result r;
+    if ((r = kvx__cu_enter(cu, ce->device, &sc, why, wl)) != KVX_OK) return r;
+    memcpy(&ih, h, sizeof ih);
+    rc = cu->f.IpcOpenMemHandle(&d, ih, CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS);
+    kvx__cu_leave(cu, &sc);
+    if (rc != CUDA_SUCCESS) {
+        kvx__set_why(why, wl, "cuIpcOpenMemHandle_v2 failed: %s (%s)", kvx__cu_err_name(cu, rc),
+                     kvx__cu_err_text(cu, rc));
+        return rc == CUDA_ERROR_OUT_OF_MEMORY ? KVX_ERR_NO_MEMORY : KVX_ERR_TRANSPORT;
+    }
+    *base = kvx__cu_vptr(d);
+    return KVX_OK;
+}
+
+/* Under p->mu: maps the decode pool (once per peer). */
+static kvx_result kvx__cux_peer_setup(kvx__cux_peer *p, char *why, size_t wl) {
+    kvx__cux_engine *ce = p->ce;
+    const kvx_layout *l = kvx_engine_layout(ce->engine);
+    char who[160], msg[KVX_ERROR_MAX];
+    uint32_t i;
+    kvx_result r = KVX_OK;
+    if (p->ready) return KVX_OK;
+    snprintf(who, sizeof who, "decode %s (host %s)", p->addr, p->info.host);
+    if (strcmp(p->info.node, ce->node))
+        return kvx__cux_other_node(who, p->info.node, ce->node, why, wl);
+    if (p->info.nb != l->num_buffers) {
+        kvx__set_why(why, wl, "decode %s announces %u KV buffers, this prefill has %u", p->name,
+                     p->info.nb, l->num_buffers);
+        return KVX_ERR_LAYOUT_MISMATCH;
+    }
+    p->same_process = p->info.pid == ce->pid;
+    p->imports = (void **)kvx_engine_alloc(ce->engine, p->info.nalloc * sizeof(void *));
+    p->dbufs = (kvx_buffer *)kvx_engine_alloc(ce->engine, l->num_buffers * sizeof(kvx_buffer));
+    if (!p->imports || !p->dbufs) {
+        kvx__set_why(why, wl, "out of memory mapping decode %s", p->name);
+        r = KVX_ERR_NO_MEMORY;
+        goto fail;
+    }
+    memset(p->imports, 0, p->info.nalloc * sizeof(void *));
+    for (i = 0; i < p->info.nalloc; i++) {
+        uint64_t base, alen;
+        int32_t dev;
+        const uint8_t *h = kvx__cux_ep_alloc(&p->info, i, &base, &dev, &alen);
+        if (p->same_process) { /* this process's own memory: no import needed (or possible) */
+            p->imports[i] = (void *)(uintptr_t)base;
+            continue;
+        }
+        r = kvx__cux_import(ce, h, &p->imports[i], msg, sizeof msg);
+        if (r != KVX_OK) {
+            kvx__set_why(why, wl, "GPU memory of decode %s (allocation %u of %u, %llu bytes on its "
+                         "GPU %d) cannot be mapped: %s", p->addr, i + 1, p->info.nalloc,
+                         (unsigned long long)alen, (int)dev, msg);
+            goto fail;
+        }
+        KVX__ADD(&ce->st.imports, 1);
+        KVX__ADD(&ce->st.imports_live, 1);
+    }
+    for (i = 0; i < l->num_buffers; i++) {
+        uint32_t a;
+        uint64_t off, len;
+        kvx__cux_ep_buf(&p->info, i, &a, &off, &len);
+        memset(&p->dbufs[i], 0, sizeof p->dbufs[i]);
+        p->dbufs[i].base = (char *)p->imports[a] + off;
+        p->dbufs[i].length = len;
+        p->dbufs[i].item_len = l->buffers[i].item_len;
+        p->dbufs[i].mem = KVX_MEM_CUDA;
+        p->dbufs[i].device = ce->device; /* the context the import is reached through */
+    }
+    p->dst = *l;
+    p->dst.buffers = p->dbufs;
+    if (p->info.na && (r = kvx__cux_seg_open(p, why, wl)) != KVX_OK) goto fail;
+    if ((r = kvx_cuda_stream_create(ce->cu, ce->device, &p->stream, msg, sizeof msg)) != KVX_OK) {
+        kvx__set_why(why, wl, "cannot create a stream for decode %s: %s", p->name, msg);
+        goto fail;
+    }
+    p->ready = 1;
+    KVX__ADD(&ce->st.peers, 1);
+    kvx_engine_log(ce->engine, KVX_LOG_INFO, "kvx.cuda", 0, "decode %s: %u KV buffers in %u GPU "
+                   "allocation%s %s", p->name, p->info.nb, p->info.nalloc,
+                   p->info.nalloc == 1 ? "" : "s",
+                   p->same_process ? "of this same process" : "imported through CUDA IPC");
+    return KVX_OK;
+fail:
+    for (i = 0; p->imports && i < p->info.nalloc; i++) {
+        if (p->imports[i] && !p->same_process) {
+            kvx_cuda_ipc_close(ce->cu, ce->device, p->imports[i], NULL, 0);
+            KVX__SUB(&ce->st.imports_live, 1);
+        }
+    }
+    if (p->aux_map) munmap(p->aux_map, (size_t)p->info.aux_size);
+    p->aux_map = NULL;
+    kvx_engine_free(ce->engine, p->imports);
+    kvx_engine_free(ce->engine, p->dbufs);
+    p->imports = NULL;
+    p->dbufs = NULL;
+    return r;
+}
+
+/* Under ce->mu, then each p->mu: unlinks dead peers whose rooms are done. */
+static void kvx__cux_prune(kvx__cux_engine *ce) {
+    kvx__cux_peer **pp, *gone = NULL, *p;
+    pthread_mutex_lock(&ce->mu);
+    pp = &ce->peers;
+    while ((p = *pp) != NULL) {
+        int drop;
+        pthread_mutex_lock(&p->mu);
+        drop = p->dead && !p->active && !p->nfinishing;
+        pthread_mutex_unlock(&p->mu);
+        if (!drop) { pp = &p->next; continue; }
+        *pp = p->next;
+        p->next = gone;
+        gone = p;
+    }
+    pthread_mutex_unlock(&ce->mu);
+    while (gone) {
+        p = gone;
+        gone = p->next;
+        kvx__cux_peer_release(p); /* closed on disconnect, even while failed rooms point at it */
+        kvx__cux_peer_unref(p);
+    }
+}
+
+/* >>cuda transport: prefill: rooms ------------------------------------------------------------ */
+
+/* Under p->mu: the room joins / leaves its peer's active list. */
+static void kvx__cux_list(kvx__cux_peer *p, kvx__cux_room *cr) {
+    if (cr->listed) return;
+    cr->listed = 1;
+    cr->aprev = NULL;
+    cr->anext = p->active;
+    if (p->active) p->active->aprev = cr;
+    p->active = cr;
+    KVX__ADD(&p->ce->work, 1);
+}
+static void kvx__cux_unlist(kvx__cux_peer *p, kvx__cux_room *cr) {
+    if (!cr->listed) return;
+    cr->listed = 0;
+    if (cr->aprev) cr->aprev->anext = cr->anext;
+    else p->active = cr->anext;
+    if (cr->anext) cr->anext->aprev = cr->aprev;
+    cr->anext = cr->aprev = NULL;
+    KVX__SUB(&p->ce->work, 1);
+}
+
+static void kvx__cux_kick(kvx__cux_engine *ce) {
+    pthread_mutex_lock(&ce->mu);
+    pthread_cond_broadcast(&ce->cv);
+    pthread_mutex_unlock(&ce->mu);
+}
+
+/* Sends what a room owes its decode side once its copies have stopped. */
+static void kvx__cux_send_msg(kvx__cux_engine *ce, kvx__cux_room *cr, int msg, const char *reason) {
+    kvx_room *r = cr->room;
+    KVX__STORE(&cr->told, 1);
+    if (msg == KVX__CUX_MSG_ABORT)
+        kvx_boot_abort(ce->boot, r, reason);
+    else if (msg == KVX__CUX_MSG_CONFIRM)
+        kvx_boot_send_status(ce->boot, r, KVX_POLL_FAILED, kvx_room_result(r), 0,
+                             kvx_room_error(r));
+}
+
+/* Owes the decode side msg: now when no copy of the room is in flight,
+   else when the completion thread sees them finish. The decode side takes
+   a Failed status or an abort as the promise that no more bytes land. */
+static void kvx__cux_owe(kvx__cux_room *cr, int msg, const char *reason) {
+    kvx__cux_peer *p;
+    pthread_mutex_lock(&cr->mu);
+    p = cr->peer;
+    pthread_mutex_unlock(&cr->mu);
+    if (p) {
+        pthread_mutex_lock(&p->mu);
+        if (cr->busy || cr->finishing) {
+            if (!cr->msg) { /* the completion thread sends it (the room is on its list) */
+                cr->msg = msg;
+                snprintf(cr->msg_reason, sizeof cr->msg_reason, "%s", reason ? reason : "aborted");
+            }
+            pthread_mutex_unlock(&p->mu);
+            return;
+        }
+        pthread_mutex_unlock(&p->mu);
+    }
+    kvx__cux_send_msg(cr->ce, cr, msg, reason);
+}
+
+static void kvx__cux_fail_tell(kvx__cux_room *cr, kvx_result res, const char *fmt, ...)
+    KVX_PRINTF(3, 4);
+/* Fails a sender and tells the decode side, once its copies have stopped. */
+static void kvx__cux_fail_tell(kvx__cux_room *cr, kvx_result res, const char *fmt, ...) {
+    char msg[KVX_ERROR_MAX];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    kvx_room_fail(cr->room, res, "%s", msg);
+    kvx__cux_owe(cr, KVX__CUX_MSG_CONFIRM, NULL);
+}
+
+/* kvx_boot hook (prefill): the decode side's destination for a sender. */
+static kvx_result kvx__cux_on_room(kvx_boot *b, kvx_room *r, const kvx_boot_peer *bp,
+                                   const int32_t *dst, uint32_t n, int32_t aux) {
+    kvx__cux_engine *ce = (kvx__cux_engine *)kvx_boot_user(b);
+    kvx__cux_room *cr = kvx__cux_cr(r);
+    const kvx_layout *l = kvx_engine_layout(ce->engine);
+    char why[KVX_ERROR_MAX];
+    kvx__cux_peer *p;
+    int32_t *copy = NULL;
+    kvx_result res;
+    int taken;
+    uint32_t i;
+    pthread_mutex_lock(&cr->mu);
+    taken = cr->peer != NULL;
+    pthread_mutex_unlock(&cr->mu);
+    if (taken) {
+        kvx_room_fail(r, KVX_ERR_INVALID_ARGUMENT, "room %llu is served by more than one decode "
+                      "rank (decode %s is the second): the cuda transport does not support "
+                      "heterogeneous tensor parallelism yet", (unsigned long long)cr->id, bp->addr);
+        return KVX_ERR_INVALID_ARGUMENT;
+    }
+    if (!(p = kvx__cux_peer_get(ce, bp, why, sizeof why))) {
+        kvx_room_fail(r, KVX_ERR_PROTOCOL, "%s", why);
+        return KVX_ERR_PROTOCOL;
+    }
+    pthread_mutex_lock(&p->mu);
+    res = p->dead ? KVX_ERR_PEER_LOST : kvx__cux_peer_setup(p, why, sizeof why);
+    if (res == KVX_ERR_PEER_LOST) snprintf(why, sizeof why, "lost connection with decode %s", p->name);
+    pthread_mutex_unlock(&p->mu);
+    if (res == KVX_OK && aux >= 0) {
+        int ok = p->info.na == l->num_aux && (uint32_t)aux < p->info.aux_slots && p->aux_map;
+        for (i = 0; ok && i < l->num_aux; i++) {
+            uint64_t item, off;
+            kvx__cux_ep_aux(&p->info, i, &item, &off);
+            ok = item == l->aux[i].item_len;
+        }
+        if (!ok) {
+            res = KVX_ERR_LAYOUT_MISMATCH;
+            snprintf(why, sizeof why, "decode %s asks for aux rows in its slot %d but its aux "
+                     "buffers (%u, %u slots) do not match this prefill's (%u buffers): aux "
+                     "buffers and their row sizes must be equal on both sides", p->name,
+                     (int)aux, p->info.na, p->info.aux_slots, l->num_aux);
+        }
+    }
+    if (res == KVX_OK && n) {
+        copy = (int32_t *)kvx_engine_alloc(ce->engine, (size_t)n * sizeof *copy);
+        if (!copy) {
+            res = KVX_ERR_NO_MEMORY;
+            snprintf(why, sizeof why, "out of memory for %u destination pages", n);
+        } else {
+            memcpy(copy, dst, (size_t)n * sizeof *copy);
+        }
+    }
+    if (res != KVX_OK) {
+        kvx__cux_peer_unref(p);
+        kvx_room_fail(r, res, "%s", why);
+        return res;
+    }
+    pthread_mutex_lock(&cr->mu);
+    taken = cr->gone || cr->peer;
+    if (!taken) {
+        cr->peer = p;
+        cr->dst = copy;
+        cr->ndst = n;
+        cr->dst_aux = aux;
+    }
+    pthread_mutex_unlock(&cr->mu);
+    if (taken) { /* the sender was destroyed meanwhile */
+        kvx_engine_free(ce->engine, copy);
+        kvx__cux_peer_unref(p);
+        return KVX_ERR_ABORTED;
+    }
+    /* the acknowledgement that arms the receiver's fence: from now on this
+       side may write into its pages */
+    kvx_boot_send_status(b, r, KVX_POLL_TRANSFERRING, KVX_OK, 0, NULL);
+    kvx_engine_log(ce->engine, KVX_LOG_DEBUG, "kvx.cuda", cr->id,
+                   "destination: %u pages, aux slot %d, decode %s", n, (int)aux, p->name);
+    return KVX_OK;
+}
+
+static kvx_result kvx__cux_sender_init(kvx_room *r, uint32_t n, int32_t aux) {
+    kvx__cux_room *cr = kvx__cux_cr(r);
+    if (!cr->peer) {
+        kvx__cux_fail_tell(cr, KVX_ERR_STATE, "init before the decode side's destination arrived");
+        return KVX_ERR_STATE;
+    }
+    if (n != cr->ndst) {
+        kvx__cux_fail_tell(cr, KVX_ERR_INVALID_ARGUMENT, "init declares %u pages but decode %s "
+                           "asked for %u", n, cr->peer->name, cr->ndst);
+        return KVX_ERR_INVALID_ARGUMENT;
+    }
+    if (cr->dst_aux >= 0 && aux < 0) {
+        kvx__cux_fail_tell(cr, KVX_ERR_INVALID_ARGUMENT, "decode %s expects aux rows in its slot "
+                           "%d but init gave no aux slot (-1)", cr->peer->name, (int)cr->dst_aux);
+        return KVX_ERR_INVALID_ARGUMENT;
+    }
+    cr->src_aux = aux;
+    return KVX_OK;
+}
+
+/* Queues a chunk's copies on the peer's stream; the completion thread
+   reports the room once the last chunk's copies are done. */
+static kvx_result kvx__cux_sender_send(kvx_room *r, kvx_chunk *c) {
+    kvx__cux_room *cr = kvx__cux_cr(r);
+    kvx__cux_engine *ce = cr->ce;
+    kvx__cux_peer *p = cr->peer;
+    const kvx_layout *l = kvx_engine_layout(ce->engine);
+    char why[KVX_ERROR_MAX];
+    kvx_result res = KVX_OK;
+    uint64_t ticket = 0;
+    uint32_t index = c->index;
+    int last = c->is_last;
+    if (c->num_pages)
+        res = kvx_plan_pages(&cr->plan, l, c->pages, &p->dst, cr->dst + c->first_page,
+                             c->num_pages);
+    else {
+        cr->plan.count = 0;
+        cr->plan.total_bytes = 0;
+    }
+    if (res != KVX_OK) {
+        kvx__cux_fail_tell(cr, res, "chunk %u: %s", index, cr->plan.error);
+        kvx_chunk_free(ce->engine, c);
+        return res;
+    }
+    kvx_chunk_free(ce->engine, c);
+    pthread_mutex_lock(&p->mu);
+    if (p->dead) {
+        res = KVX_ERR_PEER_LOST;
+        snprintf(why, sizeof why, "lost connection with decode %s", p->name);
+    } else if (kvx_room_poll(r) == KVX_POLL_FAILED) { /* failed meanwhile; told already */
+        pthread_mutex_unlock(&p->mu);
+        return kvx_room_result(r);
+    } else if (cr->plan.count) {
+        if (!p->stream)
+            res = kvx_cuda_stream_create(ce->cu, ce->device, &p->stream, why, sizeof why);
+        if (res == KVX_OK)
+            res = kvx_cuda_copy_spans(p->stream, l, &p->dst, cr->plan.spans, cr->plan.count,
+                                      &ticket, why, sizeof why);
+        if (res == KVX_OK) {
+            cr->ticket = ticket;
+            cr->busy = 1;
+            cr->bytes += cr->plan.total_bytes;
+        } else {
+            KVX__ADD(&ce->st.driver_errors, 1);
+        }
+    }
+    if (res == KVX_OK) {
+        if (last) cr->last_queued = 1;
+        if (cr->busy || last) kvx__cux_list(p, cr);
+    }
+    pthread_mutex_unlock(&p->mu);
+    if (res != KVX_OK) {
+        kvx__cux_fail_tell(cr, res, "chunk %u of room %llu for decode %s: %s", index,
+                           (unsigned long long)cr->id, p->addr, why);
+        return res;
+    }
+    KVX__ADD(&ce->st.chunks, 1);
+    KVX__ADD(&ce->st.spans, (uint64_t)cr->plan.count);
+    KVX__ADD(&ce->st.bytes, cr->plan.total_bytes);
+    kvx__cux_kick(ce);
+    return KVX_OK;
+}
+
+/* kvx_boot hook (prefill): the decode side aborted the room (already
+   failed here, unless it had succeeded). Confirm once nothing of it is in
+   flight: the decode side's kvx_receiver_destroy waits for that word. */
+static void kvx__cux_on_abort_prefill(kvx__cux_room *cr) {
+    int armed;
+    pthread_mutex_lock(&cr->mu);
+    armed = cr->peer != NULL;
+    pthread_mutex_unlock(&cr->mu);
+    if (armed && kvx_room_poll(cr->room) == KVX_POLL_FAILED)
+        kvx__cux_owe(cr, KVX__CUX_MSG_CONFIRM, NULL);
+}
+
+/* >>cuda transport: prefill: completion thread -------------------------------------------------- */
+
+enum { KVX__CUX_ACT_FINISH = 1, KVX__CUX_ACT_MSG = 2, KVX__CUX_ACT_FAIL = 3 };
+
+typedef struct kvx__cux_act {
+    kvx__cux_room *cr;
+    int what, msg;
+    char reason[KVX_ERROR_MAX]; /* of msg, copied under the peer's lock */
+} kvx__cux_act;
+
+/* After the last chunk's copies: the aux rows into the decode's segment
+   (after every KV byte), then status Success. */
+static void kvx__cux_finish(kvx__cux_engine *ce, kvx__cux_room *cr) {
+    kvx__cux_peer *p = cr->peer;
+    const kvx_layout *l = kvx_engine_layout(ce->engine);
+    kvx_room *r = cr->room;
+    uint64_t bytes = cr->bytes;
+    uint32_t i;
+    if (cr->dst_aux >= 0 && cr->src_aux >= 0 && p->aux_map) {
+        uint8_t *slot = p->aux_map + (uint64_t)cr->dst_aux * p->info.aux_slot_bytes;
+        for (i = 0; i < l->num_aux; i++) {
+            uint64_t item, off;
+            kvx__cux_ep_aux(&p->info, i, &item, &off);
+            memcpy(slot + off, (const uint8_t *)l->aux[i].base + (uint64_t)cr->src_aux * item,
+                   (size_t)item);
+            bytes += item;
+        }
+        __atomic_store_n((uint64_t *)(void *)slot, cr->id, __ATOMIC_RELAXED);
+        __atomic_store_n((uint64_t *)(void *)slot + 1, ~cr->id, __ATOMIC_RELEASE);
+        KVX__ADD(&ce->st.aux_rows, (uint64_t)l->num_aux);
+    }
+    KVX__STORE(&cr->told, 1);
+    if (kvx_boot_send_status(ce->boot, r, KVX_POLL_SUCCESS, KVX_OK, bytes, NULL) != KVX_OK) {
+        kvx_room_fail(r, KVX_ERR_PEER_LOST, "every byte of room %llu is in place at decode %s but "
+                      "the control connection to it is gone, so it cannot be told",
+                      (unsigned long long)cr->id, p->name);
+        return;
+    }
+    KVX__ADD(&ce->st.rooms_done, 1);
+    kvx_room_succeed(r, bytes);
+}
+
+/* Under p->mu: what the room needs now that its copies are done. */
+static int kvx__cux_next(kvx__cux_room *cr, int *msg) {
+    *msg = 0;
+    if (cr->gone) return 0;
+    if (cr->msg) {
+        *msg = cr->msg;
+        cr->msg = 0;
+        return KVX__CUX_ACT_MSG;
+    }
+    if (kvx_room_poll(cr->room) == KVX_POLL_FAILED || !cr->last_queued) return 0;
+    return KVX__CUX_ACT_FINISH;
+}
+
+/* One pass over a peer's active rooms. Returns the rooms that moved. */
+static int kvx__cux_poll_peer(kvx__cux_engine *ce, kvx__cux_peer *p, kvx__cux_act *acts,
+                              int max) {
+    kvx__cux_room *cr, *nx;
+    char why[KVX_ERROR_MAX] = "";
+    kvx_result err = KVX_OK;
+    int nact = 0, moved = 0, i;
+    pthread_mutex_lock(&p->mu);
+    for (cr = p->active; cr && nact < max; cr = nx) {
+        int done = 1, what, msg;
+        nx = cr->anext;
+        if (cr->busy && p->stream &&
+            (err = kvx_cuda_stream_done(p->stream, cr->ticket, &done, why, sizeof why)) != KVX_OK)
+            break;
+        if (!done || cr->finishing) continue;
+        cr->busy = 0;
+        moved++;
+        what = kvx__cux_next(cr, &msg);
+        kvx__cux_unlist(p, cr);
+        if (!what) continue; /* more chunks to come, or a close waits (broadcast below) */
+        cr->finishing = 1;
+        p->nfinishing++;
+        kvx_room_ref(cr->room);
+        acts[nact].cr = cr;
+        acts[nact].what = what;
+        memcpy(acts[nact].reason, cr->msg_reason, sizeof acts[nact].reason);
+        acts[nact++].msg = msg;
+    }
+    if (err != KVX_OK) { /* the stream failed: its rooms in flight fail, the stream is replaced */
+        KVX__ADD(&ce->st.driver_errors, 1);
+        kvx_cuda_stream_destroy(p->stream); /* waits: nothing of it runs after this */
+        p->stream = NULL;
+        for (cr = p->active; cr; cr = nx) {
+            nx = cr->anext;
+            if (!cr->busy || cr->finishing || nact >= max) continue;
+            cr->busy = 0;
+            moved++;
+            kvx__cux_unlist(p, cr);
+            if (cr->gone) continue;
+            cr->finishing = 1;
+            p->nfinishing++;
+            kvx_room_ref(cr->room);
+            acts[nact].cr = cr;
+            acts[nact].what = KVX__CUX_ACT_FAIL;
+            acts[nact++].msg = 0;
+        }
+    }
+    if (moved) pthread_cond_broadcast(&p->cv);
+    pthread_mutex_unlock(&p->mu);
+    for (i = 0; i < nact; i++) {
+        kvx__cux_act *a = &acts[i];
+        cr = a->cr;
+        if (a->what == KVX__CUX_ACT_FINISH) {
+            kvx__cux_finish(ce, cr);
+        } else if (a->what == KVX__CUX_ACT_MSG) {
+            kvx__cux_send_msg(ce, cr, a->msg, a->reason);
+        } else {
+            kvx_room_fail(cr->room, KVX_ERR_TRANSPORT, "copying room %llu to decode %s failed: %s",
+                          (unsigned long long)cr->id, p->addr, why);
+            kvx__cux_send_msg(ce, cr, KVX__CUX_MSG_CONFIRM, NULL);
+        }
+        pthread_mutex_lock(&p->mu);
+        cr->finishing = 0;
+        p->nfinishing--;
+        if (cr->msg && !cr->gone) { /* owed while we were at it */
+            int m = cr->msg;
+            cr->msg = 0;
+            memcpy(a->reason, cr->msg_reason, sizeof a->reason);
+            pthread_mutex_unlock(&p->mu);
+            kvx__cux_send_msg(ce, cr, m, a->reason);
+            pthread_mutex_lock(&p->mu);
+        }
+        pthread_cond_broadcast(&p->cv);
+        pthread_mutex_unlock(&p->mu);
+        kvx_room_unref(cr->room);
+    }
+    return moved;
+}
+
+/* While copies run: yield for the first 64 looks (a small request is done
+   in microseconds), then look every 10 us (the timer slack is 1 us on this
+   thread) for 5 ms, then every 100 us. Detection latency counts against the
+   transfer time, so it stays a few microseconds for the requests that
+   matter; the cost is one core polling while copies are in flight. */
+static void kvx__cux_worker_pause(unsigned looks, uint64_t since_ns) {
+    struct timespec ts;
+    if (looks < 64) {
+        sched_yield();
+        return;
+    }
+    ts.tv_sec = 0;
+    ts.tv_nsec = kvx_now_ns() - since_ns < 5000000ull ? 10000L : 100000L;
+    nanosleep(&ts, NULL);
+}
+
+static void *kvx__cux_worker_main(void *arg) {
+    kvx__cux_engine *ce = (kvx__cux_engine *)arg;
+    kvx__cux_act acts[64];
+    unsigned looks = 0;
+    uint64_t since = 0;
+#ifdef PR_SET_TIMERSLACK
+    prctl(PR_SET_TIMERSLACK, 1000UL, 0UL, 0UL, 0UL);
+#endif
+    for (;;) {
+        size_t np = 0, i;
+        int moved = 0;
+        kvx__cux_peer *p;
+        pthread_mutex_lock(&ce->mu);
+        while (!ce->stop && !KVX__LOAD(&ce->work)) {
+            looks = 0;
+            pthread_cond_wait(&ce->cv, &ce->mu);
+        }
+        if (ce->stop) {
+            pthread_mutex_unlock(&ce->mu);
+            break;
+        }
+        for (p = ce->peers; p; p = p->next) np++;
+        if (np > ce->scan_cap) {
+            kvx__cux_peer **ns = (kvx__cux_peer **)realloc(ce->scan, np * sizeof *ns);
+            if (ns) { ce->scan = ns; ce->scan_cap = np; }
+            else np = ce->scan_cap;
+        }
+        for (i = 0, p = ce->peers; p && i < np; p = p->next, i++) {
+            KVX__ADD(&p->refs, 1);
+            ce->scan[i] = p;
+        }
+        np = i;
+        pthread_mutex_unlock(&ce->mu);
+        for (i = 0; i < np; i++) {
+            moved += kvx__cux_poll_peer(ce, ce->scan[i], acts, (int)(sizeof acts / sizeof acts[0]));
+            kvx__cux_peer_unref(ce->scan[i]);
+        }
+        kvx__cux_prune(ce);
+        if (moved || !looks) {
+            looks = 0;
+            since = kvx_now_ns();
+        }
+        if (!moved) kvx__cux_worker_pause(looks++, since);
+    }
+    return NULL;
+}
+
+/* Prefill: the sender is being destroyed: wait until nothing of it is in
+   flight, then owe nothing more (an unfinished room's abort goes out after
+   its last copy). */
+static void kvx__cux_sender_close(kvx__cux_room *cr) {
+    kvx__cux_engine *ce = cr->ce;
+    kvx__cux_peer *p;
+    int msg = 0, waited = 0;
+    char reason[KVX_ERROR_MAX];
+    pthread_mutex_lock(&cr->mu);
+    cr->gone = 1;
+    p = cr->peer;
+    pthread_mutex_unlock(&cr->mu);
+    if (p) {
+        pthread_mutex_lock(&p->mu);
+        while (cr->busy || cr->finishing) {
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            ts.tv_sec += 5;
+            if (pthread_cond_timedwait(&p->cv, &p->mu, &ts) == ETIMEDOUT)
+                kvx_engine_log(ce->engine, KVX_LOG_WARN, "kvx.cuda", cr->id, "destroying the "
+                               "sender waits for its GPU copies to decode %s (%d s so far)",
+                               p->name, waited += 5);
+        }
+        kvx__cux_unlist(p, cr);
+        msg = cr->msg;
+        cr->msg = 0;
+        memcpy(reason, cr->msg_reason, sizeof reason);
+        pthread_mutex_unlock(&p->mu);
+    }
+    if (msg) kvx__cux_send_msg(ce, cr, msg, reason);
+    else if (p && !KVX__LOAD(&cr->told) && kvx_room_poll(cr->room) == KVX_POLL_FAILED)
+        kvx__cux_send_msg(ce, cr, KVX__CUX_MSG_CONFIRM, NULL); /* failed without a word yet */
+    kvx_boot_room_close(ce->boot, cr->room); /* an unfinished room tells its decode side */
+}
+
+/* kvx_boot hook (prefill): a decode engine's control connection is gone
+   (its rooms are failed already). The mapping goes when its last copy has. */
+static void kvx__cux_disconnect_prefill(kvx__cux_engine *ce, const kvx_boot_peer *bp) {
+    kvx__cux_peer *p;
+    pthread_mutex_lock(&ce->mu);
+    for (p = ce->peers; p; p = p->next)
+        if (!p->dead && p->instance == bp->instance && !strcmp(p->addr, bp->addr)) {
+            pthread_mutex_lock(&p->mu);
+            p->dead = 1;
+            pthread_mutex_unlock(&p->mu);
+        }
+    pthread_mutex_unlock(&ce->mu);
+    kvx__cux_prune(ce);
+}
+
+/* >>cuda transport: decode ---------------------------------------------------------------------- */
+
+/* Under ce->mu: the prefill instance behind a bootstrap address. */
+static kvx__cux_pf *kvx__cux_pf_find(kvx__cux_engine *ce, const char *addr) {
+    kvx__cux_pf *f;
+    for (f = ce->pfs; f; f = f->next)
+        if (!strcmp(f->addr, addr)) return f;
+    return NULL;
+}
+
+/* kvx_boot hook (decode): a prefill rank's hello. Remembers its process
+   (for the fence) and says at once when it is on another node (the prefill
+   refuses such rooms; its sentence comes back in their status). */
+static void kvx__cux_connect_decode(kvx__cux_engine *ce, const kvx_boot_peer *bp) {
+    kvx__cux_ep ep;
+    kvx__cux_pf *f;
+    char why[KVX_ERROR_MAX], who[200];
+    if (kvx__cux_parse(bp->endpoint, bp->endpoint_len, &ep, why, sizeof why) != KVX_OK) {
+        kvx_engine_log(ce->engine, KVX_LOG_WARN, "kvx.cuda", 0, "prefill %s: %s", bp->addr, why);
+        return;
+    }
+    if (strcmp(ep.node, ce->node)) {
+        snprintf(who, sizeof who, "prefill %s (bootstrap %s, host %s)", bp->addr, bp->bootstrap,
+                 ep.host);
+        kvx__cux_other_node(who, ep.node, ce->node, why, sizeof why);
+        kvx_engine_log(ce->engine, KVX_LOG_ERROR, "kvx.cuda", 0, "%s", why);
+    }
+    pthread_mutex_lock(&ce->mu);
+    f = kvx__cux_pf_find(ce, bp->bootstrap);
+    if (!f && (f = (kvx__cux_pf *)kvx_engine_alloc(ce->engine, sizeof *f)) != NULL) {
+        memset(f, 0, sizeof *f);
+        snprintf(f->addr, sizeof f->addr, "%s", bp->bootstrap);
+        f->next = ce->pfs;
+        ce->pfs = f;
+    }
+    if (f) f->pid = ep.pid;
+    pthread_mutex_unlock(&ce->mu);
+}
+
+/* Whether process pid still runs: gone, or a zombie, it has closed its
+   driver handles, and its GPU work is torn down with its context. */
+static int kvx__cux_pid_alive(uint32_t pid) {
+    char path[64], buf[512], *rp;
+    ssize_t n;
+    int fd;
+    snprintf(path, sizeof path, "/proc/%u/stat", pid);
+    if ((fd = open(path, O_RDONLY | O_CLOEXEC)) < 0) return errno != ENOENT && errno != ESRCH;
+    n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0) return 0;
+    buf[n] = 0;
+    rp = strrchr(buf, ')'); /* the state follows the command name, which may hold anything */
+    return !(rp && rp[1] == ' ' && (rp[2] == 'Z' || rp[2] == 'X' || rp[2] == 'x'));
+}
+
+typedef struct kvx__cux_lost {
+    const char *bootstrap;
+    uint32_t pid;
+    int alive;
+    uint64_t deadline;
+} kvx__cux_lost;
+
+static void kvx__cux_lost_room(kvx_room *r, void *arg) {
+    kvx__cux_lost *x = (kvx__cux_lost *)arg;
+    kvx__cux_room *cr = kvx__cux_cr(r);
+    kvx__cux_engine *ce;
+    const char *a = kvx_room_bootstrap_addr(r);
+    if (!cr || !a || strcmp(a, x->bootstrap)) return;
+    ce = cr->ce;
+    pthread_mutex_lock(&ce->mu);
+    if (!x->alive) cr->fenced = 1;
+    else if (!cr->fence_deadline || cr->fence_deadline > x->deadline) cr->fence_deadline = x->deadline;
+    cr->fence_pid = x->pid;
+    pthread_cond_broadcast(&ce->cv);
+    pthread_mutex_unlock(&ce->mu);
+}
+
+/* kvx_boot hook (decode): the control connection to a prefill rank is gone
+   (its unfinished rooms are failed already). A prefill process that is
+   gone writes nothing more; a live one stops within its copies in flight,
+   so destroying its rooms waits at most KVX_CUDA_FENCE_TIMEOUT from now. */
+static void kvx__cux_disconnect_decode(kvx__cux_engine *ce, const kvx_boot_peer *bp) {
+    kvx__cux_lost x;
+    kvx__cux_pf *f;
+    uint32_t pid = 0;
+    pthread_mutex_lock(&ce->mu);
+    f = kvx__cux_pf_find(ce, bp->bootstrap);
+    if (f) pid = f->pid;
+    pthread_mutex_unlock(&ce->mu);
+    x.bootstrap = bp->bootstrap;
+    x.pid = pid;
+    x.alive = !pid || kvx__cux_pid_alive(pid);
+    x.deadline = kvx_now_ns() + (uint64_t)(ce->fence_s * 1e9);
+    kvx_engine_foreach_room(ce->engine, kvx__cux_lost_room, &x);
+}
+
+static kvx_result kvx__cux_receiver_init(kvx_room *r, const int32_t *pages, uint32_t n,
+                                         int32_t aux) {
+    kvx__cux_room *cr = kvx__cux_cr(r);
+    kvx__cux_engine *ce = cr->ce;
+    kvx_result res;
+    if (aux >= 0 && ce->seg) { /* an empty slot: rows of an earlier room never count */
+        uint64_t *h = (uint64_t *)(void *)(ce->seg + (uint64_t)aux * ce->slot_bytes);
+        __atomic_store_n(&h[1], (uint64_t)0, __ATOMIC_RELEASE);
+        __atomic_store_n(&h[0], (uint64_t)0, __ATOMIC_RELAXED);
+    }
+    pthread_mutex_lock(&ce->mu);
+    cr->aux_slot = aux;
+    cr->npages = n;
+    pthread_mutex_unlock(&ce->mu);
+    res = kvx_boot_receiver_init(ce->boot, r, pages, n, aux);
+    if (res == KVX_OK) {
+        pthread_mutex_lock(&ce->mu);
+        cr->sent = 1;
+        pthread_mutex_unlock(&ce->mu);
+    }
+    return res;
+}
+
+/* Decode, on the prefill's Success: the byte count must be the room's,
+   and the aux rows (if any) must be in the segment under this room's id;
+   they go into the receiver's aux slot before the room may succeed. */
+static int kvx__cux_place(kvx__cux_engine *ce, kvx__cux_room *cr, const kvx_boot_peer *bp,
+                          uint64_t bytes) {
+    const kvx_layout *l = kvx_engine_layout(ce->engine);
+    kvx_room *r = cr->room;
+    uint64_t want = (uint64_t)cr->npages * kvx_layout_page_bytes(l), aux_bytes = 0;
+    uint32_t i;
+    int go;
+    if (cr->aux_slot >= 0 && ce->seg)
+        for (i = 0; i < l->num_aux; i++) aux_bytes += l->aux[i].item_len;
+    if (bytes != want + aux_bytes) {
+        kvx_room_fail(r, KVX_ERR_PROTOCOL, "prefill %s reports %llu bytes placed; room %llu "
+                      "expects %llu (%u pages of %llu bytes, %llu aux bytes)", bp->addr,
+                      (unsigned long long)bytes, (unsigned long long)cr->id,
+                      (unsigned long long)(want + aux_bytes), cr->npages,
+                      (unsigned long long)kvx_layout_page_bytes(l), (unsigned long long)aux_bytes);
+        return 1;
+    }
+    if (!aux_bytes) return 0;
+    pthread_mutex_lock(&ce->mu);
+    go = !cr->closing && kvx_room_poll(r) == KVX_POLL_TRANSFERRING;
+    if (go) cr->placing = 1;
+    pthread_mutex_unlock(&ce->mu);
+    if (!go) return 1;
+    {
+        uint8_t *slot = ce->seg + (uint64_t)cr->aux_slot * ce->slot_bytes;
+        uint64_t *h = (uint64_t *)(void *)slot;
+        uint64_t tag = __atomic_load_n(&h[1], __ATOMIC_ACQUIRE), got = __atomic_load_n(&h[0], __ATOMIC_RELAXED);
+        if (tag != ~cr->id || got != cr->id) {
+            kvx_room_fail(r, KVX_ERR_PROTOCOL, "prefill %s reports Success but the aux rows of "
+                          "room %llu are not in slot %d of the shared aux segment (%s)", bp->addr,
+                          (unsigned long long)cr->id, (int)cr->aux_slot,
+                          tag == ~got ? "it holds another room's rows" : "it is empty");
+            go = 0;
+        } else {
+            for (i = 0; i < l->num_aux; i++)
+                memcpy((uint8_t *)l->aux[i].base + (uint64_t)cr->aux_slot * l->aux[i].item_len,
+                       slot + ce->aux_off[i], (size_t)l->aux[i].item_len);
+            __atomic_store_n(&h[1], (uint64_t)0, __ATOMIC_RELEASE);
+            __atomic_store_n(&h[0], (uint64_t)0, __ATOMIC_RELAXED);
+            KVX__ADD(&ce->st.aux_rows, (uint64_t)l->num_aux);
+        }
+    }
+    pthread_mutex_lock(&ce->mu);
+    cr->placing = 0;
+    pthread_cond_broadcast(&ce->cv);
+    pthread_mutex_unlock(&ce->mu);
+    return go ? 0 : 1;
+}
+
+/* kvx_boot hook (decode): a status frame from the prefill. TRANSFERRING is
+   its acknowledgement of the destination (it may write from now on); a
+   final status also says it has stopped writing. */
+static int kvx__cux_on_status(kvx_boot *b, kvx_room *r, const kvx_boot_peer *bp, kvx_poll state,
+                              kvx_result result, uint64_t bytes, const char *reason) {
+    kvx__cux_engine *ce = (kvx__cux_engine *)kvx_boot_user(b);
+    kvx__cux_room *cr = kvx__cux_cr(r);
+    int handled = 0, sent;
+    (void)result;
+    (void)reason;
+    pthread_mutex_lock(&ce->mu);
+    sent = cr->sent;
+    if (state == KVX_POLL_TRANSFERRING) cr->armed = 1;
+    if (state == KVX_POLL_SUCCESS || state == KVX_POLL_FAILED) cr->fenced = 1;
+    pthread_cond_broadcast(&ce->cv);
+    pthread_mutex_unlock(&ce->mu);
+    if (state == KVX_POLL_TRANSFERRING) return 1;
+    if (state == KVX_POLL_SUCCESS && sent) {
+        handled = kvx__cux_place(ce, cr, bp, bytes);
+        if (!handled) KVX__ADD(&ce->st.rooms_done, 1);
+    }
+    return handled;
+}
+
+/* Decode: the receiver is being destroyed. While the prefill may still
+   write into its pages (it acknowledged the destination and has not said it
+   stopped), tell it and wait for its word, at most KVX_CUDA_FENCE_TIMEOUT. */
+static void kvx__cux_receiver_close(kvx__cux_room *cr) {
+    kvx__cux_engine *ce = cr->ce;
+    kvx_room *r = cr->room;
+    uint64_t deadline;
+    int wait, armed, grace;
+    pthread_mutex_lock(&ce->mu);
+    cr->closing = 1;
+    while (cr->placing) pthread_cond_wait(&ce->cv, &ce->mu);
+    wait = cr->sent && !cr->fenced && kvx_room_poll(r) != KVX_POLL_SUCCESS;
+    pthread_mutex_unlock(&ce->mu);
+    if (wait) {
+        if (!kvx__cux_terminal(r))
+            kvx_room_fail(r, KVX_ERR_ABORTED, "the receiver was destroyed before the transfer "
+                          "finished");
+        kvx_boot_abort(ce->boot, r, "the receiver was destroyed before the transfer finished");
+        KVX__ADD(&ce->st.fence_waits, 1);
+        pthread_mutex_lock(&ce->mu);
+        armed = cr->armed;
+        grace = !armed;
+        deadline = kvx_now_ns() + (uint64_t)((armed ? ce->fence_s : KVX__CUX_GRACE_S) * 1e9);
+        for (;;) {
+            struct timespec ts;
+            uint64_t now = kvx_now_ns(), until;
+            if (cr->fenced) break;
+            if (grace && cr->armed) { /* the acknowledgement was on its way: the full wait */
+                grace = 0;
+                deadline = now + (uint64_t)(ce->fence_s * 1e9);
+            }
+            until = deadline;
+            if (cr->fence_deadline && cr->fence_deadline < until) until = cr->fence_deadline;
+            if (now >= until) break;
+            if (cr->fence_pid) { /* connection gone: done as soon as its process is */
+                uint32_t pid = cr->fence_pid;
+                int alive;
+                pthread_mutex_unlock(&ce->mu);
+                alive = kvx__cux_pid_alive(pid);
+                pthread_mutex_lock(&ce->mu);
+                if (!alive) cr->fenced = 1;
+                if (cr->fenced) break;
+                if (until > now + 10000000ull) until = now + 10000000ull;
+            }
+            clock_gettime(CLOCK_REALTIME, &ts);
+            ts.tv_sec += (time_t)((until - now) / 1000000000ull);
+            ts.tv_nsec += (long)((until - now) % 1000000000ull);
+            if (ts.tv_nsec >= 1000000000L) { ts.tv_sec++; ts.tv_nsec -= 1000000000L; }
+            pthread_cond_timedwait(&ce->cv, &ce->mu, &ts);
+        }
+        wait = !cr->fenced && cr->armed;
+        pthread_mutex_unlock(&ce->mu);
+        if (wait) {
+            KVX__ADD(&ce->st.fence_timeouts, 1);
+            kvx_engine_log(ce->engine, KVX_LOG_WARN, "kvx.cuda", cr->id, "the prefill did not "
+                           "confirm within %.1f s (KVX_CUDA_FENCE_TIMEOUT) that it stopped writing "
+                           "into this room's pages; they may still change", ce->fence_s);
+        }
+    }
+    kvx_boot_room_close(ce->boot, r);
+}
+
+/* >>cuda transport: engine ---------------------------------------------------------------------- */
+
+static void kvx__cux_on_abort(kvx_boot *b, kvx_room *r, const kvx_boot_peer *bp, const char *reason) {
+    kvx__cux_engine *ce = (kvx__cux_engine *)kvx_boot_user(b);
+    kvx__cux_room *cr = kvx__cux_cr(r);
+    (void)bp;
+    (void)reason;
+    if (ce->role == KVX_ROLE_PREFILL) {
+        kvx__cux_on_abort_prefill(cr);
+        return;
+    }
+    pthread_mutex_lock(&ce->mu); /* the prefill aborts only once its copies have stopped */
+    cr->fenced = 1;
+    pthread_cond_broadcast(&ce->cv);
+    pthread_mutex_unlock(&ce->mu);
+}
+
+static void kvx__cux_on_connect(kvx_boot *b, const kvx_boot_peer *bp) {
+    kvx__cux_engine *ce = (kvx__cux_engine *)kvx_boot_user(b);
+    kvx__cux_ep ep;
+    char why[KVX_ERROR_MAX], who[160];
+    if (ce->role == KVX_ROLE_DECODE) {
+        kvx__cux_connect_decode(ce, bp);
+        return;
+    }
+    if (kvx__cux_parse(bp->endpoint, bp->endpoint_len, &ep, why, sizeof why) != KVX_OK) {
+        kvx_engine_log(ce->engine, KVX_LOG_WARN, "kvx.cuda", 0, "decode %s: %s", bp->addr, why);
+    } else if (strcmp(ep.node, ce->node)) {
+        snprintf(who, sizeof who, "decode %s (host %s)", bp->addr, ep.host);
+        kvx__cux_other_node(who, ep.node, ce->node, why, sizeof why);
+        kvx_engine_log(ce->engine, KVX_LOG_WARN, "kvx.cuda", 0, "%s; its rooms will be refused",
+                       why);
+    }
+}
+
+static void kvx__cux_on_disconnect(kvx_boot *b, const kvx_boot_peer *bp, const char *reason) {
+    kvx__cux_engine *ce = (kvx__cux_engine *)kvx_boot_user(b);
+    (void)reason;
+    if (ce->role == KVX_ROLE_PREFILL) kvx__cux_disconnect_prefill(ce, bp);
+    else kvx__cux_disconnect_decode(ce, bp);
+}
+
+static kvx_result kvx__cux_settings(kvx__cux_engine *ce, char *why, size_t wl) {
+    const kvx_engine_desc *d = kvx_engine_settings(ce->engine);
+    const kvx_layout *l = kvx_engine_layout(ce->engine);
+    uint32_t i;
+    kvx_result r;
+    ce->fence_s = 2;
+    if ((r = kvx_env_double("KVX_CUDA_FENCE_TIMEOUT", &ce->fence_s, why, wl)) != KVX_OK) return r;
+    if (!(ce->fence_s >= 0) || ce->fence_s > 3600) {
+        kvx__set_why(why, wl, "KVX_CUDA_FENCE_TIMEOUT is %g seconds; it must be 0..3600",
+                     ce->fence_s);
+        return KVX_ERR_BAD_CONFIG;
+    }
+    ce->cu = kvx_cuda_from_mem_ops(&d->mem);
+    if (!ce->cu) {
+        kvx__set_why(why, wl, "the cuda transport needs desc.mem filled by kvx_cuda_mem_ops() "
+                     "(kvx_cuda.h): that is how it reaches the CUDA driver");
+        return KVX_ERR_INVALID_ARGUMENT;
+    }
+    for (i = 0; i < l->num_buffers; i++) {
+        if (l->buffers[i].mem != KVX_MEM_CUDA) {
+            kvx__set_why(why, wl, "KV buffer %u is host memory: the cuda transport moves KV pools "
+                         "in GPU memory (KVX_MEM_CUDA); use the tcp or file transport for pools in "
+                         "host memory", i);
+            return KVX_ERR_INVALID_ARGUMENT;
+        }
+        if (ce->role == KVX_ROLE_PREFILL && l->buffers[i].device != l->buffers[0].device) {
+            kvx__set_why(why, wl, "KV buffer %u is on GPU %d, buffer 0 on GPU %d: a prefill engine "
+                         "of the cuda transport keeps its pool on one GPU (one engine per rank)",
+                         i, l->buffers[i].device, l->buffers[0].device);
+            return KVX_ERR_INVALID_ARGUMENT;
+        }
+    }
+    ce->device = l->buffers[0].device;
+    for (i = 0; i < l->num_aux; i++) ce->aux_row_bytes += l->aux[i].item_len;
+    return kvx_cuda_layout_check(ce->cu, l, why, wl);
+}
+
+static void kvx__cux_engine_free(kvx__cux_engine *ce) {
+    kvx_engine *e = ce->engine;
+    while (ce->peers) {
+        kvx__cux_peer *p = ce->peers;
+        ce->peers = p->next;
+        kvx__cux_peer_unref(p);
+    }
+    while (ce->pfs) {
+        kvx__cux_pf *f = ce->pfs;
+        ce->pfs = f->next;
+        kvx_engine_free(e, f);
+    }
+    if (ce->seg) munmap(ce->seg, (size_t)ce->seg_size);
+    if (ce->seg_fd >= 0) close(ce->seg_fd);
+    free(ce->scan);
+    kvx_engine_free(e, ce->ep);
+    pthread_mutex_destroy(&ce->mu);
+    pthread_cond_destroy(&ce->cv);
+    kvx_engine_free(e, ce);
+}
+
+static kvx_result kvx__cux_engine_init(kvx_engine *e, char *why, size_t wl) {
+    const kvx_engine_desc *d = kvx_engine_settings(e);
+    kvx__cux_engine *ce = (kvx__cux_engine *)kvx_engine_alloc(e, sizeof *ce);
+    uint8_t head[KVX__CUX_FIXED];
+    kvx_boot_hooks hooks;
+    kvx_result r;
+    if (!ce) return KVX_ERR_NO_MEMORY;
+    memset(ce, 0, sizeof *ce);
+    ce->engine = e;
+    ce->role = d->role;
+    ce->seg_fd = -1;
+    pthread_mutex_init(&ce->mu, NULL);
+    pthread_cond_init(&ce->cv, NULL);
+    kvx__cux_identity(ce);
+    if ((r = kvx__cux_settings(ce, why, wl)) != KVX_OK) goto fail;
+    if (ce->role == KVX_ROLE_DECODE) {
+        if ((r = kvx__cux_seg_create(ce, why, wl)) != KVX_OK ||
+            (r = kvx__cux_ep_decode(ce, why, wl)) != KVX_OK)
+            goto fail;
+    } else {
+        kvx__cux_ep_head(ce, head);
+    }
+    memset(&hooks, 0, sizeof hooks);
+    hooks.user = ce;
+    hooks.on_room = kvx__cux_on_room;
+    hooks.on_status = kvx__cux_on_status;
+    hooks.on_abort = kvx__cux_on_abort;
+    hooks.on_connect = kvx__cux_on_connect;
+    hooks.on_disconnect = kvx__cux_on_disconnect;
+    r = kvx_boot_create(e, &hooks, ce->ep ? (const void *)ce->ep : (const void *)head,
+                        ce->ep ? ce->ep_len : sizeof head, &ce->boot, why, wl);
+    if (r != KVX_OK) goto fail;
+    if (ce->role == KVX_ROLE_PREFILL) {
+        if (pthread_create(&ce->worker, NULL, kvx__cux_worker_main, ce) != 0) {
+            kvx__set_why(why, wl, "cannot start the cuda transport's completion thread");
+            kvx_boot_destroy(ce->boot);
+            r = KVX_ERR_NO_MEMORY;
+            goto fail;
+        }
+        ce->worker_started = 1;
+    }
+    kvx_engine_log(e, KVX_LOG_INFO, "kvx.cuda", 0, "cuda transport: %s on node %s (host %s, pid "
+                   "%u)%s", ce->role == KVX_ROLE_PREFILL ? "prefill" : "decode", ce->node,
+                   ce->host, ce->pid, ce->ep ? ", pool exported through CUDA IPC" : "");
+    kvx_engine_set_backend_data(e, ce);
+    return KVX_OK;
+fail:
+    kvx__cux_engine_free(ce);
+    return r;
+}
+
+static void kvx__cux_engine_fini(kvx_engine *e) {
+    kvx__cux_engine *ce = kvx__cux_ce(e);
+    if (!ce) return;
+    if (ce->worker_started) { /* every room is closed: nothing is in flight */
+        pthread_mutex_lock(&ce->mu);
+        ce->stop = 1;
+        pthread_cond_broadcast(&ce->cv);
+        pthread_mutex_unlock(&ce->mu);
+        pthread_join(ce->worker, NULL);
+    }
+    kvx_boot_destroy(ce->boot); /* no hook runs after this */
+    kvx_engine_set_backend_data(e, NULL);
+    kvx__cux_engine_free(ce); /* streams, imports, mappings */
+}
+
+/* >>cuda transport: room hooks ------------------------------------------------------------------ */
+
+static kvx_result kvx__cux_room_open(kvx_room *r) {
+    kvx_engine *e = kvx_room_engine(r);
+    kvx__cux_engine *ce = kvx__cux_ce(e);
+    kvx__cux_room *cr = (kvx__cux_room *)kvx_engine_alloc(e, sizeof *cr);
+    if (!cr) return KVX_ERR_NO_MEMORY;
+    memset(cr, 0, sizeof *cr);
+    cr->room = r;
+    cr->ce = ce;
+    cr->id = kvx_room_id(r);
+    cr->dst_aux = cr->src_aux = cr->aux_slot = -1;
+    pthread_mutex_init(&cr->mu, NULL);
+    kvx_room_set_data(r, cr);
+    return kvx_boot_room_open(ce->boot, r);
+}
+
+static void kvx__cux_room_abort(kvx_room *r, const char *reason) {
+    kvx__cux_room *cr = kvx__cux_cr(r);
+    if (!cr) return;
+    if (kvx_room_role(r) == KVX_ROLE_PREFILL) kvx__cux_owe(cr, KVX__CUX_MSG_ABORT, reason);
+    else kvx_boot_abort(cr->ce->boot, r, reason);
+}
+
+static void kvx__cux_room_close(kvx_room *r) {
+    kvx__cux_room *cr = kvx__cux_cr(r);
+    if (!cr) return;
+    if (kvx_room_role(r) == KVX_ROLE_PREFILL) kvx__cux_sender_close(cr);
+    else kvx__cux_receiver_close(cr);
+}
+
+static void kvx__cux_room_free(kvx_room *r) {
+    kvx__cux_room *cr = kvx__cux_cr(r);
+    kvx_engine *e = kvx_room_engine(r);
+    if (!cr) return;
+    kvx__cux_peer_unref(cr->peer);
+    kvx_plan_free(&cr->plan);
+    kvx_engine_free(e, cr->dst);
+    pthread_mutex_destroy(&cr->mu);
+    kvx_engine_free(e, cr);
+    kvx_room_set_data(r, NULL);
+}
+
+/* >>cuda transport: public --------------------------------------------------------------------- */
+
+KVX_API const kvx_backend *kvx_cuda_backend(void) {
+    static const kvx_backend b = {"cuda",
+                                  kvx__cux_engine_init,
+                                  kvx__cux_engine_fini,
+                                  NULL,
+                                  kvx__cux_room_open,
+                                  kvx__cux_sender_init,
+                                  kvx__cux_sender_send,
+                                  kvx__cux_receiver_init,
+                                  kvx__cux_room_abort,
+                                  kvx__cux_room_close,
+                                  kvx__cux_room_free};
+    return &b;
+}
+
+KVX_API kvx_result kvx_cuda_register(void) { return kvx_transport_register(kvx_cuda_backend()); }
+
+KVX_API kvx_result kvx_cuda_transport_stats_get(const kvx_engine *e, kvx_cuda_transport_stats *out) {
+    kvx__cux_engine *ce;
+    if (out) memset(out, 0, sizeof *out);
+    if (!e || !out || strcmp(kvx_engine_transport(e), "cuda") || !(ce = kvx__cux_ce(e)))
+        return KVX_ERR_INVALID_ARGUMENT;
+    out->exported_allocs = KVX__LOAD(&ce->st.exported_allocs);
+    out->peers = KVX__LOAD(&ce->st.peers);
+    out->imports = KVX__LOAD(&ce->st.imports);
+    out->imports_live = KVX__LOAD(&ce->st.imports_live);
+    out->chunks = KVX__LOAD(&ce->st.chunks);
+    out->spans = KVX__LOAD(&ce->st.spans);
+    out->bytes = KVX__LOAD(&ce->st.bytes);
+    out->aux_rows = KVX__LOAD(&ce->st.aux_rows);
+    out->rooms_done = KVX__LOAD(&ce->st.rooms_done);
+    out->driver_errors = KVX__LOAD(&ce->st.driver_errors);
+    out->fence_waits = KVX__LOAD(&ce->st.fence_waits);
+    out->fence_timeouts = KVX__LOAD(&ce->st.fence_timeouts);
     return KVX_OK;
 }
 

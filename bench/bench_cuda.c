@@ -1,15 +1,23 @@
-/* bench_cuda - KV in GPU memory: the cuda transport's device-to-device span
-   copy and the staging path, each against a raw baseline, in one run.
+/* bench_cuda - KV in GPU memory: the cuda transport, its device-to-device
+   span copy and the staging path, each against a raw baseline, in one run.
 
-   For a 4096-token Llama-3.1-8B request (64 buffers, page size 16, 32 KiB
-   pages, 512 MiB) with scattered pages on both sides (pools of twice the
-   request, shuffled as after hours of serving):
+   For a 4096-token Llama-3.1-8B request (64 buffers, one allocation each,
+   page size 16, 32 KiB pages, 512 MiB) with scattered pages on both sides
+   (pools of twice the request, shuffled as after hours of serving):
    - D2D: kvx_cuda_copy_spans of the plan between two GPU pools, as the
-     intra-node cuda transport does it, against one contiguous
-     device-to-device copy of the same number of bytes (goal: >= 0.85x);
+     cuda transport does it, against one contiguous device-to-device copy of
+     the same number of bytes (goal: >= 0.85x);
+   - the cuda transport: a prefill engine in this process and a decode
+     engine in a second process (this program run again), CUDA IPC between
+     them; time from kvx_sender_send to the sender's Success (every byte
+     and the completion placed at the decode side), one chunk and 8 chunks
+     of 512 tokens, against the same contiguous copy (goal: >= 0.85x);
    - D2H staging: the scattered pages into pinned host memory through
      kvx_mem_ops.copy, 16 MiB stripes of 512 pieces (the file transport's
-     unit), against contiguous 16 MiB device-to-host copies; and H2D back.
+     unit), against contiguous 16 MiB device-to-host copies; and H2D back;
+   - the file transport (KVX_BENCH_DIR, /tmp/kvx_bench_cuda) end to end,
+     send to the receiver's Success, with both pools in GPU memory (staged)
+     against both pools in host memory.
    GB/s are bytes moved per second (not read + write). Best of
    KVX_BENCH_REPS (5). KVX_BENCH_TOKENS changes the request (4096).
 
@@ -17,10 +25,19 @@
    pointing at tests/fakecuda/libfakecuda.so it runs on the fake driver (a
    dry run of the code; the numbers are memcpy's, not a GPU's). */
 #define KVX_IMPLEMENTATION
+#include "../kvx_file.h"
 #include "../kvx_cuda.h"
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sched.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+
+extern char **environ;
 
 #define NB 64u
 #define PAGE_TOKENS 16u
@@ -127,7 +144,280 @@ static double time_spans(kvx_cuda_stream *s, const kvx_layout *src, const kvx_la
     return now_s() - t0;
 }
 
-int main(void) {
+/* ---- the cuda transport between two processes ---------------------------------- */
+
+static kvx_engine *engine(kvx_role role, const char *transport, const kvx_layout *l,
+                          const kvx_mem_ops *mem, const char *boot_addr, const char *dir) {
+    kvx_engine_desc d;
+    kvx_engine *e;
+    char why[KVX_ERROR_MAX];
+    memset(&d, 0, sizeof d);
+    d.role = role;
+    d.transport = transport;
+    d.layout = *l;
+    if (mem) d.mem = *mem;
+    if (!strcmp(transport, "cuda")) { /* the file transport runs without a handshake here */
+        d.boot.host = "127.0.0.1";
+        d.boot.port = -1;
+        d.bootstrap_addr = boot_addr;
+    }
+    d.file.dir = dir;
+    d.logger.level = KVX_LOG_ERROR;
+    d.poll_interval_us = 200;
+    if (kvx_engine_create(&d, &e, why, sizeof why)) die("engine", why);
+    return e;
+}
+
+static int spin_until(kvx_poll (*poll)(const void *), const void *x, kvx_poll from, double secs) {
+    double end = now_s() + secs;
+    while (poll(x) == from)
+        if (now_s() > end) return 0;
+        else sched_yield();
+    return 1;
+}
+static kvx_poll poll_s(const void *x) { return kvx_sender_poll((const kvx_sender *)x); }
+static kvx_poll poll_r(const void *x) { return kvx_receiver_poll((const kvx_receiver *)x); }
+
+/* The decode process: bench_cuda --decode <port> <tokens> <rooms>. Its pool
+   is as the prefill's, its pages shuffled with another seed; it receives
+   `rooms` rooms, then checks a sample of pages of the last one. */
+static int decode_helper(char **argv) {
+    int port = atoi(argv[2]);
+    uint32_t tokens = (uint32_t)atoi(argv[3]), rooms = (uint32_t)atoi(argv[4]);
+    uint32_t n = tokens / PAGE_TOKENS, pool_pages = 2 * n, r, i;
+    int32_t *sp = (int32_t *)malloc(pool_pages * sizeof *sp), *dp = (int32_t *)malloc(pool_pages * sizeof *dp);
+    char why[KVX_ERROR_MAX], addr[64], *stage;
+    kvx_engine *e;
+    pool dst;
+    int bad = 0;
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (kvx_cuda_mem_ops(&ops, NULL, why, sizeof why) != KVX_OK) die("decode: mem ops", why);
+    cu = kvx_cuda_from_mem_ops(&ops);
+    pool_alloc(&dst, pool_pages);
+    shuffle(sp, pool_pages, 1);
+    shuffle(dp, pool_pages, 2);
+    snprintf(addr, sizeof addr, "127.0.0.1:%d", port);
+    e = engine(KVX_ROLE_DECODE, "cuda", &dst.l, &ops, addr, NULL);
+    printf("READY\n");
+    fflush(stdout);
+    for (r = 0; r < rooms; r++) {
+        kvx_room_desc rd;
+        kvx_receiver *rc;
+        memset(&rd, 0, sizeof rd);
+        rd.room = 1000 + r;
+        if (kvx_receiver_create(e, &rd, &rc) != KVX_OK) die("decode", "receiver_create");
+        spin_until(poll_r, rc, KVX_POLL_BOOTSTRAPPING, 60);
+        kvx_receiver_init(rc, dp, n, -1);
+        spin_until(poll_r, rc, KVX_POLL_TRANSFERRING, 60);
+        if (kvx_receiver_poll(rc) != KVX_POLL_SUCCESS) {
+            printf("FAIL %s\n", kvx_receiver_error(rc));
+            return 1;
+        }
+        kvx_receiver_destroy(rc);
+    }
+    stage = (char *)ops.host_alloc(ops.ctx, ITEM);
+    for (i = 0; stage && i < 32; i++) {
+        uint32_t k = (uint32_t)(mix(300 + i) % n), b = (uint32_t)(mix(400 + i) % NB);
+        kvx_copy c;
+        c.buf_ptr = (char *)dst.bufs[b].base + (uint64_t)dp[k] * ITEM;
+        c.host = stage;
+        c.len = ITEM;
+        c.device = 0;
+        if (ops.copy(ops.ctx, 1, &c, 1, why, sizeof why)) die("decode: verify", why);
+        if (!page_ok(stage, b, (uint32_t)sp[k])) bad++;
+    }
+    printf("VERIFY %d\n", stage ? bad : -1);
+    fflush(stdout);
+    while (read(0, why, sizeof why) > 0) {} /* the prefill closes its imports first */
+    ops.host_free(ops.ctx, stage);
+    kvx_engine_destroy(e);
+    pool_free(&dst);
+    kvx_cuda_mem_ops_release(&ops);
+    free(sp);
+    free(dp);
+    return 0;
+}
+
+/* The prefill side: send the request 1 + 2 * reps times (a warm-up, reps in
+   one chunk, reps in 8 chunks), each timed from the first send to the
+   sender's Success. */
+static void bench_transport(pool *src, const int32_t *sp, uint32_t n, uint32_t tokens, int reps,
+                            double best_flat, uint64_t bytes, int fake) {
+    char self[4096], port_s[16], tok_s[16], rooms_s[16], line[512];
+    char *argv_c[7];
+    int out[2], in[2], r;
+    ssize_t l;
+    pid_t pid;
+    FILE *from;
+    kvx_engine *e = engine(KVX_ROLE_PREFILL, "cuda", &src->l, &ops, NULL, NULL);
+    posix_spawn_file_actions_t fa;
+    double best1 = 1e9, best8 = 1e9, send1 = 1e9;
+    kvx_cuda_transport_stats st;
+    l = readlink("/proc/self/exe", self, sizeof self - 1);
+    if (l <= 0) die("transport", "cannot find /proc/self/exe");
+    self[l] = 0;
+    snprintf(port_s, sizeof port_s, "%d", kvx_boot_engine_port(e));
+    snprintf(tok_s, sizeof tok_s, "%u", tokens);
+    snprintf(rooms_s, sizeof rooms_s, "%d", 1 + 2 * reps);
+    argv_c[0] = self; argv_c[1] = (char *)"--decode"; argv_c[2] = port_s; argv_c[3] = tok_s;
+    argv_c[4] = rooms_s; argv_c[5] = NULL;
+    if (pipe(out) || pipe(in)) die("transport", "pipe");
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_adddup2(&fa, out[1], 1);
+    posix_spawn_file_actions_adddup2(&fa, in[0], 0);
+    posix_spawn_file_actions_addclose(&fa, out[0]);
+    posix_spawn_file_actions_addclose(&fa, in[1]);
+    fflush(stdout);
+    if (posix_spawn(&pid, self, &fa, NULL, argv_c, environ)) die("transport", "posix_spawn");
+    posix_spawn_file_actions_destroy(&fa);
+    close(out[1]);
+    close(in[0]);
+    from = fdopen(out[0], "r");
+    if (!fgets(line, sizeof line, from) || strncmp(line, "READY", 5))
+        die("transport: decode process", line);
+    for (r = 0; r <= 2 * reps; r++) {
+        kvx_room_desc rd;
+        kvx_sender *s;
+        uint32_t chunks = r > reps ? 8 : 1, k, per = (n + chunks - 1) / chunks;
+        double t0, t1, t;
+        memset(&rd, 0, sizeof rd);
+        rd.room = 1000 + (uint64_t)r;
+        if (kvx_sender_create(e, &rd, &s) != KVX_OK) die("transport", "sender_create");
+        if (!spin_until(poll_s, s, KVX_POLL_BOOTSTRAPPING, 60) ||
+            kvx_sender_init(s, n, -1) != KVX_OK)
+            die("transport: the decode side's destination", kvx_sender_error(s));
+        t0 = now_s();
+        for (k = 0; k < n; k += per)
+            kvx_sender_send(s, sp + k, n - k < per ? n - k : per);
+        t1 = now_s();
+        spin_until(poll_s, s, KVX_POLL_TRANSFERRING, 60);
+        t = now_s() - t0;
+        if (kvx_sender_poll(s) != KVX_POLL_SUCCESS) die("transport", kvx_sender_error(s));
+        kvx_sender_destroy(s);
+        if (!r) continue; /* warm-up: imports, stream */
+        if (chunks == 1 && t < best1) { best1 = t; send1 = t1 - t0; }
+        if (chunks == 8 && t < best8) best8 = t;
+    }
+    if (!fgets(line, sizeof line, from) || strncmp(line, "VERIFY 0", 8))
+        die("transport: decode process", line);
+    kvx_cuda_transport_stats_get(e, &st);
+    kvx_engine_destroy(e); /* imports closed before the decode process frees its pool */
+    close(in[1]);
+    fclose(from);
+    waitpid(pid, &r, 0);
+    printf("  cuda transport, 2 processes, 1 chunk  %6.1f GB/s  (%.3f ms, %.3f ms in the send "
+           "call)  ratio %.2fx contiguous (goal >= 0.85x)%s\n", bytes / best1 / 1e9, best1 * 1e3,
+           send1 * 1e3, best_flat / best1, !fake && best_flat / best1 < 0.85 ? "  BELOW GOAL" : "");
+    printf("  cuda transport, 8 chunks of %4u tok  %6.1f GB/s  (%.3f ms)  ratio %.2fx contiguous\n",
+           tokens / 8, bytes / best8 / 1e9, best8 * 1e3, best_flat / best8);
+    printf("      (%llu GPU allocations imported once, %llu spans per request)\n",
+           (unsigned long long)st.imports, (unsigned long long)(st.spans / (1 + 2 * (uint64_t)reps)));
+}
+
+/* ---- the file transport: GPU pools (staged) against host pools ------------------- */
+
+static double file_once(kvx_engine *pe, kvx_engine *de, uint64_t room, const int32_t *sp,
+                        const int32_t *dp, uint32_t n) {
+    kvx_room_desc rd;
+    kvx_sender *s;
+    kvx_receiver *r;
+    double t0, t;
+    memset(&rd, 0, sizeof rd);
+    rd.room = room;
+    kvx_receiver_create(de, &rd, &r);
+    kvx_receiver_init(r, dp, n, -1);
+    kvx_sender_create(pe, &rd, &s);
+    if (kvx_sender_init(s, n, -1) != KVX_OK) die("file transfer: init", kvx_sender_error(s));
+    t0 = now_s();
+    if (kvx_sender_send(s, sp, n) != KVX_OK) die("file transfer: send", kvx_sender_error(s));
+    while (kvx_receiver_poll(r) == KVX_POLL_TRANSFERRING) {
+        struct timespec ts = {0, 20000};
+        nanosleep(&ts, NULL);
+    }
+    t = now_s() - t0;
+    if (kvx_receiver_poll(r) != KVX_POLL_SUCCESS || kvx_sender_poll(s) != KVX_POLL_SUCCESS)
+        die("file transfer", kvx_receiver_error(r));
+    kvx_sender_destroy(s);
+    kvx_receiver_destroy(r);
+    return t;
+}
+
+static void wait_gone(const char *dir, uint64_t room) {
+    char p[512];
+    struct stat st;
+    snprintf(p, sizeof p, "%s/room_%llu", dir, (unsigned long long)room);
+    while (stat(p, &st) == 0) {
+        struct timespec ts = {0, 1000000};
+        nanosleep(&ts, NULL);
+    }
+}
+
+static void bench_file(pool *gsrc, pool *gdst, const int32_t *sp, const int32_t *dp, uint32_t n,
+                       uint32_t pool_pages, int reps, uint64_t bytes, char *stage) {
+    const char *dir = getenv("KVX_BENCH_DIR") ? getenv("KVX_BENCH_DIR") : "/tmp/kvx_bench_cuda";
+    kvx_buffer hs[NB], hd[NB];
+    kvx_layout ls = gsrc->l, ld = gdst->l;
+    kvx_engine *hp, *hr, *gp, *gr;
+    double best_h = 1e9, best_g = 1e9;
+    uint32_t b, pg, i;
+    int rep, bad = 0;
+    mkdir(dir, 0755);
+    for (b = 0; b < NB; b++) { /* host pools with the same pages */
+        hs[b] = gsrc->bufs[b];
+        hd[b] = gdst->bufs[b];
+        hs[b].mem = hd[b].mem = KVX_MEM_HOST;
+        hs[b].base = malloc((size_t)pool_pages * ITEM);
+        hd[b].base = calloc(pool_pages, ITEM);
+        if (!hs[b].base || !hd[b].base) die("file", "out of memory for the host pools");
+        for (pg = 0; pg < pool_pages; pg++) {
+            uint64_t *w = (uint64_t *)((char *)hs[b].base + (uint64_t)pg * ITEM);
+            uint64_t v = mix(((uint64_t)b << 32) | pg);
+            for (i = 0; i < ITEM / 8; i++) w[i] = v + i;
+        }
+    }
+    ls.buffers = hs;
+    ld.buffers = hd;
+    hp = engine(KVX_ROLE_PREFILL, "file", &ls, NULL, NULL, dir);
+    hr = engine(KVX_ROLE_DECODE, "file", &ld, NULL, NULL, dir);
+    gp = engine(KVX_ROLE_PREFILL, "file", &gsrc->l, &ops, NULL, dir);
+    gr = engine(KVX_ROLE_DECODE, "file", &gdst->l, &ops, NULL, dir);
+    for (rep = 0; rep <= reps; rep++) { /* the first of each is a warm-up */
+        double t = file_once(hp, hr, 2000 + (uint64_t)rep, sp, dp, n);
+        wait_gone(dir, 2000 + (uint64_t)rep);
+        if (rep && t < best_h) best_h = t;
+        t = file_once(gp, gr, 3000 + (uint64_t)rep, sp, dp, n);
+        wait_gone(dir, 3000 + (uint64_t)rep);
+        if (rep && t < best_g) best_g = t;
+    }
+    for (i = 0; i < 16; i++) {
+        uint32_t k = (uint32_t)(mix(500 + i) % n);
+        kvx_copy c;
+        char why[KVX_ERROR_MAX];
+        b = (uint32_t)(mix(600 + i) % NB);
+        c.buf_ptr = (char *)gdst->bufs[b].base + (uint64_t)dp[k] * ITEM;
+        c.host = stage;
+        c.len = ITEM;
+        c.device = 0;
+        if (ops.copy(ops.ctx, 1, &c, 1, why, sizeof why)) die("file: verify", why);
+        if (!page_ok(stage, b, (uint32_t)sp[k])) bad++;
+        if (!page_ok((char *)hd[b].base + (uint64_t)dp[k] * ITEM, b, (uint32_t)sp[k])) bad++;
+    }
+    if (bad) die("file: verify", "pages did not land where the plan says");
+    kvx_engine_destroy(hp);
+    kvx_engine_destroy(hr);
+    kvx_engine_destroy(gp);
+    kvx_engine_destroy(gr);
+    for (b = 0; b < NB; b++) {
+        free(hs[b].base);
+        free(hd[b].base);
+    }
+    printf("  file transport, pools in host memory  %6.2f GB/s  (%.1f ms, send to the receiver's "
+           "Success, %s)\n", bytes / best_h / 1e9, best_h * 1e3, dir);
+    printf("  file transport, pools in GPU memory   %6.2f GB/s  (%.1f ms, staged)  ratio %.2fx "
+           "host\n", bytes / best_g / 1e9, best_g * 1e3, best_h / best_g);
+}
+
+int main(int argc, char **argv) {
     char why[KVX_ERROR_MAX], *stage;
     kvx_cuda_info info;
     kvx_cuda_stats st0, st1;
@@ -146,6 +436,9 @@ int main(void) {
     double best_spans = 1e9, best_flat = 1e9, best_d2h = 1e9, best_d2h_flat = 1e9, best_h2d = 1e9;
     kvx_copy *pieces;
 
+    kvx_cuda_register();
+    kvx_file_register();
+    if (argc > 4 && !strcmp(argv[1], "--decode")) return decode_helper(argv);
     if (kvx_cuda_mem_ops(&ops, NULL, why, sizeof why) != KVX_OK) {
         printf("bench_cuda: skipped: %s\n", why);
         return 0;
@@ -284,6 +577,9 @@ int main(void) {
         printf("  D2H kvx staging, 512 pieces/call  %8.1f GB/s\n", bytes / best_d2h / 1e9);
     }
     printf("  H2D kvx staging, 512 pieces/call  %8.1f GB/s\n", bytes / best_h2d / 1e9);
+
+    bench_transport(&src, sp, n, tokens, reps, best_flat, bytes, fake);
+    bench_file(&src, &dst, sp, dp, n, pool_pages, reps, bytes, stage);
 
     free(pieces);
     kvx_cuda_stream_destroy(s);

@@ -4,10 +4,13 @@
    destination pages and an aux slot from its pool, asks kvx to fill them,
    polls, and once the room reports Success checks every byte against what
    the prefill side's forward pass would have produced. Copy the loop in
-   main() into your engine's scheduler. */
+   main() into your engine's scheduler. With --gpu the pool is in GPU
+   memory (see ex_gpu_init in kvx_example.h). */
 #define KVX_IMPLEMENTATION
 #include "../kvx_file.h"
 #include "../kvx_tcp.h"
+#include "../kvx_cuda.h"
+#include "../kvx_rdma.h"
 #include "kvx_example.h"
 
 typedef struct inflight {
@@ -20,6 +23,7 @@ typedef struct inflight {
 int main(int argc, char **argv) {
     ex_args a;
     ex_pool pool;
+    ex_gpu gpu, *g = NULL;
     ex_request *reqs;
     inflight *fl;
     kvx_engine_desc d;
@@ -37,10 +41,20 @@ int main(int argc, char **argv) {
     reqs = (ex_request *)calloc(a.requests, sizeof *reqs);
     fl = (inflight *)calloc(a.inflight, sizeof *fl);
     ex_requests(reqs, a.requests, a.seed, a.min_tokens, a.max_tokens, a.page_size);
+    if (a.gpu) {
+        if (ex_gpu_init(&gpu, &pool, why, sizeof why)) {
+            fprintf(stderr, "decode: %s\n", why);
+            return 1;
+        }
+        g = &gpu;
+    }
     kvx_file_register();
     kvx_tcp_register();
+    kvx_rdma_register();
+    kvx_cuda_register();
     memset(&d, 0, sizeof d);
     d.role = KVX_ROLE_DECODE;
+    if (g) d.mem = g->ops;
     d.transport = a.transport;
     d.layout = pool.layout;
     d.file.dir = a.dir;
@@ -77,7 +91,7 @@ int main(int argc, char **argv) {
             if (st != KVX_POLL_SUCCESS && st != KVX_POLL_FAILED) continue;
             if (st == KVX_POLL_SUCCESS) {
                 uint64_t now = kvx_now_ns();
-                uint64_t nb = ex_pages_pattern(&pool, f->req->room, f->pages, f->req->pages, 0);
+                uint64_t nb = ex_request_pages(g, &pool, f->req->room, f->pages, f->req->pages, 0);
                 uint64_t rb = (uint64_t)f->req->pages * kvx_layout_page_bytes(&pool.layout);
                 if (nb || !ex_aux_check(&pool, f->req->room, f->slot)) {
                     bad++;
@@ -117,6 +131,7 @@ int main(int argc, char **argv) {
     kvx_engine_destroy(e);
     printf("decode: %u requests, %u verified byte for byte, %u failed, %u corrupt, %.2f GiB\n",
            a.requests, a.requests - failed - bad, failed, bad, (double)bytes / (1u << 30));
+    if (g) ex_gpu_free(g, &pool);
     ex_pool_free(&pool);
     free(reqs);
     free(fl);

@@ -4,9 +4,12 @@
    decode's verified Success, both on CLOCK_MONOTONIC).
 
    usage: kvx_demo [--handshake] [options of kvx_prefill / kvx_decode]
-     --transport T tcp (or rdma, bootfake): the bytes go over that transport;
-                   the prefill serves the bootstrap on --bootstrap HOST:PORT,
-                   by default 127.0.0.1 and a free port
+     --transport T tcp, cuda (or rdma, bootfake): the bytes go over that
+                   transport; the prefill serves the bootstrap on --bootstrap
+                   HOST:PORT, by default 127.0.0.1 and a free port. cuda
+                   copies GPU to GPU through CUDA IPC and implies --gpu
+     --gpu         both KV pools on GPU 0 (built with -DKVX_WITH_CUDA);
+                   pages are filled and checked through staging copies
      --handshake   also run kvx_boot's bootstrap handshake: the prefill serves
                    SGLang's bootstrap API on a free loopback port, the decode
                    side connects to it; status and aborts go over its control
@@ -79,9 +82,9 @@ static int cmp_u64(const void *a, const void *b) {
 }
 
 int main(int argc, char **argv) {
-    char ptimes[256], dtimes[256], dir[256];
+    char ptimes[256], dtimes[256], dir[256], *dprog, *pprog;
     const char *user_dir = NULL, *transport = "file";
-    int want_boot = 0, user_boot = 0;
+    int want_boot = 0, user_boot = 0, gpu = 0;
     rec *p = NULL, *d = NULL;
     size_t np = 0, nd = 0, i, j;
     uint64_t *lat, first = UINT64_MAX, last = 0, bytes = 0;
@@ -93,7 +96,9 @@ int main(int argc, char **argv) {
         if (k + 1 < argc && !strcmp(argv[k], "--transport")) transport = argv[k + 1];
         if (!strcmp(argv[k], "--bootstrap")) user_boot = 1;
         if (!strcmp(argv[k], "--handshake")) want_boot = 1;
+        if (!strcmp(argv[k], "--gpu")) gpu = 1;
     }
+    if (!strcmp(transport, "cuda")) gpu = 1;
     /* every transport but file and fake needs the handshake */
     if (strcmp(transport, "file") && strcmp(transport, "fake")) want_boot = 1;
     if (want_boot && !user_boot)
@@ -103,16 +108,21 @@ int main(int argc, char **argv) {
     snprintf(dir, sizeof dir, "/tmp/kvx_demo_%d", (int)getpid());
     if (!strcmp(transport, "file"))
         printf("kvx demo: prefill and decode processes, KV cache through the file transport in "
-               "%s%s%s\n", user_dir ? user_dir : dir, boot_addr[0] ? ", bootstrap handshake at " : "",
-               boot_addr);
+               "%s%s%s%s\n", user_dir ? user_dir : dir, boot_addr[0] ? ", bootstrap handshake at " : "",
+               boot_addr, gpu ? ", pools on GPU 0" : "");
     else
-        printf("kvx demo: prefill and decode processes, KV cache through the %s transport%s%s\n",
-               transport, boot_addr[0] ? ", bootstrap at " : "", boot_addr);
+        printf("kvx demo: prefill and decode processes, KV cache through the %s transport%s%s%s\n",
+               transport, boot_addr[0] ? ", bootstrap at " : "", boot_addr,
+               gpu ? ", pools on GPU 0" : "");
     fflush(stdout);
-    dp = spawn(sibling(argv[0], "kvx_decode"), argc, argv, dtimes, user_dir ? NULL : dir);
-    pp = spawn(sibling(argv[0], "kvx_prefill"), argc, argv, ptimes, user_dir ? NULL : dir);
+    dprog = sibling(argv[0], "kvx_decode");
+    pprog = sibling(argv[0], "kvx_prefill");
+    dp = spawn(dprog, argc, argv, dtimes, user_dir ? NULL : dir);
+    pp = spawn(pprog, argc, argv, ptimes, user_dir ? NULL : dir);
     waitpid(pp, &st_p, 0);
     waitpid(dp, &st_d, 0);
+    free(dprog);
+    free(pprog);
     if (!user_dir) rmdir(dir);
     if (!WIFEXITED(st_p) || WEXITSTATUS(st_p) || !WIFEXITED(st_d) || WEXITSTATUS(st_d)) {
         fprintf(stderr, "kvx demo: FAILED (prefill status %d, decode status %d)\n", st_p, st_d);

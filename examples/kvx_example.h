@@ -164,29 +164,139 @@ static EX_UNUSED int32_t ex_alloc_slot(ex_pool *p) {
 }
 static EX_UNUSED void ex_free_slot(ex_pool *p, int32_t s) { p->free_slots[p->num_free_slots++] = s; }
 
+/* Fills (write=1) or checks (write=0) page i of a request in buffer b, at
+   `page` in host memory. Returns the number of bad tokens. */
+static EX_UNUSED uint64_t ex_page_pattern(const ex_pool *p, uint64_t room, uint32_t b, uint32_t i,
+                                          uint64_t *page, int write) {
+    uint64_t bad = 0;
+    uint32_t t, w, words = p->token_bytes / 8;
+    for (t = 0; t < p->page_size; t++) {
+        uint64_t *tokw = page + (uint64_t)t * words;
+        uint64_t v = ex_seed(room, b, (uint64_t)i * p->page_size + t);
+        if (write) {
+            for (w = 0; w < words; w++) tokw[w] = v + w * 0xD1B54A32D192ED03ull;
+        } else {
+            for (w = 0; w < words; w++)
+                if (tokw[w] != v + w * 0xD1B54A32D192ED03ull) { bad++; break; }
+        }
+    }
+    return bad;
+}
+
 /* Fills (write=1) or checks (write=0) the pages of a request as a prefill
    forward pass would have left them. Returns the number of bad tokens. */
 static EX_UNUSED uint64_t ex_pages_pattern(ex_pool *p, uint64_t room, const int32_t *pages, uint32_t n,
                                  int write) {
     uint64_t bad = 0;
-    uint32_t b, i, t, w, words = p->token_bytes / 8;
+    uint32_t b, i;
+    for (b = 0; b < p->layout.num_buffers; b++)
+        for (i = 0; i < n; i++)
+            bad += ex_page_pattern(p, room, b, i,
+                                   (uint64_t *)((char *)p->bufs[b].base +
+                                                (uint64_t)pages[i] * p->bufs[b].item_len),
+                                   write);
+    return bad;
+}
+
+/* ---- the pool in GPU memory (--gpu) --------------------------------------------
+   The KV buffers move to GPU 0, all in one cuMemAlloc (as one pool tensor);
+   the engine gets kvx_cuda_mem_ops in desc.mem, and the pages are filled and
+   checked through pinned staging copies, since the CPU cannot touch them. */
+
+typedef struct ex_gpu {
+    kvx_mem_ops ops; /* staging; also the engine's desc.mem */
+    void *mem;       /* the one allocation holding every KV buffer */
+    char *stage;     /* pinned staging for filling and checking */
+    size_t stage_bytes;
+} ex_gpu;
+
+#ifdef KVX_WITH_CUDA
+#include "../kvx_cuda.h"
+
+static EX_UNUSED int ex_gpu_init(ex_gpu *g, ex_pool *p, char *why, size_t wl) {
+    kvx_cuda *cu;
+    uint64_t total = 0, off = 0;
+    uint32_t b;
+    memset(g, 0, sizeof *g);
+    if (kvx_cuda_mem_ops(&g->ops, NULL, why, wl) != KVX_OK) return -1;
+    cu = kvx_cuda_from_mem_ops(&g->ops);
+    for (b = 0; b < p->layout.num_buffers; b++) total += p->bufs[b].length;
+    if (kvx_cuda_alloc(cu, 0, (size_t)total, &g->mem, why, wl) != KVX_OK) return -1;
     for (b = 0; b < p->layout.num_buffers; b++) {
-        for (i = 0; i < n; i++) {
-            uint64_t *page = (uint64_t *)((char *)p->bufs[b].base +
-                                          (uint64_t)pages[i] * p->bufs[b].item_len);
-            for (t = 0; t < p->page_size; t++) {
-                uint64_t *tokw = page + (uint64_t)t * words;
-                uint64_t v = ex_seed(room, b, (uint64_t)i * p->page_size + t);
-                if (write) {
-                    for (w = 0; w < words; w++) tokw[w] = v + w * 0xD1B54A32D192ED03ull;
-                } else {
-                    for (w = 0; w < words; w++)
-                        if (tokw[w] != v + w * 0xD1B54A32D192ED03ull) { bad++; break; }
-                }
+        free(p->bufs[b].base); /* the host pool ex_pool_init made */
+        p->bufs[b].base = (char *)g->mem + off;
+        p->bufs[b].mem = KVX_MEM_CUDA;
+        p->bufs[b].device = 0;
+        off += p->bufs[b].length;
+    }
+    g->stage_bytes = 16u << 20;
+    if (g->stage_bytes < p->bufs[0].item_len) g->stage_bytes = (size_t)p->bufs[0].item_len;
+    g->stage = (char *)g->ops.host_alloc(g->ops.ctx, g->stage_bytes);
+    if (!g->stage) snprintf(why, wl, "no pinned staging memory");
+    return g->stage ? 0 : -1;
+}
+
+/* Releases the GPU pool (before ex_pool_free) and the driver (after the
+   engine is destroyed). */
+static EX_UNUSED void ex_gpu_free(ex_gpu *g, ex_pool *p) {
+    uint32_t b;
+    for (b = 0; b < p->layout.num_buffers; b++) p->bufs[b].base = NULL;
+    if (g->stage) g->ops.host_free(g->ops.ctx, g->stage);
+    kvx_cuda_free(kvx_cuda_from_mem_ops(&g->ops), 0, g->mem);
+    kvx_cuda_mem_ops_release(&g->ops);
+    memset(g, 0, sizeof *g);
+}
+
+/* ex_pages_pattern for the GPU pool: a stage full of pages at a time. */
+static EX_UNUSED uint64_t ex_gpu_pages(ex_gpu *g, ex_pool *p, uint64_t room, const int32_t *pages,
+                                       uint32_t n, int write) {
+    kvx_copy c[64];
+    char why[KVX_ERROR_MAX];
+    uint64_t bad = 0;
+    uint32_t b, i, k, q;
+    for (b = 0; b < p->layout.num_buffers; b++) {
+        uint64_t item = p->bufs[b].item_len;
+        uint32_t per = (uint32_t)(g->stage_bytes / item);
+        if (per > 64) per = 64;
+        for (i = 0; i < n; i += k) {
+            k = n - i < per ? n - i : per;
+            for (q = 0; q < k; q++) {
+                c[q].buf_ptr = (char *)p->bufs[b].base + (uint64_t)pages[i + q] * item;
+                c[q].host = g->stage + q * item;
+                c[q].len = item;
+                c[q].device = 0;
+                if (write) ex_page_pattern(p, room, b, i + q, (uint64_t *)c[q].host, 1);
             }
+            if (g->ops.copy(g->ops.ctx, !write, c, k, why, sizeof why) != KVX_OK) {
+                fprintf(stderr, "GPU pages: %s\n", why);
+                return (uint64_t)n * p->page_size;
+            }
+            for (q = 0; !write && q < k; q++)
+                bad += ex_page_pattern(p, room, b, i + q, (uint64_t *)c[q].host, 0);
         }
     }
     return bad;
+}
+#else
+static EX_UNUSED int ex_gpu_init(ex_gpu *g, ex_pool *p, char *why, size_t wl) {
+    (void)p;
+    memset(g, 0, sizeof *g);
+    snprintf(why, wl, "--gpu: CUDA support was not compiled in (build with -DKVX_WITH_CUDA "
+                      "-I<CUDA toolkit>/include)");
+    return -1;
+}
+static EX_UNUSED void ex_gpu_free(ex_gpu *g, ex_pool *p) { (void)g; (void)p; }
+static EX_UNUSED uint64_t ex_gpu_pages(ex_gpu *g, ex_pool *p, uint64_t room, const int32_t *pages,
+                                       uint32_t n, int write) {
+    (void)g; (void)room; (void)pages; (void)write;
+    return (uint64_t)n * p->page_size;
+}
+#endif
+
+/* Fills or checks a request's pages wherever the pool lives (g NULL: host). */
+static EX_UNUSED uint64_t ex_request_pages(ex_gpu *g, ex_pool *p, uint64_t room,
+                                           const int32_t *pages, uint32_t n, int write) {
+    return g ? ex_gpu_pages(g, p, room, pages, n, write) : ex_pages_pattern(p, room, pages, n, write);
 }
 
 static EX_UNUSED void ex_aux_write(ex_pool *p, uint64_t room, int32_t slot) {
@@ -242,15 +352,17 @@ typedef struct ex_args {
     const char *model, *transport, *dir, *times, *bootstrap;
     uint32_t requests, min_tokens, max_tokens, chunk_tokens, page_size, pool_pages, inflight;
     uint64_t seed;
-    int quiet;
+    int quiet, gpu;
 } ex_args;
 
 static EX_UNUSED void ex_usage(const char *prog) {
     fprintf(stderr,
-            "usage: %s [--model llama-3.1-8b|llama-3.1-70b|deepseek-v3] [--transport file|tcp|fake]\n"
-            "          [--dir DIR] [--bootstrap HOST:PORT] [--requests N] [--min-tokens N] [--max-tokens N]\n"
-            "          [--chunk-tokens N] [--page-size N] [--pool-pages N] [--inflight N]\n"
-            "          [--seed N] [--times FILE] [--quiet]\n",
+            "usage: %s [--model llama-3.1-8b|llama-3.1-70b|deepseek-v3]\n"
+            "          [--transport file|tcp|cuda|fake] [--gpu] [--dir DIR] [--bootstrap HOST:PORT]\n"
+            "          [--requests N] [--min-tokens N] [--max-tokens N] [--chunk-tokens N]\n"
+            "          [--page-size N] [--pool-pages N] [--inflight N] [--seed N] [--times FILE]\n"
+            "          [--quiet]\n"
+            "  --gpu   the KV pool on GPU 0 (implied by --transport cuda)\n",
             prog);
 }
 
@@ -259,11 +371,12 @@ static EX_UNUSED int ex_parse(ex_args *a, int argc, char **argv) {
     a->model = "llama-3.1-8b"; a->transport = "file"; a->dir = NULL; a->times = NULL;
     a->bootstrap = NULL;
     a->requests = 64; a->min_tokens = 16; a->max_tokens = 2048; a->chunk_tokens = 512;
-    a->page_size = 16; a->pool_pages = 0; a->inflight = 4; a->seed = 1; a->quiet = 0;
+    a->page_size = 16; a->pool_pages = 0; a->inflight = 4; a->seed = 1; a->quiet = 0; a->gpu = 0;
     for (i = 1; i < argc; i++) {
         const char *k = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         unsigned long long n = v ? strtoull(v, NULL, 10) : 0;
         if (!strcmp(k, "--quiet")) { a->quiet = 1; continue; }
+        if (!strcmp(k, "--gpu")) { a->gpu = 1; continue; }
         if (!v) { ex_usage(argv[0]); return -1; }
         i++;
         if (!strcmp(k, "--model")) a->model = v;
@@ -281,6 +394,7 @@ static EX_UNUSED int ex_parse(ex_args *a, int argc, char **argv) {
         else if (!strcmp(k, "--seed")) a->seed = n;
         else { ex_usage(argv[0]); return -1; }
     }
+    if (!strcmp(a->transport, "cuda")) a->gpu = 1; /* GPU to GPU needs the pool on the GPU */
     if (!ex_model_find(a->model)) {
         fprintf(stderr, "unknown model '%s'\n", a->model);
         return -1;

@@ -3,10 +3,13 @@
    It plays the part of a prefill engine: for each request it takes scattered
    pages from its KV pool, "runs prefill" (fills the pages with the bytes the
    decode side will expect), and hands them to kvx in chunks, as chunked
-   prefill produces them. Copy the loop in run() into your engine. */
+   prefill produces them. Copy the loop in run() into your engine. With
+   --gpu the pool is in GPU memory (see ex_gpu_init in kvx_example.h). */
 #define KVX_IMPLEMENTATION
 #include "../kvx_file.h"
 #include "../kvx_tcp.h"
+#include "../kvx_cuda.h"
+#include "../kvx_rdma.h"
 #include "kvx_example.h"
 
 typedef struct inflight {
@@ -18,8 +21,8 @@ typedef struct inflight {
 } inflight;
 
 /* One request: allocate, prefill, then send chunk by chunk. */
-static int start(kvx_engine *e, ex_pool *pool, const ex_args *a, ex_request *req, inflight *f,
-                 FILE *times) {
+static int start(kvx_engine *e, ex_pool *pool, ex_gpu *gpu, const ex_args *a, ex_request *req,
+                 inflight *f, FILE *times) {
     kvx_room_desc rd;
     memset(&rd, 0, sizeof rd);
     rd.room = req->room;
@@ -27,7 +30,7 @@ static int start(kvx_engine *e, ex_pool *pool, const ex_args *a, ex_request *req
     f->pages = (int32_t *)malloc(req->pages * sizeof(int32_t));
     if (!f->pages || ex_alloc_pages(pool, f->pages, req->pages)) return -1;
     f->slot = ex_alloc_slot(pool);
-    ex_pages_pattern(pool, req->room, f->pages, req->pages, 1); /* the "forward pass" */
+    ex_request_pages(gpu, pool, req->room, f->pages, req->pages, 1); /* the "forward pass" */
     ex_aux_write(pool, req->room, f->slot);
     if (kvx_sender_create(e, &rd, &f->s) != KVX_OK) return -1;
     /* With a handshake the sender waits here for the decode side's pages. */
@@ -60,6 +63,7 @@ static void finish(ex_pool *pool, inflight *f) {
 int main(int argc, char **argv) {
     ex_args a;
     ex_pool pool;
+    ex_gpu gpu, *g = NULL;
     ex_request *reqs;
     inflight *fl;
     kvx_engine_desc d;
@@ -76,10 +80,20 @@ int main(int argc, char **argv) {
     reqs = (ex_request *)calloc(a.requests, sizeof *reqs);
     fl = (inflight *)calloc(a.inflight, sizeof *fl);
     ex_requests(reqs, a.requests, a.seed, a.min_tokens, a.max_tokens, a.page_size);
+    if (a.gpu) {
+        if (ex_gpu_init(&gpu, &pool, why, sizeof why)) {
+            fprintf(stderr, "prefill: %s\n", why);
+            return 1;
+        }
+        g = &gpu;
+    }
     kvx_file_register();
     kvx_tcp_register();
+    kvx_rdma_register();
+    kvx_cuda_register();
     memset(&d, 0, sizeof d);
     d.role = KVX_ROLE_PREFILL;
+    if (g) d.mem = g->ops;
     d.transport = a.transport;
     d.layout = pool.layout;
     d.file.dir = a.dir;
@@ -94,7 +108,7 @@ int main(int argc, char **argv) {
             inflight *f = &fl[i];
             kvx_poll st;
             if (!f->s && next < a.requests) {
-                if (start(e, &pool, &a, &reqs[next], f, times)) {
+                if (start(e, &pool, g, &a, &reqs[next], f, times)) {
                     fprintf(stderr, "prefill: room %llu: %s\n", (unsigned long long)reqs[next].room,
                             f->s ? kvx_sender_error(f->s) : "cannot allocate pages");
                     if (!f->s) return 1;
@@ -122,6 +136,7 @@ int main(int argc, char **argv) {
     kvx_engine_destroy(e);
     if (!a.quiet)
         printf("prefill: %u requests sent, %u failed\n", a.requests - failed, failed);
+    if (g) ex_gpu_free(g, &pool);
     ex_pool_free(&pool);
     free(reqs);
     free(fl);
