@@ -15,8 +15,21 @@ bash tests/compile/check.sh; result $?
 step "build and run (build/)"
 if make -s -j"$J" all; then bash tests/run_tests.sh build; result $?; else result 1; fi
 
-step "demo, small (build/)"
-./build/kvx_demo --requests 8 --max-tokens 512 --inflight 2 | tail -8; result $?
+step "demo, small, on every transport this machine can run (build/)"
+demo() { local label=$1; shift; if out=$("$@" --requests 8 --max-tokens 512 --inflight 2 2>&1); then
+    echo "  ok    $label: $(echo "$out" | grep -E 'KV bytes moved' | tr -s ' ')"; return 0
+  else echo "  FAIL  $label"; echo "$out" | tail -15 | sed 's/^/        /'; return 1; fi; }
+drc=0
+demo "file" ./build/kvx_demo || drc=1
+demo "file + bootstrap handshake" ./build/kvx_demo --handshake || drc=1
+demo "tcp" ./build/kvx_demo --transport tcp || drc=1
+if [ -f tests/softverbs/libsoftverbs.so ] && [ -f /usr/include/infiniband/verbs.h ]; then
+  KVX_IBVERBS_LIBRARY=$PWD/tests/softverbs/libsoftverbs.so demo "rdma on softverbs" ./build/kvx_demo --transport rdma || drc=1
+else echo "  skip  rdma: built without the rdma-core headers"; fi
+if [ -f tests/fakecuda/libfakecuda.so ]; then
+  KVX_CUDA_LIBRARY=$PWD/tests/fakecuda/libfakecuda.so demo "cuda on the fake driver" ./build/kvx_demo --transport cuda || drc=1
+else echo "  skip  cuda: built without the CUDA toolkit headers"; fi
+result $drc
 
 SAN_ASAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer"
 step "ASan + UBSan (build/asan/)"
