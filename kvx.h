@@ -942,6 +942,24 @@ KVX_API void kvx_sha256_final(kvx_sha256 *s, uint8_t out[32]) {
 
 /* >>impl: shared helpers of the file-based headers -------------------------- */
 
+/* Little-endian integers of the wire and disk formats. */
+static KVX__UNUSED void kvx__le_w16(uint8_t *p, uint16_t v) { p[0] = (uint8_t)v; p[1] = (uint8_t)(v >> 8); }
+static KVX__UNUSED void kvx__le_w32(uint8_t *p, uint32_t v) {
+    p[0] = (uint8_t)v; p[1] = (uint8_t)(v >> 8); p[2] = (uint8_t)(v >> 16); p[3] = (uint8_t)(v >> 24);
+}
+static KVX__UNUSED void kvx__le_w64(uint8_t *p, uint64_t v) {
+    kvx__le_w32(p, (uint32_t)v);
+    kvx__le_w32(p + 4, (uint32_t)(v >> 32));
+}
+static KVX__UNUSED uint16_t kvx__le_r16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
+static KVX__UNUSED uint32_t kvx__le_r32(const uint8_t *p) {
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+static KVX__UNUSED uint64_t kvx__le_r64(const uint8_t *p) {
+    return (uint64_t)kvx__le_r32(p) | (uint64_t)kvx__le_r32(p + 4) << 32;
+}
+
+
 static KVX__UNUSED kvx_result kvx__errno_result(int err) {
     switch (err) {
     case ENOSPC: case EDQUOT: case EFBIG: return KVX_ERR_NO_SPACE;

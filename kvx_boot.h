@@ -482,21 +482,6 @@ extern "C" {
 
 /* >>boot: byte helpers -------------------------------------------------- */
 
-static void kvx__boot_w16(uint8_t *p, uint16_t v) { p[0] = (uint8_t)v; p[1] = (uint8_t)(v >> 8); }
-static void kvx__boot_w32(uint8_t *p, uint32_t v) {
-    p[0] = (uint8_t)v; p[1] = (uint8_t)(v >> 8); p[2] = (uint8_t)(v >> 16); p[3] = (uint8_t)(v >> 24);
-}
-static void kvx__boot_w64(uint8_t *p, uint64_t v) {
-    kvx__boot_w32(p, (uint32_t)v);
-    kvx__boot_w32(p + 4, (uint32_t)(v >> 32));
-}
-static uint16_t kvx__boot_r16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
-static uint32_t kvx__boot_r32(const uint8_t *p) {
-    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-static uint64_t kvx__boot_r64(const uint8_t *p) {
-    return (uint64_t)kvx__boot_r32(p) | (uint64_t)kvx__boot_r32(p + 4) << 32;
-}
 
 /* Copies a NUL-terminated string into out[n], truncating. */
 static void kvx__boot_copy(char *out, size_t n, const char *s) {
@@ -579,29 +564,29 @@ static kvx_result kvx__boot_decode_hello(const uint8_t *p, uint32_t n, kvx_boot_
                              KVX__BOOT_HELLO_FIXED);
     if (memcmp(p, KVX__BOOT_MAGIC, 8) != 0)
         return kvx__boot_bad(why, wl, "hello does not start with \"kvx-boot\" (not a kvx peer?)");
-    h->version = kvx__boot_r16(p + 8);
+    h->version = kvx__le_r16(p + 8);
     if (h->version != KVX_BOOT_PROTOCOL_VERSION)
         return kvx__boot_bad(why, wl, "peer speaks kvx boot protocol version %u, this side %d",
                              h->version, KVX_BOOT_PROTOCOL_VERSION);
-    h->role = kvx__boot_r16(p + 10);
+    h->role = kvx__le_r16(p + 10);
     if (h->role != KVX_ROLE_PREFILL && h->role != KVX_ROLE_DECODE)
         return kvx__boot_bad(why, wl, "hello has role %u (1 prefill or 2 decode expected)", h->role);
-    if (kvx__boot_r32(p + 12) != 0) return kvx__boot_bad(why, wl, "hello flags are not 0");
-    h->instance = kvx__boot_r64(p + 16);
-    h->fingerprint = kvx__boot_r64(p + 24);
-    h->tp_size = (int32_t)kvx__boot_r32(p + 32); h->tp_rank = (int32_t)kvx__boot_r32(p + 36);
-    h->dp_size = (int32_t)kvx__boot_r32(p + 40); h->dp_rank = (int32_t)kvx__boot_r32(p + 44);
-    h->pp_size = (int32_t)kvx__boot_r32(p + 48); h->pp_rank = (int32_t)kvx__boot_r32(p + 52);
-    h->cp_size = (int32_t)kvx__boot_r32(p + 56); h->cp_rank = (int32_t)kvx__boot_r32(p + 60);
-    h->page_size = kvx__boot_r32(p + 64);
-    h->dtype_size = kvx__boot_r32(p + 68);
-    h->num_kv_heads = kvx__boot_r32(p + 72);
-    h->mla = kvx__boot_r32(p + 76);
-    h->num_buffers = kvx__boot_r32(p + 80);
-    h->num_aux = kvx__boot_r32(p + 84);
-    dl = kvx__boot_r16(p + 88);
-    tl = kvx__boot_r16(p + 90);
-    el = kvx__boot_r32(p + 92);
+    if (kvx__le_r32(p + 12) != 0) return kvx__boot_bad(why, wl, "hello flags are not 0");
+    h->instance = kvx__le_r64(p + 16);
+    h->fingerprint = kvx__le_r64(p + 24);
+    h->tp_size = (int32_t)kvx__le_r32(p + 32); h->tp_rank = (int32_t)kvx__le_r32(p + 36);
+    h->dp_size = (int32_t)kvx__le_r32(p + 40); h->dp_rank = (int32_t)kvx__le_r32(p + 44);
+    h->pp_size = (int32_t)kvx__le_r32(p + 48); h->pp_rank = (int32_t)kvx__le_r32(p + 52);
+    h->cp_size = (int32_t)kvx__le_r32(p + 56); h->cp_rank = (int32_t)kvx__le_r32(p + 60);
+    h->page_size = kvx__le_r32(p + 64);
+    h->dtype_size = kvx__le_r32(p + 68);
+    h->num_kv_heads = kvx__le_r32(p + 72);
+    h->mla = kvx__le_r32(p + 76);
+    h->num_buffers = kvx__le_r32(p + 80);
+    h->num_aux = kvx__le_r32(p + 84);
+    dl = kvx__le_r16(p + 88);
+    tl = kvx__le_r16(p + 90);
+    el = kvx__le_r32(p + 92);
     if (h->num_buffers > KVX_MAX_BUFFERS || h->num_aux > KVX_MAX_AUX)
         return kvx__boot_bad(why, wl, "hello declares %u KV and %u aux buffers (limits %d, %d)",
                              h->num_buffers, h->num_aux, KVX_MAX_BUFFERS, KVX_MAX_AUX);
@@ -632,9 +617,9 @@ KVX_API kvx_result kvx_boot_decode_frame(const void *buf, size_t len, kvx_boot_f
     *consumed = 0;
     memset(f, 0, sizeof *f);
     if (len < KVX__BOOT_HDR) return KVX_OK;
-    blen = kvx__boot_r32(p);
-    type = kvx__boot_r16(p + 4);
-    flags = kvx__boot_r16(p + 6);
+    blen = kvx__le_r32(p);
+    type = kvx__le_r16(p + 4);
+    flags = kvx__le_r16(p + 6);
     f->body_len = blen;
     if (type < KVX_BOOT_FRAME_HELLO || type > KVX_BOOT_FRAME_ABORT)
         return kvx__boot_bad(why, wl, "unknown frame type %u", type);
@@ -657,11 +642,11 @@ KVX_API kvx_result kvx_boot_decode_frame(const void *buf, size_t len, kvx_boot_f
         uint32_t i;
         if (blen < KVX__BOOT_ROOM_FIXED)
             return kvx__boot_bad(why, wl, "room frame of %u bytes is too short", blen);
-        f->room = kvx__boot_r64(b);
-        f->aux_index = (int32_t)kvx__boot_r32(b + 8);
-        f->num_pages = kvx__boot_r32(b + 12);
-        f->peer_index = kvx__boot_r16(b + 16);
-        f->peer_count = kvx__boot_r16(b + 18);
+        f->room = kvx__le_r64(b);
+        f->aux_index = (int32_t)kvx__le_r32(b + 8);
+        f->num_pages = kvx__le_r32(b + 12);
+        f->peer_index = kvx__le_r16(b + 16);
+        f->peer_count = kvx__le_r16(b + 18);
         if (f->num_pages > KVX_MAX_PAGES)
             return kvx__boot_bad(why, wl, "room %llu: %u pages exceed KVX_MAX_PAGES (%u)",
                                  (unsigned long long)f->room, f->num_pages,
@@ -675,25 +660,25 @@ KVX_API kvx_result kvx_boot_decode_frame(const void *buf, size_t len, kvx_boot_f
         if (!f->peer_count || f->peer_index >= f->peer_count)
             return kvx__boot_bad(why, wl, "room %llu: peer index %u of %u",
                                  (unsigned long long)f->room, f->peer_index, f->peer_count);
-        if (kvx__boot_r32(b + 20) != 0)
+        if (kvx__le_r32(b + 20) != 0)
             return kvx__boot_bad(why, wl, "room %llu: reserved field is not 0",
                                  (unsigned long long)f->room);
         f->pages_le = b + KVX__BOOT_ROOM_FIXED;
         for (i = 0; i < f->num_pages; i++)
-            if ((int32_t)kvx__boot_r32(f->pages_le + 4u * i) < 0)
+            if ((int32_t)kvx__le_r32(f->pages_le + 4u * i) < 0)
                 return kvx__boot_bad(why, wl, "room %llu: page index %ld at position %u is negative",
                                      (unsigned long long)f->room,
-                                     (long)(int32_t)kvx__boot_r32(f->pages_le + 4u * i), i);
+                                     (long)(int32_t)kvx__le_r32(f->pages_le + 4u * i), i);
         break;
     }
     case KVX_BOOT_FRAME_STATUS:
         if (blen < KVX__BOOT_STATUS_FIXED)
             return kvx__boot_bad(why, wl, "status frame of %u bytes is too short", blen);
-        f->room = kvx__boot_r64(b);
-        f->bytes = kvx__boot_r64(b + 8);
-        f->state = (int32_t)kvx__boot_r32(b + 16);
-        f->result = (int32_t)kvx__boot_r32(b + 20);
-        f->reason_len = kvx__boot_r32(b + 24);
+        f->room = kvx__le_r64(b);
+        f->bytes = kvx__le_r64(b + 8);
+        f->state = (int32_t)kvx__le_r32(b + 16);
+        f->result = (int32_t)kvx__le_r32(b + 20);
+        f->reason_len = kvx__le_r32(b + 24);
         if (f->state < KVX_POLL_FAILED || f->state > KVX_POLL_SUCCESS)
             return kvx__boot_bad(why, wl, "room %llu: status with state %ld",
                                  (unsigned long long)f->room, (long)f->state);
@@ -706,8 +691,8 @@ KVX_API kvx_result kvx_boot_decode_frame(const void *buf, size_t len, kvx_boot_f
     case KVX_BOOT_FRAME_ABORT:
         if (blen < KVX__BOOT_ABORT_FIXED)
             return kvx__boot_bad(why, wl, "abort frame of %u bytes is too short", blen);
-        f->room = kvx__boot_r64(b);
-        f->reason_len = kvx__boot_r32(b + 8);
+        f->room = kvx__le_r64(b);
+        f->reason_len = kvx__le_r32(b + 8);
         if (f->reason_len > KVX_BOOT_MAX_REASON ||
             (uint64_t)blen != KVX__BOOT_ABORT_FIXED + (uint64_t)f->reason_len)
             return kvx__boot_bad(why, wl, "room %llu: abort reason of %u bytes in a %u-byte frame",
@@ -720,14 +705,14 @@ KVX_API kvx_result kvx_boot_decode_frame(const void *buf, size_t len, kvx_boot_f
 }
 
 KVX_API int32_t kvx_boot_frame_page(const kvx_boot_frame *f, uint32_t i) {
-    if (f->pages_le) return (int32_t)kvx__boot_r32(f->pages_le + 4u * i);
+    if (f->pages_le) return (int32_t)kvx__le_r32(f->pages_le + 4u * i);
     return f->pages ? f->pages[i] : -1;
 }
 
 static void kvx__boot_hdr(uint8_t *p, uint32_t blen, uint32_t type) {
-    kvx__boot_w32(p, blen);
-    kvx__boot_w16(p + 4, (uint16_t)type);
-    kvx__boot_w16(p + 6, 0);
+    kvx__le_w32(p, blen);
+    kvx__le_w16(p + 4, (uint16_t)type);
+    kvx__le_w16(p + 6, 0);
 }
 
 /* Header and fixed part of a room frame (the pages follow). */
@@ -735,12 +720,12 @@ static void kvx__boot_room_head(uint8_t *p, uint64_t room, int32_t aux, uint32_t
                                 uint16_t idx, uint16_t count) {
     kvx__boot_hdr(p, KVX__BOOT_ROOM_FIXED + 4u * n, KVX_BOOT_FRAME_ROOM);
     p += KVX__BOOT_HDR;
-    kvx__boot_w64(p, room);
-    kvx__boot_w32(p + 8, (uint32_t)aux);
-    kvx__boot_w32(p + 12, n);
-    kvx__boot_w16(p + 16, idx);
-    kvx__boot_w16(p + 18, count);
-    kvx__boot_w32(p + 20, 0);
+    kvx__le_w64(p, room);
+    kvx__le_w32(p + 8, (uint32_t)aux);
+    kvx__le_w32(p + 12, n);
+    kvx__le_w16(p + 16, idx);
+    kvx__le_w16(p + 18, count);
+    kvx__le_w32(p + 20, 0);
 }
 
 static size_t kvx__boot_reason_len(size_t len) {
@@ -767,27 +752,27 @@ KVX_API kvx_result kvx_boot_encode_frame(const kvx_boot_frame *f, kvx_buf *out) 
                h->transport_len + h->endpoint_len;
         kvx__boot_hdr(fixed, (uint32_t)blen, KVX_BOOT_FRAME_HELLO);
         memcpy(b, KVX__BOOT_MAGIC, 8);
-        kvx__boot_w16(b + 8, h->version ? h->version : KVX_BOOT_PROTOCOL_VERSION);
-        kvx__boot_w16(b + 10, h->role);
-        kvx__boot_w64(b + 16, h->instance);
-        kvx__boot_w64(b + 24, h->fingerprint);
-        kvx__boot_w32(b + 32, (uint32_t)h->tp_size); kvx__boot_w32(b + 36, (uint32_t)h->tp_rank);
-        kvx__boot_w32(b + 40, (uint32_t)h->dp_size); kvx__boot_w32(b + 44, (uint32_t)h->dp_rank);
-        kvx__boot_w32(b + 48, (uint32_t)h->pp_size); kvx__boot_w32(b + 52, (uint32_t)h->pp_rank);
-        kvx__boot_w32(b + 56, (uint32_t)h->cp_size); kvx__boot_w32(b + 60, (uint32_t)h->cp_rank);
-        kvx__boot_w32(b + 64, h->page_size);
-        kvx__boot_w32(b + 68, h->dtype_size);
-        kvx__boot_w32(b + 72, h->num_kv_heads);
-        kvx__boot_w32(b + 76, h->mla);
-        kvx__boot_w32(b + 80, h->num_buffers);
-        kvx__boot_w32(b + 84, h->num_aux);
-        kvx__boot_w16(b + 88, (uint16_t)h->dtype_len);
-        kvx__boot_w16(b + 90, (uint16_t)h->transport_len);
-        kvx__boot_w32(b + 92, h->endpoint_len);
+        kvx__le_w16(b + 8, h->version ? h->version : KVX_BOOT_PROTOCOL_VERSION);
+        kvx__le_w16(b + 10, h->role);
+        kvx__le_w64(b + 16, h->instance);
+        kvx__le_w64(b + 24, h->fingerprint);
+        kvx__le_w32(b + 32, (uint32_t)h->tp_size); kvx__le_w32(b + 36, (uint32_t)h->tp_rank);
+        kvx__le_w32(b + 40, (uint32_t)h->dp_size); kvx__le_w32(b + 44, (uint32_t)h->dp_rank);
+        kvx__le_w32(b + 48, (uint32_t)h->pp_size); kvx__le_w32(b + 52, (uint32_t)h->pp_rank);
+        kvx__le_w32(b + 56, (uint32_t)h->cp_size); kvx__le_w32(b + 60, (uint32_t)h->cp_rank);
+        kvx__le_w32(b + 64, h->page_size);
+        kvx__le_w32(b + 68, h->dtype_size);
+        kvx__le_w32(b + 72, h->num_kv_heads);
+        kvx__le_w32(b + 76, h->mla);
+        kvx__le_w32(b + 80, h->num_buffers);
+        kvx__le_w32(b + 84, h->num_aux);
+        kvx__le_w16(b + 88, (uint16_t)h->dtype_len);
+        kvx__le_w16(b + 90, (uint16_t)h->transport_len);
+        kvx__le_w32(b + 92, h->endpoint_len);
         kvx__boot_put(out, fixed, sizeof fixed);
         for (i = 0; i < h->num_buffers + h->num_aux; i++) {
             uint8_t v[8];
-            kvx__boot_w64(v, i < h->num_buffers ? h->item_lens[i]
+            kvx__le_w64(v, i < h->num_buffers ? h->item_lens[i]
                                                 : h->aux_item_lens[i - h->num_buffers]);
             kvx__boot_put(out, v, 8);
         }
@@ -805,18 +790,18 @@ KVX_API kvx_result kvx_boot_encode_frame(const kvx_boot_frame *f, kvx_buf *out) 
         kvx__boot_put(out, fixed, KVX__BOOT_HDR + KVX__BOOT_ROOM_FIXED);
         for (i = 0; i < f->num_pages; i++) {
             uint8_t v[4];
-            kvx__boot_w32(v, (uint32_t)f->pages[i]);
+            kvx__le_w32(v, (uint32_t)f->pages[i]);
             kvx__boot_put(out, v, 4);
         }
         break;
     case KVX_BOOT_FRAME_STATUS: {
         size_t rl = f->reason ? kvx__boot_reason_len(f->reason_len) : 0;
         kvx__boot_hdr(fixed, (uint32_t)(KVX__BOOT_STATUS_FIXED + rl), KVX_BOOT_FRAME_STATUS);
-        kvx__boot_w64(b, f->room);
-        kvx__boot_w64(b + 8, f->bytes);
-        kvx__boot_w32(b + 16, (uint32_t)f->state);
-        kvx__boot_w32(b + 20, (uint32_t)f->result);
-        kvx__boot_w32(b + 24, (uint32_t)rl);
+        kvx__le_w64(b, f->room);
+        kvx__le_w64(b + 8, f->bytes);
+        kvx__le_w32(b + 16, (uint32_t)f->state);
+        kvx__le_w32(b + 20, (uint32_t)f->result);
+        kvx__le_w32(b + 24, (uint32_t)rl);
         kvx__boot_put(out, fixed, KVX__BOOT_HDR + KVX__BOOT_STATUS_FIXED);
         kvx__boot_put(out, f->reason, rl);
         break;
@@ -824,8 +809,8 @@ KVX_API kvx_result kvx_boot_encode_frame(const kvx_boot_frame *f, kvx_buf *out) 
     case KVX_BOOT_FRAME_ABORT: {
         size_t rl = f->reason ? kvx__boot_reason_len(f->reason_len) : 0;
         kvx__boot_hdr(fixed, (uint32_t)(KVX__BOOT_ABORT_FIXED + rl), KVX_BOOT_FRAME_ABORT);
-        kvx__boot_w64(b, f->room);
-        kvx__boot_w32(b + 8, (uint32_t)rl);
+        kvx__le_w64(b, f->room);
+        kvx__le_w32(b + 8, (uint32_t)rl);
         kvx__boot_put(out, fixed, KVX__BOOT_HDR + KVX__BOOT_ABORT_FIXED);
         kvx__boot_put(out, f->reason, rl);
         break;
@@ -1663,11 +1648,11 @@ static kvx_result kvx__boot_conn_status(kvx__boot_conn *c, uint64_t room, kvx_po
     size_t rl = reason ? kvx__boot_reason_len(strlen(reason)) : 0;
     struct iovec v[2];
     kvx__boot_hdr(h, (uint32_t)(KVX__BOOT_STATUS_FIXED + rl), KVX_BOOT_FRAME_STATUS);
-    kvx__boot_w64(h + 8, room);
-    kvx__boot_w64(h + 16, bytes);
-    kvx__boot_w32(h + 24, (uint32_t)state);
-    kvx__boot_w32(h + 28, (uint32_t)res);
-    kvx__boot_w32(h + 32, (uint32_t)rl);
+    kvx__le_w64(h + 8, room);
+    kvx__le_w64(h + 16, bytes);
+    kvx__le_w32(h + 24, (uint32_t)state);
+    kvx__le_w32(h + 28, (uint32_t)res);
+    kvx__le_w32(h + 32, (uint32_t)rl);
     v[0].iov_base = h; v[0].iov_len = sizeof h;
     v[1].iov_base = (void *)reason; v[1].iov_len = rl;
     return kvx__boot_conn_sendv(c, v, rl ? 2 : 1);
@@ -1678,8 +1663,8 @@ static kvx_result kvx__boot_conn_abort(kvx__boot_conn *c, uint64_t room, const c
     size_t rl = reason ? kvx__boot_reason_len(strlen(reason)) : 0;
     struct iovec v[2];
     kvx__boot_hdr(h, (uint32_t)(KVX__BOOT_ABORT_FIXED + rl), KVX_BOOT_FRAME_ABORT);
-    kvx__boot_w64(h + 8, room);
-    kvx__boot_w32(h + 16, (uint32_t)rl);
+    kvx__le_w64(h + 8, room);
+    kvx__le_w32(h + 16, (uint32_t)rl);
     v[0].iov_base = h; v[0].iov_len = sizeof h;
     v[1].iov_base = (void *)reason; v[1].iov_len = rl;
     return kvx__boot_conn_sendv(c, v, rl ? 2 : 1);
@@ -3184,8 +3169,8 @@ static void kvx__boot_layout_diff(kvx_boot *b, const kvx_boot_hello *h, char *ou
     memset(&t, 0, sizeof t);
     memcpy(dt, h->dtype, h->dtype_len);
     dt[h->dtype_len] = 0;
-    for (i = 0; i < h->num_buffers; i++) bufs[i].item_len = kvx__boot_r64(h->item_lens_le + 8u * i);
-    for (i = 0; i < h->num_aux; i++) aux[i].item_len = kvx__boot_r64(h->aux_item_lens_le + 8u * i);
+    for (i = 0; i < h->num_buffers; i++) bufs[i].item_len = kvx__le_r64(h->item_lens_le + 8u * i);
+    for (i = 0; i < h->num_aux; i++) aux[i].item_len = kvx__le_r64(h->aux_item_lens_le + 8u * i);
     t.buffers = bufs; t.num_buffers = h->num_buffers;
     t.aux = aux; t.num_aux = h->num_aux;
     t.page_size = h->page_size; t.dtype_size = h->dtype_size; t.num_kv_heads = h->num_kv_heads;
@@ -3824,7 +3809,7 @@ KVX_API kvx_result kvx_boot_receiver_init(kvx_boot *b, kvx_room *r, const int32_
     if (n) {
         le = (int32_t *)malloc(n * sizeof *le);
         if (!le) { kvx__boot_conns_release(cs, nc, stack); return KVX_ERR_NO_MEMORY; }
-        for (i = 0; i < n; i++) kvx__boot_w32((uint8_t *)&le[i], (uint32_t)pages[i]);
+        for (i = 0; i < n; i++) kvx__le_w32((uint8_t *)&le[i], (uint32_t)pages[i]);
     }
 #endif
     v[1].iov_base = (void *)(le ? le : pages);

@@ -447,25 +447,6 @@ extern "C" {
 #define KVX__CUX_TEXT 64u     /* node id, host name */
 #define KVX__CUX_SLOT_HDR 16u /* aux slot header: u64 room, u64 ~room */
 
-static KVX__UNUSED void kvx__cux_w16(uint8_t *p, uint16_t v) {
-    p[0] = (uint8_t)v;
-    p[1] = (uint8_t)(v >> 8);
-}
-static KVX__UNUSED void kvx__cux_w32(uint8_t *p, uint32_t v) {
-    kvx__cux_w16(p, (uint16_t)v);
-    kvx__cux_w16(p + 2, (uint16_t)(v >> 16));
-}
-static KVX__UNUSED void kvx__cux_w64(uint8_t *p, uint64_t v) {
-    kvx__cux_w32(p, (uint32_t)v);
-    kvx__cux_w32(p + 4, (uint32_t)(v >> 32));
-}
-static uint16_t kvx__cux_r16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
-static uint32_t kvx__cux_r32(const uint8_t *p) {
-    return (uint32_t)kvx__cux_r16(p) | (uint32_t)kvx__cux_r16(p + 2) << 16;
-}
-static uint64_t kvx__cux_r64(const uint8_t *p) {
-    return (uint64_t)kvx__cux_r32(p) | (uint64_t)kvx__cux_r32(p + 4) << 32;
-}
 
 /* An endpoint as read from a peer; the tables point into its bytes. */
 typedef struct kvx__cux_ep {
@@ -495,24 +476,24 @@ static KVX__UNUSED const uint8_t *kvx__cux_ep_alloc(const kvx__cux_ep *ep, uint3
                                                     uint64_t *base, int32_t *device,
                                                     uint64_t *len) {
     const uint8_t *a = ep->allocs + (size_t)i * KVX__CUX_ALLOC;
-    *base = kvx__cux_r64(a + 64);
-    *device = (int32_t)kvx__cux_r32(a + 72);
-    *len = kvx__cux_r64(a + 80);
+    *base = kvx__le_r64(a + 64);
+    *device = (int32_t)kvx__le_r32(a + 72);
+    *len = kvx__le_r64(a + 80);
     return a; /* the 64-byte IPC handle */
 }
 
 static void kvx__cux_ep_buf(const kvx__cux_ep *ep, uint32_t i, uint32_t *alloc, uint64_t *off,
                             uint64_t *len) {
     const uint8_t *b = ep->bufs + (size_t)i * KVX__CUX_BUF;
-    *alloc = kvx__cux_r32(b);
-    *off = kvx__cux_r64(b + 8);
-    *len = kvx__cux_r64(b + 16);
+    *alloc = kvx__le_r32(b);
+    *off = kvx__le_r64(b + 8);
+    *len = kvx__le_r64(b + 16);
 }
 
 static void kvx__cux_ep_aux(const kvx__cux_ep *ep, uint32_t i, uint64_t *item, uint64_t *off) {
     const uint8_t *x = ep->aux + (size_t)i * KVX__CUX_AUXE;
-    *item = kvx__cux_r64(x);
-    *off = kvx__cux_r64(x + 8);
+    *item = kvx__le_r64(x);
+    *off = kvx__le_r64(x + 8);
 }
 
 static kvx_result kvx__cux_bad(char *why, size_t wl, const char *fmt, ...) KVX_PRINTF(3, 4);
@@ -569,9 +550,9 @@ static kvx_result kvx__cux_parse(const void *buf, size_t len, kvx__cux_ep *ep, c
     if (!p || len < KVX__CUX_FIXED || memcmp(p, "kvx-cuda", 8))
         return kvx__cux_bad(why, wl, "%zu bytes without the \"kvx-cuda\" magic (the peer does "
                             "not run the cuda transport)", p ? len : (size_t)0);
-    ep->version = kvx__cux_r16(p + 8);
-    ep->role = kvx__cux_r16(p + 10);
-    ep->pid = kvx__cux_r32(p + 12);
+    ep->version = kvx__le_r16(p + 8);
+    ep->role = kvx__le_r16(p + 10);
+    ep->pid = kvx__le_r32(p + 12);
     if (ep->version != KVX_CUDA_ENDPOINT_VERSION)
         return kvx__cux_bad(why, wl, "version %u, this side speaks %d", ep->version,
                             KVX_CUDA_ENDPOINT_VERSION);
@@ -581,14 +562,14 @@ static kvx_result kvx__cux_parse(const void *buf, size_t len, kvx__cux_ep *ep, c
         return kvx__cux_bad(why, wl, "process id %u", ep->pid);
     if (kvx__cux_text(p + 16, ep->node) || kvx__cux_text(p + 80, ep->host) || !ep->node[0])
         return kvx__cux_bad(why, wl, "node id or host name is not printable NUL-padded text");
-    ep->nalloc = kvx__cux_r32(p + 144);
-    ep->nb = kvx__cux_r32(p + 148);
-    ep->na = kvx__cux_r32(p + 152);
-    ep->aux_slots = kvx__cux_r32(p + 156);
-    ep->aux_slot_bytes = kvx__cux_r32(p + 160);
-    ep->aux_fd = (int32_t)kvx__cux_r32(p + 164);
-    ep->aux_ino = kvx__cux_r64(p + 168);
-    ep->aux_size = kvx__cux_r64(p + 176);
+    ep->nalloc = kvx__le_r32(p + 144);
+    ep->nb = kvx__le_r32(p + 148);
+    ep->na = kvx__le_r32(p + 152);
+    ep->aux_slots = kvx__le_r32(p + 156);
+    ep->aux_slot_bytes = kvx__le_r32(p + 160);
+    ep->aux_fd = (int32_t)kvx__le_r32(p + 164);
+    ep->aux_ino = kvx__le_r64(p + 168);
+    ep->aux_size = kvx__le_r64(p + 176);
     if (ep->nalloc > KVX_MAX_BUFFERS || ep->nb > KVX_MAX_BUFFERS || ep->na > KVX_MAX_AUX)
         return kvx__cux_bad(why, wl, "%u allocations, %u buffers, %u aux buffers (at most %u, "
                             "%u, %u)", ep->nalloc, ep->nb, ep->na, (unsigned)KVX_MAX_BUFFERS,
@@ -2431,12 +2412,12 @@ static kvx_result kvx__cux_seg_open(kvx__cux_peer *p, char *why, size_t wl) {
 static void kvx__cux_ep_head(const kvx__cux_engine *ce, uint8_t *p) {
     memset(p, 0, KVX__CUX_FIXED);
     memcpy(p, "kvx-cuda", 8);
-    kvx__cux_w16(p + 8, KVX_CUDA_ENDPOINT_VERSION);
-    kvx__cux_w16(p + 10, (uint16_t)ce->role);
-    kvx__cux_w32(p + 12, ce->pid);
+    kvx__le_w16(p + 8, KVX_CUDA_ENDPOINT_VERSION);
+    kvx__le_w16(p + 10, (uint16_t)ce->role);
+    kvx__le_w32(p + 12, ce->pid);
     memcpy(p + 16, ce->node, strlen(ce->node));
     memcpy(p + 80, ce->host, strlen(ce->host));
-    kvx__cux_w32(p + 164, (uint32_t)-1); /* aux fd */
+    kvx__le_w32(p + 164, (uint32_t)-1); /* aux fd */
 }
 
 /* Decode: exports the allocation under every KV buffer (once per
@@ -2467,15 +2448,15 @@ static kvx_result kvx__cux_ep_decode(kvx__cux_engine *ce, char *why, size_t wl) 
             uint8_t *a = allocs + (size_t)nalloc * KVX__CUX_ALLOC;
             bases[nalloc++] = base;
             memcpy(a, h, KVX_CUDA_IPC_HANDLE_BYTES);
-            kvx__cux_w64(a + 64, base);
-            kvx__cux_w32(a + 72, (uint32_t)b->device);
-            kvx__cux_w32(a + 76, 0);
-            kvx__cux_w64(a + 80, alen);
+            kvx__le_w64(a + 64, base);
+            kvx__le_w32(a + 72, (uint32_t)b->device);
+            kvx__le_w32(a + 76, 0);
+            kvx__le_w64(a + 80, alen);
         }
-        kvx__cux_w32(bufs + (size_t)i * KVX__CUX_BUF, j);
-        kvx__cux_w32(bufs + (size_t)i * KVX__CUX_BUF + 4, 0);
-        kvx__cux_w64(bufs + (size_t)i * KVX__CUX_BUF + 8, off);
-        kvx__cux_w64(bufs + (size_t)i * KVX__CUX_BUF + 16, b->length);
+        kvx__le_w32(bufs + (size_t)i * KVX__CUX_BUF, j);
+        kvx__le_w32(bufs + (size_t)i * KVX__CUX_BUF + 4, 0);
+        kvx__le_w64(bufs + (size_t)i * KVX__CUX_BUF + 8, off);
+        kvx__le_w64(bufs + (size_t)i * KVX__CUX_BUF + 16, b->length);
     }
     if (r != KVX_OK) goto out;
     ce->ep_len = KVX__CUX_FIXED + (size_t)nalloc * KVX__CUX_ALLOC + (size_t)nb * KVX__CUX_BUF +
@@ -2497,17 +2478,17 @@ static kvx_result kvx__cux_ep_decode(kvx__cux_engine *ce, char *why, size_t wl) 
         goto out;
     }
     kvx__cux_ep_head(ce, p);
-    kvx__cux_w32(p + 144, nalloc);
-    kvx__cux_w32(p + 148, nb);
-    kvx__cux_w32(p + 152, na);
+    kvx__le_w32(p + 144, nalloc);
+    kvx__le_w32(p + 148, nb);
+    kvx__le_w32(p + 152, na);
     if (na) {
         struct stat st;
         fstat(ce->seg_fd, &st);
-        kvx__cux_w32(p + 156, ce->slots);
-        kvx__cux_w32(p + 160, ce->slot_bytes);
-        kvx__cux_w32(p + 164, (uint32_t)ce->seg_fd);
-        kvx__cux_w64(p + 168, (uint64_t)st.st_ino);
-        kvx__cux_w64(p + 176, ce->seg_size);
+        kvx__le_w32(p + 156, ce->slots);
+        kvx__le_w32(p + 160, ce->slot_bytes);
+        kvx__le_w32(p + 164, (uint32_t)ce->seg_fd);
+        kvx__le_w64(p + 168, (uint64_t)st.st_ino);
+        kvx__le_w64(p + 176, ce->seg_size);
     }
     p += KVX__CUX_FIXED;
     memcpy(p, allocs, (size_t)nalloc * KVX__CUX_ALLOC);
@@ -2515,8 +2496,8 @@ static kvx_result kvx__cux_ep_decode(kvx__cux_engine *ce, char *why, size_t wl) 
     memcpy(p, bufs, (size_t)nb * KVX__CUX_BUF);
     p += (size_t)nb * KVX__CUX_BUF;
     for (i = 0; i < na; i++) {
-        kvx__cux_w64(p + (size_t)i * KVX__CUX_AUXE, l->aux[i].item_len);
-        kvx__cux_w64(p + (size_t)i * KVX__CUX_AUXE + 8, ce->aux_off[i]);
+        kvx__le_w64(p + (size_t)i * KVX__CUX_AUXE, l->aux[i].item_len);
+        kvx__le_w64(p + (size_t)i * KVX__CUX_AUXE + 8, ce->aux_off[i]);
     }
     KVX__STORE(&ce->st.exported_allocs, (uint64_t)nalloc);
 out:

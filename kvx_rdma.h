@@ -357,24 +357,6 @@ static const char kvx__rdma_cm_magic[4] = {'K', 'V', 'X', 'R'};
 #define KVX__RDMA_QP_ENTRY 12u
 #define KVX__RDMA_MAX_REASON 1024u
 
-static KVX__UNUSED void kvx__rdma_w16(uint8_t *p, uint16_t v) {
-    p[0] = (uint8_t)v;
-    p[1] = (uint8_t)(v >> 8);
-}
-static KVX__UNUSED void kvx__rdma_w32(uint8_t *p, uint32_t v) {
-    p[0] = (uint8_t)v; p[1] = (uint8_t)(v >> 8); p[2] = (uint8_t)(v >> 16); p[3] = (uint8_t)(v >> 24);
-}
-static KVX__UNUSED void kvx__rdma_w64(uint8_t *p, uint64_t v) {
-    kvx__rdma_w32(p, (uint32_t)v);
-    kvx__rdma_w32(p + 4, (uint32_t)(v >> 32));
-}
-static uint16_t kvx__rdma_r16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
-static uint32_t kvx__rdma_r32(const uint8_t *p) {
-    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-static uint64_t kvx__rdma_r64(const uint8_t *p) {
-    return (uint64_t)kvx__rdma_r32(p) | (uint64_t)kvx__rdma_r32(p + 4) << 32;
-}
 
 /* Appends to a kvx_buf (binary). */
 static KVX__UNUSED void kvx__rdma_put(kvx_buf *b, const void *p, size_t n) {
@@ -391,15 +373,15 @@ static KVX__UNUSED void kvx__rdma_put(kvx_buf *b, const void *p, size_t n) {
     if (n) memcpy(b->data + b->len, p, n);
     b->len += n;
 }
-static KVX__UNUSED void kvx__rdma_put16(kvx_buf *b, uint16_t v) { uint8_t t[2]; kvx__rdma_w16(t, v); kvx__rdma_put(b, t, 2); }
-static KVX__UNUSED void kvx__rdma_put32(kvx_buf *b, uint32_t v) { uint8_t t[4]; kvx__rdma_w32(t, v); kvx__rdma_put(b, t, 4); }
-static KVX__UNUSED void kvx__rdma_put64(kvx_buf *b, uint64_t v) { uint8_t t[8]; kvx__rdma_w64(t, v); kvx__rdma_put(b, t, 8); }
+static KVX__UNUSED void kvx__rdma_put16(kvx_buf *b, uint16_t v) { uint8_t t[2]; kvx__le_w16(t, v); kvx__rdma_put(b, t, 2); }
+static KVX__UNUSED void kvx__rdma_put32(kvx_buf *b, uint32_t v) { uint8_t t[4]; kvx__le_w32(t, v); kvx__rdma_put(b, t, 4); }
+static KVX__UNUSED void kvx__rdma_put64(kvx_buf *b, uint64_t v) { uint8_t t[8]; kvx__le_w64(t, v); kvx__rdma_put(b, t, 8); }
 
 static void kvx__rdma_port_write(uint8_t *p, const kvx_rdma_port_info *d) {
     size_t nl = strnlen(d->name, sizeof d->name - 1);
     memset(p, 0, KVX_RDMA_DEV_ENTRY);
     memcpy(p, d->gid, 16);
-    kvx__rdma_w16(p + 16, d->lid);
+    kvx__le_w16(p + 16, d->lid);
     p[18] = d->port;
     p[19] = d->link_layer;
     p[20] = d->mtu;
@@ -410,7 +392,7 @@ static void kvx__rdma_port_write(uint8_t *p, const kvx_rdma_port_info *d) {
 static int kvx__rdma_port_read(const uint8_t *p, kvx_rdma_port_info *d, char *why, size_t wl,
                                const char *what, unsigned i) {
     memcpy(d->gid, p, 16);
-    d->lid = kvx__rdma_r16(p + 16);
+    d->lid = kvx__le_r16(p + 16);
     d->port = p[18];
     d->link_layer = p[19];
     d->mtu = p[20];
@@ -421,7 +403,7 @@ static int kvx__rdma_port_read(const uint8_t *p, kvx_rdma_port_info *d, char *wh
     }
     memcpy(d->name, p + 24, 24);
     if (!d->port || (d->link_layer != 1 && d->link_layer != 2) || d->mtu < 1 || d->mtu > 5 ||
-        kvx__rdma_r16(p + 22)) {
+        kvx__le_r16(p + 22)) {
         kvx__set_why(why, wl, "%s port entry %u: port %u, link layer %u, mtu %u (need port >= 1, "
                      "link layer 1 or 2, mtu 1..5, reserved 0)", what, i, d->port, d->link_layer,
                      d->mtu);
@@ -438,12 +420,12 @@ KVX_API size_t kvx_rdma_hello_encode(const kvx_rdma_hello *h, uint8_t *out, size
     if (cap < need) return 0;
     memset(out, 0, KVX_RDMA_HELLO_FIXED);
     memcpy(out, kvx__rdma_magic, 8);
-    kvx__rdma_w16(out + 8, KVX_RDMA_ENDPOINT_VERSION);
-    kvx__rdma_w16(out + 10, h->role);
-    kvx__rdma_w64(out + 16, h->instance);
-    kvx__rdma_w16(out + 24, h->cm_port);
-    kvx__rdma_w16(out + 26, h->qps);
-    kvx__rdma_w16(out + 28, h->ndev);
+    kvx__le_w16(out + 8, KVX_RDMA_ENDPOINT_VERSION);
+    kvx__le_w16(out + 10, h->role);
+    kvx__le_w64(out + 16, h->instance);
+    kvx__le_w16(out + 24, h->cm_port);
+    kvx__le_w16(out + 26, h->qps);
+    kvx__le_w16(out + 28, h->ndev);
     for (i = 0; i < h->ndev; i++)
         kvx__rdma_port_write(out + KVX_RDMA_HELLO_FIXED + KVX_RDMA_DEV_ENTRY * i, &h->dev[i]);
     return need;
@@ -460,20 +442,20 @@ KVX_API kvx_result kvx_rdma_hello_parse(const void *buf, size_t len, kvx_rdma_he
                      "peer using transport \"rdma\"?", len);
         return KVX_ERR_PROTOCOL;
     }
-    h->version = kvx__rdma_r16(p + 8);
-    h->role = kvx__rdma_r16(p + 10);
-    h->instance = kvx__rdma_r64(p + 16);
-    h->cm_port = kvx__rdma_r16(p + 24);
-    h->qps = kvx__rdma_r16(p + 26);
-    h->ndev = kvx__rdma_r16(p + 28);
+    h->version = kvx__le_r16(p + 8);
+    h->role = kvx__le_r16(p + 10);
+    h->instance = kvx__le_r64(p + 16);
+    h->cm_port = kvx__le_r16(p + 24);
+    h->qps = kvx__le_r16(p + 26);
+    h->ndev = kvx__le_r16(p + 28);
     if (h->version != KVX_RDMA_ENDPOINT_VERSION) {
         kvx__set_why(why, wl, "rdma endpoint version %u, this build speaks %d", h->version,
                      KVX_RDMA_ENDPOINT_VERSION);
         return KVX_ERR_PROTOCOL;
     }
-    if ((h->role != KVX_ROLE_PREFILL && h->role != KVX_ROLE_DECODE) || kvx__rdma_r32(p + 12) ||
+    if ((h->role != KVX_ROLE_PREFILL && h->role != KVX_ROLE_DECODE) || kvx__le_r32(p + 12) ||
         !h->instance || h->ndev < 1 || h->ndev > KVX_RDMA_MAX_DEVS || h->qps < 1 ||
-        h->qps > KVX_RDMA_MAX_QPS || kvx__rdma_r16(p + 30) ||
+        h->qps > KVX_RDMA_MAX_QPS || kvx__le_r16(p + 30) ||
         (h->role == KVX_ROLE_PREFILL && !h->cm_port)) {
         kvx__set_why(why, wl, "rdma endpoint: role %u, instance %016llx, %u ports, %u queue pairs, "
                      "exchange port %u (need role 1 or 2, nonzero instance, 1..%d ports, 1..%d "
@@ -503,7 +485,7 @@ static size_t kvx__rdma_mr_walk(const uint8_t *p, size_t len, uint32_t ndev, uin
     for (d = 0; d < ndev; d++) {
         uint64_t rb;
         if (len - off < 8) goto short_;
-        rb = kvx__rdma_r64(p + off);
+        rb = kvx__le_r64(p + off);
         off += 8;
         if (rb < 4096) {
             kvx__set_why(why, wl, "CONNECT port entry %u: region size %llu is below 4096", d,
@@ -514,10 +496,10 @@ static size_t kvx__rdma_mr_walk(const uint8_t *p, size_t len, uint32_t ndev, uin
             uint64_t length, want;
             uint32_t nr;
             if (len - off < 20) goto short_;
-            length = kvx__rdma_r64(p + off + 8);
-            nr = kvx__rdma_r32(p + off + 16);
+            length = kvx__le_r64(p + off + 8);
+            nr = kvx__le_r32(p + off + 16);
             want = length / rb + (length % rb ? 1 : 0);
-            if (!length || want != nr || kvx__rdma_r64(p + off) + length < length) {
+            if (!length || want != nr || kvx__le_r64(p + off) + length < length) {
                 kvx__set_why(why, wl, "CONNECT port entry %u buffer %u: length %llu in %u regions "
                              "of %llu bytes (need a nonzero length, ceil(length / region) "
                              "regions, no wrap-around)", d, i, (unsigned long long)length, nr,
@@ -544,14 +526,14 @@ KVX_API kvx_result kvx_rdma_cm_parse(const void *buf, size_t len, kvx_rdma_cm_ms
     *consumed = 0;
     memset(m, 0, sizeof *m);
     if (len < KVX_RDMA_CM_HEADER) return KVX_OK;
-    if (memcmp(p, kvx__rdma_cm_magic, 4) || kvx__rdma_r16(p + 4) != KVX_RDMA_CM_VERSION ||
-        kvx__rdma_r32(p + 12)) {
+    if (memcmp(p, kvx__rdma_cm_magic, 4) || kvx__le_r16(p + 4) != KVX_RDMA_CM_VERSION ||
+        kvx__le_r32(p + 12)) {
         kvx__set_why(why, wl, "not a kvx rdma exchange message of version %d (magic, version or "
                      "reserved field differ)", KVX_RDMA_CM_VERSION);
         return KVX_ERR_PROTOCOL;
     }
-    type = kvx__rdma_r16(p + 6);
-    bl = kvx__rdma_r32(p + 8);
+    type = kvx__le_r16(p + 6);
+    bl = kvx__le_r32(p + 8);
     if (type < KVX_RDMA_CM_CONNECT || type > KVX_RDMA_CM_REJECT || bl > KVX_RDMA_CM_MAX) {
         kvx__set_why(why, wl, "exchange message type %u with %u body bytes (types 1..4, at most %u)",
                      type, bl, (unsigned)KVX_RDMA_CM_MAX);
@@ -561,26 +543,26 @@ KVX_API kvx_result kvx_rdma_cm_parse(const void *buf, size_t len, kvx_rdma_cm_ms
     b = p + KVX_RDMA_CM_HEADER;
     m->type = (kvx_rdma_cm_type)type;
     if (bl < 16) goto bad_len;
-    m->from = kvx__rdma_r64(b);
-    m->to = kvx__rdma_r64(b + 8);
+    m->from = kvx__le_r64(b);
+    m->to = kvx__le_r64(b + 8);
     if (type == KVX_RDMA_CM_READY) {
         if (bl != 16) goto bad_len;
     } else if (type == KVX_RDMA_CM_REJECT) {
         if (bl < 24) goto bad_len;
-        m->result = (int32_t)kvx__rdma_r32(b + 16);
-        m->reason_len = kvx__rdma_r32(b + 20);
+        m->result = (int32_t)kvx__le_r32(b + 16);
+        m->reason_len = kvx__le_r32(b + 20);
         if (m->reason_len > KVX__RDMA_MAX_REASON || bl != 24 + m->reason_len) goto bad_len;
         m->reason = (const char *)b + 24;
     } else {
         size_t off;
         if (type == KVX_RDMA_CM_CONNECT) {
             if (bl < 40) goto bad_len;
-            m->fingerprint = kvx__rdma_r64(b + 16);
-            m->nqp = kvx__rdma_r16(b + 24);
-            m->ndev = kvx__rdma_r16(b + 26);
-            m->nbuf = kvx__rdma_r32(b + 28);
-            m->naux = kvx__rdma_r32(b + 32);
-            if (kvx__rdma_r32(b + 36)) goto bad_fields;
+            m->fingerprint = kvx__le_r64(b + 16);
+            m->nqp = kvx__le_r16(b + 24);
+            m->ndev = kvx__le_r16(b + 26);
+            m->nbuf = kvx__le_r32(b + 28);
+            m->naux = kvx__le_r32(b + 32);
+            if (kvx__le_r32(b + 36)) goto bad_fields;
             fixed = 40;
             if (m->nbuf < 1 || m->nbuf > KVX_MAX_BUFFERS || m->naux > KVX_MAX_AUX) {
                 kvx__set_why(why, wl, "CONNECT with %u KV buffers and %u aux buffers (1..%d, 0..%d)",
@@ -589,9 +571,9 @@ KVX_API kvx_result kvx_rdma_cm_parse(const void *buf, size_t len, kvx_rdma_cm_ms
             }
         } else {
             if (bl < 24) goto bad_len;
-            m->nqp = kvx__rdma_r16(b + 16);
-            m->ndev = kvx__rdma_r16(b + 18);
-            if (kvx__rdma_r32(b + 20)) goto bad_fields;
+            m->nqp = kvx__le_r16(b + 16);
+            m->ndev = kvx__le_r16(b + 18);
+            if (kvx__le_r32(b + 20)) goto bad_fields;
             fixed = 24;
         }
         if (m->nqp < 1 || m->nqp > KVX_RDMA_MAX_QPS || m->ndev < 1 || m->ndev > KVX_RDMA_MAX_DEVS) {
@@ -603,11 +585,11 @@ KVX_API kvx_result kvx_rdma_cm_parse(const void *buf, size_t len, kvx_rdma_cm_ms
         if (bl < off) goto bad_len;
         for (i = 0; i < m->nqp; i++) {
             const uint8_t *q = b + fixed + KVX__RDMA_QP_ENTRY * i;
-            m->qp[i].qpn = kvx__rdma_r32(q);
-            m->qp[i].psn = kvx__rdma_r32(q + 4);
-            m->qp[i].dev = kvx__rdma_r16(q + 8);
+            m->qp[i].qpn = kvx__le_r32(q);
+            m->qp[i].psn = kvx__le_r32(q + 4);
+            m->qp[i].dev = kvx__le_r16(q + 8);
             if (m->qp[i].qpn > 0xFFFFFFu || !m->qp[i].qpn || m->qp[i].psn > 0xFFFFFFu ||
-                m->qp[i].dev >= m->ndev || kvx__rdma_r16(q + 10)) {
+                m->qp[i].dev >= m->ndev || kvx__le_r16(q + 10)) {
                 kvx__set_why(why, wl, "queue pair entry %u: qpn %u, psn %u, port entry %u (24-bit "
                              "nonzero qpn and psn, port entry < %u)", i, m->qp[i].qpn,
                              m->qp[i].psn, m->qp[i].dev, m->ndev);
@@ -648,13 +630,13 @@ KVX_API int kvx_rdma_cm_region(const kvx_rdma_cm_msg *m, uint32_t dev, uint32_t 
     p = m->mr;
     n = m->nbuf + m->naux;
     for (d = 0; d <= dev; d++) {
-        uint64_t rb = kvx__rdma_r64(p);
+        uint64_t rb = kvx__le_r64(p);
         p += 8;
         for (i = 0; i < n; i++) {
-            uint32_t nr = kvx__rdma_r32(p + 16);
+            uint32_t nr = kvx__le_r32(p + 16);
             if (d == dev && i == buf) {
-                if (base) *base = kvx__rdma_r64(p);
-                if (length) *length = kvx__rdma_r64(p + 8);
+                if (base) *base = kvx__le_r64(p);
+                if (length) *length = kvx__le_r64(p + 8);
                 if (region_bytes) *region_bytes = rb;
                 if (nregions) *nregions = nr;
                 if (rkeys_le) *rkeys_le = p + 20;
@@ -667,7 +649,7 @@ KVX_API int kvx_rdma_cm_region(const kvx_rdma_cm_msg *m, uint32_t dev, uint32_t 
 }
 
 KVX_API uint32_t kvx_rdma_cm_rkey(const uint8_t *rkeys_le, uint32_t i) {
-    return kvx__rdma_r32(rkeys_le + 4u * i);
+    return kvx__le_r32(rkeys_le + 4u * i);
 }
 
 /* Starts a message in b: header with a body length to patch. */
@@ -675,14 +657,14 @@ static KVX__UNUSED void kvx__rdma_cm_begin(kvx_buf *b, kvx_rdma_cm_type type) {
     uint8_t h[KVX_RDMA_CM_HEADER];
     memset(h, 0, sizeof h);
     memcpy(h, kvx__rdma_cm_magic, 4);
-    kvx__rdma_w16(h + 4, KVX_RDMA_CM_VERSION);
-    kvx__rdma_w16(h + 6, (uint16_t)type);
+    kvx__le_w16(h + 4, KVX_RDMA_CM_VERSION);
+    kvx__le_w16(h + 6, (uint16_t)type);
     b->len = 0;
     kvx__rdma_put(b, h, sizeof h);
 }
 static KVX__UNUSED void kvx__rdma_cm_end(kvx_buf *b) {
     if (!b->oom && b->len >= KVX_RDMA_CM_HEADER)
-        kvx__rdma_w32((uint8_t *)b->data + 8, (uint32_t)(b->len - KVX_RDMA_CM_HEADER));
+        kvx__le_w32((uint8_t *)b->data + 8, (uint32_t)(b->len - KVX_RDMA_CM_HEADER));
 }
 static KVX__UNUSED void kvx__rdma_put_port(kvx_buf *b, const kvx_rdma_port_info *d) {
     uint8_t t[KVX_RDMA_DEV_ENTRY];

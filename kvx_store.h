@@ -439,19 +439,6 @@ extern "C" {
 #define KVX__STORE_VICTIMS 32
 #define KVX__STORE_MAX_DATA (1ull << 48)
 
-static uint32_t kvx__store_rd32(const uint8_t *p) {
-    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-static uint64_t kvx__store_rd64(const uint8_t *p) {
-    return (uint64_t)kvx__store_rd32(p) | (uint64_t)kvx__store_rd32(p + 4) << 32;
-}
-static void kvx__store_wr32(uint8_t *p, uint32_t v) {
-    p[0] = (uint8_t)v; p[1] = (uint8_t)(v >> 8); p[2] = (uint8_t)(v >> 16); p[3] = (uint8_t)(v >> 24);
-}
-static void kvx__store_wr64(uint8_t *p, uint64_t v) {
-    kvx__store_wr32(p, (uint32_t)v);
-    kvx__store_wr32(p + 4, (uint32_t)(v >> 32));
-}
 
 static const char kvx__store_hexd[] = "0123456789abcdef";
 
@@ -563,7 +550,7 @@ KVX_API size_t kvx_store_page_keys(const uint32_t *tokens, size_t num_tokens, ui
         if (prev) kvx_sha256_update(&h, prev->bytes, 32);
         for (t = 0; t < page_size;) {
             size_t k, m = page_size - t < 64 ? page_size - t : 64;
-            for (k = 0; k < m; k++) kvx__store_wr32(le + 4 * k, tokens[p * page_size + t + k]);
+            for (k = 0; k < m; k++) kvx__le_w32(le + 4 * k, tokens[p * page_size + t + k]);
             kvx_sha256_update(&h, le, 4 * m);
             t += m;
         }
@@ -606,7 +593,7 @@ static uint32_t kvx__store_header_crc(const uint8_t *h, uint32_t size) {
 
 KVX_API uint64_t kvx_store_block_item_len(const kvx_store_block_info *b, uint32_t i) {
     if (!b || !b->item_lens || i >= b->num_buffers) return 0;
-    return kvx__store_rd64(b->item_lens + 8 * (size_t)i);
+    return kvx__le_r64(b->item_lens + 8 * (size_t)i);
 }
 
 KVX_API kvx_result kvx_store_header_parse(const void *buf, size_t len, kvx_store_block_info *o,
@@ -626,15 +613,15 @@ KVX_API kvx_result kvx_store_header_parse(const void *buf, size_t len, kvx_store
         kvx__set_why(why, wl, "bad magic (not a kvx block)");
         return KVX_ERR_CORRUPT;
     }
-    o->version = kvx__store_rd32(p + 8);
+    o->version = kvx__le_r32(p + 8);
     if (o->version != KVX_STORE_FORMAT_VERSION) {
         kvx__set_why(why, wl, "format version %u; this reader knows %d", o->version,
                        KVX_STORE_FORMAT_VERSION);
         return KVX_ERR_CORRUPT;
     }
-    o->header_size = kvx__store_rd32(p + 12);
-    o->header_crc = kvx__store_rd32(p + 16);
-    o->num_buffers = kvx__store_rd32(p + 68);
+    o->header_size = kvx__le_r32(p + 12);
+    o->header_crc = kvx__le_r32(p + 16);
+    o->num_buffers = kvx__le_r32(p + 68);
     if (o->header_size < KVX_STORE_HEADER_FIXED + 8 || o->header_size > KVX_STORE_HEADER_MAX ||
         o->header_size % 8) {
         kvx__set_why(why, wl, "header_size %u is not a multiple of 8 in [%d, %d]",
@@ -656,14 +643,14 @@ KVX_API kvx_result kvx_store_header_parse(const void *buf, size_t len, kvx_store
                        o->header_crc, crc);
         return KVX_ERR_CORRUPT;
     }
-    o->flags = kvx__store_rd32(p + 20);
-    o->config_hash = kvx__store_rd64(p + 24);
+    o->flags = kvx__le_r32(p + 20);
+    o->config_hash = kvx__le_r64(p + 24);
     memcpy(o->key.bytes, p + 32, 32);
-    o->page_count = kvx__store_rd32(p + 64);
-    o->data_len = kvx__store_rd64(p + 72);
-    o->data_crc = kvx__store_rd32(p + 80);
-    o->page_size = kvx__store_rd32(p + 84);
-    o->kv_fingerprint = kvx__store_rd64(p + 88);
+    o->page_count = kvx__le_r32(p + 64);
+    o->data_len = kvx__le_r64(p + 72);
+    o->data_crc = kvx__le_r32(p + 80);
+    o->page_size = kvx__le_r32(p + 84);
+    o->kv_fingerprint = kvx__le_r64(p + 88);
     o->item_lens = p + KVX_STORE_HEADER_FIXED;
     if (o->flags) {
         kvx__set_why(why, wl, "unknown flags %08x", o->flags);
@@ -790,7 +777,7 @@ static void kvx__store_times(struct timespec t[2], uint64_t ns) {
 /* >>block store: index (key -> size, last use; LRU list), under s->mu -------- */
 
 static uint32_t kvx__store_hash(const kvx_store_key *k) {
-    uint64_t x = kvx__store_rd64(k->bytes) ^ (kvx__store_rd64(k->bytes + 8) * 0x9E3779B97F4A7C15ull);
+    uint64_t x = kvx__le_r64(k->bytes) ^ (kvx__le_r64(k->bytes + 8) * 0x9E3779B97F4A7C15ull);
     x ^= x >> 31; x *= 0xBF58476D1CE4E5B9ull; x ^= x >> 29; x *= 0x94D049BB133111EBull; x ^= x >> 32;
     return (uint32_t)x;
 }
@@ -1235,9 +1222,9 @@ static void kvx__store_get_item(void *arg, size_t i, void *scratch) {
     err = kvx__store_data_io(s, fd, b->pages[i], iov, 0, &crc);
     if (err < 0) { snprintf(why, sizeof why, "data truncated"); goto bad; }
     if (err) { close(fd); goto io_error; }
-    if (crc != kvx__store_rd32(hdr + 80)) {
+    if (crc != kvx__le_r32(hdr + 80)) {
         snprintf(why, sizeof why, "data CRC32C mismatch: stored %08x, read %08x",
-                 kvx__store_rd32(hdr + 80), crc);
+                 kvx__le_r32(hdr + 80), crc);
         goto bad;
     }
     ts = kvx__store_stamp(s);
@@ -1372,8 +1359,8 @@ static void kvx__store_put_item(void *arg, size_t i, void *scratch) {
     if (!err) {
         memcpy(hdr, s->hdr_template, s->hdr_size);
         memcpy(hdr + 32, k->bytes, 32);
-        kvx__store_wr32(hdr + 80, crc);
-        kvx__store_wr32(hdr + 16, kvx__store_header_crc(hdr, s->hdr_size));
+        kvx__le_w32(hdr + 80, crc);
+        kvx__le_w32(hdr + 16, kvx__store_header_crc(hdr, s->hdr_size));
         err = kvx__store_pio(fd, hdr, s->hdr_size, 0, 1);
     }
     ts = kvx__store_stamp(s);
@@ -1934,7 +1921,7 @@ static kvx_result kvx__store_geometry(kvx_store *s) {
     kvx__sha_u64(&h, (uint64_t)s->desc.tp_rank);
     kvx__sha_u64(&h, (uint64_t)s->desc.tp_size);
     kvx_sha256_final(&h, d);
-    s->cfg_hash = kvx__store_rd64(d);
+    s->cfg_hash = kvx__le_r64(d);
     snprintf(s->cfg_hex, sizeof s->cfg_hex, "%016llx", (unsigned long long)s->cfg_hash);
     s->nb = l->num_buffers;
     s->data_len = kvx_layout_page_bytes(l);
@@ -1946,15 +1933,15 @@ static kvx_result kvx__store_geometry(kvx_store *s) {
     if (!t) return KVX_ERR_NO_MEMORY;
     memset(t, 0, s->hdr_size);
     memcpy(t, "KVXBLOCK", 8);
-    kvx__store_wr32(t + 8, KVX_STORE_FORMAT_VERSION);
-    kvx__store_wr32(t + 12, s->hdr_size);
-    kvx__store_wr64(t + 24, s->cfg_hash);
-    kvx__store_wr32(t + 64, 1);
-    kvx__store_wr32(t + 68, s->nb);
-    kvx__store_wr64(t + 72, s->data_len);
-    kvx__store_wr32(t + 84, l->page_size);
-    kvx__store_wr64(t + 88, s->kv_fp);
-    for (i = 0; i < s->nb; i++) kvx__store_wr64(t + 96 + 8 * i, l->buffers[i].item_len);
+    kvx__le_w32(t + 8, KVX_STORE_FORMAT_VERSION);
+    kvx__le_w32(t + 12, s->hdr_size);
+    kvx__le_w64(t + 24, s->cfg_hash);
+    kvx__le_w32(t + 64, 1);
+    kvx__le_w32(t + 68, s->nb);
+    kvx__le_w64(t + 72, s->data_len);
+    kvx__le_w32(t + 84, l->page_size);
+    kvx__le_w64(t + 88, s->kv_fp);
+    for (i = 0; i < s->nb; i++) kvx__le_w64(t + 96 + 8 * i, l->buffers[i].item_len);
     return KVX_OK;
 }
 

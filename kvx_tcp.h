@@ -310,32 +310,17 @@ extern "C" {
 #define KVX__TCP_ENDPOINT_FIXED 24
 #define KVX__TCP_DRAIN 65536
 
-static void kvx__tcp_w16(uint8_t *p, uint16_t v) { p[0] = (uint8_t)v; p[1] = (uint8_t)(v >> 8); }
-static void kvx__tcp_w32(uint8_t *p, uint32_t v) {
-    p[0] = (uint8_t)v; p[1] = (uint8_t)(v >> 8); p[2] = (uint8_t)(v >> 16); p[3] = (uint8_t)(v >> 24);
-}
-static void kvx__tcp_w64(uint8_t *p, uint64_t v) {
-    kvx__tcp_w32(p, (uint32_t)v);
-    kvx__tcp_w32(p + 4, (uint32_t)(v >> 32));
-}
-static uint16_t kvx__tcp_r16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
-static uint32_t kvx__tcp_r32(const uint8_t *p) {
-    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-static uint64_t kvx__tcp_r64(const uint8_t *p) {
-    return (uint64_t)kvx__tcp_r32(p) | (uint64_t)kvx__tcp_r32(p + 4) << 32;
-}
 
 KVX_API void kvx_tcp_header_encode(const kvx_tcp_header *h, void *out32) {
     uint8_t *p = (uint8_t *)out32;
-    kvx__tcp_w32(p, KVX_TCP_MAGIC);
+    kvx__le_w32(p, KVX_TCP_MAGIC);
     p[4] = h->version;
     p[5] = h->type;
-    kvx__tcp_w16(p + 6, h->count);
-    kvx__tcp_w64(p + 8, h->room);
-    kvx__tcp_w64(p + 16, h->body_len);
-    kvx__tcp_w32(p + 24, h->flags);
-    kvx__tcp_w32(p + 28, 0);
+    kvx__le_w16(p + 6, h->count);
+    kvx__le_w64(p + 8, h->room);
+    kvx__le_w64(p + 16, h->body_len);
+    kvx__le_w32(p + 24, h->flags);
+    kvx__le_w32(p + 28, 0);
 }
 
 KVX_API kvx_result kvx_tcp_header_decode(const void *in32, kvx_tcp_header *h, char *why,
@@ -343,22 +328,22 @@ KVX_API kvx_result kvx_tcp_header_decode(const void *in32, kvx_tcp_header *h, ch
     const uint8_t *p = (const uint8_t *)in32;
     uint64_t seg_bytes;
     memset(h, 0, sizeof *h);
-    if (kvx__tcp_r32(p) != KVX_TCP_MAGIC) {
-        kvx__set_why(why, wl, "bad magic %08x (not a kvx tcp frame)", (unsigned)kvx__tcp_r32(p));
+    if (kvx__le_r32(p) != KVX_TCP_MAGIC) {
+        kvx__set_why(why, wl, "bad magic %08x (not a kvx tcp frame)", (unsigned)kvx__le_r32(p));
         return KVX_ERR_PROTOCOL;
     }
     h->version = p[4];
     h->type = p[5];
-    h->count = kvx__tcp_r16(p + 6);
-    h->room = kvx__tcp_r64(p + 8);
-    h->body_len = kvx__tcp_r64(p + 16);
-    h->flags = kvx__tcp_r32(p + 24);
+    h->count = kvx__le_r16(p + 6);
+    h->room = kvx__le_r64(p + 8);
+    h->body_len = kvx__le_r64(p + 16);
+    h->flags = kvx__le_r32(p + 24);
     if (h->version != KVX_TCP_PROTOCOL_VERSION) {
         kvx__set_why(why, wl, "protocol version %u, this side speaks %d", h->version,
                      KVX_TCP_PROTOCOL_VERSION);
         return KVX_ERR_PROTOCOL;
     }
-    if (h->flags || kvx__tcp_r32(p + 28)) {
+    if (h->flags || kvx__le_r32(p + 28)) {
         kvx__set_why(why, wl, "nonzero flags or reserved field in a frame header");
         return KVX_ERR_PROTOCOL;
     }
@@ -394,18 +379,18 @@ KVX_API kvx_result kvx_tcp_header_decode(const void *in32, kvx_tcp_header *h, ch
 
 KVX_API void kvx_tcp_segment_encode(const kvx_tcp_segment *s, void *out24) {
     uint8_t *p = (uint8_t *)out24;
-    kvx__tcp_w32(p, s->buffer);
-    kvx__tcp_w32(p + 4, s->flags);
-    kvx__tcp_w64(p + 8, s->dst_offset);
-    kvx__tcp_w64(p + 16, s->length);
+    kvx__le_w32(p, s->buffer);
+    kvx__le_w32(p + 4, s->flags);
+    kvx__le_w64(p + 8, s->dst_offset);
+    kvx__le_w64(p + 16, s->length);
 }
 
 KVX_API void kvx_tcp_segment_decode(const void *in24, kvx_tcp_segment *s) {
     const uint8_t *p = (const uint8_t *)in24;
-    s->buffer = kvx__tcp_r32(p);
-    s->flags = kvx__tcp_r32(p + 4);
-    s->dst_offset = kvx__tcp_r64(p + 8);
-    s->length = kvx__tcp_r64(p + 16);
+    s->buffer = kvx__le_r32(p);
+    s->flags = kvx__le_r32(p + 4);
+    s->dst_offset = kvx__le_r64(p + 8);
+    s->length = kvx__le_r64(p + 16);
 }
 
 static void kvx__tcp_hdr(uint8_t *out, int type, uint16_t count, uint64_t room, uint64_t body) {
@@ -1096,12 +1081,12 @@ static void *kvx__tcp_stream_main(void *arg) {
     }
     kvx__tcp_sockopts(te, fd);
     kvx__tcp_hdr(hello, KVX_TCP_HELLO, 0, 0, KVX__TCP_HELLO_BODY);
-    kvx__tcp_w64(hello + 32, lk->token);
-    kvx__tcp_w64(hello + 40, te->instance);
-    kvx__tcp_w64(hello + 48, kvx_layout_fingerprint(kvx_engine_layout(te->engine)));
-    kvx__tcp_w16(hello + 56, (uint16_t)st->index);
-    kvx__tcp_w16(hello + 58, (uint16_t)lk->nstreams);
-    kvx__tcp_w32(hello + 60, 0);
+    kvx__le_w64(hello + 32, lk->token);
+    kvx__le_w64(hello + 40, te->instance);
+    kvx__le_w64(hello + 48, kvx_layout_fingerprint(kvx_engine_layout(te->engine)));
+    kvx__le_w16(hello + 56, (uint16_t)st->index);
+    kvx__le_w16(hello + 58, (uint16_t)lk->nstreams);
+    kvx__le_w32(hello + 60, 0);
     err = kvx__tcp_send(fd, hello, sizeof hello);
     pthread_mutex_lock(&lk->mu);
     st->fd = fd;
@@ -1154,7 +1139,7 @@ static void kvx__tcp_on_reply(kvx__tcp_link *lk, const kvx_tcp_header *h, const 
         }
     pthread_mutex_unlock(&lk->mu);
     if (h->type == KVX_TCP_ACK) {
-        uint64_t bytes = kvx__tcp_r64(body);
+        uint64_t bytes = kvx__le_r64(body);
         if (!r) return; /* destroyed meanwhile */
         kvx_engine_log(te->engine, KVX_LOG_DEBUG, "kvx.tcp", h->room,
                        "decode %s placed all %llu bytes", lk->name, (unsigned long long)bytes);
@@ -1162,8 +1147,8 @@ static void kvx__tcp_on_reply(kvx__tcp_link *lk, const kvx_tcp_header *h, const 
         if (kvx_room_poll(r) == KVX_POLL_SUCCESS)
             kvx_boot_send_status(te->boot, r, KVX_POLL_SUCCESS, KVX_OK, bytes, NULL);
     } else {
-        int32_t res = (int32_t)kvx__tcp_r32(body);
-        uint32_t rl = kvx__tcp_r32(body + 4), i;
+        int32_t res = (int32_t)kvx__le_r32(body);
+        uint32_t rl = kvx__le_r32(body + 4), i;
         char reason[KVX_TCP_MAX_REASON + 1];
         if (rl > h->body_len - 8) rl = (uint32_t)(h->body_len - 8);
         for (i = 0; i < rl; i++) {
@@ -1434,13 +1419,13 @@ static kvx_result kvx__tcp_parse_endpoint(const kvx_boot_peer *peer, char *host,
                      peer->transport ? peer->transport : "?");
         return KVX_ERR_PROTOCOL;
     }
-    hl = kvx__tcp_r16(p + 12);
-    *port = kvx__tcp_r16(p + 10);
-    *token = kvx__tcp_r64(p + 16);
-    if (kvx__tcp_r16(p + 8) != KVX_TCP_PROTOCOL_VERSION || hl >= hn ||
+    hl = kvx__le_r16(p + 12);
+    *port = kvx__le_r16(p + 10);
+    *token = kvx__le_r64(p + 16);
+    if (kvx__le_r16(p + 8) != KVX_TCP_PROTOCOL_VERSION || hl >= hn ||
         len != KVX__TCP_ENDPOINT_FIXED + hl || !*port) {
         kvx__set_why(why, wl, "decode %s announced a tcp endpoint this side cannot use (version "
-                     "%u, port %d, %u host bytes in %u)", peer->addr, kvx__tcp_r16(p + 8), *port,
+                     "%u, port %d, %u host bytes in %u)", peer->addr, kvx__le_r16(p + 8), *port,
                      hl, len);
         return KVX_ERR_PROTOCOL;
     }
@@ -1944,8 +1929,8 @@ static void kvx__tcp_send_error(kvx__tcp_conn *c, uint64_t room, kvx_result res,
     size_t rl = strlen(reason);
     if (rl > KVX_TCP_MAX_REASON) rl = KVX_TCP_MAX_REASON;
     kvx__tcp_hdr(h, KVX_TCP_ERROR, 0, room, 8 + rl);
-    kvx__tcp_w32(h + 32, (uint32_t)res);
-    kvx__tcp_w32(h + 36, (uint32_t)rl);
+    kvx__le_w32(h + 32, (uint32_t)res);
+    kvx__le_w32(h + 36, (uint32_t)rl);
     v[0].iov_base = h;
     v[0].iov_len = sizeof h;
     v[1].iov_base = (void *)reason;
@@ -2057,8 +2042,8 @@ static int kvx__tcp_recv_finish(kvx__tcp_conn *c, kvx__tcp_room *tr) {
     kvx_room_succeed(tr->room, tr->expected);
     if (kvx_room_poll(tr->room) != KVX_POLL_SUCCESS) return 0;
     kvx__tcp_hdr(ack, KVX_TCP_ACK, 0, tr->id, KVX__TCP_ACK_BODY);
-    kvx__tcp_w64(ack + 32, tr->expected);
-    kvx__tcp_w64(ack + 40, 0);
+    kvx__le_w64(ack + 32, tr->expected);
+    kvx__le_w64(ack + 40, 0);
     err = kvx__tcp_send(c->fd, ack, sizeof ack);
     if (err) {
         kvx_engine_log(te->engine, KVX_LOG_WARN, "kvx.tcp", tr->id,
@@ -2164,12 +2149,12 @@ static int kvx__tcp_conn_hello(kvx__tcp_conn *c) {
     else if (kvx_tcp_header_decode(buf, &h, why, sizeof why) != KVX_OK) {
     } else if (h.type != KVX_TCP_HELLO)
         snprintf(why, sizeof why, "first frame is of type %u, not HELLO", h.type);
-    else if (kvx__tcp_r64(buf + 32) != te->token)
+    else if (kvx__le_r64(buf + 32) != te->token)
         snprintf(why, sizeof why, "wrong token (it did not learn this endpoint from this decode "
                  "engine's bootstrap hello)");
-    else if (kvx__tcp_r64(buf + 48) != fp)
+    else if (kvx__le_r64(buf + 48) != fp)
         snprintf(why, sizeof why, "layout fingerprint %016llx, ours %016llx",
-                 (unsigned long long)kvx__tcp_r64(buf + 48), (unsigned long long)fp);
+                 (unsigned long long)kvx__le_r64(buf + 48), (unsigned long long)fp);
     if (why[0]) {
         KVX__TCP_STAT(te, conns_refused, 1);
         kvx_engine_log(te->engine, KVX_LOG_WARN, "kvx.tcp", 0,
@@ -2177,12 +2162,12 @@ static int kvx__tcp_conn_hello(kvx__tcp_conn *c) {
         if (err == 0) kvx__tcp_send_error(c, 0, KVX_ERR_PROTOCOL, why);
         return -1;
     }
-    c->instance = kvx__tcp_r64(buf + 40);
+    c->instance = kvx__le_r64(buf + 40);
     kvx__tcp_sockopts(te, c->fd);
     KVX__TCP_STAT(te, conns_accepted, 1);
     kvx_engine_log(te->engine, KVX_LOG_INFO, "kvx.tcp", 0,
-                   "prefill %s connected (stream %u of %u)", c->addr, kvx__tcp_r16(buf + 56),
-                   kvx__tcp_r16(buf + 58));
+                   "prefill %s connected (stream %u of %u)", c->addr, kvx__le_r16(buf + 56),
+                   kvx__le_r16(buf + 58));
     return 0;
 }
 
@@ -2512,11 +2497,11 @@ static kvx_result kvx__tcp_engine_init(kvx_engine *e, char *why, size_t wl) {
         }
         te->token = kvx__tcp_random64();
         memcpy(ep, "kvx-tcp\0", 8);
-        kvx__tcp_w16(ep + 8, KVX_TCP_PROTOCOL_VERSION);
-        kvx__tcp_w16(ep + 10, (uint16_t)te->port);
-        kvx__tcp_w16(ep + 12, (uint16_t)hl);
-        kvx__tcp_w16(ep + 14, 0);
-        kvx__tcp_w64(ep + 16, te->token);
+        kvx__le_w16(ep + 8, KVX_TCP_PROTOCOL_VERSION);
+        kvx__le_w16(ep + 10, (uint16_t)te->port);
+        kvx__le_w16(ep + 12, (uint16_t)hl);
+        kvx__le_w16(ep + 14, 0);
+        kvx__le_w64(ep + 16, te->token);
         memcpy(ep + KVX__TCP_ENDPOINT_FIXED, te->host, hl);
         eplen = KVX__TCP_ENDPOINT_FIXED + hl;
     }

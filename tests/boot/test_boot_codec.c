@@ -162,7 +162,7 @@ static void test_frames(void) {
               g.hello.dtype_len == 8 && !memcmp(g.hello.dtype, "bfloat16", 8) &&
               g.hello.transport_len == 3 && g.hello.endpoint_len == sizeof ep - 1 &&
               !memcmp(g.hello.endpoint, ep, sizeof ep - 1) &&
-              kvx__boot_r64(g.hello.item_lens_le + 8) == 4096 && kvx__boot_r64(g.hello.aux_item_lens_le) == 64,
+              kvx__le_r64(g.hello.item_lens_le + 8) == 4096 && kvx__le_r64(g.hello.aux_item_lens_le) == 64,
           "frame: hello fields survive");
     CHECK(b.len == 8 + 96 + 8 * 3 + 8 + 3 + sizeof ep - 1, "frame: hello size is 8 + 96 + 8*(nb+na) + strings");
     /* hello refusals */
@@ -176,12 +176,12 @@ static void test_frames(void) {
     b.data[18] = 3;
     CHECK(dec(&b, &g, &used, why) == KVX_ERR_PROTOCOL && strstr(why, "role 3"), "frame: role 3: %s", why);
     b.data[18] = 2;
-    kvx__boot_w32((uint8_t *)b.data + 8 + 80, KVX_MAX_BUFFERS + 1);
+    kvx__le_w32((uint8_t *)b.data + 8 + 80, KVX_MAX_BUFFERS + 1);
     CHECK(dec(&b, &g, &used, why) == KVX_ERR_PROTOCOL && strstr(why, "buffers"), "frame: too many buffers: %s", why);
-    kvx__boot_w32((uint8_t *)b.data + 8 + 80, 2);
-    kvx__boot_w32((uint8_t *)b.data + 8 + 92, KVX_BOOT_MAX_ENDPOINT + 1);
+    kvx__le_w32((uint8_t *)b.data + 8 + 80, 2);
+    kvx__le_w32((uint8_t *)b.data + 8 + 92, KVX_BOOT_MAX_ENDPOINT + 1);
     CHECK(dec(&b, &g, &used, why) == KVX_ERR_PROTOCOL, "frame: endpoint over its limit: %s", why);
-    kvx__boot_w32((uint8_t *)b.data + 8 + 92, sizeof ep);
+    kvx__le_w32((uint8_t *)b.data + 8 + 92, sizeof ep);
     CHECK(dec(&b, &g, &used, why) == KVX_ERR_PROTOCOL && strstr(why, "add up"), "frame: sizes that do not add up: %s", why);
     kvx_buf_free(&b);
 
@@ -201,23 +201,23 @@ static void test_frames(void) {
           "frame: room fields and pages survive");
     {
         uint8_t *p = (uint8_t *)b.data;
-        kvx__boot_w32(p + 8 + 24 + 4, (uint32_t)-5);
+        kvx__le_w32(p + 8 + 24 + 4, (uint32_t)-5);
         CHECK(dec(&b, &g, &used, why) == KVX_ERR_PROTOCOL && strstr(why, "negative"), "frame: negative page: %s", why);
-        kvx__boot_w32(p + 8 + 24 + 4, 7);
-        kvx__boot_w16(p + 8 + 16, 2);
+        kvx__le_w32(p + 8 + 24 + 4, 7);
+        kvx__le_w16(p + 8 + 16, 2);
         CHECK(dec(&b, &g, &used, why) == KVX_ERR_PROTOCOL && strstr(why, "peer index"), "frame: peer index 2 of 2: %s", why);
-        kvx__boot_w16(p + 8 + 16, 1);
-        kvx__boot_w32(p + 8 + 20, 1);
+        kvx__le_w16(p + 8 + 16, 1);
+        kvx__le_w32(p + 8 + 20, 1);
         CHECK(dec(&b, &g, &used, why) == KVX_ERR_PROTOCOL && strstr(why, "reserved"), "frame: reserved field: %s", why);
-        kvx__boot_w32(p + 8 + 20, 0);
-        kvx__boot_w32(p + 8 + 8, (uint32_t)-2);
+        kvx__le_w32(p + 8 + 20, 0);
+        kvx__le_w32(p + 8 + 8, (uint32_t)-2);
         CHECK(dec(&b, &g, &used, why) == KVX_ERR_PROTOCOL, "frame: aux index -2: %s", why);
-        kvx__boot_w32(p + 8 + 8, 12);
-        kvx__boot_w32(p + 8 + 12, 6);
+        kvx__le_w32(p + 8 + 8, 12);
+        kvx__le_w32(p + 8 + 12, 6);
         CHECK(dec(&b, &g, &used, why) == KVX_ERR_PROTOCOL && strstr(why, "does not hold"), "frame: page count vs length: %s", why);
-        kvx__boot_w32(p + 8 + 12, KVX_MAX_PAGES + 1);
+        kvx__le_w32(p + 8 + 12, KVX_MAX_PAGES + 1);
         CHECK(dec(&b, &g, &used, why) == KVX_ERR_PROTOCOL && strstr(why, "KVX_MAX_PAGES"), "frame: pages over KVX_MAX_PAGES: %s", why);
-        kvx__boot_w32(p + 8 + 12, 5);
+        kvx__le_w32(p + 8 + 12, 5);
     }
     kvx_buf_free(&b);
 
@@ -234,7 +234,7 @@ static void test_frames(void) {
     CHECK(g.room == 99 && g.state == 0 && g.result == KVX_ERR_TIMEOUT && g.bytes == f.bytes &&
               g.reason_len == 16 && !memcmp(g.reason, "it took too long", 16),
           "frame: status fields survive");
-    kvx__boot_w32((uint8_t *)b.data + 8 + 16, 7);
+    kvx__le_w32((uint8_t *)b.data + 8 + 16, 7);
     CHECK(dec(&b, &g, &used, why) == KVX_ERR_PROTOCOL && strstr(why, "state 7"), "frame: status state 7: %s", why);
     kvx_buf_free(&b);
 
@@ -263,7 +263,7 @@ static void test_frames(void) {
         int good = 0;
         for (k = 0; k < sizeof cases / sizeof cases[0]; k++) {
             kvx__boot_hdr(h, cases[k].len, cases[k].type);
-            kvx__boot_w16(h + 6, cases[k].flags);
+            kvx__le_w16(h + 6, cases[k].flags);
             if (kvx_boot_decode_frame(h, 8, &g, &used, why, sizeof why) == KVX_ERR_PROTOCOL &&
                 strstr(why, cases[k].needle))
                 good++;

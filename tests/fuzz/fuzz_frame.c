@@ -35,8 +35,8 @@ static void reencode(const kvx_boot_frame *f, const uint8_t *bytes, size_t used)
             __builtin_trap();
         items = (uint64_t *)malloc((h->num_buffers + h->num_aux + 1) * sizeof *items);
         if (!items) { free(pages); return; }
-        for (i = 0; i < h->num_buffers; i++) items[i] = kvx__boot_r64(h->item_lens_le + 8u * i);
-        for (i = 0; i < h->num_aux; i++) items[h->num_buffers + i] = kvx__boot_r64(h->aux_item_lens_le + 8u * i);
+        for (i = 0; i < h->num_buffers; i++) items[i] = kvx__le_r64(h->item_lens_le + 8u * i);
+        for (i = 0; i < h->num_aux; i++) items[h->num_buffers + i] = kvx__le_r64(h->aux_item_lens_le + 8u * i);
         g.hello.item_lens = items;
         g.hello.aux_item_lens = items + h->num_buffers;
     }
@@ -80,10 +80,10 @@ static void structured(const uint8_t *data, size_t size) {
     uint64_t items[4] = {128, 256, 64, 8};
     size_t i, n = size > 4 ? (size - 4) / 4 : 0;
     if (n > 16) n = 16;
-    for (i = 0; i < n; i++) pages[i] = (int32_t)(kvx__boot_r32(data + 4 + 4 * i) & 0x7fffffff);
+    for (i = 0; i < n; i++) pages[i] = (int32_t)(kvx__le_r32(data + 4 + 4 * i) & 0x7fffffff);
     memset(&f, 0, sizeof f);
     memset(&b, 0, sizeof b);
-    f.room = size > 3 ? kvx__boot_r16(data + 2) : 1;
+    f.room = size > 3 ? kvx__le_r16(data + 2) : 1;
     switch (sel % 4) {
     case 0:
         f.type = KVX_BOOT_FRAME_ROOM;
@@ -121,7 +121,7 @@ static void structured(const uint8_t *data, size_t size) {
     if (kvx_boot_encode_frame(&f, &b) != KVX_OK) __builtin_trap();
     stream((const uint8_t *)b.data, b.len); /* the valid frame itself */
     if (size > 2 && b.len) {
-        size_t pos = (size_t)kvx__boot_r16(data) % b.len;
+        size_t pos = (size_t)kvx__le_r16(data) % b.len;
         uint8_t *m = (uint8_t *)malloc(b.len);
         if (m) {
             memcpy(m, b.data, b.len);

@@ -154,10 +154,10 @@ static void cm_tests(void) {
     CHECK(kvx_rdma_cm_parse(b.data, b.len, &m, &used, why, sizeof why) == KVX_ERR_PROTOCOL &&
           strstr(why, "reserved"), "a nonzero reserved field: %s", why);
     ((uint8_t *)b.data)[KVX_RDMA_CM_HEADER + 36] = 0;
-    kvx__rdma_w32((uint8_t *)b.data + 8, KVX_RDMA_CM_MAX + 1);
+    kvx__le_w32((uint8_t *)b.data + 8, KVX_RDMA_CM_MAX + 1);
     CHECK(kvx_rdma_cm_parse(b.data, b.len, &m, &used, why, sizeof why) == KVX_ERR_PROTOCOL,
           "a body over KVX_RDMA_CM_MAX is refused before it is read");
-    kvx__rdma_w32((uint8_t *)b.data + 8, (uint32_t)(b.len - KVX_RDMA_CM_HEADER + 1));
+    kvx__le_w32((uint8_t *)b.data + 8, (uint32_t)(b.len - KVX_RDMA_CM_HEADER + 1));
     {
         char *big = (char *)calloc(1, b.len + 1);
         memcpy(big, b.data, b.len);
@@ -165,7 +165,7 @@ static void cm_tests(void) {
               "a CONNECT with a stray byte after its tables is refused: %s", why);
         free(big);
     }
-    kvx__rdma_w32((uint8_t *)b.data + 8, (uint32_t)(b.len - KVX_RDMA_CM_HEADER));
+    kvx__le_w32((uint8_t *)b.data + 8, (uint32_t)(b.len - KVX_RDMA_CM_HEADER));
     memcpy(b.data, "KVXS", 4);
     CHECK(kvx_rdma_cm_parse(b.data, b.len, &m, &used, why, sizeof why) == KVX_ERR_PROTOCOL &&
           strstr(why, "magic"), "bad magic: %s", why);
