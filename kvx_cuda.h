@@ -199,6 +199,7 @@
 #define KVX_CUDA_H_INCLUDED
 
 #include "kvx_boot.h"
+#include "kvx_rdma.h" /* declarations only: the dma-buf hook below */
 
 #if !defined(KVX_VERSION_MAJOR) || KVX_VERSION_MAJOR != 0
 #error "kvx_cuda.h needs kvx.h major version 0"
@@ -376,6 +377,14 @@ KVX_API kvx_result kvx_cuda_stream_wait(kvx_cuda_stream *s, uint64_t ticket, cha
    the range leaves its allocation. Thread-safe. */
 KVX_API kvx_result kvx_cuda_dmabuf_fd(kvx_cuda *cu, int device, void *dev_ptr, size_t len,
                                       int *fd, uint64_t *offset, char *why, size_t why_len);
+
+/* Installs kvx_rdma.h's dma-buf hook (process-wide), backed by
+   kvx_cuda_dmabuf_fd on this kvx_cuda: the rdma transport then registers
+   KV buffers in GPU memory with ibv_reg_dmabuf_mr. Where the driver, the
+   GPU or the NIC lacks dma-buf, engine creation fails with the driver's or
+   the verbs' words (nvidia-peermem is the alternative). NULL uninstalls.
+   KVX_ERR_NOT_COMPILED without KVX_WITH_CUDA. Thread-safe. */
+KVX_API kvx_result kvx_cuda_rdma_install(kvx_cuda *cu);
 
 /* >>cuda transport ------------------------------------------------------------- */
 
@@ -3747,6 +3756,34 @@ KVX_API kvx_result kvx_cuda_transport_stats_get(const kvx_engine *e, kvx_cuda_tr
 }
 
 #endif /* KVX_WITH_CUDA */
+
+/* >>cuda: dma-buf for the rdma transport ---------------------------------------- */
+
+static kvx_result kvx__cuda_rdma_get_fd(void *ctx, void *ptr, uint64_t len, int device, int *fd,
+                                        uint64_t *offset, char *why, size_t why_len) {
+    return kvx_cuda_dmabuf_fd((kvx_cuda *)ctx, device, ptr, (size_t)len, fd, offset, why,
+                              why_len);
+}
+
+static void kvx__cuda_rdma_put_fd(void *ctx, int fd) {
+    (void)ctx;
+    if (fd >= 0) close(fd);
+}
+
+KVX_API kvx_result kvx_cuda_rdma_install(kvx_cuda *cu) {
+    kvx_rdma_dmabuf ops;
+#if !defined(KVX_WITH_CUDA)
+    if (cu) return KVX_ERR_NOT_COMPILED;
+#endif
+    memset(&ops, 0, sizeof ops);
+    if (cu) {
+        ops.get_fd = kvx__cuda_rdma_get_fd;
+        ops.put_fd = kvx__cuda_rdma_put_fd;
+        ops.ctx = cu;
+    }
+    kvx_rdma_set_dmabuf(cu ? &ops : NULL);
+    return KVX_OK;
+}
 
 #ifdef __cplusplus
 }
