@@ -8,6 +8,7 @@
 #define KVX_BOOT_TEST_H
 
 #include "../../kvx_boot.h"
+#include "../kvx_proc.h"
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,7 +30,6 @@
 #define BT_UNUSED
 #endif
 
-extern char **environ;
 
 static const char *bt_name = "test";
 static int bt_pass, bt_fail;
@@ -170,78 +170,10 @@ static BT_UNUSED int bt_is_failed(kvx_poll p) { return p == KVX_POLL_FAILED; }
 
 /* ---- child processes --------------------------------------------------------- */
 
-typedef struct bt_proc {
-    pid_t pid;
-    int in_fd;  /* its stdin (write end); closing it asks helpers to exit */
-    int out_fd; /* its stdout (read end) */
-    char buf[4096];
-    size_t len;
-} bt_proc;
-
-/* Spawns argv[0] (searched in PATH) with extra "K=V" variables added. */
-static BT_UNUSED int bt_spawn(bt_proc *p, char *const argv[], char *const extra_env[]) {
-    int in[2], out[2], rc;
-    size_t ne = 0, nx = 0, i;
-    char **env;
-    posix_spawn_file_actions_t fa;
-    memset(p, 0, sizeof *p);
-    p->pid = -1;
-    while (environ[ne]) ne++;
-    while (extra_env && extra_env[nx]) nx++;
-    env = (char **)calloc(ne + nx + 1, sizeof *env);
-    for (i = 0; i < nx; i++) env[i] = extra_env[i];
-    for (i = 0; i < ne; i++) env[nx + i] = environ[i]; /* first match wins in getenv */
-    if (pipe(in) || pipe(out)) { free(env); return -1; }
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_adddup2(&fa, in[0], 0);
-    posix_spawn_file_actions_adddup2(&fa, out[1], 1);
-    posix_spawn_file_actions_addclose(&fa, in[1]);
-    posix_spawn_file_actions_addclose(&fa, out[0]);
-    rc = posix_spawnp(&p->pid, argv[0], &fa, NULL, argv, env);
-    posix_spawn_file_actions_destroy(&fa);
-    free(env);
-    close(in[0]);
-    close(out[1]);
-    fcntl(in[1], F_SETFD, FD_CLOEXEC);
-    fcntl(out[0], F_SETFD, FD_CLOEXEC);
-    if (rc) {
-        close(in[1]);
-        close(out[0]);
-        p->pid = -1;
-        errno = rc;
-        return -1;
-    }
-    p->in_fd = in[1];
-    p->out_fd = out[0];
-    return 0;
-}
-
-/* One line of the child's stdout (without the newline); 0 on timeout/EOF. */
-static BT_UNUSED int bt_readline(bt_proc *p, char *line, size_t n, double timeout) {
-    double end = bt_now() + timeout;
-    for (;;) {
-        char *nl = (char *)memchr(p->buf, '\n', p->len);
-        struct pollfd pf;
-        ssize_t r;
-        int ms;
-        if (nl) {
-            size_t l = (size_t)(nl - p->buf);
-            snprintf(line, n, "%.*s", (int)l, p->buf);
-            memmove(p->buf, nl + 1, p->len - l - 1);
-            p->len -= l + 1;
-            return 1;
-        }
-        if (p->len == sizeof p->buf) p->len = 0;
-        ms = (int)((end - bt_now()) * 1000);
-        if (ms <= 0) return 0;
-        pf.fd = p->out_fd;
-        pf.events = POLLIN;
-        if (poll(&pf, 1, ms) <= 0) continue;
-        r = read(p->out_fd, p->buf + p->len, sizeof p->buf - p->len);
-        if (r <= 0) return 0;
-        p->len += (size_t)r;
-    }
-}
+/* the shared helpers of tests/kvx_proc.h */
+typedef kt_proc bt_proc;
+#define bt_spawn kt_spawn
+#define bt_readline kt_readline
 
 /* Reads everything until EOF into out (NUL-terminated), then reaps. */
 static BT_UNUSED int bt_read_all(bt_proc *p, char *out, size_t n, double timeout) {

@@ -9,6 +9,7 @@
 #define KVX_RDMA_TEST_H
 
 #include "../../kvx_rdma.h"
+#include "../kvx_proc.h"
 #include "../../examples/kvx_example.h"
 #include <stdio.h>
 #include <stdlib.h>
@@ -29,7 +30,6 @@
 #define RT_UNUSED
 #endif
 
-extern char **environ;
 
 static const char *rt_name = "test";
 static int rt_pass, rt_fail;
@@ -140,76 +140,10 @@ static RT_UNUSED kvx_engine *rt_engine(kvx_role role, const kvx_layout *l, const
 
 /* ---- child processes --------------------------------------------------------- */
 
-typedef struct rt_proc {
-    pid_t pid;
-    int in_fd;  /* its stdin; closing it tells a peer to finish */
-    int out_fd; /* its stdout */
-    char buf[65536];
-    size_t len;
-} rt_proc;
-
-static RT_UNUSED int rt_spawn(rt_proc *p, char *const argv[], char *const extra_env[]) {
-    int in[2], out[2], rc;
-    size_t ne = 0, nx = 0, i;
-    char **env;
-    posix_spawn_file_actions_t fa;
-    memset(p, 0, sizeof *p);
-    p->pid = -1;
-    while (environ[ne]) ne++;
-    while (extra_env && extra_env[nx]) nx++;
-    env = (char **)calloc(ne + nx + 1, sizeof *env);
-    for (i = 0; i < nx; i++) env[i] = extra_env[i];
-    for (i = 0; i < ne; i++) env[nx + i] = environ[i]; /* first match wins in getenv */
-    if (pipe(in) || pipe(out)) { free(env); return -1; }
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_adddup2(&fa, in[0], 0);
-    posix_spawn_file_actions_adddup2(&fa, out[1], 1);
-    posix_spawn_file_actions_addclose(&fa, in[1]);
-    posix_spawn_file_actions_addclose(&fa, out[0]);
-    rc = posix_spawn(&p->pid, argv[0], &fa, NULL, argv, env);
-    posix_spawn_file_actions_destroy(&fa);
-    free(env);
-    close(in[0]);
-    close(out[1]);
-    fcntl(in[1], F_SETFD, FD_CLOEXEC);
-    fcntl(out[0], F_SETFD, FD_CLOEXEC);
-    if (rc) {
-        close(in[1]);
-        close(out[0]);
-        p->pid = -1;
-        return -1;
-    }
-    p->in_fd = in[1];
-    p->out_fd = out[0];
-    return 0;
-}
-
-/* One line of the child's stdout (no newline); 0 on timeout or EOF. */
-static RT_UNUSED int rt_readline(rt_proc *p, char *line, size_t n, double timeout) {
-    double end = rt_now() + timeout;
-    for (;;) {
-        char *nl = (char *)memchr(p->buf, '\n', p->len);
-        struct pollfd pf;
-        ssize_t r;
-        int ms;
-        if (nl) {
-            size_t l = (size_t)(nl - p->buf);
-            snprintf(line, n, "%.*s", (int)l, p->buf);
-            memmove(p->buf, nl + 1, p->len - l - 1);
-            p->len -= l + 1;
-            return 1;
-        }
-        if (p->len == sizeof p->buf) p->len = 0;
-        ms = (int)((end - rt_now()) * 1000);
-        if (ms <= 0 || p->out_fd < 0) return 0;
-        pf.fd = p->out_fd;
-        pf.events = POLLIN;
-        if (poll(&pf, 1, ms) <= 0) continue;
-        r = read(p->out_fd, p->buf + p->len, sizeof p->buf - p->len);
-        if (r <= 0) return 0;
-        p->len += (size_t)r;
-    }
-}
+/* the shared helpers of tests/kvx_proc.h */
+typedef kt_proc rt_proc;
+#define rt_spawn kt_spawn
+#define rt_readline kt_readline
 
 /* 1 when the child has exited (reaped; its output can still be read). */
 static RT_UNUSED int rt_exited(rt_proc *p, int *status) {

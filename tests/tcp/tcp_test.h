@@ -8,6 +8,7 @@
 #define KVX_TCP_TEST_H
 
 #include "../../kvx_tcp.h"
+#include "../kvx_proc.h"
 #include "../../examples/kvx_example.h"
 #include "../kvx_test.h"
 #include <errno.h>
@@ -41,7 +42,6 @@
 #define TT_UNUSED
 #endif
 
-extern char **environ;
 
 static const ex_model tt_tiny = {"tiny", 4, 2, 64, 2, 0, "bfloat16"}; /* 8 buffers, 4 KiB pages */
 static char tt_self[4096];
@@ -138,78 +138,10 @@ static TT_UNUSED uint32_t tt_pool_pages(const ex_request *r, uint32_t n) {
 
 /* ---- child processes ------------------------------------------------------- */
 
-typedef struct tt_proc {
-    pid_t pid;
-    int in_fd, out_fd;
-    char buf[8192];
-    size_t len;
-} tt_proc;
-
-/* Spawns argv with "K=V" entries of extra_env added in front of the
-   environment. argv[0] is run as given (no PATH search unless no '/'). */
-static TT_UNUSED int tt_spawn(tt_proc *p, char *const argv[], char *const extra_env[]) {
-    int in[2], out[2], rc;
-    size_t ne = 0, nx = 0, i;
-    char **env;
-    posix_spawn_file_actions_t fa;
-    memset(p, 0, sizeof *p);
-    p->pid = -1;
-    while (environ[ne]) ne++;
-    while (extra_env && extra_env[nx]) nx++;
-    env = (char **)calloc(ne + nx + 1, sizeof *env);
-    for (i = 0; i < nx; i++) env[i] = extra_env[i];
-    for (i = 0; i < ne; i++) env[nx + i] = environ[i];
-    if (pipe(in) || pipe(out)) { free(env); return -1; }
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_adddup2(&fa, in[0], 0);
-    posix_spawn_file_actions_adddup2(&fa, out[1], 1);
-    posix_spawn_file_actions_addclose(&fa, in[1]);
-    posix_spawn_file_actions_addclose(&fa, out[0]);
-    rc = posix_spawnp(&p->pid, argv[0], &fa, NULL, argv, env);
-    posix_spawn_file_actions_destroy(&fa);
-    free(env);
-    close(in[0]);
-    close(out[1]);
-    fcntl(in[1], F_SETFD, FD_CLOEXEC);
-    fcntl(out[0], F_SETFD, FD_CLOEXEC);
-    if (rc) {
-        close(in[1]);
-        close(out[0]);
-        p->pid = -1;
-        return -1;
-    }
-    p->in_fd = in[1];
-    p->out_fd = out[0];
-    return 0;
-}
-
-/* One line of the child's stdout; 0 on timeout or EOF. */
-static TT_UNUSED int tt_readline(tt_proc *p, char *line, size_t n, double timeout) {
-    double end = tt_now() + timeout;
-    line[0] = 0;
-    for (;;) {
-        char *nl = (char *)memchr(p->buf, '\n', p->len);
-        struct pollfd pf;
-        ssize_t r;
-        int ms;
-        if (nl) {
-            size_t l = (size_t)(nl - p->buf);
-            snprintf(line, n, "%.*s", (int)l, p->buf);
-            memmove(p->buf, nl + 1, p->len - l - 1);
-            p->len -= l + 1;
-            return 1;
-        }
-        if (p->len == sizeof p->buf) p->len = 0;
-        ms = (int)((end - tt_now()) * 1000);
-        if (ms <= 0) return 0;
-        pf.fd = p->out_fd;
-        pf.events = POLLIN;
-        if (poll(&pf, 1, ms) <= 0) continue;
-        r = read(p->out_fd, p->buf + p->len, sizeof p->buf - p->len);
-        if (r <= 0) return 0;
-        p->len += (size_t)r;
-    }
-}
+/* the shared helpers of tests/kvx_proc.h */
+typedef kt_proc tt_proc;
+#define tt_spawn kt_spawn
+#define tt_readline kt_readline
 
 /* Waits for a line starting with prefix (skipping others); 1 found. */
 static TT_UNUSED int tt_expect(tt_proc *p, const char *prefix, char *line, size_t n, double timeout) {
