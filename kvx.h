@@ -268,6 +268,29 @@ KVX_API kvx_result kvx_pages_check(kvx_plan *scratch, const int32_t *pages, size
 
 KVX_API void kvx_plan_free(kvx_plan *p);
 
+/* >>safe directories ----------------------------------------------------- */
+
+/* Flags of kvx_dir_open / kvx_dir_check. */
+#define KVX_DIR_CREATE 1 /* create the directory (and missing parents) with `mode` */
+#define KVX_DIR_SHARED 2 /* shared with the group: another owner and group write are
+                            accepted (others still may not write without the sticky bit) */
+
+/* Opens directory `path` for openat & co. without trusting links: every
+   component is opened relative to its parent, the last one never through a
+   symbolic link, an earlier one only through a link owned by root or this
+   user. The directory and every parent must pass kvx_dir_check. On success
+   *fd is an O_DIRECTORY descriptor (close it); else KVX_ERR_NOT_FOUND,
+   KVX_ERR_PERMISSION... and a sentence naming the directory, its owner and
+   mode. Thread-safe; blocks on the filesystem. */
+KVX_API kvx_result kvx_dir_open(const char *path, unsigned mode, int flags, int *fd,
+                                char *why, size_t why_len);
+/* Checks an open directory: owned by this user or root (any owner with
+   KVX_DIR_SHARED), and not writable by others (nor by the group, unless
+   KVX_DIR_SHARED) unless it has the sticky bit. `path` names it in the
+   sentence. KVX_ERR_PERMISSION when refused. */
+KVX_API kvx_result kvx_dir_check(int fd, const char *path, int flags, char *why,
+                                 size_t why_len);
+
 /* >>desc ---------------------------------------------------------------- */
 
 typedef enum kvx_log_level {
@@ -2396,6 +2419,141 @@ KVX_API const char *kvx_receiver_error(const kvx_receiver *r) { return kvx__room
 KVX_API uint64_t kvx_receiver_room(const kvx_receiver *r) { return ((const kvx_room *)r)->id; }
 KVX_API void kvx_receiver_abort(kvx_receiver *r, const char *why) { if (r) kvx__room_abort((kvx_room *)r, why); }
 KVX_API void kvx_receiver_destroy(kvx_receiver *r) { if (r) kvx__room_close((kvx_room *)r); }
+
+/* >>impl: safe directories ------------------------------------------------ */
+
+#ifdef __cplusplus
+}
+#endif
+#include <fcntl.h>
+#include <pwd.h>
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* "owner uid 65534 (nobody), mode 0777" */
+static KVX__UNUSED void kvx__dir_describe(const struct stat *st, char *out, size_t n) {
+    struct passwd pw, *res = NULL;
+    char buf[1024];
+    const char *name = "?";
+    if (!getpwuid_r(st->st_uid, &pw, buf, sizeof buf, &res) && res) name = res->pw_name;
+    snprintf(out, n, "owner uid %u (%s), mode %04o", (unsigned)st->st_uid, name,
+             (unsigned)(st->st_mode & 07777));
+}
+
+static kvx_result kvx__dir_check_st(const struct stat *st, const char *path, int flags,
+                                    char *why, size_t wl) {
+    char desc[300];
+    uid_t me = geteuid();
+    mode_t bad = (flags & KVX_DIR_SHARED) ? S_IWOTH : (S_IWGRP | S_IWOTH);
+    if (!S_ISDIR(st->st_mode)) {
+        kvx__set_why(why, wl, "%s is not a directory", path);
+        return KVX_ERR_NOT_FOUND;
+    }
+    kvx__dir_describe(st, desc, sizeof desc);
+    if (!(flags & KVX_DIR_SHARED) && st->st_uid != me && st->st_uid != 0) {
+        kvx__set_why(why, wl, "refusing directory %s (%s): it belongs to another user, who could "
+                     "plant links in it (share a directory between users only with "
+                     "KVX_FILE_SHARED=1 and a group-owned directory)", path, desc);
+        return KVX_ERR_PERMISSION;
+    }
+    if ((st->st_mode & bad) && !(st->st_mode & S_ISVTX)) {
+        kvx__set_why(why, wl, "refusing directory %s (%s): %s may write in it and it has no "
+                     "sticky bit, so they could plant or swap files and links", path, desc,
+                     (st->st_mode & S_IWOTH) ? "every user" : "the group");
+        return KVX_ERR_PERMISSION;
+    }
+    return KVX_OK;
+}
+
+KVX_API kvx_result kvx_dir_check(int fd, const char *path, int flags, char *why, size_t wl) {
+    struct stat st;
+    if (fstat(fd, &st)) {
+        int err = errno;
+        kvx__set_why(why, wl, "cannot stat %s: %s", path, strerror(err));
+        return kvx__errno_result(err);
+    }
+    return kvx__dir_check_st(&st, path, flags, why, wl);
+}
+
+KVX_API kvx_result kvx_dir_open(const char *path, unsigned mode, int flags, int *fd_out,
+                                char *why, size_t wl) {
+    char tmp[4096];
+    size_t n = path ? strlen(path) : 0, i = 0;
+    int fd;
+    kvx_result r;
+    *fd_out = -1;
+    if (n == 0 || n >= sizeof tmp) {
+        kvx__set_why(why, wl, "directory path '%s' is empty or too long", path ? path : "");
+        return KVX_ERR_INVALID_ARGUMENT;
+    }
+    memcpy(tmp, path, n + 1);
+    fd = open(tmp[0] == '/' ? "/" : ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) {
+        int err = errno;
+        kvx__set_why(why, wl, "cannot open %s: %s", tmp[0] == '/' ? "/" : ".", strerror(err));
+        return kvx__errno_result(err);
+    }
+    while (i < n) {
+        size_t start, end;
+        int last, next, err;
+        struct stat lst;
+        while (i < n && tmp[i] == '/') i++;
+        if (i >= n) break;
+        start = i;
+        while (i < n && tmp[i] != '/') i++;
+        end = i;
+        while (i < n && tmp[i] == '/') i++;
+        last = i >= n;
+        tmp[end] = 0;
+        if (fstatat(fd, tmp + start, &lst, AT_SYMLINK_NOFOLLOW) && errno == ENOENT &&
+            (flags & KVX_DIR_CREATE)) {
+            if (mkdirat(fd, tmp + start, (mode_t)mode) && errno != EEXIST) {
+                err = errno;
+                kvx__set_why(why, wl, "cannot create directory %s: %s", tmp, strerror(err));
+                close(fd);
+                return kvx__errno_result(err);
+            }
+            if (fstatat(fd, tmp + start, &lst, AT_SYMLINK_NOFOLLOW)) memset(&lst, 0, sizeof lst);
+        }
+        if (S_ISLNK(lst.st_mode)) {
+            char desc[300];
+            kvx__dir_describe(&lst, desc, sizeof desc);
+            if (last || (lst.st_uid != geteuid() && lst.st_uid != 0)) {
+                kvx__set_why(why, wl, "refusing %s: it is a symbolic link (%s)%s", tmp, desc,
+                             last ? "; give the directory itself" : " of another user");
+                close(fd);
+                return KVX_ERR_PERMISSION;
+            }
+        }
+        next = openat(fd, tmp + start,
+                      O_RDONLY | O_DIRECTORY | O_CLOEXEC | (last ? O_NOFOLLOW : 0));
+        if (next < 0) {
+            err = errno;
+            if (err == ENOTDIR || err == ELOOP)
+                kvx__set_why(why, wl, "%s is not a directory", tmp);
+            else
+                kvx__set_why(why, wl, "cannot open directory %s: %s", tmp, strerror(err));
+            close(fd);
+            return err == ELOOP ? KVX_ERR_PERMISSION : kvx__errno_result(err);
+        }
+        close(fd);
+        fd = next;
+        if ((r = kvx_dir_check(fd, tmp, flags, why, wl)) != KVX_OK) {
+            close(fd);
+            return r;
+        }
+        tmp[end] = path[end];
+    }
+    if (faccessat(fd, ".", W_OK | X_OK, AT_EACCESS)) {
+        int err = errno;
+        kvx__set_why(why, wl, "no write permission on %s: %s", path, strerror(err));
+        close(fd);
+        return KVX_ERR_PERMISSION;
+    }
+    *fd_out = fd;
+    return KVX_OK;
+}
 
 /* >>impl: fake transport -------------------------------------------------- */
 

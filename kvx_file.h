@@ -172,20 +172,67 @@ static void kvx__pathf(char *out, const char *fmt, ...) {
     va_end(ap);
 }
 
+/* A fresh 64-bit value for temporary names: a name another user cannot
+   guess (O_EXCL | O_NOFOLLOW refuse a planted one anyway). */
+static uint64_t kvx__file_nonce(void) {
+    static uint64_t seed;
+    static uint64_t ctr;
+    uint64_t s = __atomic_load_n(&seed, __ATOMIC_RELAXED), z;
+    if (!s) {
+        int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
+        if (fd >= 0) {
+            if (read(fd, &s, sizeof s) != (ssize_t)sizeof s) s = 0;
+            close(fd);
+        }
+        s ^= kvx_now_ns() ^ ((uint64_t)getpid() << 40);
+        s |= 1;
+        __atomic_store_n(&seed, s, __ATOMIC_RELAXED);
+    }
+    z = s + __atomic_add_fetch(&ctr, 1, __ATOMIC_RELAXED) * 0x9e3779b97f4a7c15ull;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
 
-static kvx_result kvx__read_small(const char *path, char **out, size_t *len, size_t max,
-                                  char *why, size_t wl) {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+/* Opens `name` in directory dfd for reading: never through a link, only a
+   regular file (a FIFO would block, a device is nobody's chunk). `shown`
+   names it in the sentence. */
+static int kvx__open_reg_at(int dfd, const char *name, const char *shown, kvx_result *res,
+                            char *why, size_t wl) {
+    int fd = openat(dfd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+    struct stat st;
+    if (fd < 0) {
+        int err = errno;
+        if (err == ELOOP) {
+            kvx__set_why(why, wl, "refusing %s: it is a symbolic link", shown);
+            *res = KVX_ERR_PERMISSION;
+        } else {
+            kvx__set_why(why, wl, "cannot open %s: %s", shown, strerror(err));
+            *res = err == ENOENT ? KVX_ERR_NOT_FOUND : kvx__errno_result(err);
+        }
+        return -1;
+    }
+    if (fstat(fd, &st) || !S_ISREG(st.st_mode)) {
+        kvx__set_why(why, wl, "refusing %s: it is not a regular file", shown);
+        close(fd);
+        *res = KVX_ERR_PERMISSION;
+        return -1;
+    }
+    *res = KVX_OK;
+    return fd;
+}
+
+static kvx_result kvx__read_small_at(int dfd, const char *name, const char *shown, char **out,
+                                     size_t *len, size_t max, char *why, size_t wl) {
+    kvx_result r;
+    int fd = kvx__open_reg_at(dfd, name, shown, &r, why, wl);
     struct stat st;
     char *buf;
     size_t got = 0;
     *out = NULL;
-    if (fd < 0) {
-        kvx__set_why(why, wl, "cannot open %s: %s", path, strerror(errno));
-        return errno == ENOENT ? KVX_ERR_NOT_FOUND : kvx__errno_result(errno);
-    }
+    if (fd < 0) return r;
     if (fstat(fd, &st) || (uint64_t)st.st_size > max) {
-        kvx__set_why(why, wl, "%s is %lld bytes, more than the %zu allowed", path,
+        kvx__set_why(why, wl, "%s is %lld bytes, more than the %zu allowed", shown,
                      (long long)st.st_size, max);
         close(fd);
         return KVX_ERR_CORRUPT;
@@ -196,7 +243,7 @@ static kvx_result kvx__read_small(const char *path, char **out, size_t *len, siz
         ssize_t n = read(fd, buf + got, (size_t)st.st_size - got);
         if (n < 0 && errno == EINTR) continue;
         if (n <= 0) {
-            kvx__set_why(why, wl, "cannot read %s: %s", path, n ? strerror(errno) : "short read");
+            kvx__set_why(why, wl, "cannot read %s: %s", shown, n ? strerror(errno) : "short read");
             free(buf);
             close(fd);
             return KVX_ERR_IO;
@@ -210,19 +257,40 @@ static kvx_result kvx__read_small(const char *path, char **out, size_t *len, siz
     return KVX_OK;
 }
 
-/* Writes data to dir/name through a temporary name and a rename. */
-static kvx_result kvx__write_atomic(const char *dir, const char *name, const void *data,
-                                    size_t len, int do_fsync, char *why, size_t wl) {
-    static unsigned seq;
-    char tmp[KVX__FILE_PATH], dst[KVX__FILE_PATH];
+static kvx_result kvx__read_small(const char *path, char **out, size_t *len, size_t max,
+                                  char *why, size_t wl) {
+    return kvx__read_small_at(AT_FDCWD, path, path, out, len, max, why, wl);
+}
+
+/* Creates a new temporary file next to `name` in dfd, exclusively and
+   never through a link: "<name>.tmp.<pid>.<nonce>" (retried on a clash). */
+static int kvx__create_tmp_at(int dfd, const char *name, char *tmp, size_t tmp_len,
+                              unsigned mode) {
+    int i, fd = -1;
+    for (i = 0; i < 16; i++) {
+        snprintf(tmp, tmp_len, "%s.tmp.%ld.%016llx", name, (long)getpid(),
+                 (unsigned long long)kvx__file_nonce());
+        fd = openat(dfd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, (mode_t)mode);
+        if (fd >= 0 || errno != EEXIST) break;
+    }
+    return fd;
+}
+
+/* Writes data to dfd/name through a new temporary file and a rename.
+   noreplace: the file is put in place only if no file of that name exists
+   (link(2) then unlink of the temporary): the first writer wins, and
+   KVX_OK is returned either way. `shown` is the directory for sentences. */
+static kvx_result kvx__write_atomic_at(int dfd, const char *shown, const char *name,
+                                       const void *data, size_t len, int do_fsync,
+                                       int noreplace, unsigned mode, char *why, size_t wl) {
+    char tmp[256];
     const char *p = (const char *)data;
     int fd, err = 0;
-    kvx__pathf(dst, "%s/%s", dir, name);
-    kvx__pathf(tmp, "%s.tmp.%ld.%u", dst, (long)getpid(), __atomic_add_fetch(&seq, 1, __ATOMIC_RELAXED));
-    fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    fd = kvx__create_tmp_at(dfd, name, tmp, sizeof tmp, mode);
     if (fd < 0) {
-        kvx__set_why(why, wl, "cannot create %s: %s", tmp, strerror(errno));
-        return kvx__errno_result(errno);
+        err = errno;
+        kvx__set_why(why, wl, "cannot create %s/%s: %s", shown, tmp, strerror(err));
+        return kvx__errno_result(err);
     }
     while (len) {
         ssize_t n = write(fd, p, len);
@@ -232,33 +300,58 @@ static kvx_result kvx__write_atomic(const char *dir, const char *name, const voi
     }
     if (!err && do_fsync && fsync(fd)) err = errno;
     if (close(fd) && !err) err = errno;
-    if (!err && rename(tmp, dst)) err = errno;
+    if (!err && noreplace) {
+        if (linkat(dfd, tmp, dfd, name, 0)) {
+            err = errno;
+            if (err == EPERM || err == ENOTSUP || err == EXDEV || err == EMLINK) {
+                /* no hard links on this filesystem: check, then rename */
+                struct stat st;
+                err = 0;
+                if (fstatat(dfd, name, &st, AT_SYMLINK_NOFOLLOW) == 0) err = EEXIST;
+                else if (renameat(dfd, tmp, dfd, name)) err = errno;
+            }
+        }
+        (void)unlinkat(dfd, tmp, 0);
+        if (err == EEXIST) return KVX_OK; /* the first one stays */
+    } else if (!err && renameat(dfd, tmp, dfd, name)) {
+        err = errno;
+    }
     if (err) {
-        kvx__set_why(why, wl, "cannot write %s: %s", dst, strerror(err));
-        unlink(tmp);
+        kvx__set_why(why, wl, "cannot write %s/%s: %s", shown, name, strerror(err));
+        (void)unlinkat(dfd, tmp, 0);
         return kvx__errno_result(err);
     }
     return KVX_OK;
 }
 
-static void kvx__fsync_dir(const char *dir) {
-    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd >= 0) { fsync(fd); close(fd); }
-}
-
-/* Removes the regular files of a room directory, then the directory. */
-static void kvx__rm_room(const char *dir) {
-    DIR *d = opendir(dir);
+/* Removes every entry but subdirectories of an open directory (links are
+   removed, never followed). */
+static void kvx__empty_dir(int dfd) {
+    int fd = openat(dfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    DIR *d;
     struct dirent *de;
-    char p[KVX__FILE_PATH];
-    if (!d) return;
+    if (fd < 0) return;
+    if (!(d = fdopendir(fd))) { close(fd); return; }
     while ((de = readdir(d)) != NULL) {
         if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, "..")) continue;
-        kvx__pathf(p, "%s/%s", dir, de->d_name);
-        unlink(p);
+        (void)unlinkat(dfd, de->d_name, 0);
     }
     closedir(d);
-    rmdir(dir);
+}
+
+/* Removes room directory base/name and its files without following a
+   link; owner_only: only when this user owns it. */
+static void kvx__rm_room_at(int base, const char *name, int owner_only) {
+    int fd = openat(base, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    struct stat st;
+    if (fd < 0) return;
+    if (fstat(fd, &st) || (owner_only && st.st_uid != geteuid())) {
+        close(fd);
+        return;
+    }
+    kvx__empty_dir(fd);
+    close(fd);
+    (void)unlinkat(base, name, AT_REMOVEDIR);
 }
 
 /* Reads or writes the packed byte range [lo, hi) of a one-sided plan
@@ -639,6 +732,9 @@ KVX_API kvx_result kvx_file_crc32c(int fd, uint64_t off, uint64_t len, uint32_t 
 
 typedef struct kvx__fengine {
     char dir[KVX__FILE_PATH];
+    int dfd;                    /* the directory, opened without following links */
+    int shared;                 /* KVX_FILE_SHARED: the group may use the rooms */
+    unsigned dir_mode, file_mode;
     double timeout_s, ttl_s;
     int do_fsync, keep, io_threads;
     uint64_t stripe;
@@ -695,8 +791,9 @@ typedef struct kvx__fjob {
     kvx_chunk *chunk;       /* sender: owned */
     kvx_plan plan;          /* receiver: scatter plan */
     kvx_file_chunk_info meta; /* receiver */
-    char path[KVX__FILE_PATH];
-    char tmp[KVX__FILE_PATH];
+    char path[KVX__FILE_PATH]; /* for sentences */
+    char name[64];          /* kv_chunk_<i>.bin in the room directory */
+    char tmp[256];          /* sender: its temporary name */
     int fd;
     uint64_t bytes;
     uint32_t nstripes;
@@ -723,7 +820,10 @@ typedef struct kvx__fstripe {
 typedef struct kvx__froom {
     kvx_room *room;
     kvx__fengine *fe;
-    char dir[KVX__FILE_PATH];
+    char dir[KVX__FILE_PATH]; /* for sentences */
+    char name[48];          /* room_<id> in fe->dir */
+    int dfd;                /* the room directory; -1 until made (sender) or seen
+                               (receiver); set once, then read by workers */
     pthread_mutex_t mu;
     pthread_cond_t cv;
     int busy;               /* stripes running or queued, under mu */
@@ -741,28 +841,36 @@ typedef struct kvx__froom {
     char deadline_what[KVX__FILE_PATH + 96];
     struct kvx__froom *next_pending;
     int is_pending;
+    int refused;            /* receiver: the room directory is unsafe (why) */
+    char refused_why[KVX_ERROR_MAX];
 } kvx__froom;
 
 static kvx__fengine *kvx__fe(kvx_engine *e) { return (kvx__fengine *)kvx_engine_backend_data(e); }
 
+/* Removes this user's room directories (and failure markers) older than
+   the TTL. Never follows a link, never touches another user's entries: a
+   fresh room of another engine is left alone, however short the TTL. */
 static void kvx__file_sweep(kvx_engine *e, kvx__fengine *fe) {
-    DIR *d = opendir(fe->dir);
+    int fd = openat(fe->dfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    DIR *d;
     struct dirent *de;
     time_t now = time(NULL);
     int removed = 0;
-    if (!d) return;
+    if (fd < 0) return;
+    if (!(d = fdopendir(fd))) { close(fd); return; }
     while ((de = readdir(d)) != NULL) {
-        char p[KVX__FILE_PATH];
         struct stat st;
         if (strncmp(de->d_name, "room_", 5)) continue;
-        kvx__pathf(p, "%s/%s", fe->dir, de->d_name);
-        if (lstat(p, &st) || !S_ISDIR(st.st_mode)) continue;
-        if (difftime(now, st.st_mtime) > fe->ttl_s) { kvx__rm_room(p); removed++; }
+        if (fstatat(fe->dfd, de->d_name, &st, AT_SYMLINK_NOFOLLOW)) continue;
+        if (st.st_uid != geteuid() || !(difftime(now, st.st_mtime) > fe->ttl_s)) continue;
+        if (S_ISDIR(st.st_mode)) kvx__rm_room_at(fe->dfd, de->d_name, 1);
+        else (void)unlinkat(fe->dfd, de->d_name, 0); /* a marker, a temporary, a link */
+        removed++;
     }
     closedir(d);
     if (removed)
         kvx_engine_log(e, KVX_LOG_INFO, "kvx.file", 0,
-                       "removed %d room directories older than %.0f s from %s", removed,
+                       "removed %d room entries older than %.0f s from %s", removed,
                        fe->ttl_s, fe->dir);
 }
 
@@ -785,33 +893,80 @@ static int kvx__file_on_status(kvx_boot *b, kvx_room *r, const kvx_boot_peer *pe
     return state == KVX_POLL_SUCCESS ? 2 : 0;
 }
 
+/* Settings with ranges: *v holds the desc value, the environment overrides
+   it, 0 from either means def, anything outside [min, max] is refused with
+   a sentence naming the variable. */
+static kvx_result kvx__fset_double(const char *env, double *v, double def, double min,
+                                   double max, char *why, size_t wl) {
+    kvx_result r = kvx_env_double(env, v, why, wl);
+    if (r != KVX_OK) return r;
+    if (*v == 0) *v = def;
+    if (!(*v >= min && *v <= max)) {
+        kvx__set_why(why, wl, "%s = %g is outside [%g, %g] (0 = %g)", env, *v, min, max, def);
+        return KVX_ERR_BAD_CONFIG;
+    }
+    return KVX_OK;
+}
+static kvx_result kvx__fset_int(const char *env, int *v, int def, int min, int max, char *why,
+                                size_t wl) {
+    kvx_result r = kvx_env_int(env, v, why, wl);
+    if (r != KVX_OK) return r;
+    if (*v == 0) *v = def;
+    if (*v < min || *v > max) {
+        kvx__set_why(why, wl, "%s = %d is outside [%d, %d] (0 = %d)", env, *v, min, max, def);
+        return KVX_ERR_BAD_CONFIG;
+    }
+    return KVX_OK;
+}
+
+/* Reads and checks every setting (see the doc block for meanings and
+   ranges). */
+static kvx_result kvx__file_settings(const kvx_engine_desc *d, kvx__fengine *fe,
+                                     const char **dir, char *why, size_t wl) {
+    int stripe = d->file.stripe_bytes > (uint32_t)INT_MAX ? INT_MAX : (int)d->file.stripe_bytes;
+    kvx_result r;
+    fe->timeout_s = d->file.timeout_s;
+    fe->ttl_s = d->file.ttl_s;
+    fe->io_threads = d->file.io_threads;
+    fe->do_fsync = d->file.fsync;
+    fe->keep = d->file.keep;
+    kvx_env_str("KVX_FILE_DIR", dir);
+    if ((r = kvx__fset_double("KVX_FILE_TIMEOUT", &fe->timeout_s, 300, 0.001, 1e6, why, wl)) ||
+        (r = kvx__fset_double("KVX_FILE_TTL", &fe->ttl_s, 3600, 60, 1e9, why, wl)) ||
+        (r = kvx__fset_int("KVX_FILE_IO_THREADS", &fe->io_threads, 4, 1, 256, why, wl)) ||
+        (r = kvx__fset_int("KVX_FILE_STRIPE", &stripe, 16 << 20, 4096, 1 << 30, why, wl)) ||
+        (r = kvx_env_int("KVX_FILE_FSYNC", &fe->do_fsync, why, wl)) ||
+        (r = kvx_env_int("KVX_FILE_KEEP", &fe->keep, why, wl)) ||
+        (r = kvx_env_int("KVX_FILE_SHARED", &fe->shared, why, wl)))
+        return r;
+    fe->stripe = (uint64_t)stripe;
+    if (fe->do_fsync < 0 || fe->do_fsync > 1 || fe->keep < 0 || fe->keep > 1 ||
+        fe->shared < 0 || fe->shared > 1) {
+        kvx__set_why(why, wl, "KVX_FILE_FSYNC, KVX_FILE_KEEP and KVX_FILE_SHARED take 0 or 1 "
+                     "(they are %d, %d, %d)", fe->do_fsync, fe->keep, fe->shared);
+        return KVX_ERR_BAD_CONFIG;
+    }
+    fe->dir_mode = fe->shared ? 0770 : 0700;
+    fe->file_mode = fe->shared ? 0660 : 0600;
+    return KVX_OK;
+}
+
 static kvx_result kvx__file_engine_init(kvx_engine *e, char *why, size_t wl) {
     const kvx_engine_desc *d = kvx_engine_settings(e);
     kvx__fengine *fe;
-    const char *dir = d->file.dir ? d->file.dir : "/tmp/kvx_file";
-    int stripe_mb = 0;
+    char defdir[64];
+    const char *dir;
     kvx_result r;
+    snprintf(defdir, sizeof defdir, "/tmp/kvx_file-%u", (unsigned)geteuid());
+    dir = d->file.dir ? d->file.dir : defdir;
     fe = (kvx__fengine *)kvx_engine_alloc(e, sizeof *fe);
     if (!fe) return KVX_ERR_NO_MEMORY;
     memset(fe, 0, sizeof *fe);
-    fe->timeout_s = d->file.timeout_s > 0 ? d->file.timeout_s : 300;
-    fe->do_fsync = d->file.fsync;
-    fe->keep = d->file.keep;
-    fe->io_threads = d->file.io_threads > 0 ? d->file.io_threads : 4;
-    fe->ttl_s = d->file.ttl_s > 0 ? d->file.ttl_s : 3600;
-    fe->stripe = d->file.stripe_bytes ? d->file.stripe_bytes : (16u << 20);
-    stripe_mb = (int)fe->stripe;
-    kvx_env_str("KVX_FILE_DIR", &dir);
-    if ((r = kvx_env_double("KVX_FILE_TIMEOUT", &fe->timeout_s, why, wl)) ||
-        (r = kvx_env_int("KVX_FILE_FSYNC", &fe->do_fsync, why, wl)) ||
-        (r = kvx_env_int("KVX_FILE_KEEP", &fe->keep, why, wl)) ||
-        (r = kvx_env_int("KVX_FILE_IO_THREADS", &fe->io_threads, why, wl)) ||
-        (r = kvx_env_double("KVX_FILE_TTL", &fe->ttl_s, why, wl)) ||
-        (r = kvx_env_int("KVX_FILE_STRIPE", &stripe_mb, why, wl))) {
+    fe->dfd = -1;
+    if ((r = kvx__file_settings(d, fe, &dir, why, wl)) != KVX_OK) {
         kvx_engine_free(e, fe);
         return r;
     }
-    if (fe->io_threads < 1) fe->io_threads = 1;
     {
         const kvx_layout *l = kvx_engine_layout(e);
         uint32_t i;
@@ -826,19 +981,21 @@ static kvx_result kvx__file_engine_init(kvx_engine *e, char *why, size_t wl) {
             return KVX_ERR_INVALID_ARGUMENT;
         }
     }
-    fe->stripe = stripe_mb >= 4096 ? (uint64_t)stripe_mb : (16u << 20);
     if (strlen(dir) >= sizeof fe->dir - 64) {
         kvx__set_why(why, wl, "KVX_FILE_DIR is too long (%zu bytes)", strlen(dir));
         kvx_engine_free(e, fe);
         return KVX_ERR_INVALID_ARGUMENT;
     }
     snprintf(fe->dir, sizeof fe->dir, "%s", dir);
-    if ((r = kvx__mkdir_p(fe->dir, why, wl)) != KVX_OK) {
+    r = kvx_dir_open(fe->dir, fe->dir_mode, KVX_DIR_CREATE | (fe->shared ? KVX_DIR_SHARED : 0),
+                     &fe->dfd, why, wl);
+    if (r != KVX_OK) {
         kvx_engine_free(e, fe);
         return r;
     }
     if ((r = kvx_workq_create(e, fe->io_threads, "kvx.file", &fe->q)) != KVX_OK) {
         kvx__set_why(why, wl, "cannot start %d file I/O threads", fe->io_threads);
+        close(fe->dfd);
         kvx_engine_free(e, fe);
         return r;
     }
@@ -851,6 +1008,7 @@ static kvx_result kvx__file_engine_init(kvx_engine *e, char *why, size_t wl) {
             kvx_engine_set_backend_data(e, NULL);
             kvx_workq_destroy(fe->q);
             pthread_mutex_destroy(&fe->mu);
+            close(fe->dfd);
             kvx_engine_free(e, fe);
             return r;
         }
@@ -866,6 +1024,7 @@ static void kvx__file_engine_fini(kvx_engine *e) {
     kvx_workq_destroy(fe->q);
     while (fe->num_stage_free) fe->mem.host_free(fe->mem.ctx, fe->stage_free[--fe->num_stage_free]);
     pthread_mutex_destroy(&fe->mu);
+    close(fe->dfd);
     kvx_engine_free(e, fe);
 }
 
@@ -880,7 +1039,9 @@ static kvx_result kvx__file_room_open(kvx_room *r) {
     fr->aux_index = -1;
     pthread_mutex_init(&fr->mu, NULL);
     pthread_cond_init(&fr->cv, NULL);
-    kvx__pathf(fr->dir, "%s/room_%llu", fe->dir, (unsigned long long)kvx_room_id(r));
+    fr->dfd = -1;
+    snprintf(fr->name, sizeof fr->name, "room_%llu", (unsigned long long)kvx_room_id(r));
+    kvx__pathf(fr->dir, "%s/%s", fe->dir, fr->name);
     kvx_room_set_data(r, fr);
     fr->boot = fe->boot && (kvx_room_role(r) == KVX_ROLE_PREFILL || kvx_room_bootstrap_addr(r));
     if (fr->boot) return kvx_boot_room_open(fe->boot, r); /* BOOTSTRAPPING until connected */
@@ -894,6 +1055,7 @@ static void kvx__file_room_free(kvx_room *r) {
     if (!fr) return;
     pthread_mutex_destroy(&fr->mu);
     pthread_cond_destroy(&fr->cv);
+    if (fr->dfd >= 0) close(fr->dfd);
     kvx_engine_free(e, fr->pages);
     kvx_engine_free(e, fr);
 }
@@ -919,23 +1081,100 @@ static void kvx__file_room_close(kvx_room *r) {
     if (fr->boot) kvx_boot_room_close(fr->fe->boot, r);
 }
 
-static void kvx__file_write_failed(kvx__froom *fr, const char *reason) {
+static int kvx__froom_dfd(kvx__froom *fr) { return __atomic_load_n(&fr->dfd, __ATOMIC_ACQUIRE); }
+
+/* Makes the sender's room directory, or takes over the one left by an
+   earlier room of the same id (*reused), and opens it without following a
+   link. A link, a non-directory or a directory another user could have
+   planted is refused with a sentence. */
+static kvx_result kvx__file_make_room(kvx__froom *fr, int *dfd, int *reused, char *why,
+                                      size_t wl) {
+    kvx__fengine *fe = fr->fe;
+    int fd, made = mkdirat(fe->dfd, fr->name, (mode_t)fe->dir_mode) == 0, err = errno;
+    kvx_result r;
+    *dfd = -1;
+    *reused = 0;
+    if (!made && err != EEXIST) {
+        kvx__set_why(why, wl, "cannot create %s: %s", fr->dir, strerror(err));
+        return kvx__errno_result(err);
+    }
+    fd = openat(fe->dfd, fr->name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0) {
+        struct stat st;
+        char desc[300] = "?";
+        err = errno;
+        if (!fstatat(fe->dfd, fr->name, &st, AT_SYMLINK_NOFOLLOW))
+            kvx__dir_describe(&st, desc, sizeof desc);
+        if (err == ELOOP || err == ENOTDIR) {
+            kvx__set_why(why, wl, "refusing %s: it is %s (%s), not a directory this engine made",
+                         fr->dir, err == ELOOP ? "a symbolic link" : "not a directory", desc);
+            return KVX_ERR_PERMISSION;
+        }
+        kvx__set_why(why, wl, "cannot open %s: %s", fr->dir, strerror(err));
+        return kvx__errno_result(err);
+    }
+    if ((r = kvx_dir_check(fd, fr->dir, fe->shared ? KVX_DIR_SHARED : 0, why, wl)) != KVX_OK) {
+        close(fd);
+        return r;
+    }
+    if (made && fe->shared) (void)fchmod(fd, (mode_t)fe->dir_mode); /* past the umask */
+    *reused = !made;
+    *dfd = fd;
+    return KVX_OK;
+}
+
+/* Tells the receiver that this sender failed: transfer_failed in the room
+   directory, created only if absent (the first reason stays). When the
+   directory vanished or was never made, it is made now; when that is
+   impossible (something else sits at its name), the marker goes next to it
+   as room_<id>.failed, where a receiver looks before opening the room. */
+static void kvx__file_write_failed(kvx__froom *fr, kvx_result res, const char *reason) {
+    kvx__fengine *fe = fr->fe;
     kvx_buf b = {NULL, 0, 0, 0};
-    kvx_buf_printf(&b, "{\"format\":\"kvx-file-failed\",\"version\":%d,\"room\":%llu,\"reason\":",
-                   KVX_FILE_FORMAT_VERSION, (unsigned long long)kvx_room_id(fr->room));
+    char why[KVX_ERROR_MAX], marker[64];
+    int dfd = kvx__froom_dfd(fr), fd, reused;
+    kvx_result r = KVX_ERR_NOT_FOUND;
+    why[0] = 0;
+    kvx_buf_printf(&b, "{\"format\":\"kvx-file-failed\",\"version\":%d,\"room\":%llu,"
+                       "\"result\":%d,\"reason\":",
+                   KVX_FILE_FORMAT_VERSION, (unsigned long long)kvx_room_id(fr->room), (int)res);
     kvx_buf_json_str(&b, reason);
     kvx_buf_printf(&b, "}\n");
-    if (!b.oom) kvx__write_atomic(fr->dir, "transfer_failed", b.data, b.len, 0, NULL, 0);
+    if (b.oom) { kvx_buf_free(&b); return; }
+    if (dfd >= 0)
+        r = kvx__write_atomic_at(dfd, fr->dir, "transfer_failed", b.data, b.len, fe->do_fsync, 1,
+                                 fe->file_mode, why, sizeof why);
+    if (r != KVX_OK && kvx__file_make_room(fr, &fd, &reused, why, sizeof why) == KVX_OK) {
+        r = kvx__write_atomic_at(fd, fr->dir, "transfer_failed", b.data, b.len, fe->do_fsync, 1,
+                                 fe->file_mode, why, sizeof why);
+        close(fd);
+    }
+    if (r != KVX_OK) {
+        snprintf(marker, sizeof marker, "%s.failed", fr->name);
+        r = kvx__write_atomic_at(fe->dfd, fe->dir, marker, b.data, b.len, fe->do_fsync, 1,
+                                 fe->file_mode, why, sizeof why);
+    }
+    if (r != KVX_OK)
+        kvx_engine_log(kvx_room_engine(fr->room), KVX_LOG_ERROR, "kvx.file", kvx_room_id(fr->room),
+                       "cannot tell the receiver that the room failed: %s", why);
     kvx_buf_free(&b);
 }
 
-static void kvx__file_room_abort(kvx_room *r, const char *reason) {
+/* The room failed by a local decision (core contract): tell the peer, with
+   the first reason. The core calls this once, never on a room that
+   succeeded. */
+static void kvx__file_room_failed(kvx_room *r) {
     kvx__froom *fr = (kvx__froom *)kvx_room_data(r);
-    if (fr->boot) kvx_boot_abort(fr->fe->boot, r, reason ? reason : "aborted");
-    if (kvx_room_role(r) == KVX_ROLE_PREFILL) {
-        struct stat st;
-        if (stat(fr->dir, &st) == 0) kvx__file_write_failed(fr, reason ? reason : "aborted");
-    }
+    if (!fr) return;
+    if (fr->boot) kvx_boot_abort(fr->fe->boot, r, kvx_room_error(r)); /* TODO-merge: kvx_boot_room_failed */
+    if (kvx_room_role(r) == KVX_ROLE_PREFILL)
+        kvx__file_write_failed(fr, kvx_room_result(r), kvx_room_error(r));
+}
+
+/* TODO-merge: room_failed replaces room_abort */
+static void kvx__file_room_abort(kvx_room *r, const char *reason) {
+    (void)reason;
+    kvx__file_room_failed(r);
 }
 
 /* >>file transport: sender ---------------------------------------------------- */
@@ -993,7 +1232,8 @@ static kvx_result kvx__file_finish_send(kvx__froom *fr, char *why, size_t wl) {
             aux_bytes += a->item_len;
         }
         aux_crc = kvx_crc32c(0, aux, aux_bytes);
-        r = kvx__write_atomic(fr->dir, "metadata.bin", aux, aux_bytes, fr->fe->do_fsync, why, wl);
+        r = kvx__write_atomic_at(fr->dfd, fr->dir, "metadata.bin", aux, aux_bytes,
+                                 fr->fe->do_fsync, 0, fr->fe->file_mode, why, wl);
         free(aux);
         if (r != KVX_OK) return r;
     }
@@ -1008,18 +1248,17 @@ static kvx_result kvx__file_finish_send(kvx__froom *fr, char *why, size_t wl) {
         kvx_buf_printf(&b, "%s%llu", i ? "," : "", (unsigned long long)l->aux[i].item_len);
     kvx_buf_printf(&b, "]}\n");
     if (b.oom) { kvx_buf_free(&b); return KVX_ERR_NO_MEMORY; }
-    r = kvx__write_atomic(fr->dir, "transfer_done", b.data, b.len, fr->fe->do_fsync, why, wl);
+    r = kvx__write_atomic_at(fr->dfd, fr->dir, "transfer_done", b.data, b.len, fr->fe->do_fsync,
+                             0, fr->fe->file_mode, why, wl);
     kvx_buf_free(&b);
-    if (r == KVX_OK && fr->fe->do_fsync) kvx__fsync_dir(fr->dir);
+    if (r == KVX_OK && fr->fe->do_fsync) (void)fsync(fr->dfd);
     return r;
 }
 
-/* A sender failure reaches the receiver as transfer_failed and, with a
-   bootstrap channel, as a status frame at once. */
+/* A local failure: the core then calls room_failed, which tells the
+   receiver (transfer_failed, and a status frame with a bootstrap channel). */
 static void kvx__fsend_failed(kvx__froom *fr, kvx_result res, const char *why) {
     kvx_room_fail(fr->room, res, "%s", why);
-    kvx__file_write_failed(fr, why);
-    if (fr->boot) kvx_boot_send_status(fr->fe->boot, fr->room, KVX_POLL_FAILED, res, 0, why);
 }
 
 static void kvx__fsend_chunk_done(kvx__fjob *j) {
@@ -1031,14 +1270,14 @@ static void kvx__fsend_chunk_done(kvx__fjob *j) {
     kvx_result res = __atomic_load_n(&j->res, __ATOMIC_ACQUIRE);
     why[0] = 0;
     if (res == KVX_OK && fr->fe->do_fsync && fsync(j->fd))
-        kvx__fjob_error(j, res = kvx__errno_result(errno), errno, "cannot fsync %s: %s", j->tmp,
-                        strerror(errno));
+        kvx__fjob_error(j, res = kvx__errno_result(errno), errno, "cannot fsync %s/%s: %s",
+                        fr->dir, j->tmp, strerror(errno));
     if (close(j->fd) && res == KVX_OK)
-        kvx__fjob_error(j, res = kvx__errno_result(errno), errno, "cannot close %s: %s", j->tmp,
-                        strerror(errno));
-    if (res == KVX_OK && rename(j->tmp, j->path))
-        kvx__fjob_error(j, res = kvx__errno_result(errno), errno, "cannot rename %s: %s", j->tmp,
-                        strerror(errno));
+        kvx__fjob_error(j, res = kvx__errno_result(errno), errno, "cannot close %s/%s: %s",
+                        fr->dir, j->tmp, strerror(errno));
+    if (res == KVX_OK && renameat(fr->dfd, j->tmp, fr->dfd, j->name))
+        kvx__fjob_error(j, res = kvx__errno_result(errno), errno, "cannot rename %s/%s: %s",
+                        fr->dir, j->tmp, strerror(errno));
     if (res == KVX_OK) {
         kvx_buf b = {NULL, 0, 0, 0};
         char name[64];
@@ -1052,12 +1291,13 @@ static void kvx__fsend_chunk_done(kvx__fjob *j) {
                        j->bytes, crc);
         snprintf(name, sizeof name, "kv_chunk_%u.bin.meta", j->chunk->index);
         res = b.oom ? KVX_ERR_NO_MEMORY
-                    : kvx__write_atomic(fr->dir, name, b.data, b.len, fr->fe->do_fsync, why,
-                                        sizeof why);
+                    : kvx__write_atomic_at(fr->dfd, fr->dir, name, b.data, b.len,
+                                           fr->fe->do_fsync, 0, fr->fe->file_mode, why,
+                                           sizeof why);
         kvx_buf_free(&b);
         if (res != KVX_OK) kvx__fjob_error(j, res, 0, "%s", why);
     } else {
-        unlink(j->tmp);
+        (void)unlinkat(fr->dfd, j->tmp, 0);
     }
     pthread_mutex_lock(&fr->mu);
     fr->chunks_done++;
@@ -1107,9 +1347,10 @@ static void kvx__fstripe_work(kvx__fstripe *st, const kvx_plan *plan, int to_fil
                              why, sizeof why);
     if (res == KVX_OK) return;
     if (why[0])
-        kvx__fjob_error(j, res, err, "%s: %s", to_file ? j->tmp : j->path, why);
+        kvx__fjob_error(j, res, err, "%s: %s", j->path, why);
     else if (to_file)
-        kvx__fjob_error(j, res, err, "cannot write %s: %s", j->tmp, err ? strerror(err) : "short write");
+        kvx__fjob_error(j, res, err, "cannot write %s/%s: %s", fr->dir, j->tmp,
+                        err ? strerror(err) : "short write");
     else
         kvx__fjob_error(j, res, err, "cannot read %s: %s", j->path,
                         err ? strerror(err) : "the file is shorter than its meta says");
@@ -1130,7 +1371,7 @@ static void kvx__fsend_stripe(void *arg) {
             res = kvx__plan_io(kvx_engine_layout(e), &j->chunk->gather, 1, j->fd, 0, j->bytes,
                                NULL, &err);
         if (res != KVX_OK)
-            kvx__fjob_error(j, res, err, "cannot write %s: %s", j->tmp,
+            kvx__fjob_error(j, res, err, "cannot write %s/%s: %s", fr->dir, j->tmp,
                             err ? strerror(err) : "short write");
     } else {
         kvx__fstripe_work(st, &j->chunk->gather, 1);
@@ -1189,8 +1430,8 @@ static kvx_result kvx__fjob_submit(kvx__fjob *j, kvx_job_fn fn, int to_file) {
 
 static kvx_result kvx__file_sender_init(kvx_room *r, uint32_t n, int32_t aux) {
     kvx__froom *fr = (kvx__froom *)kvx_room_data(r);
-    struct stat st;
     char why[KVX_ERROR_MAX];
+    int dfd, reused;
     kvx_result res;
     fr->total_pages = n;
     fr->aux_index = aux;
@@ -1198,22 +1439,18 @@ static kvx_result kvx__file_sender_init(kvx_room *r, uint32_t n, int32_t aux) {
         kvx_room_fail(r, KVX_ERR_INVALID_ARGUMENT,
                       "init declares %u pages but the decode side asked for %u", n,
                       kvx_boot_room_dst_pages(fr->fe->boot, r));
-        kvx_boot_send_status(fr->fe->boot, r, KVX_POLL_FAILED, KVX_ERR_INVALID_ARGUMENT, 0,
-                             "the prefill and decode sides disagree on the page count");
         return KVX_ERR_INVALID_ARGUMENT;
     }
-    if (stat(fr->dir, &st) == 0) {
+    if ((res = kvx__file_make_room(fr, &dfd, &reused, why, sizeof why)) != KVX_OK) {
+        kvx_room_fail(r, res, "%s", why);
+        return res;
+    }
+    if (reused) {
         kvx_engine_log(kvx_room_engine(r), KVX_LOG_WARN, "kvx.file", kvx_room_id(r),
-                       "%s already exists (a reused room id?); replacing it", fr->dir);
-        kvx__rm_room(fr->dir);
+                       "%s already exists (a reused room id?); emptying it", fr->dir);
+        kvx__empty_dir(dfd);
     }
-    if (mkdir(fr->dir, 0755) && errno != EEXIST) {
-        int err = errno;
-        kvx_room_fail(r, kvx__errno_result(err), "cannot create %s: %s", fr->dir, strerror(err));
-        return kvx__errno_result(err);
-    }
-    (void)why;
-    (void)res;
+    __atomic_store_n(&fr->dfd, dfd, __ATOMIC_RELEASE);
     return KVX_OK;
 }
 
@@ -1221,19 +1458,19 @@ static kvx_result kvx__file_sender_send(kvx_room *r, kvx_chunk *c) {
     kvx_engine *e = kvx_room_engine(r);
     kvx__froom *fr = (kvx__froom *)kvx_room_data(r);
     kvx__fjob *j = (kvx__fjob *)kvx_engine_alloc(e, sizeof *j);
-    static unsigned seq;
+    int dfd = kvx__froom_dfd(fr);
     if (!j) { kvx_chunk_free(e, c); return KVX_ERR_NO_MEMORY; }
     memset(j, 0, sizeof *j);
     j->fr = fr;
     j->chunk = c;
     j->bytes = c->gather.packed_bytes;
-    kvx__pathf(j->path, "%s/kv_chunk_%u.bin", fr->dir, c->index);
-    kvx__pathf(j->tmp, "%s.tmp.%ld.%u", j->path, (long)getpid(),
-             __atomic_add_fetch(&seq, 1, __ATOMIC_RELAXED));
-    j->fd = open(j->tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    snprintf(j->name, sizeof j->name, "kv_chunk_%u.bin", c->index);
+    kvx__pathf(j->path, "%s/%s", fr->dir, j->name);
+    j->fd = dfd < 0 ? -1 : kvx__create_tmp_at(dfd, j->name, j->tmp, sizeof j->tmp, fr->fe->file_mode);
     if (j->fd < 0) {
-        int err = errno;
-        kvx_room_fail(r, kvx__errno_result(err), "cannot create %s: %s", j->tmp, strerror(err));
+        int err = dfd < 0 ? ENOENT : errno;
+        kvx_room_fail(r, kvx__errno_result(err), "cannot create a temporary file for %s: %s",
+                      j->path, strerror(err));
         kvx__fjob_free(e, j);
         return kvx__errno_result(err);
     }
@@ -1245,6 +1482,39 @@ static kvx_result kvx__file_sender_send(kvx_room *r, kvx_chunk *c) {
 }
 
 /* >>file transport: receiver -------------------------------------------------- */
+
+/* Reads one of the room's small files (a meta, transfer_done,
+   transfer_failed) from directory dfd, never through a link. */
+static kvx_result kvx__file_load_text(kvx__froom *fr, int dfd, const char *name,
+                                      const char *shown, char **text, size_t *len, char *why,
+                                      size_t wl) {
+    (void)fr;
+    return kvx__read_small_at(dfd, name, shown, text, len, KVX__FILE_META_MAX, why, wl);
+}
+
+static kvx_result kvx__file_load_done(kvx__froom *fr, const char *shown, char *why, size_t wl) {
+    char *text = NULL;
+    size_t len = 0;
+    kvx_result r = kvx__file_load_text(fr, fr->dfd, "transfer_done", shown, &text, &len, why, wl);
+    if (r != KVX_OK) return r;
+    r = kvx_file_parse_done(text, len, shown, &fr->done, why, wl);
+    free(text);
+    return r;
+}
+
+static kvx_result kvx__file_load_meta(kvx__froom *fr, const char *bin_name, const char *shown,
+                                      kvx_file_chunk_info *m, char *why, size_t wl) {
+    char *text = NULL, name[80];
+    size_t len = 0;
+    kvx_result r;
+    memset(m, 0, sizeof *m);
+    snprintf(name, sizeof name, "%s.meta", bin_name);
+    if ((r = kvx__file_load_text(fr, fr->dfd, name, shown, &text, &len, why, wl)) != KVX_OK)
+        return r;
+    r = kvx_file_parse_meta(text, len, shown, m, why, wl);
+    free(text);
+    return r;
+}
 
 static kvx_result kvx__file_receiver_init(kvx_room *r, const int32_t *pages, uint32_t n,
                                           int32_t aux) {
@@ -1277,10 +1547,23 @@ static kvx_result kvx__file_receiver_init(kvx_room *r, const int32_t *pages, uin
     return KVX_OK;
 }
 
+/* Removes the room's files (not when KVX_FILE_KEEP), through directory
+   descriptors: a link is never followed, another user's directory is left
+   alone unless the directory is shared. */
+static void kvx__frecv_cleanup(kvx__froom *fr) {
+    char marker[64];
+    if (fr->fe->keep) return;
+    kvx__rm_room_at(fr->fe->dfd, fr->name, !fr->fe->shared);
+    snprintf(marker, sizeof marker, "%s.failed", fr->name);
+    (void)unlinkat(fr->fe->dfd, marker, 0);
+}
+
 static void kvx__frecv_fail(kvx__froom *fr, kvx_result res, const char *msg) {
     kvx_room_fail(fr->room, res, "%s", msg);
-    if (!fr->fe->keep) kvx__rm_room(fr->dir);
+    kvx__frecv_cleanup(fr);
 }
+
+static void kvx__frecv_sender_failed(kvx__froom *fr, int marker);
 
 /* After every chunk is in place and verified: aux rows, then Success. */
 static void kvx__frecv_finish(kvx__froom *fr) {
@@ -1289,14 +1572,32 @@ static void kvx__frecv_finish(kvx__froom *fr) {
     char why[KVX_ERROR_MAX], path[KVX__FILE_PATH];
     uint64_t aux_bytes = 0;
     uint32_t i;
+    struct stat st;
+    if (!fstatat(fr->dfd, "transfer_failed", &st, AT_SYMLINK_NOFOLLOW)) {
+        /* the sender failed after writing transfer_done (an abort raced it):
+           its failure wins */
+        kvx__frecv_sender_failed(fr, 0);
+        return;
+    }
     if (fr->aux_index >= 0 && fr->done.aux_index >= 0) {
         char *aux = NULL;
         size_t len = 0;
         kvx_result res;
+        for (i = 0; i < l->num_aux; i++) aux_bytes += l->aux[i].item_len;
         kvx__pathf(path, "%s/metadata.bin", fr->dir);
-        res = kvx__read_small(path, &aux, &len, 1u << 30, why, sizeof why);
+        res = kvx__read_small_at(fr->dfd, "metadata.bin", path, &aux, &len, 1u << 30, why,
+                                 sizeof why);
         if (res != KVX_OK) { kvx__frecv_fail(fr, res == KVX_ERR_NOT_FOUND ? KVX_ERR_CORRUPT : res, why); return; }
-        if (len != fr->done.aux_bytes || kvx_crc32c(0, aux, len) != fr->done.aux_crc32c) {
+        if (len != aux_bytes || len != fr->done.aux_bytes) {
+            kvx__set_why(why, sizeof why, "%s is %zu bytes; this receiver's aux rows are %llu "
+                         "bytes (transfer_done says %llu)", path, len,
+                         (unsigned long long)aux_bytes, (unsigned long long)fr->done.aux_bytes);
+            free(aux);
+            kvx__frecv_fail(fr, KVX_ERR_CORRUPT, why);
+            return;
+        }
+        aux_bytes = 0;
+        if (kvx_crc32c(0, aux, len) != fr->done.aux_crc32c) {
             kvx__set_why(why, sizeof why, "%s is %zu bytes with CRC32C %08x; transfer_done says %llu "
                      "bytes with %08x: corrupted or truncated", path, len, kvx_crc32c(0, aux, len),
                      (unsigned long long)fr->done.aux_bytes, fr->done.aux_crc32c);
@@ -1319,7 +1620,7 @@ static void kvx__frecv_finish(kvx__froom *fr) {
     /* every byte is in place: report it, then clean up (the room's files are
        no longer needed by anyone, and unlinking large files takes time) */
     kvx_room_succeed(r, fr->bytes_done + aux_bytes);
-    if (!fr->fe->keep) kvx__rm_room(fr->dir);
+    kvx__frecv_cleanup(fr);
 }
 
 /* The reader of a host pool: the file in order, straight into the
@@ -1397,6 +1698,22 @@ static void kvx__frecv_stripe(void *arg) {
     kvx_room_unref(r);
 }
 
+/* Whether the counts a file gives (buffers and their item lengths, aux
+   buffers and theirs) are this receiver's own: checked whatever
+   fingerprint the file claims, since every byte count used to read and
+   copy follows from them. */
+static int kvx__frecv_counts_ok(const kvx_layout *ours, const kvx_file_chunk_info *m,
+                                const kvx_file_done_info *dn) {
+    uint32_t i;
+    if (m && m->num_buffers != ours->num_buffers) return 0;
+    for (i = 0; m && i < m->num_buffers; i++)
+        if (m->item_lens[i] != ours->buffers[i].item_len) return 0;
+    if (dn && dn->num_aux != ours->num_aux) return 0;
+    for (i = 0; dn && i < dn->num_aux; i++)
+        if (dn->aux_item_lens[i] != ours->aux[i].item_len) return 0;
+    return 1;
+}
+
 /* Builds "their" layout from a meta and transfer_done, for a field-by-field
    comparison with ours. */
 static kvx_result kvx__frecv_check_layout(kvx__froom *fr, const kvx_file_chunk_info *m,
@@ -1408,7 +1725,9 @@ static kvx_result kvx__frecv_check_layout(kvx__froom *fr, const kvx_file_chunk_i
     uint32_t i;
     kvx_result res;
     char diff[KVX_ERROR_MAX];
-    if (m->fingerprint == kvx_layout_fingerprint(ours) && fr->done.fingerprint == m->fingerprint)
+    int counts = kvx__frecv_counts_ok(ours, m, &fr->done);
+    if (counts && m->fingerprint == kvx_layout_fingerprint(ours) &&
+        fr->done.fingerprint == m->fingerprint)
         return KVX_OK;
     bufs = (kvx_buffer *)calloc(m->num_buffers, sizeof *bufs);
     if (!bufs) return KVX_ERR_NO_MEMORY;
@@ -1422,6 +1741,12 @@ static kvx_result kvx__frecv_check_layout(kvx__froom *fr, const kvx_file_chunk_i
     th.num_kv_heads = m->num_kv_heads; th.mla = (int)m->mla;
     res = kvx_layout_compare(ours, &th, diff, sizeof diff);
     free(bufs);
+    if (res == KVX_OK && !counts) {
+        kvx__set_why(why, wl, "the buffer or aux item lengths in %s do not match the receiver's "
+                     "layout (although its fingerprint is %016llx)", fr->dir,
+                     (unsigned long long)m->fingerprint);
+        return KVX_ERR_LAYOUT_MISMATCH;
+    }
     if (res == KVX_OK) {
         kvx__set_why(why, wl, "layout fingerprint of the sender (%016llx) differs from ours "
                      "(%016llx)", (unsigned long long)m->fingerprint,
@@ -1447,7 +1772,7 @@ static void kvx__frecv_start(void *arg) {
     why[0] = 0;
     if (kvx_room_closed(r) || kvx_room_poll(r) == KVX_POLL_FAILED) goto out;
     kvx__pathf(path, "%s/transfer_done", fr->dir);
-    if ((res = kvx_file_read_done(path, &fr->done, why, sizeof why)) != KVX_OK) {
+    if ((res = kvx__file_load_done(fr, path, why, sizeof why)) != KVX_OK) {
         kvx__frecv_fail(fr, res == KVX_ERR_NOT_FOUND ? KVX_ERR_CORRUPT : res, why);
         goto out;
     }
@@ -1464,7 +1789,15 @@ static void kvx__frecv_start(void *arg) {
         goto out;
     }
     if (fr->done.chunks == 0) {
-        kvx__frecv_fail(fr, KVX_ERR_CORRUPT, "transfer_done lists no chunks");
+        kvx__set_why(why, sizeof why, "%s lists no chunks", path);
+        kvx__frecv_fail(fr, KVX_ERR_CORRUPT, why);
+        goto out;
+    }
+    if (!kvx__frecv_counts_ok(l, NULL, &fr->done)) {
+        kvx__set_why(why, sizeof why, "%s lists %u aux buffers whose item lengths are not this "
+                     "receiver's (%u aux buffers), whatever layout fingerprint it claims", path,
+                     fr->done.num_aux, l->num_aux);
+        kvx__frecv_fail(fr, KVX_ERR_LAYOUT_MISMATCH, why);
         goto out;
     }
     jobs = (kvx__fjob **)calloc(fr->done.chunks, sizeof *jobs);
@@ -1477,9 +1810,10 @@ static void kvx__frecv_start(void *arg) {
         j->fd = -1;
         j->fr = fr;
         jobs[njobs++] = j;
-        kvx__pathf(j->path, "%s/kv_chunk_%u.bin", fr->dir, i);
+        snprintf(j->name, sizeof j->name, "kv_chunk_%u.bin", i);
+        kvx__pathf(j->path, "%s/%s", fr->dir, j->name);
         kvx__pathf(path, "%s.meta", j->path);
-        if ((res = kvx_file_read_meta(path, &j->meta, why, sizeof why)) != KVX_OK) {
+        if ((res = kvx__file_load_meta(fr, j->name, path, &j->meta, why, sizeof why)) != KVX_OK) {
             if (res == KVX_ERR_NOT_FOUND) res = KVX_ERR_CORRUPT;
             break;
         }
@@ -1499,11 +1833,9 @@ static void kvx__frecv_start(void *arg) {
         if (res != KVX_OK) { kvx__set_why(why, sizeof why, "%s", j->plan.error); break; }
         next_page += j->meta.num_pages;
         j->bytes = j->meta.bytes;
-        j->fd = open(j->path, O_RDONLY | O_CLOEXEC);
+        j->fd = kvx__open_reg_at(fr->dfd, j->name, j->path, &res, why, sizeof why);
         if (j->fd < 0) {
-            int err = errno;
-            kvx__set_why(why, sizeof why, "cannot open %s: %s", j->path, strerror(err));
-            res = err == ENOENT ? KVX_ERR_CORRUPT : kvx__errno_result(err);
+            if (res == KVX_ERR_NOT_FOUND) res = KVX_ERR_CORRUPT;
             break;
         }
         if (fstat(j->fd, &st) || (uint64_t)st.st_size != j->bytes ||
@@ -1534,55 +1866,102 @@ out:
     kvx_room_unref(r);
 }
 
-static void kvx__frecv_sender_failed(kvx__froom *fr) {
-    char path[KVX__FILE_PATH], why[KVX_ERROR_MAX];
+/* The sender's transfer_failed (marker 0) or room_<id>.failed next to the
+   room (marker 1): the room fails with its reason, and nothing is sent
+   back. */
+static void kvx__frecv_sender_failed(kvx__froom *fr, int marker) {
+    char path[KVX__FILE_PATH], why[KVX_ERROR_MAX], name[64];
     char *text = NULL;
     size_t len = 0;
     kvx_json_doc d;
     const kvx_json *reason;
-    kvx__pathf(path, "%s/transfer_failed", fr->dir);
+    int dfd = marker ? fr->fe->dfd : fr->dfd;
+    if (marker) snprintf(name, sizeof name, "%s.failed", fr->name);
+    else snprintf(name, sizeof name, "transfer_failed");
+    kvx__pathf(path, "%s/%s", marker ? fr->fe->dir : fr->dir, name);
     memset(&d, 0, sizeof d);
-    if (kvx__read_small(path, &text, &len, 65536, why, sizeof why) == KVX_OK &&
+    if (kvx__file_load_text(fr, dfd, name, path, &text, &len, why, sizeof why) == KVX_OK &&
         kvx_json_parse(&d, text, len, 64) == KVX_OK &&
         (reason = kvx_json_get(&d, kvx_json_root(&d), "reason")) != NULL &&
         reason->type == KVX_JSON_STRING)
         kvx__set_why(why, sizeof why, "the sender failed: %.*s", (int)reason->str_len, reason->str);
+    else if (why[0])
+        kvx__set_why(why, sizeof why, "the sender failed (%s)", why);
     else
         kvx__set_why(why, sizeof why, "the sender failed (%s is unreadable)", path);
     kvx_json_free(&d);
     free(text);
-    kvx__frecv_fail(fr, KVX_ERR_PEER, why);
+    kvx_room_fail(fr->room, KVX_ERR_PEER, "%s", why); /* TODO-merge: kvx_room_fail_remote */
+    kvx__frecv_cleanup(fr);
+}
+
+/* Receiver, progress thread, fe->mu held: what the room says now. -1:
+   nothing yet; 0: transfer_done; 1: transfer_failed; 2: the sender's
+   marker next to the room; 3: the room directory is refused (refused_why).
+   The directory is opened once it appears, without following a link, and
+   checked; opened again when it was removed meanwhile. */
+static int kvx__frecv_look(kvx__froom *fr) {
+    kvx__fengine *fe = fr->fe;
+    struct stat st;
+    char marker[64];
+    if (fr->dfd >= 0 && (fstat(fr->dfd, &st) || st.st_nlink == 0)) {
+        close(fr->dfd);
+        fr->dfd = -1;
+    }
+    if (fr->dfd < 0) {
+        int fd, err;
+        snprintf(marker, sizeof marker, "%s.failed", fr->name);
+        if (!fstatat(fe->dfd, marker, &st, AT_SYMLINK_NOFOLLOW)) return 2;
+        fd = openat(fe->dfd, fr->name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        if (fd < 0) {
+            char desc[300] = "?";
+            err = errno;
+            if (err == ENOENT) return -1;
+            if (!fstatat(fe->dfd, fr->name, &st, AT_SYMLINK_NOFOLLOW))
+                kvx__dir_describe(&st, desc, sizeof desc);
+            if (err == ELOOP || err == ENOTDIR)
+                kvx__set_why(fr->refused_why, sizeof fr->refused_why,
+                             "refusing %s: it is %s (%s), not a room directory", fr->dir,
+                             err == ELOOP ? "a symbolic link" : "not a directory", desc);
+            else
+                kvx__set_why(fr->refused_why, sizeof fr->refused_why, "cannot open %s: %s",
+                             fr->dir, strerror(err));
+            return 3;
+        }
+        if (kvx_dir_check(fd, fr->dir, fe->shared ? KVX_DIR_SHARED : 0, fr->refused_why,
+                          sizeof fr->refused_why) != KVX_OK) {
+            close(fd);
+            return 3;
+        }
+        __atomic_store_n(&fr->dfd, fd, __ATOMIC_RELEASE);
+    }
+    if (!fstatat(fr->dfd, "transfer_failed", &st, AT_SYMLINK_NOFOLLOW)) return 1;
+    if (!fstatat(fr->dfd, "transfer_done", &st, AT_SYMLINK_NOFOLLOW)) return 0;
+    return -1;
 }
 
 /* Progress thread: look for finished (or failed) rooms. */
 static void kvx__file_progress(kvx_engine *e) {
     kvx__fengine *fe = kvx__fe(e);
     kvx__froom *ready[64], **pp;
-    int failed[64];
+    int what[64];
     int n = 0, i;
-    char path[KVX__FILE_PATH];
-    struct stat st;
     pthread_mutex_lock(&fe->mu);
     for (pp = &fe->pending; *pp && n < 64;) {
         kvx__froom *fr = *pp;
-        int f = -1;
-        kvx__pathf(path, "%s/transfer_done", fr->dir);
-        if (stat(path, &st) == 0) f = 0;
-        else {
-            kvx__pathf(path, "%s/transfer_failed", fr->dir);
-            if (stat(path, &st) == 0) f = 1;
-        }
-        if (f < 0 && kvx_room_poll(fr->room) != KVX_POLL_FAILED) { pp = &fr->next_pending; continue; }
+        int f = kvx_room_poll(fr->room) == KVX_POLL_FAILED ? -2 : kvx__frecv_look(fr);
+        if (f == -1) { pp = &fr->next_pending; continue; }
         *pp = fr->next_pending;
         fr->is_pending = 0;
-        failed[n] = f;
+        what[n] = f;
         ready[n++] = fr; /* the pending list's reference moves to us */
     }
     pthread_mutex_unlock(&fe->mu);
     for (i = 0; i < n; i++) {
         kvx__froom *fr = ready[i];
-        if (failed[i] == 1) kvx__frecv_sender_failed(fr);
-        if (failed[i] != 0 || kvx_room_poll(fr->room) == KVX_POLL_FAILED) {
+        if (what[i] == 1 || what[i] == 2) kvx__frecv_sender_failed(fr, what[i] == 2);
+        if (what[i] == 3) kvx_room_fail(fr->room, KVX_ERR_PERMISSION, "%s", fr->refused_why);
+        if (what[i] != 0 || kvx_room_poll(fr->room) == KVX_POLL_FAILED) {
             kvx_room_unref(fr->room);
             continue;
         }
