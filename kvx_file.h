@@ -1102,12 +1102,15 @@ static kvx_result kvx__file_make_room(kvx__froom *fr, int *dfd, int *reused, cha
     if (fd < 0) {
         struct stat st;
         char desc[300] = "?";
+        int link = 0;
         err = errno;
-        if (!fstatat(fe->dfd, fr->name, &st, AT_SYMLINK_NOFOLLOW))
+        if (!fstatat(fe->dfd, fr->name, &st, AT_SYMLINK_NOFOLLOW)) {
             kvx__dir_describe(&st, desc, sizeof desc);
+            link = S_ISLNK(st.st_mode);
+        }
         if (err == ELOOP || err == ENOTDIR) {
             kvx__set_why(why, wl, "refusing %s: it is %s (%s), not a directory this engine made",
-                         fr->dir, err == ELOOP ? "a symbolic link" : "not a directory", desc);
+                         fr->dir, link ? "a symbolic link" : "not a directory", desc);
             return KVX_ERR_PERMISSION;
         }
         kvx__set_why(why, wl, "cannot open %s: %s", fr->dir, strerror(err));
@@ -1915,14 +1918,17 @@ static int kvx__frecv_look(kvx__froom *fr) {
         fd = openat(fe->dfd, fr->name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
         if (fd < 0) {
             char desc[300] = "?";
+            int link = 0;
             err = errno;
             if (err == ENOENT) return -1;
-            if (!fstatat(fe->dfd, fr->name, &st, AT_SYMLINK_NOFOLLOW))
+            if (!fstatat(fe->dfd, fr->name, &st, AT_SYMLINK_NOFOLLOW)) {
                 kvx__dir_describe(&st, desc, sizeof desc);
+                link = S_ISLNK(st.st_mode);
+            }
             if (err == ELOOP || err == ENOTDIR)
                 kvx__set_why(fr->refused_why, sizeof fr->refused_why,
                              "refusing %s: it is %s (%s), not a room directory", fr->dir,
-                             err == ELOOP ? "a symbolic link" : "not a directory", desc);
+                             link ? "a symbolic link" : "not a directory", desc);
             else
                 kvx__set_why(fr->refused_why, sizeof fr->refused_why, "cannot open %s: %s",
                              fr->dir, strerror(err));
