@@ -893,32 +893,6 @@ static int kvx__file_on_status(kvx_boot *b, kvx_room *r, const kvx_boot_peer *pe
     return state == KVX_POLL_SUCCESS ? 2 : 0;
 }
 
-/* Settings with ranges: *v holds the desc value, the environment overrides
-   it, 0 from either means def, anything outside [min, max] is refused with
-   a sentence naming the variable. */
-static kvx_result kvx__fset_double(const char *env, double *v, double def, double min,
-                                   double max, char *why, size_t wl) {
-    kvx_result r = kvx_env_double(env, v, why, wl);
-    if (r != KVX_OK) return r;
-    if (*v == 0) *v = def;
-    if (!(*v >= min && *v <= max)) {
-        kvx__set_why(why, wl, "%s = %g is outside [%g, %g] (0 = %g)", env, *v, min, max, def);
-        return KVX_ERR_BAD_CONFIG;
-    }
-    return KVX_OK;
-}
-static kvx_result kvx__fset_int(const char *env, int *v, int def, int min, int max, char *why,
-                                size_t wl) {
-    kvx_result r = kvx_env_int(env, v, why, wl);
-    if (r != KVX_OK) return r;
-    if (*v == 0) *v = def;
-    if (*v < min || *v > max) {
-        kvx__set_why(why, wl, "%s = %d is outside [%d, %d] (0 = %d)", env, *v, min, max, def);
-        return KVX_ERR_BAD_CONFIG;
-    }
-    return KVX_OK;
-}
-
 /* Reads and checks every setting (see the doc block for meanings and
    ranges). */
 static kvx_result kvx__file_settings(const kvx_engine_desc *d, kvx__fengine *fe,
@@ -931,10 +905,10 @@ static kvx_result kvx__file_settings(const kvx_engine_desc *d, kvx__fengine *fe,
     fe->do_fsync = d->file.fsync;
     fe->keep = d->file.keep;
     kvx_env_str("KVX_FILE_DIR", dir);
-    if ((r = kvx__fset_double("KVX_FILE_TIMEOUT", &fe->timeout_s, 300, 0.001, 1e6, why, wl)) ||
-        (r = kvx__fset_double("KVX_FILE_TTL", &fe->ttl_s, 3600, 60, 1e9, why, wl)) ||
-        (r = kvx__fset_int("KVX_FILE_IO_THREADS", &fe->io_threads, 4, 1, 256, why, wl)) ||
-        (r = kvx__fset_int("KVX_FILE_STRIPE", &stripe, 16 << 20, 4096, 1 << 30, why, wl)) ||
+    if ((r = kvx_setting_double("KVX_FILE_TIMEOUT", &fe->timeout_s, 300, 0.001, 1e6, why, wl)) ||
+        (r = kvx_setting_double("KVX_FILE_TTL", &fe->ttl_s, 3600, 60, 1e9, why, wl)) ||
+        (r = kvx_setting_int("KVX_FILE_IO_THREADS", &fe->io_threads, 4, 1, 256, why, wl)) ||
+        (r = kvx_setting_int("KVX_FILE_STRIPE", &stripe, 16 << 20, 4096, 1 << 30, why, wl)) ||
         (r = kvx_env_int("KVX_FILE_FSYNC", &fe->do_fsync, why, wl)) ||
         (r = kvx_env_int("KVX_FILE_KEEP", &fe->keep, why, wl)) ||
         (r = kvx_env_int("KVX_FILE_SHARED", &fe->shared, why, wl)))
@@ -1172,12 +1146,6 @@ static void kvx__file_room_failed(kvx_room *r) {
     if (fr->boot) kvx_boot_abort(fr->fe->boot, r, kvx_room_error(r)); /* TODO-merge: kvx_boot_room_failed */
     if (kvx_room_role(r) == KVX_ROLE_PREFILL)
         kvx__file_write_failed(fr, kvx_room_result(r), kvx_room_error(r));
-}
-
-/* TODO-merge: room_failed replaces room_abort */
-static void kvx__file_room_abort(kvx_room *r, const char *reason) {
-    (void)reason;
-    kvx__file_room_failed(r);
 }
 
 /* >>file transport: sender ---------------------------------------------------- */
@@ -1886,15 +1854,23 @@ static void kvx__frecv_sender_failed(kvx__froom *fr, int marker) {
     if (kvx__file_load_text(fr, dfd, name, path, &text, &len, why, sizeof why) == KVX_OK &&
         kvx_json_parse(&d, text, len, 64) == KVX_OK &&
         (reason = kvx_json_get(&d, kvx_json_root(&d), "reason")) != NULL &&
-        reason->type == KVX_JSON_STRING)
-        kvx__set_why(why, sizeof why, "the sender failed: %.*s", (int)reason->str_len, reason->str);
+        reason->type == KVX_JSON_STRING) {
+        char prefix[48];
+        const char *t = reason->str;
+        size_t n = reason->str_len, k;
+        /* the sender's sentence already names the room: not twice */
+        k = (size_t)snprintf(prefix, sizeof prefix, "room %llu: ",
+                             (unsigned long long)kvx_room_id(fr->room));
+        if (n >= k && !memcmp(t, prefix, k)) { t += k; n -= k; }
+        kvx__set_why(why, sizeof why, "the sender failed: %.*s", (int)n, t);
+    }
     else if (why[0])
         kvx__set_why(why, sizeof why, "the sender failed (%s)", why);
     else
         kvx__set_why(why, sizeof why, "the sender failed (%s is unreadable)", path);
     kvx_json_free(&d);
     free(text);
-    kvx_room_fail(fr->room, KVX_ERR_PEER, "%s", why); /* TODO-merge: kvx_room_fail_remote */
+    kvx_room_fail_remote(fr->room, KVX_ERR_PEER, "%s", why);
     kvx__frecv_cleanup(fr);
 }
 
@@ -1987,10 +1963,10 @@ KVX_API const kvx_backend *kvx_file_backend(void) {
                                   kvx__file_sender_init,
                                   kvx__file_sender_send,
                                   kvx__file_receiver_init,
-                                  kvx__file_room_abort,
+                                  NULL, /* room_abort: room_failed replaces it */
                                   kvx__file_room_close,
                                   kvx__file_room_free,
-                                  NULL};
+                                  kvx__file_room_failed};
     return &b;
 }
 

@@ -104,7 +104,7 @@ static void test_handshake(void) {
     CHECK(kvx_sender_init(s, 9, -1) != KVX_OK, "init with another page count refused");
     CHECK_STR(kvx_sender_error(s), "decode side asked for 8");
     CHECK(wait_r(r, KVX_POLL_TRANSFERRING, 5000) == KVX_POLL_FAILED, "receiver failed too");
-    CHECK_STR(kvx_receiver_error(r), "page count");
+    CHECK_STR(kvx_receiver_error(r), "decode side asked for 8");
     kvx_sender_destroy(s);
     kvx_receiver_destroy(r);
 
@@ -122,6 +122,91 @@ static void test_handshake(void) {
     kvx_receiver_destroy(r);
 
     /* a receiver without the handshake still works on the same engines */
+    kvx_engine_destroy(pe);
+    kvx_engine_destroy(de);
+    ex_pool_free(&ps);
+    ex_pool_free(&pr);
+}
+
+/* Issue 10 items 1-3 with the handshake: a sender failing on its own and a
+   receiver aborting reach the other side at once with the first reason; an
+   abort after Success sends nothing. */
+static void test_fail_paths(void) {
+    char why[512], addr[64];
+    ex_pool ps, pr;
+    kvx_engine *pe, *de;
+    kvx_sender *s;
+    kvx_receiver *r;
+    kvx_room_desc rd;
+    int32_t sp[8] = {0, 1, 2, 3, 4, 5, 6, 7}, dp[8] = {8, 9, 10, 11, 12, 13, 14, 15};
+    uint64_t t0;
+    ex_pool_init(&ps, &tiny, 64, 16, 4, 1);
+    ex_pool_init(&pr, &tiny, 64, 16, 4, 2);
+    pe = engine(KVX_ROLE_PREFILL, &ps, NULL, why);
+    CHECK(pe != NULL, "prefill engine: %s", why);
+    if (!pe) return;
+    snprintf(addr, sizeof addr, "127.0.0.1:%d", kvx_boot_engine_port(pe));
+    de = engine(KVX_ROLE_DECODE, &pr, addr, why);
+    CHECK(de != NULL, "decode engine: %s", why);
+    memset(&rd, 0, sizeof rd);
+
+    /* the sender refuses a page index: the receiver fails at once, with the reason */
+    rd.room = 71;
+    kvx_sender_create(pe, &rd, &s);
+    kvx_receiver_create(de, &rd, &r);
+    wait_r(r, KVX_POLL_BOOTSTRAPPING, 30000);
+    kvx_receiver_init(r, dp, 8, -1);
+    wait_s(s, KVX_POLL_BOOTSTRAPPING, 30000);
+    kvx_sender_init(s, 8, -1);
+    sp[3] = 100000;
+    t0 = kvx_now_ns();
+    kvx_sender_send(s, sp, 8);
+    sp[3] = 3;
+    CHECK(kvx_sender_poll(s) == KVX_POLL_FAILED, "sender Failed");
+    CHECK(wait_r(r, KVX_POLL_TRANSFERRING, 30000) == KVX_POLL_FAILED, "receiver Failed");
+    CHECK(kvx_now_ns() - t0 < 20000000000ull, "... within %.1f s",
+          (double)(kvx_now_ns() - t0) / 1e9);
+    CHECK_STR(kvx_receiver_error(r), "page index 100000");
+    kvx_sender_destroy(s);
+    kvx_receiver_destroy(r);
+
+    /* the receiver aborts: the sender learns it at once */
+    rd.room = 72;
+    kvx_sender_create(pe, &rd, &s);
+    kvx_receiver_create(de, &rd, &r);
+    wait_r(r, KVX_POLL_BOOTSTRAPPING, 30000);
+    kvx_receiver_init(r, dp, 8, -1);
+    wait_s(s, KVX_POLL_BOOTSTRAPPING, 30000);
+    kvx_sender_init(s, 8, -1);
+    kvx_receiver_abort(r, "decode gave up");
+    kvx_receiver_abort(r, "second thoughts");
+    CHECK(wait_s(s, KVX_POLL_WAITING_FOR_INPUT, 30000) == KVX_POLL_FAILED,
+          "receiver's abort reached the sender");
+    CHECK_STR(kvx_sender_error(s), "decode gave up");
+    CHECK(!strstr(kvx_sender_error(s), "second"), "first reason only: %s", kvx_sender_error(s));
+    kvx_sender_destroy(s);
+    kvx_receiver_destroy(r);
+
+    /* Success, then an abort: the receiver still completes */
+    rd.room = 73;
+    ex_pages_pattern(&ps, 73, sp, 8, 1);
+    kvx_sender_create(pe, &rd, &s);
+    kvx_receiver_create(de, &rd, &r);
+    wait_r(r, KVX_POLL_BOOTSTRAPPING, 30000);
+    kvx_receiver_init(r, dp, 8, -1);
+    wait_s(s, KVX_POLL_BOOTSTRAPPING, 30000);
+    kvx_sender_init(s, 8, -1);
+    kvx_sender_send(s, sp, 8);
+    CHECK(wait_s(s, KVX_POLL_TRANSFERRING, 30000) == KVX_POLL_SUCCESS, "sender Success: %s",
+          kvx_sender_error(s));
+    kvx_sender_abort(s, "too late");
+    CHECK(kvx_sender_poll(s) == KVX_POLL_SUCCESS, "sender stays Success");
+    CHECK(wait_r(r, KVX_POLL_TRANSFERRING, 30000) == KVX_POLL_SUCCESS,
+          "receiver of a completed room succeeds: %s", kvx_receiver_error(r));
+    CHECK(ex_pages_pattern(&pr, 73, dp, 8, 0) == 0, "bytes verified");
+    kvx_sender_destroy(s);
+    kvx_receiver_destroy(r);
+
     kvx_engine_destroy(pe);
     kvx_engine_destroy(de);
     ex_pool_free(&ps);
@@ -186,6 +271,7 @@ int main(void) {
     mkdir(root, 0755);
     kvx_file_register();
     test_handshake();
+    test_fail_paths();
     test_prefill_killed();
     {
         char cmd[400];
