@@ -77,7 +77,7 @@
 extern "C" {
 #endif
 
-#define KVX_FILE_FORMAT_VERSION 1
+#define KVX_FILE_FORMAT_VERSION 2
 
 /* The file transport's backend table. */
 KVX_API const kvx_backend *kvx_file_backend(void);
@@ -354,6 +354,63 @@ static void kvx__rm_room_at(int base, const char *name, int owner_only) {
     (void)unlinkat(base, name, AT_REMOVEDIR);
 }
 
+/* >>file: authentication ------------------------------------------------------ */
+
+/* A small file (meta, transfer_done, transfer_failed) is one line of JSON,
+   optionally followed by "mac hmac-sha256 <64 hex digits>\n" (with an auth
+   key): HMAC-SHA-256(key, "kvx-file-v2" 0x00 <file name> 0x00 <the JSON
+   line, its newline included>). */
+#define KVX__FILE_MAC_TAG "mac hmac-sha256 "
+#define KVX__FILE_MAC_LINE (sizeof KVX__FILE_MAC_TAG - 1 + 64 + 1)
+
+static void kvx__file_mac(const uint8_t *key, size_t key_len, const char *name,
+                          const char *json, size_t len, uint8_t out[KVX_MAC_BYTES]) {
+    kvx_hmac h;
+    kvx_hmac_init(&h, key, key_len);
+    kvx_hmac_update(&h, "kvx-file-v2", 12); /* with its 0 byte */
+    kvx_hmac_update(&h, name, strlen(name) + 1);
+    kvx_hmac_update(&h, json, len);
+    kvx_hmac_final(&h, out);
+}
+
+/* Appends the MAC line to a finished JSON line (no-op without a key). */
+static void kvx__file_seal(kvx_buf *b, const uint8_t *key, size_t key_len, const char *name) {
+    uint8_t mac[KVX_MAC_BYTES];
+    int i;
+    if (!key || b->oom) return;
+    kvx__file_mac(key, key_len, name, b->data, b->len, mac);
+    kvx_buf_printf(b, KVX__FILE_MAC_TAG);
+    for (i = 0; i < KVX_MAC_BYTES; i++) kvx_buf_printf(b, "%02x", mac[i]);
+    kvx_buf_printf(b, "\n");
+}
+
+/* Splits text into its JSON line (*json_len bytes) and its optional MAC
+   line. 0 when what follows the JSON line is not exactly one MAC line. */
+static int kvx__file_split(const char *text, size_t len, size_t *json_len, int *has_mac,
+                           uint8_t mac[KVX_MAC_BYTES]) {
+    const char *nl = (const char *)memchr(text, '\n', len);
+    size_t rest, i;
+    *has_mac = 0;
+    *json_len = nl ? (size_t)(nl - text) + 1 : len;
+    rest = len - *json_len;
+    if (rest == 0) return 1;
+    if (rest != KVX__FILE_MAC_LINE) return 0;
+    text += *json_len;
+    if (memcmp(text, KVX__FILE_MAC_TAG, sizeof KVX__FILE_MAC_TAG - 1) ||
+        text[KVX__FILE_MAC_LINE - 1] != '\n')
+        return 0;
+    text += sizeof KVX__FILE_MAC_TAG - 1;
+    for (i = 0; i < 64; i++) {
+        char c = text[i];
+        int v = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+        if (v < 0) return 0;
+        if (i % 2 == 0) mac[i / 2] = (uint8_t)(v << 4);
+        else mac[i / 2] |= (uint8_t)v;
+    }
+    *has_mac = 1;
+    return 1;
+}
+
 /* Reads or writes the packed byte range [lo, hi) of a one-sided plan
    between pool memory and a file, and returns the CRC32C of those bytes
    (computed over pool memory: before writing, after reading). */
@@ -573,6 +630,15 @@ KVX_API kvx_result kvx_file_parse_meta(const char *text, size_t len, const char 
                      KVX__FILE_META_MAX);
         return KVX_ERR_CORRUPT;
     }
+    {
+        int has_mac;
+        uint8_t mac[KVX_MAC_BYTES];
+        if (!kvx__file_split(text, len, &len, &has_mac, mac)) {
+            kvx__set_why(why, wl, "%s: after its JSON line comes something other than a MAC line",
+                         path);
+            return KVX_ERR_CORRUPT;
+        }
+    }
     if (kvx_json_parse(&d, text, len, 4 * KVX_MAX_BUFFERS + 64) != KVX_OK) {
         kvx__set_why(why, wl, "%s is not valid JSON: %s", path, d.error);
         r = KVX_ERR_CORRUPT;
@@ -660,6 +726,15 @@ KVX_API kvx_result kvx_file_parse_done(const char *text, size_t len, const char 
     kvx_result r;
     memset(o, 0, sizeof *o);
     memset(&d, 0, sizeof d);
+    {
+        int has_mac;
+        uint8_t mac[KVX_MAC_BYTES];
+        if (!kvx__file_split(text, len, &len, &has_mac, mac)) {
+            kvx__set_why(why, wl, "%s: after its JSON line comes something other than a MAC line",
+                         path);
+            return KVX_ERR_CORRUPT;
+        }
+    }
     if (kvx_json_parse(&d, text, len, 256) != KVX_OK) {
         kvx__set_why(why, wl, "%s is not valid JSON: %s", path, d.error);
         r = KVX_ERR_CORRUPT;
@@ -745,6 +820,8 @@ typedef struct kvx__fengine {
     int staged;
     kvx_mem_ops mem;
     kvx_boot *boot;             /* NULL: no bootstrap */
+    const uint8_t *key;         /* kvx_engine_auth_key: NULL = files are not authenticated */
+    size_t key_len;
     char *stage_free[64];
     int num_stage_free;
 } kvx__fengine;
@@ -961,6 +1038,7 @@ static kvx_result kvx__file_engine_init(kvx_engine *e, char *why, size_t wl) {
         return KVX_ERR_INVALID_ARGUMENT;
     }
     snprintf(fe->dir, sizeof fe->dir, "%s", dir);
+    fe->key = kvx_engine_auth_key(e, &fe->key_len);
     r = kvx_dir_open(fe->dir, fe->dir_mode, KVX_DIR_CREATE | (fe->shared ? KVX_DIR_SHARED : 0),
                      &fe->dfd, why, wl);
     if (r != KVX_OK) {
@@ -1117,6 +1195,7 @@ static void kvx__file_write_failed(kvx__froom *fr, kvx_result res, const char *r
                    KVX_FILE_FORMAT_VERSION, (unsigned long long)kvx_room_id(fr->room), (int)res);
     kvx_buf_json_str(&b, reason);
     kvx_buf_printf(&b, "}\n");
+    kvx__file_seal(&b, fe->key, fe->key_len, "transfer_failed");
     if (b.oom) { kvx_buf_free(&b); return; }
     if (dfd >= 0)
         r = kvx__write_atomic_at(dfd, fr->dir, "transfer_failed", b.data, b.len, fe->do_fsync, 1,
@@ -1218,6 +1297,7 @@ static kvx_result kvx__file_finish_send(kvx__froom *fr, char *why, size_t wl) {
     for (i = 0; i < l->num_aux; i++)
         kvx_buf_printf(&b, "%s%llu", i ? "," : "", (unsigned long long)l->aux[i].item_len);
     kvx_buf_printf(&b, "]}\n");
+    kvx__file_seal(&b, fr->fe->key, fr->fe->key_len, "transfer_done");
     if (b.oom) { kvx_buf_free(&b); return KVX_ERR_NO_MEMORY; }
     r = kvx__write_atomic_at(fr->dfd, fr->dir, "transfer_done", b.data, b.len, fr->fe->do_fsync,
                              0, fr->fe->file_mode, why, wl);
@@ -1261,6 +1341,7 @@ static void kvx__fsend_chunk_done(kvx__fjob *j) {
         kvx__meta_json(&b, kvx_engine_layout(kvx_room_engine(r)), kvx_room_id(r), j->chunk,
                        j->bytes, crc);
         snprintf(name, sizeof name, "kv_chunk_%u.bin.meta", j->chunk->index);
+        kvx__file_seal(&b, fr->fe->key, fr->fe->key_len, name);
         res = b.oom ? KVX_ERR_NO_MEMORY
                     : kvx__write_atomic_at(fr->dfd, fr->dir, name, b.data, b.len,
                                            fr->fe->do_fsync, 0, fr->fe->file_mode, why,
@@ -1459,8 +1540,31 @@ static kvx_result kvx__file_sender_send(kvx_room *r, kvx_chunk *c) {
 static kvx_result kvx__file_load_text(kvx__froom *fr, int dfd, const char *name,
                                       const char *shown, char **text, size_t *len, char *why,
                                       size_t wl) {
-    (void)fr;
-    return kvx__read_small_at(dfd, name, shown, text, len, KVX__FILE_META_MAX, why, wl);
+    const kvx__fengine *fe = fr->fe;
+    uint8_t mac[KVX_MAC_BYTES], want[KVX_MAC_BYTES];
+    size_t json_len;
+    int has_mac;
+    const char *mac_name = strstr(name, ".failed") ? "transfer_failed" : name;
+    kvx_result r = kvx__read_small_at(dfd, name, shown, text, len, KVX__FILE_META_MAX, why, wl);
+    if (r != KVX_OK || !fe->key) return r;
+    /* with a key: a file without a valid MAC is refused */
+    if (!kvx__file_split(*text, *len, &json_len, &has_mac, mac) || !has_mac) {
+        kvx__set_why(why, wl, "refusing %s: it carries no MAC, and this engine has an auth key "
+                     "(KVX_AUTH_KEY): written without the key, or forged", shown);
+        r = KVX_ERR_PERMISSION;
+    } else {
+        kvx__file_mac(fe->key, fe->key_len, mac_name, *text, json_len, want);
+        if (!kvx_equal_ct(mac, want, sizeof mac)) {
+            kvx__set_why(why, wl, "refusing %s: its MAC does not match (forged, altered, or "
+                         "written with another KVX_AUTH_KEY)", shown);
+            r = KVX_ERR_PERMISSION;
+        }
+    }
+    if (r != KVX_OK) {
+        free(*text);
+        *text = NULL;
+    }
+    return r;
 }
 
 static kvx_result kvx__file_load_done(kvx__froom *fr, const char *shown, char *why, size_t wl) {
@@ -1843,16 +1947,26 @@ out:
 static void kvx__frecv_sender_failed(kvx__froom *fr, int marker) {
     char path[KVX__FILE_PATH], why[KVX_ERROR_MAX], name[64];
     char *text = NULL;
-    size_t len = 0;
+    size_t len = 0, json_len = 0;
     kvx_json_doc d;
     const kvx_json *reason;
-    int dfd = marker ? fr->fe->dfd : fr->dfd;
+    int dfd = marker ? fr->fe->dfd : fr->dfd, has_mac;
+    uint8_t mac[KVX_MAC_BYTES];
+    kvx_result res;
+    why[0] = 0;
     if (marker) snprintf(name, sizeof name, "%s.failed", fr->name);
     else snprintf(name, sizeof name, "transfer_failed");
     kvx__pathf(path, "%s/%s", marker ? fr->fe->dir : fr->dir, name);
     memset(&d, 0, sizeof d);
-    if (kvx__file_load_text(fr, dfd, name, path, &text, &len, why, sizeof why) == KVX_OK &&
-        kvx_json_parse(&d, text, len, 64) == KVX_OK &&
+    res = kvx__file_load_text(fr, dfd, name, path, &text, &len, why, sizeof why);
+    if (res == KVX_ERR_PERMISSION) {
+        /* not the sender's word: this side refuses the room */
+        kvx_room_fail(fr->room, res, "%s", why);
+        kvx__frecv_cleanup(fr);
+        return;
+    }
+    if (res == KVX_OK && kvx__file_split(text, len, &json_len, &has_mac, mac) &&
+        kvx_json_parse(&d, text, json_len, 64) == KVX_OK &&
         (reason = kvx_json_get(&d, kvx_json_root(&d), "reason")) != NULL &&
         reason->type == KVX_JSON_STRING) {
         char prefix[48];
@@ -1863,11 +1977,9 @@ static void kvx__frecv_sender_failed(kvx__froom *fr, int marker) {
                              (unsigned long long)kvx_room_id(fr->room));
         if (n >= k && !memcmp(t, prefix, k)) { t += k; n -= k; }
         kvx__set_why(why, sizeof why, "the sender failed: %.*s", (int)n, t);
-    }
-    else if (why[0])
-        kvx__set_why(why, sizeof why, "the sender failed (%s)", why);
-    else
+    } else {
         kvx__set_why(why, sizeof why, "the sender failed (%s is unreadable)", path);
+    }
     kvx_json_free(&d);
     free(text);
     kvx_room_fail_remote(fr->room, KVX_ERR_PEER, "%s", why);

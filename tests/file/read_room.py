@@ -31,14 +31,24 @@ def mix(x):  # splitmix64 finaliser, as examples/kvx_example.h
 def seed(room, buf, tok):
     return mix(((room * 0x100000001B3) & M64) ^ (buf << 40) ^ tok)
 
+def load(path):
+    """The JSON line of a meta or transfer_done (version 2: an optional
+    "mac hmac-sha256 <hex>" line follows it when the writer had an auth key;
+    checking it needs the key: HMAC-SHA-256(key, b"kvx-file-v2\\0" + name +
+    b"\\0" + json_line))."""
+    text = open(path, "rb").read()
+    line, _, rest = text.partition(b"\n")
+    assert rest == b"" or (rest.startswith(b"mac hmac-sha256 ") and len(rest) == 81), path
+    return json.loads(line)
+
 def main():
     d = sys.argv[1]
     room = int(sys.argv[2]) if len(sys.argv) > 2 else None
-    done = json.load(open(os.path.join(d, "transfer_done")))
-    assert done["format"] == "kvx-file-done" and done["version"] == 1
+    done = load(os.path.join(d, "transfer_done"))
+    assert done["format"] == "kvx-file-done" and done["version"] == 2
     pages = 0
     for i in range(done["chunks"]):
-        meta = json.load(open(os.path.join(d, "kv_chunk_%d.bin.meta" % i)))
+        meta = load(os.path.join(d, "kv_chunk_%d.bin.meta" % i))
         data = open(os.path.join(d, "kv_chunk_%d.bin" % i), "rb").read()
         assert len(data) == meta["bytes"], "size"
         assert crc32c(data) == meta["crc32c"], "crc of chunk %d" % i

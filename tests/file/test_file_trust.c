@@ -27,6 +27,8 @@ static void sleep_ms(int ms) {
     nanosleep(&ts, NULL);
 }
 
+static const char *auth_key; /* desc.auth_key of the next engines */
+
 static kvx_engine *engine(kvx_role role, ex_pool *p, const char *dir, char *why) {
     kvx_engine_desc d;
     kvx_engine *e = NULL;
@@ -35,6 +37,7 @@ static kvx_engine *engine(kvx_role role, ex_pool *p, const char *dir, char *why)
     d.transport = "file";
     d.layout = p->layout;
     d.file.dir = dir;
+    d.auth_key = auth_key;
     d.logger.level = KVX_LOG_ERROR;
     why[0] = 0;
     kvx_engine_create(&d, &e, why, 512);
@@ -644,6 +647,84 @@ static void test_sweep_other_user(void) {
     ex_pool_free(&pp);
 }
 
+/* ---- item 15: authenticated files ----------------------------------------------------------- */
+
+/* One room from a sender with key sk to a receiver with key rk; forge: replace
+   transfer_done by an unauthenticated copy first. Returns the receiver's state. */
+static kvx_poll auth_room(const char *label, const char *sk, const char *rk, int forge,
+                          char *err, size_t errlen) {
+    char dir[300], why[512], p[400], text[4096];
+    ex_pool ps, pr;
+    kvx_engine *pe, *de;
+    kvx_sender *s;
+    kvx_receiver *r;
+    kvx_room_desc rd;
+    int32_t pages[3] = {0, 1, 2};
+    kvx_poll st = KVX_POLL_FAILED;
+    snprintf(dir, sizeof dir, "%s/auth_%s", root, label);
+    ex_pool_init(&ps, &tiny, 16, 16, 4, 1);
+    ex_pool_init(&pr, &tiny, 16, 16, 4, 2);
+    auth_key = sk;
+    pe = engine(KVX_ROLE_PREFILL, &ps, dir, why);
+    auth_key = rk;
+    de = engine(KVX_ROLE_DECODE, &pr, dir, why);
+    auth_key = NULL;
+    err[0] = 0;
+    CHECK(pe && de, "%s: engines: %s", label, why);
+    if (pe && de) {
+        memset(&rd, 0, sizeof rd);
+        rd.room = 81;
+        ex_pages_pattern(&ps, 81, pages, 3, 1);
+        ex_aux_write(&ps, 81, 0);
+        kvx_sender_create(pe, &rd, &s);
+        kvx_sender_init(s, 3, 0);
+        kvx_sender_send(s, pages, 3);
+        CHECK(wait_s(s, 30000) == KVX_POLL_SUCCESS, "%s: sender: %s", label, kvx_sender_error(s));
+        kvx_sender_destroy(s);
+        if (forge) {
+            /* the same JSON line, its MAC line dropped */
+            snprintf(p, sizeof p, "%s/room_81/transfer_done", dir);
+            if (read_file(p, text, sizeof text) > 0 && strchr(text, '\n')) {
+                strchr(text, '\n')[1] = 0;
+                unlink(p);
+                write_file(p, text);
+            }
+        }
+        kvx_receiver_create(de, &rd, &r);
+        kvx_receiver_init(r, pages, 3, 1);
+        st = wait_r(r, 30000);
+        snprintf(err, errlen, "%s", kvx_receiver_error(r));
+        if (st == KVX_POLL_SUCCESS)
+            CHECK(ex_pages_pattern(&pr, 81, pages, 3, 0) == 0 && ex_aux_check(&pr, 81, 1),
+                  "%s: bytes verified", label);
+        kvx_receiver_destroy(r);
+    }
+    kvx_engine_destroy(pe);
+    kvx_engine_destroy(de);
+    ex_pool_free(&ps);
+    ex_pool_free(&pr);
+    return st;
+}
+
+static void test_auth(void) {
+    const char *k1 = "0123456789abcdef-first-key", *k2 = "0123456789abcdef-other-key";
+    char err[512];
+    CHECK(auth_room("same", k1, k1, 0, err, sizeof err) == KVX_POLL_SUCCESS,
+          "same key: Success (%s)", err);
+    CHECK(auth_room("other", k1, k2, 0, err, sizeof err) == KVX_POLL_FAILED,
+          "different keys: Failed");
+    CHECK_STR(err, "MAC does not match");
+    CHECK(auth_room("nokey", NULL, k1, 0, err, sizeof err) == KVX_POLL_FAILED,
+          "a sender without the key: Failed");
+    CHECK_STR(err, "carries no MAC");
+    CHECK(auth_room("forged", k1, k1, 1, err, sizeof err) == KVX_POLL_FAILED,
+          "a transfer_done without its MAC: Failed");
+    CHECK_STR(err, "transfer_done");
+    CHECK_STR(err, "carries no MAC");
+    CHECK(auth_room("plain", k1, NULL, 0, err, sizeof err) == KVX_POLL_SUCCESS,
+          "a receiver without a key reads an authenticated room (%s)", err);
+}
+
 int main(void) {
     int is_root = geteuid() == 0;
     kt_name = "test_file_trust";
@@ -660,6 +741,7 @@ int main(void) {
     test_dir_modes();
     test_tmp_links();
     test_settings();
+    test_auth();
     if (is_root) {
         test_planted();
         test_sweep_other_user();
