@@ -18,7 +18,7 @@
      Every other file just includes kvx_store.h. Link with -lpthread.
 
    SETTINGS (kvx_store_desc; zero / NULL = the default on the right)
-     dir             root directory; KVX_STORE_DIR              (/tmp/kvx_store)
+     dir             root directory; KVX_STORE_DIR   (/tmp/kvx_store-<uid>)
      model           model id, part of the namespace            ("")
      layout          the KV pool (host memory); copied          (required)
      tp_rank         this rank                                  (0)
@@ -28,6 +28,13 @@
      io_threads      threads doing a batch's I/O, the calling thread
                      included; KVX_STORE_IO_THREADS               (4)
      fsync           durability, see below; KVX_STORE_FSYNC       (0)
+     shared          KVX_STORE_SHARED: 0 = the directories are this user's
+                     (made 0700; one that another user owns, or that the
+                     group or others may write without the sticky bit, is
+                     refused with a sentence naming it, its owner and
+                     mode); 1 = shared with the group: the directory's
+                     group may own and write it (make it group-owned,
+                     mode 2770)                                    (0)
      allocator       {alloc_fn, free_fn, user_data}             (malloc/free)
      logger          {func, user_data, level}                   (stderr, warn)
 
@@ -43,7 +50,8 @@
                             a block whose bytes did not reach the disk).
                           1 = fsync the file, rename, fsync the directory:
                             a block that a put reported is on stable storage.
-     KVX_STORE_IO_THREADS 1..256
+     KVX_STORE_IO_THREADS 1..256; 0 = 4; anything else is refused
+     KVX_STORE_SHARED     0 or 1, see `shared`
      KVX_LOG_LEVEL        error|warn|info|debug for the store's logger
 
    NAMESPACE AND LAYOUT ON DISK
@@ -218,7 +226,7 @@ typedef struct kvx_store_key {
 } kvx_store_key;
 
 typedef struct kvx_store_desc {
-    const char *dir;         /* KVX_STORE_DIR, "/tmp/kvx_store" */
+    const char *dir;         /* KVX_STORE_DIR, "/tmp/kvx_store-<uid>" */
     const char *model;       /* model id, part of the namespace; NULL = "" */
     kvx_layout layout;       /* the KV pool, host memory; copied (not the memory) */
     int tp_rank;             /* 0 */
@@ -228,6 +236,9 @@ typedef struct kvx_store_desc {
     int fsync;               /* KVX_STORE_FSYNC, 0 = rename only, 1 = fsync */
     kvx_allocator allocator;
     kvx_logger logger;
+    int shared;              /* KVX_STORE_SHARED, 0 = private to this user (directories
+                                0700, refused when another user owns them or may write
+                                in them); 1 = shared with the directory's group */
 } kvx_store_desc;
 
 /* Opens (creating directories as needed) the namespace of this
@@ -1750,7 +1761,7 @@ static kvx_result kvx__store_config_file(kvx_store *s, char *why, size_t wl) {
     ssize_t got;
     int fd, err = 0;
     memset(&b, 0, sizeof b);
-    fd = openat(s->ns_fd, "config.json", O_RDONLY | O_CLOEXEC);
+    fd = openat(s->ns_fd, "config.json", O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
     if (fd >= 0) {
         got = read(fd, old, sizeof old - 1);
         close(fd);
@@ -1821,6 +1832,34 @@ static kvx_result kvx__store_fanout(kvx_store *s, char *why, size_t wl) {
     return KVX_OK;
 }
 
+/* Opens <root>/<config-hash> without trusting links: the root through
+   kvx_dir_open (made if missing; refused when another user owns it or
+   could write in it), the namespace relative to it with O_NOFOLLOW, and
+   checked the same way. */
+static kvx_result kvx__store_open_ns(kvx_store *s, char *why, size_t wl) {
+    int flags = s->desc.shared ? KVX_DIR_SHARED : 0, root_fd, err;
+    unsigned mode = s->desc.shared ? 0770 : 0700;
+    kvx_result r = kvx_dir_open(s->root, mode, KVX_DIR_CREATE | flags, &root_fd, why, wl);
+    if (r != KVX_OK) return r;
+    if (mkdirat(root_fd, s->cfg_hex, (mode_t)mode) && errno != EEXIST) {
+        err = errno;
+        close(root_fd);
+        kvx__set_why(why, wl, "cannot create %s: %s", s->ns, strerror(err));
+        return kvx__errno_result(err);
+    }
+    s->ns_fd = openat(root_fd, s->cfg_hex, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    err = errno;
+    close(root_fd);
+    if (s->ns_fd < 0) {
+        if (err == ELOOP || err == ENOTDIR)
+            kvx__set_why(why, wl, "refusing %s: it is a symbolic link or not a directory", s->ns);
+        else
+            kvx__set_why(why, wl, "cannot open %s: %s", s->ns, strerror(err));
+        return err == ELOOP || err == ENOTDIR ? KVX_ERR_PERMISSION : kvx__errno_result(err);
+    }
+    return kvx_dir_check(s->ns_fd, s->ns, flags, why, wl);
+}
+
 static kvx_result kvx__store_apply_env(kvx_store_desc *d, char *why, size_t wl) {
     const char *cap = NULL, *lvl = NULL;
     kvx_result r;
@@ -1832,15 +1871,18 @@ static kvx_result kvx__store_apply_env(kvx_store_desc *d, char *why, size_t wl) 
         return KVX_ERR_BAD_CONFIG;
     }
     if ((r = kvx_env_int("KVX_STORE_FSYNC", &d->fsync, why, wl)) != KVX_OK) return r;
-    if ((r = kvx_env_int("KVX_STORE_IO_THREADS", &d->io_threads, why, wl)) != KVX_OK) return r;
+    if ((r = kvx_setting_int("KVX_STORE_IO_THREADS", &d->io_threads, 4, 1, 256, why, wl)) !=
+        KVX_OK)
+        return r;
+    if ((r = kvx_env_int("KVX_STORE_SHARED", &d->shared, why, wl)) != KVX_OK) return r;
     if (d->fsync != 0 && d->fsync != 1) {
         kvx__set_why(why, wl, "KVX_STORE_FSYNC / desc.fsync is %d; use 0 (rename only) or 1 "
                        "(fsync file and directory)", d->fsync);
         return KVX_ERR_BAD_CONFIG;
     }
-    if (d->io_threads < 0 || d->io_threads > 256) {
-        kvx__set_why(why, wl, "KVX_STORE_IO_THREADS / desc.io_threads is %d; use 1..256",
-                       d->io_threads);
+    if (d->shared != 0 && d->shared != 1) {
+        kvx__set_why(why, wl, "KVX_STORE_SHARED / desc.shared is %d; use 0 (private to this "
+                       "user) or 1 (shared with the directory's group)", d->shared);
         return KVX_ERR_BAD_CONFIG;
     }
     kvx_env_str("KVX_LOG_LEVEL", &lvl);
@@ -1854,7 +1896,11 @@ static kvx_result kvx__store_apply_env(kvx_store_desc *d, char *why, size_t wl) 
             return KVX_ERR_BAD_CONFIG;
         }
     }
-    if (!d->dir || !*d->dir) d->dir = "/tmp/kvx_store";
+    if (!d->dir || !*d->dir) {
+        static char def[64]; /* one value per process: the effective uid */
+        snprintf(def, sizeof def, "/tmp/kvx_store-%u", (unsigned)geteuid());
+        d->dir = def;
+    }
     if (!d->model) d->model = "";
     if (!d->capacity_bytes) d->capacity_bytes = KVX__STORE_DEFAULT_CAPACITY;
     if (!d->io_threads) d->io_threads = 4;
@@ -2059,13 +2105,7 @@ KVX_API kvx_result kvx_store_open(const kvx_store_desc *desc, kvx_store **out, c
         goto fail;
     }
     snprintf(s->ns, sizeof s->ns, "%s/%s", s->root, s->cfg_hex);
-    if ((r = kvx__mkdir_p(s->ns, why, wl)) != KVX_OK) goto fail;
-    s->ns_fd = open(s->ns, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (s->ns_fd < 0) {
-        r = kvx__errno_result(errno);
-        kvx__set_why(why, wl, "cannot open %s: %s", s->ns, strerror(errno));
-        goto fail;
-    }
+    if ((r = kvx__store_open_ns(s, why, wl)) != KVX_OK) goto fail;
     kvx__store_tmp_tag(s);
     if ((r = kvx__store_config_file(s, why, wl)) != KVX_OK) goto fail;
     if ((r = kvx__store_fanout(s, why, wl)) != KVX_OK) goto fail;
@@ -2194,7 +2234,7 @@ static kvx_result kvx__store_scan_ns(kvx__store_scan *c, const char *ns, char *w
     c->ns = ns;
     c->cfg_hex[0] = 0;
     if (strlen(base) == 16 && kvx__store_is_hex(base, 16)) memcpy(c->cfg_hex, base, 17);
-    fd = open(ns, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    fd = open(ns, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
     if (fd < 0) {
         err = errno;
         kvx__set_why(why, wl, "cannot open %s: %s", ns, strerror(err));
