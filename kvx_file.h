@@ -14,10 +14,21 @@
        kvx_file_register();          (once; then desc.transport = "file")
      or set desc.backend = kvx_file_backend().
 
-   ENVIRONMENT (read once at engine creation; override desc.file)
-     KVX_FILE_DIR         directory of room directories         (/tmp/kvx_file)
+   ENVIRONMENT (read once at engine creation; override desc.file; a value
+   outside its range is refused at engine creation, naming the variable)
+     KVX_FILE_DIR         directory of room directories (/tmp/kvx_file-<uid>)
+     KVX_FILE_SHARED      0: the directory is this user's: made 0700 if
+                          missing; refused (with a sentence naming it, its
+                          owner and mode) when another user (not root) owns
+                          it or when the group or others may write in it
+                          without the sticky bit. 1: shared with the group:
+                          another owner and group write are accepted, rooms
+                          are made 0770 and files 0660 (give the directory
+                          to the sharing group, mode 2770). Environment
+                          only.                                           (0)
      KVX_FILE_TIMEOUT     seconds a receiver waits for transfer_done after
-                          init; the room then fails with KVX_ERR_TIMEOUT (300)
+                          init; the room then fails with KVX_ERR_TIMEOUT.
+                          0 = 300; range [0.001, 1e6]                    (300)
      KVX_FILE_FSYNC       0: no fsync. Every file is written under a
                           temporary name and renamed, so a reader never sees
                           a torn file even if the writer is killed; data may
@@ -27,12 +38,29 @@
                           clients cache metadata, everything before it is on
                           the server first (use on shared filesystems).  (0)
      KVX_FILE_KEEP        1: leave room directories after a receiver is done (0)
-     KVX_FILE_IO_THREADS  I/O worker threads per engine                 (4)
-     KVX_FILE_TTL         seconds; room directories older than this are
-                          removed when an engine starts                (3600)
-     KVX_FILE_STRIPE      bytes one worker reads or writes at a time (16 MiB)
+     KVX_FILE_IO_THREADS  I/O worker threads per engine; 0 = 4; [1, 256]  (4)
+     KVX_FILE_TTL         seconds; this user's room directories (and
+                          failure markers) older than this are removed when
+                          an engine starts; another user's entries and fresh
+                          rooms are never touched, links never followed.
+                          0 = 3600; range [60, 1e9]                    (3600)
+     KVX_FILE_STRIPE      bytes one worker reads or writes at a time;
+                          0 = 16 MiB; range [4096, 1 GiB]           (16 MiB)
+     KVX_AUTH_KEY / desc.auth_key (kvx.h): with a key, every meta,
+                          transfer_done and transfer_failed carries an
+                          HMAC-SHA-256 line, and a receiver with a key
+                          refuses a room whose files lack it or fail it.
 
-   ON DISK (format version 1; all integers little-endian; see README.md)
+   SAFETY ON A SHARED HOST
+     Every room directory and file is created, opened and removed relative
+     to directory descriptors, never through a link: openat / mkdirat /
+     unlinkat / renameat with O_NOFOLLOW, O_DIRECTORY, and O_EXCL for every
+     new file, temporaries included (their names carry a random part). A
+     room directory that is a link, not a directory, or another user's is
+     refused by both sides with a sentence. A failed sender's
+     transfer_failed is created once (link(2)): the first reason stays.
+
+   ON DISK (format version 2; all integers little-endian; see README.md)
      room_<room>/kv_chunk_<i>.bin       chunk i's pages, buffer-major: buffer
                                         b's pages start at offset[b] =
                                         num_pages * sum(item_len[0..b-1]),
@@ -42,9 +70,20 @@
      room_<room>/metadata.bin           the aux rows of the sender's slot,
                                         aux buffer 0's row, then 1's ...
      room_<room>/transfer_done          JSON, written last
-     room_<room>/transfer_failed        JSON {"reason": ...} when the sender
-                                        failed or aborted
-     Temporary files end in ".tmp.<pid>.<n>" and are never read.
+     room_<room>/transfer_failed        JSON {"reason": ..., "result": ...}
+                                        when the sender failed or aborted;
+                                        never rewritten
+     room_<room>.failed                 (next to the room) the same, when
+                                        the room directory could not be made
+     Temporary files end in ".tmp.<pid>.<16 hex digits>" and are never read.
+     Version 2: each meta, transfer_done and transfer_failed is one line of
+     JSON, followed, when the writer has an auth key, by one line
+       mac hmac-sha256 <64 lowercase hex digits>
+     = HMAC-SHA-256(key, "kvx-file-v2" 0x00 <file name> 0x00 <the JSON line
+     with its newline>), where <file name> is "transfer_done",
+     "transfer_failed" or "kv_chunk_<i>.bin.meta". The CRC32C of every
+     chunk (in its meta) and of metadata.bin (in transfer_done) lie inside
+     the authenticated bytes. (Version 1 had no MAC line.)
 
    WITH A BOOTSTRAP ADDRESS (kvx_boot.h)
      The file transport needs no handshake, but it can use one: a prefill
