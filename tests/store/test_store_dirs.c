@@ -54,7 +54,7 @@ static void test_modes(const char *root) {
 
 /* a namespace directory planted as a link into a victim directory */
 static void test_planted_ns(const char *root) {
-    char dir[400], why[KVX_ERROR_MAX], victim[400], ns[600], p[700];
+    char dir[400], why[KVX_ERROR_MAX], victim[400], ns[800], p[700];
     struct dirent *e;
     DIR *d;
     int n = 0;
@@ -68,7 +68,7 @@ static void test_planted_ns(const char *root) {
     CHECK(try_open(dir, 0, why, sizeof why) == KVX_OK, "store opens: %s", why);
     d = opendir(dir);
     while (d && (e = readdir(d)) != NULL)
-        if (strlen(e->d_name) == 16) snprintf(ns, sizeof ns, "%s/%s", dir, e->d_name), n++;
+        if (strlen(e->d_name) == 16) snprintf(ns, sizeof ns, "%s/%.16s", dir, e->d_name), n++;
     if (d) closedir(d);
     CHECK(n == 1, "one namespace directory");
     if (n != 1) return;
