@@ -1,5 +1,6 @@
 /* Fuzzes what the file transport reads from disk written by another
-   process: the JSON reader and the chunk meta / transfer_done checks. */
+   process: the JSON reader, the chunk meta / transfer_done checks, and the
+   split of a file into its JSON line and its MAC line (format version 2). */
 #define KVX_IMPLEMENTATION
 #include "../../kvx_file.h"
 
@@ -22,6 +23,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         kvx_file_chunk_info_free(&m);
     }
     kvx_file_parse_done(text, size, "fuzz", &d, why, sizeof why);
+    {
+        size_t json_len = 0;
+        int has_mac = 0;
+        uint8_t mac[KVX_MAC_BYTES], want[KVX_MAC_BYTES];
+        if (kvx__file_split(text, size, &json_len, &has_mac, mac)) {
+            if (json_len > size) __builtin_trap();
+            if (has_mac && size - json_len != KVX__FILE_MAC_LINE) __builtin_trap();
+            kvx__file_mac((const uint8_t *)"fuzz-key-0123456789", 19, "transfer_done", text,
+                          json_len, want);
+            if (has_mac) (void)kvx_equal_ct(mac, want, sizeof mac);
+        }
+    }
     kvx_json_parse(&doc, text, size, 64);
     kvx_json_free(&doc);
     return 0;
