@@ -31,6 +31,8 @@
      KVX_RDMA_MAX_DEVS        NIC ports one engine uses (16)
      KVX_RDMA_MAX_QPS         queue pairs per peer (64)
      KVX_RDMA_CM_MAX          bytes of one connection-exchange message (64 MiB)
+     KVX_RDMA_CM_PENDING      exchange connections waiting for their opening
+                              message at once (64; a quarter from one address)
 
    SETTINGS (desc.rdma, zero = default) AND ENVIRONMENT (overrides the desc;
    read once at engine creation)
@@ -63,11 +65,15 @@
      KVX_IB_RELAXED_ORDERING  1: register with IBV_ACCESS_RELAXED_ORDERING
                            through ibv_reg_mr_iova2 when libibverbs has it (1)
      KVX_IB_CONNECT_TIMEOUT seconds for the queue-pair exchange with a peer,
-                           and for a prefill room to wait for it (10)
+                           for a prefill room to wait for it, and for an
+                           exchange connection to send its opening (10)
      KVX_IB_FENCE_TIMEOUT  seconds kvx_receiver_destroy of an unfinished room
                            waits for the prefill to confirm it stopped writing (2)
      KVX_IB_CM_PORT        prefill: TCP port of the queue-pair exchange
                            listener, on the bootstrap host (0 = ephemeral)
+     KVX_AUTH_KEY / KVX_AUTH_KEY_FILE (kvx.h, desc.auth_key): with a shared
+                           key every exchange connection proves it, both
+                           ways, before anything is exchanged (below)
      And kvx_boot.h's: KVX_BOOTSTRAP_HOST, KVX_BOOTSTRAP_PORT,
      KVX_HEARTBEAT_INTERVAL, KVX_HEARTBEAT_MAX_FAILURE ...
 
@@ -131,6 +137,14 @@
      can wait (KVX_IB_FENCE_TIMEOUT) until no more bytes of it can land.
 
    ERRORS
+     Every failure this side decides (a refused argument, a local error, an
+     abort, a timeout, engine destroy) reaches the peer at once through the
+     core's room_failed hook, with the room's first reason: the prefill
+     sends status Failed, the decode side an abort. Failures the peer
+     reported and the loss of the peer send nothing back. A room that
+     reached Success or Failed sends nothing more; a prefill room whose
+     WRITEs all completed is not failed by its connection dying afterwards,
+     and a decode room whose prefill sent Success counts its bytes as placed.
      A work completion error (with ibv_wc_status_str), a refused post, an
      async event on a queue pair (IBV_EVENT_QP_FATAL, QP_REQ_ERR,
      QP_ACCESS_ERR), on a CQ, on a port (PORT_ERR) or on the device
@@ -145,7 +159,8 @@
 
    ENDPOINT BLOB (in the kvx_boot hello; version 1; little-endian)
      0 u8[8] magic "kvx-rdma"   8 u16 version (1)   10 u16 role (1/2)
-     12 u32 flags (0)   16 u64 instance (random, nonzero)
+     12 u32 flags (bit 0 KVX_RDMA_FLAG_AUTH: this prefill's exchange requires
+        the shared key; other bits 0)   16 u64 instance (random, nonzero)
      24 u16 cm_port (prefill: exchange port; decode 0)   26 u16 qps
      28 u16 ndev (1..KVX_RDMA_MAX_DEVS)   30 u16 reserved (0)
      32 ndev port entries of 48 bytes:
@@ -153,9 +168,10 @@
         2 Ethernet)   20 u8 active_mtu (enum ibv_mtu 1..5)   21 u8 gid_index
         22 u16 reserved   24 char name[24] (NUL-terminated)
 
-   QUEUE-PAIR EXCHANGE (TCP to the prefill's cm_port; version 1)
-     Each message: u8[4] "KVXR", u16 version (1), u16 type, u32 body_len
-     (<= KVX_RDMA_CM_MAX), u32 reserved (0), then the body:
+   QUEUE-PAIR EXCHANGE (TCP to the prefill's cm_port; version 1 without a
+   key, version 2 with one: every message of a connection carries it)
+     Each message: u8[4] "KVXR", u16 version (1 or 2), u16 type, u32
+     body_len (<= KVX_RDMA_CM_MAX), u32 reserved (0), then the body:
      1 CONNECT (decode -> prefill):
         0 u64 from (decode instance)   8 u64 to (prefill instance)
         16 u64 layout fingerprint   24 u16 nqp   26 u16 ndev   28 u32 nbuf
@@ -169,7 +185,36 @@
      3 READY (decode -> prefill): 0 u64 from, 8 u64 to
      4 REJECT (either way): 0 u64 from, 8 u64 to, 16 i32 result, 20 u32 rl
         (<= 1024), 24 reason
+     Version 2 adds, before CONNECT (nonces of KVX_NONCE_BYTES, proofs
+     kvx_auth_proof of KVX_MAC_BYTES):
+     5 CHALLENGE (prefill -> decode, at accept): 0 u64 0, 8 u64 0, 16 nonce_p
+     6 AUTH (decode -> prefill): 0 u64 from, 8 u64 to, 16 nonce_d, 32 proof
+        with label "kvx-rdma-cm-decode" over (nonce_p, nonce_d)
+     7 AUTH_OK (prefill -> decode): 0 u64 from, 8 u64 to, 16 proof with label
+        "kvx-rdma-cm-prefill" over (nonce_d, nonce_p)
+     The decode side sends CONNECT (its rkeys and addresses) only after it
+     checked AUTH_OK; a wrong proof either way closes the connection with a
+     sentence naming KVX_AUTH_KEY. Without a key the exchange is version 1
+     as before; a prefill with a key says so in its endpoint flags, and a
+     side whose key setting differs from its peer's fails at once saying so.
      Queue pair i of the decode side talks to queue pair i of the prefill.
+
+   WHO MAY USE THE EXCHANGE PORT
+     The prefill's completion thread holds each accepted connection (at most
+     KVX_RDMA_CM_PENDING, a quarter of them from one address, each for at
+     most KVX_IB_CONNECT_TIMEOUT) until its opening arrived: AUTH with a key,
+     else the fixed head of CONNECT. It hands the connection to an exchange
+     worker only when the proof checks and the CONNECT names this prefill
+     and a decode instance whose kvx_boot control connection is up from the
+     same address; anything else is closed (counted in cm_refused), and
+     nothing about this engine is sent before that (a refusal carries a
+     reason, a CHALLENGE only a nonce). The prefill hands out no rkeys: its
+     memory is registered for local access only. Without a key, a process
+     that learns a connected decode engine's instance and runs on its host
+     can still replace that engine's connection (failing its rooms); a key
+     closes that. The key does not protect the exchange's bytes after the
+     proofs (no encryption, no per-message MAC: an attacker on the path
+     can still alter them), nor the RDMA traffic itself.
 
    GPU MEMORY
      KV buffers with mem == KVX_MEM_CUDA are registered through dma-buf
