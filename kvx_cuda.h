@@ -2262,7 +2262,7 @@ struct kvx__cux_room {
     int32_t dst_aux, src_aux;
     kvx_plan plan;
     uint64_t bytes;
-    int gone;
+    int gone;         /* atomic: the sender is being destroyed */
     /* prefill, under peer->mu */
     uint64_t ticket; /* the room's last submission on the peer's stream */
     int busy;        /* copies queued and not seen finished */
@@ -2929,7 +2929,7 @@ static kvx_result kvx__cux_on_room(kvx_boot *b, kvx_room *r, const kvx_boot_peer
         return res;
     }
     pthread_mutex_lock(&cr->mu);
-    taken = cr->gone || cr->peer;
+    taken = KVX__LOAD(&cr->gone) || cr->peer;
     if (!taken) {
         cr->peer = p;
         cr->dst = copy;
@@ -3090,7 +3090,7 @@ static void kvx__cux_finish(kvx__cux_engine *ce, kvx__cux_room *cr) {
 /* Under p->mu: what the room needs now that its copies are done. */
 static int kvx__cux_next(kvx__cux_room *cr, int *msg) {
     *msg = 0;
-    if (cr->gone) return 0;
+    if (KVX__LOAD(&cr->gone)) return 0;
     if (cr->msg) {
         *msg = cr->msg;
         cr->msg = 0;
@@ -3138,7 +3138,7 @@ static int kvx__cux_poll_peer(kvx__cux_engine *ce, kvx__cux_peer *p, kvx__cux_ac
             cr->busy = 0;
             moved++;
             kvx__cux_unlist(p, cr);
-            if (cr->gone) continue;
+            if (KVX__LOAD(&cr->gone)) continue;
             cr->finishing = 1;
             p->nfinishing++;
             kvx_room_ref(cr->room);
@@ -3163,7 +3163,7 @@ static int kvx__cux_poll_peer(kvx__cux_engine *ce, kvx__cux_peer *p, kvx__cux_ac
         pthread_mutex_lock(&p->mu);
         cr->finishing = 0;
         p->nfinishing--;
-        if (cr->msg && !cr->gone) { /* owed while we were at it */
+        if (cr->msg && !KVX__LOAD(&cr->gone)) { /* owed while we were at it */
             int m = cr->msg;
             cr->msg = 0;
             memcpy(a->reason, cr->msg_reason, sizeof a->reason);
@@ -3250,7 +3250,7 @@ static void kvx__cux_sender_close(kvx__cux_room *cr) {
     int msg = 0, waited = 0;
     char reason[KVX_ERROR_MAX];
     pthread_mutex_lock(&cr->mu);
-    cr->gone = 1;
+    KVX__STORE(&cr->gone, 1); /* read under p->mu elsewhere */
     p = cr->peer;
     pthread_mutex_unlock(&cr->mu);
     if (p) {
