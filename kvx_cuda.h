@@ -2990,7 +2990,7 @@ static kvx_result kvx__cux_sender_send(kvx_room *r, kvx_chunk *c) {
         cr->plan.total_bytes = 0;
     }
     if (res != KVX_OK) {
-        kvx__cux_fail_tell(cr, res, "chunk %u: %s", index, cr->plan.error);
+        kvx__cux_fail_tell(cr, res, "chunk %u for decode %s: %s", index, p->name, cr->plan.error);
         kvx_chunk_free(ce->engine, c);
         return res;
     }

@@ -4468,7 +4468,8 @@ static void kvx__rdma_progress(kvx_engine *e) {
                 res = kvx_boot_receiver_init(re->boot, rr->room, rr->def_pages, rr->def_n,
                                              rr->def_aux);
                 if (res != KVX_OK && res != KVX_ERR_STATE)
-                    kvx_room_fail(rr->room, res, "cannot send the destination to the prefill");
+                    kvx_room_fail(rr->room, res, "cannot send the destination to the prefill "
+                                  "at %s", rr->bootstrap);
             }
             kvx_room_unref(rr->room);
         }
