@@ -3608,9 +3608,15 @@ static int kvx__rdma_pend_open(kvx__rdma_engine *re, int i) {
             return 1;
         }
         kvx_auth_proof(re->key, re->key_len, KVX_RDMA_CM_AUTH_LABEL_DECODE, pe->nonce, m.nonce, mac);
-        if (!kvx_equal_ct(mac, m.proof, sizeof mac) || m.to != re->instance) {
+        if (!kvx_equal_ct(mac, m.proof, sizeof mac)) {
             kvx__rdma_pend_drop(re, i, "its proof of the shared key is wrong: KVX_AUTH_KEY (or "
                                        "KVX_AUTH_KEY_FILE) differs between the engines");
+            return 1;
+        }
+        if (m.to != re->instance) {
+            snprintf(why, sizeof why, "the AUTH names prefill instance %016llx, which is not this "
+                     "engine (it restarted since the decode side saw it)", (unsigned long long)m.to);
+            kvx__rdma_pend_drop(re, i, why);
             return 1;
         }
         from = m.from;
