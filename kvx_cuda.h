@@ -126,7 +126,14 @@
      memory segment (memfd) of the decode engine: one slot per aux slot of
      its pool, a 16-byte header (u64 room, u64 ~room, written last) and one
      row per aux buffer at 8-byte aligned offsets. The prefill maps it
-     through /proc/<decode pid>/fd/<fd>, checking inode and size.
+     through /proc/<decode pid>/fd/<fd>, and only when that process belongs
+     to this user and the file is a memfd named "kvx-cuda-aux" owned by this
+     user, of the announced inode and size (so a hello cannot make even a
+     root prefill map another process's file). Only processes that may
+     ptrace the decode engine (its user, root) can open the segment; the
+     CUDA IPC handles travel only in the decode's kvx_boot hello to the
+     prefill it dials (authenticated with KVX_AUTH_KEY when set). No other
+     file, socket or shared name is created.
      Both processes must run under one user, in one PID namespace, and see
      the same GPUs (as CUDA IPC needs); a peer on another node (another
      KVX_CUDA_NODE_ID) is refused with a sentence that says so, on both
@@ -153,6 +160,13 @@
      endpoint does not fit refuses to start, saying so.
 
    FAILURES AND THE FENCE
+     Every failure this side decides (a refused argument, a driver error,
+     an abort, a timeout, engine destroy) reaches the peer at once through
+     the core's room_failed hook with the room's first reason: the prefill
+     sends status Failed (once its copies of the room stopped), the decode
+     side an abort. A room that reached Success or Failed sends nothing
+     more, except the prefill's status that answers a decode side's abort
+     (the fence below).
      A driver error on a copy (with its name: CUDA_ERROR_ILLEGAL_ADDRESS...)
      fails every room with copies on that stream, on both sides; the stream
      is replaced. A lost control connection fails the rooms of that peer
@@ -2248,13 +2262,14 @@ struct kvx__cux_room {
     int32_t dst_aux, src_aux;
     kvx_plan plan;
     uint64_t bytes;
-    int gone;
+    int gone;         /* atomic: the sender is being destroyed */
     /* prefill, under peer->mu */
     uint64_t ticket; /* the room's last submission on the peer's stream */
     int busy;        /* copies queued and not seen finished */
     int finishing;   /* the completion thread is placing aux / reporting */
     int last_queued, listed, msg;
     int told;        /* atomic: the decode side has its final word (status or abort) */
+    int aborted;     /* decode, atomic: this side's abort went to the prefill */
     char msg_reason[KVX_ERROR_MAX];
     kvx__cux_room *anext, *aprev;
     /* decode, under ce->mu */
@@ -2383,22 +2398,49 @@ static kvx_result kvx__cux_seg_create(kvx__cux_engine *ce, char *why, size_t wl)
     return KVX_OK;
 }
 
-/* Prefill: maps a decode engine's aux segment through /proc/<pid>/fd/<fd>. */
+/* Prefill: maps a decode engine's aux segment through /proc/<pid>/fd/<fd>.
+   The pid and fd come from the peer's hello, so they are checked: the
+   process must be this user's (root could otherwise map any process's
+   file), and the file must be a kvx aux segment (a memfd of that name,
+   owned by this user, of the announced inode and size). */
 static kvx_result kvx__cux_seg_open(kvx__cux_peer *p, char *why, size_t wl) {
-    char path[64];
+    char path[64], self[64], target[128];
     struct stat st;
+    ssize_t tl;
     void *m;
     int fd;
+    snprintf(path, sizeof path, "/proc/%u", p->info.pid);
+    if (stat(path, &st) != 0) {
+        kvx__set_why(why, wl, "decode %s names process %u for its aux segment, which does not "
+                     "exist here (another PID namespace?)", p->name, p->info.pid);
+        return KVX_ERR_PEER;
+    }
+    if (st.st_uid != geteuid()) {
+        kvx__set_why(why, wl, "decode %s names process %u for its aux segment, which belongs to "
+                     "user %u, not this engine's user %u: the cuda transport maps only segments "
+                     "of this user's processes", p->name, p->info.pid, (unsigned)st.st_uid,
+                     (unsigned)geteuid());
+        return KVX_ERR_PERMISSION;
+    }
     snprintf(path, sizeof path, "/proc/%u/fd/%d", p->info.pid, (int)p->info.aux_fd);
-    fd = open(path, O_RDWR | O_CLOEXEC);
+    fd = open(path, O_RDWR | O_CLOEXEC | O_NOCTTY);
     if (fd < 0) {
         kvx__set_why(why, wl, "cannot open the aux segment of decode %s at %s: %s (the cuda "
                      "transport needs both processes under one user and in one PID namespace, as "
                      "CUDA IPC does)", p->name, path, strerror(errno));
         return errno == EACCES || errno == EPERM ? KVX_ERR_PERMISSION : KVX_ERR_PEER;
     }
-    if (fstat(fd, &st) != 0 || (uint64_t)st.st_ino != p->info.aux_ino ||
-        (uint64_t)st.st_size != p->info.aux_size) {
+    snprintf(self, sizeof self, "/proc/self/fd/%d", fd);
+    tl = readlink(self, target, sizeof target - 1);
+    target[tl > 0 ? tl : 0] = 0;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_uid != geteuid() ||
+        strncmp(target, "/memfd:kvx-cuda-aux", 19)) {
+        close(fd);
+        kvx__set_why(why, wl, "%s is not a kvx aux segment of decode %s (it is '%.60s', owner %u): "
+                     "refused", path, p->name, target, (unsigned)st.st_uid);
+        return KVX_ERR_PERMISSION;
+    }
+    if ((uint64_t)st.st_ino != p->info.aux_ino || (uint64_t)st.st_size != p->info.aux_size) {
         close(fd);
         kvx__set_why(why, wl, "%s is not the aux segment decode %s announced (inode or size "
                      "differ: another process of that id, or another PID namespace)", path,
@@ -2616,9 +2658,8 @@ static kvx__cux_peer *kvx__cux_peer_get(kvx__cux_engine *ce, const kvx_boot_peer
 
 static kvx_result kvx__cux_other_node(const char *who, const char *node, const char *here,
                                       char *why, size_t wl) {
-    kvx__set_why(why, wl, "%s is on another node: node id '%s', here '%s'; the cuda transport "
-                 "works only within one node (CUDA IPC): use tcp or rdma between nodes", who, node,
-                 here);
+    kvx__set_why(why, wl, "%s is on another node (CUDA IPC works within one node): use tcp or "
+                 "rdma between nodes; its node id '%s', here '%s'", who, node, here);
     return KVX_ERR_PEER;
 }
 
@@ -2787,9 +2828,10 @@ static void kvx__cux_send_msg(kvx__cux_engine *ce, kvx__cux_room *cr, int msg, c
     KVX__STORE(&cr->told, 1);
     if (msg == KVX__CUX_MSG_ABORT)
         kvx_boot_abort(ce->boot, r, reason);
-    else if (msg == KVX__CUX_MSG_CONFIRM)
-        kvx_boot_send_status(ce->boot, r, KVX_POLL_FAILED, kvx_room_result(r), 0,
-                             kvx_room_error(r));
+    else if (msg == KVX__CUX_MSG_CONFIRM &&
+             kvx_boot_send_status(ce->boot, r, KVX_POLL_FAILED, kvx_room_result(r), 0,
+                                  kvx_room_error(r)) != KVX_OK)
+        kvx_boot_abort(ce->boot, r, kvx_room_error(r)); /* no room frame yet: it answers it */
 }
 
 /* Owes the decode side msg: now when no copy of the room is in flight,
@@ -2817,7 +2859,8 @@ static void kvx__cux_owe(kvx__cux_room *cr, int msg, const char *reason) {
 
 static void kvx__cux_fail_tell(kvx__cux_room *cr, kvx_result res, const char *fmt, ...)
     KVX_PRINTF(3, 4);
-/* Fails a sender and tells the decode side, once its copies have stopped. */
+/* Fails a sender by this side's decision: room_failed tells the decode
+   side, once its copies have stopped. */
 static void kvx__cux_fail_tell(kvx__cux_room *cr, kvx_result res, const char *fmt, ...) {
     char msg[KVX_ERROR_MAX];
     va_list ap;
@@ -2825,7 +2868,6 @@ static void kvx__cux_fail_tell(kvx__cux_room *cr, kvx_result res, const char *fm
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
     kvx_room_fail(cr->room, res, "%s", msg);
-    kvx__cux_owe(cr, KVX__CUX_MSG_CONFIRM, NULL);
 }
 
 /* kvx_boot hook (prefill): the decode side's destination for a sender. */
@@ -2887,7 +2929,7 @@ static kvx_result kvx__cux_on_room(kvx_boot *b, kvx_room *r, const kvx_boot_peer
         return res;
     }
     pthread_mutex_lock(&cr->mu);
-    taken = cr->gone || cr->peer;
+    taken = KVX__LOAD(&cr->gone) || cr->peer;
     if (!taken) {
         cr->peer = p;
         cr->dst = copy;
@@ -2948,7 +2990,7 @@ static kvx_result kvx__cux_sender_send(kvx_room *r, kvx_chunk *c) {
         cr->plan.total_bytes = 0;
     }
     if (res != KVX_OK) {
-        kvx__cux_fail_tell(cr, res, "chunk %u: %s", index, cr->plan.error);
+        kvx__cux_fail_tell(cr, res, "chunk %u for decode %s: %s", index, p->name, cr->plan.error);
         kvx_chunk_free(ce->engine, c);
         return res;
     }
@@ -3036,9 +3078,9 @@ static void kvx__cux_finish(kvx__cux_engine *ce, kvx__cux_room *cr) {
     }
     KVX__STORE(&cr->told, 1);
     if (kvx_boot_send_status(ce->boot, r, KVX_POLL_SUCCESS, KVX_OK, bytes, NULL) != KVX_OK) {
-        kvx_room_fail(r, KVX_ERR_PEER_LOST, "every byte of room %llu is in place at decode %s but "
-                      "the control connection to it is gone, so it cannot be told",
-                      (unsigned long long)cr->id, p->name);
+        kvx_room_fail_remote(r, KVX_ERR_PEER_LOST, "every byte of room %llu is in place at "
+                             "decode %s but the control connection to it is gone, so it cannot "
+                             "be told", (unsigned long long)cr->id, p->name);
         return;
     }
     KVX__ADD(&ce->st.rooms_done, 1);
@@ -3048,7 +3090,7 @@ static void kvx__cux_finish(kvx__cux_engine *ce, kvx__cux_room *cr) {
 /* Under p->mu: what the room needs now that its copies are done. */
 static int kvx__cux_next(kvx__cux_room *cr, int *msg) {
     *msg = 0;
-    if (cr->gone) return 0;
+    if (KVX__LOAD(&cr->gone)) return 0;
     if (cr->msg) {
         *msg = cr->msg;
         cr->msg = 0;
@@ -3096,7 +3138,7 @@ static int kvx__cux_poll_peer(kvx__cux_engine *ce, kvx__cux_peer *p, kvx__cux_ac
             cr->busy = 0;
             moved++;
             kvx__cux_unlist(p, cr);
-            if (cr->gone) continue;
+            if (KVX__LOAD(&cr->gone)) continue;
             cr->finishing = 1;
             p->nfinishing++;
             kvx_room_ref(cr->room);
@@ -3114,15 +3156,14 @@ static int kvx__cux_poll_peer(kvx__cux_engine *ce, kvx__cux_peer *p, kvx__cux_ac
             kvx__cux_finish(ce, cr);
         } else if (a->what == KVX__CUX_ACT_MSG) {
             kvx__cux_send_msg(ce, cr, a->msg, a->reason);
-        } else {
+        } else { /* room_failed tells the decode side (now or after this act) */
             kvx_room_fail(cr->room, KVX_ERR_TRANSPORT, "copying room %llu to decode %s failed: %s",
                           (unsigned long long)cr->id, p->addr, why);
-            kvx__cux_send_msg(ce, cr, KVX__CUX_MSG_CONFIRM, NULL);
         }
         pthread_mutex_lock(&p->mu);
         cr->finishing = 0;
         p->nfinishing--;
-        if (cr->msg && !cr->gone) { /* owed while we were at it */
+        if (cr->msg && !KVX__LOAD(&cr->gone)) { /* owed while we were at it */
             int m = cr->msg;
             cr->msg = 0;
             memcpy(a->reason, cr->msg_reason, sizeof a->reason);
@@ -3209,7 +3250,7 @@ static void kvx__cux_sender_close(kvx__cux_room *cr) {
     int msg = 0, waited = 0;
     char reason[KVX_ERROR_MAX];
     pthread_mutex_lock(&cr->mu);
-    cr->gone = 1;
+    KVX__STORE(&cr->gone, 1); /* read under p->mu elsewhere */
     p = cr->peer;
     pthread_mutex_unlock(&cr->mu);
     if (p) {
@@ -3445,6 +3486,12 @@ static int kvx__cux_on_status(kvx_boot *b, kvx_room *r, const kvx_boot_peer *bp,
     return handled;
 }
 
+/* Decode: this side's abort, with the room's first reason, once. */
+static void kvx__cux_abort_once(kvx__cux_room *cr) {
+    if (__atomic_exchange_n(&cr->aborted, 1, __ATOMIC_ACQ_REL)) return;
+    kvx_boot_abort(cr->ce->boot, cr->room, kvx_room_error(cr->room));
+}
+
 /* Decode: the receiver is being destroyed. While the prefill may still
    write into its pages (it acknowledged the destination and has not said it
    stopped), tell it and wait for its word, at most KVX_CUDA_FENCE_TIMEOUT. */
@@ -3459,10 +3506,14 @@ static void kvx__cux_receiver_close(kvx__cux_room *cr) {
     wait = cr->sent && !cr->fenced && kvx_room_poll(r) != KVX_POLL_SUCCESS;
     pthread_mutex_unlock(&ce->mu);
     if (wait) {
-        if (!kvx__cux_terminal(r))
+        /* the abort doubles as the request for the prefill's word that it
+           stopped writing; a room failed earlier by this side sent it
+           already (room_failed), one failed by the prefill has its word */
+        if (!kvx__cux_terminal(r)) {
             kvx_room_fail(r, KVX_ERR_ABORTED, "the receiver was destroyed before the transfer "
                           "finished");
-        kvx_boot_abort(ce->boot, r, "the receiver was destroyed before the transfer finished");
+            kvx__cux_abort_once(cr);
+        }
         KVX__ADD(&ce->st.fence_waits, 1);
         pthread_mutex_lock(&ce->mu);
         armed = cr->armed;
@@ -3690,11 +3741,16 @@ static kvx_result kvx__cux_room_open(kvx_room *r) {
     return kvx_boot_room_open(ce->boot, r);
 }
 
-static void kvx__cux_room_abort(kvx_room *r, const char *reason) {
+/* The room failed by this side's decision (a refused argument, a local
+   error, an abort, a timeout, engine destroy): the decode side hears it
+   from the prefill as status Failed once no copy of the room is in flight
+   (its fence), the prefill from the decode side as an abort; both carry
+   the room's first reason. */
+static void kvx__cux_room_failed(kvx_room *r) {
     kvx__cux_room *cr = kvx__cux_cr(r);
     if (!cr) return;
-    if (kvx_room_role(r) == KVX_ROLE_PREFILL) kvx__cux_owe(cr, KVX__CUX_MSG_ABORT, reason);
-    else kvx_boot_abort(cr->ce->boot, r, reason);
+    if (kvx_room_role(r) == KVX_ROLE_PREFILL) kvx__cux_owe(cr, KVX__CUX_MSG_CONFIRM, NULL);
+    else kvx__cux_abort_once(cr);
 }
 
 static void kvx__cux_room_close(kvx_room *r) {
@@ -3727,10 +3783,10 @@ KVX_API const kvx_backend *kvx_cuda_backend(void) {
                                   kvx__cux_sender_init,
                                   kvx__cux_sender_send,
                                   kvx__cux_receiver_init,
-                                  kvx__cux_room_abort,
+                                  NULL, /* room_abort: room_failed tells the peer */
                                   kvx__cux_room_close,
                                   kvx__cux_room_free,
-                                  NULL};
+                                  kvx__cux_room_failed};
     return &b;
 }
 

@@ -31,6 +31,8 @@
      KVX_RDMA_MAX_DEVS        NIC ports one engine uses (16)
      KVX_RDMA_MAX_QPS         queue pairs per peer (64)
      KVX_RDMA_CM_MAX          bytes of one connection-exchange message (64 MiB)
+     KVX_RDMA_CM_PENDING      exchange connections waiting for their opening
+                              message at once (64; a quarter from one address)
 
    SETTINGS (desc.rdma, zero = default) AND ENVIRONMENT (overrides the desc;
    read once at engine creation)
@@ -63,11 +65,15 @@
      KVX_IB_RELAXED_ORDERING  1: register with IBV_ACCESS_RELAXED_ORDERING
                            through ibv_reg_mr_iova2 when libibverbs has it (1)
      KVX_IB_CONNECT_TIMEOUT seconds for the queue-pair exchange with a peer,
-                           and for a prefill room to wait for it (10)
+                           for a prefill room to wait for it, and for an
+                           exchange connection to send its opening (10)
      KVX_IB_FENCE_TIMEOUT  seconds kvx_receiver_destroy of an unfinished room
                            waits for the prefill to confirm it stopped writing (2)
      KVX_IB_CM_PORT        prefill: TCP port of the queue-pair exchange
                            listener, on the bootstrap host (0 = ephemeral)
+     KVX_AUTH_KEY / KVX_AUTH_KEY_FILE (kvx.h, desc.auth_key): with a shared
+                           key every exchange connection proves it, both
+                           ways, before anything is exchanged (below)
      And kvx_boot.h's: KVX_BOOTSTRAP_HOST, KVX_BOOTSTRAP_PORT,
      KVX_HEARTBEAT_INTERVAL, KVX_HEARTBEAT_MAX_FAILURE ...
 
@@ -131,6 +137,14 @@
      can wait (KVX_IB_FENCE_TIMEOUT) until no more bytes of it can land.
 
    ERRORS
+     Every failure this side decides (a refused argument, a local error, an
+     abort, a timeout, engine destroy) reaches the peer at once through the
+     core's room_failed hook, with the room's first reason: the prefill
+     sends status Failed, the decode side an abort. Failures the peer
+     reported and the loss of the peer send nothing back. A room that
+     reached Success or Failed sends nothing more; a prefill room whose
+     WRITEs all completed is not failed by its connection dying afterwards,
+     and a decode room whose prefill sent Success counts its bytes as placed.
      A work completion error (with ibv_wc_status_str), a refused post, an
      async event on a queue pair (IBV_EVENT_QP_FATAL, QP_REQ_ERR,
      QP_ACCESS_ERR), on a CQ, on a port (PORT_ERR) or on the device
@@ -145,7 +159,8 @@
 
    ENDPOINT BLOB (in the kvx_boot hello; version 1; little-endian)
      0 u8[8] magic "kvx-rdma"   8 u16 version (1)   10 u16 role (1/2)
-     12 u32 flags (0)   16 u64 instance (random, nonzero)
+     12 u32 flags (bit 0 KVX_RDMA_FLAG_AUTH: this prefill's exchange requires
+        the shared key; other bits 0)   16 u64 instance (random, nonzero)
      24 u16 cm_port (prefill: exchange port; decode 0)   26 u16 qps
      28 u16 ndev (1..KVX_RDMA_MAX_DEVS)   30 u16 reserved (0)
      32 ndev port entries of 48 bytes:
@@ -153,9 +168,10 @@
         2 Ethernet)   20 u8 active_mtu (enum ibv_mtu 1..5)   21 u8 gid_index
         22 u16 reserved   24 char name[24] (NUL-terminated)
 
-   QUEUE-PAIR EXCHANGE (TCP to the prefill's cm_port; version 1)
-     Each message: u8[4] "KVXR", u16 version (1), u16 type, u32 body_len
-     (<= KVX_RDMA_CM_MAX), u32 reserved (0), then the body:
+   QUEUE-PAIR EXCHANGE (TCP to the prefill's cm_port; version 1 without a
+   key, version 2 with one: every message of a connection carries it)
+     Each message: u8[4] "KVXR", u16 version (1 or 2), u16 type, u32
+     body_len (<= KVX_RDMA_CM_MAX), u32 reserved (0), then the body:
      1 CONNECT (decode -> prefill):
         0 u64 from (decode instance)   8 u64 to (prefill instance)
         16 u64 layout fingerprint   24 u16 nqp   26 u16 ndev   28 u32 nbuf
@@ -169,7 +185,36 @@
      3 READY (decode -> prefill): 0 u64 from, 8 u64 to
      4 REJECT (either way): 0 u64 from, 8 u64 to, 16 i32 result, 20 u32 rl
         (<= 1024), 24 reason
+     Version 2 adds, before CONNECT (nonces of KVX_NONCE_BYTES, proofs
+     kvx_auth_proof of KVX_MAC_BYTES):
+     5 CHALLENGE (prefill -> decode, at accept): 0 u64 0, 8 u64 0, 16 nonce_p
+     6 AUTH (decode -> prefill): 0 u64 from, 8 u64 to, 16 nonce_d, 32 proof
+        with label "kvx-rdma-cm-decode" over (nonce_p, nonce_d)
+     7 AUTH_OK (prefill -> decode): 0 u64 from, 8 u64 to, 16 proof with label
+        "kvx-rdma-cm-prefill" over (nonce_d, nonce_p)
+     The decode side sends CONNECT (its rkeys and addresses) only after it
+     checked AUTH_OK; a wrong proof either way closes the connection with a
+     sentence naming KVX_AUTH_KEY. Without a key the exchange is version 1
+     as before; a prefill with a key says so in its endpoint flags, and a
+     side whose key setting differs from its peer's fails at once saying so.
      Queue pair i of the decode side talks to queue pair i of the prefill.
+
+   WHO MAY USE THE EXCHANGE PORT
+     The prefill's completion thread holds each accepted connection (at most
+     KVX_RDMA_CM_PENDING, a quarter of them from one address, each for at
+     most KVX_IB_CONNECT_TIMEOUT) until its opening arrived: AUTH with a key,
+     else the fixed head of CONNECT. It hands the connection to an exchange
+     worker only when the proof checks and the CONNECT names this prefill
+     and a decode instance whose kvx_boot control connection is up from the
+     same address; anything else is closed (counted in cm_refused), and
+     nothing about this engine is sent before that (a refusal carries a
+     reason, a CHALLENGE only a nonce). The prefill hands out no rkeys: its
+     memory is registered for local access only. Without a key, a process
+     that learns a connected decode engine's instance and runs on its host
+     can still replace that engine's connection (failing its rooms); a key
+     closes that. The key does not protect the exchange's bytes after the
+     proofs (no encryption, no per-message MAC: an attacker on the path
+     can still alter them), nor the RDMA traffic itself.
 
    GPU MEMORY
      KV buffers with mem == KVX_MEM_CUDA are registered through dma-buf
@@ -209,8 +254,15 @@
 #define KVX_RDMA_CM_MAX (64u << 20)
 #endif
 
+#ifndef KVX_RDMA_CM_PENDING
+#define KVX_RDMA_CM_PENDING 64
+#endif
+
 #define KVX_RDMA_ENDPOINT_VERSION 1
-#define KVX_RDMA_CM_VERSION 1
+#define KVX_RDMA_CM_VERSION 2      /* the highest this build speaks: 1 keyless, 2 with a key */
+#define KVX_RDMA_FLAG_AUTH 1u      /* endpoint flags: the prefill's exchange needs the key */
+#define KVX_RDMA_CM_AUTH_LABEL_DECODE "kvx-rdma-cm-decode"
+#define KVX_RDMA_CM_AUTH_LABEL_PREFILL "kvx-rdma-cm-prefill"
 #define KVX_RDMA_HELLO_FIXED 32u
 #define KVX_RDMA_DEV_ENTRY 48u
 #define KVX_RDMA_CM_HEADER 16u
@@ -242,6 +294,8 @@ typedef struct kvx_rdma_stats {
     uint64_t imm_received;  /* decode: immediates received */
     uint64_t pairs;         /* peer connections (queue-pair exchanges) completed */
     uint64_t errors;        /* connections failed */
+    uint64_t cm_refused;    /* prefill: exchange connections closed before a valid opening
+                               (over the limits, silent, unknown peer, wrong key) */
 } kvx_rdma_stats;
 /* Copies the counters of an rdma engine. KVX_ERR_INVALID_ARGUMENT when e
    or out is NULL or e is not an rdma engine, KVX_ERR_NOT_COMPILED without
@@ -273,6 +327,7 @@ typedef struct kvx_rdma_port_info {
 
 typedef struct kvx_rdma_hello {
     uint16_t version, role;
+    uint32_t flags;                           /* KVX_RDMA_FLAG_AUTH or 0 */
     uint64_t instance;
     uint16_t cm_port, qps, ndev;
     kvx_rdma_port_info dev[KVX_RDMA_MAX_DEVS];
@@ -291,7 +346,10 @@ typedef enum kvx_rdma_cm_type {
     KVX_RDMA_CM_CONNECT = 1,
     KVX_RDMA_CM_ACCEPT = 2,
     KVX_RDMA_CM_READY = 3,
-    KVX_RDMA_CM_REJECT = 4
+    KVX_RDMA_CM_REJECT = 4,
+    KVX_RDMA_CM_CHALLENGE = 5, /* version 2 only: the authentication (see the doc block) */
+    KVX_RDMA_CM_AUTH = 6,
+    KVX_RDMA_CM_AUTH_OK = 7
 } kvx_rdma_cm_type;
 
 typedef struct kvx_rdma_qp_info {
@@ -302,7 +360,10 @@ typedef struct kvx_rdma_qp_info {
 /* A parsed exchange message. Pointers point into the parsed buffer. */
 typedef struct kvx_rdma_cm_msg {
     kvx_rdma_cm_type type;
+    uint16_t version;           /* 1 or 2 */
     uint64_t from, to;
+    const uint8_t *nonce;       /* CHALLENGE, AUTH: KVX_NONCE_BYTES */
+    const uint8_t *proof;       /* AUTH, AUTH_OK: KVX_MAC_BYTES */
     uint64_t fingerprint;       /* CONNECT */
     uint16_t nqp, ndev;         /* CONNECT, ACCEPT */
     kvx_rdma_qp_info qp[KVX_RDMA_MAX_QPS];
@@ -422,6 +483,7 @@ KVX_API size_t kvx_rdma_hello_encode(const kvx_rdma_hello *h, uint8_t *out, size
     memcpy(out, kvx__rdma_magic, 8);
     kvx__le_w16(out + 8, KVX_RDMA_ENDPOINT_VERSION);
     kvx__le_w16(out + 10, h->role);
+    kvx__le_w32(out + 12, h->flags);
     kvx__le_w64(out + 16, h->instance);
     kvx__le_w16(out + 24, h->cm_port);
     kvx__le_w16(out + 26, h->qps);
@@ -444,6 +506,7 @@ KVX_API kvx_result kvx_rdma_hello_parse(const void *buf, size_t len, kvx_rdma_he
     }
     h->version = kvx__le_r16(p + 8);
     h->role = kvx__le_r16(p + 10);
+    h->flags = kvx__le_r32(p + 12);
     h->instance = kvx__le_r64(p + 16);
     h->cm_port = kvx__le_r16(p + 24);
     h->qps = kvx__le_r16(p + 26);
@@ -453,15 +516,16 @@ KVX_API kvx_result kvx_rdma_hello_parse(const void *buf, size_t len, kvx_rdma_he
                      KVX_RDMA_ENDPOINT_VERSION);
         return KVX_ERR_PROTOCOL;
     }
-    if ((h->role != KVX_ROLE_PREFILL && h->role != KVX_ROLE_DECODE) || kvx__le_r32(p + 12) ||
+    if ((h->role != KVX_ROLE_PREFILL && h->role != KVX_ROLE_DECODE) ||
+        (h->flags & ~KVX_RDMA_FLAG_AUTH) ||
         !h->instance || h->ndev < 1 || h->ndev > KVX_RDMA_MAX_DEVS || h->qps < 1 ||
         h->qps > KVX_RDMA_MAX_QPS || kvx__le_r16(p + 30) ||
         (h->role == KVX_ROLE_PREFILL && !h->cm_port)) {
         kvx__set_why(why, wl, "rdma endpoint: role %u, instance %016llx, %u ports, %u queue pairs, "
                      "exchange port %u (need role 1 or 2, nonzero instance, 1..%d ports, 1..%d "
-                     "queue pairs, a prefill exchange port, zero flags)", h->role,
+                     "queue pairs, a prefill exchange port, no flags but %u)", h->role,
                      (unsigned long long)h->instance, h->ndev, h->qps, h->cm_port,
-                     KVX_RDMA_MAX_DEVS, KVX_RDMA_MAX_QPS);
+                     KVX_RDMA_MAX_DEVS, KVX_RDMA_MAX_QPS, KVX_RDMA_FLAG_AUTH);
         return KVX_ERR_PROTOCOL;
     }
     if (len != KVX_RDMA_HELLO_FIXED + (size_t)KVX_RDMA_DEV_ENTRY * h->ndev) {
@@ -521,32 +585,45 @@ KVX_API kvx_result kvx_rdma_cm_parse(const void *buf, size_t len, kvx_rdma_cm_ms
                                      size_t *consumed, char *why, size_t wl) {
     const uint8_t *p = (const uint8_t *)buf, *b;
     uint32_t bl, i, fixed;
-    uint16_t type;
+    uint16_t type, ver;
     if (!m || !consumed || (!p && len)) return KVX_ERR_INVALID_ARGUMENT;
     *consumed = 0;
     memset(m, 0, sizeof *m);
     if (len < KVX_RDMA_CM_HEADER) return KVX_OK;
-    if (memcmp(p, kvx__rdma_cm_magic, 4) || kvx__le_r16(p + 4) != KVX_RDMA_CM_VERSION ||
+    ver = kvx__le_r16(p + 4);
+    if (memcmp(p, kvx__rdma_cm_magic, 4) || ver < 1 || ver > KVX_RDMA_CM_VERSION ||
         kvx__le_r32(p + 12)) {
-        kvx__set_why(why, wl, "not a kvx rdma exchange message of version %d (magic, version or "
+        kvx__set_why(why, wl, "not a kvx rdma exchange message of version 1..%d (magic, version or "
                      "reserved field differ)", KVX_RDMA_CM_VERSION);
         return KVX_ERR_PROTOCOL;
     }
     type = kvx__le_r16(p + 6);
     bl = kvx__le_r32(p + 8);
-    if (type < KVX_RDMA_CM_CONNECT || type > KVX_RDMA_CM_REJECT || bl > KVX_RDMA_CM_MAX) {
-        kvx__set_why(why, wl, "exchange message type %u with %u body bytes (types 1..4, at most %u)",
-                     type, bl, (unsigned)KVX_RDMA_CM_MAX);
+    if (type < KVX_RDMA_CM_CONNECT || type > (ver >= 2 ? KVX_RDMA_CM_AUTH_OK : KVX_RDMA_CM_REJECT) ||
+        bl > KVX_RDMA_CM_MAX) {
+        kvx__set_why(why, wl, "exchange message version %u type %u with %u body bytes (types 1..4, "
+                     "5..7 in version 2; at most %u)", ver, type, bl, (unsigned)KVX_RDMA_CM_MAX);
         return KVX_ERR_PROTOCOL;
     }
     if (len - KVX_RDMA_CM_HEADER < bl) return KVX_OK;
     b = p + KVX_RDMA_CM_HEADER;
     m->type = (kvx_rdma_cm_type)type;
+    m->version = ver;
     if (bl < 16) goto bad_len;
     m->from = kvx__le_r64(b);
     m->to = kvx__le_r64(b + 8);
     if (type == KVX_RDMA_CM_READY) {
         if (bl != 16) goto bad_len;
+    } else if (type == KVX_RDMA_CM_CHALLENGE) {
+        if (bl != 16 + KVX_NONCE_BYTES) goto bad_len;
+        m->nonce = b + 16;
+    } else if (type == KVX_RDMA_CM_AUTH) {
+        if (bl != 16 + KVX_NONCE_BYTES + KVX_MAC_BYTES) goto bad_len;
+        m->nonce = b + 16;
+        m->proof = b + 16 + KVX_NONCE_BYTES;
+    } else if (type == KVX_RDMA_CM_AUTH_OK) {
+        if (bl != 16 + KVX_MAC_BYTES) goto bad_len;
+        m->proof = b + 16;
     } else if (type == KVX_RDMA_CM_REJECT) {
         if (bl < 24) goto bad_len;
         m->result = (int32_t)kvx__le_r32(b + 16);
@@ -1101,6 +1178,30 @@ typedef struct kvx__rdma_room {
 
 #define KVX__RDMA_BUCKETS 4096
 
+/* Prefill: a decode engine whose control connection is up (the only
+   instances whose CONNECT the exchange listener takes), with the address
+   that connection comes from. */
+typedef struct kvx__rdma_dpeer {
+    uint64_t instance;
+    char ip[64];
+    int n;                     /* control connections with this instance */
+    struct kvx__rdma_dpeer *next;
+} kvx__rdma_dpeer;
+
+/* Prefill: an accepted exchange connection whose opening (the AUTH
+   message with a key, else the fixed head of CONNECT) has not arrived
+   yet: held by the completion thread, never by a worker. */
+#define KVX__RDMA_OPEN_MAX (KVX_RDMA_CM_HEADER + 16 + KVX_NONCE_BYTES + KVX_MAC_BYTES)
+typedef struct kvx__rdma_pend {
+    int fd;
+    uint64_t deadline;
+    uint8_t nonce[KVX_NONCE_BYTES]; /* our challenge (with a key) */
+    uint8_t in[KVX__RDMA_OPEN_MAX];
+    size_t len;
+    int waiting_peer;               /* opening checked; its instance is not connected yet */
+    char addr[96], ip[64];
+} kvx__rdma_pend;
+
 typedef struct kvx__rdma_engine {
     kvx_engine *e;
     kvx_boot *boot;
@@ -1132,6 +1233,12 @@ typedef struct kvx__rdma_engine {
     kvx__rdma_room *buckets[KVX__RDMA_BUCKETS];
     kvx__rdma_room *deferred;
     kvx_rdma_stats st;         /* atomics */
+    const uint8_t *key;        /* kvx_engine_auth_key: NULL = keyless */
+    size_t key_len;
+    kvx__rdma_dpeer *dpeers;   /* prefill, under mu */
+    kvx__rdma_pend *pend;      /* prefill: KVX_RDMA_CM_PENDING, completion thread only */
+    int npend;
+    int refused_logged;
 } kvx__rdma_engine;
 
 #define KVX__RDMA_STAT(re, f, n) KVX__ADD(&(re)->st.f, (uint64_t)(n))
@@ -1843,11 +1950,13 @@ static kvx_result kvx__rdma_sock_send(kvx__rdma_engine *re, int fd, const void *
     return KVX_OK;
 }
 
-/* Reads one exchange message into in (its pointers point into in). */
+/* Reads one exchange message into in, after the in->len bytes already
+   there (its pointers point into in). A body longer than max_body is
+   refused before it is read. */
 static kvx_result kvx__rdma_sock_recv(kvx__rdma_engine *re, int fd, kvx_buf *in, kvx_rdma_cm_msg *m,
-                                      uint64_t deadline, char *why, size_t wl, const char *peer) {
+                                      size_t max_body, uint64_t deadline, char *why, size_t wl,
+                                      const char *peer) {
     char pw[200];
-    in->len = 0;
     for (;;) {
         size_t used = 0;
         ssize_t r;
@@ -1857,6 +1966,13 @@ static kvx_result kvx__rdma_sock_recv(kvx__rdma_engine *re, int fd, kvx_buf *in,
             return KVX_ERR_PROTOCOL;
         }
         if (used) return KVX_OK;
+        if (in->len >= KVX_RDMA_CM_HEADER && kvx__le_r32((const uint8_t *)in->data + 8) > max_body) {
+            kvx__set_why(why, wl, "%s sent an exchange message of type %u with %u body bytes where "
+                         "at most %zu are expected", peer,
+                         (unsigned)kvx__le_r16((const uint8_t *)in->data + 6),
+                         (unsigned)kvx__le_r32((const uint8_t *)in->data + 8), max_body);
+            return KVX_ERR_PROTOCOL;
+        }
         if (in->cap - in->len < 65536) {
             size_t want = in->len + 65536;
             char *nd;
@@ -1986,9 +2102,11 @@ static void kvx__rdma_cm_connect(kvx__rdma_engine *re, kvx__rdma_pair *p, kvx_bu
     kvx__rdma_cm_end(b);
 }
 
-static kvx_result kvx__rdma_send_buf(kvx__rdma_engine *re, int fd, kvx_buf *b, uint64_t deadline,
-                                     char *why, size_t wl, const char *peer) {
+/* Sends the message in b with header version ver (1 keyless, 2 with a key). */
+static kvx_result kvx__rdma_send_buf(kvx__rdma_engine *re, int fd, kvx_buf *b, int ver,
+                                     uint64_t deadline, char *why, size_t wl, const char *peer) {
     if (b->oom) { kvx__set_why(why, wl, "out of memory"); return KVX_ERR_NO_MEMORY; }
+    if (b->len >= KVX_RDMA_CM_HEADER) kvx__le_w16((uint8_t *)b->data + 4, (uint16_t)ver);
     return kvx__rdma_sock_send(re, fd, b->data, b->len, deadline, why, wl, peer);
 }
 
@@ -2047,7 +2165,7 @@ static kvx_result kvx__rdma_pair_tables(kvx__rdma_pair *p, const kvx_rdma_cm_msg
 static void kvx__rdma_publish(kvx__rdma_engine *re, kvx__rdma_pair *p);
 static void kvx__rdma_ready(kvx__rdma_engine *re, kvx__rdma_pair *p);
 static void kvx__rdma_decode_dead(kvx__rdma_engine *re, kvx__rdma_pair *p, kvx_result res,
-                                  const char *reason);
+                                  int remote, const char *reason);
 
 /* Decode: dials one prefill rank's exchange listener. */
 typedef struct kvx__rdma_dial {
@@ -2055,6 +2173,66 @@ typedef struct kvx__rdma_dial {
     kvx__rdma_peer peer; /* a copy */
     kvx__rdma_pair *pair;
 } kvx__rdma_dial;
+
+/* Decode, with a key (version 2): answers the prefill's CHALLENGE with
+   AUTH (our nonce and proof) and checks the prefill's proof in AUTH_OK,
+   before anything of ours (queue pairs, regions, rkeys) is sent. */
+static kvx_result kvx__rdma_auth_dial(kvx__rdma_engine *re, int fd, uint64_t peer_inst, kvx_buf *b,
+                                      kvx_buf *in, uint64_t deadline, char *why, size_t wl,
+                                      const char *who) {
+    kvx_rdma_cm_msg m;
+    uint8_t nd[KVX_NONCE_BYTES], np[KVX_NONCE_BYTES], mac[KVX_MAC_BYTES];
+    kvx_result res;
+    in->len = 0;
+    res = kvx__rdma_sock_recv(re, fd, in, &m, 4096, deadline, why, wl, who);
+    if (res != KVX_OK) return res;
+    if (m.type == KVX_RDMA_CM_REJECT) {
+        kvx__set_why(why, wl, "%s refused the connection: %.*s", who, (int)m.reason_len, m.reason);
+        return KVX_ERR_PERMISSION;
+    }
+    if (m.type != KVX_RDMA_CM_CHALLENGE) {
+        kvx__set_why(why, wl, "%s did not open with an authentication challenge (message type %d): "
+                     "it does not use the shared key this engine has (KVX_AUTH_KEY)", who,
+                     (int)m.type);
+        return KVX_ERR_PERMISSION;
+    }
+    memcpy(np, m.nonce, sizeof np);
+    if (kvx_random_bytes(nd, sizeof nd) != KVX_OK) {
+        kvx__set_why(why, wl, "cannot read random bytes for an authentication nonce");
+        return KVX_ERR_IO;
+    }
+    kvx_auth_proof(re->key, re->key_len, KVX_RDMA_CM_AUTH_LABEL_DECODE, np, nd, mac);
+    kvx__rdma_cm_begin(b, KVX_RDMA_CM_AUTH);
+    kvx__rdma_put64(b, re->instance);
+    kvx__rdma_put64(b, peer_inst);
+    kvx__rdma_put(b, nd, sizeof nd);
+    kvx__rdma_put(b, mac, sizeof mac);
+    kvx__rdma_cm_end(b);
+    res = kvx__rdma_send_buf(re, fd, b, 2, deadline, why, wl, who);
+    if (res != KVX_OK) return res;
+    in->len = 0;
+    res = kvx__rdma_sock_recv(re, fd, in, &m, 4096, deadline, why, wl, who);
+    if (res == KVX_ERR_PEER_LOST) {
+        kvx__set_why(why, wl, "%s closed the exchange connection after this engine's proof of the "
+                     "shared key: KVX_AUTH_KEY (or KVX_AUTH_KEY_FILE) differs between the engines",
+                     who);
+        return KVX_ERR_PERMISSION;
+    }
+    if (res != KVX_OK) return res;
+    if (m.type == KVX_RDMA_CM_REJECT) {
+        kvx__set_why(why, wl, "%s refused this engine's proof of the shared key: %.*s", who,
+                     (int)m.reason_len, m.reason);
+        return KVX_ERR_PERMISSION;
+    }
+    kvx_auth_proof(re->key, re->key_len, KVX_RDMA_CM_AUTH_LABEL_PREFILL, nd, np, mac);
+    if (m.type != KVX_RDMA_CM_AUTH_OK || m.from != peer_inst || m.to != re->instance ||
+        !kvx_equal_ct(mac, m.proof, sizeof mac)) {
+        kvx__set_why(why, wl, "%s could not prove that it holds this engine's shared key: "
+                     "KVX_AUTH_KEY (or KVX_AUTH_KEY_FILE) differs between the engines", who);
+        return KVX_ERR_PERMISSION;
+    }
+    return KVX_OK;
+}
 
 static void kvx__rdma_dial_job(void *arg) {
     kvx__rdma_dial *dj = (kvx__rdma_dial *)arg;
@@ -2065,10 +2243,19 @@ static void kvx__rdma_dial_job(void *arg) {
     char why[KVX_ERROR_MAX] = "", err[160] = "", who[160];
     uint64_t deadline = kvx_now_ns() + (uint64_t)(re->cfg.connect_timeout_s * 1e9);
     kvx_result res = KVX_OK;
-    int fd = -1, i;
+    int fd = -1, i, ver = re->key ? 2 : 1;
     memset(&b, 0, sizeof b);
     memset(&in, 0, sizeof in);
     snprintf(who, sizeof who, "prefill %s (exchange port %d)", dj->peer.addr, dj->peer.cm_port);
+    if (re->key && !(dj->peer.hello.flags & KVX_RDMA_FLAG_AUTH)) {
+        kvx__set_why(why, sizeof why, "%s has no shared key but this engine has one (KVX_AUTH_KEY "
+                     "or KVX_AUTH_KEY_FILE): give both engines the same key", who);
+        res = KVX_ERR_PERMISSION;
+    } else if (!re->key && (dj->peer.hello.flags & KVX_RDMA_FLAG_AUTH)) {
+        kvx__set_why(why, sizeof why, "%s requires the shared key (KVX_AUTH_KEY or "
+                     "KVX_AUTH_KEY_FILE) but this engine has none", who);
+        res = KVX_ERR_PERMISSION;
+    }
     for (i = 0; i < p->nqp && res == KVX_OK; i++) res = kvx__rdma_qp_create(re, &p->qp[i], why, sizeof why);
     if (res == KVX_OK) {
         fd = kvx__rdma_connect(re, dj->peer.ip, dj->peer.cm_port, deadline, err, sizeof err);
@@ -2077,15 +2264,22 @@ static void kvx__rdma_dial_job(void *arg) {
             res = KVX_ERR_PEER;
         }
     }
+    if (res == KVX_OK && re->key)
+        res = kvx__rdma_auth_dial(re, fd, p->peer, &b, &in, deadline, why, sizeof why, who);
     if (res == KVX_OK) {
         kvx__rdma_cm_connect(re, p, &b);
-        res = kvx__rdma_send_buf(re, fd, &b, deadline, why, sizeof why, who);
+        res = kvx__rdma_send_buf(re, fd, &b, ver, deadline, why, sizeof why, who);
     }
-    if (res == KVX_OK) res = kvx__rdma_sock_recv(re, fd, &in, &m, deadline, why, sizeof why, who);
+    in.len = 0;
+    if (res == KVX_OK) res = kvx__rdma_sock_recv(re, fd, &in, &m, 65536, deadline, why, sizeof why, who);
     if (res == KVX_OK && m.type == KVX_RDMA_CM_REJECT) {
         kvx__set_why(why, sizeof why, "%s refused the connection: %.*s", who, (int)m.reason_len,
                      m.reason);
         res = m.result < 0 ? (kvx_result)m.result : KVX_ERR_PEER;
+    } else if (res == KVX_OK && m.type == KVX_RDMA_CM_CHALLENGE) {
+        kvx__set_why(why, sizeof why, "%s requires the shared key (KVX_AUTH_KEY or "
+                     "KVX_AUTH_KEY_FILE) but this engine has none", who);
+        res = KVX_ERR_PERMISSION;
     } else if (res == KVX_OK && (m.type != KVX_RDMA_CM_ACCEPT || m.from != p->peer ||
                                  m.to != re->instance || m.nqp != p->nqp)) {
         kvx__set_why(why, sizeof why, "%s answered with a %s message (type %d, %u queue pairs, "
@@ -2102,10 +2296,11 @@ static void kvx__rdma_dial_job(void *arg) {
         kvx__rdma_put64(&b, re->instance);
         kvx__rdma_put64(&b, p->peer);
         kvx__rdma_cm_end(&b);
-        res = kvx__rdma_send_buf(re, fd, &b, deadline, why, sizeof why, who);
-    } else if (fd >= 0 && res != KVX_ERR_PEER_LOST && res != KVX_ERR_ABORTED) {
+        res = kvx__rdma_send_buf(re, fd, &b, ver, deadline, why, sizeof why, who);
+    } else if (fd >= 0 && res != KVX_ERR_PEER_LOST && res != KVX_ERR_ABORTED &&
+               res != KVX_ERR_PERMISSION) {
         kvx__rdma_cm_reject(&b, re->instance, p->peer, res, why);
-        kvx__rdma_send_buf(re, fd, &b, kvx_now_ns() + 100000000ull, err, sizeof err, who);
+        kvx__rdma_send_buf(re, fd, &b, ver, kvx_now_ns() + 100000000ull, err, sizeof err, who);
     }
     if (fd >= 0) close(fd);
     kvx_buf_free(&b);
@@ -2177,14 +2372,23 @@ static void kvx__rdma_dial_locked(kvx__rdma_engine *re, kvx__rdma_peer *pe) {
 typedef struct kvx__rdma_accept {
     kvx__rdma_engine *re;
     int fd;
+    int ver;                          /* 1 keyless, 2 authenticated */
+    uint64_t from;                    /* the decode instance its opening named */
+    uint8_t prefix[KVX__RDMA_OPEN_MAX]; /* keyless: the head of CONNECT already read */
+    size_t plen;
     char addr[96];
 } kvx__rdma_accept;
 
-static kvx_result kvx__rdma_check_connect(kvx__rdma_engine *re, const kvx_rdma_cm_msg *m, char *why,
-                                          size_t wl) {
+static kvx_result kvx__rdma_check_connect(kvx__rdma_engine *re, const kvx_rdma_cm_msg *m,
+                                          uint64_t from, char *why, size_t wl) {
     const kvx_layout *l = kvx_engine_layout(re->e);
     if (m->type != KVX_RDMA_CM_CONNECT) {
         kvx__set_why(why, wl, "expected CONNECT, got message type %d", (int)m->type);
+        return KVX_ERR_PROTOCOL;
+    }
+    if (m->from != from) {
+        kvx__set_why(why, wl, "the CONNECT names decode instance %016llx but the connection opened "
+                     "as %016llx", (unsigned long long)m->from, (unsigned long long)from);
         return KVX_ERR_PROTOCOL;
     }
     if (m->to != re->instance) {
@@ -2245,10 +2449,11 @@ static void kvx__rdma_accept_job(void *arg) {
     memset(&b, 0, sizeof b);
     memset(&in, 0, sizeof in);
     snprintf(who, sizeof who, "decode %s", aj->addr);
-    res = kvx__rdma_sock_recv(re, aj->fd, &in, &m, deadline, why, sizeof why, who);
+    if (aj->plen) kvx__rdma_put(&in, aj->prefix, aj->plen);
+    res = kvx__rdma_sock_recv(re, aj->fd, &in, &m, KVX_RDMA_CM_MAX, deadline, why, sizeof why, who);
     if (res == KVX_OK) {
         from = m.from;
-        res = kvx__rdma_check_connect(re, &m, why, sizeof why);
+        res = kvx__rdma_check_connect(re, &m, aj->from, why, sizeof why);
     }
     if (res == KVX_OK) kvx__rdma_supersede(re, m.from, who);
     if (res == KVX_OK) {
@@ -2275,12 +2480,14 @@ static void kvx__rdma_accept_job(void *arg) {
         kvx__rdma_put_qps(p, &b);
         kvx__rdma_put_ports(re, &b);
         kvx__rdma_cm_end(&b);
-        res = kvx__rdma_send_buf(re, aj->fd, &b, deadline, why, sizeof why, who);
+        res = kvx__rdma_send_buf(re, aj->fd, &b, aj->ver, deadline, why, sizeof why, who);
     } else if (res != KVX_ERR_PEER_LOST && res != KVX_ERR_ABORTED) {
         kvx__rdma_cm_reject(&b, re->instance, from, res, why);
-        kvx__rdma_send_buf(re, aj->fd, &b, kvx_now_ns() + 100000000ull, err, sizeof err, who);
+        kvx__rdma_send_buf(re, aj->fd, &b, aj->ver, kvx_now_ns() + 100000000ull, err, sizeof err, who);
     }
-    if (res == KVX_OK) res = kvx__rdma_sock_recv(re, aj->fd, &in, &m, deadline, why, sizeof why, who);
+    in.len = 0;
+    if (res == KVX_OK)
+        res = kvx__rdma_sock_recv(re, aj->fd, &in, &m, 4096, deadline, why, sizeof why, who);
     if (res == KVX_OK && m.type == KVX_RDMA_CM_REJECT) {
         kvx__set_why(why, sizeof why, "%s gave up the connection: %.*s", who, (int)m.reason_len,
                      m.reason);
@@ -2307,30 +2514,43 @@ static void kvx__rdma_accept_job(void *arg) {
 
 /* >>rdma: failing rooms ----------------------------------------------------------- */
 
-static const char *kvx__rdma_room_error(const kvx_room *r) {
-    return kvx_sender_error((const kvx_sender *)r); /* senders and receivers share kvx_room */
-}
-static kvx_result kvx__rdma_room_result(const kvx_room *r) {
-    return kvx_sender_result((const kvx_sender *)r);
+/* A local failure (kvx_room_fail) reaches the peer through the room_failed
+   hook, with the room's first reason; a failure the peer reported, or the
+   loss of the peer, is kvx_room_fail_remote and sends nothing back. */
+static void kvx__rdma_fail(kvx_room *r, int remote, kvx_result res, const char *msg) {
+    if (remote) kvx_room_fail_remote(r, res, "%s", msg);
+    else kvx_room_fail(r, res, "%s", msg);
 }
 
-/* Prefill: fails the room and tells the decode side why. */
+/* Prefill: fails the room by this side's decision (room_failed tells the
+   decode side). */
 static void kvx__rdma_tx_fail(kvx__rdma_engine *re, kvx_room *r, kvx_result res, const char *fmt, ...)
     KVX_PRINTF(4, 5);
 static void kvx__rdma_tx_fail(kvx__rdma_engine *re, kvx_room *r, kvx_result res, const char *fmt, ...) {
     char msg[KVX_ERROR_MAX];
     va_list ap;
+    (void)re;
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
     kvx_room_fail(r, res, "%s", msg);
-    kvx_boot_send_status(re->boot, r, KVX_POLL_FAILED, kvx__rdma_room_result(r), 0,
-                         kvx__rdma_room_error(r));
+}
+
+/* Tells the peer of a room this side failed, with its first reason: the
+   prefill sends status Failed (kvx_boot answers a room frame that has not
+   arrived yet with an abort), the decode side an abort. */
+static void kvx__rdma_tell_peer(kvx__rdma_engine *re, kvx_room *r) {
+    if (re->role == KVX_ROLE_PREFILL &&
+        kvx_boot_send_status(re->boot, r, KVX_POLL_FAILED, kvx_room_result(r), 0,
+                             kvx_room_error(r)) == KVX_OK)
+        return;
+    kvx_boot_abort(re->boot, r, kvx_room_error(r));
 }
 
 typedef struct kvx__rdma_deadarg {
     kvx__rdma_pair *p;
     kvx_result res;
+    int remote;
     const char *msg;
 } kvx__rdma_deadarg;
 
@@ -2344,19 +2564,46 @@ static int kvx__rdma_peer_serves(const kvx__rdma_peer *pe, const kvx__rdma_room 
     return pe->dp_size <= 1 || (int)(rr->id % (uint64_t)pe->dp_size) == pe->dp_rank;
 }
 
+static int kvx__rdma_rx_check(kvx__rdma_room *rr, char *msg, size_t ml, const char *who);
+static void kvx__rdma_rx_remove(kvx__rdma_engine *re, kvx__rdma_room *rr);
+static kvx__rdma_src *kvx__rdma_src_get(kvx__rdma_room *rr, uint64_t inst, int add);
+static void kvx__rdma_rx_act(kvx_room *r, int verdict, uint64_t bytes, const char *msg);
+
 static void kvx__rdma_decode_dead_one(kvx_room *r, void *arg) {
     kvx__rdma_deadarg *a = (kvx__rdma_deadarg *)arg;
     kvx__rdma_room *rr = kvx__rdma_rr(r);
+    kvx__rdma_src *s;
+    char msg[KVX_ERROR_MAX] = "";
+    uint64_t total = 0;
+    int v = 0, k, done = 0;
     if (!rr || kvx_room_poll(r) != KVX_POLL_TRANSFERRING || !kvx__rdma_pair_serves(a->p, rr)) return;
-    kvx_room_fail(r, a->res, "%s", a->msg);
+    /* a prefill that sent Success did so after every WRITE of the room,
+       immediates included, completed: its bytes are placed, whatever
+       happens to the connection now */
+    pthread_mutex_lock(&rr->re->rx_mu);
+    s = rr->in_table ? kvx__rdma_src_get(rr, a->p->peer, 0) : NULL;
+    if (s && s->status) {
+        done = 1;
+        s->marks = s->nqp;
+        v = kvx__rdma_rx_check(rr, msg, sizeof msg, a->p->peer_addr);
+        if (v) kvx__rdma_rx_remove(rr->re, rr);
+        for (k = 0; k < rr->nsrc; k++) total += rr->src[k].status ? rr->src[k].bytes : 0;
+    }
+    pthread_mutex_unlock(&rr->re->rx_mu);
+    if (done) {
+        kvx__rdma_rx_act(r, v, total, msg);
+        return;
+    }
+    kvx__rdma_fail(r, a->remote, a->res, a->msg);
 }
 
 /* Decode: the rooms that were receiving through p fail. */
 static void kvx__rdma_decode_dead(kvx__rdma_engine *re, kvx__rdma_pair *p, kvx_result res,
-                                  const char *reason) {
+                                  int remote, const char *reason) {
     kvx__rdma_deadarg a;
     a.p = p;
     a.res = res;
+    a.remote = remote;
     a.msg = reason;
     kvx_engine_foreach_room(re->e, kvx__rdma_decode_dead_one, &a);
     pthread_mutex_lock(&re->rx_mu);
@@ -2368,7 +2615,7 @@ static void kvx__rdma_decode_dead(kvx__rdma_engine *re, kvx__rdma_pair *p, kvx_r
    WRITEs forgotten; the prefill's rooms on it fail, and with fail_decode
    the decode rooms it served. */
 static void kvx__rdma_pair_down(kvx__rdma_engine *re, kvx__rdma_pair *p, kvx_result res,
-                                int fail_decode, const char *msg) {
+                                int fail_decode, int remote, const char *msg) {
     kvx_room **fail = NULL;
     size_t nfail = 0, cap = 0, k;
     kvx__rdma_room *rr;
@@ -2403,6 +2650,7 @@ static void kvx__rdma_pair_down(kvx__rdma_engine *re, kvx__rdma_pair *p, kvx_res
         }
     }
     for (rr = p->rooms; rr; rr = rr->pnext) {
+        if (rr->finished) continue; /* every WRITE completed: it reports Success */
         rr->cancelled = 1;
         if (nfail == cap) {
             size_t nc = cap ? cap * 2 : 16;
@@ -2420,15 +2668,16 @@ static void kvx__rdma_pair_down(kvx__rdma_engine *re, kvx__rdma_pair *p, kvx_res
     kvx_engine_log(re->e, res == KVX_ERR_ABORTED || (!nfail && res == KVX_ERR_PEER_LOST)
                               ? KVX_LOG_INFO : KVX_LOG_WARN, "kvx.rdma", 0, "%s", msg);
     for (k = 0; k < nfail; k++) {
-        kvx__rdma_tx_fail(re, fail[k], res, "%s", msg);
+        kvx__rdma_fail(fail[k], remote, res, msg);
         kvx_room_unref(fail[k]);
     }
     free(fail);
-    if (re->role == KVX_ROLE_DECODE && fail_decode) kvx__rdma_decode_dead(re, p, res, msg);
+    if (re->role == KVX_ROLE_DECODE && fail_decode) kvx__rdma_decode_dead(re, p, res, remote, msg);
 }
 
 /* Tears down the data path of p: every queue pair to ERR, queued and
-   in-flight WRITEs forgotten, and every room that used it failed. */
+   in-flight WRITEs forgotten, and every room that used it failed (a
+   local failure: the peer is told). */
 static void kvx__rdma_pair_kill(kvx__rdma_engine *re, kvx__rdma_pair *p, kvx_result res,
                                 const char *fmt, ...) {
     char msg[KVX_ERROR_MAX];
@@ -2436,7 +2685,21 @@ static void kvx__rdma_pair_kill(kvx__rdma_engine *re, kvx__rdma_pair *p, kvx_res
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    kvx__rdma_pair_down(re, p, res, 1, msg);
+    kvx__rdma_pair_down(re, p, res, 1, 0, msg);
+}
+
+/* The same when the peer is gone or reported the connection broken: the
+   rooms fail with kvx_room_fail_remote. */
+static void kvx__rdma_pair_lost(kvx__rdma_engine *re, kvx__rdma_pair *p, kvx_result res,
+                                const char *fmt, ...) KVX_PRINTF(4, 5);
+static void kvx__rdma_pair_lost(kvx__rdma_engine *re, kvx__rdma_pair *p, kvx_result res,
+                                const char *fmt, ...) {
+    char msg[KVX_ERROR_MAX];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    kvx__rdma_pair_down(re, p, res, 1, 1, msg);
 }
 
 /* >>rdma: prefill data path ---------------------------------------------------------- */
@@ -2708,8 +2971,8 @@ static int kvx__rdma_room_step(kvx__rdma_engine *re, kvx__rdma_pair *p, kvx__rdm
 static void kvx__rdma_finish(kvx__rdma_engine *re, kvx__rdma_room *rr, uint64_t bytes) {
     kvx_result res = kvx_boot_send_status(re->boot, rr->room, KVX_POLL_SUCCESS, KVX_OK, bytes, NULL);
     if (res != KVX_OK)
-        kvx_room_fail(rr->room, res, "every RDMA WRITE to %s completed but the status cannot be "
-                      "sent: the control connection is gone", rr->decode_addr);
+        kvx_room_fail_remote(rr->room, res, "every RDMA WRITE to %s completed but the status "
+                             "cannot be sent: the control connection is gone", rr->decode_addr);
     else
         kvx_room_succeed(rr->room, bytes);
 }
@@ -2730,9 +2993,9 @@ static void kvx__rdma_submit(kvx__rdma_engine *re, kvx__rdma_room *rr, kvx_chunk
         return;
     }
     if ((uint64_t)c->first_page + c->num_pages > rr->ndst) {
-        kvx__rdma_tx_fail(re, rr->room, KVX_ERR_TOO_MANY_PAGES, "chunk %u reaches page %u but the "
-                          "decode side gave %u destination pages", c->index,
-                          c->first_page + c->num_pages, rr->ndst);
+        kvx__rdma_tx_fail(re, rr->room, KVX_ERR_TOO_MANY_PAGES, "chunk %u reaches page %u but %s "
+                          "gave %u destination pages", c->index, c->first_page + c->num_pages,
+                          rr->decode_addr, rr->ndst);
         free(j);
         kvx_chunk_free(e, c);
         return;
@@ -3045,7 +3308,7 @@ static kvx__rdma_src *kvx__rdma_src_get(kvx__rdma_room *rr, uint64_t inst, int a
 /* 1: every target reported Success, every queue pair of each delivered
    the room's immediate and the bytes agree; -1 (msg set): they do not
    agree; 0: not yet. Under rx_mu. */
-static int kvx__rdma_rx_check(kvx__rdma_room *rr, char *msg, size_t ml) {
+static int kvx__rdma_rx_check(kvx__rdma_room *rr, char *msg, size_t ml, const char *who) {
     int i, nst = 0;
     uint64_t bytes = 0;
     if (rr->succeeded_rx || !rr->targets) return 0;
@@ -3058,9 +3321,11 @@ static int kvx__rdma_rx_check(kvx__rdma_room *rr, char *msg, size_t ml) {
     if (nst < rr->targets) return 0;
     rr->succeeded_rx = 1;
     if (bytes != rr->expected) {
-        snprintf(msg, ml, "the prefill reports %llu bytes placed but this receiver expects %llu "
+        snprintf(msg, ml, "%s%s report%s %llu bytes placed but this receiver expects %llu "
                  "(its pages times the page bytes of every buffer, plus the aux row)",
-                 (unsigned long long)bytes, (unsigned long long)rr->expected);
+                 rr->targets > 1 ? "the prefill ranks, the last " : "", who,
+                 rr->targets > 1 ? "," : "s", (unsigned long long)bytes,
+                 (unsigned long long)rr->expected);
         return -1;
     }
     return 1;
@@ -3087,7 +3352,7 @@ static void kvx__rdma_marks(kvx__rdma_engine *re, kvx__rdma_pair *p, const uint3
         if (!s) continue;
         s->marks++;
         s->nqp = (uint32_t)p->nqp;
-        v = kvx__rdma_rx_check(rr, msg, sizeof msg);
+        v = kvx__rdma_rx_check(rr, msg, sizeof msg, p->peer_addr);
         if (v) kvx__rdma_rx_remove(re, rr); /* every immediate is in: the tag is free */
         if (v && na < 64) {
             uint64_t b = 0;
@@ -3254,29 +3519,267 @@ static void kvx__rdma_async(kvx__rdma_engine *re, kvx__rdma_dev *d) {
     }
 }
 
+/* "::ffff:1.2.3.4" -> "1.2.3.4", so both address families compare. */
+static void kvx__rdma_ip_norm(char *ip) {
+    if (!strncmp(ip, "::ffff:", 7) && strchr(ip + 7, '.')) memmove(ip, ip + 7, strlen(ip + 7) + 1);
+}
+
+/* Prefill: 1 when inst is a decode engine whose control connection is up
+   and comes from ip. */
+static int kvx__rdma_dpeer_ok(kvx__rdma_engine *re, uint64_t inst, const char *ip) {
+    kvx__rdma_dpeer *d;
+    int ok = 0;
+    pthread_mutex_lock(&re->mu);
+    for (d = re->dpeers; d && !ok; d = d->next) ok = d->instance == inst && !strcmp(d->ip, ip);
+    pthread_mutex_unlock(&re->mu);
+    return ok;
+}
+
+/* Prefill: closes an exchange connection that did not open correctly,
+   telling it why when reason is set (never anything about this engine). */
+static void kvx__rdma_refuse(kvx__rdma_engine *re, int fd, const char *addr, const char *reason) {
+    if (reason) {
+        kvx_buf b;
+        ssize_t w;
+        memset(&b, 0, sizeof b);
+        kvx__rdma_cm_reject(&b, 0, 0, KVX_ERR_PERMISSION, reason);
+        if (!b.oom) {
+            kvx__le_w16((uint8_t *)b.data + 4, (uint16_t)(re->key ? 2 : 1));
+            w = send(fd, b.data, b.len, MSG_NOSIGNAL | MSG_DONTWAIT);
+            (void)w;
+        }
+        kvx_buf_free(&b);
+    }
+    close(fd);
+    KVX__RDMA_STAT(re, cm_refused, 1);
+    kvx_engine_log(re->e, re->refused_logged < 16 ? KVX_LOG_WARN : KVX_LOG_DEBUG, "kvx.rdma", 0,
+                   "exchange connection from %s closed: %s%s", addr,
+                   reason ? reason : "it closed before its opening message",
+                   re->refused_logged == 15 ? " (further ones are logged at debug level)" : "");
+    re->refused_logged++;
+}
+
+static void kvx__rdma_pend_drop(kvx__rdma_engine *re, int i, const char *reason) {
+    kvx__rdma_refuse(re, re->pend[i].fd, re->pend[i].addr, reason);
+    re->pend[i] = re->pend[--re->npend];
+}
+
+/* Prefill: hands a connection whose opening checked out to a worker. */
+static void kvx__rdma_pend_handoff(kvx__rdma_engine *re, int i, uint64_t from) {
+    kvx__rdma_pend *pe = &re->pend[i];
+    kvx__rdma_accept *aj = (kvx__rdma_accept *)calloc(1, sizeof *aj);
+    if (!aj) { kvx__rdma_pend_drop(re, i, "out of memory"); return; }
+    aj->re = re;
+    aj->fd = pe->fd;
+    aj->from = from;
+    aj->ver = re->key ? 2 : (int)kvx__le_r16(pe->in + 4);
+    if (!re->key) {
+        memcpy(aj->prefix, pe->in, pe->len);
+        aj->plen = pe->len;
+    }
+    snprintf(aj->addr, sizeof aj->addr, "%s", pe->addr);
+    if (kvx_workq_submit(re->cmq, kvx__rdma_accept_job, aj) != KVX_OK) {
+        free(aj);
+        kvx__rdma_pend_drop(re, i, "out of memory");
+        return;
+    }
+    re->pend[i] = re->pend[--re->npend];
+}
+
+/* Prefill: the opening of pending connection i is complete: with a key
+   the decode side's AUTH (its proof over our challenge), else the fixed
+   head of its CONNECT. Its instance must have a control connection up
+   from the same address; the connection waits (until its deadline) for
+   that to happen. 1 when the entry is gone (handed off or dropped). */
+static int kvx__rdma_pend_open(kvx__rdma_engine *re, int i) {
+    kvx__rdma_pend *pe = &re->pend[i];
+    uint64_t from, to;
+    char why[200];
+    if (re->key) {
+        kvx_rdma_cm_msg m;
+        size_t used = 0;
+        uint8_t mac[KVX_MAC_BYTES];
+        kvx_buf b;
+        ssize_t w;
+        int sent;
+        if (kvx_rdma_cm_parse(pe->in, pe->len, &m, &used, why, sizeof why) != KVX_OK || !used ||
+            m.type != KVX_RDMA_CM_AUTH) {
+            kvx__rdma_pend_drop(re, i, "a malformed AUTH message");
+            return 1;
+        }
+        kvx_auth_proof(re->key, re->key_len, KVX_RDMA_CM_AUTH_LABEL_DECODE, pe->nonce, m.nonce, mac);
+        if (!kvx_equal_ct(mac, m.proof, sizeof mac)) {
+            kvx__rdma_pend_drop(re, i, "its proof of the shared key is wrong: KVX_AUTH_KEY (or "
+                                       "KVX_AUTH_KEY_FILE) differs between the engines");
+            return 1;
+        }
+        if (m.to != re->instance) {
+            snprintf(why, sizeof why, "the AUTH names prefill instance %016llx, which is not this "
+                     "engine (it restarted since the decode side saw it)", (unsigned long long)m.to);
+            kvx__rdma_pend_drop(re, i, why);
+            return 1;
+        }
+        from = m.from;
+        if (!kvx__rdma_dpeer_ok(re, from, pe->ip)) { pe->waiting_peer = 1; return 0; }
+        kvx_auth_proof(re->key, re->key_len, KVX_RDMA_CM_AUTH_LABEL_PREFILL, m.nonce, pe->nonce, mac);
+        memset(&b, 0, sizeof b);
+        kvx__rdma_cm_begin(&b, KVX_RDMA_CM_AUTH_OK);
+        kvx__rdma_put64(&b, re->instance);
+        kvx__rdma_put64(&b, from);
+        kvx__rdma_put(&b, mac, sizeof mac);
+        kvx__rdma_cm_end(&b);
+        kvx__le_w16((uint8_t *)b.data + 4, 2);
+        w = b.oom ? -1 : send(pe->fd, b.data, b.len, MSG_NOSIGNAL | MSG_DONTWAIT);
+        sent = w == (ssize_t)b.len;
+        kvx_buf_free(&b);
+        if (!sent) { kvx__rdma_pend_drop(re, i, NULL); return 1; }
+        kvx__rdma_pend_handoff(re, i, from);
+        return 1;
+    }
+    from = kvx__le_r64(pe->in + KVX_RDMA_CM_HEADER);
+    to = kvx__le_r64(pe->in + KVX_RDMA_CM_HEADER + 8);
+    if (to != re->instance) {
+        snprintf(why, sizeof why, "the CONNECT names prefill instance %016llx, which is not this "
+                 "engine (it restarted since the decode side saw it)", (unsigned long long)to);
+        kvx__rdma_pend_drop(re, i, why);
+        return 1;
+    }
+    if (!kvx__rdma_dpeer_ok(re, from, pe->ip)) { pe->waiting_peer = 1; return 0; }
+    kvx__rdma_pend_handoff(re, i, from);
+    return 1;
+}
+
+/* Prefill: reads what pending connection i sent (never past its opening).
+   1 when the entry is gone. */
+static int kvx__rdma_pend_read(kvx__rdma_engine *re, int i) {
+    kvx__rdma_pend *pe = &re->pend[i];
+    size_t need = KVX_RDMA_CM_HEADER + (re->key ? 16 + KVX_NONCE_BYTES + KVX_MAC_BYTES : 40);
+    while (pe->len < need) {
+        size_t want = (pe->len < KVX_RDMA_CM_HEADER ? KVX_RDMA_CM_HEADER : need) - pe->len;
+        ssize_t r = recv(pe->fd, pe->in + pe->len, want, MSG_DONTWAIT);
+        uint16_t ver, type;
+        uint32_t bl;
+        if (r == 0) { kvx__rdma_pend_drop(re, i, NULL); return 1; }
+        if (r < 0) {
+            if (errno == EINTR) continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK) return 0;
+            kvx__rdma_pend_drop(re, i, NULL);
+            return 1;
+        }
+        pe->len += (size_t)r;
+        if (pe->len != KVX_RDMA_CM_HEADER) continue;
+        ver = kvx__le_r16(pe->in + 4);
+        type = kvx__le_r16(pe->in + 6);
+        bl = kvx__le_r32(pe->in + 8);
+        if (memcmp(pe->in, kvx__rdma_cm_magic, 4) || ver < 1 || ver > KVX_RDMA_CM_VERSION ||
+            kvx__le_r32(pe->in + 12)) {
+            kvx__rdma_pend_drop(re, i, "not a kvx rdma exchange message");
+            return 1;
+        }
+        if (re->key && type != KVX_RDMA_CM_AUTH) {
+            kvx__rdma_pend_drop(re, i, "this prefill requires the shared key (KVX_AUTH_KEY or "
+                                       "KVX_AUTH_KEY_FILE) and the connection did not authenticate");
+            return 1;
+        }
+        if (!re->key && type == KVX_RDMA_CM_AUTH) {
+            kvx__rdma_pend_drop(re, i, "this prefill has no shared key (KVX_AUTH_KEY) but the "
+                                       "connection authenticates: give both engines the same key");
+            return 1;
+        }
+        if (re->key ? (ver != 2 || bl != need - KVX_RDMA_CM_HEADER)
+                    : (type != KVX_RDMA_CM_CONNECT || bl < 40 || bl > KVX_RDMA_CM_MAX)) {
+            kvx__rdma_pend_drop(re, i, re->key ? "a malformed AUTH message"
+                                               : "expected a CONNECT message");
+            return 1;
+        }
+    }
+    return kvx__rdma_pend_open(re, i);
+}
+
+/* Prefill: accepts what the listener has. With a key each connection is
+   challenged at once (our nonce); it stays pending (at most
+   KVX_RDMA_CM_PENDING in all, a quarter of them from one address, each
+   KVX_IB_CONNECT_TIMEOUT at most) until its opening arrives. */
 static void kvx__rdma_accept_all(kvx__rdma_engine *re) {
     for (;;) {
         struct sockaddr_storage ss;
         socklen_t sl = sizeof ss;
-        kvx__rdma_accept *aj;
-        char host[64] = "?", port[16] = "?";
+        kvx__rdma_pend *pe;
+        char host[64] = "?", port[16] = "?", addr[96];
         int fd = accept4(re->listen_fd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        int same = 0, k, one = 1;
         if (fd < 0) {
             if (errno == EINTR) continue;
             return;
         }
         getnameinfo((struct sockaddr *)&ss, sl, host, sizeof host, port, sizeof port,
                     NI_NUMERICHOST | NI_NUMERICSERV);
-        aj = (kvx__rdma_accept *)calloc(1, sizeof *aj);
-        if (!aj || KVX__LOAD(&re->stop)) { free(aj); close(fd); continue; }
-        aj->re = re;
-        aj->fd = fd;
-        snprintf(aj->addr, sizeof aj->addr, "%s:%s", host, port);
-        if (kvx_workq_submit(re->cmq, kvx__rdma_accept_job, aj) != KVX_OK) {
-            close(fd);
-            free(aj);
+        kvx__rdma_ip_norm(host);
+        snprintf(addr, sizeof addr, "%s:%s", host, port);
+        if (KVX__LOAD(&re->stop)) { close(fd); continue; }
+        for (k = 0; k < re->npend; k++) same += !strcmp(re->pend[k].ip, host);
+        if (re->npend >= KVX_RDMA_CM_PENDING || same >= (KVX_RDMA_CM_PENDING + 3) / 4) {
+            kvx__rdma_refuse(re, fd, addr, "too many exchange connections are waiting for their "
+                             "opening (KVX_RDMA_CM_PENDING)");
+            continue;
         }
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        pe = &re->pend[re->npend];
+        memset(pe, 0, sizeof *pe);
+        pe->fd = fd;
+        pe->deadline = kvx_now_ns() + (uint64_t)(re->cfg.connect_timeout_s * 1e9);
+        snprintf(pe->ip, sizeof pe->ip, "%s", host);
+        snprintf(pe->addr, sizeof pe->addr, "%s", addr);
+        if (re->key) {
+            kvx_buf b;
+            ssize_t w = -1;
+            memset(&b, 0, sizeof b);
+            if (kvx_random_bytes(pe->nonce, sizeof pe->nonce) == KVX_OK) {
+                kvx__rdma_cm_begin(&b, KVX_RDMA_CM_CHALLENGE);
+                kvx__rdma_put64(&b, 0);
+                kvx__rdma_put64(&b, 0);
+                kvx__rdma_put(&b, pe->nonce, sizeof pe->nonce);
+                kvx__rdma_cm_end(&b);
+                kvx__le_w16((uint8_t *)b.data + 4, 2);
+                if (!b.oom) w = send(fd, b.data, b.len, MSG_NOSIGNAL | MSG_DONTWAIT);
+            }
+            k = w == (ssize_t)b.len;
+            kvx_buf_free(&b);
+            if (!k) { kvx__rdma_refuse(re, fd, addr, NULL); continue; }
+        }
+        re->npend++;
     }
+}
+
+/* Prefill: pending connections past their deadline are closed; those
+   waiting for their decode engine's control connection look again.
+   Returns the poll timeout in ms the completion thread may sleep. */
+static int kvx__rdma_pend_tick(kvx__rdma_engine *re) {
+    uint64_t now = kvx_now_ns();
+    int i, ms = 200;
+    for (i = 0; i < re->npend;) {
+        kvx__rdma_pend *pe = &re->pend[i];
+        if (now >= pe->deadline) {
+            char why[200];
+            if (pe->waiting_peer)
+                snprintf(why, sizeof why, "its decode instance has no control connection with this "
+                         "prefill from %s", pe->ip);
+            else
+                snprintf(why, sizeof why, "no opening message within %.1f s "
+                         "(KVX_IB_CONNECT_TIMEOUT)", re->cfg.connect_timeout_s);
+            kvx__rdma_pend_drop(re, i, why);
+            continue;
+        }
+        if (pe->waiting_peer) {
+            if (kvx__rdma_pend_open(re, i)) continue;
+            ms = 10;
+        } else {
+            uint64_t left = (pe->deadline - now) / 1000000u + 1;
+            if (left < (uint64_t)ms) ms = (int)left;
+        }
+        i++;
+    }
+    return ms;
 }
 
 static void kvx__rdma_bury(kvx__rdma_engine *re) {
@@ -3294,7 +3797,7 @@ static void kvx__rdma_bury(kvx__rdma_engine *re) {
 
 static void *kvx__rdma_thread_main(void *arg) {
     kvx__rdma_engine *re = (kvx__rdma_engine *)arg;
-    struct pollfd pf[2 + 2 * KVX_RDMA_MAX_DEVS];
+    struct pollfd pf[2 + 2 * KVX_RDMA_MAX_DEVS + KVX_RDMA_CM_PENDING];
     int n = 2, d;
     pf[0].fd = re->wake_rd;
     pf[0].events = POLLIN;
@@ -3307,10 +3810,18 @@ static void *kvx__rdma_thread_main(void *arg) {
         pf[n++].events = POLLIN;
     }
     while (!KVX__LOAD(&re->stop)) {
-        int i, rc;
+        int i, rc, ms = re->pend ? kvx__rdma_pend_tick(re) : 200, np = re->npend;
         for (i = 0; i < n; i++) pf[i].revents = 0;
-        rc = poll(pf, (nfds_t)n, 200);
+        for (i = 0; i < np; i++) {
+            pf[n + i].fd = re->pend[i].waiting_peer ? -1 : re->pend[i].fd;
+            pf[n + i].events = POLLIN;
+            pf[n + i].revents = 0;
+        }
+        rc = poll(pf, (nfds_t)(n + np), ms);
         if (rc < 0 && errno != EINTR) break;
+        /* backwards: an entry that goes is replaced by the last one */
+        for (i = np - 1; i >= 0; i--)
+            if (pf[n + i].revents) kvx__rdma_pend_read(re, i);
         if (pf[0].revents) {
             char tmp[256];
             while (read(re->wake_rd, tmp, sizeof tmp) > 0) {}
@@ -3425,7 +3936,7 @@ static void kvx__rdma_reconnect(kvx__rdma_engine *re, uint64_t inst, uint32_t qp
     }
     pthread_mutex_unlock(&re->mu);
     if (old) {
-        kvx__rdma_pair_down(re, old, KVX_ERR_TRANSPORT, 0, msg);
+        kvx__rdma_pair_down(re, old, KVX_ERR_TRANSPORT, 0, 1, msg);
         kvx__rdma_pair_unref(re, old);
     }
 }
@@ -3438,7 +3949,7 @@ static int kvx__rdma_on_status(kvx_boot *b, kvx_room *r, const kvx_boot_peer *pe
     kvx__rdma_pair *p;
     kvx_rdma_hello h;
     kvx__rdma_src *s;
-    char why[KVX_ERROR_MAX] = "";
+    char why[KVX_ERROR_MAX] = "", who[128];
     int nqp = 0, v, k;
     uint64_t total = 0;
     if (state == KVX_POLL_FAILED && result == KVX_ERR_TRANSPORT &&
@@ -3448,7 +3959,7 @@ static int kvx__rdma_on_status(kvx_boot *b, kvx_room *r, const kvx_boot_peer *pe
            only queue pair may never notice), so the next receiver redials */
         kvx__rdma_pair *dead[8];
         int nd = 0, i;
-        kvx_room_fail(r, result, "prefill rank %s failed the room: %s", peer->addr,
+        kvx_room_fail_remote(r, result, "prefill rank %s failed the room: %s", peer->addr,
                       reason && *reason ? reason : "no reason given");
         pthread_mutex_lock(&re->mu);
         for (p = re->pairs; p && nd < 8; p = p->next)
@@ -3458,7 +3969,7 @@ static int kvx__rdma_on_status(kvx_boot *b, kvx_room *r, const kvx_boot_peer *pe
             }
         pthread_mutex_unlock(&re->mu);
         for (i = 0; i < nd; i++) {
-            kvx__rdma_pair_kill(re, dead[i], KVX_ERR_TRANSPORT, "prefill %s reports its RDMA "
+            kvx__rdma_pair_lost(re, dead[i], KVX_ERR_TRANSPORT, "prefill %s reports its RDMA "
                                "connection with this engine broken: %s", peer->addr,
                                reason && *reason ? reason : "no reason given");
             kvx__rdma_pair_unref(re, dead[i]);
@@ -3496,7 +4007,8 @@ static int kvx__rdma_on_status(kvx_boot *b, kvx_room *r, const kvx_boot_peer *pe
         s->bytes = bytes;
         s->nqp = (uint32_t)nqp;
     }
-    v = s ? kvx__rdma_rx_check(rr, why, sizeof why) : -1;
+    snprintf(who, sizeof who, "prefill %s", peer->addr);
+    v = s ? kvx__rdma_rx_check(rr, why, sizeof why, who) : -1;
     if (!s) snprintf(why, sizeof why, "more prefill engines wrote room %llu than this receiver "
                      "can track", (unsigned long long)rr->id);
     if (v > 0 || (v < 0 && s)) kvx__rdma_rx_remove(re, rr);
@@ -3529,12 +4041,45 @@ static void kvx__rdma_on_abort(kvx_boot *b, kvx_room *r, const kvx_boot_peer *pe
     if (re->role == KVX_ROLE_PREFILL && rr && rr->pair) kvx__rdma_cancel_room(re, rr);
 }
 
+/* Prefill: the decode engines with a control connection up, the only ones
+   whose queue-pair exchange the listener takes (n counts connections). */
+static void kvx__rdma_dpeer_note(kvx__rdma_engine *re, const kvx_boot_peer *peer, int up) {
+    kvx__rdma_dpeer **pp, *d;
+    kvx_rdma_hello h;
+    char why[KVX_ERROR_MAX], ip[64];
+    if (kvx_rdma_hello_parse(peer->endpoint, peer->endpoint_len, &h, why, sizeof why) != KVX_OK ||
+        kvx__rdma_addr_host(peer->addr, ip, sizeof ip))
+        return;
+    kvx__rdma_ip_norm(ip);
+    pthread_mutex_lock(&re->mu);
+    for (pp = &re->dpeers; *pp; pp = &(*pp)->next)
+        if ((*pp)->instance == h.instance && !strcmp((*pp)->ip, ip)) break;
+    if (up) {
+        if (*pp) {
+            (*pp)->n++;
+        } else if ((d = (kvx__rdma_dpeer *)calloc(1, sizeof *d)) != NULL) {
+            d->instance = h.instance;
+            snprintf(d->ip, sizeof d->ip, "%s", ip);
+            d->n = 1;
+            d->next = re->dpeers;
+            re->dpeers = d;
+        }
+    } else if (*pp && --(*pp)->n <= 0) {
+        d = *pp;
+        *pp = d->next;
+        free(d);
+    }
+    pthread_mutex_unlock(&re->mu);
+    if (up) kvx__rdma_wake(re); /* a connection may wait for it */
+}
+
 /* Decode: the control connection with a prefill rank is up: dial it. */
 static void kvx__rdma_on_connect(kvx_boot *b, const kvx_boot_peer *peer) {
     kvx__rdma_engine *re = kvx__rdma_bre(b);
     kvx__rdma_peer *pe;
     kvx_rdma_hello h;
     char why[KVX_ERROR_MAX], ip[64];
+    if (re->role == KVX_ROLE_PREFILL) kvx__rdma_dpeer_note(re, peer, 1);
     if (re->role != KVX_ROLE_DECODE) return;
     if (kvx_rdma_hello_parse(peer->endpoint, peer->endpoint_len, &h, why, sizeof why) != KVX_OK ||
         h.role != KVX_ROLE_PREFILL) {
@@ -3573,6 +4118,7 @@ static void kvx__rdma_on_disconnect(kvx_boot *b, const kvx_boot_peer *peer, cons
     kvx__rdma_peer **pe;
     kvx_rdma_hello h;
     char why[KVX_ERROR_MAX];
+    if (re->role == KVX_ROLE_PREFILL) kvx__rdma_dpeer_note(re, peer, 0);
     if (kvx_rdma_hello_parse(peer->endpoint, peer->endpoint_len, &h, why, sizeof why) != KVX_OK) return;
     pthread_mutex_lock(&re->mu);
     for (pp = &re->pairs; *pp;) {
@@ -3599,7 +4145,7 @@ static void kvx__rdma_on_disconnect(kvx_boot *b, const kvx_boot_peer *peer, cons
     while (gone) {
         kvx__rdma_pair *o = gone;
         gone = o->grave_next;
-        kvx__rdma_pair_kill(re, o, KVX_ERR_PEER_LOST, "lost the control connection with %s %s: %s",
+        kvx__rdma_pair_lost(re, o, KVX_ERR_PEER_LOST, "lost the control connection with %s %s: %s",
                            re->role == KVX_ROLE_PREFILL ? "decode" : "prefill", peer->addr,
                            reason ? reason : "closed");
         kvx__rdma_pair_unref(re, o);
@@ -3644,12 +4190,13 @@ static kvx_result kvx__rdma_sender_init(kvx_room *r, uint32_t n, int32_t aux) {
     uint32_t want = kvx_boot_room_dst_pages(re->boot, r);
     if (n != want) {
         kvx__rdma_tx_fail(re, r, KVX_ERR_INVALID_ARGUMENT,
-                          "init declares %u pages but the decode side asked for %u", n, want);
+                          "init declares %u pages but %s asked for %u", n,
+                          rr->decode_addr[0] ? rr->decode_addr : "the decode side", want);
         return KVX_ERR_INVALID_ARGUMENT;
     }
     if (rr->dst_aux >= 0 && kvx_engine_layout(re->e)->num_aux && aux < 0) {
-        kvx__rdma_tx_fail(re, r, KVX_ERR_INVALID_ARGUMENT, "the decode side asked for aux rows "
-                          "(slot %d) but init gave no aux index", (int)rr->dst_aux);
+        kvx__rdma_tx_fail(re, r, KVX_ERR_INVALID_ARGUMENT, "%s asked for aux rows (slot %d) but "
+                          "init gave no aux index", rr->decode_addr, (int)rr->dst_aux);
         return KVX_ERR_INVALID_ARGUMENT;
     }
     rr->src_aux = aux;
@@ -3735,11 +4282,17 @@ static kvx_result kvx__rdma_receiver_init(kvx_room *r, const int32_t *pages, uin
     return kvx_boot_receiver_init(re->boot, r, pages, n, aux);
 }
 
-static void kvx__rdma_room_abort(kvx_room *r, const char *reason) {
+/* The room failed by this side's decision (a refused argument, a local
+   error, an abort, a timeout, engine destroy): the prefill stops the
+   room's WRITEs first (fences included, so a decode side that destroys
+   its receiver on the news can wait for them), then the peer is told
+   with the first reason. */
+static void kvx__rdma_room_failed(kvx_room *r) {
     kvx__rdma_engine *re = kvx__rdma_re(kvx_room_engine(r));
     kvx__rdma_room *rr = kvx__rdma_rr(r);
-    kvx_boot_abort(re->boot, r, reason);
+    if (!re) return;
     if (re->role == KVX_ROLE_PREFILL && rr) kvx__rdma_cancel_room(re, rr);
+    kvx__rdma_tell_peer(re, r);
 }
 
 /* Prefill: stop the room's WRITEs and wait until the NIC no longer reads
@@ -3921,7 +4474,8 @@ static void kvx__rdma_progress(kvx_engine *e) {
                 res = kvx_boot_receiver_init(re->boot, rr->room, rr->def_pages, rr->def_n,
                                              rr->def_aux);
                 if (res != KVX_OK && res != KVX_ERR_STATE)
-                    kvx_room_fail(rr->room, res, "cannot send the destination to the prefill");
+                    kvx_room_fail(rr->room, res, "cannot send the destination to the prefill "
+                                  "at %s", rr->bootstrap);
             }
             kvx_room_unref(rr->room);
         }
@@ -3945,6 +4499,13 @@ static void kvx__rdma_free(kvx__rdma_engine *re) {
         re->peers = x->next;
         free(x);
     }
+    while (re->dpeers) {
+        kvx__rdma_dpeer *x = re->dpeers;
+        re->dpeers = x->next;
+        free(x);
+    }
+    while (re->npend > 0) close(re->pend[--re->npend].fd);
+    free(re->pend);
     for (d = 0; d < re->ndev; d++) kvx__rdma_dev_close(re, &re->dev[d]);
     kvx__rdma_unload(&re->v);
     if (re->listen_fd >= 0) close(re->listen_fd);
@@ -4062,9 +4623,15 @@ static kvx_result kvx__rdma_engine_init(kvx_engine *e, char *why, size_t wl) {
         if ((r = kvx__rdma_register_pool(re, dv, why, wl)) != KVX_OK) goto fail;
     }
     re->instance = kvx__rdma_random64();
-    if (re->role == KVX_ROLE_PREFILL && (r = kvx__rdma_listen(re, why, wl)) != KVX_OK) goto fail;
+    re->key = kvx_engine_auth_key(e, &re->key_len);
+    if (re->role == KVX_ROLE_PREFILL) {
+        re->pend = (kvx__rdma_pend *)calloc(KVX_RDMA_CM_PENDING, sizeof *re->pend);
+        if (!re->pend) { r = KVX_ERR_NO_MEMORY; goto fail; }
+        if ((r = kvx__rdma_listen(re, why, wl)) != KVX_OK) goto fail;
+    }
     memset(&h, 0, sizeof h);
     h.role = (uint16_t)re->role;
+    h.flags = re->role == KVX_ROLE_PREFILL && re->key ? KVX_RDMA_FLAG_AUTH : 0;
     h.instance = re->instance;
     h.cm_port = (uint16_t)re->cm_port;
     h.qps = (uint16_t)re->cfg.qps;
@@ -4141,6 +4708,7 @@ KVX_API kvx_result kvx_rdma_stats_get(const kvx_engine *e, kvx_rdma_stats *out) 
     out->imm_received = KVX__LOAD(&re->st.imm_received);
     out->pairs = KVX__LOAD(&re->st.pairs);
     out->errors = KVX__LOAD(&re->st.errors);
+    out->cm_refused = KVX__LOAD(&re->st.cm_refused);
     return KVX_OK;
 }
 
@@ -4155,10 +4723,10 @@ KVX_API const kvx_backend *kvx_rdma_backend(void) {
                                    kvx__rdma_sender_init,
                                    kvx__rdma_sender_send,
                                    kvx__rdma_receiver_init,
-                                   kvx__rdma_room_abort,
+                                   NULL, /* room_abort: room_failed tells the peer */
                                    kvx__rdma_room_close,
                                    kvx__rdma_room_free,
-                                   NULL};
+                                   kvx__rdma_room_failed};
     return &be;
 }
 

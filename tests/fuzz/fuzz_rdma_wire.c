@@ -1,5 +1,6 @@
 /* Fuzzes what the rdma transport parses from a peer: the endpoint blob in
-   the bootstrap hello and the queue-pair exchange messages. */
+   the bootstrap hello and the queue-pair exchange messages (versions 1 and
+   2: CHALLENGE, AUTH and AUTH_OK included). */
 #if defined(__has_include)
 #if __has_include(<infiniband/verbs.h>)
 #define KVX_WITH_RDMA
@@ -23,6 +24,8 @@ int LLVMFuzzerTestOneInput(const unsigned char *d, unsigned long n) {
             for (i = 0; i < m.nbuf + m.naux; i++)
                 if (kvx_rdma_cm_region(&m, dv, i, NULL, NULL, NULL, &nr, &k) && nr)
                     s += kvx_rdma_cm_rkey(k, nr - 1);
+    if (used && m.nonce) s += m.nonce[KVX_NONCE_BYTES - 1];
+    if (used && m.proof) s += m.proof[KVX_MAC_BYTES - 1];
     (void)s;
     return 0;
 }

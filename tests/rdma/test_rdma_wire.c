@@ -243,11 +243,83 @@ static void mutations(void) {
     kvx_buf_free(&b);
 }
 
+/* Version 2: the authentication messages, only in version 2, exact sizes. */
+static void auth_tests(void) {
+    kvx_buf b;
+    kvx_rdma_cm_msg m;
+    kvx_rdma_hello h, g;
+    uint8_t nonce[KVX_NONCE_BYTES], mac[KVX_MAC_BYTES], blob[512];
+    size_t used = 0, n;
+    char why[KVX_ERROR_MAX] = "";
+    kvx_result r;
+    memset(&b, 0, sizeof b);
+    memset(nonce, 0xab, sizeof nonce);
+    memset(mac, 0xcd, sizeof mac);
+    kvx__rdma_cm_begin(&b, KVX_RDMA_CM_AUTH);
+    kvx__rdma_put64(&b, 11);
+    kvx__rdma_put64(&b, 22);
+    kvx__rdma_put(&b, nonce, sizeof nonce);
+    kvx__rdma_put(&b, mac, sizeof mac);
+    kvx__rdma_cm_end(&b);
+    kvx__le_w16((uint8_t *)b.data + 4, 2);
+    r = kvx_rdma_cm_parse(b.data, b.len, &m, &used, why, sizeof why);
+    CHECK(r == KVX_OK && used == b.len && m.type == KVX_RDMA_CM_AUTH && m.version == 2 &&
+          m.from == 11 && m.to == 22 && m.nonce && m.nonce[0] == 0xab && m.proof &&
+          m.proof[31] == 0xcd, "AUTH parses (version 2): %s", why);
+    kvx__le_w16((uint8_t *)b.data + 4, 1);
+    r = kvx_rdma_cm_parse(b.data, b.len, &m, &used, why, sizeof why);
+    CHECK(r == KVX_ERR_PROTOCOL && strstr(why, "version 2"), "AUTH in version 1 is refused: %s", why);
+    kvx__le_w16((uint8_t *)b.data + 4, 3);
+    r = kvx_rdma_cm_parse(b.data, b.len, &m, &used, why, sizeof why);
+    CHECK(r == KVX_ERR_PROTOCOL, "version 3 is refused: %s", why);
+    kvx__le_w16((uint8_t *)b.data + 4, 2);
+    kvx__le_w32((uint8_t *)b.data + 8, 63);
+    r = kvx_rdma_cm_parse(b.data, b.len - 1, &m, &used, why, sizeof why);
+    CHECK(r == KVX_ERR_PROTOCOL, "AUTH one byte short is refused: %s", why);
+    kvx__rdma_cm_begin(&b, KVX_RDMA_CM_CHALLENGE);
+    kvx__rdma_put64(&b, 0);
+    kvx__rdma_put64(&b, 0);
+    kvx__rdma_put(&b, nonce, sizeof nonce);
+    kvx__rdma_cm_end(&b);
+    kvx__le_w16((uint8_t *)b.data + 4, 2);
+    r = kvx_rdma_cm_parse(b.data, b.len, &m, &used, why, sizeof why);
+    CHECK(r == KVX_OK && m.type == KVX_RDMA_CM_CHALLENGE && m.nonce && !m.proof, "CHALLENGE parses");
+    kvx__rdma_cm_begin(&b, KVX_RDMA_CM_AUTH_OK);
+    kvx__rdma_put64(&b, 1);
+    kvx__rdma_put64(&b, 2);
+    kvx__rdma_put(&b, mac, sizeof mac);
+    kvx__rdma_put(&b, mac, 1);
+    kvx__rdma_cm_end(&b);
+    kvx__le_w16((uint8_t *)b.data + 4, 2);
+    r = kvx_rdma_cm_parse(b.data, b.len, &m, &used, why, sizeof why);
+    CHECK(r == KVX_ERR_PROTOCOL, "AUTH_OK one byte long is refused: %s", why);
+    kvx_buf_free(&b);
+    /* the endpoint's auth flag round-trips; other flag bits are refused */
+    memset(&h, 0, sizeof h);
+    h.role = KVX_ROLE_PREFILL;
+    h.flags = KVX_RDMA_FLAG_AUTH;
+    h.instance = 5;
+    h.cm_port = 4000;
+    h.qps = 2;
+    h.ndev = 1;
+    h.dev[0].port = 1;
+    h.dev[0].link_layer = 2;
+    h.dev[0].mtu = 3;
+    snprintf(h.dev[0].name, sizeof h.dev[0].name, "dev0");
+    n = kvx_rdma_hello_encode(&h, blob, sizeof blob);
+    r = kvx_rdma_hello_parse(blob, n, &g, why, sizeof why);
+    CHECK(r == KVX_OK && g.flags == KVX_RDMA_FLAG_AUTH, "endpoint flag KVX_RDMA_FLAG_AUTH round-trips");
+    kvx__le_w32(blob + 12, 2);
+    r = kvx_rdma_hello_parse(blob, n, &g, why, sizeof why);
+    CHECK(r == KVX_ERR_PROTOCOL, "an unknown endpoint flag is refused: %s", why);
+}
+
 int main(void) {
     rt_name = "test_rdma_wire";
     setvbuf(stdout, NULL, _IOLBF, 0);
     hello_tests();
     cm_tests();
     mutations();
+    auth_tests();
     return rt_finish();
 }
