@@ -354,13 +354,15 @@ typedef struct kvx_logger {
 
 /* Settings of the file transport (kvx_file.h). 0 / NULL = default. */
 typedef struct kvx_file_desc {
-    const char *dir;      /* KVX_FILE_DIR, "/tmp/kvx_file" */
+    const char *dir;      /* KVX_FILE_DIR, "/tmp/kvx_file-<uid>" (private, 0700) */
     double timeout_s;     /* KVX_FILE_TIMEOUT, 300: receiver waits for transfer_done */
     int fsync;            /* KVX_FILE_FSYNC, 0: 1 = fsync files and directory */
     int keep;             /* KVX_FILE_KEEP, 0: 1 = keep room directories */
     int io_threads;       /* KVX_FILE_IO_THREADS, 4 */
     double ttl_s;         /* KVX_FILE_TTL, 3600: stale rooms removed at start */
     uint32_t stripe_bytes; /* KVX_FILE_STRIPE, 16 MiB: parallel I/O unit */
+    int shared;           /* KVX_FILE_SHARED, 0: 1 = the directory's group may use
+                             the rooms (0770/0660); 0 = this user only */
 } kvx_file_desc;
 
 /* Settings of the bootstrap handshake (kvx_boot.h). 0 / NULL = default. */

@@ -17,7 +17,7 @@
    ENVIRONMENT (read once at engine creation; override desc.file; a value
    outside its range is refused at engine creation, naming the variable)
      KVX_FILE_DIR         directory of room directories (/tmp/kvx_file-<uid>)
-     KVX_FILE_SHARED      0: the directory is this user's: made 0700 if
+     KVX_FILE_SHARED      (desc.file.shared) 0: the directory is this user's: made 0700 if
                           missing; refused (with a sentence naming it, its
                           owner and mode) when another user (not root) owns
                           it or when the group or others may write in it
@@ -1020,6 +1020,7 @@ static kvx_result kvx__file_settings(const kvx_engine_desc *d, kvx__fengine *fe,
     fe->io_threads = d->file.io_threads;
     fe->do_fsync = d->file.fsync;
     fe->keep = d->file.keep;
+    fe->shared = d->file.shared;
     kvx_env_str("KVX_FILE_DIR", dir);
     if ((r = kvx_setting_double("KVX_FILE_TIMEOUT", &fe->timeout_s, 300, 0.001, 1e6, why, wl)) ||
         (r = kvx_setting_double("KVX_FILE_TTL", &fe->ttl_s, 3600, 60, 1e9, why, wl)) ||
