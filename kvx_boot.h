@@ -241,6 +241,15 @@
 #ifndef KVX_BOOT_MAX_RANKS
 #define KVX_BOOT_MAX_RANKS 4096
 #endif
+#ifndef KVX_BOOT_MAX_CONN_BYTES
+#define KVX_BOOT_MAX_CONN_BYTES (16u << 20)
+#endif
+#ifndef KVX_BOOT_MAX_TOTAL_BYTES
+#define KVX_BOOT_MAX_TOTAL_BYTES (256u << 20)
+#endif
+#ifndef KVX_BOOT_MAX_CTRL_CONNS
+#define KVX_BOOT_MAX_CTRL_CONNS 1024
+#endif
 #ifndef KVX_BOOT_TRIES
 #define KVX_BOOT_TRIES 5
 #endif
@@ -397,11 +406,21 @@ typedef enum kvx_boot_frame_type {
     KVX_BOOT_FRAME_HELLO = 1,
     KVX_BOOT_FRAME_ROOM = 2,
     KVX_BOOT_FRAME_STATUS = 3,
-    KVX_BOOT_FRAME_ABORT = 4
+    KVX_BOOT_FRAME_ABORT = 4,
+    KVX_BOOT_FRAME_PING = 5,
+    KVX_BOOT_FRAME_PONG = 6,
+    KVX_BOOT_FRAME_AUTH = 7
 } kvx_boot_frame_type;
+
+#define KVX_BOOT_HELLO_AUTH 1u /* hello flag: this side has a key; nonce (and proof) follow */
+#define KVX_BOOT_NONCE 16
+#define KVX_BOOT_PROOF 32
 
 typedef struct kvx_boot_hello {
     uint16_t version, role;
+    uint32_t flags;                /* 0, or KVX_BOOT_HELLO_AUTH */
+    const uint8_t *nonce;          /* flags & AUTH: KVX_BOOT_NONCE bytes */
+    const uint8_t *proof;          /* flags & AUTH, prefill's hello: KVX_BOOT_PROOF bytes */
     uint64_t instance, fingerprint;
     int32_t tp_size, tp_rank, dp_size, dp_rank, pp_size, pp_rank, cp_size, cp_rank;
     uint32_t page_size, dtype_size, num_kv_heads, mla, num_buffers, num_aux;
@@ -430,6 +449,8 @@ typedef struct kvx_boot_frame {
     uint64_t bytes;        /* status */
     const char *reason;    /* status, abort; not NUL-terminated */
     uint32_t reason_len;
+    uint64_t seq;          /* ping, pong */
+    const uint8_t *proof;  /* auth: KVX_BOOT_PROOF bytes */
     kvx_boot_hello hello;  /* hello */
 } kvx_boot_frame;
 
@@ -524,6 +545,9 @@ static const char *kvx__boot_type_name(uint32_t t) {
     case KVX_BOOT_FRAME_ROOM: return "room";
     case KVX_BOOT_FRAME_STATUS: return "status";
     case KVX_BOOT_FRAME_ABORT: return "abort";
+    case KVX_BOOT_FRAME_PING: return "ping";
+    case KVX_BOOT_FRAME_PONG: return "pong";
+    case KVX_BOOT_FRAME_AUTH: return "auth";
     }
     return "unknown";
 }
@@ -534,10 +558,13 @@ static uint64_t kvx__boot_type_max(uint32_t t) {
     switch (t) {
     case KVX_BOOT_FRAME_HELLO:
         return KVX__BOOT_HELLO_FIXED + 8ull * (KVX_MAX_BUFFERS + KVX_MAX_AUX) + 63 + 31 +
-               KVX_BOOT_MAX_ENDPOINT;
+               KVX_BOOT_MAX_ENDPOINT + KVX_BOOT_NONCE + KVX_BOOT_PROOF;
     case KVX_BOOT_FRAME_ROOM: return KVX__BOOT_ROOM_FIXED + 4ull * KVX_MAX_PAGES;
     case KVX_BOOT_FRAME_STATUS: return KVX__BOOT_STATUS_FIXED + KVX_BOOT_MAX_REASON;
     case KVX_BOOT_FRAME_ABORT: return KVX__BOOT_ABORT_FIXED + KVX_BOOT_MAX_REASON;
+    case KVX_BOOT_FRAME_PING:
+    case KVX_BOOT_FRAME_PONG: return 8;
+    case KVX_BOOT_FRAME_AUTH: return KVX_BOOT_PROOF;
     }
     return 0;
 }
@@ -551,6 +578,13 @@ static kvx_result kvx__boot_bad(char *why, size_t wl, const char *fmt, ...) {
         va_end(ap);
     }
     return KVX_ERR_PROTOCOL;
+}
+
+/* Bytes after the endpoint: a keyed hello carries the sender's nonce, and
+   the prefill's (the answer) also its proof over the decode's nonce. */
+static uint32_t kvx__boot_hello_auth_len(uint32_t flags, uint32_t role) {
+    if (!(flags & KVX_BOOT_HELLO_AUTH)) return 0;
+    return KVX_BOOT_NONCE + (role == KVX_ROLE_PREFILL ? KVX_BOOT_PROOF : 0);
 }
 
 static kvx_result kvx__boot_decode_hello(const uint8_t *p, uint32_t n, kvx_boot_hello *h,
@@ -571,7 +605,9 @@ static kvx_result kvx__boot_decode_hello(const uint8_t *p, uint32_t n, kvx_boot_
     h->role = kvx__le_r16(p + 10);
     if (h->role != KVX_ROLE_PREFILL && h->role != KVX_ROLE_DECODE)
         return kvx__boot_bad(why, wl, "hello has role %u (1 prefill or 2 decode expected)", h->role);
-    if (kvx__le_r32(p + 12) != 0) return kvx__boot_bad(why, wl, "hello flags are not 0");
+    h->flags = kvx__le_r32(p + 12);
+    if (h->flags & ~KVX_BOOT_HELLO_AUTH)
+        return kvx__boot_bad(why, wl, "hello flags %#x (0 or 1 expected)", (unsigned)h->flags);
     h->instance = kvx__le_r64(p + 16);
     h->fingerprint = kvx__le_r64(p + 24);
     h->tp_size = (int32_t)kvx__le_r32(p + 32); h->tp_rank = (int32_t)kvx__le_r32(p + 36);
@@ -594,7 +630,8 @@ static kvx_result kvx__boot_decode_hello(const uint8_t *p, uint32_t n, kvx_boot_
         return kvx__boot_bad(why, wl,
                              "hello string lengths dtype %u, transport %u, endpoint %u exceed "
                              "63, 31, %d", dl, tl, el, KVX_BOOT_MAX_ENDPOINT);
-    need = KVX__BOOT_HELLO_FIXED + 8ull * (h->num_buffers + h->num_aux) + dl + tl + el;
+    need = KVX__BOOT_HELLO_FIXED + 8ull * (h->num_buffers + h->num_aux) + dl + tl + el +
+           kvx__boot_hello_auth_len(h->flags, h->role);
     if (need != n)
         return kvx__boot_bad(why, wl, "hello is %u bytes but its fields add up to %llu", n,
                              (unsigned long long)need);
@@ -603,7 +640,11 @@ static kvx_result kvx__boot_decode_hello(const uint8_t *p, uint32_t n, kvx_boot_
     h->aux_item_lens_le = q; q += 8u * h->num_aux;
     h->dtype = (const char *)q; h->dtype_len = dl; q += dl;
     h->transport = (const char *)q; h->transport_len = tl; q += tl;
-    h->endpoint = q; h->endpoint_len = el;
+    h->endpoint = q; h->endpoint_len = el; q += el;
+    if (h->flags & KVX_BOOT_HELLO_AUTH) {
+        h->nonce = q;
+        if (h->role == KVX_ROLE_PREFILL) h->proof = q + KVX_BOOT_NONCE;
+    }
     return KVX_OK;
 }
 
@@ -621,7 +662,7 @@ KVX_API kvx_result kvx_boot_decode_frame(const void *buf, size_t len, kvx_boot_f
     type = kvx__le_r16(p + 4);
     flags = kvx__le_r16(p + 6);
     f->body_len = blen;
-    if (type < KVX_BOOT_FRAME_HELLO || type > KVX_BOOT_FRAME_ABORT)
+    if (type < KVX_BOOT_FRAME_HELLO || type > KVX_BOOT_FRAME_AUTH)
         return kvx__boot_bad(why, wl, "unknown frame type %u", type);
     f->type = (kvx_boot_frame_type)type;
     if (flags) return kvx__boot_bad(why, wl, "%s frame has flags %#x (0 expected)",
@@ -699,6 +740,18 @@ KVX_API kvx_result kvx_boot_decode_frame(const void *buf, size_t len, kvx_boot_f
                                  (unsigned long long)f->room, f->reason_len, blen);
         f->reason = (const char *)b + KVX__BOOT_ABORT_FIXED;
         break;
+    case KVX_BOOT_FRAME_PING:
+    case KVX_BOOT_FRAME_PONG:
+        if (blen != 8)
+            return kvx__boot_bad(why, wl, "%s frame of %u bytes (8 expected)",
+                                 kvx__boot_type_name(type), blen);
+        f->seq = kvx__le_r64(b);
+        break;
+    case KVX_BOOT_FRAME_AUTH:
+        if (blen != KVX_BOOT_PROOF)
+            return kvx__boot_bad(why, wl, "auth frame of %u bytes (%d expected)", blen, KVX_BOOT_PROOF);
+        f->proof = b;
+        break;
     }
     *consumed = KVX__BOOT_HDR + (size_t)blen;
     return KVX_OK;
@@ -746,14 +799,17 @@ KVX_API kvx_result kvx_boot_encode_frame(const kvx_boot_frame *f, kvx_buf *out) 
             h->transport_len > 31 || h->endpoint_len > KVX_BOOT_MAX_ENDPOINT ||
             (h->num_buffers && !h->item_lens) || (h->num_aux && !h->aux_item_lens) ||
             (h->dtype_len && !h->dtype) || (h->transport_len && !h->transport) ||
-            (h->endpoint_len && !h->endpoint))
+            (h->endpoint_len && !h->endpoint) || (h->flags & ~KVX_BOOT_HELLO_AUTH) ||
+            ((h->flags & KVX_BOOT_HELLO_AUTH) &&
+             (!h->nonce || (h->role == KVX_ROLE_PREFILL && !h->proof))))
             return KVX_ERR_INVALID_ARGUMENT;
         blen = KVX__BOOT_HELLO_FIXED + 8ull * (h->num_buffers + h->num_aux) + h->dtype_len +
-               h->transport_len + h->endpoint_len;
+               h->transport_len + h->endpoint_len + kvx__boot_hello_auth_len(h->flags, h->role);
         kvx__boot_hdr(fixed, (uint32_t)blen, KVX_BOOT_FRAME_HELLO);
         memcpy(b, KVX__BOOT_MAGIC, 8);
         kvx__le_w16(b + 8, h->version ? h->version : KVX_BOOT_PROTOCOL_VERSION);
         kvx__le_w16(b + 10, h->role);
+        kvx__le_w32(b + 12, h->flags);
         kvx__le_w64(b + 16, h->instance);
         kvx__le_w64(b + 24, h->fingerprint);
         kvx__le_w32(b + 32, (uint32_t)h->tp_size); kvx__le_w32(b + 36, (uint32_t)h->tp_rank);
@@ -779,6 +835,10 @@ KVX_API kvx_result kvx_boot_encode_frame(const kvx_boot_frame *f, kvx_buf *out) 
         kvx__boot_put(out, h->dtype, h->dtype_len);
         kvx__boot_put(out, h->transport, h->transport_len);
         kvx__boot_put(out, h->endpoint, h->endpoint_len);
+        if (h->flags & KVX_BOOT_HELLO_AUTH) {
+            kvx__boot_put(out, h->nonce, KVX_BOOT_NONCE);
+            if (h->role == KVX_ROLE_PREFILL) kvx__boot_put(out, h->proof, KVX_BOOT_PROOF);
+        }
         break;
     }
     case KVX_BOOT_FRAME_ROOM:
@@ -815,6 +875,18 @@ KVX_API kvx_result kvx_boot_encode_frame(const kvx_boot_frame *f, kvx_buf *out) 
         kvx__boot_put(out, f->reason, rl);
         break;
     }
+    case KVX_BOOT_FRAME_PING:
+    case KVX_BOOT_FRAME_PONG:
+        kvx__boot_hdr(fixed, 8, f->type);
+        kvx__le_w64(b, f->seq);
+        kvx__boot_put(out, fixed, KVX__BOOT_HDR + 8);
+        break;
+    case KVX_BOOT_FRAME_AUTH:
+        if (!f->proof) return KVX_ERR_INVALID_ARGUMENT;
+        kvx__boot_hdr(fixed, KVX_BOOT_PROOF, f->type);
+        kvx__boot_put(out, fixed, KVX__BOOT_HDR);
+        kvx__boot_put(out, f->proof, KVX_BOOT_PROOF);
+        break;
     default: return KVX_ERR_INVALID_ARGUMENT;
     }
     return out->oom ? KVX_ERR_NO_MEMORY : KVX_OK;
@@ -1013,7 +1085,6 @@ enum { KVX__BOOT_K_HTTP_LISTEN = 1, KVX__BOOT_K_CTRL_LISTEN, KVX__BOOT_K_HTTP, K
 enum { KVX__BOOT_PF_IDLE = 0, KVX__BOOT_PF_RESOLVING, KVX__BOOT_PF_READY, KVX__BOOT_PF_DEAD };
 enum { KVX__BOOT_H_READING = 0, KVX__BOOT_H_WRITING, KVX__BOOT_H_DRAINING };
 
-#define KVX__BOOT_MAX_OUT (256u << 20) /* queued bytes a control peer may leave unread */
 #define KVX__BOOT_MAX_PEERS 1024
 #define KVX__BOOT_RETRY_MS 200
 #define KVX__BOOT_HTTP_TIMEOUT_S 2.0
@@ -1039,6 +1110,11 @@ typedef struct kvx__boot_conn {
     size_t in_len, in_cap, need;
     uint64_t deadline_ns;
     int http_state, sent_continue, dropped, hello_done;
+    int loopback;       /* the far end is 127.0.0.0/8 or ::1 */
+    const char *close_why; /* under mu: why another thread asked to close (static text) */
+    int64_t pend_bytes; /* atomic: bytes of frames kept for this connection (pending rooms) */
+    int64_t charged;    /* atomic: in_cap + out_cap counted in boot->mem_total */
+    uint64_t last_rx_ns; /* atomic: when bytes last arrived (decode: heartbeats) */
     /* control: set before the connection is shared, then read-only */
     kvx__boot_pf *peer; /* decode: the prefill instance */
     uint64_t gen;     /* decode: peer generation, under boot->mu */
@@ -1064,6 +1140,8 @@ struct kvx__boot_pf {
     uint32_t nconns;
     int hb_failures;
     uint64_t next_hb_ns;
+    int ctrl_ping;        /* the server info said "kvx_heartbeat":"control" */
+    uint64_t ping_sent_ns, ping_seq;
     kvx__boot_pf *next;
 };
 
@@ -1077,6 +1155,7 @@ typedef struct kvx__boot_pframe {
     uint32_t n;
     int32_t *pages;
     char *reason;
+    int64_t cost; /* bytes charged to conn->pend_bytes and boot->mem_total */
 } kvx__boot_pframe;
 
 /* What kvx_boot keeps per room id. room == NULL: a prefill entry holding
@@ -1173,6 +1252,7 @@ struct kvx_boot {
     struct { int code; uint64_t count; } failures[KVX__BOOT_MAX_RESULTS];
     int nfailures;
     int nctrl; /* atomic: open control connections */
+    int64_t mem_total; /* atomic: bytes every connection holds (KVX_BOOT_MAX_TOTAL_BYTES) */
     kvx_boot *reg_next;
 };
 
@@ -1185,6 +1265,29 @@ static kvx_result kvx__boot_room_result(const kvx_room *r) {
 static int kvx__boot_terminal(const kvx_room *r) {
     kvx_poll p = kvx_room_poll(r);
     return p == KVX_POLL_FAILED || p == KVX_POLL_SUCCESS;
+}
+
+/* A failure the peer reported, or the loss of the peer: nothing is sent back. */
+static void kvx__boot_fail_remote(kvx_room *r, kvx_result res, const char *fmt, ...) KVX_PRINTF(3, 4);
+static void kvx__boot_fail_remote(kvx_room *r, kvx_result res, const char *fmt, ...) {
+    char msg[KVX_ERROR_MAX];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    kvx_room_fail(r, res, "%s", msg); /* TODO(core merge): kvx_room_fail_remote */
+}
+
+/* Fails r with the reason its peer sent: "<reason> (<who>)" when the
+   reason already names the room (so the core does not prefix it again),
+   else "<who>: <reason>". */
+static void kvx__boot_relay(kvx_room *r, kvx_result res, const char *reason, const char *who) {
+    char pre[40];
+    int pl = snprintf(pre, sizeof pre, "room %llu: ", (unsigned long long)kvx_room_id(r));
+    if (!reason || !reason[0]) kvx__boot_fail_remote(r, res, "%s (no reason given)", who);
+    else if (pl > 0 && !strncmp(reason, pre, (size_t)pl))
+        kvx__boot_fail_remote(r, res, "%s (%s)", reason, who);
+    else kvx__boot_fail_remote(r, res, "%s: %s", who, reason);
 }
 
 static void kvx__boot_vec_push(kvx__boot_vec *v, kvx__boot_br *br) {
@@ -1257,6 +1360,21 @@ static int kvx__boot_split(const char *addr, char *host, size_t hl, int *port, i
         while (*pp >= '0' && *pp <= '9' && digits < 6) { v = v * 10 + (*pp - '0'); pp++; digits++; }
         if (!digits || (*pp && *pp != '/') || v > 65535) return -1;
         *port = (int)v;
+    }
+    return 0;
+}
+
+/* 127.0.0.0/8, ::1 or ::ffff:127.0.0.0/104. */
+static int kvx__boot_is_loopback(const struct sockaddr *sa) {
+    if (sa->sa_family == AF_INET) {
+        const struct sockaddr_in *a = (const struct sockaddr_in *)(const void *)sa;
+        return (ntohl(a->sin_addr.s_addr) >> 24) == 127;
+    }
+    if (sa->sa_family == AF_INET6) {
+        const uint8_t *x = ((const struct sockaddr_in6 *)(const void *)sa)->sin6_addr.s6_addr;
+        static const uint8_t one[16] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1};
+        static const uint8_t v4[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+        return !memcmp(x, one, 16) || (!memcmp(x, v4, 12) && x[12] == 127);
     }
     return 0;
 }
@@ -1513,8 +1631,41 @@ static kvx__boot_conn *kvx__boot_conn_new(kvx_boot *b, int kind, int fd) {
 
 static void kvx__boot_conn_ref(kvx__boot_conn *c) { KVX__ADD(&c->refs, 1); }
 
+/* Counts a change of a connection's buffer capacity in the engine's total.
+   0 ok; -1 when growing would pass KVX_BOOT_MAX_TOTAL_BYTES (nothing counted). */
+static int kvx__boot_charge(kvx__boot_conn *c, int64_t delta) {
+    kvx_boot *b = c->boot;
+    if (delta > 0 && KVX__ADD(&b->mem_total, delta) > (int64_t)KVX_BOOT_MAX_TOTAL_BYTES) {
+        KVX__SUB(&b->mem_total, delta);
+        return -1;
+    }
+    if (delta < 0) KVX__SUB(&b->mem_total, -delta);
+    KVX__ADD(&c->charged, delta);
+    return 0;
+}
+
+static const char kvx__boot_over_conn[] =
+    "it holds more than KVX_BOOT_MAX_CONN_BYTES on this side (unread answers or frames "
+    "waiting for their sender)";
+static const char kvx__boot_over_total[] =
+    "the engine's connections together hold KVX_BOOT_MAX_TOTAL_BYTES";
+
+/* Grows c->in (I/O thread) to at least want bytes, within the total budget.
+   0 ok, -1 out of memory, -2 over the budget. */
+static int kvx__boot_in_grow(kvx__boot_conn *c, size_t want) {
+    uint8_t *ni;
+    if (want <= c->in_cap) return 0;
+    if (kvx__boot_charge(c, (int64_t)(want - c->in_cap))) return -2;
+    ni = (uint8_t *)realloc(c->in, want);
+    if (!ni) { kvx__boot_charge(c, -(int64_t)(want - c->in_cap)); return -1; }
+    c->in = ni;
+    c->in_cap = want;
+    return 0;
+}
+
 static void kvx__boot_conn_unref(kvx__boot_conn *c) {
     if (!c || KVX__SUB(&c->refs, 1) != 0) return;
+    if (c->charged) KVX__SUB(&c->boot->mem_total, c->charged);
     if (c->fd >= 0) close(c->fd);
     pthread_mutex_destroy(&c->mu);
     free(c->out);
@@ -1539,6 +1690,7 @@ static void kvx__boot_conn_shut(kvx__boot_conn *c) {
         if (c->fd >= 0) close(c->fd);
         c->fd = -1;
         free(c->out);
+        kvx__boot_charge(c, -(int64_t)c->out_cap);
         c->out = NULL;
         c->out_off = c->out_len = c->out_cap = 0;
         KVX__STORE(&c->want_write, 0);
@@ -1546,8 +1698,15 @@ static void kvx__boot_conn_shut(kvx__boot_conn *c) {
     pthread_mutex_unlock(&c->mu);
 }
 
+/* Under c->mu. Queues bytes within the connection's and the engine's
+   budgets; -1 (and close_why set) when they would be passed. */
 static int kvx__boot_conn_append(kvx__boot_conn *c, const uint8_t *p, size_t n) {
     if (c->out_off && c->out_off == c->out_len) c->out_off = c->out_len = 0;
+    if ((uint64_t)(c->out_len - c->out_off) + n + (uint64_t)KVX__LOAD(&c->pend_bytes) >
+        (uint64_t)KVX_BOOT_MAX_CONN_BYTES) {
+        c->close_why = kvx__boot_over_conn;
+        return -1;
+    }
     if (c->out_len + n > c->out_cap) {
         size_t nc = c->out_cap ? c->out_cap : 4096;
         uint8_t *no;
@@ -1556,11 +1715,18 @@ static int kvx__boot_conn_append(kvx__boot_conn *c, const uint8_t *p, size_t n) 
             c->out_len -= c->out_off;
             c->out_off = 0;
         }
-        if (c->out_len + n > KVX__BOOT_MAX_OUT) return -1;
         while (nc < c->out_len + n) nc *= 2;
         if (nc > c->out_cap) {
+            if (kvx__boot_charge(c, (int64_t)(nc - c->out_cap))) {
+                c->close_why = kvx__boot_over_total;
+                return -1;
+            }
             no = (uint8_t *)realloc(c->out, nc);
-            if (!no) return -1;
+            if (!no) {
+                kvx__boot_charge(c, -(int64_t)(nc - c->out_cap));
+                c->close_why = "out of memory";
+                return -1;
+            }
             c->out = no;
             c->out_cap = nc;
         }
@@ -1635,7 +1801,12 @@ static int kvx__boot_conn_flush(kvx__boot_conn *c) {
     }
     if (c->out_off == c->out_len) {
         c->out_off = c->out_len = 0;
-        if (c->out_cap > (1u << 20)) { free(c->out); c->out = NULL; c->out_cap = 0; }
+        if (c->out_cap > (1u << 20)) {
+            free(c->out);
+            kvx__boot_charge(c, -(int64_t)c->out_cap);
+            c->out = NULL;
+            c->out_cap = 0;
+        }
         KVX__STORE(&c->want_write, 0);
     }
     pthread_mutex_unlock(&c->mu);
@@ -1759,6 +1930,10 @@ static kvx__boot_br *kvx__boot_br_new(uint64_t id) {
 }
 
 static void kvx__boot_pframe_free(kvx__boot_pframe *f) {
+    if (f->cost) {
+        KVX__SUB(&f->conn->pend_bytes, f->cost);
+        KVX__SUB(&f->conn->boot->mem_total, f->cost);
+    }
     kvx__boot_conn_unref(f->conn);
     free(f->pages);
     free(f->reason);
@@ -2094,8 +2269,8 @@ static void kvx__boot_route_get(kvx_boot *b, kvx__boot_conn *c, const kvx_boot_h
                                "\"pp_size\":%d,\"page_size\":%d,\"kv_cache_dtype\":",
                            s->tp, s->cp, s->dp, s->pp, s->page_size);
             kvx_buf_json_str(&o, s->dtype[0] ? s->dtype : "auto");
-            kvx_buf_printf(&o, ",\"follow_bootstrap_room\":true,\"prefill_http_port\":%d}",
-                           s->http_port);
+            kvx_buf_printf(&o, ",\"follow_bootstrap_room\":true,\"prefill_http_port\":%d,"
+                               "\"kvx_heartbeat\":\"control\"}", s->http_port);
         }
     } else if (!s->ranks) {
         status = 503;
@@ -2159,6 +2334,7 @@ typedef struct kvx__boot_scan {
     int nfails;
     kvx_buf *list; /* /rooms */
     size_t listed;
+    uint64_t unfinished;
     uint64_t now;
 } kvx__boot_scan;
 
@@ -2176,6 +2352,7 @@ static void kvx__boot_scan_room(kvx_room *r, void *arg) {
             s->fails[s->nfails++].count = 1;
         }
     }
+    if (st != KVX_POLL_FAILED && st != KVX_POLL_SUCCESS) s->unfinished++;
     if (s->list && st != KVX_POLL_FAILED && st != KVX_POLL_SUCCESS && s->listed < 10000) {
         char peer[300] = "";
         kvx__boot_br *br;
@@ -2260,6 +2437,9 @@ static void kvx__boot_metrics(kvx_boot *b, kvx__boot_conn *c) {
     kvx_buf_free(&o);
 }
 
+/* Room ids let a stranger claim a room (the first room frame names its
+   destination), so only a loopback client gets the list; others get the
+   count and an empty list. */
 static void kvx__boot_rooms(kvx_boot *b, kvx__boot_conn *c) {
     kvx__boot_scan s;
     kvx_buf list, o;
@@ -2268,9 +2448,13 @@ static void kvx__boot_rooms(kvx_boot *b, kvx__boot_conn *c) {
     memset(&o, 0, sizeof o);
     s.b = b;
     s.now = kvx_now_ns();
-    s.list = &list;
+    s.list = c->loopback ? &list : NULL;
     kvx_engine_foreach_room(b->engine, kvx__boot_scan_room, &s);
-    kvx_buf_printf(&o, "{\"count\":%zu,\"rooms\":[%s]}", s.listed, list.data ? list.data : "");
+    if (c->loopback)
+        kvx_buf_printf(&o, "{\"count\":%zu,\"rooms\":[%s]}", s.listed, list.data ? list.data : "");
+    else
+        kvx_buf_printf(&o, "{\"count\":%llu,\"rooms\":[],\"note\":\"room ids are listed to "
+                           "loopback clients only\"}", (unsigned long long)s.unfinished);
     if (list.oom) o.oom = 1;
     kvx__boot_http_buf(b, c, 200, "application/json", &o);
     kvx_buf_free(&list);
@@ -2332,13 +2516,13 @@ static void kvx__boot_http_readable(kvx_boot *b, kvx__boot_conn *c) {
         ssize_t r;
         if (c->in_len == c->in_cap) {
             size_t nc = c->in_cap ? c->in_cap * 2 : 4096;
-            uint8_t *ni;
+            int g;
             if (c->in_cap >= cap) break;
             if (nc > cap) nc = cap;
-            ni = (uint8_t *)realloc(c->in, nc);
-            if (!ni) { kvx__boot_drop(b, c, "out of memory"); return; }
-            c->in = ni;
-            c->in_cap = nc;
+            if ((g = kvx__boot_in_grow(c, nc)) != 0) {
+                kvx__boot_drop(b, c, g == -2 ? kvx__boot_over_total : "out of memory");
+                return;
+            }
         }
         r = recv(c->fd, c->in + c->in_len, c->in_cap - c->in_len, 0);
         if (r > 0) { c->in_len += (size_t)r; continue; }
@@ -2402,6 +2586,16 @@ static void kvx__boot_reason_copy(char *out, size_t n, const char *s, uint32_t l
     out[len] = 0;
 }
 
+/* 1 when connection c owns room br's destination (it sent the room frame,
+   or on decode it is a target rank). */
+static int kvx__boot_owns(kvx_boot *b, kvx__boot_br *br, kvx__boot_conn *c) {
+    uint32_t k;
+    pthread_mutex_lock(&b->mu);
+    for (k = 0; k < br->nconns && br->conns[k] != c; k++) {}
+    pthread_mutex_unlock(&b->mu);
+    return k < br->nconns;
+}
+
 /* Applies one room frame to a sender that exists. br is referenced by the
    caller; boot->mu is not held. */
 static void kvx__boot_apply_room(kvx_boot *b, kvx__boot_br *br, kvx__boot_conn *c,
@@ -2428,20 +2622,22 @@ static void kvx__boot_apply_room(kvx_boot *b, kvx__boot_br *br, kvx__boot_conn *
     aborted = br->aborted;
     snprintf(reason, sizeof reason, "%s", br->abort_reason ? br->abort_reason : "aborted");
     pthread_mutex_unlock(&b->mu);
-    if (bad == 1 || bad == 2) {
-        snprintf(reason, sizeof reason,
-                 bad == 1 ? "room %llu: decode %s says %u decode ranks serve it, an earlier frame said %u"
-                          : "room %llu: decode %s sent its destination again (peer index %u of %u)",
-                 (unsigned long long)br->id, c->addr, bad == 1 ? (unsigned)count : (unsigned)idx,
-                 bad == 1 ? (unsigned)expected : (unsigned)count);
+    if (bad == 1 || bad == 2 || bad == 4) {
+        /* the destination is claimed: a frame that does not fit it is
+           refused to its sender and does not touch the room */
+        if (bad == 4)
+            snprintf(reason, sizeof reason, "room %llu: decode %s asks for %u pages, the room's "
+                     "destination has %u; refused", (unsigned long long)br->id, c->addr, n, prev);
+        else
+            snprintf(reason, sizeof reason,
+                     bad == 1 ? "room %llu: decode %s says %u decode ranks serve it, its "
+                                "destination already says %u; refused"
+                              : "room %llu: decode %s sent a destination for a slot already "
+                                "claimed (peer index %u of %u); refused",
+                     (unsigned long long)br->id, c->addr, bad == 1 ? (unsigned)count : (unsigned)idx,
+                     bad == 1 ? (unsigned)expected : (unsigned)count);
         kvx_engine_log(b->engine, KVX_LOG_WARN, "kvx.boot", br->id, "%s", reason);
         kvx__boot_conn_status(c, br->id, KVX_POLL_FAILED, KVX_ERR_PROTOCOL, 0, reason);
-        return;
-    }
-    if (bad == 4) {
-        kvx_room_fail(r, KVX_ERR_PROTOCOL, "decode ranks disagree on the page count of room %llu: "
-                      "%u from %s, %u before", (unsigned long long)br->id, n, c->addr, prev);
-        kvx__boot_conn_status(c, br->id, KVX_POLL_FAILED, KVX_ERR_PROTOCOL, 0, kvx__boot_room_error(r));
         return;
     }
     if (bad == 3) {
@@ -2491,6 +2687,24 @@ static void kvx__boot_pending_add(kvx__boot_br *br, kvx__boot_pframe *f) {
     br->frames_tail = f;
 }
 
+/* Charges a frame kept for a room with no sender yet to the connection
+   that sent it (under boot->mu). NULL ok, else why the connection must go. */
+static const char *kvx__boot_pend_charge(kvx__boot_conn *c, int64_t cost) {
+    int64_t out;
+    kvx_boot *b = c->boot;
+    pthread_mutex_lock(&c->mu);
+    out = (int64_t)(c->out_len - c->out_off);
+    pthread_mutex_unlock(&c->mu);
+    if (KVX__LOAD(&c->pend_bytes) + cost + out > (int64_t)KVX_BOOT_MAX_CONN_BYTES)
+        return kvx__boot_over_conn;
+    if (KVX__ADD(&b->mem_total, cost) > (int64_t)KVX_BOOT_MAX_TOTAL_BYTES) {
+        KVX__SUB(&b->mem_total, cost);
+        return kvx__boot_over_total;
+    }
+    KVX__ADD(&c->pend_bytes, cost);
+    return NULL;
+}
+
 static void kvx__boot_on_room_frame(kvx_boot *b, kvx__boot_conn *c, const kvx_boot_frame *f) {
     kvx__boot_br *br;
     uint32_t i, n = f->num_pages;
@@ -2510,6 +2724,8 @@ static void kvx__boot_on_room_frame(kvx_boot *b, kvx__boot_conn *c, const kvx_bo
     if (!br || !br->room) { /* the sender does not exist yet: keep the frame */
         kvx__boot_pframe *fr = NULL;
         const char *why = "too many rooms wait for their sender (KVX_BOOT_MAX_PENDING)";
+        const char *over = NULL;
+        int64_t cost = (int64_t)(sizeof *fr + sizeof *br + 4ull * n);
         br = kvx__boot_pending_entry(b, f->room);
         if (br && kvx__boot_pending_frames(br) >= KVX__BOOT_MAX_FRAMES_PER_ROOM) {
             br = NULL;
@@ -2519,12 +2735,20 @@ static void kvx__boot_on_room_frame(kvx_boot *b, kvx__boot_conn *c, const kvx_bo
             br = NULL;
             why = "too many destination pages wait for their senders";
         }
-        if (br) fr = (kvx__boot_pframe *)calloc(1, sizeof *fr);
-        if (fr && n) {
-            fr->pages = (int32_t *)malloc(n * sizeof *fr->pages);
-            if (!fr->pages) { free(fr); fr = NULL; }
+        if (br && (over = kvx__boot_pend_charge(c, cost)) != NULL) br = NULL;
+        if (br) {
+            fr = (kvx__boot_pframe *)calloc(1, sizeof *fr);
+            if (fr && n) {
+                fr->pages = (int32_t *)malloc(n * sizeof *fr->pages);
+                if (!fr->pages) { free(fr); fr = NULL; }
+            }
+            if (!fr) { /* uncharge */
+                KVX__SUB(&c->pend_bytes, cost);
+                KVX__SUB(&b->mem_total, cost);
+            }
         }
         if (fr) {
+            fr->cost = cost;
             fr->type = KVX_BOOT_FRAME_ROOM;
             fr->conn = c;
             kvx__boot_conn_ref(c);
@@ -2537,6 +2761,12 @@ static void kvx__boot_on_room_frame(kvx_boot *b, kvx__boot_conn *c, const kvx_bo
             b->pending_pages += n;
         }
         pthread_mutex_unlock(&b->mu);
+        if (over) { /* past its budget: the connection goes, and with it only its rooms */
+            kvx_engine_log(b->engine, KVX_LOG_WARN, "kvx.boot", f->room,
+                           "closing control connection %s: %s", c->addr, over);
+            kvx__boot_drop(b, c, over);
+            return;
+        }
         if (!fr) kvx__boot_conn_status(c, f->room, KVX_POLL_FAILED, KVX_ERR_NO_SPACE, 0, br ? "out of memory" : why);
         return;
     }
@@ -2554,32 +2784,58 @@ static void kvx__boot_on_abort_frame(kvx_boot *b, kvx__boot_conn *c, const kvx_b
     kvx__boot_reason_copy(reason, sizeof reason, f->reason, f->reason_len);
     pthread_mutex_lock(&b->mu);
     br = kvx__boot_find(b, f->room);
-    if (b->role == KVX_ROLE_PREFILL && (!br || !br->room)) {
-        kvx__boot_pframe *fr = NULL;
-        br = kvx__boot_pending_entry(b, f->room);
-        if (br && kvx__boot_pending_frames(br) < KVX__BOOT_MAX_FRAMES_PER_ROOM)
+    if (b->role == KVX_ROLE_PREFILL && br && !br->room) {
+        /* no sender yet: kept only when this connection sent the room's
+           destination (then it owns the room), once */
+        kvx__boot_pframe *fr, *own = NULL;
+        const char *over = NULL;
+        int64_t cost = (int64_t)(sizeof *fr + strlen(reason) + 1);
+        for (fr = br->frames; fr; fr = fr->next) {
+            if (fr->conn != c) continue;
+            if (fr->type == KVX_BOOT_FRAME_ABORT) { own = NULL; break; }
+            own = fr;
+        }
+        fr = NULL;
+        if (own && (over = kvx__boot_pend_charge(c, cost)) == NULL) {
             fr = (kvx__boot_pframe *)calloc(1, sizeof *fr);
+            if (fr) fr->reason = strdup(reason);
+            if (!fr || !fr->reason) {
+                free(fr);
+                fr = NULL;
+                KVX__SUB(&c->pend_bytes, cost);
+                KVX__SUB(&b->mem_total, cost);
+            }
+        }
         if (fr) {
             fr->type = KVX_BOOT_FRAME_ABORT;
             fr->conn = c;
+            fr->cost = cost;
             kvx__boot_conn_ref(c);
-            fr->reason = strdup(reason);
             kvx__boot_pending_add(br, fr);
         }
         pthread_mutex_unlock(&b->mu);
+        if (over) kvx__boot_drop(b, c, over);
         return;
     }
     if (!br || !br->room) { pthread_mutex_unlock(&b->mu); return; }
+    /* only the connection that owns the room's destination (prefill: sent
+       its room frame; decode: the target rank) may abort it */
     for (k = 0; k < br->nconns && br->conns[k] != c; k++) {}
-    if (k == br->nconns && (b->role == KVX_ROLE_DECODE || br->nconns)) {
-        pthread_mutex_unlock(&b->mu); /* not from this room's peer */
+    if (k == br->nconns) {
+        pthread_mutex_unlock(&b->mu);
+        kvx_engine_log(b->engine, KVX_LOG_INFO, "kvx.boot", f->room,
+                       "ignored an abort from %s, which does not own the room", c->addr);
         return;
     }
     KVX__ADD(&br->refs, 1);
     r = br->room;
     pthread_mutex_unlock(&b->mu);
-    kvx_room_fail(r, KVX_ERR_ABORTED, "aborted by the %s engine at %s: %s",
-                  b->role == KVX_ROLE_PREFILL ? "decode" : "prefill", c->addr, reason);
+    {
+        char who[160];
+        snprintf(who, sizeof who, "aborted by the %s engine at %s",
+                 b->role == KVX_ROLE_PREFILL ? "decode" : "prefill", c->addr);
+        kvx__boot_relay(r, KVX_ERR_ABORTED, reason, who);
+    }
     if (b->hooks.on_abort) b->hooks.on_abort(b, r, &c->info, reason);
     kvx__boot_br_unref(br);
 }
@@ -2666,9 +2922,10 @@ static void kvx__boot_on_status_frame(kvx_boot *b, kvx__boot_conn *c, const kvx_
                        "prefill rank %s reported Success before this receiver sent its "
                        "destination; ignored", c->addr);
     } else if (f->state == KVX_POLL_FAILED) {
-        kvx_room_fail(r, f->result < 0 ? (kvx_result)f->result : KVX_ERR_PEER,
-                      "prefill rank %s (bootstrap %s) failed the room: %s", c->addr,
-                      c->peer ? c->peer->addr : "?", reason[0] ? reason : "no reason given");
+        char who[600];
+        snprintf(who, sizeof who, "failed by prefill rank %s (bootstrap %s)", c->addr,
+                 c->peer ? c->peer->addr : "?");
+        kvx__boot_relay(r, f->result < 0 ? (kvx_result)f->result : KVX_ERR_PEER, reason, who);
     }
     kvx__boot_br_unref(br);
 }
@@ -2697,7 +2954,7 @@ static void kvx__boot_fail_all(kvx__boot_vec *v, kvx_result res, const char *fmt
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    for (i = 0; i < v->n; i++) kvx_room_fail(v->v[i]->room, res, "%s", msg);
+    for (i = 0; i < v->n; i++) kvx__boot_fail_remote(v->v[i]->room, res, "%s", msg);
     kvx__boot_vec_release(v);
 }
 
@@ -2799,6 +3056,14 @@ static int kvx__boot_dispatch(kvx_boot *b, kvx__boot_conn *c, const kvx_boot_fra
     case KVX_BOOT_FRAME_ABORT:
         kvx__boot_on_abort_frame(b, c, f);
         return c->dropped;
+    case KVX_BOOT_FRAME_PING: { /* heartbeat: answer at once */
+        uint8_t pong[KVX__BOOT_HDR + 8];
+        kvx__boot_hdr(pong, 8, KVX_BOOT_FRAME_PONG);
+        kvx__le_w64(pong + KVX__BOOT_HDR, f->seq);
+        kvx__boot_conn_send(c, pong, sizeof pong);
+        return 0;
+    }
+    case KVX_BOOT_FRAME_PONG: return 0; /* last_rx_ns is all it does */
     default: break;
     }
     snprintf(msg, sizeof msg, "protocol error: unexpected %s frame on a %s engine",
@@ -2835,7 +3100,11 @@ static int kvx__boot_ctrl_frames(kvx_boot *b, kvx__boot_conn *c) {
     }
     if (c->in_cap > (1u << 20) && c->in_len < (64u << 10) && c->need < (64u << 10)) {
         uint8_t *ni = (uint8_t *)realloc(c->in, 64u << 10);
-        if (ni) { c->in = ni; c->in_cap = 64u << 10; }
+        if (ni) {
+            kvx__boot_charge(c, -(int64_t)(c->in_cap - (64u << 10)));
+            c->in = ni;
+            c->in_cap = 64u << 10;
+        }
     }
     return 0;
 }
@@ -2843,17 +3112,24 @@ static int kvx__boot_ctrl_frames(kvx_boot *b, kvx__boot_conn *c) {
 static void kvx__boot_ctrl_readable(kvx_boot *b, kvx__boot_conn *c) {
     int rounds;
     for (rounds = 0; rounds < 64; rounds++) {
-        size_t want = c->need > c->in_len + 4096 ? c->need : c->in_len + (64u << 10);
+        /* the buffer grows as bytes arrive (doubling up to the frame's size),
+           so a header announcing 64 MiB costs nothing until they come */
+        size_t want = c->in_len + (64u << 10);
         ssize_t r;
-        if (want > c->in_cap) {
-            uint8_t *ni = (uint8_t *)realloc(c->in, want);
-            if (!ni) { kvx__boot_drop(b, c, "out of memory for an incoming frame"); return; }
-            c->in = ni;
-            c->in_cap = want;
+        int g;
+        if (c->need > want) {
+            size_t dbl = c->in_cap * 2;
+            want = dbl > want ? dbl : want;
+            if (want > c->need) want = c->need;
+        }
+        if (c->in_len + 4096 > c->in_cap && (g = kvx__boot_in_grow(c, want)) != 0) {
+            kvx__boot_drop(b, c, g == -2 ? kvx__boot_over_total : "out of memory for an incoming frame");
+            return;
         }
         r = recv(c->fd, c->in + c->in_len, c->in_cap - c->in_len, 0);
         if (r > 0) {
             size_t space = c->in_cap - c->in_len;
+            KVX__STORE(&c->last_rx_ns, kvx_now_ns());
             c->in_len += (size_t)r;
             if (kvx__boot_ctrl_frames(b, c)) return;
             if ((size_t)r < space) return;
@@ -2917,6 +3193,10 @@ static void kvx__boot_accept(kvx_boot *b, kvx__boot_conn *l) {
             close(fd);
             continue;
         }
+        if (l->kind == KVX__BOOT_K_CTRL_LISTEN && KVX__LOAD(&b->nctrl) >= KVX_BOOT_MAX_CTRL_CONNS) {
+            close(fd); /* KVX_BOOT_MAX_CTRL_CONNS */
+            continue;
+        }
         c = kvx__boot_conn_new(b, l->kind == KVX__BOOT_K_HTTP_LISTEN ? KVX__BOOT_K_HTTP : KVX__BOOT_K_CTRL, fd);
         if (!c || kvx__boot_io_add(b, c)) {
             if (c) kvx__boot_conn_unref(c);
@@ -2924,6 +3204,7 @@ static void kvx__boot_accept(kvx_boot *b, kvx__boot_conn *l) {
             continue;
         }
         kvx__boot_sa_str((struct sockaddr *)&ss, c->addr, sizeof c->addr);
+        c->loopback = kvx__boot_is_loopback((struct sockaddr *)&ss);
         c->deadline_ns = kvx_now_ns() + (uint64_t)KVX_BOOT_READ_TIMEOUT_MS * 1000000ull;
         if (c->kind == KVX__BOOT_K_CTRL) {
             kvx__boot_nodelay(fd);
@@ -3005,7 +3286,11 @@ static void kvx__boot_housekeeping(kvx_boot *b) {
             continue;
         }
         if (KVX__LOAD(&c->want_close)) {
-            kvx__boot_drop(b, c, "the connection broke while sending");
+            const char *why;
+            pthread_mutex_lock(&c->mu);
+            why = c->close_why ? c->close_why : "the connection broke while sending";
+            pthread_mutex_unlock(&c->mu);
+            kvx__boot_drop(b, c, why);
             continue;
         }
         if (c->deadline_ns && now >= c->deadline_ns) {
@@ -3271,10 +3556,9 @@ static kvx_result kvx__boot_ctrl_connect(kvx_boot *b, kvx__boot_pf *p, const cha
         c->peer = p;
         c->info.bootstrap = p->addr;
         if (in.len > used) { /* nothing else is expected yet, but keep it */
-            c->in = (uint8_t *)malloc(in.len - used);
-            if (c->in) {
+            if (kvx__boot_in_grow(c, in.len - used) == 0) {
                 memcpy(c->in, in.data + used, in.len - used);
-                c->in_len = c->in_cap = in.len - used;
+                c->in_len = in.len - used;
             }
         }
         kvx_buf_free(&in);
@@ -3287,7 +3571,7 @@ static kvx_result kvx__boot_ctrl_connect(kvx_boot *b, kvx__boot_pf *p, const cha
 }
 
 typedef struct kvx__boot_res {
-    int tp, cp, dp, pp;
+    int tp, cp, dp, pp, ctrl_ping;
     uint32_t per_dp;
     uint16_t peer_index, peer_count;
     kvx__boot_conn **conns;
@@ -3306,11 +3590,13 @@ static void kvx__boot_res_free(kvx__boot_res *rs) {
 
 /* Server info as the decode side reads it (pure; fuzzed). 0 ok, -1 bad. */
 static int kvx__boot_info_parse(const char *text, size_t len, int *tp, int *cp, int *dp, int *pp,
-                                int *page_size, char *dtype, size_t dl) {
+                                int *page_size, char *dtype, size_t dl, int *ctrl_ping) {
     kvx_json_doc d;
     const kvx_json *root;
+    char hb[16] = "";
     int ok;
     *tp = *cp = *dp = *pp = 1;
+    *ctrl_ping = 0;
     *page_size = 0;
     dtype[0] = 0;
     if (kvx_json_parse(&d, text ? text : "", len, 256) != KVX_OK) { kvx_json_free(&d); return -1; }
@@ -3322,6 +3608,8 @@ static int kvx__boot_info_parse(const char *text, size_t len, int *tp, int *cp, 
          kvx__boot_jint(&d, root, "pp_size", 1, 1024, pp) >= 0 &&
          kvx__boot_jint(&d, root, "page_size", 1, 1 << 24, page_size) == 1 &&
          kvx__boot_jstr(&d, root, "kv_cache_dtype", dtype, dl) >= 0;
+    if (ok && kvx__boot_jstr(&d, root, "kvx_heartbeat", hb, sizeof hb) == 1 && !strcmp(hb, "control"))
+        *ctrl_ping = 1;
     kvx_json_free(&d);
     return ok ? 0 : -1;
 }
@@ -3352,7 +3640,7 @@ static kvx_result kvx__boot_resolve(kvx_boot *b, kvx__boot_pf *p, kvx__boot_res 
                             "target_pp_rank=-1", &body, why, wl);
     if (r != KVX_OK) return r;
     bad = kvx__boot_info_parse(body.data, body.len, &rs->tp, &rs->cp, &rs->dp, &rs->pp, &page_size,
-                               dtype, sizeof dtype);
+                               dtype, sizeof dtype, &rs->ctrl_ping);
     kvx_buf_free(&body);
     if (bad) {
         kvx__set_why(why, wl, "bootstrap server %s:%d sent server info without valid attn_tp_size, "
@@ -3462,6 +3750,8 @@ static void kvx__boot_resolve_job(void *arg) {
         p->nconns = rs.nconns;
         p->tp = rs.tp; p->cp = rs.cp; p->dp = rs.dp; p->pp = rs.pp;
         p->per_dp = rs.per_dp;
+        p->ctrl_ping = rs.ctrl_ping;
+        p->ping_sent_ns = 0;
         p->peer_index = rs.peer_index;
         p->peer_count = rs.peer_count;
         p->state = KVX__BOOT_PF_READY;
@@ -3530,6 +3820,54 @@ static void kvx__boot_resolve_job(void *arg) {
 
 /* >>boot: decode client: heartbeats --------------------------------------------------- */
 
+/* Under boot->mu (released and taken again on failure): counts one
+   heartbeat of prefill p, failing its unfinished rooms after
+   KVX_HEARTBEAT_MAX_FAILURE misses in a row. */
+static void kvx__boot_hb_result(kvx_boot *b, kvx__boot_pf *p, int ok, const char *err) {
+    kvx__boot_vec fail;
+    int nf;
+    memset(&fail, 0, sizeof fail);
+    p->next_hb_ns = kvx_now_ns() + (uint64_t)(b->hb_interval * 1e9);
+    if (ok) { p->hb_failures = 0; return; }
+    if (++p->hb_failures < b->hb_max_failure) {
+        kvx_engine_log(b->engine, KVX_LOG_INFO, "kvx.boot", 0, "heartbeat %d of %d to prefill %s failed: %s",
+                       p->hb_failures, b->hb_max_failure, p->addr, err);
+        return;
+    }
+    nf = p->hb_failures;
+    kvx__boot_peer_dead_locked(b, p, &fail);
+    pthread_mutex_unlock(&b->mu);
+    kvx_engine_log(b->engine, KVX_LOG_WARN, "kvx.boot", 0, "prefill %s failed %d heartbeats (%s); failing %zu rooms",
+                   p->addr, nf, err, fail.n);
+    kvx__boot_fail_all(&fail, KVX_ERR_PEER_LOST,
+                       "lost connection with prefill instance %s: %d consecutive heartbeats failed "
+                       "(last: %s)", p->addr, nf, err);
+    pthread_mutex_lock(&b->mu);
+}
+
+/* Under boot->mu. A prefill that announced "kvx_heartbeat":"control" is
+   pinged on its control connections (never blocks, needs no HTTP slot):
+   a miss is a connection on which nothing arrived since the previous ping. */
+static void kvx__boot_hb_ping(kvx_boot *b, kvx__boot_pf *p) {
+    uint8_t ping[KVX__BOOT_HDR + 8];
+    char err[200] = "";
+    uint32_t k;
+    int ok = 1;
+    uint64_t now = kvx_now_ns();
+    for (k = 0; p->ping_sent_ns && k < p->nconns && ok; k++)
+        if (KVX__LOAD(&p->conns[k]->last_rx_ns) < p->ping_sent_ns) {
+            ok = 0;
+            snprintf(err, sizeof err, "rank %s did not answer a ping on its control connection "
+                     "within %.1f s", p->conns[k]->addr, (double)(now - p->ping_sent_ns) / 1e9);
+        }
+    p->ping_sent_ns = now;
+    p->ping_seq++;
+    kvx__boot_hdr(ping, 8, KVX_BOOT_FRAME_PING);
+    kvx__le_w64(ping + KVX__BOOT_HDR, p->ping_seq);
+    for (k = 0; k < p->nconns; k++) kvx__boot_conn_send(p->conns[k], ping, sizeof ping);
+    kvx__boot_hb_result(b, p, ok, err);
+}
+
 static void *kvx__boot_hb_main(void *arg) {
     kvx_boot *b = (kvx_boot *)arg;
     double tmo = b->hb_interval < 0.1 ? 0.1 : b->hb_interval > 2 ? 2 : b->hb_interval;
@@ -3543,40 +3881,23 @@ static void *kvx__boot_hb_main(void *arg) {
             if (p->next_hb_ns <= now) { due = p; break; }
             if (p->next_hb_ns < next) next = p->next_hb_ns;
         }
-        if (due) {
+        if (due && due->ctrl_ping) {
+            kvx__boot_hb_ping(b, due);
+            continue;
+        }
+        if (due) { /* a prefill without control pings: GET /health, as SGLang does */
             uint64_t gen = due->gen;
             int status = 0, refused = 0, ok;
             char err[200] = "";
             kvx_buf body;
-            kvx__boot_vec fail;
             memset(&body, 0, sizeof body);
-            memset(&fail, 0, sizeof fail);
             pthread_mutex_unlock(&b->mu);
             ok = kvx__boot_http_call(due->host, due->port, "GET", "/health", NULL, 0, tmo, &status,
                                      &body, err, sizeof err, &refused) == KVX_OK && status == 200;
             if (!ok && status) snprintf(err, sizeof err, "GET /health answered %d", status);
             kvx_buf_free(&body);
             pthread_mutex_lock(&b->mu);
-            if (due->gen == gen && due->state == KVX__BOOT_PF_READY) {
-                due->next_hb_ns = kvx_now_ns() + (uint64_t)(b->hb_interval * 1e9);
-                if (ok) due->hb_failures = 0;
-                else if (++due->hb_failures >= b->hb_max_failure) {
-                    int nf = due->hb_failures;
-                    kvx__boot_peer_dead_locked(b, due, &fail);
-                    pthread_mutex_unlock(&b->mu);
-                    kvx_engine_log(b->engine, KVX_LOG_WARN, "kvx.boot", 0,
-                                   "prefill %s failed %d heartbeats (%s); failing %zu rooms",
-                                   due->addr, nf, err, fail.n);
-                    kvx__boot_fail_all(&fail, KVX_ERR_PEER_LOST,
-                                       "lost connection with prefill instance %s: %d consecutive "
-                                       "heartbeats failed (last: %s)", due->addr, nf, err);
-                    pthread_mutex_lock(&b->mu);
-                } else {
-                    kvx_engine_log(b->engine, KVX_LOG_INFO, "kvx.boot", 0,
-                                   "heartbeat %d of %d to prefill %s failed: %s", due->hb_failures,
-                                   b->hb_max_failure, due->addr, err);
-                }
-            }
+            if (due->gen == gen && due->state == KVX__BOOT_PF_READY) kvx__boot_hb_result(b, due, ok, err);
             continue;
         }
         clock_gettime(CLOCK_REALTIME, &ts);
@@ -3743,9 +4064,9 @@ KVX_API kvx_result kvx_boot_room_open(kvx_boot *b, kvx_room *r) {
         for (f = frames; f; f = f->next) {
             if (f->type == KVX_BOOT_FRAME_ROOM) {
                 kvx__boot_apply_room(b, br, f->conn, f->pages, f->n, f->aux, f->idx, f->count);
-            } else {
-                kvx_room_fail(r, KVX_ERR_ABORTED, "aborted by the decode engine at %s: %s",
-                              f->conn->addr, f->reason ? f->reason : "no reason given");
+            } else if (kvx__boot_owns(b, br, f->conn)) {
+                kvx__boot_fail_remote(r, KVX_ERR_ABORTED, "aborted by the decode engine at %s: %s",
+                                      f->conn->addr, f->reason ? f->reason : "no reason given");
                 if (b->hooks.on_abort) b->hooks.on_abort(b, r, &f->conn->info, f->reason);
             }
         }
