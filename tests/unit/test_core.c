@@ -6,6 +6,7 @@
 #include "../kvx_test.h"
 #include <unistd.h>
 #include <time.h>
+#include <sys/stat.h>
 
 static void sleep_ms(int ms) {
     struct timespec ts;
@@ -334,7 +335,9 @@ static void test_fake_flow(void) {
     CHECK(kvx_sender_create(pe, &rd, &s) == KVX_OK, "sender");
     CHECK(kvx_sender_poll(s) == KVX_POLL_WAITING_FOR_INPUT, "fake: no handshake");
     CHECK(kvx_sender_send(s, pages, 3) == KVX_ERR_STATE, "send before init");
-    CHECK_STR(kvx_sender_error(s), "send before init");
+    CHECK_STR(kvx_sender_call_error(s), "send before init");
+    CHECK(kvx_sender_error(s)[0] == 0, "a refused call leaves no failure text (got '%s')",
+          kvx_sender_error(s));
     CHECK(kvx_sender_poll(s) == KVX_POLL_WAITING_FOR_INPUT, "still usable after refused send");
     CHECK(kvx_sender_init(s, 3, 9) == KVX_ERR_OUT_OF_RANGE, "aux slot beyond aux buffers");
     CHECK(kvx_sender_poll(s) == KVX_POLL_FAILED && kvx_sender_result(s) == KVX_ERR_OUT_OF_RANGE,
@@ -465,6 +468,287 @@ static void test_timeouts(void) {
     unsetenv("KVX_BOOTSTRAP_TIMEOUT");
 }
 
+
+/* A transport that records what the core tells it about failures. */
+static int rec_failed_calls, rec_abort_calls, rec_close_after_failed;
+static char rec_reason[KVX_ERROR_MAX];
+static kvx_result rec_open(kvx_room *r) {
+    kvx_room_advance(r, KVX_POLL_WAITING_FOR_INPUT);
+    return KVX_OK;
+}
+static kvx_result rec_send(kvx_room *r, kvx_chunk *c) {
+    int last = c->is_last;
+    kvx_chunk_free(kvx_room_engine(r), c);
+    if (last) kvx_room_succeed(r, 0);
+    return KVX_OK;
+}
+static void rec_failed(kvx_room *r) {
+    snprintf(rec_reason, sizeof rec_reason, "%s", kvx_room_error(r));
+    __atomic_add_fetch(&rec_failed_calls, 1, __ATOMIC_ACQ_REL);
+}
+static void rec_abort(kvx_room *r, const char *why) {
+    (void)r; (void)why;
+    __atomic_add_fetch(&rec_abort_calls, 1, __ATOMIC_ACQ_REL);
+}
+static void rec_close(kvx_room *r) {
+    (void)r;
+    if (__atomic_load_n(&rec_failed_calls, __ATOMIC_ACQUIRE)) rec_close_after_failed++;
+}
+static int wait_count(int *c, int want) {
+    uint64_t t0 = kvx_now_ns();
+    while (__atomic_load_n(c, __ATOMIC_ACQUIRE) < want && kvx_now_ns() - t0 < 10000000000ull)
+        sleep_ms(1);
+    return __atomic_load_n(c, __ATOMIC_ACQUIRE);
+}
+static void rec_reset(void) {
+    __atomic_store_n(&rec_failed_calls, 0, __ATOMIC_RELEASE);
+    __atomic_store_n(&rec_abort_calls, 0, __ATOMIC_RELEASE);
+    rec_close_after_failed = 0;
+    rec_reason[0] = 0;
+}
+
+/* Issue 10 items 1-5 at the core: one notification per local failure, none
+   for remote ones or for terminal rooms, first reason wins, refused calls
+   leave no failure text, every sentence names the room. */
+static void test_failure_semantics(void) {
+    static kvx_backend rec, legacy;
+    kvx_engine *pe, *le;
+    kvx_sender *s;
+    kvx_room_desc rd;
+    int32_t pages[3] = {2, 0, 1}, bad[1] = {9};
+    memset(&rec, 0, sizeof rec);
+    rec.name = "recorder";
+    rec.room_open = rec_open;
+    rec.sender_send = rec_send;
+    rec.room_failed = rec_failed;
+    rec.room_abort = rec_abort;
+    rec.room_close = rec_close;
+    legacy = rec;
+    legacy.name = "recorder-legacy";
+    legacy.room_failed = NULL;
+    pe = make_engine(KVX_ROLE_PREFILL, &rec);
+    le = make_engine(KVX_ROLE_PREFILL, &legacy);
+    memset(&rd, 0, sizeof rd);
+    rd.room = 4242;
+
+    /* item 4: refused calls, then success: no failure text */
+    rec_reset();
+    kvx_sender_create(pe, &rd, &s);
+    CHECK(kvx_sender_send(s, pages, 3) == KVX_ERR_STATE, "send before init refused");
+    CHECK(kvx_sender_init(s, 3, -1) == KVX_OK, "init");
+    CHECK(kvx_sender_init(s, 3, -1) == KVX_ERR_STATE, "init twice refused");
+    CHECK(kvx_sender_send(s, pages, 3) == KVX_OK, "send");
+    CHECK(kvx_sender_send(s, pages, 1) == KVX_ERR_STATE, "send after the last chunk refused");
+    CHECK(kvx_sender_poll(s) == KVX_POLL_SUCCESS && kvx_sender_error(s)[0] == 0 &&
+              kvx_sender_result(s) == KVX_OK,
+          "success after refused calls: error '%s'", kvx_sender_error(s));
+    CHECK_STR(kvx_sender_call_error(s), "send after the last chunk");
+    /* item 2: abort after Success changes nothing and tells nobody */
+    kvx_sender_abort(s, "too late");
+    CHECK(kvx_sender_poll(s) == KVX_POLL_SUCCESS && kvx_sender_error(s)[0] == 0,
+          "abort after success ignored");
+    kvx_sender_destroy(s);
+    kvx_engine_destroy(make_engine(KVX_ROLE_PREFILL, NULL)); /* a tick for the hook to run */
+    CHECK(__atomic_load_n(&rec_failed_calls, __ATOMIC_ACQUIRE) == 0 &&
+              __atomic_load_n(&rec_abort_calls, __ATOMIC_ACQUIRE) == 0,
+          "no hook for a room that succeeded (failed %d, abort %d)", rec_failed_calls,
+          rec_abort_calls);
+
+    /* item 1 + 5: a local refusal is handed to room_failed once, naming the room */
+    rec_reset();
+    kvx_sender_create(pe, &rd, &s);
+    kvx_sender_init(s, 1, -1);
+    CHECK(kvx_sender_send(s, bad, 1) == KVX_ERR_OUT_OF_RANGE, "bad page refused");
+    CHECK(wait_count(&rec_failed_calls, 1) == 1, "room_failed called for a local failure");
+    CHECK(!strncmp(rec_reason, "room 4242: ", 11) && strstr(rec_reason, "page index 9"),
+          "the hook sees the first reason naming the room: '%s'", rec_reason);
+    CHECK(!strncmp(kvx_sender_error(s), "room 4242: ", 11), "error names the room: '%s'",
+          kvx_sender_error(s));
+    /* item 3: later aborts change nothing */
+    kvx_sender_abort(s, "second reason");
+    kvx_sender_abort(s, "third reason");
+    CHECK(kvx_sender_result(s) == KVX_ERR_OUT_OF_RANGE && strstr(kvx_sender_error(s), "page index 9"),
+          "first reason wins: '%s'", kvx_sender_error(s));
+    kvx_sender_destroy(s);
+    CHECK(__atomic_load_n(&rec_failed_calls, __ATOMIC_ACQUIRE) == 1 &&
+              __atomic_load_n(&rec_abort_calls, __ATOMIC_ACQUIRE) == 0,
+          "exactly one notification, no room_abort for a backend with room_failed (%d, %d)",
+          rec_failed_calls, rec_abort_calls);
+
+    /* an abort: notified once with the abort's reason, even when the room is
+       destroyed at once (the hook runs before room_close) */
+    rec_reset();
+    kvx_sender_create(pe, &rd, &s);
+    kvx_sender_abort(s, "first");
+    kvx_sender_abort(s, "second");
+    kvx_sender_destroy(s);
+    CHECK(wait_count(&rec_failed_calls, 1) == 1 && strstr(rec_reason, "first") &&
+              !strstr(rec_reason, "second"),
+          "abort then destroy: one notification with the first reason: '%s'", rec_reason);
+    CHECK(rec_close_after_failed == 1, "room_failed ran before room_close");
+
+    /* a failure reported by the peer is not echoed back; its prefix is not doubled */
+    rec_reset();
+    kvx_sender_create(pe, &rd, &s);
+    kvx_room_fail_remote((kvx_room *)s, KVX_ERR_PEER, "room 4242: the decode said no");
+    kvx_room_fail((kvx_room *)s, KVX_ERR_IO, "a later local error");
+    CHECK(!strcmp(kvx_sender_error(s), "room 4242: the decode said no"),
+          "relayed reason kept as is: '%s'", kvx_sender_error(s));
+    kvx_sender_destroy(s);
+    kvx_engine_destroy(make_engine(KVX_ROLE_PREFILL, NULL));
+    CHECK(__atomic_load_n(&rec_failed_calls, __ATOMIC_ACQUIRE) == 0,
+          "no notification for a remote failure (%d)", rec_failed_calls);
+
+    /* engine destroy fails open rooms and notifies them */
+    rec_reset();
+    kvx_sender_create(pe, &rd, &s);
+    kvx_engine_destroy(pe);
+    CHECK(rec_failed_calls == 1 && strstr(rec_reason, "engine was destroyed"),
+          "engine destroy notifies open rooms: %d '%s'", rec_failed_calls, rec_reason);
+
+    /* legacy backends (no room_failed): room_abort only when the abort failed the room */
+    rec_reset();
+    kvx_sender_create(le, &rd, &s);
+    kvx_sender_init(s, 1, -1);
+    kvx_sender_send(s, pages, 1);
+    kvx_sender_abort(s, "after success");
+    CHECK(rec_abort_calls == 0, "legacy: no room_abort after success");
+    kvx_sender_destroy(s);
+    kvx_sender_create(le, &rd, &s);
+    kvx_sender_abort(s, "one");
+    kvx_sender_abort(s, "two");
+    CHECK(rec_abort_calls == 1, "legacy: room_abort once for two aborts (%d)", rec_abort_calls);
+    kvx_sender_destroy(s);
+    kvx_engine_destroy(le);
+}
+
+/* Issue 10 item 10: every core setting has a range; values outside it are
+   refused naming the variable instead of overflowing. */
+static void test_settings(void) {
+    static const struct { const char *var, *val; int ok; } cases[] = {
+        {"KVX_BOOTSTRAP_TIMEOUT", "1e11", 0}, {"KVX_BOOTSTRAP_TIMEOUT", "-1", 0},
+        {"KVX_BOOTSTRAP_TIMEOUT", "nan", 0},  {"KVX_BOOTSTRAP_TIMEOUT", "3x", 0},
+        {"KVX_WAITING_TIMEOUT", "1e300", 0},  {"KVX_WAITING_TIMEOUT", "inf", 0},
+        {"KVX_WAITING_TIMEOUT", "0", 1},      {"KVX_WAITING_TIMEOUT", "1e6", 1},
+        {"KVX_POLL_INTERVAL_US", "0", 1},     {"KVX_POLL_INTERVAL_US", "2000000", 0},
+        {"KVX_POLL_INTERVAL_US", "1.5", 0},   {"KVX_POLL_INTERVAL_US", "-3", 0},
+    };
+    kvx_engine_desc d;
+    kvx_engine *e;
+    char why[320];
+    size_t i;
+    for (i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        kvx_result r;
+        memset(&d, 0, sizeof d);
+        d.role = KVX_ROLE_DECODE;
+        d.layout = small_layout();
+        setenv(cases[i].var, cases[i].val, 1);
+        e = NULL;
+        why[0] = 0;
+        r = kvx_engine_create(&d, &e, why, sizeof why);
+        if (cases[i].ok) {
+            CHECK(r == KVX_OK, "%s=%s accepted: %s", cases[i].var, cases[i].val, why);
+        } else {
+            CHECK(r == KVX_ERR_BAD_CONFIG && !e && strstr(why, cases[i].var),
+                  "%s=%s refused naming it: %s", cases[i].var, cases[i].val, why);
+        }
+        if (e && !strcmp(cases[i].val, "0"))
+            CHECK(kvx_engine_settings(e)->waiting_timeout_s == 300 &&
+                      kvx_engine_settings(e)->poll_interval_us == 1000,
+                  "0 means the default");
+        kvx_engine_destroy(e);
+        unsetenv(cases[i].var);
+    }
+    memset(&d, 0, sizeof d);
+    d.role = KVX_ROLE_DECODE;
+    d.layout = small_layout();
+    d.bootstrap_timeout_s = -5;
+    CHECK(kvx_engine_create(&d, &e, why, sizeof why) == KVX_ERR_BAD_CONFIG &&
+              strstr(why, "KVX_BOOTSTRAP_TIMEOUT") && strstr(why, "desc"),
+          "a negative desc timeout is refused: %s", why);
+}
+
+static void hex32(const uint8_t *m, char *out) {
+    int i;
+    for (i = 0; i < 32; i++) sprintf(out + 2 * i, "%02x", m[i]);
+}
+
+/* HMAC-SHA-256 against RFC 4231, the proof's shape, and the key settings. */
+static void test_auth(void) {
+    uint8_t key[131], mac[32], mac2[32], na[16], nb[16];
+    char hex[65], path[64], why[320];
+    const uint8_t *k;
+    size_t klen;
+    kvx_engine_desc d;
+    kvx_engine *e;
+    FILE *f;
+    memset(key, 0x0b, 20);
+    kvx_hmac_sha256(key, 20, "Hi There", 8, mac);
+    hex32(mac, hex);
+    CHECK(!strcmp(hex, "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7"),
+          "RFC 4231 case 1: %s", hex);
+    kvx_hmac_sha256("Jefe", 4, "what do ya want for nothing?", 28, mac);
+    hex32(mac, hex);
+    CHECK(!strcmp(hex, "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"),
+          "RFC 4231 case 2: %s", hex);
+    memset(key, 0xaa, 131);
+    kvx_hmac_sha256(key, 131, "Test Using Larger Than Block-Size Key - Hash Key First", 54, mac);
+    hex32(mac, hex);
+    CHECK(!strcmp(hex, "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54"),
+          "RFC 4231 case 6 (long key): %s", hex);
+    CHECK(kvx_equal_ct("abcd", "abcd", 4) && !kvx_equal_ct("abcd", "abce", 4), "equal_ct");
+    CHECK(kvx_random_bytes(na, 16) == KVX_OK && kvx_random_bytes(nb, 16) == KVX_OK &&
+              memcmp(na, nb, 16) != 0,
+          "random nonces differ");
+    kvx_auth_proof((const uint8_t *)"0123456789abcdef", 16, "kvx-test", na, nb, mac);
+    kvx_auth_proof((const uint8_t *)"0123456789abcdef", 16, "kvx-test", nb, na, mac2);
+    CHECK(memcmp(mac, mac2, 32) != 0, "the proof depends on the nonces' order");
+    kvx_auth_proof((const uint8_t *)"0123456789abcdef", 16, "kvx-tesu", na, nb, mac2);
+    CHECK(memcmp(mac, mac2, 32) != 0, "the proof depends on the label");
+
+    memset(&d, 0, sizeof d);
+    d.role = KVX_ROLE_DECODE;
+    d.layout = small_layout();
+    CHECK(kvx_engine_create(&d, &e, why, sizeof why) == KVX_OK &&
+              kvx_engine_auth_key(e, &klen) == NULL && klen == 0,
+          "no key by default");
+    kvx_engine_destroy(e);
+    d.auth_key = "short";
+    CHECK(kvx_engine_create(&d, &e, why, sizeof why) == KVX_ERR_BAD_CONFIG && strstr(why, "16"),
+          "a short key is refused: %s", why);
+    d.auth_key = "a-long-enough-secret";
+    CHECK(kvx_engine_create(&d, &e, why, sizeof why) == KVX_OK, "key from the desc: %s", why);
+    k = kvx_engine_auth_key(e, &klen);
+    CHECK(k && klen == 20 && !memcmp(k, "a-long-enough-secret", 20), "the key is kept");
+    CHECK(kvx_engine_settings(e)->auth_key == NULL, "the settings do not expose the secret");
+    kvx_engine_destroy(e);
+    snprintf(path, sizeof path, "/tmp/kvx_test_key_%d", (int)getpid());
+    f = fopen(path, "w");
+    fputs("file-secret-0123456789\n", f);
+    fclose(f);
+    chmod(path, 0644);
+    d.auth_key = NULL;
+    d.auth_key_file = path;
+    CHECK(kvx_engine_create(&d, &e, why, sizeof why) == KVX_ERR_PERMISSION && strstr(why, path) &&
+              strstr(why, "0644"),
+          "a key file others can read is refused: %s", why);
+    chmod(path, 0600);
+    CHECK(kvx_engine_create(&d, &e, why, sizeof why) == KVX_OK, "private key file: %s", why);
+    k = kvx_engine_auth_key(e, &klen);
+    CHECK(k && klen == 22 && !memcmp(k, "file-secret-0123456789", 22), "newline stripped");
+    kvx_engine_destroy(e);
+    setenv("KVX_AUTH_KEY", "env-secret-0123456789", 1);
+    CHECK(kvx_engine_create(&d, &e, why, sizeof why) == KVX_ERR_BAD_CONFIG && strstr(why, "one"),
+          "key and key file together are refused: %s", why);
+    d.auth_key_file = NULL;
+    CHECK(kvx_engine_create(&d, &e, why, sizeof why) == KVX_OK &&
+              (k = kvx_engine_auth_key(e, &klen)) && klen == 21,
+          "KVX_AUTH_KEY: %s", why);
+    kvx_engine_destroy(e);
+    unsetenv("KVX_AUTH_KEY");
+    unlink(path);
+}
+
 static void test_results(void) {
     CHECK(!strcmp(kvx_result_str(KVX_ERR_TIMEOUT), "KVX_ERR_TIMEOUT"), "result names");
     CHECK(!strcmp(kvx_result_str((kvx_result)-999), "KVX_ERR_UNKNOWN"), "unknown result");
@@ -485,5 +769,8 @@ int main(void) {
     test_engine_errors();
     test_fake_flow();
     test_timeouts();
+    test_failure_semantics();
+    test_settings();
+    test_auth();
     return kt_done();
 }
