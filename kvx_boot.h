@@ -355,6 +355,15 @@ KVX_API kvx_result kvx_boot_send_status(kvx_boot *b, kvx_room *r, kvx_poll state
    its side with the reason). A prefill room whose frame has not arrived
    answers it with the abort when it does. Non-blocking. */
 KVX_API void kvx_boot_abort(kvx_boot *b, kvx_room *r, const char *reason);
+/* Tells the peer(s) of room r that it failed, with r's first reason and
+   result code (kvx_room_error / kvx_room_result): prefill -> a status
+   Failed frame to every decode rank that sent the room's destination (a
+   rank whose destination arrives later gets it then); decode -> an abort
+   frame to every target prefill rank once the room frame went out. Once
+   per room (kvx_boot_abort, kvx_boot_send_status(FAILED) and destroying an
+   unfinished room count as that once); a no-op when r is not Failed.
+   Transports call it from their room_failed hook. Non-blocking. */
+KVX_API void kvx_boot_room_failed(kvx_boot *b, kvx_room *r);
 /* Prefill: the number of destination pages the decode side asked for
    (every decode rank that serves the room asks for the same count), or 0
    before the room frame arrived. */
@@ -1182,8 +1191,7 @@ typedef struct kvx__boot_br {
     uint16_t peer_index, peer_count;
     /* prefill */
     uint32_t expected, dst_pages;
-    int aborted;
-    char *abort_reason;
+    int told;      /* the peers were told this room failed (once) */
     kvx__boot_pframe *frames, *frames_tail;
 } kvx__boot_br;
 
@@ -1256,12 +1264,8 @@ struct kvx_boot {
     kvx_boot *reg_next;
 };
 
-static const char *kvx__boot_room_error(const kvx_room *r) {
-    return kvx_sender_error((const kvx_sender *)r); /* senders and receivers share kvx_room */
-}
-static kvx_result kvx__boot_room_result(const kvx_room *r) {
-    return kvx_sender_result((const kvx_sender *)r);
-}
+static const char *kvx__boot_room_error(const kvx_room *r) { return kvx_room_error(r); }
+static kvx_result kvx__boot_room_result(const kvx_room *r) { return kvx_room_result(r); }
 static int kvx__boot_terminal(const kvx_room *r) {
     kvx_poll p = kvx_room_poll(r);
     return p == KVX_POLL_FAILED || p == KVX_POLL_SUCCESS;
@@ -1275,7 +1279,7 @@ static void kvx__boot_fail_remote(kvx_room *r, kvx_result res, const char *fmt, 
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    kvx_room_fail(r, res, "%s", msg); /* TODO(core merge): kvx_room_fail_remote */
+    kvx_room_fail_remote(r, res, "%s", msg);
 }
 
 /* Fails r with the reason its peer sent: "<reason> (<who>)" when the
@@ -1952,7 +1956,6 @@ static void kvx__boot_br_unref(kvx__boot_br *br) {
     }
     for (i = 0; i < br->nconns; i++) kvx__boot_conn_unref(br->conns[i]);
     if (br->conns != br->inl) { free(br->conns); free(br->tag); }
-    free(br->abort_reason);
     if (br->room) kvx_room_unref(br->room);
     free(br);
 }
@@ -2596,13 +2599,39 @@ static int kvx__boot_owns(kvx_boot *b, kvx__boot_br *br, kvx__boot_conn *c) {
     return k < br->nconns;
 }
 
+/* Tells the room's peers, once, that it failed: prefill -> every decode
+   rank that sent its destination, a status Failed frame with the result
+   code; decode -> every target prefill rank, an abort frame, only once the
+   room frame went out (before that the prefill knows nothing of this
+   receiver). A room that succeeded tells nothing. */
+static void kvx__boot_tell(kvx_boot *b, kvx_room *r, const char *reason, kvx_result res) {
+    kvx__boot_br *br;
+    kvx__boot_conn *stack[4], **cs = NULL;
+    uint32_t n = 0, i;
+    if (kvx_room_poll(r) == KVX_POLL_SUCCESS) return;
+    pthread_mutex_lock(&b->mu);
+    br = kvx__boot_find(b, kvx_room_id(r));
+    if (!br || br->room != r || br->told) { pthread_mutex_unlock(&b->mu); return; }
+    br->told = 1;
+    if (br->nconns && (b->role == KVX_ROLE_PREFILL || br->inited))
+        n = kvx__boot_br_conns(br, &cs, stack, 4);
+    pthread_mutex_unlock(&b->mu);
+    for (i = 0; cs && i < n; i++) {
+        if (b->role == KVX_ROLE_PREFILL)
+            kvx__boot_conn_status(cs[i], kvx_room_id(r), KVX_POLL_FAILED, res, 0, reason);
+        else
+            kvx__boot_conn_abort(cs[i], kvx_room_id(r), reason);
+    }
+    if (cs) kvx__boot_conns_release(cs, n, stack);
+}
+
 /* Applies one room frame to a sender that exists. br is referenced by the
    caller; boot->mu is not held. */
 static void kvx__boot_apply_room(kvx_boot *b, kvx__boot_br *br, kvx__boot_conn *c,
                                  const int32_t *pages, uint32_t n, int32_t aux, uint16_t idx,
                                  uint16_t count) {
     kvx_room *r = br->room;
-    int complete = 0, bad = 0, aborted;
+    int complete = 0, bad = 0;
     uint32_t i, expected, prev;
     char reason[KVX_ERROR_MAX];
     kvx_result res;
@@ -2619,8 +2648,6 @@ static void kvx__boot_apply_room(kvx_boot *b, kvx__boot_br *br, kvx__boot_conn *
         br->dst_pages = n;
         complete = br->nconns == br->expected;
     }
-    aborted = br->aborted;
-    snprintf(reason, sizeof reason, "%s", br->abort_reason ? br->abort_reason : "aborted");
     pthread_mutex_unlock(&b->mu);
     if (bad == 1 || bad == 2 || bad == 4) {
         /* the destination is claimed: a frame that does not fit it is
@@ -2646,17 +2673,18 @@ static void kvx__boot_apply_room(kvx_boot *b, kvx__boot_br *br, kvx__boot_conn *
         kvx__boot_conn_status(c, br->id, KVX_POLL_FAILED, KVX_ERR_NO_MEMORY, 0, "out of memory on prefill");
         return;
     }
-    if (kvx_room_poll(r) == KVX_POLL_FAILED) { /* timed out or aborted before the frame came */
-        if (aborted) kvx__boot_conn_abort(c, br->id, kvx__boot_room_error(r));
-        else kvx__boot_conn_status(c, br->id, KVX_POLL_FAILED, kvx__boot_room_result(r), 0,
-                               kvx__boot_room_error(r));
+    if (kvx_room_poll(r) == KVX_POLL_FAILED) {
+        /* failed before this destination came (timeout, abort, a local
+           error): this decode rank has not heard of it yet */
+        kvx__boot_conn_status(c, br->id, KVX_POLL_FAILED, kvx__boot_room_result(r), 0,
+                              kvx__boot_room_error(r));
         return;
     }
     if (b->hooks.on_room &&
         (res = b->hooks.on_room(b, r, &c->info, pages, n, aux)) != KVX_OK) {
         kvx_room_fail(r, res, "the %s transport refused the destination sent by decode %s (%s)",
                       kvx_engine_transport(b->engine), c->addr, kvx_result_str(res));
-        kvx__boot_conn_status(c, br->id, KVX_POLL_FAILED, res, 0, kvx__boot_room_error(r));
+        kvx__boot_tell(b, r, kvx__boot_room_error(r), kvx__boot_room_result(r));
         return;
     }
     if (complete) kvx_room_advance(r, KVX_POLL_WAITING_FOR_INPUT);
@@ -4082,21 +4110,19 @@ KVX_API kvx_result kvx_boot_room_open(kvx_boot *b, kvx_room *r) {
 
 KVX_API void kvx_boot_room_close(kvx_boot *b, kvx_room *r) {
     kvx__boot_br *br;
-    kvx__boot_conn *stack[4], **cs = NULL;
-    uint32_t n = 0, i;
     if (!b || !r) return;
+    if (!kvx__boot_terminal(r)) {
+        char why[160];
+        snprintf(why, sizeof why, "room %llu: the %s was destroyed before the transfer finished",
+                 (unsigned long long)kvx_room_id(r), b->role == KVX_ROLE_DECODE ? "receiver" : "sender");
+        kvx__boot_tell(b, r, why, KVX_ERR_ABORTED);
+    }
     pthread_mutex_lock(&b->mu);
     br = kvx__boot_find(b, kvx_room_id(r));
     if (!br || br->room != r) { pthread_mutex_unlock(&b->mu); return; }
     kvx__boot_unlink(b, br);
     if (kvx_room_poll(r) == KVX_POLL_FAILED) kvx__boot_count_failure(b, kvx__boot_room_result(r));
-    if (!kvx__boot_terminal(r) && br->nconns) n = kvx__boot_br_conns(br, &cs, stack, 4);
     pthread_mutex_unlock(&b->mu);
-    for (i = 0; i < n; i++)
-        kvx__boot_conn_abort(cs[i], br->id, b->role == KVX_ROLE_DECODE
-                                            ? "the receiver was destroyed before the transfer finished"
-                                            : "the sender was destroyed before the transfer finished");
-    if (n) kvx__boot_conns_release(cs, n, stack);
     kvx__boot_br_unref(br);
 }
 
@@ -4138,9 +4164,9 @@ KVX_API kvx_result kvx_boot_receiver_init(kvx_boot *b, kvx_room *r, const int32_
     for (i = 0; i < nc && res == KVX_OK; i++) {
         res = kvx__boot_conn_sendv(cs[i], v, n ? 2 : 1);
         if (res != KVX_OK)
-            kvx_room_fail(r, res, "cannot send the destination of room %llu to prefill rank %s: "
-                          "the control connection is gone", (unsigned long long)kvx_room_id(r),
-                          cs[i]->addr);
+            kvx_room_fail_remote(r, res, "cannot send the destination of room %llu to prefill rank %s: "
+                                 "the control connection is gone", (unsigned long long)kvx_room_id(r),
+                                 cs[i]->addr);
     }
     free(le);
     kvx__boot_conns_release(cs, nc, stack);
@@ -4160,6 +4186,10 @@ KVX_API kvx_result kvx_boot_send_status(kvx_boot *b, kvx_room *r, kvx_poll state
         pthread_mutex_unlock(&b->mu);
         return KVX_ERR_STATE;
     }
+    if (state == KVX_POLL_FAILED) {
+        if (br->told) { pthread_mutex_unlock(&b->mu); return KVX_OK; } /* said once already */
+        br->told = 1;
+    }
     nc = kvx__boot_br_conns(br, &cs, stack, 4);
     pthread_mutex_unlock(&b->mu);
     if (!cs) return KVX_ERR_NO_MEMORY;
@@ -4172,27 +4202,20 @@ KVX_API kvx_result kvx_boot_send_status(kvx_boot *b, kvx_room *r, kvx_poll state
 }
 
 KVX_API void kvx_boot_abort(kvx_boot *b, kvx_room *r, const char *reason) {
-    kvx__boot_br *br;
-    kvx__boot_conn *stack[4], **cs = NULL;
-    uint32_t nc = 0, i;
-    const char *why;
+    int failed;
     if (!b || !r) return;
     /* an explicit abort forwards the caller's reason; a timeout or other
        failure forwards the room's own sentence, which says more */
-    why = kvx_room_poll(r) == KVX_POLL_FAILED && kvx__boot_room_result(r) != KVX_ERR_ABORTED
-              ? kvx__boot_room_error(r)
-              : (reason ? reason : "aborted");
-    pthread_mutex_lock(&b->mu);
-    br = kvx__boot_find(b, kvx_room_id(r));
-    if (!br || br->room != r) { pthread_mutex_unlock(&b->mu); return; }
-    if (!br->aborted) {
-        br->aborted = 1;
-        br->abort_reason = strdup(why);
-    }
-    if (br->nconns) nc = kvx__boot_br_conns(br, &cs, stack, 4);
-    pthread_mutex_unlock(&b->mu);
-    for (i = 0; cs && i < nc; i++) kvx__boot_conn_abort(cs[i], kvx_room_id(r), why);
-    if (cs) kvx__boot_conns_release(cs, nc, stack);
+    failed = kvx_room_poll(r) == KVX_POLL_FAILED;
+    kvx__boot_tell(b, r,
+                   failed && kvx__boot_room_result(r) != KVX_ERR_ABORTED ? kvx__boot_room_error(r)
+                                                                        : (reason ? reason : "aborted"),
+                   failed ? kvx__boot_room_result(r) : KVX_ERR_ABORTED);
+}
+
+KVX_API void kvx_boot_room_failed(kvx_boot *b, kvx_room *r) {
+    if (!b || !r || kvx_room_poll(r) != KVX_POLL_FAILED) return;
+    kvx__boot_tell(b, r, kvx__boot_room_error(r), kvx__boot_room_result(r));
 }
 
 KVX_API uint32_t kvx_boot_room_dst_pages(kvx_boot *b, const kvx_room *r) {
@@ -4564,7 +4587,7 @@ static void kvx__boot_fake_fini(kvx_engine *e) {
 }
 static kvx_result kvx__boot_fake_open(kvx_room *r) { return kvx_boot_room_open(kvx__boot_fake(r), r); }
 static void kvx__boot_fake_close(kvx_room *r) { kvx_boot_room_close(kvx__boot_fake(r), r); }
-static void kvx__boot_fake_abort(kvx_room *r, const char *why) { kvx_boot_abort(kvx__boot_fake(r), r, why); }
+static void kvx__boot_fake_failed(kvx_room *r) { kvx_boot_room_failed(kvx__boot_fake(r), r); }
 
 static kvx_result kvx__boot_fake_sender_init(kvx_room *r, uint32_t n, int32_t aux) {
     kvx_boot *b = kvx__boot_fake(r);
@@ -4573,9 +4596,7 @@ static kvx_result kvx__boot_fake_sender_init(kvx_room *r, uint32_t n, int32_t au
     if (n != want) {
         kvx_room_fail(r, KVX_ERR_INVALID_ARGUMENT,
                       "init declares %u pages but the decode side asked for %u", n, want);
-        kvx_boot_send_status(b, r, KVX_POLL_FAILED, KVX_ERR_INVALID_ARGUMENT, 0,
-                             kvx__boot_room_error(r));
-        return KVX_ERR_INVALID_ARGUMENT;
+        return KVX_ERR_INVALID_ARGUMENT; /* room_failed tells the decode side */
     }
     return KVX_OK;
 }
@@ -4586,12 +4607,14 @@ static kvx_result kvx__boot_fake_send(kvx_room *r, kvx_chunk *c) {
     kvx_result res;
     kvx_chunk_free(kvx_room_engine(r), c);
     if (!last) return KVX_OK;
-    res = kvx_boot_send_status(b, r, KVX_POLL_SUCCESS, KVX_OK, 0, NULL);
-    if (res != KVX_OK) {
-        kvx_room_fail(r, res, "cannot report success to the decode side: the control connection is gone");
-        return res;
-    }
+    /* Success first: a room that failed meanwhile stays Failed (and its
+       room_failed tells the peer); a successful one never sends anything else */
     kvx_room_succeed(r, 0);
+    if (kvx_room_poll(r) != KVX_POLL_SUCCESS) return KVX_OK;
+    res = kvx_boot_send_status(b, r, KVX_POLL_SUCCESS, KVX_OK, 0, NULL);
+    if (res != KVX_OK)
+        kvx_engine_log(kvx_room_engine(r), KVX_LOG_WARN, "kvx.boot", kvx_room_id(r),
+                       "cannot report success to the decode side: the control connection is gone");
     return KVX_OK;
 }
 
@@ -4609,10 +4632,10 @@ KVX_API const kvx_backend *kvx_bootfake_backend(void) {
                                    kvx__boot_fake_sender_init,
                                    kvx__boot_fake_send,
                                    kvx__boot_fake_recv_init,
-                                   kvx__boot_fake_abort,
+                                   NULL, /* room_abort: room_failed replaces it */
                                    kvx__boot_fake_close,
                                    NULL,
-                                   NULL};
+                                   kvx__boot_fake_failed};
     return &bf;
 }
 
