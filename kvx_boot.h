@@ -396,6 +396,8 @@ typedef struct kvx_boot_http_request {
     size_t consumed;      /* header_len + body_len once complete */
     uint64_t content_length;
     int expect_continue;  /* "Expect: 100-continue" */
+    const char *auth;     /* value of "X-Kvx-Auth" (PUT /route with a key), or NULL */
+    size_t auth_len;
     int http10;           /* HTTP/1.0 */
     char error[128];
 } kvx_boot_http_request;
@@ -1004,6 +1006,9 @@ static kvx_result kvx__boot_parse_header(const char *s, size_t n, kvx_boot_http_
         o->content_length = v;
     } else if (kvx__boot_ieq(s, nl, "transfer-encoding")) {
         return kvx__boot_http_err(o, 501, "Transfer-Encoding is not supported; send Content-Length");
+    } else if (kvx__boot_ieq(s, nl, "x-kvx-auth")) {
+        o->auth = s + v0;
+        o->auth_len = v1 - v0;
     } else if (kvx__boot_ieq(s, nl, "expect")) {
         if (kvx__boot_ieq(s + v0, v1 - v0, "100-continue")) o->expect_continue = 1;
         else return kvx__boot_http_err(o, 417, "unsupported Expect header");
@@ -1124,6 +1129,8 @@ typedef struct kvx__boot_conn {
     int64_t pend_bytes; /* atomic: bytes of frames kept for this connection (pending rooms) */
     int64_t charged;    /* atomic: in_cap + out_cap counted in boot->mem_total */
     uint64_t last_rx_ns; /* atomic: when bytes last arrived (decode: heartbeats) */
+    int auth_wait;      /* prefill, keyed: hello answered, the decode's proof not yet in */
+    uint8_t nonce_self[KVX_BOOT_NONCE], nonce_peer[KVX_BOOT_NONCE];
     /* control: set before the connection is shared, then read-only */
     kvx__boot_pf *peer; /* decode: the prefill instance */
     uint64_t gen;     /* decode: peer generation, under boot->mu */
@@ -1222,7 +1229,9 @@ struct kvx_boot {
     uint8_t *endpoint;
     uint32_t endpoint_len;
     uint64_t instance;
-    kvx_buf hello; /* our encoded hello frame */
+    kvx_buf hello; /* our encoded hello frame (keyless; keyed hellos are per connection) */
+    const uint8_t *key; /* kvx_engine_auth_key, NULL = none */
+    size_t key_len;
     /* settings (read-only after create) */
     char host[256];
     char rank_ip[64];
@@ -1537,7 +1546,8 @@ static const char *kvx__boot_errstr(int err) {
    KVX_OK *status and resp (body) are set; on failure err gets the reason
    and *refused tells whether nobody listened. */
 static kvx_result kvx__boot_http_call(const char *host, int port, const char *method,
-                                      const char *target, const char *body, size_t blen,
+                                      const char *target, const char *extra, const char *body,
+                                      size_t blen,
                                       double timeout_s, int *status, kvx_buf *resp, char *err,
                                       size_t el, int *refused) {
     uint64_t deadline = kvx_now_ns() + (uint64_t)(timeout_s * 1e9);
@@ -1556,10 +1566,10 @@ static kvx_result kvx__boot_http_call(const char *host, int port, const char *me
     memset(&req, 0, sizeof req);
     memset(&in, 0, sizeof in);
     kvx_buf_printf(&req, "%s %s HTTP/1.1\r\nHost: %s%s%s:%d\r\nUser-Agent: kvx-boot/%d.%d\r\n"
-                   "Connection: close\r\nContent-Length: %zu\r\n%s\r\n",
+                   "Connection: close\r\nContent-Length: %zu\r\n%s%s\r\n",
                    method, target, strchr(host, ':') ? "[" : "", host,
                    strchr(host, ':') ? "]" : "", port, KVX_VERSION_MAJOR, KVX_VERSION_MINOR, blen,
-                   blen ? "Content-Type: application/json\r\n" : "");
+                   blen ? "Content-Type: application/json\r\n" : "", extra ? extra : "");
     if (blen) kvx__boot_put(&req, body, blen);
     if (req.oom || kvx__boot_send_all(fd, req.data, req.len, deadline)) {
         snprintf(err, el, "cannot send the request: %s", req.oom ? "out of memory" : kvx__boot_errstr(errno));
@@ -2023,6 +2033,8 @@ static void kvx__boot_count_failure(kvx_boot *b, kvx_result res) {
 }
 
 static void kvx__boot_drop(kvx_boot *b, kvx__boot_conn *c, const char *reason);
+static kvx_result kvx__boot_keyed_hello(kvx_boot *b, kvx_buf *out, const uint8_t *nonce,
+                                        const uint8_t *proof);
 
 /* >>boot: bootstrap server (the prefill engine whose ranks are all 0) ------------ */
 
@@ -2188,6 +2200,7 @@ static const char *kvx__boot_reason_phrase(int st) {
     case 100: return "Continue";
     case 200: return "OK";
     case 400: return "Bad Request";
+    case 403: return "Forbidden";
     case 404: return "Not Found";
     case 405: return "Method Not Allowed";
     case 408: return "Request Timeout";
@@ -2302,11 +2315,51 @@ static void kvx__boot_route_get(kvx_boot *b, kvx__boot_conn *c, const kvx_boot_h
     kvx_buf_free(&o);
 }
 
+/* PUT /route with a key: "X-Kvx-Auth: <unix seconds>:<hex HMAC-SHA-256(key,
+   "kvx-boot-route" 0 seconds 0 body)>" (a header line into out). */
+static void kvx__boot_route_mac(kvx_boot *b, const char *body, size_t len, uint64_t secs, char *out,
+                                size_t n) {
+    kvx_hmac h;
+    uint8_t mac[KVX_MAC_BYTES];
+    char ts[24], hex[2 * KVX_MAC_BYTES + 1];
+    int i;
+    snprintf(ts, sizeof ts, "%llu", (unsigned long long)secs);
+    kvx_hmac_init(&h, b->key, b->key_len);
+    kvx_hmac_update(&h, "kvx-boot-route", 15); /* with its NUL */
+    kvx_hmac_update(&h, ts, strlen(ts) + 1);
+    kvx_hmac_update(&h, body, len);
+    kvx_hmac_final(&h, mac);
+    for (i = 0; i < KVX_MAC_BYTES; i++) snprintf(hex + 2 * i, 3, "%02x", mac[i]);
+    snprintf(out, n, "X-Kvx-Auth: %s:%s\r\n", ts, hex);
+}
+
+/* 0 when the request carries a valid, fresh (+-300 s) route MAC. */
+static int kvx__boot_route_auth(kvx_boot *b, const kvx_boot_http_request *rq) {
+    char want[128], got[128];
+    uint64_t secs = 0, now = (uint64_t)time(NULL);
+    size_t i;
+    if (!rq->auth || rq->auth_len >= 100) return -1;
+    for (i = 0; i < rq->auth_len && rq->auth[i] >= '0' && rq->auth[i] <= '9' && i < 19; i++)
+        secs = secs * 10 + (uint64_t)(rq->auth[i] - '0');
+    if (!i || i >= rq->auth_len || rq->auth[i] != ':') return -1;
+    if (secs + 300 < now || secs > now + 300) return -1;
+    kvx__boot_route_mac(b, rq->body, rq->body_len, secs, want, sizeof want);
+    snprintf(got, sizeof got, "X-Kvx-Auth: %.*s\r\n", (int)rq->auth_len, rq->auth);
+    return strlen(got) == strlen(want) && kvx_equal_ct(got, want, strlen(want)) ? 0 : -1;
+}
+
 static void kvx__boot_route_put(kvx_boot *b, kvx__boot_conn *c, const kvx_boot_http_request *rq) {
     kvx__boot_regn g;
     char why[256];
     int rc;
     kvx_buf o;
+    if (b->key && kvx__boot_route_auth(b, rq)) {
+        kvx_engine_log(b->engine, KVX_LOG_WARN, "kvx.boot", 0,
+                       "refused PUT /route from %s: no valid X-Kvx-Auth (this server has a key)", c->addr);
+        kvx__boot_http_text(b, c, 403, "PUT /route needs a valid X-Kvx-Auth header: this bootstrap "
+                                       "server has a key (KVX_AUTH_KEY)\n");
+        return;
+    }
     if (kvx__boot_reg_parse(rq->body, rq->body_len, &g, why, sizeof why)) {
         memset(&o, 0, sizeof o);
         kvx_buf_printf(&o, "bad registration: %s\n", why);
@@ -2484,6 +2537,11 @@ static void kvx__boot_http_route(kvx_boot *b, kvx__boot_conn *c, const kvx_boot_
         if (!get) {
             kvx__boot_http_respond(b, c, 405, "text/plain; charset=utf-8", "use GET\n", 8,
                                    "Allow: GET\r\n");
+            return;
+        }
+        if (b->key && !c->loopback && !kvx__boot_is(rq, "/health")) {
+            kvx__boot_http_text(b, c, 403, "with a key (KVX_AUTH_KEY) /metrics and /rooms are served "
+                                           "to loopback clients only\n");
             return;
         }
         if (kvx__boot_is(rq, "/health")) kvx__boot_http_text(b, c, 200, "OK");
@@ -2868,9 +2926,51 @@ static void kvx__boot_on_abort_frame(kvx_boot *b, kvx__boot_conn *c, const kvx_b
     kvx__boot_br_unref(br);
 }
 
+/* The decode engine is in: log it and tell the transport. */
+static void kvx__boot_accepted(kvx_boot *b, kvx__boot_conn *c, uint64_t peer_fp) {
+    uint64_t fp = kvx_layout_fingerprint(kvx_engine_layout(b->engine));
+    c->hello_done = 1;
+    c->auth_wait = 0;
+    c->deadline_ns = 0;
+    if (peer_fp != fp)
+        kvx_engine_log(b->engine, KVX_LOG_WARN, "kvx.boot", 0,
+                       "decode %s has layout fingerprint %016llx, this prefill %016llx: it will "
+                       "refuse this connection", c->addr, (unsigned long long)peer_fp,
+                       (unsigned long long)fp);
+    else
+        kvx_engine_log(b->engine, KVX_LOG_INFO, "kvx.boot", 0,
+                       "decode %s connected (tp rank %d of %d, transport %s%s)", c->addr,
+                       c->info.tp_rank, c->info.tp_size, c->transport,
+                       b->key ? ", authenticated" : "");
+    if (b->hooks.on_connect) b->hooks.on_connect(b, &c->info);
+}
+
+/* Answers a keyed hello: our nonce and our proof over the decode's nonce.
+   Until the decode's proof arrives (kvx__boot_on_auth) nothing else from
+   it is read, and the read deadline still runs. */
+static int kvx__boot_answer_keyed(kvx_boot *b, kvx__boot_conn *c, const kvx_boot_frame *f) {
+    uint8_t proof[KVX_BOOT_PROOF];
+    kvx_buf h;
+    kvx_result r;
+    if (kvx_random_bytes(c->nonce_self, KVX_BOOT_NONCE) != KVX_OK) {
+        kvx__boot_drop(b, c, "no random bytes for a nonce");
+        return 1;
+    }
+    if (f->hello.nonce) memcpy(c->nonce_peer, f->hello.nonce, KVX_BOOT_NONCE);
+    else memset(c->nonce_peer, 0, KVX_BOOT_NONCE);
+    kvx_auth_proof(b->key, b->key_len, "kvx-boot-server", c->nonce_peer, c->nonce_self, proof);
+    r = kvx__boot_keyed_hello(b, &h, c->nonce_self, proof);
+    if (r == KVX_OK) r = kvx__boot_conn_send(c, h.data, h.len);
+    kvx_buf_free(&h);
+    if (r != KVX_OK) {
+        kvx__boot_drop(b, c, "cannot answer its hello");
+        return 1;
+    }
+    return 0;
+}
+
 static int kvx__boot_on_hello(kvx_boot *b, kvx__boot_conn *c, const kvx_boot_frame *f) {
-    const kvx_layout *l = kvx_engine_layout(b->engine);
-    uint64_t fp = kvx_layout_fingerprint(l);
+    int keyed = (f->hello.flags & KVX_BOOT_HELLO_AUTH) != 0;
     if (b->role != KVX_ROLE_PREFILL || f->hello.role != KVX_ROLE_DECODE) {
         kvx__boot_drop(b, c, "hello from a prefill engine on a prefill control port");
         return 1;
@@ -2879,22 +2979,47 @@ static int kvx__boot_on_hello(kvx_boot *b, kvx__boot_conn *c, const kvx_boot_fra
         kvx__boot_drop(b, c, "out of memory");
         return 1;
     }
-    c->hello_done = 1;
-    c->deadline_ns = 0;
+    if (b->key) {
+        /* answered keyed either way, so a decode without the key learns why */
+        if (kvx__boot_answer_keyed(b, c, f)) return 1;
+        if (!keyed) {
+            kvx_engine_log(b->engine, KVX_LOG_WARN, "kvx.boot", 0,
+                           "refused control connection from %s: it has no key and this prefill "
+                           "requires one (KVX_AUTH_KEY)", c->addr);
+            kvx__boot_drop(b, c, "authentication required: the decode engine has no key");
+            return 1;
+        }
+        c->auth_wait = 1;
+        return 0;
+    }
     if (kvx__boot_conn_send(c, b->hello.data, b->hello.len) != KVX_OK) {
         kvx__boot_drop(b, c, "cannot answer its hello");
         return 1;
     }
-    if (f->hello.fingerprint != fp)
+    if (keyed) { /* the decode refuses an unauthenticated prefill, with our hello in hand */
         kvx_engine_log(b->engine, KVX_LOG_WARN, "kvx.boot", 0,
-                       "decode %s has layout fingerprint %016llx, this prefill %016llx: it will "
-                       "refuse this connection", c->addr, (unsigned long long)f->hello.fingerprint,
-                       (unsigned long long)fp);
-    else
-        kvx_engine_log(b->engine, KVX_LOG_INFO, "kvx.boot", 0,
-                       "decode %s connected (tp rank %d of %d, transport %s)", c->addr,
-                       c->info.tp_rank, c->info.tp_size, c->transport);
-    if (b->hooks.on_connect) b->hooks.on_connect(b, &c->info);
+                       "refused control connection from %s: it has a key (KVX_AUTH_KEY) and this "
+                       "prefill has none", c->addr);
+        kvx__boot_drop(b, c, "the decode engine has a key and this prefill has none");
+        return 1;
+    }
+    kvx__boot_accepted(b, c, f->hello.fingerprint);
+    return 0;
+}
+
+/* The decode's proof over our nonce: in, or the connection goes (nothing
+   it sent was applied). */
+static int kvx__boot_on_auth(kvx_boot *b, kvx__boot_conn *c, const kvx_boot_frame *f) {
+    uint8_t want[KVX_BOOT_PROOF];
+    kvx_auth_proof(b->key, b->key_len, "kvx-boot-client", c->nonce_self, c->nonce_peer, want);
+    if (!kvx_equal_ct(want, f->proof, KVX_BOOT_PROOF)) {
+        kvx_engine_log(b->engine, KVX_LOG_WARN, "kvx.boot", 0,
+                       "refused control connection from %s: its proof does not match this "
+                       "prefill's key (KVX_AUTH_KEY differs)", c->addr);
+        kvx__boot_drop(b, c, "authentication failed: the decode engine's key differs");
+        return 1;
+    }
+    kvx__boot_accepted(b, c, c->info.fingerprint);
     return 0;
 }
 
@@ -3065,6 +3190,13 @@ static void kvx__boot_conn_lost(kvx_boot *b, kvx__boot_conn *c, const char *reas
 /* Returns 1 when the connection was dropped. */
 static int kvx__boot_dispatch(kvx_boot *b, kvx__boot_conn *c, const kvx_boot_frame *f) {
     char msg[160];
+    if (!c->hello_done && c->auth_wait) {
+        if (f->type == KVX_BOOT_FRAME_AUTH) return kvx__boot_on_auth(b, c, f);
+        snprintf(msg, sizeof msg, "protocol error: %s frame before authentication",
+                 kvx__boot_type_name(f->type));
+        kvx__boot_drop(b, c, msg);
+        return 1;
+    }
     if (!c->hello_done) {
         if (f->type == KVX_BOOT_FRAME_HELLO) return kvx__boot_on_hello(b, c, f);
         snprintf(msg, sizeof msg, "protocol error: %s frame before hello",
@@ -3328,8 +3460,9 @@ static void kvx__boot_housekeeping(kvx_boot *b) {
                 ssize_t w = send(c->fd, slow, sizeof slow - 1, MSG_NOSIGNAL | MSG_DONTWAIT);
                 (void)w;
             }
-            kvx__boot_drop(b, c, c->kind == KVX__BOOT_K_CTRL ? "no hello within the read timeout"
-                                                         : "request deadline passed");
+            kvx__boot_drop(b, c, c->kind != KVX__BOOT_K_CTRL ? "request deadline passed"
+                                 : c->auth_wait ? "no authentication within the read timeout"
+                                                : "no hello within the read timeout");
         }
     }
     for (i = j = 0; i < b->nconns; i++) {
@@ -3433,7 +3566,7 @@ static kvx_result kvx__boot_get(kvx_boot *b, const kvx__boot_pf *p, const char *
             return KVX_ERR_ABORTED;
         }
         memset(&body, 0, sizeof body);
-        r = kvx__boot_http_call(p->host, p->port, "GET", target, NULL, 0, KVX__BOOT_HTTP_TIMEOUT_S,
+        r = kvx__boot_http_call(p->host, p->port, "GET", target, NULL, NULL, 0, KVX__BOOT_HTTP_TIMEOUT_S,
                                 &status, &body, err, sizeof err, &refused);
         if (r == KVX_OK && status == 200) {
             *out = body;
@@ -3494,11 +3627,50 @@ static void kvx__boot_layout_diff(kvx_boot *b, const kvx_boot_hello *h, char *ou
     free(aux);
 }
 
+/* Decode side of authentication, after the prefill's hello: both sides
+   keyed, its proof over our nonce right, and our proof over its nonce sent
+   (the auth frame, before any room frame). 0 ok, else why says which. */
+static int kvx__boot_check_auth(kvx_boot *b, const kvx_boot_hello *h, const uint8_t *nonce,
+                                const char *ip, int port, const char *boot_addr, int fd,
+                                uint64_t deadline, char *why, size_t wl) {
+    uint8_t want[KVX_BOOT_PROOF], frame[KVX__BOOT_HDR + KVX_BOOT_PROOF];
+    int keyed = (h->flags & KVX_BOOT_HELLO_AUTH) != 0;
+    if (!b->key && !keyed) return 0;
+    if (!b->key) {
+        kvx__set_why(why, wl, "prefill rank %s:%d (bootstrap %s) requires authentication: set the "
+                     "same KVX_AUTH_KEY (or KVX_AUTH_KEY_FILE) on this decode engine", ip, port,
+                     boot_addr);
+        return -1;
+    }
+    if (!keyed) {
+        kvx__set_why(why, wl, "prefill rank %s:%d (bootstrap %s) does not authenticate (it has no "
+                     "KVX_AUTH_KEY) and this decode engine has a key: refusing it", ip, port,
+                     boot_addr);
+        return -1;
+    }
+    kvx_auth_proof(b->key, b->key_len, "kvx-boot-server", nonce, h->nonce, want);
+    if (!kvx_equal_ct(want, h->proof, KVX_BOOT_PROOF)) {
+        kvx__set_why(why, wl, "authentication with prefill rank %s:%d (bootstrap %s) failed: its "
+                     "proof does not match this engine's key (KVX_AUTH_KEY differs)", ip, port,
+                     boot_addr);
+        return -1;
+    }
+    kvx__boot_hdr(frame, KVX_BOOT_PROOF, KVX_BOOT_FRAME_AUTH);
+    kvx_auth_proof(b->key, b->key_len, "kvx-boot-client", h->nonce, nonce, frame + KVX__BOOT_HDR);
+    if (kvx__boot_send_all(fd, frame, sizeof frame, deadline)) {
+        kvx__set_why(why, wl, "cannot send the authentication frame to prefill rank %s:%d: %s", ip,
+                     port, kvx__boot_errstr(errno));
+        return -1;
+    }
+    return 0;
+}
+
 /* Connects to one prefill rank and exchanges hellos (resolver thread). */
 static kvx_result kvx__boot_ctrl_connect(kvx_boot *b, kvx__boot_pf *p, const char *ip, int port,
                                          kvx__boot_conn **out, char *why, size_t wl) {
     int attempt, e = 0;
-    char err[200] = "";
+    char err[300] = "";
+    uint8_t nonce[KVX_BOOT_NONCE];
     uint64_t fp = kvx_layout_fingerprint(kvx_engine_layout(b->engine));
     *out = NULL;
     for (attempt = 0; attempt < KVX_BOOT_TRIES; attempt++) {
@@ -3516,7 +3688,23 @@ static kvx_result kvx__boot_ctrl_connect(kvx_boot *b, kvx__boot_pf *p, const cha
         deadline = kvx_now_ns() + (uint64_t)(KVX__BOOT_HTTP_TIMEOUT_S * 1e9);
         fd = kvx__boot_connect(ip, port, deadline, &e);
         if (fd < 0) { snprintf(err, sizeof err, "%s", kvx__boot_errstr(e)); continue; }
-        if (kvx__boot_send_all(fd, b->hello.data, b->hello.len, deadline)) {
+        if (b->key) { /* keyed hello: our fresh nonce is the challenge */
+            kvx_buf kh;
+            int bad;
+            if (kvx_random_bytes(nonce, sizeof nonce) != KVX_OK ||
+                kvx__boot_keyed_hello(b, &kh, nonce, NULL) != KVX_OK) {
+                close(fd);
+                kvx__set_why(why, wl, "cannot build an authenticated hello (no random bytes?)");
+                return KVX_ERR_IO;
+            }
+            bad = kvx__boot_send_all(fd, kh.data, kh.len, deadline);
+            kvx_buf_free(&kh);
+            if (bad) {
+                snprintf(err, sizeof err, "cannot send hello: %s", kvx__boot_errstr(errno));
+                close(fd);
+                continue;
+            }
+        } else if (kvx__boot_send_all(fd, b->hello.data, b->hello.len, deadline)) {
             snprintf(err, sizeof err, "cannot send hello: %s", kvx__boot_errstr(errno));
             close(fd);
             continue;
@@ -3542,13 +3730,25 @@ static kvx_result kvx__boot_ctrl_connect(kvx_boot *b, kvx__boot_pf *p, const cha
             kvx__boot_put(&in, tmp, (size_t)r);
             if (in.oom) { snprintf(err, sizeof err, "out of memory"); break; }
         }
-        if (!used) { kvx_buf_free(&in); close(fd); continue; }
+        if (!used) {
+            if (b->key)
+                snprintf(err + strlen(err), sizeof err - strlen(err),
+                         " (a prefill of a kvx version without authentication closes keyed hellos)");
+            kvx_buf_free(&in);
+            close(fd);
+            continue;
+        }
         if (f.type != KVX_BOOT_FRAME_HELLO || f.hello.role != KVX_ROLE_PREFILL) {
             kvx__set_why(why, wl, "prefill rank %s:%d (bootstrap %s) answered with a %s frame, not "
                          "a prefill hello", ip, port, p->addr, kvx__boot_type_name(f.type));
             kvx_buf_free(&in);
             close(fd);
             return KVX_ERR_PROTOCOL;
+        }
+        if (kvx__boot_check_auth(b, &f.hello, nonce, ip, port, p->addr, fd, deadline, why, wl)) {
+            kvx_buf_free(&in);
+            close(fd);
+            return KVX_ERR_PERMISSION;
         }
         if (f.hello.transport_len != strlen(kvx_engine_transport(b->engine)) ||
             memcmp(f.hello.transport, kvx_engine_transport(b->engine), f.hello.transport_len)) {
@@ -3920,7 +4120,7 @@ static void *kvx__boot_hb_main(void *arg) {
             kvx_buf body;
             memset(&body, 0, sizeof body);
             pthread_mutex_unlock(&b->mu);
-            ok = kvx__boot_http_call(due->host, due->port, "GET", "/health", NULL, 0, tmo, &status,
+            ok = kvx__boot_http_call(due->host, due->port, "GET", "/health", NULL, NULL, 0, tmo, &status,
                                      &body, err, sizeof err, &refused) == KVX_OK && status == 200;
             if (!ok && status) snprintf(err, sizeof err, "GET /health answered %d", status);
             kvx_buf_free(&body);
@@ -3945,7 +4145,7 @@ static void *kvx__boot_hb_main(void *arg) {
 
 static void kvx__boot_register_job(void *arg) {
     kvx_boot *b = (kvx_boot *)arg;
-    char host[256], err[200] = "";
+    char host[256], err[200] = "", hdr[128];
     int attempt, status = 0, refused = 0;
     kvx_buf body, resp;
     memset(&body, 0, sizeof body);
@@ -3957,7 +4157,8 @@ static void kvx__boot_register_job(void *arg) {
         kvx_result r;
         if (attempt && kvx__boot_backoff(b, attempt - 1 > 3 ? 3 : attempt - 1)) break;
         memset(&resp, 0, sizeof resp);
-        r = kvx__boot_http_call(host, b->port_cfg, "PUT", "/route", body.data, body.len,
+        if (b->key) kvx__boot_route_mac(b, body.data, body.len, (uint64_t)time(NULL), hdr, sizeof hdr);
+        r = kvx__boot_http_call(host, b->port_cfg, "PUT", "/route", b->key ? hdr : NULL, body.data, body.len,
                                 KVX__BOOT_HTTP_TIMEOUT_S, &status, &resp, err, sizeof err, &refused);
         if (r == KVX_OK && status == 200) {
             kvx_buf_free(&resp);
@@ -4371,6 +4572,33 @@ static kvx_result kvx__boot_make_hello(kvx_boot *b) {
     return r;
 }
 
+/* Our hello for one connection: keyless, the shared encoding; keyed, with
+   a fresh nonce (and on prefill the proof over the decode's nonce). */
+static kvx_result kvx__boot_keyed_hello(kvx_boot *b, kvx_buf *out, const uint8_t *nonce,
+                                        const uint8_t *proof) {
+    kvx_boot_frame f;
+    size_t used = 0;
+    char why[64];
+    kvx_result r;
+    /* decode our own shared hello, then re-encode it with the auth fields */
+    r = kvx_boot_decode_frame(b->hello.data, b->hello.len, &f, &used, why, sizeof why);
+    if (r != KVX_OK || !used) return KVX_ERR_INVALID_ARGUMENT;
+    {
+        uint64_t items[KVX_MAX_BUFFERS + KVX_MAX_AUX + 1];
+        uint32_t i;
+        for (i = 0; i < f.hello.num_buffers; i++) items[i] = kvx__le_r64(f.hello.item_lens_le + 8u * i);
+        for (i = 0; i < f.hello.num_aux; i++)
+            items[f.hello.num_buffers + i] = kvx__le_r64(f.hello.aux_item_lens_le + 8u * i);
+        f.hello.item_lens = items;
+        f.hello.aux_item_lens = items + f.hello.num_buffers;
+        f.hello.flags = KVX_BOOT_HELLO_AUTH;
+        f.hello.nonce = nonce;
+        f.hello.proof = proof;
+        memset(out, 0, sizeof *out);
+        return kvx_boot_encode_frame(&f, out);
+    }
+}
+
 static uint64_t kvx__boot_random(const void *salt) {
     uint64_t v = 0;
     int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
@@ -4464,6 +4692,7 @@ KVX_API kvx_result kvx_boot_create(kvx_engine *e, const kvx_boot_hooks *hooks,
     pthread_mutex_init(&b->mu, NULL);
     pthread_cond_init(&b->cv, NULL);
     b->instance = kvx__boot_random(b);
+    b->key = kvx_engine_auth_key(e, &b->key_len);
     if (endpoint_len) {
         b->endpoint = (uint8_t *)malloc(endpoint_len);
         if (!b->endpoint) { kvx__boot_free(b); return KVX_ERR_NO_MEMORY; }
