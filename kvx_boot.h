@@ -33,6 +33,15 @@
      KVX_BOOT_MAX_REASON      bytes of a reason text in status/abort (1024)
      KVX_BOOT_MAX_PENDING     rooms whose frames arrived before their sender
                               was created, kept per prefill engine (65536)
+     KVX_BOOT_MAX_CONN_BYTES  bytes one connection may make this side hold:
+                              its unread answers plus the frames kept for
+                              rooms with no sender yet (16 MiB); past it the
+                              connection is closed and only its rooms fail
+     KVX_BOOT_MAX_TOTAL_BYTES the same summed over every connection, with
+                              their input buffers (256 MiB); the connection
+                              whose growth passes it is closed
+     KVX_BOOT_MAX_CTRL_CONNS  control connections at once (1024); more are
+                              closed at accept
      KVX_BOOT_MAX_RANKS       dp*cp*tp*pp ranks the bootstrap server accepts (4096)
      KVX_BOOT_TRIES           attempts to reach the bootstrap server or a rank
                               before a room fails (5); backoff 200 ms, doubling
@@ -52,9 +61,14 @@
                                rank_ip (default: the bind address when it is
                                a specific one, else the first non-loopback
                                IPv4 address of the host, else 127.0.0.1)
-     KVX_HEARTBEAT_INTERVAL    decode: seconds between GET /health of every
+     KVX_HEARTBEAT_INTERVAL    decode: seconds between heartbeats of every
                                prefill in use (5; SGLang's minimum is 2, kvx
-                               accepts down to 0.1 for tests)
+                               accepts down to 0.1 for tests): a PING on each
+                               control connection when the server info says
+                               "kvx_heartbeat":"control" (kvx prefills), so
+                               liveness needs no HTTP slot; else GET /health
+     KVX_AUTH_KEY, KVX_AUTH_KEY_FILE (core; desc.auth_key, auth_key_file)
+                               a shared secret: see SECURITY
      KVX_HEARTBEAT_MAX_FAILURE decode: consecutive failed heartbeats after
                                which every unfinished room of that prefill
                                fails (2)
@@ -80,7 +94,10 @@
      GET /route?prefill_dp_rank=D&prefill_cp_rank=C&target_tp_rank=T&target_pp_rank=P
                     all four -1: server info {"attn_tp_size","attn_cp_size",
                     "dp_size","pp_size","page_size","kv_cache_dtype",
-                    "follow_bootstrap_room","prefill_http_port"}; concrete
+                    "follow_bootstrap_room","prefill_http_port",
+                    "kvx_heartbeat":"control"} (the last member tells a kvx
+                    decode to heartbeat over the control connection; other
+                    clients ignore it); concrete
                     ranks: {"rank_ip":"...","rank_port":N}. 400 when a
                     parameter is missing or not an integer, 503 until every
                     dp*cp*tp*pp rank registered, 404 for a rank outside the
@@ -94,22 +111,34 @@
                     kvx_boot_ranks_expected, kvx_boot_control_connections,
                     kvx_boot_pending_rooms, kvx_boot_http_connections
      GET /rooms     JSON {"count":N,"rooms":[{"room","role","state","age_s",
-                    "peer"}...]}: the unfinished rooms (at most 10000)
+                    "peer"}...]}: the unfinished rooms (at most 10000). Room
+                    ids are listed to loopback clients only (an id lets a
+                    stranger claim a room); others get {"count":N,"rooms":[],
+                    "note":...}.
+     With a key (KVX_AUTH_KEY): /metrics and /rooms answer 403 to
+     non-loopback clients; PUT /route needs "X-Kvx-Auth: SECS:HEX" where
+     HEX = HMAC-SHA-256(key, "kvx-boot-route\0" SECS "\0" body) and SECS
+     (unix time) is within 300 s of the server's clock, else 403. /health and
+     GET /route stay open (SGLang clients).
      Other paths 404, other methods 405. Requests are parsed strictly and
      bounded (KVX_BOOT_MAX_HEADER, KVX_BOOT_MAX_BODY, KVX_BOOT_READ_TIMEOUT_MS);
      one poll() loop serves every connection, so a slow or bad client holds
      only its own connection.
 
-   CONTROL CHANNEL WIRE FORMAT (version 1; every integer little-endian)
+   CONTROL CHANNEL WIRE FORMAT (version 1; every integer little-endian;
+   types 5-7 and hello flag 1 extend version 1: a keyless peer that never
+   sees them speaks exactly the original version 1)
      One TCP connection per (decode engine, prefill rank); the decode side
      connects to the rank_ip:rank_port it resolved. Each frame:
        u32 body_len   bytes after this 8-byte header (<= KVX_BOOT_MAX_FRAME,
                       and per type as below)
-       u16 type       1 hello, 2 room, 3 status, 4 abort; others: protocol error
+       u16 type       1 hello, 2 room, 3 status, 4 abort, 5 ping, 6 pong,
+                      7 auth; others: protocol error
        u16 flags      0 (anything else: protocol error)
-     HELLO (both ways, first frame of each side; body 96 + 8*(nb+na) + dl + tl + el)
+     HELLO (both ways, first frame of each side; body 96 + 8*(nb+na) + dl + tl + el
+            [+ 16 nonce, + 32 proof on the prefill's, when flags has bit 0])
        0  u8[8] magic "kvx-boot"        8  u16 protocol version (1)
-       10 u16 role (1 prefill, 2 decode) 12 u32 flags (0)
+       10 u16 role (1 prefill, 2 decode) 12 u32 flags (0; 1 = keyed, others refused)
        16 u64 instance (random per engine)
        24 u64 layout fingerprint (kvx_layout_fingerprint)
        32 i32 tp_size, tp_rank, dp_size, dp_rank, pp_size, pp_rank, cp_size, cp_rank
@@ -117,7 +146,8 @@
        80 u32 nb (KV buffers, <= KVX_MAX_BUFFERS)  84 u32 na (aux, <= KVX_MAX_AUX)
        88 u16 dl (dtype bytes, <= 63)   90 u16 tl (transport name bytes, <= 31)
        92 u32 el (endpoint bytes, <= KVX_BOOT_MAX_ENDPOINT)
-       96 u64 item_len[nb], u64 aux_item_len[na], dtype, transport, endpoint
+       96 u64 item_len[nb], u64 aux_item_len[na], dtype, transport, endpoint,
+          keyed: u8 nonce[16] (fresh per connection), prefill: u8 proof[32]
      ROOM (decode -> prefill; body 24 + 4*n)
        0 u64 room   8 i32 aux_index (-1 none)   12 u32 n (<= KVX_MAX_PAGES)
        16 u16 peer_index   18 u16 peer_count (decode ranks that send this
@@ -128,6 +158,25 @@
        20 i32 result (kvx_result)   24 u32 rl (<= KVX_BOOT_MAX_REASON)   28 reason
      ABORT (both ways; body 12 + rl)
        0 u64 room   8 u32 rl (<= KVX_BOOT_MAX_REASON)   12 reason
+       Accepted only from the connection that owns the room (prefill: sent
+       its room frame; decode: a target rank); others are ignored, and a
+       prefill keeps an abort for a room with no sender yet only when the
+       same connection sent that room's frame.
+     PING / PONG (both ways; body 8): u64 seq. A ping is answered with a pong
+       carrying its seq at once; any bytes received count as liveness.
+     AUTH (decode -> prefill, keyed; body 32): u8 proof[32].
+     AUTHENTICATION (both sides keyed): decode hello carries nonce_d;
+       prefill hello carries nonce_p and kvx_auth_proof(key,
+       "kvx-boot-server", nonce_d, nonce_p); the decode checks it and sends
+       AUTH = kvx_auth_proof(key, "kvx-boot-client", nonce_p, nonce_d). The
+       prefill reads nothing else before a valid AUTH (read deadline
+       KVX_BOOT_READ_TIMEOUT_MS); a bad or missing one closes the connection
+       and nothing it sent is applied. One side keyed, the other not:
+       refused, and the decode's rooms fail with a sentence saying which.
+     A room's destination is claimed by the first room frame for it; a
+     frame from another connection that does not fit it (a slot already
+     taken, another decode-rank count or page count) is refused with a
+     status Failed to its sender and does not touch the room.
      A frame that breaks any rule closes that connection; the rooms that
      depended on it fail with the reason; every other connection goes on.
 
@@ -146,16 +195,22 @@
      engine_fini:  kvx_boot_destroy(boot)
      room_open:    kvx_boot_room_open(boot, r)
      room_close:   kvx_boot_room_close(boot, r)
-     room_abort:   kvx_boot_abort(boot, r, reason)
+     room_failed:  kvx_boot_room_failed(boot, r) (tells the peer once:
+                   status Failed / abort with the room's first reason)
+     room_abort:   kvx_boot_abort(boot, r, reason) (backends without
+                   room_failed)
      decode receiver_init: kvx_boot_receiver_init(boot, r, pages, n, aux)
      prefill:      hooks.on_room learns each destination; when the last
                    byte is placed call kvx_boot_send_status(boot, r,
-                   KVX_POLL_SUCCESS, KVX_OK, bytes, NULL) and
-                   kvx_room_succeed; on error send KVX_POLL_FAILED.
+                   KVX_POLL_SUCCESS, KVX_OK, bytes, NULL) after
+                   kvx_room_succeed (only when it stuck); on error fail the
+                   room and let room_failed tell the peer.
      The receiver by default succeeds when every target rank sent Success
      and fails with the prefill's reason on Failed (hooks.on_status may
      take over). Lost connections, failed heartbeats and peer aborts fail
-     the rooms concerned with a sentence naming the peer.
+     the rooms concerned with a sentence naming the peer, through
+     kvx_room_fail_remote (nothing is echoed back). A peer's reason that
+     already starts "room <id>: " is kept as is, followed by who reported it.
 
    EXAMPLE (two engines; error handling shortened)
        kvx_boot_register();
@@ -171,19 +226,36 @@
      names the address. A dropped control connection fails every unfinished
      room of that prefill at once ("lost connection with prefill instance
      HOST:PORT (rank IP:PORT): ..."); so do KVX_HEARTBEAT_MAX_FAILURE failed
-     GET /health in a row (each bounded by min(interval, 2 s)). The next room
+     heartbeats in a row (a ping unanswered for an interval, or a GET
+     /health bounded by min(interval, 2 s)). The next room
      for that prefill resolves it again, so a restarted prefill is picked up
      without restarting decode. Prefill: a dropped decode connection fails
      that decode's unfinished senders; room frames kept for senders never
-     created answer Failed after KVX_BOOTSTRAP_TIMEOUT. kvx_*_abort, the
-     core's timeouts and destroying an unfinished room send an abort frame
-     the peer turns into a failure carrying the reason.
+     created answer Failed after KVX_BOOTSTRAP_TIMEOUT. Every local failure
+     (kvx_*_abort, a refused argument, the core's timeouts, destroying an
+     unfinished room) reaches the peer at once, once, with the first reason
+     (room_failed); a room that reached Success sends nothing more.
 
    SECURITY
-     Like SGLang's, the bootstrap and control ports are unauthenticated and
-     unencrypted: whoever reaches them can register ranks or name
-     destinations. Bind them to a private network (KVX_BOOTSTRAP_HOST).
-     Everything read from them is bounded and checked before use.
+     Always: everything read is bounded and checked before use; every queue
+     a peer can fill has a byte budget (KVX_BOOT_MAX_CONN_BYTES per
+     connection, KVX_BOOT_MAX_TOTAL_BYTES in all); an abort is accepted only
+     from the connection that owns the room; a claimed destination cannot be
+     replaced; /rooms lists ids to loopback clients only; decode liveness
+     uses pings on the control connection, so a client holding every HTTP
+     slot cannot fail rooms in flight (it can still keep new decode
+     engines from resolving the prefill: bind to a private network).
+     Without a key (SGLang-compatible): anyone who reaches the ports can
+     register ranks (PUT /route), and, knowing or guessing a room id, claim
+     a room whose destination has not arrived yet, or take an unfilled
+     slot of a room served by several decode ranks. Bind them to a private
+     network (KVX_BOOTSTRAP_HOST).
+     With a key (KVX_AUTH_KEY / KVX_AUTH_KEY_FILE, the same on every
+     engine): every control connection proves the key both ways (above),
+     PUT /route carries a fresh MAC, /metrics and /rooms are loopback only.
+     Not covered: frames are not encrypted or MAC'd after the handshake
+     (someone who can rewrite packets on the path can still inject), and
+     GET /route and /health stay open.
 
    LIMITS OF THIS VERSION
      The decode side's HTTP client and connects are blocking calls on its
