@@ -33,6 +33,15 @@
      KVX_BOOT_MAX_REASON      bytes of a reason text in status/abort (1024)
      KVX_BOOT_MAX_PENDING     rooms whose frames arrived before their sender
                               was created, kept per prefill engine (65536)
+     KVX_BOOT_MAX_CONN_BYTES  bytes one connection may make this side hold:
+                              its unread answers plus the frames kept for
+                              rooms with no sender yet (16 MiB); past it the
+                              connection is closed and only its rooms fail
+     KVX_BOOT_MAX_TOTAL_BYTES the same summed over every connection, with
+                              their input buffers (256 MiB); the connection
+                              whose growth passes it is closed
+     KVX_BOOT_MAX_CTRL_CONNS  control connections at once (1024); more are
+                              closed at accept
      KVX_BOOT_MAX_RANKS       dp*cp*tp*pp ranks the bootstrap server accepts (4096)
      KVX_BOOT_TRIES           attempts to reach the bootstrap server or a rank
                               before a room fails (5); backoff 200 ms, doubling
@@ -52,9 +61,14 @@
                                rank_ip (default: the bind address when it is
                                a specific one, else the first non-loopback
                                IPv4 address of the host, else 127.0.0.1)
-     KVX_HEARTBEAT_INTERVAL    decode: seconds between GET /health of every
+     KVX_HEARTBEAT_INTERVAL    decode: seconds between heartbeats of every
                                prefill in use (5; SGLang's minimum is 2, kvx
-                               accepts down to 0.1 for tests)
+                               accepts down to 0.1 for tests): a PING on each
+                               control connection when the server info says
+                               "kvx_heartbeat":"control" (kvx prefills), so
+                               liveness needs no HTTP slot; else GET /health
+     KVX_AUTH_KEY, KVX_AUTH_KEY_FILE (core; desc.auth_key, auth_key_file)
+                               a shared secret: see SECURITY
      KVX_HEARTBEAT_MAX_FAILURE decode: consecutive failed heartbeats after
                                which every unfinished room of that prefill
                                fails (2)
@@ -80,7 +94,10 @@
      GET /route?prefill_dp_rank=D&prefill_cp_rank=C&target_tp_rank=T&target_pp_rank=P
                     all four -1: server info {"attn_tp_size","attn_cp_size",
                     "dp_size","pp_size","page_size","kv_cache_dtype",
-                    "follow_bootstrap_room","prefill_http_port"}; concrete
+                    "follow_bootstrap_room","prefill_http_port",
+                    "kvx_heartbeat":"control"} (the last member tells a kvx
+                    decode to heartbeat over the control connection; other
+                    clients ignore it); concrete
                     ranks: {"rank_ip":"...","rank_port":N}. 400 when a
                     parameter is missing or not an integer, 503 until every
                     dp*cp*tp*pp rank registered, 404 for a rank outside the
@@ -94,22 +111,34 @@
                     kvx_boot_ranks_expected, kvx_boot_control_connections,
                     kvx_boot_pending_rooms, kvx_boot_http_connections
      GET /rooms     JSON {"count":N,"rooms":[{"room","role","state","age_s",
-                    "peer"}...]}: the unfinished rooms (at most 10000)
+                    "peer"}...]}: the unfinished rooms (at most 10000). Room
+                    ids are listed to loopback clients only (an id lets a
+                    stranger claim a room); others get {"count":N,"rooms":[],
+                    "note":...}.
+     With a key (KVX_AUTH_KEY): /metrics and /rooms answer 403 to
+     non-loopback clients; PUT /route needs "X-Kvx-Auth: SECS:HEX" where
+     HEX = HMAC-SHA-256(key, "kvx-boot-route\0" SECS "\0" body) and SECS
+     (unix time) is within 300 s of the server's clock, else 403. /health and
+     GET /route stay open (SGLang clients).
      Other paths 404, other methods 405. Requests are parsed strictly and
      bounded (KVX_BOOT_MAX_HEADER, KVX_BOOT_MAX_BODY, KVX_BOOT_READ_TIMEOUT_MS);
      one poll() loop serves every connection, so a slow or bad client holds
      only its own connection.
 
-   CONTROL CHANNEL WIRE FORMAT (version 1; every integer little-endian)
+   CONTROL CHANNEL WIRE FORMAT (version 1; every integer little-endian;
+   types 5-7 and hello flag 1 extend version 1: a keyless peer that never
+   sees them speaks exactly the original version 1)
      One TCP connection per (decode engine, prefill rank); the decode side
      connects to the rank_ip:rank_port it resolved. Each frame:
        u32 body_len   bytes after this 8-byte header (<= KVX_BOOT_MAX_FRAME,
                       and per type as below)
-       u16 type       1 hello, 2 room, 3 status, 4 abort; others: protocol error
+       u16 type       1 hello, 2 room, 3 status, 4 abort, 5 ping, 6 pong,
+                      7 auth; others: protocol error
        u16 flags      0 (anything else: protocol error)
-     HELLO (both ways, first frame of each side; body 96 + 8*(nb+na) + dl + tl + el)
+     HELLO (both ways, first frame of each side; body 96 + 8*(nb+na) + dl + tl + el
+            [+ 16 nonce, + 32 proof on the prefill's, when flags has bit 0])
        0  u8[8] magic "kvx-boot"        8  u16 protocol version (1)
-       10 u16 role (1 prefill, 2 decode) 12 u32 flags (0)
+       10 u16 role (1 prefill, 2 decode) 12 u32 flags (0; 1 = keyed, others refused)
        16 u64 instance (random per engine)
        24 u64 layout fingerprint (kvx_layout_fingerprint)
        32 i32 tp_size, tp_rank, dp_size, dp_rank, pp_size, pp_rank, cp_size, cp_rank
@@ -117,7 +146,8 @@
        80 u32 nb (KV buffers, <= KVX_MAX_BUFFERS)  84 u32 na (aux, <= KVX_MAX_AUX)
        88 u16 dl (dtype bytes, <= 63)   90 u16 tl (transport name bytes, <= 31)
        92 u32 el (endpoint bytes, <= KVX_BOOT_MAX_ENDPOINT)
-       96 u64 item_len[nb], u64 aux_item_len[na], dtype, transport, endpoint
+       96 u64 item_len[nb], u64 aux_item_len[na], dtype, transport, endpoint,
+          keyed: u8 nonce[16] (fresh per connection), prefill: u8 proof[32]
      ROOM (decode -> prefill; body 24 + 4*n)
        0 u64 room   8 i32 aux_index (-1 none)   12 u32 n (<= KVX_MAX_PAGES)
        16 u16 peer_index   18 u16 peer_count (decode ranks that send this
@@ -128,6 +158,25 @@
        20 i32 result (kvx_result)   24 u32 rl (<= KVX_BOOT_MAX_REASON)   28 reason
      ABORT (both ways; body 12 + rl)
        0 u64 room   8 u32 rl (<= KVX_BOOT_MAX_REASON)   12 reason
+       Accepted only from the connection that owns the room (prefill: sent
+       its room frame; decode: a target rank); others are ignored, and a
+       prefill keeps an abort for a room with no sender yet only when the
+       same connection sent that room's frame.
+     PING / PONG (both ways; body 8): u64 seq. A ping is answered with a pong
+       carrying its seq at once; any bytes received count as liveness.
+     AUTH (decode -> prefill, keyed; body 32): u8 proof[32].
+     AUTHENTICATION (both sides keyed): decode hello carries nonce_d;
+       prefill hello carries nonce_p and kvx_auth_proof(key,
+       "kvx-boot-server", nonce_d, nonce_p); the decode checks it and sends
+       AUTH = kvx_auth_proof(key, "kvx-boot-client", nonce_p, nonce_d). The
+       prefill reads nothing else before a valid AUTH (read deadline
+       KVX_BOOT_READ_TIMEOUT_MS); a bad or missing one closes the connection
+       and nothing it sent is applied. One side keyed, the other not:
+       refused, and the decode's rooms fail with a sentence saying which.
+     A room's destination is claimed by the first room frame for it; a
+     frame from another connection that does not fit it (a slot already
+     taken, another decode-rank count or page count) is refused with a
+     status Failed to its sender and does not touch the room.
      A frame that breaks any rule closes that connection; the rooms that
      depended on it fail with the reason; every other connection goes on.
 
@@ -146,16 +195,22 @@
      engine_fini:  kvx_boot_destroy(boot)
      room_open:    kvx_boot_room_open(boot, r)
      room_close:   kvx_boot_room_close(boot, r)
-     room_abort:   kvx_boot_abort(boot, r, reason)
+     room_failed:  kvx_boot_room_failed(boot, r) (tells the peer once:
+                   status Failed / abort with the room's first reason)
+     room_abort:   kvx_boot_abort(boot, r, reason) (backends without
+                   room_failed)
      decode receiver_init: kvx_boot_receiver_init(boot, r, pages, n, aux)
      prefill:      hooks.on_room learns each destination; when the last
                    byte is placed call kvx_boot_send_status(boot, r,
-                   KVX_POLL_SUCCESS, KVX_OK, bytes, NULL) and
-                   kvx_room_succeed; on error send KVX_POLL_FAILED.
+                   KVX_POLL_SUCCESS, KVX_OK, bytes, NULL) after
+                   kvx_room_succeed (only when it stuck); on error fail the
+                   room and let room_failed tell the peer.
      The receiver by default succeeds when every target rank sent Success
      and fails with the prefill's reason on Failed (hooks.on_status may
      take over). Lost connections, failed heartbeats and peer aborts fail
-     the rooms concerned with a sentence naming the peer.
+     the rooms concerned with a sentence naming the peer, through
+     kvx_room_fail_remote (nothing is echoed back). A peer's reason that
+     already starts "room <id>: " is kept as is, followed by who reported it.
 
    EXAMPLE (two engines; error handling shortened)
        kvx_boot_register();
@@ -171,19 +226,36 @@
      names the address. A dropped control connection fails every unfinished
      room of that prefill at once ("lost connection with prefill instance
      HOST:PORT (rank IP:PORT): ..."); so do KVX_HEARTBEAT_MAX_FAILURE failed
-     GET /health in a row (each bounded by min(interval, 2 s)). The next room
+     heartbeats in a row (a ping unanswered for an interval, or a GET
+     /health bounded by min(interval, 2 s)). The next room
      for that prefill resolves it again, so a restarted prefill is picked up
      without restarting decode. Prefill: a dropped decode connection fails
      that decode's unfinished senders; room frames kept for senders never
-     created answer Failed after KVX_BOOTSTRAP_TIMEOUT. kvx_*_abort, the
-     core's timeouts and destroying an unfinished room send an abort frame
-     the peer turns into a failure carrying the reason.
+     created answer Failed after KVX_BOOTSTRAP_TIMEOUT. Every local failure
+     (kvx_*_abort, a refused argument, the core's timeouts, destroying an
+     unfinished room) reaches the peer at once, once, with the first reason
+     (room_failed); a room that reached Success sends nothing more.
 
    SECURITY
-     Like SGLang's, the bootstrap and control ports are unauthenticated and
-     unencrypted: whoever reaches them can register ranks or name
-     destinations. Bind them to a private network (KVX_BOOTSTRAP_HOST).
-     Everything read from them is bounded and checked before use.
+     Always: everything read is bounded and checked before use; every queue
+     a peer can fill has a byte budget (KVX_BOOT_MAX_CONN_BYTES per
+     connection, KVX_BOOT_MAX_TOTAL_BYTES in all); an abort is accepted only
+     from the connection that owns the room; a claimed destination cannot be
+     replaced; /rooms lists ids to loopback clients only; decode liveness
+     uses pings on the control connection, so a client holding every HTTP
+     slot cannot fail rooms in flight (it can still keep new decode
+     engines from resolving the prefill: bind to a private network).
+     Without a key (SGLang-compatible): anyone who reaches the ports can
+     register ranks (PUT /route), and, knowing or guessing a room id, claim
+     a room whose destination has not arrived yet, or take an unfilled
+     slot of a room served by several decode ranks. Bind them to a private
+     network (KVX_BOOTSTRAP_HOST).
+     With a key (KVX_AUTH_KEY / KVX_AUTH_KEY_FILE, the same on every
+     engine): every control connection proves the key both ways (above),
+     PUT /route carries a fresh MAC, /metrics and /rooms are loopback only.
+     Not covered: frames are not encrypted or MAC'd after the handshake
+     (someone who can rewrite packets on the path can still inject), and
+     GET /route and /health stay open.
 
    LIMITS OF THIS VERSION
      The decode side's HTTP client and connects are blocking calls on its
@@ -240,6 +312,15 @@
 #endif
 #ifndef KVX_BOOT_MAX_RANKS
 #define KVX_BOOT_MAX_RANKS 4096
+#endif
+#ifndef KVX_BOOT_MAX_CONN_BYTES
+#define KVX_BOOT_MAX_CONN_BYTES (16u << 20)
+#endif
+#ifndef KVX_BOOT_MAX_TOTAL_BYTES
+#define KVX_BOOT_MAX_TOTAL_BYTES (256u << 20)
+#endif
+#ifndef KVX_BOOT_MAX_CTRL_CONNS
+#define KVX_BOOT_MAX_CTRL_CONNS 1024
 #endif
 #ifndef KVX_BOOT_TRIES
 #define KVX_BOOT_TRIES 5
@@ -346,6 +427,15 @@ KVX_API kvx_result kvx_boot_send_status(kvx_boot *b, kvx_room *r, kvx_poll state
    its side with the reason). A prefill room whose frame has not arrived
    answers it with the abort when it does. Non-blocking. */
 KVX_API void kvx_boot_abort(kvx_boot *b, kvx_room *r, const char *reason);
+/* Tells the peer(s) of room r that it failed, with r's first reason and
+   result code (kvx_room_error / kvx_room_result): prefill -> a status
+   Failed frame to every decode rank that sent the room's destination (a
+   rank whose destination arrives later gets it then); decode -> an abort
+   frame to every target prefill rank once the room frame went out. Once
+   per room (kvx_boot_abort, kvx_boot_send_status(FAILED) and destroying an
+   unfinished room count as that once); a no-op when r is not Failed.
+   Transports call it from their room_failed hook. Non-blocking. */
+KVX_API void kvx_boot_room_failed(kvx_boot *b, kvx_room *r);
 /* Prefill: the number of destination pages the decode side asked for
    (every decode rank that serves the room asks for the same count), or 0
    before the room frame arrived. */
@@ -378,6 +468,8 @@ typedef struct kvx_boot_http_request {
     size_t consumed;      /* header_len + body_len once complete */
     uint64_t content_length;
     int expect_continue;  /* "Expect: 100-continue" */
+    const char *auth;     /* value of "X-Kvx-Auth" (PUT /route with a key), or NULL */
+    size_t auth_len;
     int http10;           /* HTTP/1.0 */
     char error[128];
 } kvx_boot_http_request;
@@ -397,11 +489,21 @@ typedef enum kvx_boot_frame_type {
     KVX_BOOT_FRAME_HELLO = 1,
     KVX_BOOT_FRAME_ROOM = 2,
     KVX_BOOT_FRAME_STATUS = 3,
-    KVX_BOOT_FRAME_ABORT = 4
+    KVX_BOOT_FRAME_ABORT = 4,
+    KVX_BOOT_FRAME_PING = 5,
+    KVX_BOOT_FRAME_PONG = 6,
+    KVX_BOOT_FRAME_AUTH = 7
 } kvx_boot_frame_type;
+
+#define KVX_BOOT_HELLO_AUTH 1u /* hello flag: this side has a key; nonce (and proof) follow */
+#define KVX_BOOT_NONCE 16
+#define KVX_BOOT_PROOF 32
 
 typedef struct kvx_boot_hello {
     uint16_t version, role;
+    uint32_t flags;                /* 0, or KVX_BOOT_HELLO_AUTH */
+    const uint8_t *nonce;          /* flags & AUTH: KVX_BOOT_NONCE bytes */
+    const uint8_t *proof;          /* flags & AUTH, prefill's hello: KVX_BOOT_PROOF bytes */
     uint64_t instance, fingerprint;
     int32_t tp_size, tp_rank, dp_size, dp_rank, pp_size, pp_rank, cp_size, cp_rank;
     uint32_t page_size, dtype_size, num_kv_heads, mla, num_buffers, num_aux;
@@ -430,6 +532,8 @@ typedef struct kvx_boot_frame {
     uint64_t bytes;        /* status */
     const char *reason;    /* status, abort; not NUL-terminated */
     uint32_t reason_len;
+    uint64_t seq;          /* ping, pong */
+    const uint8_t *proof;  /* auth: KVX_BOOT_PROOF bytes */
     kvx_boot_hello hello;  /* hello */
 } kvx_boot_frame;
 
@@ -524,6 +628,9 @@ static const char *kvx__boot_type_name(uint32_t t) {
     case KVX_BOOT_FRAME_ROOM: return "room";
     case KVX_BOOT_FRAME_STATUS: return "status";
     case KVX_BOOT_FRAME_ABORT: return "abort";
+    case KVX_BOOT_FRAME_PING: return "ping";
+    case KVX_BOOT_FRAME_PONG: return "pong";
+    case KVX_BOOT_FRAME_AUTH: return "auth";
     }
     return "unknown";
 }
@@ -534,10 +641,13 @@ static uint64_t kvx__boot_type_max(uint32_t t) {
     switch (t) {
     case KVX_BOOT_FRAME_HELLO:
         return KVX__BOOT_HELLO_FIXED + 8ull * (KVX_MAX_BUFFERS + KVX_MAX_AUX) + 63 + 31 +
-               KVX_BOOT_MAX_ENDPOINT;
+               KVX_BOOT_MAX_ENDPOINT + KVX_BOOT_NONCE + KVX_BOOT_PROOF;
     case KVX_BOOT_FRAME_ROOM: return KVX__BOOT_ROOM_FIXED + 4ull * KVX_MAX_PAGES;
     case KVX_BOOT_FRAME_STATUS: return KVX__BOOT_STATUS_FIXED + KVX_BOOT_MAX_REASON;
     case KVX_BOOT_FRAME_ABORT: return KVX__BOOT_ABORT_FIXED + KVX_BOOT_MAX_REASON;
+    case KVX_BOOT_FRAME_PING:
+    case KVX_BOOT_FRAME_PONG: return 8;
+    case KVX_BOOT_FRAME_AUTH: return KVX_BOOT_PROOF;
     }
     return 0;
 }
@@ -551,6 +661,13 @@ static kvx_result kvx__boot_bad(char *why, size_t wl, const char *fmt, ...) {
         va_end(ap);
     }
     return KVX_ERR_PROTOCOL;
+}
+
+/* Bytes after the endpoint: a keyed hello carries the sender's nonce, and
+   the prefill's (the answer) also its proof over the decode's nonce. */
+static uint32_t kvx__boot_hello_auth_len(uint32_t flags, uint32_t role) {
+    if (!(flags & KVX_BOOT_HELLO_AUTH)) return 0;
+    return KVX_BOOT_NONCE + (role == KVX_ROLE_PREFILL ? KVX_BOOT_PROOF : 0);
 }
 
 static kvx_result kvx__boot_decode_hello(const uint8_t *p, uint32_t n, kvx_boot_hello *h,
@@ -571,7 +688,9 @@ static kvx_result kvx__boot_decode_hello(const uint8_t *p, uint32_t n, kvx_boot_
     h->role = kvx__le_r16(p + 10);
     if (h->role != KVX_ROLE_PREFILL && h->role != KVX_ROLE_DECODE)
         return kvx__boot_bad(why, wl, "hello has role %u (1 prefill or 2 decode expected)", h->role);
-    if (kvx__le_r32(p + 12) != 0) return kvx__boot_bad(why, wl, "hello flags are not 0");
+    h->flags = kvx__le_r32(p + 12);
+    if (h->flags & ~KVX_BOOT_HELLO_AUTH)
+        return kvx__boot_bad(why, wl, "hello flags %#x (0 or 1 expected)", (unsigned)h->flags);
     h->instance = kvx__le_r64(p + 16);
     h->fingerprint = kvx__le_r64(p + 24);
     h->tp_size = (int32_t)kvx__le_r32(p + 32); h->tp_rank = (int32_t)kvx__le_r32(p + 36);
@@ -594,7 +713,8 @@ static kvx_result kvx__boot_decode_hello(const uint8_t *p, uint32_t n, kvx_boot_
         return kvx__boot_bad(why, wl,
                              "hello string lengths dtype %u, transport %u, endpoint %u exceed "
                              "63, 31, %d", dl, tl, el, KVX_BOOT_MAX_ENDPOINT);
-    need = KVX__BOOT_HELLO_FIXED + 8ull * (h->num_buffers + h->num_aux) + dl + tl + el;
+    need = KVX__BOOT_HELLO_FIXED + 8ull * (h->num_buffers + h->num_aux) + dl + tl + el +
+           kvx__boot_hello_auth_len(h->flags, h->role);
     if (need != n)
         return kvx__boot_bad(why, wl, "hello is %u bytes but its fields add up to %llu", n,
                              (unsigned long long)need);
@@ -603,7 +723,11 @@ static kvx_result kvx__boot_decode_hello(const uint8_t *p, uint32_t n, kvx_boot_
     h->aux_item_lens_le = q; q += 8u * h->num_aux;
     h->dtype = (const char *)q; h->dtype_len = dl; q += dl;
     h->transport = (const char *)q; h->transport_len = tl; q += tl;
-    h->endpoint = q; h->endpoint_len = el;
+    h->endpoint = q; h->endpoint_len = el; q += el;
+    if (h->flags & KVX_BOOT_HELLO_AUTH) {
+        h->nonce = q;
+        if (h->role == KVX_ROLE_PREFILL) h->proof = q + KVX_BOOT_NONCE;
+    }
     return KVX_OK;
 }
 
@@ -621,7 +745,7 @@ KVX_API kvx_result kvx_boot_decode_frame(const void *buf, size_t len, kvx_boot_f
     type = kvx__le_r16(p + 4);
     flags = kvx__le_r16(p + 6);
     f->body_len = blen;
-    if (type < KVX_BOOT_FRAME_HELLO || type > KVX_BOOT_FRAME_ABORT)
+    if (type < KVX_BOOT_FRAME_HELLO || type > KVX_BOOT_FRAME_AUTH)
         return kvx__boot_bad(why, wl, "unknown frame type %u", type);
     f->type = (kvx_boot_frame_type)type;
     if (flags) return kvx__boot_bad(why, wl, "%s frame has flags %#x (0 expected)",
@@ -699,6 +823,18 @@ KVX_API kvx_result kvx_boot_decode_frame(const void *buf, size_t len, kvx_boot_f
                                  (unsigned long long)f->room, f->reason_len, blen);
         f->reason = (const char *)b + KVX__BOOT_ABORT_FIXED;
         break;
+    case KVX_BOOT_FRAME_PING:
+    case KVX_BOOT_FRAME_PONG:
+        if (blen != 8)
+            return kvx__boot_bad(why, wl, "%s frame of %u bytes (8 expected)",
+                                 kvx__boot_type_name(type), blen);
+        f->seq = kvx__le_r64(b);
+        break;
+    case KVX_BOOT_FRAME_AUTH:
+        if (blen != KVX_BOOT_PROOF)
+            return kvx__boot_bad(why, wl, "auth frame of %u bytes (%d expected)", blen, KVX_BOOT_PROOF);
+        f->proof = b;
+        break;
     }
     *consumed = KVX__BOOT_HDR + (size_t)blen;
     return KVX_OK;
@@ -746,14 +882,17 @@ KVX_API kvx_result kvx_boot_encode_frame(const kvx_boot_frame *f, kvx_buf *out) 
             h->transport_len > 31 || h->endpoint_len > KVX_BOOT_MAX_ENDPOINT ||
             (h->num_buffers && !h->item_lens) || (h->num_aux && !h->aux_item_lens) ||
             (h->dtype_len && !h->dtype) || (h->transport_len && !h->transport) ||
-            (h->endpoint_len && !h->endpoint))
+            (h->endpoint_len && !h->endpoint) || (h->flags & ~KVX_BOOT_HELLO_AUTH) ||
+            ((h->flags & KVX_BOOT_HELLO_AUTH) &&
+             (!h->nonce || (h->role == KVX_ROLE_PREFILL && !h->proof))))
             return KVX_ERR_INVALID_ARGUMENT;
         blen = KVX__BOOT_HELLO_FIXED + 8ull * (h->num_buffers + h->num_aux) + h->dtype_len +
-               h->transport_len + h->endpoint_len;
+               h->transport_len + h->endpoint_len + kvx__boot_hello_auth_len(h->flags, h->role);
         kvx__boot_hdr(fixed, (uint32_t)blen, KVX_BOOT_FRAME_HELLO);
         memcpy(b, KVX__BOOT_MAGIC, 8);
         kvx__le_w16(b + 8, h->version ? h->version : KVX_BOOT_PROTOCOL_VERSION);
         kvx__le_w16(b + 10, h->role);
+        kvx__le_w32(b + 12, h->flags);
         kvx__le_w64(b + 16, h->instance);
         kvx__le_w64(b + 24, h->fingerprint);
         kvx__le_w32(b + 32, (uint32_t)h->tp_size); kvx__le_w32(b + 36, (uint32_t)h->tp_rank);
@@ -779,6 +918,10 @@ KVX_API kvx_result kvx_boot_encode_frame(const kvx_boot_frame *f, kvx_buf *out) 
         kvx__boot_put(out, h->dtype, h->dtype_len);
         kvx__boot_put(out, h->transport, h->transport_len);
         kvx__boot_put(out, h->endpoint, h->endpoint_len);
+        if (h->flags & KVX_BOOT_HELLO_AUTH) {
+            kvx__boot_put(out, h->nonce, KVX_BOOT_NONCE);
+            if (h->role == KVX_ROLE_PREFILL) kvx__boot_put(out, h->proof, KVX_BOOT_PROOF);
+        }
         break;
     }
     case KVX_BOOT_FRAME_ROOM:
@@ -815,6 +958,18 @@ KVX_API kvx_result kvx_boot_encode_frame(const kvx_boot_frame *f, kvx_buf *out) 
         kvx__boot_put(out, f->reason, rl);
         break;
     }
+    case KVX_BOOT_FRAME_PING:
+    case KVX_BOOT_FRAME_PONG:
+        kvx__boot_hdr(fixed, 8, f->type);
+        kvx__le_w64(b, f->seq);
+        kvx__boot_put(out, fixed, KVX__BOOT_HDR + 8);
+        break;
+    case KVX_BOOT_FRAME_AUTH:
+        if (!f->proof) return KVX_ERR_INVALID_ARGUMENT;
+        kvx__boot_hdr(fixed, KVX_BOOT_PROOF, f->type);
+        kvx__boot_put(out, fixed, KVX__BOOT_HDR);
+        kvx__boot_put(out, f->proof, KVX_BOOT_PROOF);
+        break;
     default: return KVX_ERR_INVALID_ARGUMENT;
     }
     return out->oom ? KVX_ERR_NO_MEMORY : KVX_OK;
@@ -923,6 +1078,9 @@ static kvx_result kvx__boot_parse_header(const char *s, size_t n, kvx_boot_http_
         o->content_length = v;
     } else if (kvx__boot_ieq(s, nl, "transfer-encoding")) {
         return kvx__boot_http_err(o, 501, "Transfer-Encoding is not supported; send Content-Length");
+    } else if (kvx__boot_ieq(s, nl, "x-kvx-auth")) {
+        o->auth = s + v0;
+        o->auth_len = v1 - v0;
     } else if (kvx__boot_ieq(s, nl, "expect")) {
         if (kvx__boot_ieq(s + v0, v1 - v0, "100-continue")) o->expect_continue = 1;
         else return kvx__boot_http_err(o, 417, "unsupported Expect header");
@@ -1013,7 +1171,6 @@ enum { KVX__BOOT_K_HTTP_LISTEN = 1, KVX__BOOT_K_CTRL_LISTEN, KVX__BOOT_K_HTTP, K
 enum { KVX__BOOT_PF_IDLE = 0, KVX__BOOT_PF_RESOLVING, KVX__BOOT_PF_READY, KVX__BOOT_PF_DEAD };
 enum { KVX__BOOT_H_READING = 0, KVX__BOOT_H_WRITING, KVX__BOOT_H_DRAINING };
 
-#define KVX__BOOT_MAX_OUT (256u << 20) /* queued bytes a control peer may leave unread */
 #define KVX__BOOT_MAX_PEERS 1024
 #define KVX__BOOT_RETRY_MS 200
 #define KVX__BOOT_HTTP_TIMEOUT_S 2.0
@@ -1039,6 +1196,13 @@ typedef struct kvx__boot_conn {
     size_t in_len, in_cap, need;
     uint64_t deadline_ns;
     int http_state, sent_continue, dropped, hello_done;
+    int loopback;       /* the far end is 127.0.0.0/8 or ::1 */
+    const char *close_why; /* under mu: why another thread asked to close (static text) */
+    int64_t pend_bytes; /* atomic: bytes of frames kept for this connection (pending rooms) */
+    int64_t charged;    /* atomic: in_cap + out_cap counted in boot->mem_total */
+    uint64_t last_rx_ns; /* atomic: when bytes last arrived (decode: heartbeats) */
+    int auth_wait;      /* prefill, keyed: hello answered, the decode's proof not yet in */
+    uint8_t nonce_self[KVX_BOOT_NONCE], nonce_peer[KVX_BOOT_NONCE];
     /* control: set before the connection is shared, then read-only */
     kvx__boot_pf *peer; /* decode: the prefill instance */
     uint64_t gen;     /* decode: peer generation, under boot->mu */
@@ -1064,6 +1228,8 @@ struct kvx__boot_pf {
     uint32_t nconns;
     int hb_failures;
     uint64_t next_hb_ns;
+    int ctrl_ping;        /* the server info said "kvx_heartbeat":"control" */
+    uint64_t ping_sent_ns, ping_seq;
     kvx__boot_pf *next;
 };
 
@@ -1077,6 +1243,7 @@ typedef struct kvx__boot_pframe {
     uint32_t n;
     int32_t *pages;
     char *reason;
+    int64_t cost; /* bytes charged to conn->pend_bytes and boot->mem_total */
 } kvx__boot_pframe;
 
 /* What kvx_boot keeps per room id. room == NULL: a prefill entry holding
@@ -1103,8 +1270,7 @@ typedef struct kvx__boot_br {
     uint16_t peer_index, peer_count;
     /* prefill */
     uint32_t expected, dst_pages;
-    int aborted;
-    char *abort_reason;
+    int told;      /* the peers were told this room failed (once) */
     kvx__boot_pframe *frames, *frames_tail;
 } kvx__boot_br;
 
@@ -1135,7 +1301,9 @@ struct kvx_boot {
     uint8_t *endpoint;
     uint32_t endpoint_len;
     uint64_t instance;
-    kvx_buf hello; /* our encoded hello frame */
+    kvx_buf hello; /* our encoded hello frame (keyless; keyed hellos are per connection) */
+    const uint8_t *key; /* kvx_engine_auth_key, NULL = none */
+    size_t key_len;
     /* settings (read-only after create) */
     char host[256];
     char rank_ip[64];
@@ -1173,18 +1341,38 @@ struct kvx_boot {
     struct { int code; uint64_t count; } failures[KVX__BOOT_MAX_RESULTS];
     int nfailures;
     int nctrl; /* atomic: open control connections */
+    int64_t mem_total; /* atomic: bytes every connection holds (KVX_BOOT_MAX_TOTAL_BYTES) */
     kvx_boot *reg_next;
 };
 
-static const char *kvx__boot_room_error(const kvx_room *r) {
-    return kvx_sender_error((const kvx_sender *)r); /* senders and receivers share kvx_room */
-}
-static kvx_result kvx__boot_room_result(const kvx_room *r) {
-    return kvx_sender_result((const kvx_sender *)r);
-}
+static const char *kvx__boot_room_error(const kvx_room *r) { return kvx_room_error(r); }
+static kvx_result kvx__boot_room_result(const kvx_room *r) { return kvx_room_result(r); }
 static int kvx__boot_terminal(const kvx_room *r) {
     kvx_poll p = kvx_room_poll(r);
     return p == KVX_POLL_FAILED || p == KVX_POLL_SUCCESS;
+}
+
+/* A failure the peer reported, or the loss of the peer: nothing is sent back. */
+static void kvx__boot_fail_remote(kvx_room *r, kvx_result res, const char *fmt, ...) KVX_PRINTF(3, 4);
+static void kvx__boot_fail_remote(kvx_room *r, kvx_result res, const char *fmt, ...) {
+    char msg[KVX_ERROR_MAX];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    kvx_room_fail_remote(r, res, "%s", msg);
+}
+
+/* Fails r with the reason its peer sent: "<reason> (<who>)" when the
+   reason already names the room (so the core does not prefix it again),
+   else "<who>: <reason>". */
+static void kvx__boot_relay(kvx_room *r, kvx_result res, const char *reason, const char *who) {
+    char pre[40];
+    int pl = snprintf(pre, sizeof pre, "room %llu: ", (unsigned long long)kvx_room_id(r));
+    if (!reason || !reason[0]) kvx__boot_fail_remote(r, res, "%s (no reason given)", who);
+    else if (pl > 0 && !strncmp(reason, pre, (size_t)pl))
+        kvx__boot_fail_remote(r, res, "%s (%s)", reason, who);
+    else kvx__boot_fail_remote(r, res, "%s: %s", who, reason);
 }
 
 static void kvx__boot_vec_push(kvx__boot_vec *v, kvx__boot_br *br) {
@@ -1257,6 +1445,21 @@ static int kvx__boot_split(const char *addr, char *host, size_t hl, int *port, i
         while (*pp >= '0' && *pp <= '9' && digits < 6) { v = v * 10 + (*pp - '0'); pp++; digits++; }
         if (!digits || (*pp && *pp != '/') || v > 65535) return -1;
         *port = (int)v;
+    }
+    return 0;
+}
+
+/* 127.0.0.0/8, ::1 or ::ffff:127.0.0.0/104. */
+static int kvx__boot_is_loopback(const struct sockaddr *sa) {
+    if (sa->sa_family == AF_INET) {
+        const struct sockaddr_in *a = (const struct sockaddr_in *)(const void *)sa;
+        return (ntohl(a->sin_addr.s_addr) >> 24) == 127;
+    }
+    if (sa->sa_family == AF_INET6) {
+        const uint8_t *x = ((const struct sockaddr_in6 *)(const void *)sa)->sin6_addr.s6_addr;
+        static const uint8_t one[16] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1};
+        static const uint8_t v4[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+        return !memcmp(x, one, 16) || (!memcmp(x, v4, 12) && x[12] == 127);
     }
     return 0;
 }
@@ -1415,7 +1618,8 @@ static const char *kvx__boot_errstr(int err) {
    KVX_OK *status and resp (body) are set; on failure err gets the reason
    and *refused tells whether nobody listened. */
 static kvx_result kvx__boot_http_call(const char *host, int port, const char *method,
-                                      const char *target, const char *body, size_t blen,
+                                      const char *target, const char *extra, const char *body,
+                                      size_t blen,
                                       double timeout_s, int *status, kvx_buf *resp, char *err,
                                       size_t el, int *refused) {
     uint64_t deadline = kvx_now_ns() + (uint64_t)(timeout_s * 1e9);
@@ -1434,10 +1638,10 @@ static kvx_result kvx__boot_http_call(const char *host, int port, const char *me
     memset(&req, 0, sizeof req);
     memset(&in, 0, sizeof in);
     kvx_buf_printf(&req, "%s %s HTTP/1.1\r\nHost: %s%s%s:%d\r\nUser-Agent: kvx-boot/%d.%d\r\n"
-                   "Connection: close\r\nContent-Length: %zu\r\n%s\r\n",
+                   "Connection: close\r\nContent-Length: %zu\r\n%s%s\r\n",
                    method, target, strchr(host, ':') ? "[" : "", host,
                    strchr(host, ':') ? "]" : "", port, KVX_VERSION_MAJOR, KVX_VERSION_MINOR, blen,
-                   blen ? "Content-Type: application/json\r\n" : "");
+                   blen ? "Content-Type: application/json\r\n" : "", extra ? extra : "");
     if (blen) kvx__boot_put(&req, body, blen);
     if (req.oom || kvx__boot_send_all(fd, req.data, req.len, deadline)) {
         snprintf(err, el, "cannot send the request: %s", req.oom ? "out of memory" : kvx__boot_errstr(errno));
@@ -1513,8 +1717,41 @@ static kvx__boot_conn *kvx__boot_conn_new(kvx_boot *b, int kind, int fd) {
 
 static void kvx__boot_conn_ref(kvx__boot_conn *c) { KVX__ADD(&c->refs, 1); }
 
+/* Counts a change of a connection's buffer capacity in the engine's total.
+   0 ok; -1 when growing would pass KVX_BOOT_MAX_TOTAL_BYTES (nothing counted). */
+static int kvx__boot_charge(kvx__boot_conn *c, int64_t delta) {
+    kvx_boot *b = c->boot;
+    if (delta > 0 && KVX__ADD(&b->mem_total, delta) > (int64_t)KVX_BOOT_MAX_TOTAL_BYTES) {
+        KVX__SUB(&b->mem_total, delta);
+        return -1;
+    }
+    if (delta < 0) KVX__SUB(&b->mem_total, -delta);
+    KVX__ADD(&c->charged, delta);
+    return 0;
+}
+
+static const char kvx__boot_over_conn[] =
+    "it holds more than KVX_BOOT_MAX_CONN_BYTES on this side (unread answers or frames "
+    "waiting for their sender)";
+static const char kvx__boot_over_total[] =
+    "the engine's connections together hold KVX_BOOT_MAX_TOTAL_BYTES";
+
+/* Grows c->in (I/O thread) to at least want bytes, within the total budget.
+   0 ok, -1 out of memory, -2 over the budget. */
+static int kvx__boot_in_grow(kvx__boot_conn *c, size_t want) {
+    uint8_t *ni;
+    if (want <= c->in_cap) return 0;
+    if (kvx__boot_charge(c, (int64_t)(want - c->in_cap))) return -2;
+    ni = (uint8_t *)realloc(c->in, want);
+    if (!ni) { kvx__boot_charge(c, -(int64_t)(want - c->in_cap)); return -1; }
+    c->in = ni;
+    c->in_cap = want;
+    return 0;
+}
+
 static void kvx__boot_conn_unref(kvx__boot_conn *c) {
     if (!c || KVX__SUB(&c->refs, 1) != 0) return;
+    if (c->charged) KVX__SUB(&c->boot->mem_total, c->charged);
     if (c->fd >= 0) close(c->fd);
     pthread_mutex_destroy(&c->mu);
     free(c->out);
@@ -1539,6 +1776,7 @@ static void kvx__boot_conn_shut(kvx__boot_conn *c) {
         if (c->fd >= 0) close(c->fd);
         c->fd = -1;
         free(c->out);
+        kvx__boot_charge(c, -(int64_t)c->out_cap);
         c->out = NULL;
         c->out_off = c->out_len = c->out_cap = 0;
         KVX__STORE(&c->want_write, 0);
@@ -1546,8 +1784,15 @@ static void kvx__boot_conn_shut(kvx__boot_conn *c) {
     pthread_mutex_unlock(&c->mu);
 }
 
+/* Under c->mu. Queues bytes within the connection's and the engine's
+   budgets; -1 (and close_why set) when they would be passed. */
 static int kvx__boot_conn_append(kvx__boot_conn *c, const uint8_t *p, size_t n) {
     if (c->out_off && c->out_off == c->out_len) c->out_off = c->out_len = 0;
+    if ((uint64_t)(c->out_len - c->out_off) + n + (uint64_t)KVX__LOAD(&c->pend_bytes) >
+        (uint64_t)KVX_BOOT_MAX_CONN_BYTES) {
+        c->close_why = kvx__boot_over_conn;
+        return -1;
+    }
     if (c->out_len + n > c->out_cap) {
         size_t nc = c->out_cap ? c->out_cap : 4096;
         uint8_t *no;
@@ -1556,11 +1801,18 @@ static int kvx__boot_conn_append(kvx__boot_conn *c, const uint8_t *p, size_t n) 
             c->out_len -= c->out_off;
             c->out_off = 0;
         }
-        if (c->out_len + n > KVX__BOOT_MAX_OUT) return -1;
         while (nc < c->out_len + n) nc *= 2;
         if (nc > c->out_cap) {
+            if (kvx__boot_charge(c, (int64_t)(nc - c->out_cap))) {
+                c->close_why = kvx__boot_over_total;
+                return -1;
+            }
             no = (uint8_t *)realloc(c->out, nc);
-            if (!no) return -1;
+            if (!no) {
+                kvx__boot_charge(c, -(int64_t)(nc - c->out_cap));
+                c->close_why = "out of memory";
+                return -1;
+            }
             c->out = no;
             c->out_cap = nc;
         }
@@ -1635,7 +1887,12 @@ static int kvx__boot_conn_flush(kvx__boot_conn *c) {
     }
     if (c->out_off == c->out_len) {
         c->out_off = c->out_len = 0;
-        if (c->out_cap > (1u << 20)) { free(c->out); c->out = NULL; c->out_cap = 0; }
+        if (c->out_cap > (1u << 20)) {
+            free(c->out);
+            kvx__boot_charge(c, -(int64_t)c->out_cap);
+            c->out = NULL;
+            c->out_cap = 0;
+        }
         KVX__STORE(&c->want_write, 0);
     }
     pthread_mutex_unlock(&c->mu);
@@ -1759,6 +2016,10 @@ static kvx__boot_br *kvx__boot_br_new(uint64_t id) {
 }
 
 static void kvx__boot_pframe_free(kvx__boot_pframe *f) {
+    if (f->cost) {
+        KVX__SUB(&f->conn->pend_bytes, f->cost);
+        KVX__SUB(&f->conn->boot->mem_total, f->cost);
+    }
     kvx__boot_conn_unref(f->conn);
     free(f->pages);
     free(f->reason);
@@ -1777,7 +2038,6 @@ static void kvx__boot_br_unref(kvx__boot_br *br) {
     }
     for (i = 0; i < br->nconns; i++) kvx__boot_conn_unref(br->conns[i]);
     if (br->conns != br->inl) { free(br->conns); free(br->tag); }
-    free(br->abort_reason);
     if (br->room) kvx_room_unref(br->room);
     free(br);
 }
@@ -1845,6 +2105,8 @@ static void kvx__boot_count_failure(kvx_boot *b, kvx_result res) {
 }
 
 static void kvx__boot_drop(kvx_boot *b, kvx__boot_conn *c, const char *reason);
+static kvx_result kvx__boot_keyed_hello(kvx_boot *b, kvx_buf *out, const uint8_t *nonce,
+                                        const uint8_t *proof);
 
 /* >>boot: bootstrap server (the prefill engine whose ranks are all 0) ------------ */
 
@@ -2010,6 +2272,7 @@ static const char *kvx__boot_reason_phrase(int st) {
     case 100: return "Continue";
     case 200: return "OK";
     case 400: return "Bad Request";
+    case 403: return "Forbidden";
     case 404: return "Not Found";
     case 405: return "Method Not Allowed";
     case 408: return "Request Timeout";
@@ -2094,8 +2357,8 @@ static void kvx__boot_route_get(kvx_boot *b, kvx__boot_conn *c, const kvx_boot_h
                                "\"pp_size\":%d,\"page_size\":%d,\"kv_cache_dtype\":",
                            s->tp, s->cp, s->dp, s->pp, s->page_size);
             kvx_buf_json_str(&o, s->dtype[0] ? s->dtype : "auto");
-            kvx_buf_printf(&o, ",\"follow_bootstrap_room\":true,\"prefill_http_port\":%d}",
-                           s->http_port);
+            kvx_buf_printf(&o, ",\"follow_bootstrap_room\":true,\"prefill_http_port\":%d,"
+                               "\"kvx_heartbeat\":\"control\"}", s->http_port);
         }
     } else if (!s->ranks) {
         status = 503;
@@ -2124,11 +2387,51 @@ static void kvx__boot_route_get(kvx_boot *b, kvx__boot_conn *c, const kvx_boot_h
     kvx_buf_free(&o);
 }
 
+/* PUT /route with a key: "X-Kvx-Auth: <unix seconds>:<hex HMAC-SHA-256(key,
+   "kvx-boot-route" 0 seconds 0 body)>" (a header line into out). */
+static void kvx__boot_route_mac(kvx_boot *b, const char *body, size_t len, uint64_t secs, char *out,
+                                size_t n) {
+    kvx_hmac h;
+    uint8_t mac[KVX_MAC_BYTES];
+    char ts[24], hex[2 * KVX_MAC_BYTES + 1];
+    int i;
+    snprintf(ts, sizeof ts, "%llu", (unsigned long long)secs);
+    kvx_hmac_init(&h, b->key, b->key_len);
+    kvx_hmac_update(&h, "kvx-boot-route", 15); /* with its NUL */
+    kvx_hmac_update(&h, ts, strlen(ts) + 1);
+    kvx_hmac_update(&h, body, len);
+    kvx_hmac_final(&h, mac);
+    for (i = 0; i < KVX_MAC_BYTES; i++) snprintf(hex + 2 * i, 3, "%02x", mac[i]);
+    snprintf(out, n, "X-Kvx-Auth: %s:%s\r\n", ts, hex);
+}
+
+/* 0 when the request carries a valid, fresh (+-300 s) route MAC. */
+static int kvx__boot_route_auth(kvx_boot *b, const kvx_boot_http_request *rq) {
+    char want[128], got[128];
+    uint64_t secs = 0, now = (uint64_t)time(NULL);
+    size_t i;
+    if (!rq->auth || rq->auth_len >= 100) return -1;
+    for (i = 0; i < rq->auth_len && rq->auth[i] >= '0' && rq->auth[i] <= '9' && i < 19; i++)
+        secs = secs * 10 + (uint64_t)(rq->auth[i] - '0');
+    if (!i || i >= rq->auth_len || rq->auth[i] != ':') return -1;
+    if (secs + 300 < now || secs > now + 300) return -1;
+    kvx__boot_route_mac(b, rq->body, rq->body_len, secs, want, sizeof want);
+    snprintf(got, sizeof got, "X-Kvx-Auth: %.*s\r\n", (int)rq->auth_len, rq->auth);
+    return strlen(got) == strlen(want) && kvx_equal_ct(got, want, strlen(want)) ? 0 : -1;
+}
+
 static void kvx__boot_route_put(kvx_boot *b, kvx__boot_conn *c, const kvx_boot_http_request *rq) {
     kvx__boot_regn g;
     char why[256];
     int rc;
     kvx_buf o;
+    if (b->key && kvx__boot_route_auth(b, rq)) {
+        kvx_engine_log(b->engine, KVX_LOG_WARN, "kvx.boot", 0,
+                       "refused PUT /route from %s: no valid X-Kvx-Auth (this server has a key)", c->addr);
+        kvx__boot_http_text(b, c, 403, "PUT /route needs a valid X-Kvx-Auth header: this bootstrap "
+                                       "server has a key (KVX_AUTH_KEY)\n");
+        return;
+    }
     if (kvx__boot_reg_parse(rq->body, rq->body_len, &g, why, sizeof why)) {
         memset(&o, 0, sizeof o);
         kvx_buf_printf(&o, "bad registration: %s\n", why);
@@ -2159,6 +2462,7 @@ typedef struct kvx__boot_scan {
     int nfails;
     kvx_buf *list; /* /rooms */
     size_t listed;
+    uint64_t unfinished;
     uint64_t now;
 } kvx__boot_scan;
 
@@ -2176,6 +2480,7 @@ static void kvx__boot_scan_room(kvx_room *r, void *arg) {
             s->fails[s->nfails++].count = 1;
         }
     }
+    if (st != KVX_POLL_FAILED && st != KVX_POLL_SUCCESS) s->unfinished++;
     if (s->list && st != KVX_POLL_FAILED && st != KVX_POLL_SUCCESS && s->listed < 10000) {
         char peer[300] = "";
         kvx__boot_br *br;
@@ -2260,6 +2565,9 @@ static void kvx__boot_metrics(kvx_boot *b, kvx__boot_conn *c) {
     kvx_buf_free(&o);
 }
 
+/* Room ids let a stranger claim a room (the first room frame names its
+   destination), so only a loopback client gets the list; others get the
+   count and an empty list. */
 static void kvx__boot_rooms(kvx_boot *b, kvx__boot_conn *c) {
     kvx__boot_scan s;
     kvx_buf list, o;
@@ -2268,9 +2576,13 @@ static void kvx__boot_rooms(kvx_boot *b, kvx__boot_conn *c) {
     memset(&o, 0, sizeof o);
     s.b = b;
     s.now = kvx_now_ns();
-    s.list = &list;
+    s.list = c->loopback ? &list : NULL;
     kvx_engine_foreach_room(b->engine, kvx__boot_scan_room, &s);
-    kvx_buf_printf(&o, "{\"count\":%zu,\"rooms\":[%s]}", s.listed, list.data ? list.data : "");
+    if (c->loopback)
+        kvx_buf_printf(&o, "{\"count\":%zu,\"rooms\":[%s]}", s.listed, list.data ? list.data : "");
+    else
+        kvx_buf_printf(&o, "{\"count\":%llu,\"rooms\":[],\"note\":\"room ids are listed to "
+                           "loopback clients only\"}", (unsigned long long)s.unfinished);
     if (list.oom) o.oom = 1;
     kvx__boot_http_buf(b, c, 200, "application/json", &o);
     kvx_buf_free(&list);
@@ -2297,6 +2609,11 @@ static void kvx__boot_http_route(kvx_boot *b, kvx__boot_conn *c, const kvx_boot_
         if (!get) {
             kvx__boot_http_respond(b, c, 405, "text/plain; charset=utf-8", "use GET\n", 8,
                                    "Allow: GET\r\n");
+            return;
+        }
+        if (b->key && !c->loopback && !kvx__boot_is(rq, "/health")) {
+            kvx__boot_http_text(b, c, 403, "with a key (KVX_AUTH_KEY) /metrics and /rooms are served "
+                                           "to loopback clients only\n");
             return;
         }
         if (kvx__boot_is(rq, "/health")) kvx__boot_http_text(b, c, 200, "OK");
@@ -2332,13 +2649,13 @@ static void kvx__boot_http_readable(kvx_boot *b, kvx__boot_conn *c) {
         ssize_t r;
         if (c->in_len == c->in_cap) {
             size_t nc = c->in_cap ? c->in_cap * 2 : 4096;
-            uint8_t *ni;
+            int g;
             if (c->in_cap >= cap) break;
             if (nc > cap) nc = cap;
-            ni = (uint8_t *)realloc(c->in, nc);
-            if (!ni) { kvx__boot_drop(b, c, "out of memory"); return; }
-            c->in = ni;
-            c->in_cap = nc;
+            if ((g = kvx__boot_in_grow(c, nc)) != 0) {
+                kvx__boot_drop(b, c, g == -2 ? kvx__boot_over_total : "out of memory");
+                return;
+            }
         }
         r = recv(c->fd, c->in + c->in_len, c->in_cap - c->in_len, 0);
         if (r > 0) { c->in_len += (size_t)r; continue; }
@@ -2402,13 +2719,49 @@ static void kvx__boot_reason_copy(char *out, size_t n, const char *s, uint32_t l
     out[len] = 0;
 }
 
+/* 1 when connection c owns room br's destination (it sent the room frame,
+   or on decode it is a target rank). */
+static int kvx__boot_owns(kvx_boot *b, kvx__boot_br *br, kvx__boot_conn *c) {
+    uint32_t k;
+    pthread_mutex_lock(&b->mu);
+    for (k = 0; k < br->nconns && br->conns[k] != c; k++) {}
+    pthread_mutex_unlock(&b->mu);
+    return k < br->nconns;
+}
+
+/* Tells the room's peers, once, that it failed: prefill -> every decode
+   rank that sent its destination, a status Failed frame with the result
+   code; decode -> every target prefill rank, an abort frame, only once the
+   room frame went out (before that the prefill knows nothing of this
+   receiver). A room that succeeded tells nothing. */
+static void kvx__boot_tell(kvx_boot *b, kvx_room *r, const char *reason, kvx_result res) {
+    kvx__boot_br *br;
+    kvx__boot_conn *stack[4], **cs = NULL;
+    uint32_t n = 0, i;
+    if (kvx_room_poll(r) == KVX_POLL_SUCCESS) return;
+    pthread_mutex_lock(&b->mu);
+    br = kvx__boot_find(b, kvx_room_id(r));
+    if (!br || br->room != r || br->told) { pthread_mutex_unlock(&b->mu); return; }
+    br->told = 1;
+    if (br->nconns && (b->role == KVX_ROLE_PREFILL || br->inited))
+        n = kvx__boot_br_conns(br, &cs, stack, 4);
+    pthread_mutex_unlock(&b->mu);
+    for (i = 0; cs && i < n; i++) {
+        if (b->role == KVX_ROLE_PREFILL)
+            kvx__boot_conn_status(cs[i], kvx_room_id(r), KVX_POLL_FAILED, res, 0, reason);
+        else
+            kvx__boot_conn_abort(cs[i], kvx_room_id(r), reason);
+    }
+    if (cs) kvx__boot_conns_release(cs, n, stack);
+}
+
 /* Applies one room frame to a sender that exists. br is referenced by the
    caller; boot->mu is not held. */
 static void kvx__boot_apply_room(kvx_boot *b, kvx__boot_br *br, kvx__boot_conn *c,
                                  const int32_t *pages, uint32_t n, int32_t aux, uint16_t idx,
                                  uint16_t count) {
     kvx_room *r = br->room;
-    int complete = 0, bad = 0, aborted;
+    int complete = 0, bad = 0;
     uint32_t i, expected, prev;
     char reason[KVX_ERROR_MAX];
     kvx_result res;
@@ -2425,23 +2778,23 @@ static void kvx__boot_apply_room(kvx_boot *b, kvx__boot_br *br, kvx__boot_conn *
         br->dst_pages = n;
         complete = br->nconns == br->expected;
     }
-    aborted = br->aborted;
-    snprintf(reason, sizeof reason, "%s", br->abort_reason ? br->abort_reason : "aborted");
     pthread_mutex_unlock(&b->mu);
-    if (bad == 1 || bad == 2) {
-        snprintf(reason, sizeof reason,
-                 bad == 1 ? "room %llu: decode %s says %u decode ranks serve it, an earlier frame said %u"
-                          : "room %llu: decode %s sent its destination again (peer index %u of %u)",
-                 (unsigned long long)br->id, c->addr, bad == 1 ? (unsigned)count : (unsigned)idx,
-                 bad == 1 ? (unsigned)expected : (unsigned)count);
+    if (bad == 1 || bad == 2 || bad == 4) {
+        /* the destination is claimed: a frame that does not fit it is
+           refused to its sender and does not touch the room */
+        if (bad == 4)
+            snprintf(reason, sizeof reason, "room %llu: decode %s asks for %u pages, the room's "
+                     "destination has %u; refused", (unsigned long long)br->id, c->addr, n, prev);
+        else
+            snprintf(reason, sizeof reason,
+                     bad == 1 ? "room %llu: decode %s says %u decode ranks serve it, its "
+                                "destination already says %u; refused"
+                              : "room %llu: decode %s sent a destination for a slot already "
+                                "claimed (peer index %u of %u); refused",
+                     (unsigned long long)br->id, c->addr, bad == 1 ? (unsigned)count : (unsigned)idx,
+                     bad == 1 ? (unsigned)expected : (unsigned)count);
         kvx_engine_log(b->engine, KVX_LOG_WARN, "kvx.boot", br->id, "%s", reason);
         kvx__boot_conn_status(c, br->id, KVX_POLL_FAILED, KVX_ERR_PROTOCOL, 0, reason);
-        return;
-    }
-    if (bad == 4) {
-        kvx_room_fail(r, KVX_ERR_PROTOCOL, "decode ranks disagree on the page count of room %llu: "
-                      "%u from %s, %u before", (unsigned long long)br->id, n, c->addr, prev);
-        kvx__boot_conn_status(c, br->id, KVX_POLL_FAILED, KVX_ERR_PROTOCOL, 0, kvx__boot_room_error(r));
         return;
     }
     if (bad == 3) {
@@ -2450,17 +2803,18 @@ static void kvx__boot_apply_room(kvx_boot *b, kvx__boot_br *br, kvx__boot_conn *
         kvx__boot_conn_status(c, br->id, KVX_POLL_FAILED, KVX_ERR_NO_MEMORY, 0, "out of memory on prefill");
         return;
     }
-    if (kvx_room_poll(r) == KVX_POLL_FAILED) { /* timed out or aborted before the frame came */
-        if (aborted) kvx__boot_conn_abort(c, br->id, kvx__boot_room_error(r));
-        else kvx__boot_conn_status(c, br->id, KVX_POLL_FAILED, kvx__boot_room_result(r), 0,
-                               kvx__boot_room_error(r));
+    if (kvx_room_poll(r) == KVX_POLL_FAILED) {
+        /* failed before this destination came (timeout, abort, a local
+           error): this decode rank has not heard of it yet */
+        kvx__boot_conn_status(c, br->id, KVX_POLL_FAILED, kvx__boot_room_result(r), 0,
+                              kvx__boot_room_error(r));
         return;
     }
     if (b->hooks.on_room &&
         (res = b->hooks.on_room(b, r, &c->info, pages, n, aux)) != KVX_OK) {
         kvx_room_fail(r, res, "the %s transport refused the destination sent by decode %s (%s)",
                       kvx_engine_transport(b->engine), c->addr, kvx_result_str(res));
-        kvx__boot_conn_status(c, br->id, KVX_POLL_FAILED, res, 0, kvx__boot_room_error(r));
+        kvx__boot_tell(b, r, kvx__boot_room_error(r), kvx__boot_room_result(r));
         return;
     }
     if (complete) kvx_room_advance(r, KVX_POLL_WAITING_FOR_INPUT);
@@ -2491,6 +2845,24 @@ static void kvx__boot_pending_add(kvx__boot_br *br, kvx__boot_pframe *f) {
     br->frames_tail = f;
 }
 
+/* Charges a frame kept for a room with no sender yet to the connection
+   that sent it (under boot->mu). NULL ok, else why the connection must go. */
+static const char *kvx__boot_pend_charge(kvx__boot_conn *c, int64_t cost) {
+    int64_t out;
+    kvx_boot *b = c->boot;
+    pthread_mutex_lock(&c->mu);
+    out = (int64_t)(c->out_len - c->out_off);
+    pthread_mutex_unlock(&c->mu);
+    if (KVX__LOAD(&c->pend_bytes) + cost + out > (int64_t)KVX_BOOT_MAX_CONN_BYTES)
+        return kvx__boot_over_conn;
+    if (KVX__ADD(&b->mem_total, cost) > (int64_t)KVX_BOOT_MAX_TOTAL_BYTES) {
+        KVX__SUB(&b->mem_total, cost);
+        return kvx__boot_over_total;
+    }
+    KVX__ADD(&c->pend_bytes, cost);
+    return NULL;
+}
+
 static void kvx__boot_on_room_frame(kvx_boot *b, kvx__boot_conn *c, const kvx_boot_frame *f) {
     kvx__boot_br *br;
     uint32_t i, n = f->num_pages;
@@ -2510,6 +2882,8 @@ static void kvx__boot_on_room_frame(kvx_boot *b, kvx__boot_conn *c, const kvx_bo
     if (!br || !br->room) { /* the sender does not exist yet: keep the frame */
         kvx__boot_pframe *fr = NULL;
         const char *why = "too many rooms wait for their sender (KVX_BOOT_MAX_PENDING)";
+        const char *over = NULL;
+        int64_t cost = (int64_t)(sizeof *fr + sizeof *br + 4ull * n);
         br = kvx__boot_pending_entry(b, f->room);
         if (br && kvx__boot_pending_frames(br) >= KVX__BOOT_MAX_FRAMES_PER_ROOM) {
             br = NULL;
@@ -2519,12 +2893,20 @@ static void kvx__boot_on_room_frame(kvx_boot *b, kvx__boot_conn *c, const kvx_bo
             br = NULL;
             why = "too many destination pages wait for their senders";
         }
-        if (br) fr = (kvx__boot_pframe *)calloc(1, sizeof *fr);
-        if (fr && n) {
-            fr->pages = (int32_t *)malloc(n * sizeof *fr->pages);
-            if (!fr->pages) { free(fr); fr = NULL; }
+        if (br && (over = kvx__boot_pend_charge(c, cost)) != NULL) br = NULL;
+        if (br) {
+            fr = (kvx__boot_pframe *)calloc(1, sizeof *fr);
+            if (fr && n) {
+                fr->pages = (int32_t *)malloc(n * sizeof *fr->pages);
+                if (!fr->pages) { free(fr); fr = NULL; }
+            }
+            if (!fr) { /* uncharge */
+                KVX__SUB(&c->pend_bytes, cost);
+                KVX__SUB(&b->mem_total, cost);
+            }
         }
         if (fr) {
+            fr->cost = cost;
             fr->type = KVX_BOOT_FRAME_ROOM;
             fr->conn = c;
             kvx__boot_conn_ref(c);
@@ -2537,6 +2919,12 @@ static void kvx__boot_on_room_frame(kvx_boot *b, kvx__boot_conn *c, const kvx_bo
             b->pending_pages += n;
         }
         pthread_mutex_unlock(&b->mu);
+        if (over) { /* past its budget: the connection goes, and with it only its rooms */
+            kvx_engine_log(b->engine, KVX_LOG_WARN, "kvx.boot", f->room,
+                           "closing control connection %s: %s", c->addr, over);
+            kvx__boot_drop(b, c, over);
+            return;
+        }
         if (!fr) kvx__boot_conn_status(c, f->room, KVX_POLL_FAILED, KVX_ERR_NO_SPACE, 0, br ? "out of memory" : why);
         return;
     }
@@ -2554,39 +2942,107 @@ static void kvx__boot_on_abort_frame(kvx_boot *b, kvx__boot_conn *c, const kvx_b
     kvx__boot_reason_copy(reason, sizeof reason, f->reason, f->reason_len);
     pthread_mutex_lock(&b->mu);
     br = kvx__boot_find(b, f->room);
-    if (b->role == KVX_ROLE_PREFILL && (!br || !br->room)) {
-        kvx__boot_pframe *fr = NULL;
-        br = kvx__boot_pending_entry(b, f->room);
-        if (br && kvx__boot_pending_frames(br) < KVX__BOOT_MAX_FRAMES_PER_ROOM)
+    if (b->role == KVX_ROLE_PREFILL && br && !br->room) {
+        /* no sender yet: kept only when this connection sent the room's
+           destination (then it owns the room), once */
+        kvx__boot_pframe *fr, *own = NULL;
+        const char *over = NULL;
+        int64_t cost = (int64_t)(sizeof *fr + strlen(reason) + 1);
+        for (fr = br->frames; fr; fr = fr->next) {
+            if (fr->conn != c) continue;
+            if (fr->type == KVX_BOOT_FRAME_ABORT) { own = NULL; break; }
+            own = fr;
+        }
+        fr = NULL;
+        if (own && (over = kvx__boot_pend_charge(c, cost)) == NULL) {
             fr = (kvx__boot_pframe *)calloc(1, sizeof *fr);
+            if (fr) fr->reason = strdup(reason);
+            if (!fr || !fr->reason) {
+                free(fr);
+                fr = NULL;
+                KVX__SUB(&c->pend_bytes, cost);
+                KVX__SUB(&b->mem_total, cost);
+            }
+        }
         if (fr) {
             fr->type = KVX_BOOT_FRAME_ABORT;
             fr->conn = c;
+            fr->cost = cost;
             kvx__boot_conn_ref(c);
-            fr->reason = strdup(reason);
             kvx__boot_pending_add(br, fr);
         }
         pthread_mutex_unlock(&b->mu);
+        if (over) kvx__boot_drop(b, c, over);
         return;
     }
     if (!br || !br->room) { pthread_mutex_unlock(&b->mu); return; }
+    /* only the connection that owns the room's destination (prefill: sent
+       its room frame; decode: the target rank) may abort it */
     for (k = 0; k < br->nconns && br->conns[k] != c; k++) {}
-    if (k == br->nconns && (b->role == KVX_ROLE_DECODE || br->nconns)) {
-        pthread_mutex_unlock(&b->mu); /* not from this room's peer */
+    if (k == br->nconns) {
+        pthread_mutex_unlock(&b->mu);
+        kvx_engine_log(b->engine, KVX_LOG_INFO, "kvx.boot", f->room,
+                       "ignored an abort from %s, which does not own the room", c->addr);
         return;
     }
     KVX__ADD(&br->refs, 1);
     r = br->room;
     pthread_mutex_unlock(&b->mu);
-    kvx_room_fail(r, KVX_ERR_ABORTED, "aborted by the %s engine at %s: %s",
-                  b->role == KVX_ROLE_PREFILL ? "decode" : "prefill", c->addr, reason);
+    {
+        char who[160];
+        snprintf(who, sizeof who, "aborted by the %s engine at %s",
+                 b->role == KVX_ROLE_PREFILL ? "decode" : "prefill", c->addr);
+        kvx__boot_relay(r, KVX_ERR_ABORTED, reason, who);
+    }
     if (b->hooks.on_abort) b->hooks.on_abort(b, r, &c->info, reason);
     kvx__boot_br_unref(br);
 }
 
+/* The decode engine is in: log it and tell the transport. */
+static void kvx__boot_accepted(kvx_boot *b, kvx__boot_conn *c, uint64_t peer_fp) {
+    uint64_t fp = kvx_layout_fingerprint(kvx_engine_layout(b->engine));
+    c->hello_done = 1;
+    c->auth_wait = 0;
+    c->deadline_ns = 0;
+    if (peer_fp != fp)
+        kvx_engine_log(b->engine, KVX_LOG_WARN, "kvx.boot", 0,
+                       "decode %s has layout fingerprint %016llx, this prefill %016llx: it will "
+                       "refuse this connection", c->addr, (unsigned long long)peer_fp,
+                       (unsigned long long)fp);
+    else
+        kvx_engine_log(b->engine, KVX_LOG_INFO, "kvx.boot", 0,
+                       "decode %s connected (tp rank %d of %d, transport %s%s)", c->addr,
+                       c->info.tp_rank, c->info.tp_size, c->transport,
+                       b->key ? ", authenticated" : "");
+    if (b->hooks.on_connect) b->hooks.on_connect(b, &c->info);
+}
+
+/* Answers a keyed hello: our nonce and our proof over the decode's nonce.
+   Until the decode's proof arrives (kvx__boot_on_auth) nothing else from
+   it is read, and the read deadline still runs. */
+static int kvx__boot_answer_keyed(kvx_boot *b, kvx__boot_conn *c, const kvx_boot_frame *f) {
+    uint8_t proof[KVX_BOOT_PROOF];
+    kvx_buf h;
+    kvx_result r;
+    if (kvx_random_bytes(c->nonce_self, KVX_BOOT_NONCE) != KVX_OK) {
+        kvx__boot_drop(b, c, "no random bytes for a nonce");
+        return 1;
+    }
+    if (f->hello.nonce) memcpy(c->nonce_peer, f->hello.nonce, KVX_BOOT_NONCE);
+    else memset(c->nonce_peer, 0, KVX_BOOT_NONCE);
+    kvx_auth_proof(b->key, b->key_len, "kvx-boot-server", c->nonce_peer, c->nonce_self, proof);
+    r = kvx__boot_keyed_hello(b, &h, c->nonce_self, proof);
+    if (r == KVX_OK) r = kvx__boot_conn_send(c, h.data, h.len);
+    kvx_buf_free(&h);
+    if (r != KVX_OK) {
+        kvx__boot_drop(b, c, "cannot answer its hello");
+        return 1;
+    }
+    return 0;
+}
+
 static int kvx__boot_on_hello(kvx_boot *b, kvx__boot_conn *c, const kvx_boot_frame *f) {
-    const kvx_layout *l = kvx_engine_layout(b->engine);
-    uint64_t fp = kvx_layout_fingerprint(l);
+    int keyed = (f->hello.flags & KVX_BOOT_HELLO_AUTH) != 0;
     if (b->role != KVX_ROLE_PREFILL || f->hello.role != KVX_ROLE_DECODE) {
         kvx__boot_drop(b, c, "hello from a prefill engine on a prefill control port");
         return 1;
@@ -2595,22 +3051,47 @@ static int kvx__boot_on_hello(kvx_boot *b, kvx__boot_conn *c, const kvx_boot_fra
         kvx__boot_drop(b, c, "out of memory");
         return 1;
     }
-    c->hello_done = 1;
-    c->deadline_ns = 0;
+    if (b->key) {
+        /* answered keyed either way, so a decode without the key learns why */
+        if (kvx__boot_answer_keyed(b, c, f)) return 1;
+        if (!keyed) {
+            kvx_engine_log(b->engine, KVX_LOG_WARN, "kvx.boot", 0,
+                           "refused control connection from %s: it has no key and this prefill "
+                           "requires one (KVX_AUTH_KEY)", c->addr);
+            kvx__boot_drop(b, c, "authentication required: the decode engine has no key");
+            return 1;
+        }
+        c->auth_wait = 1;
+        return 0;
+    }
     if (kvx__boot_conn_send(c, b->hello.data, b->hello.len) != KVX_OK) {
         kvx__boot_drop(b, c, "cannot answer its hello");
         return 1;
     }
-    if (f->hello.fingerprint != fp)
+    if (keyed) { /* the decode refuses an unauthenticated prefill, with our hello in hand */
         kvx_engine_log(b->engine, KVX_LOG_WARN, "kvx.boot", 0,
-                       "decode %s has layout fingerprint %016llx, this prefill %016llx: it will "
-                       "refuse this connection", c->addr, (unsigned long long)f->hello.fingerprint,
-                       (unsigned long long)fp);
-    else
-        kvx_engine_log(b->engine, KVX_LOG_INFO, "kvx.boot", 0,
-                       "decode %s connected (tp rank %d of %d, transport %s)", c->addr,
-                       c->info.tp_rank, c->info.tp_size, c->transport);
-    if (b->hooks.on_connect) b->hooks.on_connect(b, &c->info);
+                       "refused control connection from %s: it has a key (KVX_AUTH_KEY) and this "
+                       "prefill has none", c->addr);
+        kvx__boot_drop(b, c, "the decode engine has a key and this prefill has none");
+        return 1;
+    }
+    kvx__boot_accepted(b, c, f->hello.fingerprint);
+    return 0;
+}
+
+/* The decode's proof over our nonce: in, or the connection goes (nothing
+   it sent was applied). */
+static int kvx__boot_on_auth(kvx_boot *b, kvx__boot_conn *c, const kvx_boot_frame *f) {
+    uint8_t want[KVX_BOOT_PROOF];
+    kvx_auth_proof(b->key, b->key_len, "kvx-boot-client", c->nonce_self, c->nonce_peer, want);
+    if (!kvx_equal_ct(want, f->proof, KVX_BOOT_PROOF)) {
+        kvx_engine_log(b->engine, KVX_LOG_WARN, "kvx.boot", 0,
+                       "refused control connection from %s: its proof does not match this "
+                       "prefill's key (KVX_AUTH_KEY differs)", c->addr);
+        kvx__boot_drop(b, c, "authentication failed: the decode engine's key differs");
+        return 1;
+    }
+    kvx__boot_accepted(b, c, c->info.fingerprint);
     return 0;
 }
 
@@ -2666,9 +3147,10 @@ static void kvx__boot_on_status_frame(kvx_boot *b, kvx__boot_conn *c, const kvx_
                        "prefill rank %s reported Success before this receiver sent its "
                        "destination; ignored", c->addr);
     } else if (f->state == KVX_POLL_FAILED) {
-        kvx_room_fail(r, f->result < 0 ? (kvx_result)f->result : KVX_ERR_PEER,
-                      "prefill rank %s (bootstrap %s) failed the room: %s", c->addr,
-                      c->peer ? c->peer->addr : "?", reason[0] ? reason : "no reason given");
+        char who[600];
+        snprintf(who, sizeof who, "failed by prefill rank %s (bootstrap %s)", c->addr,
+                 c->peer ? c->peer->addr : "?");
+        kvx__boot_relay(r, f->result < 0 ? (kvx_result)f->result : KVX_ERR_PEER, reason, who);
     }
     kvx__boot_br_unref(br);
 }
@@ -2697,7 +3179,7 @@ static void kvx__boot_fail_all(kvx__boot_vec *v, kvx_result res, const char *fmt
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    for (i = 0; i < v->n; i++) kvx_room_fail(v->v[i]->room, res, "%s", msg);
+    for (i = 0; i < v->n; i++) kvx__boot_fail_remote(v->v[i]->room, res, "%s", msg);
     kvx__boot_vec_release(v);
 }
 
@@ -2780,6 +3262,13 @@ static void kvx__boot_conn_lost(kvx_boot *b, kvx__boot_conn *c, const char *reas
 /* Returns 1 when the connection was dropped. */
 static int kvx__boot_dispatch(kvx_boot *b, kvx__boot_conn *c, const kvx_boot_frame *f) {
     char msg[160];
+    if (!c->hello_done && c->auth_wait) {
+        if (f->type == KVX_BOOT_FRAME_AUTH) return kvx__boot_on_auth(b, c, f);
+        snprintf(msg, sizeof msg, "protocol error: %s frame before authentication",
+                 kvx__boot_type_name(f->type));
+        kvx__boot_drop(b, c, msg);
+        return 1;
+    }
     if (!c->hello_done) {
         if (f->type == KVX_BOOT_FRAME_HELLO) return kvx__boot_on_hello(b, c, f);
         snprintf(msg, sizeof msg, "protocol error: %s frame before hello",
@@ -2799,6 +3288,14 @@ static int kvx__boot_dispatch(kvx_boot *b, kvx__boot_conn *c, const kvx_boot_fra
     case KVX_BOOT_FRAME_ABORT:
         kvx__boot_on_abort_frame(b, c, f);
         return c->dropped;
+    case KVX_BOOT_FRAME_PING: { /* heartbeat: answer at once */
+        uint8_t pong[KVX__BOOT_HDR + 8];
+        kvx__boot_hdr(pong, 8, KVX_BOOT_FRAME_PONG);
+        kvx__le_w64(pong + KVX__BOOT_HDR, f->seq);
+        kvx__boot_conn_send(c, pong, sizeof pong);
+        return 0;
+    }
+    case KVX_BOOT_FRAME_PONG: return 0; /* last_rx_ns is all it does */
     default: break;
     }
     snprintf(msg, sizeof msg, "protocol error: unexpected %s frame on a %s engine",
@@ -2835,7 +3332,11 @@ static int kvx__boot_ctrl_frames(kvx_boot *b, kvx__boot_conn *c) {
     }
     if (c->in_cap > (1u << 20) && c->in_len < (64u << 10) && c->need < (64u << 10)) {
         uint8_t *ni = (uint8_t *)realloc(c->in, 64u << 10);
-        if (ni) { c->in = ni; c->in_cap = 64u << 10; }
+        if (ni) {
+            kvx__boot_charge(c, -(int64_t)(c->in_cap - (64u << 10)));
+            c->in = ni;
+            c->in_cap = 64u << 10;
+        }
     }
     return 0;
 }
@@ -2843,17 +3344,24 @@ static int kvx__boot_ctrl_frames(kvx_boot *b, kvx__boot_conn *c) {
 static void kvx__boot_ctrl_readable(kvx_boot *b, kvx__boot_conn *c) {
     int rounds;
     for (rounds = 0; rounds < 64; rounds++) {
-        size_t want = c->need > c->in_len + 4096 ? c->need : c->in_len + (64u << 10);
+        /* the buffer grows as bytes arrive (doubling up to the frame's size),
+           so a header announcing 64 MiB costs nothing until they come */
+        size_t want = c->in_len + (64u << 10);
         ssize_t r;
-        if (want > c->in_cap) {
-            uint8_t *ni = (uint8_t *)realloc(c->in, want);
-            if (!ni) { kvx__boot_drop(b, c, "out of memory for an incoming frame"); return; }
-            c->in = ni;
-            c->in_cap = want;
+        int g;
+        if (c->need > want) {
+            size_t dbl = c->in_cap * 2;
+            want = dbl > want ? dbl : want;
+            if (want > c->need) want = c->need;
+        }
+        if (c->in_len + 4096 > c->in_cap && (g = kvx__boot_in_grow(c, want)) != 0) {
+            kvx__boot_drop(b, c, g == -2 ? kvx__boot_over_total : "out of memory for an incoming frame");
+            return;
         }
         r = recv(c->fd, c->in + c->in_len, c->in_cap - c->in_len, 0);
         if (r > 0) {
             size_t space = c->in_cap - c->in_len;
+            KVX__STORE(&c->last_rx_ns, kvx_now_ns());
             c->in_len += (size_t)r;
             if (kvx__boot_ctrl_frames(b, c)) return;
             if ((size_t)r < space) return;
@@ -2917,6 +3425,10 @@ static void kvx__boot_accept(kvx_boot *b, kvx__boot_conn *l) {
             close(fd);
             continue;
         }
+        if (l->kind == KVX__BOOT_K_CTRL_LISTEN && KVX__LOAD(&b->nctrl) >= KVX_BOOT_MAX_CTRL_CONNS) {
+            close(fd); /* KVX_BOOT_MAX_CTRL_CONNS */
+            continue;
+        }
         c = kvx__boot_conn_new(b, l->kind == KVX__BOOT_K_HTTP_LISTEN ? KVX__BOOT_K_HTTP : KVX__BOOT_K_CTRL, fd);
         if (!c || kvx__boot_io_add(b, c)) {
             if (c) kvx__boot_conn_unref(c);
@@ -2924,6 +3436,7 @@ static void kvx__boot_accept(kvx_boot *b, kvx__boot_conn *l) {
             continue;
         }
         kvx__boot_sa_str((struct sockaddr *)&ss, c->addr, sizeof c->addr);
+        c->loopback = kvx__boot_is_loopback((struct sockaddr *)&ss);
         c->deadline_ns = kvx_now_ns() + (uint64_t)KVX_BOOT_READ_TIMEOUT_MS * 1000000ull;
         if (c->kind == KVX__BOOT_K_CTRL) {
             kvx__boot_nodelay(fd);
@@ -3005,7 +3518,11 @@ static void kvx__boot_housekeeping(kvx_boot *b) {
             continue;
         }
         if (KVX__LOAD(&c->want_close)) {
-            kvx__boot_drop(b, c, "the connection broke while sending");
+            const char *why;
+            pthread_mutex_lock(&c->mu);
+            why = c->close_why ? c->close_why : "the connection broke while sending";
+            pthread_mutex_unlock(&c->mu);
+            kvx__boot_drop(b, c, why);
             continue;
         }
         if (c->deadline_ns && now >= c->deadline_ns) {
@@ -3015,8 +3532,9 @@ static void kvx__boot_housekeeping(kvx_boot *b) {
                 ssize_t w = send(c->fd, slow, sizeof slow - 1, MSG_NOSIGNAL | MSG_DONTWAIT);
                 (void)w;
             }
-            kvx__boot_drop(b, c, c->kind == KVX__BOOT_K_CTRL ? "no hello within the read timeout"
-                                                         : "request deadline passed");
+            kvx__boot_drop(b, c, c->kind != KVX__BOOT_K_CTRL ? "request deadline passed"
+                                 : c->auth_wait ? "no authentication within the read timeout"
+                                                : "no hello within the read timeout");
         }
     }
     for (i = j = 0; i < b->nconns; i++) {
@@ -3120,7 +3638,7 @@ static kvx_result kvx__boot_get(kvx_boot *b, const kvx__boot_pf *p, const char *
             return KVX_ERR_ABORTED;
         }
         memset(&body, 0, sizeof body);
-        r = kvx__boot_http_call(p->host, p->port, "GET", target, NULL, 0, KVX__BOOT_HTTP_TIMEOUT_S,
+        r = kvx__boot_http_call(p->host, p->port, "GET", target, NULL, NULL, 0, KVX__BOOT_HTTP_TIMEOUT_S,
                                 &status, &body, err, sizeof err, &refused);
         if (r == KVX_OK && status == 200) {
             *out = body;
@@ -3181,11 +3699,50 @@ static void kvx__boot_layout_diff(kvx_boot *b, const kvx_boot_hello *h, char *ou
     free(aux);
 }
 
+/* Decode side of authentication, after the prefill's hello: both sides
+   keyed, its proof over our nonce right, and our proof over its nonce sent
+   (the auth frame, before any room frame). 0 ok, else why says which. */
+static int kvx__boot_check_auth(kvx_boot *b, const kvx_boot_hello *h, const uint8_t *nonce,
+                                const char *ip, int port, const char *boot_addr, int fd,
+                                uint64_t deadline, char *why, size_t wl) {
+    uint8_t want[KVX_BOOT_PROOF], frame[KVX__BOOT_HDR + KVX_BOOT_PROOF];
+    int keyed = (h->flags & KVX_BOOT_HELLO_AUTH) != 0;
+    if (!b->key && !keyed) return 0;
+    if (!b->key) {
+        kvx__set_why(why, wl, "prefill rank %s:%d (bootstrap %s) requires authentication: set the "
+                     "same KVX_AUTH_KEY (or KVX_AUTH_KEY_FILE) on this decode engine", ip, port,
+                     boot_addr);
+        return -1;
+    }
+    if (!keyed) {
+        kvx__set_why(why, wl, "prefill rank %s:%d (bootstrap %s) does not authenticate (it has no "
+                     "KVX_AUTH_KEY) and this decode engine has a key: refusing it", ip, port,
+                     boot_addr);
+        return -1;
+    }
+    kvx_auth_proof(b->key, b->key_len, "kvx-boot-server", nonce, h->nonce, want);
+    if (!kvx_equal_ct(want, h->proof, KVX_BOOT_PROOF)) {
+        kvx__set_why(why, wl, "authentication with prefill rank %s:%d (bootstrap %s) failed: its "
+                     "proof does not match this engine's key (KVX_AUTH_KEY differs)", ip, port,
+                     boot_addr);
+        return -1;
+    }
+    kvx__boot_hdr(frame, KVX_BOOT_PROOF, KVX_BOOT_FRAME_AUTH);
+    kvx_auth_proof(b->key, b->key_len, "kvx-boot-client", h->nonce, nonce, frame + KVX__BOOT_HDR);
+    if (kvx__boot_send_all(fd, frame, sizeof frame, deadline)) {
+        kvx__set_why(why, wl, "cannot send the authentication frame to prefill rank %s:%d: %s", ip,
+                     port, kvx__boot_errstr(errno));
+        return -1;
+    }
+    return 0;
+}
+
 /* Connects to one prefill rank and exchanges hellos (resolver thread). */
 static kvx_result kvx__boot_ctrl_connect(kvx_boot *b, kvx__boot_pf *p, const char *ip, int port,
                                          kvx__boot_conn **out, char *why, size_t wl) {
     int attempt, e = 0;
-    char err[200] = "";
+    char err[300] = "";
+    uint8_t nonce[KVX_BOOT_NONCE];
     uint64_t fp = kvx_layout_fingerprint(kvx_engine_layout(b->engine));
     *out = NULL;
     for (attempt = 0; attempt < KVX_BOOT_TRIES; attempt++) {
@@ -3203,7 +3760,23 @@ static kvx_result kvx__boot_ctrl_connect(kvx_boot *b, kvx__boot_pf *p, const cha
         deadline = kvx_now_ns() + (uint64_t)(KVX__BOOT_HTTP_TIMEOUT_S * 1e9);
         fd = kvx__boot_connect(ip, port, deadline, &e);
         if (fd < 0) { snprintf(err, sizeof err, "%s", kvx__boot_errstr(e)); continue; }
-        if (kvx__boot_send_all(fd, b->hello.data, b->hello.len, deadline)) {
+        if (b->key) { /* keyed hello: our fresh nonce is the challenge */
+            kvx_buf kh;
+            int bad;
+            if (kvx_random_bytes(nonce, sizeof nonce) != KVX_OK ||
+                kvx__boot_keyed_hello(b, &kh, nonce, NULL) != KVX_OK) {
+                close(fd);
+                kvx__set_why(why, wl, "cannot build an authenticated hello (no random bytes?)");
+                return KVX_ERR_IO;
+            }
+            bad = kvx__boot_send_all(fd, kh.data, kh.len, deadline);
+            kvx_buf_free(&kh);
+            if (bad) {
+                snprintf(err, sizeof err, "cannot send hello: %s", kvx__boot_errstr(errno));
+                close(fd);
+                continue;
+            }
+        } else if (kvx__boot_send_all(fd, b->hello.data, b->hello.len, deadline)) {
             snprintf(err, sizeof err, "cannot send hello: %s", kvx__boot_errstr(errno));
             close(fd);
             continue;
@@ -3229,13 +3802,25 @@ static kvx_result kvx__boot_ctrl_connect(kvx_boot *b, kvx__boot_pf *p, const cha
             kvx__boot_put(&in, tmp, (size_t)r);
             if (in.oom) { snprintf(err, sizeof err, "out of memory"); break; }
         }
-        if (!used) { kvx_buf_free(&in); close(fd); continue; }
+        if (!used) {
+            if (b->key)
+                snprintf(err + strlen(err), sizeof err - strlen(err),
+                         " (a prefill of a kvx version without authentication closes keyed hellos)");
+            kvx_buf_free(&in);
+            close(fd);
+            continue;
+        }
         if (f.type != KVX_BOOT_FRAME_HELLO || f.hello.role != KVX_ROLE_PREFILL) {
             kvx__set_why(why, wl, "prefill rank %s:%d (bootstrap %s) answered with a %s frame, not "
                          "a prefill hello", ip, port, p->addr, kvx__boot_type_name(f.type));
             kvx_buf_free(&in);
             close(fd);
             return KVX_ERR_PROTOCOL;
+        }
+        if (kvx__boot_check_auth(b, &f.hello, nonce, ip, port, p->addr, fd, deadline, why, wl)) {
+            kvx_buf_free(&in);
+            close(fd);
+            return KVX_ERR_PERMISSION;
         }
         if (f.hello.transport_len != strlen(kvx_engine_transport(b->engine)) ||
             memcmp(f.hello.transport, kvx_engine_transport(b->engine), f.hello.transport_len)) {
@@ -3271,10 +3856,9 @@ static kvx_result kvx__boot_ctrl_connect(kvx_boot *b, kvx__boot_pf *p, const cha
         c->peer = p;
         c->info.bootstrap = p->addr;
         if (in.len > used) { /* nothing else is expected yet, but keep it */
-            c->in = (uint8_t *)malloc(in.len - used);
-            if (c->in) {
+            if (kvx__boot_in_grow(c, in.len - used) == 0) {
                 memcpy(c->in, in.data + used, in.len - used);
-                c->in_len = c->in_cap = in.len - used;
+                c->in_len = in.len - used;
             }
         }
         kvx_buf_free(&in);
@@ -3287,7 +3871,7 @@ static kvx_result kvx__boot_ctrl_connect(kvx_boot *b, kvx__boot_pf *p, const cha
 }
 
 typedef struct kvx__boot_res {
-    int tp, cp, dp, pp;
+    int tp, cp, dp, pp, ctrl_ping;
     uint32_t per_dp;
     uint16_t peer_index, peer_count;
     kvx__boot_conn **conns;
@@ -3306,11 +3890,13 @@ static void kvx__boot_res_free(kvx__boot_res *rs) {
 
 /* Server info as the decode side reads it (pure; fuzzed). 0 ok, -1 bad. */
 static int kvx__boot_info_parse(const char *text, size_t len, int *tp, int *cp, int *dp, int *pp,
-                                int *page_size, char *dtype, size_t dl) {
+                                int *page_size, char *dtype, size_t dl, int *ctrl_ping) {
     kvx_json_doc d;
     const kvx_json *root;
+    char hb[16] = "";
     int ok;
     *tp = *cp = *dp = *pp = 1;
+    *ctrl_ping = 0;
     *page_size = 0;
     dtype[0] = 0;
     if (kvx_json_parse(&d, text ? text : "", len, 256) != KVX_OK) { kvx_json_free(&d); return -1; }
@@ -3322,6 +3908,8 @@ static int kvx__boot_info_parse(const char *text, size_t len, int *tp, int *cp, 
          kvx__boot_jint(&d, root, "pp_size", 1, 1024, pp) >= 0 &&
          kvx__boot_jint(&d, root, "page_size", 1, 1 << 24, page_size) == 1 &&
          kvx__boot_jstr(&d, root, "kv_cache_dtype", dtype, dl) >= 0;
+    if (ok && kvx__boot_jstr(&d, root, "kvx_heartbeat", hb, sizeof hb) == 1 && !strcmp(hb, "control"))
+        *ctrl_ping = 1;
     kvx_json_free(&d);
     return ok ? 0 : -1;
 }
@@ -3352,7 +3940,7 @@ static kvx_result kvx__boot_resolve(kvx_boot *b, kvx__boot_pf *p, kvx__boot_res 
                             "target_pp_rank=-1", &body, why, wl);
     if (r != KVX_OK) return r;
     bad = kvx__boot_info_parse(body.data, body.len, &rs->tp, &rs->cp, &rs->dp, &rs->pp, &page_size,
-                               dtype, sizeof dtype);
+                               dtype, sizeof dtype, &rs->ctrl_ping);
     kvx_buf_free(&body);
     if (bad) {
         kvx__set_why(why, wl, "bootstrap server %s:%d sent server info without valid attn_tp_size, "
@@ -3462,6 +4050,8 @@ static void kvx__boot_resolve_job(void *arg) {
         p->nconns = rs.nconns;
         p->tp = rs.tp; p->cp = rs.cp; p->dp = rs.dp; p->pp = rs.pp;
         p->per_dp = rs.per_dp;
+        p->ctrl_ping = rs.ctrl_ping;
+        p->ping_sent_ns = 0;
         p->peer_index = rs.peer_index;
         p->peer_count = rs.peer_count;
         p->state = KVX__BOOT_PF_READY;
@@ -3530,6 +4120,54 @@ static void kvx__boot_resolve_job(void *arg) {
 
 /* >>boot: decode client: heartbeats --------------------------------------------------- */
 
+/* Under boot->mu (released and taken again on failure): counts one
+   heartbeat of prefill p, failing its unfinished rooms after
+   KVX_HEARTBEAT_MAX_FAILURE misses in a row. */
+static void kvx__boot_hb_result(kvx_boot *b, kvx__boot_pf *p, int ok, const char *err) {
+    kvx__boot_vec fail;
+    int nf;
+    memset(&fail, 0, sizeof fail);
+    p->next_hb_ns = kvx_now_ns() + (uint64_t)(b->hb_interval * 1e9);
+    if (ok) { p->hb_failures = 0; return; }
+    if (++p->hb_failures < b->hb_max_failure) {
+        kvx_engine_log(b->engine, KVX_LOG_INFO, "kvx.boot", 0, "heartbeat %d of %d to prefill %s failed: %s",
+                       p->hb_failures, b->hb_max_failure, p->addr, err);
+        return;
+    }
+    nf = p->hb_failures;
+    kvx__boot_peer_dead_locked(b, p, &fail);
+    pthread_mutex_unlock(&b->mu);
+    kvx_engine_log(b->engine, KVX_LOG_WARN, "kvx.boot", 0, "prefill %s failed %d heartbeats (%s); failing %zu rooms",
+                   p->addr, nf, err, fail.n);
+    kvx__boot_fail_all(&fail, KVX_ERR_PEER_LOST,
+                       "lost connection with prefill instance %s: %d consecutive heartbeats failed "
+                       "(last: %s)", p->addr, nf, err);
+    pthread_mutex_lock(&b->mu);
+}
+
+/* Under boot->mu. A prefill that announced "kvx_heartbeat":"control" is
+   pinged on its control connections (never blocks, needs no HTTP slot):
+   a miss is a connection on which nothing arrived since the previous ping. */
+static void kvx__boot_hb_ping(kvx_boot *b, kvx__boot_pf *p) {
+    uint8_t ping[KVX__BOOT_HDR + 8];
+    char err[200] = "";
+    uint32_t k;
+    int ok = 1;
+    uint64_t now = kvx_now_ns();
+    for (k = 0; p->ping_sent_ns && k < p->nconns && ok; k++)
+        if (KVX__LOAD(&p->conns[k]->last_rx_ns) < p->ping_sent_ns) {
+            ok = 0;
+            snprintf(err, sizeof err, "rank %s did not answer a ping on its control connection "
+                     "within %.1f s", p->conns[k]->addr, (double)(now - p->ping_sent_ns) / 1e9);
+        }
+    p->ping_sent_ns = now;
+    p->ping_seq++;
+    kvx__boot_hdr(ping, 8, KVX_BOOT_FRAME_PING);
+    kvx__le_w64(ping + KVX__BOOT_HDR, p->ping_seq);
+    for (k = 0; k < p->nconns; k++) kvx__boot_conn_send(p->conns[k], ping, sizeof ping);
+    kvx__boot_hb_result(b, p, ok, err);
+}
+
 static void *kvx__boot_hb_main(void *arg) {
     kvx_boot *b = (kvx_boot *)arg;
     double tmo = b->hb_interval < 0.1 ? 0.1 : b->hb_interval > 2 ? 2 : b->hb_interval;
@@ -3543,40 +4181,23 @@ static void *kvx__boot_hb_main(void *arg) {
             if (p->next_hb_ns <= now) { due = p; break; }
             if (p->next_hb_ns < next) next = p->next_hb_ns;
         }
-        if (due) {
+        if (due && due->ctrl_ping) {
+            kvx__boot_hb_ping(b, due);
+            continue;
+        }
+        if (due) { /* a prefill without control pings: GET /health, as SGLang does */
             uint64_t gen = due->gen;
             int status = 0, refused = 0, ok;
             char err[200] = "";
             kvx_buf body;
-            kvx__boot_vec fail;
             memset(&body, 0, sizeof body);
-            memset(&fail, 0, sizeof fail);
             pthread_mutex_unlock(&b->mu);
-            ok = kvx__boot_http_call(due->host, due->port, "GET", "/health", NULL, 0, tmo, &status,
+            ok = kvx__boot_http_call(due->host, due->port, "GET", "/health", NULL, NULL, 0, tmo, &status,
                                      &body, err, sizeof err, &refused) == KVX_OK && status == 200;
             if (!ok && status) snprintf(err, sizeof err, "GET /health answered %d", status);
             kvx_buf_free(&body);
             pthread_mutex_lock(&b->mu);
-            if (due->gen == gen && due->state == KVX__BOOT_PF_READY) {
-                due->next_hb_ns = kvx_now_ns() + (uint64_t)(b->hb_interval * 1e9);
-                if (ok) due->hb_failures = 0;
-                else if (++due->hb_failures >= b->hb_max_failure) {
-                    int nf = due->hb_failures;
-                    kvx__boot_peer_dead_locked(b, due, &fail);
-                    pthread_mutex_unlock(&b->mu);
-                    kvx_engine_log(b->engine, KVX_LOG_WARN, "kvx.boot", 0,
-                                   "prefill %s failed %d heartbeats (%s); failing %zu rooms",
-                                   due->addr, nf, err, fail.n);
-                    kvx__boot_fail_all(&fail, KVX_ERR_PEER_LOST,
-                                       "lost connection with prefill instance %s: %d consecutive "
-                                       "heartbeats failed (last: %s)", due->addr, nf, err);
-                    pthread_mutex_lock(&b->mu);
-                } else {
-                    kvx_engine_log(b->engine, KVX_LOG_INFO, "kvx.boot", 0,
-                                   "heartbeat %d of %d to prefill %s failed: %s", due->hb_failures,
-                                   b->hb_max_failure, due->addr, err);
-                }
-            }
+            if (due->gen == gen && due->state == KVX__BOOT_PF_READY) kvx__boot_hb_result(b, due, ok, err);
             continue;
         }
         clock_gettime(CLOCK_REALTIME, &ts);
@@ -3596,7 +4217,7 @@ static void *kvx__boot_hb_main(void *arg) {
 
 static void kvx__boot_register_job(void *arg) {
     kvx_boot *b = (kvx_boot *)arg;
-    char host[256], err[200] = "";
+    char host[256], err[200] = "", hdr[128];
     int attempt, status = 0, refused = 0;
     kvx_buf body, resp;
     memset(&body, 0, sizeof body);
@@ -3608,7 +4229,8 @@ static void kvx__boot_register_job(void *arg) {
         kvx_result r;
         if (attempt && kvx__boot_backoff(b, attempt - 1 > 3 ? 3 : attempt - 1)) break;
         memset(&resp, 0, sizeof resp);
-        r = kvx__boot_http_call(host, b->port_cfg, "PUT", "/route", body.data, body.len,
+        if (b->key) kvx__boot_route_mac(b, body.data, body.len, (uint64_t)time(NULL), hdr, sizeof hdr);
+        r = kvx__boot_http_call(host, b->port_cfg, "PUT", "/route", b->key ? hdr : NULL, body.data, body.len,
                                 KVX__BOOT_HTTP_TIMEOUT_S, &status, &resp, err, sizeof err, &refused);
         if (r == KVX_OK && status == 200) {
             kvx_buf_free(&resp);
@@ -3743,9 +4365,9 @@ KVX_API kvx_result kvx_boot_room_open(kvx_boot *b, kvx_room *r) {
         for (f = frames; f; f = f->next) {
             if (f->type == KVX_BOOT_FRAME_ROOM) {
                 kvx__boot_apply_room(b, br, f->conn, f->pages, f->n, f->aux, f->idx, f->count);
-            } else {
-                kvx_room_fail(r, KVX_ERR_ABORTED, "aborted by the decode engine at %s: %s",
-                              f->conn->addr, f->reason ? f->reason : "no reason given");
+            } else if (kvx__boot_owns(b, br, f->conn)) {
+                kvx__boot_fail_remote(r, KVX_ERR_ABORTED, "aborted by the decode engine at %s: %s",
+                                      f->conn->addr, f->reason ? f->reason : "no reason given");
                 if (b->hooks.on_abort) b->hooks.on_abort(b, r, &f->conn->info, f->reason);
             }
         }
@@ -3761,21 +4383,19 @@ KVX_API kvx_result kvx_boot_room_open(kvx_boot *b, kvx_room *r) {
 
 KVX_API void kvx_boot_room_close(kvx_boot *b, kvx_room *r) {
     kvx__boot_br *br;
-    kvx__boot_conn *stack[4], **cs = NULL;
-    uint32_t n = 0, i;
     if (!b || !r) return;
+    if (!kvx__boot_terminal(r)) {
+        char why[160];
+        snprintf(why, sizeof why, "room %llu: the %s was destroyed before the transfer finished",
+                 (unsigned long long)kvx_room_id(r), b->role == KVX_ROLE_DECODE ? "receiver" : "sender");
+        kvx__boot_tell(b, r, why, KVX_ERR_ABORTED);
+    }
     pthread_mutex_lock(&b->mu);
     br = kvx__boot_find(b, kvx_room_id(r));
     if (!br || br->room != r) { pthread_mutex_unlock(&b->mu); return; }
     kvx__boot_unlink(b, br);
     if (kvx_room_poll(r) == KVX_POLL_FAILED) kvx__boot_count_failure(b, kvx__boot_room_result(r));
-    if (!kvx__boot_terminal(r) && br->nconns) n = kvx__boot_br_conns(br, &cs, stack, 4);
     pthread_mutex_unlock(&b->mu);
-    for (i = 0; i < n; i++)
-        kvx__boot_conn_abort(cs[i], br->id, b->role == KVX_ROLE_DECODE
-                                            ? "the receiver was destroyed before the transfer finished"
-                                            : "the sender was destroyed before the transfer finished");
-    if (n) kvx__boot_conns_release(cs, n, stack);
     kvx__boot_br_unref(br);
 }
 
@@ -3817,9 +4437,9 @@ KVX_API kvx_result kvx_boot_receiver_init(kvx_boot *b, kvx_room *r, const int32_
     for (i = 0; i < nc && res == KVX_OK; i++) {
         res = kvx__boot_conn_sendv(cs[i], v, n ? 2 : 1);
         if (res != KVX_OK)
-            kvx_room_fail(r, res, "cannot send the destination of room %llu to prefill rank %s: "
-                          "the control connection is gone", (unsigned long long)kvx_room_id(r),
-                          cs[i]->addr);
+            kvx_room_fail_remote(r, res, "cannot send the destination of room %llu to prefill rank %s: "
+                                 "the control connection is gone", (unsigned long long)kvx_room_id(r),
+                                 cs[i]->addr);
     }
     free(le);
     kvx__boot_conns_release(cs, nc, stack);
@@ -3839,6 +4459,10 @@ KVX_API kvx_result kvx_boot_send_status(kvx_boot *b, kvx_room *r, kvx_poll state
         pthread_mutex_unlock(&b->mu);
         return KVX_ERR_STATE;
     }
+    if (state == KVX_POLL_FAILED) {
+        if (br->told) { pthread_mutex_unlock(&b->mu); return KVX_OK; } /* said once already */
+        br->told = 1;
+    }
     nc = kvx__boot_br_conns(br, &cs, stack, 4);
     pthread_mutex_unlock(&b->mu);
     if (!cs) return KVX_ERR_NO_MEMORY;
@@ -3851,27 +4475,20 @@ KVX_API kvx_result kvx_boot_send_status(kvx_boot *b, kvx_room *r, kvx_poll state
 }
 
 KVX_API void kvx_boot_abort(kvx_boot *b, kvx_room *r, const char *reason) {
-    kvx__boot_br *br;
-    kvx__boot_conn *stack[4], **cs = NULL;
-    uint32_t nc = 0, i;
-    const char *why;
+    int failed;
     if (!b || !r) return;
     /* an explicit abort forwards the caller's reason; a timeout or other
        failure forwards the room's own sentence, which says more */
-    why = kvx_room_poll(r) == KVX_POLL_FAILED && kvx__boot_room_result(r) != KVX_ERR_ABORTED
-              ? kvx__boot_room_error(r)
-              : (reason ? reason : "aborted");
-    pthread_mutex_lock(&b->mu);
-    br = kvx__boot_find(b, kvx_room_id(r));
-    if (!br || br->room != r) { pthread_mutex_unlock(&b->mu); return; }
-    if (!br->aborted) {
-        br->aborted = 1;
-        br->abort_reason = strdup(why);
-    }
-    if (br->nconns) nc = kvx__boot_br_conns(br, &cs, stack, 4);
-    pthread_mutex_unlock(&b->mu);
-    for (i = 0; cs && i < nc; i++) kvx__boot_conn_abort(cs[i], kvx_room_id(r), why);
-    if (cs) kvx__boot_conns_release(cs, nc, stack);
+    failed = kvx_room_poll(r) == KVX_POLL_FAILED;
+    kvx__boot_tell(b, r,
+                   failed && kvx__boot_room_result(r) != KVX_ERR_ABORTED ? kvx__boot_room_error(r)
+                                                                        : (reason ? reason : "aborted"),
+                   failed ? kvx__boot_room_result(r) : KVX_ERR_ABORTED);
+}
+
+KVX_API void kvx_boot_room_failed(kvx_boot *b, kvx_room *r) {
+    if (!b || !r || kvx_room_poll(r) != KVX_POLL_FAILED) return;
+    kvx__boot_tell(b, r, kvx__boot_room_error(r), kvx__boot_room_result(r));
 }
 
 KVX_API uint32_t kvx_boot_room_dst_pages(kvx_boot *b, const kvx_room *r) {
@@ -4027,6 +4644,33 @@ static kvx_result kvx__boot_make_hello(kvx_boot *b) {
     return r;
 }
 
+/* Our hello for one connection: keyless, the shared encoding; keyed, with
+   a fresh nonce (and on prefill the proof over the decode's nonce). */
+static kvx_result kvx__boot_keyed_hello(kvx_boot *b, kvx_buf *out, const uint8_t *nonce,
+                                        const uint8_t *proof) {
+    kvx_boot_frame f;
+    size_t used = 0;
+    char why[64];
+    kvx_result r;
+    /* decode our own shared hello, then re-encode it with the auth fields */
+    r = kvx_boot_decode_frame(b->hello.data, b->hello.len, &f, &used, why, sizeof why);
+    if (r != KVX_OK || !used) return KVX_ERR_INVALID_ARGUMENT;
+    {
+        uint64_t items[KVX_MAX_BUFFERS + KVX_MAX_AUX + 1];
+        uint32_t i;
+        for (i = 0; i < f.hello.num_buffers; i++) items[i] = kvx__le_r64(f.hello.item_lens_le + 8u * i);
+        for (i = 0; i < f.hello.num_aux; i++)
+            items[f.hello.num_buffers + i] = kvx__le_r64(f.hello.aux_item_lens_le + 8u * i);
+        f.hello.item_lens = items;
+        f.hello.aux_item_lens = items + f.hello.num_buffers;
+        f.hello.flags = KVX_BOOT_HELLO_AUTH;
+        f.hello.nonce = nonce;
+        f.hello.proof = proof;
+        memset(out, 0, sizeof *out);
+        return kvx_boot_encode_frame(&f, out);
+    }
+}
+
 static uint64_t kvx__boot_random(const void *salt) {
     uint64_t v = 0;
     int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
@@ -4120,6 +4764,7 @@ KVX_API kvx_result kvx_boot_create(kvx_engine *e, const kvx_boot_hooks *hooks,
     pthread_mutex_init(&b->mu, NULL);
     pthread_cond_init(&b->cv, NULL);
     b->instance = kvx__boot_random(b);
+    b->key = kvx_engine_auth_key(e, &b->key_len);
     if (endpoint_len) {
         b->endpoint = (uint8_t *)malloc(endpoint_len);
         if (!b->endpoint) { kvx__boot_free(b); return KVX_ERR_NO_MEMORY; }
@@ -4243,7 +4888,7 @@ static void kvx__boot_fake_fini(kvx_engine *e) {
 }
 static kvx_result kvx__boot_fake_open(kvx_room *r) { return kvx_boot_room_open(kvx__boot_fake(r), r); }
 static void kvx__boot_fake_close(kvx_room *r) { kvx_boot_room_close(kvx__boot_fake(r), r); }
-static void kvx__boot_fake_abort(kvx_room *r, const char *why) { kvx_boot_abort(kvx__boot_fake(r), r, why); }
+static void kvx__boot_fake_failed(kvx_room *r) { kvx_boot_room_failed(kvx__boot_fake(r), r); }
 
 static kvx_result kvx__boot_fake_sender_init(kvx_room *r, uint32_t n, int32_t aux) {
     kvx_boot *b = kvx__boot_fake(r);
@@ -4252,9 +4897,7 @@ static kvx_result kvx__boot_fake_sender_init(kvx_room *r, uint32_t n, int32_t au
     if (n != want) {
         kvx_room_fail(r, KVX_ERR_INVALID_ARGUMENT,
                       "init declares %u pages but the decode side asked for %u", n, want);
-        kvx_boot_send_status(b, r, KVX_POLL_FAILED, KVX_ERR_INVALID_ARGUMENT, 0,
-                             kvx__boot_room_error(r));
-        return KVX_ERR_INVALID_ARGUMENT;
+        return KVX_ERR_INVALID_ARGUMENT; /* room_failed tells the decode side */
     }
     return KVX_OK;
 }
@@ -4265,12 +4908,14 @@ static kvx_result kvx__boot_fake_send(kvx_room *r, kvx_chunk *c) {
     kvx_result res;
     kvx_chunk_free(kvx_room_engine(r), c);
     if (!last) return KVX_OK;
-    res = kvx_boot_send_status(b, r, KVX_POLL_SUCCESS, KVX_OK, 0, NULL);
-    if (res != KVX_OK) {
-        kvx_room_fail(r, res, "cannot report success to the decode side: the control connection is gone");
-        return res;
-    }
+    /* Success first: a room that failed meanwhile stays Failed (and its
+       room_failed tells the peer); a successful one never sends anything else */
     kvx_room_succeed(r, 0);
+    if (kvx_room_poll(r) != KVX_POLL_SUCCESS) return KVX_OK;
+    res = kvx_boot_send_status(b, r, KVX_POLL_SUCCESS, KVX_OK, 0, NULL);
+    if (res != KVX_OK)
+        kvx_engine_log(kvx_room_engine(r), KVX_LOG_WARN, "kvx.boot", kvx_room_id(r),
+                       "cannot report success to the decode side: the control connection is gone");
     return KVX_OK;
 }
 
@@ -4288,10 +4933,10 @@ KVX_API const kvx_backend *kvx_bootfake_backend(void) {
                                    kvx__boot_fake_sender_init,
                                    kvx__boot_fake_send,
                                    kvx__boot_fake_recv_init,
-                                   kvx__boot_fake_abort,
+                                   NULL, /* room_abort: room_failed replaces it */
                                    kvx__boot_fake_close,
                                    NULL,
-                                   NULL};
+                                   kvx__boot_fake_failed};
     return &bf;
 }
 

@@ -8,8 +8,13 @@
                prefill, the sender's WaitingForInput, init + send there, the
                status frame back. p50 / p99 / max.
    throughput: rooms per second with a window of rooms in flight.
+   handshake:  a fresh decode engine's first room, from kvx_receiver_create
+               to WaitingForInput: GET /route twice, connect, hellos (and
+               with a key the challenge and response). p50 / p99.
+   Everything runs twice in the same invocation, without and with a shared
+   key (KVX_AUTH_KEY), and the keyed/keyless ratios are printed.
 
-   Usage: bench_boot [--rooms N] [--latency-rooms N] [--window N]
+   Usage: bench_boot [--rooms N] [--latency-rooms N] [--window N] [--handshakes N]
    Goals: p99 < 1 ms, >= 20000 rooms/s. Tail latency depends on how busy
    the machine's cores are (4 busy threads share them), so the load average
    is printed with the results. */
@@ -159,9 +164,18 @@ static void fill_pages(int32_t *p, uint64_t i) {
     for (k = 0; k < PAGES; k++) p[k] = (int32_t)((i * PAGES + (uint64_t)k) % POOL);
 }
 
-int main(int argc, char **argv) {
-    uint64_t lat_rooms = 20000, tput_rooms = 200000, i, next, done, failed = 0;
-    int window = 1024, a, in_fd[2], out_fd[2], port = 0, status;
+typedef struct phase_out {
+    double hs_p50, hs_p99, lat_p50, lat_p99, rps;
+    uint64_t failed;
+} phase_out;
+
+static const char *g_self;
+
+/* One full run against a fresh prefill process; key NULL = keyless. */
+static int phase(const char *key, uint64_t lat_rooms, uint64_t tput_rooms, int window,
+                 uint64_t handshakes, phase_out *res) {
+    uint64_t i, next, done, failed = 0;
+    int in_fd[2], out_fd[2], port = 0, status;
     kvx_buffer bufs[2];
     kvx_aux_buffer aux;
     void *mem;
@@ -173,26 +187,10 @@ int main(int argc, char **argv) {
     posix_spawn_file_actions_t fa;
     double t0, t1, rps;
     ssize_t sl;
-    const char *q = getenv("KVX_TEST_QUICK");
-    signal(SIGPIPE, SIG_IGN);
-    setvbuf(stdout, NULL, _IOLBF, 0);
-    if (getenv("BENCH_BOOT_WAIT")) g_wait = atoi(getenv("BENCH_BOOT_WAIT"));
-    if (getenv("BENCH_BOOT_WAIT_NS")) g_wait_ns = atol(getenv("BENCH_BOOT_WAIT_NS"));
-    prctl(PR_SET_TIMERSLACK, 1UL, 0, 0, 0);
-    if (argc >= 4 && !strcmp(argv[1], "--prefill"))
-        return prefill_main(strtoull(argv[2], NULL, 10), atoi(argv[3]));
-    if (q && *q && strcmp(q, "0")) { lat_rooms = 2000; tput_rooms = 20000; }
-    for (a = 1; a + 1 < argc; a += 2) {
-        if (!strcmp(argv[a], "--rooms")) tput_rooms = strtoull(argv[a + 1], NULL, 10);
-        else if (!strcmp(argv[a], "--latency-rooms")) lat_rooms = strtoull(argv[a + 1], NULL, 10);
-        else if (!strcmp(argv[a], "--window")) window = atoi(argv[a + 1]);
-        else { fprintf(stderr, "usage: %s [--rooms N] [--latency-rooms N] [--window N]\n", argv[0]); return 2; }
-    }
-    if (!lat_rooms || !tput_rooms || window < 1) { fprintf(stderr, "bench_boot: sizes must be positive\n"); return 2; }
-    /* the prefill process */
-    sl = readlink("/proc/self/exe", self, sizeof self - 1);
-    if (sl <= 0) { fprintf(stderr, "bench_boot: cannot find myself\n"); return 1; }
-    self[sl] = 0;
+    if (key) setenv("KVX_AUTH_KEY", key, 1); /* the prefill child and our engines */
+    else unsetenv("KVX_AUTH_KEY");
+    snprintf(self, sizeof self, "%s", g_self);
+    (void)sl;
     snprintf(nbuf, sizeof nbuf, "%llu", (unsigned long long)(1 + lat_rooms + tput_rooms));
     snprintf(wbuf, sizeof wbuf, "%d", window * 2);
     if (pipe(in_fd) || pipe(out_fd)) return 1;
@@ -253,6 +251,37 @@ int main(int argc, char **argv) {
         kvx_receiver_destroy(r);
     }
 
+    /* handshake: a fresh decode engine's first room up to WaitingForInput */
+    {
+        uint64_t *hs = (uint64_t *)malloc(handshakes * sizeof *hs), h;
+        for (h = 0; h < handshakes; h++) {
+            kvx_buffer hb[2];
+            kvx_aux_buffer ha;
+            void *hm;
+            kvx_engine *he = make_engine(KVX_ROLE_DECODE, addr, hb, &ha, &hm);
+            kvx_receiver *r;
+            uint64_t s;
+            if (!he) return 1;
+            s = kvx_now_ns();
+            r = open_recv(he, BASE - 1 - h);
+            while (kvx_receiver_poll(r) == KVX_POLL_BOOTSTRAPPING) idle();
+            hs[h] = kvx_now_ns() - s;
+            if (kvx_receiver_poll(r) != KVX_POLL_WAITING_FOR_INPUT) {
+                fprintf(stderr, "bench_boot: handshake failed: %s\n", kvx_receiver_error(r));
+                failed++;
+            }
+            kvx_receiver_destroy(r);
+            kvx_engine_destroy(he);
+            free(hm);
+        }
+        qsort(hs, handshakes, sizeof *hs, cmp_u64);
+        res->hs_p50 = hs[handshakes / 2] / 1e3;
+        res->hs_p99 = hs[handshakes * 99 / 100] / 1e3;
+        printf("handshake  %llu fresh decode engines%s: p50 %.1f us, p99 %.1f us\n",
+               (unsigned long long)handshakes, key ? " (keyed)" : "", res->hs_p50, res->hs_p99);
+        free(hs);
+    }
+
     /* latency: one room at a time */
     lat = (uint64_t *)malloc(lat_rooms * sizeof *lat);
     for (i = 0; i < lat_rooms; i++) {
@@ -268,8 +297,10 @@ int main(int argc, char **argv) {
         kvx_receiver_destroy(r);
     }
     qsort(lat, lat_rooms, sizeof *lat, cmp_u64);
-    printf("latency    %llu rooms one at a time: p50 %.1f us, p99 %.1f us, p99.9 %.1f us, max %.1f us\n",
-           (unsigned long long)lat_rooms, lat[lat_rooms / 2] / 1e3, lat[lat_rooms * 99 / 100] / 1e3,
+    res->lat_p50 = lat[lat_rooms / 2] / 1e3;
+    res->lat_p99 = lat[lat_rooms * 99 / 100] / 1e3;
+    printf("latency    %llu rooms one at a time%s: p50 %.1f us, p99 %.1f us, p99.9 %.1f us, max %.1f us\n",
+           (unsigned long long)lat_rooms, key ? " (keyed)" : "", lat[lat_rooms / 2] / 1e3, lat[lat_rooms * 99 / 100] / 1e3,
            lat[lat_rooms * 999 / 1000] / 1e3, lat[lat_rooms - 1] / 1e3);
 
     /* throughput: a window of rooms in flight */
@@ -304,8 +335,10 @@ int main(int argc, char **argv) {
     }
     t1 = (double)kvx_now_ns();
     rps = (double)tput_rooms / ((t1 - t0) / 1e9);
-    printf("throughput %llu rooms, %d in flight: %.0f rooms/s (%.2f s)\n",
-           (unsigned long long)tput_rooms, window, rps, (t1 - t0) / 1e9);
+    res->rps = rps;
+    res->failed = failed;
+    printf("throughput %llu rooms, %d in flight%s: %.0f rooms/s (%.2f s)\n",
+           (unsigned long long)tput_rooms, window, key ? " (keyed)" : "", rps, (t1 - t0) / 1e9);
     printf("goals      p99 < 1 ms: %s; >= 20000 rooms/s: %s; failed rooms: %llu\n",
            lat[lat_rooms * 99 / 100] < 1000000 ? "met" : "MISSED", rps >= 20000 ? "met" : "MISSED",
            (unsigned long long)failed);
@@ -316,5 +349,51 @@ int main(int argc, char **argv) {
     free(lat);
     kvx_engine_destroy(e);
     free(mem);
+    unsetenv("KVX_AUTH_KEY");
     return failed ? 1 : 0;
+}
+
+int main(int argc, char **argv) {
+    uint64_t lat_rooms = 20000, tput_rooms = 200000, handshakes = 500;
+    int window = 1024, a, rc;
+    static char self[4096];
+    ssize_t sl;
+    phase_out plain, keyed;
+    const char *q = getenv("KVX_TEST_QUICK");
+    signal(SIGPIPE, SIG_IGN);
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    if (getenv("BENCH_BOOT_WAIT")) g_wait = atoi(getenv("BENCH_BOOT_WAIT"));
+    if (getenv("BENCH_BOOT_WAIT_NS")) g_wait_ns = atol(getenv("BENCH_BOOT_WAIT_NS"));
+    prctl(PR_SET_TIMERSLACK, 1UL, 0, 0, 0);
+    if (argc >= 4 && !strcmp(argv[1], "--prefill"))
+        return prefill_main(strtoull(argv[2], NULL, 10), atoi(argv[3]));
+    if (q && *q && strcmp(q, "0")) { lat_rooms = 2000; tput_rooms = 20000; handshakes = 100; }
+    for (a = 1; a + 1 < argc; a += 2) {
+        if (!strcmp(argv[a], "--rooms")) tput_rooms = strtoull(argv[a + 1], NULL, 10);
+        else if (!strcmp(argv[a], "--latency-rooms")) lat_rooms = strtoull(argv[a + 1], NULL, 10);
+        else if (!strcmp(argv[a], "--window")) window = atoi(argv[a + 1]);
+        else if (!strcmp(argv[a], "--handshakes")) handshakes = strtoull(argv[a + 1], NULL, 10);
+        else {
+            fprintf(stderr, "usage: %s [--rooms N] [--latency-rooms N] [--window N] [--handshakes N]\n", argv[0]);
+            return 2;
+        }
+    }
+    if (!lat_rooms || !tput_rooms || window < 1 || !handshakes) {
+        fprintf(stderr, "bench_boot: sizes must be positive\n");
+        return 2;
+    }
+    sl = readlink("/proc/self/exe", self, sizeof self - 1);
+    if (sl <= 0) { fprintf(stderr, "bench_boot: cannot find myself\n"); return 1; }
+    self[sl] = 0;
+    g_self = self;
+    memset(&plain, 0, sizeof plain);
+    memset(&keyed, 0, sizeof keyed);
+    rc = phase(NULL, lat_rooms, tput_rooms, window, handshakes, &plain);
+    printf("-- the same with a shared key (KVX_AUTH_KEY) --\n");
+    rc |= phase("bench-boot-shared-key-0123456789", lat_rooms, tput_rooms, window, handshakes, &keyed);
+    if (plain.hs_p50 > 0 && plain.lat_p50 > 0 && plain.rps > 0)
+        printf("auth cost  keyed/keyless: handshake p50 %.2fx (p99 %.2fx), room latency p50 %.2fx, "
+               "throughput %.2fx\n", keyed.hs_p50 / plain.hs_p50, keyed.hs_p99 / plain.hs_p99,
+               keyed.lat_p50 / plain.lat_p50, keyed.rps / plain.rps);
+    return rc;
 }

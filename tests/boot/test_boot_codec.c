@@ -246,12 +246,71 @@ static void test_frames(void) {
     roundtrip(&f, "abort", &b);
     kvx_buf_free(&b);
 
+    /* ping, pong, auth (protocol version 1 extensions) */
+    memset(&f, 0, sizeof f);
+    f.type = KVX_BOOT_FRAME_PING;
+    f.seq = 0x1122334455667788ull;
+    roundtrip(&f, "ping", &b);
+    dec(&b, &g, &used, why);
+    CHECK(g.type == KVX_BOOT_FRAME_PING && g.seq == f.seq && b.len == 16, "frame: ping seq survives");
+    kvx_buf_free(&b);
+    f.type = KVX_BOOT_FRAME_PONG;
+    roundtrip(&f, "pong", &b);
+    kvx__le_w32((uint8_t *)b.data, 4);
+    b.len = 12;
+    CHECK(dec(&b, &g, &used, why) == KVX_ERR_PROTOCOL && strstr(why, "8 expected"), "frame: short pong: %s", why);
+    kvx_buf_free(&b);
+    {
+        uint8_t proof[KVX_BOOT_PROOF], nonce[KVX_BOOT_NONCE];
+        for (i = 0; i < KVX_BOOT_PROOF; i++) proof[i] = (uint8_t)(i * 7 + 1);
+        for (i = 0; i < KVX_BOOT_NONCE; i++) nonce[i] = (uint8_t)(i * 3 + 2);
+        memset(&f, 0, sizeof f);
+        f.type = KVX_BOOT_FRAME_AUTH;
+        f.proof = proof;
+        roundtrip(&f, "auth", &b);
+        dec(&b, &g, &used, why);
+        CHECK(g.type == KVX_BOOT_FRAME_AUTH && !memcmp(g.proof, proof, KVX_BOOT_PROOF) && b.len == 40,
+              "frame: auth proof survives");
+        kvx_buf_free(&b);
+        f.proof = NULL;
+        CHECK(kvx_boot_encode_frame(&f, &b) == KVX_ERR_INVALID_ARGUMENT, "frame: auth without a proof is refused");
+        kvx_buf_free(&b);
+        /* keyed hellos: decode carries its nonce, prefill its nonce and proof */
+        memset(&f, 0, sizeof f);
+        f.type = KVX_BOOT_FRAME_HELLO;
+        f.hello.role = KVX_ROLE_PREFILL;
+        f.hello.flags = KVX_BOOT_HELLO_AUTH;
+        f.hello.nonce = nonce;
+        f.hello.proof = proof;
+        f.hello.transport = "tcp"; f.hello.transport_len = 3;
+        roundtrip(&f, "keyed prefill hello", &b);
+        dec(&b, &g, &used, why);
+        CHECK(g.hello.flags == KVX_BOOT_HELLO_AUTH && g.hello.nonce && g.hello.proof &&
+                  !memcmp(g.hello.nonce, nonce, KVX_BOOT_NONCE) &&
+                  !memcmp(g.hello.proof, proof, KVX_BOOT_PROOF) && b.len == 8 + 96 + 3 + 16 + 32,
+              "frame: keyed prefill hello carries nonce and proof");
+        kvx__le_w32((uint8_t *)b.data + 8 + 12, 2);
+        CHECK(dec(&b, &g, &used, why) == KVX_ERR_PROTOCOL && strstr(why, "flags"), "frame: hello flag 2: %s", why);
+        kvx__le_w32((uint8_t *)b.data + 8 + 12, 0);
+        CHECK(dec(&b, &g, &used, why) == KVX_ERR_PROTOCOL && strstr(why, "add up"),
+              "frame: a keyed hello without its flag does not add up: %s", why);
+        kvx_buf_free(&b);
+        f.hello.role = KVX_ROLE_DECODE;
+        f.hello.proof = NULL;
+        roundtrip(&f, "keyed decode hello", &b);
+        dec(&b, &g, &used, why);
+        CHECK(g.hello.nonce && !g.hello.proof && b.len == 8 + 96 + 3 + 16, "frame: keyed decode hello carries its nonce");
+        kvx_buf_free(&b);
+    }
+
     /* header-level refusals, decided from the 8-byte header alone */
     {
         uint8_t h[8];
         struct { uint32_t len; uint16_t type, flags; const char *needle; } cases[] = {
             {0, 0, 0, "unknown frame type 0"},
-            {12, 5, 0, "unknown frame type 5"},
+            {12, 8, 0, "unknown frame type 8"},
+            {12, KVX_BOOT_FRAME_PING, 0, "exceeds"},
+            {40, KVX_BOOT_FRAME_AUTH, 0, "exceeds"},
             {12, 0xffff, 0, "unknown frame type 65535"},
             {12, KVX_BOOT_FRAME_ABORT, 1, "flags"},
             {0xfffffff0u, KVX_BOOT_FRAME_ROOM, 0, "exceeds"},

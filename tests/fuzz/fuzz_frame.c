@@ -2,7 +2,8 @@
    byte stream cut into frames until one is refused or incomplete. Every
    accepted frame must lie inside the input, respect its limits, and
    re-encode to exactly the bytes it was decoded from. The first input byte
-   also seeds a structured mode that builds valid frames from the fuzz
+   also seeds a structured mode that builds valid frames (every type: hello
+   keyed or not, room, status, abort, ping, pong, auth) from the fuzz
    bytes and corrupts one field, so deep checks are reached without a
    corpus. */
 #define KVX_IMPLEMENTATION
@@ -84,7 +85,7 @@ static void structured(const uint8_t *data, size_t size) {
     memset(&f, 0, sizeof f);
     memset(&b, 0, sizeof b);
     f.room = size > 3 ? kvx__le_r16(data + 2) : 1;
-    switch (sel % 4) {
+    switch (sel % 7) {
     case 0:
         f.type = KVX_BOOT_FRAME_ROOM;
         f.num_pages = (uint32_t)n;
@@ -103,9 +104,24 @@ static void structured(const uint8_t *data, size_t size) {
         f.reason = (const char *)data;
         f.reason_len = (uint32_t)(size > 100 ? 100 : size);
         break;
+    case 3:
+    case 4:
+        f.type = sel % 7 == 3 ? KVX_BOOT_FRAME_PING : KVX_BOOT_FRAME_PONG;
+        f.seq = size > 9 ? kvx__le_r64(data + 2) : sel;
+        break;
+    case 5:
+        if (size < KVX_BOOT_PROOF) return;
+        f.type = KVX_BOOT_FRAME_AUTH;
+        f.proof = data;
+        break;
     default:
         f.type = KVX_BOOT_FRAME_HELLO;
         f.hello.role = 1 + (sel & 1);
+        if ((sel & 2) && size >= KVX_BOOT_NONCE + KVX_BOOT_PROOF) { /* keyed hello */
+            f.hello.flags = KVX_BOOT_HELLO_AUTH;
+            f.hello.nonce = data;
+            f.hello.proof = data + KVX_BOOT_NONCE;
+        }
         f.hello.num_buffers = 3;
         f.hello.num_aux = 1;
         f.hello.item_lens = items;

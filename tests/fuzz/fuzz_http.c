@@ -28,7 +28,8 @@ static void check_request(const uint8_t *data, size_t size) {
         rq.method < lo || rq.method + rq.method_len > hi || rq.path < lo ||
         rq.path + rq.path_len > hi || !rq.path_len || rq.path[0] != '/' ||
         (rq.body_len && (rq.body < lo || rq.body + rq.body_len > hi)) ||
-        (rq.query && (rq.query < lo || rq.query + rq.query_len > hi)))
+        (rq.query && (rq.query < lo || rq.query + rq.query_len > hi)) ||
+        (rq.auth && (rq.auth < lo || rq.auth + rq.auth_len > hi)))
         __builtin_trap();
     /* a request is complete exactly once: its own prefix minus one byte is not */
     if (rq.consumed > 0) {
@@ -61,11 +62,12 @@ static void check_request(const uint8_t *data, size_t size) {
 
 /* The decode side parses the bootstrap server's answers. */
 static void check_answers(const uint8_t *data, size_t size) {
-    int tp, cp, dp, pp, ps, port = 0;
+    int tp, cp, dp, pp, ps, port = 0, ping = 7;
     char dtype[64], ip[64];
-    if (kvx__boot_info_parse((const char *)data, size, &tp, &cp, &dp, &pp, &ps, dtype, sizeof dtype) == 0) {
+    if (kvx__boot_info_parse((const char *)data, size, &tp, &cp, &dp, &pp, &ps, dtype, sizeof dtype,
+                             &ping) == 0) {
         if (tp < 1 || tp > 1024 || cp < 1 || cp > 1024 || dp < 1 || dp > 1024 || pp < 1 || pp > 1024 ||
-            ps < 1 || strlen(dtype) >= sizeof dtype)
+            ps < 1 || strlen(dtype) >= sizeof dtype || (ping != 0 && ping != 1))
             __builtin_trap();
     }
     if (kvx__boot_rank_parse((const char *)data, size, ip, sizeof ip, &port) == 0) {
