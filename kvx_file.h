@@ -1262,7 +1262,7 @@ static void kvx__file_write_failed(kvx__froom *fr, kvx_result res, const char *r
 static void kvx__file_room_failed(kvx_room *r) {
     kvx__froom *fr = (kvx__froom *)kvx_room_data(r);
     if (!fr) return;
-    if (fr->boot) kvx_boot_abort(fr->fe->boot, r, kvx_room_error(r)); /* TODO-merge: kvx_boot_room_failed */
+    if (fr->boot) kvx_boot_room_failed(fr->fe->boot, r);
     if (kvx_room_role(r) == KVX_ROLE_PREFILL)
         kvx__file_write_failed(fr, kvx_room_result(r), kvx_room_error(r));
 }

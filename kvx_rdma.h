@@ -2540,11 +2540,7 @@ static void kvx__rdma_tx_fail(kvx__rdma_engine *re, kvx_room *r, kvx_result res,
    prefill sends status Failed (kvx_boot answers a room frame that has not
    arrived yet with an abort), the decode side an abort. */
 static void kvx__rdma_tell_peer(kvx__rdma_engine *re, kvx_room *r) {
-    if (re->role == KVX_ROLE_PREFILL &&
-        kvx_boot_send_status(re->boot, r, KVX_POLL_FAILED, kvx_room_result(r), 0,
-                             kvx_room_error(r)) == KVX_OK)
-        return;
-    kvx_boot_abort(re->boot, r, kvx_room_error(r));
+    kvx_boot_room_failed(re->boot, r);
 }
 
 typedef struct kvx__rdma_deadarg {
