@@ -27,10 +27,37 @@
    ENVIRONMENT (read once in kvx_engine_create; override the desc)
      KVX_TRANSPORT            transport name                    (desc.transport)
      KVX_LOG_LEVEL            error|warn|info|debug             (warn)
-     KVX_WAITING_TIMEOUT      seconds a receiver waits for its KV after init (300)
-     KVX_BOOTSTRAP_TIMEOUT    seconds a sender waits for its destination (300)
-     KVX_POLL_INTERVAL_US     progress thread tick, microseconds (1000)
-     Transport headers document their own (KVX_FILE_*, KVX_TCP_*, KVX_IB_*...).
+     KVX_WAITING_TIMEOUT      seconds a receiver waits for its KV after init
+                              (300; 0 = default; range 0.001 .. 1e6)
+     KVX_BOOTSTRAP_TIMEOUT    seconds a sender waits for its destination
+                              (300; 0 = default; range 0.001 .. 1e6)
+     KVX_POLL_INTERVAL_US     progress thread tick, microseconds
+                              (1000; 0 = default; range 1 .. 1000000)
+     KVX_AUTH_KEY             shared secret, 16..4096 bytes   (desc.auth_key, none)
+     KVX_AUTH_KEY_FILE        file holding the secret; it must be owned by this
+                              user with no group/other access (desc.auth_key_file)
+     A value outside its range, or one that does not parse, makes
+     kvx_engine_create fail with KVX_ERR_BAD_CONFIG and a sentence naming the
+     variable. Transport headers document their own (KVX_FILE_*, KVX_TCP_*,
+     KVX_IB_*...).
+
+   FAILURES
+     A room fails once: the first result and sentence are kept, the sentence
+     always starts "room <id>: ", and a room in SUCCESS or FAILED never
+     changes state again. Every local failure (a refused argument, a local
+     I/O error, an abort, a timeout, engine destroy) is handed to the
+     transport's room_failed hook, which tells the peer at once; an abort or
+     a timeout on a room that already finished does nothing and sends
+     nothing. kvx_*_error() is "" unless the room failed; a call refused
+     without failing the room (KVX_ERR_STATE) leaves its sentence in
+     kvx_*_call_error().
+
+   AUTHENTICATION
+     With a shared secret (desc.auth_key or auth_key_file), the handshake
+     transports prove knowledge of it on every connection by challenge and
+     response (kvx_auth_proof: HMAC-SHA-256 over both sides' fresh nonces)
+     and the file transport authenticates what it writes. See each
+     transport header and the README's security model.
 
    EXAMPLE (prefill side, error handling shortened)
        kvx_engine_desc d = {0};
@@ -96,6 +123,15 @@
 #define KVX_MAX_PAGES (1u << 24)
 #endif
 #define KVX_ERROR_MAX 320 /* bytes of a failure sentence, NUL included */
+#ifndef KVX_MAX_TIMEOUT_S
+#define KVX_MAX_TIMEOUT_S 1e6 /* largest timeout setting, seconds (11.5 days) */
+#endif
+#ifndef KVX_MIN_AUTH_KEY
+#define KVX_MIN_AUTH_KEY 16 /* bytes of a shared secret, at least */
+#endif
+#ifndef KVX_MAX_AUTH_KEY
+#define KVX_MAX_AUTH_KEY 4096
+#endif
 
 #if defined(__GNUC__) || defined(__clang__)
 #define KVX_PRINTF(f, a) __attribute__((format(printf, f, a)))
@@ -363,6 +399,9 @@ typedef struct kvx_engine_desc {
     int rank;                   /* this process's rank, for names and logs */
     const char *bootstrap_addr; /* prefill: where to serve; decode: default peer */
     kvx_mem_ops mem;            /* for non-host buffers; copy == NULL = none */
+    const char *auth_key;       /* KVX_AUTH_KEY: shared secret (>= 16 bytes), NULL = none */
+    const char *auth_key_file;  /* KVX_AUTH_KEY_FILE: file holding the secret (owned by
+                                   this user, no group/other access) */
     kvx_file_desc file;
     kvx_boot_desc boot;
     kvx_tcp_desc tcp;
@@ -396,6 +435,9 @@ KVX_API void kvx_engine_destroy(kvx_engine *e);
 KVX_API const kvx_layout *kvx_engine_layout(const kvx_engine *e);
 KVX_API const kvx_engine_desc *kvx_engine_settings(const kvx_engine *e); /* env applied */
 KVX_API const char *kvx_engine_transport(const kvx_engine *e);
+/* The shared secret from desc.auth_key / auth_key_file / KVX_AUTH_KEY /
+   KVX_AUTH_KEY_FILE, or NULL (and *len 0) when the engine has none. */
+KVX_API const uint8_t *kvx_engine_auth_key(const kvx_engine *e, size_t *len);
 
 /* Process-wide registry of transports that can be named in desc.transport.
    "fake" is always known. Thread-safe; registering twice is harmless. */
@@ -433,6 +475,10 @@ KVX_API kvx_result kvx_sender_send(kvx_sender *s, const int32_t *pages, uint32_t
 KVX_API kvx_poll kvx_sender_poll(const kvx_sender *s);    /* atomic load */
 KVX_API kvx_result kvx_sender_result(const kvx_sender *s); /* KVX_OK unless failed */
 KVX_API const char *kvx_sender_error(const kvx_sender *s); /* "" unless failed */
+/* The sentence of the last call refused with an error that did not fail
+   the room (KVX_ERR_STATE: init twice, send after the last chunk...); ""
+   when none. It never becomes the room's failure reason. */
+KVX_API const char *kvx_sender_call_error(const kvx_sender *s);
 KVX_API uint64_t kvx_sender_room(const kvx_sender *s);
 /* Fails the room with KVX_ERR_ABORTED and tells the peer where the
    transport can. Thread-safe. */
@@ -452,7 +498,8 @@ KVX_API kvx_result kvx_receiver_init(kvx_receiver *r, const int32_t *pages, uint
                                      int32_t aux_index);
 KVX_API kvx_poll kvx_receiver_poll(const kvx_receiver *r);
 KVX_API kvx_result kvx_receiver_result(const kvx_receiver *r);
-KVX_API const char *kvx_receiver_error(const kvx_receiver *r);
+KVX_API const char *kvx_receiver_error(const kvx_receiver *r); /* "" unless failed */
+KVX_API const char *kvx_receiver_call_error(const kvx_receiver *r);
 KVX_API uint64_t kvx_receiver_room(const kvx_receiver *r);
 KVX_API void kvx_receiver_abort(kvx_receiver *r, const char *reason);
 /* Waits for in-flight writes into the pool pages to stop, then releases.
@@ -491,6 +538,14 @@ struct kvx_backend {
     void (*room_abort)(kvx_room *r, const char *reason); /* tell the peer, cancel */
     void (*room_close)(kvx_room *r); /* user destroyed it: stop touching its pages */
     void (*room_free)(kvx_room *r);  /* last reference gone: free transport state */
+    /* The room entered FAILED by a local decision (a refused argument, a
+       local error reported with kvx_room_fail, an abort, a core timeout,
+       engine destroy), not by kvx_room_fail_remote: tell the peer, with
+       kvx_room_result / kvx_room_error (the first reason). Called once per
+       room, on the progress thread or on the thread that destroys the room
+       (before room_close), with no core lock held. A backend that sets it
+       is never called through room_abort. */
+    void (*room_failed)(kvx_room *r);
 };
 
 KVX_API kvx_engine *kvx_room_engine(const kvx_room *r);
@@ -513,6 +568,12 @@ KVX_API void kvx_room_succeed(kvx_room *r, uint64_t bytes);
 /* Fails the room unless it is terminal: keeps the first result and
    sentence, logs it at error level. Thread-safe. */
 KVX_API void kvx_room_fail(kvx_room *r, kvx_result res, const char *fmt, ...) KVX_PRINTF(3, 4);
+/* The same for a failure the peer reported or the loss of the peer: the
+   peer is not told back (room_failed is not called). Both store the
+   sentence prefixed with "room <id>: " unless it already starts so; the
+   first failure wins and a terminal room never changes. */
+KVX_API void kvx_room_fail_remote(kvx_room *r, kvx_result res, const char *fmt, ...)
+    KVX_PRINTF(3, 4);
 /* Deadline (CLOCK_MONOTONIC ns, 0 = none) after which the core fails the
    room with KVX_ERR_TIMEOUT and `what` in the sentence. */
 KVX_API void kvx_room_set_deadline(kvx_room *r, uint64_t deadline_ns, const char *what);
@@ -564,6 +625,40 @@ KVX_API void kvx_sha256_final(kvx_sha256 *s, uint8_t out[32]);
 KVX_API kvx_result kvx_env_double(const char *name, double *v, char *why, size_t why_len);
 KVX_API kvx_result kvx_env_int(const char *name, int *v, char *why, size_t why_len);
 KVX_API kvx_result kvx_env_str(const char *name, const char **v);
+
+/* A numeric setting with a range. *v holds the desc value; the environment
+   variable env, when set, overrides it; 0 from either means def. The result
+   must lie in [min, max]: anything else (negative, NaN, out of range, not a
+   number) is KVX_ERR_BAD_CONFIG with a sentence naming env, the value and
+   the range. Thread-safe. */
+KVX_API kvx_result kvx_setting_double(const char *env, double *v, double def, double min,
+                                      double max, char *why, size_t why_len);
+KVX_API kvx_result kvx_setting_int(const char *env, int *v, int def, int min, int max,
+                                   char *why, size_t why_len);
+
+/* HMAC-SHA-256 (RFC 2104) and what authentication is built from. */
+#define KVX_NONCE_BYTES 16
+#define KVX_MAC_BYTES 32
+typedef struct kvx_hmac {
+    kvx_sha256 inner, outer;
+} kvx_hmac;
+KVX_API void kvx_hmac_init(kvx_hmac *h, const void *key, size_t key_len);
+KVX_API void kvx_hmac_update(kvx_hmac *h, const void *data, size_t len);
+KVX_API void kvx_hmac_final(kvx_hmac *h, uint8_t out[32]);
+KVX_API void kvx_hmac_sha256(const void *key, size_t key_len, const void *data, size_t len,
+                             uint8_t out[32]);
+/* 1 when the n bytes are equal; time does not depend on where they differ. */
+KVX_API int kvx_equal_ct(const void *a, const void *b, size_t n);
+/* n bytes from the kernel's CSPRNG (getrandom, else /dev/urandom). */
+KVX_API kvx_result kvx_random_bytes(void *buf, size_t n);
+/* The proof every authenticated connection uses, so that all transports
+   agree: HMAC-SHA-256(key, label || 0x00 || nonce_a || nonce_b). The prover
+   uses its own label (so a proof cannot be reflected to the other
+   direction), nonce_a = the verifier's fresh nonce (the challenge), nonce_b
+   = the prover's own fresh nonce. */
+KVX_API void kvx_auth_proof(const uint8_t *key, size_t key_len, const char *label,
+                            const uint8_t nonce_a[KVX_NONCE_BYTES],
+                            const uint8_t nonce_b[KVX_NONCE_BYTES], uint8_t out[KVX_MAC_BYTES]);
 
 /* A small JSON reader for formats kvx reads from files and peers. Bounded:
    at most `max_nodes` values and depth 32. */
@@ -645,6 +740,10 @@ KVX_API void kvx_workq_destroy(kvx_workq *q);
 #include <unistd.h>
 #include <sys/stat.h>
 #include <sys/types.h>
+#include <fcntl.h>
+#if defined(__linux__)
+#include <sys/syscall.h>
+#endif
 #if !defined(CLOCK_MONOTONIC)
 #error "kvx: the implementation needs POSIX: include the kvx headers before any system header in the KVX_IMPLEMENTATION file, or compile it with -D_GNU_SOURCE"
 #endif
@@ -940,6 +1039,95 @@ KVX_API void kvx_sha256_final(kvx_sha256 *s, uint8_t out[32]) {
     }
 }
 
+/* >>impl: HMAC and authentication ------------------------------------------ */
+
+KVX_API void kvx_hmac_init(kvx_hmac *h, const void *key, size_t key_len) {
+    uint8_t k[64], pad[64];
+    int i;
+    memset(k, 0, sizeof k);
+    if (key_len > 64) {
+        kvx_sha256 t;
+        kvx_sha256_init(&t);
+        kvx_sha256_update(&t, key, key_len);
+        kvx_sha256_final(&t, k);
+    } else if (key_len) {
+        memcpy(k, key, key_len);
+    }
+    for (i = 0; i < 64; i++) pad[i] = (uint8_t)(k[i] ^ 0x36);
+    kvx_sha256_init(&h->inner);
+    kvx_sha256_update(&h->inner, pad, 64);
+    for (i = 0; i < 64; i++) pad[i] = (uint8_t)(k[i] ^ 0x5c);
+    kvx_sha256_init(&h->outer);
+    kvx_sha256_update(&h->outer, pad, 64);
+    memset(k, 0, sizeof k);
+}
+
+KVX_API void kvx_hmac_update(kvx_hmac *h, const void *data, size_t len) {
+    kvx_sha256_update(&h->inner, data, len);
+}
+
+KVX_API void kvx_hmac_final(kvx_hmac *h, uint8_t out[32]) {
+    uint8_t ih[32];
+    kvx_sha256_final(&h->inner, ih);
+    kvx_sha256_update(&h->outer, ih, 32);
+    kvx_sha256_final(&h->outer, out);
+}
+
+KVX_API void kvx_hmac_sha256(const void *key, size_t key_len, const void *data, size_t len,
+                             uint8_t out[32]) {
+    kvx_hmac h;
+    kvx_hmac_init(&h, key, key_len);
+    kvx_hmac_update(&h, data, len);
+    kvx_hmac_final(&h, out);
+}
+
+KVX_API int kvx_equal_ct(const void *a, const void *b, size_t n) {
+    const volatile uint8_t *x = (const volatile uint8_t *)a, *y = (const volatile uint8_t *)b;
+    uint8_t d = 0;
+    size_t i;
+    for (i = 0; i < n; i++) d = (uint8_t)(d | (x[i] ^ y[i]));
+    return d == 0;
+}
+
+KVX_API kvx_result kvx_random_bytes(void *buf, size_t n) {
+    uint8_t *p = (uint8_t *)buf;
+    int fd;
+#if defined(__linux__) && defined(SYS_getrandom)
+    while (n) {
+        long got = syscall(SYS_getrandom, p, n, 0);
+        if (got < 0 && errno == EINTR) continue;
+        if (got <= 0) break;
+        p += got;
+        n -= (size_t)got;
+    }
+    if (!n) return KVX_OK;
+#endif
+    fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return KVX_ERR_IO;
+    while (n) {
+        ssize_t got = read(fd, p, n);
+        if (got < 0 && errno == EINTR) continue;
+        if (got <= 0) { close(fd); return KVX_ERR_IO; }
+        p += got;
+        n -= (size_t)got;
+    }
+    close(fd);
+    return KVX_OK;
+}
+
+KVX_API void kvx_auth_proof(const uint8_t *key, size_t key_len, const char *label,
+                            const uint8_t nonce_a[KVX_NONCE_BYTES],
+                            const uint8_t nonce_b[KVX_NONCE_BYTES], uint8_t out[KVX_MAC_BYTES]) {
+    kvx_hmac h;
+    uint8_t zero = 0;
+    kvx_hmac_init(&h, key, key_len);
+    kvx_hmac_update(&h, label, strlen(label));
+    kvx_hmac_update(&h, &zero, 1);
+    kvx_hmac_update(&h, nonce_a, KVX_NONCE_BYTES);
+    kvx_hmac_update(&h, nonce_b, KVX_NONCE_BYTES);
+    kvx_hmac_final(&h, out);
+}
+
 /* >>impl: shared helpers of the file-based headers -------------------------- */
 
 /* Little-endian integers of the wire and disk formats. */
@@ -1032,6 +1220,51 @@ KVX_API kvx_result kvx_env_int(const char *name, int *v, char *why, size_t why_l
     d = strtol(s, &end, 10);
     if (errno || end == s || *end || d < -1 || d > 1000000000L) {
         kvx__set_why(why, why_len, "%s='%s' is not an integer in [-1, 1e9]", name, s);
+        return KVX_ERR_BAD_CONFIG;
+    }
+    *v = (int)d;
+    return KVX_OK;
+}
+
+static kvx_result kvx__setting_range(const char *env, double d, const char *shown, double min,
+                                     double max, char *why, size_t wl) {
+    if (d >= min && d <= max) return KVX_OK;
+    kvx__set_why(why, wl, "%s=%s is outside its range [%g, %g] (0 = default)", env, shown, min,
+                 max);
+    return KVX_ERR_BAD_CONFIG;
+}
+
+KVX_API kvx_result kvx_setting_double(const char *env, double *v, double def, double min,
+                                      double max, char *why, size_t wl) {
+    const char *s = getenv(env);
+    char shown[64];
+    double d = *v;
+    if (s && *s) {
+        char *end = NULL;
+        errno = 0;
+        d = strtod(s, &end);
+        if (errno || end == s || *end || d != d) {
+            kvx__set_why(why, wl, "%s='%s' is not a number (range [%g, %g], 0 = default %g)",
+                         env, s, min, max, def);
+            return KVX_ERR_BAD_CONFIG;
+        }
+        snprintf(shown, sizeof shown, "'%.40s'", s);
+    } else {
+        snprintf(shown, sizeof shown, "%g (from the desc)", d);
+    }
+    if (d == 0) d = def;
+    if (kvx__setting_range(env, d, shown, min, max, why, wl) != KVX_OK) return KVX_ERR_BAD_CONFIG;
+    *v = d;
+    return KVX_OK;
+}
+
+KVX_API kvx_result kvx_setting_int(const char *env, int *v, int def, int min, int max, char *why,
+                                   size_t wl) {
+    double d = (double)*v;
+    kvx_result r = kvx_setting_double(env, &d, (double)def, (double)min, (double)max, why, wl);
+    if (r != KVX_OK) return r;
+    if (d != (double)(int)d) {
+        kvx__set_why(why, wl, "%s=%g is not a whole number", env, d);
         return KVX_ERR_BAD_CONFIG;
     }
     *v = (int)d;
@@ -1672,6 +1905,8 @@ struct kvx_room {
     uint32_t total_pages, sent_pages, chunks;
     int32_t aux_index;
     kvx_room *prev, *next; /* engine list, under engine->mu */
+    int notify;              /* atomic: 1 = room_failed owed, 2 = done */
+    kvx_room *notify_next;   /* engine->notify list, under engine->mu */
 };
 
 struct kvx_sender { kvx_room r; };
@@ -1694,6 +1929,9 @@ struct kvx_engine {
     int stop; /* under mu */
     pthread_cond_t cv;
     kvx_engine_stats stats; /* atomics */
+    kvx_room *notify;       /* rooms owing room_failed, under mu, each holds a ref */
+    uint8_t *auth_key;      /* NULL = no authentication */
+    size_t auth_key_len;
 };
 
 static KVX__UNUSED void *kvx__alloc(const kvx_allocator *a, size_t n) {
@@ -1826,31 +2064,100 @@ KVX_API void kvx_room_succeed(kvx_room *r, uint64_t bytes) {
     kvx_room_advance(r, KVX_POLL_SUCCESS);
 }
 
-static void kvx__room_failv(kvx_room *r, kvx_result res, const char *fmt, va_list ap) {
-    int cur;
+/* Hands the room to the progress thread, which calls room_failed. */
+static void kvx__notify_queue(kvx_room *r) {
+    kvx_engine *e = r->engine;
+    KVX__STORE(&r->notify, 1);
+    kvx_room_ref(r);
+    pthread_mutex_lock(&e->mu);
+    r->notify_next = e->notify;
+    e->notify = r;
+    pthread_cond_broadcast(&e->cv);
+    pthread_mutex_unlock(&e->mu);
+}
+
+/* Runs room_failed once, whoever gets here first (progress thread or close). */
+static void kvx__notify_run(kvx_room *r) {
+    int owed = 1;
+    if (!__atomic_compare_exchange_n(&r->notify, &owed, 2, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+        return;
+    r->engine->be->room_failed(r);
+}
+
+static void kvx__notify_drain(kvx_engine *e) {
+    kvx_room *list, *next;
+    pthread_mutex_lock(&e->mu);
+    list = e->notify;
+    e->notify = NULL;
+    pthread_mutex_unlock(&e->mu);
+    for (; list; list = next) {
+        next = list->notify_next;
+        list->notify_next = NULL;
+        kvx__notify_run(list);
+        kvx_room_unref(list);
+    }
+}
+
+/* Returns 1 when this call moved the room to FAILED. */
+static int kvx__room_failv(kvx_room *r, kvx_result res, int remote, const char *fmt,
+                           va_list ap) {
+    char text[KVX_ERROR_MAX], prefix[40];
+    size_t pl;
+    int cur = KVX__LOAD(&r->state);
+    if (cur == KVX_POLL_FAILED || cur == KVX_POLL_SUCCESS) return 0;
+    vsnprintf(text, sizeof text, fmt, ap);
+    pl = (size_t)snprintf(prefix, sizeof prefix, "room %llu: ", (unsigned long long)r->id);
     pthread_mutex_lock(&r->mu);
     cur = KVX__LOAD(&r->state);
     if (cur == KVX_POLL_FAILED || cur == KVX_POLL_SUCCESS) {
         pthread_mutex_unlock(&r->mu);
-        return;
+        return 0;
     }
-    vsnprintf(r->error, sizeof r->error, fmt, ap);
+    if (strncmp(text, prefix, pl) == 0) pl = 0;
+    memcpy(r->error, prefix, pl);
+    memcpy(r->error + pl, text, sizeof r->error - pl - 1);
+    r->error[sizeof r->error - 1] = 0;
     r->result = res ? res : KVX_ERR_TRANSPORT;
     while (!__atomic_compare_exchange_n(&r->state, &cur, KVX_POLL_FAILED, 0, __ATOMIC_ACQ_REL,
                                         __ATOMIC_ACQUIRE))
         if (cur == KVX_POLL_SUCCESS) break;
     pthread_mutex_unlock(&r->mu);
-    if (cur == KVX_POLL_SUCCESS) return;
+    if (cur == KVX_POLL_SUCCESS) return 0;
     KVX__ADD(&r->engine->stats.rooms_failed, 1);
     kvx_engine_log(r->engine, KVX_LOG_ERROR, kvx__subsys(r), r->id, "failed (%s): %s",
                    kvx_result_str(r->result), r->error);
+    if (!remote && r->engine->be->room_failed) kvx__notify_queue(r);
+    return 1;
 }
 
 KVX_API void kvx_room_fail(kvx_room *r, kvx_result res, const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
-    kvx__room_failv(r, res, fmt, ap);
+    kvx__room_failv(r, res, 0, fmt, ap);
     va_end(ap);
+}
+
+KVX_API void kvx_room_fail_remote(kvx_room *r, kvx_result res, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    kvx__room_failv(r, res, 1, fmt, ap);
+    va_end(ap);
+}
+
+/* A local failure that backends without room_failed hear about through
+   room_abort, only when this call failed the room: a terminal room sends
+   nothing. */
+static void kvx__room_fail_abort(kvx_room *r, kvx_result res, const char *reason,
+                                 const char *fmt, ...) KVX_PRINTF(4, 5);
+static void kvx__room_fail_abort(kvx_room *r, kvx_result res, const char *reason,
+                                 const char *fmt, ...) {
+    va_list ap;
+    int moved;
+    va_start(ap, fmt);
+    moved = kvx__room_failv(r, res, 0, fmt, ap);
+    va_end(ap);
+    if (moved && !r->engine->be->room_failed && r->engine->be->room_abort)
+        r->engine->be->room_abort(r, reason);
 }
 
 KVX_API void kvx_room_set_deadline(kvx_room *r, uint64_t deadline_ns, const char *what) {
@@ -1931,10 +2238,10 @@ static void kvx__check_deadlines(kvx_engine *e) {
         pthread_mutex_lock(&r->mu);
         what = r->deadline_what ? r->deadline_what : "deadline";
         pthread_mutex_unlock(&r->mu);
-        kvx_room_fail(r, KVX_ERR_TIMEOUT, "timed out after %.1f s in state %s: %s",
-                      (double)(now - r->created_ns) / 1e9,
-                      kvx_poll_str(kvx_room_poll(r)), what);
-        if (e->be->room_abort) e->be->room_abort(r, "timed out");
+        kvx__room_fail_abort(r, KVX_ERR_TIMEOUT, "timed out",
+                             "timed out after %.1f s in state %s: %s",
+                             (double)(now - r->created_ns) / 1e9,
+                             kvx_poll_str(kvx_room_poll(r)), what);
         kvx_room_unref(r);
     }
 }
@@ -1952,9 +2259,11 @@ static void *kvx__progress_main(void *arg) {
             kvx__check_deadlines(e);
             last_deadline_check = now;
         }
+        kvx__notify_drain(e);
         if (e->be->progress) e->be->progress(e);
         pthread_mutex_lock(&e->mu);
         if (e->stop) break;
+        if (e->notify) continue;
         clock_gettime(CLOCK_REALTIME, &ts);
         ts.tv_nsec += (long)e->desc.poll_interval_us * 1000L;
         while (ts.tv_nsec >= 1000000000L) { ts.tv_sec++; ts.tv_nsec -= 1000000000L; }
@@ -1993,17 +2302,88 @@ static kvx_result kvx__apply_env(kvx_engine_desc *d, char *why, size_t wl) {
             return KVX_ERR_BAD_CONFIG;
         }
     }
-    if ((r = kvx_env_double("KVX_WAITING_TIMEOUT", &d->waiting_timeout_s, why, wl))) return r;
-    if ((r = kvx_env_double("KVX_BOOTSTRAP_TIMEOUT", &d->bootstrap_timeout_s, why, wl))) return r;
-    ival = (int)d->poll_interval_us;
-    if ((r = kvx_env_int("KVX_POLL_INTERVAL_US", &ival, why, wl))) return r;
-    d->poll_interval_us = ival > 0 ? (uint32_t)ival : 0;
+    r = kvx_setting_double("KVX_WAITING_TIMEOUT", &d->waiting_timeout_s, 300, 0.001,
+                           KVX_MAX_TIMEOUT_S, why, wl);
+    if (r) return r;
+    r = kvx_setting_double("KVX_BOOTSTRAP_TIMEOUT", &d->bootstrap_timeout_s, 300, 0.001,
+                           KVX_MAX_TIMEOUT_S, why, wl);
+    if (r) return r;
+    ival = d->poll_interval_us > 1000000 ? -1 : (int)d->poll_interval_us;
+    r = kvx_setting_int("KVX_POLL_INTERVAL_US", &ival, 1000, 1, 1000000, why, wl);
+    if (r) return r;
+    d->poll_interval_us = (uint32_t)ival;
     if (!d->logger.level) d->logger.level = KVX_LOG_WARN;
-    if (d->waiting_timeout_s <= 0) d->waiting_timeout_s = 300;
-    if (d->bootstrap_timeout_s <= 0) d->bootstrap_timeout_s = 300;
-    if (!d->poll_interval_us) d->poll_interval_us = 1000;
-    if (d->poll_interval_us > 1000000) d->poll_interval_us = 1000000;
+    kvx_env_str("KVX_AUTH_KEY", &d->auth_key);
+    kvx_env_str("KVX_AUTH_KEY_FILE", &d->auth_key_file);
     return KVX_OK;
+}
+
+/* Reads the secret: from desc.auth_key, or from a key file that only this
+   user can read (a key others can read authenticates nobody). */
+static kvx_result kvx__load_auth_key(kvx_engine *e, char *why, size_t wl) {
+    const kvx_engine_desc *d = &e->desc;
+    uint8_t buf[KVX_MAX_AUTH_KEY + 2];
+    size_t n = 0;
+    if (d->auth_key && *d->auth_key && d->auth_key_file && *d->auth_key_file) {
+        kvx__set_why(why, wl, "both an auth key (KVX_AUTH_KEY) and a key file (KVX_AUTH_KEY_FILE) "
+                              "are set: set one");
+        return KVX_ERR_BAD_CONFIG;
+    }
+    if (d->auth_key && *d->auth_key) {
+        n = strlen(d->auth_key);
+        if (n > KVX_MAX_AUTH_KEY) n = KVX_MAX_AUTH_KEY + 1;
+        else memcpy(buf, d->auth_key, n);
+    } else if (d->auth_key_file && *d->auth_key_file) {
+        struct stat st;
+        ssize_t got;
+        int fd = open(d->auth_key_file, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY);
+        if (fd < 0) {
+            kvx__set_why(why, wl, "cannot open the key file %s (KVX_AUTH_KEY_FILE): %s",
+                         d->auth_key_file, strerror(errno));
+            return KVX_ERR_BAD_CONFIG;
+        }
+        if (fstat(fd, &st) || !S_ISREG(st.st_mode) || st.st_uid != geteuid() ||
+            (st.st_mode & 077)) {
+            kvx__set_why(why, wl, "the key file %s (KVX_AUTH_KEY_FILE) must be a regular file "
+                                  "owned by uid %u with no group or other access (it has uid "
+                                  "%u, mode %04o)",
+                         d->auth_key_file, (unsigned)geteuid(), (unsigned)st.st_uid,
+                         (unsigned)(st.st_mode & 07777));
+            close(fd);
+            return KVX_ERR_PERMISSION;
+        }
+        do got = read(fd, buf, sizeof buf);
+        while (got < 0 && errno == EINTR);
+        close(fd);
+        if (got < 0) {
+            kvx__set_why(why, wl, "cannot read the key file %s: %s", d->auth_key_file,
+                         strerror(errno));
+            return KVX_ERR_BAD_CONFIG;
+        }
+        n = (size_t)got;
+        while (n && (buf[n - 1] == '\n' || buf[n - 1] == '\r')) n--;
+    } else {
+        return KVX_OK;
+    }
+    if (n < KVX_MIN_AUTH_KEY || n > KVX_MAX_AUTH_KEY) {
+        kvx__set_why(why, wl, "the auth key has %s bytes; it needs %d to %d "
+                              "(KVX_AUTH_KEY / KVX_AUTH_KEY_FILE)",
+                     n > KVX_MAX_AUTH_KEY ? "too many" : n ? "too few" : "no",
+                     KVX_MIN_AUTH_KEY, KVX_MAX_AUTH_KEY);
+        memset(buf, 0, sizeof buf);
+        return KVX_ERR_BAD_CONFIG;
+    }
+    e->auth_key = (uint8_t *)kvx_engine_alloc(e, n);
+    if (!e->auth_key) return KVX_ERR_NO_MEMORY;
+    memcpy(e->auth_key, buf, n);
+    e->auth_key_len = n;
+    memset(buf, 0, sizeof buf);
+    return KVX_OK;
+}
+
+KVX_API const uint8_t *kvx_engine_auth_key(const kvx_engine *e, size_t *len) {
+    if (len) *len = e->auth_key_len;
+    return e->auth_key;
 }
 
 static kvx_result kvx__copy_layout(kvx_engine *e, const kvx_layout *src) {
@@ -2026,6 +2406,10 @@ static void kvx__engine_free(kvx_engine *e) {
     kvx_allocator a = e->desc.allocator;
     int i;
     for (i = 0; i < e->num_owned; i++) kvx__free(&a, e->owned[i]);
+    if (e->auth_key) {
+        memset(e->auth_key, 0, e->auth_key_len);
+        kvx__free(&a, e->auth_key);
+    }
     kvx__free(&a, e->bufs);
     kvx__free(&a, e->aux);
     pthread_mutex_destroy(&e->mu);
@@ -2085,6 +2469,12 @@ KVX_API kvx_result kvx_engine_create(const kvx_engine_desc *desc, kvx_engine **o
         kvx__engine_free(e);
         return r;
     }
+    if ((r = kvx__load_auth_key(e, why, wl)) != KVX_OK) {
+        kvx__engine_free(e);
+        return r;
+    }
+    e->desc.auth_key = NULL; /* the secret lives only in e->auth_key */
+    e->desc.auth_key_file = kvx__own(e, d.auth_key_file);
     if (e->be->engine_init && (r = e->be->engine_init(e, why, wl)) != KVX_OK) {
         if (why && wl && !why[0]) kvx__set_why(why, wl, "transport '%s' failed to start", e->be->name);
         kvx__engine_free(e);
@@ -2108,6 +2498,7 @@ KVX_API kvx_result kvx_engine_create(const kvx_engine_desc *desc, kvx_engine **o
 
 static void kvx__room_close(kvx_room *r) {
     kvx_engine *e = r->engine;
+    if (KVX__LOAD(&r->notify) == 1) kvx__notify_run(r);
     KVX__STORE(&r->closed, 1);
     if (e->be->room_close) e->be->room_close(r);
     pthread_mutex_lock(&e->mu);
@@ -2126,6 +2517,7 @@ KVX_API void kvx_engine_destroy(kvx_engine *e) {
     pthread_cond_broadcast(&e->cv);
     pthread_mutex_unlock(&e->mu);
     if (e->progress_started) pthread_join(e->progress, NULL);
+    kvx__notify_drain(e);
     for (;;) {
         kvx_room *r;
         pthread_mutex_lock(&e->mu);
@@ -2134,9 +2526,11 @@ KVX_API void kvx_engine_destroy(kvx_engine *e) {
         if (!r) break;
         kvx_engine_log(e, KVX_LOG_WARN, "kvx.engine", r->id,
                        "still open at engine destroy; failed and freed");
-        kvx_room_fail(r, KVX_ERR_ABORTED, "the engine was destroyed");
+        kvx__room_fail_abort(r, KVX_ERR_ABORTED, "the engine was destroyed",
+                             "the engine was destroyed");
         kvx__room_close(r);
     }
+    kvx__notify_drain(e);
     if (e->be->engine_fini) e->be->engine_fini(e);
     kvx__engine_free(e);
 }
@@ -2211,8 +2605,7 @@ static kvx_result kvx__call_error(kvx_room *r, kvx_result res, const char *fmt, 
 }
 
 static const char *kvx__room_error(const kvx_room *r) {
-    if (KVX__LOAD(&r->state) == KVX_POLL_FAILED) return r->error;
-    return r->call_error;
+    return KVX__LOAD(&r->state) == KVX_POLL_FAILED ? r->error : "";
 }
 
 static kvx_result kvx__room_result(const kvx_room *r) {
@@ -2220,10 +2613,9 @@ static kvx_result kvx__room_result(const kvx_room *r) {
 }
 
 static void kvx__room_abort(kvx_room *r, const char *reason) {
-    kvx_room_fail(r, KVX_ERR_ABORTED, "aborted by the %s: %s",
-                  r->role == KVX_ROLE_PREFILL ? "prefill engine" : "decode engine",
-                  reason ? reason : "no reason given");
-    if (r->engine->be->room_abort) r->engine->be->room_abort(r, reason);
+    kvx__room_fail_abort(r, KVX_ERR_ABORTED, reason, "aborted by the %s: %s",
+                         r->role == KVX_ROLE_PREFILL ? "prefill engine" : "decode engine",
+                         reason ? reason : "no reason given");
 }
 
 /* sender -------------------------------------------------------------------- */
@@ -2337,6 +2729,7 @@ KVX_API kvx_result kvx_room_result(const kvx_room *r) { return kvx__room_result(
 KVX_API const char *kvx_room_error(const kvx_room *r) { return kvx__room_error(r); }
 KVX_API kvx_result kvx_sender_result(const kvx_sender *s) { return kvx__room_result((const kvx_room *)s); }
 KVX_API const char *kvx_sender_error(const kvx_sender *s) { return kvx__room_error((const kvx_room *)s); }
+KVX_API const char *kvx_sender_call_error(const kvx_sender *s) { return ((const kvx_room *)s)->call_error; }
 KVX_API uint64_t kvx_sender_room(const kvx_sender *s) { return ((const kvx_room *)s)->id; }
 KVX_API void kvx_sender_abort(kvx_sender *s, const char *why) { if (s) kvx__room_abort((kvx_room *)s, why); }
 KVX_API void kvx_sender_destroy(kvx_sender *s) { if (s) kvx__room_close((kvx_room *)s); }
@@ -2393,6 +2786,7 @@ KVX_API kvx_result kvx_receiver_init(kvx_receiver *rc, const int32_t *pages, uin
 KVX_API kvx_poll kvx_receiver_poll(const kvx_receiver *r) { return kvx_room_poll((const kvx_room *)r); }
 KVX_API kvx_result kvx_receiver_result(const kvx_receiver *r) { return kvx__room_result((const kvx_room *)r); }
 KVX_API const char *kvx_receiver_error(const kvx_receiver *r) { return kvx__room_error((const kvx_room *)r); }
+KVX_API const char *kvx_receiver_call_error(const kvx_receiver *r) { return ((const kvx_room *)r)->call_error; }
 KVX_API uint64_t kvx_receiver_room(const kvx_receiver *r) { return ((const kvx_room *)r)->id; }
 KVX_API void kvx_receiver_abort(kvx_receiver *r, const char *why) { if (r) kvx__room_abort((kvx_room *)r, why); }
 KVX_API void kvx_receiver_destroy(kvx_receiver *r) { if (r) kvx__room_close((kvx_room *)r); }
@@ -2417,7 +2811,7 @@ static kvx_result kvx__fake_recv_init(kvx_room *r, const int32_t *p, uint32_t n,
 
 KVX_API const kvx_backend *kvx_fake_backend(void) {
     static const kvx_backend fake = {"fake", NULL, NULL, NULL, kvx__fake_open, NULL,
-                                     kvx__fake_send, kvx__fake_recv_init, NULL, NULL, NULL};
+                                     kvx__fake_send, kvx__fake_recv_init, NULL, NULL, NULL, NULL};
     return &fake;
 }
 

@@ -4290,6 +4290,7 @@ KVX_API const kvx_backend *kvx_bootfake_backend(void) {
                                    kvx__boot_fake_recv_init,
                                    kvx__boot_fake_abort,
                                    kvx__boot_fake_close,
+                                   NULL,
                                    NULL};
     return &bf;
 }

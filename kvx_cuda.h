@@ -734,7 +734,7 @@ static kvx_result kvx__cux_nc_init(kvx_engine *e, char *why, size_t wl) {
 }
 KVX_API const kvx_backend *kvx_cuda_backend(void) {
     static const kvx_backend b = {"cuda", kvx__cux_nc_init, NULL, NULL, NULL, NULL,
-                                  NULL, NULL, NULL, NULL, NULL};
+                                  NULL, NULL, NULL, NULL, NULL, NULL};
     return &b;
 }
 KVX_API kvx_result kvx_cuda_register(void) { return kvx_transport_register(kvx_cuda_backend()); }
@@ -3729,7 +3729,8 @@ KVX_API const kvx_backend *kvx_cuda_backend(void) {
                                   kvx__cux_receiver_init,
                                   kvx__cux_room_abort,
                                   kvx__cux_room_close,
-                                  kvx__cux_room_free};
+                                  kvx__cux_room_free,
+                                  NULL};
     return &b;
 }
 

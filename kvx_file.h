@@ -1604,7 +1604,8 @@ KVX_API const kvx_backend *kvx_file_backend(void) {
                                   kvx__file_receiver_init,
                                   kvx__file_room_abort,
                                   kvx__file_room_close,
-                                  kvx__file_room_free};
+                                  kvx__file_room_free,
+                                  NULL};
     return &b;
 }
 

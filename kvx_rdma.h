@@ -4157,7 +4157,8 @@ KVX_API const kvx_backend *kvx_rdma_backend(void) {
                                    kvx__rdma_receiver_init,
                                    kvx__rdma_room_abort,
                                    kvx__rdma_room_close,
-                                   kvx__rdma_room_free};
+                                   kvx__rdma_room_free,
+                                   NULL};
     return &be;
 }
 
@@ -4173,7 +4174,7 @@ static kvx_result kvx__rdma_stub_init(kvx_engine *e, char *why, size_t wl) {
 
 KVX_API const kvx_backend *kvx_rdma_backend(void) {
     static const kvx_backend be = {"rdma", kvx__rdma_stub_init, NULL, NULL, NULL, NULL,
-                                   NULL,   NULL,                NULL, NULL, NULL};
+                                   NULL,   NULL,                NULL, NULL, NULL, NULL};
     return &be;
 }
 

@@ -2625,7 +2625,8 @@ KVX_API const kvx_backend *kvx_tcp_backend(void) {
                                   kvx__tcp_recv_init_hook,
                                   kvx__tcp_room_abort,
                                   kvx__tcp_room_close,
-                                  kvx__tcp_room_free};
+                                  kvx__tcp_room_free,
+                                  NULL};
     return &b;
 }
 

@@ -334,7 +334,9 @@ static void test_fake_flow(void) {
     CHECK(kvx_sender_create(pe, &rd, &s) == KVX_OK, "sender");
     CHECK(kvx_sender_poll(s) == KVX_POLL_WAITING_FOR_INPUT, "fake: no handshake");
     CHECK(kvx_sender_send(s, pages, 3) == KVX_ERR_STATE, "send before init");
-    CHECK_STR(kvx_sender_error(s), "send before init");
+    CHECK_STR(kvx_sender_call_error(s), "send before init");
+    CHECK(kvx_sender_error(s)[0] == 0, "a refused call leaves no failure text (got '%s')",
+          kvx_sender_error(s));
     CHECK(kvx_sender_poll(s) == KVX_POLL_WAITING_FOR_INPUT, "still usable after refused send");
     CHECK(kvx_sender_init(s, 3, 9) == KVX_ERR_OUT_OF_RANGE, "aux slot beyond aux buffers");
     CHECK(kvx_sender_poll(s) == KVX_POLL_FAILED && kvx_sender_result(s) == KVX_ERR_OUT_OF_RANGE,
