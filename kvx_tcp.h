@@ -1041,10 +1041,10 @@ static void kvx__tcp_link_kill(kvx__tcp_link *lk, const char *fmt, ...) {
     kvx_engine_log(te->engine, n ? KVX_LOG_WARN : KVX_LOG_INFO, "kvx.tcp", 0,
                    "lost data connection to decode %s: %s (%zu rooms failed)", lk->name, lk->why, n);
     for (i = 0; i < n; i++) {
+        /* local: the decode may not have seen it (its control connection
+           may well be alive), so room_failed tells it */
         kvx_room_fail(rs[i], KVX_ERR_PEER_LOST, "lost data connection to decode %s: %s", lk->name,
                       lk->why);
-        kvx_boot_send_status(te->boot, rs[i], KVX_POLL_FAILED, KVX_ERR_PEER_LOST, 0,
-                             kvx_sender_error((kvx_sender *)rs[i]));
         kvx_room_unref(rs[i]);
     }
     free(rs);
@@ -1111,8 +1111,6 @@ static void *kvx__tcp_stream_main(void *arg) {
             /* nothing of the frame went out: the stream is still in step */
             kvx_room_fail(f.tr->room, KVX_ERR_TRANSPORT, "cannot stage KV pages for sending: %s",
                           why);
-            kvx_boot_send_status(te->boot, f.tr->room, KVX_POLL_FAILED, KVX_ERR_TRANSPORT, 0,
-                                 kvx_sender_error((kvx_sender *)f.tr->room));
             err = 0;
         } else if (!err) {
             KVX__TCP_STAT(te, frames_sent, 1);
@@ -1160,9 +1158,9 @@ static void kvx__tcp_on_reply(kvx__tcp_link *lk, const kvx_tcp_header *h, const 
         snprintf(lk->last, sizeof lk->last, "it refused room %llu: %.240s",
                  (unsigned long long)h->room, reason);
         pthread_mutex_unlock(&lk->mu);
-        if (r)
-            kvx_room_fail(r, res < 0 && res > -1000 ? (kvx_result)res : KVX_ERR_PEER,
-                          "decode %s refused the data of this room: %s", lk->name, reason);
+        if (r) /* the decode failed its side and tells it: not sent back */
+            kvx_room_fail_remote(r, res < 0 && res > -1000 ? (kvx_result)res : KVX_ERR_PEER,
+                                 "decode %s refused the data of this room: %s", lk->name, reason);
         else
             kvx_engine_log(te->engine, KVX_LOG_WARN, "kvx.tcp", h->room,
                            "decode %s refused data: %s", lk->name, reason);
@@ -1170,22 +1168,19 @@ static void kvx__tcp_on_reply(kvx__tcp_link *lk, const kvx_tcp_header *h, const 
     if (r) kvx_room_unref(r);
 }
 
-/* Reader: bytes on stream st. Returns -1 when the link is dead. */
-static int kvx__tcp_reader_input(kvx__tcp_link *lk, kvx__tcp_stream *st) {
+/* Reader: bytes on stream st. 0: read what there was; 1: the stream
+   closed or broke (gone says how; the caller kills the link after reading
+   what the other streams hold); -1: protocol error, the link is dead. */
+static int kvx__tcp_reader_input(kvx__tcp_link *lk, kvx__tcp_stream *st, char *gone, size_t gl) {
     char why[KVX_ERROR_MAX];
     for (;;) {
         ssize_t k = recv(st->fd, st->in + st->in_len, sizeof st->in - st->in_len, MSG_DONTWAIT);
         if (k < 0 && errno == EINTR) continue;
         if (k < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return 0;
         if (k <= 0) {
-            char last[KVX_ERROR_MAX];
-            pthread_mutex_lock(&lk->mu);
-            snprintf(last, sizeof last, "%s", lk->last);
-            pthread_mutex_unlock(&lk->mu);
-            kvx__tcp_link_kill(lk, "stream %d: %s%s%s", st->index,
-                               k == 0 ? "connection closed by the peer" : strerror(errno),
-                               last[0] ? " after " : "", last);
-            return -1;
+            snprintf(gone, gl, "stream %d: %s", st->index,
+                     k == 0 ? "connection closed by the peer" : strerror(errno));
+            return 1;
         }
         st->in_len += (size_t)k;
         while (st->in_len >= KVX_TCP_HEADER_BYTES) {
@@ -1211,8 +1206,9 @@ static void *kvx__tcp_reader_main(void *arg) {
     kvx__tcp_link *lk = (kvx__tcp_link *)arg;
     struct pollfd pf[1 + KVX_TCP_MAX_STREAMS];
     int idx[1 + KVX_TCP_MAX_STREAMS];
+    char gone[KVX_ERROR_MAX], other[KVX_ERROR_MAX];
     for (;;) {
-        int n = 0, k, dead;
+        int n = 0, k, dead, rc = 0;
         pthread_mutex_lock(&lk->mu);
         dead = lk->dead;
         pf[n].fd = lk->wake[0];
@@ -1228,8 +1224,25 @@ static void *kvx__tcp_reader_main(void *arg) {
         if (dead) break;
         if (poll(pf, (nfds_t)n, -1) < 0) continue;
         if (pf[0].revents) kvx__tcp_drain_pipe(lk->wake[0]);
-        for (k = 1; k < n; k++)
-            if (pf[k].revents && kvx__tcp_reader_input(lk, &lk->streams[idx[k]]) < 0) break;
+        gone[0] = 0;
+        for (k = 1; k < n && rc >= 0; k++)
+            if (pf[k].revents) {
+                rc = kvx__tcp_reader_input(lk, &lk->streams[idx[k]], other, sizeof other);
+                if (rc > 0 && !gone[0]) snprintf(gone, sizeof gone, "%s", other);
+            }
+        if (rc < 0) break;
+        if (gone[0]) {
+            char last[KVX_ERROR_MAX];
+            /* an ACK another stream already holds counts before the loss
+               (the decode may close right after acknowledging) */
+            for (k = 1; k < n && rc >= 0; k++)
+                rc = kvx__tcp_reader_input(lk, &lk->streams[idx[k]], other, sizeof other);
+            pthread_mutex_lock(&lk->mu);
+            snprintf(last, sizeof last, "%s", lk->last);
+            pthread_mutex_unlock(&lk->mu);
+            kvx__tcp_link_kill(lk, "%s%s%.400s", gone, last[0] ? " after " : "", last);
+            break;
+        }
     }
     kvx__tcp_thread_exit(lk);
     return NULL;
@@ -1443,20 +1456,6 @@ static kvx_result kvx__tcp_parse_endpoint(const kvx_boot_peer *peer, char *host,
     return KVX_OK;
 }
 
-static void kvx__tcp_fail_tell(kvx__tcp_engine *te, kvx_room *r, kvx_result res, const char *fmt,
-                               ...) KVX_PRINTF(4, 5);
-/* Fails a sender room and tells the decode side why. */
-static void kvx__tcp_fail_tell(kvx__tcp_engine *te, kvx_room *r, kvx_result res, const char *fmt,
-                               ...) {
-    char msg[KVX_ERROR_MAX];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
-    kvx_room_fail(r, res, "%s", msg);
-    kvx_boot_send_status(te->boot, r, KVX_POLL_FAILED, res, 0, kvx_sender_error((kvx_sender *)r));
-}
-
 /* kvx_boot hook (prefill): the decode side's destination for a sender. */
 static kvx_result kvx__tcp_on_room(kvx_boot *b, kvx_room *r, const kvx_boot_peer *peer,
                                    const int32_t *dst, uint32_t n, int32_t aux) {
@@ -1531,17 +1530,17 @@ static kvx_result kvx__tcp_sender_init(kvx_room *r, uint32_t n, int32_t aux) {
     kvx__tcp_engine *te = tr->te;
     const kvx_layout *l = kvx_engine_layout(te->engine);
     if (!tr->link) {
-        kvx__tcp_fail_tell(te, r, KVX_ERR_STATE, "init before the decode side's destination arrived");
+        kvx_room_fail(r, KVX_ERR_STATE, "init before the decode side's destination arrived");
         return KVX_ERR_STATE;
     }
     if (n != tr->ndst) {
-        kvx__tcp_fail_tell(te, r, KVX_ERR_INVALID_ARGUMENT,
+        kvx_room_fail(r, KVX_ERR_INVALID_ARGUMENT,
                            "init declares %u pages but decode %s asked for %u", n,
                            tr->link->name, tr->ndst);
         return KVX_ERR_INVALID_ARGUMENT;
     }
     if (tr->dst_aux >= 0 && aux < 0) {
-        kvx__tcp_fail_tell(te, r, KVX_ERR_INVALID_ARGUMENT,
+        kvx_room_fail(r, KVX_ERR_INVALID_ARGUMENT,
                            "decode %s expects aux rows in its slot %d but init gave no aux slot (-1)",
                            tr->link->name, (int)tr->dst_aux);
         return KVX_ERR_INVALID_ARGUMENT;
@@ -1575,7 +1574,7 @@ static kvx_result kvx__tcp_sender_send(kvx_room *r, kvx_chunk *c) {
     j = (kvx__tcp_job *)kvx_engine_alloc(e, sizeof *j);
     if (!j) {
         kvx_chunk_free(e, c);
-        kvx__tcp_fail_tell(te, r, KVX_ERR_NO_MEMORY, "out of memory queueing chunk");
+        kvx_room_fail(r, KVX_ERR_NO_MEMORY, "out of memory queueing chunk");
         return KVX_ERR_NO_MEMORY;
     }
     memset(j, 0, sizeof *j);
@@ -1583,7 +1582,7 @@ static kvx_result kvx__tcp_sender_send(kvx_room *r, kvx_chunk *c) {
     res = kvx_plan_pages(&j->plan, kvx_engine_layout(e), c->pages, &te->peer_layout,
                          tr->dst_pages + c->first_page, c->num_pages);
     if (res != KVX_OK) {
-        kvx__tcp_fail_tell(te, r, res, "chunk %u: %s", c->index, j->plan.error);
+        kvx_room_fail(r, res, "chunk %u: %s", c->index, j->plan.error);
         kvx__tcp_job_free(e, j);
         kvx_chunk_free(e, c);
         return res;
@@ -1603,7 +1602,7 @@ static kvx_result kvx__tcp_sender_send(kvx_room *r, kvx_chunk *c) {
     pthread_mutex_unlock(&lk->mu);
     if (dead) {
         kvx__tcp_job_free(e, j);
-        kvx__tcp_fail_tell(te, r, KVX_ERR_PEER_LOST, "lost data connection to decode %s: %s",
+        kvx_room_fail(r, KVX_ERR_PEER_LOST, "lost data connection to decode %s: %s",
                            lk->name, lk->why);
         return KVX_ERR_PEER_LOST;
     }
@@ -1631,16 +1630,9 @@ static void kvx__tcp_wait_idle_send(kvx__tcp_link *lk, kvx__tcp_room *tr) {
     }
 }
 
-static void kvx__tcp_sender_close(kvx__tcp_room *tr) {
-    kvx__tcp_link *lk;
+/* Under lk->mu: tr's queued jobs leave the queue unsent. */
+static void kvx__tcp_drop_jobs(kvx__tcp_link *lk, kvx__tcp_room *tr) {
     kvx__tcp_job *j, *next;
-    pthread_mutex_lock(&tr->mu);
-    tr->gone = 1;
-    lk = tr->link;
-    pthread_mutex_unlock(&tr->mu);
-    if (!lk) return;
-    pthread_mutex_lock(&lk->mu);
-    tr->closing = 1;
     for (j = lk->qhead; j; j = next) {
         next = j->next;
         if (j->tr != tr) continue;
@@ -1648,6 +1640,18 @@ static void kvx__tcp_sender_close(kvx__tcp_room *tr) {
         j->dropped = 1;
         if (!j->inflight) kvx__tcp_job_done(lk, j);
     }
+}
+
+static void kvx__tcp_sender_close(kvx__tcp_room *tr) {
+    kvx__tcp_link *lk;
+    pthread_mutex_lock(&tr->mu);
+    tr->gone = 1;
+    lk = tr->link;
+    pthread_mutex_unlock(&tr->mu);
+    if (!lk) return;
+    pthread_mutex_lock(&lk->mu);
+    tr->closing = 1;
+    kvx__tcp_drop_jobs(lk, tr);
     kvx__tcp_wait_idle_send(lk, tr);
     if (tr->lprev) tr->lprev->lnext = tr->lnext;
     else if (lk->rooms == tr) lk->rooms = tr->lnext;
@@ -1947,7 +1951,6 @@ static int kvx__tcp_refuse(kvx__tcp_conn *c, kvx_room *r, uint64_t room, kvx_res
     if (r) {
         kvx_room_fail(r, res, "prefill %s sent data this room did not ask for; connection closed: %s",
                       c->addr, why);
-        kvx_boot_abort(te->boot, r, kvx_receiver_error((kvx_receiver *)r));
     } else {
         kvx_engine_log(te->engine, KVX_LOG_WARN, "kvx.tcp", room,
                        "closing data connection from prefill %s: %s", c->addr, why);
@@ -2022,7 +2025,6 @@ static int kvx__tcp_read_payload(kvx__tcp_conn *c, kvx__tcp_room *tr, uint32_t n
     }
     if (nb && te->mem.copy(te->mem.ctx, 0, c->copies, nb, why, wl) != KVX_OK) {
         kvx_room_fail(tr->room, KVX_ERR_TRANSPORT, "cannot place KV pages on the device: %s", why);
-        kvx_boot_abort(te->boot, tr->room, kvx_receiver_error((kvx_receiver *)tr->room));
         return 0; /* the payload was read: the connection stays in step */
     }
     return 0;
@@ -2039,17 +2041,20 @@ static int kvx__tcp_recv_finish(kvx__tcp_conn *c, kvx__tcp_room *tr) {
         for (i = 0; i < l->num_aux; i++)
             memcpy((char *)l->aux[i].base + (uint64_t)tr->aux_index * l->aux[i].item_len,
                    tr->aux_stage + te->aux_off[i], (size_t)l->aux[i].item_len);
-    kvx_room_succeed(tr->room, tr->expected);
-    if (kvx_room_poll(tr->room) != KVX_POLL_SUCCESS) return 0;
+    /* The ACK leaves before the room reports Success: whatever the user
+       does once it sees Success (abort, destroy, exit) comes after the
+       sender was told. A room that failed meanwhile sends none. */
+    if (kvx__tcp_terminal(tr->room)) return 0;
     kvx__tcp_hdr(ack, KVX_TCP_ACK, 0, tr->id, KVX__TCP_ACK_BODY);
     kvx__le_w64(ack + 32, tr->expected);
     kvx__le_w64(ack + 40, 0);
     err = kvx__tcp_send(c->fd, ack, sizeof ack);
-    if (err) {
-        kvx_engine_log(te->engine, KVX_LOG_WARN, "kvx.tcp", tr->id,
-                       "cannot send ACK to prefill %s: %s", c->addr, kvx__tcp_errstr(err));
+    if (err) { /* the sender cannot succeed without it: both sides fail */
+        kvx_room_fail(tr->room, KVX_ERR_PEER_LOST, "every byte arrived but the ACK could not be "
+                      "sent to prefill %s: %s", c->addr, kvx__tcp_errstr(err));
         return -1;
     }
+    kvx_room_succeed(tr->room, tr->expected);
     return 0;
 }
 
@@ -2116,7 +2121,6 @@ static int kvx__tcp_on_data(kvx__tcp_conn *c, const kvx_tcp_header *h) {
                           "data connection from prefill %s broke in the middle of a frame of this "
                           "room (%llu of %llu bytes read): %s", c->addr, (unsigned long long)got,
                           (unsigned long long)payload, kvx__tcp_errstr(err));
-        kvx_boot_abort(te->boot, r, kvx_receiver_error((kvx_receiver *)r));
         rc = -1;
     } else {
         KVX__TCP_STAT(te, frames_received, 1);
@@ -2580,9 +2584,30 @@ static kvx_result kvx__tcp_room_open(kvx_room *r) {
     return kvx_boot_room_open(te->boot, r);
 }
 
-static void kvx__tcp_room_abort(kvx_room *r, const char *reason) {
+/* The core's room_failed hook: room r failed here by a local decision
+   (never for what the peer reported: kvx_room_fail_remote). The peer hears
+   the first reason at once over the control channel; a sender stops
+   queueing the room's frames. Once per room, a terminal room never gets
+   here again, so nothing is sent after Success. */
+static void kvx__tcp_room_failed(kvx_room *r) {
     kvx__tcp_room *tr = kvx__tcp_tr(r);
-    if (tr) kvx_boot_abort(tr->te->boot, r, reason);
+    kvx__tcp_engine *te;
+    if (!tr) return;
+    te = tr->te;
+    /* kvx_boot_room_failed(te->boot, r) once the boot branch provides it */
+    if (kvx_room_role(r) != KVX_ROLE_PREFILL ||
+        kvx_boot_send_status(te->boot, r, KVX_POLL_FAILED, kvx_room_result(r), 0,
+                             kvx_room_error(r)) == KVX_ERR_STATE)
+        kvx_boot_abort(te->boot, r, kvx_room_error(r)); /* no frame yet: answered when it comes */
+    if (kvx_room_role(r) == KVX_ROLE_PREFILL) {
+        pthread_mutex_lock(&tr->mu); /* held: sender_close cannot drop the link meanwhile */
+        if (!tr->gone && tr->link) {
+            pthread_mutex_lock(&tr->link->mu);
+            kvx__tcp_drop_jobs(tr->link, tr);
+            pthread_mutex_unlock(&tr->link->mu);
+        }
+        pthread_mutex_unlock(&tr->mu);
+    }
 }
 
 static void kvx__tcp_room_close(kvx_room *r) {
@@ -2623,10 +2648,10 @@ KVX_API const kvx_backend *kvx_tcp_backend(void) {
                                   kvx__tcp_sender_init,
                                   kvx__tcp_sender_send,
                                   kvx__tcp_recv_init_hook,
-                                  kvx__tcp_room_abort,
+                                  NULL, /* room_abort: room_failed does it */
                                   kvx__tcp_room_close,
                                   kvx__tcp_room_free,
-                                  NULL};
+                                  kvx__tcp_room_failed};
     return &b;
 }
 
