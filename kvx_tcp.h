@@ -128,11 +128,15 @@
      staging row, are copied into the aux slot last, so aux is written after
      the last KV byte even when it overtook KV frames on another stream.
      The receiver then sends ACK on the connection that brought the last
-     byte, and the sender reports Success on that ACK (and tells the decode
-     side over the control channel, which it ignores for Success: only its
-     own count makes a receiver succeed). A data-path ACK rather than a
-     control message because the bootstrap channel carries status only from
-     prefill to decode, and the ACK follows the bytes it confirms.
+     byte and only after that reports Success, so whatever its user does
+     on seeing Success (abort, destroy, exit) comes after the sender was
+     told; a receiver that cannot send the ACK fails (its sender cannot
+     succeed without it). The sender reports Success on that ACK (and tells
+     the decode side over the control channel, which it ignores for
+     Success: only its own count makes a receiver succeed). A data-path ACK
+     rather than a control message because it follows the bytes it
+     confirms. When a stream closes, the replies the other streams already
+     hold are read first, so an ACK that raced the close still counts.
 
    SECURITY
      Every segment is checked against the destination pages of that room,
@@ -150,6 +154,16 @@
      pages and aux slot the receiver asked for.
 
    FAILURES
+     Every failure decided on one side reaches the other at once, with the
+     first reason, over the control channel (the core's room_failed hook:
+     a sender's refused page index, page count or aux slot, a device copy
+     error, a lost data link; a receiver's refused frame, a frame cut in
+     the middle, an abort, a timeout): the peer fails with "... failed the
+     room: <reason>". What the peer reported (its ERROR frame, its status
+     or abort) fails the room without being sent back. A room that reached
+     Success or Failed sends nothing more, and an abort that arrives for a
+     room that already succeeded changes nothing (the first outcome and
+     the first reason win, on both sides).
      A prefill killed mid-stream: the receiver fails the room whose frame
      was cut ("data connection from prefill 10.0.0.1:41234 closed in the
      middle of ...") and kvx_boot fails the others when the control
