@@ -217,8 +217,12 @@
 #ifndef KVX_TCP_HELLO_MS
 #define KVX_TCP_HELLO_MS 5000
 #endif
+#ifndef KVX_TCP_MAX_PENDING
+#define KVX_TCP_MAX_PENDING 64
+#endif
 
-#define KVX_TCP_PROTOCOL_VERSION 1
+#define KVX_TCP_PROTOCOL_VERSION 2
+#define KVX_TCP_TOKEN_BYTES 16
 #define KVX_TCP_MAGIC 0x5458564Bu /* "KVXT" as bytes on the wire */
 #define KVX_TCP_HEADER_BYTES 32
 #define KVX_TCP_SEGMENT_BYTES 24
@@ -238,7 +242,7 @@ KVX_API kvx_result kvx_tcp_register(void);
 typedef struct kvx_tcp_endpoint {
     char host[64]; /* "" when the listener announces no address */
     int port;
-    uint64_t token;
+    uint8_t token[KVX_TCP_TOKEN_BYTES]; /* random per engine (kernel CSPRNG) */
 } kvx_tcp_endpoint;
 KVX_API kvx_result kvx_tcp_endpoint_get(const kvx_engine *e, kvx_tcp_endpoint *out);
 
@@ -248,7 +252,8 @@ typedef struct kvx_tcp_stats {
     uint64_t frames_received, bytes_received; /* decode: accepted DATA frames, payload */
     uint64_t frames_rejected;  /* decode: frames refused by the checks */
     uint64_t frames_drained;   /* decode: late frames of closed or failed rooms */
-    uint64_t conns_accepted, conns_refused; /* decode: bad token, version, limit */
+    uint64_t conns_accepted, conns_refused; /* decode: bad token, key, version, limit,
+                                               silent past KVX_TCP_HELLO_MS or evicted */
     uint64_t links_opened, links_lost;      /* prefill */
 } kvx_tcp_stats;
 KVX_API void kvx_tcp_stats_get(const kvx_engine *e, kvx_tcp_stats *out);
@@ -259,8 +264,12 @@ typedef enum kvx_tcp_frame_type {
     KVX_TCP_HELLO = 1,
     KVX_TCP_DATA = 2,
     KVX_TCP_ACK = 3,
-    KVX_TCP_ERROR = 4
+    KVX_TCP_ERROR = 4,
+    KVX_TCP_AUTH = 5, /* decode -> prefill: its nonce and proof (keyed engines) */
+    KVX_TCP_PROOF = 6 /* prefill -> decode: its proof (keyed engines) */
 } kvx_tcp_frame_type;
+
+#define KVX_TCP_HELLO_AUTH 1u /* HELLO flags bit 0: the prefill holds a key and will prove it */
 
 #define KVX_TCP_SEG_AUX 1u
 
@@ -319,9 +328,11 @@ extern "C" {
 
 /* >>tcp: byte helpers and codec ------------------------------------------ */
 
-#define KVX__TCP_HELLO_BODY 32
+#define KVX__TCP_HELLO_BODY 64
 #define KVX__TCP_ACK_BODY 16
-#define KVX__TCP_ENDPOINT_FIXED 24
+#define KVX__TCP_AUTH_BODY (KVX_NONCE_BYTES + KVX_MAC_BYTES)
+#define KVX__TCP_PROOF_BODY KVX_MAC_BYTES
+#define KVX__TCP_ENDPOINT_FIXED 32
 #define KVX__TCP_DRAIN 65536
 
 
@@ -367,6 +378,12 @@ KVX_API kvx_result kvx_tcp_header_decode(const void *in32, kvx_tcp_header *h, ch
         return KVX_OK;
     case KVX_TCP_ACK:
         if (h->count || h->body_len != KVX__TCP_ACK_BODY) break;
+        return KVX_OK;
+    case KVX_TCP_AUTH:
+        if (h->count || h->body_len != KVX__TCP_AUTH_BODY) break;
+        return KVX_OK;
+    case KVX_TCP_PROOF:
+        if (h->count || h->body_len != KVX__TCP_PROOF_BODY) break;
         return KVX_OK;
     case KVX_TCP_ERROR:
         if (h->count || h->body_len < 8 || h->body_len > 8 + KVX_TCP_MAX_REASON) break;
@@ -473,7 +490,7 @@ struct kvx__tcp_link {
     kvx__tcp_engine *te;
     char host[64];
     int port;
-    uint64_t token;
+    uint8_t token[KVX_TCP_TOKEN_BYTES];
     char name[96]; /* "10.0.0.2:40123" for messages */
     pthread_mutex_t mu;
     pthread_cond_t cv;
@@ -500,6 +517,8 @@ struct kvx__tcp_conn {
     int fd;
     pthread_t th;
     int done;          /* under te->mu: the thread returned */
+    int pending;       /* under te->mu: accepted, its HELLO (and proof) not through yet */
+    uint64_t since_ns; /* accepted at */
     char addr[64];
     uint64_t instance; /* prefill instance from the HELLO */
     kvx__tcp_room *cur; /* room whose payload is being read, under te->mu */
@@ -567,6 +586,8 @@ struct kvx__tcp_engine {
     kvx_buffer *peer_bufs; /* our buffers with a huge length: the decode pool's shape */
     kvx_layout peer_layout;
     uint64_t instance;
+    const uint8_t *key;  /* kvx_engine_auth_key: NULL = keyless */
+    size_t key_len;
     pthread_mutex_t mu;
     pthread_cond_t cv;
     int stopping;        /* under mu */
@@ -575,7 +596,8 @@ struct kvx__tcp_engine {
     int reap;            /* atomic: graveyard may hold a link to free */
     /* decode */
     int lfd, port;
-    uint64_t token;
+    uint8_t token[KVX_TCP_TOKEN_BYTES];
+    int npending;         /* under mu: connections whose HELLO is not through */
     pthread_t acceptor;
     int acceptor_started;
     int wake[2];
@@ -599,20 +621,8 @@ static int kvx__tcp_terminal(const kvx_room *r) {
 }
 #define KVX__TCP_STAT(te, field, v) KVX__ADD(&(te)->stats.field, (uint64_t)(v))
 
-static uint64_t kvx__tcp_random64(void) {
-    uint64_t v = 0, x;
-    int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
-    if (fd >= 0) {
-        if (read(fd, &v, sizeof v) != (ssize_t)sizeof v) v = 0;
-        close(fd);
-    }
-    x = v ^ kvx_now_ns() ^ ((uint64_t)getpid() << 32) ^ (uint64_t)(uintptr_t)&v;
-    x += 0x9E3779B97F4A7C15ull;
-    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-    x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-    x ^= x >> 31;
-    return x ? x : 1;
-}
+#define KVX__TCP_LABEL_DECODE "kvx-tcp-decode"   /* the decode's proof */
+#define KVX__TCP_LABEL_PREFILL "kvx-tcp-prefill" /* the prefill's proof */
 
 /* >>tcp: sockets ------------------------------------------------------------ */
 
@@ -746,6 +756,30 @@ static int kvx__tcp_recv(int fd, void *p, size_t len, int idle_ok) {
     v.iov_base = p;
     v.iov_len = len;
     return kvx__tcp_recvv(fd, &v, 1, idle_ok, NULL);
+}
+
+/* Receives exactly len bytes before deadline_ns (CLOCK_MONOTONIC), however
+   the peer paces them. 0, KVX__TCP_EOF / KVX__TCP_CUT, ETIMEDOUT or an errno. */
+static int kvx__tcp_recv_until(int fd, void *p, size_t len, uint64_t deadline_ns) {
+    size_t got = 0;
+    while (got < len) {
+        struct pollfd pf;
+        uint64_t now = kvx_now_ns();
+        ssize_t k;
+        int rc;
+        if (now >= deadline_ns) return ETIMEDOUT;
+        pf.fd = fd;
+        pf.events = POLLIN;
+        rc = poll(&pf, 1, (int)((deadline_ns - now) / 1000000u) + 1);
+        if (rc < 0 && errno != EINTR) return errno;
+        if (rc <= 0) continue;
+        k = recv(fd, (char *)p + got, len - got, MSG_DONTWAIT);
+        if (k < 0 && (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK)) continue;
+        if (k < 0) return errno;
+        if (k == 0) return got ? KVX__TCP_CUT : KVX__TCP_EOF;
+        got += (size_t)k;
+    }
+    return 0;
 }
 
 /* A blocking connection to host:port within timeout_s, or -1 with why.
@@ -1079,12 +1113,90 @@ static void kvx__tcp_thread_exit(kvx__tcp_link *lk) {
     KVX__STORE(&lk->te->reap, 1);
 }
 
+/* The reason in an ERROR body (rl bytes at p), printable. */
+static void kvx__tcp_reason(const uint8_t *p, uint32_t rl, char *out, size_t n) {
+    uint32_t i;
+    if (rl >= n) rl = (uint32_t)n - 1;
+    for (i = 0; i < rl; i++) out[i] = (p[i] < 0x20 || p[i] == 0x7f) ? '?' : (char)p[i];
+    out[rl] = 0;
+}
+
+/* Prefill: HELLO on a fresh stream; with a key, the decode proves it holds
+   the key (AUTH over our nonce) before we prove it (PROOF over its nonce)
+   and before any DATA leaves. 0, or -1 with why. */
+static int kvx__tcp_stream_hello(kvx__tcp_stream *st, int fd, char *why, size_t wl) {
+    kvx__tcp_link *lk = st->link;
+    kvx__tcp_engine *te = lk->te;
+    uint8_t hello[KVX_TCP_HEADER_BYTES + KVX__TCP_HELLO_BODY], nonce[KVX_NONCE_BYTES];
+    uint8_t in[KVX_TCP_HEADER_BYTES + 8 + KVX_TCP_MAX_REASON], mac[KVX_MAC_BYTES];
+    uint8_t proof[KVX_TCP_HEADER_BYTES + KVX__TCP_PROOF_BODY];
+    char reason[KVX_TCP_MAX_REASON + 1];
+    kvx_tcp_header h;
+    int err;
+    memset(nonce, 0, sizeof nonce);
+    if (te->key && kvx_random_bytes(nonce, sizeof nonce) != KVX_OK) {
+        kvx__set_why(why, wl, "stream %d: cannot draw a nonce from the kernel", st->index);
+        return -1;
+    }
+    kvx__tcp_hdr(hello, KVX_TCP_HELLO, 0, 0, KVX__TCP_HELLO_BODY);
+    memcpy(hello + 32, lk->token, KVX_TCP_TOKEN_BYTES);
+    kvx__le_w64(hello + 48, te->instance);
+    kvx__le_w64(hello + 56, kvx_layout_fingerprint(kvx_engine_layout(te->engine)));
+    kvx__le_w16(hello + 64, (uint16_t)st->index);
+    kvx__le_w16(hello + 66, (uint16_t)lk->nstreams);
+    kvx__le_w32(hello + 68, te->key ? KVX_TCP_HELLO_AUTH : 0);
+    memcpy(hello + 72, nonce, KVX_NONCE_BYTES);
+    kvx__le_w64(hello + 88, 0);
+    if ((err = kvx__tcp_send(fd, hello, sizeof hello)) != 0) {
+        kvx__set_why(why, wl, "cannot send the HELLO on stream %d: %s", st->index,
+                     kvx__tcp_errstr(err));
+        return -1;
+    }
+    if (!te->key) return 0;
+    err = kvx__tcp_recv_until(fd, in, KVX_TCP_HEADER_BYTES,
+                              kvx_now_ns() + (uint64_t)(te->timeout_s * 1e9));
+    if (!err && kvx_tcp_header_decode(in, &h, why, wl) != KVX_OK) return -1;
+    if (!err && (h.type == KVX_TCP_AUTH || h.type == KVX_TCP_ERROR))
+        err = kvx__tcp_recv_until(fd, in + KVX_TCP_HEADER_BYTES, (size_t)h.body_len,
+                                  kvx_now_ns() + (uint64_t)(te->timeout_s * 1e9));
+    if (err) {
+        kvx__set_why(why, wl, "stream %d: no key proof from the decode: %s", st->index,
+                     kvx__tcp_errstr(err));
+        return -1;
+    }
+    if (h.type == KVX_TCP_ERROR) {
+        uint32_t rl = kvx__le_r32(in + 36);
+        kvx__tcp_reason(in + 40, rl > h.body_len - 8 ? (uint32_t)(h.body_len - 8) : rl, reason,
+                        sizeof reason);
+        kvx__set_why(why, wl, "it refused the connection: %s", reason);
+        return -1;
+    }
+    if (h.type != KVX_TCP_AUTH) {
+        kvx__set_why(why, wl, "stream %d: frame type %u instead of the decode's key proof",
+                     st->index, h.type);
+        return -1;
+    }
+    kvx_auth_proof(te->key, te->key_len, KVX__TCP_LABEL_DECODE, nonce, in + 32, mac);
+    if (!kvx_equal_ct(mac, in + 32 + KVX_NONCE_BYTES, KVX_MAC_BYTES)) {
+        kvx__set_why(why, wl, "the decode engine could not prove that it holds the shared auth "
+                     "key: KVX_AUTH_KEY / KVX_AUTH_KEY_FILE differ between the two engines");
+        return -1;
+    }
+    kvx__tcp_hdr(proof, KVX_TCP_PROOF, 0, 0, KVX__TCP_PROOF_BODY);
+    kvx_auth_proof(te->key, te->key_len, KVX__TCP_LABEL_PREFILL, in + 32, nonce, proof + 32);
+    if ((err = kvx__tcp_send(fd, proof, sizeof proof)) != 0) {
+        kvx__set_why(why, wl, "cannot send the key proof on stream %d: %s", st->index,
+                     kvx__tcp_errstr(err));
+        return -1;
+    }
+    return 0;
+}
+
 static void *kvx__tcp_stream_main(void *arg) {
     kvx__tcp_stream *st = (kvx__tcp_stream *)arg;
     kvx__tcp_link *lk = st->link;
     kvx__tcp_engine *te = lk->te;
     char why[KVX_ERROR_MAX];
-    uint8_t hello[KVX_TCP_HEADER_BYTES + KVX__TCP_HELLO_BODY];
     int fd, err;
     why[0] = 0;
     fd = kvx__tcp_connect(lk->host, lk->port, te->timeout_s, &lk->mu, &lk->dead, why, sizeof why);
@@ -1094,22 +1206,17 @@ static void *kvx__tcp_stream_main(void *arg) {
         return NULL;
     }
     kvx__tcp_sockopts(te, fd);
-    kvx__tcp_hdr(hello, KVX_TCP_HELLO, 0, 0, KVX__TCP_HELLO_BODY);
-    kvx__le_w64(hello + 32, lk->token);
-    kvx__le_w64(hello + 40, te->instance);
-    kvx__le_w64(hello + 48, kvx_layout_fingerprint(kvx_engine_layout(te->engine)));
-    kvx__le_w16(hello + 56, (uint16_t)st->index);
-    kvx__le_w16(hello + 58, (uint16_t)lk->nstreams);
-    kvx__le_w32(hello + 60, 0);
-    err = kvx__tcp_send(fd, hello, sizeof hello);
     pthread_mutex_lock(&lk->mu);
-    st->fd = fd;
+    st->fd = fd; /* from here link_kill shuts it down, ending a blocked handshake */
+    if (lk->dead) shutdown(fd, SHUT_RDWR);
+    pthread_mutex_unlock(&lk->mu);
+    err = kvx__tcp_stream_hello(st, fd, why, sizeof why);
+    pthread_mutex_lock(&lk->mu);
     if (lk->dead) shutdown(fd, SHUT_RDWR);
     else if (!err) st->connected = 1;
     pthread_mutex_unlock(&lk->mu);
     kvx__tcp_wake(lk->wake[1]);
-    if (err) kvx__tcp_link_kill(lk, "cannot send the HELLO on stream %d: %s", st->index,
-                                kvx__tcp_errstr(err));
+    if (err) kvx__tcp_link_kill(lk, "%s", why);
     while (!err) {
         kvx__tcp_frame f;
         pthread_mutex_lock(&lk->mu);
@@ -1160,17 +1267,16 @@ static void kvx__tcp_on_reply(kvx__tcp_link *lk, const kvx_tcp_header *h, const 
             kvx_boot_send_status(te->boot, r, KVX_POLL_SUCCESS, KVX_OK, bytes, NULL);
     } else {
         int32_t res = (int32_t)kvx__le_r32(body);
-        uint32_t rl = kvx__le_r32(body + 4), i;
+        uint32_t rl = kvx__le_r32(body + 4);
         char reason[KVX_TCP_MAX_REASON + 1];
         if (rl > h->body_len - 8) rl = (uint32_t)(h->body_len - 8);
-        for (i = 0; i < rl; i++) {
-            char c = (char)body[8 + i];
-            reason[i] = (c < 0x20 || c == 0x7f) ? '?' : c;
-        }
-        reason[rl] = 0;
+        kvx__tcp_reason(body + 8, rl, reason, sizeof reason);
         pthread_mutex_lock(&lk->mu);
-        snprintf(lk->last, sizeof lk->last, "it refused room %llu: %.240s",
-                 (unsigned long long)h->room, reason);
+        if (h->room)
+            snprintf(lk->last, sizeof lk->last, "it refused room %llu: %.240s",
+                     (unsigned long long)h->room, reason);
+        else
+            snprintf(lk->last, sizeof lk->last, "it refused the connection: %.240s", reason);
         pthread_mutex_unlock(&lk->mu);
         if (r) /* the decode failed its side and tells it: not sent back */
             kvx_room_fail_remote(r, res < 0 && res > -1000 ? (kvx_result)res : KVX_ERR_PEER,
@@ -1350,7 +1456,7 @@ static kvx_result kvx__tcp_stream_alloc(kvx__tcp_engine *te, kvx__tcp_stream *st
    created (threads started, connecting in the background) when there is
    none. Does not block on the network. */
 static kvx__tcp_link *kvx__tcp_link_get(kvx__tcp_engine *te, const char *host, int port,
-                                        uint64_t token, char *why, size_t wl) {
+                                        const uint8_t *token, char *why, size_t wl) {
     kvx_engine *e = te->engine;
     kvx__tcp_link *lk;
     int k, ok = 1;
@@ -1361,7 +1467,8 @@ static kvx__tcp_link *kvx__tcp_link_get(kvx__tcp_engine *te, const char *host, i
         return NULL;
     }
     for (lk = te->links; lk; lk = lk->next)
-        if (lk->port == port && lk->token == token && !strcmp(lk->host, host)) {
+        if (lk->port == port && !memcmp(lk->token, token, KVX_TCP_TOKEN_BYTES) &&
+            !strcmp(lk->host, host)) {
             lk->refs++;
             pthread_mutex_unlock(&te->mu);
             return lk;
@@ -1376,7 +1483,7 @@ static kvx__tcp_link *kvx__tcp_link_get(kvx__tcp_engine *te, const char *host, i
     lk->te = te;
     snprintf(lk->host, sizeof lk->host, "%s", host);
     lk->port = port;
-    lk->token = token;
+    memcpy(lk->token, token, KVX_TCP_TOKEN_BYTES);
     snprintf(lk->name, sizeof lk->name, "%s%s%s:%d", strchr(host, ':') ? "[" : "", host,
              strchr(host, ':') ? "]" : "", port);
     lk->nstreams = te->streams;
@@ -1437,7 +1544,7 @@ static kvx__tcp_link *kvx__tcp_link_get(kvx__tcp_engine *te, const char *host, i
 /* Reads a decode engine's endpoint from its hello: host (or the address its
    control connection comes from), data port, token. */
 static kvx_result kvx__tcp_parse_endpoint(const kvx_boot_peer *peer, char *host, size_t hn,
-                                          int *port, uint64_t *token, char *why, size_t wl) {
+                                          int *port, uint8_t *token, char *why, size_t wl) {
     const uint8_t *p = (const uint8_t *)peer->endpoint;
     uint32_t len = peer->endpoint_len, hl, i;
     if (!p || len < KVX__TCP_ENDPOINT_FIXED || memcmp(p, "kvx-tcp\0", 8)) {
@@ -1448,9 +1555,14 @@ static kvx_result kvx__tcp_parse_endpoint(const kvx_boot_peer *peer, char *host,
     }
     hl = kvx__le_r16(p + 12);
     *port = kvx__le_r16(p + 10);
-    *token = kvx__le_r64(p + 16);
-    if (kvx__le_r16(p + 8) != KVX_TCP_PROTOCOL_VERSION || hl >= hn ||
-        len != KVX__TCP_ENDPOINT_FIXED + hl || !*port) {
+    if (kvx__le_r16(p + 8) != KVX_TCP_PROTOCOL_VERSION) {
+        kvx__set_why(why, wl, "decode %s speaks tcp data protocol version %u, this engine %d: run "
+                     "the same kvx version on both sides", peer->addr, kvx__le_r16(p + 8),
+                     KVX_TCP_PROTOCOL_VERSION);
+        return KVX_ERR_PROTOCOL;
+    }
+    memcpy(token, p + 16, KVX_TCP_TOKEN_BYTES);
+    if (hl >= hn || len != KVX__TCP_ENDPOINT_FIXED + hl || !*port) {
         kvx__set_why(why, wl, "decode %s announced a tcp endpoint this side cannot use (version "
                      "%u, port %d, %u host bytes in %u)", peer->addr, kvx__le_r16(p + 8), *port,
                      hl, len);
@@ -1478,7 +1590,7 @@ static kvx_result kvx__tcp_on_room(kvx_boot *b, kvx_room *r, const kvx_boot_peer
     kvx_engine *e = te->engine;
     char why[KVX_ERROR_MAX], host[64];
     int port = 0, gone, dead = 0, second;
-    uint64_t token = 0;
+    uint8_t token[KVX_TCP_TOKEN_BYTES];
     kvx__tcp_link *lk;
     int32_t *copy = NULL;
     kvx_result res;
@@ -1492,7 +1604,7 @@ static kvx_result kvx__tcp_on_room(kvx_boot *b, kvx_room *r, const kvx_boot_peer
                       (unsigned long long)tr->id, peer->addr);
         return KVX_ERR_INVALID_ARGUMENT;
     }
-    if ((res = kvx__tcp_parse_endpoint(peer, host, sizeof host, &port, &token, why, sizeof why))) {
+    if ((res = kvx__tcp_parse_endpoint(peer, host, sizeof host, &port, token, why, sizeof why))) {
         kvx_room_fail(r, res, "%s", why);
         return res;
     }
@@ -2150,50 +2262,145 @@ static int kvx__tcp_on_data(kvx__tcp_conn *c, const kvx_tcp_header *h) {
     return rc;
 }
 
-/* Reads and checks the HELLO. 0, or -1 (the connection is refused). */
+/* Decode, keyed engines: our nonce and proof over the prefill's nonce
+   (AUTH), then the prefill's proof over ours (PROOF), all before
+   deadline_ns. 0, or -1 with why (sent is set when a byte went out). */
+static int kvx__tcp_conn_auth(kvx__tcp_conn *c, const uint8_t *nonce_p, uint64_t deadline_ns,
+                              char *why, size_t wl) {
+    kvx__tcp_engine *te = c->te;
+    uint8_t out[KVX_TCP_HEADER_BYTES + KVX__TCP_AUTH_BODY], nonce[KVX_NONCE_BYTES];
+    uint8_t in[KVX_TCP_HEADER_BYTES + KVX__TCP_PROOF_BODY], want[KVX_MAC_BYTES];
+    kvx_tcp_header h;
+    int err;
+    if (kvx_random_bytes(nonce, sizeof nonce) != KVX_OK) {
+        kvx__set_why(why, wl, "cannot draw a nonce from the kernel");
+        return -1;
+    }
+    kvx__tcp_hdr(out, KVX_TCP_AUTH, 0, 0, KVX__TCP_AUTH_BODY);
+    memcpy(out + 32, nonce, KVX_NONCE_BYTES);
+    kvx_auth_proof(te->key, te->key_len, KVX__TCP_LABEL_DECODE, nonce_p, nonce,
+                   out + 32 + KVX_NONCE_BYTES);
+    if ((err = kvx__tcp_send(c->fd, out, sizeof out)) != 0) {
+        kvx__set_why(why, wl, "cannot send the key challenge: %s", kvx__tcp_errstr(err));
+        return -1;
+    }
+    err = kvx__tcp_recv_until(c->fd, in, KVX_TCP_HEADER_BYTES, deadline_ns);
+    if (!err && kvx_tcp_header_decode(in, &h, why, wl) != KVX_OK) return -1;
+    if (!err && h.type != KVX_TCP_PROOF) {
+        kvx__set_why(why, wl, "frame type %u instead of the key proof (nothing is accepted "
+                     "before it)", h.type);
+        return -1;
+    }
+    if (!err) err = kvx__tcp_recv_until(c->fd, in + 32, KVX__TCP_PROOF_BODY, deadline_ns);
+    if (err) {
+        kvx__set_why(why, wl, "no key proof within %d ms of connecting: %s", KVX_TCP_HELLO_MS,
+                     kvx__tcp_errstr(err));
+        return -1;
+    }
+    kvx_auth_proof(te->key, te->key_len, KVX__TCP_LABEL_PREFILL, nonce, nonce_p, want);
+    if (!kvx_equal_ct(want, in + 32, KVX_MAC_BYTES)) {
+        kvx__set_why(why, wl, "wrong key proof: the prefill does not hold this engine's auth key "
+                     "(KVX_AUTH_KEY / KVX_AUTH_KEY_FILE differ between the engines)");
+        return -1;
+    }
+    return 0;
+}
+
+/* Reads and checks the HELLO (and, keyed, the proof), all within
+   KVX_TCP_HELLO_MS of the accept however the peer paces its bytes. 0, or
+   -1: the connection is refused (ERROR, closed) and no room is touched. */
 static int kvx__tcp_conn_hello(kvx__tcp_conn *c) {
     kvx__tcp_engine *te = c->te;
     uint8_t buf[KVX_TCP_HEADER_BYTES + KVX__TCP_HELLO_BODY];
     char why[KVX_ERROR_MAX];
     kvx_tcp_header h;
     uint64_t fp = kvx_layout_fingerprint(kvx_engine_layout(te->engine));
-    int err;
-    kvx__tcp_timeo(c->fd, SO_RCVTIMEO, KVX_TCP_HELLO_MS / 1000.0);
-    err = kvx__tcp_recv(c->fd, buf, sizeof buf, 0);
+    uint64_t deadline = c->since_ns + (uint64_t)KVX_TCP_HELLO_MS * 1000000u;
+    uint32_t flags = 0;
+    int err, answer = 1;
     why[0] = 0;
-    if (err)
-        snprintf(why, sizeof why, "no HELLO within %d ms: %s", KVX_TCP_HELLO_MS,
+    err = kvx__tcp_recv_until(c->fd, buf, KVX_TCP_HEADER_BYTES, deadline);
+    if (!err && kvx_tcp_header_decode(buf, &h, why, sizeof why) == KVX_OK) {
+        if (h.type != KVX_TCP_HELLO)
+            snprintf(why, sizeof why, "first frame is of type %u, not HELLO", h.type);
+        else
+            err = kvx__tcp_recv_until(c->fd, buf + 32, KVX__TCP_HELLO_BODY, deadline);
+    }
+    if (err) {
+        snprintf(why, sizeof why, "no HELLO within %d ms of connecting: %s", KVX_TCP_HELLO_MS,
                  kvx__tcp_errstr(err));
-    else if (kvx_tcp_header_decode(buf, &h, why, sizeof why) != KVX_OK) {
-    } else if (h.type != KVX_TCP_HELLO)
-        snprintf(why, sizeof why, "first frame is of type %u, not HELLO", h.type);
-    else if (kvx__le_r64(buf + 32) != te->token)
-        snprintf(why, sizeof why, "wrong token (it did not learn this endpoint from this decode "
-                 "engine's bootstrap hello)");
-    else if (kvx__le_r64(buf + 48) != fp)
-        snprintf(why, sizeof why, "layout fingerprint %016llx, ours %016llx",
-                 (unsigned long long)kvx__le_r64(buf + 48), (unsigned long long)fp);
+        answer = 0;
+    } else if (!why[0]) {
+        flags = kvx__le_r32(buf + 68);
+        if (!kvx_equal_ct(buf + 32, te->token, KVX_TCP_TOKEN_BYTES))
+            snprintf(why, sizeof why, "wrong token (it did not learn this endpoint from this "
+                     "decode engine's bootstrap hello)");
+        else if (kvx__le_r64(buf + 56) != fp)
+            snprintf(why, sizeof why, "layout fingerprint %016llx, ours %016llx",
+                     (unsigned long long)kvx__le_r64(buf + 56), (unsigned long long)fp);
+        else if (flags & ~KVX_TCP_HELLO_AUTH)
+            snprintf(why, sizeof why, "unknown HELLO flags %08x", (unsigned)flags);
+        else if (te->key && !(flags & KVX_TCP_HELLO_AUTH))
+            snprintf(why, sizeof why, "this decode engine requires the shared auth key "
+                     "(KVX_AUTH_KEY / KVX_AUTH_KEY_FILE) and the prefill presented none");
+        else if (!te->key && (flags & KVX_TCP_HELLO_AUTH))
+            snprintf(why, sizeof why, "the prefill holds an auth key and this decode engine "
+                     "has none: set the same KVX_AUTH_KEY / KVX_AUTH_KEY_FILE on both");
+        else if (te->key && kvx__tcp_conn_auth(c, buf + 72, deadline, why, sizeof why) != 0 &&
+                 !why[0])
+            snprintf(why, sizeof why, "key exchange failed");
+    }
     if (why[0]) {
         KVX__TCP_STAT(te, conns_refused, 1);
         kvx_engine_log(te->engine, KVX_LOG_WARN, "kvx.tcp", 0,
                        "refusing data connection from %s: %s", c->addr, why);
-        if (err == 0) kvx__tcp_send_error(c, 0, KVX_ERR_PROTOCOL, why);
+        if (answer) kvx__tcp_send_error(c, 0, KVX_ERR_PROTOCOL, why);
         return -1;
     }
-    c->instance = kvx__le_r64(buf + 40);
+    c->instance = kvx__le_r64(buf + 48);
     kvx__tcp_sockopts(te, c->fd);
     KVX__TCP_STAT(te, conns_accepted, 1);
     kvx_engine_log(te->engine, KVX_LOG_INFO, "kvx.tcp", 0,
-                   "prefill %s connected (stream %u of %u)", c->addr, kvx__le_r16(buf + 56),
-                   kvx__le_r16(buf + 58));
+                   "prefill %s connected (stream %u of %u%s)", c->addr, kvx__le_r16(buf + 64),
+                   kvx__le_r16(buf + 66), te->key ? ", key proven" : "");
     return 0;
+}
+
+/* Under te->mu: the connection's HELLO is through (or it failed). */
+static void kvx__tcp_conn_settled(kvx__tcp_engine *te, kvx__tcp_conn *c) {
+    if (!c->pending) return;
+    c->pending = 0;
+    te->npending--;
+}
+
+/* Under te->mu, for a new connection: past KVX_TCP_MAX_PENDING connections
+   that have not said HELLO, the oldest of them is closed (a prefill says
+   HELLO within a round trip; a stranger that opens and idles cannot keep
+   it from connecting). */
+static void kvx__tcp_evict_pending(kvx__tcp_engine *te) {
+    kvx__tcp_conn *c, *old = NULL;
+    if (te->npending <= KVX_TCP_MAX_PENDING) return;
+    for (c = te->conns; c; c = c->next)
+        if (c->pending && (!old || c->since_ns < old->since_ns)) old = c;
+    if (!old) return;
+    kvx__tcp_conn_settled(te, old);
+    shutdown(old->fd, SHUT_RDWR); /* its thread sees EOF and returns */
+    KVX__TCP_STAT(te, conns_refused, 1);
+    kvx_engine_log(te->engine, KVX_LOG_INFO, "kvx.tcp", 0,
+                   "closing data connection from %s: no HELLO after %.1f s and %d newer "
+                   "connections wait (KVX_TCP_MAX_PENDING)", old->addr,
+                   (double)(kvx_now_ns() - old->since_ns) / 1e9, KVX_TCP_MAX_PENDING);
 }
 
 static void *kvx__tcp_conn_main(void *arg) {
     kvx__tcp_conn *c = (kvx__tcp_conn *)arg;
     kvx__tcp_engine *te = c->te;
     char why[KVX_ERROR_MAX];
-    if (kvx__tcp_conn_hello(c) == 0) {
+    int ok = kvx__tcp_conn_hello(c) == 0;
+    pthread_mutex_lock(&te->mu);
+    kvx__tcp_conn_settled(te, c);
+    pthread_mutex_unlock(&te->mu);
+    if (ok) {
         for (;;) {
             uint8_t hb[KVX_TCP_HEADER_BYTES];
             kvx_tcp_header h;
@@ -2267,6 +2474,8 @@ static kvx__tcp_conn *kvx__tcp_conn_new(kvx__tcp_engine *te, int fd, const struc
     memset(c, 0, sizeof *c);
     c->te = te;
     c->fd = fd;
+    c->pending = 1;
+    c->since_ns = kvx_now_ns();
     kvx__tcp_sa_str(sa, c->addr, sizeof c->addr);
     c->descs = (uint8_t *)kvx_engine_alloc(e, (size_t)KVX_TCP_MAX_SEGS * KVX_TCP_SEGMENT_BYTES);
     c->iov = (struct iovec *)kvx_engine_alloc(e, KVX_TCP_MAX_SEGS * sizeof(struct iovec));
@@ -2336,6 +2545,8 @@ static void *kvx__tcp_accept_main(void *arg) {
         c->next = te->conns;
         te->conns = c;
         te->nconns++;
+        te->npending++;
+        kvx__tcp_evict_pending(te);
         pthread_mutex_unlock(&te->mu);
     }
     return NULL;
@@ -2496,7 +2707,12 @@ static kvx_result kvx__tcp_engine_init(kvx_engine *e, char *why, size_t wl) {
     te->wake[0] = te->wake[1] = -1;
     pthread_mutex_init(&te->mu, NULL);
     pthread_cond_init(&te->cv, NULL);
-    te->instance = kvx__tcp_random64();
+    te->key = kvx_engine_auth_key(e, &te->key_len);
+    if (kvx_random_bytes(&te->instance, sizeof te->instance) != KVX_OK) {
+        kvx__set_why(why, wl, "cannot draw random bytes from the kernel");
+        kvx__tcp_engine_free(te);
+        return KVX_ERR_IO;
+    }
     if ((r = kvx__tcp_settings(te, d, why, wl)) != KVX_OK ||
         (r = kvx__tcp_layout(te, d, why, wl)) != KVX_OK) {
         kvx__tcp_engine_free(te);
@@ -2513,13 +2729,17 @@ static kvx_result kvx__tcp_engine_init(kvx_engine *e, char *why, size_t wl) {
             kvx__tcp_engine_free(te);
             return KVX_ERR_IO;
         }
-        te->token = kvx__tcp_random64();
+        if (kvx_random_bytes(te->token, sizeof te->token) != KVX_OK) {
+            kvx__set_why(why, wl, "cannot draw the data token from the kernel");
+            kvx__tcp_engine_free(te);
+            return KVX_ERR_IO;
+        }
         memcpy(ep, "kvx-tcp\0", 8);
         kvx__le_w16(ep + 8, KVX_TCP_PROTOCOL_VERSION);
         kvx__le_w16(ep + 10, (uint16_t)te->port);
         kvx__le_w16(ep + 12, (uint16_t)hl);
         kvx__le_w16(ep + 14, 0);
-        kvx__le_w64(ep + 16, te->token);
+        memcpy(ep + 16, te->token, KVX_TCP_TOKEN_BYTES);
         memcpy(ep + KVX__TCP_ENDPOINT_FIXED, te->host, hl);
         eplen = KVX__TCP_ENDPOINT_FIXED + hl;
     }
@@ -2683,7 +2903,7 @@ KVX_API kvx_result kvx_tcp_endpoint_get(const kvx_engine *e, kvx_tcp_endpoint *o
     if (!te || te->role != KVX_ROLE_DECODE) return KVX_ERR_STATE;
     snprintf(out->host, sizeof out->host, "%s", te->host);
     out->port = te->port;
-    out->token = te->token;
+    memcpy(out->token, te->token, KVX_TCP_TOKEN_BYTES);
     return KVX_OK;
 }
 
