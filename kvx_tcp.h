@@ -1,7 +1,7 @@
 /* kvx_tcp.h - v0.1.0 - the tcp transport: scattered KV pages streamed over parallel sockets
 
    For hosts without RDMA or a shared filesystem. The decode engine opens a
-   data listener and announces it (address, port, a random token) in the
+   data listener and announces it (address, port, a 16-byte random token) in the
    endpoint bytes of its kvx_boot hello. The prefill engine opens
    KVX_TCP_STREAMS parallel TCP connections to every decode engine it serves
    (a "link") and streams each chunk's pages straight from its pool along
@@ -52,8 +52,14 @@
                           more are closed at accept (1024)
      KVX_TCP_TOMBSTONES   rooms closed before they finished whose late
                           frames are drained instead of rejected (4096)
-     KVX_TCP_HELLO_MS     a data connection must send its HELLO within this
-                          many ms (5000)
+     KVX_TCP_HELLO_MS     a data connection must have sent its HELLO (and,
+                          with a key, its proof) within this many ms of
+                          being accepted, however it paces its bytes (5000)
+     KVX_TCP_MAX_PENDING  accepted data connections that have not finished
+                          their HELLO; one more closes the oldest of them
+                          (64). A prefill says HELLO within a round trip,
+                          so strangers that connect and idle cannot keep
+                          it out, and cost at most this many threads
 
    SETTINGS (desc.tcp, zero = default) AND ENVIRONMENT (overrides the desc)
      KVX_TCP_STREAMS        prefill: parallel connections per decode engine,
@@ -79,19 +85,37 @@
                             left (60)
      KVX_TCP_SEGMENT, KVX_TCP_SOCKBUF and KVX_TCP_TIMEOUT have no field in
      kvx_tcp_desc (kvx.h) yet: environment only.
+     KVX_AUTH_KEY / KVX_AUTH_KEY_FILE (core, desc.auth_key / auth_key_file):
+     with a shared key every data connection proves it both ways before a
+     byte of KV moves (see WIRE FORMAT); both engines need the same key or
+     none.
 
-   WIRE FORMAT (version 1; every integer little-endian)
+   WIRE FORMAT (version 2; every integer little-endian)
+     Version 2 (kvx 0.1 after issue 10) over version 1: a 16-byte token,
+     HELLO flags and nonce, the AUTH and PROOF frames. The two do not
+     interoperate: each side names the other's version in its refusal.
      Data connections go from prefill to decode. Each frame is a 32-byte
      header and a body:
-        0 u32 magic 0x5458564B ("KVXT")   4 u8 version (1)   5 u8 type
+        0 u32 magic 0x5458564B ("KVXT")   4 u8 version (2)   5 u8 type
         6 u16 count (DATA: segments, 1..KVX_TCP_MAX_SEGS; else 0)
         8 u64 room (0 when a frame concerns no room)
        16 u64 body_len (bytes after the header)
        24 u32 flags (0)   28 u32 reserved (0)
-     HELLO (1, prefill -> decode, first frame of a connection; body 32)
-        0 u64 token (from the decode endpoint)  8 u64 prefill instance
-       16 u64 layout fingerprint  24 u16 stream index  26 u16 streams
-       28 u32 reserved
+     HELLO (1, prefill -> decode, first frame of a connection; body 64)
+        0 u8[16] token (from the decode endpoint)  16 u64 prefill instance
+       24 u64 layout fingerprint  32 u16 stream index  34 u16 streams
+       36 u32 flags (bit 0 AUTH: the prefill holds a key and will prove it;
+              it must be set exactly when the decode engine has a key)
+       40 u8[16] nonce_p (fresh random with AUTH, else 0)  56 u64 reserved
+     AUTH (5, decode -> prefill, keyed engines, answers HELLO; body 48)
+        0 u8[16] nonce_d (fresh random)
+       16 u8[32] kvx_auth_proof(key, "kvx-tcp-decode", nonce_p, nonce_d)
+     PROOF (6, prefill -> decode, after checking AUTH; body 32)
+        0 u8[32] kvx_auth_proof(key, "kvx-tcp-prefill", nonce_d, nonce_p)
+       The decode accepts no other frame before a PROOF that matches
+       (constant-time compare); a prefill sends nothing after HELLO until
+       the decode's AUTH matched. Each side proves with its own label over
+       the other's fresh nonce, so nothing recorded or reflected passes.
      DATA (2, prefill -> decode; body 24 * count + payload)
        count segment descriptors of 24 bytes, then the payload: the bytes
        of every segment in descriptor order.
@@ -112,12 +136,13 @@
      ERROR (4, decode -> prefill; body 8 + rl): 0 i32 result (kvx_result)
        4 u32 rl (<= 1024)  8 reason. The decode closes the connection after
        it (room 0: the connection itself was refused).
-     ENDPOINT (the decode engine's kvx_boot hello endpoint bytes; 24 + hl)
-        0 u8[8] "kvx-tcp\0"  8 u16 version (1)  10 u16 data port
+     ENDPOINT (the decode engine's kvx_boot hello endpoint bytes; 32 + hl)
+        0 u8[8] "kvx-tcp\0"  8 u16 version (2)  10 u16 data port
        12 u16 hl (host bytes, <= 63; 0 = "the address you see me from")
-       14 u16 reserved  16 u64 token   24 host text
+       14 u16 reserved  16 u8[16] token (kernel CSPRNG, per engine)
+       32 host text
      tests/tcp/tcp_frames.py speaks it in a page of Python (a minimal sender
-     whose rooms a real decode engine accepts).
+     whose rooms a real decode engine accepts, with or without the key).
 
    COMPLETION
      The receiver knows the total from its own pages: pages * sum(item_len)
@@ -147,10 +172,22 @@
      ERROR, and closes the connection; a frame for an unknown room or for a
      room that already succeeded closes the connection as well (rooms closed
      or failed before the end drain their late frames). A connection must
-     present the listener's token in its HELLO and the same layout
-     fingerprint. The token keeps strangers out but is not authentication
-     against someone who can read the control channel: run both on a
-     trusted network. Whatever a peer sends, it cannot write outside the
+     present the listener's token (16 random bytes, compared in constant
+     time) in its HELLO and the same layout fingerprint, within
+     KVX_TCP_HELLO_MS; a refused connection is closed before it can name a
+     room, and at most KVX_TCP_MAX_PENDING connections wait for their HELLO
+     (the oldest goes first). Without a key the token is the only gate: it
+     travels in the clear in the decode's bootstrap hello, so whoever can
+     read the control channel (or claim a room there, see kvx_boot.h) can
+     present it. With a shared key (KVX_AUTH_KEY) both sides prove the key
+     on every data connection before any DATA is read or sent, so a
+     stranger cannot inject KV into a room, and a prefill never streams KV
+     to a listener that cannot prove the key (a stranger that claimed a
+     room over the control channel receives nothing). Not covered: the
+     bytes are neither encrypted nor authenticated frame by frame, so an
+     attacker on the path can read the KV and could tamper with an
+     established connection (use a private network or an encrypted
+     tunnel for that). Whatever a peer sends, it cannot write outside the
      pages and aux slot the receiver asked for.
 
    FAILURES
