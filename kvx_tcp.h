@@ -152,11 +152,11 @@
      every KV byte is in place; the aux rows, which arrive into a per-room
      staging row, are copied into the aux slot last, so aux is written after
      the last KV byte even when it overtook KV frames on another stream.
-     The receiver then sends ACK on the connection that brought the last
-     byte and only after that reports Success, so whatever its user does
-     on seeing Success (abort, destroy, exit) comes after the sender was
-     told; a receiver that cannot send the ACK fails (its sender cannot
-     succeed without it). The sender reports Success on that ACK (and tells
+     The receiver then reports Success and sends ACK on the connection
+     that brought the last byte. A room in Success is final (kvx.h): an
+     abort or timeout after it does nothing and sends nothing, so nothing
+     overtakes the ACK, and destroying the receiver waits until the ACK was
+     written. The sender reports Success on that ACK (and tells
      the decode side over the control channel, which it ignores for
      Success: only its own count makes a receiver succeed). A data-path ACK
      rather than a control message because it follows the bytes it
@@ -2204,20 +2204,25 @@ static int kvx__tcp_recv_finish(kvx__tcp_conn *c, kvx__tcp_room *tr) {
         for (i = 0; i < l->num_aux; i++)
             memcpy((char *)l->aux[i].base + (uint64_t)tr->aux_index * l->aux[i].item_len,
                    tr->aux_stage + te->aux_off[i], (size_t)l->aux[i].item_len);
-    /* The ACK leaves before the room reports Success: whatever the user
-       does once it sees Success (abort, destroy, exit) comes after the
-       sender was told. A room that failed meanwhile sends none. */
-    if (kvx__tcp_terminal(tr->room)) return 0;
+    /* Success first, then the ACK. Once Success is set the room is final:
+       an abort, a timeout or the loss of the prefill can no longer fail it
+       and send anything, so nothing can overtake the ACK; destroying the
+       receiver waits for this thread (busy) and so for the ACK. The other
+       order would leave a window in which the sender already succeeded on
+       the ACK and the receiver still fails (the prefill process exits, its
+       control connection drops). A room that failed first sends no ACK. */
+    kvx_room_succeed(tr->room, tr->expected);
+    if (kvx_room_poll(tr->room) != KVX_POLL_SUCCESS) return 0;
     kvx__tcp_hdr(ack, KVX_TCP_ACK, 0, tr->id, KVX__TCP_ACK_BODY);
     kvx__le_w64(ack + 32, tr->expected);
     kvx__le_w64(ack + 40, 0);
     err = kvx__tcp_send(c->fd, ack, sizeof ack);
-    if (err) { /* the sender cannot succeed without it: both sides fail */
-        kvx_room_fail(tr->room, KVX_ERR_PEER_LOST, "every byte arrived but the ACK could not be "
-                      "sent to prefill %s: %s", c->addr, kvx__tcp_errstr(err));
+    if (err) {
+        kvx_engine_log(te->engine, KVX_LOG_WARN, "kvx.tcp", tr->id,
+                       "cannot send ACK to prefill %s: %s (its sender fails, this room has "
+                       "every byte)", c->addr, kvx__tcp_errstr(err));
         return -1;
     }
-    kvx_room_succeed(tr->room, tr->expected);
     return 0;
 }
 
