@@ -9,8 +9,8 @@
    - two aborts with different reasons, on either side: the room and its
      peer keep the first
    - the receiver aborts right after it observes Success, 200 times: every
-     sender still ends Success (the ACK leaves before the receiver reports
-     Success, and a finished room sends nothing) */
+     sender still ends Success (a finished room sends nothing, so no abort
+     can overtake the ACK; destroying the receiver waits for the ACK) */
 #define KVX_IMPLEMENTATION
 #include "tcp_test.h"
 
