@@ -1,7 +1,7 @@
 /* kvx_tcp.h - v0.1.0 - the tcp transport: scattered KV pages streamed over parallel sockets
 
    For hosts without RDMA or a shared filesystem. The decode engine opens a
-   data listener and announces it (address, port, a random token) in the
+   data listener and announces it (address, port, a 16-byte random token) in the
    endpoint bytes of its kvx_boot hello. The prefill engine opens
    KVX_TCP_STREAMS parallel TCP connections to every decode engine it serves
    (a "link") and streams each chunk's pages straight from its pool along
@@ -52,8 +52,14 @@
                           more are closed at accept (1024)
      KVX_TCP_TOMBSTONES   rooms closed before they finished whose late
                           frames are drained instead of rejected (4096)
-     KVX_TCP_HELLO_MS     a data connection must send its HELLO within this
-                          many ms (5000)
+     KVX_TCP_HELLO_MS     a data connection must have sent its HELLO (and,
+                          with a key, its proof) within this many ms of
+                          being accepted, however it paces its bytes (5000)
+     KVX_TCP_MAX_PENDING  accepted data connections that have not finished
+                          their HELLO; one more closes the oldest of them
+                          (64). A prefill says HELLO within a round trip,
+                          so strangers that connect and idle cannot keep
+                          it out, and cost at most this many threads
 
    SETTINGS (desc.tcp, zero = default) AND ENVIRONMENT (overrides the desc)
      KVX_TCP_STREAMS        prefill: parallel connections per decode engine,
@@ -79,19 +85,37 @@
                             left (60)
      KVX_TCP_SEGMENT, KVX_TCP_SOCKBUF and KVX_TCP_TIMEOUT have no field in
      kvx_tcp_desc (kvx.h) yet: environment only.
+     KVX_AUTH_KEY / KVX_AUTH_KEY_FILE (core, desc.auth_key / auth_key_file):
+     with a shared key every data connection proves it both ways before a
+     byte of KV moves (see WIRE FORMAT); both engines need the same key or
+     none.
 
-   WIRE FORMAT (version 1; every integer little-endian)
+   WIRE FORMAT (version 2; every integer little-endian)
+     Version 2 (kvx 0.1 after issue 10) over version 1: a 16-byte token,
+     HELLO flags and nonce, the AUTH and PROOF frames. The two do not
+     interoperate: each side names the other's version in its refusal.
      Data connections go from prefill to decode. Each frame is a 32-byte
      header and a body:
-        0 u32 magic 0x5458564B ("KVXT")   4 u8 version (1)   5 u8 type
+        0 u32 magic 0x5458564B ("KVXT")   4 u8 version (2)   5 u8 type
         6 u16 count (DATA: segments, 1..KVX_TCP_MAX_SEGS; else 0)
         8 u64 room (0 when a frame concerns no room)
        16 u64 body_len (bytes after the header)
        24 u32 flags (0)   28 u32 reserved (0)
-     HELLO (1, prefill -> decode, first frame of a connection; body 32)
-        0 u64 token (from the decode endpoint)  8 u64 prefill instance
-       16 u64 layout fingerprint  24 u16 stream index  26 u16 streams
-       28 u32 reserved
+     HELLO (1, prefill -> decode, first frame of a connection; body 64)
+        0 u8[16] token (from the decode endpoint)  16 u64 prefill instance
+       24 u64 layout fingerprint  32 u16 stream index  34 u16 streams
+       36 u32 flags (bit 0 AUTH: the prefill holds a key and will prove it;
+              it must be set exactly when the decode engine has a key)
+       40 u8[16] nonce_p (fresh random with AUTH, else 0)  56 u64 reserved
+     AUTH (5, decode -> prefill, keyed engines, answers HELLO; body 48)
+        0 u8[16] nonce_d (fresh random)
+       16 u8[32] kvx_auth_proof(key, "kvx-tcp-decode", nonce_p, nonce_d)
+     PROOF (6, prefill -> decode, after checking AUTH; body 32)
+        0 u8[32] kvx_auth_proof(key, "kvx-tcp-prefill", nonce_d, nonce_p)
+       The decode accepts no other frame before a PROOF that matches
+       (constant-time compare); a prefill sends nothing after HELLO until
+       the decode's AUTH matched. Each side proves with its own label over
+       the other's fresh nonce, so nothing recorded or reflected passes.
      DATA (2, prefill -> decode; body 24 * count + payload)
        count segment descriptors of 24 bytes, then the payload: the bytes
        of every segment in descriptor order.
@@ -112,12 +136,13 @@
      ERROR (4, decode -> prefill; body 8 + rl): 0 i32 result (kvx_result)
        4 u32 rl (<= 1024)  8 reason. The decode closes the connection after
        it (room 0: the connection itself was refused).
-     ENDPOINT (the decode engine's kvx_boot hello endpoint bytes; 24 + hl)
-        0 u8[8] "kvx-tcp\0"  8 u16 version (1)  10 u16 data port
+     ENDPOINT (the decode engine's kvx_boot hello endpoint bytes; 32 + hl)
+        0 u8[8] "kvx-tcp\0"  8 u16 version (2)  10 u16 data port
        12 u16 hl (host bytes, <= 63; 0 = "the address you see me from")
-       14 u16 reserved  16 u64 token   24 host text
+       14 u16 reserved  16 u8[16] token (kernel CSPRNG, per engine)
+       32 host text
      tests/tcp/tcp_frames.py speaks it in a page of Python (a minimal sender
-     whose rooms a real decode engine accepts).
+     whose rooms a real decode engine accepts, with or without the key).
 
    COMPLETION
      The receiver knows the total from its own pages: pages * sum(item_len)
@@ -127,12 +152,16 @@
      every KV byte is in place; the aux rows, which arrive into a per-room
      staging row, are copied into the aux slot last, so aux is written after
      the last KV byte even when it overtook KV frames on another stream.
-     The receiver then sends ACK on the connection that brought the last
-     byte, and the sender reports Success on that ACK (and tells the decode
-     side over the control channel, which it ignores for Success: only its
-     own count makes a receiver succeed). A data-path ACK rather than a
-     control message because the bootstrap channel carries status only from
-     prefill to decode, and the ACK follows the bytes it confirms.
+     The receiver then reports Success and sends ACK on the connection
+     that brought the last byte. A room in Success is final (kvx.h): an
+     abort or timeout after it does nothing and sends nothing, so nothing
+     overtakes the ACK, and destroying the receiver waits until the ACK was
+     written. The sender reports Success on that ACK (and tells
+     the decode side over the control channel, which it ignores for
+     Success: only its own count makes a receiver succeed). A data-path ACK
+     rather than a control message because it follows the bytes it
+     confirms. When a stream closes, the replies the other streams already
+     hold are read first, so an ACK that raced the close still counts.
 
    SECURITY
      Every segment is checked against the destination pages of that room,
@@ -143,13 +172,35 @@
      ERROR, and closes the connection; a frame for an unknown room or for a
      room that already succeeded closes the connection as well (rooms closed
      or failed before the end drain their late frames). A connection must
-     present the listener's token in its HELLO and the same layout
-     fingerprint. The token keeps strangers out but is not authentication
-     against someone who can read the control channel: run both on a
-     trusted network. Whatever a peer sends, it cannot write outside the
+     present the listener's token (16 random bytes, compared in constant
+     time) in its HELLO and the same layout fingerprint, within
+     KVX_TCP_HELLO_MS; a refused connection is closed before it can name a
+     room, and at most KVX_TCP_MAX_PENDING connections wait for their HELLO
+     (the oldest goes first). Without a key the token is the only gate: it
+     travels in the clear in the decode's bootstrap hello, so whoever can
+     read the control channel (or claim a room there, see kvx_boot.h) can
+     present it. With a shared key (KVX_AUTH_KEY) both sides prove the key
+     on every data connection before any DATA is read or sent, so a
+     stranger cannot inject KV into a room, and a prefill never streams KV
+     to a listener that cannot prove the key (a stranger that claimed a
+     room over the control channel receives nothing). Not covered: the
+     bytes are neither encrypted nor authenticated frame by frame, so an
+     attacker on the path can read the KV and could tamper with an
+     established connection (use a private network or an encrypted
+     tunnel for that). Whatever a peer sends, it cannot write outside the
      pages and aux slot the receiver asked for.
 
    FAILURES
+     Every failure decided on one side reaches the other at once, with the
+     first reason, over the control channel (the core's room_failed hook:
+     a sender's refused page index, page count or aux slot, a device copy
+     error, a lost data link; a receiver's refused frame, a frame cut in
+     the middle, an abort, a timeout): the peer fails with "... failed the
+     room: <reason>". What the peer reported (its ERROR frame, its status
+     or abort) fails the room without being sent back. A room that reached
+     Success or Failed sends nothing more, and an abort that arrives for a
+     room that already succeeded changes nothing (the first outcome and
+     the first reason win, on both sides).
      A prefill killed mid-stream: the receiver fails the room whose frame
      was cut ("data connection from prefill 10.0.0.1:41234 closed in the
      middle of ...") and kvx_boot fails the others when the control
@@ -203,8 +254,12 @@
 #ifndef KVX_TCP_HELLO_MS
 #define KVX_TCP_HELLO_MS 5000
 #endif
+#ifndef KVX_TCP_MAX_PENDING
+#define KVX_TCP_MAX_PENDING 64
+#endif
 
-#define KVX_TCP_PROTOCOL_VERSION 1
+#define KVX_TCP_PROTOCOL_VERSION 2
+#define KVX_TCP_TOKEN_BYTES 16
 #define KVX_TCP_MAGIC 0x5458564Bu /* "KVXT" as bytes on the wire */
 #define KVX_TCP_HEADER_BYTES 32
 #define KVX_TCP_SEGMENT_BYTES 24
@@ -224,7 +279,7 @@ KVX_API kvx_result kvx_tcp_register(void);
 typedef struct kvx_tcp_endpoint {
     char host[64]; /* "" when the listener announces no address */
     int port;
-    uint64_t token;
+    uint8_t token[KVX_TCP_TOKEN_BYTES]; /* random per engine (kernel CSPRNG) */
 } kvx_tcp_endpoint;
 KVX_API kvx_result kvx_tcp_endpoint_get(const kvx_engine *e, kvx_tcp_endpoint *out);
 
@@ -234,7 +289,8 @@ typedef struct kvx_tcp_stats {
     uint64_t frames_received, bytes_received; /* decode: accepted DATA frames, payload */
     uint64_t frames_rejected;  /* decode: frames refused by the checks */
     uint64_t frames_drained;   /* decode: late frames of closed or failed rooms */
-    uint64_t conns_accepted, conns_refused; /* decode: bad token, version, limit */
+    uint64_t conns_accepted, conns_refused; /* decode: bad token, key, version, limit,
+                                               silent past KVX_TCP_HELLO_MS or evicted */
     uint64_t links_opened, links_lost;      /* prefill */
 } kvx_tcp_stats;
 KVX_API void kvx_tcp_stats_get(const kvx_engine *e, kvx_tcp_stats *out);
@@ -245,8 +301,12 @@ typedef enum kvx_tcp_frame_type {
     KVX_TCP_HELLO = 1,
     KVX_TCP_DATA = 2,
     KVX_TCP_ACK = 3,
-    KVX_TCP_ERROR = 4
+    KVX_TCP_ERROR = 4,
+    KVX_TCP_AUTH = 5, /* decode -> prefill: its nonce and proof (keyed engines) */
+    KVX_TCP_PROOF = 6 /* prefill -> decode: its proof (keyed engines) */
 } kvx_tcp_frame_type;
+
+#define KVX_TCP_HELLO_AUTH 1u /* HELLO flags bit 0: the prefill holds a key and will prove it */
 
 #define KVX_TCP_SEG_AUX 1u
 
@@ -305,9 +365,11 @@ extern "C" {
 
 /* >>tcp: byte helpers and codec ------------------------------------------ */
 
-#define KVX__TCP_HELLO_BODY 32
+#define KVX__TCP_HELLO_BODY 64
 #define KVX__TCP_ACK_BODY 16
-#define KVX__TCP_ENDPOINT_FIXED 24
+#define KVX__TCP_AUTH_BODY (KVX_NONCE_BYTES + KVX_MAC_BYTES)
+#define KVX__TCP_PROOF_BODY KVX_MAC_BYTES
+#define KVX__TCP_ENDPOINT_FIXED 32
 #define KVX__TCP_DRAIN 65536
 
 
@@ -353,6 +415,12 @@ KVX_API kvx_result kvx_tcp_header_decode(const void *in32, kvx_tcp_header *h, ch
         return KVX_OK;
     case KVX_TCP_ACK:
         if (h->count || h->body_len != KVX__TCP_ACK_BODY) break;
+        return KVX_OK;
+    case KVX_TCP_AUTH:
+        if (h->count || h->body_len != KVX__TCP_AUTH_BODY) break;
+        return KVX_OK;
+    case KVX_TCP_PROOF:
+        if (h->count || h->body_len != KVX__TCP_PROOF_BODY) break;
         return KVX_OK;
     case KVX_TCP_ERROR:
         if (h->count || h->body_len < 8 || h->body_len > 8 + KVX_TCP_MAX_REASON) break;
@@ -459,7 +527,7 @@ struct kvx__tcp_link {
     kvx__tcp_engine *te;
     char host[64];
     int port;
-    uint64_t token;
+    uint8_t token[KVX_TCP_TOKEN_BYTES];
     char name[96]; /* "10.0.0.2:40123" for messages */
     pthread_mutex_t mu;
     pthread_cond_t cv;
@@ -486,6 +554,8 @@ struct kvx__tcp_conn {
     int fd;
     pthread_t th;
     int done;          /* under te->mu: the thread returned */
+    int pending;       /* under te->mu: accepted, its HELLO (and proof) not through yet */
+    uint64_t since_ns; /* accepted at */
     char addr[64];
     uint64_t instance; /* prefill instance from the HELLO */
     kvx__tcp_room *cur; /* room whose payload is being read, under te->mu */
@@ -553,6 +623,8 @@ struct kvx__tcp_engine {
     kvx_buffer *peer_bufs; /* our buffers with a huge length: the decode pool's shape */
     kvx_layout peer_layout;
     uint64_t instance;
+    const uint8_t *key;  /* kvx_engine_auth_key: NULL = keyless */
+    size_t key_len;
     pthread_mutex_t mu;
     pthread_cond_t cv;
     int stopping;        /* under mu */
@@ -561,7 +633,8 @@ struct kvx__tcp_engine {
     int reap;            /* atomic: graveyard may hold a link to free */
     /* decode */
     int lfd, port;
-    uint64_t token;
+    uint8_t token[KVX_TCP_TOKEN_BYTES];
+    int npending;         /* under mu: connections whose HELLO is not through */
     pthread_t acceptor;
     int acceptor_started;
     int wake[2];
@@ -585,20 +658,8 @@ static int kvx__tcp_terminal(const kvx_room *r) {
 }
 #define KVX__TCP_STAT(te, field, v) KVX__ADD(&(te)->stats.field, (uint64_t)(v))
 
-static uint64_t kvx__tcp_random64(void) {
-    uint64_t v = 0, x;
-    int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
-    if (fd >= 0) {
-        if (read(fd, &v, sizeof v) != (ssize_t)sizeof v) v = 0;
-        close(fd);
-    }
-    x = v ^ kvx_now_ns() ^ ((uint64_t)getpid() << 32) ^ (uint64_t)(uintptr_t)&v;
-    x += 0x9E3779B97F4A7C15ull;
-    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-    x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-    x ^= x >> 31;
-    return x ? x : 1;
-}
+#define KVX__TCP_LABEL_DECODE "kvx-tcp-decode"   /* the decode's proof */
+#define KVX__TCP_LABEL_PREFILL "kvx-tcp-prefill" /* the prefill's proof */
 
 /* >>tcp: sockets ------------------------------------------------------------ */
 
@@ -732,6 +793,30 @@ static int kvx__tcp_recv(int fd, void *p, size_t len, int idle_ok) {
     v.iov_base = p;
     v.iov_len = len;
     return kvx__tcp_recvv(fd, &v, 1, idle_ok, NULL);
+}
+
+/* Receives exactly len bytes before deadline_ns (CLOCK_MONOTONIC), however
+   the peer paces them. 0, KVX__TCP_EOF / KVX__TCP_CUT, ETIMEDOUT or an errno. */
+static int kvx__tcp_recv_until(int fd, void *p, size_t len, uint64_t deadline_ns) {
+    size_t got = 0;
+    while (got < len) {
+        struct pollfd pf;
+        uint64_t now = kvx_now_ns();
+        ssize_t k;
+        int rc;
+        if (now >= deadline_ns) return ETIMEDOUT;
+        pf.fd = fd;
+        pf.events = POLLIN;
+        rc = poll(&pf, 1, (int)((deadline_ns - now) / 1000000u) + 1);
+        if (rc < 0 && errno != EINTR) return errno;
+        if (rc <= 0) continue;
+        k = recv(fd, (char *)p + got, len - got, MSG_DONTWAIT);
+        if (k < 0 && (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK)) continue;
+        if (k < 0) return errno;
+        if (k == 0) return got ? KVX__TCP_CUT : KVX__TCP_EOF;
+        got += (size_t)k;
+    }
+    return 0;
 }
 
 /* A blocking connection to host:port within timeout_s, or -1 with why.
@@ -1041,10 +1126,10 @@ static void kvx__tcp_link_kill(kvx__tcp_link *lk, const char *fmt, ...) {
     kvx_engine_log(te->engine, n ? KVX_LOG_WARN : KVX_LOG_INFO, "kvx.tcp", 0,
                    "lost data connection to decode %s: %s (%zu rooms failed)", lk->name, lk->why, n);
     for (i = 0; i < n; i++) {
+        /* local: the decode may not have seen it (its control connection
+           may well be alive), so room_failed tells it */
         kvx_room_fail(rs[i], KVX_ERR_PEER_LOST, "lost data connection to decode %s: %s", lk->name,
                       lk->why);
-        kvx_boot_send_status(te->boot, rs[i], KVX_POLL_FAILED, KVX_ERR_PEER_LOST, 0,
-                             kvx_sender_error((kvx_sender *)rs[i]));
         kvx_room_unref(rs[i]);
     }
     free(rs);
@@ -1065,12 +1150,90 @@ static void kvx__tcp_thread_exit(kvx__tcp_link *lk) {
     KVX__STORE(&lk->te->reap, 1);
 }
 
+/* The reason in an ERROR body (rl bytes at p), printable. */
+static void kvx__tcp_reason(const uint8_t *p, uint32_t rl, char *out, size_t n) {
+    uint32_t i;
+    if (rl >= n) rl = (uint32_t)n - 1;
+    for (i = 0; i < rl; i++) out[i] = (p[i] < 0x20 || p[i] == 0x7f) ? '?' : (char)p[i];
+    out[rl] = 0;
+}
+
+/* Prefill: HELLO on a fresh stream; with a key, the decode proves it holds
+   the key (AUTH over our nonce) before we prove it (PROOF over its nonce)
+   and before any DATA leaves. 0, or -1 with why. */
+static int kvx__tcp_stream_hello(kvx__tcp_stream *st, int fd, char *why, size_t wl) {
+    kvx__tcp_link *lk = st->link;
+    kvx__tcp_engine *te = lk->te;
+    uint8_t hello[KVX_TCP_HEADER_BYTES + KVX__TCP_HELLO_BODY], nonce[KVX_NONCE_BYTES];
+    uint8_t in[KVX_TCP_HEADER_BYTES + 8 + KVX_TCP_MAX_REASON], mac[KVX_MAC_BYTES];
+    uint8_t proof[KVX_TCP_HEADER_BYTES + KVX__TCP_PROOF_BODY];
+    char reason[KVX_TCP_MAX_REASON + 1];
+    kvx_tcp_header h;
+    int err;
+    memset(nonce, 0, sizeof nonce);
+    if (te->key && kvx_random_bytes(nonce, sizeof nonce) != KVX_OK) {
+        kvx__set_why(why, wl, "stream %d: cannot draw a nonce from the kernel", st->index);
+        return -1;
+    }
+    kvx__tcp_hdr(hello, KVX_TCP_HELLO, 0, 0, KVX__TCP_HELLO_BODY);
+    memcpy(hello + 32, lk->token, KVX_TCP_TOKEN_BYTES);
+    kvx__le_w64(hello + 48, te->instance);
+    kvx__le_w64(hello + 56, kvx_layout_fingerprint(kvx_engine_layout(te->engine)));
+    kvx__le_w16(hello + 64, (uint16_t)st->index);
+    kvx__le_w16(hello + 66, (uint16_t)lk->nstreams);
+    kvx__le_w32(hello + 68, te->key ? KVX_TCP_HELLO_AUTH : 0);
+    memcpy(hello + 72, nonce, KVX_NONCE_BYTES);
+    kvx__le_w64(hello + 88, 0);
+    if ((err = kvx__tcp_send(fd, hello, sizeof hello)) != 0) {
+        kvx__set_why(why, wl, "cannot send the HELLO on stream %d: %s", st->index,
+                     kvx__tcp_errstr(err));
+        return -1;
+    }
+    if (!te->key) return 0;
+    err = kvx__tcp_recv_until(fd, in, KVX_TCP_HEADER_BYTES,
+                              kvx_now_ns() + (uint64_t)(te->timeout_s * 1e9));
+    if (!err && kvx_tcp_header_decode(in, &h, why, wl) != KVX_OK) return -1;
+    if (!err && (h.type == KVX_TCP_AUTH || h.type == KVX_TCP_ERROR))
+        err = kvx__tcp_recv_until(fd, in + KVX_TCP_HEADER_BYTES, (size_t)h.body_len,
+                                  kvx_now_ns() + (uint64_t)(te->timeout_s * 1e9));
+    if (err) {
+        kvx__set_why(why, wl, "stream %d: no key proof from the decode: %s", st->index,
+                     kvx__tcp_errstr(err));
+        return -1;
+    }
+    if (h.type == KVX_TCP_ERROR) {
+        uint32_t rl = kvx__le_r32(in + 36);
+        kvx__tcp_reason(in + 40, rl > h.body_len - 8 ? (uint32_t)(h.body_len - 8) : rl, reason,
+                        sizeof reason);
+        kvx__set_why(why, wl, "it refused the connection: %s", reason);
+        return -1;
+    }
+    if (h.type != KVX_TCP_AUTH) {
+        kvx__set_why(why, wl, "stream %d: frame type %u instead of the decode's key proof",
+                     st->index, h.type);
+        return -1;
+    }
+    kvx_auth_proof(te->key, te->key_len, KVX__TCP_LABEL_DECODE, nonce, in + 32, mac);
+    if (!kvx_equal_ct(mac, in + 32 + KVX_NONCE_BYTES, KVX_MAC_BYTES)) {
+        kvx__set_why(why, wl, "the decode engine could not prove that it holds the shared auth "
+                     "key: KVX_AUTH_KEY / KVX_AUTH_KEY_FILE differ between the two engines");
+        return -1;
+    }
+    kvx__tcp_hdr(proof, KVX_TCP_PROOF, 0, 0, KVX__TCP_PROOF_BODY);
+    kvx_auth_proof(te->key, te->key_len, KVX__TCP_LABEL_PREFILL, in + 32, nonce, proof + 32);
+    if ((err = kvx__tcp_send(fd, proof, sizeof proof)) != 0) {
+        kvx__set_why(why, wl, "cannot send the key proof on stream %d: %s", st->index,
+                     kvx__tcp_errstr(err));
+        return -1;
+    }
+    return 0;
+}
+
 static void *kvx__tcp_stream_main(void *arg) {
     kvx__tcp_stream *st = (kvx__tcp_stream *)arg;
     kvx__tcp_link *lk = st->link;
     kvx__tcp_engine *te = lk->te;
     char why[KVX_ERROR_MAX];
-    uint8_t hello[KVX_TCP_HEADER_BYTES + KVX__TCP_HELLO_BODY];
     int fd, err;
     why[0] = 0;
     fd = kvx__tcp_connect(lk->host, lk->port, te->timeout_s, &lk->mu, &lk->dead, why, sizeof why);
@@ -1080,22 +1243,17 @@ static void *kvx__tcp_stream_main(void *arg) {
         return NULL;
     }
     kvx__tcp_sockopts(te, fd);
-    kvx__tcp_hdr(hello, KVX_TCP_HELLO, 0, 0, KVX__TCP_HELLO_BODY);
-    kvx__le_w64(hello + 32, lk->token);
-    kvx__le_w64(hello + 40, te->instance);
-    kvx__le_w64(hello + 48, kvx_layout_fingerprint(kvx_engine_layout(te->engine)));
-    kvx__le_w16(hello + 56, (uint16_t)st->index);
-    kvx__le_w16(hello + 58, (uint16_t)lk->nstreams);
-    kvx__le_w32(hello + 60, 0);
-    err = kvx__tcp_send(fd, hello, sizeof hello);
     pthread_mutex_lock(&lk->mu);
-    st->fd = fd;
+    st->fd = fd; /* from here link_kill shuts it down, ending a blocked handshake */
+    if (lk->dead) shutdown(fd, SHUT_RDWR);
+    pthread_mutex_unlock(&lk->mu);
+    err = kvx__tcp_stream_hello(st, fd, why, sizeof why);
+    pthread_mutex_lock(&lk->mu);
     if (lk->dead) shutdown(fd, SHUT_RDWR);
     else if (!err) st->connected = 1;
     pthread_mutex_unlock(&lk->mu);
     kvx__tcp_wake(lk->wake[1]);
-    if (err) kvx__tcp_link_kill(lk, "cannot send the HELLO on stream %d: %s", st->index,
-                                kvx__tcp_errstr(err));
+    if (err) kvx__tcp_link_kill(lk, "%s", why);
     while (!err) {
         kvx__tcp_frame f;
         pthread_mutex_lock(&lk->mu);
@@ -1111,8 +1269,6 @@ static void *kvx__tcp_stream_main(void *arg) {
             /* nothing of the frame went out: the stream is still in step */
             kvx_room_fail(f.tr->room, KVX_ERR_TRANSPORT, "cannot stage KV pages for sending: %s",
                           why);
-            kvx_boot_send_status(te->boot, f.tr->room, KVX_POLL_FAILED, KVX_ERR_TRANSPORT, 0,
-                                 kvx_sender_error((kvx_sender *)f.tr->room));
             err = 0;
         } else if (!err) {
             KVX__TCP_STAT(te, frames_sent, 1);
@@ -1148,21 +1304,20 @@ static void kvx__tcp_on_reply(kvx__tcp_link *lk, const kvx_tcp_header *h, const 
             kvx_boot_send_status(te->boot, r, KVX_POLL_SUCCESS, KVX_OK, bytes, NULL);
     } else {
         int32_t res = (int32_t)kvx__le_r32(body);
-        uint32_t rl = kvx__le_r32(body + 4), i;
+        uint32_t rl = kvx__le_r32(body + 4);
         char reason[KVX_TCP_MAX_REASON + 1];
         if (rl > h->body_len - 8) rl = (uint32_t)(h->body_len - 8);
-        for (i = 0; i < rl; i++) {
-            char c = (char)body[8 + i];
-            reason[i] = (c < 0x20 || c == 0x7f) ? '?' : c;
-        }
-        reason[rl] = 0;
+        kvx__tcp_reason(body + 8, rl, reason, sizeof reason);
         pthread_mutex_lock(&lk->mu);
-        snprintf(lk->last, sizeof lk->last, "it refused room %llu: %.240s",
-                 (unsigned long long)h->room, reason);
+        if (h->room)
+            snprintf(lk->last, sizeof lk->last, "it refused room %llu: %.240s",
+                     (unsigned long long)h->room, reason);
+        else
+            snprintf(lk->last, sizeof lk->last, "it refused the connection: %.240s", reason);
         pthread_mutex_unlock(&lk->mu);
-        if (r)
-            kvx_room_fail(r, res < 0 && res > -1000 ? (kvx_result)res : KVX_ERR_PEER,
-                          "decode %s refused the data of this room: %s", lk->name, reason);
+        if (r) /* the decode failed its side and tells it: not sent back */
+            kvx_room_fail_remote(r, res < 0 && res > -1000 ? (kvx_result)res : KVX_ERR_PEER,
+                                 "decode %s refused the data of this room: %s", lk->name, reason);
         else
             kvx_engine_log(te->engine, KVX_LOG_WARN, "kvx.tcp", h->room,
                            "decode %s refused data: %s", lk->name, reason);
@@ -1170,22 +1325,19 @@ static void kvx__tcp_on_reply(kvx__tcp_link *lk, const kvx_tcp_header *h, const 
     if (r) kvx_room_unref(r);
 }
 
-/* Reader: bytes on stream st. Returns -1 when the link is dead. */
-static int kvx__tcp_reader_input(kvx__tcp_link *lk, kvx__tcp_stream *st) {
+/* Reader: bytes on stream st. 0: read what there was; 1: the stream
+   closed or broke (gone says how; the caller kills the link after reading
+   what the other streams hold); -1: protocol error, the link is dead. */
+static int kvx__tcp_reader_input(kvx__tcp_link *lk, kvx__tcp_stream *st, char *gone, size_t gl) {
     char why[KVX_ERROR_MAX];
     for (;;) {
         ssize_t k = recv(st->fd, st->in + st->in_len, sizeof st->in - st->in_len, MSG_DONTWAIT);
         if (k < 0 && errno == EINTR) continue;
         if (k < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return 0;
         if (k <= 0) {
-            char last[KVX_ERROR_MAX];
-            pthread_mutex_lock(&lk->mu);
-            snprintf(last, sizeof last, "%s", lk->last);
-            pthread_mutex_unlock(&lk->mu);
-            kvx__tcp_link_kill(lk, "stream %d: %s%s%s", st->index,
-                               k == 0 ? "connection closed by the peer" : strerror(errno),
-                               last[0] ? " after " : "", last);
-            return -1;
+            snprintf(gone, gl, "stream %d: %s", st->index,
+                     k == 0 ? "connection closed by the peer" : strerror(errno));
+            return 1;
         }
         st->in_len += (size_t)k;
         while (st->in_len >= KVX_TCP_HEADER_BYTES) {
@@ -1211,8 +1363,9 @@ static void *kvx__tcp_reader_main(void *arg) {
     kvx__tcp_link *lk = (kvx__tcp_link *)arg;
     struct pollfd pf[1 + KVX_TCP_MAX_STREAMS];
     int idx[1 + KVX_TCP_MAX_STREAMS];
+    char gone[KVX_ERROR_MAX], other[KVX_ERROR_MAX];
     for (;;) {
-        int n = 0, k, dead;
+        int n = 0, k, dead, rc = 0;
         pthread_mutex_lock(&lk->mu);
         dead = lk->dead;
         pf[n].fd = lk->wake[0];
@@ -1228,8 +1381,25 @@ static void *kvx__tcp_reader_main(void *arg) {
         if (dead) break;
         if (poll(pf, (nfds_t)n, -1) < 0) continue;
         if (pf[0].revents) kvx__tcp_drain_pipe(lk->wake[0]);
-        for (k = 1; k < n; k++)
-            if (pf[k].revents && kvx__tcp_reader_input(lk, &lk->streams[idx[k]]) < 0) break;
+        gone[0] = 0;
+        for (k = 1; k < n && rc >= 0; k++)
+            if (pf[k].revents) {
+                rc = kvx__tcp_reader_input(lk, &lk->streams[idx[k]], other, sizeof other);
+                if (rc > 0 && !gone[0]) snprintf(gone, sizeof gone, "%s", other);
+            }
+        if (rc < 0) break;
+        if (gone[0]) {
+            char last[KVX_ERROR_MAX];
+            /* an ACK another stream already holds counts before the loss
+               (the decode may close right after acknowledging) */
+            for (k = 1; k < n && rc >= 0; k++)
+                rc = kvx__tcp_reader_input(lk, &lk->streams[idx[k]], other, sizeof other);
+            pthread_mutex_lock(&lk->mu);
+            snprintf(last, sizeof last, "%s", lk->last);
+            pthread_mutex_unlock(&lk->mu);
+            kvx__tcp_link_kill(lk, "%s%s%.400s", gone, last[0] ? " after " : "", last);
+            break;
+        }
     }
     kvx__tcp_thread_exit(lk);
     return NULL;
@@ -1323,7 +1493,7 @@ static kvx_result kvx__tcp_stream_alloc(kvx__tcp_engine *te, kvx__tcp_stream *st
    created (threads started, connecting in the background) when there is
    none. Does not block on the network. */
 static kvx__tcp_link *kvx__tcp_link_get(kvx__tcp_engine *te, const char *host, int port,
-                                        uint64_t token, char *why, size_t wl) {
+                                        const uint8_t *token, char *why, size_t wl) {
     kvx_engine *e = te->engine;
     kvx__tcp_link *lk;
     int k, ok = 1;
@@ -1334,7 +1504,8 @@ static kvx__tcp_link *kvx__tcp_link_get(kvx__tcp_engine *te, const char *host, i
         return NULL;
     }
     for (lk = te->links; lk; lk = lk->next)
-        if (lk->port == port && lk->token == token && !strcmp(lk->host, host)) {
+        if (lk->port == port && !memcmp(lk->token, token, KVX_TCP_TOKEN_BYTES) &&
+            !strcmp(lk->host, host)) {
             lk->refs++;
             pthread_mutex_unlock(&te->mu);
             return lk;
@@ -1349,7 +1520,7 @@ static kvx__tcp_link *kvx__tcp_link_get(kvx__tcp_engine *te, const char *host, i
     lk->te = te;
     snprintf(lk->host, sizeof lk->host, "%s", host);
     lk->port = port;
-    lk->token = token;
+    memcpy(lk->token, token, KVX_TCP_TOKEN_BYTES);
     snprintf(lk->name, sizeof lk->name, "%s%s%s:%d", strchr(host, ':') ? "[" : "", host,
              strchr(host, ':') ? "]" : "", port);
     lk->nstreams = te->streams;
@@ -1410,7 +1581,7 @@ static kvx__tcp_link *kvx__tcp_link_get(kvx__tcp_engine *te, const char *host, i
 /* Reads a decode engine's endpoint from its hello: host (or the address its
    control connection comes from), data port, token. */
 static kvx_result kvx__tcp_parse_endpoint(const kvx_boot_peer *peer, char *host, size_t hn,
-                                          int *port, uint64_t *token, char *why, size_t wl) {
+                                          int *port, uint8_t *token, char *why, size_t wl) {
     const uint8_t *p = (const uint8_t *)peer->endpoint;
     uint32_t len = peer->endpoint_len, hl, i;
     if (!p || len < KVX__TCP_ENDPOINT_FIXED || memcmp(p, "kvx-tcp\0", 8)) {
@@ -1421,9 +1592,14 @@ static kvx_result kvx__tcp_parse_endpoint(const kvx_boot_peer *peer, char *host,
     }
     hl = kvx__le_r16(p + 12);
     *port = kvx__le_r16(p + 10);
-    *token = kvx__le_r64(p + 16);
-    if (kvx__le_r16(p + 8) != KVX_TCP_PROTOCOL_VERSION || hl >= hn ||
-        len != KVX__TCP_ENDPOINT_FIXED + hl || !*port) {
+    if (kvx__le_r16(p + 8) != KVX_TCP_PROTOCOL_VERSION) {
+        kvx__set_why(why, wl, "decode %s speaks tcp data protocol version %u, this engine %d: run "
+                     "the same kvx version on both sides", peer->addr, kvx__le_r16(p + 8),
+                     KVX_TCP_PROTOCOL_VERSION);
+        return KVX_ERR_PROTOCOL;
+    }
+    memcpy(token, p + 16, KVX_TCP_TOKEN_BYTES);
+    if (hl >= hn || len != KVX__TCP_ENDPOINT_FIXED + hl || !*port) {
         kvx__set_why(why, wl, "decode %s announced a tcp endpoint this side cannot use (version "
                      "%u, port %d, %u host bytes in %u)", peer->addr, kvx__le_r16(p + 8), *port,
                      hl, len);
@@ -1443,20 +1619,6 @@ static kvx_result kvx__tcp_parse_endpoint(const kvx_boot_peer *peer, char *host,
     return KVX_OK;
 }
 
-static void kvx__tcp_fail_tell(kvx__tcp_engine *te, kvx_room *r, kvx_result res, const char *fmt,
-                               ...) KVX_PRINTF(4, 5);
-/* Fails a sender room and tells the decode side why. */
-static void kvx__tcp_fail_tell(kvx__tcp_engine *te, kvx_room *r, kvx_result res, const char *fmt,
-                               ...) {
-    char msg[KVX_ERROR_MAX];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
-    kvx_room_fail(r, res, "%s", msg);
-    kvx_boot_send_status(te->boot, r, KVX_POLL_FAILED, res, 0, kvx_sender_error((kvx_sender *)r));
-}
-
 /* kvx_boot hook (prefill): the decode side's destination for a sender. */
 static kvx_result kvx__tcp_on_room(kvx_boot *b, kvx_room *r, const kvx_boot_peer *peer,
                                    const int32_t *dst, uint32_t n, int32_t aux) {
@@ -1465,7 +1627,7 @@ static kvx_result kvx__tcp_on_room(kvx_boot *b, kvx_room *r, const kvx_boot_peer
     kvx_engine *e = te->engine;
     char why[KVX_ERROR_MAX], host[64];
     int port = 0, gone, dead = 0, second;
-    uint64_t token = 0;
+    uint8_t token[KVX_TCP_TOKEN_BYTES];
     kvx__tcp_link *lk;
     int32_t *copy = NULL;
     kvx_result res;
@@ -1479,7 +1641,7 @@ static kvx_result kvx__tcp_on_room(kvx_boot *b, kvx_room *r, const kvx_boot_peer
                       (unsigned long long)tr->id, peer->addr);
         return KVX_ERR_INVALID_ARGUMENT;
     }
-    if ((res = kvx__tcp_parse_endpoint(peer, host, sizeof host, &port, &token, why, sizeof why))) {
+    if ((res = kvx__tcp_parse_endpoint(peer, host, sizeof host, &port, token, why, sizeof why))) {
         kvx_room_fail(r, res, "%s", why);
         return res;
     }
@@ -1531,17 +1693,17 @@ static kvx_result kvx__tcp_sender_init(kvx_room *r, uint32_t n, int32_t aux) {
     kvx__tcp_engine *te = tr->te;
     const kvx_layout *l = kvx_engine_layout(te->engine);
     if (!tr->link) {
-        kvx__tcp_fail_tell(te, r, KVX_ERR_STATE, "init before the decode side's destination arrived");
+        kvx_room_fail(r, KVX_ERR_STATE, "init before the decode side's destination arrived");
         return KVX_ERR_STATE;
     }
     if (n != tr->ndst) {
-        kvx__tcp_fail_tell(te, r, KVX_ERR_INVALID_ARGUMENT,
+        kvx_room_fail(r, KVX_ERR_INVALID_ARGUMENT,
                            "init declares %u pages but decode %s asked for %u", n,
                            tr->link->name, tr->ndst);
         return KVX_ERR_INVALID_ARGUMENT;
     }
     if (tr->dst_aux >= 0 && aux < 0) {
-        kvx__tcp_fail_tell(te, r, KVX_ERR_INVALID_ARGUMENT,
+        kvx_room_fail(r, KVX_ERR_INVALID_ARGUMENT,
                            "decode %s expects aux rows in its slot %d but init gave no aux slot (-1)",
                            tr->link->name, (int)tr->dst_aux);
         return KVX_ERR_INVALID_ARGUMENT;
@@ -1575,7 +1737,7 @@ static kvx_result kvx__tcp_sender_send(kvx_room *r, kvx_chunk *c) {
     j = (kvx__tcp_job *)kvx_engine_alloc(e, sizeof *j);
     if (!j) {
         kvx_chunk_free(e, c);
-        kvx__tcp_fail_tell(te, r, KVX_ERR_NO_MEMORY, "out of memory queueing chunk");
+        kvx_room_fail(r, KVX_ERR_NO_MEMORY, "out of memory queueing chunk");
         return KVX_ERR_NO_MEMORY;
     }
     memset(j, 0, sizeof *j);
@@ -1583,7 +1745,7 @@ static kvx_result kvx__tcp_sender_send(kvx_room *r, kvx_chunk *c) {
     res = kvx_plan_pages(&j->plan, kvx_engine_layout(e), c->pages, &te->peer_layout,
                          tr->dst_pages + c->first_page, c->num_pages);
     if (res != KVX_OK) {
-        kvx__tcp_fail_tell(te, r, res, "chunk %u: %s", c->index, j->plan.error);
+        kvx_room_fail(r, res, "chunk %u: %s", c->index, j->plan.error);
         kvx__tcp_job_free(e, j);
         kvx_chunk_free(e, c);
         return res;
@@ -1603,7 +1765,7 @@ static kvx_result kvx__tcp_sender_send(kvx_room *r, kvx_chunk *c) {
     pthread_mutex_unlock(&lk->mu);
     if (dead) {
         kvx__tcp_job_free(e, j);
-        kvx__tcp_fail_tell(te, r, KVX_ERR_PEER_LOST, "lost data connection to decode %s: %s",
+        kvx_room_fail(r, KVX_ERR_PEER_LOST, "lost data connection to decode %s: %s",
                            lk->name, lk->why);
         return KVX_ERR_PEER_LOST;
     }
@@ -1631,16 +1793,9 @@ static void kvx__tcp_wait_idle_send(kvx__tcp_link *lk, kvx__tcp_room *tr) {
     }
 }
 
-static void kvx__tcp_sender_close(kvx__tcp_room *tr) {
-    kvx__tcp_link *lk;
+/* Under lk->mu: tr's queued jobs leave the queue unsent. */
+static void kvx__tcp_drop_jobs(kvx__tcp_link *lk, kvx__tcp_room *tr) {
     kvx__tcp_job *j, *next;
-    pthread_mutex_lock(&tr->mu);
-    tr->gone = 1;
-    lk = tr->link;
-    pthread_mutex_unlock(&tr->mu);
-    if (!lk) return;
-    pthread_mutex_lock(&lk->mu);
-    tr->closing = 1;
     for (j = lk->qhead; j; j = next) {
         next = j->next;
         if (j->tr != tr) continue;
@@ -1648,6 +1803,18 @@ static void kvx__tcp_sender_close(kvx__tcp_room *tr) {
         j->dropped = 1;
         if (!j->inflight) kvx__tcp_job_done(lk, j);
     }
+}
+
+static void kvx__tcp_sender_close(kvx__tcp_room *tr) {
+    kvx__tcp_link *lk;
+    pthread_mutex_lock(&tr->mu);
+    tr->gone = 1;
+    lk = tr->link;
+    pthread_mutex_unlock(&tr->mu);
+    if (!lk) return;
+    pthread_mutex_lock(&lk->mu);
+    tr->closing = 1;
+    kvx__tcp_drop_jobs(lk, tr);
     kvx__tcp_wait_idle_send(lk, tr);
     if (tr->lprev) tr->lprev->lnext = tr->lnext;
     else if (lk->rooms == tr) lk->rooms = tr->lnext;
@@ -1947,7 +2114,6 @@ static int kvx__tcp_refuse(kvx__tcp_conn *c, kvx_room *r, uint64_t room, kvx_res
     if (r) {
         kvx_room_fail(r, res, "prefill %s sent data this room did not ask for; connection closed: %s",
                       c->addr, why);
-        kvx_boot_abort(te->boot, r, kvx_receiver_error((kvx_receiver *)r));
     } else {
         kvx_engine_log(te->engine, KVX_LOG_WARN, "kvx.tcp", room,
                        "closing data connection from prefill %s: %s", c->addr, why);
@@ -2022,7 +2188,6 @@ static int kvx__tcp_read_payload(kvx__tcp_conn *c, kvx__tcp_room *tr, uint32_t n
     }
     if (nb && te->mem.copy(te->mem.ctx, 0, c->copies, nb, why, wl) != KVX_OK) {
         kvx_room_fail(tr->room, KVX_ERR_TRANSPORT, "cannot place KV pages on the device: %s", why);
-        kvx_boot_abort(te->boot, tr->room, kvx_receiver_error((kvx_receiver *)tr->room));
         return 0; /* the payload was read: the connection stays in step */
     }
     return 0;
@@ -2039,6 +2204,13 @@ static int kvx__tcp_recv_finish(kvx__tcp_conn *c, kvx__tcp_room *tr) {
         for (i = 0; i < l->num_aux; i++)
             memcpy((char *)l->aux[i].base + (uint64_t)tr->aux_index * l->aux[i].item_len,
                    tr->aux_stage + te->aux_off[i], (size_t)l->aux[i].item_len);
+    /* Success first, then the ACK. Once Success is set the room is final:
+       an abort, a timeout or the loss of the prefill can no longer fail it
+       and send anything, so nothing can overtake the ACK; destroying the
+       receiver waits for this thread (busy) and so for the ACK. The other
+       order would leave a window in which the sender already succeeded on
+       the ACK and the receiver still fails (the prefill process exits, its
+       control connection drops). A room that failed first sends no ACK. */
     kvx_room_succeed(tr->room, tr->expected);
     if (kvx_room_poll(tr->room) != KVX_POLL_SUCCESS) return 0;
     kvx__tcp_hdr(ack, KVX_TCP_ACK, 0, tr->id, KVX__TCP_ACK_BODY);
@@ -2047,7 +2219,8 @@ static int kvx__tcp_recv_finish(kvx__tcp_conn *c, kvx__tcp_room *tr) {
     err = kvx__tcp_send(c->fd, ack, sizeof ack);
     if (err) {
         kvx_engine_log(te->engine, KVX_LOG_WARN, "kvx.tcp", tr->id,
-                       "cannot send ACK to prefill %s: %s", c->addr, kvx__tcp_errstr(err));
+                       "cannot send ACK to prefill %s: %s (its sender fails, this room has "
+                       "every byte)", c->addr, kvx__tcp_errstr(err));
         return -1;
     }
     return 0;
@@ -2116,7 +2289,6 @@ static int kvx__tcp_on_data(kvx__tcp_conn *c, const kvx_tcp_header *h) {
                           "data connection from prefill %s broke in the middle of a frame of this "
                           "room (%llu of %llu bytes read): %s", c->addr, (unsigned long long)got,
                           (unsigned long long)payload, kvx__tcp_errstr(err));
-        kvx_boot_abort(te->boot, r, kvx_receiver_error((kvx_receiver *)r));
         rc = -1;
     } else {
         KVX__TCP_STAT(te, frames_received, 1);
@@ -2132,50 +2304,145 @@ static int kvx__tcp_on_data(kvx__tcp_conn *c, const kvx_tcp_header *h) {
     return rc;
 }
 
-/* Reads and checks the HELLO. 0, or -1 (the connection is refused). */
+/* Decode, keyed engines: our nonce and proof over the prefill's nonce
+   (AUTH), then the prefill's proof over ours (PROOF), all before
+   deadline_ns. 0, or -1 with why (sent is set when a byte went out). */
+static int kvx__tcp_conn_auth(kvx__tcp_conn *c, const uint8_t *nonce_p, uint64_t deadline_ns,
+                              char *why, size_t wl) {
+    kvx__tcp_engine *te = c->te;
+    uint8_t out[KVX_TCP_HEADER_BYTES + KVX__TCP_AUTH_BODY], nonce[KVX_NONCE_BYTES];
+    uint8_t in[KVX_TCP_HEADER_BYTES + KVX__TCP_PROOF_BODY], want[KVX_MAC_BYTES];
+    kvx_tcp_header h;
+    int err;
+    if (kvx_random_bytes(nonce, sizeof nonce) != KVX_OK) {
+        kvx__set_why(why, wl, "cannot draw a nonce from the kernel");
+        return -1;
+    }
+    kvx__tcp_hdr(out, KVX_TCP_AUTH, 0, 0, KVX__TCP_AUTH_BODY);
+    memcpy(out + 32, nonce, KVX_NONCE_BYTES);
+    kvx_auth_proof(te->key, te->key_len, KVX__TCP_LABEL_DECODE, nonce_p, nonce,
+                   out + 32 + KVX_NONCE_BYTES);
+    if ((err = kvx__tcp_send(c->fd, out, sizeof out)) != 0) {
+        kvx__set_why(why, wl, "cannot send the key challenge: %s", kvx__tcp_errstr(err));
+        return -1;
+    }
+    err = kvx__tcp_recv_until(c->fd, in, KVX_TCP_HEADER_BYTES, deadline_ns);
+    if (!err && kvx_tcp_header_decode(in, &h, why, wl) != KVX_OK) return -1;
+    if (!err && h.type != KVX_TCP_PROOF) {
+        kvx__set_why(why, wl, "frame type %u instead of the key proof (nothing is accepted "
+                     "before it)", h.type);
+        return -1;
+    }
+    if (!err) err = kvx__tcp_recv_until(c->fd, in + 32, KVX__TCP_PROOF_BODY, deadline_ns);
+    if (err) {
+        kvx__set_why(why, wl, "no key proof within %d ms of connecting: %s", KVX_TCP_HELLO_MS,
+                     kvx__tcp_errstr(err));
+        return -1;
+    }
+    kvx_auth_proof(te->key, te->key_len, KVX__TCP_LABEL_PREFILL, nonce, nonce_p, want);
+    if (!kvx_equal_ct(want, in + 32, KVX_MAC_BYTES)) {
+        kvx__set_why(why, wl, "wrong key proof: the prefill does not hold this engine's auth key "
+                     "(KVX_AUTH_KEY / KVX_AUTH_KEY_FILE differ between the engines)");
+        return -1;
+    }
+    return 0;
+}
+
+/* Reads and checks the HELLO (and, keyed, the proof), all within
+   KVX_TCP_HELLO_MS of the accept however the peer paces its bytes. 0, or
+   -1: the connection is refused (ERROR, closed) and no room is touched. */
 static int kvx__tcp_conn_hello(kvx__tcp_conn *c) {
     kvx__tcp_engine *te = c->te;
     uint8_t buf[KVX_TCP_HEADER_BYTES + KVX__TCP_HELLO_BODY];
     char why[KVX_ERROR_MAX];
     kvx_tcp_header h;
     uint64_t fp = kvx_layout_fingerprint(kvx_engine_layout(te->engine));
-    int err;
-    kvx__tcp_timeo(c->fd, SO_RCVTIMEO, KVX_TCP_HELLO_MS / 1000.0);
-    err = kvx__tcp_recv(c->fd, buf, sizeof buf, 0);
+    uint64_t deadline = c->since_ns + (uint64_t)KVX_TCP_HELLO_MS * 1000000u;
+    uint32_t flags = 0;
+    int err, answer = 1;
     why[0] = 0;
-    if (err)
-        snprintf(why, sizeof why, "no HELLO within %d ms: %s", KVX_TCP_HELLO_MS,
+    err = kvx__tcp_recv_until(c->fd, buf, KVX_TCP_HEADER_BYTES, deadline);
+    if (!err && kvx_tcp_header_decode(buf, &h, why, sizeof why) == KVX_OK) {
+        if (h.type != KVX_TCP_HELLO)
+            snprintf(why, sizeof why, "first frame is of type %u, not HELLO", h.type);
+        else
+            err = kvx__tcp_recv_until(c->fd, buf + 32, KVX__TCP_HELLO_BODY, deadline);
+    }
+    if (err) {
+        snprintf(why, sizeof why, "no HELLO within %d ms of connecting: %s", KVX_TCP_HELLO_MS,
                  kvx__tcp_errstr(err));
-    else if (kvx_tcp_header_decode(buf, &h, why, sizeof why) != KVX_OK) {
-    } else if (h.type != KVX_TCP_HELLO)
-        snprintf(why, sizeof why, "first frame is of type %u, not HELLO", h.type);
-    else if (kvx__le_r64(buf + 32) != te->token)
-        snprintf(why, sizeof why, "wrong token (it did not learn this endpoint from this decode "
-                 "engine's bootstrap hello)");
-    else if (kvx__le_r64(buf + 48) != fp)
-        snprintf(why, sizeof why, "layout fingerprint %016llx, ours %016llx",
-                 (unsigned long long)kvx__le_r64(buf + 48), (unsigned long long)fp);
+        answer = 0;
+    } else if (!why[0]) {
+        flags = kvx__le_r32(buf + 68);
+        if (!kvx_equal_ct(buf + 32, te->token, KVX_TCP_TOKEN_BYTES))
+            snprintf(why, sizeof why, "wrong token (it did not learn this endpoint from this "
+                     "decode engine's bootstrap hello)");
+        else if (kvx__le_r64(buf + 56) != fp)
+            snprintf(why, sizeof why, "layout fingerprint %016llx, ours %016llx",
+                     (unsigned long long)kvx__le_r64(buf + 56), (unsigned long long)fp);
+        else if (flags & ~KVX_TCP_HELLO_AUTH)
+            snprintf(why, sizeof why, "unknown HELLO flags %08x", (unsigned)flags);
+        else if (te->key && !(flags & KVX_TCP_HELLO_AUTH))
+            snprintf(why, sizeof why, "this decode engine requires the shared auth key "
+                     "(KVX_AUTH_KEY / KVX_AUTH_KEY_FILE) and the prefill presented none");
+        else if (!te->key && (flags & KVX_TCP_HELLO_AUTH))
+            snprintf(why, sizeof why, "the prefill holds an auth key and this decode engine "
+                     "has none: set the same KVX_AUTH_KEY / KVX_AUTH_KEY_FILE on both");
+        else if (te->key && kvx__tcp_conn_auth(c, buf + 72, deadline, why, sizeof why) != 0 &&
+                 !why[0])
+            snprintf(why, sizeof why, "key exchange failed");
+    }
     if (why[0]) {
         KVX__TCP_STAT(te, conns_refused, 1);
         kvx_engine_log(te->engine, KVX_LOG_WARN, "kvx.tcp", 0,
                        "refusing data connection from %s: %s", c->addr, why);
-        if (err == 0) kvx__tcp_send_error(c, 0, KVX_ERR_PROTOCOL, why);
+        if (answer) kvx__tcp_send_error(c, 0, KVX_ERR_PROTOCOL, why);
         return -1;
     }
-    c->instance = kvx__le_r64(buf + 40);
+    c->instance = kvx__le_r64(buf + 48);
     kvx__tcp_sockopts(te, c->fd);
     KVX__TCP_STAT(te, conns_accepted, 1);
     kvx_engine_log(te->engine, KVX_LOG_INFO, "kvx.tcp", 0,
-                   "prefill %s connected (stream %u of %u)", c->addr, kvx__le_r16(buf + 56),
-                   kvx__le_r16(buf + 58));
+                   "prefill %s connected (stream %u of %u%s)", c->addr, kvx__le_r16(buf + 64),
+                   kvx__le_r16(buf + 66), te->key ? ", key proven" : "");
     return 0;
+}
+
+/* Under te->mu: the connection's HELLO is through (or it failed). */
+static void kvx__tcp_conn_settled(kvx__tcp_engine *te, kvx__tcp_conn *c) {
+    if (!c->pending) return;
+    c->pending = 0;
+    te->npending--;
+}
+
+/* Under te->mu, for a new connection: past KVX_TCP_MAX_PENDING connections
+   that have not said HELLO, the oldest of them is closed (a prefill says
+   HELLO within a round trip; a stranger that opens and idles cannot keep
+   it from connecting). */
+static void kvx__tcp_evict_pending(kvx__tcp_engine *te) {
+    kvx__tcp_conn *c, *old = NULL;
+    if (te->npending <= KVX_TCP_MAX_PENDING) return;
+    for (c = te->conns; c; c = c->next)
+        if (c->pending && (!old || c->since_ns < old->since_ns)) old = c;
+    if (!old) return;
+    kvx__tcp_conn_settled(te, old);
+    shutdown(old->fd, SHUT_RDWR); /* its thread sees EOF and returns */
+    KVX__TCP_STAT(te, conns_refused, 1);
+    kvx_engine_log(te->engine, KVX_LOG_INFO, "kvx.tcp", 0,
+                   "closing data connection from %s: no HELLO after %.1f s and %d newer "
+                   "connections wait (KVX_TCP_MAX_PENDING)", old->addr,
+                   (double)(kvx_now_ns() - old->since_ns) / 1e9, KVX_TCP_MAX_PENDING);
 }
 
 static void *kvx__tcp_conn_main(void *arg) {
     kvx__tcp_conn *c = (kvx__tcp_conn *)arg;
     kvx__tcp_engine *te = c->te;
     char why[KVX_ERROR_MAX];
-    if (kvx__tcp_conn_hello(c) == 0) {
+    int ok = kvx__tcp_conn_hello(c) == 0;
+    pthread_mutex_lock(&te->mu);
+    kvx__tcp_conn_settled(te, c);
+    pthread_mutex_unlock(&te->mu);
+    if (ok) {
         for (;;) {
             uint8_t hb[KVX_TCP_HEADER_BYTES];
             kvx_tcp_header h;
@@ -2249,6 +2516,8 @@ static kvx__tcp_conn *kvx__tcp_conn_new(kvx__tcp_engine *te, int fd, const struc
     memset(c, 0, sizeof *c);
     c->te = te;
     c->fd = fd;
+    c->pending = 1;
+    c->since_ns = kvx_now_ns();
     kvx__tcp_sa_str(sa, c->addr, sizeof c->addr);
     c->descs = (uint8_t *)kvx_engine_alloc(e, (size_t)KVX_TCP_MAX_SEGS * KVX_TCP_SEGMENT_BYTES);
     c->iov = (struct iovec *)kvx_engine_alloc(e, KVX_TCP_MAX_SEGS * sizeof(struct iovec));
@@ -2318,6 +2587,8 @@ static void *kvx__tcp_accept_main(void *arg) {
         c->next = te->conns;
         te->conns = c;
         te->nconns++;
+        te->npending++;
+        kvx__tcp_evict_pending(te);
         pthread_mutex_unlock(&te->mu);
     }
     return NULL;
@@ -2478,7 +2749,12 @@ static kvx_result kvx__tcp_engine_init(kvx_engine *e, char *why, size_t wl) {
     te->wake[0] = te->wake[1] = -1;
     pthread_mutex_init(&te->mu, NULL);
     pthread_cond_init(&te->cv, NULL);
-    te->instance = kvx__tcp_random64();
+    te->key = kvx_engine_auth_key(e, &te->key_len);
+    if (kvx_random_bytes(&te->instance, sizeof te->instance) != KVX_OK) {
+        kvx__set_why(why, wl, "cannot draw random bytes from the kernel");
+        kvx__tcp_engine_free(te);
+        return KVX_ERR_IO;
+    }
     if ((r = kvx__tcp_settings(te, d, why, wl)) != KVX_OK ||
         (r = kvx__tcp_layout(te, d, why, wl)) != KVX_OK) {
         kvx__tcp_engine_free(te);
@@ -2495,13 +2771,17 @@ static kvx_result kvx__tcp_engine_init(kvx_engine *e, char *why, size_t wl) {
             kvx__tcp_engine_free(te);
             return KVX_ERR_IO;
         }
-        te->token = kvx__tcp_random64();
+        if (kvx_random_bytes(te->token, sizeof te->token) != KVX_OK) {
+            kvx__set_why(why, wl, "cannot draw the data token from the kernel");
+            kvx__tcp_engine_free(te);
+            return KVX_ERR_IO;
+        }
         memcpy(ep, "kvx-tcp\0", 8);
         kvx__le_w16(ep + 8, KVX_TCP_PROTOCOL_VERSION);
         kvx__le_w16(ep + 10, (uint16_t)te->port);
         kvx__le_w16(ep + 12, (uint16_t)hl);
         kvx__le_w16(ep + 14, 0);
-        kvx__le_w64(ep + 16, te->token);
+        memcpy(ep + 16, te->token, KVX_TCP_TOKEN_BYTES);
         memcpy(ep + KVX__TCP_ENDPOINT_FIXED, te->host, hl);
         eplen = KVX__TCP_ENDPOINT_FIXED + hl;
     }
@@ -2580,9 +2860,30 @@ static kvx_result kvx__tcp_room_open(kvx_room *r) {
     return kvx_boot_room_open(te->boot, r);
 }
 
-static void kvx__tcp_room_abort(kvx_room *r, const char *reason) {
+/* The core's room_failed hook: room r failed here by a local decision
+   (never for what the peer reported: kvx_room_fail_remote). The peer hears
+   the first reason at once over the control channel; a sender stops
+   queueing the room's frames. Once per room, a terminal room never gets
+   here again, so nothing is sent after Success. */
+static void kvx__tcp_room_failed(kvx_room *r) {
     kvx__tcp_room *tr = kvx__tcp_tr(r);
-    if (tr) kvx_boot_abort(tr->te->boot, r, reason);
+    kvx__tcp_engine *te;
+    if (!tr) return;
+    te = tr->te;
+    /* kvx_boot_room_failed(te->boot, r) once the boot branch provides it */
+    if (kvx_room_role(r) != KVX_ROLE_PREFILL ||
+        kvx_boot_send_status(te->boot, r, KVX_POLL_FAILED, kvx_room_result(r), 0,
+                             kvx_room_error(r)) == KVX_ERR_STATE)
+        kvx_boot_abort(te->boot, r, kvx_room_error(r)); /* no frame yet: answered when it comes */
+    if (kvx_room_role(r) == KVX_ROLE_PREFILL) {
+        pthread_mutex_lock(&tr->mu); /* held: sender_close cannot drop the link meanwhile */
+        if (!tr->gone && tr->link) {
+            pthread_mutex_lock(&tr->link->mu);
+            kvx__tcp_drop_jobs(tr->link, tr);
+            pthread_mutex_unlock(&tr->link->mu);
+        }
+        pthread_mutex_unlock(&tr->mu);
+    }
 }
 
 static void kvx__tcp_room_close(kvx_room *r) {
@@ -2623,10 +2924,10 @@ KVX_API const kvx_backend *kvx_tcp_backend(void) {
                                   kvx__tcp_sender_init,
                                   kvx__tcp_sender_send,
                                   kvx__tcp_recv_init_hook,
-                                  kvx__tcp_room_abort,
+                                  NULL, /* room_abort: room_failed does it */
                                   kvx__tcp_room_close,
                                   kvx__tcp_room_free,
-                                  NULL};
+                                  kvx__tcp_room_failed};
     return &b;
 }
 
@@ -2644,7 +2945,7 @@ KVX_API kvx_result kvx_tcp_endpoint_get(const kvx_engine *e, kvx_tcp_endpoint *o
     if (!te || te->role != KVX_ROLE_DECODE) return KVX_ERR_STATE;
     snprintf(out->host, sizeof out->host, "%s", te->host);
     out->port = te->port;
-    out->token = te->token;
+    memcpy(out->token, te->token, KVX_TCP_TOKEN_BYTES);
     return KVX_OK;
 }
 

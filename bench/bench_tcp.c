@@ -12,8 +12,11 @@
    baseline splits the same contiguous bytes over as many sockets as kvx
    uses streams (KVX_TCP_STREAMS), one thread per socket on each side: kvx
    against it measures the transport's own cost, kvx against the first
-   what a user gains over one socket. Repetitions alternate between all
-   of them; best and median are reported.
+   what a user gains over one socket. The same room between a second pair
+   of engines holding a shared key (KVX_AUTH_KEY: every data connection
+   proves it both ways before KV moves) gives the cost of authentication,
+   as a ratio to the keyless pair of the same run. Repetitions alternate
+   between all of them; best and median are reported.
 
    Environment: KVX_BENCH_REPS (5), KVX_TCP_STREAMS (4) and the other
    KVX_TCP_* settings. */
@@ -129,7 +132,9 @@ static void raw_multi(const int *fds, int n, char *buf, size_t bytes, int send) 
     for (i = 0; i < n; i++) pthread_join(th[i], NULL);
 }
 
-static kvx_engine *engine(kvx_role role, const kvx_layout *l, const char *addr) {
+#define BENCH_KEY "bench-tcp-shared-key-0123456789"
+
+static kvx_engine *engine(kvx_role role, const kvx_layout *l, const char *addr, const char *key) {
     kvx_engine_desc d;
     kvx_engine *e;
     char why[512];
@@ -142,6 +147,7 @@ static kvx_engine *engine(kvx_role role, const kvx_layout *l, const char *addr) 
     d.boot.port = -1;
     d.tcp.host = "127.0.0.1";
     d.bootstrap_addr = addr;
+    d.auth_key = key;
     if (kvx_engine_create(&d, &e, why, sizeof why) != KVX_OK) {
         fprintf(stderr, "bench_tcp: engine: %s\n", why);
         exit(1);
@@ -155,7 +161,7 @@ static int decode_main(int cmd, int reply, int raw_lfd, size_t bytes, int stream
     ex_pool p;
     int32_t pages[NPAGES];
     char *raw = (char *)malloc(bytes);
-    kvx_engine *e = NULL;
+    kvx_engine *e = NULL, *ek = NULL;
     int rfd = -1, mfds[64], nm = 0;
     uint32_t b;
     prctl(PR_SET_PDEATHSIG, SIGKILL);
@@ -199,18 +205,19 @@ static int decode_main(int cmd, int reply, int raw_lfd, size_t bytes, int stream
             raw_multi(mfds, streams, raw, bytes, 0);
             c0 = cpu_s() - c0;
             full_write(reply, &c0, sizeof c0);
-        } else if (c == 'b') { /* the prefill's bootstrap port */
+        } else if (c == 'b' || c == 'B') { /* the prefill's bootstrap port (B: keyed pair) */
             char addr[64];
             snprintf(addr, sizeof addr, "127.0.0.1:%llu", (unsigned long long)arg);
-            e = engine(KVX_ROLE_DECODE, &p.layout, addr);
-        } else if (c == 'k') { /* one kvx room */
+            if (c == 'b') e = engine(KVX_ROLE_DECODE, &p.layout, addr, NULL);
+            else ek = engine(KVX_ROLE_DECODE, &p.layout, addr, BENCH_KEY);
+        } else if (c == 'k' || c == 'K') { /* one kvx room (K: between the keyed engines) */
             kvx_room_desc rd;
             kvx_receiver *r;
             char st;
             memset(&rd, 0, sizeof rd);
             rd.room = arg;
             ex_aux_clear(&p, 0);
-            kvx_receiver_create(e, &rd, &r);
+            kvx_receiver_create(c == 'k' ? e : ek, &rd, &r);
             while (kvx_receiver_poll(r) == KVX_POLL_BOOTSTRAPPING) {
                 struct timespec ts = {0, 100000};
                 nanosleep(&ts, NULL);
@@ -233,6 +240,7 @@ static int decode_main(int cmd, int reply, int raw_lfd, size_t bytes, int stream
         }
     }
     kvx_engine_destroy(e);
+    kvx_engine_destroy(ek);
     ex_pool_free(&p);
     free(raw);
     return 0;
@@ -262,7 +270,7 @@ static double raw_rep(int cmd, int reply, int fd, const char *buf, size_t bytes,
 }
 
 static double kvx_rep(int cmd, int reply, kvx_engine *e, const int32_t *pages, uint64_t room,
-                      uint32_t chunk_pages, double *cpu) {
+                      uint32_t chunk_pages, double *cpu, int keyed) {
     kvx_room_desc rd;
     kvx_sender *s;
     double t0, t, c0, child;
@@ -271,7 +279,7 @@ static double kvx_rep(int cmd, int reply, kvx_engine *e, const int32_t *pages, u
     memset(&rd, 0, sizeof rd);
     rd.room = room;
     kvx_sender_create(e, &rd, &s);
-    cmd_send(cmd, 'k', room);
+    cmd_send(cmd, keyed ? 'K' : 'k', room);
     while (kvx_sender_poll(s) == KVX_POLL_BOOTSTRAPPING) {
         struct timespec ts = {0, 100000}; /* polling is cheap, but not free on 2 cores */
         nanosleep(&ts, NULL);
@@ -342,10 +350,10 @@ int main(void) {
     socklen_t sl = sizeof a;
     ex_pool p;
     int32_t pages[NPAGES];
-    kvx_engine *e;
+    kvx_engine *e, *ek;
     size_t bytes;
     char *raw;
-    double *traw, *trawn, *tk1, *tk8, *craw, *crawn, *ck1, *ck8, junk;
+    double *traw, *trawn, *tk1, *tk8, *craw, *crawn, *ck1, *ck8, *tkk, *ckk, junk;
     int rfd;
     pid_t pid;
     const char *r = getenv("KVX_BENCH_REPS");
@@ -394,8 +402,10 @@ int main(void) {
         setsockopt(mfds[i], IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
         if (connect(mfds[i], (struct sockaddr *)&a, sizeof a)) die("connect");
     }
-    e = engine(KVX_ROLE_PREFILL, &p.layout, NULL);
+    e = engine(KVX_ROLE_PREFILL, &p.layout, NULL, NULL);
     cmd_send(cmdp[1], 'b', (uint64_t)kvx_boot_engine_port(e));
+    ek = engine(KVX_ROLE_PREFILL, &p.layout, NULL, BENCH_KEY);
+    cmd_send(cmdp[1], 'B', (uint64_t)kvx_boot_engine_port(ek));
     traw = (double *)calloc((size_t)reps, sizeof(double));
     trawn = (double *)calloc((size_t)reps, sizeof(double));
     craw = (double *)calloc((size_t)reps, sizeof(double));
@@ -404,14 +414,18 @@ int main(void) {
     ck8 = (double *)calloc((size_t)reps, sizeof(double));
     tk1 = (double *)calloc((size_t)reps, sizeof(double));
     tk8 = (double *)calloc((size_t)reps, sizeof(double));
+    tkk = (double *)calloc((size_t)reps, sizeof(double));
+    ckk = (double *)calloc((size_t)reps, sizeof(double));
     /* warm-up: connections, page faults, socket buffer growth */
     raw_multi_rep(cmdp[1], repp[0], mfds, streams, raw, bytes, &junk);
-    kvx_rep(cmdp[1], repp[0], e, pages, 100, NPAGES, &junk);
+    kvx_rep(cmdp[1], repp[0], e, pages, 100, NPAGES, &junk, 0);
+    kvx_rep(cmdp[1], repp[0], ek, pages, 101, NPAGES, &junk, 1);
     for (i = 0; i < reps; i++) {
         traw[i] = raw_rep(cmdp[1], repp[0], rfd, raw, bytes, &craw[i]);
         trawn[i] = raw_multi_rep(cmdp[1], repp[0], mfds, streams, raw, bytes, &crawn[i]);
-        tk1[i] = kvx_rep(cmdp[1], repp[0], e, pages, 200 + (uint64_t)i, NPAGES, &ck1[i]);
-        tk8[i] = kvx_rep(cmdp[1], repp[0], e, pages, 300 + (uint64_t)i, NPAGES / 8, &ck8[i]);
+        tk1[i] = kvx_rep(cmdp[1], repp[0], e, pages, 200 + (uint64_t)i, NPAGES, &ck1[i], 0);
+        tk8[i] = kvx_rep(cmdp[1], repp[0], e, pages, 300 + (uint64_t)i, NPAGES / 8, &ck8[i], 0);
+        tkk[i] = kvx_rep(cmdp[1], repp[0], ek, pages, 400 + (uint64_t)i, NPAGES, &ckk[i], 1);
     }
     cmd_send(cmdp[1], 'v', 0);
     full_read(repp[0], &v, 1);
@@ -434,12 +448,18 @@ int main(void) {
         line("kvx tcp: 1 chunk", tk1, ck1, reps, (double)bytes, traw, trawn, streams);
         line("kvx tcp: 8 chunks of 512 tokens", tk8, ck8, reps, (double)bytes, traw, trawn,
              streams);
+        line("kvx tcp, KVX_AUTH_KEY: 1 chunk", tkk, ckk, reps, (double)bytes, traw, trawn,
+             streams);
+        printf("  authentication: keyed / keyless throughput, same run: best %.3fx, median %.3fx "
+               "(the key is proven once per data connection)\n", tk1[0] / tkk[0],
+               tk1[reps / 2] / tkk[reps / 2]);
     }
     printf("  every KV byte of the last room verified at the receiver: %s; aux rows: ok\n",
            v == 'k' ? "ok" : "MISMATCH");
     cmd_send(cmdp[1], 'q', 0);
     waitpid(pid, NULL, 0);
     kvx_engine_destroy(e);
+    kvx_engine_destroy(ek);
     close(rfd);
     ex_pool_free(&p);
     free(raw);

@@ -203,7 +203,9 @@ static TT_UNUSED void tt_find_self(const char *argv0) {
        Exits when its parent dies.
    --decode <bootstrap addr> <seed> <nreq> <min_tok> <max_tok> <model>
        Creates every receiver, prints "INITED <n>" once all are initialised
-       (their destinations sent), waits, verifies every
+       (their destinations sent), "FLOWING <bytes>" once KV bytes arrived
+       (then stops itself with SIGSTOP when TT_STOP_ON_BYTES is set, so a
+       test can act before the transfer ends), waits, verifies every
        byte and aux row, prints "RESULT <ok> <verified> <failed>" and
        "ERR" lines, exits 0 when all verified. */
 
@@ -235,13 +237,17 @@ static TT_UNUSED int tt_helper_prefill(char **argv) {
         return 3;
     }
     for (i = 0; i < nreq; i++) {
-        kvx_room_desc rd;
-        memset(&rd, 0, sizeof rd);
-        rd.room = reqs[i].room;
         pages[i] = (int32_t *)malloc((reqs[i].pages + 1) * sizeof(int32_t));
         ex_alloc_pages(&p, pages[i], reqs[i].pages);
         ex_pages_pattern(&p, reqs[i].room, pages[i], reqs[i].pages, 1);
         ex_aux_write(&p, reqs[i].room, (int32_t)i);
+    }
+    /* every sender after every pattern: filling 128 MiB takes seconds under
+       TSan on a loaded machine, and KVX_BOOTSTRAP_TIMEOUT runs from creation */
+    for (i = 0; i < nreq; i++) {
+        kvx_room_desc rd;
+        memset(&rd, 0, sizeof rd);
+        rd.room = reqs[i].room;
         kvx_sender_create(e, &rd, &s[i]);
     }
     printf("READY %d\n", kvx_boot_engine_port(e));
@@ -294,6 +300,7 @@ static TT_UNUSED uint32_t tt_decode_all(kvx_engine *e, ex_pool *p, const ex_requ
     int32_t **pages = (int32_t **)calloc(nreq, sizeof *pages);
     int *inited = (int *)calloc(nreq, sizeof *inited);
     uint32_t i, verified = 0, done, ninit = 0;
+    int flowing = 0;
     double end = tt_now() + timeout;
     *ok = 0;
     if (first_err) first_err[0] = 0;
@@ -321,6 +328,16 @@ static TT_UNUSED uint32_t tt_decode_all(kvx_engine *e, ex_pool *p, const ex_requ
                 }
             }
             if (tt_terminal(kvx_receiver_poll(r[i]))) done++;
+        }
+        if (announce && !flowing) {
+            kvx_tcp_stats st;
+            kvx_tcp_stats_get(e, &st);
+            if (st.bytes_received) { /* the prefill got destinations and streams */
+                flowing = 1;
+                printf("FLOWING %llu\n", (unsigned long long)st.bytes_received);
+                fflush(stdout);
+                if (getenv("TT_STOP_ON_BYTES")) raise(SIGSTOP); /* the test cuts, then SIGCONT */
+            }
         }
         if (done < nreq) tt_sleep(0.001);
     } while (done < nreq && tt_now() < end);

@@ -37,7 +37,7 @@ static uint64_t r64(const uint8_t *p) { return (uint64_t)r32(p) | (uint64_t)r32(
 
 static void hdr(uint8_t *b, int type, int count, uint64_t room, uint64_t body) {
     memcpy(b, "KVXT", 4);
-    b[4] = 1;
+    b[4] = 2;
     b[5] = (uint8_t)type;
     b[6] = (uint8_t)count;
     b[7] = (uint8_t)(count >> 8);
@@ -79,20 +79,22 @@ static int raw_connect(void) {
     return fd;
 }
 
-static int hello(int fd, uint64_t token, uint64_t fp) {
-    uint8_t b[64];
-    hdr(b, 1, 0, 0, 32);
-    w64(b + 32, token);
-    w64(b + 40, 0x1234);
-    w64(b + 48, fp);
-    w32(b + 56, 1u << 16);
-    w32(b + 60, 0);
+/* HELLO (wire version 2, no key): token with its first byte xor tweak. */
+static int hello(int fd, uint8_t tweak, uint64_t fp) {
+    uint8_t b[96];
+    memset(b, 0, sizeof b);
+    hdr(b, 1, 0, 0, 64);
+    memcpy(b + 32, ep.token, 16);
+    b[32] ^= tweak;
+    w64(b + 48, 0x1234);
+    w64(b + 56, fp);
+    w32(b + 64, 1u << 16);
     return send_all(fd, b, sizeof b);
 }
 
 static int good_conn(void) {
     int fd = raw_connect();
-    if (fd >= 0 && hello(fd, ep.token, fingerprint)) { close(fd); return -1; }
+    if (fd >= 0 && hello(fd, 0, fingerprint)) { close(fd); return -1; }
     return fd;
 }
 
@@ -201,12 +203,12 @@ static void test_refused(void) {
     kvx_tcp_stats st;
     uint8_t junk[64];
     int fd = raw_connect();
-    CHECK(fd >= 0 && hello(fd, ep.token ^ 1, fingerprint) == 0, "connected with a wrong token");
+    CHECK(fd >= 0 && hello(fd, 1, fingerprint) == 0, "connected with a wrong token");
     CHECK(wait_closed(fd, 5, err, sizeof err, NULL), "wrong token: closed");
     CHECK_STR(err, "wrong token");
     close(fd);
     fd = raw_connect();
-    hello(fd, ep.token, fingerprint ^ 0x10);
+    hello(fd, 0, fingerprint ^ 0x10);
     CHECK(wait_closed(fd, 5, err, sizeof err, NULL), "wrong fingerprint: closed");
     CHECK_STR(err, "layout fingerprint");
     close(fd);
@@ -363,7 +365,7 @@ static void test_python_peer(void) {
     int32_t dp[4] = {12, 13, 14, 2}; /* a run of three and a single page */
     kvx_receiver *r;
     kvx_room_desc rd;
-    char cmd[1024], out[256];
+    char cmd[1024], out[256], tok[33];
     uint32_t b, i, j, bad = 0;
     FILE *f;
     if (system("command -v python3 >/dev/null 2>&1") != 0 ||
@@ -377,9 +379,10 @@ static void test_python_peer(void) {
     kvx_receiver_create(de, &rd, &r);
     tt_wait_ready_r(r, 10);
     kvx_receiver_init(r, dp, 4, 3);
+    for (i = 0; i < 16; i++) snprintf(tok + 2 * i, 3, "%02x", ep.token[i]);
     snprintf(cmd, sizeof cmd,
-             "python3 tests/tcp/tcp_frames.py 127.0.0.1 %d %llx %llx 7000 %u %u 12,13,14,2 3 64,8",
-             ep.port, (unsigned long long)ep.token, (unsigned long long)fingerprint, ITEM, NB);
+             "python3 tests/tcp/tcp_frames.py 127.0.0.1 %d %s %llx 7000 %u %u 12,13,14,2 3 64,8",
+             ep.port, tok, (unsigned long long)fingerprint, ITEM, NB);
     f = popen(cmd, "r");
     out[0] = 0;
     if (f) {

@@ -8,8 +8,12 @@
      address the decode's control connection came from (10.99.0.2)
    - KVX_TCP_HOST set explicitly on the decode side, a Llama-3.1-8B shaped
      request over 8 streams
-   - the link cut in the middle of a transfer (veth down): both sides fail
-     every unfinished room within a bounded time, naming the other host */
+   - the link cut in the middle of a transfer (veth down, once KV bytes
+     arrived: an observed state, not a sleep): both sides fail every
+     unfinished room within a bounded time, naming the other host. The
+     prefill helper creates its senders only after filling every pattern
+     (seconds under TSan), so KVX_BOOTSTRAP_TIMEOUT, which runs from
+     kvx_sender_create, measures the handshake and nothing else. */
 #define KVX_IMPLEMENTATION
 #include "tcp_test.h"
 
@@ -85,7 +89,8 @@ static int setup(char *why, size_t n) {
 }
 
 /* One transfer: prefill helper in ns A, decode helper in ns B. cut: take
-   the veth down once the decode helper has initialised its rooms. */
+   the veth down once KV bytes arrived at the decode helper (it stops itself
+   there and is continued after the cut). */
 static void run(const char *label, uint64_t seed, uint32_t nreq, uint32_t mn, uint32_t mx,
                 uint32_t chunk, const char *model, int streams, char **denv, char **penv, int cut) {
     tt_proc pp, dp;
@@ -97,19 +102,26 @@ static void run(const char *label, uint64_t seed, uint32_t nreq, uint32_t mn, ui
     double t0;
     for (i = 0; wrap_a[i]; i++) tt_wrap[i] = wrap_a[i];
     tt_wrap[i] = NULL;
+    t0 = tt_now();
     port = tt_spawn_prefill(&pp, seed, nreq, mn, mx, chunk, model, streams, penv);
-    CHECK(port > 0, "%s: prefill helper up in %s", label, ns_a);
+    CHECK(port > 0, "%s: prefill helper up in %s in %.2f s", label, ns_a, tt_now() - t0);
     if (port <= 0) { tt_reap(&pp, 5); return; }
     snprintf(addr, sizeof addr, "10.99.0.1:%d", port);
     for (i = 0; wrap_b[i]; i++) tt_wrap[i] = wrap_b[i];
     tt_wrap[i] = NULL;
     t0 = tt_now();
     CHECK(tt_spawn_decode(&dp, addr, seed, nreq, mn, mx, model, denv) == 0,
-          "%s: decode helper up in %s, bootstrap %s", label, ns_b, addr);
+          "%s: decode helper up in %s, bootstrap %s, every destination sent %.2f s after start",
+          label, ns_b, addr, tt_now() - t0);
     tt_wrap[0] = NULL;
     if (cut) {
-        tt_sleep(0.03);
+        /* cut only once KV bytes arrived (the helper then stops itself, so the
+           transfer cannot end first): both sides are past the handshake */
+        int flowing = tt_expect(&dp, "FLOWING ", line, sizeof line, 60);
+        CHECK(flowing, "%s: KV bytes arrived at the decode %.2f s after start (%s)", label,
+              tt_now() - t0, flowing ? line + 8 : "never");
         sh("ip -n %s link set %s down", ns_b, veth_b);
+        kill(dp.pid, SIGCONT);
         t0 = tt_now();
     }
     if (tt_expect(&dp, "RESULT ", line, sizeof line, cut ? 30 : 90))
@@ -148,9 +160,10 @@ int main(int argc, char **argv) {
     char *denv_explicit[] = {(char *)"TT_TCP_HOST=10.99.0.2", NULL};
     char *penv[] = {(char *)"TT_BOOT_HOST=10.99.0.1", NULL};
     char *penv_cut[] = {(char *)"TT_BOOT_HOST=10.99.0.1", (char *)"KVX_TCP_TIMEOUT=2",
-                        (char *)"KVX_BOOTSTRAP_TIMEOUT=10", NULL};
+                        (char *)"KVX_BOOTSTRAP_TIMEOUT=120", NULL};
     char *denv_cut[] = {(char *)"TT_TCP_HOST=", (char *)"KVX_HEARTBEAT_INTERVAL=0.5",
-                        (char *)"KVX_HEARTBEAT_MAX_FAILURE=2", (char *)"KVX_TCP_TIMEOUT=2", NULL};
+                        (char *)"KVX_HEARTBEAT_MAX_FAILURE=2", (char *)"KVX_TCP_TIMEOUT=2",
+                        (char *)"TT_STOP_ON_BYTES=1", NULL};
     if (h >= 0) return h;
     kt_name = "test_tcp_netns";
     tt_find_self(argv[0]);
