@@ -374,6 +374,14 @@ typedef struct kvx_boot_hooks {
     /* Both sides: hellos exchanged / the connection is gone. */
     void (*on_connect)(kvx_boot *b, const kvx_boot_peer *peer);
     void (*on_disconnect)(kvx_boot *b, const kvx_boot_peer *peer, const char *reason);
+    /* Prefill: the control connection of the decode that `sender` sends to
+       is gone. Return 1 when the transport settles the room itself (its
+       last byte left on a data path that will still deliver the decode's
+       acknowledgement or report its loss), so that a room the decode
+       already holds whole is not failed by a disconnect that overtook the
+       acknowledgement; 0 (or no hook) fails the room now. I/O thread; must
+       not block. */
+    int (*on_peer_lost)(kvx_boot *b, kvx_room *sender, const char *reason);
 } kvx_boot_hooks;
 
 /* Starts the bootstrap machinery of engine e (call from the transport's
@@ -3231,6 +3239,14 @@ static void kvx__boot_conn_lost(kvx_boot *b, kvx__boot_conn *c, const char *reas
             kvx__boot_br *nx = dead->hnext;
             kvx__boot_br_unref(dead);
             dead = nx;
+        }
+        if (b->hooks.on_peer_lost) {
+            size_t keep = 0;
+            for (i = 0; i < fail.n; i++) {
+                if (b->hooks.on_peer_lost(b, fail.v[i]->room, reason)) kvx__boot_br_unref(fail.v[i]);
+                else fail.v[keep++] = fail.v[i];
+            }
+            fail.n = keep;
         }
         if (fail.n)
             kvx_engine_log(b->engine, KVX_LOG_WARN, "kvx.boot", 0,

@@ -652,6 +652,7 @@ static kvx__tcp_engine *kvx__tcp_te(const kvx_engine *e) {
     return (kvx__tcp_engine *)kvx_engine_backend_data(e);
 }
 static kvx__tcp_room *kvx__tcp_tr(const kvx_room *r) { return (kvx__tcp_room *)kvx_room_data(r); }
+static int kvx__tcp_on_peer_lost(kvx_boot *b, kvx_room *r, const char *reason);
 static int kvx__tcp_terminal(const kvx_room *r) {
     kvx_poll p = kvx_room_poll(r);
     return p == KVX_POLL_FAILED || p == KVX_POLL_SUCCESS;
@@ -1961,12 +1962,15 @@ static kvx_result kvx__tcp_receiver_init(kvx_room *r, const int32_t *pages, uint
 
 /* Under te->mu: waits until no connection reads into tr's pages. A peer
    stalled in the middle of tr's frame for a second gets its connection
-   shut down, so destroy does not wait on it. */
+   shut down, so destroy does not wait on it. A room that already
+   succeeded is only sending its ACK (48 bytes to a prefill that always
+   reads): it gets KVX_TCP_TIMEOUT, so a descheduled thread on a loaded
+   machine does not lose the ACK of a delivered room. */
 static void kvx__tcp_wait_idle_recv(kvx__tcp_engine *te, kvx__tcp_room *tr) {
     struct timespec ts;
     int shut = 0;
     clock_gettime(CLOCK_REALTIME, &ts);
-    ts.tv_sec += 1;
+    ts.tv_sec += kvx_room_poll(tr->room) == KVX_POLL_SUCCESS ? (time_t)te->timeout_s + 1 : 1;
     while (tr->busy) {
         kvx__tcp_conn *c;
         if (shut) {
@@ -2789,6 +2793,7 @@ static kvx_result kvx__tcp_engine_init(kvx_engine *e, char *why, size_t wl) {
     hooks.user = te;
     hooks.on_room = kvx__tcp_on_room;
     hooks.on_status = kvx__tcp_on_status;
+    hooks.on_peer_lost = kvx__tcp_on_peer_lost;
     if ((r = kvx_boot_create(e, &hooks, eplen ? ep : NULL, eplen, &te->boot, why, wl)) != KVX_OK) {
         kvx__tcp_engine_free(te);
         return r;
@@ -2860,6 +2865,26 @@ static kvx_result kvx__tcp_room_open(kvx_room *r) {
     return kvx_boot_room_open(te->boot, r);
 }
 
+/* kvx_boot: the decode's control connection dropped. A sender whose last
+   byte already left keeps waiting on its data link, which brings the ACK
+   (Success), reports its own loss, or hits the ACK deadline: a decode
+   destroyed right after its Success closes the control connection, and
+   that may be seen before the ACK waiting in a data socket. */
+static int kvx__tcp_on_peer_lost(kvx_boot *b, kvx_room *r, const char *reason) {
+    kvx__tcp_room *tr = kvx__tcp_tr(r);
+    int keep = 0;
+    (void)b; (void)reason;
+    if (!tr) return 0;
+    pthread_mutex_lock(&tr->mu);
+    if (!tr->gone && tr->link) {
+        pthread_mutex_lock(&tr->link->mu);
+        keep = tr->all_sent && !tr->link->dead;
+        pthread_mutex_unlock(&tr->link->mu);
+    }
+    pthread_mutex_unlock(&tr->mu);
+    return keep;
+}
+
 /* The core's room_failed hook: room r failed here by a local decision
    (never for what the peer reported: kvx_room_fail_remote). The peer hears
    the first reason at once over the control channel; a sender stops
@@ -2870,11 +2895,7 @@ static void kvx__tcp_room_failed(kvx_room *r) {
     kvx__tcp_engine *te;
     if (!tr) return;
     te = tr->te;
-    /* kvx_boot_room_failed(te->boot, r) once the boot branch provides it */
-    if (kvx_room_role(r) != KVX_ROLE_PREFILL ||
-        kvx_boot_send_status(te->boot, r, KVX_POLL_FAILED, kvx_room_result(r), 0,
-                             kvx_room_error(r)) == KVX_ERR_STATE)
-        kvx_boot_abort(te->boot, r, kvx_room_error(r)); /* no frame yet: answered when it comes */
+    kvx_boot_room_failed(te->boot, r); /* no frame yet: answered when it comes */
     if (kvx_room_role(r) == KVX_ROLE_PREFILL) {
         pthread_mutex_lock(&tr->mu); /* held: sender_close cannot drop the link meanwhile */
         if (!tr->gone && tr->link) {

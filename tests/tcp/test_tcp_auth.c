@@ -418,13 +418,16 @@ static void test_stranger(void) {
     engines_close(&g);
 }
 
-/* Mismatched keys: the transfer fails on both sides and the sentences say
-   it is about the key. */
+/* Mismatched keys: the transfer fails on both sides. The decode's sentence
+   says it is about the key. kvx_boot refuses the control connection before
+   any room frame is read, so the prefill never learns which room that
+   connection wanted: its sender fails on KVX_BOOTSTRAP_TIMEOUT (kept short
+   here), and no byte moves. */
 static void mismatch(const char *label, const char *pkey, const char *dkey) {
     engines g;
     char serr[512], rerr[512];
     int moved;
-    setenv("KVX_BOOTSTRAP_TIMEOUT", "20", 1);
+    setenv("KVX_BOOTSTRAP_TIMEOUT", "4", 1);
     setenv("KVX_WAITING_TIMEOUT", "20", 1);
     if (engines_open(&g, pkey, dkey)) return;
     unsetenv("KVX_BOOTSTRAP_TIMEOUT");
@@ -432,8 +435,10 @@ static void mismatch(const char *label, const char *pkey, const char *dkey) {
     moved = transfer(&g, 8, serr, rerr, sizeof serr);
     CHECK(!moved && !strncmp(serr, "Failed", 6) && !strncmp(rerr, "Failed", 6),
           "%s: both sides failed", label);
-    CHECK(strstr(serr, "key") != NULL, "%s: the prefill says why: %s", label, serr);
-    CHECK(strstr(rerr, "key") != NULL, "%s: the decode says why: %s", label, rerr);
+    CHECK(strcasestr(serr, "key") != NULL || strstr(serr, "no destination arrived") != NULL,
+          "%s: the prefill fails on the key or for want of an authenticated destination: %s",
+          label, serr);
+    CHECK(strcasestr(rerr, "key") != NULL, "%s: the decode says why: %s", label, rerr);
     engines_close(&g);
 }
 

@@ -213,6 +213,48 @@ static void abort_after_success(int destroy) {
           N, first_bad[0] ? "; first failure: " : "", first_bad);
 }
 
+/* The decode engine is destroyed the moment its receiver reports Success:
+   its control connection drops, and the prefill may see that before the
+   ACK waiting in a data socket. The sender's room was delivered whole, so
+   it must still end Success (kvx_boot's on_peer_lost leaves it to the data
+   link). */
+static void decode_gone_after_success(const tt_opts *o) {
+    enum { N = 30 };
+    kvx_engine *keep = de;
+    int i, ok = 0, tried = 0;
+    char why[512], first_bad[512] = "";
+    for (i = 0; i < N; i++) {
+        pair p;
+        de = tt_engine(KVX_ROLE_DECODE, &pr.layout, o, why, sizeof why);
+        if (!de) { CHECK(0, "decode engine %d: %s", i, why); break; }
+        if (pair_open(&p, 4) == 0) {
+            double end = tt_now() + deadline;
+            tried++;
+            kvx_sender_init(p.s, 4, 2);
+            kvx_sender_send(p.s, p.sp, 4);
+            while (!tt_terminal(kvx_receiver_poll(p.r)) && tt_now() < end) tt_sleep(0.0001);
+            kvx_receiver_destroy(p.r);
+            p.r = NULL;
+            kvx_engine_destroy(de);
+            de = NULL;
+            while (!tt_terminal(kvx_sender_poll(p.s)) && tt_now() < end) tt_sleep(0.001);
+            if (kvx_sender_poll(p.s) == KVX_POLL_SUCCESS) ok++;
+            else if (!first_bad[0])
+                snprintf(first_bad, sizeof first_bad, "%s", kvx_sender_error(p.s));
+            kvx_sender_destroy(p.s);
+            ex_free_pages(&ps, p.sp, p.n);
+            ex_free_pages(&pr, p.dp, p.n);
+        } else {
+            CHECK(0, "decode gone: room %d ready", i);
+            pair_close(&p);
+            kvx_engine_destroy(de);
+        }
+    }
+    de = keep;
+    CHECK(tried == N && ok == tried, "decode destroyed right after Success: %d/%d senders Success%s%s",
+          ok, tried, first_bad[0] ? "; first failure: " : "", first_bad);
+}
+
 int main(int argc, char **argv) {
     tt_opts o;
     char why[512], addr[64];
@@ -240,6 +282,7 @@ int main(int argc, char **argv) {
     first_reason(0);
     abort_after_success(0);
     abort_after_success(1);
+    decode_gone_after_success(&o);
     kvx_engine_destroy(de);
     kvx_engine_destroy(pe);
     ex_pool_free(&ps);
