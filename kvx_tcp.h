@@ -160,8 +160,12 @@
      the decode side over the control channel, which it ignores for
      Success: only its own count makes a receiver succeed). A data-path ACK
      rather than a control message because it follows the bytes it
-     confirms. When a stream closes, the replies the other streams already
-     hold are read first, so an ACK that raced the close still counts.
+     confirms. When a stream closes or cannot connect while a room may
+     still be waiting for its ACK, the link dies only after every connected
+     stream was read to its end (the decode writes an ACK before it closes
+     that connection), or 2 s (at most KVX_TCP_TIMEOUT) after the first
+     break, so an ACK that raced the close on another socket still counts;
+     with no ACK possibly under way it dies at once.
 
    SECURITY
      Every segment is checked against the destination pages of that room,
@@ -520,6 +524,7 @@ typedef struct kvx__tcp_stream {
     /* reader thread only */
     uint8_t in[KVX_TCP_HEADER_BYTES + 8 + KVX_TCP_MAX_REASON];
     size_t in_len;
+    int ended;        /* under link->mu: read up to its end (EOF or error) */
 } kvx__tcp_stream;
 
 /* Prefill: the connections to one decode engine's data listener. */
@@ -543,6 +548,9 @@ struct kvx__tcp_link {
     kvx__tcp_job *qhead, *qtail;
     kvx__tcp_room *rooms;
     int dead;
+    int lost;              /* atomic: a stream broke; the reader kills the link soon */
+    uint64_t lost_until;   /* under mu: the reader kills it by then at the latest */
+    char lost_why[KVX_ERROR_MAX]; /* under mu: the first stream's break */
     char why[KVX_ERROR_MAX];  /* why it died */
     char last[KVX_ERROR_MAX]; /* the decode's last ERROR, for the death sentence */
     kvx__tcp_link *next; /* te->links or te->graveyard */
@@ -1146,6 +1154,42 @@ static void kvx__tcp_link_kill(kvx__tcp_link *lk, const char *fmt, ...) {
     if (listed) kvx__tcp_link_unref(lk); /* the live list's reference */
 }
 
+/* A stream of the link broke (or could not connect). The link dies, but
+   not before the reader has read what the other streams hold: an ACK the
+   decode wrote on one stream before it closed them all can reach us after
+   another stream's end or a refused connect (they are separate sockets,
+   with no order between them). The reader kills the link once every
+   connected stream has been read to its end, or KVX__TCP_LOSS_GRACE_S
+   after the first break, or at once when no room waits for an ACK that
+   may be under way. Thread-safe. */
+#define KVX__TCP_LOSS_GRACE_S 2.0
+static void kvx__tcp_link_lost(kvx__tcp_link *lk, const char *fmt, ...) KVX_PRINTF(2, 3);
+static void kvx__tcp_link_lost(kvx__tcp_link *lk, const char *fmt, ...) {
+    va_list ap;
+    double grace = lk->te->timeout_s < KVX__TCP_LOSS_GRACE_S ? lk->te->timeout_s
+                                                             : KVX__TCP_LOSS_GRACE_S;
+    pthread_mutex_lock(&lk->mu);
+    if (!lk->dead && !lk->lost_why[0]) {
+        va_start(ap, fmt);
+        vsnprintf(lk->lost_why, sizeof lk->lost_why, fmt, ap);
+        va_end(ap);
+        if (!lk->lost_why[0]) snprintf(lk->lost_why, sizeof lk->lost_why, "a stream broke");
+        lk->lost_until = kvx_now_ns() + (uint64_t)(grace * 1e9);
+        KVX__STORE(&lk->lost, 1);
+    }
+    pthread_mutex_unlock(&lk->mu);
+    kvx__tcp_wake(lk->wake[1]);
+}
+
+/* Under lk->mu: a room of the link may have been delivered whole and its
+   ACK still be on the way (its last chunk was queued, it did not end). */
+static int kvx__tcp_awaiting_ack(kvx__tcp_link *lk) {
+    kvx__tcp_room *tr;
+    for (tr = lk->rooms; tr; tr = tr->lnext)
+        if (tr->last_queued && !kvx__tcp_terminal(tr->room)) return 1;
+    return 0;
+}
+
 static void kvx__tcp_thread_exit(kvx__tcp_link *lk) {
     KVX__ADD(&lk->exited, 1);
     KVX__STORE(&lk->te->reap, 1);
@@ -1239,7 +1283,7 @@ static void *kvx__tcp_stream_main(void *arg) {
     why[0] = 0;
     fd = kvx__tcp_connect(lk->host, lk->port, te->timeout_s, &lk->mu, &lk->dead, why, sizeof why);
     if (fd < 0) {
-        kvx__tcp_link_kill(lk, "%s", why);
+        kvx__tcp_link_lost(lk, "%s", why);
         kvx__tcp_thread_exit(lk);
         return NULL;
     }
@@ -1254,7 +1298,7 @@ static void *kvx__tcp_stream_main(void *arg) {
     else if (!err) st->connected = 1;
     pthread_mutex_unlock(&lk->mu);
     kvx__tcp_wake(lk->wake[1]);
-    if (err) kvx__tcp_link_kill(lk, "%s", why);
+    if (err) kvx__tcp_link_lost(lk, "%s", why);
     while (!err) {
         kvx__tcp_frame f;
         pthread_mutex_lock(&lk->mu);
@@ -1276,7 +1320,7 @@ static void *kvx__tcp_stream_main(void *arg) {
             KVX__TCP_STAT(te, bytes_sent, f.payload);
         }
         kvx__tcp_frame_done(lk, st, &f);
-        if (err) kvx__tcp_link_kill(lk, "stream %d: %s", st->index, kvx__tcp_errstr(err));
+        if (err) kvx__tcp_link_lost(lk, "stream %d: %s", st->index, kvx__tcp_errstr(err));
     }
     kvx__tcp_thread_exit(lk);
     return NULL;
@@ -1364,43 +1408,55 @@ static void *kvx__tcp_reader_main(void *arg) {
     kvx__tcp_link *lk = (kvx__tcp_link *)arg;
     struct pollfd pf[1 + KVX_TCP_MAX_STREAMS];
     int idx[1 + KVX_TCP_MAX_STREAMS];
-    char gone[KVX_ERROR_MAX], other[KVX_ERROR_MAX];
+    char gone[KVX_ERROR_MAX], last[KVX_ERROR_MAX];
     for (;;) {
-        int n = 0, k, dead, rc = 0;
+        int n = 0, k, dead, rc = 0, timeout_ms = -1, kill = 0;
+        /* a fresh set each round: a stream that connected meanwhile may hold
+           the ACK of a room whose bytes it carried */
         pthread_mutex_lock(&lk->mu);
         dead = lk->dead;
         pf[n].fd = lk->wake[0];
         pf[n].events = POLLIN;
         idx[n++] = -1;
         for (k = 0; k < lk->nstreams; k++)
-            if (lk->streams[k].connected) {
+            if (lk->streams[k].connected && !lk->streams[k].ended) {
                 pf[n].fd = lk->streams[k].fd;
                 pf[n].events = POLLIN;
                 idx[n++] = k;
             }
+        if (!dead && lk->lost_why[0]) {
+            uint64_t now = kvx_now_ns();
+            /* every connected stream read to its end (the decode closes a
+               stream after the ACK it wrote on it), the grace spent, or no
+               ACK that could be under way: the link dies now */
+            if (n == 1 || now >= lk->lost_until || !kvx__tcp_awaiting_ack(lk)) {
+                kill = 1;
+                snprintf(gone, sizeof gone, "%s", lk->lost_why);
+                snprintf(last, sizeof last, "%s", lk->last);
+            } else {
+                timeout_ms = (int)((lk->lost_until - now) / 1000000u) + 1;
+            }
+        }
         pthread_mutex_unlock(&lk->mu);
         if (dead) break;
-        if (poll(pf, (nfds_t)n, -1) < 0) continue;
-        if (pf[0].revents) kvx__tcp_drain_pipe(lk->wake[0]);
-        gone[0] = 0;
-        for (k = 1; k < n && rc >= 0; k++)
-            if (pf[k].revents) {
-                rc = kvx__tcp_reader_input(lk, &lk->streams[idx[k]], other, sizeof other);
-                if (rc > 0 && !gone[0]) snprintf(gone, sizeof gone, "%s", other);
-            }
-        if (rc < 0) break;
-        if (gone[0]) {
-            char last[KVX_ERROR_MAX];
-            /* an ACK another stream already holds counts before the loss
-               (the decode may close right after acknowledging) */
-            for (k = 1; k < n && rc >= 0; k++)
-                rc = kvx__tcp_reader_input(lk, &lk->streams[idx[k]], other, sizeof other);
-            pthread_mutex_lock(&lk->mu);
-            snprintf(last, sizeof last, "%s", lk->last);
-            pthread_mutex_unlock(&lk->mu);
+        if (kill) {
             kvx__tcp_link_kill(lk, "%s%s%.400s", gone, last[0] ? " after " : "", last);
             break;
         }
+        if (poll(pf, (nfds_t)n, timeout_ms) < 0) continue;
+        if (pf[0].revents) kvx__tcp_drain_pipe(lk->wake[0]);
+        for (k = 1; k < n && rc >= 0; k++)
+            if (pf[k].revents) {
+                kvx__tcp_stream *st = &lk->streams[idx[k]];
+                rc = kvx__tcp_reader_input(lk, st, gone, sizeof gone);
+                if (rc > 0) {
+                    pthread_mutex_lock(&lk->mu);
+                    st->ended = 1;
+                    pthread_mutex_unlock(&lk->mu);
+                    kvx__tcp_link_lost(lk, "%s", gone);
+                }
+            }
+        if (rc < 0) break;
     }
     kvx__tcp_thread_exit(lk);
     return NULL;
@@ -1506,7 +1562,7 @@ static kvx__tcp_link *kvx__tcp_link_get(kvx__tcp_engine *te, const char *host, i
     }
     for (lk = te->links; lk; lk = lk->next)
         if (lk->port == port && !memcmp(lk->token, token, KVX_TCP_TOKEN_BYTES) &&
-            !strcmp(lk->host, host)) {
+            !strcmp(lk->host, host) && !KVX__LOAD(&lk->lost)) { /* a lost link dies soon */
             lk->refs++;
             pthread_mutex_unlock(&te->mu);
             return lk;
@@ -2866,10 +2922,11 @@ static kvx_result kvx__tcp_room_open(kvx_room *r) {
 }
 
 /* kvx_boot: the decode's control connection dropped. A sender whose last
-   byte already left keeps waiting on its data link, which brings the ACK
+   chunk was queued keeps waiting on its data link, which brings the ACK
    (Success), reports its own loss, or hits the ACK deadline: a decode
    destroyed right after its Success closes the control connection, and
-   that may be seen before the ACK waiting in a data socket. */
+   that may be seen before the ACK waiting in a data socket, even before
+   the stream thread that sent the last frame has marked it sent. */
 static int kvx__tcp_on_peer_lost(kvx_boot *b, kvx_room *r, const char *reason) {
     kvx__tcp_room *tr = kvx__tcp_tr(r);
     int keep = 0;
@@ -2878,7 +2935,7 @@ static int kvx__tcp_on_peer_lost(kvx_boot *b, kvx_room *r, const char *reason) {
     pthread_mutex_lock(&tr->mu);
     if (!tr->gone && tr->link) {
         pthread_mutex_lock(&tr->link->mu);
-        keep = tr->all_sent && !tr->link->dead;
+        keep = tr->last_queued && !tr->link->dead;
         pthread_mutex_unlock(&tr->link->mu);
     }
     pthread_mutex_unlock(&tr->mu);
