@@ -4689,11 +4689,7 @@ static kvx_result kvx__boot_keyed_hello(kvx_boot *b, kvx_buf *out, const uint8_t
 
 static uint64_t kvx__boot_random(const void *salt) {
     uint64_t v = 0;
-    int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
-    if (fd >= 0) {
-        if (read(fd, &v, sizeof v) != (ssize_t)sizeof v) v = 0;
-        close(fd);
-    }
+    if (kvx_random_bytes(&v, sizeof v) != KVX_OK) v = 0;
     v ^= kvx_now_ns() ^ ((uint64_t)getpid() << 32) ^ (uint64_t)(uintptr_t)salt;
     return v ? v : 1;
 }

@@ -218,11 +218,7 @@ static uint64_t kvx__file_nonce(void) {
     static uint64_t ctr;
     uint64_t s = __atomic_load_n(&seed, __ATOMIC_RELAXED), z;
     if (!s) {
-        int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
-        if (fd >= 0) {
-            if (read(fd, &s, sizeof s) != (ssize_t)sizeof s) s = 0;
-            close(fd);
-        }
+        if (kvx_random_bytes(&s, sizeof s) != KVX_OK) s = 0;
         s ^= kvx_now_ns() ^ ((uint64_t)getpid() << 40);
         s |= 1;
         __atomic_store_n(&seed, s, __ATOMIC_RELAXED);

@@ -1260,12 +1260,7 @@ static void kvx__rdma_abs(struct timespec *ts, double s) {
 
 static uint64_t kvx__rdma_random64(void) {
     uint64_t x = 0;
-    int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
-    if (fd >= 0) {
-        ssize_t r = read(fd, &x, sizeof x);
-        (void)r;
-        close(fd);
-    }
+    if (kvx_random_bytes(&x, sizeof x) != KVX_OK) x = 0;
     x ^= kvx_now_ns() * 0x9E3779B97F4A7C15ull ^ ((uint64_t)getpid() << 32);
     x ^= x >> 31;
     x *= 0xBF58476D1CE4E5B9ull;

@@ -1993,12 +1993,8 @@ static kvx_result kvx__store_geometry(kvx_store *s) {
 
 static void kvx__store_tmp_tag(kvx_store *s) {
     uint64_t nonce = kvx__store_wall_ns() ^ ((uint64_t)(uintptr_t)s << 16) ^ kvx_now_ns();
-    int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
-    if (fd >= 0) {
-        uint64_t r = 0;
-        if (read(fd, &r, sizeof r) == (ssize_t)sizeof r) nonce ^= r;
-        close(fd);
-    }
+    uint64_t r = 0;
+    if (kvx_random_bytes(&r, sizeof r) == KVX_OK) nonce ^= r;
     snprintf(s->tmp_tag, sizeof s->tmp_tag, ".tmp.%ld-%08x.", (long)getpid(),
              (unsigned)(nonce ^ (nonce >> 32)));
 }
