@@ -3357,9 +3357,11 @@ static int kvx__boot_ctrl_frames(kvx_boot *b, kvx__boot_conn *c) {
     return 0;
 }
 
+/* At most 8 reads (512 KiB) per connection per turn of the poll loop, so a
+   peer that floods cannot starve the others (their pings among them). */
 static void kvx__boot_ctrl_readable(kvx_boot *b, kvx__boot_conn *c) {
     int rounds;
-    for (rounds = 0; rounds < 64; rounds++) {
+    for (rounds = 0; rounds < 8; rounds++) {
         /* the buffer grows as bytes arrive (doubling up to the frame's size),
            so a header announcing 64 MiB costs nothing until they come */
         size_t want = c->in_len + (64u << 10);
