@@ -28,8 +28,12 @@ typedef struct pair {
     uint32_t n;
 } pair;
 
+/* The receiver's aux slot: rooms in flight at the same time get their own
+   (two rooms writing one slot would race, as they would in an engine). */
+static int32_t g_slot = 1;
+
 /* A sender and a receiver of a fresh room, the receiver initialised with n
-   pages and aux slot 1, the sender ready for init. 0 when ready. */
+   pages and aux slot g_slot, the sender ready for init. 0 when ready. */
 static int pair_open(pair *p, uint32_t n) {
     kvx_room_desc rd;
     memset(p, 0, sizeof *p);
@@ -41,7 +45,7 @@ static int pair_open(pair *p, uint32_t n) {
     ex_pages_pattern(&ps, rd.room, p->sp, n, 1);
     if (kvx_receiver_create(de, &rd, &p->r) || kvx_sender_create(pe, &rd, &p->s)) return -1;
     if (!tt_wait_ready_r(p->r, deadline)) return -1;
-    if (kvx_receiver_init(p->r, p->dp, n, 1) != KVX_OK) return -1;
+    if (kvx_receiver_init(p->r, p->dp, n, g_slot) != KVX_OK) return -1;
     return tt_wait_ready_s(p->s, deadline) ? 0 : -1;
 }
 
@@ -165,6 +169,7 @@ static void abort_after_success(int destroy) {
     while (done < N && tt_now() < end) {
         for (i = 0; i < PAR; i++) {
             if (!live[i] && started < N) {
+                g_slot = i; /* PAR <= the pool's 8 aux slots */
                 if (pair_open(&p[i], 4)) {
                     CHECK(0, "%s: room ready", label);
                     pair_close(&p[i]);
@@ -207,6 +212,7 @@ static void abort_after_success(int destroy) {
     }
     for (i = 0; i < PAR; i++)
         if (live[i]) pair_close(&p[i]);
+    g_slot = 1;
     CHECK(changed == 0, "%s: %d receivers left Success after their abort", label, changed);
     CHECK(receivers_ok == N && senders_ok == N,
           "%s: %d/%d receivers and %d/%d senders Success%s%s", label, receivers_ok, N, senders_ok,
