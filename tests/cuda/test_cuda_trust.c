@@ -34,8 +34,9 @@ typedef struct xr {
     kvx_receiver *r;
 } xr;
 
-static int term(kvx_poll p) { return p == KVX_POLL_SUCCESS || p == KVX_POLL_FAILED; }
 
+/* These wait for a state the room reaches (polled every millisecond, the
+   API has no blocking wait); the deadline is reached only on failure. */
 static int wait_s(kvx_sender *s, kvx_poll want, double t) {
     double end = cx_now() + t * slow;
     while (cx_now() < end) {
@@ -57,7 +58,7 @@ static int wait_r(kvx_receiver *r, kvx_poll want, double t) {
 static double until_r(kvx_receiver *r, double t) {
     double start = cx_now(), end = start + t * slow;
     while (cx_now() < end) {
-        if (term(kvx_receiver_poll(r))) return cx_now() - start;
+        if (cx_terminal(kvx_receiver_poll(r))) return cx_now() - start;
         cx_sleep(0.001);
     }
     return -1;
@@ -65,7 +66,7 @@ static double until_r(kvx_receiver *r, double t) {
 static double until_s(kvx_sender *s, double t) {
     double start = cx_now(), end = start + t * slow;
     while (cx_now() < end) {
-        if (term(kvx_sender_poll(s))) return cx_now() - start;
+        if (cx_terminal(kvx_sender_poll(s))) return cx_now() - start;
         cx_sleep(0.001);
     }
     return -1;
@@ -194,7 +195,7 @@ static void abort_after_success(cx_side *pf, cx_side *dc, int sender_side) {
             kvx_poll p;
             if (done[i]) continue;
             p = sender_side ? kvx_sender_poll(x[i].s) : kvx_receiver_poll(x[i].r);
-            if (!term(p)) continue;
+            if (!cx_terminal(p)) continue;
             if (p == KVX_POLL_SUCCESS) {
                 if (sender_side) kvx_sender_abort(x[i].s, "aborted after Success");
                 else kvx_receiver_abort(x[i].r, "aborted after Success");
