@@ -500,6 +500,17 @@ static int wait_count(int *c, int want) {
         sleep_ms(1);
     return __atomic_load_n(c, __ATOMIC_ACQUIRE);
 }
+/* The progress thread can be held inside the backend's progress hook, so
+   that only the destroying thread can run an owed notification. */
+static int rec_hold, rec_held;
+static void rec_progress(kvx_engine *e) {
+    (void)e;
+    while (__atomic_load_n(&rec_hold, __ATOMIC_ACQUIRE)) {
+        __atomic_store_n(&rec_held, 1, __ATOMIC_RELEASE);
+        sleep_ms(1);
+    }
+    __atomic_store_n(&rec_held, 0, __ATOMIC_RELEASE);
+}
 static void rec_reset(void) {
     __atomic_store_n(&rec_failed_calls, 0, __ATOMIC_RELEASE);
     __atomic_store_n(&rec_abort_calls, 0, __ATOMIC_RELEASE);
@@ -523,6 +534,7 @@ static void test_failure_semantics(void) {
     rec.room_failed = rec_failed;
     rec.room_abort = rec_abort;
     rec.room_close = rec_close;
+    rec.progress = rec_progress;
     legacy = rec;
     legacy.name = "recorder-legacy";
     legacy.room_failed = NULL;
@@ -548,7 +560,8 @@ static void test_failure_semantics(void) {
     CHECK(kvx_sender_poll(s) == KVX_POLL_SUCCESS && kvx_sender_error(s)[0] == 0,
           "abort after success ignored");
     kvx_sender_destroy(s);
-    kvx_engine_destroy(make_engine(KVX_ROLE_PREFILL, NULL)); /* a tick for the hook to run */
+    /* destroy runs any notification still owed (before room_close), so the
+       counts below are final */
     CHECK(__atomic_load_n(&rec_failed_calls, __ATOMIC_ACQUIRE) == 0 &&
               __atomic_load_n(&rec_abort_calls, __ATOMIC_ACQUIRE) == 0,
           "no hook for a room that succeeded (failed %d, abort %d)", rec_failed_calls,
@@ -578,10 +591,15 @@ static void test_failure_semantics(void) {
     /* an abort: notified once with the abort's reason, even when the room is
        destroyed at once (the hook runs before room_close) */
     rec_reset();
+    __atomic_store_n(&rec_hold, 1, __ATOMIC_RELEASE);
+    wait_count(&rec_held, 1); /* the progress thread is parked in rec_progress */
     kvx_sender_create(pe, &rd, &s);
     kvx_sender_abort(s, "first");
     kvx_sender_abort(s, "second");
     kvx_sender_destroy(s);
+    CHECK(__atomic_load_n(&rec_failed_calls, __ATOMIC_ACQUIRE) == 1,
+          "destroy ran the owed notification itself (progress thread held): %d", rec_failed_calls);
+    __atomic_store_n(&rec_hold, 0, __ATOMIC_RELEASE);
     CHECK(wait_count(&rec_failed_calls, 1) == 1 && strstr(rec_reason, "first") &&
               !strstr(rec_reason, "second"),
           "abort then destroy: one notification with the first reason: '%s'", rec_reason);
@@ -594,8 +612,7 @@ static void test_failure_semantics(void) {
     kvx_room_fail((kvx_room *)s, KVX_ERR_IO, "a later local error");
     CHECK(!strcmp(kvx_sender_error(s), "room 4242: the decode said no"),
           "relayed reason kept as is: '%s'", kvx_sender_error(s));
-    kvx_sender_destroy(s);
-    kvx_engine_destroy(make_engine(KVX_ROLE_PREFILL, NULL));
+    kvx_sender_destroy(s); /* runs any owed notification */
     CHECK(__atomic_load_n(&rec_failed_calls, __ATOMIC_ACQUIRE) == 0,
           "no notification for a remote failure (%d)", rec_failed_calls);
 
