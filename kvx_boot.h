@@ -1360,16 +1360,6 @@ static int kvx__boot_terminal(const kvx_room *r) {
     return p == KVX_POLL_FAILED || p == KVX_POLL_SUCCESS;
 }
 
-/* A failure the peer reported, or the loss of the peer: nothing is sent back. */
-static void kvx__boot_fail_remote(kvx_room *r, kvx_result res, const char *fmt, ...) KVX_PRINTF(3, 4);
-static void kvx__boot_fail_remote(kvx_room *r, kvx_result res, const char *fmt, ...) {
-    char msg[KVX_ERROR_MAX];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
-    kvx_room_fail_remote(r, res, "%s", msg);
-}
 
 /* Fails r with the reason its peer sent: "<reason> (<who>)" when the
    reason already names the room (so the core does not prefix it again),
@@ -1377,10 +1367,10 @@ static void kvx__boot_fail_remote(kvx_room *r, kvx_result res, const char *fmt, 
 static void kvx__boot_relay(kvx_room *r, kvx_result res, const char *reason, const char *who) {
     char pre[40];
     int pl = snprintf(pre, sizeof pre, "room %llu: ", (unsigned long long)kvx_room_id(r));
-    if (!reason || !reason[0]) kvx__boot_fail_remote(r, res, "%s (no reason given)", who);
+    if (!reason || !reason[0]) kvx_room_fail_remote(r, res, "%s (no reason given)", who);
     else if (pl > 0 && !strncmp(reason, pre, (size_t)pl))
-        kvx__boot_fail_remote(r, res, "%s (%s)", reason, who);
-    else kvx__boot_fail_remote(r, res, "%s: %s", who, reason);
+        kvx_room_fail_remote(r, res, "%s (%s)", reason, who);
+    else kvx_room_fail_remote(r, res, "%s: %s", who, reason);
 }
 
 static void kvx__boot_vec_push(kvx__boot_vec *v, kvx__boot_br *br) {
@@ -3187,7 +3177,7 @@ static void kvx__boot_fail_all(kvx__boot_vec *v, kvx_result res, const char *fmt
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    for (i = 0; i < v->n; i++) kvx__boot_fail_remote(v->v[i]->room, res, "%s", msg);
+    for (i = 0; i < v->n; i++) kvx_room_fail_remote(v->v[i]->room, res, "%s", msg);
     kvx__boot_vec_release(v);
 }
 
@@ -4384,7 +4374,7 @@ KVX_API kvx_result kvx_boot_room_open(kvx_boot *b, kvx_room *r) {
             if (f->type == KVX_BOOT_FRAME_ROOM) {
                 kvx__boot_apply_room(b, br, f->conn, f->pages, f->n, f->aux, f->idx, f->count);
             } else if (kvx__boot_owns(b, br, f->conn)) {
-                kvx__boot_fail_remote(r, KVX_ERR_ABORTED, "aborted by the decode engine at %s: %s",
+                kvx_room_fail_remote(r, KVX_ERR_ABORTED, "aborted by the decode engine at %s: %s",
                                       f->conn->addr, f->reason ? f->reason : "no reason given");
                 if (b->hooks.on_abort) b->hooks.on_abort(b, r, &f->conn->info, f->reason);
             }

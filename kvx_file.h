@@ -446,6 +446,18 @@ static int kvx__file_split(const char *text, size_t len, size_t *json_len, int *
     return 1;
 }
 
+/* Cuts a meta or marker file to its JSON line (a parser checks the MAC line
+   separately); 0 with why when something else follows it. */
+static int kvx__file_json_line(const char *text, size_t *len, const char *path, char *why,
+                               size_t wl) {
+    int has_mac;
+    uint8_t mac[KVX_MAC_BYTES];
+    if (kvx__file_split(text, *len, len, &has_mac, mac)) return 1;
+    kvx__set_why(why, wl, "%s: after its JSON line comes something other than a MAC line", path);
+    return 0;
+}
+
+
 /* Reads or writes the packed byte range [lo, hi) of a one-sided plan
    between pool memory and a file, and returns the CRC32C of those bytes
    (computed over pool memory: before writing, after reading). */
@@ -665,15 +677,7 @@ KVX_API kvx_result kvx_file_parse_meta(const char *text, size_t len, const char 
                      KVX__FILE_META_MAX);
         return KVX_ERR_CORRUPT;
     }
-    {
-        int has_mac;
-        uint8_t mac[KVX_MAC_BYTES];
-        if (!kvx__file_split(text, len, &len, &has_mac, mac)) {
-            kvx__set_why(why, wl, "%s: after its JSON line comes something other than a MAC line",
-                         path);
-            return KVX_ERR_CORRUPT;
-        }
-    }
+    if (!kvx__file_json_line(text, &len, path, why, wl)) return KVX_ERR_CORRUPT;
     if (kvx_json_parse(&d, text, len, 4 * KVX_MAX_BUFFERS + 64) != KVX_OK) {
         kvx__set_why(why, wl, "%s is not valid JSON: %s", path, d.error);
         r = KVX_ERR_CORRUPT;
@@ -761,15 +765,7 @@ KVX_API kvx_result kvx_file_parse_done(const char *text, size_t len, const char 
     kvx_result r;
     memset(o, 0, sizeof *o);
     memset(&d, 0, sizeof d);
-    {
-        int has_mac;
-        uint8_t mac[KVX_MAC_BYTES];
-        if (!kvx__file_split(text, len, &len, &has_mac, mac)) {
-            kvx__set_why(why, wl, "%s: after its JSON line comes something other than a MAC line",
-                         path);
-            return KVX_ERR_CORRUPT;
-        }
-    }
+    if (!kvx__file_json_line(text, &len, path, why, wl)) return KVX_ERR_CORRUPT;
     if (kvx_json_parse(&d, text, len, 256) != KVX_OK) {
         kvx__set_why(why, wl, "%s is not valid JSON: %s", path, d.error);
         r = KVX_ERR_CORRUPT;
