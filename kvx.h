@@ -326,6 +326,18 @@ KVX_API kvx_result kvx_dir_open(const char *path, unsigned mode, int flags, int 
    sentence. KVX_ERR_PERMISSION when refused. */
 KVX_API kvx_result kvx_dir_check(int fd, const char *path, int flags, char *why,
                                  size_t why_len);
+/* mkdirat(dfd, name, mode) for shared filesystems whose mkdir can answer
+   EEXIST for a directory that then does not exist: GlusterFS does when
+   another client looks the new name up while the brick makes it (the
+   lookup stamps its own id on the fresh directory, the brick's mkdir then
+   fails to stamp its own, removes the directory and answers EEXIST). The
+   answer is checked with a lookup, and mkdir retried, a bounded number of
+   times (about 2 s in all), until the name is a directory or something
+   else. Returns 0 when dfd/name exists (made by this call: *made = 1;
+   already there: 0; it may be something other than a directory: open it
+   with O_DIRECTORY | O_NOFOLLOW and see), -1 with errno otherwise.
+   made may be NULL. */
+KVX_API int kvx_mkdirat(int dfd, const char *name, unsigned mode, int *made);
 
 /* >>desc ---------------------------------------------------------------- */
 
@@ -1195,7 +1207,7 @@ static KVX__UNUSED kvx_result kvx__mkdir_p(const char *path, char *why, size_t w
     for (i = 1; i <= n; i++) {
         if (tmp[i] != '/' && tmp[i] != 0) continue;
         tmp[i] = 0;
-        if (mkdir(tmp, 0755) && errno != EEXIST) {
+        if (kvx_mkdirat(AT_FDCWD, tmp, 0755, NULL)) {
             int err = errno;
             kvx__set_why(why, wl, "cannot create directory %s: %s", tmp, strerror(err));
             return kvx__errno_result(err);
@@ -2872,6 +2884,32 @@ KVX_API kvx_result kvx_dir_check(int fd, const char *path, int flags, char *why,
     return kvx__dir_check_st(&st, path, flags, why, wl);
 }
 
+KVX_API int kvx_mkdirat(int dfd, const char *name, unsigned mode, int *made) {
+    struct stat st;
+    long wait_us = 1000;
+    int i, m;
+    if (made) *made = 0;
+    for (i = 0;; i++) {
+        m = mkdirat(dfd, name, (mode_t)mode) == 0;
+        if (!m && errno != EEXIST) return -1;
+        if (!fstatat(dfd, name, &st, AT_SYMLINK_NOFOLLOW)) {
+            if (made) *made = m;
+            return 0;
+        }
+        if (errno != ENOENT) return -1;
+        /* answered "made" or "exists", yet not there: the filesystem undid
+           it (see above); look again after a while */
+        if (i >= 24) { errno = EEXIST; return -1; }
+        {
+            struct timespec ts;
+            ts.tv_sec = 0;
+            ts.tv_nsec = wait_us * 1000;
+            nanosleep(&ts, NULL);
+        }
+        if (wait_us < 100000) wait_us *= 2;
+    }
+}
+
 KVX_API kvx_result kvx_dir_open(const char *path, unsigned mode, int flags, int *fd_out,
                                 char *why, size_t wl) {
     char tmp[4096];
@@ -2904,7 +2942,7 @@ KVX_API kvx_result kvx_dir_open(const char *path, unsigned mode, int flags, int 
         tmp[end] = 0;
         if (fstatat(fd, tmp + start, &lst, AT_SYMLINK_NOFOLLOW) && errno == ENOENT &&
             (flags & KVX_DIR_CREATE)) {
-            if (mkdirat(fd, tmp + start, (mode_t)mode) && errno != EEXIST) {
+            if (kvx_mkdirat(fd, tmp + start, mode, NULL)) {
                 err = errno;
                 kvx__set_why(why, wl, "cannot create directory %s: %s", tmp, strerror(err));
                 close(fd);
