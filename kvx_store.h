@@ -433,6 +433,7 @@ KVX_API kvx_result kvx_store_verify(kvx_store *s, int remove_bad, kvx_store_veri
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <sys/uio.h>
+#include <sys/sysmacros.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -1068,26 +1069,6 @@ static void kvx__store_release(kvx_store *s, uint64_t need) {
     pthread_mutex_unlock(&s->mu);
 }
 
-/* A block that must not be loaded: removed (when the name still refers to
-   the file that was examined), forgotten, counted, logged. */
-static void kvx__store_bad(kvx_store *s, int dirfd, const char *name, const char *shown,
-                           const kvx_store_key *k, const struct stat *seen, const char *reason) {
-    struct stat now;
-    int removed = 0;
-    if (!fstatat(dirfd, name, &now, AT_SYMLINK_NOFOLLOW) &&
-        (!seen || (now.st_ino == seen->st_ino && now.st_dev == seen->st_dev)) &&
-        !unlinkat(dirfd, name, 0))
-        removed = 1;
-    if (k) {
-        pthread_mutex_lock(&s->mu);
-        kvx__store_idx_remove(s, k);
-        pthread_mutex_unlock(&s->mu);
-    }
-    KVX__STORE_ADD(&s->st.corrupt, 1);
-    kvx__store_log(s, KVX_LOG_WARN, "block %s/%s is unusable: %s; %s, treated as a miss", s->ns,
-                   shown, reason, removed ? "removed" : "not removed (already replaced or gone)");
-}
-
 /* >>block store: batches -------------------------------------------------------------- */
 
 typedef struct kvx__store_batch {
@@ -1196,6 +1177,145 @@ static int kvx__store_replaced(const kvx_store *s, const char *rel, const struct
     return now.st_ino != seen->st_ino || now.st_dev != seen->st_dev;
 }
 
+/* Fresh attributes of an open file: on NFS, FUSE (GlusterFS), CephFS and
+   Lustre statx with AT_STATX_FORCE_SYNC asks the server instead of the
+   client's attribute cache, which may still hold another version's size. */
+static int kvx__store_fresh_stat(int fd, uint64_t *size, uint64_t *ino, uint64_t *dev) {
+#if defined(STATX_SIZE) && defined(AT_STATX_FORCE_SYNC)
+    struct statx x;
+    if (!statx(fd, "", AT_EMPTY_PATH | AT_STATX_FORCE_SYNC, STATX_SIZE | STATX_INO | STATX_TYPE,
+               &x)) {
+        if (!S_ISREG(x.stx_mode)) return -1;
+        *size = x.stx_size;
+        *ino = x.stx_ino;
+        *dev = (uint64_t)makedev(x.stx_dev_major, x.stx_dev_minor); /* as st_dev */
+        return 0;
+    }
+    if (errno != ENOSYS && errno != EINVAL) return -1;
+#endif
+    {
+        struct stat st;
+        if (fstat(fd, &st) || !S_ISREG(st.st_mode)) return -1;
+        *size = (uint64_t)st.st_size;
+        *ino = (uint64_t)st.st_ino;
+        *dev = (uint64_t)st.st_dev;
+    }
+    return 0;
+}
+
+/* Reads the whole block open at fd again (header, data, CRCs) into a
+   private buffer. 0 intact; 1 corrupt with the evidence in why (the server
+   says the file has another size than a block, or a complete read has a
+   bad header, another key or configuration, or a data CRC mismatch); -1
+   not sure (a short read or an I/O error: possibly caching, not evidence). */
+static int kvx__store_recheck(kvx_store *s, int fd, const kvx_store_key *k, char *why, size_t wl) {
+    uint64_t size = 0, ino, dev, off, left;
+    uint8_t *buf;
+    size_t cap = KVX__STORE_GROUP > s->hdr_size ? KVX__STORE_GROUP : s->hdr_size;
+    uint32_t crc = 0;
+    int r = 0, err;
+    if (kvx__store_fresh_stat(fd, &size, &ino, &dev)) {
+        kvx__set_why(why, wl, "cannot stat it: %s", strerror(errno));
+        return -1;
+    }
+    if (size != s->block_bytes) {
+        kvx__set_why(why, wl, "the server says it is %llu bytes, a block is %llu (torn, truncated "
+                     "or foreign)", (unsigned long long)size, (unsigned long long)s->block_bytes);
+        return 1;
+    }
+    if (!(buf = (uint8_t *)kvx__store_alloc(s, cap))) {
+        kvx__set_why(why, wl, "out of memory to check it");
+        return -1;
+    }
+    if ((err = kvx__store_pio(fd, buf, s->hdr_size, 0, 0)) != 0) {
+        kvx__set_why(why, wl, "header: %s", err < 0 ? "short read" : strerror(err));
+        r = -1;
+    } else if (kvx__store_check_header(s, buf, k, why, wl)) {
+        r = 1;
+    } else {
+        uint32_t want = kvx__le_r32(buf + 80);
+        for (off = s->hdr_size, left = s->data_len; left && !r;) {
+            size_t n = left < cap ? (size_t)left : cap;
+            if ((err = kvx__store_pio(fd, buf, n, off, 0)) != 0) {
+                kvx__set_why(why, wl, "data: %s", err < 0 ? "short read" : strerror(err));
+                r = -1;
+                break;
+            }
+            crc = kvx__store_crc32c(crc, buf, n);
+            off += n;
+            left -= n;
+        }
+        if (!r && crc != want) {
+            kvx__set_why(why, wl, "data CRC32C mismatch: stored %08x, read %08x", want, crc);
+            r = 1;
+        }
+    }
+    kvx__store_free(s, buf);
+    return r;
+}
+
+/* A block that looked unusable (reason) when this process read the file
+   `seen` at dirfd/name. On a shared filesystem that alone is no evidence:
+   the file may have been evicted and recycled by another node while it was
+   read, the name may by now lead to another writer's good block, and a
+   client cache may have served a stale size or stale bytes. So whatever
+   file is at the name now is moved (renameat: atomic, decided by the
+   server) to a private temporary name where no other process looks it up,
+   recycles or replaces it, and examined there:
+     - nothing there: a miss (evicted or removed meanwhile);
+     - another file than `seen`: another writer's block, put back untouched;
+     - the same file, which re-read completely with fresh attributes is
+       intact: what was seen was stale or changing; put back; a miss;
+     - the same file, with evidence (kvx__store_recheck returns 1): removed,
+       counted in stats.corrupt, logged at warn;
+     - not sure (short read, I/O error): put back; a miss.
+   While it is away its key is a miss for everyone (one block, briefly).
+   Returns 1 when the file was removed as corrupt. */
+static int kvx__store_bad(kvx_store *s, int dirfd, const char *name, const char *shown,
+                          const kvx_store_key *k, const struct stat *seen, const char *reason) {
+    char q[KVX__STORE_REL + 64], why[256];
+    uint64_t size, ino, dev;
+    int fd, v = -1, removed = 0;
+    snprintf(q, sizeof q, "%s%sq%llu", name, s->tmp_tag,
+             (unsigned long long)__atomic_add_fetch(&s->tmp_seq, 1, __ATOMIC_RELAXED));
+    why[0] = 0;
+    if (renameat(dirfd, name, dirfd, q)) {
+        kvx__store_log(s, KVX_LOG_DEBUG, "%s/%s looked unusable (%s) and is gone now; a miss",
+                       s->ns, shown, reason);
+        return 0;
+    }
+    fd = openat(dirfd, q, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (fd >= 0 && !kvx__store_fresh_stat(fd, &size, &ino, &dev) && seen &&
+        (ino != (uint64_t)seen->st_ino || dev != (uint64_t)seen->st_dev)) {
+        v = 2; /* another file: not ours to judge */
+    } else if (fd >= 0) {
+        v = kvx__store_recheck(s, fd, k, why, sizeof why);
+    } else if (errno == ELOOP) {
+        snprintf(why, sizeof why, "a symbolic link, not a block file");
+        v = 1;
+    }
+    if (fd >= 0) close(fd);
+    if (v == 1 && !unlinkat(dirfd, q, 0)) removed = 1;
+    else if (renameat(dirfd, q, dirfd, name))
+        (void)unlinkat(dirfd, q, 0); /* cannot put it back: do not leak it */
+    if (!removed) {
+        kvx__store_log(s, KVX_LOG_DEBUG, "%s/%s looked unusable (%s) but %s; left in place, a miss",
+                       s->ns, shown, reason,
+                       v == 2 ? "the name now holds another file" :
+                       v == 0 ? "it is intact when read again" : "nothing proves it is corrupt");
+        return 0;
+    }
+    if (k) {
+        pthread_mutex_lock(&s->mu);
+        kvx__store_idx_remove(s, k);
+        pthread_mutex_unlock(&s->mu);
+    }
+    KVX__STORE_ADD(&s->st.corrupt, 1);
+    kvx__store_log(s, KVX_LOG_WARN, "block %s/%s is corrupt: %s (first seen: %s); removed, a miss",
+                   s->ns, shown, why, reason);
+    return 1;
+}
+
 static void kvx__store_get_item(void *arg, size_t i, void *scratch) {
     kvx__store_batch *b = (kvx__store_batch *)arg;
     kvx_store *s = b->s;
@@ -1213,7 +1333,7 @@ static void kvx__store_get_item(void *arg, size_t i, void *scratch) {
     fd = openat(s->ns_fd, rel, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
     if (fd < 0) {
         err = errno;
-        if (err == ENOENT || err == ENOTDIR) {
+        if (err == ENOENT || err == ENOTDIR || err == ESTALE) {
             KVX__STORE_ADD(&s->st.misses, 1);
             kvx__store_fail(b, i, KVX_ERR_NOT_FOUND, "%s is not stored", rel);
             return;
@@ -1265,10 +1385,17 @@ bad:
         kvx__store_fail(b, i, KVX_ERR_NOT_FOUND, "%s changed while being read", rel);
         return;
     }
-    kvx__store_bad(s, s->ns_fd, rel, rel, k, &st, why);
-    kvx__store_fail(b, i, KVX_ERR_CORRUPT, "%s: %s", rel, why);
+    if (kvx__store_bad(s, s->ns_fd, rel, rel, k, &st, why))
+        kvx__store_fail(b, i, KVX_ERR_CORRUPT, "%s: %s", rel, why);
+    else
+        kvx__store_fail(b, i, KVX_ERR_NOT_FOUND, "%s looked unusable (%s), not confirmed", rel, why);
     return;
 io_error:
+    if (err == ESTALE || err == ENOENT) { /* removed under us (NFS, FUSE): a miss */
+        KVX__STORE_ADD(&s->st.misses, 1);
+        kvx__store_fail(b, i, KVX_ERR_NOT_FOUND, "%s was removed while being read", rel);
+        return;
+    }
     KVX__STORE_ADD(&s->st.errors, 1);
     KVX__STORE_ADD(&s->st.misses, 1);
     kvx__store_fail(b, i, kvx__errno_result(err), "cannot read %s/%s: %s", s->ns, rel, strerror(err));
@@ -1282,9 +1409,11 @@ static void kvx__store_fsync_dir(int dirfd, const char *rel) {
 /* Creates the fan-out directory of rel ("ab/...") again if it went away. */
 static void kvx__store_mkdirs(kvx_store *s, const char *rel) {
     char d[4];
+    int made = 0;
     memcpy(d, rel, 2);
     d[2] = 0;
-    if (!mkdirat(s->ns_fd, d, 0755) && s->desc.fsync) kvx__store_fsync_dir(s->ns_fd, ".");
+    if (!kvx_mkdirat(s->ns_fd, d, 0755, &made) && made && s->desc.fsync)
+        kvx__store_fsync_dir(s->ns_fd, ".");
 }
 
 /* Takes the evicted block v for the block about to be written at rel:
@@ -1335,7 +1464,9 @@ static void kvx__store_put_item(void *arg, size_t i, void *scratch) {
         /* content-addressed: the block is there; only make it recent */
         ts = kvx__store_stamp(s);
         kvx__store_times(t, ts);
-        (void)utimensat(s->ns_fd, rel, t, AT_SYMLINK_NOFOLLOW);
+        /* a cached lookup may show a block another node has removed since */
+        if (utimensat(s->ns_fd, rel, t, AT_SYMLINK_NOFOLLOW) && (errno == ENOENT || errno == ESTALE))
+            goto write;
         pthread_mutex_lock(&s->mu);
         kvx__store_idx_note(s, k, s->block_bytes, ts, 1);
         pthread_mutex_unlock(&s->mu);
@@ -1343,6 +1474,7 @@ static void kvx__store_put_item(void *arg, size_t i, void *scratch) {
         if (b->results) b->results[i] = KVX_OK;
         return;
     }
+write:
     if ((r = kvx__store_reserve(s, s->block_bytes, &victim, &have_victim)) != KVX_OK) {
         kvx__store_fail(b, i, r, "a block of %llu bytes does not fit the capacity of %llu bytes "
                         "(nothing left to evict)", (unsigned long long)s->block_bytes,
@@ -1462,7 +1594,7 @@ static int kvx__store_exists1(kvx_store *s, const kvx_store_key *k) {
     struct stat st;
     kvx__store_relpath(rel, k);
     if (fstatat(s->ns_fd, rel, &st, AT_SYMLINK_NOFOLLOW)) {
-        if (errno != ENOENT && errno != ENOTDIR) {
+        if (errno != ENOENT && errno != ENOTDIR && errno != ESTALE) {
             KVX__STORE_ADD(&s->st.errors, 1);
             kvx__store_log(s, KVX_LOG_WARN, "cannot stat %s/%s: %s", s->ns, rel, strerror(errno));
         }
@@ -1663,7 +1795,7 @@ static int kvx__store_load_fn(void *user, int dirfd, const char *name, const cha
         char why[160];
         snprintf(why, sizeof why, "file is %lld bytes, a block is %llu", (long long)st.st_size,
                  (unsigned long long)s->block_bytes);
-        kvx__store_bad(s, dirfd, name, rel, NULL, &st, why);
+        kvx__store_bad(s, dirfd, name, rel, &key, &st, why);
         L->bad++;
         return 0;
     }
@@ -1813,7 +1945,7 @@ static kvx_result kvx__store_config_file(kvx_store *s, char *why, size_t wl) {
 
 /* The 256 fan-out directories, made once (the first open of a namespace). */
 static kvx_result kvx__store_fanout(kvx_store *s, char *why, size_t wl) {
-    int i, made = 0;
+    int i, made = 0, m = 0;
     struct stat st;
     if (!fstatat(s->ns_fd, "ff", &st, 0) && S_ISDIR(st.st_mode)) return KVX_OK; /* made last */
     for (i = 0; i < 256; i++) {
@@ -1821,12 +1953,12 @@ static kvx_result kvx__store_fanout(kvx_store *s, char *why, size_t wl) {
         d[0] = kvx__store_hexd[i >> 4];
         d[1] = kvx__store_hexd[i & 15];
         d[2] = 0;
-        if (mkdirat(s->ns_fd, d, 0755)) {
-            if (errno == EEXIST) continue;
-            kvx__set_why(why, wl, "cannot create %s/%s: %s", s->ns, d, strerror(errno));
-            return kvx__errno_result(errno);
+        if (kvx_mkdirat(s->ns_fd, d, 0755, &m)) { /* another node may be making it too */
+            int err = errno;
+            kvx__set_why(why, wl, "cannot create %s/%s: %s", s->ns, d, strerror(err));
+            return kvx__errno_result(err);
         }
-        made++;
+        made += m;
     }
     if (made && s->desc.fsync) kvx__store_fsync_dir(s->ns_fd, ".");
     return KVX_OK;
@@ -1841,7 +1973,7 @@ static kvx_result kvx__store_open_ns(kvx_store *s, char *why, size_t wl) {
     unsigned mode = s->desc.shared ? 0770 : 0700;
     kvx_result r = kvx_dir_open(s->root, mode, KVX_DIR_CREATE | flags, &root_fd, why, wl);
     if (r != KVX_OK) return r;
-    if (mkdirat(root_fd, s->cfg_hex, (mode_t)mode) && errno != EEXIST) {
+    if (kvx_mkdirat(root_fd, s->cfg_hex, mode, NULL)) {
         err = errno;
         close(root_fd);
         kvx__set_why(why, wl, "cannot create %s: %s", s->ns, strerror(err));
