@@ -239,6 +239,9 @@ typedef struct kvx_store_desc {
     int shared;              /* KVX_STORE_SHARED, 0 = private to this user (directories
                                 0700, refused when another user owns them or may write
                                 in them); 1 = shared with the directory's group */
+    double scan_interval;    /* KVX_STORE_SCAN_INTERVAL, seconds between namespace scans
+                                (see CAPACITY); 0 = 30; -1 = none (only at open and in
+                                kvx_store_rescan); else 0.05 .. 86400 */
 } kvx_store_desc;
 
 /* Opens (creating directories as needed) the namespace of this
@@ -295,6 +298,15 @@ KVX_API kvx_result kvx_store_batch_get(kvx_store *s, const kvx_store_key *keys,
    arguments. Blocks (briefly); thread-safe. */
 KVX_API size_t kvx_store_batch_exists(kvx_store *s, const kvx_store_key *keys, size_t n);
 
+/* Scans the namespace now, as the background scanner does every
+   scan_interval (see CAPACITY): learns the blocks other processes wrote,
+   forgets those they removed, and evicts least recently used blocks until
+   the namespace as seen is under the capacity. KVX_OK, an I/O error, or
+   KVX_ERR_INVALID_ARGUMENT (NULL). Blocks: O(blocks) directory entries and
+   one stat per block not known yet. Thread-safe (one scan runs at a
+   time). */
+KVX_API kvx_result kvx_store_rescan(kvx_store *s);
+
 /* Removes one block. KVX_OK, KVX_ERR_NOT_FOUND, or an I/O error. */
 KVX_API kvx_result kvx_store_remove(kvx_store *s, const kvx_store_key *key);
 
@@ -313,6 +325,10 @@ typedef struct kvx_store_stats {
     uint64_t blocks;        /* blocks in the index now */
     uint64_t bytes_used;    /* their file bytes */
     uint64_t capacity;      /* the limit in effect */
+    uint64_t scans;         /* namespace scans done (the one at open included) */
+    uint64_t last_scan_ns;  /* how long the last one took */
+    uint64_t scan_found;    /* blocks first learnt of by a scan (written by other processes) */
+    uint64_t scan_gone;     /* indexed blocks a scan found removed by other processes */
 } kvx_store_stats;
 KVX_API void kvx_store_stats_get(kvx_store *s, kvx_store_stats *out);
 
@@ -695,6 +711,7 @@ typedef struct kvx__store_ent {
     kvx_store_key key;
     uint64_t size, ts;
     uint32_t prev, next; /* LRU list (head = most recent); 0 = none; entries are 1-based */
+    uint32_t gen;        /* the namespace scan that last saw (or noted) it */
 } kvx__store_ent;
 
 typedef struct kvx__store_task {
@@ -740,7 +757,17 @@ struct kvx_store {
     uint32_t slots_cap, count;
     uint32_t lru_head, lru_tail;
     uint64_t bytes, reserved;
+    uint32_t scan_gen;
     int index_oom_logged;
+    /* namespace scans (see CAPACITY) */
+    pthread_mutex_t scan_run;  /* one scan at a time */
+    pthread_mutex_t scan_mu;   /* the scanner's sleep */
+    pthread_cond_t scan_cv;
+    int scan_stop, scan_wake, scanner_on;
+    pthread_t scanner;
+    uint64_t scan_end_ns;      /* atomic: monotonic end of the last scan */
+    uint64_t scan_gap_ns;      /* least time between a put-requested scan and the last one */
+    uint64_t scan_interval_ns; /* 0 = no periodic scan */
     /* counters, atomics */
     kvx_store_stats st;
     /* worker pool */
@@ -870,6 +897,7 @@ static void kvx__store_idx_note(kvx_store *s, const kvx_store_key *k, uint64_t s
     if (e) {
         s->bytes += size - s->ents[e].size;
         s->ents[e].size = size;
+        s->ents[e].gen = s->scan_gen;
         if (!front) return;
         s->ents[e].ts = ts;
         kvx__store_lru_unlink(s, e);
@@ -881,6 +909,7 @@ static void kvx__store_idx_note(kvx_store *s, const kvx_store_key *k, uint64_t s
     s->ents[e].key = *k;
     s->ents[e].size = size;
     s->ents[e].ts = ts;
+    s->ents[e].gen = s->scan_gen;
     s->slots[kvx__store_slot(s, k)] = e;
     s->count++;
     s->bytes += size;
@@ -1014,44 +1043,61 @@ static int kvx__store_parallel(kvx_store *s, size_t n, void (*fn)(void *, size_t
 
 /* >>block store: capacity --------------------------------------------------------- */
 
+static void kvx__store_scan_request(kvx_store *s);
+
+/* Bytes this process counts against the capacity. */
+static uint64_t kvx__store_used(const kvx_store *s) { return s->bytes + s->reserved; }
+
+/* Looks at an evicted block's file again before it goes: the index's view
+   may be old on a namespace shared by several processes. 0: still as the
+   index knew it (evict it); 1: used since by another process (its mtime is
+   newer; put back into the index as recently used); 2: gone (another
+   process evicted or removed it). */
+static int kvx__store_victim_check(kvx_store *s, const kvx__store_ent *v) {
+    char rel[KVX__STORE_REL];
+    struct stat st;
+    uint64_t mt;
+    kvx__store_relpath(rel, &v->key);
+    if (fstatat(s->ns_fd, rel, &st, AT_SYMLINK_NOFOLLOW)) return errno == ENOENT || errno == ESTALE ? 2 : 0;
+    if ((mt = kvx__store_ts_ns(&st.st_mtim)) <= v->ts) return 0;
+    pthread_mutex_lock(&s->mu);
+    kvx__store_idx_note(s, &v->key, v->size, mt, 1);
+    pthread_mutex_unlock(&s->mu);
+    return 1;
+}
+
 /* Reserves need bytes under the capacity, evicting least recently used
    blocks until they fit. When reuse is not NULL the first block evicted is
    not unlinked but handed back in *reuse (*have_reuse = 1): the caller
    renames it to its temporary name and overwrites it in place, which spares
    the filesystem freeing and allocating an inode, its extents and its page
-   cache for every block once the store is full. KVX_ERR_NO_SPACE when
-   nothing is left to evict (the block is larger than the capacity, or the
-   rest is reserved by writes in flight). */
+   cache for every block once the store is full. Each victim is looked at
+   again first (kvx__store_victim_check): one used since by another process
+   stays (and another is evicted instead); one already gone is simply
+   forgotten.
+   KVX_ERR_NO_SPACE when nothing is left to evict (the block is larger than
+   the capacity, or the rest is reserved by writes in flight). */
 static kvx_result kvx__store_reserve(kvx_store *s, uint64_t need, kvx_store_key *reuse,
                                      int *have_reuse) {
-    kvx_store_key victims[KVX__STORE_VICTIMS];
+    kvx__store_ent victims[KVX__STORE_VICTIMS];
+    int ok = 0;
     if (have_reuse) *have_reuse = 0;
     for (;;) {
-        int nv = 0, fits = 0, i;
+        int nv = 0, kept = 0, i;
+        uint64_t add;
         pthread_mutex_lock(&s->mu);
-        while (s->bytes + s->reserved + need > s->capacity && s->lru_tail && nv < KVX__STORE_VICTIMS) {
-            victims[nv] = s->ents[s->lru_tail].key;
-            kvx__store_idx_remove(s, &victims[nv++]);
+        add = ok ? 0 : need;
+        while (kvx__store_used(s) + add > s->capacity && s->lru_tail && nv < KVX__STORE_VICTIMS) {
+            victims[nv] = s->ents[s->lru_tail];
+            kvx__store_idx_remove(s, &victims[nv++].key);
         }
-        if (s->bytes + s->reserved + need <= s->capacity) {
+        if (!ok && kvx__store_used(s) + need <= s->capacity) {
             s->reserved += need;
-            fits = 1;
+            ok = 1;
         }
         pthread_mutex_unlock(&s->mu);
-        for (i = 0; i < nv; i++) {
-            char rel[KVX__STORE_REL];
-            KVX__STORE_ADD(&s->st.evictions, 1);
-            if (reuse && !*have_reuse) {
-                *reuse = victims[i];
-                *have_reuse = 1;
-                continue;
-            }
-            kvx__store_relpath(rel, &victims[i]);
-            if (unlinkat(s->ns_fd, rel, 0) && errno != ENOENT)
-                kvx__store_log(s, KVX_LOG_WARN, "cannot evict %s/%s: %s", s->ns, rel, strerror(errno));
-        }
-        if (fits) return KVX_OK;
         if (!nv) {
+            if (ok) return KVX_OK;
             if (have_reuse && *have_reuse) { /* evicted, but nothing will reuse it */
                 char rel[KVX__STORE_REL];
                 kvx__store_relpath(rel, reuse);
@@ -1060,6 +1106,23 @@ static kvx_result kvx__store_reserve(kvx_store *s, uint64_t need, kvx_store_key 
             }
             return KVX_ERR_NO_SPACE;
         }
+        kvx__store_scan_request(s); /* this view is full: others' blocks may be missing from it */
+        for (i = 0; i < nv; i++) {
+            char rel[KVX__STORE_REL];
+            int c = kvx__store_victim_check(s, &victims[i]);
+            if (c == 1) { kept++; continue; }
+            if (c == 2) continue;
+            KVX__STORE_ADD(&s->st.evictions, 1);
+            if (reuse && !*have_reuse) {
+                *reuse = victims[i].key;
+                *have_reuse = 1;
+                continue;
+            }
+            kvx__store_relpath(rel, &victims[i].key);
+            if (unlinkat(s->ns_fd, rel, 0) && errno != ENOENT)
+                kvx__store_log(s, KVX_LOG_WARN, "cannot evict %s/%s: %s", s->ns, rel, strerror(errno));
+        }
+        if (ok && !kept) return KVX_OK;
     }
 }
 
@@ -1689,6 +1752,10 @@ KVX_API void kvx_store_stats_get(kvx_store *s, kvx_store_stats *o) {
     o->bytes_used = s->bytes;
     pthread_mutex_unlock(&s->mu);
     o->capacity = s->capacity;
+    o->scans = KVX__STORE_LOAD(&s->st.scans);
+    o->last_scan_ns = KVX__STORE_LOAD(&s->st.last_scan_ns);
+    o->scan_found = KVX__STORE_LOAD(&s->st.scan_found);
+    o->scan_gone = KVX__STORE_LOAD(&s->st.scan_gone);
 }
 
 KVX_API const char *kvx_store_dir(const kvx_store *s) { return s ? s->ns : ""; }
@@ -1772,15 +1839,19 @@ typedef struct kvx__store_load {
     kvx_store *s;
     kvx__store_found *v;
     size_t n, cap;
-    uint64_t now, tmp_removed, tmp_kept, bad;
+    uint64_t now, tmp_removed, tmp_kept, bad, known;
     int oom;
 } kvx__store_load;
 
+/* One directory entry of a namespace scan: a block this process indexes
+   already is only marked seen (no stat: eviction looks at its file again
+   anyway); a new one is stat-ed and collected; stale temporaries go. */
 static int kvx__store_load_fn(void *user, int dirfd, const char *name, const char *rel) {
     kvx__store_load *L = (kvx__store_load *)user;
     kvx_store *s = L->s;
     struct stat st;
     kvx_store_key key;
+    uint32_t e;
     if (kvx__store_tmp_name(name)) {
         if (fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW)) return 0;
         if (kvx__store_ts_ns(&st.st_mtim) + KVX__STORE_TMP_TTL_NS < L->now && !unlinkat(dirfd, name, 0))
@@ -1790,13 +1861,19 @@ static int kvx__store_load_fn(void *user, int dirfd, const char *name, const cha
         return 0;
     }
     if (!kvx__store_block_name(name, rel, &key)) return 0;
+    pthread_mutex_lock(&s->mu);
+    if ((e = kvx__store_find(s, &key)) != 0) s->ents[e].gen = s->scan_gen;
+    pthread_mutex_unlock(&s->mu);
+    if (e) {
+        L->known++;
+        return 0;
+    }
     if (fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW)) return 0;
     if (!S_ISREG(st.st_mode) || (uint64_t)st.st_size != s->block_bytes) {
         char why[160];
         snprintf(why, sizeof why, "file is %lld bytes, a block is %llu", (long long)st.st_size,
                  (unsigned long long)s->block_bytes);
-        kvx__store_bad(s, dirfd, name, rel, &key, &st, why);
-        L->bad++;
+        L->bad += (uint64_t)kvx__store_bad(s, dirfd, name, rel, &key, &st, why);
         return 0;
     }
     if (L->n == L->cap) {
@@ -1820,50 +1897,204 @@ static int kvx__store_cmp_found(const void *a, const void *b) {
     return memcmp(x->key.bytes, y->key.bytes, 32);
 }
 
-/* Rebuilds the LRU index from the files (oldest mtime = least recently
-   used), then evicts down to the capacity. */
-static kvx_result kvx__store_load_index(kvx_store *s, char *why, size_t wl) {
+/* Adds the blocks v[0..n) (sorted by last use, oldest first), not indexed
+   yet, to the index at their place in the LRU order: one pass from the
+   tail, O(blocks + n). Under s->mu. Returns how many were added. */
+static size_t kvx__store_merge(kvx_store *s, const kvx__store_found *v, size_t n) {
+    uint32_t c = s->lru_tail, e;
+    size_t i, added = 0;
+    for (i = 0; i < n; i++) {
+        if (kvx__store_find(s, &v[i].key)) continue; /* a put or an exists got there first */
+        if ((s->count + 1) * 2 > s->slots_cap && kvx__store_grow_slots(s)) break;
+        if (!(e = kvx__store_new_ent(s))) break;
+        s->ents[e].key = v[i].key;
+        s->ents[e].size = s->block_bytes;
+        s->ents[e].ts = v[i].ts;
+        s->ents[e].gen = s->scan_gen;
+        s->slots[kvx__store_slot(s, &v[i].key)] = e;
+        s->count++;
+        s->bytes += s->block_bytes;
+        added++;
+        while (c && s->ents[c].ts < v[i].ts) c = s->ents[c].prev; /* toward the most recent */
+        if (!c) {
+            kvx__store_lru_front(s, e);
+        } else { /* just older than c */
+            s->ents[e].prev = c;
+            s->ents[e].next = s->ents[c].next;
+            if (s->ents[c].next) s->ents[s->ents[c].next].prev = e;
+            else s->lru_tail = e;
+            s->ents[c].next = e;
+        }
+        c = e;
+    }
+    if (added < n && i < n && !s->index_oom_logged++)
+        kvx__store_log(s, KVX_LOG_ERROR, "out of memory growing the index of %s: new blocks are not "
+                       "counted against the capacity", s->ns);
+    return added;
+}
+
+/* Forgets indexed blocks the scan (generation gen, started at wall time
+   t0) did not see and nobody used since it started: other processes
+   removed them. Under s->mu. */
+static uint64_t kvx__store_forget_unseen(kvx_store *s, uint32_t gen, uint64_t t0) {
+    uint32_t e = s->lru_tail, p;
+    uint64_t gone = 0;
+    while (e) {
+        p = s->ents[e].prev;
+        if (s->ents[e].gen != gen && s->ents[e].ts < t0) {
+            kvx_store_key k = s->ents[e].key;
+            kvx__store_idx_remove(s, &k);
+            gone++;
+        }
+        e = p;
+    }
+    return gone;
+}
+
+/* Evicts least recently used blocks until this view is under capacity;
+   each victim's file is looked at again first. Returns how many went. */
+static uint64_t kvx__store_evict_to_capacity(kvx_store *s) {
+    uint64_t evicted = 0;
+    for (;;) {
+        kvx__store_ent v;
+        char rel[KVX__STORE_REL];
+        pthread_mutex_lock(&s->mu);
+        if (kvx__store_used(s) <= s->capacity || !s->lru_tail) {
+            pthread_mutex_unlock(&s->mu);
+            break;
+        }
+        v = s->ents[s->lru_tail];
+        kvx__store_idx_remove(s, &v.key);
+        pthread_mutex_unlock(&s->mu);
+        if (kvx__store_victim_check(s, &v)) continue; /* used since, or gone already */
+        kvx__store_relpath(rel, &v.key);
+        if (!unlinkat(s->ns_fd, rel, 0)) {
+            KVX__STORE_ADD(&s->st.evictions, 1);
+            evicted++;
+        }
+    }
+    return evicted;
+}
+
+/* A namespace scan: reads every directory of the namespace once, learns
+   blocks other processes wrote (stat-ing only those), forgets blocks they
+   removed, then evicts least recently used blocks until the namespace as
+   seen is under the capacity. At open it builds the index. One at a time. */
+static kvx_result kvx__store_rescan_run(kvx_store *s, int at_open, char *why, size_t wl) {
     kvx__store_load L;
-    uint64_t t0 = kvx_now_ns(), evicted = 0;
-    size_t i;
+    uint64_t t0 = kvx_now_ns(), evicted, gone = 0, dt;
+    uint32_t gen;
     int err;
+    pthread_mutex_lock(&s->scan_run);
+    __atomic_store_n(&s->scan_end_ns, t0, __ATOMIC_RELEASE); /* no put-requested scan meanwhile */
     memset(&L, 0, sizeof L);
     L.s = s;
     L.now = kvx__store_wall_ns();
+    pthread_mutex_lock(&s->mu);
+    gen = ++s->scan_gen;
+    pthread_mutex_unlock(&s->mu);
     err = kvx__store_walk(s->ns_fd, kvx__store_load_fn, &L);
     if (err || L.oom) {
         kvx__store_free(s, L.v);
         kvx__set_why(why, wl, "cannot read the blocks of %s: %s", s->ns,
-                       err ? strerror(err) : "out of memory");
+                     err ? strerror(err) : "out of memory");
+        if (!at_open)
+            kvx__store_log(s, KVX_LOG_WARN, "scan of %s failed: %s", s->ns,
+                           err ? strerror(err) : "out of memory");
+        __atomic_store_n(&s->scan_end_ns, kvx_now_ns(), __ATOMIC_RELEASE);
+        pthread_mutex_unlock(&s->scan_run);
         return err ? kvx__errno_result(err) : KVX_ERR_NO_MEMORY;
     }
     if (L.n) qsort(L.v, L.n, sizeof *L.v, kvx__store_cmp_found);
     pthread_mutex_lock(&s->mu);
-    for (i = 0; i < L.n; i++) kvx__store_idx_note(s, &L.v[i].key, s->block_bytes, L.v[i].ts, 1);
-    if (L.n && L.v[L.n - 1].ts > s->last_ts) s->last_ts = L.v[L.n - 1].ts;
+    L.n = kvx__store_merge(s, L.v, L.n);
+    if (!at_open) gone = kvx__store_forget_unseen(s, gen, L.now);
+    if (at_open && L.n && L.v[L.n - 1].ts > s->last_ts) s->last_ts = L.v[L.n - 1].ts;
     pthread_mutex_unlock(&s->mu);
     kvx__store_free(s, L.v);
-    for (;;) {
-        kvx_store_key k;
-        char rel[KVX__STORE_REL];
-        pthread_mutex_lock(&s->mu);
-        if (s->bytes <= s->capacity || !s->lru_tail) { pthread_mutex_unlock(&s->mu); break; }
-        k = s->ents[s->lru_tail].key;
-        kvx__store_idx_remove(s, &k);
-        pthread_mutex_unlock(&s->mu);
-        kvx__store_relpath(rel, &k);
-        (void)unlinkat(s->ns_fd, rel, 0);
-        KVX__STORE_ADD(&s->st.evictions, 1);
-        evicted++;
+    evicted = kvx__store_evict_to_capacity(s);
+    dt = kvx_now_ns() - t0;
+    KVX__STORE_ADD(&s->st.scans, 1);
+    __atomic_store_n(&s->st.last_scan_ns, dt, __ATOMIC_RELAXED);
+    if (!at_open) {
+        KVX__STORE_ADD(&s->st.scan_found, (uint64_t)L.n);
+        KVX__STORE_ADD(&s->st.scan_gone, gone);
     }
-    kvx__store_log(s, KVX_LOG_INFO,
-                   "opened %s: %u blocks, %llu bytes (capacity %llu) indexed in %.1f ms; %llu "
-                   "evicted to fit, %llu bad removed, %llu stale temporaries removed, %llu in flight",
-                   s->ns, s->count, (unsigned long long)s->bytes, (unsigned long long)s->capacity,
-                   (double)(kvx_now_ns() - t0) / 1e6, (unsigned long long)evicted,
+    pthread_mutex_lock(&s->mu);
+    kvx__store_log(s, at_open || evicted || L.bad ? KVX_LOG_INFO : KVX_LOG_DEBUG,
+                   "%s %s: %u blocks, %llu bytes (capacity %llu) in %.1f ms; %llu new, %llu gone, "
+                   "%llu evicted to fit, %llu bad removed, %llu stale temporaries removed, %llu in "
+                   "flight", at_open ? "opened" : "scanned", s->ns, s->count,
+                   (unsigned long long)s->bytes, (unsigned long long)s->capacity, (double)dt / 1e6,
+                   (unsigned long long)L.n, (unsigned long long)gone, (unsigned long long)evicted,
                    (unsigned long long)L.bad, (unsigned long long)L.tmp_removed,
                    (unsigned long long)L.tmp_kept);
+    pthread_mutex_unlock(&s->mu);
+    __atomic_store_n(&s->scan_end_ns, kvx_now_ns(), __ATOMIC_RELEASE);
+    pthread_mutex_unlock(&s->scan_run);
     return KVX_OK;
+}
+
+KVX_API kvx_result kvx_store_rescan(kvx_store *s) {
+    if (!s) return KVX_ERR_INVALID_ARGUMENT;
+    return kvx__store_rescan_run(s, 0, NULL, 0);
+}
+
+/* A put found this process's view full: ask the scanner for a scan now,
+   unless one ran (or started) less than scan_gap_ns ago. */
+static void kvx__store_scan_request(kvx_store *s) {
+    if (!s->scanner_on ||
+        kvx_now_ns() - __atomic_load_n(&s->scan_end_ns, __ATOMIC_ACQUIRE) < s->scan_gap_ns)
+        return;
+    pthread_mutex_lock(&s->scan_mu);
+    if (!s->scan_wake) {
+        s->scan_wake = 1;
+        pthread_cond_signal(&s->scan_cv);
+    }
+    pthread_mutex_unlock(&s->scan_mu);
+}
+
+static void *kvx__store_scanner_main(void *arg) {
+    kvx_store *s = (kvx_store *)arg;
+    pthread_mutex_lock(&s->scan_mu);
+    while (!s->scan_stop) {
+        uint64_t due = __atomic_load_n(&s->scan_end_ns, __ATOMIC_ACQUIRE) + s->scan_interval_ns;
+        struct timespec ts;
+        if (s->scan_wake || kvx_now_ns() >= due) {
+            pthread_mutex_unlock(&s->scan_mu);
+            (void)kvx__store_rescan_run(s, 0, NULL, 0);
+            pthread_mutex_lock(&s->scan_mu);
+            s->scan_wake = 0;
+            continue;
+        }
+        ts.tv_sec = (time_t)(due / 1000000000ull);
+        ts.tv_nsec = (long)(due % 1000000000ull);
+        pthread_cond_timedwait(&s->scan_cv, &s->scan_mu, &ts);
+    }
+    pthread_mutex_unlock(&s->scan_mu);
+    return NULL;
+}
+
+/* The background scanner (see CAPACITY); without it, scans happen at open
+   and in kvx_store_rescan only. */
+static void kvx__store_start_scanner(kvx_store *s) {
+    pthread_condattr_t ca;
+    double iv = s->desc.scan_interval;
+    if (iv < 0) return;
+    s->scan_interval_ns = (uint64_t)(iv * 1e9);
+    s->scan_gap_ns = s->scan_interval_ns / 4 > 1000000000ull ? s->scan_interval_ns / 4 : 1000000000ull;
+    if (s->scan_gap_ns > s->scan_interval_ns) s->scan_gap_ns = s->scan_interval_ns;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC); /* kvx_now_ns's clock */
+    pthread_cond_init(&s->scan_cv, &ca);
+    pthread_condattr_destroy(&ca);
+    if (pthread_create(&s->scanner, NULL, kvx__store_scanner_main, s) != 0) {
+        pthread_cond_destroy(&s->scan_cv);
+        kvx__store_log(s, KVX_LOG_WARN, "cannot start the namespace scanner of %s: the capacity is "
+                       "enforced over this process's view only", s->ns);
+        return;
+    }
+    s->scanner_on = 1;
 }
 
 static void kvx__store_config_json(const kvx_store *s, kvx_buf *b) {
@@ -2007,6 +2238,15 @@ static kvx_result kvx__store_apply_env(kvx_store_desc *d, char *why, size_t wl) 
         KVX_OK)
         return r;
     if ((r = kvx_env_int("KVX_STORE_SHARED", &d->shared, why, wl)) != KVX_OK) return r;
+    if ((r = kvx_setting_double("KVX_STORE_SCAN_INTERVAL", &d->scan_interval, 30, -1, 86400, why,
+                                wl)) != KVX_OK)
+        return r;
+    if (d->scan_interval != -1 && d->scan_interval < 0.05) {
+        kvx__set_why(why, wl, "KVX_STORE_SCAN_INTERVAL / desc.scan_interval is %g; use seconds "
+                     "in [0.05, 86400], 0 for the default 30, or -1 for no periodic scan",
+                     d->scan_interval);
+        return KVX_ERR_BAD_CONFIG;
+    }
     if (d->fsync != 0 && d->fsync != 1) {
         kvx__set_why(why, wl, "KVX_STORE_FSYNC / desc.fsync is %d; use 0 (rename only) or 1 "
                        "(fsync file and directory)", d->fsync);
@@ -2154,6 +2394,14 @@ static void kvx__store_start_workers(kvx_store *s) {
 KVX_API void kvx_store_close(kvx_store *s) {
     int i;
     if (!s) return;
+    if (s->scanner_on) {
+        pthread_mutex_lock(&s->scan_mu);
+        s->scan_stop = 1;
+        pthread_cond_signal(&s->scan_cv);
+        pthread_mutex_unlock(&s->scan_mu);
+        pthread_join(s->scanner, NULL);
+        pthread_cond_destroy(&s->scan_cv);
+    }
     pthread_mutex_lock(&s->pool_mu);
     s->pool_stop = 1;
     pthread_cond_broadcast(&s->pool_cv);
@@ -2177,6 +2425,8 @@ KVX_API void kvx_store_close(kvx_store *s) {
     kvx__store_free(s, s->dtype);
     kvx__store_free(s, s->root);
     pthread_mutex_destroy(&s->mu);
+    pthread_mutex_destroy(&s->scan_run);
+    pthread_mutex_destroy(&s->scan_mu);
     pthread_mutex_destroy(&s->pool_mu);
     pthread_cond_destroy(&s->pool_cv);
     pthread_cond_destroy(&s->pool_done);
@@ -2209,6 +2459,8 @@ KVX_API kvx_result kvx_store_open(const kvx_store_desc *desc, kvx_store **out, c
     s->ns_fd = -1;
     s->capacity = d.capacity_bytes;
     pthread_mutex_init(&s->mu, NULL);
+    pthread_mutex_init(&s->scan_run, NULL);
+    pthread_mutex_init(&s->scan_mu, NULL);
     pthread_mutex_init(&s->pool_mu, NULL);
     pthread_cond_init(&s->pool_cv, NULL);
     pthread_cond_init(&s->pool_done, NULL);
@@ -2237,8 +2489,9 @@ KVX_API kvx_result kvx_store_open(const kvx_store_desc *desc, kvx_store **out, c
     kvx__store_tmp_tag(s);
     if ((r = kvx__store_config_file(s, why, wl)) != KVX_OK) goto fail;
     if ((r = kvx__store_fanout(s, why, wl)) != KVX_OK) goto fail;
-    if ((r = kvx__store_load_index(s, why, wl)) != KVX_OK) goto fail;
+    if ((r = kvx__store_rescan_run(s, 1, why, wl)) != KVX_OK) goto fail;
     kvx__store_start_workers(s);
+    kvx__store_start_scanner(s);
     *out = s;
     return KVX_OK;
 fail:
