@@ -5,6 +5,9 @@
      capacity, evicting the least recently used blocks of either;
    - a block the other view used since stays when this view evicts;
    - a scan forgets blocks another process removed;
+   - a block that looked corrupt to one process is removed only on evidence
+     found in that very file: not when the name now holds another writer's
+     block, not when a full re-read finds it intact;
    - two processes with the background scanner both put more than the
      capacity at once: once both are done and a scan ran, the namespace's
      block files on disk total at most the capacity, and every one loads
@@ -143,6 +146,50 @@ static void test_two_views(const char *dir) {
     kvx_store_close(b);
 }
 
+
+/* ---- a block that looked corrupt to one process ---- */
+
+/* What a reader does when a block looked unusable: kvx__store_bad with the
+   file it examined (seen). Only evidence on the very file removes it. */
+static void test_suspect(const char *dir) {
+    kvx_store *a = open_store(dir, KVX_STORE_UNLIMITED, -1), *b = open_store(dir, KVX_STORE_UNLIMITED, -1);
+    kvx_store_key k = st_key(7, 1);
+    char rel[KVX__STORE_REL], path[4096];
+    struct stat seen, now;
+    kvx_store_stats st;
+    kvx_store_verify_report rep;
+    if (!a || !b) { CHECK(0, "open two views"); return; }
+    kvx__store_relpath(rel, &k);
+    kvx_store_block_path(a, &k, path, sizeof path);
+    CHECK(put_keys(a, 7, 1, 1) == KVX_OK && !stat(path, &seen), "A puts a block");
+    /* B read it and saw garbage (e.g. it was being recycled), meanwhile A
+       removed it and put it again: another file, good */
+    kvx_store_remove(a, &k);
+    put_keys(a, 7, 1, 1);
+    CHECK(!stat(path, &now) && now.st_ino != seen.st_ino, "A replaced it with a new file");
+    CHECK(kvx__store_bad(b, b->ns_fd, rel, rel, &k, &seen, "test: torn read") == 0,
+          "B does not remove another writer's block at that name");
+    CHECK(present(a, 7, 1), "the good block is still there");
+    /* B saw garbage in the very file, but it is intact (stale cache, or a
+       read racing a writer): re-read under a private name, put back */
+    stat(path, &seen);
+    CHECK(kvx__store_bad(b, b->ns_fd, rel, rel, &k, &seen, "test: stale bytes") == 0,
+          "B does not remove an intact block it misread");
+    CHECK(present(a, 7, 1) && !stat(path, &now) && now.st_ino == seen.st_ino,
+          "the block is back under its name, the same file");
+    /* real evidence: a data byte flipped */
+    CHECK(st_flip_byte(path, (off_t)(g_bb - 10)) == 0, "flip a data byte");
+    CHECK(kvx__store_bad(b, b->ns_fd, rel, rel, &k, &seen, "test: data CRC") == 1 && !present(a, 7, 1),
+          "a block whose data CRC fails on a full re-read is removed");
+    kvx_store_stats_get(b, &st);
+    CHECK(st.corrupt == 1, "counted once as corrupt (%llu)", (unsigned long long)st.corrupt);
+    memset(&rep, 0, sizeof rep);
+    CHECK(kvx_store_verify(b, 0, &rep) == KVX_OK && rep.temporary == 0 && rep.bad == 0,
+          "no private copy left behind (%llu temporaries)", (unsigned long long)rep.temporary);
+    kvx_store_close(a);
+    kvx_store_close(b);
+}
+
 /* ---- two processes with the background scanner ---- */
 
 #define PROC_KEYS 96
@@ -258,6 +305,9 @@ int main(int argc, char **argv) {
     st_scratch(dir, sizeof dir, "store_shared");
     if (probe_block_bytes(dir)) return 1;
     test_two_views(dir);
+    st_rm_rf(dir);
+    mkdir(dir, 0755);
+    test_suspect(dir);
     st_rm_rf(dir);
     mkdir(dir, 0755);
     test_two_procs(dir);
