@@ -154,7 +154,7 @@ static void test_two_views(const char *dir) {
 static void test_suspect(const char *dir) {
     kvx_store *a = open_store(dir, KVX_STORE_UNLIMITED, -1), *b = open_store(dir, KVX_STORE_UNLIMITED, -1);
     kvx_store_key k = st_key(7, 1);
-    char rel[KVX__STORE_REL], path[4096];
+    char rel[KVX__STORE_REL], path[4096], keep[4096];
     struct stat seen, now;
     kvx_store_stats st;
     kvx_store_verify_report rep;
@@ -164,8 +164,11 @@ static void test_suspect(const char *dir) {
     CHECK(put_keys(a, 7, 1, 1) == KVX_OK && !stat(path, &seen), "A puts a block");
     /* B read it and saw garbage (e.g. it was being recycled), meanwhile A
        removed it and put it again: another file, good */
+    snprintf(keep, sizeof keep, "%s/keep", dir); /* the old inode stays allocated: not reused */
+    CHECK(link(path, keep) == 0, "keep the old file's inode busy");
     kvx_store_remove(a, &k);
     put_keys(a, 7, 1, 1);
+    unlink(keep);
     CHECK(!stat(path, &now) && now.st_ino != seen.st_ino, "A replaced it with a new file");
     CHECK(kvx__store_bad(b, b->ns_fd, rel, rel, &k, &seen, "test: torn read") == 0,
           "B does not remove another writer's block at that name");
