@@ -450,6 +450,7 @@ KVX_API kvx_result kvx_store_verify(kvx_store *s, int remove_bad, kvx_store_veri
 #include <sys/types.h>
 #include <sys/uio.h>
 #include <sys/sysmacros.h>
+#include <sys/vfs.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -463,6 +464,7 @@ extern "C" {
 #define KVX__STORE_GROUP (1u << 20)   /* bytes read or written, then checksummed, at once */
 #define KVX__STORE_IOV 64             /* iovecs per preadv / pwritev */
 #define KVX__STORE_TMP_TTL_NS (600ull * 1000000000ull)
+#define KVX__STORE_SETTLE_NS (5ull * 1000000000ull) /* see kvx__store_bad */
 #define KVX__STORE_DEFAULT_CAPACITY (64ull << 30)
 #define KVX__STORE_VICTIMS 32
 #define KVX__STORE_MAX_DATA (1ull << 48)
@@ -746,6 +748,7 @@ struct kvx_store {
     uint8_t *hdr_template; /* this store's header with key and CRCs zero */
     size_t scratch_bytes;  /* header + iovecs */
     int ns_fd;
+    int remote;            /* the namespace is on a network or FUSE filesystem */
     char tmp_tag[48];      /* ".tmp.<pid>-<nonce>." */
     uint64_t tmp_seq;      /* atomic */
     uint64_t last_ts;      /* atomic */
@@ -1048,18 +1051,41 @@ static void kvx__store_scan_request(kvx_store *s);
 /* Bytes this process counts against the capacity. */
 static uint64_t kvx__store_used(const kvx_store *s) { return s->bytes + s->reserved; }
 
+/* The mtime of dirfd/name with attributes fetched from the server (statx
+   AT_STATX_FORCE_SYNC; plain fstatat where statx is missing). 0 or -1. */
+static int kvx__store_mtime_fresh(int dirfd, const char *name, uint64_t *mt) {
+#if defined(STATX_MTIME) && defined(AT_STATX_FORCE_SYNC)
+    struct statx x;
+    if (!statx(dirfd, name, AT_SYMLINK_NOFOLLOW | AT_STATX_FORCE_SYNC, STATX_MTIME, &x)) {
+        *mt = (uint64_t)x.stx_mtime.tv_sec * 1000000000ull + x.stx_mtime.tv_nsec;
+        return 0;
+    }
+    if (errno != ENOSYS && errno != EINVAL) return -1;
+#endif
+    {
+        struct stat st;
+        if (fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW)) return -1;
+        *mt = kvx__store_ts_ns(&st.st_mtim);
+    }
+    return 0;
+}
+
 /* Looks at an evicted block's file again before it goes: the index's view
-   may be old on a namespace shared by several processes. 0: still as the
+   may be old on a namespace shared by several processes. Its attributes
+   come from the server, not the client's cache: on GlusterFS a name looked
+   up in the last second (entry-timeout) may still lead, in this client's
+   cache, to the file it held then, even after another client recycled that
+   file into another key's block; the server-side mtime of that file is
+   then recent and it is kept. 0: still as the
    index knew it (evict it); 1: used since by another process (its mtime is
    newer; put back into the index as recently used); 2: gone (another
    process evicted or removed it). */
 static int kvx__store_victim_check(kvx_store *s, const kvx__store_ent *v) {
     char rel[KVX__STORE_REL];
-    struct stat st;
     uint64_t mt;
     kvx__store_relpath(rel, &v->key);
-    if (fstatat(s->ns_fd, rel, &st, AT_SYMLINK_NOFOLLOW)) return errno == ENOENT || errno == ESTALE ? 2 : 0;
-    if ((mt = kvx__store_ts_ns(&st.st_mtim)) <= v->ts) return 0;
+    if (kvx__store_mtime_fresh(s->ns_fd, rel, &mt)) return errno == ENOENT || errno == ESTALE ? 2 : 0;
+    if (mt <= v->ts) return 0;
     pthread_mutex_lock(&s->mu);
     kvx__store_idx_note(s, &v->key, v->size, mt, 1);
     pthread_mutex_unlock(&s->mu);
@@ -1234,10 +1260,28 @@ static int kvx__store_check_header(const kvx_store *s, const uint8_t *h, const k
 }
 
 /* The name no longer refers to the file examined (seen). */
+/* The name no longer refers to the file examined (seen), or that file has
+   changed since (size, ctime: a rename or a write by another process),
+   with attributes fetched from the server where the filesystem can. */
 static int kvx__store_replaced(const kvx_store *s, const char *rel, const struct stat *seen) {
-    struct stat now;
-    if (fstatat(s->ns_fd, rel, &now, AT_SYMLINK_NOFOLLOW)) return errno == ENOENT;
-    return now.st_ino != seen->st_ino || now.st_dev != seen->st_dev;
+#if defined(STATX_CTIME) && defined(AT_STATX_FORCE_SYNC)
+    struct statx x;
+    if (!statx(s->ns_fd, rel, AT_SYMLINK_NOFOLLOW | AT_STATX_FORCE_SYNC,
+               STATX_INO | STATX_SIZE | STATX_CTIME, &x))
+        return x.stx_ino != (uint64_t)seen->st_ino ||
+               (uint64_t)makedev(x.stx_dev_major, x.stx_dev_minor) != (uint64_t)seen->st_dev ||
+               x.stx_size != (uint64_t)seen->st_size ||
+               x.stx_ctime.tv_sec != (int64_t)seen->st_ctim.tv_sec ||
+               x.stx_ctime.tv_nsec != (uint32_t)seen->st_ctim.tv_nsec;
+    if (errno != ENOSYS && errno != EINVAL) return errno == ENOENT || errno == ESTALE;
+#endif
+    {
+        struct stat now;
+        if (fstatat(s->ns_fd, rel, &now, AT_SYMLINK_NOFOLLOW)) return errno == ENOENT || errno == ESTALE;
+        return now.st_ino != seen->st_ino || now.st_dev != seen->st_dev ||
+               now.st_size != seen->st_size || now.st_ctim.tv_sec != seen->st_ctim.tv_sec ||
+               now.st_ctim.tv_nsec != seen->st_ctim.tv_nsec;
+    }
 }
 
 /* Fresh attributes of an open file: on NFS, FUSE (GlusterFS), CephFS and
@@ -1267,12 +1311,17 @@ static int kvx__store_fresh_stat(int fd, uint64_t *size, uint64_t *ino, uint64_t
 }
 
 /* Reads the whole block open at fd again (header, data, CRCs) into a
-   private buffer. 0 intact; 1 corrupt with the evidence in why (the server
-   says the file has another size than a block, or a complete read has a
-   bad header, another key or configuration, or a data CRC mismatch); -1
-   not sure (a short read or an I/O error: possibly caching, not evidence). */
-static int kvx__store_recheck(kvx_store *s, int fd, const kvx_store_key *k, char *why, size_t wl) {
+   private buffer. 0 an intact block of key k; 2 an intact block of another
+   key (*other): a file reached through a stale name (see
+   kvx__store_victim_check) or misplaced; 1 corrupt with the evidence in
+   why (the server says the file has another size than a block, or a
+   complete read has a bad header, another configuration or layout, or a
+   data CRC mismatch); -1 not sure (a short read or an I/O error: possibly
+   caching, not evidence). */
+static int kvx__store_recheck(kvx_store *s, int fd, const kvx_store_key *k, kvx_store_key *other,
+                              char *why, size_t wl) {
     uint64_t size = 0, ino, dev, off, left;
+    kvx_store_key hk;
     uint8_t *buf;
     size_t cap = KVX__STORE_GROUP > s->hdr_size ? KVX__STORE_GROUP : s->hdr_size;
     uint32_t crc = 0;
@@ -1293,10 +1342,11 @@ static int kvx__store_recheck(kvx_store *s, int fd, const kvx_store_key *k, char
     if ((err = kvx__store_pio(fd, buf, s->hdr_size, 0, 0)) != 0) {
         kvx__set_why(why, wl, "header: %s", err < 0 ? "short read" : strerror(err));
         r = -1;
-    } else if (kvx__store_check_header(s, buf, k, why, wl)) {
+    } else if (kvx__store_check_header(s, buf, NULL, why, wl)) {
         r = 1;
     } else {
         uint32_t want = kvx__le_r32(buf + 80);
+        memcpy(hk.bytes, buf + 32, 32);
         for (off = s->hdr_size, left = s->data_len; left && !r;) {
             size_t n = left < cap ? (size_t)left : cap;
             if ((err = kvx__store_pio(fd, buf, n, off, 0)) != 0) {
@@ -1312,6 +1362,10 @@ static int kvx__store_recheck(kvx_store *s, int fd, const kvx_store_key *k, char
             kvx__set_why(why, wl, "data CRC32C mismatch: stored %08x, read %08x", want, crc);
             r = 1;
         }
+        if (!r && k && memcmp(hk.bytes, k->bytes, 32)) {
+            *other = hk;
+            r = 2;
+        }
     }
     kvx__store_free(s, buf);
     return r;
@@ -1320,25 +1374,43 @@ static int kvx__store_recheck(kvx_store *s, int fd, const kvx_store_key *k, char
 /* A block that looked unusable (reason) when this process read the file
    `seen` at dirfd/name. On a shared filesystem that alone is no evidence:
    the file may have been evicted and recycled by another node while it was
-   read, the name may by now lead to another writer's good block, and a
-   client cache may have served a stale size or stale bytes. So whatever
-   file is at the name now is moved (renameat: atomic, decided by the
-   server) to a private temporary name where no other process looks it up,
-   recycles or replaces it, and examined there:
+   read, the name may by now lead to another writer's good block, a client
+   cache may have served a stale size or stale bytes, and on GlusterFS a
+   name this client looked up within the last second may still lead (in its
+   cache, and for renames and unlinks too) to the file it held then, even
+   after another client renamed that file to another key. So whatever file
+   the name leads to now is moved (renameat) to a private temporary name
+   where no other process looks it up, recycles or replaces it, and
+   examined there:
      - nothing there: a miss (evicted or removed meanwhile);
      - another file than `seen`: another writer's block, put back untouched;
-     - the same file, which re-read completely with fresh attributes is
-       intact: what was seen was stale or changing; put back; a miss;
+     - the same file, re-read completely with fresh attributes: intact, put
+       back (what was seen was stale or changing); an intact block of
+       another key, moved to that key's name (where it came from); not sure
+       (short read, I/O error), put back; all three a miss;
      - the same file, with evidence (kvx__store_recheck returns 1): removed,
-       counted in stats.corrupt, logged at warn;
-     - not sure (short read, I/O error): put back; a miss.
+       counted in stats.corrupt, logged at warn.
    While it is away its key is a miss for everyone (one block, briefly).
    Returns 1 when the file was removed as corrupt. */
 static int kvx__store_bad(kvx_store *s, int dirfd, const char *name, const char *shown,
                           const kvx_store_key *k, const struct stat *seen, const char *reason) {
-    char q[KVX__STORE_REL + 64], why[256];
+    char q[KVX__STORE_REL + 64], why[256], orel[KVX__STORE_REL];
     uint64_t size, ino, dev;
-    int fd, v = -1, removed = 0;
+    kvx_store_key other;
+    int fd, v = -1, removed = 0, back;
+    if (s->remote) {
+        /* on a shared filesystem a file written in the last few seconds may
+           be another node's block in the making, reached through a name
+           this client's cache has not let go of yet: a miss, nothing more */
+        uint64_t mt;
+        if (kvx__store_mtime_fresh(dirfd, name, &mt)) return 0;
+        if (mt + KVX__STORE_SETTLE_NS > kvx__store_wall_ns()) {
+            kvx__store_log(s, KVX_LOG_DEBUG, "%s/%s looked unusable (%s) and was written in the "
+                           "last %d s; a miss", s->ns, shown, reason,
+                           (int)(KVX__STORE_SETTLE_NS / 1000000000ull));
+            return 0;
+        }
+    }
     snprintf(q, sizeof q, "%s%sq%llu", name, s->tmp_tag,
              (unsigned long long)__atomic_add_fetch(&s->tmp_seq, 1, __ATOMIC_RELAXED));
     why[0] = 0;
@@ -1350,22 +1422,43 @@ static int kvx__store_bad(kvx_store *s, int dirfd, const char *name, const char 
     fd = openat(dirfd, q, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
     if (fd >= 0 && !kvx__store_fresh_stat(fd, &size, &ino, &dev) && seen &&
         (ino != (uint64_t)seen->st_ino || dev != (uint64_t)seen->st_dev)) {
-        v = 2; /* another file: not ours to judge */
+        v = 3; /* another file: not ours to judge */
     } else if (fd >= 0) {
-        v = kvx__store_recheck(s, fd, k, why, sizeof why);
+        v = kvx__store_recheck(s, fd, k, &other, why, sizeof why);
     } else if (errno == ELOOP) {
         snprintf(why, sizeof why, "a symbolic link, not a block file");
         v = 1;
     }
     if (fd >= 0) close(fd);
-    if (v == 1 && !unlinkat(dirfd, q, 0)) removed = 1;
-    else if (renameat(dirfd, q, dirfd, name))
-        (void)unlinkat(dirfd, q, 0); /* cannot put it back: do not leak it */
+    if (v == 1) {
+        /* out of the way for good. Removed now when nothing wrote it for
+           KVX__STORE_TMP_TTL_NS; else it may be another writer's block in
+           the making, reached through a stale name (its write then still
+           completes: GlusterFS renames by file id), so it stays, under its
+           temporary name, for the next open or scan after that time. */
+        uint64_t mt;
+        removed = 1;
+        if (!kvx__store_mtime_fresh(dirfd, q, &mt) &&
+            mt + KVX__STORE_TMP_TTL_NS < kvx__store_wall_ns())
+            (void)unlinkat(dirfd, q, 0);
+        else
+            removed = 2;
+    } else {
+        if (v == 2) {
+            kvx__store_relpath(orel, &other);
+            back = renameat(dirfd, q, s->ns_fd, orel);
+        } else {
+            back = renameat(dirfd, q, dirfd, name);
+        }
+        if (back) (void)unlinkat(dirfd, q, 0); /* cannot put it back: do not leak it */
+    }
     if (!removed) {
-        kvx__store_log(s, KVX_LOG_DEBUG, "%s/%s looked unusable (%s) but %s; left in place, a miss",
-                       s->ns, shown, reason,
-                       v == 2 ? "the name now holds another file" :
-                       v == 0 ? "it is intact when read again" : "nothing proves it is corrupt");
+        kvx__store_log(s, KVX_LOG_DEBUG, "%s/%s looked unusable (%s) but %s; a miss", s->ns, shown,
+                       reason,
+                       v == 3 ? "the name now holds another file; left in place" :
+                       v == 2 ? "it is an intact block of another key; moved to that key's name" :
+                       v == 0 ? "it is intact when read again; put back" :
+                                "nothing proves it is corrupt; put back");
         return 0;
     }
     if (k) {
@@ -1374,8 +1467,10 @@ static int kvx__store_bad(kvx_store *s, int dirfd, const char *name, const char 
         pthread_mutex_unlock(&s->mu);
     }
     KVX__STORE_ADD(&s->st.corrupt, 1);
-    kvx__store_log(s, KVX_LOG_WARN, "block %s/%s is corrupt: %s (first seen: %s); removed, a miss",
-                   s->ns, shown, why, reason);
+    kvx__store_log(s, KVX_LOG_WARN, "block %s/%s is corrupt: %s (first seen: %s); %s, a miss",
+                   s->ns, shown, why, reason,
+                   removed == 1 ? "removed" : "moved out of the way (removed once unchanged for 10 "
+                                              "minutes)");
     return 1;
 }
 
@@ -1538,7 +1633,7 @@ static void kvx__store_put_item(void *arg, size_t i, void *scratch) {
         return;
     }
 write:
-    if ((r = kvx__store_reserve(s, s->block_bytes, &victim, &have_victim)) != KVX_OK) {
+    if ((r = kvx__store_reserve(s, s->block_bytes, s->remote ? NULL : &victim, &have_victim)) != KVX_OK) {
         kvx__store_fail(b, i, r, "a block of %llu bytes does not fit the capacity of %llu bytes "
                         "(nothing left to evict)", (unsigned long long)s->block_bytes,
                         (unsigned long long)s->capacity);
@@ -2223,6 +2318,21 @@ static kvx_result kvx__store_open_ns(kvx_store *s, char *why, size_t wl) {
     return kvx_dir_check(s->ns_fd, s->ns, flags, why, wl);
 }
 
+/* A filesystem shared between hosts (its caches may be stale): NFS, SMB,
+   FUSE (GlusterFS, CephFS-fuse, BeeGFS...), CephFS, Lustre, GPFS, OCFS2,
+   GFS2, AFS, 9p. */
+static int kvx__store_is_remote(int fd) {
+    struct statfs f;
+    unsigned long t;
+    if (fstatfs(fd, &f)) return 0;
+    t = (unsigned long)f.f_type;
+    return t == 0x6969ul /* NFS */ || t == 0xFE534D42ul /* SMB2 */ || t == 0xFF534D42ul /* CIFS */ ||
+           t == 0x517Bul /* SMB */ || t == 0x65735546ul /* FUSE */ || t == 0x00C36400ul /* Ceph */ ||
+           t == 0x0BD00BD0ul /* Lustre */ || t == 0x47504653ul /* GPFS */ ||
+           t == 0x7461636Ful /* OCFS2 */ || t == 0x01161970ul /* GFS2 */ ||
+           t == 0x5346414Ful /* AFS */ || t == 0x01021997ul /* 9p */;
+}
+
 static kvx_result kvx__store_apply_env(kvx_store_desc *d, char *why, size_t wl) {
     const char *cap = NULL, *lvl = NULL;
     kvx_result r;
@@ -2486,6 +2596,7 @@ KVX_API kvx_result kvx_store_open(const kvx_store_desc *desc, kvx_store **out, c
     }
     snprintf(s->ns, sizeof s->ns, "%s/%s", s->root, s->cfg_hex);
     if ((r = kvx__store_open_ns(s, why, wl)) != KVX_OK) goto fail;
+    s->remote = kvx__store_is_remote(s->ns_fd);
     kvx__store_tmp_tag(s);
     if ((r = kvx__store_config_file(s, why, wl)) != KVX_OK) goto fail;
     if ((r = kvx__store_fanout(s, why, wl)) != KVX_OK) goto fail;
