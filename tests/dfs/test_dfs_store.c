@@ -389,6 +389,8 @@ static void test_evict_under_reader(const char *da, const char *db) {
     CHECK(wrong == 0, "no page B loaded was torn or wrong (%d)", wrong);
     CHECK(errs == 0 && st.errors == 0, "every block that went away was a miss, not an error (%d, %llu)",
           errs, (unsigned long long)st.errors);
+    CHECK(st.corrupt == 0, "the reader took nothing away as corrupt (%llu): a block evicted or "
+          "changing under it is a miss", (unsigned long long)st.corrupt);
     kvx_store_close(s);
     /* every block file left, read through A, is intact */
     {
