@@ -21,8 +21,18 @@
    cache, and how long opening a store of 100,000 blocks takes.
 
    Usage: bench_store [--dir DIR] [--iters N] [--threads N] [--keys N]
-                      [--only put-get|exists]
-   Env: KVX_STORE_* apply to the store as usual. */
+                      [--only put-get|exists] [--dfs-pages N] [--scan-keys N]
+   Env: KVX_STORE_* apply to the store as usual.
+
+   Shared filesystem (KVX_DFS_A and KVX_DFS_B: one directory seen through
+   two mounts of one volume, as two nodes see it; tests/dfs/gluster.sh run
+   sets them): instead of the above, a batch of --dfs-pages pages (64 = 128
+   MiB, 2 MiB blocks) is put through mount A and got through mount B,
+   against a raw write() of the same bytes to one new file through A and a
+   raw read() of it through B (same run, interleaved, medians); then the
+   cost of a namespace scan of --scan-keys blocks (10,000): the open that
+   indexes them through B (a stat per block), and a rescan of a store that
+   knows them (no stat), through A, B and a local directory. */
 #define KVX_IMPLEMENTATION
 #include "kvx_store.h"
 #include <stdio.h>
@@ -401,10 +411,167 @@ static void bench_exists(const char *dir, int threads, size_t nkeys) {
     }
 }
 
+/* ---- shared filesystem: put through A, get through B ---- */
+
+static void fill_layout(kvx_buffer *bufs, kvx_layout *l, int nbuf, uint64_t item, int pages) {
+    uint64_t x = 88172645463325252ull;
+    int b;
+    size_t i;
+    memset(l, 0, sizeof *l);
+    for (b = 0; b < nbuf; b++) {
+        uint64_t *m;
+        memset(&bufs[b], 0, sizeof bufs[b]);
+        bufs[b].item_len = item;
+        bufs[b].length = item * (uint64_t)pages;
+        if (posix_memalign(&bufs[b].base, 4096, (size_t)bufs[b].length)) die("pool");
+        m = (uint64_t *)bufs[b].base;
+        for (i = 0; i < bufs[b].length / 8; i++) {
+            x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+            m[i] = x;
+        }
+    }
+    l->buffers = bufs;
+    l->num_buffers = (uint32_t)nbuf;
+    l->page_size = 16;
+    l->num_kv_heads = 8;
+    l->dtype_size = 2;
+    l->dtype = "bfloat16";
+}
+
+/* Scan cost of nkeys blocks: put through wdir's store, open through rdir
+   (every block new: a stat each), rescan there (all known: directory
+   entries only). */
+static void bench_scan(const char *wdir, const char *rdir, const char *where, int threads,
+                       size_t nkeys) {
+    kvx_buffer buf;
+    kvx_layout l;
+    kvx_store_key *keys = (kvx_store_key *)malloc(nkeys * sizeof *keys);
+    int32_t *pages = (int32_t *)malloc(nkeys * sizeof *pages);
+    kvx_store *w, *r;
+    kvx_store_stats st;
+    double t0, tput, topen, tre, trew;
+    size_t i;
+    fill_layout(&buf, &l, 1, 64, 1024);
+    make_keys(keys, nkeys, 4242);
+    for (i = 0; i < nkeys; i++) pages[i] = (int32_t)(i % 1024);
+    w = open_store(wdir, &l, threads, "scan-bench", KVX_STORE_UNLIMITED);
+    t0 = now_s();
+    for (i = 0; i < nkeys; i += 1000)
+        kvx_store_batch_put(w, keys + i, pages + i, nkeys - i < 1000 ? nkeys - i : 1000, NULL);
+    tput = now_s() - t0;
+    t0 = now_s();
+    r = open_store(rdir, &l, threads, "scan-bench", KVX_STORE_UNLIMITED);
+    topen = now_s() - t0;
+    t0 = now_s();
+    kvx_store_rescan(r);
+    tre = now_s() - t0;
+    t0 = now_s();
+    kvx_store_rescan(w);
+    trew = now_s() - t0;
+    kvx_store_stats_get(r, &st);
+    printf("scan  %s: %llu blocks; open through the other mount (stat of each) %.3f s (%.0f us per "
+           "block); rescan of known blocks %.3f s (%.0f us), on the writer's mount %.3f s; putting "
+           "them took %.2f s (%.0f blocks/s)\n", where, (unsigned long long)st.blocks, topen,
+           topen * 1e6 / (double)nkeys, tre, tre * 1e6 / (double)nkeys, trew, tput,
+           (double)nkeys / tput);
+    kvx_store_close(r);
+    kvx_store_close(w);
+    free(buf.base);
+    free(keys);
+    free(pages);
+}
+
+static void bench_dfs(const char *a, const char *b, int iters, int threads, int npages,
+                      size_t scan_keys) {
+    kvx_buffer bufs[NBUF];
+    kvx_layout l;
+    int32_t *src = (int32_t *)malloc((size_t)npages * sizeof *src), *dst = (int32_t *)malloc((size_t)npages * sizeof *dst);
+    kvx_store_key *keys = (kvx_store_key *)malloc((size_t)npages * sizeof *keys);
+    size_t bytes = (size_t)npages * NBUF * ITEM, i, bi;
+    char *raw, da[600], db[600], fa[700], fb[700], local[600];
+    double *t[4], g[4];
+    kvx_store *sa, *sb;
+    int it, bad = 0, k;
+    pid_t me = getpid();
+    for (k = 0; k < 4; k++) t[k] = (double *)calloc((size_t)iters, sizeof(double));
+    fill_layout(bufs, &l, NBUF, ITEM, 2 * npages);
+    for (i = 0; i < (size_t)npages; i++) { src[i] = (int32_t)(2 * i); dst[i] = (int32_t)(2 * i + 1); }
+    if (posix_memalign((void **)&raw, 4096, bytes)) die("raw buffer");
+    for (bi = 0, i = 0; bi < NBUF; bi++) {
+        size_t j;
+        for (j = 0; j < (size_t)npages; j++, i++)
+            memcpy(raw + i * ITEM, (char *)bufs[bi].base + (size_t)src[j] * ITEM, ITEM);
+    }
+    snprintf(da, sizeof da, "%s/bench_store_%ld", a, (long)me);
+    snprintf(db, sizeof db, "%s/bench_store_%ld", b, (long)me);
+    rm_rf(da);
+    if (mkdir(da, 0700)) die("mkdir on mount A");
+    for (k = 0; k < 2000 && access(db, F_OK); k++) usleep(10000); /* seen through B */
+    snprintf(fa, sizeof fa, "%s/raw.bin", da);
+    snprintf(fb, sizeof fb, "%s/raw.bin", db);
+    sa = open_store(da, &l, threads, "meta-llama/Llama-3.1-8B", KVX_STORE_UNLIMITED);
+    sb = open_store(db, &l, threads, "meta-llama/Llama-3.1-8B", KVX_STORE_UNLIMITED);
+    printf("bench_store: shared filesystem, put through %s, get through %s\n", a, b);
+    printf("bench_store: Llama-3.1-8B pages, %d pages x %d buffers x %u KiB = %zu MiB per batch "
+           "(%d block files of %llu bytes), io_threads %d, %d iterations, medians\n", npages, NBUF,
+           ITEM >> 10, bytes >> 20, npages, (unsigned long long)kvx_store_block_bytes(sa), threads,
+           iters);
+    for (it = 0; it < iters; it++) {
+        size_t loaded = 0;
+        double t0;
+        make_keys(keys, (size_t)npages, 7000 + (uint64_t)it);
+        t0 = now_s();
+        if (kvx_store_batch_put(sa, keys, src, (size_t)npages, NULL) != KVX_OK) bad++;
+        t[0][it] = now_s() - t0;
+        unlink(fa);
+        t[1][it] = raw_write1(fa, raw, bytes, 1);
+        t0 = now_s();
+        if (kvx_store_batch_get(sb, keys, dst, (size_t)npages, &loaded) != KVX_OK ||
+            loaded != (size_t)npages) bad++;
+        t[2][it] = now_s() - t0;
+        t[3][it] = raw_read1(fb, raw, bytes);
+        for (i = 0; i < (size_t)npages; i++) kvx_store_remove(sa, &keys[i]);
+    }
+    for (bi = 0; bi < NBUF; bi++)
+        for (i = 0; i < (size_t)npages; i++)
+            if (memcmp((char *)bufs[bi].base + (size_t)src[i] * ITEM,
+                       (char *)bufs[bi].base + (size_t)dst[i] * ITEM, ITEM)) bad++;
+    for (k = 0; k < 4; k++) g[k] = gbps(bytes, t[k], iters);
+    printf("put through A (new files)   %6.3f GB/s | raw write through A %6.3f GB/s   %.2fx\n", g[0],
+           g[1], g[0] / g[1]);
+    printf("get through B               %6.3f GB/s | raw read through B  %6.3f GB/s   %.2fx\n", g[2],
+           g[3], g[2] / g[3]);
+    printf("check : %s\n", bad ? "FAILED: a put or get failed or a page differs" :
+                                 "every page loaded through B equals the one put through A");
+    kvx_store_close(sa);
+    kvx_store_close(sb);
+    unlink(fa);
+    for (bi = 0; bi < NBUF; bi++) free(bufs[bi].base);
+    free(raw);
+    free(src);
+    free(dst);
+    free(keys);
+    for (k = 0; k < 4; k++) free(t[k]);
+    if (scan_keys) {
+        char sa2[700], sb2[700];
+        snprintf(sa2, sizeof sa2, "%s/scan", da);
+        snprintf(sb2, sizeof sb2, "%s/scan", db);
+        bench_scan(sa2, sb2, "shared (A -> B)", threads, scan_keys);
+        snprintf(local, sizeof local, "/tmp/kvx_bench_scan_%ld", (long)me);
+        rm_rf(local);
+        mkdir(local, 0700);
+        bench_scan(local, local, "local /tmp", threads, scan_keys);
+        rm_rf(local);
+    }
+    rm_rf(da);
+    if (bad) exit(1);
+}
+
 int main(int argc, char **argv) {
     char dir[512];
-    int iters = 7, threads = 4, only = 0, i;
-    size_t nkeys = 100000;
+    int iters = 7, threads = 4, only = 0, i, dfs_pages = 64;
+    size_t nkeys = 100000, scan_keys = 10000;
+    const char *dfs_a = getenv("KVX_DFS_A"), *dfs_b = getenv("KVX_DFS_B");
     snprintf(dir, sizeof dir, "/tmp/kvx_bench_store_%ld", (long)getpid());
     for (i = 1; i + 1 < argc; i += 2) {
         if (!strcmp(argv[i], "--dir")) snprintf(dir, sizeof dir, "%s", argv[i + 1]);
@@ -412,6 +579,14 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--threads")) threads = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--keys")) nkeys = (size_t)atol(argv[i + 1]);
         else if (!strcmp(argv[i], "--only")) only = !strcmp(argv[i + 1], "put-get") ? 1 : 2;
+        else if (!strcmp(argv[i], "--dfs-pages")) dfs_pages = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--scan-keys")) scan_keys = (size_t)atol(argv[i + 1]);
+    }
+    if (dfs_a && *dfs_a && dfs_b && *dfs_b) {
+        if (dfs_pages < 1) dfs_pages = 64;
+        bench_dfs(dfs_a, dfs_b, iters < 3 ? iters : 3, threads < 1 || threads > 64 ? 4 : threads,
+                  dfs_pages, scan_keys);
+        return 0;
     }
     if (iters < 1) iters = 1;
     if (threads < 1 || threads > 64) threads = 4;
