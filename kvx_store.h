@@ -35,6 +35,9 @@
                      mode); 1 = shared with the group: the directory's
                      group may own and write it (make it group-owned,
                      mode 2770)                                    (0)
+     scan_interval   seconds between namespace scans (see CAPACITY);
+                     KVX_STORE_SCAN_INTERVAL; 0.05 .. 86400, -1 = no
+                     periodic scan (only at open and kvx_store_rescan) (30)
      allocator       {alloc_fn, free_fn, user_data}             (malloc/free)
      logger          {func, user_data, level}                   (stderr, warn)
 
@@ -52,6 +55,8 @@
                             a block that a put reported is on stable storage.
      KVX_STORE_IO_THREADS 1..256; 0 = 4; anything else is refused
      KVX_STORE_SHARED     0 or 1, see `shared`
+     KVX_STORE_SCAN_INTERVAL  seconds (fractions allowed), 0.05..86400;
+                          -1 = no periodic scan; 0 = 30
      KVX_LOG_LEVEL        error|warn|info|debug for the store's logger
 
    NAMESPACE AND LAYOUT ON DISK
@@ -78,7 +83,14 @@
        directory (unique per process and thread, also across hosts), created
        with O_EXCL, renamed over <key>.kvb when complete (rename is atomic;
        two writers of one key write identical bytes, the last rename wins).
-       Temporary files older than 10 minutes are removed by kvx_store_open.
+       Temporary files unchanged for 10 minutes are removed by
+       kvx_store_open and by namespace scans. A block taken for corrupt
+       that was written less than 10 minutes ago waits under such a name
+       too (see SHARED FILESYSTEMS).
+     Directories another node may create at the same moment (the root,
+       <config-hash>, the 256 fan-out directories) are made with
+       kvx_mkdirat, which checks mkdir's answer (GlusterFS can answer
+       EEXIST for a directory it then removes) and retries.
 
    BLOCK FILE, format version 1 (all integers little-endian)
      offset size  field
@@ -105,8 +117,10 @@
                   + j * item_len[b]
      The file is exactly header_size + data_len bytes. A file of another
      size, a bad magic/version/flag, a header or data CRC mismatch, or a
-     header that names another key, configuration or buffer list is
-     "corrupt": counted, logged at warn, removed, and treated as a miss.
+     header that names another configuration or buffer list is "corrupt":
+     a miss, and (see SHARED FILESYSTEMS: only on evidence re-read under a
+     private name) counted, logged at warn and removed. An intact block of
+     another key under a key's name is a miss and is moved to its own name.
 
      Reading a block in Python (crc32c: any CRC32C, e.g. the 8 lines in
      tests/store/read_block.py):
@@ -122,33 +136,96 @@
          data = b[hsz:]; assert crc32c(data) == dcrc
          layer_b = data[sum(item_len[:i]) : sum(item_len[:i + 1])]  # buffer i
 
-   CAPACITY AND EVICTION (LRU that survives restarts)
-     The store keeps an in-memory index of its blocks: key, size, last use.
-     Every put and every get sets the block's atime and mtime explicitly
-     (futimens) to a per-process strictly increasing wall-clock stamp, so the
-     mtime is the last use. kvx_store_open rebuilds the index by reading each
-     of the namespace's directories once and stat-ing each block: cost
-     O(blocks + 256 directories), about 6 us per block with warm metadata
-     on a local disk (0.57 s for 100,000 blocks; bench/bench_store.c),
-     longer on a cold disk or a shared filesystem. It then orders blocks by
-     mtime (ns; filesystems with coarser stamps break ties arbitrarily) and
-     evicts the least recently used until the total is under capacity. A put
-     reserves its block's bytes first, evicting least recently used blocks
-     until the block fits, so the total of this store's block files stays
-     under capacity_bytes. Once the store is full, the first block a put
-     evicts is not unlinked: its file is renamed to the put's temporary name
-     and overwritten in place (every byte; blocks of a namespace all have one
-     size), then renamed to the new key. That spares the filesystem an
+   CAPACITY AND EVICTION (LRU that survives restarts, across processes)
+     The store keeps an in-memory index of the namespace's blocks: key,
+     size, last use. Every put and every get sets the block's atime and
+     mtime explicitly (futimens) to a per-process strictly increasing
+     wall-clock stamp, so the mtime is the last use, whoever used it.
+     A namespace scan reads each of the 256 directories once: a block the
+     index knows is only marked seen; one it does not know (another process
+     wrote it) is stat-ed and merged into the LRU order by its mtime; an
+     indexed block no scan saw and nobody here used since the scan began
+     (another process removed it) is forgotten; then least recently used
+     blocks are evicted until the namespace as seen is under capacity.
+     Scans run at kvx_store_open (building the index), every scan_interval
+     in a background thread, early (at most every max(1 s, scan_interval /
+     4)) when a put finds this process's view full, and in
+     kvx_store_rescan. Cost (bench/bench_store.c, 10,000 blocks): about 2
+     us per block at open and 1 us per known block in a rescan on a local
+     disk (0.57 s to open 100,000); on GlusterFS (FUSE, loopback brick)
+     50 us per block at open and 43 us per known block in a rescan (0.43 s
+     for 10,000: a 1M-block namespace costs ~45 s of one thread per scan;
+     raise scan_interval accordingly, or -1 for a namespace one process
+     owns).
+     A put reserves its block's bytes first, evicting least recently used
+     blocks of the index until the block fits. Before a block is evicted
+     (by a put or a scan) its mtime is read again from the server (statx
+     AT_STATX_FORCE_SYNC): one another process used since (newer mtime)
+     stays and another goes; one already gone is only forgotten. Once the
+     store is full, on a local filesystem the first block a put evicts is
+     not unlinked: its file is renamed to the put's temporary name and
+     overwritten in place (every byte; blocks of a namespace all have one
+     size), then renamed to the new key; that spares the filesystem an
      inode, extents and page cache freed and allocated per block (on ext4
      without a journal, creating files soon after deleting many is
      particularly slow). A reader that had the evicted block open sees its
-     bytes change: the CRC fails, the name no longer leads to that file, and
-     it is an ordinary miss. Several processes sharing a namespace each
-     enforce the limit over the blocks they know: those found at open plus
-     those they put or see in exists or verify; blocks another process wrote
-     since are counted when first seen. Capacity is in file bytes
-     (header + data), not filesystem blocks. An entry whose file another
-     process removed is dropped when eviction reaches it.
+     bytes change: the CRC fails, the name no longer leads to that file,
+     and it is an ordinary miss. On a network or FUSE filesystem (statfs
+     says NFS, SMB, FUSE, Ceph, Lustre, GPFS, OCFS2, GFS2, AFS, 9p) evicted
+     blocks are always unlinked, never recycled: a name another client
+     looked up a moment ago may still lead, in that client's cache, to the
+     old file (GlusterFS even renames and unlinks through such a name),
+     and a recycled file would then be reached under a wrong key.
+     Across processes (and hosts) sharing a namespace the limit holds for
+     the namespace as a whole, with this bound: each process keeps its
+     view (everything up to its last scan plus its own puts) under
+     capacity_bytes, so between scans the namespace can exceed the capacity
+     by what the other processes put since this process's last scan (N
+     processes putting at R bytes/s each: about (N - 1) x R x the scan gap);
+     every scan evicts it back down to the capacity, and evicting the same
+     least recently used blocks from several processes at once does not
+     over-evict (a victim already gone frees nothing and is not replaced
+     by another). After all writers stop, the next scan of any one of them
+     leaves the namespace at or under capacity (tests/store/
+     test_store_shared.c, tests/dfs/test_dfs_store.c). Capacity is in file
+     bytes (header + data), not filesystem blocks; temporaries (writes in
+     flight) are not counted.
+
+   SHARED FILESYSTEMS (NFS, GlusterFS, CephFS, Lustre)
+     What the store relies on: rename of a file within a directory is
+     atomic on the server (a reader opens the old or the new file, never a
+     mix); a new file renamed into place is visible to other clients after
+     their name cache expires (GlusterFS entry-timeout and NFS actimeo:
+     until then a block another node just wrote can be a miss, and one it
+     just replaced or evicted can be a miss where it was a hit); a file's
+     size and bytes as read are checked (size, header CRC, key,
+     configuration, data CRC), so a stale attribute or page cache can only
+     make a block a miss, never a wrong page. What it does where the
+     filesystem is weaker: ENOENT/ESTALE while opening or reading is a
+     miss, not an error; a put whose "present" block vanished (a stale
+     positive lookup) writes it. A block that looks unusable is removed
+     only on evidence found in that very file: the name must still lead to
+     the file examined, with the same size and ctime from the server
+     (statx AT_STATX_FORCE_SYNC), else it changed under the reader and it
+     is a miss; on a network filesystem a file written in the last 5 s is
+     only a miss too (it may be another node's block in the making); then
+     whatever file the name leads to is moved (rename) to a private
+     temporary name and read again in full with fresh attributes there: an
+     intact block goes back (to its own key's name), another file than the
+     one examined goes back untouched, a short read proves nothing and goes
+     back; only a server-side size other than a block's, a bad header, or
+     a data CRC mismatch on a complete read counts as corrupt. The corrupt
+     file is removed at once when unchanged for 10 minutes, else left under
+     its temporary name for the next open or scan to remove (another
+     writer may still complete it). So a reader never removes another
+     writer's good block. KVX_STORE_FSYNC=1 is needed for a put to be on
+     the server's stable storage when it returns (NFS, Lustre); GlusterFS
+     caching translators (quick-read, io-cache, md-cache) and FUSE
+     attribute/entry timeouts only cost misses. What stays open: clocks of
+     the hosts should agree (mtimes order the LRU across hosts and the 5 s
+     rule compares them with this host's clock); a block used on another
+     node within a second of its eviction here may be evicted anyway
+     (stale attributes).
 
    HOT PATH COSTS
      exists: one fstatat per key (checks the size too); no directory scan,
@@ -157,8 +234,8 @@
              into the pool pages in groups of ~1 MiB, CRC32C of each group
              while it is in cache, futimens, close.
      put:    fstatat (an existing block is only touched), renameat of an
-             evicted block to the temporary name or openat(O_EXCL) of a new
-             one, pwritev straight from the pool pages in groups of ~1 MiB,
+             evicted block to the temporary name (local filesystems) or
+             openat(O_EXCL) of a new one, pwritev straight from the pool pages in groups of ~1 MiB,
              each followed by its CRC32C while it is in cache, pwrite of the
              header, futimens, [fsync], close, renameat, [fsync dir]. No KV
              byte is copied in user space.
@@ -196,7 +273,9 @@
      Every function may be called from any thread, concurrently, on one
      store, except kvx_store_close. Batch calls block until their I/O is
      done (call them from the engine's offload thread, not its scheduler).
-     Several processes (and hosts) may share a directory.
+     Several processes (and hosts) may share a directory (see CAPACITY and
+     SHARED FILESYSTEMS). A store with scan_interval >= 0 runs one more
+     thread, the namespace scanner, joined at close.
 
    LICENSE: MIT, see the end of this file.
 */
@@ -247,10 +326,12 @@ typedef struct kvx_store_desc {
 /* Opens (creating directories as needed) the namespace of this
    configuration under desc->dir, removes stale temporary files, rebuilds
    the LRU index from the block files (see CAPACITY) and evicts down to the
-   capacity, starts io_threads - 1 worker threads. On failure *out is NULL
+   capacity, starts io_threads - 1 worker threads and (scan_interval >= 0)
+   the namespace scanner. On failure *out is NULL
    and a sentence is written to why: KVX_ERR_INVALID_ARGUMENT (bad layout,
    GPU memory in the layout, tp_rank outside tp_size, path too long),
-   KVX_ERR_BAD_CONFIG (a KVX_STORE_* variable that does not parse),
+   KVX_ERR_BAD_CONFIG (a KVX_STORE_* variable that does not parse or is
+   out of range),
    KVX_ERR_PERMISSION / KVX_ERR_IO (directory), KVX_ERR_CORRUPT (config.json
    of the namespace describes another configuration), KVX_ERR_NO_MEMORY.
    Blocks. Thread-safe. */
@@ -280,8 +361,9 @@ KVX_API kvx_result kvx_store_batch_put(kvx_store *s, const kvx_store_key *keys,
    length of that prefix. Only pages [0, *loaded) are valid: a page of a key
    at or after *loaded may have been partly overwritten, and no page is
    counted as loaded before its bytes were read completely and their
-   CRC32C matched. A torn, truncated, corrupt or foreign block is a miss: it
-   is logged, counted in stats.corrupt and removed. Returns KVX_OK when the
+   CRC32C matched. A torn, truncated, corrupt or foreign block is a miss;
+   when a re-read proves it corrupt (see SHARED FILESYSTEMS) it is logged,
+   counted in stats.corrupt and removed. Returns KVX_OK when the
    prefix ended on a miss or covers all keys; the error when it ended on an
    I/O error (KVX_ERR_IO, KVX_ERR_PERMISSION...); KVX_ERR_INVALID_ARGUMENT,
    KVX_ERR_OUT_OF_RANGE or KVX_ERR_DUPLICATE (a destination page twice) with
@@ -294,7 +376,7 @@ KVX_API kvx_result kvx_store_batch_get(kvx_store *s, const kvx_store_key *keys,
    not: the prefix hit that decides a prefetch. One fstatat per key (no
    file is opened); batches of 128 keys or more are spread over the I/O
    threads, shorter ones run on the calling thread. A block of the wrong
-   size is removed as corrupt. Does not change the LRU order. 0 on bad
+   size is a miss (and removed when proven corrupt). Does not change the LRU order. 0 on bad
    arguments. Blocks (briefly); thread-safe. */
 KVX_API size_t kvx_store_batch_exists(kvx_store *s, const kvx_store_key *keys, size_t n);
 
@@ -314,15 +396,16 @@ KVX_API kvx_result kvx_store_remove(kvx_store *s, const kvx_store_key *key);
 typedef struct kvx_store_stats {
     uint64_t hits;          /* keys kvx_store_batch_get reported loaded */
     uint64_t misses;        /* keys get looked for and did not load (corrupt included) */
-    uint64_t corrupt;       /* block files found torn/corrupt/foreign and removed */
-    uint64_t evictions;     /* blocks removed to stay under capacity */
+    uint64_t corrupt;       /* block files proven torn/corrupt/foreign and taken away */
+    uint64_t evictions;     /* blocks removed to stay under capacity (scans included) */
     uint64_t puts;          /* blocks written */
     uint64_t put_present;   /* puts skipped: the block was already there */
     uint64_t errors;        /* I/O errors (other than a missing file) */
     uint64_t bytes_written; /* block file bytes written (header + data) */
     uint64_t bytes_read;    /* block file bytes read by get (also keys read in parallel
                                past a miss, which are not reported loaded) */
-    uint64_t blocks;        /* blocks in the index now */
+    uint64_t blocks;        /* blocks in the index now (the namespace's as of the last scan,
+                               plus this process's puts since) */
     uint64_t bytes_used;    /* their file bytes */
     uint64_t capacity;      /* the limit in effect */
     uint64_t scans;         /* namespace scans done (the one at open included) */
