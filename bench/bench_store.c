@@ -165,6 +165,7 @@ static kvx_store *open_store(const char *dir, const kvx_layout *l, int threads, 
     d.layout = *l;
     d.io_threads = threads;
     d.capacity_bytes = capacity;
+    d.scan_interval = -1; /* one process per store here: no periodic scan in the timings */
     if (kvx_store_open(&d, &s, why, sizeof why) != KVX_OK) {
         fprintf(stderr, "bench_store: cannot open the store: %s\n", why);
         exit(1);
