@@ -338,8 +338,9 @@ typedef struct kvx_store_desc {
 KVX_API kvx_result kvx_store_open(const kvx_store_desc *desc, kvx_store **out, char *why,
                                   size_t why_len);
 
-/* Joins the worker threads and frees the store. Files stay. No call may be
-   running on the store. NULL ok. */
+/* Joins the worker threads and the namespace scanner (a scan in progress
+   stops at its next directory entry) and frees the store. Files stay. No
+   call may be running on the store. NULL ok. */
 KVX_API void kvx_store_close(kvx_store *s);
 
 /* Stores pool page pages[i] (that page of every KV buffer of the layout)
@@ -2018,7 +2019,7 @@ typedef struct kvx__store_load {
     kvx__store_found *v;
     size_t n, cap;
     uint64_t now, tmp_removed, tmp_kept, bad, known;
-    int oom;
+    int oom, aborted;
 } kvx__store_load;
 
 /* One directory entry of a namespace scan: a block this process indexes
@@ -2030,6 +2031,10 @@ static int kvx__store_load_fn(void *user, int dirfd, const char *name, const cha
     struct stat st;
     kvx_store_key key;
     uint32_t e;
+    if (__atomic_load_n(&s->scan_stop, __ATOMIC_RELAXED)) { /* kvx_store_close */
+        L->aborted = 1;
+        return 1;
+    }
     if (kvx__store_tmp_name(name)) {
         if (fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW)) return 0;
         if (kvx__store_ts_ns(&st.st_mtim) + KVX__STORE_TMP_TTL_NS < L->now && !unlinkat(dirfd, name, 0))
@@ -2136,6 +2141,7 @@ static uint64_t kvx__store_evict_to_capacity(kvx_store *s) {
     for (;;) {
         kvx__store_ent v;
         char rel[KVX__STORE_REL];
+        if (__atomic_load_n(&s->scan_stop, __ATOMIC_RELAXED)) break; /* closing */
         pthread_mutex_lock(&s->mu);
         if (kvx__store_used(s) <= s->capacity || !s->lru_tail) {
             pthread_mutex_unlock(&s->mu);
@@ -2182,6 +2188,11 @@ static kvx_result kvx__store_rescan_run(kvx_store *s, int at_open, char *why, si
         __atomic_store_n(&s->scan_end_ns, kvx_now_ns(), __ATOMIC_RELEASE);
         pthread_mutex_unlock(&s->scan_run);
         return err ? kvx__errno_result(err) : KVX_ERR_NO_MEMORY;
+    }
+    if (L.aborted) { /* closing: leave the index as it is */
+        kvx__store_free(s, L.v);
+        pthread_mutex_unlock(&s->scan_run);
+        return KVX_OK;
     }
     if (L.n) qsort(L.v, L.n, sizeof *L.v, kvx__store_cmp_found);
     pthread_mutex_lock(&s->mu);
@@ -2235,7 +2246,7 @@ static void kvx__store_scan_request(kvx_store *s) {
 static void *kvx__store_scanner_main(void *arg) {
     kvx_store *s = (kvx_store *)arg;
     pthread_mutex_lock(&s->scan_mu);
-    while (!s->scan_stop) {
+    while (!__atomic_load_n(&s->scan_stop, __ATOMIC_RELAXED)) {
         uint64_t due = __atomic_load_n(&s->scan_end_ns, __ATOMIC_ACQUIRE) + s->scan_interval_ns;
         struct timespec ts;
         if (s->scan_wake || kvx_now_ns() >= due) {
@@ -2589,7 +2600,7 @@ KVX_API void kvx_store_close(kvx_store *s) {
     if (!s) return;
     if (s->scanner_on) {
         pthread_mutex_lock(&s->scan_mu);
-        s->scan_stop = 1;
+        __atomic_store_n(&s->scan_stop, 1, __ATOMIC_RELAXED); /* also cuts a scan short */
         pthread_cond_signal(&s->scan_cv);
         pthread_mutex_unlock(&s->scan_mu);
         pthread_join(s->scanner, NULL);
