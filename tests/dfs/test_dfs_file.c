@@ -23,7 +23,10 @@
 #include "../../examples/kvx_example.h"
 #include "../kvx_test.h"
 #include <dirent.h>
+#include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
+#include <sys/mman.h>
 #include <sys/wait.h>
 
 static const char *mnt_a, *mnt_b, *brick;
@@ -117,7 +120,7 @@ static int exists(const char *path) {
    each request's pages and aux row generated from its room id. Returns the
    number of rooms that failed (printed). */
 static int send_rooms(const char *dir, const ex_request *reqs, uint32_t n, uint32_t window,
-                      uint32_t chunk, uint64_t seed) {
+                      uint32_t chunk, uint64_t seed, atomic_uint *making) {
     ex_pool p;
     kvx_engine *e;
     kvx_sender **s = (kvx_sender **)calloc(window, sizeof *s);
@@ -141,6 +144,7 @@ static int send_rooms(const char *dir, const ex_request *reqs, uint32_t n, uint3
                 memset(&rd, 0, sizeof rd);
                 rd.room = q->room;
                 which[w] = next++;
+                if (making) atomic_store(making, which[w]); /* for the lookers */
                 pg[w] = (int32_t *)malloc(q->pages * sizeof(int32_t));
                 ex_alloc_pages(&p, pg[w], q->pages);
                 ex_pages_pattern(&p, q->room, pg[w], q->pages, 1);
@@ -194,6 +198,13 @@ typedef struct rx_set {
     int32_t **pg;
     const ex_request *reqs;
     uint32_t n, ok, verified, failed;
+    /* the lookers (below) */
+    char dir[512];
+    atomic_uint front;   /* the first room not finished yet */
+    atomic_uint *making; /* the room the sender is making now, when it says (shared memory) */
+    atomic_int stop;
+    pthread_t th[2];
+    int nth;
 } rx_set;
 
 static int rx_start(rx_set *x, const char *dir, const ex_request *reqs, uint32_t n, uint64_t seed) {
@@ -202,6 +213,9 @@ static int rx_start(rx_set *x, const char *dir, const ex_request *reqs, uint32_t
     memset(x, 0, sizeof *x);
     x->reqs = reqs;
     x->n = n;
+    snprintf(x->dir, sizeof x->dir, "%s", dir);
+    atomic_init(&x->front, 0);
+    atomic_init(&x->stop, 0);
     for (i = 0; i < n; i++) total += reqs[i].pages;
     if (ex_pool_init(&x->p, &tiny, total + 1, 16, n, seed)) return -1;
     if (!(x->e = engine(KVX_ROLE_DECODE, &x->p, dir, NULL, why))) {
@@ -230,7 +244,10 @@ static int rx_poll(rx_set *x) {
         kvx_poll st;
         if (!x->r[i]) continue;
         st = kvx_receiver_poll(x->r[i]);
-        if (!terminal(st)) { left++; continue; }
+        if (!terminal(st)) {
+            if (!left++) atomic_store(&x->front, i);
+            continue;
+        }
         if (st == KVX_POLL_SUCCESS) {
             x->ok++;
             if (!ex_pages_pattern(&x->p, x->reqs[i].room, x->pg[i], x->reqs[i].pages, 0) &&
@@ -250,8 +267,37 @@ static int rx_poll(rx_set *x) {
     return left == 0;
 }
 
+/* Lookers: threads on the receivers' mount that keep looking up
+   room_<id>/transfer_done of the next rooms the sender is about to make, as
+   the receivers of many decode processes on other nodes would, only
+   without pause. A lookup from another client racing the sender's mkdir
+   of that room is what made GlusterFS answer EEXIST for a directory it
+   then removed (issue 11); the receivers' own polls hit that window
+   rarely. The sender process says which room it is making (a word in
+   shared memory), so the lookers hit that window every few dozen rooms. */
+static void *looker(void *arg) {
+    rx_set *x = (rx_set *)arg;
+    char p[700];
+    struct stat st;
+    while (!atomic_load(&x->stop)) {
+        uint32_t f = x->making ? atomic_load(x->making) : atomic_load(&x->front), k;
+        for (k = 0; k < 4 && f + k < x->n; k++) {
+            snprintf(p, sizeof p, "%s/room_%llu/transfer_done", x->dir,
+                     (unsigned long long)x->reqs[f + k].room);
+            stat(p, &st);
+        }
+    }
+    return NULL;
+}
+static void rx_lookers(rx_set *x, int n) {
+    for (x->nth = 0; x->nth < n; x->nth++)
+        if (pthread_create(&x->th[x->nth], NULL, looker, x)) break;
+}
+
 static void rx_end(rx_set *x) {
     uint32_t i;
+    atomic_store(&x->stop, 1);
+    for (i = 0; i < (uint32_t)x->nth; i++) pthread_join(x->th[i], NULL);
     for (i = 0; i < x->n; i++) {
         if (x->r && x->r[i]) kvx_receiver_destroy(x->r[i]);
         if (x->pg) free(x->pg[i]);
@@ -489,6 +535,8 @@ static void test_sender_fails(fail_kind kind) {
     sleep_ms(50); /* not a wait for a state: lets its poll run against an absent room a few times */
     kvx_sender_create(pe, &rd, &s);
     kvx_sender_init(s, 64, 0);
+    CHECK(kvx_sender_poll(s) != KVX_POLL_FAILED, "%s: the sender is alive before it fails: %s", label,
+          kvx_sender_error(s));
     t0 = kvx_now_ns();
     if (kind == FAIL_ABORT_MIDWAY) {
         char room_b[600];
@@ -528,6 +576,7 @@ static void test_two_prefills(void) {
     char dir_a[512], dir_b[512];
     ex_request ra[N], rb[N];
     rx_set xa, xb;
+    atomic_uint *making;
     pid_t pa, pb;
     int ca, cb, sa, sb, all;
     uint64_t t0;
@@ -537,13 +586,21 @@ static void test_two_prefills(void) {
     ex_requests(ra, N, 501, 16, 512, 16); /* seeds apart in high bits: distinct rooms */
     ex_requests(rb, N, 501 + (1ull << 40), 16, 512, 16);
     fflush(stdout);
-    if ((pa = fork()) == 0) _exit(send_rooms(dir_a, ra, N, 4, 8, 11) ? 1 : 0);
-    if ((pb = fork()) == 0) _exit(send_rooms(dir_b, rb, N, 4, 8, 12) ? 1 : 0);
+    making = (atomic_uint *)mmap(NULL, 2 * sizeof *making, PROT_READ | PROT_WRITE,
+                                 MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (making == MAP_FAILED) making = NULL;
+    if (making) atomic_init(&making[0], 0), atomic_init(&making[1], 0);
+    if ((pa = fork()) == 0) _exit(send_rooms(dir_a, ra, N, 4, 8, 11, making) ? 1 : 0);
+    if ((pb = fork()) == 0) _exit(send_rooms(dir_b, rb, N, 4, 8, 12, making ? making + 1 : NULL) ? 1 : 0);
     setenv("KVX_FILE_TIMEOUT", "90", 1);
     sb = rx_start(&xb, dir_b, ra, N, 21); /* A's rooms, read through B */
     sa = rx_start(&xa, dir_a, rb, N, 22); /* B's rooms, read through A */
     unsetenv("KVX_FILE_TIMEOUT");
     CHECK(sa == 0 && sb == 0, "decode engines on both mounts");
+    xb.making = making;
+    xa.making = making ? making + 1 : NULL;
+    rx_lookers(&xa, 1);
+    rx_lookers(&xb, 1);
     t0 = kvx_now_ns();
     do {
         all = (sb || rx_poll(&xb)) & (sa || rx_poll(&xa));
@@ -560,6 +617,7 @@ static void test_two_prefills(void) {
     printf("  %u + %u rooms verified in %.1f s\n", xb.verified, xa.verified, secs(t0));
     rx_end(&xa);
     rx_end(&xb);
+    if (making) munmap(making, 2 * sizeof *making);
 }
 
 /* ---- many rooms: the case that reproduced issue 11 ---------------------------------- */
@@ -568,20 +626,27 @@ static void test_many_rooms(uint32_t n) {
     char dir_a[512], dir_b[512];
     ex_request *reqs = (ex_request *)malloc(n * sizeof *reqs);
     rx_set x;
+    atomic_uint *making;
     pid_t pid;
     int c, started;
     uint64_t t0;
-    printf("- %u rooms made on A one after another, receivers polling from B\n", n);
+    printf("- %u rooms made on A one after another, receivers and 2 lookers polling from B\n", n);
     at(dir_a, sizeof dir_a, mnt_a, "many");
     at(dir_b, sizeof dir_b, mnt_b, "many");
     ex_requests(reqs, n, 777, 16, 64, 16);
+    making = (atomic_uint *)mmap(NULL, sizeof *making, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
+                                 -1, 0);
+    if (making == MAP_FAILED) making = NULL;
+    if (making) atomic_init(making, 0);
     setenv("KVX_FILE_TIMEOUT", "90", 1);
     started = rx_start(&x, dir_b, reqs, n, 31); /* polling before the first room exists */
     unsetenv("KVX_FILE_TIMEOUT");
     CHECK(started == 0, "decode engine on B");
+    x.making = making;
+    rx_lookers(&x, 2);
     fflush(stdout);
     t0 = kvx_now_ns();
-    if ((pid = fork()) == 0) _exit(send_rooms(dir_a, reqs, n, 2, 2, 41) ? 1 : 0);
+    if ((pid = fork()) == 0) _exit(send_rooms(dir_a, reqs, n, 2, 2, 41, making) ? 1 : 0);
     while (!started && !rx_poll(&x) && secs(t0) < 150) sleep_ms(2);
     c = wait_child(pid);
     CHECK(c == 0, "prefill on A: all %u rooms Success (exit %d)", n, c);
@@ -589,6 +654,7 @@ static void test_many_rooms(uint32_t n) {
           x.ok, x.failed);
     printf("  %u rooms verified in %.1f s\n", x.verified, secs(t0));
     rx_end(&x);
+    if (making) munmap(making, sizeof *making);
     free(reqs);
 }
 
