@@ -361,13 +361,21 @@ static void test_stale_sweep(void) {
 
 /* ---- killed sender, full disk, abort, destroy mid-read ------------------------------ */
 
-static int has_tmp(const char *roomdir) {
-    DIR *d = opendir(roomdir);
+/* A sender builds its room in <dir>/room_<id>.tmp.<pid>.<nonce> and renames
+   it into place when done: 1 when such a directory holds a chunk file. */
+static int has_stage(const char *dir, const char *room) {
+    DIR *d = opendir(dir);
     struct dirent *de;
+    char pre[64], chunk[700];
+    struct stat st;
     int found = 0;
     if (!d) return 0;
-    while ((de = readdir(d)) != NULL)
-        if (strstr(de->d_name, ".tmp.")) found = 1;
+    snprintf(pre, sizeof pre, "%s.tmp.", room);
+    while ((de = readdir(d)) != NULL) {
+        if (strncmp(de->d_name, pre, strlen(pre))) continue;
+        snprintf(chunk, sizeof chunk, "%s/%s/kv_chunk_0.bin", dir, de->d_name);
+        if (!stat(chunk, &st)) found = 1;
+    }
     closedir(d);
     return found;
 }
@@ -383,6 +391,7 @@ static void test_killed_sender(void) {
     pid_t pid;
     uint64_t t0;
     int status, saw_tmp = 0;
+    struct stat st;
     snprintf(dir, sizeof dir, "%s/killed", root);
     snprintf(roomdir, sizeof roomdir, "%s/room_31", dir);
     fflush(stdout);
@@ -399,10 +408,12 @@ static void test_killed_sender(void) {
         for (;;) send_one(pe, &ps, 31, n, n);
     }
     t0 = kvx_now_ns();
-    while (!(saw_tmp = has_tmp(roomdir)) && kvx_now_ns() - t0 < 10000000000ull) sleep_ms(1);
+    while (!(saw_tmp = has_stage(dir, "room_31")) && kvx_now_ns() - t0 < 10000000000ull)
+        sleep_ms(1);
     kill(pid, SIGKILL);
     waitpid(pid, &status, 0);
-    CHECK(saw_tmp, "sender was killed while writing a temporary file");
+    CHECK(saw_tmp, "sender was killed while writing a chunk of the room it was building");
+    CHECK(stat(roomdir, &st) != 0, "a room killed before its commit is not in place");
     setenv("KVX_FILE_TIMEOUT", "0.5", 1);
     ex_pool_init(&pr, &tiny, n, 16, 4, 2);
     de = engine(KVX_ROLE_DECODE, &pr, dir, why);
