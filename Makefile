@@ -24,7 +24,7 @@ vpath test_%.c $(sort $(dir $(TEST_SRC)))
 vpath bench_%.c bench
 
 .PHONY: all demo test bench install clean examples tests check-compile test-unit \
-        test-asan test-tsan test-fuzz deps
+        test-asan test-tsan test-fuzz deps test-dfs bench-dfs
 
 all: examples tests
 
@@ -81,7 +81,16 @@ demo: $(EXAMPLES)
 -include tests/*/Makefile.inc.mk
 
 test: deps
-	@bash tests/run_all.sh
+	@bash tests/run_all.sh; rc=$$?; $(MAKE) --no-print-directory test-dfs || rc=1; exit $$rc
+
+# The distributed-filesystem test: a private GlusterFS volume mounted twice
+# (tests/dfs/gluster.sh, needs root and FUSE; torn down afterwards), the
+# reference prefill and decode across the two mounts and every test_dfs_*.
+# Where it cannot run it says SKIPPED and why.
+DFS_TESTS = $(filter $(B)/test_dfs_%,$(TESTS))
+test-dfs: examples $(DFS_TESTS)
+	@echo; echo "== distributed filesystem: GlusterFS, two FUSE mounts of one volume ($(B)/)"; \
+	  bash tests/dfs/run.sh $(B); rc=$$?; if [ $$rc -eq 77 ]; then rc=0; fi; exit $$rc
 
 # Everything make test needs that Debian can provide (installed when root).
 deps:
