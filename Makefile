@@ -99,9 +99,18 @@ deps:
 test-unit: examples tests
 	@bash tests/run_tests.sh $(B)
 
+# The benchmarks that need a distributed filesystem run under
+# tests/dfs/gluster.sh (two FUSE mounts of one private GlusterFS volume).
+DFS_BENCHES = $(B)/bench_dfs
 bench: examples $(BENCHES)
-	@for b in $(BENCHES); do echo "== $$b"; ./$$b; rc=$$?; \
+	@for b in $(filter-out $(DFS_BENCHES),$(BENCHES)); do echo "== $$b"; ./$$b; rc=$$?; \
 	  if [ $$rc -eq 77 ]; then echo "   (skipped)"; elif [ $$rc -ne 0 ]; then exit 1; fi; done
+	@$(MAKE) --no-print-directory bench-dfs
+
+bench-dfs: $(DFS_BENCHES)
+	@echo "== $(DFS_BENCHES) (under tests/dfs/gluster.sh)"; \
+	  bash tests/dfs/gluster.sh run bash -c 'for b; do ./$$b || exit $$?; done' _ $(DFS_BENCHES); rc=$$?; \
+	  if [ $$rc -eq 77 ]; then echo "   (skipped: GlusterFS cannot run here, see above)"; elif [ $$rc -ne 0 ]; then exit 1; fi
 
 install:
 	install -d $(DESTDIR)$(PREFIX)/include/kvx
