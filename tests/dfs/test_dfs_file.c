@@ -628,7 +628,7 @@ static void test_many_rooms(uint32_t n) {
     rx_set x;
     atomic_uint *making;
     pid_t pid;
-    int c, started;
+    int c, started, go[2];
     uint64_t t0;
     printf("- %u rooms made on A one after another, receivers and 2 lookers polling from B\n", n);
     at(dir_a, sizeof dir_a, mnt_a, "many");
@@ -638,15 +638,26 @@ static void test_many_rooms(uint32_t n) {
                                  -1, 0);
     if (making == MAP_FAILED) making = NULL;
     if (making) atomic_init(making, 0);
+    /* the sender process first (no fork once this one has threads), held
+       until the receivers poll */
+    if (pipe(go)) go[0] = go[1] = -1;
+    fflush(stdout);
+    if ((pid = fork()) == 0) {
+        char c;
+        close(go[1]);
+        if (read(go[0], &c, 1) != 1) _exit(2);
+        _exit(send_rooms(dir_a, reqs, n, 2, 2, 41, making) ? 1 : 0);
+    }
+    close(go[0]);
     setenv("KVX_FILE_TIMEOUT", "90", 1);
     started = rx_start(&x, dir_b, reqs, n, 31); /* polling before the first room exists */
     unsetenv("KVX_FILE_TIMEOUT");
     CHECK(started == 0, "decode engine on B");
     x.making = making;
     rx_lookers(&x, 2);
-    fflush(stdout);
     t0 = kvx_now_ns();
-    if ((pid = fork()) == 0) _exit(send_rooms(dir_a, reqs, n, 2, 2, 41, making) ? 1 : 0);
+    if (write(go[1], "g", 1) != 1) printf("  cannot start the sender\n");
+    close(go[1]);
     while (!started && !rx_poll(&x) && secs(t0) < 150) sleep_ms(2);
     c = wait_child(pid);
     CHECK(c == 0, "prefill on A: all %u rooms Success (exit %d)", n, c);
