@@ -603,7 +603,8 @@ static void test_two_prefills(void) {
     rx_lookers(&xb, 1);
     t0 = kvx_now_ns();
     do {
-        all = (sb || rx_poll(&xb)) & (sa || rx_poll(&xa));
+        int db = sb || rx_poll(&xb), da = sa || rx_poll(&xa); /* poll both every pass */
+        all = db && da;
         if (!all) sleep_ms(2);
     } while (!all && secs(t0) < 120);
     ca = wait_child(pa);
