@@ -1,12 +1,14 @@
 /* kvx_file.h - v0.1.0 - the file transport: KV pages through a local or shared filesystem
 
    The prefill side gathers the KV page bytes of each chunk straight from its
-   pool and writes them under <KVX_FILE_DIR>/room_<room>/; the decode side
-   waits for the room's `transfer_done` marker, checks every chunk's meta
-   against its own layout, reads the bytes straight into its destination
-   pages, verifies the CRC32C of every chunk and of the aux rows, and only
-   then reports Success. Nothing needs to run between the two: the
-   directory can be on NFS, Lustre or CephFS.
+   pool and writes them into a private directory next to the room, then
+   renames that directory to <KVX_FILE_DIR>/room_<room> (the commit); the
+   decode side waits for the room and its `transfer_done` marker, checks
+   every chunk's meta against its own layout, reads the bytes straight into
+   its destination pages, verifies the CRC32C of every chunk and of the aux
+   rows, and only then reports Success. Nothing needs to run between the
+   two: the directory can be on NFS, Lustre, CephFS or GlusterFS (see
+   CONSISTENCY below and README.md for each one's settings).
 
    DO THIS
        #define KVX_IMPLEMENTATION
@@ -38,6 +40,12 @@
                           clients cache metadata, everything before it is on
                           the server first (use on shared filesystems).  (0)
      KVX_FILE_KEEP        1: leave room directories after a receiver is done (0)
+     KVX_FILE_SETTLE      (desc.file.settle_s) seconds a receiver keeps
+                          looking for a file that transfer_done lists but
+                          this node does not see yet, or sees shorter than
+                          its meta says (a weakly consistent shared
+                          filesystem); then the room fails as corrupt.
+                          0 = 2; range [0.001, 3600]                     (2)
      KVX_FILE_IO_THREADS  I/O worker threads per engine; 0 = 4; [1, 256]  (4)
      KVX_FILE_TTL         seconds; this user's room directories (and
                           failure markers) older than this are removed when
@@ -74,8 +82,16 @@
                                         when the sender failed or aborted;
                                         never rewritten
      room_<room>.failed                 (next to the room) the same, when
-                                        the room directory could not be made
-     Temporary files end in ".tmp.<pid>.<16 hex digits>" and are never read.
+                                        the room could not be put in place
+     room_<room>.tmp.<pid>.<16 hex>/    (next to the room) the room being
+                                        built; renamed to room_<room> when
+                                        complete or failed; never read
+     room_<room>.old.<pid>.<16 hex>/    an earlier room of the same id,
+                                        moved aside by a new sender's commit
+                                        and being removed
+     Other temporary files end in ".tmp.<pid>.<16 hex digits>" and are never
+     read. Every one of these names starts with "room_": KVX_FILE_TTL sweeps
+     what a killed process left.
      Version 2: each meta, transfer_done and transfer_failed is one line of
      JSON, followed, when the writer has an auth key, by one line
        mac hmac-sha256 <64 lowercase hex digits>
@@ -84,6 +100,33 @@
      "transfer_failed" or "kv_chunk_<i>.bin.meta". The CRC32C of every
      chunk (in its meta) and of metadata.bin (in transfer_done) lie inside
      the authenticated bytes. (Version 1 had no MAC line.)
+
+   CONSISTENCY (what the file transport needs from a shared filesystem)
+     1. rename(2) of a directory within KVX_FILE_DIR is atomic: another
+        node finds either no room_<room> or the whole renamed directory,
+        with every file written into it before the rename. (Local
+        filesystems, NFS, Lustre, CephFS and GlusterFS all give this;
+        with KVX_FILE_FSYNC=1 the files and the directory are also on the
+        server's stable storage first.)
+     2. A name that did not exist is eventually seen by a fresh lookup on
+        another node. A cached negative lookup (NFS lookupcache=all,
+        attribute caches) only delays the receiver; it never fails it.
+     3. mkdir may answer wrongly under a concurrent lookup of the same name
+        from another node (GlusterFS answers EEXIST for a directory its
+        brick then removed): the sender only makes directories under fresh
+        random names nobody looks up, and kvx_mkdirat (kvx.h) checks every
+        answer with a lookup and retries, bounded.
+     4. Where a file transfer_done lists is missing or shorter than its
+        meta on this node, the receiver looks again for KVX_FILE_SETTLE
+        before failing; a room is never taken for whole on a size: every
+        chunk's size and CRC32C, and the aux rows' CRC32C, are checked
+        against the authenticated metas and transfer_done.
+     5. A sender that fails writes transfer_failed into its room and puts
+        the room in place (or, when it cannot, room_<room>.failed next to
+        it), so the receiver learns it at its next look.
+     The receiver never caches the room directory between looks: each look
+     opens it afresh (one LOOKUP and one GETATTR per pending room per
+     progress turn on a network filesystem).
 
    WITH A BOOTSTRAP ADDRESS (kvx_boot.h)
      The file transport needs no handshake, but it can use one: a prefill
