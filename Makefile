@@ -24,7 +24,7 @@ vpath test_%.c $(sort $(dir $(TEST_SRC)))
 vpath bench_%.c bench
 
 .PHONY: all demo test bench install clean examples tests check-compile test-unit \
-        test-asan test-tsan test-fuzz deps
+        test-asan test-tsan test-fuzz deps test-dfs bench-dfs
 
 all: examples tests
 
@@ -81,7 +81,16 @@ demo: $(EXAMPLES)
 -include tests/*/Makefile.inc.mk
 
 test: deps
-	@bash tests/run_all.sh
+	@bash tests/run_all.sh; rc=$$?; $(MAKE) --no-print-directory test-dfs || rc=1; exit $$rc
+
+# The distributed-filesystem test: a private GlusterFS volume mounted twice
+# (tests/dfs/gluster.sh, needs root and FUSE; torn down afterwards), the
+# reference prefill and decode across the two mounts and every test_dfs_*.
+# Where it cannot run it says SKIPPED and why.
+DFS_TESTS = $(filter $(B)/test_dfs_%,$(TESTS))
+test-dfs: examples $(DFS_TESTS)
+	@echo; echo "== distributed filesystem: GlusterFS, two FUSE mounts of one volume ($(B)/)"; \
+	  bash tests/dfs/run.sh $(B); rc=$$?; if [ $$rc -eq 77 ]; then rc=0; fi; exit $$rc
 
 # Everything make test needs that Debian can provide (installed when root).
 deps:
@@ -90,9 +99,18 @@ deps:
 test-unit: examples tests
 	@bash tests/run_tests.sh $(B)
 
+# The benchmarks that need a distributed filesystem run under
+# tests/dfs/gluster.sh (two FUSE mounts of one private GlusterFS volume).
+DFS_BENCHES = $(B)/bench_dfs
 bench: examples $(BENCHES)
-	@for b in $(BENCHES); do echo "== $$b"; ./$$b; rc=$$?; \
+	@for b in $(filter-out $(DFS_BENCHES),$(BENCHES)); do echo "== $$b"; ./$$b; rc=$$?; \
 	  if [ $$rc -eq 77 ]; then echo "   (skipped)"; elif [ $$rc -ne 0 ]; then exit 1; fi; done
+	@$(MAKE) --no-print-directory bench-dfs
+
+bench-dfs: $(DFS_BENCHES)
+	@echo "== $(DFS_BENCHES) (under tests/dfs/gluster.sh)"; \
+	  bash tests/dfs/gluster.sh run bash -c 'for b; do ./$$b || exit $$?; done' _ $(DFS_BENCHES); rc=$$?; \
+	  if [ $$rc -eq 77 ]; then echo "   (skipped: GlusterFS cannot run here, see above)"; elif [ $$rc -ne 0 ]; then exit 1; fi
 
 install:
 	install -d $(DESTDIR)$(PREFIX)/include/kvx

@@ -375,6 +375,9 @@ typedef struct kvx_file_desc {
     uint32_t stripe_bytes; /* KVX_FILE_STRIPE, 16 MiB: parallel I/O unit */
     int shared;           /* KVX_FILE_SHARED, 0: 1 = the directory's group may use
                              the rooms (0770/0660); 0 = this user only */
+    double settle_s;      /* KVX_FILE_SETTLE, 2: how long a receiver keeps looking
+                             for a file that transfer_done lists but this node
+                             does not see yet (weakly consistent shared fs) */
 } kvx_file_desc;
 
 /* Settings of the bootstrap handshake (kvx_boot.h). 0 / NULL = default. */

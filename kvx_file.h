@@ -1,12 +1,14 @@
 /* kvx_file.h - v0.1.0 - the file transport: KV pages through a local or shared filesystem
 
    The prefill side gathers the KV page bytes of each chunk straight from its
-   pool and writes them under <KVX_FILE_DIR>/room_<room>/; the decode side
-   waits for the room's `transfer_done` marker, checks every chunk's meta
-   against its own layout, reads the bytes straight into its destination
-   pages, verifies the CRC32C of every chunk and of the aux rows, and only
-   then reports Success. Nothing needs to run between the two: the
-   directory can be on NFS, Lustre or CephFS.
+   pool and writes them into a private directory next to the room, then
+   renames that directory to <KVX_FILE_DIR>/room_<room> (the commit); the
+   decode side waits for the room and its `transfer_done` marker, checks
+   every chunk's meta against its own layout, reads the bytes straight into
+   its destination pages, verifies the CRC32C of every chunk and of the aux
+   rows, and only then reports Success. Nothing needs to run between the
+   two: the directory can be on NFS, Lustre, CephFS or GlusterFS (see
+   CONSISTENCY below and README.md for each one's settings).
 
    DO THIS
        #define KVX_IMPLEMENTATION
@@ -38,6 +40,12 @@
                           clients cache metadata, everything before it is on
                           the server first (use on shared filesystems).  (0)
      KVX_FILE_KEEP        1: leave room directories after a receiver is done (0)
+     KVX_FILE_SETTLE      (desc.file.settle_s) seconds a receiver keeps
+                          looking for a file that transfer_done lists but
+                          this node does not see yet, or sees shorter than
+                          its meta says (a weakly consistent shared
+                          filesystem); then the room fails as corrupt.
+                          0 = 2; range [0.001, 3600]                     (2)
      KVX_FILE_IO_THREADS  I/O worker threads per engine; 0 = 4; [1, 256]  (4)
      KVX_FILE_TTL         seconds; this user's room directories (and
                           failure markers) older than this are removed when
@@ -74,8 +82,16 @@
                                         when the sender failed or aborted;
                                         never rewritten
      room_<room>.failed                 (next to the room) the same, when
-                                        the room directory could not be made
-     Temporary files end in ".tmp.<pid>.<16 hex digits>" and are never read.
+                                        the room could not be put in place
+     room_<room>.tmp.<pid>.<16 hex>/    (next to the room) the room being
+                                        built; renamed to room_<room> when
+                                        complete or failed; never read
+     room_<room>.old.<pid>.<16 hex>/    an earlier room of the same id,
+                                        moved aside by a new sender's commit
+                                        and being removed
+     Other temporary files end in ".tmp.<pid>.<16 hex digits>" and are never
+     read. Every one of these names starts with "room_": KVX_FILE_TTL sweeps
+     what a killed process left.
      Version 2: each meta, transfer_done and transfer_failed is one line of
      JSON, followed, when the writer has an auth key, by one line
        mac hmac-sha256 <64 lowercase hex digits>
@@ -84,6 +100,33 @@
      "transfer_failed" or "kv_chunk_<i>.bin.meta". The CRC32C of every
      chunk (in its meta) and of metadata.bin (in transfer_done) lie inside
      the authenticated bytes. (Version 1 had no MAC line.)
+
+   CONSISTENCY (what the file transport needs from a shared filesystem)
+     1. rename(2) of a directory within KVX_FILE_DIR is atomic: another
+        node finds either no room_<room> or the whole renamed directory,
+        with every file written into it before the rename. (Local
+        filesystems, NFS, Lustre, CephFS and GlusterFS all give this;
+        with KVX_FILE_FSYNC=1 the files and the directory are also on the
+        server's stable storage first.)
+     2. A name that did not exist is eventually seen by a fresh lookup on
+        another node. A cached negative lookup (NFS lookupcache=all,
+        attribute caches) only delays the receiver; it never fails it.
+     3. mkdir may answer wrongly under a concurrent lookup of the same name
+        from another node (GlusterFS answers EEXIST for a directory its
+        brick then removed): the sender only makes directories under fresh
+        random names nobody looks up, and kvx_mkdirat (kvx.h) checks every
+        answer with a lookup and retries, bounded.
+     4. Where a file transfer_done lists is missing or shorter than its
+        meta on this node, the receiver looks again for KVX_FILE_SETTLE
+        before failing; a room is never taken for whole on a size: every
+        chunk's size and CRC32C, and the aux rows' CRC32C, are checked
+        against the authenticated metas and transfer_done.
+     5. A sender that fails writes transfer_failed into its room and puts
+        the room in place (or, when it cannot, room_<room>.failed next to
+        it), so the receiver learns it at its next look.
+     The receiver never caches the room directory between looks: each look
+     opens it afresh (one LOOKUP and one GETATTR per pending room per
+     progress turn on a network filesystem).
 
    WITH A BOOTSTRAP ADDRESS (kvx_boot.h)
      The file transport needs no handshake, but it can use one: a prefill
@@ -841,7 +884,7 @@ typedef struct kvx__fengine {
     int dfd;                    /* the directory, opened without following links */
     int shared;                 /* KVX_FILE_SHARED: the group may use the rooms */
     unsigned dir_mode, file_mode;
-    double timeout_s, ttl_s;
+    double timeout_s, ttl_s, settle_s;
     int do_fsync, keep, io_threads;
     uint64_t stripe;
     kvx_workq *q;
@@ -901,7 +944,6 @@ typedef struct kvx__fjob {
     kvx_file_chunk_info meta; /* receiver */
     char path[KVX__FILE_PATH]; /* for sentences */
     char name[64];          /* kv_chunk_<i>.bin in the room directory */
-    char tmp[256];          /* sender: its temporary name */
     int fd;
     uint64_t bytes;
     uint32_t nstripes;
@@ -930,6 +972,10 @@ typedef struct kvx__froom {
     kvx__fengine *fe;
     char dir[KVX__FILE_PATH]; /* for sentences */
     char name[48];          /* room_<id> in fe->dir */
+    char stage[96];         /* sender: room_<id>.tmp.<pid>.<nonce>, where the room
+                               is built before it is renamed to name */
+    char stage_dir[KVX__FILE_PATH]; /* sender: fe->dir/stage, for sentences */
+    int committed;          /* sender: stage renamed to name (under mu) */
     int dfd;                /* the room directory; -1 until made (sender) or seen
                                (receiver); set once, then read by workers */
     pthread_mutex_t mu;
@@ -947,6 +993,10 @@ typedef struct kvx__froom {
     kvx_file_done_info done;
     uint32_t chunks_read;
     char deadline_what[KVX__FILE_PATH + 96];
+    uint64_t settle_until;  /* receiver: files transfer_done lists may still appear
+                               until then (ns; 0 = transfer_done not seen yet) */
+    uint64_t retry_at;      /* receiver: look again no sooner (ns) */
+    uint32_t retries;       /* receiver: reads started again while settling */
     struct kvx__froom *next_pending;
     int is_pending;
     int refused;            /* receiver: the room directory is unsafe (why) */
@@ -1009,6 +1059,7 @@ static kvx_result kvx__file_settings(const kvx_engine_desc *d, kvx__fengine *fe,
     kvx_result r;
     fe->timeout_s = d->file.timeout_s;
     fe->ttl_s = d->file.ttl_s;
+    fe->settle_s = d->file.settle_s;
     fe->io_threads = d->file.io_threads;
     fe->do_fsync = d->file.fsync;
     fe->keep = d->file.keep;
@@ -1016,6 +1067,7 @@ static kvx_result kvx__file_settings(const kvx_engine_desc *d, kvx__fengine *fe,
     kvx_env_str("KVX_FILE_DIR", dir);
     if ((r = kvx_setting_double("KVX_FILE_TIMEOUT", &fe->timeout_s, 300, 0.001, 1e6, why, wl)) ||
         (r = kvx_setting_double("KVX_FILE_TTL", &fe->ttl_s, 3600, 60, 1e9, why, wl)) ||
+        (r = kvx_setting_double("KVX_FILE_SETTLE", &fe->settle_s, 2, 0.001, 3600, why, wl)) ||
         (r = kvx_setting_int("KVX_FILE_IO_THREADS", &fe->io_threads, 4, 1, 256, why, wl)) ||
         (r = kvx_setting_int("KVX_FILE_STRIPE", &stripe, 16 << 20, 4096, 1 << 30, why, wl)) ||
         (r = kvx_env_int("KVX_FILE_FSYNC", &fe->do_fsync, why, wl)) ||
@@ -1168,59 +1220,156 @@ static void kvx__file_room_close(kvx_room *r) {
 
 static int kvx__froom_dfd(kvx__froom *fr) { return __atomic_load_n(&fr->dfd, __ATOMIC_ACQUIRE); }
 
-/* Makes the sender's room directory, or takes over the one left by an
-   earlier room of the same id (*reused), and opens it without following a
-   link. A link, a non-directory or a directory another user could have
-   planted is refused with a sentence. */
-static kvx_result kvx__file_make_room(kvx__froom *fr, int *dfd, int *reused, char *why,
-                                      size_t wl) {
+/* Makes the directory where the sender builds its room: a fresh name
+   next to the room, "room_<id>.tmp.<pid>.<nonce>", that no receiver looks
+   up (so no other node's lookup races its creation: see kvx_mkdirat), made
+   by this call and opened without following a link. */
+static kvx_result kvx__file_make_stage(kvx__froom *fr, int *dfd, char *why, size_t wl) {
     kvx__fengine *fe = fr->fe;
-    int fd, made = mkdirat(fe->dfd, fr->name, (mode_t)fe->dir_mode) == 0, err = errno;
-    kvx_result r;
+    int i, fd, made = 0, err;
     *dfd = -1;
-    *reused = 0;
-    if (!made && err != EEXIST) {
-        kvx__set_why(why, wl, "cannot create %s: %s", fr->dir, strerror(err));
-        return kvx__errno_result(err);
+    for (i = 0; i < 16 && !made; i++) {
+        snprintf(fr->stage, sizeof fr->stage, "%s.tmp.%ld.%016llx", fr->name, (long)getpid(),
+                 (unsigned long long)kvx__file_nonce());
+        kvx__pathf(fr->stage_dir, "%s/%s", fe->dir, fr->stage);
+        if (kvx_mkdirat(fe->dfd, fr->stage, fe->dir_mode, &made)) {
+            err = errno;
+            kvx__set_why(why, wl, "cannot create %s: %s", fr->stage_dir, strerror(err));
+            return kvx__errno_result(err);
+        }
     }
+    if (!made) {
+        kvx__set_why(why, wl, "cannot create a fresh directory next to %s: 16 random names "
+                     "were taken (someone plants them?)", fr->dir);
+        return KVX_ERR_PERMISSION;
+    }
+    fd = openat(fe->dfd, fr->stage, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0) {
+        err = errno;
+        kvx__set_why(why, wl, "cannot open %s: %s", fr->stage_dir, strerror(err));
+        return err == ELOOP || err == ENOTDIR ? KVX_ERR_PERMISSION : kvx__errno_result(err);
+    }
+    if (fe->shared) (void)fchmod(fd, (mode_t)fe->dir_mode); /* past the umask */
+    *dfd = fd;
+    return KVX_OK;
+}
+
+/* What sits at the room's name now, if anything, must be a directory this
+   engine may replace (an earlier room of the same id): a link, a file or
+   another user's directory is refused with a sentence. */
+static kvx_result kvx__file_check_name(kvx__froom *fr, char *why, size_t wl) {
+    kvx__fengine *fe = fr->fe;
+    struct stat st;
+    int fd, err;
+    kvx_result r;
+    if (fstatat(fe->dfd, fr->name, &st, AT_SYMLINK_NOFOLLOW)) return KVX_OK; /* nothing */
     fd = openat(fe->dfd, fr->name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
     if (fd < 0) {
-        struct stat st;
         char desc[300] = "?";
-        int link = 0;
         err = errno;
-        if (!fstatat(fe->dfd, fr->name, &st, AT_SYMLINK_NOFOLLOW)) {
-            kvx__dir_describe(&st, desc, sizeof desc);
-            link = S_ISLNK(st.st_mode);
-        }
+        if (err == ENOENT) return KVX_OK; /* gone meanwhile */
+        kvx__dir_describe(&st, desc, sizeof desc);
         if (err == ELOOP || err == ENOTDIR) {
             kvx__set_why(why, wl, "refusing %s: it is %s (%s), not a directory this engine made",
-                         fr->dir, link ? "a symbolic link" : "not a directory", desc);
+                         fr->dir, S_ISLNK(st.st_mode) ? "a symbolic link" : "not a directory",
+                         desc);
             return KVX_ERR_PERMISSION;
         }
         kvx__set_why(why, wl, "cannot open %s: %s", fr->dir, strerror(err));
         return kvx__errno_result(err);
     }
-    if ((r = kvx_dir_check(fd, fr->dir, fe->shared ? KVX_DIR_SHARED : 0, why, wl)) != KVX_OK) {
-        close(fd);
-        return r;
+    r = kvx_dir_check(fd, fr->dir, fe->shared ? KVX_DIR_SHARED : 0, why, wl);
+    close(fd);
+    return r;
+}
+
+/* The commit: the built room takes its name, all at once, so a receiver on
+   any node sees either no room or a whole one (rename(2) of a directory is
+   atomic on a local filesystem, NFS, Lustre, CephFS and GlusterFS). A
+   directory an earlier room of the same id left there is moved aside and
+   removed first: only when it is a directory this user owns (or the
+   directory is shared); a link or a file there is refused. fr->mu held. */
+static kvx_result kvx__file_commit(kvx__froom *fr, char *why, size_t wl) {
+    kvx__fengine *fe = fr->fe;
+    int i, err = 0;
+    if (fr->committed) return KVX_OK;
+    if (fe->do_fsync && fsync(fr->dfd)) {
+        err = errno;
+        kvx__set_why(why, wl, "cannot fsync %s: %s", fr->stage_dir, strerror(err));
+        return kvx__errno_result(err);
     }
-    if (made && fe->shared) (void)fchmod(fd, (mode_t)fe->dir_mode); /* past the umask */
-    *reused = !made;
-    *dfd = fd;
+    for (i = 0; i < 4; i++) {
+        char old[128];
+        kvx_result r;
+        if (!renameat(fe->dfd, fr->stage, fe->dfd, fr->name)) {
+            fr->committed = 1;
+            if (fe->do_fsync) (void)fsync(fe->dfd);
+            return KVX_OK;
+        }
+        err = errno;
+        if (err != EEXIST && err != ENOTEMPTY) break;
+        /* an earlier room of this id: move it aside, then remove it */
+        if ((r = kvx__file_check_name(fr, why, wl)) != KVX_OK) return r;
+        snprintf(old, sizeof old, "%s.old.%ld.%016llx", fr->name, (long)getpid(),
+                 (unsigned long long)kvx__file_nonce());
+        if (renameat(fe->dfd, fr->name, fe->dfd, old)) {
+            if (errno == ENOENT) continue;
+            err = errno;
+            break;
+        }
+        kvx_engine_log(kvx_room_engine(fr->room), KVX_LOG_WARN, "kvx.file", kvx_room_id(fr->room),
+                       "%s already existed (a reused room id?); replaced it", fr->dir);
+        kvx__rm_room_at(fe->dfd, old, !fe->shared);
+    }
+    if ((err == ENOTDIR || err == EISDIR) && kvx__file_check_name(fr, why, wl) != KVX_OK)
+        return KVX_ERR_PERMISSION;
+    kvx__set_why(why, wl, "cannot rename %s to %s: %s", fr->stage_dir, fr->dir,
+                 strerror(err ? err : EEXIST));
+    return kvx__errno_result(err ? err : EEXIST);
+}
+
+/* Writes a new file dfd/name (O_EXCL, never through a link): in the
+   sender's private directory nobody reads a file before the commit, so no
+   temporary name and rename is needed. */
+static kvx_result kvx__write_new_at(int dfd, const char *shown, const char *name,
+                                    const void *data, size_t len, int do_fsync, unsigned mode,
+                                    char *why, size_t wl) {
+    const char *p = (const char *)data;
+    int err = 0, fd = openat(dfd, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
+                             (mode_t)mode);
+    if (fd < 0) {
+        err = errno;
+        kvx__set_why(why, wl, "cannot create %s/%s: %s", shown, name, strerror(err));
+        return kvx__errno_result(err);
+    }
+    while (len) {
+        ssize_t n = write(fd, p, len);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) { err = errno; break; }
+        p += n;
+        len -= (size_t)n;
+    }
+    if (!err && do_fsync && fsync(fd)) err = errno;
+    if (close(fd) && !err) err = errno;
+    if (err) {
+        kvx__set_why(why, wl, "cannot write %s/%s: %s", shown, name, strerror(err));
+        (void)unlinkat(dfd, name, 0);
+        return kvx__errno_result(err);
+    }
     return KVX_OK;
 }
 
-/* Tells the receiver that this sender failed: transfer_failed in the room
-   directory, created only if absent (the first reason stays). When the
-   directory vanished or was never made, it is made now; when that is
-   impossible (something else sits at its name), the marker goes next to it
-   as room_<id>.failed, where a receiver looks before opening the room. */
+/* Tells the receiver that this sender failed: transfer_failed in the
+   room, created only if absent (the first reason stays), and the room put
+   in place if it was not yet (the receiver sees it at once). When there is
+   no room (it was never made, or its name is taken by something else), the
+   marker goes next to it as room_<id>.failed, where a receiver looks
+   before opening the room. */
 static void kvx__file_write_failed(kvx__froom *fr, kvx_result res, const char *reason) {
     kvx__fengine *fe = fr->fe;
     kvx_buf b = {NULL, 0, 0, 0};
     char why[KVX_ERROR_MAX], marker[64];
-    int dfd = kvx__froom_dfd(fr), fd, reused;
+    int dfd;
     kvx_result r = KVX_ERR_NOT_FOUND;
     why[0] = 0;
     kvx_buf_printf(&b, "{\"format\":\"kvx-file-failed\",\"version\":%d,\"room\":%llu,"
@@ -1230,14 +1379,14 @@ static void kvx__file_write_failed(kvx__froom *fr, kvx_result res, const char *r
     kvx_buf_printf(&b, "}\n");
     kvx__file_seal(&b, fe->key, fe->key_len, "transfer_failed");
     if (b.oom) { kvx_buf_free(&b); return; }
-    if (dfd >= 0)
-        r = kvx__write_atomic_at(dfd, fr->dir, "transfer_failed", b.data, b.len, fe->do_fsync, 1,
-                                 fe->file_mode, why, sizeof why);
-    if (r != KVX_OK && kvx__file_make_room(fr, &fd, &reused, why, sizeof why) == KVX_OK) {
-        r = kvx__write_atomic_at(fd, fr->dir, "transfer_failed", b.data, b.len, fe->do_fsync, 1,
-                                 fe->file_mode, why, sizeof why);
-        close(fd);
+    pthread_mutex_lock(&fr->mu);
+    dfd = kvx__froom_dfd(fr);
+    if (dfd >= 0) {
+        r = kvx__write_atomic_at(dfd, fr->committed ? fr->dir : fr->stage_dir, "transfer_failed",
+                                 b.data, b.len, fe->do_fsync, 1, fe->file_mode, why, sizeof why);
+        if (r == KVX_OK) r = kvx__file_commit(fr, why, sizeof why);
     }
+    pthread_mutex_unlock(&fr->mu);
     if (r != KVX_OK) {
         snprintf(marker, sizeof marker, "%s.failed", fr->name);
         r = kvx__write_atomic_at(fe->dfd, fe->dir, marker, b.data, b.len, fe->do_fsync, 1,
@@ -1294,7 +1443,8 @@ static void kvx__fjob_error(kvx__fjob *j, kvx_result res, int err, const char *f
     pthread_mutex_unlock(&j->fr->mu);
 }
 
-/* Writes metadata.bin and transfer_done after the last chunk landed. */
+/* Writes metadata.bin and transfer_done after the last chunk landed, then
+   puts the room in place. */
 static kvx_result kvx__file_finish_send(kvx__froom *fr, char *why, size_t wl) {
     kvx_engine *e = kvx_room_engine(fr->room);
     const kvx_layout *l = kvx_engine_layout(e);
@@ -1315,8 +1465,8 @@ static kvx_result kvx__file_finish_send(kvx__froom *fr, char *why, size_t wl) {
             aux_bytes += a->item_len;
         }
         aux_crc = kvx_crc32c(0, aux, aux_bytes);
-        r = kvx__write_atomic_at(fr->dfd, fr->dir, "metadata.bin", aux, aux_bytes,
-                                 fr->fe->do_fsync, 0, fr->fe->file_mode, why, wl);
+        r = kvx__write_new_at(fr->dfd, fr->stage_dir, "metadata.bin", aux, aux_bytes,
+                              fr->fe->do_fsync, fr->fe->file_mode, why, wl);
         free(aux);
         if (r != KVX_OK) return r;
     }
@@ -1332,10 +1482,13 @@ static kvx_result kvx__file_finish_send(kvx__froom *fr, char *why, size_t wl) {
     kvx_buf_printf(&b, "]}\n");
     kvx__file_seal(&b, fr->fe->key, fr->fe->key_len, "transfer_done");
     if (b.oom) { kvx_buf_free(&b); return KVX_ERR_NO_MEMORY; }
-    r = kvx__write_atomic_at(fr->dfd, fr->dir, "transfer_done", b.data, b.len, fr->fe->do_fsync,
-                             0, fr->fe->file_mode, why, wl);
+    r = kvx__write_new_at(fr->dfd, fr->stage_dir, "transfer_done", b.data, b.len,
+                          fr->fe->do_fsync, fr->fe->file_mode, why, wl);
     kvx_buf_free(&b);
-    if (r == KVX_OK && fr->fe->do_fsync) (void)fsync(fr->dfd);
+    if (r != KVX_OK) return r;
+    pthread_mutex_lock(&fr->mu);
+    r = kvx__file_commit(fr, why, wl);
+    pthread_mutex_unlock(&fr->mu);
     return r;
 }
 
@@ -1355,13 +1508,10 @@ static void kvx__fsend_chunk_done(kvx__fjob *j) {
     why[0] = 0;
     if (res == KVX_OK && fr->fe->do_fsync && fsync(j->fd))
         kvx__fjob_error(j, res = kvx__errno_result(errno), errno, "cannot fsync %s/%s: %s",
-                        fr->dir, j->tmp, strerror(errno));
+                        fr->stage_dir, j->name, strerror(errno));
     if (close(j->fd) && res == KVX_OK)
         kvx__fjob_error(j, res = kvx__errno_result(errno), errno, "cannot close %s/%s: %s",
-                        fr->dir, j->tmp, strerror(errno));
-    if (res == KVX_OK && renameat(fr->dfd, j->tmp, fr->dfd, j->name))
-        kvx__fjob_error(j, res = kvx__errno_result(errno), errno, "cannot rename %s/%s: %s",
-                        fr->dir, j->tmp, strerror(errno));
+                        fr->stage_dir, j->name, strerror(errno));
     if (res == KVX_OK) {
         kvx_buf b = {NULL, 0, 0, 0};
         char name[64];
@@ -1376,13 +1526,12 @@ static void kvx__fsend_chunk_done(kvx__fjob *j) {
         snprintf(name, sizeof name, "kv_chunk_%u.bin.meta", j->chunk->index);
         kvx__file_seal(&b, fr->fe->key, fr->fe->key_len, name);
         res = b.oom ? KVX_ERR_NO_MEMORY
-                    : kvx__write_atomic_at(fr->dfd, fr->dir, name, b.data, b.len,
-                                           fr->fe->do_fsync, 0, fr->fe->file_mode, why,
-                                           sizeof why);
+                    : kvx__write_new_at(fr->dfd, fr->stage_dir, name, b.data, b.len,
+                                        fr->fe->do_fsync, fr->fe->file_mode, why, sizeof why);
         kvx_buf_free(&b);
         if (res != KVX_OK) kvx__fjob_error(j, res, 0, "%s", why);
     } else {
-        (void)unlinkat(fr->dfd, j->tmp, 0);
+        (void)unlinkat(fr->dfd, j->name, 0);
     }
     pthread_mutex_lock(&fr->mu);
     fr->chunks_done++;
@@ -1434,7 +1583,7 @@ static void kvx__fstripe_work(kvx__fstripe *st, const kvx_plan *plan, int to_fil
     if (why[0])
         kvx__fjob_error(j, res, err, "%s: %s", j->path, why);
     else if (to_file)
-        kvx__fjob_error(j, res, err, "cannot write %s/%s: %s", fr->dir, j->tmp,
+        kvx__fjob_error(j, res, err, "cannot write %s/%s: %s", fr->stage_dir, j->name,
                         err ? strerror(err) : "short write");
     else
         kvx__fjob_error(j, res, err, "cannot read %s: %s", j->path,
@@ -1456,7 +1605,7 @@ static void kvx__fsend_stripe(void *arg) {
             res = kvx__plan_io(kvx_engine_layout(e), &j->chunk->gather, 1, j->fd, 0, j->bytes,
                                NULL, &err);
         if (res != KVX_OK)
-            kvx__fjob_error(j, res, err, "cannot write %s/%s: %s", fr->dir, j->tmp,
+            kvx__fjob_error(j, res, err, "cannot write %s/%s: %s", fr->stage_dir, j->name,
                             err ? strerror(err) : "short write");
     } else {
         kvx__fstripe_work(st, &j->chunk->gather, 1);
@@ -1516,7 +1665,7 @@ static kvx_result kvx__fjob_submit(kvx__fjob *j, kvx_job_fn fn, int to_file) {
 static kvx_result kvx__file_sender_init(kvx_room *r, uint32_t n, int32_t aux) {
     kvx__froom *fr = (kvx__froom *)kvx_room_data(r);
     char why[KVX_ERROR_MAX];
-    int dfd, reused;
+    int dfd;
     kvx_result res;
     fr->total_pages = n;
     fr->aux_index = aux;
@@ -1526,14 +1675,10 @@ static kvx_result kvx__file_sender_init(kvx_room *r, uint32_t n, int32_t aux) {
                       kvx_boot_room_dst_pages(fr->fe->boot, r));
         return KVX_ERR_INVALID_ARGUMENT;
     }
-    if ((res = kvx__file_make_room(fr, &dfd, &reused, why, sizeof why)) != KVX_OK) {
+    if ((res = kvx__file_check_name(fr, why, sizeof why)) != KVX_OK ||
+        (res = kvx__file_make_stage(fr, &dfd, why, sizeof why)) != KVX_OK) {
         kvx_room_fail(r, res, "%s", why);
         return res;
-    }
-    if (reused) {
-        kvx_engine_log(kvx_room_engine(r), KVX_LOG_WARN, "kvx.file", kvx_room_id(r),
-                       "%s already exists (a reused room id?); emptying it", fr->dir);
-        kvx__empty_dir(dfd);
     }
     __atomic_store_n(&fr->dfd, dfd, __ATOMIC_RELEASE);
     return KVX_OK;
@@ -1550,12 +1695,13 @@ static kvx_result kvx__file_sender_send(kvx_room *r, kvx_chunk *c) {
     j->chunk = c;
     j->bytes = c->gather.packed_bytes;
     snprintf(j->name, sizeof j->name, "kv_chunk_%u.bin", c->index);
-    kvx__pathf(j->path, "%s/%s", fr->dir, j->name);
-    j->fd = dfd < 0 ? -1 : kvx__create_tmp_at(dfd, j->name, j->tmp, sizeof j->tmp, fr->fe->file_mode);
+    kvx__pathf(j->path, "%s/%s", fr->stage_dir, j->name);
+    j->fd = dfd < 0 ? -1
+                    : openat(dfd, j->name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
+                             (mode_t)fr->fe->file_mode);
     if (j->fd < 0) {
         int err = dfd < 0 ? ENOENT : errno;
-        kvx_room_fail(r, kvx__errno_result(err), "cannot create a temporary file for %s: %s",
-                      j->path, strerror(err));
+        kvx_room_fail(r, kvx__errno_result(err), "cannot create %s: %s", j->path, strerror(err));
         kvx__fjob_free(e, j);
         return kvx__errno_result(err);
     }
@@ -1868,6 +2014,7 @@ static kvx_result kvx__frecv_check_layout(kvx__froom *fr, const kvx_file_chunk_i
 
 /* Parses transfer_done and every meta, then queues the reads. Runs on a
    worker; the room is referenced by the caller. */
+static int kvx__frecv_again(kvx__froom *fr, const char *why);
 static void kvx__frecv_start(void *arg) {
     kvx__froom *fr = (kvx__froom *)arg;
     kvx_room *r = fr->room;
@@ -1876,12 +2023,14 @@ static void kvx__frecv_start(void *arg) {
     char why[KVX_ERROR_MAX], path[KVX__FILE_PATH];
     kvx__fjob **jobs = NULL;
     uint32_t i, next_page = 0, njobs = 0;
+    int unseen = 0; /* a listed file is missing or short: maybe not visible here yet */
     kvx_result res;
     why[0] = 0;
     if (kvx_room_closed(r) || kvx_room_poll(r) == KVX_POLL_FAILED) goto out;
     kvx__pathf(path, "%s/transfer_done", fr->dir);
     if ((res = kvx__file_load_done(fr, path, why, sizeof why)) != KVX_OK) {
-        kvx__frecv_fail(fr, res == KVX_ERR_NOT_FOUND ? KVX_ERR_CORRUPT : res, why);
+        if (res != KVX_ERR_NOT_FOUND || !kvx__frecv_again(fr, why))
+            kvx__frecv_fail(fr, res == KVX_ERR_NOT_FOUND ? KVX_ERR_CORRUPT : res, why);
         goto out;
     }
     if (fr->done.room != kvx_room_id(r)) {
@@ -1922,7 +2071,7 @@ static void kvx__frecv_start(void *arg) {
         kvx__pathf(j->path, "%s/%s", fr->dir, j->name);
         kvx__pathf(path, "%s.meta", j->path);
         if ((res = kvx__file_load_meta(fr, j->name, path, &j->meta, why, sizeof why)) != KVX_OK) {
-            if (res == KVX_ERR_NOT_FOUND) res = KVX_ERR_CORRUPT;
+            if (res == KVX_ERR_NOT_FOUND) res = KVX_ERR_CORRUPT, unseen = 1;
             break;
         }
         if ((res = kvx__frecv_check_layout(fr, &j->meta, why, sizeof why)) != KVX_OK) break;
@@ -1943,7 +2092,7 @@ static void kvx__frecv_start(void *arg) {
         j->bytes = j->meta.bytes;
         j->fd = kvx__open_reg_at(fr->dfd, j->name, j->path, &res, why, sizeof why);
         if (j->fd < 0) {
-            if (res == KVX_ERR_NOT_FOUND) res = KVX_ERR_CORRUPT;
+            if (res == KVX_ERR_NOT_FOUND) res = KVX_ERR_CORRUPT, unseen = 1;
             break;
         }
         if (fstat(j->fd, &st) || (uint64_t)st.st_size != j->bytes ||
@@ -1951,6 +2100,7 @@ static void kvx__frecv_start(void *arg) {
             kvx__set_why(why, sizeof why, "%s is %lld bytes; its meta says %llu (truncated or "
                      "corrupted)", j->path, (long long)st.st_size, (unsigned long long)j->bytes);
             res = KVX_ERR_CORRUPT;
+            unseen = j->plan.packed_bytes == j->bytes && (uint64_t)st.st_size < j->bytes;
             break;
         }
     }
@@ -1964,7 +2114,7 @@ static void kvx__frecv_start(void *arg) {
             if (jobs[i]->fd >= 0) close(jobs[i]->fd);
             kvx__fjob_free(e, jobs[i]);
         }
-        kvx__frecv_fail(fr, res, why);
+        if (!unseen || !kvx__frecv_again(fr, why)) kvx__frecv_fail(fr, res, why);
         goto out;
     }
     for (i = 0; i < njobs; i++) kvx__fjob_submit(jobs[i], kvx__frecv_stripe, 0);
@@ -2022,49 +2172,79 @@ static void kvx__frecv_sender_failed(kvx__froom *fr, int marker) {
 /* Receiver, progress thread, fe->mu held: what the room says now. -1:
    nothing yet; 0: transfer_done; 1: transfer_failed; 2: the sender's
    marker next to the room; 3: the room directory is refused (refused_why).
-   The directory is opened once it appears, without following a link, and
-   checked; opened again when it was removed meanwhile. */
+   A sender puts its room in place whole (see kvx__file_commit), so the
+   room is looked up afresh each time, never through a cached descriptor:
+   a directory without either file (a room still being made in place, by
+   an older kvx) is closed again and looked at later. */
 static int kvx__frecv_look(kvx__froom *fr) {
     kvx__fengine *fe = fr->fe;
     struct stat st;
     char marker[64];
-    if (fr->dfd >= 0 && (fstat(fr->dfd, &st) || st.st_nlink == 0)) {
+    int fd, err;
+    if (fr->dfd >= 0) {
         close(fr->dfd);
-        fr->dfd = -1;
+        __atomic_store_n(&fr->dfd, -1, __ATOMIC_RELEASE);
     }
-    if (fr->dfd < 0) {
-        int fd, err;
-        snprintf(marker, sizeof marker, "%s.failed", fr->name);
-        if (!fstatat(fe->dfd, marker, &st, AT_SYMLINK_NOFOLLOW)) return 2;
-        fd = openat(fe->dfd, fr->name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-        if (fd < 0) {
-            char desc[300] = "?";
-            int link = 0;
-            err = errno;
-            if (err == ENOENT) return -1;
-            if (!fstatat(fe->dfd, fr->name, &st, AT_SYMLINK_NOFOLLOW)) {
-                kvx__dir_describe(&st, desc, sizeof desc);
-                link = S_ISLNK(st.st_mode);
-            }
-            if (err == ELOOP || err == ENOTDIR)
-                kvx__set_why(fr->refused_why, sizeof fr->refused_why,
-                             "refusing %s: it is %s (%s), not a room directory", fr->dir,
-                             link ? "a symbolic link" : "not a directory", desc);
-            else
-                kvx__set_why(fr->refused_why, sizeof fr->refused_why, "cannot open %s: %s",
-                             fr->dir, strerror(err));
-            return 3;
+    if (fr->retry_at && kvx_now_ns() < fr->retry_at) return -1;
+    snprintf(marker, sizeof marker, "%s.failed", fr->name);
+    if (!fstatat(fe->dfd, marker, &st, AT_SYMLINK_NOFOLLOW)) return 2;
+    fd = openat(fe->dfd, fr->name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0) {
+        char desc[300] = "?";
+        int link = 0;
+        err = errno;
+        if (err == ENOENT) return -1;
+        if (!fstatat(fe->dfd, fr->name, &st, AT_SYMLINK_NOFOLLOW)) {
+            kvx__dir_describe(&st, desc, sizeof desc);
+            link = S_ISLNK(st.st_mode);
         }
-        if (kvx_dir_check(fd, fr->dir, fe->shared ? KVX_DIR_SHARED : 0, fr->refused_why,
-                          sizeof fr->refused_why) != KVX_OK) {
-            close(fd);
-            return 3;
-        }
-        __atomic_store_n(&fr->dfd, fd, __ATOMIC_RELEASE);
+        if (err == ELOOP || err == ENOTDIR)
+            kvx__set_why(fr->refused_why, sizeof fr->refused_why,
+                         "refusing %s: it is %s (%s), not a room directory", fr->dir,
+                         link ? "a symbolic link" : "not a directory", desc);
+        else
+            kvx__set_why(fr->refused_why, sizeof fr->refused_why, "cannot open %s: %s", fr->dir,
+                         strerror(err));
+        return 3;
     }
-    if (!fstatat(fr->dfd, "transfer_failed", &st, AT_SYMLINK_NOFOLLOW)) return 1;
-    if (!fstatat(fr->dfd, "transfer_done", &st, AT_SYMLINK_NOFOLLOW)) return 0;
-    return -1;
+    if (kvx_dir_check(fd, fr->dir, fe->shared ? KVX_DIR_SHARED : 0, fr->refused_why,
+                      sizeof fr->refused_why) != KVX_OK) {
+        close(fd);
+        return 3;
+    }
+    if (!fstatat(fd, "transfer_failed", &st, AT_SYMLINK_NOFOLLOW)) err = 1;
+    else if (!fstatat(fd, "transfer_done", &st, AT_SYMLINK_NOFOLLOW)) err = 0;
+    else err = -1;
+    if (err < 0) close(fd);
+    else __atomic_store_n(&fr->dfd, fd, __ATOMIC_RELEASE);
+    return err;
+}
+
+/* Receiver: files transfer_done lists are not all visible on this node
+   (yet): a weakly consistent shared filesystem can show a room before
+   everything in it. Until KVX_FILE_SETTLE after transfer_done was first
+   seen, the room goes back to the pending list and is read again later;
+   1 when it did, 0 when the settle time is over (the room then fails). */
+static int kvx__frecv_again(kvx__froom *fr, const char *why) {
+    kvx__fengine *fe = fr->fe;
+    uint64_t now = kvx_now_ns();
+    int again = 0;
+    if (now >= fr->settle_until) return 0;
+    pthread_mutex_lock(&fe->mu);
+    if (!kvx_room_closed(fr->room) && kvx_room_poll(fr->room) != KVX_POLL_FAILED) {
+        fr->retry_at = now + 20000000ull < fr->settle_until ? now + 20000000ull : fr->settle_until;
+        fr->retries++;
+        kvx_room_ref(fr->room);
+        fr->next_pending = fe->pending;
+        fe->pending = fr;
+        fr->is_pending = 1;
+        again = 1;
+    }
+    pthread_mutex_unlock(&fe->mu);
+    if (again && fr->retries == 1)
+        kvx_engine_log(kvx_room_engine(fr->room), KVX_LOG_INFO, "kvx.file", kvx_room_id(fr->room),
+                       "%s; looking again for up to %g s (KVX_FILE_SETTLE)", why, fe->settle_s);
+    return again;
 }
 
 /* Progress thread: look for finished (or failed) rooms. */
@@ -2092,6 +2272,8 @@ static void kvx__file_progress(kvx_engine *e) {
             kvx_room_unref(fr->room);
             continue;
         }
+        if (!fr->settle_until)
+            fr->settle_until = kvx_now_ns() + (uint64_t)(fe->settle_s * 1e9);
         pthread_mutex_lock(&fr->mu);
         fr->busy++;
         pthread_mutex_unlock(&fr->mu);

@@ -103,7 +103,7 @@ static int inspect_room(const char *dir) {
 }
 
 int main(int argc, char **argv) {
-    int i, bad = 0, rooms = 0;
+    int i, bad = 0, rooms = 0, building = 0;
     if (argc < 2) {
         fprintf(stderr, "usage: %s ROOM_DIR... | KVX_FILE_DIR | --store DIR\n", argv[0]);
         return 2;
@@ -125,6 +125,11 @@ int main(int argc, char **argv) {
             if (!d) { fprintf(stderr, "%s: %s\n", argv[i], strerror(errno)); return 2; }
             while ((de = readdir(d)) != NULL) {
                 if (strncmp(de->d_name, "room_", 5)) continue;
+                if (de->d_name[5 + strspn(de->d_name + 5, "0123456789")]) {
+                    /* room_<id>.tmp.* (being built), .old.* (being removed), .failed */
+                    if (strstr(de->d_name, ".tmp.")) building++;
+                    continue;
+                }
                 snprintf(p, sizeof p, "%s/%s", argv[i], de->d_name);
                 bad |= inspect_room(p);
                 rooms++;
@@ -132,6 +137,9 @@ int main(int argc, char **argv) {
             closedir(d);
         }
     }
+    if (building)
+        printf("%d rooms being built (room_<id>.tmp.*: not committed yet, or left by a killed "
+               "sender), not checked\n", building);
     printf("%d rooms, %s\n", rooms, bad ? "PROBLEMS FOUND" : "all verified");
     return bad ? 1 : 0;
 }

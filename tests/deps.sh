@@ -9,6 +9,9 @@ command -v clang >/dev/null || need+=(clang)
 command -v python3 >/dev/null || need+=(python3)
 command -v curl >/dev/null || need+=(curl)
 [ -f /usr/include/infiniband/verbs.h ] || need+=(libibverbs-dev)
+# GlusterFS for the distributed-filesystem test (tests/dfs/gluster.sh)
+{ command -v glusterd && command -v gluster && { command -v mount.glusterfs || [ -x /sbin/mount.glusterfs ]; }; } \
+  >/dev/null || need+=(glusterfs-server glusterfs-client)
 # libFuzzer and the sanitizer runtimes for clang
 if command -v clang >/dev/null; then
   echo 'int LLVMFuzzerTestOneInput(const unsigned char*d,unsigned long n){(void)d;(void)n;return 0;}' > /tmp/kvx_fz_$$.c

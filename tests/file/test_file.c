@@ -274,11 +274,142 @@ static void test_damage(const char *label, damage_fn damage, kvx_result want, co
     rd.room = 21;
     kvx_receiver_create(de, &rd, &r);
     kvx_receiver_init(r, pages, 6, 0);
-    CHECK(wait_terminal_r(r, 5000) == KVX_POLL_FAILED, "%s: Failed, never Success", label);
+    CHECK(wait_terminal_r(r, 30000) == KVX_POLL_FAILED, "%s: Failed, never Success", label);
     CHECK(kvx_receiver_result(r) == want, "%s: %s, got %s", label, kvx_result_str(want),
           kvx_result_str(kvx_receiver_result(r)));
     CHECK_STR(kvx_receiver_error(r), expect);
     kvx_receiver_destroy(r);
+    kvx_engine_destroy(pe);
+    kvx_engine_destroy(de);
+    ex_pool_free(&ps);
+    ex_pool_free(&pr);
+}
+
+/* ---- a shared filesystem that shows a room before all of its files -------------------- */
+
+static char late_log[4096];
+static pthread_mutex_t late_mu = PTHREAD_MUTEX_INITIALIZER;
+static void late_logger(void *u, kvx_log_level lv, const char *sub, uint64_t room,
+                        const char *msg) {
+    (void)u; (void)lv; (void)sub; (void)room;
+    pthread_mutex_lock(&late_mu);
+    if (strlen(late_log) + strlen(msg) + 2 < sizeof late_log) {
+        strcat(late_log, msg);
+        strcat(late_log, "\n");
+    }
+    pthread_mutex_unlock(&late_mu);
+}
+static int late_logged(const char *what) {
+    int found;
+    pthread_mutex_lock(&late_mu);
+    found = strstr(late_log, what) != NULL;
+    pthread_mutex_unlock(&late_mu);
+    return found;
+}
+
+/* transfer_done lists kv_chunk_1.bin, which this node does not see yet: the
+   receiver looks again (KVX_FILE_SETTLE) instead of failing, and succeeds
+   with every byte once it shows up; when it never does, the room fails as
+   corrupt once the settle time is over. */
+static void test_late_file(int shows_up) {
+    char dir[300], room[400], chunk[500], hidden[500], why[512];
+    ex_pool ps, pr;
+    kvx_engine *pe, *de;
+    kvx_engine_desc d;
+    kvx_receiver *r;
+    kvx_room_desc rd;
+    int32_t pages[6] = {5, 0, 3, 1, 2, 4};
+    uint64_t t0, waited;
+    const char *label = shows_up ? "late_shows_up" : "late_never";
+    snprintf(dir, sizeof dir, "%s/%s", root, label);
+    ex_pool_init(&ps, &tiny, 16, 16, 4, 1);
+    ex_pool_init(&pr, &tiny, 16, 16, 4, 2);
+    pe = engine(KVX_ROLE_PREFILL, &ps, dir, why);
+    CHECK(send_one(pe, &ps, 23, 6, 3) == KVX_POLL_SUCCESS, "%s: sent", label);
+    snprintf(room, sizeof room, "%s/room_23", dir);
+    snprintf(chunk, sizeof chunk, "%s/kv_chunk_1.bin", room);
+    snprintf(hidden, sizeof hidden, "%s/hidden.bin", dir);
+    CHECK(rename(chunk, hidden) == 0, "%s: chunk 1 hidden", label);
+    memset(&d, 0, sizeof d);
+    d.role = KVX_ROLE_DECODE;
+    d.transport = "file";
+    d.layout = pr.layout;
+    d.file.dir = dir;
+    d.file.settle_s = shows_up ? 60 : 0.5;
+    d.logger.func = late_logger;
+    d.logger.level = KVX_LOG_INFO;
+    late_log[0] = 0;
+    CHECK(kvx_engine_create(&d, &de, why, sizeof why) == KVX_OK, "%s: engine: %s", label, why);
+    memset(&rd, 0, sizeof rd);
+    rd.room = 23;
+    t0 = kvx_now_ns();
+    kvx_receiver_create(de, &rd, &r);
+    kvx_receiver_init(r, pages, 6, 0);
+    if (shows_up) {
+        while (!late_logged("looking again") && kvx_now_ns() - t0 < 30000000000ull &&
+               kvx_receiver_poll(r) != KVX_POLL_FAILED)
+            sleep_ms(1);
+        CHECK(late_logged("kv_chunk_1.bin") && late_logged("KVX_FILE_SETTLE"),
+              "%s: the receiver said it looks again for kv_chunk_1.bin", label);
+        CHECK(kvx_receiver_poll(r) != KVX_POLL_FAILED && kvx_receiver_poll(r) != KVX_POLL_SUCCESS,
+              "%s: still waiting while the chunk is missing (%s)", label, kvx_receiver_error(r));
+        CHECK(rename(hidden, chunk) == 0, "%s: chunk 1 shows up", label);
+        CHECK(wait_terminal_r(r, 30000) == KVX_POLL_SUCCESS, "%s: Success once it is there: %s",
+              label, kvx_receiver_error(r));
+        CHECK(!ex_pages_pattern(&pr, 23, pages, 6, 0) && ex_aux_check(&pr, 23, 0),
+              "%s: every byte and the aux row verified", label);
+    } else {
+        CHECK(wait_terminal_r(r, 30000) == KVX_POLL_FAILED, "%s: Failed, never Success", label);
+        waited = kvx_now_ns() - t0;
+        CHECK(kvx_receiver_result(r) == KVX_ERR_CORRUPT, "%s: corrupt, got %s", label,
+              kvx_result_str(kvx_receiver_result(r)));
+        CHECK_STR(kvx_receiver_error(r), "kv_chunk_1.bin");
+        CHECK(waited >= 500000000ull, "%s: failed after the settle time (%.3f s)", label,
+              (double)waited / 1e9);
+    }
+    kvx_receiver_destroy(r);
+    kvx_engine_destroy(pe);
+    kvx_engine_destroy(de);
+    ex_pool_free(&ps);
+    ex_pool_free(&pr);
+}
+
+/* A room id used again while the first room's directory is still there:
+   the second sender's commit replaces it whole (moved aside, removed), and
+   the receiver reads the second room, not a mix. */
+static void test_reused_id(void) {
+    char dir[300], why[512];
+    ex_pool ps, pr;
+    kvx_engine *pe, *de;
+    kvx_receiver *r;
+    kvx_room_desc rd;
+    int32_t pages[6] = {5, 0, 3, 1, 2, 4};
+    DIR *dd;
+    struct dirent *de_;
+    int left = 0;
+    snprintf(dir, sizeof dir, "%s/reused", root);
+    ex_pool_init(&ps, &tiny, 16, 16, 4, 1);
+    ex_pool_init(&pr, &tiny, 16, 16, 4, 2);
+    pe = engine(KVX_ROLE_PREFILL, &ps, dir, why);
+    de = engine(KVX_ROLE_DECODE, &pr, dir, why);
+    CHECK(pe && de, "reused: engines: %s", why);
+    if (!pe || !de) return;
+    CHECK(send_one(pe, &ps, 24, 3, 3) == KVX_POLL_SUCCESS, "reused: first room (3 pages) sent");
+    CHECK(send_one(pe, &ps, 24, 6, 2) == KVX_POLL_SUCCESS, "reused: second room (6 pages) sent");
+    memset(&rd, 0, sizeof rd);
+    rd.room = 24;
+    kvx_receiver_create(de, &rd, &r);
+    kvx_receiver_init(r, pages, 6, 0);
+    CHECK(wait_terminal_r(r, 30000) == KVX_POLL_SUCCESS, "reused: the second room received: %s",
+          kvx_receiver_error(r));
+    CHECK(!ex_pages_pattern(&pr, 24, pages, 6, 0) && ex_aux_check(&pr, 24, 0),
+          "reused: every byte of the second room verified");
+    kvx_receiver_destroy(r);
+    if ((dd = opendir(dir)) != NULL) {
+        while ((de_ = readdir(dd)) != NULL) left += de_->d_name[0] != '.';
+        closedir(dd);
+    }
+    CHECK(left == 0, "reused: nothing left in the directory (%d entries)", left);
     kvx_engine_destroy(pe);
     kvx_engine_destroy(de);
     ex_pool_free(&ps);
@@ -361,13 +492,21 @@ static void test_stale_sweep(void) {
 
 /* ---- killed sender, full disk, abort, destroy mid-read ------------------------------ */
 
-static int has_tmp(const char *roomdir) {
-    DIR *d = opendir(roomdir);
+/* A sender builds its room in <dir>/room_<id>.tmp.<pid>.<nonce> and renames
+   it into place when done: 1 when such a directory holds a chunk file. */
+static int has_stage(const char *dir, const char *room) {
+    DIR *d = opendir(dir);
     struct dirent *de;
+    char pre[64], chunk[700];
+    struct stat st;
     int found = 0;
     if (!d) return 0;
-    while ((de = readdir(d)) != NULL)
-        if (strstr(de->d_name, ".tmp.")) found = 1;
+    snprintf(pre, sizeof pre, "%s.tmp.", room);
+    while ((de = readdir(d)) != NULL) {
+        if (strncmp(de->d_name, pre, strlen(pre))) continue;
+        snprintf(chunk, sizeof chunk, "%s/%s/kv_chunk_0.bin", dir, de->d_name);
+        if (!stat(chunk, &st)) found = 1;
+    }
     closedir(d);
     return found;
 }
@@ -383,6 +522,7 @@ static void test_killed_sender(void) {
     pid_t pid;
     uint64_t t0;
     int status, saw_tmp = 0;
+    struct stat st;
     snprintf(dir, sizeof dir, "%s/killed", root);
     snprintf(roomdir, sizeof roomdir, "%s/room_31", dir);
     fflush(stdout);
@@ -399,10 +539,12 @@ static void test_killed_sender(void) {
         for (;;) send_one(pe, &ps, 31, n, n);
     }
     t0 = kvx_now_ns();
-    while (!(saw_tmp = has_tmp(roomdir)) && kvx_now_ns() - t0 < 10000000000ull) sleep_ms(1);
+    while (!(saw_tmp = has_stage(dir, "room_31")) && kvx_now_ns() - t0 < 10000000000ull)
+        sleep_ms(1);
     kill(pid, SIGKILL);
     waitpid(pid, &status, 0);
-    CHECK(saw_tmp, "sender was killed while writing a temporary file");
+    CHECK(saw_tmp, "sender was killed while writing a chunk of the room it was building");
+    CHECK(stat(roomdir, &st) != 0, "a room killed before its commit is not in place");
     setenv("KVX_FILE_TIMEOUT", "0.5", 1);
     ex_pool_init(&pr, &tiny, n, 16, 4, 2);
     de = engine(KVX_ROLE_DECODE, &pr, dir, why);
@@ -687,6 +829,9 @@ int main(void) {
     test_damage("meta", garble_meta, KVX_ERR_CORRUPT, "is not valid JSON");
     test_damage("aux", flip_aux, KVX_ERR_CORRUPT, "metadata.bin");
     test_damage("missing", remove_chunk, KVX_ERR_CORRUPT, "kv_chunk_1.bin");
+    test_late_file(1);
+    test_late_file(0);
+    test_reused_id();
     test_bad_dirs();
     test_stale_sweep();
     test_killed_sender();
