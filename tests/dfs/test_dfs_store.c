@@ -24,30 +24,11 @@
 static st_pool pool;
 static uint64_t g_bb;
 
-static kvx_store *open_store(const char *dir, uint64_t cap_blocks, double scan) {
-    kvx_store_desc d;
-    kvx_store *s = NULL;
-    char why[KVX_ERROR_MAX];
-    memset(&d, 0, sizeof d);
-    d.dir = dir;
-    d.model = "dfs-store";
-    d.layout = pool.l;
-    d.io_threads = 4;
-    d.scan_interval = scan;
-    d.capacity_bytes = cap_blocks == KVX_STORE_UNLIMITED ? cap_blocks : cap_blocks * g_bb;
-    if (kvx_store_open(&d, &s, why, sizeof why) != KVX_OK) {
-        printf("%s  open %s failed: %s\n", st_prefix, dir, why);
-        return NULL;
-    }
-    return s;
-}
-
+#define open_store(dir, cap_blocks, scan) \
+    st_open_blocks(&pool, dir, "dfs-store", 4, cap_blocks, g_bb, scan)
 static int probe_block_bytes(const char *dir) {
-    kvx_store *p = open_store(dir, KVX_STORE_UNLIMITED, -1);
-    if (!p) return -1;
-    g_bb = kvx_store_block_bytes(p);
-    kvx_store_close(p);
-    return 0;
+    g_bb = st_block_bytes(&pool, dir, "dfs-store");
+    return g_bb ? 0 : -1;
 }
 
 static kvx_result put_keys(kvx_store *s, const kvx_store_key *keys, size_t n) {

@@ -226,6 +226,42 @@ static ST_UNUSED int st_flip_byte(const char *path, off_t off) {
     return ok ? 0 : -1;
 }
 
+/* ---- a store over a test pool ---- */
+
+/* A store of pool p's layout under dir: capacity in blocks of bb bytes each
+   (KVX_STORE_UNLIMITED: no limit), a namespace scan every `scan` seconds
+   (-1: only at open). NULL, with the reason printed, when it cannot open. */
+static ST_UNUSED kvx_store *st_open_blocks(const st_pool *p, const char *dir, const char *model,
+                                           int io_threads, uint64_t cap_blocks, uint64_t bb,
+                                           double scan) {
+    kvx_store_desc d;
+    kvx_store *s = NULL;
+    char why[KVX_ERROR_MAX];
+    memset(&d, 0, sizeof d);
+    d.dir = dir;
+    d.model = model;
+    d.layout = p->l;
+    d.io_threads = io_threads;
+    d.scan_interval = scan;
+    d.capacity_bytes = cap_blocks == KVX_STORE_UNLIMITED ? cap_blocks : cap_blocks * bb;
+    if (kvx_store_open(&d, &s, why, sizeof why) != KVX_OK) {
+        printf("%s  open %s failed: %s\n", st_prefix, dir, why);
+        return NULL;
+    }
+    return s;
+}
+
+/* Bytes of one block file of pool p (from a store without a limit or a
+   scanner: harmless on a shared namespace); 0 when it cannot open. */
+static ST_UNUSED uint64_t st_block_bytes(const st_pool *p, const char *dir, const char *model) {
+    kvx_store *s = st_open_blocks(p, dir, model, 1, KVX_STORE_UNLIMITED, 0, -1);
+    uint64_t bb;
+    if (!s) return 0;
+    bb = kvx_store_block_bytes(s);
+    kvx_store_close(s);
+    return bb;
+}
+
 /* ---- child processes: this program run again with arguments ---- */
 
 static ST_UNUSED pid_t st_spawn(char *const argv[]) {

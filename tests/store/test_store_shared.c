@@ -23,31 +23,11 @@ static uint64_t g_bb; /* bytes of one block file of this pool */
 
 #define CAP_BLOCKS 24
 
-static kvx_store *open_store(const char *dir, uint64_t cap_blocks, double scan) {
-    kvx_store_desc d;
-    kvx_store *s = NULL;
-    char why[KVX_ERROR_MAX];
-    memset(&d, 0, sizeof d);
-    d.dir = dir;
-    d.model = "shared";
-    d.layout = pool.l;
-    d.io_threads = 2;
-    d.scan_interval = scan;
-    d.capacity_bytes = cap_blocks == KVX_STORE_UNLIMITED ? cap_blocks : cap_blocks * g_bb;
-    if (kvx_store_open(&d, &s, why, sizeof why) != KVX_OK) {
-        printf("  open failed: %s\n", why);
-        return NULL;
-    }
-    return s;
-}
-
-/* g_bb from a store without a limit or a scanner (harmless on a shared namespace). */
+#define open_store(dir, cap_blocks, scan) \
+    st_open_blocks(&pool, dir, "shared", 2, cap_blocks, g_bb, scan)
 static int probe_block_bytes(const char *dir) {
-    kvx_store *p = open_store(dir, KVX_STORE_UNLIMITED, -1);
-    if (!p) return -1;
-    g_bb = kvx_store_block_bytes(p);
-    kvx_store_close(p);
-    return 0;
+    g_bb = st_block_bytes(&pool, dir, "shared");
+    return g_bb ? 0 : -1;
 }
 
 static kvx_result put_keys(kvx_store *s, uint64_t fam, uint64_t from, uint64_t n) {
