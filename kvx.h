@@ -1347,6 +1347,7 @@ KVX_API void kvx_buf_json_str(kvx_buf *b, const char *s) {
 }
 
 KVX_API void kvx_buf_free(kvx_buf *b) {
+    if (!b) return;
     free(b->data);
     memset(b, 0, sizeof *b);
 }
@@ -1570,6 +1571,7 @@ KVX_API kvx_result kvx_json_parse(kvx_json_doc *doc, const char *text, size_t le
 }
 
 KVX_API void kvx_json_free(kvx_json_doc *doc) {
+    if (!doc) return;
     free(doc->nodes);
     free(doc->strbuf);
     doc->nodes = NULL; doc->strbuf = NULL; doc->count = doc->cap = 0;
@@ -2251,7 +2253,7 @@ static void kvx__room_destroy_mem(kvx_room *r) {
 KVX_API void kvx_room_ref(kvx_room *r) { KVX__ADD(&r->refs, 1); }
 
 KVX_API void kvx_room_unref(kvx_room *r) {
-    if (KVX__SUB(&r->refs, 1) != 0) return;
+    if (!r || KVX__SUB(&r->refs, 1) != 0) return;
     if (r->engine->be->room_free) r->engine->be->room_free(r);
     kvx__room_destroy_mem(r);
 }
