@@ -866,6 +866,15 @@ KVX_API uint64_t kvx_now_ns(void) {
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
+/* The absolute CLOCK_REALTIME time `ns` from now, for pthread_cond_timedwait
+   on a condition variable with the default clock. */
+static KVX__UNUSED void kvx__abstime(struct timespec *ts, uint64_t ns) {
+    clock_gettime(CLOCK_REALTIME, ts);
+    ns += (uint64_t)ts->tv_nsec;
+    ts->tv_sec += (time_t)(ns / 1000000000ull);
+    ts->tv_nsec = (long)(ns % 1000000000ull);
+}
+
 static uint32_t kvx__crc_table[8][256];
 static pthread_once_t kvx__crc_once = PTHREAD_ONCE_INIT;
 static int kvx__crc_hw;
@@ -2306,9 +2315,7 @@ static void *kvx__progress_main(void *arg) {
         pthread_mutex_lock(&e->mu);
         if (e->stop) break;
         if (e->notify) continue;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_nsec += (long)e->desc.poll_interval_us * 1000L;
-        while (ts.tv_nsec >= 1000000000L) { ts.tv_sec++; ts.tv_nsec -= 1000000000L; }
+        kvx__abstime(&ts, (uint64_t)e->desc.poll_interval_us * 1000ull);
         pthread_cond_timedwait(&e->cv, &e->mu, &ts);
     }
     pthread_mutex_unlock(&e->mu);
