@@ -248,6 +248,13 @@ KVX_API uint64_t kvx_layout_num_pages(const kvx_layout *l);
 KVX_API uint64_t kvx_layout_page_bytes(const kvx_layout *l);
 /* Rows (request slots) the aux buffers hold: smallest length / item_len. */
 KVX_API uint64_t kvx_layout_num_aux_slots(const kvx_layout *l);
+/* Bytes of one request's aux rows: item_len summed over the aux buffers. */
+KVX_API uint64_t kvx_layout_aux_row_bytes(const kvx_layout *l);
+/* Copies slot `slot`'s aux rows (host memory) to a packed buffer of
+   kvx_layout_aux_row_bytes bytes (to_rows 0): aux buffer 0's row, then 1's
+   ...; or from one back into the slot (to_rows 1). The caller has checked
+   the slot (kvx_pages_check / the core's init checks do). */
+KVX_API void kvx_layout_aux_copy(const kvx_layout *l, int64_t slot, void *packed, int to_rows);
 
 /* >>plan ---------------------------------------------------------------- */
 
@@ -1637,6 +1644,24 @@ KVX_API uint64_t kvx_layout_page_bytes(const kvx_layout *l) {
     uint32_t i;
     for (i = 0; l && i < l->num_buffers; i++) s += l->buffers[i].item_len;
     return s;
+}
+
+KVX_API uint64_t kvx_layout_aux_row_bytes(const kvx_layout *l) {
+    uint64_t s = 0;
+    uint32_t i;
+    for (i = 0; l && i < l->num_aux; i++) s += l->aux[i].item_len;
+    return s;
+}
+
+KVX_API void kvx_layout_aux_copy(const kvx_layout *l, int64_t slot, void *packed, int to_rows) {
+    uint8_t *p = (uint8_t *)packed;
+    uint32_t i;
+    for (i = 0; i < l->num_aux; i++) {
+        uint8_t *row = (uint8_t *)l->aux[i].base + (uint64_t)slot * l->aux[i].item_len;
+        if (to_rows) memcpy(row, p, (size_t)l->aux[i].item_len);
+        else memcpy(p, row, (size_t)l->aux[i].item_len);
+        p += l->aux[i].item_len;
+    }
 }
 
 KVX_API uint64_t kvx_layout_num_aux_slots(const kvx_layout *l) {

@@ -1455,16 +1455,10 @@ static kvx_result kvx__file_finish_send(kvx__froom *fr, char *why, size_t wl) {
     uint32_t aux_crc = 0, i;
     kvx_result r;
     if (fr->aux_index >= 0) {
-        for (i = 0; i < l->num_aux; i++) aux_bytes += l->aux[i].item_len;
+        aux_bytes = kvx_layout_aux_row_bytes(l);
         aux = (char *)malloc(aux_bytes ? aux_bytes : 1);
         if (!aux) return KVX_ERR_NO_MEMORY;
-        aux_bytes = 0;
-        for (i = 0; i < l->num_aux; i++) {
-            const kvx_aux_buffer *a = &l->aux[i];
-            memcpy(aux + aux_bytes, (const char *)a->base + (uint64_t)fr->aux_index * a->item_len,
-                   a->item_len);
-            aux_bytes += a->item_len;
-        }
+        kvx_layout_aux_copy(l, fr->aux_index, aux, 0);
         aux_crc = kvx_crc32c(0, aux, aux_bytes);
         r = kvx__write_new_at(fr->dfd, fr->stage_dir, "metadata.bin", aux, aux_bytes,
                               fr->fe->do_fsync, fr->fe->file_mode, why, wl);
@@ -1826,7 +1820,6 @@ static void kvx__frecv_finish(kvx__froom *fr) {
     const kvx_layout *l = kvx_engine_layout(kvx_room_engine(r));
     char why[KVX_ERROR_MAX], path[KVX__FILE_PATH];
     uint64_t aux_bytes = 0;
-    uint32_t i;
     struct stat st;
     if (!fstatat(fr->dfd, "transfer_failed", &st, AT_SYMLINK_NOFOLLOW)) {
         /* the sender failed after writing transfer_done (an abort raced it):
@@ -1838,7 +1831,7 @@ static void kvx__frecv_finish(kvx__froom *fr) {
         char *aux = NULL;
         size_t len = 0;
         kvx_result res;
-        for (i = 0; i < l->num_aux; i++) aux_bytes += l->aux[i].item_len;
+        aux_bytes = kvx_layout_aux_row_bytes(l);
         kvx__pathf(path, "%s/metadata.bin", fr->dir);
         res = kvx__read_small_at(fr->dfd, "metadata.bin", path, &aux, &len, 1u << 30, why,
                                  sizeof why);
@@ -1851,7 +1844,6 @@ static void kvx__frecv_finish(kvx__froom *fr) {
             kvx__frecv_fail(fr, KVX_ERR_CORRUPT, why);
             return;
         }
-        aux_bytes = 0;
         if (kvx_crc32c(0, aux, len) != fr->done.aux_crc32c) {
             kvx__set_why(why, sizeof why, "%s is %zu bytes with CRC32C %08x; transfer_done says %llu "
                      "bytes with %08x: corrupted or truncated", path, len, kvx_crc32c(0, aux, len),
@@ -1860,12 +1852,7 @@ static void kvx__frecv_finish(kvx__froom *fr) {
             kvx__frecv_fail(fr, KVX_ERR_CORRUPT, why);
             return;
         }
-        for (i = 0; i < l->num_aux; i++) {
-            const kvx_aux_buffer *a = &l->aux[i];
-            memcpy((char *)a->base + (uint64_t)fr->aux_index * a->item_len, aux + aux_bytes,
-                   a->item_len);
-            aux_bytes += a->item_len;
-        }
+        kvx_layout_aux_copy(l, fr->aux_index, aux, 1);
         free(aux);
     } else if (fr->aux_index >= 0) {
         kvx__frecv_fail(fr, KVX_ERR_PROTOCOL, "the receiver expects aux rows but the sender "

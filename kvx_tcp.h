@@ -1993,7 +1993,7 @@ static kvx_result kvx__tcp_receiver_init(kvx_room *r, const int32_t *pages, uint
         qsort(tr->sorted, n, sizeof *tr->sorted, kvx__tcp_cmp_u64);
     }
     if (aux >= 0 && l->num_aux) {
-        for (i = 0; i < l->num_aux; i++) aux_bytes += l->aux[i].item_len;
+        aux_bytes = kvx_layout_aux_row_bytes(l);
         tr->aux_stage = (uint8_t *)kvx_engine_alloc(e, (size_t)aux_bytes);
         if (!tr->aux_stage) return KVX_ERR_NO_MEMORY;
     }
@@ -2257,12 +2257,8 @@ static int kvx__tcp_recv_finish(kvx__tcp_conn *c, kvx__tcp_room *tr) {
     kvx__tcp_engine *te = c->te;
     const kvx_layout *l = kvx_engine_layout(te->engine);
     uint8_t ack[KVX_TCP_HEADER_BYTES + KVX__TCP_ACK_BODY];
-    uint32_t i;
     int err;
-    if (tr->aux_stage)
-        for (i = 0; i < l->num_aux; i++)
-            memcpy((char *)l->aux[i].base + (uint64_t)tr->aux_index * l->aux[i].item_len,
-                   tr->aux_stage + te->aux_off[i], (size_t)l->aux[i].item_len);
+    if (tr->aux_stage) kvx_layout_aux_copy(l, tr->aux_index, tr->aux_stage, 1);
     /* Success first, then the ACK. Once Success is set the room is final:
        an abort, a timeout or the loss of the prefill can no longer fail it
        and send anything, so nothing can overtake the ACK; destroying the
