@@ -17,12 +17,16 @@
    COMPILE-TIME MACROS
      KVX_IMPLEMENTATION      emit the implementation in this translation unit
      KVX_STATIC              make every function static (one private copy per TU)
+     KVX_API                 what precedes every public declaration (default:
+                             extern; static with KVX_STATIC)
      KVX_ASSERT(c)           internal invariants (default: assert); never used
                              on input from a peer, a file or the caller
-     KVX_DEBUG               extra internal checks
      KVX_MAX_BUFFERS         most KV buffers in a layout (default 1024)
      KVX_MAX_AUX             most aux buffers in a layout (default 16)
      KVX_MAX_PAGES           most pages in one request (default 1<<24)
+     KVX_MAX_TIMEOUT_S       largest value of a timeout setting, seconds (1e6)
+     KVX_MIN_AUTH_KEY, KVX_MAX_AUTH_KEY
+                             bytes a shared secret may have (16, 4096)
 
    ENVIRONMENT (read once in kvx_engine_create; override the desc)
      KVX_TRANSPORT            transport name                    (desc.transport)

@@ -63,7 +63,8 @@
                                IPv4 address of the host, else 127.0.0.1)
      KVX_HEARTBEAT_INTERVAL    decode: seconds between heartbeats of every
                                prefill in use (5; SGLang's minimum is 2, kvx
-                               accepts down to 0.1 for tests): a PING on each
+                               accepts down to 0.1 for tests, and raises
+                               anything lower to 0.1): a PING on each
                                control connection when the server info says
                                "kvx_heartbeat":"control" (kvx prefills), so
                                liveness needs no HTTP slot; else GET /health
@@ -71,7 +72,7 @@
                                a shared secret: see SECURITY
      KVX_HEARTBEAT_MAX_FAILURE decode: consecutive failed heartbeats after
                                which every unfinished room of that prefill
-                               fails (2)
+                               fails (2; less than 1 is raised to 1)
      KVX_BOOTSTRAP_TIMEOUT     (core) seconds a sender waits for its room frame
      desc.boot.tp_size/tp_rank, dp_size/dp_rank, pp_size/pp_rank,
      cp_size/cp_rank           this engine's place in its instance (sizes 1,

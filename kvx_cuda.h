@@ -56,12 +56,14 @@
      KVX_CUDA_BATCH           0: never use cuMemcpyBatchAsync, one
                               asynchronous copy per piece instead; 1: use it
                               where the driver has it (driver >= 12.8)  (1)
-     KVX_LOG_LEVEL            error|warn|info|debug (desc.logger.level) (warn)
+     KVX_LOG_LEVEL            error|warn|info|debug (desc.logger.level) (warn);
+                              any case; another value is ignored
    and, read once at engine creation by the cuda transport (no field in
    kvx_engine_desc yet: environment only):
      KVX_CUDA_FENCE_TIMEOUT   seconds kvx_receiver_destroy of an unfinished
                               room waits for the prefill's word that it
-                              stopped writing into the room's pages      (2)
+                              stopped writing into the room's pages;
+                              0..3600, else engine creation fails         (2)
      KVX_CUDA_NODE_ID         this node's identity, compared with the
                               peer's: two engines run the cuda transport
                               together only with equal ids (the kernel's

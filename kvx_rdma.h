@@ -71,6 +71,12 @@
                            waits for the prefill to confirm it stopped writing (2)
      KVX_IB_CM_PORT        prefill: TCP port of the queue-pair exchange
                            listener, on the bootstrap host (0 = ephemeral)
+     Ranges (a value outside one fails engine creation with KVX_ERR_BAD_CONFIG
+     naming the variable): GID_INDEX -1..65535, QPS 1..KVX_RDMA_MAX_QPS,
+     MAX_MSG 4096..1 GiB, SIGNAL_EVERY 1..4096, SEND_DEPTH and RECV_DEPTH
+     16..1048576 (SEND_DEPTH is raised to 2 x SIGNAL_EVERY), TIMEOUT 0..31,
+     RETRY_CNT and RNR_RETRY 0..7, SL 0..15, TRAFFIC_CLASS 0..255,
+     RELAXED_ORDERING 0..1, CM_PORT 0..65535; CONNECT_TIMEOUT 0 or less = 10.
      KVX_AUTH_KEY / KVX_AUTH_KEY_FILE (kvx.h, desc.auth_key): with a shared
                            key every exchange connection proves it, both
                            ways, before anything is exchanged (below)

@@ -82,7 +82,7 @@
                             nothing, a frame stuck half-read, a connect)
                             before it is declared dead, and seconds a sender
                             waits for the receiver's ACK after its last byte
-                            left (60)
+                            left (60; 0 or less = 60)
      KVX_TCP_SEGMENT, KVX_TCP_SOCKBUF and KVX_TCP_TIMEOUT have no field in
      kvx_tcp_desc (kvx.h) yet: environment only.
      KVX_AUTH_KEY / KVX_AUTH_KEY_FILE (core, desc.auth_key / auth_key_file):
