@@ -222,7 +222,15 @@
      exports (kvx_cuda.h provides one: cuMemGetHandleForAddressRange);
      without a hook engine creation fails with a sentence saying so.
 
-   EXAMPLE: as kvx_boot.h's, with desc.transport = "rdma" on both sides.
+   EXAMPLE (prefill side; the rest as kvx_tcp.h's, with transport "rdma")
+       // given: kvx_layout layout;
+       kvx_rdma_register();                  // makes "rdma" a transport name
+       kvx_engine_desc d = {0};
+       d.role = KVX_ROLE_PREFILL;  d.transport = "rdma";  d.layout = layout;
+       d.bootstrap_addr = "10.0.0.1:8998";
+       d.rdma.devices = "mlx5_0,mlx5_1";     // NULL: every active port
+       kvx_engine *e;  char why[KVX_ERROR_MAX];
+       if (kvx_engine_create(&d, &e, why, sizeof why)) puts(why);
 
    THREAD SAFETY
      As kvx.h. Each engine owns one completion/event thread (completion

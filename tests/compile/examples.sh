@@ -39,7 +39,7 @@ function take(s,   g) {
     if (match(s, /^[ \t]*(\/\/|\/\*)[ \t]*given:/)) {
         g = substr(s, RLENGTH + 1); sub(/\*\/[ \t]*$/, "", g)
         print g >> (f ".given"); close(f ".given")
-        return
+        s = ""  # keeps the line numbers of the body
     }
     print s >> (f ".body"); close(f ".body")
 }
