@@ -16,6 +16,7 @@
 #   verbatim, before the function that holds the example's code. A block
 #   with a preprocessor line (#define, #include) is a whole file instead.
 # A header example includes only its own header; a README block all of them.
+# Every header must have at least one example. Run by check.sh (make test).
 set -u
 cd "$(dirname "$0")/../.."
 W="-Wall -Wextra -Wpedantic -Werror -Wno-unused-variable -Wno-unused-but-set-variable -Wno-unused-parameter"
@@ -90,6 +91,12 @@ for i in $(seq 1 "$count"); do
     fi
   done
 done
-[ "$count" -gt 0 ] || { echo "FAIL: no examples found"; fail=$((fail+1)); }
+# Every header has an example, and none is empty.
+for h in $headers; do
+  grep -qx "$h" "$T"/ex*.inc 2>/dev/null || { echo "FAIL: $h has no EXAMPLE in its top comment"; fail=$((fail+1)); }
+done
+for i in $(seq 1 "$count"); do
+  grep -q '[^[:space:]]' "$T/ex$i.body" || { echo "FAIL example $(cat "$T/ex$i.origin"): no code"; fail=$((fail+1)); }
+done
 echo "doc examples: $count found; $pass passed, $fail failed"
 [ "$fail" -eq 0 ]
