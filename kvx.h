@@ -61,6 +61,12 @@
      and the file transport authenticates what it writes. See each
      transport header and the README's security model.
 
+   DATA PATH
+     The core moves no KV byte: kvx_sender_send builds the chunk and hands it
+     to the transport's sender_send hook; kvx_receiver_init gives the
+     destination pages to its receiver_init hook. The `fake` transport
+     (kvx__fake_send, kvx__fake_recv_init) moves nothing and succeeds.
+
    EXAMPLE (prefill side, error handling shortened)
        // given: kvx_layout my_layout; const int32_t *pages; uint32_t num_pages;
        // given: int32_t aux_slot; void idle(void);

@@ -212,6 +212,12 @@
      kvx_room_fail_remote (nothing is echoed back). A peer's reason that
      already starts "room <id>: " is kept as is, followed by who reported it.
 
+   DATA PATH
+     None: kvx_boot carries only control frames (room frames with the
+     destination pages, status, abort, pings) and HTTP; KV bytes move in the
+     transport that composes it (kvx_tcp.h, kvx_rdma.h, kvx_file.h,
+     kvx_cuda.h). The `bootfake` transport moves none.
+
    EXAMPLE (two engines, here in one process; error handling shortened)
        // given: kvx_layout layout; const int32_t *pages; uint32_t n; void idle(void);
        kvx_boot_register();                  // makes "bootfake" a transport name

@@ -26,6 +26,14 @@
      every entry point returns KVX_ERR_NOT_COMPILED with a sentence naming
      the macro. No other file needs the CUDA headers.
 
+   DATA PATH
+     Staging (file, tcp, store): desc.mem.copy = kvx__cu_copy ->
+     kvx__cu_copy_device / kvx__cu_submit (cuMemcpy*Async batches, one
+     synchronisation). The cuda transport: kvx__cux_sender_send plans the
+     chunk and queues kvx_cuda_copy_spans (device to device into the
+     peer's imported pool) on the peer's stream; kvx__cux_finish writes the
+     aux rows into the decode engine's aux segment (memcpy).
+
    EXAMPLE (a GPU pool behind any transport; error handling shortened)
        // given: kvx_layout gpu_layout;   // its buffers have mem == KVX_MEM_CUDA
        kvx_cuda_desc cd = {0};

@@ -16,6 +16,19 @@
        kvx_file_register();          (once; then desc.transport = "file")
      or set desc.backend = kvx_file_backend().
 
+   DATA PATH
+     Prefill: kvx__file_sender_send plans the chunk and queues its stripes;
+     each (kvx__fsend_stripe -> kvx__fstripe_work -> kvx__stripe_io) writes
+     pool pages into kv_chunk_<i>.bin with pwritev along the plan
+     (kvx__plan_io; GPU pools through a pinned stage and desc.mem.copy:
+     kvx__plan_io_staged); kvx__file_finish_send writes metadata.bin (the
+     aux rows) and transfer_done, and kvx__file_commit renames the room in.
+     Decode: kvx__frecv_start checks each chunk's meta against the layout,
+     kvx__frecv_read_all / kvx__frecv_stripe read it with preadv straight
+     into the destination pages (kvx__plan_io, kvx__plan_io_staged) and
+     check the CRC32C, and kvx__frecv_finish copies metadata.bin into the
+     aux rows.
+
    EXAMPLE (one request, prefill and decode; error handling shortened)
        // given: kvx_layout layout; const int32_t *src_pages, *dst_pages;
        // given: uint32_t n; int32_t aux_slot; void idle(void);

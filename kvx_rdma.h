@@ -135,6 +135,10 @@
      An aborted room gets a zero-length WRITE WITH IMMEDIATE on each queue
      pair that had not carried its last one yet, so kvx_receiver_destroy
      can wait (KVX_IB_FENCE_TIMEOUT) until no more bytes of it can land.
+     Functions: kvx__rdma_sender_send -> kvx__rdma_submit (plan, cuts per
+     queue pair: kvx__rdma_cuts) -> kvx__rdma_room_step / kvx__rdma_queue_aux
+     -> kvx__rdma_pump (ibv_post_send); completions in kvx__rdma_cq_prefill
+     and, on the decode side, the immediates in kvx__rdma_cq_decode.
 
    ERRORS
      Every failure this side decides (a refused argument, a local error, an

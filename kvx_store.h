@@ -244,6 +244,12 @@
      kvx_crc32c). Batches are split over io_threads threads (the caller
      works too).
 
+   DATA PATH
+     kvx_store_batch_put -> kvx__store_put_item and kvx_store_batch_get ->
+     kvx__store_get_item (one key each, on the I/O threads and the caller),
+     both through kvx__store_data_io: pwritev / preadv between the pool
+     pages and the block file, with the CRC32C (see HOT PATH COSTS).
+
    EXAMPLE (error handling shortened)
        // given: kvx_layout my_layout; int rank, tp; const uint32_t *tokens;
        // given: size_t ntok; const int32_t *free_pages, *pages;

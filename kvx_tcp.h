@@ -24,6 +24,16 @@
      (desc.bootstrap_addr / desc.boot / KVX_BOOTSTRAP_*), the decode engine
      names it in desc.bootstrap_addr or kvx_room_desc.bootstrap_addr.
 
+   DATA PATH
+     Prefill: kvx__tcp_sender_send plans the chunk and queues it on the
+     link; each stream thread (kvx__tcp_stream_main) cuts a frame from the
+     queue (kvx__tcp_carve) and sends it with one sendmsg straight from the
+     pool pages (kvx__tcp_send_frame, kvx__tcp_sendv; GPU pools through a
+     pinned stage and desc.mem.copy). Decode: kvx__tcp_on_data checks a
+     DATA frame's segments, kvx__tcp_read_payload reads the payload with
+     recvmsg straight into the destination pages (kvx__tcp_recvv), and
+     kvx__tcp_recv_finish acknowledges a complete room.
+
    EXAMPLE (two hosts; error handling shortened)
        // given: kvx_layout pool_layout; const int32_t *pages; uint32_t n, k;
        // given: int32_t aux_slot; uint64_t room; void idle(void);
