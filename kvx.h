@@ -877,6 +877,15 @@ KVX_API uint64_t kvx_now_ns(void) {
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
+/* The absolute CLOCK_REALTIME time `ns` from now, for pthread_cond_timedwait
+   on a condition variable with the default clock. */
+static KVX__UNUSED void kvx__abstime(struct timespec *ts, uint64_t ns) {
+    clock_gettime(CLOCK_REALTIME, ts);
+    ns += (uint64_t)ts->tv_nsec;
+    ts->tv_sec += (time_t)(ns / 1000000000ull);
+    ts->tv_nsec = (long)(ns % 1000000000ull);
+}
+
 static uint32_t kvx__crc_table[8][256];
 static pthread_once_t kvx__crc_once = PTHREAD_ONCE_INIT;
 static int kvx__crc_hw;
@@ -1358,6 +1367,7 @@ KVX_API void kvx_buf_json_str(kvx_buf *b, const char *s) {
 }
 
 KVX_API void kvx_buf_free(kvx_buf *b) {
+    if (!b) return;
     free(b->data);
     memset(b, 0, sizeof *b);
 }
@@ -1581,6 +1591,7 @@ KVX_API kvx_result kvx_json_parse(kvx_json_doc *doc, const char *text, size_t le
 }
 
 KVX_API void kvx_json_free(kvx_json_doc *doc) {
+    if (!doc) return;
     free(doc->nodes);
     free(doc->strbuf);
     doc->nodes = NULL; doc->strbuf = NULL; doc->count = doc->cap = 0;
@@ -2262,7 +2273,7 @@ static void kvx__room_destroy_mem(kvx_room *r) {
 KVX_API void kvx_room_ref(kvx_room *r) { KVX__ADD(&r->refs, 1); }
 
 KVX_API void kvx_room_unref(kvx_room *r) {
-    if (KVX__SUB(&r->refs, 1) != 0) return;
+    if (!r || KVX__SUB(&r->refs, 1) != 0) return;
     if (r->engine->be->room_free) r->engine->be->room_free(r);
     kvx__room_destroy_mem(r);
 }
@@ -2315,9 +2326,7 @@ static void *kvx__progress_main(void *arg) {
         pthread_mutex_lock(&e->mu);
         if (e->stop) break;
         if (e->notify) continue;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_nsec += (long)e->desc.poll_interval_us * 1000L;
-        while (ts.tv_nsec >= 1000000000L) { ts.tv_sec++; ts.tv_nsec -= 1000000000L; }
+        kvx__abstime(&ts, (uint64_t)e->desc.poll_interval_us * 1000ull);
         pthread_cond_timedwait(&e->cv, &e->mu, &ts);
     }
     pthread_mutex_unlock(&e->mu);

@@ -1709,10 +1709,7 @@ static int kvx__boot_backoff(kvx_boot *b, int attempt) {
     struct timespec ts;
     uint64_t ms = (uint64_t)KVX__BOOT_RETRY_MS << (attempt < 8 ? attempt : 8);
     int stop;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    ts.tv_sec += (time_t)(ms / 1000);
-    ts.tv_nsec += (long)(ms % 1000) * 1000000L;
-    if (ts.tv_nsec >= 1000000000L) { ts.tv_sec++; ts.tv_nsec -= 1000000000L; }
+    kvx__abstime(&ts, ms * 1000000ull);
     pthread_mutex_lock(&b->mu);
     while (!(stop = KVX__LOAD(&b->stop)))
         if (pthread_cond_timedwait(&b->cv, &b->mu, &ts) == ETIMEDOUT) break;
@@ -4231,13 +4228,7 @@ static void *kvx__boot_hb_main(void *arg) {
             if (due->gen == gen && due->state == KVX__BOOT_PF_READY) kvx__boot_hb_result(b, due, ok, err);
             continue;
         }
-        clock_gettime(CLOCK_REALTIME, &ts);
-        {
-            uint64_t wait = next > now ? next - now : 0;
-            ts.tv_sec += (time_t)(wait / 1000000000ull);
-            ts.tv_nsec += (long)(wait % 1000000000ull);
-            if (ts.tv_nsec >= 1000000000L) { ts.tv_sec++; ts.tv_nsec -= 1000000000L; }
-        }
+        kvx__abstime(&ts, next > now ? next - now : 0);
         pthread_cond_timedwait(&b->cv, &b->mu, &ts);
     }
     pthread_mutex_unlock(&b->mu);

@@ -823,6 +823,7 @@ done:
 }
 
 KVX_API void kvx_file_chunk_info_free(kvx_file_chunk_info *m) {
+    if (!m) return;
     free(m->item_lens);
     free(m->offsets);
     m->item_lens = m->offsets = NULL;

@@ -1858,8 +1858,7 @@ static kvx_result kvx__tcp_sender_send(kvx_room *r, kvx_chunk *c) {
 static void kvx__tcp_wait_idle_send(kvx__tcp_link *lk, kvx__tcp_room *tr) {
     struct timespec ts;
     int shut = 0, k;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    ts.tv_sec += 1;
+    kvx__abstime(&ts, 1000000000ull);
     while (tr->busy) {
         if (shut) {
             pthread_cond_wait(&lk->cv, &lk->mu);
@@ -2048,8 +2047,8 @@ static kvx_result kvx__tcp_receiver_init(kvx_room *r, const int32_t *pages, uint
 static void kvx__tcp_wait_idle_recv(kvx__tcp_engine *te, kvx__tcp_room *tr) {
     struct timespec ts;
     int shut = 0;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    ts.tv_sec += kvx_room_poll(tr->room) == KVX_POLL_SUCCESS ? (time_t)te->timeout_s + 1 : 1;
+    kvx__abstime(&ts, kvx_room_poll(tr->room) == KVX_POLL_SUCCESS
+                          ? (uint64_t)((te->timeout_s + 1) * 1e9) : 1000000000ull);
     while (tr->busy) {
         kvx__tcp_conn *c;
         if (shut) {

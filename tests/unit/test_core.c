@@ -775,6 +775,29 @@ static void test_results(void) {
     CHECK(!strcmp(kvx_poll_str(KVX_POLL_WAITING_FOR_INPUT), "WaitingForInput"), "poll names");
 }
 
+/* Every free, destroy and unref accepts NULL (and a zeroed object) and does
+   nothing: cleanup paths need not test first. A crash here fails the test. */
+static void test_null_frees(void) {
+    kvx_json_doc d;
+    kvx_buf b;
+    kvx_plan p;
+    memset(&d, 0, sizeof d);
+    memset(&b, 0, sizeof b);
+    memset(&p, 0, sizeof p);
+    kvx_json_free(NULL);
+    kvx_json_free(&d);
+    kvx_buf_free(NULL);
+    kvx_buf_free(&b);
+    kvx_plan_free(NULL);
+    kvx_plan_free(&p);
+    kvx_engine_destroy(NULL);
+    kvx_sender_destroy(NULL);
+    kvx_receiver_destroy(NULL);
+    kvx_chunk_free(NULL, NULL);
+    kvx_workq_destroy(NULL);
+    kvx_room_unref(NULL);
+}
+
 int main(void) {
     kt_name = "test_core";
     test_results();
@@ -788,6 +811,7 @@ int main(void) {
     test_timeouts();
     test_failure_semantics();
     test_settings();
+    test_null_frees();
     test_auth();
     return kt_done();
 }
