@@ -16,7 +16,8 @@
 #   verbatim, before the function that holds the example's code. A block
 #   with a preprocessor line (#define, #include) is a whole file instead.
 # A header example includes only its own header; a README block all of them.
-# Every header must have at least one example. Run by check.sh (make test).
+# Every header must have at least one example, and a DATA PATH section whose
+# kvx_ names exist in the code. Run by check.sh (make test).
 set -u
 cd "$(dirname "$0")/../.."
 W="-Wall -Wextra -Wpedantic -Werror -Wno-unused-variable -Wno-unused-but-set-variable -Wno-unused-parameter"
@@ -88,6 +89,19 @@ for i in $(seq 1 "$count"); do
     else
       fail=$((fail+1)); echo "FAIL example $origin ($lines lines) $cc"
       sed 's/^/    /' "$ex.err" | head -20
+    fi
+  done
+done
+# Every header has a DATA PATH section, and every kvx_ function it names
+# exists in the code of the headers (so the paragraph cannot drift silently).
+for h in $headers; do
+  sect=$(awk 'index($0, "*/") { exit } /^   DATA PATH/ { on = 1; print; next }
+              on && ($0 ~ /^[^ ]/ || $0 ~ /^ [^ ]/ || $0 ~ /^  [^ ]/ || $0 ~ /^   [^ ]/) { on = 0 }
+              on { print }' "$h")
+  if [ -z "$sect" ]; then echo "FAIL: $h has no DATA PATH section"; fail=$((fail+1)); continue; fi
+  for name in $(printf '%s\n' "$sect" | grep -o 'kvx_[a-z0-9_]*[a-z0-9]\(\.h\)\?' | grep -v '\.h$' | sort -u); do
+    if ! awk 'FNR == 1 { p = 0 } p { print } index($0, "*/") { p = 1 }' $headers | grep -qw "$name"; then
+      echo "FAIL: $h's DATA PATH names $name, which no header defines or uses"; fail=$((fail+1))
     fi
   done
 done
