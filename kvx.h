@@ -13,6 +13,8 @@
          #define KVX_IMPLEMENTATION
          #include "kvx.h"        (and kvx_file.h, kvx_tcp.h ... as needed)
      Every other file just includes the headers. Link with -lpthread.
+     Every header's EXAMPLE compiles (tests/compile/examples.sh builds them;
+     a "// given:" line declares what an example takes from its caller).
 
    COMPILE-TIME MACROS
      KVX_IMPLEMENTATION      emit the implementation in this translation unit
@@ -63,18 +65,27 @@
      and the file transport authenticates what it writes. See each
      transport header and the README's security model.
 
+   DATA PATH
+     The core moves no KV byte: kvx_sender_send builds the chunk and hands it
+     to the transport's sender_send hook; kvx_receiver_init gives the
+     destination pages to its receiver_init hook. The `fake` transport
+     (kvx__fake_send, kvx__fake_recv_init) moves nothing and succeeds.
+
    EXAMPLE (prefill side, error handling shortened)
+       // given: kvx_layout my_layout; const int32_t *pages; uint32_t num_pages;
+       // given: int32_t aux_slot; void idle(void);
        kvx_engine_desc d = {0};
        d.role = KVX_ROLE_PREFILL;
        d.transport = "fake";
        d.layout = my_layout;            // see kvx_layout
-       kvx_engine *e;  kvx_engine_create(&d, &e);
-       kvx_room_desc rd = {0}; rd.room = 42;
+       kvx_engine *e;  char why[KVX_ERROR_MAX];
+       if (kvx_engine_create(&d, &e, why, sizeof why)) { puts(why); return; }
+       kvx_room_desc rd = {0};  rd.room = 42;
        kvx_sender *s;  kvx_sender_create(e, &rd, &s);
-       while (kvx_sender_poll(s) == KVX_POLL_BOOTSTRAPPING) wait();
-       kvx_sender_init(s, num_pages, aux_slot);
-       kvx_sender_send(s, pages, num_pages);       // maybe in several chunks
-       while (kvx_sender_poll(s) == KVX_POLL_TRANSFERRING) wait();
+       while (kvx_sender_poll(s) == KVX_POLL_BOOTSTRAPPING) idle();
+       kvx_sender_init(s, num_pages, aux_slot);   // aux_slot -1: no aux rows
+       kvx_sender_send(s, pages, num_pages);      // maybe in several chunks
+       while (kvx_sender_poll(s) == KVX_POLL_TRANSFERRING) idle();
        if (kvx_sender_poll(s) == KVX_POLL_FAILED) puts(kvx_sender_error(s));
        kvx_sender_destroy(s);
        kvx_engine_destroy(e);

@@ -213,12 +213,35 @@
      kvx_room_fail_remote (nothing is echoed back). A peer's reason that
      already starts "room <id>: " is kept as is, followed by who reported it.
 
-   EXAMPLE (two engines; error handling shortened)
-       kvx_boot_register();
-       prefill desc: role PREFILL, transport "bootfake", boot.host "127.0.0.1"
-       decode  desc: role DECODE,  transport "bootfake",
-                     bootstrap_addr "127.0.0.1:8998"
-       then use senders and receivers exactly as with any transport.
+   DATA PATH
+     None: kvx_boot carries only control frames (room frames with the
+     destination pages, status, abort, pings) and HTTP; KV bytes move in the
+     transport that composes it (kvx_tcp.h, kvx_rdma.h, kvx_file.h,
+     kvx_cuda.h). The `bootfake` transport moves none.
+
+   EXAMPLE (two engines, here in one process; error handling shortened)
+       // given: kvx_layout layout; const int32_t *pages; uint32_t n; void idle(void);
+       kvx_boot_register();                  // makes "bootfake" a transport name
+       kvx_engine_desc pd = {0};             // prefill: serves the bootstrap address
+       pd.role = KVX_ROLE_PREFILL;  pd.transport = "bootfake";  pd.layout = layout;
+       pd.boot.host = "127.0.0.1";  pd.boot.port = 8998;
+       kvx_engine_desc dd = {0};             // decode: names it
+       dd.role = KVX_ROLE_DECODE;   dd.transport = "bootfake";  dd.layout = layout;
+       dd.bootstrap_addr = "127.0.0.1:8998";
+       kvx_engine *pe, *de;  char why[KVX_ERROR_MAX];
+       if (kvx_engine_create(&pd, &pe, why, sizeof why) ||
+           kvx_engine_create(&dd, &de, why, sizeof why)) { puts(why); return; }
+       kvx_room_desc rd = {0};  rd.room = 7;
+       kvx_sender *s;    kvx_sender_create(pe, &rd, &s);
+       kvx_receiver *r;  kvx_receiver_create(de, &rd, &r);
+       while (kvx_receiver_poll(r) == KVX_POLL_BOOTSTRAPPING) idle();
+       kvx_receiver_init(r, pages, n, -1);   // the room frame goes to the prefill
+       while (kvx_sender_poll(s) == KVX_POLL_BOOTSTRAPPING) idle();
+       kvx_sender_init(s, n, -1);
+       kvx_sender_send(s, pages, n);         // bootfake moves no bytes
+       while (kvx_receiver_poll(r) == KVX_POLL_TRANSFERRING) idle();
+       kvx_sender_destroy(s);   kvx_receiver_destroy(r);
+       kvx_engine_destroy(de);  kvx_engine_destroy(pe);
 
    TIMEOUTS AND FAILURES (decode side unless noted)
      Reaching the bootstrap server or a rank: KVX_BOOT_TRIES attempts, 2 s

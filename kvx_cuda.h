@@ -16,7 +16,8 @@
 
    DO THIS
        #define KVX_IMPLEMENTATION
-       #include "kvx_cuda.h"            (includes kvx_boot.h and kvx.h)
+       #include "kvx_cuda.h"            (includes kvx_boot.h, kvx.h and the
+                                         declarations of kvx_rdma.h)
      and compile that one file with -DKVX_WITH_CUDA -I<CUDA toolkit>/include.
      The CUDA headers are needed for types only: libcuda is loaded at run
      time, so the program starts (and everything host-only works) on a
@@ -25,12 +26,25 @@
      every entry point returns KVX_ERR_NOT_COMPILED with a sentence naming
      the macro. No other file needs the CUDA headers.
 
+   DATA PATH
+     Staging (file, tcp, store): desc.mem.copy = kvx__cu_copy ->
+     kvx__cu_copy_device / kvx__cu_submit (cuMemcpy*Async batches, one
+     synchronisation). The cuda transport: kvx__cux_sender_send plans the
+     chunk and queues kvx_cuda_copy_spans (device to device into the
+     peer's imported pool) on the peer's stream; kvx__cux_finish writes the
+     aux rows into the decode engine's aux segment (memcpy).
+
+   EXAMPLE (a GPU pool behind any transport; error handling shortened)
+       // given: kvx_layout gpu_layout;   // its buffers have mem == KVX_MEM_CUDA
        kvx_cuda_desc cd = {0};
        kvx_engine_desc d = {0};
-       if (kvx_cuda_mem_ops(&d.mem, &cd, why, sizeof why)) fail(why);
-       ...                                   d.layout has KVX_MEM_CUDA buffers
-       kvx_engine_create(&d, &e, why, sizeof why);
-       ...
+       char why[KVX_ERROR_MAX];
+       if (kvx_cuda_mem_ops(&d.mem, &cd, why, sizeof why)) { puts(why); return; }
+       d.role = KVX_ROLE_DECODE;  d.transport = "cuda";  d.layout = gpu_layout;
+       kvx_cuda_register();                  // "cuda"; or "file", "tcp" ...
+       kvx_engine *e;
+       if (kvx_engine_create(&d, &e, why, sizeof why)) puts(why);
+       // ... receivers as in kvx.h's example ...
        kvx_engine_destroy(e);
        kvx_cuda_mem_ops_release(&d.mem);
 

@@ -12,9 +12,50 @@
 
    DO THIS
        #define KVX_IMPLEMENTATION
-       #include "kvx_file.h"         (includes kvx.h)
+       #include "kvx_file.h"         (includes kvx_boot.h and kvx.h)
        kvx_file_register();          (once; then desc.transport = "file")
      or set desc.backend = kvx_file_backend().
+
+   DATA PATH
+     Prefill: kvx__file_sender_send plans the chunk and queues its stripes;
+     each (kvx__fsend_stripe -> kvx__fstripe_work -> kvx__stripe_io) writes
+     pool pages into kv_chunk_<i>.bin with pwritev along the plan
+     (kvx__plan_io; GPU pools through a pinned stage and desc.mem.copy:
+     kvx__plan_io_staged); kvx__file_finish_send writes metadata.bin (the
+     aux rows) and transfer_done, and kvx__file_commit renames the room in.
+     Decode: kvx__frecv_start checks each chunk's meta against the layout,
+     kvx__frecv_read_all / kvx__frecv_stripe read it with preadv straight
+     into the destination pages (kvx__plan_io, kvx__plan_io_staged) and
+     check the CRC32C, and kvx__frecv_finish copies metadata.bin into the
+     aux rows.
+
+   EXAMPLE (one request, prefill and decode; error handling shortened)
+       // given: kvx_layout layout; const int32_t *src_pages, *dst_pages;
+       // given: uint32_t n; int32_t aux_slot; void idle(void);
+       kvx_file_register();                  // makes "file" a transport name
+       kvx_engine *e;  char why[KVX_ERROR_MAX];
+       kvx_room_desc rd = {0};  rd.room = 42;   // the router's bootstrap_room
+       // prefill process:
+       kvx_engine_desc d = {0};
+       d.role = KVX_ROLE_PREFILL;  d.transport = "file";  d.layout = layout;
+       d.file.dir = "/mnt/shared/kvx";       // the same directory on both sides
+       if (kvx_engine_create(&d, &e, why, sizeof why)) { puts(why); return; }
+       kvx_sender *s;  kvx_sender_create(e, &rd, &s);  // WAITING_FOR_INPUT at once
+       kvx_sender_init(s, n, aux_slot);
+       kvx_sender_send(s, src_pages, n);     // or once per prefill chunk
+       while (kvx_sender_poll(s) == KVX_POLL_TRANSFERRING) idle();  // room renamed in
+       if (kvx_sender_poll(s) == KVX_POLL_FAILED) puts(kvx_sender_error(s));
+       kvx_sender_destroy(s);  kvx_engine_destroy(e);
+       // decode process (may start before or after the prefill):
+       kvx_engine_desc dd = {0};
+       dd.role = KVX_ROLE_DECODE;  dd.transport = "file";  dd.layout = layout;
+       dd.file.dir = "/mnt/shared/kvx";
+       kvx_engine *de;  kvx_engine_create(&dd, &de, why, sizeof why);
+       kvx_receiver *r;  kvx_receiver_create(de, &rd, &r);
+       kvx_receiver_init(r, dst_pages, n, aux_slot);
+       while (kvx_receiver_poll(r) == KVX_POLL_TRANSFERRING) idle();  // read, verified
+       if (kvx_receiver_poll(r) == KVX_POLL_FAILED) puts(kvx_receiver_error(r));
+       kvx_receiver_destroy(r);  kvx_engine_destroy(de);
 
    ENVIRONMENT (read once at engine creation; override desc.file; a value
    outside its range is refused at engine creation, naming the variable)

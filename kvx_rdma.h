@@ -141,6 +141,10 @@
      An aborted room gets a zero-length WRITE WITH IMMEDIATE on each queue
      pair that had not carried its last one yet, so kvx_receiver_destroy
      can wait (KVX_IB_FENCE_TIMEOUT) until no more bytes of it can land.
+     Functions: kvx__rdma_sender_send -> kvx__rdma_submit (plan, cuts per
+     queue pair: kvx__rdma_cuts) -> kvx__rdma_room_step / kvx__rdma_queue_aux
+     -> kvx__rdma_pump (ibv_post_send); completions in kvx__rdma_cq_prefill
+     and, on the decode side, the immediates in kvx__rdma_cq_decode.
 
    ERRORS
      Every failure this side decides (a refused argument, a local error, an
@@ -228,7 +232,15 @@
      exports (kvx_cuda.h provides one: cuMemGetHandleForAddressRange);
      without a hook engine creation fails with a sentence saying so.
 
-   EXAMPLE: as kvx_boot.h's, with desc.transport = "rdma" on both sides.
+   EXAMPLE (prefill side; the rest as kvx_tcp.h's, with transport "rdma")
+       // given: kvx_layout layout;
+       kvx_rdma_register();                  // makes "rdma" a transport name
+       kvx_engine_desc d = {0};
+       d.role = KVX_ROLE_PREFILL;  d.transport = "rdma";  d.layout = layout;
+       d.bootstrap_addr = "10.0.0.1:8998";
+       d.rdma.devices = "mlx5_0,mlx5_1";     // NULL: every active port
+       kvx_engine *e;  char why[KVX_ERROR_MAX];
+       if (kvx_engine_create(&d, &e, why, sizeof why)) puts(why);
 
    THREAD SAFETY
      As kvx.h. Each engine owns one completion/event thread (completion

@@ -244,7 +244,15 @@
      kvx_crc32c). Batches are split over io_threads threads (the caller
      works too).
 
+   DATA PATH
+     kvx_store_batch_put -> kvx__store_put_item and kvx_store_batch_get ->
+     kvx__store_get_item (one key each, on the I/O threads and the caller),
+     both through kvx__store_data_io: pwritev / preadv between the pool
+     pages and the block file, with the CRC32C (see HOT PATH COSTS).
+
    EXAMPLE (error handling shortened)
+       // given: kvx_layout my_layout; int rank, tp; const uint32_t *tokens;
+       // given: size_t ntok; const int32_t *free_pages, *pages;
        kvx_store_desc d = {0};
        d.dir = "/mnt/nvme/kvcache";  d.model = "meta-llama/Llama-3.1-8B";
        d.layout = my_layout;         d.tp_rank = rank;  d.tp_size = tp;
@@ -255,7 +263,7 @@
        size_t hit = kvx_store_batch_exists(st, keys, nk);     // prefix hits
        size_t got = 0;
        kvx_store_batch_get(st, keys, free_pages, hit, &got);  // got <= hit
-       ... compute the rest, then offload:
+       // ... compute the rest, then offload:
        kvx_store_batch_put(st, keys, pages, nk, NULL);
        kvx_store_close(st);
 

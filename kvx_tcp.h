@@ -24,21 +24,44 @@
      (desc.bootstrap_addr / desc.boot / KVX_BOOTSTRAP_*), the decode engine
      names it in desc.bootstrap_addr or kvx_room_desc.bootstrap_addr.
 
+   DATA PATH
+     Prefill: kvx__tcp_sender_send plans the chunk and queues it on the
+     link; each stream thread (kvx__tcp_stream_main) cuts a frame from the
+     queue (kvx__tcp_carve) and sends it with one sendmsg straight from the
+     pool pages (kvx__tcp_send_frame, kvx__tcp_sendv; GPU pools through a
+     pinned stage and desc.mem.copy). Decode: kvx__tcp_on_data checks a
+     DATA frame's segments, kvx__tcp_read_payload reads the payload with
+     recvmsg straight into the destination pages (kvx__tcp_recvv), and
+     kvx__tcp_recv_finish acknowledges a complete room.
+
    EXAMPLE (two hosts; error handling shortened)
-     prefill on 10.0.0.1:
-       d.role = KVX_ROLE_PREFILL; d.transport = "tcp";
-       d.bootstrap_addr = "10.0.0.1:8998"; d.layout = pool_layout;
-       kvx_engine_create(&d, &e, why, sizeof why);
-       per request: kvx_sender_create(e, &rd, &s); poll until it leaves
-       BOOTSTRAPPING (the decode side's pages arrived); kvx_sender_init(s,
-       n, aux_slot); kvx_sender_send(s, pages, k) per prefill chunk; poll
-       until Success (the receiver's ACK) or Failed (kvx_sender_error).
-     decode on 10.0.0.2:
-       d.role = KVX_ROLE_DECODE; d.transport = "tcp";
-       d.bootstrap_addr = "10.0.0.1:8998"; (d.tcp.host = "10.0.0.2")
-       per request: kvx_receiver_create(e, &rd, &r); poll until
-       WAITING_FOR_INPUT; kvx_receiver_init(r, pages, n, aux_slot); poll
-       until Success: every KV byte and the aux rows are in place.
+       // given: kvx_layout pool_layout; const int32_t *pages; uint32_t n, k;
+       // given: int32_t aux_slot; uint64_t room; void idle(void);
+       kvx_tcp_register();                    // on both hosts
+       kvx_engine *e;  char why[KVX_ERROR_MAX];
+       kvx_room_desc rd = {0};  rd.room = room;   // the router's bootstrap_room
+       // prefill on 10.0.0.1:
+       kvx_engine_desc d = {0};
+       d.role = KVX_ROLE_PREFILL;  d.transport = "tcp";  d.layout = pool_layout;
+       d.bootstrap_addr = "10.0.0.1:8998";
+       if (kvx_engine_create(&d, &e, why, sizeof why)) { puts(why); return; }
+       kvx_sender *s;  kvx_sender_create(e, &rd, &s);
+       while (kvx_sender_poll(s) == KVX_POLL_BOOTSTRAPPING) idle(); // decode's pages
+       kvx_sender_init(s, n, aux_slot);
+       for (uint32_t i = 0; i < n; i += k)                          // per chunk
+           kvx_sender_send(s, pages + i, n - i < k ? n - i : k);
+       while (kvx_sender_poll(s) == KVX_POLL_TRANSFERRING) idle();  // the ACK
+       if (kvx_sender_poll(s) == KVX_POLL_FAILED) puts(kvx_sender_error(s));
+       // decode on 10.0.0.2:
+       kvx_engine_desc dd = {0};
+       dd.role = KVX_ROLE_DECODE;  dd.transport = "tcp";  dd.layout = pool_layout;
+       dd.bootstrap_addr = "10.0.0.1:8998";  dd.tcp.host = "10.0.0.2";
+       kvx_engine *de;  kvx_engine_create(&dd, &de, why, sizeof why);
+       kvx_receiver *r;  kvx_receiver_create(de, &rd, &r);
+       while (kvx_receiver_poll(r) == KVX_POLL_BOOTSTRAPPING) idle();
+       kvx_receiver_init(r, pages, n, aux_slot);
+       while (kvx_receiver_poll(r) == KVX_POLL_TRANSFERRING) idle();
+       // SUCCESS: every KV byte and the aux rows are in place
 
    COMPILE-TIME MACROS (defaults in parentheses)
      KVX_TCP_MAX_STREAMS  most parallel connections per link (64)

@@ -2,7 +2,8 @@
 # Compile checks: every kvx header alone and all together, declarations and
 # implementation, as C11 and C++11, on gcc and clang; KVX_STATIC in two
 # translation units linked together; the implementation included twice;
-# KVX_WITH_* variants where the toolkit is present.
+# KVX_WITH_* variants where the toolkit is present; then examples.sh (the
+# doc examples compile).
 set -u
 cd "$(dirname "$0")/../.."
 W="-Wall -Wextra -Wpedantic -Werror"
@@ -60,4 +61,6 @@ for v in "${variants[@]}"; do
   done
 done
 echo "compile checks: $pass passed, $fail failed"
+# The doc examples (headers' EXAMPLE sections, README's c blocks) compile.
+bash tests/compile/examples.sh || fail=$((fail+1))
 [ "$fail" -eq 0 ]
