@@ -803,6 +803,9 @@ KVX_API void kvx_workq_destroy(kvx_workq *q);
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <fcntl.h>
+#if !defined(KVX_NO_RUNTIME_LINKING)
+#include <dlfcn.h>
+#endif
 #if defined(__linux__)
 #include <sys/syscall.h>
 #endif
@@ -879,6 +882,54 @@ static KVX__UNUSED void kvx__set_why(char *why, size_t n, const char *fmt, ...) 
     vsnprintf(why, n, fmt, ap);
     va_end(ap);
 }
+
+/* >>impl: run-time library loader ---------------------------------------- */
+
+/* A header that calls a vendor library (libibverbs, libcuda) lists each entry
+   point once, in a LIST(X) macro of rows X(ret, name, args, api, sym, alt, opt):
+   the member `ret (*name) args` of its table struct, the real prototype it must
+   match (0: nothing to check), the exported symbol and an older one tried after
+   it (or NULL), and opt 1 when it may be missing (the pointer stays NULL).
+   LIST(KVX__LIB_FIELD) declares the members; LIST(KVX__LIB_CHECK) in a function
+   with `T *kvx__fns` makes the compiler compare every member with the vendor
+   header's prototype (sizeof evaluates nothing: nothing is linked);
+   LIST(KVX__LIB_LINK) fills kvx__fns under KVX_NO_RUNTIME_LINKING; a one-line
+   row macro of the header's own builds the kvx__lib_sym table for kvx__lib_open. */
+#define KVX__LIB_FIELD(ret, name, args, api, sym, alt, opt) ret (*name) args;
+#define KVX__LIB_CHECK(ret, name, args, api, sym, alt, opt) (void)sizeof(kvx__fns->name == api);
+#define KVX__LIB_LINK(ret, name, args, api, sym, alt, opt) kvx__fns->name = api;
+
+typedef struct kvx__lib_sym {
+    const char *name, *alt; /* exported symbol; an older name tried after it, or NULL */
+    size_t off;             /* of its function pointer in the table struct */
+    int optional;           /* may be absent: the pointer stays NULL */
+} kvx__lib_sym;
+
+#if !defined(KVX_NO_RUNTIME_LINKING)
+/* dlopens path and fills the table fns from syms. Returns the handle, or NULL
+   with *missing the first required symbol the library lacks (it is closed
+   again: nothing of it ran), or *missing NULL and *err dlerror()'s text when it
+   cannot be opened. Thread-safe (dlopen counts references). */
+static KVX__UNUSED void *kvx__lib_open(const char *path, const kvx__lib_sym *syms, size_t n,
+                                       void *fns, const char **missing, const char **err) {
+    size_t i;
+    void *lib = dlopen(path, RTLD_NOW | RTLD_LOCAL), *p;
+    *missing = NULL;
+    *err = lib ? NULL : dlerror();
+    if (!*err && !lib) *err = "unknown error";
+    for (i = 0; lib && i < n; i++) {
+        p = dlsym(lib, syms[i].name);
+        if (!p && syms[i].alt) p = dlsym(lib, syms[i].alt);
+        if (!p && !syms[i].optional) {
+            *missing = syms[i].name;
+            dlclose(lib);
+            return NULL;
+        }
+        memcpy((char *)fns + syms[i].off, &p, sizeof p); /* POSIX: code and data pointers agree */
+    }
+    return lib;
+}
+#endif
 
 /* >>impl: clock, checksums ---------------------------------------------- */
 

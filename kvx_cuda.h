@@ -788,9 +788,6 @@ KVX_API kvx_result kvx_cuda_transport_stats_get(const kvx_engine *e, kvx_cuda_tr
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
-#if !defined(KVX_NO_RUNTIME_LINKING)
-#include <dlfcn.h>
-#endif
 
 #if CUDA_VERSION < 11000
 #error "kvx_cuda.h needs CUDA 11.0 or newer headers (cuda.h)"
@@ -807,108 +804,95 @@ KVX_API kvx_result kvx_cuda_transport_stats_get(const kvx_engine *e, kvx_cuda_tr
 
 /* >>cuda: driver entry points ------------------------------------------------- */
 
-/* Every entry point kvx calls, typed from the prototypes in cuda.h. The
-   column "exported" is the exact symbol resolved with dlsym (cuda.h renames
-   most of them with macros: cuMemAlloc is really cuMemAlloc_v2). */
-#if CUDA_VERSION >= 12080
-typedef CUresult(CUDAAPI *kvx__pfn_batch_v1)(CUdeviceptr *, CUdeviceptr *, size_t *, size_t,
-                                             CUmemcpyAttributes *, size_t *, size_t, size_t *,
-                                             CUstream);
-typedef CUresult(CUDAAPI *kvx__pfn_batch_v2)(CUdeviceptr *, CUdeviceptr *, size_t *, size_t,
-                                             CUmemcpyAttributes *, size_t *, size_t, CUstream);
+/* Every entry point kvx calls, as KVX__LIB rows (kvx.h) checked against the
+   prototypes in cuda.h. KVX__CU(X, name, args, exported, older) is cu<name>;
+   "exported" is the exact symbol resolved with dlsym (cuda.h renames most of
+   them with macros: cuMemAlloc is really cuMemAlloc_v2). */
+#if CUDA_VERSION >= 12080 /* the batch ABIs: 12.8's has a failIdx, 13.0's does not */
+#define KVX__CU_BATCH_ARGS(...)                                                              \
+    (CUdeviceptr *, CUdeviceptr *, size_t *, size_t, CUmemcpyAttributes *, size_t *, size_t, \
+     __VA_ARGS__)
 #define KVX__CU_HAVE_BATCH 1
 #else
-typedef void (*kvx__pfn_batch_v1)(void);
-typedef void (*kvx__pfn_batch_v2)(void);
+#define KVX__CU_BATCH_ARGS(...) (void)
 #define KVX__CU_HAVE_BATCH 0
 #endif
-#if CUDA_VERSION >= 11070
-typedef CUresult(CUDAAPI *kvx__pfn_range_handle)(void *, CUdeviceptr, size_t,
-                                                 CUmemRangeHandleType, unsigned long long);
-#define KVX__CU_HAVE_DMABUF 1
+#if CUDA_VERSION >= 13000 /* cuMemcpyBatchAsync is cuMemcpyBatchAsync_v2 */
+#define KVX__CU_BATCH_V1 0
+#define KVX__CU_BATCH_V2 cuMemcpyBatchAsync
+#elif CUDA_VERSION >= 12080
+#define KVX__CU_BATCH_V1 cuMemcpyBatchAsync
+#define KVX__CU_BATCH_V2 0
 #else
-typedef void (*kvx__pfn_range_handle)(void);
+#define KVX__CU_BATCH_V1 0
+#define KVX__CU_BATCH_V2 0
+#endif
+#if CUDA_VERSION >= 11070
+#define KVX__CU_RANGE_ARGS (void *, CUdeviceptr, size_t, CUmemRangeHandleType, unsigned long long)
+#define KVX__CU_HAVE_DMABUF 1
+#define KVX__CU_RANGE_HANDLE cuMemGetHandleForAddressRange
+#else
+#define KVX__CU_RANGE_ARGS (void)
 #define KVX__CU_HAVE_DMABUF 0
+#define KVX__CU_RANGE_HANDLE 0
 #endif
 
-typedef struct kvx__cu_fns {
-    CUresult(CUDAAPI *Init)(unsigned int);
-    CUresult(CUDAAPI *DriverGetVersion)(int *);
-    CUresult(CUDAAPI *GetErrorName)(CUresult, const char **);
-    CUresult(CUDAAPI *GetErrorString)(CUresult, const char **);
-    CUresult(CUDAAPI *DeviceGetCount)(int *);
-    CUresult(CUDAAPI *DeviceGet)(CUdevice *, int);
-    CUresult(CUDAAPI *DeviceGetAttribute)(int *, CUdevice_attribute, CUdevice);
-    CUresult(CUDAAPI *DeviceGetName)(char *, int, CUdevice);
-    CUresult(CUDAAPI *DevicePrimaryCtxRetain)(CUcontext *, CUdevice);
-    CUresult(CUDAAPI *DevicePrimaryCtxRelease)(CUdevice);
-    CUresult(CUDAAPI *CtxGetCurrent)(CUcontext *);
-    CUresult(CUDAAPI *CtxPushCurrent)(CUcontext);
-    CUresult(CUDAAPI *CtxPopCurrent)(CUcontext *);
-    CUresult(CUDAAPI *MemAlloc)(CUdeviceptr *, size_t);
-    CUresult(CUDAAPI *MemFree)(CUdeviceptr);
-    CUresult(CUDAAPI *MemHostAlloc)(void **, size_t, unsigned int);
-    CUresult(CUDAAPI *MemFreeHost)(void *);
-    CUresult(CUDAAPI *MemGetAddressRange)(CUdeviceptr *, size_t *, CUdeviceptr);
-    CUresult(CUDAAPI *PointerGetAttribute)(void *, CUpointer_attribute, CUdeviceptr);
-    CUresult(CUDAAPI *StreamCreate)(CUstream *, unsigned int);
-    CUresult(CUDAAPI *StreamDestroy)(CUstream);
-    CUresult(CUDAAPI *StreamSynchronize)(CUstream);
-    CUresult(CUDAAPI *StreamQuery)(CUstream);
-    CUresult(CUDAAPI *EventCreate)(CUevent *, unsigned int);
-    CUresult(CUDAAPI *EventDestroy)(CUevent);
-    CUresult(CUDAAPI *EventRecord)(CUevent, CUstream);
-    CUresult(CUDAAPI *EventQuery)(CUevent);
-    CUresult(CUDAAPI *EventSynchronize)(CUevent);
-    CUresult(CUDAAPI *MemcpyAsync)(CUdeviceptr, CUdeviceptr, size_t, CUstream);
-    CUresult(CUDAAPI *MemcpyHtoDAsync)(CUdeviceptr, const void *, size_t, CUstream);
-    CUresult(CUDAAPI *MemcpyDtoHAsync)(void *, CUdeviceptr, size_t, CUstream);
-    CUresult(CUDAAPI *IpcGetMemHandle)(CUipcMemHandle *, CUdeviceptr);
-    CUresult(CUDAAPI *IpcOpenMemHandle)(CUdeviceptr *, CUipcMemHandle, unsigned int);
-    CUresult(CUDAAPI *IpcCloseMemHandle)(CUdeviceptr);
-    /* optional */
-    kvx__pfn_batch_v1 MemcpyBatchAsync_v1; /* 12.8 ABI, exported as cuMemcpyBatchAsync */
-    kvx__pfn_batch_v2 MemcpyBatchAsync_v2; /* 13.0 ABI, exported as cuMemcpyBatchAsync_v2 */
-    kvx__pfn_range_handle MemGetHandleForAddressRange;
-} kvx__cu_fns;
+#define KVX__CU(X, n, a, sym, alt) X(CUresult, n, a, cu##n, sym, alt, 0)
+#define KVX__CU_FNS(X)                                                                        \
+    KVX__CU(X, Init, (unsigned int), "cuInit", NULL)                                          \
+    KVX__CU(X, DriverGetVersion, (int *), "cuDriverGetVersion", NULL)                         \
+    KVX__CU(X, GetErrorName, (CUresult, const char **), "cuGetErrorName", NULL)               \
+    KVX__CU(X, GetErrorString, (CUresult, const char **), "cuGetErrorString", NULL)           \
+    KVX__CU(X, DeviceGetCount, (int *), "cuDeviceGetCount", NULL)                             \
+    KVX__CU(X, DeviceGet, (CUdevice *, int), "cuDeviceGet", NULL)                             \
+    KVX__CU(X, DeviceGetAttribute, (int *, CUdevice_attribute, CUdevice),                     \
+            "cuDeviceGetAttribute", NULL)                                                     \
+    KVX__CU(X, DeviceGetName, (char *, int, CUdevice), "cuDeviceGetName", NULL)               \
+    KVX__CU(X, DevicePrimaryCtxRetain, (CUcontext *, CUdevice), "cuDevicePrimaryCtxRetain",   \
+            NULL)                                                                             \
+    KVX__CU(X, DevicePrimaryCtxRelease, (CUdevice), "cuDevicePrimaryCtxRelease_v2",           \
+            "cuDevicePrimaryCtxRelease")                                                      \
+    KVX__CU(X, CtxGetCurrent, (CUcontext *), "cuCtxGetCurrent", NULL)                         \
+    KVX__CU(X, CtxPushCurrent, (CUcontext), "cuCtxPushCurrent_v2", NULL)                      \
+    KVX__CU(X, CtxPopCurrent, (CUcontext *), "cuCtxPopCurrent_v2", NULL)                      \
+    KVX__CU(X, MemAlloc, (CUdeviceptr *, size_t), "cuMemAlloc_v2", NULL)                      \
+    KVX__CU(X, MemFree, (CUdeviceptr), "cuMemFree_v2", NULL)                                  \
+    KVX__CU(X, MemHostAlloc, (void **, size_t, unsigned int), "cuMemHostAlloc", NULL)         \
+    KVX__CU(X, MemFreeHost, (void *), "cuMemFreeHost", NULL)                                  \
+    KVX__CU(X, MemGetAddressRange, (CUdeviceptr *, size_t *, CUdeviceptr),                    \
+            "cuMemGetAddressRange_v2", NULL)                                                  \
+    KVX__CU(X, PointerGetAttribute, (void *, CUpointer_attribute, CUdeviceptr),               \
+            "cuPointerGetAttribute", NULL)                                                    \
+    KVX__CU(X, StreamCreate, (CUstream *, unsigned int), "cuStreamCreate", NULL)              \
+    KVX__CU(X, StreamDestroy, (CUstream), "cuStreamDestroy_v2", NULL)                         \
+    KVX__CU(X, StreamSynchronize, (CUstream), "cuStreamSynchronize", NULL)                    \
+    KVX__CU(X, StreamQuery, (CUstream), "cuStreamQuery", NULL)                                \
+    KVX__CU(X, EventCreate, (CUevent *, unsigned int), "cuEventCreate", NULL)                 \
+    KVX__CU(X, EventDestroy, (CUevent), "cuEventDestroy_v2", NULL)                            \
+    KVX__CU(X, EventRecord, (CUevent, CUstream), "cuEventRecord", NULL)                       \
+    KVX__CU(X, EventQuery, (CUevent), "cuEventQuery", NULL)                                   \
+    KVX__CU(X, EventSynchronize, (CUevent), "cuEventSynchronize", NULL)                       \
+    KVX__CU(X, MemcpyAsync, (CUdeviceptr, CUdeviceptr, size_t, CUstream), "cuMemcpyAsync",    \
+            NULL)                                                                             \
+    KVX__CU(X, MemcpyHtoDAsync, (CUdeviceptr, const void *, size_t, CUstream),                \
+            "cuMemcpyHtoDAsync_v2", NULL)                                                     \
+    KVX__CU(X, MemcpyDtoHAsync, (void *, CUdeviceptr, size_t, CUstream),                      \
+            "cuMemcpyDtoHAsync_v2", NULL)                                                     \
+    KVX__CU(X, IpcGetMemHandle, (CUipcMemHandle *, CUdeviceptr), "cuIpcGetMemHandle", NULL)   \
+    KVX__CU(X, IpcOpenMemHandle, (CUdeviceptr *, CUipcMemHandle, unsigned int),               \
+            "cuIpcOpenMemHandle_v2", "cuIpcOpenMemHandle")                                    \
+    KVX__CU(X, IpcCloseMemHandle, (CUdeviceptr), "cuIpcCloseMemHandle", NULL)                 \
+    /* optional: the 12.8 ABI is exported as cuMemcpyBatchAsync, 13.0's as _v2 */            \
+    X(CUresult, MemcpyBatchAsync_v1, KVX__CU_BATCH_ARGS(size_t *, CUstream), KVX__CU_BATCH_V1, \
+      "cuMemcpyBatchAsync", NULL, 1)                                                          \
+    X(CUresult, MemcpyBatchAsync_v2, KVX__CU_BATCH_ARGS(CUstream), KVX__CU_BATCH_V2,          \
+      "cuMemcpyBatchAsync_v2", NULL, 1)                                                       \
+    X(CUresult, MemGetHandleForAddressRange, KVX__CU_RANGE_ARGS, KVX__CU_RANGE_HANDLE,        \
+      "cuMemGetHandleForAddressRange", NULL, 1)
 
-/* X(field, name in cuda.h, exported symbol, older exported symbol or NULL) */
-#define KVX__CU_REQUIRED(X)                                                                  \
-    X(Init, cuInit, "cuInit", NULL)                                                          \
-    X(DriverGetVersion, cuDriverGetVersion, "cuDriverGetVersion", NULL)                      \
-    X(GetErrorName, cuGetErrorName, "cuGetErrorName", NULL)                                  \
-    X(GetErrorString, cuGetErrorString, "cuGetErrorString", NULL)                            \
-    X(DeviceGetCount, cuDeviceGetCount, "cuDeviceGetCount", NULL)                            \
-    X(DeviceGet, cuDeviceGet, "cuDeviceGet", NULL)                                           \
-    X(DeviceGetAttribute, cuDeviceGetAttribute, "cuDeviceGetAttribute", NULL)                \
-    X(DeviceGetName, cuDeviceGetName, "cuDeviceGetName", NULL)                               \
-    X(DevicePrimaryCtxRetain, cuDevicePrimaryCtxRetain, "cuDevicePrimaryCtxRetain", NULL)    \
-    X(DevicePrimaryCtxRelease, cuDevicePrimaryCtxRelease, "cuDevicePrimaryCtxRelease_v2",    \
-      "cuDevicePrimaryCtxRelease")                                                           \
-    X(CtxGetCurrent, cuCtxGetCurrent, "cuCtxGetCurrent", NULL)                               \
-    X(CtxPushCurrent, cuCtxPushCurrent, "cuCtxPushCurrent_v2", NULL)                         \
-    X(CtxPopCurrent, cuCtxPopCurrent, "cuCtxPopCurrent_v2", NULL)                            \
-    X(MemAlloc, cuMemAlloc, "cuMemAlloc_v2", NULL)                                           \
-    X(MemFree, cuMemFree, "cuMemFree_v2", NULL)                                              \
-    X(MemHostAlloc, cuMemHostAlloc, "cuMemHostAlloc", NULL)                                  \
-    X(MemFreeHost, cuMemFreeHost, "cuMemFreeHost", NULL)                                     \
-    X(MemGetAddressRange, cuMemGetAddressRange, "cuMemGetAddressRange_v2", NULL)             \
-    X(PointerGetAttribute, cuPointerGetAttribute, "cuPointerGetAttribute", NULL)             \
-    X(StreamCreate, cuStreamCreate, "cuStreamCreate", NULL)                                  \
-    X(StreamDestroy, cuStreamDestroy, "cuStreamDestroy_v2", NULL)                            \
-    X(StreamSynchronize, cuStreamSynchronize, "cuStreamSynchronize", NULL)                   \
-    X(StreamQuery, cuStreamQuery, "cuStreamQuery", NULL)                                     \
-    X(EventCreate, cuEventCreate, "cuEventCreate", NULL)                                     \
-    X(EventDestroy, cuEventDestroy, "cuEventDestroy_v2", NULL)                               \
-    X(EventRecord, cuEventRecord, "cuEventRecord", NULL)                                     \
-    X(EventQuery, cuEventQuery, "cuEventQuery", NULL)                                        \
-    X(EventSynchronize, cuEventSynchronize, "cuEventSynchronize", NULL)                      \
-    X(MemcpyAsync, cuMemcpyAsync, "cuMemcpyAsync", NULL)                                     \
-    X(MemcpyHtoDAsync, cuMemcpyHtoDAsync, "cuMemcpyHtoDAsync_v2", NULL)                      \
-    X(MemcpyDtoHAsync, cuMemcpyDtoHAsync, "cuMemcpyDtoHAsync_v2", NULL)                      \
-    X(IpcGetMemHandle, cuIpcGetMemHandle, "cuIpcGetMemHandle", NULL)                         \
-    X(IpcOpenMemHandle, cuIpcOpenMemHandle, "cuIpcOpenMemHandle_v2", "cuIpcOpenMemHandle")   \
-    X(IpcCloseMemHandle, cuIpcCloseMemHandle, "cuIpcCloseMemHandle", NULL)
+typedef struct kvx__cu_fns {
+    KVX__CU_FNS(KVX__LIB_FIELD)
+} kvx__cu_fns;
 
 /* >>cuda: objects ---------------------------------------------------------------- */
 
@@ -1041,86 +1025,34 @@ static void *kvx__cu_vptr(CUdeviceptr d) { return (void *)(uintptr_t)d; }
 /* >>cuda: loading the driver ------------------------------------------------------ */
 
 #if defined(KVX_NO_RUNTIME_LINKING)
-#define KVX__CU_LINK(field, api, sym, alt) cu->f.field = api;
 static kvx_result kvx__cu_load(kvx_cuda *cu, const char *path, char *why, size_t wl) {
+    kvx__cu_fns *kvx__fns = &cu->f;
     (void)path; (void)why; (void)wl;
-    KVX__CU_REQUIRED(KVX__CU_LINK)
-#if CUDA_VERSION >= 13000
-    cu->f.MemcpyBatchAsync_v2 = cuMemcpyBatchAsync; /* = cuMemcpyBatchAsync_v2 */
-#elif CUDA_VERSION >= 12080
-    cu->f.MemcpyBatchAsync_v1 = cuMemcpyBatchAsync;
-#endif
-#if KVX__CU_HAVE_DMABUF
-    cu->f.MemGetHandleForAddressRange = cuMemGetHandleForAddressRange;
-#endif
+    KVX__CU_FNS(KVX__LIB_LINK)
     snprintf(cu->library, sizeof cu->library, "(linked)");
     return KVX_OK;
 }
 #else
-typedef struct kvx__cu_sym {
-    const char *name, *alt;
-    size_t off;
-} kvx__cu_sym;
-
-/* The table's types against cuda.h's prototypes, checked by the compiler
-   (sizeof does not evaluate: nothing is referenced at link time). */
-#define KVX__CU_TYPECHECK(field, api, sym, alt) (void)sizeof(chk.field == api);
 static KVX__UNUSED void kvx__cu_typecheck(void) {
-    kvx__cu_fns chk;
-    KVX__CU_REQUIRED(KVX__CU_TYPECHECK)
-#if CUDA_VERSION >= 13000
-    (void)sizeof(chk.MemcpyBatchAsync_v2 == cuMemcpyBatchAsync);
-#elif CUDA_VERSION >= 12080
-    (void)sizeof(chk.MemcpyBatchAsync_v1 == cuMemcpyBatchAsync);
-#endif
-#if KVX__CU_HAVE_DMABUF
-    (void)sizeof(chk.MemGetHandleForAddressRange == cuMemGetHandleForAddressRange);
-#endif
+    kvx__cu_fns *kvx__fns = NULL;
+    KVX__CU_FNS(KVX__LIB_CHECK)
 }
-
-#define KVX__CU_SYM(field, api, sym, alt) {sym, alt, offsetof(kvx__cu_fns, field)},
-static const kvx__cu_sym kvx__cu_required[] = {KVX__CU_REQUIRED(KVX__CU_SYM)};
-
-static void *kvx__cu_dlsym2(void *lib, const char *name, const char *alt) {
-    void *p = dlsym(lib, name);
-    if (!p && alt) p = dlsym(lib, alt);
-    return p;
-}
-
-static void kvx__cu_set(kvx_cuda *cu, size_t off, void *p) {
-    memcpy((char *)&cu->f + off, &p, sizeof p); /* function pointers are data pointers on POSIX */
-}
+#define KVX__CU_SYM(r, n, a, api, sym, alt, o) {sym, alt, offsetof(kvx__cu_fns, n), o},
+static const kvx__lib_sym kvx__cu_syms[] = {KVX__CU_FNS(KVX__CU_SYM)};
 
 static kvx_result kvx__cu_load(kvx_cuda *cu, const char *path, char *why, size_t wl) {
-    size_t i;
-    const char *err;
-    cu->lib = dlopen(path, RTLD_NOW | RTLD_LOCAL);
-    if (!cu->lib) {
-        err = dlerror();
+    const char *missing, *err;
+    cu->lib = kvx__lib_open(path, kvx__cu_syms, sizeof kvx__cu_syms / sizeof kvx__cu_syms[0],
+                            &cu->f, &missing, &err);
+    if (missing)
+        kvx__set_why(why, wl, "%s is not a usable CUDA driver: it lacks %s (a driver for "
+                              "CUDA 11.0 or newer is needed)", path, missing);
+    else if (!cu->lib)
         kvx__set_why(why, wl, "no CUDA driver: cannot load %s (%s); KV buffers in GPU memory "
                               "need an NVIDIA driver (or set KVX_CUDA_LIBRARY to its libcuda)",
-                     path, err ? err : "unknown error");
-        return KVX_ERR_NOT_FOUND;
-    }
+                     path, err);
+    if (!cu->lib) return KVX_ERR_NOT_FOUND;
     snprintf(cu->library, sizeof cu->library, "%s", path);
-    for (i = 0; i < sizeof kvx__cu_required / sizeof kvx__cu_required[0]; i++) {
-        const kvx__cu_sym *s = &kvx__cu_required[i];
-        void *p = kvx__cu_dlsym2(cu->lib, s->name, s->alt);
-        if (!p) {
-            kvx__set_why(why, wl, "%s is not a usable CUDA driver: it lacks %s (a driver for "
-                                  "CUDA 11.0 or newer is needed)", path, s->name);
-            dlclose(cu->lib); /* nothing of it ran */
-            cu->lib = NULL;
-            return KVX_ERR_NOT_FOUND;
-        }
-        kvx__cu_set(cu, s->off, p);
-    }
-    kvx__cu_set(cu, offsetof(kvx__cu_fns, MemcpyBatchAsync_v1),
-                dlsym(cu->lib, "cuMemcpyBatchAsync"));
-    kvx__cu_set(cu, offsetof(kvx__cu_fns, MemcpyBatchAsync_v2),
-                dlsym(cu->lib, "cuMemcpyBatchAsync_v2"));
-    kvx__cu_set(cu, offsetof(kvx__cu_fns, MemGetHandleForAddressRange),
-                dlsym(cu->lib, "cuMemGetHandleForAddressRange"));
     return KVX_OK;
 }
 #endif

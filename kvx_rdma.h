@@ -833,154 +833,90 @@ extern "C" {
 
 /* >>rdma: verbs loader ------------------------------------------------------ */
 
-/* Every non-inline verb the transport calls. The inline ibv_post_send,
-   ibv_post_recv, ibv_poll_cq and ibv_req_notify_cq go through ctx->ops. */
+/* Every non-inline verb the transport calls, as KVX__LIB rows (kvx.h). The
+   inline ibv_post_send, ibv_post_recv, ibv_poll_cq and ibv_req_notify_cq go
+   through ctx->ops. KVX__IBV(X, ret, name, args, opt) is ibv_<name>. */
+#define KVX__IBV(X, r, n, a, o) X(r, n, a, ibv_##n, "ibv_" #n, NULL, o)
+#define KVX__RDMA_VERBS(X)                                                                     \
+    KVX__IBV(X, struct ibv_device **, get_device_list, (int *), 0)                             \
+    KVX__IBV(X, void, free_device_list, (struct ibv_device **), 0)                             \
+    KVX__IBV(X, const char *, get_device_name, (struct ibv_device *), 0)                       \
+    KVX__IBV(X, struct ibv_context *, open_device, (struct ibv_device *), 0)                   \
+    KVX__IBV(X, int, close_device, (struct ibv_context *), 0)                                  \
+    KVX__IBV(X, int, query_device, (struct ibv_context *, struct ibv_device_attr *), 0)        \
+    KVX__IBV(X, int, query_port, (struct ibv_context *, uint8_t, struct _compat_ibv_port_attr *), \
+             0)                                                                                \
+    KVX__IBV(X, int, query_gid, (struct ibv_context *, uint8_t, int, union ibv_gid *), 0)      \
+    X(int, query_gid_ex, (struct ibv_context *, uint32_t, uint32_t, struct ibv_gid_entry *,    \
+                          uint32_t, size_t), _ibv_query_gid_ex, "_ibv_query_gid_ex", NULL, 1)  \
+    KVX__IBV(X, struct ibv_pd *, alloc_pd, (struct ibv_context *), 0)                          \
+    KVX__IBV(X, int, dealloc_pd, (struct ibv_pd *), 0)                                         \
+    KVX__IBV(X, struct ibv_mr *, reg_mr, (struct ibv_pd *, void *, size_t, int), 0)            \
+    KVX__IBV(X, struct ibv_mr *, reg_mr_iova2,                                                 \
+             (struct ibv_pd *, void *, size_t, uint64_t, unsigned int), 1)                     \
+    KVX__IBV(X, struct ibv_mr *, reg_dmabuf_mr,                                                \
+             (struct ibv_pd *, uint64_t, size_t, uint64_t, int, int), 1)                       \
+    KVX__IBV(X, int, dereg_mr, (struct ibv_mr *), 0)                                           \
+    KVX__IBV(X, struct ibv_comp_channel *, create_comp_channel, (struct ibv_context *), 0)     \
+    KVX__IBV(X, int, destroy_comp_channel, (struct ibv_comp_channel *), 0)                     \
+    KVX__IBV(X, struct ibv_cq *, create_cq,                                                    \
+             (struct ibv_context *, int, void *, struct ibv_comp_channel *, int), 0)           \
+    KVX__IBV(X, int, destroy_cq, (struct ibv_cq *), 0)                                         \
+    KVX__IBV(X, int, get_cq_event, (struct ibv_comp_channel *, struct ibv_cq **, void **), 0)  \
+    KVX__IBV(X, void, ack_cq_events, (struct ibv_cq *, unsigned int), 0)                       \
+    KVX__IBV(X, struct ibv_qp *, create_qp, (struct ibv_pd *, struct ibv_qp_init_attr *), 0)   \
+    KVX__IBV(X, int, modify_qp, (struct ibv_qp *, struct ibv_qp_attr *, int), 0)               \
+    KVX__IBV(X, int, destroy_qp, (struct ibv_qp *), 0)                                         \
+    KVX__IBV(X, int, get_async_event, (struct ibv_context *, struct ibv_async_event *), 0)     \
+    KVX__IBV(X, void, ack_async_event, (struct ibv_async_event *), 0)                          \
+    KVX__IBV(X, const char *, wc_status_str, (enum ibv_wc_status), 1)                          \
+    KVX__IBV(X, const char *, event_type_str, (enum ibv_event_type), 1)                        \
+    KVX__IBV(X, const char *, port_state_str, (enum ibv_port_state), 1)
+
 typedef struct kvx__rdma_verbs {
     void *lib;
     char path[256];
-    struct ibv_device **(*get_device_list)(int *n);
-    void (*free_device_list)(struct ibv_device **l);
-    const char *(*get_device_name)(struct ibv_device *d);
-    struct ibv_context *(*open_device)(struct ibv_device *d);
-    int (*close_device)(struct ibv_context *c);
-    int (*query_device)(struct ibv_context *c, struct ibv_device_attr *a);
-    int (*query_port)(struct ibv_context *c, uint8_t port, struct _compat_ibv_port_attr *a);
-    int (*query_gid)(struct ibv_context *c, uint8_t port, int index, union ibv_gid *gid);
-    int (*query_gid_ex)(struct ibv_context *c, uint32_t port, uint32_t index,
-                        struct ibv_gid_entry *e, uint32_t flags, size_t entry_size); /* optional */
-    struct ibv_pd *(*alloc_pd)(struct ibv_context *c);
-    int (*dealloc_pd)(struct ibv_pd *pd);
-    struct ibv_mr *(*reg_mr)(struct ibv_pd *pd, void *addr, size_t len, int access);
-    struct ibv_mr *(*reg_mr_iova2)(struct ibv_pd *pd, void *addr, size_t len, uint64_t iova,
-                                   unsigned int access); /* optional */
-    struct ibv_mr *(*reg_dmabuf_mr)(struct ibv_pd *pd, uint64_t offset, size_t len, uint64_t iova,
-                                    int fd, int access); /* optional */
-    int (*dereg_mr)(struct ibv_mr *mr);
-    struct ibv_comp_channel *(*create_comp_channel)(struct ibv_context *c);
-    int (*destroy_comp_channel)(struct ibv_comp_channel *ch);
-    struct ibv_cq *(*create_cq)(struct ibv_context *c, int cqe, void *ctx,
-                                struct ibv_comp_channel *ch, int vector);
-    int (*destroy_cq)(struct ibv_cq *cq);
-    int (*get_cq_event)(struct ibv_comp_channel *ch, struct ibv_cq **cq, void **ctx);
-    void (*ack_cq_events)(struct ibv_cq *cq, unsigned int n);
-    struct ibv_qp *(*create_qp)(struct ibv_pd *pd, struct ibv_qp_init_attr *a);
-    int (*modify_qp)(struct ibv_qp *qp, struct ibv_qp_attr *a, int mask);
-    int (*destroy_qp)(struct ibv_qp *qp);
-    int (*get_async_event)(struct ibv_context *c, struct ibv_async_event *ev);
-    void (*ack_async_event)(struct ibv_async_event *ev);
-    const char *(*wc_status_str)(enum ibv_wc_status s);
-    const char *(*event_type_str)(enum ibv_event_type t);
-    const char *(*port_state_str)(enum ibv_port_state s);
+    KVX__RDMA_VERBS(KVX__LIB_FIELD)
 } kvx__rdma_verbs;
 
 #ifdef KVX_NO_RUNTIME_LINKING
-static kvx_result kvx__rdma_load(kvx__rdma_verbs *v, const char *path, char *why, size_t wl) {
+static kvx_result kvx__rdma_load(kvx__rdma_verbs *kvx__fns, const char *path, char *why,
+                                 size_t wl) {
     (void)why; (void)wl;
-    memset(v, 0, sizeof *v);
-    snprintf(v->path, sizeof v->path, "%s (linked)", path ? path : "libibverbs");
-    v->get_device_list = ibv_get_device_list;
-    v->free_device_list = ibv_free_device_list;
-    v->get_device_name = ibv_get_device_name;
-    v->open_device = ibv_open_device;
-    v->close_device = ibv_close_device;
-    v->query_device = ibv_query_device;
-    v->query_port = (ibv_query_port);
-    v->query_gid = ibv_query_gid;
-    v->query_gid_ex = _ibv_query_gid_ex;
-    v->alloc_pd = ibv_alloc_pd;
-    v->dealloc_pd = ibv_dealloc_pd;
-    v->reg_mr = (ibv_reg_mr);
-    v->reg_mr_iova2 = ibv_reg_mr_iova2;
-    v->reg_dmabuf_mr = ibv_reg_dmabuf_mr;
-    v->dereg_mr = ibv_dereg_mr;
-    v->create_comp_channel = ibv_create_comp_channel;
-    v->destroy_comp_channel = ibv_destroy_comp_channel;
-    v->create_cq = ibv_create_cq;
-    v->destroy_cq = ibv_destroy_cq;
-    v->get_cq_event = ibv_get_cq_event;
-    v->ack_cq_events = ibv_ack_cq_events;
-    v->create_qp = ibv_create_qp;
-    v->modify_qp = ibv_modify_qp;
-    v->destroy_qp = ibv_destroy_qp;
-    v->get_async_event = ibv_get_async_event;
-    v->ack_async_event = ibv_ack_async_event;
-    v->wc_status_str = ibv_wc_status_str;
-    v->event_type_str = ibv_event_type_str;
-    v->port_state_str = ibv_port_state_str;
+    memset(kvx__fns, 0, sizeof *kvx__fns);
+    snprintf(kvx__fns->path, sizeof kvx__fns->path, "%s (linked)", path ? path : "libibverbs");
+    KVX__RDMA_VERBS(KVX__LIB_LINK)
     return KVX_OK;
 }
-static void kvx__rdma_unload(kvx__rdma_verbs *v) { (void)v; }
 #else
-/* dlsym into a function pointer without the object-to-function cast
-   ISO C does not define. */
-static int kvx__rdma_sym(void *lib, const char *name, void *fnp, int required, char *why, size_t wl,
-                         const char *path) {
-    void *p = dlsym(lib, name);
-    if (!p && required) {
-        kvx__set_why(why, wl, "%s has no symbol %s: is it libibverbs (rdma-core)? "
-                     "(KVX_IBVERBS_LIBRARY / desc.rdma.library)", path, name);
-        return -1;
-    }
-    memcpy(fnp, &p, sizeof p);
-    return 0;
+static KVX__UNUSED void kvx__rdma_typecheck(void) {
+    kvx__rdma_verbs *kvx__fns = NULL;
+    KVX__RDMA_VERBS(KVX__LIB_CHECK)
 }
+#define KVX__RDMA_SYM(r, n, a, api, sym, alt, o) {sym, alt, offsetof(kvx__rdma_verbs, n), o},
+static const kvx__lib_sym kvx__rdma_syms[] = {KVX__RDMA_VERBS(KVX__RDMA_SYM)};
 
 static kvx_result kvx__rdma_load(kvx__rdma_verbs *v, const char *path, char *why, size_t wl) {
-    int bad = 0;
+    const char *missing, *err;
     memset(v, 0, sizeof *v);
     snprintf(v->path, sizeof v->path, "%s", path);
-    v->lib = dlopen(path, RTLD_NOW | RTLD_LOCAL);
-    if (!v->lib) {
-        const char *e = dlerror();
+    v->lib = kvx__lib_open(path, kvx__rdma_syms, sizeof kvx__rdma_syms / sizeof kvx__rdma_syms[0],
+                           v, &missing, &err);
+    if (v->lib) return KVX_OK;
+    if (missing)
+        kvx__set_why(why, wl, "%s has no symbol %s: is it libibverbs (rdma-core)? "
+                     "(KVX_IBVERBS_LIBRARY / desc.rdma.library)", path, missing);
+    else
         kvx__set_why(why, wl, "cannot load the verbs library %s: %s. Install libibverbs "
                      "(rdma-core: Debian/Ubuntu libibverbs1, RHEL libibverbs) or point "
-                     "KVX_IBVERBS_LIBRARY at it", path, e ? e : "unknown error");
-        return KVX_ERR_NOT_FOUND;
-    }
-#define KVX__RDMA_SYM(field, name, req) \
-    bad |= kvx__rdma_sym(v->lib, name, (void *)&v->field, req, why, wl, path)
-    KVX__RDMA_SYM(get_device_list, "ibv_get_device_list", 1);
-    KVX__RDMA_SYM(free_device_list, "ibv_free_device_list", 1);
-    KVX__RDMA_SYM(get_device_name, "ibv_get_device_name", 1);
-    KVX__RDMA_SYM(open_device, "ibv_open_device", 1);
-    KVX__RDMA_SYM(close_device, "ibv_close_device", 1);
-    KVX__RDMA_SYM(query_device, "ibv_query_device", 1);
-    KVX__RDMA_SYM(query_port, "ibv_query_port", 1);
-    KVX__RDMA_SYM(query_gid, "ibv_query_gid", 1);
-    KVX__RDMA_SYM(query_gid_ex, "_ibv_query_gid_ex", 0);
-    KVX__RDMA_SYM(alloc_pd, "ibv_alloc_pd", 1);
-    KVX__RDMA_SYM(dealloc_pd, "ibv_dealloc_pd", 1);
-    KVX__RDMA_SYM(reg_mr, "ibv_reg_mr", 1);
-    KVX__RDMA_SYM(reg_mr_iova2, "ibv_reg_mr_iova2", 0);
-    KVX__RDMA_SYM(reg_dmabuf_mr, "ibv_reg_dmabuf_mr", 0);
-    KVX__RDMA_SYM(dereg_mr, "ibv_dereg_mr", 1);
-    KVX__RDMA_SYM(create_comp_channel, "ibv_create_comp_channel", 1);
-    KVX__RDMA_SYM(destroy_comp_channel, "ibv_destroy_comp_channel", 1);
-    KVX__RDMA_SYM(create_cq, "ibv_create_cq", 1);
-    KVX__RDMA_SYM(destroy_cq, "ibv_destroy_cq", 1);
-    KVX__RDMA_SYM(get_cq_event, "ibv_get_cq_event", 1);
-    KVX__RDMA_SYM(ack_cq_events, "ibv_ack_cq_events", 1);
-    KVX__RDMA_SYM(create_qp, "ibv_create_qp", 1);
-    KVX__RDMA_SYM(modify_qp, "ibv_modify_qp", 1);
-    KVX__RDMA_SYM(destroy_qp, "ibv_destroy_qp", 1);
-    KVX__RDMA_SYM(get_async_event, "ibv_get_async_event", 1);
-    KVX__RDMA_SYM(ack_async_event, "ibv_ack_async_event", 1);
-    KVX__RDMA_SYM(wc_status_str, "ibv_wc_status_str", 0);
-    KVX__RDMA_SYM(event_type_str, "ibv_event_type_str", 0);
-    KVX__RDMA_SYM(port_state_str, "ibv_port_state_str", 0);
-#undef KVX__RDMA_SYM
-    if (bad) {
-        dlclose(v->lib);
-        v->lib = NULL;
-        return KVX_ERR_NOT_FOUND;
-    }
-    return KVX_OK;
+                     "KVX_IBVERBS_LIBRARY at it", path, err);
+    return KVX_ERR_NOT_FOUND;
 }
+#endif
 static void kvx__rdma_unload(kvx__rdma_verbs *v) {
     if (v->lib) dlclose(v->lib);
     v->lib = NULL;
 }
-#endif
 
 static const char *kvx__rdma_wc_str(const kvx__rdma_verbs *v, enum ibv_wc_status s) {
     if (v->wc_status_str) return v->wc_status_str(s);
