@@ -3368,8 +3368,7 @@ static int kvx__cux_place(kvx__cux_engine *ce, kvx__cux_room *cr, const kvx_boot
     uint64_t want = (uint64_t)cr->npages * kvx_layout_page_bytes(l), aux_bytes = 0;
     uint32_t i;
     int go;
-    if (cr->aux_slot >= 0 && ce->seg)
-        for (i = 0; i < l->num_aux; i++) aux_bytes += l->aux[i].item_len;
+    if (cr->aux_slot >= 0 && ce->seg) aux_bytes = kvx_layout_aux_row_bytes(l);
     if (bytes != want + aux_bytes) {
         kvx_room_fail(r, KVX_ERR_PROTOCOL, "prefill %s reports %llu bytes placed; room %llu "
                       "expects %llu (%u pages of %llu bytes, %llu aux bytes)", bp->addr,
@@ -3581,7 +3580,7 @@ static kvx_result kvx__cux_settings(kvx__cux_engine *ce, char *why, size_t wl) {
         }
     }
     ce->device = l->buffers[0].device;
-    for (i = 0; i < l->num_aux; i++) ce->aux_row_bytes += l->aux[i].item_len;
+    ce->aux_row_bytes = kvx_layout_aux_row_bytes(l);
     return kvx_cuda_layout_check(ce->cu, l, why, wl);
 }
 

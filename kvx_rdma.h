@@ -4186,11 +4186,9 @@ static kvx_result kvx__rdma_receiver_init(kvx_room *r, const int32_t *pages, uin
     kvx__rdma_room *rr = kvx__rdma_rr(r);
     const kvx_layout *l = kvx_engine_layout(re->e);
     kvx__rdma_peer *pe;
-    uint32_t i;
     int dialing = 0;
     rr->expected = (uint64_t)n * kvx_layout_page_bytes(l);
-    if (aux >= 0)
-        for (i = 0; i < l->num_aux; i++) rr->expected += l->aux[i].item_len;
+    if (aux >= 0) rr->expected += kvx_layout_aux_row_bytes(l);
     /* a broken connection with one of this room's prefill ranks: redial,
        and hold the room frame until the connection is made, so the
        prefill never plans it on the connection it is replacing */

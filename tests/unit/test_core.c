@@ -159,6 +159,34 @@ static void test_layout(void) {
     CHECK_STR(why, "KV buffer 1");
 }
 
+/* A request's aux rows: their size and the packing the transports put on the
+   wire and on disk (aux buffer 0's row, then 1's), both ways. */
+static void test_aux_rows(void) {
+    kvx_layout l = small_layout();
+    kvx_aux_buffer two[2];
+    uint8_t m0[4 * 3], m1[4 * 5], packed[8], want[8];
+    int i;
+    for (i = 0; i < (int)sizeof m0; i++) m0[i] = (uint8_t)(10 + i);
+    for (i = 0; i < (int)sizeof m1; i++) m1[i] = (uint8_t)(100 + i);
+    two[0].base = m0; two[0].length = sizeof m0; two[0].item_len = 3;
+    two[1].base = m1; two[1].length = sizeof m1; two[1].item_len = 5;
+    l.aux = two;
+    l.num_aux = 2;
+    CHECK(kvx_layout_aux_row_bytes(&l) == 8, "aux row bytes: 3 + 5 = %llu",
+          (unsigned long long)kvx_layout_aux_row_bytes(&l));
+    kvx_layout_aux_copy(&l, 2, packed, 0);
+    memcpy(want, m0 + 6, 3);
+    memcpy(want + 3, m1 + 10, 5);
+    CHECK(!memcmp(packed, want, 8), "slot 2 packed: buffer 0's row, then buffer 1's");
+    kvx_layout_aux_copy(&l, 1, packed, 1);
+    CHECK(!memcmp(m0 + 3, want, 3) && !memcmp(m1 + 5, want + 3, 5), "packed rows into slot 1");
+    CHECK(m0[2] == 12 && m0[6] == 16 && m1[4] == 104 && m1[10] == 110,
+          "the neighbouring slots are untouched");
+    l.num_aux = 0;
+    CHECK(kvx_layout_aux_row_bytes(&l) == 0 && kvx_layout_aux_row_bytes(NULL) == 0,
+          "no aux buffers: 0 bytes");
+}
+
 static void test_plan(void) {
     kvx_layout l = small_layout();
     kvx_plan p;
@@ -804,6 +832,7 @@ int main(void) {
     test_checksums();
     test_json();
     test_layout();
+    test_aux_rows();
     test_plan();
     test_plan_random();
     test_engine_errors();
