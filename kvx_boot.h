@@ -4760,6 +4760,39 @@ KVX_API void kvx_boot_destroy(kvx_boot *b) {
     kvx__boot_free(b);
 }
 
+/* A listening socket of the prefill (control channel, bootstrap server) on
+   the I/O thread's list. */
+static kvx_result kvx__boot_add_listener(kvx_boot *b, int kind, int port, const char *what,
+                                         int *port_out, char *why, size_t wl) {
+    int fd = -1;
+    kvx__boot_conn *c;
+    kvx_result r = kvx__boot_listen(b->host, port, what, &fd, port_out, why, wl);
+    if (r) return r;
+    c = kvx__boot_conn_new(b, kind, fd);
+    if (!c || kvx__boot_io_add(b, c)) {
+        if (c) kvx__boot_conn_unref(c);
+        else close(fd);
+        return KVX_ERR_NO_MEMORY;
+    }
+    return KVX_OK;
+}
+
+/* The rank that serves the bootstrap registers itself with its own table. */
+static kvx_result kvx__boot_self_register(kvx_boot *b, char *why, size_t wl) {
+    kvx__boot_regn g;
+    kvx_buf reg;
+    char rwhy[256] = "";
+    int rc;
+    memset(&reg, 0, sizeof reg);
+    kvx__boot_reg_json(b, &reg);
+    rc = reg.oom || kvx__boot_reg_parse(reg.data, reg.len, &g, rwhy, sizeof rwhy) ||
+         kvx__boot_srv_register(b, &g, rwhy, sizeof rwhy);
+    kvx_buf_free(&reg);
+    if (!rc) return KVX_OK;
+    kvx__set_why(why, wl, "cannot register this rank with its own bootstrap server: %s", rwhy);
+    return KVX_ERR_INVALID_ARGUMENT;
+}
+
 KVX_API kvx_result kvx_boot_create(kvx_engine *e, const kvx_boot_hooks *hooks,
                                    const void *endpoint, size_t endpoint_len, kvx_boot **out,
                                    char *why, size_t wl) {
@@ -4784,24 +4817,24 @@ KVX_API kvx_result kvx_boot_create(kvx_engine *e, const kvx_boot_hooks *hooks,
     pthread_cond_init(&b->cv, NULL);
     b->instance = kvx__boot_random(b);
     b->key = kvx_engine_auth_key(e, &b->key_len);
+    r = KVX_ERR_NO_MEMORY;
     if (endpoint_len) {
-        b->endpoint = (uint8_t *)malloc(endpoint_len);
-        if (!b->endpoint) { kvx__boot_free(b); return KVX_ERR_NO_MEMORY; }
+        if (!(b->endpoint = (uint8_t *)malloc(endpoint_len))) goto fail;
         memcpy(b->endpoint, endpoint, endpoint_len);
         b->endpoint_len = (uint32_t)endpoint_len;
     }
-    if ((r = kvx__boot_settings(b, why, wl)) != KVX_OK) { kvx__boot_free(b); return r; }
+    if ((r = kvx__boot_settings(b, why, wl)) != KVX_OK) goto fail;
     if (strlen(kvx_engine_transport(e)) > 31 ||
         strlen(kvx_engine_layout(e)->dtype ? kvx_engine_layout(e)->dtype : "") > 63) {
         kvx__set_why(why, wl, "transport name (31 bytes at most) or layout dtype (63) too long");
-        kvx__boot_free(b);
-        return KVX_ERR_INVALID_ARGUMENT;
+        r = KVX_ERR_INVALID_ARGUMENT;
+        goto fail;
     }
-    if ((r = kvx__boot_make_hello(b)) != KVX_OK) { kvx__boot_free(b); return r; }
+    if ((r = kvx__boot_make_hello(b)) != KVX_OK) goto fail;
     if (pipe(fds) != 0) {
         kvx__set_why(why, wl, "cannot create a pipe: %s", strerror(errno));
-        kvx__boot_free(b);
-        return KVX_ERR_IO;
+        r = KVX_ERR_IO;
+        goto fail;
     }
     b->wake_rd = fds[0];
     b->wake_wr = fds[1];
@@ -4809,59 +4842,23 @@ KVX_API kvx_result kvx_boot_create(kvx_engine *e, const kvx_boot_hooks *hooks,
     kvx__boot_nonblock(fds[1]);
     fcntl(fds[0], F_SETFD, FD_CLOEXEC);
     fcntl(fds[1], F_SETFD, FD_CLOEXEC);
-    if (b->role == KVX_ROLE_PREFILL) {
-        int fd = -1;
-        kvx__boot_conn *c;
-        if ((r = kvx__boot_listen(b->host, 0, "control channel", &fd, &b->ctrl_port, why, wl))) {
-            kvx__boot_free(b);
-            return r;
-        }
-        c = kvx__boot_conn_new(b, KVX__BOOT_K_CTRL_LISTEN, fd);
-        if (!c || kvx__boot_io_add(b, c)) {
-            if (c) kvx__boot_conn_unref(c);
-            else close(fd);
-            kvx__boot_free(b);
-            return KVX_ERR_NO_MEMORY;
-        }
-        if (b->serves) {
-            kvx__boot_regn g;
-            kvx_buf reg;
-            char rwhy[256] = "";
-            int rc;
-            if ((r = kvx__boot_listen(b->host, b->port_cfg, "bootstrap server", &fd, &b->http_port,
-                                      why, wl))) {
-                kvx__boot_free(b);
-                return r;
-            }
-            c = kvx__boot_conn_new(b, KVX__BOOT_K_HTTP_LISTEN, fd);
-            if (!c || kvx__boot_io_add(b, c)) {
-                if (c) kvx__boot_conn_unref(c);
-                else close(fd);
-                kvx__boot_free(b);
-                return KVX_ERR_NO_MEMORY;
-            }
-            memset(&reg, 0, sizeof reg);
-            kvx__boot_reg_json(b, &reg);
-            rc = reg.oom || kvx__boot_reg_parse(reg.data, reg.len, &g, rwhy, sizeof rwhy) ||
-                 kvx__boot_srv_register(b, &g, rwhy, sizeof rwhy);
-            kvx_buf_free(&reg);
-            if (rc) {
-                kvx__set_why(why, wl, "cannot register this rank with its own bootstrap server: %s", rwhy);
-                kvx__boot_free(b);
-                return KVX_ERR_INVALID_ARGUMENT;
-            }
-        }
-    }
+    if (b->role == KVX_ROLE_PREFILL &&
+        ((r = kvx__boot_add_listener(b, KVX__BOOT_K_CTRL_LISTEN, 0, "control channel",
+                                     &b->ctrl_port, why, wl)) ||
+         (b->serves &&
+          ((r = kvx__boot_add_listener(b, KVX__BOOT_K_HTTP_LISTEN, b->port_cfg, "bootstrap server",
+                                       &b->http_port, why, wl)) ||
+           (r = kvx__boot_self_register(b, why, wl))))))
+        goto fail;
     if ((r = kvx_workq_create(e, b->role == KVX_ROLE_DECODE ? 2 : 1, "kvx.boot", &b->wq)) != KVX_OK) {
         kvx__set_why(why, wl, "cannot start the bootstrap worker threads");
-        kvx__boot_free(b);
-        return r;
+        goto fail;
     }
     if (pthread_create(&b->io, NULL, kvx__boot_io_main, b) != 0) {
         kvx__set_why(why, wl, "cannot start the bootstrap I/O thread: %s", strerror(errno));
         kvx_workq_destroy(b->wq);
-        kvx__boot_free(b);
-        return KVX_ERR_NO_MEMORY;
+        r = KVX_ERR_NO_MEMORY;
+        goto fail;
     }
     b->io_started = 1;
     if (b->role == KVX_ROLE_DECODE) {
@@ -4887,6 +4884,9 @@ KVX_API kvx_result kvx_boot_create(kvx_engine *e, const kvx_boot_hooks *hooks,
                        b->host, b->serves ? b->http_port : b->port_cfg);
     *out = b;
     return KVX_OK;
+fail:
+    kvx__boot_free(b);
+    return r;
 }
 
 /* >>boot: the bootfake transport ---------------------------------------------------------- */

@@ -407,6 +407,20 @@ int main(void) {
     }
     if (!g_dec) { printf("decode: %s\n", why); return 1; }
     CHECK(rooms(50) == 50, "baseline: 50 rooms");
+    {
+        /* a second prefill on the taken bootstrap port: refused with a
+           sentence, after its control listener was already made (that
+           failure path frees everything: the ASan build checks leaks) */
+        bt_engine_opts t;
+        kvx_engine *again;
+        char want[64];
+        memset(&t, 0, sizeof t);
+        t.port = g_port;
+        again = bt_engine(KVX_ROLE_PREFILL, &g_pp, &t, why, sizeof why);
+        snprintf(want, sizeof want, "cannot listen on 127.0.0.1:%d for the bootstrap server", g_port);
+        CHECK(!again && strstr(why, want), "a prefill on a taken bootstrap port is refused: %s", why);
+        kvx_engine_destroy(again);
+    }
     test_oversize();
     test_continue();
     test_control();
