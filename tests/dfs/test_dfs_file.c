@@ -33,6 +33,8 @@ static const char *mnt_a, *mnt_b, *brick;
 static char rel[128]; /* this run's directory inside the volume */
 static const ex_model tiny = {"tiny", 4, 2, 64, 2, 0, "bfloat16"}; /* 8 buffers, 32 KiB pages */
 
+/* The pause between two looks of a polling loop; every loop that calls it
+   re-checks an observed state and has a deadline. */
 static void sleep_ms(int ms) {
     struct timespec ts;
     ts.tv_sec = ms / 1000;
@@ -350,7 +352,7 @@ static void killed_child(const char *dir, uint64_t room, uint32_t n, int boot, i
         kvx_sender_send(s, pages + sent, 64);
         sent += 64;
     }
-    for (;;) sleep_ms(100); /* killed by the parent */
+    for (;;) pause(); /* until the parent's SIGKILL */
 }
 
 static void test_killed(int boot) {
@@ -532,7 +534,15 @@ static void test_sender_fails(fail_kind kind) {
     /* the receiver polls first: mount B looks the room up before it exists */
     kvx_receiver_create(de, &rd, &r);
     kvx_receiver_init(r, dp, 64, 0);
-    sleep_ms(50); /* not a wait for a state: lets its poll run against an absent room a few times */
+    {   /* mount B looks the room up before it exists, as the receiver's
+           polls do: three lookups observed to find nothing */
+        char room_path[700];
+        struct stat st;
+        int misses = 0;
+        snprintf(room_path, sizeof room_path, "%s/room_%llu", dir_b, (unsigned long long)rd.room);
+        while (misses < 3 && stat(room_path, &st) != 0 && errno == ENOENT) misses++;
+        CHECK(misses == 3, "%s: mount B looked the room up before the sender made it", label);
+    }
     kvx_sender_create(pe, &rd, &s);
     kvx_sender_init(s, 64, 0);
     CHECK(kvx_sender_poll(s) != KVX_POLL_FAILED, "%s: the sender is alive before it fails: %s", label,

@@ -22,6 +22,11 @@
 #include <sys/select.h>
 
 static st_pool pool;
+
+/* The pause between two looks of a polling loop: every loop that calls it
+   re-checks a state it observes (a block loads, a scan counter moved, a
+   directory shows up) and gives up at a deadline. */
+static void poll_pause(void) { usleep(10 * 1000); }
 static uint64_t g_bb;
 
 #define open_store(dir, cap_blocks, scan) \
@@ -73,7 +78,7 @@ static size_t get_settled(kvx_store *s, const kvx_store_key *keys, size_t n, int
     uint64_t t0 = kvx_now_ns();
     size_t got;
     while ((got = get_check(s, keys, n, wrong, errs)) < n && kvx_now_ns() - t0 < 20000000000ull)
-        usleep(100 * 1000);
+        poll_pause();
     return got;
 }
 
@@ -165,7 +170,7 @@ static int child_fill(const char *dir, int id, int go_fd, int done_fd) {
     s0 = st.scans;
     t0 = now_ms();
     do {
-        usleep(20 * 1000);
+        poll_pause();
         kvx_store_stats_get(s, &st);
     } while (st.scans < s0 + 2 && now_ms() - t0 < 60000);
     if (st.scans < s0 + 2) rc = 1;
@@ -202,7 +207,7 @@ static int load_cb(void *user, const kvx_store_entry *e) {
     for (;;) {
         kvx_store_batch_get(c->s, &e->info->key, &dst, 1, &loaded);
         if (loaded == 1 || now_ms() - t0 > 20000) break;
-        usleep(50 * 1000);
+        poll_pause();
     }
     if (now_ms() - t0 > 40) c->late++;
     if (loaded == 1) {
@@ -317,7 +322,7 @@ static void test_same_keys(const char *da, const char *db) {
         do {
             memset(&rep, 0, sizeof rep);
             ok = kvx_store_verify(s, 0, &rep) == KVX_OK;
-            if (rep.blocks != 3 * SAME_KEYS) usleep(200 * 1000);
+            if (rep.blocks != 3 * SAME_KEYS) poll_pause();
         } while (ok && rep.blocks != 3 * SAME_KEYS && now_ms() - t0 < 20000);
     }
     CHECK(ok && rep.blocks == 3 * SAME_KEYS && rep.bad == 0 && rep.temporary == 0,
@@ -439,7 +444,7 @@ static void test_capacity(const char *da, const char *db) {
         uint64_t t1 = now_ms();
         int tries = 0;
         do {
-            if (tries++) usleep(500 * 1000);
+            if (tries++) poll_pause();
             memset(&la, 0, sizeof la);
             la.s = s;
             ok = kvx_store_scan(ns, 1, load_cb, &la, why, sizeof why) == KVX_OK;
@@ -463,7 +468,7 @@ static int make_dirs(const char *a, const char *b, const char *tag, char *da, ch
     if (mkdir(da, 0700) && errno != EEXIST) return -1;
     while (stat(db, &st) || !S_ISDIR(st.st_mode)) {
         if (now_ms() - t0 > 20000) return -1;
-        usleep(10 * 1000);
+        poll_pause();
     }
     return 0;
 }
