@@ -1280,36 +1280,6 @@ static KVX__UNUSED kvx_result kvx__errno_result(int err) {
     }
 }
 
-static KVX__UNUSED kvx_result kvx__mkdir_p(const char *path, char *why, size_t wl) {
-    char tmp[4096];
-    size_t i, n = strlen(path);
-    struct stat st;
-    if (n == 0 || n >= sizeof tmp) {
-        kvx__set_why(why, wl, "directory path '%s' is empty or too long", path);
-        return KVX_ERR_INVALID_ARGUMENT;
-    }
-    memcpy(tmp, path, n + 1);
-    for (i = 1; i <= n; i++) {
-        if (tmp[i] != '/' && tmp[i] != 0) continue;
-        tmp[i] = 0;
-        if (kvx_mkdirat(AT_FDCWD, tmp, 0755, NULL)) {
-            int err = errno;
-            kvx__set_why(why, wl, "cannot create directory %s: %s", tmp, strerror(err));
-            return kvx__errno_result(err);
-        }
-        tmp[i] = path[i];
-    }
-    if (stat(path, &st) || !S_ISDIR(st.st_mode)) {
-        kvx__set_why(why, wl, "%s is not a directory", path);
-        return KVX_ERR_NOT_FOUND;
-    }
-    if (access(path, W_OK | X_OK)) {
-        kvx__set_why(why, wl, "no write permission on %s: %s", path, strerror(errno));
-        return KVX_ERR_PERMISSION;
-    }
-    return KVX_OK;
-}
-
 /* >>impl: environment ---------------------------------------------------- */
 
 KVX_API kvx_result kvx_env_str(const char *name, const char **v) {
