@@ -2150,6 +2150,90 @@ KVX_API kvx_result kvx_plan_scatter(kvx_plan *p, const kvx_layout *l, const int3
 
 /* >>impl: engine and rooms ------------------------------------------------ */
 
+static KVX__UNUSED void *kvx__alloc(const kvx_allocator *a, size_t n) {
+    return a->alloc_fn ? a->alloc_fn(n, a->user_data) : malloc(n);
+}
+static KVX__UNUSED void kvx__free(const kvx_allocator *a, void *p) {
+    if (!p) return;
+    if (a->free_fn) a->free_fn(p, a->user_data);
+    else free(p);
+}
+
+/* A room table: an intrusive hash of 64-bit keys with chaining. The owner
+   embeds a kvx__hnode in its object and holds its own lock around every
+   call; the table grows (the bucket array doubles) through the allocator.
+   The core's rooms, the tcp and the rdma transports' rooms use it. */
+typedef struct kvx__hnode {
+    struct kvx__hnode *hnext;
+    uint64_t key;
+} kvx__hnode;
+typedef struct kvx__htab {
+    kvx__hnode **b;
+    size_t nb, n;
+} kvx__htab;
+
+static size_t kvx__htab_slot(size_t nb, uint64_t key) {
+    key ^= key >> 33;
+    key *= 0xff51afd7ed558ccdull;
+    key ^= key >> 33;
+    return (size_t)(key & (nb - 1));
+}
+
+static KVX__UNUSED kvx__hnode *kvx__htab_find(const kvx__htab *t, uint64_t key) {
+    kvx__hnode *h;
+    if (!t->nb) return NULL;
+    for (h = t->b[kvx__htab_slot(t->nb, key)]; h; h = h->hnext)
+        if (h->key == key) return h;
+    return NULL;
+}
+
+/* KVX_ERR_NO_MEMORY when the table had to grow and could not. */
+static KVX__UNUSED kvx_result kvx__htab_insert(kvx__htab *t, const kvx_allocator *a,
+                                               kvx__hnode *h) {
+    size_t s;
+    if (t->n >= t->nb) {
+        size_t nb = t->nb ? t->nb * 2 : 64, i;
+        kvx__hnode **nbk = (kvx__hnode **)kvx__alloc(a, nb * sizeof *nbk);
+        if (!nbk) return KVX_ERR_NO_MEMORY;
+        memset(nbk, 0, nb * sizeof *nbk);
+        for (i = 0; i < t->nb; i++)
+            while (t->b[i]) {
+                kvx__hnode *x = t->b[i];
+                t->b[i] = x->hnext;
+                s = kvx__htab_slot(nb, x->key);
+                x->hnext = nbk[s];
+                nbk[s] = x;
+            }
+        kvx__free(a, t->b);
+        t->b = nbk;
+        t->nb = nb;
+    }
+    s = kvx__htab_slot(t->nb, h->key);
+    h->hnext = t->b[s];
+    t->b[s] = h;
+    t->n++;
+    return KVX_OK;
+}
+
+/* Removes h when it is in the table; 1 when it was. */
+static KVX__UNUSED int kvx__htab_remove(kvx__htab *t, kvx__hnode *h) {
+    kvx__hnode **pp;
+    if (!t->nb) return 0;
+    for (pp = &t->b[kvx__htab_slot(t->nb, h->key)]; *pp; pp = &(*pp)->hnext)
+        if (*pp == h) {
+            *pp = h->hnext;
+            h->hnext = NULL;
+            t->n--;
+            return 1;
+        }
+    return 0;
+}
+
+static KVX__UNUSED void kvx__htab_free(kvx__htab *t, const kvx_allocator *a) {
+    kvx__free(a, t->b);
+    memset(t, 0, sizeof *t);
+}
+
 struct kvx_room {
     kvx_engine *engine;
     uint64_t id;
@@ -2171,6 +2255,7 @@ struct kvx_room {
     uint32_t total_pages, sent_pages, chunks;
     int32_t aux_index;
     kvx_room *prev, *next; /* engine list, under engine->mu */
+    kvx__hnode hn;         /* engine->table, key = id, under engine->mu */
     int notify;              /* atomic: 1 = room_failed owed, 2 = done */
     kvx_room *notify_next;   /* engine->notify list, under engine->mu */
 };
@@ -2190,6 +2275,7 @@ struct kvx_engine {
     void *be_data;
     pthread_mutex_t mu;
     kvx_room *rooms;
+    kvx__htab table; /* the rooms by id, under mu */
     pthread_t progress;
     int progress_started;
     int stop; /* under mu */
@@ -2200,14 +2286,6 @@ struct kvx_engine {
     size_t auth_key_len;
 };
 
-static KVX__UNUSED void *kvx__alloc(const kvx_allocator *a, size_t n) {
-    return a->alloc_fn ? a->alloc_fn(n, a->user_data) : malloc(n);
-}
-static KVX__UNUSED void kvx__free(const kvx_allocator *a, void *p) {
-    if (!p) return;
-    if (a->free_fn) a->free_fn(p, a->user_data);
-    else free(p);
-}
 
 KVX_API void *kvx_engine_alloc(const kvx_engine *e, size_t size) {
     return kvx__alloc(&e->desc.allocator, size);
@@ -2436,10 +2514,13 @@ KVX_API void kvx_room_set_deadline(kvx_room *r, uint64_t deadline_ns, const char
 KVX_API uint64_t kvx_room_created_ns(const kvx_room *r) { return r->created_ns; }
 
 KVX_API kvx_room *kvx_engine_find_room(kvx_engine *e, uint64_t id) {
-    kvx_room *r;
+    kvx__hnode *h;
+    kvx_room *r = NULL;
     pthread_mutex_lock(&e->mu);
-    for (r = e->rooms; r; r = r->next)
-        if (r->id == id) { KVX__ADD(&r->refs, 1); break; }
+    if ((h = kvx__htab_find(&e->table, id)) != NULL) {
+        r = (kvx_room *)(void *)((char *)h - offsetof(kvx_room, hn));
+        KVX__ADD(&r->refs, 1);
+    }
     pthread_mutex_unlock(&e->mu);
     return r;
 }
@@ -2663,6 +2744,7 @@ static void kvx__engine_free(kvx_engine *e) {
     }
     kvx__free(&a, e->bufs);
     kvx__free(&a, e->aux);
+    kvx__htab_free(&e->table, &a);
     pthread_mutex_destroy(&e->mu);
     pthread_cond_destroy(&e->cv);
     kvx__free(&a, e);
@@ -2747,17 +2829,24 @@ KVX_API kvx_result kvx_engine_create(const kvx_engine_desc *desc, kvx_engine **o
     return KVX_OK;
 }
 
-static void kvx__room_close(kvx_room *r) {
+/* Takes r out of the engine's list and table. */
+static void kvx__room_unlink(kvx_room *r) {
     kvx_engine *e = r->engine;
-    if (KVX__LOAD(&r->notify) == 1) kvx__notify_run(r);
-    KVX__STORE(&r->closed, 1);
-    if (e->be->room_close) e->be->room_close(r);
     pthread_mutex_lock(&e->mu);
     if (r->prev) r->prev->next = r->next;
     else e->rooms = r->next;
     if (r->next) r->next->prev = r->prev;
     r->prev = r->next = NULL;
+    kvx__htab_remove(&e->table, &r->hn);
     pthread_mutex_unlock(&e->mu);
+}
+
+static void kvx__room_close(kvx_room *r) {
+    kvx_engine *e = r->engine;
+    if (KVX__LOAD(&r->notify) == 1) kvx__notify_run(r);
+    KVX__STORE(&r->closed, 1);
+    if (e->be->room_close) e->be->room_close(r);
+    kvx__room_unlink(r);
     kvx_room_unref(r);
 }
 
@@ -2822,7 +2911,13 @@ static kvx_result kvx__room_create(kvx_engine *e, const kvx_room_desc *d, kvx_ro
         r->deadline_ns = r->created_ns + (uint64_t)(e->desc.bootstrap_timeout_s * 1e9);
         r->deadline_what = "no destination arrived from decode (KVX_BOOTSTRAP_TIMEOUT)";
     }
+    r->hn.key = r->id;
     pthread_mutex_lock(&e->mu);
+    if (kvx__htab_insert(&e->table, &e->desc.allocator, &r->hn) != KVX_OK) {
+        pthread_mutex_unlock(&e->mu);
+        kvx__room_destroy_mem(r);
+        return KVX_ERR_NO_MEMORY;
+    }
     r->next = e->rooms;
     if (e->rooms) e->rooms->prev = r;
     e->rooms = r;
@@ -2831,11 +2926,7 @@ static kvx_result kvx__room_create(kvx_engine *e, const kvx_room_desc *d, kvx_ro
     if (e->be->room_open && (res = e->be->room_open(r)) != KVX_OK) {
         kvx_room_fail(r, res, "transport %s could not open the room", e->be->name);
         KVX__STORE(&r->closed, 1);
-        pthread_mutex_lock(&e->mu);
-        if (r->prev) r->prev->next = r->next;
-        else e->rooms = r->next;
-        if (r->next) r->next->prev = r->prev;
-        pthread_mutex_unlock(&e->mu);
+        kvx__room_unlink(r);
         kvx_room_unref(r);
         return res;
     }

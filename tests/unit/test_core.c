@@ -351,6 +351,40 @@ static void test_engine_errors(void) {
     kvx_engine_destroy(NULL);
 }
 
+/* The engine's room table: every open room is found by its id, a closed one
+   is not, across the table's growth (3000 rooms, ids spread and clustered). */
+static void test_room_table(void) {
+    kvx_engine *de = make_engine(KVX_ROLE_DECODE, NULL);
+    static kvx_receiver *rs[3000];
+    kvx_room_desc rd;
+    int i, found = 0, gone = 0, right = 0;
+    memset(&rd, 0, sizeof rd);
+    for (i = 0; i < 3000; i++) {
+        rd.room = i % 2 ? (uint64_t)i : (uint64_t)i << 40;
+        rs[i] = NULL;
+        kvx_receiver_create(de, &rd, &rs[i]);
+    }
+    for (i = 0; i < 3000; i += 3) {
+        kvx_receiver_destroy(rs[i]);
+        rs[i] = NULL;
+    }
+    for (i = 0; i < 3000; i++) {
+        kvx_room *r = kvx_engine_find_room(de, i % 2 ? (uint64_t)i : (uint64_t)i << 40);
+        if (!rs[i]) gone += r == NULL;
+        else {
+            found += r != NULL;
+            right += r == (kvx_room *)rs[i];
+        }
+        if (r) kvx_room_unref(r);
+    }
+    CHECK(found == 2000 && right == 2000 && gone == 1000,
+          "room table: %d of 2000 open rooms found (%d the right one), %d of 1000 closed gone",
+          found, right, gone);
+    CHECK(kvx_engine_find_room(de, 1ull << 63) == NULL, "an id never used is not found");
+    for (i = 0; i < 3000; i++) kvx_receiver_destroy(rs[i]);
+    kvx_engine_destroy(de);
+}
+
 static void test_fake_flow(void) {
     kvx_engine *pe = make_engine(KVX_ROLE_PREFILL, NULL), *de = make_engine(KVX_ROLE_DECODE, NULL);
     kvx_room_desc rd;
@@ -837,6 +871,7 @@ int main(void) {
     test_plan_random();
     test_engine_errors();
     test_fake_flow();
+    test_room_table();
     test_timeouts();
     test_failure_semantics();
     test_settings();

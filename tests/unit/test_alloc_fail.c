@@ -1,0 +1,186 @@
+/* test_alloc_fail.c - every allocation goes through the desc allocator, and
+   an allocation that fails gives a clean error: a counting allocator fails
+   the Nth call, for every N until a whole transfer needs no more calls. Each
+   run must end with every call answered (an error code or a terminal room
+   state, never a crash or a hang) and with nothing of the allocator's left
+   live after the engines are destroyed. A run with no injected failure must
+   move the bytes, verified. Scenarios: the core over the fake transport,
+   and the file transport (two engines in this process sharing a directory). */
+#define KVX_IMPLEMENTATION
+#include "../../kvx_file.h"
+#include "../../examples/kvx_example.h"
+#include "../kvx_test.h"
+#include <pthread.h>
+
+static const ex_model tiny = {"tiny", 2, 2, 32, 2, 0, "bfloat16"};
+
+typedef struct counting {
+    pthread_mutex_t mu;
+    long calls, live, fail_at, failed;
+} counting;
+static counting ca = {PTHREAD_MUTEX_INITIALIZER, 0, 0, 0, 0};
+
+static void *ca_alloc(size_t n, void *u) {
+    void *p = NULL;
+    int fail;
+    (void)u;
+    pthread_mutex_lock(&ca.mu);
+    fail = ++ca.calls == ca.fail_at;
+    if (fail) ca.failed++;
+    else if ((p = malloc(n)) != NULL) ca.live++;
+    pthread_mutex_unlock(&ca.mu);
+    return p;
+}
+static void ca_free(void *p, void *u) {
+    (void)u;
+    if (!p) return;
+    pthread_mutex_lock(&ca.mu);
+    ca.live--;
+    pthread_mutex_unlock(&ca.mu);
+    free(p);
+}
+
+static void ca_arm(long fail_at) {
+    pthread_mutex_lock(&ca.mu);
+    ca.calls = ca.failed = 0;
+    ca.fail_at = fail_at;
+    pthread_mutex_unlock(&ca.mu);
+}
+
+static char root[256];
+
+static kvx_engine *engine(const char *transport, kvx_role role, ex_pool *p, kvx_result *res) {
+    kvx_engine_desc d;
+    kvx_engine *e = NULL;
+    char why[512];
+    memset(&d, 0, sizeof d);
+    d.role = role;
+    d.transport = transport;
+    d.layout = p->layout;
+    d.file.dir = root;
+    d.allocator.alloc_fn = ca_alloc;
+    d.allocator.free_fn = ca_free;
+    d.logger.level = KVX_LOG_ERROR;
+    d.waiting_timeout_s = 5;
+    d.bootstrap_timeout_s = 5;
+    d.file.timeout_s = 5;
+    d.file.settle_s = 0.05;
+    *res = kvx_engine_create(&d, &e, why, sizeof why);
+    CHECK((*res == KVX_OK) == (e != NULL), "engine create answers with an engine or an error");
+    if (*res != KVX_OK && *res != KVX_ERR_NO_MEMORY && !strstr(why, "memory"))
+        printf("  note: engine create failed with %s: %s\n", kvx_result_str(*res), why);
+    return e;
+}
+
+/* The pause between two looks at an observed state. */
+static void poll_pause(void) {
+    struct timespec ts = {0, 1000000};
+    nanosleep(&ts, NULL);
+}
+
+/* Polls a pair until both are terminal (the test's own deadline, reached
+   only on a hang: the core's timeouts are 5 s). */
+static int settle(kvx_sender *s, kvx_receiver *r) {
+    uint64_t t0 = kvx_now_ns();
+    for (;;) {
+        kvx_poll a = s ? kvx_sender_poll(s) : KVX_POLL_FAILED;
+        kvx_poll b = r ? kvx_receiver_poll(r) : KVX_POLL_FAILED;
+        int done_a = a == KVX_POLL_SUCCESS || a == KVX_POLL_FAILED;
+        int done_b = b == KVX_POLL_SUCCESS || b == KVX_POLL_FAILED;
+        if (done_a && done_b) return 1;
+        if (kvx_now_ns() - t0 > 30000000000ull) return 0;
+        poll_pause();
+    }
+}
+
+/* One transfer of n pages; returns 1 when every call succeeded and the
+   bytes were verified, 0 when some call refused (an injected failure). */
+static int transfer(const char *transport) {
+    ex_pool ps, pr;
+    kvx_engine *pe = NULL, *de = NULL;
+    kvx_sender *s = NULL;
+    kvx_receiver *r = NULL;
+    kvx_room_desc rd;
+    kvx_result res;
+    int32_t sp[12], dp[12];
+    int whole = 0;
+    ex_pool_init(&ps, &tiny, 32, 16, 2, 1);
+    ex_pool_init(&pr, &tiny, 32, 16, 2, 2);
+    ex_alloc_pages(&ps, sp, 12);
+    ex_alloc_pages(&pr, dp, 12);
+    ex_pages_pattern(&ps, 9, sp, 12, 1);
+    ex_aux_write(&ps, 9, 0);
+    memset(&rd, 0, sizeof rd);
+    rd.room = 9;
+    if (!(pe = engine(transport, KVX_ROLE_PREFILL, &ps, &res))) goto out;
+    if (!(de = engine(transport, KVX_ROLE_DECODE, &pr, &res))) goto out;
+    if (kvx_sender_create(pe, &rd, &s) != KVX_OK) goto out;
+    if (kvx_receiver_create(de, &rd, &r) != KVX_OK) goto out;
+    if (kvx_receiver_init(r, dp, 12, 1) != KVX_OK) goto out;
+    if (kvx_sender_init(s, 12, 0) != KVX_OK) goto out;
+    if (kvx_sender_send(s, sp, 5) != KVX_OK) goto out;
+    if (kvx_sender_send(s, sp + 5, 7) != KVX_OK) goto out;
+    CHECK(settle(s, r),
+          "%s: both sides reach a terminal state (fail at %ld): sender %s '%s', receiver %s '%s'",
+          transport, ca.fail_at, kvx_poll_str(kvx_sender_poll(s)), kvx_sender_error(s),
+          kvx_poll_str(kvx_receiver_poll(r)), kvx_receiver_error(r));
+    whole = kvx_sender_poll(s) == KVX_POLL_SUCCESS && kvx_receiver_poll(r) == KVX_POLL_SUCCESS;
+    if (whole && strcmp(transport, "fake")) /* fake moves no bytes */
+        CHECK(ex_pages_pattern(&pr, 9, dp, 12, 0) == 0 && ex_aux_check(&pr, 9, 1),
+              "%s: a room that succeeded has its bytes", transport);
+out:
+    /* An engine gives up on a request whose call was refused: it aborts. */
+    if (!whole && s) kvx_sender_abort(s, "a call was refused");
+    if (!whole && r) kvx_receiver_abort(r, "a call was refused");
+    if (s && r)
+        CHECK(settle(s, r), "%s: terminal before destroy (fail at %ld): sender %s '%s', receiver %s '%s'",
+              transport, ca.fail_at, kvx_poll_str(kvx_sender_poll(s)), kvx_sender_error(s),
+              kvx_poll_str(kvx_receiver_poll(r)), kvx_receiver_error(r));
+    kvx_sender_destroy(s);
+    kvx_receiver_destroy(r);
+    kvx_engine_destroy(pe);
+    kvx_engine_destroy(de);
+    ex_pool_free(&ps);
+    ex_pool_free(&pr);
+    return whole;
+}
+
+static void sweep(const char *transport) {
+    long n, calls = 0, runs = 0, clean = 0;
+    for (n = 1; n < 100000; n++) {
+        int whole;
+        long live, failed;
+        ca_arm(n);
+        whole = transfer(transport);
+        pthread_mutex_lock(&ca.mu);
+        live = ca.live;
+        failed = ca.failed;
+        calls = ca.calls;
+        pthread_mutex_unlock(&ca.mu);
+        runs++;
+        CHECK(live == 0, "%s: fail at call %ld: %ld allocations left live", transport, n, live);
+        if (!failed) {
+            CHECK(whole, "%s: with no failure injected the transfer succeeds", transport);
+            clean = 1;
+            break;
+        }
+    }
+    CHECK(clean && calls > 3, "%s: a run needed %ld allocator calls (all through the desc)",
+          transport, calls);
+    printf("  %s: %ld runs, a whole transfer makes %ld allocator calls\n", transport, runs,
+           calls);
+}
+
+int main(void) {
+    kt_name = "test_alloc_fail";
+    snprintf(root, sizeof root, "/tmp/kvx_allocfail_%d", (int)getpid());
+    kvx_file_register();
+    sweep("fake");
+    sweep("file");
+    {
+        char cmd[300];
+        snprintf(cmd, sizeof cmd, "rm -rf %s", root);
+        if (system(cmd)) printf("  could not remove %s\n", root);
+    }
+    return kt_done();
+}
