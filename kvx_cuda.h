@@ -952,6 +952,15 @@ static void kvx__cu_log(const kvx_cuda *cu, kvx_log_level lvl, const char *fmt, 
     va_end(ap);
 }
 
+/* kvx_cuda_desc's settings, read by kvx_cuda_create; the last row by the
+   cuda transport at engine creation (kvx__cux_settings). */
+static const kvx__setting kvx__cu_settings[] = {
+    KVX__SET_STR("KVX_CUDA_LIBRARY", kvx_cuda_desc, library),
+    KVX__SET_ENUM("KVX_LOG_LEVEL", kvx_cuda_desc, logger.level, "error|warn|info|debug"),
+};
+static const kvx__setting kvx__cux_fence_setting =
+    KVX__SET_DBL("KVX_CUDA_FENCE_TIMEOUT", kvx_cuda_desc, fence_timeout_s, 2, 0.001, 3600);
+
 /* "256M", "1G", "65536": bytes, with an optional K/M/G suffix (powers of 2). */
 static kvx_result kvx__cu_env_bytes(const char *name, uint64_t *v, char *why, size_t wl) {
     const char *s = getenv(name);
@@ -1155,9 +1164,7 @@ static void kvx__cu_stream_free(kvx_cuda_stream *s);
 KVX_API kvx_result kvx_cuda_create(const kvx_cuda_desc *desc, kvx_cuda **out, char *why,
                                    size_t why_len) {
     kvx_cuda_desc d;
-    kvx_engine_desc ed;
     kvx_cuda *cu;
-    const char *lib;
     int batch_env = 1;
     kvx_result r;
     if (!out) {
@@ -1167,16 +1174,13 @@ KVX_API kvx_result kvx_cuda_create(const kvx_cuda_desc *desc, kvx_cuda **out, ch
     *out = NULL;
     if (desc) d = *desc;
     else memset(&d, 0, sizeof d);
-    lib = d.library && *d.library ? d.library : "libcuda.so.1";
-    kvx_env_str("KVX_CUDA_LIBRARY", &lib);
     if (!d.staging_bytes) d.staging_bytes = 256ull << 20;
-    if ((r = kvx__cu_env_bytes("KVX_CUDA_STAGING_BYTES", &d.staging_bytes, why, why_len)) ||
+    if ((r = kvx__settings_apply(kvx__cu_settings, KVX__COUNT(kvx__cu_settings), &d, why,
+                                 why_len)) ||
+        (r = kvx__cu_env_bytes("KVX_CUDA_STAGING_BYTES", &d.staging_bytes, why, why_len)) ||
         (r = kvx_env_int("KVX_CUDA_BATCH", &batch_env, why, why_len)))
         return r;
     if (batch_env == 0) d.no_batch = 1;
-    memset(&ed, 0, sizeof ed); /* KVX_LOG_LEVEL as the core reads it */
-    ed.logger = d.logger;
-    if ((r = kvx__apply_env(&ed, why, why_len)) != KVX_OK) return r;
     cu = (kvx_cuda *)(d.allocator.alloc_fn ? d.allocator.alloc_fn(sizeof *cu, d.allocator.user_data)
                                            : malloc(sizeof *cu));
     if (!cu) {
@@ -1186,11 +1190,12 @@ KVX_API kvx_result kvx_cuda_create(const kvx_cuda_desc *desc, kvx_cuda **out, ch
     memset(cu, 0, sizeof *cu);
     cu->magic = KVX__CU_MAGIC;
     cu->alloc = d.allocator;
-    cu->logger = ed.logger;
+    cu->logger = d.logger;
     cu->fence_timeout_s = d.fence_timeout_s;
     cu->staging_limit = d.staging_bytes;
     pthread_mutex_init(&cu->mu, NULL);
-    if ((r = kvx__cu_load(cu, lib, why, why_len)) != KVX_OK ||
+    if ((r = kvx__cu_load(cu, d.library && *d.library ? d.library : "libcuda.so.1", why,
+                          why_len)) != KVX_OK ||
         (r = kvx__cu_start(cu, why, why_len)) != KVX_OK) {
         kvx_cuda_destroy(cu);
         return r;
@@ -3543,6 +3548,7 @@ static void kvx__cux_on_disconnect(kvx_boot *b, const kvx_boot_peer *bp, const c
 static kvx_result kvx__cux_settings(kvx__cux_engine *ce, char *why, size_t wl) {
     const kvx_engine_desc *d = kvx_engine_settings(ce->engine);
     const kvx_layout *l = kvx_engine_layout(ce->engine);
+    kvx_cuda_desc cd;
     uint32_t i;
     kvx_result r;
     ce->cu = kvx_cuda_from_mem_ops(&d->mem);
@@ -3551,9 +3557,10 @@ static kvx_result kvx__cux_settings(kvx__cux_engine *ce, char *why, size_t wl) {
                      "(kvx_cuda.h): that is how it reaches the CUDA driver");
         return KVX_ERR_INVALID_ARGUMENT;
     }
-    ce->fence_s = ce->cu->fence_timeout_s;
-    if ((r = kvx_setting_double("KVX_CUDA_FENCE_TIMEOUT", &ce->fence_s, 2, 0.001, 3600, why, wl)))
-        return r;
+    memset(&cd, 0, sizeof cd);
+    cd.fence_timeout_s = ce->cu->fence_timeout_s;
+    if ((r = kvx__settings_apply(&kvx__cux_fence_setting, 1, &cd, why, wl)) != KVX_OK) return r;
+    ce->fence_s = cd.fence_timeout_s;
     for (i = 0; i < l->num_buffers; i++) {
         if (l->buffers[i].mem != KVX_MEM_CUDA) {
             kvx__set_why(why, wl, "KV buffer %u is host memory: the cuda transport moves KV pools "
