@@ -262,8 +262,9 @@ typedef struct kvx_cuda_desc {
    KVX_ERR_NOT_FOUND and a sentence when there is no driver ("no CUDA driver:
    cannot load libcuda.so.1 (...); KV buffers in GPU memory need an NVIDIA
    driver"), when the library lacks an entry point kvx needs, or when there
-   is no device; KVX_ERR_BAD_CONFIG when a KVX_CUDA_* variable or a
-   variable kvx_engine_create reads (KVX_LOG_LEVEL ...) does not parse. *out is NULL on failure. May block (driver start-up). Thread-safe. */
+   is no device; KVX_ERR_BAD_CONFIG when a KVX_CUDA_* variable or
+   KVX_LOG_LEVEL does not parse. *out is NULL on failure. May block (driver
+   start-up). Thread-safe. */
 KVX_API kvx_result kvx_cuda_create(const kvx_cuda_desc *desc, kvx_cuda **out, char *why,
                                    size_t why_len);
 
@@ -282,8 +283,8 @@ KVX_API void kvx_cuda_destroy(kvx_cuda *cu);
    dmabuf_fd is kvx_cuda_dmabuf_fd, with which the rdma transport registers
    GPU pools (where the driver, the GPU or the NIC lacks dma-buf, engine
    creation fails with the driver's or the verbs' words; nvidia-peermem is
-   the alternative). *out is zeroed on failure. Release with kvx_cuda_mem_ops_release after the
-   engines that use it are destroyed. */
+   the alternative). *out is zeroed on failure. Release with
+   kvx_cuda_mem_ops_release after the engines that use it are destroyed. */
 KVX_API kvx_result kvx_cuda_mem_ops(kvx_mem_ops *out, const kvx_cuda_desc *desc, char *why,
                                     size_t why_len);
 /* Destroys the kvx_cuda behind ops (when kvx_cuda_mem_ops filled it) and
@@ -952,8 +953,8 @@ static void kvx__cu_log(const kvx_cuda *cu, kvx_log_level lvl, const char *fmt, 
     va_end(ap);
 }
 
-/* kvx_cuda_desc's settings, read by kvx_cuda_create; the last row by the
-   cuda transport at engine creation (kvx__cux_settings). */
+/* kvx_cuda_desc's settings, read by kvx_cuda_create (the fence timeout by
+   the cuda transport at engine creation, kvx__cux_settings). */
 static const kvx__setting kvx__cu_settings[] = {
     KVX__SET_STR("KVX_CUDA_LIBRARY", kvx_cuda_desc, library),
     KVX__SET_ENUM("KVX_LOG_LEVEL", kvx_cuda_desc, logger.level, "error|warn|info|debug"),
