@@ -458,7 +458,8 @@ typedef struct kvx_backend kvx_backend;
 /* Access to KV buffers that are not host memory (mem != KVX_MEM_HOST).
    kvx_cuda.h fills one for GPU memory (kvx_cuda_mem_ops); transports that
    read or write buffers with the CPU (file, tcp, the block store) move such
-   pages through pinned host staging buffers with it. */
+   pages through pinned host staging buffers with it, and the rdma transport
+   registers them with the NIC through dmabuf_fd. */
 typedef struct kvx_copy {
     void *buf_ptr;  /* address inside a KV buffer (base + offset) */
     void *host;     /* host memory, from host_alloc */
@@ -472,6 +473,12 @@ typedef struct kvx_mem_ops {
                        size_t why_len);
     void *(*host_alloc)(void *ctx, size_t size); /* pinned staging memory, NULL = failure */
     void (*host_free)(void *ctx, void *p);
+    /* A dma-buf file descriptor for [ptr, ptr+len) of `device` and the
+       offset of ptr inside it, for ibv_reg_dmabuf_mr; the caller closes
+       *fd. NULL = none (such buffers cannot be registered with a NIC).
+       Thread-safe. */
+    kvx_result (*dmabuf_fd)(void *ctx, void *ptr, uint64_t len, int device, int *fd,
+                            uint64_t *offset, char *why, size_t why_len);
     void *ctx;
 } kvx_mem_ops;
 

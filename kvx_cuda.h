@@ -12,12 +12,12 @@
    - the `cuda` transport: prefill and decode engines on one node, KV pages
      copied GPU to GPU through CUDA IPC (see THE CUDA TRANSPORT);
    - dma-buf: a file descriptor for a range of GPU memory, for
-     ibv_reg_dmabuf_mr (GPU memory registered with an RDMA NIC).
+     ibv_reg_dmabuf_mr (GPU memory registered with an RDMA NIC); the mem
+     ops' dmabuf_fd, through which the rdma transport registers GPU pools.
 
    DO THIS
        #define KVX_IMPLEMENTATION
-       #include "kvx_cuda.h"            (includes kvx_boot.h, kvx.h and the
-                                         declarations of kvx_rdma.h)
+       #include "kvx_cuda.h"            (includes kvx_boot.h and kvx.h)
      and compile that one file with -DKVX_WITH_CUDA -I<CUDA toolkit>/include.
      The CUDA headers are needed for types only: libcuda is loaded at run
      time, so the program starts (and everything host-only works) on a
@@ -70,14 +70,15 @@
      KVX_CUDA_BATCH           0: never use cuMemcpyBatchAsync, one
                               asynchronous copy per piece instead; 1: use it
                               where the driver has it (driver >= 12.8)  (1)
-     KVX_LOG_LEVEL            error|warn|info|debug (desc.logger.level) (warn);
-                              any case; another value is ignored
-   and, read once at engine creation by the cuda transport (no field in
-   kvx_engine_desc yet: environment only):
-     KVX_CUDA_FENCE_TIMEOUT   seconds kvx_receiver_destroy of an unfinished
-                              room waits for the prefill's word that it
-                              stopped writing into the room's pages;
-                              0..3600, else engine creation fails         (2)
+     KVX_LOG_LEVEL            error|warn|info|debug (desc.logger.level), read
+                              as kvx_engine_create reads it      (warn)
+   and, read once at engine creation by the cuda transport:
+     KVX_CUDA_FENCE_TIMEOUT   kvx_cuda_desc.fence_timeout_s of the kvx_cuda
+                              behind desc.mem: seconds kvx_receiver_destroy
+                              of an unfinished room waits for the prefill's
+                              word that it stopped writing into the room's
+                              pages; 0 = default, 0.001..3600, else engine
+                              creation fails                              (2)
      KVX_CUDA_NODE_ID         this node's identity, compared with the
                               peer's: two engines run the cuda transport
                               together only with equal ids (the kernel's
@@ -229,7 +230,6 @@
 #define KVX_CUDA_H_INCLUDED
 
 #include "kvx_boot.h"
-#include "kvx_rdma.h" /* declarations only: the dma-buf hook below */
 
 #if !defined(KVX_VERSION_MAJOR) || KVX_VERSION_MAJOR != 0
 #error "kvx_cuda.h needs kvx.h major version 0"
@@ -252,6 +252,8 @@ typedef struct kvx_cuda_desc {
     int no_batch;           /* KVX_CUDA_BATCH=0: 1 = never cuMemcpyBatchAsync */
     kvx_allocator allocator;
     kvx_logger logger;      /* subsystem "kvx.cuda" */
+    double fence_timeout_s; /* KVX_CUDA_FENCE_TIMEOUT, 2: the cuda transport's
+                               destroy fence (see ENVIRONMENT) */
 } kvx_cuda_desc;
 
 /* >>setup ------------------------------------------------------------------- */
@@ -260,8 +262,9 @@ typedef struct kvx_cuda_desc {
    KVX_ERR_NOT_FOUND and a sentence when there is no driver ("no CUDA driver:
    cannot load libcuda.so.1 (...); KV buffers in GPU memory need an NVIDIA
    driver"), when the library lacks an entry point kvx needs, or when there
-   is no device; KVX_ERR_BAD_CONFIG when a KVX_CUDA_* variable does not
-   parse. *out is NULL on failure. May block (driver start-up). Thread-safe. */
+   is no device; KVX_ERR_BAD_CONFIG when a KVX_CUDA_* variable or
+   KVX_LOG_LEVEL does not parse. *out is NULL on failure. May block (driver
+   start-up). Thread-safe. */
 KVX_API kvx_result kvx_cuda_create(const kvx_cuda_desc *desc, kvx_cuda **out, char *why,
                                    size_t why_len);
 
@@ -276,9 +279,12 @@ KVX_API void kvx_cuda_destroy(kvx_cuda *cu);
    host memory (host_alloc'd, pinned) with asynchronous copies on a pooled
    stream of the piece's device, cuMemcpyBatchAsync where the driver has it,
    and waits once per device per call; host_alloc hands out pinned memory
-   from a pool bounded by staging_bytes (NULL when the bound is reached).
-   *out is zeroed on failure. Release with kvx_cuda_mem_ops_release after the
-   engines that use it are destroyed. */
+   from a pool bounded by staging_bytes (NULL when the bound is reached);
+   dmabuf_fd is kvx_cuda_dmabuf_fd, with which the rdma transport registers
+   GPU pools (where the driver, the GPU or the NIC lacks dma-buf, engine
+   creation fails with the driver's or the verbs' words; nvidia-peermem is
+   the alternative). *out is zeroed on failure. Release with
+   kvx_cuda_mem_ops_release after the engines that use it are destroyed. */
 KVX_API kvx_result kvx_cuda_mem_ops(kvx_mem_ops *out, const kvx_cuda_desc *desc, char *why,
                                     size_t why_len);
 /* Destroys the kvx_cuda behind ops (when kvx_cuda_mem_ops filled it) and
@@ -407,14 +413,6 @@ KVX_API kvx_result kvx_cuda_stream_wait(kvx_cuda_stream *s, uint64_t ticket, cha
    the range leaves its allocation. Thread-safe. */
 KVX_API kvx_result kvx_cuda_dmabuf_fd(kvx_cuda *cu, int device, void *dev_ptr, size_t len,
                                       int *fd, uint64_t *offset, char *why, size_t why_len);
-
-/* Installs kvx_rdma.h's dma-buf hook (process-wide), backed by
-   kvx_cuda_dmabuf_fd on this kvx_cuda: the rdma transport then registers
-   KV buffers in GPU memory with ibv_reg_dmabuf_mr. Where the driver, the
-   GPU or the NIC lacks dma-buf, engine creation fails with the driver's or
-   the verbs' words (nvidia-peermem is the alternative). NULL uninstalls.
-   KVX_ERR_NOT_COMPILED without KVX_WITH_CUDA. Thread-safe. */
-KVX_API kvx_result kvx_cuda_rdma_install(kvx_cuda *cu);
 
 /* >>cuda transport ------------------------------------------------------------- */
 
@@ -930,6 +928,7 @@ struct kvx_cuda {
     kvx_logger logger;
     int driver_version, device_count, batch, owned_by_ops;
     uint64_t staging_limit;
+    double fence_timeout_s; /* kvx_cuda_desc's, for the cuda transport */
     pthread_mutex_t mu; /* contexts, pool, streams */
     CUcontext ctx[KVX_CUDA_MAX_DEVICES];
     kvx__cu_block *blocks;
@@ -948,27 +947,20 @@ struct kvx_cuda {
 static void kvx__cu_log(const kvx_cuda *cu, kvx_log_level lvl, const char *fmt, ...)
     KVX_PRINTF(3, 4);
 static void kvx__cu_log(const kvx_cuda *cu, kvx_log_level lvl, const char *fmt, ...) {
-    static const char *names[] = {"", "ERROR", "WARN", "INFO", "DEBUG"};
-    char msg[512];
     va_list ap;
-    if (lvl > cu->logger.level) return;
     va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
+    kvx__logv(&cu->logger, lvl, KVX__CU_SUB, 0, fmt, ap);
     va_end(ap);
-    if (cu->logger.func) cu->logger.func(cu->logger.user_data, lvl, KVX__CU_SUB, 0, msg);
-    else fprintf(stderr, "kvx %s %s: %s\n", names[lvl >= 1 && lvl <= 4 ? (int)lvl : 0],
-                 KVX__CU_SUB, msg);
 }
 
-static kvx_log_level kvx__cu_level_env(kvx_log_level dflt) {
-    const char *s = getenv("KVX_LOG_LEVEL");
-    if (!s || !*s) return dflt;
-    if (!strcasecmp(s, "error")) return KVX_LOG_ERROR;
-    if (!strcasecmp(s, "warn")) return KVX_LOG_WARN;
-    if (!strcasecmp(s, "info")) return KVX_LOG_INFO;
-    if (!strcasecmp(s, "debug")) return KVX_LOG_DEBUG;
-    return dflt;
-}
+/* kvx_cuda_desc's settings, read by kvx_cuda_create (the fence timeout by
+   the cuda transport at engine creation, kvx__cux_settings). */
+static const kvx__setting kvx__cu_settings[] = {
+    KVX__SET_STR("KVX_CUDA_LIBRARY", kvx_cuda_desc, library),
+    KVX__SET_ENUM("KVX_LOG_LEVEL", kvx_cuda_desc, logger.level, "error|warn|info|debug"),
+};
+static const kvx__setting kvx__cux_fence_setting =
+    KVX__SET_DBL("KVX_CUDA_FENCE_TIMEOUT", kvx_cuda_desc, fence_timeout_s, 2, 0.001, 3600);
 
 /* "256M", "1G", "65536": bytes, with an optional K/M/G suffix (powers of 2). */
 static kvx_result kvx__cu_env_bytes(const char *name, uint64_t *v, char *why, size_t wl) {
@@ -1174,7 +1166,6 @@ KVX_API kvx_result kvx_cuda_create(const kvx_cuda_desc *desc, kvx_cuda **out, ch
                                    size_t why_len) {
     kvx_cuda_desc d;
     kvx_cuda *cu;
-    const char *lib;
     int batch_env = 1;
     kvx_result r;
     if (!out) {
@@ -1184,10 +1175,10 @@ KVX_API kvx_result kvx_cuda_create(const kvx_cuda_desc *desc, kvx_cuda **out, ch
     *out = NULL;
     if (desc) d = *desc;
     else memset(&d, 0, sizeof d);
-    lib = d.library && *d.library ? d.library : "libcuda.so.1";
-    kvx_env_str("KVX_CUDA_LIBRARY", &lib);
     if (!d.staging_bytes) d.staging_bytes = 256ull << 20;
-    if ((r = kvx__cu_env_bytes("KVX_CUDA_STAGING_BYTES", &d.staging_bytes, why, why_len)) ||
+    if ((r = kvx__settings_apply(kvx__cu_settings, KVX__COUNT(kvx__cu_settings), &d, why,
+                                 why_len)) ||
+        (r = kvx__cu_env_bytes("KVX_CUDA_STAGING_BYTES", &d.staging_bytes, why, why_len)) ||
         (r = kvx_env_int("KVX_CUDA_BATCH", &batch_env, why, why_len)))
         return r;
     if (batch_env == 0) d.no_batch = 1;
@@ -1201,10 +1192,11 @@ KVX_API kvx_result kvx_cuda_create(const kvx_cuda_desc *desc, kvx_cuda **out, ch
     cu->magic = KVX__CU_MAGIC;
     cu->alloc = d.allocator;
     cu->logger = d.logger;
-    if (!cu->logger.level) cu->logger.level = kvx__cu_level_env(KVX_LOG_WARN);
+    cu->fence_timeout_s = d.fence_timeout_s;
     cu->staging_limit = d.staging_bytes;
     pthread_mutex_init(&cu->mu, NULL);
-    if ((r = kvx__cu_load(cu, lib, why, why_len)) != KVX_OK ||
+    if ((r = kvx__cu_load(cu, d.library && *d.library ? d.library : "libcuda.so.1", why,
+                          why_len)) != KVX_OK ||
         (r = kvx__cu_start(cu, why, why_len)) != KVX_OK) {
         kvx_cuda_destroy(cu);
         return r;
@@ -1660,6 +1652,12 @@ static void kvx__cu_host_free(void *ctx, void *p) {
                 "memory from elsewhere); ignored", p);
 }
 
+static kvx_result kvx__cu_dmabuf_op(void *ctx, void *ptr, uint64_t len, int device, int *fd,
+                                    uint64_t *offset, char *why, size_t why_len) {
+    return kvx_cuda_dmabuf_fd((kvx_cuda *)ctx, device, ptr, (size_t)len, fd, offset, why,
+                              why_len);
+}
+
 KVX_API kvx_result kvx_cuda_mem_ops(kvx_mem_ops *out, const kvx_cuda_desc *desc, char *why,
                                     size_t why_len) {
     kvx_cuda *cu;
@@ -1674,6 +1672,7 @@ KVX_API kvx_result kvx_cuda_mem_ops(kvx_mem_ops *out, const kvx_cuda_desc *desc,
     out->copy = kvx__cu_copy;
     out->host_alloc = kvx__cu_host_alloc;
     out->host_free = kvx__cu_host_free;
+    out->dmabuf_fd = kvx__cu_dmabuf_op;
     out->ctx = cu;
     return KVX_OK;
 }
@@ -3550,21 +3549,19 @@ static void kvx__cux_on_disconnect(kvx_boot *b, const kvx_boot_peer *bp, const c
 static kvx_result kvx__cux_settings(kvx__cux_engine *ce, char *why, size_t wl) {
     const kvx_engine_desc *d = kvx_engine_settings(ce->engine);
     const kvx_layout *l = kvx_engine_layout(ce->engine);
+    kvx_cuda_desc cd;
     uint32_t i;
     kvx_result r;
-    ce->fence_s = 2;
-    if ((r = kvx_env_double("KVX_CUDA_FENCE_TIMEOUT", &ce->fence_s, why, wl)) != KVX_OK) return r;
-    if (!(ce->fence_s >= 0) || ce->fence_s > 3600) {
-        kvx__set_why(why, wl, "KVX_CUDA_FENCE_TIMEOUT is %g seconds; it must be 0..3600",
-                     ce->fence_s);
-        return KVX_ERR_BAD_CONFIG;
-    }
     ce->cu = kvx_cuda_from_mem_ops(&d->mem);
     if (!ce->cu) {
         kvx__set_why(why, wl, "the cuda transport needs desc.mem filled by kvx_cuda_mem_ops() "
                      "(kvx_cuda.h): that is how it reaches the CUDA driver");
         return KVX_ERR_INVALID_ARGUMENT;
     }
+    memset(&cd, 0, sizeof cd);
+    cd.fence_timeout_s = ce->cu->fence_timeout_s;
+    if ((r = kvx__settings_apply(&kvx__cux_fence_setting, 1, &cd, why, wl)) != KVX_OK) return r;
+    ce->fence_s = cd.fence_timeout_s;
     for (i = 0; i < l->num_buffers; i++) {
         if (l->buffers[i].mem != KVX_MEM_CUDA) {
             kvx__set_why(why, wl, "KV buffer %u is host memory: the cuda transport moves KV pools "
@@ -3760,34 +3757,6 @@ KVX_API kvx_result kvx_cuda_transport_stats_get(const kvx_engine *e, kvx_cuda_tr
 }
 
 #endif /* KVX_WITH_CUDA */
-
-/* >>cuda: dma-buf for the rdma transport ---------------------------------------- */
-
-static kvx_result kvx__cuda_rdma_get_fd(void *ctx, void *ptr, uint64_t len, int device, int *fd,
-                                        uint64_t *offset, char *why, size_t why_len) {
-    return kvx_cuda_dmabuf_fd((kvx_cuda *)ctx, device, ptr, (size_t)len, fd, offset, why,
-                              why_len);
-}
-
-static void kvx__cuda_rdma_put_fd(void *ctx, int fd) {
-    (void)ctx;
-    if (fd >= 0) close(fd);
-}
-
-KVX_API kvx_result kvx_cuda_rdma_install(kvx_cuda *cu) {
-    kvx_rdma_dmabuf ops;
-#if !defined(KVX_WITH_CUDA)
-    if (cu) return KVX_ERR_NOT_COMPILED;
-#endif
-    memset(&ops, 0, sizeof ops);
-    if (cu) {
-        ops.get_fd = kvx__cuda_rdma_get_fd;
-        ops.put_fd = kvx__cuda_rdma_put_fd;
-        ops.ctx = cu;
-    }
-    kvx_rdma_set_dmabuf(cu ? &ops : NULL);
-    return KVX_OK;
-}
 
 #ifdef __cplusplus
 }

@@ -228,9 +228,10 @@
 
    GPU MEMORY
      KV buffers with mem == KVX_MEM_CUDA are registered through dma-buf
-     (ibv_reg_dmabuf_mr) with the file descriptor a kvx_rdma_dmabuf hook
-     exports (kvx_cuda.h provides one: cuMemGetHandleForAddressRange);
-     without a hook engine creation fails with a sentence saying so.
+     (ibv_reg_dmabuf_mr) with the file descriptor the engine's
+     desc.mem.dmabuf_fd exports (kvx_cuda_mem_ops fills it:
+     cuMemGetHandleForAddressRange); without one engine creation fails
+     with a sentence saying so.
 
    EXAMPLE (prefill side; the rest as kvx_tcp.h's, with transport "rdma")
        // given: kvx_layout layout;
@@ -319,19 +320,6 @@ typedef struct kvx_rdma_stats {
    or out is NULL or e is not an rdma engine, KVX_ERR_NOT_COMPILED without
    KVX_WITH_RDMA. Thread-safe, does not block (atomic loads). */
 KVX_API kvx_result kvx_rdma_stats_get(const kvx_engine *e, kvx_rdma_stats *out);
-
-/* The seam for GPU memory (kvx_cuda.h fills it): export a dma-buf file
-   descriptor for [ptr, ptr+len) of GPU `device`, and the offset of ptr
-   inside it. put_fd releases it after registration. Process-wide, like the
-   transport registry; read when an engine registers its pool, so set it
-   before creating engines. NULL clears. Thread-safe. */
-typedef struct kvx_rdma_dmabuf {
-    kvx_result (*get_fd)(void *ctx, void *ptr, uint64_t len, int device, int *fd,
-                         uint64_t *offset, char *why, size_t why_len);
-    void (*put_fd)(void *ctx, int fd);
-    void *ctx;
-} kvx_rdma_dmabuf;
-KVX_API void kvx_rdma_set_dmabuf(const kvx_rdma_dmabuf *ops);
 
 /* >>wire format (pure: no I/O, no verbs; for the transport, tools, fuzzers) */
 
@@ -783,26 +771,6 @@ static KVX__UNUSED void kvx__rdma_cm_reject(kvx_buf *b, uint64_t from, uint64_t 
     kvx__rdma_put32(b, (uint32_t)rl);
     kvx__rdma_put(b, reason, rl);
     kvx__rdma_cm_end(b);
-}
-
-/* >>rdma: process-wide registries ------------------------------------------ */
-
-static pthread_mutex_t kvx__rdma_dmabuf_mu = PTHREAD_MUTEX_INITIALIZER;
-static kvx_rdma_dmabuf kvx__rdma_dmabuf_ops;
-
-KVX_API void kvx_rdma_set_dmabuf(const kvx_rdma_dmabuf *ops) {
-    pthread_mutex_lock(&kvx__rdma_dmabuf_mu);
-    if (ops) kvx__rdma_dmabuf_ops = *ops;
-    else memset(&kvx__rdma_dmabuf_ops, 0, sizeof kvx__rdma_dmabuf_ops);
-    pthread_mutex_unlock(&kvx__rdma_dmabuf_mu);
-}
-
-static KVX__UNUSED kvx_rdma_dmabuf kvx__rdma_dmabuf_get(void) {
-    kvx_rdma_dmabuf o;
-    pthread_mutex_lock(&kvx__rdma_dmabuf_mu);
-    o = kvx__rdma_dmabuf_ops;
-    pthread_mutex_unlock(&kvx__rdma_dmabuf_mu);
-    return o;
 }
 
 KVX_API kvx_result kvx_rdma_register(void) { return kvx_transport_register(kvx_rdma_backend()); }
@@ -1555,17 +1523,15 @@ static kvx_result kvx__rdma_reg(kvx__rdma_engine *re, kvx__rdma_dev *d, kvx__rdm
                                 const char *what, uint32_t idx, char *why, size_t wl) {
     uint64_t rb = d->region_bytes, off;
     uint32_t k;
-    kvx_rdma_dmabuf db;
-    memset(&db, 0, sizeof db);
+    const kvx_mem_ops *mo = &kvx_engine_settings(re->e)->mem;
     m->n = (uint32_t)(len / rb + (len % rb ? 1 : 0));
     m->mr = (struct ibv_mr **)calloc(m->n ? m->n : 1, sizeof *m->mr);
     if (!m->mr) return KVX_ERR_NO_MEMORY;
     if (mem == KVX_MEM_CUDA) {
-        db = kvx__rdma_dmabuf_get();
-        if (!db.get_fd) {
+        if (!mo->dmabuf_fd) {
             kvx__set_why(why, wl, "%s %u is GPU memory (device %d): GPU memory registration needs "
-                         "kvx_cuda.h dma-buf support (kvx_rdma_set_dmabuf), which this process "
-                         "has not set up", what, idx, gpu);
+                         "dma-buf export in desc.mem (fill it with kvx_cuda_mem_ops, kvx_cuda.h), "
+                         "which this engine's desc.mem lacks", what, idx, gpu);
             return KVX_ERR_INVALID_ARGUMENT;
         }
         if (!re->v.reg_dmabuf_mr) {
@@ -1578,13 +1544,15 @@ static kvx_result kvx__rdma_reg(kvx__rdma_engine *re, kvx__rdma_dev *d, kvx__rdm
     for (k = 0, off = 0; k < m->n; k++, off += rb) {
         uint64_t n = len - off < rb ? len - off : rb;
         if (mem == KVX_MEM_CUDA) {
-            int fd = -1;
+            int fd = -1, err;
             uint64_t fo = 0;
-            kvx_result r = db.get_fd(db.ctx, base + off, n, gpu, &fd, &fo, why, wl);
+            kvx_result r = mo->dmabuf_fd(mo->ctx, base + off, n, gpu, &fd, &fo, why, wl);
             if (r != KVX_OK) return r;
             m->mr[k] = re->v.reg_dmabuf_mr(d->pd, fo, (size_t)n, (uint64_t)(uintptr_t)(base + off),
                                            fd, access | (re->cfg.relaxed ? IBV_ACCESS_RELAXED_ORDERING : 0));
-            if (db.put_fd) db.put_fd(db.ctx, fd);
+            err = errno; /* reg_dmabuf_mr's, for the sentence below */
+            close(fd);
+            errno = err;
         } else {
             m->mr[k] = kvx__rdma_reg_host(re, d, base + off, (size_t)n, access);
         }

@@ -500,6 +500,44 @@ static void check_edges(void) {
 }
 
 /* Engines the transport refuses to create, with the reason. */
+
+/* KVX_CUDA_FENCE_TIMEOUT is also kvx_cuda_desc.fence_timeout_s: range-checked
+   at engine creation, the environment overriding it; and kvx_cuda_create
+   reads KVX_LOG_LEVEL as kvx_engine_create does (a bad value is refused). */
+static void fence_desc(ex_pool *host) {
+    kvx_cuda_desc cd;
+    kvx_mem_ops ops;
+    kvx_engine *e;
+    char why[512];
+    double bad[2] = {5000, -1};
+    int i;
+    memset(&cd, 0, sizeof cd);
+    for (i = 0; i < 2; i++) {
+        cd.fence_timeout_s = bad[i];
+        if (kvx_cuda_mem_ops(&ops, &cd, why, sizeof why) != KVX_OK) {
+            CHECK(0, "mem ops: %s", why);
+            return;
+        }
+        e = cx_engine(KVX_ROLE_DECODE, &host->layout, &ops, "127.0.0.1:1", why, sizeof why);
+        CHECK(!e && strstr(why, "KVX_CUDA_FENCE_TIMEOUT") && strstr(why, i ? "-1" : "5000"),
+              "fence_timeout_s = %g refused: %s", bad[i], why);
+        kvx_engine_destroy(e);
+        if (!i) {
+            setenv("KVX_CUDA_FENCE_TIMEOUT", "1.5", 1); /* the environment overrides the desc */
+            e = cx_engine(KVX_ROLE_DECODE, &host->layout, &ops, "127.0.0.1:1", why, sizeof why);
+            unsetenv("KVX_CUDA_FENCE_TIMEOUT");
+            CHECK(e != NULL, "KVX_CUDA_FENCE_TIMEOUT=1.5 overrides the desc's 5000: %s", why);
+            kvx_engine_destroy(e);
+        }
+        kvx_cuda_mem_ops_release(&ops);
+    }
+    setenv("KVX_LOG_LEVEL", "Loud", 1);
+    CHECK(kvx_cuda_mem_ops(&ops, NULL, why, sizeof why) == KVX_ERR_BAD_CONFIG &&
+              strstr(why, "KVX_LOG_LEVEL='Loud'"),
+          "kvx_cuda_create refuses KVX_LOG_LEVEL=Loud as engines do: %s", why);
+    unsetenv("KVX_LOG_LEVEL");
+    kvx_cuda_mem_ops_release(&ops);
+}
 static void check_refusals(void) {
     ex_pool host;
     ex_gpu g;
@@ -528,6 +566,7 @@ static void check_refusals(void) {
     unsetenv("KVX_CUDA_FENCE_TIMEOUT");
     CHECK(!e, "a setting that does not parse");
     CHECK_STR(why, "KVX_CUDA_FENCE_TIMEOUT");
+    fence_desc(&host);
     ex_gpu_free(&g, &host);
     ex_pool_free(&host);
     /* 600 buffers in 600 allocations: 600 * 112 bytes do not fit a hello */

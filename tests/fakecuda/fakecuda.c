@@ -1060,6 +1060,7 @@ CUresult CUDAAPI cuMemGetHandleForAddressRange(void *handle, CUdeviceptr dptr, s
                                                unsigned long long flags) {
     uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
     fc_mem *m;
+    int fd = -1;
     FC_INJECT("cuMemGetHandleForAddressRange");
     FC_CTX(NULL);
     if (!handle || handleType != CU_MEM_RANGE_HANDLE_TYPE_DMA_BUF_FD || flags > 1 || !size ||
@@ -1069,12 +1070,17 @@ CUresult CUDAAPI cuMemGetHandleForAddressRange(void *handle, CUdeviceptr dptr, s
     m = fc_find((uintptr_t)dptr, 1, NULL);
     /* the range may end at the allocation's end rounded up to a page */
     if (m && (uintptr_t)dptr + size > ((m->base + m->size + page - 1) & ~(page - 1))) m = NULL;
+    if (m && fc_env_int("FAKECUDA_DMABUF", 0) == 2 && m->fd >= 0 && (uintptr_t)dptr == m->base)
+        fd = fcntl(m->fd, F_DUPFD_CLOEXEC, 0);
     pthread_mutex_unlock(&g_mu);
     if (!m) return fc_err(CUDA_ERROR_INVALID_VALUE);
     FC_ADD(&g_st.dmabuf_calls, 1);
     __atomic_store_n(&g_st.dmabuf_last_ptr, (uint64_t)dptr, __ATOMIC_RELAXED);
     __atomic_store_n(&g_st.dmabuf_last_size, (uint64_t)size, __ATOMIC_RELAXED);
-    return fc_err(CUDA_ERROR_NOT_SUPPORTED); /* no dma-buf exporter on host memory */
+    if (fd < 0) return fc_err(CUDA_ERROR_NOT_SUPPORTED); /* no dma-buf exporter on host memory */
+    FC_ADD(&g_st.dmabuf_exports, 1);
+    *(int *)handle = fd;
+    return CUDA_SUCCESS;
 }
 
 /* >>test interface ------------------------------------------------------------- */

@@ -45,9 +45,12 @@
    - cuMemHostAlloc: anonymous mmap, tracked. cuMemGetHandleForAddressRange
      checks that the range is device memory aligned to the host page size
      (CUDA_ERROR_INVALID_VALUE otherwise), records it, and then answers
-     CUDA_ERROR_NOT_SUPPORTED: there is no dma-buf exporter here.
-     CU_DEVICE_ATTRIBUTE_DMA_BUF_SUPPORTED is FAKECUDA_DMABUF (default 0,
-     read at each query).
+     CUDA_ERROR_NOT_SUPPORTED: there is no dma-buf exporter here; except
+     with FAKECUDA_DMABUF=2, where a range that starts at an allocation of
+     this process gets a duplicate of the allocation's memfd (offset 0 =
+     the allocation's start), which softverbs' ibv_reg_dmabuf_mr maps.
+     CU_DEVICE_ATTRIBUTE_DMA_BUF_SUPPORTED is FAKECUDA_DMABUF != 0 (default
+     0, read at each query).
    - A process that forks after using the fake cannot use it in the child
      (its stream threads are gone), the same rule as the real driver.
 */
@@ -75,6 +78,7 @@ struct fakecuda_stats {
     uint64_t errors;          /* calls that returned an error */
     uint64_t dmabuf_calls;    /* cuMemGetHandleForAddressRange calls with aligned ranges */
     uint64_t dmabuf_last_ptr, dmabuf_last_size; /* that call's range */
+    uint64_t dmabuf_exports;  /* of those, answered with a file descriptor */
     /* gauges: what is alive now */
     uint64_t live_dev_allocs, live_dev_bytes;
     uint64_t live_host_allocs, live_host_bytes;

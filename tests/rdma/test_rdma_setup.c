@@ -1,7 +1,7 @@
 /* test_rdma_setup - the rdma transport in one process on softverbs:
    engine creation that fails with a clear sentence (no verbs library, a
    library that is not libibverbs, no devices, unknown device, empty GID,
-   bad settings, GPU memory without the dma-buf hook); two receivers whose
+   bad settings, GPU memory without a dma-buf op in desc.mem); two receivers whose
    completion tags collide (the second waits for the first); a broken
    idle connection on either side that the next room repairs; receivers
    and senders destroyed mid-transfer (no byte lands afterwards); a room
@@ -11,6 +11,7 @@
 #include "rdma_test.h"
 
 static char lib[4096];
+static kvx_mem_ops try_mem; /* try_engine's desc.mem */
 
 typedef struct side {
     ex_pool pool;
@@ -25,6 +26,7 @@ static kvx_engine *try_engine(kvx_role role, const kvx_layout *l, kvx_result *re
     d.role = role;
     d.transport = "rdma";
     d.layout = *l;
+    d.mem = try_mem;
     d.logger.func = rt_log;
     d.logger.level = KVX_LOG_WARN;
     d.boot.host = "127.0.0.1";
@@ -43,7 +45,6 @@ static void creation_failures(void) {
     kvx_engine *e;
     kvx_buffer gbufs[8];
     kvx_layout gl;
-    kvx_rdma_dmabuf hook;
     struct stat st;
     ex_pool_init(&p, &rt_tiny, 64, 16, 4, 1);
 
@@ -107,39 +108,30 @@ static void creation_failures(void) {
     gl.buffers = gbufs;
     e = try_engine(KVX_ROLE_DECODE, &gl, &res, why, sizeof why);
     CHECK(!e && res == KVX_ERR_INVALID_ARGUMENT &&
-          strstr(why, "GPU memory registration needs kvx_cuda.h dma-buf support") &&
-          strstr(why, "KV buffer 3"),
-          "GPU memory without the dma-buf hook: %s", why);
-    memset(&hook, 0, sizeof hook);
-    hook.get_fd = NULL;
-    kvx_rdma_set_dmabuf(&hook);
-    e = try_engine(KVX_ROLE_DECODE, &gl, &res, why, sizeof why);
-    CHECK(!e && strstr(why, "dma-buf support"), "a hook without get_fd counts as none");
-    kvx_rdma_set_dmabuf(NULL);
+          strstr(why, "GPU memory registration needs dma-buf export in desc.mem") &&
+          strstr(why, "kvx_cuda_mem_ops") && strstr(why, "KV buffer 3"),
+          "GPU memory without a dma-buf op in desc.mem: %s", why);
     ex_pool_free(&p);
 }
 
-/* A fake dma-buf exporter: softverbs refuses dma-buf registration
-   (EOPNOTSUPP), which must surface as a sentence. */
-static int fd_put_calls;
+/* A fake dma-buf exporter handing out a pipe: softverbs cannot map it
+   (EOPNOTSUPP), which must surface as a sentence; the transport closes it. */
+static int fd_given = -1;
 static kvx_result fake_get_fd(void *ctx, void *ptr, uint64_t len, int dev, int *fd, uint64_t *off,
                               char *why, size_t wl) {
+    int pp[2];
     (void)ctx; (void)ptr; (void)len; (void)dev; (void)why; (void)wl;
-    *fd = dup(0);
+    if (pipe(pp)) return KVX_ERR_TRANSPORT;
+    close(pp[1]);
+    *fd = fd_given = pp[0];
     *off = 0;
     return KVX_OK;
 }
-static void fake_put_fd(void *ctx, int fd) {
-    (void)ctx;
-    fd_put_calls++;
-    close(fd);
-}
 
-static void dmabuf_hook(void) {
+static void dmabuf_op(void) {
     ex_pool p;
     kvx_buffer gbufs[8];
     kvx_layout gl;
-    kvx_rdma_dmabuf hook;
     kvx_result res;
     char why[KVX_ERROR_MAX];
     kvx_engine *e;
@@ -148,15 +140,13 @@ static void dmabuf_hook(void) {
     gbufs[2].mem = KVX_MEM_CUDA;
     gl = p.layout;
     gl.buffers = gbufs;
-    hook.get_fd = fake_get_fd;
-    hook.put_fd = fake_put_fd;
-    hook.ctx = NULL;
-    kvx_rdma_set_dmabuf(&hook);
+    try_mem.dmabuf_fd = fake_get_fd;
     e = try_engine(KVX_ROLE_DECODE, &gl, &res, why, sizeof why);
     CHECK(!e && res == KVX_ERR_TRANSPORT && strstr(why, "cannot register KV buffer 2") &&
-          fd_put_calls == 1,
-          "GPU memory through the hook reaches ibv_reg_dmabuf_mr (softverbs refuses it): %s", why);
-    kvx_rdma_set_dmabuf(NULL);
+          fd_given >= 0 && fcntl(fd_given, F_GETFD) == -1,
+          "GPU memory through desc.mem.dmabuf_fd reaches ibv_reg_dmabuf_mr (softverbs refuses "
+          "it) and the fd is closed: %s", why);
+    memset(&try_mem, 0, sizeof try_mem);
     ex_pool_free(&p);
 }
 
@@ -464,7 +454,7 @@ int main(void) {
     setenv("SOFTVERBS_DIR", svdir, 1);
     setenv("KVX_IB_FENCE_TIMEOUT", "2", 1);
     creation_failures();
-    dmabuf_hook();
+    dmabuf_op();
     setenv("KVX_IBVERBS_LIBRARY", lib, 1);
     transfers();
     stats_api();

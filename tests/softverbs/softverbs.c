@@ -26,6 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <time.h>
@@ -302,6 +303,8 @@ struct sv_mr {
 	uint64_t len;
 	int access;
 	uint32_t key;
+	void *map;      /* ibv_reg_dmabuf_mr: the fd's mapping, unmapped at dereg */
+	size_t map_len;
 };
 
 struct sv_cqev {
@@ -1070,14 +1073,30 @@ SV_EXPORT struct ibv_mr *ibv_reg_mr_iova(struct ibv_pd *pd, void *addr, size_t l
 SV_EXPORT struct ibv_mr *ibv_reg_dmabuf_mr(struct ibv_pd *pd, uint64_t offset, size_t length,
 					   uint64_t iova, int fd, int access)
 {
-	(void)pd;
-	(void)offset;
-	(void)length;
-	(void)iova;
-	(void)fd;
-	(void)access;
-	errno = EOPNOTSUPP;
-	return NULL;
+	/* A dma-buf that mmap can map (tests/fakecuda exports its memfd as
+	   one): the MR's bytes are [offset, offset + length) of fd, at iova.
+	   Any other fd: NULL, errno EOPNOTSUPP. */
+	uint64_t page = (uint64_t)sysconf(_SC_PAGESIZE), skip = offset % page;
+	size_t map_len = (size_t)(skip + length);
+	void *map = length && fd >= 0 ? mmap(NULL, map_len, PROT_READ | PROT_WRITE, MAP_SHARED, fd,
+					     (off_t)(offset - skip))
+				      : MAP_FAILED;
+	if (map == MAP_FAILED) {
+		errno = EOPNOTSUPP;
+		return NULL;
+	}
+	struct ibv_mr *mr = ibv_reg_mr_iova2(pd, (uint8_t *)map + skip, length, iova,
+					     (unsigned int)access);
+	if (!mr) {
+		int err = errno;
+		munmap(map, map_len);
+		errno = err;
+		return NULL;
+	}
+	((struct sv_mr *)mr)->map = map;
+	((struct sv_mr *)mr)->map_len = map_len;
+	STAT_ADD(dmabuf_mrs, 1);
+	return mr;
 }
 
 SV_EXPORT int ibv_dereg_mr(struct ibv_mr *ibmr)
@@ -1092,6 +1111,8 @@ SV_EXPORT int ibv_dereg_mr(struct ibv_mr *ibmr)
 		c->mrs[slot] = NULL;
 	pthread_rwlock_unlock(&c->mr_lock);
 	__atomic_sub_fetch(&mr->pd->refs, 1, __ATOMIC_ACQ_REL);
+	if (mr->map)
+		munmap(mr->map, mr->map_len);
 	free(mr);
 	return 0;
 }

@@ -37,6 +37,7 @@ struct softverbs_stats {
 	uint64_t payload_bytes_tx;     /* all payload bytes transmitted (incl. READ responses) */
 	uint64_t cq_overflows;         /* CQEs dropped because a CQ was full */
 	uint64_t async_events;         /* async events queued */
+	uint64_t dmabuf_mrs;           /* MRs registered by ibv_reg_dmabuf_mr */
 };
 
 /* Copy the counters into *out.  Returns 0 (or -1 with errno EINVAL for NULL). */
