@@ -42,10 +42,17 @@
      KVX_AUTH_KEY             shared secret, 16..4096 bytes   (desc.auth_key, none)
      KVX_AUTH_KEY_FILE        file holding the secret; it must be owned by this
                               user with no group/other access (desc.auth_key_file)
-     A value outside its range, or one that does not parse, makes
+     Every setting is a desc field and a variable; the variable, when set
+     and not empty, overrides the field. A field of 0 (NULL) means the
+     documented default; where 0 is itself a value (a port, a switch that is
+     on by default, a retry count), the field asks for it with KVX_ZERO (-1)
+     and the variable with 0. A variable of 0 elsewhere also means the
+     default. A value outside its range, or one that does not parse, makes
      kvx_engine_create fail with KVX_ERR_BAD_CONFIG and a sentence naming the
-     variable. Transport headers document their own (KVX_FILE_*, KVX_TCP_*,
-     KVX_IB_*...).
+     variable and the field. Each header declares its settings in one table
+     that the core's kvx__settings_apply reads; transport headers document
+     their own (KVX_FILE_*, KVX_TCP_*, KVX_IB_*...). kvx_engine_settings()
+     shows the values in force.
 
    FAILURES
      A room fails once: the first result and sentence are kept, the sentence
@@ -138,6 +145,9 @@
 #define KVX_MAX_PAGES (1u << 24)
 #endif
 #define KVX_ERROR_MAX 320 /* bytes of a failure sentence, NUL included */
+/* In a desc field where 0 is a value: ask for 0 (0 itself means "default"). */
+#define KVX_ZERO (-1)
+
 #ifndef KVX_MAX_TIMEOUT_S
 #define KVX_MAX_TIMEOUT_S 1e6 /* largest timeout setting, seconds (11.5 days) */
 #endif
@@ -409,21 +419,38 @@ typedef struct kvx_boot_desc {
                                   (in the environment 0 = ephemeral) */
     double heartbeat_interval_s; /* KVX_HEARTBEAT_INTERVAL, 5 (>= 0.1; SGLang's minimum is 2) */
     int heartbeat_max_failure; /* KVX_HEARTBEAT_MAX_FAILURE, 2 */
+    const char *rank_ip;       /* KVX_BOOTSTRAP_RANK_IP: the address this rank
+                                  registers (default: the one the peer sees) */
     int tp_size, tp_rank, dp_size, dp_rank, pp_size, pp_rank, cp_size, cp_rank;
 } kvx_boot_desc;
 
 /* Settings of the tcp transport (kvx_tcp.h). */
 typedef struct kvx_tcp_desc {
-    int streams;       /* KVX_TCP_STREAMS */
+    int streams;       /* KVX_TCP_STREAMS, 4 (1 .. KVX_TCP_MAX_STREAMS) */
     const char *host;  /* KVX_TCP_HOST: address the data listener binds */
+    int segment;       /* KVX_TCP_SEGMENT, 4 MiB: bytes per data frame */
+    int sockbuf;       /* KVX_TCP_SOCKBUF, the kernel's: SO_SNDBUF/SO_RCVBUF bytes */
+    double timeout_s;  /* KVX_TCP_TIMEOUT, 60: a stream that moves nothing this long fails */
 } kvx_tcp_desc;
 
 /* Settings of the rdma transport (kvx_rdma.h). */
 typedef struct kvx_rdma_desc {
     const char *devices; /* KVX_IB_DEVICE: comma-separated, NULL = every active port */
-    int gid_index;       /* KVX_IB_GID_INDEX, -1 = auto (0 also means auto) */
-    int qps;             /* KVX_IB_QPS */
+    int gid_index;       /* KVX_IB_GID_INDEX, auto; KVX_ZERO = index 0 */
+    int qps;             /* KVX_IB_QPS, 2: queue pairs per peer and port */
     const char *library; /* KVX_IBVERBS_LIBRARY, "libibverbs.so.1" */
+    int max_msg;         /* KVX_IB_MAX_MSG, 1 MiB: largest work request */
+    int signal_every;    /* KVX_IB_SIGNAL_EVERY, 16: signalled completion period */
+    int send_depth;      /* KVX_IB_SEND_DEPTH, 1024 */
+    int recv_depth;      /* KVX_IB_RECV_DEPTH, 512 */
+    int timeout;         /* KVX_IB_TIMEOUT, 14: ack timeout exponent; KVX_ZERO = none */
+    int retry_cnt;       /* KVX_IB_RETRY_CNT, 7; KVX_ZERO = no retry */
+    int rnr_retry;       /* KVX_IB_RNR_RETRY, 7; KVX_ZERO = no retry */
+    int sl;              /* KVX_IB_SL, 0: service level */
+    int traffic_class;   /* KVX_IB_TRAFFIC_CLASS, 0 */
+    int relaxed_ordering; /* KVX_IB_RELAXED_ORDERING, on; KVX_ZERO = off */
+    double connect_timeout_s; /* KVX_IB_CONNECT_TIMEOUT, 10 */
+    double fence_timeout_s;   /* KVX_IB_FENCE_TIMEOUT, 2 */
 } kvx_rdma_desc;
 
 typedef struct kvx_backend kvx_backend;
@@ -795,6 +822,7 @@ KVX_API void kvx_workq_destroy(kvx_workq *q);
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <errno.h>
 #include <math.h>
 #include <time.h>
@@ -828,6 +856,7 @@ KVX_API void kvx_workq_destroy(kvx_workq *q);
 #define KVX__STORE(p, v) __atomic_store_n((p), (v), __ATOMIC_RELEASE)
 #define KVX__ADD(p, v) __atomic_add_fetch((p), (v), __ATOMIC_ACQ_REL)
 #define KVX__SUB(p, v) __atomic_sub_fetch((p), (v), __ATOMIC_ACQ_REL)
+#define KVX__COUNT(a) (sizeof(a) / sizeof((a)[0]))
 
 #ifdef __cplusplus
 extern "C" {
@@ -1628,6 +1657,131 @@ KVX_API kvx_result kvx_setting_int(const char *env, int *v, int def, int min, in
         return KVX_ERR_BAD_CONFIG;
     }
     *v = (int)d;
+    return KVX_OK;
+}
+
+/* >>impl: settings table ------------------------------------------------- */
+
+/* One setting: a field of a desc struct (at byte offset off), its
+   environment variable, its default and its range. Each header lists its
+   settings once in a table of these; kvx__settings_apply resolves them. */
+enum { KVX__S_INT, KVX__S_U32, KVX__S_DBL, KVX__S_STR, KVX__S_ENUM };
+typedef struct kvx__setting {
+    const char *env;   /* "KVX_TCP_SEGMENT" */
+    const char *field; /* "desc.tcp.segment", for sentences */
+    size_t off;        /* offsetof the field in the struct given to apply */
+    int kind;          /* KVX__S_*: int, uint32_t, double, const char *, int */
+    int zero;          /* 1: 0 is a value (KVX_ZERO in the field asks for it) */
+    double def, min, max; /* def is always accepted (it may mean "auto") */
+    const char *names; /* KVX__S_ENUM: "error|warn|info|debug" -> 1, 2, 3, 4 */
+} kvx__setting;
+
+#define KVX__SET_NUM(env, T, f, kind, zero, def, min, max) \
+    {env, "desc." #f, offsetof(T, f), kind, zero, def, min, max, NULL}
+#define KVX__SET_INT(env, T, f, def, min, max) \
+    KVX__SET_NUM(env, T, f, KVX__S_INT, 0, def, min, max)
+#define KVX__SET_INT0(env, T, f, def, min, max) \
+    KVX__SET_NUM(env, T, f, KVX__S_INT, 1, def, min, max)
+#define KVX__SET_U32(env, T, f, def, min, max) \
+    KVX__SET_NUM(env, T, f, KVX__S_U32, 0, def, min, max)
+#define KVX__SET_DBL(env, T, f, def, min, max) \
+    KVX__SET_NUM(env, T, f, KVX__S_DBL, 0, def, min, max)
+#define KVX__SET_STR(env, T, f) {env, "desc." #f, offsetof(T, f), KVX__S_STR, 0, 0, 0, 0, NULL}
+#define KVX__SET_ENUM(env, T, f, names) \
+    {env, "desc." #f, offsetof(T, f), KVX__S_ENUM, 0, 0, 0, 0, names}
+
+/* "warn" in "error|warn|info|debug" -> 2 (case-insensitive); 0 = none. */
+static int kvx__enum_index(const char *names, const char *v) {
+    size_t n = strlen(v);
+    int i = 1;
+    while (*names) {
+        size_t len = strcspn(names, "|");
+        if (len == n && !strncasecmp(names, v, n)) return i;
+        names += len + (names[len] == '|');
+        i++;
+    }
+    return 0;
+}
+
+/* The field's value as a double, and writing one back. */
+static double kvx__setting_get(const kvx__setting *t, const void *desc) {
+    const char *p = (const char *)desc + t->off;
+    if (t->kind == KVX__S_U32) return (double)*(const uint32_t *)(const void *)p;
+    if (t->kind == KVX__S_DBL) return *(const double *)(const void *)p;
+    return (double)*(const int *)(const void *)p;
+}
+static void kvx__setting_put(const kvx__setting *t, void *desc, double v) {
+    char *p = (char *)desc + t->off;
+    if (t->kind == KVX__S_U32) *(uint32_t *)(void *)p = (uint32_t)v;
+    else if (t->kind == KVX__S_DBL) *(double *)(void *)p = v;
+    else *(int *)(void *)p = (int)v;
+}
+
+static kvx_result kvx__setting_text(const kvx__setting *t, void *desc, const char *s, char *why,
+                                    size_t wl) {
+    void *p = (char *)desc + t->off;
+    int i;
+    if (t->kind == KVX__S_STR) {
+        if (s) *(const char **)p = s;
+        return KVX_OK;
+    }
+    if (!s) return KVX_OK;
+    if (!(i = kvx__enum_index(t->names, s))) {
+        kvx__set_why(why, wl, "%s='%s' (%s) is not one of %s", t->env, s, t->field, t->names);
+        return KVX_ERR_BAD_CONFIG;
+    }
+    *(int *)p = i;
+    return KVX_OK;
+}
+
+/* Resolves one numeric setting: the field (0 = default, KVX_ZERO = 0 where
+   0 is a value), then the variable (0 = default unless 0 is a value), then
+   the range. The result is written back into the field. */
+static kvx_result kvx__setting_num(const kvx__setting *t, void *desc, const char *s, char *why,
+                                   size_t wl) {
+    double v = kvx__setting_get(t, desc);
+    const char *from = "the field";
+    if (t->zero && v == KVX_ZERO) v = 0;
+    else if (v == 0) v = t->def;
+    if (s) {
+        char *end = NULL;
+        errno = 0;
+        v = strtod(s, &end);
+        if (errno || end == s || *end || v != v ||
+            (t->kind != KVX__S_DBL && v != (double)(long long)v)) {
+            kvx__set_why(why, wl, "%s='%.40s' (%s) is not a%s number", t->env, s, t->field,
+                         t->kind == KVX__S_DBL ? "" : " whole");
+            return KVX_ERR_BAD_CONFIG;
+        }
+        if (v == 0 && !t->zero) v = t->def;
+        from = "the variable";
+    }
+    if (v != t->def && !(v >= t->min && v <= t->max)) {
+        kvx__set_why(why, wl, "%s / %s is %g (from %s); it must lie in [%g, %g]%s", t->env,
+                     t->field, v, from, t->min, t->max,
+                     t->zero ? "" : " (0 = the default)");
+        return KVX_ERR_BAD_CONFIG;
+    }
+    kvx__setting_put(t, desc, v);
+    return KVX_OK;
+}
+
+/* Applies a settings table to desc (a struct the table's offsets refer to):
+   for each row the field, then its variable when set and not empty, then
+   the range. KVX_ERR_BAD_CONFIG with a sentence naming the variable and the
+   field on the first bad value. */
+static KVX__UNUSED kvx_result kvx__settings_apply(const kvx__setting *t, size_t n, void *desc,
+                                                  char *why, size_t wl) {
+    size_t i;
+    for (i = 0; i < n; i++) {
+        const char *s = getenv(t[i].env);
+        kvx_result r;
+        if (s && !*s) s = NULL;
+        if (t[i].kind == KVX__S_STR || t[i].kind == KVX__S_ENUM)
+            r = kvx__setting_text(&t[i], desc, s, why, wl);
+        else r = kvx__setting_num(&t[i], desc, s, why, wl);
+        if (r != KVX_OK) return r;
+    }
     return KVX_OK;
 }
 
@@ -2664,36 +2818,23 @@ static const char *kvx__own(kvx_engine *e, const char *s) {
     return c;
 }
 
+static const kvx__setting kvx__core_settings[] = {
+    KVX__SET_STR("KVX_TRANSPORT", kvx_engine_desc, transport),
+    KVX__SET_ENUM("KVX_LOG_LEVEL", kvx_engine_desc, logger.level, "error|warn|info|debug"),
+    KVX__SET_DBL("KVX_WAITING_TIMEOUT", kvx_engine_desc, waiting_timeout_s, 300, 0.001,
+                 KVX_MAX_TIMEOUT_S),
+    KVX__SET_DBL("KVX_BOOTSTRAP_TIMEOUT", kvx_engine_desc, bootstrap_timeout_s, 300, 0.001,
+                 KVX_MAX_TIMEOUT_S),
+    KVX__SET_U32("KVX_POLL_INTERVAL_US", kvx_engine_desc, poll_interval_us, 1000, 1, 1000000),
+    KVX__SET_STR("KVX_AUTH_KEY", kvx_engine_desc, auth_key),
+    KVX__SET_STR("KVX_AUTH_KEY_FILE", kvx_engine_desc, auth_key_file),
+};
+
 static kvx_result kvx__apply_env(kvx_engine_desc *d, char *why, size_t wl) {
-    const char *lvl = NULL;
-    int ival;
-    kvx_result r;
-    kvx_env_str("KVX_TRANSPORT", &d->transport);
-    kvx_env_str("KVX_LOG_LEVEL", &lvl);
-    if (lvl) {
-        if (!strcmp(lvl, "error")) d->logger.level = KVX_LOG_ERROR;
-        else if (!strcmp(lvl, "warn")) d->logger.level = KVX_LOG_WARN;
-        else if (!strcmp(lvl, "info")) d->logger.level = KVX_LOG_INFO;
-        else if (!strcmp(lvl, "debug")) d->logger.level = KVX_LOG_DEBUG;
-        else {
-            kvx__set_why(why, wl, "KVX_LOG_LEVEL='%s' is not one of error, warn, info, debug", lvl);
-            return KVX_ERR_BAD_CONFIG;
-        }
-    }
-    r = kvx_setting_double("KVX_WAITING_TIMEOUT", &d->waiting_timeout_s, 300, 0.001,
-                           KVX_MAX_TIMEOUT_S, why, wl);
-    if (r) return r;
-    r = kvx_setting_double("KVX_BOOTSTRAP_TIMEOUT", &d->bootstrap_timeout_s, 300, 0.001,
-                           KVX_MAX_TIMEOUT_S, why, wl);
-    if (r) return r;
-    ival = d->poll_interval_us > 1000000 ? -1 : (int)d->poll_interval_us;
-    r = kvx_setting_int("KVX_POLL_INTERVAL_US", &ival, 1000, 1, 1000000, why, wl);
-    if (r) return r;
-    d->poll_interval_us = (uint32_t)ival;
-    if (!d->logger.level) d->logger.level = KVX_LOG_WARN;
-    kvx_env_str("KVX_AUTH_KEY", &d->auth_key);
-    kvx_env_str("KVX_AUTH_KEY_FILE", &d->auth_key_file);
-    return KVX_OK;
+    kvx_result r = kvx__settings_apply(kvx__core_settings, KVX__COUNT(kvx__core_settings), d,
+                                       why, wl);
+    if (r == KVX_OK && !d->logger.level) d->logger.level = KVX_LOG_WARN;
+    return r;
 }
 
 /* Reads the secret: from desc.auth_key, or from a key file that only this

@@ -6,8 +6,9 @@ reads is documented, and every documented one is read.
 
 Rules (see tests/README.md):
 
-- A variable is READ when a string literal "KVX_NAME" is the first argument
-  of a reader: getenv/secure_getenv, or any function that passes its own
+- A variable is READ when it starts a settings-table row
+  (KVX__SET_INT("KVX_NAME", ...), kvx.h's kvx__settings_apply reads them),
+  or when a string literal "KVX_NAME" is the first argument of a reader: getenv/secure_getenv, or any function that passes its own
   (non-literal) first argument on to a reader - found by a fixpoint over the
   seven headers, so a new wrapper (kvx_setting_int, kvx__rdma_env_int...) is
   followed without naming it here. A reader called with anything else (a
@@ -226,10 +227,16 @@ def main():
                 pass    # a wrapper passing its parameter on
             elif param.fullmatch(arg):
                 pass    # the reader's own declaration
+            elif enclosing(funcs[h], m.start()) == "kvx__settings_apply":
+                pass    # the table walker: its rows are read below
             elif not re.fullmatch(r'"[^"]*"', arg) or arg.startswith('"KVX_'):
                 check(False, "%s:%d: %s(%s ...) reads a variable this check cannot name "
                       "(build the name as one string literal)"
                       % (h, line_of(src[h], m.start()), m.group(1), arg))
+    # Settings-table rows: KVX__SET_INT("KVX_NAME", ...) and its siblings.
+    for h in src:
+        for m in re.finditer(r'\bKVX__SET_[A-Z0-9]+\s*\(\s*"(KVX_[A-Z0-9_]+)"', code[h]):
+            read.setdefault(m.group(1), set()).add(h)
     check(len(read) > 0, "found the variables the headers read: %d through %s"
           % (len(read), ", ".join(sorted(readers))))
 
