@@ -8,35 +8,35 @@
 #include "../../kvx.h"
 #include "../kvx_test.h"
 
+/* ip:port -> sockaddr -> text (want) -> host and port -> the same address. */
+static void round_trip(int family, const char *ip, int port, const char *want) {
+    struct sockaddr_storage ss, back;
+    struct sockaddr_in *a4 = (struct sockaddr_in *)&ss;
+    struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)&ss;
+    void *addr = family == AF_INET ? (void *)&a4->sin_addr : (void *)&a6->sin6_addr;
+    char text[128], host[64];
+    int got = -1;
+    memset(&ss, 0, sizeof ss);
+    ss.ss_family = (sa_family_t)family;
+    if (family == AF_INET) a4->sin_port = htons((uint16_t)port);
+    else a6->sin6_port = htons((uint16_t)port);
+    inet_pton(family, ip, addr);
+    kvx__sa_str((struct sockaddr *)&ss, text, sizeof text);
+    CHECK(!strcmp(text, want), "text '%s', expected '%s'", text, want);
+    CHECK(kvx__addr_split(text, host, sizeof host, &got, 1) == 0 && got == port &&
+              inet_pton(family, host, &back) == 1 && !memcmp(&back, addr, family == AF_INET ? 4 : 16),
+          "'%s' splits back to host '%s' port %d", text, host, got);
+}
+
 static void test_addr_text(void) {
-    struct sockaddr_in a4;
-    struct sockaddr_in6 a6;
     struct sockaddr_storage other;
     char text[128], host[64];
     int port = -1;
-    memset(&a4, 0, sizeof a4);
-    a4.sin_family = AF_INET;
-    a4.sin_port = htons(8080);
-    inet_pton(AF_INET, "127.0.0.1", &a4.sin_addr);
-    kvx__sa_str((struct sockaddr *)&a4, text, sizeof text);
-    CHECK(!strcmp(text, "127.0.0.1:8080"), "ipv4 text '%s'", text);
-    CHECK(kvx__addr_split(text, host, sizeof host, &port, 1) == 0 && !strcmp(host, "127.0.0.1") &&
-              port == 8080, "ipv4 round trip: '%s' %d", host, port);
-
-    memset(&a6, 0, sizeof a6);
-    a6.sin6_family = AF_INET6;
-    a6.sin6_port = htons(443);
-    inet_pton(AF_INET6, "fe80::1:2", &a6.sin6_addr);
-    kvx__sa_str((struct sockaddr *)&a6, text, sizeof text);
-    CHECK(!strcmp(text, "[fe80::1:2]:443"), "ipv6 text '%s'", text);
-    CHECK(kvx__addr_split(text, host, sizeof host, &port, 1) == 0 && !strcmp(host, "fe80::1:2") &&
-              port == 443, "ipv6 round trip: '%s' %d", host, port);
-    {
-        struct sockaddr_in6 back;
-        memset(&back, 0, sizeof back);
-        CHECK(inet_pton(AF_INET6, host, &back.sin6_addr) == 1 &&
-                  !memcmp(&back.sin6_addr, &a6.sin6_addr, 16), "ipv6 host parses back to the same address");
-    }
+    round_trip(AF_INET, "127.0.0.1", 8080, "127.0.0.1:8080");
+    round_trip(AF_INET, "10.1.2.3", 0, "10.1.2.3:0");
+    round_trip(AF_INET6, "fe80::1:2", 443, "[fe80::1:2]:443");
+    round_trip(AF_INET6, "::1", 65535, "[::1]:65535");
+    round_trip(AF_INET6, "::ffff:127.0.0.1", 1, "[::ffff:127.0.0.1]:1");
     memset(&other, 0, sizeof other);
     other.ss_family = AF_UNIX;
     kvx__sa_str((struct sockaddr *)&other, text, sizeof text);
