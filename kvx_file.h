@@ -632,7 +632,7 @@ static kvx_result kvx__plan_io(const kvx_layout *l, const kvx_plan *p, int to_fi
         if (!n) return KVX_ERR_CORRUPT; /* plan does not cover the range */
         if (to_file && crc)
             for (k = 0; k < n; k++) c = kvx_crc32c(c, iov[k].iov_base, iov[k].iov_len);
-        memcpy(work, iov, (size_t)n * sizeof *iov); /* consumed; iov stays whole for the CRC */
+        for (k = 0; k < n; k++) work[k] = iov[k]; /* consumed; iov stays whole for the CRC */
         if ((e = kvx__piov_full(fd, work, n, start, want, to_file)) != 0) {
             *err_out = e > 0 ? e : 0;
             return e > 0 ? kvx__errno_result(e) : KVX_ERR_CORRUPT; /* short file */
