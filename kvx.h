@@ -984,6 +984,274 @@ static KVX__UNUSED void kvx__abstime(struct timespec *ts, uint64_t ns) {
     ts->tv_nsec = (long)(ns % 1000000000ull);
 }
 
+/* >>posix io -------------------------------------------------------------- */
+
+/* The socket, wake-up and file I/O plumbing every header shares (boot, tcp,
+   rdma, file, store). Deadlines are kvx_now_ns() values (CLOCK_MONOTONIC);
+   functions return 0 or an errno and keep errno's meaning, so each caller
+   words its own sentence; kvx__errstr turns a code into text. */
+#ifdef __cplusplus
+}
+#endif
+#include <poll.h>
+#include <netdb.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <arpa/inet.h>
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Stops a wait early when it returns nonzero (polled every 100 ms). */
+typedef int (*kvx__stop_fn)(void *arg);
+
+/* Text of an errno, shorter for the usual network ones; a negative value
+   is a getaddrinfo code (kvx__listen's unresolvable host). */
+static KVX__UNUSED const char *kvx__errstr(int err) {
+    switch (err) {
+    case ECONNREFUSED: return "connection refused";
+    case ETIMEDOUT: return "timed out";
+    case ECONNRESET: return "connection reset by peer";
+    case EHOSTUNREACH: return "host unreachable or unknown";
+    case ENETUNREACH: return "network unreachable";
+    default: return err < 0 ? gai_strerror(err) : strerror(err);
+    }
+}
+
+/* "ip:port" or "[ip6]:port"; "?" for other families. */
+static KVX__UNUSED void kvx__sa_str(const struct sockaddr *sa, char *out, size_t n) {
+    char ip[INET6_ADDRSTRLEN] = "?";
+    if (sa->sa_family == AF_INET) {
+        const struct sockaddr_in *a = (const struct sockaddr_in *)(const void *)sa;
+        inet_ntop(AF_INET, &a->sin_addr, ip, sizeof ip);
+        snprintf(out, n, "%s:%d", ip, ntohs(a->sin_port));
+    } else if (sa->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)(const void *)sa;
+        inet_ntop(AF_INET6, &a->sin6_addr, ip, sizeof ip);
+        snprintf(out, n, "[%s]:%d", ip, ntohs(a->sin6_port));
+    } else {
+        snprintf(out, n, "?");
+    }
+}
+
+/* Splits "host:port", "[v6]:port", "http://host:port/..." or "host" (port
+   defport). 0, or -1 when malformed or the host does not fit hl. */
+static KVX__UNUSED int kvx__addr_split(const char *addr, char *host, size_t hl, int *port,
+                                       int defport) {
+    const char *s = addr, *h, *he, *pp = NULL;
+    size_t n;
+    if (!addr) return -1;
+    if (!strncmp(s, "http://", 7)) s += 7;
+    if (*s == '[') {
+        h = s + 1;
+        he = strchr(h, ']');
+        if (!he) return -1;
+        if (he[1] == ':') pp = he + 2;
+        else if (he[1] && he[1] != '/') return -1;
+    } else {
+        const char *c = strchr(s, ':');
+        h = s;
+        he = c ? c : s + strcspn(s, "/");
+        if (c) pp = c + 1;
+    }
+    n = (size_t)(he - h);
+    if (n == 0 || n >= hl) return -1;
+    memcpy(host, h, n);
+    host[n] = 0;
+    *port = defport;
+    if (pp) {
+        long v = 0;
+        int digits = 0;
+        while (*pp >= '0' && *pp <= '9' && digits < 6) { v = v * 10 + (*pp - '0'); pp++; digits++; }
+        if (!digits || (*pp && *pp != '/') || v > 65535) return -1;
+        *port = (int)v;
+    }
+    return 0;
+}
+
+static KVX__UNUSED void kvx__nonblock(int fd, int on) {
+    int fl = fcntl(fd, F_GETFL, 0);
+    if (fl >= 0) fcntl(fd, F_SETFL, on ? fl | O_NONBLOCK : fl & ~O_NONBLOCK);
+}
+static KVX__UNUSED void kvx__nodelay(int fd) {
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+}
+
+/* Waits for the events ev on fd. 0 ready; -1 with errno ETIMEDOUT at the
+   deadline, ECANCELED when stop (may be NULL) said so, or poll's errno. */
+static KVX__UNUSED int kvx__wait_fd(int fd, short ev, uint64_t deadline_ns, kvx__stop_fn stop,
+                                    void *arg) {
+    for (;;) {
+        struct pollfd p;
+        uint64_t now = kvx_now_ns(), ms;
+        int rc;
+        if (stop && stop(arg)) { errno = ECANCELED; return -1; }
+        if (now >= deadline_ns) { errno = ETIMEDOUT; return -1; }
+        ms = (deadline_ns - now + 999999) / 1000000;
+        if (ms > (stop ? 100u : 1000000u)) ms = stop ? 100u : 1000000u;
+        p.fd = fd; p.events = ev; p.revents = 0;
+        rc = poll(&p, 1, (int)ms);
+        if (rc > 0) return 0;
+        if (rc < 0 && errno != EINTR) return -1;
+    }
+}
+
+/* A TCP connection to host:port made before deadline_ns: non-blocking,
+   close-on-exec, TCP_NODELAY. The fd, or -1 with *err the errno of the
+   last address tried (EHOSTUNREACH when host does not resolve). */
+static KVX__UNUSED int kvx__connect(const char *host, int port, uint64_t deadline_ns,
+                                    kvx__stop_fn stop, void *arg, int *err) {
+    struct addrinfo hints, *res = NULL, *ai;
+    char ps[16];
+    int fd = -1;
+    memset(&hints, 0, sizeof hints);
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_NUMERICSERV;
+    snprintf(ps, sizeof ps, "%d", port);
+    *err = ECONNREFUSED;
+    if (getaddrinfo(host, ps, &hints, &res) != 0) { *err = EHOSTUNREACH; return -1; }
+    for (ai = res; ai; ai = ai->ai_next) {
+        int so = 0;
+        socklen_t sl = sizeof so;
+        fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+        if (fd < 0) { *err = errno; continue; }
+        if (connect(fd, ai->ai_addr, ai->ai_addrlen) == 0) break;
+        if (errno != EINPROGRESS) *err = errno;
+        else if (kvx__wait_fd(fd, POLLOUT, deadline_ns, stop, arg)) *err = errno;
+        else if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &so, &sl)) *err = errno;
+        else if (so) *err = so;
+        else break;
+        close(fd);
+        fd = -1;
+    }
+    freeaddrinfo(res);
+    if (fd >= 0) kvx__nodelay(fd);
+    return fd;
+}
+
+/* A non-blocking, close-on-exec listener on host:port ("" or NULL: every
+   address; port 0: any free port, *bound says which). The fd, or -1 with
+   *err an errno, or a negative getaddrinfo code when host does not resolve. */
+static KVX__UNUSED int kvx__listen(const char *host, int port, int backlog, int *bound, int *err) {
+    struct addrinfo hints, *res = NULL, *ai;
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof ss;
+    char ps[16];
+    int fd = -1, one = 1;
+    memset(&hints, 0, sizeof hints);
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+    snprintf(ps, sizeof ps, "%d", port);
+    if ((*err = getaddrinfo(host && host[0] ? host : NULL, ps, &hints, &res)) != 0) return -1;
+    *err = EADDRNOTAVAIL;
+    for (ai = res; ai; ai = ai->ai_next) {
+        fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+        if (fd < 0) { *err = errno; continue; }
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+        if (bind(fd, ai->ai_addr, ai->ai_addrlen) == 0 && listen(fd, backlog) == 0 &&
+            getsockname(fd, (struct sockaddr *)&ss, &sl) == 0)
+            break;
+        *err = errno;
+        close(fd);
+        fd = -1;
+    }
+    freeaddrinfo(res);
+    if (fd < 0) return -1;
+    *bound = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)(void *)&ss)->sin6_port
+                                            : ((struct sockaddr_in *)(void *)&ss)->sin_port);
+    *err = 0;
+    return fd;
+}
+
+/* Sends all n bytes before deadline_ns (MSG_NOSIGNAL: a closed peer is an
+   error, not a signal). 0, or -1 with errno. */
+static KVX__UNUSED int kvx__send_all(int fd, const void *p, size_t n, uint64_t deadline_ns) {
+    const char *s = (const char *)p;
+    while (n) {
+        ssize_t w = send(fd, s, n, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (w > 0) { s += w; n -= (size_t)w; continue; }
+        if (w < 0 && errno == EINTR) continue;
+        if (w == 0 || (errno != EAGAIN && errno != EWOULDBLOCK)) return -1;
+        if (kvx__wait_fd(fd, POLLOUT, deadline_ns, NULL, NULL)) return -1;
+    }
+    return 0;
+}
+
+/* A wake-up object: a non-blocking, close-on-exec pipe. A thread polls rd,
+   others kvx__wake(wr) it; the woken thread kvx__drain(rd)s it. */
+static KVX__UNUSED int kvx__pipe(int *rd, int *wr) {
+    int p[2];
+    if (pipe2(p, O_NONBLOCK | O_CLOEXEC)) return -1;
+    *rd = p[0];
+    *wr = p[1];
+    return 0;
+}
+static KVX__UNUSED void kvx__wake(int wr) {
+    char c = 1;
+    ssize_t k = write(wr, &c, 1);
+    (void)k; /* a full pipe already wakes the reader */
+}
+static KVX__UNUSED void kvx__drain(int rd) {
+    char buf[64];
+    while (read(rd, buf, sizeof buf) > 0) {}
+}
+
+/* Moves an iovec array past `done` bytes of a partial writev/readv: whole
+   entries are dropped, the first remaining one is trimmed. */
+static KVX__UNUSED void kvx__iov_advance(struct iovec **v, int *n, size_t done) {
+    while (*n && done >= (*v)->iov_len) {
+        done -= (*v)->iov_len;
+        (*v)++;
+        (*n)--;
+    }
+    if (*n && done) {
+        (*v)->iov_base = (char *)(*v)->iov_base + done;
+        (*v)->iov_len -= done;
+    }
+}
+
+/* Reads (write 0) or writes exactly len bytes at off through the iovec
+   list, which is consumed. 0, an errno, or -1 for a short read (end of file). */
+static KVX__UNUSED int kvx__piov_full(int fd, struct iovec *v, int vn, uint64_t off, uint64_t len,
+                                      int write) {
+    while (len) {
+        ssize_t done = write ? pwritev(fd, v, vn, (off_t)off) : preadv(fd, v, vn, (off_t)off);
+        if (done < 0 && errno == EINTR) continue;
+        if (done < 0) return errno ? errno : EIO;
+        if (done == 0) return write ? EIO : -1;
+        len -= (uint64_t)done;
+        off += (uint64_t)done;
+        kvx__iov_advance(&v, &vn, (size_t)done);
+    }
+    return 0;
+}
+static KVX__UNUSED int kvx__pio(int fd, void *buf, size_t len, uint64_t off, int write) {
+    struct iovec v;
+    v.iov_base = buf;
+    v.iov_len = len;
+    return kvx__piov_full(fd, &v, 1, off, len, write);
+}
+
+/* Writes all of p to a file (or pipe) at its position. 0 or an errno. */
+static KVX__UNUSED int kvx__write_all(int fd, const void *p, size_t n) {
+    const char *s = (const char *)p;
+    while (n) {
+        ssize_t w = write(fd, s, n);
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) return w < 0 ? errno : EIO;
+        s += w;
+        n -= (size_t)w;
+    }
+    return 0;
+}
+
+/* <<posix io */
+
 static uint32_t kvx__crc_table[8][256];
 static pthread_once_t kvx__crc_once = PTHREAD_ONCE_INIT;
 static int kvx__crc_hw;

@@ -1429,48 +1429,6 @@ KVX_API int kvx_boot_engine_port(const kvx_engine *e) { return kvx_boot_port(kvx
 
 /* >>boot: sockets ------------------------------------------------------------ */
 
-static void kvx__boot_nonblock(int fd) {
-    int fl = fcntl(fd, F_GETFL, 0);
-    if (fl >= 0) fcntl(fd, F_SETFL, fl | O_NONBLOCK);
-}
-static void kvx__boot_nodelay(int fd) {
-    int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-}
-
-/* "host:port", "[v6]:port", "http://host:port/...", "host" (default port). */
-static int kvx__boot_split(const char *addr, char *host, size_t hl, int *port, int defport) {
-    const char *s = addr, *h, *he, *pp = NULL;
-    size_t n;
-    if (!addr) return -1;
-    if (!strncmp(s, "http://", 7)) s += 7;
-    if (*s == '[') {
-        h = s + 1;
-        he = strchr(h, ']');
-        if (!he) return -1;
-        if (he[1] == ':') pp = he + 2;
-        else if (he[1] && he[1] != '/') return -1;
-    } else {
-        const char *c = strchr(s, ':');
-        h = s;
-        he = c ? c : s + strcspn(s, "/");
-        if (c) pp = c + 1;
-    }
-    n = (size_t)(he - h);
-    if (n == 0 || n >= hl) return -1;
-    memcpy(host, h, n);
-    host[n] = 0;
-    *port = defport;
-    if (pp) {
-        long v = 0;
-        int digits = 0;
-        while (*pp >= '0' && *pp <= '9' && digits < 6) { v = v * 10 + (*pp - '0'); pp++; digits++; }
-        if (!digits || (*pp && *pp != '/') || v > 65535) return -1;
-        *port = (int)v;
-    }
-    return 0;
-}
-
 /* 127.0.0.0/8, ::1 or ::ffff:127.0.0.0/104. */
 static int kvx__boot_is_loopback(const struct sockaddr *sa) {
     if (sa->sa_family == AF_INET) {
@@ -1486,132 +1444,13 @@ static int kvx__boot_is_loopback(const struct sockaddr *sa) {
     return 0;
 }
 
-static void kvx__boot_sa_str(const struct sockaddr *sa, char *out, size_t n) {
-    char ip[INET6_ADDRSTRLEN] = "?";
-    int port = 0;
-    if (sa->sa_family == AF_INET) {
-        const struct sockaddr_in *a = (const struct sockaddr_in *)(const void *)sa;
-        inet_ntop(AF_INET, &a->sin_addr, ip, sizeof ip);
-        port = ntohs(a->sin_port);
-        snprintf(out, n, "%s:%d", ip, port);
-    } else if (sa->sa_family == AF_INET6) {
-        const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)(const void *)sa;
-        inet_ntop(AF_INET6, &a->sin6_addr, ip, sizeof ip);
-        port = ntohs(a->sin6_port);
-        snprintf(out, n, "[%s]:%d", ip, port);
-    } else {
-        snprintf(out, n, "?");
-    }
-}
-
 static kvx_result kvx__boot_listen(const char *host, int port, const char *what, int *fd_out,
                                    int *bound, char *why, size_t wl) {
-    struct addrinfo hints, *res = NULL, *ai;
-    char ps[16];
-    int fd = -1, err = 0, gai;
-    memset(&hints, 0, sizeof hints);
-    hints.ai_family = AF_UNSPEC;
-    hints.ai_socktype = SOCK_STREAM;
-    hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
-    snprintf(ps, sizeof ps, "%d", port);
-    gai = getaddrinfo(host[0] ? host : NULL, ps, &hints, &res);
-    if (gai) {
-        kvx__set_why(why, wl, "cannot listen on %s:%d for the %s: %s", host, port, what,
-                     gai_strerror(gai));
-        return KVX_ERR_IO;
-    }
-    for (ai = res; ai; ai = ai->ai_next) {
-        int one = 1;
-        fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, 0);
-        if (fd < 0) { err = errno; continue; }
-        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-        if (bind(fd, ai->ai_addr, ai->ai_addrlen) == 0 && listen(fd, 1024) == 0) break;
-        err = errno;
-        close(fd);
-        fd = -1;
-    }
-    freeaddrinfo(res);
-    if (fd < 0) {
-        kvx__set_why(why, wl, "cannot listen on %s:%d for the %s: %s%s", host, port, what,
-                     strerror(err),
-                     err == EADDRINUSE ? " (another process has this port; set KVX_BOOTSTRAP_PORT)" : "");
-        return KVX_ERR_IO;
-    }
-    kvx__boot_nonblock(fd);
-    {
-        struct sockaddr_storage ss;
-        socklen_t sl = sizeof ss;
-        getsockname(fd, (struct sockaddr *)&ss, &sl);
-        *bound = ss.ss_family == AF_INET6 ? ntohs(((struct sockaddr_in6 *)(void *)&ss)->sin6_port)
-                                          : ntohs(((struct sockaddr_in *)(void *)&ss)->sin_port);
-    }
-    *fd_out = fd;
-    return KVX_OK;
-}
-
-static int kvx__boot_wait_fd(int fd, short ev, uint64_t deadline_ns) {
-    for (;;) {
-        struct pollfd p;
-        uint64_t now = kvx_now_ns();
-        int ms, rc;
-        if (now >= deadline_ns) { errno = ETIMEDOUT; return -1; }
-        ms = (int)((deadline_ns - now + 999999) / 1000000);
-        p.fd = fd; p.events = ev; p.revents = 0;
-        rc = poll(&p, 1, ms);
-        if (rc > 0) return 0;
-        if (rc < 0 && errno != EINTR) return -1;
-    }
-}
-
-/* Non-blocking connect with a deadline; the fd stays non-blocking. */
-static int kvx__boot_connect(const char *host, int port, uint64_t deadline_ns, int *err_out) {
-    struct addrinfo hints, *res = NULL, *ai;
-    char ps[16];
-    int fd = -1, err = ECONNREFUSED;
-    memset(&hints, 0, sizeof hints);
-    hints.ai_family = AF_UNSPEC;
-    hints.ai_socktype = SOCK_STREAM;
-    hints.ai_flags = AI_NUMERICSERV;
-    snprintf(ps, sizeof ps, "%d", port);
-    if (getaddrinfo(host, ps, &hints, &res) != 0) { *err_out = EHOSTUNREACH; return -1; }
-    for (ai = res; ai; ai = ai->ai_next) {
-        int rc;
-        fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-        if (fd < 0) { err = errno; continue; }
-        rc = connect(fd, ai->ai_addr, ai->ai_addrlen);
-        if (rc < 0 && errno == EINPROGRESS) {
-            int soerr = 0;
-            socklen_t sl = sizeof soerr;
-            if (kvx__boot_wait_fd(fd, POLLOUT, deadline_ns) == 0 &&
-                getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &sl) == 0 && soerr == 0)
-                rc = 0;
-            else err = soerr ? soerr : errno;
-        } else if (rc < 0) {
-            err = errno;
-        }
-        if (rc == 0) break;
-        close(fd);
-        fd = -1;
-    }
-    freeaddrinfo(res);
-    if (fd >= 0) kvx__boot_nodelay(fd);
-    else *err_out = err;
-    return fd;
-}
-
-static int kvx__boot_send_all(int fd, const void *p, size_t n, uint64_t deadline_ns) {
-    const char *s = (const char *)p;
-    while (n) {
-        ssize_t w = send(fd, s, n, MSG_NOSIGNAL);
-        if (w > 0) { s += w; n -= (size_t)w; continue; }
-        if (w < 0 && errno == EINTR) continue;
-        if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-            if (kvx__boot_wait_fd(fd, POLLOUT, deadline_ns)) return -1;
-            continue;
-        }
-        return -1;
-    }
-    return 0;
+    int err;
+    if ((*fd_out = kvx__listen(host, port, 1024, bound, &err)) >= 0) return KVX_OK;
+    kvx__set_why(why, wl, "cannot listen on %s:%d for the %s: %s%s", host, port, what, kvx__errstr(err),
+                 err == EADDRINUSE ? " (another process has this port; set KVX_BOOTSTRAP_PORT)" : "");
+    return KVX_ERR_IO;
 }
 
 /* Reads until n bytes, EOF or the deadline. Returns bytes read, -1 on error. */
@@ -1621,18 +1460,7 @@ static ssize_t kvx__boot_recv_some(int fd, void *p, size_t n, uint64_t deadline_
         if (r >= 0) return r;
         if (errno == EINTR) continue;
         if (errno != EAGAIN && errno != EWOULDBLOCK) return -1;
-        if (kvx__boot_wait_fd(fd, POLLIN, deadline_ns)) return -1;
-    }
-}
-
-static const char *kvx__boot_errstr(int err) {
-    switch (err) {
-    case ECONNREFUSED: return "connection refused";
-    case ETIMEDOUT: return "timed out";
-    case ECONNRESET: return "connection reset by peer";
-    case EHOSTUNREACH: return "host unreachable or unknown";
-    case ENETUNREACH: return "network unreachable";
-    default: return strerror(err);
+        if (kvx__wait_fd(fd, POLLIN, deadline_ns, NULL, NULL)) return -1;
     }
 }
 
@@ -1651,10 +1479,10 @@ static kvx_result kvx__boot_http_call(const char *host, int port, const char *me
     uint64_t clen = UINT64_MAX;
     *refused = 0;
     *status = 0;
-    fd = kvx__boot_connect(host, port, deadline, &e);
+    fd = kvx__connect(host, port, deadline, NULL, NULL, &e);
     if (fd < 0) {
         *refused = e == ECONNREFUSED;
-        snprintf(err, el, "%s", kvx__boot_errstr(e));
+        snprintf(err, el, "%s", kvx__errstr(e));
         return KVX_ERR_PEER;
     }
     memset(&req, 0, sizeof req);
@@ -1665,8 +1493,8 @@ static kvx_result kvx__boot_http_call(const char *host, int port, const char *me
                    strchr(host, ':') ? "]" : "", port, KVX_VERSION_MAJOR, KVX_VERSION_MINOR, blen,
                    blen ? "Content-Type: application/json\r\n" : "", extra ? extra : "");
     if (blen) kvx__boot_put(&req, body, blen);
-    if (req.oom || kvx__boot_send_all(fd, req.data, req.len, deadline)) {
-        snprintf(err, el, "cannot send the request: %s", req.oom ? "out of memory" : kvx__boot_errstr(errno));
+    if (req.oom || kvx__send_all(fd, req.data, req.len, deadline)) {
+        snprintf(err, el, "cannot send the request: %s", req.oom ? "out of memory" : kvx__errstr(errno));
         goto fail;
     }
     for (;;) {
@@ -1674,7 +1502,7 @@ static kvx_result kvx__boot_http_call(const char *host, int port, const char *me
         ssize_t r;
         if (hend && in.len - hend >= clen) break;
         r = kvx__boot_recv_some(fd, tmp, sizeof tmp, deadline);
-        if (r < 0) { snprintf(err, el, "no answer: %s", kvx__boot_errstr(errno)); goto fail; }
+        if (r < 0) { snprintf(err, el, "no answer: %s", kvx__errstr(errno)); goto fail; }
         if (r == 0) break;
         kvx__boot_put(&in, tmp, (size_t)r);
         if (in.oom || in.len > (1u << 20)) { snprintf(err, el, "answer too large"); goto fail; }
@@ -1780,11 +1608,7 @@ static void kvx__boot_conn_unref(kvx__boot_conn *c) {
 }
 
 static void kvx__boot_wake(kvx_boot *b) {
-    if (__atomic_exchange_n(&b->wake_pending, 1, __ATOMIC_ACQ_REL) == 0) {
-        char x = 1;
-        ssize_t r = write(b->wake_wr, &x, 1);
-        (void)r;
-    }
+    if (__atomic_exchange_n(&b->wake_pending, 1, __ATOMIC_ACQ_REL) == 0) kvx__wake(b->wake_wr);
 }
 
 /* Closes the fd (I/O thread, or the owner before the connection is shared). */
@@ -3399,7 +3223,7 @@ static void kvx__boot_ctrl_readable(kvx_boot *b, kvx__boot_conn *c) {
         if (r == 0) { kvx__boot_drop(b, c, "the peer closed the connection"); return; }
         if (errno == EINTR) continue;
         if (errno == EAGAIN || errno == EWOULDBLOCK) return;
-        kvx__boot_drop(b, c, kvx__boot_errstr(errno));
+        kvx__boot_drop(b, c, kvx__errstr(errno));
         return;
     }
 }
@@ -3464,11 +3288,11 @@ static void kvx__boot_accept(kvx_boot *b, kvx__boot_conn *l) {
             else close(fd);
             continue;
         }
-        kvx__boot_sa_str((struct sockaddr *)&ss, c->addr, sizeof c->addr);
+        kvx__sa_str((struct sockaddr *)&ss, c->addr, sizeof c->addr);
         c->loopback = kvx__boot_is_loopback((struct sockaddr *)&ss);
         c->deadline_ns = kvx_now_ns() + (uint64_t)KVX_BOOT_READ_TIMEOUT_MS * 1000000ull;
         if (c->kind == KVX__BOOT_K_CTRL) {
-            kvx__boot_nodelay(fd);
+            kvx__nodelay(fd);
             KVX__ADD(&b->nctrl, 1);
         } else {
             b->nhttp++;
@@ -3487,7 +3311,7 @@ static void kvx__boot_io_event(kvx_boot *b, kvx__boot_conn *c, short rev) {
     case KVX__BOOT_K_CTRL:
         if (rev & POLLOUT) {
             int err = kvx__boot_conn_flush(c);
-            if (err) { kvx__boot_drop(b, c, kvx__boot_errstr(err)); return; }
+            if (err) { kvx__boot_drop(b, c, kvx__errstr(err)); return; }
         }
         if (rev & (POLLIN | POLLHUP | POLLERR)) kvx__boot_ctrl_readable(b, c);
         break;
@@ -3758,9 +3582,9 @@ static int kvx__boot_check_auth(kvx_boot *b, const kvx_boot_hello *h, const uint
     }
     kvx__boot_hdr(frame, KVX_BOOT_PROOF, KVX_BOOT_FRAME_AUTH);
     kvx_auth_proof(b->key, b->key_len, "kvx-boot-client", h->nonce, nonce, frame + KVX__BOOT_HDR);
-    if (kvx__boot_send_all(fd, frame, sizeof frame, deadline)) {
+    if (kvx__send_all(fd, frame, sizeof frame, deadline)) {
         kvx__set_why(why, wl, "cannot send the authentication frame to prefill rank %s:%d: %s", ip,
-                     port, kvx__boot_errstr(errno));
+                     port, kvx__errstr(errno));
         return -1;
     }
     return 0;
@@ -3787,8 +3611,8 @@ static kvx_result kvx__boot_ctrl_connect(kvx_boot *b, kvx__boot_pf *p, const cha
             return KVX_ERR_ABORTED;
         }
         deadline = kvx_now_ns() + (uint64_t)(KVX__BOOT_HTTP_TIMEOUT_S * 1e9);
-        fd = kvx__boot_connect(ip, port, deadline, &e);
-        if (fd < 0) { snprintf(err, sizeof err, "%s", kvx__boot_errstr(e)); continue; }
+        fd = kvx__connect(ip, port, deadline, NULL, NULL, &e);
+        if (fd < 0) { snprintf(err, sizeof err, "%s", kvx__errstr(e)); continue; }
         if (b->key) { /* keyed hello: our fresh nonce is the challenge */
             kvx_buf kh;
             int bad;
@@ -3798,15 +3622,15 @@ static kvx_result kvx__boot_ctrl_connect(kvx_boot *b, kvx__boot_pf *p, const cha
                 kvx__set_why(why, wl, "cannot build an authenticated hello (no random bytes?)");
                 return KVX_ERR_IO;
             }
-            bad = kvx__boot_send_all(fd, kh.data, kh.len, deadline);
+            bad = kvx__send_all(fd, kh.data, kh.len, deadline);
             kvx_buf_free(&kh);
             if (bad) {
-                snprintf(err, sizeof err, "cannot send hello: %s", kvx__boot_errstr(errno));
+                snprintf(err, sizeof err, "cannot send hello: %s", kvx__errstr(errno));
                 close(fd);
                 continue;
             }
-        } else if (kvx__boot_send_all(fd, b->hello.data, b->hello.len, deadline)) {
-            snprintf(err, sizeof err, "cannot send hello: %s", kvx__boot_errstr(errno));
+        } else if (kvx__send_all(fd, b->hello.data, b->hello.len, deadline)) {
+            snprintf(err, sizeof err, "cannot send hello: %s", kvx__errstr(errno));
             close(fd);
             continue;
         }
@@ -3825,7 +3649,7 @@ static kvx_result kvx__boot_ctrl_connect(kvx_boot *b, kvx__boot_pf *p, const cha
             if (used) break;
             r = kvx__boot_recv_some(fd, tmp, sizeof tmp, deadline);
             if (r <= 0) {
-                snprintf(err, sizeof err, "no hello: %s", r == 0 ? "the connection closed" : kvx__boot_errstr(errno));
+                snprintf(err, sizeof err, "no hello: %s", r == 0 ? "the connection closed" : kvx__errstr(errno));
                 break;
             }
             kvx__boot_put(&in, tmp, (size_t)r);
@@ -4297,7 +4121,7 @@ static kvx__boot_pf *kvx__boot_peer_get(kvx_boot *b, const char *addr, char *why
     if (!p) { kvx__set_why(why, wl, "out of memory"); return NULL; }
     p->boot = b;
     snprintf(p->addr, sizeof p->addr, "%s", addr);
-    if (kvx__boot_split(addr, p->host, sizeof p->host, &p->port, KVX_BOOT_DEFAULT_PORT) ||
+    if (kvx__addr_split(addr, p->host, sizeof p->host, &p->port, KVX_BOOT_DEFAULT_PORT) ||
         !p->port) {
         kvx__set_why(why, wl, "bootstrap address '%s' is not host:port", addr);
         free(p);
@@ -4535,7 +4359,7 @@ static void kvx__boot_local_ip(const char *host, char *out, size_t n) {
         hints.ai_socktype = SOCK_STREAM;
         if (getaddrinfo(host, NULL, &hints, &res) == 0 && res) {
             char tmp[64];
-            kvx__boot_sa_str(res->ai_addr, tmp, sizeof tmp); /* "ip:0" or "[ip]:0" */
+            kvx__sa_str(res->ai_addr, tmp, sizeof tmp); /* "ip:0" or "[ip]:0" */
             freeaddrinfo(res);
             if (tmp[0] == '[') { *strrchr(tmp, ']') = 0; snprintf(out, n, "%s", tmp + 1); }
             else { *strrchr(tmp, ':') = 0; snprintf(out, n, "%s", tmp); }
@@ -4574,7 +4398,7 @@ static kvx_result kvx__boot_settings(kvx_boot *b, char *why, size_t wl) {
     int aport = 0, has_addr = 0, port = d->boot.port, envport = -2, maxf;
     kvx_result r;
     if (d->role == KVX_ROLE_PREFILL && d->bootstrap_addr &&
-        !kvx__boot_split(d->bootstrap_addr, ahost, sizeof ahost, &aport, 0))
+        !kvx__addr_split(d->bootstrap_addr, ahost, sizeof ahost, &aport, 0))
         has_addr = 1;
     if (!host && has_addr) host = ahost;
     kvx_env_str("KVX_BOOTSTRAP_HOST", &host);
@@ -4798,7 +4622,6 @@ KVX_API kvx_result kvx_boot_create(kvx_engine *e, const kvx_boot_hooks *hooks,
                                    char *why, size_t wl) {
     kvx_boot *b;
     kvx_result r;
-    int fds[2];
     if (why && wl) why[0] = 0;
     if (!out) return KVX_ERR_INVALID_ARGUMENT;
     *out = NULL;
@@ -4831,17 +4654,11 @@ KVX_API kvx_result kvx_boot_create(kvx_engine *e, const kvx_boot_hooks *hooks,
         goto fail;
     }
     if ((r = kvx__boot_make_hello(b)) != KVX_OK) goto fail;
-    if (pipe(fds) != 0) {
+    if (kvx__pipe(&b->wake_rd, &b->wake_wr) != 0) {
         kvx__set_why(why, wl, "cannot create a pipe: %s", strerror(errno));
         r = KVX_ERR_IO;
         goto fail;
     }
-    b->wake_rd = fds[0];
-    b->wake_wr = fds[1];
-    kvx__boot_nonblock(fds[0]);
-    kvx__boot_nonblock(fds[1]);
-    fcntl(fds[0], F_SETFD, FD_CLOEXEC);
-    fcntl(fds[1], F_SETFD, FD_CLOEXEC);
     if (b->role == KVX_ROLE_PREFILL &&
         ((r = kvx__boot_add_listener(b, KVX__BOOT_K_CTRL_LISTEN, 0, "control channel",
                                      &b->ctrl_port, why, wl)) ||

@@ -347,7 +347,7 @@ static kvx_result kvx__read_small_at(int dfd, const char *name, const char *show
     int fd = kvx__open_reg_at(dfd, name, shown, &r, why, wl);
     struct stat st;
     char *buf;
-    size_t got = 0;
+    int e;
     *out = NULL;
     if (fd < 0) return r;
     if (fstat(fd, &st) || (uint64_t)st.st_size > max) {
@@ -358,21 +358,16 @@ static kvx_result kvx__read_small_at(int dfd, const char *name, const char *show
     }
     buf = (char *)malloc((size_t)st.st_size + 1);
     if (!buf) { close(fd); return KVX_ERR_NO_MEMORY; }
-    while (got < (size_t)st.st_size) {
-        ssize_t n = read(fd, buf + got, (size_t)st.st_size - got);
-        if (n < 0 && errno == EINTR) continue;
-        if (n <= 0) {
-            kvx__set_why(why, wl, "cannot read %s: %s", shown, n ? strerror(errno) : "short read");
-            free(buf);
-            close(fd);
-            return KVX_ERR_IO;
-        }
-        got += (size_t)n;
+    if ((e = kvx__pio(fd, buf, (size_t)st.st_size, 0, 0)) != 0) {
+        kvx__set_why(why, wl, "cannot read %s: %s", shown, e < 0 ? "short read" : strerror(e));
+        free(buf);
+        close(fd);
+        return KVX_ERR_IO;
     }
     close(fd);
-    buf[got] = 0;
+    buf[st.st_size] = 0;
     *out = buf;
-    *len = got;
+    *len = (size_t)st.st_size;
     return KVX_OK;
 }
 
@@ -403,7 +398,6 @@ static kvx_result kvx__write_atomic_at(int dfd, const char *shown, const char *n
                                        const void *data, size_t len, int do_fsync,
                                        int noreplace, unsigned mode, char *why, size_t wl) {
     char tmp[256];
-    const char *p = (const char *)data;
     int fd, err = 0;
     fd = kvx__create_tmp_at(dfd, name, tmp, sizeof tmp, mode);
     if (fd < 0) {
@@ -411,12 +405,7 @@ static kvx_result kvx__write_atomic_at(int dfd, const char *shown, const char *n
         kvx__set_why(why, wl, "cannot create %s/%s: %s", shown, tmp, strerror(err));
         return kvx__errno_result(err);
     }
-    while (len) {
-        ssize_t n = write(fd, p, len);
-        if (n < 0 && errno == EINTR) continue;
-        if (n < 0) { err = errno; break; }
-        p += n; len -= (size_t)n;
-    }
+    err = kvx__write_all(fd, data, len);
     if (!err && do_fsync && fsync(fd)) err = errno;
     if (close(fd) && !err) err = errno;
     if (!err && noreplace) {
@@ -561,15 +550,10 @@ static size_t kvx__plan_find(const kvx_plan *p, int to_file, uint64_t lo) {
 
 static kvx_result kvx__full_io(int to_file, int fd, char *buf, uint64_t len, uint64_t off,
                                int *err_out) {
-    while (len) {
-        ssize_t n = to_file ? pwrite(fd, buf, (size_t)len, (off_t)off)
-                            : pread(fd, buf, (size_t)len, (off_t)off);
-        if (n < 0 && errno == EINTR) continue;
-        if (n < 0) { *err_out = errno; return kvx__errno_result(errno); }
-        if (n == 0) return KVX_ERR_CORRUPT; /* short file */
-        buf += n; len -= (uint64_t)n; off += (uint64_t)n;
-    }
-    return KVX_OK;
+    int e = kvx__pio(fd, buf, (size_t)len, off, to_file);
+    if (e < 0) return KVX_ERR_CORRUPT; /* short file */
+    *err_out = e;
+    return e ? kvx__errno_result(e) : KVX_OK;
 }
 
 /* The same as kvx__plan_io for layouts with buffers outside host memory:
@@ -621,7 +605,7 @@ static kvx_result kvx__plan_io_staged(const kvx_layout *l, const kvx_mem_ops *me
 
 static kvx_result kvx__plan_io(const kvx_layout *l, const kvx_plan *p, int to_file, int fd,
                                uint64_t lo, uint64_t hi, uint32_t *crc, int *err_out) {
-    struct iovec iov[KVX__FILE_IOV];
+    struct iovec iov[KVX__FILE_IOV], work[KVX__FILE_IOV];
     size_t s;
     uint64_t pos = lo;
     uint32_t c = 0;
@@ -630,9 +614,8 @@ static kvx_result kvx__plan_io(const kvx_layout *l, const kvx_plan *p, int to_fi
     while (pos < hi) {
         int n = 0;
         uint64_t start = pos;
-        ssize_t done;
         uint64_t want = 0;
-        int k;
+        int k, e;
         while (pos < hi && n < KVX__FILE_IOV && s < p->count) {
             const kvx_span *sp = &p->spans[s];
             uint64_t po = to_file ? sp->dst_offset : sp->src_offset;
@@ -649,20 +632,10 @@ static kvx_result kvx__plan_io(const kvx_layout *l, const kvx_plan *p, int to_fi
         if (!n) return KVX_ERR_CORRUPT; /* plan does not cover the range */
         if (to_file && crc)
             for (k = 0; k < n; k++) c = kvx_crc32c(c, iov[k].iov_base, iov[k].iov_len);
-        {
-            struct iovec *v = iov;
-            int vn = n;
-            uint64_t off = start;
-            while (want) {
-                done = to_file ? pwritev(fd, v, vn, (off_t)off) : preadv(fd, v, vn, (off_t)off);
-                if (done < 0 && errno == EINTR) continue;
-                if (done < 0) { *err_out = errno; return kvx__errno_result(errno); }
-                if (done == 0) { *err_out = 0; return KVX_ERR_CORRUPT; } /* short file */
-                want -= (uint64_t)done;
-                off += (uint64_t)done;
-                while (vn && (size_t)done >= v->iov_len) { done -= (ssize_t)v->iov_len; v++; vn--; }
-                if (vn && done) { v->iov_base = (char *)v->iov_base + done; v->iov_len -= (size_t)done; }
-            }
+        for (k = 0; k < n; k++) work[k] = iov[k]; /* consumed; iov stays whole for the CRC */
+        if ((e = kvx__piov_full(fd, work, n, start, want, to_file)) != 0) {
+            *err_out = e > 0 ? e : 0;
+            return e > 0 ? kvx__errno_result(e) : KVX_ERR_CORRUPT; /* short file */
         }
         if (!to_file && crc)
             for (k = 0; k < n; k++) c = kvx_crc32c(c, iov[k].iov_base, iov[k].iov_len);
@@ -1376,7 +1349,6 @@ static kvx_result kvx__file_commit(kvx__froom *fr, char *why, size_t wl) {
 static kvx_result kvx__write_new_at(int dfd, const char *shown, const char *name,
                                     const void *data, size_t len, int do_fsync, unsigned mode,
                                     char *why, size_t wl) {
-    const char *p = (const char *)data;
     int err = 0, fd = openat(dfd, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
                              (mode_t)mode);
     if (fd < 0) {
@@ -1384,13 +1356,7 @@ static kvx_result kvx__write_new_at(int dfd, const char *shown, const char *name
         kvx__set_why(why, wl, "cannot create %s/%s: %s", shown, name, strerror(err));
         return kvx__errno_result(err);
     }
-    while (len) {
-        ssize_t n = write(fd, p, len);
-        if (n < 0 && errno == EINTR) continue;
-        if (n < 0) { err = errno; break; }
-        p += n;
-        len -= (size_t)n;
-    }
+    err = kvx__write_all(fd, data, len);
     if (!err && do_fsync && fsync(fd)) err = errno;
     if (close(fd) && !err) err = errno;
     if (err) {

@@ -601,30 +601,6 @@ static uint64_t kvx__store_wall_ns(void) {
     return kvx__store_ts_ns(&t);
 }
 
-/* Reads or writes exactly len bytes at off through an iovec list that is
-   consumed. Returns 0, an errno, or -1 for a short read (end of file). */
-static int kvx__store_iov_full(int fd, struct iovec *v, int vn, uint64_t off, uint64_t len,
-                               int write) {
-    while (len) {
-        ssize_t done = write ? pwritev(fd, v, vn, (off_t)off) : preadv(fd, v, vn, (off_t)off);
-        if (done < 0 && errno == EINTR) continue;
-        if (done < 0) return errno ? errno : EIO;
-        if (done == 0) return write ? EIO : -1;
-        len -= (uint64_t)done;
-        off += (uint64_t)done;
-        while (vn && (size_t)done >= v->iov_len) { done -= (ssize_t)v->iov_len; v++; vn--; }
-        if (vn && done) { v->iov_base = (char *)v->iov_base + done; v->iov_len -= (size_t)done; }
-    }
-    return 0;
-}
-
-static int kvx__store_pio(int fd, void *buf, size_t len, uint64_t off, int write) {
-    struct iovec v;
-    v.iov_base = buf;
-    v.iov_len = len;
-    return kvx__store_iov_full(fd, &v, 1, off, len, write);
-}
-
 /* CRC32C of the block data (kvx.h's three-stream hardware CRC). */
 static uint32_t kvx__store_crc32c(uint32_t crc, const void *data, size_t len) {
     return kvx_crc32c(crc, data, len);
@@ -1312,7 +1288,7 @@ static int kvx__store_data_io(kvx_store *s, int fd, int32_t page, struct iovec *
             len += bf->item_len;
             n++;
         }
-        if ((err = kvx__store_iov_full(fd, iov, n, off, len, write)) != 0) return err;
+        if ((err = kvx__piov_full(fd, iov, n, off, len, write)) != 0) return err;
         for (k = b0; k < b; k++)
             c = kvx__store_crc32c(c, (char *)s->bufs[k].base + (uint64_t)page * s->bufs[k].item_len,
                                   (size_t)s->bufs[k].item_len);
@@ -1431,7 +1407,7 @@ static int kvx__store_recheck(kvx_store *s, int fd, const kvx_store_key *k, kvx_
         kvx__set_why(why, wl, "out of memory to check it");
         return -1;
     }
-    if ((err = kvx__store_pio(fd, buf, s->hdr_size, 0, 0)) != 0) {
+    if ((err = kvx__pio(fd, buf, s->hdr_size, 0, 0)) != 0) {
         kvx__set_why(why, wl, "header: %s", err < 0 ? "short read" : strerror(err));
         r = -1;
     } else if (kvx__store_check_header(s, buf, NULL, why, wl)) {
@@ -1441,7 +1417,7 @@ static int kvx__store_recheck(kvx_store *s, int fd, const kvx_store_key *k, kvx_
         memcpy(hk.bytes, buf + 32, 32);
         for (off = s->hdr_size, left = s->data_len; left && !r;) {
             size_t n = left < cap ? (size_t)left : cap;
-            if ((err = kvx__store_pio(fd, buf, n, off, 0)) != 0) {
+            if ((err = kvx__pio(fd, buf, n, off, 0)) != 0) {
                 kvx__set_why(why, wl, "data: %s", err < 0 ? "short read" : strerror(err));
                 r = -1;
                 break;
@@ -1596,7 +1572,7 @@ static void kvx__store_get_item(void *arg, size_t i, void *scratch) {
                  (long long)st.st_size, (unsigned long long)s->block_bytes);
         goto bad;
     }
-    err = kvx__store_pio(fd, hdr, s->hdr_size, 0, 0);
+    err = kvx__pio(fd, hdr, s->hdr_size, 0, 0);
     if (err < 0) { snprintf(why, sizeof why, "header truncated"); goto bad; }
     if (err) { close(fd); goto io_error; }
     if (kvx__store_check_header(s, hdr, k, why, sizeof why)) goto bad;
@@ -1754,7 +1730,7 @@ write:
         memcpy(hdr + 32, k->bytes, 32);
         kvx__le_w32(hdr + 80, crc);
         kvx__le_w32(hdr + 16, kvx__store_header_crc(hdr, s->hdr_size));
-        err = kvx__store_pio(fd, hdr, s->hdr_size, 0, 1);
+        err = kvx__pio(fd, hdr, s->hdr_size, 0, 1);
     }
     ts = kvx__store_stamp(s);
     kvx__store_times(t, ts);
@@ -2355,7 +2331,7 @@ static kvx_result kvx__store_config_file(kvx_store *s, char *why, size_t wl) {
     fd = openat(s->ns_fd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
     if (fd < 0) err = errno;
     else {
-        err = kvx__store_pio(fd, b.data, b.len, 0, 1);
+        err = kvx__pio(fd, b.data, b.len, 0, 1);
         if (!err && s->desc.fsync && fsync(fd)) err = errno;
         if (close(fd) && !err) err = errno;
         if (!err && renameat(s->ns_fd, tmp, s->ns_fd, "config.json")) err = errno;
@@ -2737,7 +2713,7 @@ static kvx_result kvx__store_check_file(int dirfd, const char *name, uint8_t *hd
         return kvx__errno_result(err);
     }
     want = (uint64_t)st->st_size < KVX_STORE_HEADER_MAX ? (size_t)st->st_size : KVX_STORE_HEADER_MAX;
-    if ((err = kvx__store_pio(fd, hdr, want, 0, 0)) > 0) {
+    if ((err = kvx__pio(fd, hdr, want, 0, 0)) > 0) {
         close(fd);
         kvx__set_why(why, wl, "cannot read: %s", strerror(err));
         return kvx__errno_result(err);
@@ -2764,7 +2740,7 @@ static kvx_result kvx__store_check_file(int dirfd, const char *name, uint8_t *hd
         uint32_t c = 0;
         while (left && r == KVX_OK) {
             size_t n = left < data_cap ? (size_t)left : data_cap;
-            err = kvx__store_pio(fd, data, n, off, 0);
+            err = kvx__pio(fd, data, n, off, 0);
             if (err) {
                 kvx__set_why(why, wl, "cannot read data: %s", err < 0 ? "short file" : strerror(err));
                 r = err < 0 ? KVX_ERR_CORRUPT : kvx__errno_result(err);

@@ -698,31 +698,6 @@ static int kvx__tcp_terminal(const kvx_room *r) {
 #define KVX__TCP_EOF (-1)  /* the peer closed before the first byte */
 #define KVX__TCP_CUT (-2)  /* the peer closed in the middle */
 
-static void kvx__tcp_sa_str(const struct sockaddr *sa, char *out, size_t n) {
-    char ip[INET6_ADDRSTRLEN];
-    if (sa->sa_family == AF_INET6) {
-        const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)(const void *)sa;
-        inet_ntop(AF_INET6, &s6->sin6_addr, ip, sizeof ip);
-        snprintf(out, n, "[%s]:%d", ip, ntohs(s6->sin6_port));
-    } else {
-        const struct sockaddr_in *s4 = (const struct sockaddr_in *)(const void *)sa;
-        inet_ntop(AF_INET, &s4->sin_addr, ip, sizeof ip);
-        snprintf(out, n, "%s:%d", ip, ntohs(s4->sin_port));
-    }
-}
-
-/* The host part of "ip:port" or "[ip6]:port". */
-static void kvx__tcp_addr_host(const char *addr, char *out, size_t n) {
-    const char *end;
-    if (addr[0] == '[' && (end = strchr(addr, ']')) != NULL) {
-        snprintf(out, n, "%.*s", (int)(end - addr - 1), addr + 1);
-        return;
-    }
-    end = strrchr(addr, ':');
-    if (end) snprintf(out, n, "%.*s", (int)(end - addr), addr);
-    else snprintf(out, n, "%s", addr);
-}
-
 static const char *kvx__tcp_errstr(int err) {
     if (err == KVX__TCP_EOF || err == KVX__TCP_CUT) return "connection closed by the peer";
     if (err == EAGAIN || err == EWOULDBLOCK || err == ETIMEDOUT) return "no progress within KVX_TCP_TIMEOUT";
@@ -738,8 +713,8 @@ static void kvx__tcp_timeo(int fd, int opt, double s) {
 
 /* Options of every data connection; warns when the kernel caps KVX_TCP_SOCKBUF. */
 static void kvx__tcp_sockopts(kvx__tcp_engine *te, int fd) {
-    int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one); /* ACKs and aux go at once */
+    kvx__nonblock(fd, 0); /* blocking I/O, bounded by the timeouts below */
+    kvx__nodelay(fd); /* ACKs and aux go at once */
     kvx__tcp_timeo(fd, SO_SNDTIMEO, te->timeout_s);
     kvx__tcp_timeo(fd, SO_RCVTIMEO, te->timeout_s);
     if (te->sockbuf > 0) {
@@ -755,18 +730,6 @@ static void kvx__tcp_sockopts(kvx__tcp_engine *te, int fd) {
     }
 }
 
-static void kvx__tcp_iov_advance(struct iovec **v, int *n, size_t done) {
-    while (*n && done >= (*v)->iov_len) {
-        done -= (*v)->iov_len;
-        (*v)++;
-        (*n)--;
-    }
-    if (*n && done) {
-        (*v)->iov_base = (char *)(*v)->iov_base + done;
-        (*v)->iov_len -= done;
-    }
-}
-
 /* Sends the whole iovec (modified). 0 or an errno. */
 static int kvx__tcp_sendv(int fd, struct iovec *v, int n) {
     while (n) {
@@ -778,7 +741,7 @@ static int kvx__tcp_sendv(int fd, struct iovec *v, int n) {
         k = sendmsg(fd, &m, MSG_NOSIGNAL);
         if (k < 0 && errno == EINTR) continue;
         if (k < 0) return errno == EAGAIN || errno == EWOULDBLOCK ? ETIMEDOUT : errno;
-        kvx__tcp_iov_advance(&v, &n, (size_t)k);
+        kvx__iov_advance(&v, &n, (size_t)k);
     }
     return 0;
 }
@@ -814,7 +777,7 @@ static int kvx__tcp_recvv(int fd, struct iovec *v, int n, int idle_ok, uint64_t 
             return total ? KVX__TCP_CUT : KVX__TCP_EOF;
         }
         total += (uint64_t)k;
-        kvx__tcp_iov_advance(&v, &n, (size_t)k);
+        kvx__iov_advance(&v, &n, (size_t)k);
     }
     if (got) *got = total;
     return 0;
@@ -832,16 +795,8 @@ static int kvx__tcp_recv(int fd, void *p, size_t len, int idle_ok) {
 static int kvx__tcp_recv_until(int fd, void *p, size_t len, uint64_t deadline_ns) {
     size_t got = 0;
     while (got < len) {
-        struct pollfd pf;
-        uint64_t now = kvx_now_ns();
         ssize_t k;
-        int rc;
-        if (now >= deadline_ns) return ETIMEDOUT;
-        pf.fd = fd;
-        pf.events = POLLIN;
-        rc = poll(&pf, 1, (int)((deadline_ns - now) / 1000000u) + 1);
-        if (rc < 0 && errno != EINTR) return errno;
-        if (rc <= 0) continue;
+        if (kvx__wait_fd(fd, POLLIN, deadline_ns, NULL, NULL)) return errno;
         k = recv(fd, (char *)p + got, len - got, MSG_DONTWAIT);
         if (k < 0 && (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK)) continue;
         if (k < 0) return errno;
@@ -851,78 +806,15 @@ static int kvx__tcp_recv_until(int fd, void *p, size_t len, uint64_t deadline_ns
     return 0;
 }
 
-/* A blocking connection to host:port within timeout_s, or -1 with why.
-   Gives up early when *stop (read under mu) becomes nonzero. */
-static int kvx__tcp_connect(const char *host, int port, double timeout_s, pthread_mutex_t *mu,
-                            const int *stop, char *why, size_t wl) {
-    struct addrinfo hints, *res = NULL, *ai;
-    char ports[16];
-    int fd = -1, rc, err = 0;
-    memset(&hints, 0, sizeof hints);
-    hints.ai_socktype = SOCK_STREAM;
-    snprintf(ports, sizeof ports, "%d", port);
-    rc = getaddrinfo(host, ports, &hints, &res);
-    if (rc) {
-        kvx__set_why(why, wl, "cannot resolve '%s': %s", host, gai_strerror(rc));
-        return -1;
-    }
-    for (ai = res; ai; ai = ai->ai_next) {
-        struct pollfd pf;
-        socklen_t sl = sizeof err;
-        int fl;
-        fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol);
-        if (fd < 0) { err = errno; continue; }
-        fl = fcntl(fd, F_GETFL, 0);
-        fcntl(fd, F_SETFL, fl | O_NONBLOCK);
-        if (connect(fd, ai->ai_addr, ai->ai_addrlen) == 0) err = 0;
-        else if (errno != EINPROGRESS) err = errno;
-        else {
-            double end = (double)kvx_now_ns() / 1e9 + timeout_s;
-            pf.fd = fd;
-            pf.events = POLLOUT;
-            for (;;) { /* in slices, so that engine destroy does not wait for it */
-                int stopped;
-                rc = poll(&pf, 1, 100);
-                if (rc < 0 && errno == EINTR) continue;
-                if (rc != 0) break;
-                pthread_mutex_lock(mu);
-                stopped = *stop;
-                pthread_mutex_unlock(mu);
-                if (stopped || (double)kvx_now_ns() / 1e9 > end) break;
-            }
-            if (rc == 0) err = ETIMEDOUT;
-            else if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &sl)) err = errno;
-        }
-        if (!err) {
-            fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
-            break;
-        }
-        close(fd);
-        fd = -1;
-    }
-    freeaddrinfo(res);
-    if (fd < 0) kvx__set_why(why, wl, "cannot connect to %s:%d: %s", host, port, strerror(err));
-    return fd;
-}
-
-static void kvx__tcp_wake(int wfd) {
-    char c = 1;
-    ssize_t k = write(wfd, &c, 1);
-    (void)k; /* a full pipe already wakes the reader */
-}
-
-static void kvx__tcp_drain_pipe(int rfd) {
-    char buf[64];
-    while (read(rfd, buf, sizeof buf) > 0) {}
-}
-
-static int kvx__tcp_pipe(int p[2]) {
-    if (pipe(p)) return -1;
-    fcntl(p[0], F_SETFL, fcntl(p[0], F_GETFL, 0) | O_NONBLOCK);
-    fcntl(p[1], F_SETFL, fcntl(p[1], F_GETFL, 0) | O_NONBLOCK);
-    fcntl(p[0], F_SETFD, FD_CLOEXEC);
-    fcntl(p[1], F_SETFD, FD_CLOEXEC);
-    return 0;
+/* kvx__connect's stop: a dead link gives up at once (engine destroy does
+   not wait for a connect). */
+static int kvx__tcp_link_dead(void *arg) {
+    kvx__tcp_link *lk = (kvx__tcp_link *)arg;
+    int dead;
+    pthread_mutex_lock(&lk->mu);
+    dead = lk->dead;
+    pthread_mutex_unlock(&lk->mu);
+    return dead;
 }
 
 /* >>tcp: prefill: links ----------------------------------------------------- */
@@ -1140,7 +1032,7 @@ static void kvx__tcp_link_kill(kvx__tcp_link *lk, const char *fmt, ...) {
     for (k = 0; k < lk->nstreams; k++)
         if (lk->streams[k].fd >= 0) shutdown(lk->streams[k].fd, SHUT_RDWR);
     pthread_cond_broadcast(&lk->cv);
-    kvx__tcp_wake(lk->wake[1]);
+    kvx__wake(lk->wake[1]);
     for (tr = lk->rooms; tr; tr = tr->lnext) {
         if (kvx__tcp_terminal(tr->room)) continue;
         if (n == cap) {
@@ -1201,7 +1093,7 @@ static void kvx__tcp_link_lost(kvx__tcp_link *lk, const char *fmt, ...) {
         KVX__STORE(&lk->lost, 1);
     }
     pthread_mutex_unlock(&lk->mu);
-    kvx__tcp_wake(lk->wake[1]);
+    kvx__wake(lk->wake[1]);
 }
 
 /* Under lk->mu: a room of the link may have been delivered whole and its
@@ -1304,9 +1196,10 @@ static void *kvx__tcp_stream_main(void *arg) {
     char why[KVX_ERROR_MAX];
     int fd, err;
     why[0] = 0;
-    fd = kvx__tcp_connect(lk->host, lk->port, te->timeout_s, &lk->mu, &lk->dead, why, sizeof why);
+    fd = kvx__connect(lk->host, lk->port, kvx_now_ns() + (uint64_t)(te->timeout_s * 1e9),
+                      kvx__tcp_link_dead, lk, &err);
     if (fd < 0) {
-        kvx__tcp_link_lost(lk, "%s", why);
+        kvx__tcp_link_lost(lk, "cannot connect to %s: %s", lk->name, kvx__errstr(err));
         kvx__tcp_thread_exit(lk);
         return NULL;
     }
@@ -1320,7 +1213,7 @@ static void *kvx__tcp_stream_main(void *arg) {
     if (lk->dead) shutdown(fd, SHUT_RDWR);
     else if (!err) st->connected = 1;
     pthread_mutex_unlock(&lk->mu);
-    kvx__tcp_wake(lk->wake[1]);
+    kvx__wake(lk->wake[1]);
     if (err) kvx__tcp_link_lost(lk, "%s", why);
     while (!err) {
         kvx__tcp_frame f;
@@ -1467,7 +1360,7 @@ static void *kvx__tcp_reader_main(void *arg) {
             break;
         }
         if (poll(pf, (nfds_t)n, timeout_ms) < 0) continue;
-        if (pf[0].revents) kvx__tcp_drain_pipe(lk->wake[0]);
+        if (pf[0].revents) kvx__drain(lk->wake[0]);
         for (k = 1; k < n && rc >= 0; k++)
             if (pf[k].revents) {
                 kvx__tcp_stream *st = &lk->streams[idx[k]];
@@ -1608,7 +1501,7 @@ static kvx__tcp_link *kvx__tcp_link_get(kvx__tcp_engine *te, const char *host, i
     pthread_mutex_init(&lk->mu, NULL);
     pthread_cond_init(&lk->cv, NULL);
     lk->streams = (kvx__tcp_stream *)kvx_engine_alloc(e, (size_t)lk->nstreams * sizeof *lk->streams);
-    if (!lk->streams || kvx__tcp_pipe(lk->wake)) {
+    if (!lk->streams || kvx__pipe(&lk->wake[0], &lk->wake[1])) {
         kvx_engine_free(e, lk->streams);
         pthread_mutex_destroy(&lk->mu);
         pthread_cond_destroy(&lk->cv);
@@ -1637,7 +1530,7 @@ static kvx__tcp_link *kvx__tcp_link_get(kvx__tcp_engine *te, const char *host, i
         snprintf(lk->why, sizeof lk->why, "cannot start its threads");
         pthread_cond_broadcast(&lk->cv);
         pthread_mutex_unlock(&lk->mu);
-        kvx__tcp_wake(lk->wake[1]);
+        kvx__wake(lk->wake[1]);
         lk->next = te->graveyard;
         te->graveyard = lk;
         KVX__STORE(&te->reap, 1);
@@ -1664,6 +1557,7 @@ static kvx_result kvx__tcp_parse_endpoint(const kvx_boot_peer *peer, char *host,
                                           int *port, uint8_t *token, char *why, size_t wl) {
     const uint8_t *p = (const uint8_t *)peer->endpoint;
     uint32_t len = peer->endpoint_len, hl, i;
+    int ap;
     if (!p || len < KVX__TCP_ENDPOINT_FIXED || memcmp(p, "kvx-tcp\0", 8)) {
         kvx__set_why(why, wl, "decode %s announced no tcp data endpoint in its hello (transport "
                      "'%s'; both sides must run the tcp transport)", peer->addr,
@@ -1695,7 +1589,7 @@ static kvx_result kvx__tcp_parse_endpoint(const kvx_boot_peer *peer, char *host,
         host[i] = c;
     }
     host[hl] = 0;
-    if (!hl) kvx__tcp_addr_host(peer->addr, host, hn);
+    if (!hl && kvx__addr_split(peer->addr, host, hn, &ap, 0)) host[0] = 0; /* ap: the control port */
     return KVX_OK;
 }
 
@@ -2596,7 +2490,7 @@ static kvx__tcp_conn *kvx__tcp_conn_new(kvx__tcp_engine *te, int fd, const struc
     c->fd = fd;
     c->pending = 1;
     c->since_ns = kvx_now_ns();
-    kvx__tcp_sa_str(sa, c->addr, sizeof c->addr);
+    kvx__sa_str(sa, c->addr, sizeof c->addr);
     c->descs = (uint8_t *)kvx_engine_alloc(e, (size_t)KVX_TCP_MAX_SEGS * KVX_TCP_SEGMENT_BYTES);
     c->iov = (struct iovec *)kvx_engine_alloc(e, KVX_TCP_MAX_SEGS * sizeof(struct iovec));
     c->segs = (kvx_tcp_segment *)kvx_engine_alloc(e, KVX_TCP_MAX_SEGS * sizeof(kvx_tcp_segment));
@@ -2627,7 +2521,7 @@ static void *kvx__tcp_accept_main(void *arg) {
         stop = te->stopping;
         pthread_mutex_unlock(&te->mu);
         if (stop) break;
-        if (pf[1].revents) kvx__tcp_drain_pipe(te->wake[0]);
+        if (pf[1].revents) kvx__drain(te->wake[0]);
         if (!(pf[0].revents & POLLIN)) continue;
         fd = accept4(te->lfd, (struct sockaddr *)&sa, &sl, SOCK_CLOEXEC);
         if (fd < 0) {
@@ -2646,7 +2540,7 @@ static void *kvx__tcp_accept_main(void *arg) {
         c = full ? NULL : kvx__tcp_conn_new(te, fd, (struct sockaddr *)&sa);
         if (!c) {
             char addr[64];
-            kvx__tcp_sa_str((struct sockaddr *)&sa, addr, sizeof addr);
+            kvx__sa_str((struct sockaddr *)&sa, addr, sizeof addr);
             KVX__TCP_STAT(te, conns_refused, 1);
             kvx_engine_log(te->engine, KVX_LOG_WARN, "kvx.tcp", 0,
                            "refusing data connection from %s: %s", addr,
@@ -2675,34 +2569,13 @@ static void *kvx__tcp_accept_main(void *arg) {
 /* >>tcp: engine --------------------------------------------------------------- */
 
 static kvx_result kvx__tcp_listen(kvx__tcp_engine *te, char *why, size_t wl) {
-    struct addrinfo hints, *res = NULL;
-    struct sockaddr_storage sa;
-    socklen_t sl = sizeof sa;
     const char *bind_host = te->host[0] ? te->host : "0.0.0.0";
-    int one = 1, rc;
-    memset(&hints, 0, sizeof hints);
-    hints.ai_socktype = SOCK_STREAM;
-    hints.ai_flags = AI_PASSIVE;
-    rc = getaddrinfo(bind_host, "0", &hints, &res);
-    if (rc || !res) {
-        kvx__set_why(why, wl, "KVX_TCP_HOST '%s' does not resolve: %s", bind_host,
-                     rc ? gai_strerror(rc) : "no address");
-        return KVX_ERR_BAD_CONFIG;
-    }
-    te->lfd = socket(res->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (te->lfd < 0 || setsockopt(te->lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) ||
-        bind(te->lfd, res->ai_addr, res->ai_addrlen) || listen(te->lfd, 512) ||
-        getsockname(te->lfd, (struct sockaddr *)&sa, &sl)) {
-        kvx__set_why(why, wl, "cannot listen for tcp data on %s: %s (check KVX_TCP_HOST)",
-                     bind_host, strerror(errno));
-        freeaddrinfo(res);
-        return KVX_ERR_IO;
-    }
-    freeaddrinfo(res);
-    fcntl(te->lfd, F_SETFL, fcntl(te->lfd, F_GETFL, 0) | O_NONBLOCK);
-    te->port = sa.ss_family == AF_INET6 ? ntohs(((struct sockaddr_in6 *)(void *)&sa)->sin6_port)
-                                        : ntohs(((struct sockaddr_in *)(void *)&sa)->sin_port);
-    return KVX_OK;
+    int err;
+    if ((te->lfd = kvx__listen(bind_host, 0, 512, &te->port, &err)) >= 0) return KVX_OK;
+    kvx__set_why(why, wl, err < 0 ? "KVX_TCP_HOST '%s' does not resolve: %s"
+                                  : "cannot listen for tcp data on %s: %s (check KVX_TCP_HOST)",
+                 bind_host, kvx__errstr(err));
+    return err < 0 ? KVX_ERR_BAD_CONFIG : KVX_ERR_IO;
 }
 
 static kvx_result kvx__tcp_settings(kvx__tcp_engine *te, const kvx_engine_desc *d, char *why,
@@ -2844,7 +2717,7 @@ static kvx_result kvx__tcp_engine_init(kvx_engine *e, char *why, size_t wl) {
             kvx__tcp_engine_free(te);
             return r;
         }
-        if (kvx__tcp_pipe(te->wake)) {
+        if (kvx__pipe(&te->wake[0], &te->wake[1])) {
             kvx__set_why(why, wl, "cannot create a pipe: %s", strerror(errno));
             kvx__tcp_engine_free(te);
             return KVX_ERR_IO;
@@ -2905,7 +2778,7 @@ static void kvx__tcp_engine_fini(kvx_engine *e) {
         kvx__tcp_reap_links(te, 1);
     } else {
         if (te->acceptor_started) {
-            kvx__tcp_wake(te->wake[1]);
+            kvx__wake(te->wake[1]);
             pthread_join(te->acceptor, NULL);
         }
         kvx__tcp_reap_conns(te, 1);
