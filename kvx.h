@@ -1672,12 +1672,12 @@ KVX_API kvx_result kvx_setting_int(const char *env, int *v, int def, int min, in
 /* One setting: a field of a desc struct (at byte offset off), its
    environment variable, its default and its range. Each header lists its
    settings once in a table of these; kvx__settings_apply resolves them. */
-enum { KVX__S_INT, KVX__S_U32, KVX__S_DBL, KVX__S_STR, KVX__S_ENUM };
+enum { KVX__S_INT, KVX__S_U32, KVX__S_DBL, KVX__S_STR, KVX__S_ENUM, KVX__S_BYTES };
 typedef struct kvx__setting {
     const char *env;   /* "KVX_TCP_SEGMENT" */
     const char *field; /* "desc.tcp.segment", for sentences */
     size_t off;        /* offsetof the field in the struct given to apply */
-    int kind;          /* KVX__S_*: int, uint32_t, double, const char *, int */
+    int kind;          /* KVX__S_*: int, uint32_t, double, const char *, int, uint64_t */
     int zero;          /* 1: 0 is a value (KVX_ZERO in the field asks for it) */
     double def, min, max; /* def is always accepted (it may mean "auto") */
     const char *names; /* KVX__S_ENUM: "error|warn|info|debug" -> 1, 2, 3, 4 */
@@ -1693,6 +1693,9 @@ typedef struct kvx__setting {
     KVX__SET_NUM(env, T, f, KVX__S_U32, 0, def, min, max)
 #define KVX__SET_DBL(env, T, f, def, min, max) \
     KVX__SET_NUM(env, T, f, KVX__S_DBL, 0, def, min, max)
+/* A uint64_t byte count; the variable may say "500G", "64MiB", "unlimited". */
+#define KVX__SET_BYTES(env, T, f, def, min, max) \
+    KVX__SET_NUM(env, T, f, KVX__S_BYTES, 0, def, min, max)
 #define KVX__SET_STR(env, T, f) {env, "desc." #f, offsetof(T, f), KVX__S_STR, 0, 0, 0, 0, NULL}
 #define KVX__SET_ENUM(env, T, f, names) \
     {env, "desc." #f, offsetof(T, f), KVX__S_ENUM, 0, 0, 0, 0, names}
@@ -1710,16 +1713,44 @@ static int kvx__enum_index(const char *names, const char *v) {
     return 0;
 }
 
+/* A byte count: digits with an optional K/M/G/T suffix (powers of 1024,
+   "Ki"/"B" accepted), or "unlimited" (UINT64_MAX). -1 when it is not one. */
+static int kvx__parse_bytes(const char *s, uint64_t *out) {
+    char *end = NULL;
+    unsigned long long v;
+    int shift = 0;
+    if (!strcmp(s, "unlimited")) { *out = ~(uint64_t)0; return 0; }
+    if (*s < '0' || *s > '9') return -1;
+    errno = 0;
+    v = strtoull(s, &end, 10);
+    if (errno) return -1;
+    switch (*end) {
+    case 'k': case 'K': shift = 10; end++; break;
+    case 'm': case 'M': shift = 20; end++; break;
+    case 'g': case 'G': shift = 30; end++; break;
+    case 't': case 'T': shift = 40; end++; break;
+    default: break;
+    }
+    if (shift && *end == 'i') end++;
+    if (*end == 'B' || *end == 'b') end++;
+    if (*end || (shift && v > (~0ull >> shift))) return -1;
+    *out = (uint64_t)v << shift;
+    return 0;
+}
+
 /* The field's value as a double, and writing one back. */
 static double kvx__setting_get(const kvx__setting *t, const void *desc) {
     const char *p = (const char *)desc + t->off;
     if (t->kind == KVX__S_U32) return (double)*(const uint32_t *)(const void *)p;
+    if (t->kind == KVX__S_BYTES) return (double)*(const uint64_t *)(const void *)p;
     if (t->kind == KVX__S_DBL) return *(const double *)(const void *)p;
     return (double)*(const int *)(const void *)p;
 }
 static void kvx__setting_put(const kvx__setting *t, void *desc, double v) {
     char *p = (char *)desc + t->off;
     if (t->kind == KVX__S_U32) *(uint32_t *)(void *)p = (uint32_t)v;
+    else if (t->kind == KVX__S_BYTES)
+        *(uint64_t *)(void *)p = v >= 18446744073709551615.0 ? ~(uint64_t)0 : (uint64_t)v;
     else if (t->kind == KVX__S_DBL) *(double *)(void *)p = v;
     else *(int *)(void *)p = (int)v;
 }
@@ -1750,7 +1781,17 @@ static kvx_result kvx__setting_num(const kvx__setting *t, void *desc, const char
     const char *from = "the field";
     if (t->zero && v == KVX_ZERO) v = 0;
     else if (v == 0) v = t->def;
-    if (s) {
+    if (s && t->kind == KVX__S_BYTES) {
+        uint64_t b;
+        if (kvx__parse_bytes(s, &b)) {
+            kvx__set_why(why, wl, "%s='%.40s' (%s) is not a byte count (e.g. 512M, 64GiB, "
+                         "1073741824, unlimited)", t->env, s, t->field);
+            return KVX_ERR_BAD_CONFIG;
+        }
+        v = (double)b;
+        if (v == 0) v = t->def;
+        from = "the variable";
+    } else if (s) {
         char *end = NULL;
         errno = 0;
         v = strtod(s, &end);

@@ -65,11 +65,12 @@
      KVX_CUDA_LIBRARY         the driver library to load      (libcuda.so.1)
      KVX_CUDA_STAGING_BYTES   most bytes of pinned host memory that
                               host_alloc holds at once, all blocks
-                              together; a suffix K, M or G is allowed
-                                                             (256M)
-     KVX_CUDA_BATCH           0: never use cuMemcpyBatchAsync, one
-                              asynchronous copy per piece instead; 1: use it
-                              where the driver has it (driver >= 12.8)  (1)
+                              together (desc.staging_bytes); a suffix K,
+                              M or G is allowed; 1M .. 1T      (256M)
+     KVX_CUDA_BATCH           0 (desc.batch = KVX_ZERO): never use
+                              cuMemcpyBatchAsync, one asynchronous copy per
+                              piece instead; 1: use it where the driver has
+                              it (driver >= 12.8)                       (1)
      KVX_LOG_LEVEL            error|warn|info|debug (desc.logger.level), read
                               as kvx_engine_create reads it      (warn)
    and, read once at engine creation by the cuda transport:
@@ -249,7 +250,8 @@ typedef struct kvx_cuda_stream kvx_cuda_stream; /* a stream for kvx_cuda_copy_sp
 typedef struct kvx_cuda_desc {
     const char *library;    /* KVX_CUDA_LIBRARY, "libcuda.so.1" */
     uint64_t staging_bytes; /* KVX_CUDA_STAGING_BYTES, 256 MiB */
-    int no_batch;           /* KVX_CUDA_BATCH=0: 1 = never cuMemcpyBatchAsync */
+    int batch;              /* KVX_CUDA_BATCH, on: cuMemcpyBatchAsync where the driver
+                               has it; KVX_ZERO = never (one copy per piece) */
     kvx_allocator allocator;
     kvx_logger logger;      /* subsystem "kvx.cuda" */
     double fence_timeout_s; /* KVX_CUDA_FENCE_TIMEOUT, 2: the cuda transport's
@@ -957,33 +959,13 @@ static void kvx__cu_log(const kvx_cuda *cu, kvx_log_level lvl, const char *fmt, 
    the cuda transport at engine creation, kvx__cux_settings). */
 static const kvx__setting kvx__cu_settings[] = {
     KVX__SET_STR("KVX_CUDA_LIBRARY", kvx_cuda_desc, library),
+    KVX__SET_BYTES("KVX_CUDA_STAGING_BYTES", kvx_cuda_desc, staging_bytes, 256 << 20, 1 << 20,
+                   1ull << 40),
+    KVX__SET_INT0("KVX_CUDA_BATCH", kvx_cuda_desc, batch, 1, 0, 1),
     KVX__SET_ENUM("KVX_LOG_LEVEL", kvx_cuda_desc, logger.level, "error|warn|info|debug"),
 };
 static const kvx__setting kvx__cux_fence_setting =
     KVX__SET_DBL("KVX_CUDA_FENCE_TIMEOUT", kvx_cuda_desc, fence_timeout_s, 2, 0.001, 3600);
-
-/* "256M", "1G", "65536": bytes, with an optional K/M/G suffix (powers of 2). */
-static kvx_result kvx__cu_env_bytes(const char *name, uint64_t *v, char *why, size_t wl) {
-    const char *s = getenv(name);
-    char *end = NULL;
-    unsigned long long x;
-    uint64_t mul = 1;
-    if (!s || !*s) return KVX_OK;
-    x = strtoull(s, &end, 10);
-    if (end == s) goto bad;
-    if (*end == 'k' || *end == 'K') mul = 1ull << 10;
-    else if (*end == 'm' || *end == 'M') mul = 1ull << 20;
-    else if (*end == 'g' || *end == 'G') mul = 1ull << 30;
-    else if (*end) goto bad;
-    if (*end && end[1] && !((end[1] == 'B' || end[1] == 'b') && !end[2])) goto bad;
-    if (x > (~0ull) / mul) goto bad;
-    *v = (uint64_t)x * mul;
-    return KVX_OK;
-bad:
-    kvx__set_why(why, wl, "%s='%s' is not a byte count (digits, optionally followed by K, M or G)",
-                 name, s);
-    return KVX_ERR_BAD_CONFIG;
-}
 
 static const char *kvx__cu_err_name(const kvx_cuda *cu, CUresult rc) {
     const char *s = NULL;
@@ -1166,7 +1148,6 @@ KVX_API kvx_result kvx_cuda_create(const kvx_cuda_desc *desc, kvx_cuda **out, ch
                                    size_t why_len) {
     kvx_cuda_desc d;
     kvx_cuda *cu;
-    int batch_env = 1;
     kvx_result r;
     if (!out) {
         kvx__set_why(why, why_len, "kvx_cuda_create: out is NULL");
@@ -1175,13 +1156,9 @@ KVX_API kvx_result kvx_cuda_create(const kvx_cuda_desc *desc, kvx_cuda **out, ch
     *out = NULL;
     if (desc) d = *desc;
     else memset(&d, 0, sizeof d);
-    if (!d.staging_bytes) d.staging_bytes = 256ull << 20;
     if ((r = kvx__settings_apply(kvx__cu_settings, KVX__COUNT(kvx__cu_settings), &d, why,
-                                 why_len)) ||
-        (r = kvx__cu_env_bytes("KVX_CUDA_STAGING_BYTES", &d.staging_bytes, why, why_len)) ||
-        (r = kvx_env_int("KVX_CUDA_BATCH", &batch_env, why, why_len)))
+                                 why_len)))
         return r;
-    if (batch_env == 0) d.no_batch = 1;
     cu = (kvx_cuda *)(d.allocator.alloc_fn ? d.allocator.alloc_fn(sizeof *cu, d.allocator.user_data)
                                            : malloc(sizeof *cu));
     if (!cu) {
@@ -1201,7 +1178,7 @@ KVX_API kvx_result kvx_cuda_create(const kvx_cuda_desc *desc, kvx_cuda **out, ch
         kvx_cuda_destroy(cu);
         return r;
     }
-    kvx__cu_pick_batch(cu, d.no_batch);
+    kvx__cu_pick_batch(cu, !d.batch);
     kvx__cu_log(cu, KVX_LOG_INFO,
                 "driver %d.%d from %s, %d GPU%s, %s copies, %llu bytes of pinned staging at most",
                 cu->driver_version / 1000, cu->driver_version % 1000 / 10, cu->library,

@@ -57,7 +57,8 @@
        if (kvx_receiver_poll(r) == KVX_POLL_FAILED) puts(kvx_receiver_error(r));
        kvx_receiver_destroy(r);  kvx_engine_destroy(de);
 
-   ENVIRONMENT (read once at engine creation; override desc.file; a value
+   ENVIRONMENT (read once at engine creation; each overrides its desc.file
+   field; kvx__file_table, kvx.h's settings rule: 0 = default, a value
    outside its range is refused at engine creation, naming the variable)
      KVX_FILE_DIR         directory of room directories (/tmp/kvx_file-<uid>)
      KVX_FILE_SHARED      (desc.file.shared) 0: the directory is this user's: made 0700 if
@@ -67,8 +68,7 @@
                           without the sticky bit. 1: shared with the group:
                           another owner and group write are accepted, rooms
                           are made 0770 and files 0660 (give the directory
-                          to the sharing group, mode 2770). Environment
-                          only.                                           (0)
+                          to the sharing group, mode 2770).              (0)
      KVX_FILE_TIMEOUT     seconds a receiver waits for transfer_done after
                           init; the room then fails with KVX_ERR_TIMEOUT.
                           0 = 300; range [0.001, 1e6]                    (300)
@@ -81,6 +81,7 @@
                           clients cache metadata, everything before it is on
                           the server first (use on shared filesystems).  (0)
      KVX_FILE_KEEP        1: leave room directories after a receiver is done (0)
+                          (FSYNC, KEEP and SHARED take 0 or 1)
      KVX_FILE_SETTLE      (desc.file.settle_s) seconds a receiver keeps
                           looking for a file that transfer_done lists but
                           this node does not see yet, or sees shorter than
@@ -1066,36 +1067,34 @@ static int kvx__file_on_status(kvx_boot *b, kvx_room *r, const kvx_boot_peer *pe
     return state == KVX_POLL_SUCCESS ? 2 : 0;
 }
 
-/* Reads and checks every setting (see the doc block for meanings and
-   ranges). */
+static const kvx__setting kvx__file_table[] = {
+    KVX__SET_STR("KVX_FILE_DIR", kvx_file_desc, dir),
+    KVX__SET_DBL("KVX_FILE_TIMEOUT", kvx_file_desc, timeout_s, 300, 0.001, KVX_MAX_TIMEOUT_S),
+    KVX__SET_DBL("KVX_FILE_TTL", kvx_file_desc, ttl_s, 3600, 60, 1e9),
+    KVX__SET_DBL("KVX_FILE_SETTLE", kvx_file_desc, settle_s, 2, 0.001, 3600),
+    KVX__SET_INT("KVX_FILE_IO_THREADS", kvx_file_desc, io_threads, 4, 1, 256),
+    KVX__SET_U32("KVX_FILE_STRIPE", kvx_file_desc, stripe_bytes, 16 << 20, 4096, 1 << 30),
+    KVX__SET_INT("KVX_FILE_FSYNC", kvx_file_desc, fsync, 0, 0, 1),
+    KVX__SET_INT("KVX_FILE_KEEP", kvx_file_desc, keep, 0, 0, 1),
+    KVX__SET_INT("KVX_FILE_SHARED", kvx_file_desc, shared, 0, 0, 1),
+};
+
+/* Resolves every setting (kvx__file_table; the doc block gives meanings
+   and ranges). */
 static kvx_result kvx__file_settings(const kvx_engine_desc *d, kvx__fengine *fe,
                                      const char **dir, char *why, size_t wl) {
-    int stripe = d->file.stripe_bytes > (uint32_t)INT_MAX ? INT_MAX : (int)d->file.stripe_bytes;
-    kvx_result r;
-    fe->timeout_s = d->file.timeout_s;
-    fe->ttl_s = d->file.ttl_s;
-    fe->settle_s = d->file.settle_s;
-    fe->io_threads = d->file.io_threads;
-    fe->do_fsync = d->file.fsync;
-    fe->keep = d->file.keep;
-    fe->shared = d->file.shared;
-    kvx_env_str("KVX_FILE_DIR", dir);
-    if ((r = kvx_setting_double("KVX_FILE_TIMEOUT", &fe->timeout_s, 300, 0.001, 1e6, why, wl)) ||
-        (r = kvx_setting_double("KVX_FILE_TTL", &fe->ttl_s, 3600, 60, 1e9, why, wl)) ||
-        (r = kvx_setting_double("KVX_FILE_SETTLE", &fe->settle_s, 2, 0.001, 3600, why, wl)) ||
-        (r = kvx_setting_int("KVX_FILE_IO_THREADS", &fe->io_threads, 4, 1, 256, why, wl)) ||
-        (r = kvx_setting_int("KVX_FILE_STRIPE", &stripe, 16 << 20, 4096, 1 << 30, why, wl)) ||
-        (r = kvx_env_int("KVX_FILE_FSYNC", &fe->do_fsync, why, wl)) ||
-        (r = kvx_env_int("KVX_FILE_KEEP", &fe->keep, why, wl)) ||
-        (r = kvx_env_int("KVX_FILE_SHARED", &fe->shared, why, wl)))
-        return r;
-    fe->stripe = (uint64_t)stripe;
-    if (fe->do_fsync < 0 || fe->do_fsync > 1 || fe->keep < 0 || fe->keep > 1 ||
-        fe->shared < 0 || fe->shared > 1) {
-        kvx__set_why(why, wl, "KVX_FILE_FSYNC, KVX_FILE_KEEP and KVX_FILE_SHARED take 0 or 1 "
-                     "(they are %d, %d, %d)", fe->do_fsync, fe->keep, fe->shared);
-        return KVX_ERR_BAD_CONFIG;
-    }
+    kvx_file_desc f = d->file;
+    kvx_result r = kvx__settings_apply(kvx__file_table, KVX__COUNT(kvx__file_table), &f, why, wl);
+    if (r != KVX_OK) return r;
+    if (f.dir) *dir = f.dir;
+    fe->timeout_s = f.timeout_s;
+    fe->ttl_s = f.ttl_s;
+    fe->settle_s = f.settle_s;
+    fe->io_threads = f.io_threads;
+    fe->stripe = f.stripe_bytes;
+    fe->do_fsync = f.fsync;
+    fe->keep = f.keep;
+    fe->shared = f.shared;
     fe->dir_mode = fe->shared ? 0770 : 0700;
     fe->file_mode = fe->shared ? 0660 : 0600;
     return KVX_OK;

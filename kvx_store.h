@@ -606,31 +606,6 @@ static uint32_t kvx__store_crc32c(uint32_t crc, const void *data, size_t len) {
     return kvx_crc32c(crc, data, len);
 }
 
-/* Parses a byte count with an optional K/M/G/T suffix (powers of 1024). */
-static int kvx__store_parse_bytes(const char *s, uint64_t *out) {
-    char *end = NULL;
-    unsigned long long v;
-    int shift = 0;
-    if (!strcmp(s, "unlimited")) { *out = KVX_STORE_UNLIMITED; return 0; }
-    if (*s < '0' || *s > '9') return -1;
-    errno = 0;
-    v = strtoull(s, &end, 10);
-    if (errno) return -1;
-    switch (*end) {
-    case 'k': case 'K': shift = 10; end++; break;
-    case 'm': case 'M': shift = 20; end++; break;
-    case 'g': case 'G': shift = 30; end++; break;
-    case 't': case 'T': shift = 40; end++; break;
-    default: break;
-    }
-    if (shift && *end == 'i') end++;
-    if (*end == 'B' || *end == 'b') end++;
-    if (*end) return -1;
-    if (shift && v > (~0ull >> shift)) return -1;
-    *out = (uint64_t)v << shift;
-    return 0;
-}
-
 /* >>block store: keys ----------------------------------------------------------- */
 
 KVX_API size_t kvx_store_page_keys(const uint32_t *tokens, size_t num_tokens, uint32_t page_size,
@@ -2411,50 +2386,25 @@ static int kvx__store_is_remote(int fd) {
            t == 0x5346414Ful /* AFS */ || t == 0x01021997ul /* 9p */;
 }
 
+static const kvx__setting kvx__store_table[] = {
+    KVX__SET_STR("KVX_STORE_DIR", kvx_store_desc, dir),
+    KVX__SET_BYTES("KVX_STORE_CAPACITY", kvx_store_desc, capacity_bytes,
+                   KVX__STORE_DEFAULT_CAPACITY, 1, 18446744073709551615.0),
+    KVX__SET_INT("KVX_STORE_IO_THREADS", kvx_store_desc, io_threads, 4, 1, 256),
+    KVX__SET_INT("KVX_STORE_FSYNC", kvx_store_desc, fsync, 0, 0, 1),
+    KVX__SET_INT("KVX_STORE_SHARED", kvx_store_desc, shared, 0, 0, 1),
+    KVX__SET_DBL("KVX_STORE_SCAN_INTERVAL", kvx_store_desc, scan_interval, 30, -1, 86400),
+    KVX__SET_ENUM("KVX_LOG_LEVEL", kvx_store_desc, logger.level, "error|warn|info|debug"),
+};
+
 static kvx_result kvx__store_apply_env(kvx_store_desc *d, char *why, size_t wl) {
-    const char *cap = NULL, *lvl = NULL;
-    kvx_result r;
-    kvx_env_str("KVX_STORE_DIR", &d->dir);
-    kvx_env_str("KVX_STORE_CAPACITY", &cap);
-    if (cap && kvx__store_parse_bytes(cap, &d->capacity_bytes)) {
-        kvx__set_why(why, wl, "KVX_STORE_CAPACITY='%s' is not a byte count (e.g. 500G, "
-                       "1073741824, unlimited)", cap);
-        return KVX_ERR_BAD_CONFIG;
-    }
-    if ((r = kvx_env_int("KVX_STORE_FSYNC", &d->fsync, why, wl)) != KVX_OK) return r;
-    if ((r = kvx_setting_int("KVX_STORE_IO_THREADS", &d->io_threads, 4, 1, 256, why, wl)) !=
-        KVX_OK)
-        return r;
-    if ((r = kvx_env_int("KVX_STORE_SHARED", &d->shared, why, wl)) != KVX_OK) return r;
-    if ((r = kvx_setting_double("KVX_STORE_SCAN_INTERVAL", &d->scan_interval, 30, -1, 86400, why,
-                                wl)) != KVX_OK)
-        return r;
+    kvx_result r = kvx__settings_apply(kvx__store_table, KVX__COUNT(kvx__store_table), d, why, wl);
+    if (r != KVX_OK) return r;
     if (d->scan_interval != -1 && d->scan_interval < 0.05) {
         kvx__set_why(why, wl, "KVX_STORE_SCAN_INTERVAL / desc.scan_interval is %g; use seconds "
                      "in [0.05, 86400], 0 for the default 30, or -1 for no periodic scan",
                      d->scan_interval);
         return KVX_ERR_BAD_CONFIG;
-    }
-    if (d->fsync != 0 && d->fsync != 1) {
-        kvx__set_why(why, wl, "KVX_STORE_FSYNC / desc.fsync is %d; use 0 (rename only) or 1 "
-                       "(fsync file and directory)", d->fsync);
-        return KVX_ERR_BAD_CONFIG;
-    }
-    if (d->shared != 0 && d->shared != 1) {
-        kvx__set_why(why, wl, "KVX_STORE_SHARED / desc.shared is %d; use 0 (private to this "
-                       "user) or 1 (shared with the directory's group)", d->shared);
-        return KVX_ERR_BAD_CONFIG;
-    }
-    kvx_env_str("KVX_LOG_LEVEL", &lvl);
-    if (lvl) {
-        if (!strcmp(lvl, "error")) d->logger.level = KVX_LOG_ERROR;
-        else if (!strcmp(lvl, "warn")) d->logger.level = KVX_LOG_WARN;
-        else if (!strcmp(lvl, "info")) d->logger.level = KVX_LOG_INFO;
-        else if (!strcmp(lvl, "debug")) d->logger.level = KVX_LOG_DEBUG;
-        else {
-            kvx__set_why(why, wl, "KVX_LOG_LEVEL='%s' is not one of error, warn, info, debug", lvl);
-            return KVX_ERR_BAD_CONFIG;
-        }
     }
     if (!d->dir || !*d->dir) {
         static char def[64]; /* one value per process: the effective uid */

@@ -94,10 +94,12 @@
                             from (right across hosts, and on one host)
      KVX_TCP_SEGMENT        prefill: payload bytes per DATA frame; a frame
                             never splits a page, so a page larger than this
-                            goes alone (4 MiB; 64 KiB .. KVX_TCP_MAX_FRAME)
+                            goes alone (desc.tcp.segment, 4 MiB; 64 KiB ..
+                            KVX_TCP_MAX_FRAME)
      KVX_TCP_SOCKBUF        SO_SNDBUF / SO_RCVBUF of data connections in
-                            bytes; 0 keeps Linux autotuning, which grows
-                            buffers up to net.ipv4.tcp_wmem / tcp_rmem (0).
+                            bytes (desc.tcp.sockbuf); 0 keeps Linux
+                            autotuning, which grows buffers up to
+                            net.ipv4.tcp_wmem / tcp_rmem (0; 4096 .. 1 GiB).
                             Values above net.core.wmem_max / rmem_max are
                             capped by the kernel (a warning says so)
      KVX_TCP_TIMEOUT        seconds a data connection may make no progress
@@ -105,9 +107,9 @@
                             nothing, a frame stuck half-read, a connect)
                             before it is declared dead, and seconds a sender
                             waits for the receiver's ACK after its last byte
-                            left (60; 0 or less = 60)
-     KVX_TCP_SEGMENT, KVX_TCP_SOCKBUF and KVX_TCP_TIMEOUT have no field in
-     kvx_tcp_desc (kvx.h) yet: environment only.
+                            left (desc.tcp.timeout_s, 60; 0.001 .. 1e6)
+     Each is a row of kvx__tcp_table, resolved by kvx.h's settings rule (the
+     variable overrides the field; 0 = the default; out of range refused).
      KVX_AUTH_KEY / KVX_AUTH_KEY_FILE (core, desc.auth_key / auth_key_file):
      with a shared key every data connection proves it both ways before a
      byte of KV moves (see WIRE FORMAT); both engines need the same key or
@@ -2578,40 +2580,28 @@ static kvx_result kvx__tcp_listen(kvx__tcp_engine *te, char *why, size_t wl) {
     return err < 0 ? KVX_ERR_BAD_CONFIG : KVX_ERR_IO;
 }
 
+static const kvx__setting kvx__tcp_table[] = {
+    KVX__SET_INT("KVX_TCP_STREAMS", kvx_tcp_desc, streams, 4, 1, KVX_TCP_MAX_STREAMS),
+    KVX__SET_STR("KVX_TCP_HOST", kvx_tcp_desc, host),
+    KVX__SET_INT("KVX_TCP_SEGMENT", kvx_tcp_desc, segment, 4 << 20, 64 << 10, KVX_TCP_MAX_FRAME),
+    KVX__SET_INT("KVX_TCP_SOCKBUF", kvx_tcp_desc, sockbuf, 0, 4096, 1 << 30),
+    KVX__SET_DBL("KVX_TCP_TIMEOUT", kvx_tcp_desc, timeout_s, 60, 0.001, KVX_MAX_TIMEOUT_S),
+};
+
 static kvx_result kvx__tcp_settings(kvx__tcp_engine *te, const kvx_engine_desc *d, char *why,
                                     size_t wl) {
-    const char *host = d->tcp.host;
-    int seg = 4 << 20;
-    kvx_result r;
-    te->streams = d->tcp.streams > 0 ? d->tcp.streams : 4;
-    te->timeout_s = 60;
-    kvx_env_str("KVX_TCP_HOST", &host);
-    if ((r = kvx_env_int("KVX_TCP_STREAMS", &te->streams, why, wl)) ||
-        (r = kvx_env_int("KVX_TCP_SEGMENT", &seg, why, wl)) ||
-        (r = kvx_env_int("KVX_TCP_SOCKBUF", &te->sockbuf, why, wl)) ||
-        (r = kvx_env_double("KVX_TCP_TIMEOUT", &te->timeout_s, why, wl)))
-        return r;
-    if (te->streams < 1 || te->streams > KVX_TCP_MAX_STREAMS) {
-        kvx__set_why(why, wl, "KVX_TCP_STREAMS / desc.tcp.streams is %d; it must be 1..%d",
-                     te->streams, KVX_TCP_MAX_STREAMS);
+    kvx_tcp_desc t = d->tcp;
+    kvx_result r = kvx__settings_apply(kvx__tcp_table, KVX__COUNT(kvx__tcp_table), &t, why, wl);
+    if (r != KVX_OK) return r;
+    te->streams = t.streams;
+    te->segment = (uint64_t)t.segment;
+    te->sockbuf = t.sockbuf;
+    te->timeout_s = t.timeout_s;
+    if (t.host && (strlen(t.host) >= sizeof te->host || strchr(t.host, ' '))) {
+        kvx__set_why(why, wl, "KVX_TCP_HOST / desc.tcp.host '%s' is not an address", t.host);
         return KVX_ERR_BAD_CONFIG;
     }
-    if (seg < (64 << 10) || (uint64_t)seg > KVX_TCP_MAX_FRAME) {
-        kvx__set_why(why, wl, "KVX_TCP_SEGMENT is %d bytes; it must be 65536..%u", seg,
-                     (unsigned)KVX_TCP_MAX_FRAME);
-        return KVX_ERR_BAD_CONFIG;
-    }
-    if (te->sockbuf < 0) {
-        kvx__set_why(why, wl, "KVX_TCP_SOCKBUF is %d; it must be >= 0", te->sockbuf);
-        return KVX_ERR_BAD_CONFIG;
-    }
-    if (!(te->timeout_s > 0)) te->timeout_s = 60;
-    te->segment = (uint64_t)seg;
-    if (host && (strlen(host) >= sizeof te->host || strchr(host, ' '))) {
-        kvx__set_why(why, wl, "KVX_TCP_HOST '%s' is not an address", host);
-        return KVX_ERR_BAD_CONFIG;
-    }
-    snprintf(te->host, sizeof te->host, "%s", host ? host : "");
+    snprintf(te->host, sizeof te->host, "%s", t.host ? t.host : "");
     if (!strcmp(te->host, "0.0.0.0") || !strcmp(te->host, "::") || !strcmp(te->host, "*"))
         te->host[0] = 0;
     return KVX_OK;

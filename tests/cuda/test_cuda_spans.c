@@ -272,7 +272,7 @@ int main(int argc, char **argv) {
         CHECK(0, "create: %s", why);
         return kt_done();
     }
-    d.no_batch = 1;
+    d.batch = KVX_ZERO;
     if (kvx_cuda_create(&d, &cu1, why, sizeof why) != KVX_OK) {
         CHECK(0, "create: %s", why);
         return kt_done();

@@ -268,7 +268,7 @@ static void check_threads(int no_batch) {
     char why[KVX_ERROR_MAX];
     struct fakecuda_stats f0 = ct_stats(&F), f1;
     memset(&d, 0, sizeof d);
-    d.no_batch = no_batch;
+    d.batch = no_batch ? KVX_ZERO : 1;
     if (kvx_cuda_mem_ops(&ops, &d, why, sizeof why) != KVX_OK) {
         CHECK(0, "mem ops: %s", why);
         return;
@@ -291,7 +291,7 @@ static void check_threads(int no_batch) {
           no_batch ? "one copy per piece" : "batched", bad);
     if (no_batch)
         CHECK(f1.batches == f0.batches && f1.async_calls > f0.async_calls,
-              "KVX_CUDA_BATCH=0 (desc.no_batch): no batch call");
+              "KVX_CUDA_BATCH=0 (desc.batch = KVX_ZERO): no batch call");
     kvx_cuda_mem_ops_release(&ops);
 }
 
@@ -380,7 +380,7 @@ static void check_errors(void) {
         CHECK(0, "mem ops: %s", why);
         return;
     }
-    d.no_batch = 1;
+    d.batch = KVX_ZERO;
     if (kvx_cuda_mem_ops(&ops1, &d, why, sizeof why) != KVX_OK) {
         CHECK(0, "mem ops: %s", why);
         kvx_cuda_mem_ops_release(&ops);
@@ -454,7 +454,7 @@ static void check_errors(void) {
         kvx_mem_ops o2;
         kvx_cuda_info info;
         struct fakecuda_stats g0, g1;
-        d.no_batch = 0;
+        d.batch = 1;
         d.logger.func = logger;
         d.logger.level = KVX_LOG_WARN;
         log_lines = 0;
