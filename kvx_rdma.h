@@ -758,12 +758,7 @@ KVX_API kvx_result kvx_rdma_register(void) { return kvx_transport_register(kvx_r
 #include <poll.h>
 #include <limits.h>
 #include <sys/types.h>
-#include <sys/socket.h>
 #include <sys/resource.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
-#include <arpa/inet.h>
-#include <netdb.h>
 #ifdef __cplusplus
 extern "C" {
 #endif

@@ -398,6 +398,7 @@ static void hostile_peer(const char *key, const char *what) {
     }
     unsetenv("KVX_IB_CONNECT_TIMEOUT");
     CHECK(xfer_run(&pf, &dc, 5001, 12, err, sizeof err), "%s: a room moves %s", what, err);
+    pairs0 = stat_of(pf.e, 0);
     ex_pool_init(&rg.pool, &rt_tiny, 1024, 16, 64, 5);
     snprintf(addr, sizeof addr, "127.0.0.1:%d", kvx_boot_engine_port(pf.e));
     rg.e = mk_engine(KVX_ROLE_DECODE, &rg.pool.layout, addr, key, why, sizeof why);
@@ -408,10 +409,12 @@ static void hostile_peer(const char *key, const char *what) {
         CHECK(0, "%s: the third engine connects: %s", what, rg.e ? "" : why);
         goto out;
     }
-    /* its own exchange completes (it is a peer like any other) */
+    /* its own exchange completes on both sides (it is a peer like any other) */
     {
         double end = rt_now() + 30 * slow;
-        while (rt_now() < end && stat_of(rg.e, 0) < 1) rt_sleep(0.005);
+        while (rt_now() < end && (stat_of(rg.e, 0) < 1 || stat_of(pf.e, 0) < pairs0 + 1))
+            rt_sleep(0.005);
+        CHECK(stat_of(pf.e, 0) == pairs0 + 1, "%s: the third engine made its own connection", what);
     }
     pairs0 = stat_of(pf.e, 0);
     refused0 = stat_of(pf.e, 1);
