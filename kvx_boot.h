@@ -31,6 +31,10 @@
                               header (4 * KVX_MAX_PAGES + 64 = 64 MiB + 64)
      KVX_BOOT_MAX_ENDPOINT    transport endpoint bytes in a hello (65536)
      KVX_BOOT_MAX_REASON      bytes of a reason text in status/abort (1024)
+     KVX_BOOT_MAX_MESSAGE     bytes of one transport message (8 MiB: the rdma
+                              CONNECT with KVX_RDMA_MAX_DEVS ports, KVX_MAX_BUFFERS
+                              + KVX_MAX_AUX buffers and ~300 regions each; at
+                              most KVX_BOOT_MAX_CONN_BYTES / 2)
      KVX_BOOT_MAX_PENDING     rooms whose frames arrived before their sender
                               was created, kept per prefill engine (65536)
      KVX_BOOT_MAX_CONN_BYTES  bytes one connection may make this side hold:
@@ -126,19 +130,19 @@
      one poll() loop serves every connection, so a slow or bad client holds
      only its own connection.
 
-   CONTROL CHANNEL WIRE FORMAT (version 1; every integer little-endian;
-   types 5-7 and hello flag 1 extend version 1: a keyless peer that never
-   sees them speaks exactly the original version 1)
+   CONTROL CHANNEL WIRE FORMAT (version 2; every integer little-endian.
+   Version 2 adds type 8; a version-1 peer's hello is refused with a
+   sentence naming both versions, and it refuses ours the same way)
      One TCP connection per (decode engine, prefill rank); the decode side
      connects to the rank_ip:rank_port it resolved. Each frame:
        u32 body_len   bytes after this 8-byte header (<= KVX_BOOT_MAX_FRAME,
                       and per type as below)
        u16 type       1 hello, 2 room, 3 status, 4 abort, 5 ping, 6 pong,
-                      7 auth; others: protocol error
+                      7 auth, 8 transport message; others: protocol error
        u16 flags      0 (anything else: protocol error)
      HELLO (both ways, first frame of each side; body 96 + 8*(nb+na) + dl + tl + el
             [+ 16 nonce, + 32 proof on the prefill's, when flags has bit 0])
-       0  u8[8] magic "kvx-boot"        8  u16 protocol version (1)
+       0  u8[8] magic "kvx-boot"        8  u16 protocol version (2)
        10 u16 role (1 prefill, 2 decode) 12 u32 flags (0; 1 = keyed, others refused)
        16 u64 instance (random per engine)
        24 u64 layout fingerprint (kvx_layout_fingerprint)
@@ -166,6 +170,14 @@
      PING / PONG (both ways; body 8): u64 seq. A ping is answered with a pong
        carrying its seq at once; any bytes received count as liveness.
      AUTH (decode -> prefill, keyed; body 32): u8 proof[32].
+     TRANSPORT MESSAGE (both ways, after the hellos (and AUTH); body 1 ..
+       KVX_BOOT_MAX_MESSAGE): the transport's own bytes, opaque to kvx_boot,
+       sent with kvx_boot_peer_send and handed to hooks.on_message of the
+       far end with the peer it came from (a frame on an engine whose
+       transport has no on_message, or an empty one, closes the connection).
+       Used by kvx_rdma.h for its queue-pair exchange. It carries what the
+       authenticated connection carries: with a key, only a peer that
+       proved it can send one.
      AUTHENTICATION (both sides keyed): decode hello carries nonce_d;
        prefill hello carries nonce_p and kvx_auth_proof(key,
        "kvx-boot-server", nonce_d, nonce_p); the decode checks it and sends
@@ -194,6 +206,9 @@
                    (endpoint: what the peer needs to reach this side's data
                    plane; the peer's bytes arrive in kvx_boot_peer)
      engine_fini:  kvx_boot_destroy(boot)
+     per peer:     kvx_boot_peer_send(boot, peer, msg, len, why, wl) sends a
+                   transport message on that peer's control connection;
+                   hooks.on_message receives the peer's
      room_open:    kvx_boot_room_open(boot, r)
      room_close:   kvx_boot_room_close(boot, r)
      room_failed:  kvx_boot_room_failed(boot, r) (tells the peer once:
@@ -215,7 +230,7 @@
 
    DATA PATH
      None: kvx_boot carries only control frames (room frames with the
-     destination pages, status, abort, pings) and HTTP; KV bytes move in the
+     destination pages, status, abort, pings, transport messages) and HTTP; KV bytes move in the
      transport that composes it (kvx_tcp.h, kvx_rdma.h, kvx_file.h,
      kvx_cuda.h). The `bootfake` transport moves none.
 
@@ -295,8 +310,8 @@
      registration). kvx_boot_destroy joins them all. Every kvx_boot_* call
      is thread-safe. Hooks run on those threads (on_room also on the thread
      that creates a sender whose room frame had already arrived) and must
-     not block; they may call kvx_boot_send_status, kvx_boot_abort and the
-     kvx_room_* helpers. The parsers (kvx_boot_parse_http_request,
+     not block; they may call kvx_boot_send_status, kvx_boot_abort,
+     kvx_boot_peer_send and the kvx_room_* helpers. The parsers (kvx_boot_parse_http_request,
      kvx_boot_decode_frame) are pure and reentrant.
 
    LICENSE: MIT, see the end of this file.
@@ -334,6 +349,9 @@
 #ifndef KVX_BOOT_MAX_PENDING
 #define KVX_BOOT_MAX_PENDING 65536
 #endif
+#ifndef KVX_BOOT_MAX_MESSAGE
+#define KVX_BOOT_MAX_MESSAGE (8u << 20)
+#endif
 #ifndef KVX_BOOT_MAX_RANKS
 #define KVX_BOOT_MAX_RANKS 4096
 #endif
@@ -354,7 +372,11 @@
 #error "kvx_boot.h: KVX_MAX_PAGES is too large for a room frame (4 bytes per page, u32 length)"
 #endif
 
-#define KVX_BOOT_PROTOCOL_VERSION 1
+#if (KVX_BOOT_MAX_MESSAGE) < 1 || (KVX_BOOT_MAX_MESSAGE) > (KVX_BOOT_MAX_CONN_BYTES) / 2
+#error "kvx_boot.h: KVX_BOOT_MAX_MESSAGE must be 1..KVX_BOOT_MAX_CONN_BYTES / 2"
+#endif
+
+#define KVX_BOOT_PROTOCOL_VERSION 2
 #define KVX_BOOT_DEFAULT_PORT 8998
 
 #ifdef __cplusplus
@@ -375,6 +397,8 @@ typedef struct kvx_boot_peer {
     const char *transport;
     const void *endpoint;  /* the peer's transport-specific bytes */
     uint32_t endpoint_len;
+    uint64_t conn_id;      /* this control connection, unique per kvx_boot (never 0):
+                              what kvx_boot_peer_send reads, so a copy may be kept */
 } kvx_boot_peer;
 
 /* Hooks a transport gives kvx_boot_create. All optional. */
@@ -406,6 +430,10 @@ typedef struct kvx_boot_hooks {
        acknowledgement; 0 (or no hook) fails the room now. I/O thread; must
        not block. */
     int (*on_peer_lost)(kvx_boot *b, kvx_room *sender, const char *reason);
+    /* Both sides: a transport message from peer (kvx_boot_peer_send on the
+       far end), in the order sent; msg is valid during the call. I/O
+       thread; must not block. */
+    void (*on_message)(kvx_boot *b, const kvx_boot_peer *peer, const void *msg, size_t len);
 } kvx_boot_hooks;
 
 /* Starts the bootstrap machinery of engine e (call from the transport's
@@ -442,6 +470,14 @@ KVX_API int kvx_boot_engine_port(const kvx_engine *e);
    up. A room that cannot proceed is failed with a sentence (the call still
    returns KVX_OK so the caller can read it). Does not block. */
 KVX_API kvx_result kvx_boot_room_open(kvx_boot *b, kvx_room *r);
+/* Sends a transport message (1..KVX_BOOT_MAX_MESSAGE bytes, copied) on
+   the control connection of peer (as given to a hook, or a copy: only
+   peer->conn_id is read), after everything sent on it before. KVX_OK:
+   sent or queued; KVX_ERR_INVALID_ARGUMENT (a length out of range),
+   KVX_ERR_PEER_LOST (the connection is gone, or the peer stopped reading:
+   then it is closed), with a sentence in why. Thread-safe, non-blocking. */
+KVX_API kvx_result kvx_boot_peer_send(kvx_boot *b, const kvx_boot_peer *peer, const void *msg,
+                                      size_t len, char *why, size_t why_len);
 /* Forgets the room; an unfinished room tells its peer (abort). */
 KVX_API void kvx_boot_room_close(kvx_boot *b, kvx_room *r);
 /* Decode: sends the room frame to every target prefill rank.
@@ -524,7 +560,8 @@ typedef enum kvx_boot_frame_type {
     KVX_BOOT_FRAME_ABORT = 4,
     KVX_BOOT_FRAME_PING = 5,
     KVX_BOOT_FRAME_PONG = 6,
-    KVX_BOOT_FRAME_AUTH = 7
+    KVX_BOOT_FRAME_AUTH = 7,
+    KVX_BOOT_FRAME_TRANSPORT = 8
 } kvx_boot_frame_type;
 
 #define KVX_BOOT_HELLO_AUTH 1u /* hello flag: this side has a key; nonce (and proof) follow */
@@ -566,6 +603,8 @@ typedef struct kvx_boot_frame {
     uint32_t reason_len;
     uint64_t seq;          /* ping, pong */
     const uint8_t *proof;  /* auth: KVX_BOOT_PROOF bytes */
+    const void *message;   /* transport: message_len opaque bytes */
+    uint32_t message_len;
     kvx_boot_hello hello;  /* hello */
 } kvx_boot_frame;
 
@@ -663,6 +702,7 @@ static const char *kvx__boot_type_name(uint32_t t) {
     case KVX_BOOT_FRAME_PING: return "ping";
     case KVX_BOOT_FRAME_PONG: return "pong";
     case KVX_BOOT_FRAME_AUTH: return "auth";
+    case KVX_BOOT_FRAME_TRANSPORT: return "transport";
     }
     return "unknown";
 }
@@ -680,6 +720,7 @@ static uint64_t kvx__boot_type_max(uint32_t t) {
     case KVX_BOOT_FRAME_PING:
     case KVX_BOOT_FRAME_PONG: return 8;
     case KVX_BOOT_FRAME_AUTH: return KVX_BOOT_PROOF;
+    case KVX_BOOT_FRAME_TRANSPORT: return KVX_BOOT_MAX_MESSAGE;
     }
     return 0;
 }
@@ -777,7 +818,7 @@ KVX_API kvx_result kvx_boot_decode_frame(const void *buf, size_t len, kvx_boot_f
     type = kvx__le_r16(p + 4);
     flags = kvx__le_r16(p + 6);
     f->body_len = blen;
-    if (type < KVX_BOOT_FRAME_HELLO || type > KVX_BOOT_FRAME_AUTH)
+    if (type < KVX_BOOT_FRAME_HELLO || type > KVX_BOOT_FRAME_TRANSPORT)
         return kvx__boot_bad(why, wl, "unknown frame type %u", type);
     f->type = (kvx_boot_frame_type)type;
     if (flags) return kvx__boot_bad(why, wl, "%s frame has flags %#x (0 expected)",
@@ -866,6 +907,11 @@ KVX_API kvx_result kvx_boot_decode_frame(const void *buf, size_t len, kvx_boot_f
         if (blen != KVX_BOOT_PROOF)
             return kvx__boot_bad(why, wl, "auth frame of %u bytes (%d expected)", blen, KVX_BOOT_PROOF);
         f->proof = b;
+        break;
+    case KVX_BOOT_FRAME_TRANSPORT:
+        if (!blen) return kvx__boot_bad(why, wl, "empty transport frame");
+        f->message = b;
+        f->message_len = blen;
         break;
     }
     *consumed = KVX__BOOT_HDR + (size_t)blen;
@@ -1001,6 +1047,13 @@ KVX_API kvx_result kvx_boot_encode_frame(const kvx_boot_frame *f, kvx_buf *out) 
         kvx__boot_hdr(fixed, KVX_BOOT_PROOF, f->type);
         kvx__boot_put(out, fixed, KVX__BOOT_HDR);
         kvx__boot_put(out, f->proof, KVX_BOOT_PROOF);
+        break;
+    case KVX_BOOT_FRAME_TRANSPORT:
+        if (!f->message || !f->message_len || f->message_len > KVX_BOOT_MAX_MESSAGE)
+            return KVX_ERR_INVALID_ARGUMENT;
+        kvx__boot_hdr(fixed, f->message_len, f->type);
+        kvx__boot_put(out, fixed, KVX__BOOT_HDR);
+        kvx__boot_put(out, f->message, f->message_len);
         break;
     default: return KVX_ERR_INVALID_ARGUMENT;
     }
@@ -1238,6 +1291,7 @@ typedef struct kvx__boot_conn {
     /* control: set before the connection is shared, then read-only */
     kvx__boot_pf *peer; /* decode: the prefill instance */
     uint64_t gen;     /* decode: peer generation, under boot->mu */
+    int live, gone;   /* under boot->mu: in boot->live (kvx_boot_peer_send finds it) / dropped */
     char addr[64];
     char transport[32];
     uint8_t *endpoint;
@@ -1373,6 +1427,9 @@ struct kvx_boot {
     struct { int code; uint64_t count; } failures[KVX__BOOT_MAX_RESULTS];
     int nfailures;
     int nctrl; /* atomic: open control connections */
+    uint64_t next_conn_id; /* atomic */
+    kvx__boot_conn **live; /* under mu: control connections past their hellos, by info.conn_id */
+    size_t nlive, clive;
     int64_t mem_total; /* atomic: bytes every connection holds (KVX_BOOT_MAX_TOTAL_BYTES) */
     kvx_boot *reg_next;
 };
@@ -1559,6 +1616,7 @@ static kvx__boot_conn *kvx__boot_conn_new(kvx_boot *b, int kind, int fd) {
     c->info.addr = c->addr;
     c->info.bootstrap = "";
     c->info.transport = c->transport;
+    c->info.conn_id = KVX__ADD(&b->next_conn_id, 1);
     return c;
 }
 
@@ -1768,6 +1826,62 @@ static kvx_result kvx__boot_conn_abort(kvx__boot_conn *c, uint64_t room, const c
     v[0].iov_base = h; v[0].iov_len = sizeof h;
     v[1].iov_base = (void *)reason; v[1].iov_len = rl;
     return kvx__boot_conn_sendv(c, v, rl ? 2 : 1);
+}
+
+/* Under b->mu: c joins (on) or leaves (off) the connections
+   kvx_boot_peer_send can reach; one that left never joins again. The I/O
+   thread's reference outlives its membership (it leaves in kvx__boot_drop). */
+static void kvx__boot_live_locked(kvx_boot *b, kvx__boot_conn *c, int on) {
+    size_t i;
+    if (on && !c->gone && !c->live) {
+        if (b->nlive == b->clive) {
+            size_t nc = b->clive ? b->clive * 2 : 16;
+            kvx__boot_conn **nv = (kvx__boot_conn **)realloc(b->live, nc * sizeof *nv);
+            if (!nv) return; /* unreachable for messages; everything else works */
+            b->live = nv;
+            b->clive = nc;
+        }
+        b->live[b->nlive++] = c;
+        c->live = 1;
+    } else if (!on) {
+        c->gone = 1;
+        for (i = 0; c->live && i < b->nlive; i++)
+            if (b->live[i] == c) { b->live[i] = b->live[--b->nlive]; c->live = 0; }
+    }
+}
+
+KVX_API kvx_result kvx_boot_peer_send(kvx_boot *b, const kvx_boot_peer *peer, const void *msg,
+                                      size_t len, char *why, size_t wl) {
+    kvx__boot_conn *c = NULL;
+    uint8_t h[KVX__BOOT_HDR];
+    struct iovec v[2];
+    kvx_result r;
+    size_t i;
+    if (why && wl) why[0] = 0;
+    if (!b || !peer || !msg || !len || len > KVX_BOOT_MAX_MESSAGE) {
+        kvx__set_why(why, wl, "a transport message of %zu bytes (1..KVX_BOOT_MAX_MESSAGE = %u, "
+                     "with a kvx_boot and a peer)", len, (unsigned)KVX_BOOT_MAX_MESSAGE);
+        return KVX_ERR_INVALID_ARGUMENT;
+    }
+    pthread_mutex_lock(&b->mu);
+    for (i = 0; i < b->nlive && !c; i++)
+        if (b->live[i]->info.conn_id == peer->conn_id) c = b->live[i];
+    if (c) kvx__boot_conn_ref(c);
+    pthread_mutex_unlock(&b->mu);
+    if (!c) {
+        kvx__set_why(why, wl, "the control connection with %s is gone",
+                     peer->addr ? peer->addr : "the peer");
+        return KVX_ERR_PEER_LOST;
+    }
+    kvx__boot_hdr(h, (uint32_t)len, KVX_BOOT_FRAME_TRANSPORT);
+    v[0].iov_base = h; v[0].iov_len = sizeof h;
+    v[1].iov_base = (void *)msg; v[1].iov_len = len;
+    r = kvx__boot_conn_sendv(c, v, 2);
+    if (r != KVX_OK)
+        kvx__set_why(why, wl, "the control connection with %s is gone or stopped reading",
+                     c->addr);
+    kvx__boot_conn_unref(c);
+    return r;
 }
 
 /* Fills c->info from a decoded hello (copies what the frame points to). */
@@ -2847,6 +2961,9 @@ static void kvx__boot_accepted(kvx_boot *b, kvx__boot_conn *c, uint64_t peer_fp)
     c->hello_done = 1;
     c->auth_wait = 0;
     c->deadline_ns = 0;
+    pthread_mutex_lock(&b->mu);
+    kvx__boot_live_locked(b, c, 1);
+    pthread_mutex_unlock(&b->mu);
     if (peer_fp != fp)
         kvx_engine_log(b->engine, KVX_LOG_WARN, "kvx.boot", 0,
                        "decode %s has layout fingerprint %016llx, this prefill %016llx: it will "
@@ -3147,6 +3264,10 @@ static int kvx__boot_dispatch(kvx_boot *b, kvx__boot_conn *c, const kvx_boot_fra
         return 0;
     }
     case KVX_BOOT_FRAME_PONG: return 0; /* last_rx_ns is all it does */
+    case KVX_BOOT_FRAME_TRANSPORT:
+        if (!b->hooks.on_message) break;
+        b->hooks.on_message(b, &c->info, f->message, f->message_len);
+        return c->dropped;
     default: break;
     }
     snprintf(msg, sizeof msg, "protocol error: unexpected %s frame on a %s engine",
@@ -3237,6 +3358,9 @@ static void kvx__boot_drop(kvx_boot *b, kvx__boot_conn *c, const char *reason) {
     if (c->kind == KVX__BOOT_K_HTTP) b->nhttp--;
     if (c->kind == KVX__BOOT_K_CTRL) {
         KVX__SUB(&b->nctrl, 1);
+        pthread_mutex_lock(&b->mu);
+        kvx__boot_live_locked(b, c, 0);
+        pthread_mutex_unlock(&b->mu);
         kvx__boot_conn_lost(b, c, reason);
     }
 }
@@ -3922,6 +4046,7 @@ static void kvx__boot_resolve_job(void *arg) {
             }
             kvx__boot_conn_ref(c);
             b->incoming[b->nincoming++] = c;
+            kvx__boot_live_locked(b, c, 1);
         }
         rs.conns = NULL;
         rs.nconns = 0;
@@ -4555,6 +4680,7 @@ static void kvx__boot_free(kvx_boot *b) {
         kvx__boot_conn_unref(b->conns[i]);
     }
     free(b->conns);
+    free(b->live);
     free(b->srv.ranks);
     free(b->scratch);
     free(b->endpoint);

@@ -1152,8 +1152,9 @@ static kvx_result kvx__file_engine_init(kvx_engine *e, char *why, size_t wl) {
     pthread_mutex_init(&fe->mu, NULL);
     kvx_engine_set_backend_data(e, fe);
     if (kvx__file_wants_boot(d)) {
-        static const kvx_boot_hooks hooks = {NULL, NULL, kvx__file_on_status,
-                                             NULL, NULL, NULL, NULL};
+        kvx_boot_hooks hooks;
+        memset(&hooks, 0, sizeof hooks);
+        hooks.on_status = kvx__file_on_status;
         r = kvx_boot_create(e, &hooks, "file", 4, &fe->boot, why, wl);
         if (r != KVX_OK) {
             kvx_engine_set_backend_data(e, NULL);

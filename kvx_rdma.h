@@ -30,9 +30,7 @@
                               (needs rdma-core >= 34 at link time)
      KVX_RDMA_MAX_DEVS        NIC ports one engine uses (16)
      KVX_RDMA_MAX_QPS         queue pairs per peer (64)
-     KVX_RDMA_CM_MAX          bytes of one connection-exchange message (64 MiB)
-     KVX_RDMA_CM_PENDING      exchange connections waiting for their opening
-                              message at once (64; a quarter from one address)
+     (an exchange message is at most kvx_boot.h's KVX_BOOT_MAX_MESSAGE, 8 MiB)
 
    SETTINGS (desc.rdma, zero = default) AND ENVIRONMENT (overrides the desc;
    read once at engine creation)
@@ -64,22 +62,20 @@
      KVX_IB_TRAFFIC_CLASS  GRH traffic class, e.g. 106 for DSCP 26 (0)
      KVX_IB_RELAXED_ORDERING  1: register with IBV_ACCESS_RELAXED_ORDERING
                            through ibv_reg_mr_iova2 when libibverbs has it (1)
-     KVX_IB_CONNECT_TIMEOUT seconds for the queue-pair exchange with a peer,
-                           for a prefill room to wait for it, and for an
-                           exchange connection to send its opening (10)
+     KVX_IB_CONNECT_TIMEOUT seconds for the queue-pair exchange with a peer
+                           (each side waits this long for the other's next
+                           message) and for a prefill room to wait for it (10)
      KVX_IB_FENCE_TIMEOUT  seconds kvx_receiver_destroy of an unfinished room
                            waits for the prefill to confirm it stopped writing (2)
-     KVX_IB_CM_PORT        prefill: TCP port of the queue-pair exchange
-                           listener, on the bootstrap host (0 = ephemeral)
      Ranges (a value outside one fails engine creation with KVX_ERR_BAD_CONFIG
      naming the variable): GID_INDEX -1..65535, QPS 1..KVX_RDMA_MAX_QPS,
      MAX_MSG 4096..1 GiB, SIGNAL_EVERY 1..4096, SEND_DEPTH and RECV_DEPTH
      16..1048576 (SEND_DEPTH is raised to 2 x SIGNAL_EVERY), TIMEOUT 0..31,
      RETRY_CNT and RNR_RETRY 0..7, SL 0..15, TRAFFIC_CLASS 0..255,
-     RELAXED_ORDERING 0..1, CM_PORT 0..65535; CONNECT_TIMEOUT 0 or less = 10.
-     KVX_AUTH_KEY / KVX_AUTH_KEY_FILE (kvx.h, desc.auth_key): with a shared
-                           key every exchange connection proves it, both
-                           ways, before anything is exchanged (below)
+     RELAXED_ORDERING 0..1; CONNECT_TIMEOUT 0 or less = 10.
+     KVX_AUTH_KEY / KVX_AUTH_KEY_FILE (kvx.h, desc.auth_key): kvx_boot's
+                           control connections prove the key both ways, and
+                           the exchange travels only on them (below)
      And kvx_boot.h's: KVX_BOOTSTRAP_HOST, KVX_BOOTSTRAP_PORT,
      KVX_HEARTBEAT_INTERVAL, KVX_HEARTBEAT_MAX_FAILURE ...
 
@@ -88,10 +84,9 @@
      use (decode: LOCAL_WRITE | REMOTE_WRITE, prefill: LOCAL_WRITE; relaxed
      ordering when available), split at the device's max_mr_size. Each
      engine's kvx_boot hello carries a small endpoint blob (format below):
-     its instance id, its ports (GID, LID, MTU, link layer) and, on the
-     prefill, the TCP port of its queue-pair exchange. kvx_boot hellos are
-     fixed per engine and kvx_boot has no per-connection reply path, so the
-     per-peer part goes over that exchange: when the decode side's control
+     its instance id and its ports (GID, LID, MTU, link layer). The per-peer
+     part goes as kvx_boot transport messages (kvx_boot_peer_send /
+     hooks.on_message) on the control connection: when the decode side's control
      connection to a prefill rank is up (hooks.on_connect) it creates its
      queue pairs, posts receives and sends CONNECT (queue pair numbers,
      PSNs, ports, and the address, length and rkeys of every registered
@@ -167,21 +162,21 @@
      Success without its status, its immediates and its bytes; when the
      cause is ambiguous a room fails rather than succeeds.
 
-   ENDPOINT BLOB (in the kvx_boot hello; version 1; little-endian)
-     0 u8[8] magic "kvx-rdma"   8 u16 version (1)   10 u16 role (1/2)
-     12 u32 flags (bit 0 KVX_RDMA_FLAG_AUTH: this prefill's exchange requires
-        the shared key; other bits 0)   16 u64 instance (random, nonzero)
-     24 u16 cm_port (prefill: exchange port; decode 0)   26 u16 qps
-     28 u16 ndev (1..KVX_RDMA_MAX_DEVS)   30 u16 reserved (0)
+   ENDPOINT BLOB (in the kvx_boot hello; version 2; little-endian)
+     0 u8[8] magic "kvx-rdma"   8 u16 version (2)   10 u16 role (1/2)
+     12 u32 flags (0)   16 u64 instance (random, nonzero)
+     24 u16 reserved (0; version 1 had the exchange's TCP port here)
+     26 u16 qps   28 u16 ndev (1..KVX_RDMA_MAX_DEVS)   30 u16 reserved (0)
      32 ndev port entries of 48 bytes:
         0 u8[16] gid   16 u16 lid   18 u8 port   19 u8 link_layer (1 IB,
         2 Ethernet)   20 u8 active_mtu (enum ibv_mtu 1..5)   21 u8 gid_index
         22 u16 reserved   24 char name[24] (NUL-terminated)
 
-   QUEUE-PAIR EXCHANGE (TCP to the prefill's cm_port; version 1 without a
-   key, version 2 with one: every message of a connection carries it)
-     Each message: u8[4] "KVXR", u16 version (1 or 2), u16 type, u32
-     body_len (<= KVX_RDMA_CM_MAX), u32 reserved (0), then the body:
+   QUEUE-PAIR EXCHANGE (kvx_boot transport messages on the control
+   connection; little-endian; at most KVX_BOOT_MAX_MESSAGE bytes)
+     Each message: u16 type, u16 reserved (0), u32 seq (the decode side's
+     number for this attempt; every answer carries the seq it answers),
+     then the body:
      1 CONNECT (decode -> prefill):
         0 u64 from (decode instance)   8 u64 to (prefill instance)
         16 u64 layout fingerprint   24 u16 nqp   26 u16 ndev   28 u32 nbuf
@@ -195,38 +190,26 @@
      3 READY (decode -> prefill): 0 u64 from, 8 u64 to
      4 REJECT (either way): 0 u64 from, 8 u64 to, 16 i32 result, 20 u32 rl
         (<= 1024), 24 reason
-     Version 2 adds, before CONNECT (nonces of KVX_NONCE_BYTES, proofs
-     kvx_auth_proof of KVX_MAC_BYTES):
-     5 CHALLENGE (prefill -> decode, at accept): 0 u64 0, 8 u64 0, 16 nonce_p
-     6 AUTH (decode -> prefill): 0 u64 from, 8 u64 to, 16 nonce_d, 32 proof
-        with label "kvx-rdma-cm-decode" over (nonce_p, nonce_d)
-     7 AUTH_OK (prefill -> decode): 0 u64 from, 8 u64 to, 16 proof with label
-        "kvx-rdma-cm-prefill" over (nonce_d, nonce_p)
-     The decode side sends CONNECT (its rkeys and addresses) only after it
-     checked AUTH_OK; a wrong proof either way closes the connection with a
-     sentence naming KVX_AUTH_KEY. Without a key the exchange is version 1
-     as before; a prefill with a key says so in its endpoint flags, and a
-     side whose key setting differs from its peer's fails at once saying so.
      Queue pair i of the decode side talks to queue pair i of the prefill.
+     A CONNECT larger than KVX_BOOT_MAX_MESSAGE (very many regions: a
+     device whose max_mr_size is small) fails the connection with a
+     sentence saying so.
 
-   WHO MAY USE THE EXCHANGE PORT
-     The prefill's completion thread holds each accepted connection (at most
-     KVX_RDMA_CM_PENDING, a quarter of them from one address, each for at
-     most KVX_IB_CONNECT_TIMEOUT) until its opening arrived: AUTH with a key,
-     else the fixed head of CONNECT. It hands the connection to an exchange
-     worker only when the proof checks and the CONNECT names this prefill
-     and a decode instance whose kvx_boot control connection is up from the
-     same address; anything else is closed (counted in cm_refused), and
-     nothing about this engine is sent before that (a refusal carries a
-     reason, a CHALLENGE only a nonce). The prefill hands out no rkeys: its
-     memory is registered for local access only. Without a key, a process
-     that learns a connected decode engine's instance and runs on its host
-     can still replace that engine's connection (failing its rooms); a key
-     closes that. The key does not protect the exchange's bytes after the
-     proofs (no encryption, no per-message MAC: an attacker on the path
-     can still alter them), nor the RDMA traffic itself.
+   WHO MAY TAKE PART IN THE EXCHANGE
+     Only a peer whose kvx_boot control connection is up: its messages
+     arrive on that connection, after the hellos (with a key: after both
+     sides proved the key, kvx_boot.h SECURITY), and a message's `from`
+     must be the rdma instance of that connection's endpoint and its `to`
+     this engine, else it is refused (a REJECT with the reason, counted in
+     cm_refused, and nothing about this engine is sent). So is a malformed
+     message, one in the wrong direction, and an ACCEPT or READY that
+     answers no exchange in progress (wrong seq, or none). The prefill
+     hands out no rkeys: its memory is registered for local access only.
+     The key does not protect the bytes after the handshake (no encryption,
+     no per-message MAC: an attacker on the path can still alter them),
+     nor the RDMA traffic itself.
 
-   GPU MEMORY
+   GPU MEMORY   GPU MEMORY
      KV buffers with mem == KVX_MEM_CUDA are registered through dma-buf
      (ibv_reg_dmabuf_mr) with the file descriptor the engine's
      desc.mem.dmabuf_fd exports (kvx_cuda_mem_ops fills it:
@@ -245,8 +228,8 @@
 
    THREAD SAFETY
      As kvx.h. Each engine owns one completion/event thread (completion
-     channels, async events, the exchange listener) and two exchange worker
-     threads, besides kvx_boot's; kvx_engine_destroy joins them all. Posting
+     channels, async events, exchange timeouts) and one exchange worker
+     thread (the messages, in order), besides kvx_boot's; kvx_engine_destroy joins them all. Posting
      happens on the caller's thread in kvx_sender_send and on the completion
      thread. kvx_sender_destroy waits until the NIC finished reading the
      room's pages; kvx_receiver_destroy of an unfinished room waits up to
@@ -269,22 +252,11 @@
 #ifndef KVX_RDMA_MAX_QPS
 #define KVX_RDMA_MAX_QPS 64
 #endif
-#ifndef KVX_RDMA_CM_MAX
-#define KVX_RDMA_CM_MAX (64u << 20)
-#endif
-
-#ifndef KVX_RDMA_CM_PENDING
-#define KVX_RDMA_CM_PENDING 64
-#endif
-
-#define KVX_RDMA_ENDPOINT_VERSION 1
-#define KVX_RDMA_CM_VERSION 2      /* the highest this build speaks: 1 keyless, 2 with a key */
-#define KVX_RDMA_FLAG_AUTH 1u      /* endpoint flags: the prefill's exchange needs the key */
-#define KVX_RDMA_CM_AUTH_LABEL_DECODE "kvx-rdma-cm-decode"
-#define KVX_RDMA_CM_AUTH_LABEL_PREFILL "kvx-rdma-cm-prefill"
+#define KVX_RDMA_CM_MAX KVX_BOOT_MAX_MESSAGE /* bytes of one exchange message */
+#define KVX_RDMA_ENDPOINT_VERSION 2
 #define KVX_RDMA_HELLO_FIXED 32u
 #define KVX_RDMA_DEV_ENTRY 48u
-#define KVX_RDMA_CM_HEADER 16u
+#define KVX_RDMA_CM_HEADER 8u
 
 #ifdef __cplusplus
 extern "C" {
@@ -313,8 +285,8 @@ typedef struct kvx_rdma_stats {
     uint64_t imm_received;  /* decode: immediates received */
     uint64_t pairs;         /* peer connections (queue-pair exchanges) completed */
     uint64_t errors;        /* connections failed */
-    uint64_t cm_refused;    /* prefill: exchange connections closed before a valid opening
-                               (over the limits, silent, unknown peer, wrong key) */
+    uint64_t cm_refused;    /* exchange messages refused (malformed, wrong direction or
+                               instance, answering no exchange in progress) */
 } kvx_rdma_stats;
 /* Copies the counters of an rdma engine. KVX_ERR_INVALID_ARGUMENT when e
    or out is NULL or e is not an rdma engine, KVX_ERR_NOT_COMPILED without
@@ -333,9 +305,9 @@ typedef struct kvx_rdma_port_info {
 
 typedef struct kvx_rdma_hello {
     uint16_t version, role;
-    uint32_t flags;                           /* KVX_RDMA_FLAG_AUTH or 0 */
+    uint32_t flags;                           /* 0 */
     uint64_t instance;
-    uint16_t cm_port, qps, ndev;
+    uint16_t qps, ndev;
     kvx_rdma_port_info dev[KVX_RDMA_MAX_DEVS];
 } kvx_rdma_hello;
 
@@ -352,10 +324,7 @@ typedef enum kvx_rdma_cm_type {
     KVX_RDMA_CM_CONNECT = 1,
     KVX_RDMA_CM_ACCEPT = 2,
     KVX_RDMA_CM_READY = 3,
-    KVX_RDMA_CM_REJECT = 4,
-    KVX_RDMA_CM_CHALLENGE = 5, /* version 2 only: the authentication (see the doc block) */
-    KVX_RDMA_CM_AUTH = 6,
-    KVX_RDMA_CM_AUTH_OK = 7
+    KVX_RDMA_CM_REJECT = 4
 } kvx_rdma_cm_type;
 
 typedef struct kvx_rdma_qp_info {
@@ -366,10 +335,8 @@ typedef struct kvx_rdma_qp_info {
 /* A parsed exchange message. Pointers point into the parsed buffer. */
 typedef struct kvx_rdma_cm_msg {
     kvx_rdma_cm_type type;
-    uint16_t version;           /* 1 or 2 */
+    uint32_t seq;               /* the exchange attempt it belongs to */
     uint64_t from, to;
-    const uint8_t *nonce;       /* CHALLENGE, AUTH: KVX_NONCE_BYTES */
-    const uint8_t *proof;       /* AUTH, AUTH_OK: KVX_MAC_BYTES */
     uint64_t fingerprint;       /* CONNECT */
     uint16_t nqp, ndev;         /* CONNECT, ACCEPT */
     kvx_rdma_qp_info qp[KVX_RDMA_MAX_QPS];
@@ -382,12 +349,12 @@ typedef struct kvx_rdma_cm_msg {
     uint32_t reason_len;
 } kvx_rdma_cm_msg;
 
-/* Parses one whole message (header and body) at buf[0..len). KVX_OK and
-   *consumed > 0: a valid message; KVX_OK and *consumed == 0: need more
-   bytes; KVX_ERR_PROTOCOL with a sentence: bad magic, version, type,
-   lengths, counts beyond the limits, region counts that do not match. */
+/* Parses one whole message (one kvx_boot transport message) buf[0..len).
+   KVX_OK: valid; KVX_ERR_PROTOCOL with a sentence: a bad type, reserved
+   field, length, count beyond the limits, region counts that do not
+   match; KVX_ERR_INVALID_ARGUMENT for NULL out. */
 KVX_API kvx_result kvx_rdma_cm_parse(const void *buf, size_t len, kvx_rdma_cm_msg *out,
-                                     size_t *consumed, char *why, size_t why_len);
+                                     char *why, size_t why_len);
 /* Region table of port entry `dev`, buffer `buf` (KV buffers first, then
    aux) of a parsed CONNECT: base, length, region size and region count;
    rkey i with kvx_rdma_cm_rkey. 0 when out of range. */
@@ -419,7 +386,6 @@ extern "C" {
 /* >>rdma: wire format ------------------------------------------------------ */
 
 static const char kvx__rdma_magic[8] = {'k', 'v', 'x', '-', 'r', 'd', 'm', 'a'};
-static const char kvx__rdma_cm_magic[4] = {'K', 'V', 'X', 'R'};
 
 #define KVX__RDMA_QP_ENTRY 12u
 #define KVX__RDMA_MAX_REASON 1024u
@@ -491,7 +457,6 @@ KVX_API size_t kvx_rdma_hello_encode(const kvx_rdma_hello *h, uint8_t *out, size
     kvx__le_w16(out + 10, h->role);
     kvx__le_w32(out + 12, h->flags);
     kvx__le_w64(out + 16, h->instance);
-    kvx__le_w16(out + 24, h->cm_port);
     kvx__le_w16(out + 26, h->qps);
     kvx__le_w16(out + 28, h->ndev);
     for (i = 0; i < h->ndev; i++)
@@ -514,7 +479,6 @@ KVX_API kvx_result kvx_rdma_hello_parse(const void *buf, size_t len, kvx_rdma_he
     h->role = kvx__le_r16(p + 10);
     h->flags = kvx__le_r32(p + 12);
     h->instance = kvx__le_r64(p + 16);
-    h->cm_port = kvx__le_r16(p + 24);
     h->qps = kvx__le_r16(p + 26);
     h->ndev = kvx__le_r16(p + 28);
     if (h->version != KVX_RDMA_ENDPOINT_VERSION) {
@@ -523,15 +487,12 @@ KVX_API kvx_result kvx_rdma_hello_parse(const void *buf, size_t len, kvx_rdma_he
         return KVX_ERR_PROTOCOL;
     }
     if ((h->role != KVX_ROLE_PREFILL && h->role != KVX_ROLE_DECODE) ||
-        (h->flags & ~KVX_RDMA_FLAG_AUTH) ||
-        !h->instance || h->ndev < 1 || h->ndev > KVX_RDMA_MAX_DEVS || h->qps < 1 ||
-        h->qps > KVX_RDMA_MAX_QPS || kvx__le_r16(p + 30) ||
-        (h->role == KVX_ROLE_PREFILL && !h->cm_port)) {
-        kvx__set_why(why, wl, "rdma endpoint: role %u, instance %016llx, %u ports, %u queue pairs, "
-                     "exchange port %u (need role 1 or 2, nonzero instance, 1..%d ports, 1..%d "
-                     "queue pairs, a prefill exchange port, no flags but %u)", h->role,
-                     (unsigned long long)h->instance, h->ndev, h->qps, h->cm_port,
-                     KVX_RDMA_MAX_DEVS, KVX_RDMA_MAX_QPS, KVX_RDMA_FLAG_AUTH);
+        h->flags || !h->instance || h->ndev < 1 || h->ndev > KVX_RDMA_MAX_DEVS || h->qps < 1 ||
+        h->qps > KVX_RDMA_MAX_QPS || kvx__le_r16(p + 24) || kvx__le_r16(p + 30)) {
+        kvx__set_why(why, wl, "rdma endpoint: role %u, instance %016llx, %u ports, %u queue pairs "
+                     "(need role 1 or 2, nonzero instance, 1..%d ports, 1..%d queue pairs, flags "
+                     "and reserved fields 0)", h->role, (unsigned long long)h->instance, h->ndev,
+                     h->qps, KVX_RDMA_MAX_DEVS, KVX_RDMA_MAX_QPS);
         return KVX_ERR_PROTOCOL;
     }
     if (len != KVX_RDMA_HELLO_FIXED + (size_t)KVX_RDMA_DEV_ENTRY * h->ndev) {
@@ -588,48 +549,32 @@ short_:
 }
 
 KVX_API kvx_result kvx_rdma_cm_parse(const void *buf, size_t len, kvx_rdma_cm_msg *m,
-                                     size_t *consumed, char *why, size_t wl) {
+                                     char *why, size_t wl) {
     const uint8_t *p = (const uint8_t *)buf, *b;
     uint32_t bl, i, fixed;
-    uint16_t type, ver;
-    if (!m || !consumed || (!p && len)) return KVX_ERR_INVALID_ARGUMENT;
-    *consumed = 0;
+    uint16_t type;
+    if (!m || (!p && len)) return KVX_ERR_INVALID_ARGUMENT;
     memset(m, 0, sizeof *m);
-    if (len < KVX_RDMA_CM_HEADER) return KVX_OK;
-    ver = kvx__le_r16(p + 4);
-    if (memcmp(p, kvx__rdma_cm_magic, 4) || ver < 1 || ver > KVX_RDMA_CM_VERSION ||
-        kvx__le_r32(p + 12)) {
-        kvx__set_why(why, wl, "not a kvx rdma exchange message of version 1..%d (magic, version or "
-                     "reserved field differ)", KVX_RDMA_CM_VERSION);
+    if (len < KVX_RDMA_CM_HEADER || len > KVX_RDMA_CM_MAX) {
+        kvx__set_why(why, wl, "an exchange message of %zu bytes (%u..%u)", len, KVX_RDMA_CM_HEADER,
+                     (unsigned)KVX_RDMA_CM_MAX);
         return KVX_ERR_PROTOCOL;
     }
-    type = kvx__le_r16(p + 6);
-    bl = kvx__le_r32(p + 8);
-    if (type < KVX_RDMA_CM_CONNECT || type > (ver >= 2 ? KVX_RDMA_CM_AUTH_OK : KVX_RDMA_CM_REJECT) ||
-        bl > KVX_RDMA_CM_MAX) {
-        kvx__set_why(why, wl, "exchange message version %u type %u with %u body bytes (types 1..4, "
-                     "5..7 in version 2; at most %u)", ver, type, bl, (unsigned)KVX_RDMA_CM_MAX);
+    type = kvx__le_r16(p);
+    if (type < KVX_RDMA_CM_CONNECT || type > KVX_RDMA_CM_REJECT || kvx__le_r16(p + 2)) {
+        kvx__set_why(why, wl, "exchange message of type %u, reserved %u (types 1..4, reserved 0)",
+                     type, kvx__le_r16(p + 2));
         return KVX_ERR_PROTOCOL;
     }
-    if (len - KVX_RDMA_CM_HEADER < bl) return KVX_OK;
+    bl = (uint32_t)(len - KVX_RDMA_CM_HEADER);
     b = p + KVX_RDMA_CM_HEADER;
     m->type = (kvx_rdma_cm_type)type;
-    m->version = ver;
+    m->seq = kvx__le_r32(p + 4);
     if (bl < 16) goto bad_len;
     m->from = kvx__le_r64(b);
     m->to = kvx__le_r64(b + 8);
     if (type == KVX_RDMA_CM_READY) {
         if (bl != 16) goto bad_len;
-    } else if (type == KVX_RDMA_CM_CHALLENGE) {
-        if (bl != 16 + KVX_NONCE_BYTES) goto bad_len;
-        m->nonce = b + 16;
-    } else if (type == KVX_RDMA_CM_AUTH) {
-        if (bl != 16 + KVX_NONCE_BYTES + KVX_MAC_BYTES) goto bad_len;
-        m->nonce = b + 16;
-        m->proof = b + 16 + KVX_NONCE_BYTES;
-    } else if (type == KVX_RDMA_CM_AUTH_OK) {
-        if (bl != 16 + KVX_MAC_BYTES) goto bad_len;
-        m->proof = b + 16;
     } else if (type == KVX_RDMA_CM_REJECT) {
         if (bl < 24) goto bad_len;
         m->result = (int32_t)kvx__le_r32(b + 16);
@@ -693,7 +638,6 @@ KVX_API kvx_result kvx_rdma_cm_parse(const void *buf, size_t len, kvx_rdma_cm_ms
             m->mr_len = (uint32_t)used;
         }
     }
-    *consumed = KVX_RDMA_CM_HEADER + (size_t)bl;
     return KVX_OK;
 bad_len:
     kvx__set_why(why, wl, "exchange message type %u: body of %u bytes does not match its counts",
@@ -735,19 +679,15 @@ KVX_API uint32_t kvx_rdma_cm_rkey(const uint8_t *rkeys_le, uint32_t i) {
     return kvx__le_r32(rkeys_le + 4u * i);
 }
 
-/* Starts a message in b: header with a body length to patch. */
-static KVX__UNUSED void kvx__rdma_cm_begin(kvx_buf *b, kvx_rdma_cm_type type) {
-    uint8_t h[KVX_RDMA_CM_HEADER];
-    memset(h, 0, sizeof h);
-    memcpy(h, kvx__rdma_cm_magic, 4);
-    kvx__le_w16(h + 4, KVX_RDMA_CM_VERSION);
-    kvx__le_w16(h + 6, (uint16_t)type);
+/* Starts a message in b: its header, then from and to. */
+static KVX__UNUSED void kvx__rdma_cm_begin(kvx_buf *b, kvx_rdma_cm_type type, uint32_t seq,
+                                           uint64_t from, uint64_t to) {
     b->len = 0;
-    kvx__rdma_put(b, h, sizeof h);
-}
-static KVX__UNUSED void kvx__rdma_cm_end(kvx_buf *b) {
-    if (!b->oom && b->len >= KVX_RDMA_CM_HEADER)
-        kvx__le_w32((uint8_t *)b->data + 8, (uint32_t)(b->len - KVX_RDMA_CM_HEADER));
+    kvx__rdma_put16(b, (uint16_t)type);
+    kvx__rdma_put16(b, 0);
+    kvx__rdma_put32(b, seq);
+    kvx__rdma_put64(b, from);
+    kvx__rdma_put64(b, to);
 }
 static KVX__UNUSED void kvx__rdma_put_port(kvx_buf *b, const kvx_rdma_port_info *d) {
     uint8_t t[KVX_RDMA_DEV_ENTRY];
@@ -760,17 +700,14 @@ static KVX__UNUSED void kvx__rdma_put_qp(kvx_buf *b, const kvx_rdma_qp_info *q) 
     kvx__rdma_put16(b, q->dev);
     kvx__rdma_put16(b, 0);
 }
-static KVX__UNUSED void kvx__rdma_cm_reject(kvx_buf *b, uint64_t from, uint64_t to, kvx_result res,
-                                            const char *reason) {
+static KVX__UNUSED void kvx__rdma_cm_reject(kvx_buf *b, uint32_t seq, uint64_t from, uint64_t to,
+                                            kvx_result res, const char *reason) {
     size_t rl = strlen(reason);
     if (rl > KVX__RDMA_MAX_REASON) rl = KVX__RDMA_MAX_REASON;
-    kvx__rdma_cm_begin(b, KVX_RDMA_CM_REJECT);
-    kvx__rdma_put64(b, from);
-    kvx__rdma_put64(b, to);
+    kvx__rdma_cm_begin(b, KVX_RDMA_CM_REJECT, seq, from, to);
     kvx__rdma_put32(b, (uint32_t)res);
     kvx__rdma_put32(b, (uint32_t)rl);
     kvx__rdma_put(b, reason, rl);
-    kvx__rdma_cm_end(b);
 }
 
 KVX_API kvx_result kvx_rdma_register(void) { return kvx_transport_register(kvx_rdma_backend()); }
@@ -789,12 +726,7 @@ KVX_API kvx_result kvx_rdma_register(void) { return kvx_transport_register(kvx_r
 #include <poll.h>
 #include <limits.h>
 #include <sys/types.h>
-#include <sys/socket.h>
 #include <sys/resource.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
-#include <arpa/inet.h>
-#include <netdb.h>
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -917,7 +849,7 @@ typedef struct kvx__rdma_cfg {
     const char *library, *devices;
     int gid_index; /* -1 auto */
     int qps, signal_every, send_depth, recv_depth, timeout, retry_cnt, rnr_retry, sl, tclass;
-    int cm_port, relaxed;
+    int relaxed;
     uint64_t max_msg;
     double connect_timeout_s, fence_timeout_s;
 } kvx__rdma_cfg;
@@ -1025,6 +957,9 @@ typedef struct kvx__rdma_pair {
     char reason[KVX_ERROR_MAX];   /* why it died, under mu */
     kvx_result why_res;
     uint32_t peer_qpn0;       /* prefill: the decode side's first queue pair number */
+    uint32_t seq;             /* the exchange attempt (the decode side numbers them) */
+    uint64_t deadline;        /* while connecting: KVX_IB_CONNECT_TIMEOUT for the next message */
+    kvx_boot_peer ctl;        /* the control connection it is made on (conn_id, no strings) */
     /* decode: which rooms it serves (kvx_boot's dp rule) */
     char bootstrap[256];
     int dp_rank, dp_size;
@@ -1035,14 +970,12 @@ typedef struct kvx__rdma_pair {
 /* Decode: a prefill rank whose control connection is up. */
 typedef struct kvx__rdma_peer {
     uint64_t instance;
-    char ip[64];
-    int cm_port;
     char addr[96];
     char bootstrap[256];
     int dp_rank, dp_size;
     kvx_rdma_hello hello;
+    kvx_boot_peer ctl;        /* its control connection (conn_id, no strings) */
     kvx__rdma_pair *pair;     /* current, referenced; under re->mu */
-    int dialing;
     struct kvx__rdma_peer *next;
 } kvx__rdma_peer;
 
@@ -1100,30 +1033,6 @@ typedef struct kvx__rdma_room {
 
 #define KVX__RDMA_BUCKETS 4096
 
-/* Prefill: a decode engine whose control connection is up (the only
-   instances whose CONNECT the exchange listener takes), with the address
-   that connection comes from. */
-typedef struct kvx__rdma_dpeer {
-    uint64_t instance;
-    char ip[64];
-    int n;                     /* control connections with this instance */
-    struct kvx__rdma_dpeer *next;
-} kvx__rdma_dpeer;
-
-/* Prefill: an accepted exchange connection whose opening (the AUTH
-   message with a key, else the fixed head of CONNECT) has not arrived
-   yet: held by the completion thread, never by a worker. */
-#define KVX__RDMA_OPEN_MAX (KVX_RDMA_CM_HEADER + 16 + KVX_NONCE_BYTES + KVX_MAC_BYTES)
-typedef struct kvx__rdma_pend {
-    int fd;
-    uint64_t deadline;
-    uint8_t nonce[KVX_NONCE_BYTES]; /* our challenge (with a key) */
-    uint8_t in[KVX__RDMA_OPEN_MAX];
-    size_t len;
-    int waiting_peer;               /* opening checked; its instance is not connected yet */
-    char addr[96], ip[64];
-} kvx__rdma_pend;
-
 typedef struct kvx__rdma_engine {
     kvx_engine *e;
     kvx_boot *boot;
@@ -1136,10 +1045,7 @@ typedef struct kvx__rdma_engine {
     uint8_t hello[KVX_RDMA_HELLO_FIXED + KVX_RDMA_DEV_ENTRY * KVX_RDMA_MAX_DEVS];
     size_t hello_len;
     int qps;                   /* this side's KVX_IB_QPS */
-    char host[256];            /* prefill: where the exchange listener binds */
-    int listen_fd, cm_port;
     int wake_rd, wake_wr;      /* wakes the completion thread */
-    int stop_rd, stop_wr;      /* readable once the engine stops */
     int stop;                  /* atomic */
     pthread_t thread;
     int thread_started;
@@ -1155,11 +1061,8 @@ typedef struct kvx__rdma_engine {
     kvx__rdma_room *buckets[KVX__RDMA_BUCKETS];
     kvx__rdma_room *deferred;
     kvx_rdma_stats st;         /* atomics */
-    const uint8_t *key;        /* kvx_engine_auth_key: NULL = keyless */
-    size_t key_len;
-    kvx__rdma_dpeer *dpeers;   /* prefill, under mu */
-    kvx__rdma_pend *pend;      /* prefill: KVX_RDMA_CM_PENDING, completion thread only */
-    int npend;
+    kvx__rdma_pair *acc;       /* prefill, under mu: ACCEPT sent, READY awaited */
+    uint32_t seq;              /* decode, under mu: the last exchange attempt's number */
     int refused_logged;
 } kvx__rdma_engine;
 
@@ -1256,7 +1159,6 @@ static kvx_result kvx__rdma_settings(kvx__rdma_engine *re, char *why, size_t wl)
         (r = kvx__rdma_env_int("KVX_IB_SL", &c->sl, 0, 15, why, wl)) ||
         (r = kvx__rdma_env_int("KVX_IB_TRAFFIC_CLASS", &c->tclass, 0, 255, why, wl)) ||
         (r = kvx__rdma_env_int("KVX_IB_RELAXED_ORDERING", &c->relaxed, 0, 1, why, wl)) ||
-        (r = kvx__rdma_env_int("KVX_IB_CM_PORT", &c->cm_port, 0, 65535, why, wl)) ||
         (r = kvx_env_double("KVX_IB_CONNECT_TIMEOUT", &c->connect_timeout_s, why, wl)) ||
         (r = kvx_env_double("KVX_IB_FENCE_TIMEOUT", &c->fence_timeout_s, why, wl)))
         return r;
@@ -1825,151 +1727,10 @@ static kvx_result kvx__rdma_qp_connect(kvx__rdma_engine *re, kvx__rdma_qp *q,
     return KVX_OK;
 }
 
-/* >>rdma: sockets for the exchange -------------------------------------------- */
-
-/* 1 ready, 0 deadline passed, -1 the engine stops. */
-static int kvx__rdma_wait_fd(kvx__rdma_engine *re, int fd, short ev, uint64_t deadline) {
-    for (;;) {
-        struct pollfd pf[2];
-        uint64_t now = kvx_now_ns();
-        int ms, rc;
-        if (KVX__LOAD(&re->stop)) return -1;
-        if (now >= deadline) return 0;
-        ms = (int)((deadline - now) / 1000000u) + 1;
-        pf[0].fd = fd; pf[0].events = ev; pf[0].revents = 0;
-        pf[1].fd = re->stop_rd; pf[1].events = POLLIN; pf[1].revents = 0;
-        rc = poll(pf, 2, ms);
-        if (rc < 0 && errno != EINTR) return 0;
-        if (pf[1].revents) return -1;
-        if (rc > 0 && pf[0].revents) return 1;
-    }
-}
-
-static kvx_result kvx__rdma_sock_send(kvx__rdma_engine *re, int fd, const void *buf, size_t n,
-                                      uint64_t deadline, char *why, size_t wl, const char *peer) {
-    const char *p = (const char *)buf;
-    while (n) {
-        ssize_t w = send(fd, p, n, MSG_NOSIGNAL | MSG_DONTWAIT);
-        int rc;
-        if (w > 0) { p += w; n -= (size_t)w; continue; }
-        if (w < 0 && errno == EINTR) continue;
-        if (w < 0 && errno != EAGAIN && errno != EWOULDBLOCK) {
-            kvx__set_why(why, wl, "sending to %s: %s", peer, strerror(errno));
-            return KVX_ERR_PEER_LOST;
-        }
-        rc = kvx__rdma_wait_fd(re, fd, POLLOUT, deadline);
-        if (rc <= 0) {
-            kvx__set_why(why, wl, rc < 0 ? "the engine is shutting down" : "sending to %s timed out",
-                         peer);
-            return rc < 0 ? KVX_ERR_ABORTED : KVX_ERR_TIMEOUT;
-        }
-    }
-    return KVX_OK;
-}
-
-/* Reads one exchange message into in, after the in->len bytes already
-   there (its pointers point into in). A body longer than max_body is
-   refused before it is read. */
-static kvx_result kvx__rdma_sock_recv(kvx__rdma_engine *re, int fd, kvx_buf *in, kvx_rdma_cm_msg *m,
-                                      size_t max_body, uint64_t deadline, char *why, size_t wl,
-                                      const char *peer) {
-    char pw[200];
-    for (;;) {
-        size_t used = 0;
-        ssize_t r;
-        int rc;
-        if (kvx_rdma_cm_parse(in->data, in->len, m, &used, pw, sizeof pw) != KVX_OK) {
-            kvx__set_why(why, wl, "%s sent a bad exchange message: %s", peer, pw);
-            return KVX_ERR_PROTOCOL;
-        }
-        if (used) return KVX_OK;
-        if (in->len >= KVX_RDMA_CM_HEADER && kvx__le_r32((const uint8_t *)in->data + 8) > max_body) {
-            kvx__set_why(why, wl, "%s sent an exchange message of type %u with %u body bytes where "
-                         "at most %zu are expected", peer,
-                         (unsigned)kvx__le_r16((const uint8_t *)in->data + 6),
-                         (unsigned)kvx__le_r32((const uint8_t *)in->data + 8), max_body);
-            return KVX_ERR_PROTOCOL;
-        }
-        if (in->cap - in->len < 65536) {
-            size_t want = in->len + 65536;
-            char *nd;
-            if (want > KVX_RDMA_CM_MAX + KVX_RDMA_CM_HEADER + 65536) {
-                kvx__set_why(why, wl, "%s sent an oversized exchange message", peer);
-                return KVX_ERR_PROTOCOL;
-            }
-            nd = (char *)realloc(in->data, want);
-            if (!nd) { kvx__set_why(why, wl, "out of memory"); return KVX_ERR_NO_MEMORY; }
-            in->data = nd;
-            in->cap = want;
-        }
-        r = recv(fd, in->data + in->len, in->cap - in->len, MSG_DONTWAIT);
-        if (r > 0) { in->len += (size_t)r; continue; }
-        if (r == 0) {
-            kvx__set_why(why, wl, "%s closed the exchange connection", peer);
-            return KVX_ERR_PEER_LOST;
-        }
-        if (errno == EINTR) continue;
-        if (errno != EAGAIN && errno != EWOULDBLOCK) {
-            kvx__set_why(why, wl, "reading from %s: %s", peer, strerror(errno));
-            return KVX_ERR_PEER_LOST;
-        }
-        rc = kvx__rdma_wait_fd(re, fd, POLLIN, deadline);
-        if (rc <= 0) {
-            kvx__set_why(why, wl, rc < 0 ? "the engine is shutting down"
-                                         : "%s did not answer within KVX_IB_CONNECT_TIMEOUT", peer);
-            return rc < 0 ? KVX_ERR_ABORTED : KVX_ERR_TIMEOUT;
-        }
-    }
-}
-
-static int kvx__rdma_connect(kvx__rdma_engine *re, const char *ip, int port, uint64_t deadline,
-                             char *err, size_t el) {
-    struct addrinfo hints, *res = NULL, *ai;
-    char ps[16];
-    int fd = -1, e;
-    memset(&hints, 0, sizeof hints);
-    hints.ai_family = AF_UNSPEC;
-    hints.ai_socktype = SOCK_STREAM;
-    snprintf(ps, sizeof ps, "%d", port);
-    if ((e = getaddrinfo(ip, ps, &hints, &res)) != 0) {
-        snprintf(err, el, "cannot resolve %s: %s", ip, gai_strerror(e));
-        return -1;
-    }
-    for (ai = res; ai; ai = ai->ai_next) {
-        int one = 1, so = 0, rc;
-        socklen_t sl = sizeof so;
-        fd = socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-        if (fd < 0) continue;
-        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-        if (connect(fd, ai->ai_addr, ai->ai_addrlen) == 0) break;
-        if (errno == EINPROGRESS) {
-            rc = kvx__rdma_wait_fd(re, fd, POLLOUT, deadline);
-            if (rc > 0 && getsockopt(fd, SOL_SOCKET, SO_ERROR, &so, &sl) == 0 && so == 0) break;
-            snprintf(err, el, "%s", rc <= 0 ? "timed out" : strerror(so));
-        } else {
-            snprintf(err, el, "%s", strerror(errno));
-        }
-        close(fd);
-        fd = -1;
-    }
-    freeaddrinfo(res);
-    return fd;
-}
-
-/* "1.2.3.4:5678" or "[::1]:5678" -> host. */
-static int kvx__rdma_addr_host(const char *addr, char *host, size_t n) {
-    const char *c = strrchr(addr, ':');
-    size_t l;
-    if (!c) return -1;
-    l = (size_t)(c - addr);
-    if (l >= 2 && addr[0] == '[' && addr[l - 1] == ']') { addr++; l -= 2; }
-    if (!l || l >= n) return -1;
-    memcpy(host, addr, l);
-    host[l] = 0;
-    return 0;
-}
-
 /* >>rdma: the queue-pair exchange ------------------------------------------------ */
+
+/* A decode peer whose exchange is under way (under re->mu). */
+#define KVX__RDMA_DIALING(pe) ((pe)->pair && KVX__LOAD(&(pe)->pair->state) == KVX__RP_CONNECTING)
 
 static void kvx__rdma_put_ports(kvx__rdma_engine *re, kvx_buf *b) {
     int i;
@@ -1992,9 +1753,7 @@ static void kvx__rdma_cm_connect(kvx__rdma_engine *re, kvx__rdma_pair *p, kvx_bu
     const kvx_layout *l = kvx_engine_layout(re->e);
     int d;
     uint32_t i, k;
-    kvx__rdma_cm_begin(b, KVX_RDMA_CM_CONNECT);
-    kvx__rdma_put64(b, re->instance);
-    kvx__rdma_put64(b, p->peer);
+    kvx__rdma_cm_begin(b, KVX_RDMA_CM_CONNECT, p->seq, re->instance, p->peer);
     kvx__rdma_put64(b, kvx_layout_fingerprint(l));
     kvx__rdma_put16(b, (uint16_t)p->nqp);
     kvx__rdma_put16(b, (uint16_t)re->ndev);
@@ -2016,15 +1775,30 @@ static void kvx__rdma_cm_connect(kvx__rdma_engine *re, kvx__rdma_pair *p, kvx_bu
             for (k = 0; k < m->n; k++) kvx__rdma_put32(b, m->mr[k]->rkey);
         }
     }
-    kvx__rdma_cm_end(b);
 }
 
-/* Sends the message in b with header version ver (1 keyless, 2 with a key). */
-static kvx_result kvx__rdma_send_buf(kvx__rdma_engine *re, int fd, kvx_buf *b, int ver,
-                                     uint64_t deadline, char *why, size_t wl, const char *peer) {
+/* Sends the message in b on the control connection `to`. */
+static kvx_result kvx__rdma_send_buf(kvx__rdma_engine *re, const kvx_boot_peer *to, kvx_buf *b,
+                                     char *why, size_t wl) {
     if (b->oom) { kvx__set_why(why, wl, "out of memory"); return KVX_ERR_NO_MEMORY; }
-    if (b->len >= KVX_RDMA_CM_HEADER) kvx__le_w16((uint8_t *)b->data + 4, (uint16_t)ver);
-    return kvx__rdma_sock_send(re, fd, b->data, b->len, deadline, why, wl, peer);
+    if (b->len > KVX_RDMA_CM_MAX) {
+        kvx__set_why(why, wl, "the exchange message is %zu bytes, more than KVX_BOOT_MAX_MESSAGE "
+                     "(%u): too many registered regions (a device with a small max_mr_size?) or "
+                     "ports", b->len, (unsigned)KVX_RDMA_CM_MAX);
+        return KVX_ERR_INVALID_ARGUMENT;
+    }
+    return kvx_boot_peer_send(re->boot, to, b->data, b->len, why, wl);
+}
+
+/* Tells the peer of an exchange why this side gives it up. */
+static void kvx__rdma_send_reject(kvx__rdma_engine *re, const kvx_boot_peer *to, uint32_t seq,
+                                  uint64_t peer, kvx_result res, const char *reason) {
+    kvx_buf b;
+    char err[160];
+    memset(&b, 0, sizeof b);
+    kvx__rdma_cm_reject(&b, seq, re->instance, peer, res, reason);
+    kvx__rdma_send_buf(re, to, &b, err, sizeof err);
+    kvx_buf_free(&b);
 }
 
 /* Prefill: the decode side's regions from a CONNECT, and its pool as a
@@ -2084,184 +1858,49 @@ static void kvx__rdma_ready(kvx__rdma_engine *re, kvx__rdma_pair *p);
 static void kvx__rdma_decode_dead(kvx__rdma_engine *re, kvx__rdma_pair *p, kvx_result res,
                                   int remote, const char *reason);
 
-/* Decode: dials one prefill rank's exchange listener. */
-typedef struct kvx__rdma_dial {
-    kvx__rdma_engine *re;
-    kvx__rdma_peer peer; /* a copy */
-    kvx__rdma_pair *pair;
-} kvx__rdma_dial;
-
-/* Decode, with a key (version 2): answers the prefill's CHALLENGE with
-   AUTH (our nonce and proof) and checks the prefill's proof in AUTH_OK,
-   before anything of ours (queue pairs, regions, rkeys) is sent. */
-static kvx_result kvx__rdma_auth_dial(kvx__rdma_engine *re, int fd, uint64_t peer_inst, kvx_buf *b,
-                                      kvx_buf *in, uint64_t deadline, char *why, size_t wl,
-                                      const char *who) {
-    kvx_rdma_cm_msg m;
-    uint8_t nd[KVX_NONCE_BYTES], np[KVX_NONCE_BYTES], mac[KVX_MAC_BYTES];
-    kvx_result res;
-    in->len = 0;
-    res = kvx__rdma_sock_recv(re, fd, in, &m, 4096, deadline, why, wl, who);
-    if (res != KVX_OK) return res;
-    if (m.type == KVX_RDMA_CM_REJECT) {
-        kvx__set_why(why, wl, "%s refused the connection: %.*s", who, (int)m.reason_len, m.reason);
-        return KVX_ERR_PERMISSION;
-    }
-    if (m.type != KVX_RDMA_CM_CHALLENGE) {
-        kvx__set_why(why, wl, "%s did not open with an authentication challenge (message type %d): "
-                     "it does not use the shared key this engine has (KVX_AUTH_KEY)", who,
-                     (int)m.type);
-        return KVX_ERR_PERMISSION;
-    }
-    memcpy(np, m.nonce, sizeof np);
-    if (kvx_random_bytes(nd, sizeof nd) != KVX_OK) {
-        kvx__set_why(why, wl, "cannot read random bytes for an authentication nonce");
-        return KVX_ERR_IO;
-    }
-    kvx_auth_proof(re->key, re->key_len, KVX_RDMA_CM_AUTH_LABEL_DECODE, np, nd, mac);
-    kvx__rdma_cm_begin(b, KVX_RDMA_CM_AUTH);
-    kvx__rdma_put64(b, re->instance);
-    kvx__rdma_put64(b, peer_inst);
-    kvx__rdma_put(b, nd, sizeof nd);
-    kvx__rdma_put(b, mac, sizeof mac);
-    kvx__rdma_cm_end(b);
-    res = kvx__rdma_send_buf(re, fd, b, 2, deadline, why, wl, who);
-    if (res != KVX_OK) return res;
-    in->len = 0;
-    res = kvx__rdma_sock_recv(re, fd, in, &m, 4096, deadline, why, wl, who);
-    if (res == KVX_ERR_PEER_LOST) {
-        kvx__set_why(why, wl, "%s closed the exchange connection after this engine's proof of the "
-                     "shared key: KVX_AUTH_KEY (or KVX_AUTH_KEY_FILE) differs between the engines",
-                     who);
-        return KVX_ERR_PERMISSION;
-    }
-    if (res != KVX_OK) return res;
-    if (m.type == KVX_RDMA_CM_REJECT) {
-        kvx__set_why(why, wl, "%s refused this engine's proof of the shared key: %.*s", who,
-                     (int)m.reason_len, m.reason);
-        return KVX_ERR_PERMISSION;
-    }
-    kvx_auth_proof(re->key, re->key_len, KVX_RDMA_CM_AUTH_LABEL_PREFILL, nd, np, mac);
-    if (m.type != KVX_RDMA_CM_AUTH_OK || m.from != peer_inst || m.to != re->instance ||
-        !kvx_equal_ct(mac, m.proof, sizeof mac)) {
-        kvx__set_why(why, wl, "%s could not prove that it holds this engine's shared key: "
-                     "KVX_AUTH_KEY (or KVX_AUTH_KEY_FILE) differs between the engines", who);
-        return KVX_ERR_PERMISSION;
-    }
-    return KVX_OK;
-}
-
+/* Decode: creates the queue pairs of p and sends CONNECT (a worker job;
+   the ACCEPT arrives as a message). */
 static void kvx__rdma_dial_job(void *arg) {
-    kvx__rdma_dial *dj = (kvx__rdma_dial *)arg;
-    kvx__rdma_engine *re = dj->re;
-    kvx__rdma_pair *p = dj->pair;
-    kvx_buf b, in;
-    kvx_rdma_cm_msg m;
-    char why[KVX_ERROR_MAX] = "", err[160] = "", who[160];
-    uint64_t deadline = kvx_now_ns() + (uint64_t)(re->cfg.connect_timeout_s * 1e9);
+    kvx__rdma_pair *p = (kvx__rdma_pair *)arg;
+    kvx__rdma_engine *re = p->re;
+    kvx_buf b;
+    char why[KVX_ERROR_MAX] = "";
     kvx_result res = KVX_OK;
-    int fd = -1, i, ver = re->key ? 2 : 1;
+    int i;
     memset(&b, 0, sizeof b);
-    memset(&in, 0, sizeof in);
-    snprintf(who, sizeof who, "prefill %s (exchange port %d)", dj->peer.addr, dj->peer.cm_port);
-    if (re->key && !(dj->peer.hello.flags & KVX_RDMA_FLAG_AUTH)) {
-        kvx__set_why(why, sizeof why, "%s has no shared key but this engine has one (KVX_AUTH_KEY "
-                     "or KVX_AUTH_KEY_FILE): give both engines the same key", who);
-        res = KVX_ERR_PERMISSION;
-    } else if (!re->key && (dj->peer.hello.flags & KVX_RDMA_FLAG_AUTH)) {
-        kvx__set_why(why, sizeof why, "%s requires the shared key (KVX_AUTH_KEY or "
-                     "KVX_AUTH_KEY_FILE) but this engine has none", who);
-        res = KVX_ERR_PERMISSION;
-    }
     for (i = 0; i < p->nqp && res == KVX_OK; i++) res = kvx__rdma_qp_create(re, &p->qp[i], why, sizeof why);
     if (res == KVX_OK) {
-        fd = kvx__rdma_connect(re, dj->peer.ip, dj->peer.cm_port, deadline, err, sizeof err);
-        if (fd < 0) {
-            kvx__set_why(why, sizeof why, "cannot connect to %s: %s", who, err);
-            res = KVX_ERR_PEER;
-        }
-    }
-    if (res == KVX_OK && re->key)
-        res = kvx__rdma_auth_dial(re, fd, p->peer, &b, &in, deadline, why, sizeof why, who);
-    if (res == KVX_OK) {
         kvx__rdma_cm_connect(re, p, &b);
-        res = kvx__rdma_send_buf(re, fd, &b, ver, deadline, why, sizeof why, who);
+        res = kvx__rdma_send_buf(re, &p->ctl, &b, why, sizeof why);
     }
-    in.len = 0;
-    if (res == KVX_OK) res = kvx__rdma_sock_recv(re, fd, &in, &m, 65536, deadline, why, sizeof why, who);
-    if (res == KVX_OK && m.type == KVX_RDMA_CM_REJECT) {
-        kvx__set_why(why, sizeof why, "%s refused the connection: %.*s", who, (int)m.reason_len,
-                     m.reason);
-        res = m.result < 0 ? (kvx_result)m.result : KVX_ERR_PEER;
-    } else if (res == KVX_OK && m.type == KVX_RDMA_CM_CHALLENGE) {
-        kvx__set_why(why, sizeof why, "%s requires the shared key (KVX_AUTH_KEY or "
-                     "KVX_AUTH_KEY_FILE) but this engine has none", who);
-        res = KVX_ERR_PERMISSION;
-    } else if (res == KVX_OK && (m.type != KVX_RDMA_CM_ACCEPT || m.from != p->peer ||
-                                 m.to != re->instance || m.nqp != p->nqp)) {
-        kvx__set_why(why, sizeof why, "%s answered with a %s message (type %d, %u queue pairs, "
-                     "instances %016llx -> %016llx)", who, "wrong", (int)m.type, m.nqp,
-                     (unsigned long long)m.from, (unsigned long long)m.to);
-        res = KVX_ERR_PROTOCOL;
-    }
-    for (i = 0; res == KVX_OK && i < p->nqp; i++) {
-        p->qp[i].rdev = m.qp[i].dev;
-        res = kvx__rdma_qp_connect(re, &p->qp[i], &m.qp[i], &m.dev[m.qp[i].dev], why, sizeof why);
-    }
-    if (res == KVX_OK) {
-        kvx__rdma_cm_begin(&b, KVX_RDMA_CM_READY);
-        kvx__rdma_put64(&b, re->instance);
-        kvx__rdma_put64(&b, p->peer);
-        kvx__rdma_cm_end(&b);
-        res = kvx__rdma_send_buf(re, fd, &b, ver, deadline, why, sizeof why, who);
-    } else if (fd >= 0 && res != KVX_ERR_PEER_LOST && res != KVX_ERR_ABORTED &&
-               res != KVX_ERR_PERMISSION) {
-        kvx__rdma_cm_reject(&b, re->instance, p->peer, res, why);
-        kvx__rdma_send_buf(re, fd, &b, ver, kvx_now_ns() + 100000000ull, err, sizeof err, who);
-    }
-    if (fd >= 0) close(fd);
     kvx_buf_free(&b);
-    kvx_buf_free(&in);
-    if (res == KVX_OK) {
-        kvx__rdma_ready(re, p);
-    } else {
+    if (res != KVX_OK) {
         KVX__RDMA_STAT(re, errors, 1);
-        kvx__rdma_pair_kill(re, p, res, "cannot set up RDMA queue pairs with %s: %s", who, why);
+        kvx__rdma_pair_kill(re, p, res, "cannot set up RDMA queue pairs with %s: %s", p->peer_addr,
+                           why);
     }
-    pthread_mutex_lock(&re->mu);
-    {
-        kvx__rdma_peer *pe;
-        for (pe = re->peers; pe; pe = pe->next)
-            if (pe->instance == dj->peer.instance) pe->dialing = 0;
-    }
-    pthread_mutex_unlock(&re->mu);
     kvx__rdma_pair_unref(re, p);
-    free(dj);
 }
 
-/* Decode: starts a dial towards pe (under re->mu). */
+/* Decode: starts an exchange with pe (under re->mu). */
 static void kvx__rdma_dial_locked(kvx__rdma_engine *re, kvx__rdma_peer *pe) {
-    kvx__rdma_dial *dj;
     kvx__rdma_pair *p;
     int nqp = re->cfg.qps;
     char addr[128];
-    if (re->stopping || pe->dialing) return;
+    if (re->stopping || KVX__RDMA_DIALING(pe)) return;
     if (pe->hello.qps > nqp) nqp = pe->hello.qps;
     if (re->ndev > nqp) nqp = re->ndev;
     if (pe->hello.ndev > nqp) nqp = pe->hello.ndev;
     if (nqp > KVX_RDMA_MAX_QPS) nqp = KVX_RDMA_MAX_QPS;
     snprintf(addr, sizeof addr, "prefill %s", pe->addr);
-    dj = (kvx__rdma_dial *)calloc(1, sizeof *dj);
-    p = dj ? kvx__rdma_pair_new(re, nqp, pe->instance, addr) : NULL;
-    if (!p) { free(dj); return; }
+    p = kvx__rdma_pair_new(re, nqp, pe->instance, addr);
+    if (!p) return;
     snprintf(p->bootstrap, sizeof p->bootstrap, "%s", pe->bootstrap);
     p->dp_rank = pe->dp_rank;
     p->dp_size = pe->dp_size;
-    dj->re = re;
-    dj->peer = *pe;
-    dj->peer.next = NULL;
-    dj->peer.pair = NULL;
-    dj->pair = p;
+    p->ctl = pe->ctl;
+    p->seq = ++re->seq;
+    p->deadline = kvx_now_ns() + (uint64_t)(re->cfg.connect_timeout_s * 1e9);
     kvx__rdma_pair_ref(p); /* the job's */
     /* the list's reference is p's first; the old pair leaves the list */
     if (pe->pair && pe->pair->listed) {
@@ -2275,45 +1914,16 @@ static void kvx__rdma_dial_locked(kvx__rdma_engine *re, kvx__rdma_peer *pe) {
     re->pairs = p;
     p->listed = 1;
     pe->pair = p;
-    pe->dialing = 1;
-    if (kvx_workq_submit(re->cmq, kvx__rdma_dial_job, dj) != KVX_OK) {
-        pe->dialing = 0;
+    if (kvx_workq_submit(re->cmq, kvx__rdma_dial_job, p) != KVX_OK) {
         KVX__STORE(&p->state, KVX__RP_DEAD);
         snprintf(p->reason, sizeof p->reason, "out of memory queueing the exchange");
         kvx__rdma_pair_unref(re, p);
-        free(dj);
     }
 }
 
-/* Prefill: one decode engine's CONNECT on an accepted socket. */
-typedef struct kvx__rdma_accept {
-    kvx__rdma_engine *re;
-    int fd;
-    int ver;                          /* 1 keyless, 2 authenticated */
-    uint64_t from;                    /* the decode instance its opening named */
-    uint8_t prefix[KVX__RDMA_OPEN_MAX]; /* keyless: the head of CONNECT already read */
-    size_t plen;
-    char addr[96];
-} kvx__rdma_accept;
-
 static kvx_result kvx__rdma_check_connect(kvx__rdma_engine *re, const kvx_rdma_cm_msg *m,
-                                          uint64_t from, char *why, size_t wl) {
+                                          char *why, size_t wl) {
     const kvx_layout *l = kvx_engine_layout(re->e);
-    if (m->type != KVX_RDMA_CM_CONNECT) {
-        kvx__set_why(why, wl, "expected CONNECT, got message type %d", (int)m->type);
-        return KVX_ERR_PROTOCOL;
-    }
-    if (m->from != from) {
-        kvx__set_why(why, wl, "the CONNECT names decode instance %016llx but the connection opened "
-                     "as %016llx", (unsigned long long)m->from, (unsigned long long)from);
-        return KVX_ERR_PROTOCOL;
-    }
-    if (m->to != re->instance) {
-        kvx__set_why(why, wl, "the CONNECT is for prefill instance %016llx but this engine is "
-                     "%016llx (it restarted since the decode side saw it)",
-                     (unsigned long long)m->to, (unsigned long long)re->instance);
-        return KVX_ERR_PEER;
-    }
     if (m->fingerprint != kvx_layout_fingerprint(l) || m->nbuf != l->num_buffers ||
         m->naux != l->num_aux) {
         kvx__set_why(why, wl, "the decode side's KV layout differs (fingerprint %016llx, %u KV "
@@ -2325,108 +1935,277 @@ static kvx_result kvx__rdma_check_connect(kvx__rdma_engine *re, const kvx_rdma_c
     return KVX_OK;
 }
 
-/* Prefill: a decode engine reconnects only when its side of the old
-   connection is gone; retire ours before answering, so a room frame it
-   sends once connected can never be planned on the old one. */
-static void kvx__rdma_supersede(kvx__rdma_engine *re, uint64_t decode, const char *who) {
-    kvx__rdma_pair **pp, *old = NULL;
-    pthread_mutex_lock(&re->mu);
-    for (pp = &re->pairs; *pp;) {
-        if ((*pp)->peer == decode) {
-            kvx__rdma_pair *o = *pp;
+/* Prefill: moves every pair with decode instance `decode` (or only the one
+   answering seq when seq != 0) off `list` (under re->mu) onto *out. */
+static void kvx__rdma_take(kvx__rdma_pair **list, uint64_t decode, uint32_t seq, kvx__rdma_pair **out) {
+    kvx__rdma_pair **pp;
+    for (pp = list; *pp;) {
+        kvx__rdma_pair *o = *pp;
+        if (o->peer == decode && (!seq || o->seq == seq)) {
             *pp = o->next;
             o->listed = 0;
-            o->grave_next = old;
-            old = o;
+            o->grave_next = *out;
+            *out = o;
             continue;
         }
-        pp = &(*pp)->next;
+        pp = &o->next;
     }
-    pthread_mutex_unlock(&re->mu);
+}
+
+static void kvx__rdma_kill_all(kvx__rdma_engine *re, kvx__rdma_pair *old, kvx_result res,
+                               const char *fmt, const char *who) {
     while (old) {
         kvx__rdma_pair *o = old;
         old = o->grave_next;
-        kvx__rdma_pair_kill(re, o, KVX_ERR_TRANSPORT, "%s reconnected: its previous RDMA "
-                           "connection is gone", who);
+        kvx__rdma_pair_kill(re, o, res, fmt, who);
         kvx__rdma_pair_unref(re, o);
     }
 }
 
-static void kvx__rdma_accept_job(void *arg) {
-    kvx__rdma_accept *aj = (kvx__rdma_accept *)arg;
-    kvx__rdma_engine *re = aj->re;
-    kvx__rdma_pair *p = NULL;
-    kvx_buf b, in;
-    kvx_rdma_cm_msg m;
-    char why[KVX_ERROR_MAX] = "", err[160], who[128];
-    uint64_t deadline = kvx_now_ns() + (uint64_t)(re->cfg.connect_timeout_s * 1e9);
-    uint64_t from = 0;
-    kvx_result res;
+/* Prefill: a CONNECT from the decode engine of control connection `from`.
+   Its older connections go first, so a room frame it sends once connected
+   is never planned on one it is replacing. */
+static kvx_result kvx__rdma_on_connect_msg(kvx__rdma_engine *re, const kvx_boot_peer *from,
+                                           const kvx_rdma_cm_msg *m, const char *who, char *why,
+                                           size_t wl) {
+    kvx__rdma_pair *p, *old = NULL;
+    kvx_buf b;
+    kvx_result res = kvx__rdma_check_connect(re, m, why, wl);
     int i;
-    memset(&b, 0, sizeof b);
-    memset(&in, 0, sizeof in);
-    snprintf(who, sizeof who, "decode %s", aj->addr);
-    if (aj->plen) kvx__rdma_put(&in, aj->prefix, aj->plen);
-    res = kvx__rdma_sock_recv(re, aj->fd, &in, &m, KVX_RDMA_CM_MAX, deadline, why, sizeof why, who);
-    if (res == KVX_OK) {
-        from = m.from;
-        res = kvx__rdma_check_connect(re, &m, aj->from, why, sizeof why);
-    }
-    if (res == KVX_OK) kvx__rdma_supersede(re, m.from, who);
-    if (res == KVX_OK) {
-        p = kvx__rdma_pair_new(re, m.nqp, m.from, who);
-        if (!p) { kvx__set_why(why, sizeof why, "out of memory"); res = KVX_ERR_NO_MEMORY; }
-    }
-    if (res == KVX_OK) {
-        p->peer_qpn0 = m.qp[0].qpn;
-        res = kvx__rdma_pair_tables(p, &m, kvx_engine_layout(re->e), why, sizeof why);
-    }
-    for (i = 0; p && res == KVX_OK && i < p->nqp; i++) {
-        res = kvx__rdma_qp_create(re, &p->qp[i], why, sizeof why);
-        p->qp[i].rdev = m.qp[i].dev;
+    if (res != KVX_OK) return res;
+    pthread_mutex_lock(&re->mu);
+    kvx__rdma_take(&re->pairs, m->from, 0, &old);
+    kvx__rdma_take(&re->acc, m->from, 0, &old);
+    pthread_mutex_unlock(&re->mu);
+    kvx__rdma_kill_all(re, old, KVX_ERR_TRANSPORT, "%s reconnected: its previous RDMA connection is gone",
+                       who);
+    p = kvx__rdma_pair_new(re, m->nqp, m->from, who);
+    if (!p) { kvx__set_why(why, wl, "out of memory"); return KVX_ERR_NO_MEMORY; }
+    p->peer_qpn0 = m->qp[0].qpn;
+    p->seq = m->seq;
+    p->ctl = *from;
+    p->ctl.addr = p->ctl.bootstrap = p->ctl.transport = NULL;
+    p->ctl.endpoint = NULL;
+    res = kvx__rdma_pair_tables(p, m, kvx_engine_layout(re->e), why, wl);
+    for (i = 0; res == KVX_OK && i < p->nqp; i++) {
+        res = kvx__rdma_qp_create(re, &p->qp[i], why, wl);
+        p->qp[i].rdev = m->qp[i].dev;
         if (res == KVX_OK)
-            res = kvx__rdma_qp_connect(re, &p->qp[i], &m.qp[i], &m.dev[m.qp[i].dev], why, sizeof why);
+            res = kvx__rdma_qp_connect(re, &p->qp[i], &m->qp[i], &m->dev[m->qp[i].dev], why, wl);
     }
-    if (res == KVX_OK) {
-        kvx__rdma_cm_begin(&b, KVX_RDMA_CM_ACCEPT);
-        kvx__rdma_put64(&b, re->instance);
-        kvx__rdma_put64(&b, p->peer);
-        kvx__rdma_put16(&b, (uint16_t)p->nqp);
-        kvx__rdma_put16(&b, (uint16_t)re->ndev);
-        kvx__rdma_put32(&b, 0);
-        kvx__rdma_put_qps(p, &b);
-        kvx__rdma_put_ports(re, &b);
-        kvx__rdma_cm_end(&b);
-        res = kvx__rdma_send_buf(re, aj->fd, &b, aj->ver, deadline, why, sizeof why, who);
-    } else if (res != KVX_ERR_PEER_LOST && res != KVX_ERR_ABORTED) {
-        kvx__rdma_cm_reject(&b, re->instance, from, res, why);
-        kvx__rdma_send_buf(re, aj->fd, &b, aj->ver, kvx_now_ns() + 100000000ull, err, sizeof err, who);
+    if (res != KVX_OK) {
+        kvx__rdma_pair_unref(re, p);
+        return res;
     }
-    in.len = 0;
-    if (res == KVX_OK)
-        res = kvx__rdma_sock_recv(re, aj->fd, &in, &m, 4096, deadline, why, sizeof why, who);
-    if (res == KVX_OK && m.type == KVX_RDMA_CM_REJECT) {
-        kvx__set_why(why, sizeof why, "%s gave up the connection: %.*s", who, (int)m.reason_len,
-                     m.reason);
-        res = KVX_ERR_PEER;
-    } else if (res == KVX_OK && (m.type != KVX_RDMA_CM_READY || m.from != p->peer ||
-                                 m.to != re->instance)) {
-        kvx__set_why(why, sizeof why, "%s sent message type %d instead of READY", who, (int)m.type);
-        res = KVX_ERR_PROTOCOL;
-    }
-    close(aj->fd);
+    memset(&b, 0, sizeof b);
+    kvx__rdma_cm_begin(&b, KVX_RDMA_CM_ACCEPT, p->seq, re->instance, p->peer);
+    kvx__rdma_put16(&b, (uint16_t)p->nqp);
+    kvx__rdma_put16(&b, (uint16_t)re->ndev);
+    kvx__rdma_put32(&b, 0);
+    kvx__rdma_put_qps(p, &b);
+    kvx__rdma_put_ports(re, &b);
+    pthread_mutex_lock(&re->mu);
+    p->deadline = kvx_now_ns() + (uint64_t)(re->cfg.connect_timeout_s * 1e9);
+    p->next = re->acc;
+    re->acc = p;
+    pthread_mutex_unlock(&re->mu);
+    res = kvx__rdma_send_buf(re, from, &b, why, wl);
     kvx_buf_free(&b);
-    kvx_buf_free(&in);
-    if (res == KVX_OK) {
-        kvx__rdma_publish(re, p);
-    } else {
-        KVX__RDMA_STAT(re, errors, 1);
-        if (res != KVX_ERR_ABORTED)
+    return res; /* on failure the disconnect or the deadline retires p */
+}
+
+/* Decode: the prefill's ACCEPT of exchange p: our side to RTS, READY. */
+static kvx_result kvx__rdma_on_accept_msg(kvx__rdma_engine *re, kvx__rdma_pair *p,
+                                          const kvx_rdma_cm_msg *m, char *why, size_t wl) {
+    kvx_buf b;
+    kvx_result res = KVX_OK;
+    int i;
+    if (m->nqp != p->nqp) {
+        kvx__set_why(why, wl, "%s answered with %u queue pairs, %d asked", p->peer_addr, m->nqp,
+                     p->nqp);
+        return KVX_ERR_PROTOCOL;
+    }
+    for (i = 0; res == KVX_OK && i < p->nqp; i++) {
+        p->qp[i].rdev = m->qp[i].dev;
+        res = kvx__rdma_qp_connect(re, &p->qp[i], &m->qp[i], &m->dev[m->qp[i].dev], why, wl);
+    }
+    if (res != KVX_OK) return res;
+    memset(&b, 0, sizeof b);
+    kvx__rdma_cm_begin(&b, KVX_RDMA_CM_READY, p->seq, re->instance, p->peer);
+    res = kvx__rdma_send_buf(re, &p->ctl, &b, why, wl);
+    kvx_buf_free(&b);
+    if (res == KVX_OK) kvx__rdma_ready(re, p);
+    return res;
+}
+
+/* One message from a peer's control connection (a worker job, so they
+   are handled in the order they came). */
+typedef struct kvx__rdma_msg {
+    kvx__rdma_engine *re;
+    kvx_boot_peer from;   /* conn_id and instance; addr points to addr */
+    uint64_t inst;        /* the rdma instance of its endpoint (0: none) */
+    char addr[96];
+    size_t len;
+    uint8_t data[1];
+} kvx__rdma_msg;
+
+static void kvx__rdma_refused(kvx__rdma_engine *re, const kvx__rdma_msg *mj, const kvx_rdma_cm_msg *m,
+                              const char *why) {
+    KVX__RDMA_STAT(re, cm_refused, 1);
+    kvx_engine_log(re->e, re->refused_logged < 16 ? KVX_LOG_WARN : KVX_LOG_DEBUG, "kvx.rdma", 0,
+                   "refused an exchange message from %s: %s%s", mj->addr, why,
+                   re->refused_logged == 15 ? " (further ones are logged at debug level)" : "");
+    re->refused_logged++;
+    if (!m || m->type != KVX_RDMA_CM_REJECT)
+        kvx__rdma_send_reject(re, &mj->from, m ? m->seq : 0, m ? m->from : 0, KVX_ERR_PERMISSION, why);
+}
+
+static void kvx__rdma_msg_job(void *arg) {
+    kvx__rdma_msg *mj = (kvx__rdma_msg *)arg;
+    kvx__rdma_engine *re = mj->re;
+    kvx__rdma_pair *p = NULL;
+    kvx_rdma_cm_msg m;
+    char why[KVX_ERROR_MAX] = "", who[128];
+    kvx_result res;
+    int decode = re->role == KVX_ROLE_DECODE;
+    snprintf(who, sizeof who, "%s %s", decode ? "prefill" : "decode", mj->addr);
+    if (kvx_rdma_cm_parse(mj->data, mj->len, &m, why, sizeof why) != KVX_OK) {
+        kvx__rdma_refused(re, mj, NULL, why);
+        goto done;
+    }
+    if (!mj->inst || m.from != mj->inst || m.to != re->instance) {
+        snprintf(why, sizeof why, "the message is from instance %016llx to %016llx, but its "
+                 "connection is %016llx's and this engine is %016llx",
+                 (unsigned long long)m.from, (unsigned long long)m.to,
+                 (unsigned long long)mj->inst, (unsigned long long)re->instance);
+        kvx__rdma_refused(re, mj, &m, why);
+        goto done;
+    }
+    if (decode ? m.type == KVX_RDMA_CM_CONNECT || m.type == KVX_RDMA_CM_READY
+               : m.type == KVX_RDMA_CM_ACCEPT) {
+        snprintf(why, sizeof why, "message type %d does not go to a %s engine", (int)m.type,
+                 decode ? "decode" : "prefill");
+        kvx__rdma_refused(re, mj, &m, why);
+        goto done;
+    }
+    if (!decode && m.type == KVX_RDMA_CM_CONNECT) {
+        res = kvx__rdma_on_connect_msg(re, &mj->from, &m, who, why, sizeof why);
+        if (res != KVX_OK) {
+            KVX__RDMA_STAT(re, errors, 1);
             kvx_engine_log(re->e, KVX_LOG_ERROR, "kvx.rdma", 0,
                            "queue-pair exchange with %s failed: %s", who, why);
-        if (p) kvx__rdma_pair_unref(re, p);
+            kvx__rdma_send_reject(re, &mj->from, m.seq, m.from, res, why);
+        }
+        goto done;
     }
-    free(aj);
+    /* the exchange in progress it answers */
+    pthread_mutex_lock(&re->mu);
+    if (decode) {
+        kvx__rdma_peer *pe;
+        for (pe = re->peers; pe && pe->instance != m.from; pe = pe->next) {}
+        if (pe && KVX__RDMA_DIALING(pe) && pe->pair->seq == m.seq) {
+            p = pe->pair;
+            kvx__rdma_pair_ref(p);
+        }
+    } else {
+        kvx__rdma_take(&re->acc, m.from, m.seq, &p); /* at most one: CONNECT retires the rest */
+    }
+    pthread_mutex_unlock(&re->mu);
+    if (!p) {
+        if (m.type != KVX_RDMA_CM_REJECT) {
+            snprintf(why, sizeof why, "message type %d answers no exchange in progress (seq %u)",
+                     (int)m.type, m.seq);
+            kvx__rdma_refused(re, mj, &m, why);
+        }
+        goto done;
+    }
+    if (m.type == KVX_RDMA_CM_REJECT) {
+        KVX__RDMA_STAT(re, errors, 1);
+        kvx__rdma_pair_kill(re, p, m.result < 0 ? (kvx_result)m.result : KVX_ERR_PEER,
+                           "%s refused the RDMA connection: %.*s", who, (int)m.reason_len, m.reason);
+    } else if (decode) {
+        res = kvx__rdma_on_accept_msg(re, p, &m, why, sizeof why);
+        if (res != KVX_OK) {
+            KVX__RDMA_STAT(re, errors, 1);
+            kvx__rdma_send_reject(re, &p->ctl, p->seq, p->peer, res, why);
+            kvx__rdma_pair_kill(re, p, res, "cannot set up RDMA queue pairs with %s: %s", who, why);
+        }
+    } else {
+        kvx__rdma_publish(re, p); /* READY: it takes our reference */
+        p = NULL;
+    }
+    kvx__rdma_pair_unref(re, p);
+done:
+    free(mj);
+}
+
+/* kvx_boot hook (I/O thread): queue the message for the worker. */
+static void kvx__rdma_on_message(kvx_boot *b, const kvx_boot_peer *peer, const void *msg, size_t len) {
+    kvx__rdma_engine *re = (kvx__rdma_engine *)kvx_boot_user(b);
+    kvx__rdma_msg *mj = (kvx__rdma_msg *)malloc(sizeof *mj + len);
+    kvx_rdma_hello h;
+    char why[200];
+    if (!mj) return;
+    mj->re = re;
+    mj->from = *peer;
+    mj->inst = kvx_rdma_hello_parse(peer->endpoint, peer->endpoint_len, &h, why, sizeof why) == KVX_OK &&
+               (int)h.role == (re->role == KVX_ROLE_PREFILL ? KVX_ROLE_DECODE : KVX_ROLE_PREFILL)
+                   ? h.instance : 0;
+    snprintf(mj->addr, sizeof mj->addr, "%s", peer->addr);
+    mj->from.addr = mj->addr;
+    mj->from.bootstrap = mj->from.transport = NULL;
+    mj->from.endpoint = NULL;
+    mj->len = len;
+    memcpy(mj->data, msg, len);
+    pthread_mutex_lock(&re->mu);
+    if (re->stopping || kvx_workq_submit(re->cmq, kvx__rdma_msg_job, mj) != KVX_OK) free(mj);
+    pthread_mutex_unlock(&re->mu);
+}
+
+/* Completion thread: exchanges whose peer did not answer within
+   KVX_IB_CONNECT_TIMEOUT fail (and the peer is told). Returns the ms the
+   thread may sleep. */
+static int kvx__rdma_exchange_tick(kvx__rdma_engine *re) {
+    uint64_t now = kvx_now_ns(), next = now + 200000000ull;
+    kvx__rdma_pair *late = NULL, *p, **pp;
+    pthread_mutex_lock(&re->mu);
+    if (re->role == KVX_ROLE_DECODE) {
+        for (p = re->pairs; p; p = p->next) {
+            if (KVX__LOAD(&p->state) != KVX__RP_CONNECTING) continue;
+            if (p->deadline <= now) {
+                kvx__rdma_pair_ref(p);
+                p->grave_next = late;
+                late = p;
+            } else if (p->deadline < next) {
+                next = p->deadline;
+            }
+        }
+    } else {
+        for (pp = &re->acc; *pp;) {
+            p = *pp;
+            if (p->deadline <= now) {
+                *pp = p->next;
+                p->grave_next = late;
+                late = p;
+                continue;
+            }
+            if (p->deadline < next) next = p->deadline;
+            pp = &p->next;
+        }
+    }
+    pthread_mutex_unlock(&re->mu);
+    while (late) {
+        char why[KVX_ERROR_MAX];
+        p = late;
+        late = p->grave_next;
+        snprintf(why, sizeof why, "%s did not answer the queue-pair exchange within %.1f s "
+                 "(KVX_IB_CONNECT_TIMEOUT)", p->peer_addr, re->cfg.connect_timeout_s);
+        KVX__RDMA_STAT(re, errors, 1);
+        kvx__rdma_send_reject(re, &p->ctl, p->seq, p->peer, KVX_ERR_TIMEOUT, why);
+        kvx__rdma_pair_kill(re, p, KVX_ERR_TIMEOUT, "%s", why);
+        kvx__rdma_pair_unref(re, p);
+    }
+    return (int)((next - now) / 1000000u) + 1;
 }
 
 /* >>rdma: failing rooms ----------------------------------------------------------- */
@@ -3432,269 +3211,6 @@ static void kvx__rdma_async(kvx__rdma_engine *re, kvx__rdma_dev *d) {
     }
 }
 
-/* "::ffff:1.2.3.4" -> "1.2.3.4", so both address families compare. */
-static void kvx__rdma_ip_norm(char *ip) {
-    if (!strncmp(ip, "::ffff:", 7) && strchr(ip + 7, '.')) memmove(ip, ip + 7, strlen(ip + 7) + 1);
-}
-
-/* Prefill: 1 when inst is a decode engine whose control connection is up
-   and comes from ip. */
-static int kvx__rdma_dpeer_ok(kvx__rdma_engine *re, uint64_t inst, const char *ip) {
-    kvx__rdma_dpeer *d;
-    int ok = 0;
-    pthread_mutex_lock(&re->mu);
-    for (d = re->dpeers; d && !ok; d = d->next) ok = d->instance == inst && !strcmp(d->ip, ip);
-    pthread_mutex_unlock(&re->mu);
-    return ok;
-}
-
-/* Prefill: closes an exchange connection that did not open correctly,
-   telling it why when reason is set (never anything about this engine). */
-static void kvx__rdma_refuse(kvx__rdma_engine *re, int fd, const char *addr, const char *reason) {
-    if (reason) {
-        kvx_buf b;
-        ssize_t w;
-        memset(&b, 0, sizeof b);
-        kvx__rdma_cm_reject(&b, 0, 0, KVX_ERR_PERMISSION, reason);
-        if (!b.oom) {
-            kvx__le_w16((uint8_t *)b.data + 4, (uint16_t)(re->key ? 2 : 1));
-            w = send(fd, b.data, b.len, MSG_NOSIGNAL | MSG_DONTWAIT);
-            (void)w;
-        }
-        kvx_buf_free(&b);
-    }
-    close(fd);
-    KVX__RDMA_STAT(re, cm_refused, 1);
-    kvx_engine_log(re->e, re->refused_logged < 16 ? KVX_LOG_WARN : KVX_LOG_DEBUG, "kvx.rdma", 0,
-                   "exchange connection from %s closed: %s%s", addr,
-                   reason ? reason : "it closed before its opening message",
-                   re->refused_logged == 15 ? " (further ones are logged at debug level)" : "");
-    re->refused_logged++;
-}
-
-static void kvx__rdma_pend_drop(kvx__rdma_engine *re, int i, const char *reason) {
-    kvx__rdma_refuse(re, re->pend[i].fd, re->pend[i].addr, reason);
-    re->pend[i] = re->pend[--re->npend];
-}
-
-/* Prefill: hands a connection whose opening checked out to a worker. */
-static void kvx__rdma_pend_handoff(kvx__rdma_engine *re, int i, uint64_t from) {
-    kvx__rdma_pend *pe = &re->pend[i];
-    kvx__rdma_accept *aj = (kvx__rdma_accept *)calloc(1, sizeof *aj);
-    if (!aj) { kvx__rdma_pend_drop(re, i, "out of memory"); return; }
-    aj->re = re;
-    aj->fd = pe->fd;
-    aj->from = from;
-    aj->ver = re->key ? 2 : (int)kvx__le_r16(pe->in + 4);
-    if (!re->key) {
-        memcpy(aj->prefix, pe->in, pe->len);
-        aj->plen = pe->len;
-    }
-    snprintf(aj->addr, sizeof aj->addr, "%s", pe->addr);
-    if (kvx_workq_submit(re->cmq, kvx__rdma_accept_job, aj) != KVX_OK) {
-        free(aj);
-        kvx__rdma_pend_drop(re, i, "out of memory");
-        return;
-    }
-    re->pend[i] = re->pend[--re->npend];
-}
-
-/* Prefill: the opening of pending connection i is complete: with a key
-   the decode side's AUTH (its proof over our challenge), else the fixed
-   head of its CONNECT. Its instance must have a control connection up
-   from the same address; the connection waits (until its deadline) for
-   that to happen. 1 when the entry is gone (handed off or dropped). */
-static int kvx__rdma_pend_open(kvx__rdma_engine *re, int i) {
-    kvx__rdma_pend *pe = &re->pend[i];
-    uint64_t from, to;
-    char why[200];
-    if (re->key) {
-        kvx_rdma_cm_msg m;
-        size_t used = 0;
-        uint8_t mac[KVX_MAC_BYTES];
-        kvx_buf b;
-        ssize_t w;
-        int sent;
-        if (kvx_rdma_cm_parse(pe->in, pe->len, &m, &used, why, sizeof why) != KVX_OK || !used ||
-            m.type != KVX_RDMA_CM_AUTH) {
-            kvx__rdma_pend_drop(re, i, "a malformed AUTH message");
-            return 1;
-        }
-        kvx_auth_proof(re->key, re->key_len, KVX_RDMA_CM_AUTH_LABEL_DECODE, pe->nonce, m.nonce, mac);
-        if (!kvx_equal_ct(mac, m.proof, sizeof mac)) {
-            kvx__rdma_pend_drop(re, i, "its proof of the shared key is wrong: KVX_AUTH_KEY (or "
-                                       "KVX_AUTH_KEY_FILE) differs between the engines");
-            return 1;
-        }
-        if (m.to != re->instance) {
-            snprintf(why, sizeof why, "the AUTH names prefill instance %016llx, which is not this "
-                     "engine (it restarted since the decode side saw it)", (unsigned long long)m.to);
-            kvx__rdma_pend_drop(re, i, why);
-            return 1;
-        }
-        from = m.from;
-        if (!kvx__rdma_dpeer_ok(re, from, pe->ip)) { pe->waiting_peer = 1; return 0; }
-        kvx_auth_proof(re->key, re->key_len, KVX_RDMA_CM_AUTH_LABEL_PREFILL, m.nonce, pe->nonce, mac);
-        memset(&b, 0, sizeof b);
-        kvx__rdma_cm_begin(&b, KVX_RDMA_CM_AUTH_OK);
-        kvx__rdma_put64(&b, re->instance);
-        kvx__rdma_put64(&b, from);
-        kvx__rdma_put(&b, mac, sizeof mac);
-        kvx__rdma_cm_end(&b);
-        kvx__le_w16((uint8_t *)b.data + 4, 2);
-        w = b.oom ? -1 : send(pe->fd, b.data, b.len, MSG_NOSIGNAL | MSG_DONTWAIT);
-        sent = w == (ssize_t)b.len;
-        kvx_buf_free(&b);
-        if (!sent) { kvx__rdma_pend_drop(re, i, NULL); return 1; }
-        kvx__rdma_pend_handoff(re, i, from);
-        return 1;
-    }
-    from = kvx__le_r64(pe->in + KVX_RDMA_CM_HEADER);
-    to = kvx__le_r64(pe->in + KVX_RDMA_CM_HEADER + 8);
-    if (to != re->instance) {
-        snprintf(why, sizeof why, "the CONNECT names prefill instance %016llx, which is not this "
-                 "engine (it restarted since the decode side saw it)", (unsigned long long)to);
-        kvx__rdma_pend_drop(re, i, why);
-        return 1;
-    }
-    if (!kvx__rdma_dpeer_ok(re, from, pe->ip)) { pe->waiting_peer = 1; return 0; }
-    kvx__rdma_pend_handoff(re, i, from);
-    return 1;
-}
-
-/* Prefill: reads what pending connection i sent (never past its opening).
-   1 when the entry is gone. */
-static int kvx__rdma_pend_read(kvx__rdma_engine *re, int i) {
-    kvx__rdma_pend *pe = &re->pend[i];
-    size_t need = KVX_RDMA_CM_HEADER + (re->key ? 16 + KVX_NONCE_BYTES + KVX_MAC_BYTES : 40);
-    while (pe->len < need) {
-        size_t want = (pe->len < KVX_RDMA_CM_HEADER ? KVX_RDMA_CM_HEADER : need) - pe->len;
-        ssize_t r = recv(pe->fd, pe->in + pe->len, want, MSG_DONTWAIT);
-        uint16_t ver, type;
-        uint32_t bl;
-        if (r == 0) { kvx__rdma_pend_drop(re, i, NULL); return 1; }
-        if (r < 0) {
-            if (errno == EINTR) continue;
-            if (errno == EAGAIN || errno == EWOULDBLOCK) return 0;
-            kvx__rdma_pend_drop(re, i, NULL);
-            return 1;
-        }
-        pe->len += (size_t)r;
-        if (pe->len != KVX_RDMA_CM_HEADER) continue;
-        ver = kvx__le_r16(pe->in + 4);
-        type = kvx__le_r16(pe->in + 6);
-        bl = kvx__le_r32(pe->in + 8);
-        if (memcmp(pe->in, kvx__rdma_cm_magic, 4) || ver < 1 || ver > KVX_RDMA_CM_VERSION ||
-            kvx__le_r32(pe->in + 12)) {
-            kvx__rdma_pend_drop(re, i, "not a kvx rdma exchange message");
-            return 1;
-        }
-        if (re->key && type != KVX_RDMA_CM_AUTH) {
-            kvx__rdma_pend_drop(re, i, "this prefill requires the shared key (KVX_AUTH_KEY or "
-                                       "KVX_AUTH_KEY_FILE) and the connection did not authenticate");
-            return 1;
-        }
-        if (!re->key && type == KVX_RDMA_CM_AUTH) {
-            kvx__rdma_pend_drop(re, i, "this prefill has no shared key (KVX_AUTH_KEY) but the "
-                                       "connection authenticates: give both engines the same key");
-            return 1;
-        }
-        if (re->key ? (ver != 2 || bl != need - KVX_RDMA_CM_HEADER)
-                    : (type != KVX_RDMA_CM_CONNECT || bl < 40 || bl > KVX_RDMA_CM_MAX)) {
-            kvx__rdma_pend_drop(re, i, re->key ? "a malformed AUTH message"
-                                               : "expected a CONNECT message");
-            return 1;
-        }
-    }
-    return kvx__rdma_pend_open(re, i);
-}
-
-/* Prefill: accepts what the listener has. With a key each connection is
-   challenged at once (our nonce); it stays pending (at most
-   KVX_RDMA_CM_PENDING in all, a quarter of them from one address, each
-   KVX_IB_CONNECT_TIMEOUT at most) until its opening arrives. */
-static void kvx__rdma_accept_all(kvx__rdma_engine *re) {
-    for (;;) {
-        struct sockaddr_storage ss;
-        socklen_t sl = sizeof ss;
-        kvx__rdma_pend *pe;
-        char host[64] = "?", port[16] = "?", addr[96];
-        int fd = accept4(re->listen_fd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
-        int same = 0, k, one = 1;
-        if (fd < 0) {
-            if (errno == EINTR) continue;
-            return;
-        }
-        getnameinfo((struct sockaddr *)&ss, sl, host, sizeof host, port, sizeof port,
-                    NI_NUMERICHOST | NI_NUMERICSERV);
-        kvx__rdma_ip_norm(host);
-        snprintf(addr, sizeof addr, "%s:%s", host, port);
-        if (KVX__LOAD(&re->stop)) { close(fd); continue; }
-        for (k = 0; k < re->npend; k++) same += !strcmp(re->pend[k].ip, host);
-        if (re->npend >= KVX_RDMA_CM_PENDING || same >= (KVX_RDMA_CM_PENDING + 3) / 4) {
-            kvx__rdma_refuse(re, fd, addr, "too many exchange connections are waiting for their "
-                             "opening (KVX_RDMA_CM_PENDING)");
-            continue;
-        }
-        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-        pe = &re->pend[re->npend];
-        memset(pe, 0, sizeof *pe);
-        pe->fd = fd;
-        pe->deadline = kvx_now_ns() + (uint64_t)(re->cfg.connect_timeout_s * 1e9);
-        snprintf(pe->ip, sizeof pe->ip, "%s", host);
-        snprintf(pe->addr, sizeof pe->addr, "%s", addr);
-        if (re->key) {
-            kvx_buf b;
-            ssize_t w = -1;
-            memset(&b, 0, sizeof b);
-            if (kvx_random_bytes(pe->nonce, sizeof pe->nonce) == KVX_OK) {
-                kvx__rdma_cm_begin(&b, KVX_RDMA_CM_CHALLENGE);
-                kvx__rdma_put64(&b, 0);
-                kvx__rdma_put64(&b, 0);
-                kvx__rdma_put(&b, pe->nonce, sizeof pe->nonce);
-                kvx__rdma_cm_end(&b);
-                kvx__le_w16((uint8_t *)b.data + 4, 2);
-                if (!b.oom) w = send(fd, b.data, b.len, MSG_NOSIGNAL | MSG_DONTWAIT);
-            }
-            k = w == (ssize_t)b.len;
-            kvx_buf_free(&b);
-            if (!k) { kvx__rdma_refuse(re, fd, addr, NULL); continue; }
-        }
-        re->npend++;
-    }
-}
-
-/* Prefill: pending connections past their deadline are closed; those
-   waiting for their decode engine's control connection look again.
-   Returns the poll timeout in ms the completion thread may sleep. */
-static int kvx__rdma_pend_tick(kvx__rdma_engine *re) {
-    uint64_t now = kvx_now_ns();
-    int i, ms = 200;
-    for (i = 0; i < re->npend;) {
-        kvx__rdma_pend *pe = &re->pend[i];
-        if (now >= pe->deadline) {
-            char why[200];
-            if (pe->waiting_peer)
-                snprintf(why, sizeof why, "its decode instance has no control connection with this "
-                         "prefill from %s", pe->ip);
-            else
-                snprintf(why, sizeof why, "no opening message within %.1f s "
-                         "(KVX_IB_CONNECT_TIMEOUT)", re->cfg.connect_timeout_s);
-            kvx__rdma_pend_drop(re, i, why);
-            continue;
-        }
-        if (pe->waiting_peer) {
-            if (kvx__rdma_pend_open(re, i)) continue;
-            ms = 10;
-        } else {
-            uint64_t left = (pe->deadline - now) / 1000000u + 1;
-            if (left < (uint64_t)ms) ms = (int)left;
-        }
-        i++;
-    }
-    return ms;
-}
-
 static void kvx__rdma_bury(kvx__rdma_engine *re) {
     kvx__rdma_pair *g;
     pthread_mutex_lock(&re->gmu);
@@ -3710,12 +3226,10 @@ static void kvx__rdma_bury(kvx__rdma_engine *re) {
 
 static void *kvx__rdma_thread_main(void *arg) {
     kvx__rdma_engine *re = (kvx__rdma_engine *)arg;
-    struct pollfd pf[2 + 2 * KVX_RDMA_MAX_DEVS + KVX_RDMA_CM_PENDING];
-    int n = 2, d;
+    struct pollfd pf[1 + 2 * KVX_RDMA_MAX_DEVS];
+    int n = 1, d;
     pf[0].fd = re->wake_rd;
     pf[0].events = POLLIN;
-    pf[1].fd = re->listen_fd; /* -1 on decode: poll ignores it */
-    pf[1].events = POLLIN;
     for (d = 0; d < re->ndev; d++) {
         pf[n].fd = re->dev[d].ctx->async_fd;
         pf[n++].events = POLLIN;
@@ -3723,26 +3237,17 @@ static void *kvx__rdma_thread_main(void *arg) {
         pf[n++].events = POLLIN;
     }
     while (!KVX__LOAD(&re->stop)) {
-        int i, rc, ms = re->pend ? kvx__rdma_pend_tick(re) : 200, np = re->npend;
+        int i, rc, ms = kvx__rdma_exchange_tick(re);
         for (i = 0; i < n; i++) pf[i].revents = 0;
-        for (i = 0; i < np; i++) {
-            pf[n + i].fd = re->pend[i].waiting_peer ? -1 : re->pend[i].fd;
-            pf[n + i].events = POLLIN;
-            pf[n + i].revents = 0;
-        }
-        rc = poll(pf, (nfds_t)(n + np), ms);
+        rc = poll(pf, (nfds_t)n, ms);
         if (rc < 0 && errno != EINTR) break;
-        /* backwards: an entry that goes is replaced by the last one */
-        for (i = np - 1; i >= 0; i--)
-            if (pf[n + i].revents) kvx__rdma_pend_read(re, i);
         if (pf[0].revents) {
             char tmp[256];
             while (read(re->wake_rd, tmp, sizeof tmp) > 0) {}
         }
-        if (pf[1].revents) kvx__rdma_accept_all(re);
         for (d = 0; d < re->ndev; d++) {
-            if (pf[2 + 2 * d].revents) kvx__rdma_async(re, &re->dev[d]);
-            if (pf[3 + 2 * d].revents) kvx__rdma_cq_events(re, &re->dev[d]);
+            if (pf[1 + 2 * d].revents) kvx__rdma_async(re, &re->dev[d]);
+            if (pf[2 + 2 * d].revents) kvx__rdma_cq_events(re, &re->dev[d]);
         }
         kvx__rdma_bury(re);
     }
@@ -3837,7 +3342,7 @@ static void kvx__rdma_reconnect(kvx__rdma_engine *re, uint64_t inst, uint32_t qp
              reason && *reason ? reason : "its side of the connection broke");
     pthread_mutex_lock(&re->mu);
     for (pe = re->peers; pe; pe = pe->next) {
-        if (pe->instance != inst || pe->dialing) continue;
+        if (pe->instance != inst || KVX__RDMA_DIALING(pe)) continue;
         if (pe->pair && KVX__LOAD(&pe->pair->state) == KVX__RP_READY) {
             /* only the connection the request is about: a late request
                must not retire the one made in answer to an earlier one */
@@ -3954,55 +3459,17 @@ static void kvx__rdma_on_abort(kvx_boot *b, kvx_room *r, const kvx_boot_peer *pe
     if (re->role == KVX_ROLE_PREFILL && rr && rr->pair) kvx__rdma_cancel_room(re, rr);
 }
 
-/* Prefill: the decode engines with a control connection up, the only ones
-   whose queue-pair exchange the listener takes (n counts connections). */
-static void kvx__rdma_dpeer_note(kvx__rdma_engine *re, const kvx_boot_peer *peer, int up) {
-    kvx__rdma_dpeer **pp, *d;
-    kvx_rdma_hello h;
-    char why[KVX_ERROR_MAX], ip[64];
-    if (kvx_rdma_hello_parse(peer->endpoint, peer->endpoint_len, &h, why, sizeof why) != KVX_OK ||
-        kvx__rdma_addr_host(peer->addr, ip, sizeof ip))
-        return;
-    kvx__rdma_ip_norm(ip);
-    pthread_mutex_lock(&re->mu);
-    for (pp = &re->dpeers; *pp; pp = &(*pp)->next)
-        if ((*pp)->instance == h.instance && !strcmp((*pp)->ip, ip)) break;
-    if (up) {
-        if (*pp) {
-            (*pp)->n++;
-        } else if ((d = (kvx__rdma_dpeer *)calloc(1, sizeof *d)) != NULL) {
-            d->instance = h.instance;
-            snprintf(d->ip, sizeof d->ip, "%s", ip);
-            d->n = 1;
-            d->next = re->dpeers;
-            re->dpeers = d;
-        }
-    } else if (*pp && --(*pp)->n <= 0) {
-        d = *pp;
-        *pp = d->next;
-        free(d);
-    }
-    pthread_mutex_unlock(&re->mu);
-    if (up) kvx__rdma_wake(re); /* a connection may wait for it */
-}
-
 /* Decode: the control connection with a prefill rank is up: dial it. */
 static void kvx__rdma_on_connect(kvx_boot *b, const kvx_boot_peer *peer) {
     kvx__rdma_engine *re = kvx__rdma_bre(b);
     kvx__rdma_peer *pe;
     kvx_rdma_hello h;
-    char why[KVX_ERROR_MAX], ip[64];
-    if (re->role == KVX_ROLE_PREFILL) kvx__rdma_dpeer_note(re, peer, 1);
+    char why[KVX_ERROR_MAX];
     if (re->role != KVX_ROLE_DECODE) return;
     if (kvx_rdma_hello_parse(peer->endpoint, peer->endpoint_len, &h, why, sizeof why) != KVX_OK ||
         h.role != KVX_ROLE_PREFILL) {
         kvx_engine_log(re->e, KVX_LOG_ERROR, "kvx.rdma", 0, "prefill %s: %s", peer->addr,
                        why[0] ? why : "its endpoint is not a prefill's");
-        return;
-    }
-    if (kvx__rdma_addr_host(peer->addr, ip, sizeof ip)) {
-        kvx_engine_log(re->e, KVX_LOG_ERROR, "kvx.rdma", 0, "prefill address '%s' is not host:port",
-                       peer->addr);
         return;
     }
     pthread_mutex_lock(&re->mu);
@@ -4014,10 +3481,11 @@ static void kvx__rdma_on_connect(kvx_boot *b, const kvx_boot_peer *peer) {
         pe->next = re->peers;
         re->peers = pe;
     }
-    snprintf(pe->ip, sizeof pe->ip, "%s", ip);
     snprintf(pe->addr, sizeof pe->addr, "%s", peer->addr);
+    pe->ctl = *peer;
+    pe->ctl.addr = pe->ctl.bootstrap = pe->ctl.transport = NULL;
+    pe->ctl.endpoint = NULL;
     snprintf(pe->bootstrap, sizeof pe->bootstrap, "%s", peer->bootstrap ? peer->bootstrap : "");
-    pe->cm_port = h.cm_port;
     pe->dp_rank = peer->dp_rank;
     pe->dp_size = peer->dp_size;
     pe->hello = h;
@@ -4031,9 +3499,9 @@ static void kvx__rdma_on_disconnect(kvx_boot *b, const kvx_boot_peer *peer, cons
     kvx__rdma_peer **pe;
     kvx_rdma_hello h;
     char why[KVX_ERROR_MAX];
-    if (re->role == KVX_ROLE_PREFILL) kvx__rdma_dpeer_note(re, peer, 0);
     if (kvx_rdma_hello_parse(peer->endpoint, peer->endpoint_len, &h, why, sizeof why) != KVX_OK) return;
     pthread_mutex_lock(&re->mu);
+    kvx__rdma_take(&re->acc, h.instance, 0, &gone);
     for (pp = &re->pairs; *pp;) {
         if ((*pp)->peer == h.instance) {
             kvx__rdma_pair *o = *pp;
@@ -4164,7 +3632,7 @@ static kvx_result kvx__rdma_receiver_init(kvx_room *r, const int32_t *pages, uin
     for (pe = re->peers; pe; pe = pe->next) {
         if (!kvx__rdma_peer_serves(pe, rr)) continue;
         if (!pe->pair || KVX__LOAD(&pe->pair->state) == KVX__RP_DEAD) kvx__rdma_dial_locked(re, pe);
-        if (pe->dialing) dialing = 1;
+        if (KVX__RDMA_DIALING(pe)) dialing = 1;
     }
     pthread_mutex_unlock(&re->mu);
     pthread_mutex_lock(&re->rx_mu);
@@ -4346,9 +3814,8 @@ static void kvx__rdma_progress(kvx_engine *e) {
             if (kvx_room_poll(rr->room) != KVX_POLL_FAILED)
                 kvx__rdma_tx_fail(re, rr->room, KVX_ERR_TRANSPORT,
                                   "no RDMA connection from %s within %.0f s (KVX_IB_CONNECT_TIMEOUT): "
-                                  "the queue-pair exchange did not complete; check that the decode "
-                                  "host reaches this one's exchange port %d",
-                                  rr->decode_addr, re->cfg.connect_timeout_s, re->cm_port);
+                                  "the queue-pair exchange did not complete",
+                                  rr->decode_addr, re->cfg.connect_timeout_s);
             kvx_room_unref(rr->room);
         }
     }
@@ -4358,7 +3825,7 @@ static void kvx__rdma_progress(kvx_engine *e) {
         kvx__rdma_peer *pe;
         pthread_mutex_lock(&re->mu);
         for (pe = re->peers; pe && nd < 16; pe = pe->next)
-            if (pe->dialing) dialing[nd++] = *pe;
+            if (KVX__RDMA_DIALING(pe)) dialing[nd++] = *pe;
         pthread_mutex_unlock(&re->mu);
         pthread_mutex_lock(&re->rx_mu);
         for (pp = &re->deferred; *pp;) {
@@ -4404,26 +3871,20 @@ static void kvx__rdma_free(kvx__rdma_engine *re) {
         re->pairs = p->next;
         kvx__rdma_pair_destroy(re, p);
     }
+    while ((p = re->acc) != NULL) {
+        re->acc = p->next;
+        kvx__rdma_pair_destroy(re, p);
+    }
     kvx__rdma_bury(re);
     while (re->peers) {
         kvx__rdma_peer *x = re->peers;
         re->peers = x->next;
         free(x);
     }
-    while (re->dpeers) {
-        kvx__rdma_dpeer *x = re->dpeers;
-        re->dpeers = x->next;
-        free(x);
-    }
-    while (re->npend > 0) close(re->pend[--re->npend].fd);
-    free(re->pend);
     for (d = 0; d < re->ndev; d++) kvx__rdma_dev_close(re, &re->dev[d]);
     kvx__rdma_unload(&re->v);
-    if (re->listen_fd >= 0) close(re->listen_fd);
     if (re->wake_rd >= 0) close(re->wake_rd);
     if (re->wake_wr >= 0) close(re->wake_wr);
-    if (re->stop_rd >= 0) close(re->stop_rd);
-    if (re->stop_wr >= 0) close(re->stop_wr);
     pthread_mutex_destroy(&re->mu);
     pthread_mutex_destroy(&re->gmu);
     pthread_mutex_destroy(&re->rx_mu);
@@ -4433,15 +3894,11 @@ static void kvx__rdma_free(kvx__rdma_engine *re) {
 
 static void kvx__rdma_engine_fini(kvx_engine *e) {
     kvx__rdma_engine *re = kvx__rdma_re(e);
-    char c = 1;
-    ssize_t w;
     if (!re) return;
     pthread_mutex_lock(&re->mu);
     re->stopping = 1;
     pthread_mutex_unlock(&re->mu);
     KVX__STORE(&re->stop, 1);
-    w = write(re->stop_wr, &c, 1);
-    (void)w;
     kvx_workq_destroy(re->cmq);
     re->cmq = NULL;
     kvx__rdma_wake(re);
@@ -4449,45 +3906,6 @@ static void kvx__rdma_engine_fini(kvx_engine *e) {
     re->thread_started = 0;
     kvx__rdma_free(re);
     kvx_engine_set_backend_data(e, NULL);
-}
-
-/* Prefill: the exchange listener, on the bootstrap host. */
-static kvx_result kvx__rdma_listen(kvx__rdma_engine *re, char *why, size_t wl) {
-    const kvx_engine_desc *d = kvx_engine_settings(re->e);
-    const char *host = d->boot.host;
-    struct addrinfo hints, *res = NULL;
-    struct sockaddr_storage ss;
-    socklen_t sl = sizeof ss;
-    char ps[16], hb[256] = "";
-    int one = 1, e;
-    kvx_env_str("KVX_BOOTSTRAP_HOST", &host);
-    if (!host && d->bootstrap_addr && !kvx__rdma_addr_host(d->bootstrap_addr, hb, sizeof hb)) host = hb;
-    if (!host || !*host) host = "0.0.0.0";
-    snprintf(re->host, sizeof re->host, "%s", host);
-    memset(&hints, 0, sizeof hints);
-    hints.ai_family = AF_UNSPEC;
-    hints.ai_socktype = SOCK_STREAM;
-    hints.ai_flags = AI_PASSIVE;
-    snprintf(ps, sizeof ps, "%d", re->cfg.cm_port);
-    if ((e = getaddrinfo(host, ps, &hints, &res)) != 0 || !res) {
-        kvx__set_why(why, wl, "cannot resolve the exchange listener address %s: %s", host,
-                     gai_strerror(e));
-        return KVX_ERR_BAD_CONFIG;
-    }
-    re->listen_fd = socket(res->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (re->listen_fd >= 0) setsockopt(re->listen_fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    if (re->listen_fd < 0 || bind(re->listen_fd, res->ai_addr, res->ai_addrlen) ||
-        listen(re->listen_fd, 128) ||
-        getsockname(re->listen_fd, (struct sockaddr *)&ss, &sl)) {
-        kvx__set_why(why, wl, "cannot listen for queue-pair exchanges on %s port %d: %s "
-                     "(KVX_IB_CM_PORT)", host, re->cfg.cm_port, strerror(errno));
-        freeaddrinfo(res);
-        return KVX_ERR_IO;
-    }
-    freeaddrinfo(res);
-    re->cm_port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
-                                                 : ((struct sockaddr_in *)&ss)->sin_port);
-    return KVX_OK;
 }
 
 static kvx_result kvx__rdma_pipe(int *rd, int *wr) {
@@ -4511,7 +3929,7 @@ static kvx_result kvx__rdma_engine_init(kvx_engine *e, char *why, size_t wl) {
     if (!re) return KVX_ERR_NO_MEMORY;
     re->e = e;
     re->role = kvx_engine_settings(e)->role;
-    re->listen_fd = re->wake_rd = re->wake_wr = re->stop_rd = re->stop_wr = -1;
+    re->wake_rd = re->wake_wr = -1;
     pthread_mutex_init(&re->mu, NULL);
     pthread_mutex_init(&re->gmu, NULL);
     pthread_mutex_init(&re->rx_mu, NULL);
@@ -4534,28 +3952,20 @@ static kvx_result kvx__rdma_engine_init(kvx_engine *e, char *why, size_t wl) {
         if ((r = kvx__rdma_register_pool(re, dv, why, wl)) != KVX_OK) goto fail;
     }
     re->instance = kvx__rdma_random64();
-    re->key = kvx_engine_auth_key(e, &re->key_len);
-    if (re->role == KVX_ROLE_PREFILL) {
-        re->pend = (kvx__rdma_pend *)calloc(KVX_RDMA_CM_PENDING, sizeof *re->pend);
-        if (!re->pend) { r = KVX_ERR_NO_MEMORY; goto fail; }
-        if ((r = kvx__rdma_listen(re, why, wl)) != KVX_OK) goto fail;
-    }
     memset(&h, 0, sizeof h);
     h.role = (uint16_t)re->role;
-    h.flags = re->role == KVX_ROLE_PREFILL && re->key ? KVX_RDMA_FLAG_AUTH : 0;
     h.instance = re->instance;
-    h.cm_port = (uint16_t)re->cm_port;
     h.qps = (uint16_t)re->cfg.qps;
     h.ndev = (uint16_t)re->ndev;
     for (d = 0; d < re->ndev; d++) h.dev[d] = re->dev[d].info;
     re->hello_len = kvx_rdma_hello_encode(&h, re->hello, sizeof re->hello);
-    if (kvx__rdma_pipe(&re->wake_rd, &re->wake_wr) || kvx__rdma_pipe(&re->stop_rd, &re->stop_wr)) {
+    if (kvx__rdma_pipe(&re->wake_rd, &re->wake_wr)) {
         kvx__set_why(why, wl, "cannot create pipes: %s", strerror(errno));
         r = KVX_ERR_IO;
         goto fail;
     }
-    if ((r = kvx_workq_create(e, 2, "kvx.rdma.cm", &re->cmq)) != KVX_OK) {
-        kvx__set_why(why, wl, "cannot start the exchange threads");
+    if ((r = kvx_workq_create(e, 1, "kvx.rdma.cm", &re->cmq)) != KVX_OK) {
+        kvx__set_why(why, wl, "cannot start the exchange thread");
         goto fail;
     }
     if (pthread_create(&re->thread, NULL, kvx__rdma_thread_main, re) != 0) {
@@ -4572,6 +3982,7 @@ static kvx_result kvx__rdma_engine_init(kvx_engine *e, char *why, size_t wl) {
     hooks.on_abort = kvx__rdma_on_abort;
     hooks.on_connect = kvx__rdma_on_connect;
     hooks.on_disconnect = kvx__rdma_on_disconnect;
+    hooks.on_message = kvx__rdma_on_message;
     if ((r = kvx_boot_create(e, &hooks, re->hello, re->hello_len, &re->boot, why, wl)) != KVX_OK) {
         re->boot = NULL;
         kvx__rdma_engine_fini(e);
@@ -4583,9 +3994,6 @@ static kvx_result kvx__rdma_engine_init(kvx_engine *e, char *why, size_t wl) {
             snprintf(devs + strlen(devs), sizeof devs - strlen(devs), "%s%s:%u (%s, MTU %d)",
                      d ? ", " : "", re->dev[d].info.name, (unsigned)re->dev[d].info.port,
                      re->dev[d].info.link_layer == 2 ? "RoCE" : "IB", 128 << re->dev[d].info.mtu);
-        if (re->role == KVX_ROLE_PREFILL)
-            snprintf(devs + strlen(devs), sizeof devs - strlen(devs), "; exchange %s port %d",
-                     re->host, re->cm_port);
         kvx_engine_log(e, KVX_LOG_INFO, "kvx.rdma", 0, "%s engine on %s via %s",
                        re->role == KVX_ROLE_PREFILL ? "prefill" : "decode", devs, re->v.path);
     }

@@ -170,9 +170,10 @@ static void test_frames(void) {
     b.data[8] = 'X';
     CHECK(dec(&b, &g, &used, why) == KVX_ERR_PROTOCOL && strstr(why, "kvx-boot"), "frame: bad magic: %s", why);
     b.data[8] = 'k';
-    b.data[16] = 2;
-    CHECK(dec(&b, &g, &used, why) == KVX_ERR_PROTOCOL && strstr(why, "version 2"), "frame: version 2: %s", why);
     b.data[16] = 1;
+    CHECK(dec(&b, &g, &used, why) == KVX_ERR_PROTOCOL && strstr(why, "version 1, this side 2"),
+          "frame: a version-1 peer (no transport messages) is refused: %s", why);
+    b.data[16] = 2;
     b.data[18] = 3;
     CHECK(dec(&b, &g, &used, why) == KVX_ERR_PROTOCOL && strstr(why, "role 3"), "frame: role 3: %s", why);
     b.data[18] = 2;
@@ -303,12 +304,40 @@ static void test_frames(void) {
         kvx_buf_free(&b);
     }
 
+    /* transport message (version 2): opaque bytes, 1..KVX_BOOT_MAX_MESSAGE */
+    {
+        static const uint8_t msg[5] = {1, 2, 0, 4, 5};
+        memset(&f, 0, sizeof f);
+        f.type = KVX_BOOT_FRAME_TRANSPORT;
+        f.message = msg;
+        f.message_len = sizeof msg;
+        roundtrip(&f, "transport message", &b);
+        dec(&b, &g, &used, why);
+        CHECK(g.message_len == 5 && !memcmp(g.message, msg, 5) && b.len == 13,
+              "frame: transport message bytes survive (8 + 5 bytes)");
+        kvx__le_w32((uint8_t *)b.data, 0);
+        b.len = 8;
+        CHECK(dec(&b, &g, &used, why) == KVX_ERR_PROTOCOL && strstr(why, "empty"),
+              "frame: an empty transport message is refused: %s", why);
+        kvx_buf_free(&b);
+        f.message_len = 0;
+        CHECK(kvx_boot_encode_frame(&f, &b) == KVX_ERR_INVALID_ARGUMENT, "frame: encoding an empty message is refused");
+        kvx_buf_free(&b);
+        f.message_len = KVX_BOOT_MAX_MESSAGE + 1;
+        CHECK(kvx_boot_encode_frame(&f, &b) == KVX_ERR_INVALID_ARGUMENT,
+              "frame: encoding a message over KVX_BOOT_MAX_MESSAGE is refused");
+        kvx_buf_free(&b);
+        CHECK(kvx_boot_peer_send(NULL, NULL, msg, 0, why, sizeof why) == KVX_ERR_INVALID_ARGUMENT &&
+                  strstr(why, "KVX_BOOT_MAX_MESSAGE"), "peer_send: a bad length is refused: %s", why);
+    }
+
     /* header-level refusals, decided from the 8-byte header alone */
     {
         uint8_t h[8];
         struct { uint32_t len; uint16_t type, flags; const char *needle; } cases[] = {
             {0, 0, 0, "unknown frame type 0"},
-            {12, 8, 0, "unknown frame type 8"},
+            {12, 9, 0, "unknown frame type 9"},
+            {KVX_BOOT_MAX_MESSAGE + 1, KVX_BOOT_FRAME_TRANSPORT, 0, "exceeds"},
             {12, KVX_BOOT_FRAME_PING, 0, "exceeds"},
             {40, KVX_BOOT_FRAME_AUTH, 0, "exceeds"},
             {12, 0xffff, 0, "unknown frame type 65535"},

@@ -3,7 +3,7 @@
    accepted frame must lie inside the input, respect its limits, and
    re-encode to exactly the bytes it was decoded from. The first input byte
    also seeds a structured mode that builds valid frames (every type: hello
-   keyed or not, room, status, abort, ping, pong, auth) from the fuzz
+   keyed or not, room, status, abort, ping, pong, auth, transport message) from the fuzz
    bytes and corrupts one field, so deep checks are reached without a
    corpus. */
 #define KVX_IMPLEMENTATION
@@ -60,6 +60,10 @@ static void stream(const uint8_t *data, size_t size) {
             if (r != KVX_ERR_PROTOCOL || !why[0]) __builtin_trap();
             return;
         }
+        if (r == KVX_OK && used && f.type == KVX_BOOT_FRAME_TRANSPORT &&
+            (!f.message_len || f.message_len > KVX_BOOT_MAX_MESSAGE ||
+             (const uint8_t *)f.message != data + off + 8 || f.message_len != used - 8))
+            __builtin_trap();
         if (!used) {
             if (size - off >= 8 && f.body_len > KVX_BOOT_MAX_FRAME) __builtin_trap();
             return;
@@ -85,7 +89,7 @@ static void structured(const uint8_t *data, size_t size) {
     memset(&f, 0, sizeof f);
     memset(&b, 0, sizeof b);
     f.room = size > 3 ? kvx__le_r16(data + 2) : 1;
-    switch (sel % 7) {
+    switch (sel % 8) {
     case 0:
         f.type = KVX_BOOT_FRAME_ROOM;
         f.num_pages = (uint32_t)n;
@@ -106,8 +110,13 @@ static void structured(const uint8_t *data, size_t size) {
         break;
     case 3:
     case 4:
-        f.type = sel % 7 == 3 ? KVX_BOOT_FRAME_PING : KVX_BOOT_FRAME_PONG;
+        f.type = sel % 8 == 3 ? KVX_BOOT_FRAME_PING : KVX_BOOT_FRAME_PONG;
         f.seq = size > 9 ? kvx__le_r64(data + 2) : sel;
+        break;
+    case 7:
+        f.type = KVX_BOOT_FRAME_TRANSPORT;
+        f.message = data;
+        f.message_len = (uint32_t)size;
         break;
     case 5:
         if (size < KVX_BOOT_PROOF) return;

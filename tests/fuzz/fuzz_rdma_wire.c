@@ -1,6 +1,6 @@
 /* Fuzzes what the rdma transport parses from a peer: the endpoint blob in
-   the bootstrap hello and the queue-pair exchange messages (versions 1 and
-   2: CHALLENGE, AUTH and AUTH_OK included). */
+   the bootstrap hello and the queue-pair exchange messages (kvx_boot
+   transport messages: CONNECT, ACCEPT, READY, REJECT). */
 #if defined(__has_include)
 #if __has_include(<infiniband/verbs.h>)
 #define KVX_WITH_RDMA
@@ -13,19 +13,17 @@ int LLVMFuzzerTestOneInput(const unsigned char *d, unsigned long n);
 int LLVMFuzzerTestOneInput(const unsigned char *d, unsigned long n) {
     kvx_rdma_hello h;
     kvx_rdma_cm_msg m;
-    size_t used = 0;
     char why[KVX_ERROR_MAX];
     uint32_t dv, i, nr;
     const uint8_t *k;
     volatile uint32_t s = 0;
     kvx_rdma_hello_parse(d, (size_t)n, &h, why, sizeof why);
-    if (kvx_rdma_cm_parse(d, (size_t)n, &m, &used, why, sizeof why) == KVX_OK && used && m.mr)
+    if (kvx_rdma_cm_parse(d, (size_t)n, &m, why, sizeof why) == KVX_OK && m.mr)
         for (dv = 0; dv < m.ndev; dv++)
             for (i = 0; i < m.nbuf + m.naux; i++)
                 if (kvx_rdma_cm_region(&m, dv, i, NULL, NULL, NULL, &nr, &k) && nr)
                     s += kvx_rdma_cm_rkey(k, nr - 1);
-    if (used && m.nonce) s += m.nonce[KVX_NONCE_BYTES - 1];
-    if (used && m.proof) s += m.proof[KVX_MAC_BYTES - 1];
+    if (m.reason_len) s += (uint8_t)m.reason[m.reason_len - 1];
     (void)s;
     return 0;
 }

@@ -6,13 +6,15 @@
    - a terminal room sends nothing: receivers that abort right after their
      Success, senders that abort right after theirs, never fail the other
      side; the first reason wins;
-   - the exchange port (KVX_IB_CM_PORT): silent connections are closed after
-     KVX_IB_CONNECT_TIMEOUT, too many are refused at once, a CONNECT from an
-     engine without a control connection gets nothing; with a shared key
-     every connection proves it (both ways) before anything is exchanged:
-     the same key works, different keys fail with a sentence saying so, a
-     stranger without the key gets a nonce and a refusal, and no room is
-     affected by any of them. */
+   - the queue-pair exchange on kvx_boot's control channel, keyless and
+     keyed: a third engine with a control connection of its own sends
+     malformed messages, messages in the wrong direction, answers to no
+     exchange, a CONNECT in another engine's name, a CONNECT it never
+     completes (retired after KVX_IB_CONNECT_TIMEOUT) and a frame over
+     KVX_BOOT_MAX_MESSAGE: each is refused, and the real pair and its rooms
+     are not affected; a stranger's transport frame before its hello (and
+     proof) never reaches the transport; engines whose keys differ fail
+     with a sentence saying so. */
 #define KVX_IMPLEMENTATION
 #define KVX_WITH_RDMA
 #include "rdma_test.h"
@@ -310,9 +312,37 @@ static void abort_after_success(side *pf, side *dc, int sender_side) {
     for (i = 0; i < RACE_ROOMS; i++) xfer_close(pf, dc, &x[i]);
 }
 
-/* ---- items 14/15: the exchange port -------------------------------------------- */
+/* ---- the exchange on the control channel: hostile peers --------------------------- */
 
-static int cm_dial(int port) {
+static uint64_t stat_of(kvx_engine *e, int which) {
+    kvx_rdma_stats s;
+    memset(&s, 0, sizeof s);
+    kvx_rdma_stats_get(e, &s);
+    return which == 2 ? s.errors : which ? s.cm_refused : s.pairs;
+}
+
+/* Waits (observed state, bounded) until e's cm_refused passes `than`. */
+static int refused_past(kvx_engine *e, uint64_t than) {
+    double end = rt_now() + 30 * slow;
+    while (rt_now() < end) {
+        if (stat_of(e, 1) > than) return 1;
+        rt_sleep(0.005);
+    }
+    return 0;
+}
+
+/* The control connection a decode engine has with its (only) prefill. */
+static int ctl_of(kvx_engine *e, kvx_boot_peer *out) {
+    kvx__rdma_engine *re = kvx__rdma_re(e);
+    int ok;
+    pthread_mutex_lock(&re->mu);
+    ok = re->peers != NULL;
+    if (ok) *out = re->peers->ctl;
+    pthread_mutex_unlock(&re->mu);
+    return ok;
+}
+
+static int raw_dial(int port) {
     struct sockaddr_in a;
     int fd = socket(AF_INET, SOCK_STREAM, 0);
     memset(&a, 0, sizeof a);
@@ -326,166 +356,185 @@ static int cm_dial(int port) {
     return fd;
 }
 
-/* Reads until EOF or t seconds; returns the bytes read (at most cap), and
-   in *closed whether the far end closed. */
-static size_t cm_drain(int fd, uint8_t *buf, size_t cap, double t, int *closed) {
+/* 1 when the far end closed fd within t seconds. */
+static int raw_closed(int fd, double t) {
     double end = rt_now() + t;
-    size_t len = 0;
-    *closed = 0;
     while (rt_now() < end) {
-        struct pollfd pf;
-        ssize_t r;
+        struct pollfd p;
         uint8_t tmp[4096];
-        pf.fd = fd;
-        pf.events = POLLIN;
-        pf.revents = 0;
-        if (poll(&pf, 1, 20) <= 0) continue;
-        r = recv(fd, tmp, sizeof tmp, 0);
-        if (r <= 0) { *closed = 1; break; }
-        if (len < cap) {
-            size_t k = (size_t)r < cap - len ? (size_t)r : cap - len;
-            memcpy(buf + len, tmp, k);
-            len += k;
-        }
+        p.fd = fd;
+        p.events = POLLIN;
+        p.revents = 0;
+        if (poll(&p, 1, 20) <= 0) continue;
+        if (recv(fd, tmp, sizeof tmp, 0) <= 0) return 1;
     }
-    return len;
-}
-
-/* The types of the exchange messages in buf (up to 8). */
-static int cm_types(const uint8_t *buf, size_t len, int *types, int max) {
-    size_t off = 0;
-    int n = 0;
-    while (off + KVX_RDMA_CM_HEADER <= len && n < max) {
-        uint32_t bl = kvx__le_r32(buf + off + 8);
-        types[n++] = kvx__le_r16(buf + off + 6);
-        off += KVX_RDMA_CM_HEADER + bl;
-    }
-    return n;
-}
-
-static int has_type(const int *t, int n, int type) {
-    int i;
-    for (i = 0; i < n; i++)
-        if (t[i] == type) return 1;
     return 0;
 }
 
-static void cm_msg(kvx_buf *b, kvx_rdma_cm_type type, int ver) {
-    kvx__rdma_cm_begin(b, type);
-    kvx__le_w16((uint8_t *)b->data + 4, (uint16_t)ver);
-}
-
-static uint64_t stat_of(kvx_engine *e, int which) {
-    kvx_rdma_stats s;
-    memset(&s, 0, sizeof s);
-    kvx_rdma_stats_get(e, &s);
-    return which ? s.cm_refused : s.pairs;
-}
-
-static uint64_t decode_instance(kvx_engine *e) { return kvx__rdma_re(e)->instance; }
-
-static void stranger_keyless(void) {
-    side pf, dc;
-    char err[1024];
-    uint8_t buf[8192];
-    int types[8], nt, closed, port, fd, fds[KVX_RDMA_CM_PENDING + 8], i, nopen = 0, nclosed = 0;
-    uint64_t pairs0, refused0;
-    size_t len;
-    double t0, t;
+/* A third engine, a decode engine with a control connection of its own
+   (so with a key it proved the key), sends exchange messages it should
+   not: garbage, messages in the prefill's direction, answers to no
+   exchange, a CONNECT in the name of the real decode engine, and a frame
+   over KVX_BOOT_MAX_MESSAGE. Each is refused; the real pair is untouched
+   and rooms keep moving. A stranger without a hello (or without the key)
+   cannot send one at all. */
+static void hostile_peer(const char *key, const char *what) {
+    side pf, dc, rg;
+    char err[1024], why[KVX_ERROR_MAX], addr[64];
+    kvx_boot_peer ctl;
     kvx_buf b;
+    kvx_rdma_cm_msg m;
+    kvx_room_desc rd;
+    kvx_receiver *rr = NULL;
+    uint64_t pairs0, refused0, dinst, pinst;
+    int fd;
     memset(&b, 0, sizeof b);
+    memset(&rg, 0, sizeof rg);
     setenv("KVX_IB_CONNECT_TIMEOUT", "2", 1);
-    if (pair_up(&pf, &dc, NULL, NULL)) { CHECK(0, "keyless engines"); return; }
+    if (pair_up(&pf, &dc, key, key)) {
+        unsetenv("KVX_IB_CONNECT_TIMEOUT");
+        CHECK(0, "%s: engines", what);
+        return;
+    }
     unsetenv("KVX_IB_CONNECT_TIMEOUT");
-    port = kvx__rdma_re(pf.e)->cm_port;
-    CHECK(xfer_run(&pf, &dc, 5001, 12, err, sizeof err), "keyless: a room moves %s", err);
+    CHECK(xfer_run(&pf, &dc, 5001, 12, err, sizeof err), "%s: a room moves %s", what, err);
+    pairs0 = stat_of(pf.e, 0);
+    ex_pool_init(&rg.pool, &rt_tiny, 1024, 16, 64, 5);
+    snprintf(addr, sizeof addr, "127.0.0.1:%d", kvx_boot_engine_port(pf.e));
+    rg.e = mk_engine(KVX_ROLE_DECODE, &rg.pool.layout, addr, key, why, sizeof why);
+    memset(&rd, 0, sizeof rd);
+    rd.room = 5999;
+    if (!rg.e || kvx_receiver_create(rg.e, &rd, &rr) != KVX_OK ||
+        !wait_r(rr, KVX_POLL_WAITING_FOR_INPUT, 30 * slow) || !ctl_of(rg.e, &ctl)) {
+        CHECK(0, "%s: the third engine connects: %s", what, rg.e ? "" : why);
+        goto out;
+    }
+    /* its own exchange completes on both sides (it is a peer like any other) */
+    {
+        double end = rt_now() + 30 * slow;
+        while (rt_now() < end && (stat_of(rg.e, 0) < 1 || stat_of(pf.e, 0) < pairs0 + 1))
+            rt_sleep(0.005);
+        CHECK(stat_of(pf.e, 0) == pairs0 + 1, "%s: the third engine made its own connection", what);
+    }
     pairs0 = stat_of(pf.e, 0);
     refused0 = stat_of(pf.e, 1);
+    dinst = kvx__rdma_re(dc.e)->instance;
+    pinst = kvx__rdma_re(pf.e)->instance;
 
-    /* a silent connection is closed after KVX_IB_CONNECT_TIMEOUT (2 s) */
-    fd = cm_dial(port);
-    t0 = rt_now();
-    len = cm_drain(fd, buf, sizeof buf, 30 * slow, &closed);
-    t = rt_now() - t0;
-    CHECK(fd >= 0 && closed && t < 2 + 3 * slow, "keyless: a silent connection is closed after "
-          "%.1f s (KVX_IB_CONNECT_TIMEOUT=2)", t);
-    if (fd >= 0) close(fd);
-
-    /* a CONNECT (its head) from an engine with no control connection */
-    fd = cm_dial(port);
-    cm_msg(&b, KVX_RDMA_CM_CONNECT, 1);
-    kvx__rdma_put64(&b, 0x1234567890abcdefull);
-    kvx__rdma_put64(&b, kvx__rdma_re(pf.e)->instance);
+    CHECK(kvx_boot_peer_send(kvx__rdma_re(rg.e)->boot, &ctl, "GET / HTTP/1.0\r\n\r\n", 18, why,
+                             sizeof why) == KVX_OK && refused_past(pf.e, refused0),
+          "%s: a malformed message is refused (cm_refused %llu)", what,
+          (unsigned long long)(stat_of(pf.e, 1) - refused0));
+    refused0 = stat_of(pf.e, 1);
+    kvx__rdma_cm_begin(&b, KVX_RDMA_CM_ACCEPT, 1, kvx__rdma_re(rg.e)->instance, pinst);
     kvx__rdma_put64(&b, 0);
-    for (i = 0; i < 16; i++) kvx__rdma_put(&b, "\0", 1);
-    kvx__rdma_cm_end(&b);
-    kvx__le_w32((uint8_t *)b.data + 8, 4000); /* claims a long body */
-    if (fd >= 0 && send(fd, b.data, b.len, MSG_NOSIGNAL) < 0) {}
-    len = cm_drain(fd, buf, sizeof buf, 30 * slow, &closed);
-    nt = cm_types(buf, len, types, 8);
-    CHECK(closed && !has_type(types, nt, KVX_RDMA_CM_ACCEPT),
-          "keyless: a CONNECT from an instance without a control connection gets no ACCEPT "
-          "(%d messages, closed %d)", nt, closed);
-    if (fd >= 0) close(fd);
-
-    /* a complete, valid CONNECT (real queue pairs and regions of the
-       decode engine's pool) from an instance without a control connection */
+    CHECK(kvx__rdma_send_buf(kvx__rdma_re(rg.e), &ctl, &b, why, sizeof why) == KVX_OK &&
+              refused_past(pf.e, refused0),
+          "%s: a message in the wrong direction (ACCEPT to a prefill) is refused", what);
+    refused0 = stat_of(pf.e, 1);
+    kvx__rdma_cm_begin(&b, KVX_RDMA_CM_READY, 424242, kvx__rdma_re(rg.e)->instance, pinst);
+    CHECK(kvx__rdma_send_buf(kvx__rdma_re(rg.e), &ctl, &b, why, sizeof why) == KVX_OK &&
+              refused_past(pf.e, refused0),
+          "%s: an unsolicited READY (no exchange with that seq) is refused", what);
+    refused0 = stat_of(pf.e, 1);
+    /* a complete, valid CONNECT (real queue pairs and regions of the real
+       decode engine) in the name of the real decode engine, on the third
+       engine's connection: a message for an instance it is not */
     {
         kvx__rdma_engine *dre = kvx__rdma_re(dc.e);
-        kvx__rdma_pair *sp = kvx__rdma_pair_new(dre, 1, kvx__rdma_re(pf.e)->instance, "stranger");
-        char qwhy[KVX_ERROR_MAX];
+        kvx__rdma_pair *sp = kvx__rdma_pair_new(dre, 1, pinst, "stranger");
+        char qwhy[KVX_ERROR_MAX] = "";
         if (sp && kvx__rdma_qp_create(dre, &sp->qp[0], qwhy, sizeof qwhy) == KVX_OK) {
+            sp->seq = 77;
             kvx__rdma_cm_connect(dre, sp, &b);
-            kvx__le_w64((uint8_t *)b.data + KVX_RDMA_CM_HEADER, 0x5eed5eed5eed5eedull); /* from */
-            fd = cm_dial(port);
-            if (fd >= 0 && send(fd, b.data, b.len, MSG_NOSIGNAL) < 0) {}
-            len = cm_drain(fd, buf, sizeof buf, 30 * slow, &closed);
-            nt = cm_types(buf, len, types, 8);
-            CHECK(closed && !has_type(types, nt, KVX_RDMA_CM_ACCEPT) && stat_of(pf.e, 0) == pairs0,
-                  "keyless: a complete CONNECT from an engine without a control connection gets no "
-                  "ACCEPT and no connection (%d messages, %llu exchanges)", nt,
-                  (unsigned long long)stat_of(pf.e, 0));
-            if (fd >= 0) close(fd);
+            CHECK(kvx_rdma_cm_parse(b.data, b.len, &m, why, sizeof why) == KVX_OK && m.from == dinst,
+                  "%s: the forged CONNECT is well formed and names the real decode engine", what);
+            CHECK(kvx__rdma_send_buf(kvx__rdma_re(rg.e), &ctl, &b, why, sizeof why) == KVX_OK &&
+                      refused_past(pf.e, refused0) && stat_of(pf.e, 0) == pairs0,
+                  "%s: a CONNECT naming another engine's instance is refused and replaces nothing "
+                  "(%llu exchanges)", what, (unsigned long long)stat_of(pf.e, 0));
         } else {
             CHECK(0, "a stranger's queue pair: %s", qwhy);
         }
         kvx__rdma_pair_unref(dre, sp);
     }
-
-    /* garbage */
-    fd = cm_dial(port);
-    if (fd >= 0 && send(fd, "GET / HTTP/1.0\r\n\r\n", 18, MSG_NOSIGNAL) < 0) {}
-    len = cm_drain(fd, buf, sizeof buf, 30 * slow, &closed);
-    CHECK(closed, "keyless: an HTTP request is answered with a close");
-    if (fd >= 0) close(fd);
-
-    /* more silent connections than KVX_RDMA_CM_PENDING: the rest are closed at once */
-    for (i = 0; i < KVX_RDMA_CM_PENDING + 8; i++) fds[i] = cm_dial(port);
-    rt_sleep(0.3);
-    for (i = 0; i < KVX_RDMA_CM_PENDING + 8; i++) {
-        struct pollfd pfd;
-        if (fds[i] < 0) continue;
-        nopen++;
-        pfd.fd = fds[i];
-        pfd.events = POLLIN;
-        pfd.revents = 0;
-        if (poll(&pfd, 1, 0) > 0) nclosed++;
+    /* the third engine's own CONNECT, which its rdma layer did not send:
+       it answers the ACCEPT with a REJECT and the prefill gives up at
+       once; then, with the third engine deaf, one never followed by READY
+       is retired after KVX_IB_CONNECT_TIMEOUT (2 s here) */
+    {
+        kvx__rdma_engine *gre = kvx__rdma_re(rg.e);
+        kvx__rdma_pair *sp = kvx__rdma_pair_new(gre, 1, pinst, "half-open");
+        int k;
+        char qwhy[KVX_ERROR_MAX] = "";
+        if (sp && kvx__rdma_qp_create(gre, &sp->qp[0], qwhy, sizeof qwhy) == KVX_OK) {
+            for (k = 0; k < 2; k++) {
+                uint64_t errs0 = stat_of(pf.e, 2);
+                double t0 = rt_now(), end = t0 + 30 * slow;
+                if (k == 1) {
+                    pthread_mutex_lock(&gre->mu);
+                    gre->stopping = 1; /* drops every message from now on */
+                    pthread_mutex_unlock(&gre->mu);
+                }
+                sp->seq = 78 + (uint32_t)k;
+                kvx__rdma_cm_connect(gre, sp, &b);
+                kvx__rdma_send_buf(gre, &ctl, &b, why, sizeof why);
+                while (rt_now() < end && stat_of(pf.e, 2) == errs0) rt_sleep(0.01);
+                if (k == 0)
+                    CHECK(stat_of(pf.e, 2) > errs0 && rt_now() - t0 < 1.9,
+                          "%s: an ACCEPT nobody asked for is answered with REJECT and the prefill "
+                          "gives the exchange up at once (%.2f s)", what, rt_now() - t0);
+                else
+                    CHECK(stat_of(pf.e, 2) > errs0 && rt_now() - t0 > 1.5,
+                          "%s: a CONNECT never followed by READY is retired after %.1f s "
+                          "(KVX_IB_CONNECT_TIMEOUT=2)", what, rt_now() - t0);
+            }
+        } else {
+            CHECK(0, "a half-open queue pair: %s", qwhy);
+        }
+        kvx__rdma_pair_unref(gre, sp);
     }
-    CHECK(nopen == KVX_RDMA_CM_PENDING + 8 && nclosed >= 8,
-          "keyless: of %d silent connections %d were closed at once (limit %d pending, a quarter "
-          "from one address)", nopen, nclosed, KVX_RDMA_CM_PENDING);
-    /* while they are held, rooms still move (the exchange is not needed
-       again, and no worker is held by a silent connection) */
-    CHECK(xfer_run(&pf, &dc, 5002, 20, err, sizeof err), "keyless: rooms move while strangers "
-          "hold the exchange port %s", err);
-    for (i = 0; i < KVX_RDMA_CM_PENDING + 8; i++)
-        if (fds[i] >= 0) close(fds[i]);
-    CHECK(stat_of(pf.e, 0) == pairs0, "keyless: no stranger made a connection (%llu exchanges)",
-          (unsigned long long)stat_of(pf.e, 0));
-    CHECK(stat_of(pf.e, 1) > refused0 + 8, "keyless: cm_refused counts them (%llu)",
-          (unsigned long long)(stat_of(pf.e, 1) - refused0));
-
-    /* a decode whose side broke redials through the same port: still works */
+    CHECK(xfer_run(&pf, &dc, 5002, 20, err, sizeof err) && stat_of(pf.e, 0) == pairs0,
+          "%s: the real decode engine's rooms still move on its connection %s", what, err);
+    /* a frame over KVX_BOOT_MAX_MESSAGE: the sender refuses it, and a
+       peer that writes one anyway loses its connection (its rooms only) */
+    CHECK(kvx_boot_peer_send(kvx__rdma_re(rg.e)->boot, &ctl, "x", KVX_BOOT_MAX_MESSAGE + 1, why,
+                             sizeof why) == KVX_ERR_INVALID_ARGUMENT,
+          "%s: kvx_boot_peer_send refuses more than KVX_BOOT_MAX_MESSAGE: %s", what, why);
+    {
+        kvx_boot *rb = kvx__rdma_re(rg.e)->boot;
+        kvx__boot_conn *c = NULL;
+        uint8_t h[8];
+        size_t i;
+        kvx__boot_hdr(h, KVX_BOOT_MAX_MESSAGE + 1, KVX_BOOT_FRAME_TRANSPORT);
+        pthread_mutex_lock(&rb->mu);
+        for (i = 0; i < rb->nlive; i++)
+            if (rb->live[i]->info.conn_id == ctl.conn_id) { c = rb->live[i]; kvx__boot_conn_ref(c); }
+        pthread_mutex_unlock(&rb->mu);
+        if (c) {
+            kvx__boot_conn_send(c, h, sizeof h);
+            kvx__boot_conn_unref(c);
+        }
+        CHECK(c && until_term_r(rr, 30 * slow) >= 0 && kvx_receiver_poll(rr) == KVX_POLL_FAILED,
+              "%s: an oversized transport frame closes that connection (its room fails: %s)", what,
+              kvx_receiver_error(rr));
+    }
+    CHECK(xfer_run(&pf, &dc, 5003, 9, err, sizeof err) && stat_of(pf.e, 0) == pairs0,
+          "%s: the real decode engine is not affected %s", what, err);
+    /* a stranger's transport frame before its hello (or its proof) */
+    fd = raw_dial(kvx_boot_control_port(kvx__rdma_re(pf.e)->boot));
+    refused0 = stat_of(pf.e, 1);
+    kvx__rdma_cm_begin(&b, KVX_RDMA_CM_READY, 1, dinst, pinst);
+    {
+        uint8_t h[8];
+        kvx__boot_hdr(h, (uint32_t)b.len, KVX_BOOT_FRAME_TRANSPORT);
+        if (fd >= 0 && (send(fd, h, 8, MSG_NOSIGNAL) < 0 || send(fd, b.data, b.len, MSG_NOSIGNAL) < 0)) {}
+    }
+    CHECK(fd >= 0 && raw_closed(fd, 30 * slow) && stat_of(pf.e, 1) == refused0,
+          "%s: a transport frame before the hello%s is closed by kvx_boot, never handed to rdma",
+          what, key ? " and the proof" : "");
+    if (fd >= 0) close(fd);
+    /* a decode whose side broke redials on its control connection: still works */
     {
         kvx__rdma_engine *dre = kvx__rdma_re(dc.e);
         kvx__rdma_pair *p;
@@ -497,80 +546,17 @@ static void stranger_keyless(void) {
             kvx__rdma_pair_kill(dre, p, KVX_ERR_TRANSPORT, "test: the decode side broke");
             kvx__rdma_pair_unref(dre, p);
         }
-        CHECK(p && xfer_run(&pf, &dc, 5003, 9, err, sizeof err) && stat_of(pf.e, 0) == pairs0 + 1,
-              "keyless: the decode engine itself still reconnects %s", err);
+        CHECK(p && xfer_run(&pf, &dc, 5004, 9, err, sizeof err) && stat_of(pf.e, 0) == pairs0 + 1,
+              "%s: the decode engine itself still reconnects %s", what, err);
     }
+out:
+    kvx_receiver_destroy(rr);
+    kvx_engine_destroy(rg.e);
+    ex_pool_free(&rg.pool);
     kvx_buf_free(&b);
     pair_down(&pf, &dc);
 }
 
-static void stranger_keyed(void) {
-    side pf, dc;
-    char err[1024];
-    uint8_t buf[8192], nonce[KVX_NONCE_BYTES], mac[KVX_MAC_BYTES];
-    int types[8], nt, closed, port, fd;
-    uint64_t pairs0;
-    size_t len;
-    kvx_buf b;
-    memset(&b, 0, sizeof b);
-    if (pair_up(&pf, &dc, KEY1, KEY1)) { CHECK(0, "keyed engines"); return; }
-    port = kvx__rdma_re(pf.e)->cm_port;
-    CHECK(xfer_run(&pf, &dc, 6001, 17, err, sizeof err), "same key: a room moves %s", err);
-    pairs0 = stat_of(pf.e, 0);
-
-    /* a stranger gets a challenge (a nonce, nothing about the engine), and
-       its unauthenticated CONNECT is refused */
-    fd = cm_dial(port);
-    len = cm_drain(fd, buf, 48, 1, &closed);
-    CHECK(len == 48 && kvx__le_r16(buf + 6) == KVX_RDMA_CM_CHALLENGE && kvx__le_r16(buf + 4) == 2 &&
-          !kvx__le_r64(buf + 16) && !kvx__le_r64(buf + 24),
-          "keyed: a connection first gets a CHALLENGE of version 2 that names no instance (%zu "
-          "bytes)", len);
-    cm_msg(&b, KVX_RDMA_CM_CONNECT, 1);
-    kvx__rdma_put64(&b, decode_instance(dc.e));
-    kvx__rdma_put64(&b, kvx__rdma_re(pf.e)->instance);
-    kvx__rdma_put64(&b, 0);
-    kvx__rdma_put64(&b, 0);
-    kvx__rdma_put64(&b, 0);
-    kvx__rdma_cm_end(&b);
-    if (fd >= 0 && send(fd, b.data, b.len, MSG_NOSIGNAL) < 0) {}
-    len = cm_drain(fd, buf, sizeof buf, 30 * slow, &closed);
-    nt = cm_types(buf, len, types, 8);
-    CHECK(closed && nt == 1 && types[0] == KVX_RDMA_CM_REJECT &&
-          memmem(buf, len, "requires the shared key", 23),
-          "keyed: a CONNECT without authentication (even naming the real decode instance) is "
-          "refused: %.*s", len > 40 ? (int)(len - 40) : 0, (const char *)buf + 40);
-    if (fd >= 0) close(fd);
-
-    /* a stranger that answers the challenge with a proof under another key */
-    fd = cm_dial(port);
-    len = cm_drain(fd, buf, 48, 1, &closed);
-    memset(nonce, 7, sizeof nonce);
-    kvx_auth_proof((const uint8_t *)KEY2, strlen(KEY2), KVX_RDMA_CM_AUTH_LABEL_DECODE, buf + 32,
-                   nonce, mac);
-    cm_msg(&b, KVX_RDMA_CM_AUTH, 2);
-    kvx__rdma_put64(&b, decode_instance(dc.e));
-    kvx__rdma_put64(&b, kvx__rdma_re(pf.e)->instance);
-    kvx__rdma_put(&b, nonce, sizeof nonce);
-    kvx__rdma_put(&b, mac, sizeof mac);
-    kvx__rdma_cm_end(&b);
-    if (fd >= 0 && send(fd, b.data, b.len, MSG_NOSIGNAL) < 0) {}
-    len = cm_drain(fd, buf, sizeof buf, 30 * slow, &closed);
-    nt = cm_types(buf, len, types, 8);
-    CHECK(closed && nt == 1 && types[0] == KVX_RDMA_CM_REJECT && memmem(buf, len, "KVX_AUTH_KEY", 12),
-          "keyed: a proof under another key is refused with a reason and nothing else (%d "
-          "messages)", nt);
-    if (fd >= 0) close(fd);
-
-    /* a silent one holds nothing either */
-    fd = cm_dial(port);
-    CHECK(xfer_run(&pf, &dc, 6002, 33, err, sizeof err) && stat_of(pf.e, 0) == pairs0,
-          "keyed: rooms are not affected by strangers (%llu exchanges) %s",
-          (unsigned long long)stat_of(pf.e, 0), err);
-    if (fd >= 0) close(fd);
-    kvx_buf_free(&b);
-    pair_down(&pf, &dc);
-}
 
 /* Engines whose keys differ, or where only one has a key: the receiver
    fails with a sentence naming the key. */
@@ -590,77 +576,6 @@ static void key_mismatch(const char *pkey, const char *dkey, const char *what, c
           "%s: no queue-pair exchange completed", what);
     xfer_close(&pf, &dc, &x);
     pair_down(&pf, &dc);
-}
-
-/* The decode side's check of the prefill's proof, against a fake prefill
-   on a socket pair that does not hold the key. */
-typedef struct fake_arg {
-    int fd;
-    uint8_t np[KVX_NONCE_BYTES];
-} fake_arg;
-
-static void *fake_prefill_main(void *arg) {
-    fake_arg *fa = (fake_arg *)arg;
-    uint8_t a[256], mac[KVX_MAC_BYTES];
-    ssize_t k = 0, r;
-    kvx_buf out;
-    memset(&out, 0, sizeof out);
-    cm_msg(&out, KVX_RDMA_CM_CHALLENGE, 2);
-    kvx__rdma_put64(&out, 0);
-    kvx__rdma_put64(&out, 0);
-    kvx__rdma_put(&out, fa->np, sizeof fa->np);
-    kvx__rdma_cm_end(&out);
-    if (send(fa->fd, out.data, out.len, 0) < 0) {}
-    while (k < 80 && (r = recv(fa->fd, a + k, sizeof a - (size_t)k, 0)) > 0) k += r;
-    /* an AUTH_OK under another key */
-    kvx_auth_proof((const uint8_t *)KEY2, strlen(KEY2), KVX_RDMA_CM_AUTH_LABEL_PREFILL, a + 32,
-                   fa->np, mac);
-    cm_msg(&out, KVX_RDMA_CM_AUTH_OK, 2);
-    kvx__rdma_put64(&out, 0x77);
-    kvx__rdma_put64(&out, 0x42);
-    kvx__rdma_put(&out, mac, sizeof mac);
-    kvx__rdma_cm_end(&out);
-    if (send(fa->fd, out.data, out.len, 0) < 0) {}
-    kvx_buf_free(&out);
-    return NULL;
-}
-
-static void fake_prefill(void) {
-    kvx__rdma_engine *re = (kvx__rdma_engine *)calloc(1, sizeof *re);
-    int sv[2], pp[2];
-    kvx_buf b, in;
-    uint8_t got[256];
-    char why[KVX_ERROR_MAX] = "";
-    kvx_result res;
-    ssize_t n;
-    pthread_t th;
-    fake_arg fa;
-    memset(&b, 0, sizeof b);
-    memset(&in, 0, sizeof in);
-    if (!re || socketpair(AF_UNIX, SOCK_STREAM, 0, sv) || pipe(pp)) { CHECK(0, "socketpair"); return; }
-    re->stop_rd = pp[0];
-    re->key = (const uint8_t *)KEY1;
-    re->key_len = strlen(KEY1);
-    re->instance = 0x42;
-    fa.fd = sv[1];
-    memset(fa.np, 9, sizeof fa.np);
-    fcntl(sv[0], F_SETFL, O_NONBLOCK);
-    pthread_create(&th, NULL, fake_prefill_main, &fa);
-    res = kvx__rdma_auth_dial(re, sv[0], 0x77, &b, &in, kvx_now_ns() + 20000000000ull, why,
-                              sizeof why, "prefill 127.0.0.1:1 (exchange port 2)");
-    pthread_join(th, NULL);
-    CHECK(res == KVX_ERR_PERMISSION && strstr(why, "could not prove") && strstr(why, "KVX_AUTH_KEY") &&
-          strstr(why, "127.0.0.1:1"),
-          "a prefill that does not hold the key is refused before anything is sent: %s", why);
-    n = recv(sv[1], got, sizeof got, MSG_DONTWAIT);
-    CHECK(n <= 0, "and the decode side sent nothing after its AUTH (%zd bytes)", n);
-    close(sv[0]);
-    close(sv[1]);
-    close(pp[0]);
-    close(pp[1]);
-    kvx_buf_free(&b);
-    kvx_buf_free(&in);
-    free(re);
 }
 
 int main(void) {
@@ -692,11 +607,10 @@ int main(void) {
     } else {
         CHECK(0, "engines");
     }
-    stranger_keyless();
-    stranger_keyed();
+    hostile_peer(NULL, "keyless");
+    hostile_peer(KEY1, "keyed");
     key_mismatch(KEY1, KEY2, "different keys", "KVX_AUTH_KEY");
     key_mismatch(KEY1, NULL, "only the prefill has a key", "KVX_AUTH_KEY");
     key_mismatch(NULL, KEY1, "only the decode side has a key", "KVX_AUTH_KEY");
-    fake_prefill();
     return rt_finish();
 }
