@@ -99,8 +99,10 @@ static void check_no_driver(const char *argv0) {
     setenv("KVX_CUDA_STAGING_BYTES", "12Q", 1);
     CHECK(kvx_cuda_create(NULL, &cu, why, sizeof why) == KVX_ERR_BAD_CONFIG, "bad bytes");
     CHECK_STR(why, "KVX_CUDA_STAGING_BYTES='12Q'");
-    setenv("KVX_CUDA_STAGING_BYTES", "64MiB", 1);
-    CHECK(kvx_cuda_create(NULL, &cu, why, sizeof why) == KVX_ERR_BAD_CONFIG, "MiB is not a suffix");
+    setenv("KVX_CUDA_STAGING_BYTES", "64MiB", 1); /* one byte-count parser: the store's too */
+    CHECK(kvx_cuda_create(NULL, &cu, why, sizeof why) == KVX_ERR_NOT_FOUND, "64MiB parses");
+    setenv("KVX_CUDA_STAGING_BYTES", "64Q", 1);
+    CHECK(kvx_cuda_create(NULL, &cu, why, sizeof why) == KVX_ERR_BAD_CONFIG, "Q is not a suffix");
     setenv("KVX_CUDA_STAGING_BYTES", "64MB", 1);
     CHECK(kvx_cuda_create(NULL, &cu, why, sizeof why) == KVX_ERR_NOT_FOUND, "64MB parses");
     unsetenv("KVX_CUDA_STAGING_BYTES");
