@@ -275,20 +275,26 @@ KVX_API uint64_t kvx_layout_page_bytes(const kvx_layout *l);
 KVX_API uint64_t kvx_layout_num_aux_slots(const kvx_layout *l);
 /* Bytes of one request's aux rows: item_len summed over the aux buffers. */
 KVX_API uint64_t kvx_layout_aux_row_bytes(const kvx_layout *l);
-/* Copies slot `slot`'s aux rows (host memory) to a packed buffer of
-   kvx_layout_aux_row_bytes bytes (to_rows 0): aux buffer 0's row, then 1's
-   ...; or from one back into the slot (to_rows 1). The caller has checked
-   the slot (kvx_pages_check / the core's init checks do). */
+/* Copies slot `slot`'s aux rows (host memory) to a packed aux row of
+   kvx_layout_aux_row_bytes bytes (to_rows 0), laid out as
+   kvx_plan_aux_gather places it; or from one back into the slot (to_rows
+   1). The caller has checked the slot (the core's init checks do). */
 KVX_API void kvx_layout_aux_copy(const kvx_layout *l, int64_t slot, void *packed, int to_rows);
 
 /* >>plan ---------------------------------------------------------------- */
 
-/* One contiguous copy of `length` bytes of buffer `buffer`. Offsets are
-   relative to the start of that buffer on each side (or of the packed
-   region for one-sided plans). */
+/* Kinds of span: pages of layout.buffers[buffer], or a row of
+   layout.aux[buffer]. */
+#define KVX_SPAN_PAGES 0
+#define KVX_SPAN_AUX 1
+
+/* One contiguous copy of `length` bytes of buffer `buffer` (of the kind's
+   array). Offsets are relative to the start of that buffer on each side, or
+   of the packed region for the packed side of a one-sided plan. Resolve a
+   pool side with kvx_span_addr. */
 typedef struct kvx_span {
     uint32_t buffer;
-    uint32_t reserved;
+    uint32_t kind; /* KVX_SPAN_PAGES or KVX_SPAN_AUX */
     uint64_t src_offset;
     uint64_t dst_offset;
     uint64_t length;
@@ -296,7 +302,9 @@ typedef struct kvx_span {
 
 /* A growable list of spans. Zero-initialise; reuse across calls (the
    storage is kept); release with kvx_plan_free. Spans are ordered buffer by
-   buffer, then by position in the request. */
+   buffer, then by position in the request; aux spans come last. A builder
+   grows `spans` only beyond `capacity`: a caller may point spans at its own
+   storage of `capacity` spans (and then never calls kvx_plan_free). */
 typedef struct kvx_plan {
     kvx_span *spans;
     size_t count;
@@ -327,6 +335,30 @@ KVX_API kvx_result kvx_plan_gather(kvx_plan *p, const kvx_layout *l, const int32
    destination page may not repeat. */
 KVX_API kvx_result kvx_plan_scatter(kvx_plan *p, const kvx_layout *l, const int32_t *pages,
                                     size_t n);
+
+/* Appends the aux rows of slot src_slot of src to slot dst_slot of dst:
+   one KVX_SPAN_AUX span per aux buffer, offsets slot * item_len. Fails with
+   KVX_ERR_OUT_OF_RANGE (a slot outside either layout's aux slots),
+   KVX_ERR_LAYOUT_MISMATCH (aux count or an item_len differ), with
+   plan->error saying which; the plan then keeps its earlier spans. */
+KVX_API kvx_result kvx_plan_aux(kvx_plan *p, const kvx_layout *src, int32_t src_slot,
+                                const kvx_layout *dst, int32_t dst_slot);
+
+/* One-sided forms, appended to a gather (scatter) plan: slot `slot`'s aux
+   rows -> (<-) the packed region right after what it holds: the packed
+   region of kvx_plan_gather(p, l, pages, n) then kvx_plan_aux_gather(p, l,
+   slot) is n * kvx_layout_page_bytes(l) bytes of pages (as above), then aux
+   buffer 0's row, aux buffer 1's row ... (kvx_layout_aux_row_bytes bytes);
+   packed_bytes covers both. n may be 0 for an aux row alone. Errors as
+   kvx_plan_aux. */
+KVX_API kvx_result kvx_plan_aux_gather(kvx_plan *p, const kvx_layout *l, int32_t slot);
+KVX_API kvx_result kvx_plan_aux_scatter(kvx_plan *p, const kvx_layout *l, int32_t slot);
+
+/* Address of a span's source (dst 0) or destination (dst 1) in layout l:
+   the base of buffers[buffer] or aux[buffer] (by kind) plus the offset. Only
+   for a pool side; the packed side's offset is from the packed region's
+   start. NULL when the span names no buffer of l. Thread-safe. */
+KVX_API void *kvx_span_addr(const kvx_layout *l, const kvx_span *s, int dst);
 
 /* Checks page indices against a pool of `pool_pages` pages (and that none
    repeats when no_duplicates). Used by the plan builders and by senders and
@@ -2105,17 +2137,6 @@ KVX_API uint64_t kvx_layout_aux_row_bytes(const kvx_layout *l) {
     return s;
 }
 
-KVX_API void kvx_layout_aux_copy(const kvx_layout *l, int64_t slot, void *packed, int to_rows) {
-    uint8_t *p = (uint8_t *)packed;
-    uint32_t i;
-    for (i = 0; i < l->num_aux; i++) {
-        uint8_t *row = (uint8_t *)l->aux[i].base + (uint64_t)slot * l->aux[i].item_len;
-        if (to_rows) memcpy(row, p, (size_t)l->aux[i].item_len);
-        else memcpy(p, row, (size_t)l->aux[i].item_len);
-        p += l->aux[i].item_len;
-    }
-}
-
 KVX_API uint64_t kvx_layout_num_aux_slots(const kvx_layout *l) {
     uint64_t m = UINT64_MAX;
     uint32_t i;
@@ -2326,7 +2347,7 @@ static int kvx__plan_runs(kvx_plan *p, uint32_t buf, uint64_t item, const int32_
         if (kvx__plan_reserve(p, p->count + 1)) return -1;
         s = &p->spans[p->count++];
         s->buffer = buf;
-        s->reserved = 0;
+        s->kind = KVX_SPAN_PAGES;
         s->src_offset = sbase + (sp ? (uint64_t)sp[i] : (uint64_t)i) * item;
         s->dst_offset = dbase + (dp ? (uint64_t)dp[i] : (uint64_t)i) * item;
         s->length = (uint64_t)(j - i) * item;
@@ -2408,6 +2429,106 @@ KVX_API kvx_result kvx_plan_scatter(kvx_plan *p, const kvx_layout *l, const int3
     if ((r = kvx_pages_check(p, pages, n, kvx_layout_num_pages(l), 1, "destination")) != KVX_OK)
         return r;
     return kvx__plan_build(p, l, NULL, pages, n);
+}
+
+/* Slot ss's row of aux buffer i -> slot ds's; a side with slot < 0 is the
+   packed region at `packed`. */
+static void kvx__aux_span(kvx_span *s, const kvx_layout *l, uint32_t i, int64_t ss, int64_t ds,
+                          uint64_t packed) {
+    uint64_t item = l->aux[i].item_len;
+    s->buffer = i;
+    s->kind = KVX_SPAN_AUX;
+    s->src_offset = ss < 0 ? packed : (uint64_t)ss * item;
+    s->dst_offset = ds < 0 ? packed : (uint64_t)ds * item;
+    s->length = item;
+}
+
+KVX_API void *kvx_span_addr(const kvx_layout *l, const kvx_span *s, int dst) {
+    uint64_t off;
+    if (!l || !s) return NULL;
+    off = dst ? s->dst_offset : s->src_offset;
+    if (s->kind == KVX_SPAN_AUX)
+        return s->buffer < l->num_aux ? (char *)l->aux[s->buffer].base + off : NULL;
+    if (s->kind == KVX_SPAN_PAGES && s->buffer < l->num_buffers)
+        return (char *)l->buffers[s->buffer].base + off;
+    return NULL;
+}
+
+KVX_API void kvx_layout_aux_copy(const kvx_layout *l, int64_t slot, void *packed, int to_rows) {
+    uint64_t off = 0;
+    uint32_t i;
+    for (i = 0; i < l->num_aux; i++) {
+        kvx_span s;
+        char *row, *q = (char *)packed + off;
+        kvx__aux_span(&s, l, i, slot, -1, off);
+        row = (char *)kvx_span_addr(l, &s, 0);
+        memcpy(to_rows ? row : q, to_rows ? q : row, (size_t)s.length);
+        off += s.length;
+    }
+}
+
+static kvx_result kvx__plan_slot(kvx_plan *p, const kvx_layout *l, int32_t slot, const char *what) {
+    uint64_t n = kvx_layout_num_aux_slots(l);
+    if (slot >= 0 && (uint64_t)slot < n) return KVX_OK;
+    snprintf(p->error, sizeof p->error, "%s aux slot %ld is outside the %llu slots of its aux "
+             "buffers", what, (long)slot, (unsigned long long)n);
+    return KVX_ERR_OUT_OF_RANGE;
+}
+
+/* Appends one aux span per buffer of l; ss or ds < 0: the packed side. */
+static kvx_result kvx__plan_aux(kvx_plan *p, const kvx_layout *l, int32_t ss, int32_t ds) {
+    uint64_t packed = p->packed_bytes;
+    uint32_t i;
+    if (kvx__plan_reserve(p, p->count + l->num_aux)) {
+        snprintf(p->error, sizeof p->error, "out of memory adding %u aux rows", l->num_aux);
+        return KVX_ERR_NO_MEMORY;
+    }
+    for (i = 0; i < l->num_aux; i++) {
+        kvx_span *s = &p->spans[p->count++];
+        kvx__aux_span(s, l, i, ss, ds, packed);
+        p->total_bytes += s->length;
+        packed += s->length;
+    }
+    if (ss < 0 || ds < 0) p->packed_bytes = packed;
+    return KVX_OK;
+}
+
+KVX_API kvx_result kvx_plan_aux(kvx_plan *p, const kvx_layout *src, int32_t ss,
+                                const kvx_layout *dst, int32_t ds) {
+    kvx_result r;
+    uint32_t i;
+    if (!p || !src || !dst) return KVX_ERR_INVALID_ARGUMENT;
+    if (src->num_aux != dst->num_aux) {
+        snprintf(p->error, sizeof p->error, "aux buffer count differs: source %u, destination %u",
+                 src->num_aux, dst->num_aux);
+        return KVX_ERR_LAYOUT_MISMATCH;
+    }
+    for (i = 0; i < src->num_aux; i++)
+        if (src->aux[i].item_len != dst->aux[i].item_len) {
+            snprintf(p->error, sizeof p->error,
+                     "item_len of aux buffer %u differs: source %llu, destination %llu", i,
+                     (unsigned long long)src->aux[i].item_len,
+                     (unsigned long long)dst->aux[i].item_len);
+            return KVX_ERR_LAYOUT_MISMATCH;
+        }
+    if ((r = kvx__plan_slot(p, src, ss, "source")) != KVX_OK ||
+        (r = kvx__plan_slot(p, dst, ds, "destination")) != KVX_OK)
+        return r;
+    return kvx__plan_aux(p, src, ss, ds);
+}
+
+KVX_API kvx_result kvx_plan_aux_gather(kvx_plan *p, const kvx_layout *l, int32_t slot) {
+    kvx_result r;
+    if (!p || !l) return KVX_ERR_INVALID_ARGUMENT;
+    if ((r = kvx__plan_slot(p, l, slot, "source")) != KVX_OK) return r;
+    return kvx__plan_aux(p, l, slot, -1);
+}
+
+KVX_API kvx_result kvx_plan_aux_scatter(kvx_plan *p, const kvx_layout *l, int32_t slot) {
+    kvx_result r;
+    if (!p || !l) return KVX_ERR_INVALID_ARGUMENT;
+    if ((r = kvx__plan_slot(p, l, slot, "destination")) != KVX_OK) return r;
+    return kvx__plan_aux(p, l, -1, slot);
 }
 
 /* >>impl: engine and rooms ------------------------------------------------ */

@@ -575,9 +575,8 @@ static kvx_result kvx__plan_io_staged(const kvx_layout *l, const kvx_mem_ops *me
         const kvx_span *sp = &p->spans[s];
         const kvx_buffer *bf = &l->buffers[sp->buffer];
         uint64_t po = to_file ? sp->dst_offset : sp->src_offset;
-        uint64_t mo = to_file ? sp->src_offset : sp->dst_offset;
         uint64_t skip = pos - po, take = sp->length - skip;
-        char *h = stage + (pos - lo), *bp = (char *)bf->base + mo + skip;
+        char *h = stage + (pos - lo), *bp = (char *)kvx_span_addr(l, sp, !to_file) + skip;
         if (take > hi - pos) take = hi - pos;
         if (bf->mem == KVX_MEM_HOST) {
             if (to_file) memcpy(h, bp, (size_t)take);
@@ -620,10 +619,9 @@ static kvx_result kvx__plan_io(const kvx_layout *l, const kvx_plan *p, int to_fi
         while (pos < hi && n < KVX__FILE_IOV && s < p->count) {
             const kvx_span *sp = &p->spans[s];
             uint64_t po = to_file ? sp->dst_offset : sp->src_offset;
-            uint64_t mo = to_file ? sp->src_offset : sp->dst_offset;
             uint64_t skip = pos - po, take = sp->length - skip;
             if (take > hi - pos) take = hi - pos;
-            iov[n].iov_base = (char *)l->buffers[sp->buffer].base + mo + skip;
+            iov[n].iov_base = (char *)kvx_span_addr(l, sp, !to_file) + skip;
             iov[n].iov_len = (size_t)take;
             n++;
             pos += take;
@@ -655,10 +653,9 @@ static kvx_result kvx__plan_crc(const kvx_layout *l, const kvx_plan *p, int to_f
     while (pos < hi && s < p->count) {
         const kvx_span *sp = &p->spans[s];
         uint64_t po = to_file ? sp->dst_offset : sp->src_offset;
-        uint64_t mo = to_file ? sp->src_offset : sp->dst_offset;
         uint64_t skip = pos - po, take = sp->length - skip;
         if (take > hi - pos) take = hi - pos;
-        c = kvx_crc32c(c, (const char *)l->buffers[sp->buffer].base + mo + skip, (size_t)take);
+        c = kvx_crc32c(c, (const char *)kvx_span_addr(l, sp, !to_file) + skip, (size_t)take);
         pos += take;
         if (skip + take == sp->length) s++;
     }

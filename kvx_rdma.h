@@ -2424,7 +2424,7 @@ static int kvx__rdma_fill(kvx__rdma_engine *re, kvx__rdma_qp *q, kvx__rdma_work 
         KVX__RDMA_STAT(re, zero_len_wrs, 1);
     } else {
         const kvx_span *s = &w->job->plan.spans[w->s];
-        int aux = s->reserved != 0;
+        int aux = s->kind != 0;
         uint64_t limit = w->s == w->es ? w->eoff : s->length, pos = w->off;
         uint64_t lo = s->src_offset + pos, ro = s->dst_offset + pos;
         uint64_t lrb = q->dev->region_bytes, rrb = rd->region_bytes, e;
@@ -2625,7 +2625,7 @@ static int kvx__rdma_queue_aux(kvx__rdma_engine *re, kvx__rdma_pair *p, kvx__rdm
     for (a = 0; a < l->num_aux; a++) {
         kvx_span *s = &j->plan.spans[a];
         s->buffer = a;
-        s->reserved = 1;
+        s->kind = 1;
         s->src_offset = (uint64_t)rr->src_aux * l->aux[a].item_len;
         s->dst_offset = (uint64_t)rr->dst_aux * l->aux[a].item_len;
         s->length = l->aux[a].item_len;

@@ -271,7 +271,7 @@
      The store starts io_threads - 1 worker threads at open and joins them at
      close. A batch is a parallel loop over its keys that the calling thread
      joins: workers and caller claim keys with one atomic counter, each with
-     its own preallocated scratch (header and iovecs), so nothing is
+     its own preallocated scratch (header, iovecs, plan), so nothing is
      allocated per key and a one-key get runs on the caller with no hand-off.
      (It is not an internal kvx_engine with the fake transport: that would
      bring a progress thread waking every millisecond, rooms and a role the
@@ -789,7 +789,8 @@ struct kvx_store {
     uint32_t nb, hdr_size;
     uint64_t data_len, block_bytes;
     uint8_t *hdr_template; /* this store's header with key and CRCs zero */
-    size_t scratch_bytes;  /* header + iovecs */
+    size_t scratch_bytes;  /* header + iovecs + a one-page plan with nb spans */
+    size_t plan_at;        /* offset of that plan in a scratch */
     int ns_fd;
     int remote;            /* the namespace is on a network or FUSE filesystem */
     char tmp_tag[48];      /* ".tmp.<pid>-<nonce>." */
@@ -997,7 +998,7 @@ static int kvx__store_idx_remove(kvx_store *s, const kvx_store_key *k) {
 /* >>block store: worker pool ---------------------------------------------------- */
 /* A batch is a task of n items; the caller and every worker claim items with
    an atomic counter. Several batches (from several caller threads) may be
-   queued at once. Each thread has its own scratch (header + iovecs). */
+   queued at once. Each thread has its own scratch (header, iovecs, plan). */
 
 static void kvx__store_task_run(kvx__store_task *t, void *scratch) {
     size_t i;
@@ -1243,31 +1244,37 @@ static void kvx__store_batch_init(kvx__store_batch *b, kvx_store *s, const kvx_s
     pthread_mutex_init(&b->mu, NULL);
 }
 
-/* Moves one page between the pool and the file (data at header_size), in
-   groups of about KVX__STORE_GROUP bytes, and returns the CRC32C of the
-   bytes as they are in the pool, computed right after each group's I/O
-   while the group is in cache (so the data crosses memory once, in the
-   kernel's copy). 0, an errno, or -1 (short file). */
-static int kvx__store_data_io(kvx_store *s, int fd, int32_t page, struct iovec *iov, int write,
+/* Moves one page between the pool and the file (data at header_size, laid
+   out as the packed side of a one-page gather plan), in groups of about
+   KVX__STORE_GROUP bytes, and returns the CRC32C of the bytes as they are
+   in the pool, computed right after each group's I/O while the group is in
+   cache (so the data crosses memory once, in the kernel's copy). 0, an
+   errno, or -1 (short file). The plan lives in the scratch with room for
+   every buffer's span, so building it never allocates. */
+static int kvx__store_data_io(kvx_store *s, int fd, int32_t page, void *scratch, int write,
                               uint32_t *crc) {
-    uint32_t b = 0, c = 0;
-    uint64_t off = s->hdr_size;
-    while (b < s->nb) {
-        uint32_t b0 = b, k;
+    struct iovec *iov = (struct iovec *)(void *)((char *)scratch + s->hdr_size);
+    kvx_plan *p = (kvx_plan *)(void *)((char *)scratch + s->plan_at);
+    const kvx_layout *l = &s->desc.layout;
+    size_t k = 0, m;
+    uint32_t c = 0;
+    memset(p, 0, sizeof *p);
+    p->spans = (kvx_span *)(void *)(p + 1);
+    p->capacity = s->nb;
+    if (kvx_plan_gather(p, l, &page, 1) != KVX_OK) return EINVAL; /* pages were checked */
+    while (k < p->count) {
+        size_t k0 = k;
         int n = 0, err;
         uint64_t len = 0;
-        while (b < s->nb && n < KVX__STORE_IOV && (n == 0 || len < KVX__STORE_GROUP)) {
-            const kvx_buffer *bf = &s->bufs[b++];
-            iov[n].iov_base = (char *)bf->base + (uint64_t)page * bf->item_len;
-            iov[n].iov_len = (size_t)bf->item_len;
-            len += bf->item_len;
-            n++;
+        while (k < p->count && n < KVX__STORE_IOV && (n == 0 || len < KVX__STORE_GROUP)) {
+            iov[n].iov_base = kvx_span_addr(l, &p->spans[k], 0);
+            iov[n++].iov_len = (size_t)p->spans[k].length;
+            len += p->spans[k++].length;
         }
-        if ((err = kvx__piov_full(fd, iov, n, off, len, write)) != 0) return err;
-        for (k = b0; k < b; k++)
-            c = kvx__store_crc32c(c, (char *)s->bufs[k].base + (uint64_t)page * s->bufs[k].item_len,
-                                  (size_t)s->bufs[k].item_len);
-        off += len;
+        err = kvx__piov_full(fd, iov, n, s->hdr_size + p->spans[k0].dst_offset, len, write);
+        if (err) return err;
+        for (m = k0; m < k; m++)
+            c = kvx__store_crc32c(c, kvx_span_addr(l, &p->spans[m], 0), (size_t)p->spans[m].length);
     }
     *crc = c;
     return 0;
@@ -1522,7 +1529,6 @@ static void kvx__store_get_item(void *arg, size_t i, void *scratch) {
     kvx_store *s = b->s;
     const kvx_store_key *k = &b->keys[i];
     uint8_t *hdr = (uint8_t *)scratch;
-    struct iovec *iov = (struct iovec *)(void *)(hdr + s->hdr_size);
     char rel[KVX__STORE_REL], why[256];
     struct stat st;
     struct timespec t[2];
@@ -1551,7 +1557,7 @@ static void kvx__store_get_item(void *arg, size_t i, void *scratch) {
     if (err < 0) { snprintf(why, sizeof why, "header truncated"); goto bad; }
     if (err) { close(fd); goto io_error; }
     if (kvx__store_check_header(s, hdr, k, why, sizeof why)) goto bad;
-    err = kvx__store_data_io(s, fd, b->pages[i], iov, 0, &crc);
+    err = kvx__store_data_io(s, fd, b->pages[i], scratch, 0, &crc);
     if (err < 0) { snprintf(why, sizeof why, "data truncated"); goto bad; }
     if (err) { close(fd); goto io_error; }
     if (crc != kvx__le_r32(hdr + 80)) {
@@ -1650,7 +1656,6 @@ static void kvx__store_put_item(void *arg, size_t i, void *scratch) {
     kvx_store *s = b->s;
     const kvx_store_key *k = &b->keys[i];
     uint8_t *hdr = (uint8_t *)scratch;
-    struct iovec *iov = (struct iovec *)(void *)(hdr + s->hdr_size);
     char rel[KVX__STORE_REL], tmp[KVX__STORE_REL];
     struct stat st;
     struct timespec t[2];
@@ -1699,7 +1704,7 @@ write:
                         strerror(err));
         return;
     }
-    err = kvx__store_data_io(s, fd, b->pages[i], iov, 1, &crc);
+    err = kvx__store_data_io(s, fd, b->pages[i], scratch, 1, &crc);
     if (!err) {
         memcpy(hdr, s->hdr_template, s->hdr_size);
         memcpy(hdr + 32, k->bytes, 32);
@@ -2484,7 +2489,8 @@ static kvx_result kvx__store_geometry(kvx_store *s) {
     s->hdr_size = KVX_STORE_HEADER_FIXED + 8 * s->nb;
     if (s->data_len >= (64u << 10)) s->hdr_size = (s->hdr_size + 4095) & ~4095u;
     s->block_bytes = s->hdr_size + s->data_len;
-    s->scratch_bytes = ((size_t)s->hdr_size + KVX__STORE_IOV * sizeof(struct iovec) + 63) & ~(size_t)63;
+    s->plan_at = ((size_t)s->hdr_size + KVX__STORE_IOV * sizeof(struct iovec) + 63) & ~(size_t)63;
+    s->scratch_bytes = s->plan_at + sizeof(kvx_plan) + s->nb * sizeof(kvx_span);
     t = s->hdr_template = (uint8_t *)kvx__store_alloc(s, s->hdr_size);
     if (!t) return KVX_ERR_NO_MEMORY;
     memset(t, 0, s->hdr_size);
