@@ -1110,20 +1110,12 @@ static void kvx__cu_leave(kvx_cuda *cu, kvx__cu_scope *sc) {
 
 /* >>cuda: create / destroy ------------------------------------------------------------ */
 
-static void *kvx__cu_alloc(const kvx_cuda *cu, size_t n) {
-    return cu->alloc.alloc_fn ? cu->alloc.alloc_fn(n, cu->alloc.user_data) : malloc(n);
-}
-static void kvx__cu_free(const kvx_cuda *cu, void *p) {
-    if (!p) return;
-    if (cu->alloc.free_fn) cu->alloc.free_fn(p, cu->alloc.user_data);
-    else free(p);
-}
 /* realloc through the desc allocator (which has no realloc). */
 static void *kvx__cu_grow(const kvx_cuda *cu, void *old, size_t old_bytes, size_t new_bytes) {
-    void *p = kvx__cu_alloc(cu, new_bytes);
+    void *p = kvx__alloc(&cu->alloc, new_bytes);
     if (!p) return NULL;
     if (old) memcpy(p, old, old_bytes);
-    kvx__cu_free(cu, old);
+    kvx__free(&cu->alloc, old);
     return p;
 }
 
@@ -1144,8 +1136,7 @@ KVX_API kvx_result kvx_cuda_create(const kvx_cuda_desc *desc, kvx_cuda **out, ch
     if ((r = kvx__settings_apply(kvx__cu_settings, KVX__COUNT(kvx__cu_settings), &d, why,
                                  why_len)))
         return r;
-    cu = (kvx_cuda *)(d.allocator.alloc_fn ? d.allocator.alloc_fn(sizeof *cu, d.allocator.user_data)
-                                           : malloc(sizeof *cu));
+    cu = (kvx_cuda *)kvx__alloc(&d.allocator, sizeof *cu);
     if (!cu) {
         kvx__set_why(why, why_len, "kvx_cuda_create: out of memory");
         return KVX_ERR_NO_MEMORY;
@@ -1196,7 +1187,7 @@ KVX_API void kvx_cuda_destroy(kvx_cuda *cu) {
         }
         kvx__cu_leave(cu, &sc);
     }
-    kvx__cu_free(cu, cu->blocks);
+    kvx__free(&cu->alloc, cu->blocks);
     for (dev = 0; dev < KVX_CUDA_MAX_DEVICES; dev++) {
         CUdevice d;
         if (cu->ctx[dev] && cu->f.DeviceGet(&d, dev) == CUDA_SUCCESS)
@@ -1209,8 +1200,7 @@ KVX_API void kvx_cuda_destroy(kvx_cuda *cu) {
     cu->magic = 0;
     {
         kvx_allocator a = cu->alloc;
-        if (a.free_fn) a.free_fn(cu, a.user_data);
-        else free(cu);
+        kvx__free(&a, cu);
     }
 }
 
@@ -1259,7 +1249,7 @@ static kvx_result kvx__cu_stream_new(kvx_cuda *cu, int device, int pooled,
     kvx_result r;
     *out = NULL;
     if ((r = kvx__cu_enter(cu, device, &sc, why, wl)) != KVX_OK) return r;
-    s = (kvx_cuda_stream *)kvx__cu_alloc(cu, sizeof *s);
+    s = (kvx_cuda_stream *)kvx__alloc(&cu->alloc, sizeof *s);
     if (!s) {
         kvx__cu_leave(cu, &sc);
         kvx__set_why(why, wl, "out of memory for a CUDA stream");
@@ -1272,7 +1262,7 @@ static kvx_result kvx__cu_stream_new(kvx_cuda *cu, int device, int pooled,
     rc = cu->f.StreamCreate(&s->stream, CU_STREAM_NON_BLOCKING);
     kvx__cu_leave(cu, &sc);
     if (rc != CUDA_SUCCESS) {
-        kvx__cu_free(cu, s);
+        kvx__free(&cu->alloc, s);
         return kvx__cu_fail(cu, rc, why, wl, "cuStreamCreate on GPU %d", device);
     }
     *out = s;
@@ -1291,13 +1281,13 @@ static void kvx__cu_stream_free(kvx_cuda_stream *s) {
         cu->f.StreamDestroy(s->stream);
         kvx__cu_leave(cu, &sc);
     }
-    kvx__cu_free(cu, s->dsts);
-    kvx__cu_free(cu, s->srcs);
-    kvx__cu_free(cu, s->sizes);
-    kvx__cu_free(cu, s->ev);
-    kvx__cu_free(cu, s->ev_seq);
-    kvx__cu_free(cu, s->ev_free);
-    kvx__cu_free(cu, s);
+    kvx__free(&cu->alloc, s->dsts);
+    kvx__free(&cu->alloc, s->srcs);
+    kvx__free(&cu->alloc, s->sizes);
+    kvx__free(&cu->alloc, s->ev);
+    kvx__free(&cu->alloc, s->ev_seq);
+    kvx__free(&cu->alloc, s->ev_free);
+    kvx__free(&cu->alloc, s);
 }
 
 static int kvx__cu_scratch(kvx_cuda_stream *s, size_t n) {
@@ -1307,14 +1297,14 @@ static int kvx__cu_scratch(kvx_cuda_stream *s, size_t n) {
     size_t *sz;
     if (n <= s->cap) return 0;
     while (cap < n) cap *= 2;
-    d = (CUdeviceptr *)kvx__cu_alloc(cu, cap * sizeof *d);
-    sr = (CUdeviceptr *)kvx__cu_alloc(cu, cap * sizeof *sr);
-    sz = (size_t *)kvx__cu_alloc(cu, cap * sizeof *sz);
+    d = (CUdeviceptr *)kvx__alloc(&cu->alloc, cap * sizeof *d);
+    sr = (CUdeviceptr *)kvx__alloc(&cu->alloc, cap * sizeof *sr);
+    sz = (size_t *)kvx__alloc(&cu->alloc, cap * sizeof *sz);
     if (!d || !sr || !sz) {
-        kvx__cu_free(cu, d); kvx__cu_free(cu, sr); kvx__cu_free(cu, sz);
+        kvx__free(&cu->alloc, d); kvx__free(&cu->alloc, sr); kvx__free(&cu->alloc, sz);
         return -1;
     }
-    kvx__cu_free(cu, s->dsts); kvx__cu_free(cu, s->srcs); kvx__cu_free(cu, s->sizes);
+    kvx__free(&cu->alloc, s->dsts); kvx__free(&cu->alloc, s->srcs); kvx__free(&cu->alloc, s->sizes);
     s->dsts = d; s->srcs = sr; s->sizes = sz; s->cap = cap;
     return 0;
 }
@@ -1899,11 +1889,11 @@ static kvx_result kvx__cu_mark(kvx_cuda_stream *s, uint64_t seq, char *why, size
     CUresult rc;
     if (s->ev_count == s->ev_cap) { /* grow the ring, unrolled to start at 0 */
         size_t nc = s->ev_cap ? 2 * s->ev_cap : 16, i;
-        CUevent *ne = (CUevent *)kvx__cu_alloc(cu, nc * sizeof *ne);
-        uint64_t *ns = (uint64_t *)kvx__cu_alloc(cu, nc * sizeof *ns);
-        CUevent *nf = (CUevent *)kvx__cu_alloc(cu, nc * sizeof *nf);
+        CUevent *ne = (CUevent *)kvx__alloc(&cu->alloc, nc * sizeof *ne);
+        uint64_t *ns = (uint64_t *)kvx__alloc(&cu->alloc, nc * sizeof *ns);
+        CUevent *nf = (CUevent *)kvx__alloc(&cu->alloc, nc * sizeof *nf);
         if (!ne || !ns || !nf) {
-            kvx__cu_free(cu, ne); kvx__cu_free(cu, ns); kvx__cu_free(cu, nf);
+            kvx__free(&cu->alloc, ne); kvx__free(&cu->alloc, ns); kvx__free(&cu->alloc, nf);
             kvx__set_why(why, wl, "out of memory for completion events");
             return KVX_ERR_NO_MEMORY;
         }
@@ -1912,7 +1902,7 @@ static kvx_result kvx__cu_mark(kvx_cuda_stream *s, uint64_t seq, char *why, size
             ns[i] = s->ev_seq[(s->ev_head + i) % s->ev_cap];
         }
         if (s->ev_nfree) memcpy(nf, s->ev_free, s->ev_nfree * sizeof *nf);
-        kvx__cu_free(cu, s->ev); kvx__cu_free(cu, s->ev_seq); kvx__cu_free(cu, s->ev_free);
+        kvx__free(&cu->alloc, s->ev); kvx__free(&cu->alloc, s->ev_seq); kvx__free(&cu->alloc, s->ev_free);
         s->ev = ne; s->ev_seq = ns; s->ev_free = nf; s->ev_cap = nc; s->ev_head = 0;
     }
     if (s->ev_nfree) ev = s->ev_free[--s->ev_nfree];
@@ -3004,9 +2994,14 @@ static void *kvx__cux_worker_main(void *arg) {
         }
         for (p = ce->peers; p; p = p->next) np++;
         if (np > ce->scan_cap) {
-            kvx__cux_peer **ns = (kvx__cux_peer **)realloc(ce->scan, np * sizeof *ns);
-            if (ns) { ce->scan = ns; ce->scan_cap = np; }
-            else np = ce->scan_cap;
+            kvx__cux_peer **ns = (kvx__cux_peer **)kvx_engine_alloc(ce->engine, np * sizeof *ns);
+            if (ns) { /* rebuilt every pass: nothing to copy */
+                kvx_engine_free(ce->engine, ce->scan);
+                ce->scan = ns;
+                ce->scan_cap = np;
+            } else {
+                np = ce->scan_cap;
+            }
         }
         for (i = 0, p = ce->peers; p && i < np; p = p->next, i++) {
             KVX__ADD(&p->refs, 1);
@@ -3044,8 +3039,7 @@ static void kvx__cux_sender_close(kvx__cux_room *cr) {
         pthread_mutex_lock(&p->mu);
         while (cr->busy || cr->finishing) {
             struct timespec ts;
-            clock_gettime(CLOCK_REALTIME, &ts);
-            ts.tv_sec += 5;
+            kvx__abstime(&ts, 5000000000ull);
             if (pthread_cond_timedwait(&p->cv, &p->mu, &ts) == ETIMEDOUT)
                 kvx_engine_log(ce->engine, KVX_LOG_WARN, "kvx.cuda", cr->id, "destroying the "
                                "sender waits for its GPU copies to decode %s (%d s so far)",
@@ -3371,10 +3365,7 @@ static void kvx__cux_receiver_close(kvx__cux_room *cr) {
                 if (cr->fenced) break;
                 if (until > now + 10000000ull) until = now + 10000000ull;
             }
-            clock_gettime(CLOCK_REALTIME, &ts);
-            ts.tv_sec += (time_t)((until - now) / 1000000000ull);
-            ts.tv_nsec += (long)((until - now) % 1000000000ull);
-            if (ts.tv_nsec >= 1000000000L) { ts.tv_sec++; ts.tv_nsec -= 1000000000L; }
+            kvx__abstime(&ts, until - now);
             pthread_cond_timedwait(&ce->cv, &ce->mu, &ts);
         }
         wait = !cr->fenced && cr->armed;
