@@ -2677,7 +2677,8 @@ static kvx_result kvx__cux_on_room(kvx_boot *b, kvx_room *r, const kvx_boot_peer
     pthread_mutex_unlock(&p->mu);
     if (res == KVX_OK && aux >= 0) {
         int ok = p->info.na == l->num_aux && l->num_aux;
-        for (i = 0; ok && i < l->num_aux; i++) ok = kvx__cux_ep_aux(&p->info, i) == l->aux[i].item_len;
+        for (i = 0; ok && i < l->num_aux; i++)
+            ok = kvx__cux_ep_aux(&p->info, i) == l->aux[i].item_len;
         if (!ok) {
             res = KVX_ERR_LAYOUT_MISMATCH;
             snprintf(why, sizeof why, "decode %s asks for aux rows in its slot %d but its aux "
@@ -3250,6 +3251,7 @@ static void kvx__cux_on_message(kvx_boot *b, const kvx_boot_peer *bp, const void
                                 size_t len) {
     kvx__cux_engine *ce = (kvx__cux_engine *)kvx_boot_user(b);
     const uint8_t *m = (const uint8_t *)msg;
+    const kvx_layout *l = kvx_engine_layout(ce->engine);
     const char *bad;
     kvx__cux_room *cr;
     kvx_room *r;
@@ -3273,8 +3275,8 @@ static void kvx__cux_on_message(kvx_boot *b, const kvx_boot_peer *bp, const void
     if (bad) {
         kvx__cux_aux_refuse(ce, r, bp, bad);
     } else {
-        kvx_layout_aux_copy(kvx_engine_layout(ce->engine), cr->aux_slot, (void *)(m + KVX__CUX_AUXM), 1);
-        KVX__ADD(&ce->st.aux_rows, (uint64_t)kvx_engine_layout(ce->engine)->num_aux);
+        kvx_layout_aux_copy(l, cr->aux_slot, (void *)(m + KVX__CUX_AUXM), 1);
+        KVX__ADD(&ce->st.aux_rows, (uint64_t)l->num_aux);
         pthread_mutex_lock(&ce->mu);
         cr->aux_in = 1;
         cr->placing = 0;
