@@ -31,8 +31,9 @@
      kvx__cu_copy_device / kvx__cu_submit (cuMemcpy*Async batches, one
      synchronisation). The cuda transport: kvx__cux_sender_send plans the
      chunk and queues kvx_cuda_copy_spans (device to device into the
-     peer's imported pool) on the peer's stream; kvx__cux_finish writes the
-     aux rows into the decode engine's aux segment (memcpy).
+     peer's imported pool) on the peer's stream; kvx__cux_send_aux sends the
+     aux rows as a kvx_boot message, which kvx__cux_on_message copies into
+     the receiver's aux slot.
 
    EXAMPLE (a GPU pool behind any transport; error handling shortened)
        // given: kvx_layout gpu_layout;   // its buffers have mem == KVX_MEM_CUDA
@@ -116,12 +117,12 @@
      every KV buffer must be KVX_MEM_CUDA (a prefill pool on one GPU).
        decode engine: exports the allocation under every KV buffer with
          cuIpcGetMemHandle, once per allocation (buffers that share one
-         share its handle), creates the aux segment (below), and puts both
-         in the endpoint of its kvx_boot hello.
+         share its handle) and puts the handles and its aux row sizes in the
+         endpoint of its kvx_boot hello.
        prefill engine, first room frame of a decode engine: maps every
          allocation (cuIpcOpenMemHandle into the GPU of its own pool; the
-         decode's memory may be on another GPU of the node) and the aux
-         segment, and creates one stream for that peer. The mapping serves
+         decode's memory may be on another GPU of the node) and creates one
+         stream for that peer. The mapping serves
          every later room, and is closed when the control connection goes
          (once no copy of it is in flight) or the engine is destroyed. A
          failed import fails that room; the next room tries again. It
@@ -132,50 +133,60 @@
          its spans queued on the peer's stream (kvx_cuda_copy_spans,
          cuMemcpyBatchAsync where the driver has it); send returns without
          waiting. A completion thread watches the stream's tickets; when
-         the last chunk's copies are done it writes the aux rows into the
-         decode's segment, then sends status Success with the byte count,
-         and the sender succeeds.
-       decode, on that status: the byte count must be the room's (its pages
-         times the page bytes, plus the aux rows), the aux rows must be in
-         the segment under this room's id; they are copied into the
-         receiver's aux slot, and only then is the room Success.
-     Aux rows are host memory, which CUDA IPC does not share; until
-     kvx_boot's status can carry a payload they travel through a shared
-     memory segment (memfd) of the decode engine: one slot per aux slot of
-     its pool, a 16-byte header (u64 room, u64 ~room, written last) and one
-     row per aux buffer at 8-byte aligned offsets. The prefill maps it
-     through /proc/<decode pid>/fd/<fd>, and only when that process belongs
-     to this user and the file is a memfd named "kvx-cuda-aux" owned by this
-     user, of the announced inode and size (so a hello cannot make even a
-     root prefill map another process's file). Only processes that may
-     ptrace the decode engine (its user, root) can open the segment; the
-     CUDA IPC handles travel only in the decode's kvx_boot hello to the
-     prefill it dials (authenticated with KVX_AUTH_KEY when set). No other
-     file, socket or shared name is created.
+         the last chunk's copies are done it sends the aux rows (AUX MESSAGE)
+         and then status Success with the byte count, both on the control
+         connection of the room frame, and the sender succeeds.
+       decode, on the aux message: copies the rows into the receiver's aux
+         slot (below). On the status: the byte count must be the room's (its
+         pages times the page bytes, plus the aux row bytes) and the aux rows
+         must have arrived (the connection keeps their order); only then is
+         the room Success.
+     Aux rows are host memory, which CUDA IPC does not share: they travel
+     in a kvx_boot transport message (AUX MESSAGE). The CUDA IPC handles
+     travel only in the decode's kvx_boot hello to the prefill it dials
+     (authenticated with KVX_AUTH_KEY when set). No file, socket or shared
+     name is created.
      Both processes must run under one user, in one PID namespace, and see
      the same GPUs (as CUDA IPC needs); a peer on another node (another
      KVX_CUDA_NODE_ID) is refused with a sentence that says so, on both
      sides, before anything is mapped.
 
-   ENDPOINT (the kvx_boot hello's endpoint bytes; version 1, little-endian;
-   kvx_cuda_endpoint_check reads it)
+   ENDPOINT (the kvx_boot hello's endpoint bytes; version 2, little-endian;
+   kvx_cuda_endpoint_check reads it; version 1 had an aux segment)
        0 u8[8] "kvx-cuda"   8 u16 version (1)   10 u16 role (1 prefill, 2 decode)
       12 u32 pid   16 char node_id[64]   80 char host[64]   (printable text,
          NUL-padded; the host name is for messages)
      144 u32 nalloc   148 u32 nb   152 u32 na   (decode; 0 on a prefill)
-     156 u32 aux_slots   160 u32 aux_slot_bytes   164 i32 aux_fd (-1 none)
-     168 u64 aux_inode   176 u64 aux_size (= aux_slots * aux_slot_bytes)
-     184 nalloc allocations of 88 bytes: u8[64] CUDA IPC handle, u64 base
+     156 u32 0
+     160 nalloc allocations of 88 bytes: u8[64] CUDA IPC handle, u64 base
          address in the exporter, i32 GPU ordinal there, u32 0, u64 length
          then nb KV buffers of 24 bytes: u32 allocation index, u32 0, u64
          offset in that allocation, u64 length
-         then na aux buffers of 16 bytes: u64 row bytes, u64 offset in a slot
-     A prefill engine sends the 184-byte head (node, pid) only. Limit: a
+         then na aux buffers of 8 bytes: u64 row bytes (> 0; all rows
+         together fit one aux message)
+     A prefill engine sends the 160-byte head (node, pid) only. Limit: a
      hello carries KVX_BOOT_MAX_ENDPOINT (64 KiB) of endpoint, so a decode
      pool of separately allocated buffers has at most about 580 of them
-     (184 + 112 per buffer); buffers sharing allocations cost 24 bytes each
+     (160 + 112 per buffer); buffers sharing allocations cost 24 bytes each
      (1024 buffers in one allocation: 24.8 KiB). A decode engine whose
      endpoint does not fit refuses to start, saying so.
+
+   AUX MESSAGE (prefill -> decode, a kvx_boot transport message on the
+   control connection of the room frame, sent before the room's status
+   Success; version 1, little-endian)
+       0 u8[8] "kvx-caux"   8 u16 version (1)   10 u16 0
+      12 u32 length (= the pool's aux row bytes)   16 u64 room
+      24 the room's aux rows, packed (kvx_layout_aux_copy: aux buffer 0's
+         row, then 1's ...)
+     24 + row bytes <= KVX_BOOT_MAX_MESSAGE (8 MiB), else both engines
+     refuse to start. The decode engine takes it only for an open receiver
+     whose destination that same connection acknowledged, with an aux slot,
+     in TRANSFERRING, without its rows yet, and with length == its aux row
+     bytes == the bytes that follow; then it copies the rows into the aux
+     slot. Anything else is refused (stats aux_refused, a warning): a
+     message naming a room that connection does not serve changes nothing;
+     one that breaks a rule for its own room fails that room with the
+     reason.
 
    FAILURES AND THE FENCE
      Every failure this side decides (a refused argument, a driver error,
@@ -418,7 +429,8 @@ KVX_API kvx_result kvx_cuda_dmabuf_fd(kvx_cuda *cu, int device, void *dev_ptr, s
 
 /* >>cuda transport ------------------------------------------------------------- */
 
-#define KVX_CUDA_ENDPOINT_VERSION 1
+#define KVX_CUDA_ENDPOINT_VERSION 2
+#define KVX_CUDA_AUX_VERSION 1 /* of the aux message (see AUX MESSAGE) */
 
 /* The `cuda` transport's backend table: KV pages of prefill and decode
    engines on one node, copied GPU to GPU through CUDA IPC (see "THE CUDA
@@ -437,7 +449,8 @@ typedef struct kvx_cuda_transport_stats {
     uint64_t chunks;          /* prefill: chunks queued */
     uint64_t spans;           /* prefill: plan spans queued */
     uint64_t bytes;           /* prefill: KV bytes queued */
-    uint64_t aux_rows;        /* prefill: aux rows written; decode: aux rows placed */
+    uint64_t aux_rows;        /* prefill: aux rows sent; decode: aux rows placed */
+    uint64_t aux_refused;     /* decode: aux messages refused (see AUX MESSAGE) */
     uint64_t rooms_done;      /* rooms that reached Success through this transport */
     uint64_t driver_errors;   /* prefill: copies the driver failed */
     uint64_t fence_waits;     /* decode: receivers destroyed while the prefill could write */
@@ -451,7 +464,7 @@ KVX_API kvx_result kvx_cuda_transport_stats_get(const kvx_engine *e, kvx_cuda_tr
 /* Checks a cuda transport endpoint (the bytes an engine puts in its
    kvx_boot hello, format in "ENDPOINT" above) without using it: magic,
    version, role, text fields, counts against the length, every buffer
-   inside its allocation, the aux segment's geometry. KVX_OK, or
+   inside its allocation, the aux rows. KVX_OK, or
    KVX_ERR_PROTOCOL with a sentence naming the first rule broken. Pure
    (no I/O, no driver): for tools, tests and fuzzers. Compiled with and
    without KVX_WITH_CUDA. */
@@ -479,12 +492,12 @@ extern "C" {
 
 /* >>cuda transport: endpoint codec (pure; with and without KVX_WITH_CUDA) ------------ */
 
-#define KVX__CUX_FIXED 184u   /* fixed part of an endpoint */
-#define KVX__CUX_ALLOC 88u    /* one allocation entry */
-#define KVX__CUX_BUF 24u      /* one KV buffer entry */
-#define KVX__CUX_AUXE 16u     /* one aux buffer entry */
-#define KVX__CUX_TEXT 64u     /* node id, host name */
-#define KVX__CUX_SLOT_HDR 16u /* aux slot header: u64 room, u64 ~room */
+#define KVX__CUX_FIXED 160u /* fixed part of an endpoint */
+#define KVX__CUX_ALLOC 88u  /* one allocation entry */
+#define KVX__CUX_BUF 24u    /* one KV buffer entry */
+#define KVX__CUX_AUXE 8u    /* one aux buffer entry */
+#define KVX__CUX_TEXT 64u   /* node id, host name */
+#define KVX__CUX_AUXM 24u   /* head of an aux message (see AUX MESSAGE) */
 
 
 /* An endpoint as read from a peer; the tables point into its bytes. */
@@ -492,9 +505,7 @@ typedef struct kvx__cux_ep {
     uint16_t version, role;
     uint32_t pid;
     char node[KVX__CUX_TEXT + 1], host[KVX__CUX_TEXT + 1];
-    uint32_t nalloc, nb, na, aux_slots, aux_slot_bytes;
-    int32_t aux_fd;
-    uint64_t aux_ino, aux_size;
+    uint32_t nalloc, nb, na;
     const uint8_t *allocs, *bufs, *aux;
 } kvx__cux_ep;
 
@@ -529,10 +540,8 @@ static void kvx__cux_ep_buf(const kvx__cux_ep *ep, uint32_t i, uint32_t *alloc, 
     *len = kvx__le_r64(b + 16);
 }
 
-static void kvx__cux_ep_aux(const kvx__cux_ep *ep, uint32_t i, uint64_t *item, uint64_t *off) {
-    const uint8_t *x = ep->aux + (size_t)i * KVX__CUX_AUXE;
-    *item = kvx__le_r64(x);
-    *off = kvx__le_r64(x + 8);
+static uint64_t kvx__cux_ep_aux(const kvx__cux_ep *ep, uint32_t i) {
+    return kvx__le_r64(ep->aux + (size_t)i * KVX__CUX_AUXE);
 }
 
 static kvx_result kvx__cux_bad(char *why, size_t wl, const char *fmt, ...) KVX_PRINTF(3, 4);
@@ -546,36 +555,17 @@ static kvx_result kvx__cux_bad(char *why, size_t wl, const char *fmt, ...) {
     return KVX_ERR_PROTOCOL;
 }
 
-/* The aux segment's geometry: slots of a header and one row per aux buffer,
-   each row inside its slot and after the header, none overlapping. */
+/* The aux rows: none empty, and all of them fit one aux message. */
 static kvx_result kvx__cux_parse_aux(const kvx__cux_ep *ep, char *why, size_t wl) {
-    uint32_t i, j;
-    if (!ep->na) {
-        if (ep->aux_slots || ep->aux_slot_bytes || ep->aux_fd != -1 || ep->aux_size)
-            return kvx__cux_bad(why, wl, "no aux buffers but an aux segment (%u slots, fd %d)",
-                                ep->aux_slots, (int)ep->aux_fd);
-        return KVX_OK;
-    }
-    if (!ep->aux_slots || ep->aux_fd < 0 || ep->aux_slot_bytes % 8 ||
-        ep->aux_slot_bytes < KVX__CUX_SLOT_HDR ||
-        ep->aux_size != (uint64_t)ep->aux_slots * ep->aux_slot_bytes)
-        return kvx__cux_bad(why, wl, "aux segment of %u slots of %u bytes, %llu bytes, fd %d "
-                            "does not add up", ep->aux_slots, ep->aux_slot_bytes,
-                            (unsigned long long)ep->aux_size, (int)ep->aux_fd);
+    uint64_t sum = 0, item;
+    uint32_t i;
     for (i = 0; i < ep->na; i++) {
-        uint64_t item, off;
-        kvx__cux_ep_aux(ep, i, &item, &off);
-        if (!item || off < KVX__CUX_SLOT_HDR || off > ep->aux_slot_bytes ||
-            item > ep->aux_slot_bytes - off)
-            return kvx__cux_bad(why, wl, "aux buffer %u: a %llu-byte row at %llu leaves its "
-                                "%u-byte slot", i, (unsigned long long)item,
-                                (unsigned long long)off, ep->aux_slot_bytes);
-        for (j = 0; j < i; j++) {
-            uint64_t item2, off2;
-            kvx__cux_ep_aux(ep, j, &item2, &off2);
-            if (off < off2 + item2 && off2 < off + item)
-                return kvx__cux_bad(why, wl, "aux rows %u and %u overlap in the slot", j, i);
-        }
+        item = kvx__cux_ep_aux(ep, i);
+        if (!item || item > KVX_BOOT_MAX_MESSAGE - KVX__CUX_AUXM - sum)
+            return kvx__cux_bad(why, wl, "aux buffer %u: a %llu-byte row (0, or the rows do not "
+                                "fit one aux message of KVX_BOOT_MAX_MESSAGE)", i,
+                                (unsigned long long)item);
+        sum += item;
     }
     return KVX_OK;
 }
@@ -604,11 +594,8 @@ static kvx_result kvx__cux_parse(const void *buf, size_t len, kvx__cux_ep *ep, c
     ep->nalloc = kvx__le_r32(p + 144);
     ep->nb = kvx__le_r32(p + 148);
     ep->na = kvx__le_r32(p + 152);
-    ep->aux_slots = kvx__le_r32(p + 156);
-    ep->aux_slot_bytes = kvx__le_r32(p + 160);
-    ep->aux_fd = (int32_t)kvx__le_r32(p + 164);
-    ep->aux_ino = kvx__le_r64(p + 168);
-    ep->aux_size = kvx__le_r64(p + 176);
+    if (kvx__le_r32(p + 156))
+        return kvx__cux_bad(why, wl, "the reserved word at 156 is not 0");
     if (ep->nalloc > KVX_MAX_BUFFERS || ep->nb > KVX_MAX_BUFFERS || ep->na > KVX_MAX_AUX)
         return kvx__cux_bad(why, wl, "%u allocations, %u buffers, %u aux buffers (at most %u, "
                             "%u, %u)", ep->nalloc, ep->nb, ep->na, (unsigned)KVX_MAX_BUFFERS,
@@ -785,9 +772,7 @@ KVX_API kvx_result kvx_cuda_transport_stats_get(const kvx_engine *e, kvx_cuda_tr
 #include <signal.h>
 #include <time.h>
 #include <sched.h>
-#include <sys/mman.h>
 #include <sys/prctl.h>
-#include <sys/stat.h>
 
 #if CUDA_VERSION < 11000
 #error "kvx_cuda.h needs CUDA 11.0 or newer headers (cuda.h)"
@@ -1125,20 +1110,12 @@ static void kvx__cu_leave(kvx_cuda *cu, kvx__cu_scope *sc) {
 
 /* >>cuda: create / destroy ------------------------------------------------------------ */
 
-static void *kvx__cu_alloc(const kvx_cuda *cu, size_t n) {
-    return cu->alloc.alloc_fn ? cu->alloc.alloc_fn(n, cu->alloc.user_data) : malloc(n);
-}
-static void kvx__cu_free(const kvx_cuda *cu, void *p) {
-    if (!p) return;
-    if (cu->alloc.free_fn) cu->alloc.free_fn(p, cu->alloc.user_data);
-    else free(p);
-}
 /* realloc through the desc allocator (which has no realloc). */
 static void *kvx__cu_grow(const kvx_cuda *cu, void *old, size_t old_bytes, size_t new_bytes) {
-    void *p = kvx__cu_alloc(cu, new_bytes);
+    void *p = kvx__alloc(&cu->alloc, new_bytes);
     if (!p) return NULL;
     if (old) memcpy(p, old, old_bytes);
-    kvx__cu_free(cu, old);
+    kvx__free(&cu->alloc, old);
     return p;
 }
 
@@ -1159,8 +1136,7 @@ KVX_API kvx_result kvx_cuda_create(const kvx_cuda_desc *desc, kvx_cuda **out, ch
     if ((r = kvx__settings_apply(kvx__cu_settings, KVX__COUNT(kvx__cu_settings), &d, why,
                                  why_len)))
         return r;
-    cu = (kvx_cuda *)(d.allocator.alloc_fn ? d.allocator.alloc_fn(sizeof *cu, d.allocator.user_data)
-                                           : malloc(sizeof *cu));
+    cu = (kvx_cuda *)kvx__alloc(&d.allocator, sizeof *cu);
     if (!cu) {
         kvx__set_why(why, why_len, "kvx_cuda_create: out of memory");
         return KVX_ERR_NO_MEMORY;
@@ -1211,7 +1187,7 @@ KVX_API void kvx_cuda_destroy(kvx_cuda *cu) {
         }
         kvx__cu_leave(cu, &sc);
     }
-    kvx__cu_free(cu, cu->blocks);
+    kvx__free(&cu->alloc, cu->blocks);
     for (dev = 0; dev < KVX_CUDA_MAX_DEVICES; dev++) {
         CUdevice d;
         if (cu->ctx[dev] && cu->f.DeviceGet(&d, dev) == CUDA_SUCCESS)
@@ -1224,8 +1200,7 @@ KVX_API void kvx_cuda_destroy(kvx_cuda *cu) {
     cu->magic = 0;
     {
         kvx_allocator a = cu->alloc;
-        if (a.free_fn) a.free_fn(cu, a.user_data);
-        else free(cu);
+        kvx__free(&a, cu);
     }
 }
 
@@ -1274,7 +1249,7 @@ static kvx_result kvx__cu_stream_new(kvx_cuda *cu, int device, int pooled,
     kvx_result r;
     *out = NULL;
     if ((r = kvx__cu_enter(cu, device, &sc, why, wl)) != KVX_OK) return r;
-    s = (kvx_cuda_stream *)kvx__cu_alloc(cu, sizeof *s);
+    s = (kvx_cuda_stream *)kvx__alloc(&cu->alloc, sizeof *s);
     if (!s) {
         kvx__cu_leave(cu, &sc);
         kvx__set_why(why, wl, "out of memory for a CUDA stream");
@@ -1287,7 +1262,7 @@ static kvx_result kvx__cu_stream_new(kvx_cuda *cu, int device, int pooled,
     rc = cu->f.StreamCreate(&s->stream, CU_STREAM_NON_BLOCKING);
     kvx__cu_leave(cu, &sc);
     if (rc != CUDA_SUCCESS) {
-        kvx__cu_free(cu, s);
+        kvx__free(&cu->alloc, s);
         return kvx__cu_fail(cu, rc, why, wl, "cuStreamCreate on GPU %d", device);
     }
     *out = s;
@@ -1306,13 +1281,13 @@ static void kvx__cu_stream_free(kvx_cuda_stream *s) {
         cu->f.StreamDestroy(s->stream);
         kvx__cu_leave(cu, &sc);
     }
-    kvx__cu_free(cu, s->dsts);
-    kvx__cu_free(cu, s->srcs);
-    kvx__cu_free(cu, s->sizes);
-    kvx__cu_free(cu, s->ev);
-    kvx__cu_free(cu, s->ev_seq);
-    kvx__cu_free(cu, s->ev_free);
-    kvx__cu_free(cu, s);
+    kvx__free(&cu->alloc, s->dsts);
+    kvx__free(&cu->alloc, s->srcs);
+    kvx__free(&cu->alloc, s->sizes);
+    kvx__free(&cu->alloc, s->ev);
+    kvx__free(&cu->alloc, s->ev_seq);
+    kvx__free(&cu->alloc, s->ev_free);
+    kvx__free(&cu->alloc, s);
 }
 
 static int kvx__cu_scratch(kvx_cuda_stream *s, size_t n) {
@@ -1322,14 +1297,14 @@ static int kvx__cu_scratch(kvx_cuda_stream *s, size_t n) {
     size_t *sz;
     if (n <= s->cap) return 0;
     while (cap < n) cap *= 2;
-    d = (CUdeviceptr *)kvx__cu_alloc(cu, cap * sizeof *d);
-    sr = (CUdeviceptr *)kvx__cu_alloc(cu, cap * sizeof *sr);
-    sz = (size_t *)kvx__cu_alloc(cu, cap * sizeof *sz);
+    d = (CUdeviceptr *)kvx__alloc(&cu->alloc, cap * sizeof *d);
+    sr = (CUdeviceptr *)kvx__alloc(&cu->alloc, cap * sizeof *sr);
+    sz = (size_t *)kvx__alloc(&cu->alloc, cap * sizeof *sz);
     if (!d || !sr || !sz) {
-        kvx__cu_free(cu, d); kvx__cu_free(cu, sr); kvx__cu_free(cu, sz);
+        kvx__free(&cu->alloc, d); kvx__free(&cu->alloc, sr); kvx__free(&cu->alloc, sz);
         return -1;
     }
-    kvx__cu_free(cu, s->dsts); kvx__cu_free(cu, s->srcs); kvx__cu_free(cu, s->sizes);
+    kvx__free(&cu->alloc, s->dsts); kvx__free(&cu->alloc, s->srcs); kvx__free(&cu->alloc, s->sizes);
     s->dsts = d; s->srcs = sr; s->sizes = sz; s->cap = cap;
     return 0;
 }
@@ -1914,11 +1889,11 @@ static kvx_result kvx__cu_mark(kvx_cuda_stream *s, uint64_t seq, char *why, size
     CUresult rc;
     if (s->ev_count == s->ev_cap) { /* grow the ring, unrolled to start at 0 */
         size_t nc = s->ev_cap ? 2 * s->ev_cap : 16, i;
-        CUevent *ne = (CUevent *)kvx__cu_alloc(cu, nc * sizeof *ne);
-        uint64_t *ns = (uint64_t *)kvx__cu_alloc(cu, nc * sizeof *ns);
-        CUevent *nf = (CUevent *)kvx__cu_alloc(cu, nc * sizeof *nf);
+        CUevent *ne = (CUevent *)kvx__alloc(&cu->alloc, nc * sizeof *ne);
+        uint64_t *ns = (uint64_t *)kvx__alloc(&cu->alloc, nc * sizeof *ns);
+        CUevent *nf = (CUevent *)kvx__alloc(&cu->alloc, nc * sizeof *nf);
         if (!ne || !ns || !nf) {
-            kvx__cu_free(cu, ne); kvx__cu_free(cu, ns); kvx__cu_free(cu, nf);
+            kvx__free(&cu->alloc, ne); kvx__free(&cu->alloc, ns); kvx__free(&cu->alloc, nf);
             kvx__set_why(why, wl, "out of memory for completion events");
             return KVX_ERR_NO_MEMORY;
         }
@@ -1927,7 +1902,7 @@ static kvx_result kvx__cu_mark(kvx_cuda_stream *s, uint64_t seq, char *why, size
             ns[i] = s->ev_seq[(s->ev_head + i) % s->ev_cap];
         }
         if (s->ev_nfree) memcpy(nf, s->ev_free, s->ev_nfree * sizeof *nf);
-        kvx__cu_free(cu, s->ev); kvx__cu_free(cu, s->ev_seq); kvx__cu_free(cu, s->ev_free);
+        kvx__free(&cu->alloc, s->ev); kvx__free(&cu->alloc, s->ev_seq); kvx__free(&cu->alloc, s->ev_free);
         s->ev = ne; s->ev_seq = ns; s->ev_free = nf; s->ev_cap = nc; s->ev_head = 0;
     }
     if (s->ev_nfree) ev = s->ev_free[--s->ev_nfree];
@@ -2161,7 +2136,6 @@ struct kvx__cux_peer {
     void **imports;     /* per allocation: the base mapped here */
     kvx_buffer *dbufs;
     kvx_layout dst;     /* this engine's layout with the decode pool's bases */
-    uint8_t *aux_map;   /* the decode's aux segment, mapped here */
     kvx_cuda_stream *stream;
     kvx__cux_room *active; /* rooms with copies in flight or a completion due */
     kvx__cux_peer *next;   /* engine list, under ce->mu */
@@ -2184,6 +2158,7 @@ struct kvx__cux_room {
     int32_t *dst;
     uint32_t ndst;
     int32_t dst_aux, src_aux;
+    kvx_boot_peer conn; /* the connection of its room frame (conn_id, addr) */
     kvx_plan plan;
     uint64_t bytes;
     int gone;         /* atomic: the sender is being destroyed */
@@ -2199,6 +2174,8 @@ struct kvx__cux_room {
     /* decode, under ce->mu */
     int32_t aux_slot;
     uint32_t npages;
+    uint64_t from;           /* the connection that acknowledged the destination */
+    int aux_in;              /* its aux message arrived and was placed */
     int sent, armed, fenced, closing, placing;
     uint32_t fence_pid;      /* the prefill process, once its connection is gone */
     uint64_t fence_deadline; /* ... and when to stop waiting for it */
@@ -2223,14 +2200,10 @@ struct kvx__cux_engine {
     kvx__cux_peer **scan;
     size_t scan_cap;
     uint64_t aux_row_bytes;
+    uint8_t *amsg; /* an aux message being built (completion thread only) */
     /* decode */
     uint8_t *ep;
     size_t ep_len;
-    int seg_fd;
-    uint8_t *seg;
-    uint64_t seg_size;
-    uint32_t slots, slot_bytes;
-    uint64_t aux_off[KVX_MAX_AUX];
     kvx__cux_pf *pfs;
     /* counters (atomics) */
     kvx_cuda_transport_stats st;
@@ -2245,7 +2218,7 @@ static int kvx__cux_terminal(const kvx_room *r) {
     return p == KVX_POLL_FAILED || p == KVX_POLL_SUCCESS;
 }
 
-/* >>cuda transport: node identity and the aux segment ---------------------------------------- */
+/* >>cuda transport: node identity ------------------------------------------------------------ */
 
 /* Copies s into a 64-byte text field's string, printable characters only. */
 static void kvx__cux_clean(char *out, const char *s) {
@@ -2282,106 +2255,6 @@ static void kvx__cux_identity(kvx__cux_engine *ce) {
     ce->pid = (uint32_t)getpid();
 }
 
-/* Decode: the shared memory the prefill writes aux rows into (aux buffers
-   are host memory, which CUDA IPC does not share): one slot per aux slot of
-   the pool, a 16-byte header then one row per aux buffer. */
-static kvx_result kvx__cux_seg_create(kvx__cux_engine *ce, char *why, size_t wl) {
-    const kvx_layout *l = kvx_engine_layout(ce->engine);
-    uint64_t slots = kvx_layout_num_aux_slots(l), bytes = KVX__CUX_SLOT_HDR;
-    struct stat st;
-    uint32_t i;
-    void *m;
-    ce->seg_fd = -1;
-    if (!l->num_aux || !slots) return KVX_OK;
-    for (i = 0; i < l->num_aux; i++) {
-        ce->aux_off[i] = bytes;
-        bytes += (l->aux[i].item_len + 7) & ~7ull;
-    }
-    if (bytes > 0xffffffffull || slots > 0xffffffffull || slots * bytes / bytes != slots) {
-        kvx__set_why(why, wl, "the aux buffers (%llu slots of %llu bytes) are too large for the "
-                     "cuda transport's aux segment", (unsigned long long)slots,
-                     (unsigned long long)bytes);
-        return KVX_ERR_INVALID_ARGUMENT;
-    }
-    ce->slots = (uint32_t)slots;
-    ce->slot_bytes = (uint32_t)bytes;
-    ce->seg_size = slots * bytes;
-    ce->seg_fd = memfd_create("kvx-cuda-aux", MFD_CLOEXEC);
-    if (ce->seg_fd < 0 || ftruncate(ce->seg_fd, (off_t)ce->seg_size) != 0 ||
-        fstat(ce->seg_fd, &st) != 0) {
-        kvx__set_why(why, wl, "cannot create the aux segment of %llu bytes (memfd): %s",
-                     (unsigned long long)ce->seg_size, strerror(errno));
-        return KVX_ERR_IO;
-    }
-    m = mmap(NULL, (size_t)ce->seg_size, PROT_READ | PROT_WRITE, MAP_SHARED, ce->seg_fd, 0);
-    if (m == MAP_FAILED) {
-        kvx__set_why(why, wl, "cannot map the aux segment: %s", strerror(errno));
-        return KVX_ERR_IO;
-    }
-    ce->seg = (uint8_t *)m;
-    return KVX_OK;
-}
-
-/* Prefill: maps a decode engine's aux segment through /proc/<pid>/fd/<fd>.
-   The pid and fd come from the peer's hello, so they are checked: the
-   process must be this user's (root could otherwise map any process's
-   file), and the file must be a kvx aux segment (a memfd of that name,
-   owned by this user, of the announced inode and size). */
-static kvx_result kvx__cux_seg_open(kvx__cux_peer *p, char *why, size_t wl) {
-    char path[64], self[64], target[128];
-    struct stat st;
-    ssize_t tl;
-    void *m;
-    int fd;
-    snprintf(path, sizeof path, "/proc/%u", p->info.pid);
-    if (stat(path, &st) != 0) {
-        kvx__set_why(why, wl, "decode %s names process %u for its aux segment, which does not "
-                     "exist here (another PID namespace?)", p->name, p->info.pid);
-        return KVX_ERR_PEER;
-    }
-    if (st.st_uid != geteuid()) {
-        kvx__set_why(why, wl, "decode %s names process %u for its aux segment, which belongs to "
-                     "user %u, not this engine's user %u: the cuda transport maps only segments "
-                     "of this user's processes", p->name, p->info.pid, (unsigned)st.st_uid,
-                     (unsigned)geteuid());
-        return KVX_ERR_PERMISSION;
-    }
-    snprintf(path, sizeof path, "/proc/%u/fd/%d", p->info.pid, (int)p->info.aux_fd);
-    fd = open(path, O_RDWR | O_CLOEXEC | O_NOCTTY);
-    if (fd < 0) {
-        kvx__set_why(why, wl, "cannot open the aux segment of decode %s at %s: %s (the cuda "
-                     "transport needs both processes under one user and in one PID namespace, as "
-                     "CUDA IPC does)", p->name, path, strerror(errno));
-        return errno == EACCES || errno == EPERM ? KVX_ERR_PERMISSION : KVX_ERR_PEER;
-    }
-    snprintf(self, sizeof self, "/proc/self/fd/%d", fd);
-    tl = readlink(self, target, sizeof target - 1);
-    target[tl > 0 ? tl : 0] = 0;
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_uid != geteuid() ||
-        strncmp(target, "/memfd:kvx-cuda-aux", 19)) {
-        close(fd);
-        kvx__set_why(why, wl, "%s is not a kvx aux segment of decode %s (it is '%.60s', owner %u): "
-                     "refused", path, p->name, target, (unsigned)st.st_uid);
-        return KVX_ERR_PERMISSION;
-    }
-    if ((uint64_t)st.st_ino != p->info.aux_ino || (uint64_t)st.st_size != p->info.aux_size) {
-        close(fd);
-        kvx__set_why(why, wl, "%s is not the aux segment decode %s announced (inode or size "
-                     "differ: another process of that id, or another PID namespace)", path,
-                     p->name);
-        return KVX_ERR_PEER;
-    }
-    m = mmap(NULL, (size_t)p->info.aux_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-    close(fd);
-    if (m == MAP_FAILED) {
-        kvx__set_why(why, wl, "cannot map the aux segment of decode %s: %s", p->name,
-                     strerror(errno));
-        return KVX_ERR_IO;
-    }
-    p->aux_map = (uint8_t *)m;
-    return KVX_OK;
-}
-
 /* >>cuda transport: endpoints ------------------------------------------------------------------ */
 
 static void kvx__cux_ep_head(const kvx__cux_engine *ce, uint8_t *p) {
@@ -2392,12 +2265,11 @@ static void kvx__cux_ep_head(const kvx__cux_engine *ce, uint8_t *p) {
     kvx__le_w32(p + 12, ce->pid);
     memcpy(p + 16, ce->node, strlen(ce->node));
     memcpy(p + 80, ce->host, strlen(ce->host));
-    kvx__le_w32(p + 164, (uint32_t)-1); /* aux fd */
 }
 
 /* Decode: exports the allocation under every KV buffer (once per
-   allocation: buffers that share one share its handle) and describes the
-   aux segment. */
+   allocation: buffers that share one share its handle) and lists its aux
+   rows. */
 static kvx_result kvx__cux_ep_decode(kvx__cux_engine *ce, char *why, size_t wl) {
     const kvx_layout *l = kvx_engine_layout(ce->engine);
     uint32_t nb = l->num_buffers, na = l->num_aux, nalloc = 0, i, j;
@@ -2405,7 +2277,6 @@ static kvx_result kvx__cux_ep_decode(kvx__cux_engine *ce, char *why, size_t wl) 
     uint8_t *allocs = (uint8_t *)kvx_engine_alloc(ce->engine, (size_t)nb * KVX__CUX_ALLOC);
     uint8_t *bufs = (uint8_t *)kvx_engine_alloc(ce->engine, (size_t)nb * KVX__CUX_BUF), *p;
     kvx_result r = KVX_OK;
-    if (!ce->seg) na = 0;
     if (!bases || !allocs || !bufs) {
         r = KVX_ERR_NO_MEMORY;
         kvx__set_why(why, wl, "out of memory building the cuda endpoint");
@@ -2456,24 +2327,12 @@ static kvx_result kvx__cux_ep_decode(kvx__cux_engine *ce, char *why, size_t wl) 
     kvx__le_w32(p + 144, nalloc);
     kvx__le_w32(p + 148, nb);
     kvx__le_w32(p + 152, na);
-    if (na) {
-        struct stat st;
-        fstat(ce->seg_fd, &st);
-        kvx__le_w32(p + 156, ce->slots);
-        kvx__le_w32(p + 160, ce->slot_bytes);
-        kvx__le_w32(p + 164, (uint32_t)ce->seg_fd);
-        kvx__le_w64(p + 168, (uint64_t)st.st_ino);
-        kvx__le_w64(p + 176, ce->seg_size);
-    }
     p += KVX__CUX_FIXED;
     memcpy(p, allocs, (size_t)nalloc * KVX__CUX_ALLOC);
     p += (size_t)nalloc * KVX__CUX_ALLOC;
     memcpy(p, bufs, (size_t)nb * KVX__CUX_BUF);
     p += (size_t)nb * KVX__CUX_BUF;
-    for (i = 0; i < na; i++) {
-        kvx__le_w64(p + (size_t)i * KVX__CUX_AUXE, l->aux[i].item_len);
-        kvx__le_w64(p + (size_t)i * KVX__CUX_AUXE + 8, ce->aux_off[i]);
-    }
+    for (i = 0; i < na; i++) kvx__le_w64(p + (size_t)i * KVX__CUX_AUXE, l->aux[i].item_len);
     KVX__STORE(&ce->st.exported_allocs, (uint64_t)nalloc);
 out:
     kvx_engine_free(ce->engine, bases);
@@ -2485,23 +2344,20 @@ out:
 /* >>cuda transport: prefill: peers ------------------------------------------------------------ */
 
 /* Closes what maps the decode pool: the stream (after its copies), the
-   imports, the aux segment. Rooms may still point at the peer (all failed,
+   imports. Rooms may still point at the peer (all failed,
    none with copies in flight); its layout stays readable until it is freed. */
 static void kvx__cux_peer_release(kvx__cux_peer *p) {
     kvx__cux_engine *ce = p->ce;
     kvx_cuda_stream *stream;
-    uint8_t *aux;
     void **imports;
     char why[KVX_ERROR_MAX];
     uint32_t i;
     int ready;
     pthread_mutex_lock(&p->mu);
     stream = p->stream;
-    aux = p->aux_map;
     imports = p->imports;
     ready = p->ready;
     p->stream = NULL;
-    p->aux_map = NULL;
     p->imports = NULL;
     p->ready = 0;
     pthread_mutex_unlock(&p->mu);
@@ -2512,7 +2368,6 @@ static void kvx__cux_peer_release(kvx__cux_peer *p) {
             kvx_engine_log(ce->engine, KVX_LOG_WARN, "kvx.cuda", 0, "decode %s: %s", p->name, why);
         KVX__SUB(&ce->st.imports_live, 1);
     }
-    if (aux) munmap(aux, (size_t)p->info.aux_size);
     if (ready) KVX__SUB(&ce->st.peers, 1);
     kvx_engine_free(ce->engine, imports);
 }
@@ -2666,7 +2521,6 @@ static kvx_result kvx__cux_peer_setup(kvx__cux_peer *p, char *why, size_t wl) {
     }
     p->dst = *l;
     p->dst.buffers = p->dbufs;
-    if (p->info.na && (r = kvx__cux_seg_open(p, why, wl)) != KVX_OK) goto fail;
     if ((r = kvx_cuda_stream_create(ce->cu, ce->device, &p->stream, msg, sizeof msg)) != KVX_OK) {
         kvx__set_why(why, wl, "cannot create a stream for decode %s: %s", p->name, msg);
         goto fail;
@@ -2685,8 +2539,6 @@ fail:
             KVX__SUB(&ce->st.imports_live, 1);
         }
     }
-    if (p->aux_map) munmap(p->aux_map, (size_t)p->info.aux_size);
-    p->aux_map = NULL;
     kvx_engine_free(ce->engine, p->imports);
     kvx_engine_free(ce->engine, p->dbufs);
     p->imports = NULL;
@@ -2824,18 +2676,15 @@ static kvx_result kvx__cux_on_room(kvx_boot *b, kvx_room *r, const kvx_boot_peer
     if (res == KVX_ERR_PEER_LOST) snprintf(why, sizeof why, "lost connection with decode %s", p->name);
     pthread_mutex_unlock(&p->mu);
     if (res == KVX_OK && aux >= 0) {
-        int ok = p->info.na == l->num_aux && (uint32_t)aux < p->info.aux_slots && p->aux_map;
-        for (i = 0; ok && i < l->num_aux; i++) {
-            uint64_t item, off;
-            kvx__cux_ep_aux(&p->info, i, &item, &off);
-            ok = item == l->aux[i].item_len;
-        }
+        int ok = p->info.na == l->num_aux && l->num_aux;
+        for (i = 0; ok && i < l->num_aux; i++)
+            ok = kvx__cux_ep_aux(&p->info, i) == l->aux[i].item_len;
         if (!ok) {
             res = KVX_ERR_LAYOUT_MISMATCH;
             snprintf(why, sizeof why, "decode %s asks for aux rows in its slot %d but its aux "
-                     "buffers (%u, %u slots) do not match this prefill's (%u buffers): aux "
-                     "buffers and their row sizes must be equal on both sides", p->name,
-                     (int)aux, p->info.na, p->info.aux_slots, l->num_aux);
+                     "buffers (%u) do not match this prefill's (%u): aux buffers and their row "
+                     "sizes must be equal on both sides", p->name, (int)aux, p->info.na,
+                     l->num_aux);
         }
     }
     if (res == KVX_OK && n) {
@@ -2859,6 +2708,8 @@ static kvx_result kvx__cux_on_room(kvx_boot *b, kvx_room *r, const kvx_boot_peer
         cr->dst = copy;
         cr->ndst = n;
         cr->dst_aux = aux;
+        cr->conn.conn_id = bp->conn_id;
+        cr->conn.addr = p->addr;
     }
     pthread_mutex_unlock(&cr->mu);
     if (taken) { /* the sender was destroyed meanwhile */
@@ -2979,29 +2830,32 @@ typedef struct kvx__cux_act {
     char reason[KVX_ERROR_MAX]; /* of msg, copied under the peer's lock */
 } kvx__cux_act;
 
-/* After the last chunk's copies: the aux rows into the decode's segment
-   (after every KV byte), then status Success. */
+/* Prefill, completion thread: the room's aux rows as an aux message on the
+   connection of its room frame, ahead of the status that completes it. */
+static kvx_result kvx__cux_send_aux(kvx__cux_engine *ce, kvx__cux_room *cr) {
+    const kvx_layout *l = kvx_engine_layout(ce->engine);
+    uint8_t *m = ce->amsg;
+    memcpy(m, "kvx-caux", 8);
+    kvx__le_w16(m + 8, KVX_CUDA_AUX_VERSION);
+    kvx__le_w16(m + 10, 0);
+    kvx__le_w32(m + 12, (uint32_t)ce->aux_row_bytes);
+    kvx__le_w64(m + 16, cr->id);
+    kvx_layout_aux_copy(l, cr->src_aux, m + KVX__CUX_AUXM, 0);
+    KVX__ADD(&ce->st.aux_rows, (uint64_t)l->num_aux);
+    return kvx_boot_peer_send(ce->boot, &cr->conn, m, KVX__CUX_AUXM + ce->aux_row_bytes, NULL, 0);
+}
+
+/* After the last chunk's copies (every KV byte in place): the aux rows,
+   then status Success. */
 static void kvx__cux_finish(kvx__cux_engine *ce, kvx__cux_room *cr) {
     kvx__cux_peer *p = cr->peer;
-    const kvx_layout *l = kvx_engine_layout(ce->engine);
     kvx_room *r = cr->room;
     uint64_t bytes = cr->bytes;
-    uint32_t i;
-    if (cr->dst_aux >= 0 && cr->src_aux >= 0 && p->aux_map) {
-        uint8_t *slot = p->aux_map + (uint64_t)cr->dst_aux * p->info.aux_slot_bytes;
-        for (i = 0; i < l->num_aux; i++) {
-            uint64_t item, off;
-            kvx__cux_ep_aux(&p->info, i, &item, &off);
-            memcpy(slot + off, (const uint8_t *)l->aux[i].base + (uint64_t)cr->src_aux * item,
-                   (size_t)item);
-            bytes += item;
-        }
-        __atomic_store_n((uint64_t *)(void *)slot, cr->id, __ATOMIC_RELAXED);
-        __atomic_store_n((uint64_t *)(void *)slot + 1, ~cr->id, __ATOMIC_RELEASE);
-        KVX__ADD(&ce->st.aux_rows, (uint64_t)l->num_aux);
-    }
+    int aux = cr->dst_aux >= 0 && cr->src_aux >= 0;
     KVX__STORE(&cr->told, 1);
-    if (kvx_boot_send_status(ce->boot, r, KVX_POLL_SUCCESS, KVX_OK, bytes, NULL) != KVX_OK) {
+    if (aux) bytes += ce->aux_row_bytes;
+    if ((aux && kvx__cux_send_aux(ce, cr) != KVX_OK) ||
+        kvx_boot_send_status(ce->boot, r, KVX_POLL_SUCCESS, KVX_OK, bytes, NULL) != KVX_OK) {
         kvx_room_fail_remote(r, KVX_ERR_PEER_LOST, "every byte of room %llu is in place at "
                              "decode %s but the control connection to it is gone, so it cannot "
                              "be told", (unsigned long long)cr->id, p->name);
@@ -3141,9 +2995,14 @@ static void *kvx__cux_worker_main(void *arg) {
         }
         for (p = ce->peers; p; p = p->next) np++;
         if (np > ce->scan_cap) {
-            kvx__cux_peer **ns = (kvx__cux_peer **)realloc(ce->scan, np * sizeof *ns);
-            if (ns) { ce->scan = ns; ce->scan_cap = np; }
-            else np = ce->scan_cap;
+            kvx__cux_peer **ns = (kvx__cux_peer **)kvx_engine_alloc(ce->engine, np * sizeof *ns);
+            if (ns) { /* rebuilt every pass: nothing to copy */
+                kvx_engine_free(ce->engine, ce->scan);
+                ce->scan = ns;
+                ce->scan_cap = np;
+            } else {
+                np = ce->scan_cap;
+            }
         }
         for (i = 0, p = ce->peers; p && i < np; p = p->next, i++) {
             KVX__ADD(&p->refs, 1);
@@ -3181,8 +3040,7 @@ static void kvx__cux_sender_close(kvx__cux_room *cr) {
         pthread_mutex_lock(&p->mu);
         while (cr->busy || cr->finishing) {
             struct timespec ts;
-            clock_gettime(CLOCK_REALTIME, &ts);
-            ts.tv_sec += 5;
+            kvx__abstime(&ts, 5000000000ull);
             if (pthread_cond_timedwait(&p->cv, &p->mu, &ts) == ETIMEDOUT)
                 kvx_engine_log(ce->engine, KVX_LOG_WARN, "kvx.cuda", cr->id, "destroying the "
                                "sender waits for its GPU copies to decode %s (%d s so far)",
@@ -3316,14 +3174,10 @@ static kvx_result kvx__cux_receiver_init(kvx_room *r, const int32_t *pages, uint
     kvx__cux_room *cr = kvx__cux_cr(r);
     kvx__cux_engine *ce = cr->ce;
     kvx_result res;
-    if (aux >= 0 && ce->seg) { /* an empty slot: rows of an earlier room never count */
-        uint64_t *h = (uint64_t *)(void *)(ce->seg + (uint64_t)aux * ce->slot_bytes);
-        __atomic_store_n(&h[1], (uint64_t)0, __ATOMIC_RELEASE);
-        __atomic_store_n(&h[0], (uint64_t)0, __ATOMIC_RELAXED);
-    }
     pthread_mutex_lock(&ce->mu);
-    cr->aux_slot = aux;
+    cr->aux_slot = ce->aux_row_bytes ? aux : -1;
     cr->npages = n;
+    cr->aux_in = 0;
     pthread_mutex_unlock(&ce->mu);
     res = kvx_boot_receiver_init(ce->boot, r, pages, n, aux);
     if (res == KVX_OK) {
@@ -3335,16 +3189,15 @@ static kvx_result kvx__cux_receiver_init(kvx_room *r, const int32_t *pages, uint
 }
 
 /* Decode, on the prefill's Success: the byte count must be the room's,
-   and the aux rows (if any) must be in the segment under this room's id;
-   they go into the receiver's aux slot before the room may succeed. */
+   and its aux rows (if any) must have arrived (their message travels on
+   the same connection, ahead of the status). */
 static int kvx__cux_place(kvx__cux_engine *ce, kvx__cux_room *cr, const kvx_boot_peer *bp,
                           uint64_t bytes) {
     const kvx_layout *l = kvx_engine_layout(ce->engine);
     kvx_room *r = cr->room;
     uint64_t want = (uint64_t)cr->npages * kvx_layout_page_bytes(l), aux_bytes = 0;
-    uint32_t i;
-    int go;
-    if (cr->aux_slot >= 0 && ce->seg) aux_bytes = kvx_layout_aux_row_bytes(l);
+    int in;
+    if (cr->aux_slot >= 0) aux_bytes = ce->aux_row_bytes;
     if (bytes != want + aux_bytes) {
         kvx_room_fail(r, KVX_ERR_PROTOCOL, "prefill %s reports %llu bytes placed; room %llu "
                       "expects %llu (%u pages of %llu bytes, %llu aux bytes)", bp->addr,
@@ -3353,36 +3206,84 @@ static int kvx__cux_place(kvx__cux_engine *ce, kvx__cux_room *cr, const kvx_boot
                       (unsigned long long)kvx_layout_page_bytes(l), (unsigned long long)aux_bytes);
         return 1;
     }
-    if (!aux_bytes) return 0;
     pthread_mutex_lock(&ce->mu);
-    go = !cr->closing && kvx_room_poll(r) == KVX_POLL_TRANSFERRING;
-    if (go) cr->placing = 1;
+    in = cr->aux_in;
     pthread_mutex_unlock(&ce->mu);
-    if (!go) return 1;
-    {
-        uint8_t *slot = ce->seg + (uint64_t)cr->aux_slot * ce->slot_bytes;
-        uint64_t *h = (uint64_t *)(void *)slot;
-        uint64_t tag = __atomic_load_n(&h[1], __ATOMIC_ACQUIRE), got = __atomic_load_n(&h[0], __ATOMIC_RELAXED);
-        if (tag != ~cr->id || got != cr->id) {
-            kvx_room_fail(r, KVX_ERR_PROTOCOL, "prefill %s reports Success but the aux rows of "
-                          "room %llu are not in slot %d of the shared aux segment (%s)", bp->addr,
-                          (unsigned long long)cr->id, (int)cr->aux_slot,
-                          tag == ~got ? "it holds another room's rows" : "it is empty");
-            go = 0;
-        } else {
-            for (i = 0; i < l->num_aux; i++)
-                memcpy((uint8_t *)l->aux[i].base + (uint64_t)cr->aux_slot * l->aux[i].item_len,
-                       slot + ce->aux_off[i], (size_t)l->aux[i].item_len);
-            __atomic_store_n(&h[1], (uint64_t)0, __ATOMIC_RELEASE);
-            __atomic_store_n(&h[0], (uint64_t)0, __ATOMIC_RELAXED);
-            KVX__ADD(&ce->st.aux_rows, (uint64_t)l->num_aux);
-        }
+    if (aux_bytes && !in) {
+        kvx_room_fail(r, KVX_ERR_PROTOCOL, "prefill %s reports Success but the aux rows of room "
+                      "%llu did not arrive before it", bp->addr, (unsigned long long)cr->id);
+        return 1;
+    }
+    return 0;
+}
+
+/* Refuses an aux message: counted and logged; r (when the message is that
+   room's, from its prefill) fails with the reason. */
+static void kvx__cux_aux_refuse(kvx__cux_engine *ce, kvx_room *r, const kvx_boot_peer *bp,
+                                const char *what) {
+    KVX__ADD(&ce->st.aux_refused, 1);
+    if (r)
+        kvx_room_fail(r, KVX_ERR_PROTOCOL, "an aux message from prefill %s is refused: %s",
+                      bp->addr, what);
+    else
+        kvx_engine_log(ce->engine, KVX_LOG_WARN, "kvx.cuda", 0, "an aux message from %s is "
+                       "refused: %s", bp->addr, what);
+}
+
+/* Decode, under ce->mu: why room cr cannot take an aux message of len
+   bytes (its length field says rl), or NULL. */
+static const char *kvx__cux_aux_bad(kvx__cux_engine *ce, kvx__cux_room *cr, size_t len,
+                                    uint32_t rl) {
+    if (cr->aux_slot < 0) return "the receiver has no aux slot";
+    if (cr->aux_in) return "a second aux message for the room";
+    if (rl != ce->aux_row_bytes || len - KVX__CUX_AUXM != rl)
+        return "its length is not this pool's aux row bytes";
+    if (cr->closing || kvx_room_poll(cr->room) != KVX_POLL_TRANSFERRING)
+        return "the room is not transferring";
+    return NULL;
+}
+
+/* kvx_boot hook: a transport message. The cuda transport has one, the aux
+   message (prefill -> decode); the room must be open here, acknowledged by
+   that same connection, expect aux rows and not have them yet, and the
+   length must be the aux row bytes. Then the rows go into its aux slot. */
+static void kvx__cux_on_message(kvx_boot *b, const kvx_boot_peer *bp, const void *msg,
+                                size_t len) {
+    kvx__cux_engine *ce = (kvx__cux_engine *)kvx_boot_user(b);
+    const uint8_t *m = (const uint8_t *)msg;
+    const kvx_layout *l = kvx_engine_layout(ce->engine);
+    const char *bad;
+    kvx__cux_room *cr;
+    kvx_room *r;
+    if (ce->role != KVX_ROLE_DECODE || len < KVX__CUX_AUXM || memcmp(m, "kvx-caux", 8) ||
+        kvx__le_r16(m + 8) != KVX_CUDA_AUX_VERSION || kvx__le_r16(m + 10)) {
+        kvx__cux_aux_refuse(ce, NULL, bp, "not an aux message of version "
+                            "this version to a decode engine");
+        return;
+    }
+    r = kvx_engine_find_room(ce->engine, kvx__le_r64(m + 16));
+    cr = r ? kvx__cux_cr(r) : NULL;
+    if (!cr || !bp->conn_id || KVX__LOAD(&cr->from) != bp->conn_id) {
+        kvx__cux_aux_refuse(ce, NULL, bp, "it names a room that connection does not serve");
+        kvx_room_unref(r);
+        return;
     }
     pthread_mutex_lock(&ce->mu);
-    cr->placing = 0;
-    pthread_cond_broadcast(&ce->cv);
+    bad = kvx__cux_aux_bad(ce, cr, len, kvx__le_r32(m + 12));
+    cr->placing = !bad;
     pthread_mutex_unlock(&ce->mu);
-    return go ? 0 : 1;
+    if (bad) {
+        kvx__cux_aux_refuse(ce, r, bp, bad);
+    } else {
+        kvx_layout_aux_copy(l, cr->aux_slot, (void *)(m + KVX__CUX_AUXM), 1);
+        KVX__ADD(&ce->st.aux_rows, (uint64_t)l->num_aux);
+        pthread_mutex_lock(&ce->mu);
+        cr->aux_in = 1;
+        cr->placing = 0;
+        pthread_cond_broadcast(&ce->cv);
+        pthread_mutex_unlock(&ce->mu);
+    }
+    kvx_room_unref(r);
 }
 
 /* kvx_boot hook (decode): a status frame from the prefill. TRANSFERRING is
@@ -3397,7 +3298,10 @@ static int kvx__cux_on_status(kvx_boot *b, kvx_room *r, const kvx_boot_peer *bp,
     (void)reason;
     pthread_mutex_lock(&ce->mu);
     sent = cr->sent;
-    if (state == KVX_POLL_TRANSFERRING) cr->armed = 1;
+    if (state == KVX_POLL_TRANSFERRING && !cr->armed) {
+        cr->armed = 1;
+        KVX__STORE(&cr->from, bp->conn_id);
+    }
     if (state == KVX_POLL_SUCCESS || state == KVX_POLL_FAILED) cr->fenced = 1;
     pthread_cond_broadcast(&ce->cv);
     pthread_mutex_unlock(&ce->mu);
@@ -3463,10 +3367,7 @@ static void kvx__cux_receiver_close(kvx__cux_room *cr) {
                 if (cr->fenced) break;
                 if (until > now + 10000000ull) until = now + 10000000ull;
             }
-            clock_gettime(CLOCK_REALTIME, &ts);
-            ts.tv_sec += (time_t)((until - now) / 1000000000ull);
-            ts.tv_nsec += (long)((until - now) % 1000000000ull);
-            if (ts.tv_nsec >= 1000000000L) { ts.tv_sec++; ts.tv_nsec -= 1000000000L; }
+            kvx__abstime(&ts, until - now);
             pthread_cond_timedwait(&ce->cv, &ce->mu, &ts);
         }
         wait = !cr->fenced && cr->armed;
@@ -3555,6 +3456,13 @@ static kvx_result kvx__cux_settings(kvx__cux_engine *ce, char *why, size_t wl) {
     }
     ce->device = l->buffers[0].device;
     ce->aux_row_bytes = kvx_layout_aux_row_bytes(l);
+    if (ce->aux_row_bytes > KVX_BOOT_MAX_MESSAGE - KVX__CUX_AUXM) {
+        kvx__set_why(why, wl, "the aux rows of one request are %llu bytes; the cuda transport "
+                     "sends them in one kvx_boot message of at most KVX_BOOT_MAX_MESSAGE (%u) "
+                     "bytes with a %u-byte head", (unsigned long long)ce->aux_row_bytes,
+                     (unsigned)KVX_BOOT_MAX_MESSAGE, KVX__CUX_AUXM);
+        return KVX_ERR_INVALID_ARGUMENT;
+    }
     return kvx_cuda_layout_check(ce->cu, l, why, wl);
 }
 
@@ -3570,9 +3478,8 @@ static void kvx__cux_engine_free(kvx__cux_engine *ce) {
         ce->pfs = f->next;
         kvx_engine_free(e, f);
     }
-    if (ce->seg) munmap(ce->seg, (size_t)ce->seg_size);
-    if (ce->seg_fd >= 0) close(ce->seg_fd);
-    free(ce->scan);
+    kvx_engine_free(e, ce->scan);
+    kvx_engine_free(e, ce->amsg);
     kvx_engine_free(e, ce->ep);
     pthread_mutex_destroy(&ce->mu);
     pthread_cond_destroy(&ce->cv);
@@ -3589,17 +3496,19 @@ static kvx_result kvx__cux_engine_init(kvx_engine *e, char *why, size_t wl) {
     memset(ce, 0, sizeof *ce);
     ce->engine = e;
     ce->role = d->role;
-    ce->seg_fd = -1;
     pthread_mutex_init(&ce->mu, NULL);
     pthread_cond_init(&ce->cv, NULL);
     kvx__cux_identity(ce);
     if ((r = kvx__cux_settings(ce, why, wl)) != KVX_OK) goto fail;
     if (ce->role == KVX_ROLE_DECODE) {
-        if ((r = kvx__cux_seg_create(ce, why, wl)) != KVX_OK ||
-            (r = kvx__cux_ep_decode(ce, why, wl)) != KVX_OK)
-            goto fail;
+        if ((r = kvx__cux_ep_decode(ce, why, wl)) != KVX_OK) goto fail;
     } else {
         kvx__cux_ep_head(ce, head);
+        if (ce->aux_row_bytes &&
+            !(ce->amsg = (uint8_t *)kvx_engine_alloc(e, KVX__CUX_AUXM + ce->aux_row_bytes))) {
+            r = KVX_ERR_NO_MEMORY;
+            goto fail;
+        }
     }
     memset(&hooks, 0, sizeof hooks);
     hooks.user = ce;
@@ -3608,6 +3517,7 @@ static kvx_result kvx__cux_engine_init(kvx_engine *e, char *why, size_t wl) {
     hooks.on_abort = kvx__cux_on_abort;
     hooks.on_connect = kvx__cux_on_connect;
     hooks.on_disconnect = kvx__cux_on_disconnect;
+    hooks.on_message = kvx__cux_on_message;
     r = kvx_boot_create(e, &hooks, ce->ep ? (const void *)ce->ep : (const void *)head,
                         ce->ep ? ce->ep_len : sizeof head, &ce->boot, why, wl);
     if (r != KVX_OK) goto fail;
@@ -3726,6 +3636,7 @@ KVX_API kvx_result kvx_cuda_transport_stats_get(const kvx_engine *e, kvx_cuda_tr
     out->spans = KVX__LOAD(&ce->st.spans);
     out->bytes = KVX__LOAD(&ce->st.bytes);
     out->aux_rows = KVX__LOAD(&ce->st.aux_rows);
+    out->aux_refused = KVX__LOAD(&ce->st.aux_refused);
     out->rooms_done = KVX__LOAD(&ce->st.rooms_done);
     out->driver_errors = KVX__LOAD(&ce->st.driver_errors);
     out->fence_waits = KVX__LOAD(&ce->st.fence_waits);

@@ -20,14 +20,14 @@ static uint64_t r64(const uint8_t *p) { return (uint64_t)r32(p) | (uint64_t)r32(
 /* A decode endpoint: nalloc allocations, nb buffers of 256 KiB (buffer i
    in allocation i % nalloc at (i / nalloc) * 256 KiB, allocations just
    large enough; 1 MiB for 2 allocations of 8 buffers), na aux
-   buffers of 64-byte rows in slots of 16 + 64 * na bytes, 8 slots. A
+   buffers of 64-byte rows. A
    prefill endpoint when nb == 0. Returns its length. */
 static size_t build(uint8_t *p, uint32_t nalloc, uint32_t nb, uint32_t na) {
     uint32_t i, per = nalloc ? (nb + nalloc - 1) / nalloc : 0;
     uint8_t *t;
-    memset(p, 0, 184);
+    memset(p, 0, 160);
     memcpy(p, "kvx-cuda", 8);
-    w16(p + 8, 1);
+    w16(p + 8, 2);
     w16(p + 10, nb ? 2 : 1);
     w32(p + 12, 4242);
     memcpy(p + 16, "0b6f3d1c-8a44-4c1e-9c1d-2f8f6c2b9e10", 36);
@@ -35,12 +35,7 @@ static size_t build(uint8_t *p, uint32_t nalloc, uint32_t nb, uint32_t na) {
     w32(p + 144, nalloc);
     w32(p + 148, nb);
     w32(p + 152, na);
-    w32(p + 156, na ? 8 : 0);
-    w32(p + 160, na ? 16 + 64 * na : 0);
-    w32(p + 164, na ? 7 : 0xffffffffu);
-    w64(p + 168, na ? 123456 : 0);
-    w64(p + 176, na ? 8ull * (16 + 64 * na) : 0);
-    t = p + 184;
+    t = p + 160;
     for (i = 0; i < nalloc; i++, t += 88) {
         memset(t, 0xa0 + (int)i, 64); /* the IPC handle: opaque here */
         w64(t + 64, 0x7f0000000000ull + (uint64_t)i * (1u << 30));
@@ -54,10 +49,7 @@ static size_t build(uint8_t *p, uint32_t nalloc, uint32_t nb, uint32_t na) {
         w64(t + 8, (uint64_t)(i / nalloc) * (256u << 10));
         w64(t + 16, 256u << 10);
     }
-    for (i = 0; i < na; i++, t += 16) {
-        w64(t, 64);
-        w64(t + 8, 16 + 64 * i);
-    }
+    for (i = 0; i < na; i++, t += 8) w64(t, 64);
     return (size_t)(t - p);
 }
 
@@ -69,8 +61,8 @@ static kvx_result check(const uint8_t *p, size_t n, char *why) {
 /* What an accepted blob promises: every buffer inside its allocation. */
 static int sound(const uint8_t *p, size_t n) {
     uint32_t nalloc = r32(p + 144), nb = r32(p + 148), i;
-    const uint8_t *a = p + 184, *b = a + (size_t)nalloc * 88;
-    if (184 + (uint64_t)nalloc * 88 + (uint64_t)nb * 24 > n) return 0;
+    const uint8_t *a = p + 160, *b = a + (size_t)nalloc * 88;
+    if (160 + (uint64_t)nalloc * 88 + (uint64_t)nb * 24 > n) return 0;
     for (i = 0; i < nb; i++) {
         uint32_t k = r32(b + 24 * i);
         uint64_t off = r64(b + 24 * i + 8), len = r64(b + 24 * i + 16), alen;
@@ -98,19 +90,19 @@ int main(void) {
     kt_name = "test_cuda_endpoint";
 
     n = build(buf, 2, 8, 2);
-    CHECK(n == 184 + 2 * 88 + 8 * 24 + 2 * 16, "a decode endpoint is %zu bytes", n);
+    CHECK(n == 160 + 2 * 88 + 8 * 24 + 2 * 8, "a decode endpoint is %zu bytes", n);
     CHECK(check(buf, n, why) == KVX_OK, "a decode endpoint is accepted: %s", why);
     n = build(buf, 1, 64, 0);
     CHECK(check(buf, n, why) == KVX_OK, "64 buffers sharing one allocation, no aux: %s", why);
     n = build(buf, 0, 0, 0);
-    CHECK(n == 184 && check(buf, n, why) == KVX_OK, "a prefill endpoint (184 bytes): %s", why);
+    CHECK(n == 160 && check(buf, n, why) == KVX_OK, "a prefill endpoint (160 bytes): %s", why);
     n = build(buf, 581, 581, 16);
     CHECK(n <= 65536 && check(buf, n, why) == KVX_OK,
           "581 buffers in 581 allocations and 16 aux buffers fit a hello (%zu bytes)", n);
 
     REFUSED(buf[3] = 'X', "magic");
     REFUSED(n = 100, "magic");
-    REFUSED(w16(buf + 8, 2), "version 2");
+    REFUSED(w16(buf + 8, 1), "version 1"); /* version 1 had the aux segment */
     REFUSED(w16(buf + 10, 3), "role 3");
     REFUSED(w32(buf + 12, 0), "process id");
     REFUSED(buf[20] = 7, "printable");
@@ -120,19 +112,16 @@ int main(void) {
     REFUSED(n -= 1, "take");
     REFUSED(buf[n++] = 0, "take");
     REFUSED(w16(buf + 10, 1), "prefill endpoint announces GPU memory");
-    REFUSED(w64(buf + 184 + 80, 0), "allocation 0");
-    REFUSED(w64(buf + 184 + 64, 0xffffffffffff0000ull), "allocation 0");
-    REFUSED(w32(buf + 184 + 72, 0x80000000u), "allocation 0");
-    REFUSED(w32(buf + 184 + 2 * 88 + 24 * 3, 2), "buffer 3 names allocation 2 of 2");
-    REFUSED(w64(buf + 184 + 2 * 88 + 24 * 7 + 8, (1u << 20) - 4096), "buffer 7");
-    REFUSED(w64(buf + 184 + 2 * 88 + 24 * 7 + 16, 0), "buffer 7");
-    REFUSED(w64(buf + 184 + 2 * 88 + 24 * 5 + 8, ~0ull), "leaves allocation");
-    REFUSED(w64(buf + 176, 1), "does not add up");
-    REFUSED(w32(buf + 164, 0xffffffffu), "does not add up");
-    REFUSED(w32(buf + 160, 20), "does not add up");
-    REFUSED(w64(buf + 184 + 2 * 88 + 8 * 24 + 16 + 8, 8), "aux buffer 1");
-    REFUSED(w64(buf + 184 + 2 * 88 + 8 * 24 + 16 + 8, 40), "overlap");
-    REFUSED(w64(buf + 184 + 2 * 88 + 8 * 24, 0), "aux buffer 0");
+    REFUSED(w64(buf + 160 + 80, 0), "allocation 0");
+    REFUSED(w64(buf + 160 + 64, 0xffffffffffff0000ull), "allocation 0");
+    REFUSED(w32(buf + 160 + 72, 0x80000000u), "allocation 0");
+    REFUSED(w32(buf + 160 + 2 * 88 + 24 * 3, 2), "buffer 3 names allocation 2 of 2");
+    REFUSED(w64(buf + 160 + 2 * 88 + 24 * 7 + 8, (1u << 20) - 4096), "buffer 7");
+    REFUSED(w64(buf + 160 + 2 * 88 + 24 * 7 + 16, 0), "buffer 7");
+    REFUSED(w64(buf + 160 + 2 * 88 + 24 * 5 + 8, ~0ull), "leaves allocation");
+    REFUSED(w32(buf + 156, 7), "reserved");
+    REFUSED(w64(buf + 160 + 2 * 88 + 8 * 24 + 8, 8u << 20), "aux buffer 1");
+    REFUSED(w64(buf + 160 + 2 * 88 + 8 * 24, 0), "aux buffer 0");
     printf("  e.g.: %s\n", why);
     CHECK(kvx_cuda_endpoint_check(NULL, 0, why, sizeof why) == KVX_ERR_PROTOCOL, "NULL");
 

@@ -1,4 +1,4 @@
-/* test_cuda_trust - failure semantics and the aux segment of the cuda
+/* test_cuda_trust - failure semantics and the aux messages of the cuda
    transport, both engines in one process on the fake driver (issue 10):
    - a sender that fails on its own (page index out of range, more pages
      than declared, aux slot out of range) fails its receiver at once with
@@ -6,9 +6,11 @@
      reason wins;
    - a terminal room sends nothing: receivers (senders) that abort right
      after their Success never fail the other side;
-   - the aux segment the prefill maps through /proc/<pid>/fd/<fd> (numbers
-     from the peer's hello): a process of another user, or a file that is
-     not a kvx aux segment, is refused with a sentence. */
+   - aux messages (kvx_boot transport messages, prefill -> decode): one
+     from a third engine naming another connection's room, or without the
+     magic, is refused and counted and changes nothing (the room then
+     succeeds with its own aux rows, byte for byte); one for the sender's
+     own room with the wrong length fails that room with the reason. */
 #define KVX_IMPLEMENTATION
 #include "../../kvx_cuda.h"
 #include "cuda_test.h"
@@ -20,7 +22,6 @@ int main(void) {
     return kt_skip("built without KVX_WITH_CUDA (no CUDA toolkit headers at build time)");
 }
 #else
-#include <sys/mman.h>
 
 static ct_fake F;
 static double slow = 1;
@@ -72,7 +73,8 @@ static double until_s(kvx_sender *s, double t) {
     return -1;
 }
 
-static void xr_open(cx_side *pf, cx_side *dc, xr *x, uint64_t room, uint32_t n) {
+static void xr_open_at(cx_side *pf, cx_side *dc, xr *x, uint64_t room, uint32_t n,
+                       const char *boot) {
     kvx_room_desc rd;
     memset(x, 0, sizeof *x);
     x->room = room;
@@ -85,8 +87,13 @@ static void xr_open(cx_side *pf, cx_side *dc, xr *x, uint64_t room, uint32_t n) 
     ex_aux_clear(&dc->pool, x->dslot);
     memset(&rd, 0, sizeof rd);
     rd.room = room;
+    rd.bootstrap_addr = boot;
     kvx_receiver_create(dc->e, &rd, &x->r);
     kvx_sender_create(pf->e, &rd, &x->s);
+}
+
+static void xr_open(cx_side *pf, cx_side *dc, xr *x, uint64_t room, uint32_t n) {
+    xr_open_at(pf, dc, x, room, n, NULL);
 }
 
 static void xr_close(cx_side *pf, cx_side *dc, xr *x) {
@@ -219,89 +226,113 @@ static void abort_after_success(cx_side *pf, cx_side *dc, int sender_side) {
     for (i = 0; i < RACE; i++) xr_close(pf, dc, &x[i]);
 }
 
-/* ---- the aux segment named by a peer's hello ------------------------------------- */
+/* ---- aux messages --------------------------------------------------------------- */
 
-static int seg_try(uint32_t pid, int fd, uint64_t size, char *why, size_t wl) {
-    kvx__cux_peer p;
-    struct stat st;
-    char path[64];
-    kvx_result r;
+/* The (one) control connection of a prefill engine, as kvx_boot_peer_send
+   reads it. */
+static kvx_boot_peer conn_of(kvx_engine *e) {
+    kvx_boot *b = kvx_boot_get(e);
+    kvx_boot_peer p;
     memset(&p, 0, sizeof p);
-    snprintf(p.name, sizeof p.name, "127.0.0.1:4242 (host stranger)");
-    p.info.pid = pid;
-    p.info.aux_fd = fd;
-    p.info.aux_size = size;
-    snprintf(path, sizeof path, "/proc/%u/fd/%d", pid, fd);
-    p.info.aux_ino = stat(path, &st) == 0 ? (uint64_t)st.st_ino : 0;
-    why[0] = 0;
-    r = kvx__cux_seg_open(&p, why, wl);
-    if (p.aux_map) munmap(p.aux_map, (size_t)size);
-    return (int)r;
+    pthread_mutex_lock(&b->mu);
+    if (b->nlive == 1) p = b->live[0]->info;
+    pthread_mutex_unlock(&b->mu);
+    return p;
 }
 
-/* --memfd-as <uid>: a process of user uid holding a memfd named like a kvx
-   aux segment; prints "SEG <pid> <fd>" and waits for stdin to close. */
-static int helper_memfd(char **argv) {
-    uid_t uid = (uid_t)atoi(argv[2]);
-    int fd;
-    if (setgid((gid_t)uid) || setuid(uid)) { printf("ERROR setuid: %s\n", strerror(errno)); return 2; }
-    fd = memfd_create("kvx-cuda-aux", 0);
-    if (fd < 0 || ftruncate(fd, 4096)) { printf("ERROR memfd: %s\n", strerror(errno)); return 2; }
-    printf("SEG %d %d\n", (int)getpid(), fd);
-    fflush(stdout);
-    cx_wait_stdin_eof();
-    return 0;
+static uint64_t refused(cx_side *dc) {
+    kvx_cuda_transport_stats st;
+    kvx_cuda_transport_stats_get(dc->e, &st);
+    return st.aux_refused;
 }
 
-static void aux_segment(void) {
-    char why[KVX_ERROR_MAX], line[256];
-    int fd, r, pid = 0, sfd = -1;
-    char tmpl[] = "/tmp/kvx_test_seg_XXXXXX";
-    /* a memfd of this process, named as kvx names its segments: accepted */
-    fd = memfd_create("kvx-cuda-aux", 0);
-    r = fd >= 0 && ftruncate(fd, 4096) == 0 ? seg_try((uint32_t)getpid(), fd, 4096, why, sizeof why) : -1;
-    CHECK(r == KVX_OK, "a kvx aux segment of this user's process maps: %s", why);
-    if (fd >= 0) close(fd);
-    /* another memfd */
-    fd = memfd_create("something-else", 0);
-    r = fd >= 0 && ftruncate(fd, 4096) == 0 ? seg_try((uint32_t)getpid(), fd, 4096, why, sizeof why) : -1;
-    CHECK(r == KVX_ERR_PERMISSION && strstr(why, "not a kvx aux segment") && strstr(why, "stranger"),
-          "a memfd that is not a kvx aux segment is refused: %s", why);
-    if (fd >= 0) close(fd);
-    /* a regular file of this user */
-    fd = mkstemp(tmpl);
-    r = fd >= 0 && ftruncate(fd, 4096) == 0 ? seg_try((uint32_t)getpid(), fd, 4096, why, sizeof why) : -1;
-    CHECK(r == KVX_ERR_PERMISSION && strstr(why, "not a kvx aux segment"),
-          "a regular file is refused: %s", why);
-    if (fd >= 0) { close(fd); unlink(tmpl); }
-    /* a process of another user (needs root to make one) */
-    if (geteuid() != 0) {
-        printf("     (not root: the other-user case is not run)\n");
-        return;
+static int wait_refused(cx_side *dc, uint64_t want) {
+    double end = cx_now() + 30 * slow;
+    while (refused(dc) < want && cx_now() < end) cx_sleep(0.001);
+    return refused(dc) == want;
+}
+
+/* An aux message (AUX MESSAGE in kvx_cuda.h) of rl row bytes, all 0xEE. */
+static kvx_result send_aux(cx_side *from, uint64_t room, uint32_t rl, const char *magic) {
+    static uint8_t m[24 + 256];
+    kvx_boot_peer p = conn_of(from->e);
+    char why[KVX_ERROR_MAX];
+    memset(m, 0xee, sizeof m);
+    memcpy(m, magic, 8);
+    kvx__le_w16(m + 8, 1);
+    kvx__le_w16(m + 10, 0);
+    kvx__le_w32(m + 12, rl);
+    kvx__le_w64(m + 16, room);
+    return kvx_boot_peer_send(kvx_boot_get(from->e), &p, m, 24 + rl, why, sizeof why);
+}
+
+/* Decode: whether room's destination was acknowledged here (its aux
+   messages are taken from then on). */
+static int acked(cx_side *dc, uint64_t room) {
+    double end = cx_now() + 30 * slow;
+    int ok = 0;
+    while (!ok && cx_now() < end) {
+        kvx_room *r = kvx_engine_find_room(dc->e, room);
+        ok = r && KVX__LOAD(&kvx__cux_cr(r)->from) != 0;
+        kvx_room_unref(r);
+        if (!ok) cx_sleep(0.001);
     }
-    {
-        cx_proc h;
-        const char *args[] = {"--memfd-as", "65534", NULL};
-        if (cx_spawn(&h, args, NULL) == 0 && cx_expect(&h, "SEG", line, sizeof line, 20) &&
-            sscanf(line, "SEG %d %d", &pid, &sfd) == 2) {
-            r = seg_try((uint32_t)pid, sfd, 4096, why, sizeof why);
-            CHECK(r == KVX_ERR_PERMISSION && strstr(why, "belongs to user 65534") &&
-                      strstr(why, "stranger"),
-                  "a segment in a process of another user is refused (even for root): %s", why);
-        } else {
-            CHECK(0, "a helper process as user 65534: %s", line);
-        }
-        cx_reap(&h, 10);
+    return ok;
+}
+
+static void aux_messages(cx_side *pf, cx_side *pf2, cx_side *dc) {
+    char addr2[64];
+    uint64_t base = refused(dc);
+    xr a, c, b;
+    uint32_t rl = (uint32_t)kvx_layout_aux_row_bytes(&dc->pool.layout);
+    snprintf(addr2, sizeof addr2, "127.0.0.1:%d", kvx_boot_engine_port(pf2->e));
+    xr_open(pf, dc, &a, 5001, 3);
+    xr_open_at(pf2, dc, &c, 5002, 2, addr2);
+    if (!xr_ready(&a) || !xr_ready(&c) || !acked(dc, 5001) || !acked(dc, 5002)) {
+        CHECK(0, "aux messages: rooms ready (%s / %s)", kvx_receiver_error(a.r),
+              kvx_receiver_error(c.r));
+        goto out;
     }
+    /* a third engine (another prefill of this decode) names room 5001 */
+    CHECK(send_aux(pf2, 5001, rl, "kvx-caux") == KVX_OK, "the forged aux message is sent");
+    CHECK(wait_refused(dc, base + 1) && kvx_receiver_poll(a.r) == KVX_POLL_TRANSFERRING,
+          "an aux message for room 5001 from another prefill's connection is refused (%llu) and "
+          "the room goes on", (unsigned long long)(refused(dc) - base));
+    CHECK(send_aux(pf2, 5002, rl, "kvx-cuda") == KVX_OK && wait_refused(dc, base + 2) &&
+              kvx_receiver_poll(c.r) == KVX_POLL_TRANSFERRING,
+          "one without the aux magic is refused and changes nothing");
+    /* the genuine rows still arrive, byte for byte */
+    kvx_sender_init(a.s, a.n, a.sslot);
+    kvx_sender_send(a.s, a.sp, a.n);
+    CHECK(wait_r(a.r, KVX_POLL_SUCCESS, 30) && wait_s(a.s, KVX_POLL_SUCCESS, 30) &&
+              ex_aux_check(&dc->pool, 5001, a.dslot),
+          "room 5001 succeeds with its own aux rows, byte for byte: %s", kvx_receiver_error(a.r));
+    /* its own prefill, with the wrong length: the room fails with the reason */
+    xr_open(pf, dc, &b, 5003, 2);
+    if (xr_ready(&b) && acked(dc, 5003)) {
+        CHECK(send_aux(pf, 5003, rl - 1, "kvx-caux") == KVX_OK && until_r(b.r, 30) >= 0 &&
+                  kvx_receiver_poll(b.r) == KVX_POLL_FAILED &&
+                  strstr(kvx_receiver_error(b.r), "aux message") &&
+                  strstr(kvx_receiver_error(b.r), "length"),
+              "a short aux message for its own room fails that room: %s", kvx_receiver_error(b.r));
+        CHECK(until_s(b.s, 30) >= 0 && kvx_sender_poll(b.s) == KVX_POLL_FAILED,
+              "and its sender: %s", kvx_sender_error(b.s));
+    } else {
+        CHECK(0, "room 5003 ready");
+    }
+    xr_close(pf, dc, &b);
+out:
+    xr_close(pf, dc, &a);
+    xr_close(pf2, dc, &c);
 }
 
 int main(int argc, char **argv) {
     char why[512], addr[64];
-    cx_side pf, dc;
+    cx_side pf, dc, pf2;
     kt_name = "test_cuda_trust";
+    (void)argc;
     setenv("FAKECUDA_DEVICES", "1", 0);
     cx_find_self(argv[0]);
-    if (argc > 2 && !strcmp(argv[1], "--memfd-as")) return helper_memfd(argv);
     if (ct_fake_open(&F, argv[0], why, sizeof why) != 0) return kt_skip(why);
     signal(SIGPIPE, SIG_IGN);
     if (kt_quick()) slow = 3;
@@ -321,9 +352,14 @@ int main(int argc, char **argv) {
     aborts(&pf, &dc);
     abort_after_success(&pf, &dc, 0);
     abort_after_success(&pf, &dc, 1);
+    if (cx_side_init(&pf2, KVX_ROLE_PREFILL, "tiny", 5, 40, 16, 128, 0, NULL, why, sizeof why)) {
+        CHECK(0, "a second prefill engine: %s", why);
+    } else {
+        aux_messages(&pf, &pf2, &dc);
+        cx_side_free(&pf2);
+    }
     cx_side_free(&dc);
     cx_side_free(&pf);
-    aux_segment();
     return kt_done();
 }
 #endif
