@@ -1103,34 +1103,35 @@ static void kvx__rdma_port_note(kvx__rdma_engine *re, const kvx__rdma_dev *d, ch
 
 /* >>rdma: settings ------------------------------------------------------------ */
 
+/* Rows over the whole engine desc, so a sentence names desc.rdma.<field>. */
 static const kvx__setting kvx__rdma_table[] = {
-    KVX__SET_STR("KVX_IBVERBS_LIBRARY", kvx_rdma_desc, library),
-    KVX__SET_STR("KVX_IB_DEVICE", kvx_rdma_desc, devices),
-    KVX__SET_INT0("KVX_IB_GID_INDEX", kvx_rdma_desc, gid_index, -1, 0, 65535),
-    KVX__SET_INT("KVX_IB_QPS", kvx_rdma_desc, qps, 2, 1, KVX_RDMA_MAX_QPS),
-    KVX__SET_INT("KVX_IB_MAX_MSG", kvx_rdma_desc, max_msg, 1 << 20, 4096, 1 << 30),
-    KVX__SET_INT("KVX_IB_SIGNAL_EVERY", kvx_rdma_desc, signal_every, 16, 1, 4096),
-    KVX__SET_INT("KVX_IB_SEND_DEPTH", kvx_rdma_desc, send_depth, 1024, 16, 1 << 20),
-    KVX__SET_INT("KVX_IB_RECV_DEPTH", kvx_rdma_desc, recv_depth, 512, 16, 1 << 20),
-    KVX__SET_INT0("KVX_IB_TIMEOUT", kvx_rdma_desc, timeout, 14, 0, 31),
-    KVX__SET_INT0("KVX_IB_RETRY_CNT", kvx_rdma_desc, retry_cnt, 7, 0, 7),
-    KVX__SET_INT0("KVX_IB_RNR_RETRY", kvx_rdma_desc, rnr_retry, 7, 0, 7),
-    KVX__SET_INT("KVX_IB_SL", kvx_rdma_desc, sl, 0, 0, 15),
-    KVX__SET_INT("KVX_IB_TRAFFIC_CLASS", kvx_rdma_desc, traffic_class, 0, 0, 255),
-    KVX__SET_INT0("KVX_IB_RELAXED_ORDERING", kvx_rdma_desc, relaxed_ordering, 1, 0, 1),
-    KVX__SET_DBL("KVX_IB_CONNECT_TIMEOUT", kvx_rdma_desc, connect_timeout_s, 10, 0.001,
-                 KVX_MAX_TIMEOUT_S),
-    KVX__SET_DBL("KVX_IB_FENCE_TIMEOUT", kvx_rdma_desc, fence_timeout_s, 2, 0.001,
-                 KVX_MAX_TIMEOUT_S),
+    KVX__SET_STR("KVX_IBVERBS_LIBRARY", kvx_engine_desc, rdma.library),
+    KVX__SET_STR("KVX_IB_DEVICE", kvx_engine_desc, rdma.devices),
+    KVX__SET_INT0("KVX_IB_GID_INDEX", kvx_engine_desc, rdma.gid_index, -1, 0, 65535),
+    KVX__SET_INT("KVX_IB_QPS", kvx_engine_desc, rdma.qps, 2, 1, KVX_RDMA_MAX_QPS),
+    KVX__SET_INT("KVX_IB_MAX_MSG", kvx_engine_desc, rdma.max_msg, 1 << 20, 4096, 1 << 30),
+    KVX__SET_INT("KVX_IB_SIGNAL_EVERY", kvx_engine_desc, rdma.signal_every, 16, 1, 4096),
+    KVX__SET_INT("KVX_IB_SEND_DEPTH", kvx_engine_desc, rdma.send_depth, 1024, 16, 1 << 20),
+    KVX__SET_INT("KVX_IB_RECV_DEPTH", kvx_engine_desc, rdma.recv_depth, 512, 16, 1 << 20),
+    KVX__SET_INT0("KVX_IB_TIMEOUT", kvx_engine_desc, rdma.timeout, 14, 0, 31),
+    KVX__SET_INT0("KVX_IB_RETRY_CNT", kvx_engine_desc, rdma.retry_cnt, 7, 0, 7),
+    KVX__SET_INT0("KVX_IB_RNR_RETRY", kvx_engine_desc, rdma.rnr_retry, 7, 0, 7),
+    KVX__SET_INT("KVX_IB_SL", kvx_engine_desc, rdma.sl, 0, 0, 15),
+    KVX__SET_INT("KVX_IB_TRAFFIC_CLASS", kvx_engine_desc, rdma.traffic_class, 0, 0, 255),
+    KVX__SET_INT0("KVX_IB_RELAXED_ORDERING", kvx_engine_desc, rdma.relaxed_ordering, 1, 0, 1),
+    KVX__SET_DBL("KVX_IB_CONNECT_TIMEOUT", kvx_engine_desc, rdma.connect_timeout_s, 10,
+                 0.001, KVX_MAX_TIMEOUT_S),
+    KVX__SET_DBL("KVX_IB_FENCE_TIMEOUT", kvx_engine_desc, rdma.fence_timeout_s, 2,
+                 0.001, KVX_MAX_TIMEOUT_S),
 };
 
 /* desc.rdma resolved by kvx__rdma_table into re->cfg. */
 static kvx_result kvx__rdma_settings(kvx__rdma_engine *re, char *why, size_t wl) {
     kvx_rdma_desc *c = &re->cfg;
-    kvx_result r;
-    *c = kvx_engine_settings(re->e)->rdma;
-    r = kvx__settings_apply(kvx__rdma_table, KVX__COUNT(kvx__rdma_table), c, why, wl);
+    kvx_engine_desc d = *kvx_engine_settings(re->e);
+    kvx_result r = kvx__settings_apply(kvx__rdma_table, KVX__COUNT(kvx__rdma_table), &d, why, wl);
     if (r != KVX_OK) return r;
+    *c = d.rdma;
     if (!c->library) c->library = "libibverbs.so.1";
     if (c->send_depth < 2 * c->signal_every) c->send_depth = 2 * c->signal_every;
     return KVX_OK;
