@@ -1416,9 +1416,10 @@ static kvx_result kvx__rdma_reg(kvx__rdma_engine *re, kvx__rdma_dev *d, kvx__rdm
     uint64_t rb = d->region_bytes, off;
     uint32_t k;
     const kvx_mem_ops *mo = &kvx_engine_settings(re->e)->mem;
-    m->n = (uint32_t)(len / rb + (len % rb ? 1 : 0));
-    m->mr = (struct ibv_mr **)kvx__rdma_zalloc(re, m->n, sizeof *m->mr);
-    if (!m->mr) return KVX_ERR_NO_MEMORY;
+    uint32_t nr = (uint32_t)(len / rb + (len % rb ? 1 : 0));
+    if (!(m->mr = (struct ibv_mr **)kvx__rdma_zalloc(re, nr, sizeof *m->mr)))
+        return KVX_ERR_NO_MEMORY;
+    m->n = nr; /* dev_close walks n regions */
     if (mem == KVX_MEM_CUDA) {
         if (!mo->dmabuf_fd) {
             kvx__set_why(why, wl, "%s %u is GPU memory (device %d): GPU memory registration needs "
@@ -1800,11 +1801,11 @@ static kvx_result kvx__rdma_pair_tables(kvx__rdma_pair *p, const kvx_rdma_cm_msg
                                         const kvx_layout *ours, char *why, size_t wl) {
     kvx__rdma_engine *re = p->re;
     uint32_t d, i, k;
-    p->nrdev = m->ndev;
     p->rdev = (kvx__rdma_rdev *)kvx__rdma_zalloc(re, m->ndev, sizeof *p->rdev);
     p->peer_bufs = (kvx_buffer *)kvx__rdma_zalloc(re, m->nbuf, sizeof *p->peer_bufs);
     p->peer_aux = (kvx_aux_buffer *)kvx__rdma_zalloc(re, m->naux, sizeof *p->peer_aux);
     if (!p->rdev || !p->peer_bufs || !p->peer_aux) return KVX_ERR_NO_MEMORY;
+    p->nrdev = m->ndev; /* pair_destroy walks nrdev entries */
     p->peer_layout = *ours;
     p->peer_layout.buffers = p->peer_bufs;
     p->peer_layout.aux = p->peer_aux;
@@ -1826,7 +1827,7 @@ static kvx_result kvx__rdma_pair_tables(kvx__rdma_pair *p, const kvx_rdma_cm_msg
                              (unsigned long long)rb->length, (unsigned long long)item);
                 return KVX_ERR_LAYOUT_MISMATCH;
             }
-            rb->rkeys = (uint32_t *)kvx_engine_alloc(re->e, rb->n * sizeof *rb->rkeys);
+            rb->rkeys = (uint32_t *)kvx__rdma_zalloc(re, rb->n, sizeof *rb->rkeys);
             if (!rb->rkeys) return KVX_ERR_NO_MEMORY;
             for (k = 0; k < rb->n; k++) rb->rkeys[k] = kvx_rdma_cm_rkey(keys, k);
             if (d == 0) {
