@@ -44,9 +44,9 @@
      KVX_IB_DEVICE         desc.rdma.devices: comma-separated device names,
                            each optionally "name:port" (every ACTIVE port of
                            every device)
-     KVX_IB_GID_INDEX      desc.rdma.gid_index: GID table index, 0..65535,
-                           KVX_ZERO (auto: on RoCE the first RoCE v2 GID that
-                           is neither zero nor link-local, IPv4-mapped ones
+     KVX_IB_GID_INDEX      desc.rdma.gid_index, 0..65535, KVX_ZERO: GID table
+                           index (auto: on RoCE the first RoCE v2 GID that is
+                           neither zero nor link-local, IPv4-mapped ones
                            first; on InfiniBand LID routing; the variable -1
                            also means auto)
      KVX_IB_QPS            desc.rdma.qps: RC queue pairs per peer engine pair,
@@ -401,7 +401,8 @@ static const char kvx__rdma_magic[8] = {'k', 'v', 'x', '-', 'r', 'd', 'm', 'a'};
 #define KVX__RDMA_MAX_REASON 1024u
 
 
-/* Appends to a kvx_buf (binary). */
+/* Appends to a kvx_buf (binary). Not the desc allocator: a kvx_buf is the
+   core's, grown and freed (kvx_buf_free) with libc realloc/free. */
 static KVX__UNUSED void kvx__rdma_put(kvx_buf *b, const void *p, size_t n) {
     if (b->oom) return;
     if (b->len + n > b->cap) {
