@@ -32,47 +32,57 @@
      KVX_RDMA_MAX_QPS         queue pairs per peer (64)
      (an exchange message is at most kvx_boot.h's KVX_BOOT_MAX_MESSAGE, 8 MiB)
 
-   SETTINGS (desc.rdma, zero = default) AND ENVIRONMENT (overrides the desc;
-   read once at engine creation)
+   SETTINGS AND ENVIRONMENT (read once at engine creation)
+     Each variable has a desc.rdma field, a row of kvx__rdma_table resolved
+     by kvx.h's settings rule: the variable overrides the field; 0 = the
+     default, except where 0 is a value (marked "KVX_ZERO"): there the field
+     asks for 0 with KVX_ZERO (-1) and the variable with 0; a value outside
+     its range fails engine creation with KVX_ERR_BAD_CONFIG naming the
+     variable and the field.
      KVX_IBVERBS_LIBRARY   desc.rdma.library: the verbs library to dlopen
                            ("libibverbs.so.1"; the tests point it at softverbs)
      KVX_IB_DEVICE         desc.rdma.devices: comma-separated device names,
                            each optionally "name:port" (every ACTIVE port of
                            every device)
-     KVX_IB_GID_INDEX      desc.rdma.gid_index: GID table index (auto: on
-                           RoCE the first RoCE v2 GID that is neither zero nor
-                           link-local, IPv4-mapped ones first; on InfiniBand
-                           LID routing). In the environment 0 means index 0;
-                           in the desc 0 and -1 mean auto.
-     KVX_IB_QPS            desc.rdma.qps: RC queue pairs per peer engine pair;
-                           the larger of both sides' values is used (2, and at
-                           least one per port)
-     KVX_IB_MAX_MSG        bytes of one RDMA WRITE; runs of pages are split
-                           at multiples of it (1048576)
-     KVX_IB_SIGNAL_EVERY   every Nth WRITE on a queue pair is signaled, and
-                           always the last of a room on that queue pair (16)
-     KVX_IB_SEND_DEPTH     WRITEs outstanding per queue pair (1024, at most the
-                           device's max_qp_wr); more wait in a software queue
-     KVX_IB_RECV_DEPTH     receives posted per decode queue pair for the
-                           immediate-data completions (512)
-     KVX_IB_TIMEOUT        local ACK timeout exponent, 4.096 us * 2^N (14)
-     KVX_IB_RETRY_CNT      transport retries (7)
-     KVX_IB_RNR_RETRY      receiver-not-ready retries (7 = infinite)
-     KVX_IB_SL             service level (0)
-     KVX_IB_TRAFFIC_CLASS  GRH traffic class, e.g. 106 for DSCP 26 (0)
-     KVX_IB_RELAXED_ORDERING  1: register with IBV_ACCESS_RELAXED_ORDERING
-                           through ibv_reg_mr_iova2 when libibverbs has it (1)
-     KVX_IB_CONNECT_TIMEOUT seconds for the queue-pair exchange with a peer
-                           (each side waits this long for the other's next
-                           message) and for a prefill room to wait for it (10)
-     KVX_IB_FENCE_TIMEOUT  seconds kvx_receiver_destroy of an unfinished room
-                           waits for the prefill to confirm it stopped writing (2)
-     Ranges (a value outside one fails engine creation with KVX_ERR_BAD_CONFIG
-     naming the variable): GID_INDEX -1..65535, QPS 1..KVX_RDMA_MAX_QPS,
-     MAX_MSG 4096..1 GiB, SIGNAL_EVERY 1..4096, SEND_DEPTH and RECV_DEPTH
-     16..1048576 (SEND_DEPTH is raised to 2 x SIGNAL_EVERY), TIMEOUT 0..31,
-     RETRY_CNT and RNR_RETRY 0..7, SL 0..15, TRAFFIC_CLASS 0..255,
-     RELAXED_ORDERING 0..1; CONNECT_TIMEOUT 0 or less = 10.
+     KVX_IB_GID_INDEX      desc.rdma.gid_index, 0..65535, KVX_ZERO: GID table
+                           index (auto: on RoCE the first RoCE v2 GID that is
+                           neither zero nor link-local, IPv4-mapped ones
+                           first; on InfiniBand LID routing; the variable -1
+                           also means auto)
+     KVX_IB_QPS            desc.rdma.qps: RC queue pairs per peer engine pair,
+                           1..KVX_RDMA_MAX_QPS; the larger of both sides'
+                           values is used (2, and at least one per port)
+     KVX_IB_MAX_MSG        desc.rdma.max_msg: bytes of one RDMA WRITE, 4096..
+                           1 GiB; runs of pages are split at multiples of it
+                           (1048576)
+     KVX_IB_SIGNAL_EVERY   desc.rdma.signal_every, 1..4096: every Nth WRITE on
+                           a queue pair is signaled, and always the last of a
+                           room on that queue pair (16)
+     KVX_IB_SEND_DEPTH     desc.rdma.send_depth, 16..1048576: WRITEs
+                           outstanding per queue pair (1024, raised to 2 x
+                           SIGNAL_EVERY, at most the device's max_qp_wr); more
+                           wait in a software queue
+     KVX_IB_RECV_DEPTH     desc.rdma.recv_depth, 16..1048576: receives posted
+                           per decode queue pair for the immediates (512)
+     KVX_IB_TIMEOUT        desc.rdma.timeout, 0..31, KVX_ZERO: local ACK
+                           timeout exponent, 4.096 us * 2^N (14; 0 = none)
+     KVX_IB_RETRY_CNT      desc.rdma.retry_cnt, 0..7, KVX_ZERO: transport
+                           retries (7)
+     KVX_IB_RNR_RETRY      desc.rdma.rnr_retry, 0..7, KVX_ZERO: receiver-not-
+                           ready retries (7 = infinite)
+     KVX_IB_SL             desc.rdma.sl, 0..15: service level (0)
+     KVX_IB_TRAFFIC_CLASS  desc.rdma.traffic_class, 0..255: GRH traffic class,
+                           e.g. 106 for DSCP 26 (0)
+     KVX_IB_RELAXED_ORDERING  desc.rdma.relaxed_ordering, 0..1, KVX_ZERO: 1
+                           registers with IBV_ACCESS_RELAXED_ORDERING through
+                           ibv_reg_mr_iova2 when libibverbs has it (1)
+     KVX_IB_CONNECT_TIMEOUT desc.rdma.connect_timeout_s, 0.001..1e6: seconds
+                           for the queue-pair exchange with a peer (each side
+                           waits this long for the other's next message) and
+                           for a prefill room to wait for it (10)
+     KVX_IB_FENCE_TIMEOUT  desc.rdma.fence_timeout_s, 0.001..1e6: seconds
+                           kvx_receiver_destroy of an unfinished room waits
+                           for the prefill to confirm it stopped writing (2)
      KVX_AUTH_KEY / KVX_AUTH_KEY_FILE (kvx.h, desc.auth_key): kvx_boot's
                            control connections prove the key both ways, and
                            the exchange travels only on them (below)
@@ -391,7 +401,8 @@ static const char kvx__rdma_magic[8] = {'k', 'v', 'x', '-', 'r', 'd', 'm', 'a'};
 #define KVX__RDMA_MAX_REASON 1024u
 
 
-/* Appends to a kvx__buf (binary). */
+/* Appends to a kvx__buf (binary). Not the desc allocator: a kvx__buf is the
+   core's, grown and freed (kvx__buf_free) with libc realloc/free. */
 static KVX__UNUSED void kvx__rdma_put(kvx__buf *b, const void *p, size_t n) {
     if (b->oom) return;
     if (b->len + n > b->cap) {
@@ -845,14 +856,6 @@ static int kvx__rdma_query_port(const kvx__rdma_verbs *v, struct ibv_context *c,
 
 /* >>rdma: settings and state ----------------------------------------------- */
 
-typedef struct kvx__rdma_cfg {
-    const char *library, *devices;
-    int gid_index; /* -1 auto */
-    int qps, signal_every, send_depth, recv_depth, timeout, retry_cnt, rnr_retry, sl, tclass;
-    int relaxed;
-    uint64_t max_msg;
-    double connect_timeout_s, fence_timeout_s;
-} kvx__rdma_cfg;
 
 /* One registered buffer on one port: regions of region_bytes each. */
 typedef struct kvx__rdma_mr {
@@ -897,7 +900,7 @@ typedef struct kvx__rdma_work {
     size_t s, es;      /* cursor span / end span */
     uint64_t off, eoff; /* offset in span s / end offset in span es */
     int final;         /* the last WRITE is WITH IMMEDIATE and signaled */
-    int owned;         /* malloc'ed (fences, aux); else inside the job */
+    int owned;         /* allocated alone (fences, aux); else inside the job */
 } kvx__rdma_work;
 
 struct kvx__rdma_job {
@@ -1028,16 +1031,15 @@ typedef struct kvx__rdma_room {
     int32_t *def_pages;
     uint32_t def_n;
     int32_t def_aux;
-    struct kvx__rdma_room *hnext, *dnext;
+    kvx__hnode hn;             /* re->rx, key = tag */
+    struct kvx__rdma_room *dnext;
 } kvx__rdma_room;
-
-#define KVX__RDMA_BUCKETS 4096
 
 typedef struct kvx__rdma_engine {
     kvx_engine *e;
     kvx_boot *boot;
     kvx_role role;
-    kvx__rdma_cfg cfg;
+    kvx_rdma_desc cfg;         /* desc.rdma, resolved by kvx__rdma_table */
     kvx__rdma_verbs v;
     kvx__rdma_dev dev[KVX_RDMA_MAX_DEVS];
     int ndev;
@@ -1056,9 +1058,9 @@ typedef struct kvx__rdma_engine {
     kvx__rdma_peer *peers;
     kvx__rdma_room *parked;
     int stopping;
-    pthread_mutex_t rx_mu;     /* decode: tag table */
+    pthread_mutex_t rx_mu;     /* decode: the tag table rx */
     pthread_cond_t rx_cv;
-    kvx__rdma_room *buckets[KVX__RDMA_BUCKETS];
+    kvx__htab rx;
     kvx__rdma_room *deferred;
     kvx_rdma_stats st;         /* atomics */
     kvx__rdma_pair *acc;       /* prefill, under mu: ACCEPT sent, READY awaited */
@@ -1076,13 +1078,6 @@ static kvx__rdma_room *kvx__rdma_rr(const kvx_room *r) { return (kvx__rdma_room 
 /* The room id folded to the 32-bit immediate. */
 static uint32_t kvx__rdma_tag(uint64_t room) { return (uint32_t)(room ^ (room >> 32)); }
 
-static void kvx__rdma_abs(struct timespec *ts, double s) {
-    clock_gettime(CLOCK_REALTIME, ts);
-    ts->tv_sec += (time_t)s;
-    ts->tv_nsec += (long)((s - (double)(time_t)s) * 1e9);
-    if (ts->tv_nsec >= 1000000000L) { ts->tv_sec++; ts->tv_nsec -= 1000000000L; }
-}
-
 static uint64_t kvx__rdma_random64(void) {
     uint64_t x = 0;
     if (kvx__random_bytes(&x, sizeof x) != KVX_OK) x = 0;
@@ -1091,12 +1086,6 @@ static uint64_t kvx__rdma_random64(void) {
     x *= 0xBF58476D1CE4E5B9ull;
     x ^= x >> 29;
     return x ? x : 1;
-}
-
-static void kvx__rdma_wake(kvx__rdma_engine *re) {
-    char c = 1;
-    ssize_t w = write(re->wake_wr, &c, 1);
-    (void)w;
 }
 
 /* "; mlx5_0 port 1 is DOWN" when a completion error has that cause. */
@@ -1115,58 +1104,60 @@ static void kvx__rdma_port_note(kvx__rdma_engine *re, const kvx__rdma_dev *d, ch
 
 /* >>rdma: settings ------------------------------------------------------------ */
 
-static kvx_result kvx__rdma_env_int(const char *name, int *v, int lo, int hi, char *why, size_t wl) {
-    int x = *v;
-    kvx_result r = kvx__env_int(name, &x, why, wl);
+/* Rows over the whole engine desc, so a sentence names desc.rdma.<field>. */
+static const kvx__setting kvx__rdma_table[] = {
+    KVX__SET_STR("KVX_IBVERBS_LIBRARY", kvx_engine_desc, rdma.library),
+    KVX__SET_STR("KVX_IB_DEVICE", kvx_engine_desc, rdma.devices),
+    KVX__SET_INT0("KVX_IB_GID_INDEX", kvx_engine_desc, rdma.gid_index, -1, 0, 65535),
+    KVX__SET_INT("KVX_IB_QPS", kvx_engine_desc, rdma.qps, 2, 1, KVX_RDMA_MAX_QPS),
+    KVX__SET_INT("KVX_IB_MAX_MSG", kvx_engine_desc, rdma.max_msg, 1 << 20, 4096, 1 << 30),
+    KVX__SET_INT("KVX_IB_SIGNAL_EVERY", kvx_engine_desc, rdma.signal_every, 16, 1, 4096),
+    KVX__SET_INT("KVX_IB_SEND_DEPTH", kvx_engine_desc, rdma.send_depth, 1024, 16, 1 << 20),
+    KVX__SET_INT("KVX_IB_RECV_DEPTH", kvx_engine_desc, rdma.recv_depth, 512, 16, 1 << 20),
+    KVX__SET_INT0("KVX_IB_TIMEOUT", kvx_engine_desc, rdma.timeout, 14, 0, 31),
+    KVX__SET_INT0("KVX_IB_RETRY_CNT", kvx_engine_desc, rdma.retry_cnt, 7, 0, 7),
+    KVX__SET_INT0("KVX_IB_RNR_RETRY", kvx_engine_desc, rdma.rnr_retry, 7, 0, 7),
+    KVX__SET_INT("KVX_IB_SL", kvx_engine_desc, rdma.sl, 0, 0, 15),
+    KVX__SET_INT("KVX_IB_TRAFFIC_CLASS", kvx_engine_desc, rdma.traffic_class, 0, 0, 255),
+    KVX__SET_INT0("KVX_IB_RELAXED_ORDERING", kvx_engine_desc, rdma.relaxed_ordering, 1, 0, 1),
+    KVX__SET_DBL("KVX_IB_CONNECT_TIMEOUT", kvx_engine_desc, rdma.connect_timeout_s, 10,
+                 0.001, KVX_MAX_TIMEOUT_S),
+    KVX__SET_DBL("KVX_IB_FENCE_TIMEOUT", kvx_engine_desc, rdma.fence_timeout_s, 2,
+                 0.001, KVX_MAX_TIMEOUT_S),
+};
+
+/* desc.rdma resolved by kvx__rdma_table into re->cfg. */
+static kvx_result kvx__rdma_settings(kvx__rdma_engine *re, char *why, size_t wl) {
+    kvx_rdma_desc *c = &re->cfg;
+    kvx_engine_desc d = *kvx_engine_settings(re->e);
+    kvx_result r = kvx__settings_apply(kvx__rdma_table, KVX__COUNT(kvx__rdma_table), &d, why, wl);
     if (r != KVX_OK) return r;
-    if (x < lo || x > hi) {
-        kvx__set_why(why, wl, "%s=%d is outside [%d, %d]", name, x, lo, hi);
-        return KVX_ERR_BAD_CONFIG;
-    }
-    *v = x;
+    *c = d.rdma;
+    if (!c->library) c->library = "libibverbs.so.1";
+    if (c->send_depth < 2 * c->signal_every) c->send_depth = 2 * c->signal_every;
     return KVX_OK;
 }
 
-static kvx_result kvx__rdma_settings(kvx__rdma_engine *re, char *why, size_t wl) {
-    const kvx_engine_desc *d = kvx_engine_settings(re->e);
-    kvx__rdma_cfg *c = &re->cfg;
-    int gid = d->rdma.gid_index > 0 ? d->rdma.gid_index : -1, max_msg = 1 << 20;
-    const char *gs = getenv("KVX_IB_GID_INDEX");
-    kvx_result r;
-    c->library = d->rdma.library ? d->rdma.library : "libibverbs.so.1";
-    c->devices = d->rdma.devices;
-    kvx__env_str("KVX_IBVERBS_LIBRARY", &c->library);
-    kvx__env_str("KVX_IB_DEVICE", &c->devices);
-    c->qps = d->rdma.qps > 0 ? d->rdma.qps : 2;
-    c->signal_every = 16;
-    c->send_depth = 1024;
-    c->recv_depth = 512;
-    c->timeout = 14;
-    c->retry_cnt = 7;
-    c->rnr_retry = 7;
-    c->relaxed = 1;
-    c->connect_timeout_s = 10;
-    c->fence_timeout_s = 2;
-    if (gs && *gs && (r = kvx__rdma_env_int("KVX_IB_GID_INDEX", &gid, -1, 65535, why, wl))) return r;
-    if ((r = kvx__rdma_env_int("KVX_IB_QPS", &c->qps, 1, KVX_RDMA_MAX_QPS, why, wl)) ||
-        (r = kvx__rdma_env_int("KVX_IB_MAX_MSG", &max_msg, 4096, 1 << 30, why, wl)) ||
-        (r = kvx__rdma_env_int("KVX_IB_SIGNAL_EVERY", &c->signal_every, 1, 4096, why, wl)) ||
-        (r = kvx__rdma_env_int("KVX_IB_SEND_DEPTH", &c->send_depth, 16, 1 << 20, why, wl)) ||
-        (r = kvx__rdma_env_int("KVX_IB_RECV_DEPTH", &c->recv_depth, 16, 1 << 20, why, wl)) ||
-        (r = kvx__rdma_env_int("KVX_IB_TIMEOUT", &c->timeout, 0, 31, why, wl)) ||
-        (r = kvx__rdma_env_int("KVX_IB_RETRY_CNT", &c->retry_cnt, 0, 7, why, wl)) ||
-        (r = kvx__rdma_env_int("KVX_IB_RNR_RETRY", &c->rnr_retry, 0, 7, why, wl)) ||
-        (r = kvx__rdma_env_int("KVX_IB_SL", &c->sl, 0, 15, why, wl)) ||
-        (r = kvx__rdma_env_int("KVX_IB_TRAFFIC_CLASS", &c->tclass, 0, 255, why, wl)) ||
-        (r = kvx__rdma_env_int("KVX_IB_RELAXED_ORDERING", &c->relaxed, 0, 1, why, wl)) ||
-        (r = kvx__env_double("KVX_IB_CONNECT_TIMEOUT", &c->connect_timeout_s, why, wl)) ||
-        (r = kvx__env_double("KVX_IB_FENCE_TIMEOUT", &c->fence_timeout_s, why, wl)))
-        return r;
-    c->gid_index = gid;
-    c->max_msg = (uint64_t)max_msg;
-    if (c->connect_timeout_s <= 0) c->connect_timeout_s = 10;
-    if (c->send_depth < 2 * c->signal_every) c->send_depth = 2 * c->signal_every;
-    return KVX_OK;
+/* n zeroed objects of size bytes (at least one) from the desc allocator;
+   NULL when n * size overflows or the allocator fails. */
+static void *kvx__rdma_zalloc(const kvx__rdma_engine *re, size_t n, size_t size) {
+    void *p;
+    if (!n) n = 1;
+    if (size > SIZE_MAX / n) return NULL;
+    p = kvx_engine_alloc(re->e, n * size);
+    if (p) memset(p, 0, n * size);
+    return p;
+}
+
+/* realloc through the desc allocator: an array of nc objects holding the
+   first n of old, which is freed; NULL (old kept) when that fails. */
+static void *kvx__rdma_grow(const kvx__rdma_engine *re, void *old, size_t n, size_t nc,
+                            size_t size) {
+    void *p = kvx__rdma_zalloc(re, nc, size);
+    if (!p) return NULL;
+    if (n) memcpy(p, old, n * size);
+    kvx_engine_free(re->e, old);
+    return p;
 }
 
 /* >>rdma: devices ------------------------------------------------------------- */
@@ -1294,15 +1285,15 @@ static void kvx__rdma_dev_close(kvx__rdma_engine *re, kvx__rdma_dev *d) {
     for (i = 0; d->kv && i < l->num_buffers; i++) {
         for (k = 0; k < d->kv[i].n; k++)
             if (d->kv[i].mr[k]) re->v.dereg_mr(d->kv[i].mr[k]);
-        free(d->kv[i].mr);
+        kvx_engine_free(re->e, d->kv[i].mr);
     }
     for (i = 0; d->aux && i < l->num_aux; i++) {
         for (k = 0; k < d->aux[i].n; k++)
             if (d->aux[i].mr[k]) re->v.dereg_mr(d->aux[i].mr[k]);
-        free(d->aux[i].mr);
+        kvx_engine_free(re->e, d->aux[i].mr);
     }
-    free(d->kv);
-    free(d->aux);
+    kvx_engine_free(re->e, d->kv);
+    kvx_engine_free(re->e, d->aux);
     if (d->ch) re->v.destroy_comp_channel(d->ch);
     if (d->pd) re->v.dealloc_pd(d->pd);
     if (d->ctx) re->v.close_device(d->ctx);
@@ -1413,7 +1404,7 @@ static kvx_result kvx__rdma_open_devices(kvx__rdma_engine *re, char *why, size_t
 
 static struct ibv_mr *kvx__rdma_reg_host(kvx__rdma_engine *re, kvx__rdma_dev *d, void *p,
                                          size_t len, int access) {
-    if (re->cfg.relaxed && re->v.reg_mr_iova2)
+    if (re->cfg.relaxed_ordering && re->v.reg_mr_iova2)
         return re->v.reg_mr_iova2(d->pd, p, len, (uint64_t)(uintptr_t)p,
                                   (unsigned)(access | IBV_ACCESS_RELAXED_ORDERING));
     return re->v.reg_mr(d->pd, p, len, access);
@@ -1426,9 +1417,10 @@ static kvx_result kvx__rdma_reg(kvx__rdma_engine *re, kvx__rdma_dev *d, kvx__rdm
     uint64_t rb = d->region_bytes, off;
     uint32_t k;
     const kvx_mem_ops *mo = &kvx_engine_settings(re->e)->mem;
-    m->n = (uint32_t)(len / rb + (len % rb ? 1 : 0));
-    m->mr = (struct ibv_mr **)calloc(m->n ? m->n : 1, sizeof *m->mr);
-    if (!m->mr) return KVX_ERR_NO_MEMORY;
+    uint32_t nr = (uint32_t)(len / rb + (len % rb ? 1 : 0));
+    if (!(m->mr = (struct ibv_mr **)kvx__rdma_zalloc(re, nr, sizeof *m->mr)))
+        return KVX_ERR_NO_MEMORY;
+    m->n = nr; /* dev_close walks n regions */
     if (mem == KVX_MEM_CUDA) {
         if (!mo->dmabuf_fd) {
             kvx__set_why(why, wl, "%s %u is GPU memory (device %d): GPU memory registration needs "
@@ -1451,7 +1443,8 @@ static kvx_result kvx__rdma_reg(kvx__rdma_engine *re, kvx__rdma_dev *d, kvx__rdm
             kvx_result r = mo->dmabuf_fd(mo->ctx, base + off, n, gpu, &fd, &fo, why, wl);
             if (r != KVX_OK) return r;
             m->mr[k] = re->v.reg_dmabuf_mr(d->pd, fo, (size_t)n, (uint64_t)(uintptr_t)(base + off),
-                                           fd, access | (re->cfg.relaxed ? IBV_ACCESS_RELAXED_ORDERING : 0));
+                                           fd, access | (re->cfg.relaxed_ordering
+                                                         ? IBV_ACCESS_RELAXED_ORDERING : 0));
             err = errno; /* reg_dmabuf_mr's, for the sentence below */
             close(fd);
             errno = err;
@@ -1481,8 +1474,8 @@ static kvx_result kvx__rdma_register_pool(kvx__rdma_engine *re, kvx__rdma_dev *d
     int access = IBV_ACCESS_LOCAL_WRITE | (re->role == KVX_ROLE_DECODE ? IBV_ACCESS_REMOTE_WRITE : 0);
     uint32_t i;
     kvx_result r;
-    d->kv = (kvx__rdma_mr *)calloc(l->num_buffers, sizeof *d->kv);
-    d->aux = (kvx__rdma_mr *)calloc(l->num_aux ? l->num_aux : 1, sizeof *d->aux);
+    d->kv = (kvx__rdma_mr *)kvx__rdma_zalloc(re, l->num_buffers, sizeof *d->kv);
+    d->aux = (kvx__rdma_mr *)kvx__rdma_zalloc(re, l->num_aux, sizeof *d->aux);
     if (!d->kv || !d->aux) return KVX_ERR_NO_MEMORY;
     for (i = 0; i < l->num_buffers; i++) {
         const kvx_buffer *b = &l->buffers[i];
@@ -1506,11 +1499,11 @@ static void kvx__rdma_pair_kill(kvx__rdma_engine *re, kvx__rdma_pair *p, kvx_res
 
 static kvx__rdma_pair *kvx__rdma_pair_new(kvx__rdma_engine *re, int nqp, uint64_t peer,
                                           const char *addr) {
-    kvx__rdma_pair *p = (kvx__rdma_pair *)calloc(1, sizeof *p);
+    kvx__rdma_pair *p = (kvx__rdma_pair *)kvx__rdma_zalloc(re, 1, sizeof *p);
     int i;
     if (!p) return NULL;
-    p->qp = (kvx__rdma_qp *)calloc((size_t)nqp, sizeof *p->qp);
-    if (!p->qp) { free(p); return NULL; }
+    p->qp = (kvx__rdma_qp *)kvx__rdma_zalloc(re, (size_t)nqp, sizeof *p->qp);
+    if (!p->qp) { kvx_engine_free(re->e, p); return NULL; }
     p->re = re;
     p->refs = 1;
     p->state = KVX__RP_CONNECTING;
@@ -1527,14 +1520,14 @@ static kvx__rdma_pair *kvx__rdma_pair_new(kvx__rdma_engine *re, int nqp, uint64_
     return p;
 }
 
-static void kvx__rdma_work_free(kvx__rdma_work *w) {
+static void kvx__rdma_work_free(kvx__rdma_engine *re, kvx__rdma_work *w) {
     kvx__rdma_job *j = w->job;
     int owned = w->owned; /* w may live inside j */
     if (j && --j->refs == 0) {
         kvx_plan_free(&j->plan);
-        free(j);
+        kvx_engine_free(re->e, j);
     }
-    if (owned) free(w);
+    if (owned) kvx_engine_free(re->e, w);
 }
 
 /* Frees everything of a pair. Its completion queues must no longer be
@@ -1546,26 +1539,28 @@ static void kvx__rdma_pair_destroy(kvx__rdma_engine *re, kvx__rdma_pair *p) {
         while (q->head) {
             kvx__rdma_work *w = q->head;
             q->head = w->next;
-            kvx__rdma_work_free(w);
+            kvx__rdma_work_free(re, w);
         }
         if (q->qp) re->v.destroy_qp(q->qp);
         if (q->cq) re->v.destroy_cq(q->cq);
-        free(q->ring);
+        kvx_engine_free(re->e, q->ring);
     }
     for (i = 0; i < p->nrdev; i++) {
         uint32_t k;
-        for (k = 0; p->rdev[i].kv && k < p->peer_layout.num_buffers; k++) free(p->rdev[i].kv[k].rkeys);
-        for (k = 0; p->rdev[i].aux && k < p->peer_layout.num_aux; k++) free(p->rdev[i].aux[k].rkeys);
-        free(p->rdev[i].kv);
-        free(p->rdev[i].aux);
+        for (k = 0; p->rdev[i].kv && k < p->peer_layout.num_buffers; k++)
+            kvx_engine_free(re->e, p->rdev[i].kv[k].rkeys);
+        for (k = 0; p->rdev[i].aux && k < p->peer_layout.num_aux; k++)
+            kvx_engine_free(re->e, p->rdev[i].aux[k].rkeys);
+        kvx_engine_free(re->e, p->rdev[i].kv);
+        kvx_engine_free(re->e, p->rdev[i].aux);
     }
-    free(p->rdev);
-    free(p->peer_bufs);
-    free(p->peer_aux);
-    free(p->qp);
+    kvx_engine_free(re->e, p->rdev);
+    kvx_engine_free(re->e, p->peer_bufs);
+    kvx_engine_free(re->e, p->peer_aux);
+    kvx_engine_free(re->e, p->qp);
     pthread_mutex_destroy(&p->mu);
     pthread_cond_destroy(&p->cv);
-    free(p);
+    kvx_engine_free(re->e, p);
 }
 
 static void kvx__rdma_pair_ref(kvx__rdma_pair *p) { KVX__ADD(&p->refs, 1); }
@@ -1587,7 +1582,7 @@ static void kvx__rdma_pair_unref(kvx__rdma_engine *re, kvx__rdma_pair *p) {
     p->grave_next = re->grave;
     re->grave = p;
     pthread_mutex_unlock(&re->gmu);
-    kvx__rdma_wake(re);
+    kvx__wake(re->wake_wr);
 }
 
 static kvx_result kvx__rdma_post_recvs(kvx__rdma_engine *re, kvx__rdma_qp *q, uint32_t n) {
@@ -1622,7 +1617,7 @@ static kvx_result kvx__rdma_qp_create(kvx__rdma_engine *re, kvx__rdma_qp *q, cha
     cqe = (int)(decode ? rdepth : depth) + 16;
     if (cqe > d->max_cqe) cqe = d->max_cqe;
     if (!decode) {
-        q->ring = (kvx__rdma_slot *)calloc(depth, sizeof *q->ring);
+        q->ring = (kvx__rdma_slot *)kvx__rdma_zalloc(re, depth, sizeof *q->ring);
         if (!q->ring) return KVX_ERR_NO_MEMORY;
     }
     q->psn = (uint32_t)(kvx__rdma_random64() & 0xFFFFFFu);
@@ -1696,7 +1691,7 @@ static kvx_result kvx__rdma_qp_connect(kvx__rdma_engine *re, kvx__rdma_qp *q,
         memcpy(a.ah_attr.grh.dgid.raw, rd->gid, 16);
         a.ah_attr.grh.sgid_index = d->info.gid_index;
         a.ah_attr.grh.hop_limit = 64;
-        a.ah_attr.grh.traffic_class = (uint8_t)re->cfg.tclass;
+        a.ah_attr.grh.traffic_class = (uint8_t)re->cfg.traffic_class;
         a.ah_attr.grh.flow_label = 0;
     }
     if (re->v.modify_qp(q->qp, &a, IBV_QP_STATE | IBV_QP_AV | IBV_QP_PATH_MTU | IBV_QP_DEST_QPN |
@@ -1805,20 +1800,21 @@ static void kvx__rdma_send_reject(kvx__rdma_engine *re, const kvx_boot_peer *to,
    layout for kvx_plan_pages. */
 static kvx_result kvx__rdma_pair_tables(kvx__rdma_pair *p, const kvx_rdma_cm_msg *m,
                                         const kvx_layout *ours, char *why, size_t wl) {
+    kvx__rdma_engine *re = p->re;
     uint32_t d, i, k;
-    p->nrdev = m->ndev;
-    p->rdev = (kvx__rdma_rdev *)calloc(m->ndev, sizeof *p->rdev);
-    p->peer_bufs = (kvx_buffer *)calloc(m->nbuf, sizeof *p->peer_bufs);
-    p->peer_aux = (kvx_aux_buffer *)calloc(m->naux ? m->naux : 1, sizeof *p->peer_aux);
+    p->rdev = (kvx__rdma_rdev *)kvx__rdma_zalloc(re, m->ndev, sizeof *p->rdev);
+    p->peer_bufs = (kvx_buffer *)kvx__rdma_zalloc(re, m->nbuf, sizeof *p->peer_bufs);
+    p->peer_aux = (kvx_aux_buffer *)kvx__rdma_zalloc(re, m->naux, sizeof *p->peer_aux);
     if (!p->rdev || !p->peer_bufs || !p->peer_aux) return KVX_ERR_NO_MEMORY;
+    p->nrdev = m->ndev; /* pair_destroy walks nrdev entries */
     p->peer_layout = *ours;
     p->peer_layout.buffers = p->peer_bufs;
     p->peer_layout.aux = p->peer_aux;
     for (d = 0; d < m->ndev; d++) {
         kvx__rdma_rdev *rd = &p->rdev[d];
         rd->info = m->dev[d];
-        rd->kv = (kvx__rdma_rbuf *)calloc(m->nbuf, sizeof *rd->kv);
-        rd->aux = (kvx__rdma_rbuf *)calloc(m->naux ? m->naux : 1, sizeof *rd->aux);
+        rd->kv = (kvx__rdma_rbuf *)kvx__rdma_zalloc(re, m->nbuf, sizeof *rd->kv);
+        rd->aux = (kvx__rdma_rbuf *)kvx__rdma_zalloc(re, m->naux, sizeof *rd->aux);
         if (!rd->kv || !rd->aux) return KVX_ERR_NO_MEMORY;
         for (i = 0; i < m->nbuf + m->naux; i++) {
             int aux = i >= m->nbuf;
@@ -1832,7 +1828,7 @@ static kvx_result kvx__rdma_pair_tables(kvx__rdma_pair *p, const kvx_rdma_cm_msg
                              (unsigned long long)rb->length, (unsigned long long)item);
                 return KVX_ERR_LAYOUT_MISMATCH;
             }
-            rb->rkeys = (uint32_t *)malloc(rb->n * sizeof *rb->rkeys);
+            rb->rkeys = (uint32_t *)kvx__rdma_zalloc(re, rb->n, sizeof *rb->rkeys);
             if (!rb->rkeys) return KVX_ERR_NO_MEMORY;
             for (k = 0; k < rb->n; k++) rb->rkeys[k] = kvx_rdma_cm_rkey(keys, k);
             if (d == 0) {
@@ -2136,13 +2132,13 @@ static void kvx__rdma_msg_job(void *arg) {
     }
     kvx__rdma_pair_unref(re, p);
 done:
-    free(mj);
+    kvx_engine_free(re->e, mj);
 }
 
 /* kvx_boot hook (I/O thread): queue the message for the worker. */
 static void kvx__rdma_on_message(kvx_boot *b, const kvx_boot_peer *peer, const void *msg, size_t len) {
     kvx__rdma_engine *re = (kvx__rdma_engine *)kvx_boot_user(b);
-    kvx__rdma_msg *mj = (kvx__rdma_msg *)malloc(sizeof *mj + len);
+    kvx__rdma_msg *mj = (kvx__rdma_msg *)kvx_engine_alloc(re->e, sizeof *mj + len);
     kvx_rdma_hello h;
     char why[200];
     if (!mj) return;
@@ -2158,7 +2154,8 @@ static void kvx__rdma_on_message(kvx_boot *b, const kvx_boot_peer *peer, const v
     mj->len = len;
     memcpy(mj->data, msg, len);
     pthread_mutex_lock(&re->mu);
-    if (re->stopping || kvx__workq_submit(re->cmq, kvx__rdma_msg_job, mj) != KVX_OK) free(mj);
+    if (re->stopping || kvx__workq_submit(re->cmq, kvx__rdma_msg_job, mj) != KVX_OK)
+        kvx_engine_free(re->e, mj);
     pthread_mutex_unlock(&re->mu);
 }
 
@@ -2332,7 +2329,7 @@ static void kvx__rdma_pair_down(kvx__rdma_engine *re, kvx__rdma_pair *p, kvx_res
             kvx__rdma_work *w = q->head;
             q->head = w->next;
             w->room->works--;
-            kvx__rdma_work_free(w);
+            kvx__rdma_work_free(re, w);
         }
         q->tail = NULL;
         while (q->ring && q->done < q->posted) {
@@ -2346,7 +2343,7 @@ static void kvx__rdma_pair_down(kvx__rdma_engine *re, kvx__rdma_pair *p, kvx_res
         rr->cancelled = 1;
         if (nfail == cap) {
             size_t nc = cap ? cap * 2 : 16;
-            kvx_room **nv = (kvx_room **)realloc(fail, nc * sizeof *nv);
+            kvx_room **nv = (kvx_room **)kvx__rdma_grow(re, fail, cap, nc, sizeof *nv);
             if (!nv) break;
             fail = nv;
             cap = nc;
@@ -2363,7 +2360,7 @@ static void kvx__rdma_pair_down(kvx__rdma_engine *re, kvx__rdma_pair *p, kvx_res
         kvx__rdma_fail(fail[k], remote, res, msg);
         kvx_room_unref(fail[k]);
     }
-    free(fail);
+    kvx_engine_free(re->e, fail);
     if (re->role == KVX_ROLE_DECODE && fail_decode) kvx__rdma_decode_dead(re, p, res, remote, msg);
 }
 
@@ -2431,7 +2428,7 @@ static int kvx__rdma_fill(kvx__rdma_engine *re, kvx__rdma_qp *q, kvx__rdma_work 
         const kvx__rdma_mr *lm = aux ? &q->dev->aux[s->buffer] : &q->dev->kv[s->buffer];
         const kvx__rdma_rbuf *rm = aux ? &rd->aux[s->buffer] : &rd->kv[s->buffer];
         char *base = (char *)(aux ? l->aux[s->buffer].base : l->buffers[s->buffer].base);
-        e = (pos / re->cfg.max_msg + 1) * re->cfg.max_msg;
+        e = (pos / (uint64_t)re->cfg.max_msg + 1) * (uint64_t)re->cfg.max_msg;
         if (e > limit) e = limit;
         if ((lo / lrb + 1) * lrb - lo < e - pos) e = pos + ((lo / lrb + 1) * lrb - lo);
         if ((ro / rrb + 1) * rrb - ro < e - pos) e = pos + ((ro / rrb + 1) * rrb - ro);
@@ -2486,14 +2483,14 @@ static int kvx__rdma_pump(kvx__rdma_engine *re, kvx__rdma_qp *q, char *err, size
                 q->head = w->next;
                 if (!q->head) q->tail = NULL;
                 w->room->works--;
-                kvx__rdma_work_free(w);
+                kvx__rdma_work_free(re, w);
                 continue;
             }
             if (kvx__rdma_fill(re, q, w, &wr[n], &sg[n])) {
                 q->head = w->next;
                 if (!q->head) q->tail = NULL;
                 w->room->works--;
-                kvx__rdma_work_free(w);
+                kvx__rdma_work_free(re, w);
             }
             n++;
         }
@@ -2538,6 +2535,7 @@ static void kvx__rdma_enqueue(kvx__rdma_qp *q, kvx__rdma_work *w, int front) {
    not carried the room's last WRITE gets a zero-length WRITE WITH
    IMMEDIATE (a fence) so the decode side knows nothing more will land. */
 static void kvx__rdma_cancel_locked(kvx__rdma_pair *p, kvx__rdma_room *rr) {
+    kvx__rdma_engine *re = p->re;
     int i;
     if (rr->cancelled) return;
     rr->cancelled = 1;
@@ -2549,7 +2547,7 @@ static void kvx__rdma_cancel_locked(kvx__rdma_pair *p, kvx__rdma_room *rr) {
             if (w->room == rr) {
                 *pp = w->next;
                 rr->works--;
-                kvx__rdma_work_free(w);
+                kvx__rdma_work_free(re, w);
                 continue;
             }
             last = w;
@@ -2561,7 +2559,7 @@ static void kvx__rdma_cancel_locked(kvx__rdma_pair *p, kvx__rdma_room *rr) {
     for (i = 0; i < p->nqp; i++) {
         kvx__rdma_work *f;
         if (rr->final_mask & (1ull << i)) continue;
-        f = (kvx__rdma_work *)calloc(1, sizeof *f);
+        f = (kvx__rdma_work *)kvx__rdma_zalloc(re, 1, sizeof *f);
         if (!f) continue; /* the receiver then waits KVX_IB_FENCE_TIMEOUT */
         f->room = rr;
         f->final = 1;
@@ -2603,9 +2601,10 @@ static void kvx__rdma_cuts(const kvx_plan *pl, uint64_t msg, int n, kvx__rdma_po
     }
 }
 
-static kvx__rdma_job *kvx__rdma_job_new(int nworks) {
+static kvx__rdma_job *kvx__rdma_job_new(kvx__rdma_engine *re, int nworks) {
     size_t head = (sizeof(kvx__rdma_job) + 15) & ~(size_t)15;
-    kvx__rdma_job *j = (kvx__rdma_job *)calloc(1, head + (size_t)nworks * sizeof(kvx__rdma_work));
+    kvx__rdma_job *j =
+        (kvx__rdma_job *)kvx__rdma_zalloc(re, 1, head + (size_t)nworks * sizeof(kvx__rdma_work));
     if (!j) return NULL;
     j->w = (kvx__rdma_work *)(void *)((char *)j + head);
     j->nworks = nworks;
@@ -2615,11 +2614,11 @@ static kvx__rdma_job *kvx__rdma_job_new(int nworks) {
 /* Aux rows after the room's KV WRITEs (under p->mu). */
 static int kvx__rdma_queue_aux(kvx__rdma_engine *re, kvx__rdma_pair *p, kvx__rdma_room *rr) {
     const kvx_layout *l = kvx_engine_layout(re->e);
-    kvx__rdma_job *j = kvx__rdma_job_new(1);
+    kvx__rdma_job *j = kvx__rdma_job_new(re, 1);
     uint32_t a;
     if (!j || kvx__plan_reserve(&j->plan, l->num_aux)) {
         if (j) kvx_plan_free(&j->plan);
-        free(j);
+        kvx_engine_free(re->e, j);
         return -1;
     }
     for (a = 0; a < l->num_aux; a++) {
@@ -2673,7 +2672,7 @@ static void kvx__rdma_finish(kvx__rdma_engine *re, kvx__rdma_room *rr, uint64_t 
 static void kvx__rdma_submit(kvx__rdma_engine *re, kvx__rdma_room *rr, kvx_chunk *c) {
     kvx__rdma_pair *p = rr->pair;
     kvx_engine *e = re->e;
-    kvx__rdma_job *j = kvx__rdma_job_new(p->nqp);
+    kvx__rdma_job *j = kvx__rdma_job_new(re, p->nqp);
     kvx__rdma_pos cut[KVX_RDMA_MAX_QPS + 1];
     kvx_result res;
     char err[KVX_ERROR_MAX] = "";
@@ -2688,7 +2687,7 @@ static void kvx__rdma_submit(kvx__rdma_engine *re, kvx__rdma_room *rr, kvx_chunk
         kvx__rdma_tx_fail(re, rr->room, KVX_ERR_TOO_MANY_PAGES, "chunk %u reaches page %u but %s "
                           "gave %u destination pages", c->index, c->first_page + c->num_pages,
                           rr->decode_addr, rr->ndst);
-        free(j);
+        kvx_engine_free(re->e, j);
         kvx_chunk_free(e, c);
         return;
     }
@@ -2698,18 +2697,18 @@ static void kvx__rdma_submit(kvx__rdma_engine *re, kvx__rdma_room *rr, kvx_chunk
         kvx__rdma_tx_fail(re, rr->room, res, "chunk %u against the destination of %s: %s",
                           c->index, rr->decode_addr, j->plan.error);
         kvx_plan_free(&j->plan);
-        free(j);
+        kvx_engine_free(re->e, j);
         kvx_chunk_free(e, c);
         return;
     }
     KVX__RDMA_STAT(re, chunks, 1);
     KVX__RDMA_STAT(re, spans, j->plan.count);
-    kvx__rdma_cuts(&j->plan, re->cfg.max_msg, p->nqp, cut);
+    kvx__rdma_cuts(&j->plan, (uint64_t)re->cfg.max_msg, p->nqp, cut);
     pthread_mutex_lock(&p->mu);
     if (KVX__LOAD(&p->state) == KVX__RP_DEAD || rr->cancelled) {
         pthread_mutex_unlock(&p->mu);
         kvx_plan_free(&j->plan);
-        free(j);
+        kvx_engine_free(re->e, j);
         kvx_chunk_free(e, c);
         return;
     }
@@ -2734,7 +2733,7 @@ static void kvx__rdma_submit(kvx__rdma_engine *re, kvx__rdma_room *rr, kvx_chunk
     }
     if (!j->refs) {
         kvx_plan_free(&j->plan);
-        free(j);
+        kvx_engine_free(re->e, j);
     }
     step = kvx__rdma_room_step(re, p, rr);
     if (step > 0) { fin = 1; bytes = rr->bytes_done; }
@@ -2967,23 +2966,21 @@ static void kvx__rdma_cq_prefill(kvx__rdma_engine *re, kvx__rdma_qp *q) {
 /* >>rdma: decode completion accounting ---------------------------------------------- */
 
 static kvx__rdma_room *kvx__rdma_rx_find(kvx__rdma_engine *re, uint32_t tag) {
-    kvx__rdma_room *rr;
-    for (rr = re->buckets[tag % KVX__RDMA_BUCKETS]; rr; rr = rr->hnext)
-        if (rr->tag == tag) return rr;
-    return NULL;
+    kvx__hnode *h = kvx__htab_find(&re->rx, tag);
+    return h ? (kvx__rdma_room *)(void *)((char *)h - offsetof(kvx__rdma_room, hn)) : NULL;
 }
 
-static void kvx__rdma_rx_insert(kvx__rdma_engine *re, kvx__rdma_room *rr) {
-    kvx__rdma_room **b = &re->buckets[rr->tag % KVX__RDMA_BUCKETS];
-    rr->hnext = *b;
-    *b = rr;
-    rr->in_table = 1;
+/* KVX_ERR_NO_MEMORY when the table could not grow. */
+static kvx_result kvx__rdma_rx_insert(kvx__rdma_engine *re, kvx__rdma_room *rr) {
+    kvx_result r;
+    rr->hn.key = rr->tag;
+    r = kvx__htab_insert(&re->rx, &kvx_engine_settings(re->e)->allocator, &rr->hn);
+    rr->in_table = r == KVX_OK;
+    return r;
 }
 
 static void kvx__rdma_rx_remove(kvx__rdma_engine *re, kvx__rdma_room *rr) {
-    kvx__rdma_room **b = &re->buckets[rr->tag % KVX__RDMA_BUCKETS];
-    for (; *b; b = &(*b)->hnext)
-        if (*b == rr) { *b = rr->hnext; break; }
+    kvx__htab_remove(&re->rx, &rr->hn);
     rr->in_table = 0;
 }
 
@@ -3241,10 +3238,7 @@ static void *kvx__rdma_thread_main(void *arg) {
         for (i = 0; i < n; i++) pf[i].revents = 0;
         rc = poll(pf, (nfds_t)n, ms);
         if (rc < 0 && errno != EINTR) break;
-        if (pf[0].revents) {
-            char tmp[256];
-            while (read(re->wake_rd, tmp, sizeof tmp) > 0) {}
-        }
+        if (pf[0].revents) kvx__drain(re->wake_rd);
         for (d = 0; d < re->ndev; d++) {
             if (pf[1 + 2 * d].revents) kvx__rdma_async(re, &re->dev[d]);
             if (pf[2 + 2 * d].revents) kvx__rdma_cq_events(re, &re->dev[d]);
@@ -3278,7 +3272,7 @@ static kvx_result kvx__rdma_on_room(kvx_boot *b, kvx_room *r, const kvx_boot_pee
                       (unsigned long long)rr->id, rr->decode_addr);
         return KVX_ERR_INVALID_ARGUMENT;
     }
-    rr->dst = (int32_t *)malloc((n ? n : 1) * sizeof *rr->dst);
+    rr->dst = (int32_t *)kvx__rdma_zalloc(re, n, sizeof *rr->dst);
     if (!rr->dst) return KVX_ERR_NO_MEMORY;
     if (n) memcpy(rr->dst, dst, n * sizeof *dst);
     rr->ndst = n;
@@ -3475,7 +3469,7 @@ static void kvx__rdma_on_connect(kvx_boot *b, const kvx_boot_peer *peer) {
     pthread_mutex_lock(&re->mu);
     for (pe = re->peers; pe && pe->instance != h.instance; pe = pe->next) {}
     if (!pe) {
-        pe = (kvx__rdma_peer *)calloc(1, sizeof *pe);
+        pe = (kvx__rdma_peer *)kvx__rdma_zalloc(re, 1, sizeof *pe);
         if (!pe) { pthread_mutex_unlock(&re->mu); return; }
         pe->instance = h.instance;
         pe->next = re->peers;
@@ -3517,7 +3511,7 @@ static void kvx__rdma_on_disconnect(kvx_boot *b, const kvx_boot_peer *peer, cons
         if ((*pe)->instance == h.instance) {
             kvx__rdma_peer *x = *pe;
             *pe = x->next;
-            free(x);
+            kvx_engine_free(re->e, x);
             continue;
         }
         pe = &(*pe)->next;
@@ -3537,7 +3531,7 @@ static void kvx__rdma_on_disconnect(kvx_boot *b, const kvx_boot_peer *peer, cons
 
 static kvx_result kvx__rdma_room_open(kvx_room *r) {
     kvx__rdma_engine *re = kvx__rdma_re(kvx_room_engine(r));
-    kvx__rdma_room *rr = (kvx__rdma_room *)calloc(1, sizeof *rr);
+    kvx__rdma_room *rr = (kvx__rdma_room *)kvx__rdma_zalloc(re, 1, sizeof *rr);
     const char *bs = kvx_room_bootstrap_addr(r);
     if (!rr) return KVX_ERR_NO_MEMORY;
     rr->room = r;
@@ -3554,14 +3548,15 @@ static kvx_result kvx__rdma_room_open(kvx_room *r) {
 
 static void kvx__rdma_room_free(kvx_room *r) {
     kvx__rdma_room *rr = kvx__rdma_rr(r);
+    kvx_engine *e = kvx_room_engine(r);
     uint32_t i;
     if (!rr) return;
-    for (i = 0; i < rr->nchunks; i++) kvx_chunk_free(kvx_room_engine(r), rr->chunks[i]);
-    free(rr->chunks);
-    free(rr->dst);
-    free(rr->def_pages);
+    for (i = 0; i < rr->nchunks; i++) kvx_chunk_free(e, rr->chunks[i]);
+    kvx_engine_free(e, rr->chunks);
+    kvx_engine_free(e, rr->dst);
+    kvx_engine_free(e, rr->def_pages);
     pthread_mutex_destroy(&rr->mu);
-    free(rr);
+    kvx_engine_free(e, rr);
     kvx_room_set_data(r, NULL);
 }
 
@@ -3597,7 +3592,8 @@ static kvx_result kvx__rdma_sender_send(kvx_room *r, kvx_chunk *c) {
     if (!rr->pair) { /* the connection with the decode side is not up yet */
         if (rr->nchunks == rr->cchunks) {
             uint32_t nc = rr->cchunks ? rr->cchunks * 2 : 8;
-            kvx_chunk **nv = (kvx_chunk **)realloc(rr->chunks, nc * sizeof *nv);
+            kvx_chunk **nv =
+                (kvx_chunk **)kvx__rdma_grow(re, rr->chunks, rr->cchunks, nc, sizeof *nv);
             if (!nv) {
                 pthread_mutex_unlock(&rr->mu);
                 kvx_chunk_free(re->e, c);
@@ -3637,7 +3633,7 @@ static kvx_result kvx__rdma_receiver_init(kvx_room *r, const int32_t *pages, uin
     pthread_mutex_unlock(&re->mu);
     pthread_mutex_lock(&re->rx_mu);
     if (dialing || kvx__rdma_rx_find(re, rr->tag)) {
-        rr->def_pages = (int32_t *)malloc((n ? n : 1) * sizeof *pages);
+        rr->def_pages = (int32_t *)kvx__rdma_zalloc(re, n, sizeof *pages);
         if (!rr->def_pages) {
             pthread_mutex_unlock(&re->rx_mu);
             return KVX_ERR_NO_MEMORY;
@@ -3656,7 +3652,10 @@ static kvx_result kvx__rdma_receiver_init(kvx_room *r, const int32_t *pages, uin
                                  "waits for it");
         return KVX_OK;
     }
-    kvx__rdma_rx_insert(re, rr);
+    if (kvx__rdma_rx_insert(re, rr) != KVX_OK) {
+        pthread_mutex_unlock(&re->rx_mu);
+        return KVX_ERR_NO_MEMORY;
+    }
     pthread_mutex_unlock(&re->rx_mu);
     return kvx_boot_receiver_init(re->boot, r, pages, n, aux);
 }
@@ -3712,7 +3711,7 @@ static void kvx__rdma_tx_close(kvx__rdma_engine *re, kvx__rdma_room *rr) {
             pthread_mutex_lock(&p->mu);
             continue;
         }
-        kvx__rdma_abs(&ts, 0.1);
+        kvx__abstime(&ts, 100000000);
         pthread_cond_timedwait(&p->cv, &p->mu, &ts);
     }
     if (rr->pprev) rr->pprev->pnext = rr->pnext;
@@ -3741,7 +3740,7 @@ static void kvx__rdma_rx_close(kvx__rdma_engine *re, kvx__rdma_room *rr) {
         pthread_mutex_unlock(&re->rx_mu);
     }
     if (!rr->in_table) return;
-    if (kvx_room_poll(rr->room) != KVX_POLL_SUCCESS && re->cfg.fence_timeout_s > 0) {
+    if (kvx_room_poll(rr->room) != KVX_POLL_SUCCESS) {
         pthread_mutex_lock(&re->mu);
         for (p = re->pairs; p && np < 16; p = p->next)
             if (KVX__LOAD(&p->state) == KVX__RP_READY && kvx__rdma_pair_serves(p, rr)) {
@@ -3760,7 +3759,7 @@ static void kvx__rdma_rx_close(kvx__rdma_engine *re, kvx__rdma_room *rr) {
             }
             if (all) break;
             if (kvx_now_ns() >= deadline) { timed_out = 1; break; }
-            kvx__rdma_abs(&ts, 0.05);
+            kvx__abstime(&ts, 50000000);
             pthread_cond_timedwait(&re->rx_cv, &re->rx_mu, &ts);
         }
         pthread_mutex_unlock(&re->rx_mu);
@@ -3854,6 +3853,9 @@ static void kvx__rdma_progress(kvx_engine *e) {
                 if (res != KVX_OK && res != KVX_ERR_STATE)
                     kvx_room_fail(rr->room, res, "cannot send the destination to the prefill "
                                   "at %s", rr->bootstrap);
+            } else {
+                kvx_room_fail(rr->room, KVX_ERR_NO_MEMORY, "out of memory for the completion "
+                              "tag table"); /* no-op when it already failed */
             }
             kvx_room_unref(rr->room);
         }
@@ -3879,7 +3881,7 @@ static void kvx__rdma_free(kvx__rdma_engine *re) {
     while (re->peers) {
         kvx__rdma_peer *x = re->peers;
         re->peers = x->next;
-        free(x);
+        kvx_engine_free(re->e, x);
     }
     for (d = 0; d < re->ndev; d++) kvx__rdma_dev_close(re, &re->dev[d]);
     kvx__rdma_unload(&re->v);
@@ -3889,7 +3891,8 @@ static void kvx__rdma_free(kvx__rdma_engine *re) {
     pthread_mutex_destroy(&re->gmu);
     pthread_mutex_destroy(&re->rx_mu);
     pthread_cond_destroy(&re->rx_cv);
-    free(re);
+    kvx__htab_free(&re->rx, &kvx_engine_settings(re->e)->allocator);
+    kvx_engine_free(re->e, re);
 }
 
 static void kvx__rdma_engine_fini(kvx_engine *e) {
@@ -3901,32 +3904,21 @@ static void kvx__rdma_engine_fini(kvx_engine *e) {
     KVX__STORE(&re->stop, 1);
     kvx__workq_destroy(re->cmq);
     re->cmq = NULL;
-    kvx__rdma_wake(re);
+    kvx__wake(re->wake_wr);
     if (re->thread_started) pthread_join(re->thread, NULL);
     re->thread_started = 0;
     kvx__rdma_free(re);
     kvx_engine_set_backend_data(e, NULL);
 }
 
-static kvx_result kvx__rdma_pipe(int *rd, int *wr) {
-    int fds[2];
-    if (pipe(fds)) return KVX_ERR_IO;
-    fcntl(fds[0], F_SETFL, fcntl(fds[0], F_GETFL) | O_NONBLOCK);
-    fcntl(fds[1], F_SETFL, fcntl(fds[1], F_GETFL) | O_NONBLOCK);
-    fcntl(fds[0], F_SETFD, FD_CLOEXEC);
-    fcntl(fds[1], F_SETFD, FD_CLOEXEC);
-    *rd = fds[0];
-    *wr = fds[1];
-    return KVX_OK;
-}
-
 static kvx_result kvx__rdma_engine_init(kvx_engine *e, char *why, size_t wl) {
-    kvx__rdma_engine *re = (kvx__rdma_engine *)calloc(1, sizeof *re);
+    kvx__rdma_engine *re = (kvx__rdma_engine *)kvx_engine_alloc(e, sizeof *re);
     kvx_boot_hooks hooks;
     kvx_rdma_hello h;
     kvx_result r;
     int d;
     if (!re) return KVX_ERR_NO_MEMORY;
+    memset(re, 0, sizeof *re);
     re->e = e;
     re->role = kvx_engine_settings(e)->role;
     re->wake_rd = re->wake_wr = -1;
@@ -3947,8 +3939,8 @@ static kvx_result kvx__rdma_engine_init(kvx_engine *e, char *why, size_t wl) {
             r = KVX_ERR_TRANSPORT;
             goto fail;
         }
-        fcntl(dv->ch->fd, F_SETFL, fcntl(dv->ch->fd, F_GETFL) | O_NONBLOCK);
-        fcntl(dv->ctx->async_fd, F_SETFL, fcntl(dv->ctx->async_fd, F_GETFL) | O_NONBLOCK);
+        kvx__nonblock(dv->ch->fd, 1);
+        kvx__nonblock(dv->ctx->async_fd, 1);
         if ((r = kvx__rdma_register_pool(re, dv, why, wl)) != KVX_OK) goto fail;
     }
     re->instance = kvx__rdma_random64();
@@ -3959,7 +3951,7 @@ static kvx_result kvx__rdma_engine_init(kvx_engine *e, char *why, size_t wl) {
     h.ndev = (uint16_t)re->ndev;
     for (d = 0; d < re->ndev; d++) h.dev[d] = re->dev[d].info;
     re->hello_len = kvx_rdma_hello_encode(&h, re->hello, sizeof re->hello);
-    if (kvx__rdma_pipe(&re->wake_rd, &re->wake_wr)) {
+    if (kvx__pipe(&re->wake_rd, &re->wake_wr)) {
         kvx__set_why(why, wl, "cannot create pipes: %s", strerror(errno));
         r = KVX_ERR_IO;
         goto fail;
@@ -4002,7 +3994,7 @@ fail:
     if (re->cmq) { KVX__STORE(&re->stop, 1); kvx__workq_destroy(re->cmq); re->cmq = NULL; }
     if (re->thread_started) {
         KVX__STORE(&re->stop, 1);
-        kvx__rdma_wake(re);
+        kvx__wake(re->wake_wr);
         pthread_join(re->thread, NULL);
     }
     kvx__rdma_free(re);

@@ -5,13 +5,16 @@
    completion tags collide (the second waits for the first); a broken
    idle connection on either side that the next room repairs; receivers
    and senders destroyed mid-transfer (no byte lands afterwards); a room
-   of zero pages; init errors; the stats API. */
+   of zero pages; init errors; the stats API; every numeric row of
+   kvx__rdma_table refusing an out-of-range value from its variable and
+   from its desc.rdma field, and KVX_ZERO asking for 0. */
 #define KVX_IMPLEMENTATION
 #define KVX_WITH_RDMA
 #include "rdma_test.h"
 
 static char lib[4096];
 static kvx_mem_ops try_mem; /* try_engine's desc.mem */
+static kvx_rdma_desc try_rdma; /* and desc.rdma */
 
 typedef struct side {
     ex_pool pool;
@@ -27,6 +30,7 @@ static kvx_engine *try_engine(kvx_role role, const kvx_layout *l, kvx_result *re
     d.transport = "rdma";
     d.layout = *l;
     d.mem = try_mem;
+    d.rdma = try_rdma;
     d.logger.func = rt_log;
     d.logger.level = KVX_LOG_WARN;
     d.boot.host = "127.0.0.1";
@@ -90,10 +94,6 @@ static void creation_failures(void) {
           "an empty GID index: %s", why);
     unsetenv("KVX_IB_GID_INDEX");
 
-    setenv("KVX_IB_QPS", "0", 1);
-    e = try_engine(KVX_ROLE_PREFILL, &p.layout, &res, why, sizeof why);
-    CHECK(!e && res == KVX_ERR_BAD_CONFIG && strstr(why, "KVX_IB_QPS"), "KVX_IB_QPS=0: %s", why);
-    unsetenv("KVX_IB_QPS");
 
     setenv("SOFTVERBS_MAX_MR_SIZE", "4096", 1); /* every page its own region */
     e = try_engine(KVX_ROLE_DECODE, &p.layout, &res, why, sizeof why);
@@ -111,6 +111,87 @@ static void creation_failures(void) {
           strstr(why, "GPU memory registration needs dma-buf export in desc.mem") &&
           strstr(why, "kvx_cuda_mem_ops") && strstr(why, "KV buffer 3"),
           "GPU memory without a dma-buf op in desc.mem: %s", why);
+    ex_pool_free(&p);
+}
+
+/* Engine creation with one setting out of range: refused, naming the
+   variable and the field. */
+static int refused(const kvx__setting *t, const kvx_layout *l, const char *from, double v) {
+    kvx_result res;
+    char why[KVX_ERROR_MAX];
+    kvx_engine *e = try_engine(KVX_ROLE_DECODE, l, &res, why, sizeof why);
+    CHECK(!e && res == KVX_ERR_BAD_CONFIG && strstr(why, t->env) && strstr(why, t->field),
+          "%s %s = %g is refused naming it: %s", t->env, from, v, why);
+    kvx_engine_destroy(e);
+    return !e;
+}
+
+/* Every numeric row of kvx__rdma_table (a new row is covered by itself):
+   a value above its range, from the variable and from the desc field, and
+   one below it from the variable where that is not the default. Then the
+   KVX_ZERO rule on the resolved settings. */
+static void settings_ranges(void) {
+    ex_pool p;
+    kvx_result res;
+    char why[KVX_ERROR_MAX], v[64];
+    kvx_engine *e;
+    kvx_engine_desc d;
+    size_t i, rows = 0;
+    ex_pool_init(&p, &rt_tiny, 64, 16, 4, 1);
+    for (i = 0; i < KVX__COUNT(kvx__rdma_table); i++) {
+        const kvx__setting *t = &kvx__rdma_table[i];
+        double lo = t->min - 1;
+        if (t->kind == KVX__S_STR || t->kind == KVX__S_ENUM) continue;
+        rows++;
+        snprintf(v, sizeof v, "%.17g", t->max + 1);
+        setenv(t->env, v, 1);
+        refused(t, &p.layout, "(variable)", t->max + 1);
+        unsetenv(t->env);
+        if (lo != t->def && (lo != 0 || t->zero) && t->kind != KVX__S_DBL) {
+            snprintf(v, sizeof v, "%.17g", lo);
+            setenv(t->env, v, 1);
+            refused(t, &p.layout, "(variable)", lo);
+            unsetenv(t->env);
+        }
+        memset(&d, 0, sizeof d);
+        kvx__setting_put(t, &d, t->max + 1); /* rows are over the engine desc */
+        try_rdma = d.rdma;
+        refused(t, &p.layout, t->field, t->max + 1);
+        memset(&try_rdma, 0, sizeof try_rdma);
+    }
+    CHECK(rows == 14, "%u numeric rows in kvx__rdma_table", (unsigned)rows);
+
+    try_rdma.retry_cnt = KVX_ZERO;
+    try_rdma.gid_index = 0;   /* auto */
+    try_rdma.rnr_retry = 3;
+    try_rdma.relaxed_ordering = KVX_ZERO;
+    setenv("KVX_IB_TIMEOUT", "0", 1);
+    setenv("KVX_IB_RNR_RETRY", "5", 1);
+    e = try_engine(KVX_ROLE_DECODE, &p.layout, &res, why, sizeof why);
+    CHECK(e && res == KVX_OK, "an engine with KVX_ZERO fields (%s)", why);
+    if (e) {
+        const kvx_rdma_desc *c = &kvx__rdma_re(e)->cfg;
+        CHECK(c->retry_cnt == 0, "desc.rdma.retry_cnt = KVX_ZERO gives 0 (%d)", c->retry_cnt);
+        CHECK(c->relaxed_ordering == 0, "relaxed_ordering = KVX_ZERO gives 0 (%d)",
+              c->relaxed_ordering);
+        CHECK(c->timeout == 0, "KVX_IB_TIMEOUT=0 gives 0 (%d)", c->timeout);
+        CHECK(c->rnr_retry == 5, "the variable overrides the field (%d)", c->rnr_retry);
+        CHECK(c->gid_index == -1 && c->qps == 2 && c->max_msg == 1 << 20 && c->sl == 0 &&
+              c->fence_timeout_s == 2, "0 = the default: gid auto %d, qps %d, max_msg %d",
+              c->gid_index, c->qps, c->max_msg);
+    }
+    kvx_engine_destroy(e);
+    unsetenv("KVX_IB_TIMEOUT");
+    unsetenv("KVX_IB_RNR_RETRY");
+    memset(&try_rdma, 0, sizeof try_rdma);
+    setenv("KVX_IB_GID_INDEX", "-1", 1);
+    setenv("KVX_IB_QPS", "0", 1);
+    e = try_engine(KVX_ROLE_DECODE, &p.layout, &res, why, sizeof why);
+    CHECK(e && kvx__rdma_re(e)->cfg.gid_index == -1 && kvx__rdma_re(e)->cfg.qps == 2,
+          "KVX_IB_GID_INDEX=-1 is auto, KVX_IB_QPS=0 the default (%s)", why);
+    kvx_engine_destroy(e);
+    unsetenv("KVX_IB_GID_INDEX");
+    unsetenv("KVX_IB_QPS");
     ex_pool_free(&p);
 }
 
@@ -454,6 +535,7 @@ int main(void) {
     setenv("SOFTVERBS_DIR", svdir, 1);
     setenv("KVX_IB_FENCE_TIMEOUT", "2", 1);
     creation_failures();
+    settings_ranges();
     dmabuf_op();
     setenv("KVX_IBVERBS_LIBRARY", lib, 1);
     transfers();

@@ -1,0 +1,186 @@
+/* test_rdma_alloc_fail - tests/unit/test_alloc_fail.c's scenario for the
+   rdma transport, in one process on softverbs: a counting desc allocator
+   fails the Nth allocation of a whole transfer (two engines created, a
+   connection made, one room of 12 pages and its aux row moved, both
+   engines destroyed), for every N until a run needs no more calls. Each
+   run must end with every call answered (an error code or a terminal room
+   state: no crash, no hang) and with nothing of the allocator's left live;
+   the run with no injected failure moves the bytes, verified. */
+#define KVX_IMPLEMENTATION
+#define KVX_WITH_RDMA
+#include "rdma_test.h"
+#include <pthread.h>
+
+typedef struct counting {
+    pthread_mutex_t mu;
+    long calls, live, fail_at, failed;
+} counting;
+static counting ca = {PTHREAD_MUTEX_INITIALIZER, 0, 0, 0, 0};
+
+static void *ca_alloc(size_t n, void *u) {
+    void *p = NULL;
+    int fail;
+    (void)u;
+    pthread_mutex_lock(&ca.mu);
+    fail = ++ca.calls == ca.fail_at;
+    if (fail) ca.failed++;
+    else if ((p = malloc(n)) != NULL) ca.live++;
+    pthread_mutex_unlock(&ca.mu);
+    return p;
+}
+static void ca_free(void *p, void *u) {
+    (void)u;
+    if (!p) return;
+    pthread_mutex_lock(&ca.mu);
+    ca.live--;
+    pthread_mutex_unlock(&ca.mu);
+    free(p);
+}
+
+static void ca_arm(long fail_at) {
+    pthread_mutex_lock(&ca.mu);
+    ca.calls = ca.failed = 0;
+    ca.fail_at = fail_at;
+    pthread_mutex_unlock(&ca.mu);
+}
+
+static kvx_engine *engine(kvx_role role, ex_pool *p, const char *addr) {
+    kvx_engine_desc d;
+    kvx_engine *e = NULL;
+    char why[KVX_ERROR_MAX];
+    kvx_result res;
+    memset(&d, 0, sizeof d);
+    d.role = role;
+    d.transport = "rdma";
+    d.layout = p->layout;
+    d.allocator.alloc_fn = ca_alloc;
+    d.allocator.free_fn = ca_free;
+    d.logger.func = rt_log;
+    d.logger.level = KVX_LOG_ERROR;
+    d.boot.host = "127.0.0.1";
+    d.boot.port = -1;
+    d.bootstrap_addr = addr;
+    d.waiting_timeout_s = 5;
+    d.bootstrap_timeout_s = 5;
+    d.rdma.connect_timeout_s = 2;
+    d.rdma.fence_timeout_s = 1;
+    res = kvx_engine_create(&d, &e, why, sizeof why);
+    CHECK((res == KVX_OK) == (e != NULL), "engine create answers with an engine or an error");
+    if (res != KVX_OK && res != KVX_ERR_NO_MEMORY && !strstr(why, "memory"))
+        printf("  note: engine create failed with %s: %s\n", kvx_result_str(res), why);
+    return e;
+}
+
+/* Polls a pair until both are terminal (the test's own deadline, reached
+   only on a hang: the engines' timeouts are 5 s at most). */
+static int settle(kvx_sender *s, kvx_receiver *r) {
+    double end = rt_now() + 60;
+    while (rt_now() < end) {
+        kvx_poll a = s ? kvx_sender_poll(s) : KVX_POLL_FAILED;
+        kvx_poll b = r ? kvx_receiver_poll(r) : KVX_POLL_FAILED;
+        if ((a == KVX_POLL_SUCCESS || a == KVX_POLL_FAILED) &&
+            (b == KVX_POLL_SUCCESS || b == KVX_POLL_FAILED))
+            return 1;
+        rt_sleep(0.001);
+    }
+    return 0;
+}
+
+/* Waits (bounded) until a side reaches at least `want`. */
+static void reach(kvx_sender *s, kvx_receiver *r, kvx_poll want) {
+    double end = rt_now() + 60;
+    while (rt_now() < end) {
+        kvx_poll p = s ? kvx_sender_poll(s) : kvx_receiver_poll(r);
+        if (p >= want || p == KVX_POLL_FAILED) return;
+        rt_sleep(0.001);
+    }
+}
+
+/* One transfer; 1 when every call succeeded and the bytes were verified. */
+static int transfer(void) {
+    ex_pool ps, pr;
+    kvx_engine *pe = NULL, *de = NULL;
+    kvx_sender *s = NULL;
+    kvx_receiver *r = NULL;
+    kvx_room_desc rd;
+    int32_t sp[12], dp[12];
+    char addr[64];
+    int whole = 0;
+    ex_pool_init(&ps, &rt_tiny, 32, 16, 2, 1);
+    ex_pool_init(&pr, &rt_tiny, 32, 16, 2, 2);
+    ex_alloc_pages(&ps, sp, 12);
+    ex_alloc_pages(&pr, dp, 12);
+    ex_pages_pattern(&ps, 9, sp, 12, 1);
+    ex_aux_write(&ps, 9, 0);
+    memset(&rd, 0, sizeof rd);
+    rd.room = 9;
+    if (!(pe = engine(KVX_ROLE_PREFILL, &ps, NULL))) goto out;
+    snprintf(addr, sizeof addr, "127.0.0.1:%d", kvx_boot_engine_port(pe));
+    if (!(de = engine(KVX_ROLE_DECODE, &pr, addr))) goto out;
+    if (kvx_sender_create(pe, &rd, &s) != KVX_OK) goto out;
+    if (kvx_receiver_create(de, &rd, &r) != KVX_OK) goto out;
+    reach(NULL, r, KVX_POLL_WAITING_FOR_INPUT);
+    if (kvx_receiver_init(r, dp, 12, 1) != KVX_OK) goto out;
+    reach(s, NULL, KVX_POLL_WAITING_FOR_INPUT);
+    if (kvx_sender_init(s, 12, 0) != KVX_OK) goto out;
+    if (kvx_sender_send(s, sp, 5) != KVX_OK) goto out;
+    if (kvx_sender_send(s, sp + 5, 7) != KVX_OK) goto out;
+    CHECK(settle(s, r), "both sides reach a terminal state (fail at %ld): sender %s '%s', "
+          "receiver %s '%s'", ca.fail_at, kvx_poll_str(kvx_sender_poll(s)), kvx_sender_error(s),
+          kvx_poll_str(kvx_receiver_poll(r)), kvx_receiver_error(r));
+    whole = kvx_sender_poll(s) == KVX_POLL_SUCCESS && kvx_receiver_poll(r) == KVX_POLL_SUCCESS;
+    if (whole)
+        CHECK(ex_pages_pattern(&pr, 9, dp, 12, 0) == 0 && ex_aux_check(&pr, 9, 1),
+              "a room that succeeded has its bytes (fail at %ld)", ca.fail_at);
+out:
+    if (!whole && s) kvx_sender_abort(s, "a call was refused");
+    if (!whole && r) kvx_receiver_abort(r, "a call was refused");
+    if (s && r)
+        CHECK(settle(s, r), "terminal before destroy (fail at %ld): sender %s '%s', receiver %s "
+              "'%s'", ca.fail_at, kvx_poll_str(kvx_sender_poll(s)), kvx_sender_error(s),
+              kvx_poll_str(kvx_receiver_poll(r)), kvx_receiver_error(r));
+    kvx_sender_destroy(s);
+    kvx_receiver_destroy(r);
+    kvx_engine_destroy(pe);
+    kvx_engine_destroy(de);
+    ex_pool_free(&ps);
+    ex_pool_free(&pr);
+    return whole;
+}
+
+int main(void) {
+    char lib[4096], svdir[128];
+    long n, calls = 0, runs = 0, clean = 0, failed_runs = 0;
+    rt_name = "test_rdma_alloc_fail";
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    if (!rt_find_softverbs(lib, sizeof lib))
+        return printf("SKIP: libsoftverbs.so not found (make tests/softverbs/libsoftverbs.so)\n"), 77;
+    snprintf(svdir, sizeof svdir, "/tmp/kvx_test_%d_sv", (int)getpid());
+    setenv("SOFTVERBS_DIR", svdir, 1);
+    setenv("KVX_IBVERBS_LIBRARY", lib, 1);
+    kvx_rdma_register();
+    for (n = 1; n < 100000; n++) {
+        int whole;
+        long live, failed;
+        ca_arm(n);
+        whole = transfer();
+        pthread_mutex_lock(&ca.mu);
+        live = ca.live;
+        failed = ca.failed;
+        calls = ca.calls;
+        pthread_mutex_unlock(&ca.mu);
+        runs++;
+        if (live) CHECK(0, "fail at call %ld: %ld allocations left live", n, live);
+        if (!failed) {
+            CHECK(whole, "with no failure injected the transfer succeeds");
+            clean = 1;
+            break;
+        }
+        failed_runs += !whole;
+    }
+    CHECK(clean && calls > 20, "a run needed %ld allocator calls (all through the desc)", calls);
+    CHECK(failed_runs > 0, "%ld of %ld runs with an injected failure did not succeed", failed_runs,
+          runs - 1);
+    printf("  rdma: %ld runs, a whole transfer makes %ld allocator calls\n", runs, calls);
+    return rt_finish();
+}
