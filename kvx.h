@@ -288,6 +288,13 @@ KVX_API void kvx_layout_aux_copy(const kvx_layout *l, int64_t slot, void *packed
 #define KVX_SPAN_PAGES 0
 #define KVX_SPAN_AUX 1
 
+/* Where kvx gets memory: the desc's allocator, also given to plans. */
+typedef struct kvx_allocator {
+    void *(*alloc_fn)(size_t size, void *user_data); /* NULL = malloc */
+    void (*free_fn)(void *ptr, void *user_data);     /* NULL = free */
+    void *user_data;
+} kvx_allocator;
+
 /* One contiguous copy of `length` bytes of buffer `buffer` (of the kind's
    array). Offsets are relative to the start of that buffer on each side, or
    of the packed region for the packed side of a one-sided plan. Resolve a
@@ -314,6 +321,8 @@ typedef struct kvx_plan {
     int32_t *scratch;      /* internal: duplicate detection */
     size_t scratch_cap;
     char error[KVX_ERROR_MAX];
+    const kvx_allocator *allocator; /* set once: spans and scratch grow through it
+                                       (NULL = libc); kvx_plan_free keeps it */
 } kvx_plan;
 
 /* Two-sided plan: page src_pages[i] of the source pool goes to page
@@ -376,12 +385,6 @@ typedef enum kvx_log_level {
     KVX_LOG_INFO = 3,
     KVX_LOG_DEBUG = 4
 } kvx_log_level;
-
-typedef struct kvx_allocator {
-    void *(*alloc_fn)(size_t size, void *user_data); /* NULL = malloc */
-    void (*free_fn)(void *ptr, void *user_data);     /* NULL = free */
-    void *user_data;
-} kvx_allocator;
 
 /* room is 0 when a line concerns no room. Called from any engine thread. */
 typedef void (*kvx_log_fn)(void *user_data, kvx_log_level level, const char *subsystem,
@@ -767,6 +770,29 @@ extern "C" {
    authentication, the JSON reader, a text buffer, a worker queue, safe
    directories. Private (static kvx__*), so they are not part of the API. */
 
+/* Every allocation goes through a desc allocator (NULL or empty = libc). */
+static KVX__UNUSED void *kvx__alloc(const kvx_allocator *a, size_t n) {
+    return a && a->alloc_fn ? a->alloc_fn(n, a->user_data) : malloc(n);
+}
+static KVX__UNUSED void kvx__free(const kvx_allocator *a, void *p) {
+    if (!p) return;
+    if (a && a->free_fn) a->free_fn(p, a->user_data);
+    else free(p);
+}
+/* realloc through an allocator (which has no realloc): a block of nbytes
+   holding the first old_bytes of old, which is freed; NULL (old kept) when
+   the allocation fails. */
+static KVX__UNUSED void *kvx__grow(const kvx_allocator *a, void *old, size_t old_bytes,
+                                   size_t nbytes) {
+    void *p;
+    if (!a || !a->alloc_fn) return realloc(old, nbytes);
+    if (!(p = kvx__alloc(a, nbytes))) return NULL;
+    if (old_bytes) memcpy(p, old, old_bytes < nbytes ? old_bytes : nbytes);
+    kvx__free(a, old);
+    return p;
+}
+
+
 typedef struct kvx__sha256 {
     uint32_t h[8];
     uint64_t len;
@@ -825,6 +851,7 @@ typedef struct kvx__json_doc {
     uint32_t count, cap;
     char *strbuf;     /* unescaped strings */
     char error[128];
+    const kvx_allocator *allocator; /* kvx__json_parse_with's; NULL = libc */
 } kvx__json_doc;
 /* Parses text[0..len). Returns KVX_ERR_PROTOCOL with doc->error set on bad
    input. Free with kvx__json_free even on failure. */
@@ -844,6 +871,7 @@ typedef struct kvx__buf {
     char *data;
     size_t len, cap;
     int oom;
+    const kvx_allocator *allocator; /* NULL = libc */
 } kvx__buf;
 static KVX__UNUSED void kvx__buf_printf(kvx__buf *b, const char *fmt, ...) KVX_PRINTF(2, 3);
 static KVX__UNUSED void kvx__buf_json_str(kvx__buf *b, const char *s); /* quoted, escaped */
@@ -1828,7 +1856,7 @@ static KVX__UNUSED void kvx__buf_printf(kvx__buf *b, const char *fmt, ...) {
             size_t ncap = b->cap ? b->cap * 2 : 256;
             char *nd;
             while (ncap < b->len + (size_t)n + 1) ncap *= 2;
-            nd = (char *)realloc(b->data, ncap);
+            nd = (char *)kvx__grow(b->allocator, b->data, b->len, ncap);
             if (!nd) { b->oom = 1; return; }
             b->data = nd; b->cap = ncap;
         }
@@ -1847,9 +1875,12 @@ static KVX__UNUSED void kvx__buf_json_str(kvx__buf *b, const char *s) {
 }
 
 static KVX__UNUSED void kvx__buf_free(kvx__buf *b) {
+    const kvx_allocator *a;
     if (!b) return;
-    free(b->data);
+    a = b->allocator;
+    kvx__free(a, b->data);
     memset(b, 0, sizeof *b);
+    b->allocator = a;
 }
 
 /* >>impl: json reader ---------------------------------------------------- */
@@ -1881,7 +1912,8 @@ static int kvx__jnode(kvx__jp *p, kvx__json_type t) {
         uint32_t nc = d->cap ? d->cap * 2 : 32;
         kvx__json *nn;
         if (nc > p->max) nc = p->max;
-        nn = (kvx__json *)realloc(d->nodes, nc * sizeof *nn);
+        nn = (kvx__json *)kvx__grow(d->allocator, d->nodes, d->count * sizeof *nn,
+                                    nc * sizeof *nn);
         if (!nn) return kvx__jerr(p, "out of memory");
         d->nodes = nn; d->cap = nc;
     }
@@ -2050,11 +2082,14 @@ static int kvx__jvalue(kvx__jp *p) {
     }
 }
 
-static KVX__UNUSED kvx_result kvx__json_parse(kvx__json_doc *doc, const char *text, size_t len,
-                                  uint32_t max_nodes) {
+/* kvx__json_parse with the document's memory from allocator a (NULL = libc). */
+static KVX__UNUSED kvx_result kvx__json_parse_with(kvx__json_doc *doc, const kvx_allocator *a,
+                                                   const char *text, size_t len,
+                                                   uint32_t max_nodes) {
     kvx__jp p;
     memset(doc, 0, sizeof *doc);
-    doc->strbuf = (char *)malloc(len + 1);
+    doc->allocator = a;
+    doc->strbuf = (char *)kvx__alloc(a, len + 1);
     if (!doc->strbuf) {
         snprintf(doc->error, sizeof doc->error, "out of memory");
         return KVX_ERR_NO_MEMORY;
@@ -2070,10 +2105,15 @@ static KVX__UNUSED kvx_result kvx__json_parse(kvx__json_doc *doc, const char *te
     return KVX_OK;
 }
 
+static KVX__UNUSED kvx_result kvx__json_parse(kvx__json_doc *doc, const char *text, size_t len,
+                                              uint32_t max_nodes) {
+    return kvx__json_parse_with(doc, NULL, text, len, max_nodes);
+}
+
 static KVX__UNUSED void kvx__json_free(kvx__json_doc *doc) {
     if (!doc) return;
-    free(doc->nodes);
-    free(doc->strbuf);
+    kvx__free(doc->allocator, doc->nodes);
+    kvx__free(doc->allocator, doc->strbuf);
     doc->nodes = NULL; doc->strbuf = NULL; doc->count = doc->cap = 0;
 }
 
@@ -2269,10 +2309,13 @@ KVX_API kvx_result kvx_layout_compare(const kvx_layout *a, const kvx_layout *b, 
 /* The one place that understands page indices. */
 
 KVX_API void kvx_plan_free(kvx_plan *p) {
+    const kvx_allocator *a;
     if (!p) return;
-    free(p->spans);
-    free(p->scratch);
+    a = p->allocator;
+    kvx__free(a, p->spans);
+    kvx__free(a, p->scratch);
     memset(p, 0, sizeof *p);
+    p->allocator = a;
 }
 
 static int kvx__plan_reserve(kvx_plan *p, size_t need) {
@@ -2281,7 +2324,8 @@ static int kvx__plan_reserve(kvx_plan *p, size_t need) {
         size_t nc = p->capacity ? p->capacity : 16;
         kvx_span *ns;
         while (nc < need) nc *= 2;
-        ns = (kvx_span *)realloc(p->spans, nc * sizeof *ns);
+        ns = (kvx_span *)kvx__grow(p->allocator, p->spans, p->count * sizeof *ns,
+                                   nc * sizeof *ns);
         if (!ns) return -1;
         p->spans = ns;
         p->capacity = nc;
@@ -2315,7 +2359,7 @@ KVX_API kvx_result kvx_pages_check(kvx_plan *p, const int32_t *pages, size_t n,
         }
     if (!no_duplicates || n < 2) return KVX_OK;
     if (n > p->scratch_cap) {
-        int32_t *ns = (int32_t *)realloc(p->scratch, n * sizeof *ns);
+        int32_t *ns = (int32_t *)kvx__grow(p->allocator, p->scratch, 0, n * sizeof *ns);
         if (!ns) {
             snprintf(p->error, sizeof p->error, "%s: out of memory", what);
             return KVX_ERR_NO_MEMORY;
@@ -2533,14 +2577,6 @@ KVX_API kvx_result kvx_plan_aux_scatter(kvx_plan *p, const kvx_layout *l, int32_
 
 /* >>impl: engine and rooms ------------------------------------------------ */
 
-static KVX__UNUSED void *kvx__alloc(const kvx_allocator *a, size_t n) {
-    return a->alloc_fn ? a->alloc_fn(n, a->user_data) : malloc(n);
-}
-static KVX__UNUSED void kvx__free(const kvx_allocator *a, void *p) {
-    if (!p) return;
-    if (a->free_fn) a->free_fn(p, a->user_data);
-    else free(p);
-}
 
 /* A room table: an intrusive hash of 64-bit keys with chaining. The owner
    embeds a kvx__hnode in its object and holds its own lock around every
@@ -2909,26 +2945,24 @@ KVX_API kvx_room *kvx_engine_find_room(kvx_engine *e, uint64_t id) {
 }
 
 KVX_API void kvx_engine_foreach_room(kvx_engine *e, void (*fn)(kvx_room *, void *), void *arg) {
-    kvx_room **all = NULL, *r;
-    size_t n = 0, cap = 0, i;
+    kvx_room **all, *r;
+    size_t n = 0, cap, i;
     pthread_mutex_lock(&e->mu);
-    for (r = e->rooms; r; r = r->next) {
-        if (n == cap) {
-            size_t nc = cap ? cap * 2 : 64;
-            kvx_room **na = (kvx_room **)realloc(all, nc * sizeof *na);
-            if (!na) break;
-            all = na;
-            cap = nc;
-        }
+    cap = e->table.n;
+    all = cap ? (kvx_room **)kvx_engine_alloc(e, cap * sizeof *all) : NULL;
+    for (r = e->rooms; r && n < cap && all; r = r->next) {
         KVX__ADD(&r->refs, 1);
         all[n++] = r;
     }
     pthread_mutex_unlock(&e->mu);
+    if (cap && !all)
+        kvx_engine_log(e, KVX_LOG_ERROR, "kvx.engine", 0,
+                       "out of memory: %zu rooms were not visited", cap);
     for (i = 0; i < n; i++) {
         fn(all[i], arg);
         kvx_room_unref(all[i]);
     }
-    free(all);
+    kvx_engine_free(e, all);
 }
 
 static void kvx__room_destroy_mem(kvx_room *r) {
@@ -3410,6 +3444,7 @@ KVX_API kvx_result kvx_sender_send(kvx_sender *s, const int32_t *pages, uint32_t
     c = (kvx_chunk *)kvx_engine_alloc(e, sizeof *c);
     if (!c) return kvx__call_error(r, KVX_ERR_NO_MEMORY, "out of memory for a chunk");
     memset(c, 0, sizeof *c);
+    c->gather.allocator = &e->desc.allocator;
     res = kvx_plan_gather(&c->gather, &e->desc.layout, pages, n);
     if (res != KVX_OK) {
         kvx_room_fail(r, res, "chunk %u: %s", r->chunks, c->gather.error);
@@ -3483,6 +3518,7 @@ KVX_API kvx_result kvx_receiver_init(kvx_receiver *rc, const int32_t *pages, uin
                                r->inited ? "twice" : "before the room was ready",
                                kvx_poll_str((kvx_poll)st));
     memset(&chk, 0, sizeof chk);
+    chk.allocator = &e->desc.allocator;
     res = kvx_pages_check(&chk, pages, n, kvx_layout_num_pages(l), 1, "destination");
     if (res != KVX_OK) {
         kvx_room_fail(r, res, "init: %s", chk.error);

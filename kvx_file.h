@@ -1372,7 +1372,7 @@ static kvx_result kvx__write_new_at(int dfd, const char *shown, const char *name
    before opening the room. */
 static void kvx__file_write_failed(kvx__froom *fr, kvx_result res, const char *reason) {
     kvx__fengine *fe = fr->fe;
-    kvx__buf b = {NULL, 0, 0, 0};
+    kvx__buf b = {NULL, 0, 0, 0, NULL};
     char why[KVX_ERROR_MAX], marker[64];
     int dfd;
     kvx_result r = KVX_ERR_NOT_FOUND;
@@ -1453,7 +1453,7 @@ static void kvx__fjob_error(kvx__fjob *j, kvx_result res, int err, const char *f
 static kvx_result kvx__file_finish_send(kvx__froom *fr, char *why, size_t wl) {
     kvx_engine *e = kvx_room_engine(fr->room);
     const kvx_layout *l = kvx_engine_layout(e);
-    kvx__buf b = {NULL, 0, 0, 0};
+    kvx__buf b = {NULL, 0, 0, 0, NULL};
     char *aux = NULL;
     uint64_t aux_bytes = 0;
     uint32_t aux_crc = 0, i;
@@ -1512,7 +1512,7 @@ static void kvx__fsend_chunk_done(kvx__fjob *j) {
         kvx__fjob_error(j, res = kvx__errno_result(errno), errno, "cannot close %s/%s: %s",
                         fr->stage_dir, j->name, strerror(errno));
     if (res == KVX_OK) {
-        kvx__buf b = {NULL, 0, 0, 0};
+        kvx__buf b = {NULL, 0, 0, 0, NULL};
         char name[64];
         crc = j->crcs[0];
         for (i = 1; i < j->nstripes; i++) {
