@@ -2421,19 +2421,18 @@ static int kvx__rdma_fill(kvx__rdma_engine *re, kvx__rdma_qp *q, kvx__rdma_work 
         KVX__RDMA_STAT(re, zero_len_wrs, 1);
     } else {
         const kvx_span *s = &w->job->plan.spans[w->s];
-        int aux = s->kind != 0;
+        int aux = s->kind == KVX_SPAN_AUX;
         uint64_t limit = w->s == w->es ? w->eoff : s->length, pos = w->off;
         uint64_t lo = s->src_offset + pos, ro = s->dst_offset + pos;
         uint64_t lrb = q->dev->region_bytes, rrb = rd->region_bytes, e;
         const kvx__rdma_mr *lm = aux ? &q->dev->aux[s->buffer] : &q->dev->kv[s->buffer];
         const kvx__rdma_rbuf *rm = aux ? &rd->aux[s->buffer] : &rd->kv[s->buffer];
-        char *base = (char *)(aux ? l->aux[s->buffer].base : l->buffers[s->buffer].base);
         e = (pos / (uint64_t)re->cfg.max_msg + 1) * (uint64_t)re->cfg.max_msg;
         if (e > limit) e = limit;
         if ((lo / lrb + 1) * lrb - lo < e - pos) e = pos + ((lo / lrb + 1) * lrb - lo);
         if ((ro / rrb + 1) * rrb - ro < e - pos) e = pos + ((ro / rrb + 1) * rrb - ro);
         len = e - pos;
-        sg->addr = (uint64_t)(uintptr_t)(base + lo);
+        sg->addr = (uint64_t)(uintptr_t)kvx_span_addr(l, s, 0) + pos;
         sg->length = (uint32_t)len;
         sg->lkey = lm->mr[lo / lrb]->lkey;
         wr->sg_list = sg;
@@ -2611,44 +2610,43 @@ static kvx__rdma_job *kvx__rdma_job_new(kvx__rdma_engine *re, int nworks) {
     return j;
 }
 
-/* Aux rows after the room's KV WRITEs (under p->mu). */
-static int kvx__rdma_queue_aux(kvx__rdma_engine *re, kvx__rdma_pair *p, kvx__rdma_room *rr) {
-    const kvx_layout *l = kvx_engine_layout(re->e);
+/* Aux rows after the room's KV WRITEs (under p->mu); on failure why
+   (KVX_ERROR_MAX bytes) says why (a slot the decode side gave outside its
+   aux pool, or memory). */
+static kvx_result kvx__rdma_queue_aux(kvx__rdma_engine *re, kvx__rdma_pair *p,
+                                      kvx__rdma_room *rr, char *why) {
     kvx__rdma_job *j = kvx__rdma_job_new(re, 1);
-    uint32_t a;
-    if (!j || kvx__plan_reserve(&j->plan, l->num_aux)) {
+    kvx_result r = j ? kvx_plan_aux(&j->plan, kvx_engine_layout(re->e), rr->src_aux,
+                                    &p->peer_layout, rr->dst_aux)
+                     : KVX_ERR_NO_MEMORY;
+    if (r != KVX_OK) {
+        kvx__set_why(why, KVX_ERROR_MAX, "aux rows to %s: %s", rr->decode_addr,
+                     j ? j->plan.error : "out of memory");
         if (j) kvx_plan_free(&j->plan);
         kvx_engine_free(re->e, j);
-        return -1;
+        return r;
     }
-    for (a = 0; a < l->num_aux; a++) {
-        kvx_span *s = &j->plan.spans[a];
-        s->buffer = a;
-        s->kind = 1;
-        s->src_offset = (uint64_t)rr->src_aux * l->aux[a].item_len;
-        s->dst_offset = (uint64_t)rr->dst_aux * l->aux[a].item_len;
-        s->length = l->aux[a].item_len;
-        j->plan.total_bytes += s->length;
-    }
-    j->plan.count = l->num_aux;
     j->refs = 1;
     j->w[0].room = rr;
     j->w[0].job = j;
-    j->w[0].es = l->num_aux;
+    j->w[0].es = j->plan.count;
     j->w[0].final = 1;
     rr->works++;
     rr->bytes_planned += j->plan.total_bytes;
-    KVX__RDMA_STAT(re, spans, l->num_aux);
+    KVX__RDMA_STAT(re, spans, j->plan.count);
     kvx__rdma_enqueue(&p->qp[0], &j->w[0], 0);
-    return 0;
+    return KVX_OK;
 }
 
 /* Moves a room on (under p->mu): aux once the other queue pairs carried
-   their last KV WRITE; 1 when every WRITE of the room completed. */
-static int kvx__rdma_room_step(kvx__rdma_engine *re, kvx__rdma_pair *p, kvx__rdma_room *rr) {
+   their last KV WRITE; 1 when every WRITE of the room completed, a
+   kvx_result < 0 with why filled when the aux rows could not be queued. */
+static int kvx__rdma_room_step(kvx__rdma_engine *re, kvx__rdma_pair *p, kvx__rdma_room *rr,
+                               char *why) {
     if (rr->finished || rr->cancelled || !rr->last_queued) return 0;
     if (rr->aux_needed && !rr->aux_queued && rr->others_pending <= 0) {
-        if (kvx__rdma_queue_aux(re, p, rr)) return -1;
+        kvx_result r = kvx__rdma_queue_aux(re, p, rr, why);
+        if (r != KVX_OK) return (int)r;
         rr->aux_queued = 1;
     }
     if (!rr->works && !rr->inflight && (!rr->aux_needed || rr->aux_queued)) {
@@ -2675,7 +2673,7 @@ static void kvx__rdma_submit(kvx__rdma_engine *re, kvx__rdma_room *rr, kvx_chunk
     kvx__rdma_job *j = kvx__rdma_job_new(re, p->nqp);
     kvx__rdma_pos cut[KVX_RDMA_MAX_QPS + 1];
     kvx_result res;
-    char err[KVX_ERROR_MAX] = "";
+    char err[KVX_ERROR_MAX] = "", auxerr[KVX_ERROR_MAX];
     int i, fin = 0, bad = 0, step = 0;
     uint64_t bytes = 0;
     if (!j) {
@@ -2735,12 +2733,12 @@ static void kvx__rdma_submit(kvx__rdma_engine *re, kvx__rdma_room *rr, kvx_chunk
         kvx_plan_free(&j->plan);
         kvx_engine_free(re->e, j);
     }
-    step = kvx__rdma_room_step(re, p, rr);
+    step = kvx__rdma_room_step(re, p, rr, auxerr);
     if (step > 0) { fin = 1; bytes = rr->bytes_done; }
     if (kvx__rdma_pump_all(re, p, err, sizeof err)) bad = 1;
     pthread_mutex_unlock(&p->mu);
     kvx_chunk_free(e, c);
-    if (step < 0) kvx__rdma_tx_fail(re, rr->room, KVX_ERR_NO_MEMORY, "out of memory queueing the aux rows");
+    if (step < 0) kvx__rdma_tx_fail(re, rr->room, (kvx_result)step, "%s", auxerr);
     if (bad) kvx__rdma_pair_kill(re, p, KVX_ERR_TRANSPORT, "%s", err);
     if (fin) kvx__rdma_finish(re, rr, bytes);
 }
@@ -2886,8 +2884,8 @@ static void kvx__rdma_cq_prefill(kvx__rdma_engine *re, kvx__rdma_qp *q) {
     kvx__rdma_pair *p = q->pair;
     struct ibv_wc wc[64];
     kvx__rdma_room *touched = NULL, *fin = NULL, *rr;
-    int bad = 0, n, i, nomem = 0, rank = -1;
-    char err[1024] = "";
+    int bad = 0, n, i, auxres = 0, rank = -1;
+    char err[1024] = "", auxerr[KVX_ERROR_MAX];
     pthread_mutex_lock(&p->mu);
     do {
         n = ibv_poll_cq(q->cq, 64, wc);
@@ -2920,14 +2918,14 @@ static void kvx__rdma_cq_prefill(kvx__rdma_engine *re, kvx__rdma_qp *q) {
         touched = rr->tnext;
         rr->touched = 0;
         if (bad) continue;
-        st = kvx__rdma_room_step(re, p, rr);
+        st = kvx__rdma_room_step(re, p, rr, auxerr);
         if (st > 0) {
             kvx_room_ref(rr->room);
             rr->fbytes = rr->bytes_done;
             rr->fnext = fin;
             fin = rr;
         } else if (st < 0) {
-            nomem = 1;
+            auxres = st;
         }
     }
     pthread_cond_broadcast(&p->cv);
@@ -2954,7 +2952,7 @@ static void kvx__rdma_cq_prefill(kvx__rdma_engine *re, kvx__rdma_qp *q) {
         }
     }
     if (bad) kvx__rdma_pair_kill(re, p, KVX_ERR_TRANSPORT, "%s", err);
-    else if (nomem) kvx__rdma_pair_kill(re, p, KVX_ERR_NO_MEMORY, "out of memory queueing aux rows");
+    else if (auxres) kvx__rdma_pair_kill(re, p, (kvx_result)auxres, "%s", auxerr);
     while (fin) {
         rr = fin;
         fin = rr->fnext;
