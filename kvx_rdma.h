@@ -1520,13 +1520,15 @@ static kvx__rdma_pair *kvx__rdma_pair_new(kvx__rdma_engine *re, int nqp, uint64_
     return p;
 }
 
+static void kvx__rdma_job_free(kvx__rdma_engine *re, kvx__rdma_job *j) {
+    if (j) kvx_plan_free(&j->plan);
+    kvx_engine_free(re->e, j);
+}
+
 static void kvx__rdma_work_free(kvx__rdma_engine *re, kvx__rdma_work *w) {
     kvx__rdma_job *j = w->job;
     int owned = w->owned; /* w may live inside j */
-    if (j && --j->refs == 0) {
-        kvx_plan_free(&j->plan);
-        kvx_engine_free(re->e, j);
-    }
+    if (j && --j->refs == 0) kvx__rdma_job_free(re, j);
     if (owned) kvx_engine_free(re->e, w);
 }
 
@@ -2622,8 +2624,7 @@ static kvx_result kvx__rdma_queue_aux(kvx__rdma_engine *re, kvx__rdma_pair *p,
     if (r != KVX_OK) {
         kvx__set_why(why, KVX_ERROR_MAX, "aux rows to %s: %s", rr->decode_addr,
                      j ? j->plan.error : "out of memory");
-        if (j) kvx_plan_free(&j->plan);
-        kvx_engine_free(re->e, j);
+        kvx__rdma_job_free(re, j);
         return r;
     }
     j->refs = 1;
@@ -2678,26 +2679,20 @@ static void kvx__rdma_submit(kvx__rdma_engine *re, kvx__rdma_room *rr, kvx_chunk
     uint64_t bytes = 0;
     if (!j) {
         kvx__rdma_tx_fail(re, rr->room, KVX_ERR_NO_MEMORY, "out of memory planning chunk %u", c->index);
-        kvx_chunk_free(e, c);
-        return;
+        goto drop;
     }
     if ((uint64_t)c->first_page + c->num_pages > rr->ndst) {
         kvx__rdma_tx_fail(re, rr->room, KVX_ERR_TOO_MANY_PAGES, "chunk %u reaches page %u but %s "
                           "gave %u destination pages", c->index, c->first_page + c->num_pages,
                           rr->decode_addr, rr->ndst);
-        kvx_engine_free(re->e, j);
-        kvx_chunk_free(e, c);
-        return;
+        goto drop;
     }
     res = kvx_plan_pages(&j->plan, kvx_engine_layout(e), c->pages, &p->peer_layout,
                          rr->dst + c->first_page, c->num_pages);
     if (res != KVX_OK) {
         kvx__rdma_tx_fail(re, rr->room, res, "chunk %u against the destination of %s: %s",
                           c->index, rr->decode_addr, j->plan.error);
-        kvx_plan_free(&j->plan);
-        kvx_engine_free(re->e, j);
-        kvx_chunk_free(e, c);
-        return;
+        goto drop;
     }
     KVX__RDMA_STAT(re, chunks, 1);
     KVX__RDMA_STAT(re, spans, j->plan.count);
@@ -2705,10 +2700,7 @@ static void kvx__rdma_submit(kvx__rdma_engine *re, kvx__rdma_room *rr, kvx_chunk
     pthread_mutex_lock(&p->mu);
     if (KVX__LOAD(&p->state) == KVX__RP_DEAD || rr->cancelled) {
         pthread_mutex_unlock(&p->mu);
-        kvx_plan_free(&j->plan);
-        kvx_engine_free(re->e, j);
-        kvx_chunk_free(e, c);
-        return;
+        goto drop;
     }
     for (i = 0; i < p->nqp; i++) {
         kvx__rdma_work *w = &j->w[i];
@@ -2729,10 +2721,7 @@ static void kvx__rdma_submit(kvx__rdma_engine *re, kvx__rdma_room *rr, kvx_chunk
         rr->last_queued = 1;
         rr->others_pending = rr->aux_needed ? p->nqp - 1 : 0;
     }
-    if (!j->refs) {
-        kvx_plan_free(&j->plan);
-        kvx_engine_free(re->e, j);
-    }
+    if (!j->refs) kvx__rdma_job_free(re, j);
     step = kvx__rdma_room_step(re, p, rr, auxerr);
     if (step > 0) { fin = 1; bytes = rr->bytes_done; }
     if (kvx__rdma_pump_all(re, p, err, sizeof err)) bad = 1;
@@ -2741,6 +2730,10 @@ static void kvx__rdma_submit(kvx__rdma_engine *re, kvx__rdma_room *rr, kvx_chunk
     if (step < 0) kvx__rdma_tx_fail(re, rr->room, (kvx_result)step, "%s", auxerr);
     if (bad) kvx__rdma_pair_kill(re, p, KVX_ERR_TRANSPORT, "%s", err);
     if (fin) kvx__rdma_finish(re, rr, bytes);
+    return;
+drop:
+    kvx__rdma_job_free(re, j);
+    kvx_chunk_free(e, c);
 }
 
 /* Attaches a prefill room to a ready connection and sends what was parked. */
