@@ -728,16 +728,26 @@ static int kvx__json_hex64(const kvx__json_doc *d, const kvx__json *o, const cha
         }                                                                                      \
     } while (0)
 
+/* Parses text that load (a kvx_result) brought in as a chunk's meta (m) or
+   the room's marker (o), and frees it. */
+static kvx_result kvx__file_parse(kvx_result load, char *text, size_t len, const char *shown,
+                                  kvx_file_chunk_info *m, kvx_file_done_info *o, char *why,
+                                  size_t wl) {
+    if (load == KVX_OK)
+        load = m ? kvx_file_parse_meta(text, len, shown, m, why, wl)
+                 : kvx_file_parse_done(text, len, shown, o, why, wl);
+    free(text);
+    return load;
+}
+
 KVX_API kvx_result kvx_file_read_meta(const char *path, kvx_file_chunk_info *m, char *why,
                                       size_t wl) {
     char *text = NULL;
     size_t len = 0;
     kvx_result r;
     memset(m, 0, sizeof *m);
-    if ((r = kvx__read_small(path, &text, &len, KVX__FILE_META_MAX, why, wl)) != KVX_OK) return r;
-    r = kvx_file_parse_meta(text, len, path, m, why, wl);
-    free(text);
-    return r;
+    r = kvx__read_small(path, &text, &len, KVX__FILE_META_MAX, why, wl);
+    return kvx__file_parse(r, text, len, path, m, NULL, why, wl);
 }
 
 KVX_API kvx_result kvx_file_parse_meta(const char *text, size_t len, const char *path,
@@ -817,10 +827,8 @@ KVX_API kvx_result kvx_file_read_done(const char *path, kvx_file_done_info *o, c
     size_t len = 0;
     kvx_result r;
     memset(o, 0, sizeof *o);
-    if ((r = kvx__read_small(path, &text, &len, KVX__FILE_META_MAX, why, wl)) != KVX_OK) return r;
-    r = kvx_file_parse_done(text, len, path, o, why, wl);
-    free(text);
-    return r;
+    r = kvx__read_small(path, &text, &len, KVX__FILE_META_MAX, why, wl);
+    return kvx__file_parse(r, text, len, path, NULL, o, why, wl);
 }
 
 KVX_API kvx_result kvx_file_parse_done(const char *text, size_t len, const char *path,
@@ -1748,10 +1756,7 @@ static kvx_result kvx__file_load_done(kvx__froom *fr, const char *shown, char *w
     char *text = NULL;
     size_t len = 0;
     kvx_result r = kvx__file_load_text(fr, fr->dfd, "transfer_done", shown, &text, &len, why, wl);
-    if (r != KVX_OK) return r;
-    r = kvx_file_parse_done(text, len, shown, &fr->done, why, wl);
-    free(text);
-    return r;
+    return kvx__file_parse(r, text, len, shown, NULL, &fr->done, why, wl);
 }
 
 static kvx_result kvx__file_load_meta(kvx__froom *fr, const char *bin_name, const char *shown,
@@ -1761,11 +1766,8 @@ static kvx_result kvx__file_load_meta(kvx__froom *fr, const char *bin_name, cons
     kvx_result r;
     memset(m, 0, sizeof *m);
     snprintf(name, sizeof name, "%s.meta", bin_name);
-    if ((r = kvx__file_load_text(fr, fr->dfd, name, shown, &text, &len, why, wl)) != KVX_OK)
-        return r;
-    r = kvx_file_parse_meta(text, len, shown, m, why, wl);
-    free(text);
-    return r;
+    r = kvx__file_load_text(fr, fr->dfd, name, shown, &text, &len, why, wl);
+    return kvx__file_parse(r, text, len, shown, m, NULL, why, wl);
 }
 
 static kvx_result kvx__file_receiver_init(kvx_room *r, const int32_t *pages, uint32_t n,
