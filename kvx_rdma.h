@@ -1008,7 +1008,7 @@ typedef struct kvx__rdma_room {
     uint32_t nchunks, cchunks;
     int parked;                /* under re->mu */
     uint64_t park_deadline;
-    struct kvx__rdma_room *park_next;
+    struct kvx__rdma_room *lnext; /* re->parked (prefill) or re->deferred (decode) */
     kvx__rdma_pair *pair;      /* attached (referenced) */
     struct kvx__rdma_room *pnext, *pprev; /* pair->rooms */
     /* under pair->mu */
@@ -1032,7 +1032,6 @@ typedef struct kvx__rdma_room {
     uint32_t def_n;
     int32_t def_aux;
     kvx__hnode hn;             /* re->rx, key = tag */
-    struct kvx__rdma_room *dnext;
 } kvx__rdma_room;
 
 typedef struct kvx__rdma_engine {
@@ -2794,13 +2793,13 @@ static void kvx__rdma_publish(kvx__rdma_engine *re, kvx__rdma_pair *p) {
     for (rp = &re->parked; *rp;) {
         if ((*rp)->decode == p->peer) {
             rr = *rp;
-            *rp = rr->park_next;
+            *rp = rr->lnext;
             rr->parked = 0;
-            rr->park_next = start;
+            rr->lnext = start;
             start = rr;
             continue;
         }
-        rp = &(*rp)->park_next;
+        rp = &(*rp)->lnext;
     }
     kvx__rdma_pair_ref(p);
     pthread_mutex_unlock(&re->mu);
@@ -2816,7 +2815,7 @@ static void kvx__rdma_publish(kvx__rdma_engine *re, kvx__rdma_pair *p) {
     }
     while (start) {
         rr = start;
-        start = rr->park_next;
+        start = rr->lnext;
         kvx__rdma_attach(re, rr, p);
         kvx_room_unref(rr->room);
     }
@@ -3288,7 +3287,7 @@ static kvx_result kvx__rdma_on_room(kvx_boot *b, kvx_room *r, const kvx_boot_pee
     } else {
         rr->parked = 1;
         rr->park_deadline = kvx_now_ns() + (uint64_t)(re->cfg.connect_timeout_s * 1e9);
-        rr->park_next = re->parked;
+        rr->lnext = re->parked;
         re->parked = rr;
         kvx_room_ref(r);
     }
@@ -3633,7 +3632,7 @@ static kvx_result kvx__rdma_receiver_init(kvx_room *r, const int32_t *pages, uin
         rr->def_n = n;
         rr->def_aux = aux;
         rr->deferred = 1;
-        rr->dnext = re->deferred;
+        rr->lnext = re->deferred;
         re->deferred = rr;
         kvx_room_ref(r);
         pthread_mutex_unlock(&re->rx_mu);
@@ -3664,6 +3663,21 @@ static void kvx__rdma_room_failed(kvx_room *r) {
     kvx__rdma_tell_peer(re, r);
 }
 
+/* Takes rr off list *head (re->parked under re->mu, re->deferred under
+   re->rx_mu) when *on says it is there, and drops the list's reference. */
+static void kvx__rdma_unlist(pthread_mutex_t *mu, kvx__rdma_room **head, kvx__rdma_room *rr,
+                             int *on) {
+    kvx__rdma_room **pp;
+    int was;
+    pthread_mutex_lock(mu);
+    if ((was = *on) != 0)
+        for (pp = head; *pp; pp = &(*pp)->lnext)
+            if (*pp == rr) { *pp = rr->lnext; break; }
+    *on = 0;
+    pthread_mutex_unlock(mu);
+    if (was) kvx_room_unref(rr->room);
+}
+
 /* Prefill: stop the room's WRITEs and wait until the NIC no longer reads
    its pages. */
 static void kvx__rdma_tx_close(kvx__rdma_engine *re, kvx__rdma_room *rr) {
@@ -3671,17 +3685,7 @@ static void kvx__rdma_tx_close(kvx__rdma_engine *re, kvx__rdma_room *rr) {
     uint32_t i;
     uint64_t limit;
     int killed = 0;
-    pthread_mutex_lock(&re->mu);
-    if (rr->parked) {
-        kvx__rdma_room **pp;
-        for (pp = &re->parked; *pp; pp = &(*pp)->park_next)
-            if (*pp == rr) { *pp = rr->park_next; break; }
-        rr->parked = 0;
-        pthread_mutex_unlock(&re->mu);
-        kvx_room_unref(rr->room);
-    } else {
-        pthread_mutex_unlock(&re->mu);
-    }
+    kvx__rdma_unlist(&re->mu, &re->parked, rr, &rr->parked);
     pthread_mutex_lock(&rr->mu);
     for (i = 0; i < rr->nchunks; i++) kvx_chunk_free(re->e, rr->chunks[i]);
     rr->nchunks = 0;
@@ -3719,17 +3723,7 @@ static void kvx__rdma_rx_close(kvx__rdma_engine *re, kvx__rdma_room *rr) {
     kvx__rdma_pair *ps[16], *p;
     int np = 0, i, timed_out = 0;
     uint64_t deadline = kvx_now_ns() + (uint64_t)(re->cfg.fence_timeout_s * 1e9);
-    pthread_mutex_lock(&re->rx_mu);
-    if (rr->deferred) {
-        kvx__rdma_room **pp;
-        for (pp = &re->deferred; *pp; pp = &(*pp)->dnext)
-            if (*pp == rr) { *pp = rr->dnext; break; }
-        rr->deferred = 0;
-        pthread_mutex_unlock(&re->rx_mu);
-        kvx_room_unref(rr->room);
-    } else {
-        pthread_mutex_unlock(&re->rx_mu);
-    }
+    kvx__rdma_unlist(&re->rx_mu, &re->deferred, rr, &rr->deferred);
     if (!rr->in_table) return;
     if (kvx_room_poll(rr->room) != KVX_POLL_SUCCESS) {
         pthread_mutex_lock(&re->mu);
@@ -3786,18 +3780,18 @@ static void kvx__rdma_progress(kvx_engine *e) {
         for (pp = &re->parked; *pp;) {
             rr = *pp;
             if (now > rr->park_deadline || kvx_room_poll(rr->room) == KVX_POLL_FAILED) {
-                *pp = rr->park_next;
+                *pp = rr->lnext;
                 rr->parked = 0;
-                rr->park_next = expired;
+                rr->lnext = expired;
                 expired = rr;
                 continue;
             }
-            pp = &rr->park_next;
+            pp = &rr->lnext;
         }
         pthread_mutex_unlock(&re->mu);
         while (expired) {
             rr = expired;
-            expired = rr->park_next;
+            expired = rr->lnext;
             /* KVX_ERR_TRANSPORT: a decode side that believes it is
                connected (its READY was lost) then retires its side and
                the next receiver redials */
@@ -3824,20 +3818,20 @@ static void kvx__rdma_progress(kvx_engine *e) {
             failed = kvx_room_poll(rr->room) == KVX_POLL_FAILED;
             for (k = 0; k < nd && !wait; k++) wait = kvx__rdma_peer_serves(&dialing[k], rr);
             if (failed || (!wait && !kvx__rdma_rx_find(re, rr->tag))) {
-                *pp = rr->dnext;
+                *pp = rr->lnext;
                 rr->deferred = 0;
                 if (!failed) kvx__rdma_rx_insert(re, rr);
-                rr->dnext = go;
+                rr->lnext = go;
                 go = rr;
                 continue;
             }
-            pp = &rr->dnext;
+            pp = &rr->lnext;
         }
         pthread_mutex_unlock(&re->rx_mu);
         while (go) {
             kvx_result res;
             rr = go;
-            go = rr->dnext;
+            go = rr->lnext;
             if (rr->in_table) {
                 res = kvx_boot_receiver_init(re->boot, rr->room, rr->def_pages, rr->def_n,
                                              rr->def_aux);
