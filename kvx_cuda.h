@@ -1855,6 +1855,11 @@ static kvx_result kvx__cu_check_spans(const kvx_layout *src, const kvx_layout *d
     for (i = 0; i < n; i++) {
         const kvx_span *x = &sp[i];
         const char *side = NULL;
+        if (x->kind != KVX_SPAN_PAGES) {
+            kvx__set_why(why, wl, "span %zu is of kind %u: only page spans are copied on the GPU "
+                         "(aux rows are host memory)", i, x->kind);
+            return KVX_ERR_INVALID_ARGUMENT;
+        }
         if (x->buffer >= src->num_buffers || x->buffer >= dst->num_buffers) {
             kvx__set_why(why, wl, "span %zu names buffer %u; the layouts have %u (source) and %u "
                          "(destination)", i, x->buffer, src->num_buffers, dst->num_buffers);
@@ -1942,8 +1947,8 @@ KVX_API kvx_result kvx_cuda_copy_spans(kvx_cuda_stream *s, const kvx_layout *src
     for (i = 0; i < n && r == KVX_OK; i++) {
         const kvx_span *x = &spans[i];
         if (!x->length) continue;
-        s->srcs[k] = kvx__cu_dptr(src->buffers[x->buffer].base) + x->src_offset;
-        s->dsts[k] = kvx__cu_dptr(dst->buffers[x->buffer].base) + x->dst_offset;
+        s->srcs[k] = kvx__cu_dptr(kvx_span_addr(src, x, 0));
+        s->dsts[k] = kvx__cu_dptr(kvx_span_addr(dst, x, 1));
         s->sizes[k] = (size_t)x->length;
         bytes += x->length;
         if (++k == s->cap || i + 1 == n) {

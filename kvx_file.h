@@ -520,15 +520,37 @@ static int kvx__file_split(const char *text, size_t len, size_t *json_len, int *
     return 1;
 }
 
-/* Cuts a meta or marker file to its JSON line (a parser checks the MAC line
-   separately); 0 with why when something else follows it. */
-static int kvx__file_json_line(const char *text, size_t *len, const char *path, char *why,
-                               size_t wl) {
+/* Parses a meta or marker file: its JSON line (a parser checks the MAC line
+   separately), "format" == format and "version" == KVX_FILE_FORMAT_VERSION.
+   KVX_ERR_CORRUPT with why otherwise; d is freed by the caller. */
+static kvx_result kvx__file_json_open(kvx__json_doc *d, const char *text, size_t len,
+                                      const char *path, size_t nodes, const char *format,
+                                      uint32_t *version, char *why, size_t wl) {
     int has_mac;
     uint8_t mac[KVX_MAC_BYTES];
-    if (kvx__file_split(text, *len, len, &has_mac, mac)) return 1;
-    kvx__set_why(why, wl, "%s: after its JSON line comes something other than a MAC line", path);
-    return 0;
+    const kvx__json *root, *fmt;
+    uint64_t v = 0;
+    if (!kvx__file_split(text, len, &len, &has_mac, mac)) {
+        kvx__set_why(why, wl, "%s: after its JSON line comes something other than a MAC line", path);
+        return KVX_ERR_CORRUPT;
+    }
+    if (kvx__json_parse(d, text, len, nodes) != KVX_OK) {
+        kvx__set_why(why, wl, "%s is not valid JSON: %s", path, d->error);
+        return KVX_ERR_CORRUPT;
+    }
+    root = kvx__json_root(d);
+    fmt = kvx__json_get(d, root, "format");
+    if (!fmt || fmt->type != KVX_JSON_STRING || strcmp(fmt->str, format)) {
+        kvx__set_why(why, wl, "%s: \"format\" is not \"%s\"", path, format);
+        return KVX_ERR_CORRUPT;
+    }
+    if (!kvx__json_u64(d, root, "version", 1, 1000, &v) || v != KVX_FILE_FORMAT_VERSION) {
+        kvx__set_why(why, wl, "%s: format version %llu, this reader knows %d", path,
+                     (unsigned long long)v, KVX_FILE_FORMAT_VERSION);
+        return KVX_ERR_CORRUPT;
+    }
+    *version = (uint32_t)v;
+    return KVX_OK;
 }
 
 
@@ -706,22 +728,32 @@ static int kvx__json_hex64(const kvx__json_doc *d, const kvx__json *o, const cha
         }                                                                                      \
     } while (0)
 
+/* Parses text that load (a kvx_result) brought in as a chunk's meta (m) or
+   the room's marker (o), and frees it. */
+static kvx_result kvx__file_parse(kvx_result load, char *text, size_t len, const char *shown,
+                                  kvx_file_chunk_info *m, kvx_file_done_info *o, char *why,
+                                  size_t wl) {
+    if (load == KVX_OK)
+        load = m ? kvx_file_parse_meta(text, len, shown, m, why, wl)
+                 : kvx_file_parse_done(text, len, shown, o, why, wl);
+    free(text);
+    return load;
+}
+
 KVX_API kvx_result kvx_file_read_meta(const char *path, kvx_file_chunk_info *m, char *why,
                                       size_t wl) {
     char *text = NULL;
     size_t len = 0;
     kvx_result r;
     memset(m, 0, sizeof *m);
-    if ((r = kvx__read_small(path, &text, &len, KVX__FILE_META_MAX, why, wl)) != KVX_OK) return r;
-    r = kvx_file_parse_meta(text, len, path, m, why, wl);
-    free(text);
-    return r;
+    r = kvx__read_small(path, &text, &len, KVX__FILE_META_MAX, why, wl);
+    return kvx__file_parse(r, text, len, path, m, NULL, why, wl);
 }
 
 KVX_API kvx_result kvx_file_parse_meta(const char *text, size_t len, const char *path,
                                        kvx_file_chunk_info *m, char *why, size_t wl) {
     kvx__json_doc d;
-    const kvx__json *root, *bufs, *fmt, *dt;
+    const kvx__json *root, *bufs, *dt;
     uint64_t v[10], expect_off = 0;
     uint32_t i;
     kvx_result r;
@@ -732,21 +764,10 @@ KVX_API kvx_result kvx_file_parse_meta(const char *text, size_t len, const char 
                      KVX__FILE_META_MAX);
         return KVX_ERR_CORRUPT;
     }
-    if (!kvx__file_json_line(text, &len, path, why, wl)) return KVX_ERR_CORRUPT;
-    if (kvx__json_parse(&d, text, len, 4 * KVX_MAX_BUFFERS + 64) != KVX_OK) {
-        kvx__set_why(why, wl, "%s is not valid JSON: %s", path, d.error);
-        r = KVX_ERR_CORRUPT;
+    if ((r = kvx__file_json_open(&d, text, len, path, 4 * KVX_MAX_BUFFERS + 64, "kvx-file-chunk",
+                                 &m->version, why, wl)) != KVX_OK)
         goto done;
-    }
-    r = KVX_OK;
     root = kvx__json_root(&d);
-    fmt = kvx__json_get(&d, root, "format");
-    KVX__REQ(fmt && fmt->type == KVX_JSON_STRING && !strcmp(fmt->str, "kvx-file-chunk"),
-             "%s: \"format\" is not \"kvx-file-chunk\"", path);
-    KVX__REQ(kvx__json_u64(&d, root, "version", 1, 1000, &v[0]), "%s: bad \"version\"", path);
-    KVX__REQ(v[0] == KVX_FILE_FORMAT_VERSION, "%s: format version %llu, this reader knows %d",
-             path, (unsigned long long)v[0], KVX_FILE_FORMAT_VERSION);
-    m->version = (uint32_t)v[0];
     KVX__REQ(kvx__json_u64(&d, root, "room", 0, UINT64_MAX, &m->room), "%s: bad \"room\"", path);
     KVX__REQ(kvx__json_u64(&d, root, "chunk", 0, KVX__FILE_MAX_CHUNKS, &v[1]) &&
                  kvx__json_u64(&d, root, "first_page", 0, KVX_MAX_PAGES, &v[2]) &&
@@ -806,37 +827,23 @@ KVX_API kvx_result kvx_file_read_done(const char *path, kvx_file_done_info *o, c
     size_t len = 0;
     kvx_result r;
     memset(o, 0, sizeof *o);
-    if ((r = kvx__read_small(path, &text, &len, KVX__FILE_META_MAX, why, wl)) != KVX_OK) return r;
-    r = kvx_file_parse_done(text, len, path, o, why, wl);
-    free(text);
-    return r;
+    r = kvx__read_small(path, &text, &len, KVX__FILE_META_MAX, why, wl);
+    return kvx__file_parse(r, text, len, path, NULL, o, why, wl);
 }
 
 KVX_API kvx_result kvx_file_parse_done(const char *text, size_t len, const char *path,
                                        kvx_file_done_info *o, char *why, size_t wl) {
     kvx__json_doc d;
-    const kvx__json *root, *fmt, *aux;
+    const kvx__json *root, *aux;
     uint64_t v[8];
     uint32_t i;
     kvx_result r;
     memset(o, 0, sizeof *o);
     memset(&d, 0, sizeof d);
-    if (!kvx__file_json_line(text, &len, path, why, wl)) return KVX_ERR_CORRUPT;
-    if (kvx__json_parse(&d, text, len, 256) != KVX_OK) {
-        kvx__set_why(why, wl, "%s is not valid JSON: %s", path, d.error);
-        r = KVX_ERR_CORRUPT;
+    if ((r = kvx__file_json_open(&d, text, len, path, 256, "kvx-file-done", &o->version, why,
+                                 wl)) != KVX_OK)
         goto done;
-    }
-    r = KVX_OK;
     root = kvx__json_root(&d);
-    fmt = kvx__json_get(&d, root, "format");
-    KVX__REQ(fmt && fmt->type == KVX_JSON_STRING && !strcmp(fmt->str, "kvx-file-done"),
-             "%s: \"format\" is not \"kvx-file-done\"", path);
-    KVX__REQ(kvx__json_u64(&d, root, "version", 1, 1000, &v[0]) &&
-                 v[0] == KVX_FILE_FORMAT_VERSION,
-             "%s: missing or unknown format version (this reader knows %d)", path,
-             KVX_FILE_FORMAT_VERSION);
-    o->version = (uint32_t)v[0];
     KVX__REQ(kvx__json_u64(&d, root, "room", 0, UINT64_MAX, &o->room) &&
                  kvx__json_u64(&d, root, "chunks", 0, KVX__FILE_MAX_CHUNKS, &v[1]) &&
                  kvx__json_u64(&d, root, "total_pages", 0, KVX_MAX_PAGES, &v[2]) &&
@@ -1749,10 +1756,7 @@ static kvx_result kvx__file_load_done(kvx__froom *fr, const char *shown, char *w
     char *text = NULL;
     size_t len = 0;
     kvx_result r = kvx__file_load_text(fr, fr->dfd, "transfer_done", shown, &text, &len, why, wl);
-    if (r != KVX_OK) return r;
-    r = kvx_file_parse_done(text, len, shown, &fr->done, why, wl);
-    free(text);
-    return r;
+    return kvx__file_parse(r, text, len, shown, NULL, &fr->done, why, wl);
 }
 
 static kvx_result kvx__file_load_meta(kvx__froom *fr, const char *bin_name, const char *shown,
@@ -1762,11 +1766,8 @@ static kvx_result kvx__file_load_meta(kvx__froom *fr, const char *bin_name, cons
     kvx_result r;
     memset(m, 0, sizeof *m);
     snprintf(name, sizeof name, "%s.meta", bin_name);
-    if ((r = kvx__file_load_text(fr, fr->dfd, name, shown, &text, &len, why, wl)) != KVX_OK)
-        return r;
-    r = kvx_file_parse_meta(text, len, shown, m, why, wl);
-    free(text);
-    return r;
+    r = kvx__file_load_text(fr, fr->dfd, name, shown, &text, &len, why, wl);
+    return kvx__file_parse(r, text, len, shown, m, NULL, why, wl);
 }
 
 static kvx_result kvx__file_receiver_init(kvx_room *r, const int32_t *pages, uint32_t n,

@@ -1008,7 +1008,7 @@ typedef struct kvx__rdma_room {
     uint32_t nchunks, cchunks;
     int parked;                /* under re->mu */
     uint64_t park_deadline;
-    struct kvx__rdma_room *park_next;
+    struct kvx__rdma_room *lnext; /* re->parked (prefill) or re->deferred (decode) */
     kvx__rdma_pair *pair;      /* attached (referenced) */
     struct kvx__rdma_room *pnext, *pprev; /* pair->rooms */
     /* under pair->mu */
@@ -1032,7 +1032,6 @@ typedef struct kvx__rdma_room {
     uint32_t def_n;
     int32_t def_aux;
     kvx__hnode hn;             /* re->rx, key = tag */
-    struct kvx__rdma_room *dnext;
 } kvx__rdma_room;
 
 typedef struct kvx__rdma_engine {
@@ -1520,13 +1519,15 @@ static kvx__rdma_pair *kvx__rdma_pair_new(kvx__rdma_engine *re, int nqp, uint64_
     return p;
 }
 
+static void kvx__rdma_job_free(kvx__rdma_engine *re, kvx__rdma_job *j) {
+    if (j) kvx_plan_free(&j->plan);
+    kvx_engine_free(re->e, j);
+}
+
 static void kvx__rdma_work_free(kvx__rdma_engine *re, kvx__rdma_work *w) {
     kvx__rdma_job *j = w->job;
     int owned = w->owned; /* w may live inside j */
-    if (j && --j->refs == 0) {
-        kvx_plan_free(&j->plan);
-        kvx_engine_free(re->e, j);
-    }
+    if (j && --j->refs == 0) kvx__rdma_job_free(re, j);
     if (owned) kvx_engine_free(re->e, w);
 }
 
@@ -2421,19 +2422,18 @@ static int kvx__rdma_fill(kvx__rdma_engine *re, kvx__rdma_qp *q, kvx__rdma_work 
         KVX__RDMA_STAT(re, zero_len_wrs, 1);
     } else {
         const kvx_span *s = &w->job->plan.spans[w->s];
-        int aux = s->kind != 0;
+        int aux = s->kind == KVX_SPAN_AUX;
         uint64_t limit = w->s == w->es ? w->eoff : s->length, pos = w->off;
         uint64_t lo = s->src_offset + pos, ro = s->dst_offset + pos;
         uint64_t lrb = q->dev->region_bytes, rrb = rd->region_bytes, e;
         const kvx__rdma_mr *lm = aux ? &q->dev->aux[s->buffer] : &q->dev->kv[s->buffer];
         const kvx__rdma_rbuf *rm = aux ? &rd->aux[s->buffer] : &rd->kv[s->buffer];
-        char *base = (char *)(aux ? l->aux[s->buffer].base : l->buffers[s->buffer].base);
         e = (pos / (uint64_t)re->cfg.max_msg + 1) * (uint64_t)re->cfg.max_msg;
         if (e > limit) e = limit;
         if ((lo / lrb + 1) * lrb - lo < e - pos) e = pos + ((lo / lrb + 1) * lrb - lo);
         if ((ro / rrb + 1) * rrb - ro < e - pos) e = pos + ((ro / rrb + 1) * rrb - ro);
         len = e - pos;
-        sg->addr = (uint64_t)(uintptr_t)(base + lo);
+        sg->addr = (uint64_t)(uintptr_t)kvx_span_addr(l, s, 0) + pos;
         sg->length = (uint32_t)len;
         sg->lkey = lm->mr[lo / lrb]->lkey;
         wr->sg_list = sg;
@@ -2611,44 +2611,42 @@ static kvx__rdma_job *kvx__rdma_job_new(kvx__rdma_engine *re, int nworks) {
     return j;
 }
 
-/* Aux rows after the room's KV WRITEs (under p->mu). */
-static int kvx__rdma_queue_aux(kvx__rdma_engine *re, kvx__rdma_pair *p, kvx__rdma_room *rr) {
-    const kvx_layout *l = kvx_engine_layout(re->e);
+/* Aux rows after the room's KV WRITEs (under p->mu); on failure why
+   (KVX_ERROR_MAX bytes) says why (a slot the decode side gave outside its
+   aux pool, or memory). */
+static kvx_result kvx__rdma_queue_aux(kvx__rdma_engine *re, kvx__rdma_pair *p,
+                                      kvx__rdma_room *rr, char *why) {
     kvx__rdma_job *j = kvx__rdma_job_new(re, 1);
-    uint32_t a;
-    if (!j || kvx__plan_reserve(&j->plan, l->num_aux)) {
-        if (j) kvx_plan_free(&j->plan);
-        kvx_engine_free(re->e, j);
-        return -1;
+    kvx_result r = j ? kvx_plan_aux(&j->plan, kvx_engine_layout(re->e), rr->src_aux,
+                                    &p->peer_layout, rr->dst_aux)
+                     : KVX_ERR_NO_MEMORY;
+    if (r != KVX_OK) {
+        kvx__set_why(why, KVX_ERROR_MAX, "aux rows to %s: %s", rr->decode_addr,
+                     j ? j->plan.error : "out of memory");
+        kvx__rdma_job_free(re, j);
+        return r;
     }
-    for (a = 0; a < l->num_aux; a++) {
-        kvx_span *s = &j->plan.spans[a];
-        s->buffer = a;
-        s->kind = 1;
-        s->src_offset = (uint64_t)rr->src_aux * l->aux[a].item_len;
-        s->dst_offset = (uint64_t)rr->dst_aux * l->aux[a].item_len;
-        s->length = l->aux[a].item_len;
-        j->plan.total_bytes += s->length;
-    }
-    j->plan.count = l->num_aux;
     j->refs = 1;
     j->w[0].room = rr;
     j->w[0].job = j;
-    j->w[0].es = l->num_aux;
+    j->w[0].es = j->plan.count;
     j->w[0].final = 1;
     rr->works++;
     rr->bytes_planned += j->plan.total_bytes;
-    KVX__RDMA_STAT(re, spans, l->num_aux);
+    KVX__RDMA_STAT(re, spans, j->plan.count);
     kvx__rdma_enqueue(&p->qp[0], &j->w[0], 0);
-    return 0;
+    return KVX_OK;
 }
 
 /* Moves a room on (under p->mu): aux once the other queue pairs carried
-   their last KV WRITE; 1 when every WRITE of the room completed. */
-static int kvx__rdma_room_step(kvx__rdma_engine *re, kvx__rdma_pair *p, kvx__rdma_room *rr) {
+   their last KV WRITE; 1 when every WRITE of the room completed, a
+   kvx_result < 0 with why filled when the aux rows could not be queued. */
+static int kvx__rdma_room_step(kvx__rdma_engine *re, kvx__rdma_pair *p, kvx__rdma_room *rr,
+                               char *why) {
     if (rr->finished || rr->cancelled || !rr->last_queued) return 0;
     if (rr->aux_needed && !rr->aux_queued && rr->others_pending <= 0) {
-        if (kvx__rdma_queue_aux(re, p, rr)) return -1;
+        kvx_result r = kvx__rdma_queue_aux(re, p, rr, why);
+        if (r != KVX_OK) return (int)r;
         rr->aux_queued = 1;
     }
     if (!rr->works && !rr->inflight && (!rr->aux_needed || rr->aux_queued)) {
@@ -2675,31 +2673,25 @@ static void kvx__rdma_submit(kvx__rdma_engine *re, kvx__rdma_room *rr, kvx_chunk
     kvx__rdma_job *j = kvx__rdma_job_new(re, p->nqp);
     kvx__rdma_pos cut[KVX_RDMA_MAX_QPS + 1];
     kvx_result res;
-    char err[KVX_ERROR_MAX] = "";
+    char err[KVX_ERROR_MAX] = "", auxerr[KVX_ERROR_MAX];
     int i, fin = 0, bad = 0, step = 0;
     uint64_t bytes = 0;
     if (!j) {
         kvx__rdma_tx_fail(re, rr->room, KVX_ERR_NO_MEMORY, "out of memory planning chunk %u", c->index);
-        kvx_chunk_free(e, c);
-        return;
+        goto drop;
     }
     if ((uint64_t)c->first_page + c->num_pages > rr->ndst) {
         kvx__rdma_tx_fail(re, rr->room, KVX_ERR_TOO_MANY_PAGES, "chunk %u reaches page %u but %s "
                           "gave %u destination pages", c->index, c->first_page + c->num_pages,
                           rr->decode_addr, rr->ndst);
-        kvx_engine_free(re->e, j);
-        kvx_chunk_free(e, c);
-        return;
+        goto drop;
     }
     res = kvx_plan_pages(&j->plan, kvx_engine_layout(e), c->pages, &p->peer_layout,
                          rr->dst + c->first_page, c->num_pages);
     if (res != KVX_OK) {
         kvx__rdma_tx_fail(re, rr->room, res, "chunk %u against the destination of %s: %s",
                           c->index, rr->decode_addr, j->plan.error);
-        kvx_plan_free(&j->plan);
-        kvx_engine_free(re->e, j);
-        kvx_chunk_free(e, c);
-        return;
+        goto drop;
     }
     KVX__RDMA_STAT(re, chunks, 1);
     KVX__RDMA_STAT(re, spans, j->plan.count);
@@ -2707,10 +2699,7 @@ static void kvx__rdma_submit(kvx__rdma_engine *re, kvx__rdma_room *rr, kvx_chunk
     pthread_mutex_lock(&p->mu);
     if (KVX__LOAD(&p->state) == KVX__RP_DEAD || rr->cancelled) {
         pthread_mutex_unlock(&p->mu);
-        kvx_plan_free(&j->plan);
-        kvx_engine_free(re->e, j);
-        kvx_chunk_free(e, c);
-        return;
+        goto drop;
     }
     for (i = 0; i < p->nqp; i++) {
         kvx__rdma_work *w = &j->w[i];
@@ -2731,18 +2720,19 @@ static void kvx__rdma_submit(kvx__rdma_engine *re, kvx__rdma_room *rr, kvx_chunk
         rr->last_queued = 1;
         rr->others_pending = rr->aux_needed ? p->nqp - 1 : 0;
     }
-    if (!j->refs) {
-        kvx_plan_free(&j->plan);
-        kvx_engine_free(re->e, j);
-    }
-    step = kvx__rdma_room_step(re, p, rr);
+    if (!j->refs) kvx__rdma_job_free(re, j);
+    step = kvx__rdma_room_step(re, p, rr, auxerr);
     if (step > 0) { fin = 1; bytes = rr->bytes_done; }
     if (kvx__rdma_pump_all(re, p, err, sizeof err)) bad = 1;
     pthread_mutex_unlock(&p->mu);
     kvx_chunk_free(e, c);
-    if (step < 0) kvx__rdma_tx_fail(re, rr->room, KVX_ERR_NO_MEMORY, "out of memory queueing the aux rows");
+    if (step < 0) kvx__rdma_tx_fail(re, rr->room, (kvx_result)step, "%s", auxerr);
     if (bad) kvx__rdma_pair_kill(re, p, KVX_ERR_TRANSPORT, "%s", err);
     if (fin) kvx__rdma_finish(re, rr, bytes);
+    return;
+drop:
+    kvx__rdma_job_free(re, j);
+    kvx_chunk_free(e, c);
 }
 
 /* Attaches a prefill room to a ready connection and sends what was parked. */
@@ -2803,13 +2793,13 @@ static void kvx__rdma_publish(kvx__rdma_engine *re, kvx__rdma_pair *p) {
     for (rp = &re->parked; *rp;) {
         if ((*rp)->decode == p->peer) {
             rr = *rp;
-            *rp = rr->park_next;
+            *rp = rr->lnext;
             rr->parked = 0;
-            rr->park_next = start;
+            rr->lnext = start;
             start = rr;
             continue;
         }
-        rp = &(*rp)->park_next;
+        rp = &(*rp)->lnext;
     }
     kvx__rdma_pair_ref(p);
     pthread_mutex_unlock(&re->mu);
@@ -2825,7 +2815,7 @@ static void kvx__rdma_publish(kvx__rdma_engine *re, kvx__rdma_pair *p) {
     }
     while (start) {
         rr = start;
-        start = rr->park_next;
+        start = rr->lnext;
         kvx__rdma_attach(re, rr, p);
         kvx_room_unref(rr->room);
     }
@@ -2886,8 +2876,8 @@ static void kvx__rdma_cq_prefill(kvx__rdma_engine *re, kvx__rdma_qp *q) {
     kvx__rdma_pair *p = q->pair;
     struct ibv_wc wc[64];
     kvx__rdma_room *touched = NULL, *fin = NULL, *rr;
-    int bad = 0, n, i, nomem = 0, rank = -1;
-    char err[1024] = "";
+    int bad = 0, n, i, auxres = 0, rank = -1;
+    char err[1024] = "", auxerr[KVX_ERROR_MAX];
     pthread_mutex_lock(&p->mu);
     do {
         n = ibv_poll_cq(q->cq, 64, wc);
@@ -2920,14 +2910,14 @@ static void kvx__rdma_cq_prefill(kvx__rdma_engine *re, kvx__rdma_qp *q) {
         touched = rr->tnext;
         rr->touched = 0;
         if (bad) continue;
-        st = kvx__rdma_room_step(re, p, rr);
+        st = kvx__rdma_room_step(re, p, rr, auxerr);
         if (st > 0) {
             kvx_room_ref(rr->room);
             rr->fbytes = rr->bytes_done;
             rr->fnext = fin;
             fin = rr;
         } else if (st < 0) {
-            nomem = 1;
+            auxres = st;
         }
     }
     pthread_cond_broadcast(&p->cv);
@@ -2954,7 +2944,7 @@ static void kvx__rdma_cq_prefill(kvx__rdma_engine *re, kvx__rdma_qp *q) {
         }
     }
     if (bad) kvx__rdma_pair_kill(re, p, KVX_ERR_TRANSPORT, "%s", err);
-    else if (nomem) kvx__rdma_pair_kill(re, p, KVX_ERR_NO_MEMORY, "out of memory queueing aux rows");
+    else if (auxres) kvx__rdma_pair_kill(re, p, (kvx_result)auxres, "%s", auxerr);
     while (fin) {
         rr = fin;
         fin = rr->fnext;
@@ -3297,7 +3287,7 @@ static kvx_result kvx__rdma_on_room(kvx_boot *b, kvx_room *r, const kvx_boot_pee
     } else {
         rr->parked = 1;
         rr->park_deadline = kvx_now_ns() + (uint64_t)(re->cfg.connect_timeout_s * 1e9);
-        rr->park_next = re->parked;
+        rr->lnext = re->parked;
         re->parked = rr;
         kvx_room_ref(r);
     }
@@ -3642,7 +3632,7 @@ static kvx_result kvx__rdma_receiver_init(kvx_room *r, const int32_t *pages, uin
         rr->def_n = n;
         rr->def_aux = aux;
         rr->deferred = 1;
-        rr->dnext = re->deferred;
+        rr->lnext = re->deferred;
         re->deferred = rr;
         kvx_room_ref(r);
         pthread_mutex_unlock(&re->rx_mu);
@@ -3673,6 +3663,21 @@ static void kvx__rdma_room_failed(kvx_room *r) {
     kvx__rdma_tell_peer(re, r);
 }
 
+/* Takes rr off list *head (re->parked under re->mu, re->deferred under
+   re->rx_mu) when *on says it is there, and drops the list's reference. */
+static void kvx__rdma_unlist(pthread_mutex_t *mu, kvx__rdma_room **head, kvx__rdma_room *rr,
+                             int *on) {
+    kvx__rdma_room **pp;
+    int was;
+    pthread_mutex_lock(mu);
+    if ((was = *on) != 0)
+        for (pp = head; *pp; pp = &(*pp)->lnext)
+            if (*pp == rr) { *pp = rr->lnext; break; }
+    *on = 0;
+    pthread_mutex_unlock(mu);
+    if (was) kvx_room_unref(rr->room);
+}
+
 /* Prefill: stop the room's WRITEs and wait until the NIC no longer reads
    its pages. */
 static void kvx__rdma_tx_close(kvx__rdma_engine *re, kvx__rdma_room *rr) {
@@ -3680,17 +3685,7 @@ static void kvx__rdma_tx_close(kvx__rdma_engine *re, kvx__rdma_room *rr) {
     uint32_t i;
     uint64_t limit;
     int killed = 0;
-    pthread_mutex_lock(&re->mu);
-    if (rr->parked) {
-        kvx__rdma_room **pp;
-        for (pp = &re->parked; *pp; pp = &(*pp)->park_next)
-            if (*pp == rr) { *pp = rr->park_next; break; }
-        rr->parked = 0;
-        pthread_mutex_unlock(&re->mu);
-        kvx_room_unref(rr->room);
-    } else {
-        pthread_mutex_unlock(&re->mu);
-    }
+    kvx__rdma_unlist(&re->mu, &re->parked, rr, &rr->parked);
     pthread_mutex_lock(&rr->mu);
     for (i = 0; i < rr->nchunks; i++) kvx_chunk_free(re->e, rr->chunks[i]);
     rr->nchunks = 0;
@@ -3728,17 +3723,7 @@ static void kvx__rdma_rx_close(kvx__rdma_engine *re, kvx__rdma_room *rr) {
     kvx__rdma_pair *ps[16], *p;
     int np = 0, i, timed_out = 0;
     uint64_t deadline = kvx_now_ns() + (uint64_t)(re->cfg.fence_timeout_s * 1e9);
-    pthread_mutex_lock(&re->rx_mu);
-    if (rr->deferred) {
-        kvx__rdma_room **pp;
-        for (pp = &re->deferred; *pp; pp = &(*pp)->dnext)
-            if (*pp == rr) { *pp = rr->dnext; break; }
-        rr->deferred = 0;
-        pthread_mutex_unlock(&re->rx_mu);
-        kvx_room_unref(rr->room);
-    } else {
-        pthread_mutex_unlock(&re->rx_mu);
-    }
+    kvx__rdma_unlist(&re->rx_mu, &re->deferred, rr, &rr->deferred);
     if (!rr->in_table) return;
     if (kvx_room_poll(rr->room) != KVX_POLL_SUCCESS) {
         pthread_mutex_lock(&re->mu);
@@ -3795,18 +3780,18 @@ static void kvx__rdma_progress(kvx_engine *e) {
         for (pp = &re->parked; *pp;) {
             rr = *pp;
             if (now > rr->park_deadline || kvx_room_poll(rr->room) == KVX_POLL_FAILED) {
-                *pp = rr->park_next;
+                *pp = rr->lnext;
                 rr->parked = 0;
-                rr->park_next = expired;
+                rr->lnext = expired;
                 expired = rr;
                 continue;
             }
-            pp = &rr->park_next;
+            pp = &rr->lnext;
         }
         pthread_mutex_unlock(&re->mu);
         while (expired) {
             rr = expired;
-            expired = rr->park_next;
+            expired = rr->lnext;
             /* KVX_ERR_TRANSPORT: a decode side that believes it is
                connected (its READY was lost) then retires its side and
                the next receiver redials */
@@ -3833,20 +3818,20 @@ static void kvx__rdma_progress(kvx_engine *e) {
             failed = kvx_room_poll(rr->room) == KVX_POLL_FAILED;
             for (k = 0; k < nd && !wait; k++) wait = kvx__rdma_peer_serves(&dialing[k], rr);
             if (failed || (!wait && !kvx__rdma_rx_find(re, rr->tag))) {
-                *pp = rr->dnext;
+                *pp = rr->lnext;
                 rr->deferred = 0;
                 if (!failed) kvx__rdma_rx_insert(re, rr);
-                rr->dnext = go;
+                rr->lnext = go;
                 go = rr;
                 continue;
             }
-            pp = &rr->dnext;
+            pp = &rr->lnext;
         }
         pthread_mutex_unlock(&re->rx_mu);
         while (go) {
             kvx_result res;
             rr = go;
-            go = rr->dnext;
+            go = rr->lnext;
             if (rr->in_table) {
                 res = kvx_boot_receiver_init(re->boot, rr->room, rr->def_pages, rr->def_n,
                                              rr->def_aux);

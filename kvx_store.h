@@ -1698,11 +1698,7 @@ write:
     }
     if (fd < 0) {
         err = errno;
-        kvx__store_release(s, s->block_bytes);
-        KVX__STORE_ADD(&s->st.errors, 1);
-        kvx__store_fail(b, i, kvx__errno_result(err), "cannot create %s/%s: %s", s->ns, tmp,
-                        strerror(err));
-        return;
+        goto fail;
     }
     err = kvx__store_data_io(s, fd, b->pages[i], scratch, 1, &crc);
     if (!err) {
@@ -1719,13 +1715,8 @@ write:
     if (close(fd) && !err) err = errno;
     if (!err && renameat(s->ns_fd, tmp, s->ns_fd, rel)) err = errno;
     if (err) {
-        if (err < 0) err = EIO;
         unlinkat(s->ns_fd, tmp, 0);
-        kvx__store_release(s, s->block_bytes);
-        KVX__STORE_ADD(&s->st.errors, 1);
-        kvx__store_fail(b, i, kvx__errno_result(err), "cannot write %s/%s: %s", s->ns, rel,
-                        strerror(err));
-        return;
+        goto fail;
     }
     if (s->desc.fsync) {
         char d[4];
@@ -1740,6 +1731,13 @@ write:
     KVX__STORE_ADD(&s->st.puts, 1);
     KVX__STORE_ADD(&s->st.bytes_written, s->block_bytes);
     if (b->results) b->results[i] = KVX_OK;
+    return;
+fail: /* fd < 0: the temporary file could not be made */
+    if (err < 0) err = EIO;
+    kvx__store_release(s, s->block_bytes);
+    KVX__STORE_ADD(&s->st.errors, 1);
+    kvx__store_fail(b, i, kvx__errno_result(err), "cannot %s %s/%s: %s", fd < 0 ? "create" : "write",
+                    s->ns, fd < 0 ? tmp : rel, strerror(err));
 }
 
 static kvx_result kvx__store_check_pages(kvx_store *s, const int32_t *pages, size_t n,

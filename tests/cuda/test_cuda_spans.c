@@ -179,6 +179,12 @@ static void check_refusals(kvx_cuda *cu) {
     r = kvx_cuda_copy_spans(s, &src.layout, &dst.layout, sp, 3, &t, why, sizeof why);
     CHECK(r == KVX_ERR_OUT_OF_RANGE, "a buffer the layouts do not have");
     CHECK_STR(why, "span 2 names buffer 2; the layouts have 2 (source) and 2 (destination)");
+    sp[2].buffer = 0;
+    sp[2].kind = KVX_SPAN_AUX; /* aux rows are host memory: never a device copy */
+    r = kvx_cuda_copy_spans(s, &src.layout, &dst.layout, sp, 3, &t, why, sizeof why);
+    CHECK(r == KVX_ERR_INVALID_ARGUMENT, "an aux span: %d", (int)r);
+    CHECK_STR(why, "span 2 is of kind 1: only page spans are copied on the GPU");
+    sp[2].kind = KVX_SPAN_PAGES;
     f1 = ct_stats(&F);
     CHECK(f1.copies == f0.copies, "nothing was queued by refused calls");
     CHECK(kvx_cuda_copy_spans(s, NULL, &dst.layout, sp, 1, &t, why, sizeof why) ==
