@@ -50,33 +50,40 @@
      KVX_BOOT_TRIES           attempts to reach the bootstrap server or a rank
                               before a room fails (5); backoff 200 ms, doubling
 
-   SETTINGS (desc.boot, zero = default) AND ENVIRONMENT (overrides the desc)
+   SETTINGS (desc.boot) AND ENVIRONMENT
+     Each is a row of kvx__boot_table, resolved by kvx.h's settings rule:
+     the variable overrides the field; 0 (or NULL) = the default; a value
+     outside the range is refused with KVX_ERR_BAD_CONFIG naming the
+     variable and the field (before issue 12 heartbeat values were clamped).
      KVX_BOOTSTRAP_HOST        prefill: address the bootstrap server and the
                                control listener bind; also what other prefill
                                ranks use to reach rank 0's server.
                                desc.boot.host, else the host of
                                desc.bootstrap_addr, else 0.0.0.0
-     KVX_BOOTSTRAP_PORT        prefill: bootstrap server port. desc.boot.port
-                               (-1 = ephemeral), else the port of
-                               desc.bootstrap_addr, else 8998. In the
-                               environment 0 means ephemeral. Read the bound
-                               port back with kvx_boot_port().
-     KVX_BOOTSTRAP_RANK_IP     prefill: the address this rank registers as
-                               rank_ip (default: the bind address when it is
-                               a specific one, else the first non-loopback
-                               IPv4 address of the host, else 127.0.0.1)
-     KVX_HEARTBEAT_INTERVAL    decode: seconds between heartbeats of every
-                               prefill in use (5; SGLang's minimum is 2, kvx
-                               accepts down to 0.1 for tests, and raises
-                               anything lower to 0.1): a PING on each
+     KVX_BOOTSTRAP_PORT        prefill: bootstrap server port, 0..65535.
+                               desc.boot.port, else the port of
+                               desc.bootstrap_addr, else 8998. 0 is a value
+                               (ephemeral): the field asks for it with
+                               KVX_ZERO (-1), the variable with 0. Read the
+                               bound port back with kvx_boot_port().
+     KVX_BOOTSTRAP_RANK_IP     prefill: desc.boot.rank_ip, the address this
+                               rank registers as rank_ip (default: the bind
+                               address when it is a specific one, else the
+                               first non-loopback IPv4 address of the host,
+                               else 127.0.0.1)
+     KVX_HEARTBEAT_INTERVAL    decode: desc.boot.heartbeat_interval_s, seconds
+                               between heartbeats of every prefill in use (5;
+                               range [0.1, 3600]; SGLang's minimum is 2, kvx
+                               accepts down to 0.1 for tests): a PING on each
                                control connection when the server info says
                                "kvx_heartbeat":"control" (kvx prefills), so
                                liveness needs no HTTP slot; else GET /health
      KVX_AUTH_KEY, KVX_AUTH_KEY_FILE (core; desc.auth_key, auth_key_file)
                                a shared secret: see SECURITY
-     KVX_HEARTBEAT_MAX_FAILURE decode: consecutive failed heartbeats after
-                               which every unfinished room of that prefill
-                               fails (2; less than 1 is raised to 1)
+     KVX_HEARTBEAT_MAX_FAILURE decode: desc.boot.heartbeat_max_failure,
+                               consecutive failed heartbeats after which
+                               every unfinished room of that prefill fails
+                               (2; range 1..1000)
      KVX_BOOTSTRAP_TIMEOUT     (core) seconds a sender waits for its room frame
      desc.boot.tp_size/tp_rank, dp_size/dp_rank, pp_size/pp_rank,
      cp_size/cp_rank           this engine's place in its instance (sizes 1,
@@ -3580,9 +3587,8 @@ static void *kvx__boot_io_main(void *arg) {
         }
         rc = poll(pf, n + 1, timeout);
         if (rc > 0 && pf[0].revents) {
-            char tmp[256];
             KVX__STORE(&b->wake_pending, 0);
-            while (read(b->wake_rd, tmp, sizeof tmp) > 0) {}
+            kvx__drain(b->wake_rd);
         }
         for (i = 0; rc > 0 && i < n; i++)
             if (pf[i + 1].revents) kvx__boot_io_event(b, b->conns[i], pf[i + 1].revents);
@@ -4516,44 +4522,41 @@ static kvx_result kvx__boot_rank_setting(const char *name, int size, int rank, i
     return KVX_OK;
 }
 
+/* The handshake's settings, resolved by kvx.h's rule (the variable
+   overrides the field; 0 = the default; out of range refused). The port is
+   an INT0 row: desc.boot.port = KVX_ZERO and KVX_BOOTSTRAP_PORT=0 ask for an
+   ephemeral port. */
+static const kvx__setting kvx__boot_table[] = {
+    KVX__SET_STR("KVX_BOOTSTRAP_HOST", kvx_boot_desc, host),
+    KVX__SET_INT0("KVX_BOOTSTRAP_PORT", kvx_boot_desc, port, KVX_BOOT_DEFAULT_PORT, 0, 65535),
+    KVX__SET_DBL("KVX_HEARTBEAT_INTERVAL", kvx_boot_desc, heartbeat_interval_s, 5, 0.1, 3600),
+    KVX__SET_INT("KVX_HEARTBEAT_MAX_FAILURE", kvx_boot_desc, heartbeat_max_failure, 2, 1, 1000),
+    KVX__SET_STR("KVX_BOOTSTRAP_RANK_IP", kvx_boot_desc, rank_ip),
+};
+
 static kvx_result kvx__boot_settings(kvx_boot *b, char *why, size_t wl) {
     const kvx_engine_desc *d = kvx_engine_settings(b->engine);
-    const char *host = d->boot.host, *rip = NULL;
+    kvx_boot_desc s = d->boot;
     char ahost[256];
-    int aport = 0, has_addr = 0, port = d->boot.port, envport = -2, maxf;
+    int aport = 0;
     kvx_result r;
+    /* a prefill's desc.bootstrap_addr stands in for an unset host and port */
     if (d->role == KVX_ROLE_PREFILL && d->bootstrap_addr &&
-        !kvx__addr_split(d->bootstrap_addr, ahost, sizeof ahost, &aport, 0))
-        has_addr = 1;
-    if (!host && has_addr) host = ahost;
-    kvx_env_str("KVX_BOOTSTRAP_HOST", &host);
-    if (!port) port = has_addr && aport ? aport : KVX_BOOT_DEFAULT_PORT;
-    if (port < 0) port = 0;
-    if ((r = kvx_env_int("KVX_BOOTSTRAP_PORT", &envport, why, wl)) != KVX_OK) return r;
-    if (envport != -2) {
-        if (envport < 0 || envport > 65535) {
-            kvx__set_why(why, wl, "KVX_BOOTSTRAP_PORT=%d is not a port (0 = ephemeral)", envport);
-            return KVX_ERR_BAD_CONFIG;
-        }
-        port = envport;
+        !kvx__addr_split(d->bootstrap_addr, ahost, sizeof ahost, &aport, 0)) {
+        if (!s.host) s.host = ahost;
+        if (!s.port && aport) s.port = aport;
     }
-    if (port > 65535) {
-        kvx__set_why(why, wl, "desc.boot.port %d is not a port", port);
+    if ((r = kvx__settings_apply(kvx__boot_table, KVX__COUNT(kvx__boot_table), &s, why, wl)))
+        return r;
+    b->port_cfg = s.port;
+    if (!s.host) s.host = "0.0.0.0";
+    if (strlen(s.host) >= sizeof b->host) {
+        kvx__set_why(why, wl, "bootstrap host '%s' is too long", s.host);
         return KVX_ERR_BAD_CONFIG;
     }
-    b->port_cfg = port;
-    if (!host) host = "0.0.0.0";
-    if (strlen(host) >= sizeof b->host) {
-        kvx__set_why(why, wl, "bootstrap host '%s' is too long", host);
-        return KVX_ERR_BAD_CONFIG;
-    }
-    snprintf(b->host, sizeof b->host, "%s", host);
-    b->hb_interval = d->boot.heartbeat_interval_s > 0 ? d->boot.heartbeat_interval_s : 5.0;
-    if ((r = kvx_env_double("KVX_HEARTBEAT_INTERVAL", &b->hb_interval, why, wl)) != KVX_OK) return r;
-    if (b->hb_interval < 0.1) b->hb_interval = 0.1;
-    maxf = d->boot.heartbeat_max_failure > 0 ? d->boot.heartbeat_max_failure : 2;
-    if ((r = kvx_env_int("KVX_HEARTBEAT_MAX_FAILURE", &maxf, why, wl)) != KVX_OK) return r;
-    b->hb_max_failure = maxf < 1 ? 1 : maxf;
+    snprintf(b->host, sizeof b->host, "%s", s.host);
+    b->hb_interval = s.heartbeat_interval_s;
+    b->hb_max_failure = s.heartbeat_max_failure;
     if ((r = kvx__boot_rank_setting("tp", d->boot.tp_size, d->boot.tp_rank, &b->tp_size,
                                     &b->tp_rank, why, wl)) ||
         (r = kvx__boot_rank_setting("dp", d->boot.dp_size, d->boot.dp_rank, &b->dp_size,
@@ -4571,8 +4574,12 @@ static kvx_result kvx__boot_settings(kvx_boot *b, char *why, size_t wl) {
                      b->tp_rank, b->dp_rank, b->pp_rank, b->cp_rank);
         return KVX_ERR_BAD_CONFIG;
     }
-    kvx_env_str("KVX_BOOTSTRAP_RANK_IP", &rip);
-    if (rip && strlen(rip) < sizeof b->rank_ip) snprintf(b->rank_ip, sizeof b->rank_ip, "%s", rip);
+    if (s.rank_ip && strlen(s.rank_ip) >= sizeof b->rank_ip) {
+        kvx__set_why(why, wl, "KVX_BOOTSTRAP_RANK_IP / desc.boot.rank_ip '%.80s' is too long",
+                     s.rank_ip);
+        return KVX_ERR_BAD_CONFIG;
+    }
+    if (s.rank_ip) snprintf(b->rank_ip, sizeof b->rank_ip, "%s", s.rank_ip);
     else kvx__boot_local_ip(b->host, b->rank_ip, sizeof b->rank_ip);
     return KVX_OK;
 }
