@@ -1346,6 +1346,7 @@ typedef struct kvx__boot_br {
     int refs; /* atomic */
     kvx_room *room;
     struct kvx__boot_br *hnext;
+    kvx_boot *boot;
     uint64_t created_ns;
     /* connections: decode: the targets; prefill: the decode ranks that sent
        the room. tag: decode: status Success seen; prefill: peer index. */
@@ -1441,6 +1442,23 @@ struct kvx_boot {
     kvx_boot *reg_next;
 };
 
+/* Every byte of the handshake comes from the engine's desc allocator:
+   calloc is alloc + memset, realloc is kvx__boot_grow. */
+static void *kvx__boot_zalloc(const kvx_boot *b, size_t n) {
+    void *p = kvx_engine_alloc(b->engine, n);
+    if (p) memset(p, 0, n);
+    return p;
+}
+/* n bytes holding the first `used` of p, p freed; NULL (p kept) when out
+   of memory. */
+static void *kvx__boot_grow(const kvx_boot *b, void *p, size_t used, size_t n) {
+    void *q = kvx_engine_alloc(b->engine, n);
+    if (!q) return NULL;
+    if (used) memcpy(q, p, used);
+    kvx_engine_free(b->engine, p);
+    return q;
+}
+
 static const char *kvx__boot_room_error(const kvx_room *r) { return kvx_room_error(r); }
 static kvx_result kvx__boot_room_result(const kvx_room *r) { return kvx_room_result(r); }
 static int kvx__boot_terminal(const kvx_room *r) {
@@ -1464,7 +1482,8 @@ static void kvx__boot_relay(kvx_room *r, kvx_result res, const char *reason, con
 static void kvx__boot_vec_push(kvx__boot_vec *v, kvx__boot_br *br) {
     if (v->n == v->cap) {
         size_t nc = v->cap ? v->cap * 2 : 16;
-        kvx__boot_br **nv = (kvx__boot_br **)realloc(v->v, nc * sizeof *nv);
+        kvx__boot_br **nv =
+            (kvx__boot_br **)kvx__boot_grow(br->boot, v->v, v->n * sizeof *nv, nc * sizeof *nv);
         if (!nv) return; /* the room then misses this notice; it still times out */
         v->v = nv;
         v->cap = nc;
@@ -1613,7 +1632,7 @@ static int kvx__boot_backoff(kvx_boot *b, int attempt) {
 /* >>boot: connections ---------------------------------------------------------- */
 
 static kvx__boot_conn *kvx__boot_conn_new(kvx_boot *b, int kind, int fd) {
-    kvx__boot_conn *c = (kvx__boot_conn *)calloc(1, sizeof *c);
+    kvx__boot_conn *c = (kvx__boot_conn *)kvx__boot_zalloc(b, sizeof *c);
     if (!c) return NULL;
     c->boot = b;
     c->kind = kind;
@@ -1654,7 +1673,7 @@ static int kvx__boot_in_grow(kvx__boot_conn *c, size_t want) {
     uint8_t *ni;
     if (want <= c->in_cap) return 0;
     if (kvx__boot_charge(c, (int64_t)(want - c->in_cap))) return -2;
-    ni = (uint8_t *)realloc(c->in, want);
+    ni = (uint8_t *)kvx__boot_grow(c->boot, c->in, c->in_len, want);
     if (!ni) { kvx__boot_charge(c, -(int64_t)(want - c->in_cap)); return -1; }
     c->in = ni;
     c->in_cap = want;
@@ -1666,10 +1685,10 @@ static void kvx__boot_conn_unref(kvx__boot_conn *c) {
     if (c->charged) KVX__SUB(&c->boot->mem_total, c->charged);
     if (c->fd >= 0) close(c->fd);
     pthread_mutex_destroy(&c->mu);
-    free(c->out);
-    free(c->in);
-    free(c->endpoint);
-    free(c);
+    kvx_engine_free(c->boot->engine, c->out);
+    kvx_engine_free(c->boot->engine, c->in);
+    kvx_engine_free(c->boot->engine, c->endpoint);
+    kvx_engine_free(c->boot->engine, c);
 }
 
 static void kvx__boot_wake(kvx_boot *b) {
@@ -1683,7 +1702,7 @@ static void kvx__boot_conn_shut(kvx__boot_conn *c) {
         c->closed = 1;
         if (c->fd >= 0) close(c->fd);
         c->fd = -1;
-        free(c->out);
+        kvx_engine_free(c->boot->engine, c->out);
         kvx__boot_charge(c, -(int64_t)c->out_cap);
         c->out = NULL;
         c->out_off = c->out_len = c->out_cap = 0;
@@ -1715,7 +1734,7 @@ static int kvx__boot_conn_append(kvx__boot_conn *c, const uint8_t *p, size_t n) 
                 c->close_why = kvx__boot_over_total;
                 return -1;
             }
-            no = (uint8_t *)realloc(c->out, nc);
+            no = (uint8_t *)kvx__boot_grow(c->boot, c->out, c->out_len, nc);
             if (!no) {
                 kvx__boot_charge(c, -(int64_t)(nc - c->out_cap));
                 c->close_why = "out of memory";
@@ -1796,7 +1815,7 @@ static int kvx__boot_conn_flush(kvx__boot_conn *c) {
     if (c->out_off == c->out_len) {
         c->out_off = c->out_len = 0;
         if (c->out_cap > (1u << 20)) {
-            free(c->out);
+            kvx_engine_free(c->boot->engine, c->out);
             kvx__boot_charge(c, -(int64_t)c->out_cap);
             c->out = NULL;
             c->out_cap = 0;
@@ -1843,7 +1862,8 @@ static void kvx__boot_live_locked(kvx_boot *b, kvx__boot_conn *c, int on) {
     if (on && !c->gone && !c->live) {
         if (b->nlive == b->clive) {
             size_t nc = b->clive ? b->clive * 2 : 16;
-            kvx__boot_conn **nv = (kvx__boot_conn **)realloc(b->live, nc * sizeof *nv);
+            kvx__boot_conn **nv = (kvx__boot_conn **)kvx__boot_grow(
+                b, b->live, b->nlive * sizeof *nv, nc * sizeof *nv);
             if (!nv) return; /* unreachable for messages; everything else works */
             b->live = nv;
             b->clive = nc;
@@ -1904,7 +1924,7 @@ static int kvx__boot_conn_set_info(kvx__boot_conn *c, const kvx_boot_hello *h) {
     memcpy(c->transport, h->transport, h->transport_len);
     c->transport[h->transport_len] = 0;
     if (h->endpoint_len) {
-        c->endpoint = (uint8_t *)malloc(h->endpoint_len);
+        c->endpoint = (uint8_t *)kvx_engine_alloc(c->boot->engine, h->endpoint_len);
         if (!c->endpoint) return -1;
         memcpy(c->endpoint, h->endpoint, h->endpoint_len);
     }
@@ -1934,7 +1954,7 @@ static int kvx__boot_insert(kvx_boot *b, kvx__boot_br *br) {
     size_t h;
     if (b->nrooms + 1 > b->nbuckets) {
         size_t nn = b->nbuckets ? b->nbuckets * 2 : 1024, i;
-        kvx__boot_br **nb = (kvx__boot_br **)calloc(nn, sizeof *nb);
+        kvx__boot_br **nb = (kvx__boot_br **)kvx__boot_zalloc(b, nn * sizeof *nb);
         if (!nb) return -1;
         for (i = 0; i < b->nbuckets; i++) {
             kvx__boot_br *x = b->buckets[i], *nx;
@@ -1945,7 +1965,7 @@ static int kvx__boot_insert(kvx_boot *b, kvx__boot_br *br) {
                 nb[k] = x;
             }
         }
-        free(b->buckets);
+        kvx_engine_free(b->engine, b->buckets);
         b->buckets = nb;
         b->nbuckets = nn;
     }
@@ -1967,9 +1987,10 @@ static void kvx__boot_unlink(kvx_boot *b, kvx__boot_br *br) {
         }
 }
 
-static kvx__boot_br *kvx__boot_br_new(uint64_t id) {
-    kvx__boot_br *br = (kvx__boot_br *)calloc(1, sizeof *br);
+static kvx__boot_br *kvx__boot_br_new(kvx_boot *b, uint64_t id) {
+    kvx__boot_br *br = (kvx__boot_br *)kvx__boot_zalloc(b, sizeof *br);
     if (!br) return NULL;
+    br->boot = b;
     br->id = id;
     br->refs = 1;
     br->conns = br->inl;
@@ -1984,15 +2005,17 @@ static void kvx__boot_pframe_free(kvx__boot_pframe *f) {
         KVX__SUB(&f->conn->pend_bytes, f->cost);
         KVX__SUB(&f->conn->boot->mem_total, f->cost);
     }
+    kvx_engine *e = f->conn->boot->engine;
     kvx__boot_conn_unref(f->conn);
-    free(f->pages);
-    free(f->reason);
-    free(f);
+    kvx_engine_free(e, f->pages);
+    kvx_engine_free(e, f->reason);
+    kvx_engine_free(e, f);
 }
 
 /* Never called with boot->mu held: the room's last reference may run the
    transport's room_free. */
 static void kvx__boot_br_unref(kvx__boot_br *br) {
+    kvx_engine *e = br ? br->boot->engine : NULL;
     uint32_t i;
     if (!br || KVX__SUB(&br->refs, 1) != 0) return;
     while (br->frames) {
@@ -2001,15 +2024,19 @@ static void kvx__boot_br_unref(kvx__boot_br *br) {
         kvx__boot_pframe_free(f);
     }
     for (i = 0; i < br->nconns; i++) kvx__boot_conn_unref(br->conns[i]);
-    if (br->conns != br->inl) { free(br->conns); free(br->tag); }
+    if (br->conns != br->inl) {
+        kvx_engine_free(e, br->conns);
+        kvx_engine_free(e, br->tag);
+    }
     if (br->room) kvx_room_unref(br->room);
-    free(br);
+    kvx_engine_free(e, br);
 }
 
 static void kvx__boot_vec_release(kvx__boot_vec *v) {
+    kvx_boot *b = v->n ? v->v[0]->boot : NULL; /* v->v is set only with n > 0 */
     size_t i;
     for (i = 0; i < v->n; i++) kvx__boot_br_unref(v->v[i]);
-    free(v->v);
+    if (b) kvx_engine_free(b->engine, v->v);
     memset(v, 0, sizeof *v);
 }
 
@@ -2017,12 +2044,20 @@ static void kvx__boot_vec_release(kvx__boot_vec *v) {
 static int kvx__boot_br_add_conn(kvx__boot_br *br, kvx__boot_conn *c, uint32_t tag) {
     if (br->nconns == br->cap) {
         uint32_t nc = br->cap * 2;
-        kvx__boot_conn **ncs = (kvx__boot_conn **)malloc(nc * sizeof *ncs);
-        uint32_t *nt = (uint32_t *)malloc(nc * sizeof *nt);
-        if (!ncs || !nt) { free(ncs); free(nt); return -1; }
+        kvx_engine *e = br->boot->engine;
+        kvx__boot_conn **ncs = (kvx__boot_conn **)kvx_engine_alloc(e, nc * sizeof *ncs);
+        uint32_t *nt = (uint32_t *)kvx_engine_alloc(e, nc * sizeof *nt);
+        if (!ncs || !nt) {
+            kvx_engine_free(e, ncs);
+            kvx_engine_free(e, nt);
+            return -1;
+        }
         memcpy(ncs, br->conns, br->nconns * sizeof *ncs);
         memcpy(nt, br->tag, br->nconns * sizeof *nt);
-        if (br->conns != br->inl) { free(br->conns); free(br->tag); }
+        if (br->conns != br->inl) {
+            kvx_engine_free(e, br->conns);
+            kvx_engine_free(e, br->tag);
+        }
         br->conns = ncs;
         br->tag = nt;
         br->cap = nc;
@@ -2040,7 +2075,8 @@ static int kvx__boot_br_add_conn(kvx__boot_br *br, kvx__boot_conn *c, uint32_t t
 static uint32_t kvx__boot_br_conns(kvx__boot_br *br, kvx__boot_conn ***out, kvx__boot_conn **stack,
                                  uint32_t stack_n) {
     kvx__boot_conn **v = br->nconns <= stack_n ? stack
-                                           : (kvx__boot_conn **)malloc(br->nconns * sizeof *v);
+                                           : (kvx__boot_conn **)kvx_engine_alloc(
+                                                 br->boot->engine, br->nconns * sizeof *v);
     uint32_t i;
     *out = v;
     if (!v) return 0;
@@ -2051,10 +2087,11 @@ static uint32_t kvx__boot_br_conns(kvx__boot_br *br, kvx__boot_conn ***out, kvx_
     return br->nconns;
 }
 
-static void kvx__boot_conns_release(kvx__boot_conn **v, uint32_t n, kvx__boot_conn **stack) {
+static void kvx__boot_conns_release(kvx_boot *b, kvx__boot_conn **v, uint32_t n,
+                                    kvx__boot_conn **stack) {
     uint32_t i;
     for (i = 0; i < n; i++) kvx__boot_conn_unref(v[i]);
-    if (v != stack) free(v);
+    if (v != stack) kvx_engine_free(b->engine, v);
 }
 
 static void kvx__boot_count_failure(kvx_boot *b, kvx_result res) {
@@ -2188,7 +2225,7 @@ static int kvx__boot_srv_register(kvx_boot *b, const kvx__boot_regn *g, char *wh
                          (unsigned long long)total, KVX_BOOT_MAX_RANKS);
             return -1;
         }
-        s->ranks = (kvx__boot_rank *)calloc((size_t)total, sizeof *s->ranks);
+        s->ranks = (kvx__boot_rank *)kvx__boot_zalloc(b, (size_t)total * sizeof *s->ranks);
         if (!s->ranks) { kvx__set_why(why, wl, "out of memory"); return -1; }
         s->tp = g->tp; s->cp = g->cp; s->dp = g->dp; s->pp = g->pp;
         s->system_dp = g->system_dp;
@@ -2716,7 +2753,7 @@ static void kvx__boot_tell(kvx_boot *b, kvx_room *r, const char *reason, kvx_res
         else
             kvx__boot_conn_abort(cs[i], kvx_room_id(r), reason);
     }
-    if (cs) kvx__boot_conns_release(cs, n, stack);
+    if (cs) kvx__boot_conns_release(b, cs, n, stack);
 }
 
 /* Applies one room frame to a sender that exists. br is referenced by the
@@ -2789,9 +2826,9 @@ static kvx__boot_br *kvx__boot_pending_entry(kvx_boot *b, uint64_t id) {
     kvx__boot_br *br = kvx__boot_find(b, id);
     if (br) return br->room ? NULL : br;
     if (b->npending >= KVX_BOOT_MAX_PENDING) return NULL;
-    br = kvx__boot_br_new(id);
+    br = kvx__boot_br_new(b, id);
     if (!br) return NULL;
-    if (kvx__boot_insert(b, br)) { free(br); return NULL; }
+    if (kvx__boot_insert(b, br)) { kvx_engine_free(b->engine, br); return NULL; }
     b->npending++;
     return br;
 }
@@ -2831,7 +2868,7 @@ static void kvx__boot_on_room_frame(kvx_boot *b, kvx__boot_conn *c, const kvx_bo
     kvx__boot_br *br;
     uint32_t i, n = f->num_pages;
     if (n > b->scratch_cap) {
-        int32_t *ns = (int32_t *)realloc(b->scratch, n * sizeof *ns);
+        int32_t *ns = (int32_t *)kvx__boot_grow(b, b->scratch, 0, n * sizeof *ns);
         if (!ns) {
             kvx__boot_conn_status(c, f->room, KVX_POLL_FAILED, KVX_ERR_NO_MEMORY, 0,
                               "out of memory on prefill for the destination pages");
@@ -2859,10 +2896,10 @@ static void kvx__boot_on_room_frame(kvx_boot *b, kvx__boot_conn *c, const kvx_bo
         }
         if (br && (over = kvx__boot_pend_charge(c, cost)) != NULL) br = NULL;
         if (br) {
-            fr = (kvx__boot_pframe *)calloc(1, sizeof *fr);
+            fr = (kvx__boot_pframe *)kvx__boot_zalloc(b, sizeof *fr);
             if (fr && n) {
-                fr->pages = (int32_t *)malloc(n * sizeof *fr->pages);
-                if (!fr->pages) { free(fr); fr = NULL; }
+                fr->pages = (int32_t *)kvx_engine_alloc(b->engine, n * sizeof *fr->pages);
+                if (!fr->pages) { kvx_engine_free(b->engine, fr); fr = NULL; }
             }
             if (!fr) { /* uncharge */
                 KVX__SUB(&c->pend_bytes, cost);
@@ -2919,10 +2956,12 @@ static void kvx__boot_on_abort_frame(kvx_boot *b, kvx__boot_conn *c, const kvx_b
         }
         fr = NULL;
         if (own && (over = kvx__boot_pend_charge(c, cost)) == NULL) {
-            fr = (kvx__boot_pframe *)calloc(1, sizeof *fr);
-            if (fr) fr->reason = strdup(reason);
+            size_t rl = strlen(reason) + 1;
+            fr = (kvx__boot_pframe *)kvx__boot_zalloc(b, sizeof *fr);
+            if (fr && (fr->reason = (char *)kvx_engine_alloc(b->engine, rl)) != NULL)
+                memcpy(fr->reason, reason, rl);
             if (!fr || !fr->reason) {
-                free(fr);
+                kvx_engine_free(b->engine, fr);
                 fr = NULL;
                 KVX__SUB(&c->pend_bytes, cost);
                 KVX__SUB(&b->mem_total, cost);
@@ -3310,7 +3349,7 @@ static int kvx__boot_ctrl_frames(kvx_boot *b, kvx__boot_conn *c) {
         c->in_len -= off;
     }
     if (c->in_cap > (1u << 20) && c->in_len < (64u << 10) && c->need < (64u << 10)) {
-        uint8_t *ni = (uint8_t *)realloc(c->in, 64u << 10);
+        uint8_t *ni = (uint8_t *)kvx__boot_grow(b, c->in, c->in_len, 64u << 10);
         if (ni) {
             kvx__boot_charge(c, -(int64_t)(c->in_cap - (64u << 10)));
             c->in = ni;
@@ -3376,7 +3415,8 @@ static void kvx__boot_drop(kvx_boot *b, kvx__boot_conn *c, const char *reason) {
 static int kvx__boot_io_add(kvx_boot *b, kvx__boot_conn *c) {
     if (b->nconns == b->cconns) {
         size_t nc = b->cconns ? b->cconns * 2 : 16;
-        kvx__boot_conn **nv = (kvx__boot_conn **)realloc(b->conns, nc * sizeof *nv);
+        kvx__boot_conn **nv =
+            (kvx__boot_conn **)kvx__boot_grow(b, b->conns, b->nconns * sizeof *nv, nc * sizeof *nv);
         if (!nv) return -1;
         b->conns = nv;
         b->cconns = nc;
@@ -3560,7 +3600,7 @@ static void *kvx__boot_io_main(void *arg) {
         n = b->nconns;
         if (pcap < n + 1) {
             size_t nc = (n + 1) * 2;
-            struct pollfd *np = (struct pollfd *)realloc(pf, nc * sizeof *np);
+            struct pollfd *np = (struct pollfd *)kvx__boot_grow(b, pf, 0, nc * sizeof *np);
             if (!np) { poll(NULL, 0, 10); continue; }
             pf = np;
             pcap = nc;
@@ -3600,7 +3640,7 @@ static void *kvx__boot_io_main(void *arg) {
         kvx__boot_conn_unref(b->conns[i]);
     }
     b->nconns = 0;
-    free(pf);
+    kvx_engine_free(b->engine, pf);
     return NULL;
 }
 
@@ -3657,14 +3697,14 @@ static kvx_result kvx__boot_get(kvx_boot *b, const kvx__boot_pf *p, const char *
 static void kvx__boot_layout_diff(kvx_boot *b, const kvx_boot_hello *h, char *out, size_t n) {
     const kvx_layout *ours = kvx_engine_layout(b->engine);
     kvx_layout t;
-    kvx_buffer *bufs = (kvx_buffer *)calloc(h->num_buffers + 1, sizeof *bufs);
-    kvx_aux_buffer *aux = (kvx_aux_buffer *)calloc(h->num_aux + 1, sizeof *aux);
+    kvx_buffer *bufs = (kvx_buffer *)kvx__boot_zalloc(b, (h->num_buffers + 1) * sizeof *bufs);
+    kvx_aux_buffer *aux = (kvx_aux_buffer *)kvx__boot_zalloc(b, (h->num_aux + 1) * sizeof *aux);
     char dt[64];
     uint32_t i;
     if (!bufs || !aux) {
         snprintf(out, n, "(out of memory comparing layouts)");
-        free(bufs);
-        free(aux);
+        kvx_engine_free(b->engine, bufs);
+        kvx_engine_free(b->engine, aux);
         return;
     }
     memset(&t, 0, sizeof t);
@@ -3678,8 +3718,8 @@ static void kvx__boot_layout_diff(kvx_boot *b, const kvx_boot_hello *h, char *ou
     t.mla = (int)h->mla; t.dtype = dt;
     if (kvx_layout_compare(ours, &t, out, n) == KVX_OK)
         snprintf(out, n, "every compared field agrees");
-    free(bufs);
-    free(aux);
+    kvx_engine_free(b->engine, bufs);
+    kvx_engine_free(b->engine, aux);
 }
 
 /* Decode side of authentication, after the prefill's hello: both sides
@@ -3861,13 +3901,13 @@ typedef struct kvx__boot_res {
     uint32_t nconns;
 } kvx__boot_res;
 
-static void kvx__boot_res_free(kvx__boot_res *rs) {
+static void kvx__boot_res_free(kvx_boot *b, kvx__boot_res *rs) {
     uint32_t i;
     for (i = 0; i < rs->nconns; i++) {
         kvx__boot_conn_shut(rs->conns[i]);
         kvx__boot_conn_unref(rs->conns[i]);
     }
-    free(rs->conns);
+    kvx_engine_free(b->engine, rs->conns);
     memset(rs, 0, sizeof *rs);
 }
 
@@ -3962,7 +4002,7 @@ static kvx_result kvx__boot_resolve(kvx_boot *b, kvx__boot_pf *p, kvx__boot_res 
                      p->host, p->port, (unsigned long long)total, KVX_BOOT_MAX_RANKS);
         return KVX_ERR_OUT_OF_RANGE;
     }
-    rs->conns = (kvx__boot_conn **)calloc((size_t)total, sizeof *rs->conns);
+    rs->conns = (kvx__boot_conn **)kvx__boot_zalloc(b, (size_t)total * sizeof *rs->conns);
     if (!rs->conns) { kvx__set_why(why, wl, "out of memory"); return KVX_ERR_NO_MEMORY; }
     for (dpi = 0; dpi < rs->dp; dpi++)
         for (cpi = 0; cpi < rs->cp; cpi++)
@@ -3983,7 +4023,7 @@ static kvx_result kvx__boot_resolve(kvx_boot *b, kvx__boot_pf *p, kvx__boot_res 
                     }
                     if (r == KVX_OK)
                         r = kvx__boot_ctrl_connect(b, p, ip, port, &rs->conns[rs->nconns], why, wl);
-                    if (r != KVX_OK) { kvx__boot_res_free(rs); return r; }
+                    if (r != KVX_OK) { kvx__boot_res_free(b, rs); return r; }
                     rs->nconns++;
                 }
     return KVX_OK;
@@ -4045,7 +4085,8 @@ static void kvx__boot_resolve_job(void *arg) {
             c->gen = p->gen;
             if (b->nincoming == b->cincoming) {
                 size_t nc = b->cincoming ? b->cincoming * 2 : 16;
-                kvx__boot_conn **ni = (kvx__boot_conn **)realloc(b->incoming, nc * sizeof *ni);
+                kvx__boot_conn **ni = (kvx__boot_conn **)kvx__boot_grow(
+                    b, b->incoming, b->nincoming * sizeof *ni, nc * sizeof *ni);
                 if (!ni) { KVX__STORE(&c->want_close, 1); continue; }
                 b->incoming = ni;
                 b->cincoming = nc;
@@ -4073,7 +4114,7 @@ static void kvx__boot_resolve_job(void *arg) {
         KVX__STORE(&old[k]->want_close, 1);
         kvx__boot_conn_unref(old[k]);
     }
-    free(old);
+    kvx_engine_free(b->engine, old);
     if (res == KVX_OK) {
         kvx_engine_log(b->engine, KVX_LOG_INFO, "kvx.boot", 0,
                        "prefill %s: tp %d, cp %d, dp %d, pp %d; %u control connections up",
@@ -4081,14 +4122,14 @@ static void kvx__boot_resolve_job(void *arg) {
         if (b->hooks.on_connect) {
             pthread_mutex_lock(&b->mu);
             nold = p->nconns;
-            old = (kvx__boot_conn **)malloc((nold ? nold : 1) * sizeof *old);
+            old = (kvx__boot_conn **)kvx_engine_alloc(b->engine, (nold ? nold : 1) * sizeof *old);
             for (k = 0; old && k < nold; k++) { old[k] = p->conns[k]; kvx__boot_conn_ref(old[k]); }
             pthread_mutex_unlock(&b->mu);
             for (k = 0; old && k < nold; k++) {
                 b->hooks.on_connect(b, &old[k]->info);
                 kvx__boot_conn_unref(old[k]);
             }
-            free(old);
+            kvx_engine_free(b->engine, old);
         }
     } else {
         kvx_engine_log(b->engine, KVX_LOG_ERROR, "kvx.boot", 0, "%s", why);
@@ -4099,7 +4140,7 @@ static void kvx__boot_resolve_job(void *arg) {
         kvx__boot_fail_all(&fail, KVX_ERR_NO_MEMORY, "out of memory assigning the room to %s", p->addr);
     else
         kvx__boot_fail_all(&fail, res, "%s", why);
-    kvx__boot_res_free(&rs);
+    kvx__boot_res_free(b, &rs);
 }
 
 /* >>boot: decode client: heartbeats --------------------------------------------------- */
@@ -4248,14 +4289,14 @@ static kvx__boot_pf *kvx__boot_peer_get(kvx_boot *b, const char *addr, char *why
         kvx__set_why(why, wl, "bootstrap address of %zu bytes is too long", strlen(addr));
         return NULL;
     }
-    p = (kvx__boot_pf *)calloc(1, sizeof *p);
+    p = (kvx__boot_pf *)kvx__boot_zalloc(b, sizeof *p);
     if (!p) { kvx__set_why(why, wl, "out of memory"); return NULL; }
     p->boot = b;
     snprintf(p->addr, sizeof p->addr, "%s", addr);
     if (kvx__addr_split(addr, p->host, sizeof p->host, &p->port, KVX_BOOT_DEFAULT_PORT) ||
         !p->port) {
         kvx__set_why(why, wl, "bootstrap address '%s' is not host:port", addr);
-        free(p);
+        kvx_engine_free(b->engine, p);
         return NULL;
     }
     p->next = b->peers;
@@ -4308,19 +4349,19 @@ KVX_API kvx_result kvx_boot_room_open(kvx_boot *b, kvx_room *r) {
     kvx__boot_br *br, *fresh;
     kvx__boot_pframe *frames = NULL, *f;
     if (!b || !r) return KVX_ERR_INVALID_ARGUMENT;
-    fresh = kvx__boot_br_new(kvx_room_id(r));
+    fresh = kvx__boot_br_new(b, kvx_room_id(r));
     if (!fresh) return KVX_ERR_NO_MEMORY;
     pthread_mutex_lock(&b->mu);
     br = kvx__boot_find(b, kvx_room_id(r));
     if (br && br->room) {
         pthread_mutex_unlock(&b->mu);
-        free(fresh);
+        kvx_engine_free(b->engine, fresh);
         kvx_room_fail(r, KVX_ERR_INVALID_ARGUMENT, "room %llu is already open on this engine",
                       (unsigned long long)kvx_room_id(r));
         return KVX_OK;
     }
     if (br) { /* prefill: frames arrived before the sender */
-        free(fresh);
+        kvx_engine_free(b->engine, fresh);
         frames = br->frames;
         br->frames = br->frames_tail = NULL;
         for (f = frames; f; f = f->next) b->pending_pages -= f->n;
@@ -4328,7 +4369,7 @@ KVX_API kvx_result kvx_boot_room_open(kvx_boot *b, kvx_room *r) {
         br->created_ns = kvx_now_ns();
     } else if (kvx__boot_insert(b, fresh)) {
         pthread_mutex_unlock(&b->mu);
-        free(fresh);
+        kvx_engine_free(b->engine, fresh);
         return KVX_ERR_NO_MEMORY;
     } else {
         br = fresh;
@@ -4405,8 +4446,8 @@ KVX_API kvx_result kvx_boot_receiver_init(kvx_boot *b, kvx_room *r, const int32_
     v[0].iov_len = sizeof head;
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
     if (n) {
-        le = (int32_t *)malloc(n * sizeof *le);
-        if (!le) { kvx__boot_conns_release(cs, nc, stack); return KVX_ERR_NO_MEMORY; }
+        le = (int32_t *)kvx_engine_alloc(b->engine, n * sizeof *le);
+        if (!le) { kvx__boot_conns_release(b, cs, nc, stack); return KVX_ERR_NO_MEMORY; }
         for (i = 0; i < n; i++) kvx__le_w32((uint8_t *)&le[i], (uint32_t)pages[i]);
     }
 #endif
@@ -4419,8 +4460,8 @@ KVX_API kvx_result kvx_boot_receiver_init(kvx_boot *b, kvx_room *r, const int32_
                                  "the control connection is gone", (unsigned long long)kvx_room_id(r),
                                  cs[i]->addr);
     }
-    free(le);
-    kvx__boot_conns_release(cs, nc, stack);
+    kvx_engine_free(b->engine, le);
+    kvx__boot_conns_release(b, cs, nc, stack);
     return res;
 }
 
@@ -4448,7 +4489,7 @@ KVX_API kvx_result kvx_boot_send_status(kvx_boot *b, kvx_room *r, kvx_poll state
         kvx_result x = kvx__boot_conn_status(cs[i], kvx_room_id(r), state, result, bytes, reason);
         if (x != KVX_OK && res == KVX_OK) res = x;
     }
-    kvx__boot_conns_release(cs, nc, stack);
+    kvx__boot_conns_release(b, cs, nc, stack);
     return res;
 }
 
@@ -4588,7 +4629,8 @@ static kvx_result kvx__boot_make_hello(kvx_boot *b) {
     const kvx_layout *l = kvx_engine_layout(b->engine);
     const char *tn = kvx_engine_transport(b->engine), *dt = l->dtype ? l->dtype : "";
     kvx_boot_frame f;
-    uint64_t *items = (uint64_t *)malloc((l->num_buffers + l->num_aux + 1) * sizeof *items);
+    uint64_t *items = (uint64_t *)kvx_engine_alloc(
+        b->engine, (l->num_buffers + l->num_aux + 1) * sizeof *items);
     uint32_t i;
     kvx_result r;
     if (!items) return KVX_ERR_NO_MEMORY;
@@ -4619,7 +4661,7 @@ static kvx_result kvx__boot_make_hello(kvx_boot *b) {
     f.hello.endpoint = b->endpoint;
     f.hello.endpoint_len = b->endpoint_len;
     r = kvx_boot_encode_frame(&f, &b->hello);
-    free(items);
+    kvx_engine_free(b->engine, items);
     return r;
 }
 
@@ -4666,7 +4708,7 @@ static void kvx__boot_free(kvx_boot *b) {
             b->buckets[i] = br->hnext;
             kvx__boot_br_unref(br);
         }
-    free(b->buckets);
+    kvx_engine_free(b->engine, b->buckets);
     while ((p = b->peers) != NULL) {
         uint32_t k;
         b->peers = p->next;
@@ -4674,29 +4716,29 @@ static void kvx__boot_free(kvx_boot *b) {
             kvx__boot_conn_shut(p->conns[k]);
             kvx__boot_conn_unref(p->conns[k]);
         }
-        free(p->conns);
-        free(p);
+        kvx_engine_free(b->engine, p->conns);
+        kvx_engine_free(b->engine, p);
     }
     for (i = 0; i < b->nincoming; i++) {
         kvx__boot_conn_shut(b->incoming[i]);
         kvx__boot_conn_unref(b->incoming[i]);
     }
-    free(b->incoming);
+    kvx_engine_free(b->engine, b->incoming);
     for (i = 0; i < b->nconns; i++) {
         kvx__boot_conn_shut(b->conns[i]);
         kvx__boot_conn_unref(b->conns[i]);
     }
-    free(b->conns);
-    free(b->live);
-    free(b->srv.ranks);
-    free(b->scratch);
-    free(b->endpoint);
+    kvx_engine_free(b->engine, b->conns);
+    kvx_engine_free(b->engine, b->live);
+    kvx_engine_free(b->engine, b->srv.ranks);
+    kvx_engine_free(b->engine, b->scratch);
+    kvx_engine_free(b->engine, b->endpoint);
     kvx_buf_free(&b->hello);
     if (b->wake_rd >= 0) close(b->wake_rd);
     if (b->wake_wr >= 0) close(b->wake_wr);
     pthread_mutex_destroy(&b->mu);
     pthread_cond_destroy(&b->cv);
-    free(b);
+    kvx_engine_free(b->engine, b);
 }
 
 KVX_API void kvx_boot_destroy(kvx_boot *b) {
@@ -4763,8 +4805,9 @@ KVX_API kvx_result kvx_boot_create(kvx_engine *e, const kvx_boot_hooks *hooks,
                      endpoint_len, KVX_BOOT_MAX_ENDPOINT);
         return KVX_ERR_INVALID_ARGUMENT;
     }
-    b = (kvx_boot *)calloc(1, sizeof *b);
+    b = (kvx_boot *)kvx_engine_alloc(e, sizeof *b);
     if (!b) return KVX_ERR_NO_MEMORY;
+    memset(b, 0, sizeof *b);
     b->engine = e;
     if (hooks) b->hooks = *hooks;
     b->role = kvx_engine_settings(e)->role;
@@ -4775,7 +4818,7 @@ KVX_API kvx_result kvx_boot_create(kvx_engine *e, const kvx_boot_hooks *hooks,
     b->key = kvx_engine_auth_key(e, &b->key_len);
     r = KVX_ERR_NO_MEMORY;
     if (endpoint_len) {
-        if (!(b->endpoint = (uint8_t *)malloc(endpoint_len))) goto fail;
+        if (!(b->endpoint = (uint8_t *)kvx_engine_alloc(e, endpoint_len))) goto fail;
         memcpy(b->endpoint, endpoint, endpoint_len);
         b->endpoint_len = (uint32_t)endpoint_len;
     }
