@@ -1345,7 +1345,8 @@ typedef struct kvx__boot_br {
     uint64_t id;
     int refs; /* atomic */
     kvx_room *room;
-    struct kvx__boot_br *hnext;
+    kvx__hnode hn;              /* boot->rooms, key = id, under boot->mu */
+    struct kvx__boot_br *dnext; /* a caller's list of entries taken out */
     kvx_boot *boot;
     uint64_t created_ns;
     /* connections: decode: the targets; prefill: the decode ranks that sent
@@ -1426,8 +1427,8 @@ struct kvx_boot {
     /* under mu */
     kvx__boot_conn **incoming;
     size_t nincoming, cincoming;
-    kvx__boot_br **buckets;
-    size_t nbuckets, nrooms, npending;
+    kvx__htab rooms; /* kvx__boot_br by room id */
+    size_t npending;
     uint64_t pending_pages;
     kvx__boot_pf *peers;
     int npeers;
@@ -1935,63 +1936,25 @@ static int kvx__boot_conn_set_info(kvx__boot_conn *c, const kvx_boot_hello *h) {
 
 /* >>boot: room table ------------------------------------------------------------ */
 
-static size_t kvx__boot_hash(uint64_t x, size_t n) {
-    x ^= x >> 33;
-    x *= 0xff51afd7ed558ccdull;
-    x ^= x >> 33;
-    return (size_t)(x & (n - 1));
+/* The entry of a table node (NULL for none). */
+static kvx__boot_br *kvx__boot_at(kvx__hnode *h) {
+    return h ? (kvx__boot_br *)(void *)((char *)h - offsetof(kvx__boot_br, hn)) : NULL;
 }
 
 static kvx__boot_br *kvx__boot_find(kvx_boot *b, uint64_t id) {
-    kvx__boot_br *br;
-    if (!b->nbuckets) return NULL;
-    for (br = b->buckets[kvx__boot_hash(id, b->nbuckets)]; br; br = br->hnext)
-        if (br->id == id) return br;
-    return NULL;
+    return kvx__boot_at(kvx__htab_find(&b->rooms, id));
 }
 
+/* -1 when the table cannot grow. */
 static int kvx__boot_insert(kvx_boot *b, kvx__boot_br *br) {
-    size_t h;
-    if (b->nrooms + 1 > b->nbuckets) {
-        size_t nn = b->nbuckets ? b->nbuckets * 2 : 1024, i;
-        kvx__boot_br **nb = (kvx__boot_br **)kvx__boot_zalloc(b, nn * sizeof *nb);
-        if (!nb) return -1;
-        for (i = 0; i < b->nbuckets; i++) {
-            kvx__boot_br *x = b->buckets[i], *nx;
-            for (; x; x = nx) {
-                size_t k = kvx__boot_hash(x->id, nn);
-                nx = x->hnext;
-                x->hnext = nb[k];
-                nb[k] = x;
-            }
-        }
-        kvx_engine_free(b->engine, b->buckets);
-        b->buckets = nb;
-        b->nbuckets = nn;
-    }
-    h = kvx__boot_hash(br->id, b->nbuckets);
-    br->hnext = b->buckets[h];
-    b->buckets[h] = br;
-    b->nrooms++;
-    return 0;
-}
-
-static void kvx__boot_unlink(kvx_boot *b, kvx__boot_br *br) {
-    kvx__boot_br **pp = &b->buckets[kvx__boot_hash(br->id, b->nbuckets)];
-    for (; *pp; pp = &(*pp)->hnext)
-        if (*pp == br) {
-            *pp = br->hnext;
-            br->hnext = NULL;
-            b->nrooms--;
-            return;
-        }
+    return kvx__htab_insert(&b->rooms, &kvx_engine_settings(b->engine)->allocator, &br->hn) ? -1 : 0;
 }
 
 static kvx__boot_br *kvx__boot_br_new(kvx_boot *b, uint64_t id) {
     kvx__boot_br *br = (kvx__boot_br *)kvx__boot_zalloc(b, sizeof *br);
     if (!br) return NULL;
     br->boot = b;
-    br->id = id;
+    br->id = br->hn.key = id;
     br->refs = 1;
     br->conns = br->inl;
     br->tag = br->inl_tag;
@@ -3167,9 +3130,9 @@ static void kvx__boot_peer_dead_locked(kvx_boot *b, kvx__boot_pf *p, kvx__boot_v
     uint32_t k;
     p->state = KVX__BOOT_PF_DEAD;
     for (k = 0; k < p->nconns; k++) KVX__STORE(&p->conns[k]->want_close, 1);
-    for (i = 0; i < b->nbuckets; i++) {
+    for (i = 0; i < b->rooms.nb; i++) {
         kvx__boot_br *br;
-        for (br = b->buckets[i]; br; br = br->hnext)
+        for (br = kvx__boot_at(b->rooms.b[i]); br; br = kvx__boot_at(br->hn.hnext))
             if (br->room && br->peer == p && !br->waiting && br->gen == p->gen &&
                 !kvx__boot_terminal(br->room) && !(br->nconns && br->ndone == br->nconns))
                 kvx__boot_vec_push(out, br);
@@ -3198,11 +3161,11 @@ static void kvx__boot_conn_lost(kvx_boot *b, kvx__boot_conn *c, const char *reas
         kvx__boot_br *dead = NULL;
         if (!c->hello_done) return;
         pthread_mutex_lock(&b->mu);
-        for (i = 0; i < b->nbuckets; i++) {
-            kvx__boot_br **pp = &b->buckets[i];
-            while (*pp) {
-                kvx__boot_br *br = *pp;
+        for (i = 0; i < b->rooms.nb; i++) {
+            kvx__boot_br *br, *nx;
+            for (br = kvx__boot_at(b->rooms.b[i]); br; br = nx) {
                 uint32_t k;
+                nx = kvx__boot_at(br->hn.hnext);
                 if (!br->room) { /* pending frames from this connection go */
                     kvx__boot_pframe **fp = &br->frames;
                     br->frames_tail = NULL;
@@ -3218,23 +3181,20 @@ static void kvx__boot_conn_lost(kvx_boot *b, kvx__boot_conn *c, const char *reas
                         fp = &fr->next;
                     }
                     if (!br->frames) {
-                        *pp = br->hnext;
-                        b->nrooms--;
+                        kvx__htab_remove(&b->rooms, &br->hn);
                         b->npending--;
-                        br->hnext = dead;
+                        br->dnext = dead;
                         dead = br;
-                        continue;
                     }
                 } else {
                     for (k = 0; k < br->nconns && br->conns[k] != c; k++) {}
                     if (k < br->nconns && !kvx__boot_terminal(br->room)) kvx__boot_vec_push(&fail, br);
                 }
-                pp = &br->hnext;
             }
         }
         pthread_mutex_unlock(&b->mu);
         while (dead) {
-            kvx__boot_br *nx = dead->hnext;
+            kvx__boot_br *nx = dead->dnext;
             kvx__boot_br_unref(dead);
             dead = nx;
         }
@@ -3497,26 +3457,23 @@ static void kvx__boot_sweep(kvx_boot *b) {
     kvx__boot_br *expired = NULL;
     size_t i;
     pthread_mutex_lock(&b->mu);
-    for (i = 0; b->npending && i < b->nbuckets; i++) {
-        kvx__boot_br **pp = &b->buckets[i];
-        while (*pp) {
-            kvx__boot_br *br = *pp;
+    for (i = 0; b->npending && i < b->rooms.nb; i++) {
+        kvx__boot_br *br, *nx;
+        for (br = kvx__boot_at(b->rooms.b[i]); br; br = nx) {
+            nx = kvx__boot_at(br->hn.hnext);
             if (!br->room && now - br->created_ns > limit) {
                 kvx__boot_pframe *f;
-                *pp = br->hnext;
-                b->nrooms--;
+                kvx__htab_remove(&b->rooms, &br->hn);
                 b->npending--;
                 for (f = br->frames; f; f = f->next) b->pending_pages -= f->n;
-                br->hnext = expired;
+                br->dnext = expired;
                 expired = br;
-                continue;
             }
-            pp = &br->hnext;
         }
     }
     pthread_mutex_unlock(&b->mu);
     while (expired) {
-        kvx__boot_br *nx = expired->hnext;
+        kvx__boot_br *nx = expired->dnext;
         kvx__boot_pframe *f;
         char msg[KVX_ERROR_MAX];
         snprintf(msg, sizeof msg,
@@ -4100,9 +4057,9 @@ static void kvx__boot_resolve_job(void *arg) {
     } else {
         p->state = KVX__BOOT_PF_DEAD;
     }
-    for (i = 0; i < b->nbuckets; i++) {
+    for (i = 0; i < b->rooms.nb; i++) {
         kvx__boot_br *br;
-        for (br = b->buckets[i]; br; br = br->hnext) {
+        for (br = kvx__boot_at(b->rooms.b[i]); br; br = kvx__boot_at(br->hn.hnext)) {
             if (!br->room || br->peer != p || !br->waiting) continue;
             if (res == KVX_OK && kvx__boot_assign(br, p) == 0) kvx__boot_vec_push(&ready, br);
             else { br->waiting = 0; kvx__boot_vec_push(&fail, br); }
@@ -4412,7 +4369,7 @@ KVX_API void kvx_boot_room_close(kvx_boot *b, kvx_room *r) {
     pthread_mutex_lock(&b->mu);
     br = kvx__boot_find(b, kvx_room_id(r));
     if (!br || br->room != r) { pthread_mutex_unlock(&b->mu); return; }
-    kvx__boot_unlink(b, br);
+    kvx__htab_remove(&b->rooms, &br->hn);
     if (kvx_room_poll(r) == KVX_POLL_FAILED) kvx__boot_count_failure(b, kvx__boot_room_result(r));
     pthread_mutex_unlock(&b->mu);
     kvx__boot_br_unref(br);
@@ -4702,13 +4659,13 @@ static uint64_t kvx__boot_random(const void *salt) {
 static void kvx__boot_free(kvx_boot *b) {
     size_t i;
     kvx__boot_pf *p;
-    for (i = 0; i < b->nbuckets; i++)
-        while (b->buckets[i]) {
-            kvx__boot_br *br = b->buckets[i];
-            b->buckets[i] = br->hnext;
+    for (i = 0; i < b->rooms.nb; i++)
+        while (b->rooms.b[i]) {
+            kvx__boot_br *br = kvx__boot_at(b->rooms.b[i]);
+            b->rooms.b[i] = br->hn.hnext;
             kvx__boot_br_unref(br);
         }
-    kvx_engine_free(b->engine, b->buckets);
+    kvx__htab_free(&b->rooms, &kvx_engine_settings(b->engine)->allocator);
     while ((p = b->peers) != NULL) {
         uint32_t k;
         b->peers = p->next;
