@@ -1443,8 +1443,9 @@ struct kvx_boot {
     kvx_boot *reg_next;
 };
 
-/* Every byte of the handshake comes from the engine's desc allocator:
-   calloc is alloc + memset, realloc is kvx__boot_grow. */
+/* The handshake's memory comes from the engine's desc allocator (calloc
+   is alloc + memset, realloc is kvx__boot_grow), except the text of
+   kvx_buf (HTTP, encoded frames), which grows in the core. */
 static void *kvx__boot_zalloc(const kvx_boot *b, size_t n) {
     void *p = kvx_engine_alloc(b->engine, n);
     if (p) memset(p, 0, n);
@@ -1460,8 +1461,6 @@ static void *kvx__boot_grow(const kvx_boot *b, void *p, size_t used, size_t n) {
     return q;
 }
 
-static const char *kvx__boot_room_error(const kvx_room *r) { return kvx_room_error(r); }
-static kvx_result kvx__boot_room_result(const kvx_room *r) { return kvx_room_result(r); }
 static int kvx__boot_terminal(const kvx_room *r) {
     kvx_poll p = kvx_room_poll(r);
     return p == KVX_POLL_FAILED || p == KVX_POLL_SUCCESS;
@@ -1987,10 +1986,7 @@ static void kvx__boot_br_unref(kvx__boot_br *br) {
         kvx__boot_pframe_free(f);
     }
     for (i = 0; i < br->nconns; i++) kvx__boot_conn_unref(br->conns[i]);
-    if (br->conns != br->inl) {
-        kvx_engine_free(e, br->conns);
-        kvx_engine_free(e, br->tag);
-    }
+    if (br->conns != br->inl) { kvx_engine_free(e, br->conns); kvx_engine_free(e, br->tag); }
     if (br->room) kvx_room_unref(br->room);
     kvx_engine_free(e, br);
 }
@@ -2010,17 +2006,10 @@ static int kvx__boot_br_add_conn(kvx__boot_br *br, kvx__boot_conn *c, uint32_t t
         kvx_engine *e = br->boot->engine;
         kvx__boot_conn **ncs = (kvx__boot_conn **)kvx_engine_alloc(e, nc * sizeof *ncs);
         uint32_t *nt = (uint32_t *)kvx_engine_alloc(e, nc * sizeof *nt);
-        if (!ncs || !nt) {
-            kvx_engine_free(e, ncs);
-            kvx_engine_free(e, nt);
-            return -1;
-        }
+        if (!ncs || !nt) { kvx_engine_free(e, ncs); kvx_engine_free(e, nt); return -1; }
         memcpy(ncs, br->conns, br->nconns * sizeof *ncs);
         memcpy(nt, br->tag, br->nconns * sizeof *nt);
-        if (br->conns != br->inl) {
-            kvx_engine_free(e, br->conns);
-            kvx_engine_free(e, br->tag);
-        }
+        if (br->conns != br->inl) { kvx_engine_free(e, br->conns); kvx_engine_free(e, br->tag); }
         br->conns = ncs;
         br->tag = nt;
         br->cap = nc;
@@ -2435,7 +2424,7 @@ static void kvx__boot_scan_room(kvx_room *r, void *arg) {
     kvx_poll st = kvx_room_poll(r);
     if ((int)st >= 0 && (int)st <= 4) s->by_state[st]++;
     if (st == KVX_POLL_FAILED) {
-        kvx_result res = kvx__boot_room_result(r);
+        kvx_result res = kvx_room_result(r);
         int i;
         for (i = 0; i < s->nfails && s->fails[i].code != (int)res; i++) {}
         if (i < s->nfails) s->fails[i].count++;
@@ -2770,15 +2759,15 @@ static void kvx__boot_apply_room(kvx_boot *b, kvx__boot_br *br, kvx__boot_conn *
     if (kvx_room_poll(r) == KVX_POLL_FAILED) {
         /* failed before this destination came (timeout, abort, a local
            error): this decode rank has not heard of it yet */
-        kvx__boot_conn_status(c, br->id, KVX_POLL_FAILED, kvx__boot_room_result(r), 0,
-                              kvx__boot_room_error(r));
+        kvx__boot_conn_status(c, br->id, KVX_POLL_FAILED, kvx_room_result(r), 0,
+                              kvx_room_error(r));
         return;
     }
     if (b->hooks.on_room &&
         (res = b->hooks.on_room(b, r, &c->info, pages, n, aux)) != KVX_OK) {
         kvx_room_fail(r, res, "the %s transport refused the destination sent by decode %s (%s)",
                       kvx_engine_transport(b->engine), c->addr, kvx_result_str(res));
-        kvx__boot_tell(b, r, kvx__boot_room_error(r), kvx__boot_room_result(r));
+        kvx__boot_tell(b, r, kvx_room_error(r), kvx_room_result(r));
         return;
     }
     if (complete) kvx_room_advance(r, KVX_POLL_WAITING_FOR_INPUT);
@@ -4370,7 +4359,7 @@ KVX_API void kvx_boot_room_close(kvx_boot *b, kvx_room *r) {
     br = kvx__boot_find(b, kvx_room_id(r));
     if (!br || br->room != r) { pthread_mutex_unlock(&b->mu); return; }
     kvx__htab_remove(&b->rooms, &br->hn);
-    if (kvx_room_poll(r) == KVX_POLL_FAILED) kvx__boot_count_failure(b, kvx__boot_room_result(r));
+    if (kvx_room_poll(r) == KVX_POLL_FAILED) kvx__boot_count_failure(b, kvx_room_result(r));
     pthread_mutex_unlock(&b->mu);
     kvx__boot_br_unref(br);
 }
@@ -4457,14 +4446,14 @@ KVX_API void kvx_boot_abort(kvx_boot *b, kvx_room *r, const char *reason) {
        failure forwards the room's own sentence, which says more */
     failed = kvx_room_poll(r) == KVX_POLL_FAILED;
     kvx__boot_tell(b, r,
-                   failed && kvx__boot_room_result(r) != KVX_ERR_ABORTED ? kvx__boot_room_error(r)
+                   failed && kvx_room_result(r) != KVX_ERR_ABORTED ? kvx_room_error(r)
                                                                         : (reason ? reason : "aborted"),
-                   failed ? kvx__boot_room_result(r) : KVX_ERR_ABORTED);
+                   failed ? kvx_room_result(r) : KVX_ERR_ABORTED);
 }
 
 KVX_API void kvx_boot_room_failed(kvx_boot *b, kvx_room *r) {
     if (!b || !r || kvx_room_poll(r) != KVX_POLL_FAILED) return;
-    kvx__boot_tell(b, r, kvx__boot_room_error(r), kvx__boot_room_result(r));
+    kvx__boot_tell(b, r, kvx_room_error(r), kvx_room_result(r));
 }
 
 KVX_API uint32_t kvx_boot_room_dst_pages(kvx_boot *b, const kvx_room *r) {
