@@ -68,7 +68,7 @@
    AUTHENTICATION
      With a shared secret (desc.auth_key or auth_key_file), the handshake
      transports prove knowledge of it on every connection by challenge and
-     response (kvx_auth_proof: HMAC-SHA-256 over both sides' fresh nonces)
+     response (kvx__auth_proof: HMAC-SHA-256 over both sides' fresh nonces)
      and the file transport authenticates what it writes. See each
      transport header and the README's security model.
 
@@ -335,41 +335,6 @@ KVX_API kvx_result kvx_pages_check(kvx_plan *scratch, const int32_t *pages, size
                                    uint64_t pool_pages, int no_duplicates, const char *what);
 
 KVX_API void kvx_plan_free(kvx_plan *p);
-
-/* >>safe directories ----------------------------------------------------- */
-
-/* Flags of kvx_dir_open / kvx_dir_check. */
-#define KVX_DIR_CREATE 1 /* create the directory (and missing parents) with `mode` */
-#define KVX_DIR_SHARED 2 /* shared with the group: another owner and group write are
-                            accepted (others still may not write without the sticky bit) */
-
-/* Opens directory `path` for openat & co. without trusting links: every
-   component is opened relative to its parent, the last one never through a
-   symbolic link, an earlier one only through a link owned by root or this
-   user. The directory and every parent must pass kvx_dir_check. On success
-   *fd is an O_DIRECTORY descriptor (close it); else KVX_ERR_NOT_FOUND,
-   KVX_ERR_PERMISSION... and a sentence naming the directory, its owner and
-   mode. Thread-safe; blocks on the filesystem. */
-KVX_API kvx_result kvx_dir_open(const char *path, unsigned mode, int flags, int *fd,
-                                char *why, size_t why_len);
-/* Checks an open directory: owned by this user or root (any owner with
-   KVX_DIR_SHARED), and not writable by others (nor by the group, unless
-   KVX_DIR_SHARED) unless it has the sticky bit. `path` names it in the
-   sentence. KVX_ERR_PERMISSION when refused. */
-KVX_API kvx_result kvx_dir_check(int fd, const char *path, int flags, char *why,
-                                 size_t why_len);
-/* mkdirat(dfd, name, mode) for shared filesystems whose mkdir can answer
-   EEXIST for a directory that then does not exist: GlusterFS does when
-   another client looks the new name up while the brick makes it (the
-   lookup stamps its own id on the fresh directory, the brick's mkdir then
-   fails to stamp its own, removes the directory and answers EEXIST). The
-   answer is checked with a lookup, and mkdir retried, a bounded number of
-   times (about 2 s in all), until the name is a directory or something
-   else. Returns 0 when dfd/name exists (made by this call: *made = 1;
-   already there: 0; it may be something other than a directory: open it
-   with O_DIRECTORY | O_NOFOLLOW and see), -1 with errno otherwise.
-   made may be NULL. */
-KVX_API int kvx_mkdirat(int dfd, const char *name, unsigned mode, int *made);
 
 /* >>desc ---------------------------------------------------------------- */
 
@@ -699,121 +664,15 @@ KVX_API const kvx_backend *kvx_fake_backend(void);
 
 /* >>utilities ------------------------------------------------------------ */
 
+#define KVX_NONCE_BYTES 16 /* bytes of an authentication nonce */
+#define KVX_MAC_BYTES 32   /* bytes of an HMAC-SHA-256 proof */
+
 KVX_API uint64_t kvx_now_ns(void); /* CLOCK_MONOTONIC */
 KVX_API uint32_t kvx_crc32c(uint32_t crc, const void *data, size_t len); /* start with 0 */
 /* crc(A || B) from crc(A), crc(B) and len(B): CRCs of pieces computed in
    parallel joined in order. */
 KVX_API uint32_t kvx_crc32c_combine(uint32_t crc_a, uint32_t crc_b, uint64_t len_b);
 
-typedef struct kvx_sha256 {
-    uint32_t h[8];
-    uint64_t len;
-    uint8_t buf[64];
-    uint32_t fill;
-} kvx_sha256;
-KVX_API void kvx_sha256_init(kvx_sha256 *s);
-KVX_API void kvx_sha256_update(kvx_sha256 *s, const void *data, size_t len);
-KVX_API void kvx_sha256_final(kvx_sha256 *s, uint8_t out[32]);
-
-/* Settings from the environment. Return KVX_OK and leave *v unchanged when
-   the variable is unset or empty; KVX_ERR_BAD_CONFIG with a sentence naming
-   the variable when it does not parse. */
-KVX_API kvx_result kvx_env_double(const char *name, double *v, char *why, size_t why_len);
-KVX_API kvx_result kvx_env_int(const char *name, int *v, char *why, size_t why_len);
-KVX_API kvx_result kvx_env_str(const char *name, const char **v);
-
-/* A numeric setting with a range. *v holds the desc value; the environment
-   variable env, when set, overrides it; 0 from either means def. The result
-   must lie in [min, max]: anything else (negative, NaN, out of range, not a
-   number) is KVX_ERR_BAD_CONFIG with a sentence naming env, the value and
-   the range. Thread-safe. */
-KVX_API kvx_result kvx_setting_double(const char *env, double *v, double def, double min,
-                                      double max, char *why, size_t why_len);
-KVX_API kvx_result kvx_setting_int(const char *env, int *v, int def, int min, int max,
-                                   char *why, size_t why_len);
-
-/* HMAC-SHA-256 (RFC 2104) and what authentication is built from. */
-#define KVX_NONCE_BYTES 16
-#define KVX_MAC_BYTES 32
-typedef struct kvx_hmac {
-    kvx_sha256 inner, outer;
-} kvx_hmac;
-KVX_API void kvx_hmac_init(kvx_hmac *h, const void *key, size_t key_len);
-KVX_API void kvx_hmac_update(kvx_hmac *h, const void *data, size_t len);
-KVX_API void kvx_hmac_final(kvx_hmac *h, uint8_t out[32]);
-KVX_API void kvx_hmac_sha256(const void *key, size_t key_len, const void *data, size_t len,
-                             uint8_t out[32]);
-/* 1 when the n bytes are equal; time does not depend on where they differ. */
-KVX_API int kvx_equal_ct(const void *a, const void *b, size_t n);
-/* n bytes from the kernel's CSPRNG (getrandom, else /dev/urandom). */
-KVX_API kvx_result kvx_random_bytes(void *buf, size_t n);
-/* The proof every authenticated connection uses, so that all transports
-   agree: HMAC-SHA-256(key, label || 0x00 || nonce_a || nonce_b). The prover
-   uses its own label (so a proof cannot be reflected to the other
-   direction), nonce_a = the verifier's fresh nonce (the challenge), nonce_b
-   = the prover's own fresh nonce. */
-KVX_API void kvx_auth_proof(const uint8_t *key, size_t key_len, const char *label,
-                            const uint8_t nonce_a[KVX_NONCE_BYTES],
-                            const uint8_t nonce_b[KVX_NONCE_BYTES], uint8_t out[KVX_MAC_BYTES]);
-
-/* A small JSON reader for formats kvx reads from files and peers. Bounded:
-   at most `max_nodes` values and depth 32. */
-typedef enum kvx_json_type {
-    KVX_JSON_NULL, KVX_JSON_BOOL, KVX_JSON_NUMBER, KVX_JSON_STRING, KVX_JSON_ARRAY,
-    KVX_JSON_OBJECT
-} kvx_json_type;
-typedef struct kvx_json {
-    kvx_json_type type;
-    uint32_t count;   /* children of an array or object */
-    uint32_t next;    /* index of the next sibling (0 = none) */
-    uint32_t child;   /* index of the first child (0 = none) */
-    const char *str;  /* key of an object member / string value, in the doc buffer */
-    uint32_t str_len;
-    uint32_t key_len;
-    const char *key;
-    double num;
-    int is_int;       /* integral and exact in i64 (negative) or u64 */
-    int negative;
-    int64_t i64;
-    uint64_t u64;
-} kvx_json;
-typedef struct kvx_json_doc {
-    kvx_json *nodes;
-    uint32_t count, cap;
-    char *strbuf;     /* unescaped strings */
-    char error[128];
-} kvx_json_doc;
-/* Parses text[0..len). Returns KVX_ERR_PROTOCOL with doc->error set on bad
-   input. Free with kvx_json_free even on failure. */
-KVX_API kvx_result kvx_json_parse(kvx_json_doc *doc, const char *text, size_t len,
-                                  uint32_t max_nodes);
-KVX_API void kvx_json_free(kvx_json_doc *doc);
-KVX_API const kvx_json *kvx_json_root(const kvx_json_doc *doc);
-KVX_API const kvx_json *kvx_json_get(const kvx_json_doc *doc, const kvx_json *obj,
-                                     const char *key);
-KVX_API const kvx_json *kvx_json_at(const kvx_json_doc *doc, const kvx_json *arr, uint32_t i);
-/* Integer member that is present, integral and within [lo, hi]. */
-KVX_API int kvx_json_u64(const kvx_json_doc *doc, const kvx_json *obj, const char *key,
-                         uint64_t lo, uint64_t hi, uint64_t *out);
-
-/* A growable text buffer (JSON writing, messages). */
-typedef struct kvx_buf {
-    char *data;
-    size_t len, cap;
-    int oom;
-} kvx_buf;
-KVX_API void kvx_buf_printf(kvx_buf *b, const char *fmt, ...) KVX_PRINTF(2, 3);
-KVX_API void kvx_buf_json_str(kvx_buf *b, const char *s); /* quoted, escaped */
-KVX_API void kvx_buf_free(kvx_buf *b);
-
-/* A fixed pool of worker threads running submitted jobs in FIFO order. */
-typedef struct kvx_workq kvx_workq;
-typedef void (*kvx_job_fn)(void *arg);
-KVX_API kvx_result kvx_workq_create(kvx_engine *e, int threads, const char *name,
-                                    kvx_workq **out);
-KVX_API kvx_result kvx_workq_submit(kvx_workq *q, kvx_job_fn fn, void *arg);
-/* Runs every queued job, joins the threads, frees. NULL ok. */
-KVX_API void kvx_workq_destroy(kvx_workq *q);
 
 #ifdef __cplusplus
 }
@@ -865,9 +724,141 @@ KVX_API void kvx_workq_destroy(kvx_workq *q);
 #define KVX__SUB(p, v) __atomic_sub_fetch((p), (v), __ATOMIC_ACQ_REL)
 #define KVX__COUNT(a) (sizeof(a) / sizeof((a)[0]))
 
+
+
 #ifdef __cplusplus
 extern "C" {
 #endif
+
+/* >>impl: private helpers shared by the headers ----------------------------
+   General utilities kvx needs and engines do not: hashing and
+   authentication, the JSON reader, a text buffer, a worker queue, safe
+   directories. Private (static kvx__*), so they are not part of the API. */
+
+typedef struct kvx__sha256 {
+    uint32_t h[8];
+    uint64_t len;
+    uint8_t buf[64];
+    uint32_t fill;
+} kvx__sha256;
+static KVX__UNUSED void kvx__sha256_init(kvx__sha256 *s);
+static KVX__UNUSED void kvx__sha256_update(kvx__sha256 *s, const void *data, size_t len);
+static KVX__UNUSED void kvx__sha256_final(kvx__sha256 *s, uint8_t out[32]);
+
+/* HMAC-SHA-256 (RFC 2104) and what authentication is built from. */
+typedef struct kvx__hmac {
+    kvx__sha256 inner, outer;
+} kvx__hmac;
+static KVX__UNUSED void kvx__hmac_init(kvx__hmac *h, const void *key, size_t key_len);
+static KVX__UNUSED void kvx__hmac_update(kvx__hmac *h, const void *data, size_t len);
+static KVX__UNUSED void kvx__hmac_final(kvx__hmac *h, uint8_t out[32]);
+static KVX__UNUSED void kvx__hmac_sha256(const void *key, size_t key_len, const void *data, size_t len,
+                             uint8_t out[32]);
+/* 1 when the n bytes are equal; time does not depend on where they differ. */
+static KVX__UNUSED int kvx__equal_ct(const void *a, const void *b, size_t n);
+/* n bytes from the kernel's CSPRNG (getrandom, else /dev/urandom). */
+static KVX__UNUSED kvx_result kvx__random_bytes(void *buf, size_t n);
+/* The proof every authenticated connection uses, so that all transports
+   agree: HMAC-SHA-256(key, label || 0x00 || nonce_a || nonce_b). The prover
+   uses its own label (so a proof cannot be reflected to the other
+   direction), nonce_a = the verifier's fresh nonce (the challenge), nonce_b
+   = the prover's own fresh nonce. */
+static KVX__UNUSED void kvx__auth_proof(const uint8_t *key, size_t key_len, const char *label,
+                            const uint8_t nonce_a[KVX_NONCE_BYTES],
+                            const uint8_t nonce_b[KVX_NONCE_BYTES], uint8_t out[KVX_MAC_BYTES]);
+
+/* A small JSON reader for formats kvx reads from files and peers. Bounded:
+   at most `max_nodes` values and depth 32. */
+typedef enum kvx__json_type {
+    KVX_JSON_NULL, KVX_JSON_BOOL, KVX_JSON_NUMBER, KVX_JSON_STRING, KVX_JSON_ARRAY,
+    KVX_JSON_OBJECT
+} kvx__json_type;
+typedef struct kvx__json {
+    kvx__json_type type;
+    uint32_t count;   /* children of an array or object */
+    uint32_t next;    /* index of the next sibling (0 = none) */
+    uint32_t child;   /* index of the first child (0 = none) */
+    const char *str;  /* key of an object member / string value, in the doc buffer */
+    uint32_t str_len;
+    uint32_t key_len;
+    const char *key;
+    double num;
+    int is_int;       /* integral and exact in i64 (negative) or u64 */
+    int negative;
+    int64_t i64;
+    uint64_t u64;
+} kvx__json;
+typedef struct kvx__json_doc {
+    kvx__json *nodes;
+    uint32_t count, cap;
+    char *strbuf;     /* unescaped strings */
+    char error[128];
+} kvx__json_doc;
+/* Parses text[0..len). Returns KVX_ERR_PROTOCOL with doc->error set on bad
+   input. Free with kvx__json_free even on failure. */
+static KVX__UNUSED kvx_result kvx__json_parse(kvx__json_doc *doc, const char *text, size_t len,
+                                  uint32_t max_nodes);
+static KVX__UNUSED void kvx__json_free(kvx__json_doc *doc);
+static KVX__UNUSED const kvx__json *kvx__json_root(const kvx__json_doc *doc);
+static KVX__UNUSED const kvx__json *kvx__json_get(const kvx__json_doc *doc, const kvx__json *obj,
+                                     const char *key);
+static KVX__UNUSED const kvx__json *kvx__json_at(const kvx__json_doc *doc, const kvx__json *arr, uint32_t i);
+/* Integer member that is present, integral and within [lo, hi]. */
+static KVX__UNUSED int kvx__json_u64(const kvx__json_doc *doc, const kvx__json *obj, const char *key,
+                         uint64_t lo, uint64_t hi, uint64_t *out);
+
+/* A growable text buffer (JSON writing, messages). */
+typedef struct kvx__buf {
+    char *data;
+    size_t len, cap;
+    int oom;
+} kvx__buf;
+static KVX__UNUSED void kvx__buf_printf(kvx__buf *b, const char *fmt, ...) KVX_PRINTF(2, 3);
+static KVX__UNUSED void kvx__buf_json_str(kvx__buf *b, const char *s); /* quoted, escaped */
+static KVX__UNUSED void kvx__buf_free(kvx__buf *b);
+
+/* A fixed pool of worker threads running submitted jobs in FIFO order. */
+typedef struct kvx__workq kvx__workq;
+typedef void (*kvx__job_fn)(void *arg);
+static KVX__UNUSED kvx_result kvx__workq_create(kvx_engine *e, int threads, const char *name,
+                                    kvx__workq **out);
+static KVX__UNUSED kvx_result kvx__workq_submit(kvx__workq *q, kvx__job_fn fn, void *arg);
+/* Runs every queued job, joins the threads, frees. NULL ok. */
+static KVX__UNUSED void kvx__workq_destroy(kvx__workq *q);
+
+
+/* Flags of kvx__dir_open / kvx__dir_check. */
+#define KVX__DIR_CREATE 1 /* create the directory (and missing parents) with `mode` */
+#define KVX__DIR_SHARED 2 /* shared with the group: another owner and group write are
+                            accepted (others still may not write without the sticky bit) */
+
+/* Opens directory `path` for openat & co. without trusting links: every
+   component is opened relative to its parent, the last one never through a
+   symbolic link, an earlier one only through a link owned by root or this
+   user. The directory and every parent must pass kvx__dir_check. On success
+   *fd is an O_DIRECTORY descriptor (close it); else KVX_ERR_NOT_FOUND,
+   KVX_ERR_PERMISSION... and a sentence naming the directory, its owner and
+   mode. Thread-safe; blocks on the filesystem. */
+static KVX__UNUSED kvx_result kvx__dir_open(const char *path, unsigned mode, int flags, int *fd,
+                                char *why, size_t why_len);
+/* Checks an open directory: owned by this user or root (any owner with
+   KVX__DIR_SHARED), and not writable by others (nor by the group, unless
+   KVX__DIR_SHARED) unless it has the sticky bit. `path` names it in the
+   sentence. KVX_ERR_PERMISSION when refused. */
+static KVX__UNUSED kvx_result kvx__dir_check(int fd, const char *path, int flags, char *why,
+                                 size_t why_len);
+/* mkdirat(dfd, name, mode) for shared filesystems whose mkdir can answer
+   EEXIST for a directory that then does not exist: GlusterFS does when
+   another client looks the new name up while the brick makes it (the
+   lookup stamps its own id on the fresh directory, the brick's mkdir then
+   fails to stamp its own, removes the directory and answers EEXIST). The
+   answer is checked with a lookup, and mkdir retried, a bounded number of
+   times (about 2 s in all), until the name is a directory or something
+   else. Returns 0 when dfd/name exists (made by this call: *made = 1;
+   already there: 0; it may be something other than a directory: open it
+   with O_DIRECTORY | O_NOFOLLOW and see), -1 with errno otherwise.
+   made may be NULL. */
+static KVX__UNUSED int kvx__mkdirat(int dfd, const char *name, unsigned mode, int *made);
 
 /* >>impl: results --------------------------------------------------------- */
 
@@ -1408,7 +1399,7 @@ static const uint32_t kvx__sha_k[64] = {
     0xc67178f2};
 
 #define KVX__ROR(x, n) (((x) >> (n)) | ((x) << (32 - (n))))
-static void kvx__sha_block(kvx_sha256 *s, const uint8_t *b) {
+static void kvx__sha_block(kvx__sha256 *s, const uint8_t *b) {
     uint32_t w[64], a, bb, c, d, e, f, g, h, i;
     for (i = 0; i < 16; i++)
         w[i] = (uint32_t)b[4 * i] << 24 | (uint32_t)b[4 * i + 1] << 16 |
@@ -1431,7 +1422,7 @@ static void kvx__sha_block(kvx_sha256 *s, const uint8_t *b) {
     s->h[4] += e; s->h[5] += f; s->h[6] += g; s->h[7] += h;
 }
 
-KVX_API void kvx_sha256_init(kvx_sha256 *s) {
+static KVX__UNUSED void kvx__sha256_init(kvx__sha256 *s) {
     static const uint32_t iv[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
                                    0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
     memcpy(s->h, iv, sizeof iv);
@@ -1439,7 +1430,7 @@ KVX_API void kvx_sha256_init(kvx_sha256 *s) {
     s->fill = 0;
 }
 
-KVX_API void kvx_sha256_update(kvx_sha256 *s, const void *data, size_t len) {
+static KVX__UNUSED void kvx__sha256_update(kvx__sha256 *s, const void *data, size_t len) {
     const uint8_t *p = (const uint8_t *)data;
     s->len += len;
     while (len) {
@@ -1451,14 +1442,14 @@ KVX_API void kvx_sha256_update(kvx_sha256 *s, const void *data, size_t len) {
     }
 }
 
-KVX_API void kvx_sha256_final(kvx_sha256 *s, uint8_t out[32]) {
+static KVX__UNUSED void kvx__sha256_final(kvx__sha256 *s, uint8_t out[32]) {
     uint64_t bits = s->len * 8;
     uint8_t pad = 0x80, zero = 0, lenb[8];
     int i;
-    kvx_sha256_update(s, &pad, 1);
-    while (s->fill != 56) kvx_sha256_update(s, &zero, 1);
+    kvx__sha256_update(s, &pad, 1);
+    while (s->fill != 56) kvx__sha256_update(s, &zero, 1);
     for (i = 0; i < 8; i++) lenb[i] = (uint8_t)(bits >> (56 - 8 * i));
-    kvx_sha256_update(s, lenb, 8);
+    kvx__sha256_update(s, lenb, 8);
     for (i = 0; i < 8; i++) {
         out[4 * i] = (uint8_t)(s->h[i] >> 24); out[4 * i + 1] = (uint8_t)(s->h[i] >> 16);
         out[4 * i + 2] = (uint8_t)(s->h[i] >> 8); out[4 * i + 3] = (uint8_t)s->h[i];
@@ -1467,47 +1458,47 @@ KVX_API void kvx_sha256_final(kvx_sha256 *s, uint8_t out[32]) {
 
 /* >>impl: HMAC and authentication ------------------------------------------ */
 
-KVX_API void kvx_hmac_init(kvx_hmac *h, const void *key, size_t key_len) {
+static KVX__UNUSED void kvx__hmac_init(kvx__hmac *h, const void *key, size_t key_len) {
     uint8_t k[64], pad[64];
     int i;
     memset(k, 0, sizeof k);
     if (key_len > 64) {
-        kvx_sha256 t;
-        kvx_sha256_init(&t);
-        kvx_sha256_update(&t, key, key_len);
-        kvx_sha256_final(&t, k);
+        kvx__sha256 t;
+        kvx__sha256_init(&t);
+        kvx__sha256_update(&t, key, key_len);
+        kvx__sha256_final(&t, k);
     } else if (key_len) {
         memcpy(k, key, key_len);
     }
     for (i = 0; i < 64; i++) pad[i] = (uint8_t)(k[i] ^ 0x36);
-    kvx_sha256_init(&h->inner);
-    kvx_sha256_update(&h->inner, pad, 64);
+    kvx__sha256_init(&h->inner);
+    kvx__sha256_update(&h->inner, pad, 64);
     for (i = 0; i < 64; i++) pad[i] = (uint8_t)(k[i] ^ 0x5c);
-    kvx_sha256_init(&h->outer);
-    kvx_sha256_update(&h->outer, pad, 64);
+    kvx__sha256_init(&h->outer);
+    kvx__sha256_update(&h->outer, pad, 64);
     memset(k, 0, sizeof k);
 }
 
-KVX_API void kvx_hmac_update(kvx_hmac *h, const void *data, size_t len) {
-    kvx_sha256_update(&h->inner, data, len);
+static KVX__UNUSED void kvx__hmac_update(kvx__hmac *h, const void *data, size_t len) {
+    kvx__sha256_update(&h->inner, data, len);
 }
 
-KVX_API void kvx_hmac_final(kvx_hmac *h, uint8_t out[32]) {
+static KVX__UNUSED void kvx__hmac_final(kvx__hmac *h, uint8_t out[32]) {
     uint8_t ih[32];
-    kvx_sha256_final(&h->inner, ih);
-    kvx_sha256_update(&h->outer, ih, 32);
-    kvx_sha256_final(&h->outer, out);
+    kvx__sha256_final(&h->inner, ih);
+    kvx__sha256_update(&h->outer, ih, 32);
+    kvx__sha256_final(&h->outer, out);
 }
 
-KVX_API void kvx_hmac_sha256(const void *key, size_t key_len, const void *data, size_t len,
+static KVX__UNUSED void kvx__hmac_sha256(const void *key, size_t key_len, const void *data, size_t len,
                              uint8_t out[32]) {
-    kvx_hmac h;
-    kvx_hmac_init(&h, key, key_len);
-    kvx_hmac_update(&h, data, len);
-    kvx_hmac_final(&h, out);
+    kvx__hmac h;
+    kvx__hmac_init(&h, key, key_len);
+    kvx__hmac_update(&h, data, len);
+    kvx__hmac_final(&h, out);
 }
 
-KVX_API int kvx_equal_ct(const void *a, const void *b, size_t n) {
+static KVX__UNUSED int kvx__equal_ct(const void *a, const void *b, size_t n) {
     const volatile uint8_t *x = (const volatile uint8_t *)a, *y = (const volatile uint8_t *)b;
     uint8_t d = 0;
     size_t i;
@@ -1515,7 +1506,7 @@ KVX_API int kvx_equal_ct(const void *a, const void *b, size_t n) {
     return d == 0;
 }
 
-KVX_API kvx_result kvx_random_bytes(void *buf, size_t n) {
+static KVX__UNUSED kvx_result kvx__random_bytes(void *buf, size_t n) {
     uint8_t *p = (uint8_t *)buf;
     int fd;
 #if defined(__linux__) && defined(SYS_getrandom)
@@ -1541,17 +1532,17 @@ KVX_API kvx_result kvx_random_bytes(void *buf, size_t n) {
     return KVX_OK;
 }
 
-KVX_API void kvx_auth_proof(const uint8_t *key, size_t key_len, const char *label,
+static KVX__UNUSED void kvx__auth_proof(const uint8_t *key, size_t key_len, const char *label,
                             const uint8_t nonce_a[KVX_NONCE_BYTES],
                             const uint8_t nonce_b[KVX_NONCE_BYTES], uint8_t out[KVX_MAC_BYTES]) {
-    kvx_hmac h;
+    kvx__hmac h;
     uint8_t zero = 0;
-    kvx_hmac_init(&h, key, key_len);
-    kvx_hmac_update(&h, label, strlen(label));
-    kvx_hmac_update(&h, &zero, 1);
-    kvx_hmac_update(&h, nonce_a, KVX_NONCE_BYTES);
-    kvx_hmac_update(&h, nonce_b, KVX_NONCE_BYTES);
-    kvx_hmac_final(&h, out);
+    kvx__hmac_init(&h, key, key_len);
+    kvx__hmac_update(&h, label, strlen(label));
+    kvx__hmac_update(&h, &zero, 1);
+    kvx__hmac_update(&h, nonce_a, KVX_NONCE_BYTES);
+    kvx__hmac_update(&h, nonce_b, KVX_NONCE_BYTES);
+    kvx__hmac_final(&h, out);
 }
 
 /* >>impl: shared helpers of the file-based headers -------------------------- */
@@ -1586,13 +1577,13 @@ static KVX__UNUSED kvx_result kvx__errno_result(int err) {
 
 /* >>impl: environment ---------------------------------------------------- */
 
-KVX_API kvx_result kvx_env_str(const char *name, const char **v) {
+static KVX__UNUSED kvx_result kvx__env_str(const char *name, const char **v) {
     const char *s = getenv(name);
     if (s && *s) *v = s;
     return KVX_OK;
 }
 
-KVX_API kvx_result kvx_env_double(const char *name, double *v, char *why, size_t why_len) {
+static KVX__UNUSED kvx_result kvx__env_double(const char *name, double *v, char *why, size_t why_len) {
     const char *s = getenv(name);
     char *end = NULL;
     double d;
@@ -1607,7 +1598,7 @@ KVX_API kvx_result kvx_env_double(const char *name, double *v, char *why, size_t
     return KVX_OK;
 }
 
-KVX_API kvx_result kvx_env_int(const char *name, int *v, char *why, size_t why_len) {
+static KVX__UNUSED kvx_result kvx__env_int(const char *name, int *v, char *why, size_t why_len) {
     const char *s = getenv(name);
     char *end = NULL;
     long d;
@@ -1616,51 +1607,6 @@ KVX_API kvx_result kvx_env_int(const char *name, int *v, char *why, size_t why_l
     d = strtol(s, &end, 10);
     if (errno || end == s || *end || d < -1 || d > 1000000000L) {
         kvx__set_why(why, why_len, "%s='%s' is not an integer in [-1, 1e9]", name, s);
-        return KVX_ERR_BAD_CONFIG;
-    }
-    *v = (int)d;
-    return KVX_OK;
-}
-
-static kvx_result kvx__setting_range(const char *env, double d, const char *shown, double min,
-                                     double max, char *why, size_t wl) {
-    if (d >= min && d <= max) return KVX_OK;
-    kvx__set_why(why, wl, "%s=%s is outside its range [%g, %g] (0 = default)", env, shown, min,
-                 max);
-    return KVX_ERR_BAD_CONFIG;
-}
-
-KVX_API kvx_result kvx_setting_double(const char *env, double *v, double def, double min,
-                                      double max, char *why, size_t wl) {
-    const char *s = getenv(env);
-    char shown[64];
-    double d = *v;
-    if (s && *s) {
-        char *end = NULL;
-        errno = 0;
-        d = strtod(s, &end);
-        if (errno || end == s || *end || d != d) {
-            kvx__set_why(why, wl, "%s='%s' is not a number (range [%g, %g], 0 = default %g)",
-                         env, s, min, max, def);
-            return KVX_ERR_BAD_CONFIG;
-        }
-        snprintf(shown, sizeof shown, "'%.40s'", s);
-    } else {
-        snprintf(shown, sizeof shown, "%g (from the desc)", d);
-    }
-    if (d == 0) d = def;
-    if (kvx__setting_range(env, d, shown, min, max, why, wl) != KVX_OK) return KVX_ERR_BAD_CONFIG;
-    *v = d;
-    return KVX_OK;
-}
-
-KVX_API kvx_result kvx_setting_int(const char *env, int *v, int def, int min, int max, char *why,
-                                   size_t wl) {
-    double d = (double)*v;
-    kvx_result r = kvx_setting_double(env, &d, (double)def, (double)min, (double)max, why, wl);
-    if (r != KVX_OK) return r;
-    if (d != (double)(int)d) {
-        kvx__set_why(why, wl, "%s=%g is not a whole number", env, d);
         return KVX_ERR_BAD_CONFIG;
     }
     *v = (int)d;
@@ -1835,7 +1781,7 @@ static KVX__UNUSED kvx_result kvx__settings_apply(const kvx__setting *t, size_t 
 
 /* >>impl: text buffer ---------------------------------------------------- */
 
-KVX_API void kvx_buf_printf(kvx_buf *b, const char *fmt, ...) {
+static KVX__UNUSED void kvx__buf_printf(kvx__buf *b, const char *fmt, ...) {
     va_list ap;
     int n;
     if (b->oom) return;
@@ -1857,18 +1803,18 @@ KVX_API void kvx_buf_printf(kvx_buf *b, const char *fmt, ...) {
     }
 }
 
-KVX_API void kvx_buf_json_str(kvx_buf *b, const char *s) {
-    kvx_buf_printf(b, "\"");
+static KVX__UNUSED void kvx__buf_json_str(kvx__buf *b, const char *s) {
+    kvx__buf_printf(b, "\"");
     for (; s && *s; s++) {
         unsigned char c = (unsigned char)*s;
-        if (c == '"' || c == '\\') kvx_buf_printf(b, "\\%c", c);
-        else if (c < 0x20) kvx_buf_printf(b, "\\u%04x", c);
-        else kvx_buf_printf(b, "%c", c);
+        if (c == '"' || c == '\\') kvx__buf_printf(b, "\\%c", c);
+        else if (c < 0x20) kvx__buf_printf(b, "\\u%04x", c);
+        else kvx__buf_printf(b, "%c", c);
     }
-    kvx_buf_printf(b, "\"");
+    kvx__buf_printf(b, "\"");
 }
 
-KVX_API void kvx_buf_free(kvx_buf *b) {
+static KVX__UNUSED void kvx__buf_free(kvx__buf *b) {
     if (!b) return;
     free(b->data);
     memset(b, 0, sizeof *b);
@@ -1877,7 +1823,7 @@ KVX_API void kvx_buf_free(kvx_buf *b) {
 /* >>impl: json reader ---------------------------------------------------- */
 
 typedef struct kvx__jp {
-    kvx_json_doc *doc;
+    kvx__json_doc *doc;
     const char *s, *end, *start;
     char *out;
     uint32_t max;
@@ -1896,18 +1842,18 @@ static int kvx__jerr(kvx__jp *p, const char *msg) {
     return -1;
 }
 
-static int kvx__jnode(kvx__jp *p, kvx_json_type t) {
-    kvx_json_doc *d = p->doc;
+static int kvx__jnode(kvx__jp *p, kvx__json_type t) {
+    kvx__json_doc *d = p->doc;
     if (d->count >= p->max) return kvx__jerr(p, "too many JSON values");
     if (d->count == d->cap) {
         uint32_t nc = d->cap ? d->cap * 2 : 32;
-        kvx_json *nn;
+        kvx__json *nn;
         if (nc > p->max) nc = p->max;
-        nn = (kvx_json *)realloc(d->nodes, nc * sizeof *nn);
+        nn = (kvx__json *)realloc(d->nodes, nc * sizeof *nn);
         if (!nn) return kvx__jerr(p, "out of memory");
         d->nodes = nn; d->cap = nc;
     }
-    memset(&d->nodes[d->count], 0, sizeof(kvx_json));
+    memset(&d->nodes[d->count], 0, sizeof(kvx__json));
     d->nodes[d->count].type = t;
     return (int)d->count++;
 }
@@ -2030,7 +1976,7 @@ static int kvx__jnumber(kvx__jp *p) {
     p->doc->nodes[self].num = strtod(tmp, &end);
     if (*end) return kvx__jerr(p, "bad number");
     if (isint) {
-        kvx_json *nd = &p->doc->nodes[self];
+        kvx__json *nd = &p->doc->nodes[self];
         errno = 0;
         if (tmp[0] == '-') {
             nd->negative = 1;
@@ -2072,7 +2018,7 @@ static int kvx__jvalue(kvx__jp *p) {
     }
 }
 
-KVX_API kvx_result kvx_json_parse(kvx_json_doc *doc, const char *text, size_t len,
+static KVX__UNUSED kvx_result kvx__json_parse(kvx__json_doc *doc, const char *text, size_t len,
                                   uint32_t max_nodes) {
     kvx__jp p;
     memset(doc, 0, sizeof *doc);
@@ -2092,40 +2038,40 @@ KVX_API kvx_result kvx_json_parse(kvx_json_doc *doc, const char *text, size_t le
     return KVX_OK;
 }
 
-KVX_API void kvx_json_free(kvx_json_doc *doc) {
+static KVX__UNUSED void kvx__json_free(kvx__json_doc *doc) {
     if (!doc) return;
     free(doc->nodes);
     free(doc->strbuf);
     doc->nodes = NULL; doc->strbuf = NULL; doc->count = doc->cap = 0;
 }
 
-KVX_API const kvx_json *kvx_json_root(const kvx_json_doc *doc) {
+static KVX__UNUSED const kvx__json *kvx__json_root(const kvx__json_doc *doc) {
     return doc->count ? &doc->nodes[0] : NULL;
 }
 
-KVX_API const kvx_json *kvx_json_get(const kvx_json_doc *doc, const kvx_json *obj,
+static KVX__UNUSED const kvx__json *kvx__json_get(const kvx__json_doc *doc, const kvx__json *obj,
                                      const char *key) {
     uint32_t i;
     size_t kl = strlen(key);
     if (!obj || obj->type != KVX_JSON_OBJECT || !obj->count) return NULL;
     for (i = obj->child; ; i = doc->nodes[i].next) {
-        const kvx_json *c = &doc->nodes[i];
+        const kvx__json *c = &doc->nodes[i];
         if (c->key_len == kl && memcmp(c->key, key, kl) == 0) return c;
         if (!c->next) break;
     }
     return NULL;
 }
 
-KVX_API const kvx_json *kvx_json_at(const kvx_json_doc *doc, const kvx_json *arr, uint32_t idx) {
+static KVX__UNUSED const kvx__json *kvx__json_at(const kvx__json_doc *doc, const kvx__json *arr, uint32_t idx) {
     uint32_t i, k = 0;
     if (!arr || arr->type != KVX_JSON_ARRAY || idx >= arr->count) return NULL;
     for (i = arr->child; k < idx; k++) i = doc->nodes[i].next;
     return &doc->nodes[i];
 }
 
-KVX_API int kvx_json_u64(const kvx_json_doc *doc, const kvx_json *obj, const char *key,
+static KVX__UNUSED int kvx__json_u64(const kvx__json_doc *doc, const kvx__json *obj, const char *key,
                          uint64_t lo, uint64_t hi, uint64_t *out) {
-    const kvx_json *v = key ? kvx_json_get(doc, obj, key) : obj;
+    const kvx__json *v = key ? kvx__json_get(doc, obj, key) : obj;
     if (!v || v->type != KVX_JSON_NUMBER) return 0;
     if (!v->is_int || v->negative || v->u64 < lo || v->u64 > hi) return 0;
     *out = v->u64;
@@ -2230,32 +2176,32 @@ KVX_API kvx_result kvx_layout_validate(const kvx_layout *l, char *why, size_t wh
     return KVX_OK;
 }
 
-static void kvx__sha_u64(kvx_sha256 *h, uint64_t v) {
+static void kvx__sha_u64(kvx__sha256 *h, uint64_t v) {
     uint8_t b[8];
     int i;
     for (i = 0; i < 8; i++) b[i] = (uint8_t)(v >> (8 * i));
-    kvx_sha256_update(h, b, 8);
+    kvx__sha256_update(h, b, 8);
 }
 
 KVX_API uint64_t kvx_layout_fingerprint(const kvx_layout *l) {
-    kvx_sha256 h;
+    kvx__sha256 h;
     uint8_t d[32];
     uint64_t fp = 0;
     uint32_t i;
     const char *dt = l->dtype ? l->dtype : "";
-    kvx_sha256_init(&h);
-    kvx_sha256_update(&h, "kvx-layout-v1", 13);
+    kvx__sha256_init(&h);
+    kvx__sha256_update(&h, "kvx-layout-v1", 13);
     kvx__sha_u64(&h, l->page_size);
     kvx__sha_u64(&h, l->dtype_size);
     kvx__sha_u64(&h, strlen(dt));
-    kvx_sha256_update(&h, dt, strlen(dt));
+    kvx__sha256_update(&h, dt, strlen(dt));
     kvx__sha_u64(&h, l->num_kv_heads);
     kvx__sha_u64(&h, (uint64_t)(l->mla != 0));
     kvx__sha_u64(&h, l->num_buffers);
     for (i = 0; i < l->num_buffers; i++) kvx__sha_u64(&h, l->buffers[i].item_len);
     kvx__sha_u64(&h, l->num_aux);
     for (i = 0; i < l->num_aux; i++) kvx__sha_u64(&h, l->aux[i].item_len);
-    kvx_sha256_final(&h, d);
+    kvx__sha256_final(&h, d);
     for (i = 0; i < 8; i++) fp |= (uint64_t)d[i] << (8 * i);
     return fp;
 }
@@ -3474,13 +3420,13 @@ static kvx_result kvx__dir_check_st(const struct stat *st, const char *path, int
                                     char *why, size_t wl) {
     char desc[300];
     uid_t me = geteuid();
-    mode_t bad = (flags & KVX_DIR_SHARED) ? S_IWOTH : (S_IWGRP | S_IWOTH);
+    mode_t bad = (flags & KVX__DIR_SHARED) ? S_IWOTH : (S_IWGRP | S_IWOTH);
     if (!S_ISDIR(st->st_mode)) {
         kvx__set_why(why, wl, "%s is not a directory", path);
         return KVX_ERR_NOT_FOUND;
     }
     kvx__dir_describe(st, desc, sizeof desc);
-    if (!(flags & KVX_DIR_SHARED) && st->st_uid != me && st->st_uid != 0) {
+    if (!(flags & KVX__DIR_SHARED) && st->st_uid != me && st->st_uid != 0) {
         kvx__set_why(why, wl, "refusing directory %s (%s): it belongs to another user, who could "
                      "plant links in it (share a directory between users only with "
                      "KVX_FILE_SHARED=1 and a group-owned directory)", path, desc);
@@ -3495,7 +3441,7 @@ static kvx_result kvx__dir_check_st(const struct stat *st, const char *path, int
     return KVX_OK;
 }
 
-KVX_API kvx_result kvx_dir_check(int fd, const char *path, int flags, char *why, size_t wl) {
+static KVX__UNUSED kvx_result kvx__dir_check(int fd, const char *path, int flags, char *why, size_t wl) {
     struct stat st;
     if (fstat(fd, &st)) {
         int err = errno;
@@ -3505,7 +3451,7 @@ KVX_API kvx_result kvx_dir_check(int fd, const char *path, int flags, char *why,
     return kvx__dir_check_st(&st, path, flags, why, wl);
 }
 
-KVX_API int kvx_mkdirat(int dfd, const char *name, unsigned mode, int *made) {
+static KVX__UNUSED int kvx__mkdirat(int dfd, const char *name, unsigned mode, int *made) {
     struct stat st;
     long wait_us = 1000;
     int i, m;
@@ -3531,7 +3477,7 @@ KVX_API int kvx_mkdirat(int dfd, const char *name, unsigned mode, int *made) {
     }
 }
 
-KVX_API kvx_result kvx_dir_open(const char *path, unsigned mode, int flags, int *fd_out,
+static KVX__UNUSED kvx_result kvx__dir_open(const char *path, unsigned mode, int flags, int *fd_out,
                                 char *why, size_t wl) {
     char tmp[4096];
     size_t n = path ? strlen(path) : 0, i = 0;
@@ -3562,8 +3508,8 @@ KVX_API kvx_result kvx_dir_open(const char *path, unsigned mode, int flags, int 
         last = i >= n;
         tmp[end] = 0;
         if (fstatat(fd, tmp + start, &lst, AT_SYMLINK_NOFOLLOW) && errno == ENOENT &&
-            (flags & KVX_DIR_CREATE)) {
-            if (kvx_mkdirat(fd, tmp + start, mode, NULL)) {
+            (flags & KVX__DIR_CREATE)) {
+            if (kvx__mkdirat(fd, tmp + start, mode, NULL)) {
                 err = errno;
                 kvx__set_why(why, wl, "cannot create directory %s: %s", tmp, strerror(err));
                 close(fd);
@@ -3594,7 +3540,7 @@ KVX_API kvx_result kvx_dir_open(const char *path, unsigned mode, int flags, int 
         }
         close(fd);
         fd = next;
-        if ((r = kvx_dir_check(fd, tmp, flags, why, wl)) != KVX_OK) {
+        if ((r = kvx__dir_check(fd, tmp, flags, why, wl)) != KVX_OK) {
             close(fd);
             return r;
         }
@@ -3637,12 +3583,12 @@ KVX_API const kvx_backend *kvx_fake_backend(void) {
 /* >>impl: worker queue ---------------------------------------------------- */
 
 typedef struct kvx__job {
-    kvx_job_fn fn;
+    kvx__job_fn fn;
     void *arg;
     struct kvx__job *next;
 } kvx__job;
 
-struct kvx_workq {
+struct kvx__workq {
     kvx_engine *engine;
     pthread_mutex_t mu;
     pthread_cond_t cv;
@@ -3653,7 +3599,7 @@ struct kvx_workq {
 };
 
 static void *kvx__workq_main(void *arg) {
-    kvx_workq *q = (kvx_workq *)arg;
+    kvx__workq *q = (kvx__workq *)arg;
     for (;;) {
         kvx__job *j;
         pthread_mutex_lock(&q->mu);
@@ -3669,15 +3615,15 @@ static void *kvx__workq_main(void *arg) {
     return NULL;
 }
 
-KVX_API kvx_result kvx_workq_create(kvx_engine *e, int threads, const char *name,
-                                    kvx_workq **out) {
-    kvx_workq *q;
+static KVX__UNUSED kvx_result kvx__workq_create(kvx_engine *e, int threads, const char *name,
+                                    kvx__workq **out) {
+    kvx__workq *q;
     int i;
     (void)name;
     *out = NULL;
     if (threads < 1) threads = 1;
     if (threads > 256) threads = 256;
-    q = (kvx_workq *)kvx_engine_alloc(e, sizeof *q);
+    q = (kvx__workq *)kvx_engine_alloc(e, sizeof *q);
     if (!q) return KVX_ERR_NO_MEMORY;
     memset(q, 0, sizeof *q);
     q->engine = e;
@@ -3690,14 +3636,14 @@ KVX_API kvx_result kvx_workq_create(kvx_engine *e, int threads, const char *name
         q->nthreads++;
     }
     if (!q->nthreads) {
-        kvx_workq_destroy(q);
+        kvx__workq_destroy(q);
         return KVX_ERR_NO_MEMORY;
     }
     *out = q;
     return KVX_OK;
 }
 
-KVX_API kvx_result kvx_workq_submit(kvx_workq *q, kvx_job_fn fn, void *arg) {
+static KVX__UNUSED kvx_result kvx__workq_submit(kvx__workq *q, kvx__job_fn fn, void *arg) {
     kvx__job *j = (kvx__job *)kvx_engine_alloc(q->engine, sizeof *j);
     if (!j) return KVX_ERR_NO_MEMORY;
     j->fn = fn;
@@ -3712,7 +3658,7 @@ KVX_API kvx_result kvx_workq_submit(kvx_workq *q, kvx_job_fn fn, void *arg) {
     return KVX_OK;
 }
 
-KVX_API void kvx_workq_destroy(kvx_workq *q) {
+static KVX__UNUSED void kvx__workq_destroy(kvx__workq *q) {
     int i;
     if (!q) return;
     pthread_mutex_lock(&q->mu);

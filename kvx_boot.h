@@ -186,9 +186,9 @@
        authenticated connection carries: with a key, only a peer that
        proved it can send one.
      AUTHENTICATION (both sides keyed): decode hello carries nonce_d;
-       prefill hello carries nonce_p and kvx_auth_proof(key,
+       prefill hello carries nonce_p and kvx__auth_proof(key,
        "kvx-boot-server", nonce_d, nonce_p); the decode checks it and sends
-       AUTH = kvx_auth_proof(key, "kvx-boot-client", nonce_p, nonce_d). The
+       AUTH = kvx__auth_proof(key, "kvx-boot-client", nonce_p, nonce_d). The
        prefill reads nothing else before a valid AUTH (read deadline
        KVX_BOOT_READ_TIMEOUT_MS); a bad or missing one closes the connection
        and nothing it sent is applied. One side keyed, the other not:
@@ -319,7 +319,7 @@
      that creates a sender whose room frame had already arrived) and must
      not block; they may call kvx_boot_send_status, kvx_boot_abort,
      kvx_boot_peer_send and the kvx_room_* helpers. The parsers (kvx_boot_parse_http_request,
-     kvx_boot_decode_frame) are pure and reentrant.
+     kvx_boot_frame_decode) are pure and reentrant.
 
    LICENSE: MIT, see the end of this file.
 */
@@ -620,13 +620,10 @@ typedef struct kvx_boot_frame {
    need more bytes (out->body_len tells how many once the header is in).
    KVX_ERR_PROTOCOL and a sentence in why: unknown type, nonzero flags, a
    length or count beyond its limit, sizes that do not add up. */
-KVX_API kvx_result kvx_boot_decode_frame(const void *buf, size_t len, kvx_boot_frame *out,
+KVX_API kvx_result kvx_boot_frame_decode(const void *buf, size_t len, kvx_boot_frame *out,
                                          size_t *consumed, char *why, size_t why_len);
 /* Page i of a decoded room frame. */
 KVX_API int32_t kvx_boot_frame_page(const kvx_boot_frame *f, uint32_t i);
-/* Appends the encoding of f to out (f uses the native pointers: pages,
-   item_lens, aux_item_lens). KVX_ERR_INVALID_ARGUMENT beyond a limit. */
-KVX_API kvx_result kvx_boot_encode_frame(const kvx_boot_frame *f, kvx_buf *out);
 
 #ifdef __cplusplus
 }
@@ -674,8 +671,8 @@ static void kvx__boot_copy(char *out, size_t n, const char *s) {
     out[l] = 0;
 }
 
-/* Appends raw bytes to a kvx_buf (same realloc discipline as the core). */
-static void kvx__boot_put(kvx_buf *b, const void *p, size_t n) {
+/* Appends raw bytes to a kvx__buf (same realloc discipline as the core). */
+static void kvx__boot_put(kvx__buf *b, const void *p, size_t n) {
     if (b->oom) return;
     if (b->len + n + 1 > b->cap) {
         size_t nc = b->cap ? b->cap : 256;
@@ -811,7 +808,7 @@ static kvx_result kvx__boot_decode_hello(const uint8_t *p, uint32_t n, kvx_boot_
     return KVX_OK;
 }
 
-KVX_API kvx_result kvx_boot_decode_frame(const void *buf, size_t len, kvx_boot_frame *f,
+KVX_API kvx_result kvx_boot_frame_decode(const void *buf, size_t len, kvx_boot_frame *f,
                                          size_t *consumed, char *why, size_t wl) {
     const uint8_t *p = (const uint8_t *)buf;
     uint32_t blen, type, flags;
@@ -953,7 +950,9 @@ static size_t kvx__boot_reason_len(size_t len) {
     return len > KVX_BOOT_MAX_REASON ? KVX_BOOT_MAX_REASON : len;
 }
 
-KVX_API kvx_result kvx_boot_encode_frame(const kvx_boot_frame *f, kvx_buf *out) {
+/* Appends the encoding of f to out (f uses the native pointers: pages,
+   item_lens, aux_item_lens). KVX_ERR_INVALID_ARGUMENT beyond a limit. */
+static KVX__UNUSED kvx_result kvx__boot_frame_encode(const kvx_boot_frame *f, kvx__buf *out) {
     uint8_t fixed[KVX__BOOT_HDR + KVX__BOOT_HELLO_FIXED];
     uint8_t *b = fixed + KVX__BOOT_HDR;
     uint32_t i;
@@ -1396,7 +1395,7 @@ struct kvx_boot {
     uint8_t *endpoint;
     uint32_t endpoint_len;
     uint64_t instance;
-    kvx_buf hello; /* our encoded hello frame (keyless; keyed hellos are per connection) */
+    kvx__buf hello; /* our encoded hello frame (keyless; keyed hellos are per connection) */
     const uint8_t *key; /* kvx_engine_auth_key, NULL = none */
     size_t key_len;
     /* settings (read-only after create) */
@@ -1411,7 +1410,7 @@ struct kvx_boot {
     /* threads */
     pthread_t io, hb;
     int io_started, hb_started;
-    kvx_workq *wq;
+    kvx__workq *wq;
     int wake_rd, wake_wr;
     int wake_pending; /* atomic */
     int stop;         /* atomic */
@@ -1445,7 +1444,7 @@ struct kvx_boot {
 
 /* The handshake's memory comes from the engine's desc allocator (calloc
    is alloc + memset, realloc is kvx__boot_grow), except the text of
-   kvx_buf (HTTP, encoded frames), which grows in the core. */
+   kvx__buf (HTTP, encoded frames), which grows in the core. */
 static void *kvx__boot_zalloc(const kvx_boot *b, size_t n) {
     void *p = kvx_engine_alloc(b->engine, n);
     if (p) memset(p, 0, n);
@@ -1553,10 +1552,10 @@ static ssize_t kvx__boot_recv_some(int fd, void *p, size_t n, uint64_t deadline_
 static kvx_result kvx__boot_http_call(const char *host, int port, const char *method,
                                       const char *target, const char *extra, const char *body,
                                       size_t blen,
-                                      double timeout_s, int *status, kvx_buf *resp, char *err,
+                                      double timeout_s, int *status, kvx__buf *resp, char *err,
                                       size_t el, int *refused) {
     uint64_t deadline = kvx_now_ns() + (uint64_t)(timeout_s * 1e9);
-    kvx_buf req, in;
+    kvx__buf req, in;
     int fd, e = 0;
     size_t hend = 0;
     uint64_t clen = UINT64_MAX;
@@ -1570,7 +1569,7 @@ static kvx_result kvx__boot_http_call(const char *host, int port, const char *me
     }
     memset(&req, 0, sizeof req);
     memset(&in, 0, sizeof in);
-    kvx_buf_printf(&req, "%s %s HTTP/1.1\r\nHost: %s%s%s:%d\r\nUser-Agent: kvx-boot/%d.%d\r\n"
+    kvx__buf_printf(&req, "%s %s HTTP/1.1\r\nHost: %s%s%s:%d\r\nUser-Agent: kvx-boot/%d.%d\r\n"
                    "Connection: close\r\nContent-Length: %zu\r\n%s%s\r\n",
                    method, target, strchr(host, ':') ? "[" : "", host,
                    strchr(host, ':') ? "]" : "", port, KVX_VERSION_MAJOR, KVX_VERSION_MINOR, blen,
@@ -1605,14 +1604,14 @@ static kvx_result kvx__boot_http_call(const char *host, int port, const char *me
     }
     if (!hend) { snprintf(err, el, "the connection closed before an answer"); goto fail; }
     close(fd);
-    kvx_buf_free(&req);
+    kvx__buf_free(&req);
     kvx__boot_put(resp, in.data + hend, in.len - hend);
-    kvx_buf_free(&in);
+    kvx__buf_free(&in);
     return KVX_OK;
 fail:
     close(fd);
-    kvx_buf_free(&req);
-    kvx_buf_free(&in);
+    kvx__buf_free(&req);
+    kvx__buf_free(&in);
     return KVX_ERR_PEER;
 }
 
@@ -2058,7 +2057,7 @@ static void kvx__boot_count_failure(kvx_boot *b, kvx_result res) {
 }
 
 static void kvx__boot_drop(kvx_boot *b, kvx__boot_conn *c, const char *reason);
-static kvx_result kvx__boot_keyed_hello(kvx_boot *b, kvx_buf *out, const uint8_t *nonce,
+static kvx_result kvx__boot_keyed_hello(kvx_boot *b, kvx__buf *out, const uint8_t *nonce,
                                         const uint8_t *proof);
 
 /* >>boot: bootstrap server (the prefill engine whose ranks are all 0) ------------ */
@@ -2071,9 +2070,9 @@ typedef struct kvx__boot_regn {
 
 /* An integer member given as a JSON number or a decimal string (SGLang
    clients send both). 1 ok, 0 absent or null, -1 bad or out of [lo, hi]. */
-static int kvx__boot_jint(const kvx_json_doc *d, const kvx_json *o, const char *key, long lo,
+static int kvx__boot_jint(const kvx__json_doc *d, const kvx__json *o, const char *key, long lo,
                           long hi, int *out) {
-    const kvx_json *v = kvx_json_get(d, o, key);
+    const kvx__json *v = kvx__json_get(d, o, key);
     long long x;
     if (!v || v->type == KVX_JSON_NULL) return 0;
     if (v->type == KVX_JSON_NUMBER) {
@@ -2094,9 +2093,9 @@ static int kvx__boot_jint(const kvx_json_doc *d, const kvx_json *o, const char *
     return 1;
 }
 
-static int kvx__boot_jstr(const kvx_json_doc *d, const kvx_json *o, const char *key, char *out,
+static int kvx__boot_jstr(const kvx__json_doc *d, const kvx__json *o, const char *key, char *out,
                           size_t n) {
-    const kvx_json *v = kvx_json_get(d, o, key);
+    const kvx__json *v = kvx__json_get(d, o, key);
     if (!v || v->type == KVX_JSON_NULL) return 0;
     if (v->type != KVX_JSON_STRING || v->str_len >= n || memchr(v->str, 0, v->str_len)) return -1;
     memcpy(out, v->str, v->str_len);
@@ -2119,17 +2118,17 @@ static int kvx__boot_reg_parse(const char *body, size_t len, kvx__boot_regn *g, 
         {"rank_port", offsetof(kvx__boot_regn, port), 1, 65535},
         {"page_size", offsetof(kvx__boot_regn, page_size), 1, 1 << 24},
         {"prefill_http_port", offsetof(kvx__boot_regn, http_port), 0, 65535}};
-    kvx_json_doc d;
-    const kvx_json *root;
+    kvx__json_doc d;
+    const kvx__json *root;
     size_t i;
     int rc = -1;
     memset(g, 0, sizeof *g);
     g->tp = g->cp = g->dp = g->pp = g->system_dp = 1;
-    if (kvx_json_parse(&d, body ? body : "", len, 256) != KVX_OK) {
+    if (kvx__json_parse(&d, body ? body : "", len, 256) != KVX_OK) {
         kvx__set_why(why, wl, "the body is not JSON: %s", d.error);
         goto out;
     }
-    root = kvx_json_root(&d);
+    root = kvx__json_root(&d);
     if (!root || root->type != KVX_JSON_OBJECT) {
         kvx__set_why(why, wl, "the body is not a JSON object");
         goto out;
@@ -2161,7 +2160,7 @@ static int kvx__boot_reg_parse(const char *body, size_t len, kvx__boot_regn *g, 
     }
     rc = 0;
 out:
-    kvx_json_free(&d);
+    kvx__json_free(&d);
     return rc;
 }
 
@@ -2206,18 +2205,18 @@ static int kvx__boot_srv_register(kvx_boot *b, const kvx__boot_regn *g, char *wh
     return 0;
 }
 
-static void kvx__boot_reg_json(kvx_boot *b, kvx_buf *o) {
+static void kvx__boot_reg_json(kvx_boot *b, kvx__buf *o) {
     const kvx_layout *l = kvx_engine_layout(b->engine);
-    kvx_buf_printf(o, "{\"attn_tp_size\":%d,\"attn_tp_rank\":%d,\"attn_cp_size\":%d,"
+    kvx__buf_printf(o, "{\"attn_tp_size\":%d,\"attn_tp_rank\":%d,\"attn_cp_size\":%d,"
                       "\"attn_cp_rank\":%d,\"attn_dp_size\":%d,\"attn_dp_rank\":%d,\"pp_size\":%d,"
                       "\"pp_rank\":%d,\"system_dp_size\":%d,\"system_dp_rank\":%d,\"rank_ip\":",
                    b->tp_size, b->tp_rank, b->cp_size, b->cp_rank, b->dp_size, b->dp_rank,
                    b->pp_size, b->pp_rank, b->dp_size, b->dp_rank);
-    kvx_buf_json_str(o, b->rank_ip);
-    kvx_buf_printf(o, ",\"rank_port\":%d,\"page_size\":%u,\"kv_cache_dtype\":", b->ctrl_port,
+    kvx__buf_json_str(o, b->rank_ip);
+    kvx__buf_printf(o, ",\"rank_port\":%d,\"page_size\":%u,\"kv_cache_dtype\":", b->ctrl_port,
                    l->page_size);
-    kvx_buf_json_str(o, l->dtype ? l->dtype : "");
-    kvx_buf_printf(o, ",\"load_balance_method\":\"follow_bootstrap_room\",\"prefill_http_port\":0}");
+    kvx__buf_json_str(o, l->dtype ? l->dtype : "");
+    kvx__buf_printf(o, ",\"load_balance_method\":\"follow_bootstrap_room\",\"prefill_http_port\":0}");
 }
 
 static const char *kvx__boot_reason_phrase(int st) {
@@ -2251,18 +2250,18 @@ static void kvx__boot_http_finish(kvx_boot *b, kvx__boot_conn *c) {
 
 static void kvx__boot_http_respond(kvx_boot *b, kvx__boot_conn *c, int status, const char *ctype,
                                    const char *body, size_t blen, const char *extra) {
-    kvx_buf h;
+    kvx__buf h;
     int err;
     memset(&h, 0, sizeof h);
-    kvx_buf_printf(&h, "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n%s"
+    kvx__buf_printf(&h, "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n%s"
                        "Connection: close\r\n\r\n",
                    status, kvx__boot_reason_phrase(status), ctype, blen, extra ? extra : "");
     kvx__boot_put(&h, body, blen);
-    if (h.oom) { kvx_buf_free(&h); kvx__boot_drop(b, c, "out of memory for a response"); return; }
+    if (h.oom) { kvx__buf_free(&h); kvx__boot_drop(b, c, "out of memory for a response"); return; }
     pthread_mutex_lock(&c->mu);
     err = kvx__boot_conn_append(c, (const uint8_t *)h.data, h.len);
     pthread_mutex_unlock(&c->mu);
-    kvx_buf_free(&h);
+    kvx__buf_free(&h);
     if (err) { kvx__boot_drop(b, c, "response too large"); return; }
     KVX__STORE(&c->want_write, 1);
     c->http_state = KVX__BOOT_H_WRITING;
@@ -2275,7 +2274,7 @@ static void kvx__boot_http_text(kvx_boot *b, kvx__boot_conn *c, int status, cons
 }
 
 static void kvx__boot_http_buf(kvx_boot *b, kvx__boot_conn *c, int status, const char *ctype,
-                               kvx_buf *o) {
+                               kvx__buf *o) {
     if (o->oom) kvx__boot_http_text(b, c, 500, "out of memory\n");
     else kvx__boot_http_respond(b, c, status, ctype, o->data ? o->data : "", o->len, NULL);
 }
@@ -2286,15 +2285,15 @@ static void kvx__boot_route_get(kvx_boot *b, kvx__boot_conn *c, const kvx_boot_h
     int32_t v[4];
     int k, status = 200, total;
     kvx__boot_server *s = &b->srv;
-    kvx_buf o;
+    kvx__buf o;
     memset(&o, 0, sizeof o);
     for (k = 0; k < 4; k++) {
         int r = kvx_boot_query_int(rq->query, rq->query_len, keys[k], &v[k]);
         if (r != 1) {
-            kvx_buf_printf(&o, "Missing inputs for bootstrap server: %s is %s.\n", keys[k],
+            kvx__buf_printf(&o, "Missing inputs for bootstrap server: %s is %s.\n", keys[k],
                            r == 0 ? "missing" : "not an integer");
             kvx__boot_http_buf(b, c, 400, "text/plain; charset=utf-8", &o);
-            kvx_buf_free(&o);
+            kvx__buf_free(&o);
             return;
         }
     }
@@ -2303,57 +2302,57 @@ static void kvx__boot_route_get(kvx_boot *b, kvx__boot_conn *c, const kvx_boot_h
     if (v[0] == -1 && v[1] == -1 && v[2] == -1 && v[3] == -1) {
         if (!s->ranks || s->registered < total) {
             status = 503;
-            kvx_buf_printf(&o, "Prefill server not fully registered yet: %d of %d ranks.\n",
+            kvx__buf_printf(&o, "Prefill server not fully registered yet: %d of %d ranks.\n",
                            s->registered, total);
         } else {
-            kvx_buf_printf(&o, "{\"attn_tp_size\":%d,\"attn_cp_size\":%d,\"dp_size\":%d,"
+            kvx__buf_printf(&o, "{\"attn_tp_size\":%d,\"attn_cp_size\":%d,\"dp_size\":%d,"
                                "\"pp_size\":%d,\"page_size\":%d,\"kv_cache_dtype\":",
                            s->tp, s->cp, s->dp, s->pp, s->page_size);
-            kvx_buf_json_str(&o, s->dtype[0] ? s->dtype : "auto");
-            kvx_buf_printf(&o, ",\"follow_bootstrap_room\":true,\"prefill_http_port\":%d,"
+            kvx__buf_json_str(&o, s->dtype[0] ? s->dtype : "auto");
+            kvx__buf_printf(&o, ",\"follow_bootstrap_room\":true,\"prefill_http_port\":%d,"
                                "\"kvx_heartbeat\":\"control\"}", s->http_port);
         }
     } else if (!s->ranks) {
         status = 503;
-        kvx_buf_printf(&o, "Prefill server not fully registered yet: no rank registered.\n");
+        kvx__buf_printf(&o, "Prefill server not fully registered yet: no rank registered.\n");
     } else if (v[0] < 0 || v[0] >= s->dp || v[1] < 0 || v[1] >= s->cp || v[2] < 0 ||
                v[2] >= s->tp || v[3] < 0 || v[3] >= s->pp) {
         status = 404;
-        kvx_buf_printf(&o, "Bootstrap info not Found: no rank dp %ld, cp %ld, tp %ld, pp %ld "
+        kvx__buf_printf(&o, "Bootstrap info not Found: no rank dp %ld, cp %ld, tp %ld, pp %ld "
                            "(sizes dp %d, cp %d, tp %d, pp %d).\n",
                        (long)v[0], (long)v[1], (long)v[2], (long)v[3], s->dp, s->cp, s->tp, s->pp);
     } else if (s->registered < total) {
         status = 503;
-        kvx_buf_printf(&o, "Prefill server not fully registered yet: %d of %d ranks.\n",
+        kvx__buf_printf(&o, "Prefill server not fully registered yet: %d of %d ranks.\n",
                        s->registered, total);
     } else {
         const kvx__boot_rank *slot =
             &s->ranks[(((size_t)v[0] * (size_t)s->cp + (size_t)v[1]) * (size_t)s->tp +
                        (size_t)v[2]) * (size_t)s->pp + (size_t)v[3]];
-        kvx_buf_printf(&o, "{\"rank_ip\":");
-        kvx_buf_json_str(&o, slot->ip);
-        kvx_buf_printf(&o, ",\"rank_port\":%d}", slot->port);
+        kvx__buf_printf(&o, "{\"rank_ip\":");
+        kvx__buf_json_str(&o, slot->ip);
+        kvx__buf_printf(&o, ",\"rank_port\":%d}", slot->port);
     }
     pthread_mutex_unlock(&b->mu);
     kvx__boot_http_buf(b, c, status, status == 200 ? "application/json" : "text/plain; charset=utf-8",
                        &o);
-    kvx_buf_free(&o);
+    kvx__buf_free(&o);
 }
 
 /* PUT /route with a key: "X-Kvx-Auth: <unix seconds>:<hex HMAC-SHA-256(key,
    "kvx-boot-route" 0 seconds 0 body)>" (a header line into out). */
 static void kvx__boot_route_mac(kvx_boot *b, const char *body, size_t len, uint64_t secs, char *out,
                                 size_t n) {
-    kvx_hmac h;
+    kvx__hmac h;
     uint8_t mac[KVX_MAC_BYTES];
     char ts[24], hex[2 * KVX_MAC_BYTES + 1];
     int i;
     snprintf(ts, sizeof ts, "%llu", (unsigned long long)secs);
-    kvx_hmac_init(&h, b->key, b->key_len);
-    kvx_hmac_update(&h, "kvx-boot-route", 15); /* with its NUL */
-    kvx_hmac_update(&h, ts, strlen(ts) + 1);
-    kvx_hmac_update(&h, body, len);
-    kvx_hmac_final(&h, mac);
+    kvx__hmac_init(&h, b->key, b->key_len);
+    kvx__hmac_update(&h, "kvx-boot-route", 15); /* with its NUL */
+    kvx__hmac_update(&h, ts, strlen(ts) + 1);
+    kvx__hmac_update(&h, body, len);
+    kvx__hmac_final(&h, mac);
     for (i = 0; i < KVX_MAC_BYTES; i++) snprintf(hex + 2 * i, 3, "%02x", mac[i]);
     snprintf(out, n, "X-Kvx-Auth: %s:%s\r\n", ts, hex);
 }
@@ -2370,14 +2369,14 @@ static int kvx__boot_route_auth(kvx_boot *b, const kvx_boot_http_request *rq) {
     if (secs + 300 < now || secs > now + 300) return -1;
     kvx__boot_route_mac(b, rq->body, rq->body_len, secs, want, sizeof want);
     snprintf(got, sizeof got, "X-Kvx-Auth: %.*s\r\n", (int)rq->auth_len, rq->auth);
-    return strlen(got) == strlen(want) && kvx_equal_ct(got, want, strlen(want)) ? 0 : -1;
+    return strlen(got) == strlen(want) && kvx__equal_ct(got, want, strlen(want)) ? 0 : -1;
 }
 
 static void kvx__boot_route_put(kvx_boot *b, kvx__boot_conn *c, const kvx_boot_http_request *rq) {
     kvx__boot_regn g;
     char why[256];
     int rc;
-    kvx_buf o;
+    kvx__buf o;
     if (b->key && kvx__boot_route_auth(b, rq)) {
         kvx_engine_log(b->engine, KVX_LOG_WARN, "kvx.boot", 0,
                        "refused PUT /route from %s: no valid X-Kvx-Auth (this server has a key)", c->addr);
@@ -2387,9 +2386,9 @@ static void kvx__boot_route_put(kvx_boot *b, kvx__boot_conn *c, const kvx_boot_h
     }
     if (kvx__boot_reg_parse(rq->body, rq->body_len, &g, why, sizeof why)) {
         memset(&o, 0, sizeof o);
-        kvx_buf_printf(&o, "bad registration: %s\n", why);
+        kvx__buf_printf(&o, "bad registration: %s\n", why);
         kvx__boot_http_buf(b, c, 400, "text/plain; charset=utf-8", &o);
-        kvx_buf_free(&o);
+        kvx__buf_free(&o);
         return;
     }
     pthread_mutex_lock(&b->mu);
@@ -2397,9 +2396,9 @@ static void kvx__boot_route_put(kvx_boot *b, kvx__boot_conn *c, const kvx_boot_h
     pthread_mutex_unlock(&b->mu);
     if (rc) {
         memset(&o, 0, sizeof o);
-        kvx_buf_printf(&o, "bad registration: %s\n", why);
+        kvx__buf_printf(&o, "bad registration: %s\n", why);
         kvx__boot_http_buf(b, c, 400, "text/plain; charset=utf-8", &o);
-        kvx_buf_free(&o);
+        kvx__buf_free(&o);
         return;
     }
     kvx_engine_log(b->engine, KVX_LOG_INFO, "kvx.boot", 0,
@@ -2413,7 +2412,7 @@ typedef struct kvx__boot_scan {
     uint64_t by_state[5];
     struct { int code; uint64_t count; } fails[KVX__BOOT_MAX_RESULTS];
     int nfails;
-    kvx_buf *list; /* /rooms */
+    kvx__buf *list; /* /rooms */
     size_t listed;
     uint64_t unfinished;
     uint64_t now;
@@ -2444,13 +2443,13 @@ static void kvx__boot_scan_room(kvx_room *r, void *arg) {
             else if (br->peer) snprintf(peer, sizeof peer, "%s", br->peer->addr);
         }
         pthread_mutex_unlock(&s->b->mu);
-        kvx_buf_printf(s->list, "%s{\"room\":%llu,\"role\":\"%s\",\"state\":\"%s\",\"age_s\":%.3f,"
+        kvx__buf_printf(s->list, "%s{\"room\":%llu,\"role\":\"%s\",\"state\":\"%s\",\"age_s\":%.3f,"
                                 "\"peer\":", s->listed ? "," : "",
                        (unsigned long long)kvx_room_id(r),
                        kvx_room_role(r) == KVX_ROLE_PREFILL ? "sender" : "receiver",
                        kvx_poll_str(st), (double)(s->now - kvx_room_created_ns(r)) / 1e9);
-        kvx_buf_json_str(s->list, peer);
-        kvx_buf_printf(s->list, "}");
+        kvx__buf_json_str(s->list, peer);
+        kvx__buf_printf(s->list, "}");
         s->listed++;
     }
 }
@@ -2458,7 +2457,7 @@ static void kvx__boot_scan_room(kvx_room *r, void *arg) {
 static void kvx__boot_metrics(kvx_boot *b, kvx__boot_conn *c) {
     kvx__boot_scan s;
     kvx_engine_stats st;
-    kvx_buf o;
+    kvx__buf o;
     int i, j, registered, expected;
     size_t pending;
     memset(&s, 0, sizeof s);
@@ -2480,12 +2479,12 @@ static void kvx__boot_metrics(kvx_boot *b, kvx__boot_conn *c) {
     expected = b->srv.ranks ? b->srv.tp * b->srv.cp * b->srv.dp * b->srv.pp : 0;
     pending = b->npending;
     pthread_mutex_unlock(&b->mu);
-    kvx_buf_printf(&o, "# HELP kvx_rooms Rooms open on this engine, by state.\n"
+    kvx__buf_printf(&o, "# HELP kvx_rooms Rooms open on this engine, by state.\n"
                        "# TYPE kvx_rooms gauge\n");
     for (i = 0; i < 5; i++)
-        kvx_buf_printf(&o, "kvx_rooms{state=\"%s\"} %llu\n", kvx_poll_str((kvx_poll)i),
+        kvx__buf_printf(&o, "kvx_rooms{state=\"%s\"} %llu\n", kvx_poll_str((kvx_poll)i),
                        (unsigned long long)s.by_state[i]);
-    kvx_buf_printf(&o, "# HELP kvx_rooms_created_total Rooms created.\n"
+    kvx__buf_printf(&o, "# HELP kvx_rooms_created_total Rooms created.\n"
                        "# TYPE kvx_rooms_created_total counter\nkvx_rooms_created_total %llu\n"
                        "# HELP kvx_rooms_succeeded_total Rooms that reached Success.\n"
                        "# TYPE kvx_rooms_succeeded_total counter\nkvx_rooms_succeeded_total %llu\n"
@@ -2495,13 +2494,13 @@ static void kvx__boot_metrics(kvx_boot *b, kvx__boot_conn *c) {
                        "# TYPE kvx_bytes_total counter\nkvx_bytes_total %llu\n",
                    (unsigned long long)st.rooms_created, (unsigned long long)st.rooms_succeeded,
                    (unsigned long long)st.rooms_failed, (unsigned long long)st.bytes);
-    kvx_buf_printf(&o, "# HELP kvx_room_failures_total Failed rooms by result code.\n"
+    kvx__buf_printf(&o, "# HELP kvx_room_failures_total Failed rooms by result code.\n"
                        "# TYPE kvx_room_failures_total counter\n");
     for (i = 0; i < s.nfails; i++)
-        kvx_buf_printf(&o, "kvx_room_failures_total{reason=\"%s\"} %llu\n",
+        kvx__buf_printf(&o, "kvx_room_failures_total{reason=\"%s\"} %llu\n",
                        kvx_result_str((kvx_result)s.fails[i].code),
                        (unsigned long long)s.fails[i].count);
-    kvx_buf_printf(&o, "# HELP kvx_boot_ranks_registered Prefill ranks registered with this "
+    kvx__buf_printf(&o, "# HELP kvx_boot_ranks_registered Prefill ranks registered with this "
                        "bootstrap server.\n# TYPE kvx_boot_ranks_registered gauge\n"
                        "kvx_boot_ranks_registered %d\n"
                        "# HELP kvx_boot_ranks_expected dp*cp*tp*pp of the registered instance.\n"
@@ -2515,7 +2514,7 @@ static void kvx__boot_metrics(kvx_boot *b, kvx__boot_conn *c) {
                        "# TYPE kvx_boot_http_connections gauge\nkvx_boot_http_connections %d\n",
                    registered, expected, KVX__LOAD(&b->nctrl), pending, b->nhttp);
     kvx__boot_http_buf(b, c, 200, "text/plain; version=0.0.4; charset=utf-8", &o);
-    kvx_buf_free(&o);
+    kvx__buf_free(&o);
 }
 
 /* Room ids let a stranger claim a room (the first room frame names its
@@ -2523,7 +2522,7 @@ static void kvx__boot_metrics(kvx_boot *b, kvx__boot_conn *c) {
    count and an empty list. */
 static void kvx__boot_rooms(kvx_boot *b, kvx__boot_conn *c) {
     kvx__boot_scan s;
-    kvx_buf list, o;
+    kvx__buf list, o;
     memset(&s, 0, sizeof s);
     memset(&list, 0, sizeof list);
     memset(&o, 0, sizeof o);
@@ -2532,14 +2531,14 @@ static void kvx__boot_rooms(kvx_boot *b, kvx__boot_conn *c) {
     s.list = c->loopback ? &list : NULL;
     kvx_engine_foreach_room(b->engine, kvx__boot_scan_room, &s);
     if (c->loopback)
-        kvx_buf_printf(&o, "{\"count\":%zu,\"rooms\":[%s]}", s.listed, list.data ? list.data : "");
+        kvx__buf_printf(&o, "{\"count\":%zu,\"rooms\":[%s]}", s.listed, list.data ? list.data : "");
     else
-        kvx_buf_printf(&o, "{\"count\":%llu,\"rooms\":[],\"note\":\"room ids are listed to "
+        kvx__buf_printf(&o, "{\"count\":%llu,\"rooms\":[],\"note\":\"room ids are listed to "
                            "loopback clients only\"}", (unsigned long long)s.unfinished);
     if (list.oom) o.oom = 1;
     kvx__boot_http_buf(b, c, 200, "application/json", &o);
-    kvx_buf_free(&list);
-    kvx_buf_free(&o);
+    kvx__buf_free(&list);
+    kvx__buf_free(&o);
 }
 
 static int kvx__boot_is(const kvx_boot_http_request *rq, const char *path) {
@@ -2980,18 +2979,18 @@ static void kvx__boot_accepted(kvx_boot *b, kvx__boot_conn *c, uint64_t peer_fp)
    it is read, and the read deadline still runs. */
 static int kvx__boot_answer_keyed(kvx_boot *b, kvx__boot_conn *c, const kvx_boot_frame *f) {
     uint8_t proof[KVX_BOOT_PROOF];
-    kvx_buf h;
+    kvx__buf h;
     kvx_result r;
-    if (kvx_random_bytes(c->nonce_self, KVX_BOOT_NONCE) != KVX_OK) {
+    if (kvx__random_bytes(c->nonce_self, KVX_BOOT_NONCE) != KVX_OK) {
         kvx__boot_drop(b, c, "no random bytes for a nonce");
         return 1;
     }
     if (f->hello.nonce) memcpy(c->nonce_peer, f->hello.nonce, KVX_BOOT_NONCE);
     else memset(c->nonce_peer, 0, KVX_BOOT_NONCE);
-    kvx_auth_proof(b->key, b->key_len, "kvx-boot-server", c->nonce_peer, c->nonce_self, proof);
+    kvx__auth_proof(b->key, b->key_len, "kvx-boot-server", c->nonce_peer, c->nonce_self, proof);
     r = kvx__boot_keyed_hello(b, &h, c->nonce_self, proof);
     if (r == KVX_OK) r = kvx__boot_conn_send(c, h.data, h.len);
-    kvx_buf_free(&h);
+    kvx__buf_free(&h);
     if (r != KVX_OK) {
         kvx__boot_drop(b, c, "cannot answer its hello");
         return 1;
@@ -3041,8 +3040,8 @@ static int kvx__boot_on_hello(kvx_boot *b, kvx__boot_conn *c, const kvx_boot_fra
    it sent was applied). */
 static int kvx__boot_on_auth(kvx_boot *b, kvx__boot_conn *c, const kvx_boot_frame *f) {
     uint8_t want[KVX_BOOT_PROOF];
-    kvx_auth_proof(b->key, b->key_len, "kvx-boot-client", c->nonce_self, c->nonce_peer, want);
-    if (!kvx_equal_ct(want, f->proof, KVX_BOOT_PROOF)) {
+    kvx__auth_proof(b->key, b->key_len, "kvx-boot-client", c->nonce_self, c->nonce_peer, want);
+    if (!kvx__equal_ct(want, f->proof, KVX_BOOT_PROOF)) {
         kvx_engine_log(b->engine, KVX_LOG_WARN, "kvx.boot", 0,
                        "refused control connection from %s: its proof does not match this "
                        "prefill's key (KVX_AUTH_KEY differs)", c->addr);
@@ -3279,7 +3278,7 @@ static int kvx__boot_ctrl_frames(kvx_boot *b, kvx__boot_conn *c) {
         kvx_boot_frame f;
         size_t used = 0;
         char why[256], msg[300];
-        if (kvx_boot_decode_frame(c->in + off, c->in_len - off, &f, &used, why, sizeof why) != KVX_OK) {
+        if (kvx_boot_frame_decode(c->in + off, c->in_len - off, &f, &used, why, sizeof why) != KVX_OK) {
             snprintf(msg, sizeof msg, "protocol error: %s", why);
             kvx_engine_log(b->engine, KVX_LOG_WARN, "kvx.boot", 0, "closing control connection %s: %s",
                            c->addr, msg);
@@ -3595,10 +3594,10 @@ static void *kvx__boot_io_main(void *arg) {
 /* GET target from the peer's bootstrap server with retries while it
    refuses connections, times out or answers 503. */
 static kvx_result kvx__boot_get(kvx_boot *b, const kvx__boot_pf *p, const char *target,
-                                kvx_buf *out, char *why, size_t wl) {
+                                kvx__buf *out, char *why, size_t wl) {
     int attempt, status = 0, refused = 0, last_503 = 0;
     char err[256] = "";
-    kvx_buf body;
+    kvx__buf body;
     memset(out, 0, sizeof *out);
     for (attempt = 0; attempt < KVX_BOOT_TRIES; attempt++) {
         kvx_result r;
@@ -3618,7 +3617,7 @@ static kvx_result kvx__boot_get(kvx_boot *b, const kvx__boot_pf *p, const char *
             while (n && (body.data[n - 1] == '\n' || body.data[n - 1] == '\r')) n--;
             snprintf(err, sizeof err, "%.*s", (int)(n > 200 ? 200 : n), body.data ? body.data : "");
         }
-        kvx_buf_free(&body);
+        kvx__buf_free(&body);
         if (r == KVX_OK && status != 503) {
             kvx__set_why(why, wl, "bootstrap server %s:%d answered %d to GET %s: %s", p->host,
                          p->port, status, target, err);
@@ -3689,15 +3688,15 @@ static int kvx__boot_check_auth(kvx_boot *b, const kvx_boot_hello *h, const uint
                      boot_addr);
         return -1;
     }
-    kvx_auth_proof(b->key, b->key_len, "kvx-boot-server", nonce, h->nonce, want);
-    if (!kvx_equal_ct(want, h->proof, KVX_BOOT_PROOF)) {
+    kvx__auth_proof(b->key, b->key_len, "kvx-boot-server", nonce, h->nonce, want);
+    if (!kvx__equal_ct(want, h->proof, KVX_BOOT_PROOF)) {
         kvx__set_why(why, wl, "authentication with prefill rank %s:%d (bootstrap %s) failed: its "
                      "proof does not match this engine's key (KVX_AUTH_KEY differs)", ip, port,
                      boot_addr);
         return -1;
     }
     kvx__boot_hdr(frame, KVX_BOOT_PROOF, KVX_BOOT_FRAME_AUTH);
-    kvx_auth_proof(b->key, b->key_len, "kvx-boot-client", h->nonce, nonce, frame + KVX__BOOT_HDR);
+    kvx__auth_proof(b->key, b->key_len, "kvx-boot-client", h->nonce, nonce, frame + KVX__BOOT_HDR);
     if (kvx__send_all(fd, frame, sizeof frame, deadline)) {
         kvx__set_why(why, wl, "cannot send the authentication frame to prefill rank %s:%d: %s", ip,
                      port, kvx__errstr(errno));
@@ -3717,7 +3716,7 @@ static kvx_result kvx__boot_ctrl_connect(kvx_boot *b, kvx__boot_pf *p, const cha
     for (attempt = 0; attempt < KVX_BOOT_TRIES; attempt++) {
         uint64_t deadline;
         int fd;
-        kvx_buf in;
+        kvx__buf in;
         kvx_boot_frame f;
         size_t used = 0;
         char ferr[200];
@@ -3730,16 +3729,16 @@ static kvx_result kvx__boot_ctrl_connect(kvx_boot *b, kvx__boot_pf *p, const cha
         fd = kvx__connect(ip, port, deadline, NULL, NULL, &e);
         if (fd < 0) { snprintf(err, sizeof err, "%s", kvx__errstr(e)); continue; }
         if (b->key) { /* keyed hello: our fresh nonce is the challenge */
-            kvx_buf kh;
+            kvx__buf kh;
             int bad;
-            if (kvx_random_bytes(nonce, sizeof nonce) != KVX_OK ||
+            if (kvx__random_bytes(nonce, sizeof nonce) != KVX_OK ||
                 kvx__boot_keyed_hello(b, &kh, nonce, NULL) != KVX_OK) {
                 close(fd);
                 kvx__set_why(why, wl, "cannot build an authenticated hello (no random bytes?)");
                 return KVX_ERR_IO;
             }
             bad = kvx__send_all(fd, kh.data, kh.len, deadline);
-            kvx_buf_free(&kh);
+            kvx__buf_free(&kh);
             if (bad) {
                 snprintf(err, sizeof err, "cannot send hello: %s", kvx__errstr(errno));
                 close(fd);
@@ -3754,11 +3753,11 @@ static kvx_result kvx__boot_ctrl_connect(kvx_boot *b, kvx__boot_pf *p, const cha
         for (;;) { /* read the prefill's hello */
             char tmp[4096];
             ssize_t r;
-            kvx_result dr = kvx_boot_decode_frame(in.data, in.len, &f, &used, ferr, sizeof ferr);
+            kvx_result dr = kvx_boot_frame_decode(in.data, in.len, &f, &used, ferr, sizeof ferr);
             if (dr != KVX_OK) {
                 kvx__set_why(why, wl, "prefill rank %s:%d (bootstrap %s) sent a bad hello: %s", ip,
                              port, p->addr, ferr);
-                kvx_buf_free(&in);
+                kvx__buf_free(&in);
                 close(fd);
                 return KVX_ERR_PROTOCOL;
             }
@@ -3775,19 +3774,19 @@ static kvx_result kvx__boot_ctrl_connect(kvx_boot *b, kvx__boot_pf *p, const cha
             if (b->key)
                 snprintf(err + strlen(err), sizeof err - strlen(err),
                          " (a prefill of a kvx version without authentication closes keyed hellos)");
-            kvx_buf_free(&in);
+            kvx__buf_free(&in);
             close(fd);
             continue;
         }
         if (f.type != KVX_BOOT_FRAME_HELLO || f.hello.role != KVX_ROLE_PREFILL) {
             kvx__set_why(why, wl, "prefill rank %s:%d (bootstrap %s) answered with a %s frame, not "
                          "a prefill hello", ip, port, p->addr, kvx__boot_type_name(f.type));
-            kvx_buf_free(&in);
+            kvx__buf_free(&in);
             close(fd);
             return KVX_ERR_PROTOCOL;
         }
         if (kvx__boot_check_auth(b, &f.hello, nonce, ip, port, p->addr, fd, deadline, why, wl)) {
-            kvx_buf_free(&in);
+            kvx__buf_free(&in);
             close(fd);
             return KVX_ERR_PERMISSION;
         }
@@ -3796,7 +3795,7 @@ static kvx_result kvx__boot_ctrl_connect(kvx_boot *b, kvx__boot_pf *p, const cha
             kvx__set_why(why, wl, "prefill rank %s:%d (bootstrap %s) uses transport '%.*s', this "
                          "decode engine '%s'", ip, port, p->addr, (int)f.hello.transport_len,
                          f.hello.transport, kvx_engine_transport(b->engine));
-            kvx_buf_free(&in);
+            kvx__buf_free(&in);
             close(fd);
             return KVX_ERR_LAYOUT_MISMATCH;
         }
@@ -3807,7 +3806,7 @@ static kvx_result kvx__boot_ctrl_connect(kvx_boot *b, kvx__boot_pf *p, const cha
                          "decode engine's: %s (fingerprints: ours %016llx, theirs %016llx)", ip,
                          port, p->addr, diff, (unsigned long long)fp,
                          (unsigned long long)f.hello.fingerprint);
-            kvx_buf_free(&in);
+            kvx__buf_free(&in);
             close(fd);
             return KVX_ERR_LAYOUT_MISMATCH;
         }
@@ -3815,7 +3814,7 @@ static kvx_result kvx__boot_ctrl_connect(kvx_boot *b, kvx__boot_pf *p, const cha
         if (!c || kvx__boot_conn_set_info(c, &f.hello)) {
             if (c) kvx__boot_conn_unref(c);
             else close(fd);
-            kvx_buf_free(&in);
+            kvx__buf_free(&in);
             kvx__set_why(why, wl, "out of memory");
             return KVX_ERR_NO_MEMORY;
         }
@@ -3830,7 +3829,7 @@ static kvx_result kvx__boot_ctrl_connect(kvx_boot *b, kvx__boot_pf *p, const cha
                 c->in_len = in.len - used;
             }
         }
-        kvx_buf_free(&in);
+        kvx__buf_free(&in);
         *out = c;
         return KVX_OK;
     }
@@ -3860,16 +3859,16 @@ static void kvx__boot_res_free(kvx_boot *b, kvx__boot_res *rs) {
 /* Server info as the decode side reads it (pure; fuzzed). 0 ok, -1 bad. */
 static int kvx__boot_info_parse(const char *text, size_t len, int *tp, int *cp, int *dp, int *pp,
                                 int *page_size, char *dtype, size_t dl, int *ctrl_ping) {
-    kvx_json_doc d;
-    const kvx_json *root;
+    kvx__json_doc d;
+    const kvx__json *root;
     char hb[16] = "";
     int ok;
     *tp = *cp = *dp = *pp = 1;
     *ctrl_ping = 0;
     *page_size = 0;
     dtype[0] = 0;
-    if (kvx_json_parse(&d, text ? text : "", len, 256) != KVX_OK) { kvx_json_free(&d); return -1; }
-    root = kvx_json_root(&d);
+    if (kvx__json_parse(&d, text ? text : "", len, 256) != KVX_OK) { kvx__json_free(&d); return -1; }
+    root = kvx__json_root(&d);
     ok = root && root->type == KVX_JSON_OBJECT &&
          kvx__boot_jint(&d, root, "attn_tp_size", 1, 1024, tp) == 1 &&
          kvx__boot_jint(&d, root, "attn_cp_size", 1, 1024, cp) >= 0 &&
@@ -3879,27 +3878,27 @@ static int kvx__boot_info_parse(const char *text, size_t len, int *tp, int *cp, 
          kvx__boot_jstr(&d, root, "kv_cache_dtype", dtype, dl) >= 0;
     if (ok && kvx__boot_jstr(&d, root, "kvx_heartbeat", hb, sizeof hb) == 1 && !strcmp(hb, "control"))
         *ctrl_ping = 1;
-    kvx_json_free(&d);
+    kvx__json_free(&d);
     return ok ? 0 : -1;
 }
 
 /* A rank answer {"rank_ip": ..., "rank_port": ...} (pure; fuzzed). */
 static int kvx__boot_rank_parse(const char *text, size_t len, char *ip, size_t il, int *port) {
-    kvx_json_doc d;
-    const kvx_json *root;
+    kvx__json_doc d;
+    const kvx__json *root;
     int ok;
-    if (kvx_json_parse(&d, text ? text : "", len, 64) != KVX_OK) { kvx_json_free(&d); return -1; }
-    root = kvx_json_root(&d);
+    if (kvx__json_parse(&d, text ? text : "", len, 64) != KVX_OK) { kvx__json_free(&d); return -1; }
+    root = kvx__json_root(&d);
     ok = root && root->type == KVX_JSON_OBJECT && kvx__boot_jstr(&d, root, "rank_ip", ip, il) == 1 &&
          ip[0] && kvx__boot_jint(&d, root, "rank_port", 1, 65535, port) == 1;
-    kvx_json_free(&d);
+    kvx__json_free(&d);
     return ok ? 0 : -1;
 }
 
 static kvx_result kvx__boot_resolve(kvx_boot *b, kvx__boot_pf *p, kvx__boot_res *rs, char *why,
                                     size_t wl) {
     const kvx_layout *l = kvx_engine_layout(b->engine);
-    kvx_buf body;
+    kvx__buf body;
     char dtype[64] = "", target[192];
     int page_size = 0, first, count, dpi, cpi, t, ppi, bad;
     uint64_t total;
@@ -3910,7 +3909,7 @@ static kvx_result kvx__boot_resolve(kvx_boot *b, kvx__boot_pf *p, kvx__boot_res 
     if (r != KVX_OK) return r;
     bad = kvx__boot_info_parse(body.data, body.len, &rs->tp, &rs->cp, &rs->dp, &rs->pp, &page_size,
                                dtype, sizeof dtype, &rs->ctrl_ping);
-    kvx_buf_free(&body);
+    kvx__buf_free(&body);
     if (bad) {
         kvx__set_why(why, wl, "bootstrap server %s:%d sent server info without valid attn_tp_size, "
                      "page_size, dp_size, pp_size, attn_cp_size or kv_cache_dtype", p->host, p->port);
@@ -3961,7 +3960,7 @@ static kvx_result kvx__boot_resolve(kvx_boot *b, kvx__boot_pf *p, kvx__boot_res 
                              "target_pp_rank=%d", dpi, cpi, t, ppi);
                     r = kvx__boot_get(b, p, target, &body, why, wl);
                     bad = r == KVX_OK && kvx__boot_rank_parse(body.data, body.len, ip, sizeof ip, &port);
-                    kvx_buf_free(&body);
+                    kvx__buf_free(&body);
                     if (bad) {
                         kvx__set_why(why, wl, "bootstrap server %s:%d answered GET %s without "
                                      "rank_ip and rank_port", p->host, p->port, target);
@@ -4160,13 +4159,13 @@ static void *kvx__boot_hb_main(void *arg) {
             uint64_t gen = due->gen;
             int status = 0, refused = 0, ok;
             char err[200] = "";
-            kvx_buf body;
+            kvx__buf body;
             memset(&body, 0, sizeof body);
             pthread_mutex_unlock(&b->mu);
             ok = kvx__boot_http_call(due->host, due->port, "GET", "/health", NULL, NULL, 0, tmo, &status,
                                      &body, err, sizeof err, &refused) == KVX_OK && status == 200;
             if (!ok && status) snprintf(err, sizeof err, "GET /health answered %d", status);
-            kvx_buf_free(&body);
+            kvx__buf_free(&body);
             pthread_mutex_lock(&b->mu);
             if (due->gen == gen && due->state == KVX__BOOT_PF_READY) kvx__boot_hb_result(b, due, ok, err);
             continue;
@@ -4184,7 +4183,7 @@ static void kvx__boot_register_job(void *arg) {
     kvx_boot *b = (kvx_boot *)arg;
     char host[256], err[200] = "", hdr[128];
     int attempt, status = 0, refused = 0;
-    kvx_buf body, resp;
+    kvx__buf body, resp;
     memset(&body, 0, sizeof body);
     snprintf(host, sizeof host, "%s",
              (!b->host[0] || !strcmp(b->host, "0.0.0.0") || !strcmp(b->host, "::")) ? "127.0.0.1"
@@ -4198,8 +4197,8 @@ static void kvx__boot_register_job(void *arg) {
         r = kvx__boot_http_call(host, b->port_cfg, "PUT", "/route", b->key ? hdr : NULL, body.data, body.len,
                                 KVX__BOOT_HTTP_TIMEOUT_S, &status, &resp, err, sizeof err, &refused);
         if (r == KVX_OK && status == 200) {
-            kvx_buf_free(&resp);
-            kvx_buf_free(&body);
+            kvx__buf_free(&resp);
+            kvx__buf_free(&body);
             kvx_engine_log(b->engine, KVX_LOG_INFO, "kvx.boot", 0,
                            "registered rank dp %d cp %d tp %d pp %d (%s:%d) with bootstrap server %s:%d",
                            b->dp_rank, b->cp_rank, b->tp_rank, b->pp_rank, b->rank_ip, b->ctrl_port,
@@ -4209,10 +4208,10 @@ static void kvx__boot_register_job(void *arg) {
         if (r == KVX_OK)
             snprintf(err, sizeof err, "answered %d: %.*s", status, (int)(resp.len > 150 ? 150 : resp.len),
                      resp.data ? resp.data : "");
-        kvx_buf_free(&resp);
+        kvx__buf_free(&resp);
         if (r == KVX_OK && status != 503) break;
     }
-    kvx_buf_free(&body);
+    kvx__buf_free(&body);
     if (!KVX__LOAD(&b->stop))
         kvx_engine_log(b->engine, KVX_LOG_ERROR, "kvx.boot", 0,
                        "could not register rank dp %d cp %d tp %d pp %d with bootstrap server "
@@ -4279,7 +4278,7 @@ static kvx_result kvx__boot_open_decode(kvx_boot *b, kvx_room *r, kvx__boot_br *
         kvx_room_fail(r, KVX_ERR_INVALID_ARGUMENT, "%s", why);
         return KVX_OK;
     }
-    if (submit && kvx_workq_submit(b->wq, kvx__boot_resolve_job, p) != KVX_OK) {
+    if (submit && kvx__workq_submit(b->wq, kvx__boot_resolve_job, p) != KVX_OK) {
         pthread_mutex_lock(&b->mu);
         p->state = KVX__BOOT_PF_DEAD;
         br->waiting = 0;
@@ -4606,21 +4605,21 @@ static kvx_result kvx__boot_make_hello(kvx_boot *b) {
     f.hello.transport_len = (uint32_t)strlen(tn);
     f.hello.endpoint = b->endpoint;
     f.hello.endpoint_len = b->endpoint_len;
-    r = kvx_boot_encode_frame(&f, &b->hello);
+    r = kvx__boot_frame_encode(&f, &b->hello);
     kvx_engine_free(b->engine, items);
     return r;
 }
 
 /* Our hello for one connection: keyless, the shared encoding; keyed, with
    a fresh nonce (and on prefill the proof over the decode's nonce). */
-static kvx_result kvx__boot_keyed_hello(kvx_boot *b, kvx_buf *out, const uint8_t *nonce,
+static kvx_result kvx__boot_keyed_hello(kvx_boot *b, kvx__buf *out, const uint8_t *nonce,
                                         const uint8_t *proof) {
     kvx_boot_frame f;
     size_t used = 0;
     char why[64];
     kvx_result r;
     /* decode our own shared hello, then re-encode it with the auth fields */
-    r = kvx_boot_decode_frame(b->hello.data, b->hello.len, &f, &used, why, sizeof why);
+    r = kvx_boot_frame_decode(b->hello.data, b->hello.len, &f, &used, why, sizeof why);
     if (r != KVX_OK || !used) return KVX_ERR_INVALID_ARGUMENT;
     {
         uint64_t items[KVX_MAX_BUFFERS + KVX_MAX_AUX + 1];
@@ -4634,13 +4633,13 @@ static kvx_result kvx__boot_keyed_hello(kvx_boot *b, kvx_buf *out, const uint8_t
         f.hello.nonce = nonce;
         f.hello.proof = proof;
         memset(out, 0, sizeof *out);
-        return kvx_boot_encode_frame(&f, out);
+        return kvx__boot_frame_encode(&f, out);
     }
 }
 
 static uint64_t kvx__boot_random(const void *salt) {
     uint64_t v = 0;
-    if (kvx_random_bytes(&v, sizeof v) != KVX_OK) v = 0;
+    if (kvx__random_bytes(&v, sizeof v) != KVX_OK) v = 0;
     v ^= kvx_now_ns() ^ ((uint64_t)getpid() << 32) ^ (uint64_t)(uintptr_t)salt;
     return v ? v : 1;
 }
@@ -4679,7 +4678,7 @@ static void kvx__boot_free(kvx_boot *b) {
     kvx_engine_free(b->engine, b->srv.ranks);
     kvx_engine_free(b->engine, b->scratch);
     kvx_engine_free(b->engine, b->endpoint);
-    kvx_buf_free(&b->hello);
+    kvx__buf_free(&b->hello);
     if (b->wake_rd >= 0) close(b->wake_rd);
     if (b->wake_wr >= 0) close(b->wake_wr);
     pthread_mutex_destroy(&b->mu);
@@ -4700,7 +4699,7 @@ KVX_API void kvx_boot_destroy(kvx_boot *b) {
     pthread_mutex_unlock(&b->mu);
     kvx__boot_wake(b);
     if (b->hb_started) pthread_join(b->hb, NULL);
-    kvx_workq_destroy(b->wq); /* resolver jobs see stop and give up */
+    kvx__workq_destroy(b->wq); /* resolver jobs see stop and give up */
     if (b->io_started) pthread_join(b->io, NULL);
     kvx__boot_free(b);
 }
@@ -4725,14 +4724,14 @@ static kvx_result kvx__boot_add_listener(kvx_boot *b, int kind, int port, const 
 /* The rank that serves the bootstrap registers itself with its own table. */
 static kvx_result kvx__boot_self_register(kvx_boot *b, char *why, size_t wl) {
     kvx__boot_regn g;
-    kvx_buf reg;
+    kvx__buf reg;
     char rwhy[256] = "";
     int rc;
     memset(&reg, 0, sizeof reg);
     kvx__boot_reg_json(b, &reg);
     rc = reg.oom || kvx__boot_reg_parse(reg.data, reg.len, &g, rwhy, sizeof rwhy) ||
          kvx__boot_srv_register(b, &g, rwhy, sizeof rwhy);
-    kvx_buf_free(&reg);
+    kvx__buf_free(&reg);
     if (!rc) return KVX_OK;
     kvx__set_why(why, wl, "cannot register this rank with its own bootstrap server: %s", rwhy);
     return KVX_ERR_INVALID_ARGUMENT;
@@ -4789,13 +4788,13 @@ KVX_API kvx_result kvx_boot_create(kvx_engine *e, const kvx_boot_hooks *hooks,
                                        &b->http_port, why, wl)) ||
            (r = kvx__boot_self_register(b, why, wl))))))
         goto fail;
-    if ((r = kvx_workq_create(e, b->role == KVX_ROLE_DECODE ? 2 : 1, "kvx.boot", &b->wq)) != KVX_OK) {
+    if ((r = kvx__workq_create(e, b->role == KVX_ROLE_DECODE ? 2 : 1, "kvx.boot", &b->wq)) != KVX_OK) {
         kvx__set_why(why, wl, "cannot start the bootstrap worker threads");
         goto fail;
     }
     if (pthread_create(&b->io, NULL, kvx__boot_io_main, b) != 0) {
         kvx__set_why(why, wl, "cannot start the bootstrap I/O thread: %s", strerror(errno));
-        kvx_workq_destroy(b->wq);
+        kvx__workq_destroy(b->wq);
         r = KVX_ERR_NO_MEMORY;
         goto fail;
     }
@@ -4808,7 +4807,7 @@ KVX_API kvx_result kvx_boot_create(kvx_engine *e, const kvx_boot_hooks *hooks,
         }
         b->hb_started = 1;
     } else if (!b->serves) {
-        kvx_workq_submit(b->wq, kvx__boot_register_job, b);
+        kvx__workq_submit(b->wq, kvx__boot_register_job, b);
     }
     pthread_mutex_lock(&kvx__boot_registry_mu);
     b->reg_next = kvx__boot_registry;

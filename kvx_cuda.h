@@ -2266,7 +2266,7 @@ static void kvx__cux_identity(kvx__cux_engine *ce) {
     buf[sizeof buf - 1] = 0;
     kvx__cux_clean(ce->host, buf);
     if (!ce->host[0]) snprintf(ce->host, sizeof ce->host, "?");
-    kvx_env_str("KVX_CUDA_NODE_ID", &env);
+    kvx__env_str("KVX_CUDA_NODE_ID", &env);
     buf[0] = 0;
     if (env) {
         snprintf(buf, sizeof buf, "%s", env);

@@ -156,7 +156,7 @@
      3. mkdir may answer wrongly under a concurrent lookup of the same name
         from another node (GlusterFS answers EEXIST for a directory its
         brick then removed): the sender only makes directories under fresh
-        random names nobody looks up, and kvx_mkdirat (kvx.h) checks every
+        random names nobody looks up, and kvx__mkdirat (kvx.h) checks every
         answer with a lookup and retries, bounded.
      4. Where a file transfer_done lists is missing or shorter than its
         meta on this node, the receiver looks again for KVX_FILE_SETTLE
@@ -303,7 +303,7 @@ static uint64_t kvx__file_nonce(void) {
     static uint64_t ctr;
     uint64_t s = __atomic_load_n(&seed, __ATOMIC_RELAXED), z;
     if (!s) {
-        if (kvx_random_bytes(&s, sizeof s) != KVX_OK) s = 0;
+        if (kvx__random_bytes(&s, sizeof s) != KVX_OK) s = 0;
         s ^= kvx_now_ns() ^ ((uint64_t)getpid() << 40);
         s |= 1;
         __atomic_store_n(&seed, s, __ATOMIC_RELAXED);
@@ -474,23 +474,23 @@ static void kvx__rm_room_at(int base, const char *name, int owner_only) {
 
 static void kvx__file_mac(const uint8_t *key, size_t key_len, const char *name,
                           const char *json, size_t len, uint8_t out[KVX_MAC_BYTES]) {
-    kvx_hmac h;
-    kvx_hmac_init(&h, key, key_len);
-    kvx_hmac_update(&h, "kvx-file-v2", 12); /* with its 0 byte */
-    kvx_hmac_update(&h, name, strlen(name) + 1);
-    kvx_hmac_update(&h, json, len);
-    kvx_hmac_final(&h, out);
+    kvx__hmac h;
+    kvx__hmac_init(&h, key, key_len);
+    kvx__hmac_update(&h, "kvx-file-v2", 12); /* with its 0 byte */
+    kvx__hmac_update(&h, name, strlen(name) + 1);
+    kvx__hmac_update(&h, json, len);
+    kvx__hmac_final(&h, out);
 }
 
 /* Appends the MAC line to a finished JSON line (no-op without a key). */
-static void kvx__file_seal(kvx_buf *b, const uint8_t *key, size_t key_len, const char *name) {
+static void kvx__file_seal(kvx__buf *b, const uint8_t *key, size_t key_len, const char *name) {
     uint8_t mac[KVX_MAC_BYTES];
     int i;
     if (!key || b->oom) return;
     kvx__file_mac(key, key_len, name, b->data, b->len, mac);
-    kvx_buf_printf(b, KVX__FILE_MAC_TAG);
-    for (i = 0; i < KVX_MAC_BYTES; i++) kvx_buf_printf(b, "%02x", mac[i]);
-    kvx_buf_printf(b, "\n");
+    kvx__buf_printf(b, KVX__FILE_MAC_TAG);
+    for (i = 0; i < KVX_MAC_BYTES; i++) kvx__buf_printf(b, "%02x", mac[i]);
+    kvx__buf_printf(b, "\n");
 }
 
 /* Splits text into its JSON line (*json_len bytes) and its optional MAC
@@ -669,30 +669,30 @@ static kvx_result kvx__plan_crc(const kvx_layout *l, const kvx_plan *p, int to_f
 
 /* >>file: formats ------------------------------------------------------------ */
 
-static void kvx__meta_json(kvx_buf *b, const kvx_layout *l, uint64_t room, const kvx_chunk *c,
+static void kvx__meta_json(kvx__buf *b, const kvx_layout *l, uint64_t room, const kvx_chunk *c,
                            uint64_t bytes, uint32_t crc) {
     uint32_t i;
     uint64_t off = 0;
-    kvx_buf_printf(b, "{\"format\":\"kvx-file-chunk\",\"version\":%d,\"room\":%llu,\"chunk\":%u,"
+    kvx__buf_printf(b, "{\"format\":\"kvx-file-chunk\",\"version\":%d,\"room\":%llu,\"chunk\":%u,"
                       "\"first_page\":%u,\"num_pages\":%u,\"bytes\":%llu,\"crc32c\":%u,",
                    KVX_FILE_FORMAT_VERSION, (unsigned long long)room, c->index, c->first_page,
                    c->num_pages, (unsigned long long)bytes, crc);
-    kvx_buf_printf(b, "\"layout_fingerprint\":\"%016llx\",\"page_size\":%u,\"dtype\":",
+    kvx__buf_printf(b, "\"layout_fingerprint\":\"%016llx\",\"page_size\":%u,\"dtype\":",
                    (unsigned long long)kvx_layout_fingerprint(l), l->page_size);
-    kvx_buf_json_str(b, l->dtype);
-    kvx_buf_printf(b, ",\"dtype_size\":%u,\"num_kv_heads\":%u,\"mla\":%d,\"buffers\":[",
+    kvx__buf_json_str(b, l->dtype);
+    kvx__buf_printf(b, ",\"dtype_size\":%u,\"num_kv_heads\":%u,\"mla\":%d,\"buffers\":[",
                    l->dtype_size, l->num_kv_heads, l->mla ? 1 : 0);
     for (i = 0; i < l->num_buffers; i++) {
-        kvx_buf_printf(b, "%s{\"item_len\":%llu,\"offset\":%llu}", i ? "," : "",
+        kvx__buf_printf(b, "%s{\"item_len\":%llu,\"offset\":%llu}", i ? "," : "",
                        (unsigned long long)l->buffers[i].item_len, (unsigned long long)off);
         off += l->buffers[i].item_len * c->num_pages;
     }
-    kvx_buf_printf(b, "]}\n");
+    kvx__buf_printf(b, "]}\n");
 }
 
-static int kvx__json_hex64(const kvx_json_doc *d, const kvx_json *o, const char *key,
+static int kvx__json_hex64(const kvx__json_doc *d, const kvx__json *o, const char *key,
                            uint64_t *out) {
-    const kvx_json *v = kvx_json_get(d, o, key);
+    const kvx__json *v = kvx__json_get(d, o, key);
     char *end;
     if (!v || v->type != KVX_JSON_STRING || v->str_len != 16) return 0;
     errno = 0;
@@ -723,8 +723,8 @@ KVX_API kvx_result kvx_file_read_meta(const char *path, kvx_file_chunk_info *m, 
 
 KVX_API kvx_result kvx_file_parse_meta(const char *text, size_t len, const char *path,
                                        kvx_file_chunk_info *m, char *why, size_t wl) {
-    kvx_json_doc d;
-    const kvx_json *root, *bufs, *fmt, *dt;
+    kvx__json_doc d;
+    const kvx__json *root, *bufs, *fmt, *dt;
     uint64_t v[10], expect_off = 0;
     uint32_t i;
     kvx_result r;
@@ -736,41 +736,41 @@ KVX_API kvx_result kvx_file_parse_meta(const char *text, size_t len, const char 
         return KVX_ERR_CORRUPT;
     }
     if (!kvx__file_json_line(text, &len, path, why, wl)) return KVX_ERR_CORRUPT;
-    if (kvx_json_parse(&d, text, len, 4 * KVX_MAX_BUFFERS + 64) != KVX_OK) {
+    if (kvx__json_parse(&d, text, len, 4 * KVX_MAX_BUFFERS + 64) != KVX_OK) {
         kvx__set_why(why, wl, "%s is not valid JSON: %s", path, d.error);
         r = KVX_ERR_CORRUPT;
         goto done;
     }
     r = KVX_OK;
-    root = kvx_json_root(&d);
-    fmt = kvx_json_get(&d, root, "format");
+    root = kvx__json_root(&d);
+    fmt = kvx__json_get(&d, root, "format");
     KVX__REQ(fmt && fmt->type == KVX_JSON_STRING && !strcmp(fmt->str, "kvx-file-chunk"),
              "%s: \"format\" is not \"kvx-file-chunk\"", path);
-    KVX__REQ(kvx_json_u64(&d, root, "version", 1, 1000, &v[0]), "%s: bad \"version\"", path);
+    KVX__REQ(kvx__json_u64(&d, root, "version", 1, 1000, &v[0]), "%s: bad \"version\"", path);
     KVX__REQ(v[0] == KVX_FILE_FORMAT_VERSION, "%s: format version %llu, this reader knows %d",
              path, (unsigned long long)v[0], KVX_FILE_FORMAT_VERSION);
     m->version = (uint32_t)v[0];
-    KVX__REQ(kvx_json_u64(&d, root, "room", 0, UINT64_MAX, &m->room), "%s: bad \"room\"", path);
-    KVX__REQ(kvx_json_u64(&d, root, "chunk", 0, KVX__FILE_MAX_CHUNKS, &v[1]) &&
-                 kvx_json_u64(&d, root, "first_page", 0, KVX_MAX_PAGES, &v[2]) &&
-                 kvx_json_u64(&d, root, "num_pages", 0, KVX_MAX_PAGES, &v[3]) &&
-                 kvx_json_u64(&d, root, "bytes", 0, UINT64_MAX / 2, &m->bytes) &&
-                 kvx_json_u64(&d, root, "crc32c", 0, UINT32_MAX, &v[4]) &&
-                 kvx_json_u64(&d, root, "page_size", 1, UINT32_MAX, &v[5]) &&
-                 kvx_json_u64(&d, root, "dtype_size", 0, 64, &v[6]) &&
-                 kvx_json_u64(&d, root, "num_kv_heads", 0, UINT32_MAX, &v[7]) &&
-                 kvx_json_u64(&d, root, "mla", 0, 1, &v[8]),
+    KVX__REQ(kvx__json_u64(&d, root, "room", 0, UINT64_MAX, &m->room), "%s: bad \"room\"", path);
+    KVX__REQ(kvx__json_u64(&d, root, "chunk", 0, KVX__FILE_MAX_CHUNKS, &v[1]) &&
+                 kvx__json_u64(&d, root, "first_page", 0, KVX_MAX_PAGES, &v[2]) &&
+                 kvx__json_u64(&d, root, "num_pages", 0, KVX_MAX_PAGES, &v[3]) &&
+                 kvx__json_u64(&d, root, "bytes", 0, UINT64_MAX / 2, &m->bytes) &&
+                 kvx__json_u64(&d, root, "crc32c", 0, UINT32_MAX, &v[4]) &&
+                 kvx__json_u64(&d, root, "page_size", 1, UINT32_MAX, &v[5]) &&
+                 kvx__json_u64(&d, root, "dtype_size", 0, 64, &v[6]) &&
+                 kvx__json_u64(&d, root, "num_kv_heads", 0, UINT32_MAX, &v[7]) &&
+                 kvx__json_u64(&d, root, "mla", 0, 1, &v[8]),
              "%s: a numeric field is missing or out of range", path);
     m->chunk = (uint32_t)v[1]; m->first_page = (uint32_t)v[2]; m->num_pages = (uint32_t)v[3];
     m->crc32c = (uint32_t)v[4]; m->page_size = (uint32_t)v[5]; m->dtype_size = (uint32_t)v[6];
     m->num_kv_heads = (uint32_t)v[7]; m->mla = (uint32_t)v[8];
     KVX__REQ(kvx__json_hex64(&d, root, "layout_fingerprint", &m->fingerprint),
              "%s: bad \"layout_fingerprint\"", path);
-    dt = kvx_json_get(&d, root, "dtype");
+    dt = kvx__json_get(&d, root, "dtype");
     KVX__REQ(dt && dt->type == KVX_JSON_STRING && dt->str_len < sizeof m->dtype,
              "%s: bad \"dtype\"", path);
     memcpy(m->dtype, dt->str, dt->str_len + 1);
-    bufs = kvx_json_get(&d, root, "buffers");
+    bufs = kvx__json_get(&d, root, "buffers");
     KVX__REQ(bufs && bufs->type == KVX_JSON_ARRAY && bufs->count >= 1 &&
                  bufs->count <= KVX_MAX_BUFFERS,
              "%s: \"buffers\" must be an array of 1..%d entries", path, KVX_MAX_BUFFERS);
@@ -779,9 +779,9 @@ KVX_API kvx_result kvx_file_parse_meta(const char *text, size_t len, const char 
     m->offsets = (uint64_t *)calloc(bufs->count, sizeof(uint64_t));
     if (!m->item_lens || !m->offsets) { r = KVX_ERR_NO_MEMORY; goto done; }
     for (i = 0; i < bufs->count; i++) {
-        const kvx_json *e = kvx_json_at(&d, bufs, i);
-        KVX__REQ(kvx_json_u64(&d, e, "item_len", 1, 1ull << 40, &m->item_lens[i]) &&
-                     kvx_json_u64(&d, e, "offset", 0, UINT64_MAX / 2, &m->offsets[i]),
+        const kvx__json *e = kvx__json_at(&d, bufs, i);
+        KVX__REQ(kvx__json_u64(&d, e, "item_len", 1, 1ull << 40, &m->item_lens[i]) &&
+                     kvx__json_u64(&d, e, "offset", 0, UINT64_MAX / 2, &m->offsets[i]),
                  "%s: buffer %u has a bad item_len or offset", path, i);
         KVX__REQ(m->offsets[i] == expect_off,
                  "%s: buffer %u offset is %llu, expected %llu", path, i,
@@ -792,7 +792,7 @@ KVX_API kvx_result kvx_file_parse_meta(const char *text, size_t len, const char 
              (unsigned long long)m->bytes, (unsigned long long)expect_off);
 done:
     if (r != KVX_OK) kvx_file_chunk_info_free(m);
-    kvx_json_free(&d);
+    kvx__json_free(&d);
     return r;
 }
 
@@ -817,52 +817,52 @@ KVX_API kvx_result kvx_file_read_done(const char *path, kvx_file_done_info *o, c
 
 KVX_API kvx_result kvx_file_parse_done(const char *text, size_t len, const char *path,
                                        kvx_file_done_info *o, char *why, size_t wl) {
-    kvx_json_doc d;
-    const kvx_json *root, *fmt, *aux;
+    kvx__json_doc d;
+    const kvx__json *root, *fmt, *aux;
     uint64_t v[8];
     uint32_t i;
     kvx_result r;
     memset(o, 0, sizeof *o);
     memset(&d, 0, sizeof d);
     if (!kvx__file_json_line(text, &len, path, why, wl)) return KVX_ERR_CORRUPT;
-    if (kvx_json_parse(&d, text, len, 256) != KVX_OK) {
+    if (kvx__json_parse(&d, text, len, 256) != KVX_OK) {
         kvx__set_why(why, wl, "%s is not valid JSON: %s", path, d.error);
         r = KVX_ERR_CORRUPT;
         goto done;
     }
     r = KVX_OK;
-    root = kvx_json_root(&d);
-    fmt = kvx_json_get(&d, root, "format");
+    root = kvx__json_root(&d);
+    fmt = kvx__json_get(&d, root, "format");
     KVX__REQ(fmt && fmt->type == KVX_JSON_STRING && !strcmp(fmt->str, "kvx-file-done"),
              "%s: \"format\" is not \"kvx-file-done\"", path);
-    KVX__REQ(kvx_json_u64(&d, root, "version", 1, 1000, &v[0]) &&
+    KVX__REQ(kvx__json_u64(&d, root, "version", 1, 1000, &v[0]) &&
                  v[0] == KVX_FILE_FORMAT_VERSION,
              "%s: missing or unknown format version (this reader knows %d)", path,
              KVX_FILE_FORMAT_VERSION);
     o->version = (uint32_t)v[0];
-    KVX__REQ(kvx_json_u64(&d, root, "room", 0, UINT64_MAX, &o->room) &&
-                 kvx_json_u64(&d, root, "chunks", 0, KVX__FILE_MAX_CHUNKS, &v[1]) &&
-                 kvx_json_u64(&d, root, "total_pages", 0, KVX_MAX_PAGES, &v[2]) &&
-                 kvx_json_u64(&d, root, "aux_bytes", 0, 1u << 30, &o->aux_bytes) &&
-                 kvx_json_u64(&d, root, "aux_crc32c", 0, UINT32_MAX, &v[3]),
+    KVX__REQ(kvx__json_u64(&d, root, "room", 0, UINT64_MAX, &o->room) &&
+                 kvx__json_u64(&d, root, "chunks", 0, KVX__FILE_MAX_CHUNKS, &v[1]) &&
+                 kvx__json_u64(&d, root, "total_pages", 0, KVX_MAX_PAGES, &v[2]) &&
+                 kvx__json_u64(&d, root, "aux_bytes", 0, 1u << 30, &o->aux_bytes) &&
+                 kvx__json_u64(&d, root, "aux_crc32c", 0, UINT32_MAX, &v[3]),
              "%s: a numeric field is missing or out of range", path);
     o->chunks = (uint32_t)v[1]; o->total_pages = (uint32_t)v[2]; o->aux_crc32c = (uint32_t)v[3];
     KVX__REQ(kvx__json_hex64(&d, root, "layout_fingerprint", &o->fingerprint),
              "%s: bad \"layout_fingerprint\"", path);
     {
-        const kvx_json *ai = kvx_json_get(&d, root, "aux_index");
+        const kvx__json *ai = kvx__json_get(&d, root, "aux_index");
         KVX__REQ(ai && ai->type == KVX_JSON_NUMBER && ai->is_int &&
                      (ai->negative ? ai->i64 == -1 : ai->u64 <= INT32_MAX),
                  "%s: bad \"aux_index\"", path);
         o->aux_index = ai->negative ? -1 : (int32_t)ai->u64;
     }
-    aux = kvx_json_get(&d, root, "aux_item_lens");
+    aux = kvx__json_get(&d, root, "aux_item_lens");
     KVX__REQ(aux && aux->type == KVX_JSON_ARRAY && aux->count <= KVX_MAX_AUX,
              "%s: \"aux_item_lens\" must be an array of at most %d entries", path, KVX_MAX_AUX);
     o->num_aux = aux->count;
     v[4] = 0;
     for (i = 0; i < aux->count; i++) {
-        KVX__REQ(kvx_json_u64(&d, kvx_json_at(&d, aux, i), NULL, 1, 1u << 28, &o->aux_item_lens[i]),
+        KVX__REQ(kvx__json_u64(&d, kvx__json_at(&d, aux, i), NULL, 1, 1u << 28, &o->aux_item_lens[i]),
                  "%s: aux_item_lens[%u] is bad", path, i);
         v[4] += o->aux_item_lens[i];
     }
@@ -870,7 +870,7 @@ KVX_API kvx_result kvx_file_parse_done(const char *text, size_t len, const char 
              "%s: aux_bytes is %llu, expected %llu", path, (unsigned long long)o->aux_bytes,
              (unsigned long long)(o->aux_index >= 0 ? v[4] : 0));
 done:
-    kvx_json_free(&d);
+    kvx__json_free(&d);
     return r;
 }
 #undef KVX__REQ
@@ -903,7 +903,7 @@ typedef struct kvx__fengine {
     double timeout_s, ttl_s, settle_s;
     int do_fsync, keep, io_threads;
     uint64_t stripe;
-    kvx_workq *q;
+    kvx__workq *q;
     pthread_mutex_t mu;
     struct kvx__froom *pending; /* receivers waiting for transfer_done */
     /* layouts with GPU buffers: pinned staging buffers, at most one per I/O thread */
@@ -1137,13 +1137,13 @@ static kvx_result kvx__file_engine_init(kvx_engine *e, char *why, size_t wl) {
     }
     snprintf(fe->dir, sizeof fe->dir, "%s", dir);
     fe->key = kvx_engine_auth_key(e, &fe->key_len);
-    r = kvx_dir_open(fe->dir, fe->dir_mode, KVX_DIR_CREATE | (fe->shared ? KVX_DIR_SHARED : 0),
+    r = kvx__dir_open(fe->dir, fe->dir_mode, KVX__DIR_CREATE | (fe->shared ? KVX__DIR_SHARED : 0),
                      &fe->dfd, why, wl);
     if (r != KVX_OK) {
         kvx_engine_free(e, fe);
         return r;
     }
-    if ((r = kvx_workq_create(e, fe->io_threads, "kvx.file", &fe->q)) != KVX_OK) {
+    if ((r = kvx__workq_create(e, fe->io_threads, "kvx.file", &fe->q)) != KVX_OK) {
         kvx__set_why(why, wl, "cannot start %d file I/O threads", fe->io_threads);
         close(fe->dfd);
         kvx_engine_free(e, fe);
@@ -1158,7 +1158,7 @@ static kvx_result kvx__file_engine_init(kvx_engine *e, char *why, size_t wl) {
         r = kvx_boot_create(e, &hooks, "file", 4, &fe->boot, why, wl);
         if (r != KVX_OK) {
             kvx_engine_set_backend_data(e, NULL);
-            kvx_workq_destroy(fe->q);
+            kvx__workq_destroy(fe->q);
             pthread_mutex_destroy(&fe->mu);
             close(fe->dfd);
             kvx_engine_free(e, fe);
@@ -1173,7 +1173,7 @@ static void kvx__file_engine_fini(kvx_engine *e) {
     kvx__fengine *fe = kvx__fe(e);
     if (!fe) return;
     kvx_boot_destroy(fe->boot);
-    kvx_workq_destroy(fe->q);
+    kvx__workq_destroy(fe->q);
     while (fe->num_stage_free) fe->mem.host_free(fe->mem.ctx, fe->stage_free[--fe->num_stage_free]);
     pthread_mutex_destroy(&fe->mu);
     close(fe->dfd);
@@ -1237,7 +1237,7 @@ static int kvx__froom_dfd(kvx__froom *fr) { return __atomic_load_n(&fr->dfd, __A
 
 /* Makes the directory where the sender builds its room: a fresh name
    next to the room, "room_<id>.tmp.<pid>.<nonce>", that no receiver looks
-   up (so no other node's lookup races its creation: see kvx_mkdirat), made
+   up (so no other node's lookup races its creation: see kvx__mkdirat), made
    by this call and opened without following a link. */
 static kvx_result kvx__file_make_stage(kvx__froom *fr, int *dfd, char *why, size_t wl) {
     kvx__fengine *fe = fr->fe;
@@ -1247,7 +1247,7 @@ static kvx_result kvx__file_make_stage(kvx__froom *fr, int *dfd, char *why, size
         snprintf(fr->stage, sizeof fr->stage, "%s.tmp.%ld.%016llx", fr->name, (long)getpid(),
                  (unsigned long long)kvx__file_nonce());
         kvx__pathf(fr->stage_dir, "%s/%s", fe->dir, fr->stage);
-        if (kvx_mkdirat(fe->dfd, fr->stage, fe->dir_mode, &made)) {
+        if (kvx__mkdirat(fe->dfd, fr->stage, fe->dir_mode, &made)) {
             err = errno;
             kvx__set_why(why, wl, "cannot create %s: %s", fr->stage_dir, strerror(err));
             return kvx__errno_result(err);
@@ -1293,7 +1293,7 @@ static kvx_result kvx__file_check_name(kvx__froom *fr, char *why, size_t wl) {
         kvx__set_why(why, wl, "cannot open %s: %s", fr->dir, strerror(err));
         return kvx__errno_result(err);
     }
-    r = kvx_dir_check(fd, fr->dir, fe->shared ? KVX_DIR_SHARED : 0, why, wl);
+    r = kvx__dir_check(fd, fr->dir, fe->shared ? KVX__DIR_SHARED : 0, why, wl);
     close(fd);
     return r;
 }
@@ -1375,18 +1375,18 @@ static kvx_result kvx__write_new_at(int dfd, const char *shown, const char *name
    before opening the room. */
 static void kvx__file_write_failed(kvx__froom *fr, kvx_result res, const char *reason) {
     kvx__fengine *fe = fr->fe;
-    kvx_buf b = {NULL, 0, 0, 0};
+    kvx__buf b = {NULL, 0, 0, 0};
     char why[KVX_ERROR_MAX], marker[64];
     int dfd;
     kvx_result r = KVX_ERR_NOT_FOUND;
     why[0] = 0;
-    kvx_buf_printf(&b, "{\"format\":\"kvx-file-failed\",\"version\":%d,\"room\":%llu,"
+    kvx__buf_printf(&b, "{\"format\":\"kvx-file-failed\",\"version\":%d,\"room\":%llu,"
                        "\"result\":%d,\"reason\":",
                    KVX_FILE_FORMAT_VERSION, (unsigned long long)kvx_room_id(fr->room), (int)res);
-    kvx_buf_json_str(&b, reason);
-    kvx_buf_printf(&b, "}\n");
+    kvx__buf_json_str(&b, reason);
+    kvx__buf_printf(&b, "}\n");
     kvx__file_seal(&b, fe->key, fe->key_len, "transfer_failed");
-    if (b.oom) { kvx_buf_free(&b); return; }
+    if (b.oom) { kvx__buf_free(&b); return; }
     pthread_mutex_lock(&fr->mu);
     dfd = kvx__froom_dfd(fr);
     if (dfd >= 0) {
@@ -1403,7 +1403,7 @@ static void kvx__file_write_failed(kvx__froom *fr, kvx_result res, const char *r
     if (r != KVX_OK)
         kvx_engine_log(kvx_room_engine(fr->room), KVX_LOG_ERROR, "kvx.file", kvx_room_id(fr->room),
                        "cannot tell the receiver that the room failed: %s", why);
-    kvx_buf_free(&b);
+    kvx__buf_free(&b);
 }
 
 /* The room failed by a local decision (core contract): tell the peer, with
@@ -1456,7 +1456,7 @@ static void kvx__fjob_error(kvx__fjob *j, kvx_result res, int err, const char *f
 static kvx_result kvx__file_finish_send(kvx__froom *fr, char *why, size_t wl) {
     kvx_engine *e = kvx_room_engine(fr->room);
     const kvx_layout *l = kvx_engine_layout(e);
-    kvx_buf b = {NULL, 0, 0, 0};
+    kvx__buf b = {NULL, 0, 0, 0};
     char *aux = NULL;
     uint64_t aux_bytes = 0;
     uint32_t aux_crc = 0, i;
@@ -1472,7 +1472,7 @@ static kvx_result kvx__file_finish_send(kvx__froom *fr, char *why, size_t wl) {
         free(aux);
         if (r != KVX_OK) return r;
     }
-    kvx_buf_printf(&b, "{\"format\":\"kvx-file-done\",\"version\":%d,\"room\":%llu,\"chunks\":%u,"
+    kvx__buf_printf(&b, "{\"format\":\"kvx-file-done\",\"version\":%d,\"room\":%llu,\"chunks\":%u,"
                        "\"total_pages\":%u,\"layout_fingerprint\":\"%016llx\",\"aux_index\":%d,"
                        "\"aux_bytes\":%llu,\"aux_crc32c\":%u,\"aux_item_lens\":[",
                    KVX_FILE_FORMAT_VERSION, (unsigned long long)kvx_room_id(fr->room),
@@ -1480,13 +1480,13 @@ static kvx_result kvx__file_finish_send(kvx__froom *fr, char *why, size_t wl) {
                    (unsigned long long)kvx_layout_fingerprint(l), (int)fr->aux_index,
                    (unsigned long long)aux_bytes, aux_crc);
     for (i = 0; i < l->num_aux; i++)
-        kvx_buf_printf(&b, "%s%llu", i ? "," : "", (unsigned long long)l->aux[i].item_len);
-    kvx_buf_printf(&b, "]}\n");
+        kvx__buf_printf(&b, "%s%llu", i ? "," : "", (unsigned long long)l->aux[i].item_len);
+    kvx__buf_printf(&b, "]}\n");
     kvx__file_seal(&b, fr->fe->key, fr->fe->key_len, "transfer_done");
-    if (b.oom) { kvx_buf_free(&b); return KVX_ERR_NO_MEMORY; }
+    if (b.oom) { kvx__buf_free(&b); return KVX_ERR_NO_MEMORY; }
     r = kvx__write_new_at(fr->dfd, fr->stage_dir, "transfer_done", b.data, b.len,
                           fr->fe->do_fsync, fr->fe->file_mode, why, wl);
-    kvx_buf_free(&b);
+    kvx__buf_free(&b);
     if (r != KVX_OK) return r;
     pthread_mutex_lock(&fr->mu);
     r = kvx__file_commit(fr, why, wl);
@@ -1515,7 +1515,7 @@ static void kvx__fsend_chunk_done(kvx__fjob *j) {
         kvx__fjob_error(j, res = kvx__errno_result(errno), errno, "cannot close %s/%s: %s",
                         fr->stage_dir, j->name, strerror(errno));
     if (res == KVX_OK) {
-        kvx_buf b = {NULL, 0, 0, 0};
+        kvx__buf b = {NULL, 0, 0, 0};
         char name[64];
         crc = j->crcs[0];
         for (i = 1; i < j->nstripes; i++) {
@@ -1530,7 +1530,7 @@ static void kvx__fsend_chunk_done(kvx__fjob *j) {
         res = b.oom ? KVX_ERR_NO_MEMORY
                     : kvx__write_new_at(fr->dfd, fr->stage_dir, name, b.data, b.len,
                                         fr->fe->do_fsync, fr->fe->file_mode, why, sizeof why);
-        kvx_buf_free(&b);
+        kvx__buf_free(&b);
         if (res != KVX_OK) kvx__fjob_error(j, res, 0, "%s", why);
     } else {
         (void)unlinkat(fr->dfd, j->name, 0);
@@ -1623,7 +1623,7 @@ static void kvx__fsend_stripe(void *arg) {
 }
 
 /* Queues a job's stripes. The room stays referenced until the job ends. */
-static kvx_result kvx__fjob_submit(kvx__fjob *j, kvx_job_fn fn, int to_file) {
+static kvx_result kvx__fjob_submit(kvx__fjob *j, kvx__job_fn fn, int to_file) {
     kvx__froom *fr = j->fr;
     kvx_room *r = fr->room;
     kvx_engine *e = kvx_room_engine(r);
@@ -1656,7 +1656,7 @@ static kvx_result kvx__fjob_submit(kvx__fjob *j, kvx_job_fn fn, int to_file) {
        only locals from here on */
     for (i = 0; i < queue_now; i++) {
         kvx__fstripe *st = &stripes[seq ? (i + n) % total : i]; /* the I/O piece first */
-        if (kvx_workq_submit(fr->fe->q, fn, st) != KVX_OK) {
+        if (kvx__workq_submit(fr->fe->q, fn, st) != KVX_OK) {
             kvx__fjob_error(j, KVX_ERR_NO_MEMORY, 0, "out of memory queueing file I/O");
             fn(st); /* runs as a failed piece so the counts stay right */
         }
@@ -1735,7 +1735,7 @@ static kvx_result kvx__file_load_text(kvx__froom *fr, int dfd, const char *name,
         r = KVX_ERR_PERMISSION;
     } else {
         kvx__file_mac(fe->key, fe->key_len, mac_name, *text, json_len, want);
-        if (!kvx_equal_ct(mac, want, sizeof mac)) {
+        if (!kvx__equal_ct(mac, want, sizeof mac)) {
             kvx__set_why(why, wl, "refusing %s: its MAC does not match (forged, altered, or "
                          "written with another KVX_AUTH_KEY)", shown);
             r = KVX_ERR_PERMISSION;
@@ -1901,7 +1901,7 @@ static void kvx__frecv_read_all(kvx__fstripe *st) {
         fr->busy++;
         pthread_mutex_unlock(&fr->mu);
         queued++;
-        if (kvx_workq_submit(fr->fe->q, kvx__frecv_stripe, &j->stripes[k]) != KVX_OK)
+        if (kvx__workq_submit(fr->fe->q, kvx__frecv_stripe, &j->stripes[k]) != KVX_OK)
             kvx__frecv_stripe(&j->stripes[k]); /* our own piece keeps the job alive */
     }
     if (queued < n) __atomic_sub_fetch(&j->left, n - queued, __ATOMIC_ACQ_REL);
@@ -2126,8 +2126,8 @@ static void kvx__frecv_sender_failed(kvx__froom *fr, int marker) {
     char path[KVX__FILE_PATH], why[KVX_ERROR_MAX], name[64];
     char *text = NULL;
     size_t len = 0, json_len = 0;
-    kvx_json_doc d;
-    const kvx_json *reason;
+    kvx__json_doc d;
+    const kvx__json *reason;
     int dfd = marker ? fr->fe->dfd : fr->dfd, has_mac;
     uint8_t mac[KVX_MAC_BYTES];
     kvx_result res;
@@ -2144,8 +2144,8 @@ static void kvx__frecv_sender_failed(kvx__froom *fr, int marker) {
         return;
     }
     if (res == KVX_OK && kvx__file_split(text, len, &json_len, &has_mac, mac) &&
-        kvx_json_parse(&d, text, json_len, 64) == KVX_OK &&
-        (reason = kvx_json_get(&d, kvx_json_root(&d), "reason")) != NULL &&
+        kvx__json_parse(&d, text, json_len, 64) == KVX_OK &&
+        (reason = kvx__json_get(&d, kvx__json_root(&d), "reason")) != NULL &&
         reason->type == KVX_JSON_STRING) {
         char prefix[48];
         const char *t = reason->str;
@@ -2158,7 +2158,7 @@ static void kvx__frecv_sender_failed(kvx__froom *fr, int marker) {
     } else {
         kvx__set_why(why, sizeof why, "the sender failed (%s is unreadable)", path);
     }
-    kvx_json_free(&d);
+    kvx__json_free(&d);
     free(text);
     kvx_room_fail_remote(fr->room, KVX_ERR_PEER, "%s", why);
     kvx__frecv_cleanup(fr);
@@ -2202,7 +2202,7 @@ static int kvx__frecv_look(kvx__froom *fr) {
                          strerror(err));
         return 3;
     }
-    if (kvx_dir_check(fd, fr->dir, fe->shared ? KVX_DIR_SHARED : 0, fr->refused_why,
+    if (kvx__dir_check(fd, fr->dir, fe->shared ? KVX__DIR_SHARED : 0, fr->refused_why,
                       sizeof fr->refused_why) != KVX_OK) {
         close(fd);
         return 3;
@@ -2272,7 +2272,7 @@ static void kvx__file_progress(kvx_engine *e) {
         pthread_mutex_lock(&fr->mu);
         fr->busy++;
         pthread_mutex_unlock(&fr->mu);
-        if (kvx_workq_submit(fe->q, kvx__frecv_start, fr) != KVX_OK) kvx__frecv_start(fr);
+        if (kvx__workq_submit(fe->q, kvx__frecv_start, fr) != KVX_OK) kvx__frecv_start(fr);
     }
 }
 

@@ -391,8 +391,8 @@ static const char kvx__rdma_magic[8] = {'k', 'v', 'x', '-', 'r', 'd', 'm', 'a'};
 #define KVX__RDMA_MAX_REASON 1024u
 
 
-/* Appends to a kvx_buf (binary). */
-static KVX__UNUSED void kvx__rdma_put(kvx_buf *b, const void *p, size_t n) {
+/* Appends to a kvx__buf (binary). */
+static KVX__UNUSED void kvx__rdma_put(kvx__buf *b, const void *p, size_t n) {
     if (b->oom) return;
     if (b->len + n > b->cap) {
         size_t nc = b->cap ? b->cap : 256;
@@ -406,9 +406,9 @@ static KVX__UNUSED void kvx__rdma_put(kvx_buf *b, const void *p, size_t n) {
     if (n) memcpy(b->data + b->len, p, n);
     b->len += n;
 }
-static KVX__UNUSED void kvx__rdma_put16(kvx_buf *b, uint16_t v) { uint8_t t[2]; kvx__le_w16(t, v); kvx__rdma_put(b, t, 2); }
-static KVX__UNUSED void kvx__rdma_put32(kvx_buf *b, uint32_t v) { uint8_t t[4]; kvx__le_w32(t, v); kvx__rdma_put(b, t, 4); }
-static KVX__UNUSED void kvx__rdma_put64(kvx_buf *b, uint64_t v) { uint8_t t[8]; kvx__le_w64(t, v); kvx__rdma_put(b, t, 8); }
+static KVX__UNUSED void kvx__rdma_put16(kvx__buf *b, uint16_t v) { uint8_t t[2]; kvx__le_w16(t, v); kvx__rdma_put(b, t, 2); }
+static KVX__UNUSED void kvx__rdma_put32(kvx__buf *b, uint32_t v) { uint8_t t[4]; kvx__le_w32(t, v); kvx__rdma_put(b, t, 4); }
+static KVX__UNUSED void kvx__rdma_put64(kvx__buf *b, uint64_t v) { uint8_t t[8]; kvx__le_w64(t, v); kvx__rdma_put(b, t, 8); }
 
 static void kvx__rdma_port_write(uint8_t *p, const kvx_rdma_port_info *d) {
     size_t nl = strnlen(d->name, sizeof d->name - 1);
@@ -680,7 +680,7 @@ KVX_API uint32_t kvx_rdma_cm_rkey(const uint8_t *rkeys_le, uint32_t i) {
 }
 
 /* Starts a message in b: its header, then from and to. */
-static KVX__UNUSED void kvx__rdma_cm_begin(kvx_buf *b, kvx_rdma_cm_type type, uint32_t seq,
+static KVX__UNUSED void kvx__rdma_cm_begin(kvx__buf *b, kvx_rdma_cm_type type, uint32_t seq,
                                            uint64_t from, uint64_t to) {
     b->len = 0;
     kvx__rdma_put16(b, (uint16_t)type);
@@ -689,18 +689,18 @@ static KVX__UNUSED void kvx__rdma_cm_begin(kvx_buf *b, kvx_rdma_cm_type type, ui
     kvx__rdma_put64(b, from);
     kvx__rdma_put64(b, to);
 }
-static KVX__UNUSED void kvx__rdma_put_port(kvx_buf *b, const kvx_rdma_port_info *d) {
+static KVX__UNUSED void kvx__rdma_put_port(kvx__buf *b, const kvx_rdma_port_info *d) {
     uint8_t t[KVX_RDMA_DEV_ENTRY];
     kvx__rdma_port_write(t, d);
     kvx__rdma_put(b, t, sizeof t);
 }
-static KVX__UNUSED void kvx__rdma_put_qp(kvx_buf *b, const kvx_rdma_qp_info *q) {
+static KVX__UNUSED void kvx__rdma_put_qp(kvx__buf *b, const kvx_rdma_qp_info *q) {
     kvx__rdma_put32(b, q->qpn);
     kvx__rdma_put32(b, q->psn);
     kvx__rdma_put16(b, q->dev);
     kvx__rdma_put16(b, 0);
 }
-static KVX__UNUSED void kvx__rdma_cm_reject(kvx_buf *b, uint32_t seq, uint64_t from, uint64_t to,
+static KVX__UNUSED void kvx__rdma_cm_reject(kvx__buf *b, uint32_t seq, uint64_t from, uint64_t to,
                                             kvx_result res, const char *reason) {
     size_t rl = strlen(reason);
     if (rl > KVX__RDMA_MAX_REASON) rl = KVX__RDMA_MAX_REASON;
@@ -1049,7 +1049,7 @@ typedef struct kvx__rdma_engine {
     int stop;                  /* atomic */
     pthread_t thread;
     int thread_started;
-    kvx_workq *cmq;
+    kvx__workq *cmq;
     pthread_mutex_t mu;        /* pairs, peers, parked rooms */
     pthread_mutex_t gmu;       /* graveyard (taken alone: unref may run under mu) */
     kvx__rdma_pair *pairs, *grave;
@@ -1085,7 +1085,7 @@ static void kvx__rdma_abs(struct timespec *ts, double s) {
 
 static uint64_t kvx__rdma_random64(void) {
     uint64_t x = 0;
-    if (kvx_random_bytes(&x, sizeof x) != KVX_OK) x = 0;
+    if (kvx__random_bytes(&x, sizeof x) != KVX_OK) x = 0;
     x ^= kvx_now_ns() * 0x9E3779B97F4A7C15ull ^ ((uint64_t)getpid() << 32);
     x ^= x >> 31;
     x *= 0xBF58476D1CE4E5B9ull;
@@ -1117,7 +1117,7 @@ static void kvx__rdma_port_note(kvx__rdma_engine *re, const kvx__rdma_dev *d, ch
 
 static kvx_result kvx__rdma_env_int(const char *name, int *v, int lo, int hi, char *why, size_t wl) {
     int x = *v;
-    kvx_result r = kvx_env_int(name, &x, why, wl);
+    kvx_result r = kvx__env_int(name, &x, why, wl);
     if (r != KVX_OK) return r;
     if (x < lo || x > hi) {
         kvx__set_why(why, wl, "%s=%d is outside [%d, %d]", name, x, lo, hi);
@@ -1135,8 +1135,8 @@ static kvx_result kvx__rdma_settings(kvx__rdma_engine *re, char *why, size_t wl)
     kvx_result r;
     c->library = d->rdma.library ? d->rdma.library : "libibverbs.so.1";
     c->devices = d->rdma.devices;
-    kvx_env_str("KVX_IBVERBS_LIBRARY", &c->library);
-    kvx_env_str("KVX_IB_DEVICE", &c->devices);
+    kvx__env_str("KVX_IBVERBS_LIBRARY", &c->library);
+    kvx__env_str("KVX_IB_DEVICE", &c->devices);
     c->qps = d->rdma.qps > 0 ? d->rdma.qps : 2;
     c->signal_every = 16;
     c->send_depth = 1024;
@@ -1159,8 +1159,8 @@ static kvx_result kvx__rdma_settings(kvx__rdma_engine *re, char *why, size_t wl)
         (r = kvx__rdma_env_int("KVX_IB_SL", &c->sl, 0, 15, why, wl)) ||
         (r = kvx__rdma_env_int("KVX_IB_TRAFFIC_CLASS", &c->tclass, 0, 255, why, wl)) ||
         (r = kvx__rdma_env_int("KVX_IB_RELAXED_ORDERING", &c->relaxed, 0, 1, why, wl)) ||
-        (r = kvx_env_double("KVX_IB_CONNECT_TIMEOUT", &c->connect_timeout_s, why, wl)) ||
-        (r = kvx_env_double("KVX_IB_FENCE_TIMEOUT", &c->fence_timeout_s, why, wl)))
+        (r = kvx__env_double("KVX_IB_CONNECT_TIMEOUT", &c->connect_timeout_s, why, wl)) ||
+        (r = kvx__env_double("KVX_IB_FENCE_TIMEOUT", &c->fence_timeout_s, why, wl)))
         return r;
     c->gid_index = gid;
     c->max_msg = (uint64_t)max_msg;
@@ -1732,12 +1732,12 @@ static kvx_result kvx__rdma_qp_connect(kvx__rdma_engine *re, kvx__rdma_qp *q,
 /* A decode peer whose exchange is under way (under re->mu). */
 #define KVX__RDMA_DIALING(pe) ((pe)->pair && KVX__LOAD(&(pe)->pair->state) == KVX__RP_CONNECTING)
 
-static void kvx__rdma_put_ports(kvx__rdma_engine *re, kvx_buf *b) {
+static void kvx__rdma_put_ports(kvx__rdma_engine *re, kvx__buf *b) {
     int i;
     for (i = 0; i < re->ndev; i++) kvx__rdma_put_port(b, &re->dev[i].info);
 }
 
-static void kvx__rdma_put_qps(kvx__rdma_pair *p, kvx_buf *b) {
+static void kvx__rdma_put_qps(kvx__rdma_pair *p, kvx__buf *b) {
     int i;
     for (i = 0; i < p->nqp; i++) {
         kvx_rdma_qp_info qi;
@@ -1749,7 +1749,7 @@ static void kvx__rdma_put_qps(kvx__rdma_pair *p, kvx_buf *b) {
 }
 
 /* CONNECT: our queue pairs, ports and registered regions. */
-static void kvx__rdma_cm_connect(kvx__rdma_engine *re, kvx__rdma_pair *p, kvx_buf *b) {
+static void kvx__rdma_cm_connect(kvx__rdma_engine *re, kvx__rdma_pair *p, kvx__buf *b) {
     const kvx_layout *l = kvx_engine_layout(re->e);
     int d;
     uint32_t i, k;
@@ -1778,7 +1778,7 @@ static void kvx__rdma_cm_connect(kvx__rdma_engine *re, kvx__rdma_pair *p, kvx_bu
 }
 
 /* Sends the message in b on the control connection `to`. */
-static kvx_result kvx__rdma_send_buf(kvx__rdma_engine *re, const kvx_boot_peer *to, kvx_buf *b,
+static kvx_result kvx__rdma_send_buf(kvx__rdma_engine *re, const kvx_boot_peer *to, kvx__buf *b,
                                      char *why, size_t wl) {
     if (b->oom) { kvx__set_why(why, wl, "out of memory"); return KVX_ERR_NO_MEMORY; }
     if (b->len > KVX_RDMA_CM_MAX) {
@@ -1793,12 +1793,12 @@ static kvx_result kvx__rdma_send_buf(kvx__rdma_engine *re, const kvx_boot_peer *
 /* Tells the peer of an exchange why this side gives it up. */
 static void kvx__rdma_send_reject(kvx__rdma_engine *re, const kvx_boot_peer *to, uint32_t seq,
                                   uint64_t peer, kvx_result res, const char *reason) {
-    kvx_buf b;
+    kvx__buf b;
     char err[160];
     memset(&b, 0, sizeof b);
     kvx__rdma_cm_reject(&b, seq, re->instance, peer, res, reason);
     kvx__rdma_send_buf(re, to, &b, err, sizeof err);
-    kvx_buf_free(&b);
+    kvx__buf_free(&b);
 }
 
 /* Prefill: the decode side's regions from a CONNECT, and its pool as a
@@ -1863,7 +1863,7 @@ static void kvx__rdma_decode_dead(kvx__rdma_engine *re, kvx__rdma_pair *p, kvx_r
 static void kvx__rdma_dial_job(void *arg) {
     kvx__rdma_pair *p = (kvx__rdma_pair *)arg;
     kvx__rdma_engine *re = p->re;
-    kvx_buf b;
+    kvx__buf b;
     char why[KVX_ERROR_MAX] = "";
     kvx_result res = KVX_OK;
     int i;
@@ -1873,7 +1873,7 @@ static void kvx__rdma_dial_job(void *arg) {
         kvx__rdma_cm_connect(re, p, &b);
         res = kvx__rdma_send_buf(re, &p->ctl, &b, why, sizeof why);
     }
-    kvx_buf_free(&b);
+    kvx__buf_free(&b);
     if (res != KVX_OK) {
         KVX__RDMA_STAT(re, errors, 1);
         kvx__rdma_pair_kill(re, p, res, "cannot set up RDMA queue pairs with %s: %s", p->peer_addr,
@@ -1914,7 +1914,7 @@ static void kvx__rdma_dial_locked(kvx__rdma_engine *re, kvx__rdma_peer *pe) {
     re->pairs = p;
     p->listed = 1;
     pe->pair = p;
-    if (kvx_workq_submit(re->cmq, kvx__rdma_dial_job, p) != KVX_OK) {
+    if (kvx__workq_submit(re->cmq, kvx__rdma_dial_job, p) != KVX_OK) {
         KVX__STORE(&p->state, KVX__RP_DEAD);
         snprintf(p->reason, sizeof p->reason, "out of memory queueing the exchange");
         kvx__rdma_pair_unref(re, p);
@@ -1969,7 +1969,7 @@ static kvx_result kvx__rdma_on_connect_msg(kvx__rdma_engine *re, const kvx_boot_
                                            const kvx_rdma_cm_msg *m, const char *who, char *why,
                                            size_t wl) {
     kvx__rdma_pair *p, *old = NULL;
-    kvx_buf b;
+    kvx__buf b;
     kvx_result res = kvx__rdma_check_connect(re, m, why, wl);
     int i;
     if (res != KVX_OK) return res;
@@ -2010,14 +2010,14 @@ static kvx_result kvx__rdma_on_connect_msg(kvx__rdma_engine *re, const kvx_boot_
     re->acc = p;
     pthread_mutex_unlock(&re->mu);
     res = kvx__rdma_send_buf(re, from, &b, why, wl);
-    kvx_buf_free(&b);
+    kvx__buf_free(&b);
     return res; /* on failure the disconnect or the deadline retires p */
 }
 
 /* Decode: the prefill's ACCEPT of exchange p: our side to RTS, READY. */
 static kvx_result kvx__rdma_on_accept_msg(kvx__rdma_engine *re, kvx__rdma_pair *p,
                                           const kvx_rdma_cm_msg *m, char *why, size_t wl) {
-    kvx_buf b;
+    kvx__buf b;
     kvx_result res = KVX_OK;
     int i;
     if (m->nqp != p->nqp) {
@@ -2033,7 +2033,7 @@ static kvx_result kvx__rdma_on_accept_msg(kvx__rdma_engine *re, kvx__rdma_pair *
     memset(&b, 0, sizeof b);
     kvx__rdma_cm_begin(&b, KVX_RDMA_CM_READY, p->seq, re->instance, p->peer);
     res = kvx__rdma_send_buf(re, &p->ctl, &b, why, wl);
-    kvx_buf_free(&b);
+    kvx__buf_free(&b);
     if (res == KVX_OK) kvx__rdma_ready(re, p);
     return res;
 }
@@ -2158,7 +2158,7 @@ static void kvx__rdma_on_message(kvx_boot *b, const kvx_boot_peer *peer, const v
     mj->len = len;
     memcpy(mj->data, msg, len);
     pthread_mutex_lock(&re->mu);
-    if (re->stopping || kvx_workq_submit(re->cmq, kvx__rdma_msg_job, mj) != KVX_OK) free(mj);
+    if (re->stopping || kvx__workq_submit(re->cmq, kvx__rdma_msg_job, mj) != KVX_OK) free(mj);
     pthread_mutex_unlock(&re->mu);
 }
 
@@ -3899,7 +3899,7 @@ static void kvx__rdma_engine_fini(kvx_engine *e) {
     re->stopping = 1;
     pthread_mutex_unlock(&re->mu);
     KVX__STORE(&re->stop, 1);
-    kvx_workq_destroy(re->cmq);
+    kvx__workq_destroy(re->cmq);
     re->cmq = NULL;
     kvx__rdma_wake(re);
     if (re->thread_started) pthread_join(re->thread, NULL);
@@ -3964,7 +3964,7 @@ static kvx_result kvx__rdma_engine_init(kvx_engine *e, char *why, size_t wl) {
         r = KVX_ERR_IO;
         goto fail;
     }
-    if ((r = kvx_workq_create(e, 1, "kvx.rdma.cm", &re->cmq)) != KVX_OK) {
+    if ((r = kvx__workq_create(e, 1, "kvx.rdma.cm", &re->cmq)) != KVX_OK) {
         kvx__set_why(why, wl, "cannot start the exchange thread");
         goto fail;
     }
@@ -3999,7 +3999,7 @@ static kvx_result kvx__rdma_engine_init(kvx_engine *e, char *why, size_t wl) {
     }
     return KVX_OK;
 fail:
-    if (re->cmq) { KVX__STORE(&re->stop, 1); kvx_workq_destroy(re->cmq); re->cmq = NULL; }
+    if (re->cmq) { KVX__STORE(&re->stop, 1); kvx__workq_destroy(re->cmq); re->cmq = NULL; }
     if (re->thread_started) {
         KVX__STORE(&re->stop, 1);
         kvx__rdma_wake(re);

@@ -89,7 +89,7 @@
        too (see SHARED FILESYSTEMS).
      Directories another node may create at the same moment (the root,
        <config-hash>, the 256 fan-out directories) are made with
-       kvx_mkdirat, which checks mkdir's answer (GlusterFS can answer
+       kvx__mkdirat, which checks mkdir's answer (GlusterFS can answer
        EEXIST for a directory it then removes) and retries.
 
    BLOCK FILE, format version 1 (all integers little-endian)
@@ -275,7 +275,7 @@
      allocated per key and a one-key get runs on the caller with no hand-off.
      (It is not an internal kvx_engine with the fake transport: that would
      bring a progress thread waking every millisecond, rooms and a role the
-     store has no use for, and kvx_workq allocates a node per job.)
+     store has no use for, and kvx__workq allocates a node per job.)
 
    THREAD SAFETY
      Every function may be called from any thread, concurrently, on one
@@ -617,17 +617,17 @@ KVX_API size_t kvx_store_page_keys(const uint32_t *tokens, size_t num_tokens, ui
     pages = num_tokens / page_size;
     if (pages > max_keys) pages = max_keys;
     for (p = 0; p < pages; p++) {
-        kvx_sha256 h;
+        kvx__sha256 h;
         uint8_t le[4 * 64];
-        kvx_sha256_init(&h);
-        if (prev) kvx_sha256_update(&h, prev->bytes, 32);
+        kvx__sha256_init(&h);
+        if (prev) kvx__sha256_update(&h, prev->bytes, 32);
         for (t = 0; t < page_size;) {
             size_t k, m = page_size - t < 64 ? page_size - t : 64;
             for (k = 0; k < m; k++) kvx__le_w32(le + 4 * k, tokens[p * page_size + t + k]);
-            kvx_sha256_update(&h, le, 4 * m);
+            kvx__sha256_update(&h, le, 4 * m);
             t += m;
         }
-        kvx_sha256_final(&h, keys[p].bytes);
+        kvx__sha256_final(&h, keys[p].bytes);
         prev = &keys[p];
     }
     return pages;
@@ -1613,7 +1613,7 @@ static void kvx__store_mkdirs(kvx_store *s, const char *rel) {
     int made = 0;
     memcpy(d, rel, 2);
     d[2] = 0;
-    if (!kvx_mkdirat(s->ns_fd, d, 0755, &made) && made && s->desc.fsync)
+    if (!kvx__mkdirat(s->ns_fd, d, 0755, &made) && made && s->desc.fsync)
         kvx__store_fsync_dir(s->ns_fd, ".");
 }
 
@@ -2245,29 +2245,29 @@ static void kvx__store_start_scanner(kvx_store *s) {
     s->scanner_on = 1;
 }
 
-static void kvx__store_config_json(const kvx_store *s, kvx_buf *b) {
+static void kvx__store_config_json(const kvx_store *s, kvx__buf *b) {
     const kvx_layout *l = &s->desc.layout;
     uint32_t i;
-    kvx_buf_printf(b, "{\"format\": \"kvx-store\", \"version\": %d, \"config_hash\": \"%s\", "
+    kvx__buf_printf(b, "{\"format\": \"kvx-store\", \"version\": %d, \"config_hash\": \"%s\", "
                    "\"model\": ", KVX_STORE_FORMAT_VERSION, s->cfg_hex);
-    kvx_buf_json_str(b, s->model);
-    kvx_buf_printf(b, ", \"kv_fingerprint\": \"%016llx\", \"page_size\": %u, \"dtype\": ",
+    kvx__buf_json_str(b, s->model);
+    kvx__buf_printf(b, ", \"kv_fingerprint\": \"%016llx\", \"page_size\": %u, \"dtype\": ",
                    (unsigned long long)s->kv_fp, l->page_size);
-    kvx_buf_json_str(b, s->dtype);
-    kvx_buf_printf(b, ", \"dtype_size\": %u, \"num_kv_heads\": %u, \"mla\": %d, \"tp_rank\": %d, "
+    kvx__buf_json_str(b, s->dtype);
+    kvx__buf_printf(b, ", \"dtype_size\": %u, \"num_kv_heads\": %u, \"mla\": %d, \"tp_rank\": %d, "
                    "\"tp_size\": %d, \"num_buffers\": %u, \"header_size\": %u, \"page_bytes\": "
                    "%llu, \"block_bytes\": %llu, \"item_len\": [", l->dtype_size, l->num_kv_heads,
                    l->mla != 0, s->desc.tp_rank, s->desc.tp_size, s->nb, s->hdr_size,
                    (unsigned long long)s->data_len, (unsigned long long)s->block_bytes);
     for (i = 0; i < s->nb; i++)
-        kvx_buf_printf(b, "%s%llu", i ? ", " : "", (unsigned long long)l->buffers[i].item_len);
-    kvx_buf_printf(b, "]}\n");
+        kvx__buf_printf(b, "%s%llu", i ? ", " : "", (unsigned long long)l->buffers[i].item_len);
+    kvx__buf_printf(b, "]}\n");
 }
 
 /* Writes <ns>/config.json when absent; refuses a namespace whose
    config.json names another configuration. */
 static kvx_result kvx__store_config_file(kvx_store *s, char *why, size_t wl) {
-    kvx_buf b;
+    kvx__buf b;
     char old[1 << 16], tmp[96];
     ssize_t got;
     int fd, err = 0;
@@ -2277,30 +2277,30 @@ static kvx_result kvx__store_config_file(kvx_store *s, char *why, size_t wl) {
         got = read(fd, old, sizeof old - 1);
         close(fd);
         if (got > 0) {
-            kvx_json_doc doc;
-            const kvx_json *h = NULL;
+            kvx__json_doc doc;
+            const kvx__json *h = NULL;
             memset(&doc, 0, sizeof doc);
             old[got] = 0;
-            if (kvx_json_parse(&doc, old, (size_t)got, 4096) == KVX_OK)
-                h = kvx_json_get(&doc, kvx_json_root(&doc), "config_hash");
+            if (kvx__json_parse(&doc, old, (size_t)got, 4096) == KVX_OK)
+                h = kvx__json_get(&doc, kvx__json_root(&doc), "config_hash");
             if (h && h->type == KVX_JSON_STRING) {
                 char theirs[33];
                 int same = h->str_len == 16 && !memcmp(h->str, s->cfg_hex, 16);
                 snprintf(theirs, sizeof theirs, "%.*s", (int)(h->str_len < 32 ? h->str_len : 32),
                          h->str);
-                kvx_json_free(&doc);
+                kvx__json_free(&doc);
                 if (same) return KVX_OK;
                 kvx__set_why(why, wl, "%s/config.json describes configuration '%s', not %s: "
                                "the directory was renamed or copied; move it away",
                                s->ns, theirs, s->cfg_hex);
                 return KVX_ERR_CORRUPT;
             }
-            kvx_json_free(&doc);
+            kvx__json_free(&doc);
         }
         kvx__store_log(s, KVX_LOG_WARN, "%s/config.json is unreadable; rewriting it", s->ns);
     }
     kvx__store_config_json(s, &b);
-    if (b.oom) { kvx_buf_free(&b); return KVX_ERR_NO_MEMORY; }
+    if (b.oom) { kvx__buf_free(&b); return KVX_ERR_NO_MEMORY; }
     snprintf(tmp, sizeof tmp, "config.json%s%llu", s->tmp_tag,
              (unsigned long long)__atomic_add_fetch(&s->tmp_seq, 1, __ATOMIC_RELAXED));
     fd = openat(s->ns_fd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
@@ -2312,7 +2312,7 @@ static kvx_result kvx__store_config_file(kvx_store *s, char *why, size_t wl) {
         if (!err && renameat(s->ns_fd, tmp, s->ns_fd, "config.json")) err = errno;
         if (err) unlinkat(s->ns_fd, tmp, 0);
     }
-    kvx_buf_free(&b);
+    kvx__buf_free(&b);
     if (err) {
         if (err < 0) err = EIO;
         kvx__set_why(why, wl, "cannot write %s/config.json: %s", s->ns, strerror(err));
@@ -2332,7 +2332,7 @@ static kvx_result kvx__store_fanout(kvx_store *s, char *why, size_t wl) {
         d[0] = kvx__store_hexd[i >> 4];
         d[1] = kvx__store_hexd[i & 15];
         d[2] = 0;
-        if (kvx_mkdirat(s->ns_fd, d, 0755, &m)) { /* another node may be making it too */
+        if (kvx__mkdirat(s->ns_fd, d, 0755, &m)) { /* another node may be making it too */
             int err = errno;
             kvx__set_why(why, wl, "cannot create %s/%s: %s", s->ns, d, strerror(err));
             return kvx__errno_result(err);
@@ -2344,15 +2344,15 @@ static kvx_result kvx__store_fanout(kvx_store *s, char *why, size_t wl) {
 }
 
 /* Opens <root>/<config-hash> without trusting links: the root through
-   kvx_dir_open (made if missing; refused when another user owns it or
+   kvx__dir_open (made if missing; refused when another user owns it or
    could write in it), the namespace relative to it with O_NOFOLLOW, and
    checked the same way. */
 static kvx_result kvx__store_open_ns(kvx_store *s, char *why, size_t wl) {
-    int flags = s->desc.shared ? KVX_DIR_SHARED : 0, root_fd, err;
+    int flags = s->desc.shared ? KVX__DIR_SHARED : 0, root_fd, err;
     unsigned mode = s->desc.shared ? 0770 : 0700;
-    kvx_result r = kvx_dir_open(s->root, mode, KVX_DIR_CREATE | flags, &root_fd, why, wl);
+    kvx_result r = kvx__dir_open(s->root, mode, KVX__DIR_CREATE | flags, &root_fd, why, wl);
     if (r != KVX_OK) return r;
-    if (kvx_mkdirat(root_fd, s->cfg_hex, mode, NULL)) {
+    if (kvx__mkdirat(root_fd, s->cfg_hex, mode, NULL)) {
         err = errno;
         close(root_fd);
         kvx__set_why(why, wl, "cannot create %s: %s", s->ns, strerror(err));
@@ -2368,7 +2368,7 @@ static kvx_result kvx__store_open_ns(kvx_store *s, char *why, size_t wl) {
             kvx__set_why(why, wl, "cannot open %s: %s", s->ns, strerror(err));
         return err == ELOOP || err == ENOTDIR ? KVX_ERR_PERMISSION : kvx__errno_result(err);
     }
-    return kvx_dir_check(s->ns_fd, s->ns, flags, why, wl);
+    return kvx__dir_check(s->ns_fd, s->ns, flags, why, wl);
 }
 
 /* A filesystem shared between hosts (its caches may be stale): NFS, SMB,
@@ -2452,23 +2452,23 @@ static char *kvx__store_strdup(const kvx_store *s, const char *str) {
 }
 
 
-static void kvx__store_sha_str(kvx_sha256 *h, const char *str) {
+static void kvx__store_sha_str(kvx__sha256 *h, const char *str) {
     kvx__sha_u64(h, strlen(str));
-    kvx_sha256_update(h, str, strlen(str));
+    kvx__sha256_update(h, str, strlen(str));
 }
 
 /* Hashes, header geometry and the header template. */
 static kvx_result kvx__store_geometry(kvx_store *s) {
     const kvx_layout *l = &s->desc.layout;
     kvx_layout kv = *l;
-    kvx_sha256 h;
+    kvx__sha256 h;
     uint8_t d[32], *t;
     uint32_t i;
     kv.aux = NULL;
     kv.num_aux = 0;
     s->kv_fp = kvx_layout_fingerprint(&kv);
-    kvx_sha256_init(&h);
-    kvx_sha256_update(&h, "kvx-store-v1", 13); /* with its NUL */
+    kvx__sha256_init(&h);
+    kvx__sha256_update(&h, "kvx-store-v1", 13); /* with its NUL */
     kvx__store_sha_str(&h, s->model);
     kvx__sha_u64(&h, s->kv_fp);
     kvx__sha_u64(&h, l->page_size);
@@ -2476,7 +2476,7 @@ static kvx_result kvx__store_geometry(kvx_store *s) {
     kvx__sha_u64(&h, l->dtype_size);
     kvx__sha_u64(&h, (uint64_t)s->desc.tp_rank);
     kvx__sha_u64(&h, (uint64_t)s->desc.tp_size);
-    kvx_sha256_final(&h, d);
+    kvx__sha256_final(&h, d);
     s->cfg_hash = kvx__le_r64(d);
     snprintf(s->cfg_hex, sizeof s->cfg_hex, "%016llx", (unsigned long long)s->cfg_hash);
     s->nb = l->num_buffers;
@@ -2504,7 +2504,7 @@ static kvx_result kvx__store_geometry(kvx_store *s) {
 static void kvx__store_tmp_tag(kvx_store *s) {
     uint64_t nonce = kvx__store_wall_ns() ^ ((uint64_t)(uintptr_t)s << 16) ^ kvx_now_ns();
     uint64_t r = 0;
-    if (kvx_random_bytes(&r, sizeof r) == KVX_OK) nonce ^= r;
+    if (kvx__random_bytes(&r, sizeof r) == KVX_OK) nonce ^= r;
     snprintf(s->tmp_tag, sizeof s->tmp_tag, ".tmp.%ld-%08x.", (long)getpid(),
              (unsigned)(nonce ^ (nonce >> 32)));
 }

@@ -134,9 +134,9 @@
        40 u8[16] nonce_p (fresh random with AUTH, else 0)  56 u64 reserved
      AUTH (5, decode -> prefill, keyed engines, answers HELLO; body 48)
         0 u8[16] nonce_d (fresh random)
-       16 u8[32] kvx_auth_proof(key, "kvx-tcp-decode", nonce_p, nonce_d)
+       16 u8[32] kvx__auth_proof(key, "kvx-tcp-decode", nonce_p, nonce_d)
      PROOF (6, prefill -> decode, after checking AUTH; body 32)
-        0 u8[32] kvx_auth_proof(key, "kvx-tcp-prefill", nonce_d, nonce_p)
+        0 u8[32] kvx__auth_proof(key, "kvx-tcp-prefill", nonce_d, nonce_p)
        The decode accepts no other frame before a PROOF that matches
        (constant-time compare); a prefill sends nothing after HELLO until
        the decode's AUTH matched. Each side proves with its own label over
@@ -1134,7 +1134,7 @@ static int kvx__tcp_stream_hello(kvx__tcp_stream *st, int fd, char *why, size_t 
     kvx_tcp_header h;
     int err;
     memset(nonce, 0, sizeof nonce);
-    if (te->key && kvx_random_bytes(nonce, sizeof nonce) != KVX_OK) {
+    if (te->key && kvx__random_bytes(nonce, sizeof nonce) != KVX_OK) {
         kvx__set_why(why, wl, "stream %d: cannot draw a nonce from the kernel", st->index);
         return -1;
     }
@@ -1176,14 +1176,14 @@ static int kvx__tcp_stream_hello(kvx__tcp_stream *st, int fd, char *why, size_t 
                      st->index, h.type);
         return -1;
     }
-    kvx_auth_proof(te->key, te->key_len, KVX__TCP_LABEL_DECODE, nonce, in + 32, mac);
-    if (!kvx_equal_ct(mac, in + 32 + KVX_NONCE_BYTES, KVX_MAC_BYTES)) {
+    kvx__auth_proof(te->key, te->key_len, KVX__TCP_LABEL_DECODE, nonce, in + 32, mac);
+    if (!kvx__equal_ct(mac, in + 32 + KVX_NONCE_BYTES, KVX_MAC_BYTES)) {
         kvx__set_why(why, wl, "the decode engine could not prove that it holds the shared auth "
                      "key: KVX_AUTH_KEY / KVX_AUTH_KEY_FILE differ between the two engines");
         return -1;
     }
     kvx__tcp_hdr(proof, KVX_TCP_PROOF, 0, 0, KVX__TCP_PROOF_BODY);
-    kvx_auth_proof(te->key, te->key_len, KVX__TCP_LABEL_PREFILL, in + 32, nonce, proof + 32);
+    kvx__auth_proof(te->key, te->key_len, KVX__TCP_LABEL_PREFILL, in + 32, nonce, proof + 32);
     if ((err = kvx__tcp_send(fd, proof, sizeof proof)) != 0) {
         kvx__set_why(why, wl, "cannot send the key proof on stream %d: %s", st->index,
                      kvx__tcp_errstr(err));
@@ -2239,13 +2239,13 @@ static int kvx__tcp_conn_auth(kvx__tcp_conn *c, const uint8_t *nonce_p, uint64_t
     uint8_t in[KVX_TCP_HEADER_BYTES + KVX__TCP_PROOF_BODY], want[KVX_MAC_BYTES];
     kvx_tcp_header h;
     int err;
-    if (kvx_random_bytes(nonce, sizeof nonce) != KVX_OK) {
+    if (kvx__random_bytes(nonce, sizeof nonce) != KVX_OK) {
         kvx__set_why(why, wl, "cannot draw a nonce from the kernel");
         return -1;
     }
     kvx__tcp_hdr(out, KVX_TCP_AUTH, 0, 0, KVX__TCP_AUTH_BODY);
     memcpy(out + 32, nonce, KVX_NONCE_BYTES);
-    kvx_auth_proof(te->key, te->key_len, KVX__TCP_LABEL_DECODE, nonce_p, nonce,
+    kvx__auth_proof(te->key, te->key_len, KVX__TCP_LABEL_DECODE, nonce_p, nonce,
                    out + 32 + KVX_NONCE_BYTES);
     if ((err = kvx__tcp_send(c->fd, out, sizeof out)) != 0) {
         kvx__set_why(why, wl, "cannot send the key challenge: %s", kvx__tcp_errstr(err));
@@ -2264,8 +2264,8 @@ static int kvx__tcp_conn_auth(kvx__tcp_conn *c, const uint8_t *nonce_p, uint64_t
                      kvx__tcp_errstr(err));
         return -1;
     }
-    kvx_auth_proof(te->key, te->key_len, KVX__TCP_LABEL_PREFILL, nonce, nonce_p, want);
-    if (!kvx_equal_ct(want, in + 32, KVX_MAC_BYTES)) {
+    kvx__auth_proof(te->key, te->key_len, KVX__TCP_LABEL_PREFILL, nonce, nonce_p, want);
+    if (!kvx__equal_ct(want, in + 32, KVX_MAC_BYTES)) {
         kvx__set_why(why, wl, "wrong key proof: the prefill does not hold this engine's auth key "
                      "(KVX_AUTH_KEY / KVX_AUTH_KEY_FILE differ between the engines)");
         return -1;
@@ -2299,7 +2299,7 @@ static int kvx__tcp_conn_hello(kvx__tcp_conn *c) {
         answer = 0;
     } else if (!why[0]) {
         flags = kvx__le_r32(buf + 68);
-        if (!kvx_equal_ct(buf + 32, te->token, KVX_TCP_TOKEN_BYTES))
+        if (!kvx__equal_ct(buf + 32, te->token, KVX_TCP_TOKEN_BYTES))
             snprintf(why, sizeof why, "wrong token (it did not learn this endpoint from this "
                      "decode engine's bootstrap hello)");
         else if (kvx__le_r64(buf + 56) != fp)
@@ -2642,7 +2642,7 @@ static kvx_result kvx__tcp_engine_init(kvx_engine *e, char *why, size_t wl) {
     pthread_mutex_init(&te->mu, NULL);
     pthread_cond_init(&te->cv, NULL);
     te->key = kvx_engine_auth_key(e, &te->key_len);
-    if (kvx_random_bytes(&te->instance, sizeof te->instance) != KVX_OK) {
+    if (kvx__random_bytes(&te->instance, sizeof te->instance) != KVX_OK) {
         kvx__set_why(why, wl, "cannot draw random bytes from the kernel");
         kvx__tcp_engine_free(te);
         return KVX_ERR_IO;
@@ -2663,7 +2663,7 @@ static kvx_result kvx__tcp_engine_init(kvx_engine *e, char *why, size_t wl) {
             kvx__tcp_engine_free(te);
             return KVX_ERR_IO;
         }
-        if (kvx_random_bytes(te->token, sizeof te->token) != KVX_OK) {
+        if (kvx__random_bytes(te->token, sizeof te->token) != KVX_OK) {
             kvx__set_why(why, wl, "cannot draw the data token from the kernel");
             kvx__tcp_engine_free(te);
             return KVX_ERR_IO;

@@ -177,12 +177,12 @@ static void make_keys(kvx_store_key *k, size_t n, uint64_t family) {
     size_t i;
     for (i = 0; i < n; i++) {
         uint64_t v[2];
-        kvx_sha256 h;
+        kvx__sha256 h;
         v[0] = family;
         v[1] = i;
-        kvx_sha256_init(&h);
-        kvx_sha256_update(&h, v, sizeof v);
-        kvx_sha256_final(&h, k[i].bytes);
+        kvx__sha256_init(&h);
+        kvx__sha256_update(&h, v, sizeof v);
+        kvx__sha256_final(&h, k[i].bytes);
     }
 }
 

@@ -161,7 +161,7 @@ static void test_keys(void) {
     kvx_engine_destroy(pre);
 }
 
-static void hello(kvx_buf *b, int keyed, const uint8_t *nonce) {
+static void hello(kvx__buf *b, int keyed, const uint8_t *nonce) {
     kvx_boot_frame f;
     uint64_t items[3] = {128, 128, 64};
     memset(&f, 0, sizeof f);
@@ -180,10 +180,10 @@ static void hello(kvx_buf *b, int keyed, const uint8_t *nonce) {
         f.hello.flags = KVX_BOOT_HELLO_AUTH;
         f.hello.nonce = nonce;
     }
-    kvx_boot_encode_frame(&f, b);
+    kvx__boot_frame_encode(&f, b);
 }
 
-static void frame_room(kvx_buf *b, uint64_t room) {
+static void frame_room(kvx__buf *b, uint64_t room) {
     kvx_boot_frame f;
     int32_t pages[2] = {0, 1};
     memset(&f, 0, sizeof f);
@@ -193,23 +193,23 @@ static void frame_room(kvx_buf *b, uint64_t room) {
     f.pages = pages;
     f.aux_index = -1;
     f.peer_count = 1;
-    kvx_boot_encode_frame(&f, b);
+    kvx__boot_frame_encode(&f, b);
 }
 
-static void frame_abort(kvx_buf *b, uint64_t room) {
+static void frame_abort(kvx__buf *b, uint64_t room) {
     kvx_boot_frame f;
     memset(&f, 0, sizeof f);
     f.type = KVX_BOOT_FRAME_ABORT;
     f.room = room;
     f.reason = "stranger";
     f.reason_len = 8;
-    kvx_boot_encode_frame(&f, b);
+    kvx__boot_frame_encode(&f, b);
 }
 
 /* A stranger: hello (keyed with a forged proof, or not), then a claim for
    `claim` and an abort for `victim`. 1 when the prefill closed it. */
 static int stranger(int ctrl, int keyed, uint64_t claim, uint64_t victim) {
-    kvx_buf b;
+    kvx__buf b;
     uint8_t nonce[16] = {1, 2, 3};
     char got[8192];
     int fd = connect_to("127.0.0.1", ctrl), closed;
@@ -222,12 +222,12 @@ static int stranger(int ctrl, int keyed, uint64_t claim, uint64_t victim) {
         memset(&f, 0, sizeof f);
         f.type = KVX_BOOT_FRAME_AUTH;
         f.proof = proof;
-        kvx_boot_encode_frame(&f, &b);
+        kvx__boot_frame_encode(&f, &b);
     }
     frame_room(&b, claim);
     frame_abort(&b, victim);
     raw_send(fd, b.data, b.len);
-    kvx_buf_free(&b);
+    kvx__buf_free(&b);
     closed = bt_wait_closed(fd, 10, got, sizeof got);
     close(fd);
     return closed;

@@ -214,7 +214,7 @@ static void test_conn_cap(void) {
 
 /* ---- control channel ---- */
 
-static void hello(kvx_buf *b, int role) {
+static void hello(kvx__buf *b, int role) {
     kvx_boot_frame f;
     uint64_t items[3] = {128, 128, 64};
     memset(&f, 0, sizeof f);
@@ -228,10 +228,10 @@ static void hello(kvx_buf *b, int role) {
     f.hello.aux_item_lens = items + 2;
     f.hello.transport = "bootfake";
     f.hello.transport_len = 8;
-    kvx_boot_encode_frame(&f, b);
+    kvx__boot_frame_encode(&f, b);
 }
 
-static void room_frame(kvx_buf *b, uint64_t room, uint32_t n) {
+static void room_frame(kvx__buf *b, uint64_t room, uint32_t n) {
     kvx_boot_frame f;
     int32_t *pages = (int32_t *)calloc(n + 1, sizeof *pages);
     uint32_t i;
@@ -243,7 +243,7 @@ static void room_frame(kvx_buf *b, uint64_t room, uint32_t n) {
     f.pages = pages;
     f.aux_index = -1;
     f.peer_count = 1;
-    kvx_boot_encode_frame(&f, b);
+    kvx__boot_frame_encode(&f, b);
     free(pages);
 }
 
@@ -254,11 +254,11 @@ static int ctrl_try(int say_hello, const void *bytes, size_t n, int *hello_ok) {
     char got[8192];
     if (hello_ok) *hello_ok = 0;
     if (say_hello) {
-        kvx_buf h;
+        kvx__buf h;
         memset(&h, 0, sizeof h);
         hello(&h, KVX_ROLE_DECODE);
         raw_send(fd, h.data, h.len);
-        kvx_buf_free(&h);
+        kvx__buf_free(&h);
         {
             struct pollfd pf;
             ssize_t r = 0;
@@ -268,7 +268,7 @@ static int ctrl_try(int say_hello, const void *bytes, size_t n, int *hello_ok) {
             pf.fd = fd; pf.events = POLLIN;
             if (poll(&pf, 1, 2000) > 0) r = recv(fd, got, sizeof got, 0);
             if (hello_ok && r > 0 &&
-                kvx_boot_decode_frame(got, (size_t)r, &f, &used, why, sizeof why) == KVX_OK && used &&
+                kvx_boot_frame_decode(got, (size_t)r, &f, &used, why, sizeof why) == KVX_OK && used &&
                 f.type == KVX_BOOT_FRAME_HELLO && f.hello.role == KVX_ROLE_PREFILL)
                 *hello_ok = 1;
         }
@@ -281,7 +281,7 @@ static int ctrl_try(int say_hello, const void *bytes, size_t n, int *hello_ok) {
 
 static void test_control(void) {
     uint8_t h[8];
-    kvx_buf b, h2;
+    kvx__buf b, h2;
     int closed, hok;
     kvx_sender *s;
     kvx_room_desc rd;
@@ -292,17 +292,17 @@ static void test_control(void) {
     hello(&b, KVX_ROLE_DECODE);
     b.data[8] = 'X';
     CHECK(ctrl_try(0, b.data, b.len, NULL), "control: hello with a bad magic -> closed");
-    kvx_buf_free(&b);
+    kvx__buf_free(&b);
     memset(&b, 0, sizeof b);
     {
         kvx_boot_frame f;
         memset(&f, 0, sizeof f);
         f.type = KVX_BOOT_FRAME_ABORT;
         f.room = 1;
-        kvx_boot_encode_frame(&f, &b);
+        kvx__boot_frame_encode(&f, &b);
     }
     CHECK(ctrl_try(0, b.data, b.len, NULL), "control: abort before hello -> closed");
-    kvx_buf_free(&b);
+    kvx__buf_free(&b);
     kvx__boot_hdr(h, 0xfffffff0u, KVX_BOOT_FRAME_ROOM);
     closed = ctrl_try(1, h, 8, &hok);
     CHECK(hok && closed, "control: after a good hello (answered by the prefill's), a room frame "
@@ -316,9 +316,9 @@ static void test_control(void) {
         f.type = KVX_BOOT_FRAME_STATUS;
         f.room = 1;
         f.state = KVX_POLL_SUCCESS;
-        kvx_boot_encode_frame(&f, &b);
+        kvx__boot_frame_encode(&f, &b);
         CHECK(ctrl_try(1, b.data, b.len, NULL), "control: a status frame sent to a prefill -> closed");
-        kvx_buf_free(&b);
+        kvx__buf_free(&b);
     }
     memset(&b, 0, sizeof b);
     hello(&b, KVX_ROLE_DECODE);
@@ -326,8 +326,8 @@ static void test_control(void) {
     hello(&h2, KVX_ROLE_DECODE);
     kvx__boot_put(&b, h2.data, h2.len);
     CHECK(ctrl_try(0, b.data, b.len, NULL), "control: a second hello -> closed");
-    kvx_buf_free(&b);
-    kvx_buf_free(&h2);
+    kvx__buf_free(&b);
+    kvx__buf_free(&h2);
 
     /* a room that depends on a connection which then misbehaves fails with the reason */
     memset(&rd, 0, sizeof rd);
@@ -340,7 +340,7 @@ static void test_control(void) {
         hello(&b, KVX_ROLE_DECODE);
         room_frame(&b, 900, 4);
         raw_send(fd, b.data, b.len);
-        kvx_buf_free(&b);
+        kvx__buf_free(&b);
         bt_wait_senders(&s, 1, bt_is_ready, 5);
         CHECK(kvx_sender_poll(s) == KVX_POLL_WAITING_FOR_INPUT && kvx_boot_room_dst_pages(kvx_boot_get(g_pre),
                                                                                        (kvx_room *)s) == 4,
@@ -365,7 +365,7 @@ static void test_control(void) {
         hello(&b, KVX_ROLE_DECODE);
         room_frame(&b, 901, 200000);
         raw_send(fd, b.data, b.len);
-        kvx_buf_free(&b);
+        kvx__buf_free(&b);
         bt_sleep(0.3);
         {
             static const char req[] = "GET /metrics HTTP/1.1\r\n\r\n";

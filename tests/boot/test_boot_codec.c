@@ -43,14 +43,14 @@ static void test_http(void) {
               rq.status == 431,
           "http: header block over %d bytes -> 431 (%s)", KVX_BOOT_MAX_HEADER, rq.error);
     {
-        kvx_buf b;
+        kvx__buf b;
         memset(&b, 0, sizeof b);
-        kvx_buf_printf(&b, "GET / HTTP/1.1\r\n");
-        for (i = 0; i < 120; i++) kvx_buf_printf(&b, "X-%zu: y\r\n", i);
-        kvx_buf_printf(&b, "\r\n");
+        kvx__buf_printf(&b, "GET / HTTP/1.1\r\n");
+        for (i = 0; i < 120; i++) kvx__buf_printf(&b, "X-%zu: y\r\n", i);
+        kvx__buf_printf(&b, "\r\n");
         CHECK(kvx_boot_parse_http_request(b.data, b.len, &rq) == KVX_ERR_PROTOCOL && rq.status == 431,
               "http: 120 header lines -> 431");
-        kvx_buf_free(&b);
+        kvx__buf_free(&b);
     }
     free(big);
     CHECK(parse("PUT /route HTTP/1.1\r\nContent-Length: 1000000\r\n\r\n", &rq) == KVX_ERR_PROTOCOL &&
@@ -110,23 +110,23 @@ static void test_query(void) {
     CHECK(kvx_boot_query_int(NULL, 0, "a", &v) == 0, "query: no query string");
 }
 
-static kvx_result dec(const kvx_buf *b, kvx_boot_frame *f, size_t *used, char *why) {
-    return kvx_boot_decode_frame(b->data, b->len, f, used, why, 256);
+static kvx_result dec(const kvx__buf *b, kvx_boot_frame *f, size_t *used, char *why) {
+    return kvx_boot_frame_decode(b->data, b->len, f, used, why, 256);
 }
 
 /* Encodes frame f; checks it decodes back to the same bytes. */
-static void roundtrip(const kvx_boot_frame *f, const char *what, kvx_buf *out) {
+static void roundtrip(const kvx_boot_frame *f, const char *what, kvx__buf *out) {
     kvx_boot_frame g;
     size_t used = 0, i;
     char why[256];
     int partial_ok = 1;
     memset(out, 0, sizeof *out);
-    CHECK(kvx_boot_encode_frame(f, out) == KVX_OK, "frame: %s encodes (%zu bytes)", what, out->len);
+    CHECK(kvx__boot_frame_encode(f, out) == KVX_OK, "frame: %s encodes (%zu bytes)", what, out->len);
     CHECK(dec(out, &g, &used, why) == KVX_OK && used == out->len && g.type == f->type,
           "frame: %s decodes whole (%s)", what, why);
     for (i = 0; i < out->len; i++) {
         size_t u = 1;
-        if (kvx_boot_decode_frame(out->data, i, &g, &u, why, sizeof why) != KVX_OK || u != 0)
+        if (kvx_boot_frame_decode(out->data, i, &g, &u, why, sizeof why) != KVX_OK || u != 0)
             partial_ok = 0;
     }
     CHECK(partial_ok, "frame: %s: every prefix is 'need more'", what);
@@ -134,7 +134,7 @@ static void roundtrip(const kvx_boot_frame *f, const char *what, kvx_buf *out) {
 
 static void test_frames(void) {
     kvx_boot_frame f, g;
-    kvx_buf b, b2;
+    kvx__buf b, b2;
     size_t used;
     char why[256];
     int32_t pages[5] = {0, 7, 3, 100000, 2};
@@ -184,7 +184,7 @@ static void test_frames(void) {
     CHECK(dec(&b, &g, &used, why) == KVX_ERR_PROTOCOL, "frame: endpoint over its limit: %s", why);
     kvx__le_w32((uint8_t *)b.data + 8 + 92, sizeof ep);
     CHECK(dec(&b, &g, &used, why) == KVX_ERR_PROTOCOL && strstr(why, "add up"), "frame: sizes that do not add up: %s", why);
-    kvx_buf_free(&b);
+    kvx__buf_free(&b);
 
     memset(&f, 0, sizeof f);
     f.type = KVX_BOOT_FRAME_ROOM;
@@ -220,7 +220,7 @@ static void test_frames(void) {
         CHECK(dec(&b, &g, &used, why) == KVX_ERR_PROTOCOL && strstr(why, "KVX_MAX_PAGES"), "frame: pages over KVX_MAX_PAGES: %s", why);
         kvx__le_w32(p + 8 + 12, 5);
     }
-    kvx_buf_free(&b);
+    kvx__buf_free(&b);
 
     memset(&f, 0, sizeof f);
     f.type = KVX_BOOT_FRAME_STATUS;
@@ -237,7 +237,7 @@ static void test_frames(void) {
           "frame: status fields survive");
     kvx__le_w32((uint8_t *)b.data + 8 + 16, 7);
     CHECK(dec(&b, &g, &used, why) == KVX_ERR_PROTOCOL && strstr(why, "state 7"), "frame: status state 7: %s", why);
-    kvx_buf_free(&b);
+    kvx__buf_free(&b);
 
     memset(&f, 0, sizeof f);
     f.type = KVX_BOOT_FRAME_ABORT;
@@ -245,7 +245,7 @@ static void test_frames(void) {
     f.reason = "bye";
     f.reason_len = 3;
     roundtrip(&f, "abort", &b);
-    kvx_buf_free(&b);
+    kvx__buf_free(&b);
 
     /* ping, pong, auth (protocol version 1 extensions) */
     memset(&f, 0, sizeof f);
@@ -254,13 +254,13 @@ static void test_frames(void) {
     roundtrip(&f, "ping", &b);
     dec(&b, &g, &used, why);
     CHECK(g.type == KVX_BOOT_FRAME_PING && g.seq == f.seq && b.len == 16, "frame: ping seq survives");
-    kvx_buf_free(&b);
+    kvx__buf_free(&b);
     f.type = KVX_BOOT_FRAME_PONG;
     roundtrip(&f, "pong", &b);
     kvx__le_w32((uint8_t *)b.data, 4);
     b.len = 12;
     CHECK(dec(&b, &g, &used, why) == KVX_ERR_PROTOCOL && strstr(why, "8 expected"), "frame: short pong: %s", why);
-    kvx_buf_free(&b);
+    kvx__buf_free(&b);
     {
         uint8_t proof[KVX_BOOT_PROOF], nonce[KVX_BOOT_NONCE];
         for (i = 0; i < KVX_BOOT_PROOF; i++) proof[i] = (uint8_t)(i * 7 + 1);
@@ -272,10 +272,10 @@ static void test_frames(void) {
         dec(&b, &g, &used, why);
         CHECK(g.type == KVX_BOOT_FRAME_AUTH && !memcmp(g.proof, proof, KVX_BOOT_PROOF) && b.len == 40,
               "frame: auth proof survives");
-        kvx_buf_free(&b);
+        kvx__buf_free(&b);
         f.proof = NULL;
-        CHECK(kvx_boot_encode_frame(&f, &b) == KVX_ERR_INVALID_ARGUMENT, "frame: auth without a proof is refused");
-        kvx_buf_free(&b);
+        CHECK(kvx__boot_frame_encode(&f, &b) == KVX_ERR_INVALID_ARGUMENT, "frame: auth without a proof is refused");
+        kvx__buf_free(&b);
         /* keyed hellos: decode carries its nonce, prefill its nonce and proof */
         memset(&f, 0, sizeof f);
         f.type = KVX_BOOT_FRAME_HELLO;
@@ -295,13 +295,13 @@ static void test_frames(void) {
         kvx__le_w32((uint8_t *)b.data + 8 + 12, 0);
         CHECK(dec(&b, &g, &used, why) == KVX_ERR_PROTOCOL && strstr(why, "add up"),
               "frame: a keyed hello without its flag does not add up: %s", why);
-        kvx_buf_free(&b);
+        kvx__buf_free(&b);
         f.hello.role = KVX_ROLE_DECODE;
         f.hello.proof = NULL;
         roundtrip(&f, "keyed decode hello", &b);
         dec(&b, &g, &used, why);
         CHECK(g.hello.nonce && !g.hello.proof && b.len == 8 + 96 + 3 + 16, "frame: keyed decode hello carries its nonce");
-        kvx_buf_free(&b);
+        kvx__buf_free(&b);
     }
 
     /* transport message (version 2): opaque bytes, 1..KVX_BOOT_MAX_MESSAGE */
@@ -319,14 +319,14 @@ static void test_frames(void) {
         b.len = 8;
         CHECK(dec(&b, &g, &used, why) == KVX_ERR_PROTOCOL && strstr(why, "empty"),
               "frame: an empty transport message is refused: %s", why);
-        kvx_buf_free(&b);
+        kvx__buf_free(&b);
         f.message_len = 0;
-        CHECK(kvx_boot_encode_frame(&f, &b) == KVX_ERR_INVALID_ARGUMENT, "frame: encoding an empty message is refused");
-        kvx_buf_free(&b);
+        CHECK(kvx__boot_frame_encode(&f, &b) == KVX_ERR_INVALID_ARGUMENT, "frame: encoding an empty message is refused");
+        kvx__buf_free(&b);
         f.message_len = KVX_BOOT_MAX_MESSAGE + 1;
-        CHECK(kvx_boot_encode_frame(&f, &b) == KVX_ERR_INVALID_ARGUMENT,
+        CHECK(kvx__boot_frame_encode(&f, &b) == KVX_ERR_INVALID_ARGUMENT,
               "frame: encoding a message over KVX_BOOT_MAX_MESSAGE is refused");
-        kvx_buf_free(&b);
+        kvx__buf_free(&b);
         CHECK(kvx_boot_peer_send(NULL, NULL, msg, 0, why, sizeof why) == KVX_ERR_INVALID_ARGUMENT &&
                   strstr(why, "KVX_BOOT_MAX_MESSAGE"), "peer_send: a bad length is refused: %s", why);
     }
@@ -352,7 +352,7 @@ static void test_frames(void) {
         for (k = 0; k < sizeof cases / sizeof cases[0]; k++) {
             kvx__boot_hdr(h, cases[k].len, cases[k].type);
             kvx__le_w16(h + 6, cases[k].flags);
-            if (kvx_boot_decode_frame(h, 8, &g, &used, why, sizeof why) == KVX_ERR_PROTOCOL &&
+            if (kvx_boot_frame_decode(h, 8, &g, &used, why, sizeof why) == KVX_ERR_PROTOCOL &&
                 strstr(why, cases[k].needle))
                 good++;
             else
@@ -365,17 +365,17 @@ static void test_frames(void) {
             uint8_t s[11];
             memcpy(s, h, 8);
             memset(s + 8, 0, 3);
-            CHECK(kvx_boot_decode_frame(s, 11, &g, &used, why, sizeof why) == KVX_ERR_PROTOCOL,
+            CHECK(kvx_boot_frame_decode(s, 11, &g, &used, why, sizeof why) == KVX_ERR_PROTOCOL,
                   "frame: abort shorter than its fixed part: %s", why);
         }
     }
-    CHECK(kvx_boot_encode_frame(&f, NULL) == KVX_ERR_INVALID_ARGUMENT, "frame: encode refuses NULL output");
+    CHECK(kvx__boot_frame_encode(&f, NULL) == KVX_ERR_INVALID_ARGUMENT, "frame: encode refuses NULL output");
     f.type = KVX_BOOT_FRAME_ROOM;
     f.num_pages = 3;
     f.pages = NULL;
     memset(&b, 0, sizeof b);
-    CHECK(kvx_boot_encode_frame(&f, &b) == KVX_ERR_INVALID_ARGUMENT, "frame: encode refuses pages == NULL");
-    kvx_buf_free(&b);
+    CHECK(kvx__boot_frame_encode(&f, &b) == KVX_ERR_INVALID_ARGUMENT, "frame: encode refuses pages == NULL");
+    kvx__buf_free(&b);
 }
 
 /* Random corruption of valid frames: decoding must never read past the
@@ -384,20 +384,20 @@ static void test_mutations(void) {
     uint64_t seed = 12345;
     int iters = bt_quick() ? 20000 : 100000, k, accepted = 0, same = 0;
     int32_t pages[8] = {1, 2, 3, 4, 5, 6, 7, 8};
-    kvx_buf base[3];
+    kvx__buf base[3];
     kvx_boot_frame f;
     memset(base, 0, sizeof base);
     memset(&f, 0, sizeof f);
     f.type = KVX_BOOT_FRAME_ROOM; f.room = 1; f.num_pages = 8; f.pages = pages; f.peer_count = 1; f.aux_index = -1;
-    kvx_boot_encode_frame(&f, &base[0]);
+    kvx__boot_frame_encode(&f, &base[0]);
     memset(&f, 0, sizeof f);
     f.type = KVX_BOOT_FRAME_STATUS; f.room = 2; f.state = 4; f.reason = "fine"; f.reason_len = 4;
-    kvx_boot_encode_frame(&f, &base[1]);
+    kvx__boot_frame_encode(&f, &base[1]);
     memset(&f, 0, sizeof f);
     f.type = KVX_BOOT_FRAME_ABORT; f.room = 3; f.reason = "stop"; f.reason_len = 4;
-    kvx_boot_encode_frame(&f, &base[2]);
+    kvx__boot_frame_encode(&f, &base[2]);
     for (k = 0; k < iters; k++) {
-        const kvx_buf *src = &base[k % 3];
+        const kvx__buf *src = &base[k % 3];
         size_t len = src->len, used;
         uint8_t *m = (uint8_t *)malloc(len); /* exact size: ASan sees any overread */
         kvx_boot_frame g;
@@ -406,8 +406,8 @@ static void test_mutations(void) {
         memcpy(m, src->data, len);
         for (j = 0; j < flips; j++) m[bt_rand(&seed) % len] ^= (uint8_t)(1u << (bt_rand(&seed) % 8));
         if (bt_rand(&seed) % 4 == 0) len = (size_t)(bt_rand(&seed) % (len + 1));
-        if (kvx_boot_decode_frame(m, len, &g, &used, why, sizeof why) == KVX_OK && used) {
-            kvx_buf re;
+        if (kvx_boot_frame_decode(m, len, &g, &used, why, sizeof why) == KVX_OK && used) {
+            kvx__buf re;
             kvx_boot_frame h = g;
             int32_t *pg = NULL;
             uint32_t i;
@@ -419,17 +419,17 @@ static void test_mutations(void) {
                 h.pages = pg;
                 h.pages_le = NULL;
             }
-            if (g.type != KVX_BOOT_FRAME_HELLO && kvx_boot_encode_frame(&h, &re) == KVX_OK &&
+            if (g.type != KVX_BOOT_FRAME_HELLO && kvx__boot_frame_encode(&h, &re) == KVX_OK &&
                 re.len == used && !memcmp(re.data, m, used))
                 same++;
             free(pg);
-            kvx_buf_free(&re);
+            kvx__buf_free(&re);
         }
         free(m);
     }
     CHECK(accepted == same, "mutations: %d random corruptions, %d accepted, all re-encode identically",
           iters, accepted);
-    for (k = 0; k < 3; k++) kvx_buf_free(&base[k]);
+    for (k = 0; k < 3; k++) kvx__buf_free(&base[k]);
 }
 
 int main(void) {

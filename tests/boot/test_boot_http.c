@@ -80,51 +80,51 @@ static int python(const char *reqs, char *out, size_t n) {
 
 /* The i-th answer line of the Python output: status, body, connection, extra. */
 static int py_answer(const char *out, int i, char *body, size_t n, char *conn, char *extra) {
-    kvx_json_doc d;
+    kvx__json_doc d;
     const char *p = out;
-    const kvx_json *root, *x;
+    const kvx__json *root, *x;
     int st = -1, k;
     for (k = 0; k < i && p; k++) {
         p = strchr(p, '\n');
         if (p) p++;
     }
     if (!p || !*p) return -1;
-    if (kvx_json_parse(&d, p, strcspn(p, "\n"), 64) == KVX_OK && (root = kvx_json_root(&d)) &&
+    if (kvx__json_parse(&d, p, strcspn(p, "\n"), 64) == KVX_OK && (root = kvx__json_root(&d)) &&
         root->type == KVX_JSON_ARRAY && root->count == 4) {
-        st = (int)kvx_json_at(&d, root, 0)->num;
-        x = kvx_json_at(&d, root, 1);
+        st = (int)kvx__json_at(&d, root, 0)->num;
+        x = kvx__json_at(&d, root, 1);
         snprintf(body, n, "%.*s", (int)x->str_len, x->str);
-        x = kvx_json_at(&d, root, 2);
+        x = kvx__json_at(&d, root, 2);
         if (x->type == KVX_JSON_STRING) snprintf(conn, 32, "%.*s", (int)x->str_len, x->str);
         else snprintf(conn, 32, "(none)");
-        x = kvx_json_at(&d, root, 3);
+        x = kvx__json_at(&d, root, 3);
         snprintf(extra, 64, "%.*s", (int)x->str_len, x->str);
     }
-    kvx_json_free(&d);
+    kvx__json_free(&d);
     return st;
 }
 
 static int json_int(const char *text, const char *key, int64_t *v) {
-    kvx_json_doc d;
-    const kvx_json *x;
+    kvx__json_doc d;
+    const kvx__json *x;
     int ok = 0;
-    if (kvx_json_parse(&d, text, strlen(text), 256) == KVX_OK &&
-        (x = kvx_json_get(&d, kvx_json_root(&d), key)) != NULL) {
+    if (kvx__json_parse(&d, text, strlen(text), 256) == KVX_OK &&
+        (x = kvx__json_get(&d, kvx__json_root(&d), key)) != NULL) {
         if (x->type == KVX_JSON_NUMBER) { *v = (int64_t)x->num; ok = 1; }
         if (x->type == KVX_JSON_BOOL) { *v = x->i64; ok = 1; }
     }
-    kvx_json_free(&d);
+    kvx__json_free(&d);
     return ok;
 }
 
 static int json_str_is(const char *text, const char *key, const char *want) {
-    kvx_json_doc d;
-    const kvx_json *x;
+    kvx__json_doc d;
+    const kvx__json *x;
     int ok = 0;
-    if (kvx_json_parse(&d, text, strlen(text), 256) == KVX_OK &&
-        (x = kvx_json_get(&d, kvx_json_root(&d), key)) != NULL && x->type == KVX_JSON_STRING)
+    if (kvx__json_parse(&d, text, strlen(text), 256) == KVX_OK &&
+        (x = kvx__json_get(&d, kvx__json_root(&d), key)) != NULL && x->type == KVX_JSON_STRING)
         ok = !strcmp(x->str, want);
-    kvx_json_free(&d);
+    kvx__json_free(&d);
     return ok;
 }
 

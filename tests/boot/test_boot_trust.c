@@ -64,7 +64,7 @@ static int http_get(const char *ip, const char *path, char *out, size_t n) {
     return st;
 }
 
-static void hello(kvx_buf *b) {
+static void hello(kvx__buf *b) {
     kvx_boot_frame f;
     uint64_t items[3] = {128, 128, 64};
     memset(&f, 0, sizeof f);
@@ -80,10 +80,10 @@ static void hello(kvx_buf *b) {
     f.hello.aux_item_lens = items + 2;
     f.hello.transport = "bootfake";
     f.hello.transport_len = 8;
-    kvx_boot_encode_frame(&f, b);
+    kvx__boot_frame_encode(&f, b);
 }
 
-static void room_frame(kvx_buf *b, uint64_t room, uint32_t n, uint16_t idx, uint16_t count) {
+static void room_frame(kvx__buf *b, uint64_t room, uint32_t n, uint16_t idx, uint16_t count) {
     kvx_boot_frame f;
     int32_t *pages = (int32_t *)calloc(n + 1, sizeof *pages);
     uint32_t i;
@@ -96,24 +96,24 @@ static void room_frame(kvx_buf *b, uint64_t room, uint32_t n, uint16_t idx, uint
     f.aux_index = -1;
     f.peer_index = idx;
     f.peer_count = count;
-    kvx_boot_encode_frame(&f, b);
+    kvx__boot_frame_encode(&f, b);
     free(pages);
 }
 
-static void abort_frame(kvx_buf *b, uint64_t room, const char *reason) {
+static void abort_frame(kvx__buf *b, uint64_t room, const char *reason) {
     kvx_boot_frame f;
     memset(&f, 0, sizeof f);
     f.type = KVX_BOOT_FRAME_ABORT;
     f.room = room;
     f.reason = reason;
     f.reason_len = (uint32_t)strlen(reason);
-    kvx_boot_encode_frame(&f, b);
+    kvx__boot_frame_encode(&f, b);
 }
 
 /* A stranger's control connection: hello sent, the prefill's hello read. */
 static int stranger(const char *ip) {
     int fd = connect_to(ip, g_ctrl);
-    kvx_buf h;
+    kvx__buf h;
     char got[8192];
     size_t len = 0;
     double end = bt_now() + 10;
@@ -121,14 +121,14 @@ static int stranger(const char *ip) {
     memset(&h, 0, sizeof h);
     hello(&h);
     raw_send(fd, h.data, h.len);
-    kvx_buf_free(&h);
+    kvx__buf_free(&h);
     while (bt_now() < end) {
         kvx_boot_frame f;
         size_t used = 0;
         char why[256];
         struct pollfd pf;
         ssize_t r;
-        if (kvx_boot_decode_frame(got, len, &f, &used, why, sizeof why) != KVX_OK) break;
+        if (kvx_boot_frame_decode(got, len, &f, &used, why, sizeof why) != KVX_OK) break;
         if (used) return f.type == KVX_BOOT_FRAME_HELLO ? fd : (close(fd), -1);
         pf.fd = fd; pf.events = POLLIN; pf.revents = 0;
         if (poll(&pf, 1, 100) <= 0) continue;
@@ -140,9 +140,9 @@ static int stranger(const char *ip) {
     return -1;
 }
 
-static void stranger_send(int fd, kvx_buf *b) {
+static void stranger_send(int fd, kvx__buf *b) {
     raw_send(fd, b->data, b->len);
-    kvx_buf_free(b);
+    kvx__buf_free(b);
     memset(b, 0, sizeof *b);
 }
 
@@ -161,7 +161,7 @@ static int read_status(int fd, uint64_t room, double timeout, char *reason, size
             kvx_boot_frame f;
             size_t used = 0;
             char why[256];
-            if (kvx_boot_decode_frame(buf + off, len - off, &f, &used, why, sizeof why) != KVX_OK) return -2;
+            if (kvx_boot_frame_decode(buf + off, len - off, &f, &used, why, sizeof why) != KVX_OK) return -2;
             if (!used) break;
             off += used;
             if (f.type == KVX_BOOT_FRAME_PONG && room == UINT64_MAX) return 1;
@@ -257,7 +257,7 @@ static int rooms(int n) {
 /* ---- item 12: a stranger aborts ---- */
 static void test_stranger_abort(void) {
     flow f;
-    kvx_buf b;
+    kvx__buf b;
     char err[1024];
     int fd = stranger(g_ip), ok;
     CHECK(fd >= 0, "abort: a stranger connects and says hello");
@@ -272,7 +272,7 @@ static void test_stranger_abort(void) {
         char reason[64];
         memset(&p, 0, sizeof p);
         p.type = KVX_BOOT_FRAME_PING;
-        kvx_boot_encode_frame(&p, &b);
+        kvx__boot_frame_encode(&p, &b);
         stranger_send(fd, &b);
         CHECK(read_status(fd, UINT64_MAX, 30, reason, sizeof reason) == 1,
               "abort: the stranger's aborts for rooms with no sender were read (pong)");
@@ -310,7 +310,7 @@ static void test_stranger_abort(void) {
 /* ---- item 14: /rooms and claims ---- */
 static void test_claim(void) {
     flow f;
-    kvx_buf b;
+    kvx__buf b;
     char body[65536], err[512], id[32], reason[512];
     int st, fd, ok;
     flow_start(&f, 2, 1);
@@ -364,7 +364,7 @@ static uint64_t g_flood_room;
 /* Sends `total` bytes of one repeated frame pattern without reading; stops
    when the prefill closes the connection. */
 static void *flood_main(void *arg) {
-    kvx_buf b;
+    kvx__buf b;
     int i, fd = g_flood_fd;
     size_t total = (size_t)(uintptr_t)arg, sent = 0;
     char reason[1025];
@@ -388,7 +388,7 @@ static void *flood_main(void *arg) {
     }
 out:
     g_flood_sent = (int)(sent >> 20);
-    kvx_buf_free(&b);
+    kvx__buf_free(&b);
     return NULL;
 }
 
@@ -415,7 +415,7 @@ static void test_floods(void) {
     pthread_create(&th, NULL, flood_main, (void *)(uintptr_t)abort_bytes);
     pthread_join(th, NULL);
     {
-        kvx_buf b;
+        kvx__buf b;
         char reason[256];
         memset(&b, 0, sizeof b);
         room_frame(&b, 4999999, 1, 0, 1);

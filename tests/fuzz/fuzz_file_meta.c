@@ -8,7 +8,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     kvx_file_chunk_info m;
     kvx_file_done_info d;
-    kvx_json_doc doc;
+    kvx__json_doc doc;
     char why[256];
     const char *text = (const char *)data;
     if (kvx_file_parse_meta(text, size, "fuzz", &m, why, sizeof why) == KVX_OK) {
@@ -32,10 +32,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
             if (has_mac && size - json_len != KVX__FILE_MAC_LINE) __builtin_trap();
             kvx__file_mac((const uint8_t *)"fuzz-key-0123456789", 19, "transfer_done", text,
                           json_len, want);
-            if (has_mac) (void)kvx_equal_ct(mac, want, sizeof mac);
+            if (has_mac) (void)kvx__equal_ct(mac, want, sizeof mac);
         }
     }
-    kvx_json_parse(&doc, text, size, 64);
-    kvx_json_free(&doc);
+    kvx__json_parse(&doc, text, size, 64);
+    kvx__json_free(&doc);
     return 0;
 }

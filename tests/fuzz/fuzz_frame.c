@@ -13,7 +13,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 static void reencode(const kvx_boot_frame *f, const uint8_t *bytes, size_t used) {
     kvx_boot_frame g = *f;
-    kvx_buf out;
+    kvx__buf out;
     int32_t *pages = NULL;
     uint64_t *items = NULL;
     uint32_t i;
@@ -41,9 +41,9 @@ static void reencode(const kvx_boot_frame *f, const uint8_t *bytes, size_t used)
         g.hello.item_lens = items;
         g.hello.aux_item_lens = items + h->num_buffers;
     }
-    if (kvx_boot_encode_frame(&g, &out) != KVX_OK || out.len != used || memcmp(out.data, bytes, used))
+    if (kvx__boot_frame_encode(&g, &out) != KVX_OK || out.len != used || memcmp(out.data, bytes, used))
         __builtin_trap();
-    kvx_buf_free(&out);
+    kvx__buf_free(&out);
     free(pages);
     free(items);
 }
@@ -55,7 +55,7 @@ static void stream(const uint8_t *data, size_t size) {
         kvx_boot_frame f;
         size_t used = 0;
         char why[256];
-        kvx_result r = kvx_boot_decode_frame(data + off, size - off, &f, &used, why, sizeof why);
+        kvx_result r = kvx_boot_frame_decode(data + off, size - off, &f, &used, why, sizeof why);
         if (r != KVX_OK) {
             if (r != KVX_ERR_PROTOCOL || !why[0]) __builtin_trap();
             return;
@@ -79,7 +79,7 @@ static void stream(const uint8_t *data, size_t size) {
    byte at a fuzz-chosen position. */
 static void structured(const uint8_t *data, size_t size) {
     kvx_boot_frame f;
-    kvx_buf b;
+    kvx__buf b;
     uint8_t sel = size > 1 ? data[1] : 0;
     int32_t pages[16];
     uint64_t items[4] = {128, 256, 64, 8};
@@ -143,7 +143,7 @@ static void structured(const uint8_t *data, size_t size) {
         f.hello.endpoint_len = (uint32_t)(size > 200 ? 200 : size);
         break;
     }
-    if (kvx_boot_encode_frame(&f, &b) != KVX_OK) __builtin_trap();
+    if (kvx__boot_frame_encode(&f, &b) != KVX_OK) __builtin_trap();
     stream((const uint8_t *)b.data, b.len); /* the valid frame itself */
     if (size > 2 && b.len) {
         size_t pos = (size_t)kvx__le_r16(data) % b.len;
@@ -155,7 +155,7 @@ static void structured(const uint8_t *data, size_t size) {
             free(m);
         }
     }
-    kvx_buf_free(&b);
+    kvx__buf_free(&b);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {

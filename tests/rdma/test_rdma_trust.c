@@ -382,7 +382,7 @@ static void hostile_peer(const char *key, const char *what) {
     side pf, dc, rg;
     char err[1024], why[KVX_ERROR_MAX], addr[64];
     kvx_boot_peer ctl;
-    kvx_buf b;
+    kvx__buf b;
     kvx_rdma_cm_msg m;
     kvx_room_desc rd;
     kvx_receiver *rr = NULL;
@@ -553,7 +553,7 @@ out:
     kvx_receiver_destroy(rr);
     kvx_engine_destroy(rg.e);
     ex_pool_free(&rg.pool);
-    kvx_buf_free(&b);
+    kvx__buf_free(&b);
     pair_down(&pf, &dc);
 }
 

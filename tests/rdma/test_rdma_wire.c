@@ -29,7 +29,7 @@ static kvx_rdma_hello sample_hello(void) {
 }
 
 /* A CONNECT with 2 queue pairs, 2 ports, 3 KV buffers and 1 aux buffer. */
-static void sample_connect(kvx_buf *b, uint64_t region) {
+static void sample_connect(kvx__buf *b, uint64_t region) {
     kvx_rdma_hello h = sample_hello();
     kvx_rdma_qp_info q;
     uint32_t d, i, k;
@@ -107,7 +107,7 @@ static void hello_tests(void) {
 }
 
 static void cm_tests(void) {
-    kvx_buf b;
+    kvx__buf b;
     kvx_rdma_cm_msg m;
     size_t i;
     char why[KVX_ERROR_MAX];
@@ -137,12 +137,12 @@ static void cm_tests(void) {
     ((uint8_t *)b.data)[b.len - 4 * 10 - 4] ^= 1;
     CHECK(kvx_rdma_cm_parse(b.data, b.len, &m, why, sizeof why) == KVX_ERR_PROTOCOL &&
           strstr(why, "regions"), "a region count that does not match the length is refused: %s", why);
-    kvx_buf_free(&b);
+    kvx__buf_free(&b);
     memset(&b, 0, sizeof b);
     sample_connect(&b, 1024);
     CHECK(kvx_rdma_cm_parse(b.data, b.len, &m, why, sizeof why) == KVX_ERR_PROTOCOL &&
           strstr(why, "below 4096"), "regions under 4096 bytes are refused: %s", why);
-    kvx_buf_free(&b);
+    kvx__buf_free(&b);
     memset(&b, 0, sizeof b);
     sample_connect(&b, 4096);
     ((uint8_t *)b.data)[KVX_RDMA_CM_HEADER + 40 + 12 + 8] = 5; /* qp 1 port entry 5 of 2 */
@@ -165,7 +165,7 @@ static void cm_tests(void) {
     ((uint8_t *)b.data)[2] = 1;
     CHECK(kvx_rdma_cm_parse(b.data, b.len, &m, why, sizeof why) == KVX_ERR_PROTOCOL &&
           strstr(why, "reserved"), "a nonzero reserved header field: %s", why);
-    kvx_buf_free(&b);
+    kvx__buf_free(&b);
 
     memset(&b, 0, sizeof b);
     kvx__rdma_cm_reject(&b, 9, 1, 2, KVX_ERR_LAYOUT_MISMATCH, "layouts differ");
@@ -181,13 +181,13 @@ static void cm_tests(void) {
     kvx__rdma_cm_begin(&b, (kvx_rdma_cm_type)9, 1, 5, 6);
     CHECK(kvx_rdma_cm_parse(b.data, b.len, &m, why, sizeof why) == KVX_ERR_PROTOCOL &&
           strstr(why, "type 9"), "an unknown type is refused: %s", why);
-    kvx_buf_free(&b);
+    kvx__buf_free(&b);
 }
 
 /* Byte flips, truncations and splices of valid messages: the parser
    either refuses them or returns tables the accessor walks in bounds. */
 static void mutations(void) {
-    kvx_buf a, b;
+    kvx__buf a, b;
     uint64_t seed = 7;
     int iters = rt_quick() ? 20000 : 200000, i, accepted = 0, refused = 0;
     memset(&a, 0, sizeof a);
@@ -231,8 +231,8 @@ static void mutations(void) {
     }
     CHECK(accepted + refused == iters, "%d mutated messages: %d accepted and walked, %d refused",
           iters, accepted, refused);
-    kvx_buf_free(&a);
-    kvx_buf_free(&b);
+    kvx__buf_free(&a);
+    kvx__buf_free(&b);
 }
 
 int main(void) {

@@ -146,13 +146,13 @@ static ST_UNUSED int st_page_is(const st_pool *p, int32_t page, uint8_t v) {
 /* Key of test item i in a key family. */
 static ST_UNUSED kvx_store_key st_key(uint64_t family, uint64_t i) {
     kvx_store_key k;
-    kvx_sha256 h;
+    kvx__sha256 h;
     uint64_t v[2];
     v[0] = family;
     v[1] = i;
-    kvx_sha256_init(&h);
-    kvx_sha256_update(&h, v, sizeof v);
-    kvx_sha256_final(&h, k.bytes);
+    kvx__sha256_init(&h);
+    kvx__sha256_update(&h, v, sizeof v);
+    kvx__sha256_final(&h, k.bytes);
     return k;
 }
 

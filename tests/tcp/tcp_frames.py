@@ -4,7 +4,7 @@
 A minimal prefill side, written from the format described in kvx_tcp.h and
 nothing else: it connects to a decode engine's data listener, says HELLO,
 proves the shared key when given one (KEY_HEX: the decode's AUTH checked,
-then our PROOF, HMAC-SHA-256 as kvx_auth_proof), sends one room's KV pages (one DATA frame per buffer, runs of consecutive
+then our PROOF, HMAC-SHA-256 as kvx__auth_proof), sends one room's KV pages (one DATA frame per buffer, runs of consecutive
 destination pages as one segment) and its aux rows (one DATA frame with the
 AUX flag), then waits for the ACK. tests/tcp/test_tcp_hostile.c runs it
 against a live decode engine and checks every byte it placed.
@@ -36,7 +36,7 @@ HELLO_BODY = struct.Struct("<16sQQHHI16sQ")
 
 
 def proof(key, label, nonce_a, nonce_b):
-    """kvx_auth_proof: HMAC-SHA-256(key, label || 0 || nonce_a || nonce_b)"""
+    """kvx__auth_proof: HMAC-SHA-256(key, label || 0 || nonce_a || nonce_b)"""
     return hmac.new(key, label + b"\0" + nonce_a + nonce_b, hashlib.sha256).digest()
 
 

@@ -45,7 +45,7 @@ static kvx_layout small_layout(void) {
 }
 
 static void test_checksums(void) {
-    kvx_sha256 h;
+    kvx__sha256 h;
     uint8_t d[32];
     static const uint8_t abc[32] = {0xba, 0x78, 0x16, 0xbf, 0x8f, 0x01, 0xcf, 0xea, 0x41, 0x41, 0x40,
                                     0xde, 0x5d, 0xae, 0x22, 0x23, 0xb0, 0x03, 0x61, 0xa3, 0x96, 0x17,
@@ -54,9 +54,9 @@ static void test_checksums(void) {
     size_t i;
     uint32_t whole, bytewise = 0;
     CHECK(kvx_crc32c(0, "123456789", 9) == 0xE3069283u, "crc32c check value");
-    kvx_sha256_init(&h);
-    kvx_sha256_update(&h, "abc", 3);
-    kvx_sha256_final(&h, d);
+    kvx__sha256_init(&h);
+    kvx__sha256_update(&h, "abc", 3);
+    kvx__sha256_final(&h, d);
     CHECK(memcmp(d, abc, 32) == 0, "sha256(abc)");
     /* the 3-stream hardware path and the bytewise path agree at every alignment */
     for (i = 0; i < sizeof big; i++) big[i] = (char)(i * 131 + (i >> 7));
@@ -74,43 +74,43 @@ static void test_checksums(void) {
 }
 
 static void test_json(void) {
-    kvx_json_doc d;
+    kvx__json_doc d;
     const char *t = "{\"a\": [1, 2, {\"b\": \"x\\ny\"}], \"n\": 18446744073709551615, \"neg\": -5,"
                     " \"f\": 1.5, \"t\": true, \"z\": null}";
     uint64_t v = 0;
-    const kvx_json *a;
-    CHECK(kvx_json_parse(&d, t, strlen(t), 0) == KVX_OK, "parse: %s", d.error);
-    a = kvx_json_get(&d, kvx_json_root(&d), "a");
+    const kvx__json *a;
+    CHECK(kvx__json_parse(&d, t, strlen(t), 0) == KVX_OK, "parse: %s", d.error);
+    a = kvx__json_get(&d, kvx__json_root(&d), "a");
     CHECK(a && a->count == 3, "array count");
-    CHECK(kvx_json_u64(&d, kvx_json_at(&d, a, 1), NULL, 0, 10, &v) && v == 2, "a[1] == 2");
-    CHECK(kvx_json_get(&d, kvx_json_at(&d, a, 2), "b") &&
-              !strcmp(kvx_json_get(&d, kvx_json_at(&d, a, 2), "b")->str, "x\ny"),
+    CHECK(kvx__json_u64(&d, kvx__json_at(&d, a, 1), NULL, 0, 10, &v) && v == 2, "a[1] == 2");
+    CHECK(kvx__json_get(&d, kvx__json_at(&d, a, 2), "b") &&
+              !strcmp(kvx__json_get(&d, kvx__json_at(&d, a, 2), "b")->str, "x\ny"),
           "escaped string");
-    CHECK(kvx_json_u64(&d, kvx_json_root(&d), "n", 0, UINT64_MAX, &v) && v == UINT64_MAX,
+    CHECK(kvx__json_u64(&d, kvx__json_root(&d), "n", 0, UINT64_MAX, &v) && v == UINT64_MAX,
           "u64 max");
-    CHECK(!kvx_json_u64(&d, kvx_json_root(&d), "neg", 0, 100, &v), "negative refused");
-    CHECK(!kvx_json_u64(&d, kvx_json_root(&d), "f", 0, 100, &v), "fraction refused");
-    CHECK(!kvx_json_u64(&d, kvx_json_root(&d), "missing", 0, 100, &v), "missing key");
-    kvx_json_free(&d);
+    CHECK(!kvx__json_u64(&d, kvx__json_root(&d), "neg", 0, 100, &v), "negative refused");
+    CHECK(!kvx__json_u64(&d, kvx__json_root(&d), "f", 0, 100, &v), "fraction refused");
+    CHECK(!kvx__json_u64(&d, kvx__json_root(&d), "missing", 0, 100, &v), "missing key");
+    kvx__json_free(&d);
     {
         static const char *bad[] = {"{", "[1,]", "{\"a\" 1}", "\"\\x\"", "01x", "[1] 2", "",
                                     "{\"a\":tru}", "\"\x01\""};
         size_t i;
         for (i = 0; i < sizeof bad / sizeof bad[0]; i++) {
-            CHECK(kvx_json_parse(&d, bad[i], strlen(bad[i]), 0) == KVX_ERR_PROTOCOL,
+            CHECK(kvx__json_parse(&d, bad[i], strlen(bad[i]), 0) == KVX_ERR_PROTOCOL,
                   "bad JSON '%s' refused", bad[i]);
-            kvx_json_free(&d);
+            kvx__json_free(&d);
         }
     }
     {
         char deep[200];
         memset(deep, '[', 100);
         memset(deep + 100, ']', 100);
-        CHECK(kvx_json_parse(&d, deep, 200, 0) == KVX_ERR_PROTOCOL, "depth limit");
+        CHECK(kvx__json_parse(&d, deep, 200, 0) == KVX_ERR_PROTOCOL, "depth limit");
         CHECK_STR(d.error, "deeper");
-        kvx_json_free(&d);
-        CHECK(kvx_json_parse(&d, "[1,2,3,4,5]", 11, 3) == KVX_ERR_PROTOCOL, "node limit");
-        kvx_json_free(&d);
+        kvx__json_free(&d);
+        CHECK(kvx__json_parse(&d, "[1,2,3,4,5]", 11, 3) == KVX_ERR_PROTOCOL, "node limit");
+        kvx__json_free(&d);
     }
 }
 
@@ -762,27 +762,27 @@ static void test_auth(void) {
     kvx_engine *e;
     FILE *f;
     memset(key, 0x0b, 20);
-    kvx_hmac_sha256(key, 20, "Hi There", 8, mac);
+    kvx__hmac_sha256(key, 20, "Hi There", 8, mac);
     hex32(mac, hex);
     CHECK(!strcmp(hex, "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7"),
           "RFC 4231 case 1: %s", hex);
-    kvx_hmac_sha256("Jefe", 4, "what do ya want for nothing?", 28, mac);
+    kvx__hmac_sha256("Jefe", 4, "what do ya want for nothing?", 28, mac);
     hex32(mac, hex);
     CHECK(!strcmp(hex, "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"),
           "RFC 4231 case 2: %s", hex);
     memset(key, 0xaa, 131);
-    kvx_hmac_sha256(key, 131, "Test Using Larger Than Block-Size Key - Hash Key First", 54, mac);
+    kvx__hmac_sha256(key, 131, "Test Using Larger Than Block-Size Key - Hash Key First", 54, mac);
     hex32(mac, hex);
     CHECK(!strcmp(hex, "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54"),
           "RFC 4231 case 6 (long key): %s", hex);
-    CHECK(kvx_equal_ct("abcd", "abcd", 4) && !kvx_equal_ct("abcd", "abce", 4), "equal_ct");
-    CHECK(kvx_random_bytes(na, 16) == KVX_OK && kvx_random_bytes(nb, 16) == KVX_OK &&
+    CHECK(kvx__equal_ct("abcd", "abcd", 4) && !kvx__equal_ct("abcd", "abce", 4), "equal_ct");
+    CHECK(kvx__random_bytes(na, 16) == KVX_OK && kvx__random_bytes(nb, 16) == KVX_OK &&
               memcmp(na, nb, 16) != 0,
           "random nonces differ");
-    kvx_auth_proof((const uint8_t *)"0123456789abcdef", 16, "kvx-test", na, nb, mac);
-    kvx_auth_proof((const uint8_t *)"0123456789abcdef", 16, "kvx-test", nb, na, mac2);
+    kvx__auth_proof((const uint8_t *)"0123456789abcdef", 16, "kvx-test", na, nb, mac);
+    kvx__auth_proof((const uint8_t *)"0123456789abcdef", 16, "kvx-test", nb, na, mac2);
     CHECK(memcmp(mac, mac2, 32) != 0, "the proof depends on the nonces' order");
-    kvx_auth_proof((const uint8_t *)"0123456789abcdef", 16, "kvx-tesu", na, nb, mac2);
+    kvx__auth_proof((const uint8_t *)"0123456789abcdef", 16, "kvx-tesu", na, nb, mac2);
     CHECK(memcmp(mac, mac2, 32) != 0, "the proof depends on the label");
 
     memset(&d, 0, sizeof d);
@@ -840,23 +840,23 @@ static void test_results(void) {
 /* Every free, destroy and unref accepts NULL (and a zeroed object) and does
    nothing: cleanup paths need not test first. A crash here fails the test. */
 static void test_null_frees(void) {
-    kvx_json_doc d;
-    kvx_buf b;
+    kvx__json_doc d;
+    kvx__buf b;
     kvx_plan p;
     memset(&d, 0, sizeof d);
     memset(&b, 0, sizeof b);
     memset(&p, 0, sizeof p);
-    kvx_json_free(NULL);
-    kvx_json_free(&d);
-    kvx_buf_free(NULL);
-    kvx_buf_free(&b);
+    kvx__json_free(NULL);
+    kvx__json_free(&d);
+    kvx__buf_free(NULL);
+    kvx__buf_free(&b);
     kvx_plan_free(NULL);
     kvx_plan_free(&p);
     kvx_engine_destroy(NULL);
     kvx_sender_destroy(NULL);
     kvx_receiver_destroy(NULL);
     kvx_chunk_free(NULL, NULL);
-    kvx_workq_destroy(NULL);
+    kvx__workq_destroy(NULL);
     kvx_room_unref(NULL);
 }
 
