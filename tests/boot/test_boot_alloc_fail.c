@@ -53,6 +53,15 @@ static void ca_arm(long fail_at) {
     pthread_mutex_unlock(&ca.mu);
 }
 
+/* A counter, read under the allocator's lock (I/O threads allocate). */
+static long ca_get(const long *v) {
+    long x;
+    pthread_mutex_lock(&ca.mu);
+    x = *v;
+    pthread_mutex_unlock(&ca.mu);
+    return x;
+}
+
 static char root[256];
 static uint64_t next_room = 100;
 
@@ -118,11 +127,11 @@ static void handshake_counted(void) {
     ca_arm(0);
     e = engine_boot("file", KVX_ROLE_PREFILL, &ps, NULL, 0);
     kvx_engine_destroy(e);
-    plain = ca.calls;
+    plain = ca_get(&ca.calls);
     ca_arm(0);
     e = engine_boot("file", KVX_ROLE_PREFILL, &ps, NULL, 1);
     kvx_engine_destroy(e);
-    boot = ca.calls;
+    boot = ca_get(&ca.calls);
     pthread_mutex_lock(&ca.mu);
     live = ca.live;
     pthread_mutex_unlock(&ca.mu);
@@ -208,7 +217,7 @@ static int transfer(const char *transport) {
         CHECK(ex_pages_pattern(&pr, rd.room, dp, 12, 0) == 0 && ex_aux_check(&pr, rd.room, 1),
               "%s: a room that succeeded has its bytes", transport);
 out:
-    if (step && !ca.failed)
+    if (step && !ca_get(&ca.failed))
         printf("  note: %s refused with no failure injected: %s (receiver '%s', sender '%s')\n",
                step, kvx_result_str(res), r ? kvx_receiver_error(r) : "", s ? kvx_sender_error(s) : "");
     if (!whole && s) kvx_sender_abort(s, "a call was refused");
