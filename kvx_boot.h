@@ -50,33 +50,40 @@
      KVX_BOOT_TRIES           attempts to reach the bootstrap server or a rank
                               before a room fails (5); backoff 200 ms, doubling
 
-   SETTINGS (desc.boot, zero = default) AND ENVIRONMENT (overrides the desc)
+   SETTINGS (desc.boot) AND ENVIRONMENT
+     Each is a row of kvx__boot_table, resolved by kvx.h's settings rule:
+     the variable overrides the field; 0 (or NULL) = the default; a value
+     outside the range is refused with KVX_ERR_BAD_CONFIG naming the
+     variable and the field (before issue 12 heartbeat values were clamped).
      KVX_BOOTSTRAP_HOST        prefill: address the bootstrap server and the
                                control listener bind; also what other prefill
                                ranks use to reach rank 0's server.
                                desc.boot.host, else the host of
                                desc.bootstrap_addr, else 0.0.0.0
-     KVX_BOOTSTRAP_PORT        prefill: bootstrap server port. desc.boot.port
-                               (-1 = ephemeral), else the port of
-                               desc.bootstrap_addr, else 8998. In the
-                               environment 0 means ephemeral. Read the bound
-                               port back with kvx_boot_port().
-     KVX_BOOTSTRAP_RANK_IP     prefill: the address this rank registers as
-                               rank_ip (default: the bind address when it is
-                               a specific one, else the first non-loopback
-                               IPv4 address of the host, else 127.0.0.1)
-     KVX_HEARTBEAT_INTERVAL    decode: seconds between heartbeats of every
-                               prefill in use (5; SGLang's minimum is 2, kvx
-                               accepts down to 0.1 for tests, and raises
-                               anything lower to 0.1): a PING on each
+     KVX_BOOTSTRAP_PORT        prefill: bootstrap server port, 0..65535.
+                               desc.boot.port, else the port of
+                               desc.bootstrap_addr, else 8998. 0 is a value
+                               (ephemeral): the field asks for it with
+                               KVX_ZERO (-1), the variable with 0. Read the
+                               bound port back with kvx_boot_port().
+     KVX_BOOTSTRAP_RANK_IP     prefill: desc.boot.rank_ip, the address this
+                               rank registers as rank_ip (default: the bind
+                               address when it is a specific one, else the
+                               first non-loopback IPv4 address of the host,
+                               else 127.0.0.1)
+     KVX_HEARTBEAT_INTERVAL    decode: desc.boot.heartbeat_interval_s, seconds
+                               between heartbeats of every prefill in use (5;
+                               range [0.1, 3600]; SGLang's minimum is 2, kvx
+                               accepts down to 0.1 for tests): a PING on each
                                control connection when the server info says
                                "kvx_heartbeat":"control" (kvx prefills), so
                                liveness needs no HTTP slot; else GET /health
      KVX_AUTH_KEY, KVX_AUTH_KEY_FILE (core; desc.auth_key, auth_key_file)
                                a shared secret: see SECURITY
-     KVX_HEARTBEAT_MAX_FAILURE decode: consecutive failed heartbeats after
-                               which every unfinished room of that prefill
-                               fails (2; less than 1 is raised to 1)
+     KVX_HEARTBEAT_MAX_FAILURE decode: desc.boot.heartbeat_max_failure,
+                               consecutive failed heartbeats after which
+                               every unfinished room of that prefill fails
+                               (2; range 1..1000)
      KVX_BOOTSTRAP_TIMEOUT     (core) seconds a sender waits for its room frame
      desc.boot.tp_size/tp_rank, dp_size/dp_rank, pp_size/pp_rank,
      cp_size/cp_rank           this engine's place in its instance (sizes 1,
@@ -1337,7 +1344,9 @@ typedef struct kvx__boot_br {
     uint64_t id;
     int refs; /* atomic */
     kvx_room *room;
-    struct kvx__boot_br *hnext;
+    kvx__hnode hn;              /* boot->rooms, key = id, under boot->mu */
+    struct kvx__boot_br *dnext; /* a caller's list of entries taken out */
+    kvx_boot *boot;
     uint64_t created_ns;
     /* connections: decode: the targets; prefill: the decode ranks that sent
        the room. tag: decode: status Success seen; prefill: peer index. */
@@ -1417,8 +1426,8 @@ struct kvx_boot {
     /* under mu */
     kvx__boot_conn **incoming;
     size_t nincoming, cincoming;
-    kvx__boot_br **buckets;
-    size_t nbuckets, nrooms, npending;
+    kvx__htab rooms; /* kvx__boot_br by room id */
+    size_t npending;
     uint64_t pending_pages;
     kvx__boot_pf *peers;
     int npeers;
@@ -1433,8 +1442,24 @@ struct kvx_boot {
     kvx_boot *reg_next;
 };
 
-static const char *kvx__boot_room_error(const kvx_room *r) { return kvx_room_error(r); }
-static kvx_result kvx__boot_room_result(const kvx_room *r) { return kvx_room_result(r); }
+/* The handshake's memory comes from the engine's desc allocator (calloc
+   is alloc + memset, realloc is kvx__boot_grow), except the text of
+   kvx__buf (HTTP, encoded frames), which grows in the core. */
+static void *kvx__boot_zalloc(const kvx_boot *b, size_t n) {
+    void *p = kvx_engine_alloc(b->engine, n);
+    if (p) memset(p, 0, n);
+    return p;
+}
+/* n bytes holding the first `used` of p, p freed; NULL (p kept) when out
+   of memory. */
+static void *kvx__boot_grow(const kvx_boot *b, void *p, size_t used, size_t n) {
+    void *q = kvx_engine_alloc(b->engine, n);
+    if (!q) return NULL;
+    if (used) memcpy(q, p, used);
+    kvx_engine_free(b->engine, p);
+    return q;
+}
+
 static int kvx__boot_terminal(const kvx_room *r) {
     kvx_poll p = kvx_room_poll(r);
     return p == KVX_POLL_FAILED || p == KVX_POLL_SUCCESS;
@@ -1456,7 +1481,8 @@ static void kvx__boot_relay(kvx_room *r, kvx_result res, const char *reason, con
 static void kvx__boot_vec_push(kvx__boot_vec *v, kvx__boot_br *br) {
     if (v->n == v->cap) {
         size_t nc = v->cap ? v->cap * 2 : 16;
-        kvx__boot_br **nv = (kvx__boot_br **)realloc(v->v, nc * sizeof *nv);
+        kvx__boot_br **nv =
+            (kvx__boot_br **)kvx__boot_grow(br->boot, v->v, v->n * sizeof *nv, nc * sizeof *nv);
         if (!nv) return; /* the room then misses this notice; it still times out */
         v->v = nv;
         v->cap = nc;
@@ -1605,7 +1631,7 @@ static int kvx__boot_backoff(kvx_boot *b, int attempt) {
 /* >>boot: connections ---------------------------------------------------------- */
 
 static kvx__boot_conn *kvx__boot_conn_new(kvx_boot *b, int kind, int fd) {
-    kvx__boot_conn *c = (kvx__boot_conn *)calloc(1, sizeof *c);
+    kvx__boot_conn *c = (kvx__boot_conn *)kvx__boot_zalloc(b, sizeof *c);
     if (!c) return NULL;
     c->boot = b;
     c->kind = kind;
@@ -1646,7 +1672,7 @@ static int kvx__boot_in_grow(kvx__boot_conn *c, size_t want) {
     uint8_t *ni;
     if (want <= c->in_cap) return 0;
     if (kvx__boot_charge(c, (int64_t)(want - c->in_cap))) return -2;
-    ni = (uint8_t *)realloc(c->in, want);
+    ni = (uint8_t *)kvx__boot_grow(c->boot, c->in, c->in_len, want);
     if (!ni) { kvx__boot_charge(c, -(int64_t)(want - c->in_cap)); return -1; }
     c->in = ni;
     c->in_cap = want;
@@ -1658,10 +1684,10 @@ static void kvx__boot_conn_unref(kvx__boot_conn *c) {
     if (c->charged) KVX__SUB(&c->boot->mem_total, c->charged);
     if (c->fd >= 0) close(c->fd);
     pthread_mutex_destroy(&c->mu);
-    free(c->out);
-    free(c->in);
-    free(c->endpoint);
-    free(c);
+    kvx_engine_free(c->boot->engine, c->out);
+    kvx_engine_free(c->boot->engine, c->in);
+    kvx_engine_free(c->boot->engine, c->endpoint);
+    kvx_engine_free(c->boot->engine, c);
 }
 
 static void kvx__boot_wake(kvx_boot *b) {
@@ -1675,7 +1701,7 @@ static void kvx__boot_conn_shut(kvx__boot_conn *c) {
         c->closed = 1;
         if (c->fd >= 0) close(c->fd);
         c->fd = -1;
-        free(c->out);
+        kvx_engine_free(c->boot->engine, c->out);
         kvx__boot_charge(c, -(int64_t)c->out_cap);
         c->out = NULL;
         c->out_off = c->out_len = c->out_cap = 0;
@@ -1707,7 +1733,7 @@ static int kvx__boot_conn_append(kvx__boot_conn *c, const uint8_t *p, size_t n) 
                 c->close_why = kvx__boot_over_total;
                 return -1;
             }
-            no = (uint8_t *)realloc(c->out, nc);
+            no = (uint8_t *)kvx__boot_grow(c->boot, c->out, c->out_len, nc);
             if (!no) {
                 kvx__boot_charge(c, -(int64_t)(nc - c->out_cap));
                 c->close_why = "out of memory";
@@ -1788,7 +1814,7 @@ static int kvx__boot_conn_flush(kvx__boot_conn *c) {
     if (c->out_off == c->out_len) {
         c->out_off = c->out_len = 0;
         if (c->out_cap > (1u << 20)) {
-            free(c->out);
+            kvx_engine_free(c->boot->engine, c->out);
             kvx__boot_charge(c, -(int64_t)c->out_cap);
             c->out = NULL;
             c->out_cap = 0;
@@ -1835,7 +1861,8 @@ static void kvx__boot_live_locked(kvx_boot *b, kvx__boot_conn *c, int on) {
     if (on && !c->gone && !c->live) {
         if (b->nlive == b->clive) {
             size_t nc = b->clive ? b->clive * 2 : 16;
-            kvx__boot_conn **nv = (kvx__boot_conn **)realloc(b->live, nc * sizeof *nv);
+            kvx__boot_conn **nv = (kvx__boot_conn **)kvx__boot_grow(
+                b, b->live, b->nlive * sizeof *nv, nc * sizeof *nv);
             if (!nv) return; /* unreachable for messages; everything else works */
             b->live = nv;
             b->clive = nc;
@@ -1896,7 +1923,7 @@ static int kvx__boot_conn_set_info(kvx__boot_conn *c, const kvx_boot_hello *h) {
     memcpy(c->transport, h->transport, h->transport_len);
     c->transport[h->transport_len] = 0;
     if (h->endpoint_len) {
-        c->endpoint = (uint8_t *)malloc(h->endpoint_len);
+        c->endpoint = (uint8_t *)kvx_engine_alloc(c->boot->engine, h->endpoint_len);
         if (!c->endpoint) return -1;
         memcpy(c->endpoint, h->endpoint, h->endpoint_len);
     }
@@ -1907,62 +1934,25 @@ static int kvx__boot_conn_set_info(kvx__boot_conn *c, const kvx_boot_hello *h) {
 
 /* >>boot: room table ------------------------------------------------------------ */
 
-static size_t kvx__boot_hash(uint64_t x, size_t n) {
-    x ^= x >> 33;
-    x *= 0xff51afd7ed558ccdull;
-    x ^= x >> 33;
-    return (size_t)(x & (n - 1));
+/* The entry of a table node (NULL for none). */
+static kvx__boot_br *kvx__boot_at(kvx__hnode *h) {
+    return h ? (kvx__boot_br *)(void *)((char *)h - offsetof(kvx__boot_br, hn)) : NULL;
 }
 
 static kvx__boot_br *kvx__boot_find(kvx_boot *b, uint64_t id) {
-    kvx__boot_br *br;
-    if (!b->nbuckets) return NULL;
-    for (br = b->buckets[kvx__boot_hash(id, b->nbuckets)]; br; br = br->hnext)
-        if (br->id == id) return br;
-    return NULL;
+    return kvx__boot_at(kvx__htab_find(&b->rooms, id));
 }
 
+/* -1 when the table cannot grow. */
 static int kvx__boot_insert(kvx_boot *b, kvx__boot_br *br) {
-    size_t h;
-    if (b->nrooms + 1 > b->nbuckets) {
-        size_t nn = b->nbuckets ? b->nbuckets * 2 : 1024, i;
-        kvx__boot_br **nb = (kvx__boot_br **)calloc(nn, sizeof *nb);
-        if (!nb) return -1;
-        for (i = 0; i < b->nbuckets; i++) {
-            kvx__boot_br *x = b->buckets[i], *nx;
-            for (; x; x = nx) {
-                size_t k = kvx__boot_hash(x->id, nn);
-                nx = x->hnext;
-                x->hnext = nb[k];
-                nb[k] = x;
-            }
-        }
-        free(b->buckets);
-        b->buckets = nb;
-        b->nbuckets = nn;
-    }
-    h = kvx__boot_hash(br->id, b->nbuckets);
-    br->hnext = b->buckets[h];
-    b->buckets[h] = br;
-    b->nrooms++;
-    return 0;
+    return kvx__htab_insert(&b->rooms, &kvx_engine_settings(b->engine)->allocator, &br->hn) ? -1 : 0;
 }
 
-static void kvx__boot_unlink(kvx_boot *b, kvx__boot_br *br) {
-    kvx__boot_br **pp = &b->buckets[kvx__boot_hash(br->id, b->nbuckets)];
-    for (; *pp; pp = &(*pp)->hnext)
-        if (*pp == br) {
-            *pp = br->hnext;
-            br->hnext = NULL;
-            b->nrooms--;
-            return;
-        }
-}
-
-static kvx__boot_br *kvx__boot_br_new(uint64_t id) {
-    kvx__boot_br *br = (kvx__boot_br *)calloc(1, sizeof *br);
+static kvx__boot_br *kvx__boot_br_new(kvx_boot *b, uint64_t id) {
+    kvx__boot_br *br = (kvx__boot_br *)kvx__boot_zalloc(b, sizeof *br);
     if (!br) return NULL;
-    br->id = id;
+    br->boot = b;
+    br->id = br->hn.key = id;
     br->refs = 1;
     br->conns = br->inl;
     br->tag = br->inl_tag;
@@ -1976,15 +1966,17 @@ static void kvx__boot_pframe_free(kvx__boot_pframe *f) {
         KVX__SUB(&f->conn->pend_bytes, f->cost);
         KVX__SUB(&f->conn->boot->mem_total, f->cost);
     }
+    kvx_engine *e = f->conn->boot->engine;
     kvx__boot_conn_unref(f->conn);
-    free(f->pages);
-    free(f->reason);
-    free(f);
+    kvx_engine_free(e, f->pages);
+    kvx_engine_free(e, f->reason);
+    kvx_engine_free(e, f);
 }
 
 /* Never called with boot->mu held: the room's last reference may run the
    transport's room_free. */
 static void kvx__boot_br_unref(kvx__boot_br *br) {
+    kvx_engine *e = br ? br->boot->engine : NULL;
     uint32_t i;
     if (!br || KVX__SUB(&br->refs, 1) != 0) return;
     while (br->frames) {
@@ -1993,15 +1985,16 @@ static void kvx__boot_br_unref(kvx__boot_br *br) {
         kvx__boot_pframe_free(f);
     }
     for (i = 0; i < br->nconns; i++) kvx__boot_conn_unref(br->conns[i]);
-    if (br->conns != br->inl) { free(br->conns); free(br->tag); }
+    if (br->conns != br->inl) { kvx_engine_free(e, br->conns); kvx_engine_free(e, br->tag); }
     if (br->room) kvx_room_unref(br->room);
-    free(br);
+    kvx_engine_free(e, br);
 }
 
 static void kvx__boot_vec_release(kvx__boot_vec *v) {
+    kvx_boot *b = v->n ? v->v[0]->boot : NULL; /* v->v is set only with n > 0 */
     size_t i;
     for (i = 0; i < v->n; i++) kvx__boot_br_unref(v->v[i]);
-    free(v->v);
+    if (b) kvx_engine_free(b->engine, v->v);
     memset(v, 0, sizeof *v);
 }
 
@@ -2009,12 +2002,13 @@ static void kvx__boot_vec_release(kvx__boot_vec *v) {
 static int kvx__boot_br_add_conn(kvx__boot_br *br, kvx__boot_conn *c, uint32_t tag) {
     if (br->nconns == br->cap) {
         uint32_t nc = br->cap * 2;
-        kvx__boot_conn **ncs = (kvx__boot_conn **)malloc(nc * sizeof *ncs);
-        uint32_t *nt = (uint32_t *)malloc(nc * sizeof *nt);
-        if (!ncs || !nt) { free(ncs); free(nt); return -1; }
+        kvx_engine *e = br->boot->engine;
+        kvx__boot_conn **ncs = (kvx__boot_conn **)kvx_engine_alloc(e, nc * sizeof *ncs);
+        uint32_t *nt = (uint32_t *)kvx_engine_alloc(e, nc * sizeof *nt);
+        if (!ncs || !nt) { kvx_engine_free(e, ncs); kvx_engine_free(e, nt); return -1; }
         memcpy(ncs, br->conns, br->nconns * sizeof *ncs);
         memcpy(nt, br->tag, br->nconns * sizeof *nt);
-        if (br->conns != br->inl) { free(br->conns); free(br->tag); }
+        if (br->conns != br->inl) { kvx_engine_free(e, br->conns); kvx_engine_free(e, br->tag); }
         br->conns = ncs;
         br->tag = nt;
         br->cap = nc;
@@ -2032,7 +2026,8 @@ static int kvx__boot_br_add_conn(kvx__boot_br *br, kvx__boot_conn *c, uint32_t t
 static uint32_t kvx__boot_br_conns(kvx__boot_br *br, kvx__boot_conn ***out, kvx__boot_conn **stack,
                                  uint32_t stack_n) {
     kvx__boot_conn **v = br->nconns <= stack_n ? stack
-                                           : (kvx__boot_conn **)malloc(br->nconns * sizeof *v);
+                                           : (kvx__boot_conn **)kvx_engine_alloc(
+                                                 br->boot->engine, br->nconns * sizeof *v);
     uint32_t i;
     *out = v;
     if (!v) return 0;
@@ -2043,10 +2038,11 @@ static uint32_t kvx__boot_br_conns(kvx__boot_br *br, kvx__boot_conn ***out, kvx_
     return br->nconns;
 }
 
-static void kvx__boot_conns_release(kvx__boot_conn **v, uint32_t n, kvx__boot_conn **stack) {
+static void kvx__boot_conns_release(kvx_boot *b, kvx__boot_conn **v, uint32_t n,
+                                    kvx__boot_conn **stack) {
     uint32_t i;
     for (i = 0; i < n; i++) kvx__boot_conn_unref(v[i]);
-    if (v != stack) free(v);
+    if (v != stack) kvx_engine_free(b->engine, v);
 }
 
 static void kvx__boot_count_failure(kvx_boot *b, kvx_result res) {
@@ -2180,7 +2176,7 @@ static int kvx__boot_srv_register(kvx_boot *b, const kvx__boot_regn *g, char *wh
                          (unsigned long long)total, KVX_BOOT_MAX_RANKS);
             return -1;
         }
-        s->ranks = (kvx__boot_rank *)calloc((size_t)total, sizeof *s->ranks);
+        s->ranks = (kvx__boot_rank *)kvx__boot_zalloc(b, (size_t)total * sizeof *s->ranks);
         if (!s->ranks) { kvx__set_why(why, wl, "out of memory"); return -1; }
         s->tp = g->tp; s->cp = g->cp; s->dp = g->dp; s->pp = g->pp;
         s->system_dp = g->system_dp;
@@ -2427,7 +2423,7 @@ static void kvx__boot_scan_room(kvx_room *r, void *arg) {
     kvx_poll st = kvx_room_poll(r);
     if ((int)st >= 0 && (int)st <= 4) s->by_state[st]++;
     if (st == KVX_POLL_FAILED) {
-        kvx_result res = kvx__boot_room_result(r);
+        kvx_result res = kvx_room_result(r);
         int i;
         for (i = 0; i < s->nfails && s->fails[i].code != (int)res; i++) {}
         if (i < s->nfails) s->fails[i].count++;
@@ -2708,7 +2704,7 @@ static void kvx__boot_tell(kvx_boot *b, kvx_room *r, const char *reason, kvx_res
         else
             kvx__boot_conn_abort(cs[i], kvx_room_id(r), reason);
     }
-    if (cs) kvx__boot_conns_release(cs, n, stack);
+    if (cs) kvx__boot_conns_release(b, cs, n, stack);
 }
 
 /* Applies one room frame to a sender that exists. br is referenced by the
@@ -2762,15 +2758,15 @@ static void kvx__boot_apply_room(kvx_boot *b, kvx__boot_br *br, kvx__boot_conn *
     if (kvx_room_poll(r) == KVX_POLL_FAILED) {
         /* failed before this destination came (timeout, abort, a local
            error): this decode rank has not heard of it yet */
-        kvx__boot_conn_status(c, br->id, KVX_POLL_FAILED, kvx__boot_room_result(r), 0,
-                              kvx__boot_room_error(r));
+        kvx__boot_conn_status(c, br->id, KVX_POLL_FAILED, kvx_room_result(r), 0,
+                              kvx_room_error(r));
         return;
     }
     if (b->hooks.on_room &&
         (res = b->hooks.on_room(b, r, &c->info, pages, n, aux)) != KVX_OK) {
         kvx_room_fail(r, res, "the %s transport refused the destination sent by decode %s (%s)",
                       kvx_engine_transport(b->engine), c->addr, kvx_result_str(res));
-        kvx__boot_tell(b, r, kvx__boot_room_error(r), kvx__boot_room_result(r));
+        kvx__boot_tell(b, r, kvx_room_error(r), kvx_room_result(r));
         return;
     }
     if (complete) kvx_room_advance(r, KVX_POLL_WAITING_FOR_INPUT);
@@ -2781,9 +2777,9 @@ static kvx__boot_br *kvx__boot_pending_entry(kvx_boot *b, uint64_t id) {
     kvx__boot_br *br = kvx__boot_find(b, id);
     if (br) return br->room ? NULL : br;
     if (b->npending >= KVX_BOOT_MAX_PENDING) return NULL;
-    br = kvx__boot_br_new(id);
+    br = kvx__boot_br_new(b, id);
     if (!br) return NULL;
-    if (kvx__boot_insert(b, br)) { free(br); return NULL; }
+    if (kvx__boot_insert(b, br)) { kvx_engine_free(b->engine, br); return NULL; }
     b->npending++;
     return br;
 }
@@ -2823,7 +2819,7 @@ static void kvx__boot_on_room_frame(kvx_boot *b, kvx__boot_conn *c, const kvx_bo
     kvx__boot_br *br;
     uint32_t i, n = f->num_pages;
     if (n > b->scratch_cap) {
-        int32_t *ns = (int32_t *)realloc(b->scratch, n * sizeof *ns);
+        int32_t *ns = (int32_t *)kvx__boot_grow(b, b->scratch, 0, n * sizeof *ns);
         if (!ns) {
             kvx__boot_conn_status(c, f->room, KVX_POLL_FAILED, KVX_ERR_NO_MEMORY, 0,
                               "out of memory on prefill for the destination pages");
@@ -2851,10 +2847,10 @@ static void kvx__boot_on_room_frame(kvx_boot *b, kvx__boot_conn *c, const kvx_bo
         }
         if (br && (over = kvx__boot_pend_charge(c, cost)) != NULL) br = NULL;
         if (br) {
-            fr = (kvx__boot_pframe *)calloc(1, sizeof *fr);
+            fr = (kvx__boot_pframe *)kvx__boot_zalloc(b, sizeof *fr);
             if (fr && n) {
-                fr->pages = (int32_t *)malloc(n * sizeof *fr->pages);
-                if (!fr->pages) { free(fr); fr = NULL; }
+                fr->pages = (int32_t *)kvx_engine_alloc(b->engine, n * sizeof *fr->pages);
+                if (!fr->pages) { kvx_engine_free(b->engine, fr); fr = NULL; }
             }
             if (!fr) { /* uncharge */
                 KVX__SUB(&c->pend_bytes, cost);
@@ -2911,10 +2907,12 @@ static void kvx__boot_on_abort_frame(kvx_boot *b, kvx__boot_conn *c, const kvx_b
         }
         fr = NULL;
         if (own && (over = kvx__boot_pend_charge(c, cost)) == NULL) {
-            fr = (kvx__boot_pframe *)calloc(1, sizeof *fr);
-            if (fr) fr->reason = strdup(reason);
+            size_t rl = strlen(reason) + 1;
+            fr = (kvx__boot_pframe *)kvx__boot_zalloc(b, sizeof *fr);
+            if (fr && (fr->reason = (char *)kvx_engine_alloc(b->engine, rl)) != NULL)
+                memcpy(fr->reason, reason, rl);
             if (!fr || !fr->reason) {
-                free(fr);
+                kvx_engine_free(b->engine, fr);
                 fr = NULL;
                 KVX__SUB(&c->pend_bytes, cost);
                 KVX__SUB(&b->mem_total, cost);
@@ -3120,9 +3118,9 @@ static void kvx__boot_peer_dead_locked(kvx_boot *b, kvx__boot_pf *p, kvx__boot_v
     uint32_t k;
     p->state = KVX__BOOT_PF_DEAD;
     for (k = 0; k < p->nconns; k++) KVX__STORE(&p->conns[k]->want_close, 1);
-    for (i = 0; i < b->nbuckets; i++) {
+    for (i = 0; i < b->rooms.nb; i++) {
         kvx__boot_br *br;
-        for (br = b->buckets[i]; br; br = br->hnext)
+        for (br = kvx__boot_at(b->rooms.b[i]); br; br = kvx__boot_at(br->hn.hnext))
             if (br->room && br->peer == p && !br->waiting && br->gen == p->gen &&
                 !kvx__boot_terminal(br->room) && !(br->nconns && br->ndone == br->nconns))
                 kvx__boot_vec_push(out, br);
@@ -3151,11 +3149,11 @@ static void kvx__boot_conn_lost(kvx_boot *b, kvx__boot_conn *c, const char *reas
         kvx__boot_br *dead = NULL;
         if (!c->hello_done) return;
         pthread_mutex_lock(&b->mu);
-        for (i = 0; i < b->nbuckets; i++) {
-            kvx__boot_br **pp = &b->buckets[i];
-            while (*pp) {
-                kvx__boot_br *br = *pp;
+        for (i = 0; i < b->rooms.nb; i++) {
+            kvx__boot_br *br, *nx;
+            for (br = kvx__boot_at(b->rooms.b[i]); br; br = nx) {
                 uint32_t k;
+                nx = kvx__boot_at(br->hn.hnext);
                 if (!br->room) { /* pending frames from this connection go */
                     kvx__boot_pframe **fp = &br->frames;
                     br->frames_tail = NULL;
@@ -3171,23 +3169,20 @@ static void kvx__boot_conn_lost(kvx_boot *b, kvx__boot_conn *c, const char *reas
                         fp = &fr->next;
                     }
                     if (!br->frames) {
-                        *pp = br->hnext;
-                        b->nrooms--;
+                        kvx__htab_remove(&b->rooms, &br->hn);
                         b->npending--;
-                        br->hnext = dead;
+                        br->dnext = dead;
                         dead = br;
-                        continue;
                     }
                 } else {
                     for (k = 0; k < br->nconns && br->conns[k] != c; k++) {}
                     if (k < br->nconns && !kvx__boot_terminal(br->room)) kvx__boot_vec_push(&fail, br);
                 }
-                pp = &br->hnext;
             }
         }
         pthread_mutex_unlock(&b->mu);
         while (dead) {
-            kvx__boot_br *nx = dead->hnext;
+            kvx__boot_br *nx = dead->dnext;
             kvx__boot_br_unref(dead);
             dead = nx;
         }
@@ -3302,7 +3297,7 @@ static int kvx__boot_ctrl_frames(kvx_boot *b, kvx__boot_conn *c) {
         c->in_len -= off;
     }
     if (c->in_cap > (1u << 20) && c->in_len < (64u << 10) && c->need < (64u << 10)) {
-        uint8_t *ni = (uint8_t *)realloc(c->in, 64u << 10);
+        uint8_t *ni = (uint8_t *)kvx__boot_grow(b, c->in, c->in_len, 64u << 10);
         if (ni) {
             kvx__boot_charge(c, -(int64_t)(c->in_cap - (64u << 10)));
             c->in = ni;
@@ -3368,7 +3363,8 @@ static void kvx__boot_drop(kvx_boot *b, kvx__boot_conn *c, const char *reason) {
 static int kvx__boot_io_add(kvx_boot *b, kvx__boot_conn *c) {
     if (b->nconns == b->cconns) {
         size_t nc = b->cconns ? b->cconns * 2 : 16;
-        kvx__boot_conn **nv = (kvx__boot_conn **)realloc(b->conns, nc * sizeof *nv);
+        kvx__boot_conn **nv =
+            (kvx__boot_conn **)kvx__boot_grow(b, b->conns, b->nconns * sizeof *nv, nc * sizeof *nv);
         if (!nv) return -1;
         b->conns = nv;
         b->cconns = nc;
@@ -3449,26 +3445,23 @@ static void kvx__boot_sweep(kvx_boot *b) {
     kvx__boot_br *expired = NULL;
     size_t i;
     pthread_mutex_lock(&b->mu);
-    for (i = 0; b->npending && i < b->nbuckets; i++) {
-        kvx__boot_br **pp = &b->buckets[i];
-        while (*pp) {
-            kvx__boot_br *br = *pp;
+    for (i = 0; b->npending && i < b->rooms.nb; i++) {
+        kvx__boot_br *br, *nx;
+        for (br = kvx__boot_at(b->rooms.b[i]); br; br = nx) {
+            nx = kvx__boot_at(br->hn.hnext);
             if (!br->room && now - br->created_ns > limit) {
                 kvx__boot_pframe *f;
-                *pp = br->hnext;
-                b->nrooms--;
+                kvx__htab_remove(&b->rooms, &br->hn);
                 b->npending--;
                 for (f = br->frames; f; f = f->next) b->pending_pages -= f->n;
-                br->hnext = expired;
+                br->dnext = expired;
                 expired = br;
-                continue;
             }
-            pp = &br->hnext;
         }
     }
     pthread_mutex_unlock(&b->mu);
     while (expired) {
-        kvx__boot_br *nx = expired->hnext;
+        kvx__boot_br *nx = expired->dnext;
         kvx__boot_pframe *f;
         char msg[KVX_ERROR_MAX];
         snprintf(msg, sizeof msg,
@@ -3552,7 +3545,7 @@ static void *kvx__boot_io_main(void *arg) {
         n = b->nconns;
         if (pcap < n + 1) {
             size_t nc = (n + 1) * 2;
-            struct pollfd *np = (struct pollfd *)realloc(pf, nc * sizeof *np);
+            struct pollfd *np = (struct pollfd *)kvx__boot_grow(b, pf, 0, nc * sizeof *np);
             if (!np) { poll(NULL, 0, 10); continue; }
             pf = np;
             pcap = nc;
@@ -3579,9 +3572,8 @@ static void *kvx__boot_io_main(void *arg) {
         }
         rc = poll(pf, n + 1, timeout);
         if (rc > 0 && pf[0].revents) {
-            char tmp[256];
             KVX__STORE(&b->wake_pending, 0);
-            while (read(b->wake_rd, tmp, sizeof tmp) > 0) {}
+            kvx__drain(b->wake_rd);
         }
         for (i = 0; rc > 0 && i < n; i++)
             if (pf[i + 1].revents) kvx__boot_io_event(b, b->conns[i], pf[i + 1].revents);
@@ -3593,7 +3585,7 @@ static void *kvx__boot_io_main(void *arg) {
         kvx__boot_conn_unref(b->conns[i]);
     }
     b->nconns = 0;
-    free(pf);
+    kvx_engine_free(b->engine, pf);
     return NULL;
 }
 
@@ -3650,14 +3642,14 @@ static kvx_result kvx__boot_get(kvx_boot *b, const kvx__boot_pf *p, const char *
 static void kvx__boot_layout_diff(kvx_boot *b, const kvx_boot_hello *h, char *out, size_t n) {
     const kvx_layout *ours = kvx_engine_layout(b->engine);
     kvx_layout t;
-    kvx_buffer *bufs = (kvx_buffer *)calloc(h->num_buffers + 1, sizeof *bufs);
-    kvx_aux_buffer *aux = (kvx_aux_buffer *)calloc(h->num_aux + 1, sizeof *aux);
+    kvx_buffer *bufs = (kvx_buffer *)kvx__boot_zalloc(b, (h->num_buffers + 1) * sizeof *bufs);
+    kvx_aux_buffer *aux = (kvx_aux_buffer *)kvx__boot_zalloc(b, (h->num_aux + 1) * sizeof *aux);
     char dt[64];
     uint32_t i;
     if (!bufs || !aux) {
         snprintf(out, n, "(out of memory comparing layouts)");
-        free(bufs);
-        free(aux);
+        kvx_engine_free(b->engine, bufs);
+        kvx_engine_free(b->engine, aux);
         return;
     }
     memset(&t, 0, sizeof t);
@@ -3671,8 +3663,8 @@ static void kvx__boot_layout_diff(kvx_boot *b, const kvx_boot_hello *h, char *ou
     t.mla = (int)h->mla; t.dtype = dt;
     if (kvx_layout_compare(ours, &t, out, n) == KVX_OK)
         snprintf(out, n, "every compared field agrees");
-    free(bufs);
-    free(aux);
+    kvx_engine_free(b->engine, bufs);
+    kvx_engine_free(b->engine, aux);
 }
 
 /* Decode side of authentication, after the prefill's hello: both sides
@@ -3854,13 +3846,13 @@ typedef struct kvx__boot_res {
     uint32_t nconns;
 } kvx__boot_res;
 
-static void kvx__boot_res_free(kvx__boot_res *rs) {
+static void kvx__boot_res_free(kvx_boot *b, kvx__boot_res *rs) {
     uint32_t i;
     for (i = 0; i < rs->nconns; i++) {
         kvx__boot_conn_shut(rs->conns[i]);
         kvx__boot_conn_unref(rs->conns[i]);
     }
-    free(rs->conns);
+    kvx_engine_free(b->engine, rs->conns);
     memset(rs, 0, sizeof *rs);
 }
 
@@ -3955,7 +3947,7 @@ static kvx_result kvx__boot_resolve(kvx_boot *b, kvx__boot_pf *p, kvx__boot_res 
                      p->host, p->port, (unsigned long long)total, KVX_BOOT_MAX_RANKS);
         return KVX_ERR_OUT_OF_RANGE;
     }
-    rs->conns = (kvx__boot_conn **)calloc((size_t)total, sizeof *rs->conns);
+    rs->conns = (kvx__boot_conn **)kvx__boot_zalloc(b, (size_t)total * sizeof *rs->conns);
     if (!rs->conns) { kvx__set_why(why, wl, "out of memory"); return KVX_ERR_NO_MEMORY; }
     for (dpi = 0; dpi < rs->dp; dpi++)
         for (cpi = 0; cpi < rs->cp; cpi++)
@@ -3976,7 +3968,7 @@ static kvx_result kvx__boot_resolve(kvx_boot *b, kvx__boot_pf *p, kvx__boot_res 
                     }
                     if (r == KVX_OK)
                         r = kvx__boot_ctrl_connect(b, p, ip, port, &rs->conns[rs->nconns], why, wl);
-                    if (r != KVX_OK) { kvx__boot_res_free(rs); return r; }
+                    if (r != KVX_OK) { kvx__boot_res_free(b, rs); return r; }
                     rs->nconns++;
                 }
     return KVX_OK;
@@ -4038,7 +4030,8 @@ static void kvx__boot_resolve_job(void *arg) {
             c->gen = p->gen;
             if (b->nincoming == b->cincoming) {
                 size_t nc = b->cincoming ? b->cincoming * 2 : 16;
-                kvx__boot_conn **ni = (kvx__boot_conn **)realloc(b->incoming, nc * sizeof *ni);
+                kvx__boot_conn **ni = (kvx__boot_conn **)kvx__boot_grow(
+                    b, b->incoming, b->nincoming * sizeof *ni, nc * sizeof *ni);
                 if (!ni) { KVX__STORE(&c->want_close, 1); continue; }
                 b->incoming = ni;
                 b->cincoming = nc;
@@ -4052,9 +4045,9 @@ static void kvx__boot_resolve_job(void *arg) {
     } else {
         p->state = KVX__BOOT_PF_DEAD;
     }
-    for (i = 0; i < b->nbuckets; i++) {
+    for (i = 0; i < b->rooms.nb; i++) {
         kvx__boot_br *br;
-        for (br = b->buckets[i]; br; br = br->hnext) {
+        for (br = kvx__boot_at(b->rooms.b[i]); br; br = kvx__boot_at(br->hn.hnext)) {
             if (!br->room || br->peer != p || !br->waiting) continue;
             if (res == KVX_OK && kvx__boot_assign(br, p) == 0) kvx__boot_vec_push(&ready, br);
             else { br->waiting = 0; kvx__boot_vec_push(&fail, br); }
@@ -4066,7 +4059,7 @@ static void kvx__boot_resolve_job(void *arg) {
         KVX__STORE(&old[k]->want_close, 1);
         kvx__boot_conn_unref(old[k]);
     }
-    free(old);
+    kvx_engine_free(b->engine, old);
     if (res == KVX_OK) {
         kvx_engine_log(b->engine, KVX_LOG_INFO, "kvx.boot", 0,
                        "prefill %s: tp %d, cp %d, dp %d, pp %d; %u control connections up",
@@ -4074,14 +4067,14 @@ static void kvx__boot_resolve_job(void *arg) {
         if (b->hooks.on_connect) {
             pthread_mutex_lock(&b->mu);
             nold = p->nconns;
-            old = (kvx__boot_conn **)malloc((nold ? nold : 1) * sizeof *old);
+            old = (kvx__boot_conn **)kvx_engine_alloc(b->engine, (nold ? nold : 1) * sizeof *old);
             for (k = 0; old && k < nold; k++) { old[k] = p->conns[k]; kvx__boot_conn_ref(old[k]); }
             pthread_mutex_unlock(&b->mu);
             for (k = 0; old && k < nold; k++) {
                 b->hooks.on_connect(b, &old[k]->info);
                 kvx__boot_conn_unref(old[k]);
             }
-            free(old);
+            kvx_engine_free(b->engine, old);
         }
     } else {
         kvx_engine_log(b->engine, KVX_LOG_ERROR, "kvx.boot", 0, "%s", why);
@@ -4092,7 +4085,7 @@ static void kvx__boot_resolve_job(void *arg) {
         kvx__boot_fail_all(&fail, KVX_ERR_NO_MEMORY, "out of memory assigning the room to %s", p->addr);
     else
         kvx__boot_fail_all(&fail, res, "%s", why);
-    kvx__boot_res_free(&rs);
+    kvx__boot_res_free(b, &rs);
 }
 
 /* >>boot: decode client: heartbeats --------------------------------------------------- */
@@ -4241,14 +4234,14 @@ static kvx__boot_pf *kvx__boot_peer_get(kvx_boot *b, const char *addr, char *why
         kvx__set_why(why, wl, "bootstrap address of %zu bytes is too long", strlen(addr));
         return NULL;
     }
-    p = (kvx__boot_pf *)calloc(1, sizeof *p);
+    p = (kvx__boot_pf *)kvx__boot_zalloc(b, sizeof *p);
     if (!p) { kvx__set_why(why, wl, "out of memory"); return NULL; }
     p->boot = b;
     snprintf(p->addr, sizeof p->addr, "%s", addr);
     if (kvx__addr_split(addr, p->host, sizeof p->host, &p->port, KVX_BOOT_DEFAULT_PORT) ||
         !p->port) {
         kvx__set_why(why, wl, "bootstrap address '%s' is not host:port", addr);
-        free(p);
+        kvx_engine_free(b->engine, p);
         return NULL;
     }
     p->next = b->peers;
@@ -4301,19 +4294,19 @@ KVX_API kvx_result kvx_boot_room_open(kvx_boot *b, kvx_room *r) {
     kvx__boot_br *br, *fresh;
     kvx__boot_pframe *frames = NULL, *f;
     if (!b || !r) return KVX_ERR_INVALID_ARGUMENT;
-    fresh = kvx__boot_br_new(kvx_room_id(r));
+    fresh = kvx__boot_br_new(b, kvx_room_id(r));
     if (!fresh) return KVX_ERR_NO_MEMORY;
     pthread_mutex_lock(&b->mu);
     br = kvx__boot_find(b, kvx_room_id(r));
     if (br && br->room) {
         pthread_mutex_unlock(&b->mu);
-        free(fresh);
+        kvx_engine_free(b->engine, fresh);
         kvx_room_fail(r, KVX_ERR_INVALID_ARGUMENT, "room %llu is already open on this engine",
                       (unsigned long long)kvx_room_id(r));
         return KVX_OK;
     }
     if (br) { /* prefill: frames arrived before the sender */
-        free(fresh);
+        kvx_engine_free(b->engine, fresh);
         frames = br->frames;
         br->frames = br->frames_tail = NULL;
         for (f = frames; f; f = f->next) b->pending_pages -= f->n;
@@ -4321,7 +4314,7 @@ KVX_API kvx_result kvx_boot_room_open(kvx_boot *b, kvx_room *r) {
         br->created_ns = kvx_now_ns();
     } else if (kvx__boot_insert(b, fresh)) {
         pthread_mutex_unlock(&b->mu);
-        free(fresh);
+        kvx_engine_free(b->engine, fresh);
         return KVX_ERR_NO_MEMORY;
     } else {
         br = fresh;
@@ -4364,8 +4357,8 @@ KVX_API void kvx_boot_room_close(kvx_boot *b, kvx_room *r) {
     pthread_mutex_lock(&b->mu);
     br = kvx__boot_find(b, kvx_room_id(r));
     if (!br || br->room != r) { pthread_mutex_unlock(&b->mu); return; }
-    kvx__boot_unlink(b, br);
-    if (kvx_room_poll(r) == KVX_POLL_FAILED) kvx__boot_count_failure(b, kvx__boot_room_result(r));
+    kvx__htab_remove(&b->rooms, &br->hn);
+    if (kvx_room_poll(r) == KVX_POLL_FAILED) kvx__boot_count_failure(b, kvx_room_result(r));
     pthread_mutex_unlock(&b->mu);
     kvx__boot_br_unref(br);
 }
@@ -4398,8 +4391,8 @@ KVX_API kvx_result kvx_boot_receiver_init(kvx_boot *b, kvx_room *r, const int32_
     v[0].iov_len = sizeof head;
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
     if (n) {
-        le = (int32_t *)malloc(n * sizeof *le);
-        if (!le) { kvx__boot_conns_release(cs, nc, stack); return KVX_ERR_NO_MEMORY; }
+        le = (int32_t *)kvx_engine_alloc(b->engine, n * sizeof *le);
+        if (!le) { kvx__boot_conns_release(b, cs, nc, stack); return KVX_ERR_NO_MEMORY; }
         for (i = 0; i < n; i++) kvx__le_w32((uint8_t *)&le[i], (uint32_t)pages[i]);
     }
 #endif
@@ -4412,8 +4405,8 @@ KVX_API kvx_result kvx_boot_receiver_init(kvx_boot *b, kvx_room *r, const int32_
                                  "the control connection is gone", (unsigned long long)kvx_room_id(r),
                                  cs[i]->addr);
     }
-    free(le);
-    kvx__boot_conns_release(cs, nc, stack);
+    kvx_engine_free(b->engine, le);
+    kvx__boot_conns_release(b, cs, nc, stack);
     return res;
 }
 
@@ -4441,7 +4434,7 @@ KVX_API kvx_result kvx_boot_send_status(kvx_boot *b, kvx_room *r, kvx_poll state
         kvx_result x = kvx__boot_conn_status(cs[i], kvx_room_id(r), state, result, bytes, reason);
         if (x != KVX_OK && res == KVX_OK) res = x;
     }
-    kvx__boot_conns_release(cs, nc, stack);
+    kvx__boot_conns_release(b, cs, nc, stack);
     return res;
 }
 
@@ -4452,14 +4445,14 @@ KVX_API void kvx_boot_abort(kvx_boot *b, kvx_room *r, const char *reason) {
        failure forwards the room's own sentence, which says more */
     failed = kvx_room_poll(r) == KVX_POLL_FAILED;
     kvx__boot_tell(b, r,
-                   failed && kvx__boot_room_result(r) != KVX_ERR_ABORTED ? kvx__boot_room_error(r)
+                   failed && kvx_room_result(r) != KVX_ERR_ABORTED ? kvx_room_error(r)
                                                                         : (reason ? reason : "aborted"),
-                   failed ? kvx__boot_room_result(r) : KVX_ERR_ABORTED);
+                   failed ? kvx_room_result(r) : KVX_ERR_ABORTED);
 }
 
 KVX_API void kvx_boot_room_failed(kvx_boot *b, kvx_room *r) {
     if (!b || !r || kvx_room_poll(r) != KVX_POLL_FAILED) return;
-    kvx__boot_tell(b, r, kvx__boot_room_error(r), kvx__boot_room_result(r));
+    kvx__boot_tell(b, r, kvx_room_error(r), kvx_room_result(r));
 }
 
 KVX_API uint32_t kvx_boot_room_dst_pages(kvx_boot *b, const kvx_room *r) {
@@ -4515,44 +4508,41 @@ static kvx_result kvx__boot_rank_setting(const char *name, int size, int rank, i
     return KVX_OK;
 }
 
+/* The handshake's settings, resolved by kvx.h's rule (the variable
+   overrides the field; 0 = the default; out of range refused). The port is
+   an INT0 row: desc.boot.port = KVX_ZERO and KVX_BOOTSTRAP_PORT=0 ask for an
+   ephemeral port. */
+static const kvx__setting kvx__boot_table[] = {
+    KVX__SET_STR("KVX_BOOTSTRAP_HOST", kvx_boot_desc, host),
+    KVX__SET_INT0("KVX_BOOTSTRAP_PORT", kvx_boot_desc, port, KVX_BOOT_DEFAULT_PORT, 0, 65535),
+    KVX__SET_DBL("KVX_HEARTBEAT_INTERVAL", kvx_boot_desc, heartbeat_interval_s, 5, 0.1, 3600),
+    KVX__SET_INT("KVX_HEARTBEAT_MAX_FAILURE", kvx_boot_desc, heartbeat_max_failure, 2, 1, 1000),
+    KVX__SET_STR("KVX_BOOTSTRAP_RANK_IP", kvx_boot_desc, rank_ip),
+};
+
 static kvx_result kvx__boot_settings(kvx_boot *b, char *why, size_t wl) {
     const kvx_engine_desc *d = kvx_engine_settings(b->engine);
-    const char *host = d->boot.host, *rip = NULL;
+    kvx_boot_desc s = d->boot;
     char ahost[256];
-    int aport = 0, has_addr = 0, port = d->boot.port, envport = -2, maxf;
+    int aport = 0;
     kvx_result r;
+    /* a prefill's desc.bootstrap_addr stands in for an unset host and port */
     if (d->role == KVX_ROLE_PREFILL && d->bootstrap_addr &&
-        !kvx__addr_split(d->bootstrap_addr, ahost, sizeof ahost, &aport, 0))
-        has_addr = 1;
-    if (!host && has_addr) host = ahost;
-    kvx__env_str("KVX_BOOTSTRAP_HOST", &host);
-    if (!port) port = has_addr && aport ? aport : KVX_BOOT_DEFAULT_PORT;
-    if (port < 0) port = 0;
-    if ((r = kvx__env_int("KVX_BOOTSTRAP_PORT", &envport, why, wl)) != KVX_OK) return r;
-    if (envport != -2) {
-        if (envport < 0 || envport > 65535) {
-            kvx__set_why(why, wl, "KVX_BOOTSTRAP_PORT=%d is not a port (0 = ephemeral)", envport);
-            return KVX_ERR_BAD_CONFIG;
-        }
-        port = envport;
+        !kvx__addr_split(d->bootstrap_addr, ahost, sizeof ahost, &aport, 0)) {
+        if (!s.host) s.host = ahost;
+        if (!s.port && aport) s.port = aport;
     }
-    if (port > 65535) {
-        kvx__set_why(why, wl, "desc.boot.port %d is not a port", port);
+    if ((r = kvx__settings_apply(kvx__boot_table, KVX__COUNT(kvx__boot_table), &s, why, wl)))
+        return r;
+    b->port_cfg = s.port;
+    if (!s.host) s.host = "0.0.0.0";
+    if (strlen(s.host) >= sizeof b->host) {
+        kvx__set_why(why, wl, "bootstrap host '%s' is too long", s.host);
         return KVX_ERR_BAD_CONFIG;
     }
-    b->port_cfg = port;
-    if (!host) host = "0.0.0.0";
-    if (strlen(host) >= sizeof b->host) {
-        kvx__set_why(why, wl, "bootstrap host '%s' is too long", host);
-        return KVX_ERR_BAD_CONFIG;
-    }
-    snprintf(b->host, sizeof b->host, "%s", host);
-    b->hb_interval = d->boot.heartbeat_interval_s > 0 ? d->boot.heartbeat_interval_s : 5.0;
-    if ((r = kvx__env_double("KVX_HEARTBEAT_INTERVAL", &b->hb_interval, why, wl)) != KVX_OK) return r;
-    if (b->hb_interval < 0.1) b->hb_interval = 0.1;
-    maxf = d->boot.heartbeat_max_failure > 0 ? d->boot.heartbeat_max_failure : 2;
-    if ((r = kvx__env_int("KVX_HEARTBEAT_MAX_FAILURE", &maxf, why, wl)) != KVX_OK) return r;
-    b->hb_max_failure = maxf < 1 ? 1 : maxf;
+    snprintf(b->host, sizeof b->host, "%s", s.host);
+    b->hb_interval = s.heartbeat_interval_s;
+    b->hb_max_failure = s.heartbeat_max_failure;
     if ((r = kvx__boot_rank_setting("tp", d->boot.tp_size, d->boot.tp_rank, &b->tp_size,
                                     &b->tp_rank, why, wl)) ||
         (r = kvx__boot_rank_setting("dp", d->boot.dp_size, d->boot.dp_rank, &b->dp_size,
@@ -4570,8 +4560,12 @@ static kvx_result kvx__boot_settings(kvx_boot *b, char *why, size_t wl) {
                      b->tp_rank, b->dp_rank, b->pp_rank, b->cp_rank);
         return KVX_ERR_BAD_CONFIG;
     }
-    kvx__env_str("KVX_BOOTSTRAP_RANK_IP", &rip);
-    if (rip && strlen(rip) < sizeof b->rank_ip) snprintf(b->rank_ip, sizeof b->rank_ip, "%s", rip);
+    if (s.rank_ip && strlen(s.rank_ip) >= sizeof b->rank_ip) {
+        kvx__set_why(why, wl, "KVX_BOOTSTRAP_RANK_IP / desc.boot.rank_ip '%.80s' is too long",
+                     s.rank_ip);
+        return KVX_ERR_BAD_CONFIG;
+    }
+    if (s.rank_ip) snprintf(b->rank_ip, sizeof b->rank_ip, "%s", s.rank_ip);
     else kvx__boot_local_ip(b->host, b->rank_ip, sizeof b->rank_ip);
     return KVX_OK;
 }
@@ -4580,7 +4574,8 @@ static kvx_result kvx__boot_make_hello(kvx_boot *b) {
     const kvx_layout *l = kvx_engine_layout(b->engine);
     const char *tn = kvx_engine_transport(b->engine), *dt = l->dtype ? l->dtype : "";
     kvx_boot_frame f;
-    uint64_t *items = (uint64_t *)malloc((l->num_buffers + l->num_aux + 1) * sizeof *items);
+    uint64_t *items = (uint64_t *)kvx_engine_alloc(
+        b->engine, (l->num_buffers + l->num_aux + 1) * sizeof *items);
     uint32_t i;
     kvx_result r;
     if (!items) return KVX_ERR_NO_MEMORY;
@@ -4611,7 +4606,7 @@ static kvx_result kvx__boot_make_hello(kvx_boot *b) {
     f.hello.endpoint = b->endpoint;
     f.hello.endpoint_len = b->endpoint_len;
     r = kvx__boot_frame_encode(&f, &b->hello);
-    free(items);
+    kvx_engine_free(b->engine, items);
     return r;
 }
 
@@ -4652,13 +4647,13 @@ static uint64_t kvx__boot_random(const void *salt) {
 static void kvx__boot_free(kvx_boot *b) {
     size_t i;
     kvx__boot_pf *p;
-    for (i = 0; i < b->nbuckets; i++)
-        while (b->buckets[i]) {
-            kvx__boot_br *br = b->buckets[i];
-            b->buckets[i] = br->hnext;
+    for (i = 0; i < b->rooms.nb; i++)
+        while (b->rooms.b[i]) {
+            kvx__boot_br *br = kvx__boot_at(b->rooms.b[i]);
+            b->rooms.b[i] = br->hn.hnext;
             kvx__boot_br_unref(br);
         }
-    free(b->buckets);
+    kvx__htab_free(&b->rooms, &kvx_engine_settings(b->engine)->allocator);
     while ((p = b->peers) != NULL) {
         uint32_t k;
         b->peers = p->next;
@@ -4666,29 +4661,29 @@ static void kvx__boot_free(kvx_boot *b) {
             kvx__boot_conn_shut(p->conns[k]);
             kvx__boot_conn_unref(p->conns[k]);
         }
-        free(p->conns);
-        free(p);
+        kvx_engine_free(b->engine, p->conns);
+        kvx_engine_free(b->engine, p);
     }
     for (i = 0; i < b->nincoming; i++) {
         kvx__boot_conn_shut(b->incoming[i]);
         kvx__boot_conn_unref(b->incoming[i]);
     }
-    free(b->incoming);
+    kvx_engine_free(b->engine, b->incoming);
     for (i = 0; i < b->nconns; i++) {
         kvx__boot_conn_shut(b->conns[i]);
         kvx__boot_conn_unref(b->conns[i]);
     }
-    free(b->conns);
-    free(b->live);
-    free(b->srv.ranks);
-    free(b->scratch);
-    free(b->endpoint);
+    kvx_engine_free(b->engine, b->conns);
+    kvx_engine_free(b->engine, b->live);
+    kvx_engine_free(b->engine, b->srv.ranks);
+    kvx_engine_free(b->engine, b->scratch);
+    kvx_engine_free(b->engine, b->endpoint);
     kvx__buf_free(&b->hello);
     if (b->wake_rd >= 0) close(b->wake_rd);
     if (b->wake_wr >= 0) close(b->wake_wr);
     pthread_mutex_destroy(&b->mu);
     pthread_cond_destroy(&b->cv);
-    free(b);
+    kvx_engine_free(b->engine, b);
 }
 
 KVX_API void kvx_boot_destroy(kvx_boot *b) {
@@ -4755,8 +4750,9 @@ KVX_API kvx_result kvx_boot_create(kvx_engine *e, const kvx_boot_hooks *hooks,
                      endpoint_len, KVX_BOOT_MAX_ENDPOINT);
         return KVX_ERR_INVALID_ARGUMENT;
     }
-    b = (kvx_boot *)calloc(1, sizeof *b);
+    b = (kvx_boot *)kvx_engine_alloc(e, sizeof *b);
     if (!b) return KVX_ERR_NO_MEMORY;
+    memset(b, 0, sizeof *b);
     b->engine = e;
     if (hooks) b->hooks = *hooks;
     b->role = kvx_engine_settings(e)->role;
@@ -4767,7 +4763,7 @@ KVX_API kvx_result kvx_boot_create(kvx_engine *e, const kvx_boot_hooks *hooks,
     b->key = kvx_engine_auth_key(e, &b->key_len);
     r = KVX_ERR_NO_MEMORY;
     if (endpoint_len) {
-        if (!(b->endpoint = (uint8_t *)malloc(endpoint_len))) goto fail;
+        if (!(b->endpoint = (uint8_t *)kvx_engine_alloc(e, endpoint_len))) goto fail;
         memcpy(b->endpoint, endpoint, endpoint_len);
         b->endpoint_len = (uint32_t)endpoint_len;
     }

@@ -631,8 +631,7 @@ struct kvx__tcp_room {
     uint64_t expected;
     uint64_t remaining;  /* atomic */
     uint64_t instance;   /* atomic: prefill instance whose frames it takes (0: none yet) */
-    int in_table;        /* under te->mu */
-    kvx__tcp_room *hnext;
+    kvx__hnode hn;       /* te->rooms, key = id, under te->mu */
 };
 
 typedef struct kvx__tcp_tomb {
@@ -674,8 +673,7 @@ struct kvx__tcp_engine {
     kvx__tcp_conn *conns; /* under mu */
     int nconns;
     int conns_done;       /* atomic: finished threads to join */
-    kvx__tcp_room **buckets; /* under mu */
-    size_t nbuckets, nrooms;
+    kvx__htab rooms; /* decode rooms by id, under mu */
     kvx__tcp_tomb tombs[KVX_TCP_TOMBSTONES]; /* under mu, a ring */
     size_t ntombs, tomb_next;
     kvx_tcp_stats stats;  /* atomics */
@@ -1016,6 +1014,7 @@ static void kvx__tcp_link_unref(kvx__tcp_link *lk);
 static void kvx__tcp_link_kill(kvx__tcp_link *lk, const char *fmt, ...) KVX_PRINTF(2, 3);
 static void kvx__tcp_link_kill(kvx__tcp_link *lk, const char *fmt, ...) {
     kvx__tcp_engine *te = lk->te;
+    kvx_engine *e = te->engine;
     kvx_room **rs = NULL;
     kvx__tcp_room *tr;
     kvx__tcp_link **pp;
@@ -1039,8 +1038,10 @@ static void kvx__tcp_link_kill(kvx__tcp_link *lk, const char *fmt, ...) {
         if (kvx__tcp_terminal(tr->room)) continue;
         if (n == cap) {
             size_t nc = cap ? cap * 2 : 16;
-            kvx_room **nr = (kvx_room **)realloc(rs, nc * sizeof *nr);
+            kvx_room **nr = (kvx_room **)kvx_engine_alloc(e, nc * sizeof *nr);
             if (!nr) break; /* the rest still time out */
+            if (n) memcpy(nr, rs, n * sizeof *nr);
+            kvx_engine_free(e, rs);
             rs = nr;
             cap = nc;
         }
@@ -1058,7 +1059,7 @@ static void kvx__tcp_link_kill(kvx__tcp_link *lk, const char *fmt, ...) {
                       lk->why);
         kvx_room_unref(rs[i]);
     }
-    free(rs);
+    kvx_engine_free(e, rs);
     pthread_mutex_lock(&te->mu);
     for (pp = &te->links; *pp; pp = &(*pp)->next)
         if (*pp == lk) {
@@ -1801,61 +1802,10 @@ static void kvx__tcp_sender_close(kvx__tcp_room *tr) {
 
 /* >>tcp: decode: rooms ------------------------------------------------------ */
 
-static size_t kvx__tcp_bucket(const kvx__tcp_engine *te, uint64_t id) {
-    id ^= id >> 33;
-    id *= 0xff51afd7ed558ccdull;
-    id ^= id >> 33;
-    return (size_t)(id & (te->nbuckets - 1));
-}
-
 /* Under te->mu. */
 static kvx__tcp_room *kvx__tcp_find(kvx__tcp_engine *te, uint64_t id) {
-    kvx__tcp_room *tr;
-    if (!te->nbuckets) return NULL;
-    for (tr = te->buckets[kvx__tcp_bucket(te, id)]; tr; tr = tr->hnext)
-        if (tr->id == id) return tr;
-    return NULL;
-}
-
-/* Under te->mu. -1 when out of memory. */
-static int kvx__tcp_insert(kvx__tcp_engine *te, kvx__tcp_room *tr) {
-    size_t b;
-    if (te->nrooms >= te->nbuckets) {
-        size_t nb = te->nbuckets ? te->nbuckets * 2 : 256, i, old = te->nbuckets;
-        kvx__tcp_room **nbk = (kvx__tcp_room **)calloc(nb, sizeof *nbk);
-        kvx__tcp_room **obk = te->buckets;
-        if (!nbk) return -1;
-        te->buckets = nbk;
-        te->nbuckets = nb;
-        for (i = 0; i < old; i++)
-            while (obk[i]) {
-                kvx__tcp_room *x = obk[i];
-                obk[i] = x->hnext;
-                b = kvx__tcp_bucket(te, x->id);
-                x->hnext = nbk[b];
-                nbk[b] = x;
-            }
-        free(obk);
-    }
-    b = kvx__tcp_bucket(te, tr->id);
-    tr->hnext = te->buckets[b];
-    te->buckets[b] = tr;
-    tr->in_table = 1;
-    te->nrooms++;
-    return 0;
-}
-
-/* Under te->mu. */
-static void kvx__tcp_remove(kvx__tcp_engine *te, kvx__tcp_room *tr) {
-    kvx__tcp_room **pp;
-    if (!tr->in_table) return;
-    for (pp = &te->buckets[kvx__tcp_bucket(te, tr->id)]; *pp; pp = &(*pp)->hnext)
-        if (*pp == tr) {
-            *pp = tr->hnext;
-            break;
-        }
-    tr->in_table = 0;
-    te->nrooms--;
+    kvx__hnode *h = kvx__htab_find(&te->rooms, id);
+    return h ? (kvx__tcp_room *)(void *)((char *)h - offsetof(kvx__tcp_room, hn)) : NULL;
 }
 
 /* Under te->mu: rooms closed before they finished drain their late frames
@@ -1920,7 +1870,9 @@ static kvx_result kvx__tcp_receiver_init(kvx_room *r, const int32_t *pages, uint
     tr->remaining = tr->expected;
     pthread_mutex_lock(&te->mu);
     kvx__tcp_tomb_clear(te, tr->id); /* a reused id is live again */
-    if (kvx__tcp_find(te, tr->id) || kvx__tcp_insert(te, tr)) {
+    tr->hn.key = tr->id;
+    if (kvx__tcp_find(te, tr->id) ||
+        kvx__htab_insert(&te->rooms, &kvx_engine_settings(e)->allocator, &tr->hn)) {
         pthread_mutex_unlock(&te->mu);
         kvx_room_fail(r, KVX_ERR_INVALID_ARGUMENT,
                       "room %llu is already receiving on this engine, or out of memory",
@@ -1962,8 +1914,7 @@ static void kvx__tcp_receiver_close(kvx__tcp_room *tr) {
     kvx__tcp_engine *te = tr->te;
     kvx_poll st = kvx_room_poll(tr->room);
     pthread_mutex_lock(&te->mu);
-    if (tr->in_table) {
-        kvx__tcp_remove(te, tr);
+    if (kvx__htab_remove(&te->rooms, &tr->hn)) {
         if (st != KVX_POLL_SUCCESS)
             kvx__tcp_tomb_set(te, tr->id,
                               kvx_now_ns() + (uint64_t)((te->timeout_s + 5) * 1e9));
@@ -2660,7 +2611,7 @@ static void kvx__tcp_engine_free(kvx__tcp_engine *te) {
     if (te->lfd >= 0) close(te->lfd);
     if (te->wake[0] >= 0) close(te->wake[0]);
     if (te->wake[1] >= 0) close(te->wake[1]);
-    free(te->buckets);
+    kvx__htab_free(&te->rooms, &kvx_engine_settings(e)->allocator);
     kvx_engine_free(e, te->peer_bufs);
     pthread_mutex_destroy(&te->mu);
     pthread_cond_destroy(&te->cv);

@@ -325,7 +325,7 @@ static void test_kill_decode(void) {
           took, kvx_sender_error(s[0]));
     for (i = 0; i < n; i++) kvx_sender_destroy(s[i]);
     pthread_mutex_lock(&b->mu);
-    rooms_left = b->nrooms;
+    rooms_left = b->rooms.n;
     pending_left = b->npending;
     pthread_mutex_unlock(&b->mu);
     CHECK(rooms_left == 0 && pending_left == 0 && KVX__LOAD(&b->nctrl) == 0,
