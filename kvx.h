@@ -6,7 +6,7 @@
    plans, engine / sender / receiver, the backend interface, the `fake`
    transport, and the private helpers the other headers share.
 
-   CONTENTS (section markers; search for "/* >>")
+   CONTENTS (section markers: search for ">>name")
      >>results >>poll states >>layout >>plan >>desc >>engine >>sender
      >>receiver >>backend interface >>utilities >>posix io; ">>impl: " private
      helpers, results, run-time library loader, clock, HMAC, shared helpers of
