@@ -44,7 +44,7 @@
 
    COMPILE-TIME MACROS: none of its own (kvx.h's).
 
-   SETTINGS AND ENVIRONMENT (kvx_store_desc; variables read once in
+   ENVIRONMENT AND SETTINGS (kvx_store_desc; variables read once in
    kvx_store_open, kvx.h's settings rule: each overrides its desc field,
    0 / NULL = the default on the right, out of range fails the open)
      model           model id, part of the namespace            ("")
