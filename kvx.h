@@ -49,16 +49,13 @@
    COMPILE-TIME MACROS
      KVX_IMPLEMENTATION      emit the implementation in this translation unit
      KVX_STATIC              make every function static (one private copy per TU)
-     KVX_API                 what precedes every public declaration (default:
-                             extern; static with KVX_STATIC)
-     KVX_ASSERT(c)           internal invariants (default: assert); never used
-                             on input from a peer, a file or the caller
+     KVX_API                 before every public declaration (extern; static)
+     KVX_ASSERT(c)           internal invariants only, never input (assert)
      KVX_MAX_BUFFERS         most KV buffers in a layout (default 1024)
      KVX_MAX_AUX             most aux buffers in a layout (default 16)
      KVX_MAX_PAGES           most pages in one request (default 1<<24)
      KVX_MAX_TIMEOUT_S       largest value of a timeout setting, seconds (1e6)
-     KVX_MIN_AUTH_KEY, KVX_MAX_AUTH_KEY
-                             bytes a shared secret may have (16, 4096)
+     KVX_MIN_AUTH_KEY, KVX_MAX_AUTH_KEY  bytes of a shared secret (16, 4096)
 
    ENVIRONMENT (read once in kvx_engine_create; the settings rule below)
      KVX_TRANSPORT            transport name                    (desc.transport)
@@ -81,10 +78,9 @@
      and the field. kvx_engine_settings() shows the values in force.
 
    THREAD SAFETY
-     An engine may be shared by threads. All calls on one sender or receiver
-     must come from one thread at a time. kvx_*_poll never blocks (one atomic
-     load). Progress happens on threads the engine owns; kvx_engine_destroy
-     joins them.
+     An engine may be shared by threads; calls on one sender or receiver come
+     from one thread at a time. kvx_*_poll never blocks (one atomic load).
+     Progress runs on the engine's threads; kvx_engine_destroy joins them.
 
    FAILURES
      A room fails once: the first result and sentence ("room <id>: ...") are

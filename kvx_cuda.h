@@ -149,10 +149,10 @@
          (pages times page bytes, plus aux row bytes) and the aux rows must
          have arrived (the connection keeps their order); only then is the
          room Success.
-     Aux rows are host memory, which CUDA IPC does not share: they travel
-     in a kvx_boot transport message. The IPC handles travel only in the
-     decode's kvx_boot hello to the prefill it dials (authenticated with
-     KVX_AUTH_KEY when set). No file, socket or shared name is created.
+     Aux rows (host memory: CUDA IPC does not share them) travel in the AUX
+     MESSAGE, the IPC handles only in the decode's kvx_boot hello to the
+     prefill it dials (authenticated with KVX_AUTH_KEY when set). No file,
+     socket or shared name is created.
      Both processes must run under one user, in one PID namespace, and see
      the same GPUs (as CUDA IPC needs); a peer with another KVX_CUDA_NODE_ID
      is refused on both sides, with a sentence, before anything is mapped.
@@ -194,12 +194,11 @@
      breaks a rule for its own room fails that room with the reason.
 
    FAILURES AND THE FENCE
-     Every failure this side decides (a refused argument, a driver error,
-     an abort, a timeout, engine destroy) reaches the peer at once through
-     the core's room_failed hook with the room's first reason: the prefill
-     sends status Failed (once its copies of the room stopped), the decode
-     side an abort. A finished room sends nothing more, except the
-     prefill's status that answers a decode side's abort (the fence).
+     Every failure this side decides (a driver error too) reaches the peer
+     at once, as kvx.h's FAILURES says: the prefill sends status Failed (once
+     its copies of the room stopped), the decode side an abort. A finished
+     room sends nothing more, except the prefill's answer to an abort (the
+     fence).
      A driver error on a copy (named: CUDA_ERROR_ILLEGAL_ADDRESS...) fails
      every room with copies on that stream, on both sides; the stream is
      replaced. A lost control connection fails the rooms of that peer

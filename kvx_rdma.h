@@ -158,23 +158,22 @@
      bytes of the room.
 
    FAILURES
-     Every failure this side decides (a refused argument, a local error, an
-     abort, a timeout, engine destroy) reaches the peer at once through the
-     core's room_failed hook with the room's first reason: the prefill sends
-     status Failed, the decode side an abort. Failures the peer reported and
-     the loss of the peer send nothing back; a finished room sends nothing
-     more. A prefill room whose WRITEs all completed is not failed by its
-     connection dying afterwards; a decode room whose prefill sent Success
-     counts its bytes as placed. A work completion error (ibv_wc_status_str),
-     a refused post, an async event on a queue pair (IBV_EVENT_QP_FATAL,
-     QP_REQ_ERR, QP_ACCESS_ERR), a CQ, a port (PORT_ERR) or the device
-     (DEVICE_FATAL), and the loss of the control connection fail every room
-     that depended on that connection, with the verbs text and the peer's
-     address; the prefill passes its sentence on in the status frame. A
-     completion that only says "flushed" or "retry counter exceeded" waits
-     up to 100 ms for an async event or another queue pair's completion that
-     names the cause, and says when the port is down. No room succeeds
-     without its status, immediates and bytes; when in doubt a room fails.
+     Every failure this side decides reaches the peer at once, as kvx.h's
+     FAILURES says: the prefill sends status Failed, the decode side an
+     abort; failures the peer reported, the loss of the peer and a finished
+     room send nothing. A prefill room whose WRITEs all completed is not
+     failed by its connection dying afterwards; a decode room whose prefill
+     sent Success counts its bytes as placed. A work completion error
+     (ibv_wc_status_str), a refused post, an async event on a queue pair
+     (IBV_EVENT_QP_FATAL, QP_REQ_ERR, QP_ACCESS_ERR), a CQ, a port
+     (PORT_ERR) or the device (DEVICE_FATAL), and the loss of the control
+     connection fail every room that depended on that connection, with the
+     verbs text and the peer's address; the prefill passes its sentence on
+     in the status frame. A completion that only says "flushed" or "retry
+     counter exceeded" waits up to 100 ms for an async event or another
+     queue pair's completion that names the cause, and says when the port
+     is down. No room succeeds without its status, immediates and bytes;
+     when in doubt a room fails.
 
    ENDPOINT BLOB (in the kvx_boot hello; version 2; little-endian)
      0 u8[8] magic "kvx-rdma"   8 u16 version (2)   10 u16 role (1/2)
