@@ -1,76 +1,25 @@
 /* kvx.h - v0.1.0 - move paged KV cache between inference engine instances
 
-   kvx moves the paged KV cache of an LLM inference engine from the instance
-   that ran prefill to the instance that decodes, and to and from storage.
-   This file is the core: results, the poll state machine (SGLang's KVPoll
-   codes), KV layouts and their fingerprint, transfer plans, the engine /
-   sender / receiver objects, the backend interface transports implement, the
-   `fake` transport, and small shared utilities (CRC32C, SHA-256, JSON, clock,
-   environment settings, a worker queue).
+   Moves the paged KV cache of an LLM inference engine from the instance that
+   ran prefill to the one that decodes, and to and from storage. This file
+   is the core: results, poll states (SGLang's KVPoll), KV layouts, transfer
+   plans, engine / sender / receiver, the backend interface, the `fake`
+   transport, and the private helpers the other headers share.
+
+   CONTENTS (section markers: search for ">>name")
+     >>results >>poll states >>layout >>plan >>desc >>engine >>sender
+     >>receiver >>backend interface >>utilities >>posix io; ">>impl: " private
+     helpers, results, run-time library loader, clock, HMAC, shared helpers of
+     the file-based headers, environment, settings table, text buffer, json
+     reader, layout, plan, engine and rooms, safe directories, fake transport
 
    DO THIS
      In exactly one C or C++ file:
          #define KVX_IMPLEMENTATION
          #include "kvx.h"        (and kvx_file.h, kvx_tcp.h ... as needed)
-     Every other file just includes the headers. Link with -lpthread.
-     Every header's EXAMPLE compiles (tests/compile/examples.sh builds them;
-     a "// given:" line declares what an example takes from its caller).
-
-   COMPILE-TIME MACROS
-     KVX_IMPLEMENTATION      emit the implementation in this translation unit
-     KVX_STATIC              make every function static (one private copy per TU)
-     KVX_API                 what precedes every public declaration (default:
-                             extern; static with KVX_STATIC)
-     KVX_ASSERT(c)           internal invariants (default: assert); never used
-                             on input from a peer, a file or the caller
-     KVX_MAX_BUFFERS         most KV buffers in a layout (default 1024)
-     KVX_MAX_AUX             most aux buffers in a layout (default 16)
-     KVX_MAX_PAGES           most pages in one request (default 1<<24)
-     KVX_MAX_TIMEOUT_S       largest value of a timeout setting, seconds (1e6)
-     KVX_MIN_AUTH_KEY, KVX_MAX_AUTH_KEY
-                             bytes a shared secret may have (16, 4096)
-
-   ENVIRONMENT (read once in kvx_engine_create; override the desc)
-     KVX_TRANSPORT            transport name                    (desc.transport)
-     KVX_LOG_LEVEL            error|warn|info|debug             (warn)
-     KVX_WAITING_TIMEOUT      seconds a receiver waits for its KV after init
-                              (300; 0 = default; range 0.001 .. 1e6)
-     KVX_BOOTSTRAP_TIMEOUT    seconds a sender waits for its destination
-                              (300; 0 = default; range 0.001 .. 1e6)
-     KVX_POLL_INTERVAL_US     progress thread tick, microseconds
-                              (1000; 0 = default; range 1 .. 1000000)
-     KVX_AUTH_KEY             shared secret, 16..4096 bytes   (desc.auth_key, none)
-     KVX_AUTH_KEY_FILE        file holding the secret; it must be owned by this
-                              user with no group/other access (desc.auth_key_file)
-     Every setting is a desc field and a variable; the variable, when set
-     and not empty, overrides the field. A field of 0 (NULL) means the
-     documented default; where 0 is itself a value (a port, a switch that is
-     on by default, a retry count), the field asks for it with KVX_ZERO (-1)
-     and the variable with 0. A variable of 0 elsewhere also means the
-     default. A value outside its range, or one that does not parse, makes
-     kvx_engine_create fail with KVX_ERR_BAD_CONFIG and a sentence naming the
-     variable and the field. Each header declares its settings in one table
-     that the core's kvx__settings_apply reads; transport headers document
-     their own (KVX_FILE_*, KVX_TCP_*, KVX_IB_*...). kvx_engine_settings()
-     shows the values in force.
-
-   FAILURES
-     A room fails once: the first result and sentence are kept, the sentence
-     always starts "room <id>: ", and a room in SUCCESS or FAILED never
-     changes state again. Every local failure (a refused argument, a local
-     I/O error, an abort, a timeout, engine destroy) is handed to the
-     transport's room_failed hook, which tells the peer at once; an abort or
-     a timeout on a room that already finished does nothing and sends
-     nothing. kvx_*_error() is "" unless the room failed; a call refused
-     without failing the room (KVX_ERR_STATE) leaves its sentence in
-     kvx_*_call_error().
-
-   AUTHENTICATION
-     With a shared secret (desc.auth_key or auth_key_file), the handshake
-     transports prove knowledge of it on every connection by challenge and
-     response (kvx__auth_proof: HMAC-SHA-256 over both sides' fresh nonces)
-     and the file transport authenticates what it writes. See each
-     transport header and the README's security model.
+     Every other file just includes the headers. Link with -lpthread. Every
+     header's EXAMPLE compiles (tests/compile/examples.sh; "// given:" lines
+     declare what an example takes from its caller).
 
    DATA PATH
      The core moves no KV byte: kvx_sender_send builds the chunk and hands it
@@ -97,11 +46,56 @@
        kvx_sender_destroy(s);
        kvx_engine_destroy(e);
 
+   COMPILE-TIME MACROS
+     KVX_IMPLEMENTATION      emit the implementation in this translation unit
+     KVX_STATIC              make every function static (one private copy per TU)
+     KVX_API                 before every public declaration (extern; static)
+     KVX_ASSERT(c)           internal invariants only, never input (assert)
+     KVX_MAX_BUFFERS         most KV buffers in a layout (default 1024)
+     KVX_MAX_AUX             most aux buffers in a layout (default 16)
+     KVX_MAX_PAGES           most pages in one request (default 1<<24)
+     KVX_MAX_TIMEOUT_S       largest value of a timeout setting, seconds (1e6)
+     KVX_MIN_AUTH_KEY, KVX_MAX_AUTH_KEY  bytes of a shared secret (16, 4096)
+
+   ENVIRONMENT (read once in kvx_engine_create; the settings rule below)
+     KVX_TRANSPORT            transport name                    (desc.transport)
+     KVX_LOG_LEVEL            error|warn|info|debug     (desc.logger.level, warn)
+     KVX_WAITING_TIMEOUT      seconds a receiver waits for its KV after init
+                              (desc.waiting_timeout_s, 300; 0.001 .. 1e6)
+     KVX_BOOTSTRAP_TIMEOUT    seconds a sender waits for its destination
+                              (desc.bootstrap_timeout_s, 300; 0.001 .. 1e6)
+     KVX_POLL_INTERVAL_US     progress thread tick, microseconds
+                              (desc.poll_interval_us, 1000; 1 .. 1000000)
+     KVX_AUTH_KEY             shared secret, 16..4096 bytes   (desc.auth_key, none)
+     KVX_AUTH_KEY_FILE        file holding the secret; it must be owned by this
+                              user with no group/other access (desc.auth_key_file)
+     The settings rule (every header; one table per header, applied by
+     kvx__settings_apply): each variable, when set and not empty, overrides
+     its desc field. A field or variable of 0 (NULL) means the default; where
+     0 is a value (a port, a switch on by default, a retry count) the field
+     asks for it with KVX_ZERO (-1), the variable with 0. A value out of range
+     or unparsable fails creation with KVX_ERR_BAD_CONFIG naming the variable
+     and the field. kvx_engine_settings() shows the values in force.
+
    THREAD SAFETY
-     An engine may be shared by threads. All calls on one sender or receiver
-     must come from one thread at a time. kvx_*_poll never blocks (one atomic
-     load). Progress happens on threads the engine owns; kvx_engine_destroy
-     joins them.
+     An engine may be shared by threads; calls on one sender or receiver come
+     from one thread at a time. kvx_*_poll never blocks (one atomic load).
+     Progress runs on the engine's threads; kvx_engine_destroy joins them.
+
+   FAILURES
+     A room fails once: the first result and sentence ("room <id>: ...") are
+     kept, and a room in SUCCESS or FAILED never changes state again. Every
+     local failure (a refused argument, local I/O error, abort, timeout,
+     engine destroy) goes to the transport's room_failed hook, which tells
+     the peer at once; an abort or timeout of a finished room sends nothing.
+     kvx_*_error() is "" unless the room failed; a call refused without
+     failing the room (KVX_ERR_STATE) leaves its sentence in kvx_*_call_error().
+
+   AUTHENTICATION
+     With a shared secret (desc.auth_key or auth_key_file) the handshake
+     transports prove it on every connection by challenge and response
+     (kvx__auth_proof: HMAC-SHA-256 over both sides' fresh nonces) and the
+     file transport authenticates what it writes (README: security model).
 
    LICENSE: MIT, see the end of this file.
 */

@@ -1,30 +1,32 @@
 /* kvx_cuda.h - v0.1.0 - KV pools in GPU memory: pinned staging, the cuda transport, dma-buf
 
-   What transports need when KV buffers live in GPU memory
-   (kvx_buffer.mem == KVX_MEM_CUDA), and the transport for one node:
-   - staging: a kvx_mem_ops (kvx_cuda_mem_ops) that CPU-side transports
-     (file, tcp, the block store) use to move pages between GPU memory and
-     pinned host buffers, in batches of asynchronous copies with one
-     synchronisation per batch;
+   For KV buffers in GPU memory (kvx_buffer.mem == KVX_MEM_CUDA):
+   - staging: kvx_cuda_mem_ops fills a kvx_mem_ops with which CPU-side
+     transports (file, tcp, the block store) move pages between GPU memory
+     and pinned host buffers, in batches of asynchronous copies with one
+     synchronisation per batch; its dmabuf_fd exports GPU memory for
+     ibv_reg_dmabuf_mr (how kvx_rdma.h registers GPU pools with a NIC);
    - CUDA IPC: export a KV buffer's memory as a 64-byte handle, import a
-     peer's handle (same node, another process), and copy plan spans device
-     to device on a stream, queued without blocking, with completion tickets;
-   - the `cuda` transport: prefill and decode engines on one node, KV pages
-     copied GPU to GPU through CUDA IPC (see THE CUDA TRANSPORT);
-   - dma-buf: a file descriptor for a range of GPU memory, for
-     ibv_reg_dmabuf_mr (GPU memory registered with an RDMA NIC); the mem
-     ops' dmabuf_fd, through which the rdma transport registers GPU pools.
+     peer's (same node), copy plan spans device to device on a stream,
+     queued without blocking, with completion tickets;
+   - the `cuda` transport: engines on one node, GPU to GPU through CUDA IPC.
+
+   CONTENTS (section markers: search for ">>name")
+     >>setup >>device memory >>ipc >>spans >>dma-buf >>cuda transport (API);
+     >>cuda: not compiled, driver entry points, objects, helpers, loading the
+     driver, contexts, create / destroy, streams, staging, device memory,
+     ipc, spans, dma-buf; >>cuda transport: endpoint codec, state, node
+     identity, endpoints, prefill: peers / rooms / completion thread,
+     decode, engine, room hooks, public
 
    DO THIS
        #define KVX_IMPLEMENTATION
        #include "kvx_cuda.h"            (includes kvx_boot.h and kvx.h)
-     and compile that one file with -DKVX_WITH_CUDA -I<CUDA toolkit>/include.
-     The CUDA headers are needed for types only: libcuda is loaded at run
-     time, so the program starts (and everything host-only works) on a
-     machine without an NVIDIA driver; kvx_cuda_create then fails with a
-     sentence that says so. Without -DKVX_WITH_CUDA everything compiles and
-     every entry point returns KVX_ERR_NOT_COMPILED with a sentence naming
-     the macro. No other file needs the CUDA headers.
+     and compile that one file with -DKVX_WITH_CUDA -I<CUDA toolkit>/include
+     (no other file needs the CUDA headers; they give types only). libcuda is
+     loaded at run time: without a driver the program starts, host-only
+     work runs, and kvx_cuda_create fails saying so. Without KVX_WITH_CUDA
+     every entry point returns KVX_ERR_NOT_COMPILED naming the macro.
 
    DATA PATH
      Staging (file, tcp, store): desc.mem.copy = kvx__cu_copy ->
@@ -54,7 +56,7 @@
                               CUDA 11.0 or newer headers)
      KVX_NO_RUNTIME_LINKING   call the driver API directly instead of
                               loading libcuda with dlopen: link with -lcuda.
-                              Optional entry points that the headers declare
+                              Optional entry points the headers declare
                               (cuMemcpyBatchAsync with CUDA >= 12.8 headers,
                               cuMemGetHandleForAddressRange with >= 11.7) are
                               then linked too: the driver must be at least
@@ -62,98 +64,102 @@
      KVX_CUDA_MAX_DEVICES     most GPU ordinals a process uses (default 64)
      KVX_CUDA_BATCH_MAX       most copies in one cuMemcpyBatchAsync (4096)
 
-   ENVIRONMENT (read once in kvx_cuda_create; override the desc)
-     KVX_CUDA_LIBRARY         the driver library to load      (libcuda.so.1)
-     KVX_CUDA_STAGING_BYTES   most bytes of pinned host memory that
-                              host_alloc holds at once, all blocks
-                              together (desc.staging_bytes); a suffix K,
-                              M or G is allowed; 1M .. 1T      (256M)
-     KVX_CUDA_BATCH           0 (desc.batch = KVX_ZERO): never use
+   ENVIRONMENT (read once in kvx_cuda_create; kvx.h's settings rule: each
+   overrides its kvx_cuda_desc field, 0 = default, out of range fails)
+     KVX_CUDA_LIBRARY         (desc.library) the driver library (libcuda.so.1)
+     KVX_CUDA_STAGING_BYTES   (desc.staging_bytes) most bytes of pinned host
+                              memory host_alloc holds at once, all blocks
+                              together; suffix K, M or G allowed; 1M .. 1T
+                                                                      (256M)
+     KVX_CUDA_BATCH           (desc.batch) 0 (the field: KVX_ZERO): never use
                               cuMemcpyBatchAsync, one asynchronous copy per
                               piece instead; 1: use it where the driver has
                               it (driver >= 12.8)                       (1)
-     KVX_LOG_LEVEL            error|warn|info|debug (desc.logger.level), read
+     KVX_LOG_LEVEL            (desc.logger.level) error|warn|info|debug, read
                               as kvx_engine_create reads it      (warn)
-   and, read once at engine creation by the cuda transport:
-     KVX_CUDA_FENCE_TIMEOUT   kvx_cuda_desc.fence_timeout_s of the kvx_cuda
-                              behind desc.mem: seconds kvx_receiver_destroy
-                              of an unfinished room waits for the prefill's
-                              word that it stopped writing into the room's
-                              pages; 0 = default, 0.001..3600, else engine
-                              creation fails                              (2)
-     KVX_CUDA_NODE_ID         this node's identity, compared with the
-                              peer's: two engines run the cuda transport
-                              together only with equal ids (the kernel's
-                              boot id, /proc/sys/kernel/random/boot_id: the
-                              same in every container of a host)
-   and kvx_boot.h's (KVX_BOOTSTRAP_HOST, KVX_BOOTSTRAP_PORT, heartbeats...).
+     KVX_CUDA_FENCE_TIMEOUT   (desc.fence_timeout_s of the kvx_cuda behind
+                              desc.mem; read at engine creation) seconds
+                              kvx_receiver_destroy of an unfinished room waits
+                              for the prefill's word that it stopped writing
+                              into the room's pages; 0.001..3600          (2)
+     KVX_CUDA_NODE_ID         (no desc field) this node's identity; two
+                              engines run the cuda transport together only
+                              with equal ids (default: the kernel's boot id,
+                              /proc/sys/kernel/random/boot_id, the same in
+                              every container of a host)
+     and kvx_boot.h's (KVX_BOOTSTRAP_HOST, KVX_BOOTSTRAP_PORT, heartbeats...).
+
+   THREAD SAFETY
+     A kvx_cuda and the kvx_mem_ops filled from it may be used from any
+     number of threads at once; a kvx_cuda_stream by one thread at a time.
+     kvx_mem_ops.copy blocks until its batch is done; kvx_cuda_copy_spans and
+     kvx_cuda_stream_done never wait for copies. The cuda transport: as
+     kvx.h; kvx_sender_send queues and returns; the prefill engine owns a
+     completion thread, kvx_boot's threads run the hooks (a peer's first
+     room frame maps its memory there), kvx_engine_destroy joins them and
+     releases every stream, import and mapping.
 
    HOW IT USES THE DRIVER
      Exact exported symbols are resolved with dlsym, never the unversioned
-     names the headers rename (cuMemAlloc is cuMemAlloc_v2, cuIpcOpenMemHandle
-     is cuIpcOpenMemHandle_v2, cuMemcpyBatchAsync has two ABIs: the 12.8 one
-     exported as cuMemcpyBatchAsync, with a failIdx argument, and the 13.0 one
-     exported as cuMemcpyBatchAsync_v2; which one is used follows the driver
-     version; a driver that answers CUDA_ERROR_NOT_SUPPORTED to it gets one
-     copy per piece from then on, with one warning). cuGetProcAddress is not
-     needed for any of that and is not used.
-     Contexts: the primary context of each device, retained on first use and
+     names the headers rename (cuMemAlloc is cuMemAlloc_v2,
+     cuIpcOpenMemHandle is cuIpcOpenMemHandle_v2; cuMemcpyBatchAsync has two
+     ABIs: 12.8's, exported as cuMemcpyBatchAsync, with a failIdx argument,
+     and 13.0's, exported as cuMemcpyBatchAsync_v2; the driver version picks
+     one; a driver that answers CUDA_ERROR_NOT_SUPPORTED to it gets one copy
+     per piece from then on, with one warning). cuGetProcAddress is not used.
+     Contexts: each device's primary context, retained on first use and
      released by kvx_cuda_destroy; every call that talks to the driver makes
-     it current on the calling thread for the duration of the call (push/pop
-     when another context was current, so a caller's context is left as it
-     was). Copies run on non-blocking streams owned by kvx: they do not wait
-     for the engine's own streams, so the engine must have finished writing
-     (or stopped reading) the pages before it hands them to kvx, as with
-     every transport. Pinned staging memory is cuMemHostAlloc'd with
+     it current on the calling thread for the call (push/pop when another
+     context was current, so a caller's context is left as it was). Copies
+     run on non-blocking streams owned by kvx: they do not wait for the
+     engine's streams, so the engine must have finished writing (or stopped
+     reading) the pages before it hands them to kvx, as with every
+     transport. Pinned staging memory is cuMemHostAlloc'd with
      CU_MEMHOSTALLOC_PORTABLE, pooled, and kept until kvx_cuda_destroy.
 
    THE CUDA TRANSPORT ("cuda"; kvx_cuda_register() or desc.backend =
    kvx_cuda_backend())
-     Prefill and decode engines of one node, in different processes (or the
-     same one), with their KV pools in GPU memory. It stands on kvx_boot.h:
-     the prefill serves the bootstrap address, the decode side names it, as
-     with the tcp transport; desc.mem of both must come from
-     kvx_cuda_mem_ops (that is how the transport reaches the driver) and
-     every KV buffer must be KVX_MEM_CUDA (a prefill pool on one GPU).
+     Prefill and decode engines of one node (in one process or two) on
+     kvx_boot.h: the prefill serves the bootstrap address, the decode side
+     names it, as with tcp; desc.mem of both comes from kvx_cuda_mem_ops
+     (how the transport reaches the driver) and every KV buffer must be
+     KVX_MEM_CUDA (a prefill pool on one GPU).
        decode engine: exports the allocation under every KV buffer with
-         cuIpcGetMemHandle, once per allocation (buffers that share one
-         share its handle) and puts the handles and its aux row sizes in the
+         cuIpcGetMemHandle, once per allocation (buffers sharing one share
+         its handle), and puts the handles and its aux row sizes in the
          endpoint of its kvx_boot hello.
        prefill engine, first room frame of a decode engine: maps every
          allocation (cuIpcOpenMemHandle into the GPU of its own pool; the
          decode's memory may be on another GPU of the node) and creates one
-         stream for that peer. The mapping serves
-         every later room, and is closed when the control connection goes
-         (once no copy of it is in flight) or the engine is destroyed. A
-         failed import fails that room; the next room tries again. It
-         answers each room frame with status TRANSFERRING: the decode side
-         knows from then on that this side may write into the room's pages.
+         stream for that peer, serving every later room until the control
+         connection goes (once no copy is in flight) or the engine is
+         destroyed. A failed import fails that room; the next tries again.
+         Each room frame is answered with status TRANSFERRING: from then on
+         this side may write into the room's pages.
        each chunk: the two-sided plan kvx_plan_pages(this pool, the chunk's
          pages, the decode pool as mapped, the matching destination pages),
          its spans queued on the peer's stream (kvx_cuda_copy_spans,
-         cuMemcpyBatchAsync where the driver has it); send returns without
-         waiting. A completion thread watches the stream's tickets; when
-         the last chunk's copies are done it sends the aux rows (AUX MESSAGE)
-         and then status Success with the byte count, both on the control
-         connection of the room frame, and the sender succeeds.
+         cuMemcpyBatchAsync where the driver has it); send does not wait. A
+         completion thread watches the stream's tickets; when the last
+         chunk's copies are done it sends the aux rows (AUX MESSAGE), then
+         status Success with the byte count, both on the room frame's
+         control connection, and the sender succeeds.
        decode, on the aux message: copies the rows into the receiver's aux
-         slot (below). On the status: the byte count must be the room's (its
-         pages times the page bytes, plus the aux row bytes) and the aux rows
-         must have arrived (the connection keeps their order); only then is
-         the room Success.
-     Aux rows are host memory, which CUDA IPC does not share: they travel
-     in a kvx_boot transport message (AUX MESSAGE). The CUDA IPC handles
-     travel only in the decode's kvx_boot hello to the prefill it dials
-     (authenticated with KVX_AUTH_KEY when set). No file, socket or shared
-     name is created.
+         slot (below). On the status: the byte count must be the room's
+         (pages times page bytes, plus aux row bytes) and the aux rows must
+         have arrived (the connection keeps their order); only then is the
+         room Success.
+     Aux rows (host memory: CUDA IPC does not share them) travel in the AUX
+     MESSAGE, the IPC handles only in the decode's kvx_boot hello to the
+     prefill it dials (authenticated with KVX_AUTH_KEY when set). No file,
+     socket or shared name is created.
      Both processes must run under one user, in one PID namespace, and see
-     the same GPUs (as CUDA IPC needs); a peer on another node (another
-     KVX_CUDA_NODE_ID) is refused with a sentence that says so, on both
-     sides, before anything is mapped.
+     the same GPUs (as CUDA IPC needs); a peer with another KVX_CUDA_NODE_ID
+     is refused on both sides, with a sentence, before anything is mapped.
 
    ENDPOINT (the kvx_boot hello's endpoint bytes; version 2, little-endian;
    kvx_cuda_endpoint_check reads it; version 1 had an aux segment)
-       0 u8[8] "kvx-cuda"   8 u16 version (1)   10 u16 role (1 prefill, 2 decode)
+       0 u8[8] "kvx-cuda"   8 u16 version (2)   10 u16 role (1 prefill, 2 decode)
       12 u32 pid   16 char node_id[64]   80 char host[64]   (printable text,
          NUL-padded; the host name is for messages)
      144 u32 nalloc   148 u32 nb   152 u32 na   (decode; 0 on a prefill)
@@ -164,16 +170,16 @@
          offset in that allocation, u64 length
          then na aux buffers of 8 bytes: u64 row bytes (> 0; all rows
          together fit one aux message)
-     A prefill engine sends the 160-byte head (node, pid) only. Limit: a
-     hello carries KVX_BOOT_MAX_ENDPOINT (64 KiB) of endpoint, so a decode
+     A prefill engine sends the 160-byte head (node, pid) only. A hello
+     carries at most KVX_BOOT_MAX_ENDPOINT (64 KiB) of endpoint, so a decode
      pool of separately allocated buffers has at most about 580 of them
      (160 + 112 per buffer); buffers sharing allocations cost 24 bytes each
-     (1024 buffers in one allocation: 24.8 KiB). A decode engine whose
-     endpoint does not fit refuses to start, saying so.
+     (1024 in one allocation: 24.8 KiB). A decode engine whose endpoint
+     does not fit refuses to start, saying so.
 
-   AUX MESSAGE (prefill -> decode, a kvx_boot transport message on the
-   control connection of the room frame, sent before the room's status
-   Success; version 1, little-endian)
+   AUX MESSAGE (prefill -> decode, a kvx_boot transport message on the room
+   frame's control connection, before the room's status Success; version 1,
+   little-endian)
        0 u8[8] "kvx-caux"   8 u16 version (1)   10 u16 0
       12 u32 length (= the pool's aux row bytes)   16 u64 room
       24 the room's aux rows, packed (kvx_layout_aux_copy: aux buffer 0's
@@ -183,60 +189,44 @@
      whose destination that same connection acknowledged, with an aux slot,
      in TRANSFERRING, without its rows yet, and with length == its aux row
      bytes == the bytes that follow; then it copies the rows into the aux
-     slot. Anything else is refused (stats aux_refused, a warning): a
-     message naming a room that connection does not serve changes nothing;
-     one that breaks a rule for its own room fails that room with the
-     reason.
+     slot. Anything else is refused (stats aux_refused, a warning): one
+     naming a room that connection does not serve changes nothing; one that
+     breaks a rule for its own room fails that room with the reason.
 
    FAILURES AND THE FENCE
-     Every failure this side decides (a refused argument, a driver error,
-     an abort, a timeout, engine destroy) reaches the peer at once through
-     the core's room_failed hook with the room's first reason: the prefill
-     sends status Failed (once its copies of the room stopped), the decode
-     side an abort. A room that reached Success or Failed sends nothing
-     more, except the prefill's status that answers a decode side's abort
-     (the fence below).
-     A driver error on a copy (with its name: CUDA_ERROR_ILLEGAL_ADDRESS...)
-     fails every room with copies on that stream, on both sides; the stream
-     is replaced. A lost control connection fails the rooms of that peer
-     (kvx_boot) and releases its mapping. Every failure of a room whose
+     Every failure this side decides (a driver error too) reaches the peer
+     at once, as kvx.h's FAILURES says: the prefill sends status Failed (once
+     its copies of the room stopped), the decode side an abort. A finished
+     room sends nothing more, except the prefill's answer to an abort (the
+     fence).
+     A driver error on a copy (named: CUDA_ERROR_ILLEGAL_ADDRESS...) fails
+     every room with copies on that stream, on both sides; the stream is
+     replaced. A lost control connection fails the rooms of that peer
+     (kvx_boot) and releases its mapping. A failure of a room whose
      destination was acknowledged is reported to the decode side only once
-     no copy of that room is in flight (status Failed or abort), so the
-     decode side can keep kvx.h's promise: kvx_receiver_destroy of an
-     unfinished room tells the prefill (abort) and waits for that word, at
-     most KVX_CUDA_FENCE_TIMEOUT (20 ms when the prefill had not
-     acknowledged the destination yet), or until the prefill process is
-     gone (after its control connection closed). kvx_sender_destroy waits
-     for the room's copies in flight.
+     no copy of that room is in flight (status Failed or abort), so
+     kvx_receiver_destroy of an unfinished room can keep kvx.h's promise:
+     it tells the prefill (abort) and waits for that word, at most
+     KVX_CUDA_FENCE_TIMEOUT (20 ms when the prefill had not acknowledged
+     the destination yet), or until the prefill process is gone (its
+     control connection closed). kvx_sender_destroy waits for the room's
+     copies in flight.
+     Driver failures return KVX_ERR_TRANSPORT (KVX_ERR_NO_MEMORY for
+     CUDA_ERROR_OUT_OF_MEMORY) with what was attempted and the driver's
+     error name and text ("copies on GPU 0 (cuStreamSynchronize) failed:
+     CUDA_ERROR_ILLEGAL_ADDRESS (an illegal memory access was encountered)
+     [error 700]"). No driver, or one without a device: KVX_ERR_NOT_FOUND.
+     Bad arguments: KVX_ERR_INVALID_ARGUMENT or KVX_ERR_OUT_OF_RANGE.
 
    LIMITS
-     One decode rank and one prefill rank per room (no heterogeneous TP,
-     as the tcp transport). Pools from cudaMallocAsync / cuMemCreate need
-     other handles than cuIpcGetMemHandle and are refused at engine
-     creation with the driver's reason. The completion thread polls: it
-     yields, then looks every 10 us while copies run (then every 100 us
-     after 5 ms), and sleeps when nothing is in flight.
+     One decode rank and one prefill rank per room (no heterogeneous TP, as
+     tcp). Pools from cudaMallocAsync / cuMemCreate need other handles than
+     cuIpcGetMemHandle and are refused at engine creation with the driver's
+     reason. The completion thread polls: it yields, then looks every 10 us
+     while copies run (every 100 us after 5 ms), and sleeps when nothing is
+     in flight.
 
-   THREAD SAFETY
-     A kvx_cuda and the kvx_mem_ops filled from it may be used from any
-     number of threads at once. A kvx_cuda_stream is used by one thread at a
-     time. kvx_mem_ops.copy blocks until its batch is done; kvx_cuda_copy_spans
-     and kvx_cuda_stream_done never wait for copies. The cuda transport:
-     as kvx.h; kvx_sender_send queues and returns; the prefill engine owns a
-     completion thread, kvx_boot's threads run the hooks (a first room frame
-     of a peer maps its memory there), kvx_engine_destroy joins them and
-     releases every stream, import and mapping.
-
-   ERRORS
-     Driver failures return KVX_ERR_TRANSPORT (KVX_ERR_NO_MEMORY for
-     CUDA_ERROR_OUT_OF_MEMORY) with a sentence holding what was attempted and
-     the driver's error name and text ("copies on GPU 0 (cuStreamSynchronize)
-     failed: CUDA_ERROR_ILLEGAL_ADDRESS (an illegal memory access was
-     encountered) [error 700]"). No driver, or a driver without a device:
-     KVX_ERR_NOT_FOUND. Bad arguments: KVX_ERR_INVALID_ARGUMENT or
-     KVX_ERR_OUT_OF_RANGE.
-
-   LICENSE: MIT, as kvx.h.
+   LICENSE: MIT, see the end of this file.
 */
 #ifndef KVX_CUDA_H_INCLUDED
 #define KVX_CUDA_H_INCLUDED

@@ -1,14 +1,15 @@
 /* kvx_file.h - v0.1.0 - the file transport: KV pages through a local or shared filesystem
 
-   The prefill side gathers the KV page bytes of each chunk straight from its
-   pool and writes them into a private directory next to the room, then
-   renames that directory to <KVX_FILE_DIR>/room_<room> (the commit); the
-   decode side waits for the room and its `transfer_done` marker, checks
-   every chunk's meta against its own layout, reads the bytes straight into
-   its destination pages, verifies the CRC32C of every chunk and of the aux
-   rows, and only then reports Success. Nothing needs to run between the
-   two: the directory can be on NFS, Lustre, CephFS or GlusterFS (see
-   CONSISTENCY below and README.md for each one's settings).
+   The prefill writes each chunk's KV page bytes straight from its pool into
+   a private directory, renamed to <KVX_FILE_DIR>/room_<room> (the commit);
+   the decode side waits for the room's `transfer_done`, checks each chunk's
+   meta against its layout, reads the bytes straight into its destination
+   pages and verifies every CRC32C before Success. Nothing runs between the
+   two: the directory may be on NFS, Lustre, CephFS or GlusterFS.
+
+   CONTENTS (section markers: search for ">>name")
+     >>file: helpers, authentication, formats
+     >>file transport: engine, sender, receiver
 
    DO THIS
        #define KVX_IMPLEMENTATION
@@ -20,14 +21,12 @@
      Prefill: kvx__file_sender_send plans the chunk and queues its stripes;
      each (kvx__fsend_stripe -> kvx__fstripe_work -> kvx__stripe_io) writes
      pool pages into kv_chunk_<i>.bin with pwritev along the plan
-     (kvx__plan_io; GPU pools through a pinned stage and desc.mem.copy:
-     kvx__plan_io_staged); kvx__file_finish_send writes metadata.bin (the
-     aux rows) and transfer_done, and kvx__file_commit renames the room in.
-     Decode: kvx__frecv_start checks each chunk's meta against the layout,
-     kvx__frecv_read_all / kvx__frecv_stripe read it with preadv straight
-     into the destination pages (kvx__plan_io, kvx__plan_io_staged) and
-     check the CRC32C, and kvx__frecv_finish copies metadata.bin into the
-     aux rows.
+     (kvx__plan_io; GPU pools through a pinned stage: kvx__plan_io_staged);
+     kvx__file_finish_send writes metadata.bin (aux rows) and transfer_done,
+     kvx__file_commit renames the room in. Decode: kvx__frecv_start checks
+     each meta against the layout, kvx__frecv_read_all / kvx__frecv_stripe
+     preadv straight into the destination pages (same plan helpers) and
+     check the CRC32C, kvx__frecv_finish copies metadata.bin to the aux rows.
 
    EXAMPLE (one request, prefill and decode; error handling shortened)
        // given: kvx_layout layout; const int32_t *src_pages, *dst_pages;
@@ -35,8 +34,7 @@
        kvx_file_register();                  // makes "file" a transport name
        kvx_engine *e;  char why[KVX_ERROR_MAX];
        kvx_room_desc rd = {0};  rd.room = 42;   // the router's bootstrap_room
-       // prefill process:
-       kvx_engine_desc d = {0};
+       kvx_engine_desc d = {0};              // the prefill process
        d.role = KVX_ROLE_PREFILL;  d.transport = "file";  d.layout = layout;
        d.file.dir = "/mnt/shared/kvx";       // the same directory on both sides
        if (kvx_engine_create(&d, &e, why, sizeof why)) { puts(why); return; }
@@ -46,8 +44,7 @@
        while (kvx_sender_poll(s) == KVX_POLL_TRANSFERRING) idle();  // room renamed in
        if (kvx_sender_poll(s) == KVX_POLL_FAILED) puts(kvx_sender_error(s));
        kvx_sender_destroy(s);  kvx_engine_destroy(e);
-       // decode process (may start before or after the prefill):
-       kvx_engine_desc dd = {0};
+       kvx_engine_desc dd = {0};  // the decode process (starts before or after)
        dd.role = KVX_ROLE_DECODE;  dd.transport = "file";  dd.layout = layout;
        dd.file.dir = "/mnt/shared/kvx";
        kvx_engine *de;  kvx_engine_create(&dd, &de, why, sizeof why);
@@ -57,135 +54,124 @@
        if (kvx_receiver_poll(r) == KVX_POLL_FAILED) puts(kvx_receiver_error(r));
        kvx_receiver_destroy(r);  kvx_engine_destroy(de);
 
-   ENVIRONMENT (read once at engine creation; each overrides its desc.file
-   field; kvx__file_table, kvx.h's settings rule: 0 = default, a value
-   outside its range is refused at engine creation, naming the variable)
-     KVX_FILE_DIR         directory of room directories (/tmp/kvx_file-<uid>)
-     KVX_FILE_SHARED      (desc.file.shared) 0: the directory is this user's: made 0700 if
-                          missing; refused (with a sentence naming it, its
-                          owner and mode) when another user (not root) owns
-                          it or when the group or others may write in it
-                          without the sticky bit. 1: shared with the group:
-                          another owner and group write are accepted, rooms
-                          are made 0770 and files 0660 (give the directory
-                          to the sharing group, mode 2770).              (0)
-     KVX_FILE_TIMEOUT     seconds a receiver waits for transfer_done after
-                          init; the room then fails with KVX_ERR_TIMEOUT.
-                          0 = 300; range [0.001, 1e6]                    (300)
-     KVX_FILE_FSYNC       0: no fsync. Every file is written under a
-                          temporary name and renamed, so a reader never sees
-                          a torn file even if the writer is killed; data may
-                          be lost on power failure. 1: fsync each file before
-                          its rename and the room directory after it, so
-                          transfer_done is durable and, on filesystems whose
-                          clients cache metadata, everything before it is on
-                          the server first (use on shared filesystems).  (0)
-     KVX_FILE_KEEP        1: leave room directories after a receiver is done (0)
-                          (FSYNC, KEEP and SHARED take 0 or 1)
+   COMPILE-TIME MACROS: none of its own (kvx.h's).
+
+   ENVIRONMENT (read at engine creation; kvx__file_table; kvx.h's settings
+   rule: each overrides its desc.file field, 0 = default, out of range fails)
+     KVX_FILE_DIR         (desc.file.dir) holds the rooms (/tmp/kvx_file-<uid>)
+     KVX_FILE_SHARED      (desc.file.shared) 0: the directory is this user's:
+                          made 0700 if missing; refused, naming it, its owner
+                          and mode, when another user (not root) owns it or
+                          group or others may write in it without the sticky
+                          bit. 1: shared with the group: another owner and
+                          group write are accepted, rooms are made 0770,
+                          files 0660 (give the directory mode 2770).     (0)
+     KVX_FILE_TIMEOUT     (desc.file.timeout_s) seconds a receiver waits for
+                          transfer_done after init, then fails with
+                          KVX_ERR_TIMEOUT; range [0.001, 1e6]          (300)
+     KVX_FILE_FSYNC       (desc.file.fsync) 0: no fsync; files are written
+                          under a temporary name and renamed, so no reader
+                          sees a torn file, but a power failure may lose
+                          data. 1: fsync each file before its rename and the
+                          room directory after it: transfer_done is durable
+                          and everything before it is on the server first
+                          (use on shared filesystems).                   (0)
+     KVX_FILE_KEEP        (desc.file.keep) 1: leave room directories after a
+                          receiver is done. FSYNC, KEEP, SHARED take 0 or 1 (0)
      KVX_FILE_SETTLE      (desc.file.settle_s) seconds a receiver keeps
-                          looking for a file that transfer_done lists but
-                          this node does not see yet, or sees shorter than
-                          its meta says (a weakly consistent shared
-                          filesystem); then the room fails as corrupt.
-                          0 = 2; range [0.001, 3600]                     (2)
-     KVX_FILE_IO_THREADS  I/O worker threads per engine; 0 = 4; [1, 256]  (4)
-     KVX_FILE_TTL         seconds; this user's room directories (and
-                          failure markers) older than this are removed when
-                          an engine starts; another user's entries and fresh
-                          rooms are never touched, links never followed.
-                          0 = 3600; range [60, 1e9]                    (3600)
-     KVX_FILE_STRIPE      bytes one worker reads or writes at a time;
-                          0 = 16 MiB; range [4096, 1 GiB]           (16 MiB)
+                          looking for a file transfer_done lists that this
+                          node does not see yet or sees shorter than its
+                          meta; then the room fails as corrupt. [0.001, 3600] (2)
+     KVX_FILE_IO_THREADS  (desc.file.io_threads) engine's I/O threads [1, 256] (4)
+     KVX_FILE_TTL         (desc.file.ttl_s) seconds; this user's room
+                          directories and failure markers older than this
+                          are removed when an engine starts (never another
+                          user's, never through a link). [60, 1e9]     (3600)
+     KVX_FILE_STRIPE      (desc.file.stripe_bytes) bytes one worker reads or
+                          writes at a time; [4096, 1 GiB]            (16 MiB)
      KVX_AUTH_KEY / desc.auth_key (kvx.h): with a key, every meta,
-                          transfer_done and transfer_failed carries an
-                          HMAC-SHA-256 line, and a receiver with a key
-                          refuses a room whose files lack it or fail it.
+                          transfer_done and transfer_failed carries an HMAC
+                          line; a receiver with a key refuses a room whose
+                          files lack it or fail it.
+
+   THREAD SAFETY
+     As kvx.h. I/O runs on the engine's worker threads; kvx_receiver_destroy
+     waits until no worker touches the room's pages.
 
    SAFETY ON A SHARED HOST
-     Every room directory and file is created, opened and removed relative
-     to directory descriptors, never through a link: openat / mkdirat /
-     unlinkat / renameat with O_NOFOLLOW, O_DIRECTORY, and O_EXCL for every
-     new file, temporaries included (their names carry a random part). A
-     room directory that is a link, not a directory, or another user's is
-     refused by both sides with a sentence. A failed sender's
+     Rooms and files are created, opened and removed relative to directory
+     descriptors, never through a link (openat / mkdirat / unlinkat /
+     renameat, O_NOFOLLOW, O_DIRECTORY, O_EXCL for every new file; temporary
+     names carry a random part). A room directory that is a link, not a
+     directory, or another user's is refused by both sides with a sentence.
      transfer_failed is created once (link(2)): the first reason stays.
 
    ON DISK (format version 2; all integers little-endian; see README.md)
-     room_<room>/kv_chunk_<i>.bin       chunk i's pages, buffer-major: buffer
-                                        b's pages start at offset[b] =
-                                        num_pages * sum(item_len[0..b-1]),
-                                        page j of the chunk at offset[b] +
-                                        j * item_len[b]
-     room_<room>/kv_chunk_<i>.bin.meta  JSON, see kvx_file_read_meta
-     room_<room>/metadata.bin           the aux rows of the sender's slot,
-                                        aux buffer 0's row, then 1's ...
-     room_<room>/transfer_done          JSON, written last
-     room_<room>/transfer_failed        JSON {"reason": ..., "result": ...}
-                                        when the sender failed or aborted;
-                                        never rewritten
-     room_<room>.failed                 (next to the room) the same, when
-                                        the room could not be put in place
-     room_<room>.tmp.<pid>.<16 hex>/    (next to the room) the room being
-                                        built; renamed to room_<room> when
-                                        complete or failed; never read
-     room_<room>.old.<pid>.<16 hex>/    an earlier room of the same id,
-                                        moved aside by a new sender's commit
-                                        and being removed
-     Other temporary files end in ".tmp.<pid>.<16 hex digits>" and are never
-     read. Every one of these names starts with "room_": KVX_FILE_TTL sweeps
+     room_<room>/kv_chunk_<i>.bin      chunk i's pages, buffer-major: buffer
+                                       b starts at offset[b] = num_pages *
+                                       sum(item_len[0..b-1]), its page j at
+                                       offset[b] + j * item_len[b]
+     room_<room>/kv_chunk_<i>.bin.meta JSON, see kvx_file_read_meta
+     room_<room>/metadata.bin          the sender's aux rows: aux buffer 0's
+                                       row, then 1's ...
+     room_<room>/transfer_done         JSON, written last
+     room_<room>/transfer_failed       JSON {"reason": ..., "result": ...}
+                                       when the sender failed or aborted;
+                                       never rewritten
+     room_<room>.failed                (beside the room) the same, when the
+                                       room could not be put in place
+     room_<room>.tmp.<pid>.<16 hex>/   (beside) the room being built, renamed
+                                       to room_<room> when complete or failed
+     room_<room>.old.<pid>.<16 hex>/   (beside) an earlier room of that id,
+                                       moved aside by a new commit, removed
+     Other temporary files end in ".tmp.<pid>.<16 hex digits>". Temporaries
+     are never read; every name starts with "room_", so KVX_FILE_TTL sweeps
      what a killed process left.
      Version 2: each meta, transfer_done and transfer_failed is one line of
      JSON, followed, when the writer has an auth key, by one line
        mac hmac-sha256 <64 lowercase hex digits>
      = HMAC-SHA-256(key, "kvx-file-v2" 0x00 <file name> 0x00 <the JSON line
-     with its newline>), where <file name> is "transfer_done",
-     "transfer_failed" or "kv_chunk_<i>.bin.meta". The CRC32C of every
-     chunk (in its meta) and of metadata.bin (in transfer_done) lie inside
-     the authenticated bytes. (Version 1 had no MAC line.)
+     with its newline>), <file name> being "transfer_done", "transfer_failed"
+     or "kv_chunk_<i>.bin.meta". The CRC32C of every chunk (in its meta) and
+     of metadata.bin (in transfer_done) lie inside the authenticated bytes.
+     (Version 1 had no MAC line.)
 
    CONSISTENCY (what the file transport needs from a shared filesystem)
-     1. rename(2) of a directory within KVX_FILE_DIR is atomic: another
-        node finds either no room_<room> or the whole renamed directory,
-        with every file written into it before the rename. (Local
-        filesystems, NFS, Lustre, CephFS and GlusterFS all give this;
-        with KVX_FILE_FSYNC=1 the files and the directory are also on the
-        server's stable storage first.)
-     2. A name that did not exist is eventually seen by a fresh lookup on
-        another node. A cached negative lookup (NFS lookupcache=all,
-        attribute caches) only delays the receiver; it never fails it.
+     1. rename(2) of a directory within KVX_FILE_DIR is atomic: another node
+        finds no room_<room> or the whole directory with every file written
+        before the rename (local filesystems, NFS, Lustre, CephFS, GlusterFS;
+        with KVX_FILE_FSYNC=1 all of it is on stable storage first).
+     2. A new name is eventually seen by a fresh lookup on another node; a
+        cached negative lookup (NFS lookupcache=all, attribute caches) only
+        delays the receiver, never fails it.
      3. mkdir may answer wrongly under a concurrent lookup of the same name
-        from another node (GlusterFS answers EEXIST for a directory its
-        brick then removed): the sender only makes directories under fresh
-        random names nobody looks up, and kvx__mkdirat (kvx.h) checks every
-        answer with a lookup and retries, bounded.
-     4. Where a file transfer_done lists is missing or shorter than its
-        meta on this node, the receiver looks again for KVX_FILE_SETTLE
-        before failing; a room is never taken for whole on a size: every
-        chunk's size and CRC32C, and the aux rows' CRC32C, are checked
-        against the authenticated metas and transfer_done.
-     5. A sender that fails writes transfer_failed into its room and puts
-        the room in place (or, when it cannot, room_<room>.failed next to
-        it), so the receiver learns it at its next look.
-     The receiver never caches the room directory between looks: each look
-     opens it afresh (one LOOKUP and one GETATTR per pending room per
-     progress turn on a network filesystem).
+        from another node (GlusterFS: EEXIST for a directory its brick then
+        removed): the sender only makes directories under fresh random
+        names, and kvx__mkdirat (kvx.h) checks each answer with a lookup
+        and retries, bounded.
+     4. A listed file missing or shorter than its meta is looked for again
+        for KVX_FILE_SETTLE before failing; a room is never taken for whole
+        on a size: every chunk's size and CRC32C, and the aux rows' CRC32C,
+        are checked against the authenticated metas and transfer_done.
+     5. A failing sender writes transfer_failed into its room and puts the
+        room in place (else room_<room>.failed beside it), so the receiver
+        learns it at its next look.
+     The receiver never caches the room directory: each look opens it afresh
+     (one LOOKUP and one GETATTR per pending room per progress turn on a
+     network filesystem).
 
    WITH A BOOTSTRAP ADDRESS (kvx_boot.h)
-     The file transport needs no handshake, but it can use one: a prefill
-     engine given desc.bootstrap_addr, desc.boot.port or KVX_BOOTSTRAP_PORT
-     runs kvx_boot's bootstrap server and control listener; a receiver whose
-     room (or engine) has a bootstrap address connects to it. Then the
-     sender waits in BOOTSTRAPPING for the decode side's room frame (and
-     checks that both sides agree on the page count), reports Success or
-     its failure reason over the control channel, and aborts travel both
-     ways at once; the decode side also learns within
-     KVX_HEARTBEAT_INTERVAL x KVX_HEARTBEAT_MAX_FAILURE that a prefill died,
-     instead of waiting for KVX_FILE_TIMEOUT. The bytes still go through
-     the files, and a receiver still reports Success only after reading and
-     verifying them.
+     Optional: a prefill engine given desc.bootstrap_addr, desc.boot.port or
+     KVX_BOOTSTRAP_PORT runs kvx_boot's bootstrap server and control listener;
+     a receiver whose room (or engine) has a bootstrap address connects. The
+     sender then waits in BOOTSTRAPPING for the room frame (both sides must
+     agree on the page count), reports Success or failure over the control
+     channel, and aborts travel both ways at once; the decode side learns
+     within KVX_HEARTBEAT_INTERVAL x KVX_HEARTBEAT_MAX_FAILURE that a prefill
+     died instead of waiting for KVX_FILE_TIMEOUT. The bytes still go
+     through the files and are verified before Success.
 
-   THREAD SAFETY: as kvx.h. I/O runs on the engine's worker threads;
-   kvx_receiver_destroy waits until no worker touches the room's pages.
+   LICENSE: MIT, as kvx.h.
 */
 #ifndef KVX_FILE_H_INCLUDED
 #define KVX_FILE_H_INCLUDED

@@ -1,27 +1,61 @@
 /* kvx_rdma.h - v0.1.0 - the rdma transport: paged KV cache over libibverbs (RC QPs, RDMA WRITE)
 
-   The prefill side writes every KV page of a request straight from its pool
-   into the decode side's pool with one-sided RDMA WRITEs over reliable
-   connected (RC) queue pairs: one WRITE per coalesced run of pages (split at
-   KVX_IB_MAX_MSG), chained into one ibv_post_send per queue pair per batch,
-   selectively signaled, spread over several queue pairs and NICs. The
-   decode side learns that every byte is in place from an RDMA WRITE WITH
-   IMMEDIATE at the end of the room on every queue pair (the immediate names
-   the room) together with kvx_boot's status frame carrying the byte count,
-   and only then reports Success. The bootstrap handshake, room frames,
-   status, abort and heartbeats are kvx_boot.h's.
+   The prefill writes every KV page of a request straight from its pool into
+   the decode side's pool with one-sided RDMA WRITEs over reliable connected
+   (RC) queue pairs, spread over several queue pairs and NICs. The decode
+   side reports Success once an RDMA WRITE WITH IMMEDIATE ended the room on
+   every queue pair and kvx_boot's status frame brought the byte count. The
+   handshake, room frames, status, abort and heartbeats are kvx_boot.h's.
+
+   CONTENTS (section markers: search for ">>name")
+     >>wire format  and ">>rdma: " wire format, verbs loader, settings and
+     state, settings, devices, memory registration, queue pairs, the queue-pair
+     exchange, failing rooms, prefill data path, decode completion accounting,
+     the completion and event thread, kvx_boot hooks, backend hooks, engine
 
    DO THIS
        #define KVX_IMPLEMENTATION
        #define KVX_WITH_RDMA          (or -DKVX_WITH_RDMA for that one file)
        #include "kvx_rdma.h"          (includes kvx_boot.h and kvx.h)
        kvx_rdma_register();           (once; then desc.transport = "rdma")
-     Link with -lpthread -ldl. libibverbs is loaded at run time with dlopen,
-     so a binary built with KVX_WITH_RDMA starts on a machine without it and
-     engine creation fails with a sentence saying what is missing. Build
-     with -DKVX_NO_RUNTIME_LINKING (and -libverbs) to link it directly.
-     Without KVX_WITH_RDMA everything compiles and creating an "rdma" engine
-     fails with KVX_ERR_NOT_COMPILED and a message naming the macro.
+     Link with -lpthread -ldl. libibverbs is loaded at run time (dlopen), so
+     a binary built with KVX_WITH_RDMA starts without it and engine creation
+     fails with a sentence saying what is missing; -DKVX_NO_RUNTIME_LINKING
+     (and -libverbs) links it directly. Without KVX_WITH_RDMA everything
+     compiles and an "rdma" engine fails with KVX_ERR_NOT_COMPILED naming
+     the macro.
+
+   DATA PATH (per room, on the prefill)
+     kvx__rdma_sender_send -> kvx__rdma_submit: the chunk's two-sided plan
+     (runs coalesced) is cut at KVX_IB_MAX_MSG and region boundaries into one
+     WRITE each, dealt to the queue pairs in byte-balanced contiguous ranges
+     (kvx__rdma_cuts); kvx__rdma_room_step / kvx__rdma_queue_aux ->
+     kvx__rdma_pump chain them into one selectively signaled ibv_post_send
+     per queue pair per batch, at most KVX_IB_SEND_DEPTH outstanding (more as
+     completions free slots, kvx__rdma_cq_prefill). The room's last WRITE on
+     every queue pair is a signaled WRITE WITH IMMEDIATE (imm = the room id
+     folded to 32 bits; zero-length if the queue pair had nothing left). Aux
+     rows go once the room's KV WRITEs on the other queue pairs completed,
+     on queue pair 0 behind its own KV WRITEs, the last carrying the
+     immediate. When every WRITE completed the prefill sends status Success
+     with the byte count; the decode side (kvx__rdma_cq_decode) succeeds
+     with that status, an immediate for the room from every queue pair of
+     that peer, and the bytes agreeing. Two open receivers whose folded ids
+     collide are serialised (the later sends its room frame when the first
+     is done). An aborted room gets a zero-length WRITE WITH IMMEDIATE on
+     each queue pair that had not carried its last one, so
+     kvx_receiver_destroy can wait (KVX_IB_FENCE_TIMEOUT) until no more
+     bytes of it can land.
+
+   EXAMPLE (prefill side; the rest as kvx_tcp.h's, with transport "rdma")
+       // given: kvx_layout layout;
+       kvx_rdma_register();                  // makes "rdma" a transport name
+       kvx_engine_desc d = {0};
+       d.role = KVX_ROLE_PREFILL;  d.transport = "rdma";  d.layout = layout;
+       d.bootstrap_addr = "10.0.0.1:8998";
+       d.rdma.devices = "mlx5_0,mlx5_1";     // NULL: every active port
+       kvx_engine *e;  char why[KVX_ERROR_MAX];
+       if (kvx_engine_create(&d, &e, why, sizeof why)) puts(why);
 
    COMPILE-TIME MACROS
      KVX_WITH_RDMA            compile the transport (needs <infiniband/verbs.h>,
@@ -30,44 +64,34 @@
                               (needs rdma-core >= 34 at link time)
      KVX_RDMA_MAX_DEVS        NIC ports one engine uses (16)
      KVX_RDMA_MAX_QPS         queue pairs per peer (64)
-     (an exchange message is at most kvx_boot.h's KVX_BOOT_MAX_MESSAGE, 8 MiB)
 
-   SETTINGS AND ENVIRONMENT (read once at engine creation)
-     Each variable has a desc.rdma field, a row of kvx__rdma_table resolved
-     by kvx.h's settings rule: the variable overrides the field; 0 = the
-     default, except where 0 is a value (marked "KVX_ZERO"): there the field
-     asks for 0 with KVX_ZERO (-1) and the variable with 0; a value outside
-     its range fails engine creation with KVX_ERR_BAD_CONFIG naming the
-     variable and the field.
+   ENVIRONMENT (read at engine creation; kvx__rdma_table; kvx.h's settings
+   rule: each overrides its desc.rdma field, 0 = default; "KVX_ZERO" marks
+   where 0 is a value: the field asks for it with KVX_ZERO, the variable 0)
      KVX_IBVERBS_LIBRARY   desc.rdma.library: the verbs library to dlopen
                            ("libibverbs.so.1"; the tests point it at softverbs)
      KVX_IB_DEVICE         desc.rdma.devices: comma-separated device names,
                            each optionally "name:port" (every ACTIVE port of
                            every device)
      KVX_IB_GID_INDEX      desc.rdma.gid_index, 0..65535, KVX_ZERO: GID table
-                           index (auto: on RoCE the first RoCE v2 GID that is
-                           neither zero nor link-local, IPv4-mapped ones
-                           first; on InfiniBand LID routing; the variable -1
-                           also means auto)
+                           index (auto: on RoCE the first RoCE v2 GID neither
+                           zero nor link-local, IPv4-mapped ones first; on
+                           InfiniBand LID routing; the variable -1 = auto)
      KVX_IB_QPS            desc.rdma.qps: RC queue pairs per peer engine pair,
                            1..KVX_RDMA_MAX_QPS; the larger of both sides'
                            values is used (2, and at least one per port)
-     KVX_IB_MAX_MSG        desc.rdma.max_msg: bytes of one RDMA WRITE, 4096..
-                           1 GiB; runs of pages are split at multiples of it
-                           (1048576)
+     KVX_IB_MAX_MSG        desc.rdma.max_msg, 4096..1 GiB: bytes of one RDMA
+                           WRITE; runs are split at multiples of it (1048576)
      KVX_IB_SIGNAL_EVERY   desc.rdma.signal_every, 1..4096: every Nth WRITE on
-                           a queue pair is signaled, and always the last of a
-                           room on that queue pair (16)
-     KVX_IB_SEND_DEPTH     desc.rdma.send_depth, 16..1048576: WRITEs
-                           outstanding per queue pair (1024, raised to 2 x
-                           SIGNAL_EVERY, at most the device's max_qp_wr); more
-                           wait in a software queue
+                           a queue pair is signaled, and its last of a room (16)
+     KVX_IB_SEND_DEPTH     desc.rdma.send_depth, 16..1048576: WRITEs outstanding
+                           per queue pair (1024, raised to 2 x SIGNAL_EVERY, at
+                           most max_qp_wr); more wait in a software queue
      KVX_IB_RECV_DEPTH     desc.rdma.recv_depth, 16..1048576: receives posted
                            per decode queue pair for the immediates (512)
      KVX_IB_TIMEOUT        desc.rdma.timeout, 0..31, KVX_ZERO: local ACK
                            timeout exponent, 4.096 us * 2^N (14; 0 = none)
-     KVX_IB_RETRY_CNT      desc.rdma.retry_cnt, 0..7, KVX_ZERO: transport
-                           retries (7)
+     KVX_IB_RETRY_CNT      desc.rdma.retry_cnt, 0..7, KVX_ZERO: retries (7)
      KVX_IB_RNR_RETRY      desc.rdma.rnr_retry, 0..7, KVX_ZERO: receiver-not-
                            ready retries (7 = infinite)
      KVX_IB_SL             desc.rdma.sl, 0..15: service level (0)
@@ -77,100 +101,79 @@
                            registers with IBV_ACCESS_RELAXED_ORDERING through
                            ibv_reg_mr_iova2 when libibverbs has it (1)
      KVX_IB_CONNECT_TIMEOUT desc.rdma.connect_timeout_s, 0.001..1e6: seconds
-                           for the queue-pair exchange with a peer (each side
-                           waits this long for the other's next message) and
-                           for a prefill room to wait for it (10)
+                           a side of the queue-pair exchange waits for the
+                           other's next message, and a prefill room for it (10)
      KVX_IB_FENCE_TIMEOUT  desc.rdma.fence_timeout_s, 0.001..1e6: seconds
                            kvx_receiver_destroy of an unfinished room waits
                            for the prefill to confirm it stopped writing (2)
-     KVX_AUTH_KEY / KVX_AUTH_KEY_FILE (kvx.h, desc.auth_key): kvx_boot's
-                           control connections prove the key both ways, and
-                           the exchange travels only on them (below)
+     KVX_AUTH_KEY / KVX_AUTH_KEY_FILE (kvx.h, desc.auth_key): proved both ways
+                           on kvx_boot's control connections, which alone
+                           carry the exchange (below)
      And kvx_boot.h's: KVX_BOOTSTRAP_HOST, KVX_BOOTSTRAP_PORT,
      KVX_HEARTBEAT_INTERVAL, KVX_HEARTBEAT_MAX_FAILURE ...
 
+   THREAD SAFETY
+     As kvx.h. Each engine owns one completion/event thread (completion
+     channels, async events, exchange timeouts) and one exchange worker
+     thread (the messages, in order), besides kvx_boot's; kvx_engine_destroy
+     joins them all. Posting happens on the caller's thread in
+     kvx_sender_send and on the completion thread. kvx_sender_destroy waits
+     until the NIC finished reading the room's pages; kvx_receiver_destroy
+     of an unfinished room waits up to KVX_IB_FENCE_TIMEOUT for the fence.
+
    HOW IT CONNECTS
-     Both sides register every KV buffer and aux buffer on every port they
-     use (decode: LOCAL_WRITE | REMOTE_WRITE, prefill: LOCAL_WRITE; relaxed
+     Both sides register every KV and aux buffer on every port they use
+     (decode: LOCAL_WRITE | REMOTE_WRITE, prefill: LOCAL_WRITE; relaxed
      ordering when available), split at the device's max_mr_size. Each
-     engine's kvx_boot hello carries a small endpoint blob (format below):
-     its instance id and its ports (GID, LID, MTU, link layer). The per-peer
-     part goes as kvx_boot transport messages (kvx_boot_peer_send /
-     hooks.on_message) on the control connection: when the decode side's control
-     connection to a prefill rank is up (hooks.on_connect) it creates its
-     queue pairs, posts receives and sends CONNECT (queue pair numbers,
-     PSNs, ports, and the address, length and rkeys of every registered
-     region); the prefill creates its queue pairs, brings them to RTS and
-     answers ACCEPT; the decode side brings its own to RTS and answers READY,
-     after which the prefill writes. Path MTU is the smaller of the two
-     ports'. A decode receiver holds its room frame while a connection it
-     needs is being made; a prefill room whose destination arrives without
-     a connection waits (KVX_IB_CONNECT_TIMEOUT). Broken connections are
-     repaired while the control connection lives: the decode side redials
-     when its side broke (its next receiver, or a Failed status with
-     KVX_ERR_TRANSPORT from the prefill); when only the prefill's side broke
-     while idle, the next room asks the decode side to reconnect with a
-     status frame in state Transferring carrying KVX_ERR_TRANSPORT and, in
-     its byte field, the decode side's first queue pair number (so a late
-     request cannot retire a newer connection), and waits. A prefill
-     retires its old connection with a decode engine as soon as a new
-     CONNECT from it checks out.
+     kvx_boot hello carries an endpoint blob (below): instance id and ports
+     (GID, LID, MTU, link layer). The rest goes as kvx_boot transport
+     messages (kvx_boot_peer_send / hooks.on_message) on the control
+     connection: once the decode side's control connection to a prefill rank
+     is up (hooks.on_connect) it creates its queue pairs, posts receives and
+     sends CONNECT (queue pair numbers, PSNs, ports, and the address, length
+     and rkeys of every registered region); the prefill creates its queue
+     pairs, brings them to RTS and answers ACCEPT; the decode side brings its
+     own to RTS and answers READY, after which the prefill writes. Path MTU
+     is the smaller port's. A decode receiver holds its room frame while a
+     connection it needs is being made; a prefill room whose destination
+     arrives without a connection waits (KVX_IB_CONNECT_TIMEOUT). Broken
+     connections are repaired while the control connection lives: the decode
+     side redials when its side broke (its next receiver, or a Failed status
+     with KVX_ERR_TRANSPORT); when only the prefill's side broke while idle,
+     the next room asks the decode side to reconnect with a status frame in
+     state Transferring carrying KVX_ERR_TRANSPORT and, in its byte field,
+     the decode side's first queue pair number (so a late request cannot
+     retire a newer connection), and waits. A prefill retires its old
+     connection with a decode engine once a new CONNECT from it checks out.
 
    WHAT A PEER MAY WRITE
      The decode side registers only its KV pool and aux buffers for remote
      write, so a peer's rkeys reach nothing else. RDMA cannot restrict a
      WRITE to one room's pages at the NIC without a memory region or window
-     per room (binding type-2 memory windows per room costs a bind per
-     buffer region per room; out of scope), so the prefill plans every
-     WRITE with kvx_plan_pages against the destination pages of the room
-     frame, checked against the pool size the decode side advertised, and
-     the decode side checks on completion that the bytes the prefill
-     reports placed equal pages * page bytes + aux row bytes of the room.
+     per room (type-2 memory windows cost a bind per buffer region per room;
+     out of scope), so the prefill plans every WRITE with kvx_plan_pages
+     against the room frame's destination pages, checked against the pool
+     size the decode side advertised, and the decode side checks on
+     completion that the bytes placed equal pages * page bytes + aux row
+     bytes of the room.
 
-   DATA PATH (per room, on the prefill)
-     Each chunk becomes a two-sided plan (source pages -> destination pages,
-     runs coalesced); its spans are cut at KVX_IB_MAX_MSG and at region
-     boundaries into one WRITE each and dealt to the queue pairs in byte-
-     balanced contiguous ranges. At most KVX_IB_SEND_DEPTH WRITEs are
-     outstanding per queue pair; the rest are posted as completions free
-     slots. On the last chunk the last WRITE of the room on every queue pair
-     is a WRITE WITH IMMEDIATE (imm = the room id folded to 32 bits; a
-     zero-length one when a queue pair had nothing left), signaled. Aux rows
-     go after every KV WRITE of the room on the other queue pairs completed,
-     on queue pair 0 behind its own KV WRITEs, the last one carrying the
-     immediate. When every WRITE completed, the prefill sends status Success
-     with the byte count. The decode side succeeds when it has that status
-     and an immediate for the room from every queue pair of that peer, and
-     the bytes agree. Two open receivers whose folded ids collide are
-     serialised (the later sends its room frame when the first is done).
-     An aborted room gets a zero-length WRITE WITH IMMEDIATE on each queue
-     pair that had not carried its last one yet, so kvx_receiver_destroy
-     can wait (KVX_IB_FENCE_TIMEOUT) until no more bytes of it can land.
-     Functions: kvx__rdma_sender_send -> kvx__rdma_submit (plan, cuts per
-     queue pair: kvx__rdma_cuts) -> kvx__rdma_room_step / kvx__rdma_queue_aux
-     -> kvx__rdma_pump (ibv_post_send); completions in kvx__rdma_cq_prefill
-     and, on the decode side, the immediates in kvx__rdma_cq_decode.
-
-   ERRORS
-     Every failure this side decides (a refused argument, a local error, an
-     abort, a timeout, engine destroy) reaches the peer at once through the
-     core's room_failed hook, with the room's first reason: the prefill
-     sends status Failed, the decode side an abort. Failures the peer
-     reported and the loss of the peer send nothing back. A room that
-     reached Success or Failed sends nothing more; a prefill room whose
-     WRITEs all completed is not failed by its connection dying afterwards,
-     and a decode room whose prefill sent Success counts its bytes as placed.
-     A work completion error (with ibv_wc_status_str), a refused post, an
-     async event on a queue pair (IBV_EVENT_QP_FATAL, QP_REQ_ERR,
-     QP_ACCESS_ERR), on a CQ, on a port (PORT_ERR) or on the device
-     (DEVICE_FATAL), and the loss of the control connection fail every room
-     that depended on that connection, with the verbs text and the peer's
-     address; the prefill passes its sentence on in the status frame. A
-     completion that only says "flushed" or "retry counter exceeded" waits
-     up to 100 ms for an async event or another queue pair's completion
-     that names the cause, and says when the port is down. No room reports
-     Success without its status, its immediates and its bytes; when the
-     cause is ambiguous a room fails rather than succeeds.
+   FAILURES
+     Every failure this side decides reaches the peer at once, as kvx.h's
+     FAILURES says: the prefill sends status Failed, the decode side an
+     abort; failures the peer reported, the loss of the peer and a finished
+     room send nothing. A prefill room whose WRITEs all completed is not
+     failed by its connection dying afterwards; a decode room whose prefill
+     sent Success counts its bytes as placed. A work completion error
+     (ibv_wc_status_str), a refused post, an async event on a queue pair
+     (IBV_EVENT_QP_FATAL, QP_REQ_ERR, QP_ACCESS_ERR), a CQ, a port
+     (PORT_ERR) or the device (DEVICE_FATAL), and the loss of the control
+     connection fail every room that depended on that connection, with the
+     verbs text and the peer's address; the prefill passes its sentence on
+     in the status frame. A completion that only says "flushed" or "retry
+     counter exceeded" waits up to 100 ms for an async event or another
+     queue pair's completion that names the cause, and says when the port
+     is down. No room succeeds without its status, immediates and bytes;
+     when in doubt a room fails.
 
    ENDPOINT BLOB (in the kvx_boot hello; version 2; little-endian)
      0 u8[8] magic "kvx-rdma"   8 u16 version (2)   10 u16 role (1/2)
@@ -183,7 +186,7 @@
         22 u16 reserved   24 char name[24] (NUL-terminated)
 
    QUEUE-PAIR EXCHANGE (kvx_boot transport messages on the control
-   connection; little-endian; at most KVX_BOOT_MAX_MESSAGE bytes)
+   connection; little-endian; at most KVX_BOOT_MAX_MESSAGE, 8 MiB)
      Each message: u16 type, u16 reserved (0), u32 seq (the decode side's
      number for this attempt; every answer carries the seq it answers),
      then the body:
@@ -201,49 +204,28 @@
      4 REJECT (either way): 0 u64 from, 8 u64 to, 16 i32 result, 20 u32 rl
         (<= 1024), 24 reason
      Queue pair i of the decode side talks to queue pair i of the prefill.
-     A CONNECT larger than KVX_BOOT_MAX_MESSAGE (very many regions: a
-     device whose max_mr_size is small) fails the connection with a
-     sentence saying so.
+     A CONNECT larger than KVX_BOOT_MAX_MESSAGE (very many regions: a device
+     with a small max_mr_size) fails the connection with a sentence.
 
    WHO MAY TAKE PART IN THE EXCHANGE
      Only a peer whose kvx_boot control connection is up: its messages
-     arrive on that connection, after the hellos (with a key: after both
-     sides proved the key, kvx_boot.h SECURITY), and a message's `from`
-     must be the rdma instance of that connection's endpoint and its `to`
-     this engine, else it is refused (a REJECT with the reason, counted in
-     cm_refused, and nothing about this engine is sent). So is a malformed
-     message, one in the wrong direction, and an ACCEPT or READY that
-     answers no exchange in progress (wrong seq, or none). The prefill
-     hands out no rkeys: its memory is registered for local access only.
-     The key does not protect the bytes after the handshake (no encryption,
-     no per-message MAC: an attacker on the path can still alter them),
-     nor the RDMA traffic itself.
+     arrive on that connection after the hellos (with a key: after both
+     sides proved it, kvx_boot.h SECURITY), and a message's `from` must be
+     the rdma instance of that connection's endpoint and its `to` this
+     engine, else it is refused (a REJECT with the reason, counted in
+     cm_refused, nothing about this engine sent). So is a malformed message,
+     one in the wrong direction, and an ACCEPT or READY that answers no
+     exchange in progress (wrong seq, or none). The prefill hands out no
+     rkeys: its memory is registered for local access only. The key does
+     not protect the bytes after the handshake (no encryption, no
+     per-message MAC: an attacker on the path can alter them), nor the RDMA
+     traffic itself.
 
-   GPU MEMORY   GPU MEMORY
+   GPU MEMORY
      KV buffers with mem == KVX_MEM_CUDA are registered through dma-buf
-     (ibv_reg_dmabuf_mr) with the file descriptor the engine's
-     desc.mem.dmabuf_fd exports (kvx_cuda_mem_ops fills it:
-     cuMemGetHandleForAddressRange); without one engine creation fails
-     with a sentence saying so.
-
-   EXAMPLE (prefill side; the rest as kvx_tcp.h's, with transport "rdma")
-       // given: kvx_layout layout;
-       kvx_rdma_register();                  // makes "rdma" a transport name
-       kvx_engine_desc d = {0};
-       d.role = KVX_ROLE_PREFILL;  d.transport = "rdma";  d.layout = layout;
-       d.bootstrap_addr = "10.0.0.1:8998";
-       d.rdma.devices = "mlx5_0,mlx5_1";     // NULL: every active port
-       kvx_engine *e;  char why[KVX_ERROR_MAX];
-       if (kvx_engine_create(&d, &e, why, sizeof why)) puts(why);
-
-   THREAD SAFETY
-     As kvx.h. Each engine owns one completion/event thread (completion
-     channels, async events, exchange timeouts) and one exchange worker
-     thread (the messages, in order), besides kvx_boot's; kvx_engine_destroy joins them all. Posting
-     happens on the caller's thread in kvx_sender_send and on the completion
-     thread. kvx_sender_destroy waits until the NIC finished reading the
-     room's pages; kvx_receiver_destroy of an unfinished room waits up to
-     KVX_IB_FENCE_TIMEOUT for the prefill's fence.
+     (ibv_reg_dmabuf_mr) with the file descriptor desc.mem.dmabuf_fd exports
+     (kvx_cuda_mem_ops fills it: cuMemGetHandleForAddressRange); without one
+     engine creation fails with a sentence saying so.
 
    LICENSE: MIT, see the end of this file.
 */

@@ -1,63 +1,97 @@
 /* kvx_store.h - v0.1.0 - block store: persistent KV offload and prefix cache on local or shared storage
 
-   One file per KV page ("block"), named by a 32-byte key, under a
-   directory on a local disk or a shared filesystem (NFS, Lustre, CephFS).
-   An engine offloads pages it is about to drop (kvx_store_batch_put), asks
-   how long a prefix of a new request is already stored
-   (kvx_store_batch_exists), and loads that prefix back into free pool
-   pages (kvx_store_batch_get) instead of recomputing it. Keys are
-   SGLang HiCache's chained SHA-256 page hashes (kvx_store_page_keys), so
+   One file per KV page ("block"), named by a 32-byte key, under a directory
+   on a local disk or a shared filesystem (NFS, Lustre, CephFS). An engine
+   offloads pages it is about to drop (kvx_store_batch_put), asks how long a
+   prefix of a new request is stored (kvx_store_batch_exists), and loads it
+   back into free pool pages (kvx_store_batch_get) instead of recomputing it.
+   Keys are SGLang HiCache's chained SHA-256 page hashes (kvx_store_page_keys):
    the same prompt gives the same keys in every process and after restarts.
-   This header needs only kvx.h: an engine can vendor offload without the
-   transports.
+
+   CONTENTS (section markers: search for ">>name")
+     >>keys  >>block format  >>inspection  and ">>block store: " helpers,
+     keys, header, object, index, worker pool, capacity, batches, walking a
+     namespace, open, scan and verify
 
    DO THIS
      In exactly one C or C++ file:
          #define KVX_IMPLEMENTATION
-         #include "kvx_store.h"          (includes kvx.h)
+         #include "kvx_store.h"          (includes kvx.h only: no transport)
      Every other file just includes kvx_store.h. Link with -lpthread.
 
-   SETTINGS (kvx_store_desc; zero / NULL = the default on the right)
-     dir             root directory; KVX_STORE_DIR   (/tmp/kvx_store-<uid>)
+   DATA PATH
+     kvx_store_batch_put -> kvx__store_put_item and kvx_store_batch_get ->
+     kvx__store_get_item (one key each, on the I/O threads and the caller),
+     both through kvx__store_data_io: pwritev / preadv between the pool
+     pages and the block file, with the CRC32C (see HOT PATH COSTS).
+
+   EXAMPLE (error handling shortened)
+       // given: kvx_layout my_layout; int rank, tp; const uint32_t *tokens;
+       // given: size_t ntok; const int32_t *free_pages, *pages;
+       kvx_store_desc d = {0};
+       d.dir = "/mnt/nvme/kvcache";  d.model = "meta-llama/Llama-3.1-8B";
+       d.layout = my_layout;         d.tp_rank = rank;  d.tp_size = tp;
+       kvx_store *st;  char why[KVX_ERROR_MAX];
+       if (kvx_store_open(&d, &st, why, sizeof why)) puts(why);
+       kvx_store_key keys[256];
+       size_t nk = kvx_store_page_keys(tokens, ntok, 16, NULL, keys, 256);
+       size_t hit = kvx_store_batch_exists(st, keys, nk);     // prefix hits
+       size_t got = 0;
+       kvx_store_batch_get(st, keys, free_pages, hit, &got);  // got <= hit
+       // ... compute the rest, then offload:
+       kvx_store_batch_put(st, keys, pages, nk, NULL);
+       kvx_store_close(st);
+
+   COMPILE-TIME MACROS: none of its own (kvx.h's).
+
+   ENVIRONMENT AND SETTINGS (kvx_store_desc; variables read once in
+   kvx_store_open, kvx.h's settings rule: each overrides its desc field,
+   0 / NULL = the default on the right, out of range fails the open)
      model           model id, part of the namespace            ("")
      layout          the KV pool (host memory); copied          (required)
-     tp_rank         this rank                                  (0)
-     tp_size         tensor-parallel size                       (1)
-     capacity_bytes  most bytes of block files this store keeps;
-                     KVX_STORE_CAPACITY; KVX_STORE_UNLIMITED = no limit (64 GiB)
-     io_threads      threads doing a batch's I/O, the calling thread
-                     included; KVX_STORE_IO_THREADS               (4)
-     fsync           durability, see below; KVX_STORE_FSYNC       (0)
-     shared          KVX_STORE_SHARED: 0 = the directories are this user's
-                     (made 0700; one that another user owns, or that the
-                     group or others may write without the sticky bit, is
-                     refused with a sentence naming it, its owner and
-                     mode); 1 = shared with the group: the directory's
-                     group may own and write it (make it group-owned,
-                     mode 2770)                                    (0)
-     scan_interval   seconds between namespace scans (see CAPACITY);
-                     KVX_STORE_SCAN_INTERVAL; 0.05 .. 86400, -1 = no
-                     periodic scan (only at open and kvx_store_rescan) (30)
+     tp_rank, tp_size  this rank, tensor-parallel size          (0, 1)
      allocator       {alloc_fn, free_fn, user_data}             (malloc/free)
-     logger          {func, user_data, level}                   (stderr, warn)
+     KVX_STORE_DIR   (desc.dir) root directory       (/tmp/kvx_store-<uid>)
+     KVX_STORE_CAPACITY  (desc.capacity_bytes) most bytes of block files
+                     kept; optional suffix K, M, G, T (powers of 1024;
+                     "KiB"/"GB"... accepted); "unlimited" or
+                     KVX_STORE_UNLIMITED = no limit             (64 GiB)
+     KVX_STORE_IO_THREADS  (desc.io_threads) threads doing a batch's I/O,
+                     the calling thread included; 1..256         (4)
+     KVX_STORE_FSYNC (desc.fsync) 0: rename only: a block is written under a
+                     temporary name and renamed, so no reader sees a torn
+                     block even when the writer is killed; a power failure
+                     may lose recent blocks (then misses, never garbage:
+                     the data CRC catches bytes that did not reach the
+                     disk). 1: fsync the file, rename, fsync the directory:
+                     a block a put reported is on stable storage.  (0)
+     KVX_STORE_SHARED (desc.shared) 0: the directories are this user's
+                     (made 0700; one another user owns, or the group or
+                     others may write without the sticky bit, is refused
+                     naming it, its owner and mode). 1: shared with the
+                     group, which may own and write it (make it
+                     group-owned, mode 2770).                    (0)
+     KVX_STORE_SCAN_INTERVAL  (desc.scan_interval) seconds (fractions
+                     allowed) between namespace scans (CAPACITY), 0.05 ..
+                     86400; -1 = no periodic scan (only at open and in
+                     kvx_store_rescan)                           (30)
+     KVX_LOG_LEVEL   (desc.logger.level) error|warn|info|debug of the
+                     store's logger {func, user_data, level}  (stderr, warn)
 
-   ENVIRONMENT (read once in kvx_store_open; override the desc)
-     KVX_STORE_DIR        root directory
-     KVX_STORE_CAPACITY   bytes, optional suffix K, M, G, T (powers of 1024,
-                          "KiB"/"GB"... accepted), or "unlimited"; 0 = default
-     KVX_STORE_FSYNC      0 = rename only: a block is written under a
-                            temporary name and renamed, so no reader ever
-                            sees a torn block even when the writer is killed;
-                            a power failure may lose recent blocks (they are
-                            then misses, never garbage: the data CRC catches
-                            a block whose bytes did not reach the disk).
-                          1 = fsync the file, rename, fsync the directory:
-                            a block that a put reported is on stable storage.
-     KVX_STORE_IO_THREADS 1..256; 0 = 4; anything else is refused
-     KVX_STORE_SHARED     0 or 1, see `shared`
-     KVX_STORE_SCAN_INTERVAL  seconds (fractions allowed), 0.05..86400;
-                          -1 = no periodic scan; 0 = 30
-     KVX_LOG_LEVEL        error|warn|info|debug for the store's logger
+   THREAD SAFETY
+     Every function may be called from any thread, concurrently, on one
+     store, except kvx_store_close. Batch calls block until their I/O is
+     done (call them from the engine's offload thread, not its scheduler).
+     Several processes (and hosts) may share a directory (CAPACITY, SHARED
+     FILESYSTEMS). The store starts io_threads - 1 workers at open, plus the
+     namespace scanner when scan_interval >= 0, and joins them at close. A
+     batch is a parallel loop over its keys that the caller joins: workers
+     and caller claim keys with one atomic counter, each with preallocated
+     scratch (header, iovecs, plan), so nothing is allocated per key and a
+     one-key get runs on the caller with no hand-off. (Not an internal
+     kvx_engine with the fake transport: that brings a progress thread
+     waking every millisecond, rooms and a role the store has no use for,
+     and kvx__workq allocates a node per job.)
 
    NAMESPACE AND LAYOUT ON DISK
      <dir>/<config-hash>/config.json              what the namespace holds
@@ -72,21 +106,19 @@
        list or TP rank/size is another directory: it never sees these blocks.
      <key> is the 64 lowercase hex digits of the key; <k0k1> the two hex
        digits of its first byte: 256 directories, made with the namespace,
-       so a directory holds about 1/256 of the blocks (4,000 at 2 TB of
-       2 MiB blocks) and is only ever looked up by name (hashed: ext4
-       htree, XFS B+tree, NFS LOOKUP), never scanned on the hot path. A
-       second level (65,536 directories) was measured to make nearly every
-       put into a young store also create a directory (an inode, and a
-       server round trip on NFS) and to leave the scan at open 65,536
-       directories to read.
+       each holding about 1/256 of the blocks (4,000 at 2 TB of 2 MiB
+       blocks), only ever looked up by name (hashed: ext4 htree, XFS B+tree,
+       NFS LOOKUP), never scanned on the hot path. A second level (65,536
+       directories) made nearly every put into a young store also create a
+       directory (an inode, a server round trip on NFS) and left the scan
+       at open 65,536 directories to read.
      Temporary files are "<key>.kvb.tmp.<pid>-<nonce>.<seq>" in the same
        directory (unique per process and thread, also across hosts), created
        with O_EXCL, renamed over <key>.kvb when complete (rename is atomic;
        two writers of one key write identical bytes, the last rename wins).
-       Temporary files unchanged for 10 minutes are removed by
-       kvx_store_open and by namespace scans. A block taken for corrupt
-       that was written less than 10 minutes ago waits under such a name
-       too (see SHARED FILESYSTEMS).
+       Temporaries unchanged for 10 minutes are removed by kvx_store_open
+       and by scans. A block taken for corrupt that was written less than
+       10 minutes ago waits under such a name too (SHARED FILESYSTEMS).
      Directories another node may create at the same moment (the root,
        <config-hash>, the 256 fan-out directories) are made with
        kvx__mkdirat, which checks mkdir's answer (GlusterFS can answer
@@ -118,114 +150,96 @@
      The file is exactly header_size + data_len bytes. A file of another
      size, a bad magic/version/flag, a header or data CRC mismatch, or a
      header that names another configuration or buffer list is "corrupt":
-     a miss, and (see SHARED FILESYSTEMS: only on evidence re-read under a
-     private name) counted, logged at warn and removed. An intact block of
+     a miss, and (only on evidence re-read under a private name, see SHARED
+     FILESYSTEMS) counted, logged at warn and removed. An intact block of
      another key under a key's name is a miss and is moved to its own name.
-
-     Reading a block in Python (crc32c: any CRC32C, e.g. the 8 lines in
-     tests/store/read_block.py):
-         import struct
-         b = open(path, "rb").read()
-         assert b[:8] == b"KVXBLOCK"
-         ver, hsz, hcrc, flags, cfg = struct.unpack_from("<IIIIQ", b, 8)
-         key = b[32:64]
-         pages, nb, dlen, dcrc, psz, kvfp = struct.unpack_from("<IIQIIQ", b, 64)
-         item_len = struct.unpack_from("<%dQ" % nb, b, 96)
-         h = bytearray(b[:hsz]); h[16:20] = bytes(4)
-         assert crc32c(bytes(h)) == hcrc and len(b) == hsz + dlen
-         data = b[hsz:]; assert crc32c(data) == dcrc
-         layer_b = data[sum(item_len[:i]) : sum(item_len[:i + 1])]  # buffer i
+     tests/store/read_block.py reads and checks a block with Python's
+     standard library only (struct and an 8-line CRC32C).
 
    CAPACITY AND EVICTION (LRU that survives restarts, across processes)
-     The store keeps an in-memory index of the namespace's blocks: key,
-     size, last use. Every put and every get sets the block's atime and
-     mtime explicitly (futimens) to a per-process strictly increasing
-     wall-clock stamp, so the mtime is the last use, whoever used it.
-     A namespace scan reads each of the 256 directories once: a block the
-     index knows is only marked seen; one it does not know (another process
-     wrote it) is stat-ed and merged into the LRU order by its mtime; an
-     indexed block no scan saw and nobody here used since the scan began
-     (another process removed it) is forgotten; then least recently used
-     blocks are evicted until the namespace as seen is under capacity.
-     Scans run at kvx_store_open (building the index), every scan_interval
-     in a background thread, early (at most every max(1 s, scan_interval /
-     4)) when a put finds this process's view full, and in
-     kvx_store_rescan. Cost (bench/bench_store.c, 10,000 blocks): about 2
-     us per block at open and 1 us per known block in a rescan on a local
-     disk (0.57 s to open 100,000); on GlusterFS (FUSE, loopback brick)
-     50 us per block at open and 43 us per known block in a rescan (0.43 s
-     for 10,000: a 1M-block namespace costs ~45 s of one thread per scan;
-     raise scan_interval accordingly, or -1 for a namespace one process
-     owns).
+     The store keeps an in-memory index of the namespace's blocks (key,
+     size, last use). Every put and get sets the block's atime and mtime
+     (futimens) to a per-process strictly increasing wall-clock stamp, so
+     the mtime is the last use, whoever used it. A namespace scan reads each
+     of the 256 directories once: a known block is only marked seen; an
+     unknown one (another process wrote it) is stat-ed and merged into the
+     LRU order by its mtime; an indexed block no scan saw and nobody here
+     used since the scan began (another process removed it) is forgotten;
+     then least recently used blocks are evicted until the namespace as
+     seen is under capacity. Scans run at kvx_store_open (building the
+     index), every scan_interval in a background thread, early (at most
+     every max(1 s, scan_interval / 4)) when a put finds this process's
+     view full, and in kvx_store_rescan. Cost (bench/bench_store.c, 10,000
+     blocks): local disk about 2 us per block at open and 1 us per known
+     block in a rescan (0.57 s to open 100,000); GlusterFS (FUSE, loopback
+     brick) 50 us at open and 43 us per known block in a rescan (a
+     1M-block namespace costs ~45 s of one thread per scan: raise
+     scan_interval, or -1 for a namespace one process owns).
      A put reserves its block's bytes first, evicting least recently used
-     blocks of the index until the block fits. Before a block is evicted
-     (by a put or a scan) its mtime is read again from the server (statx
-     AT_STATX_FORCE_SYNC): one another process used since (newer mtime)
-     stays and another goes; one already gone is only forgotten. Once the
-     store is full, on a local filesystem the first block a put evicts is
-     not unlinked: its file is renamed to the put's temporary name and
-     overwritten in place (every byte; blocks of a namespace all have one
-     size), then renamed to the new key; that spares the filesystem an
-     inode, extents and page cache freed and allocated per block (on ext4
-     without a journal, creating files soon after deleting many is
-     particularly slow). A reader that had the evicted block open sees its
-     bytes change: the CRC fails, the name no longer leads to that file,
-     and it is an ordinary miss. On a network or FUSE filesystem (statfs
-     says NFS, SMB, FUSE, Ceph, Lustre, GPFS, OCFS2, GFS2, AFS, 9p) evicted
+     blocks of the index until it fits. Before a block is evicted (by a put
+     or a scan) its mtime is read again from the server (statx
+     AT_STATX_FORCE_SYNC): one used since by another process stays and
+     another goes; one already gone is only forgotten. Once full, on a
+     local filesystem the first block a put evicts is not unlinked but
+     renamed to the put's temporary name, overwritten in place (every byte;
+     a namespace's blocks all have one size) and renamed to the new key:
+     that spares the filesystem an inode, extents and page cache freed and
+     allocated per block (ext4 without a journal creates files slowly soon
+     after deleting many). A reader that had the evicted block open sees
+     its bytes change: the CRC fails, the name no longer leads there, and
+     it is an ordinary miss. On a network or FUSE filesystem (statfs says
+     NFS, SMB, FUSE, Ceph, Lustre, GPFS, OCFS2, GFS2, AFS, 9p) evicted
      blocks are always unlinked, never recycled: a name another client
-     looked up a moment ago may still lead, in that client's cache, to the
-     old file (GlusterFS even renames and unlinks through such a name),
-     and a recycled file would then be reached under a wrong key.
+     looked up a moment ago may still lead, in its cache, to the old file
+     (GlusterFS even renames and unlinks through such a name), and a
+     recycled file would be reached under a wrong key.
      Across processes (and hosts) sharing a namespace the limit holds for
-     the namespace as a whole, with this bound: each process keeps its
-     view (everything up to its last scan plus its own puts) under
-     capacity_bytes, so between scans the namespace can exceed the capacity
-     by what the other processes put since this process's last scan (N
-     processes putting at R bytes/s each: about (N - 1) x R x the scan gap);
-     every scan evicts it back down to the capacity, and evicting the same
-     least recently used blocks from several processes at once does not
-     over-evict (a victim already gone frees nothing and is not replaced
-     by another). After all writers stop, the next scan of any one of them
+     the namespace as a whole, with this bound: each process keeps its view
+     (everything up to its last scan plus its own puts) under
+     capacity_bytes, so between scans the namespace can exceed it by what
+     the others put since this process's last scan (N processes putting R
+     bytes/s each: about (N - 1) x R x the scan gap); every scan evicts it
+     back down, and several processes evicting the same blocks at once do
+     not over-evict (a victim already gone frees nothing and is not
+     replaced). After all writers stop, the next scan of any one of them
      leaves the namespace at or under capacity (tests/store/
      test_store_shared.c, tests/dfs/test_dfs_store.c). Capacity is in file
      bytes (header + data), not filesystem blocks; temporaries (writes in
      flight) are not counted.
 
    SHARED FILESYSTEMS (NFS, GlusterFS, CephFS, Lustre)
-     What the store relies on: rename of a file within a directory is
-     atomic on the server (a reader opens the old or the new file, never a
-     mix); a new file renamed into place is visible to other clients after
-     their name cache expires (GlusterFS entry-timeout and NFS actimeo:
-     until then a block another node just wrote can be a miss, and one it
-     just replaced or evicted can be a miss where it was a hit); a file's
-     size and bytes as read are checked (size, header CRC, key,
-     configuration, data CRC), so a stale attribute or page cache can only
-     make a block a miss, never a wrong page. What it does where the
-     filesystem is weaker: ENOENT/ESTALE while opening or reading is a
-     miss, not an error; a put whose "present" block vanished (a stale
-     positive lookup) writes it. A block that looks unusable is removed
-     only on evidence found in that very file: the name must still lead to
-     the file examined, with the same size and ctime from the server
-     (statx AT_STATX_FORCE_SYNC), else it changed under the reader and it
-     is a miss; on a network filesystem a file written in the last 5 s is
-     only a miss too (it may be another node's block in the making); then
-     whatever file the name leads to is moved (rename) to a private
-     temporary name and read again in full with fresh attributes there: an
-     intact block goes back (to its own key's name), another file than the
-     one examined goes back untouched, a short read proves nothing and goes
-     back; only a server-side size other than a block's, a bad header, or
-     a data CRC mismatch on a complete read counts as corrupt. The corrupt
-     file is removed at once when unchanged for 10 minutes, else left under
-     its temporary name for the next open or scan to remove (another
+     Relied on: rename of a file within a directory is atomic on the server
+     (a reader opens the old or the new file, never a mix); a file renamed
+     into place is visible to other clients once their name cache expires
+     (GlusterFS entry-timeout, NFS actimeo: until then a block another node
+     just wrote may be a miss, and one it just replaced or evicted a miss
+     where it was a hit); size and bytes as read are checked (size, header
+     CRC, key, configuration, data CRC), so a stale attribute or page cache
+     only makes a miss, never a wrong page. Where the filesystem is weaker:
+     ENOENT/ESTALE while opening or reading is a miss, not an error; a put
+     whose "present" block vanished (a stale positive lookup) writes it. A
+     block that looks unusable is removed only on evidence in that very
+     file: the name must still lead to the file examined, with the same
+     size and ctime from the server (statx AT_STATX_FORCE_SYNC), else it
+     changed under the reader and is a miss; on a network filesystem a file
+     written in the last 5 s is only a miss too (maybe another node's block
+     in the making); then whatever file the name leads to is moved (rename)
+     to a private temporary name and read again in full with fresh
+     attributes: an intact block goes back (to its own key's name), another
+     file than the one examined goes back untouched, a short read proves
+     nothing and goes back; only a server-side size other than a block's, a
+     bad header, or a data CRC mismatch on a complete read is corrupt. The
+     corrupt file is removed at once when unchanged for 10 minutes, else
+     left under its temporary name for the next open or scan (another
      writer may still complete it). So a reader never removes another
      writer's good block. KVX_STORE_FSYNC=1 is needed for a put to be on
      the server's stable storage when it returns (NFS, Lustre); GlusterFS
      caching translators (quick-read, io-cache, md-cache) and FUSE
-     attribute/entry timeouts only cost misses. What stays open: clocks of
-     the hosts should agree (mtimes order the LRU across hosts and the 5 s
-     rule compares them with this host's clock); a block used on another
-     node within a second of its eviction here may be evicted anyway
-     (stale attributes).
+     attribute/entry timeouts only cost misses. Open: the hosts' clocks
+     should agree (mtimes order the LRU across hosts, and the 5 s rule
+     compares them with this host's clock); a block used on another node
+     within a second of its eviction here may be evicted anyway (stale
+     attributes).
 
    HOT PATH COSTS
      exists: one fstatat per key (checks the size too); no directory scan,
@@ -235,55 +249,13 @@
              while it is in cache, futimens, close.
      put:    fstatat (an existing block is only touched), renameat of an
              evicted block to the temporary name (local filesystems) or
-             openat(O_EXCL) of a new one, pwritev straight from the pool pages in groups of ~1 MiB,
-             each followed by its CRC32C while it is in cache, pwrite of the
-             header, futimens, [fsync], close, renameat, [fsync dir]. No KV
-             byte is copied in user space.
-     On x86-64 the data CRC32C runs three crc32 streams and joins them with
-     tables (about twice kvx_crc32c's speed; same values; elsewhere it is
-     kvx_crc32c). Batches are split over io_threads threads (the caller
-     works too).
-
-   DATA PATH
-     kvx_store_batch_put -> kvx__store_put_item and kvx_store_batch_get ->
-     kvx__store_get_item (one key each, on the I/O threads and the caller),
-     both through kvx__store_data_io: pwritev / preadv between the pool
-     pages and the block file, with the CRC32C (see HOT PATH COSTS).
-
-   EXAMPLE (error handling shortened)
-       // given: kvx_layout my_layout; int rank, tp; const uint32_t *tokens;
-       // given: size_t ntok; const int32_t *free_pages, *pages;
-       kvx_store_desc d = {0};
-       d.dir = "/mnt/nvme/kvcache";  d.model = "meta-llama/Llama-3.1-8B";
-       d.layout = my_layout;         d.tp_rank = rank;  d.tp_size = tp;
-       kvx_store *st;  char why[KVX_ERROR_MAX];
-       if (kvx_store_open(&d, &st, why, sizeof why)) puts(why);
-       kvx_store_key keys[256];
-       size_t nk = kvx_store_page_keys(tokens, ntok, 16, NULL, keys, 256);
-       size_t hit = kvx_store_batch_exists(st, keys, nk);     // prefix hits
-       size_t got = 0;
-       kvx_store_batch_get(st, keys, free_pages, hit, &got);  // got <= hit
-       // ... compute the rest, then offload:
-       kvx_store_batch_put(st, keys, pages, nk, NULL);
-       kvx_store_close(st);
-
-   THREADS
-     The store starts io_threads - 1 worker threads at open and joins them at
-     close. A batch is a parallel loop over its keys that the calling thread
-     joins: workers and caller claim keys with one atomic counter, each with
-     its own preallocated scratch (header, iovecs, plan), so nothing is
-     allocated per key and a one-key get runs on the caller with no hand-off.
-     (It is not an internal kvx_engine with the fake transport: that would
-     bring a progress thread waking every millisecond, rooms and a role the
-     store has no use for, and kvx__workq allocates a node per job.)
-
-   THREAD SAFETY
-     Every function may be called from any thread, concurrently, on one
-     store, except kvx_store_close. Batch calls block until their I/O is
-     done (call them from the engine's offload thread, not its scheduler).
-     Several processes (and hosts) may share a directory (see CAPACITY and
-     SHARED FILESYSTEMS). A store with scan_interval >= 0 runs one more
-     thread, the namespace scanner, joined at close.
+             openat(O_EXCL) of a new one, pwritev straight from the pool
+             pages in groups of ~1 MiB, each followed by its CRC32C while in
+             cache, pwrite of the header, futimens, [fsync], close, renameat,
+             [fsync dir]. No KV byte is copied in user space.
+     On x86-64 the data CRC32C runs three crc32 streams joined with tables
+     (about twice kvx_crc32c's speed; same values; elsewhere kvx_crc32c).
+     Batches are split over io_threads threads (the caller works too).
 
    LICENSE: MIT, see the end of this file.
 */
