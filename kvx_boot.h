@@ -671,23 +671,6 @@ static void kvx__boot_copy(char *out, size_t n, const char *s) {
     out[l] = 0;
 }
 
-/* Appends raw bytes to a kvx__buf (same realloc discipline as the core). */
-static void kvx__boot_put(kvx__buf *b, const void *p, size_t n) {
-    if (b->oom) return;
-    if (b->len + n + 1 > b->cap) {
-        size_t nc = b->cap ? b->cap : 256;
-        char *nd;
-        while (nc < b->len + n + 1) nc *= 2;
-        nd = (char *)realloc(b->data, nc);
-        if (!nd) { b->oom = 1; return; }
-        b->data = nd;
-        b->cap = nc;
-    }
-    if (n) memcpy(b->data + b->len, p, n);
-    b->len += n;
-    b->data[b->len] = 0;
-}
-
 /* >>boot: frame codec ----------------------------------------------------- */
 
 #define KVX__BOOT_HDR 8
@@ -992,19 +975,19 @@ static KVX__UNUSED kvx_result kvx__boot_frame_encode(const kvx_boot_frame *f, kv
         kvx__le_w16(b + 88, (uint16_t)h->dtype_len);
         kvx__le_w16(b + 90, (uint16_t)h->transport_len);
         kvx__le_w32(b + 92, h->endpoint_len);
-        kvx__boot_put(out, fixed, sizeof fixed);
+        kvx__buf_put(out, fixed, sizeof fixed);
         for (i = 0; i < h->num_buffers + h->num_aux; i++) {
             uint8_t v[8];
             kvx__le_w64(v, i < h->num_buffers ? h->item_lens[i]
                                                 : h->aux_item_lens[i - h->num_buffers]);
-            kvx__boot_put(out, v, 8);
+            kvx__buf_put(out, v, 8);
         }
-        kvx__boot_put(out, h->dtype, h->dtype_len);
-        kvx__boot_put(out, h->transport, h->transport_len);
-        kvx__boot_put(out, h->endpoint, h->endpoint_len);
+        kvx__buf_put(out, h->dtype, h->dtype_len);
+        kvx__buf_put(out, h->transport, h->transport_len);
+        kvx__buf_put(out, h->endpoint, h->endpoint_len);
         if (h->flags & KVX_BOOT_HELLO_AUTH) {
-            kvx__boot_put(out, h->nonce, KVX_BOOT_NONCE);
-            if (h->role == KVX_ROLE_PREFILL) kvx__boot_put(out, h->proof, KVX_BOOT_PROOF);
+            kvx__buf_put(out, h->nonce, KVX_BOOT_NONCE);
+            if (h->role == KVX_ROLE_PREFILL) kvx__buf_put(out, h->proof, KVX_BOOT_PROOF);
         }
         break;
     }
@@ -1014,11 +997,11 @@ static KVX__UNUSED kvx_result kvx__boot_frame_encode(const kvx_boot_frame *f, kv
             return KVX_ERR_INVALID_ARGUMENT;
         kvx__boot_room_head(fixed, f->room, f->aux_index, f->num_pages, f->peer_index,
                             f->peer_count);
-        kvx__boot_put(out, fixed, KVX__BOOT_HDR + KVX__BOOT_ROOM_FIXED);
+        kvx__buf_put(out, fixed, KVX__BOOT_HDR + KVX__BOOT_ROOM_FIXED);
         for (i = 0; i < f->num_pages; i++) {
             uint8_t v[4];
             kvx__le_w32(v, (uint32_t)f->pages[i]);
-            kvx__boot_put(out, v, 4);
+            kvx__buf_put(out, v, 4);
         }
         break;
     case KVX_BOOT_FRAME_STATUS: {
@@ -1029,8 +1012,8 @@ static KVX__UNUSED kvx_result kvx__boot_frame_encode(const kvx_boot_frame *f, kv
         kvx__le_w32(b + 16, (uint32_t)f->state);
         kvx__le_w32(b + 20, (uint32_t)f->result);
         kvx__le_w32(b + 24, (uint32_t)rl);
-        kvx__boot_put(out, fixed, KVX__BOOT_HDR + KVX__BOOT_STATUS_FIXED);
-        kvx__boot_put(out, f->reason, rl);
+        kvx__buf_put(out, fixed, KVX__BOOT_HDR + KVX__BOOT_STATUS_FIXED);
+        kvx__buf_put(out, f->reason, rl);
         break;
     }
     case KVX_BOOT_FRAME_ABORT: {
@@ -1038,28 +1021,28 @@ static KVX__UNUSED kvx_result kvx__boot_frame_encode(const kvx_boot_frame *f, kv
         kvx__boot_hdr(fixed, (uint32_t)(KVX__BOOT_ABORT_FIXED + rl), KVX_BOOT_FRAME_ABORT);
         kvx__le_w64(b, f->room);
         kvx__le_w32(b + 8, (uint32_t)rl);
-        kvx__boot_put(out, fixed, KVX__BOOT_HDR + KVX__BOOT_ABORT_FIXED);
-        kvx__boot_put(out, f->reason, rl);
+        kvx__buf_put(out, fixed, KVX__BOOT_HDR + KVX__BOOT_ABORT_FIXED);
+        kvx__buf_put(out, f->reason, rl);
         break;
     }
     case KVX_BOOT_FRAME_PING:
     case KVX_BOOT_FRAME_PONG:
         kvx__boot_hdr(fixed, 8, f->type);
         kvx__le_w64(b, f->seq);
-        kvx__boot_put(out, fixed, KVX__BOOT_HDR + 8);
+        kvx__buf_put(out, fixed, KVX__BOOT_HDR + 8);
         break;
     case KVX_BOOT_FRAME_AUTH:
         if (!f->proof) return KVX_ERR_INVALID_ARGUMENT;
         kvx__boot_hdr(fixed, KVX_BOOT_PROOF, f->type);
-        kvx__boot_put(out, fixed, KVX__BOOT_HDR);
-        kvx__boot_put(out, f->proof, KVX_BOOT_PROOF);
+        kvx__buf_put(out, fixed, KVX__BOOT_HDR);
+        kvx__buf_put(out, f->proof, KVX_BOOT_PROOF);
         break;
     case KVX_BOOT_FRAME_TRANSPORT:
         if (!f->message || !f->message_len || f->message_len > KVX_BOOT_MAX_MESSAGE)
             return KVX_ERR_INVALID_ARGUMENT;
         kvx__boot_hdr(fixed, f->message_len, f->type);
-        kvx__boot_put(out, fixed, KVX__BOOT_HDR);
-        kvx__boot_put(out, f->message, f->message_len);
+        kvx__buf_put(out, fixed, KVX__BOOT_HDR);
+        kvx__buf_put(out, f->message, f->message_len);
         break;
     default: return KVX_ERR_INVALID_ARGUMENT;
     }
@@ -1442,22 +1425,12 @@ struct kvx_boot {
     kvx_boot *reg_next;
 };
 
-/* The handshake's memory comes from the engine's desc allocator (calloc
-   is alloc + memset, realloc is kvx__boot_grow), except the text of
-   kvx__buf (HTTP, encoded frames), which grows in the core. */
+/* The engine's allocator, zeroed and growing (kvx__zalloc, kvx__grow). */
 static void *kvx__boot_zalloc(const kvx_boot *b, size_t n) {
-    void *p = kvx_engine_alloc(b->engine, n);
-    if (p) memset(p, 0, n);
-    return p;
+    return kvx__zalloc(&kvx_engine_settings(b->engine)->allocator, 1, n);
 }
-/* n bytes holding the first `used` of p, p freed; NULL (p kept) when out
-   of memory. */
 static void *kvx__boot_grow(const kvx_boot *b, void *p, size_t used, size_t n) {
-    void *q = kvx_engine_alloc(b->engine, n);
-    if (!q) return NULL;
-    if (used) memcpy(q, p, used);
-    kvx_engine_free(b->engine, p);
-    return q;
+    return kvx__grow(&kvx_engine_settings(b->engine)->allocator, p, used, n);
 }
 
 static int kvx__boot_terminal(const kvx_room *r) {
@@ -1574,7 +1547,7 @@ static kvx_result kvx__boot_http_call(const char *host, int port, const char *me
                    method, target, strchr(host, ':') ? "[" : "", host,
                    strchr(host, ':') ? "]" : "", port, KVX_VERSION_MAJOR, KVX_VERSION_MINOR, blen,
                    blen ? "Content-Type: application/json\r\n" : "", extra ? extra : "");
-    if (blen) kvx__boot_put(&req, body, blen);
+    if (blen) kvx__buf_put(&req, body, blen);
     if (req.oom || kvx__send_all(fd, req.data, req.len, deadline)) {
         snprintf(err, el, "cannot send the request: %s", req.oom ? "out of memory" : kvx__errstr(errno));
         goto fail;
@@ -1586,7 +1559,7 @@ static kvx_result kvx__boot_http_call(const char *host, int port, const char *me
         r = kvx__boot_recv_some(fd, tmp, sizeof tmp, deadline);
         if (r < 0) { snprintf(err, el, "no answer: %s", kvx__errstr(errno)); goto fail; }
         if (r == 0) break;
-        kvx__boot_put(&in, tmp, (size_t)r);
+        kvx__buf_put(&in, tmp, (size_t)r);
         if (in.oom || in.len > (1u << 20)) { snprintf(err, el, "answer too large"); goto fail; }
         if (!hend && (hend = kvx__boot_find_hdr_end(in.data, in.len, in.len)) != 0) {
             const char *p = in.data;
@@ -1605,7 +1578,7 @@ static kvx_result kvx__boot_http_call(const char *host, int port, const char *me
     if (!hend) { snprintf(err, el, "the connection closed before an answer"); goto fail; }
     close(fd);
     kvx__buf_free(&req);
-    kvx__boot_put(resp, in.data + hend, in.len - hend);
+    kvx__buf_put(resp, in.data + hend, in.len - hend);
     kvx__buf_free(&in);
     return KVX_OK;
 fail:
@@ -2256,7 +2229,7 @@ static void kvx__boot_http_respond(kvx_boot *b, kvx__boot_conn *c, int status, c
     kvx__buf_printf(&h, "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n%s"
                        "Connection: close\r\n\r\n",
                    status, kvx__boot_reason_phrase(status), ctype, blen, extra ? extra : "");
-    kvx__boot_put(&h, body, blen);
+    kvx__buf_put(&h, body, blen);
     if (h.oom) { kvx__buf_free(&h); kvx__boot_drop(b, c, "out of memory for a response"); return; }
     pthread_mutex_lock(&c->mu);
     err = kvx__boot_conn_append(c, (const uint8_t *)h.data, h.len);
@@ -3767,7 +3740,7 @@ static kvx_result kvx__boot_ctrl_connect(kvx_boot *b, kvx__boot_pf *p, const cha
                 snprintf(err, sizeof err, "no hello: %s", r == 0 ? "the connection closed" : kvx__errstr(errno));
                 break;
             }
-            kvx__boot_put(&in, tmp, (size_t)r);
+            kvx__buf_put(&in, tmp, (size_t)r);
             if (in.oom) { snprintf(err, sizeof err, "out of memory"); break; }
         }
         if (!used) {
