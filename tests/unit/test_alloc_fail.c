@@ -14,38 +14,7 @@
 
 static const ex_model tiny = {"tiny", 2, 2, 32, 2, 0, "bfloat16"};
 
-typedef struct counting {
-    pthread_mutex_t mu;
-    long calls, live, fail_at, failed;
-} counting;
-static counting ca = {PTHREAD_MUTEX_INITIALIZER, 0, 0, 0, 0};
-
-static void *ca_alloc(size_t n, void *u) {
-    void *p = NULL;
-    int fail;
-    (void)u;
-    pthread_mutex_lock(&ca.mu);
-    fail = ++ca.calls == ca.fail_at;
-    if (fail) ca.failed++;
-    else if ((p = malloc(n)) != NULL) ca.live++;
-    pthread_mutex_unlock(&ca.mu);
-    return p;
-}
-static void ca_free(void *p, void *u) {
-    (void)u;
-    if (!p) return;
-    pthread_mutex_lock(&ca.mu);
-    ca.live--;
-    pthread_mutex_unlock(&ca.mu);
-    free(p);
-}
-
-static void ca_arm(long fail_at) {
-    pthread_mutex_lock(&ca.mu);
-    ca.calls = ca.failed = 0;
-    ca.fail_at = fail_at;
-    pthread_mutex_unlock(&ca.mu);
-}
+#include "../kvx_alloc_count.h"
 
 static char root[256];
 
