@@ -1638,44 +1638,6 @@ static KVX__UNUSED kvx_result kvx__errno_result(int err) {
     }
 }
 
-/* >>impl: environment ---------------------------------------------------- */
-
-static KVX__UNUSED kvx_result kvx__env_str(const char *name, const char **v) {
-    const char *s = getenv(name);
-    if (s && *s) *v = s;
-    return KVX_OK;
-}
-
-static KVX__UNUSED kvx_result kvx__env_double(const char *name, double *v, char *why, size_t why_len) {
-    const char *s = getenv(name);
-    char *end = NULL;
-    double d;
-    if (!s || !*s) return KVX_OK;
-    errno = 0;
-    d = strtod(s, &end);
-    if (errno || end == s || *end || !(d >= 0) || d > 1e12) {
-        kvx__set_why(why, why_len, "%s='%s' is not a non-negative number", name, s);
-        return KVX_ERR_BAD_CONFIG;
-    }
-    *v = d;
-    return KVX_OK;
-}
-
-static KVX__UNUSED kvx_result kvx__env_int(const char *name, int *v, char *why, size_t why_len) {
-    const char *s = getenv(name);
-    char *end = NULL;
-    long d;
-    if (!s || !*s) return KVX_OK;
-    errno = 0;
-    d = strtol(s, &end, 10);
-    if (errno || end == s || *end || d < -1 || d > 1000000000L) {
-        kvx__set_why(why, why_len, "%s='%s' is not an integer in [-1, 1e9]", name, s);
-        return KVX_ERR_BAD_CONFIG;
-    }
-    *v = (int)d;
-    return KVX_OK;
-}
-
 /* >>impl: settings table ------------------------------------------------- */
 
 /* One setting: a field of a desc struct (at byte offset off), its

@@ -82,7 +82,7 @@
                               kvx_receiver_destroy of an unfinished room waits
                               for the prefill's word that it stopped writing
                               into the room's pages; 0.001..3600          (2)
-     KVX_CUDA_NODE_ID         (no desc field) this node's identity; two
+     KVX_CUDA_NODE_ID         (desc.node_id) this node's identity; two
                               engines run the cuda transport together only
                               with equal ids (default: the kernel's boot id,
                               /proc/sys/kernel/random/boot_id, the same in
@@ -257,6 +257,8 @@ typedef struct kvx_cuda_desc {
     kvx_logger logger;      /* subsystem "kvx.cuda" */
     double fence_timeout_s; /* KVX_CUDA_FENCE_TIMEOUT, 2: the cuda transport's
                                destroy fence (see ENVIRONMENT) */
+    const char *node_id;    /* KVX_CUDA_NODE_ID: this node's identity (default:
+                               the kernel's boot id) */
 } kvx_cuda_desc;
 
 /* >>setup ------------------------------------------------------------------- */
@@ -904,6 +906,7 @@ struct kvx_cuda {
     kvx_allocator alloc;
     kvx_logger logger;
     int driver_version, device_count, batch, owned_by_ops;
+    char node_id[128];      /* desc.node_id, "" = the kernel's boot id */
     uint64_t staging_limit;
     double fence_timeout_s; /* kvx_cuda_desc's, for the cuda transport */
     pthread_mutex_t mu; /* contexts, pool, streams */
@@ -934,6 +937,7 @@ static void kvx__cu_log(const kvx_cuda *cu, kvx_log_level lvl, const char *fmt, 
    the cuda transport at engine creation, kvx__cux_settings). */
 static const kvx__setting kvx__cu_settings[] = {
     KVX__SET_STR("KVX_CUDA_LIBRARY", kvx_cuda_desc, library),
+    KVX__SET_STR("KVX_CUDA_NODE_ID", kvx_cuda_desc, node_id),
     KVX__SET_BYTES("KVX_CUDA_STAGING_BYTES", kvx_cuda_desc, staging_bytes, 256 << 20, 1 << 20,
                    1ull << 40),
     KVX__SET_INT0("KVX_CUDA_BATCH", kvx_cuda_desc, batch, 1, 0, 1),
@@ -1136,6 +1140,7 @@ KVX_API kvx_result kvx_cuda_create(const kvx_cuda_desc *desc, kvx_cuda **out, ch
     cu->alloc = d.allocator;
     cu->logger = d.logger;
     cu->fence_timeout_s = d.fence_timeout_s;
+    snprintf(cu->node_id, sizeof cu->node_id, "%s", d.node_id ? d.node_id : "");
     cu->staging_limit = d.staging_bytes;
     pthread_mutex_init(&cu->mu, NULL);
     if ((r = kvx__cu_load(cu, d.library && *d.library ? d.library : "libcuda.so.1", why,
@@ -2223,7 +2228,7 @@ static void kvx__cux_clean(char *out, const char *s) {
     out[n] = 0;
 }
 
-/* This node: KVX_CUDA_NODE_ID, else the kernel's boot id (the same in every
+/* This node: the kvx_cuda's node_id (KVX_CUDA_NODE_ID), else the kernel's boot id (the same in every
    container of a host, different on every other host and after a reboot),
    else the host name. */
 static void kvx__cux_identity(kvx__cux_engine *ce) {
@@ -2234,7 +2239,7 @@ static void kvx__cux_identity(kvx__cux_engine *ce) {
     buf[sizeof buf - 1] = 0;
     kvx__cux_clean(ce->host, buf);
     if (!ce->host[0]) snprintf(ce->host, sizeof ce->host, "?");
-    kvx__env_str("KVX_CUDA_NODE_ID", &env);
+    env = ce->cu && ce->cu->node_id[0] ? ce->cu->node_id : NULL;
     buf[0] = 0;
     if (env) {
         snprintf(buf, sizeof buf, "%s", env);
@@ -3493,8 +3498,8 @@ static kvx_result kvx__cux_engine_init(kvx_engine *e, char *why, size_t wl) {
     ce->role = d->role;
     pthread_mutex_init(&ce->mu, NULL);
     pthread_cond_init(&ce->cv, NULL);
-    kvx__cux_identity(ce);
     if ((r = kvx__cux_settings(ce, why, wl)) != KVX_OK) goto fail;
+    kvx__cux_identity(ce);
     if (ce->role == KVX_ROLE_DECODE) {
         if ((r = kvx__cux_ep_decode(ce, why, wl)) != KVX_OK) goto fail;
     } else {
