@@ -773,6 +773,15 @@ static KVX__UNUSED void kvx__free(const kvx_allocator *a, void *p) {
     if (a && a->free_fn) a->free_fn(p, a->user_data);
     else free(p);
 }
+/* calloc through an allocator: n zeroed objects of size bytes (at least
+   one); NULL when n * size overflows or the allocation fails. */
+static KVX__UNUSED void *kvx__zalloc(const kvx_allocator *a, size_t n, size_t size) {
+    void *p;
+    if (!n) n = 1;
+    if (size && n > (size_t)-1 / size) return NULL;
+    if ((p = kvx__alloc(a, n * size)) != NULL) memset(p, 0, n * size);
+    return p;
+}
 /* realloc through an allocator (which has no realloc): a block of nbytes
    holding the first old_bytes of old, which is freed; NULL (old kept) when
    the allocation fails. */
@@ -1875,6 +1884,36 @@ static KVX__UNUSED void kvx__buf_free(kvx__buf *b) {
     kvx__free(a, b->data);
     memset(b, 0, sizeof *b);
     b->allocator = a;
+}
+
+/* Appends n raw bytes (kept NUL-terminated past len), and little-endian
+   integers of the wire formats. */
+static KVX__UNUSED void kvx__buf_put(kvx__buf *b, const void *p, size_t n) {
+    if (b->oom) return;
+    if (b->len + n + 1 > b->cap) {
+        size_t nc = b->cap ? b->cap : 256;
+        char *nd;
+        while (nc < b->len + n + 1) nc *= 2;
+        nd = (char *)kvx__grow(b->allocator, b->data, b->len, nc);
+        if (!nd) { b->oom = 1; return; }
+        b->data = nd;
+        b->cap = nc;
+    }
+    if (n) memcpy(b->data + b->len, p, n);
+    b->len += n;
+    b->data[b->len] = 0;
+}
+static KVX__UNUSED void kvx__buf_put16(kvx__buf *b, uint16_t v) {
+    uint8_t t[2] = {(uint8_t)v, (uint8_t)(v >> 8)};
+    kvx__buf_put(b, t, 2);
+}
+static KVX__UNUSED void kvx__buf_put32(kvx__buf *b, uint32_t v) {
+    kvx__buf_put16(b, (uint16_t)v);
+    kvx__buf_put16(b, (uint16_t)(v >> 16));
+}
+static KVX__UNUSED void kvx__buf_put64(kvx__buf *b, uint64_t v) {
+    kvx__buf_put32(b, (uint32_t)v);
+    kvx__buf_put32(b, (uint32_t)(v >> 32));
 }
 
 /* >>impl: json reader ---------------------------------------------------- */

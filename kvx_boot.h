@@ -1,22 +1,57 @@
 /* kvx_boot.h - v0.1.0 - bootstrap discovery, room handshake and heartbeats (SGLang-compatible)
 
-   The part of a network transport that is not about moving bytes. On the
-   prefill side an HTTP/1.1 bootstrap server with SGLang's routes (so
-   routers and tools that speak SGLang's bootstrap API work unchanged) and a
-   control-channel listener; on the decode side the client that asks the
-   bootstrap server where each prefill rank listens, opens one persistent
-   control connection per prefill rank, sends each room's destination pages
-   there, receives status and abort, and heartbeats the bootstrap server.
-   Transports (kvx_tcp.h, kvx_rdma.h) compose it through a few calls and
-   hooks; the `bootfake` transport below is the complete example: a real
-   handshake and no data movement, for tests and benchmarks.
+   The part of a network transport that is not about moving bytes. Prefill:
+   an HTTP/1.1 bootstrap server with SGLang's routes (SGLang routers and tools
+   work unchanged) and a control listener. Decode: asks the server where each
+   prefill rank listens, keeps one control connection per rank, sends each
+   room's destination pages, receives status and abort, heartbeats.
+   kvx_tcp.h and kvx_rdma.h compose it through a few calls and hooks.
+
+   CONTENTS (section markers: search for ">>name")
+     >>parsers (declarations) and ">>boot: " byte helpers, frame codec, HTTP
+     request parser, state, registry of engines, sockets, connections, room
+     table, bootstrap server, control channel (prefill side, decode side), I/O
+     thread, decode client (resolving, heartbeats), prefill ranks other than
+     0, room API, create and destroy, the bootfake transport
 
    DO THIS
        #define KVX_IMPLEMENTATION
        #include "kvx_boot.h"          (includes kvx.h)
        kvx_boot_register();           (once; then desc.transport = "bootfake")
-     A transport author calls kvx_boot_create in its engine_init and the
-     kvx_boot_room_* calls in its room hooks; see "HOW A TRANSPORT USES IT".
+     `bootfake` is the complete example transport: a real handshake and no
+     data movement, for tests and benchmarks. A transport author calls
+     kvx_boot_create in its engine_init and the kvx_boot_room_* calls in its
+     room hooks; see HOW A TRANSPORT USES IT.
+
+   DATA PATH
+     None: kvx_boot carries only control frames (room frames with the
+     destination pages, status, abort, pings, transport messages) and HTTP;
+     KV bytes move in the transport that composes it (kvx_tcp.h, kvx_rdma.h,
+     kvx_file.h, kvx_cuda.h). The `bootfake` transport moves none.
+
+   EXAMPLE (two engines, here in one process; error handling shortened)
+       // given: kvx_layout layout; const int32_t *pages; uint32_t n; void idle(void);
+       kvx_boot_register();                  // makes "bootfake" a transport name
+       kvx_engine_desc pd = {0};             // prefill: serves the bootstrap address
+       pd.role = KVX_ROLE_PREFILL;  pd.transport = "bootfake";  pd.layout = layout;
+       pd.boot.host = "127.0.0.1";  pd.boot.port = 8998;
+       kvx_engine_desc dd = {0};             // decode: names it
+       dd.role = KVX_ROLE_DECODE;   dd.transport = "bootfake";  dd.layout = layout;
+       dd.bootstrap_addr = "127.0.0.1:8998";
+       kvx_engine *pe, *de;  char why[KVX_ERROR_MAX];
+       if (kvx_engine_create(&pd, &pe, why, sizeof why) ||
+           kvx_engine_create(&dd, &de, why, sizeof why)) { puts(why); return; }
+       kvx_room_desc rd = {0};  rd.room = 7;
+       kvx_sender *s;    kvx_sender_create(pe, &rd, &s);
+       kvx_receiver *r;  kvx_receiver_create(de, &rd, &r);
+       while (kvx_receiver_poll(r) == KVX_POLL_BOOTSTRAPPING) idle();
+       kvx_receiver_init(r, pages, n, -1);   // the room frame goes to the prefill
+       while (kvx_sender_poll(s) == KVX_POLL_BOOTSTRAPPING) idle();
+       kvx_sender_init(s, n, -1);
+       kvx_sender_send(s, pages, n);         // bootfake moves no bytes
+       while (kvx_receiver_poll(r) == KVX_POLL_TRANSFERRING) idle();
+       kvx_sender_destroy(s);   kvx_receiver_destroy(r);
+       kvx_engine_destroy(de);  kvx_engine_destroy(pe);
 
    COMPILE-TIME MACROS (defaults in parentheses)
      KVX_BOOT_MAX_HEADER      bytes of an HTTP request line + headers (16384);
@@ -50,48 +85,50 @@
      KVX_BOOT_TRIES           attempts to reach the bootstrap server or a rank
                               before a room fails (5); backoff 200 ms, doubling
 
-   SETTINGS (desc.boot) AND ENVIRONMENT
-     Each is a row of kvx__boot_table, resolved by kvx.h's settings rule:
-     the variable overrides the field; 0 (or NULL) = the default; a value
-     outside the range is refused with KVX_ERR_BAD_CONFIG naming the
-     variable and the field (before issue 12 heartbeat values were clamped).
-     KVX_BOOTSTRAP_HOST        prefill: address the bootstrap server and the
-                               control listener bind; also what other prefill
-                               ranks use to reach rank 0's server.
-                               desc.boot.host, else the host of
-                               desc.bootstrap_addr, else 0.0.0.0
-     KVX_BOOTSTRAP_PORT        prefill: bootstrap server port, 0..65535.
-                               desc.boot.port, else the port of
-                               desc.bootstrap_addr, else 8998. 0 is a value
-                               (ephemeral): the field asks for it with
-                               KVX_ZERO (-1), the variable with 0. Read the
-                               bound port back with kvx_boot_port().
-     KVX_BOOTSTRAP_RANK_IP     prefill: desc.boot.rank_ip, the address this
-                               rank registers as rank_ip (default: the bind
-                               address when it is a specific one, else the
-                               first non-loopback IPv4 address of the host,
-                               else 127.0.0.1)
-     KVX_HEARTBEAT_INTERVAL    decode: desc.boot.heartbeat_interval_s, seconds
-                               between heartbeats of every prefill in use (5;
-                               range [0.1, 3600]; SGLang's minimum is 2, kvx
-                               accepts down to 0.1 for tests): a PING on each
-                               control connection when the server info says
-                               "kvx_heartbeat":"control" (kvx prefills), so
-                               liveness needs no HTTP slot; else GET /health
-     KVX_AUTH_KEY, KVX_AUTH_KEY_FILE (core; desc.auth_key, auth_key_file)
+   ENVIRONMENT (desc.boot; kvx.h's settings rule; kvx__boot_table. Out of
+   range is refused; before issue 12 heartbeat values were clamped)
+     KVX_BOOTSTRAP_HOST        (desc.boot.host) prefill: address the bootstrap
+                               server and the control listener bind; also what
+                               other prefill ranks use to reach rank 0's
+                               server (else the host of desc.bootstrap_addr,
+                               else 0.0.0.0)
+     KVX_BOOTSTRAP_PORT        (desc.boot.port) prefill: bootstrap server port,
+                               0..65535 (else the port of desc.bootstrap_addr,
+                               else 8998). 0 is a value (ephemeral): the field
+                               asks for it with KVX_ZERO, the variable with 0;
+                               kvx_boot_port() reads the bound port back
+     KVX_BOOTSTRAP_RANK_IP     (desc.boot.rank_ip) prefill: the address this
+                               rank registers as rank_ip (the bind address
+                               when it is a specific one, else the host's
+                               first non-loopback IPv4 address, else 127.0.0.1)
+     KVX_HEARTBEAT_INTERVAL    (desc.boot.heartbeat_interval_s) decode: seconds
+                               between heartbeats of every prefill in use,
+                               [0.1, 3600] (SGLang's minimum is 2; 0.1 is for
+                               tests) (5): a PING on each control connection
+                               when the server info says "kvx_heartbeat":
+                               "control" (kvx prefills), so liveness needs no
+                               HTTP slot; else GET /health
+     KVX_HEARTBEAT_MAX_FAILURE (desc.boot.heartbeat_max_failure) decode:
+                               failed heartbeats in a row after which every
+                               unfinished room of that prefill fails, 1..1000 (2)
+     KVX_BOOTSTRAP_TIMEOUT     (kvx.h, desc.bootstrap_timeout_s) seconds a
+                               sender waits for its room frame
+     KVX_AUTH_KEY, KVX_AUTH_KEY_FILE (kvx.h, desc.auth_key, auth_key_file)
                                a shared secret: see SECURITY
-     KVX_HEARTBEAT_MAX_FAILURE decode: desc.boot.heartbeat_max_failure,
-                               consecutive failed heartbeats after which
-                               every unfinished room of that prefill fails
-                               (2; range 1..1000)
-     KVX_BOOTSTRAP_TIMEOUT     (core) seconds a sender waits for its room frame
-     desc.boot.tp_size/tp_rank, dp_size/dp_rank, pp_size/pp_rank,
-     cp_size/cp_rank           this engine's place in its instance (sizes 1,
-                               ranks 0). The prefill engine whose ranks are
-                               all 0 runs the bootstrap server; the others
-                               register with it by PUT /route. A decode engine
-                               uses its tp_size/tp_rank to pick its prefill
-                               ranks (see RANK MAPPING).
+     Not read from the environment: desc.boot.tp_size/tp_rank, dp_size/dp_rank,
+     pp_size/pp_rank, cp_size/cp_rank (see RANK MAPPING).
+
+   THREAD SAFETY
+     As kvx.h. Each kvx_boot owns an I/O thread (poll loop: HTTP server,
+     control connections), on decode a heartbeat thread, and a small worker
+     queue (decode: resolving and connecting; prefill ranks other than 0:
+     registration). kvx_boot_destroy joins them all. Every kvx_boot_* call
+     is thread-safe. Hooks run on those threads (on_room also on the thread
+     that creates a sender whose room frame had already arrived) and must
+     not block; they may call kvx_boot_send_status, kvx_boot_abort,
+     kvx_boot_peer_send and the kvx_room_* helpers. The parsers
+     (kvx_boot_parse_http_request, kvx_boot_frame_decode) are pure and
+     reentrant.
 
    BOOTSTRAP HTTP SERVER (prefill; HTTP/1.1, Connection: close)
      PUT /route     a rank registers: JSON object with attn_tp_size,
@@ -109,11 +146,10 @@
                     "follow_bootstrap_room","prefill_http_port",
                     "kvx_heartbeat":"control"} (the last member tells a kvx
                     decode to heartbeat over the control connection; other
-                    clients ignore it); concrete
-                    ranks: {"rank_ip":"...","rank_port":N}. 400 when a
-                    parameter is missing or not an integer, 503 until every
-                    dp*cp*tp*pp rank registered, 404 for a rank outside the
-                    registered sizes.
+                    clients ignore it); concrete ranks: {"rank_ip":"...",
+                    "rank_port":N}. 400 when a parameter is missing or not
+                    an integer, 503 until every dp*cp*tp*pp rank registered,
+                    404 for a rank outside the registered sizes.
      GET /health    200 "OK"
      GET /metrics   Prometheus text: kvx_rooms{state=...} (open rooms by
                     state), kvx_rooms_created_total, kvx_rooms_succeeded_total,
@@ -182,9 +218,8 @@
        sent with kvx_boot_peer_send and handed to hooks.on_message of the
        far end with the peer it came from (a frame on an engine whose
        transport has no on_message, or an empty one, closes the connection).
-       Used by kvx_rdma.h for its queue-pair exchange. It carries what the
-       authenticated connection carries: with a key, only a peer that
-       proved it can send one.
+       Used by kvx_rdma.h for its queue-pair exchange. With a key, only a
+       peer that proved it can send one.
      AUTHENTICATION (both sides keyed): decode hello carries nonce_d;
        prefill hello carries nonce_p and kvx__auth_proof(key,
        "kvx-boot-server", nonce_d, nonce_p); the decode checks it and sends
@@ -200,7 +235,12 @@
      A frame that breaks any rule closes that connection; the rooms that
      depended on it fail with the reason; every other connection goes on.
 
-   RANK MAPPING (decode side)
+   RANK MAPPING
+     desc.boot.tp_size/tp_rank, dp_size/dp_rank, pp_size/pp_rank,
+     cp_size/cp_rank place an engine in its instance (sizes 1, ranks 0). The
+     prefill engine whose ranks are all 0 runs the bootstrap server; the
+     others register with it by PUT /route. A decode engine picks its
+     prefill ranks with its tp_size/tp_rank:
      dp: the room's prefill dp rank is room % dp_size (follow_bootstrap_room).
      tp: prefill tp == decode tp: the same rank; prefill tp > decode tp: the
      ratio of consecutive prefill ranks; prefill tp < decode tp: rank
@@ -235,36 +275,6 @@
      kvx_room_fail_remote (nothing is echoed back). A peer's reason that
      already starts "room <id>: " is kept as is, followed by who reported it.
 
-   DATA PATH
-     None: kvx_boot carries only control frames (room frames with the
-     destination pages, status, abort, pings, transport messages) and HTTP; KV bytes move in the
-     transport that composes it (kvx_tcp.h, kvx_rdma.h, kvx_file.h,
-     kvx_cuda.h). The `bootfake` transport moves none.
-
-   EXAMPLE (two engines, here in one process; error handling shortened)
-       // given: kvx_layout layout; const int32_t *pages; uint32_t n; void idle(void);
-       kvx_boot_register();                  // makes "bootfake" a transport name
-       kvx_engine_desc pd = {0};             // prefill: serves the bootstrap address
-       pd.role = KVX_ROLE_PREFILL;  pd.transport = "bootfake";  pd.layout = layout;
-       pd.boot.host = "127.0.0.1";  pd.boot.port = 8998;
-       kvx_engine_desc dd = {0};             // decode: names it
-       dd.role = KVX_ROLE_DECODE;   dd.transport = "bootfake";  dd.layout = layout;
-       dd.bootstrap_addr = "127.0.0.1:8998";
-       kvx_engine *pe, *de;  char why[KVX_ERROR_MAX];
-       if (kvx_engine_create(&pd, &pe, why, sizeof why) ||
-           kvx_engine_create(&dd, &de, why, sizeof why)) { puts(why); return; }
-       kvx_room_desc rd = {0};  rd.room = 7;
-       kvx_sender *s;    kvx_sender_create(pe, &rd, &s);
-       kvx_receiver *r;  kvx_receiver_create(de, &rd, &r);
-       while (kvx_receiver_poll(r) == KVX_POLL_BOOTSTRAPPING) idle();
-       kvx_receiver_init(r, pages, n, -1);   // the room frame goes to the prefill
-       while (kvx_sender_poll(s) == KVX_POLL_BOOTSTRAPPING) idle();
-       kvx_sender_init(s, n, -1);
-       kvx_sender_send(s, pages, n);         // bootfake moves no bytes
-       while (kvx_receiver_poll(r) == KVX_POLL_TRANSFERRING) idle();
-       kvx_sender_destroy(s);   kvx_receiver_destroy(r);
-       kvx_engine_destroy(de);  kvx_engine_destroy(pe);
-
    TIMEOUTS AND FAILURES (decode side unless noted)
      Reaching the bootstrap server or a rank: KVX_BOOT_TRIES attempts, 2 s
      each, backoff 200/400/800/1600 ms, while it refuses connections, times
@@ -273,10 +283,10 @@
      room of that prefill at once ("lost connection with prefill instance
      HOST:PORT (rank IP:PORT): ..."); so do KVX_HEARTBEAT_MAX_FAILURE failed
      heartbeats in a row (a ping unanswered for an interval, or a GET
-     /health bounded by min(interval, 2 s)). The next room
-     for that prefill resolves it again, so a restarted prefill is picked up
-     without restarting decode. Prefill: a dropped decode connection fails
-     that decode's unfinished senders; room frames kept for senders never
+     /health bounded by min(interval, 2 s)). The next room for that prefill
+     resolves it again, so a restarted prefill is picked up without
+     restarting decode. Prefill: a dropped decode connection fails that
+     decode's unfinished senders; room frames kept for senders never
      created answer Failed after KVX_BOOTSTRAP_TIMEOUT. Every local failure
      (kvx_*_abort, a refused argument, the core's timeouts, destroying an
      unfinished room) reaches the peer at once, once, with the first reason
@@ -309,17 +319,6 @@
      Heterogeneous TP is mapped (RANK MAPPING) but the layout fingerprint
      must still match, so it only works where per-rank layouts are equal
      (MLA). cp ranks are all targeted. No TLS, no keep-alive.
-
-   THREAD SAFETY
-     As kvx.h. Each kvx_boot owns an I/O thread (poll loop: HTTP server,
-     control connections), on decode a heartbeat thread, and a small worker
-     queue (decode: resolving and connecting; prefill ranks other than 0:
-     registration). kvx_boot_destroy joins them all. Every kvx_boot_* call
-     is thread-safe. Hooks run on those threads (on_room also on the thread
-     that creates a sender whose room frame had already arrived) and must
-     not block; they may call kvx_boot_send_status, kvx_boot_abort,
-     kvx_boot_peer_send and the kvx_room_* helpers. The parsers (kvx_boot_parse_http_request,
-     kvx_boot_frame_decode) are pure and reentrant.
 
    LICENSE: MIT, see the end of this file.
 */
@@ -671,23 +670,6 @@ static void kvx__boot_copy(char *out, size_t n, const char *s) {
     out[l] = 0;
 }
 
-/* Appends raw bytes to a kvx__buf (same realloc discipline as the core). */
-static void kvx__boot_put(kvx__buf *b, const void *p, size_t n) {
-    if (b->oom) return;
-    if (b->len + n + 1 > b->cap) {
-        size_t nc = b->cap ? b->cap : 256;
-        char *nd;
-        while (nc < b->len + n + 1) nc *= 2;
-        nd = (char *)realloc(b->data, nc);
-        if (!nd) { b->oom = 1; return; }
-        b->data = nd;
-        b->cap = nc;
-    }
-    if (n) memcpy(b->data + b->len, p, n);
-    b->len += n;
-    b->data[b->len] = 0;
-}
-
 /* >>boot: frame codec ----------------------------------------------------- */
 
 #define KVX__BOOT_HDR 8
@@ -992,19 +974,19 @@ static KVX__UNUSED kvx_result kvx__boot_frame_encode(const kvx_boot_frame *f, kv
         kvx__le_w16(b + 88, (uint16_t)h->dtype_len);
         kvx__le_w16(b + 90, (uint16_t)h->transport_len);
         kvx__le_w32(b + 92, h->endpoint_len);
-        kvx__boot_put(out, fixed, sizeof fixed);
+        kvx__buf_put(out, fixed, sizeof fixed);
         for (i = 0; i < h->num_buffers + h->num_aux; i++) {
             uint8_t v[8];
             kvx__le_w64(v, i < h->num_buffers ? h->item_lens[i]
                                                 : h->aux_item_lens[i - h->num_buffers]);
-            kvx__boot_put(out, v, 8);
+            kvx__buf_put(out, v, 8);
         }
-        kvx__boot_put(out, h->dtype, h->dtype_len);
-        kvx__boot_put(out, h->transport, h->transport_len);
-        kvx__boot_put(out, h->endpoint, h->endpoint_len);
+        kvx__buf_put(out, h->dtype, h->dtype_len);
+        kvx__buf_put(out, h->transport, h->transport_len);
+        kvx__buf_put(out, h->endpoint, h->endpoint_len);
         if (h->flags & KVX_BOOT_HELLO_AUTH) {
-            kvx__boot_put(out, h->nonce, KVX_BOOT_NONCE);
-            if (h->role == KVX_ROLE_PREFILL) kvx__boot_put(out, h->proof, KVX_BOOT_PROOF);
+            kvx__buf_put(out, h->nonce, KVX_BOOT_NONCE);
+            if (h->role == KVX_ROLE_PREFILL) kvx__buf_put(out, h->proof, KVX_BOOT_PROOF);
         }
         break;
     }
@@ -1014,11 +996,11 @@ static KVX__UNUSED kvx_result kvx__boot_frame_encode(const kvx_boot_frame *f, kv
             return KVX_ERR_INVALID_ARGUMENT;
         kvx__boot_room_head(fixed, f->room, f->aux_index, f->num_pages, f->peer_index,
                             f->peer_count);
-        kvx__boot_put(out, fixed, KVX__BOOT_HDR + KVX__BOOT_ROOM_FIXED);
+        kvx__buf_put(out, fixed, KVX__BOOT_HDR + KVX__BOOT_ROOM_FIXED);
         for (i = 0; i < f->num_pages; i++) {
             uint8_t v[4];
             kvx__le_w32(v, (uint32_t)f->pages[i]);
-            kvx__boot_put(out, v, 4);
+            kvx__buf_put(out, v, 4);
         }
         break;
     case KVX_BOOT_FRAME_STATUS: {
@@ -1029,8 +1011,8 @@ static KVX__UNUSED kvx_result kvx__boot_frame_encode(const kvx_boot_frame *f, kv
         kvx__le_w32(b + 16, (uint32_t)f->state);
         kvx__le_w32(b + 20, (uint32_t)f->result);
         kvx__le_w32(b + 24, (uint32_t)rl);
-        kvx__boot_put(out, fixed, KVX__BOOT_HDR + KVX__BOOT_STATUS_FIXED);
-        kvx__boot_put(out, f->reason, rl);
+        kvx__buf_put(out, fixed, KVX__BOOT_HDR + KVX__BOOT_STATUS_FIXED);
+        kvx__buf_put(out, f->reason, rl);
         break;
     }
     case KVX_BOOT_FRAME_ABORT: {
@@ -1038,28 +1020,28 @@ static KVX__UNUSED kvx_result kvx__boot_frame_encode(const kvx_boot_frame *f, kv
         kvx__boot_hdr(fixed, (uint32_t)(KVX__BOOT_ABORT_FIXED + rl), KVX_BOOT_FRAME_ABORT);
         kvx__le_w64(b, f->room);
         kvx__le_w32(b + 8, (uint32_t)rl);
-        kvx__boot_put(out, fixed, KVX__BOOT_HDR + KVX__BOOT_ABORT_FIXED);
-        kvx__boot_put(out, f->reason, rl);
+        kvx__buf_put(out, fixed, KVX__BOOT_HDR + KVX__BOOT_ABORT_FIXED);
+        kvx__buf_put(out, f->reason, rl);
         break;
     }
     case KVX_BOOT_FRAME_PING:
     case KVX_BOOT_FRAME_PONG:
         kvx__boot_hdr(fixed, 8, f->type);
         kvx__le_w64(b, f->seq);
-        kvx__boot_put(out, fixed, KVX__BOOT_HDR + 8);
+        kvx__buf_put(out, fixed, KVX__BOOT_HDR + 8);
         break;
     case KVX_BOOT_FRAME_AUTH:
         if (!f->proof) return KVX_ERR_INVALID_ARGUMENT;
         kvx__boot_hdr(fixed, KVX_BOOT_PROOF, f->type);
-        kvx__boot_put(out, fixed, KVX__BOOT_HDR);
-        kvx__boot_put(out, f->proof, KVX_BOOT_PROOF);
+        kvx__buf_put(out, fixed, KVX__BOOT_HDR);
+        kvx__buf_put(out, f->proof, KVX_BOOT_PROOF);
         break;
     case KVX_BOOT_FRAME_TRANSPORT:
         if (!f->message || !f->message_len || f->message_len > KVX_BOOT_MAX_MESSAGE)
             return KVX_ERR_INVALID_ARGUMENT;
         kvx__boot_hdr(fixed, f->message_len, f->type);
-        kvx__boot_put(out, fixed, KVX__BOOT_HDR);
-        kvx__boot_put(out, f->message, f->message_len);
+        kvx__buf_put(out, fixed, KVX__BOOT_HDR);
+        kvx__buf_put(out, f->message, f->message_len);
         break;
     default: return KVX_ERR_INVALID_ARGUMENT;
     }
@@ -1442,22 +1424,12 @@ struct kvx_boot {
     kvx_boot *reg_next;
 };
 
-/* The handshake's memory comes from the engine's desc allocator (calloc
-   is alloc + memset, realloc is kvx__boot_grow), except the text of
-   kvx__buf (HTTP, encoded frames), which grows in the core. */
+/* The engine's allocator, zeroed and growing (kvx__zalloc, kvx__grow). */
 static void *kvx__boot_zalloc(const kvx_boot *b, size_t n) {
-    void *p = kvx_engine_alloc(b->engine, n);
-    if (p) memset(p, 0, n);
-    return p;
+    return kvx__zalloc(&kvx_engine_settings(b->engine)->allocator, 1, n);
 }
-/* n bytes holding the first `used` of p, p freed; NULL (p kept) when out
-   of memory. */
 static void *kvx__boot_grow(const kvx_boot *b, void *p, size_t used, size_t n) {
-    void *q = kvx_engine_alloc(b->engine, n);
-    if (!q) return NULL;
-    if (used) memcpy(q, p, used);
-    kvx_engine_free(b->engine, p);
-    return q;
+    return kvx__grow(&kvx_engine_settings(b->engine)->allocator, p, used, n);
 }
 
 static int kvx__boot_terminal(const kvx_room *r) {
@@ -1574,7 +1546,7 @@ static kvx_result kvx__boot_http_call(const char *host, int port, const char *me
                    method, target, strchr(host, ':') ? "[" : "", host,
                    strchr(host, ':') ? "]" : "", port, KVX_VERSION_MAJOR, KVX_VERSION_MINOR, blen,
                    blen ? "Content-Type: application/json\r\n" : "", extra ? extra : "");
-    if (blen) kvx__boot_put(&req, body, blen);
+    if (blen) kvx__buf_put(&req, body, blen);
     if (req.oom || kvx__send_all(fd, req.data, req.len, deadline)) {
         snprintf(err, el, "cannot send the request: %s", req.oom ? "out of memory" : kvx__errstr(errno));
         goto fail;
@@ -1586,7 +1558,7 @@ static kvx_result kvx__boot_http_call(const char *host, int port, const char *me
         r = kvx__boot_recv_some(fd, tmp, sizeof tmp, deadline);
         if (r < 0) { snprintf(err, el, "no answer: %s", kvx__errstr(errno)); goto fail; }
         if (r == 0) break;
-        kvx__boot_put(&in, tmp, (size_t)r);
+        kvx__buf_put(&in, tmp, (size_t)r);
         if (in.oom || in.len > (1u << 20)) { snprintf(err, el, "answer too large"); goto fail; }
         if (!hend && (hend = kvx__boot_find_hdr_end(in.data, in.len, in.len)) != 0) {
             const char *p = in.data;
@@ -1605,7 +1577,7 @@ static kvx_result kvx__boot_http_call(const char *host, int port, const char *me
     if (!hend) { snprintf(err, el, "the connection closed before an answer"); goto fail; }
     close(fd);
     kvx__buf_free(&req);
-    kvx__boot_put(resp, in.data + hend, in.len - hend);
+    kvx__buf_put(resp, in.data + hend, in.len - hend);
     kvx__buf_free(&in);
     return KVX_OK;
 fail:
@@ -2256,7 +2228,7 @@ static void kvx__boot_http_respond(kvx_boot *b, kvx__boot_conn *c, int status, c
     kvx__buf_printf(&h, "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n%s"
                        "Connection: close\r\n\r\n",
                    status, kvx__boot_reason_phrase(status), ctype, blen, extra ? extra : "");
-    kvx__boot_put(&h, body, blen);
+    kvx__buf_put(&h, body, blen);
     if (h.oom) { kvx__buf_free(&h); kvx__boot_drop(b, c, "out of memory for a response"); return; }
     pthread_mutex_lock(&c->mu);
     err = kvx__boot_conn_append(c, (const uint8_t *)h.data, h.len);
@@ -3767,7 +3739,7 @@ static kvx_result kvx__boot_ctrl_connect(kvx_boot *b, kvx__boot_pf *p, const cha
                 snprintf(err, sizeof err, "no hello: %s", r == 0 ? "the connection closed" : kvx__errstr(errno));
                 break;
             }
-            kvx__boot_put(&in, tmp, (size_t)r);
+            kvx__buf_put(&in, tmp, (size_t)r);
             if (in.oom) { snprintf(err, sizeof err, "out of memory"); break; }
         }
         if (!used) {

@@ -207,6 +207,7 @@ typedef struct kvx_file_chunk_info {
     uint32_t num_buffers;
     uint64_t *item_lens;  /* num_buffers entries */
     uint64_t *offsets;    /* num_buffers entries */
+    const kvx_allocator *allocator; /* the arrays' (NULL = libc) */
 } kvx_file_chunk_info;
 
 /* A parsed transfer_done. */
@@ -328,8 +329,9 @@ static int kvx__open_reg_at(int dfd, const char *name, const char *shown, kvx_re
     return fd;
 }
 
-static kvx_result kvx__read_small_at(int dfd, const char *name, const char *shown, char **out,
-                                     size_t *len, size_t max, char *why, size_t wl) {
+static kvx_result kvx__read_small_at(const kvx_allocator *a, int dfd, const char *name,
+                                     const char *shown, char **out, size_t *len, size_t max,
+                                     char *why, size_t wl) {
     kvx_result r;
     int fd = kvx__open_reg_at(dfd, name, shown, &r, why, wl);
     struct stat st;
@@ -343,11 +345,11 @@ static kvx_result kvx__read_small_at(int dfd, const char *name, const char *show
         close(fd);
         return KVX_ERR_CORRUPT;
     }
-    buf = (char *)malloc((size_t)st.st_size + 1);
+    buf = (char *)kvx__alloc(a, (size_t)st.st_size + 1);
     if (!buf) { close(fd); return KVX_ERR_NO_MEMORY; }
     if ((e = kvx__pio(fd, buf, (size_t)st.st_size, 0, 0)) != 0) {
         kvx__set_why(why, wl, "cannot read %s: %s", shown, e < 0 ? "short read" : strerror(e));
-        free(buf);
+        kvx__free(a, buf);
         close(fd);
         return KVX_ERR_IO;
     }
@@ -360,7 +362,7 @@ static kvx_result kvx__read_small_at(int dfd, const char *name, const char *show
 
 static kvx_result kvx__read_small(const char *path, char **out, size_t *len, size_t max,
                                   char *why, size_t wl) {
-    return kvx__read_small_at(AT_FDCWD, path, path, out, len, max, why, wl);
+    return kvx__read_small_at(NULL, AT_FDCWD, path, path, out, len, max, why, wl);
 }
 
 /* Creates a new temporary file next to `name` in dfd, exclusively and
@@ -714,15 +716,19 @@ static int kvx__json_hex64(const kvx__json_doc *d, const kvx__json *o, const cha
         }                                                                                      \
     } while (0)
 
-/* Parses text that load (a kvx_result) brought in as a chunk's meta (m) or
-   the room's marker (o), and frees it. */
-static kvx_result kvx__file_parse(kvx_result load, char *text, size_t len, const char *shown,
-                                  kvx_file_chunk_info *m, kvx_file_done_info *o, char *why,
-                                  size_t wl) {
+static kvx_result kvx__file_parse_meta(const kvx_allocator *a, const char *text, size_t len,
+                                       const char *path, kvx_file_chunk_info *m, char *why,
+                                       size_t wl);
+
+/* Parses text that load (a kvx_result) brought in (from allocator a) as a
+   chunk's meta (m) or the room's marker (o), and frees it. */
+static kvx_result kvx__file_parse(const kvx_allocator *a, kvx_result load, char *text,
+                                  size_t len, const char *shown, kvx_file_chunk_info *m,
+                                  kvx_file_done_info *o, char *why, size_t wl) {
     if (load == KVX_OK)
-        load = m ? kvx_file_parse_meta(text, len, shown, m, why, wl)
+        load = m ? kvx__file_parse_meta(a, text, len, shown, m, why, wl)
                  : kvx_file_parse_done(text, len, shown, o, why, wl);
-    free(text);
+    kvx__free(a, text);
     return load;
 }
 
@@ -733,11 +739,17 @@ KVX_API kvx_result kvx_file_read_meta(const char *path, kvx_file_chunk_info *m, 
     kvx_result r;
     memset(m, 0, sizeof *m);
     r = kvx__read_small(path, &text, &len, KVX__FILE_META_MAX, why, wl);
-    return kvx__file_parse(r, text, len, path, m, NULL, why, wl);
+    return kvx__file_parse(NULL, r, text, len, path, m, NULL, why, wl);
 }
 
 KVX_API kvx_result kvx_file_parse_meta(const char *text, size_t len, const char *path,
                                        kvx_file_chunk_info *m, char *why, size_t wl) {
+    return kvx__file_parse_meta(NULL, text, len, path, m, why, wl);
+}
+
+static kvx_result kvx__file_parse_meta(const kvx_allocator *a, const char *text, size_t len,
+                                       const char *path, kvx_file_chunk_info *m, char *why,
+                                       size_t wl) {
     kvx__json_doc d;
     const kvx__json *root, *bufs, *dt;
     uint64_t v[10], expect_off = 0;
@@ -779,8 +791,9 @@ KVX_API kvx_result kvx_file_parse_meta(const char *text, size_t len, const char 
                  bufs->count <= KVX_MAX_BUFFERS,
              "%s: \"buffers\" must be an array of 1..%d entries", path, KVX_MAX_BUFFERS);
     m->num_buffers = bufs->count;
-    m->item_lens = (uint64_t *)calloc(bufs->count, sizeof(uint64_t));
-    m->offsets = (uint64_t *)calloc(bufs->count, sizeof(uint64_t));
+    m->allocator = a;
+    m->item_lens = (uint64_t *)kvx__zalloc(a, bufs->count, sizeof(uint64_t));
+    m->offsets = (uint64_t *)kvx__zalloc(a, bufs->count, sizeof(uint64_t));
     if (!m->item_lens || !m->offsets) { r = KVX_ERR_NO_MEMORY; goto done; }
     for (i = 0; i < bufs->count; i++) {
         const kvx__json *e = kvx__json_at(&d, bufs, i);
@@ -802,8 +815,8 @@ done:
 
 KVX_API void kvx_file_chunk_info_free(kvx_file_chunk_info *m) {
     if (!m) return;
-    free(m->item_lens);
-    free(m->offsets);
+    kvx__free(m->allocator, m->item_lens);
+    kvx__free(m->allocator, m->offsets);
     m->item_lens = m->offsets = NULL;
 }
 
@@ -814,7 +827,7 @@ KVX_API kvx_result kvx_file_read_done(const char *path, kvx_file_done_info *o, c
     kvx_result r;
     memset(o, 0, sizeof *o);
     r = kvx__read_small(path, &text, &len, KVX__FILE_META_MAX, why, wl);
-    return kvx__file_parse(r, text, len, path, NULL, o, why, wl);
+    return kvx__file_parse(NULL, r, text, len, path, NULL, o, why, wl);
 }
 
 KVX_API kvx_result kvx_file_parse_done(const char *text, size_t len, const char *path,
@@ -866,19 +879,19 @@ done:
 #undef KVX__REQ
 
 KVX_API kvx_result kvx_file_crc32c(int fd, uint64_t off, uint64_t len, uint32_t *crc) {
-    char *buf = (char *)malloc(1 << 20);
+    char *buf = (char *)kvx__alloc(NULL, 1 << 20);
     uint32_t c = 0;
     if (!buf) return KVX_ERR_NO_MEMORY;
     while (len) {
         size_t want = len > (1u << 20) ? (1u << 20) : (size_t)len;
         ssize_t n = pread(fd, buf, want, (off_t)off);
         if (n < 0 && errno == EINTR) continue;
-        if (n <= 0) { free(buf); return n ? kvx__errno_result(errno) : KVX_ERR_CORRUPT; }
+        if (n <= 0) { kvx__free(NULL, buf); return n ? kvx__errno_result(errno) : KVX_ERR_CORRUPT; }
         c = kvx_crc32c(c, buf, (size_t)n);
         off += (uint64_t)n;
         len -= (uint64_t)n;
     }
-    free(buf);
+    kvx__free(NULL, buf);
     *crc = c;
     return KVX_OK;
 }
@@ -902,6 +915,7 @@ typedef struct kvx__fengine {
     kvx_boot *boot;             /* NULL: no bootstrap */
     const uint8_t *key;         /* kvx_engine_auth_key: NULL = files are not authenticated */
     size_t key_len;
+    const kvx_allocator *al;    /* the engine's desc allocator */
     char *stage_free[64];
     int num_stage_free;
 } kvx__fengine;
@@ -1127,6 +1141,7 @@ static kvx_result kvx__file_engine_init(kvx_engine *e, char *why, size_t wl) {
     }
     snprintf(fe->dir, sizeof fe->dir, "%s", dir);
     fe->key = kvx_engine_auth_key(e, &fe->key_len);
+    fe->al = &kvx_engine_settings(e)->allocator;
     r = kvx__dir_open(fe->dir, fe->dir_mode, KVX__DIR_CREATE | (fe->shared ? KVX__DIR_SHARED : 0),
                      &fe->dfd, why, wl);
     if (r != KVX_OK) {
@@ -1414,8 +1429,8 @@ static void kvx__fjob_free(kvx_engine *e, kvx__fjob *j) {
     if (j->chunk) kvx_chunk_free(e, j->chunk);
     kvx_plan_free(&j->plan);
     kvx_file_chunk_info_free(&j->meta);
-    free(j->crcs);
-    free(j->stripes);
+    kvx_engine_free(e, j->crcs);
+    kvx_engine_free(e, j->stripes);
     kvx_engine_free(e, j);
 }
 
@@ -1453,13 +1468,13 @@ static kvx_result kvx__file_finish_send(kvx__froom *fr, char *why, size_t wl) {
     kvx_result r;
     if (fr->aux_index >= 0) {
         aux_bytes = kvx_layout_aux_row_bytes(l);
-        aux = (char *)malloc(aux_bytes ? aux_bytes : 1);
+        aux = (char *)kvx__alloc(fr->fe->al, aux_bytes ? aux_bytes : 1);
         if (!aux) return KVX_ERR_NO_MEMORY;
         kvx_layout_aux_copy(l, fr->aux_index, aux, 0);
         aux_crc = kvx_crc32c(0, aux, aux_bytes);
         r = kvx__write_new_at(fr->dfd, fr->stage_dir, "metadata.bin", aux, aux_bytes,
                               fr->fe->do_fsync, fr->fe->file_mode, why, wl);
-        free(aux);
+        kvx__free(fr->fe->al, aux);
         if (r != KVX_OK) return r;
     }
     kvx__buf_printf(&b, "{\"format\":\"kvx-file-done\",\"version\":%d,\"room\":%llu,\"chunks\":%u,"
@@ -1624,8 +1639,8 @@ static kvx_result kvx__fjob_submit(kvx__fjob *j, kvx__job_fn fn, int to_file) {
     total = n + (seq ? 1u : 0u);
     j->nstripes = n;
     j->left = total;
-    j->crcs = (uint32_t *)calloc(n, sizeof(uint32_t));
-    j->stripes = stripes = (kvx__fstripe *)calloc(total, sizeof *stripes);
+    j->crcs = (uint32_t *)kvx__zalloc(fr->fe->al, n, sizeof(uint32_t));
+    j->stripes = stripes = (kvx__fstripe *)kvx__zalloc(fr->fe->al, total, sizeof *stripes);
     if (!j->crcs || !stripes) {
         if (j->fd >= 0) close(j->fd);
         kvx__fjob_free(e, j);
@@ -1716,7 +1731,8 @@ static kvx_result kvx__file_load_text(kvx__froom *fr, int dfd, const char *name,
     size_t json_len;
     int has_mac;
     const char *mac_name = strstr(name, ".failed") ? "transfer_failed" : name;
-    kvx_result r = kvx__read_small_at(dfd, name, shown, text, len, KVX__FILE_META_MAX, why, wl);
+    kvx_result r = kvx__read_small_at(fe->al, dfd, name, shown, text, len, KVX__FILE_META_MAX,
+                                      why, wl);
     if (r != KVX_OK || !fe->key) return r;
     /* with a key: a file without a valid MAC is refused */
     if (!kvx__file_split(*text, *len, &json_len, &has_mac, mac) || !has_mac) {
@@ -1732,7 +1748,7 @@ static kvx_result kvx__file_load_text(kvx__froom *fr, int dfd, const char *name,
         }
     }
     if (r != KVX_OK) {
-        free(*text);
+        kvx__free(fe->al, *text);
         *text = NULL;
     }
     return r;
@@ -1742,7 +1758,7 @@ static kvx_result kvx__file_load_done(kvx__froom *fr, const char *shown, char *w
     char *text = NULL;
     size_t len = 0;
     kvx_result r = kvx__file_load_text(fr, fr->dfd, "transfer_done", shown, &text, &len, why, wl);
-    return kvx__file_parse(r, text, len, shown, NULL, &fr->done, why, wl);
+    return kvx__file_parse(fr->fe->al, r, text, len, shown, NULL, &fr->done, why, wl);
 }
 
 static kvx_result kvx__file_load_meta(kvx__froom *fr, const char *bin_name, const char *shown,
@@ -1753,7 +1769,7 @@ static kvx_result kvx__file_load_meta(kvx__froom *fr, const char *bin_name, cons
     memset(m, 0, sizeof *m);
     snprintf(name, sizeof name, "%s.meta", bin_name);
     r = kvx__file_load_text(fr, fr->dfd, name, shown, &text, &len, why, wl);
-    return kvx__file_parse(r, text, len, shown, m, NULL, why, wl);
+    return kvx__file_parse(fr->fe->al, r, text, len, shown, m, NULL, why, wl);
 }
 
 static kvx_result kvx__file_receiver_init(kvx_room *r, const int32_t *pages, uint32_t n,
@@ -1824,14 +1840,14 @@ static void kvx__frecv_finish(kvx__froom *fr) {
         kvx_result res;
         aux_bytes = kvx_layout_aux_row_bytes(l);
         kvx__pathf(path, "%s/metadata.bin", fr->dir);
-        res = kvx__read_small_at(fr->dfd, "metadata.bin", path, &aux, &len, 1u << 30, why,
+        res = kvx__read_small_at(fr->fe->al, fr->dfd, "metadata.bin", path, &aux, &len, 1u << 30, why,
                                  sizeof why);
         if (res != KVX_OK) { kvx__frecv_fail(fr, res == KVX_ERR_NOT_FOUND ? KVX_ERR_CORRUPT : res, why); return; }
         if (len != aux_bytes || len != fr->done.aux_bytes) {
             kvx__set_why(why, sizeof why, "%s is %zu bytes; this receiver's aux rows are %llu "
                          "bytes (transfer_done says %llu)", path, len,
                          (unsigned long long)aux_bytes, (unsigned long long)fr->done.aux_bytes);
-            free(aux);
+            kvx__free(fr->fe->al, aux);
             kvx__frecv_fail(fr, KVX_ERR_CORRUPT, why);
             return;
         }
@@ -1839,12 +1855,12 @@ static void kvx__frecv_finish(kvx__froom *fr) {
             kvx__set_why(why, sizeof why, "%s is %zu bytes with CRC32C %08x; transfer_done says %llu "
                      "bytes with %08x: corrupted or truncated", path, len, kvx_crc32c(0, aux, len),
                      (unsigned long long)fr->done.aux_bytes, fr->done.aux_crc32c);
-            free(aux);
+            kvx__free(fr->fe->al, aux);
             kvx__frecv_fail(fr, KVX_ERR_CORRUPT, why);
             return;
         }
         kvx_layout_aux_copy(l, fr->aux_index, aux, 1);
-        free(aux);
+        kvx__free(fr->fe->al, aux);
     } else if (fr->aux_index >= 0) {
         kvx__frecv_fail(fr, KVX_ERR_PROTOCOL, "the receiver expects aux rows but the sender "
                                               "sent none (aux_index -1 in transfer_done)");
@@ -1962,7 +1978,7 @@ static kvx_result kvx__frecv_check_layout(kvx__froom *fr, const kvx_file_chunk_i
     if (counts && m->fingerprint == kvx_layout_fingerprint(ours) &&
         fr->done.fingerprint == m->fingerprint)
         return KVX_OK;
-    bufs = (kvx_buffer *)calloc(m->num_buffers, sizeof *bufs);
+    bufs = (kvx_buffer *)kvx__zalloc(fr->fe->al, m->num_buffers, sizeof *bufs);
     if (!bufs) return KVX_ERR_NO_MEMORY;
     memset(&th, 0, sizeof th);
     memset(aux, 0, sizeof aux);
@@ -1973,7 +1989,7 @@ static kvx_result kvx__frecv_check_layout(kvx__froom *fr, const kvx_file_chunk_i
     th.page_size = m->page_size; th.dtype_size = m->dtype_size; th.dtype = m->dtype;
     th.num_kv_heads = m->num_kv_heads; th.mla = (int)m->mla;
     res = kvx_layout_compare(ours, &th, diff, sizeof diff);
-    free(bufs);
+    kvx__free(fr->fe->al, bufs);
     if (res == KVX_OK && !counts) {
         kvx__set_why(why, wl, "the buffer or aux item lengths in %s do not match the receiver's "
                      "layout (although its fingerprint is %016llx)", fr->dir,
@@ -2036,7 +2052,7 @@ static void kvx__frecv_start(void *arg) {
         kvx__frecv_fail(fr, KVX_ERR_LAYOUT_MISMATCH, why);
         goto out;
     }
-    jobs = (kvx__fjob **)calloc(fr->done.chunks, sizeof *jobs);
+    jobs = (kvx__fjob **)kvx__zalloc(fr->fe->al, fr->done.chunks, sizeof *jobs);
     if (!jobs) { kvx__frecv_fail(fr, KVX_ERR_NO_MEMORY, "out of memory"); goto out; }
     for (i = 0; i < fr->done.chunks; i++) {
         kvx__fjob *j = (kvx__fjob *)kvx_engine_alloc(e, sizeof *j);
@@ -2065,6 +2081,7 @@ static void kvx__frecv_start(void *arg) {
             res = KVX_ERR_CORRUPT;
             break;
         }
+        j->plan.allocator = fr->fe->al;
         res = kvx_plan_scatter(&j->plan, l, fr->pages + next_page, j->meta.num_pages);
         if (res != KVX_OK) { kvx__set_why(why, sizeof why, "%s", j->plan.error); break; }
         next_page += j->meta.num_pages;
@@ -2098,7 +2115,7 @@ static void kvx__frecv_start(void *arg) {
     }
     for (i = 0; i < njobs; i++) kvx__fjob_submit(jobs[i], kvx__frecv_stripe, 0);
 out:
-    free(jobs);
+    kvx__free(fr->fe->al, jobs);
     kvx__froom_leave(fr, 1);
     kvx_room_unref(r);
 }
@@ -2143,7 +2160,7 @@ static void kvx__frecv_sender_failed(kvx__froom *fr, int marker) {
         kvx__set_why(why, sizeof why, "the sender failed (%s is unreadable)", path);
     }
     kvx__json_free(&d);
-    free(text);
+    kvx__free(fr->fe->al, text);
     kvx_room_fail_remote(fr->room, KVX_ERR_PEER, "%s", why);
     kvx__frecv_cleanup(fr);
 }

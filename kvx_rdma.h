@@ -383,26 +383,6 @@ static const char kvx__rdma_magic[8] = {'k', 'v', 'x', '-', 'r', 'd', 'm', 'a'};
 #define KVX__RDMA_MAX_REASON 1024u
 
 
-/* Appends to a kvx__buf (binary). Not the desc allocator: a kvx__buf is the
-   core's, grown and freed (kvx__buf_free) with libc realloc/free. */
-static KVX__UNUSED void kvx__rdma_put(kvx__buf *b, const void *p, size_t n) {
-    if (b->oom) return;
-    if (b->len + n > b->cap) {
-        size_t nc = b->cap ? b->cap : 256;
-        char *nd;
-        while (nc < b->len + n) nc *= 2;
-        nd = (char *)realloc(b->data, nc);
-        if (!nd) { b->oom = 1; return; }
-        b->data = nd;
-        b->cap = nc;
-    }
-    if (n) memcpy(b->data + b->len, p, n);
-    b->len += n;
-}
-static KVX__UNUSED void kvx__rdma_put16(kvx__buf *b, uint16_t v) { uint8_t t[2]; kvx__le_w16(t, v); kvx__rdma_put(b, t, 2); }
-static KVX__UNUSED void kvx__rdma_put32(kvx__buf *b, uint32_t v) { uint8_t t[4]; kvx__le_w32(t, v); kvx__rdma_put(b, t, 4); }
-static KVX__UNUSED void kvx__rdma_put64(kvx__buf *b, uint64_t v) { uint8_t t[8]; kvx__le_w64(t, v); kvx__rdma_put(b, t, 8); }
-
 static void kvx__rdma_port_write(uint8_t *p, const kvx_rdma_port_info *d) {
     size_t nl = strnlen(d->name, sizeof d->name - 1);
     memset(p, 0, KVX_RDMA_DEV_ENTRY);
@@ -676,31 +656,31 @@ KVX_API uint32_t kvx_rdma_cm_rkey(const uint8_t *rkeys_le, uint32_t i) {
 static KVX__UNUSED void kvx__rdma_cm_begin(kvx__buf *b, kvx_rdma_cm_type type, uint32_t seq,
                                            uint64_t from, uint64_t to) {
     b->len = 0;
-    kvx__rdma_put16(b, (uint16_t)type);
-    kvx__rdma_put16(b, 0);
-    kvx__rdma_put32(b, seq);
-    kvx__rdma_put64(b, from);
-    kvx__rdma_put64(b, to);
+    kvx__buf_put16(b, (uint16_t)type);
+    kvx__buf_put16(b, 0);
+    kvx__buf_put32(b, seq);
+    kvx__buf_put64(b, from);
+    kvx__buf_put64(b, to);
 }
 static KVX__UNUSED void kvx__rdma_put_port(kvx__buf *b, const kvx_rdma_port_info *d) {
     uint8_t t[KVX_RDMA_DEV_ENTRY];
     kvx__rdma_port_write(t, d);
-    kvx__rdma_put(b, t, sizeof t);
+    kvx__buf_put(b, t, sizeof t);
 }
 static KVX__UNUSED void kvx__rdma_put_qp(kvx__buf *b, const kvx_rdma_qp_info *q) {
-    kvx__rdma_put32(b, q->qpn);
-    kvx__rdma_put32(b, q->psn);
-    kvx__rdma_put16(b, q->dev);
-    kvx__rdma_put16(b, 0);
+    kvx__buf_put32(b, q->qpn);
+    kvx__buf_put32(b, q->psn);
+    kvx__buf_put16(b, q->dev);
+    kvx__buf_put16(b, 0);
 }
 static KVX__UNUSED void kvx__rdma_cm_reject(kvx__buf *b, uint32_t seq, uint64_t from, uint64_t to,
                                             kvx_result res, const char *reason) {
     size_t rl = strlen(reason);
     if (rl > KVX__RDMA_MAX_REASON) rl = KVX__RDMA_MAX_REASON;
     kvx__rdma_cm_begin(b, KVX_RDMA_CM_REJECT, seq, from, to);
-    kvx__rdma_put32(b, (uint32_t)res);
-    kvx__rdma_put32(b, (uint32_t)rl);
-    kvx__rdma_put(b, reason, rl);
+    kvx__buf_put32(b, (uint32_t)res);
+    kvx__buf_put32(b, (uint32_t)rl);
+    kvx__buf_put(b, reason, rl);
 }
 
 KVX_API kvx_result kvx_rdma_register(void) { return kvx_transport_register(kvx_rdma_backend()); }
@@ -1729,25 +1709,25 @@ static void kvx__rdma_cm_connect(kvx__rdma_engine *re, kvx__rdma_pair *p, kvx__b
     int d;
     uint32_t i, k;
     kvx__rdma_cm_begin(b, KVX_RDMA_CM_CONNECT, p->seq, re->instance, p->peer);
-    kvx__rdma_put64(b, kvx_layout_fingerprint(l));
-    kvx__rdma_put16(b, (uint16_t)p->nqp);
-    kvx__rdma_put16(b, (uint16_t)re->ndev);
-    kvx__rdma_put32(b, l->num_buffers);
-    kvx__rdma_put32(b, l->num_aux);
-    kvx__rdma_put32(b, 0);
+    kvx__buf_put64(b, kvx_layout_fingerprint(l));
+    kvx__buf_put16(b, (uint16_t)p->nqp);
+    kvx__buf_put16(b, (uint16_t)re->ndev);
+    kvx__buf_put32(b, l->num_buffers);
+    kvx__buf_put32(b, l->num_aux);
+    kvx__buf_put32(b, 0);
     kvx__rdma_put_qps(p, b);
     kvx__rdma_put_ports(re, b);
     for (d = 0; d < re->ndev; d++) {
         kvx__rdma_dev *dv = &re->dev[d];
-        kvx__rdma_put64(b, dv->region_bytes);
+        kvx__buf_put64(b, dv->region_bytes);
         for (i = 0; i < l->num_buffers + l->num_aux; i++) {
             int aux = i >= l->num_buffers;
             const kvx__rdma_mr *m = aux ? &dv->aux[i - l->num_buffers] : &dv->kv[i];
-            kvx__rdma_put64(b, (uint64_t)(uintptr_t)(aux ? l->aux[i - l->num_buffers].base
+            kvx__buf_put64(b, (uint64_t)(uintptr_t)(aux ? l->aux[i - l->num_buffers].base
                                                           : l->buffers[i].base));
-            kvx__rdma_put64(b, aux ? l->aux[i - l->num_buffers].length : l->buffers[i].length);
-            kvx__rdma_put32(b, m->n);
-            for (k = 0; k < m->n; k++) kvx__rdma_put32(b, m->mr[k]->rkey);
+            kvx__buf_put64(b, aux ? l->aux[i - l->num_buffers].length : l->buffers[i].length);
+            kvx__buf_put32(b, m->n);
+            for (k = 0; k < m->n; k++) kvx__buf_put32(b, m->mr[k]->rkey);
         }
     }
 }
@@ -1975,9 +1955,9 @@ static kvx_result kvx__rdma_on_connect_msg(kvx__rdma_engine *re, const kvx_boot_
     }
     memset(&b, 0, sizeof b);
     kvx__rdma_cm_begin(&b, KVX_RDMA_CM_ACCEPT, p->seq, re->instance, p->peer);
-    kvx__rdma_put16(&b, (uint16_t)p->nqp);
-    kvx__rdma_put16(&b, (uint16_t)re->ndev);
-    kvx__rdma_put32(&b, 0);
+    kvx__buf_put16(&b, (uint16_t)p->nqp);
+    kvx__buf_put16(&b, (uint16_t)re->ndev);
+    kvx__buf_put32(&b, 0);
     kvx__rdma_put_qps(p, &b);
     kvx__rdma_put_ports(re, &b);
     pthread_mutex_lock(&re->mu);

@@ -2562,8 +2562,7 @@ KVX_API kvx_result kvx_store_open(const kvx_store_desc *desc, kvx_store **out, c
     d = *desc;
     if ((r = kvx__store_apply_env(&d, why, wl)) != KVX_OK) return r;
     if ((r = kvx__store_check_desc(&d, why, wl)) != KVX_OK) return r;
-    s = (kvx_store *)(d.allocator.alloc_fn ? d.allocator.alloc_fn(sizeof *s, d.allocator.user_data)
-                                           : malloc(sizeof *s));
+    s = (kvx_store *)kvx__alloc(&d.allocator, sizeof *s);
     if (!s) {
         kvx__set_why(why, wl, "out of memory");
         return KVX_ERR_NO_MEMORY;
@@ -2747,8 +2746,8 @@ static kvx_result kvx__store_scan_ns(kvx__store_scan *c, const char *ns, char *w
 
 static int kvx__store_scan_alloc(kvx__store_scan *c) {
     c->data_cap = 1u << 20;
-    c->hdr = (uint8_t *)malloc(KVX_STORE_HEADER_MAX);
-    c->data = (uint8_t *)malloc(c->data_cap);
+    c->hdr = (uint8_t *)kvx__alloc(NULL, KVX_STORE_HEADER_MAX); /* a tool's call: libc */
+    c->data = (uint8_t *)kvx__alloc(NULL, c->data_cap);
     return c->hdr && c->data ? 0 : -1;
 }
 
@@ -2765,8 +2764,8 @@ KVX_API kvx_result kvx_store_scan(const char *dir, int check_data, kvx_store_sca
     c.fn = fn;
     c.user = user;
     if (kvx__store_scan_alloc(&c)) {
-        free(c.hdr);
-        free(c.data);
+        kvx__free(NULL, c.hdr);
+        kvx__free(NULL, c.data);
         return KVX_ERR_NO_MEMORY;
     }
     snprintf(cfg, sizeof cfg, "%s/config.json", dir);
@@ -2789,8 +2788,8 @@ KVX_API kvx_result kvx_store_scan(const char *dir, int check_data, kvx_store_sca
         }
         if (d) closedir(d);
     }
-    free(c.hdr);
-    free(c.data);
+    kvx__free(NULL, c.hdr);
+    kvx__free(NULL, c.data);
     return r;
 }
 
@@ -2848,13 +2847,13 @@ KVX_API kvx_result kvx_store_verify(kvx_store *s, int remove_bad, kvx_store_veri
     c.remove_bad = remove_bad;
     c.rep = &rep;
     if (kvx__store_scan_alloc(&c)) {
-        free(c.hdr);
-        free(c.data);
+        kvx__free(NULL, c.hdr);
+        kvx__free(NULL, c.data);
         return KVX_ERR_NO_MEMORY;
     }
     err = kvx__store_walk(s->ns_fd, kvx__store_verify_fn, &c);
-    free(c.hdr);
-    free(c.data);
+    kvx__free(NULL, c.hdr);
+    kvx__free(NULL, c.data);
     if (out) *out = rep;
     if (err) {
         kvx__store_log(s, KVX_LOG_ERROR, "cannot read %s: %s", s->ns, strerror(err));

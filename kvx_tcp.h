@@ -1,19 +1,18 @@
 /* kvx_tcp.h - v0.1.0 - the tcp transport: scattered KV pages streamed over parallel sockets
 
-   For hosts without RDMA or a shared filesystem. The decode engine opens a
-   data listener and announces it (address, port, a 16-byte random token) in the
-   endpoint bytes of its kvx_boot hello. The prefill engine opens
-   KVX_TCP_STREAMS parallel TCP connections to every decode engine it serves
-   (a "link") and streams each chunk's pages straight from its pool along
-   the two-sided plan kvx_plan_pages(its layout, the chunk's pages, the
-   decode layout, the destination pages of that chunk): one sendmsg per
-   frame with an iovec per span, no intermediate copy. The receiver checks
-   every segment against the pages it asked for in that room and reads the
-   payload with recvmsg straight into its destination pages. Frames of one
-   room and of many rooms spread over the streams; chunk k+1 goes out while
-   chunk k is still on the wire; a slow receiver pushes back through TCP
-   flow control and the sender's memory stays bounded (it queues plans, not
-   bytes).
+   For hosts without RDMA or a shared filesystem. The prefill opens
+   KVX_TCP_STREAMS TCP connections (a "link") to each decode engine's data
+   listener and streams every chunk's pages straight from its pool, one
+   sendmsg per frame, no copy; the receiver checks each segment against the
+   room's pages and reads it straight into them. Frames of all rooms spread
+   over the streams, chunk k+1 leaving while k is on the wire; a slow receiver
+   pushes back through TCP flow control (the sender queues plans, not bytes,
+   so its memory stays bounded).
+
+   CONTENTS (section markers: search for ">>name")
+     >>wire codec (declarations) and ">>tcp: " byte helpers and codec, state,
+     sockets, prefill: links, prefill: rooms, decode: rooms, decode:
+     connections, engine, room hooks, public
 
    DO THIS
        #define KVX_IMPLEMENTATION
@@ -25,14 +24,17 @@
      names it in desc.bootstrap_addr or kvx_room_desc.bootstrap_addr.
 
    DATA PATH
-     Prefill: kvx__tcp_sender_send plans the chunk and queues it on the
-     link; each stream thread (kvx__tcp_stream_main) cuts a frame from the
-     queue (kvx__tcp_carve) and sends it with one sendmsg straight from the
-     pool pages (kvx__tcp_send_frame, kvx__tcp_sendv; GPU pools through a
-     pinned stage and desc.mem.copy). Decode: kvx__tcp_on_data checks a
-     DATA frame's segments, kvx__tcp_read_payload reads the payload with
-     recvmsg straight into the destination pages (kvx__tcp_recvv), and
-     kvx__tcp_recv_finish acknowledges a complete room.
+     Prefill: kvx__tcp_sender_send plans the chunk (kvx_plan_pages: its
+     layout and pages, the decode layout and the chunk's destination pages)
+     and queues the plan on the link; each stream thread
+     (kvx__tcp_stream_main) cuts a frame from the queue (kvx__tcp_carve) and
+     sends it with one sendmsg, an iovec per span, straight from the pool
+     pages (kvx__tcp_send_frame, kvx__tcp_sendv; GPU pools through a pinned
+     stage and desc.mem.copy). Decode: the data listener is announced (host,
+     port, 16-byte random token) in the endpoint of its kvx_boot hello;
+     kvx__tcp_on_data checks a DATA frame's segments, kvx__tcp_read_payload
+     reads the payload with recvmsg straight into the destination pages
+     (kvx__tcp_recvv), and kvx__tcp_recv_finish acknowledges a complete room.
 
    EXAMPLE (two hosts; error handling shortened)
        // given: kvx_layout pool_layout; const int32_t *pages; uint32_t n, k;
@@ -84,36 +86,40 @@
                           so strangers that connect and idle cannot keep
                           it out, and cost at most this many threads
 
-   SETTINGS (desc.tcp, zero = default) AND ENVIRONMENT (overrides the desc)
-     KVX_TCP_STREAMS        prefill: parallel connections per decode engine,
-                            1..KVX_TCP_MAX_STREAMS (desc.tcp.streams, 4)
-     KVX_TCP_HOST           decode: address the data listener binds and
-                            announces (desc.tcp.host). Unset: bind 0.0.0.0
-                            and announce nothing, so the prefill connects to
-                            the address the decode's control connection came
-                            from (right across hosts, and on one host)
-     KVX_TCP_SEGMENT        prefill: payload bytes per DATA frame; a frame
-                            never splits a page, so a page larger than this
-                            goes alone (desc.tcp.segment, 4 MiB; 64 KiB ..
-                            KVX_TCP_MAX_FRAME)
-     KVX_TCP_SOCKBUF        SO_SNDBUF / SO_RCVBUF of data connections in
-                            bytes (desc.tcp.sockbuf); 0 keeps Linux
-                            autotuning, which grows buffers up to
-                            net.ipv4.tcp_wmem / tcp_rmem (0; 4096 .. 1 GiB).
-                            Values above net.core.wmem_max / rmem_max are
-                            capped by the kernel (a warning says so)
-     KVX_TCP_TIMEOUT        seconds a data connection may make no progress
-                            (a send blocked by a receiver that reads
-                            nothing, a frame stuck half-read, a connect)
-                            before it is declared dead, and seconds a sender
-                            waits for the receiver's ACK after its last byte
-                            left (desc.tcp.timeout_s, 60; 0.001 .. 1e6)
-     Each is a row of kvx__tcp_table, resolved by kvx.h's settings rule (the
-     variable overrides the field; 0 = the default; out of range refused).
-     KVX_AUTH_KEY / KVX_AUTH_KEY_FILE (core, desc.auth_key / auth_key_file):
-     with a shared key every data connection proves it both ways before a
-     byte of KV moves (see WIRE FORMAT); both engines need the same key or
-     none.
+   ENVIRONMENT (desc.tcp; kvx.h's settings rule; kvx__tcp_table)
+     KVX_TCP_STREAMS   (desc.tcp.streams) prefill: parallel connections per
+                       decode engine, 1..KVX_TCP_MAX_STREAMS (4)
+     KVX_TCP_HOST      (desc.tcp.host) decode: address the data listener binds
+                       and announces. Unset: bind 0.0.0.0 and announce
+                       nothing, so the prefill connects to the address the
+                       decode's control connection came from (right across
+                       hosts, and on one host)
+     KVX_TCP_SEGMENT   (desc.tcp.segment) prefill: payload bytes per DATA
+                       frame, 64 KiB..KVX_TCP_MAX_FRAME (4 MiB); a frame never
+                       splits a page, so a page larger than this goes alone
+     KVX_TCP_SOCKBUF   (desc.tcp.sockbuf) SO_SNDBUF / SO_RCVBUF of data
+                       connections, bytes, 4096..1 GiB; 0 keeps Linux
+                       autotuning, which grows buffers up to net.ipv4.tcp_wmem
+                       / tcp_rmem (0). The kernel caps values above
+                       net.core.wmem_max / rmem_max (a warning says so)
+     KVX_TCP_TIMEOUT   (desc.tcp.timeout_s) seconds a data connection may make
+                       no progress (a send blocked by a receiver that reads
+                       nothing, a frame stuck half-read, a connect) before it
+                       is declared dead, and seconds a sender waits for the
+                       receiver's ACK after its last byte left; 0.001..1e6 (60)
+     KVX_AUTH_KEY / KVX_AUTH_KEY_FILE (kvx.h, desc.auth_key / auth_key_file):
+                       with a shared key every data connection proves it both
+                       ways before a byte of KV moves (see WIRE FORMAT); both
+                       engines need the same key or none.
+     And kvx_boot.h's (desc.boot): KVX_BOOTSTRAP_HOST, KVX_BOOTSTRAP_PORT ...
+
+   THREAD SAFETY
+     As kvx.h. Prefill: per link, one thread per stream and a reader thread
+     for ACK / ERROR. Decode: an accept thread and one thread per data
+     connection. kvx_engine_destroy joins them all. kvx_sender_destroy and
+     kvx_receiver_destroy wait until no thread touches the room's pages (a
+     peer stalled in the middle of that room's frame gets its connection
+     shut down after one second).
 
    WIRE FORMAT (version 2; every integer little-endian)
      Version 2 (kvx 0.1 after issue 10) over version 1: a 16-byte token,
@@ -245,14 +251,6 @@
      TP (head slicing) and pipeline-parallel prefill are not supported by
      this transport yet; a second destination for a room fails it with a
      sentence saying so.
-
-   THREAD SAFETY
-     As kvx.h. Prefill: per link, one thread per stream and a reader thread
-     for ACK / ERROR. Decode: an accept thread and one thread per data
-     connection. kvx_engine_destroy joins them all. kvx_sender_destroy and
-     kvx_receiver_destroy wait until no thread touches the room's pages (a
-     peer stalled in the middle of that room's frame gets its connection
-     shut down after one second).
 
    LICENSE: MIT, see the end of this file.
 */

@@ -324,7 +324,7 @@ static void test_control(void) {
     hello(&b, KVX_ROLE_DECODE);
     memset(&h2, 0, sizeof h2);
     hello(&h2, KVX_ROLE_DECODE);
-    kvx__boot_put(&b, h2.data, h2.len);
+    kvx__buf_put(&b, h2.data, h2.len);
     CHECK(ctrl_try(0, b.data, b.len, NULL), "control: a second hello -> closed");
     kvx__buf_free(&b);
     kvx__buf_free(&h2);

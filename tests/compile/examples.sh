@@ -111,7 +111,7 @@ done
 # header's own sections, LICENSE last; and its DO THIS line "(includes ...)"
 # names exactly the kvx headers it includes, directly or through another.
 skeleton="CONTENTS|DO THIS|DATA PATH|EXAMPLE|COMPILE-TIME MACROS|ENVIRONMENT|THREAD SAFETY"
-skeleton_pending="kvx_boot.h kvx_tcp.h"   # not yet converted (issue 12)
+skeleton_pending=""   # headers not yet converted (none left)
 kvx_includes() {  # the kvx headers $1 includes, transitively, sorted
   local todo=$1 seen="" x y
   while [ -n "$todo" ]; do

@@ -427,7 +427,7 @@ static void hostile_peer(const char *key, const char *what) {
           (unsigned long long)(stat_of(pf.e, 1) - refused0));
     refused0 = stat_of(pf.e, 1);
     kvx__rdma_cm_begin(&b, KVX_RDMA_CM_ACCEPT, 1, kvx__rdma_re(rg.e)->instance, pinst);
-    kvx__rdma_put64(&b, 0);
+    kvx__buf_put64(&b, 0);
     CHECK(kvx__rdma_send_buf(kvx__rdma_re(rg.e), &ctl, &b, why, sizeof why) == KVX_OK &&
               refused_past(pf.e, refused0),
           "%s: a message in the wrong direction (ACCEPT to a prefill) is refused", what);

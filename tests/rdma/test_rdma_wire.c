@@ -34,12 +34,12 @@ static void sample_connect(kvx__buf *b, uint64_t region) {
     kvx_rdma_qp_info q;
     uint32_t d, i, k;
     kvx__rdma_cm_begin(b, KVX_RDMA_CM_CONNECT, 7, 11, 22);
-    kvx__rdma_put64(b, 0xfeedull);
-    kvx__rdma_put16(b, 2);
-    kvx__rdma_put16(b, 2);
-    kvx__rdma_put32(b, 3);
-    kvx__rdma_put32(b, 1);
-    kvx__rdma_put32(b, 0);
+    kvx__buf_put64(b, 0xfeedull);
+    kvx__buf_put16(b, 2);
+    kvx__buf_put16(b, 2);
+    kvx__buf_put32(b, 3);
+    kvx__buf_put32(b, 1);
+    kvx__buf_put32(b, 0);
     for (i = 0; i < 2; i++) {
         q.qpn = 0x100 + i;
         q.psn = 0x200 + i;
@@ -48,14 +48,14 @@ static void sample_connect(kvx__buf *b, uint64_t region) {
     }
     for (d = 0; d < 2; d++) kvx__rdma_put_port(b, &h.dev[d]);
     for (d = 0; d < 2; d++) {
-        kvx__rdma_put64(b, region);
+        kvx__buf_put64(b, region);
         for (i = 0; i < 4; i++) {
             uint64_t len = (i + 1) * 10000;
             uint32_t n = (uint32_t)(len / region + (len % region ? 1 : 0));
-            kvx__rdma_put64(b, 0x10000000ull * (i + 1));
-            kvx__rdma_put64(b, len);
-            kvx__rdma_put32(b, n);
-            for (k = 0; k < n; k++) kvx__rdma_put32(b, 1000 * d + 100 * i + k);
+            kvx__buf_put64(b, 0x10000000ull * (i + 1));
+            kvx__buf_put64(b, len);
+            kvx__buf_put32(b, n);
+            for (k = 0; k < n; k++) kvx__buf_put32(b, 1000 * d + 100 * i + k);
         }
     }
 }
@@ -175,7 +175,7 @@ static void cm_tests(void) {
     kvx__rdma_cm_begin(&b, KVX_RDMA_CM_READY, 1, 5, 6);
     CHECK(kvx_rdma_cm_parse(b.data, b.len, &m, why, sizeof why) == KVX_OK && m.type == KVX_RDMA_CM_READY,
           "READY parses: %s", why);
-    kvx__rdma_put32(&b, 0);
+    kvx__buf_put32(&b, 0);
     CHECK(kvx_rdma_cm_parse(b.data, b.len, &m, why, sizeof why) == KVX_ERR_PROTOCOL,
           "a READY with extra bytes is refused");
     kvx__rdma_cm_begin(&b, (kvx_rdma_cm_type)9, 1, 5, 6);
@@ -200,7 +200,7 @@ static void mutations(void) {
         uint8_t *p;
         int flips = 1 + (int)(ex_mix(seed++) % 4);
         b.len = 0;
-        kvx__rdma_put(&b, a.data, a.len);
+        kvx__buf_put(&b, a.data, a.len);
         p = (uint8_t *)b.data;
         for (k = 0; k < (size_t)flips; k++) {
             size_t at = (size_t)(ex_mix(seed++) % len);
