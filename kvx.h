@@ -3547,6 +3547,68 @@ KVX_API uint64_t kvx_receiver_room(const kvx_receiver *r) { return ((const kvx_r
 KVX_API void kvx_receiver_abort(kvx_receiver *r, const char *why) { if (r) kvx__room_abort((kvx_room *)r, why); }
 KVX_API void kvx_receiver_destroy(kvx_receiver *r) { if (r) kvx__room_close((kvx_room *)r); }
 
+/* >>impl: transport rooms ------------------------------------------------- */
+
+/* The head of every transport's room (tcp, cuda, rdma), its first member, so
+   a room's kvx_room_data is also a kvx__xroom. mu is the transport's own. */
+typedef struct kvx__xroom {
+    kvx_room *room;
+    uint64_t id;
+    int32_t dst_aux, src_aux; /* -1 = none */
+    pthread_mutex_t mu;
+} kvx__xroom;
+
+/* A zeroed transport room of `size` bytes (desc allocator) with its head
+   filled; the caller sets its own fields, then kvx_room_set_data. */
+static KVX__UNUSED void *kvx__xroom_new(kvx_room *r, size_t size) {
+    kvx__xroom *x = (kvx__xroom *)kvx_engine_alloc(kvx_room_engine(r), size);
+    if (!x) return NULL;
+    memset(x, 0, size);
+    x->room = r;
+    x->id = kvx_room_id(r);
+    x->dst_aux = x->src_aux = -1;
+    pthread_mutex_init(&x->mu, NULL);
+    return x;
+}
+
+/* The tail of every room_free hook: x and the room's data pointer. */
+static KVX__UNUSED void kvx__xroom_free(void *p) {
+    kvx__xroom *x = (kvx__xroom *)p;
+    kvx_room_set_data(x->room, NULL);
+    pthread_mutex_destroy(&x->mu);
+    kvx_engine_free(kvx_room_engine(x->room), x);
+}
+
+/* Backend tables are filled by field name (C++11 has no designated
+   initializers), once, on the first call, under a lock: name, engine_init,
+   then fill (NULL: none) sets the other hooks. */
+static KVX__UNUSED const kvx_backend *kvx__backend_table(kvx_backend *b, const char *name,
+    kvx_result (*init)(kvx_engine *, char *, size_t), void (*fill)(kvx_backend *b)) {
+    static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+    pthread_mutex_lock(&mu);
+    if (!b->name) {
+        b->engine_init = init;
+        if (fill) fill(b);
+        b->name = name;
+    }
+    pthread_mutex_unlock(&mu);
+    return b;
+}
+
+/* For a fill: the hooks every transport room needs, each named
+   <p>_<field> (kvx__tcp_room_open ...). */
+#define KVX__BACKEND_ROOM_HOOKS(b, p)                                                  \
+    ((b)->engine_fini = p##_engine_fini, (b)->room_open = p##_room_open,               \
+     (b)->sender_init = p##_sender_init, (b)->sender_send = p##_sender_send,           \
+     (b)->receiver_init = p##_receiver_init, (b)->room_close = p##_room_close,         \
+     (b)->room_free = p##_room_free, (b)->room_failed = p##_room_failed)
+
+/* True when the room reached SUCCESS or FAILED. */
+static KVX__UNUSED int kvx__room_terminal(const kvx_room *r) {
+    kvx_poll p = kvx_room_poll(r);
+    return p == KVX_POLL_FAILED || p == KVX_POLL_SUCCESS;
+}
+
 /* >>impl: safe directories ------------------------------------------------ */
 
 #ifdef __cplusplus

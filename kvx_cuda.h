@@ -742,9 +742,8 @@ static kvx_result kvx__cux_nc_init(kvx_engine *e, char *why, size_t wl) {
     return kvx__cu_not_compiled(why, wl);
 }
 KVX_API const kvx_backend *kvx_cuda_backend(void) {
-    static const kvx_backend b = {"cuda", kvx__cux_nc_init, NULL, NULL, NULL, NULL,
-                                  NULL, NULL, NULL, NULL, NULL, NULL};
-    return &b;
+    static kvx_backend b;
+    return kvx__backend_table(&b, "cuda", kvx__cux_nc_init, NULL);
 }
 KVX_API kvx_result kvx_cuda_register(void) { return kvx_transport_register(kvx_cuda_backend()); }
 KVX_API kvx_result kvx_cuda_transport_stats_get(const kvx_engine *e, kvx_cuda_transport_stats *out) {
@@ -2149,15 +2148,12 @@ typedef struct kvx__cux_pf {
 } kvx__cux_pf;
 
 struct kvx__cux_room {
-    kvx_room *room;
+    kvx__xroom x; /* x.mu, prefill: peer, gone */
     kvx__cux_engine *ce;
-    uint64_t id;
-    pthread_mutex_t mu; /* prefill: peer, gone */
     /* prefill */
     kvx__cux_peer *peer;
     int32_t *dst;
     uint32_t ndst;
-    int32_t dst_aux, src_aux;
     kvx_boot_peer conn; /* the connection of its room frame (conn_id, addr) */
     kvx_plan plan;
     uint64_t bytes;
@@ -2213,10 +2209,6 @@ static kvx__cux_engine *kvx__cux_ce(const kvx_engine *e) {
     return (kvx__cux_engine *)kvx_engine_backend_data(e);
 }
 static kvx__cux_room *kvx__cux_cr(const kvx_room *r) { return (kvx__cux_room *)kvx_room_data(r); }
-static int kvx__cux_terminal(const kvx_room *r) {
-    kvx_poll p = kvx_room_poll(r);
-    return p == KVX_POLL_FAILED || p == KVX_POLL_SUCCESS;
-}
 
 /* >>cuda transport: node identity ------------------------------------------------------------ */
 
@@ -2600,7 +2592,7 @@ static void kvx__cux_kick(kvx__cux_engine *ce) {
 
 /* Sends what a room owes its decode side once its copies have stopped. */
 static void kvx__cux_send_msg(kvx__cux_engine *ce, kvx__cux_room *cr, int msg, const char *reason) {
-    kvx_room *r = cr->room;
+    kvx_room *r = cr->x.room;
     KVX__STORE(&cr->told, 1);
     if (msg == KVX__CUX_MSG_ABORT)
         kvx_boot_abort(ce->boot, r, reason);
@@ -2615,9 +2607,9 @@ static void kvx__cux_send_msg(kvx__cux_engine *ce, kvx__cux_room *cr, int msg, c
    a Failed status or an abort as the promise that no more bytes land. */
 static void kvx__cux_owe(kvx__cux_room *cr, int msg, const char *reason) {
     kvx__cux_peer *p;
-    pthread_mutex_lock(&cr->mu);
+    pthread_mutex_lock(&cr->x.mu);
     p = cr->peer;
-    pthread_mutex_unlock(&cr->mu);
+    pthread_mutex_unlock(&cr->x.mu);
     if (p) {
         pthread_mutex_lock(&p->mu);
         if (cr->busy || cr->finishing) {
@@ -2643,7 +2635,7 @@ static void kvx__cux_fail_tell(kvx__cux_room *cr, kvx_result res, const char *fm
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    kvx_room_fail(cr->room, res, "%s", msg);
+    kvx_room_fail(cr->x.room, res, "%s", msg);
 }
 
 /* kvx_boot hook (prefill): the decode side's destination for a sender. */
@@ -2658,13 +2650,13 @@ static kvx_result kvx__cux_on_room(kvx_boot *b, kvx_room *r, const kvx_boot_peer
     kvx_result res;
     int taken;
     uint32_t i;
-    pthread_mutex_lock(&cr->mu);
+    pthread_mutex_lock(&cr->x.mu);
     taken = cr->peer != NULL;
-    pthread_mutex_unlock(&cr->mu);
+    pthread_mutex_unlock(&cr->x.mu);
     if (taken) {
         kvx_room_fail(r, KVX_ERR_INVALID_ARGUMENT, "room %llu is served by more than one decode "
                       "rank (decode %s is the second): the cuda transport does not support "
-                      "heterogeneous tensor parallelism yet", (unsigned long long)cr->id, bp->addr);
+                      "heterogeneous tensor parallelism yet", (unsigned long long)cr->x.id, bp->addr);
         return KVX_ERR_INVALID_ARGUMENT;
     }
     if (!(p = kvx__cux_peer_get(ce, bp, why, sizeof why))) {
@@ -2701,17 +2693,17 @@ static kvx_result kvx__cux_on_room(kvx_boot *b, kvx_room *r, const kvx_boot_peer
         kvx_room_fail(r, res, "%s", why);
         return res;
     }
-    pthread_mutex_lock(&cr->mu);
+    pthread_mutex_lock(&cr->x.mu);
     taken = KVX__LOAD(&cr->gone) || cr->peer;
     if (!taken) {
         cr->peer = p;
         cr->dst = copy;
         cr->ndst = n;
-        cr->dst_aux = aux;
+        cr->x.dst_aux = aux;
         cr->conn.conn_id = bp->conn_id;
         cr->conn.addr = p->addr;
     }
-    pthread_mutex_unlock(&cr->mu);
+    pthread_mutex_unlock(&cr->x.mu);
     if (taken) { /* the sender was destroyed meanwhile */
         kvx_engine_free(ce->engine, copy);
         kvx__cux_peer_unref(p);
@@ -2720,7 +2712,7 @@ static kvx_result kvx__cux_on_room(kvx_boot *b, kvx_room *r, const kvx_boot_peer
     /* the acknowledgement that arms the receiver's fence: from now on this
        side may write into its pages */
     kvx_boot_send_status(b, r, KVX_POLL_TRANSFERRING, KVX_OK, 0, NULL);
-    kvx_engine_log(ce->engine, KVX_LOG_DEBUG, "kvx.cuda", cr->id,
+    kvx_engine_log(ce->engine, KVX_LOG_DEBUG, "kvx.cuda", cr->x.id,
                    "destination: %u pages, aux slot %d, decode %s", n, (int)aux, p->name);
     return KVX_OK;
 }
@@ -2736,12 +2728,12 @@ static kvx_result kvx__cux_sender_init(kvx_room *r, uint32_t n, int32_t aux) {
                            "asked for %u", n, cr->peer->name, cr->ndst);
         return KVX_ERR_INVALID_ARGUMENT;
     }
-    if (cr->dst_aux >= 0 && aux < 0) {
+    if (cr->x.dst_aux >= 0 && aux < 0) {
         kvx__cux_fail_tell(cr, KVX_ERR_INVALID_ARGUMENT, "decode %s expects aux rows in its slot "
-                           "%d but init gave no aux slot (-1)", cr->peer->name, (int)cr->dst_aux);
+                           "%d but init gave no aux slot (-1)", cr->peer->name, (int)cr->x.dst_aux);
         return KVX_ERR_INVALID_ARGUMENT;
     }
-    cr->src_aux = aux;
+    cr->x.src_aux = aux;
     return KVX_OK;
 }
 
@@ -2798,7 +2790,7 @@ static kvx_result kvx__cux_sender_send(kvx_room *r, kvx_chunk *c) {
     pthread_mutex_unlock(&p->mu);
     if (res != KVX_OK) {
         kvx__cux_fail_tell(cr, res, "chunk %u of room %llu for decode %s: %s", index,
-                           (unsigned long long)cr->id, p->addr, why);
+                           (unsigned long long)cr->x.id, p->addr, why);
         return res;
     }
     KVX__ADD(&ce->st.chunks, 1);
@@ -2813,10 +2805,10 @@ static kvx_result kvx__cux_sender_send(kvx_room *r, kvx_chunk *c) {
    flight: the decode side's kvx_receiver_destroy waits for that word. */
 static void kvx__cux_on_abort_prefill(kvx__cux_room *cr) {
     int armed;
-    pthread_mutex_lock(&cr->mu);
+    pthread_mutex_lock(&cr->x.mu);
     armed = cr->peer != NULL;
-    pthread_mutex_unlock(&cr->mu);
-    if (armed && kvx_room_poll(cr->room) == KVX_POLL_FAILED)
+    pthread_mutex_unlock(&cr->x.mu);
+    if (armed && kvx_room_poll(cr->x.room) == KVX_POLL_FAILED)
         kvx__cux_owe(cr, KVX__CUX_MSG_CONFIRM, NULL);
 }
 
@@ -2839,8 +2831,8 @@ static kvx_result kvx__cux_send_aux(kvx__cux_engine *ce, kvx__cux_room *cr) {
     kvx__le_w16(m + 8, KVX_CUDA_AUX_VERSION);
     kvx__le_w16(m + 10, 0);
     kvx__le_w32(m + 12, (uint32_t)ce->aux_row_bytes);
-    kvx__le_w64(m + 16, cr->id);
-    kvx_layout_aux_copy(l, cr->src_aux, m + KVX__CUX_AUXM, 0);
+    kvx__le_w64(m + 16, cr->x.id);
+    kvx_layout_aux_copy(l, cr->x.src_aux, m + KVX__CUX_AUXM, 0);
     KVX__ADD(&ce->st.aux_rows, (uint64_t)l->num_aux);
     return kvx_boot_peer_send(ce->boot, &cr->conn, m, KVX__CUX_AUXM + ce->aux_row_bytes, NULL, 0);
 }
@@ -2849,16 +2841,16 @@ static kvx_result kvx__cux_send_aux(kvx__cux_engine *ce, kvx__cux_room *cr) {
    then status Success. */
 static void kvx__cux_finish(kvx__cux_engine *ce, kvx__cux_room *cr) {
     kvx__cux_peer *p = cr->peer;
-    kvx_room *r = cr->room;
+    kvx_room *r = cr->x.room;
     uint64_t bytes = cr->bytes;
-    int aux = cr->dst_aux >= 0 && cr->src_aux >= 0;
+    int aux = cr->x.dst_aux >= 0 && cr->x.src_aux >= 0;
     KVX__STORE(&cr->told, 1);
     if (aux) bytes += ce->aux_row_bytes;
     if ((aux && kvx__cux_send_aux(ce, cr) != KVX_OK) ||
         kvx_boot_send_status(ce->boot, r, KVX_POLL_SUCCESS, KVX_OK, bytes, NULL) != KVX_OK) {
         kvx_room_fail_remote(r, KVX_ERR_PEER_LOST, "every byte of room %llu is in place at "
                              "decode %s but the control connection to it is gone, so it cannot "
-                             "be told", (unsigned long long)cr->id, p->name);
+                             "be told", (unsigned long long)cr->x.id, p->name);
         return;
     }
     KVX__ADD(&ce->st.rooms_done, 1);
@@ -2874,7 +2866,7 @@ static int kvx__cux_next(kvx__cux_room *cr, int *msg) {
         cr->msg = 0;
         return KVX__CUX_ACT_MSG;
     }
-    if (kvx_room_poll(cr->room) == KVX_POLL_FAILED || !cr->last_queued) return 0;
+    if (kvx_room_poll(cr->x.room) == KVX_POLL_FAILED || !cr->last_queued) return 0;
     return KVX__CUX_ACT_FINISH;
 }
 
@@ -2900,7 +2892,7 @@ static int kvx__cux_poll_peer(kvx__cux_engine *ce, kvx__cux_peer *p, kvx__cux_ac
         if (!what) continue; /* more chunks to come, or a close waits (broadcast below) */
         cr->finishing = 1;
         p->nfinishing++;
-        kvx_room_ref(cr->room);
+        kvx_room_ref(cr->x.room);
         acts[nact].cr = cr;
         acts[nact].what = what;
         memcpy(acts[nact].reason, cr->msg_reason, sizeof acts[nact].reason);
@@ -2919,7 +2911,7 @@ static int kvx__cux_poll_peer(kvx__cux_engine *ce, kvx__cux_peer *p, kvx__cux_ac
             if (KVX__LOAD(&cr->gone)) continue;
             cr->finishing = 1;
             p->nfinishing++;
-            kvx_room_ref(cr->room);
+            kvx_room_ref(cr->x.room);
             acts[nact].cr = cr;
             acts[nact].what = KVX__CUX_ACT_FAIL;
             acts[nact++].msg = 0;
@@ -2935,8 +2927,8 @@ static int kvx__cux_poll_peer(kvx__cux_engine *ce, kvx__cux_peer *p, kvx__cux_ac
         } else if (a->what == KVX__CUX_ACT_MSG) {
             kvx__cux_send_msg(ce, cr, a->msg, a->reason);
         } else { /* room_failed tells the decode side (now or after this act) */
-            kvx_room_fail(cr->room, KVX_ERR_TRANSPORT, "copying room %llu to decode %s failed: %s",
-                          (unsigned long long)cr->id, p->addr, why);
+            kvx_room_fail(cr->x.room, KVX_ERR_TRANSPORT, "copying room %llu to decode %s failed: %s",
+                          (unsigned long long)cr->x.id, p->addr, why);
         }
         pthread_mutex_lock(&p->mu);
         cr->finishing = 0;
@@ -2951,7 +2943,7 @@ static int kvx__cux_poll_peer(kvx__cux_engine *ce, kvx__cux_peer *p, kvx__cux_ac
         }
         pthread_cond_broadcast(&p->cv);
         pthread_mutex_unlock(&p->mu);
-        kvx_room_unref(cr->room);
+        kvx_room_unref(cr->x.room);
     }
     return moved;
 }
@@ -3032,17 +3024,17 @@ static void kvx__cux_sender_close(kvx__cux_room *cr) {
     kvx__cux_peer *p;
     int msg = 0, waited = 0;
     char reason[KVX_ERROR_MAX];
-    pthread_mutex_lock(&cr->mu);
+    pthread_mutex_lock(&cr->x.mu);
     KVX__STORE(&cr->gone, 1); /* read under p->mu elsewhere */
     p = cr->peer;
-    pthread_mutex_unlock(&cr->mu);
+    pthread_mutex_unlock(&cr->x.mu);
     if (p) {
         pthread_mutex_lock(&p->mu);
         while (cr->busy || cr->finishing) {
             struct timespec ts;
             kvx__abstime(&ts, 5000000000ull);
             if (pthread_cond_timedwait(&p->cv, &p->mu, &ts) == ETIMEDOUT)
-                kvx_engine_log(ce->engine, KVX_LOG_WARN, "kvx.cuda", cr->id, "destroying the "
+                kvx_engine_log(ce->engine, KVX_LOG_WARN, "kvx.cuda", cr->x.id, "destroying the "
                                "sender waits for its GPU copies to decode %s (%d s so far)",
                                p->name, waited += 5);
         }
@@ -3053,9 +3045,9 @@ static void kvx__cux_sender_close(kvx__cux_room *cr) {
         pthread_mutex_unlock(&p->mu);
     }
     if (msg) kvx__cux_send_msg(ce, cr, msg, reason);
-    else if (p && !KVX__LOAD(&cr->told) && kvx_room_poll(cr->room) == KVX_POLL_FAILED)
+    else if (p && !KVX__LOAD(&cr->told) && kvx_room_poll(cr->x.room) == KVX_POLL_FAILED)
         kvx__cux_send_msg(ce, cr, KVX__CUX_MSG_CONFIRM, NULL); /* failed without a word yet */
-    kvx_boot_room_close(ce->boot, cr->room); /* an unfinished room tells its decode side */
+    kvx_boot_room_close(ce->boot, cr->x.room); /* an unfinished room tells its decode side */
 }
 
 /* kvx_boot hook (prefill): a decode engine's control connection is gone
@@ -3194,14 +3186,14 @@ static kvx_result kvx__cux_receiver_init(kvx_room *r, const int32_t *pages, uint
 static int kvx__cux_place(kvx__cux_engine *ce, kvx__cux_room *cr, const kvx_boot_peer *bp,
                           uint64_t bytes) {
     const kvx_layout *l = kvx_engine_layout(ce->engine);
-    kvx_room *r = cr->room;
+    kvx_room *r = cr->x.room;
     uint64_t want = (uint64_t)cr->npages * kvx_layout_page_bytes(l), aux_bytes = 0;
     int in;
     if (cr->aux_slot >= 0) aux_bytes = ce->aux_row_bytes;
     if (bytes != want + aux_bytes) {
         kvx_room_fail(r, KVX_ERR_PROTOCOL, "prefill %s reports %llu bytes placed; room %llu "
                       "expects %llu (%u pages of %llu bytes, %llu aux bytes)", bp->addr,
-                      (unsigned long long)bytes, (unsigned long long)cr->id,
+                      (unsigned long long)bytes, (unsigned long long)cr->x.id,
                       (unsigned long long)(want + aux_bytes), cr->npages,
                       (unsigned long long)kvx_layout_page_bytes(l), (unsigned long long)aux_bytes);
         return 1;
@@ -3211,7 +3203,7 @@ static int kvx__cux_place(kvx__cux_engine *ce, kvx__cux_room *cr, const kvx_boot
     pthread_mutex_unlock(&ce->mu);
     if (aux_bytes && !in) {
         kvx_room_fail(r, KVX_ERR_PROTOCOL, "prefill %s reports Success but the aux rows of room "
-                      "%llu did not arrive before it", bp->addr, (unsigned long long)cr->id);
+                      "%llu did not arrive before it", bp->addr, (unsigned long long)cr->x.id);
         return 1;
     }
     return 0;
@@ -3238,7 +3230,7 @@ static const char *kvx__cux_aux_bad(kvx__cux_engine *ce, kvx__cux_room *cr, size
     if (cr->aux_in) return "a second aux message for the room";
     if (rl != ce->aux_row_bytes || len - KVX__CUX_AUXM != rl)
         return "its length is not this pool's aux row bytes";
-    if (cr->closing || kvx_room_poll(cr->room) != KVX_POLL_TRANSFERRING)
+    if (cr->closing || kvx_room_poll(cr->x.room) != KVX_POLL_TRANSFERRING)
         return "the room is not transferring";
     return NULL;
 }
@@ -3316,7 +3308,7 @@ static int kvx__cux_on_status(kvx_boot *b, kvx_room *r, const kvx_boot_peer *bp,
 /* Decode: this side's abort, with the room's first reason, once. */
 static void kvx__cux_abort_once(kvx__cux_room *cr) {
     if (__atomic_exchange_n(&cr->aborted, 1, __ATOMIC_ACQ_REL)) return;
-    kvx_boot_abort(cr->ce->boot, cr->room, kvx_room_error(cr->room));
+    kvx_boot_abort(cr->ce->boot, cr->x.room, kvx_room_error(cr->x.room));
 }
 
 /* Decode: the receiver is being destroyed. While the prefill may still
@@ -3324,7 +3316,7 @@ static void kvx__cux_abort_once(kvx__cux_room *cr) {
    stopped), tell it and wait for its word, at most KVX_CUDA_FENCE_TIMEOUT. */
 static void kvx__cux_receiver_close(kvx__cux_room *cr) {
     kvx__cux_engine *ce = cr->ce;
-    kvx_room *r = cr->room;
+    kvx_room *r = cr->x.room;
     uint64_t deadline;
     int wait, armed, grace;
     pthread_mutex_lock(&ce->mu);
@@ -3336,7 +3328,7 @@ static void kvx__cux_receiver_close(kvx__cux_room *cr) {
         /* the abort doubles as the request for the prefill's word that it
            stopped writing; a room failed earlier by this side sent it
            already (room_failed), one failed by the prefill has its word */
-        if (!kvx__cux_terminal(r)) {
+        if (!kvx__room_terminal(r)) {
             kvx_room_fail(r, KVX_ERR_ABORTED, "the receiver was destroyed before the transfer "
                           "finished");
             kvx__cux_abort_once(cr);
@@ -3374,7 +3366,7 @@ static void kvx__cux_receiver_close(kvx__cux_room *cr) {
         pthread_mutex_unlock(&ce->mu);
         if (wait) {
             KVX__ADD(&ce->st.fence_timeouts, 1);
-            kvx_engine_log(ce->engine, KVX_LOG_WARN, "kvx.cuda", cr->id, "the prefill did not "
+            kvx_engine_log(ce->engine, KVX_LOG_WARN, "kvx.cuda", cr->x.id, "the prefill did not "
                            "confirm within %.1f s (KVX_CUDA_FENCE_TIMEOUT) that it stopped writing "
                            "into this room's pages; they may still change", ce->fence_s);
         }
@@ -3558,16 +3550,11 @@ static void kvx__cux_engine_fini(kvx_engine *e) {
 /* >>cuda transport: room hooks ------------------------------------------------------------------ */
 
 static kvx_result kvx__cux_room_open(kvx_room *r) {
-    kvx_engine *e = kvx_room_engine(r);
-    kvx__cux_engine *ce = kvx__cux_ce(e);
-    kvx__cux_room *cr = (kvx__cux_room *)kvx_engine_alloc(e, sizeof *cr);
+    kvx__cux_engine *ce = kvx__cux_ce(kvx_room_engine(r));
+    kvx__cux_room *cr = (kvx__cux_room *)kvx__xroom_new(r, sizeof *cr);
     if (!cr) return KVX_ERR_NO_MEMORY;
-    memset(cr, 0, sizeof *cr);
-    cr->room = r;
     cr->ce = ce;
-    cr->id = kvx_room_id(r);
-    cr->dst_aux = cr->src_aux = cr->aux_slot = -1;
-    pthread_mutex_init(&cr->mu, NULL);
+    cr->aux_slot = -1;
     kvx_room_set_data(r, cr);
     return kvx_boot_room_open(ce->boot, r);
 }
@@ -3593,32 +3580,22 @@ static void kvx__cux_room_close(kvx_room *r) {
 
 static void kvx__cux_room_free(kvx_room *r) {
     kvx__cux_room *cr = kvx__cux_cr(r);
-    kvx_engine *e = kvx_room_engine(r);
     if (!cr) return;
     kvx__cux_peer_unref(cr->peer);
     kvx_plan_free(&cr->plan);
-    kvx_engine_free(e, cr->dst);
-    pthread_mutex_destroy(&cr->mu);
-    kvx_engine_free(e, cr);
-    kvx_room_set_data(r, NULL);
+    kvx_engine_free(kvx_room_engine(r), cr->dst);
+    kvx__xroom_free(cr);
 }
 
 /* >>cuda transport: public --------------------------------------------------------------------- */
 
+static void kvx__cux_hooks(kvx_backend *b) { /* no room_abort: room_failed tells the peer */
+    KVX__BACKEND_ROOM_HOOKS(b, kvx__cux);
+}
+
 KVX_API const kvx_backend *kvx_cuda_backend(void) {
-    static const kvx_backend b = {"cuda",
-                                  kvx__cux_engine_init,
-                                  kvx__cux_engine_fini,
-                                  NULL,
-                                  kvx__cux_room_open,
-                                  kvx__cux_sender_init,
-                                  kvx__cux_sender_send,
-                                  kvx__cux_receiver_init,
-                                  NULL, /* room_abort: room_failed tells the peer */
-                                  kvx__cux_room_close,
-                                  kvx__cux_room_free,
-                                  kvx__cux_room_failed};
-    return &b;
+    static kvx_backend b;
+    return kvx__backend_table(&b, "cuda", kvx__cux_engine_init, kvx__cux_hooks);
 }
 
 KVX_API kvx_result kvx_cuda_register(void) { return kvx_transport_register(kvx_cuda_backend()); }

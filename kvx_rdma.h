@@ -954,18 +954,15 @@ typedef struct kvx__rdma_src {
 } kvx__rdma_src;
 
 typedef struct kvx__rdma_room {
-    kvx_room *room;
+    kvx__xroom x; /* x.mu, prefill: orders chunk submission with attaching */
     struct kvx__rdma_engine *re;
-    uint64_t id;
     uint32_t tag;
     /* prefill */
-    pthread_mutex_t mu;        /* orders chunk submission with attaching */
     uint64_t decode;           /* the decode engine's instance */
     char decode_addr[96];
     int have_dst;
     int32_t *dst;
     uint32_t ndst;
-    int32_t dst_aux, src_aux;
     kvx_chunk **chunks;        /* parked until the connection is ready */
     uint32_t nchunks, cchunks;
     int parked;                /* under re->mu */
@@ -2208,12 +2205,12 @@ typedef struct kvx__rdma_deadarg {
 
 static int kvx__rdma_pair_serves(const kvx__rdma_pair *p, const kvx__rdma_room *rr) {
     if (strcmp(p->bootstrap, rr->bootstrap)) return 0;
-    return p->dp_size <= 1 || (int)(rr->id % (uint64_t)p->dp_size) == p->dp_rank;
+    return p->dp_size <= 1 || (int)(rr->x.id % (uint64_t)p->dp_size) == p->dp_rank;
 }
 
 static int kvx__rdma_peer_serves(const kvx__rdma_peer *pe, const kvx__rdma_room *rr) {
     if (strcmp(pe->bootstrap, rr->bootstrap)) return 0;
-    return pe->dp_size <= 1 || (int)(rr->id % (uint64_t)pe->dp_size) == pe->dp_rank;
+    return pe->dp_size <= 1 || (int)(rr->x.id % (uint64_t)pe->dp_size) == pe->dp_rank;
 }
 
 static int kvx__rdma_rx_check(kvx__rdma_room *rr, char *msg, size_t ml, const char *who);
@@ -2311,8 +2308,8 @@ static void kvx__rdma_pair_down(kvx__rdma_engine *re, kvx__rdma_pair *p, kvx_res
             fail = nv;
             cap = nc;
         }
-        kvx_room_ref(rr->room);
-        fail[nfail++] = rr->room;
+        kvx_room_ref(rr->x.room);
+        fail[nfail++] = rr->x.room;
     }
     pthread_cond_broadcast(&p->cv);
     pthread_mutex_unlock(&p->mu);
@@ -2437,7 +2434,7 @@ static int kvx__rdma_pump(kvx__rdma_engine *re, kvx__rdma_qp *q, char *err, size
         int n = 0, i, rc;
         while (n < KVX__RDMA_BATCH && (uint64_t)n < room && q->head) {
             kvx__rdma_work *w = q->head;
-            if (!w->room->cancelled && kvx_room_poll(w->room->room) == KVX_POLL_FAILED) {
+            if (!w->room->cancelled && kvx_room_poll(w->room->x.room) == KVX_POLL_FAILED) {
                 kvx__rdma_cancel_locked(p, w->room);
                 continue;
             }
@@ -2579,8 +2576,8 @@ static kvx__rdma_job *kvx__rdma_job_new(kvx__rdma_engine *re, int nworks) {
 static kvx_result kvx__rdma_queue_aux(kvx__rdma_engine *re, kvx__rdma_pair *p,
                                       kvx__rdma_room *rr, char *why) {
     kvx__rdma_job *j = kvx__rdma_job_new(re, 1);
-    kvx_result r = j ? kvx_plan_aux(&j->plan, kvx_engine_layout(re->e), rr->src_aux,
-                                    &p->peer_layout, rr->dst_aux)
+    kvx_result r = j ? kvx_plan_aux(&j->plan, kvx_engine_layout(re->e), rr->x.src_aux,
+                                    &p->peer_layout, rr->x.dst_aux)
                      : KVX_ERR_NO_MEMORY;
     if (r != KVX_OK) {
         kvx__set_why(why, KVX_ERROR_MAX, "aux rows to %s: %s", rr->decode_addr,
@@ -2620,12 +2617,12 @@ static int kvx__rdma_room_step(kvx__rdma_engine *re, kvx__rdma_pair *p, kvx__rdm
 
 /* Reports a finished room: status Success with the bytes, then Success. */
 static void kvx__rdma_finish(kvx__rdma_engine *re, kvx__rdma_room *rr, uint64_t bytes) {
-    kvx_result res = kvx_boot_send_status(re->boot, rr->room, KVX_POLL_SUCCESS, KVX_OK, bytes, NULL);
+    kvx_result res = kvx_boot_send_status(re->boot, rr->x.room, KVX_POLL_SUCCESS, KVX_OK, bytes, NULL);
     if (res != KVX_OK)
-        kvx_room_fail_remote(rr->room, res, "every RDMA WRITE to %s completed but the status "
+        kvx_room_fail_remote(rr->x.room, res, "every RDMA WRITE to %s completed but the status "
                              "cannot be sent: the control connection is gone", rr->decode_addr);
     else
-        kvx_room_succeed(rr->room, bytes);
+        kvx_room_succeed(rr->x.room, bytes);
 }
 
 /* Plans one chunk and queues it on the queue pairs (rr->mu held). */
@@ -2639,11 +2636,11 @@ static void kvx__rdma_submit(kvx__rdma_engine *re, kvx__rdma_room *rr, kvx_chunk
     int i, fin = 0, bad = 0, step = 0;
     uint64_t bytes = 0;
     if (!j) {
-        kvx__rdma_tx_fail(re, rr->room, KVX_ERR_NO_MEMORY, "out of memory planning chunk %u", c->index);
+        kvx__rdma_tx_fail(re, rr->x.room, KVX_ERR_NO_MEMORY, "out of memory planning chunk %u", c->index);
         goto drop;
     }
     if ((uint64_t)c->first_page + c->num_pages > rr->ndst) {
-        kvx__rdma_tx_fail(re, rr->room, KVX_ERR_TOO_MANY_PAGES, "chunk %u reaches page %u but %s "
+        kvx__rdma_tx_fail(re, rr->x.room, KVX_ERR_TOO_MANY_PAGES, "chunk %u reaches page %u but %s "
                           "gave %u destination pages", c->index, c->first_page + c->num_pages,
                           rr->decode_addr, rr->ndst);
         goto drop;
@@ -2651,7 +2648,7 @@ static void kvx__rdma_submit(kvx__rdma_engine *re, kvx__rdma_room *rr, kvx_chunk
     res = kvx_plan_pages(&j->plan, kvx_engine_layout(e), c->pages, &p->peer_layout,
                          rr->dst + c->first_page, c->num_pages);
     if (res != KVX_OK) {
-        kvx__rdma_tx_fail(re, rr->room, res, "chunk %u against the destination of %s: %s",
+        kvx__rdma_tx_fail(re, rr->x.room, res, "chunk %u against the destination of %s: %s",
                           c->index, rr->decode_addr, j->plan.error);
         goto drop;
     }
@@ -2688,7 +2685,7 @@ static void kvx__rdma_submit(kvx__rdma_engine *re, kvx__rdma_room *rr, kvx_chunk
     if (kvx__rdma_pump_all(re, p, err, sizeof err)) bad = 1;
     pthread_mutex_unlock(&p->mu);
     kvx_chunk_free(e, c);
-    if (step < 0) kvx__rdma_tx_fail(re, rr->room, (kvx_result)step, "%s", auxerr);
+    if (step < 0) kvx__rdma_tx_fail(re, rr->x.room, (kvx_result)step, "%s", auxerr);
     if (bad) kvx__rdma_pair_kill(re, p, KVX_ERR_TRANSPORT, "%s", err);
     if (fin) kvx__rdma_finish(re, rr, bytes);
     return;
@@ -2700,9 +2697,9 @@ drop:
 /* Attaches a prefill room to a ready connection and sends what was parked. */
 static void kvx__rdma_attach(kvx__rdma_engine *re, kvx__rdma_room *rr, kvx__rdma_pair *p) {
     uint32_t i;
-    pthread_mutex_lock(&rr->mu);
-    if (rr->pair || kvx_room_closed(rr->room)) {
-        pthread_mutex_unlock(&rr->mu);
+    pthread_mutex_lock(&rr->x.mu);
+    if (rr->pair || kvx_room_closed(rr->x.room)) {
+        pthread_mutex_unlock(&rr->x.mu);
         return;
     }
     pthread_mutex_lock(&p->mu);
@@ -2710,8 +2707,8 @@ static void kvx__rdma_attach(kvx__rdma_engine *re, kvx__rdma_room *rr, kvx__rdma
         char why[KVX_ERROR_MAX];
         snprintf(why, sizeof why, "%s", p->reason);
         pthread_mutex_unlock(&p->mu);
-        pthread_mutex_unlock(&rr->mu);
-        kvx__rdma_tx_fail(re, rr->room, KVX_ERR_TRANSPORT, "%s", why);
+        pthread_mutex_unlock(&rr->x.mu);
+        kvx__rdma_tx_fail(re, rr->x.room, KVX_ERR_TRANSPORT, "%s", why);
         return;
     }
     kvx__rdma_pair_ref(p);
@@ -2723,7 +2720,7 @@ static void kvx__rdma_attach(kvx__rdma_engine *re, kvx__rdma_room *rr, kvx__rdma
     pthread_mutex_unlock(&p->mu);
     for (i = 0; i < rr->nchunks; i++) kvx__rdma_submit(re, rr, rr->chunks[i]);
     rr->nchunks = 0;
-    pthread_mutex_unlock(&rr->mu);
+    pthread_mutex_unlock(&rr->x.mu);
 }
 
 /* Prefill: a decode engine finished the exchange; p replaces any older
@@ -2779,7 +2776,7 @@ static void kvx__rdma_publish(kvx__rdma_engine *re, kvx__rdma_pair *p) {
         rr = start;
         start = rr->lnext;
         kvx__rdma_attach(re, rr, p);
-        kvx_room_unref(rr->room);
+        kvx_room_unref(rr->x.room);
     }
     kvx__rdma_pair_unref(re, p);
 }
@@ -2852,7 +2849,7 @@ static void kvx__rdma_cq_prefill(kvx__rdma_engine *re, kvx__rdma_qp *q) {
                     kvx__rdma_slot *s = wc[i].wr_id && wc[i].wr_id <= q->posted
                                             ? &q->ring[wc[i].wr_id % q->depth] : NULL;
                     char rm[48] = "", pn[128];
-                    if (s && s->room) snprintf(rm, sizeof rm, " of room %llu", (unsigned long long)s->room->id);
+                    if (s && s->room) snprintf(rm, sizeof rm, " of room %llu", (unsigned long long)s->room->x.id);
                     kvx__rdma_port_note(re, q->dev, pn, sizeof pn);
                     snprintf(err, sizeof err, "RDMA WRITE%s to %s failed on queue pair %u (%s port "
                              "%u): %s (wc status %d, vendor error 0x%x)%s", rm, p->peer_addr,
@@ -2874,7 +2871,7 @@ static void kvx__rdma_cq_prefill(kvx__rdma_engine *re, kvx__rdma_qp *q) {
         if (bad) continue;
         st = kvx__rdma_room_step(re, p, rr, auxerr);
         if (st > 0) {
-            kvx_room_ref(rr->room);
+            kvx_room_ref(rr->x.room);
             rr->fbytes = rr->bytes_done;
             rr->fnext = fin;
             fin = rr;
@@ -2911,7 +2908,7 @@ static void kvx__rdma_cq_prefill(kvx__rdma_engine *re, kvx__rdma_qp *q) {
         rr = fin;
         fin = rr->fnext;
         kvx__rdma_finish(re, rr, rr->fbytes);
-        kvx_room_unref(rr->room);
+        kvx_room_unref(rr->x.room);
     }
 }
 
@@ -2999,8 +2996,8 @@ static void kvx__rdma_marks(kvx__rdma_engine *re, kvx__rdma_pair *p, const uint3
             uint64_t b = 0;
             int k;
             for (k = 0; k < rr->nsrc; k++) b += rr->src[k].status ? rr->src[k].bytes : 0;
-            kvx_room_ref(rr->room);
-            act[na] = rr->room;
+            kvx_room_ref(rr->x.room);
+            act[na] = rr->x.room;
             verdict[na] = v;
             bytes[na++] = b;
         }
@@ -3221,14 +3218,14 @@ static kvx_result kvx__rdma_on_room(kvx_boot *b, kvx_room *r, const kvx_boot_pee
         kvx_room_fail(r, KVX_ERR_INVALID_ARGUMENT, "decode %s sent a second destination for room "
                       "%llu (already one from %s): the rdma transport serves one decode rank per "
                       "prefill room; use equal TP sizes", peer->addr,
-                      (unsigned long long)rr->id, rr->decode_addr);
+                      (unsigned long long)rr->x.id, rr->decode_addr);
         return KVX_ERR_INVALID_ARGUMENT;
     }
     rr->dst = (int32_t *)kvx__rdma_zalloc(re, n, sizeof *rr->dst);
     if (!rr->dst) return KVX_ERR_NO_MEMORY;
     if (n) memcpy(rr->dst, dst, n * sizeof *dst);
     rr->ndst = n;
-    rr->dst_aux = aux;
+    rr->x.dst_aux = aux;
     rr->decode = h.instance;
     snprintf(rr->decode_addr, sizeof rr->decode_addr, "decode %s", peer->addr);
     rr->have_dst = 1;
@@ -3261,7 +3258,7 @@ static kvx_result kvx__rdma_on_room(kvx_boot *b, kvx_room *r, const kvx_boot_pee
         /* our connection with this decode engine broke while no room used
            it, so its side may not know: ask it to reconnect (a status in
            state Transferring with KVX_ERR_TRANSPORT); the room waits */
-        kvx_engine_log(re->e, KVX_LOG_INFO, "kvx.rdma", rr->id, "asking %s to reconnect: %s",
+        kvx_engine_log(re->e, KVX_LOG_INFO, "kvx.rdma", rr->x.id, "asking %s to reconnect: %s",
                        rr->decode_addr, broken);
         kvx_boot_send_status(re->boot, r, KVX_POLL_TRANSFERRING, KVX_ERR_TRANSPORT, broken_qpn,
                              broken);
@@ -3374,7 +3371,7 @@ static int kvx__rdma_on_status(kvx_boot *b, kvx_room *r, const kvx_boot_peer *pe
     snprintf(who, sizeof who, "prefill %s", peer->addr);
     v = s ? kvx__rdma_rx_check(rr, why, sizeof why, who) : -1;
     if (!s) snprintf(why, sizeof why, "more prefill engines wrote room %llu than this receiver "
-                     "can track", (unsigned long long)rr->id);
+                     "can track", (unsigned long long)rr->x.id);
     if (v > 0 || (v < 0 && s)) kvx__rdma_rx_remove(re, rr);
     for (k = 0; k < rr->nsrc; k++) total += rr->src[k].status ? rr->src[k].bytes : 0;
     pthread_mutex_unlock(&re->rx_mu);
@@ -3483,17 +3480,12 @@ static void kvx__rdma_on_disconnect(kvx_boot *b, const kvx_boot_peer *peer, cons
 
 static kvx_result kvx__rdma_room_open(kvx_room *r) {
     kvx__rdma_engine *re = kvx__rdma_re(kvx_room_engine(r));
-    kvx__rdma_room *rr = (kvx__rdma_room *)kvx__rdma_zalloc(re, 1, sizeof *rr);
+    kvx__rdma_room *rr = (kvx__rdma_room *)kvx__xroom_new(r, sizeof *rr);
     const char *bs = kvx_room_bootstrap_addr(r);
     if (!rr) return KVX_ERR_NO_MEMORY;
-    rr->room = r;
     rr->re = re;
-    rr->id = kvx_room_id(r);
-    rr->tag = kvx__rdma_tag(rr->id);
-    rr->dst_aux = -1;
-    rr->src_aux = -1;
+    rr->tag = kvx__rdma_tag(rr->x.id);
     snprintf(rr->bootstrap, sizeof rr->bootstrap, "%s", bs ? bs : "");
-    pthread_mutex_init(&rr->mu, NULL);
     kvx_room_set_data(r, rr);
     return kvx_boot_room_open(re->boot, r);
 }
@@ -3507,9 +3499,7 @@ static void kvx__rdma_room_free(kvx_room *r) {
     kvx_engine_free(e, rr->chunks);
     kvx_engine_free(e, rr->dst);
     kvx_engine_free(e, rr->def_pages);
-    pthread_mutex_destroy(&rr->mu);
-    kvx_engine_free(e, rr);
-    kvx_room_set_data(r, NULL);
+    kvx__xroom_free(rr);
 }
 
 static kvx_result kvx__rdma_sender_init(kvx_room *r, uint32_t n, int32_t aux) {
@@ -3522,22 +3512,22 @@ static kvx_result kvx__rdma_sender_init(kvx_room *r, uint32_t n, int32_t aux) {
                           rr->decode_addr[0] ? rr->decode_addr : "the decode side", want);
         return KVX_ERR_INVALID_ARGUMENT;
     }
-    if (rr->dst_aux >= 0 && kvx_engine_layout(re->e)->num_aux && aux < 0) {
+    if (rr->x.dst_aux >= 0 && kvx_engine_layout(re->e)->num_aux && aux < 0) {
         kvx__rdma_tx_fail(re, r, KVX_ERR_INVALID_ARGUMENT, "%s asked for aux rows (slot %d) but "
-                          "init gave no aux index", rr->decode_addr, (int)rr->dst_aux);
+                          "init gave no aux index", rr->decode_addr, (int)rr->x.dst_aux);
         return KVX_ERR_INVALID_ARGUMENT;
     }
-    rr->src_aux = aux;
-    rr->aux_needed = aux >= 0 && rr->dst_aux >= 0 && kvx_engine_layout(re->e)->num_aux > 0;
+    rr->x.src_aux = aux;
+    rr->aux_needed = aux >= 0 && rr->x.dst_aux >= 0 && kvx_engine_layout(re->e)->num_aux > 0;
     return KVX_OK;
 }
 
 static kvx_result kvx__rdma_sender_send(kvx_room *r, kvx_chunk *c) {
     kvx__rdma_engine *re = kvx__rdma_re(kvx_room_engine(r));
     kvx__rdma_room *rr = kvx__rdma_rr(r);
-    pthread_mutex_lock(&rr->mu);
+    pthread_mutex_lock(&rr->x.mu);
     if (kvx_room_poll(r) == KVX_POLL_FAILED) {
-        pthread_mutex_unlock(&rr->mu);
+        pthread_mutex_unlock(&rr->x.mu);
         kvx_chunk_free(re->e, c);
         return KVX_OK;
     }
@@ -3547,7 +3537,7 @@ static kvx_result kvx__rdma_sender_send(kvx_room *r, kvx_chunk *c) {
             kvx_chunk **nv =
                 (kvx_chunk **)kvx__rdma_grow(re, rr->chunks, rr->cchunks, nc, sizeof *nv);
             if (!nv) {
-                pthread_mutex_unlock(&rr->mu);
+                pthread_mutex_unlock(&rr->x.mu);
                 kvx_chunk_free(re->e, c);
                 return KVX_ERR_NO_MEMORY;
             }
@@ -3555,11 +3545,11 @@ static kvx_result kvx__rdma_sender_send(kvx_room *r, kvx_chunk *c) {
             rr->cchunks = nc;
         }
         rr->chunks[rr->nchunks++] = c;
-        pthread_mutex_unlock(&rr->mu);
+        pthread_mutex_unlock(&rr->x.mu);
         return KVX_OK;
     }
     kvx__rdma_submit(re, rr, c);
-    pthread_mutex_unlock(&rr->mu);
+    pthread_mutex_unlock(&rr->x.mu);
     return KVX_OK;
 }
 
@@ -3598,7 +3588,7 @@ static kvx_result kvx__rdma_receiver_init(kvx_room *r, const int32_t *pages, uin
         re->deferred = rr;
         kvx_room_ref(r);
         pthread_mutex_unlock(&re->rx_mu);
-        kvx_engine_log(re->e, KVX_LOG_INFO, "kvx.rdma", rr->id, "%s",
+        kvx_engine_log(re->e, KVX_LOG_INFO, "kvx.rdma", rr->x.id, "%s",
                        dialing ? "waits for the RDMA connection with its prefill"
                                : "another receiver uses the same 32-bit completion tag; this one "
                                  "waits for it");
@@ -3637,7 +3627,7 @@ static void kvx__rdma_unlist(pthread_mutex_t *mu, kvx__rdma_room **head, kvx__rd
             if (*pp == rr) { *pp = rr->lnext; break; }
     *on = 0;
     pthread_mutex_unlock(mu);
-    if (was) kvx_room_unref(rr->room);
+    if (was) kvx_room_unref(rr->x.room);
 }
 
 /* Prefill: stop the room's WRITEs and wait until the NIC no longer reads
@@ -3648,11 +3638,11 @@ static void kvx__rdma_tx_close(kvx__rdma_engine *re, kvx__rdma_room *rr) {
     uint64_t limit;
     int killed = 0;
     kvx__rdma_unlist(&re->mu, &re->parked, rr, &rr->parked);
-    pthread_mutex_lock(&rr->mu);
+    pthread_mutex_lock(&rr->x.mu);
     for (i = 0; i < rr->nchunks; i++) kvx_chunk_free(re->e, rr->chunks[i]);
     rr->nchunks = 0;
     p = rr->pair;
-    pthread_mutex_unlock(&rr->mu);
+    pthread_mutex_unlock(&rr->x.mu);
     if (!p) return;
     kvx__rdma_cancel_room(re, rr);
     limit = kvx_now_ns() + (uint64_t)((re->cfg.connect_timeout_s + 5) * 1e9);
@@ -3662,7 +3652,7 @@ static void kvx__rdma_tx_close(kvx__rdma_engine *re, kvx__rdma_room *rr) {
         if (kvx_now_ns() > limit && !killed) {
             pthread_mutex_unlock(&p->mu);
             kvx__rdma_pair_kill(re, p, KVX_ERR_TIMEOUT, "RDMA WRITEs of room %llu to %s did not "
-                               "complete within %.0f s", (unsigned long long)rr->id, p->peer_addr,
+                               "complete within %.0f s", (unsigned long long)rr->x.id, p->peer_addr,
                                re->cfg.connect_timeout_s + 5);
             killed = 1;
             pthread_mutex_lock(&p->mu);
@@ -3687,7 +3677,7 @@ static void kvx__rdma_rx_close(kvx__rdma_engine *re, kvx__rdma_room *rr) {
     uint64_t deadline = kvx_now_ns() + (uint64_t)(re->cfg.fence_timeout_s * 1e9);
     kvx__rdma_unlist(&re->rx_mu, &re->deferred, rr, &rr->deferred);
     if (!rr->in_table) return;
-    if (kvx_room_poll(rr->room) != KVX_POLL_SUCCESS) {
+    if (kvx_room_poll(rr->x.room) != KVX_POLL_SUCCESS) {
         pthread_mutex_lock(&re->mu);
         for (p = re->pairs; p && np < 16; p = p->next)
             if (KVX__LOAD(&p->state) == KVX__RP_READY && kvx__rdma_pair_serves(p, rr)) {
@@ -3712,7 +3702,7 @@ static void kvx__rdma_rx_close(kvx__rdma_engine *re, kvx__rdma_room *rr) {
         pthread_mutex_unlock(&re->rx_mu);
         for (i = 0; i < np; i++) kvx__rdma_pair_unref(re, ps[i]);
         if (timed_out)
-            kvx_engine_log(re->e, KVX_LOG_WARN, "kvx.rdma", rr->id,
+            kvx_engine_log(re->e, KVX_LOG_WARN, "kvx.rdma", rr->x.id,
                            "the prefill did not confirm within %.1f s (KVX_IB_FENCE_TIMEOUT) that "
                            "it stopped writing this room's pages; they may still change",
                            re->cfg.fence_timeout_s);
@@ -3741,7 +3731,7 @@ static void kvx__rdma_progress(kvx_engine *e) {
         pthread_mutex_lock(&re->mu);
         for (pp = &re->parked; *pp;) {
             rr = *pp;
-            if (now > rr->park_deadline || kvx_room_poll(rr->room) == KVX_POLL_FAILED) {
+            if (now > rr->park_deadline || kvx_room_poll(rr->x.room) == KVX_POLL_FAILED) {
                 *pp = rr->lnext;
                 rr->parked = 0;
                 rr->lnext = expired;
@@ -3757,12 +3747,12 @@ static void kvx__rdma_progress(kvx_engine *e) {
             /* KVX_ERR_TRANSPORT: a decode side that believes it is
                connected (its READY was lost) then retires its side and
                the next receiver redials */
-            if (kvx_room_poll(rr->room) != KVX_POLL_FAILED)
-                kvx__rdma_tx_fail(re, rr->room, KVX_ERR_TRANSPORT,
+            if (kvx_room_poll(rr->x.room) != KVX_POLL_FAILED)
+                kvx__rdma_tx_fail(re, rr->x.room, KVX_ERR_TRANSPORT,
                                   "no RDMA connection from %s within %.0f s (KVX_IB_CONNECT_TIMEOUT): "
                                   "the queue-pair exchange did not complete",
                                   rr->decode_addr, re->cfg.connect_timeout_s);
-            kvx_room_unref(rr->room);
+            kvx_room_unref(rr->x.room);
         }
     }
     if (re->role == KVX_ROLE_DECODE) {
@@ -3777,7 +3767,7 @@ static void kvx__rdma_progress(kvx_engine *e) {
         for (pp = &re->deferred; *pp;) {
             int wait = 0, failed;
             rr = *pp;
-            failed = kvx_room_poll(rr->room) == KVX_POLL_FAILED;
+            failed = kvx_room_poll(rr->x.room) == KVX_POLL_FAILED;
             for (k = 0; k < nd && !wait; k++) wait = kvx__rdma_peer_serves(&dialing[k], rr);
             if (failed || (!wait && !kvx__rdma_rx_find(re, rr->tag))) {
                 *pp = rr->lnext;
@@ -3795,16 +3785,16 @@ static void kvx__rdma_progress(kvx_engine *e) {
             rr = go;
             go = rr->lnext;
             if (rr->in_table) {
-                res = kvx_boot_receiver_init(re->boot, rr->room, rr->def_pages, rr->def_n,
+                res = kvx_boot_receiver_init(re->boot, rr->x.room, rr->def_pages, rr->def_n,
                                              rr->def_aux);
                 if (res != KVX_OK && res != KVX_ERR_STATE)
-                    kvx_room_fail(rr->room, res, "cannot send the destination to the prefill "
+                    kvx_room_fail(rr->x.room, res, "cannot send the destination to the prefill "
                                   "at %s", rr->bootstrap);
             } else {
-                kvx_room_fail(rr->room, KVX_ERR_NO_MEMORY, "out of memory for the completion "
+                kvx_room_fail(rr->x.room, KVX_ERR_NO_MEMORY, "out of memory for the completion "
                               "tag table"); /* no-op when it already failed */
             }
-            kvx_room_unref(rr->room);
+            kvx_room_unref(rr->x.room);
         }
     }
 }
@@ -3972,20 +3962,14 @@ KVX_API kvx_result kvx_rdma_stats_get(const kvx_engine *e, kvx_rdma_stats *out) 
 
 KVX_API int kvx_rdma_compiled(void) { return 1; }
 
+static void kvx__rdma_hooks(kvx_backend *b) { /* no room_abort: room_failed tells the peer */
+    KVX__BACKEND_ROOM_HOOKS(b, kvx__rdma);
+    b->progress = kvx__rdma_progress;
+}
+
 KVX_API const kvx_backend *kvx_rdma_backend(void) {
-    static const kvx_backend be = {"rdma",
-                                   kvx__rdma_engine_init,
-                                   kvx__rdma_engine_fini,
-                                   kvx__rdma_progress,
-                                   kvx__rdma_room_open,
-                                   kvx__rdma_sender_init,
-                                   kvx__rdma_sender_send,
-                                   kvx__rdma_receiver_init,
-                                   NULL, /* room_abort: room_failed tells the peer */
-                                   kvx__rdma_room_close,
-                                   kvx__rdma_room_free,
-                                   kvx__rdma_room_failed};
-    return &be;
+    static kvx_backend b;
+    return kvx__backend_table(&b, "rdma", kvx__rdma_engine_init, kvx__rdma_hooks);
 }
 
 #else /* !KVX_WITH_RDMA */
@@ -3999,9 +3983,8 @@ static kvx_result kvx__rdma_stub_init(kvx_engine *e, char *why, size_t wl) {
 }
 
 KVX_API const kvx_backend *kvx_rdma_backend(void) {
-    static const kvx_backend be = {"rdma", kvx__rdma_stub_init, NULL, NULL, NULL, NULL,
-                                   NULL,   NULL,                NULL, NULL, NULL, NULL};
-    return &be;
+    static kvx_backend b;
+    return kvx__backend_table(&b, "rdma", kvx__rdma_stub_init, NULL);
 }
 
 KVX_API int kvx_rdma_compiled(void) { return 0; }

@@ -601,10 +601,8 @@ struct kvx__tcp_conn {
 };
 
 struct kvx__tcp_room {
-    kvx_room *room;
+    kvx__xroom x; /* x.mu, prefill: link and gone (on_room races kvx_sender_destroy) */
     kvx__tcp_engine *te;
-    uint64_t id;
-    pthread_mutex_t mu; /* prefill: link and gone (on_room races kvx_sender_destroy) */
     int gone;
     int busy;    /* frames using its pages: link->mu (prefill) / te->mu (decode) */
     int closing; /* same lock */
@@ -612,7 +610,6 @@ struct kvx__tcp_room {
     kvx__tcp_link *link;
     int32_t *dst_pages;
     uint32_t ndst;
-    int32_t dst_aux, src_aux;
     int inited;
     uint32_t jobs_open;  /* under link->mu */
     int last_queued, aux_queued, all_sent;
@@ -682,10 +679,6 @@ static kvx__tcp_engine *kvx__tcp_te(const kvx_engine *e) {
 }
 static kvx__tcp_room *kvx__tcp_tr(const kvx_room *r) { return (kvx__tcp_room *)kvx_room_data(r); }
 static int kvx__tcp_on_peer_lost(kvx_boot *b, kvx_room *r, const char *reason);
-static int kvx__tcp_terminal(const kvx_room *r) {
-    kvx_poll p = kvx_room_poll(r);
-    return p == KVX_POLL_FAILED || p == KVX_POLL_SUCCESS;
-}
 #define KVX__TCP_STAT(te, field, v) KVX__ADD(&(te)->stats.field, (uint64_t)(v))
 
 #define KVX__TCP_LABEL_DECODE "kvx-tcp-decode"   /* the decode's proof */
@@ -851,7 +844,7 @@ static void kvx__tcp_job_done(kvx__tcp_link *lk, kvx__tcp_job *j) {
     tr->jobs_open--;
     if (j == tr->aux_job) tr->aux_job = NULL;
     kvx__tcp_job_free(e, j);
-    if (dropped || !tr->last_queued || tr->jobs_open || tr->closing || kvx__tcp_terminal(tr->room))
+    if (dropped || !tr->last_queued || tr->jobs_open || tr->closing || kvx__room_terminal(tr->x.room))
         return;
     if (tr->aux_job && !tr->aux_queued) {
         kvx__tcp_job *a = tr->aux_job;
@@ -869,7 +862,7 @@ static void kvx__tcp_job_done(kvx__tcp_link *lk, kvx__tcp_job *j) {
         snprintf(tr->ack_what, sizeof tr->ack_what,
                  "no ACK from decode %s after the last byte left (KVX_TCP_TIMEOUT %g s)", lk->name,
                  lk->te->timeout_s);
-        kvx_room_set_deadline(tr->room, kvx_now_ns() + (uint64_t)(lk->te->timeout_s * 1e9),
+        kvx_room_set_deadline(tr->x.room, kvx_now_ns() + (uint64_t)(lk->te->timeout_s * 1e9),
                               tr->ack_what);
     }
 }
@@ -885,7 +878,7 @@ static int kvx__tcp_carve(kvx__tcp_link *lk, kvx__tcp_stream *st, kvx__tcp_frame
         uint32_t n = 0, i;
         if (!j) return 0;
         tr = j->tr;
-        if (tr->closing || kvx__tcp_terminal(tr->room)) {
+        if (tr->closing || kvx__room_terminal(tr->x.room)) {
             kvx__tcp_queue_remove(lk, j);
             j->dropped = 1;
             if (!j->inflight) kvx__tcp_job_done(lk, j);
@@ -897,9 +890,9 @@ static int kvx__tcp_carve(kvx__tcp_link *lk, kvx__tcp_stream *st, kvx__tcp_frame
                 uint64_t item = l->aux[i].item_len;
                 p->seg.buffer = i;
                 p->seg.flags = KVX_TCP_SEG_AUX;
-                p->seg.dst_offset = (uint64_t)tr->dst_aux * item;
+                p->seg.dst_offset = (uint64_t)tr->x.dst_aux * item;
                 p->seg.length = item;
-                p->src = (char *)l->aux[i].base + (uint64_t)tr->src_aux * item;
+                p->src = (char *)l->aux[i].base + (uint64_t)tr->x.src_aux * item;
                 p->device = -1;
                 sum += item;
             }
@@ -959,7 +952,7 @@ static int kvx__tcp_send_frame(kvx__tcp_stream *st, const kvx__tcp_frame *f, cha
     kvx__tcp_engine *te = st->link->te;
     uint32_t i, nb = 0;
     uint64_t pos = 0;
-    kvx__tcp_hdr(st->head, KVX_TCP_DATA, (uint16_t)f->n, f->tr->id,
+    kvx__tcp_hdr(st->head, KVX_TCP_DATA, (uint16_t)f->n, f->tr->x.id,
                  (uint64_t)f->n * KVX_TCP_SEGMENT_BYTES + f->payload);
     for (i = 0; i < f->n; i++)
         kvx_tcp_segment_encode(&st->pieces[i].seg,
@@ -1033,7 +1026,7 @@ static void kvx__tcp_link_kill(kvx__tcp_link *lk, const char *fmt, ...) {
     pthread_cond_broadcast(&lk->cv);
     kvx__wake(lk->wake[1]);
     for (tr = lk->rooms; tr; tr = tr->lnext) {
-        if (kvx__tcp_terminal(tr->room)) continue;
+        if (kvx__room_terminal(tr->x.room)) continue;
         if (n == cap) {
             size_t nc = cap ? cap * 2 : 16;
             kvx_room **nr = (kvx_room **)kvx_engine_alloc(e, nc * sizeof *nr);
@@ -1043,8 +1036,8 @@ static void kvx__tcp_link_kill(kvx__tcp_link *lk, const char *fmt, ...) {
             rs = nr;
             cap = nc;
         }
-        kvx_room_ref(tr->room);
-        rs[n++] = tr->room;
+        kvx_room_ref(tr->x.room);
+        rs[n++] = tr->x.room;
     }
     pthread_mutex_unlock(&lk->mu);
     KVX__TCP_STAT(te, links_lost, 1);
@@ -1102,7 +1095,7 @@ static void kvx__tcp_link_lost(kvx__tcp_link *lk, const char *fmt, ...) {
 static int kvx__tcp_awaiting_ack(kvx__tcp_link *lk) {
     kvx__tcp_room *tr;
     for (tr = lk->rooms; tr; tr = tr->lnext)
-        if (tr->last_queued && !kvx__tcp_terminal(tr->room)) return 1;
+        if (tr->last_queued && !kvx__room_terminal(tr->x.room)) return 1;
     return 0;
 }
 
@@ -1229,7 +1222,7 @@ static void *kvx__tcp_stream_main(void *arg) {
         err = kvx__tcp_send_frame(st, &f, why, sizeof why);
         if (err == KVX__TCP_DEVICE_ERR) {
             /* nothing of the frame went out: the stream is still in step */
-            kvx_room_fail(f.tr->room, KVX_ERR_TRANSPORT, "cannot stage KV pages for sending: %s",
+            kvx_room_fail(f.tr->x.room, KVX_ERR_TRANSPORT, "cannot stage KV pages for sending: %s",
                           why);
             err = 0;
         } else if (!err) {
@@ -1250,8 +1243,8 @@ static void kvx__tcp_on_reply(kvx__tcp_link *lk, const kvx_tcp_header *h, const 
     kvx_room *r = NULL;
     pthread_mutex_lock(&lk->mu);
     for (tr = lk->rooms; tr; tr = tr->lnext)
-        if (tr->id == h->room) {
-            r = tr->room;
+        if (tr->x.id == h->room) {
+            r = tr->x.room;
             kvx_room_ref(r);
             break;
         }
@@ -1606,14 +1599,14 @@ static kvx_result kvx__tcp_on_room(kvx_boot *b, kvx_room *r, const kvx_boot_peer
     kvx__tcp_link *lk;
     int32_t *copy = NULL;
     kvx_result res;
-    pthread_mutex_lock(&tr->mu);
+    pthread_mutex_lock(&tr->x.mu);
     second = tr->link != NULL;
-    pthread_mutex_unlock(&tr->mu);
+    pthread_mutex_unlock(&tr->x.mu);
     if (second) {
         kvx_room_fail(r, KVX_ERR_INVALID_ARGUMENT,
                       "room %llu is served by more than one decode rank (decode %s is the second): "
                       "the tcp transport does not support heterogeneous tensor parallelism yet",
-                      (unsigned long long)tr->id, peer->addr);
+                      (unsigned long long)tr->x.id, peer->addr);
         return KVX_ERR_INVALID_ARGUMENT;
     }
     if ((res = kvx__tcp_parse_endpoint(peer, host, sizeof host, &port, token, why, sizeof why))) {
@@ -1632,12 +1625,12 @@ static kvx_result kvx__tcp_on_room(kvx_boot *b, kvx_room *r, const kvx_boot_peer
                       port, why);
         return KVX_ERR_TRANSPORT;
     }
-    pthread_mutex_lock(&tr->mu);
+    pthread_mutex_lock(&tr->x.mu);
     gone = tr->gone || tr->link;
     if (!gone) {
         tr->dst_pages = copy;
         tr->ndst = n;
-        tr->dst_aux = aux;
+        tr->x.dst_aux = aux;
         tr->link = lk;
         pthread_mutex_lock(&lk->mu);
         tr->lnext = lk->rooms;
@@ -1647,7 +1640,7 @@ static kvx_result kvx__tcp_on_room(kvx_boot *b, kvx_room *r, const kvx_boot_peer
         dead = lk->dead;
         pthread_mutex_unlock(&lk->mu);
     }
-    pthread_mutex_unlock(&tr->mu);
+    pthread_mutex_unlock(&tr->x.mu);
     if (gone) { /* the sender was destroyed meanwhile */
         kvx_engine_free(e, copy);
         kvx__tcp_link_unref(lk);
@@ -1658,7 +1651,7 @@ static kvx_result kvx__tcp_on_room(kvx_boot *b, kvx_room *r, const kvx_boot_peer
                       lk->why);
         return KVX_ERR_PEER_LOST;
     }
-    kvx_engine_log(e, KVX_LOG_DEBUG, "kvx.tcp", tr->id, "destination: %u pages, aux slot %d, decode %s",
+    kvx_engine_log(e, KVX_LOG_DEBUG, "kvx.tcp", tr->x.id, "destination: %u pages, aux slot %d, decode %s",
                    n, (int)aux, lk->name);
     return KVX_OK;
 }
@@ -1677,14 +1670,14 @@ static kvx_result kvx__tcp_sender_init(kvx_room *r, uint32_t n, int32_t aux) {
                            tr->link->name, tr->ndst);
         return KVX_ERR_INVALID_ARGUMENT;
     }
-    if (tr->dst_aux >= 0 && aux < 0) {
+    if (tr->x.dst_aux >= 0 && aux < 0) {
         kvx_room_fail(r, KVX_ERR_INVALID_ARGUMENT,
                            "decode %s expects aux rows in its slot %d but init gave no aux slot (-1)",
-                           tr->link->name, (int)tr->dst_aux);
+                           tr->link->name, (int)tr->x.dst_aux);
         return KVX_ERR_INVALID_ARGUMENT;
     }
-    tr->src_aux = aux;
-    if (tr->dst_aux >= 0 && l->num_aux) {
+    tr->x.src_aux = aux;
+    if (tr->x.dst_aux >= 0 && l->num_aux) {
         tr->aux_job = (kvx__tcp_job *)kvx_engine_alloc(te->engine, sizeof *tr->aux_job);
         if (!tr->aux_job) return KVX_ERR_NO_MEMORY;
         memset(tr->aux_job, 0, sizeof *tr->aux_job);
@@ -1781,10 +1774,10 @@ static void kvx__tcp_drop_jobs(kvx__tcp_link *lk, kvx__tcp_room *tr) {
 
 static void kvx__tcp_sender_close(kvx__tcp_room *tr) {
     kvx__tcp_link *lk;
-    pthread_mutex_lock(&tr->mu);
+    pthread_mutex_lock(&tr->x.mu);
     tr->gone = 1;
     lk = tr->link;
-    pthread_mutex_unlock(&tr->mu);
+    pthread_mutex_unlock(&tr->x.mu);
     if (!lk) return;
     pthread_mutex_lock(&lk->mu);
     tr->closing = 1;
@@ -1867,14 +1860,14 @@ static kvx_result kvx__tcp_receiver_init(kvx_room *r, const int32_t *pages, uint
     tr->expected = (uint64_t)n * kvx_layout_page_bytes(l) + aux_bytes;
     tr->remaining = tr->expected;
     pthread_mutex_lock(&te->mu);
-    kvx__tcp_tomb_clear(te, tr->id); /* a reused id is live again */
-    tr->hn.key = tr->id;
-    if (kvx__tcp_find(te, tr->id) ||
+    kvx__tcp_tomb_clear(te, tr->x.id); /* a reused id is live again */
+    tr->hn.key = tr->x.id;
+    if (kvx__tcp_find(te, tr->x.id) ||
         kvx__htab_insert(&te->rooms, &kvx_engine_settings(e)->allocator, &tr->hn)) {
         pthread_mutex_unlock(&te->mu);
         kvx_room_fail(r, KVX_ERR_INVALID_ARGUMENT,
                       "room %llu is already receiving on this engine, or out of memory",
-                      (unsigned long long)tr->id);
+                      (unsigned long long)tr->x.id);
         return KVX_ERR_INVALID_ARGUMENT;
     }
     pthread_mutex_unlock(&te->mu);
@@ -1893,7 +1886,7 @@ static kvx_result kvx__tcp_receiver_init(kvx_room *r, const int32_t *pages, uint
 static void kvx__tcp_wait_idle_recv(kvx__tcp_engine *te, kvx__tcp_room *tr) {
     struct timespec ts;
     int shut = 0;
-    kvx__abstime(&ts, kvx_room_poll(tr->room) == KVX_POLL_SUCCESS
+    kvx__abstime(&ts, kvx_room_poll(tr->x.room) == KVX_POLL_SUCCESS
                           ? (uint64_t)((te->timeout_s + 1) * 1e9) : 1000000000ull);
     while (tr->busy) {
         kvx__tcp_conn *c;
@@ -1910,11 +1903,11 @@ static void kvx__tcp_wait_idle_recv(kvx__tcp_engine *te, kvx__tcp_room *tr) {
 
 static void kvx__tcp_receiver_close(kvx__tcp_room *tr) {
     kvx__tcp_engine *te = tr->te;
-    kvx_poll st = kvx_room_poll(tr->room);
+    kvx_poll st = kvx_room_poll(tr->x.room);
     pthread_mutex_lock(&te->mu);
     if (kvx__htab_remove(&te->rooms, &tr->hn)) {
         if (st != KVX_POLL_SUCCESS)
-            kvx__tcp_tomb_set(te, tr->id,
+            kvx__tcp_tomb_set(te, tr->x.id,
                               kvx_now_ns() + (uint64_t)((te->timeout_s + 5) * 1e9));
     }
     tr->closing = 1;
@@ -2114,7 +2107,7 @@ static int kvx__tcp_read_payload(kvx__tcp_conn *c, kvx__tcp_room *tr, uint32_t n
         pos += s->length;
     }
     if (nb && te->mem.copy(te->mem.ctx, 0, c->copies, nb, why, wl) != KVX_OK) {
-        kvx_room_fail(tr->room, KVX_ERR_TRANSPORT, "cannot place KV pages on the device: %s", why);
+        kvx_room_fail(tr->x.room, KVX_ERR_TRANSPORT, "cannot place KV pages on the device: %s", why);
         return 0; /* the payload was read: the connection stays in step */
     }
     return 0;
@@ -2134,14 +2127,14 @@ static int kvx__tcp_recv_finish(kvx__tcp_conn *c, kvx__tcp_room *tr) {
        order would leave a window in which the sender already succeeded on
        the ACK and the receiver still fails (the prefill process exits, its
        control connection drops). A room that failed first sends no ACK. */
-    kvx_room_succeed(tr->room, tr->expected);
-    if (kvx_room_poll(tr->room) != KVX_POLL_SUCCESS) return 0;
-    kvx__tcp_hdr(ack, KVX_TCP_ACK, 0, tr->id, KVX__TCP_ACK_BODY);
+    kvx_room_succeed(tr->x.room, tr->expected);
+    if (kvx_room_poll(tr->x.room) != KVX_POLL_SUCCESS) return 0;
+    kvx__tcp_hdr(ack, KVX_TCP_ACK, 0, tr->x.id, KVX__TCP_ACK_BODY);
     kvx__le_w64(ack + 32, tr->expected);
     kvx__le_w64(ack + 40, 0);
     err = kvx__tcp_send(c->fd, ack, sizeof ack);
     if (err) {
-        kvx_engine_log(te->engine, KVX_LOG_WARN, "kvx.tcp", tr->id,
+        kvx_engine_log(te->engine, KVX_LOG_WARN, "kvx.tcp", tr->x.id,
                        "cannot send ACK to prefill %s: %s (its sender fails, this room has "
                        "every byte)", c->addr, kvx__tcp_errstr(err));
         return -1;
@@ -2180,7 +2173,7 @@ static int kvx__tcp_on_data(kvx__tcp_conn *c, const kvx_tcp_header *h) {
                  "long closed)", (unsigned long long)h->room);
         return kvx__tcp_refuse(c, NULL, h->room, KVX_ERR_PROTOCOL, why);
     }
-    st = kvx_room_poll(tr->room);
+    st = kvx_room_poll(tr->x.room);
     if (tr->closing || st == KVX_POLL_FAILED) {
         pthread_mutex_unlock(&te->mu);
         return kvx__tcp_drain(c, payload);
@@ -2190,7 +2183,7 @@ static int kvx__tcp_on_data(kvx__tcp_conn *c, const kvx_tcp_header *h) {
         snprintf(why, sizeof why, "room %llu already received every byte", (unsigned long long)h->room);
         return kvx__tcp_refuse(c, NULL, h->room, KVX_ERR_PROTOCOL, why);
     }
-    r = tr->room;
+    r = tr->x.room;
     kvx_room_ref(r);
     tr->busy++;
     c->cur = tr;
@@ -2737,16 +2730,11 @@ static void kvx__tcp_progress(kvx_engine *e) {
 /* >>tcp: room hooks ------------------------------------------------------------ */
 
 static kvx_result kvx__tcp_room_open(kvx_room *r) {
-    kvx_engine *e = kvx_room_engine(r);
-    kvx__tcp_engine *te = kvx__tcp_te(e);
-    kvx__tcp_room *tr = (kvx__tcp_room *)kvx_engine_alloc(e, sizeof *tr);
+    kvx__tcp_engine *te = kvx__tcp_te(kvx_room_engine(r));
+    kvx__tcp_room *tr = (kvx__tcp_room *)kvx__xroom_new(r, sizeof *tr);
     if (!tr) return KVX_ERR_NO_MEMORY;
-    memset(tr, 0, sizeof *tr);
-    tr->room = r;
     tr->te = te;
-    tr->id = kvx_room_id(r);
-    tr->dst_aux = tr->src_aux = tr->aux_index = -1;
-    pthread_mutex_init(&tr->mu, NULL);
+    tr->aux_index = -1;
     kvx_room_set_data(r, tr);
     return kvx_boot_room_open(te->boot, r);
 }
@@ -2762,13 +2750,13 @@ static int kvx__tcp_on_peer_lost(kvx_boot *b, kvx_room *r, const char *reason) {
     int keep = 0;
     (void)b; (void)reason;
     if (!tr) return 0;
-    pthread_mutex_lock(&tr->mu);
+    pthread_mutex_lock(&tr->x.mu);
     if (!tr->gone && tr->link) {
         pthread_mutex_lock(&tr->link->mu);
         keep = tr->last_queued && !tr->link->dead;
         pthread_mutex_unlock(&tr->link->mu);
     }
-    pthread_mutex_unlock(&tr->mu);
+    pthread_mutex_unlock(&tr->x.mu);
     return keep;
 }
 
@@ -2784,13 +2772,13 @@ static void kvx__tcp_room_failed(kvx_room *r) {
     te = tr->te;
     kvx_boot_room_failed(te->boot, r); /* no frame yet: answered when it comes */
     if (kvx_room_role(r) == KVX_ROLE_PREFILL) {
-        pthread_mutex_lock(&tr->mu); /* held: sender_close cannot drop the link meanwhile */
+        pthread_mutex_lock(&tr->x.mu); /* held: sender_close cannot drop the link meanwhile */
         if (!tr->gone && tr->link) {
             pthread_mutex_lock(&tr->link->mu);
             kvx__tcp_drop_jobs(tr->link, tr);
             pthread_mutex_unlock(&tr->link->mu);
         }
-        pthread_mutex_unlock(&tr->mu);
+        pthread_mutex_unlock(&tr->x.mu);
     }
 }
 
@@ -2811,32 +2799,19 @@ static void kvx__tcp_room_free(kvx_room *r) {
     kvx_engine_free(e, tr->sorted);
     kvx_engine_free(e, tr->bitmap);
     kvx_engine_free(e, tr->aux_stage);
-    pthread_mutex_destroy(&tr->mu);
-    kvx_engine_free(e, tr);
-    kvx_room_set_data(r, NULL);
-}
-
-static kvx_result kvx__tcp_recv_init_hook(kvx_room *r, const int32_t *pages, uint32_t n,
-                                          int32_t aux) {
-    return kvx__tcp_receiver_init(r, pages, n, aux);
+    kvx__xroom_free(tr);
 }
 
 /* >>tcp: public ------------------------------------------------------------------ */
 
+static void kvx__tcp_hooks(kvx_backend *b) { /* no room_abort: room_failed does it */
+    KVX__BACKEND_ROOM_HOOKS(b, kvx__tcp);
+    b->progress = kvx__tcp_progress;
+}
+
 KVX_API const kvx_backend *kvx_tcp_backend(void) {
-    static const kvx_backend b = {"tcp",
-                                  kvx__tcp_engine_init,
-                                  kvx__tcp_engine_fini,
-                                  kvx__tcp_progress,
-                                  kvx__tcp_room_open,
-                                  kvx__tcp_sender_init,
-                                  kvx__tcp_sender_send,
-                                  kvx__tcp_recv_init_hook,
-                                  NULL, /* room_abort: room_failed does it */
-                                  kvx__tcp_room_close,
-                                  kvx__tcp_room_free,
-                                  kvx__tcp_room_failed};
-    return &b;
+    static kvx_backend b;
+    return kvx__backend_table(&b, "tcp", kvx__tcp_engine_init, kvx__tcp_hooks);
 }
 
 KVX_API kvx_result kvx_tcp_register(void) { return kvx_transport_register(kvx_tcp_backend()); }
