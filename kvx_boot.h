@@ -1432,12 +1432,6 @@ static void *kvx__boot_grow(const kvx_boot *b, void *p, size_t used, size_t n) {
     return kvx__grow(&kvx_engine_settings(b->engine)->allocator, p, used, n);
 }
 
-static int kvx__boot_terminal(const kvx_room *r) {
-    kvx_poll p = kvx_room_poll(r);
-    return p == KVX_POLL_FAILED || p == KVX_POLL_SUCCESS;
-}
-
-
 /* Fails r with the reason its peer sent: "<reason> (<who>)" when the
    reason already names the room (so the core does not prefix it again),
    else "<who>: <reason>". */
@@ -3094,7 +3088,7 @@ static void kvx__boot_peer_dead_locked(kvx_boot *b, kvx__boot_pf *p, kvx__boot_v
         kvx__boot_br *br;
         for (br = kvx__boot_at(b->rooms.b[i]); br; br = kvx__boot_at(br->hn.hnext))
             if (br->room && br->peer == p && !br->waiting && br->gen == p->gen &&
-                !kvx__boot_terminal(br->room) && !(br->nconns && br->ndone == br->nconns))
+                !kvx__room_terminal(br->room) && !(br->nconns && br->ndone == br->nconns))
                 kvx__boot_vec_push(out, br);
     }
     kvx__boot_wake(b);
@@ -3148,7 +3142,7 @@ static void kvx__boot_conn_lost(kvx_boot *b, kvx__boot_conn *c, const char *reas
                     }
                 } else {
                     for (k = 0; k < br->nconns && br->conns[k] != c; k++) {}
-                    if (k < br->nconns && !kvx__boot_terminal(br->room)) kvx__boot_vec_push(&fail, br);
+                    if (k < br->nconns && !kvx__room_terminal(br->room)) kvx__boot_vec_push(&fail, br);
                 }
             }
         }
@@ -4320,7 +4314,7 @@ KVX_API kvx_result kvx_boot_room_open(kvx_boot *b, kvx_room *r) {
 KVX_API void kvx_boot_room_close(kvx_boot *b, kvx_room *r) {
     kvx__boot_br *br;
     if (!b || !r) return;
-    if (!kvx__boot_terminal(r)) {
+    if (!kvx__room_terminal(r)) {
         char why[160];
         snprintf(why, sizeof why, "room %llu: the %s was destroyed before the transfer finished",
                  (unsigned long long)kvx_room_id(r), b->role == KVX_ROLE_DECODE ? "receiver" : "sender");

@@ -2277,20 +2277,14 @@ static void kvx__file_progress(kvx_engine *e) {
     }
 }
 
+static void kvx__file_hooks(kvx_backend *b) { /* no room_abort: room_failed does it */
+    KVX__BACKEND_ROOM_HOOKS(b, kvx__file);
+    b->progress = kvx__file_progress;
+}
+
 KVX_API const kvx_backend *kvx_file_backend(void) {
-    static const kvx_backend b = {"file",
-                                  kvx__file_engine_init,
-                                  kvx__file_engine_fini,
-                                  kvx__file_progress,
-                                  kvx__file_room_open,
-                                  kvx__file_sender_init,
-                                  kvx__file_sender_send,
-                                  kvx__file_receiver_init,
-                                  NULL, /* room_abort: room_failed replaces it */
-                                  kvx__file_room_close,
-                                  kvx__file_room_free,
-                                  kvx__file_room_failed};
-    return &b;
+    static kvx_backend b;
+    return kvx__backend_table(&b, "file", kvx__file_engine_init, kvx__file_hooks);
 }
 
 KVX_API kvx_result kvx_file_register(void) { return kvx_transport_register(kvx_file_backend()); }

@@ -1096,15 +1096,9 @@ static kvx_result kvx__rdma_settings(kvx__rdma_engine *re, char *why, size_t wl)
     return KVX_OK;
 }
 
-/* n zeroed objects of size bytes (at least one) from the desc allocator;
-   NULL when n * size overflows or the allocator fails. */
+/* n zeroed objects of size bytes from the engine's allocator (kvx__zalloc). */
 static void *kvx__rdma_zalloc(const kvx__rdma_engine *re, size_t n, size_t size) {
-    void *p;
-    if (!n) n = 1;
-    if (size > SIZE_MAX / n) return NULL;
-    p = kvx_engine_alloc(re->e, n * size);
-    if (p) memset(p, 0, n * size);
-    return p;
+    return kvx__zalloc(&kvx_engine_settings(re->e)->allocator, n, size);
 }
 
 /* realloc through the desc allocator: an array of nc objects holding the

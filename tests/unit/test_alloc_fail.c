@@ -17,6 +17,7 @@ static const ex_model tiny = {"tiny", 2, 2, 32, 2, 0, "bfloat16"};
 #include "../kvx_alloc_count.h"
 
 static char root[256];
+static uint64_t next_room = 100;
 
 static kvx_engine *engine(const char *transport, kvx_role role, ex_pool *p, kvx_result *res) {
     kvx_engine_desc d;
@@ -73,14 +74,15 @@ static int transfer(const char *transport) {
     kvx_result res;
     int32_t sp[12], dp[12];
     int whole = 0;
+    uint64_t room = next_room++; /* a failed room's marker outlives its engines */
     ex_pool_init(&ps, &tiny, 32, 16, 2, 1);
     ex_pool_init(&pr, &tiny, 32, 16, 2, 2);
     ex_alloc_pages(&ps, sp, 12);
     ex_alloc_pages(&pr, dp, 12);
-    ex_pages_pattern(&ps, 9, sp, 12, 1);
-    ex_aux_write(&ps, 9, 0);
+    ex_pages_pattern(&ps, room, sp, 12, 1);
+    ex_aux_write(&ps, room, 0);
     memset(&rd, 0, sizeof rd);
-    rd.room = 9;
+    rd.room = room;
     if (!(pe = engine(transport, KVX_ROLE_PREFILL, &ps, &res))) goto out;
     if (!(de = engine(transport, KVX_ROLE_DECODE, &pr, &res))) goto out;
     if (kvx_sender_create(pe, &rd, &s) != KVX_OK) goto out;
@@ -95,7 +97,7 @@ static int transfer(const char *transport) {
           kvx_poll_str(kvx_receiver_poll(r)), kvx_receiver_error(r));
     whole = kvx_sender_poll(s) == KVX_POLL_SUCCESS && kvx_receiver_poll(r) == KVX_POLL_SUCCESS;
     if (whole && strcmp(transport, "fake")) /* fake moves no bytes */
-        CHECK(ex_pages_pattern(&pr, 9, dp, 12, 0) == 0 && ex_aux_check(&pr, 9, 1),
+        CHECK(ex_pages_pattern(&pr, room, dp, 12, 0) == 0 && ex_aux_check(&pr, room, 1),
               "%s: a room that succeeded has its bytes", transport);
 out:
     /* An engine gives up on a request whose call was refused: it aborts. */
