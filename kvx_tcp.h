@@ -320,7 +320,10 @@ typedef struct kvx_tcp_stats {
                                                silent past KVX_TCP_HELLO_MS or evicted */
     uint64_t links_opened, links_lost;      /* prefill */
 } kvx_tcp_stats;
-KVX_API void kvx_tcp_stats_get(const kvx_engine *e, kvx_tcp_stats *out);
+/* Copies the counters of a tcp engine (zeroes first). KVX_ERR_INVALID_ARGUMENT
+   when e or out is NULL or e is not a tcp engine. Thread-safe, does not
+   block (atomic loads). */
+KVX_API kvx_result kvx_tcp_stats_get(const kvx_engine *e, kvx_tcp_stats *out);
 
 /* >>wire codec (pure: no I/O; for tools, tests and fuzzers) */
 
@@ -2832,11 +2835,11 @@ KVX_API kvx_result kvx_tcp_endpoint_get(const kvx_engine *e, kvx_tcp_endpoint *o
     return KVX_OK;
 }
 
-KVX_API void kvx_tcp_stats_get(const kvx_engine *e, kvx_tcp_stats *out) {
+KVX_API kvx_result kvx_tcp_stats_get(const kvx_engine *e, kvx_tcp_stats *out) {
     const kvx__tcp_engine *te = kvx__tcp_of(e);
-    if (!out) return;
+    if (!out) return KVX_ERR_INVALID_ARGUMENT;
     memset(out, 0, sizeof *out);
-    if (!te) return;
+    if (!te) return KVX_ERR_INVALID_ARGUMENT;
     out->frames_sent = KVX__LOAD(&te->stats.frames_sent);
     out->bytes_sent = KVX__LOAD(&te->stats.bytes_sent);
     out->frames_received = KVX__LOAD(&te->stats.frames_received);
@@ -2847,6 +2850,7 @@ KVX_API void kvx_tcp_stats_get(const kvx_engine *e, kvx_tcp_stats *out) {
     out->conns_refused = KVX__LOAD(&te->stats.conns_refused);
     out->links_opened = KVX__LOAD(&te->stats.links_opened);
     out->links_lost = KVX__LOAD(&te->stats.links_lost);
+    return KVX_OK;
 }
 
 #ifdef __cplusplus

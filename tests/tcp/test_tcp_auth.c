@@ -259,7 +259,10 @@ static void test_silent(void) {
     double t0, t_evict = -1, t_all = -1, next_byte;
     kvx_tcp_stats st0, st1;
     if (engines_open(&g, NULL, NULL)) return;
-    kvx_tcp_stats_get(g.de, &st0);
+    CHECK(kvx_tcp_stats_get(g.de, &st0) == KVX_OK, "stats of a tcp engine");
+    CHECK(kvx_tcp_stats_get(g.de, NULL) == KVX_ERR_INVALID_ARGUMENT &&
+              kvx_tcp_stats_get(NULL, &st1) == KVX_ERR_INVALID_ARGUMENT,
+          "stats: NULL engine or out refused");
     hello_bytes(h, &g.ep, 0, g.fp, 0); /* a well-formed HELLO, paced: 48 s at 2 bytes/s */
     for (i = 0; i < N; i++) {
         fds[i] = raw_connect(g.ep.port);
