@@ -48,4 +48,34 @@ static __attribute__((unused)) long ca_get(const long *v) {
     pthread_mutex_unlock(&ca.mu);
     return x;
 }
+
+/* Fails the Nth allocation of run(arg) for N = 1, 2, ... until a run needs
+   no more calls than N - 1: every run must leave nothing live, and the run
+   with no failure injected must succeed (run returns 1 when whole). Needs
+   kvx_test.h's CHECK and kvx.h's kvx_now_ns. */
+static __attribute__((unused)) void ca_sweep(const char *label, int (*run)(const char *),
+                                             const char *arg) {
+    long n, calls = 0, runs = 0, clean = 0;
+    uint64_t t0 = kvx_now_ns();
+    for (n = 1; n < 100000; n++) {
+        int whole;
+        long live, failed;
+        ca_arm(n);
+        whole = run(arg);
+        live = ca_get(&ca.live);
+        failed = ca_get(&ca.failed);
+        calls = ca_get(&ca.calls);
+        runs++;
+        CHECK(live == 0, "%s: fail at call %ld: %ld allocations left live", label, n, live);
+        if (!failed) {
+            CHECK(whole, "%s: with no failure injected the transfer succeeds", label);
+            clean = 1;
+            break;
+        }
+    }
+    CHECK(clean && calls > 3, "%s: a run needed %ld allocator calls (all through the desc)",
+          label, calls);
+    printf("  %s: %ld runs in %.1f s, a whole transfer makes %ld allocator calls\n", label, runs,
+           (double)(kvx_now_ns() - t0) / 1e9, calls);
+}
 #endif

@@ -195,33 +195,6 @@ out:
     return whole;
 }
 
-static void sweep(const char *transport) {
-    long n, calls = 0, runs = 0, clean = 0;
-    uint64_t t0 = kvx_now_ns();
-    for (n = 1; n < 100000; n++) {
-        int whole;
-        long live, failed;
-        ca_arm(n);
-        whole = transfer(transport);
-        pthread_mutex_lock(&ca.mu);
-        live = ca.live;
-        failed = ca.failed;
-        calls = ca.calls;
-        pthread_mutex_unlock(&ca.mu);
-        runs++;
-        CHECK(live == 0, "%s: fail at call %ld: %ld allocations left live", transport, n, live);
-        if (!failed) {
-            CHECK(whole, "%s: with no failure injected the transfer succeeds", transport);
-            clean = 1;
-            break;
-        }
-    }
-    CHECK(clean && calls > 3, "%s: a run needed %ld allocator calls (all through the desc)",
-          transport, calls);
-    printf("  %s: %ld runs in %.1f s, a whole transfer makes %ld allocator calls\n", transport,
-           runs, (double)(kvx_now_ns() - t0) / 1e9, calls);
-}
-
 int main(int argc, char **argv) {
     kt_name = "test_boot_alloc_fail";
     signal(SIGPIPE, SIG_IGN);
@@ -235,8 +208,8 @@ int main(int argc, char **argv) {
         return kt_done();
     }
     handshake_counted();
-    if (argc < 2 || !strcmp(argv[1], "file")) sweep("file");
-    if (argc < 2 || !strcmp(argv[1], "tcp")) sweep("tcp");
+    if (argc < 2 || !strcmp(argv[1], "file")) ca_sweep("file", transfer, "file");
+    if (argc < 2 || !strcmp(argv[1], "tcp")) ca_sweep("tcp", transfer, "tcp");
     {
         char cmd[300];
         snprintf(cmd, sizeof cmd, "rm -rf %s", root);

@@ -14,6 +14,9 @@ import os
 import re
 import sys
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from settings_docs import strip_comments  # noqa: E402
+
 HEADERS = ["kvx.h", "kvx_boot.h", "kvx_file.h", "kvx_tcp.h", "kvx_rdma.h", "kvx_store.h",
            "kvx_cuda.h"]
 CALL = re.compile(r"(?<![\w.>])(malloc|calloc|realloc|strdup|strndup|free)\s*\(")
@@ -23,30 +26,8 @@ FUNC = re.compile(r"^(?:static\s+|KVX_API\s+|KVX__UNUSED\s+)*[\w\s\*]+?\b(\w+)\s
 
 
 def strip(src):
-    """Comments and string/char literals blanked, newlines kept."""
-    out, i, n = [], 0, len(src)
-    while i < n:
-        c = src[i]
-        if src.startswith("/*", i):
-            j = src.find("*/", i + 2)
-            j = n if j < 0 else j + 2
-            out.append(re.sub(r"[^\n]", " ", src[i:j]))
-            i = j
-        elif src.startswith("//", i):
-            j = src.find("\n", i)
-            j = n if j < 0 else j
-            out.append(" " * (j - i))
-            i = j
-        elif c in "\"'":
-            j = i + 1
-            while j < n and src[j] != c:
-                j += 2 if src[j] == "\\" else 1
-            out.append(c + " " * (j - i - 1) + c)
-            i = j + 1
-        else:
-            out.append(c)
-            i += 1
-    return "".join(out)
+    """Comments (settings_docs.strip_comments) and string literals blanked."""
+    return re.sub(r'"(?:\\.|[^"\\\n])*"', '""', strip_comments(src))
 
 
 def main():

@@ -116,38 +116,12 @@ out:
     return whole;
 }
 
-static void sweep(const char *transport) {
-    long n, calls = 0, runs = 0, clean = 0;
-    for (n = 1; n < 100000; n++) {
-        int whole;
-        long live, failed;
-        ca_arm(n);
-        whole = transfer(transport);
-        pthread_mutex_lock(&ca.mu);
-        live = ca.live;
-        failed = ca.failed;
-        calls = ca.calls;
-        pthread_mutex_unlock(&ca.mu);
-        runs++;
-        CHECK(live == 0, "%s: fail at call %ld: %ld allocations left live", transport, n, live);
-        if (!failed) {
-            CHECK(whole, "%s: with no failure injected the transfer succeeds", transport);
-            clean = 1;
-            break;
-        }
-    }
-    CHECK(clean && calls > 3, "%s: a run needed %ld allocator calls (all through the desc)",
-          transport, calls);
-    printf("  %s: %ld runs, a whole transfer makes %ld allocator calls\n", transport, runs,
-           calls);
-}
-
 int main(void) {
     kt_name = "test_alloc_fail";
     snprintf(root, sizeof root, "/tmp/kvx_allocfail_%d", (int)getpid());
     kvx_file_register();
-    sweep("fake");
-    sweep("file");
+    ca_sweep("fake", transfer, "fake");
+    ca_sweep("file", transfer, "file");
     {
         char cmd[300];
         snprintf(cmd, sizeof cmd, "rm -rf %s", root);
