@@ -3788,10 +3788,15 @@ static kvx_result kvx__fake_recv_init(kvx_room *r, const int32_t *p, uint32_t n,
     return KVX_OK;
 }
 
+static void kvx__fake_hooks(kvx_backend *b) {
+    b->room_open = kvx__fake_open;
+    b->sender_send = kvx__fake_send;
+    b->receiver_init = kvx__fake_recv_init;
+}
+
 KVX_API const kvx_backend *kvx_fake_backend(void) {
-    static const kvx_backend fake = {"fake", NULL, NULL, NULL, kvx__fake_open, NULL,
-                                     kvx__fake_send, kvx__fake_recv_init, NULL, NULL, NULL, NULL};
-    return &fake;
+    static kvx_backend b;
+    return kvx__backend_table(&b, "fake", NULL, kvx__fake_hooks);
 }
 
 /* >>impl: worker queue ---------------------------------------------------- */

@@ -4847,20 +4847,19 @@ static kvx_result kvx__boot_fake_recv_init(kvx_room *r, const int32_t *pages, ui
     return kvx_boot_receiver_init(kvx__boot_fake(r), r, pages, n, aux);
 }
 
+static void kvx__boot_fake_hooks(kvx_backend *b) { /* no room_abort: room_failed does it */
+    b->engine_fini = kvx__boot_fake_fini;
+    b->room_open = kvx__boot_fake_open;
+    b->sender_init = kvx__boot_fake_sender_init;
+    b->sender_send = kvx__boot_fake_send;
+    b->receiver_init = kvx__boot_fake_recv_init;
+    b->room_close = kvx__boot_fake_close;
+    b->room_failed = kvx__boot_fake_failed;
+}
+
 KVX_API const kvx_backend *kvx_bootfake_backend(void) {
-    static const kvx_backend bf = {"bootfake",
-                                   kvx__boot_fake_init,
-                                   kvx__boot_fake_fini,
-                                   NULL,
-                                   kvx__boot_fake_open,
-                                   kvx__boot_fake_sender_init,
-                                   kvx__boot_fake_send,
-                                   kvx__boot_fake_recv_init,
-                                   NULL, /* room_abort: room_failed replaces it */
-                                   kvx__boot_fake_close,
-                                   NULL,
-                                   kvx__boot_fake_failed};
-    return &bf;
+    static kvx_backend b;
+    return kvx__backend_table(&b, "bootfake", kvx__boot_fake_init, kvx__boot_fake_hooks);
 }
 
 KVX_API kvx_result kvx_boot_register(void) { return kvx_transport_register(kvx_bootfake_backend()); }
