@@ -615,9 +615,11 @@ KVX_API kvx_result kvx_rdma_cm_parse(const void *buf, size_t len, kvx_rdma_cm_ms
 bad_len:
     kvx__set_why(why, wl, "exchange message type %u: body of %u bytes does not match its counts",
                  type, bl);
+    memset(m, 0, sizeof *m); /* a refused message leaves nothing half-read */
     return KVX_ERR_PROTOCOL;
 bad_fields:
     kvx__set_why(why, wl, "exchange message type %u: reserved fields are not zero", type);
+    memset(m, 0, sizeof *m);
     return KVX_ERR_PROTOCOL;
 }
 

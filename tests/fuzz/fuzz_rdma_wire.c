@@ -18,7 +18,12 @@ int LLVMFuzzerTestOneInput(const unsigned char *d, unsigned long n) {
     const uint8_t *k;
     volatile uint32_t s = 0;
     kvx_rdma_hello_parse(d, (size_t)n, &h, why, sizeof why);
-    if (kvx_rdma_cm_parse(d, (size_t)n, &m, why, sizeof why) == KVX_OK && m.mr)
+    if (kvx_rdma_cm_parse(d, (size_t)n, &m, why, sizeof why) != KVX_OK) {
+        /* a refused message leaves nothing half-read behind */
+        if (m.reason_len || m.reason || m.mr) __builtin_trap();
+        return 0;
+    }
+    if (m.mr)
         for (dv = 0; dv < m.ndev; dv++)
             for (i = 0; i < m.nbuf + m.naux; i++)
                 if (kvx_rdma_cm_region(&m, dv, i, NULL, NULL, NULL, &nr, &k) && nr)

@@ -26,7 +26,7 @@ for src in $targets; do
   rc=$?
   runs=$(grep -oE "#[0-9]+ +DONE|Done [0-9]+ runs|[0-9]+ inputs" build/fuzz/$name.log | tail -1)
   if [ $rc -eq 0 ]; then pass=$((pass+1)); echo "  ok    $name (${S}s, ${runs:-ran})"
-  else fail=$((fail+1)); echo "  FAIL  $name (exit $rc)"; tail -30 build/fuzz/$name.log build/fuzz/$name.build.log | sed 's/^/        /'; fi
+  else fail=$((fail+1)); echo "  FAIL  $name (exit $rc)"; tail -n 30 build/fuzz/$name.log build/fuzz/$name.build.log | sed 's/^/        /'; fi
 done
 echo "fuzz: $pass passed, $fail failed"
 [ $fail -eq 0 ]
