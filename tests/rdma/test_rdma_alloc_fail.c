@@ -128,7 +128,7 @@ int main(void) {
     setenv("SOFTVERBS_DIR", svdir, 1);
     setenv("KVX_IBVERBS_LIBRARY", lib, 1);
     kvx_rdma_register();
-    for (n = 1; n < 100000; n++) {
+    for (n = 1; n < 100000; n += CA_STRIDE) {
         int whole;
         long live, failed;
         ca_arm(n);
