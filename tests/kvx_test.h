@@ -4,7 +4,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sched.h>
 
 #if defined(__GNUC__) || defined(__clang__)
 #define KT_UNUSED __attribute__((unused))
@@ -32,12 +31,6 @@ static KT_UNUSED const char *kt_str(const char *s) { return s ? s : "(null)"; }
     CHECK(strstr(kt_str(hay), (needle)) != NULL, "expected \"%s\" in \"%s\"", (needle),       \
           kt_str(hay))
 
-
-/* Between two looks at a state another thread or process moves on (a
-   room's poll state, a counter, a file): gives up the CPU to it and looks
-   again at once; no fixed time, so a loaded machine only makes the wait
-   longer, never wrong. Callers bound the loop with a deadline. */
-static KT_UNUSED void kt_yield(void) { sched_yield(); }
 
 static KT_UNUSED int kt_done(void) {
     printf("%s: %d passed, %d failed\n", kt_name, kt_pass, kt_fail);

@@ -102,6 +102,11 @@ static void handshake_counted(void) {
     ex_pool_free(&ps);
 }
 
+static void poll_pause(void) {
+    struct timespec ts = {0, 1000000};
+    nanosleep(&ts, NULL);
+}
+
 static int terminal(kvx_poll p) { return p == KVX_POLL_SUCCESS || p == KVX_POLL_FAILED; }
 
 /* Polls a pair until both are terminal (the test's own deadline, reached
@@ -111,7 +116,7 @@ static int settle(kvx_sender *s, kvx_receiver *r) {
     for (;;) {
         if (terminal(kvx_sender_poll(s)) && terminal(kvx_receiver_poll(r))) return 1;
         if (kvx_now_ns() - t0 > 60000000000ull) return 0;
-        kt_yield();
+        poll_pause();
     }
 }
 
@@ -119,12 +124,12 @@ static int settle(kvx_sender *s, kvx_receiver *r) {
 static void wait_leaves_s(kvx_sender *s) {
     uint64_t t0 = kvx_now_ns();
     while (kvx_sender_poll(s) == KVX_POLL_BOOTSTRAPPING && kvx_now_ns() - t0 < 30000000000ull)
-        kt_yield();
+        poll_pause();
 }
 static void wait_leaves_r(kvx_receiver *r) {
     uint64_t t0 = kvx_now_ns();
     while (kvx_receiver_poll(r) == KVX_POLL_BOOTSTRAPPING && kvx_now_ns() - t0 < 30000000000ull)
-        kt_yield();
+        poll_pause();
 }
 
 /* One handshake and transfer of 12 pages; 1 when every call succeeded and

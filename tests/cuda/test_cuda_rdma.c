@@ -75,7 +75,7 @@ static int wait_done(kvx_sender *s, kvx_receiver *rc, kvx_poll want_s, kvx_poll 
         kvx_poll ps = s ? kvx_sender_poll(s) : want_s, pr = rc ? kvx_receiver_poll(rc) : want_r;
         if (ps == KVX_POLL_FAILED || pr == KVX_POLL_FAILED) return 0;
         if (ps >= want_s && pr >= want_r) return 1;
-        kt_yield();
+        usleep(1000);
     }
     return 0;
 }

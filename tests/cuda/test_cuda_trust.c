@@ -248,7 +248,7 @@ static uint64_t refused(cx_side *dc) {
 
 static int wait_refused(cx_side *dc, uint64_t want) {
     double end = cx_now() + 30 * slow;
-    while (refused(dc) < want && cx_now() < end) kt_yield();
+    while (refused(dc) < want && cx_now() < end) cx_sleep(0.001);
     return refused(dc) == want;
 }
 
@@ -275,7 +275,7 @@ static int acked(cx_side *dc, uint64_t room) {
         kvx_room *r = kvx_engine_find_room(dc->e, room);
         ok = r && KVX__LOAD(&kvx__cux_cr(r)->from) != 0;
         kvx_room_unref(r);
-        if (!ok) kt_yield();
+        if (!ok) cx_sleep(0.001);
     }
     return ok;
 }

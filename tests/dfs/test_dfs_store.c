@@ -20,16 +20,13 @@
 #include "kvx_store.h"
 #include "../store/store_test.h"
 #include <sys/select.h>
-#include <sched.h>
 
 static st_pool pool;
 
 /* The pause between two looks of a polling loop: every loop that calls it
    re-checks a state it observes (a block loads, a scan counter moved, a
    directory shows up) and gives up at a deadline. */
-/* Between two looks at the other mount: give up the CPU, look again (each
-   look is a lookup through FUSE; no fixed time). */
-static void poll_pause(void) { sched_yield(); }
+static void poll_pause(void) { usleep(10 * 1000); }
 static uint64_t g_bb;
 
 #define open_store(dir, cap_blocks, scan) \
