@@ -660,7 +660,6 @@ extern "C" {
 
 /* >>boot: byte helpers -------------------------------------------------- */
 
-
 /* Copies a NUL-terminated string into out[n], truncating. */
 static void kvx__boot_copy(char *out, size_t n, const char *s) {
     size_t l = strlen(s);
@@ -932,6 +931,24 @@ static size_t kvx__boot_reason_len(size_t len) {
     return len > KVX_BOOT_MAX_REASON ? KVX_BOOT_MAX_REASON : len;
 }
 
+/* Header and fixed part of a status frame, or of an abort frame (room and
+   reason length only), whose reason of rl bytes follows. Returns its bytes. */
+static size_t kvx__boot_reason_head(uint8_t *p, uint32_t type, uint64_t room, int32_t state,
+                                    int32_t res, uint64_t bytes, size_t rl) {
+    uint32_t fixed = type == KVX_BOOT_FRAME_ABORT ? KVX__BOOT_ABORT_FIXED : KVX__BOOT_STATUS_FIXED;
+    kvx__boot_hdr(p, (uint32_t)(fixed + rl), type);
+    kvx__le_w64(p + 8, room);
+    if (type == KVX_BOOT_FRAME_ABORT) {
+        kvx__le_w32(p + 16, (uint32_t)rl);
+    } else {
+        kvx__le_w64(p + 16, bytes);
+        kvx__le_w32(p + 24, (uint32_t)state);
+        kvx__le_w32(p + 28, (uint32_t)res);
+        kvx__le_w32(p + 32, (uint32_t)rl);
+    }
+    return KVX__BOOT_HDR + fixed;
+}
+
 /* Appends the encoding of f to out (f uses the native pointers: pages,
    item_lens, aux_item_lens). KVX_ERR_INVALID_ARGUMENT beyond a limit. */
 static KVX__UNUSED kvx_result kvx__boot_frame_encode(const kvx_boot_frame *f, kvx__buf *out) {
@@ -1003,24 +1020,11 @@ static KVX__UNUSED kvx_result kvx__boot_frame_encode(const kvx_boot_frame *f, kv
             kvx__buf_put(out, v, 4);
         }
         break;
-    case KVX_BOOT_FRAME_STATUS: {
-        size_t rl = f->reason ? kvx__boot_reason_len(f->reason_len) : 0;
-        kvx__boot_hdr(fixed, (uint32_t)(KVX__BOOT_STATUS_FIXED + rl), KVX_BOOT_FRAME_STATUS);
-        kvx__le_w64(b, f->room);
-        kvx__le_w64(b + 8, f->bytes);
-        kvx__le_w32(b + 16, (uint32_t)f->state);
-        kvx__le_w32(b + 20, (uint32_t)f->result);
-        kvx__le_w32(b + 24, (uint32_t)rl);
-        kvx__buf_put(out, fixed, KVX__BOOT_HDR + KVX__BOOT_STATUS_FIXED);
-        kvx__buf_put(out, f->reason, rl);
-        break;
-    }
+    case KVX_BOOT_FRAME_STATUS:
     case KVX_BOOT_FRAME_ABORT: {
         size_t rl = f->reason ? kvx__boot_reason_len(f->reason_len) : 0;
-        kvx__boot_hdr(fixed, (uint32_t)(KVX__BOOT_ABORT_FIXED + rl), KVX_BOOT_FRAME_ABORT);
-        kvx__le_w64(b, f->room);
-        kvx__le_w32(b + 8, (uint32_t)rl);
-        kvx__buf_put(out, fixed, KVX__BOOT_HDR + KVX__BOOT_ABORT_FIXED);
+        kvx__buf_put(out, fixed, kvx__boot_reason_head(fixed, f->type, f->room, f->state, f->result,
+                                                       f->bytes, rl));
         kvx__buf_put(out, f->reason, rl);
         break;
     }
@@ -1791,32 +1795,23 @@ static int kvx__boot_conn_flush(kvx__boot_conn *c) {
     return rc;
 }
 
-static kvx_result kvx__boot_conn_status(kvx__boot_conn *c, uint64_t room, kvx_poll state, kvx_result res,
-                                    uint64_t bytes, const char *reason) {
+/* Sends a status frame, or with type KVX_BOOT_FRAME_ABORT an abort frame
+   (state, res and bytes unused). reason may be NULL. */
+static kvx_result kvx__boot_conn_frame(kvx__boot_conn *c, uint32_t type, uint64_t room,
+                                       kvx_poll state, kvx_result res, uint64_t bytes,
+                                       const char *reason) {
     uint8_t h[KVX__BOOT_HDR + KVX__BOOT_STATUS_FIXED];
     size_t rl = reason ? kvx__boot_reason_len(strlen(reason)) : 0;
     struct iovec v[2];
-    kvx__boot_hdr(h, (uint32_t)(KVX__BOOT_STATUS_FIXED + rl), KVX_BOOT_FRAME_STATUS);
-    kvx__le_w64(h + 8, room);
-    kvx__le_w64(h + 16, bytes);
-    kvx__le_w32(h + 24, (uint32_t)state);
-    kvx__le_w32(h + 28, (uint32_t)res);
-    kvx__le_w32(h + 32, (uint32_t)rl);
-    v[0].iov_base = h; v[0].iov_len = sizeof h;
+    v[0].iov_base = h;
+    v[0].iov_len = kvx__boot_reason_head(h, type, room, state, res, bytes, rl);
     v[1].iov_base = (void *)reason; v[1].iov_len = rl;
     return kvx__boot_conn_sendv(c, v, rl ? 2 : 1);
 }
 
-static kvx_result kvx__boot_conn_abort(kvx__boot_conn *c, uint64_t room, const char *reason) {
-    uint8_t h[KVX__BOOT_HDR + KVX__BOOT_ABORT_FIXED];
-    size_t rl = reason ? kvx__boot_reason_len(strlen(reason)) : 0;
-    struct iovec v[2];
-    kvx__boot_hdr(h, (uint32_t)(KVX__BOOT_ABORT_FIXED + rl), KVX_BOOT_FRAME_ABORT);
-    kvx__le_w64(h + 8, room);
-    kvx__le_w32(h + 16, (uint32_t)rl);
-    v[0].iov_base = h; v[0].iov_len = sizeof h;
-    v[1].iov_base = (void *)reason; v[1].iov_len = rl;
-    return kvx__boot_conn_sendv(c, v, rl ? 2 : 1);
+static kvx_result kvx__boot_conn_status(kvx__boot_conn *c, uint64_t room, kvx_poll state,
+                                        kvx_result res, uint64_t bytes, const char *reason) {
+    return kvx__boot_conn_frame(c, KVX_BOOT_FRAME_STATUS, room, state, res, bytes, reason);
 }
 
 /* Under b->mu: c joins (on) or leaves (off) the connections
@@ -2023,8 +2018,8 @@ static void kvx__boot_count_failure(kvx_boot *b, kvx_result res) {
 }
 
 static void kvx__boot_drop(kvx_boot *b, kvx__boot_conn *c, const char *reason);
-static kvx_result kvx__boot_keyed_hello(kvx_boot *b, kvx__buf *out, const uint8_t *nonce,
-                                        const uint8_t *proof);
+static kvx_result kvx__boot_make_hello(kvx_boot *b, kvx__buf *out, const uint8_t *nonce,
+                                       const uint8_t *proof);
 
 /* >>boot: bootstrap server (the prefill engine whose ranks are all 0) ------------ */
 
@@ -2664,12 +2659,10 @@ static void kvx__boot_tell(kvx_boot *b, kvx_room *r, const char *reason, kvx_res
     if (br->nconns && (b->role == KVX_ROLE_PREFILL || br->inited))
         n = kvx__boot_br_conns(br, &cs, stack, 4);
     pthread_mutex_unlock(&b->mu);
-    for (i = 0; cs && i < n; i++) {
-        if (b->role == KVX_ROLE_PREFILL)
-            kvx__boot_conn_status(cs[i], kvx_room_id(r), KVX_POLL_FAILED, res, 0, reason);
-        else
-            kvx__boot_conn_abort(cs[i], kvx_room_id(r), reason);
-    }
+    for (i = 0; cs && i < n; i++) /* prefill: status Failed; decode: abort */
+        kvx__boot_conn_frame(cs[i], b->role == KVX_ROLE_PREFILL ? KVX_BOOT_FRAME_STATUS
+                                                                : KVX_BOOT_FRAME_ABORT,
+                             kvx_room_id(r), KVX_POLL_FAILED, res, 0, reason);
     if (cs) kvx__boot_conns_release(b, cs, n, stack);
 }
 
@@ -2781,6 +2774,36 @@ static const char *kvx__boot_pend_charge(kvx__boot_conn *c, int64_t cost) {
     return NULL;
 }
 
+/* Under boot->mu: keeps a frame of c for br (no sender yet), charged to c,
+   with room for n pages or a copy of reason. NULL when out of memory
+   (nothing charged) or, with *over set, past a budget. */
+static kvx__boot_pframe *kvx__boot_pframe_keep(kvx__boot_br *br, kvx__boot_conn *c, int type,
+                                               uint32_t n, const char *reason, const char **over) {
+    kvx_boot *b = c->boot;
+    size_t rl = reason ? strlen(reason) + 1 : 0;
+    int64_t cost = (int64_t)(sizeof(kvx__boot_pframe) + (reason ? rl : sizeof *br + 4ull * n));
+    kvx__boot_pframe *fr;
+    if ((*over = kvx__boot_pend_charge(c, cost)) != NULL) return NULL;
+    if (!(fr = (kvx__boot_pframe *)kvx__boot_zalloc(b, sizeof *fr))) {
+        KVX__SUB(&c->pend_bytes, cost);
+        KVX__SUB(&b->mem_total, cost);
+        return NULL;
+    }
+    fr->type = type;
+    fr->conn = c;
+    fr->cost = cost; /* from here kvx__boot_pframe_free uncharges */
+    kvx__boot_conn_ref(c);
+    if (n) fr->pages = (int32_t *)kvx_engine_alloc(b->engine, n * sizeof *fr->pages);
+    if (rl) fr->reason = (char *)kvx_engine_alloc(b->engine, rl);
+    if ((n && !fr->pages) || (rl && !fr->reason)) {
+        kvx__boot_pframe_free(fr);
+        return NULL;
+    }
+    if (rl) memcpy(fr->reason, reason, rl);
+    kvx__boot_pending_add(br, fr);
+    return fr;
+}
+
 static void kvx__boot_on_room_frame(kvx_boot *b, kvx__boot_conn *c, const kvx_boot_frame *f) {
     kvx__boot_br *br;
     uint32_t i, n = f->num_pages;
@@ -2801,7 +2824,6 @@ static void kvx__boot_on_room_frame(kvx_boot *b, kvx__boot_conn *c, const kvx_bo
         kvx__boot_pframe *fr = NULL;
         const char *why = "too many rooms wait for their sender (KVX_BOOT_MAX_PENDING)";
         const char *over = NULL;
-        int64_t cost = (int64_t)(sizeof *fr + sizeof *br + 4ull * n);
         br = kvx__boot_pending_entry(b, f->room);
         if (br && kvx__boot_pending_frames(br) >= KVX__BOOT_MAX_FRAMES_PER_ROOM) {
             br = NULL;
@@ -2811,29 +2833,12 @@ static void kvx__boot_on_room_frame(kvx_boot *b, kvx__boot_conn *c, const kvx_bo
             br = NULL;
             why = "too many destination pages wait for their senders";
         }
-        if (br && (over = kvx__boot_pend_charge(c, cost)) != NULL) br = NULL;
-        if (br) {
-            fr = (kvx__boot_pframe *)kvx__boot_zalloc(b, sizeof *fr);
-            if (fr && n) {
-                fr->pages = (int32_t *)kvx_engine_alloc(b->engine, n * sizeof *fr->pages);
-                if (!fr->pages) { kvx_engine_free(b->engine, fr); fr = NULL; }
-            }
-            if (!fr) { /* uncharge */
-                KVX__SUB(&c->pend_bytes, cost);
-                KVX__SUB(&b->mem_total, cost);
-            }
-        }
-        if (fr) {
-            fr->cost = cost;
-            fr->type = KVX_BOOT_FRAME_ROOM;
-            fr->conn = c;
-            kvx__boot_conn_ref(c);
+        if (br && (fr = kvx__boot_pframe_keep(br, c, KVX_BOOT_FRAME_ROOM, n, NULL, &over))) {
             fr->aux = f->aux_index;
             fr->idx = f->peer_index;
             fr->count = f->peer_count;
             fr->n = n;
             if (n) memcpy(fr->pages, b->scratch, n * sizeof *fr->pages);
-            kvx__boot_pending_add(br, fr);
             b->pending_pages += n;
         }
         pthread_mutex_unlock(&b->mu);
@@ -2865,32 +2870,12 @@ static void kvx__boot_on_abort_frame(kvx_boot *b, kvx__boot_conn *c, const kvx_b
            destination (then it owns the room), once */
         kvx__boot_pframe *fr, *own = NULL;
         const char *over = NULL;
-        int64_t cost = (int64_t)(sizeof *fr + strlen(reason) + 1);
         for (fr = br->frames; fr; fr = fr->next) {
             if (fr->conn != c) continue;
             if (fr->type == KVX_BOOT_FRAME_ABORT) { own = NULL; break; }
             own = fr;
         }
-        fr = NULL;
-        if (own && (over = kvx__boot_pend_charge(c, cost)) == NULL) {
-            size_t rl = strlen(reason) + 1;
-            fr = (kvx__boot_pframe *)kvx__boot_zalloc(b, sizeof *fr);
-            if (fr && (fr->reason = (char *)kvx_engine_alloc(b->engine, rl)) != NULL)
-                memcpy(fr->reason, reason, rl);
-            if (!fr || !fr->reason) {
-                kvx_engine_free(b->engine, fr);
-                fr = NULL;
-                KVX__SUB(&c->pend_bytes, cost);
-                KVX__SUB(&b->mem_total, cost);
-            }
-        }
-        if (fr) {
-            fr->type = KVX_BOOT_FRAME_ABORT;
-            fr->conn = c;
-            fr->cost = cost;
-            kvx__boot_conn_ref(c);
-            kvx__boot_pending_add(br, fr);
-        }
+        if (own) kvx__boot_pframe_keep(br, c, KVX_BOOT_FRAME_ABORT, 0, reason, &over);
         pthread_mutex_unlock(&b->mu);
         if (over) kvx__boot_drop(b, c, over);
         return;
@@ -2954,7 +2939,7 @@ static int kvx__boot_answer_keyed(kvx_boot *b, kvx__boot_conn *c, const kvx_boot
     if (f->hello.nonce) memcpy(c->nonce_peer, f->hello.nonce, KVX_BOOT_NONCE);
     else memset(c->nonce_peer, 0, KVX_BOOT_NONCE);
     kvx__auth_proof(b->key, b->key_len, "kvx-boot-server", c->nonce_peer, c->nonce_self, proof);
-    r = kvx__boot_keyed_hello(b, &h, c->nonce_self, proof);
+    r = kvx__boot_make_hello(b, &h, c->nonce_self, proof);
     if (r == KVX_OK) r = kvx__boot_conn_send(c, h.data, h.len);
     kvx__buf_free(&h);
     if (r != KVX_OK) {
@@ -3025,7 +3010,7 @@ static void kvx__boot_on_status_frame(kvx_boot *b, kvx__boot_conn *c, const kvx_
     kvx__boot_br *br;
     kvx_room *r;
     uint32_t k;
-    int done = 0, inited;
+    int done = 0, inited, h = 0;
     uint64_t bytes = 0;
     kvx__boot_reason_copy(reason, sizeof reason, f->reason, f->reason_len);
     pthread_mutex_lock(&b->mu);
@@ -3037,39 +3022,26 @@ static void kvx__boot_on_status_frame(kvx_boot *b, kvx__boot_conn *c, const kvx_
     r = br->room;
     inited = br->inited;
     pthread_mutex_unlock(&b->mu);
-    if (b->hooks.on_status) {
-        int h = b->hooks.on_status(b, r, &c->info, (kvx_poll)f->state, (kvx_result)f->result,
-                                   f->bytes, reason);
-        if (h == 2) { /* handled, and this rank is done with the room */
-            pthread_mutex_lock(&b->mu);
-            if (!br->tag[k]) {
-                br->tag[k] = 1;
-                br->ndone++;
-                br->bytes += f->bytes;
-            }
-            pthread_mutex_unlock(&b->mu);
-        }
-        if (h) {
-            kvx__boot_br_unref(br);
-            return;
-        }
-    }
-    if (f->state == KVX_POLL_SUCCESS && inited) {
+    if (b->hooks.on_status)
+        h = b->hooks.on_status(b, r, &c->info, (kvx_poll)f->state, (kvx_result)f->result,
+                               f->bytes, reason);
+    /* 2: handled, and this rank is done with the room; 1: handled */
+    if (h == 2 || (!h && f->state == KVX_POLL_SUCCESS && inited)) {
         pthread_mutex_lock(&b->mu);
         if (!br->tag[k]) {
             br->tag[k] = 1;
             br->ndone++;
             br->bytes += f->bytes;
         }
-        done = br->ndone == br->nconns;
+        done = !h && br->ndone == br->nconns;
         bytes = br->bytes;
         pthread_mutex_unlock(&b->mu);
         if (done) kvx_room_succeed(r, bytes);
-    } else if (f->state == KVX_POLL_SUCCESS) {
+    } else if (!h && f->state == KVX_POLL_SUCCESS) {
         kvx_engine_log(b->engine, KVX_LOG_WARN, "kvx.boot", br->id,
                        "prefill rank %s reported Success before this receiver sent its "
                        "destination; ignored", c->addr);
-    } else if (f->state == KVX_POLL_FAILED) {
+    } else if (!h && f->state == KVX_POLL_FAILED) {
         char who[600];
         snprintf(who, sizeof who, "failed by prefill rank %s (bootstrap %s)", c->addr,
                  c->peer ? c->peer->addr : "?");
@@ -3190,17 +3162,11 @@ static void kvx__boot_conn_lost(kvx_boot *b, kvx__boot_conn *c, const char *reas
 /* Returns 1 when the connection was dropped. */
 static int kvx__boot_dispatch(kvx_boot *b, kvx__boot_conn *c, const kvx_boot_frame *f) {
     char msg[160];
-    if (!c->hello_done && c->auth_wait) {
-        if (f->type == KVX_BOOT_FRAME_AUTH) return kvx__boot_on_auth(b, c, f);
-        snprintf(msg, sizeof msg, "protocol error: %s frame before authentication",
-                 kvx__boot_type_name(f->type));
-        kvx__boot_drop(b, c, msg);
-        return 1;
-    }
-    if (!c->hello_done) {
-        if (f->type == KVX_BOOT_FRAME_HELLO) return kvx__boot_on_hello(b, c, f);
-        snprintf(msg, sizeof msg, "protocol error: %s frame before hello",
-                 kvx__boot_type_name(f->type));
+    if (!c->hello_done) { /* a hello first; keyed, then the decode's proof */
+        if (c->auth_wait && f->type == KVX_BOOT_FRAME_AUTH) return kvx__boot_on_auth(b, c, f);
+        if (!c->auth_wait && f->type == KVX_BOOT_FRAME_HELLO) return kvx__boot_on_hello(b, c, f);
+        snprintf(msg, sizeof msg, "protocol error: %s frame before %s",
+                 kvx__boot_type_name(f->type), c->auth_wait ? "authentication" : "hello");
         kvx__boot_drop(b, c, msg);
         return 1;
     }
@@ -3678,15 +3644,17 @@ static kvx_result kvx__boot_ctrl_connect(kvx_boot *b, kvx__boot_pf *p, const cha
     char err[300] = "";
     uint8_t nonce[KVX_BOOT_NONCE];
     uint64_t fp = kvx_layout_fingerprint(kvx_engine_layout(b->engine));
+    const char *tn = kvx_engine_transport(b->engine);
     *out = NULL;
     for (attempt = 0; attempt < KVX_BOOT_TRIES; attempt++) {
         uint64_t deadline;
-        int fd;
-        kvx__buf in;
+        int fd, bad;
+        kvx__buf in, kh;
         kvx_boot_frame f;
         size_t used = 0;
         char ferr[200];
-        kvx__boot_conn *c;
+        kvx_result dr = KVX_OK, res = KVX_OK;
+        kvx__boot_conn *c = NULL;
         if (attempt && kvx__boot_backoff(b, attempt - 1)) {
             kvx__set_why(why, wl, "the engine is shutting down");
             return KVX_ERR_ABORTED;
@@ -3694,23 +3662,18 @@ static kvx_result kvx__boot_ctrl_connect(kvx_boot *b, kvx__boot_pf *p, const cha
         deadline = kvx_now_ns() + (uint64_t)(KVX__BOOT_HTTP_TIMEOUT_S * 1e9);
         fd = kvx__connect(ip, port, deadline, NULL, NULL, &e);
         if (fd < 0) { snprintf(err, sizeof err, "%s", kvx__errstr(e)); continue; }
-        if (b->key) { /* keyed hello: our fresh nonce is the challenge */
-            kvx__buf kh;
-            int bad;
-            if (kvx__random_bytes(nonce, sizeof nonce) != KVX_OK ||
-                kvx__boot_keyed_hello(b, &kh, nonce, NULL) != KVX_OK) {
-                close(fd);
-                kvx__set_why(why, wl, "cannot build an authenticated hello (no random bytes?)");
-                return KVX_ERR_IO;
-            }
-            bad = kvx__send_all(fd, kh.data, kh.len, deadline);
+        memset(&kh, 0, sizeof kh);
+        if (b->key && (kvx__random_bytes(nonce, sizeof nonce) != KVX_OK || /* the challenge */
+                       kvx__boot_make_hello(b, &kh, nonce, NULL) != KVX_OK)) {
             kvx__buf_free(&kh);
-            if (bad) {
-                snprintf(err, sizeof err, "cannot send hello: %s", kvx__errstr(errno));
-                close(fd);
-                continue;
-            }
-        } else if (kvx__send_all(fd, b->hello.data, b->hello.len, deadline)) {
+            close(fd);
+            kvx__set_why(why, wl, "cannot build an authenticated hello (no random bytes?)");
+            return KVX_ERR_IO;
+        }
+        bad = b->key ? kvx__send_all(fd, kh.data, kh.len, deadline)
+                     : kvx__send_all(fd, b->hello.data, b->hello.len, deadline);
+        kvx__buf_free(&kh);
+        if (bad) {
             snprintf(err, sizeof err, "cannot send hello: %s", kvx__errstr(errno));
             close(fd);
             continue;
@@ -3719,15 +3682,8 @@ static kvx_result kvx__boot_ctrl_connect(kvx_boot *b, kvx__boot_pf *p, const cha
         for (;;) { /* read the prefill's hello */
             char tmp[4096];
             ssize_t r;
-            kvx_result dr = kvx_boot_frame_decode(in.data, in.len, &f, &used, ferr, sizeof ferr);
-            if (dr != KVX_OK) {
-                kvx__set_why(why, wl, "prefill rank %s:%d (bootstrap %s) sent a bad hello: %s", ip,
-                             port, p->addr, ferr);
-                kvx__buf_free(&in);
-                close(fd);
-                return KVX_ERR_PROTOCOL;
-            }
-            if (used) break;
+            dr = kvx_boot_frame_decode(in.data, in.len, &f, &used, ferr, sizeof ferr);
+            if (dr != KVX_OK || used) break;
             r = kvx__boot_recv_some(fd, tmp, sizeof tmp, deadline);
             if (r <= 0) {
                 snprintf(err, sizeof err, "no hello: %s", r == 0 ? "the connection closed" : kvx__errstr(errno));
@@ -3736,7 +3692,7 @@ static kvx_result kvx__boot_ctrl_connect(kvx_boot *b, kvx__boot_pf *p, const cha
             kvx__buf_put(&in, tmp, (size_t)r);
             if (in.oom) { snprintf(err, sizeof err, "out of memory"); break; }
         }
-        if (!used) {
+        if (dr == KVX_OK && !used) {
             if (b->key)
                 snprintf(err + strlen(err), sizeof err - strlen(err),
                          " (a prefill of a kvx version without authentication closes keyed hellos)");
@@ -3744,56 +3700,50 @@ static kvx_result kvx__boot_ctrl_connect(kvx_boot *b, kvx__boot_pf *p, const cha
             close(fd);
             continue;
         }
-        if (f.type != KVX_BOOT_FRAME_HELLO || f.hello.role != KVX_ROLE_PREFILL) {
+        if (dr != KVX_OK) {
+            kvx__set_why(why, wl, "prefill rank %s:%d (bootstrap %s) sent a bad hello: %s", ip,
+                         port, p->addr, ferr);
+            res = KVX_ERR_PROTOCOL;
+        } else if (f.type != KVX_BOOT_FRAME_HELLO || f.hello.role != KVX_ROLE_PREFILL) {
             kvx__set_why(why, wl, "prefill rank %s:%d (bootstrap %s) answered with a %s frame, not "
                          "a prefill hello", ip, port, p->addr, kvx__boot_type_name(f.type));
-            kvx__buf_free(&in);
-            close(fd);
-            return KVX_ERR_PROTOCOL;
-        }
-        if (kvx__boot_check_auth(b, &f.hello, nonce, ip, port, p->addr, fd, deadline, why, wl)) {
-            kvx__buf_free(&in);
-            close(fd);
-            return KVX_ERR_PERMISSION;
-        }
-        if (f.hello.transport_len != strlen(kvx_engine_transport(b->engine)) ||
-            memcmp(f.hello.transport, kvx_engine_transport(b->engine), f.hello.transport_len)) {
+            res = KVX_ERR_PROTOCOL;
+        } else if (kvx__boot_check_auth(b, &f.hello, nonce, ip, port, p->addr, fd, deadline, why, wl)) {
+            res = KVX_ERR_PERMISSION;
+        } else if (f.hello.transport_len != strlen(tn) ||
+                   memcmp(f.hello.transport, tn, f.hello.transport_len)) {
             kvx__set_why(why, wl, "prefill rank %s:%d (bootstrap %s) uses transport '%.*s', this "
                          "decode engine '%s'", ip, port, p->addr, (int)f.hello.transport_len,
-                         f.hello.transport, kvx_engine_transport(b->engine));
-            kvx__buf_free(&in);
-            close(fd);
-            return KVX_ERR_LAYOUT_MISMATCH;
-        }
-        if (f.hello.fingerprint != fp) {
+                         f.hello.transport, tn);
+            res = KVX_ERR_LAYOUT_MISMATCH;
+        } else if (f.hello.fingerprint != fp) {
             char diff[KVX_ERROR_MAX];
             kvx__boot_layout_diff(b, &f.hello, diff, sizeof diff);
             kvx__set_why(why, wl, "KV layout of prefill rank %s:%d (bootstrap %s) differs from this "
                          "decode engine's: %s (fingerprints: ours %016llx, theirs %016llx)", ip,
                          port, p->addr, diff, (unsigned long long)fp,
                          (unsigned long long)f.hello.fingerprint);
-            kvx__buf_free(&in);
-            close(fd);
-            return KVX_ERR_LAYOUT_MISMATCH;
+            res = KVX_ERR_LAYOUT_MISMATCH;
+        } else if (!(c = kvx__boot_conn_new(b, KVX__BOOT_K_CTRL, fd)) ||
+                   kvx__boot_conn_set_info(c, &f.hello)) {
+            kvx__set_why(why, wl, "out of memory");
+            res = KVX_ERR_NO_MEMORY;
         }
-        c = kvx__boot_conn_new(b, KVX__BOOT_K_CTRL, fd);
-        if (!c || kvx__boot_conn_set_info(c, &f.hello)) {
-            if (c) kvx__boot_conn_unref(c);
+        if (res != KVX_OK) {
+            if (c) kvx__boot_conn_unref(c); /* closes fd */
             else close(fd);
             kvx__buf_free(&in);
-            kvx__set_why(why, wl, "out of memory");
-            return KVX_ERR_NO_MEMORY;
+            return res;
         }
         snprintf(c->addr, sizeof c->addr, "%s%s%s:%d", strchr(ip, ':') ? "[" : "", ip,
                  strchr(ip, ':') ? "]" : "", port);
         c->hello_done = 1;
         c->peer = p;
         c->info.bootstrap = p->addr;
-        if (in.len > used) { /* nothing else is expected yet, but keep it */
-            if (kvx__boot_in_grow(c, in.len - used) == 0) {
-                memcpy(c->in, in.data + used, in.len - used);
-                c->in_len = in.len - used;
-            }
+        /* nothing else is expected yet, but keep it */
+        if (in.len > used && kvx__boot_in_grow(c, in.len - used) == 0) {
+            memcpy(c->in, in.data + used, in.len - used);
+            c->in_len = in.len - used;
         }
         kvx__buf_free(&in);
         *out = c;
@@ -4536,21 +4486,26 @@ static kvx_result kvx__boot_settings(kvx_boot *b, char *why, size_t wl) {
     return KVX_OK;
 }
 
-static kvx_result kvx__boot_make_hello(kvx_boot *b) {
+/* Our hello: keyless (nonce NULL), the shared encoding made once at
+   create (b->hello); keyed, per connection, with a fresh nonce (and on
+   prefill the proof over the decode's nonce). */
+static kvx_result kvx__boot_make_hello(kvx_boot *b, kvx__buf *out, const uint8_t *nonce,
+                                       const uint8_t *proof) {
     const kvx_layout *l = kvx_engine_layout(b->engine);
     const char *tn = kvx_engine_transport(b->engine), *dt = l->dtype ? l->dtype : "";
+    uint64_t items[KVX_MAX_BUFFERS + KVX_MAX_AUX + 1]; /* the core checked the counts */
     kvx_boot_frame f;
-    uint64_t *items = (uint64_t *)kvx_engine_alloc(
-        b->engine, (l->num_buffers + l->num_aux + 1) * sizeof *items);
     uint32_t i;
-    kvx_result r;
-    if (!items) return KVX_ERR_NO_MEMORY;
     for (i = 0; i < l->num_buffers; i++) items[i] = l->buffers[i].item_len;
     for (i = 0; i < l->num_aux; i++) items[l->num_buffers + i] = l->aux[i].item_len;
     memset(&f, 0, sizeof f);
+    memset(out, 0, sizeof *out);
     f.type = KVX_BOOT_FRAME_HELLO;
     f.hello.version = KVX_BOOT_PROTOCOL_VERSION;
     f.hello.role = (uint16_t)b->role;
+    f.hello.flags = nonce ? KVX_BOOT_HELLO_AUTH : 0;
+    f.hello.nonce = nonce;
+    f.hello.proof = proof;
     f.hello.instance = b->instance;
     f.hello.fingerprint = kvx_layout_fingerprint(l);
     f.hello.tp_size = b->tp_size; f.hello.tp_rank = b->tp_rank;
@@ -4571,36 +4526,7 @@ static kvx_result kvx__boot_make_hello(kvx_boot *b) {
     f.hello.transport_len = (uint32_t)strlen(tn);
     f.hello.endpoint = b->endpoint;
     f.hello.endpoint_len = b->endpoint_len;
-    r = kvx__boot_frame_encode(&f, &b->hello);
-    kvx_engine_free(b->engine, items);
-    return r;
-}
-
-/* Our hello for one connection: keyless, the shared encoding; keyed, with
-   a fresh nonce (and on prefill the proof over the decode's nonce). */
-static kvx_result kvx__boot_keyed_hello(kvx_boot *b, kvx__buf *out, const uint8_t *nonce,
-                                        const uint8_t *proof) {
-    kvx_boot_frame f;
-    size_t used = 0;
-    char why[64];
-    kvx_result r;
-    /* decode our own shared hello, then re-encode it with the auth fields */
-    r = kvx_boot_frame_decode(b->hello.data, b->hello.len, &f, &used, why, sizeof why);
-    if (r != KVX_OK || !used) return KVX_ERR_INVALID_ARGUMENT;
-    {
-        uint64_t items[KVX_MAX_BUFFERS + KVX_MAX_AUX + 1];
-        uint32_t i;
-        for (i = 0; i < f.hello.num_buffers; i++) items[i] = kvx__le_r64(f.hello.item_lens_le + 8u * i);
-        for (i = 0; i < f.hello.num_aux; i++)
-            items[f.hello.num_buffers + i] = kvx__le_r64(f.hello.aux_item_lens_le + 8u * i);
-        f.hello.item_lens = items;
-        f.hello.aux_item_lens = items + f.hello.num_buffers;
-        f.hello.flags = KVX_BOOT_HELLO_AUTH;
-        f.hello.nonce = nonce;
-        f.hello.proof = proof;
-        memset(out, 0, sizeof *out);
-        return kvx__boot_frame_encode(&f, out);
-    }
+    return kvx__boot_frame_encode(&f, out);
 }
 
 static uint64_t kvx__boot_random(const void *salt) {
@@ -4740,7 +4666,7 @@ KVX_API kvx_result kvx_boot_create(kvx_engine *e, const kvx_boot_hooks *hooks,
         r = KVX_ERR_INVALID_ARGUMENT;
         goto fail;
     }
-    if ((r = kvx__boot_make_hello(b)) != KVX_OK) goto fail;
+    if ((r = kvx__boot_make_hello(b, &b->hello, NULL, NULL)) != KVX_OK) goto fail;
     if (kvx__pipe(&b->wake_rd, &b->wake_wr) != 0) {
         kvx__set_why(why, wl, "cannot create a pipe: %s", strerror(errno));
         r = KVX_ERR_IO;
