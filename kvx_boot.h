@@ -1369,6 +1369,22 @@ typedef struct kvx__boot_server {
     int registered;
 } kvx__boot_server;
 
+/* Failed rooms counted by result code (at most KVX__BOOT_MAX_RESULTS codes). */
+typedef struct kvx__boot_tally {
+    int code;
+    uint64_t count;
+} kvx__boot_tally;
+
+static void kvx__boot_tally_add(kvx__boot_tally *t, int *n, int code, uint64_t count) {
+    int i;
+    for (i = 0; i < *n && t[i].code != code; i++) {}
+    if (i < *n) t[i].count += count;
+    else if (*n < KVX__BOOT_MAX_RESULTS) {
+        t[*n].code = code;
+        t[(*n)++].count = count;
+    }
+}
+
 typedef struct kvx__boot_vec {
     kvx__boot_br **v;
     size_t n, cap;
@@ -1418,7 +1434,7 @@ struct kvx_boot {
     kvx__boot_pf *peers;
     int npeers;
     kvx__boot_server srv;
-    struct { int code; uint64_t count; } failures[KVX__BOOT_MAX_RESULTS];
+    kvx__boot_tally failures[KVX__BOOT_MAX_RESULTS]; /* closed rooms */
     int nfailures;
     int nctrl; /* atomic: open control connections */
     uint64_t next_conn_id; /* atomic */
@@ -1999,22 +2015,20 @@ static uint32_t kvx__boot_br_conns(kvx__boot_br *br, kvx__boot_conn ***out, kvx_
     return br->nconns;
 }
 
+/* Closes n connections and drops the caller's references. */
+static void kvx__boot_conns_close(kvx__boot_conn **v, size_t n) {
+    size_t i;
+    for (i = 0; i < n; i++) {
+        kvx__boot_conn_shut(v[i]);
+        kvx__boot_conn_unref(v[i]);
+    }
+}
+
 static void kvx__boot_conns_release(kvx_boot *b, kvx__boot_conn **v, uint32_t n,
                                     kvx__boot_conn **stack) {
     uint32_t i;
     for (i = 0; i < n; i++) kvx__boot_conn_unref(v[i]);
     if (v != stack) kvx_engine_free(b->engine, v);
-}
-
-static void kvx__boot_count_failure(kvx_boot *b, kvx_result res) {
-    int i;
-    for (i = 0; i < b->nfailures; i++)
-        if (b->failures[i].code == (int)res) { b->failures[i].count++; return; }
-    if (b->nfailures < KVX__BOOT_MAX_RESULTS) {
-        b->failures[b->nfailures].code = (int)res;
-        b->failures[b->nfailures].count = 1;
-        b->nfailures++;
-    }
 }
 
 static void kvx__boot_drop(kvx_boot *b, kvx__boot_conn *c, const char *reason);
@@ -2234,6 +2248,17 @@ static void kvx__boot_http_text(kvx_boot *b, kvx__boot_conn *c, int status, cons
     kvx__boot_http_respond(b, c, status, "text/plain; charset=utf-8", text, strlen(text), NULL);
 }
 
+static void kvx__boot_http_textf(kvx_boot *b, kvx__boot_conn *c, int status, const char *fmt, ...)
+    KVX_PRINTF(4, 5);
+static void kvx__boot_http_textf(kvx_boot *b, kvx__boot_conn *c, int status, const char *fmt, ...) {
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    kvx__boot_http_text(b, c, status, msg);
+}
+
 static void kvx__boot_http_buf(kvx_boot *b, kvx__boot_conn *c, int status, const char *ctype,
                                kvx__buf *o) {
     if (o->oom) kvx__boot_http_text(b, c, 500, "out of memory\n");
@@ -2251,10 +2276,8 @@ static void kvx__boot_route_get(kvx_boot *b, kvx__boot_conn *c, const kvx_boot_h
     for (k = 0; k < 4; k++) {
         int r = kvx_boot_query_int(rq->query, rq->query_len, keys[k], &v[k]);
         if (r != 1) {
-            kvx__buf_printf(&o, "Missing inputs for bootstrap server: %s is %s.\n", keys[k],
-                           r == 0 ? "missing" : "not an integer");
-            kvx__boot_http_buf(b, c, 400, "text/plain; charset=utf-8", &o);
-            kvx__buf_free(&o);
+            kvx__boot_http_textf(b, c, 400, "Missing inputs for bootstrap server: %s is %s.\n",
+                                 keys[k], r == 0 ? "missing" : "not an integer");
             return;
         }
     }
@@ -2337,7 +2360,6 @@ static void kvx__boot_route_put(kvx_boot *b, kvx__boot_conn *c, const kvx_boot_h
     kvx__boot_regn g;
     char why[256];
     int rc;
-    kvx__buf o;
     if (b->key && kvx__boot_route_auth(b, rq)) {
         kvx_engine_log(b->engine, KVX_LOG_WARN, "kvx.boot", 0,
                        "refused PUT /route from %s: no valid X-Kvx-Auth (this server has a key)", c->addr);
@@ -2345,21 +2367,13 @@ static void kvx__boot_route_put(kvx_boot *b, kvx__boot_conn *c, const kvx_boot_h
                                        "server has a key (KVX_AUTH_KEY)\n");
         return;
     }
-    if (kvx__boot_reg_parse(rq->body, rq->body_len, &g, why, sizeof why)) {
-        memset(&o, 0, sizeof o);
-        kvx__buf_printf(&o, "bad registration: %s\n", why);
-        kvx__boot_http_buf(b, c, 400, "text/plain; charset=utf-8", &o);
-        kvx__buf_free(&o);
-        return;
+    if (!(rc = kvx__boot_reg_parse(rq->body, rq->body_len, &g, why, sizeof why))) {
+        pthread_mutex_lock(&b->mu);
+        rc = kvx__boot_srv_register(b, &g, why, sizeof why);
+        pthread_mutex_unlock(&b->mu);
     }
-    pthread_mutex_lock(&b->mu);
-    rc = kvx__boot_srv_register(b, &g, why, sizeof why);
-    pthread_mutex_unlock(&b->mu);
     if (rc) {
-        memset(&o, 0, sizeof o);
-        kvx__buf_printf(&o, "bad registration: %s\n", why);
-        kvx__boot_http_buf(b, c, 400, "text/plain; charset=utf-8", &o);
-        kvx__buf_free(&o);
+        kvx__boot_http_textf(b, c, 400, "bad registration: %s\n", why);
         return;
     }
     kvx_engine_log(b->engine, KVX_LOG_INFO, "kvx.boot", 0,
@@ -2371,7 +2385,7 @@ static void kvx__boot_route_put(kvx_boot *b, kvx__boot_conn *c, const kvx_boot_h
 typedef struct kvx__boot_scan {
     kvx_boot *b;
     uint64_t by_state[5];
-    struct { int code; uint64_t count; } fails[KVX__BOOT_MAX_RESULTS];
+    kvx__boot_tally fails[KVX__BOOT_MAX_RESULTS];
     int nfails;
     kvx__buf *list; /* /rooms */
     size_t listed;
@@ -2383,16 +2397,7 @@ static void kvx__boot_scan_room(kvx_room *r, void *arg) {
     kvx__boot_scan *s = (kvx__boot_scan *)arg;
     kvx_poll st = kvx_room_poll(r);
     if ((int)st >= 0 && (int)st <= 4) s->by_state[st]++;
-    if (st == KVX_POLL_FAILED) {
-        kvx_result res = kvx_room_result(r);
-        int i;
-        for (i = 0; i < s->nfails && s->fails[i].code != (int)res; i++) {}
-        if (i < s->nfails) s->fails[i].count++;
-        else if (s->nfails < KVX__BOOT_MAX_RESULTS) {
-            s->fails[s->nfails].code = (int)res;
-            s->fails[s->nfails++].count = 1;
-        }
-    }
+    if (st == KVX_POLL_FAILED) kvx__boot_tally_add(s->fails, &s->nfails, (int)kvx_room_result(r), 1);
     if (st != KVX_POLL_FAILED && st != KVX_POLL_SUCCESS) s->unfinished++;
     if (s->list && st != KVX_POLL_FAILED && st != KVX_POLL_SUCCESS && s->listed < 10000) {
         char peer[300] = "";
@@ -2419,7 +2424,7 @@ static void kvx__boot_metrics(kvx_boot *b, kvx__boot_conn *c) {
     kvx__boot_scan s;
     kvx_engine_stats st;
     kvx__buf o;
-    int i, j, registered, expected;
+    int i, registered, expected;
     size_t pending;
     memset(&s, 0, sizeof s);
     memset(&o, 0, sizeof o);
@@ -2428,14 +2433,8 @@ static void kvx__boot_metrics(kvx_boot *b, kvx__boot_conn *c) {
     kvx_engine_foreach_room(b->engine, kvx__boot_scan_room, &s);
     kvx_engine_stats_get(b->engine, &st);
     pthread_mutex_lock(&b->mu);
-    for (i = 0; i < b->nfailures; i++) { /* closed rooms, then the open failed ones */
-        for (j = 0; j < s.nfails && s.fails[j].code != b->failures[i].code; j++) {}
-        if (j < s.nfails) s.fails[j].count += b->failures[i].count;
-        else if (s.nfails < KVX__BOOT_MAX_RESULTS) {
-            s.fails[s.nfails].code = b->failures[i].code;
-            s.fails[s.nfails++].count = b->failures[i].count;
-        }
-    }
+    for (i = 0; i < b->nfailures; i++) /* the open failed rooms, then the closed ones */
+        kvx__boot_tally_add(s.fails, &s.nfails, b->failures[i].code, b->failures[i].count);
     registered = b->srv.registered;
     expected = b->srv.ranks ? b->srv.tp * b->srv.cp * b->srv.dp * b->srv.pp : 0;
     pending = b->npending;
@@ -2579,11 +2578,9 @@ static void kvx__boot_http_readable(kvx_boot *b, kvx__boot_conn *c) {
         return;
     }
     if (kvx_boot_parse_http_request(c->in, c->in_len, &rq) != KVX_OK) {
-        char msg[160];
-        snprintf(msg, sizeof msg, "%s\n", rq.error);
         kvx_engine_log(b->engine, KVX_LOG_INFO, "kvx.boot", 0, "bad HTTP request from %s: %d %s",
                        c->addr, rq.status, rq.error);
-        kvx__boot_http_text(b, c, rq.status ? rq.status : 400, msg);
+        kvx__boot_http_textf(b, c, rq.status ? rq.status : 400, "%s\n", rq.error);
         return;
     }
     if (rq.complete) {
@@ -3512,10 +3509,7 @@ static void *kvx__boot_io_main(void *arg) {
         kvx__boot_housekeeping(b);
     }
     kvx__boot_adopt(b);
-    for (i = 0; i < b->nconns; i++) {
-        kvx__boot_conn_shut(b->conns[i]);
-        kvx__boot_conn_unref(b->conns[i]);
-    }
+    kvx__boot_conns_close(b->conns, b->nconns);
     b->nconns = 0;
     kvx_engine_free(b->engine, pf);
     return NULL;
@@ -3763,11 +3757,7 @@ typedef struct kvx__boot_res {
 } kvx__boot_res;
 
 static void kvx__boot_res_free(kvx_boot *b, kvx__boot_res *rs) {
-    uint32_t i;
-    for (i = 0; i < rs->nconns; i++) {
-        kvx__boot_conn_shut(rs->conns[i]);
-        kvx__boot_conn_unref(rs->conns[i]);
-    }
+    kvx__boot_conns_close(rs->conns, rs->nconns);
     kvx_engine_free(b->engine, rs->conns);
     memset(rs, 0, sizeof *rs);
 }
@@ -4274,7 +4264,7 @@ KVX_API void kvx_boot_room_close(kvx_boot *b, kvx_room *r) {
     br = kvx__boot_find(b, kvx_room_id(r));
     if (!br || br->room != r) { pthread_mutex_unlock(&b->mu); return; }
     kvx__htab_remove(&b->rooms, &br->hn);
-    if (kvx_room_poll(r) == KVX_POLL_FAILED) kvx__boot_count_failure(b, kvx_room_result(r));
+    if (kvx_room_poll(r) == KVX_POLL_FAILED) kvx__boot_tally_add(b->failures, &b->nfailures, (int)kvx_room_result(r), 1);
     pthread_mutex_unlock(&b->mu);
     kvx__boot_br_unref(br);
 }
@@ -4547,24 +4537,14 @@ static void kvx__boot_free(kvx_boot *b) {
         }
     kvx__htab_free(&b->rooms, &kvx_engine_settings(b->engine)->allocator);
     while ((p = b->peers) != NULL) {
-        uint32_t k;
         b->peers = p->next;
-        for (k = 0; k < p->nconns; k++) {
-            kvx__boot_conn_shut(p->conns[k]);
-            kvx__boot_conn_unref(p->conns[k]);
-        }
+        kvx__boot_conns_close(p->conns, p->nconns);
         kvx_engine_free(b->engine, p->conns);
         kvx_engine_free(b->engine, p);
     }
-    for (i = 0; i < b->nincoming; i++) {
-        kvx__boot_conn_shut(b->incoming[i]);
-        kvx__boot_conn_unref(b->incoming[i]);
-    }
+    kvx__boot_conns_close(b->incoming, b->nincoming);
     kvx_engine_free(b->engine, b->incoming);
-    for (i = 0; i < b->nconns; i++) {
-        kvx__boot_conn_shut(b->conns[i]);
-        kvx__boot_conn_unref(b->conns[i]);
-    }
+    kvx__boot_conns_close(b->conns, b->nconns);
     kvx_engine_free(b->engine, b->conns);
     kvx_engine_free(b->engine, b->live);
     kvx_engine_free(b->engine, b->srv.ranks);
