@@ -1464,15 +1464,23 @@ static void kvx__boot_relay(kvx_room *r, kvx_result res, const char *reason, con
     else kvx_room_fail_remote(r, res, "%s: %s", who, reason);
 }
 
+/* Makes room for one more element of the array *pv (a pointer to the
+   array's pointer) holding n of capacity *cap, doubling from 16. 0 ok, -1
+   out of memory. */
+static int kvx__boot_reserve(const kvx_boot *b, void *pv, size_t n, size_t *cap, size_t elem) {
+    void *v, *nv;
+    size_t nc = *cap ? *cap * 2 : 16;
+    if (n < *cap) return 0;
+    memcpy(&v, pv, sizeof v);
+    if (!(nv = kvx__boot_grow(b, v, n * elem, nc * elem))) return -1;
+    memcpy(pv, &nv, sizeof nv);
+    *cap = nc;
+    return 0;
+}
+
 static void kvx__boot_vec_push(kvx__boot_vec *v, kvx__boot_br *br) {
-    if (v->n == v->cap) {
-        size_t nc = v->cap ? v->cap * 2 : 16;
-        kvx__boot_br **nv =
-            (kvx__boot_br **)kvx__boot_grow(br->boot, v->v, v->n * sizeof *nv, nc * sizeof *nv);
-        if (!nv) return; /* the room then misses this notice; it still times out */
-        v->v = nv;
-        v->cap = nc;
-    }
+    if (kvx__boot_reserve(br->boot, &v->v, v->n, &v->cap, sizeof *v->v))
+        return; /* the room then misses this notice; it still times out */
     KVX__ADD(&br->refs, 1);
     v->v[v->n++] = br;
 }
@@ -1836,14 +1844,8 @@ static kvx_result kvx__boot_conn_status(kvx__boot_conn *c, uint64_t room, kvx_po
 static void kvx__boot_live_locked(kvx_boot *b, kvx__boot_conn *c, int on) {
     size_t i;
     if (on && !c->gone && !c->live) {
-        if (b->nlive == b->clive) {
-            size_t nc = b->clive ? b->clive * 2 : 16;
-            kvx__boot_conn **nv = (kvx__boot_conn **)kvx__boot_grow(
-                b, b->live, b->nlive * sizeof *nv, nc * sizeof *nv);
-            if (!nv) return; /* unreachable for messages; everything else works */
-            b->live = nv;
-            b->clive = nc;
-        }
+        if (kvx__boot_reserve(b, &b->live, b->nlive, &b->clive, sizeof *b->live))
+            return; /* unreachable for messages; everything else works */
         b->live[b->nlive++] = c;
         c->live = 1;
     } else if (!on) {
@@ -2269,7 +2271,7 @@ static void kvx__boot_route_get(kvx_boot *b, kvx__boot_conn *c, const kvx_boot_h
     static const char *keys[4] = {"prefill_dp_rank", "prefill_cp_rank", "target_tp_rank",
                                   "target_pp_rank"};
     int32_t v[4];
-    int k, status = 200, total;
+    int k, status = 200, total, all;
     kvx__boot_server *s = &b->srv;
     kvx__buf o;
     memset(&o, 0, sizeof o);
@@ -2283,32 +2285,27 @@ static void kvx__boot_route_get(kvx_boot *b, kvx__boot_conn *c, const kvx_boot_h
     }
     pthread_mutex_lock(&b->mu);
     total = s->ranks ? s->tp * s->cp * s->dp * s->pp : 0;
-    if (v[0] == -1 && v[1] == -1 && v[2] == -1 && v[3] == -1) {
-        if (!s->ranks || s->registered < total) {
-            status = 503;
-            kvx__buf_printf(&o, "Prefill server not fully registered yet: %d of %d ranks.\n",
-                           s->registered, total);
-        } else {
-            kvx__buf_printf(&o, "{\"attn_tp_size\":%d,\"attn_cp_size\":%d,\"dp_size\":%d,"
-                               "\"pp_size\":%d,\"page_size\":%d,\"kv_cache_dtype\":",
-                           s->tp, s->cp, s->dp, s->pp, s->page_size);
-            kvx__buf_json_str(&o, s->dtype[0] ? s->dtype : "auto");
-            kvx__buf_printf(&o, ",\"follow_bootstrap_room\":true,\"prefill_http_port\":%d,"
-                               "\"kvx_heartbeat\":\"control\"}", s->http_port);
-        }
-    } else if (!s->ranks) {
+    all = v[0] == -1 && v[1] == -1 && v[2] == -1 && v[3] == -1; /* all -1: server info */
+    if (!all && !s->ranks) {
         status = 503;
         kvx__buf_printf(&o, "Prefill server not fully registered yet: no rank registered.\n");
-    } else if (v[0] < 0 || v[0] >= s->dp || v[1] < 0 || v[1] >= s->cp || v[2] < 0 ||
-               v[2] >= s->tp || v[3] < 0 || v[3] >= s->pp) {
+    } else if (!all && (v[0] < 0 || v[0] >= s->dp || v[1] < 0 || v[1] >= s->cp || v[2] < 0 ||
+                        v[2] >= s->tp || v[3] < 0 || v[3] >= s->pp)) {
         status = 404;
         kvx__buf_printf(&o, "Bootstrap info not Found: no rank dp %ld, cp %ld, tp %ld, pp %ld "
                            "(sizes dp %d, cp %d, tp %d, pp %d).\n",
                        (long)v[0], (long)v[1], (long)v[2], (long)v[3], s->dp, s->cp, s->tp, s->pp);
-    } else if (s->registered < total) {
+    } else if (!s->ranks || s->registered < total) {
         status = 503;
         kvx__buf_printf(&o, "Prefill server not fully registered yet: %d of %d ranks.\n",
                        s->registered, total);
+    } else if (all) {
+        kvx__buf_printf(&o, "{\"attn_tp_size\":%d,\"attn_cp_size\":%d,\"dp_size\":%d,"
+                           "\"pp_size\":%d,\"page_size\":%d,\"kv_cache_dtype\":",
+                       s->tp, s->cp, s->dp, s->pp, s->page_size);
+        kvx__buf_json_str(&o, s->dtype[0] ? s->dtype : "auto");
+        kvx__buf_printf(&o, ",\"follow_bootstrap_room\":true,\"prefill_http_port\":%d,"
+                           "\"kvx_heartbeat\":\"control\"}", s->http_port);
     } else {
         const kvx__boot_rank *slot =
             &s->ranks[(((size_t)v[0] * (size_t)s->cp + (size_t)v[1]) * (size_t)s->tp +
@@ -2501,18 +2498,18 @@ static void kvx__boot_rooms(kvx_boot *b, kvx__boot_conn *c) {
     kvx__buf_free(&o);
 }
 
-static int kvx__boot_is(const kvx_boot_http_request *rq, const char *path) {
-    return rq->path_len == strlen(path) && memcmp(rq->path, path, rq->path_len) == 0;
+static int kvx__boot_eq(const char *s, size_t n, const char *lit) {
+    return n == strlen(lit) && memcmp(s, lit, n) == 0;
 }
-static int kvx__boot_method(const kvx_boot_http_request *rq, const char *m) {
-    return rq->method_len == strlen(m) && memcmp(rq->method, m, rq->method_len) == 0;
+static int kvx__boot_is(const kvx_boot_http_request *rq, const char *path) {
+    return kvx__boot_eq(rq->path, rq->path_len, path);
 }
 
 static void kvx__boot_http_route(kvx_boot *b, kvx__boot_conn *c, const kvx_boot_http_request *rq) {
-    int get = kvx__boot_method(rq, "GET");
+    int get = kvx__boot_eq(rq->method, rq->method_len, "GET");
     if (kvx__boot_is(rq, "/route")) {
         if (get) kvx__boot_route_get(b, c, rq);
-        else if (kvx__boot_method(rq, "PUT")) kvx__boot_route_put(b, c, rq);
+        else if (kvx__boot_eq(rq->method, rq->method_len, "PUT")) kvx__boot_route_put(b, c, rq);
         else kvx__boot_http_respond(b, c, 405, "text/plain; charset=utf-8", "use GET or PUT\n", 15,
                                     "Allow: GET, PUT\r\n");
         return;
@@ -3290,14 +3287,7 @@ static void kvx__boot_drop(kvx_boot *b, kvx__boot_conn *c, const char *reason) {
 
 /* Takes the caller's reference. */
 static int kvx__boot_io_add(kvx_boot *b, kvx__boot_conn *c) {
-    if (b->nconns == b->cconns) {
-        size_t nc = b->cconns ? b->cconns * 2 : 16;
-        kvx__boot_conn **nv =
-            (kvx__boot_conn **)kvx__boot_grow(b, b->conns, b->nconns * sizeof *nv, nc * sizeof *nv);
-        if (!nv) return -1;
-        b->conns = nv;
-        b->cconns = nc;
-    }
+    if (kvx__boot_reserve(b, &b->conns, b->nconns, &b->cconns, sizeof *b->conns)) return -1;
     b->conns[b->nconns++] = c;
     return 0;
 }
@@ -3934,13 +3924,10 @@ static void kvx__boot_resolve_job(void *arg) {
         for (k = 0; k < p->nconns; k++) {
             kvx__boot_conn *c = p->conns[k];
             c->gen = p->gen;
-            if (b->nincoming == b->cincoming) {
-                size_t nc = b->cincoming ? b->cincoming * 2 : 16;
-                kvx__boot_conn **ni = (kvx__boot_conn **)kvx__boot_grow(
-                    b, b->incoming, b->nincoming * sizeof *ni, nc * sizeof *ni);
-                if (!ni) { KVX__STORE(&c->want_close, 1); continue; }
-                b->incoming = ni;
-                b->cincoming = nc;
+            if (kvx__boot_reserve(b, &b->incoming, b->nincoming, &b->cincoming,
+                                  sizeof *b->incoming)) {
+                KVX__STORE(&c->want_close, 1);
+                continue;
             }
             kvx__boot_conn_ref(c);
             b->incoming[b->nincoming++] = c;
