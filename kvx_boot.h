@@ -678,18 +678,10 @@ static void kvx__boot_copy(char *out, size_t n, const char *s) {
 #define KVX__BOOT_ABORT_FIXED 12
 #define KVX__BOOT_MAGIC "kvx-boot"
 
-static const char *kvx__boot_type_name(uint32_t t) {
-    switch (t) {
-    case KVX_BOOT_FRAME_HELLO: return "hello";
-    case KVX_BOOT_FRAME_ROOM: return "room";
-    case KVX_BOOT_FRAME_STATUS: return "status";
-    case KVX_BOOT_FRAME_ABORT: return "abort";
-    case KVX_BOOT_FRAME_PING: return "ping";
-    case KVX_BOOT_FRAME_PONG: return "pong";
-    case KVX_BOOT_FRAME_AUTH: return "auth";
-    case KVX_BOOT_FRAME_TRANSPORT: return "transport";
-    }
-    return "unknown";
+static const char *kvx__boot_type_name(uint32_t t) { /* by kvx_boot_frame_type */
+    static const char *const names[] = {"unknown", "hello", "room", "status", "abort",
+                                        "ping",    "pong",  "auth", "transport"};
+    return t < KVX__COUNT(names) ? names[t] : "unknown";
 }
 
 /* The largest body a frame of this type may have, so a peer cannot make
@@ -1520,15 +1512,6 @@ static int kvx__boot_is_loopback(const struct sockaddr *sa) {
     return 0;
 }
 
-static kvx_result kvx__boot_listen(const char *host, int port, const char *what, int *fd_out,
-                                   int *bound, char *why, size_t wl) {
-    int err;
-    if ((*fd_out = kvx__listen(host, port, 1024, bound, &err)) >= 0) return KVX_OK;
-    kvx__set_why(why, wl, "cannot listen on %s:%d for the %s: %s%s", host, port, what, kvx__errstr(err),
-                 err == EADDRINUSE ? " (another process has this port; set KVX_BOOTSTRAP_PORT)" : "");
-    return KVX_ERR_IO;
-}
-
 /* Reads until n bytes, EOF or the deadline. Returns bytes read, -1 on error. */
 static ssize_t kvx__boot_recv_some(int fd, void *p, size_t n, uint64_t deadline_ns) {
     for (;;) {
@@ -2197,22 +2180,15 @@ static void kvx__boot_reg_json(kvx_boot *b, kvx__buf *o) {
 }
 
 static const char *kvx__boot_reason_phrase(int st) {
-    switch (st) {
-    case 100: return "Continue";
-    case 200: return "OK";
-    case 400: return "Bad Request";
-    case 403: return "Forbidden";
-    case 404: return "Not Found";
-    case 405: return "Method Not Allowed";
-    case 408: return "Request Timeout";
-    case 413: return "Content Too Large";
-    case 417: return "Expectation Failed";
-    case 431: return "Request Header Fields Too Large";
-    case 500: return "Internal Server Error";
-    case 501: return "Not Implemented";
-    case 503: return "Service Unavailable";
-    case 505: return "HTTP Version Not Supported";
-    }
+    static const struct { int st; const char *text; } t[] = {
+        {100, "Continue"}, {200, "OK"}, {400, "Bad Request"}, {403, "Forbidden"},
+        {404, "Not Found"}, {405, "Method Not Allowed"}, {408, "Request Timeout"},
+        {413, "Content Too Large"}, {417, "Expectation Failed"},
+        {431, "Request Header Fields Too Large"}, {500, "Internal Server Error"},
+        {501, "Not Implemented"}, {503, "Service Unavailable"}, {505, "HTTP Version Not Supported"}};
+    size_t i;
+    for (i = 0; i < KVX__COUNT(t); i++)
+        if (t[i].st == st) return t[i].text;
     return "Unknown";
 }
 
@@ -4567,10 +4543,14 @@ KVX_API void kvx_boot_destroy(kvx_boot *b) {
    the I/O thread's list. */
 static kvx_result kvx__boot_add_listener(kvx_boot *b, int kind, int port, const char *what,
                                          int *port_out, char *why, size_t wl) {
-    int fd = -1;
+    int err, fd = kvx__listen(b->host, port, 1024, port_out, &err);
     kvx__boot_conn *c;
-    kvx_result r = kvx__boot_listen(b->host, port, what, &fd, port_out, why, wl);
-    if (r) return r;
+    if (fd < 0) {
+        kvx__set_why(why, wl, "cannot listen on %s:%d for the %s: %s%s", b->host, port, what,
+                     kvx__errstr(err), err == EADDRINUSE ? " (another process has this port; set "
+                                                           "KVX_BOOTSTRAP_PORT)" : "");
+        return KVX_ERR_IO;
+    }
     c = kvx__boot_conn_new(b, kind, fd);
     if (!c || kvx__boot_io_add(b, c)) {
         if (c) kvx__boot_conn_unref(c);
