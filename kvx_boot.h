@@ -846,33 +846,28 @@ KVX_API kvx_result kvx_boot_frame_decode(const void *buf, size_t len, kvx_boot_f
         break;
     }
     case KVX_BOOT_FRAME_STATUS:
-        if (blen < KVX__BOOT_STATUS_FIXED)
-            return kvx__boot_bad(why, wl, "status frame of %u bytes is too short", blen);
+    case KVX_BOOT_FRAME_ABORT: { /* the reason length is the last fixed field */
+        uint32_t fixed = type == KVX_BOOT_FRAME_ABORT ? KVX__BOOT_ABORT_FIXED : KVX__BOOT_STATUS_FIXED;
+        if (blen < fixed)
+            return kvx__boot_bad(why, wl, "%s frame of %u bytes is too short",
+                                 kvx__boot_type_name(type), blen);
         f->room = kvx__le_r64(b);
-        f->bytes = kvx__le_r64(b + 8);
-        f->state = (int32_t)kvx__le_r32(b + 16);
-        f->result = (int32_t)kvx__le_r32(b + 20);
-        f->reason_len = kvx__le_r32(b + 24);
-        if (f->state < KVX_POLL_FAILED || f->state > KVX_POLL_SUCCESS)
-            return kvx__boot_bad(why, wl, "room %llu: status with state %ld",
-                                 (unsigned long long)f->room, (long)f->state);
-        if (f->reason_len > KVX_BOOT_MAX_REASON ||
-            (uint64_t)blen != KVX__BOOT_STATUS_FIXED + (uint64_t)f->reason_len)
-            return kvx__boot_bad(why, wl, "room %llu: status reason of %u bytes in a %u-byte frame",
-                                 (unsigned long long)f->room, f->reason_len, blen);
-        f->reason = (const char *)b + KVX__BOOT_STATUS_FIXED;
+        f->reason_len = kvx__le_r32(b + fixed - 4);
+        if (type == KVX_BOOT_FRAME_STATUS) {
+            f->bytes = kvx__le_r64(b + 8);
+            f->state = (int32_t)kvx__le_r32(b + 16);
+            f->result = (int32_t)kvx__le_r32(b + 20);
+            if (f->state < KVX_POLL_FAILED || f->state > KVX_POLL_SUCCESS)
+                return kvx__boot_bad(why, wl, "room %llu: status with state %ld",
+                                     (unsigned long long)f->room, (long)f->state);
+        }
+        if (f->reason_len > KVX_BOOT_MAX_REASON || (uint64_t)blen != fixed + (uint64_t)f->reason_len)
+            return kvx__boot_bad(why, wl, "room %llu: %s reason of %u bytes in a %u-byte frame",
+                                 (unsigned long long)f->room, kvx__boot_type_name(type),
+                                 f->reason_len, blen);
+        f->reason = (const char *)b + fixed;
         break;
-    case KVX_BOOT_FRAME_ABORT:
-        if (blen < KVX__BOOT_ABORT_FIXED)
-            return kvx__boot_bad(why, wl, "abort frame of %u bytes is too short", blen);
-        f->room = kvx__le_r64(b);
-        f->reason_len = kvx__le_r32(b + 8);
-        if (f->reason_len > KVX_BOOT_MAX_REASON ||
-            (uint64_t)blen != KVX__BOOT_ABORT_FIXED + (uint64_t)f->reason_len)
-            return kvx__boot_bad(why, wl, "room %llu: abort reason of %u bytes in a %u-byte frame",
-                                 (unsigned long long)f->room, f->reason_len, blen);
-        f->reason = (const char *)b + KVX__BOOT_ABORT_FIXED;
-        break;
+    }
     case KVX_BOOT_FRAME_PING:
     case KVX_BOOT_FRAME_PONG:
         if (blen != 8)
@@ -1282,6 +1277,16 @@ typedef struct kvx__boot_conn {
     kvx_boot_peer info;
 } kvx__boot_conn;
 
+/* What resolving a prefill instance found. */
+typedef struct kvx__boot_res {
+    int tp, cp, dp, pp;
+    int ctrl_ping;          /* the server info said "kvx_heartbeat":"control" */
+    uint32_t per_dp;        /* target ranks per dp rank */
+    uint16_t peer_index, peer_count;
+    kvx__boot_conn **conns; /* dp * per_dp */
+    uint32_t nconns;
+} kvx__boot_res;
+
 /* A decode engine's view of one prefill instance (one bootstrap address). */
 struct kvx__boot_pf {
     kvx_boot *boot;
@@ -1291,14 +1296,9 @@ struct kvx__boot_pf {
     /* under boot->mu */
     int state;
     uint64_t gen;
-    int tp, cp, dp, pp;
-    uint32_t per_dp;  /* target ranks per dp rank */
-    uint16_t peer_index, peer_count;
-    kvx__boot_conn **conns; /* dp * per_dp */
-    uint32_t nconns;
+    kvx__boot_res r; /* the last resolve's */
     int hb_failures;
     uint64_t next_hb_ns;
-    int ctrl_ping;        /* the server info said "kvx_heartbeat":"control" */
     uint64_t ping_sent_ns, ping_seq;
     kvx__boot_pf *next;
 };
@@ -3025,7 +3025,7 @@ static void kvx__boot_peer_dead_locked(kvx_boot *b, kvx__boot_pf *p, kvx__boot_v
     size_t i;
     uint32_t k;
     p->state = KVX__BOOT_PF_DEAD;
-    for (k = 0; k < p->nconns; k++) KVX__STORE(&p->conns[k]->want_close, 1);
+    for (k = 0; k < p->r.nconns; k++) KVX__STORE(&p->r.conns[k]->want_close, 1);
     for (i = 0; i < b->rooms.nb; i++) {
         kvx__boot_br *br;
         for (br = kvx__boot_at(b->rooms.b[i]); br; br = kvx__boot_at(br->hn.hnext))
@@ -3714,14 +3714,6 @@ static kvx_result kvx__boot_ctrl_connect(kvx_boot *b, kvx__boot_pf *p, const cha
     return KVX_ERR_PEER;
 }
 
-typedef struct kvx__boot_res {
-    int tp, cp, dp, pp, ctrl_ping;
-    uint32_t per_dp;
-    uint16_t peer_index, peer_count;
-    kvx__boot_conn **conns;
-    uint32_t nconns;
-} kvx__boot_res;
-
 static void kvx__boot_res_free(kvx_boot *b, kvx__boot_res *rs) {
     kvx__boot_conns_close(rs->conns, rs->nconns);
     kvx_engine_free(b->engine, rs->conns);
@@ -3848,12 +3840,12 @@ static kvx_result kvx__boot_resolve(kvx_boot *b, kvx__boot_pf *p, kvx__boot_res 
 
 /* Under boot->mu: points a decode room at its target connections. */
 static int kvx__boot_assign(kvx__boot_br *br, kvx__boot_pf *p) {
-    uint32_t dp = (uint32_t)(br->id % (uint64_t)p->dp), k;
-    for (k = 0; k < p->per_dp; k++)
-        if (kvx__boot_br_add_conn(br, p->conns[dp * p->per_dp + k], 0)) return -1;
+    uint32_t dp = (uint32_t)(br->id % (uint64_t)p->r.dp), k;
+    for (k = 0; k < p->r.per_dp; k++)
+        if (kvx__boot_br_add_conn(br, p->r.conns[dp * p->r.per_dp + k], 0)) return -1;
     br->gen = p->gen;
-    br->peer_index = p->peer_index;
-    br->peer_count = p->peer_count;
+    br->peer_index = p->r.peer_index;
+    br->peer_count = p->r.peer_count;
     br->waiting = 0;
     return 0;
 }
@@ -3883,22 +3875,16 @@ static void kvx__boot_resolve_job(void *arg) {
         snprintf(why, sizeof why, "the engine is shutting down");
     }
     if (res == KVX_OK) {
-        old = p->conns;
-        nold = p->nconns;
+        old = p->r.conns;
+        nold = p->r.nconns;
         p->gen++;
-        p->conns = rs.conns;
-        p->nconns = rs.nconns;
-        p->tp = rs.tp; p->cp = rs.cp; p->dp = rs.dp; p->pp = rs.pp;
-        p->per_dp = rs.per_dp;
-        p->ctrl_ping = rs.ctrl_ping;
+        p->r = rs;
         p->ping_sent_ns = 0;
-        p->peer_index = rs.peer_index;
-        p->peer_count = rs.peer_count;
         p->state = KVX__BOOT_PF_READY;
         p->hb_failures = 0;
         p->next_hb_ns = kvx_now_ns() + (uint64_t)(b->hb_interval * 1e9);
-        for (k = 0; k < p->nconns; k++) {
-            kvx__boot_conn *c = p->conns[k];
+        for (k = 0; k < p->r.nconns; k++) {
+            kvx__boot_conn *c = p->r.conns[k];
             c->gen = p->gen;
             if (kvx__boot_reserve(b, &b->incoming, b->nincoming, &b->cincoming,
                                   sizeof *b->incoming)) {
@@ -3932,12 +3918,12 @@ static void kvx__boot_resolve_job(void *arg) {
     if (res == KVX_OK) {
         kvx_engine_log(b->engine, KVX_LOG_INFO, "kvx.boot", 0,
                        "prefill %s: tp %d, cp %d, dp %d, pp %d; %u control connections up",
-                       p->addr, p->tp, p->cp, p->dp, p->pp, p->nconns);
+                       p->addr, p->r.tp, p->r.cp, p->r.dp, p->r.pp, p->r.nconns);
         if (b->hooks.on_connect) {
             pthread_mutex_lock(&b->mu);
-            nold = p->nconns;
+            nold = p->r.nconns;
             old = (kvx__boot_conn **)kvx_engine_alloc(b->engine, (nold ? nold : 1) * sizeof *old);
-            for (k = 0; old && k < nold; k++) { old[k] = p->conns[k]; kvx__boot_conn_ref(old[k]); }
+            for (k = 0; old && k < nold; k++) { old[k] = p->r.conns[k]; kvx__boot_conn_ref(old[k]); }
             pthread_mutex_unlock(&b->mu);
             for (k = 0; old && k < nold; k++) {
                 b->hooks.on_connect(b, &old[k]->info);
@@ -3993,17 +3979,17 @@ static void kvx__boot_hb_ping(kvx_boot *b, kvx__boot_pf *p) {
     uint32_t k;
     int ok = 1;
     uint64_t now = kvx_now_ns();
-    for (k = 0; p->ping_sent_ns && k < p->nconns && ok; k++)
-        if (KVX__LOAD(&p->conns[k]->last_rx_ns) < p->ping_sent_ns) {
+    for (k = 0; p->ping_sent_ns && k < p->r.nconns && ok; k++)
+        if (KVX__LOAD(&p->r.conns[k]->last_rx_ns) < p->ping_sent_ns) {
             ok = 0;
             snprintf(err, sizeof err, "rank %s did not answer a ping on its control connection "
-                     "within %.1f s", p->conns[k]->addr, (double)(now - p->ping_sent_ns) / 1e9);
+                     "within %.1f s", p->r.conns[k]->addr, (double)(now - p->ping_sent_ns) / 1e9);
         }
     p->ping_sent_ns = now;
     p->ping_seq++;
     kvx__boot_hdr(ping, 8, KVX_BOOT_FRAME_PING);
     kvx__le_w64(ping + KVX__BOOT_HDR, p->ping_seq);
-    for (k = 0; k < p->nconns; k++) kvx__boot_conn_send(p->conns[k], ping, sizeof ping);
+    for (k = 0; k < p->r.nconns; k++) kvx__boot_conn_send(p->r.conns[k], ping, sizeof ping);
     kvx__boot_hb_result(b, p, ok, err);
 }
 
@@ -4020,7 +4006,7 @@ static void *kvx__boot_hb_main(void *arg) {
             if (p->next_hb_ns <= now) { due = p; break; }
             if (p->next_hb_ns < next) next = p->next_hb_ns;
         }
-        if (due && due->ctrl_ping) {
+        if (due && due->r.ctrl_ping) {
             kvx__boot_hb_ping(b, due);
             continue;
         }
@@ -4501,8 +4487,8 @@ static void kvx__boot_free(kvx_boot *b) {
     kvx__htab_free(&b->rooms, &kvx_engine_settings(b->engine)->allocator);
     while ((p = b->peers) != NULL) {
         b->peers = p->next;
-        kvx__boot_conns_close(p->conns, p->nconns);
-        kvx_engine_free(b->engine, p->conns);
+        kvx__boot_conns_close(p->r.conns, p->r.nconns);
+        kvx_engine_free(b->engine, p->r.conns);
         kvx_engine_free(b->engine, p);
     }
     kvx__boot_conns_close(b->incoming, b->nincoming);
