@@ -1923,16 +1923,21 @@ static kvx__boot_br *kvx__boot_br_new(kvx_boot *b, uint64_t id) {
     return br;
 }
 
+/* Frees the kept frame f and every one after it. */
 static void kvx__boot_pframe_free(kvx__boot_pframe *f) {
-    if (f->cost) {
-        KVX__SUB(&f->conn->pend_bytes, f->cost);
-        KVX__SUB(&f->conn->boot->mem_total, f->cost);
+    while (f) {
+        kvx__boot_pframe *nx = f->next;
+        kvx_engine *e = f->conn->boot->engine;
+        if (f->cost) {
+            KVX__SUB(&f->conn->pend_bytes, f->cost);
+            KVX__SUB(&f->conn->boot->mem_total, f->cost);
+        }
+        kvx__boot_conn_unref(f->conn);
+        kvx_engine_free(e, f->pages);
+        kvx_engine_free(e, f->reason);
+        kvx_engine_free(e, f);
+        f = nx;
     }
-    kvx_engine *e = f->conn->boot->engine;
-    kvx__boot_conn_unref(f->conn);
-    kvx_engine_free(e, f->pages);
-    kvx_engine_free(e, f->reason);
-    kvx_engine_free(e, f);
 }
 
 /* Never called with boot->mu held: the room's last reference may run the
@@ -1941,11 +1946,7 @@ static void kvx__boot_br_unref(kvx__boot_br *br) {
     kvx_engine *e = br ? br->boot->engine : NULL;
     uint32_t i;
     if (!br || KVX__SUB(&br->refs, 1) != 0) return;
-    while (br->frames) {
-        kvx__boot_pframe *f = br->frames;
-        br->frames = f->next;
-        kvx__boot_pframe_free(f);
-    }
+    kvx__boot_pframe_free(br->frames);
     for (i = 0; i < br->nconns; i++) kvx__boot_conn_unref(br->conns[i]);
     if (br->conns != br->inl) { kvx_engine_free(e, br->conns); kvx_engine_free(e, br->tag); }
     if (br->room) kvx_room_unref(br->room);
@@ -1982,22 +1983,21 @@ static int kvx__boot_br_add_conn(kvx__boot_br *br, kvx__boot_conn *c, uint32_t t
     return 0;
 }
 
-/* Copies the room's connections (referenced) so frames can be sent
-   without boot->mu. Returns the count; *out must be freed with
-   kvx__boot_conns_release. */
-static uint32_t kvx__boot_br_conns(kvx__boot_br *br, kvx__boot_conn ***out, kvx__boot_conn **stack,
-                                 uint32_t stack_n) {
-    kvx__boot_conn **v = br->nconns <= stack_n ? stack
-                                           : (kvx__boot_conn **)kvx_engine_alloc(
-                                                 br->boot->engine, br->nconns * sizeof *v);
+/* Copies n connections (referenced; a room's or a prefill's, under
+   boot->mu) so frames can be sent without boot->mu. Returns the count;
+   *out (NULL: out of memory) must be freed with kvx__boot_conns_release. */
+static uint32_t kvx__boot_conns_copy(kvx_boot *b, kvx__boot_conn **src, uint32_t n,
+                                     kvx__boot_conn ***out, kvx__boot_conn **stack) {
+    kvx__boot_conn **v = n <= 4 ? stack
+                                : (kvx__boot_conn **)kvx_engine_alloc(b->engine, n * sizeof *v);
     uint32_t i;
     *out = v;
     if (!v) return 0;
-    for (i = 0; i < br->nconns; i++) {
-        v[i] = br->conns[i];
+    for (i = 0; i < n; i++) {
+        v[i] = src[i];
         kvx__boot_conn_ref(v[i]);
     }
-    return br->nconns;
+    return n;
 }
 
 /* Closes n connections and drops the caller's references. */
@@ -2627,7 +2627,7 @@ static void kvx__boot_tell(kvx_boot *b, kvx_room *r, const char *reason, kvx_res
     if (!br || br->room != r || br->told) { pthread_mutex_unlock(&b->mu); return; }
     br->told = 1;
     if (br->nconns && (b->role == KVX_ROLE_PREFILL || br->inited))
-        n = kvx__boot_br_conns(br, &cs, stack, 4);
+        n = kvx__boot_conns_copy(b, br->conns, br->nconns, &cs, stack);
     pthread_mutex_unlock(&b->mu);
     for (i = 0; cs && i < n; i++) /* prefill: status Failed; decode: abort */
         kvx__boot_conn_frame(cs[i], b->role == KVX_ROLE_PREFILL ? KVX_BOOT_FRAME_STATUS
@@ -3069,6 +3069,7 @@ static void kvx__boot_conn_lost(kvx_boot *b, kvx__boot_conn *c, const char *reas
                         kvx__boot_pframe *fr = *fp;
                         if (fr->conn == c) {
                             *fp = fr->next;
+                            fr->next = NULL;
                             b->pending_pages -= fr->n;
                             kvx__boot_pframe_free(fr);
                             continue;
@@ -3920,16 +3921,12 @@ static void kvx__boot_resolve_job(void *arg) {
                        "prefill %s: tp %d, cp %d, dp %d, pp %d; %u control connections up",
                        p->addr, p->r.tp, p->r.cp, p->r.dp, p->r.pp, p->r.nconns);
         if (b->hooks.on_connect) {
+            kvx__boot_conn *stack[4];
             pthread_mutex_lock(&b->mu);
-            nold = p->r.nconns;
-            old = (kvx__boot_conn **)kvx_engine_alloc(b->engine, (nold ? nold : 1) * sizeof *old);
-            for (k = 0; old && k < nold; k++) { old[k] = p->r.conns[k]; kvx__boot_conn_ref(old[k]); }
+            nold = kvx__boot_conns_copy(b, p->r.conns, p->r.nconns, &old, stack);
             pthread_mutex_unlock(&b->mu);
-            for (k = 0; old && k < nold; k++) {
-                b->hooks.on_connect(b, &old[k]->info);
-                kvx__boot_conn_unref(old[k]);
-            }
-            kvx_engine_free(b->engine, old);
+            for (k = 0; k < nold; k++) b->hooks.on_connect(b, &old[k]->info);
+            if (old) kvx__boot_conns_release(b, old, nold, stack);
         }
     } else {
         kvx_engine_log(b->engine, KVX_LOG_ERROR, "kvx.boot", 0, "%s", why);
@@ -4191,11 +4188,7 @@ KVX_API kvx_result kvx_boot_room_open(kvx_boot *b, kvx_room *r) {
             }
         }
     }
-    while (frames) {
-        f = frames;
-        frames = f->next;
-        kvx__boot_pframe_free(f);
-    }
+    kvx__boot_pframe_free(frames);
     kvx__boot_br_unref(br);
     return KVX_OK;
 }
@@ -4238,7 +4231,7 @@ KVX_API kvx_result kvx_boot_receiver_init(kvx_boot *b, kvx_room *r, const int32_
     br->inited = 1;
     idx = br->peer_index;
     count = br->peer_count ? br->peer_count : 1;
-    nc = kvx__boot_br_conns(br, &cs, stack, 4);
+    nc = kvx__boot_conns_copy(b, br->conns, br->nconns, &cs, stack);
     pthread_mutex_unlock(&b->mu);
     if (!cs) return KVX_ERR_NO_MEMORY;
     kvx__boot_room_head(head, kvx_room_id(r), aux_index, n, idx, count);
@@ -4282,7 +4275,7 @@ KVX_API kvx_result kvx_boot_send_status(kvx_boot *b, kvx_room *r, kvx_poll state
         if (br->told) { pthread_mutex_unlock(&b->mu); return KVX_OK; } /* said once already */
         br->told = 1;
     }
-    nc = kvx__boot_br_conns(br, &cs, stack, 4);
+    nc = kvx__boot_conns_copy(b, br->conns, br->nconns, &cs, stack);
     pthread_mutex_unlock(&b->mu);
     if (!cs) return KVX_ERR_NO_MEMORY;
     for (i = 0; i < nc; i++) {
