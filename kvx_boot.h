@@ -248,32 +248,17 @@
      cp and pp: every rank. A receiver succeeds when every prefill rank it
      targets has reported status Success.
 
-   HOW A TRANSPORT USES IT
-     engine_init:  kvx_boot_create(e, &hooks, endpoint, len, &boot, why, wl)
-                   (endpoint: what the peer needs to reach this side's data
-                   plane; the peer's bytes arrive in kvx_boot_peer)
-     engine_fini:  kvx_boot_destroy(boot)
-     per peer:     kvx_boot_peer_send(boot, peer, msg, len, why, wl) sends a
-                   transport message on that peer's control connection;
-                   hooks.on_message receives the peer's
-     room_open:    kvx_boot_room_open(boot, r)
-     room_close:   kvx_boot_room_close(boot, r)
-     room_failed:  kvx_boot_room_failed(boot, r) (tells the peer once:
-                   status Failed / abort with the room's first reason)
-     room_abort:   kvx_boot_abort(boot, r, reason) (backends without
-                   room_failed)
-     decode receiver_init: kvx_boot_receiver_init(boot, r, pages, n, aux)
-     prefill:      hooks.on_room learns each destination; when the last
-                   byte is placed call kvx_boot_send_status(boot, r,
-                   KVX_POLL_SUCCESS, KVX_OK, bytes, NULL) after
-                   kvx_room_succeed (only when it stuck); on error fail the
-                   room and let room_failed tell the peer.
-     The receiver by default succeeds when every target rank sent Success
-     and fails with the prefill's reason on Failed (hooks.on_status may
-     take over). Lost connections, failed heartbeats and peer aborts fail
-     the rooms concerned with a sentence naming the peer, through
-     kvx_room_fail_remote (nothing is echoed back). A peer's reason that
-     already starts "room <id>: " is kept as is, followed by who reported it.
+   HOW A TRANSPORT USES IT (the declarations below say the rest)
+     engine_init / engine_fini: kvx_boot_create / kvx_boot_destroy; room_open,
+     room_close, room_failed: kvx_boot_room_open / _close / _failed (backends
+     without room_failed: kvx_boot_abort); decode receiver_init:
+     kvx_boot_receiver_init; per peer: kvx_boot_peer_send and hooks.on_message.
+     Prefill: hooks.on_room learns each destination; when the last byte is
+     placed call kvx_boot_send_status(boot, r, KVX_POLL_SUCCESS, KVX_OK,
+     bytes, NULL) after kvx_room_succeed (only when it stuck). Failures a peer
+     reports or causes reach rooms through kvx_room_fail_remote (nothing is
+     echoed back); a peer's reason that already starts "room <id>: " is kept
+     as is, followed by who reported it.
 
    TIMEOUTS AND FAILURES (decode side unless noted)
      Reaching the bootstrap server or a rank: KVX_BOOT_TRIES attempts, 2 s
@@ -292,26 +277,19 @@
      unfinished room) reaches the peer at once, once, with the first reason
      (room_failed); a room that reached Success sends nothing more.
 
-   SECURITY
-     Always: everything read is bounded and checked before use; every queue
-     a peer can fill has a byte budget (KVX_BOOT_MAX_CONN_BYTES per
-     connection, KVX_BOOT_MAX_TOTAL_BYTES in all); an abort is accepted only
-     from the connection that owns the room; a claimed destination cannot be
-     replaced; /rooms lists ids to loopback clients only; decode liveness
-     uses pings on the control connection, so a client holding every HTTP
-     slot cannot fail rooms in flight (it can still keep new decode
-     engines from resolving the prefill: bind to a private network).
-     Without a key (SGLang-compatible): anyone who reaches the ports can
-     register ranks (PUT /route), and, knowing or guessing a room id, claim
-     a room whose destination has not arrived yet, or take an unfilled
-     slot of a room served by several decode ranks. Bind them to a private
-     network (KVX_BOOTSTRAP_HOST).
-     With a key (KVX_AUTH_KEY / KVX_AUTH_KEY_FILE, the same on every
-     engine): every control connection proves the key both ways (above),
-     PUT /route carries a fresh MAC, /metrics and /rooms are loopback only.
-     Not covered: frames are not encrypted or MAC'd after the handshake
-     (someone who can rewrite packets on the path can still inject), and
-     GET /route and /health stay open.
+   SECURITY (each rule's trust note stands where the rule is described)
+     Everything read is bounded and checked before use; every queue a peer
+     can fill has a byte budget (KVX_BOOT_MAX_CONN_BYTES, _TOTAL_BYTES). A
+     client holding every HTTP slot cannot fail rooms in flight (liveness
+     uses control pings) but can keep new decode engines from resolving the
+     prefill. Without a key (SGLang-compatible): anyone who reaches the
+     ports can register ranks (PUT /route), and, knowing or guessing a room
+     id, claim a room whose destination has not arrived yet, or take an
+     unfilled slot of a room served by several decode ranks: bind them to a
+     private network (KVX_BOOTSTRAP_HOST). With a key (the same on every
+     engine): AUTHENTICATION and the HTTP server above. Not covered: frames
+     are not encrypted or MAC'd after the handshake (someone who can rewrite
+     packets on the path can still inject).
 
    LIMITS OF THIS VERSION
      The decode side's HTTP client and connects are blocking calls on its
@@ -2016,7 +1994,7 @@ static void kvx__boot_conns_release(kvx_boot *b, kvx__boot_conn **v, uint32_t n,
     if (v != stack) kvx_engine_free(b->engine, v);
 }
 
-static void kvx__boot_drop(kvx_boot *b, kvx__boot_conn *c, const char *reason);
+static int kvx__boot_drop(kvx_boot *b, kvx__boot_conn *c, const char *reason);
 static kvx_result kvx__boot_make_hello(kvx_boot *b, kvx__buf *out, const uint8_t *nonce,
                                        const uint8_t *proof);
 
@@ -2642,43 +2620,38 @@ static void kvx__boot_apply_room(kvx_boot *b, kvx__boot_br *br, kvx__boot_conn *
                                  const int32_t *pages, uint32_t n, int32_t aux, uint16_t idx,
                                  uint16_t count) {
     kvx_room *r = br->room;
-    int complete = 0, bad = 0;
-    uint32_t i, expected, prev;
-    char reason[KVX_ERROR_MAX];
+    int complete = 0, oom = 0;
+    uint32_t i;
+    char reason[KVX_ERROR_MAX] = "";
     kvx_result res;
+    /* the destination is claimed: a frame that does not fit it is refused
+       to its sender and does not touch the room */
     pthread_mutex_lock(&b->mu);
     if (!br->expected) br->expected = count;
-    expected = br->expected;
-    prev = br->dst_pages;
-    if (count != br->expected) bad = 1;
-    for (i = 0; !bad && i < br->nconns; i++)
-        if (br->tag[i] == idx) bad = 2;
-    if (!bad && br->nconns && n != br->dst_pages) bad = 4;
-    if (!bad && kvx__boot_br_add_conn(br, c, idx)) bad = 3;
-    if (!bad) {
+    for (i = 0; i < br->nconns && br->tag[i] != idx; i++) {}
+    if (count != br->expected)
+        snprintf(reason, sizeof reason, "room %llu: decode %s says %u decode ranks serve it, its "
+                 "destination already says %u; refused", (unsigned long long)br->id, c->addr,
+                 (unsigned)count, (unsigned)br->expected);
+    else if (i < br->nconns)
+        snprintf(reason, sizeof reason, "room %llu: decode %s sent a destination for a slot already "
+                 "claimed (peer index %u of %u); refused", (unsigned long long)br->id, c->addr,
+                 (unsigned)idx, (unsigned)count);
+    else if (br->nconns && n != br->dst_pages)
+        snprintf(reason, sizeof reason, "room %llu: decode %s asks for %u pages, the room's "
+                 "destination has %u; refused", (unsigned long long)br->id, c->addr, n,
+                 br->dst_pages);
+    else if (!(oom = kvx__boot_br_add_conn(br, c, idx) != 0)) {
         br->dst_pages = n;
         complete = br->nconns == br->expected;
     }
     pthread_mutex_unlock(&b->mu);
-    if (bad == 1 || bad == 2 || bad == 4) {
-        /* the destination is claimed: a frame that does not fit it is
-           refused to its sender and does not touch the room */
-        if (bad == 4)
-            snprintf(reason, sizeof reason, "room %llu: decode %s asks for %u pages, the room's "
-                     "destination has %u; refused", (unsigned long long)br->id, c->addr, n, prev);
-        else
-            snprintf(reason, sizeof reason,
-                     bad == 1 ? "room %llu: decode %s says %u decode ranks serve it, its "
-                                "destination already says %u; refused"
-                              : "room %llu: decode %s sent a destination for a slot already "
-                                "claimed (peer index %u of %u); refused",
-                     (unsigned long long)br->id, c->addr, bad == 1 ? (unsigned)count : (unsigned)idx,
-                     bad == 1 ? (unsigned)expected : (unsigned)count);
+    if (reason[0]) {
         kvx_engine_log(b->engine, KVX_LOG_WARN, "kvx.boot", br->id, "%s", reason);
         kvx__boot_conn_status(c, br->id, KVX_POLL_FAILED, KVX_ERR_PROTOCOL, 0, reason);
         return;
     }
-    if (bad == 3) {
+    if (oom) {
         kvx_room_fail(r, KVX_ERR_NO_MEMORY, "out of memory recording the destination of room %llu",
                       (unsigned long long)br->id);
         kvx__boot_conn_status(c, br->id, KVX_POLL_FAILED, KVX_ERR_NO_MEMORY, 0, "out of memory on prefill");
@@ -2902,33 +2875,25 @@ static int kvx__boot_answer_keyed(kvx_boot *b, kvx__boot_conn *c, const kvx_boot
     uint8_t proof[KVX_BOOT_PROOF];
     kvx__buf h;
     kvx_result r;
-    if (kvx__random_bytes(c->nonce_self, KVX_BOOT_NONCE) != KVX_OK) {
-        kvx__boot_drop(b, c, "no random bytes for a nonce");
-        return 1;
-    }
+    if (kvx__random_bytes(c->nonce_self, KVX_BOOT_NONCE) != KVX_OK)
+        return kvx__boot_drop(b, c, "no random bytes for a nonce");
     if (f->hello.nonce) memcpy(c->nonce_peer, f->hello.nonce, KVX_BOOT_NONCE);
     else memset(c->nonce_peer, 0, KVX_BOOT_NONCE);
     kvx__auth_proof(b->key, b->key_len, "kvx-boot-server", c->nonce_peer, c->nonce_self, proof);
     r = kvx__boot_make_hello(b, &h, c->nonce_self, proof);
     if (r == KVX_OK) r = kvx__boot_conn_send(c, h.data, h.len);
     kvx__buf_free(&h);
-    if (r != KVX_OK) {
-        kvx__boot_drop(b, c, "cannot answer its hello");
-        return 1;
-    }
+    if (r != KVX_OK)
+        return kvx__boot_drop(b, c, "cannot answer its hello");
     return 0;
 }
 
 static int kvx__boot_on_hello(kvx_boot *b, kvx__boot_conn *c, const kvx_boot_frame *f) {
     int keyed = (f->hello.flags & KVX_BOOT_HELLO_AUTH) != 0;
-    if (b->role != KVX_ROLE_PREFILL || f->hello.role != KVX_ROLE_DECODE) {
-        kvx__boot_drop(b, c, "hello from a prefill engine on a prefill control port");
-        return 1;
-    }
-    if (kvx__boot_conn_set_info(c, &f->hello)) {
-        kvx__boot_drop(b, c, "out of memory");
-        return 1;
-    }
+    if (b->role != KVX_ROLE_PREFILL || f->hello.role != KVX_ROLE_DECODE)
+        return kvx__boot_drop(b, c, "hello from a prefill engine on a prefill control port");
+    if (kvx__boot_conn_set_info(c, &f->hello))
+        return kvx__boot_drop(b, c, "out of memory");
     if (b->key) {
         /* answered keyed either way, so a decode without the key learns why */
         if (kvx__boot_answer_keyed(b, c, f)) return 1;
@@ -2936,22 +2901,18 @@ static int kvx__boot_on_hello(kvx_boot *b, kvx__boot_conn *c, const kvx_boot_fra
             kvx_engine_log(b->engine, KVX_LOG_WARN, "kvx.boot", 0,
                            "refused control connection from %s: it has no key and this prefill "
                            "requires one (KVX_AUTH_KEY)", c->addr);
-            kvx__boot_drop(b, c, "authentication required: the decode engine has no key");
-            return 1;
+            return kvx__boot_drop(b, c, "authentication required: the decode engine has no key");
         }
         c->auth_wait = 1;
         return 0;
     }
-    if (kvx__boot_conn_send(c, b->hello.data, b->hello.len) != KVX_OK) {
-        kvx__boot_drop(b, c, "cannot answer its hello");
-        return 1;
-    }
+    if (kvx__boot_conn_send(c, b->hello.data, b->hello.len) != KVX_OK)
+        return kvx__boot_drop(b, c, "cannot answer its hello");
     if (keyed) { /* the decode refuses an unauthenticated prefill, with our hello in hand */
         kvx_engine_log(b->engine, KVX_LOG_WARN, "kvx.boot", 0,
                        "refused control connection from %s: it has a key (KVX_AUTH_KEY) and this "
                        "prefill has none", c->addr);
-        kvx__boot_drop(b, c, "the decode engine has a key and this prefill has none");
-        return 1;
+        return kvx__boot_drop(b, c, "the decode engine has a key and this prefill has none");
     }
     kvx__boot_accepted(b, c, f->hello.fingerprint);
     return 0;
@@ -2966,8 +2927,7 @@ static int kvx__boot_on_auth(kvx_boot *b, kvx__boot_conn *c, const kvx_boot_fram
         kvx_engine_log(b->engine, KVX_LOG_WARN, "kvx.boot", 0,
                        "refused control connection from %s: its proof does not match this "
                        "prefill's key (KVX_AUTH_KEY differs)", c->addr);
-        kvx__boot_drop(b, c, "authentication failed: the decode engine's key differs");
-        return 1;
+        return kvx__boot_drop(b, c, "authentication failed: the decode engine's key differs");
     }
     kvx__boot_accepted(b, c, c->info.fingerprint);
     return 0;
@@ -3138,8 +3098,7 @@ static int kvx__boot_dispatch(kvx_boot *b, kvx__boot_conn *c, const kvx_boot_fra
         if (!c->auth_wait && f->type == KVX_BOOT_FRAME_HELLO) return kvx__boot_on_hello(b, c, f);
         snprintf(msg, sizeof msg, "protocol error: %s frame before %s",
                  kvx__boot_type_name(f->type), c->auth_wait ? "authentication" : "hello");
-        kvx__boot_drop(b, c, msg);
-        return 1;
+        return kvx__boot_drop(b, c, msg);
     }
     switch (f->type) {
     case KVX_BOOT_FRAME_ROOM:
@@ -3169,8 +3128,7 @@ static int kvx__boot_dispatch(kvx_boot *b, kvx__boot_conn *c, const kvx_boot_fra
     }
     snprintf(msg, sizeof msg, "protocol error: unexpected %s frame on a %s engine",
              kvx__boot_type_name(f->type), b->role == KVX_ROLE_PREFILL ? "prefill" : "decode");
-    kvx__boot_drop(b, c, msg);
-    return 1;
+    return kvx__boot_drop(b, c, msg);
 }
 
 /* Decodes every whole frame in c->in. Returns 1 when the connection was dropped. */
@@ -3185,8 +3143,7 @@ static int kvx__boot_ctrl_frames(kvx_boot *b, kvx__boot_conn *c) {
             snprintf(msg, sizeof msg, "protocol error: %s", why);
             kvx_engine_log(b->engine, KVX_LOG_WARN, "kvx.boot", 0, "closing control connection %s: %s",
                            c->addr, msg);
-            kvx__boot_drop(b, c, msg);
-            return 1;
+            return kvx__boot_drop(b, c, msg);
         }
         if (!used) {
             c->need = c->in_len - off >= KVX__BOOT_HDR ? KVX__BOOT_HDR + (size_t)f.body_len : KVX__BOOT_HDR;
@@ -3248,8 +3205,8 @@ static void kvx__boot_ctrl_readable(kvx_boot *b, kvx__boot_conn *c) {
 
 /* >>boot: I/O thread ----------------------------------------------------------------- */
 
-static void kvx__boot_drop(kvx_boot *b, kvx__boot_conn *c, const char *reason) {
-    if (c->dropped) return;
+static int kvx__boot_drop(kvx_boot *b, kvx__boot_conn *c, const char *reason) {
+    if (c->dropped) return 1;
     c->dropped = 1;
     kvx__boot_conn_shut(c);
     if (c->kind == KVX__BOOT_K_HTTP) b->nhttp--;
@@ -3260,6 +3217,7 @@ static void kvx__boot_drop(kvx_boot *b, kvx__boot_conn *c, const char *reason) {
         pthread_mutex_unlock(&b->mu);
         kvx__boot_conn_lost(b, c, reason);
     }
+    return 1;
 }
 
 /* Takes the caller's reference. */
@@ -3536,16 +3494,15 @@ static void kvx__boot_layout_diff(kvx_boot *b, const kvx_boot_hello *h, char *ou
     const kvx_layout *ours = kvx_engine_layout(b->engine);
     kvx_layout t;
     kvx_buffer *bufs = (kvx_buffer *)kvx__boot_zalloc(b, (h->num_buffers + 1) * sizeof *bufs);
-    kvx_aux_buffer *aux = (kvx_aux_buffer *)kvx__boot_zalloc(b, (h->num_aux + 1) * sizeof *aux);
+    kvx_aux_buffer aux[KVX_MAX_AUX + 1]; /* the hello's num_aux was checked against it */
     char dt[64];
     uint32_t i;
-    if (!bufs || !aux) {
+    if (!bufs) {
         snprintf(out, n, "(out of memory comparing layouts)");
-        kvx_engine_free(b->engine, bufs);
-        kvx_engine_free(b->engine, aux);
         return;
     }
     memset(&t, 0, sizeof t);
+    memset(aux, 0, sizeof aux);
     memcpy(dt, h->dtype, h->dtype_len);
     dt[h->dtype_len] = 0;
     for (i = 0; i < h->num_buffers; i++) bufs[i].item_len = kvx__le_r64(h->item_lens_le + 8u * i);
@@ -3557,7 +3514,6 @@ static void kvx__boot_layout_diff(kvx_boot *b, const kvx_boot_hello *h, char *ou
     if (kvx_layout_compare(ours, &t, out, n) == KVX_OK)
         snprintf(out, n, "every compared field agrees");
     kvx_engine_free(b->engine, bufs);
-    kvx_engine_free(b->engine, aux);
 }
 
 /* Decode side of authentication, after the prefill's hello: both sides
