@@ -1621,17 +1621,23 @@ static const char kvx__boot_over_conn[] =
 static const char kvx__boot_over_total[] =
     "the engine's connections together hold KVX_BOOT_MAX_TOTAL_BYTES";
 
-/* Grows c->in (I/O thread) to at least want bytes, within the total budget.
-   0 ok, -1 out of memory, -2 over the budget. */
-static int kvx__boot_in_grow(kvx__boot_conn *c, size_t want) {
-    uint8_t *ni;
-    if (want <= c->in_cap) return 0;
-    if (kvx__boot_charge(c, (int64_t)(want - c->in_cap))) return -2;
-    ni = (uint8_t *)kvx__boot_grow(c->boot, c->in, c->in_len, want);
-    if (!ni) { kvx__boot_charge(c, -(int64_t)(want - c->in_cap)); return -1; }
-    c->in = ni;
-    c->in_cap = want;
+/* Grows c's buffer *p (used bytes of *cap) to at least want bytes, within
+   the total budget: c->in (I/O thread) or c->out (under c->mu). 0 ok, -1
+   out of memory, -2 over the budget. */
+static int kvx__boot_buf_grow(kvx__boot_conn *c, uint8_t **p, size_t used, size_t *cap,
+                              size_t want) {
+    uint8_t *np;
+    if (want <= *cap) return 0;
+    if (kvx__boot_charge(c, (int64_t)(want - *cap))) return -2;
+    np = (uint8_t *)kvx__boot_grow(c->boot, *p, used, want);
+    if (!np) { kvx__boot_charge(c, -(int64_t)(want - *cap)); return -1; }
+    *p = np;
+    *cap = want;
     return 0;
+}
+
+static int kvx__boot_in_grow(kvx__boot_conn *c, size_t want) {
+    return kvx__boot_buf_grow(c, &c->in, c->in_len, &c->in_cap, want);
 }
 
 static void kvx__boot_conn_unref(kvx__boot_conn *c) {
@@ -1676,26 +1682,16 @@ static int kvx__boot_conn_append(kvx__boot_conn *c, const uint8_t *p, size_t n) 
     }
     if (c->out_len + n > c->out_cap) {
         size_t nc = c->out_cap ? c->out_cap : 4096;
-        uint8_t *no;
+        int g;
         if (c->out_off) { /* compact first */
             memmove(c->out, c->out + c->out_off, c->out_len - c->out_off);
             c->out_len -= c->out_off;
             c->out_off = 0;
         }
         while (nc < c->out_len + n) nc *= 2;
-        if (nc > c->out_cap) {
-            if (kvx__boot_charge(c, (int64_t)(nc - c->out_cap))) {
-                c->close_why = kvx__boot_over_total;
-                return -1;
-            }
-            no = (uint8_t *)kvx__boot_grow(c->boot, c->out, c->out_len, nc);
-            if (!no) {
-                kvx__boot_charge(c, -(int64_t)(nc - c->out_cap));
-                c->close_why = "out of memory";
-                return -1;
-            }
-            c->out = no;
-            c->out_cap = nc;
+        if ((g = kvx__boot_buf_grow(c, &c->out, c->out_len, &c->out_cap, nc)) != 0) {
+            c->close_why = g == -2 ? kvx__boot_over_total : "out of memory";
+            return -1;
         }
     }
     memcpy(c->out + c->out_len, p, n);
@@ -1926,7 +1922,7 @@ static void kvx__boot_br_unref(kvx__boot_br *br) {
     if (!br || KVX__SUB(&br->refs, 1) != 0) return;
     kvx__boot_pframe_free(br->frames);
     for (i = 0; i < br->nconns; i++) kvx__boot_conn_unref(br->conns[i]);
-    if (br->conns != br->inl) { kvx_engine_free(e, br->conns); kvx_engine_free(e, br->tag); }
+    if (br->conns != br->inl) kvx_engine_free(e, br->conns); /* and the tags */
     if (br->room) kvx_room_unref(br->room);
     kvx_engine_free(e, br);
 }
@@ -1941,17 +1937,17 @@ static void kvx__boot_vec_release(kvx__boot_vec *v) {
 
 /* Under boot->mu. Takes a connection reference. */
 static int kvx__boot_br_add_conn(kvx__boot_br *br, kvx__boot_conn *c, uint32_t tag) {
-    if (br->nconns == br->cap) {
+    if (br->nconns == br->cap) { /* one block: the connections, then their tags */
         uint32_t nc = br->cap * 2;
         kvx_engine *e = br->boot->engine;
-        kvx__boot_conn **ncs = (kvx__boot_conn **)kvx_engine_alloc(e, nc * sizeof *ncs);
-        uint32_t *nt = (uint32_t *)kvx_engine_alloc(e, nc * sizeof *nt);
-        if (!ncs || !nt) { kvx_engine_free(e, ncs); kvx_engine_free(e, nt); return -1; }
+        kvx__boot_conn **ncs =
+            (kvx__boot_conn **)kvx_engine_alloc(e, nc * (sizeof *ncs + sizeof *br->tag));
+        if (!ncs) return -1;
         memcpy(ncs, br->conns, br->nconns * sizeof *ncs);
-        memcpy(nt, br->tag, br->nconns * sizeof *nt);
-        if (br->conns != br->inl) { kvx_engine_free(e, br->conns); kvx_engine_free(e, br->tag); }
+        memcpy(ncs + nc, br->tag, br->nconns * sizeof *br->tag);
+        if (br->conns != br->inl) kvx_engine_free(e, br->conns);
         br->conns = ncs;
-        br->tag = nt;
+        br->tag = (uint32_t *)(void *)(ncs + nc);
         br->cap = nc;
     }
     kvx__boot_conn_ref(c);
@@ -3820,14 +3816,9 @@ static void kvx__boot_resolve_job(void *arg) {
     memset(&ready, 0, sizeof ready);
     memset(&fail, 0, sizeof fail);
     memset(&rs, 0, sizeof rs);
-    if (KVX__LOAD(&b->stop)) {
-        res = KVX_ERR_ABORTED;
-        snprintf(why, sizeof why, "the engine is shutting down");
-    } else {
-        res = kvx__boot_resolve(b, p, &rs, why, sizeof why);
-    }
+    res = KVX__LOAD(&b->stop) ? KVX_ERR_ABORTED : kvx__boot_resolve(b, p, &rs, why, sizeof why);
     pthread_mutex_lock(&b->mu);
-    if (res == KVX_OK && KVX__LOAD(&b->stop)) {
+    if (KVX__LOAD(&b->stop) && (res == KVX_OK || !why[0])) {
         res = KVX_ERR_ABORTED;
         snprintf(why, sizeof why, "the engine is shutting down");
     }
