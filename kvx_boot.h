@@ -2689,12 +2689,6 @@ static int kvx__boot_pending_frames(const kvx__boot_br *br) {
     return n;
 }
 
-static void kvx__boot_pending_add(kvx__boot_br *br, kvx__boot_pframe *f) {
-    if (br->frames_tail) br->frames_tail->next = f;
-    else br->frames = f;
-    br->frames_tail = f;
-}
-
 /* Charges a frame kept for a room with no sender yet to the connection
    that sent it (under boot->mu). NULL ok, else why the connection must go. */
 static const char *kvx__boot_pend_charge(kvx__boot_conn *c, int64_t cost) {
@@ -2739,7 +2733,9 @@ static kvx__boot_pframe *kvx__boot_pframe_keep(kvx__boot_br *br, kvx__boot_conn 
         return NULL;
     }
     if (rl) memcpy(fr->reason, reason, rl);
-    kvx__boot_pending_add(br, fr);
+    if (br->frames_tail) br->frames_tail->next = fr;
+    else br->frames = fr;
+    br->frames_tail = fr;
     return fr;
 }
 
@@ -2797,7 +2793,7 @@ static void kvx__boot_on_room_frame(kvx_boot *b, kvx__boot_conn *c, const kvx_bo
 }
 
 static void kvx__boot_on_abort_frame(kvx_boot *b, kvx__boot_conn *c, const kvx_boot_frame *f) {
-    char reason[KVX_BOOT_MAX_REASON + 1];
+    char reason[KVX_BOOT_MAX_REASON + 1], who[160];
     kvx__boot_br *br;
     uint32_t k;
     kvx_room *r;
@@ -2832,12 +2828,9 @@ static void kvx__boot_on_abort_frame(kvx_boot *b, kvx__boot_conn *c, const kvx_b
     KVX__ADD(&br->refs, 1);
     r = br->room;
     pthread_mutex_unlock(&b->mu);
-    {
-        char who[160];
-        snprintf(who, sizeof who, "aborted by the %s engine at %s",
-                 b->role == KVX_ROLE_PREFILL ? "decode" : "prefill", c->addr);
-        kvx__boot_relay(r, KVX_ERR_ABORTED, reason, who);
-    }
+    snprintf(who, sizeof who, "aborted by the %s engine at %s",
+             b->role == KVX_ROLE_PREFILL ? "decode" : "prefill", c->addr);
+    kvx__boot_relay(r, KVX_ERR_ABORTED, reason, who);
     if (b->hooks.on_abort) b->hooks.on_abort(b, r, &c->info, reason);
     kvx__boot_br_unref(br);
 }
@@ -3004,52 +2997,62 @@ static void kvx__boot_fail_all(kvx__boot_vec *v, kvx_result res, const char *fmt
     kvx__boot_vec_release(v);
 }
 
+/* Under boot->mu: takes out of the table, as a list (dnext), the rooms
+   with no sender yet that have nothing left to wait for: with c (a lost
+   connection; its kept frames go from every room), those whose every
+   frame came from c; without, those kept longer than limit_ns. */
+static kvx__boot_br *kvx__boot_unpend_locked(kvx_boot *b, kvx__boot_conn *c, uint64_t limit_ns) {
+    uint64_t now = kvx_now_ns();
+    kvx__boot_br *out = NULL, *br, *nx;
+    kvx__boot_pframe **fp, *f;
+    size_t i;
+    for (i = 0; b->npending && i < b->rooms.nb; i++)
+        for (br = kvx__boot_at(b->rooms.b[i]); br; br = nx) {
+            nx = kvx__boot_at(br->hn.hnext);
+            if (br->room || (!c && now - br->created_ns <= limit_ns)) continue;
+            if (c) br->frames_tail = NULL;
+            for (fp = &br->frames; c && (f = *fp) != NULL;) {
+                if (f->conn != c) {
+                    br->frames_tail = f;
+                    fp = &f->next;
+                    continue;
+                }
+                *fp = f->next;
+                f->next = NULL;
+                b->pending_pages -= f->n;
+                kvx__boot_pframe_free(f);
+            }
+            if (c && br->frames) continue;
+            kvx__htab_remove(&b->rooms, &br->hn);
+            b->npending--;
+            for (f = br->frames; f; f = f->next) b->pending_pages -= f->n;
+            br->dnext = out;
+            out = br;
+        }
+    return out;
+}
+
 /* I/O thread: a control connection is gone; fail what depended on it. */
 static void kvx__boot_conn_lost(kvx_boot *b, kvx__boot_conn *c, const char *reason) {
     kvx__boot_vec fail;
     size_t i;
     memset(&fail, 0, sizeof fail);
     if (b->role == KVX_ROLE_PREFILL) {
-        kvx__boot_br *dead = NULL;
+        kvx__boot_br *dead, *br, *nx;
         if (!c->hello_done) return;
         pthread_mutex_lock(&b->mu);
-        for (i = 0; i < b->rooms.nb; i++) {
-            kvx__boot_br *br, *nx;
-            for (br = kvx__boot_at(b->rooms.b[i]); br; br = nx) {
+        dead = kvx__boot_unpend_locked(b, c, 0);
+        for (i = 0; i < b->rooms.nb; i++)
+            for (br = kvx__boot_at(b->rooms.b[i]); br; br = kvx__boot_at(br->hn.hnext)) {
                 uint32_t k;
-                nx = kvx__boot_at(br->hn.hnext);
-                if (!br->room) { /* pending frames from this connection go */
-                    kvx__boot_pframe **fp = &br->frames;
-                    br->frames_tail = NULL;
-                    while (*fp) {
-                        kvx__boot_pframe *fr = *fp;
-                        if (fr->conn == c) {
-                            *fp = fr->next;
-                            fr->next = NULL;
-                            b->pending_pages -= fr->n;
-                            kvx__boot_pframe_free(fr);
-                            continue;
-                        }
-                        br->frames_tail = fr;
-                        fp = &fr->next;
-                    }
-                    if (!br->frames) {
-                        kvx__htab_remove(&b->rooms, &br->hn);
-                        b->npending--;
-                        br->dnext = dead;
-                        dead = br;
-                    }
-                } else {
-                    for (k = 0; k < br->nconns && br->conns[k] != c; k++) {}
-                    if (k < br->nconns && !kvx__room_terminal(br->room)) kvx__boot_vec_push(&fail, br);
-                }
+                for (k = 0; br->room && k < br->nconns && br->conns[k] != c; k++) {}
+                if (br->room && k < br->nconns && !kvx__room_terminal(br->room))
+                    kvx__boot_vec_push(&fail, br);
             }
-        }
         pthread_mutex_unlock(&b->mu);
-        while (dead) {
-            kvx__boot_br *nx = dead->dnext;
+        for (; dead; dead = nx) {
+            nx = dead->dnext;
             kvx__boot_br_unref(dead);
-            dead = nx;
         }
         if (b->hooks.on_peer_lost) {
             size_t keep = 0;
@@ -3096,35 +3099,25 @@ static int kvx__boot_dispatch(kvx_boot *b, kvx__boot_conn *c, const kvx_boot_fra
                  kvx__boot_type_name(f->type), c->auth_wait ? "authentication" : "hello");
         return kvx__boot_drop(b, c, msg);
     }
-    switch (f->type) {
-    case KVX_BOOT_FRAME_ROOM:
-        if (b->role != KVX_ROLE_PREFILL) break;
+    if (f->type == KVX_BOOT_FRAME_ROOM && b->role == KVX_ROLE_PREFILL) {
         kvx__boot_on_room_frame(b, c, f);
-        return c->dropped;
-    case KVX_BOOT_FRAME_STATUS:
-        if (b->role != KVX_ROLE_DECODE) break;
+    } else if (f->type == KVX_BOOT_FRAME_STATUS && b->role == KVX_ROLE_DECODE) {
         kvx__boot_on_status_frame(b, c, f);
-        return c->dropped;
-    case KVX_BOOT_FRAME_ABORT:
+    } else if (f->type == KVX_BOOT_FRAME_ABORT) {
         kvx__boot_on_abort_frame(b, c, f);
-        return c->dropped;
-    case KVX_BOOT_FRAME_PING: { /* heartbeat: answer at once */
+    } else if (f->type == KVX_BOOT_FRAME_TRANSPORT && b->hooks.on_message) {
+        b->hooks.on_message(b, &c->info, f->message, f->message_len);
+    } else if (f->type == KVX_BOOT_FRAME_PING) { /* heartbeat: answer at once */
         uint8_t pong[KVX__BOOT_HDR + 8];
         kvx__boot_hdr(pong, 8, KVX_BOOT_FRAME_PONG);
         kvx__le_w64(pong + KVX__BOOT_HDR, f->seq);
         kvx__boot_conn_send(c, pong, sizeof pong);
-        return 0;
+    } else if (f->type != KVX_BOOT_FRAME_PONG) { /* a pong's last_rx_ns is all it does */
+        snprintf(msg, sizeof msg, "protocol error: unexpected %s frame on a %s engine",
+                 kvx__boot_type_name(f->type), b->role == KVX_ROLE_PREFILL ? "prefill" : "decode");
+        return kvx__boot_drop(b, c, msg);
     }
-    case KVX_BOOT_FRAME_PONG: return 0; /* last_rx_ns is all it does */
-    case KVX_BOOT_FRAME_TRANSPORT:
-        if (!b->hooks.on_message) break;
-        b->hooks.on_message(b, &c->info, f->message, f->message_len);
-        return c->dropped;
-    default: break;
-    }
-    snprintf(msg, sizeof msg, "protocol error: unexpected %s frame on a %s engine",
-             kvx__boot_type_name(f->type), b->role == KVX_ROLE_PREFILL ? "prefill" : "decode");
-    return kvx__boot_drop(b, c, msg);
+    return c->dropped;
 }
 
 /* Decodes every whole frame in c->in. Returns 1 when the connection was dropped. */
@@ -3290,25 +3283,10 @@ static void kvx__boot_io_event(kvx_boot *b, kvx__boot_conn *c, short rev) {
 /* Prefill: room frames whose sender never came answer Failed after the
    bootstrap timeout. */
 static void kvx__boot_sweep(kvx_boot *b) {
-    uint64_t now = kvx_now_ns();
     uint64_t limit = (uint64_t)(kvx_engine_settings(b->engine)->bootstrap_timeout_s * 1e9);
-    kvx__boot_br *expired = NULL;
-    size_t i;
+    kvx__boot_br *expired;
     pthread_mutex_lock(&b->mu);
-    for (i = 0; b->npending && i < b->rooms.nb; i++) {
-        kvx__boot_br *br, *nx;
-        for (br = kvx__boot_at(b->rooms.b[i]); br; br = nx) {
-            nx = kvx__boot_at(br->hn.hnext);
-            if (!br->room && now - br->created_ns > limit) {
-                kvx__boot_pframe *f;
-                kvx__htab_remove(&b->rooms, &br->hn);
-                b->npending--;
-                for (f = br->frames; f; f = f->next) b->pending_pages -= f->n;
-                br->dnext = expired;
-                expired = br;
-            }
-        }
-    }
+    expired = kvx__boot_unpend_locked(b, NULL, limit);
     pthread_mutex_unlock(&b->mu);
     while (expired) {
         kvx__boot_br *nx = expired->dnext;
