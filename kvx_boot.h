@@ -123,12 +123,11 @@
      control connections), on decode a heartbeat thread, and a small worker
      queue (decode: resolving and connecting; prefill ranks other than 0:
      registration). kvx_boot_destroy joins them all. Every kvx_boot_* call
-     is thread-safe. Hooks run on those threads (on_room also on the thread
-     that creates a sender whose room frame had already arrived) and must
-     not block; they may call kvx_boot_send_status, kvx_boot_abort,
-     kvx_boot_peer_send and the kvx_room_* helpers. The parsers
-     (kvx_boot_parse_http_request, kvx_boot_frame_decode) are pure and
-     reentrant.
+     is thread-safe. Hooks run on those threads (on_message and on_peer_lost
+     on the I/O thread; on_room also on the thread that creates a sender
+     whose room frame had already arrived) and must not block; they may
+     call kvx_boot_send_status, kvx_boot_abort, kvx_boot_peer_send and the
+     kvx_room_* helpers. The >>parsers are pure and reentrant.
 
    BOOTSTRAP HTTP SERVER (prefill; HTTP/1.1, Connection: close)
      PUT /route     a rank registers: JSON object with attn_tp_size,
@@ -411,12 +410,10 @@ typedef struct kvx_boot_hooks {
        last byte left on a data path that will still deliver the decode's
        acknowledgement or report its loss), so that a room the decode
        already holds whole is not failed by a disconnect that overtook the
-       acknowledgement; 0 (or no hook) fails the room now. I/O thread; must
-       not block. */
+       acknowledgement; 0 (or no hook) fails the room now. */
     int (*on_peer_lost)(kvx_boot *b, kvx_room *sender, const char *reason);
     /* Both sides: a transport message from peer (kvx_boot_peer_send on the
-       far end), in the order sent; msg is valid during the call. I/O
-       thread; must not block. */
+       far end), in the order sent; msg is valid during the call. */
     void (*on_message)(kvx_boot *b, const kvx_boot_peer *peer, const void *msg, size_t len);
 } kvx_boot_hooks;
 
@@ -635,17 +632,6 @@ KVX_API int32_t kvx_boot_frame_page(const kvx_boot_frame *f, uint32_t i);
 #ifdef __cplusplus
 extern "C" {
 #endif
-
-/* >>boot: byte helpers -------------------------------------------------- */
-
-/* Copies a NUL-terminated string into out[n], truncating. */
-static void kvx__boot_copy(char *out, size_t n, const char *s) {
-    size_t l = strlen(s);
-    if (!n) return;
-    if (l >= n) l = n - 1;
-    memcpy(out, s, l);
-    out[l] = 0;
-}
 
 /* >>boot: frame codec ----------------------------------------------------- */
 
@@ -2586,11 +2572,8 @@ static int kvx__boot_owns(kvx_boot *b, kvx__boot_br *br, kvx__boot_conn *c) {
     return k < br->nconns;
 }
 
-/* Tells the room's peers, once, that it failed: prefill -> every decode
-   rank that sent its destination, a status Failed frame with the result
-   code; decode -> every target prefill rank, an abort frame, only once the
-   room frame went out (before that the prefill knows nothing of this
-   receiver). A room that succeeded tells nothing. */
+/* kvx_boot_room_failed's telling, once (decode: only once the room frame
+   went out; before that the prefill knows nothing of this receiver). */
 static void kvx__boot_tell(kvx_boot *b, kvx_room *r, const char *reason, kvx_result res) {
     kvx__boot_br *br;
     kvx__boot_conn *stack[4], **cs = NULL;
@@ -2682,13 +2665,6 @@ static kvx__boot_br *kvx__boot_pending_entry(kvx_boot *b, uint64_t id) {
     return br;
 }
 
-static int kvx__boot_pending_frames(const kvx__boot_br *br) {
-    int n = 0;
-    const kvx__boot_pframe *f;
-    for (f = br->frames; f; f = f->next) n++;
-    return n;
-}
-
 /* Charges a frame kept for a room with no sender yet to the connection
    that sent it (under boot->mu). NULL ok, else why the connection must go. */
 static const char *kvx__boot_pend_charge(kvx__boot_conn *c, int64_t cost) {
@@ -2760,7 +2736,8 @@ static void kvx__boot_on_room_frame(kvx_boot *b, kvx__boot_conn *c, const kvx_bo
         const char *why = "too many rooms wait for their sender (KVX_BOOT_MAX_PENDING)";
         const char *over = NULL;
         br = kvx__boot_pending_entry(b, f->room);
-        if (br && kvx__boot_pending_frames(br) >= KVX__BOOT_MAX_FRAMES_PER_ROOM) {
+        for (i = 0, fr = br ? br->frames : NULL; fr; fr = fr->next) i++; /* frames kept */
+        if (br && i >= KVX__BOOT_MAX_FRAMES_PER_ROOM) {
             br = NULL;
             why = "too many frames for one room";
         }
@@ -4255,7 +4232,7 @@ static void kvx__boot_local_ip(const char *host, char *out, size_t n) {
             else { *strrchr(tmp, ':') = 0; snprintf(out, n, "%s", tmp); }
             return;
         }
-        kvx__boot_copy(out, n, host);
+        snprintf(out, n, "%.*s", (int)(n - 1), host);
         return;
     }
     snprintf(out, n, "127.0.0.1");
