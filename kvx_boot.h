@@ -666,16 +666,19 @@ static uint64_t kvx__boot_type_max(uint32_t t) {
     return 0;
 }
 
-static kvx_result kvx__boot_bad(char *why, size_t wl, const char *fmt, ...) KVX_PRINTF(3, 4);
-static kvx_result kvx__boot_bad(char *why, size_t wl, const char *fmt, ...) {
+/* kvx__set_why, then returns res (kvx__boot_bad: a protocol error). */
+static kvx_result kvx__boot_err(kvx_result res, char *why, size_t wl, const char *fmt, ...)
+    KVX_PRINTF(4, 5);
+static kvx_result kvx__boot_err(kvx_result res, char *why, size_t wl, const char *fmt, ...) {
     va_list ap;
     if (why && wl) {
         va_start(ap, fmt);
         vsnprintf(why, wl, fmt, ap);
         va_end(ap);
     }
-    return KVX_ERR_PROTOCOL;
+    return res;
 }
+#define kvx__boot_bad(why, wl, ...) kvx__boot_err(KVX_ERR_PROTOCOL, why, wl, __VA_ARGS__)
 
 /* Bytes after the endpoint: a keyed hello carries the sender's nonce, and
    the prefill's (the answer) also its proof over the decode's nonce. */
@@ -1586,8 +1589,6 @@ static kvx__boot_conn *kvx__boot_conn_new(kvx_boot *b, int kind, int fd) {
     return c;
 }
 
-static void kvx__boot_conn_ref(kvx__boot_conn *c) { KVX__ADD(&c->refs, 1); }
-
 /* Counts a change of a connection's buffer capacity in the engine's total.
    0 ok; -1 when growing would pass KVX_BOOT_MAX_TOTAL_BYTES (nothing counted). */
 static int kvx__boot_charge(kvx__boot_conn *c, int64_t delta) {
@@ -1620,10 +1621,6 @@ static int kvx__boot_buf_grow(kvx__boot_conn *c, uint8_t **p, size_t used, size_
     *p = np;
     *cap = want;
     return 0;
-}
-
-static int kvx__boot_in_grow(kvx__boot_conn *c, size_t want) {
-    return kvx__boot_buf_grow(c, &c->in, c->in_len, &c->in_cap, want);
 }
 
 static void kvx__boot_conn_unref(kvx__boot_conn *c) {
@@ -1806,21 +1803,18 @@ KVX_API kvx_result kvx_boot_peer_send(kvx_boot *b, const kvx_boot_peer *peer, co
     kvx_result r;
     size_t i;
     if (why && wl) why[0] = 0;
-    if (!b || !peer || !msg || !len || len > KVX_BOOT_MAX_MESSAGE) {
-        kvx__set_why(why, wl, "a transport message of %zu bytes (1..KVX_BOOT_MAX_MESSAGE = %u, "
-                     "with a kvx_boot and a peer)", len, (unsigned)KVX_BOOT_MAX_MESSAGE);
-        return KVX_ERR_INVALID_ARGUMENT;
-    }
+    if (!b || !peer || !msg || !len || len > KVX_BOOT_MAX_MESSAGE)
+        return kvx__boot_err(KVX_ERR_INVALID_ARGUMENT, why, wl, "a transport message of %zu "
+                             "bytes (1..KVX_BOOT_MAX_MESSAGE = %u, with a kvx_boot and a peer)",
+                             len, (unsigned)KVX_BOOT_MAX_MESSAGE);
     pthread_mutex_lock(&b->mu);
     for (i = 0; i < b->nlive && !c; i++)
         if (b->live[i]->info.conn_id == peer->conn_id) c = b->live[i];
-    if (c) kvx__boot_conn_ref(c);
+    if (c) KVX__ADD(&c->refs, 1);
     pthread_mutex_unlock(&b->mu);
-    if (!c) {
-        kvx__set_why(why, wl, "the control connection with %s is gone",
-                     peer->addr ? peer->addr : "the peer");
-        return KVX_ERR_PEER_LOST;
-    }
+    if (!c)
+        return kvx__boot_err(KVX_ERR_PEER_LOST, why, wl, "the control connection with %s is gone",
+                             peer->addr ? peer->addr : "the peer");
     kvx__boot_hdr(h, (uint32_t)len, KVX_BOOT_FRAME_TRANSPORT);
     v[0].iov_base = h; v[0].iov_len = sizeof h;
     v[1].iov_base = (void *)msg; v[1].iov_len = len;
@@ -1936,7 +1930,7 @@ static int kvx__boot_br_add_conn(kvx__boot_br *br, kvx__boot_conn *c, uint32_t t
         br->tag = (uint32_t *)(void *)(ncs + nc);
         br->cap = nc;
     }
-    kvx__boot_conn_ref(c);
+    KVX__ADD(&c->refs, 1);
     br->conns[br->nconns] = c;
     br->tag[br->nconns] = tag;
     br->nconns++;
@@ -1955,7 +1949,7 @@ static uint32_t kvx__boot_conns_copy(kvx_boot *b, kvx__boot_conn **src, uint32_t
     if (!v) return 0;
     for (i = 0; i < n; i++) {
         v[i] = src[i];
-        kvx__boot_conn_ref(v[i]);
+        KVX__ADD(&v[i]->refs, 1);
     }
     return n;
 }
@@ -2153,9 +2147,8 @@ static const char *kvx__boot_reason_phrase(int st) {
 }
 
 /* I/O thread: the response is queued; finish when it is written. */
-static void kvx__boot_http_finish(kvx_boot *b, kvx__boot_conn *c) {
+static void kvx__boot_http_finish(kvx__boot_conn *c) {
     uint64_t d = kvx_now_ns() + 1000000000ull;
-    (void)b;
     shutdown(c->fd, SHUT_WR);
     c->http_state = KVX__BOOT_H_DRAINING;
     if (!c->deadline_ns || d < c->deadline_ns) c->deadline_ns = d;
@@ -2179,7 +2172,7 @@ static void kvx__boot_http_respond(kvx_boot *b, kvx__boot_conn *c, int status, c
     KVX__STORE(&c->want_write, 1);
     c->http_state = KVX__BOOT_H_WRITING;
     if ((err = kvx__boot_conn_flush(c)) != 0) { kvx__boot_drop(b, c, strerror(err)); return; }
-    if (!KVX__LOAD(&c->want_write)) kvx__boot_http_finish(b, c);
+    if (!KVX__LOAD(&c->want_write)) kvx__boot_http_finish(c);
 }
 
 static void kvx__boot_http_text(kvx_boot *b, kvx__boot_conn *c, int status, const char *text) {
@@ -2497,7 +2490,7 @@ static void kvx__boot_http_readable(kvx_boot *b, kvx__boot_conn *c) {
             int g;
             if (c->in_cap >= cap) break;
             if (nc > cap) nc = cap;
-            if ((g = kvx__boot_in_grow(c, nc)) != 0) {
+            if ((g = kvx__boot_buf_grow(c, &c->in, c->in_len, &c->in_cap, nc)) != 0) {
                 kvx__boot_drop(b, c, g == -2 ? kvx__boot_over_total : "out of memory");
                 return;
             }
@@ -2537,7 +2530,7 @@ static void kvx__boot_http_event(kvx_boot *b, kvx__boot_conn *c, short rev) {
         int err = kvx__boot_conn_flush(c);
         if (err) { kvx__boot_drop(b, c, strerror(err)); return; }
         if (c->http_state == KVX__BOOT_H_WRITING && !KVX__LOAD(&c->want_write))
-            kvx__boot_http_finish(b, c);
+            kvx__boot_http_finish(c);
     }
     if (c->http_state == KVX__BOOT_H_WRITING && (rev & (POLLERR | POLLHUP))) {
         kvx__boot_drop(b, c, "the client went away");
@@ -2701,7 +2694,7 @@ static kvx__boot_pframe *kvx__boot_pframe_keep(kvx__boot_br *br, kvx__boot_conn 
     fr->type = type;
     fr->conn = c;
     fr->cost = cost; /* from here kvx__boot_pframe_free uncharges */
-    kvx__boot_conn_ref(c);
+    KVX__ADD(&c->refs, 1);
     if (n) fr->pages = (int32_t *)kvx_engine_alloc(b->engine, n * sizeof *fr->pages);
     if (rl) fr->reason = (char *)kvx_engine_alloc(b->engine, rl);
     if ((n && !fr->pages) || (rl && !fr->reason)) {
@@ -3148,7 +3141,8 @@ static void kvx__boot_ctrl_readable(kvx_boot *b, kvx__boot_conn *c) {
             want = dbl > want ? dbl : want;
             if (want > c->need) want = c->need;
         }
-        if (c->in_len + 4096 > c->in_cap && (g = kvx__boot_in_grow(c, want)) != 0) {
+        if (c->in_len + 4096 > c->in_cap &&
+            (g = kvx__boot_buf_grow(c, &c->in, c->in_len, &c->in_cap, want)) != 0) {
             kvx__boot_drop(b, c, g == -2 ? kvx__boot_over_total : "out of memory for an incoming frame");
             return;
         }
@@ -3403,10 +3397,8 @@ static kvx_result kvx__boot_get(kvx_boot *b, const kvx__boot_pf *p, const char *
     memset(out, 0, sizeof *out);
     for (attempt = 0; attempt < KVX_BOOT_TRIES; attempt++) {
         kvx_result r;
-        if (attempt && kvx__boot_backoff(b, attempt - 1)) {
-            kvx__set_why(why, wl, "the engine is shutting down");
-            return KVX_ERR_ABORTED;
-        }
+        if (attempt && kvx__boot_backoff(b, attempt - 1))
+            return kvx__boot_err(KVX_ERR_ABORTED, why, wl, "the engine is shutting down");
         memset(&body, 0, sizeof body);
         r = kvx__boot_http_call(p->host, p->port, "GET", target, NULL, NULL, 0, KVX__BOOT_HTTP_TIMEOUT_S,
                                 &status, &body, err, sizeof err, &refused);
@@ -3428,16 +3420,15 @@ static kvx_result kvx__boot_get(kvx_boot *b, const kvx__boot_pf *p, const char *
         last_503 = r == KVX_OK;
     }
     if (last_503)
-        kvx__set_why(why, wl, "bootstrap server %s:%d still answers 503 after %d tries: %s (not every "
-                     "prefill rank has registered with it)", p->host, p->port, KVX_BOOT_TRIES, err);
-    else if (refused)
-        kvx__set_why(why, wl, "cannot reach bootstrap server %s:%d: connection refused (is the "
-                     "prefill running, and is KVX_BOOTSTRAP_PORT its bootstrap port?)",
-                     p->host, p->port);
-    else
-        kvx__set_why(why, wl, "cannot reach bootstrap server %s:%d: %s (after %d tries)", p->host,
-                     p->port, err, KVX_BOOT_TRIES);
-    return KVX_ERR_PEER;
+        return kvx__boot_err(KVX_ERR_PEER, why, wl, "bootstrap server %s:%d still answers 503 after "
+                             "%d tries: %s (not every prefill rank has registered with it)",
+                             p->host, p->port, KVX_BOOT_TRIES, err);
+    if (refused)
+        return kvx__boot_err(KVX_ERR_PEER, why, wl, "cannot reach bootstrap server %s:%d: connection "
+                             "refused (is the prefill running, and is KVX_BOOTSTRAP_PORT its "
+                             "bootstrap port?)", p->host, p->port);
+    return kvx__boot_err(KVX_ERR_PEER, why, wl, "cannot reach bootstrap server %s:%d: %s (after %d "
+                         "tries)", p->host, p->port, err, KVX_BOOT_TRIES);
 }
 
 /* Names the first layout field that differs from a peer's hello. */
@@ -3523,10 +3514,8 @@ static kvx_result kvx__boot_ctrl_connect(kvx_boot *b, kvx__boot_pf *p, const cha
         char ferr[200];
         kvx_result dr = KVX_OK, res = KVX_OK;
         kvx__boot_conn *c = NULL;
-        if (attempt && kvx__boot_backoff(b, attempt - 1)) {
-            kvx__set_why(why, wl, "the engine is shutting down");
-            return KVX_ERR_ABORTED;
-        }
+        if (attempt && kvx__boot_backoff(b, attempt - 1))
+            return kvx__boot_err(KVX_ERR_ABORTED, why, wl, "the engine is shutting down");
         deadline = kvx_now_ns() + (uint64_t)(KVX__BOOT_HTTP_TIMEOUT_S * 1e9);
         fd = kvx__connect(ip, port, deadline, NULL, NULL, &e);
         if (fd < 0) { snprintf(err, sizeof err, "%s", kvx__errstr(e)); continue; }
@@ -3609,7 +3598,7 @@ static kvx_result kvx__boot_ctrl_connect(kvx_boot *b, kvx__boot_pf *p, const cha
         c->peer = p;
         c->info.bootstrap = p->addr;
         /* nothing else is expected yet, but keep it */
-        if (in.len > used && kvx__boot_in_grow(c, in.len - used) == 0) {
+        if (in.len > used && !kvx__boot_buf_grow(c, &c->in, 0, &c->in_cap, in.len - used)) {
             memcpy(c->in, in.data + used, in.len - used);
             c->in_len = in.len - used;
         }
@@ -3617,9 +3606,9 @@ static kvx_result kvx__boot_ctrl_connect(kvx_boot *b, kvx__boot_pf *p, const cha
         *out = c;
         return KVX_OK;
     }
-    kvx__set_why(why, wl, "cannot connect to prefill rank %s:%d (registered with bootstrap server "
-                 "%s:%d): %s (after %d tries)", ip, port, p->host, p->port, err, KVX_BOOT_TRIES);
-    return KVX_ERR_PEER;
+    return kvx__boot_err(KVX_ERR_PEER, why, wl, "cannot connect to prefill rank %s:%d (registered "
+                         "with bootstrap server %s:%d): %s (after %d tries)", ip, port, p->host,
+                         p->port, err, KVX_BOOT_TRIES);
 }
 
 static void kvx__boot_res_free(kvx_boot *b, kvx__boot_res *rs) {
@@ -3682,43 +3671,38 @@ static kvx_result kvx__boot_resolve(kvx_boot *b, kvx__boot_pf *p, kvx__boot_res 
     bad = kvx__boot_info_parse(body.data, body.len, &rs->tp, &rs->cp, &rs->dp, &rs->pp, &page_size,
                                dtype, sizeof dtype, &rs->ctrl_ping);
     kvx__buf_free(&body);
-    if (bad) {
-        kvx__set_why(why, wl, "bootstrap server %s:%d sent server info without valid attn_tp_size, "
-                     "page_size, dp_size, pp_size, attn_cp_size or kv_cache_dtype", p->host, p->port);
-        return KVX_ERR_PROTOCOL;
-    }
-    if ((uint32_t)page_size != l->page_size) {
-        kvx__set_why(why, wl, "page size mismatch: prefill at %s:%d has page_size %d, this decode "
-                     "engine %u (both sides must use the same page size)", p->host, p->port,
-                     page_size, l->page_size);
-        return KVX_ERR_LAYOUT_MISMATCH;
-    }
-    if (dtype[0] && strcmp(dtype, "auto") && l->dtype && l->dtype[0] && strcmp(dtype, l->dtype)) {
-        kvx__set_why(why, wl, "KV cache dtype mismatch: prefill at %s:%d has kv_cache_dtype '%s', "
-                     "this decode engine '%s'", p->host, p->port, dtype, l->dtype);
-        return KVX_ERR_LAYOUT_MISMATCH;
-    }
+    if (bad)
+        return kvx__boot_err(KVX_ERR_PROTOCOL, why, wl, "bootstrap server %s:%d sent server info "
+                             "without valid attn_tp_size, page_size, dp_size, pp_size, "
+                             "attn_cp_size or kv_cache_dtype", p->host, p->port);
+    if ((uint32_t)page_size != l->page_size)
+        return kvx__boot_err(KVX_ERR_LAYOUT_MISMATCH, why, wl, "page size mismatch: prefill at "
+                             "%s:%d has page_size %d, this decode engine %u (both sides must use "
+                             "the same page size)", p->host, p->port, page_size, l->page_size);
+    if (dtype[0] && strcmp(dtype, "auto") && l->dtype && l->dtype[0] && strcmp(dtype, l->dtype))
+        return kvx__boot_err(KVX_ERR_LAYOUT_MISMATCH, why, wl, "KV cache dtype mismatch: prefill "
+                             "at %s:%d has kv_cache_dtype '%s', this decode engine '%s'", p->host,
+                             p->port, dtype, l->dtype);
+    rs->peer_count = 1; /* peer_index 0 */
     if (rs->tp == b->tp_size) {
-        first = b->tp_rank; count = 1; rs->peer_index = 0; rs->peer_count = 1;
+        first = b->tp_rank; count = 1;
     } else if (rs->tp > b->tp_size && rs->tp % b->tp_size == 0) {
         count = rs->tp / b->tp_size; first = b->tp_rank * count;
-        rs->peer_index = 0; rs->peer_count = 1;
     } else if (rs->tp < b->tp_size && b->tp_size % rs->tp == 0) {
         int ratio = b->tp_size / rs->tp;
         first = b->tp_rank / ratio; count = 1;
         rs->peer_index = (uint16_t)(b->tp_rank % ratio); rs->peer_count = (uint16_t)ratio;
     } else {
-        kvx__set_why(why, wl, "prefill at %s:%d has attn_tp_size %d and this decode engine "
-                     "tp_size %d: one must divide the other", p->host, p->port, rs->tp, b->tp_size);
-        return KVX_ERR_LAYOUT_MISMATCH;
+        return kvx__boot_err(KVX_ERR_LAYOUT_MISMATCH, why, wl, "prefill at %s:%d has attn_tp_size "
+                             "%d and this decode engine tp_size %d: one must divide the other",
+                             p->host, p->port, rs->tp, b->tp_size);
     }
     rs->per_dp = (uint32_t)(rs->cp * count * rs->pp);
     total = (uint64_t)rs->dp * rs->per_dp;
-    if (total > KVX_BOOT_MAX_RANKS) {
-        kvx__set_why(why, wl, "prefill at %s:%d needs %llu control connections (KVX_BOOT_MAX_RANKS %d)",
-                     p->host, p->port, (unsigned long long)total, KVX_BOOT_MAX_RANKS);
-        return KVX_ERR_OUT_OF_RANGE;
-    }
+    if (total > KVX_BOOT_MAX_RANKS)
+        return kvx__boot_err(KVX_ERR_OUT_OF_RANGE, why, wl, "prefill at %s:%d needs %llu control "
+                             "connections (KVX_BOOT_MAX_RANKS %d)", p->host, p->port,
+                             (unsigned long long)total, KVX_BOOT_MAX_RANKS);
     rs->conns = (kvx__boot_conn **)kvx__boot_zalloc(b, (size_t)total * sizeof *rs->conns);
     if (!rs->conns) { kvx__set_why(why, wl, "out of memory"); return KVX_ERR_NO_MEMORY; }
     for (dpi = 0; dpi < rs->dp; dpi++)
@@ -3794,7 +3778,7 @@ static void kvx__boot_resolve_job(void *arg) {
                 KVX__STORE(&c->want_close, 1);
                 continue;
             }
-            kvx__boot_conn_ref(c);
+            KVX__ADD(&c->refs, 1);
             b->incoming[b->nincoming++] = c;
             kvx__boot_live_locked(b, c, 1);
         }
@@ -4251,17 +4235,13 @@ static kvx_result kvx__boot_rank_setting(const char *name, int size, int rank, i
                                          char *why, size_t wl) {
     *sz = size > 0 ? size : 1;
     *rk = rank;
-    if (rank < 0 || rank >= *sz) {
-        kvx__set_why(why, wl, "desc.boot.%s_rank %d is not in [0, %s_size %d)", name, rank, name, *sz);
-        return KVX_ERR_BAD_CONFIG;
-    }
+    if (rank < 0 || rank >= *sz)
+        return kvx__boot_err(KVX_ERR_BAD_CONFIG, why, wl, "desc.boot.%s_rank %d is not in [0, "
+                             "%s_size %d)", name, rank, name, *sz);
     return KVX_OK;
 }
 
-/* The handshake's settings, resolved by kvx.h's rule (the variable
-   overrides the field; 0 = the default; out of range refused). The port is
-   an INT0 row: desc.boot.port = KVX_ZERO and KVX_BOOTSTRAP_PORT=0 ask for an
-   ephemeral port. */
+/* The settings of ENVIRONMENT in the doc block, by kvx.h's rule. */
 static const kvx__setting kvx__boot_table[] = {
     KVX__SET_STR("KVX_BOOTSTRAP_HOST", kvx_boot_desc, host),
     KVX__SET_INT0("KVX_BOOTSTRAP_PORT", kvx_boot_desc, port, KVX_BOOT_DEFAULT_PORT, 0, 65535),
@@ -4286,10 +4266,9 @@ static kvx_result kvx__boot_settings(kvx_boot *b, char *why, size_t wl) {
         return r;
     b->port_cfg = s.port;
     if (!s.host) s.host = "0.0.0.0";
-    if (strlen(s.host) >= sizeof b->host) {
-        kvx__set_why(why, wl, "bootstrap host '%s' is too long", s.host);
-        return KVX_ERR_BAD_CONFIG;
-    }
+    if (strlen(s.host) >= sizeof b->host)
+        return kvx__boot_err(KVX_ERR_BAD_CONFIG, why, wl, "bootstrap host '%s' is too long",
+                             s.host);
     snprintf(b->host, sizeof b->host, "%s", s.host);
     b->hb_interval = s.heartbeat_interval_s;
     b->hb_max_failure = s.heartbeat_max_failure;
@@ -4304,17 +4283,14 @@ static kvx_result kvx__boot_settings(kvx_boot *b, char *why, size_t wl) {
         return r;
     b->serves = b->role == KVX_ROLE_PREFILL && !b->tp_rank && !b->dp_rank && !b->pp_rank &&
                 !b->cp_rank;
-    if (b->role == KVX_ROLE_PREFILL && !b->serves && !b->port_cfg) {
-        kvx__set_why(why, wl, "prefill rank (tp %d, dp %d, pp %d, cp %d) needs the bootstrap "
-                     "server's port to register with it; an ephemeral port is only for rank 0",
-                     b->tp_rank, b->dp_rank, b->pp_rank, b->cp_rank);
-        return KVX_ERR_BAD_CONFIG;
-    }
-    if (s.rank_ip && strlen(s.rank_ip) >= sizeof b->rank_ip) {
-        kvx__set_why(why, wl, "KVX_BOOTSTRAP_RANK_IP / desc.boot.rank_ip '%.80s' is too long",
-                     s.rank_ip);
-        return KVX_ERR_BAD_CONFIG;
-    }
+    if (b->role == KVX_ROLE_PREFILL && !b->serves && !b->port_cfg)
+        return kvx__boot_err(KVX_ERR_BAD_CONFIG, why, wl, "prefill rank (tp %d, dp %d, pp %d, cp "
+                             "%d) needs the bootstrap server's port to register with it; an "
+                             "ephemeral port is only for rank 0", b->tp_rank, b->dp_rank,
+                             b->pp_rank, b->cp_rank);
+    if (s.rank_ip && strlen(s.rank_ip) >= sizeof b->rank_ip)
+        return kvx__boot_err(KVX_ERR_BAD_CONFIG, why, wl, "KVX_BOOTSTRAP_RANK_IP / "
+                             "desc.boot.rank_ip '%.80s' is too long", s.rank_ip);
     if (s.rank_ip) snprintf(b->rank_ip, sizeof b->rank_ip, "%s", s.rank_ip);
     else kvx__boot_local_ip(b->host, b->rank_ip, sizeof b->rank_ip);
     return KVX_OK;
@@ -4361,13 +4337,6 @@ static kvx_result kvx__boot_make_hello(kvx_boot *b, kvx__buf *out, const uint8_t
     f.hello.endpoint = b->endpoint;
     f.hello.endpoint_len = b->endpoint_len;
     return kvx__boot_frame_encode(&f, out);
-}
-
-static uint64_t kvx__boot_random(const void *salt) {
-    uint64_t v = 0;
-    if (kvx__random_bytes(&v, sizeof v) != KVX_OK) v = 0;
-    v ^= kvx_now_ns() ^ ((uint64_t)getpid() << 32) ^ (uint64_t)(uintptr_t)salt;
-    return v ? v : 1;
 }
 
 static void kvx__boot_free(kvx_boot *b) {
@@ -4426,12 +4395,10 @@ static kvx_result kvx__boot_add_listener(kvx_boot *b, int kind, int port, const 
                                          int *port_out, char *why, size_t wl) {
     int err, fd = kvx__listen(b->host, port, 1024, port_out, &err);
     kvx__boot_conn *c;
-    if (fd < 0) {
-        kvx__set_why(why, wl, "cannot listen on %s:%d for the %s: %s%s", b->host, port, what,
-                     kvx__errstr(err), err == EADDRINUSE ? " (another process has this port; set "
-                                                           "KVX_BOOTSTRAP_PORT)" : "");
-        return KVX_ERR_IO;
-    }
+    if (fd < 0)
+        return kvx__boot_err(KVX_ERR_IO, why, wl, "cannot listen on %s:%d for the %s: %s%s",
+                             b->host, port, what, kvx__errstr(err), err == EADDRINUSE ?
+                             " (another process has this port; set KVX_BOOTSTRAP_PORT)" : "");
     c = kvx__boot_conn_new(b, kind, fd);
     if (!c || kvx__boot_io_add(b, c)) {
         if (c) kvx__boot_conn_unref(c);
@@ -4453,8 +4420,8 @@ static kvx_result kvx__boot_self_register(kvx_boot *b, char *why, size_t wl) {
          kvx__boot_srv_register(b, &g, rwhy, sizeof rwhy);
     kvx__buf_free(&reg);
     if (!rc) return KVX_OK;
-    kvx__set_why(why, wl, "cannot register this rank with its own bootstrap server: %s", rwhy);
-    return KVX_ERR_INVALID_ARGUMENT;
+    return kvx__boot_err(KVX_ERR_INVALID_ARGUMENT, why, wl, "cannot register this rank with its "
+                         "own bootstrap server: %s", rwhy);
 }
 
 KVX_API kvx_result kvx_boot_create(kvx_engine *e, const kvx_boot_hooks *hooks,
@@ -4465,21 +4432,21 @@ KVX_API kvx_result kvx_boot_create(kvx_engine *e, const kvx_boot_hooks *hooks,
     if (why && wl) why[0] = 0;
     if (!out) return KVX_ERR_INVALID_ARGUMENT;
     *out = NULL;
-    if (!e || endpoint_len > KVX_BOOT_MAX_ENDPOINT || (endpoint_len && !endpoint)) {
-        kvx__set_why(why, wl, "kvx_boot_create: no engine, or an endpoint of %zu bytes (limit %d)",
-                     endpoint_len, KVX_BOOT_MAX_ENDPOINT);
-        return KVX_ERR_INVALID_ARGUMENT;
-    }
-    b = (kvx_boot *)kvx_engine_alloc(e, sizeof *b);
+    if (!e || endpoint_len > KVX_BOOT_MAX_ENDPOINT || (endpoint_len && !endpoint))
+        return kvx__boot_err(KVX_ERR_INVALID_ARGUMENT, why, wl, "kvx_boot_create: no engine, or "
+                             "an endpoint of %zu bytes (limit %d)", endpoint_len,
+                             KVX_BOOT_MAX_ENDPOINT);
+    b = (kvx_boot *)kvx__zalloc(&kvx_engine_settings(e)->allocator, 1, sizeof *b);
     if (!b) return KVX_ERR_NO_MEMORY;
-    memset(b, 0, sizeof *b);
     b->engine = e;
     if (hooks) b->hooks = *hooks;
     b->role = kvx_engine_settings(e)->role;
     b->wake_rd = b->wake_wr = -1;
     pthread_mutex_init(&b->mu, NULL);
     pthread_cond_init(&b->cv, NULL);
-    b->instance = kvx__boot_random(b);
+    if (kvx__random_bytes(&b->instance, sizeof b->instance) != KVX_OK) b->instance = 0;
+    b->instance ^= kvx_now_ns() ^ ((uint64_t)getpid() << 32) ^ (uint64_t)(uintptr_t)b;
+    if (!b->instance) b->instance = 1; /* never 0 */
     b->key = kvx_engine_auth_key(e, &b->key_len);
     r = KVX_ERR_NO_MEMORY;
     if (endpoint_len) {
