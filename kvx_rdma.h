@@ -802,9 +802,6 @@ static const char *kvx__rdma_ev_str(const kvx__rdma_verbs *v, enum ibv_event_typ
     return "async event";
 }
 
-static int kvx__rdma_query_port(const kvx__rdma_verbs *v, struct ibv_context *c, uint8_t port,
-                                struct ibv_port_attr *a);
-
 /* ___ibv_query_port of verbs.h, with the exported symbol resolved by us. */
 static int kvx__rdma_query_port(const kvx__rdma_verbs *v, struct ibv_context *c, uint8_t port,
                                 struct ibv_port_attr *a) {
@@ -837,7 +834,7 @@ typedef struct kvx__rdma_dev {
     uint64_t region_bytes;
     uint32_t max_qp_wr;
     int max_cqe;
-    kvx__rdma_mr *kv, *aux;
+    kvx__rdma_mr *buf;  /* the KV buffers, then the aux buffers (the CONNECT order) */
     int down;       /* atomic: PORT_ERR seen, no PORT_ACTIVE since */
     int fatal;      /* atomic: DEVICE_FATAL seen */
 } kvx__rdma_dev;
@@ -899,7 +896,7 @@ typedef struct kvx__rdma_rbuf {
 typedef struct kvx__rdma_rdev {
     kvx_rdma_port_info info;
     uint64_t region_bytes;
-    kvx__rdma_rbuf *kv, *aux;
+    kvx__rdma_rbuf *buf;      /* nbuf KV buffers, then naux aux buffers */
 } kvx__rdma_rdev;
 
 enum { KVX__RP_CONNECTING = 0, KVX__RP_READY = 1, KVX__RP_DEAD = 2 };
@@ -1236,18 +1233,12 @@ static int kvx__rdma_dev_selected(const char *list, const char *name, int *port_
 static void kvx__rdma_dev_close(kvx__rdma_engine *re, kvx__rdma_dev *d) {
     const kvx_layout *l = kvx_engine_layout(re->e);
     uint32_t i, k;
-    for (i = 0; d->kv && i < l->num_buffers; i++) {
-        for (k = 0; k < d->kv[i].n; k++)
-            if (d->kv[i].mr[k]) re->v.dereg_mr(d->kv[i].mr[k]);
-        kvx_engine_free(re->e, d->kv[i].mr);
+    for (i = 0; d->buf && i < l->num_buffers + l->num_aux; i++) {
+        for (k = 0; k < d->buf[i].n; k++)
+            if (d->buf[i].mr[k]) re->v.dereg_mr(d->buf[i].mr[k]);
+        kvx_engine_free(re->e, d->buf[i].mr);
     }
-    for (i = 0; d->aux && i < l->num_aux; i++) {
-        for (k = 0; k < d->aux[i].n; k++)
-            if (d->aux[i].mr[k]) re->v.dereg_mr(d->aux[i].mr[k]);
-        kvx_engine_free(re->e, d->aux[i].mr);
-    }
-    kvx_engine_free(re->e, d->kv);
-    kvx_engine_free(re->e, d->aux);
+    kvx_engine_free(re->e, d->buf);
     if (d->ch) re->v.destroy_comp_channel(d->ch);
     if (d->pd) re->v.dealloc_pd(d->pd);
     if (d->ctx) re->v.close_device(d->ctx);
@@ -1427,29 +1418,26 @@ static kvx_result kvx__rdma_register_pool(kvx__rdma_engine *re, kvx__rdma_dev *d
     const kvx_layout *l = kvx_engine_layout(re->e);
     int access = IBV_ACCESS_LOCAL_WRITE | (re->role == KVX_ROLE_DECODE ? IBV_ACCESS_REMOTE_WRITE : 0);
     uint32_t i;
-    kvx_result r;
-    d->kv = (kvx__rdma_mr *)kvx__rdma_zalloc(re, l->num_buffers, sizeof *d->kv);
-    d->aux = (kvx__rdma_mr *)kvx__rdma_zalloc(re, l->num_aux, sizeof *d->aux);
-    if (!d->kv || !d->aux) return KVX_ERR_NO_MEMORY;
-    for (i = 0; i < l->num_buffers; i++) {
+    kvx_result r = KVX_OK;
+    d->buf = (kvx__rdma_mr *)kvx__rdma_zalloc(re, l->num_buffers + l->num_aux, sizeof *d->buf);
+    if (!d->buf) return KVX_ERR_NO_MEMORY;
+    for (i = 0; i < l->num_buffers && r == KVX_OK; i++) {
         const kvx_buffer *b = &l->buffers[i];
-        if ((r = kvx__rdma_reg(re, d, &d->kv[i], (char *)b->base, b->length, b->mem, b->device,
-                               access, "KV buffer", i, why, wl)) != KVX_OK)
-            return r;
+        r = kvx__rdma_reg(re, d, &d->buf[i], (char *)b->base, b->length, b->mem, b->device,
+                          access, "KV buffer", i, why, wl);
     }
-    for (i = 0; i < l->num_aux; i++) {
-        const kvx_aux_buffer *a = &l->aux[i];
-        if ((r = kvx__rdma_reg(re, d, &d->aux[i], (char *)a->base, a->length, KVX_MEM_HOST, 0,
-                               access, "aux buffer", i, why, wl)) != KVX_OK)
-            return r;
-    }
-    return KVX_OK;
+    for (i = 0; i < l->num_aux && r == KVX_OK; i++)
+        r = kvx__rdma_reg(re, d, &d->buf[l->num_buffers + i], (char *)l->aux[i].base,
+                          l->aux[i].length, KVX_MEM_HOST, 0, access, "aux buffer", i, why, wl);
+    return r;
 }
 
 /* >>rdma: queue pairs --------------------------------------------------------- */
 
 static void kvx__rdma_pair_kill(kvx__rdma_engine *re, kvx__rdma_pair *p, kvx_result res,
                                 const char *fmt, ...) KVX_PRINTF(4, 5);
+static void kvx__rdma_pair_down(kvx__rdma_engine *re, kvx__rdma_pair *p, kvx_result res,
+                                int fail_decode, int remote, const char *msg);
 
 static kvx__rdma_pair *kvx__rdma_pair_new(kvx__rdma_engine *re, int nqp, uint64_t peer,
                                           const char *addr) {
@@ -1502,13 +1490,10 @@ static void kvx__rdma_pair_destroy(kvx__rdma_engine *re, kvx__rdma_pair *p) {
         kvx_engine_free(re->e, q->ring);
     }
     for (i = 0; i < p->nrdev; i++) {
-        uint32_t k;
-        for (k = 0; p->rdev[i].kv && k < p->peer_layout.num_buffers; k++)
-            kvx_engine_free(re->e, p->rdev[i].kv[k].rkeys);
-        for (k = 0; p->rdev[i].aux && k < p->peer_layout.num_aux; k++)
-            kvx_engine_free(re->e, p->rdev[i].aux[k].rkeys);
-        kvx_engine_free(re->e, p->rdev[i].kv);
-        kvx_engine_free(re->e, p->rdev[i].aux);
+        uint32_t k, nb = p->peer_layout.num_buffers + p->peer_layout.num_aux;
+        for (k = 0; p->rdev[i].buf && k < nb; k++)
+            kvx_engine_free(re->e, p->rdev[i].buf[k].rkeys);
+        kvx_engine_free(re->e, p->rdev[i].buf);
     }
     kvx_engine_free(re->e, p->rdev);
     kvx_engine_free(re->e, p->peer_bufs);
@@ -1718,7 +1703,7 @@ static void kvx__rdma_cm_connect(kvx__rdma_engine *re, kvx__rdma_pair *p, kvx__b
         kvx__buf_put64(b, dv->region_bytes);
         for (i = 0; i < l->num_buffers + l->num_aux; i++) {
             int aux = i >= l->num_buffers;
-            const kvx__rdma_mr *m = aux ? &dv->aux[i - l->num_buffers] : &dv->kv[i];
+            const kvx__rdma_mr *m = &dv->buf[i];
             kvx__buf_put64(b, (uint64_t)(uintptr_t)(aux ? l->aux[i - l->num_buffers].base
                                                           : l->buffers[i].base));
             kvx__buf_put64(b, aux ? l->aux[i - l->num_buffers].length : l->buffers[i].length);
@@ -1769,12 +1754,11 @@ static kvx_result kvx__rdma_pair_tables(kvx__rdma_pair *p, const kvx_rdma_cm_msg
     for (d = 0; d < m->ndev; d++) {
         kvx__rdma_rdev *rd = &p->rdev[d];
         rd->info = m->dev[d];
-        rd->kv = (kvx__rdma_rbuf *)kvx__rdma_zalloc(re, m->nbuf, sizeof *rd->kv);
-        rd->aux = (kvx__rdma_rbuf *)kvx__rdma_zalloc(re, m->naux, sizeof *rd->aux);
-        if (!rd->kv || !rd->aux) return KVX_ERR_NO_MEMORY;
+        rd->buf = (kvx__rdma_rbuf *)kvx__rdma_zalloc(re, m->nbuf + m->naux, sizeof *rd->buf);
+        if (!rd->buf) return KVX_ERR_NO_MEMORY;
         for (i = 0; i < m->nbuf + m->naux; i++) {
             int aux = i >= m->nbuf;
-            kvx__rdma_rbuf *rb = aux ? &rd->aux[i - m->nbuf] : &rd->kv[i];
+            kvx__rdma_rbuf *rb = &rd->buf[i];
             const uint8_t *keys;
             uint64_t item = aux ? ours->aux[i - m->nbuf].item_len : ours->buffers[i].item_len;
             kvx_rdma_cm_region(m, d, i, &rb->base, &rb->length, &rd->region_bytes, &rb->n, &keys);
@@ -1787,18 +1771,17 @@ static kvx_result kvx__rdma_pair_tables(kvx__rdma_pair *p, const kvx_rdma_cm_msg
             rb->rkeys = (uint32_t *)kvx__rdma_zalloc(re, rb->n, sizeof *rb->rkeys);
             if (!rb->rkeys) return KVX_ERR_NO_MEMORY;
             for (k = 0; k < rb->n; k++) rb->rkeys[k] = kvx_rdma_cm_rkey(keys, k);
-            if (d == 0) {
-                if (aux) {
-                    p->peer_aux[i - m->nbuf].length = rb->length;
-                    p->peer_aux[i - m->nbuf].item_len = item;
-                } else {
-                    p->peer_bufs[i].length = rb->length;
-                    p->peer_bufs[i].item_len = item;
-                }
-            } else if (rb->length != (aux ? p->peer_aux[i - m->nbuf].length : p->peer_bufs[i].length)) {
+            if (d && rb->length != p->rdev[0].buf[i].length) {
                 kvx__set_why(why, wl, "the decode side registered buffer %u with different "
                              "lengths on different ports", i);
                 return KVX_ERR_PROTOCOL;
+            }
+            if (aux) {
+                p->peer_aux[i - m->nbuf].length = rb->length;
+                p->peer_aux[i - m->nbuf].item_len = item;
+            } else {
+                p->peer_bufs[i].length = rb->length;
+                p->peer_bufs[i].item_len = item;
             }
         }
     }
@@ -1904,12 +1887,16 @@ static void kvx__rdma_take(kvx__rdma_pair **list, uint64_t decode, uint32_t seq,
     }
 }
 
+/* Takes down the pairs of `old` (a grave_next list whose references it
+   drops); fmt has one %s: who, or with who NULL each pair's address. */
 static void kvx__rdma_kill_all(kvx__rdma_engine *re, kvx__rdma_pair *old, kvx_result res,
-                               const char *fmt, const char *who) {
+                               int remote, const char *fmt, const char *who) {
     while (old) {
         kvx__rdma_pair *o = old;
+        char msg[KVX_ERROR_MAX];
         old = o->grave_next;
-        kvx__rdma_pair_kill(re, o, res, fmt, who);
+        snprintf(msg, sizeof msg, fmt, who ? who : o->peer_addr);
+        kvx__rdma_pair_down(re, o, res, 1, remote, msg);
         kvx__rdma_pair_unref(re, o);
     }
 }
@@ -1929,8 +1916,8 @@ static kvx_result kvx__rdma_on_connect_msg(kvx__rdma_engine *re, const kvx_boot_
     kvx__rdma_take(&re->pairs, m->from, 0, &old);
     kvx__rdma_take(&re->acc, m->from, 0, &old);
     pthread_mutex_unlock(&re->mu);
-    kvx__rdma_kill_all(re, old, KVX_ERR_TRANSPORT, "%s reconnected: its previous RDMA connection is gone",
-                       who);
+    kvx__rdma_kill_all(re, old, KVX_ERR_TRANSPORT, 0,
+                       "%s reconnected: its previous RDMA connection is gone", who);
     p = kvx__rdma_pair_new(re, m->nqp, m->from, who);
     if (!p) { kvx__set_why(why, wl, "out of memory"); return KVX_ERR_NO_MEMORY; }
     p->peer_qpn0 = m->qp[0].qpn;
@@ -2171,27 +2158,6 @@ static void kvx__rdma_fail(kvx_room *r, int remote, kvx_result res, const char *
     else kvx_room_fail(r, res, "%s", msg);
 }
 
-/* Prefill: fails the room by this side's decision (room_failed tells the
-   decode side). */
-static void kvx__rdma_tx_fail(kvx__rdma_engine *re, kvx_room *r, kvx_result res, const char *fmt, ...)
-    KVX_PRINTF(4, 5);
-static void kvx__rdma_tx_fail(kvx__rdma_engine *re, kvx_room *r, kvx_result res, const char *fmt, ...) {
-    char msg[KVX_ERROR_MAX];
-    va_list ap;
-    (void)re;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
-    kvx_room_fail(r, res, "%s", msg);
-}
-
-/* Tells the peer of a room this side failed, with its first reason: the
-   prefill sends status Failed (kvx_boot answers a room frame that has not
-   arrived yet with an abort), the decode side an abort. */
-static void kvx__rdma_tell_peer(kvx__rdma_engine *re, kvx_room *r) {
-    kvx_boot_room_failed(re->boot, r);
-}
-
 typedef struct kvx__rdma_deadarg {
     kvx__rdma_pair *p;
     kvx_result res;
@@ -2199,20 +2165,72 @@ typedef struct kvx__rdma_deadarg {
     const char *msg;
 } kvx__rdma_deadarg;
 
-static int kvx__rdma_pair_serves(const kvx__rdma_pair *p, const kvx__rdma_room *rr) {
-    if (strcmp(p->bootstrap, rr->bootstrap)) return 0;
-    return p->dp_size <= 1 || (int)(rr->x.id % (uint64_t)p->dp_size) == p->dp_rank;
+/* Does the prefill rank of bootstrap address bs, dp rank/size, serve rr? */
+static int kvx__rdma_serves(const char *bs, int dp_rank, int dp_size, const kvx__rdma_room *rr) {
+    if (strcmp(bs, rr->bootstrap)) return 0;
+    return dp_size <= 1 || (int)(rr->x.id % (uint64_t)dp_size) == dp_rank;
+}
+#define KVX__RDMA_SERVES(x, rr) kvx__rdma_serves((x)->bootstrap, (x)->dp_rank, (x)->dp_size, rr)
+
+static kvx__rdma_room *kvx__rdma_rx_find(kvx__rdma_engine *re, uint32_t tag) {
+    kvx__hnode *h = kvx__htab_find(&re->rx, tag);
+    return h ? (kvx__rdma_room *)(void *)((char *)h - offsetof(kvx__rdma_room, hn)) : NULL;
 }
 
-static int kvx__rdma_peer_serves(const kvx__rdma_peer *pe, const kvx__rdma_room *rr) {
-    if (strcmp(pe->bootstrap, rr->bootstrap)) return 0;
-    return pe->dp_size <= 1 || (int)(rr->x.id % (uint64_t)pe->dp_size) == pe->dp_rank;
+/* KVX_ERR_NO_MEMORY when the table could not grow. */
+static kvx_result kvx__rdma_rx_insert(kvx__rdma_engine *re, kvx__rdma_room *rr) {
+    kvx_result r;
+    rr->hn.key = rr->tag;
+    r = kvx__htab_insert(&re->rx, &kvx_engine_settings(re->e)->allocator, &rr->hn);
+    rr->in_table = r == KVX_OK;
+    return r;
 }
 
-static int kvx__rdma_rx_check(kvx__rdma_room *rr, char *msg, size_t ml, const char *who);
-static void kvx__rdma_rx_remove(kvx__rdma_engine *re, kvx__rdma_room *rr);
-static kvx__rdma_src *kvx__rdma_src_get(kvx__rdma_room *rr, uint64_t inst, int add);
-static void kvx__rdma_rx_act(kvx_room *r, int verdict, uint64_t bytes, const char *msg);
+static void kvx__rdma_rx_remove(kvx__rdma_engine *re, kvx__rdma_room *rr) {
+    kvx__htab_remove(&re->rx, &rr->hn);
+    rr->in_table = 0;
+}
+
+static kvx__rdma_src *kvx__rdma_src_get(kvx__rdma_room *rr, uint64_t inst, int add) {
+    int i;
+    for (i = 0; i < rr->nsrc; i++)
+        if (rr->src[i].instance == inst) return &rr->src[i];
+    if (!add || rr->nsrc == (int)(sizeof rr->src / sizeof rr->src[0])) return NULL;
+    memset(&rr->src[rr->nsrc], 0, sizeof rr->src[0]);
+    rr->src[rr->nsrc].instance = inst;
+    return &rr->src[rr->nsrc++];
+}
+
+/* 1: every target reported Success, every queue pair of each delivered
+   the room's immediate and the bytes agree; -1 (msg set): they do not
+   agree; 0: not yet. Under rx_mu. */
+static int kvx__rdma_rx_check(kvx__rdma_room *rr, char *msg, size_t ml, const char *who) {
+    int i, nst = 0;
+    uint64_t bytes = 0;
+    if (rr->succeeded_rx || !rr->targets) return 0;
+    for (i = 0; i < rr->nsrc; i++) {
+        if (!rr->src[i].status) continue;
+        if (rr->src[i].marks < rr->src[i].nqp) return 0;
+        nst++;
+        bytes += rr->src[i].bytes;
+    }
+    if (nst < rr->targets) return 0;
+    rr->succeeded_rx = 1;
+    if (bytes != rr->expected) {
+        snprintf(msg, ml, "%s%s report%s %llu bytes placed but this receiver expects %llu "
+                 "(its pages times the page bytes of every buffer, plus the aux row)",
+                 rr->targets > 1 ? "the prefill ranks, the last " : "", who,
+                 rr->targets > 1 ? "," : "s", (unsigned long long)bytes,
+                 (unsigned long long)rr->expected);
+        return -1;
+    }
+    return 1;
+}
+
+static void kvx__rdma_rx_act(kvx_room *r, int verdict, uint64_t bytes, const char *msg) {
+    if (verdict > 0) kvx_room_succeed(r, bytes);
+    else if (verdict < 0) kvx_room_fail(r, KVX_ERR_CORRUPT, "%s", msg);
+}
 
 static void kvx__rdma_decode_dead_one(kvx_room *r, void *arg) {
     kvx__rdma_deadarg *a = (kvx__rdma_deadarg *)arg;
@@ -2221,7 +2239,7 @@ static void kvx__rdma_decode_dead_one(kvx_room *r, void *arg) {
     char msg[KVX_ERROR_MAX] = "";
     uint64_t total = 0;
     int v = 0, k, done = 0;
-    if (!rr || kvx_room_poll(r) != KVX_POLL_TRANSFERRING || !kvx__rdma_pair_serves(a->p, rr)) return;
+    if (!rr || kvx_room_poll(r) != KVX_POLL_TRANSFERRING || !KVX__RDMA_SERVES(a->p, rr)) return;
     /* a prefill that sent Success did so after every WRITE of the room,
        immediates included, completed: its bytes are placed, whatever
        happens to the connection now */
@@ -2258,7 +2276,8 @@ static void kvx__rdma_decode_dead(kvx__rdma_engine *re, kvx__rdma_pair *p, kvx_r
 
 /* Takes p out of service: every queue pair to ERR, queued and in-flight
    WRITEs forgotten; the prefill's rooms on it fail, and with fail_decode
-   the decode rooms it served. */
+   the decode rooms it served. With remote (the peer is gone or reported
+   the connection broken) they fail with kvx_room_fail_remote. */
 static void kvx__rdma_pair_down(kvx__rdma_engine *re, kvx__rdma_pair *p, kvx_result res,
                                 int fail_decode, int remote, const char *msg) {
     kvx_room **fail = NULL;
@@ -2333,20 +2352,6 @@ static void kvx__rdma_pair_kill(kvx__rdma_engine *re, kvx__rdma_pair *p, kvx_res
     kvx__rdma_pair_down(re, p, res, 1, 0, msg);
 }
 
-/* The same when the peer is gone or reported the connection broken: the
-   rooms fail with kvx_room_fail_remote. */
-static void kvx__rdma_pair_lost(kvx__rdma_engine *re, kvx__rdma_pair *p, kvx_result res,
-                                const char *fmt, ...) KVX_PRINTF(4, 5);
-static void kvx__rdma_pair_lost(kvx__rdma_engine *re, kvx__rdma_pair *p, kvx_result res,
-                                const char *fmt, ...) {
-    char msg[KVX_ERROR_MAX];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
-    kvx__rdma_pair_down(re, p, res, 1, 1, msg);
-}
-
 /* >>rdma: prefill data path ---------------------------------------------------------- */
 
 #define KVX__RDMA_BATCH 128
@@ -2371,18 +2376,18 @@ static int kvx__rdma_fill(kvx__rdma_engine *re, kvx__rdma_qp *q, kvx__rdma_work 
     if (kvx__rdma_work_done(w)) { /* zero-length WRITE WITH IMMEDIATE */
         wr->num_sge = 0;
         wr->sg_list = NULL;
-        wr->wr.rdma.remote_addr = rd->kv[0].base;
-        wr->wr.rdma.rkey = rd->kv[0].rkeys[0];
+        wr->wr.rdma.remote_addr = rd->buf[0].base;
+        wr->wr.rdma.rkey = rd->buf[0].rkeys[0];
         last = 1;
         KVX__RDMA_STAT(re, zero_len_wrs, 1);
     } else {
         const kvx_span *s = &w->job->plan.spans[w->s];
-        int aux = s->kind == KVX_SPAN_AUX;
         uint64_t limit = w->s == w->es ? w->eoff : s->length, pos = w->off;
         uint64_t lo = s->src_offset + pos, ro = s->dst_offset + pos;
         uint64_t lrb = q->dev->region_bytes, rrb = rd->region_bytes, e;
-        const kvx__rdma_mr *lm = aux ? &q->dev->aux[s->buffer] : &q->dev->kv[s->buffer];
-        const kvx__rdma_rbuf *rm = aux ? &rd->aux[s->buffer] : &rd->kv[s->buffer];
+        uint32_t bi = s->buffer + (s->kind == KVX_SPAN_AUX ? l->num_buffers : 0);
+        const kvx__rdma_mr *lm = &q->dev->buf[bi];
+        const kvx__rdma_rbuf *rm = &rd->buf[bi];
         e = (pos / (uint64_t)re->cfg.max_msg + 1) * (uint64_t)re->cfg.max_msg;
         if (e > limit) e = limit;
         if ((lo / lrb + 1) * lrb - lo < e - pos) e = pos + ((lo / lrb + 1) * lrb - lo);
@@ -2632,20 +2637,20 @@ static void kvx__rdma_submit(kvx__rdma_engine *re, kvx__rdma_room *rr, kvx_chunk
     int i, fin = 0, bad = 0, step = 0;
     uint64_t bytes = 0;
     if (!j) {
-        kvx__rdma_tx_fail(re, rr->x.room, KVX_ERR_NO_MEMORY, "out of memory planning chunk %u", c->index);
+        kvx_room_fail(rr->x.room, KVX_ERR_NO_MEMORY, "out of memory planning chunk %u", c->index);
         goto drop;
     }
     if ((uint64_t)c->first_page + c->num_pages > rr->ndst) {
-        kvx__rdma_tx_fail(re, rr->x.room, KVX_ERR_TOO_MANY_PAGES, "chunk %u reaches page %u but %s "
-                          "gave %u destination pages", c->index, c->first_page + c->num_pages,
-                          rr->decode_addr, rr->ndst);
+        kvx_room_fail(rr->x.room, KVX_ERR_TOO_MANY_PAGES, "chunk %u reaches page %u but %s gave "
+                      "%u destination pages", c->index, c->first_page + c->num_pages,
+                      rr->decode_addr, rr->ndst);
         goto drop;
     }
     res = kvx_plan_pages(&j->plan, kvx_engine_layout(e), c->pages, &p->peer_layout,
                          rr->dst + c->first_page, c->num_pages);
     if (res != KVX_OK) {
-        kvx__rdma_tx_fail(re, rr->x.room, res, "chunk %u against the destination of %s: %s",
-                          c->index, rr->decode_addr, j->plan.error);
+        kvx_room_fail(rr->x.room, res, "chunk %u against the destination of %s: %s", c->index,
+                      rr->decode_addr, j->plan.error);
         goto drop;
     }
     KVX__RDMA_STAT(re, chunks, 1);
@@ -2681,7 +2686,7 @@ static void kvx__rdma_submit(kvx__rdma_engine *re, kvx__rdma_room *rr, kvx_chunk
     if (kvx__rdma_pump_all(re, p, err, sizeof err)) bad = 1;
     pthread_mutex_unlock(&p->mu);
     kvx_chunk_free(e, c);
-    if (step < 0) kvx__rdma_tx_fail(re, rr->x.room, (kvx_result)step, "%s", auxerr);
+    if (step < 0) kvx_room_fail(rr->x.room, (kvx_result)step, "%s", auxerr);
     if (bad) kvx__rdma_pair_kill(re, p, KVX_ERR_TRANSPORT, "%s", err);
     if (fin) kvx__rdma_finish(re, rr, bytes);
     return;
@@ -2704,7 +2709,7 @@ static void kvx__rdma_attach(kvx__rdma_engine *re, kvx__rdma_room *rr, kvx__rdma
         snprintf(why, sizeof why, "%s", p->reason);
         pthread_mutex_unlock(&p->mu);
         pthread_mutex_unlock(&rr->x.mu);
-        kvx__rdma_tx_fail(re, rr->x.room, KVX_ERR_TRANSPORT, "%s", why);
+        kvx_room_fail(rr->x.room, KVX_ERR_TRANSPORT, "%s", why);
         return;
     }
     kvx__rdma_pair_ref(p);
@@ -2722,7 +2727,7 @@ static void kvx__rdma_attach(kvx__rdma_engine *re, kvx__rdma_room *rr, kvx__rdma
 /* Prefill: a decode engine finished the exchange; p replaces any older
    connection with it and the rooms waiting for it start. */
 static void kvx__rdma_publish(kvx__rdma_engine *re, kvx__rdma_pair *p) {
-    kvx__rdma_pair **pp, *old = NULL;
+    kvx__rdma_pair *old = NULL;
     kvx__rdma_room **rp, *start = NULL, *rr;
     pthread_mutex_lock(&re->mu);
     if (re->stopping) {
@@ -2730,17 +2735,7 @@ static void kvx__rdma_publish(kvx__rdma_engine *re, kvx__rdma_pair *p) {
         kvx__rdma_pair_unref(re, p);
         return;
     }
-    for (pp = &re->pairs; *pp;) {
-        if ((*pp)->peer == p->peer) {
-            kvx__rdma_pair *o = *pp;
-            *pp = o->next;
-            o->listed = 0;
-            o->grave_next = old;
-            old = o;
-            continue;
-        }
-        pp = &(*pp)->next;
-    }
+    kvx__rdma_take(&re->pairs, p->peer, 0, &old);
     KVX__STORE(&p->state, KVX__RP_READY);
     p->next = re->pairs;
     re->pairs = p;
@@ -2761,13 +2756,8 @@ static void kvx__rdma_publish(kvx__rdma_engine *re, kvx__rdma_pair *p) {
     KVX__RDMA_STAT(re, pairs, 1);
     kvx_engine_log(re->e, KVX_LOG_INFO, "kvx.rdma", 0, "%s connected: %d queue pairs", p->peer_addr,
                    p->nqp);
-    while (old) {
-        kvx__rdma_pair *o = old;
-        old = o->grave_next;
-        kvx__rdma_pair_kill(re, o, KVX_ERR_PEER, "the connection with %s was replaced by a new one",
-                           o->peer_addr);
-        kvx__rdma_pair_unref(re, o);
-    }
+    kvx__rdma_kill_all(re, old, KVX_ERR_PEER, 0, "the connection with %s was replaced by a new one",
+                       NULL);
     while (start) {
         rr = start;
         start = rr->lnext;
@@ -2909,66 +2899,6 @@ static void kvx__rdma_cq_prefill(kvx__rdma_engine *re, kvx__rdma_qp *q) {
 }
 
 /* >>rdma: decode completion accounting ---------------------------------------------- */
-
-static kvx__rdma_room *kvx__rdma_rx_find(kvx__rdma_engine *re, uint32_t tag) {
-    kvx__hnode *h = kvx__htab_find(&re->rx, tag);
-    return h ? (kvx__rdma_room *)(void *)((char *)h - offsetof(kvx__rdma_room, hn)) : NULL;
-}
-
-/* KVX_ERR_NO_MEMORY when the table could not grow. */
-static kvx_result kvx__rdma_rx_insert(kvx__rdma_engine *re, kvx__rdma_room *rr) {
-    kvx_result r;
-    rr->hn.key = rr->tag;
-    r = kvx__htab_insert(&re->rx, &kvx_engine_settings(re->e)->allocator, &rr->hn);
-    rr->in_table = r == KVX_OK;
-    return r;
-}
-
-static void kvx__rdma_rx_remove(kvx__rdma_engine *re, kvx__rdma_room *rr) {
-    kvx__htab_remove(&re->rx, &rr->hn);
-    rr->in_table = 0;
-}
-
-static kvx__rdma_src *kvx__rdma_src_get(kvx__rdma_room *rr, uint64_t inst, int add) {
-    int i;
-    for (i = 0; i < rr->nsrc; i++)
-        if (rr->src[i].instance == inst) return &rr->src[i];
-    if (!add || rr->nsrc == (int)(sizeof rr->src / sizeof rr->src[0])) return NULL;
-    memset(&rr->src[rr->nsrc], 0, sizeof rr->src[0]);
-    rr->src[rr->nsrc].instance = inst;
-    return &rr->src[rr->nsrc++];
-}
-
-/* 1: every target reported Success, every queue pair of each delivered
-   the room's immediate and the bytes agree; -1 (msg set): they do not
-   agree; 0: not yet. Under rx_mu. */
-static int kvx__rdma_rx_check(kvx__rdma_room *rr, char *msg, size_t ml, const char *who) {
-    int i, nst = 0;
-    uint64_t bytes = 0;
-    if (rr->succeeded_rx || !rr->targets) return 0;
-    for (i = 0; i < rr->nsrc; i++) {
-        if (!rr->src[i].status) continue;
-        if (rr->src[i].marks < rr->src[i].nqp) return 0;
-        nst++;
-        bytes += rr->src[i].bytes;
-    }
-    if (nst < rr->targets) return 0;
-    rr->succeeded_rx = 1;
-    if (bytes != rr->expected) {
-        snprintf(msg, ml, "%s%s report%s %llu bytes placed but this receiver expects %llu "
-                 "(its pages times the page bytes of every buffer, plus the aux row)",
-                 rr->targets > 1 ? "the prefill ranks, the last " : "", who,
-                 rr->targets > 1 ? "," : "s", (unsigned long long)bytes,
-                 (unsigned long long)rr->expected);
-        return -1;
-    }
-    return 1;
-}
-
-static void kvx__rdma_rx_act(kvx_room *r, int verdict, uint64_t bytes, const char *msg) {
-    if (verdict > 0) kvx_room_succeed(r, bytes);
-    else if (verdict < 0) kvx_room_fail(r, KVX_ERR_CORRUPT, "%s", msg);
-}
 
 /* The immediates that arrived on a queue pair of p. */
 static void kvx__rdma_marks(kvx__rdma_engine *re, kvx__rdma_pair *p, const uint32_t *tags, int n) {
@@ -3325,10 +3255,10 @@ static int kvx__rdma_on_status(kvx_boot *b, kvx_room *r, const kvx_boot_peer *pe
                 dead[nd++] = p;
             }
         pthread_mutex_unlock(&re->mu);
+        snprintf(why, sizeof why, "prefill %s reports its RDMA connection with this engine "
+                 "broken: %s", peer->addr, reason && *reason ? reason : "no reason given");
         for (i = 0; i < nd; i++) {
-            kvx__rdma_pair_lost(re, dead[i], KVX_ERR_TRANSPORT, "prefill %s reports its RDMA "
-                               "connection with this engine broken: %s", peer->addr,
-                               reason && *reason ? reason : "no reason given");
+            kvx__rdma_pair_down(re, dead[i], KVX_ERR_TRANSPORT, 1, 1, why);
             kvx__rdma_pair_unref(re, dead[i]);
         }
         return 1;
@@ -3434,24 +3364,14 @@ static void kvx__rdma_on_connect(kvx_boot *b, const kvx_boot_peer *peer) {
 
 static void kvx__rdma_on_disconnect(kvx_boot *b, const kvx_boot_peer *peer, const char *reason) {
     kvx__rdma_engine *re = kvx__rdma_bre(b);
-    kvx__rdma_pair **pp, *gone = NULL;
+    kvx__rdma_pair *gone = NULL;
     kvx__rdma_peer **pe;
     kvx_rdma_hello h;
     char why[KVX_ERROR_MAX];
     if (kvx_rdma_hello_parse(peer->endpoint, peer->endpoint_len, &h, why, sizeof why) != KVX_OK) return;
     pthread_mutex_lock(&re->mu);
     kvx__rdma_take(&re->acc, h.instance, 0, &gone);
-    for (pp = &re->pairs; *pp;) {
-        if ((*pp)->peer == h.instance) {
-            kvx__rdma_pair *o = *pp;
-            *pp = o->next;
-            o->listed = 0;
-            o->grave_next = gone;
-            gone = o;
-            continue;
-        }
-        pp = &(*pp)->next;
-    }
+    kvx__rdma_take(&re->pairs, h.instance, 0, &gone);
     for (pe = &re->peers; *pe;) {
         if ((*pe)->instance == h.instance) {
             kvx__rdma_peer *x = *pe;
@@ -3462,14 +3382,10 @@ static void kvx__rdma_on_disconnect(kvx_boot *b, const kvx_boot_peer *peer, cons
         pe = &(*pe)->next;
     }
     pthread_mutex_unlock(&re->mu);
-    while (gone) {
-        kvx__rdma_pair *o = gone;
-        gone = o->grave_next;
-        kvx__rdma_pair_lost(re, o, KVX_ERR_PEER_LOST, "lost the control connection with %s %s: %s",
-                           re->role == KVX_ROLE_PREFILL ? "decode" : "prefill", peer->addr,
-                           reason ? reason : "closed");
-        kvx__rdma_pair_unref(re, o);
-    }
+    snprintf(why, sizeof why, "lost the control connection with %s %s: %s",
+             re->role == KVX_ROLE_PREFILL ? "decode" : "prefill", peer->addr,
+             reason ? reason : "closed");
+    kvx__rdma_kill_all(re, gone, KVX_ERR_PEER_LOST, 1, "%s", why);
 }
 
 /* >>rdma: backend hooks --------------------------------------------------------------- */
@@ -3503,14 +3419,13 @@ static kvx_result kvx__rdma_sender_init(kvx_room *r, uint32_t n, int32_t aux) {
     kvx__rdma_room *rr = kvx__rdma_rr(r);
     uint32_t want = kvx_boot_room_dst_pages(re->boot, r);
     if (n != want) {
-        kvx__rdma_tx_fail(re, r, KVX_ERR_INVALID_ARGUMENT,
-                          "init declares %u pages but %s asked for %u", n,
-                          rr->decode_addr[0] ? rr->decode_addr : "the decode side", want);
+        kvx_room_fail(r, KVX_ERR_INVALID_ARGUMENT, "init declares %u pages but %s asked for %u", n,
+                      rr->decode_addr[0] ? rr->decode_addr : "the decode side", want);
         return KVX_ERR_INVALID_ARGUMENT;
     }
     if (rr->x.dst_aux >= 0 && kvx_engine_layout(re->e)->num_aux && aux < 0) {
-        kvx__rdma_tx_fail(re, r, KVX_ERR_INVALID_ARGUMENT, "%s asked for aux rows (slot %d) but "
-                          "init gave no aux index", rr->decode_addr, (int)rr->x.dst_aux);
+        kvx_room_fail(r, KVX_ERR_INVALID_ARGUMENT, "%s asked for aux rows (slot %d) but init "
+                      "gave no aux index", rr->decode_addr, (int)rr->x.dst_aux);
         return KVX_ERR_INVALID_ARGUMENT;
     }
     rr->x.src_aux = aux;
@@ -3564,7 +3479,7 @@ static kvx_result kvx__rdma_receiver_init(kvx_room *r, const int32_t *pages, uin
        prefill never plans it on the connection it is replacing */
     pthread_mutex_lock(&re->mu);
     for (pe = re->peers; pe; pe = pe->next) {
-        if (!kvx__rdma_peer_serves(pe, rr)) continue;
+        if (!KVX__RDMA_SERVES(pe, rr)) continue;
         if (!pe->pair || KVX__LOAD(&pe->pair->state) == KVX__RP_DEAD) kvx__rdma_dial_locked(re, pe);
         if (KVX__RDMA_DIALING(pe)) dialing = 1;
     }
@@ -3608,7 +3523,9 @@ static void kvx__rdma_room_failed(kvx_room *r) {
     kvx__rdma_room *rr = kvx__rdma_rr(r);
     if (!re) return;
     if (re->role == KVX_ROLE_PREFILL && rr) kvx__rdma_cancel_room(re, rr);
-    kvx__rdma_tell_peer(re, r);
+    /* the prefill sends status Failed (kvx_boot answers a room frame that
+       has not arrived yet with an abort), the decode side an abort */
+    kvx_boot_room_failed(re->boot, r);
 }
 
 /* Takes rr off list *head (re->parked under re->mu, re->deferred under
@@ -3676,7 +3593,7 @@ static void kvx__rdma_rx_close(kvx__rdma_engine *re, kvx__rdma_room *rr) {
     if (kvx_room_poll(rr->x.room) != KVX_POLL_SUCCESS) {
         pthread_mutex_lock(&re->mu);
         for (p = re->pairs; p && np < 16; p = p->next)
-            if (KVX__LOAD(&p->state) == KVX__RP_READY && kvx__rdma_pair_serves(p, rr)) {
+            if (KVX__LOAD(&p->state) == KVX__RP_READY && KVX__RDMA_SERVES(p, rr)) {
                 kvx__rdma_pair_ref(p);
                 ps[np++] = p;
             }
@@ -3744,10 +3661,9 @@ static void kvx__rdma_progress(kvx_engine *e) {
                connected (its READY was lost) then retires its side and
                the next receiver redials */
             if (kvx_room_poll(rr->x.room) != KVX_POLL_FAILED)
-                kvx__rdma_tx_fail(re, rr->x.room, KVX_ERR_TRANSPORT,
-                                  "no RDMA connection from %s within %.0f s (KVX_IB_CONNECT_TIMEOUT): "
-                                  "the queue-pair exchange did not complete",
-                                  rr->decode_addr, re->cfg.connect_timeout_s);
+                kvx_room_fail(rr->x.room, KVX_ERR_TRANSPORT, "no RDMA connection from %s within "
+                              "%.0f s (KVX_IB_CONNECT_TIMEOUT): the queue-pair exchange did not "
+                              "complete", rr->decode_addr, re->cfg.connect_timeout_s);
             kvx_room_unref(rr->x.room);
         }
     }
@@ -3764,7 +3680,7 @@ static void kvx__rdma_progress(kvx_engine *e) {
             int wait = 0, failed;
             rr = *pp;
             failed = kvx_room_poll(rr->x.room) == KVX_POLL_FAILED;
-            for (k = 0; k < nd && !wait; k++) wait = kvx__rdma_peer_serves(&dialing[k], rr);
+            for (k = 0; k < nd && !wait; k++) wait = KVX__RDMA_SERVES(&dialing[k], rr);
             if (failed || (!wait && !kvx__rdma_rx_find(re, rr->tag))) {
                 *pp = rr->lnext;
                 rr->deferred = 0;
