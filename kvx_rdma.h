@@ -788,18 +788,8 @@ static kvx_result kvx__rdma_load(kvx__rdma_verbs *v, const char *path, char *why
     return KVX_ERR_NOT_FOUND;
 }
 #endif
-static void kvx__rdma_unload(kvx__rdma_verbs *v) {
-    if (v->lib) dlclose(v->lib);
-    v->lib = NULL;
-}
-
 static const char *kvx__rdma_wc_str(const kvx__rdma_verbs *v, enum ibv_wc_status s) {
-    if (v->wc_status_str) return v->wc_status_str(s);
-    return "work completion error";
-}
-static const char *kvx__rdma_ev_str(const kvx__rdma_verbs *v, enum ibv_event_type t) {
-    if (v->event_type_str) return v->event_type_str(t);
-    return "async event";
+    return v->wc_status_str ? v->wc_status_str(s) : "work completion error";
 }
 
 /* ___ibv_query_port of verbs.h, with the exported symbol resolved by us. */
@@ -867,8 +857,7 @@ typedef struct kvx__rdma_work {
 struct kvx__rdma_job {
     kvx_plan plan;
     int refs;          /* works still posting, under pair->mu */
-    int nworks;
-    kvx__rdma_work *w; /* nworks, in the same allocation */
+    kvx__rdma_work *w; /* one per queue pair (or 1 for aux), in the same allocation */
 };
 
 typedef struct kvx__rdma_qp {
@@ -884,7 +873,6 @@ typedef struct kvx__rdma_qp {
     uint32_t unsig;         /* WRITEs since the last signaled one */
     kvx__rdma_slot *ring;   /* depth slots */
     kvx__rdma_work *head, *tail;
-    uint32_t recv_posted;   /* decode */
 } kvx__rdma_qp;
 
 /* The peer's registered regions on one of its ports. */
@@ -919,7 +907,6 @@ typedef struct kvx__rdma_pair {
     pthread_cond_t cv;        /* rooms draining */
     struct kvx__rdma_room *rooms; /* prefill: attached rooms, under mu */
     char reason[KVX_ERROR_MAX];   /* why it died, under mu */
-    kvx_result why_res;
     uint32_t peer_qpn0;       /* prefill: the decode side's first queue pair number */
     uint32_t seq;             /* the exchange attempt (the decode side numbers them) */
     uint64_t deadline;        /* while connecting: KVX_IB_CONNECT_TIMEOUT for the next message */
@@ -975,7 +962,7 @@ typedef struct kvx__rdma_room {
     int last_queued, aux_needed, aux_queued, finished, cancelled;
     int others_pending;
     uint64_t final_mask;
-    uint64_t bytes_planned, bytes_done;
+    uint64_t bytes_done;
     int touched;
     struct kvx__rdma_room *tnext, *fnext;
     uint64_t fbytes;
@@ -1434,11 +1421,6 @@ static kvx_result kvx__rdma_register_pool(kvx__rdma_engine *re, kvx__rdma_dev *d
 
 /* >>rdma: queue pairs --------------------------------------------------------- */
 
-static void kvx__rdma_pair_kill(kvx__rdma_engine *re, kvx__rdma_pair *p, kvx_result res,
-                                const char *fmt, ...) KVX_PRINTF(4, 5);
-static void kvx__rdma_pair_down(kvx__rdma_engine *re, kvx__rdma_pair *p, kvx_result res,
-                                int fail_decode, int remote, const char *msg);
-
 static kvx__rdma_pair *kvx__rdma_pair_new(kvx__rdma_engine *re, int nqp, uint64_t peer,
                                           const char *addr) {
     kvx__rdma_pair *p = (kvx__rdma_pair *)kvx__rdma_zalloc(re, 1, sizeof *p);
@@ -1526,15 +1508,13 @@ static void kvx__rdma_pair_unref(kvx__rdma_engine *re, kvx__rdma_pair *p) {
     kvx__wake(re->wake_wr);
 }
 
-static kvx_result kvx__rdma_post_recvs(kvx__rdma_engine *re, kvx__rdma_qp *q, uint32_t n) {
+static kvx_result kvx__rdma_post_recvs(kvx__rdma_qp *q, uint32_t n) {
     struct ibv_recv_wr wr[64], *bad = NULL;
-    (void)re;
     while (n) {
         uint32_t k = n < 64 ? n : 64, i;
         memset(wr, 0, sizeof(wr[0]) * k);
         for (i = 0; i < k; i++) wr[i].next = i + 1 < k ? &wr[i + 1] : NULL;
         if (ibv_post_recv(q->qp, wr, &bad)) return KVX_ERR_TRANSPORT;
-        q->recv_posted += k;
         n -= k;
     }
     return KVX_OK;
@@ -1573,7 +1553,6 @@ static kvx_result kvx__rdma_qp_create(kvx__rdma_engine *re, kvx__rdma_qp *q, cha
     ia.send_cq = q->cq;
     ia.recv_cq = q->cq;
     ia.qp_type = IBV_QPT_RC;
-    ia.sq_sig_all = 0;
     ia.cap.max_send_wr = decode ? 1 : depth;
     ia.cap.max_recv_wr = decode ? rdepth : 1;
     ia.cap.max_send_sge = 1;
@@ -1586,7 +1565,6 @@ static kvx_result kvx__rdma_qp_create(kvx__rdma_engine *re, kvx__rdma_qp *q, cha
     }
     memset(&a, 0, sizeof a);
     a.qp_state = IBV_QPS_INIT;
-    a.pkey_index = 0;
     a.port_num = d->info.port;
     a.qp_access_flags = decode ? IBV_ACCESS_REMOTE_WRITE : 0;
     if (re->v.modify_qp(q->qp, &a, IBV_QP_STATE | IBV_QP_PKEY_INDEX | IBV_QP_PORT | IBV_QP_ACCESS_FLAGS)) {
@@ -1594,7 +1572,7 @@ static kvx_result kvx__rdma_qp_create(kvx__rdma_engine *re, kvx__rdma_qp *q, cha
                      strerror(errno));
         return KVX_ERR_TRANSPORT;
     }
-    if (decode && kvx__rdma_post_recvs(re, q, rdepth) != KVX_OK) {
+    if (decode && kvx__rdma_post_recvs(q, rdepth) != KVX_OK) {
         kvx__set_why(why, wl, "cannot post %u receives on %s: %s", rdepth, d->info.name,
                      strerror(errno));
         return KVX_ERR_TRANSPORT;
@@ -1602,11 +1580,13 @@ static kvx_result kvx__rdma_qp_create(kvx__rdma_engine *re, kvx__rdma_qp *q, cha
     return KVX_OK;
 }
 
-/* INIT -> RTR -> RTS towards the peer's queue pair on the peer's port. */
+/* INIT -> RTR -> RTS towards the peer's queue pair of the same index (in
+   its CONNECT or ACCEPT m) on the peer's port. */
 static kvx_result kvx__rdma_qp_connect(kvx__rdma_engine *re, kvx__rdma_qp *q,
-                                       const kvx_rdma_qp_info *rq, const kvx_rdma_port_info *rd,
-                                       char *why, size_t wl) {
+                                       const kvx_rdma_cm_msg *m, char *why, size_t wl) {
     kvx__rdma_dev *d = q->dev;
+    const kvx_rdma_qp_info *rq = &m->qp[q->idx];
+    const kvx_rdma_port_info *rd = &m->dev[rq->dev];
     struct ibv_qp_attr a;
     char lg[64], rg[64];
     if (rd->link_layer != d->info.link_layer) {
@@ -1616,6 +1596,7 @@ static kvx_result kvx__rdma_qp_connect(kvx__rdma_engine *re, kvx__rdma_qp *q,
                      (unsigned)rd->port, rd->link_layer == 2 ? "Ethernet (RoCE)" : "InfiniBand");
         return KVX_ERR_TRANSPORT;
     }
+    q->rdev = rq->dev;
     memset(&a, 0, sizeof a);
     a.qp_state = IBV_QPS_RTR;
     a.path_mtu = (enum ibv_mtu)(rd->mtu < d->info.mtu ? rd->mtu : d->info.mtu);
@@ -1626,14 +1607,12 @@ static kvx_result kvx__rdma_qp_connect(kvx__rdma_engine *re, kvx__rdma_qp *q,
     a.ah_attr.is_global = (uint8_t)(d->is_global || d->info.link_layer == 2);
     a.ah_attr.dlid = rd->lid;
     a.ah_attr.sl = (uint8_t)re->cfg.sl;
-    a.ah_attr.src_path_bits = 0;
     a.ah_attr.port_num = d->info.port;
     if (a.ah_attr.is_global) {
         memcpy(a.ah_attr.grh.dgid.raw, rd->gid, 16);
         a.ah_attr.grh.sgid_index = d->info.gid_index;
         a.ah_attr.grh.hop_limit = 64;
         a.ah_attr.grh.traffic_class = (uint8_t)re->cfg.traffic_class;
-        a.ah_attr.grh.flow_label = 0;
     }
     if (re->v.modify_qp(q->qp, &a, IBV_QP_STATE | IBV_QP_AV | IBV_QP_PATH_MTU | IBV_QP_DEST_QPN |
                                        IBV_QP_RQ_PSN | IBV_QP_MAX_DEST_RD_ATOMIC |
@@ -1661,6 +1640,207 @@ static kvx_result kvx__rdma_qp_connect(kvx__rdma_engine *re, kvx__rdma_qp *q,
         return KVX_ERR_TRANSPORT;
     }
     return KVX_OK;
+}
+
+/* >>rdma: failing rooms ----------------------------------------------------------- */
+
+/* A local failure (kvx_room_fail) reaches the peer through the room_failed
+   hook, with the room's first reason; a failure the peer reported, or the
+   loss of the peer, is kvx_room_fail_remote and sends nothing back. */
+static void kvx__rdma_fail(kvx_room *r, int remote, kvx_result res, const char *msg) {
+    if (remote) kvx_room_fail_remote(r, res, "%s", msg);
+    else kvx_room_fail(r, res, "%s", msg);
+}
+
+typedef struct kvx__rdma_deadarg {
+    kvx__rdma_pair *p;
+    kvx_result res;
+    int remote;
+    const char *msg;
+} kvx__rdma_deadarg;
+
+/* Does the prefill rank of bootstrap address bs, dp rank/size, serve rr? */
+static int kvx__rdma_serves(const char *bs, int dp_rank, int dp_size, const kvx__rdma_room *rr) {
+    if (strcmp(bs, rr->bootstrap)) return 0;
+    return dp_size <= 1 || (int)(rr->x.id % (uint64_t)dp_size) == dp_rank;
+}
+#define KVX__RDMA_SERVES(x, rr) kvx__rdma_serves((x)->bootstrap, (x)->dp_rank, (x)->dp_size, rr)
+
+static kvx__rdma_room *kvx__rdma_rx_find(kvx__rdma_engine *re, uint32_t tag) {
+    kvx__hnode *h = kvx__htab_find(&re->rx, tag);
+    return h ? (kvx__rdma_room *)(void *)((char *)h - offsetof(kvx__rdma_room, hn)) : NULL;
+}
+
+/* KVX_ERR_NO_MEMORY when the table could not grow. */
+static kvx_result kvx__rdma_rx_insert(kvx__rdma_engine *re, kvx__rdma_room *rr) {
+    kvx_result r;
+    rr->hn.key = rr->tag;
+    r = kvx__htab_insert(&re->rx, &kvx_engine_settings(re->e)->allocator, &rr->hn);
+    rr->in_table = r == KVX_OK;
+    return r;
+}
+
+static void kvx__rdma_rx_remove(kvx__rdma_engine *re, kvx__rdma_room *rr) {
+    kvx__htab_remove(&re->rx, &rr->hn);
+    rr->in_table = 0;
+}
+
+static kvx__rdma_src *kvx__rdma_src_get(kvx__rdma_room *rr, uint64_t inst, int add) {
+    int i;
+    for (i = 0; i < rr->nsrc; i++)
+        if (rr->src[i].instance == inst) return &rr->src[i];
+    if (!add || rr->nsrc == (int)(sizeof rr->src / sizeof rr->src[0])) return NULL;
+    memset(&rr->src[rr->nsrc], 0, sizeof rr->src[0]);
+    rr->src[rr->nsrc].instance = inst;
+    return &rr->src[rr->nsrc++];
+}
+
+/* 1: every target reported Success, every queue pair of each delivered
+   the room's immediate and the bytes agree; -1 (msg set): they do not
+   agree; 0: not yet. Under rx_mu. */
+static int kvx__rdma_rx_check(kvx__rdma_room *rr, char *msg, size_t ml, const char *who) {
+    int i, nst = 0;
+    uint64_t bytes = 0;
+    if (rr->succeeded_rx || !rr->targets) return 0;
+    for (i = 0; i < rr->nsrc; i++) {
+        if (!rr->src[i].status) continue;
+        if (rr->src[i].marks < rr->src[i].nqp) return 0;
+        nst++;
+        bytes += rr->src[i].bytes;
+    }
+    if (nst < rr->targets) return 0;
+    rr->succeeded_rx = 1;
+    if (bytes != rr->expected) {
+        snprintf(msg, ml, "%s%s report%s %llu bytes placed but this receiver expects %llu "
+                 "(its pages times the page bytes of every buffer, plus the aux row)",
+                 rr->targets > 1 ? "the prefill ranks, the last " : "", who,
+                 rr->targets > 1 ? "," : "s", (unsigned long long)bytes,
+                 (unsigned long long)rr->expected);
+        return -1;
+    }
+    return 1;
+}
+
+static void kvx__rdma_rx_act(kvx_room *r, int verdict, uint64_t bytes, const char *msg) {
+    if (verdict > 0) kvx_room_succeed(r, bytes);
+    else if (verdict < 0) kvx_room_fail(r, KVX_ERR_CORRUPT, "%s", msg);
+}
+
+static void kvx__rdma_decode_dead_one(kvx_room *r, void *arg) {
+    kvx__rdma_deadarg *a = (kvx__rdma_deadarg *)arg;
+    kvx__rdma_room *rr = kvx__rdma_rr(r);
+    kvx__rdma_src *s;
+    char msg[KVX_ERROR_MAX] = "";
+    uint64_t total = 0;
+    int v = 0, k, done = 0;
+    if (!rr || kvx_room_poll(r) != KVX_POLL_TRANSFERRING || !KVX__RDMA_SERVES(a->p, rr)) return;
+    /* a prefill that sent Success did so after every WRITE of the room,
+       immediates included, completed: its bytes are placed, whatever
+       happens to the connection now */
+    pthread_mutex_lock(&rr->re->rx_mu);
+    s = rr->in_table ? kvx__rdma_src_get(rr, a->p->peer, 0) : NULL;
+    if (s && s->status) {
+        done = 1;
+        s->marks = s->nqp;
+        v = kvx__rdma_rx_check(rr, msg, sizeof msg, a->p->peer_addr);
+        if (v) kvx__rdma_rx_remove(rr->re, rr);
+        for (k = 0; k < rr->nsrc; k++) total += rr->src[k].status ? rr->src[k].bytes : 0;
+    }
+    pthread_mutex_unlock(&rr->re->rx_mu);
+    if (done) {
+        kvx__rdma_rx_act(r, v, total, msg);
+        return;
+    }
+    kvx__rdma_fail(r, a->remote, a->res, a->msg);
+}
+
+/* Decode: the rooms that were receiving through p fail. */
+static void kvx__rdma_decode_dead(kvx__rdma_engine *re, kvx__rdma_pair *p, kvx_result res,
+                                  int remote, const char *reason) {
+    kvx__rdma_deadarg a = {p, res, remote, reason};
+    kvx_engine_foreach_room(re->e, kvx__rdma_decode_dead_one, &a);
+    pthread_mutex_lock(&re->rx_mu);
+    pthread_cond_broadcast(&re->rx_cv);
+    pthread_mutex_unlock(&re->rx_mu);
+}
+
+/* Takes p out of service: every queue pair to ERR, queued and in-flight
+   WRITEs forgotten; the prefill's rooms on it fail, and with fail_decode
+   the decode rooms it served. With remote (the peer is gone or reported
+   the connection broken) they fail with kvx_room_fail_remote. */
+static void kvx__rdma_pair_down(kvx__rdma_engine *re, kvx__rdma_pair *p, kvx_result res,
+                                int fail_decode, int remote, const char *msg) {
+    kvx_room **fail = NULL;
+    size_t nfail = 0, cap = 0, k;
+    kvx__rdma_room *rr;
+    int i;
+    pthread_mutex_lock(&p->mu);
+    if (KVX__LOAD(&p->state) == KVX__RP_DEAD) {
+        pthread_mutex_unlock(&p->mu);
+        return;
+    }
+    KVX__STORE(&p->state, KVX__RP_DEAD);
+    snprintf(p->reason, sizeof p->reason, "%s", msg);
+    for (i = 0; i < p->nqp; i++) {
+        kvx__rdma_qp *q = &p->qp[i];
+        if (q->qp) {
+            struct ibv_qp_attr a;
+            memset(&a, 0, sizeof a);
+            a.qp_state = IBV_QPS_ERR;
+            re->v.modify_qp(q->qp, &a, IBV_QP_STATE);
+        }
+        while (q->head) {
+            kvx__rdma_work *w = q->head;
+            q->head = w->next;
+            w->room->works--;
+            kvx__rdma_work_free(re, w);
+        }
+        q->tail = NULL;
+        while (q->ring && q->done < q->posted) {
+            kvx__rdma_slot *s = &q->ring[++q->done % q->depth];
+            if (s->room) s->room->inflight--;
+            s->room = NULL;
+        }
+    }
+    for (rr = p->rooms; rr; rr = rr->pnext) {
+        if (rr->finished) continue; /* every WRITE completed: it reports Success */
+        rr->cancelled = 1;
+        if (nfail == cap) {
+            size_t nc = cap ? cap * 2 : 16;
+            kvx_room **nv = (kvx_room **)kvx__rdma_grow(re, fail, cap, nc, sizeof *nv);
+            if (!nv) break;
+            fail = nv;
+            cap = nc;
+        }
+        kvx_room_ref(rr->x.room);
+        fail[nfail++] = rr->x.room;
+    }
+    pthread_cond_broadcast(&p->cv);
+    pthread_mutex_unlock(&p->mu);
+    /* the rooms it fails log their own errors */
+    kvx_engine_log(re->e, res == KVX_ERR_ABORTED || (!nfail && res == KVX_ERR_PEER_LOST)
+                              ? KVX_LOG_INFO : KVX_LOG_WARN, "kvx.rdma", 0, "%s", msg);
+    for (k = 0; k < nfail; k++) {
+        kvx__rdma_fail(fail[k], remote, res, msg);
+        kvx_room_unref(fail[k]);
+    }
+    kvx_engine_free(re->e, fail);
+    if (re->role == KVX_ROLE_DECODE && fail_decode) kvx__rdma_decode_dead(re, p, res, remote, msg);
+}
+
+/* Tears down the data path of p: every queue pair to ERR, queued and
+   in-flight WRITEs forgotten, and every room that used it failed (a
+   local failure: the peer is told). */
+static void kvx__rdma_pair_kill(kvx__rdma_engine *re, kvx__rdma_pair *p, kvx_result res,
+                                const char *fmt, ...) KVX_PRINTF(4, 5);
+static void kvx__rdma_pair_kill(kvx__rdma_engine *re, kvx__rdma_pair *p, kvx_result res,
+                                const char *fmt, ...) {
+    char msg[KVX_ERROR_MAX];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    kvx__rdma_pair_down(re, p, res, 1, 0, msg);
 }
 
 /* >>rdma: the queue-pair exchange ------------------------------------------------ */
@@ -1790,8 +1970,6 @@ static kvx_result kvx__rdma_pair_tables(kvx__rdma_pair *p, const kvx_rdma_cm_msg
 
 static void kvx__rdma_publish(kvx__rdma_engine *re, kvx__rdma_pair *p);
 static void kvx__rdma_ready(kvx__rdma_engine *re, kvx__rdma_pair *p);
-static void kvx__rdma_decode_dead(kvx__rdma_engine *re, kvx__rdma_pair *p, kvx_result res,
-                                  int remote, const char *reason);
 
 /* Decode: creates the queue pairs of p and sends CONNECT (a worker job;
    the ACCEPT arrives as a message). */
@@ -1928,9 +2106,7 @@ static kvx_result kvx__rdma_on_connect_msg(kvx__rdma_engine *re, const kvx_boot_
     res = kvx__rdma_pair_tables(p, m, kvx_engine_layout(re->e), why, wl);
     for (i = 0; res == KVX_OK && i < p->nqp; i++) {
         res = kvx__rdma_qp_create(re, &p->qp[i], why, wl);
-        p->qp[i].rdev = m->qp[i].dev;
-        if (res == KVX_OK)
-            res = kvx__rdma_qp_connect(re, &p->qp[i], &m->qp[i], &m->dev[m->qp[i].dev], why, wl);
+        if (res == KVX_OK) res = kvx__rdma_qp_connect(re, &p->qp[i], m, why, wl);
     }
     if (res != KVX_OK) {
         kvx__rdma_pair_unref(re, p);
@@ -1964,10 +2140,8 @@ static kvx_result kvx__rdma_on_accept_msg(kvx__rdma_engine *re, kvx__rdma_pair *
                      p->nqp);
         return KVX_ERR_PROTOCOL;
     }
-    for (i = 0; res == KVX_OK && i < p->nqp; i++) {
-        p->qp[i].rdev = m->qp[i].dev;
-        res = kvx__rdma_qp_connect(re, &p->qp[i], &m->qp[i], &m->dev[m->qp[i].dev], why, wl);
-    }
+    for (i = 0; res == KVX_OK && i < p->nqp; i++)
+        res = kvx__rdma_qp_connect(re, &p->qp[i], m, why, wl);
     if (res != KVX_OK) return res;
     memset(&b, 0, sizeof b);
     kvx__rdma_cm_begin(&b, KVX_RDMA_CM_READY, p->seq, re->instance, p->peer);
@@ -2005,26 +2179,20 @@ static void kvx__rdma_msg_job(void *arg) {
     kvx__rdma_pair *p = NULL;
     kvx_rdma_cm_msg m;
     char why[KVX_ERROR_MAX] = "", who[128];
-    kvx_result res;
+    kvx_result res = kvx_rdma_cm_parse(mj->data, mj->len, &m, why, sizeof why);
     int decode = re->role == KVX_ROLE_DECODE;
     snprintf(who, sizeof who, "%s %s", decode ? "prefill" : "decode", mj->addr);
-    if (kvx_rdma_cm_parse(mj->data, mj->len, &m, why, sizeof why) != KVX_OK) {
-        kvx__rdma_refused(re, mj, NULL, why);
-        goto done;
-    }
-    if (!mj->inst || m.from != mj->inst || m.to != re->instance) {
+    if (res == KVX_OK && (!mj->inst || m.from != mj->inst || m.to != re->instance))
         snprintf(why, sizeof why, "the message is from instance %016llx to %016llx, but its "
                  "connection is %016llx's and this engine is %016llx",
                  (unsigned long long)m.from, (unsigned long long)m.to,
                  (unsigned long long)mj->inst, (unsigned long long)re->instance);
-        kvx__rdma_refused(re, mj, &m, why);
-        goto done;
-    }
-    if (decode ? m.type == KVX_RDMA_CM_CONNECT || m.type == KVX_RDMA_CM_READY
-               : m.type == KVX_RDMA_CM_ACCEPT) {
+    else if (res == KVX_OK && (decode ? m.type == KVX_RDMA_CM_CONNECT || m.type == KVX_RDMA_CM_READY
+                                      : m.type == KVX_RDMA_CM_ACCEPT))
         snprintf(why, sizeof why, "message type %d does not go to a %s engine", (int)m.type,
                  decode ? "decode" : "prefill");
-        kvx__rdma_refused(re, mj, &m, why);
+    if (res != KVX_OK || why[0]) { /* malformed, from the wrong instance or wrong direction */
+        kvx__rdma_refused(re, mj, res == KVX_OK ? &m : NULL, why);
         goto done;
     }
     if (!decode && m.type == KVX_RDMA_CM_CONNECT) {
@@ -2148,210 +2316,6 @@ static int kvx__rdma_exchange_tick(kvx__rdma_engine *re) {
     return (int)((next - now) / 1000000u) + 1;
 }
 
-/* >>rdma: failing rooms ----------------------------------------------------------- */
-
-/* A local failure (kvx_room_fail) reaches the peer through the room_failed
-   hook, with the room's first reason; a failure the peer reported, or the
-   loss of the peer, is kvx_room_fail_remote and sends nothing back. */
-static void kvx__rdma_fail(kvx_room *r, int remote, kvx_result res, const char *msg) {
-    if (remote) kvx_room_fail_remote(r, res, "%s", msg);
-    else kvx_room_fail(r, res, "%s", msg);
-}
-
-typedef struct kvx__rdma_deadarg {
-    kvx__rdma_pair *p;
-    kvx_result res;
-    int remote;
-    const char *msg;
-} kvx__rdma_deadarg;
-
-/* Does the prefill rank of bootstrap address bs, dp rank/size, serve rr? */
-static int kvx__rdma_serves(const char *bs, int dp_rank, int dp_size, const kvx__rdma_room *rr) {
-    if (strcmp(bs, rr->bootstrap)) return 0;
-    return dp_size <= 1 || (int)(rr->x.id % (uint64_t)dp_size) == dp_rank;
-}
-#define KVX__RDMA_SERVES(x, rr) kvx__rdma_serves((x)->bootstrap, (x)->dp_rank, (x)->dp_size, rr)
-
-static kvx__rdma_room *kvx__rdma_rx_find(kvx__rdma_engine *re, uint32_t tag) {
-    kvx__hnode *h = kvx__htab_find(&re->rx, tag);
-    return h ? (kvx__rdma_room *)(void *)((char *)h - offsetof(kvx__rdma_room, hn)) : NULL;
-}
-
-/* KVX_ERR_NO_MEMORY when the table could not grow. */
-static kvx_result kvx__rdma_rx_insert(kvx__rdma_engine *re, kvx__rdma_room *rr) {
-    kvx_result r;
-    rr->hn.key = rr->tag;
-    r = kvx__htab_insert(&re->rx, &kvx_engine_settings(re->e)->allocator, &rr->hn);
-    rr->in_table = r == KVX_OK;
-    return r;
-}
-
-static void kvx__rdma_rx_remove(kvx__rdma_engine *re, kvx__rdma_room *rr) {
-    kvx__htab_remove(&re->rx, &rr->hn);
-    rr->in_table = 0;
-}
-
-static kvx__rdma_src *kvx__rdma_src_get(kvx__rdma_room *rr, uint64_t inst, int add) {
-    int i;
-    for (i = 0; i < rr->nsrc; i++)
-        if (rr->src[i].instance == inst) return &rr->src[i];
-    if (!add || rr->nsrc == (int)(sizeof rr->src / sizeof rr->src[0])) return NULL;
-    memset(&rr->src[rr->nsrc], 0, sizeof rr->src[0]);
-    rr->src[rr->nsrc].instance = inst;
-    return &rr->src[rr->nsrc++];
-}
-
-/* 1: every target reported Success, every queue pair of each delivered
-   the room's immediate and the bytes agree; -1 (msg set): they do not
-   agree; 0: not yet. Under rx_mu. */
-static int kvx__rdma_rx_check(kvx__rdma_room *rr, char *msg, size_t ml, const char *who) {
-    int i, nst = 0;
-    uint64_t bytes = 0;
-    if (rr->succeeded_rx || !rr->targets) return 0;
-    for (i = 0; i < rr->nsrc; i++) {
-        if (!rr->src[i].status) continue;
-        if (rr->src[i].marks < rr->src[i].nqp) return 0;
-        nst++;
-        bytes += rr->src[i].bytes;
-    }
-    if (nst < rr->targets) return 0;
-    rr->succeeded_rx = 1;
-    if (bytes != rr->expected) {
-        snprintf(msg, ml, "%s%s report%s %llu bytes placed but this receiver expects %llu "
-                 "(its pages times the page bytes of every buffer, plus the aux row)",
-                 rr->targets > 1 ? "the prefill ranks, the last " : "", who,
-                 rr->targets > 1 ? "," : "s", (unsigned long long)bytes,
-                 (unsigned long long)rr->expected);
-        return -1;
-    }
-    return 1;
-}
-
-static void kvx__rdma_rx_act(kvx_room *r, int verdict, uint64_t bytes, const char *msg) {
-    if (verdict > 0) kvx_room_succeed(r, bytes);
-    else if (verdict < 0) kvx_room_fail(r, KVX_ERR_CORRUPT, "%s", msg);
-}
-
-static void kvx__rdma_decode_dead_one(kvx_room *r, void *arg) {
-    kvx__rdma_deadarg *a = (kvx__rdma_deadarg *)arg;
-    kvx__rdma_room *rr = kvx__rdma_rr(r);
-    kvx__rdma_src *s;
-    char msg[KVX_ERROR_MAX] = "";
-    uint64_t total = 0;
-    int v = 0, k, done = 0;
-    if (!rr || kvx_room_poll(r) != KVX_POLL_TRANSFERRING || !KVX__RDMA_SERVES(a->p, rr)) return;
-    /* a prefill that sent Success did so after every WRITE of the room,
-       immediates included, completed: its bytes are placed, whatever
-       happens to the connection now */
-    pthread_mutex_lock(&rr->re->rx_mu);
-    s = rr->in_table ? kvx__rdma_src_get(rr, a->p->peer, 0) : NULL;
-    if (s && s->status) {
-        done = 1;
-        s->marks = s->nqp;
-        v = kvx__rdma_rx_check(rr, msg, sizeof msg, a->p->peer_addr);
-        if (v) kvx__rdma_rx_remove(rr->re, rr);
-        for (k = 0; k < rr->nsrc; k++) total += rr->src[k].status ? rr->src[k].bytes : 0;
-    }
-    pthread_mutex_unlock(&rr->re->rx_mu);
-    if (done) {
-        kvx__rdma_rx_act(r, v, total, msg);
-        return;
-    }
-    kvx__rdma_fail(r, a->remote, a->res, a->msg);
-}
-
-/* Decode: the rooms that were receiving through p fail. */
-static void kvx__rdma_decode_dead(kvx__rdma_engine *re, kvx__rdma_pair *p, kvx_result res,
-                                  int remote, const char *reason) {
-    kvx__rdma_deadarg a;
-    a.p = p;
-    a.res = res;
-    a.remote = remote;
-    a.msg = reason;
-    kvx_engine_foreach_room(re->e, kvx__rdma_decode_dead_one, &a);
-    pthread_mutex_lock(&re->rx_mu);
-    pthread_cond_broadcast(&re->rx_cv);
-    pthread_mutex_unlock(&re->rx_mu);
-}
-
-/* Takes p out of service: every queue pair to ERR, queued and in-flight
-   WRITEs forgotten; the prefill's rooms on it fail, and with fail_decode
-   the decode rooms it served. With remote (the peer is gone or reported
-   the connection broken) they fail with kvx_room_fail_remote. */
-static void kvx__rdma_pair_down(kvx__rdma_engine *re, kvx__rdma_pair *p, kvx_result res,
-                                int fail_decode, int remote, const char *msg) {
-    kvx_room **fail = NULL;
-    size_t nfail = 0, cap = 0, k;
-    kvx__rdma_room *rr;
-    int i;
-    pthread_mutex_lock(&p->mu);
-    if (KVX__LOAD(&p->state) == KVX__RP_DEAD) {
-        pthread_mutex_unlock(&p->mu);
-        return;
-    }
-    KVX__STORE(&p->state, KVX__RP_DEAD);
-    snprintf(p->reason, sizeof p->reason, "%s", msg);
-    p->why_res = res;
-    for (i = 0; i < p->nqp; i++) {
-        kvx__rdma_qp *q = &p->qp[i];
-        if (q->qp) {
-            struct ibv_qp_attr a;
-            memset(&a, 0, sizeof a);
-            a.qp_state = IBV_QPS_ERR;
-            re->v.modify_qp(q->qp, &a, IBV_QP_STATE);
-        }
-        while (q->head) {
-            kvx__rdma_work *w = q->head;
-            q->head = w->next;
-            w->room->works--;
-            kvx__rdma_work_free(re, w);
-        }
-        q->tail = NULL;
-        while (q->ring && q->done < q->posted) {
-            kvx__rdma_slot *s = &q->ring[++q->done % q->depth];
-            if (s->room) s->room->inflight--;
-            s->room = NULL;
-        }
-    }
-    for (rr = p->rooms; rr; rr = rr->pnext) {
-        if (rr->finished) continue; /* every WRITE completed: it reports Success */
-        rr->cancelled = 1;
-        if (nfail == cap) {
-            size_t nc = cap ? cap * 2 : 16;
-            kvx_room **nv = (kvx_room **)kvx__rdma_grow(re, fail, cap, nc, sizeof *nv);
-            if (!nv) break;
-            fail = nv;
-            cap = nc;
-        }
-        kvx_room_ref(rr->x.room);
-        fail[nfail++] = rr->x.room;
-    }
-    pthread_cond_broadcast(&p->cv);
-    pthread_mutex_unlock(&p->mu);
-    /* the rooms it fails log their own errors */
-    kvx_engine_log(re->e, res == KVX_ERR_ABORTED || (!nfail && res == KVX_ERR_PEER_LOST)
-                              ? KVX_LOG_INFO : KVX_LOG_WARN, "kvx.rdma", 0, "%s", msg);
-    for (k = 0; k < nfail; k++) {
-        kvx__rdma_fail(fail[k], remote, res, msg);
-        kvx_room_unref(fail[k]);
-    }
-    kvx_engine_free(re->e, fail);
-    if (re->role == KVX_ROLE_DECODE && fail_decode) kvx__rdma_decode_dead(re, p, res, remote, msg);
-}
-
-/* Tears down the data path of p: every queue pair to ERR, queued and
-   in-flight WRITEs forgotten, and every room that used it failed (a
-   local failure: the peer is told). */
-static void kvx__rdma_pair_kill(kvx__rdma_engine *re, kvx__rdma_pair *p, kvx_result res,
-                                const char *fmt, ...) {
-    char msg[KVX_ERROR_MAX];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
-    kvx__rdma_pair_down(re, p, res, 1, 0, msg);
-}
-
 /* >>rdma: prefill data path ---------------------------------------------------------- */
 
 #define KVX__RDMA_BATCH 128
@@ -2422,62 +2386,6 @@ static int kvx__rdma_fill(kvx__rdma_engine *re, kvx__rdma_qp *q, kvx__rdma_work 
     return last;
 }
 
-static void kvx__rdma_cancel_locked(kvx__rdma_pair *p, kvx__rdma_room *rr);
-
-/* Posts queued WRITEs of q while its send queue has room (under p->mu).
-   0, or -1 with err set when ibv_post_send refused. */
-static int kvx__rdma_pump(kvx__rdma_engine *re, kvx__rdma_qp *q, char *err, size_t el) {
-    kvx__rdma_pair *p = q->pair;
-    struct ibv_send_wr wr[KVX__RDMA_BATCH], *bad;
-    struct ibv_sge sg[KVX__RDMA_BATCH];
-    while (q->head && KVX__LOAD(&p->state) != KVX__RP_DEAD) {
-        uint64_t room = q->depth - (q->posted - q->done);
-        int n = 0, i, rc;
-        while (n < KVX__RDMA_BATCH && (uint64_t)n < room && q->head) {
-            kvx__rdma_work *w = q->head;
-            if (!w->room->cancelled && kvx_room_poll(w->room->x.room) == KVX_POLL_FAILED) {
-                kvx__rdma_cancel_locked(p, w->room);
-                continue;
-            }
-            if (w->room->cancelled && w->job) { /* a cancelled room's data: dropped */
-                q->head = w->next;
-                if (!q->head) q->tail = NULL;
-                w->room->works--;
-                kvx__rdma_work_free(re, w);
-                continue;
-            }
-            if (kvx__rdma_fill(re, q, w, &wr[n], &sg[n])) {
-                q->head = w->next;
-                if (!q->head) q->tail = NULL;
-                w->room->works--;
-                kvx__rdma_work_free(re, w);
-            }
-            n++;
-        }
-        if (!n) break;
-        for (i = 0; i + 1 < n; i++) wr[i].next = &wr[i + 1];
-        wr[n - 1].next = NULL;
-        bad = NULL;
-        rc = ibv_post_send(q->qp, wr, &bad);
-        KVX__RDMA_STAT(re, posts, 1);
-        KVX__RDMA_STAT(re, wrs, n);
-        if (rc) {
-            snprintf(err, el, "ibv_post_send of %d WRITEs on queue pair %u (%s port %u) to %s "
-                     "failed: %s", n, q->qp->qp_num, q->dev->info.name, (unsigned)q->dev->info.port,
-                     p->peer_addr, strerror(rc));
-            return -1;
-        }
-    }
-    return 0;
-}
-
-static int kvx__rdma_pump_all(kvx__rdma_engine *re, kvx__rdma_pair *p, char *err, size_t el) {
-    int i;
-    for (i = 0; i < p->nqp; i++)
-        if (p->qp[i].head && kvx__rdma_pump(re, &p->qp[i], err, el)) return -1;
-    return 0;
-}
-
 static void kvx__rdma_enqueue(kvx__rdma_qp *q, kvx__rdma_work *w, int front) {
     w->next = NULL;
     if (front) {
@@ -2529,6 +2437,54 @@ static void kvx__rdma_cancel_locked(kvx__rdma_pair *p, kvx__rdma_room *rr) {
     }
 }
 
+/* Posts queued WRITEs of q while its send queue has room (under p->mu).
+   0, or -1 with err set when ibv_post_send refused. */
+static int kvx__rdma_pump(kvx__rdma_engine *re, kvx__rdma_qp *q, char *err, size_t el) {
+    kvx__rdma_pair *p = q->pair;
+    struct ibv_send_wr wr[KVX__RDMA_BATCH], *bad;
+    struct ibv_sge sg[KVX__RDMA_BATCH];
+    while (q->head && KVX__LOAD(&p->state) != KVX__RP_DEAD) {
+        uint64_t room = q->depth - (q->posted - q->done);
+        int n = 0, i, rc, drop;
+        while (n < KVX__RDMA_BATCH && (uint64_t)n < room && q->head) {
+            kvx__rdma_work *w = q->head;
+            if (!w->room->cancelled && kvx_room_poll(w->room->x.room) == KVX_POLL_FAILED) {
+                kvx__rdma_cancel_locked(p, w->room);
+                continue;
+            }
+            drop = w->room->cancelled && w->job; /* a cancelled room's data: dropped */
+            if (drop || kvx__rdma_fill(re, q, w, &wr[n], &sg[n])) {
+                q->head = w->next;
+                if (!q->head) q->tail = NULL;
+                w->room->works--;
+                kvx__rdma_work_free(re, w);
+            }
+            n += !drop;
+        }
+        if (!n) break;
+        for (i = 0; i + 1 < n; i++) wr[i].next = &wr[i + 1];
+        wr[n - 1].next = NULL;
+        bad = NULL;
+        rc = ibv_post_send(q->qp, wr, &bad);
+        KVX__RDMA_STAT(re, posts, 1);
+        KVX__RDMA_STAT(re, wrs, n);
+        if (rc) {
+            snprintf(err, el, "ibv_post_send of %d WRITEs on queue pair %u (%s port %u) to %s "
+                     "failed: %s", n, q->qp->qp_num, q->dev->info.name, (unsigned)q->dev->info.port,
+                     p->peer_addr, strerror(rc));
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static int kvx__rdma_pump_all(kvx__rdma_engine *re, kvx__rdma_pair *p, char *err, size_t el) {
+    int i;
+    for (i = 0; i < p->nqp; i++)
+        if (p->qp[i].head && kvx__rdma_pump(re, &p->qp[i], err, el)) return -1;
+    return 0;
+}
+
 /* Cuts the plan's bytes into n contiguous ranges at piece boundaries
    (multiples of max_msg inside each span), as equal as possible. */
 typedef struct kvx__rdma_pos {
@@ -2567,7 +2523,6 @@ static kvx__rdma_job *kvx__rdma_job_new(kvx__rdma_engine *re, int nworks) {
         (kvx__rdma_job *)kvx__rdma_zalloc(re, 1, head + (size_t)nworks * sizeof(kvx__rdma_work));
     if (!j) return NULL;
     j->w = (kvx__rdma_work *)(void *)((char *)j + head);
-    j->nworks = nworks;
     return j;
 }
 
@@ -2592,7 +2547,6 @@ static kvx_result kvx__rdma_queue_aux(kvx__rdma_engine *re, kvx__rdma_pair *p,
     j->w[0].es = j->plan.count;
     j->w[0].final = 1;
     rr->works++;
-    rr->bytes_planned += j->plan.total_bytes;
     KVX__RDMA_STAT(re, spans, j->plan.count);
     kvx__rdma_enqueue(&p->qp[0], &j->w[0], 0);
     return KVX_OK;
@@ -2675,7 +2629,6 @@ static void kvx__rdma_submit(kvx__rdma_engine *re, kvx__rdma_room *rr, kvx_chunk
         rr->works++;
         kvx__rdma_enqueue(&p->qp[i], w, 0);
     }
-    rr->bytes_planned += j->plan.total_bytes;
     if (c->is_last) {
         rr->last_queued = 1;
         rr->others_pending = rr->aux_needed ? p->nqp - 1 : 0;
@@ -2974,7 +2927,7 @@ static void kvx__rdma_cq_decode(kvx__rdma_engine *re, kvx__rdma_qp *q) {
         if (nt) {
             KVX__RDMA_STAT(re, imm_received, nt);
             kvx__rdma_marks(re, p, tags, nt);
-            if (KVX__LOAD(&p->state) != KVX__RP_DEAD && kvx__rdma_post_recvs(re, q, (uint32_t)nt)) {
+            if (KVX__LOAD(&p->state) != KVX__RP_DEAD && kvx__rdma_post_recvs(q, (uint32_t)nt)) {
                 snprintf(err, sizeof err, "cannot post receives on queue pair %u (%s): %s",
                          q->qp->qp_num, q->dev->info.name, strerror(errno));
                 bad = 1;
@@ -3024,7 +2977,7 @@ static void kvx__rdma_async(kvx__rdma_engine *re, kvx__rdma_dev *d) {
     struct ibv_async_event ev;
     while (re->v.get_async_event(d->ctx, &ev) == 0) {
         enum ibv_event_type t = ev.event_type;
-        const char *name = kvx__rdma_ev_str(&re->v, t);
+        const char *name = re->v.event_type_str ? re->v.event_type_str(t) : "async event";
         kvx__rdma_pair *hit[64];
         int nhit = 0, i;
         char msg[KVX_ERROR_MAX] = "";
@@ -3239,8 +3192,8 @@ static int kvx__rdma_on_status(kvx_boot *b, kvx_room *r, const kvx_boot_peer *pe
     char why[KVX_ERROR_MAX] = "", who[128];
     int nqp = 0, v, k;
     uint64_t total = 0;
-    if (state == KVX_POLL_FAILED && result == KVX_ERR_TRANSPORT &&
-        kvx_rdma_hello_parse(peer->endpoint, peer->endpoint_len, &h, why, sizeof why) == KVX_OK) {
+    kvx_result hr = kvx_rdma_hello_parse(peer->endpoint, peer->endpoint_len, &h, why, sizeof why);
+    if (state == KVX_POLL_FAILED && result == KVX_ERR_TRANSPORT && hr == KVX_OK) {
         /* the prefill fails a room with KVX_ERR_TRANSPORT only when its
            connection with this engine broke: drop our side too (a receive-
            only queue pair may never notice), so the next receiver redials */
@@ -3263,13 +3216,12 @@ static int kvx__rdma_on_status(kvx_boot *b, kvx_room *r, const kvx_boot_peer *pe
         }
         return 1;
     }
-    if (state == KVX_POLL_TRANSFERRING && result == KVX_ERR_TRANSPORT &&
-        kvx_rdma_hello_parse(peer->endpoint, peer->endpoint_len, &h, why, sizeof why) == KVX_OK) {
+    if (state == KVX_POLL_TRANSFERRING && result == KVX_ERR_TRANSPORT && hr == KVX_OK) {
         kvx__rdma_reconnect(re, h.instance, (uint32_t)bytes, peer->addr, reason);
         return 1;
     }
     if (state != KVX_POLL_SUCCESS || !rr) return 0;
-    if (kvx_rdma_hello_parse(peer->endpoint, peer->endpoint_len, &h, why, sizeof why) != KVX_OK) {
+    if (hr != KVX_OK) {
         kvx_room_fail(r, KVX_ERR_PROTOCOL, "prefill %s: %s", peer->addr, why);
         return 1;
     }
@@ -3733,7 +3685,7 @@ static void kvx__rdma_free(kvx__rdma_engine *re) {
         kvx_engine_free(re->e, x);
     }
     for (d = 0; d < re->ndev; d++) kvx__rdma_dev_close(re, &re->dev[d]);
-    kvx__rdma_unload(&re->v);
+    if (re->v.lib) dlclose(re->v.lib);
     if (re->wake_rd >= 0) close(re->wake_rd);
     if (re->wake_wr >= 0) close(re->wake_wr);
     pthread_mutex_destroy(&re->mu);
@@ -3768,6 +3720,7 @@ static kvx_result kvx__rdma_engine_init(kvx_engine *e, char *why, size_t wl) {
     int d;
     if (!re) return KVX_ERR_NO_MEMORY;
     memset(re, 0, sizeof *re);
+    kvx_engine_set_backend_data(e, re); /* so every failure below ends in engine_fini */
     re->e = e;
     re->role = kvx_engine_settings(e)->role;
     re->wake_rd = re->wake_wr = -1;
@@ -3815,7 +3768,6 @@ static kvx_result kvx__rdma_engine_init(kvx_engine *e, char *why, size_t wl) {
         goto fail;
     }
     re->thread_started = 1;
-    kvx_engine_set_backend_data(e, re);
     memset(&hooks, 0, sizeof hooks);
     hooks.user = re;
     hooks.on_room = kvx__rdma_on_room;
@@ -3824,11 +3776,8 @@ static kvx_result kvx__rdma_engine_init(kvx_engine *e, char *why, size_t wl) {
     hooks.on_connect = kvx__rdma_on_connect;
     hooks.on_disconnect = kvx__rdma_on_disconnect;
     hooks.on_message = kvx__rdma_on_message;
-    if ((r = kvx_boot_create(e, &hooks, re->hello, re->hello_len, &re->boot, why, wl)) != KVX_OK) {
-        re->boot = NULL;
-        kvx__rdma_engine_fini(e);
-        return r;
-    }
+    if ((r = kvx_boot_create(e, &hooks, re->hello, re->hello_len, &re->boot, why, wl)) != KVX_OK)
+        goto fail;
     {
         char devs[1024] = "";
         for (d = 0; d < re->ndev; d++)
@@ -3840,35 +3789,19 @@ static kvx_result kvx__rdma_engine_init(kvx_engine *e, char *why, size_t wl) {
     }
     return KVX_OK;
 fail:
-    if (re->cmq) { KVX__STORE(&re->stop, 1); kvx__workq_destroy(re->cmq); re->cmq = NULL; }
-    if (re->thread_started) {
-        KVX__STORE(&re->stop, 1);
-        kvx__wake(re->wake_wr);
-        pthread_join(re->thread, NULL);
-    }
-    kvx__rdma_free(re);
-    kvx_engine_set_backend_data(e, NULL);
+    kvx__rdma_engine_fini(e);
     return r;
 }
 
 KVX_API kvx_result kvx_rdma_stats_get(const kvx_engine *e, kvx_rdma_stats *out) {
     const kvx__rdma_engine *re;
+    size_t i;
     if (!e || !out || strcmp(kvx_engine_transport(e), "rdma")) return KVX_ERR_INVALID_ARGUMENT;
     re = kvx__rdma_re(e);
     if (!re) return KVX_ERR_STATE;
-    out->chunks = KVX__LOAD(&re->st.chunks);
-    out->spans = KVX__LOAD(&re->st.spans);
-    out->wrs = KVX__LOAD(&re->st.wrs);
-    out->imm_wrs = KVX__LOAD(&re->st.imm_wrs);
-    out->zero_len_wrs = KVX__LOAD(&re->st.zero_len_wrs);
-    out->posts = KVX__LOAD(&re->st.posts);
-    out->signaled = KVX__LOAD(&re->st.signaled);
-    out->bytes = KVX__LOAD(&re->st.bytes);
-    out->completions = KVX__LOAD(&re->st.completions);
-    out->imm_received = KVX__LOAD(&re->st.imm_received);
-    out->pairs = KVX__LOAD(&re->st.pairs);
-    out->errors = KVX__LOAD(&re->st.errors);
-    out->cm_refused = KVX__LOAD(&re->st.cm_refused);
+    /* kvx_rdma_stats holds uint64_t counters only: an atomic load each */
+    for (i = 0; i < sizeof *out / sizeof(uint64_t); i++)
+        ((uint64_t *)(void *)out)[i] = KVX__LOAD((const uint64_t *)(const void *)&re->st + i);
     return KVX_OK;
 }
 
