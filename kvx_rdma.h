@@ -9,8 +9,8 @@
 
    CONTENTS (section markers: search for ">>name")
      >>wire format  and ">>rdma: " wire format, verbs loader, settings and
-     state, settings, devices, memory registration, queue pairs, the queue-pair
-     exchange, failing rooms, prefill data path, decode completion accounting,
+     state, settings, memory registration, devices, queue pairs, failing rooms,
+     the queue-pair exchange, prefill data path, decode completion accounting,
      the completion and event thread, kvx_boot hooks, backend hooks, engine
 
    DO THIS
@@ -990,7 +990,6 @@ typedef struct kvx__rdma_engine {
     uint64_t instance;
     uint8_t hello[KVX_RDMA_HELLO_FIXED + KVX_RDMA_DEV_ENTRY * KVX_RDMA_MAX_DEVS];
     size_t hello_len;
-    int qps;                   /* this side's KVX_IB_QPS */
     int wake_rd, wake_wr;      /* wakes the completion thread */
     int stop;                  /* atomic */
     pthread_t thread;
@@ -1087,24 +1086,98 @@ static void *kvx__rdma_zalloc(const kvx__rdma_engine *re, size_t n, size_t size)
     return kvx__zalloc(&kvx_engine_settings(re->e)->allocator, n, size);
 }
 
-/* realloc through the desc allocator: an array of nc objects holding the
-   first n of old, which is freed; NULL (old kept) when that fails. */
-static void *kvx__rdma_grow(const kvx__rdma_engine *re, void *old, size_t n, size_t nc,
-                            size_t size) {
-    void *p = kvx__rdma_zalloc(re, nc, size);
-    if (!p) return NULL;
-    if (n) memcpy(p, old, n * size);
-    kvx_engine_free(re->e, old);
-    return p;
+/* >>rdma: memory registration --------------------------------------------------- */
+
+static struct ibv_mr *kvx__rdma_reg_host(kvx__rdma_engine *re, kvx__rdma_dev *d, void *p,
+                                         size_t len, int access) {
+    if (re->cfg.relaxed_ordering && re->v.reg_mr_iova2)
+        return re->v.reg_mr_iova2(d->pd, p, len, (uint64_t)(uintptr_t)p,
+                                  (unsigned)(access | IBV_ACCESS_RELAXED_ORDERING));
+    return re->v.reg_mr(d->pd, p, len, access);
+}
+
+/* Registers [base, base+len) as regions of d->region_bytes. */
+static kvx_result kvx__rdma_reg(kvx__rdma_engine *re, kvx__rdma_dev *d, kvx__rdma_mr *m,
+                                char *base, uint64_t len, kvx_mem_kind mem, int gpu, int access,
+                                const char *what, uint32_t idx, char *why, size_t wl) {
+    uint64_t rb = d->region_bytes, off;
+    uint32_t k;
+    const kvx_mem_ops *mo = &kvx_engine_settings(re->e)->mem;
+    uint32_t nr = (uint32_t)(len / rb + (len % rb ? 1 : 0));
+    if (!(m->mr = (struct ibv_mr **)kvx__rdma_zalloc(re, nr, sizeof *m->mr)))
+        return KVX_ERR_NO_MEMORY;
+    m->n = nr; /* dev_close walks n regions */
+    if (mem == KVX_MEM_CUDA) {
+        if (!mo->dmabuf_fd) {
+            kvx__set_why(why, wl, "%s %u is GPU memory (device %d): GPU memory registration needs "
+                         "dma-buf export in desc.mem (fill it with kvx_cuda_mem_ops, kvx_cuda.h), "
+                         "which this engine's desc.mem lacks", what, idx, gpu);
+            return KVX_ERR_INVALID_ARGUMENT;
+        }
+        if (!re->v.reg_dmabuf_mr) {
+            kvx__set_why(why, wl, "%s %u is GPU memory but %s has no ibv_reg_dmabuf_mr "
+                         "(rdma-core >= 34 is needed for dma-buf registration)", what, idx,
+                         re->v.path);
+            return KVX_ERR_NOT_COMPILED;
+        }
+    }
+    for (k = 0, off = 0; k < m->n; k++, off += rb) {
+        uint64_t n = len - off < rb ? len - off : rb;
+        if (mem == KVX_MEM_CUDA) {
+            int fd = -1, err;
+            uint64_t fo = 0;
+            kvx_result r = mo->dmabuf_fd(mo->ctx, base + off, n, gpu, &fd, &fo, why, wl);
+            if (r != KVX_OK) return r;
+            m->mr[k] = re->v.reg_dmabuf_mr(d->pd, fo, (size_t)n, (uint64_t)(uintptr_t)(base + off),
+                                           fd, access | (re->cfg.relaxed_ordering
+                                                         ? IBV_ACCESS_RELAXED_ORDERING : 0));
+            err = errno; /* reg_dmabuf_mr's, for the sentence below */
+            close(fd);
+            errno = err;
+        } else {
+            m->mr[k] = kvx__rdma_reg_host(re, d, base + off, (size_t)n, access);
+        }
+        if (!m->mr[k]) {
+            int err = errno;
+            struct rlimit rl;
+            char lim[96] = "";
+            if ((err == ENOMEM || err == EPERM || err == EAGAIN) && getrlimit(RLIMIT_MEMLOCK, &rl) == 0 &&
+                rl.rlim_cur != RLIM_INFINITY)
+                snprintf(lim, sizeof lim, " (locked-memory limit %llu KiB: raise `ulimit -l`)",
+                         (unsigned long long)(rl.rlim_cur / 1024));
+            kvx__set_why(why, wl, "cannot register %s %u (%p, %llu bytes, region %u of %u) on %s: "
+                         "%s%s", what, idx, (void *)(base + off), (unsigned long long)n, k + 1,
+                         m->n, d->info.name, strerror(err), lim);
+            return KVX_ERR_TRANSPORT;
+        }
+    }
+    return KVX_OK;
+}
+
+static kvx_result kvx__rdma_register_pool(kvx__rdma_engine *re, kvx__rdma_dev *d, char *why,
+                                          size_t wl) {
+    const kvx_layout *l = kvx_engine_layout(re->e);
+    int access = IBV_ACCESS_LOCAL_WRITE | (re->role == KVX_ROLE_DECODE ? IBV_ACCESS_REMOTE_WRITE : 0);
+    uint32_t i;
+    kvx_result r = KVX_OK;
+    d->buf = (kvx__rdma_mr *)kvx__rdma_zalloc(re, l->num_buffers + l->num_aux, sizeof *d->buf);
+    if (!d->buf) return KVX_ERR_NO_MEMORY;
+    for (i = 0; i < l->num_buffers && r == KVX_OK; i++) {
+        const kvx_buffer *b = &l->buffers[i];
+        r = kvx__rdma_reg(re, d, &d->buf[i], (char *)b->base, b->length, b->mem, b->device,
+                          access, "KV buffer", i, why, wl);
+    }
+    for (i = 0; i < l->num_aux && r == KVX_OK; i++)
+        r = kvx__rdma_reg(re, d, &d->buf[l->num_buffers + i], (char *)l->aux[i].base,
+                          l->aux[i].length, KVX_MEM_HOST, 0, access, "aux buffer", i, why, wl);
+    return r;
 }
 
 /* >>rdma: devices ------------------------------------------------------------- */
 
 static int kvx__rdma_gid_zero(const uint8_t *g) {
-    int i;
-    for (i = 0; i < 16; i++)
-        if (g[i]) return 0;
-    return 1;
+    static const uint8_t zero[16] = {0};
+    return !memcmp(g, zero, 16);
 }
 static int kvx__rdma_gid_linklocal(const uint8_t *g) { return g[0] == 0xfe && (g[1] & 0xc0) == 0x80; }
 static int kvx__rdma_gid_v4mapped(const uint8_t *g) {
@@ -1232,33 +1305,34 @@ static void kvx__rdma_dev_close(kvx__rdma_engine *re, kvx__rdma_dev *d) {
     memset(d, 0, sizeof *d);
 }
 
-/* Opens one port: context, attributes, GID. 1 added, 0 skipped (why2 says
-   why), -1 error. */
-static int kvx__rdma_port_open(kvx__rdma_engine *re, struct ibv_device *dv, const char *name,
-                               uint8_t port, char *why, size_t wl, char *note, size_t nl,
-                               kvx_result *res) {
+/* Opens one port: context, attributes, GID, protection domain, completion
+   channel, the pool registered. KVX_OK: added, or skipped with note saying
+   why. */
+static kvx_result kvx__rdma_port_open(kvx__rdma_engine *re, struct ibv_device *dv,
+                                      const char *name, uint8_t port, char *why, size_t wl,
+                                      char *note, size_t nl) {
     kvx__rdma_dev *d = &re->dev[re->ndev];
     struct ibv_device_attr da;
     struct ibv_port_attr pa;
+    kvx_result r = KVX_ERR_TRANSPORT;
     memset(d, 0, sizeof *d);
     snprintf(d->info.name, sizeof d->info.name, "%s", name);
     d->info.port = port;
     d->ctx = re->v.open_device(dv);
     if (!d->ctx) {
         kvx__set_why(why, wl, "cannot open RDMA device %s: %s", name, strerror(errno));
-        return -1;
+        return KVX_ERR_TRANSPORT;
     }
     if (re->v.query_device(d->ctx, &da) || kvx__rdma_query_port(&re->v, d->ctx, port, &pa)) {
         kvx__set_why(why, wl, "cannot query RDMA device %s port %u: %s", name, (unsigned)port,
                      strerror(errno));
-        kvx__rdma_dev_close(re, d);
-        return -1;
+        goto fail;
     }
     if (pa.state != IBV_PORT_ACTIVE) {
         snprintf(note, nl, "%s port %u is %s", name, (unsigned)port,
                  re->v.port_state_str ? re->v.port_state_str(pa.state) : "not active");
-        kvx__rdma_dev_close(re, d);
-        return 0;
+        r = KVX_OK;
+        goto fail;
     }
     d->info.link_layer = pa.link_layer == IBV_LINK_LAYER_ETHERNET ? 2 : 1;
     d->info.mtu = (uint8_t)pa.active_mtu;
@@ -1268,12 +1342,22 @@ static int kvx__rdma_port_open(kvx__rdma_engine *re, struct ibv_device *dv, cons
     d->max_cqe = da.max_cqe > 0 ? da.max_cqe : 4096;
     d->region_bytes = da.max_mr_size ? da.max_mr_size & ~(uint64_t)4095 : 0;
     if (d->region_bytes < 4096 || d->region_bytes > (1ull << 62)) d->region_bytes = 1ull << 62;
-    if ((*res = kvx__rdma_pick_gid(re, d, &pa, why, wl)) != KVX_OK) {
-        kvx__rdma_dev_close(re, d);
-        return -1;
+    if ((r = kvx__rdma_pick_gid(re, d, &pa, why, wl)) != KVX_OK) goto fail;
+    d->pd = re->v.alloc_pd(d->ctx);
+    d->ch = d->pd ? re->v.create_comp_channel(d->ctx) : NULL;
+    if (!d->pd || !d->ch) {
+        kvx__set_why(why, wl, "cannot allocate a protection domain and completion channel on "
+                     "%s: %s", name, strerror(errno));
+        r = KVX_ERR_TRANSPORT;
+        goto fail;
     }
-    re->ndev++;
-    return 1;
+    kvx__nonblock(d->ch->fd, 1);
+    kvx__nonblock(d->ctx->async_fd, 1);
+    re->ndev++; /* from here kvx__rdma_free closes it */
+    return kvx__rdma_register_pool(re, d, why, wl);
+fail:
+    kvx__rdma_dev_close(re, d);
+    return r;
 }
 
 static kvx_result kvx__rdma_open_devices(kvx__rdma_engine *re, char *why, size_t wl) {
@@ -1308,12 +1392,14 @@ static kvx_result kvx__rdma_open_devices(kvx__rdma_engine *re, char *why, size_t
         re->v.close_device(probe);
         for (p = 1; p <= nports && re->ndev < KVX_RDMA_MAX_DEVS; p++) {
             char note[128] = "";
-            int rc;
-            kvx_result pr = KVX_ERR_TRANSPORT;
+            kvx_result pr;
             if (want_port && p != want_port) continue;
-            rc = kvx__rdma_port_open(re, list[i], name, (uint8_t)p, why, wl, note, sizeof note, &pr);
-            if (rc < 0) { re->v.free_device_list(list); return pr != KVX_OK ? pr : KVX_ERR_TRANSPORT; }
-            if (!rc && strlen(notes) + strlen(note) + 3 < sizeof notes)
+            pr = kvx__rdma_port_open(re, list[i], name, (uint8_t)p, why, wl, note, sizeof note);
+            if (pr != KVX_OK) {
+                re->v.free_device_list(list);
+                return pr;
+            }
+            if (note[0] && strlen(notes) + strlen(note) + 3 < sizeof notes)
                 snprintf(notes + strlen(notes), sizeof notes - strlen(notes), "%s%s",
                          notes[0] ? "; " : "", note);
         }
@@ -1330,93 +1416,6 @@ static kvx_result kvx__rdma_open_devices(kvx__rdma_engine *re, char *why, size_t
         return KVX_ERR_TRANSPORT;
     }
     return KVX_OK;
-}
-
-/* >>rdma: memory registration --------------------------------------------------- */
-
-static struct ibv_mr *kvx__rdma_reg_host(kvx__rdma_engine *re, kvx__rdma_dev *d, void *p,
-                                         size_t len, int access) {
-    if (re->cfg.relaxed_ordering && re->v.reg_mr_iova2)
-        return re->v.reg_mr_iova2(d->pd, p, len, (uint64_t)(uintptr_t)p,
-                                  (unsigned)(access | IBV_ACCESS_RELAXED_ORDERING));
-    return re->v.reg_mr(d->pd, p, len, access);
-}
-
-/* Registers [base, base+len) as regions of d->region_bytes. */
-static kvx_result kvx__rdma_reg(kvx__rdma_engine *re, kvx__rdma_dev *d, kvx__rdma_mr *m,
-                                char *base, uint64_t len, kvx_mem_kind mem, int gpu, int access,
-                                const char *what, uint32_t idx, char *why, size_t wl) {
-    uint64_t rb = d->region_bytes, off;
-    uint32_t k;
-    const kvx_mem_ops *mo = &kvx_engine_settings(re->e)->mem;
-    uint32_t nr = (uint32_t)(len / rb + (len % rb ? 1 : 0));
-    if (!(m->mr = (struct ibv_mr **)kvx__rdma_zalloc(re, nr, sizeof *m->mr)))
-        return KVX_ERR_NO_MEMORY;
-    m->n = nr; /* dev_close walks n regions */
-    if (mem == KVX_MEM_CUDA) {
-        if (!mo->dmabuf_fd) {
-            kvx__set_why(why, wl, "%s %u is GPU memory (device %d): GPU memory registration needs "
-                         "dma-buf export in desc.mem (fill it with kvx_cuda_mem_ops, kvx_cuda.h), "
-                         "which this engine's desc.mem lacks", what, idx, gpu);
-            return KVX_ERR_INVALID_ARGUMENT;
-        }
-        if (!re->v.reg_dmabuf_mr) {
-            kvx__set_why(why, wl, "%s %u is GPU memory but %s has no ibv_reg_dmabuf_mr "
-                         "(rdma-core >= 34 is needed for dma-buf registration)", what, idx,
-                         re->v.path);
-            return KVX_ERR_NOT_COMPILED;
-        }
-    }
-    for (k = 0, off = 0; k < m->n; k++, off += rb) {
-        uint64_t n = len - off < rb ? len - off : rb;
-        if (mem == KVX_MEM_CUDA) {
-            int fd = -1, err;
-            uint64_t fo = 0;
-            kvx_result r = mo->dmabuf_fd(mo->ctx, base + off, n, gpu, &fd, &fo, why, wl);
-            if (r != KVX_OK) return r;
-            m->mr[k] = re->v.reg_dmabuf_mr(d->pd, fo, (size_t)n, (uint64_t)(uintptr_t)(base + off),
-                                           fd, access | (re->cfg.relaxed_ordering
-                                                         ? IBV_ACCESS_RELAXED_ORDERING : 0));
-            err = errno; /* reg_dmabuf_mr's, for the sentence below */
-            close(fd);
-            errno = err;
-        } else {
-            m->mr[k] = kvx__rdma_reg_host(re, d, base + off, (size_t)n, access);
-        }
-        if (!m->mr[k]) {
-            int err = errno;
-            struct rlimit rl;
-            char lim[96] = "";
-            if ((err == ENOMEM || err == EPERM || err == EAGAIN) && getrlimit(RLIMIT_MEMLOCK, &rl) == 0 &&
-                rl.rlim_cur != RLIM_INFINITY)
-                snprintf(lim, sizeof lim, " (locked-memory limit %llu KiB: raise `ulimit -l`)",
-                         (unsigned long long)(rl.rlim_cur / 1024));
-            kvx__set_why(why, wl, "cannot register %s %u (%p, %llu bytes, region %u of %u) on %s: "
-                         "%s%s", what, idx, (void *)(base + off), (unsigned long long)n, k + 1,
-                         m->n, d->info.name, strerror(err), lim);
-            return KVX_ERR_TRANSPORT;
-        }
-    }
-    return KVX_OK;
-}
-
-static kvx_result kvx__rdma_register_pool(kvx__rdma_engine *re, kvx__rdma_dev *d, char *why,
-                                          size_t wl) {
-    const kvx_layout *l = kvx_engine_layout(re->e);
-    int access = IBV_ACCESS_LOCAL_WRITE | (re->role == KVX_ROLE_DECODE ? IBV_ACCESS_REMOTE_WRITE : 0);
-    uint32_t i;
-    kvx_result r = KVX_OK;
-    d->buf = (kvx__rdma_mr *)kvx__rdma_zalloc(re, l->num_buffers + l->num_aux, sizeof *d->buf);
-    if (!d->buf) return KVX_ERR_NO_MEMORY;
-    for (i = 0; i < l->num_buffers && r == KVX_OK; i++) {
-        const kvx_buffer *b = &l->buffers[i];
-        r = kvx__rdma_reg(re, d, &d->buf[i], (char *)b->base, b->length, b->mem, b->device,
-                          access, "KV buffer", i, why, wl);
-    }
-    for (i = 0; i < l->num_aux && r == KVX_OK; i++)
-        r = kvx__rdma_reg(re, d, &d->buf[l->num_buffers + i], (char *)l->aux[i].base,
-                          l->aux[i].length, KVX_MEM_HOST, 0, access, "aux buffer", i, why, wl);
-    return r;
 }
 
 /* >>rdma: queue pairs --------------------------------------------------------- */
@@ -1807,7 +1806,8 @@ static void kvx__rdma_pair_down(kvx__rdma_engine *re, kvx__rdma_pair *p, kvx_res
         rr->cancelled = 1;
         if (nfail == cap) {
             size_t nc = cap ? cap * 2 : 16;
-            kvx_room **nv = (kvx_room **)kvx__rdma_grow(re, fail, cap, nc, sizeof *nv);
+            kvx_room **nv = (kvx_room **)kvx__grow(&kvx_engine_settings(re->e)->allocator, fail,
+                                                   cap * sizeof *nv, nc * sizeof *nv);
             if (!nv) break;
             fail = nv;
             cap = nc;
@@ -2321,8 +2321,7 @@ static int kvx__rdma_exchange_tick(kvx__rdma_engine *re) {
 #define KVX__RDMA_BATCH 128
 
 static int kvx__rdma_work_done(const kvx__rdma_work *w) {
-    if (!w->job) return 1;
-    if (w->s >= w->job->plan.count || w->s > w->es) return 1;
+    if (!w->job || w->s >= w->job->plan.count || w->s > w->es) return 1;
     return w->s == w->es && w->off >= w->eoff;
 }
 
@@ -2763,11 +2762,8 @@ static void kvx__rdma_async(kvx__rdma_engine *re, kvx__rdma_dev *d);
    the cause (port down, QP fatal, access error): give it 100 ms to arrive
    and fail the connection with its sentence first. Completion thread. */
 static void kvx__rdma_async_first(kvx__rdma_engine *re, kvx__rdma_dev *d) {
-    struct pollfd pf;
-    pf.fd = d->ctx->async_fd;
-    pf.events = POLLIN;
-    pf.revents = 0;
-    if (poll(&pf, 1, 100) > 0) kvx__rdma_async(re, d);
+    if (kvx__wait_fd(d->ctx->async_fd, POLLIN, kvx_now_ns() + 100000000u, NULL, NULL) == 0)
+        kvx__rdma_async(re, d);
 }
 
 static void kvx__rdma_cq_prefill(kvx__rdma_engine *re, kvx__rdma_qp *q) {
@@ -3121,7 +3117,6 @@ static kvx_result kvx__rdma_on_room(kvx_boot *b, kvx_room *r, const kvx_boot_pee
     }
     if (found) {
         kvx__rdma_pair_ref(found);
-        broken[0] = 0;
     } else {
         rr->parked = 1;
         rr->park_deadline = kvx_now_ns() + (uint64_t)(re->cfg.connect_timeout_s * 1e9);
@@ -3397,8 +3392,9 @@ static kvx_result kvx__rdma_sender_send(kvx_room *r, kvx_chunk *c) {
     if (!rr->pair) { /* the connection with the decode side is not up yet */
         if (rr->nchunks == rr->cchunks) {
             uint32_t nc = rr->cchunks ? rr->cchunks * 2 : 8;
-            kvx_chunk **nv =
-                (kvx_chunk **)kvx__rdma_grow(re, rr->chunks, rr->cchunks, nc, sizeof *nv);
+            kvx_chunk **nv = (kvx_chunk **)kvx__grow(&kvx_engine_settings(re->e)->allocator,
+                                                     rr->chunks, rr->cchunks * sizeof *nv,
+                                                     nc * sizeof *nv);
             if (!nv) {
                 pthread_mutex_unlock(&rr->x.mu);
                 kvx_chunk_free(re->e, c);
@@ -3731,20 +3727,6 @@ static kvx_result kvx__rdma_engine_init(kvx_engine *e, char *why, size_t wl) {
     if ((r = kvx__rdma_settings(re, why, wl)) != KVX_OK) goto fail;
     if ((r = kvx__rdma_load(&re->v, re->cfg.library, why, wl)) != KVX_OK) goto fail;
     if ((r = kvx__rdma_open_devices(re, why, wl)) != KVX_OK) goto fail;
-    for (d = 0; d < re->ndev; d++) {
-        kvx__rdma_dev *dv = &re->dev[d];
-        dv->pd = re->v.alloc_pd(dv->ctx);
-        dv->ch = dv->pd ? re->v.create_comp_channel(dv->ctx) : NULL;
-        if (!dv->pd || !dv->ch) {
-            kvx__set_why(why, wl, "cannot allocate a protection domain and completion channel on "
-                         "%s: %s", dv->info.name, strerror(errno));
-            r = KVX_ERR_TRANSPORT;
-            goto fail;
-        }
-        kvx__nonblock(dv->ch->fd, 1);
-        kvx__nonblock(dv->ctx->async_fd, 1);
-        if ((r = kvx__rdma_register_pool(re, dv, why, wl)) != KVX_OK) goto fail;
-    }
     re->instance = kvx__rdma_random64();
     memset(&h, 0, sizeof h);
     h.role = (uint16_t)re->role;
