@@ -2,9 +2,7 @@
 
    The prefill writes every KV page of a request straight from its pool into
    the decode side's pool with one-sided RDMA WRITEs over reliable connected
-   (RC) queue pairs, spread over several queue pairs and NICs. The decode
-   side reports Success once an RDMA WRITE WITH IMMEDIATE ended the room on
-   every queue pair and kvx_boot's status frame brought the byte count. The
+   (RC) queue pairs, spread over several queue pairs and NICs. The
    handshake, room frames, status, abort and heartbeats are kvx_boot.h's.
 
    CONTENTS (section markers: search for ">>name")
@@ -126,22 +124,21 @@
      (decode: LOCAL_WRITE | REMOTE_WRITE, prefill: LOCAL_WRITE; relaxed
      ordering when available), split at the device's max_mr_size. Each
      kvx_boot hello carries an endpoint blob (below): instance id and ports
-     (GID, LID, MTU, link layer). The rest goes as kvx_boot transport
-     messages (kvx_boot_peer_send / hooks.on_message) on the control
-     connection: once the decode side's control connection to a prefill rank
-     is up (hooks.on_connect) it creates its queue pairs, posts receives and
-     sends CONNECT (queue pair numbers, PSNs, ports, and the address, length
-     and rkeys of every registered region); the prefill creates its queue
-     pairs, brings them to RTS and answers ACCEPT; the decode side brings its
-     own to RTS and answers READY, after which the prefill writes. Path MTU
-     is the smaller port's. A decode receiver holds its room frame while a
-     connection it needs is being made; a prefill room whose destination
-     arrives without a connection waits (KVX_IB_CONNECT_TIMEOUT). Broken
-     connections are repaired while the control connection lives: the decode
-     side redials when its side broke (its next receiver, or a Failed status
-     with KVX_ERR_TRANSPORT); when only the prefill's side broke while idle,
-     the next room asks the decode side to reconnect with a status frame in
-     state Transferring carrying KVX_ERR_TRANSPORT and, in its byte field,
+     (GID, LID, MTU, link layer). The rest goes as kvx_boot transport messages
+     (kvx_boot_peer_send / hooks.on_message) on the control connection: once
+     the decode side's control connection to a prefill rank is up
+     (hooks.on_connect) it creates its queue pairs, posts receives and sends
+     CONNECT (its queue pairs, ports and regions: below); the prefill creates
+     its queue pairs, brings them to RTS and answers ACCEPT; the decode side
+     brings its own to RTS and answers READY, after which the prefill writes.
+     Path MTU is the smaller port's. A decode receiver holds its room frame
+     while a connection it needs is being made; a prefill room whose
+     destination arrives without a connection waits (KVX_IB_CONNECT_TIMEOUT).
+     Broken connections are repaired while the control connection lives: the
+     decode side redials when its side broke (its next receiver, or a Failed
+     status with KVX_ERR_TRANSPORT); when only the prefill's side broke while
+     idle, the next room asks the decode side to reconnect with a status frame
+     in state Transferring carrying KVX_ERR_TRANSPORT and, in its byte field,
      the decode side's first queue pair number (so a late request cannot
      retire a newer connection), and waits. A prefill retires its old
      connection with a decode engine once a new CONNECT from it checks out.
@@ -381,7 +378,6 @@ static const char kvx__rdma_magic[8] = {'k', 'v', 'x', '-', 'r', 'd', 'm', 'a'};
 
 #define KVX__RDMA_QP_ENTRY 12u
 #define KVX__RDMA_MAX_REASON 1024u
-
 
 static void kvx__rdma_port_write(uint8_t *p, const kvx_rdma_port_info *d) {
     size_t nl = strnlen(d->name, sizeof d->name - 1);
@@ -807,7 +803,6 @@ static int kvx__rdma_query_port(const kvx__rdma_verbs *v, struct ibv_context *c,
 
 /* >>rdma: settings and state ----------------------------------------------- */
 
-
 /* One registered buffer on one port: regions of region_bytes each. */
 typedef struct kvx__rdma_mr {
     uint32_t n;
@@ -964,7 +959,7 @@ typedef struct kvx__rdma_room {
     uint64_t final_mask;
     uint64_t bytes_done;
     int touched;
-    struct kvx__rdma_room *tnext, *fnext;
+    struct kvx__rdma_room *tnext, *fnext, *knext; /* touched, finished, to fail (pair_down) */
     uint64_t fbytes;
     /* decode (under re->rx_mu) */
     int in_table, deferred, succeeded_rx;
@@ -1088,14 +1083,6 @@ static void *kvx__rdma_zalloc(const kvx__rdma_engine *re, size_t n, size_t size)
 
 /* >>rdma: memory registration --------------------------------------------------- */
 
-static struct ibv_mr *kvx__rdma_reg_host(kvx__rdma_engine *re, kvx__rdma_dev *d, void *p,
-                                         size_t len, int access) {
-    if (re->cfg.relaxed_ordering && re->v.reg_mr_iova2)
-        return re->v.reg_mr_iova2(d->pd, p, len, (uint64_t)(uintptr_t)p,
-                                  (unsigned)(access | IBV_ACCESS_RELAXED_ORDERING));
-    return re->v.reg_mr(d->pd, p, len, access);
-}
-
 /* Registers [base, base+len) as regions of d->region_bytes. */
 static kvx_result kvx__rdma_reg(kvx__rdma_engine *re, kvx__rdma_dev *d, kvx__rdma_mr *m,
                                 char *base, uint64_t len, kvx_mem_kind mem, int gpu, int access,
@@ -1134,8 +1121,12 @@ static kvx_result kvx__rdma_reg(kvx__rdma_engine *re, kvx__rdma_dev *d, kvx__rdm
             err = errno; /* reg_dmabuf_mr's, for the sentence below */
             close(fd);
             errno = err;
+        } else if (re->cfg.relaxed_ordering && re->v.reg_mr_iova2) {
+            m->mr[k] = re->v.reg_mr_iova2(d->pd, base + off, (size_t)n,
+                                          (uint64_t)(uintptr_t)(base + off),
+                                          (unsigned)(access | IBV_ACCESS_RELAXED_ORDERING));
         } else {
-            m->mr[k] = kvx__rdma_reg_host(re, d, base + off, (size_t)n, access);
+            m->mr[k] = re->v.reg_mr(d->pd, base + off, (size_t)n, access);
         }
         if (!m->mr[k]) {
             int err = errno;
@@ -1455,6 +1446,22 @@ static void kvx__rdma_work_free(kvx__rdma_engine *re, kvx__rdma_work *w) {
     if (owned) kvx_engine_free(re->e, w);
 }
 
+/* Frees the works queued on q for room rr (for every room with rr NULL). */
+static void kvx__rdma_drop(kvx__rdma_engine *re, kvx__rdma_qp *q, const kvx__rdma_room *rr) {
+    kvx__rdma_work **pp = &q->head, *w;
+    q->tail = NULL;
+    while ((w = *pp) != NULL) {
+        if (rr && w->room != rr) {
+            q->tail = w;
+            pp = &w->next;
+            continue;
+        }
+        *pp = w->next;
+        w->room->works--;
+        kvx__rdma_work_free(re, w);
+    }
+}
+
 /* Frees everything of a pair. Its completion queues must no longer be
    polled (the completion thread calls this, or fini after joining it). */
 static void kvx__rdma_pair_destroy(kvx__rdma_engine *re, kvx__rdma_pair *p) {
@@ -1769,9 +1776,7 @@ static void kvx__rdma_decode_dead(kvx__rdma_engine *re, kvx__rdma_pair *p, kvx_r
    the connection broken) they fail with kvx_room_fail_remote. */
 static void kvx__rdma_pair_down(kvx__rdma_engine *re, kvx__rdma_pair *p, kvx_result res,
                                 int fail_decode, int remote, const char *msg) {
-    kvx_room **fail = NULL;
-    size_t nfail = 0, cap = 0, k;
-    kvx__rdma_room *rr;
+    kvx__rdma_room *fail = NULL, *rr;
     int i;
     pthread_mutex_lock(&p->mu);
     if (KVX__LOAD(&p->state) == KVX__RP_DEAD) {
@@ -1788,13 +1793,7 @@ static void kvx__rdma_pair_down(kvx__rdma_engine *re, kvx__rdma_pair *p, kvx_res
             a.qp_state = IBV_QPS_ERR;
             re->v.modify_qp(q->qp, &a, IBV_QP_STATE);
         }
-        while (q->head) {
-            kvx__rdma_work *w = q->head;
-            q->head = w->next;
-            w->room->works--;
-            kvx__rdma_work_free(re, w);
-        }
-        q->tail = NULL;
+        kvx__rdma_drop(re, q, NULL);
         while (q->ring && q->done < q->posted) {
             kvx__rdma_slot *s = &q->ring[++q->done % q->depth];
             if (s->room) s->room->inflight--;
@@ -1804,27 +1803,20 @@ static void kvx__rdma_pair_down(kvx__rdma_engine *re, kvx__rdma_pair *p, kvx_res
     for (rr = p->rooms; rr; rr = rr->pnext) {
         if (rr->finished) continue; /* every WRITE completed: it reports Success */
         rr->cancelled = 1;
-        if (nfail == cap) {
-            size_t nc = cap ? cap * 2 : 16;
-            kvx_room **nv = (kvx_room **)kvx__grow(&kvx_engine_settings(re->e)->allocator, fail,
-                                                   cap * sizeof *nv, nc * sizeof *nv);
-            if (!nv) break;
-            fail = nv;
-            cap = nc;
-        }
         kvx_room_ref(rr->x.room);
-        fail[nfail++] = rr->x.room;
+        rr->knext = fail;
+        fail = rr;
     }
     pthread_cond_broadcast(&p->cv);
     pthread_mutex_unlock(&p->mu);
     /* the rooms it fails log their own errors */
-    kvx_engine_log(re->e, res == KVX_ERR_ABORTED || (!nfail && res == KVX_ERR_PEER_LOST)
+    kvx_engine_log(re->e, res == KVX_ERR_ABORTED || (!fail && res == KVX_ERR_PEER_LOST)
                               ? KVX_LOG_INFO : KVX_LOG_WARN, "kvx.rdma", 0, "%s", msg);
-    for (k = 0; k < nfail; k++) {
-        kvx__rdma_fail(fail[k], remote, res, msg);
-        kvx_room_unref(fail[k]);
+    while ((rr = fail) != NULL) {
+        fail = rr->knext;
+        kvx__rdma_fail(rr->x.room, remote, res, msg);
+        kvx_room_unref(rr->x.room);
     }
-    kvx_engine_free(re->e, fail);
     if (re->role == KVX_ROLE_DECODE && fail_decode) kvx__rdma_decode_dead(re, p, res, remote, msg);
 }
 
@@ -2336,9 +2328,7 @@ static int kvx__rdma_fill(kvx__rdma_engine *re, kvx__rdma_qp *q, kvx__rdma_work 
     kvx__rdma_slot *slot = &q->ring[seq % q->depth];
     int last, fin, sig;
     memset(wr, 0, sizeof *wr);
-    if (kvx__rdma_work_done(w)) { /* zero-length WRITE WITH IMMEDIATE */
-        wr->num_sge = 0;
-        wr->sg_list = NULL;
+    if (kvx__rdma_work_done(w)) { /* zero-length WRITE WITH IMMEDIATE: no sge */
         wr->wr.rdma.remote_addr = rd->buf[0].base;
         wr->wr.rdma.rkey = rd->buf[0].rkeys[0];
         last = 1;
@@ -2406,22 +2396,7 @@ static void kvx__rdma_cancel_locked(kvx__rdma_pair *p, kvx__rdma_room *rr) {
     int i;
     if (rr->cancelled) return;
     rr->cancelled = 1;
-    for (i = 0; i < p->nqp; i++) {
-        kvx__rdma_qp *q = &p->qp[i];
-        kvx__rdma_work **pp = &q->head, *last = NULL;
-        while (*pp) {
-            kvx__rdma_work *w = *pp;
-            if (w->room == rr) {
-                *pp = w->next;
-                rr->works--;
-                kvx__rdma_work_free(re, w);
-                continue;
-            }
-            last = w;
-            pp = &w->next;
-        }
-        q->tail = last;
-    }
+    for (i = 0; i < p->nqp; i++) kvx__rdma_drop(re, &p->qp[i], rr);
     if (KVX__LOAD(&p->state) == KVX__RP_DEAD) return;
     for (i = 0; i < p->nqp; i++) {
         kvx__rdma_work *f;
@@ -2647,6 +2622,25 @@ drop:
     kvx_chunk_free(e, c);
 }
 
+/* Moves the parked rooms (under re->mu) that wait for decode engine
+   `decode`, or with decode 0 those whose wait ended at `now` or that failed,
+   onto *out. */
+static void kvx__rdma_unpark(kvx__rdma_engine *re, uint64_t decode, uint64_t now,
+                             kvx__rdma_room **out) {
+    kvx__rdma_room **pp = &re->parked, *rr;
+    while ((rr = *pp) != NULL) {
+        if (decode ? rr->decode != decode
+                   : now <= rr->park_deadline && kvx_room_poll(rr->x.room) != KVX_POLL_FAILED) {
+            pp = &rr->lnext;
+            continue;
+        }
+        *pp = rr->lnext;
+        rr->parked = 0;
+        rr->lnext = *out;
+        *out = rr;
+    }
+}
+
 /* Attaches a prefill room to a ready connection and sends what was parked. */
 static void kvx__rdma_attach(kvx__rdma_engine *re, kvx__rdma_room *rr, kvx__rdma_pair *p) {
     uint32_t i;
@@ -2680,7 +2674,7 @@ static void kvx__rdma_attach(kvx__rdma_engine *re, kvx__rdma_room *rr, kvx__rdma
    connection with it and the rooms waiting for it start. */
 static void kvx__rdma_publish(kvx__rdma_engine *re, kvx__rdma_pair *p) {
     kvx__rdma_pair *old = NULL;
-    kvx__rdma_room **rp, *start = NULL, *rr;
+    kvx__rdma_room *start = NULL, *rr;
     pthread_mutex_lock(&re->mu);
     if (re->stopping) {
         pthread_mutex_unlock(&re->mu);
@@ -2692,17 +2686,7 @@ static void kvx__rdma_publish(kvx__rdma_engine *re, kvx__rdma_pair *p) {
     p->next = re->pairs;
     re->pairs = p;
     p->listed = 1;
-    for (rp = &re->parked; *rp;) {
-        if ((*rp)->decode == p->peer) {
-            rr = *rp;
-            *rp = rr->lnext;
-            rr->parked = 0;
-            rr->lnext = start;
-            start = rr;
-            continue;
-        }
-        rp = &(*rp)->lnext;
-    }
+    kvx__rdma_unpark(re, p->peer, 0, &start);
     kvx__rdma_pair_ref(p);
     pthread_mutex_unlock(&re->mu);
     KVX__RDMA_STAT(re, pairs, 1);
@@ -2766,6 +2750,24 @@ static void kvx__rdma_async_first(kvx__rdma_engine *re, kvx__rdma_dev *d) {
         kvx__rdma_async(re, d);
 }
 
+/* Keeps in err the sentence of the failed WRITE completion wc on q when it
+   says more about the cause than the one kept (*rank); with mine (q's own
+   completions, under p->mu) it names the room and the port's state. */
+static void kvx__rdma_write_err(kvx__rdma_engine *re, kvx__rdma_qp *q, const struct ibv_wc *wc,
+                                int mine, int *rank, char *err, size_t el) {
+    const kvx__rdma_slot *s = NULL;
+    char rm[48] = "", pn[128] = "";
+    if (kvx__rdma_wc_rank(wc->status) <= *rank) return;
+    *rank = kvx__rdma_wc_rank(wc->status);
+    if (mine && wc->wr_id && wc->wr_id <= q->posted) s = &q->ring[wc->wr_id % q->depth];
+    if (s && s->room) snprintf(rm, sizeof rm, " of room %llu", (unsigned long long)s->room->x.id);
+    if (mine) kvx__rdma_port_note(re, q->dev, pn, sizeof pn);
+    snprintf(err, el, "RDMA WRITE%s to %s failed on queue pair %u (%s port %u): %s (wc status %d, "
+             "vendor error 0x%x)%s", rm, q->pair->peer_addr, q->qp->qp_num, q->dev->info.name,
+             (unsigned)q->dev->info.port, kvx__rdma_wc_str(&re->v, wc->status), (int)wc->status,
+             wc->vendor_err, pn);
+}
+
 static void kvx__rdma_cq_prefill(kvx__rdma_engine *re, kvx__rdma_qp *q) {
     kvx__rdma_pair *p = q->pair;
     struct ibv_wc wc[64];
@@ -2779,19 +2781,7 @@ static void kvx__rdma_cq_prefill(kvx__rdma_engine *re, kvx__rdma_qp *q) {
         for (i = 0; i < n; i++) {
             if (KVX__LOAD(&p->state) == KVX__RP_DEAD) continue;
             if (wc[i].status != IBV_WC_SUCCESS) {
-                if (kvx__rdma_wc_rank(wc[i].status) > rank) {
-                    rank = kvx__rdma_wc_rank(wc[i].status);
-                    kvx__rdma_slot *s = wc[i].wr_id && wc[i].wr_id <= q->posted
-                                            ? &q->ring[wc[i].wr_id % q->depth] : NULL;
-                    char rm[48] = "", pn[128];
-                    if (s && s->room) snprintf(rm, sizeof rm, " of room %llu", (unsigned long long)s->room->x.id);
-                    kvx__rdma_port_note(re, q->dev, pn, sizeof pn);
-                    snprintf(err, sizeof err, "RDMA WRITE%s to %s failed on queue pair %u (%s port "
-                             "%u): %s (wc status %d, vendor error 0x%x)%s", rm, p->peer_addr,
-                             q->qp->qp_num, q->dev->info.name, (unsigned)q->dev->info.port,
-                             kvx__rdma_wc_str(&re->v, wc[i].status), (int)wc[i].status,
-                             wc[i].vendor_err, pn);
-                }
+                kvx__rdma_write_err(re, q, &wc[i], 1, &rank, err, sizeof err);
                 bad = 1;
                 continue;
             }
@@ -2827,14 +2817,8 @@ static void kvx__rdma_cq_prefill(kvx__rdma_engine *re, kvx__rdma_qp *q) {
             if (o == q || !o->cq) continue;
             n = ibv_poll_cq(o->cq, 64, wc);
             for (i = 0; i < n; i++)
-                if (wc[i].status != IBV_WC_SUCCESS && kvx__rdma_wc_rank(wc[i].status) > rank) {
-                    rank = kvx__rdma_wc_rank(wc[i].status);
-                    snprintf(err, sizeof err, "RDMA WRITE to %s failed on queue pair %u (%s port %u): "
-                             "%s (wc status %d, vendor error 0x%x)", p->peer_addr, o->qp->qp_num,
-                             o->dev->info.name, (unsigned)o->dev->info.port,
-                             kvx__rdma_wc_str(&re->v, wc[i].status), (int)wc[i].status,
-                             wc[i].vendor_err);
-                }
+                if (wc[i].status != IBV_WC_SUCCESS)
+                    kvx__rdma_write_err(re, o, &wc[i], 0, &rank, err, sizeof err);
         }
     }
     if (bad) kvx__rdma_pair_kill(re, p, KVX_ERR_TRANSPORT, "%s", err);
@@ -3319,14 +3303,11 @@ static void kvx__rdma_on_disconnect(kvx_boot *b, const kvx_boot_peer *peer, cons
     pthread_mutex_lock(&re->mu);
     kvx__rdma_take(&re->acc, h.instance, 0, &gone);
     kvx__rdma_take(&re->pairs, h.instance, 0, &gone);
-    for (pe = &re->peers; *pe;) {
-        if ((*pe)->instance == h.instance) {
-            kvx__rdma_peer *x = *pe;
-            *pe = x->next;
-            kvx_engine_free(re->e, x);
-            continue;
-        }
-        pe = &(*pe)->next;
+    for (pe = &re->peers; *pe && (*pe)->instance != h.instance; pe = &(*pe)->next) {}
+    if (*pe) { /* one per instance (on_connect) */
+        kvx__rdma_peer *x = *pe;
+        *pe = x->next;
+        kvx_engine_free(re->e, x);
     }
     pthread_mutex_unlock(&re->mu);
     snprintf(why, sizeof why, "lost the control connection with %s %s: %s",
@@ -3419,6 +3400,7 @@ static kvx_result kvx__rdma_receiver_init(kvx_room *r, const int32_t *pages, uin
     kvx__rdma_room *rr = kvx__rdma_rr(r);
     const kvx_layout *l = kvx_engine_layout(re->e);
     kvx__rdma_peer *pe;
+    kvx_result res;
     int dialing = 0;
     rr->expected = (uint64_t)n * kvx_layout_page_bytes(l);
     if (aux >= 0) rr->expected += kvx_layout_aux_row_bytes(l);
@@ -3453,12 +3435,9 @@ static kvx_result kvx__rdma_receiver_init(kvx_room *r, const int32_t *pages, uin
                                  "waits for it");
         return KVX_OK;
     }
-    if (kvx__rdma_rx_insert(re, rr) != KVX_OK) {
-        pthread_mutex_unlock(&re->rx_mu);
-        return KVX_ERR_NO_MEMORY;
-    }
+    res = kvx__rdma_rx_insert(re, rr);
     pthread_mutex_unlock(&re->rx_mu);
-    return kvx_boot_receiver_init(re->boot, r, pages, n, aux);
+    return res != KVX_OK ? res : kvx_boot_receiver_init(re->boot, r, pages, n, aux);
 }
 
 /* The room failed by this side's decision (a refused argument, a local
@@ -3587,20 +3566,9 @@ static void kvx__rdma_room_close(kvx_room *r) {
 static void kvx__rdma_progress(kvx_engine *e) {
     kvx__rdma_engine *re = kvx__rdma_re(e);
     kvx__rdma_room *expired = NULL, *rr, **pp, *go = NULL;
-    uint64_t now = kvx_now_ns();
     if (re->role == KVX_ROLE_PREFILL) {
         pthread_mutex_lock(&re->mu);
-        for (pp = &re->parked; *pp;) {
-            rr = *pp;
-            if (now > rr->park_deadline || kvx_room_poll(rr->x.room) == KVX_POLL_FAILED) {
-                *pp = rr->lnext;
-                rr->parked = 0;
-                rr->lnext = expired;
-                expired = rr;
-                continue;
-            }
-            pp = &rr->lnext;
-        }
+        kvx__rdma_unpark(re, 0, kvx_now_ns(), &expired);
         pthread_mutex_unlock(&re->mu);
         while (expired) {
             rr = expired;
@@ -3664,8 +3632,7 @@ static void kvx__rdma_progress(kvx_engine *e) {
 static void kvx__rdma_free(kvx__rdma_engine *re) {
     kvx__rdma_pair *p;
     int d;
-    if (re->boot) kvx_boot_destroy(re->boot);
-    re->boot = NULL;
+    kvx_boot_destroy(re->boot); /* first: no hook runs after it */
     while ((p = re->pairs) != NULL) {
         re->pairs = p->next;
         kvx__rdma_pair_destroy(re, p);
@@ -3700,10 +3667,8 @@ static void kvx__rdma_engine_fini(kvx_engine *e) {
     pthread_mutex_unlock(&re->mu);
     KVX__STORE(&re->stop, 1);
     kvx__workq_destroy(re->cmq);
-    re->cmq = NULL;
     kvx__wake(re->wake_wr);
     if (re->thread_started) pthread_join(re->thread, NULL);
-    re->thread_started = 0;
     kvx__rdma_free(re);
     kvx_engine_set_backend_data(e, NULL);
 }
@@ -3713,6 +3678,7 @@ static kvx_result kvx__rdma_engine_init(kvx_engine *e, char *why, size_t wl) {
     kvx_boot_hooks hooks;
     kvx_rdma_hello h;
     kvx_result r;
+    char devs[1024] = "";
     int d;
     if (!re) return KVX_ERR_NO_MEMORY;
     memset(re, 0, sizeof *re);
@@ -3760,15 +3726,12 @@ static kvx_result kvx__rdma_engine_init(kvx_engine *e, char *why, size_t wl) {
     hooks.on_message = kvx__rdma_on_message;
     if ((r = kvx_boot_create(e, &hooks, re->hello, re->hello_len, &re->boot, why, wl)) != KVX_OK)
         goto fail;
-    {
-        char devs[1024] = "";
-        for (d = 0; d < re->ndev; d++)
-            snprintf(devs + strlen(devs), sizeof devs - strlen(devs), "%s%s:%u (%s, MTU %d)",
-                     d ? ", " : "", re->dev[d].info.name, (unsigned)re->dev[d].info.port,
-                     re->dev[d].info.link_layer == 2 ? "RoCE" : "IB", 128 << re->dev[d].info.mtu);
-        kvx_engine_log(e, KVX_LOG_INFO, "kvx.rdma", 0, "%s engine on %s via %s",
-                       re->role == KVX_ROLE_PREFILL ? "prefill" : "decode", devs, re->v.path);
-    }
+    for (d = 0; d < re->ndev; d++)
+        snprintf(devs + strlen(devs), sizeof devs - strlen(devs), "%s%s:%u (%s, MTU %d)",
+                 d ? ", " : "", re->dev[d].info.name, (unsigned)re->dev[d].info.port,
+                 re->dev[d].info.link_layer == 2 ? "RoCE" : "IB", 128 << re->dev[d].info.mtu);
+    kvx_engine_log(e, KVX_LOG_INFO, "kvx.rdma", 0, "%s engine on %s via %s",
+                   re->role == KVX_ROLE_PREFILL ? "prefill" : "decode", devs, re->v.path);
     return KVX_OK;
 fail:
     kvx__rdma_engine_fini(e);
