@@ -983,8 +983,6 @@ typedef struct kvx__rdma_engine {
     kvx__rdma_dev dev[KVX_RDMA_MAX_DEVS];
     int ndev;
     uint64_t instance;
-    uint8_t hello[KVX_RDMA_HELLO_FIXED + KVX_RDMA_DEV_ENTRY * KVX_RDMA_MAX_DEVS];
-    size_t hello_len;
     int wake_rd, wake_wr;      /* wakes the completion thread */
     int stop;                  /* atomic */
     pthread_t thread;
@@ -1076,7 +1074,6 @@ static kvx_result kvx__rdma_settings(kvx__rdma_engine *re, char *why, size_t wl)
     return KVX_OK;
 }
 
-/* n zeroed objects of size bytes from the engine's allocator (kvx__zalloc). */
 static void *kvx__rdma_zalloc(const kvx__rdma_engine *re, size_t n, size_t size) {
     return kvx__zalloc(&kvx_engine_settings(re->e)->allocator, n, size);
 }
@@ -2026,20 +2023,6 @@ static void kvx__rdma_dial_locked(kvx__rdma_engine *re, kvx__rdma_peer *pe) {
     }
 }
 
-static kvx_result kvx__rdma_check_connect(kvx__rdma_engine *re, const kvx_rdma_cm_msg *m,
-                                          char *why, size_t wl) {
-    const kvx_layout *l = kvx_engine_layout(re->e);
-    if (m->fingerprint != kvx_layout_fingerprint(l) || m->nbuf != l->num_buffers ||
-        m->naux != l->num_aux) {
-        kvx__set_why(why, wl, "the decode side's KV layout differs (fingerprint %016llx, %u KV "
-                     "and %u aux buffers; ours %016llx, %u and %u)",
-                     (unsigned long long)m->fingerprint, m->nbuf, m->naux,
-                     (unsigned long long)kvx_layout_fingerprint(l), l->num_buffers, l->num_aux);
-        return KVX_ERR_LAYOUT_MISMATCH;
-    }
-    return KVX_OK;
-}
-
 /* Prefill: moves every pair with decode instance `decode` (or only the one
    answering seq when seq != 0) off `list` (under re->mu) onto *out. */
 static void kvx__rdma_take(kvx__rdma_pair **list, uint64_t decode, uint32_t seq, kvx__rdma_pair **out) {
@@ -2077,11 +2060,19 @@ static void kvx__rdma_kill_all(kvx__rdma_engine *re, kvx__rdma_pair *old, kvx_re
 static kvx_result kvx__rdma_on_connect_msg(kvx__rdma_engine *re, const kvx_boot_peer *from,
                                            const kvx_rdma_cm_msg *m, const char *who, char *why,
                                            size_t wl) {
+    const kvx_layout *l = kvx_engine_layout(re->e);
     kvx__rdma_pair *p, *old = NULL;
     kvx__buf b;
-    kvx_result res = kvx__rdma_check_connect(re, m, why, wl);
+    kvx_result res;
     int i;
-    if (res != KVX_OK) return res;
+    if (m->fingerprint != kvx_layout_fingerprint(l) || m->nbuf != l->num_buffers ||
+        m->naux != l->num_aux) {
+        kvx__set_why(why, wl, "the decode side's KV layout differs (fingerprint %016llx, %u KV "
+                     "and %u aux buffers; ours %016llx, %u and %u)",
+                     (unsigned long long)m->fingerprint, m->nbuf, m->naux,
+                     (unsigned long long)kvx_layout_fingerprint(l), l->num_buffers, l->num_aux);
+        return KVX_ERR_LAYOUT_MISMATCH;
+    }
     pthread_mutex_lock(&re->mu);
     kvx__rdma_take(&re->pairs, m->from, 0, &old);
     kvx__rdma_take(&re->acc, m->from, 0, &old);
@@ -2095,7 +2086,7 @@ static kvx_result kvx__rdma_on_connect_msg(kvx__rdma_engine *re, const kvx_boot_
     p->ctl = *from;
     p->ctl.addr = p->ctl.bootstrap = p->ctl.transport = NULL;
     p->ctl.endpoint = NULL;
-    res = kvx__rdma_pair_tables(p, m, kvx_engine_layout(re->e), why, wl);
+    res = kvx__rdma_pair_tables(p, m, l, why, wl);
     for (i = 0; res == KVX_OK && i < p->nqp; i++) {
         res = kvx__rdma_qp_create(re, &p->qp[i], why, wl);
         if (res == KVX_OK) res = kvx__rdma_qp_connect(re, &p->qp[i], m, why, wl);
@@ -2925,26 +2916,25 @@ static void kvx__rdma_cq_decode(kvx__rdma_engine *re, kvx__rdma_qp *q) {
 static void kvx__rdma_cq_events(kvx__rdma_engine *re, kvx__rdma_dev *d) {
     for (;;) {
         struct ibv_cq *cq = NULL;
-        void *ctx = NULL;
-        kvx__rdma_qp *q;
-        if (re->v.get_cq_event(d->ch, &cq, &ctx)) break;
+        void *q = NULL; /* the queue pair (cq_context) */
+        if (re->v.get_cq_event(d->ch, &cq, &q)) break;
         re->v.ack_cq_events(cq, 1);
-        q = (kvx__rdma_qp *)ctx;
         ibv_req_notify_cq(cq, 0);
-        if (re->role == KVX_ROLE_PREFILL) kvx__rdma_cq_prefill(re, q);
-        else kvx__rdma_cq_decode(re, q);
+        if (re->role == KVX_ROLE_PREFILL) kvx__rdma_cq_prefill(re, (kvx__rdma_qp *)q);
+        else kvx__rdma_cq_decode(re, (kvx__rdma_qp *)q);
     }
 }
 
-/* Pairs (referenced) with a queue pair on port d. */
-static int kvx__rdma_pairs_on(kvx__rdma_engine *re, const kvx__rdma_dev *d, kvx__rdma_pair **out,
-                              int max) {
+/* Pairs (referenced, not dead) with a queue pair on port d, or with d
+   NULL those with the peer engine of instance inst. */
+static int kvx__rdma_pairs_on(kvx__rdma_engine *re, const kvx__rdma_dev *d, uint64_t inst,
+                              kvx__rdma_pair **out, int max) {
     kvx__rdma_pair *p;
     int n = 0, i;
     pthread_mutex_lock(&re->mu);
     for (p = re->pairs; p && n < max; p = p->next) {
-        for (i = 0; i < p->nqp && p->qp[i].dev != d; i++) {}
-        if (i < p->nqp && KVX__LOAD(&p->state) != KVX__RP_DEAD) {
+        for (i = 0; d && i < p->nqp && p->qp[i].dev != d; i++) {}
+        if ((d ? i < p->nqp : p->peer == inst) && KVX__LOAD(&p->state) != KVX__RP_DEAD) {
             kvx__rdma_pair_ref(p);
             out[n++] = p;
         }
@@ -2987,14 +2977,14 @@ static void kvx__rdma_async(kvx__rdma_engine *re, kvx__rdma_dev *d) {
             break;
         case IBV_EVENT_PORT_ERR:
             KVX__STORE(&d->down, 1);
-            nhit = kvx__rdma_pairs_on(re, d, hit, 64);
+            nhit = kvx__rdma_pairs_on(re, d, 0, hit, 64);
             snprintf(msg, sizeof msg, "%s (IBV_EVENT_PORT_ERR): %s port %u went down; check the "
                      "link (ibv_devinfo, rdma link show)", name, d->info.name,
                      (unsigned)d->info.port);
             break;
         case IBV_EVENT_DEVICE_FATAL:
             KVX__STORE(&d->fatal, 1);
-            nhit = kvx__rdma_pairs_on(re, d, hit, 64);
+            nhit = kvx__rdma_pairs_on(re, d, 0, hit, 64);
             snprintf(msg, sizeof msg, "%s (IBV_EVENT_DEVICE_FATAL) on %s: the NIC needs a reset",
                      name, d->info.name);
             break;
@@ -3177,16 +3167,10 @@ static int kvx__rdma_on_status(kvx_boot *b, kvx_room *r, const kvx_boot_peer *pe
            connection with this engine broke: drop our side too (a receive-
            only queue pair may never notice), so the next receiver redials */
         kvx__rdma_pair *dead[8];
-        int nd = 0, i;
+        int nd, i;
         kvx_room_fail_remote(r, result, "prefill rank %s failed the room: %s", peer->addr,
                       reason && *reason ? reason : "no reason given");
-        pthread_mutex_lock(&re->mu);
-        for (p = re->pairs; p && nd < 8; p = p->next)
-            if (p->peer == h.instance && KVX__LOAD(&p->state) != KVX__RP_DEAD) {
-                kvx__rdma_pair_ref(p);
-                dead[nd++] = p;
-            }
-        pthread_mutex_unlock(&re->mu);
+        nd = kvx__rdma_pairs_on(re, NULL, h.instance, dead, 8);
         snprintf(why, sizeof why, "prefill %s reports its RDMA connection with this engine "
                  "broken: %s", peer->addr, reason && *reason ? reason : "no reason given");
         for (i = 0; i < nd; i++) {
@@ -3631,16 +3615,14 @@ static void kvx__rdma_progress(kvx_engine *e) {
 
 static void kvx__rdma_free(kvx__rdma_engine *re) {
     kvx__rdma_pair *p;
+    kvx__rdma_pair **lists[2] = {&re->pairs, &re->acc};
     int d;
     kvx_boot_destroy(re->boot); /* first: no hook runs after it */
-    while ((p = re->pairs) != NULL) {
-        re->pairs = p->next;
-        kvx__rdma_pair_destroy(re, p);
-    }
-    while ((p = re->acc) != NULL) {
-        re->acc = p->next;
-        kvx__rdma_pair_destroy(re, p);
-    }
+    for (d = 0; d < 2; d++)
+        while ((p = *lists[d]) != NULL) {
+            *lists[d] = p->next;
+            kvx__rdma_pair_destroy(re, p);
+        }
     kvx__rdma_bury(re);
     while (re->peers) {
         kvx__rdma_peer *x = re->peers;
@@ -3677,6 +3659,7 @@ static kvx_result kvx__rdma_engine_init(kvx_engine *e, char *why, size_t wl) {
     kvx__rdma_engine *re = (kvx__rdma_engine *)kvx_engine_alloc(e, sizeof *re);
     kvx_boot_hooks hooks;
     kvx_rdma_hello h;
+    uint8_t hello[KVX_RDMA_HELLO_FIXED + KVX_RDMA_DEV_ENTRY * KVX_RDMA_MAX_DEVS];
     kvx_result r;
     char devs[1024] = "";
     int d;
@@ -3700,7 +3683,6 @@ static kvx_result kvx__rdma_engine_init(kvx_engine *e, char *why, size_t wl) {
     h.qps = (uint16_t)re->cfg.qps;
     h.ndev = (uint16_t)re->ndev;
     for (d = 0; d < re->ndev; d++) h.dev[d] = re->dev[d].info;
-    re->hello_len = kvx_rdma_hello_encode(&h, re->hello, sizeof re->hello);
     if (kvx__pipe(&re->wake_rd, &re->wake_wr)) {
         kvx__set_why(why, wl, "cannot create pipes: %s", strerror(errno));
         r = KVX_ERR_IO;
@@ -3724,8 +3706,9 @@ static kvx_result kvx__rdma_engine_init(kvx_engine *e, char *why, size_t wl) {
     hooks.on_connect = kvx__rdma_on_connect;
     hooks.on_disconnect = kvx__rdma_on_disconnect;
     hooks.on_message = kvx__rdma_on_message;
-    if ((r = kvx_boot_create(e, &hooks, re->hello, re->hello_len, &re->boot, why, wl)) != KVX_OK)
-        goto fail;
+    r = kvx_boot_create(e, &hooks, hello, kvx_rdma_hello_encode(&h, hello, sizeof hello),
+                        &re->boot, why, wl); /* it keeps a copy of the endpoint blob */
+    if (r != KVX_OK) goto fail;
     for (d = 0; d < re->ndev; d++)
         snprintf(devs + strlen(devs), sizeof devs - strlen(devs), "%s%s:%u (%s, MTU %d)",
                  d ? ", " : "", re->dev[d].info.name, (unsigned)re->dev[d].info.port,
