@@ -910,6 +910,9 @@ typedef struct kvx__rdma_pair {
     char bootstrap[256];
     int dp_rank, dp_size;
     struct kvx__rdma_pair *next, *grave_next; /* under re->mu */
+    /* the exchange tick's own chain: a pair it times out stays listed, so
+       a disconnect may chain it through grave_next meanwhile */
+    struct kvx__rdma_pair *late_next;
     int listed;
 } kvx__rdma_pair;
 
@@ -2265,7 +2268,7 @@ static int kvx__rdma_exchange_tick(kvx__rdma_engine *re) {
             if (KVX__LOAD(&p->state) != KVX__RP_CONNECTING) continue;
             if (p->deadline <= now) {
                 kvx__rdma_pair_ref(p);
-                p->grave_next = late;
+                p->late_next = late;
                 late = p;
             } else if (p->deadline < next) {
                 next = p->deadline;
@@ -2276,7 +2279,7 @@ static int kvx__rdma_exchange_tick(kvx__rdma_engine *re) {
             p = *pp;
             if (p->deadline <= now) {
                 *pp = p->next;
-                p->grave_next = late;
+                p->late_next = late;
                 late = p;
                 continue;
             }
@@ -2288,7 +2291,7 @@ static int kvx__rdma_exchange_tick(kvx__rdma_engine *re) {
     while (late) {
         char why[KVX_ERROR_MAX];
         p = late;
-        late = p->grave_next;
+        late = p->late_next;
         snprintf(why, sizeof why, "%s did not answer the queue-pair exchange within %.1f s "
                  "(KVX_IB_CONNECT_TIMEOUT)", p->peer_addr, re->cfg.connect_timeout_s);
         KVX__RDMA_STAT(re, errors, 1);
@@ -2666,14 +2669,16 @@ static void kvx__rdma_attach(kvx__rdma_engine *re, kvx__rdma_room *rr, kvx__rdma
 static void kvx__rdma_publish(kvx__rdma_engine *re, kvx__rdma_pair *p) {
     kvx__rdma_pair *old = NULL;
     kvx__rdma_room *start = NULL, *rr;
+    int cur = KVX__RP_CONNECTING;
     pthread_mutex_lock(&re->mu);
-    if (re->stopping) {
+    /* a pair killed meanwhile (an async error) stays dead */
+    if (re->stopping || !__atomic_compare_exchange_n(&p->state, &cur, KVX__RP_READY, 0,
+                                                     __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
         pthread_mutex_unlock(&re->mu);
         kvx__rdma_pair_unref(re, p);
         return;
     }
     kvx__rdma_take(&re->pairs, p->peer, 0, &old);
-    KVX__STORE(&p->state, KVX__RP_READY);
     p->next = re->pairs;
     re->pairs = p;
     p->listed = 1;
