@@ -732,6 +732,7 @@ KVX_API uint32_t kvx_crc32c_combine(uint32_t crc_a, uint32_t crc_b, uint64_t len
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <fcntl.h>
+#include <pwd.h>
 #if !defined(KVX_NO_RUNTIME_LINKING)
 #include <dlfcn.h>
 #endif
@@ -808,31 +809,11 @@ typedef struct kvx__sha256 {
     uint8_t buf[64];
     uint32_t fill;
 } kvx__sha256;
-static KVX__UNUSED void kvx__sha256_init(kvx__sha256 *s);
-static KVX__UNUSED void kvx__sha256_update(kvx__sha256 *s, const void *data, size_t len);
-static KVX__UNUSED void kvx__sha256_final(kvx__sha256 *s, uint8_t out[32]);
 
 /* HMAC-SHA-256 (RFC 2104) and what authentication is built from. */
 typedef struct kvx__hmac {
     kvx__sha256 inner, outer;
 } kvx__hmac;
-static KVX__UNUSED void kvx__hmac_init(kvx__hmac *h, const void *key, size_t key_len);
-static KVX__UNUSED void kvx__hmac_update(kvx__hmac *h, const void *data, size_t len);
-static KVX__UNUSED void kvx__hmac_final(kvx__hmac *h, uint8_t out[32]);
-static KVX__UNUSED void kvx__hmac_sha256(const void *key, size_t key_len, const void *data, size_t len,
-                             uint8_t out[32]);
-/* 1 when the n bytes are equal; time does not depend on where they differ. */
-static KVX__UNUSED int kvx__equal_ct(const void *a, const void *b, size_t n);
-/* n bytes from the kernel's CSPRNG (getrandom, else /dev/urandom). */
-static KVX__UNUSED kvx_result kvx__random_bytes(void *buf, size_t n);
-/* The proof every authenticated connection uses, so that all transports
-   agree: HMAC-SHA-256(key, label || 0x00 || nonce_a || nonce_b). The prover
-   uses its own label (so a proof cannot be reflected to the other
-   direction), nonce_a = the verifier's fresh nonce (the challenge), nonce_b
-   = the prover's own fresh nonce. */
-static KVX__UNUSED void kvx__auth_proof(const uint8_t *key, size_t key_len, const char *label,
-                            const uint8_t nonce_a[KVX_NONCE_BYTES],
-                            const uint8_t nonce_b[KVX_NONCE_BYTES], uint8_t out[KVX_MAC_BYTES]);
 
 /* A small JSON reader for formats kvx reads from files and peers. Bounded:
    at most `max_nodes` values and depth 32. */
@@ -862,18 +843,6 @@ typedef struct kvx__json_doc {
     char error[128];
     const kvx_allocator *allocator; /* kvx__json_parse_with's; NULL = libc */
 } kvx__json_doc;
-/* Parses text[0..len). Returns KVX_ERR_PROTOCOL with doc->error set on bad
-   input. Free with kvx__json_free even on failure. */
-static KVX__UNUSED kvx_result kvx__json_parse(kvx__json_doc *doc, const char *text, size_t len,
-                                  uint32_t max_nodes);
-static KVX__UNUSED void kvx__json_free(kvx__json_doc *doc);
-static KVX__UNUSED const kvx__json *kvx__json_root(const kvx__json_doc *doc);
-static KVX__UNUSED const kvx__json *kvx__json_get(const kvx__json_doc *doc, const kvx__json *obj,
-                                     const char *key);
-static KVX__UNUSED const kvx__json *kvx__json_at(const kvx__json_doc *doc, const kvx__json *arr, uint32_t i);
-/* Integer member that is present, integral and within [lo, hi]. */
-static KVX__UNUSED int kvx__json_u64(const kvx__json_doc *doc, const kvx__json *obj, const char *key,
-                         uint64_t lo, uint64_t hi, uint64_t *out);
 
 /* A growable text buffer (JSON writing, messages). */
 typedef struct kvx__buf {
@@ -883,51 +852,11 @@ typedef struct kvx__buf {
     const kvx_allocator *allocator; /* NULL = libc */
 } kvx__buf;
 static KVX__UNUSED void kvx__buf_printf(kvx__buf *b, const char *fmt, ...) KVX_PRINTF(2, 3);
-static KVX__UNUSED void kvx__buf_json_str(kvx__buf *b, const char *s); /* quoted, escaped */
-static KVX__UNUSED void kvx__buf_free(kvx__buf *b);
 
 /* A fixed pool of worker threads running submitted jobs in FIFO order. */
 typedef struct kvx__workq kvx__workq;
 typedef void (*kvx__job_fn)(void *arg);
-static KVX__UNUSED kvx_result kvx__workq_create(kvx_engine *e, int threads, const char *name,
-                                    kvx__workq **out);
-static KVX__UNUSED kvx_result kvx__workq_submit(kvx__workq *q, kvx__job_fn fn, void *arg);
-/* Runs every queued job, joins the threads, frees. NULL ok. */
-static KVX__UNUSED void kvx__workq_destroy(kvx__workq *q);
 
-
-/* Flags of kvx__dir_open / kvx__dir_check. */
-#define KVX__DIR_CREATE 1 /* create the directory (and missing parents) with `mode` */
-#define KVX__DIR_SHARED 2 /* shared with the group: another owner and group write are
-                            accepted (others still may not write without the sticky bit) */
-
-/* Opens directory `path` for openat & co. without trusting links: every
-   component is opened relative to its parent, the last one never through a
-   symbolic link, an earlier one only through a link owned by root or this
-   user. The directory and every parent must pass kvx__dir_check. On success
-   *fd is an O_DIRECTORY descriptor (close it); else KVX_ERR_NOT_FOUND,
-   KVX_ERR_PERMISSION... and a sentence naming the directory, its owner and
-   mode. Thread-safe; blocks on the filesystem. */
-static KVX__UNUSED kvx_result kvx__dir_open(const char *path, unsigned mode, int flags, int *fd,
-                                char *why, size_t why_len);
-/* Checks an open directory: owned by this user or root (any owner with
-   KVX__DIR_SHARED), and not writable by others (nor by the group, unless
-   KVX__DIR_SHARED) unless it has the sticky bit. `path` names it in the
-   sentence. KVX_ERR_PERMISSION when refused. */
-static KVX__UNUSED kvx_result kvx__dir_check(int fd, const char *path, int flags, char *why,
-                                 size_t why_len);
-/* mkdirat(dfd, name, mode) for shared filesystems whose mkdir can answer
-   EEXIST for a directory that then does not exist: GlusterFS does when
-   another client looks the new name up while the brick makes it (the
-   lookup stamps its own id on the fresh directory, the brick's mkdir then
-   fails to stamp its own, removes the directory and answers EEXIST). The
-   answer is checked with a lookup, and mkdir retried, a bounded number of
-   times (about 2 s in all), until the name is a directory or something
-   else. Returns 0 when dfd/name exists (made by this call: *made = 1;
-   already there: 0; it may be something other than a directory: open it
-   with O_DIRECTORY | O_NOFOLLOW and see), -1 with errno otherwise.
-   made may be NULL. */
-static KVX__UNUSED int kvx__mkdirat(int dfd, const char *name, unsigned mode, int *made);
 
 /* >>impl: results --------------------------------------------------------- */
 
@@ -1526,6 +1455,7 @@ static KVX__UNUSED void kvx__sha256_final(kvx__sha256 *s, uint8_t out[32]) {
 }
 
 /* >>impl: HMAC and authentication ------------------------------------------ */
+/* Per-connection proofs: kvx__auth_proof below. */
 
 static KVX__UNUSED void kvx__hmac_init(kvx__hmac *h, const void *key, size_t key_len) {
     uint8_t k[64], pad[64];
@@ -1567,6 +1497,7 @@ static KVX__UNUSED void kvx__hmac_sha256(const void *key, size_t key_len, const 
     kvx__hmac_final(&h, out);
 }
 
+/* 1 when the n bytes are equal; time does not depend on where they differ. */
 static KVX__UNUSED int kvx__equal_ct(const void *a, const void *b, size_t n) {
     const volatile uint8_t *x = (const volatile uint8_t *)a, *y = (const volatile uint8_t *)b;
     uint8_t d = 0;
@@ -1575,6 +1506,7 @@ static KVX__UNUSED int kvx__equal_ct(const void *a, const void *b, size_t n) {
     return d == 0;
 }
 
+/* n bytes from the kernel's CSPRNG (getrandom, else /dev/urandom). */
 static KVX__UNUSED kvx_result kvx__random_bytes(void *buf, size_t n) {
     uint8_t *p = (uint8_t *)buf;
     int fd;
@@ -1601,6 +1533,11 @@ static KVX__UNUSED kvx_result kvx__random_bytes(void *buf, size_t n) {
     return KVX_OK;
 }
 
+/* The proof every authenticated connection uses, so that all transports
+   agree: HMAC-SHA-256(key, label || 0x00 || nonce_a || nonce_b). The prover
+   uses its own label (so a proof cannot be reflected to the other
+   direction), nonce_a = the verifier's fresh nonce (the challenge), nonce_b
+   = the prover's own fresh nonce. */
 static KVX__UNUSED void kvx__auth_proof(const uint8_t *key, size_t key_len, const char *label,
                             const uint8_t nonce_a[KVX_NONCE_BYTES],
                             const uint8_t nonce_b[KVX_NONCE_BYTES], uint8_t out[KVX_MAC_BYTES]) {
@@ -1834,6 +1771,7 @@ static KVX__UNUSED void kvx__buf_printf(kvx__buf *b, const char *fmt, ...) {
     }
 }
 
+/* s quoted and escaped. */
 static KVX__UNUSED void kvx__buf_json_str(kvx__buf *b, const char *s) {
     kvx__buf_printf(b, "\"");
     for (; s && *s; s++) {
@@ -2106,6 +2044,8 @@ static KVX__UNUSED kvx_result kvx__json_parse_with(kvx__json_doc *doc, const kvx
     return KVX_OK;
 }
 
+/* Parses text[0..len). Returns KVX_ERR_PROTOCOL with doc->error set on bad
+   input. Free with kvx__json_free even on failure. */
 static KVX__UNUSED kvx_result kvx__json_parse(kvx__json_doc *doc, const char *text, size_t len,
                                               uint32_t max_nodes) {
     return kvx__json_parse_with(doc, NULL, text, len, max_nodes);
@@ -2142,6 +2082,7 @@ static KVX__UNUSED const kvx__json *kvx__json_at(const kvx__json_doc *doc, const
     return &doc->nodes[i];
 }
 
+/* Integer member that is present, integral and within [lo, hi]. */
 static KVX__UNUSED int kvx__json_u64(const kvx__json_doc *doc, const kvx__json *obj, const char *key,
                          uint64_t lo, uint64_t hi, uint64_t *out) {
     const kvx__json *v = key ? kvx__json_get(doc, obj, key) : obj;
@@ -3685,14 +3626,10 @@ static KVX__UNUSED int kvx__room_terminal(const kvx_room *r) {
 
 /* >>impl: safe directories ------------------------------------------------ */
 
-#ifdef __cplusplus
-}
-#endif
-#include <fcntl.h>
-#include <pwd.h>
-#ifdef __cplusplus
-extern "C" {
-#endif
+/* Flags of kvx__dir_open / kvx__dir_check. */
+#define KVX__DIR_CREATE 1 /* create the directory (and missing parents) with `mode` */
+#define KVX__DIR_SHARED 2 /* shared with the group: another owner and group write are
+                            accepted (others still may not write without the sticky bit) */
 
 /* "owner uid 65534 (nobody), mode 0777" */
 static KVX__UNUSED void kvx__dir_describe(const struct stat *st, char *out, size_t n) {
@@ -3704,41 +3641,51 @@ static KVX__UNUSED void kvx__dir_describe(const struct stat *st, char *out, size
              (unsigned)(st->st_mode & 07777));
 }
 
-static kvx_result kvx__dir_check_st(const struct stat *st, const char *path, int flags,
-                                    char *why, size_t wl) {
+/* Checks an open directory: owned by this user or root (any owner with
+   KVX__DIR_SHARED), and not writable by others (nor by the group, unless
+   KVX__DIR_SHARED) unless it has the sticky bit. `path` names it in the
+   sentence. KVX_ERR_PERMISSION when refused. */
+static KVX__UNUSED kvx_result kvx__dir_check(int fd, const char *path, int flags, char *why, size_t wl) {
+    struct stat st;
     char desc[300];
     uid_t me = geteuid();
     mode_t bad = (flags & KVX__DIR_SHARED) ? S_IWOTH : (S_IWGRP | S_IWOTH);
-    if (!S_ISDIR(st->st_mode)) {
-        kvx__set_why(why, wl, "%s is not a directory", path);
-        return KVX_ERR_NOT_FOUND;
-    }
-    kvx__dir_describe(st, desc, sizeof desc);
-    if (!(flags & KVX__DIR_SHARED) && st->st_uid != me && st->st_uid != 0) {
-        kvx__set_why(why, wl, "refusing directory %s (%s): it belongs to another user, who could "
-                     "plant links in it (share a directory between users only with "
-                     "KVX_FILE_SHARED=1 and a group-owned directory)", path, desc);
-        return KVX_ERR_PERMISSION;
-    }
-    if ((st->st_mode & bad) && !(st->st_mode & S_ISVTX)) {
-        kvx__set_why(why, wl, "refusing directory %s (%s): %s may write in it and it has no "
-                     "sticky bit, so they could plant or swap files and links", path, desc,
-                     (st->st_mode & S_IWOTH) ? "every user" : "the group");
-        return KVX_ERR_PERMISSION;
-    }
-    return KVX_OK;
-}
-
-static KVX__UNUSED kvx_result kvx__dir_check(int fd, const char *path, int flags, char *why, size_t wl) {
-    struct stat st;
     if (fstat(fd, &st)) {
         int err = errno;
         kvx__set_why(why, wl, "cannot stat %s: %s", path, strerror(err));
         return kvx__errno_result(err);
     }
-    return kvx__dir_check_st(&st, path, flags, why, wl);
+    if (!S_ISDIR(st.st_mode)) {
+        kvx__set_why(why, wl, "%s is not a directory", path);
+        return KVX_ERR_NOT_FOUND;
+    }
+    kvx__dir_describe(&st, desc, sizeof desc);
+    if (!(flags & KVX__DIR_SHARED) && st.st_uid != me && st.st_uid != 0) {
+        kvx__set_why(why, wl, "refusing directory %s (%s): it belongs to another user, who could "
+                     "plant links in it (share a directory between users only with "
+                     "KVX_FILE_SHARED=1 and a group-owned directory)", path, desc);
+        return KVX_ERR_PERMISSION;
+    }
+    if ((st.st_mode & bad) && !(st.st_mode & S_ISVTX)) {
+        kvx__set_why(why, wl, "refusing directory %s (%s): %s may write in it and it has no "
+                     "sticky bit, so they could plant or swap files and links", path, desc,
+                     (st.st_mode & S_IWOTH) ? "every user" : "the group");
+        return KVX_ERR_PERMISSION;
+    }
+    return KVX_OK;
 }
 
+/* mkdirat(dfd, name, mode) for shared filesystems whose mkdir can answer
+   EEXIST for a directory that then does not exist: GlusterFS does when
+   another client looks the new name up while the brick makes it (the
+   lookup stamps its own id on the fresh directory, the brick's mkdir then
+   fails to stamp its own, removes the directory and answers EEXIST). The
+   answer is checked with a lookup, and mkdir retried, a bounded number of
+   times (about 2 s in all), until the name is a directory or something
+   else. Returns 0 when dfd/name exists (made by this call: *made = 1;
+   already there: 0; it may be something other than a directory: open it
+   with O_DIRECTORY | O_NOFOLLOW and see), -1 with errno otherwise.
+   made may be NULL. */
 static KVX__UNUSED int kvx__mkdirat(int dfd, const char *name, unsigned mode, int *made) {
     struct stat st;
     long wait_us = 1000;
@@ -3765,6 +3712,13 @@ static KVX__UNUSED int kvx__mkdirat(int dfd, const char *name, unsigned mode, in
     }
 }
 
+/* Opens directory `path` for openat & co. without trusting links: every
+   component is opened relative to its parent, the last one never through a
+   symbolic link, an earlier one only through a link owned by root or this
+   user. The directory and every parent must pass kvx__dir_check. On success
+   *fd is an O_DIRECTORY descriptor (close it); else KVX_ERR_NOT_FOUND,
+   KVX_ERR_PERMISSION... and a sentence naming the directory, its owner and
+   mode. Thread-safe; blocks on the filesystem. */
 static KVX__UNUSED kvx_result kvx__dir_open(const char *path, unsigned mode, int flags, int *fd_out,
                                 char *why, size_t wl) {
     char tmp[4096];
@@ -3908,6 +3862,21 @@ static void *kvx__workq_main(void *arg) {
     return NULL;
 }
 
+/* Runs every queued job, joins the threads, frees. NULL ok. */
+static KVX__UNUSED void kvx__workq_destroy(kvx__workq *q) {
+    int i;
+    if (!q) return;
+    pthread_mutex_lock(&q->mu);
+    q->stop = 1;
+    pthread_cond_broadcast(&q->cv);
+    pthread_mutex_unlock(&q->mu);
+    for (i = 0; i < q->nthreads; i++) pthread_join(q->threads[i], NULL);
+    pthread_mutex_destroy(&q->mu);
+    pthread_cond_destroy(&q->cv);
+    kvx_engine_free(q->engine, q->threads);
+    kvx_engine_free(q->engine, q);
+}
+
 static KVX__UNUSED kvx_result kvx__workq_create(kvx_engine *e, int threads, const char *name,
                                     kvx__workq **out) {
     kvx__workq *q;
@@ -3949,20 +3918,6 @@ static KVX__UNUSED kvx_result kvx__workq_submit(kvx__workq *q, kvx__job_fn fn, v
     pthread_cond_signal(&q->cv);
     pthread_mutex_unlock(&q->mu);
     return KVX_OK;
-}
-
-static KVX__UNUSED void kvx__workq_destroy(kvx__workq *q) {
-    int i;
-    if (!q) return;
-    pthread_mutex_lock(&q->mu);
-    q->stop = 1;
-    pthread_cond_broadcast(&q->cv);
-    pthread_mutex_unlock(&q->mu);
-    for (i = 0; i < q->nthreads; i++) pthread_join(q->threads[i], NULL);
-    pthread_mutex_destroy(&q->mu);
-    pthread_cond_destroy(&q->cv);
-    kvx_engine_free(q->engine, q->threads);
-    kvx_engine_free(q->engine, q);
 }
 
 #ifdef __cplusplus
