@@ -733,6 +733,13 @@ KVX_API uint32_t kvx_crc32c_combine(uint32_t crc_a, uint32_t crc_b, uint64_t len
 #include <sys/types.h>
 #include <fcntl.h>
 #include <pwd.h>
+#include <poll.h>
+#include <netdb.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <arpa/inet.h>
 #if !defined(KVX_NO_RUNTIME_LINKING)
 #include <dlfcn.h>
 #endif
@@ -899,8 +906,7 @@ KVX_API const char *kvx_poll_str(kvx_poll p) {
     return "Unknown";
 }
 
-static KVX__UNUSED void kvx__set_why(char *why, size_t n, const char *fmt, ...) KVX_PRINTF(3, 4);
-static KVX__UNUSED void kvx__set_why(char *why, size_t n, const char *fmt, ...) {
+static KVX__UNUSED KVX_PRINTF(3, 4) void kvx__set_why(char *why, size_t n, const char *fmt, ...) {
     va_list ap;
     if (!why || n == 0) return;
     va_start(ap, fmt);
@@ -979,19 +985,6 @@ static KVX__UNUSED void kvx__abstime(struct timespec *ts, uint64_t ns) {
    rdma, file, store). Deadlines are kvx_now_ns() values (CLOCK_MONOTONIC);
    functions return 0 or an errno and keep errno's meaning, so each caller
    words its own sentence; kvx__errstr turns a code into text. */
-#ifdef __cplusplus
-}
-#endif
-#include <poll.h>
-#include <netdb.h>
-#include <sys/socket.h>
-#include <sys/uio.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
-#include <arpa/inet.h>
-#ifdef __cplusplus
-extern "C" {
-#endif
 
 /* Stops a wait early when it returns nonzero (polled every 100 ms). */
 typedef int (*kvx__stop_fn)(void *arg);
@@ -1088,21 +1081,27 @@ static KVX__UNUSED int kvx__wait_fd(int fd, short ev, uint64_t deadline_ns, kvx_
     }
 }
 
+/* getaddrinfo for a TCP host:port (flags: AI_PASSIVE or 0). */
+static int kvx__resolve(const char *host, int port, int flags, struct addrinfo **res) {
+    struct addrinfo hints;
+    char ps[16];
+    memset(&hints, 0, sizeof hints);
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = flags | AI_NUMERICSERV;
+    snprintf(ps, sizeof ps, "%d", port);
+    return getaddrinfo(host, ps, &hints, res);
+}
+
 /* A TCP connection to host:port made before deadline_ns: non-blocking,
    close-on-exec, TCP_NODELAY. The fd, or -1 with *err the errno of the
    last address tried (EHOSTUNREACH when host does not resolve). */
 static KVX__UNUSED int kvx__connect(const char *host, int port, uint64_t deadline_ns,
                                     kvx__stop_fn stop, void *arg, int *err) {
-    struct addrinfo hints, *res = NULL, *ai;
-    char ps[16];
+    struct addrinfo *res = NULL, *ai;
     int fd = -1;
-    memset(&hints, 0, sizeof hints);
-    hints.ai_family = AF_UNSPEC;
-    hints.ai_socktype = SOCK_STREAM;
-    hints.ai_flags = AI_NUMERICSERV;
-    snprintf(ps, sizeof ps, "%d", port);
     *err = ECONNREFUSED;
-    if (getaddrinfo(host, ps, &hints, &res) != 0) { *err = EHOSTUNREACH; return -1; }
+    if (kvx__resolve(host, port, 0, &res) != 0) { *err = EHOSTUNREACH; return -1; }
     for (ai = res; ai; ai = ai->ai_next) {
         int so = 0;
         socklen_t sl = sizeof so;
@@ -1126,17 +1125,12 @@ static KVX__UNUSED int kvx__connect(const char *host, int port, uint64_t deadlin
    address; port 0: any free port, *bound says which). The fd, or -1 with
    *err an errno, or a negative getaddrinfo code when host does not resolve. */
 static KVX__UNUSED int kvx__listen(const char *host, int port, int backlog, int *bound, int *err) {
-    struct addrinfo hints, *res = NULL, *ai;
+    struct addrinfo *res = NULL, *ai;
     struct sockaddr_storage ss;
     socklen_t sl = sizeof ss;
-    char ps[16];
     int fd = -1, one = 1;
-    memset(&hints, 0, sizeof hints);
-    hints.ai_family = AF_UNSPEC;
-    hints.ai_socktype = SOCK_STREAM;
-    hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
-    snprintf(ps, sizeof ps, "%d", port);
-    if ((*err = getaddrinfo(host && host[0] ? host : NULL, ps, &hints, &res)) != 0) return -1;
+    if ((*err = kvx__resolve(host && host[0] ? host : NULL, port, AI_PASSIVE, &res)) != 0)
+        return -1;
     *err = EADDRNOTAVAIL;
     for (ai = res; ai; ai = ai->ai_next) {
         fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
@@ -1249,9 +1243,38 @@ static int kvx__crc_hw;
    bytes, as four byte-indexed tables each: joining three interleaved
    streams costs eight lookups. */
 static uint32_t kvx__crc_join[3][4][256];
-static uint32_t kvx__crc32c_shift(uint32_t crc, size_t nbytes);
-static uint32_t kvx__gf2_times(const uint32_t *mat, uint32_t vec);
-static void kvx__gf2_square(uint32_t *sq, const uint32_t *mat);
+
+/* GF(2) helpers to move a raw CRC register over n zero bytes (zlib's
+   crc32_combine idea, reflected CRC32C polynomial). */
+static uint32_t kvx__gf2_times(const uint32_t *mat, uint32_t vec) {
+    uint32_t sum = 0;
+    while (vec) { if (vec & 1) sum ^= *mat; vec >>= 1; mat++; }
+    return sum;
+}
+static void kvx__gf2_square(uint32_t *sq, const uint32_t *mat) {
+    int n;
+    for (n = 0; n < 32; n++) sq[n] = kvx__gf2_times(mat, mat[n]);
+}
+static uint32_t kvx__crc32c_shift(uint32_t crc, size_t nbytes) {
+    uint32_t even[32], odd[32];
+    uint32_t row = 1;
+    int n;
+    if (nbytes == 0) return crc;
+    odd[0] = 0x82F63B78u;
+    for (n = 1; n < 32; n++) { odd[n] = row; row <<= 1; }
+    kvx__gf2_square(even, odd); /* 2 zero bits */
+    kvx__gf2_square(odd, even); /* 4 zero bits */
+    do {
+        kvx__gf2_square(even, odd);
+        if (nbytes & 1) crc = kvx__gf2_times(even, crc);
+        nbytes >>= 1;
+        if (!nbytes) break;
+        kvx__gf2_square(odd, even);
+        if (nbytes & 1) crc = kvx__gf2_times(odd, crc);
+        nbytes >>= 1;
+    } while (nbytes);
+    return crc;
+}
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 static uint32_t kvx__crc_join_by(int t, uint32_t c) {
@@ -1337,38 +1360,6 @@ static uint32_t kvx__crc32c_sw(uint32_t c, const uint8_t *p, size_t len) {
     }
     while (len) { c = (c >> 8) ^ kvx__crc_table[0][(c ^ *p++) & 0xff]; len--; }
     return c;
-}
-
-/* GF(2) helpers to move a raw CRC register over n zero bytes (zlib's
-   crc32_combine idea, reflected CRC32C polynomial). */
-static uint32_t kvx__gf2_times(const uint32_t *mat, uint32_t vec) {
-    uint32_t sum = 0;
-    while (vec) { if (vec & 1) sum ^= *mat; vec >>= 1; mat++; }
-    return sum;
-}
-static void kvx__gf2_square(uint32_t *sq, const uint32_t *mat) {
-    int n;
-    for (n = 0; n < 32; n++) sq[n] = kvx__gf2_times(mat, mat[n]);
-}
-static uint32_t kvx__crc32c_shift(uint32_t crc, size_t nbytes) {
-    uint32_t even[32], odd[32];
-    uint32_t row = 1;
-    int n;
-    if (nbytes == 0) return crc;
-    odd[0] = 0x82F63B78u;
-    for (n = 1; n < 32; n++) { odd[n] = row; row <<= 1; }
-    kvx__gf2_square(even, odd); /* 2 zero bits */
-    kvx__gf2_square(odd, even); /* 4 zero bits */
-    do {
-        kvx__gf2_square(even, odd);
-        if (nbytes & 1) crc = kvx__gf2_times(even, crc);
-        nbytes >>= 1;
-        if (!nbytes) break;
-        kvx__gf2_square(odd, even);
-        if (nbytes & 1) crc = kvx__gf2_times(odd, crc);
-        nbytes >>= 1;
-    } while (nbytes);
-    return crc;
 }
 
 KVX_API uint32_t kvx_crc32c_combine(uint32_t a, uint32_t b, uint64_t len_b) {
@@ -1749,6 +1740,22 @@ static KVX__UNUSED kvx_result kvx__settings_apply(const kvx__setting *t, size_t 
 
 /* >>impl: text buffer ---------------------------------------------------- */
 
+/* Room for n more bytes and a NUL; -1 (and oom set) when it cannot grow. */
+static int kvx__buf_reserve(kvx__buf *b, size_t n) {
+    size_t nc = b->cap ? b->cap : 256;
+    char *nd;
+    if (b->len + n + 1 <= b->cap) return 0;
+    while (nc < b->len + n + 1) nc *= 2;
+    nd = (char *)kvx__grow(b->allocator, b->data, b->len, nc);
+    if (!nd) {
+        b->oom = 1;
+        return -1;
+    }
+    b->data = nd;
+    b->cap = nc;
+    return 0;
+}
+
 static KVX__UNUSED void kvx__buf_printf(kvx__buf *b, const char *fmt, ...) {
     va_list ap;
     int n;
@@ -1760,14 +1767,7 @@ static KVX__UNUSED void kvx__buf_printf(kvx__buf *b, const char *fmt, ...) {
         va_end(ap);
         if (n < 0) { b->oom = 1; return; }
         if ((size_t)n < room) { b->len += (size_t)n; return; }
-        {
-            size_t ncap = b->cap ? b->cap * 2 : 256;
-            char *nd;
-            while (ncap < b->len + (size_t)n + 1) ncap *= 2;
-            nd = (char *)kvx__grow(b->allocator, b->data, b->len, ncap);
-            if (!nd) { b->oom = 1; return; }
-            b->data = nd; b->cap = ncap;
-        }
+        if (kvx__buf_reserve(b, (size_t)n)) return;
     }
 }
 
@@ -1795,16 +1795,7 @@ static KVX__UNUSED void kvx__buf_free(kvx__buf *b) {
 /* Appends n raw bytes (kept NUL-terminated past len), and little-endian
    integers of the wire formats. */
 static KVX__UNUSED void kvx__buf_put(kvx__buf *b, const void *p, size_t n) {
-    if (b->oom) return;
-    if (b->len + n + 1 > b->cap) {
-        size_t nc = b->cap ? b->cap : 256;
-        char *nd;
-        while (nc < b->len + n + 1) nc *= 2;
-        nd = (char *)kvx__grow(b->allocator, b->data, b->len, nc);
-        if (!nd) { b->oom = 1; return; }
-        b->data = nd;
-        b->cap = nc;
-    }
+    if (b->oom || kvx__buf_reserve(b, n)) return;
     if (n) memcpy(b->data + b->len, p, n);
     b->len += n;
     b->data[b->len] = 0;
@@ -2261,17 +2252,14 @@ KVX_API void kvx_plan_free(kvx_plan *p) {
 }
 
 static int kvx__plan_reserve(kvx_plan *p, size_t need) {
+    size_t nc = p->capacity ? p->capacity : 16;
+    kvx_span *ns;
     if (need <= p->capacity) return 0;
-    {
-        size_t nc = p->capacity ? p->capacity : 16;
-        kvx_span *ns;
-        while (nc < need) nc *= 2;
-        ns = (kvx_span *)kvx__grow(p->allocator, p->spans, p->count * sizeof *ns,
-                                   nc * sizeof *ns);
-        if (!ns) return -1;
-        p->spans = ns;
-        p->capacity = nc;
-    }
+    while (nc < need) nc *= 2;
+    ns = (kvx_span *)kvx__grow(p->allocator, p->spans, p->count * sizeof *ns, nc * sizeof *ns);
+    if (!ns) return -1;
+    p->spans = ns;
+    p->capacity = nc;
     return 0;
 }
 
@@ -2397,24 +2385,25 @@ KVX_API kvx_result kvx_plan_pages(kvx_plan *p, const kvx_layout *src, const int3
     return kvx__plan_build(p, src, sp, dp, n);
 }
 
-KVX_API kvx_result kvx_plan_gather(kvx_plan *p, const kvx_layout *l, const int32_t *pages,
-                                   size_t n) {
+/* Gather (dst 0: pages -> packed) or scatter (dst 1: packed -> pages). */
+static kvx_result kvx__plan_packed(kvx_plan *p, const kvx_layout *l, const int32_t *pages,
+                                   size_t n, int dst) {
     kvx_result r;
     if (!p || !l) return KVX_ERR_INVALID_ARGUMENT;
     p->error[0] = 0;
-    if ((r = kvx_pages_check(p, pages, n, kvx_layout_num_pages(l), 0, "source")) != KVX_OK)
-        return r;
-    return kvx__plan_build(p, l, pages, NULL, n);
+    r = kvx_pages_check(p, pages, n, kvx_layout_num_pages(l), dst, dst ? "destination" : "source");
+    if (r != KVX_OK) return r;
+    return kvx__plan_build(p, l, dst ? NULL : pages, dst ? pages : NULL, n);
+}
+
+KVX_API kvx_result kvx_plan_gather(kvx_plan *p, const kvx_layout *l, const int32_t *pages,
+                                   size_t n) {
+    return kvx__plan_packed(p, l, pages, n, 0);
 }
 
 KVX_API kvx_result kvx_plan_scatter(kvx_plan *p, const kvx_layout *l, const int32_t *pages,
                                     size_t n) {
-    kvx_result r;
-    if (!p || !l) return KVX_ERR_INVALID_ARGUMENT;
-    p->error[0] = 0;
-    if ((r = kvx_pages_check(p, pages, n, kvx_layout_num_pages(l), 1, "destination")) != KVX_OK)
-        return r;
-    return kvx__plan_build(p, l, NULL, pages, n);
+    return kvx__plan_packed(p, l, pages, n, 1);
 }
 
 /* Slot ss's row of aux buffer i -> slot ds's; a side with slot < 0 is the
@@ -2745,6 +2734,12 @@ KVX_API void *kvx_room_data(const kvx_room *r) { return r->data; }
 KVX_API void kvx_room_set_data(kvx_room *r, void *d) { r->data = d; }
 KVX_API kvx_poll kvx_room_poll(const kvx_room *r) { return (kvx_poll)KVX__LOAD(&r->state); }
 KVX_API int kvx_room_closed(const kvx_room *r) { return KVX__LOAD(&r->closed); }
+KVX_API kvx_result kvx_room_result(const kvx_room *r) {
+    return KVX__LOAD(&r->state) == KVX_POLL_FAILED ? r->result : KVX_OK;
+}
+KVX_API const char *kvx_room_error(const kvx_room *r) {
+    return KVX__LOAD(&r->state) == KVX_POLL_FAILED ? r->error : "";
+}
 
 static const char *kvx__subsys(const kvx_room *r) {
     return r->role == KVX_ROLE_PREFILL ? "kvx.sender" : "kvx.receiver";
@@ -2910,9 +2905,7 @@ KVX_API void kvx_room_fail_remote(kvx_room *r, kvx_result res, const char *fmt, 
 /* A local failure that backends without room_failed hear about through
    room_abort, only when this call failed the room: a terminal room sends
    nothing. */
-static void kvx__room_fail_abort(kvx_room *r, kvx_result res, const char *reason,
-                                 const char *fmt, ...) KVX_PRINTF(4, 5);
-static void kvx__room_fail_abort(kvx_room *r, kvx_result res, const char *reason,
+static KVX_PRINTF(4, 5) void kvx__room_fail_abort(kvx_room *r, kvx_result res, const char *reason,
                                  const char *fmt, ...) {
     va_list ap;
     int moved;
@@ -3355,9 +3348,7 @@ static kvx_result kvx__room_create(kvx_engine *e, const kvx_room_desc *d, kvx_ro
     return KVX_OK;
 }
 
-static kvx_result kvx__call_error(kvx_room *r, kvx_result res, const char *fmt, ...)
-    KVX_PRINTF(3, 4);
-static kvx_result kvx__call_error(kvx_room *r, kvx_result res, const char *fmt, ...) {
+static KVX_PRINTF(3, 4) kvx_result kvx__call_error(kvx_room *r, kvx_result res, const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(r->call_error, sizeof r->call_error, fmt, ap);
@@ -3365,14 +3356,6 @@ static kvx_result kvx__call_error(kvx_room *r, kvx_result res, const char *fmt, 
     kvx_engine_log(r->engine, KVX_LOG_WARN, kvx__subsys(r), r->id, "%s: %s",
                    kvx_result_str(res), r->call_error);
     return res;
-}
-
-static const char *kvx__room_error(const kvx_room *r) {
-    return KVX__LOAD(&r->state) == KVX_POLL_FAILED ? r->error : "";
-}
-
-static kvx_result kvx__room_result(const kvx_room *r) {
-    return KVX__LOAD(&r->state) == KVX_POLL_FAILED ? r->result : KVX_OK;
 }
 
 static void kvx__room_abort(kvx_room *r, const char *reason) {
@@ -3492,10 +3475,8 @@ KVX_API kvx_poll kvx_sender_poll(const kvx_sender *s) { return kvx_room_poll((co
 KVX_API kvx_poll kvx_sender_wait(const kvx_sender *s, kvx_poll st, int ms) {
     return kvx__room_wait((const kvx_room *)s, st, ms);
 }
-KVX_API kvx_result kvx_room_result(const kvx_room *r) { return kvx__room_result(r); }
-KVX_API const char *kvx_room_error(const kvx_room *r) { return kvx__room_error(r); }
-KVX_API kvx_result kvx_sender_result(const kvx_sender *s) { return kvx__room_result((const kvx_room *)s); }
-KVX_API const char *kvx_sender_error(const kvx_sender *s) { return kvx__room_error((const kvx_room *)s); }
+KVX_API kvx_result kvx_sender_result(const kvx_sender *s) { return kvx_room_result((const kvx_room *)s); }
+KVX_API const char *kvx_sender_error(const kvx_sender *s) { return kvx_room_error((const kvx_room *)s); }
 KVX_API const char *kvx_sender_call_error(const kvx_sender *s) { return ((const kvx_room *)s)->call_error; }
 KVX_API uint64_t kvx_sender_room(const kvx_sender *s) { return ((const kvx_room *)s)->id; }
 KVX_API void kvx_sender_abort(kvx_sender *s, const char *why) { if (s) kvx__room_abort((kvx_room *)s, why); }
@@ -3555,8 +3536,8 @@ KVX_API kvx_poll kvx_receiver_poll(const kvx_receiver *r) { return kvx_room_poll
 KVX_API kvx_poll kvx_receiver_wait(const kvx_receiver *r, kvx_poll st, int ms) {
     return kvx__room_wait((const kvx_room *)r, st, ms);
 }
-KVX_API kvx_result kvx_receiver_result(const kvx_receiver *r) { return kvx__room_result((const kvx_room *)r); }
-KVX_API const char *kvx_receiver_error(const kvx_receiver *r) { return kvx__room_error((const kvx_room *)r); }
+KVX_API kvx_result kvx_receiver_result(const kvx_receiver *r) { return kvx_room_result((const kvx_room *)r); }
+KVX_API const char *kvx_receiver_error(const kvx_receiver *r) { return kvx_room_error((const kvx_room *)r); }
 KVX_API const char *kvx_receiver_call_error(const kvx_receiver *r) { return ((const kvx_room *)r)->call_error; }
 KVX_API uint64_t kvx_receiver_room(const kvx_receiver *r) { return ((const kvx_room *)r)->id; }
 KVX_API void kvx_receiver_abort(kvx_receiver *r, const char *why) { if (r) kvx__room_abort((kvx_room *)r, why); }
