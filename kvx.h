@@ -3213,25 +3213,20 @@ KVX_API kvx_result kvx_engine_create(const kvx_engine_desc *desc, kvx_engine **o
     e->desc.rdma.library = kvx__own(e, d.rdma.library);
     if (r != KVX_OK) {
         kvx__set_why(why, wl, "out of memory copying the layout");
-        kvx__engine_free(e);
-        return r;
+        goto fail;
     }
-    if ((r = kvx__load_auth_key(e, why, wl)) != KVX_OK) {
-        kvx__engine_free(e);
-        return r;
-    }
+    if ((r = kvx__load_auth_key(e, why, wl)) != KVX_OK) goto fail;
     e->desc.auth_key = NULL; /* the secret lives only in e->auth_key */
     e->desc.auth_key_file = kvx__own(e, d.auth_key_file);
     if (e->be->engine_init && (r = e->be->engine_init(e, why, wl)) != KVX_OK) {
         if (why && wl && !why[0]) kvx__set_why(why, wl, "transport '%s' failed to start", e->be->name);
-        kvx__engine_free(e);
-        return r;
+        goto fail;
     }
     if (pthread_create(&e->progress, NULL, kvx__progress_main, e) != 0) {
         kvx__set_why(why, wl, "cannot start the progress thread: %s", strerror(errno));
         if (e->be->engine_fini) e->be->engine_fini(e);
-        kvx__engine_free(e);
-        return KVX_ERR_NO_MEMORY;
+        r = KVX_ERR_NO_MEMORY;
+        goto fail;
     }
     e->progress_started = 1;
     kvx_engine_log(e, KVX_LOG_INFO, "kvx.engine", 0,
@@ -3241,6 +3236,9 @@ KVX_API kvx_result kvx_engine_create(const kvx_engine_desc *desc, kvx_engine **o
                    (unsigned long long)kvx_layout_fingerprint(&d.layout));
     *out = e;
     return KVX_OK;
+fail:
+    kvx__engine_free(e);
+    return r;
 }
 
 /* Takes r out of the engine's list and table. */
@@ -3364,6 +3362,30 @@ static void kvx__room_abort(kvx_room *r, const char *reason) {
                          reason ? reason : "no reason given");
 }
 
+/* The state check of both inits: once, in WAITING_FOR_INPUT. */
+static kvx_result kvx__room_init_state(kvx_room *r) {
+    int st = KVX__LOAD(&r->state);
+    if (r->inited || st != KVX_POLL_WAITING_FOR_INPUT)
+        return kvx__call_error(r, KVX_ERR_STATE, "init called %s (state %s)",
+                               r->inited ? "twice" : "before the room was ready",
+                               kvx_poll_str((kvx_poll)st));
+    return KVX_OK;
+}
+
+/* The aux check of both inits, then records the request. */
+static kvx_result kvx__room_inited(kvx_room *r, uint32_t pages, int32_t aux_index) {
+    uint64_t slots = kvx_layout_num_aux_slots(&r->engine->desc.layout);
+    if (aux_index < -1 || (aux_index >= 0 && (uint64_t)aux_index >= slots)) {
+        kvx_room_fail(r, KVX_ERR_OUT_OF_RANGE, "aux index %ld is outside the %llu aux slots",
+                      (long)aux_index, (unsigned long long)slots);
+        return KVX_ERR_OUT_OF_RANGE;
+    }
+    r->inited = 1;
+    r->total_pages = pages;
+    r->aux_index = aux_index;
+    return KVX_OK;
+}
+
 /* sender -------------------------------------------------------------------- */
 
 KVX_API kvx_result kvx_sender_create(kvx_engine *e, const kvx_room_desc *d, kvx_sender **out) {
@@ -3374,14 +3396,9 @@ KVX_API kvx_result kvx_sender_init(kvx_sender *s, uint32_t num_pages, int32_t au
     kvx_room *r = (kvx_room *)s;
     const kvx_layout *l;
     kvx_result res;
-    int st;
     if (!r) return KVX_ERR_INVALID_ARGUMENT;
     l = &r->engine->desc.layout;
-    st = KVX__LOAD(&r->state);
-    if (r->inited || st != KVX_POLL_WAITING_FOR_INPUT)
-        return kvx__call_error(r, KVX_ERR_STATE, "init called %s (state %s)",
-                               r->inited ? "twice" : "before the room was ready",
-                               kvx_poll_str((kvx_poll)st));
+    if ((res = kvx__room_init_state(r)) != KVX_OK) return res;
     if (num_pages > KVX_MAX_PAGES || num_pages > kvx_layout_num_pages(l)) {
         kvx_room_fail(r, KVX_ERR_OUT_OF_RANGE,
                       "init declares %u pages but the pool holds %llu (KVX_MAX_PAGES %u)",
@@ -3389,14 +3406,7 @@ KVX_API kvx_result kvx_sender_init(kvx_sender *s, uint32_t num_pages, int32_t au
                       (unsigned)KVX_MAX_PAGES);
         return KVX_ERR_OUT_OF_RANGE;
     }
-    if (aux_index < -1 || (aux_index >= 0 && (uint64_t)aux_index >= kvx_layout_num_aux_slots(l))) {
-        kvx_room_fail(r, KVX_ERR_OUT_OF_RANGE, "aux index %ld is outside the %llu aux slots",
-                      (long)aux_index, (unsigned long long)kvx_layout_num_aux_slots(l));
-        return KVX_ERR_OUT_OF_RANGE;
-    }
-    r->inited = 1;
-    r->total_pages = num_pages;
-    r->aux_index = aux_index;
+    if ((res = kvx__room_inited(r, num_pages, aux_index)) != KVX_OK) return res;
     if (r->engine->be->sender_init &&
         (res = r->engine->be->sender_init(r, num_pages, aux_index)) != KVX_OK) {
         kvx_room_fail(r, res, "transport %s refused init", r->engine->be->name);
@@ -3496,15 +3506,10 @@ KVX_API kvx_result kvx_receiver_init(kvx_receiver *rc, const int32_t *pages, uin
     const kvx_layout *l;
     kvx_plan chk;
     kvx_result res;
-    int st;
     if (!r) return KVX_ERR_INVALID_ARGUMENT;
     e = r->engine;
     l = &e->desc.layout;
-    st = KVX__LOAD(&r->state);
-    if (r->inited || st != KVX_POLL_WAITING_FOR_INPUT)
-        return kvx__call_error(r, KVX_ERR_STATE, "init called %s (state %s)",
-                               r->inited ? "twice" : "before the room was ready",
-                               kvx_poll_str((kvx_poll)st));
+    if ((res = kvx__room_init_state(r)) != KVX_OK) return res;
     memset(&chk, 0, sizeof chk);
     chk.allocator = &e->desc.allocator;
     res = kvx_pages_check(&chk, pages, n, kvx_layout_num_pages(l), 1, "destination");
@@ -3514,14 +3519,7 @@ KVX_API kvx_result kvx_receiver_init(kvx_receiver *rc, const int32_t *pages, uin
         return res;
     }
     kvx_plan_free(&chk);
-    if (aux_index < -1 || (aux_index >= 0 && (uint64_t)aux_index >= kvx_layout_num_aux_slots(l))) {
-        kvx_room_fail(r, KVX_ERR_OUT_OF_RANGE, "aux index %ld is outside the %llu aux slots",
-                      (long)aux_index, (unsigned long long)kvx_layout_num_aux_slots(l));
-        return KVX_ERR_OUT_OF_RANGE;
-    }
-    r->inited = 1;
-    r->total_pages = n;
-    r->aux_index = aux_index;
+    if ((res = kvx__room_inited(r, n, aux_index)) != KVX_OK) return res;
     kvx_room_set_deadline(r, kvx_now_ns() + (uint64_t)(e->desc.waiting_timeout_s * 1e9),
                           "the KV cache did not arrive (KVX_WAITING_TIMEOUT)");
     kvx_room_advance(r, KVX_POLL_TRANSFERRING);
