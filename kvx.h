@@ -10,8 +10,9 @@
      >>results >>poll states >>layout >>plan >>desc >>engine >>sender
      >>receiver >>backend interface >>utilities >>posix io; ">>impl: " private
      helpers, results, run-time library loader, clock, HMAC, shared helpers of
-     the file-based headers, environment, settings table, text buffer, json
-     reader, layout, plan, engine and rooms, safe directories, fake transport
+     the file-based headers, settings table, text buffer, json reader, layout,
+     plan, engine and rooms, transport rooms, safe directories, fake
+     transport, worker queue
 
    DO THIS
      In exactly one C or C++ file:
