@@ -525,7 +525,6 @@ struct kvx__tcp_job {
     kvx_plan plan;
     size_t span;     /* cursor: next span, bytes of it already carved */
     uint64_t off;
-    int aux;         /* the aux rows, not KV */
     int queued;      /* still in the link queue (has bytes to carve) */
     int dropped;     /* its room failed or closed: the rest is not sent */
     int inflight;    /* frames carved and not yet sent */
@@ -625,6 +624,7 @@ struct kvx__tcp_room {
     uint64_t *bitmap;    /* atomic words: bit (buffer * npages + position) received */
     uint32_t aux_mask;   /* atomic: aux rows received */
     int32_t aux_index;
+    kvx_plan aux_plan;   /* packed staging row -> the aux slot (span i: aux buffer i) */
     uint8_t *aux_stage;
     uint64_t expected;
     uint64_t remaining;  /* atomic */
@@ -649,8 +649,8 @@ struct kvx__tcp_engine {
     int staged;
     kvx_mem_ops mem;
     uint64_t stage_bytes; /* prefill: largest frame payload (segment, a page, the aux rows) */
-    uint64_t aux_off[KVX_MAX_AUX]; /* decode: aux buffer i's row in a room's aux staging row */
     kvx_buffer *peer_bufs; /* our buffers with a huge length: the decode pool's shape */
+    kvx_aux_buffer peer_aux[KVX_MAX_AUX]; /* the same for the aux buffers */
     kvx_layout peer_layout;
     uint64_t instance;
     const uint8_t *key;  /* kvx_engine_auth_key: NULL = keyless */
@@ -878,7 +878,7 @@ static int kvx__tcp_carve(kvx__tcp_link *lk, kvx__tcp_stream *st, kvx__tcp_frame
         kvx__tcp_job *j = lk->qhead;
         kvx__tcp_room *tr;
         uint64_t budget = te->segment, sum = 0;
-        uint32_t n = 0, i;
+        uint32_t n = 0;
         if (!j) return 0;
         tr = j->tr;
         if (tr->closing || kvx__room_terminal(tr->x.room)) {
@@ -887,53 +887,40 @@ static int kvx__tcp_carve(kvx__tcp_link *lk, kvx__tcp_stream *st, kvx__tcp_frame
             if (!j->inflight) kvx__tcp_job_done(lk, j);
             continue;
         }
-        if (j->aux) {
-            for (i = 0; i < l->num_aux; i++, n++) {
-                kvx__tcp_piece *p = &st->pieces[n];
-                uint64_t item = l->aux[i].item_len;
-                p->seg.buffer = i;
-                p->seg.flags = KVX_TCP_SEG_AUX;
-                p->seg.dst_offset = (uint64_t)tr->x.dst_aux * item;
-                p->seg.length = item;
-                p->src = (char *)l->aux[i].base + (uint64_t)tr->x.src_aux * item;
-                p->device = -1;
-                sum += item;
-            }
-            kvx__tcp_queue_remove(lk, j);
-        } else {
-            while (j->span < j->plan.count && n < KVX_TCP_MAX_SEGS) {
-                const kvx_span *sp = &j->plan.spans[j->span];
-                const kvx_buffer *b = &l->buffers[sp->buffer];
-                kvx__tcp_piece *p = &st->pieces[n];
-                uint64_t take = sp->length - j->off;
-                if (take > budget) {
-                    take = budget / b->item_len * b->item_len;
-                    if (!take) {
-                        if (n) break;
-                        take = b->item_len; /* a page larger than a segment goes alone */
-                    }
+        while (j->span < j->plan.count && n < KVX_TCP_MAX_SEGS) {
+            const kvx_span *sp = &j->plan.spans[j->span];
+            int aux = sp->kind == KVX_SPAN_AUX;
+            const kvx_buffer *b = aux ? NULL : &l->buffers[sp->buffer];
+            uint64_t item = aux ? l->aux[sp->buffer].item_len : b->item_len;
+            kvx__tcp_piece *p = &st->pieces[n];
+            uint64_t take = sp->length - j->off;
+            if (take > budget) {
+                take = budget / item * item;
+                if (!take) {
+                    if (n) break;
+                    take = item; /* a page (an aux row) larger than a segment goes alone */
                 }
-                p->seg.buffer = sp->buffer;
-                p->seg.flags = 0;
-                p->seg.dst_offset = sp->dst_offset + j->off;
-                p->seg.length = take;
-                p->src = (char *)b->base + sp->src_offset + j->off;
-                p->device = b->mem == KVX_MEM_HOST ? -1 : b->device;
-                n++;
-                sum += take;
-                budget = take >= budget ? 0 : budget - take;
-                j->off += take;
-                if (j->off == sp->length) {
-                    j->span++;
-                    j->off = 0;
-                }
-                if (!budget) break;
             }
-            if (j->span == j->plan.count) kvx__tcp_queue_remove(lk, j);
-            if (!n) { /* an empty chunk */
-                if (!j->inflight) kvx__tcp_job_done(lk, j);
-                continue;
+            p->seg.buffer = sp->buffer;
+            p->seg.flags = aux ? KVX_TCP_SEG_AUX : 0;
+            p->seg.dst_offset = sp->dst_offset + j->off;
+            p->seg.length = take;
+            p->src = (char *)kvx_span_addr(l, sp, 0) + j->off;
+            p->device = aux || b->mem == KVX_MEM_HOST ? -1 : b->device;
+            n++;
+            sum += take;
+            budget = take >= budget ? 0 : budget - take;
+            j->off += take;
+            if (j->off == sp->length) {
+                j->span++;
+                j->off = 0;
             }
+            if (!budget) break;
+        }
+        if (j->span == j->plan.count) kvx__tcp_queue_remove(lk, j);
+        if (!n) { /* an empty chunk */
+            if (!j->inflight) kvx__tcp_job_done(lk, j);
+            continue;
         }
         j->inflight++;
         tr->busy++;
@@ -1663,6 +1650,7 @@ static kvx_result kvx__tcp_sender_init(kvx_room *r, uint32_t n, int32_t aux) {
     kvx__tcp_room *tr = kvx__tcp_tr(r);
     kvx__tcp_engine *te = tr->te;
     const kvx_layout *l = kvx_engine_layout(te->engine);
+    kvx_result res;
     if (!tr->link) {
         kvx_room_fail(r, KVX_ERR_STATE, "init before the decode side's destination arrived");
         return KVX_ERR_STATE;
@@ -1685,7 +1673,14 @@ static kvx_result kvx__tcp_sender_init(kvx_room *r, uint32_t n, int32_t aux) {
         if (!tr->aux_job) return KVX_ERR_NO_MEMORY;
         memset(tr->aux_job, 0, sizeof *tr->aux_job);
         tr->aux_job->tr = tr;
-        tr->aux_job->aux = 1;
+        tr->aux_job->plan.allocator = &kvx_engine_settings(te->engine)->allocator;
+        /* to the decode's slot in the pool shape of kvx__tcp_layout: the
+           decode side checks the slot against its own aux buffers */
+        res = kvx_plan_aux(&tr->aux_job->plan, l, aux, &te->peer_layout, tr->x.dst_aux);
+        if (res != KVX_OK) {
+            kvx_room_fail(r, res, "aux rows: %s", tr->aux_job->plan.error);
+            return res;
+        }
     }
     tr->inited = 1;
     return KVX_OK;
@@ -1856,7 +1851,9 @@ static kvx_result kvx__tcp_receiver_init(kvx_room *r, const int32_t *pages, uint
         qsort(tr->sorted, n, sizeof *tr->sorted, kvx__tcp_cmp_u64);
     }
     if (aux >= 0 && l->num_aux) {
-        aux_bytes = kvx_layout_aux_row_bytes(l);
+        tr->aux_plan.allocator = &kvx_engine_settings(e)->allocator;
+        if ((res = kvx_plan_aux_scatter(&tr->aux_plan, l, aux)) != KVX_OK) return res;
+        aux_bytes = tr->aux_plan.packed_bytes;
         tr->aux_stage = (uint8_t *)kvx_engine_alloc(e, (size_t)aux_bytes);
         if (!tr->aux_stage) return KVX_ERR_NO_MEMORY;
     }
@@ -1934,6 +1931,7 @@ static kvx_result kvx__tcp_check(kvx__tcp_engine *te, kvx__tcp_room *tr,
             return KVX_ERR_PROTOCOL;
         }
         if (s->flags & KVX_TCP_SEG_AUX) {
+            const kvx_span *row;
             uint32_t bit;
             if (!tr->aux_stage) {
                 kvx__set_why(why, wl, "segment %u carries aux rows but this room gave no aux slot", i);
@@ -1944,14 +1942,13 @@ static kvx_result kvx__tcp_check(kvx__tcp_engine *te, kvx__tcp_room *tr,
                              l->num_aux);
                 return KVX_ERR_PROTOCOL;
             }
-            item = l->aux[s->buffer].item_len;
-            if (s->dst_offset != (uint64_t)tr->aux_index * item || s->length != item) {
+            row = &tr->aux_plan.spans[s->buffer];
+            if (s->dst_offset != row->dst_offset || s->length != row->length) {
                 kvx__set_why(why, wl, "segment %u writes bytes [%llu, +%llu) of aux buffer %u; this "
                              "room's aux slot %d is [%llu, +%llu)", i,
                              (unsigned long long)s->dst_offset, (unsigned long long)s->length,
-                             s->buffer, (int)tr->aux_index,
-                             (unsigned long long)((uint64_t)tr->aux_index * item),
-                             (unsigned long long)item);
+                             s->buffer, (int)tr->aux_index, (unsigned long long)row->dst_offset,
+                             (unsigned long long)row->length);
                 return KVX_ERR_PROTOCOL;
             }
             bit = 1u << s->buffer;
@@ -2060,6 +2057,11 @@ static int kvx__tcp_drain(kvx__tcp_conn *c, uint64_t len) {
     return 0;
 }
 
+/* Where a checked aux segment is staged: its row in the room's packed row. */
+static uint8_t *kvx__tcp_aux_row(kvx__tcp_room *tr, const kvx_tcp_segment *s) {
+    return tr->aux_stage + tr->aux_plan.spans[s->buffer].src_offset;
+}
+
 /* Reads the payload of a checked frame into the room's pages. 0, or an
    errno / KVX__TCP_CUT / KVX__TCP_DEVICE_ERR (why set). */
 static int kvx__tcp_read_payload(kvx__tcp_conn *c, kvx__tcp_room *tr, uint32_t n, uint64_t payload,
@@ -2074,7 +2076,7 @@ static int kvx__tcp_read_payload(kvx__tcp_conn *c, kvx__tcp_room *tr, uint32_t n
         for (i = 0; i < n; i++) {
             const kvx_tcp_segment *s = &c->segs[i];
             c->iov[i].iov_base = s->flags & KVX_TCP_SEG_AUX
-                                     ? (void *)(tr->aux_stage + te->aux_off[s->buffer])
+                                     ? (void *)kvx__tcp_aux_row(tr, s)
                                      : (void *)((char *)l->buffers[s->buffer].base + s->dst_offset);
             c->iov[i].iov_len = (size_t)s->length;
         }
@@ -2097,7 +2099,7 @@ static int kvx__tcp_read_payload(kvx__tcp_conn *c, kvx__tcp_room *tr, uint32_t n
         const kvx_tcp_segment *s = &c->segs[i];
         const kvx_buffer *b = &l->buffers[s->buffer];
         if (s->flags & KVX_TCP_SEG_AUX) {
-            memcpy(tr->aux_stage + te->aux_off[s->buffer], c->stage + pos, (size_t)s->length);
+            memcpy(kvx__tcp_aux_row(tr, s), c->stage + pos, (size_t)s->length);
         } else if (b->mem == KVX_MEM_HOST) {
             memcpy((char *)b->base + s->dst_offset, c->stage + pos, (size_t)s->length);
         } else {
@@ -2121,8 +2123,12 @@ static int kvx__tcp_recv_finish(kvx__tcp_conn *c, kvx__tcp_room *tr) {
     kvx__tcp_engine *te = c->te;
     const kvx_layout *l = kvx_engine_layout(te->engine);
     uint8_t ack[KVX_TCP_HEADER_BYTES + KVX__TCP_ACK_BODY];
+    uint32_t i;
     int err;
-    if (tr->aux_stage) kvx_layout_aux_copy(l, tr->aux_index, tr->aux_stage, 1);
+    for (i = 0; tr->aux_stage && i < tr->aux_plan.count; i++) {
+        const kvx_span *row = &tr->aux_plan.spans[i];
+        memcpy(kvx_span_addr(l, row, 1), tr->aux_stage + row->src_offset, (size_t)row->length);
+    }
     /* Success first, then the ACK. Once Success is set the room is final:
        an abort, a timeout or the loss of the prefill can no longer fail it
        and send anything, so nothing can overtake the ACK; destroying the
@@ -2552,12 +2558,18 @@ static kvx_result kvx__tcp_settings(kvx__tcp_engine *te, const kvx_engine_desc *
     return KVX_OK;
 }
 
+/* A length that holds any page (row) index a decode side may name. */
+static uint64_t kvx__tcp_huge(uint64_t item) {
+    return item < (1ull << 32) ? item << 31 : item * (UINT64_MAX / item);
+}
+
 /* Layout facts: staging, the largest frame payload, the decode pool's shape
-   for kvx_plan_pages (same item_len; its size is checked by the decode side). */
+   for kvx_plan_pages and kvx_plan_aux (same item_len; its size is checked by
+   the decode side). */
 static kvx_result kvx__tcp_layout(kvx__tcp_engine *te, const kvx_engine_desc *d, char *why,
                                   size_t wl) {
     const kvx_layout *l = kvx_engine_layout(te->engine);
-    uint64_t aux_total = 0;
+    uint64_t aux_total = kvx_layout_aux_row_bytes(l);
     uint32_t i;
     te->stage_bytes = te->segment;
     for (i = 0; i < l->num_buffers; i++) {
@@ -2569,10 +2581,6 @@ static kvx_result kvx__tcp_layout(kvx__tcp_engine *te, const kvx_engine_desc *d,
             return KVX_ERR_INVALID_ARGUMENT;
         }
         if (l->buffers[i].item_len > te->stage_bytes) te->stage_bytes = l->buffers[i].item_len;
-    }
-    for (i = 0; i < l->num_aux; i++) {
-        te->aux_off[i] = aux_total;
-        aux_total += l->aux[i].item_len;
     }
     if (aux_total > KVX_TCP_MAX_FRAME) {
         kvx__set_why(why, wl, "the aux rows of a request are %llu bytes; at most %u fit a frame",
@@ -2593,10 +2601,15 @@ static kvx_result kvx__tcp_layout(kvx__tcp_engine *te, const kvx_engine_desc *d,
         uint64_t item = l->buffers[i].item_len;
         memset(&te->peer_bufs[i], 0, sizeof te->peer_bufs[i]);
         te->peer_bufs[i].item_len = item;
-        te->peer_bufs[i].length = item < (1ull << 32) ? item << 31 : item * (UINT64_MAX / item);
+        te->peer_bufs[i].length = kvx__tcp_huge(item);
+    }
+    for (i = 0; i < l->num_aux; i++) {
+        te->peer_aux[i].item_len = l->aux[i].item_len;
+        te->peer_aux[i].length = kvx__tcp_huge(l->aux[i].item_len);
     }
     te->peer_layout = *l;
     te->peer_layout.buffers = te->peer_bufs;
+    te->peer_layout.aux = te->peer_aux;
     return KVX_OK;
 }
 
@@ -2802,6 +2815,7 @@ static void kvx__tcp_room_free(kvx_room *r) {
     kvx_engine_free(e, tr->sorted);
     kvx_engine_free(e, tr->bitmap);
     kvx_engine_free(e, tr->aux_stage);
+    kvx_plan_free(&tr->aux_plan);
     kvx__xroom_free(tr);
 }
 
