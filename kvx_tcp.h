@@ -29,12 +29,12 @@
      and queues the plan on the link; each stream thread
      (kvx__tcp_stream_main) cuts a frame from the queue (kvx__tcp_carve) and
      sends it with one sendmsg, an iovec per span, straight from the pool
-     pages (kvx__tcp_send_frame, kvx__tcp_sendv; GPU pools through a pinned
+     pages (kvx__tcp_send_frame, kvx__tcp_io; GPU pools through a pinned
      stage and desc.mem.copy). Decode: the data listener is announced (host,
      port, 16-byte random token) in the endpoint of its kvx_boot hello;
      kvx__tcp_on_data checks a DATA frame's segments, kvx__tcp_read_payload
      reads the payload with recvmsg straight into the destination pages
-     (kvx__tcp_recvv), and kvx__tcp_recv_finish acknowledges a complete room.
+     (kvx__tcp_io), and kvx__tcp_recv_finish acknowledges a complete room.
 
    EXAMPLE (two hosts; error handling shortened)
        // given: kvx_layout pool_layout; const int32_t *pages; uint32_t n, k;
@@ -417,6 +417,8 @@ KVX_API void kvx_tcp_header_encode(const kvx_tcp_header *h, void *out32) {
 
 KVX_API kvx_result kvx_tcp_header_decode(const void *in32, kvx_tcp_header *h, char *why,
                                          size_t wl) {
+    static const uint64_t fixed[] = {0, KVX__TCP_HELLO_BODY, 0, KVX__TCP_ACK_BODY, 0,
+                                     KVX__TCP_AUTH_BODY, KVX__TCP_PROOF_BODY}; /* by type */
     const uint8_t *p = (const uint8_t *)in32;
     uint64_t seg_bytes;
     memset(h, 0, sizeof *h);
@@ -441,16 +443,10 @@ KVX_API kvx_result kvx_tcp_header_decode(const void *in32, kvx_tcp_header *h, ch
     }
     switch (h->type) {
     case KVX_TCP_HELLO:
-        if (h->count || h->body_len != KVX__TCP_HELLO_BODY) break;
-        return KVX_OK;
     case KVX_TCP_ACK:
-        if (h->count || h->body_len != KVX__TCP_ACK_BODY) break;
-        return KVX_OK;
     case KVX_TCP_AUTH:
-        if (h->count || h->body_len != KVX__TCP_AUTH_BODY) break;
-        return KVX_OK;
     case KVX_TCP_PROOF:
-        if (h->count || h->body_len != KVX__TCP_PROOF_BODY) break;
+        if (h->count || h->body_len != fixed[h->type]) break;
         return KVX_OK;
     case KVX_TCP_ERROR:
         if (h->count || h->body_len < 8 || h->body_len > 8 + KVX_TCP_MAX_REASON) break;
@@ -724,64 +720,38 @@ static void kvx__tcp_sockopts(kvx__tcp_engine *te, int fd) {
     }
 }
 
-/* Sends the whole iovec (modified). 0 or an errno. */
-static int kvx__tcp_sendv(int fd, struct iovec *v, int n) {
-    while (n) {
-        struct msghdr m;
-        ssize_t k;
-        memset(&m, 0, sizeof m);
-        m.msg_iov = v;
-        m.msg_iovlen = (size_t)n;
-        k = sendmsg(fd, &m, MSG_NOSIGNAL);
-        if (k < 0 && errno == EINTR) continue;
-        if (k < 0) return errno == EAGAIN || errno == EWOULDBLOCK ? ETIMEDOUT : errno;
-        kvx__iov_advance(&v, &n, (size_t)k);
-    }
-    return 0;
-}
-
-static int kvx__tcp_send(int fd, const void *p, size_t len) {
-    struct iovec v;
-    v.iov_base = (void *)p;
-    v.iov_len = len;
-    return kvx__tcp_sendv(fd, &v, 1);
-}
-
-/* Receives exactly the iovec (modified). 0; KVX__TCP_EOF when the peer
-   closed before the first byte; KVX__TCP_CUT when it closed after some;
-   otherwise an errno. idle_ok: a receive timeout before the first byte is
-   not an error (a connection may sit idle between frames). *got: bytes read. */
-static int kvx__tcp_recvv(int fd, struct iovec *v, int n, int idle_ok, uint64_t *got) {
+/* Sends (send 1) or receives exactly the iovec (modified). 0 or an errno;
+   receiving, KVX__TCP_EOF when the peer closed before the first byte and
+   KVX__TCP_CUT when it closed after some. idle_ok: a receive timeout before
+   the first byte is not an error (a connection may sit idle between
+   frames). *got: bytes moved. */
+static int kvx__tcp_io(int fd, struct iovec *v, int n, int send, int idle_ok, uint64_t *got) {
     uint64_t total = 0;
+    ssize_t k = 0;
     while (n) {
         struct msghdr m;
-        ssize_t k;
         memset(&m, 0, sizeof m);
         m.msg_iov = v;
         m.msg_iovlen = (size_t)n;
-        k = recvmsg(fd, &m, MSG_WAITALL);
+        k = send ? sendmsg(fd, &m, MSG_NOSIGNAL) : recvmsg(fd, &m, MSG_WAITALL);
         if (k < 0 && errno == EINTR) continue;
         if (k < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) && idle_ok && total == 0) continue;
-        if (k < 0) {
-            if (got) *got = total;
-            return errno == EAGAIN || errno == EWOULDBLOCK ? ETIMEDOUT : errno;
-        }
-        if (k == 0) {
-            if (got) *got = total;
-            return total ? KVX__TCP_CUT : KVX__TCP_EOF;
-        }
+        if (k < 0 || (k == 0 && !send)) break;
         total += (uint64_t)k;
         kvx__iov_advance(&v, &n, (size_t)k);
     }
     if (got) *got = total;
-    return 0;
+    if (!n) return 0;
+    if (k == 0) return total ? KVX__TCP_CUT : KVX__TCP_EOF;
+    return errno == EAGAIN || errno == EWOULDBLOCK ? ETIMEDOUT : errno;
 }
 
-static int kvx__tcp_recv(int fd, void *p, size_t len, int idle_ok) {
+/* kvx__tcp_io of one buffer. */
+static int kvx__tcp_io1(int fd, const void *p, size_t len, int send, int idle_ok) {
     struct iovec v;
-    v.iov_base = p;
+    v.iov_base = (void *)p;
     v.iov_len = len;
-    return kvx__tcp_recvv(fd, &v, 1, idle_ok, NULL);
+    return kvx__tcp_io(fd, &v, 1, send, idle_ok, NULL);
 }
 
 /* Receives exactly len bytes before deadline_ns (CLOCK_MONOTONIC), however
@@ -954,7 +924,7 @@ static int kvx__tcp_send_frame(kvx__tcp_stream *st, const kvx__tcp_frame *f, cha
             st->iov[1 + i].iov_base = st->pieces[i].src;
             st->iov[1 + i].iov_len = (size_t)st->pieces[i].seg.length;
         }
-        return kvx__tcp_sendv(st->fd, st->iov, 1 + (int)f->n);
+        return kvx__tcp_io(st->fd, st->iov, 1 + (int)f->n, 1, 0, NULL);
     }
     for (i = 0; i < f->n; i++) {
         kvx__tcp_piece *p = &st->pieces[i];
@@ -973,7 +943,7 @@ static int kvx__tcp_send_frame(kvx__tcp_stream *st, const kvx__tcp_frame *f, cha
         return KVX__TCP_DEVICE_ERR;
     st->iov[1].iov_base = st->stage;
     st->iov[1].iov_len = (size_t)f->payload;
-    return kvx__tcp_sendv(st->fd, st->iov, 2);
+    return kvx__tcp_io(st->fd, st->iov, 2, 1, 0, NULL);
 }
 
 /* After a frame: its pages are no longer read. */
@@ -1015,17 +985,10 @@ static void kvx__tcp_link_kill(kvx__tcp_link *lk, const char *fmt, ...) {
         if (lk->streams[k].fd >= 0) shutdown(lk->streams[k].fd, SHUT_RDWR);
     pthread_cond_broadcast(&lk->cv);
     kvx__wake(lk->wake[1]);
-    for (tr = lk->rooms; tr; tr = tr->lnext) {
+    for (tr = lk->rooms; tr; tr = tr->lnext) cap++;
+    rs = cap ? (kvx_room **)kvx_engine_alloc(e, cap * sizeof *rs) : NULL; /* NULL: they time out */
+    for (tr = lk->rooms; rs && tr; tr = tr->lnext) {
         if (kvx__room_terminal(tr->x.room)) continue;
-        if (n == cap) {
-            size_t nc = cap ? cap * 2 : 16;
-            kvx_room **nr = (kvx_room **)kvx_engine_alloc(e, nc * sizeof *nr);
-            if (!nr) break; /* the rest still time out */
-            if (n) memcpy(nr, rs, n * sizeof *nr);
-            kvx_engine_free(e, rs);
-            rs = nr;
-            cap = nc;
-        }
         kvx_room_ref(tr->x.room);
         rs[n++] = tr->x.room;
     }
@@ -1128,7 +1091,7 @@ static int kvx__tcp_stream_hello(kvx__tcp_stream *st, int fd, char *why, size_t 
     kvx__le_w32(hello + 68, te->key ? KVX_TCP_HELLO_AUTH : 0);
     memcpy(hello + 72, nonce, KVX_NONCE_BYTES);
     kvx__le_w64(hello + 88, 0);
-    if ((err = kvx__tcp_send(fd, hello, sizeof hello)) != 0) {
+    if ((err = kvx__tcp_io1(fd, hello, sizeof hello, 1, 0)) != 0) {
         kvx__set_why(why, wl, "cannot send the HELLO on stream %d: %s", st->index,
                      kvx__tcp_errstr(err));
         return -1;
@@ -1165,7 +1128,7 @@ static int kvx__tcp_stream_hello(kvx__tcp_stream *st, int fd, char *why, size_t 
     }
     kvx__tcp_hdr(proof, KVX_TCP_PROOF, 0, 0, KVX__TCP_PROOF_BODY);
     kvx__auth_proof(te->key, te->key_len, KVX__TCP_LABEL_PREFILL, in + 32, nonce, proof + 32);
-    if ((err = kvx__tcp_send(fd, proof, sizeof proof)) != 0) {
+    if ((err = kvx__tcp_io1(fd, proof, sizeof proof, 1, 0)) != 0) {
         kvx__set_why(why, wl, "cannot send the key proof on stream %d: %s", st->index,
                      kvx__tcp_errstr(err));
         return -1;
@@ -2022,7 +1985,7 @@ static void kvx__tcp_send_error(kvx__tcp_conn *c, uint64_t room, kvx_result res,
     v[0].iov_len = sizeof h;
     v[1].iov_base = (void *)reason;
     v[1].iov_len = rl;
-    kvx__tcp_sendv(c->fd, v, rl ? 2 : 1);
+    kvx__tcp_io(c->fd, v, rl ? 2 : 1, 1, 0, NULL);
 }
 
 /* Refuses a frame: the room (when there is one) fails and hears why, the
@@ -2046,7 +2009,7 @@ static int kvx__tcp_drain(kvx__tcp_conn *c, uint64_t len) {
     KVX__TCP_STAT(c->te, frames_drained, 1);
     while (len) {
         size_t k = len < KVX__TCP_DRAIN ? (size_t)len : KVX__TCP_DRAIN;
-        int err = kvx__tcp_recv(c->fd, c->drain, k, 0);
+        int err = kvx__tcp_io1(c->fd, c->drain, k, 0, 0);
         if (err) {
             kvx_engine_log(c->te->engine, KVX_LOG_INFO, "kvx.tcp", 0,
                            "data connection from prefill %s: %s", c->addr, kvx__tcp_errstr(err));
@@ -2080,7 +2043,7 @@ static int kvx__tcp_read_payload(kvx__tcp_conn *c, kvx__tcp_room *tr, uint32_t n
                                      : (void *)((char *)l->buffers[s->buffer].base + s->dst_offset);
             c->iov[i].iov_len = (size_t)s->length;
         }
-        return kvx__tcp_recvv(c->fd, c->iov, (int)n, 0, got);
+        return kvx__tcp_io(c->fd, c->iov, (int)n, 0, 0, got);
     }
     if (payload > c->stage_len) {
         if (c->stage) te->mem.host_free(te->mem.ctx, c->stage);
@@ -2093,7 +2056,7 @@ static int kvx__tcp_read_payload(kvx__tcp_conn *c, kvx__tcp_room *tr, uint32_t n
         }
         c->stage_len = (size_t)payload;
     }
-    if ((err = kvx__tcp_recv(c->fd, c->stage, (size_t)payload, 0)) != 0) return err;
+    if ((err = kvx__tcp_io1(c->fd, c->stage, (size_t)payload, 0, 0)) != 0) return err;
     *got = payload;
     for (i = 0; i < n; i++) {
         const kvx_tcp_segment *s = &c->segs[i];
@@ -2141,7 +2104,7 @@ static int kvx__tcp_recv_finish(kvx__tcp_conn *c, kvx__tcp_room *tr) {
     kvx__tcp_hdr(ack, KVX_TCP_ACK, 0, tr->x.id, KVX__TCP_ACK_BODY);
     kvx__le_w64(ack + 32, tr->expected);
     kvx__le_w64(ack + 40, 0);
-    err = kvx__tcp_send(c->fd, ack, sizeof ack);
+    err = kvx__tcp_io1(c->fd, ack, sizeof ack, 1, 0);
     if (err) {
         kvx_engine_log(te->engine, KVX_LOG_WARN, "kvx.tcp", tr->x.id,
                        "cannot send ACK to prefill %s: %s (its sender fails, this room has "
@@ -2164,7 +2127,7 @@ static int kvx__tcp_on_data(kvx__tcp_conn *c, const kvx_tcp_header *h) {
     kvx_result res;
     int err, rc = 0;
     why[0] = 0;
-    if ((err = kvx__tcp_recv(c->fd, c->descs, (size_t)dbytes, 0)) != 0) {
+    if ((err = kvx__tcp_io1(c->fd, c->descs, (size_t)dbytes, 0, 0)) != 0) {
         kvx_engine_log(te->engine, KVX_LOG_WARN, "kvx.tcp", h->room,
                        "data connection from prefill %s broke inside a frame header: %s", c->addr,
                        kvx__tcp_errstr(err));
@@ -2247,7 +2210,7 @@ static int kvx__tcp_conn_auth(kvx__tcp_conn *c, const uint8_t *nonce_p, uint64_t
     memcpy(out + 32, nonce, KVX_NONCE_BYTES);
     kvx__auth_proof(te->key, te->key_len, KVX__TCP_LABEL_DECODE, nonce_p, nonce,
                    out + 32 + KVX_NONCE_BYTES);
-    if ((err = kvx__tcp_send(c->fd, out, sizeof out)) != 0) {
+    if ((err = kvx__tcp_io1(c->fd, out, sizeof out, 1, 0)) != 0) {
         kvx__set_why(why, wl, "cannot send the key challenge: %s", kvx__tcp_errstr(err));
         return -1;
     }
@@ -2371,7 +2334,7 @@ static void *kvx__tcp_conn_main(void *arg) {
         for (;;) {
             uint8_t hb[KVX_TCP_HEADER_BYTES];
             kvx_tcp_header h;
-            int err = kvx__tcp_recv(c->fd, hb, sizeof hb, 1);
+            int err = kvx__tcp_io1(c->fd, hb, sizeof hb, 0, 1);
             if (err) {
                 kvx_engine_log(te->engine, err == KVX__TCP_EOF ? KVX_LOG_INFO : KVX_LOG_WARN,
                                "kvx.tcp", 0, "data connection from prefill %s ended: %s", c->addr,
@@ -2851,19 +2814,13 @@ KVX_API kvx_result kvx_tcp_endpoint_get(const kvx_engine *e, kvx_tcp_endpoint *o
 
 KVX_API kvx_result kvx_tcp_stats_get(const kvx_engine *e, kvx_tcp_stats *out) {
     const kvx__tcp_engine *te = kvx__tcp_of(e);
+    const uint64_t *from = te ? &te->stats.frames_sent : NULL;
+    size_t i;
     if (!out) return KVX_ERR_INVALID_ARGUMENT;
     memset(out, 0, sizeof *out);
     if (!te) return KVX_ERR_INVALID_ARGUMENT;
-    out->frames_sent = KVX__LOAD(&te->stats.frames_sent);
-    out->bytes_sent = KVX__LOAD(&te->stats.bytes_sent);
-    out->frames_received = KVX__LOAD(&te->stats.frames_received);
-    out->bytes_received = KVX__LOAD(&te->stats.bytes_received);
-    out->frames_rejected = KVX__LOAD(&te->stats.frames_rejected);
-    out->frames_drained = KVX__LOAD(&te->stats.frames_drained);
-    out->conns_accepted = KVX__LOAD(&te->stats.conns_accepted);
-    out->conns_refused = KVX__LOAD(&te->stats.conns_refused);
-    out->links_opened = KVX__LOAD(&te->stats.links_opened);
-    out->links_lost = KVX__LOAD(&te->stats.links_lost);
+    for (i = 0; i < sizeof *out / sizeof *from; i++) /* every field is a uint64_t */
+        ((uint64_t *)out)[i] = KVX__LOAD(&from[i]);
     return KVX_OK;
 }
 
