@@ -379,25 +379,31 @@ static int kvx__create_tmp_at(int dfd, const char *name, char *tmp, size_t tmp_l
     return fd;
 }
 
-/* Writes data to dfd/name through a new temporary file and a rename.
-   noreplace: the file is put in place only if no file of that name exists
-   (link(2) then unlink of the temporary): the first writer wins, and
-   KVX_OK is returned either way. `shown` is the directory for sentences. */
-static kvx_result kvx__write_atomic_at(int dfd, const char *shown, const char *name,
-                                       const void *data, size_t len, int do_fsync,
-                                       int noreplace, unsigned mode, char *why, size_t wl) {
+/* Writes data to a new file dfd/name, never through a link. fresh: in the
+   sender's private directory nobody reads a file before the commit, so it
+   is created under its name (O_EXCL), with no temporary name and rename.
+   Otherwise through a new temporary file, put in place only if no file of
+   that name exists (link(2), then unlink of the temporary): the first
+   writer wins, and KVX_OK is returned either way. `shown` is the directory
+   for sentences. */
+static kvx_result kvx__write_at(int dfd, const char *shown, const char *name, const void *data,
+                                size_t len, int do_fsync, int fresh, unsigned mode, char *why,
+                                size_t wl) {
     char tmp[256];
+    const char *made = fresh ? name : tmp;
     int fd, err = 0;
-    fd = kvx__create_tmp_at(dfd, name, tmp, sizeof tmp, mode);
+    fd = fresh ? openat(dfd, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
+                        (mode_t)mode)
+               : kvx__create_tmp_at(dfd, name, tmp, sizeof tmp, mode);
     if (fd < 0) {
         err = errno;
-        kvx__set_why(why, wl, "cannot create %s/%s: %s", shown, tmp, strerror(err));
+        kvx__set_why(why, wl, "cannot create %s/%s: %s", shown, made, strerror(err));
         return kvx__errno_result(err);
     }
     err = kvx__write_all(fd, data, len);
     if (!err && do_fsync && fsync(fd)) err = errno;
     if (close(fd) && !err) err = errno;
-    if (!err && noreplace) {
+    if (!err && !fresh) {
         if (linkat(dfd, tmp, dfd, name, 0)) {
             err = errno;
             if (err == EPERM || err == ENOTSUP || err == EXDEV || err == EMLINK) {
@@ -410,12 +416,10 @@ static kvx_result kvx__write_atomic_at(int dfd, const char *shown, const char *n
         }
         (void)unlinkat(dfd, tmp, 0);
         if (err == EEXIST) return KVX_OK; /* the first one stays */
-    } else if (!err && renameat(dfd, tmp, dfd, name)) {
-        err = errno;
     }
     if (err) {
         kvx__set_why(why, wl, "cannot write %s/%s: %s", shown, name, strerror(err));
-        (void)unlinkat(dfd, tmp, 0);
+        (void)unlinkat(dfd, made, 0);
         return kvx__errno_result(err);
     }
     return KVX_OK;
@@ -732,14 +736,20 @@ static kvx_result kvx__file_parse(const kvx_allocator *a, kvx_result load, char 
     return load;
 }
 
-KVX_API kvx_result kvx_file_read_meta(const char *path, kvx_file_chunk_info *m, char *why,
-                                      size_t wl) {
+/* kvx_file_read_meta (m) and kvx_file_read_done (o). */
+static kvx_result kvx__file_read(const char *path, kvx_file_chunk_info *m, kvx_file_done_info *o,
+                                 char *why, size_t wl) {
     char *text = NULL;
     size_t len = 0;
     kvx_result r;
-    memset(m, 0, sizeof *m);
+    memset(m ? (void *)m : (void *)o, 0, m ? sizeof *m : sizeof *o);
     r = kvx__read_small(path, &text, &len, KVX__FILE_META_MAX, why, wl);
-    return kvx__file_parse(NULL, r, text, len, path, m, NULL, why, wl);
+    return kvx__file_parse(NULL, r, text, len, path, m, o, why, wl);
+}
+
+KVX_API kvx_result kvx_file_read_meta(const char *path, kvx_file_chunk_info *m, char *why,
+                                      size_t wl) {
+    return kvx__file_read(path, m, NULL, why, wl);
 }
 
 KVX_API kvx_result kvx_file_parse_meta(const char *text, size_t len, const char *path,
@@ -822,12 +832,7 @@ KVX_API void kvx_file_chunk_info_free(kvx_file_chunk_info *m) {
 
 KVX_API kvx_result kvx_file_read_done(const char *path, kvx_file_done_info *o, char *why,
                                       size_t wl) {
-    char *text = NULL;
-    size_t len = 0;
-    kvx_result r;
-    memset(o, 0, sizeof *o);
-    r = kvx__read_small(path, &text, &len, KVX__FILE_META_MAX, why, wl);
-    return kvx__file_parse(NULL, r, text, len, path, NULL, o, why, wl);
+    return kvx__file_read(path, NULL, o, why, wl);
 }
 
 KVX_API kvx_result kvx_file_parse_done(const char *text, size_t len, const char *path,
@@ -1106,9 +1111,11 @@ static kvx_result kvx__file_settings(const kvx_engine_desc *d, kvx__fengine *fe,
 
 static kvx_result kvx__file_engine_init(kvx_engine *e, char *why, size_t wl) {
     const kvx_engine_desc *d = kvx_engine_settings(e);
+    const kvx_layout *l = kvx_engine_layout(e);
     kvx__fengine *fe;
     char defdir[64];
     const char *dir;
+    uint32_t i;
     kvx_result r;
     snprintf(defdir, sizeof defdir, "/tmp/kvx_file-%u", (unsigned)geteuid());
     dir = d->file.dir ? d->file.dir : defdir;
@@ -1116,62 +1123,48 @@ static kvx_result kvx__file_engine_init(kvx_engine *e, char *why, size_t wl) {
     if (!fe) return KVX_ERR_NO_MEMORY;
     memset(fe, 0, sizeof *fe);
     fe->dfd = -1;
-    if ((r = kvx__file_settings(d, fe, &dir, why, wl)) != KVX_OK) {
-        kvx_engine_free(e, fe);
-        return r;
-    }
-    {
-        const kvx_layout *l = kvx_engine_layout(e);
-        uint32_t i;
-        for (i = 0; i < l->num_buffers; i++)
-            if (l->buffers[i].mem != KVX_MEM_HOST) fe->staged = 1;
-        fe->mem = d->mem;
-        if (fe->staged && (!fe->mem.copy || !fe->mem.host_alloc || !fe->mem.host_free)) {
-            kvx__set_why(why, wl, "the layout has KV buffers in GPU memory but desc.mem has no "
-                         "copy functions: fill it with kvx_cuda_mem_ops() from kvx_cuda.h "
-                         "(built with -DKVX_WITH_CUDA)");
-            kvx_engine_free(e, fe);
-            return KVX_ERR_INVALID_ARGUMENT;
-        }
+    pthread_mutex_init(&fe->mu, NULL);
+    if ((r = kvx__file_settings(d, fe, &dir, why, wl)) != KVX_OK) goto fail;
+    for (i = 0; i < l->num_buffers; i++)
+        if (l->buffers[i].mem != KVX_MEM_HOST) fe->staged = 1;
+    fe->mem = d->mem;
+    r = KVX_ERR_INVALID_ARGUMENT;
+    if (fe->staged && (!fe->mem.copy || !fe->mem.host_alloc || !fe->mem.host_free)) {
+        kvx__set_why(why, wl, "the layout has KV buffers in GPU memory but desc.mem has no "
+                     "copy functions: fill it with kvx_cuda_mem_ops() from kvx_cuda.h "
+                     "(built with -DKVX_WITH_CUDA)");
+        goto fail;
     }
     if (strlen(dir) >= sizeof fe->dir - 64) {
         kvx__set_why(why, wl, "KVX_FILE_DIR is too long (%zu bytes)", strlen(dir));
-        kvx_engine_free(e, fe);
-        return KVX_ERR_INVALID_ARGUMENT;
+        goto fail;
     }
     snprintf(fe->dir, sizeof fe->dir, "%s", dir);
     fe->key = kvx_engine_auth_key(e, &fe->key_len);
     fe->al = &kvx_engine_settings(e)->allocator;
     r = kvx__dir_open(fe->dir, fe->dir_mode, KVX__DIR_CREATE | (fe->shared ? KVX__DIR_SHARED : 0),
                      &fe->dfd, why, wl);
-    if (r != KVX_OK) {
-        kvx_engine_free(e, fe);
-        return r;
-    }
+    if (r != KVX_OK) goto fail;
     if ((r = kvx__workq_create(e, fe->io_threads, "kvx.file", &fe->q)) != KVX_OK) {
         kvx__set_why(why, wl, "cannot start %d file I/O threads", fe->io_threads);
-        close(fe->dfd);
-        kvx_engine_free(e, fe);
-        return r;
+        goto fail;
     }
-    pthread_mutex_init(&fe->mu, NULL);
     kvx_engine_set_backend_data(e, fe);
     if (kvx__file_wants_boot(d)) {
         kvx_boot_hooks hooks;
         memset(&hooks, 0, sizeof hooks);
         hooks.on_status = kvx__file_on_status;
-        r = kvx_boot_create(e, &hooks, "file", 4, &fe->boot, why, wl);
-        if (r != KVX_OK) {
-            kvx_engine_set_backend_data(e, NULL);
-            kvx__workq_destroy(fe->q);
-            pthread_mutex_destroy(&fe->mu);
-            close(fe->dfd);
-            kvx_engine_free(e, fe);
-            return r;
-        }
+        if ((r = kvx_boot_create(e, &hooks, "file", 4, &fe->boot, why, wl)) != KVX_OK) goto fail;
     }
     kvx__file_sweep(e, fe);
     return KVX_OK;
+fail:
+    kvx_engine_set_backend_data(e, NULL);
+    if (fe->q) kvx__workq_destroy(fe->q);
+    pthread_mutex_destroy(&fe->mu);
+    if (fe->dfd >= 0) close(fe->dfd);
+    kvx_engine_free(e, fe);
+    return r;
 }
 
 static void kvx__file_engine_fini(kvx_engine *e) {
@@ -1348,30 +1341,6 @@ static kvx_result kvx__file_commit(kvx__froom *fr, char *why, size_t wl) {
     return kvx__errno_result(err ? err : EEXIST);
 }
 
-/* Writes a new file dfd/name (O_EXCL, never through a link): in the
-   sender's private directory nobody reads a file before the commit, so no
-   temporary name and rename is needed. */
-static kvx_result kvx__write_new_at(int dfd, const char *shown, const char *name,
-                                    const void *data, size_t len, int do_fsync, unsigned mode,
-                                    char *why, size_t wl) {
-    int err = 0, fd = openat(dfd, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
-                             (mode_t)mode);
-    if (fd < 0) {
-        err = errno;
-        kvx__set_why(why, wl, "cannot create %s/%s: %s", shown, name, strerror(err));
-        return kvx__errno_result(err);
-    }
-    err = kvx__write_all(fd, data, len);
-    if (!err && do_fsync && fsync(fd)) err = errno;
-    if (close(fd) && !err) err = errno;
-    if (err) {
-        kvx__set_why(why, wl, "cannot write %s/%s: %s", shown, name, strerror(err));
-        (void)unlinkat(dfd, name, 0);
-        return kvx__errno_result(err);
-    }
-    return KVX_OK;
-}
-
 /* Tells the receiver that this sender failed: transfer_failed in the
    room, created only if absent (the first reason stays), and the room put
    in place if it was not yet (the receiver sees it at once). When there is
@@ -1395,15 +1364,15 @@ static void kvx__file_write_failed(kvx__froom *fr, kvx_result res, const char *r
     pthread_mutex_lock(&fr->mu);
     dfd = kvx__froom_dfd(fr);
     if (dfd >= 0) {
-        r = kvx__write_atomic_at(dfd, fr->committed ? fr->dir : fr->stage_dir, "transfer_failed",
-                                 b.data, b.len, fe->do_fsync, 1, fe->file_mode, why, sizeof why);
+        r = kvx__write_at(dfd, fr->committed ? fr->dir : fr->stage_dir, "transfer_failed", b.data,
+                          b.len, fe->do_fsync, 0, fe->file_mode, why, sizeof why);
         if (r == KVX_OK) r = kvx__file_commit(fr, why, sizeof why);
     }
     pthread_mutex_unlock(&fr->mu);
     if (r != KVX_OK) {
         snprintf(marker, sizeof marker, "%s.failed", fr->name);
-        r = kvx__write_atomic_at(fe->dfd, fe->dir, marker, b.data, b.len, fe->do_fsync, 1,
-                                 fe->file_mode, why, sizeof why);
+        r = kvx__write_at(fe->dfd, fe->dir, marker, b.data, b.len, fe->do_fsync, 0, fe->file_mode,
+                          why, sizeof why);
     }
     if (r != KVX_OK)
         kvx_engine_log(kvx_room_engine(fr->room), KVX_LOG_ERROR, "kvx.file", kvx_room_id(fr->room),
@@ -1472,8 +1441,8 @@ static kvx_result kvx__file_finish_send(kvx__froom *fr, char *why, size_t wl) {
         if (!aux) return KVX_ERR_NO_MEMORY;
         kvx_layout_aux_copy(l, fr->aux_index, aux, 0);
         aux_crc = kvx_crc32c(0, aux, aux_bytes);
-        r = kvx__write_new_at(fr->dfd, fr->stage_dir, "metadata.bin", aux, aux_bytes,
-                              fr->fe->do_fsync, fr->fe->file_mode, why, wl);
+        r = kvx__write_at(fr->dfd, fr->stage_dir, "metadata.bin", aux, aux_bytes,
+                          fr->fe->do_fsync, 1, fr->fe->file_mode, why, wl);
         kvx__free(fr->fe->al, aux);
         if (r != KVX_OK) return r;
     }
@@ -1489,8 +1458,8 @@ static kvx_result kvx__file_finish_send(kvx__froom *fr, char *why, size_t wl) {
     kvx__buf_printf(&b, "]}\n");
     kvx__file_seal(&b, fr->fe->key, fr->fe->key_len, "transfer_done");
     if (b.oom) { kvx__buf_free(&b); return KVX_ERR_NO_MEMORY; }
-    r = kvx__write_new_at(fr->dfd, fr->stage_dir, "transfer_done", b.data, b.len,
-                          fr->fe->do_fsync, fr->fe->file_mode, why, wl);
+    r = kvx__write_at(fr->dfd, fr->stage_dir, "transfer_done", b.data, b.len,
+                      fr->fe->do_fsync, 1, fr->fe->file_mode, why, wl);
     kvx__buf_free(&b);
     if (r != KVX_OK) return r;
     pthread_mutex_lock(&fr->mu);
@@ -1533,8 +1502,8 @@ static void kvx__fsend_chunk_done(kvx__fjob *j) {
         snprintf(name, sizeof name, "kv_chunk_%u.bin.meta", j->chunk->index);
         kvx__file_seal(&b, fr->fe->key, fr->fe->key_len, name);
         res = b.oom ? KVX_ERR_NO_MEMORY
-                    : kvx__write_new_at(fr->dfd, fr->stage_dir, name, b.data, b.len,
-                                        fr->fe->do_fsync, fr->fe->file_mode, why, sizeof why);
+                    : kvx__write_at(fr->dfd, fr->stage_dir, name, b.data, b.len,
+                                    fr->fe->do_fsync, 1, fr->fe->file_mode, why, sizeof why);
         kvx__buf_free(&b);
         if (res != KVX_OK) kvx__fjob_error(j, res, 0, "%s", why);
     } else {

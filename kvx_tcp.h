@@ -2612,31 +2612,25 @@ static kvx_result kvx__tcp_engine_init(kvx_engine *e, char *why, size_t wl) {
     pthread_mutex_init(&te->mu, NULL);
     pthread_cond_init(&te->cv, NULL);
     te->key = kvx_engine_auth_key(e, &te->key_len);
+    r = KVX_ERR_IO;
     if (kvx__random_bytes(&te->instance, sizeof te->instance) != KVX_OK) {
         kvx__set_why(why, wl, "cannot draw random bytes from the kernel");
-        kvx__tcp_engine_free(te);
-        return KVX_ERR_IO;
+        goto fail;
     }
     if ((r = kvx__tcp_settings(te, d, why, wl)) != KVX_OK ||
-        (r = kvx__tcp_layout(te, d, why, wl)) != KVX_OK) {
-        kvx__tcp_engine_free(te);
-        return r;
-    }
+        (r = kvx__tcp_layout(te, d, why, wl)) != KVX_OK)
+        goto fail;
     if (te->role == KVX_ROLE_DECODE) {
         size_t hl = strlen(te->host);
-        if ((r = kvx__tcp_listen(te, why, wl)) != KVX_OK) {
-            kvx__tcp_engine_free(te);
-            return r;
-        }
+        if ((r = kvx__tcp_listen(te, why, wl)) != KVX_OK) goto fail;
+        r = KVX_ERR_IO;
         if (kvx__pipe(&te->wake[0], &te->wake[1])) {
             kvx__set_why(why, wl, "cannot create a pipe: %s", strerror(errno));
-            kvx__tcp_engine_free(te);
-            return KVX_ERR_IO;
+            goto fail;
         }
         if (kvx__random_bytes(te->token, sizeof te->token) != KVX_OK) {
             kvx__set_why(why, wl, "cannot draw the data token from the kernel");
-            kvx__tcp_engine_free(te);
-            return KVX_ERR_IO;
+            goto fail;
         }
         memcpy(ep, "kvx-tcp\0", 8);
         kvx__le_w16(ep + 8, KVX_TCP_PROTOCOL_VERSION);
@@ -2652,16 +2646,14 @@ static kvx_result kvx__tcp_engine_init(kvx_engine *e, char *why, size_t wl) {
     hooks.on_room = kvx__tcp_on_room;
     hooks.on_status = kvx__tcp_on_status;
     hooks.on_peer_lost = kvx__tcp_on_peer_lost;
-    if ((r = kvx_boot_create(e, &hooks, eplen ? ep : NULL, eplen, &te->boot, why, wl)) != KVX_OK) {
-        kvx__tcp_engine_free(te);
-        return r;
-    }
+    if ((r = kvx_boot_create(e, &hooks, eplen ? ep : NULL, eplen, &te->boot, why, wl)) != KVX_OK)
+        goto fail;
     if (te->role == KVX_ROLE_DECODE) {
         if (pthread_create(&te->acceptor, NULL, kvx__tcp_accept_main, te)) {
             kvx__set_why(why, wl, "cannot start the tcp accept thread");
             kvx_boot_destroy(te->boot);
-            kvx__tcp_engine_free(te);
-            return KVX_ERR_NO_MEMORY;
+            r = KVX_ERR_NO_MEMORY;
+            goto fail;
         }
         te->acceptor_started = 1;
         kvx_engine_log(e, KVX_LOG_INFO, "kvx.tcp", 0, "data listener on %s:%d",
@@ -2669,6 +2661,9 @@ static kvx_result kvx__tcp_engine_init(kvx_engine *e, char *why, size_t wl) {
     }
     kvx_engine_set_backend_data(e, te);
     return KVX_OK;
+fail:
+    kvx__tcp_engine_free(te);
+    return r;
 }
 
 static void kvx__tcp_engine_fini(kvx_engine *e) {
