@@ -906,11 +906,9 @@ KVX_API kvx_result kvx_file_crc32c(int fd, uint64_t off, uint64_t len, uint32_t 
 typedef struct kvx__fengine {
     char dir[KVX__FILE_PATH];
     int dfd;                    /* the directory, opened without following links */
-    int shared;                 /* KVX_FILE_SHARED: the group may use the rooms */
     unsigned dir_mode, file_mode;
-    double timeout_s, ttl_s, settle_s;
-    int do_fsync, keep, io_threads;
-    uint64_t stripe;
+    kvx_file_desc set;          /* the resolved settings (kvx__file_table) */
+    uint64_t stripe;            /* set.stripe_bytes */
     kvx__workq *q;
     pthread_mutex_t mu;
     struct kvx__froom *pending; /* receivers waiting for transfer_done */
@@ -1045,7 +1043,7 @@ static void kvx__file_sweep(kvx_engine *e, kvx__fengine *fe) {
         struct stat st;
         if (strncmp(de->d_name, "room_", 5)) continue;
         if (fstatat(fe->dfd, de->d_name, &st, AT_SYMLINK_NOFOLLOW)) continue;
-        if (st.st_uid != geteuid() || !(difftime(now, st.st_mtime) > fe->ttl_s)) continue;
+        if (st.st_uid != geteuid() || !(difftime(now, st.st_mtime) > fe->set.ttl_s)) continue;
         if (S_ISDIR(st.st_mode)) kvx__rm_room_at(fe->dfd, de->d_name, 1);
         else (void)unlinkat(fe->dfd, de->d_name, 0); /* a marker, a temporary, a link */
         removed++;
@@ -1054,7 +1052,7 @@ static void kvx__file_sweep(kvx_engine *e, kvx__fengine *fe) {
     if (removed)
         kvx_engine_log(e, KVX_LOG_INFO, "kvx.file", 0,
                        "removed %d room entries older than %.0f s from %s", removed,
-                       fe->ttl_s, fe->dir);
+                       fe->set.ttl_s, fe->dir);
 }
 
 /* Prefill: a bootstrap server when one is configured. Decode: always
@@ -1096,16 +1094,10 @@ static kvx_result kvx__file_settings(const kvx_engine_desc *d, kvx__fengine *fe,
     kvx_result r = kvx__settings_apply(kvx__file_table, KVX__COUNT(kvx__file_table), &f, why, wl);
     if (r != KVX_OK) return r;
     if (f.dir) *dir = f.dir;
-    fe->timeout_s = f.timeout_s;
-    fe->ttl_s = f.ttl_s;
-    fe->settle_s = f.settle_s;
-    fe->io_threads = f.io_threads;
+    fe->set = f;
     fe->stripe = f.stripe_bytes;
-    fe->do_fsync = f.fsync;
-    fe->keep = f.keep;
-    fe->shared = f.shared;
-    fe->dir_mode = fe->shared ? 0770 : 0700;
-    fe->file_mode = fe->shared ? 0660 : 0600;
+    fe->dir_mode = f.shared ? 0770 : 0700;
+    fe->file_mode = f.shared ? 0660 : 0600;
     return KVX_OK;
 }
 
@@ -1142,11 +1134,11 @@ static kvx_result kvx__file_engine_init(kvx_engine *e, char *why, size_t wl) {
     snprintf(fe->dir, sizeof fe->dir, "%s", dir);
     fe->key = kvx_engine_auth_key(e, &fe->key_len);
     fe->al = &kvx_engine_settings(e)->allocator;
-    r = kvx__dir_open(fe->dir, fe->dir_mode, KVX__DIR_CREATE | (fe->shared ? KVX__DIR_SHARED : 0),
-                     &fe->dfd, why, wl);
+    r = kvx__dir_open(fe->dir, fe->dir_mode,
+                      KVX__DIR_CREATE | (fe->set.shared ? KVX__DIR_SHARED : 0), &fe->dfd, why, wl);
     if (r != KVX_OK) goto fail;
-    if ((r = kvx__workq_create(e, fe->io_threads, "kvx.file", &fe->q)) != KVX_OK) {
-        kvx__set_why(why, wl, "cannot start %d file I/O threads", fe->io_threads);
+    if ((r = kvx__workq_create(e, fe->set.io_threads, "kvx.file", &fe->q)) != KVX_OK) {
+        kvx__set_why(why, wl, "cannot start %d file I/O threads", fe->set.io_threads);
         goto fail;
     }
     kvx_engine_set_backend_data(e, fe);
@@ -1262,7 +1254,7 @@ static kvx_result kvx__file_make_stage(kvx__froom *fr, int *dfd, char *why, size
         kvx__set_why(why, wl, "cannot open %s: %s", fr->stage_dir, strerror(err));
         return err == ELOOP || err == ENOTDIR ? KVX_ERR_PERMISSION : kvx__errno_result(err);
     }
-    if (fe->shared) (void)fchmod(fd, (mode_t)fe->dir_mode); /* past the umask */
+    if (fe->set.shared) (void)fchmod(fd, (mode_t)fe->dir_mode); /* past the umask */
     *dfd = fd;
     return KVX_OK;
 }
@@ -1291,7 +1283,7 @@ static kvx_result kvx__file_check_name(kvx__froom *fr, char *why, size_t wl) {
         kvx__set_why(why, wl, "cannot open %s: %s", fr->dir, strerror(err));
         return kvx__errno_result(err);
     }
-    r = kvx__dir_check(fd, fr->dir, fe->shared ? KVX__DIR_SHARED : 0, why, wl);
+    r = kvx__dir_check(fd, fr->dir, fe->set.shared ? KVX__DIR_SHARED : 0, why, wl);
     close(fd);
     return r;
 }
@@ -1306,7 +1298,7 @@ static kvx_result kvx__file_commit(kvx__froom *fr, char *why, size_t wl) {
     kvx__fengine *fe = fr->fe;
     int i, err = 0;
     if (fr->committed) return KVX_OK;
-    if (fe->do_fsync && fsync(fr->dfd)) {
+    if (fe->set.fsync && fsync(fr->dfd)) {
         err = errno;
         kvx__set_why(why, wl, "cannot fsync %s: %s", fr->stage_dir, strerror(err));
         return kvx__errno_result(err);
@@ -1316,7 +1308,7 @@ static kvx_result kvx__file_commit(kvx__froom *fr, char *why, size_t wl) {
         kvx_result r;
         if (!renameat(fe->dfd, fr->stage, fe->dfd, fr->name)) {
             fr->committed = 1;
-            if (fe->do_fsync) (void)fsync(fe->dfd);
+            if (fe->set.fsync) (void)fsync(fe->dfd);
             return KVX_OK;
         }
         err = errno;
@@ -1332,7 +1324,7 @@ static kvx_result kvx__file_commit(kvx__froom *fr, char *why, size_t wl) {
         }
         kvx_engine_log(kvx_room_engine(fr->room), KVX_LOG_WARN, "kvx.file", kvx_room_id(fr->room),
                        "%s already existed (a reused room id?); replaced it", fr->dir);
-        kvx__rm_room_at(fe->dfd, old, !fe->shared);
+        kvx__rm_room_at(fe->dfd, old, !fe->set.shared);
     }
     if ((err == ENOTDIR || err == EISDIR) && kvx__file_check_name(fr, why, wl) != KVX_OK)
         return KVX_ERR_PERMISSION;
@@ -1365,13 +1357,13 @@ static void kvx__file_write_failed(kvx__froom *fr, kvx_result res, const char *r
     dfd = kvx__froom_dfd(fr);
     if (dfd >= 0) {
         r = kvx__write_at(dfd, fr->committed ? fr->dir : fr->stage_dir, "transfer_failed", b.data,
-                          b.len, fe->do_fsync, 0, fe->file_mode, why, sizeof why);
+                          b.len, fe->set.fsync, 0, fe->file_mode, why, sizeof why);
         if (r == KVX_OK) r = kvx__file_commit(fr, why, sizeof why);
     }
     pthread_mutex_unlock(&fr->mu);
     if (r != KVX_OK) {
         snprintf(marker, sizeof marker, "%s.failed", fr->name);
-        r = kvx__write_at(fe->dfd, fe->dir, marker, b.data, b.len, fe->do_fsync, 0, fe->file_mode,
+        r = kvx__write_at(fe->dfd, fe->dir, marker, b.data, b.len, fe->set.fsync, 0, fe->file_mode,
                           why, sizeof why);
     }
     if (r != KVX_OK)
@@ -1442,7 +1434,7 @@ static kvx_result kvx__file_finish_send(kvx__froom *fr, char *why, size_t wl) {
         kvx_layout_aux_copy(l, fr->aux_index, aux, 0);
         aux_crc = kvx_crc32c(0, aux, aux_bytes);
         r = kvx__write_at(fr->dfd, fr->stage_dir, "metadata.bin", aux, aux_bytes,
-                          fr->fe->do_fsync, 1, fr->fe->file_mode, why, wl);
+                          fr->fe->set.fsync, 1, fr->fe->file_mode, why, wl);
         kvx__free(fr->fe->al, aux);
         if (r != KVX_OK) return r;
     }
@@ -1459,7 +1451,7 @@ static kvx_result kvx__file_finish_send(kvx__froom *fr, char *why, size_t wl) {
     kvx__file_seal(&b, fr->fe->key, fr->fe->key_len, "transfer_done");
     if (b.oom) { kvx__buf_free(&b); return KVX_ERR_NO_MEMORY; }
     r = kvx__write_at(fr->dfd, fr->stage_dir, "transfer_done", b.data, b.len,
-                      fr->fe->do_fsync, 1, fr->fe->file_mode, why, wl);
+                      fr->fe->set.fsync, 1, fr->fe->file_mode, why, wl);
     kvx__buf_free(&b);
     if (r != KVX_OK) return r;
     pthread_mutex_lock(&fr->mu);
@@ -1482,7 +1474,7 @@ static void kvx__fsend_chunk_done(kvx__fjob *j) {
     uint32_t i, crc;
     kvx_result res = __atomic_load_n(&j->res, __ATOMIC_ACQUIRE);
     why[0] = 0;
-    if (res == KVX_OK && fr->fe->do_fsync && fsync(j->fd))
+    if (res == KVX_OK && fr->fe->set.fsync && fsync(j->fd))
         kvx__fjob_error(j, res = kvx__errno_result(errno), errno, "cannot fsync %s/%s: %s",
                         fr->stage_dir, j->name, strerror(errno));
     if (close(j->fd) && res == KVX_OK)
@@ -1503,7 +1495,7 @@ static void kvx__fsend_chunk_done(kvx__fjob *j) {
         kvx__file_seal(&b, fr->fe->key, fr->fe->key_len, name);
         res = b.oom ? KVX_ERR_NO_MEMORY
                     : kvx__write_at(fr->dfd, fr->stage_dir, name, b.data, b.len,
-                                    fr->fe->do_fsync, 1, fr->fe->file_mode, why, sizeof why);
+                                    fr->fe->set.fsync, 1, fr->fe->file_mode, why, sizeof why);
         kvx__buf_free(&b);
         if (res != KVX_OK) kvx__fjob_error(j, res, 0, "%s", why);
     } else {
@@ -1753,10 +1745,11 @@ static kvx_result kvx__file_receiver_init(kvx_room *r, const int32_t *pages, uin
     }
     fr->num_pages = n;
     fr->aux_index = aux;
-    if (fe->timeout_s < kvx_engine_settings(e)->waiting_timeout_s) {
+    if (fe->set.timeout_s < kvx_engine_settings(e)->waiting_timeout_s) {
         snprintf(fr->deadline_what, sizeof fr->deadline_what,
-                 "no %s/transfer_done appeared (KVX_FILE_TIMEOUT %g s)", fr->dir, fe->timeout_s);
-        kvx_room_set_deadline(r, kvx_now_ns() + (uint64_t)(fe->timeout_s * 1e9),
+                 "no %s/transfer_done appeared (KVX_FILE_TIMEOUT %g s)", fr->dir,
+                 fe->set.timeout_s);
+        kvx_room_set_deadline(r, kvx_now_ns() + (uint64_t)(fe->set.timeout_s * 1e9),
                               fr->deadline_what);
     }
     if (fr->boot) {
@@ -1777,8 +1770,8 @@ static kvx_result kvx__file_receiver_init(kvx_room *r, const int32_t *pages, uin
    alone unless the directory is shared. */
 static void kvx__frecv_cleanup(kvx__froom *fr) {
     char marker[64];
-    if (fr->fe->keep) return;
-    kvx__rm_room_at(fr->fe->dfd, fr->name, !fr->fe->shared);
+    if (fr->fe->set.keep) return;
+    kvx__rm_room_at(fr->fe->dfd, fr->name, !fr->fe->set.shared);
     snprintf(marker, sizeof marker, "%s.failed", fr->name);
     (void)unlinkat(fr->fe->dfd, marker, 0);
 }
@@ -2172,7 +2165,7 @@ static int kvx__frecv_look(kvx__froom *fr) {
                          strerror(err));
         return 3;
     }
-    if (kvx__dir_check(fd, fr->dir, fe->shared ? KVX__DIR_SHARED : 0, fr->refused_why,
+    if (kvx__dir_check(fd, fr->dir, fe->set.shared ? KVX__DIR_SHARED : 0, fr->refused_why,
                       sizeof fr->refused_why) != KVX_OK) {
         close(fd);
         return 3;
@@ -2208,7 +2201,7 @@ static int kvx__frecv_again(kvx__froom *fr, const char *why) {
     pthread_mutex_unlock(&fe->mu);
     if (again && fr->retries == 1)
         kvx_engine_log(kvx_room_engine(fr->room), KVX_LOG_INFO, "kvx.file", kvx_room_id(fr->room),
-                       "%s; looking again for up to %g s (KVX_FILE_SETTLE)", why, fe->settle_s);
+                       "%s; looking again for up to %g s (KVX_FILE_SETTLE)", why, fe->set.settle_s);
     return again;
 }
 
@@ -2238,7 +2231,7 @@ static void kvx__file_progress(kvx_engine *e) {
             continue;
         }
         if (!fr->settle_until)
-            fr->settle_until = kvx_now_ns() + (uint64_t)(fe->settle_s * 1e9);
+            fr->settle_until = kvx_now_ns() + (uint64_t)(fe->set.settle_s * 1e9);
         pthread_mutex_lock(&fr->mu);
         fr->busy++;
         pthread_mutex_unlock(&fr->mu);
