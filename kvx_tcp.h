@@ -1448,17 +1448,10 @@ static kvx__tcp_link *kvx__tcp_link_get(kvx__tcp_engine *te, const char *host, i
     pthread_mutex_init(&lk->mu, NULL);
     pthread_cond_init(&lk->cv, NULL);
     lk->streams = (kvx__tcp_stream *)kvx_engine_alloc(e, (size_t)lk->nstreams * sizeof *lk->streams);
-    if (!lk->streams || kvx__pipe(&lk->wake[0], &lk->wake[1])) {
-        kvx_engine_free(e, lk->streams);
-        pthread_mutex_destroy(&lk->mu);
-        pthread_cond_destroy(&lk->cv);
-        kvx_engine_free(e, lk);
-        pthread_mutex_unlock(&te->mu);
-        kvx__set_why(why, wl, "out of memory or file descriptors for a link");
-        return NULL;
-    }
-    memset(lk->streams, 0, (size_t)lk->nstreams * sizeof *lk->streams);
-    for (k = 0; k < lk->nstreams; k++) {
+    if (!lk->streams) lk->nstreams = 0; /* ok = 0 below */
+    else memset(lk->streams, 0, (size_t)lk->nstreams * sizeof *lk->streams);
+    ok = lk->streams && !kvx__pipe(&lk->wake[0], &lk->wake[1]);
+    for (k = 0; k < lk->nstreams; k++) { /* every fd -1 before link_free can see it */
         lk->streams[k].link = lk;
         lk->streams[k].index = k;
         if (kvx__tcp_stream_alloc(te, &lk->streams[k]) != KVX_OK) ok = 0;
@@ -1482,8 +1475,8 @@ static kvx__tcp_link *kvx__tcp_link_get(kvx__tcp_engine *te, const char *host, i
         te->graveyard = lk;
         KVX__STORE(&te->reap, 1);
         pthread_mutex_unlock(&te->mu);
-        kvx__set_why(why, wl, "out of memory or threads for %d streams to %s", te->streams,
-                     lk->name);
+        kvx__set_why(why, wl, "out of memory, file descriptors or threads for %d streams to %s",
+                     te->streams, lk->name);
         return NULL;
     }
     lk->refs = 2; /* the live list and the caller */
@@ -2330,25 +2323,23 @@ static void *kvx__tcp_conn_main(void *arg) {
     pthread_mutex_lock(&te->mu);
     kvx__tcp_conn_settled(te, c);
     pthread_mutex_unlock(&te->mu);
-    if (ok) {
-        for (;;) {
-            uint8_t hb[KVX_TCP_HEADER_BYTES];
-            kvx_tcp_header h;
-            int err = kvx__tcp_io1(c->fd, hb, sizeof hb, 0, 1);
-            if (err) {
-                kvx_engine_log(te->engine, err == KVX__TCP_EOF ? KVX_LOG_INFO : KVX_LOG_WARN,
-                               "kvx.tcp", 0, "data connection from prefill %s ended: %s", c->addr,
-                               kvx__tcp_errstr(err));
-                break;
-            }
-            why[0] = 0;
-            if (kvx_tcp_header_decode(hb, &h, why, sizeof why) != KVX_OK || h.type != KVX_TCP_DATA) {
-                if (!why[0]) snprintf(why, sizeof why, "unexpected frame type %u", h.type);
-                kvx__tcp_refuse(c, NULL, h.room, KVX_ERR_PROTOCOL, why);
-                break;
-            }
-            if (kvx__tcp_on_data(c, &h)) break;
+    while (ok) {
+        uint8_t hb[KVX_TCP_HEADER_BYTES];
+        kvx_tcp_header h;
+        int err = kvx__tcp_io1(c->fd, hb, sizeof hb, 0, 1);
+        if (err) {
+            kvx_engine_log(te->engine, err == KVX__TCP_EOF ? KVX_LOG_INFO : KVX_LOG_WARN,
+                           "kvx.tcp", 0, "data connection from prefill %s ended: %s", c->addr,
+                           kvx__tcp_errstr(err));
+            break;
         }
+        why[0] = 0;
+        if (kvx_tcp_header_decode(hb, &h, why, sizeof why) != KVX_OK || h.type != KVX_TCP_DATA) {
+            if (!why[0]) snprintf(why, sizeof why, "unexpected frame type %u", h.type);
+            kvx__tcp_refuse(c, NULL, h.room, KVX_ERR_PROTOCOL, why);
+            break;
+        }
+        if (kvx__tcp_on_data(c, &h)) break;
     }
     shutdown(c->fd, SHUT_RDWR); /* the fd is closed when the thread is joined */
     pthread_mutex_lock(&te->mu);
