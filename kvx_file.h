@@ -1395,6 +1395,17 @@ static void kvx__fjob_free(kvx_engine *e, kvx__fjob *j) {
     kvx_engine_free(e, j);
 }
 
+/* The CRC32C of a job's whole file, from its stripes' CRC32Cs. */
+static uint32_t kvx__fjob_crc(const kvx__fjob *j) {
+    uint64_t stripe = j->fr->fe->stripe;
+    uint32_t i, crc = j->crcs[0];
+    for (i = 1; i < j->nstripes; i++) {
+        uint64_t off = (uint64_t)i * stripe;
+        crc = kvx_crc32c_combine(crc, j->crcs[i], j->bytes - off < stripe ? j->bytes - off : stripe);
+    }
+    return crc;
+}
+
 static void kvx__froom_leave(kvx__froom *fr, uint32_t n) {
     pthread_mutex_lock(&fr->mu);
     fr->busy -= (int)n;
@@ -1471,7 +1482,7 @@ static void kvx__fsend_chunk_done(kvx__fjob *j) {
     kvx_room *r = fr->room;
     char why[KVX_ERROR_MAX];
     int finish = 0, failed;
-    uint32_t i, crc;
+    uint32_t crc;
     kvx_result res = __atomic_load_n(&j->res, __ATOMIC_ACQUIRE);
     why[0] = 0;
     if (res == KVX_OK && fr->fe->set.fsync && fsync(j->fd))
@@ -1483,12 +1494,7 @@ static void kvx__fsend_chunk_done(kvx__fjob *j) {
     if (res == KVX_OK) {
         kvx__buf b = {NULL, 0, 0, 0, NULL};
         char name[64];
-        crc = j->crcs[0];
-        for (i = 1; i < j->nstripes; i++) {
-            uint64_t lo = (uint64_t)i * fr->fe->stripe;
-            uint64_t len = j->bytes - lo < fr->fe->stripe ? j->bytes - lo : fr->fe->stripe;
-            crc = kvx_crc32c_combine(crc, j->crcs[i], len);
-        }
+        crc = kvx__fjob_crc(j);
         kvx__meta_json(&b, kvx_engine_layout(kvx_room_engine(r)), kvx_room_id(r), j->chunk,
                        j->bytes, crc);
         snprintf(name, sizeof name, "kv_chunk_%u.bin.meta", j->chunk->index);
@@ -1544,6 +1550,8 @@ static void kvx__fstripe_work(kvx__fstripe *st, const kvx_plan *plan, int to_fil
     why[0] = 0;
     if (st->kind == KVX__ST_CRC)
         res = kvx__plan_crc(l, plan, to_file, lo, hi, &j->crcs[st->index]);
+    else if (st->kind == KVX__ST_SEQ_IO) /* the writer: the whole file, in order */
+        res = kvx__plan_io(l, plan, to_file, j->fd, 0, j->bytes, NULL, &err);
     else
         res = kvx__stripe_io(fr->fe, l, plan, to_file, j->fd, lo, hi, &j->crcs[st->index], &err,
                              why, sizeof why);
@@ -1564,20 +1572,7 @@ static void kvx__fsend_stripe(void *arg) {
     kvx__froom *fr = j->fr;
     kvx_room *r = fr->room;
     kvx_engine *e = kvx_room_engine(r);
-    if (st->kind == KVX__ST_SEQ_IO) { /* the writer: the whole file, in order */
-        int err = 0;
-        kvx_result res = KVX_OK;
-        if (kvx_room_closed(r) || kvx_room_poll(r) == KVX_POLL_FAILED)
-            kvx__fjob_error(j, KVX_ERR_ABORTED, 0, "cancelled");
-        else if (__atomic_load_n(&j->res, __ATOMIC_ACQUIRE) == KVX_OK)
-            res = kvx__plan_io(kvx_engine_layout(e), &j->chunk->gather, 1, j->fd, 0, j->bytes,
-                               NULL, &err);
-        if (res != KVX_OK)
-            kvx__fjob_error(j, res, err, "cannot write %s/%s: %s", fr->stage_dir, j->name,
-                            err ? strerror(err) : "short write");
-    } else {
-        kvx__fstripe_work(st, &j->chunk->gather, 1);
-    }
+    kvx__fstripe_work(st, &j->chunk->gather, 1);
     if (__atomic_sub_fetch(&j->left, 1, __ATOMIC_ACQ_REL) == 0) {
         kvx__fsend_chunk_done(j);
         kvx__fjob_free(e, j);
@@ -1884,12 +1879,7 @@ static void kvx__frecv_stripe(void *arg) {
     }
     close(j->fd);
     if (__atomic_load_n(&j->res, __ATOMIC_ACQUIRE) == KVX_OK) {
-        uint32_t i, crc = j->crcs[0];
-        for (i = 1; i < j->nstripes; i++) {
-            uint64_t off = (uint64_t)i * fr->fe->stripe;
-            uint64_t len = j->bytes - off < fr->fe->stripe ? j->bytes - off : fr->fe->stripe;
-            crc = kvx_crc32c_combine(crc, j->crcs[i], len);
-        }
+        uint32_t crc = kvx__fjob_crc(j);
         if (crc != j->meta.crc32c)
             kvx__fjob_error(j, KVX_ERR_CORRUPT, 0,
                             "checksum mismatch in %s: its meta says CRC32C %08x, the bytes give "

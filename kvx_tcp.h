@@ -608,7 +608,6 @@ struct kvx__tcp_room {
     kvx__tcp_link *link;
     int32_t *dst_pages;
     uint32_t ndst;
-    int inited;
     uint32_t jobs_open;  /* under link->mu */
     int last_queued, aux_queued, all_sent;
     kvx__tcp_job *aux_job;
@@ -1638,7 +1637,6 @@ static kvx_result kvx__tcp_sender_init(kvx_room *r, uint32_t n, int32_t aux) {
             return res;
         }
     }
-    tr->inited = 1;
     return KVX_OK;
 }
 
