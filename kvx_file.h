@@ -546,9 +546,6 @@ static kvx_result kvx__file_json_open(kvx__json_doc *d, const char *text, size_t
 }
 
 
-/* Reads or writes the packed byte range [lo, hi) of a one-sided plan
-   between pool memory and a file, and returns the CRC32C of those bytes
-   (computed over pool memory: before writing, after reading). */
 /* Index of the first span that reaches past packed offset lo (spans of a
    one-sided plan are sorted on the packed side). */
 static size_t kvx__plan_find(const kvx_plan *p, int to_file, uint64_t lo) {
@@ -617,6 +614,9 @@ static kvx_result kvx__plan_io_staged(const kvx_layout *l, const kvx_mem_ops *me
     return KVX_OK;
 }
 
+/* Reads or writes the packed byte range [lo, hi) of a one-sided plan
+   between pool memory and a file, and returns the CRC32C of those bytes
+   (computed over pool memory: before writing, after reading). */
 static kvx_result kvx__plan_io(const kvx_layout *l, const kvx_plan *p, int to_file, int fd,
                                uint64_t lo, uint64_t hi, uint32_t *crc, int *err_out) {
     struct iovec iov[KVX__FILE_IOV], work[KVX__FILE_IOV];
@@ -2090,10 +2090,8 @@ static void kvx__frecv_sender_failed(kvx__froom *fr, int marker) {
     kvx__pathf(path, "%s/%s", marker ? fr->fe->dir : fr->dir, name);
     memset(&d, 0, sizeof d);
     res = kvx__file_load_text(fr, dfd, name, path, &text, &len, why, sizeof why);
-    if (res == KVX_ERR_PERMISSION) {
-        /* not the sender's word: this side refuses the room */
-        kvx_room_fail(fr->room, res, "%s", why);
-        kvx__frecv_cleanup(fr);
+    if (res == KVX_ERR_PERMISSION) { /* not the sender's word: this side refuses the room */
+        kvx__frecv_fail(fr, res, why);
         return;
     }
     if (res == KVX_OK && kvx__file_split(text, len, &json_len, &has_mac, mac) &&

@@ -1056,9 +1056,12 @@ static void kvx__tcp_thread_exit(kvx__tcp_link *lk) {
     KVX__STORE(&lk->te->reap, 1);
 }
 
-/* The reason in an ERROR body (rl bytes at p), printable. */
-static void kvx__tcp_reason(const uint8_t *p, uint32_t rl, char *out, size_t n) {
-    uint32_t i;
+/* The reason in an ERROR body of body_len (>= 8, checked by the header
+   decoder) bytes, printable; rl bounded by the body. */
+static void kvx__tcp_reason(const uint8_t *body, uint64_t body_len, char *out, size_t n) {
+    const uint8_t *p = body + 8;
+    uint32_t i, rl = kvx__le_r32(body + 4);
+    if (rl > body_len - 8) rl = (uint32_t)(body_len - 8);
     if (rl >= n) rl = (uint32_t)n - 1;
     for (i = 0; i < rl; i++) out[i] = (p[i] < 0x20 || p[i] == 0x7f) ? '?' : (char)p[i];
     out[rl] = 0;
@@ -1108,9 +1111,7 @@ static int kvx__tcp_stream_hello(kvx__tcp_stream *st, int fd, char *why, size_t 
         return -1;
     }
     if (h.type == KVX_TCP_ERROR) {
-        uint32_t rl = kvx__le_r32(in + 36);
-        kvx__tcp_reason(in + 40, rl > h.body_len - 8 ? (uint32_t)(h.body_len - 8) : rl, reason,
-                        sizeof reason);
+        kvx__tcp_reason(in + 32, h.body_len, reason, sizeof reason);
         kvx__set_why(why, wl, "it refused the connection: %s", reason);
         return -1;
     }
@@ -1211,10 +1212,8 @@ static void kvx__tcp_on_reply(kvx__tcp_link *lk, const kvx_tcp_header *h, const 
             kvx_boot_send_status(te->boot, r, KVX_POLL_SUCCESS, KVX_OK, bytes, NULL);
     } else {
         int32_t res = (int32_t)kvx__le_r32(body);
-        uint32_t rl = kvx__le_r32(body + 4);
         char reason[KVX_TCP_MAX_REASON + 1];
-        if (rl > h->body_len - 8) rl = (uint32_t)(h->body_len - 8);
-        kvx__tcp_reason(body + 8, rl, reason, sizeof reason);
+        kvx__tcp_reason(body, h->body_len, reason, sizeof reason);
         pthread_mutex_lock(&lk->mu);
         if (h->room)
             snprintf(lk->last, sizeof lk->last, "it refused room %llu: %.240s",
@@ -1702,13 +1701,12 @@ static void kvx__tcp_wait_idle_send(kvx__tcp_link *lk, kvx__tcp_room *tr) {
     while (tr->busy) {
         if (shut) {
             pthread_cond_wait(&lk->cv, &lk->mu);
-            continue;
+        } else if (pthread_cond_timedwait(&lk->cv, &lk->mu, &ts) == ETIMEDOUT) {
+            for (k = 0; k < lk->nstreams; k++)
+                if (lk->streams[k].cur == tr && lk->streams[k].fd >= 0)
+                    shutdown(lk->streams[k].fd, SHUT_RDWR);
+            shut = 1;
         }
-        if (pthread_cond_timedwait(&lk->cv, &lk->mu, &ts) != ETIMEDOUT) continue;
-        for (k = 0; k < lk->nstreams; k++)
-            if (lk->streams[k].cur == tr && lk->streams[k].fd >= 0)
-                shutdown(lk->streams[k].fd, SHUT_RDWR);
-        shut = 1;
     }
 }
 
@@ -1846,12 +1844,11 @@ static void kvx__tcp_wait_idle_recv(kvx__tcp_engine *te, kvx__tcp_room *tr) {
         kvx__tcp_conn *c;
         if (shut) {
             pthread_cond_wait(&te->cv, &te->mu);
-            continue;
+        } else if (pthread_cond_timedwait(&te->cv, &te->mu, &ts) == ETIMEDOUT) {
+            for (c = te->conns; c; c = c->next)
+                if (c->cur == tr) shutdown(c->fd, SHUT_RDWR);
+            shut = 1;
         }
-        if (pthread_cond_timedwait(&te->cv, &te->mu, &ts) != ETIMEDOUT) continue;
-        for (c = te->conns; c; c = c->next)
-            if (c->cur == tr) shutdown(c->fd, SHUT_RDWR);
-        shut = 1;
     }
 }
 
