@@ -1482,7 +1482,6 @@ static void kvx__fsend_chunk_done(kvx__fjob *j) {
     kvx_room *r = fr->room;
     char why[KVX_ERROR_MAX];
     int finish = 0, failed;
-    uint32_t crc;
     kvx_result res = __atomic_load_n(&j->res, __ATOMIC_ACQUIRE);
     why[0] = 0;
     if (res == KVX_OK && fr->fe->set.fsync && fsync(j->fd))
@@ -1494,9 +1493,8 @@ static void kvx__fsend_chunk_done(kvx__fjob *j) {
     if (res == KVX_OK) {
         kvx__buf b = {NULL, 0, 0, 0, NULL};
         char name[64];
-        crc = kvx__fjob_crc(j);
         kvx__meta_json(&b, kvx_engine_layout(kvx_room_engine(r)), kvx_room_id(r), j->chunk,
-                       j->bytes, crc);
+                       j->bytes, kvx__fjob_crc(j));
         snprintf(name, sizeof name, "kv_chunk_%u.bin.meta", j->chunk->index);
         kvx__file_seal(&b, fr->fe->key, fr->fe->key_len, name);
         res = b.oom ? KVX_ERR_NO_MEMORY
@@ -1518,17 +1516,14 @@ static void kvx__fsend_chunk_done(kvx__fjob *j) {
         if (res != KVX_ERR_ABORTED) kvx__fsend_failed(fr, res, j->why);
         return;
     }
-    if (finish) {
-        res = kvx__file_finish_send(fr, why, sizeof why);
-        if (res != KVX_OK) {
-            kvx__fsend_failed(fr, res, why);
-        } else {
-            if (fr->boot)
-                kvx_boot_send_status(fr->fe->boot, r, KVX_POLL_SUCCESS, KVX_OK, fr->bytes_done,
-                                     NULL);
-            kvx_room_succeed(r, fr->bytes_done);
-        }
+    if (!finish) return;
+    if ((res = kvx__file_finish_send(fr, why, sizeof why)) != KVX_OK) {
+        kvx__fsend_failed(fr, res, why);
+        return;
     }
+    if (fr->boot)
+        kvx_boot_send_status(fr->fe->boot, r, KVX_POLL_SUCCESS, KVX_OK, fr->bytes_done, NULL);
+    kvx_room_succeed(r, fr->bytes_done);
 }
 
 /* The work of one piece (see KVX__ST_*); errors go to the job. */
@@ -1800,24 +1795,22 @@ static void kvx__frecv_finish(kvx__froom *fr) {
         res = kvx__read_small_at(fr->fe->al, fr->dfd, "metadata.bin", path, &aux, &len, 1u << 30, why,
                                  sizeof why);
         if (res != KVX_OK) { kvx__frecv_fail(fr, res == KVX_ERR_NOT_FOUND ? KVX_ERR_CORRUPT : res, why); return; }
-        if (len != aux_bytes || len != fr->done.aux_bytes) {
+        why[0] = 0;
+        if (len != aux_bytes || len != fr->done.aux_bytes)
             kvx__set_why(why, sizeof why, "%s is %zu bytes; this receiver's aux rows are %llu "
                          "bytes (transfer_done says %llu)", path, len,
                          (unsigned long long)aux_bytes, (unsigned long long)fr->done.aux_bytes);
-            kvx__free(fr->fe->al, aux);
-            kvx__frecv_fail(fr, KVX_ERR_CORRUPT, why);
-            return;
-        }
-        if (kvx_crc32c(0, aux, len) != fr->done.aux_crc32c) {
+        else if (kvx_crc32c(0, aux, len) != fr->done.aux_crc32c)
             kvx__set_why(why, sizeof why, "%s is %zu bytes with CRC32C %08x; transfer_done says %llu "
                      "bytes with %08x: corrupted or truncated", path, len, kvx_crc32c(0, aux, len),
                      (unsigned long long)fr->done.aux_bytes, fr->done.aux_crc32c);
-            kvx__free(fr->fe->al, aux);
+        else
+            kvx_layout_aux_copy(l, fr->aux_index, aux, 1);
+        kvx__free(fr->fe->al, aux);
+        if (why[0]) {
             kvx__frecv_fail(fr, KVX_ERR_CORRUPT, why);
             return;
         }
-        kvx_layout_aux_copy(l, fr->aux_index, aux, 1);
-        kvx__free(fr->fe->al, aux);
     } else if (fr->aux_index >= 0) {
         kvx__frecv_fail(fr, KVX_ERR_PROTOCOL, "the receiver expects aux rows but the sender "
                                               "sent none (aux_index -1 in transfer_done)");

@@ -635,12 +635,8 @@ struct kvx__tcp_engine {
     kvx_engine *engine;
     kvx_boot *boot;
     kvx_role role;
-    /* settings */
-    int streams;
+    kvx_tcp_desc set;    /* the resolved settings (kvx__tcp_table); set.host: see host */
     char host[64];
-    uint64_t segment;
-    int sockbuf;
-    double timeout_s;
     int staged;
     kvx_mem_ops mem;
     uint64_t stage_bytes; /* prefill: largest frame payload (segment, a page, the aux rows) */
@@ -704,10 +700,10 @@ static void kvx__tcp_timeo(int fd, int opt, double s) {
 static void kvx__tcp_sockopts(kvx__tcp_engine *te, int fd) {
     kvx__nonblock(fd, 0); /* blocking I/O, bounded by the timeouts below */
     kvx__nodelay(fd); /* ACKs and aux go at once */
-    kvx__tcp_timeo(fd, SO_SNDTIMEO, te->timeout_s);
-    kvx__tcp_timeo(fd, SO_RCVTIMEO, te->timeout_s);
-    if (te->sockbuf > 0) {
-        int want = te->sockbuf, got = 0;
+    kvx__tcp_timeo(fd, SO_SNDTIMEO, te->set.timeout_s);
+    kvx__tcp_timeo(fd, SO_RCVTIMEO, te->set.timeout_s);
+    if (te->set.sockbuf > 0) {
+        int want = te->set.sockbuf, got = 0;
         socklen_t sl = sizeof got;
         setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &want, sizeof want);
         setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &want, sizeof want);
@@ -833,8 +829,8 @@ static void kvx__tcp_job_done(kvx__tcp_link *lk, kvx__tcp_job *j) {
         tr->all_sent = 1;
         snprintf(tr->ack_what, sizeof tr->ack_what,
                  "no ACK from decode %s after the last byte left (KVX_TCP_TIMEOUT %g s)", lk->name,
-                 lk->te->timeout_s);
-        kvx_room_set_deadline(tr->x.room, kvx_now_ns() + (uint64_t)(lk->te->timeout_s * 1e9),
+                 lk->te->set.timeout_s);
+        kvx_room_set_deadline(tr->x.room, kvx_now_ns() + (uint64_t)(lk->te->set.timeout_s * 1e9),
                               tr->ack_what);
     }
 }
@@ -846,7 +842,7 @@ static int kvx__tcp_carve(kvx__tcp_link *lk, kvx__tcp_stream *st, kvx__tcp_frame
     for (;;) {
         kvx__tcp_job *j = lk->qhead;
         kvx__tcp_room *tr;
-        uint64_t budget = te->segment, sum = 0;
+        uint64_t budget = te->set.segment, sum = 0;
         uint32_t n = 0;
         if (!j) return 0;
         tr = j->tr;
@@ -1027,7 +1023,7 @@ static void kvx__tcp_link_kill(kvx__tcp_link *lk, const char *fmt, ...) {
 static void kvx__tcp_link_lost(kvx__tcp_link *lk, const char *fmt, ...) KVX_PRINTF(2, 3);
 static void kvx__tcp_link_lost(kvx__tcp_link *lk, const char *fmt, ...) {
     va_list ap;
-    double grace = lk->te->timeout_s < KVX__TCP_LOSS_GRACE_S ? lk->te->timeout_s
+    double grace = lk->te->set.timeout_s < KVX__TCP_LOSS_GRACE_S ? lk->te->set.timeout_s
                                                              : KVX__TCP_LOSS_GRACE_S;
     pthread_mutex_lock(&lk->mu);
     if (!lk->dead && !lk->lost_why[0]) {
@@ -1100,11 +1096,11 @@ static int kvx__tcp_stream_hello(kvx__tcp_stream *st, int fd, char *why, size_t 
     }
     if (!te->key) return 0;
     err = kvx__tcp_recv_until(fd, in, KVX_TCP_HEADER_BYTES,
-                              kvx_now_ns() + (uint64_t)(te->timeout_s * 1e9));
+                              kvx_now_ns() + (uint64_t)(te->set.timeout_s * 1e9));
     if (!err && kvx_tcp_header_decode(in, &h, why, wl) != KVX_OK) return -1;
     if (!err && (h.type == KVX_TCP_AUTH || h.type == KVX_TCP_ERROR))
         err = kvx__tcp_recv_until(fd, in + KVX_TCP_HEADER_BYTES, (size_t)h.body_len,
-                                  kvx_now_ns() + (uint64_t)(te->timeout_s * 1e9));
+                                  kvx_now_ns() + (uint64_t)(te->set.timeout_s * 1e9));
     if (err) {
         kvx__set_why(why, wl, "stream %d: no key proof from the decode: %s", st->index,
                      kvx__tcp_errstr(err));
@@ -1143,7 +1139,7 @@ static void *kvx__tcp_stream_main(void *arg) {
     char why[KVX_ERROR_MAX];
     int fd, err;
     why[0] = 0;
-    fd = kvx__connect(lk->host, lk->port, kvx_now_ns() + (uint64_t)(te->timeout_s * 1e9),
+    fd = kvx__connect(lk->host, lk->port, kvx_now_ns() + (uint64_t)(te->set.timeout_s * 1e9),
                       kvx__tcp_link_dead, lk, &err);
     if (fd < 0) {
         kvx__tcp_link_lost(lk, "cannot connect to %s: %s", lk->name, kvx__errstr(err));
@@ -1441,7 +1437,7 @@ static kvx__tcp_link *kvx__tcp_link_get(kvx__tcp_engine *te, const char *host, i
     memcpy(lk->token, token, KVX_TCP_TOKEN_BYTES);
     snprintf(lk->name, sizeof lk->name, "%s%s%s:%d", strchr(host, ':') ? "[" : "", host,
              strchr(host, ':') ? "]" : "", port);
-    lk->nstreams = te->streams;
+    lk->nstreams = te->set.streams;
     lk->wake[0] = lk->wake[1] = -1;
     pthread_mutex_init(&lk->mu, NULL);
     pthread_cond_init(&lk->cv, NULL);
@@ -1474,7 +1470,7 @@ static kvx__tcp_link *kvx__tcp_link_get(kvx__tcp_engine *te, const char *host, i
         KVX__STORE(&te->reap, 1);
         pthread_mutex_unlock(&te->mu);
         kvx__set_why(why, wl, "out of memory, file descriptors or threads for %d streams to %s",
-                     te->streams, lk->name);
+                     te->set.streams, lk->name);
         return NULL;
     }
     lk->refs = 2; /* the live list and the caller */
@@ -1839,7 +1835,7 @@ static void kvx__tcp_wait_idle_recv(kvx__tcp_engine *te, kvx__tcp_room *tr) {
     struct timespec ts;
     int shut = 0;
     kvx__abstime(&ts, kvx_room_poll(tr->x.room) == KVX_POLL_SUCCESS
-                          ? (uint64_t)((te->timeout_s + 1) * 1e9) : 1000000000ull);
+                          ? (uint64_t)((te->set.timeout_s + 1) * 1e9) : 1000000000ull);
     while (tr->busy) {
         kvx__tcp_conn *c;
         if (shut) {
@@ -1859,7 +1855,7 @@ static void kvx__tcp_receiver_close(kvx__tcp_room *tr) {
     if (kvx__htab_remove(&te->rooms, &tr->hn)) {
         if (st != KVX_POLL_SUCCESS)
             kvx__tcp_tomb_set(te, tr->x.id,
-                              kvx_now_ns() + (uint64_t)((te->timeout_s + 5) * 1e9));
+                              kvx_now_ns() + (uint64_t)((te->set.timeout_s + 5) * 1e9));
     }
     tr->closing = 1;
     kvx__tcp_wait_idle_recv(te, tr);
@@ -2493,10 +2489,7 @@ static kvx_result kvx__tcp_settings(kvx__tcp_engine *te, const kvx_engine_desc *
     kvx_tcp_desc t = d->tcp;
     kvx_result r = kvx__settings_apply(kvx__tcp_table, KVX__COUNT(kvx__tcp_table), &t, why, wl);
     if (r != KVX_OK) return r;
-    te->streams = t.streams;
-    te->segment = (uint64_t)t.segment;
-    te->sockbuf = t.sockbuf;
-    te->timeout_s = t.timeout_s;
+    te->set = t;
     if (t.host && (strlen(t.host) >= sizeof te->host || strchr(t.host, ' '))) {
         kvx__set_why(why, wl, "KVX_TCP_HOST / desc.tcp.host '%s' is not an address", t.host);
         return KVX_ERR_BAD_CONFIG;
@@ -2520,7 +2513,7 @@ static kvx_result kvx__tcp_layout(kvx__tcp_engine *te, const kvx_engine_desc *d,
     const kvx_layout *l = kvx_engine_layout(te->engine);
     uint64_t aux_total = kvx_layout_aux_row_bytes(l);
     uint32_t i;
-    te->stage_bytes = te->segment;
+    te->stage_bytes = te->set.segment;
     for (i = 0; i < l->num_buffers; i++) {
         if (l->buffers[i].mem != KVX_MEM_HOST) te->staged = 1;
         if (l->buffers[i].item_len > KVX_TCP_MAX_FRAME) {
