@@ -482,6 +482,17 @@ KVX_API kvx_result kvx_cuda_endpoint_check(const void *endpoint, size_t len, cha
 extern "C" {
 #endif
 
+/* Writes the sentence into why and returns code. */
+static kvx_result kvx__cu_err(char *why, size_t wl, kvx_result code, const char *fmt, ...)
+    KVX_PRINTF(4, 5);
+static kvx_result kvx__cu_err(char *why, size_t wl, kvx_result code, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    if (why && wl) vsnprintf(why, wl, fmt, ap);
+    va_end(ap);
+    return code;
+}
+
 /* >>cuda transport: endpoint codec (pure; with and without KVX_WITH_CUDA) ------------ */
 
 #define KVX__CUX_FIXED 160u /* fixed part of an endpoint */
@@ -543,8 +554,7 @@ static kvx_result kvx__cux_bad(char *why, size_t wl, const char *fmt, ...) {
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    kvx__set_why(why, wl, "cuda endpoint: %s", msg);
-    return KVX_ERR_PROTOCOL;
+    return kvx__cu_err(why, wl, KVX_ERR_PROTOCOL, "cuda endpoint: %s", msg);
 }
 
 /* The aux rows: none empty, and all of them fit one aux message. */
@@ -639,118 +649,90 @@ KVX_API kvx_result kvx_cuda_endpoint_check(const void *endpoint, size_t len, cha
 
 /* >>cuda: not compiled --------------------------------------------------------- */
 
+/* Every entry point clears its outputs and fails naming the macro; the
+   parameters are unused on purpose. */
+#if defined(__GNUC__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wunused-parameter"
+#endif
+
 static kvx_result kvx__cu_not_compiled(char *why, size_t wl) {
-    kvx__set_why(why, wl, "kvx_cuda.h was compiled without KVX_WITH_CUDA: build the file that "
-                          "defines KVX_IMPLEMENTATION with -DKVX_WITH_CUDA -I<CUDA toolkit>/include "
-                          "for KV buffers in GPU memory");
-    return KVX_ERR_NOT_COMPILED;
+    return kvx__cu_err(why, wl, KVX_ERR_NOT_COMPILED, "kvx_cuda.h was compiled without "
+                       "KVX_WITH_CUDA: build the file that defines KVX_IMPLEMENTATION with "
+                       "-DKVX_WITH_CUDA -I<CUDA toolkit>/include for KV buffers in GPU memory");
 }
+#define KVX__CU_NC                                 \
+    {                                              \
+        return kvx__cu_not_compiled(why, why_len); \
+    }
+#define KVX__CU_NC_SET(p, v)                       \
+    {                                              \
+        if (p) *(p) = (v);                         \
+        return kvx__cu_not_compiled(why, why_len); \
+    }
+#define KVX__CU_NC_ZERO(p)                         \
+    {                                              \
+        if (p) memset((p), 0, sizeof *(p));        \
+        return KVX_ERR_NOT_COMPILED;               \
+    }
 
 KVX_API kvx_result kvx_cuda_create(const kvx_cuda_desc *desc, kvx_cuda **out, char *why,
-                                   size_t why_len) {
-    (void)desc;
-    if (out) *out = NULL;
-    return kvx__cu_not_compiled(why, why_len);
-}
-KVX_API void kvx_cuda_destroy(kvx_cuda *cu) { (void)cu; }
+                                   size_t why_len) KVX__CU_NC_SET(out, NULL)
+KVX_API void kvx_cuda_destroy(kvx_cuda *cu) {}
 KVX_API kvx_result kvx_cuda_mem_ops(kvx_mem_ops *out, const kvx_cuda_desc *desc, char *why,
                                     size_t why_len) {
-    (void)desc;
     if (out) memset(out, 0, sizeof *out);
     return kvx__cu_not_compiled(why, why_len);
 }
-KVX_API void kvx_cuda_mem_ops_release(kvx_mem_ops *ops) { (void)ops; }
-KVX_API kvx_cuda *kvx_cuda_from_mem_ops(const kvx_mem_ops *ops) {
-    (void)ops;
-    return NULL;
-}
-KVX_API kvx_result kvx_cuda_get_info(const kvx_cuda *cu, kvx_cuda_info *out) {
-    (void)cu;
-    if (out) memset(out, 0, sizeof *out);
-    return KVX_ERR_NOT_COMPILED;
-}
+KVX_API void kvx_cuda_mem_ops_release(kvx_mem_ops *ops) {}
+KVX_API kvx_cuda *kvx_cuda_from_mem_ops(const kvx_mem_ops *ops) { return NULL; }
+KVX_API kvx_result kvx_cuda_get_info(const kvx_cuda *cu, kvx_cuda_info *out) KVX__CU_NC_ZERO(out)
 KVX_API void kvx_cuda_stats_get(const kvx_cuda *cu, kvx_cuda_stats *out) {
-    (void)cu;
     if (out) memset(out, 0, sizeof *out);
 }
 KVX_API kvx_result kvx_cuda_alloc(kvx_cuda *cu, int device, size_t size, void **dev_ptr,
-                                  char *why, size_t why_len) {
-    (void)cu; (void)device; (void)size;
-    if (dev_ptr) *dev_ptr = NULL;
-    return kvx__cu_not_compiled(why, why_len);
-}
-KVX_API void kvx_cuda_free(kvx_cuda *cu, int device, void *dev_ptr) {
-    (void)cu; (void)device; (void)dev_ptr;
-}
+                                  char *why, size_t why_len) KVX__CU_NC_SET(dev_ptr, NULL)
+KVX_API void kvx_cuda_free(kvx_cuda *cu, int device, void *dev_ptr) {}
 KVX_API kvx_result kvx_cuda_layout_check(kvx_cuda *cu, const kvx_layout *l, char *why,
-                                         size_t why_len) {
-    (void)cu; (void)l;
-    return kvx__cu_not_compiled(why, why_len);
-}
+                                         size_t why_len) KVX__CU_NC
 KVX_API kvx_result kvx_cuda_ipc_export(kvx_cuda *cu, int device, void *dev_ptr,
                                        uint8_t handle[KVX_CUDA_IPC_HANDLE_BYTES],
                                        uint64_t *offset, uint64_t *alloc_len, char *why,
-                                       size_t why_len) {
-    (void)cu; (void)device; (void)dev_ptr; (void)handle; (void)offset; (void)alloc_len;
-    return kvx__cu_not_compiled(why, why_len);
-}
+                                       size_t why_len) KVX__CU_NC
 KVX_API kvx_result kvx_cuda_ipc_import(kvx_cuda *cu, const uint8_t handle[KVX_CUDA_IPC_HANDLE_BYTES],
-                                       int device, void **dev_base, char *why, size_t why_len) {
-    (void)cu; (void)handle; (void)device;
-    if (dev_base) *dev_base = NULL;
-    return kvx__cu_not_compiled(why, why_len);
-}
+                                       int device, void **dev_base, char *why,
+                                       size_t why_len) KVX__CU_NC_SET(dev_base, NULL)
 KVX_API kvx_result kvx_cuda_ipc_close(kvx_cuda *cu, int device, void *dev_base, char *why,
-                                      size_t why_len) {
-    (void)cu; (void)device; (void)dev_base;
-    return kvx__cu_not_compiled(why, why_len);
-}
+                                      size_t why_len) KVX__CU_NC
 KVX_API kvx_result kvx_cuda_stream_create(kvx_cuda *cu, int device, kvx_cuda_stream **out,
-                                          char *why, size_t why_len) {
-    (void)cu; (void)device;
-    if (out) *out = NULL;
-    return kvx__cu_not_compiled(why, why_len);
-}
-KVX_API void kvx_cuda_stream_destroy(kvx_cuda_stream *s) { (void)s; }
+                                          char *why, size_t why_len) KVX__CU_NC_SET(out, NULL)
+KVX_API void kvx_cuda_stream_destroy(kvx_cuda_stream *s) {}
 KVX_API kvx_result kvx_cuda_copy_spans(kvx_cuda_stream *s, const kvx_layout *src,
                                        const kvx_layout *dst, const kvx_span *spans, size_t n,
-                                       uint64_t *ticket, char *why, size_t why_len) {
-    (void)s; (void)src; (void)dst; (void)spans; (void)n; (void)ticket;
-    return kvx__cu_not_compiled(why, why_len);
-}
+                                       uint64_t *ticket, char *why, size_t why_len) KVX__CU_NC
 KVX_API kvx_result kvx_cuda_stream_done(kvx_cuda_stream *s, uint64_t ticket, int *done,
-                                        char *why, size_t why_len) {
-    (void)s; (void)ticket;
-    if (done) *done = 0;
-    return kvx__cu_not_compiled(why, why_len);
-}
+                                        char *why, size_t why_len) KVX__CU_NC_SET(done, 0)
 KVX_API kvx_result kvx_cuda_stream_wait(kvx_cuda_stream *s, uint64_t ticket, char *why,
-                                        size_t why_len) {
-    (void)s; (void)ticket;
-    return kvx__cu_not_compiled(why, why_len);
-}
+                                        size_t why_len) KVX__CU_NC
 KVX_API kvx_result kvx_cuda_dmabuf_fd(kvx_cuda *cu, int device, void *dev_ptr, size_t len,
                                       int *fd, uint64_t *offset, char *why, size_t why_len) {
-    (void)cu; (void)device; (void)dev_ptr; (void)len;
     if (fd) *fd = -1;
     if (offset) *offset = 0;
     return kvx__cu_not_compiled(why, why_len);
 }
 
-static kvx_result kvx__cux_nc_init(kvx_engine *e, char *why, size_t wl) {
-    (void)e;
-    return kvx__cu_not_compiled(why, wl);
-}
+static kvx_result kvx__cux_nc_init(kvx_engine *e, char *why, size_t why_len) KVX__CU_NC
 KVX_API const kvx_backend *kvx_cuda_backend(void) {
     static kvx_backend b;
     return kvx__backend_table(&b, "cuda", kvx__cux_nc_init, NULL);
 }
 KVX_API kvx_result kvx_cuda_register(void) { return kvx_transport_register(kvx_cuda_backend()); }
-KVX_API kvx_result kvx_cuda_transport_stats_get(const kvx_engine *e, kvx_cuda_transport_stats *out) {
-    (void)e;
-    if (out) memset(out, 0, sizeof *out);
-    return KVX_ERR_NOT_COMPILED;
-}
+KVX_API kvx_result kvx_cuda_transport_stats_get(const kvx_engine *e,
+                                                kvx_cuda_transport_stats *out) KVX__CU_NC_ZERO(out)
+
+#if defined(__GNUC__)
+#pragma GCC diagnostic pop
+#endif
 
 #else /* KVX_WITH_CUDA */
 
@@ -1021,12 +1003,11 @@ static void kvx__cu_pick_batch(kvx_cuda *cu, int no_batch) {
 
 static kvx_result kvx__cu_start(kvx_cuda *cu, char *why, size_t wl) {
     CUresult rc = cu->f.Init(0);
-    if (rc == CUDA_ERROR_NO_DEVICE) {
-        kvx__set_why(why, wl, "no CUDA device: cuInit in %s says %s (%s); KV buffers in GPU "
-                              "memory need an NVIDIA GPU (check nvidia-smi and CUDA_VISIBLE_DEVICES)",
-                     cu->library, kvx__cu_err_name(cu, rc), kvx__cu_err_text(cu, rc));
-        return KVX_ERR_NOT_FOUND;
-    }
+    if (rc == CUDA_ERROR_NO_DEVICE)
+        return kvx__cu_err(why, wl, KVX_ERR_NOT_FOUND, "no CUDA device: cuInit in %s says %s (%s); "
+                           "KV buffers in GPU memory need an NVIDIA GPU (check nvidia-smi and "
+                           "CUDA_VISIBLE_DEVICES)", cu->library, kvx__cu_err_name(cu, rc),
+                           kvx__cu_err_text(cu, rc));
     if (rc != CUDA_SUCCESS)
         return kvx__cu_fail(cu, rc, why, wl, "cuInit in %s (is the NVIDIA kernel module loaded?)",
                             cu->library);
@@ -1034,12 +1015,10 @@ static kvx_result kvx__cu_start(kvx_cuda *cu, char *why, size_t wl) {
         return kvx__cu_fail(cu, rc, why, wl, "cuDriverGetVersion");
     if ((rc = cu->f.DeviceGetCount(&cu->device_count)) != CUDA_SUCCESS)
         return kvx__cu_fail(cu, rc, why, wl, "cuDeviceGetCount");
-    if (cu->device_count <= 0) {
-        kvx__set_why(why, wl, "no CUDA device: the driver in %s sees none; KV buffers in GPU "
-                              "memory need an NVIDIA GPU (check CUDA_VISIBLE_DEVICES)",
-                     cu->library);
-        return KVX_ERR_NOT_FOUND;
-    }
+    if (cu->device_count <= 0)
+        return kvx__cu_err(why, wl, KVX_ERR_NOT_FOUND, "no CUDA device: the driver in %s sees "
+                           "none; KV buffers in GPU memory need an NVIDIA GPU (check "
+                           "CUDA_VISIBLE_DEVICES)", cu->library);
     if (cu->device_count > KVX_CUDA_MAX_DEVICES) cu->device_count = KVX_CUDA_MAX_DEVICES;
     return KVX_OK;
 }
@@ -1052,10 +1031,9 @@ typedef struct kvx__cu_scope {
 
 static kvx_result kvx__cu_check_device(const kvx_cuda *cu, int device, char *why, size_t wl) {
     if (device >= 0 && device < cu->device_count) return KVX_OK;
-    kvx__set_why(why, wl, "GPU %d does not exist: the driver sees %d device%s (ordinals 0..%d)",
-                 device, cu->device_count, cu->device_count == 1 ? "" : "s",
-                 cu->device_count - 1);
-    return KVX_ERR_INVALID_ARGUMENT;
+    return kvx__cu_err(why, wl, KVX_ERR_INVALID_ARGUMENT, "GPU %d does not exist: the driver sees "
+                       "%d device%s (ordinals 0..%d)", device, cu->device_count,
+                       cu->device_count == 1 ? "" : "s", cu->device_count - 1);
 }
 
 /* The primary context of `device`, retained once. */
@@ -1119,10 +1097,8 @@ KVX_API kvx_result kvx_cuda_create(const kvx_cuda_desc *desc, kvx_cuda **out, ch
     kvx_cuda_desc d;
     kvx_cuda *cu;
     kvx_result r;
-    if (!out) {
-        kvx__set_why(why, why_len, "kvx_cuda_create: out is NULL");
-        return KVX_ERR_INVALID_ARGUMENT;
-    }
+    if (!out)
+        return kvx__cu_err(why, why_len, KVX_ERR_INVALID_ARGUMENT, "kvx_cuda_create: out is NULL");
     *out = NULL;
     if (desc) d = *desc;
     else memset(&d, 0, sizeof d);
@@ -1130,10 +1106,8 @@ KVX_API kvx_result kvx_cuda_create(const kvx_cuda_desc *desc, kvx_cuda **out, ch
                                  why_len)))
         return r;
     cu = (kvx_cuda *)kvx__alloc(&d.allocator, sizeof *cu);
-    if (!cu) {
-        kvx__set_why(why, why_len, "kvx_cuda_create: out of memory");
-        return KVX_ERR_NO_MEMORY;
-    }
+    if (!cu)
+        return kvx__cu_err(why, why_len, KVX_ERR_NO_MEMORY, "kvx_cuda_create: out of memory");
     memset(cu, 0, sizeof *cu);
     cu->magic = KVX__CU_MAGIC;
     cu->alloc = d.allocator;
@@ -1246,8 +1220,7 @@ static kvx_result kvx__cu_stream_new(kvx_cuda *cu, int device, int pooled,
     s = (kvx_cuda_stream *)kvx__alloc(&cu->alloc, sizeof *s);
     if (!s) {
         kvx__cu_leave(cu, &sc);
-        kvx__set_why(why, wl, "out of memory for a CUDA stream");
-        return KVX_ERR_NO_MEMORY;
+        return kvx__cu_err(why, wl, KVX_ERR_NO_MEMORY, "out of memory for a CUDA stream");
     }
     memset(s, 0, sizeof *s);
     s->cu = cu;
@@ -1442,8 +1415,7 @@ static kvx_result kvx__cu_copy_device(kvx_cuda *cu, int to_host, const kvx_copy 
     if (kvx__cu_scratch(s, n)) {
         kvx__cu_stream_put(cu, s, 0);
         kvx__cu_leave(cu, &sc);
-        kvx__set_why(why, wl, "out of memory for %zu copy descriptors", n);
-        return KVX_ERR_NO_MEMORY;
+        return kvx__cu_err(why, wl, KVX_ERR_NO_MEMORY, "out of memory for %zu copy descriptors", n);
     }
     for (i = 0; i < n; i++) {
         if (!c[i].len) continue;
@@ -1471,17 +1443,14 @@ static kvx_result kvx__cu_copy(void *ctx, int to_host, const kvx_copy *c, size_t
     kvx_cuda *cu = (kvx_cuda *)ctx;
     size_t i = 0, j;
     kvx_result r;
-    if (!cu || cu->magic != KVX__CU_MAGIC || (n && !c)) {
-        kvx__set_why(why, wl, "kvx_mem_ops.copy: bad context or NULL pieces");
-        return KVX_ERR_INVALID_ARGUMENT;
-    }
+    if (!cu || cu->magic != KVX__CU_MAGIC || (n && !c))
+        return kvx__cu_err(why, wl, KVX_ERR_INVALID_ARGUMENT, "kvx_mem_ops.copy: bad context or "
+                           "NULL pieces");
     KVX__ADD(&cu->n_copy_calls, 1);
     for (j = 0; j < n; j++) {
-        if (c[j].len && (!c[j].buf_ptr || !c[j].host)) {
-            kvx__set_why(why, wl, "kvx_mem_ops.copy: piece %zu of %zu has a NULL %s pointer", j,
-                         n, c[j].buf_ptr ? "host" : "buffer");
-            return KVX_ERR_INVALID_ARGUMENT;
-        }
+        if (c[j].len && (!c[j].buf_ptr || !c[j].host))
+            return kvx__cu_err(why, wl, KVX_ERR_INVALID_ARGUMENT, "kvx_mem_ops.copy: piece %zu of "
+                               "%zu has a NULL %s pointer", j, n, c[j].buf_ptr ? "host" : "buffer");
         if ((r = kvx__cu_check_device(cu, c[j].device, why, wl)) != KVX_OK) return r;
     }
     while (i < n) { /* one wait per device run */
@@ -1608,10 +1577,8 @@ KVX_API kvx_result kvx_cuda_mem_ops(kvx_mem_ops *out, const kvx_cuda_desc *desc,
                                     size_t why_len) {
     kvx_cuda *cu;
     kvx_result r;
-    if (!out) {
-        kvx__set_why(why, why_len, "kvx_cuda_mem_ops: out is NULL");
-        return KVX_ERR_INVALID_ARGUMENT;
-    }
+    if (!out)
+        return kvx__cu_err(why, why_len, KVX_ERR_INVALID_ARGUMENT, "kvx_cuda_mem_ops: out is NULL");
     memset(out, 0, sizeof *out);
     if ((r = kvx_cuda_create(desc, &cu, why, why_len)) != KVX_OK) return r;
     cu->owned_by_ops = 1;
@@ -1645,10 +1612,9 @@ KVX_API kvx_result kvx_cuda_alloc(kvx_cuda *cu, int device, size_t size, void **
     CUresult rc;
     kvx_result r;
     if (dev_ptr) *dev_ptr = NULL;
-    if (!cu || !dev_ptr || !size) {
-        kvx__set_why(why, why_len, "kvx_cuda_alloc: NULL argument or size 0");
-        return KVX_ERR_INVALID_ARGUMENT;
-    }
+    if (!cu || !dev_ptr || !size)
+        return kvx__cu_err(why, why_len, KVX_ERR_INVALID_ARGUMENT, "kvx_cuda_alloc: NULL argument "
+                           "or size 0");
     if ((r = kvx__cu_enter(cu, device, &sc, why, why_len)) != KVX_OK) return r;
     rc = cu->f.MemAlloc(&d, size);
     kvx__cu_leave(cu, &sc);
@@ -1692,10 +1658,9 @@ KVX_API kvx_result kvx_cuda_layout_check(kvx_cuda *cu, const kvx_layout *l, char
     uint32_t i;
     kvx__cu_scope sc;
     kvx_result r;
-    if (!cu || !l || (l->num_buffers && !l->buffers)) {
-        kvx__set_why(why, why_len, "kvx_cuda_layout_check: NULL argument");
-        return KVX_ERR_INVALID_ARGUMENT;
-    }
+    if (!cu || !l || (l->num_buffers && !l->buffers))
+        return kvx__cu_err(why, why_len, KVX_ERR_INVALID_ARGUMENT, "kvx_cuda_layout_check: NULL "
+                           "argument");
     if ((r = kvx__cu_enter(cu, 0, &sc, why, why_len)) != KVX_OK) return r;
     for (i = 0; i < l->num_buffers && r == KVX_OK; i++) {
         const kvx_buffer *b = &l->buffers[i];
@@ -1751,10 +1716,9 @@ KVX_API kvx_result kvx_cuda_ipc_export(kvx_cuda *cu, int device, void *dev_ptr,
     CUipcMemHandle h;
     CUresult rc;
     kvx_result r;
-    if (!cu || !dev_ptr || !handle) {
-        kvx__set_why(why, why_len, "kvx_cuda_ipc_export: NULL argument");
-        return KVX_ERR_INVALID_ARGUMENT;
-    }
+    if (!cu || !dev_ptr || !handle)
+        return kvx__cu_err(why, why_len, KVX_ERR_INVALID_ARGUMENT, "kvx_cuda_ipc_export: NULL "
+                           "argument");
     if ((r = kvx__cu_enter(cu, device, &sc, why, why_len)) != KVX_OK) return r;
     rc = cu->f.MemGetAddressRange(&base, &size, kvx__cu_dptr(dev_ptr));
     if (rc != CUDA_SUCCESS) {
@@ -1783,10 +1747,9 @@ KVX_API kvx_result kvx_cuda_ipc_import(kvx_cuda *cu, const uint8_t handle[KVX_CU
     CUresult rc;
     kvx_result r;
     if (dev_base) *dev_base = NULL;
-    if (!cu || !handle || !dev_base) {
-        kvx__set_why(why, why_len, "kvx_cuda_ipc_import: NULL argument");
-        return KVX_ERR_INVALID_ARGUMENT;
-    }
+    if (!cu || !handle || !dev_base)
+        return kvx__cu_err(why, why_len, KVX_ERR_INVALID_ARGUMENT, "kvx_cuda_ipc_import: NULL "
+                           "argument");
     if ((r = kvx__cu_enter(cu, device, &sc, why, why_len)) != KVX_OK) return r;
     memcpy(&h, handle, sizeof h);
     rc = cu->f.IpcOpenMemHandle(&d, h, CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS);
@@ -1803,10 +1766,9 @@ KVX_API kvx_result kvx_cuda_ipc_close(kvx_cuda *cu, int device, void *dev_base, 
     kvx__cu_scope sc;
     CUresult rc;
     kvx_result r;
-    if (!cu || !dev_base) {
-        kvx__set_why(why, why_len, "kvx_cuda_ipc_close: NULL argument");
-        return KVX_ERR_INVALID_ARGUMENT;
-    }
+    if (!cu || !dev_base)
+        return kvx__cu_err(why, why_len, KVX_ERR_INVALID_ARGUMENT, "kvx_cuda_ipc_close: NULL "
+                           "argument");
     if ((r = kvx__cu_enter(cu, device, &sc, why, why_len)) != KVX_OK) return r;
     rc = cu->f.IpcCloseMemHandle(kvx__cu_dptr(dev_base));
     kvx__cu_leave(cu, &sc);
@@ -1822,10 +1784,9 @@ KVX_API kvx_result kvx_cuda_stream_create(kvx_cuda *cu, int device, kvx_cuda_str
                                           char *why, size_t why_len) {
     kvx_result r;
     if (out) *out = NULL;
-    if (!cu || !out) {
-        kvx__set_why(why, why_len, "kvx_cuda_stream_create: NULL argument");
-        return KVX_ERR_INVALID_ARGUMENT;
-    }
+    if (!cu || !out)
+        return kvx__cu_err(why, why_len, KVX_ERR_INVALID_ARGUMENT, "kvx_cuda_stream_create: NULL "
+                           "argument");
     if ((r = kvx__cu_stream_new(cu, device, 0, out, why, why_len)) != KVX_OK) return r;
     pthread_mutex_lock(&cu->mu);
     cu->user_streams++;
@@ -1849,34 +1810,30 @@ static kvx_result kvx__cu_check_spans(const kvx_layout *src, const kvx_layout *d
     for (i = 0; i < n; i++) {
         const kvx_span *x = &sp[i];
         const char *side = NULL;
-        if (x->kind != KVX_SPAN_PAGES) {
-            kvx__set_why(why, wl, "span %zu is of kind %u: only page spans are copied on the GPU "
-                         "(aux rows are host memory)", i, x->kind);
-            return KVX_ERR_INVALID_ARGUMENT;
-        }
-        if (x->buffer >= src->num_buffers || x->buffer >= dst->num_buffers) {
-            kvx__set_why(why, wl, "span %zu names buffer %u; the layouts have %u (source) and %u "
-                         "(destination)", i, x->buffer, src->num_buffers, dst->num_buffers);
-            return KVX_ERR_OUT_OF_RANGE;
-        }
+        if (x->kind != KVX_SPAN_PAGES)
+            return kvx__cu_err(why, wl, KVX_ERR_INVALID_ARGUMENT, "span %zu is of kind %u: only "
+                               "page spans are copied on the GPU (aux rows are host memory)", i,
+                               x->kind);
+        if (x->buffer >= src->num_buffers || x->buffer >= dst->num_buffers)
+            return kvx__cu_err(why, wl, KVX_ERR_OUT_OF_RANGE, "span %zu names buffer %u; the "
+                               "layouts have %u (source) and %u (destination)", i, x->buffer,
+                               src->num_buffers, dst->num_buffers);
         if (x->src_offset > src->buffers[x->buffer].length ||
             x->length > src->buffers[x->buffer].length - x->src_offset)
             side = "source";
         else if (x->dst_offset > dst->buffers[x->buffer].length ||
                  x->length > dst->buffers[x->buffer].length - x->dst_offset)
             side = "destination";
-        if (side) {
-            kvx__set_why(why, wl, "span %zu (buffer %u, src_offset %llu, dst_offset %llu, length "
-                         "%llu) leaves the %s buffer (%llu bytes)", i, x->buffer,
-                         (unsigned long long)x->src_offset, (unsigned long long)x->dst_offset,
-                         (unsigned long long)x->length, side,
-                         (unsigned long long)(side[0] == 's' ? src : dst)->buffers[x->buffer].length);
-            return KVX_ERR_OUT_OF_RANGE;
-        }
-        if (x->length && (!src->buffers[x->buffer].base || !dst->buffers[x->buffer].base)) {
-            kvx__set_why(why, wl, "span %zu: buffer %u has a NULL base", i, x->buffer);
-            return KVX_ERR_INVALID_ARGUMENT;
-        }
+        if (side)
+            return kvx__cu_err(why, wl, KVX_ERR_OUT_OF_RANGE, "span %zu (buffer %u, src_offset "
+                               "%llu, dst_offset %llu, length %llu) leaves the %s buffer (%llu "
+                               "bytes)", i, x->buffer, (unsigned long long)x->src_offset,
+                               (unsigned long long)x->dst_offset, (unsigned long long)x->length,
+                               side, (unsigned long long)(side[0] == 's' ? src : dst)
+                                         ->buffers[x->buffer].length);
+        if (x->length && (!src->buffers[x->buffer].base || !dst->buffers[x->buffer].base))
+            return kvx__cu_err(why, wl, KVX_ERR_INVALID_ARGUMENT, "span %zu: buffer %u has a NULL "
+                               "base", i, x->buffer);
     }
     return KVX_OK;
 }
@@ -1893,8 +1850,7 @@ static kvx_result kvx__cu_mark(kvx_cuda_stream *s, uint64_t seq, char *why, size
         CUevent *nf = (CUevent *)kvx__alloc(&cu->alloc, nc * sizeof *nf);
         if (!ne || !ns || !nf) {
             kvx__free(&cu->alloc, ne); kvx__free(&cu->alloc, ns); kvx__free(&cu->alloc, nf);
-            kvx__set_why(why, wl, "out of memory for completion events");
-            return KVX_ERR_NO_MEMORY;
+            return kvx__cu_err(why, wl, KVX_ERR_NO_MEMORY, "out of memory for completion events");
         }
         for (i = 0; i < s->ev_count; i++) {
             ne[i] = s->ev[(s->ev_head + i) % s->ev_cap];
@@ -1927,16 +1883,14 @@ KVX_API kvx_result kvx_cuda_copy_spans(kvx_cuda_stream *s, const kvx_layout *src
     kvx_result r;
     if (ticket) *ticket = 0;
     if (!s || !src || !dst || (n && !spans) || (src->num_buffers && !src->buffers) ||
-        (dst->num_buffers && !dst->buffers)) {
-        kvx__set_why(why, why_len, "kvx_cuda_copy_spans: NULL argument");
-        return KVX_ERR_INVALID_ARGUMENT;
-    }
+        (dst->num_buffers && !dst->buffers))
+        return kvx__cu_err(why, why_len, KVX_ERR_INVALID_ARGUMENT, "kvx_cuda_copy_spans: NULL "
+                           "argument");
     cu = s->cu;
     if ((r = kvx__cu_check_spans(src, dst, spans, n, why, why_len)) != KVX_OK) return r;
-    if (kvx__cu_scratch(s, n < KVX_CUDA_BATCH_MAX ? n : KVX_CUDA_BATCH_MAX)) {
-        kvx__set_why(why, why_len, "out of memory for %zu copy descriptors", n);
-        return KVX_ERR_NO_MEMORY;
-    }
+    if (kvx__cu_scratch(s, n < KVX_CUDA_BATCH_MAX ? n : KVX_CUDA_BATCH_MAX))
+        return kvx__cu_err(why, why_len, KVX_ERR_NO_MEMORY, "out of memory for %zu copy "
+                           "descriptors", n);
     if ((r = kvx__cu_enter(cu, s->device, &sc, why, why_len)) != KVX_OK) return r;
     for (i = 0; i < n && r == KVX_OK; i++) {
         const kvx_span *x = &spans[i];
@@ -1997,16 +1951,14 @@ KVX_API kvx_result kvx_cuda_stream_done(kvx_cuda_stream *s, uint64_t ticket, int
     kvx__cu_scope sc;
     kvx_result r;
     if (done) *done = 0;
-    if (!s || !done) {
-        kvx__set_why(why, why_len, "kvx_cuda_stream_done: NULL argument");
-        return KVX_ERR_INVALID_ARGUMENT;
-    }
+    if (!s || !done)
+        return kvx__cu_err(why, why_len, KVX_ERR_INVALID_ARGUMENT, "kvx_cuda_stream_done: NULL "
+                           "argument");
     if (!ticket) ticket = s->submitted;
-    if (ticket > s->submitted) {
-        kvx__set_why(why, why_len, "ticket %llu was never issued on this stream (last %llu)",
-                     (unsigned long long)ticket, (unsigned long long)s->submitted);
-        return KVX_ERR_INVALID_ARGUMENT;
-    }
+    if (ticket > s->submitted)
+        return kvx__cu_err(why, why_len, KVX_ERR_INVALID_ARGUMENT, "ticket %llu was never issued "
+                           "on this stream (last %llu)", (unsigned long long)ticket,
+                           (unsigned long long)s->submitted);
     if (ticket <= s->completed) { *done = 1; return KVX_OK; }
     if ((r = kvx__cu_enter(s->cu, s->device, &sc, why, why_len)) != KVX_OK) return r;
     r = kvx__cu_retire(s, 0, why, why_len);
@@ -2019,16 +1971,14 @@ KVX_API kvx_result kvx_cuda_stream_wait(kvx_cuda_stream *s, uint64_t ticket, cha
                                         size_t why_len) {
     kvx__cu_scope sc;
     kvx_result r;
-    if (!s) {
-        kvx__set_why(why, why_len, "kvx_cuda_stream_wait: NULL stream");
-        return KVX_ERR_INVALID_ARGUMENT;
-    }
+    if (!s)
+        return kvx__cu_err(why, why_len, KVX_ERR_INVALID_ARGUMENT, "kvx_cuda_stream_wait: NULL "
+                           "stream");
     if (!ticket) ticket = s->submitted;
-    if (ticket > s->submitted) {
-        kvx__set_why(why, why_len, "ticket %llu was never issued on this stream (last %llu)",
-                     (unsigned long long)ticket, (unsigned long long)s->submitted);
-        return KVX_ERR_INVALID_ARGUMENT;
-    }
+    if (ticket > s->submitted)
+        return kvx__cu_err(why, why_len, KVX_ERR_INVALID_ARGUMENT, "ticket %llu was never issued "
+                           "on this stream (last %llu)", (unsigned long long)ticket,
+                           (unsigned long long)s->submitted);
     if (ticket <= s->completed) return KVX_OK;
     if ((r = kvx__cu_enter(s->cu, s->device, &sc, why, why_len)) != KVX_OK) return r;
     r = kvx__cu_retire(s, ticket, why, why_len);
@@ -2055,28 +2005,25 @@ KVX_API kvx_result kvx_cuda_dmabuf_fd(kvx_cuda *cu, int device, void *dev_ptr, s
     kvx_result r;
     if (fd) *fd = -1;
     if (offset) *offset = 0;
-    if (!cu || !dev_ptr || !len || !fd || !offset) {
-        kvx__set_why(why, why_len, "kvx_cuda_dmabuf_fd: NULL argument or length 0");
-        return KVX_ERR_INVALID_ARGUMENT;
-    }
-    if (!KVX__CU_HAVE_DMABUF || !cu->f.MemGetHandleForAddressRange) {
-        kvx__set_why(why, why_len, "the CUDA driver in %s (version %d) has no "
-                     "cuMemGetHandleForAddressRange: dma-buf export needs CUDA 11.7 or newer; GPU "
-                     "memory cannot be registered with the NIC this way (nvidia-peermem is the "
-                     "alternative)", cu->library, cu->driver_version);
-        return KVX_ERR_TRANSPORT;
-    }
+    if (!cu || !dev_ptr || !len || !fd || !offset)
+        return kvx__cu_err(why, why_len, KVX_ERR_INVALID_ARGUMENT, "kvx_cuda_dmabuf_fd: NULL "
+                           "argument or length 0");
+    if (!KVX__CU_HAVE_DMABUF || !cu->f.MemGetHandleForAddressRange)
+        return kvx__cu_err(why, why_len, KVX_ERR_TRANSPORT, "the CUDA driver in %s (version %d) "
+                           "has no cuMemGetHandleForAddressRange: dma-buf export needs CUDA 11.7 "
+                           "or newer; GPU memory cannot be registered with the NIC this way "
+                           "(nvidia-peermem is the alternative)", cu->library, cu->driver_version);
     if ((r = kvx__cu_enter(cu, device, &sc, why, why_len)) != KVX_OK) return r;
     rc = cu->f.DeviceGet(&dev, device);
     if (rc == CUDA_SUCCESS)
         rc = cu->f.DeviceGetAttribute(&supported, CU_DEVICE_ATTRIBUTE_DMA_BUF_SUPPORTED, dev);
     if (rc != CUDA_SUCCESS || !supported) {
         kvx__cu_leave(cu, &sc);
-        kvx__set_why(why, why_len, "GPU %d does not support dma-buf (CU_DEVICE_ATTRIBUTE_DMA_BUF_"
-                     "SUPPORTED is 0%s): the driver, its kernel module or the Linux kernel lacks "
-                     "it; register GPU memory through nvidia-peermem instead", device,
-                     rc != CUDA_SUCCESS ? ", query failed" : "");
-        return KVX_ERR_TRANSPORT;
+        return kvx__cu_err(why, why_len, KVX_ERR_TRANSPORT, "GPU %d does not support dma-buf "
+                           "(CU_DEVICE_ATTRIBUTE_DMA_BUF_SUPPORTED is 0%s): the driver, its kernel "
+                           "module or the Linux kernel lacks it; register GPU memory through "
+                           "nvidia-peermem instead", device,
+                           rc != CUDA_SUCCESS ? ", query failed" : "");
     }
     rc = cu->f.MemGetAddressRange(&base, &size, kvx__cu_dptr(dev_ptr));
     if (rc != CUDA_SUCCESS) {
@@ -2087,9 +2034,9 @@ KVX_API kvx_result kvx_cuda_dmabuf_fd(kvx_cuda *cu, int device, void *dev_ptr, s
     p = kvx__cu_dptr(dev_ptr);
     if (len > size - (size_t)(p - base)) {
         kvx__cu_leave(cu, &sc);
-        kvx__set_why(why, why_len, "dma-buf range %p + %zu leaves its allocation (%zu bytes at "
-                     "0x%llx)", dev_ptr, len, size, (unsigned long long)base);
-        return KVX_ERR_OUT_OF_RANGE;
+        return kvx__cu_err(why, why_len, KVX_ERR_OUT_OF_RANGE, "dma-buf range %p + %zu leaves its "
+                           "allocation (%zu bytes at 0x%llx)", dev_ptr, len, size,
+                           (unsigned long long)base);
     }
     page = ps > 0 ? (uint64_t)ps : 4096;
     start = p & ~(CUdeviceptr)(page - 1);
@@ -2429,9 +2376,9 @@ static kvx__cux_peer *kvx__cux_peer_get(kvx__cux_engine *ce, const kvx_boot_peer
 
 static kvx_result kvx__cux_other_node(const char *who, const char *node, const char *here,
                                       char *why, size_t wl) {
-    kvx__set_why(why, wl, "%s is on another node (CUDA IPC works within one node): use tcp or "
-                 "rdma between nodes; its node id '%s', here '%s'", who, node, here);
-    return KVX_ERR_PEER;
+    return kvx__cu_err(why, wl, KVX_ERR_PEER, "%s is on another node (CUDA IPC works within one "
+                       "node): use tcp or rdma between nodes; its node id '%s', here '%s'", who,
+                       node, here);
 }
 
 /* cuIpcOpenMemHandle into this engine's GPU, with a short sentence: the
@@ -2468,11 +2415,9 @@ static kvx_result kvx__cux_peer_setup(kvx__cux_peer *p, char *why, size_t wl) {
     snprintf(who, sizeof who, "decode %s (host %s)", p->addr, p->info.host);
     if (strcmp(p->info.node, ce->node))
         return kvx__cux_other_node(who, p->info.node, ce->node, why, wl);
-    if (p->info.nb != l->num_buffers) {
-        kvx__set_why(why, wl, "decode %s announces %u KV buffers, this prefill has %u", p->name,
-                     p->info.nb, l->num_buffers);
-        return KVX_ERR_LAYOUT_MISMATCH;
-    }
+    if (p->info.nb != l->num_buffers)
+        return kvx__cu_err(why, wl, KVX_ERR_LAYOUT_MISMATCH, "decode %s announces %u KV buffers, "
+                           "this prefill has %u", p->name, p->info.nb, l->num_buffers);
     p->same_process = p->info.pid == ce->pid;
     p->imports = (void **)kvx_engine_alloc(ce->engine, p->info.nalloc * sizeof(void *));
     p->dbufs = (kvx_buffer *)kvx_engine_alloc(ce->engine, l->num_buffers * sizeof(kvx_buffer));
@@ -3423,38 +3368,33 @@ static kvx_result kvx__cux_settings(kvx__cux_engine *ce, char *why, size_t wl) {
     uint32_t i;
     kvx_result r;
     ce->cu = kvx_cuda_from_mem_ops(&d->mem);
-    if (!ce->cu) {
-        kvx__set_why(why, wl, "the cuda transport needs desc.mem filled by kvx_cuda_mem_ops() "
-                     "(kvx_cuda.h): that is how it reaches the CUDA driver");
-        return KVX_ERR_INVALID_ARGUMENT;
-    }
+    if (!ce->cu)
+        return kvx__cu_err(why, wl, KVX_ERR_INVALID_ARGUMENT, "the cuda transport needs desc.mem "
+                           "filled by kvx_cuda_mem_ops() (kvx_cuda.h): that is how it reaches the "
+                           "CUDA driver");
     memset(&cd, 0, sizeof cd);
     cd.fence_timeout_s = ce->cu->fence_timeout_s;
     if ((r = kvx__settings_apply(&kvx__cux_fence_setting, 1, &cd, why, wl)) != KVX_OK) return r;
     ce->fence_s = cd.fence_timeout_s;
     for (i = 0; i < l->num_buffers; i++) {
-        if (l->buffers[i].mem != KVX_MEM_CUDA) {
-            kvx__set_why(why, wl, "KV buffer %u is host memory: the cuda transport moves KV pools "
-                         "in GPU memory (KVX_MEM_CUDA); use the tcp or file transport for pools in "
-                         "host memory", i);
-            return KVX_ERR_INVALID_ARGUMENT;
-        }
-        if (ce->role == KVX_ROLE_PREFILL && l->buffers[i].device != l->buffers[0].device) {
-            kvx__set_why(why, wl, "KV buffer %u is on GPU %d, buffer 0 on GPU %d: a prefill engine "
-                         "of the cuda transport keeps its pool on one GPU (one engine per rank)",
-                         i, l->buffers[i].device, l->buffers[0].device);
-            return KVX_ERR_INVALID_ARGUMENT;
-        }
+        if (l->buffers[i].mem != KVX_MEM_CUDA)
+            return kvx__cu_err(why, wl, KVX_ERR_INVALID_ARGUMENT, "KV buffer %u is host memory: "
+                               "the cuda transport moves KV pools in GPU memory (KVX_MEM_CUDA); "
+                               "use the tcp or file transport for pools in host memory", i);
+        if (ce->role == KVX_ROLE_PREFILL && l->buffers[i].device != l->buffers[0].device)
+            return kvx__cu_err(why, wl, KVX_ERR_INVALID_ARGUMENT, "KV buffer %u is on GPU %d, "
+                               "buffer 0 on GPU %d: a prefill engine of the cuda transport keeps "
+                               "its pool on one GPU (one engine per rank)", i, l->buffers[i].device,
+                               l->buffers[0].device);
     }
     ce->device = l->buffers[0].device;
     ce->aux_row_bytes = kvx_layout_aux_row_bytes(l);
-    if (ce->aux_row_bytes > KVX_BOOT_MAX_MESSAGE - KVX__CUX_AUXM) {
-        kvx__set_why(why, wl, "the aux rows of one request are %llu bytes; the cuda transport "
-                     "sends them in one kvx_boot message of at most KVX_BOOT_MAX_MESSAGE (%u) "
-                     "bytes with a %u-byte head", (unsigned long long)ce->aux_row_bytes,
-                     (unsigned)KVX_BOOT_MAX_MESSAGE, KVX__CUX_AUXM);
-        return KVX_ERR_INVALID_ARGUMENT;
-    }
+    if (ce->aux_row_bytes > KVX_BOOT_MAX_MESSAGE - KVX__CUX_AUXM)
+        return kvx__cu_err(why, wl, KVX_ERR_INVALID_ARGUMENT, "the aux rows of one request are "
+                           "%llu bytes; the cuda transport sends them in one kvx_boot message of "
+                           "at most KVX_BOOT_MAX_MESSAGE (%u) bytes with a %u-byte head",
+                           (unsigned long long)ce->aux_row_bytes, (unsigned)KVX_BOOT_MAX_MESSAGE,
+                           KVX__CUX_AUXM);
     return kvx_cuda_layout_check(ce->cu, l, why, wl);
 }
 
