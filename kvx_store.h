@@ -573,9 +573,16 @@ static uint64_t kvx__store_wall_ns(void) {
     return kvx__store_ts_ns(&t);
 }
 
-/* CRC32C of the block data (kvx.h's three-stream hardware CRC). */
-static uint32_t kvx__store_crc32c(uint32_t crc, const void *data, size_t len) {
-    return kvx_crc32c(crc, data, len);
+/* Writes the sentence into why (when there is one) and returns code. */
+static kvx_result kvx__store_err(char *why, size_t wl, kvx_result code, const char *fmt, ...)
+    KVX_PRINTF(4, 5);
+static kvx_result kvx__store_err(char *why, size_t wl, kvx_result code, const char *fmt, ...) {
+    va_list ap;
+    if (!why || !wl) return code;
+    va_start(ap, fmt);
+    vsnprintf(why, wl, fmt, ap);
+    va_end(ap);
+    return code;
 }
 
 /* >>block store: keys ----------------------------------------------------------- */
@@ -649,45 +656,33 @@ KVX_API kvx_result kvx_store_header_parse(const void *buf, size_t len, kvx_store
     if (why && wl) why[0] = 0;
     if (!o) return KVX_ERR_INVALID_ARGUMENT;
     memset(o, 0, sizeof *o);
-    if (!p || len < KVX_STORE_HEADER_FIXED) {
-        kvx__set_why(why, wl, "header truncated: %zu bytes, the fixed part is %d", p ? len : 0,
-                       KVX_STORE_HEADER_FIXED);
-        return KVX_ERR_CORRUPT;
-    }
-    if (memcmp(p, "KVXBLOCK", 8)) {
-        kvx__set_why(why, wl, "bad magic (not a kvx block)");
-        return KVX_ERR_CORRUPT;
-    }
+    if (!p || len < KVX_STORE_HEADER_FIXED)
+        return kvx__store_err(why, wl, KVX_ERR_CORRUPT, "header truncated: %zu bytes, the fixed "
+                              "part is %d", p ? len : 0, KVX_STORE_HEADER_FIXED);
+    if (memcmp(p, "KVXBLOCK", 8))
+        return kvx__store_err(why, wl, KVX_ERR_CORRUPT, "bad magic (not a kvx block)");
     o->version = kvx__le_r32(p + 8);
-    if (o->version != KVX_STORE_FORMAT_VERSION) {
-        kvx__set_why(why, wl, "format version %u; this reader knows %d", o->version,
-                       KVX_STORE_FORMAT_VERSION);
-        return KVX_ERR_CORRUPT;
-    }
+    if (o->version != KVX_STORE_FORMAT_VERSION)
+        return kvx__store_err(why, wl, KVX_ERR_CORRUPT, "format version %u; this reader knows %d",
+                              o->version, KVX_STORE_FORMAT_VERSION);
     o->header_size = kvx__le_r32(p + 12);
     o->header_crc = kvx__le_r32(p + 16);
     o->num_buffers = kvx__le_r32(p + 68);
     if (o->header_size < KVX_STORE_HEADER_FIXED + 8 || o->header_size > KVX_STORE_HEADER_MAX ||
-        o->header_size % 8) {
-        kvx__set_why(why, wl, "header_size %u is not a multiple of 8 in [%d, %d]",
-                       o->header_size, KVX_STORE_HEADER_FIXED + 8, KVX_STORE_HEADER_MAX);
-        return KVX_ERR_CORRUPT;
-    }
-    if (o->num_buffers == 0 || o->num_buffers > (o->header_size - KVX_STORE_HEADER_FIXED) / 8) {
-        kvx__set_why(why, wl, "num_buffers %u does not fit header_size %u", o->num_buffers,
-                       o->header_size);
-        return KVX_ERR_CORRUPT;
-    }
-    if (len < o->header_size) {
-        kvx__set_why(why, wl, "header truncated: %zu of %u bytes", len, o->header_size);
-        return KVX_ERR_CORRUPT;
-    }
+        o->header_size % 8)
+        return kvx__store_err(why, wl, KVX_ERR_CORRUPT, "header_size %u is not a multiple of 8 in "
+                              "[%d, %d]", o->header_size, KVX_STORE_HEADER_FIXED + 8,
+                              KVX_STORE_HEADER_MAX);
+    if (o->num_buffers == 0 || o->num_buffers > (o->header_size - KVX_STORE_HEADER_FIXED) / 8)
+        return kvx__store_err(why, wl, KVX_ERR_CORRUPT, "num_buffers %u does not fit header_size "
+                              "%u", o->num_buffers, o->header_size);
+    if (len < o->header_size)
+        return kvx__store_err(why, wl, KVX_ERR_CORRUPT, "header truncated: %zu of %u bytes", len,
+                              o->header_size);
     crc = kvx__store_header_crc(p, o->header_size);
-    if (crc != o->header_crc) {
-        kvx__set_why(why, wl, "header CRC32C mismatch: stored %08x, computed %08x",
-                       o->header_crc, crc);
-        return KVX_ERR_CORRUPT;
-    }
+    if (crc != o->header_crc)
+        return kvx__store_err(why, wl, KVX_ERR_CORRUPT, "header CRC32C mismatch: stored %08x, "
+                              "computed %08x", o->header_crc, crc);
     o->flags = kvx__le_r32(p + 20);
     o->config_hash = kvx__le_r64(p + 24);
     memcpy(o->key.bytes, p + 32, 32);
@@ -697,28 +692,21 @@ KVX_API kvx_result kvx_store_header_parse(const void *buf, size_t len, kvx_store
     o->page_size = kvx__le_r32(p + 84);
     o->kv_fingerprint = kvx__le_r64(p + 88);
     o->item_lens = p + KVX_STORE_HEADER_FIXED;
-    if (o->flags) {
-        kvx__set_why(why, wl, "unknown flags %08x", o->flags);
-        return KVX_ERR_CORRUPT;
-    }
-    if (o->page_count == 0) {
-        kvx__set_why(why, wl, "page_count is 0");
-        return KVX_ERR_CORRUPT;
-    }
+    if (o->flags)
+        return kvx__store_err(why, wl, KVX_ERR_CORRUPT, "unknown flags %08x", o->flags);
+    if (o->page_count == 0)
+        return kvx__store_err(why, wl, KVX_ERR_CORRUPT, "page_count is 0");
     for (i = 0; i < o->num_buffers; i++) {
         uint64_t it = kvx_store_block_item_len(o, i);
-        if (it == 0 || it > KVX__STORE_MAX_DATA - sum) {
-            kvx__set_why(why, wl, "item_len[%u] = %llu is 0 or makes the page too large", i,
-                           (unsigned long long)it);
-            return KVX_ERR_CORRUPT;
-        }
+        if (it == 0 || it > KVX__STORE_MAX_DATA - sum)
+            return kvx__store_err(why, wl, KVX_ERR_CORRUPT, "item_len[%u] = %llu is 0 or makes the "
+                                  "page too large", i, (unsigned long long)it);
         sum += it;
     }
-    if (sum > KVX__STORE_MAX_DATA / o->page_count || o->data_len != sum * o->page_count) {
-        kvx__set_why(why, wl, "data_len %llu is not page_count %u x page bytes %llu",
-                       (unsigned long long)o->data_len, o->page_count, (unsigned long long)sum);
-        return KVX_ERR_CORRUPT;
-    }
+    if (sum > KVX__STORE_MAX_DATA / o->page_count || o->data_len != sum * o->page_count)
+        return kvx__store_err(why, wl, KVX_ERR_CORRUPT, "data_len %llu is not page_count %u x page "
+                              "bytes %llu", (unsigned long long)o->data_len, o->page_count,
+                              (unsigned long long)sum);
     return KVX_OK;
 }
 
@@ -1246,7 +1234,7 @@ static int kvx__store_data_io(kvx_store *s, int fd, int32_t page, void *scratch,
         err = kvx__piov_full(fd, iov, n, s->hdr_size + p->spans[k0].dst_offset, len, write);
         if (err) return err;
         for (m = k0; m < k; m++)
-            c = kvx__store_crc32c(c, kvx_span_addr(l, &p->spans[m], 0), (size_t)p->spans[m].length);
+            c = kvx_crc32c(c, kvx_span_addr(l, &p->spans[m], 0), (size_t)p->spans[m].length);
     }
     *crc = c;
     return 0;
@@ -1376,7 +1364,7 @@ static int kvx__store_recheck(kvx_store *s, int fd, const kvx_store_key *k, kvx_
                 r = -1;
                 break;
             }
-            crc = kvx__store_crc32c(crc, buf, n);
+            crc = kvx_crc32c(crc, buf, n);
             off += n;
             left -= n;
         }
@@ -2265,10 +2253,9 @@ static kvx_result kvx__store_config_file(kvx_store *s, char *why, size_t wl) {
                          h->str);
                 kvx__json_free(&doc);
                 if (same) return KVX_OK;
-                kvx__set_why(why, wl, "%s/config.json describes configuration '%s', not %s: "
-                               "the directory was renamed or copied; move it away",
-                               s->ns, theirs, s->cfg_hex);
-                return KVX_ERR_CORRUPT;
+                return kvx__store_err(why, wl, KVX_ERR_CORRUPT, "%s/config.json describes "
+                                      "configuration '%s', not %s: the directory was renamed or "
+                                      "copied; move it away", s->ns, theirs, s->cfg_hex);
             }
             kvx__json_free(&doc);
         }
@@ -2375,12 +2362,10 @@ static const kvx__setting kvx__store_table[] = {
 static kvx_result kvx__store_apply_env(kvx_store_desc *d, char *why, size_t wl) {
     kvx_result r = kvx__settings_apply(kvx__store_table, KVX__COUNT(kvx__store_table), d, why, wl);
     if (r != KVX_OK) return r;
-    if (d->scan_interval != -1 && d->scan_interval < 0.05) {
-        kvx__set_why(why, wl, "KVX_STORE_SCAN_INTERVAL / desc.scan_interval is %g; use seconds "
-                     "in [0.05, 86400], 0 for the default 30, or -1 for no periodic scan",
-                     d->scan_interval);
-        return KVX_ERR_BAD_CONFIG;
-    }
+    if (d->scan_interval != -1 && d->scan_interval < 0.05)
+        return kvx__store_err(why, wl, KVX_ERR_BAD_CONFIG, "KVX_STORE_SCAN_INTERVAL / "
+                              "desc.scan_interval is %g; use seconds in [0.05, 86400], 0 for the "
+                              "default 30, or -1 for no periodic scan", d->scan_interval);
     if (!d->dir || !*d->dir) {
         static char def[64]; /* one value per process: the effective uid */
         snprintf(def, sizeof def, "/tmp/kvx_store-%u", (unsigned)geteuid());
@@ -2399,23 +2384,19 @@ static kvx_result kvx__store_check_desc(const kvx_store_desc *d, char *why, size
     uint32_t i;
     if ((r = kvx_layout_validate(&d->layout, why, wl)) != KVX_OK) return r;
     for (i = 0; i < d->layout.num_buffers; i++)
-        if (d->layout.buffers[i].mem != KVX_MEM_HOST) {
-            kvx__set_why(why, wl, "KV buffer %u is GPU memory: the block store reads and writes "
-                           "host memory; stage pages through pinned host buffers", i);
-            return KVX_ERR_INVALID_ARGUMENT;
-        }
-    if (KVX_STORE_HEADER_FIXED + 8ull * d->layout.num_buffers > KVX_STORE_HEADER_MAX - 4096) {
-        kvx__set_why(why, wl, "%u KV buffers do not fit a block header", d->layout.num_buffers);
-        return KVX_ERR_INVALID_ARGUMENT;
-    }
-    if (d->tp_rank < 0 || d->tp_rank >= d->tp_size) {
-        kvx__set_why(why, wl, "tp_rank %d is outside tp_size %d", d->tp_rank, d->tp_size);
-        return KVX_ERR_INVALID_ARGUMENT;
-    }
-    if (strlen(d->dir) > KVX__STORE_PATH - 256) {
-        kvx__set_why(why, wl, "store directory path is too long (%zu bytes)", strlen(d->dir));
-        return KVX_ERR_INVALID_ARGUMENT;
-    }
+        if (d->layout.buffers[i].mem != KVX_MEM_HOST)
+            return kvx__store_err(why, wl, KVX_ERR_INVALID_ARGUMENT, "KV buffer %u is GPU memory: "
+                                  "the block store reads and writes host memory; stage pages "
+                                  "through pinned host buffers", i);
+    if (KVX_STORE_HEADER_FIXED + 8ull * d->layout.num_buffers > KVX_STORE_HEADER_MAX - 4096)
+        return kvx__store_err(why, wl, KVX_ERR_INVALID_ARGUMENT, "%u KV buffers do not fit a block "
+                              "header", d->layout.num_buffers);
+    if (d->tp_rank < 0 || d->tp_rank >= d->tp_size)
+        return kvx__store_err(why, wl, KVX_ERR_INVALID_ARGUMENT, "tp_rank %d is outside tp_size %d",
+                              d->tp_rank, d->tp_size);
+    if (strlen(d->dir) > KVX__STORE_PATH - 256)
+        return kvx__store_err(why, wl, KVX_ERR_INVALID_ARGUMENT, "store directory path is too long "
+                              "(%zu bytes)", strlen(d->dir));
     return KVX_OK;
 }
 
@@ -2555,18 +2536,14 @@ KVX_API kvx_result kvx_store_open(const kvx_store_desc *desc, kvx_store **out, c
     if (why && wl) why[0] = 0;
     if (!out) return KVX_ERR_INVALID_ARGUMENT;
     *out = NULL;
-    if (!desc) {
-        kvx__set_why(why, wl, "store desc is NULL");
-        return KVX_ERR_INVALID_ARGUMENT;
-    }
+    if (!desc)
+        return kvx__store_err(why, wl, KVX_ERR_INVALID_ARGUMENT, "store desc is NULL");
     d = *desc;
     if ((r = kvx__store_apply_env(&d, why, wl)) != KVX_OK) return r;
     if ((r = kvx__store_check_desc(&d, why, wl)) != KVX_OK) return r;
     s = (kvx_store *)kvx__alloc(&d.allocator, sizeof *s);
-    if (!s) {
-        kvx__set_why(why, wl, "out of memory");
-        return KVX_ERR_NO_MEMORY;
-    }
+    if (!s)
+        return kvx__store_err(why, wl, KVX_ERR_NO_MEMORY, "out of memory");
     memset(s, 0, sizeof *s);
     s->desc = d;
     s->ns_fd = -1;
@@ -2671,7 +2648,7 @@ static kvx_result kvx__store_check_file(int dirfd, const char *name, uint8_t *hd
                 r = err < 0 ? KVX_ERR_CORRUPT : kvx__errno_result(err);
                 break;
             }
-            c = kvx__store_crc32c(c, data, n);
+            c = kvx_crc32c(c, data, n);
             off += n;
             left -= n;
         }
