@@ -1081,15 +1081,6 @@ static void kvx__cu_leave(kvx_cuda *cu, kvx__cu_scope *sc) {
 
 /* >>cuda: create / destroy ------------------------------------------------------------ */
 
-/* realloc through the desc allocator (which has no realloc). */
-static void *kvx__cu_grow(const kvx_cuda *cu, void *old, size_t old_bytes, size_t new_bytes) {
-    void *p = kvx__alloc(&cu->alloc, new_bytes);
-    if (!p) return NULL;
-    if (old) memcpy(p, old, old_bytes);
-    kvx__free(&cu->alloc, old);
-    return p;
-}
-
 static void kvx__cu_stream_free(kvx_cuda_stream *s);
 
 KVX_API kvx_result kvx_cuda_create(const kvx_cuda_desc *desc, kvx_cuda **out, char *why,
@@ -1493,8 +1484,8 @@ static int kvx__cu_pool_reserve(kvx_cuda *cu, size_t size) {
     if (cu->staging_held + size > cu->staging_limit) return -1;
     if (cu->num_blocks + cu->blocks_pending == cu->cap_blocks) {
         size_t nc = cu->cap_blocks ? 2 * cu->cap_blocks : 16;
-        kvx__cu_block *nb = (kvx__cu_block *)kvx__cu_grow(
-            cu, cu->blocks, cu->num_blocks * sizeof *nb, nc * sizeof *nb);
+        kvx__cu_block *nb = (kvx__cu_block *)kvx__grow(
+            &cu->alloc, cu->blocks, cu->num_blocks * sizeof *nb, nc * sizeof *nb);
         if (!nb) return -1;
         cu->blocks = nb;
         cu->cap_blocks = nc;
@@ -1946,6 +1937,16 @@ static kvx_result kvx__cu_retire(kvx_cuda_stream *s, uint64_t wait_for, char *wh
     return KVX_OK;
 }
 
+/* Ticket 0 is the last submission; one never issued is refused. */
+static kvx_result kvx__cu_ticket(const kvx_cuda_stream *s, uint64_t *ticket, char *why,
+                                 size_t wl) {
+    if (!*ticket) *ticket = s->submitted;
+    if (*ticket <= s->submitted) return KVX_OK;
+    return kvx__cu_err(why, wl, KVX_ERR_INVALID_ARGUMENT, "ticket %llu was never issued on this "
+                       "stream (last %llu)", (unsigned long long)*ticket,
+                       (unsigned long long)s->submitted);
+}
+
 KVX_API kvx_result kvx_cuda_stream_done(kvx_cuda_stream *s, uint64_t ticket, int *done,
                                         char *why, size_t why_len) {
     kvx__cu_scope sc;
@@ -1954,11 +1955,7 @@ KVX_API kvx_result kvx_cuda_stream_done(kvx_cuda_stream *s, uint64_t ticket, int
     if (!s || !done)
         return kvx__cu_err(why, why_len, KVX_ERR_INVALID_ARGUMENT, "kvx_cuda_stream_done: NULL "
                            "argument");
-    if (!ticket) ticket = s->submitted;
-    if (ticket > s->submitted)
-        return kvx__cu_err(why, why_len, KVX_ERR_INVALID_ARGUMENT, "ticket %llu was never issued "
-                           "on this stream (last %llu)", (unsigned long long)ticket,
-                           (unsigned long long)s->submitted);
+    if ((r = kvx__cu_ticket(s, &ticket, why, why_len)) != KVX_OK) return r;
     if (ticket <= s->completed) { *done = 1; return KVX_OK; }
     if ((r = kvx__cu_enter(s->cu, s->device, &sc, why, why_len)) != KVX_OK) return r;
     r = kvx__cu_retire(s, 0, why, why_len);
@@ -1974,11 +1971,7 @@ KVX_API kvx_result kvx_cuda_stream_wait(kvx_cuda_stream *s, uint64_t ticket, cha
     if (!s)
         return kvx__cu_err(why, why_len, KVX_ERR_INVALID_ARGUMENT, "kvx_cuda_stream_wait: NULL "
                            "stream");
-    if (!ticket) ticket = s->submitted;
-    if (ticket > s->submitted)
-        return kvx__cu_err(why, why_len, KVX_ERR_INVALID_ARGUMENT, "ticket %llu was never issued "
-                           "on this stream (last %llu)", (unsigned long long)ticket,
-                           (unsigned long long)s->submitted);
+    if ((r = kvx__cu_ticket(s, &ticket, why, why_len)) != KVX_OK) return r;
     if (ticket <= s->completed) return KVX_OK;
     if ((r = kvx__cu_enter(s->cu, s->device, &sc, why, why_len)) != KVX_OK) return r;
     r = kvx__cu_retire(s, ticket, why, why_len);

@@ -2277,8 +2277,8 @@ static kvx_result kvx__store_config_file(kvx_store *s, char *why, size_t wl) {
     kvx__buf_free(&b);
     if (err) {
         if (err < 0) err = EIO;
-        kvx__set_why(why, wl, "cannot write %s/config.json: %s", s->ns, strerror(err));
-        return kvx__errno_result(err);
+        return kvx__store_err(why, wl, kvx__errno_result(err), "cannot write %s/config.json: %s",
+                              s->ns, strerror(err));
     }
     if (s->desc.fsync) kvx__store_fsync_dir(s->ns_fd, ".");
     return KVX_OK;
@@ -2296,8 +2296,8 @@ static kvx_result kvx__store_fanout(kvx_store *s, char *why, size_t wl) {
         d[2] = 0;
         if (kvx__mkdirat(s->ns_fd, d, 0755, &m)) { /* another node may be making it too */
             int err = errno;
-            kvx__set_why(why, wl, "cannot create %s/%s: %s", s->ns, d, strerror(err));
-            return kvx__errno_result(err);
+            return kvx__store_err(why, wl, kvx__errno_result(err), "cannot create %s/%s: %s", s->ns,
+                                  d, strerror(err));
         }
         made += m;
     }
@@ -2317,8 +2317,8 @@ static kvx_result kvx__store_open_ns(kvx_store *s, char *why, size_t wl) {
     if (kvx__mkdirat(root_fd, s->cfg_hex, mode, NULL)) {
         err = errno;
         close(root_fd);
-        kvx__set_why(why, wl, "cannot create %s: %s", s->ns, strerror(err));
-        return kvx__errno_result(err);
+        return kvx__store_err(why, wl, kvx__errno_result(err), "cannot create %s: %s", s->ns,
+                              strerror(err));
     }
     s->ns_fd = openat(root_fd, s->cfg_hex, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
     err = errno;
@@ -2605,20 +2605,17 @@ static kvx_result kvx__store_check_file(int dirfd, const char *name, uint8_t *hd
     memset(info, 0, sizeof *info);
     if (fd < 0) {
         err = errno;
-        kvx__set_why(why, wl, "cannot open: %s", strerror(err));
-        return kvx__errno_result(err);
+        return kvx__store_err(why, wl, kvx__errno_result(err), "cannot open: %s", strerror(err));
     }
     if (fstat(fd, st)) {
         err = errno;
         close(fd);
-        kvx__set_why(why, wl, "cannot stat: %s", strerror(err));
-        return kvx__errno_result(err);
+        return kvx__store_err(why, wl, kvx__errno_result(err), "cannot stat: %s", strerror(err));
     }
     want = (uint64_t)st->st_size < KVX_STORE_HEADER_MAX ? (size_t)st->st_size : KVX_STORE_HEADER_MAX;
     if ((err = kvx__pio(fd, hdr, want, 0, 0)) > 0) {
         close(fd);
-        kvx__set_why(why, wl, "cannot read: %s", strerror(err));
-        return kvx__errno_result(err);
+        return kvx__store_err(why, wl, kvx__errno_result(err), "cannot read: %s", strerror(err));
     }
     if ((r = kvx_store_header_parse(hdr, want, info, why, wl)) != KVX_OK) {
         close(fd);
@@ -2709,15 +2706,14 @@ static kvx_result kvx__store_scan_ns(kvx__store_scan *c, const char *ns, char *w
     fd = open(ns, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
     if (fd < 0) {
         err = errno;
-        kvx__set_why(why, wl, "cannot open %s: %s", ns, strerror(err));
-        return kvx__errno_result(err);
+        return kvx__store_err(why, wl, kvx__errno_result(err), "cannot open %s: %s", ns,
+                              strerror(err));
     }
     err = kvx__store_walk(fd, kvx__store_scan_fn, c);
     close(fd);
-    if (err) {
-        kvx__set_why(why, wl, "cannot read %s: %s", ns, strerror(err));
-        return kvx__errno_result(err);
-    }
+    if (err)
+        return kvx__store_err(why, wl, kvx__errno_result(err), "cannot read %s: %s", ns,
+                              strerror(err));
     return KVX_OK;
 }
 
