@@ -253,8 +253,7 @@
              pages in groups of ~1 MiB, each followed by its CRC32C while in
              cache, pwrite of the header, futimens, [fsync], close, renameat,
              [fsync dir]. No KV byte is copied in user space.
-     On x86-64 the data CRC32C runs three crc32 streams joined with tables
-     (about twice kvx_crc32c's speed; same values; elsewhere kvx_crc32c).
+     The data CRC32C is kvx_crc32c (three crc32 streams joined on x86-64).
      Batches are split over io_threads threads (the caller works too).
 
    LICENSE: MIT, see the end of this file.
@@ -866,10 +865,10 @@ static uint32_t kvx__store_new_ent(kvx_store *s) {
         uint32_t ncap = s->ents_cap ? s->ents_cap * 2 : 1024;
         kvx__store_ent *ne;
         if (ncap < s->ents_cap) return 0;
-        ne = (kvx__store_ent *)kvx__store_alloc(s, (size_t)ncap * sizeof *ne);
+        ne = (kvx__store_ent *)kvx__grow(&s->desc.allocator, s->ents,
+                                         (size_t)s->ents_cap * sizeof *ne,
+                                         (size_t)ncap * sizeof *ne);
         if (!ne) return 0;
-        if (s->ents) memcpy(ne, s->ents, (size_t)s->ents_cap * sizeof *ne);
-        kvx__store_free(s, s->ents);
         s->ents = ne;
         s->ents_cap = ncap;
         if (!s->ents_used) s->ents_used = 1; /* entry 0 means "none" */
@@ -1055,22 +1054,38 @@ static void kvx__store_scan_request(kvx_store *s);
 /* Bytes this process counts against the capacity. */
 static uint64_t kvx__store_used(const kvx_store *s) { return s->bytes + s->reserved; }
 
-/* The mtime of dirfd/name with attributes fetched from the server (statx
-   AT_STATX_FORCE_SYNC; plain fstatat where statx is missing). 0 or -1. */
-static int kvx__store_mtime_fresh(int dirfd, const char *name, uint64_t *mt) {
-#if defined(STATX_MTIME) && defined(AT_STATX_FORCE_SYNC)
+/* fstatat (name NULL: fstat of dirfd) with attributes fetched from the
+   server where the filesystem can: on NFS, FUSE (GlusterFS), CephFS and
+   Lustre statx with AT_STATX_FORCE_SYNC asks the server instead of the
+   client's attribute cache, which may still hold another version's size.
+   Fills mode, ino, dev, size, mtime and ctime. 0 or -1 (errno). */
+static int kvx__store_stat_sync(int dirfd, const char *name, struct stat *st) {
+#if defined(STATX_CTIME) && defined(AT_STATX_FORCE_SYNC)
     struct statx x;
-    if (!statx(dirfd, name, AT_SYMLINK_NOFOLLOW | AT_STATX_FORCE_SYNC, STATX_MTIME, &x)) {
-        *mt = (uint64_t)x.stx_mtime.tv_sec * 1000000000ull + x.stx_mtime.tv_nsec;
+    int fl = name ? AT_SYMLINK_NOFOLLOW : AT_EMPTY_PATH;
+    unsigned mask = STATX_TYPE | STATX_INO | STATX_SIZE | STATX_MTIME | STATX_CTIME;
+    if (!statx(dirfd, name ? name : "", fl | AT_STATX_FORCE_SYNC, mask, &x)) {
+        memset(st, 0, sizeof *st);
+        st->st_mode = x.stx_mode;
+        st->st_ino = (ino_t)x.stx_ino;
+        st->st_dev = makedev(x.stx_dev_major, x.stx_dev_minor);
+        st->st_size = (off_t)x.stx_size;
+        st->st_mtim.tv_sec = (time_t)x.stx_mtime.tv_sec;
+        st->st_mtim.tv_nsec = (long)x.stx_mtime.tv_nsec;
+        st->st_ctim.tv_sec = (time_t)x.stx_ctime.tv_sec;
+        st->st_ctim.tv_nsec = (long)x.stx_ctime.tv_nsec;
         return 0;
     }
     if (errno != ENOSYS && errno != EINVAL) return -1;
 #endif
-    {
-        struct stat st;
-        if (fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW)) return -1;
-        *mt = kvx__store_ts_ns(&st.st_mtim);
-    }
+    return name ? fstatat(dirfd, name, st, AT_SYMLINK_NOFOLLOW) : fstat(dirfd, st);
+}
+
+/* The mtime of dirfd/name from the server (kvx__store_stat_sync). 0 or -1. */
+static int kvx__store_mtime_fresh(int dirfd, const char *name, uint64_t *mt) {
+    struct stat st;
+    if (kvx__store_stat_sync(dirfd, name, &st)) return -1;
+    *mt = kvx__store_ts_ns(&st.st_mtim);
     return 0;
 }
 
@@ -1269,55 +1284,15 @@ static int kvx__store_check_header(const kvx_store *s, const uint8_t *h, const k
     return 0;
 }
 
-/* The name no longer refers to the file examined (seen). */
 /* The name no longer refers to the file examined (seen), or that file has
    changed since (size, ctime: a rename or a write by another process),
    with attributes fetched from the server where the filesystem can. */
 static int kvx__store_replaced(const kvx_store *s, const char *rel, const struct stat *seen) {
-#if defined(STATX_CTIME) && defined(AT_STATX_FORCE_SYNC)
-    struct statx x;
-    if (!statx(s->ns_fd, rel, AT_SYMLINK_NOFOLLOW | AT_STATX_FORCE_SYNC,
-               STATX_INO | STATX_SIZE | STATX_CTIME, &x))
-        return x.stx_ino != (uint64_t)seen->st_ino ||
-               (uint64_t)makedev(x.stx_dev_major, x.stx_dev_minor) != (uint64_t)seen->st_dev ||
-               x.stx_size != (uint64_t)seen->st_size ||
-               x.stx_ctime.tv_sec != (int64_t)seen->st_ctim.tv_sec ||
-               x.stx_ctime.tv_nsec != (uint32_t)seen->st_ctim.tv_nsec;
-    if (errno != ENOSYS && errno != EINVAL) return errno == ENOENT || errno == ESTALE;
-#endif
-    {
-        struct stat now;
-        if (fstatat(s->ns_fd, rel, &now, AT_SYMLINK_NOFOLLOW)) return errno == ENOENT || errno == ESTALE;
-        return now.st_ino != seen->st_ino || now.st_dev != seen->st_dev ||
-               now.st_size != seen->st_size || now.st_ctim.tv_sec != seen->st_ctim.tv_sec ||
-               now.st_ctim.tv_nsec != seen->st_ctim.tv_nsec;
-    }
-}
-
-/* Fresh attributes of an open file: on NFS, FUSE (GlusterFS), CephFS and
-   Lustre statx with AT_STATX_FORCE_SYNC asks the server instead of the
-   client's attribute cache, which may still hold another version's size. */
-static int kvx__store_fresh_stat(int fd, uint64_t *size, uint64_t *ino, uint64_t *dev) {
-#if defined(STATX_SIZE) && defined(AT_STATX_FORCE_SYNC)
-    struct statx x;
-    if (!statx(fd, "", AT_EMPTY_PATH | AT_STATX_FORCE_SYNC, STATX_SIZE | STATX_INO | STATX_TYPE,
-               &x)) {
-        if (!S_ISREG(x.stx_mode)) return -1;
-        *size = x.stx_size;
-        *ino = x.stx_ino;
-        *dev = (uint64_t)makedev(x.stx_dev_major, x.stx_dev_minor); /* as st_dev */
-        return 0;
-    }
-    if (errno != ENOSYS && errno != EINVAL) return -1;
-#endif
-    {
-        struct stat st;
-        if (fstat(fd, &st) || !S_ISREG(st.st_mode)) return -1;
-        *size = (uint64_t)st.st_size;
-        *ino = (uint64_t)st.st_ino;
-        *dev = (uint64_t)st.st_dev;
-    }
-    return 0;
+    struct stat now;
+    if (kvx__store_stat_sync(s->ns_fd, rel, &now)) return errno == ENOENT || errno == ESTALE;
+    return now.st_ino != seen->st_ino || now.st_dev != seen->st_dev ||
+           now.st_size != seen->st_size || now.st_ctim.tv_sec != seen->st_ctim.tv_sec ||
+           now.st_ctim.tv_nsec != seen->st_ctim.tv_nsec;
 }
 
 /* Reads the whole block open at fd again (header, data, CRCs) into a
@@ -1330,19 +1305,21 @@ static int kvx__store_fresh_stat(int fd, uint64_t *size, uint64_t *ino, uint64_t
    caching, not evidence). */
 static int kvx__store_recheck(kvx_store *s, int fd, const kvx_store_key *k, kvx_store_key *other,
                               char *why, size_t wl) {
-    uint64_t size = 0, ino, dev, off, left;
+    uint64_t off, left;
+    struct stat st;
     kvx_store_key hk;
     uint8_t *buf;
     size_t cap = KVX__STORE_GROUP > s->hdr_size ? KVX__STORE_GROUP : s->hdr_size;
     uint32_t crc = 0;
     int r = 0, err;
-    if (kvx__store_fresh_stat(fd, &size, &ino, &dev)) {
+    if (kvx__store_stat_sync(fd, NULL, &st) || !S_ISREG(st.st_mode)) {
         kvx__set_why(why, wl, "cannot stat it: %s", strerror(errno));
         return -1;
     }
-    if (size != s->block_bytes) {
+    if ((uint64_t)st.st_size != s->block_bytes) {
         kvx__set_why(why, wl, "the server says it is %llu bytes, a block is %llu (torn, truncated "
-                     "or foreign)", (unsigned long long)size, (unsigned long long)s->block_bytes);
+                     "or foreign)", (unsigned long long)st.st_size,
+                     (unsigned long long)s->block_bytes);
         return 1;
     }
     if (!(buf = (uint8_t *)kvx__store_alloc(s, cap))) {
@@ -1405,7 +1382,7 @@ static int kvx__store_recheck(kvx_store *s, int fd, const kvx_store_key *k, kvx_
 static int kvx__store_bad(kvx_store *s, int dirfd, const char *name, const char *shown,
                           const kvx_store_key *k, const struct stat *seen, const char *reason) {
     char q[KVX__STORE_REL + 64], why[256], orel[KVX__STORE_REL];
-    uint64_t size, ino, dev;
+    struct stat now;
     kvx_store_key other;
     int fd, v = -1, removed = 0, back;
     if (s->remote) {
@@ -1430,8 +1407,8 @@ static int kvx__store_bad(kvx_store *s, int dirfd, const char *name, const char 
         return 0;
     }
     fd = openat(dirfd, q, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-    if (fd >= 0 && !kvx__store_fresh_stat(fd, &size, &ino, &dev) && seen &&
-        (ino != (uint64_t)seen->st_ino || dev != (uint64_t)seen->st_dev)) {
+    if (fd >= 0 && !kvx__store_stat_sync(fd, NULL, &now) && S_ISREG(now.st_mode) && seen &&
+        (now.st_ino != seen->st_ino || now.st_dev != seen->st_dev)) {
         v = 3; /* another file: not ours to judge */
     } else if (fd >= 0) {
         v = kvx__store_recheck(s, fd, k, &other, why, sizeof why);
