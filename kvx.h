@@ -563,6 +563,11 @@ KVX_API kvx_result kvx_sender_init(kvx_sender *s, uint32_t num_pages, int32_t au
 KVX_API kvx_result kvx_sender_send(kvx_sender *s, const int32_t *pages, uint32_t n);
 
 KVX_API kvx_poll kvx_sender_poll(const kvx_sender *s);    /* atomic load */
+/* Blocks until the room is in `state` or a later one, or FAILED, or until
+   timeout_ms pass (< 0: no limit); returns the state then. For an engine
+   or tool that would rather block than poll. Any thread; the room must not
+   be destroyed while a thread waits on it. */
+KVX_API kvx_poll kvx_sender_wait(const kvx_sender *s, kvx_poll state, int timeout_ms);
 KVX_API kvx_result kvx_sender_result(const kvx_sender *s); /* KVX_OK unless failed */
 KVX_API const char *kvx_sender_error(const kvx_sender *s); /* "" unless failed */
 /* The sentence of the last call refused with an error that did not fail
@@ -587,6 +592,7 @@ KVX_API kvx_result kvx_receiver_create(kvx_engine *e, const kvx_room_desc *d,
 KVX_API kvx_result kvx_receiver_init(kvx_receiver *r, const int32_t *pages, uint32_t n,
                                      int32_t aux_index);
 KVX_API kvx_poll kvx_receiver_poll(const kvx_receiver *r);
+KVX_API kvx_poll kvx_receiver_wait(const kvx_receiver *r, kvx_poll state, int timeout_ms);
 KVX_API kvx_result kvx_receiver_result(const kvx_receiver *r);
 KVX_API const char *kvx_receiver_error(const kvx_receiver *r); /* "" unless failed */
 KVX_API const char *kvx_receiver_call_error(const kvx_receiver *r);
@@ -2696,6 +2702,9 @@ struct kvx_engine {
     pthread_cond_t cv;
     kvx_engine_stats stats; /* atomics */
     kvx_room *notify;       /* rooms owing room_failed, under mu, each holds a ref */
+    pthread_mutex_t wait_mu; /* kvx_room_wait: a state change wakes every waiter */
+    pthread_cond_t wait_cv;
+    int waiters; /* atomic (seq_cst, paired with the state's seq_cst change) */
     uint8_t *auth_key;      /* NULL = no authentication */
     size_t auth_key_len;
 };
@@ -2800,14 +2809,50 @@ static const char *kvx__subsys(const kvx_room *r) {
     return r->role == KVX_ROLE_PREFILL ? "kvx.sender" : "kvx.receiver";
 }
 
+/* Wakes kvx_room_wait callers after a state change. The change and the
+   waiters count are both seq_cst: either this sees the waiter, or the
+   waiter's look at the state (after it counted itself) sees the change. */
+static void kvx__room_changed(kvx_room *r) {
+    kvx_engine *e = r->engine;
+    if (!__atomic_load_n(&e->waiters, __ATOMIC_SEQ_CST)) return;
+    pthread_mutex_lock(&e->wait_mu);
+    pthread_cond_broadcast(&e->wait_cv);
+    pthread_mutex_unlock(&e->wait_mu);
+}
+
+static kvx_poll kvx__room_wait(const kvx_room *r, kvx_poll want, int timeout_ms) {
+    kvx_engine *e = r->engine;
+    uint64_t end = kvx_now_ns() + (uint64_t)(timeout_ms < 0 ? 0 : timeout_ms) * 1000000ull;
+    int st;
+    pthread_mutex_lock(&e->wait_mu);
+    __atomic_add_fetch(&e->waiters, 1, __ATOMIC_SEQ_CST);
+    for (;;) {
+        uint64_t now = kvx_now_ns();
+        struct timespec ts;
+        st = __atomic_load_n(&r->state, __ATOMIC_SEQ_CST);
+        if (st == KVX_POLL_FAILED || st >= (int)want) break;
+        if (timeout_ms < 0) {
+            pthread_cond_wait(&e->wait_cv, &e->wait_mu);
+            continue;
+        }
+        if (now >= end) break;
+        kvx__abstime(&ts, end - now);
+        pthread_cond_timedwait(&e->wait_cv, &e->wait_mu, &ts);
+    }
+    __atomic_sub_fetch(&e->waiters, 1, __ATOMIC_SEQ_CST);
+    pthread_mutex_unlock(&e->wait_mu);
+    return (kvx_poll)st;
+}
+
 KVX_API void kvx_room_advance(kvx_room *r, kvx_poll to) {
     int cur = KVX__LOAD(&r->state);
     for (;;) {
         if (cur == KVX_POLL_FAILED || cur == KVX_POLL_SUCCESS || (int)to <= cur) return;
-        if (__atomic_compare_exchange_n(&r->state, &cur, (int)to, 0, __ATOMIC_ACQ_REL,
+        if (__atomic_compare_exchange_n(&r->state, &cur, (int)to, 0, __ATOMIC_SEQ_CST,
                                         __ATOMIC_ACQUIRE))
             break;
     }
+    kvx__room_changed(r);
     if (to == KVX_POLL_SUCCESS) KVX__ADD(&r->engine->stats.rooms_succeeded, 1);
     if (cur == KVX_POLL_BOOTSTRAPPING && r->role == KVX_ROLE_PREFILL)
         KVX__STORE(&r->deadline_ns, (uint64_t)0); /* bootstrap deadline met */
@@ -2876,11 +2921,12 @@ static int kvx__room_failv(kvx_room *r, kvx_result res, int remote, const char *
     memcpy(r->error + pl, text, sizeof r->error - pl - 1);
     r->error[sizeof r->error - 1] = 0;
     r->result = res ? res : KVX_ERR_TRANSPORT;
-    while (!__atomic_compare_exchange_n(&r->state, &cur, KVX_POLL_FAILED, 0, __ATOMIC_ACQ_REL,
+    while (!__atomic_compare_exchange_n(&r->state, &cur, KVX_POLL_FAILED, 0, __ATOMIC_SEQ_CST,
                                         __ATOMIC_ACQUIRE))
         if (cur == KVX_POLL_SUCCESS) break;
     pthread_mutex_unlock(&r->mu);
     if (cur == KVX_POLL_SUCCESS) return 0;
+    kvx__room_changed(r);
     KVX__ADD(&r->engine->stats.rooms_failed, 1);
     kvx_engine_log(r->engine, KVX_LOG_ERROR, kvx__subsys(r), r->id, "failed (%s): %s",
                    kvx_result_str(r->result), r->error);
@@ -3159,6 +3205,8 @@ static void kvx__engine_free(kvx_engine *e) {
     kvx__htab_free(&e->table, &a);
     pthread_mutex_destroy(&e->mu);
     pthread_cond_destroy(&e->cv);
+    pthread_mutex_destroy(&e->wait_mu);
+    pthread_cond_destroy(&e->wait_cv);
     kvx__free(&a, e);
 }
 
@@ -3201,6 +3249,8 @@ KVX_API kvx_result kvx_engine_create(const kvx_engine_desc *desc, kvx_engine **o
     e->be = d.backend;
     pthread_mutex_init(&e->mu, NULL);
     pthread_cond_init(&e->cv, NULL);
+    pthread_mutex_init(&e->wait_mu, NULL);
+    pthread_cond_init(&e->wait_cv, NULL);
     r = kvx__copy_layout(e, &d.layout);
     e->desc.transport = e->be->name;
     e->desc.bootstrap_addr = kvx__own(e, d.bootstrap_addr);
@@ -3480,6 +3530,9 @@ KVX_API void kvx_chunk_free(kvx_engine *e, kvx_chunk *c) {
 }
 
 KVX_API kvx_poll kvx_sender_poll(const kvx_sender *s) { return kvx_room_poll((const kvx_room *)s); }
+KVX_API kvx_poll kvx_sender_wait(const kvx_sender *s, kvx_poll st, int ms) {
+    return kvx__room_wait((const kvx_room *)s, st, ms);
+}
 KVX_API kvx_result kvx_room_result(const kvx_room *r) { return kvx__room_result(r); }
 KVX_API const char *kvx_room_error(const kvx_room *r) { return kvx__room_error(r); }
 KVX_API kvx_result kvx_sender_result(const kvx_sender *s) { return kvx__room_result((const kvx_room *)s); }
@@ -3540,6 +3593,9 @@ KVX_API kvx_result kvx_receiver_init(kvx_receiver *rc, const int32_t *pages, uin
 }
 
 KVX_API kvx_poll kvx_receiver_poll(const kvx_receiver *r) { return kvx_room_poll((const kvx_room *)r); }
+KVX_API kvx_poll kvx_receiver_wait(const kvx_receiver *r, kvx_poll st, int ms) {
+    return kvx__room_wait((const kvx_room *)r, st, ms);
+}
 KVX_API kvx_result kvx_receiver_result(const kvx_receiver *r) { return kvx__room_result((const kvx_room *)r); }
 KVX_API const char *kvx_receiver_error(const kvx_receiver *r) { return kvx__room_error((const kvx_room *)r); }
 KVX_API const char *kvx_receiver_call_error(const kvx_receiver *r) { return ((const kvx_room *)r)->call_error; }

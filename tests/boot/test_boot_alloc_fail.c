@@ -102,34 +102,13 @@ static void handshake_counted(void) {
     ex_pool_free(&ps);
 }
 
-static void poll_pause(void) {
-    struct timespec ts = {0, 1000000};
-    nanosleep(&ts, NULL);
-}
-
 static int terminal(kvx_poll p) { return p == KVX_POLL_SUCCESS || p == KVX_POLL_FAILED; }
 
-/* Polls a pair until both are terminal (the test's own deadline, reached
+/* Waits until both sides are terminal (the test's own deadline, reached
    only on a hang: the engines' timeouts are 3 s). */
 static int settle(kvx_sender *s, kvx_receiver *r) {
-    uint64_t t0 = kvx_now_ns();
-    for (;;) {
-        if (terminal(kvx_sender_poll(s)) && terminal(kvx_receiver_poll(r))) return 1;
-        if (kvx_now_ns() - t0 > 60000000000ull) return 0;
-        poll_pause();
-    }
-}
-
-/* Waits (bounded) while the sender or receiver is still bootstrapping. */
-static void wait_leaves_s(kvx_sender *s) {
-    uint64_t t0 = kvx_now_ns();
-    while (kvx_sender_poll(s) == KVX_POLL_BOOTSTRAPPING && kvx_now_ns() - t0 < 30000000000ull)
-        poll_pause();
-}
-static void wait_leaves_r(kvx_receiver *r) {
-    uint64_t t0 = kvx_now_ns();
-    while (kvx_receiver_poll(r) == KVX_POLL_BOOTSTRAPPING && kvx_now_ns() - t0 < 30000000000ull)
-        poll_pause();
+    return terminal(kvx_sender_wait(s, KVX_POLL_SUCCESS, 60000)) &&
+           terminal(kvx_receiver_wait(r, KVX_POLL_SUCCESS, 60000));
 }
 
 /* One handshake and transfer of 12 pages; 1 when every call succeeded and
@@ -162,9 +141,9 @@ static int transfer(const char *transport) {
     if (!(de = engine(transport, KVX_ROLE_DECODE, &pr, addr))) goto out;
     if (kvx_sender_create(pe, &rd, &s) != KVX_OK) goto out;
     if (kvx_receiver_create(de, &rd, &r) != KVX_OK) goto out;
-    wait_leaves_r(r);
+    kvx_receiver_wait(r, KVX_POLL_WAITING_FOR_INPUT, 30000);
     if ((res = kvx_receiver_init(r, dp, 12, 1)) != KVX_OK) { step = "receiver_init"; goto out; }
-    wait_leaves_s(s);
+    kvx_sender_wait(s, KVX_POLL_WAITING_FOR_INPUT, 30000);
     if ((res = kvx_sender_init(s, 12, 0)) != KVX_OK) { step = "sender_init"; goto out; }
     if ((res = kvx_sender_send(s, sp, 5)) != KVX_OK) { step = "send"; goto out; }
     if ((res = kvx_sender_send(s, sp + 5, 7)) != KVX_OK) { step = "send"; goto out; }

@@ -69,15 +69,12 @@ static void bare_refused(const ct_fake *f, ct_pool *p, const kvx_mem_ops *bare, 
     kvx_engine_destroy(e);
 }
 
+/* Waits (bounded; the deadline is reached only on failure) for each side
+   given to reach its state; 0 when one failed or did not get there. */
 static int wait_done(kvx_sender *s, kvx_receiver *rc, kvx_poll want_s, kvx_poll want_r) {
-    uint64_t end = kvx_now_ns() + 60000000000ull;
-    while (kvx_now_ns() < end) {
-        kvx_poll ps = s ? kvx_sender_poll(s) : want_s, pr = rc ? kvx_receiver_poll(rc) : want_r;
-        if (ps == KVX_POLL_FAILED || pr == KVX_POLL_FAILED) return 0;
-        if (ps >= want_s && pr >= want_r) return 1;
-        usleep(1000);
-    }
-    return 0;
+    kvx_poll ps = s ? kvx_sender_wait(s, want_s, 60000) : want_s;
+    kvx_poll pr = rc ? kvx_receiver_wait(rc, want_r, 60000) : want_r;
+    return ps != KVX_POLL_FAILED && pr != KVX_POLL_FAILED && ps >= want_s && pr >= want_r;
 }
 
 /* One room of N pages (both KV buffers) and an aux row, prefill -> decode. */

@@ -35,42 +35,25 @@ typedef struct xr {
     kvx_receiver *r;
 } xr;
 
-
-/* These wait for a state the room reaches (polled every millisecond, the
-   API has no blocking wait); the deadline is reached only on failure. */
+/* These wait for a state the room reaches; the deadline is reached only
+   on failure. */
 static int wait_s(kvx_sender *s, kvx_poll want, double t) {
-    double end = cx_now() + t * slow;
-    while (cx_now() < end) {
-        kvx_poll p = kvx_sender_poll(s);
-        if (p >= want || p == KVX_POLL_FAILED) return p >= want;
-        cx_sleep(0.001);
-    }
-    return 0;
+    kvx_poll p = kvx_sender_wait(s, want, (int)(t * slow * 1000));
+    return p >= want && p != KVX_POLL_FAILED;
 }
 static int wait_r(kvx_receiver *r, kvx_poll want, double t) {
-    double end = cx_now() + t * slow;
-    while (cx_now() < end) {
-        kvx_poll p = kvx_receiver_poll(r);
-        if (p >= want || p == KVX_POLL_FAILED) return p >= want;
-        cx_sleep(0.001);
-    }
-    return 0;
+    kvx_poll p = kvx_receiver_wait(r, want, (int)(t * slow * 1000));
+    return p >= want && p != KVX_POLL_FAILED;
 }
 static double until_r(kvx_receiver *r, double t) {
-    double start = cx_now(), end = start + t * slow;
-    while (cx_now() < end) {
-        if (cx_terminal(kvx_receiver_poll(r))) return cx_now() - start;
-        cx_sleep(0.001);
-    }
-    return -1;
+    double start = cx_now();
+    return cx_terminal(kvx_receiver_wait(r, KVX_POLL_SUCCESS, (int)(t * slow * 1000)))
+               ? cx_now() - start : -1;
 }
 static double until_s(kvx_sender *s, double t) {
-    double start = cx_now(), end = start + t * slow;
-    while (cx_now() < end) {
-        if (cx_terminal(kvx_sender_poll(s))) return cx_now() - start;
-        cx_sleep(0.001);
-    }
-    return -1;
+    double start = cx_now();
+    return cx_terminal(kvx_sender_wait(s, KVX_POLL_SUCCESS, (int)(t * slow * 1000)))
+               ? cx_now() - start : -1;
 }
 
 static void xr_open_at(cx_side *pf, cx_side *dc, xr *x, uint64_t room, uint32_t n,

@@ -42,25 +42,13 @@ static kvx_engine *engine(const char *transport, kvx_role role, ex_pool *p, kvx_
     return e;
 }
 
-/* The pause between two looks at an observed state. */
-static void poll_pause(void) {
-    struct timespec ts = {0, 1000000};
-    nanosleep(&ts, NULL);
-}
+static int terminal(kvx_poll p) { return p == KVX_POLL_SUCCESS || p == KVX_POLL_FAILED; }
 
-/* Polls a pair until both are terminal (the test's own deadline, reached
-   only on a hang: the core's timeouts are 5 s). */
+/* Waits until both sides of a pair are terminal (the test's own deadline,
+   reached only on a hang: the core's timeouts are 5 s). */
 static int settle(kvx_sender *s, kvx_receiver *r) {
-    uint64_t t0 = kvx_now_ns();
-    for (;;) {
-        kvx_poll a = s ? kvx_sender_poll(s) : KVX_POLL_FAILED;
-        kvx_poll b = r ? kvx_receiver_poll(r) : KVX_POLL_FAILED;
-        int done_a = a == KVX_POLL_SUCCESS || a == KVX_POLL_FAILED;
-        int done_b = b == KVX_POLL_SUCCESS || b == KVX_POLL_FAILED;
-        if (done_a && done_b) return 1;
-        if (kvx_now_ns() - t0 > 30000000000ull) return 0;
-        poll_pause();
-    }
+    return (!s || terminal(kvx_sender_wait(s, KVX_POLL_SUCCESS, 30000))) &&
+           (!r || terminal(kvx_receiver_wait(r, KVX_POLL_SUCCESS, 30000)));
 }
 
 /* One transfer of n pages; returns 1 when every call succeeded and the

@@ -6,6 +6,8 @@
 #include "../kvx_test.h"
 #include <unistd.h>
 #include <time.h>
+#include <pthread.h>
+#include <sched.h>
 #include <sys/stat.h>
 
 static void sleep_ms(int ms) {
@@ -500,8 +502,7 @@ static void test_timeouts(void) {
     kvx_receiver_create(de, &rd, &r);
     t0 = kvx_now_ns();
     kvx_receiver_init(r, pages, 1, -1);
-    while (kvx_receiver_poll(r) == KVX_POLL_TRANSFERRING && kvx_now_ns() - t0 < 3000000000ull)
-        sleep_ms(5);
+    kvx_receiver_wait(r, KVX_POLL_SUCCESS, 3000);
     CHECK(kvx_receiver_poll(r) == KVX_POLL_FAILED && kvx_receiver_result(r) == KVX_ERR_TIMEOUT,
           "waiting timeout enforced by the core");
     CHECK_STR(kvx_receiver_error(r), "KVX_WAITING_TIMEOUT");
@@ -519,9 +520,7 @@ static void test_timeouts(void) {
     kvx_sender_create(pe, &rd, &s);
     CHECK(kvx_sender_poll(s) == KVX_POLL_BOOTSTRAPPING, "bootstrapping");
     CHECK(kvx_sender_init(s, 1, -1) == KVX_ERR_STATE, "init while bootstrapping refused");
-    t0 = kvx_now_ns();
-    while (kvx_sender_poll(s) == KVX_POLL_BOOTSTRAPPING && kvx_now_ns() - t0 < 3000000000ull)
-        sleep_ms(5);
+    kvx_sender_wait(s, KVX_POLL_WAITING_FOR_INPUT, 3000);
     CHECK(kvx_sender_result(s) == KVX_ERR_TIMEOUT, "bootstrap timeout");
     CHECK_STR(kvx_sender_error(s), "KVX_BOOTSTRAP_TIMEOUT");
     /* a room left open is failed and freed by engine destroy (ASan checks the free) */
@@ -530,6 +529,68 @@ static void test_timeouts(void) {
     unsetenv("KVX_BOOTSTRAP_TIMEOUT");
 }
 
+/* kvx_*_wait: returns at once when the state is there, after the timeout
+   when it is not, and when another thread moves the room (to the state
+   asked for, or to FAILED). */
+static kvx_room *wait_room;
+static int wait_fail;
+static void *wait_mover(void *arg) {
+    kvx_engine *e = (kvx_engine *)arg;
+    uint64_t t0 = kvx_now_ns();
+    /* moves the room only once the main thread is blocked in the wait */
+    while (!__atomic_load_n(&e->waiters, __ATOMIC_SEQ_CST) && kvx_now_ns() - t0 < 30000000000ull)
+        sched_yield();
+    /* the waiter counts itself under wait_mu and holds it until it sleeps */
+    pthread_mutex_lock(&e->wait_mu);
+    pthread_mutex_unlock(&e->wait_mu);
+    if (wait_fail)
+        kvx_room_fail(wait_room, KVX_ERR_TRANSPORT, "moved to failed by the test");
+    else
+        kvx_room_succeed(wait_room, 0);
+    return NULL;
+}
+
+static void test_wait(void) {
+    static kvx_backend stuck;
+    kvx_engine *de;
+    kvx_receiver *r;
+    kvx_room_desc rd;
+    int32_t pages[1] = {0};
+    uint64_t t0;
+    pthread_t th;
+    memset(&stuck, 0, sizeof stuck);
+    stuck.name = "stuck-wait";
+    stuck.room_open = stuck_open;
+    de = make_engine(KVX_ROLE_DECODE, &stuck);
+    CHECK(de != NULL, "engine for the wait test");
+    if (!de) return;
+    memset(&rd, 0, sizeof rd);
+    for (wait_fail = 0; wait_fail < 2; wait_fail++) {
+        rd.room = 40 + (uint64_t)wait_fail;
+        CHECK(kvx_receiver_create(de, &rd, &r) == KVX_OK, "receiver for the wait test");
+        CHECK(kvx_receiver_wait(r, KVX_POLL_WAITING_FOR_INPUT, -1) == KVX_POLL_WAITING_FOR_INPUT,
+              "a state already reached returns at once, even with no limit");
+        kvx_receiver_init(r, pages, 1, -1);
+        CHECK(kvx_receiver_wait(r, KVX_POLL_SUCCESS, 0) == KVX_POLL_TRANSFERRING,
+              "timeout 0 returns the state now");
+        t0 = kvx_now_ns();
+        CHECK(kvx_receiver_wait(r, KVX_POLL_SUCCESS, 50) == KVX_POLL_TRANSFERRING &&
+                  kvx_now_ns() - t0 >= 50000000ull,
+              "a state not reached returns after the timeout, not before");
+        wait_room = (kvx_room *)r;
+        pthread_create(&th, NULL, wait_mover, de);
+        t0 = kvx_now_ns();
+        CHECK(kvx_receiver_wait(r, KVX_POLL_SUCCESS, 60000) ==
+                  (wait_fail ? KVX_POLL_FAILED : KVX_POLL_SUCCESS) &&
+                  kvx_now_ns() - t0 < 30000000000ull,
+              "a waiter wakes when another thread moves the room to %s (not at its timeout)",
+              wait_fail ? "FAILED" : "SUCCESS");
+        pthread_join(th, NULL);
+        CHECK(__atomic_load_n(&de->waiters, __ATOMIC_SEQ_CST) == 0, "no waiter left counted");
+        kvx_receiver_destroy(r);
+    }
+    kvx_engine_destroy(de);
+}
 
 /* A transport that records what the core tells it about failures. */
 static int rec_failed_calls, rec_abort_calls, rec_close_after_failed;
@@ -873,6 +934,7 @@ int main(void) {
     test_fake_flow();
     test_room_table();
     test_timeouts();
+    test_wait();
     test_failure_semantics();
     test_settings();
     test_null_frees();
