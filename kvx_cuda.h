@@ -894,13 +894,10 @@ struct kvx_cuda {
     CUcontext ctx[KVX_CUDA_MAX_DEVICES];
     kvx__cu_block *blocks;
     size_t num_blocks, cap_blocks, blocks_pending; /* pending: reserved, being allocated */
-    uint64_t staging_held, staging_peak, staging_refused;
     int warned_staging;
     kvx_cuda_stream *free_streams;
     int user_streams;
-    /* counters (atomics) */
-    uint64_t n_copy_calls, n_pieces_h, n_bytes_h, n_pieces_d, n_bytes_d;
-    uint64_t n_span_calls, n_spans, n_span_bytes, n_batches, n_copies, n_syncs;
+    kvx_cuda_stats st; /* atomics; the staging_* fields under mu */
 };
 
 /* >>cuda: helpers ---------------------------------------------------------------- */
@@ -955,6 +952,14 @@ static kvx_result kvx__cu_fail(const kvx_cuda *cu, CUresult rc, char *why, size_
 
 static CUdeviceptr kvx__cu_dptr(const void *p) { return (CUdeviceptr)(uintptr_t)p; }
 static void *kvx__cu_vptr(CUdeviceptr d) { return (void *)(uintptr_t)d; }
+
+/* Copies a struct of uint64_t counters, each field an atomic load. */
+static void kvx__cu_counters(void *out, const void *from, size_t bytes) {
+    const uint64_t *f = (const uint64_t *)from;
+    uint64_t *o = (uint64_t *)out;
+    size_t i;
+    for (i = 0; i < bytes / sizeof *o; i++) o[i] = KVX__LOAD(&f[i]);
+}
 
 /* >>cuda: loading the driver ------------------------------------------------------ */
 
@@ -1180,21 +1185,11 @@ KVX_API void kvx_cuda_stats_get(const kvx_cuda *cu, kvx_cuda_stats *out) {
     if (!out) return;
     memset(out, 0, sizeof *out);
     if (!cu) return;
-    out->copy_calls = KVX__LOAD(&c->n_copy_calls);
-    out->pieces_to_host = KVX__LOAD(&c->n_pieces_h);
-    out->bytes_to_host = KVX__LOAD(&c->n_bytes_h);
-    out->pieces_to_device = KVX__LOAD(&c->n_pieces_d);
-    out->bytes_to_device = KVX__LOAD(&c->n_bytes_d);
-    out->span_calls = KVX__LOAD(&c->n_span_calls);
-    out->spans = KVX__LOAD(&c->n_spans);
-    out->span_bytes = KVX__LOAD(&c->n_span_bytes);
-    out->driver_batches = KVX__LOAD(&c->n_batches);
-    out->driver_copies = KVX__LOAD(&c->n_copies);
-    out->syncs = KVX__LOAD(&c->n_syncs);
+    kvx__cu_counters(out, &c->st, offsetof(kvx_cuda_stats, staging_held));
     pthread_mutex_lock(&c->mu);
-    out->staging_held = c->staging_held;
-    out->staging_peak = c->staging_peak;
-    out->staging_refused = c->staging_refused;
+    out->staging_held = c->st.staging_held;
+    out->staging_peak = c->st.staging_peak;
+    out->staging_refused = c->st.staging_refused;
     pthread_mutex_unlock(&c->mu);
 }
 
@@ -1311,7 +1306,7 @@ static CUresult kvx__cu_batch(kvx_cuda_stream *s, int mode, int dir, size_t at, 
     attr.dstLocHint.id = s->device;
     attr.flags = 0;
     *fail = (size_t)-1;
-    KVX__ADD(&cu->n_batches, 1);
+    KVX__ADD(&cu->st.driver_batches, 1);
     if (mode == 2)
         return cu->f.MemcpyBatchAsync_v2(s->dsts + at, s->srcs + at, s->sizes + at, k, &attr,
                                          &idx, 1, s->stream);
@@ -1368,7 +1363,7 @@ static kvx_result kvx__cu_submit(kvx_cuda_stream *s, int dir, size_t n, char *wh
             what = "cuMemcpyAsync";
             rc = cu->f.MemcpyAsync(s->dsts[i], s->srcs[i], s->sizes[i], s->stream);
         }
-        KVX__ADD(&cu->n_copies, 1);
+        KVX__ADD(&cu->st.driver_copies, 1);
         if (rc != CUDA_SUCCESS)
             return kvx__cu_fail(cu, rc, why, wl, "%s on GPU %d (copy %zu of %zu, %llu bytes, "
                                 "0x%llx -> 0x%llx)", what, s->device, i, n,
@@ -1381,7 +1376,7 @@ static kvx_result kvx__cu_submit(kvx_cuda_stream *s, int dir, size_t n, char *wh
 static kvx_result kvx__cu_sync(kvx_cuda_stream *s, char *why, size_t wl) {
     kvx_cuda *cu = s->cu;
     CUresult rc = cu->f.StreamSynchronize(s->stream);
-    KVX__ADD(&cu->n_syncs, 1);
+    KVX__ADD(&cu->st.syncs, 1);
     if (rc != CUDA_SUCCESS)
         return kvx__cu_fail(cu, rc, why, wl, "copies on GPU %d (cuStreamSynchronize)", s->device);
     return KVX_OK;
@@ -1423,8 +1418,8 @@ static kvx_result kvx__cu_copy_device(kvx_cuda *cu, int to_host, const kvx_copy 
     kvx__cu_stream_put(cu, s, r != KVX_OK);
     kvx__cu_leave(cu, &sc);
     if (r == KVX_OK) {
-        KVX__ADD(to_host ? &cu->n_pieces_h : &cu->n_pieces_d, (uint64_t)k);
-        KVX__ADD(to_host ? &cu->n_bytes_h : &cu->n_bytes_d, bytes);
+        KVX__ADD(to_host ? &cu->st.pieces_to_host : &cu->st.pieces_to_device, (uint64_t)k);
+        KVX__ADD(to_host ? &cu->st.bytes_to_host : &cu->st.bytes_to_device, bytes);
     }
     return r;
 }
@@ -1437,7 +1432,7 @@ static kvx_result kvx__cu_copy(void *ctx, int to_host, const kvx_copy *c, size_t
     if (!cu || cu->magic != KVX__CU_MAGIC || (n && !c))
         return kvx__cu_err(why, wl, KVX_ERR_INVALID_ARGUMENT, "kvx_mem_ops.copy: bad context or "
                            "NULL pieces");
-    KVX__ADD(&cu->n_copy_calls, 1);
+    KVX__ADD(&cu->st.copy_calls, 1);
     for (j = 0; j < n; j++) {
         if (c[j].len && (!c[j].buf_ptr || !c[j].host))
             return kvx__cu_err(why, wl, KVX_ERR_INVALID_ARGUMENT, "kvx_mem_ops.copy: piece %zu of "
@@ -1457,10 +1452,10 @@ static kvx_result kvx__cu_copy(void *ctx, int to_host, const kvx_copy *c, size_t
    context current). */
 static void kvx__cu_pool_trim(kvx_cuda *cu, uint64_t need) {
     size_t i = 0;
-    while (i < cu->num_blocks && cu->staging_held + need > cu->staging_limit) {
+    while (i < cu->num_blocks && cu->st.staging_held + need > cu->staging_limit) {
         if (cu->blocks[i].used) { i++; continue; }
         cu->f.MemFreeHost(cu->blocks[i].p);
-        cu->staging_held -= cu->blocks[i].size;
+        cu->st.staging_held -= cu->blocks[i].size;
         cu->blocks[i] = cu->blocks[--cu->num_blocks];
     }
 }
@@ -1480,8 +1475,8 @@ static void *kvx__cu_pool_reuse(kvx_cuda *cu, size_t size) {
 
 /* Room for `size` more pinned bytes and one more block (mu held). */
 static int kvx__cu_pool_reserve(kvx_cuda *cu, size_t size) {
-    if (cu->staging_held + size > cu->staging_limit) kvx__cu_pool_trim(cu, size);
-    if (cu->staging_held + size > cu->staging_limit) return -1;
+    if (cu->st.staging_held + size > cu->staging_limit) kvx__cu_pool_trim(cu, size);
+    if (cu->st.staging_held + size > cu->staging_limit) return -1;
     if (cu->num_blocks + cu->blocks_pending == cu->cap_blocks) {
         size_t nc = cu->cap_blocks ? 2 * cu->cap_blocks : 16;
         kvx__cu_block *nb = (kvx__cu_block *)kvx__grow(
@@ -1490,9 +1485,9 @@ static int kvx__cu_pool_reserve(kvx_cuda *cu, size_t size) {
         cu->blocks = nb;
         cu->cap_blocks = nc;
     }
-    cu->staging_held += size; /* reserved while the driver allocates */
+    cu->st.staging_held += size; /* reserved while the driver allocates */
     cu->blocks_pending++;
-    if (cu->staging_held > cu->staging_peak) cu->staging_peak = cu->staging_held;
+    if (cu->st.staging_held > cu->st.staging_peak) cu->st.staging_peak = cu->st.staging_held;
     return 0;
 }
 
@@ -1512,7 +1507,7 @@ static void *kvx__cu_host_alloc(void *ctx, size_t size) {
     pthread_mutex_lock(&cu->mu);
     if ((p = kvx__cu_pool_reuse(cu, size)) != NULL || kvx__cu_pool_reserve(cu, size) != 0) {
         warn = !p && !cu->warned_staging;
-        if (!p) { cu->staging_refused++; cu->warned_staging = 1; }
+        if (!p) { cu->st.staging_refused++; cu->warned_staging = 1; }
         pthread_mutex_unlock(&cu->mu);
         kvx__cu_leave(cu, &sc);
         if (warn)
@@ -1527,8 +1522,8 @@ static void *kvx__cu_host_alloc(void *ctx, size_t size) {
     pthread_mutex_lock(&cu->mu);
     cu->blocks_pending--;
     if (rc != CUDA_SUCCESS) {
-        cu->staging_held -= size;
-        cu->staging_refused++;
+        cu->st.staging_held -= size;
+        cu->st.staging_refused++;
         pthread_mutex_unlock(&cu->mu);
         kvx__cu_fail(cu, rc, why, sizeof why, "cuMemHostAlloc of %zu bytes", size);
         kvx__cu_log(cu, KVX_LOG_ERROR, "pinned staging: %s", why);
@@ -1905,9 +1900,9 @@ KVX_API kvx_result kvx_cuda_copy_spans(kvx_cuda_stream *s, const kvx_layout *src
     kvx__cu_leave(cu, &sc);
     s->submitted++;
     if (ticket) *ticket = s->submitted;
-    KVX__ADD(&cu->n_span_calls, 1);
-    KVX__ADD(&cu->n_spans, (uint64_t)n);
-    KVX__ADD(&cu->n_span_bytes, bytes);
+    KVX__ADD(&cu->st.span_calls, 1);
+    KVX__ADD(&cu->st.spans, (uint64_t)n);
+    KVX__ADD(&cu->st.span_bytes, bytes);
     return KVX_OK;
 }
 
@@ -1921,7 +1916,7 @@ static kvx_result kvx__cu_retire(kvx_cuda_stream *s, uint64_t wait_for, char *wh
         uint64_t seq = s->ev_seq[s->ev_head];
         if (seq <= wait_for) {
             rc = cu->f.EventSynchronize(ev);
-            KVX__ADD(&cu->n_syncs, 1);
+            KVX__ADD(&cu->st.syncs, 1);
         } else {
             rc = cu->f.EventQuery(ev);
         }
@@ -3538,19 +3533,7 @@ KVX_API kvx_result kvx_cuda_transport_stats_get(const kvx_engine *e, kvx_cuda_tr
     if (out) memset(out, 0, sizeof *out);
     if (!e || !out || strcmp(kvx_engine_transport(e), "cuda") || !(ce = kvx__cux_ce(e)))
         return KVX_ERR_INVALID_ARGUMENT;
-    out->exported_allocs = KVX__LOAD(&ce->st.exported_allocs);
-    out->peers = KVX__LOAD(&ce->st.peers);
-    out->imports = KVX__LOAD(&ce->st.imports);
-    out->imports_live = KVX__LOAD(&ce->st.imports_live);
-    out->chunks = KVX__LOAD(&ce->st.chunks);
-    out->spans = KVX__LOAD(&ce->st.spans);
-    out->bytes = KVX__LOAD(&ce->st.bytes);
-    out->aux_rows = KVX__LOAD(&ce->st.aux_rows);
-    out->aux_refused = KVX__LOAD(&ce->st.aux_refused);
-    out->rooms_done = KVX__LOAD(&ce->st.rooms_done);
-    out->driver_errors = KVX__LOAD(&ce->st.driver_errors);
-    out->fence_waits = KVX__LOAD(&ce->st.fence_waits);
-    out->fence_timeouts = KVX__LOAD(&ce->st.fence_timeouts);
+    kvx__cu_counters(out, &ce->st, sizeof *out); /* every field a uint64_t counter */
     return KVX_OK;
 }
 

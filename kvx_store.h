@@ -1813,27 +1813,18 @@ KVX_API kvx_result kvx_store_remove(kvx_store *s, const kvx_store_key *key) {
 }
 
 KVX_API void kvx_store_stats_get(kvx_store *s, kvx_store_stats *o) {
+    uint64_t *to = (uint64_t *)(void *)o;
+    size_t i;
     if (!o) return;
     memset(o, 0, sizeof *o);
     if (!s) return;
-    o->hits = KVX__STORE_LOAD(&s->st.hits);
-    o->misses = KVX__STORE_LOAD(&s->st.misses);
-    o->corrupt = KVX__STORE_LOAD(&s->st.corrupt);
-    o->evictions = KVX__STORE_LOAD(&s->st.evictions);
-    o->puts = KVX__STORE_LOAD(&s->st.puts);
-    o->put_present = KVX__STORE_LOAD(&s->st.put_present);
-    o->errors = KVX__STORE_LOAD(&s->st.errors);
-    o->bytes_written = KVX__STORE_LOAD(&s->st.bytes_written);
-    o->bytes_read = KVX__STORE_LOAD(&s->st.bytes_read);
+    for (i = 0; i < sizeof *o / sizeof *to; i++) /* every field a uint64_t counter */
+        to[i] = KVX__STORE_LOAD((const uint64_t *)(const void *)&s->st + i);
     pthread_mutex_lock(&s->mu);
     o->blocks = s->count;
     o->bytes_used = s->bytes;
     pthread_mutex_unlock(&s->mu);
     o->capacity = s->capacity;
-    o->scans = KVX__STORE_LOAD(&s->st.scans);
-    o->last_scan_ns = KVX__STORE_LOAD(&s->st.last_scan_ns);
-    o->scan_found = KVX__STORE_LOAD(&s->st.scan_found);
-    o->scan_gone = KVX__STORE_LOAD(&s->st.scan_gone);
 }
 
 KVX_API const char *kvx_store_dir(const kvx_store *s) { return s ? s->ns : ""; }
