@@ -2201,70 +2201,63 @@ static kvx_result kvx__cux_ep_decode(kvx__cux_engine *ce, char *why, size_t wl) 
     const kvx_layout *l = kvx_engine_layout(ce->engine);
     uint32_t nb = l->num_buffers, na = l->num_aux, nalloc = 0, i, j;
     uint64_t *bases = (uint64_t *)kvx_engine_alloc(ce->engine, nb * sizeof(uint64_t));
-    uint8_t *allocs = (uint8_t *)kvx_engine_alloc(ce->engine, (size_t)nb * KVX__CUX_ALLOC);
-    uint8_t *bufs = (uint8_t *)kvx_engine_alloc(ce->engine, (size_t)nb * KVX__CUX_BUF), *p;
+    uint8_t head[KVX__CUX_FIXED];
+    kvx__buf allocs, bufs, ep; /* the tables, then the whole endpoint */
     kvx_result r = KVX_OK;
-    if (!bases || !allocs || !bufs) {
-        r = KVX_ERR_NO_MEMORY;
-        kvx__set_why(why, wl, "out of memory building the cuda endpoint");
-        goto out;
-    }
-    for (i = 0; i < nb && r == KVX_OK; i++) {
+    memset(&allocs, 0, sizeof allocs);
+    allocs.allocator = &kvx_engine_settings(ce->engine)->allocator;
+    bufs = ep = allocs;
+    for (i = 0; bases && i < nb; i++) {
         uint8_t h[KVX_CUDA_IPC_HANDLE_BYTES];
         uint64_t off = 0, alen = 0, base;
         const kvx_buffer *b = &l->buffers[i];
         r = kvx_cuda_ipc_export(ce->cu, b->device, b->base, h, &off, &alen, why, wl);
-        if (r != KVX_OK) break;
+        if (r != KVX_OK) goto out;
         base = (uint64_t)(uintptr_t)b->base - off;
         for (j = 0; j < nalloc && bases[j] != base; j++) {}
         if (j == nalloc) {
-            uint8_t *a = allocs + (size_t)nalloc * KVX__CUX_ALLOC;
             bases[nalloc++] = base;
-            memcpy(a, h, KVX_CUDA_IPC_HANDLE_BYTES);
-            kvx__le_w64(a + 64, base);
-            kvx__le_w32(a + 72, (uint32_t)b->device);
-            kvx__le_w32(a + 76, 0);
-            kvx__le_w64(a + 80, alen);
+            kvx__buf_put(&allocs, h, KVX_CUDA_IPC_HANDLE_BYTES);
+            kvx__buf_put64(&allocs, base);
+            kvx__buf_put32(&allocs, (uint32_t)b->device);
+            kvx__buf_put32(&allocs, 0);
+            kvx__buf_put64(&allocs, alen);
         }
-        kvx__le_w32(bufs + (size_t)i * KVX__CUX_BUF, j);
-        kvx__le_w32(bufs + (size_t)i * KVX__CUX_BUF + 4, 0);
-        kvx__le_w64(bufs + (size_t)i * KVX__CUX_BUF + 8, off);
-        kvx__le_w64(bufs + (size_t)i * KVX__CUX_BUF + 16, b->length);
+        kvx__buf_put32(&bufs, j);
+        kvx__buf_put32(&bufs, 0);
+        kvx__buf_put64(&bufs, off);
+        kvx__buf_put64(&bufs, b->length);
     }
-    if (r != KVX_OK) goto out;
-    ce->ep_len = KVX__CUX_FIXED + (size_t)nalloc * KVX__CUX_ALLOC + (size_t)nb * KVX__CUX_BUF +
-                 (size_t)na * KVX__CUX_AUXE;
+    ce->ep_len = KVX__CUX_FIXED + allocs.len + bufs.len + (size_t)na * KVX__CUX_AUXE;
     if (ce->ep_len > KVX_BOOT_MAX_ENDPOINT) {
-        kvx__set_why(why, wl, "the cuda endpoint needs %zu bytes for %u KV buffers in %u GPU "
-                     "allocations, more than a kvx_boot hello carries (KVX_BOOT_MAX_ENDPOINT, %u): "
-                     "put the KV buffers in fewer allocations (buffers sharing one cost 24 bytes "
-                     "each, an allocation 88) or build both sides with a larger "
-                     "KVX_BOOT_MAX_ENDPOINT", ce->ep_len, nb, nalloc,
-                     (unsigned)KVX_BOOT_MAX_ENDPOINT);
-        r = KVX_ERR_INVALID_ARGUMENT;
+        r = kvx__cu_err(why, wl, KVX_ERR_INVALID_ARGUMENT, "the cuda endpoint needs %zu bytes for "
+                        "%u KV buffers in %u GPU allocations, more than a kvx_boot hello carries "
+                        "(KVX_BOOT_MAX_ENDPOINT, %u): put the KV buffers in fewer allocations "
+                        "(buffers sharing one cost 24 bytes each, an allocation 88) or build both "
+                        "sides with a larger KVX_BOOT_MAX_ENDPOINT", ce->ep_len, nb, nalloc,
+                        (unsigned)KVX_BOOT_MAX_ENDPOINT);
         goto out;
     }
-    ce->ep = p = (uint8_t *)kvx_engine_alloc(ce->engine, ce->ep_len);
-    if (!p) {
-        r = KVX_ERR_NO_MEMORY;
-        kvx__set_why(why, wl, "out of memory building the cuda endpoint");
+    kvx__cux_ep_head(ce, head);
+    kvx__le_w32(head + 144, nalloc);
+    kvx__le_w32(head + 148, nb);
+    kvx__le_w32(head + 152, na);
+    kvx__buf_put(&ep, head, sizeof head);
+    kvx__buf_put(&ep, allocs.data, allocs.len);
+    kvx__buf_put(&ep, bufs.data, bufs.len);
+    for (i = 0; i < na; i++) kvx__buf_put64(&ep, l->aux[i].item_len);
+    if (!bases || allocs.oom || bufs.oom || ep.oom) {
+        r = kvx__cu_err(why, wl, KVX_ERR_NO_MEMORY, "out of memory building the cuda endpoint");
         goto out;
     }
-    kvx__cux_ep_head(ce, p);
-    kvx__le_w32(p + 144, nalloc);
-    kvx__le_w32(p + 148, nb);
-    kvx__le_w32(p + 152, na);
-    p += KVX__CUX_FIXED;
-    memcpy(p, allocs, (size_t)nalloc * KVX__CUX_ALLOC);
-    p += (size_t)nalloc * KVX__CUX_ALLOC;
-    memcpy(p, bufs, (size_t)nb * KVX__CUX_BUF);
-    p += (size_t)nb * KVX__CUX_BUF;
-    for (i = 0; i < na; i++) kvx__le_w64(p + (size_t)i * KVX__CUX_AUXE, l->aux[i].item_len);
+    ce->ep = (uint8_t *)ep.data; /* the engine's allocator: kvx_engine_free releases it */
+    ep.data = NULL;
     KVX__STORE(&ce->st.exported_allocs, (uint64_t)nalloc);
 out:
     kvx_engine_free(ce->engine, bases);
-    kvx_engine_free(ce->engine, allocs);
-    kvx_engine_free(ce->engine, bufs);
+    kvx__buf_free(&allocs);
+    kvx__buf_free(&bufs);
+    kvx__buf_free(&ep);
     return r;
 }
 
@@ -2558,17 +2551,18 @@ static void kvx__cux_owe(kvx__cux_room *cr, int msg, const char *reason) {
     kvx__cux_send_msg(cr->ce, cr, msg, reason);
 }
 
-static void kvx__cux_fail_tell(kvx__cux_room *cr, kvx_result res, const char *fmt, ...)
+static kvx_result kvx__cux_fail_tell(kvx_room *r, kvx_result res, const char *fmt, ...)
     KVX_PRINTF(3, 4);
-/* Fails a sender by this side's decision: room_failed tells the decode
-   side, once its copies have stopped. */
-static void kvx__cux_fail_tell(kvx__cux_room *cr, kvx_result res, const char *fmt, ...) {
+/* Fails a sender by this side's decision and returns res: room_failed
+   tells the decode side, once its copies have stopped. */
+static kvx_result kvx__cux_fail_tell(kvx_room *r, kvx_result res, const char *fmt, ...) {
     char msg[KVX_ERROR_MAX];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    kvx_room_fail(cr->x.room, res, "%s", msg);
+    kvx_room_fail(r, res, "%s", msg);
+    return res;
 }
 
 /* kvx_boot hook (prefill): the decode side's destination for a sender. */
@@ -2586,16 +2580,13 @@ static kvx_result kvx__cux_on_room(kvx_boot *b, kvx_room *r, const kvx_boot_peer
     pthread_mutex_lock(&cr->x.mu);
     taken = cr->peer != NULL;
     pthread_mutex_unlock(&cr->x.mu);
-    if (taken) {
-        kvx_room_fail(r, KVX_ERR_INVALID_ARGUMENT, "room %llu is served by more than one decode "
-                      "rank (decode %s is the second): the cuda transport does not support "
-                      "heterogeneous tensor parallelism yet", (unsigned long long)cr->x.id, bp->addr);
-        return KVX_ERR_INVALID_ARGUMENT;
-    }
-    if (!(p = kvx__cux_peer_get(ce, bp, why, sizeof why))) {
-        kvx_room_fail(r, KVX_ERR_PROTOCOL, "%s", why);
-        return KVX_ERR_PROTOCOL;
-    }
+    if (taken)
+        return kvx__cux_fail_tell(r, KVX_ERR_INVALID_ARGUMENT, "room %llu is served by more than "
+                                  "one decode rank (decode %s is the second): the cuda transport "
+                                  "does not support heterogeneous tensor parallelism yet",
+                                  (unsigned long long)cr->x.id, bp->addr);
+    if (!(p = kvx__cux_peer_get(ce, bp, why, sizeof why)))
+        return kvx__cux_fail_tell(r, KVX_ERR_PROTOCOL, "%s", why);
     pthread_mutex_lock(&p->mu);
     res = p->dead ? KVX_ERR_PEER_LOST : kvx__cux_peer_setup(p, why, sizeof why);
     if (res == KVX_ERR_PEER_LOST) snprintf(why, sizeof why, "lost connection with decode %s", p->name);
@@ -2623,8 +2614,7 @@ static kvx_result kvx__cux_on_room(kvx_boot *b, kvx_room *r, const kvx_boot_peer
     }
     if (res != KVX_OK) {
         kvx__cux_peer_unref(p);
-        kvx_room_fail(r, res, "%s", why);
-        return res;
+        return kvx__cux_fail_tell(r, res, "%s", why);
     }
     pthread_mutex_lock(&cr->x.mu);
     taken = KVX__LOAD(&cr->gone) || cr->peer;
@@ -2652,20 +2642,16 @@ static kvx_result kvx__cux_on_room(kvx_boot *b, kvx_room *r, const kvx_boot_peer
 
 static kvx_result kvx__cux_sender_init(kvx_room *r, uint32_t n, int32_t aux) {
     kvx__cux_room *cr = kvx__cux_cr(r);
-    if (!cr->peer) {
-        kvx__cux_fail_tell(cr, KVX_ERR_STATE, "init before the decode side's destination arrived");
-        return KVX_ERR_STATE;
-    }
-    if (n != cr->ndst) {
-        kvx__cux_fail_tell(cr, KVX_ERR_INVALID_ARGUMENT, "init declares %u pages but decode %s "
-                           "asked for %u", n, cr->peer->name, cr->ndst);
-        return KVX_ERR_INVALID_ARGUMENT;
-    }
-    if (cr->x.dst_aux >= 0 && aux < 0) {
-        kvx__cux_fail_tell(cr, KVX_ERR_INVALID_ARGUMENT, "decode %s expects aux rows in its slot "
-                           "%d but init gave no aux slot (-1)", cr->peer->name, (int)cr->x.dst_aux);
-        return KVX_ERR_INVALID_ARGUMENT;
-    }
+    if (!cr->peer)
+        return kvx__cux_fail_tell(r, KVX_ERR_STATE, "init before the decode side's destination "
+                                  "arrived");
+    if (n != cr->ndst)
+        return kvx__cux_fail_tell(r, KVX_ERR_INVALID_ARGUMENT, "init declares %u pages but decode "
+                                  "%s asked for %u", n, cr->peer->name, cr->ndst);
+    if (cr->x.dst_aux >= 0 && aux < 0)
+        return kvx__cux_fail_tell(r, KVX_ERR_INVALID_ARGUMENT, "decode %s expects aux rows in its "
+                                  "slot %d but init gave no aux slot (-1)", cr->peer->name,
+                                  (int)cr->x.dst_aux);
     cr->x.src_aux = aux;
     return KVX_OK;
 }
@@ -2689,12 +2675,10 @@ static kvx_result kvx__cux_sender_send(kvx_room *r, kvx_chunk *c) {
         cr->plan.count = 0;
         cr->plan.total_bytes = 0;
     }
-    if (res != KVX_OK) {
-        kvx__cux_fail_tell(cr, res, "chunk %u for decode %s: %s", index, p->name, cr->plan.error);
-        kvx_chunk_free(ce->engine, c);
-        return res;
-    }
     kvx_chunk_free(ce->engine, c);
+    if (res != KVX_OK)
+        return kvx__cux_fail_tell(r, res, "chunk %u for decode %s: %s", index, p->name,
+                                  cr->plan.error);
     pthread_mutex_lock(&p->mu);
     if (p->dead) {
         res = KVX_ERR_PEER_LOST;
@@ -2721,11 +2705,9 @@ static kvx_result kvx__cux_sender_send(kvx_room *r, kvx_chunk *c) {
         if (cr->busy || last) kvx__cux_list(p, cr);
     }
     pthread_mutex_unlock(&p->mu);
-    if (res != KVX_OK) {
-        kvx__cux_fail_tell(cr, res, "chunk %u of room %llu for decode %s: %s", index,
-                           (unsigned long long)cr->x.id, p->addr, why);
-        return res;
-    }
+    if (res != KVX_OK)
+        return kvx__cux_fail_tell(r, res, "chunk %u of room %llu for decode %s: %s", index,
+                                  (unsigned long long)cr->x.id, p->addr, why);
     KVX__ADD(&ce->st.chunks, 1);
     KVX__ADD(&ce->st.spans, (uint64_t)cr->plan.count);
     KVX__ADD(&ce->st.bytes, cr->plan.total_bytes);
