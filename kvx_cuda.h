@@ -2334,18 +2334,14 @@ static kvx__cux_peer *kvx__cux_peer_get(kvx__cux_engine *ce, const kvx_boot_peer
     p->raw = (uint8_t *)kvx_engine_alloc(ce->engine, bp->endpoint_len ? bp->endpoint_len : 1);
     if (!p->raw) {
         kvx__set_why(why, wl, "out of memory for decode %s", bp->addr);
-        p->refs = 1;
-        kvx__cux_peer_unref(p);
-        return NULL;
+        goto drop;
     }
     if (bp->endpoint_len) memcpy(p->raw, bp->endpoint, bp->endpoint_len);
     if (kvx__cux_parse(p->raw, bp->endpoint_len, &p->info, msg, sizeof msg) != KVX_OK ||
         p->info.role != KVX_ROLE_DECODE) {
         kvx__set_why(why, wl, "decode %s sent no usable cuda endpoint in its hello (%s)", bp->addr,
                      p->info.role == KVX_ROLE_PREFILL ? "it is a prefill endpoint" : msg);
-        p->refs = 1;
-        kvx__cux_peer_unref(p);
-        return NULL;
+        goto drop;
     }
     snprintf(p->name, sizeof p->name, "%s (pid %u, host %s)", bp->addr, p->info.pid, p->info.host);
     pthread_mutex_lock(&ce->mu);
@@ -2353,6 +2349,10 @@ static kvx__cux_peer *kvx__cux_peer_get(kvx__cux_engine *ce, const kvx_boot_peer
     ce->peers = p;
     pthread_mutex_unlock(&ce->mu);
     return p;
+drop:
+    p->refs = 1;
+    kvx__cux_peer_unref(p);
+    return NULL;
 }
 
 static kvx_result kvx__cux_other_node(const char *who, const char *node, const char *here,

@@ -1951,10 +1951,9 @@ static int kvx__store_load_fn(void *user, int dirfd, const char *name, const cha
     }
     if (L->n == L->cap) {
         size_t nc = L->cap ? L->cap * 2 : 4096;
-        kvx__store_found *nv = (kvx__store_found *)kvx__store_alloc(s, nc * sizeof *nv);
+        kvx__store_found *nv = (kvx__store_found *)kvx__grow(&s->desc.allocator, L->v,
+                                                             L->n * sizeof *nv, nc * sizeof *nv);
         if (!nv) { L->oom = 1; return 1; }
-        if (L->v) memcpy(nv, L->v, L->n * sizeof *nv);
-        kvx__store_free(s, L->v);
         L->v = nv;
         L->cap = nc;
     }
@@ -2526,11 +2525,8 @@ KVX_API kvx_result kvx_store_open(const kvx_store_desc *desc, kvx_store **out, c
     s->model = kvx__store_strdup(s, d.model);
     s->dtype = kvx__store_strdup(s, d.layout.dtype ? d.layout.dtype : "");
     s->root = kvx__store_strdup(s, d.dir);
-    if (!s->bufs || !s->model || !s->dtype || !s->root) {
-        r = KVX_ERR_NO_MEMORY;
-        kvx__set_why(why, wl, "out of memory");
-        goto fail;
-    }
+    r = KVX_ERR_NO_MEMORY;
+    if (!s->bufs || !s->model || !s->dtype || !s->root) goto oom;
     memcpy(s->bufs, d.layout.buffers, d.layout.num_buffers * sizeof *s->bufs);
     s->desc.layout.buffers = s->bufs;
     s->desc.layout.aux = NULL; /* aux rows are not stored */
@@ -2538,10 +2534,7 @@ KVX_API kvx_result kvx_store_open(const kvx_store_desc *desc, kvx_store **out, c
     s->desc.layout.dtype = s->dtype;
     s->desc.model = s->model;
     s->desc.dir = s->root;
-    if ((r = kvx__store_geometry(s)) != KVX_OK) {
-        kvx__set_why(why, wl, "out of memory");
-        goto fail;
-    }
+    if (kvx__store_geometry(s) != KVX_OK) goto oom;
     snprintf(s->ns, sizeof s->ns, "%s/%s", s->root, s->cfg_hex);
     if ((r = kvx__store_open_ns(s, why, wl)) != KVX_OK) goto fail;
     s->remote = kvx__store_is_remote(s->ns_fd);
@@ -2553,6 +2546,8 @@ KVX_API kvx_result kvx_store_open(const kvx_store_desc *desc, kvx_store **out, c
     kvx__store_start_scanner(s);
     *out = s;
     return KVX_OK;
+oom:
+    kvx__set_why(why, wl, "out of memory");
 fail:
     kvx_store_close(s);
     return r;
