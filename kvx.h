@@ -2867,21 +2867,31 @@ KVX_API void kvx_room_succeed(kvx_room *r, uint64_t bytes) {
     kvx_room_advance(r, KVX_POLL_SUCCESS);
 }
 
-/* Hands the room to the progress thread, which calls room_failed. */
+/* Hands a failed room (with the reference failv took for it) to the
+   progress thread, which calls room_failed. Once the engine is stopping
+   the list is not drained again: the reference is dropped here, and
+   room_failed runs when the room is closed (engine destroy closes every
+   room still open). */
 static void kvx__notify_queue(kvx_room *r) {
     kvx_engine *e = r->engine;
-    KVX__STORE(&r->notify, 1);
-    kvx_room_ref(r);
     pthread_mutex_lock(&e->mu);
+    if (e->stop) {
+        pthread_mutex_unlock(&e->mu);
+        kvx_room_unref(r);
+        return;
+    }
     r->notify_next = e->notify;
     e->notify = r;
     pthread_cond_broadcast(&e->cv);
     pthread_mutex_unlock(&e->mu);
 }
 
-/* Runs room_failed once, whoever gets here first (progress thread or close). */
+/* Runs room_failed once, whoever gets here first (progress thread or
+   close), and only for a room that failed: notify is owed (1) before the
+   state turns FAILED, so whoever sees FAILED sees the debt too. */
 static void kvx__notify_run(kvx_room *r) {
     int owed = 1;
+    if (KVX__LOAD(&r->state) != KVX_POLL_FAILED) return;
     if (!__atomic_compare_exchange_n(&r->notify, &owed, 2, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
         return;
     r->engine->be->room_failed(r);
@@ -2906,7 +2916,7 @@ static int kvx__room_failv(kvx_room *r, kvx_result res, int remote, const char *
                            va_list ap) {
     char text[KVX_ERROR_MAX], prefix[40];
     size_t pl;
-    int cur = KVX__LOAD(&r->state);
+    int cur = KVX__LOAD(&r->state), owe = !remote && r->engine->be->room_failed != NULL;
     if (cur == KVX_POLL_FAILED || cur == KVX_POLL_SUCCESS) return 0;
     vsnprintf(text, sizeof text, fmt, ap);
     pl = (size_t)snprintf(prefix, sizeof prefix, "room %llu: ", (unsigned long long)r->id);
@@ -2921,16 +2931,24 @@ static int kvx__room_failv(kvx_room *r, kvx_result res, int remote, const char *
     memcpy(r->error + pl, text, sizeof r->error - pl - 1);
     r->error[sizeof r->error - 1] = 0;
     r->result = res ? res : KVX_ERR_TRANSPORT;
+    if (owe) { /* owed before it is visible: a close that sees FAILED pays it */
+        kvx_room_ref(r);
+        KVX__STORE(&r->notify, 1);
+    }
     while (!__atomic_compare_exchange_n(&r->state, &cur, KVX_POLL_FAILED, 0, __ATOMIC_SEQ_CST,
                                         __ATOMIC_ACQUIRE))
         if (cur == KVX_POLL_SUCCESS) break;
+    if (owe && cur == KVX_POLL_SUCCESS) {
+        KVX__STORE(&r->notify, 0);
+        KVX__SUB(&r->refs, 1); /* the caller still holds one */
+    }
     pthread_mutex_unlock(&r->mu);
     if (cur == KVX_POLL_SUCCESS) return 0;
     kvx__room_changed(r);
     KVX__ADD(&r->engine->stats.rooms_failed, 1);
     kvx_engine_log(r->engine, KVX_LOG_ERROR, kvx__subsys(r), r->id, "failed (%s): %s",
                    kvx_result_str(r->result), r->error);
-    if (!remote && r->engine->be->room_failed) kvx__notify_queue(r);
+    if (owe) kvx__notify_queue(r);
     return 1;
 }
 

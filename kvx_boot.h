@@ -660,7 +660,6 @@ extern "C" {
 
 /* >>boot: byte helpers -------------------------------------------------- */
 
-
 /* Copies a NUL-terminated string into out[n], truncating. */
 static void kvx__boot_copy(char *out, size_t n, const char *s) {
     size_t l = strlen(s);
@@ -679,18 +678,10 @@ static void kvx__boot_copy(char *out, size_t n, const char *s) {
 #define KVX__BOOT_ABORT_FIXED 12
 #define KVX__BOOT_MAGIC "kvx-boot"
 
-static const char *kvx__boot_type_name(uint32_t t) {
-    switch (t) {
-    case KVX_BOOT_FRAME_HELLO: return "hello";
-    case KVX_BOOT_FRAME_ROOM: return "room";
-    case KVX_BOOT_FRAME_STATUS: return "status";
-    case KVX_BOOT_FRAME_ABORT: return "abort";
-    case KVX_BOOT_FRAME_PING: return "ping";
-    case KVX_BOOT_FRAME_PONG: return "pong";
-    case KVX_BOOT_FRAME_AUTH: return "auth";
-    case KVX_BOOT_FRAME_TRANSPORT: return "transport";
-    }
-    return "unknown";
+static const char *kvx__boot_type_name(uint32_t t) { /* by kvx_boot_frame_type */
+    static const char *const names[] = {"unknown", "hello", "room", "status", "abort",
+                                        "ping",    "pong",  "auth", "transport"};
+    return t < KVX__COUNT(names) ? names[t] : "unknown";
 }
 
 /* The largest body a frame of this type may have, so a peer cannot make
@@ -855,33 +846,28 @@ KVX_API kvx_result kvx_boot_frame_decode(const void *buf, size_t len, kvx_boot_f
         break;
     }
     case KVX_BOOT_FRAME_STATUS:
-        if (blen < KVX__BOOT_STATUS_FIXED)
-            return kvx__boot_bad(why, wl, "status frame of %u bytes is too short", blen);
+    case KVX_BOOT_FRAME_ABORT: { /* the reason length is the last fixed field */
+        uint32_t fixed = type == KVX_BOOT_FRAME_ABORT ? KVX__BOOT_ABORT_FIXED : KVX__BOOT_STATUS_FIXED;
+        if (blen < fixed)
+            return kvx__boot_bad(why, wl, "%s frame of %u bytes is too short",
+                                 kvx__boot_type_name(type), blen);
         f->room = kvx__le_r64(b);
-        f->bytes = kvx__le_r64(b + 8);
-        f->state = (int32_t)kvx__le_r32(b + 16);
-        f->result = (int32_t)kvx__le_r32(b + 20);
-        f->reason_len = kvx__le_r32(b + 24);
-        if (f->state < KVX_POLL_FAILED || f->state > KVX_POLL_SUCCESS)
-            return kvx__boot_bad(why, wl, "room %llu: status with state %ld",
-                                 (unsigned long long)f->room, (long)f->state);
-        if (f->reason_len > KVX_BOOT_MAX_REASON ||
-            (uint64_t)blen != KVX__BOOT_STATUS_FIXED + (uint64_t)f->reason_len)
-            return kvx__boot_bad(why, wl, "room %llu: status reason of %u bytes in a %u-byte frame",
-                                 (unsigned long long)f->room, f->reason_len, blen);
-        f->reason = (const char *)b + KVX__BOOT_STATUS_FIXED;
+        f->reason_len = kvx__le_r32(b + fixed - 4);
+        if (type == KVX_BOOT_FRAME_STATUS) {
+            f->bytes = kvx__le_r64(b + 8);
+            f->state = (int32_t)kvx__le_r32(b + 16);
+            f->result = (int32_t)kvx__le_r32(b + 20);
+            if (f->state < KVX_POLL_FAILED || f->state > KVX_POLL_SUCCESS)
+                return kvx__boot_bad(why, wl, "room %llu: status with state %ld",
+                                     (unsigned long long)f->room, (long)f->state);
+        }
+        if (f->reason_len > KVX_BOOT_MAX_REASON || (uint64_t)blen != fixed + (uint64_t)f->reason_len)
+            return kvx__boot_bad(why, wl, "room %llu: %s reason of %u bytes in a %u-byte frame",
+                                 (unsigned long long)f->room, kvx__boot_type_name(type),
+                                 f->reason_len, blen);
+        f->reason = (const char *)b + fixed;
         break;
-    case KVX_BOOT_FRAME_ABORT:
-        if (blen < KVX__BOOT_ABORT_FIXED)
-            return kvx__boot_bad(why, wl, "abort frame of %u bytes is too short", blen);
-        f->room = kvx__le_r64(b);
-        f->reason_len = kvx__le_r32(b + 8);
-        if (f->reason_len > KVX_BOOT_MAX_REASON ||
-            (uint64_t)blen != KVX__BOOT_ABORT_FIXED + (uint64_t)f->reason_len)
-            return kvx__boot_bad(why, wl, "room %llu: abort reason of %u bytes in a %u-byte frame",
-                                 (unsigned long long)f->room, f->reason_len, blen);
-        f->reason = (const char *)b + KVX__BOOT_ABORT_FIXED;
-        break;
+    }
     case KVX_BOOT_FRAME_PING:
     case KVX_BOOT_FRAME_PONG:
         if (blen != 8)
@@ -930,6 +916,24 @@ static void kvx__boot_room_head(uint8_t *p, uint64_t room, int32_t aux, uint32_t
 
 static size_t kvx__boot_reason_len(size_t len) {
     return len > KVX_BOOT_MAX_REASON ? KVX_BOOT_MAX_REASON : len;
+}
+
+/* Header and fixed part of a status frame, or of an abort frame (room and
+   reason length only), whose reason of rl bytes follows. Returns its bytes. */
+static size_t kvx__boot_reason_head(uint8_t *p, uint32_t type, uint64_t room, int32_t state,
+                                    int32_t res, uint64_t bytes, size_t rl) {
+    uint32_t fixed = type == KVX_BOOT_FRAME_ABORT ? KVX__BOOT_ABORT_FIXED : KVX__BOOT_STATUS_FIXED;
+    kvx__boot_hdr(p, (uint32_t)(fixed + rl), type);
+    kvx__le_w64(p + 8, room);
+    if (type == KVX_BOOT_FRAME_ABORT) {
+        kvx__le_w32(p + 16, (uint32_t)rl);
+    } else {
+        kvx__le_w64(p + 16, bytes);
+        kvx__le_w32(p + 24, (uint32_t)state);
+        kvx__le_w32(p + 28, (uint32_t)res);
+        kvx__le_w32(p + 32, (uint32_t)rl);
+    }
+    return KVX__BOOT_HDR + fixed;
 }
 
 /* Appends the encoding of f to out (f uses the native pointers: pages,
@@ -1003,24 +1007,11 @@ static KVX__UNUSED kvx_result kvx__boot_frame_encode(const kvx_boot_frame *f, kv
             kvx__buf_put(out, v, 4);
         }
         break;
-    case KVX_BOOT_FRAME_STATUS: {
-        size_t rl = f->reason ? kvx__boot_reason_len(f->reason_len) : 0;
-        kvx__boot_hdr(fixed, (uint32_t)(KVX__BOOT_STATUS_FIXED + rl), KVX_BOOT_FRAME_STATUS);
-        kvx__le_w64(b, f->room);
-        kvx__le_w64(b + 8, f->bytes);
-        kvx__le_w32(b + 16, (uint32_t)f->state);
-        kvx__le_w32(b + 20, (uint32_t)f->result);
-        kvx__le_w32(b + 24, (uint32_t)rl);
-        kvx__buf_put(out, fixed, KVX__BOOT_HDR + KVX__BOOT_STATUS_FIXED);
-        kvx__buf_put(out, f->reason, rl);
-        break;
-    }
+    case KVX_BOOT_FRAME_STATUS:
     case KVX_BOOT_FRAME_ABORT: {
         size_t rl = f->reason ? kvx__boot_reason_len(f->reason_len) : 0;
-        kvx__boot_hdr(fixed, (uint32_t)(KVX__BOOT_ABORT_FIXED + rl), KVX_BOOT_FRAME_ABORT);
-        kvx__le_w64(b, f->room);
-        kvx__le_w32(b + 8, (uint32_t)rl);
-        kvx__buf_put(out, fixed, KVX__BOOT_HDR + KVX__BOOT_ABORT_FIXED);
+        kvx__buf_put(out, fixed, kvx__boot_reason_head(fixed, f->type, f->room, f->state, f->result,
+                                                       f->bytes, rl));
         kvx__buf_put(out, f->reason, rl);
         break;
     }
@@ -1286,6 +1277,16 @@ typedef struct kvx__boot_conn {
     kvx_boot_peer info;
 } kvx__boot_conn;
 
+/* What resolving a prefill instance found. */
+typedef struct kvx__boot_res {
+    int tp, cp, dp, pp;
+    int ctrl_ping;          /* the server info said "kvx_heartbeat":"control" */
+    uint32_t per_dp;        /* target ranks per dp rank */
+    uint16_t peer_index, peer_count;
+    kvx__boot_conn **conns; /* dp * per_dp */
+    uint32_t nconns;
+} kvx__boot_res;
+
 /* A decode engine's view of one prefill instance (one bootstrap address). */
 struct kvx__boot_pf {
     kvx_boot *boot;
@@ -1295,14 +1296,9 @@ struct kvx__boot_pf {
     /* under boot->mu */
     int state;
     uint64_t gen;
-    int tp, cp, dp, pp;
-    uint32_t per_dp;  /* target ranks per dp rank */
-    uint16_t peer_index, peer_count;
-    kvx__boot_conn **conns; /* dp * per_dp */
-    uint32_t nconns;
+    kvx__boot_res r; /* the last resolve's */
     int hb_failures;
     uint64_t next_hb_ns;
-    int ctrl_ping;        /* the server info said "kvx_heartbeat":"control" */
     uint64_t ping_sent_ns, ping_seq;
     kvx__boot_pf *next;
 };
@@ -1365,6 +1361,22 @@ typedef struct kvx__boot_server {
     int registered;
 } kvx__boot_server;
 
+/* Failed rooms counted by result code (at most KVX__BOOT_MAX_RESULTS codes). */
+typedef struct kvx__boot_tally {
+    int code;
+    uint64_t count;
+} kvx__boot_tally;
+
+static void kvx__boot_tally_add(kvx__boot_tally *t, int *n, int code, uint64_t count) {
+    int i;
+    for (i = 0; i < *n && t[i].code != code; i++) {}
+    if (i < *n) t[i].count += count;
+    else if (*n < KVX__BOOT_MAX_RESULTS) {
+        t[*n].code = code;
+        t[(*n)++].count = count;
+    }
+}
+
 typedef struct kvx__boot_vec {
     kvx__boot_br **v;
     size_t n, cap;
@@ -1414,7 +1426,7 @@ struct kvx_boot {
     kvx__boot_pf *peers;
     int npeers;
     kvx__boot_server srv;
-    struct { int code; uint64_t count; } failures[KVX__BOOT_MAX_RESULTS];
+    kvx__boot_tally failures[KVX__BOOT_MAX_RESULTS]; /* closed rooms */
     int nfailures;
     int nctrl; /* atomic: open control connections */
     uint64_t next_conn_id; /* atomic */
@@ -1444,15 +1456,23 @@ static void kvx__boot_relay(kvx_room *r, kvx_result res, const char *reason, con
     else kvx_room_fail_remote(r, res, "%s: %s", who, reason);
 }
 
+/* Makes room for one more element of the array *pv (a pointer to the
+   array's pointer) holding n of capacity *cap, doubling from 16. 0 ok, -1
+   out of memory. */
+static int kvx__boot_reserve(const kvx_boot *b, void *pv, size_t n, size_t *cap, size_t elem) {
+    void *v, *nv;
+    size_t nc = *cap ? *cap * 2 : 16;
+    if (n < *cap) return 0;
+    memcpy(&v, pv, sizeof v);
+    if (!(nv = kvx__boot_grow(b, v, n * elem, nc * elem))) return -1;
+    memcpy(pv, &nv, sizeof nv);
+    *cap = nc;
+    return 0;
+}
+
 static void kvx__boot_vec_push(kvx__boot_vec *v, kvx__boot_br *br) {
-    if (v->n == v->cap) {
-        size_t nc = v->cap ? v->cap * 2 : 16;
-        kvx__boot_br **nv =
-            (kvx__boot_br **)kvx__boot_grow(br->boot, v->v, v->n * sizeof *nv, nc * sizeof *nv);
-        if (!nv) return; /* the room then misses this notice; it still times out */
-        v->v = nv;
-        v->cap = nc;
-    }
+    if (kvx__boot_reserve(br->boot, &v->v, v->n, &v->cap, sizeof *v->v))
+        return; /* the room then misses this notice; it still times out */
     KVX__ADD(&br->refs, 1);
     v->v[v->n++] = br;
 }
@@ -1490,15 +1510,6 @@ static int kvx__boot_is_loopback(const struct sockaddr *sa) {
         return !memcmp(x, one, 16) || (!memcmp(x, v4, 12) && x[12] == 127);
     }
     return 0;
-}
-
-static kvx_result kvx__boot_listen(const char *host, int port, const char *what, int *fd_out,
-                                   int *bound, char *why, size_t wl) {
-    int err;
-    if ((*fd_out = kvx__listen(host, port, 1024, bound, &err)) >= 0) return KVX_OK;
-    kvx__set_why(why, wl, "cannot listen on %s:%d for the %s: %s%s", host, port, what, kvx__errstr(err),
-                 err == EADDRINUSE ? " (another process has this port; set KVX_BOOTSTRAP_PORT)" : "");
-    return KVX_ERR_IO;
 }
 
 /* Reads until n bytes, EOF or the deadline. Returns bytes read, -1 on error. */
@@ -1791,32 +1802,23 @@ static int kvx__boot_conn_flush(kvx__boot_conn *c) {
     return rc;
 }
 
-static kvx_result kvx__boot_conn_status(kvx__boot_conn *c, uint64_t room, kvx_poll state, kvx_result res,
-                                    uint64_t bytes, const char *reason) {
+/* Sends a status frame, or with type KVX_BOOT_FRAME_ABORT an abort frame
+   (state, res and bytes unused). reason may be NULL. */
+static kvx_result kvx__boot_conn_frame(kvx__boot_conn *c, uint32_t type, uint64_t room,
+                                       kvx_poll state, kvx_result res, uint64_t bytes,
+                                       const char *reason) {
     uint8_t h[KVX__BOOT_HDR + KVX__BOOT_STATUS_FIXED];
     size_t rl = reason ? kvx__boot_reason_len(strlen(reason)) : 0;
     struct iovec v[2];
-    kvx__boot_hdr(h, (uint32_t)(KVX__BOOT_STATUS_FIXED + rl), KVX_BOOT_FRAME_STATUS);
-    kvx__le_w64(h + 8, room);
-    kvx__le_w64(h + 16, bytes);
-    kvx__le_w32(h + 24, (uint32_t)state);
-    kvx__le_w32(h + 28, (uint32_t)res);
-    kvx__le_w32(h + 32, (uint32_t)rl);
-    v[0].iov_base = h; v[0].iov_len = sizeof h;
+    v[0].iov_base = h;
+    v[0].iov_len = kvx__boot_reason_head(h, type, room, state, res, bytes, rl);
     v[1].iov_base = (void *)reason; v[1].iov_len = rl;
     return kvx__boot_conn_sendv(c, v, rl ? 2 : 1);
 }
 
-static kvx_result kvx__boot_conn_abort(kvx__boot_conn *c, uint64_t room, const char *reason) {
-    uint8_t h[KVX__BOOT_HDR + KVX__BOOT_ABORT_FIXED];
-    size_t rl = reason ? kvx__boot_reason_len(strlen(reason)) : 0;
-    struct iovec v[2];
-    kvx__boot_hdr(h, (uint32_t)(KVX__BOOT_ABORT_FIXED + rl), KVX_BOOT_FRAME_ABORT);
-    kvx__le_w64(h + 8, room);
-    kvx__le_w32(h + 16, (uint32_t)rl);
-    v[0].iov_base = h; v[0].iov_len = sizeof h;
-    v[1].iov_base = (void *)reason; v[1].iov_len = rl;
-    return kvx__boot_conn_sendv(c, v, rl ? 2 : 1);
+static kvx_result kvx__boot_conn_status(kvx__boot_conn *c, uint64_t room, kvx_poll state,
+                                        kvx_result res, uint64_t bytes, const char *reason) {
+    return kvx__boot_conn_frame(c, KVX_BOOT_FRAME_STATUS, room, state, res, bytes, reason);
 }
 
 /* Under b->mu: c joins (on) or leaves (off) the connections
@@ -1825,14 +1827,8 @@ static kvx_result kvx__boot_conn_abort(kvx__boot_conn *c, uint64_t room, const c
 static void kvx__boot_live_locked(kvx_boot *b, kvx__boot_conn *c, int on) {
     size_t i;
     if (on && !c->gone && !c->live) {
-        if (b->nlive == b->clive) {
-            size_t nc = b->clive ? b->clive * 2 : 16;
-            kvx__boot_conn **nv = (kvx__boot_conn **)kvx__boot_grow(
-                b, b->live, b->nlive * sizeof *nv, nc * sizeof *nv);
-            if (!nv) return; /* unreachable for messages; everything else works */
-            b->live = nv;
-            b->clive = nc;
-        }
+        if (kvx__boot_reserve(b, &b->live, b->nlive, &b->clive, sizeof *b->live))
+            return; /* unreachable for messages; everything else works */
         b->live[b->nlive++] = c;
         c->live = 1;
     } else if (!on) {
@@ -1927,16 +1923,21 @@ static kvx__boot_br *kvx__boot_br_new(kvx_boot *b, uint64_t id) {
     return br;
 }
 
+/* Frees the kept frame f and every one after it. */
 static void kvx__boot_pframe_free(kvx__boot_pframe *f) {
-    if (f->cost) {
-        KVX__SUB(&f->conn->pend_bytes, f->cost);
-        KVX__SUB(&f->conn->boot->mem_total, f->cost);
+    while (f) {
+        kvx__boot_pframe *nx = f->next;
+        kvx_engine *e = f->conn->boot->engine;
+        if (f->cost) {
+            KVX__SUB(&f->conn->pend_bytes, f->cost);
+            KVX__SUB(&f->conn->boot->mem_total, f->cost);
+        }
+        kvx__boot_conn_unref(f->conn);
+        kvx_engine_free(e, f->pages);
+        kvx_engine_free(e, f->reason);
+        kvx_engine_free(e, f);
+        f = nx;
     }
-    kvx_engine *e = f->conn->boot->engine;
-    kvx__boot_conn_unref(f->conn);
-    kvx_engine_free(e, f->pages);
-    kvx_engine_free(e, f->reason);
-    kvx_engine_free(e, f);
 }
 
 /* Never called with boot->mu held: the room's last reference may run the
@@ -1945,11 +1946,7 @@ static void kvx__boot_br_unref(kvx__boot_br *br) {
     kvx_engine *e = br ? br->boot->engine : NULL;
     uint32_t i;
     if (!br || KVX__SUB(&br->refs, 1) != 0) return;
-    while (br->frames) {
-        kvx__boot_pframe *f = br->frames;
-        br->frames = f->next;
-        kvx__boot_pframe_free(f);
-    }
+    kvx__boot_pframe_free(br->frames);
     for (i = 0; i < br->nconns; i++) kvx__boot_conn_unref(br->conns[i]);
     if (br->conns != br->inl) { kvx_engine_free(e, br->conns); kvx_engine_free(e, br->tag); }
     if (br->room) kvx_room_unref(br->room);
@@ -1986,22 +1983,30 @@ static int kvx__boot_br_add_conn(kvx__boot_br *br, kvx__boot_conn *c, uint32_t t
     return 0;
 }
 
-/* Copies the room's connections (referenced) so frames can be sent
-   without boot->mu. Returns the count; *out must be freed with
-   kvx__boot_conns_release. */
-static uint32_t kvx__boot_br_conns(kvx__boot_br *br, kvx__boot_conn ***out, kvx__boot_conn **stack,
-                                 uint32_t stack_n) {
-    kvx__boot_conn **v = br->nconns <= stack_n ? stack
-                                           : (kvx__boot_conn **)kvx_engine_alloc(
-                                                 br->boot->engine, br->nconns * sizeof *v);
+/* Copies n connections (referenced; a room's or a prefill's, under
+   boot->mu) so frames can be sent without boot->mu. Returns the count;
+   *out (NULL: out of memory) must be freed with kvx__boot_conns_release. */
+static uint32_t kvx__boot_conns_copy(kvx_boot *b, kvx__boot_conn **src, uint32_t n,
+                                     kvx__boot_conn ***out, kvx__boot_conn **stack) {
+    kvx__boot_conn **v = n <= 4 ? stack
+                                : (kvx__boot_conn **)kvx_engine_alloc(b->engine, n * sizeof *v);
     uint32_t i;
     *out = v;
     if (!v) return 0;
-    for (i = 0; i < br->nconns; i++) {
-        v[i] = br->conns[i];
+    for (i = 0; i < n; i++) {
+        v[i] = src[i];
         kvx__boot_conn_ref(v[i]);
     }
-    return br->nconns;
+    return n;
+}
+
+/* Closes n connections and drops the caller's references. */
+static void kvx__boot_conns_close(kvx__boot_conn **v, size_t n) {
+    size_t i;
+    for (i = 0; i < n; i++) {
+        kvx__boot_conn_shut(v[i]);
+        kvx__boot_conn_unref(v[i]);
+    }
 }
 
 static void kvx__boot_conns_release(kvx_boot *b, kvx__boot_conn **v, uint32_t n,
@@ -2011,20 +2016,9 @@ static void kvx__boot_conns_release(kvx_boot *b, kvx__boot_conn **v, uint32_t n,
     if (v != stack) kvx_engine_free(b->engine, v);
 }
 
-static void kvx__boot_count_failure(kvx_boot *b, kvx_result res) {
-    int i;
-    for (i = 0; i < b->nfailures; i++)
-        if (b->failures[i].code == (int)res) { b->failures[i].count++; return; }
-    if (b->nfailures < KVX__BOOT_MAX_RESULTS) {
-        b->failures[b->nfailures].code = (int)res;
-        b->failures[b->nfailures].count = 1;
-        b->nfailures++;
-    }
-}
-
 static void kvx__boot_drop(kvx_boot *b, kvx__boot_conn *c, const char *reason);
-static kvx_result kvx__boot_keyed_hello(kvx_boot *b, kvx__buf *out, const uint8_t *nonce,
-                                        const uint8_t *proof);
+static kvx_result kvx__boot_make_hello(kvx_boot *b, kvx__buf *out, const uint8_t *nonce,
+                                       const uint8_t *proof);
 
 /* >>boot: bootstrap server (the prefill engine whose ranks are all 0) ------------ */
 
@@ -2186,22 +2180,15 @@ static void kvx__boot_reg_json(kvx_boot *b, kvx__buf *o) {
 }
 
 static const char *kvx__boot_reason_phrase(int st) {
-    switch (st) {
-    case 100: return "Continue";
-    case 200: return "OK";
-    case 400: return "Bad Request";
-    case 403: return "Forbidden";
-    case 404: return "Not Found";
-    case 405: return "Method Not Allowed";
-    case 408: return "Request Timeout";
-    case 413: return "Content Too Large";
-    case 417: return "Expectation Failed";
-    case 431: return "Request Header Fields Too Large";
-    case 500: return "Internal Server Error";
-    case 501: return "Not Implemented";
-    case 503: return "Service Unavailable";
-    case 505: return "HTTP Version Not Supported";
-    }
+    static const struct { int st; const char *text; } t[] = {
+        {100, "Continue"}, {200, "OK"}, {400, "Bad Request"}, {403, "Forbidden"},
+        {404, "Not Found"}, {405, "Method Not Allowed"}, {408, "Request Timeout"},
+        {413, "Content Too Large"}, {417, "Expectation Failed"},
+        {431, "Request Header Fields Too Large"}, {500, "Internal Server Error"},
+        {501, "Not Implemented"}, {503, "Service Unavailable"}, {505, "HTTP Version Not Supported"}};
+    size_t i;
+    for (i = 0; i < KVX__COUNT(t); i++)
+        if (t[i].st == st) return t[i].text;
     return "Unknown";
 }
 
@@ -2239,6 +2226,17 @@ static void kvx__boot_http_text(kvx_boot *b, kvx__boot_conn *c, int status, cons
     kvx__boot_http_respond(b, c, status, "text/plain; charset=utf-8", text, strlen(text), NULL);
 }
 
+static void kvx__boot_http_textf(kvx_boot *b, kvx__boot_conn *c, int status, const char *fmt, ...)
+    KVX_PRINTF(4, 5);
+static void kvx__boot_http_textf(kvx_boot *b, kvx__boot_conn *c, int status, const char *fmt, ...) {
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    kvx__boot_http_text(b, c, status, msg);
+}
+
 static void kvx__boot_http_buf(kvx_boot *b, kvx__boot_conn *c, int status, const char *ctype,
                                kvx__buf *o) {
     if (o->oom) kvx__boot_http_text(b, c, 500, "out of memory\n");
@@ -2249,48 +2247,41 @@ static void kvx__boot_route_get(kvx_boot *b, kvx__boot_conn *c, const kvx_boot_h
     static const char *keys[4] = {"prefill_dp_rank", "prefill_cp_rank", "target_tp_rank",
                                   "target_pp_rank"};
     int32_t v[4];
-    int k, status = 200, total;
+    int k, status = 200, total, all;
     kvx__boot_server *s = &b->srv;
     kvx__buf o;
     memset(&o, 0, sizeof o);
     for (k = 0; k < 4; k++) {
         int r = kvx_boot_query_int(rq->query, rq->query_len, keys[k], &v[k]);
         if (r != 1) {
-            kvx__buf_printf(&o, "Missing inputs for bootstrap server: %s is %s.\n", keys[k],
-                           r == 0 ? "missing" : "not an integer");
-            kvx__boot_http_buf(b, c, 400, "text/plain; charset=utf-8", &o);
-            kvx__buf_free(&o);
+            kvx__boot_http_textf(b, c, 400, "Missing inputs for bootstrap server: %s is %s.\n",
+                                 keys[k], r == 0 ? "missing" : "not an integer");
             return;
         }
     }
     pthread_mutex_lock(&b->mu);
     total = s->ranks ? s->tp * s->cp * s->dp * s->pp : 0;
-    if (v[0] == -1 && v[1] == -1 && v[2] == -1 && v[3] == -1) {
-        if (!s->ranks || s->registered < total) {
-            status = 503;
-            kvx__buf_printf(&o, "Prefill server not fully registered yet: %d of %d ranks.\n",
-                           s->registered, total);
-        } else {
-            kvx__buf_printf(&o, "{\"attn_tp_size\":%d,\"attn_cp_size\":%d,\"dp_size\":%d,"
-                               "\"pp_size\":%d,\"page_size\":%d,\"kv_cache_dtype\":",
-                           s->tp, s->cp, s->dp, s->pp, s->page_size);
-            kvx__buf_json_str(&o, s->dtype[0] ? s->dtype : "auto");
-            kvx__buf_printf(&o, ",\"follow_bootstrap_room\":true,\"prefill_http_port\":%d,"
-                               "\"kvx_heartbeat\":\"control\"}", s->http_port);
-        }
-    } else if (!s->ranks) {
+    all = v[0] == -1 && v[1] == -1 && v[2] == -1 && v[3] == -1; /* all -1: server info */
+    if (!all && !s->ranks) {
         status = 503;
         kvx__buf_printf(&o, "Prefill server not fully registered yet: no rank registered.\n");
-    } else if (v[0] < 0 || v[0] >= s->dp || v[1] < 0 || v[1] >= s->cp || v[2] < 0 ||
-               v[2] >= s->tp || v[3] < 0 || v[3] >= s->pp) {
+    } else if (!all && (v[0] < 0 || v[0] >= s->dp || v[1] < 0 || v[1] >= s->cp || v[2] < 0 ||
+                        v[2] >= s->tp || v[3] < 0 || v[3] >= s->pp)) {
         status = 404;
         kvx__buf_printf(&o, "Bootstrap info not Found: no rank dp %ld, cp %ld, tp %ld, pp %ld "
                            "(sizes dp %d, cp %d, tp %d, pp %d).\n",
                        (long)v[0], (long)v[1], (long)v[2], (long)v[3], s->dp, s->cp, s->tp, s->pp);
-    } else if (s->registered < total) {
+    } else if (!s->ranks || s->registered < total) {
         status = 503;
         kvx__buf_printf(&o, "Prefill server not fully registered yet: %d of %d ranks.\n",
                        s->registered, total);
+    } else if (all) {
+        kvx__buf_printf(&o, "{\"attn_tp_size\":%d,\"attn_cp_size\":%d,\"dp_size\":%d,"
+                           "\"pp_size\":%d,\"page_size\":%d,\"kv_cache_dtype\":",
+                       s->tp, s->cp, s->dp, s->pp, s->page_size);
+        kvx__buf_json_str(&o, s->dtype[0] ? s->dtype : "auto");
+        kvx__buf_printf(&o, ",\"follow_bootstrap_room\":true,\"prefill_http_port\":%d,"
+                           "\"kvx_heartbeat\":\"control\"}", s->http_port);
     } else {
         const kvx__boot_rank *slot =
             &s->ranks[(((size_t)v[0] * (size_t)s->cp + (size_t)v[1]) * (size_t)s->tp +
@@ -2342,7 +2333,6 @@ static void kvx__boot_route_put(kvx_boot *b, kvx__boot_conn *c, const kvx_boot_h
     kvx__boot_regn g;
     char why[256];
     int rc;
-    kvx__buf o;
     if (b->key && kvx__boot_route_auth(b, rq)) {
         kvx_engine_log(b->engine, KVX_LOG_WARN, "kvx.boot", 0,
                        "refused PUT /route from %s: no valid X-Kvx-Auth (this server has a key)", c->addr);
@@ -2350,21 +2340,13 @@ static void kvx__boot_route_put(kvx_boot *b, kvx__boot_conn *c, const kvx_boot_h
                                        "server has a key (KVX_AUTH_KEY)\n");
         return;
     }
-    if (kvx__boot_reg_parse(rq->body, rq->body_len, &g, why, sizeof why)) {
-        memset(&o, 0, sizeof o);
-        kvx__buf_printf(&o, "bad registration: %s\n", why);
-        kvx__boot_http_buf(b, c, 400, "text/plain; charset=utf-8", &o);
-        kvx__buf_free(&o);
-        return;
+    if (!(rc = kvx__boot_reg_parse(rq->body, rq->body_len, &g, why, sizeof why))) {
+        pthread_mutex_lock(&b->mu);
+        rc = kvx__boot_srv_register(b, &g, why, sizeof why);
+        pthread_mutex_unlock(&b->mu);
     }
-    pthread_mutex_lock(&b->mu);
-    rc = kvx__boot_srv_register(b, &g, why, sizeof why);
-    pthread_mutex_unlock(&b->mu);
     if (rc) {
-        memset(&o, 0, sizeof o);
-        kvx__buf_printf(&o, "bad registration: %s\n", why);
-        kvx__boot_http_buf(b, c, 400, "text/plain; charset=utf-8", &o);
-        kvx__buf_free(&o);
+        kvx__boot_http_textf(b, c, 400, "bad registration: %s\n", why);
         return;
     }
     kvx_engine_log(b->engine, KVX_LOG_INFO, "kvx.boot", 0,
@@ -2376,7 +2358,7 @@ static void kvx__boot_route_put(kvx_boot *b, kvx__boot_conn *c, const kvx_boot_h
 typedef struct kvx__boot_scan {
     kvx_boot *b;
     uint64_t by_state[5];
-    struct { int code; uint64_t count; } fails[KVX__BOOT_MAX_RESULTS];
+    kvx__boot_tally fails[KVX__BOOT_MAX_RESULTS];
     int nfails;
     kvx__buf *list; /* /rooms */
     size_t listed;
@@ -2388,16 +2370,7 @@ static void kvx__boot_scan_room(kvx_room *r, void *arg) {
     kvx__boot_scan *s = (kvx__boot_scan *)arg;
     kvx_poll st = kvx_room_poll(r);
     if ((int)st >= 0 && (int)st <= 4) s->by_state[st]++;
-    if (st == KVX_POLL_FAILED) {
-        kvx_result res = kvx_room_result(r);
-        int i;
-        for (i = 0; i < s->nfails && s->fails[i].code != (int)res; i++) {}
-        if (i < s->nfails) s->fails[i].count++;
-        else if (s->nfails < KVX__BOOT_MAX_RESULTS) {
-            s->fails[s->nfails].code = (int)res;
-            s->fails[s->nfails++].count = 1;
-        }
-    }
+    if (st == KVX_POLL_FAILED) kvx__boot_tally_add(s->fails, &s->nfails, (int)kvx_room_result(r), 1);
     if (st != KVX_POLL_FAILED && st != KVX_POLL_SUCCESS) s->unfinished++;
     if (s->list && st != KVX_POLL_FAILED && st != KVX_POLL_SUCCESS && s->listed < 10000) {
         char peer[300] = "";
@@ -2424,7 +2397,7 @@ static void kvx__boot_metrics(kvx_boot *b, kvx__boot_conn *c) {
     kvx__boot_scan s;
     kvx_engine_stats st;
     kvx__buf o;
-    int i, j, registered, expected;
+    int i, registered, expected;
     size_t pending;
     memset(&s, 0, sizeof s);
     memset(&o, 0, sizeof o);
@@ -2433,14 +2406,8 @@ static void kvx__boot_metrics(kvx_boot *b, kvx__boot_conn *c) {
     kvx_engine_foreach_room(b->engine, kvx__boot_scan_room, &s);
     kvx_engine_stats_get(b->engine, &st);
     pthread_mutex_lock(&b->mu);
-    for (i = 0; i < b->nfailures; i++) { /* closed rooms, then the open failed ones */
-        for (j = 0; j < s.nfails && s.fails[j].code != b->failures[i].code; j++) {}
-        if (j < s.nfails) s.fails[j].count += b->failures[i].count;
-        else if (s.nfails < KVX__BOOT_MAX_RESULTS) {
-            s.fails[s.nfails].code = b->failures[i].code;
-            s.fails[s.nfails++].count = b->failures[i].count;
-        }
-    }
+    for (i = 0; i < b->nfailures; i++) /* the open failed rooms, then the closed ones */
+        kvx__boot_tally_add(s.fails, &s.nfails, b->failures[i].code, b->failures[i].count);
     registered = b->srv.registered;
     expected = b->srv.ranks ? b->srv.tp * b->srv.cp * b->srv.dp * b->srv.pp : 0;
     pending = b->npending;
@@ -2507,18 +2474,18 @@ static void kvx__boot_rooms(kvx_boot *b, kvx__boot_conn *c) {
     kvx__buf_free(&o);
 }
 
-static int kvx__boot_is(const kvx_boot_http_request *rq, const char *path) {
-    return rq->path_len == strlen(path) && memcmp(rq->path, path, rq->path_len) == 0;
+static int kvx__boot_eq(const char *s, size_t n, const char *lit) {
+    return n == strlen(lit) && memcmp(s, lit, n) == 0;
 }
-static int kvx__boot_method(const kvx_boot_http_request *rq, const char *m) {
-    return rq->method_len == strlen(m) && memcmp(rq->method, m, rq->method_len) == 0;
+static int kvx__boot_is(const kvx_boot_http_request *rq, const char *path) {
+    return kvx__boot_eq(rq->path, rq->path_len, path);
 }
 
 static void kvx__boot_http_route(kvx_boot *b, kvx__boot_conn *c, const kvx_boot_http_request *rq) {
-    int get = kvx__boot_method(rq, "GET");
+    int get = kvx__boot_eq(rq->method, rq->method_len, "GET");
     if (kvx__boot_is(rq, "/route")) {
         if (get) kvx__boot_route_get(b, c, rq);
-        else if (kvx__boot_method(rq, "PUT")) kvx__boot_route_put(b, c, rq);
+        else if (kvx__boot_eq(rq->method, rq->method_len, "PUT")) kvx__boot_route_put(b, c, rq);
         else kvx__boot_http_respond(b, c, 405, "text/plain; charset=utf-8", "use GET or PUT\n", 15,
                                     "Allow: GET, PUT\r\n");
         return;
@@ -2584,11 +2551,9 @@ static void kvx__boot_http_readable(kvx_boot *b, kvx__boot_conn *c) {
         return;
     }
     if (kvx_boot_parse_http_request(c->in, c->in_len, &rq) != KVX_OK) {
-        char msg[160];
-        snprintf(msg, sizeof msg, "%s\n", rq.error);
         kvx_engine_log(b->engine, KVX_LOG_INFO, "kvx.boot", 0, "bad HTTP request from %s: %d %s",
                        c->addr, rq.status, rq.error);
-        kvx__boot_http_text(b, c, rq.status ? rq.status : 400, msg);
+        kvx__boot_http_textf(b, c, rq.status ? rq.status : 400, "%s\n", rq.error);
         return;
     }
     if (rq.complete) {
@@ -2662,14 +2627,12 @@ static void kvx__boot_tell(kvx_boot *b, kvx_room *r, const char *reason, kvx_res
     if (!br || br->room != r || br->told) { pthread_mutex_unlock(&b->mu); return; }
     br->told = 1;
     if (br->nconns && (b->role == KVX_ROLE_PREFILL || br->inited))
-        n = kvx__boot_br_conns(br, &cs, stack, 4);
+        n = kvx__boot_conns_copy(b, br->conns, br->nconns, &cs, stack);
     pthread_mutex_unlock(&b->mu);
-    for (i = 0; cs && i < n; i++) {
-        if (b->role == KVX_ROLE_PREFILL)
-            kvx__boot_conn_status(cs[i], kvx_room_id(r), KVX_POLL_FAILED, res, 0, reason);
-        else
-            kvx__boot_conn_abort(cs[i], kvx_room_id(r), reason);
-    }
+    for (i = 0; cs && i < n; i++) /* prefill: status Failed; decode: abort */
+        kvx__boot_conn_frame(cs[i], b->role == KVX_ROLE_PREFILL ? KVX_BOOT_FRAME_STATUS
+                                                                : KVX_BOOT_FRAME_ABORT,
+                             kvx_room_id(r), KVX_POLL_FAILED, res, 0, reason);
     if (cs) kvx__boot_conns_release(b, cs, n, stack);
 }
 
@@ -2781,6 +2744,36 @@ static const char *kvx__boot_pend_charge(kvx__boot_conn *c, int64_t cost) {
     return NULL;
 }
 
+/* Under boot->mu: keeps a frame of c for br (no sender yet), charged to c,
+   with room for n pages or a copy of reason. NULL when out of memory
+   (nothing charged) or, with *over set, past a budget. */
+static kvx__boot_pframe *kvx__boot_pframe_keep(kvx__boot_br *br, kvx__boot_conn *c, int type,
+                                               uint32_t n, const char *reason, const char **over) {
+    kvx_boot *b = c->boot;
+    size_t rl = reason ? strlen(reason) + 1 : 0;
+    int64_t cost = (int64_t)(sizeof(kvx__boot_pframe) + (reason ? rl : sizeof *br + 4ull * n));
+    kvx__boot_pframe *fr;
+    if ((*over = kvx__boot_pend_charge(c, cost)) != NULL) return NULL;
+    if (!(fr = (kvx__boot_pframe *)kvx__boot_zalloc(b, sizeof *fr))) {
+        KVX__SUB(&c->pend_bytes, cost);
+        KVX__SUB(&b->mem_total, cost);
+        return NULL;
+    }
+    fr->type = type;
+    fr->conn = c;
+    fr->cost = cost; /* from here kvx__boot_pframe_free uncharges */
+    kvx__boot_conn_ref(c);
+    if (n) fr->pages = (int32_t *)kvx_engine_alloc(b->engine, n * sizeof *fr->pages);
+    if (rl) fr->reason = (char *)kvx_engine_alloc(b->engine, rl);
+    if ((n && !fr->pages) || (rl && !fr->reason)) {
+        kvx__boot_pframe_free(fr);
+        return NULL;
+    }
+    if (rl) memcpy(fr->reason, reason, rl);
+    kvx__boot_pending_add(br, fr);
+    return fr;
+}
+
 static void kvx__boot_on_room_frame(kvx_boot *b, kvx__boot_conn *c, const kvx_boot_frame *f) {
     kvx__boot_br *br;
     uint32_t i, n = f->num_pages;
@@ -2801,7 +2794,6 @@ static void kvx__boot_on_room_frame(kvx_boot *b, kvx__boot_conn *c, const kvx_bo
         kvx__boot_pframe *fr = NULL;
         const char *why = "too many rooms wait for their sender (KVX_BOOT_MAX_PENDING)";
         const char *over = NULL;
-        int64_t cost = (int64_t)(sizeof *fr + sizeof *br + 4ull * n);
         br = kvx__boot_pending_entry(b, f->room);
         if (br && kvx__boot_pending_frames(br) >= KVX__BOOT_MAX_FRAMES_PER_ROOM) {
             br = NULL;
@@ -2811,29 +2803,12 @@ static void kvx__boot_on_room_frame(kvx_boot *b, kvx__boot_conn *c, const kvx_bo
             br = NULL;
             why = "too many destination pages wait for their senders";
         }
-        if (br && (over = kvx__boot_pend_charge(c, cost)) != NULL) br = NULL;
-        if (br) {
-            fr = (kvx__boot_pframe *)kvx__boot_zalloc(b, sizeof *fr);
-            if (fr && n) {
-                fr->pages = (int32_t *)kvx_engine_alloc(b->engine, n * sizeof *fr->pages);
-                if (!fr->pages) { kvx_engine_free(b->engine, fr); fr = NULL; }
-            }
-            if (!fr) { /* uncharge */
-                KVX__SUB(&c->pend_bytes, cost);
-                KVX__SUB(&b->mem_total, cost);
-            }
-        }
-        if (fr) {
-            fr->cost = cost;
-            fr->type = KVX_BOOT_FRAME_ROOM;
-            fr->conn = c;
-            kvx__boot_conn_ref(c);
+        if (br && (fr = kvx__boot_pframe_keep(br, c, KVX_BOOT_FRAME_ROOM, n, NULL, &over))) {
             fr->aux = f->aux_index;
             fr->idx = f->peer_index;
             fr->count = f->peer_count;
             fr->n = n;
             if (n) memcpy(fr->pages, b->scratch, n * sizeof *fr->pages);
-            kvx__boot_pending_add(br, fr);
             b->pending_pages += n;
         }
         pthread_mutex_unlock(&b->mu);
@@ -2865,32 +2840,12 @@ static void kvx__boot_on_abort_frame(kvx_boot *b, kvx__boot_conn *c, const kvx_b
            destination (then it owns the room), once */
         kvx__boot_pframe *fr, *own = NULL;
         const char *over = NULL;
-        int64_t cost = (int64_t)(sizeof *fr + strlen(reason) + 1);
         for (fr = br->frames; fr; fr = fr->next) {
             if (fr->conn != c) continue;
             if (fr->type == KVX_BOOT_FRAME_ABORT) { own = NULL; break; }
             own = fr;
         }
-        fr = NULL;
-        if (own && (over = kvx__boot_pend_charge(c, cost)) == NULL) {
-            size_t rl = strlen(reason) + 1;
-            fr = (kvx__boot_pframe *)kvx__boot_zalloc(b, sizeof *fr);
-            if (fr && (fr->reason = (char *)kvx_engine_alloc(b->engine, rl)) != NULL)
-                memcpy(fr->reason, reason, rl);
-            if (!fr || !fr->reason) {
-                kvx_engine_free(b->engine, fr);
-                fr = NULL;
-                KVX__SUB(&c->pend_bytes, cost);
-                KVX__SUB(&b->mem_total, cost);
-            }
-        }
-        if (fr) {
-            fr->type = KVX_BOOT_FRAME_ABORT;
-            fr->conn = c;
-            fr->cost = cost;
-            kvx__boot_conn_ref(c);
-            kvx__boot_pending_add(br, fr);
-        }
+        if (own) kvx__boot_pframe_keep(br, c, KVX_BOOT_FRAME_ABORT, 0, reason, &over);
         pthread_mutex_unlock(&b->mu);
         if (over) kvx__boot_drop(b, c, over);
         return;
@@ -2954,7 +2909,7 @@ static int kvx__boot_answer_keyed(kvx_boot *b, kvx__boot_conn *c, const kvx_boot
     if (f->hello.nonce) memcpy(c->nonce_peer, f->hello.nonce, KVX_BOOT_NONCE);
     else memset(c->nonce_peer, 0, KVX_BOOT_NONCE);
     kvx__auth_proof(b->key, b->key_len, "kvx-boot-server", c->nonce_peer, c->nonce_self, proof);
-    r = kvx__boot_keyed_hello(b, &h, c->nonce_self, proof);
+    r = kvx__boot_make_hello(b, &h, c->nonce_self, proof);
     if (r == KVX_OK) r = kvx__boot_conn_send(c, h.data, h.len);
     kvx__buf_free(&h);
     if (r != KVX_OK) {
@@ -3025,7 +2980,7 @@ static void kvx__boot_on_status_frame(kvx_boot *b, kvx__boot_conn *c, const kvx_
     kvx__boot_br *br;
     kvx_room *r;
     uint32_t k;
-    int done = 0, inited;
+    int done = 0, inited, h = 0;
     uint64_t bytes = 0;
     kvx__boot_reason_copy(reason, sizeof reason, f->reason, f->reason_len);
     pthread_mutex_lock(&b->mu);
@@ -3037,39 +2992,26 @@ static void kvx__boot_on_status_frame(kvx_boot *b, kvx__boot_conn *c, const kvx_
     r = br->room;
     inited = br->inited;
     pthread_mutex_unlock(&b->mu);
-    if (b->hooks.on_status) {
-        int h = b->hooks.on_status(b, r, &c->info, (kvx_poll)f->state, (kvx_result)f->result,
-                                   f->bytes, reason);
-        if (h == 2) { /* handled, and this rank is done with the room */
-            pthread_mutex_lock(&b->mu);
-            if (!br->tag[k]) {
-                br->tag[k] = 1;
-                br->ndone++;
-                br->bytes += f->bytes;
-            }
-            pthread_mutex_unlock(&b->mu);
-        }
-        if (h) {
-            kvx__boot_br_unref(br);
-            return;
-        }
-    }
-    if (f->state == KVX_POLL_SUCCESS && inited) {
+    if (b->hooks.on_status)
+        h = b->hooks.on_status(b, r, &c->info, (kvx_poll)f->state, (kvx_result)f->result,
+                               f->bytes, reason);
+    /* 2: handled, and this rank is done with the room; 1: handled */
+    if (h == 2 || (!h && f->state == KVX_POLL_SUCCESS && inited)) {
         pthread_mutex_lock(&b->mu);
         if (!br->tag[k]) {
             br->tag[k] = 1;
             br->ndone++;
             br->bytes += f->bytes;
         }
-        done = br->ndone == br->nconns;
+        done = !h && br->ndone == br->nconns;
         bytes = br->bytes;
         pthread_mutex_unlock(&b->mu);
         if (done) kvx_room_succeed(r, bytes);
-    } else if (f->state == KVX_POLL_SUCCESS) {
+    } else if (!h && f->state == KVX_POLL_SUCCESS) {
         kvx_engine_log(b->engine, KVX_LOG_WARN, "kvx.boot", br->id,
                        "prefill rank %s reported Success before this receiver sent its "
                        "destination; ignored", c->addr);
-    } else if (f->state == KVX_POLL_FAILED) {
+    } else if (!h && f->state == KVX_POLL_FAILED) {
         char who[600];
         snprintf(who, sizeof who, "failed by prefill rank %s (bootstrap %s)", c->addr,
                  c->peer ? c->peer->addr : "?");
@@ -3083,7 +3025,7 @@ static void kvx__boot_peer_dead_locked(kvx_boot *b, kvx__boot_pf *p, kvx__boot_v
     size_t i;
     uint32_t k;
     p->state = KVX__BOOT_PF_DEAD;
-    for (k = 0; k < p->nconns; k++) KVX__STORE(&p->conns[k]->want_close, 1);
+    for (k = 0; k < p->r.nconns; k++) KVX__STORE(&p->r.conns[k]->want_close, 1);
     for (i = 0; i < b->rooms.nb; i++) {
         kvx__boot_br *br;
         for (br = kvx__boot_at(b->rooms.b[i]); br; br = kvx__boot_at(br->hn.hnext))
@@ -3127,6 +3069,7 @@ static void kvx__boot_conn_lost(kvx_boot *b, kvx__boot_conn *c, const char *reas
                         kvx__boot_pframe *fr = *fp;
                         if (fr->conn == c) {
                             *fp = fr->next;
+                            fr->next = NULL;
                             b->pending_pages -= fr->n;
                             kvx__boot_pframe_free(fr);
                             continue;
@@ -3190,17 +3133,11 @@ static void kvx__boot_conn_lost(kvx_boot *b, kvx__boot_conn *c, const char *reas
 /* Returns 1 when the connection was dropped. */
 static int kvx__boot_dispatch(kvx_boot *b, kvx__boot_conn *c, const kvx_boot_frame *f) {
     char msg[160];
-    if (!c->hello_done && c->auth_wait) {
-        if (f->type == KVX_BOOT_FRAME_AUTH) return kvx__boot_on_auth(b, c, f);
-        snprintf(msg, sizeof msg, "protocol error: %s frame before authentication",
-                 kvx__boot_type_name(f->type));
-        kvx__boot_drop(b, c, msg);
-        return 1;
-    }
-    if (!c->hello_done) {
-        if (f->type == KVX_BOOT_FRAME_HELLO) return kvx__boot_on_hello(b, c, f);
-        snprintf(msg, sizeof msg, "protocol error: %s frame before hello",
-                 kvx__boot_type_name(f->type));
+    if (!c->hello_done) { /* a hello first; keyed, then the decode's proof */
+        if (c->auth_wait && f->type == KVX_BOOT_FRAME_AUTH) return kvx__boot_on_auth(b, c, f);
+        if (!c->auth_wait && f->type == KVX_BOOT_FRAME_HELLO) return kvx__boot_on_hello(b, c, f);
+        snprintf(msg, sizeof msg, "protocol error: %s frame before %s",
+                 kvx__boot_type_name(f->type), c->auth_wait ? "authentication" : "hello");
         kvx__boot_drop(b, c, msg);
         return 1;
     }
@@ -3327,14 +3264,7 @@ static void kvx__boot_drop(kvx_boot *b, kvx__boot_conn *c, const char *reason) {
 
 /* Takes the caller's reference. */
 static int kvx__boot_io_add(kvx_boot *b, kvx__boot_conn *c) {
-    if (b->nconns == b->cconns) {
-        size_t nc = b->cconns ? b->cconns * 2 : 16;
-        kvx__boot_conn **nv =
-            (kvx__boot_conn **)kvx__boot_grow(b, b->conns, b->nconns * sizeof *nv, nc * sizeof *nv);
-        if (!nv) return -1;
-        b->conns = nv;
-        b->cconns = nc;
-    }
+    if (kvx__boot_reserve(b, &b->conns, b->nconns, &b->cconns, sizeof *b->conns)) return -1;
     b->conns[b->nconns++] = c;
     return 0;
 }
@@ -3546,10 +3476,7 @@ static void *kvx__boot_io_main(void *arg) {
         kvx__boot_housekeeping(b);
     }
     kvx__boot_adopt(b);
-    for (i = 0; i < b->nconns; i++) {
-        kvx__boot_conn_shut(b->conns[i]);
-        kvx__boot_conn_unref(b->conns[i]);
-    }
+    kvx__boot_conns_close(b->conns, b->nconns);
     b->nconns = 0;
     kvx_engine_free(b->engine, pf);
     return NULL;
@@ -3678,15 +3605,17 @@ static kvx_result kvx__boot_ctrl_connect(kvx_boot *b, kvx__boot_pf *p, const cha
     char err[300] = "";
     uint8_t nonce[KVX_BOOT_NONCE];
     uint64_t fp = kvx_layout_fingerprint(kvx_engine_layout(b->engine));
+    const char *tn = kvx_engine_transport(b->engine);
     *out = NULL;
     for (attempt = 0; attempt < KVX_BOOT_TRIES; attempt++) {
         uint64_t deadline;
-        int fd;
-        kvx__buf in;
+        int fd, bad;
+        kvx__buf in, kh;
         kvx_boot_frame f;
         size_t used = 0;
         char ferr[200];
-        kvx__boot_conn *c;
+        kvx_result dr = KVX_OK, res = KVX_OK;
+        kvx__boot_conn *c = NULL;
         if (attempt && kvx__boot_backoff(b, attempt - 1)) {
             kvx__set_why(why, wl, "the engine is shutting down");
             return KVX_ERR_ABORTED;
@@ -3694,23 +3623,18 @@ static kvx_result kvx__boot_ctrl_connect(kvx_boot *b, kvx__boot_pf *p, const cha
         deadline = kvx_now_ns() + (uint64_t)(KVX__BOOT_HTTP_TIMEOUT_S * 1e9);
         fd = kvx__connect(ip, port, deadline, NULL, NULL, &e);
         if (fd < 0) { snprintf(err, sizeof err, "%s", kvx__errstr(e)); continue; }
-        if (b->key) { /* keyed hello: our fresh nonce is the challenge */
-            kvx__buf kh;
-            int bad;
-            if (kvx__random_bytes(nonce, sizeof nonce) != KVX_OK ||
-                kvx__boot_keyed_hello(b, &kh, nonce, NULL) != KVX_OK) {
-                close(fd);
-                kvx__set_why(why, wl, "cannot build an authenticated hello (no random bytes?)");
-                return KVX_ERR_IO;
-            }
-            bad = kvx__send_all(fd, kh.data, kh.len, deadline);
+        memset(&kh, 0, sizeof kh);
+        if (b->key && (kvx__random_bytes(nonce, sizeof nonce) != KVX_OK || /* the challenge */
+                       kvx__boot_make_hello(b, &kh, nonce, NULL) != KVX_OK)) {
             kvx__buf_free(&kh);
-            if (bad) {
-                snprintf(err, sizeof err, "cannot send hello: %s", kvx__errstr(errno));
-                close(fd);
-                continue;
-            }
-        } else if (kvx__send_all(fd, b->hello.data, b->hello.len, deadline)) {
+            close(fd);
+            kvx__set_why(why, wl, "cannot build an authenticated hello (no random bytes?)");
+            return KVX_ERR_IO;
+        }
+        bad = b->key ? kvx__send_all(fd, kh.data, kh.len, deadline)
+                     : kvx__send_all(fd, b->hello.data, b->hello.len, deadline);
+        kvx__buf_free(&kh);
+        if (bad) {
             snprintf(err, sizeof err, "cannot send hello: %s", kvx__errstr(errno));
             close(fd);
             continue;
@@ -3719,15 +3643,8 @@ static kvx_result kvx__boot_ctrl_connect(kvx_boot *b, kvx__boot_pf *p, const cha
         for (;;) { /* read the prefill's hello */
             char tmp[4096];
             ssize_t r;
-            kvx_result dr = kvx_boot_frame_decode(in.data, in.len, &f, &used, ferr, sizeof ferr);
-            if (dr != KVX_OK) {
-                kvx__set_why(why, wl, "prefill rank %s:%d (bootstrap %s) sent a bad hello: %s", ip,
-                             port, p->addr, ferr);
-                kvx__buf_free(&in);
-                close(fd);
-                return KVX_ERR_PROTOCOL;
-            }
-            if (used) break;
+            dr = kvx_boot_frame_decode(in.data, in.len, &f, &used, ferr, sizeof ferr);
+            if (dr != KVX_OK || used) break;
             r = kvx__boot_recv_some(fd, tmp, sizeof tmp, deadline);
             if (r <= 0) {
                 snprintf(err, sizeof err, "no hello: %s", r == 0 ? "the connection closed" : kvx__errstr(errno));
@@ -3736,7 +3653,7 @@ static kvx_result kvx__boot_ctrl_connect(kvx_boot *b, kvx__boot_pf *p, const cha
             kvx__buf_put(&in, tmp, (size_t)r);
             if (in.oom) { snprintf(err, sizeof err, "out of memory"); break; }
         }
-        if (!used) {
+        if (dr == KVX_OK && !used) {
             if (b->key)
                 snprintf(err + strlen(err), sizeof err - strlen(err),
                          " (a prefill of a kvx version without authentication closes keyed hellos)");
@@ -3744,56 +3661,50 @@ static kvx_result kvx__boot_ctrl_connect(kvx_boot *b, kvx__boot_pf *p, const cha
             close(fd);
             continue;
         }
-        if (f.type != KVX_BOOT_FRAME_HELLO || f.hello.role != KVX_ROLE_PREFILL) {
+        if (dr != KVX_OK) {
+            kvx__set_why(why, wl, "prefill rank %s:%d (bootstrap %s) sent a bad hello: %s", ip,
+                         port, p->addr, ferr);
+            res = KVX_ERR_PROTOCOL;
+        } else if (f.type != KVX_BOOT_FRAME_HELLO || f.hello.role != KVX_ROLE_PREFILL) {
             kvx__set_why(why, wl, "prefill rank %s:%d (bootstrap %s) answered with a %s frame, not "
                          "a prefill hello", ip, port, p->addr, kvx__boot_type_name(f.type));
-            kvx__buf_free(&in);
-            close(fd);
-            return KVX_ERR_PROTOCOL;
-        }
-        if (kvx__boot_check_auth(b, &f.hello, nonce, ip, port, p->addr, fd, deadline, why, wl)) {
-            kvx__buf_free(&in);
-            close(fd);
-            return KVX_ERR_PERMISSION;
-        }
-        if (f.hello.transport_len != strlen(kvx_engine_transport(b->engine)) ||
-            memcmp(f.hello.transport, kvx_engine_transport(b->engine), f.hello.transport_len)) {
+            res = KVX_ERR_PROTOCOL;
+        } else if (kvx__boot_check_auth(b, &f.hello, nonce, ip, port, p->addr, fd, deadline, why, wl)) {
+            res = KVX_ERR_PERMISSION;
+        } else if (f.hello.transport_len != strlen(tn) ||
+                   memcmp(f.hello.transport, tn, f.hello.transport_len)) {
             kvx__set_why(why, wl, "prefill rank %s:%d (bootstrap %s) uses transport '%.*s', this "
                          "decode engine '%s'", ip, port, p->addr, (int)f.hello.transport_len,
-                         f.hello.transport, kvx_engine_transport(b->engine));
-            kvx__buf_free(&in);
-            close(fd);
-            return KVX_ERR_LAYOUT_MISMATCH;
-        }
-        if (f.hello.fingerprint != fp) {
+                         f.hello.transport, tn);
+            res = KVX_ERR_LAYOUT_MISMATCH;
+        } else if (f.hello.fingerprint != fp) {
             char diff[KVX_ERROR_MAX];
             kvx__boot_layout_diff(b, &f.hello, diff, sizeof diff);
             kvx__set_why(why, wl, "KV layout of prefill rank %s:%d (bootstrap %s) differs from this "
                          "decode engine's: %s (fingerprints: ours %016llx, theirs %016llx)", ip,
                          port, p->addr, diff, (unsigned long long)fp,
                          (unsigned long long)f.hello.fingerprint);
-            kvx__buf_free(&in);
-            close(fd);
-            return KVX_ERR_LAYOUT_MISMATCH;
+            res = KVX_ERR_LAYOUT_MISMATCH;
+        } else if (!(c = kvx__boot_conn_new(b, KVX__BOOT_K_CTRL, fd)) ||
+                   kvx__boot_conn_set_info(c, &f.hello)) {
+            kvx__set_why(why, wl, "out of memory");
+            res = KVX_ERR_NO_MEMORY;
         }
-        c = kvx__boot_conn_new(b, KVX__BOOT_K_CTRL, fd);
-        if (!c || kvx__boot_conn_set_info(c, &f.hello)) {
-            if (c) kvx__boot_conn_unref(c);
+        if (res != KVX_OK) {
+            if (c) kvx__boot_conn_unref(c); /* closes fd */
             else close(fd);
             kvx__buf_free(&in);
-            kvx__set_why(why, wl, "out of memory");
-            return KVX_ERR_NO_MEMORY;
+            return res;
         }
         snprintf(c->addr, sizeof c->addr, "%s%s%s:%d", strchr(ip, ':') ? "[" : "", ip,
                  strchr(ip, ':') ? "]" : "", port);
         c->hello_done = 1;
         c->peer = p;
         c->info.bootstrap = p->addr;
-        if (in.len > used) { /* nothing else is expected yet, but keep it */
-            if (kvx__boot_in_grow(c, in.len - used) == 0) {
-                memcpy(c->in, in.data + used, in.len - used);
-                c->in_len = in.len - used;
-            }
+        /* nothing else is expected yet, but keep it */
+        if (in.len > used && kvx__boot_in_grow(c, in.len - used) == 0) {
+            memcpy(c->in, in.data + used, in.len - used);
+            c->in_len = in.len - used;
         }
         kvx__buf_free(&in);
         *out = c;
@@ -3804,20 +3715,8 @@ static kvx_result kvx__boot_ctrl_connect(kvx_boot *b, kvx__boot_pf *p, const cha
     return KVX_ERR_PEER;
 }
 
-typedef struct kvx__boot_res {
-    int tp, cp, dp, pp, ctrl_ping;
-    uint32_t per_dp;
-    uint16_t peer_index, peer_count;
-    kvx__boot_conn **conns;
-    uint32_t nconns;
-} kvx__boot_res;
-
 static void kvx__boot_res_free(kvx_boot *b, kvx__boot_res *rs) {
-    uint32_t i;
-    for (i = 0; i < rs->nconns; i++) {
-        kvx__boot_conn_shut(rs->conns[i]);
-        kvx__boot_conn_unref(rs->conns[i]);
-    }
+    kvx__boot_conns_close(rs->conns, rs->nconns);
     kvx_engine_free(b->engine, rs->conns);
     memset(rs, 0, sizeof *rs);
 }
@@ -3942,12 +3841,12 @@ static kvx_result kvx__boot_resolve(kvx_boot *b, kvx__boot_pf *p, kvx__boot_res 
 
 /* Under boot->mu: points a decode room at its target connections. */
 static int kvx__boot_assign(kvx__boot_br *br, kvx__boot_pf *p) {
-    uint32_t dp = (uint32_t)(br->id % (uint64_t)p->dp), k;
-    for (k = 0; k < p->per_dp; k++)
-        if (kvx__boot_br_add_conn(br, p->conns[dp * p->per_dp + k], 0)) return -1;
+    uint32_t dp = (uint32_t)(br->id % (uint64_t)p->r.dp), k;
+    for (k = 0; k < p->r.per_dp; k++)
+        if (kvx__boot_br_add_conn(br, p->r.conns[dp * p->r.per_dp + k], 0)) return -1;
     br->gen = p->gen;
-    br->peer_index = p->peer_index;
-    br->peer_count = p->peer_count;
+    br->peer_index = p->r.peer_index;
+    br->peer_count = p->r.peer_count;
     br->waiting = 0;
     return 0;
 }
@@ -3977,30 +3876,21 @@ static void kvx__boot_resolve_job(void *arg) {
         snprintf(why, sizeof why, "the engine is shutting down");
     }
     if (res == KVX_OK) {
-        old = p->conns;
-        nold = p->nconns;
+        old = p->r.conns;
+        nold = p->r.nconns;
         p->gen++;
-        p->conns = rs.conns;
-        p->nconns = rs.nconns;
-        p->tp = rs.tp; p->cp = rs.cp; p->dp = rs.dp; p->pp = rs.pp;
-        p->per_dp = rs.per_dp;
-        p->ctrl_ping = rs.ctrl_ping;
+        p->r = rs;
         p->ping_sent_ns = 0;
-        p->peer_index = rs.peer_index;
-        p->peer_count = rs.peer_count;
         p->state = KVX__BOOT_PF_READY;
         p->hb_failures = 0;
         p->next_hb_ns = kvx_now_ns() + (uint64_t)(b->hb_interval * 1e9);
-        for (k = 0; k < p->nconns; k++) {
-            kvx__boot_conn *c = p->conns[k];
+        for (k = 0; k < p->r.nconns; k++) {
+            kvx__boot_conn *c = p->r.conns[k];
             c->gen = p->gen;
-            if (b->nincoming == b->cincoming) {
-                size_t nc = b->cincoming ? b->cincoming * 2 : 16;
-                kvx__boot_conn **ni = (kvx__boot_conn **)kvx__boot_grow(
-                    b, b->incoming, b->nincoming * sizeof *ni, nc * sizeof *ni);
-                if (!ni) { KVX__STORE(&c->want_close, 1); continue; }
-                b->incoming = ni;
-                b->cincoming = nc;
+            if (kvx__boot_reserve(b, &b->incoming, b->nincoming, &b->cincoming,
+                                  sizeof *b->incoming)) {
+                KVX__STORE(&c->want_close, 1);
+                continue;
             }
             kvx__boot_conn_ref(c);
             b->incoming[b->nincoming++] = c;
@@ -4029,18 +3919,14 @@ static void kvx__boot_resolve_job(void *arg) {
     if (res == KVX_OK) {
         kvx_engine_log(b->engine, KVX_LOG_INFO, "kvx.boot", 0,
                        "prefill %s: tp %d, cp %d, dp %d, pp %d; %u control connections up",
-                       p->addr, p->tp, p->cp, p->dp, p->pp, p->nconns);
+                       p->addr, p->r.tp, p->r.cp, p->r.dp, p->r.pp, p->r.nconns);
         if (b->hooks.on_connect) {
+            kvx__boot_conn *stack[4];
             pthread_mutex_lock(&b->mu);
-            nold = p->nconns;
-            old = (kvx__boot_conn **)kvx_engine_alloc(b->engine, (nold ? nold : 1) * sizeof *old);
-            for (k = 0; old && k < nold; k++) { old[k] = p->conns[k]; kvx__boot_conn_ref(old[k]); }
+            nold = kvx__boot_conns_copy(b, p->r.conns, p->r.nconns, &old, stack);
             pthread_mutex_unlock(&b->mu);
-            for (k = 0; old && k < nold; k++) {
-                b->hooks.on_connect(b, &old[k]->info);
-                kvx__boot_conn_unref(old[k]);
-            }
-            kvx_engine_free(b->engine, old);
+            for (k = 0; k < nold; k++) b->hooks.on_connect(b, &old[k]->info);
+            if (old) kvx__boot_conns_release(b, old, nold, stack);
         }
     } else {
         kvx_engine_log(b->engine, KVX_LOG_ERROR, "kvx.boot", 0, "%s", why);
@@ -4090,17 +3976,17 @@ static void kvx__boot_hb_ping(kvx_boot *b, kvx__boot_pf *p) {
     uint32_t k;
     int ok = 1;
     uint64_t now = kvx_now_ns();
-    for (k = 0; p->ping_sent_ns && k < p->nconns && ok; k++)
-        if (KVX__LOAD(&p->conns[k]->last_rx_ns) < p->ping_sent_ns) {
+    for (k = 0; p->ping_sent_ns && k < p->r.nconns && ok; k++)
+        if (KVX__LOAD(&p->r.conns[k]->last_rx_ns) < p->ping_sent_ns) {
             ok = 0;
             snprintf(err, sizeof err, "rank %s did not answer a ping on its control connection "
-                     "within %.1f s", p->conns[k]->addr, (double)(now - p->ping_sent_ns) / 1e9);
+                     "within %.1f s", p->r.conns[k]->addr, (double)(now - p->ping_sent_ns) / 1e9);
         }
     p->ping_sent_ns = now;
     p->ping_seq++;
     kvx__boot_hdr(ping, 8, KVX_BOOT_FRAME_PING);
     kvx__le_w64(ping + KVX__BOOT_HDR, p->ping_seq);
-    for (k = 0; k < p->nconns; k++) kvx__boot_conn_send(p->conns[k], ping, sizeof ping);
+    for (k = 0; k < p->r.nconns; k++) kvx__boot_conn_send(p->r.conns[k], ping, sizeof ping);
     kvx__boot_hb_result(b, p, ok, err);
 }
 
@@ -4117,7 +4003,7 @@ static void *kvx__boot_hb_main(void *arg) {
             if (p->next_hb_ns <= now) { due = p; break; }
             if (p->next_hb_ns < next) next = p->next_hb_ns;
         }
-        if (due && due->ctrl_ping) {
+        if (due && due->r.ctrl_ping) {
             kvx__boot_hb_ping(b, due);
             continue;
         }
@@ -4302,11 +4188,7 @@ KVX_API kvx_result kvx_boot_room_open(kvx_boot *b, kvx_room *r) {
             }
         }
     }
-    while (frames) {
-        f = frames;
-        frames = f->next;
-        kvx__boot_pframe_free(f);
-    }
+    kvx__boot_pframe_free(frames);
     kvx__boot_br_unref(br);
     return KVX_OK;
 }
@@ -4324,7 +4206,7 @@ KVX_API void kvx_boot_room_close(kvx_boot *b, kvx_room *r) {
     br = kvx__boot_find(b, kvx_room_id(r));
     if (!br || br->room != r) { pthread_mutex_unlock(&b->mu); return; }
     kvx__htab_remove(&b->rooms, &br->hn);
-    if (kvx_room_poll(r) == KVX_POLL_FAILED) kvx__boot_count_failure(b, kvx_room_result(r));
+    if (kvx_room_poll(r) == KVX_POLL_FAILED) kvx__boot_tally_add(b->failures, &b->nfailures, (int)kvx_room_result(r), 1);
     pthread_mutex_unlock(&b->mu);
     kvx__boot_br_unref(br);
 }
@@ -4349,7 +4231,7 @@ KVX_API kvx_result kvx_boot_receiver_init(kvx_boot *b, kvx_room *r, const int32_
     br->inited = 1;
     idx = br->peer_index;
     count = br->peer_count ? br->peer_count : 1;
-    nc = kvx__boot_br_conns(br, &cs, stack, 4);
+    nc = kvx__boot_conns_copy(b, br->conns, br->nconns, &cs, stack);
     pthread_mutex_unlock(&b->mu);
     if (!cs) return KVX_ERR_NO_MEMORY;
     kvx__boot_room_head(head, kvx_room_id(r), aux_index, n, idx, count);
@@ -4393,7 +4275,7 @@ KVX_API kvx_result kvx_boot_send_status(kvx_boot *b, kvx_room *r, kvx_poll state
         if (br->told) { pthread_mutex_unlock(&b->mu); return KVX_OK; } /* said once already */
         br->told = 1;
     }
-    nc = kvx__boot_br_conns(br, &cs, stack, 4);
+    nc = kvx__boot_conns_copy(b, br->conns, br->nconns, &cs, stack);
     pthread_mutex_unlock(&b->mu);
     if (!cs) return KVX_ERR_NO_MEMORY;
     for (i = 0; i < nc; i++) {
@@ -4536,21 +4418,26 @@ static kvx_result kvx__boot_settings(kvx_boot *b, char *why, size_t wl) {
     return KVX_OK;
 }
 
-static kvx_result kvx__boot_make_hello(kvx_boot *b) {
+/* Our hello: keyless (nonce NULL), the shared encoding made once at
+   create (b->hello); keyed, per connection, with a fresh nonce (and on
+   prefill the proof over the decode's nonce). */
+static kvx_result kvx__boot_make_hello(kvx_boot *b, kvx__buf *out, const uint8_t *nonce,
+                                       const uint8_t *proof) {
     const kvx_layout *l = kvx_engine_layout(b->engine);
     const char *tn = kvx_engine_transport(b->engine), *dt = l->dtype ? l->dtype : "";
+    uint64_t items[KVX_MAX_BUFFERS + KVX_MAX_AUX + 1]; /* the core checked the counts */
     kvx_boot_frame f;
-    uint64_t *items = (uint64_t *)kvx_engine_alloc(
-        b->engine, (l->num_buffers + l->num_aux + 1) * sizeof *items);
     uint32_t i;
-    kvx_result r;
-    if (!items) return KVX_ERR_NO_MEMORY;
     for (i = 0; i < l->num_buffers; i++) items[i] = l->buffers[i].item_len;
     for (i = 0; i < l->num_aux; i++) items[l->num_buffers + i] = l->aux[i].item_len;
     memset(&f, 0, sizeof f);
+    memset(out, 0, sizeof *out);
     f.type = KVX_BOOT_FRAME_HELLO;
     f.hello.version = KVX_BOOT_PROTOCOL_VERSION;
     f.hello.role = (uint16_t)b->role;
+    f.hello.flags = nonce ? KVX_BOOT_HELLO_AUTH : 0;
+    f.hello.nonce = nonce;
+    f.hello.proof = proof;
     f.hello.instance = b->instance;
     f.hello.fingerprint = kvx_layout_fingerprint(l);
     f.hello.tp_size = b->tp_size; f.hello.tp_rank = b->tp_rank;
@@ -4571,36 +4458,7 @@ static kvx_result kvx__boot_make_hello(kvx_boot *b) {
     f.hello.transport_len = (uint32_t)strlen(tn);
     f.hello.endpoint = b->endpoint;
     f.hello.endpoint_len = b->endpoint_len;
-    r = kvx__boot_frame_encode(&f, &b->hello);
-    kvx_engine_free(b->engine, items);
-    return r;
-}
-
-/* Our hello for one connection: keyless, the shared encoding; keyed, with
-   a fresh nonce (and on prefill the proof over the decode's nonce). */
-static kvx_result kvx__boot_keyed_hello(kvx_boot *b, kvx__buf *out, const uint8_t *nonce,
-                                        const uint8_t *proof) {
-    kvx_boot_frame f;
-    size_t used = 0;
-    char why[64];
-    kvx_result r;
-    /* decode our own shared hello, then re-encode it with the auth fields */
-    r = kvx_boot_frame_decode(b->hello.data, b->hello.len, &f, &used, why, sizeof why);
-    if (r != KVX_OK || !used) return KVX_ERR_INVALID_ARGUMENT;
-    {
-        uint64_t items[KVX_MAX_BUFFERS + KVX_MAX_AUX + 1];
-        uint32_t i;
-        for (i = 0; i < f.hello.num_buffers; i++) items[i] = kvx__le_r64(f.hello.item_lens_le + 8u * i);
-        for (i = 0; i < f.hello.num_aux; i++)
-            items[f.hello.num_buffers + i] = kvx__le_r64(f.hello.aux_item_lens_le + 8u * i);
-        f.hello.item_lens = items;
-        f.hello.aux_item_lens = items + f.hello.num_buffers;
-        f.hello.flags = KVX_BOOT_HELLO_AUTH;
-        f.hello.nonce = nonce;
-        f.hello.proof = proof;
-        memset(out, 0, sizeof *out);
-        return kvx__boot_frame_encode(&f, out);
-    }
+    return kvx__boot_frame_encode(&f, out);
 }
 
 static uint64_t kvx__boot_random(const void *salt) {
@@ -4621,24 +4479,14 @@ static void kvx__boot_free(kvx_boot *b) {
         }
     kvx__htab_free(&b->rooms, &kvx_engine_settings(b->engine)->allocator);
     while ((p = b->peers) != NULL) {
-        uint32_t k;
         b->peers = p->next;
-        for (k = 0; k < p->nconns; k++) {
-            kvx__boot_conn_shut(p->conns[k]);
-            kvx__boot_conn_unref(p->conns[k]);
-        }
-        kvx_engine_free(b->engine, p->conns);
+        kvx__boot_conns_close(p->r.conns, p->r.nconns);
+        kvx_engine_free(b->engine, p->r.conns);
         kvx_engine_free(b->engine, p);
     }
-    for (i = 0; i < b->nincoming; i++) {
-        kvx__boot_conn_shut(b->incoming[i]);
-        kvx__boot_conn_unref(b->incoming[i]);
-    }
+    kvx__boot_conns_close(b->incoming, b->nincoming);
     kvx_engine_free(b->engine, b->incoming);
-    for (i = 0; i < b->nconns; i++) {
-        kvx__boot_conn_shut(b->conns[i]);
-        kvx__boot_conn_unref(b->conns[i]);
-    }
+    kvx__boot_conns_close(b->conns, b->nconns);
     kvx_engine_free(b->engine, b->conns);
     kvx_engine_free(b->engine, b->live);
     kvx_engine_free(b->engine, b->srv.ranks);
@@ -4674,10 +4522,14 @@ KVX_API void kvx_boot_destroy(kvx_boot *b) {
    the I/O thread's list. */
 static kvx_result kvx__boot_add_listener(kvx_boot *b, int kind, int port, const char *what,
                                          int *port_out, char *why, size_t wl) {
-    int fd = -1;
+    int err, fd = kvx__listen(b->host, port, 1024, port_out, &err);
     kvx__boot_conn *c;
-    kvx_result r = kvx__boot_listen(b->host, port, what, &fd, port_out, why, wl);
-    if (r) return r;
+    if (fd < 0) {
+        kvx__set_why(why, wl, "cannot listen on %s:%d for the %s: %s%s", b->host, port, what,
+                     kvx__errstr(err), err == EADDRINUSE ? " (another process has this port; set "
+                                                           "KVX_BOOTSTRAP_PORT)" : "");
+        return KVX_ERR_IO;
+    }
     c = kvx__boot_conn_new(b, kind, fd);
     if (!c || kvx__boot_io_add(b, c)) {
         if (c) kvx__boot_conn_unref(c);
@@ -4740,7 +4592,7 @@ KVX_API kvx_result kvx_boot_create(kvx_engine *e, const kvx_boot_hooks *hooks,
         r = KVX_ERR_INVALID_ARGUMENT;
         goto fail;
     }
-    if ((r = kvx__boot_make_hello(b)) != KVX_OK) goto fail;
+    if ((r = kvx__boot_make_hello(b, &b->hello, NULL, NULL)) != KVX_OK) goto fail;
     if (kvx__pipe(&b->wake_rd, &b->wake_wr) != 0) {
         kvx__set_why(why, wl, "cannot create a pipe: %s", strerror(errno));
         r = KVX_ERR_IO;

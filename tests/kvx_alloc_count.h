@@ -66,13 +66,41 @@ static __attribute__((unused)) long ca_get(const long *v) {
     return x;
 }
 
+static __attribute__((unused)) int ca_terminal(kvx_poll p) {
+    return p == KVX_POLL_SUCCESS || p == KVX_POLL_FAILED;
+}
+
+/* Waits until both sides given are terminal; 0 when one is not by the
+   test's own deadline (reached only on a hang). */
+static __attribute__((unused)) int ca_settle(kvx_sender *s, kvx_receiver *r) {
+    return (!s || ca_terminal(kvx_sender_wait(s, KVX_POLL_SUCCESS, 60000))) &&
+           (!r || ca_terminal(kvx_receiver_wait(r, KVX_POLL_SUCCESS, 60000)));
+}
+
+/* The end of every run: an engine gives up on a room whose call was
+   refused (it aborts both sides), both sides reach a terminal state before
+   they are destroyed, then both are released. */
+static __attribute__((unused)) void ca_pair_end(const char *label, kvx_sender *s,
+                                                kvx_receiver *r, int whole) {
+    if (!whole && s) kvx_sender_abort(s, "a call was refused");
+    if (!whole && r) kvx_receiver_abort(r, "a call was refused");
+    if (s && r)
+        CHECK(ca_settle(s, r),
+              "%s: terminal before destroy (fail at %ld): sender %s '%s', receiver %s '%s'",
+              label, ca.fail_at, kvx_poll_str(kvx_sender_poll(s)), kvx_sender_error(s),
+              kvx_poll_str(kvx_receiver_poll(r)), kvx_receiver_error(r));
+    kvx_sender_destroy(s);
+    kvx_receiver_destroy(r);
+}
+
 /* Fails the Nth allocation of run(arg) for N = 1, 2, ... until a run needs
-   no more calls than N - 1: every run must leave nothing live, and the run
-   with no failure injected must succeed (run returns 1 when whole). Needs
-   kvx_test.h's CHECK and kvx.h's kvx_now_ns. */
-static __attribute__((unused)) void ca_sweep(const char *label, int (*run)(const char *),
-                                             const char *arg) {
-    long n, calls = 0, runs = 0, clean = 0;
+   no more calls than N - 1: every run must leave nothing live, the run
+   with no failure injected must succeed (run returns 1 when whole) and
+   make at least min_calls allocator calls. Returns how many runs with an
+   injected failure did not succeed. Needs kvx_test.h's CHECK and kvx.h. */
+static __attribute__((unused)) long ca_sweep(const char *label, int (*run)(const char *),
+                                             const char *arg, long min_calls) {
+    long n, calls = 0, runs = 0, clean = 0, failed_runs = 0;
     uint64_t t0 = kvx_now_ns();
     for (n = 1; n < 100000; n += CA_STRIDE) {
         int whole;
@@ -89,10 +117,12 @@ static __attribute__((unused)) void ca_sweep(const char *label, int (*run)(const
             clean = 1;
             break;
         }
+        failed_runs += !whole;
     }
-    CHECK(clean && calls > 3, "%s: a run needed %ld allocator calls (all through the desc)",
+    CHECK(clean && calls >= min_calls, "%s: a run needed %ld allocator calls (all through the desc)",
           label, calls);
     printf("  %s: %ld runs in %.1f s, a whole transfer makes %ld allocator calls\n", label, runs,
            (double)(kvx_now_ns() - t0) / 1e9, calls);
+    return failed_runs;
 }
 #endif

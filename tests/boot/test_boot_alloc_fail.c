@@ -102,15 +102,6 @@ static void handshake_counted(void) {
     ex_pool_free(&ps);
 }
 
-static int terminal(kvx_poll p) { return p == KVX_POLL_SUCCESS || p == KVX_POLL_FAILED; }
-
-/* Waits until both sides are terminal (the test's own deadline, reached
-   only on a hang: the engines' timeouts are 3 s). */
-static int settle(kvx_sender *s, kvx_receiver *r) {
-    return terminal(kvx_sender_wait(s, KVX_POLL_SUCCESS, 60000)) &&
-           terminal(kvx_receiver_wait(r, KVX_POLL_SUCCESS, 60000));
-}
-
 /* One handshake and transfer of 12 pages; 1 when every call succeeded and
    the bytes were verified, 0 when something refused or failed. */
 static int transfer(const char *transport) {
@@ -147,7 +138,7 @@ static int transfer(const char *transport) {
     if ((res = kvx_sender_init(s, 12, 0)) != KVX_OK) { step = "sender_init"; goto out; }
     if ((res = kvx_sender_send(s, sp, 5)) != KVX_OK) { step = "send"; goto out; }
     if ((res = kvx_sender_send(s, sp + 5, 7)) != KVX_OK) { step = "send"; goto out; }
-    CHECK(settle(s, r),
+    CHECK(ca_settle(s, r),
           "%s: both sides reach a terminal state (fail at %ld): sender %s '%s', receiver %s '%s'",
           transport, ca.fail_at, kvx_poll_str(kvx_sender_poll(s)), kvx_sender_error(s),
           kvx_poll_str(kvx_receiver_poll(r)), kvx_receiver_error(r));
@@ -159,14 +150,7 @@ out:
     if (step && !ca_get(&ca.failed))
         printf("  note: %s refused with no failure injected: %s (receiver '%s', sender '%s')\n",
                step, kvx_result_str(res), r ? kvx_receiver_error(r) : "", s ? kvx_sender_error(s) : "");
-    if (!whole && s) kvx_sender_abort(s, "a call was refused");
-    if (!whole && r) kvx_receiver_abort(r, "a call was refused");
-    if (s && r)
-        CHECK(settle(s, r), "%s: terminal before destroy (fail at %ld): sender %s '%s', receiver %s '%s'",
-              transport, ca.fail_at, kvx_poll_str(kvx_sender_poll(s)), kvx_sender_error(s),
-              kvx_poll_str(kvx_receiver_poll(r)), kvx_receiver_error(r));
-    kvx_sender_destroy(s);
-    kvx_receiver_destroy(r);
+    ca_pair_end(transport, s, r, whole);
     kvx_engine_destroy(pe);
     kvx_engine_destroy(de);
     ex_pool_free(&ps);
@@ -187,8 +171,8 @@ int main(int argc, char **argv) {
         return kt_done();
     }
     handshake_counted();
-    if (argc < 2 || !strcmp(argv[1], "file")) ca_sweep("file", transfer, "file");
-    if (argc < 2 || !strcmp(argv[1], "tcp")) ca_sweep("tcp", transfer, "tcp");
+    if (argc < 2 || !strcmp(argv[1], "file")) ca_sweep("file", transfer, "file", 4);
+    if (argc < 2 || !strcmp(argv[1], "tcp")) ca_sweep("tcp", transfer, "tcp", 4);
     {
         char cmd[300];
         snprintf(cmd, sizeof cmd, "rm -rf %s", root);

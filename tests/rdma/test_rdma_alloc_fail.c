@@ -40,33 +40,9 @@ static kvx_engine *engine(kvx_role role, ex_pool *p, const char *addr) {
     return e;
 }
 
-/* Polls a pair until both are terminal (the test's own deadline, reached
-   only on a hang: the engines' timeouts are 5 s at most). */
-static int settle(kvx_sender *s, kvx_receiver *r) {
-    double end = rt_now() + 60;
-    while (rt_now() < end) {
-        kvx_poll a = s ? kvx_sender_poll(s) : KVX_POLL_FAILED;
-        kvx_poll b = r ? kvx_receiver_poll(r) : KVX_POLL_FAILED;
-        if ((a == KVX_POLL_SUCCESS || a == KVX_POLL_FAILED) &&
-            (b == KVX_POLL_SUCCESS || b == KVX_POLL_FAILED))
-            return 1;
-        rt_sleep(0.001);
-    }
-    return 0;
-}
-
-/* Waits (bounded) until a side reaches at least `want`. */
-static void reach(kvx_sender *s, kvx_receiver *r, kvx_poll want) {
-    double end = rt_now() + 60;
-    while (rt_now() < end) {
-        kvx_poll p = s ? kvx_sender_poll(s) : kvx_receiver_poll(r);
-        if (p >= want || p == KVX_POLL_FAILED) return;
-        rt_sleep(0.001);
-    }
-}
-
 /* One transfer; 1 when every call succeeded and the bytes were verified. */
-static int transfer(void) {
+static int transfer(const char *unused) {
+    (void)unused;
     ex_pool ps, pr;
     kvx_engine *pe = NULL, *de = NULL;
     kvx_sender *s = NULL;
@@ -88,13 +64,13 @@ static int transfer(void) {
     if (!(de = engine(KVX_ROLE_DECODE, &pr, addr))) goto out;
     if (kvx_sender_create(pe, &rd, &s) != KVX_OK) goto out;
     if (kvx_receiver_create(de, &rd, &r) != KVX_OK) goto out;
-    reach(NULL, r, KVX_POLL_WAITING_FOR_INPUT);
+    kvx_receiver_wait(r, KVX_POLL_WAITING_FOR_INPUT, 60000);
     if (kvx_receiver_init(r, dp, 12, 1) != KVX_OK) goto out;
-    reach(s, NULL, KVX_POLL_WAITING_FOR_INPUT);
+    kvx_sender_wait(s, KVX_POLL_WAITING_FOR_INPUT, 60000);
     if (kvx_sender_init(s, 12, 0) != KVX_OK) goto out;
     if (kvx_sender_send(s, sp, 5) != KVX_OK) goto out;
     if (kvx_sender_send(s, sp + 5, 7) != KVX_OK) goto out;
-    CHECK(settle(s, r), "both sides reach a terminal state (fail at %ld): sender %s '%s', "
+    CHECK(ca_settle(s, r), "both sides reach a terminal state (fail at %ld): sender %s '%s', "
           "receiver %s '%s'", ca.fail_at, kvx_poll_str(kvx_sender_poll(s)), kvx_sender_error(s),
           kvx_poll_str(kvx_receiver_poll(r)), kvx_receiver_error(r));
     whole = kvx_sender_poll(s) == KVX_POLL_SUCCESS && kvx_receiver_poll(r) == KVX_POLL_SUCCESS;
@@ -102,14 +78,7 @@ static int transfer(void) {
         CHECK(ex_pages_pattern(&pr, 9, dp, 12, 0) == 0 && ex_aux_check(&pr, 9, 1),
               "a room that succeeded has its bytes (fail at %ld)", ca.fail_at);
 out:
-    if (!whole && s) kvx_sender_abort(s, "a call was refused");
-    if (!whole && r) kvx_receiver_abort(r, "a call was refused");
-    if (s && r)
-        CHECK(settle(s, r), "terminal before destroy (fail at %ld): sender %s '%s', receiver %s "
-              "'%s'", ca.fail_at, kvx_poll_str(kvx_sender_poll(s)), kvx_sender_error(s),
-              kvx_poll_str(kvx_receiver_poll(r)), kvx_receiver_error(r));
-    kvx_sender_destroy(s);
-    kvx_receiver_destroy(r);
+    ca_pair_end("rdma", s, r, whole);
     kvx_engine_destroy(pe);
     kvx_engine_destroy(de);
     ex_pool_free(&ps);
@@ -119,7 +88,7 @@ out:
 
 int main(void) {
     char lib[4096], svdir[128];
-    long n, calls = 0, runs = 0, clean = 0, failed_runs = 0;
+    long failed_runs;
     rt_name = "test_rdma_alloc_fail";
     setvbuf(stdout, NULL, _IOLBF, 0);
     if (!rt_find_softverbs(lib, sizeof lib))
@@ -128,28 +97,7 @@ int main(void) {
     setenv("SOFTVERBS_DIR", svdir, 1);
     setenv("KVX_IBVERBS_LIBRARY", lib, 1);
     kvx_rdma_register();
-    for (n = 1; n < 100000; n += CA_STRIDE) {
-        int whole;
-        long live, failed;
-        ca_arm(n);
-        whole = transfer();
-        pthread_mutex_lock(&ca.mu);
-        live = ca.live;
-        failed = ca.failed;
-        calls = ca.calls;
-        pthread_mutex_unlock(&ca.mu);
-        runs++;
-        if (live) CHECK(0, "fail at call %ld: %ld allocations left live", n, live);
-        if (!failed) {
-            CHECK(whole, "with no failure injected the transfer succeeds");
-            clean = 1;
-            break;
-        }
-        failed_runs += !whole;
-    }
-    CHECK(clean && calls > 20, "a run needed %ld allocator calls (all through the desc)", calls);
-    CHECK(failed_runs > 0, "%ld of %ld runs with an injected failure did not succeed", failed_runs,
-          runs - 1);
-    printf("  rdma: %ld runs, a whole transfer makes %ld allocator calls\n", runs, calls);
+    failed_runs = ca_sweep("rdma", transfer, NULL, 21);
+    CHECK(failed_runs > 0, "%ld runs with an injected failure did not succeed", failed_runs);
     return rt_finish();
 }

@@ -42,15 +42,6 @@ static kvx_engine *engine(const char *transport, kvx_role role, ex_pool *p, kvx_
     return e;
 }
 
-static int terminal(kvx_poll p) { return p == KVX_POLL_SUCCESS || p == KVX_POLL_FAILED; }
-
-/* Waits until both sides of a pair are terminal (the test's own deadline,
-   reached only on a hang: the core's timeouts are 5 s). */
-static int settle(kvx_sender *s, kvx_receiver *r) {
-    return (!s || terminal(kvx_sender_wait(s, KVX_POLL_SUCCESS, 30000))) &&
-           (!r || terminal(kvx_receiver_wait(r, KVX_POLL_SUCCESS, 30000)));
-}
-
 /* One transfer of n pages; returns 1 when every call succeeded and the
    bytes were verified, 0 when some call refused (an injected failure). */
 static int transfer(const char *transport) {
@@ -79,7 +70,7 @@ static int transfer(const char *transport) {
     if (kvx_sender_init(s, 12, 0) != KVX_OK) goto out;
     if (kvx_sender_send(s, sp, 5) != KVX_OK) goto out;
     if (kvx_sender_send(s, sp + 5, 7) != KVX_OK) goto out;
-    CHECK(settle(s, r),
+    CHECK(ca_settle(s, r),
           "%s: both sides reach a terminal state (fail at %ld): sender %s '%s', receiver %s '%s'",
           transport, ca.fail_at, kvx_poll_str(kvx_sender_poll(s)), kvx_sender_error(s),
           kvx_poll_str(kvx_receiver_poll(r)), kvx_receiver_error(r));
@@ -88,15 +79,7 @@ static int transfer(const char *transport) {
         CHECK(ex_pages_pattern(&pr, room, dp, 12, 0) == 0 && ex_aux_check(&pr, room, 1),
               "%s: a room that succeeded has its bytes", transport);
 out:
-    /* An engine gives up on a request whose call was refused: it aborts. */
-    if (!whole && s) kvx_sender_abort(s, "a call was refused");
-    if (!whole && r) kvx_receiver_abort(r, "a call was refused");
-    if (s && r)
-        CHECK(settle(s, r), "%s: terminal before destroy (fail at %ld): sender %s '%s', receiver %s '%s'",
-              transport, ca.fail_at, kvx_poll_str(kvx_sender_poll(s)), kvx_sender_error(s),
-              kvx_poll_str(kvx_receiver_poll(r)), kvx_receiver_error(r));
-    kvx_sender_destroy(s);
-    kvx_receiver_destroy(r);
+    ca_pair_end(transport, s, r, whole);
     kvx_engine_destroy(pe);
     kvx_engine_destroy(de);
     ex_pool_free(&ps);
@@ -108,8 +91,8 @@ int main(void) {
     kt_name = "test_alloc_fail";
     snprintf(root, sizeof root, "/tmp/kvx_allocfail_%d", (int)getpid());
     kvx_file_register();
-    ca_sweep("fake", transfer, "fake");
-    ca_sweep("file", transfer, "file");
+    ca_sweep("fake", transfer, "fake", 4);
+    ca_sweep("file", transfer, "file", 4);
     {
         char cmd[300];
         snprintf(cmd, sizeof cmd, "rm -rf %s", root);

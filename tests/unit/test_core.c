@@ -641,6 +641,59 @@ static void rec_reset(void) {
     rec_reason[0] = 0;
 }
 
+/* A failure is owed to the peer before it is visible: a backend thread
+   fails a room and is held (in the engine's logger) between publishing
+   FAILED and queueing the notification; the user sees FAILED and destroys
+   the room at once, and the destroy must run room_failed itself. */
+static int gate_hold, gate_held;
+static void gate_log(void *u, kvx_log_level lvl, const char *sub, uint64_t room, const char *m) {
+    (void)u; (void)sub; (void)room;
+    if (lvl != KVX_LOG_ERROR || !strstr(m, "failed (")) return;
+    while (__atomic_load_n(&gate_hold, __ATOMIC_ACQUIRE)) {
+        __atomic_store_n(&gate_held, 1, __ATOMIC_RELEASE);
+        sched_yield();
+    }
+}
+static void *gate_failer(void *arg) {
+    kvx_room *r = (kvx_room *)arg; /* the caller took a reference for this thread */
+    kvx_room_fail(r, KVX_ERR_TRANSPORT, "a backend thread failed it");
+    kvx_room_unref(r);
+    return NULL;
+}
+static void test_failure_owed(const kvx_backend *rec) {
+    kvx_engine_desc d;
+    kvx_engine *e = NULL;
+    kvx_sender *s;
+    kvx_room_desc rd;
+    pthread_t th;
+    char why[256];
+    memset(&d, 0, sizeof d);
+    d.role = KVX_ROLE_PREFILL;
+    d.layout = small_layout();
+    d.backend = rec;
+    d.logger.func = gate_log;
+    d.logger.level = KVX_LOG_ERROR;
+    CHECK(kvx_engine_create(&d, &e, why, sizeof why) == KVX_OK, "engine: %s", why);
+    if (!e) return;
+    rec_reset();
+    memset(&rd, 0, sizeof rd);
+    rd.room = 4343;
+    kvx_sender_create(e, &rd, &s);
+    __atomic_store_n(&gate_hold, 1, __ATOMIC_RELEASE);
+    kvx_room_ref((kvx_room *)s);
+    pthread_create(&th, NULL, gate_failer, s);
+    CHECK(kvx_sender_wait(s, KVX_POLL_SUCCESS, 60000) == KVX_POLL_FAILED, "the room failed");
+    kvx_sender_destroy(s); /* the failing thread is still held in the logger */
+    CHECK(__atomic_load_n(&rec_failed_calls, __ATOMIC_ACQUIRE) == 1,
+          "destroying a room seen FAILED runs the notification still owed (%d calls)",
+          rec_failed_calls);
+    __atomic_store_n(&gate_hold, 0, __ATOMIC_RELEASE);
+    pthread_join(th, NULL);
+    kvx_engine_destroy(e);
+    CHECK(__atomic_load_n(&rec_failed_calls, __ATOMIC_ACQUIRE) == 1,
+          "and only once (%d calls)", rec_failed_calls);
+}
+
 /* Issue 10 items 1-5 at the core: one notification per local failure, none
    for remote ones or for terminal rooms, first reason wins, refused calls
    leave no failure text, every sentence names the room. */
@@ -661,6 +714,7 @@ static void test_failure_semantics(void) {
     legacy = rec;
     legacy.name = "recorder-legacy";
     legacy.room_failed = NULL;
+    test_failure_owed(&rec);
     pe = make_engine(KVX_ROLE_PREFILL, &rec);
     le = make_engine(KVX_ROLE_PREFILL, &legacy);
     memset(&rd, 0, sizeof rd);
