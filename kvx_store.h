@@ -1208,8 +1208,11 @@ static void kvx__store_fail(kvx__store_batch *b, size_t i, kvx_result r, const c
     pthread_mutex_unlock(&b->mu);
 }
 
-static void kvx__store_batch_init(kvx__store_batch *b, kvx_store *s, const kvx_store_key *keys,
-                                  const int32_t *pages, size_t n, kvx_result *results) {
+/* Runs fn over the n keys as batch b; -1 when no thread could. */
+static int kvx__store_batch_run(kvx__store_batch *b, kvx_store *s, const kvx_store_key *keys,
+                                const int32_t *pages, size_t n, kvx_result *results,
+                                void (*fn)(void *, size_t, void *)) {
+    int rc;
     memset(b, 0, sizeof *b);
     b->s = s;
     b->keys = keys;
@@ -1217,6 +1220,9 @@ static void kvx__store_batch_init(kvx__store_batch *b, kvx_store *s, const kvx_s
     b->results = results;
     b->stop = n;
     pthread_mutex_init(&b->mu, NULL);
+    rc = kvx__store_parallel(s, n, fn, b);
+    pthread_mutex_destroy(&b->mu);
+    return rc;
 }
 
 /* Moves one page between the pool and the file (data at header_size, laid
@@ -1695,12 +1701,8 @@ KVX_API kvx_result kvx_store_batch_put(kvx_store *s, const kvx_store_key *keys,
     if (!s || (n && (!keys || !pages))) return KVX_ERR_INVALID_ARGUMENT;
     if (!n) return KVX_OK;
     if ((r = kvx__store_check_pages(s, pages, n, 0, "kvx_store_batch_put")) != KVX_OK) return r;
-    kvx__store_batch_init(&b, s, keys, pages, n, results);
-    if (kvx__store_parallel(s, n, kvx__store_put_item, &b)) {
-        pthread_mutex_destroy(&b.mu);
+    if (kvx__store_batch_run(&b, s, keys, pages, n, results, kvx__store_put_item))
         return KVX_ERR_NO_MEMORY;
-    }
-    pthread_mutex_destroy(&b.mu);
     if (!b.failed) return KVX_OK;
     kvx__store_log(s, KVX_LOG_ERROR, "put of %zu blocks: %zu failed; first (key %zu): %s", n,
                    b.failed, b.stop, b.why);
@@ -1716,12 +1718,8 @@ KVX_API kvx_result kvx_store_batch_get(kvx_store *s, const kvx_store_key *keys,
     if (!n) return KVX_OK;
     if ((r = kvx__store_check_pages(s, dst_pages, n, 1, "kvx_store_batch_get")) != KVX_OK)
         return r;
-    kvx__store_batch_init(&b, s, keys, dst_pages, n, NULL);
-    if (kvx__store_parallel(s, n, kvx__store_get_item, &b)) {
-        pthread_mutex_destroy(&b.mu);
+    if (kvx__store_batch_run(&b, s, keys, dst_pages, n, NULL, kvx__store_get_item))
         return KVX_ERR_NO_MEMORY;
-    }
-    pthread_mutex_destroy(&b.mu);
     *loaded = b.stop;
     KVX__STORE_ADD(&s->st.hits, (uint64_t)b.stop);
     if (b.stop == n || b.err == KVX_ERR_NOT_FOUND || b.err == KVX_ERR_CORRUPT) return KVX_OK;
@@ -1781,22 +1779,19 @@ KVX_API size_t kvx_store_batch_exists(kvx_store *s, const kvx_store_key *keys, s
     kvx__store_exists_job j;
     size_t i;
     if (!s || !keys) return 0;
-    if (n < 4 * KVX__STORE_EXISTS_CHUNK || !s->nworkers) {
-        for (i = 0; i < n && kvx__store_exists1(s, &keys[i]); i++) {}
-        return i;
+    if (n >= 4 * KVX__STORE_EXISTS_CHUNK && s->nworkers) {
+        /* long prefixes: the stats run on every I/O thread (it matters on
+           shared filesystems, where each one is a round trip) */
+        j.s = s;
+        j.keys = keys;
+        j.n = n;
+        j.stop = n;
+        if (!kvx__store_parallel(s, (n + KVX__STORE_EXISTS_CHUNK - 1) / KVX__STORE_EXISTS_CHUNK,
+                                 kvx__store_exists_item, &j))
+            return j.stop;
     }
-    /* long prefixes: the stats run on every I/O thread (it matters on shared
-       filesystems, where each one is a round trip) */
-    j.s = s;
-    j.keys = keys;
-    j.n = n;
-    j.stop = n;
-    if (kvx__store_parallel(s, (n + KVX__STORE_EXISTS_CHUNK - 1) / KVX__STORE_EXISTS_CHUNK,
-                            kvx__store_exists_item, &j)) {
-        for (i = 0; i < n && kvx__store_exists1(s, &keys[i]); i++) {}
-        return i;
-    }
-    return j.stop;
+    for (i = 0; i < n && kvx__store_exists1(s, &keys[i]); i++) {}
+    return i;
 }
 
 KVX_API kvx_result kvx_store_remove(kvx_store *s, const kvx_store_key *key) {
