@@ -1162,10 +1162,7 @@ KVX_API void kvx_cuda_destroy(kvx_cuda *cu) {
        only thing kept. */
     pthread_mutex_destroy(&cu->mu);
     cu->magic = 0;
-    {
-        kvx_allocator a = cu->alloc;
-        kvx__free(&a, cu);
-    }
+    kvx__free(&cu->alloc, cu); /* reads the allocator before the block goes */
 }
 
 KVX_API kvx_result kvx_cuda_get_info(const kvx_cuda *cu, kvx_cuda_info *out) {
@@ -1658,32 +1655,28 @@ KVX_API kvx_result kvx_cuda_layout_check(kvx_cuda *cu, const kvx_layout *l, char
         if (!b->base || !b->length) continue;
         rc = kvx__cu_where(cu, b->base, &type, &ord, &base, &size);
         if (b->mem == KVX_MEM_HOST) {
-            if (rc == CUDA_SUCCESS && type == CU_MEMORYTYPE_DEVICE) {
-                kvx__set_why(why, why_len, "buffer %u (%p) is memory of GPU %d but the layout "
-                             "says KVX_MEM_HOST: set mem = KVX_MEM_CUDA and device = %d", i,
-                             b->base, ord, ord);
-                r = KVX_ERR_INVALID_ARGUMENT;
-            }
+            if (rc == CUDA_SUCCESS && type == CU_MEMORYTYPE_DEVICE)
+                r = kvx__cu_err(why, why_len, KVX_ERR_INVALID_ARGUMENT, "buffer %u (%p) is memory "
+                                "of GPU %d but the layout says KVX_MEM_HOST: set mem = "
+                                "KVX_MEM_CUDA and device = %d", i, b->base, ord, ord);
             continue;
         }
         if (b->mem != KVX_MEM_CUDA) continue;
         if ((r = kvx__cu_check_device(cu, b->device, why, why_len)) != KVX_OK) break;
         if (rc != CUDA_SUCCESS || type != CU_MEMORYTYPE_DEVICE) {
-            kvx__set_why(why, why_len, "buffer %u (%p) says KVX_MEM_CUDA on GPU %d but the driver "
-                         "does not know it as device memory (%s)", i, b->base, b->device,
-                         rc != CUDA_SUCCESS ? kvx__cu_err_name(cu, rc) : "host memory");
-            r = KVX_ERR_INVALID_ARGUMENT;
+            r = kvx__cu_err(why, why_len, KVX_ERR_INVALID_ARGUMENT, "buffer %u (%p) says "
+                            "KVX_MEM_CUDA on GPU %d but the driver does not know it as device "
+                            "memory (%s)", i, b->base, b->device,
+                            rc != CUDA_SUCCESS ? kvx__cu_err_name(cu, rc) : "host memory");
         } else if (ord != b->device) {
-            kvx__set_why(why, why_len, "buffer %u (%p) is memory of GPU %d but the layout says "
-                         "device %d", i, b->base, ord, b->device);
-            r = KVX_ERR_INVALID_ARGUMENT;
+            r = kvx__cu_err(why, why_len, KVX_ERR_INVALID_ARGUMENT, "buffer %u (%p) is memory of "
+                            "GPU %d but the layout says device %d", i, b->base, ord, b->device);
         } else if (kvx__cu_dptr(b->base) + b->length > base + size) {
-            kvx__set_why(why, why_len, "buffer %u (%p, %llu bytes) runs %llu bytes past the end "
-                         "of its allocation (%llu bytes at 0x%llx)", i, b->base,
-                         (unsigned long long)b->length,
-                         (unsigned long long)(kvx__cu_dptr(b->base) + b->length - base - size),
-                         (unsigned long long)size, (unsigned long long)base);
-            r = KVX_ERR_INVALID_ARGUMENT;
+            r = kvx__cu_err(why, why_len, KVX_ERR_INVALID_ARGUMENT, "buffer %u (%p, %llu bytes) "
+                            "runs %llu bytes past the end of its allocation (%llu bytes at 0x%llx)",
+                            i, b->base, (unsigned long long)b->length,
+                            (unsigned long long)(kvx__cu_dptr(b->base) + b->length - base - size),
+                            (unsigned long long)size, (unsigned long long)base);
         }
     }
     kvx__cu_leave(cu, &sc);
@@ -2403,8 +2396,7 @@ static kvx_result kvx__cux_peer_setup(kvx__cux_peer *p, char *why, size_t wl) {
     p->imports = (void **)kvx_engine_alloc(ce->engine, p->info.nalloc * sizeof(void *));
     p->dbufs = (kvx_buffer *)kvx_engine_alloc(ce->engine, l->num_buffers * sizeof(kvx_buffer));
     if (!p->imports || !p->dbufs) {
-        kvx__set_why(why, wl, "out of memory mapping decode %s", p->name);
-        r = KVX_ERR_NO_MEMORY;
+        r = kvx__cu_err(why, wl, KVX_ERR_NO_MEMORY, "out of memory mapping decode %s", p->name);
         goto fail;
     }
     memset(p->imports, 0, p->info.nalloc * sizeof(void *));

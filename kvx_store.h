@@ -2581,17 +2581,15 @@ static kvx_result kvx__store_check_file(int dirfd, const char *name, uint8_t *hd
     }
     kvx_store_key_hex(&info->key, hex);
     if ((uint64_t)st->st_size != info->header_size + info->data_len) {
-        kvx__set_why(why, wl, "file is %lld bytes, its header says %llu (torn or truncated)",
-                       (long long)st->st_size,
-                       (unsigned long long)(info->header_size + info->data_len));
-        r = KVX_ERR_CORRUPT;
+        r = kvx__store_err(why, wl, KVX_ERR_CORRUPT, "file is %lld bytes, its header says %llu "
+                           "(torn or truncated)", (long long)st->st_size,
+                           (unsigned long long)(info->header_size + info->data_len));
     } else if (strncmp(name, hex, 64)) {
-        kvx__set_why(why, wl, "holds key %.16s..., not the one in its name", hex);
-        r = KVX_ERR_CORRUPT;
+        r = kvx__store_err(why, wl, KVX_ERR_CORRUPT, "holds key %.16s..., not the one in its name",
+                           hex);
     } else if (cfg_hex && cfg_hex[0] && strtoull(cfg_hex, NULL, 16) != info->config_hash) {
-        kvx__set_why(why, wl, "belongs to configuration %016llx, not this directory's %s",
-                       (unsigned long long)info->config_hash, cfg_hex);
-        r = KVX_ERR_CORRUPT;
+        r = kvx__store_err(why, wl, KVX_ERR_CORRUPT, "belongs to configuration %016llx, not this "
+                           "directory's %s", (unsigned long long)info->config_hash, cfg_hex);
     } else if (check_data) {
         uint64_t off = info->header_size, left = info->data_len;
         uint32_t c = 0;
@@ -2607,11 +2605,9 @@ static kvx_result kvx__store_check_file(int dirfd, const char *name, uint8_t *hd
             off += n;
             left -= n;
         }
-        if (r == KVX_OK && c != info->data_crc) {
-            kvx__set_why(why, wl, "data CRC32C mismatch: stored %08x, computed %08x",
-                           info->data_crc, c);
-            r = KVX_ERR_CORRUPT;
-        }
+        if (r == KVX_OK && c != info->data_crc)
+            r = kvx__store_err(why, wl, KVX_ERR_CORRUPT, "data CRC32C mismatch: stored %08x, "
+                               "computed %08x", info->data_crc, c);
     }
     close(fd);
     return r;
@@ -2707,8 +2703,8 @@ KVX_API kvx_result kvx_store_scan(const char *dir, int check_data, kvx_store_sca
         struct dirent *e;
         if (!d) {
             int err = errno;
-            kvx__set_why(why, wl, "cannot open %s: %s", dir, strerror(err));
-            r = kvx__errno_result(err);
+            r = kvx__store_err(why, wl, kvx__errno_result(err), "cannot open %s: %s", dir,
+                               strerror(err));
         }
         while (d && r == KVX_OK && (e = readdir(d)) != NULL) {
             char ns[KVX__STORE_PATH];
