@@ -10,8 +10,9 @@
      >>results >>poll states >>layout >>plan >>desc >>engine >>sender
      >>receiver >>backend interface >>utilities >>posix io; ">>impl: " private
      helpers, results, run-time library loader, clock, HMAC, shared helpers of
-     the file-based headers, environment, settings table, text buffer, json
-     reader, layout, plan, engine and rooms, safe directories, fake transport
+     the file-based headers, settings table, text buffer, json reader, layout,
+     plan, engine and rooms, transport rooms, safe directories, fake
+     transport, worker queue
 
    DO THIS
      In exactly one C or C++ file:
@@ -732,6 +733,14 @@ KVX_API uint32_t kvx_crc32c_combine(uint32_t crc_a, uint32_t crc_b, uint64_t len
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <fcntl.h>
+#include <pwd.h>
+#include <poll.h>
+#include <netdb.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <arpa/inet.h>
 #if !defined(KVX_NO_RUNTIME_LINKING)
 #include <dlfcn.h>
 #endif
@@ -808,31 +817,11 @@ typedef struct kvx__sha256 {
     uint8_t buf[64];
     uint32_t fill;
 } kvx__sha256;
-static KVX__UNUSED void kvx__sha256_init(kvx__sha256 *s);
-static KVX__UNUSED void kvx__sha256_update(kvx__sha256 *s, const void *data, size_t len);
-static KVX__UNUSED void kvx__sha256_final(kvx__sha256 *s, uint8_t out[32]);
 
 /* HMAC-SHA-256 (RFC 2104) and what authentication is built from. */
 typedef struct kvx__hmac {
     kvx__sha256 inner, outer;
 } kvx__hmac;
-static KVX__UNUSED void kvx__hmac_init(kvx__hmac *h, const void *key, size_t key_len);
-static KVX__UNUSED void kvx__hmac_update(kvx__hmac *h, const void *data, size_t len);
-static KVX__UNUSED void kvx__hmac_final(kvx__hmac *h, uint8_t out[32]);
-static KVX__UNUSED void kvx__hmac_sha256(const void *key, size_t key_len, const void *data, size_t len,
-                             uint8_t out[32]);
-/* 1 when the n bytes are equal; time does not depend on where they differ. */
-static KVX__UNUSED int kvx__equal_ct(const void *a, const void *b, size_t n);
-/* n bytes from the kernel's CSPRNG (getrandom, else /dev/urandom). */
-static KVX__UNUSED kvx_result kvx__random_bytes(void *buf, size_t n);
-/* The proof every authenticated connection uses, so that all transports
-   agree: HMAC-SHA-256(key, label || 0x00 || nonce_a || nonce_b). The prover
-   uses its own label (so a proof cannot be reflected to the other
-   direction), nonce_a = the verifier's fresh nonce (the challenge), nonce_b
-   = the prover's own fresh nonce. */
-static KVX__UNUSED void kvx__auth_proof(const uint8_t *key, size_t key_len, const char *label,
-                            const uint8_t nonce_a[KVX_NONCE_BYTES],
-                            const uint8_t nonce_b[KVX_NONCE_BYTES], uint8_t out[KVX_MAC_BYTES]);
 
 /* A small JSON reader for formats kvx reads from files and peers. Bounded:
    at most `max_nodes` values and depth 32. */
@@ -862,18 +851,6 @@ typedef struct kvx__json_doc {
     char error[128];
     const kvx_allocator *allocator; /* kvx__json_parse_with's; NULL = libc */
 } kvx__json_doc;
-/* Parses text[0..len). Returns KVX_ERR_PROTOCOL with doc->error set on bad
-   input. Free with kvx__json_free even on failure. */
-static KVX__UNUSED kvx_result kvx__json_parse(kvx__json_doc *doc, const char *text, size_t len,
-                                  uint32_t max_nodes);
-static KVX__UNUSED void kvx__json_free(kvx__json_doc *doc);
-static KVX__UNUSED const kvx__json *kvx__json_root(const kvx__json_doc *doc);
-static KVX__UNUSED const kvx__json *kvx__json_get(const kvx__json_doc *doc, const kvx__json *obj,
-                                     const char *key);
-static KVX__UNUSED const kvx__json *kvx__json_at(const kvx__json_doc *doc, const kvx__json *arr, uint32_t i);
-/* Integer member that is present, integral and within [lo, hi]. */
-static KVX__UNUSED int kvx__json_u64(const kvx__json_doc *doc, const kvx__json *obj, const char *key,
-                         uint64_t lo, uint64_t hi, uint64_t *out);
 
 /* A growable text buffer (JSON writing, messages). */
 typedef struct kvx__buf {
@@ -883,51 +860,11 @@ typedef struct kvx__buf {
     const kvx_allocator *allocator; /* NULL = libc */
 } kvx__buf;
 static KVX__UNUSED void kvx__buf_printf(kvx__buf *b, const char *fmt, ...) KVX_PRINTF(2, 3);
-static KVX__UNUSED void kvx__buf_json_str(kvx__buf *b, const char *s); /* quoted, escaped */
-static KVX__UNUSED void kvx__buf_free(kvx__buf *b);
 
 /* A fixed pool of worker threads running submitted jobs in FIFO order. */
 typedef struct kvx__workq kvx__workq;
 typedef void (*kvx__job_fn)(void *arg);
-static KVX__UNUSED kvx_result kvx__workq_create(kvx_engine *e, int threads, const char *name,
-                                    kvx__workq **out);
-static KVX__UNUSED kvx_result kvx__workq_submit(kvx__workq *q, kvx__job_fn fn, void *arg);
-/* Runs every queued job, joins the threads, frees. NULL ok. */
-static KVX__UNUSED void kvx__workq_destroy(kvx__workq *q);
 
-
-/* Flags of kvx__dir_open / kvx__dir_check. */
-#define KVX__DIR_CREATE 1 /* create the directory (and missing parents) with `mode` */
-#define KVX__DIR_SHARED 2 /* shared with the group: another owner and group write are
-                            accepted (others still may not write without the sticky bit) */
-
-/* Opens directory `path` for openat & co. without trusting links: every
-   component is opened relative to its parent, the last one never through a
-   symbolic link, an earlier one only through a link owned by root or this
-   user. The directory and every parent must pass kvx__dir_check. On success
-   *fd is an O_DIRECTORY descriptor (close it); else KVX_ERR_NOT_FOUND,
-   KVX_ERR_PERMISSION... and a sentence naming the directory, its owner and
-   mode. Thread-safe; blocks on the filesystem. */
-static KVX__UNUSED kvx_result kvx__dir_open(const char *path, unsigned mode, int flags, int *fd,
-                                char *why, size_t why_len);
-/* Checks an open directory: owned by this user or root (any owner with
-   KVX__DIR_SHARED), and not writable by others (nor by the group, unless
-   KVX__DIR_SHARED) unless it has the sticky bit. `path` names it in the
-   sentence. KVX_ERR_PERMISSION when refused. */
-static KVX__UNUSED kvx_result kvx__dir_check(int fd, const char *path, int flags, char *why,
-                                 size_t why_len);
-/* mkdirat(dfd, name, mode) for shared filesystems whose mkdir can answer
-   EEXIST for a directory that then does not exist: GlusterFS does when
-   another client looks the new name up while the brick makes it (the
-   lookup stamps its own id on the fresh directory, the brick's mkdir then
-   fails to stamp its own, removes the directory and answers EEXIST). The
-   answer is checked with a lookup, and mkdir retried, a bounded number of
-   times (about 2 s in all), until the name is a directory or something
-   else. Returns 0 when dfd/name exists (made by this call: *made = 1;
-   already there: 0; it may be something other than a directory: open it
-   with O_DIRECTORY | O_NOFOLLOW and see), -1 with errno otherwise.
-   made may be NULL. */
-static KVX__UNUSED int kvx__mkdirat(int dfd, const char *name, unsigned mode, int *made);
 
 /* >>impl: results --------------------------------------------------------- */
 
@@ -970,8 +907,7 @@ KVX_API const char *kvx_poll_str(kvx_poll p) {
     return "Unknown";
 }
 
-static KVX__UNUSED void kvx__set_why(char *why, size_t n, const char *fmt, ...) KVX_PRINTF(3, 4);
-static KVX__UNUSED void kvx__set_why(char *why, size_t n, const char *fmt, ...) {
+static KVX__UNUSED KVX_PRINTF(3, 4) void kvx__set_why(char *why, size_t n, const char *fmt, ...) {
     va_list ap;
     if (!why || n == 0) return;
     va_start(ap, fmt);
@@ -1050,19 +986,6 @@ static KVX__UNUSED void kvx__abstime(struct timespec *ts, uint64_t ns) {
    rdma, file, store). Deadlines are kvx_now_ns() values (CLOCK_MONOTONIC);
    functions return 0 or an errno and keep errno's meaning, so each caller
    words its own sentence; kvx__errstr turns a code into text. */
-#ifdef __cplusplus
-}
-#endif
-#include <poll.h>
-#include <netdb.h>
-#include <sys/socket.h>
-#include <sys/uio.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
-#include <arpa/inet.h>
-#ifdef __cplusplus
-extern "C" {
-#endif
 
 /* Stops a wait early when it returns nonzero (polled every 100 ms). */
 typedef int (*kvx__stop_fn)(void *arg);
@@ -1159,21 +1082,27 @@ static KVX__UNUSED int kvx__wait_fd(int fd, short ev, uint64_t deadline_ns, kvx_
     }
 }
 
+/* getaddrinfo for a TCP host:port (flags: AI_PASSIVE or 0). */
+static int kvx__resolve(const char *host, int port, int flags, struct addrinfo **res) {
+    struct addrinfo hints;
+    char ps[16];
+    memset(&hints, 0, sizeof hints);
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = flags | AI_NUMERICSERV;
+    snprintf(ps, sizeof ps, "%d", port);
+    return getaddrinfo(host, ps, &hints, res);
+}
+
 /* A TCP connection to host:port made before deadline_ns: non-blocking,
    close-on-exec, TCP_NODELAY. The fd, or -1 with *err the errno of the
    last address tried (EHOSTUNREACH when host does not resolve). */
 static KVX__UNUSED int kvx__connect(const char *host, int port, uint64_t deadline_ns,
                                     kvx__stop_fn stop, void *arg, int *err) {
-    struct addrinfo hints, *res = NULL, *ai;
-    char ps[16];
+    struct addrinfo *res = NULL, *ai;
     int fd = -1;
-    memset(&hints, 0, sizeof hints);
-    hints.ai_family = AF_UNSPEC;
-    hints.ai_socktype = SOCK_STREAM;
-    hints.ai_flags = AI_NUMERICSERV;
-    snprintf(ps, sizeof ps, "%d", port);
     *err = ECONNREFUSED;
-    if (getaddrinfo(host, ps, &hints, &res) != 0) { *err = EHOSTUNREACH; return -1; }
+    if (kvx__resolve(host, port, 0, &res) != 0) { *err = EHOSTUNREACH; return -1; }
     for (ai = res; ai; ai = ai->ai_next) {
         int so = 0;
         socklen_t sl = sizeof so;
@@ -1197,17 +1126,12 @@ static KVX__UNUSED int kvx__connect(const char *host, int port, uint64_t deadlin
    address; port 0: any free port, *bound says which). The fd, or -1 with
    *err an errno, or a negative getaddrinfo code when host does not resolve. */
 static KVX__UNUSED int kvx__listen(const char *host, int port, int backlog, int *bound, int *err) {
-    struct addrinfo hints, *res = NULL, *ai;
+    struct addrinfo *res = NULL, *ai;
     struct sockaddr_storage ss;
     socklen_t sl = sizeof ss;
-    char ps[16];
     int fd = -1, one = 1;
-    memset(&hints, 0, sizeof hints);
-    hints.ai_family = AF_UNSPEC;
-    hints.ai_socktype = SOCK_STREAM;
-    hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
-    snprintf(ps, sizeof ps, "%d", port);
-    if ((*err = getaddrinfo(host && host[0] ? host : NULL, ps, &hints, &res)) != 0) return -1;
+    if ((*err = kvx__resolve(host && host[0] ? host : NULL, port, AI_PASSIVE, &res)) != 0)
+        return -1;
     *err = EADDRNOTAVAIL;
     for (ai = res; ai; ai = ai->ai_next) {
         fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
@@ -1320,9 +1244,38 @@ static int kvx__crc_hw;
    bytes, as four byte-indexed tables each: joining three interleaved
    streams costs eight lookups. */
 static uint32_t kvx__crc_join[3][4][256];
-static uint32_t kvx__crc32c_shift(uint32_t crc, size_t nbytes);
-static uint32_t kvx__gf2_times(const uint32_t *mat, uint32_t vec);
-static void kvx__gf2_square(uint32_t *sq, const uint32_t *mat);
+
+/* GF(2) helpers to move a raw CRC register over n zero bytes (zlib's
+   crc32_combine idea, reflected CRC32C polynomial). */
+static uint32_t kvx__gf2_times(const uint32_t *mat, uint32_t vec) {
+    uint32_t sum = 0;
+    while (vec) { if (vec & 1) sum ^= *mat; vec >>= 1; mat++; }
+    return sum;
+}
+static void kvx__gf2_square(uint32_t *sq, const uint32_t *mat) {
+    int n;
+    for (n = 0; n < 32; n++) sq[n] = kvx__gf2_times(mat, mat[n]);
+}
+static uint32_t kvx__crc32c_shift(uint32_t crc, size_t nbytes) {
+    uint32_t even[32], odd[32];
+    uint32_t row = 1;
+    int n;
+    if (nbytes == 0) return crc;
+    odd[0] = 0x82F63B78u;
+    for (n = 1; n < 32; n++) { odd[n] = row; row <<= 1; }
+    kvx__gf2_square(even, odd); /* 2 zero bits */
+    kvx__gf2_square(odd, even); /* 4 zero bits */
+    do {
+        kvx__gf2_square(even, odd);
+        if (nbytes & 1) crc = kvx__gf2_times(even, crc);
+        nbytes >>= 1;
+        if (!nbytes) break;
+        kvx__gf2_square(odd, even);
+        if (nbytes & 1) crc = kvx__gf2_times(odd, crc);
+        nbytes >>= 1;
+    } while (nbytes);
+    return crc;
+}
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 static uint32_t kvx__crc_join_by(int t, uint32_t c) {
@@ -1410,38 +1363,6 @@ static uint32_t kvx__crc32c_sw(uint32_t c, const uint8_t *p, size_t len) {
     return c;
 }
 
-/* GF(2) helpers to move a raw CRC register over n zero bytes (zlib's
-   crc32_combine idea, reflected CRC32C polynomial). */
-static uint32_t kvx__gf2_times(const uint32_t *mat, uint32_t vec) {
-    uint32_t sum = 0;
-    while (vec) { if (vec & 1) sum ^= *mat; vec >>= 1; mat++; }
-    return sum;
-}
-static void kvx__gf2_square(uint32_t *sq, const uint32_t *mat) {
-    int n;
-    for (n = 0; n < 32; n++) sq[n] = kvx__gf2_times(mat, mat[n]);
-}
-static uint32_t kvx__crc32c_shift(uint32_t crc, size_t nbytes) {
-    uint32_t even[32], odd[32];
-    uint32_t row = 1;
-    int n;
-    if (nbytes == 0) return crc;
-    odd[0] = 0x82F63B78u;
-    for (n = 1; n < 32; n++) { odd[n] = row; row <<= 1; }
-    kvx__gf2_square(even, odd); /* 2 zero bits */
-    kvx__gf2_square(odd, even); /* 4 zero bits */
-    do {
-        kvx__gf2_square(even, odd);
-        if (nbytes & 1) crc = kvx__gf2_times(even, crc);
-        nbytes >>= 1;
-        if (!nbytes) break;
-        kvx__gf2_square(odd, even);
-        if (nbytes & 1) crc = kvx__gf2_times(odd, crc);
-        nbytes >>= 1;
-    } while (nbytes);
-    return crc;
-}
-
 KVX_API uint32_t kvx_crc32c_combine(uint32_t a, uint32_t b, uint64_t len_b) {
     return kvx__crc32c_shift(a, (size_t)len_b) ^ b;
 }
@@ -1526,6 +1447,7 @@ static KVX__UNUSED void kvx__sha256_final(kvx__sha256 *s, uint8_t out[32]) {
 }
 
 /* >>impl: HMAC and authentication ------------------------------------------ */
+/* Per-connection proofs: kvx__auth_proof below. */
 
 static KVX__UNUSED void kvx__hmac_init(kvx__hmac *h, const void *key, size_t key_len) {
     uint8_t k[64], pad[64];
@@ -1567,6 +1489,7 @@ static KVX__UNUSED void kvx__hmac_sha256(const void *key, size_t key_len, const 
     kvx__hmac_final(&h, out);
 }
 
+/* 1 when the n bytes are equal; time does not depend on where they differ. */
 static KVX__UNUSED int kvx__equal_ct(const void *a, const void *b, size_t n) {
     const volatile uint8_t *x = (const volatile uint8_t *)a, *y = (const volatile uint8_t *)b;
     uint8_t d = 0;
@@ -1575,6 +1498,7 @@ static KVX__UNUSED int kvx__equal_ct(const void *a, const void *b, size_t n) {
     return d == 0;
 }
 
+/* n bytes from the kernel's CSPRNG (getrandom, else /dev/urandom). */
 static KVX__UNUSED kvx_result kvx__random_bytes(void *buf, size_t n) {
     uint8_t *p = (uint8_t *)buf;
     int fd;
@@ -1601,6 +1525,11 @@ static KVX__UNUSED kvx_result kvx__random_bytes(void *buf, size_t n) {
     return KVX_OK;
 }
 
+/* The proof every authenticated connection uses, so that all transports
+   agree: HMAC-SHA-256(key, label || 0x00 || nonce_a || nonce_b). The prover
+   uses its own label (so a proof cannot be reflected to the other
+   direction), nonce_a = the verifier's fresh nonce (the challenge), nonce_b
+   = the prover's own fresh nonce. */
 static KVX__UNUSED void kvx__auth_proof(const uint8_t *key, size_t key_len, const char *label,
                             const uint8_t nonce_a[KVX_NONCE_BYTES],
                             const uint8_t nonce_b[KVX_NONCE_BYTES], uint8_t out[KVX_MAC_BYTES]) {
@@ -1812,6 +1741,22 @@ static KVX__UNUSED kvx_result kvx__settings_apply(const kvx__setting *t, size_t 
 
 /* >>impl: text buffer ---------------------------------------------------- */
 
+/* Room for n more bytes and a NUL; -1 (and oom set) when it cannot grow. */
+static int kvx__buf_reserve(kvx__buf *b, size_t n) {
+    size_t nc = b->cap ? b->cap : 256;
+    char *nd;
+    if (b->len + n + 1 <= b->cap) return 0;
+    while (nc < b->len + n + 1) nc *= 2;
+    nd = (char *)kvx__grow(b->allocator, b->data, b->len, nc);
+    if (!nd) {
+        b->oom = 1;
+        return -1;
+    }
+    b->data = nd;
+    b->cap = nc;
+    return 0;
+}
+
 static KVX__UNUSED void kvx__buf_printf(kvx__buf *b, const char *fmt, ...) {
     va_list ap;
     int n;
@@ -1823,17 +1768,11 @@ static KVX__UNUSED void kvx__buf_printf(kvx__buf *b, const char *fmt, ...) {
         va_end(ap);
         if (n < 0) { b->oom = 1; return; }
         if ((size_t)n < room) { b->len += (size_t)n; return; }
-        {
-            size_t ncap = b->cap ? b->cap * 2 : 256;
-            char *nd;
-            while (ncap < b->len + (size_t)n + 1) ncap *= 2;
-            nd = (char *)kvx__grow(b->allocator, b->data, b->len, ncap);
-            if (!nd) { b->oom = 1; return; }
-            b->data = nd; b->cap = ncap;
-        }
+        if (kvx__buf_reserve(b, (size_t)n)) return;
     }
 }
 
+/* s quoted and escaped. */
 static KVX__UNUSED void kvx__buf_json_str(kvx__buf *b, const char *s) {
     kvx__buf_printf(b, "\"");
     for (; s && *s; s++) {
@@ -1857,16 +1796,7 @@ static KVX__UNUSED void kvx__buf_free(kvx__buf *b) {
 /* Appends n raw bytes (kept NUL-terminated past len), and little-endian
    integers of the wire formats. */
 static KVX__UNUSED void kvx__buf_put(kvx__buf *b, const void *p, size_t n) {
-    if (b->oom) return;
-    if (b->len + n + 1 > b->cap) {
-        size_t nc = b->cap ? b->cap : 256;
-        char *nd;
-        while (nc < b->len + n + 1) nc *= 2;
-        nd = (char *)kvx__grow(b->allocator, b->data, b->len, nc);
-        if (!nd) { b->oom = 1; return; }
-        b->data = nd;
-        b->cap = nc;
-    }
+    if (b->oom || kvx__buf_reserve(b, n)) return;
     if (n) memcpy(b->data + b->len, p, n);
     b->len += n;
     b->data[b->len] = 0;
@@ -2106,6 +2036,8 @@ static KVX__UNUSED kvx_result kvx__json_parse_with(kvx__json_doc *doc, const kvx
     return KVX_OK;
 }
 
+/* Parses text[0..len). Returns KVX_ERR_PROTOCOL with doc->error set on bad
+   input. Free with kvx__json_free even on failure. */
 static KVX__UNUSED kvx_result kvx__json_parse(kvx__json_doc *doc, const char *text, size_t len,
                                               uint32_t max_nodes) {
     return kvx__json_parse_with(doc, NULL, text, len, max_nodes);
@@ -2142,6 +2074,7 @@ static KVX__UNUSED const kvx__json *kvx__json_at(const kvx__json_doc *doc, const
     return &doc->nodes[i];
 }
 
+/* Integer member that is present, integral and within [lo, hi]. */
 static KVX__UNUSED int kvx__json_u64(const kvx__json_doc *doc, const kvx__json *obj, const char *key,
                          uint64_t lo, uint64_t hi, uint64_t *out) {
     const kvx__json *v = key ? kvx__json_get(doc, obj, key) : obj;
@@ -2320,17 +2253,14 @@ KVX_API void kvx_plan_free(kvx_plan *p) {
 }
 
 static int kvx__plan_reserve(kvx_plan *p, size_t need) {
+    size_t nc = p->capacity ? p->capacity : 16;
+    kvx_span *ns;
     if (need <= p->capacity) return 0;
-    {
-        size_t nc = p->capacity ? p->capacity : 16;
-        kvx_span *ns;
-        while (nc < need) nc *= 2;
-        ns = (kvx_span *)kvx__grow(p->allocator, p->spans, p->count * sizeof *ns,
-                                   nc * sizeof *ns);
-        if (!ns) return -1;
-        p->spans = ns;
-        p->capacity = nc;
-    }
+    while (nc < need) nc *= 2;
+    ns = (kvx_span *)kvx__grow(p->allocator, p->spans, p->count * sizeof *ns, nc * sizeof *ns);
+    if (!ns) return -1;
+    p->spans = ns;
+    p->capacity = nc;
     return 0;
 }
 
@@ -2456,24 +2386,25 @@ KVX_API kvx_result kvx_plan_pages(kvx_plan *p, const kvx_layout *src, const int3
     return kvx__plan_build(p, src, sp, dp, n);
 }
 
-KVX_API kvx_result kvx_plan_gather(kvx_plan *p, const kvx_layout *l, const int32_t *pages,
-                                   size_t n) {
+/* Gather (dst 0: pages -> packed) or scatter (dst 1: packed -> pages). */
+static kvx_result kvx__plan_packed(kvx_plan *p, const kvx_layout *l, const int32_t *pages,
+                                   size_t n, int dst) {
     kvx_result r;
     if (!p || !l) return KVX_ERR_INVALID_ARGUMENT;
     p->error[0] = 0;
-    if ((r = kvx_pages_check(p, pages, n, kvx_layout_num_pages(l), 0, "source")) != KVX_OK)
-        return r;
-    return kvx__plan_build(p, l, pages, NULL, n);
+    r = kvx_pages_check(p, pages, n, kvx_layout_num_pages(l), dst, dst ? "destination" : "source");
+    if (r != KVX_OK) return r;
+    return kvx__plan_build(p, l, dst ? NULL : pages, dst ? pages : NULL, n);
+}
+
+KVX_API kvx_result kvx_plan_gather(kvx_plan *p, const kvx_layout *l, const int32_t *pages,
+                                   size_t n) {
+    return kvx__plan_packed(p, l, pages, n, 0);
 }
 
 KVX_API kvx_result kvx_plan_scatter(kvx_plan *p, const kvx_layout *l, const int32_t *pages,
                                     size_t n) {
-    kvx_result r;
-    if (!p || !l) return KVX_ERR_INVALID_ARGUMENT;
-    p->error[0] = 0;
-    if ((r = kvx_pages_check(p, pages, n, kvx_layout_num_pages(l), 1, "destination")) != KVX_OK)
-        return r;
-    return kvx__plan_build(p, l, NULL, pages, n);
+    return kvx__plan_packed(p, l, pages, n, 1);
 }
 
 /* Slot ss's row of aux buffer i -> slot ds's; a side with slot < 0 is the
@@ -2804,6 +2735,12 @@ KVX_API void *kvx_room_data(const kvx_room *r) { return r->data; }
 KVX_API void kvx_room_set_data(kvx_room *r, void *d) { r->data = d; }
 KVX_API kvx_poll kvx_room_poll(const kvx_room *r) { return (kvx_poll)KVX__LOAD(&r->state); }
 KVX_API int kvx_room_closed(const kvx_room *r) { return KVX__LOAD(&r->closed); }
+KVX_API kvx_result kvx_room_result(const kvx_room *r) {
+    return KVX__LOAD(&r->state) == KVX_POLL_FAILED ? r->result : KVX_OK;
+}
+KVX_API const char *kvx_room_error(const kvx_room *r) {
+    return KVX__LOAD(&r->state) == KVX_POLL_FAILED ? r->error : "";
+}
 
 static const char *kvx__subsys(const kvx_room *r) {
     return r->role == KVX_ROLE_PREFILL ? "kvx.sender" : "kvx.receiver";
@@ -2969,9 +2906,7 @@ KVX_API void kvx_room_fail_remote(kvx_room *r, kvx_result res, const char *fmt, 
 /* A local failure that backends without room_failed hear about through
    room_abort, only when this call failed the room: a terminal room sends
    nothing. */
-static void kvx__room_fail_abort(kvx_room *r, kvx_result res, const char *reason,
-                                 const char *fmt, ...) KVX_PRINTF(4, 5);
-static void kvx__room_fail_abort(kvx_room *r, kvx_result res, const char *reason,
+static KVX_PRINTF(4, 5) void kvx__room_fail_abort(kvx_room *r, kvx_result res, const char *reason,
                                  const char *fmt, ...) {
     va_list ap;
     int moved;
@@ -3279,25 +3214,20 @@ KVX_API kvx_result kvx_engine_create(const kvx_engine_desc *desc, kvx_engine **o
     e->desc.rdma.library = kvx__own(e, d.rdma.library);
     if (r != KVX_OK) {
         kvx__set_why(why, wl, "out of memory copying the layout");
-        kvx__engine_free(e);
-        return r;
+        goto fail;
     }
-    if ((r = kvx__load_auth_key(e, why, wl)) != KVX_OK) {
-        kvx__engine_free(e);
-        return r;
-    }
+    if ((r = kvx__load_auth_key(e, why, wl)) != KVX_OK) goto fail;
     e->desc.auth_key = NULL; /* the secret lives only in e->auth_key */
     e->desc.auth_key_file = kvx__own(e, d.auth_key_file);
     if (e->be->engine_init && (r = e->be->engine_init(e, why, wl)) != KVX_OK) {
         if (why && wl && !why[0]) kvx__set_why(why, wl, "transport '%s' failed to start", e->be->name);
-        kvx__engine_free(e);
-        return r;
+        goto fail;
     }
     if (pthread_create(&e->progress, NULL, kvx__progress_main, e) != 0) {
         kvx__set_why(why, wl, "cannot start the progress thread: %s", strerror(errno));
         if (e->be->engine_fini) e->be->engine_fini(e);
-        kvx__engine_free(e);
-        return KVX_ERR_NO_MEMORY;
+        r = KVX_ERR_NO_MEMORY;
+        goto fail;
     }
     e->progress_started = 1;
     kvx_engine_log(e, KVX_LOG_INFO, "kvx.engine", 0,
@@ -3307,6 +3237,9 @@ KVX_API kvx_result kvx_engine_create(const kvx_engine_desc *desc, kvx_engine **o
                    (unsigned long long)kvx_layout_fingerprint(&d.layout));
     *out = e;
     return KVX_OK;
+fail:
+    kvx__engine_free(e);
+    return r;
 }
 
 /* Takes r out of the engine's list and table. */
@@ -3414,9 +3347,7 @@ static kvx_result kvx__room_create(kvx_engine *e, const kvx_room_desc *d, kvx_ro
     return KVX_OK;
 }
 
-static kvx_result kvx__call_error(kvx_room *r, kvx_result res, const char *fmt, ...)
-    KVX_PRINTF(3, 4);
-static kvx_result kvx__call_error(kvx_room *r, kvx_result res, const char *fmt, ...) {
+static KVX_PRINTF(3, 4) kvx_result kvx__call_error(kvx_room *r, kvx_result res, const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(r->call_error, sizeof r->call_error, fmt, ap);
@@ -3426,18 +3357,34 @@ static kvx_result kvx__call_error(kvx_room *r, kvx_result res, const char *fmt, 
     return res;
 }
 
-static const char *kvx__room_error(const kvx_room *r) {
-    return KVX__LOAD(&r->state) == KVX_POLL_FAILED ? r->error : "";
-}
-
-static kvx_result kvx__room_result(const kvx_room *r) {
-    return KVX__LOAD(&r->state) == KVX_POLL_FAILED ? r->result : KVX_OK;
-}
-
 static void kvx__room_abort(kvx_room *r, const char *reason) {
     kvx__room_fail_abort(r, KVX_ERR_ABORTED, reason, "aborted by the %s: %s",
                          r->role == KVX_ROLE_PREFILL ? "prefill engine" : "decode engine",
                          reason ? reason : "no reason given");
+}
+
+/* The state check of both inits: once, in WAITING_FOR_INPUT. */
+static kvx_result kvx__room_init_state(kvx_room *r) {
+    int st = KVX__LOAD(&r->state);
+    if (r->inited || st != KVX_POLL_WAITING_FOR_INPUT)
+        return kvx__call_error(r, KVX_ERR_STATE, "init called %s (state %s)",
+                               r->inited ? "twice" : "before the room was ready",
+                               kvx_poll_str((kvx_poll)st));
+    return KVX_OK;
+}
+
+/* The aux check of both inits, then records the request. */
+static kvx_result kvx__room_inited(kvx_room *r, uint32_t pages, int32_t aux_index) {
+    uint64_t slots = kvx_layout_num_aux_slots(&r->engine->desc.layout);
+    if (aux_index < -1 || (aux_index >= 0 && (uint64_t)aux_index >= slots)) {
+        kvx_room_fail(r, KVX_ERR_OUT_OF_RANGE, "aux index %ld is outside the %llu aux slots",
+                      (long)aux_index, (unsigned long long)slots);
+        return KVX_ERR_OUT_OF_RANGE;
+    }
+    r->inited = 1;
+    r->total_pages = pages;
+    r->aux_index = aux_index;
+    return KVX_OK;
 }
 
 /* sender -------------------------------------------------------------------- */
@@ -3450,14 +3397,9 @@ KVX_API kvx_result kvx_sender_init(kvx_sender *s, uint32_t num_pages, int32_t au
     kvx_room *r = (kvx_room *)s;
     const kvx_layout *l;
     kvx_result res;
-    int st;
     if (!r) return KVX_ERR_INVALID_ARGUMENT;
     l = &r->engine->desc.layout;
-    st = KVX__LOAD(&r->state);
-    if (r->inited || st != KVX_POLL_WAITING_FOR_INPUT)
-        return kvx__call_error(r, KVX_ERR_STATE, "init called %s (state %s)",
-                               r->inited ? "twice" : "before the room was ready",
-                               kvx_poll_str((kvx_poll)st));
+    if ((res = kvx__room_init_state(r)) != KVX_OK) return res;
     if (num_pages > KVX_MAX_PAGES || num_pages > kvx_layout_num_pages(l)) {
         kvx_room_fail(r, KVX_ERR_OUT_OF_RANGE,
                       "init declares %u pages but the pool holds %llu (KVX_MAX_PAGES %u)",
@@ -3465,14 +3407,7 @@ KVX_API kvx_result kvx_sender_init(kvx_sender *s, uint32_t num_pages, int32_t au
                       (unsigned)KVX_MAX_PAGES);
         return KVX_ERR_OUT_OF_RANGE;
     }
-    if (aux_index < -1 || (aux_index >= 0 && (uint64_t)aux_index >= kvx_layout_num_aux_slots(l))) {
-        kvx_room_fail(r, KVX_ERR_OUT_OF_RANGE, "aux index %ld is outside the %llu aux slots",
-                      (long)aux_index, (unsigned long long)kvx_layout_num_aux_slots(l));
-        return KVX_ERR_OUT_OF_RANGE;
-    }
-    r->inited = 1;
-    r->total_pages = num_pages;
-    r->aux_index = aux_index;
+    if ((res = kvx__room_inited(r, num_pages, aux_index)) != KVX_OK) return res;
     if (r->engine->be->sender_init &&
         (res = r->engine->be->sender_init(r, num_pages, aux_index)) != KVX_OK) {
         kvx_room_fail(r, res, "transport %s refused init", r->engine->be->name);
@@ -3551,10 +3486,8 @@ KVX_API kvx_poll kvx_sender_poll(const kvx_sender *s) { return kvx_room_poll((co
 KVX_API kvx_poll kvx_sender_wait(const kvx_sender *s, kvx_poll st, int ms) {
     return kvx__room_wait((const kvx_room *)s, st, ms);
 }
-KVX_API kvx_result kvx_room_result(const kvx_room *r) { return kvx__room_result(r); }
-KVX_API const char *kvx_room_error(const kvx_room *r) { return kvx__room_error(r); }
-KVX_API kvx_result kvx_sender_result(const kvx_sender *s) { return kvx__room_result((const kvx_room *)s); }
-KVX_API const char *kvx_sender_error(const kvx_sender *s) { return kvx__room_error((const kvx_room *)s); }
+KVX_API kvx_result kvx_sender_result(const kvx_sender *s) { return kvx_room_result((const kvx_room *)s); }
+KVX_API const char *kvx_sender_error(const kvx_sender *s) { return kvx_room_error((const kvx_room *)s); }
 KVX_API const char *kvx_sender_call_error(const kvx_sender *s) { return ((const kvx_room *)s)->call_error; }
 KVX_API uint64_t kvx_sender_room(const kvx_sender *s) { return ((const kvx_room *)s)->id; }
 KVX_API void kvx_sender_abort(kvx_sender *s, const char *why) { if (s) kvx__room_abort((kvx_room *)s, why); }
@@ -3574,15 +3507,10 @@ KVX_API kvx_result kvx_receiver_init(kvx_receiver *rc, const int32_t *pages, uin
     const kvx_layout *l;
     kvx_plan chk;
     kvx_result res;
-    int st;
     if (!r) return KVX_ERR_INVALID_ARGUMENT;
     e = r->engine;
     l = &e->desc.layout;
-    st = KVX__LOAD(&r->state);
-    if (r->inited || st != KVX_POLL_WAITING_FOR_INPUT)
-        return kvx__call_error(r, KVX_ERR_STATE, "init called %s (state %s)",
-                               r->inited ? "twice" : "before the room was ready",
-                               kvx_poll_str((kvx_poll)st));
+    if ((res = kvx__room_init_state(r)) != KVX_OK) return res;
     memset(&chk, 0, sizeof chk);
     chk.allocator = &e->desc.allocator;
     res = kvx_pages_check(&chk, pages, n, kvx_layout_num_pages(l), 1, "destination");
@@ -3592,14 +3520,7 @@ KVX_API kvx_result kvx_receiver_init(kvx_receiver *rc, const int32_t *pages, uin
         return res;
     }
     kvx_plan_free(&chk);
-    if (aux_index < -1 || (aux_index >= 0 && (uint64_t)aux_index >= kvx_layout_num_aux_slots(l))) {
-        kvx_room_fail(r, KVX_ERR_OUT_OF_RANGE, "aux index %ld is outside the %llu aux slots",
-                      (long)aux_index, (unsigned long long)kvx_layout_num_aux_slots(l));
-        return KVX_ERR_OUT_OF_RANGE;
-    }
-    r->inited = 1;
-    r->total_pages = n;
-    r->aux_index = aux_index;
+    if ((res = kvx__room_inited(r, n, aux_index)) != KVX_OK) return res;
     kvx_room_set_deadline(r, kvx_now_ns() + (uint64_t)(e->desc.waiting_timeout_s * 1e9),
                           "the KV cache did not arrive (KVX_WAITING_TIMEOUT)");
     kvx_room_advance(r, KVX_POLL_TRANSFERRING);
@@ -3614,8 +3535,8 @@ KVX_API kvx_poll kvx_receiver_poll(const kvx_receiver *r) { return kvx_room_poll
 KVX_API kvx_poll kvx_receiver_wait(const kvx_receiver *r, kvx_poll st, int ms) {
     return kvx__room_wait((const kvx_room *)r, st, ms);
 }
-KVX_API kvx_result kvx_receiver_result(const kvx_receiver *r) { return kvx__room_result((const kvx_room *)r); }
-KVX_API const char *kvx_receiver_error(const kvx_receiver *r) { return kvx__room_error((const kvx_room *)r); }
+KVX_API kvx_result kvx_receiver_result(const kvx_receiver *r) { return kvx_room_result((const kvx_room *)r); }
+KVX_API const char *kvx_receiver_error(const kvx_receiver *r) { return kvx_room_error((const kvx_room *)r); }
 KVX_API const char *kvx_receiver_call_error(const kvx_receiver *r) { return ((const kvx_room *)r)->call_error; }
 KVX_API uint64_t kvx_receiver_room(const kvx_receiver *r) { return ((const kvx_room *)r)->id; }
 KVX_API void kvx_receiver_abort(kvx_receiver *r, const char *why) { if (r) kvx__room_abort((kvx_room *)r, why); }
@@ -3685,14 +3606,10 @@ static KVX__UNUSED int kvx__room_terminal(const kvx_room *r) {
 
 /* >>impl: safe directories ------------------------------------------------ */
 
-#ifdef __cplusplus
-}
-#endif
-#include <fcntl.h>
-#include <pwd.h>
-#ifdef __cplusplus
-extern "C" {
-#endif
+/* Flags of kvx__dir_open / kvx__dir_check. */
+#define KVX__DIR_CREATE 1 /* create the directory (and missing parents) with `mode` */
+#define KVX__DIR_SHARED 2 /* shared with the group: another owner and group write are
+                            accepted (others still may not write without the sticky bit) */
 
 /* "owner uid 65534 (nobody), mode 0777" */
 static KVX__UNUSED void kvx__dir_describe(const struct stat *st, char *out, size_t n) {
@@ -3704,41 +3621,51 @@ static KVX__UNUSED void kvx__dir_describe(const struct stat *st, char *out, size
              (unsigned)(st->st_mode & 07777));
 }
 
-static kvx_result kvx__dir_check_st(const struct stat *st, const char *path, int flags,
-                                    char *why, size_t wl) {
+/* Checks an open directory: owned by this user or root (any owner with
+   KVX__DIR_SHARED), and not writable by others (nor by the group, unless
+   KVX__DIR_SHARED) unless it has the sticky bit. `path` names it in the
+   sentence. KVX_ERR_PERMISSION when refused. */
+static KVX__UNUSED kvx_result kvx__dir_check(int fd, const char *path, int flags, char *why, size_t wl) {
+    struct stat st;
     char desc[300];
     uid_t me = geteuid();
     mode_t bad = (flags & KVX__DIR_SHARED) ? S_IWOTH : (S_IWGRP | S_IWOTH);
-    if (!S_ISDIR(st->st_mode)) {
-        kvx__set_why(why, wl, "%s is not a directory", path);
-        return KVX_ERR_NOT_FOUND;
-    }
-    kvx__dir_describe(st, desc, sizeof desc);
-    if (!(flags & KVX__DIR_SHARED) && st->st_uid != me && st->st_uid != 0) {
-        kvx__set_why(why, wl, "refusing directory %s (%s): it belongs to another user, who could "
-                     "plant links in it (share a directory between users only with "
-                     "KVX_FILE_SHARED=1 and a group-owned directory)", path, desc);
-        return KVX_ERR_PERMISSION;
-    }
-    if ((st->st_mode & bad) && !(st->st_mode & S_ISVTX)) {
-        kvx__set_why(why, wl, "refusing directory %s (%s): %s may write in it and it has no "
-                     "sticky bit, so they could plant or swap files and links", path, desc,
-                     (st->st_mode & S_IWOTH) ? "every user" : "the group");
-        return KVX_ERR_PERMISSION;
-    }
-    return KVX_OK;
-}
-
-static KVX__UNUSED kvx_result kvx__dir_check(int fd, const char *path, int flags, char *why, size_t wl) {
-    struct stat st;
     if (fstat(fd, &st)) {
         int err = errno;
         kvx__set_why(why, wl, "cannot stat %s: %s", path, strerror(err));
         return kvx__errno_result(err);
     }
-    return kvx__dir_check_st(&st, path, flags, why, wl);
+    if (!S_ISDIR(st.st_mode)) {
+        kvx__set_why(why, wl, "%s is not a directory", path);
+        return KVX_ERR_NOT_FOUND;
+    }
+    kvx__dir_describe(&st, desc, sizeof desc);
+    if (!(flags & KVX__DIR_SHARED) && st.st_uid != me && st.st_uid != 0) {
+        kvx__set_why(why, wl, "refusing directory %s (%s): it belongs to another user, who could "
+                     "plant links in it (share a directory between users only with "
+                     "KVX_FILE_SHARED=1 and a group-owned directory)", path, desc);
+        return KVX_ERR_PERMISSION;
+    }
+    if ((st.st_mode & bad) && !(st.st_mode & S_ISVTX)) {
+        kvx__set_why(why, wl, "refusing directory %s (%s): %s may write in it and it has no "
+                     "sticky bit, so they could plant or swap files and links", path, desc,
+                     (st.st_mode & S_IWOTH) ? "every user" : "the group");
+        return KVX_ERR_PERMISSION;
+    }
+    return KVX_OK;
 }
 
+/* mkdirat(dfd, name, mode) for shared filesystems whose mkdir can answer
+   EEXIST for a directory that then does not exist: GlusterFS does when
+   another client looks the new name up while the brick makes it (the
+   lookup stamps its own id on the fresh directory, the brick's mkdir then
+   fails to stamp its own, removes the directory and answers EEXIST). The
+   answer is checked with a lookup, and mkdir retried, a bounded number of
+   times (about 2 s in all), until the name is a directory or something
+   else. Returns 0 when dfd/name exists (made by this call: *made = 1;
+   already there: 0; it may be something other than a directory: open it
+   with O_DIRECTORY | O_NOFOLLOW and see), -1 with errno otherwise.
+   made may be NULL. */
 static KVX__UNUSED int kvx__mkdirat(int dfd, const char *name, unsigned mode, int *made) {
     struct stat st;
     long wait_us = 1000;
@@ -3765,6 +3692,13 @@ static KVX__UNUSED int kvx__mkdirat(int dfd, const char *name, unsigned mode, in
     }
 }
 
+/* Opens directory `path` for openat & co. without trusting links: every
+   component is opened relative to its parent, the last one never through a
+   symbolic link, an earlier one only through a link owned by root or this
+   user. The directory and every parent must pass kvx__dir_check. On success
+   *fd is an O_DIRECTORY descriptor (close it); else KVX_ERR_NOT_FOUND,
+   KVX_ERR_PERMISSION... and a sentence naming the directory, its owner and
+   mode. Thread-safe; blocks on the filesystem. */
 static KVX__UNUSED kvx_result kvx__dir_open(const char *path, unsigned mode, int flags, int *fd_out,
                                 char *why, size_t wl) {
     char tmp[4096];
@@ -3908,6 +3842,21 @@ static void *kvx__workq_main(void *arg) {
     return NULL;
 }
 
+/* Runs every queued job, joins the threads, frees. NULL ok. */
+static KVX__UNUSED void kvx__workq_destroy(kvx__workq *q) {
+    int i;
+    if (!q) return;
+    pthread_mutex_lock(&q->mu);
+    q->stop = 1;
+    pthread_cond_broadcast(&q->cv);
+    pthread_mutex_unlock(&q->mu);
+    for (i = 0; i < q->nthreads; i++) pthread_join(q->threads[i], NULL);
+    pthread_mutex_destroy(&q->mu);
+    pthread_cond_destroy(&q->cv);
+    kvx_engine_free(q->engine, q->threads);
+    kvx_engine_free(q->engine, q);
+}
+
 static KVX__UNUSED kvx_result kvx__workq_create(kvx_engine *e, int threads, const char *name,
                                     kvx__workq **out) {
     kvx__workq *q;
@@ -3949,20 +3898,6 @@ static KVX__UNUSED kvx_result kvx__workq_submit(kvx__workq *q, kvx__job_fn fn, v
     pthread_cond_signal(&q->cv);
     pthread_mutex_unlock(&q->mu);
     return KVX_OK;
-}
-
-static KVX__UNUSED void kvx__workq_destroy(kvx__workq *q) {
-    int i;
-    if (!q) return;
-    pthread_mutex_lock(&q->mu);
-    q->stop = 1;
-    pthread_cond_broadcast(&q->cv);
-    pthread_mutex_unlock(&q->mu);
-    for (i = 0; i < q->nthreads; i++) pthread_join(q->threads[i], NULL);
-    pthread_mutex_destroy(&q->mu);
-    pthread_cond_destroy(&q->cv);
-    kvx_engine_free(q->engine, q->threads);
-    kvx_engine_free(q->engine, q);
 }
 
 #ifdef __cplusplus

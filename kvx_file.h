@@ -379,25 +379,31 @@ static int kvx__create_tmp_at(int dfd, const char *name, char *tmp, size_t tmp_l
     return fd;
 }
 
-/* Writes data to dfd/name through a new temporary file and a rename.
-   noreplace: the file is put in place only if no file of that name exists
-   (link(2) then unlink of the temporary): the first writer wins, and
-   KVX_OK is returned either way. `shown` is the directory for sentences. */
-static kvx_result kvx__write_atomic_at(int dfd, const char *shown, const char *name,
-                                       const void *data, size_t len, int do_fsync,
-                                       int noreplace, unsigned mode, char *why, size_t wl) {
+/* Writes data to a new file dfd/name, never through a link. fresh: in the
+   sender's private directory nobody reads a file before the commit, so it
+   is created under its name (O_EXCL), with no temporary name and rename.
+   Otherwise through a new temporary file, put in place only if no file of
+   that name exists (link(2), then unlink of the temporary): the first
+   writer wins, and KVX_OK is returned either way. `shown` is the directory
+   for sentences. */
+static kvx_result kvx__write_at(int dfd, const char *shown, const char *name, const void *data,
+                                size_t len, int do_fsync, int fresh, unsigned mode, char *why,
+                                size_t wl) {
     char tmp[256];
+    const char *made = fresh ? name : tmp;
     int fd, err = 0;
-    fd = kvx__create_tmp_at(dfd, name, tmp, sizeof tmp, mode);
+    fd = fresh ? openat(dfd, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
+                        (mode_t)mode)
+               : kvx__create_tmp_at(dfd, name, tmp, sizeof tmp, mode);
     if (fd < 0) {
         err = errno;
-        kvx__set_why(why, wl, "cannot create %s/%s: %s", shown, tmp, strerror(err));
+        kvx__set_why(why, wl, "cannot create %s/%s: %s", shown, made, strerror(err));
         return kvx__errno_result(err);
     }
     err = kvx__write_all(fd, data, len);
     if (!err && do_fsync && fsync(fd)) err = errno;
     if (close(fd) && !err) err = errno;
-    if (!err && noreplace) {
+    if (!err && !fresh) {
         if (linkat(dfd, tmp, dfd, name, 0)) {
             err = errno;
             if (err == EPERM || err == ENOTSUP || err == EXDEV || err == EMLINK) {
@@ -410,12 +416,10 @@ static kvx_result kvx__write_atomic_at(int dfd, const char *shown, const char *n
         }
         (void)unlinkat(dfd, tmp, 0);
         if (err == EEXIST) return KVX_OK; /* the first one stays */
-    } else if (!err && renameat(dfd, tmp, dfd, name)) {
-        err = errno;
     }
     if (err) {
         kvx__set_why(why, wl, "cannot write %s/%s: %s", shown, name, strerror(err));
-        (void)unlinkat(dfd, tmp, 0);
+        (void)unlinkat(dfd, made, 0);
         return kvx__errno_result(err);
     }
     return KVX_OK;
@@ -542,9 +546,6 @@ static kvx_result kvx__file_json_open(kvx__json_doc *d, const char *text, size_t
 }
 
 
-/* Reads or writes the packed byte range [lo, hi) of a one-sided plan
-   between pool memory and a file, and returns the CRC32C of those bytes
-   (computed over pool memory: before writing, after reading). */
 /* Index of the first span that reaches past packed offset lo (spans of a
    one-sided plan are sorted on the packed side). */
 static size_t kvx__plan_find(const kvx_plan *p, int to_file, uint64_t lo) {
@@ -613,6 +614,9 @@ static kvx_result kvx__plan_io_staged(const kvx_layout *l, const kvx_mem_ops *me
     return KVX_OK;
 }
 
+/* Reads or writes the packed byte range [lo, hi) of a one-sided plan
+   between pool memory and a file, and returns the CRC32C of those bytes
+   (computed over pool memory: before writing, after reading). */
 static kvx_result kvx__plan_io(const kvx_layout *l, const kvx_plan *p, int to_file, int fd,
                                uint64_t lo, uint64_t hi, uint32_t *crc, int *err_out) {
     struct iovec iov[KVX__FILE_IOV], work[KVX__FILE_IOV];
@@ -732,14 +736,20 @@ static kvx_result kvx__file_parse(const kvx_allocator *a, kvx_result load, char 
     return load;
 }
 
-KVX_API kvx_result kvx_file_read_meta(const char *path, kvx_file_chunk_info *m, char *why,
-                                      size_t wl) {
+/* kvx_file_read_meta (m) and kvx_file_read_done (o). */
+static kvx_result kvx__file_read(const char *path, kvx_file_chunk_info *m, kvx_file_done_info *o,
+                                 char *why, size_t wl) {
     char *text = NULL;
     size_t len = 0;
     kvx_result r;
-    memset(m, 0, sizeof *m);
+    memset(m ? (void *)m : (void *)o, 0, m ? sizeof *m : sizeof *o);
     r = kvx__read_small(path, &text, &len, KVX__FILE_META_MAX, why, wl);
-    return kvx__file_parse(NULL, r, text, len, path, m, NULL, why, wl);
+    return kvx__file_parse(NULL, r, text, len, path, m, o, why, wl);
+}
+
+KVX_API kvx_result kvx_file_read_meta(const char *path, kvx_file_chunk_info *m, char *why,
+                                      size_t wl) {
+    return kvx__file_read(path, m, NULL, why, wl);
 }
 
 KVX_API kvx_result kvx_file_parse_meta(const char *text, size_t len, const char *path,
@@ -822,12 +832,7 @@ KVX_API void kvx_file_chunk_info_free(kvx_file_chunk_info *m) {
 
 KVX_API kvx_result kvx_file_read_done(const char *path, kvx_file_done_info *o, char *why,
                                       size_t wl) {
-    char *text = NULL;
-    size_t len = 0;
-    kvx_result r;
-    memset(o, 0, sizeof *o);
-    r = kvx__read_small(path, &text, &len, KVX__FILE_META_MAX, why, wl);
-    return kvx__file_parse(NULL, r, text, len, path, NULL, o, why, wl);
+    return kvx__file_read(path, NULL, o, why, wl);
 }
 
 KVX_API kvx_result kvx_file_parse_done(const char *text, size_t len, const char *path,
@@ -901,11 +906,9 @@ KVX_API kvx_result kvx_file_crc32c(int fd, uint64_t off, uint64_t len, uint32_t 
 typedef struct kvx__fengine {
     char dir[KVX__FILE_PATH];
     int dfd;                    /* the directory, opened without following links */
-    int shared;                 /* KVX_FILE_SHARED: the group may use the rooms */
     unsigned dir_mode, file_mode;
-    double timeout_s, ttl_s, settle_s;
-    int do_fsync, keep, io_threads;
-    uint64_t stripe;
+    kvx_file_desc set;          /* the resolved settings (kvx__file_table) */
+    uint64_t stripe;            /* set.stripe_bytes */
     kvx__workq *q;
     pthread_mutex_t mu;
     struct kvx__froom *pending; /* receivers waiting for transfer_done */
@@ -1040,7 +1043,7 @@ static void kvx__file_sweep(kvx_engine *e, kvx__fengine *fe) {
         struct stat st;
         if (strncmp(de->d_name, "room_", 5)) continue;
         if (fstatat(fe->dfd, de->d_name, &st, AT_SYMLINK_NOFOLLOW)) continue;
-        if (st.st_uid != geteuid() || !(difftime(now, st.st_mtime) > fe->ttl_s)) continue;
+        if (st.st_uid != geteuid() || !(difftime(now, st.st_mtime) > fe->set.ttl_s)) continue;
         if (S_ISDIR(st.st_mode)) kvx__rm_room_at(fe->dfd, de->d_name, 1);
         else (void)unlinkat(fe->dfd, de->d_name, 0); /* a marker, a temporary, a link */
         removed++;
@@ -1049,7 +1052,7 @@ static void kvx__file_sweep(kvx_engine *e, kvx__fengine *fe) {
     if (removed)
         kvx_engine_log(e, KVX_LOG_INFO, "kvx.file", 0,
                        "removed %d room entries older than %.0f s from %s", removed,
-                       fe->ttl_s, fe->dir);
+                       fe->set.ttl_s, fe->dir);
 }
 
 /* Prefill: a bootstrap server when one is configured. Decode: always
@@ -1091,24 +1094,20 @@ static kvx_result kvx__file_settings(const kvx_engine_desc *d, kvx__fengine *fe,
     kvx_result r = kvx__settings_apply(kvx__file_table, KVX__COUNT(kvx__file_table), &f, why, wl);
     if (r != KVX_OK) return r;
     if (f.dir) *dir = f.dir;
-    fe->timeout_s = f.timeout_s;
-    fe->ttl_s = f.ttl_s;
-    fe->settle_s = f.settle_s;
-    fe->io_threads = f.io_threads;
+    fe->set = f;
     fe->stripe = f.stripe_bytes;
-    fe->do_fsync = f.fsync;
-    fe->keep = f.keep;
-    fe->shared = f.shared;
-    fe->dir_mode = fe->shared ? 0770 : 0700;
-    fe->file_mode = fe->shared ? 0660 : 0600;
+    fe->dir_mode = f.shared ? 0770 : 0700;
+    fe->file_mode = f.shared ? 0660 : 0600;
     return KVX_OK;
 }
 
 static kvx_result kvx__file_engine_init(kvx_engine *e, char *why, size_t wl) {
     const kvx_engine_desc *d = kvx_engine_settings(e);
+    const kvx_layout *l = kvx_engine_layout(e);
     kvx__fengine *fe;
     char defdir[64];
     const char *dir;
+    uint32_t i;
     kvx_result r;
     snprintf(defdir, sizeof defdir, "/tmp/kvx_file-%u", (unsigned)geteuid());
     dir = d->file.dir ? d->file.dir : defdir;
@@ -1116,62 +1115,48 @@ static kvx_result kvx__file_engine_init(kvx_engine *e, char *why, size_t wl) {
     if (!fe) return KVX_ERR_NO_MEMORY;
     memset(fe, 0, sizeof *fe);
     fe->dfd = -1;
-    if ((r = kvx__file_settings(d, fe, &dir, why, wl)) != KVX_OK) {
-        kvx_engine_free(e, fe);
-        return r;
-    }
-    {
-        const kvx_layout *l = kvx_engine_layout(e);
-        uint32_t i;
-        for (i = 0; i < l->num_buffers; i++)
-            if (l->buffers[i].mem != KVX_MEM_HOST) fe->staged = 1;
-        fe->mem = d->mem;
-        if (fe->staged && (!fe->mem.copy || !fe->mem.host_alloc || !fe->mem.host_free)) {
-            kvx__set_why(why, wl, "the layout has KV buffers in GPU memory but desc.mem has no "
-                         "copy functions: fill it with kvx_cuda_mem_ops() from kvx_cuda.h "
-                         "(built with -DKVX_WITH_CUDA)");
-            kvx_engine_free(e, fe);
-            return KVX_ERR_INVALID_ARGUMENT;
-        }
+    pthread_mutex_init(&fe->mu, NULL);
+    if ((r = kvx__file_settings(d, fe, &dir, why, wl)) != KVX_OK) goto fail;
+    for (i = 0; i < l->num_buffers; i++)
+        if (l->buffers[i].mem != KVX_MEM_HOST) fe->staged = 1;
+    fe->mem = d->mem;
+    r = KVX_ERR_INVALID_ARGUMENT;
+    if (fe->staged && (!fe->mem.copy || !fe->mem.host_alloc || !fe->mem.host_free)) {
+        kvx__set_why(why, wl, "the layout has KV buffers in GPU memory but desc.mem has no "
+                     "copy functions: fill it with kvx_cuda_mem_ops() from kvx_cuda.h "
+                     "(built with -DKVX_WITH_CUDA)");
+        goto fail;
     }
     if (strlen(dir) >= sizeof fe->dir - 64) {
         kvx__set_why(why, wl, "KVX_FILE_DIR is too long (%zu bytes)", strlen(dir));
-        kvx_engine_free(e, fe);
-        return KVX_ERR_INVALID_ARGUMENT;
+        goto fail;
     }
     snprintf(fe->dir, sizeof fe->dir, "%s", dir);
     fe->key = kvx_engine_auth_key(e, &fe->key_len);
     fe->al = &kvx_engine_settings(e)->allocator;
-    r = kvx__dir_open(fe->dir, fe->dir_mode, KVX__DIR_CREATE | (fe->shared ? KVX__DIR_SHARED : 0),
-                     &fe->dfd, why, wl);
-    if (r != KVX_OK) {
-        kvx_engine_free(e, fe);
-        return r;
+    r = kvx__dir_open(fe->dir, fe->dir_mode,
+                      KVX__DIR_CREATE | (fe->set.shared ? KVX__DIR_SHARED : 0), &fe->dfd, why, wl);
+    if (r != KVX_OK) goto fail;
+    if ((r = kvx__workq_create(e, fe->set.io_threads, "kvx.file", &fe->q)) != KVX_OK) {
+        kvx__set_why(why, wl, "cannot start %d file I/O threads", fe->set.io_threads);
+        goto fail;
     }
-    if ((r = kvx__workq_create(e, fe->io_threads, "kvx.file", &fe->q)) != KVX_OK) {
-        kvx__set_why(why, wl, "cannot start %d file I/O threads", fe->io_threads);
-        close(fe->dfd);
-        kvx_engine_free(e, fe);
-        return r;
-    }
-    pthread_mutex_init(&fe->mu, NULL);
     kvx_engine_set_backend_data(e, fe);
     if (kvx__file_wants_boot(d)) {
         kvx_boot_hooks hooks;
         memset(&hooks, 0, sizeof hooks);
         hooks.on_status = kvx__file_on_status;
-        r = kvx_boot_create(e, &hooks, "file", 4, &fe->boot, why, wl);
-        if (r != KVX_OK) {
-            kvx_engine_set_backend_data(e, NULL);
-            kvx__workq_destroy(fe->q);
-            pthread_mutex_destroy(&fe->mu);
-            close(fe->dfd);
-            kvx_engine_free(e, fe);
-            return r;
-        }
+        if ((r = kvx_boot_create(e, &hooks, "file", 4, &fe->boot, why, wl)) != KVX_OK) goto fail;
     }
     kvx__file_sweep(e, fe);
     return KVX_OK;
+fail:
+    kvx_engine_set_backend_data(e, NULL);
+    if (fe->q) kvx__workq_destroy(fe->q);
+    pthread_mutex_destroy(&fe->mu);
+    if (fe->dfd >= 0) close(fe->dfd);
+    kvx_engine_free(e, fe);
+    return r;
 }
 
 static void kvx__file_engine_fini(kvx_engine *e) {
@@ -1269,7 +1254,7 @@ static kvx_result kvx__file_make_stage(kvx__froom *fr, int *dfd, char *why, size
         kvx__set_why(why, wl, "cannot open %s: %s", fr->stage_dir, strerror(err));
         return err == ELOOP || err == ENOTDIR ? KVX_ERR_PERMISSION : kvx__errno_result(err);
     }
-    if (fe->shared) (void)fchmod(fd, (mode_t)fe->dir_mode); /* past the umask */
+    if (fe->set.shared) (void)fchmod(fd, (mode_t)fe->dir_mode); /* past the umask */
     *dfd = fd;
     return KVX_OK;
 }
@@ -1298,7 +1283,7 @@ static kvx_result kvx__file_check_name(kvx__froom *fr, char *why, size_t wl) {
         kvx__set_why(why, wl, "cannot open %s: %s", fr->dir, strerror(err));
         return kvx__errno_result(err);
     }
-    r = kvx__dir_check(fd, fr->dir, fe->shared ? KVX__DIR_SHARED : 0, why, wl);
+    r = kvx__dir_check(fd, fr->dir, fe->set.shared ? KVX__DIR_SHARED : 0, why, wl);
     close(fd);
     return r;
 }
@@ -1313,7 +1298,7 @@ static kvx_result kvx__file_commit(kvx__froom *fr, char *why, size_t wl) {
     kvx__fengine *fe = fr->fe;
     int i, err = 0;
     if (fr->committed) return KVX_OK;
-    if (fe->do_fsync && fsync(fr->dfd)) {
+    if (fe->set.fsync && fsync(fr->dfd)) {
         err = errno;
         kvx__set_why(why, wl, "cannot fsync %s: %s", fr->stage_dir, strerror(err));
         return kvx__errno_result(err);
@@ -1323,7 +1308,7 @@ static kvx_result kvx__file_commit(kvx__froom *fr, char *why, size_t wl) {
         kvx_result r;
         if (!renameat(fe->dfd, fr->stage, fe->dfd, fr->name)) {
             fr->committed = 1;
-            if (fe->do_fsync) (void)fsync(fe->dfd);
+            if (fe->set.fsync) (void)fsync(fe->dfd);
             return KVX_OK;
         }
         err = errno;
@@ -1339,37 +1324,13 @@ static kvx_result kvx__file_commit(kvx__froom *fr, char *why, size_t wl) {
         }
         kvx_engine_log(kvx_room_engine(fr->room), KVX_LOG_WARN, "kvx.file", kvx_room_id(fr->room),
                        "%s already existed (a reused room id?); replaced it", fr->dir);
-        kvx__rm_room_at(fe->dfd, old, !fe->shared);
+        kvx__rm_room_at(fe->dfd, old, !fe->set.shared);
     }
     if ((err == ENOTDIR || err == EISDIR) && kvx__file_check_name(fr, why, wl) != KVX_OK)
         return KVX_ERR_PERMISSION;
     kvx__set_why(why, wl, "cannot rename %s to %s: %s", fr->stage_dir, fr->dir,
                  strerror(err ? err : EEXIST));
     return kvx__errno_result(err ? err : EEXIST);
-}
-
-/* Writes a new file dfd/name (O_EXCL, never through a link): in the
-   sender's private directory nobody reads a file before the commit, so no
-   temporary name and rename is needed. */
-static kvx_result kvx__write_new_at(int dfd, const char *shown, const char *name,
-                                    const void *data, size_t len, int do_fsync, unsigned mode,
-                                    char *why, size_t wl) {
-    int err = 0, fd = openat(dfd, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
-                             (mode_t)mode);
-    if (fd < 0) {
-        err = errno;
-        kvx__set_why(why, wl, "cannot create %s/%s: %s", shown, name, strerror(err));
-        return kvx__errno_result(err);
-    }
-    err = kvx__write_all(fd, data, len);
-    if (!err && do_fsync && fsync(fd)) err = errno;
-    if (close(fd) && !err) err = errno;
-    if (err) {
-        kvx__set_why(why, wl, "cannot write %s/%s: %s", shown, name, strerror(err));
-        (void)unlinkat(dfd, name, 0);
-        return kvx__errno_result(err);
-    }
-    return KVX_OK;
 }
 
 /* Tells the receiver that this sender failed: transfer_failed in the
@@ -1395,15 +1356,15 @@ static void kvx__file_write_failed(kvx__froom *fr, kvx_result res, const char *r
     pthread_mutex_lock(&fr->mu);
     dfd = kvx__froom_dfd(fr);
     if (dfd >= 0) {
-        r = kvx__write_atomic_at(dfd, fr->committed ? fr->dir : fr->stage_dir, "transfer_failed",
-                                 b.data, b.len, fe->do_fsync, 1, fe->file_mode, why, sizeof why);
+        r = kvx__write_at(dfd, fr->committed ? fr->dir : fr->stage_dir, "transfer_failed", b.data,
+                          b.len, fe->set.fsync, 0, fe->file_mode, why, sizeof why);
         if (r == KVX_OK) r = kvx__file_commit(fr, why, sizeof why);
     }
     pthread_mutex_unlock(&fr->mu);
     if (r != KVX_OK) {
         snprintf(marker, sizeof marker, "%s.failed", fr->name);
-        r = kvx__write_atomic_at(fe->dfd, fe->dir, marker, b.data, b.len, fe->do_fsync, 1,
-                                 fe->file_mode, why, sizeof why);
+        r = kvx__write_at(fe->dfd, fe->dir, marker, b.data, b.len, fe->set.fsync, 0, fe->file_mode,
+                          why, sizeof why);
     }
     if (r != KVX_OK)
         kvx_engine_log(kvx_room_engine(fr->room), KVX_LOG_ERROR, "kvx.file", kvx_room_id(fr->room),
@@ -1432,6 +1393,17 @@ static void kvx__fjob_free(kvx_engine *e, kvx__fjob *j) {
     kvx_engine_free(e, j->crcs);
     kvx_engine_free(e, j->stripes);
     kvx_engine_free(e, j);
+}
+
+/* The CRC32C of a job's whole file, from its stripes' CRC32Cs. */
+static uint32_t kvx__fjob_crc(const kvx__fjob *j) {
+    uint64_t stripe = j->fr->fe->stripe;
+    uint32_t i, crc = j->crcs[0];
+    for (i = 1; i < j->nstripes; i++) {
+        uint64_t off = (uint64_t)i * stripe;
+        crc = kvx_crc32c_combine(crc, j->crcs[i], j->bytes - off < stripe ? j->bytes - off : stripe);
+    }
+    return crc;
 }
 
 static void kvx__froom_leave(kvx__froom *fr, uint32_t n) {
@@ -1472,8 +1444,8 @@ static kvx_result kvx__file_finish_send(kvx__froom *fr, char *why, size_t wl) {
         if (!aux) return KVX_ERR_NO_MEMORY;
         kvx_layout_aux_copy(l, fr->aux_index, aux, 0);
         aux_crc = kvx_crc32c(0, aux, aux_bytes);
-        r = kvx__write_new_at(fr->dfd, fr->stage_dir, "metadata.bin", aux, aux_bytes,
-                              fr->fe->do_fsync, fr->fe->file_mode, why, wl);
+        r = kvx__write_at(fr->dfd, fr->stage_dir, "metadata.bin", aux, aux_bytes,
+                          fr->fe->set.fsync, 1, fr->fe->file_mode, why, wl);
         kvx__free(fr->fe->al, aux);
         if (r != KVX_OK) return r;
     }
@@ -1489,8 +1461,8 @@ static kvx_result kvx__file_finish_send(kvx__froom *fr, char *why, size_t wl) {
     kvx__buf_printf(&b, "]}\n");
     kvx__file_seal(&b, fr->fe->key, fr->fe->key_len, "transfer_done");
     if (b.oom) { kvx__buf_free(&b); return KVX_ERR_NO_MEMORY; }
-    r = kvx__write_new_at(fr->dfd, fr->stage_dir, "transfer_done", b.data, b.len,
-                          fr->fe->do_fsync, fr->fe->file_mode, why, wl);
+    r = kvx__write_at(fr->dfd, fr->stage_dir, "transfer_done", b.data, b.len,
+                      fr->fe->set.fsync, 1, fr->fe->file_mode, why, wl);
     kvx__buf_free(&b);
     if (r != KVX_OK) return r;
     pthread_mutex_lock(&fr->mu);
@@ -1510,10 +1482,9 @@ static void kvx__fsend_chunk_done(kvx__fjob *j) {
     kvx_room *r = fr->room;
     char why[KVX_ERROR_MAX];
     int finish = 0, failed;
-    uint32_t i, crc;
     kvx_result res = __atomic_load_n(&j->res, __ATOMIC_ACQUIRE);
     why[0] = 0;
-    if (res == KVX_OK && fr->fe->do_fsync && fsync(j->fd))
+    if (res == KVX_OK && fr->fe->set.fsync && fsync(j->fd))
         kvx__fjob_error(j, res = kvx__errno_result(errno), errno, "cannot fsync %s/%s: %s",
                         fr->stage_dir, j->name, strerror(errno));
     if (close(j->fd) && res == KVX_OK)
@@ -1522,19 +1493,13 @@ static void kvx__fsend_chunk_done(kvx__fjob *j) {
     if (res == KVX_OK) {
         kvx__buf b = {NULL, 0, 0, 0, NULL};
         char name[64];
-        crc = j->crcs[0];
-        for (i = 1; i < j->nstripes; i++) {
-            uint64_t lo = (uint64_t)i * fr->fe->stripe;
-            uint64_t len = j->bytes - lo < fr->fe->stripe ? j->bytes - lo : fr->fe->stripe;
-            crc = kvx_crc32c_combine(crc, j->crcs[i], len);
-        }
         kvx__meta_json(&b, kvx_engine_layout(kvx_room_engine(r)), kvx_room_id(r), j->chunk,
-                       j->bytes, crc);
+                       j->bytes, kvx__fjob_crc(j));
         snprintf(name, sizeof name, "kv_chunk_%u.bin.meta", j->chunk->index);
         kvx__file_seal(&b, fr->fe->key, fr->fe->key_len, name);
         res = b.oom ? KVX_ERR_NO_MEMORY
-                    : kvx__write_new_at(fr->dfd, fr->stage_dir, name, b.data, b.len,
-                                        fr->fe->do_fsync, fr->fe->file_mode, why, sizeof why);
+                    : kvx__write_at(fr->dfd, fr->stage_dir, name, b.data, b.len,
+                                    fr->fe->set.fsync, 1, fr->fe->file_mode, why, sizeof why);
         kvx__buf_free(&b);
         if (res != KVX_OK) kvx__fjob_error(j, res, 0, "%s", why);
     } else {
@@ -1551,17 +1516,14 @@ static void kvx__fsend_chunk_done(kvx__fjob *j) {
         if (res != KVX_ERR_ABORTED) kvx__fsend_failed(fr, res, j->why);
         return;
     }
-    if (finish) {
-        res = kvx__file_finish_send(fr, why, sizeof why);
-        if (res != KVX_OK) {
-            kvx__fsend_failed(fr, res, why);
-        } else {
-            if (fr->boot)
-                kvx_boot_send_status(fr->fe->boot, r, KVX_POLL_SUCCESS, KVX_OK, fr->bytes_done,
-                                     NULL);
-            kvx_room_succeed(r, fr->bytes_done);
-        }
+    if (!finish) return;
+    if ((res = kvx__file_finish_send(fr, why, sizeof why)) != KVX_OK) {
+        kvx__fsend_failed(fr, res, why);
+        return;
     }
+    if (fr->boot)
+        kvx_boot_send_status(fr->fe->boot, r, KVX_POLL_SUCCESS, KVX_OK, fr->bytes_done, NULL);
+    kvx_room_succeed(r, fr->bytes_done);
 }
 
 /* The work of one piece (see KVX__ST_*); errors go to the job. */
@@ -1583,6 +1545,8 @@ static void kvx__fstripe_work(kvx__fstripe *st, const kvx_plan *plan, int to_fil
     why[0] = 0;
     if (st->kind == KVX__ST_CRC)
         res = kvx__plan_crc(l, plan, to_file, lo, hi, &j->crcs[st->index]);
+    else if (st->kind == KVX__ST_SEQ_IO) /* the writer: the whole file, in order */
+        res = kvx__plan_io(l, plan, to_file, j->fd, 0, j->bytes, NULL, &err);
     else
         res = kvx__stripe_io(fr->fe, l, plan, to_file, j->fd, lo, hi, &j->crcs[st->index], &err,
                              why, sizeof why);
@@ -1603,20 +1567,7 @@ static void kvx__fsend_stripe(void *arg) {
     kvx__froom *fr = j->fr;
     kvx_room *r = fr->room;
     kvx_engine *e = kvx_room_engine(r);
-    if (st->kind == KVX__ST_SEQ_IO) { /* the writer: the whole file, in order */
-        int err = 0;
-        kvx_result res = KVX_OK;
-        if (kvx_room_closed(r) || kvx_room_poll(r) == KVX_POLL_FAILED)
-            kvx__fjob_error(j, KVX_ERR_ABORTED, 0, "cancelled");
-        else if (__atomic_load_n(&j->res, __ATOMIC_ACQUIRE) == KVX_OK)
-            res = kvx__plan_io(kvx_engine_layout(e), &j->chunk->gather, 1, j->fd, 0, j->bytes,
-                               NULL, &err);
-        if (res != KVX_OK)
-            kvx__fjob_error(j, res, err, "cannot write %s/%s: %s", fr->stage_dir, j->name,
-                            err ? strerror(err) : "short write");
-    } else {
-        kvx__fstripe_work(st, &j->chunk->gather, 1);
-    }
+    kvx__fstripe_work(st, &j->chunk->gather, 1);
     if (__atomic_sub_fetch(&j->left, 1, __ATOMIC_ACQ_REL) == 0) {
         kvx__fsend_chunk_done(j);
         kvx__fjob_free(e, j);
@@ -1784,10 +1735,11 @@ static kvx_result kvx__file_receiver_init(kvx_room *r, const int32_t *pages, uin
     }
     fr->num_pages = n;
     fr->aux_index = aux;
-    if (fe->timeout_s < kvx_engine_settings(e)->waiting_timeout_s) {
+    if (fe->set.timeout_s < kvx_engine_settings(e)->waiting_timeout_s) {
         snprintf(fr->deadline_what, sizeof fr->deadline_what,
-                 "no %s/transfer_done appeared (KVX_FILE_TIMEOUT %g s)", fr->dir, fe->timeout_s);
-        kvx_room_set_deadline(r, kvx_now_ns() + (uint64_t)(fe->timeout_s * 1e9),
+                 "no %s/transfer_done appeared (KVX_FILE_TIMEOUT %g s)", fr->dir,
+                 fe->set.timeout_s);
+        kvx_room_set_deadline(r, kvx_now_ns() + (uint64_t)(fe->set.timeout_s * 1e9),
                               fr->deadline_what);
     }
     if (fr->boot) {
@@ -1808,8 +1760,8 @@ static kvx_result kvx__file_receiver_init(kvx_room *r, const int32_t *pages, uin
    alone unless the directory is shared. */
 static void kvx__frecv_cleanup(kvx__froom *fr) {
     char marker[64];
-    if (fr->fe->keep) return;
-    kvx__rm_room_at(fr->fe->dfd, fr->name, !fr->fe->shared);
+    if (fr->fe->set.keep) return;
+    kvx__rm_room_at(fr->fe->dfd, fr->name, !fr->fe->set.shared);
     snprintf(marker, sizeof marker, "%s.failed", fr->name);
     (void)unlinkat(fr->fe->dfd, marker, 0);
 }
@@ -1843,24 +1795,22 @@ static void kvx__frecv_finish(kvx__froom *fr) {
         res = kvx__read_small_at(fr->fe->al, fr->dfd, "metadata.bin", path, &aux, &len, 1u << 30, why,
                                  sizeof why);
         if (res != KVX_OK) { kvx__frecv_fail(fr, res == KVX_ERR_NOT_FOUND ? KVX_ERR_CORRUPT : res, why); return; }
-        if (len != aux_bytes || len != fr->done.aux_bytes) {
+        why[0] = 0;
+        if (len != aux_bytes || len != fr->done.aux_bytes)
             kvx__set_why(why, sizeof why, "%s is %zu bytes; this receiver's aux rows are %llu "
                          "bytes (transfer_done says %llu)", path, len,
                          (unsigned long long)aux_bytes, (unsigned long long)fr->done.aux_bytes);
-            kvx__free(fr->fe->al, aux);
-            kvx__frecv_fail(fr, KVX_ERR_CORRUPT, why);
-            return;
-        }
-        if (kvx_crc32c(0, aux, len) != fr->done.aux_crc32c) {
+        else if (kvx_crc32c(0, aux, len) != fr->done.aux_crc32c)
             kvx__set_why(why, sizeof why, "%s is %zu bytes with CRC32C %08x; transfer_done says %llu "
                      "bytes with %08x: corrupted or truncated", path, len, kvx_crc32c(0, aux, len),
                      (unsigned long long)fr->done.aux_bytes, fr->done.aux_crc32c);
-            kvx__free(fr->fe->al, aux);
+        else
+            kvx_layout_aux_copy(l, fr->aux_index, aux, 1);
+        kvx__free(fr->fe->al, aux);
+        if (why[0]) {
             kvx__frecv_fail(fr, KVX_ERR_CORRUPT, why);
             return;
         }
-        kvx_layout_aux_copy(l, fr->aux_index, aux, 1);
-        kvx__free(fr->fe->al, aux);
     } else if (fr->aux_index >= 0) {
         kvx__frecv_fail(fr, KVX_ERR_PROTOCOL, "the receiver expects aux rows but the sender "
                                               "sent none (aux_index -1 in transfer_done)");
@@ -1922,12 +1872,7 @@ static void kvx__frecv_stripe(void *arg) {
     }
     close(j->fd);
     if (__atomic_load_n(&j->res, __ATOMIC_ACQUIRE) == KVX_OK) {
-        uint32_t i, crc = j->crcs[0];
-        for (i = 1; i < j->nstripes; i++) {
-            uint64_t off = (uint64_t)i * fr->fe->stripe;
-            uint64_t len = j->bytes - off < fr->fe->stripe ? j->bytes - off : fr->fe->stripe;
-            crc = kvx_crc32c_combine(crc, j->crcs[i], len);
-        }
+        uint32_t crc = kvx__fjob_crc(j);
         if (crc != j->meta.crc32c)
             kvx__fjob_error(j, KVX_ERR_CORRUPT, 0,
                             "checksum mismatch in %s: its meta says CRC32C %08x, the bytes give "
@@ -2138,10 +2083,8 @@ static void kvx__frecv_sender_failed(kvx__froom *fr, int marker) {
     kvx__pathf(path, "%s/%s", marker ? fr->fe->dir : fr->dir, name);
     memset(&d, 0, sizeof d);
     res = kvx__file_load_text(fr, dfd, name, path, &text, &len, why, sizeof why);
-    if (res == KVX_ERR_PERMISSION) {
-        /* not the sender's word: this side refuses the room */
-        kvx_room_fail(fr->room, res, "%s", why);
-        kvx__frecv_cleanup(fr);
+    if (res == KVX_ERR_PERMISSION) { /* not the sender's word: this side refuses the room */
+        kvx__frecv_fail(fr, res, why);
         return;
     }
     if (res == KVX_OK && kvx__file_split(text, len, &json_len, &has_mac, mac) &&
@@ -2203,7 +2146,7 @@ static int kvx__frecv_look(kvx__froom *fr) {
                          strerror(err));
         return 3;
     }
-    if (kvx__dir_check(fd, fr->dir, fe->shared ? KVX__DIR_SHARED : 0, fr->refused_why,
+    if (kvx__dir_check(fd, fr->dir, fe->set.shared ? KVX__DIR_SHARED : 0, fr->refused_why,
                       sizeof fr->refused_why) != KVX_OK) {
         close(fd);
         return 3;
@@ -2239,7 +2182,7 @@ static int kvx__frecv_again(kvx__froom *fr, const char *why) {
     pthread_mutex_unlock(&fe->mu);
     if (again && fr->retries == 1)
         kvx_engine_log(kvx_room_engine(fr->room), KVX_LOG_INFO, "kvx.file", kvx_room_id(fr->room),
-                       "%s; looking again for up to %g s (KVX_FILE_SETTLE)", why, fe->settle_s);
+                       "%s; looking again for up to %g s (KVX_FILE_SETTLE)", why, fe->set.settle_s);
     return again;
 }
 
@@ -2269,7 +2212,7 @@ static void kvx__file_progress(kvx_engine *e) {
             continue;
         }
         if (!fr->settle_until)
-            fr->settle_until = kvx_now_ns() + (uint64_t)(fe->settle_s * 1e9);
+            fr->settle_until = kvx_now_ns() + (uint64_t)(fe->set.settle_s * 1e9);
         pthread_mutex_lock(&fr->mu);
         fr->busy++;
         pthread_mutex_unlock(&fr->mu);

@@ -2,15 +2,13 @@
 
    The prefill writes every KV page of a request straight from its pool into
    the decode side's pool with one-sided RDMA WRITEs over reliable connected
-   (RC) queue pairs, spread over several queue pairs and NICs. The decode
-   side reports Success once an RDMA WRITE WITH IMMEDIATE ended the room on
-   every queue pair and kvx_boot's status frame brought the byte count. The
+   (RC) queue pairs, spread over several queue pairs and NICs. The
    handshake, room frames, status, abort and heartbeats are kvx_boot.h's.
 
    CONTENTS (section markers: search for ">>name")
      >>wire format  and ">>rdma: " wire format, verbs loader, settings and
-     state, settings, devices, memory registration, queue pairs, the queue-pair
-     exchange, failing rooms, prefill data path, decode completion accounting,
+     state, settings, memory registration, devices, queue pairs, failing rooms,
+     the queue-pair exchange, prefill data path, decode completion accounting,
      the completion and event thread, kvx_boot hooks, backend hooks, engine
 
    DO THIS
@@ -126,22 +124,21 @@
      (decode: LOCAL_WRITE | REMOTE_WRITE, prefill: LOCAL_WRITE; relaxed
      ordering when available), split at the device's max_mr_size. Each
      kvx_boot hello carries an endpoint blob (below): instance id and ports
-     (GID, LID, MTU, link layer). The rest goes as kvx_boot transport
-     messages (kvx_boot_peer_send / hooks.on_message) on the control
-     connection: once the decode side's control connection to a prefill rank
-     is up (hooks.on_connect) it creates its queue pairs, posts receives and
-     sends CONNECT (queue pair numbers, PSNs, ports, and the address, length
-     and rkeys of every registered region); the prefill creates its queue
-     pairs, brings them to RTS and answers ACCEPT; the decode side brings its
-     own to RTS and answers READY, after which the prefill writes. Path MTU
-     is the smaller port's. A decode receiver holds its room frame while a
-     connection it needs is being made; a prefill room whose destination
-     arrives without a connection waits (KVX_IB_CONNECT_TIMEOUT). Broken
-     connections are repaired while the control connection lives: the decode
-     side redials when its side broke (its next receiver, or a Failed status
-     with KVX_ERR_TRANSPORT); when only the prefill's side broke while idle,
-     the next room asks the decode side to reconnect with a status frame in
-     state Transferring carrying KVX_ERR_TRANSPORT and, in its byte field,
+     (GID, LID, MTU, link layer). The rest goes as kvx_boot transport messages
+     (kvx_boot_peer_send / hooks.on_message) on the control connection: once
+     the decode side's control connection to a prefill rank is up
+     (hooks.on_connect) it creates its queue pairs, posts receives and sends
+     CONNECT (its queue pairs, ports and regions: below); the prefill creates
+     its queue pairs, brings them to RTS and answers ACCEPT; the decode side
+     brings its own to RTS and answers READY, after which the prefill writes.
+     Path MTU is the smaller port's. A decode receiver holds its room frame
+     while a connection it needs is being made; a prefill room whose
+     destination arrives without a connection waits (KVX_IB_CONNECT_TIMEOUT).
+     Broken connections are repaired while the control connection lives: the
+     decode side redials when its side broke (its next receiver, or a Failed
+     status with KVX_ERR_TRANSPORT); when only the prefill's side broke while
+     idle, the next room asks the decode side to reconnect with a status frame
+     in state Transferring carrying KVX_ERR_TRANSPORT and, in its byte field,
      the decode side's first queue pair number (so a late request cannot
      retire a newer connection), and waits. A prefill retires its old
      connection with a decode engine once a new CONNECT from it checks out.
@@ -381,7 +378,6 @@ static const char kvx__rdma_magic[8] = {'k', 'v', 'x', '-', 'r', 'd', 'm', 'a'};
 
 #define KVX__RDMA_QP_ENTRY 12u
 #define KVX__RDMA_MAX_REASON 1024u
-
 
 static void kvx__rdma_port_write(uint8_t *p, const kvx_rdma_port_info *d) {
     size_t nl = strnlen(d->name, sizeof d->name - 1);
@@ -788,22 +784,9 @@ static kvx_result kvx__rdma_load(kvx__rdma_verbs *v, const char *path, char *why
     return KVX_ERR_NOT_FOUND;
 }
 #endif
-static void kvx__rdma_unload(kvx__rdma_verbs *v) {
-    if (v->lib) dlclose(v->lib);
-    v->lib = NULL;
-}
-
 static const char *kvx__rdma_wc_str(const kvx__rdma_verbs *v, enum ibv_wc_status s) {
-    if (v->wc_status_str) return v->wc_status_str(s);
-    return "work completion error";
+    return v->wc_status_str ? v->wc_status_str(s) : "work completion error";
 }
-static const char *kvx__rdma_ev_str(const kvx__rdma_verbs *v, enum ibv_event_type t) {
-    if (v->event_type_str) return v->event_type_str(t);
-    return "async event";
-}
-
-static int kvx__rdma_query_port(const kvx__rdma_verbs *v, struct ibv_context *c, uint8_t port,
-                                struct ibv_port_attr *a);
 
 /* ___ibv_query_port of verbs.h, with the exported symbol resolved by us. */
 static int kvx__rdma_query_port(const kvx__rdma_verbs *v, struct ibv_context *c, uint8_t port,
@@ -819,7 +802,6 @@ static int kvx__rdma_query_port(const kvx__rdma_verbs *v, struct ibv_context *c,
 }
 
 /* >>rdma: settings and state ----------------------------------------------- */
-
 
 /* One registered buffer on one port: regions of region_bytes each. */
 typedef struct kvx__rdma_mr {
@@ -837,7 +819,7 @@ typedef struct kvx__rdma_dev {
     uint64_t region_bytes;
     uint32_t max_qp_wr;
     int max_cqe;
-    kvx__rdma_mr *kv, *aux;
+    kvx__rdma_mr *buf;  /* the KV buffers, then the aux buffers (the CONNECT order) */
     int down;       /* atomic: PORT_ERR seen, no PORT_ACTIVE since */
     int fatal;      /* atomic: DEVICE_FATAL seen */
 } kvx__rdma_dev;
@@ -870,8 +852,7 @@ typedef struct kvx__rdma_work {
 struct kvx__rdma_job {
     kvx_plan plan;
     int refs;          /* works still posting, under pair->mu */
-    int nworks;
-    kvx__rdma_work *w; /* nworks, in the same allocation */
+    kvx__rdma_work *w; /* one per queue pair (or 1 for aux), in the same allocation */
 };
 
 typedef struct kvx__rdma_qp {
@@ -887,7 +868,6 @@ typedef struct kvx__rdma_qp {
     uint32_t unsig;         /* WRITEs since the last signaled one */
     kvx__rdma_slot *ring;   /* depth slots */
     kvx__rdma_work *head, *tail;
-    uint32_t recv_posted;   /* decode */
 } kvx__rdma_qp;
 
 /* The peer's registered regions on one of its ports. */
@@ -899,7 +879,7 @@ typedef struct kvx__rdma_rbuf {
 typedef struct kvx__rdma_rdev {
     kvx_rdma_port_info info;
     uint64_t region_bytes;
-    kvx__rdma_rbuf *kv, *aux;
+    kvx__rdma_rbuf *buf;      /* nbuf KV buffers, then naux aux buffers */
 } kvx__rdma_rdev;
 
 enum { KVX__RP_CONNECTING = 0, KVX__RP_READY = 1, KVX__RP_DEAD = 2 };
@@ -922,7 +902,6 @@ typedef struct kvx__rdma_pair {
     pthread_cond_t cv;        /* rooms draining */
     struct kvx__rdma_room *rooms; /* prefill: attached rooms, under mu */
     char reason[KVX_ERROR_MAX];   /* why it died, under mu */
-    kvx_result why_res;
     uint32_t peer_qpn0;       /* prefill: the decode side's first queue pair number */
     uint32_t seq;             /* the exchange attempt (the decode side numbers them) */
     uint64_t deadline;        /* while connecting: KVX_IB_CONNECT_TIMEOUT for the next message */
@@ -931,6 +910,9 @@ typedef struct kvx__rdma_pair {
     char bootstrap[256];
     int dp_rank, dp_size;
     struct kvx__rdma_pair *next, *grave_next; /* under re->mu */
+    /* the exchange tick's own chain: a pair it times out stays listed, so
+       a disconnect may chain it through grave_next meanwhile */
+    struct kvx__rdma_pair *late_next;
     int listed;
 } kvx__rdma_pair;
 
@@ -978,9 +960,9 @@ typedef struct kvx__rdma_room {
     int last_queued, aux_needed, aux_queued, finished, cancelled;
     int others_pending;
     uint64_t final_mask;
-    uint64_t bytes_planned, bytes_done;
+    uint64_t bytes_done;
     int touched;
-    struct kvx__rdma_room *tnext, *fnext;
+    struct kvx__rdma_room *tnext, *fnext, *knext; /* touched, finished, to fail (pair_down) */
     uint64_t fbytes;
     /* decode (under re->rx_mu) */
     int in_table, deferred, succeeded_rx;
@@ -1004,9 +986,6 @@ typedef struct kvx__rdma_engine {
     kvx__rdma_dev dev[KVX_RDMA_MAX_DEVS];
     int ndev;
     uint64_t instance;
-    uint8_t hello[KVX_RDMA_HELLO_FIXED + KVX_RDMA_DEV_ENTRY * KVX_RDMA_MAX_DEVS];
-    size_t hello_len;
-    int qps;                   /* this side's KVX_IB_QPS */
     int wake_rd, wake_wr;      /* wakes the completion thread */
     int stop;                  /* atomic */
     pthread_t thread;
@@ -1098,29 +1077,98 @@ static kvx_result kvx__rdma_settings(kvx__rdma_engine *re, char *why, size_t wl)
     return KVX_OK;
 }
 
-/* n zeroed objects of size bytes from the engine's allocator (kvx__zalloc). */
 static void *kvx__rdma_zalloc(const kvx__rdma_engine *re, size_t n, size_t size) {
     return kvx__zalloc(&kvx_engine_settings(re->e)->allocator, n, size);
 }
 
-/* realloc through the desc allocator: an array of nc objects holding the
-   first n of old, which is freed; NULL (old kept) when that fails. */
-static void *kvx__rdma_grow(const kvx__rdma_engine *re, void *old, size_t n, size_t nc,
-                            size_t size) {
-    void *p = kvx__rdma_zalloc(re, nc, size);
-    if (!p) return NULL;
-    if (n) memcpy(p, old, n * size);
-    kvx_engine_free(re->e, old);
-    return p;
+/* >>rdma: memory registration --------------------------------------------------- */
+
+/* Registers [base, base+len) as regions of d->region_bytes. */
+static kvx_result kvx__rdma_reg(kvx__rdma_engine *re, kvx__rdma_dev *d, kvx__rdma_mr *m,
+                                char *base, uint64_t len, kvx_mem_kind mem, int gpu, int access,
+                                const char *what, uint32_t idx, char *why, size_t wl) {
+    uint64_t rb = d->region_bytes, off;
+    uint32_t k;
+    const kvx_mem_ops *mo = &kvx_engine_settings(re->e)->mem;
+    uint32_t nr = (uint32_t)(len / rb + (len % rb ? 1 : 0));
+    if (!(m->mr = (struct ibv_mr **)kvx__rdma_zalloc(re, nr, sizeof *m->mr)))
+        return KVX_ERR_NO_MEMORY;
+    m->n = nr; /* dev_close walks n regions */
+    if (mem == KVX_MEM_CUDA) {
+        if (!mo->dmabuf_fd) {
+            kvx__set_why(why, wl, "%s %u is GPU memory (device %d): GPU memory registration needs "
+                         "dma-buf export in desc.mem (fill it with kvx_cuda_mem_ops, kvx_cuda.h), "
+                         "which this engine's desc.mem lacks", what, idx, gpu);
+            return KVX_ERR_INVALID_ARGUMENT;
+        }
+        if (!re->v.reg_dmabuf_mr) {
+            kvx__set_why(why, wl, "%s %u is GPU memory but %s has no ibv_reg_dmabuf_mr "
+                         "(rdma-core >= 34 is needed for dma-buf registration)", what, idx,
+                         re->v.path);
+            return KVX_ERR_NOT_COMPILED;
+        }
+    }
+    for (k = 0, off = 0; k < m->n; k++, off += rb) {
+        uint64_t n = len - off < rb ? len - off : rb;
+        if (mem == KVX_MEM_CUDA) {
+            int fd = -1, err;
+            uint64_t fo = 0;
+            kvx_result r = mo->dmabuf_fd(mo->ctx, base + off, n, gpu, &fd, &fo, why, wl);
+            if (r != KVX_OK) return r;
+            m->mr[k] = re->v.reg_dmabuf_mr(d->pd, fo, (size_t)n, (uint64_t)(uintptr_t)(base + off),
+                                           fd, access | (re->cfg.relaxed_ordering
+                                                         ? IBV_ACCESS_RELAXED_ORDERING : 0));
+            err = errno; /* reg_dmabuf_mr's, for the sentence below */
+            close(fd);
+            errno = err;
+        } else if (re->cfg.relaxed_ordering && re->v.reg_mr_iova2) {
+            m->mr[k] = re->v.reg_mr_iova2(d->pd, base + off, (size_t)n,
+                                          (uint64_t)(uintptr_t)(base + off),
+                                          (unsigned)(access | IBV_ACCESS_RELAXED_ORDERING));
+        } else {
+            m->mr[k] = re->v.reg_mr(d->pd, base + off, (size_t)n, access);
+        }
+        if (!m->mr[k]) {
+            int err = errno;
+            struct rlimit rl;
+            char lim[96] = "";
+            if ((err == ENOMEM || err == EPERM || err == EAGAIN) && getrlimit(RLIMIT_MEMLOCK, &rl) == 0 &&
+                rl.rlim_cur != RLIM_INFINITY)
+                snprintf(lim, sizeof lim, " (locked-memory limit %llu KiB: raise `ulimit -l`)",
+                         (unsigned long long)(rl.rlim_cur / 1024));
+            kvx__set_why(why, wl, "cannot register %s %u (%p, %llu bytes, region %u of %u) on %s: "
+                         "%s%s", what, idx, (void *)(base + off), (unsigned long long)n, k + 1,
+                         m->n, d->info.name, strerror(err), lim);
+            return KVX_ERR_TRANSPORT;
+        }
+    }
+    return KVX_OK;
+}
+
+static kvx_result kvx__rdma_register_pool(kvx__rdma_engine *re, kvx__rdma_dev *d, char *why,
+                                          size_t wl) {
+    const kvx_layout *l = kvx_engine_layout(re->e);
+    int access = IBV_ACCESS_LOCAL_WRITE | (re->role == KVX_ROLE_DECODE ? IBV_ACCESS_REMOTE_WRITE : 0);
+    uint32_t i;
+    kvx_result r = KVX_OK;
+    d->buf = (kvx__rdma_mr *)kvx__rdma_zalloc(re, l->num_buffers + l->num_aux, sizeof *d->buf);
+    if (!d->buf) return KVX_ERR_NO_MEMORY;
+    for (i = 0; i < l->num_buffers && r == KVX_OK; i++) {
+        const kvx_buffer *b = &l->buffers[i];
+        r = kvx__rdma_reg(re, d, &d->buf[i], (char *)b->base, b->length, b->mem, b->device,
+                          access, "KV buffer", i, why, wl);
+    }
+    for (i = 0; i < l->num_aux && r == KVX_OK; i++)
+        r = kvx__rdma_reg(re, d, &d->buf[l->num_buffers + i], (char *)l->aux[i].base,
+                          l->aux[i].length, KVX_MEM_HOST, 0, access, "aux buffer", i, why, wl);
+    return r;
 }
 
 /* >>rdma: devices ------------------------------------------------------------- */
 
 static int kvx__rdma_gid_zero(const uint8_t *g) {
-    int i;
-    for (i = 0; i < 16; i++)
-        if (g[i]) return 0;
-    return 1;
+    static const uint8_t zero[16] = {0};
+    return !memcmp(g, zero, 16);
 }
 static int kvx__rdma_gid_linklocal(const uint8_t *g) { return g[0] == 0xfe && (g[1] & 0xc0) == 0x80; }
 static int kvx__rdma_gid_v4mapped(const uint8_t *g) {
@@ -1236,51 +1284,46 @@ static int kvx__rdma_dev_selected(const char *list, const char *name, int *port_
 static void kvx__rdma_dev_close(kvx__rdma_engine *re, kvx__rdma_dev *d) {
     const kvx_layout *l = kvx_engine_layout(re->e);
     uint32_t i, k;
-    for (i = 0; d->kv && i < l->num_buffers; i++) {
-        for (k = 0; k < d->kv[i].n; k++)
-            if (d->kv[i].mr[k]) re->v.dereg_mr(d->kv[i].mr[k]);
-        kvx_engine_free(re->e, d->kv[i].mr);
+    for (i = 0; d->buf && i < l->num_buffers + l->num_aux; i++) {
+        for (k = 0; k < d->buf[i].n; k++)
+            if (d->buf[i].mr[k]) re->v.dereg_mr(d->buf[i].mr[k]);
+        kvx_engine_free(re->e, d->buf[i].mr);
     }
-    for (i = 0; d->aux && i < l->num_aux; i++) {
-        for (k = 0; k < d->aux[i].n; k++)
-            if (d->aux[i].mr[k]) re->v.dereg_mr(d->aux[i].mr[k]);
-        kvx_engine_free(re->e, d->aux[i].mr);
-    }
-    kvx_engine_free(re->e, d->kv);
-    kvx_engine_free(re->e, d->aux);
+    kvx_engine_free(re->e, d->buf);
     if (d->ch) re->v.destroy_comp_channel(d->ch);
     if (d->pd) re->v.dealloc_pd(d->pd);
     if (d->ctx) re->v.close_device(d->ctx);
     memset(d, 0, sizeof *d);
 }
 
-/* Opens one port: context, attributes, GID. 1 added, 0 skipped (why2 says
-   why), -1 error. */
-static int kvx__rdma_port_open(kvx__rdma_engine *re, struct ibv_device *dv, const char *name,
-                               uint8_t port, char *why, size_t wl, char *note, size_t nl,
-                               kvx_result *res) {
+/* Opens one port: context, attributes, GID, protection domain, completion
+   channel, the pool registered. KVX_OK: added, or skipped with note saying
+   why. */
+static kvx_result kvx__rdma_port_open(kvx__rdma_engine *re, struct ibv_device *dv,
+                                      const char *name, uint8_t port, char *why, size_t wl,
+                                      char *note, size_t nl) {
     kvx__rdma_dev *d = &re->dev[re->ndev];
     struct ibv_device_attr da;
     struct ibv_port_attr pa;
+    kvx_result r = KVX_ERR_TRANSPORT;
     memset(d, 0, sizeof *d);
     snprintf(d->info.name, sizeof d->info.name, "%s", name);
     d->info.port = port;
     d->ctx = re->v.open_device(dv);
     if (!d->ctx) {
         kvx__set_why(why, wl, "cannot open RDMA device %s: %s", name, strerror(errno));
-        return -1;
+        return KVX_ERR_TRANSPORT;
     }
     if (re->v.query_device(d->ctx, &da) || kvx__rdma_query_port(&re->v, d->ctx, port, &pa)) {
         kvx__set_why(why, wl, "cannot query RDMA device %s port %u: %s", name, (unsigned)port,
                      strerror(errno));
-        kvx__rdma_dev_close(re, d);
-        return -1;
+        goto fail;
     }
     if (pa.state != IBV_PORT_ACTIVE) {
         snprintf(note, nl, "%s port %u is %s", name, (unsigned)port,
                  re->v.port_state_str ? re->v.port_state_str(pa.state) : "not active");
-        kvx__rdma_dev_close(re, d);
-        return 0;
+        r = KVX_OK;
+        goto fail;
     }
     d->info.link_layer = pa.link_layer == IBV_LINK_LAYER_ETHERNET ? 2 : 1;
     d->info.mtu = (uint8_t)pa.active_mtu;
@@ -1290,12 +1333,22 @@ static int kvx__rdma_port_open(kvx__rdma_engine *re, struct ibv_device *dv, cons
     d->max_cqe = da.max_cqe > 0 ? da.max_cqe : 4096;
     d->region_bytes = da.max_mr_size ? da.max_mr_size & ~(uint64_t)4095 : 0;
     if (d->region_bytes < 4096 || d->region_bytes > (1ull << 62)) d->region_bytes = 1ull << 62;
-    if ((*res = kvx__rdma_pick_gid(re, d, &pa, why, wl)) != KVX_OK) {
-        kvx__rdma_dev_close(re, d);
-        return -1;
+    if ((r = kvx__rdma_pick_gid(re, d, &pa, why, wl)) != KVX_OK) goto fail;
+    d->pd = re->v.alloc_pd(d->ctx);
+    d->ch = d->pd ? re->v.create_comp_channel(d->ctx) : NULL;
+    if (!d->pd || !d->ch) {
+        kvx__set_why(why, wl, "cannot allocate a protection domain and completion channel on "
+                     "%s: %s", name, strerror(errno));
+        r = KVX_ERR_TRANSPORT;
+        goto fail;
     }
-    re->ndev++;
-    return 1;
+    kvx__nonblock(d->ch->fd, 1);
+    kvx__nonblock(d->ctx->async_fd, 1);
+    re->ndev++; /* from here kvx__rdma_free closes it */
+    return kvx__rdma_register_pool(re, d, why, wl);
+fail:
+    kvx__rdma_dev_close(re, d);
+    return r;
 }
 
 static kvx_result kvx__rdma_open_devices(kvx__rdma_engine *re, char *why, size_t wl) {
@@ -1330,12 +1383,14 @@ static kvx_result kvx__rdma_open_devices(kvx__rdma_engine *re, char *why, size_t
         re->v.close_device(probe);
         for (p = 1; p <= nports && re->ndev < KVX_RDMA_MAX_DEVS; p++) {
             char note[128] = "";
-            int rc;
-            kvx_result pr = KVX_ERR_TRANSPORT;
+            kvx_result pr;
             if (want_port && p != want_port) continue;
-            rc = kvx__rdma_port_open(re, list[i], name, (uint8_t)p, why, wl, note, sizeof note, &pr);
-            if (rc < 0) { re->v.free_device_list(list); return pr != KVX_OK ? pr : KVX_ERR_TRANSPORT; }
-            if (!rc && strlen(notes) + strlen(note) + 3 < sizeof notes)
+            pr = kvx__rdma_port_open(re, list[i], name, (uint8_t)p, why, wl, note, sizeof note);
+            if (pr != KVX_OK) {
+                re->v.free_device_list(list);
+                return pr;
+            }
+            if (note[0] && strlen(notes) + strlen(note) + 3 < sizeof notes)
                 snprintf(notes + strlen(notes), sizeof notes - strlen(notes), "%s%s",
                          notes[0] ? "; " : "", note);
         }
@@ -1354,102 +1409,7 @@ static kvx_result kvx__rdma_open_devices(kvx__rdma_engine *re, char *why, size_t
     return KVX_OK;
 }
 
-/* >>rdma: memory registration --------------------------------------------------- */
-
-static struct ibv_mr *kvx__rdma_reg_host(kvx__rdma_engine *re, kvx__rdma_dev *d, void *p,
-                                         size_t len, int access) {
-    if (re->cfg.relaxed_ordering && re->v.reg_mr_iova2)
-        return re->v.reg_mr_iova2(d->pd, p, len, (uint64_t)(uintptr_t)p,
-                                  (unsigned)(access | IBV_ACCESS_RELAXED_ORDERING));
-    return re->v.reg_mr(d->pd, p, len, access);
-}
-
-/* Registers [base, base+len) as regions of d->region_bytes. */
-static kvx_result kvx__rdma_reg(kvx__rdma_engine *re, kvx__rdma_dev *d, kvx__rdma_mr *m,
-                                char *base, uint64_t len, kvx_mem_kind mem, int gpu, int access,
-                                const char *what, uint32_t idx, char *why, size_t wl) {
-    uint64_t rb = d->region_bytes, off;
-    uint32_t k;
-    const kvx_mem_ops *mo = &kvx_engine_settings(re->e)->mem;
-    uint32_t nr = (uint32_t)(len / rb + (len % rb ? 1 : 0));
-    if (!(m->mr = (struct ibv_mr **)kvx__rdma_zalloc(re, nr, sizeof *m->mr)))
-        return KVX_ERR_NO_MEMORY;
-    m->n = nr; /* dev_close walks n regions */
-    if (mem == KVX_MEM_CUDA) {
-        if (!mo->dmabuf_fd) {
-            kvx__set_why(why, wl, "%s %u is GPU memory (device %d): GPU memory registration needs "
-                         "dma-buf export in desc.mem (fill it with kvx_cuda_mem_ops, kvx_cuda.h), "
-                         "which this engine's desc.mem lacks", what, idx, gpu);
-            return KVX_ERR_INVALID_ARGUMENT;
-        }
-        if (!re->v.reg_dmabuf_mr) {
-            kvx__set_why(why, wl, "%s %u is GPU memory but %s has no ibv_reg_dmabuf_mr "
-                         "(rdma-core >= 34 is needed for dma-buf registration)", what, idx,
-                         re->v.path);
-            return KVX_ERR_NOT_COMPILED;
-        }
-    }
-    for (k = 0, off = 0; k < m->n; k++, off += rb) {
-        uint64_t n = len - off < rb ? len - off : rb;
-        if (mem == KVX_MEM_CUDA) {
-            int fd = -1, err;
-            uint64_t fo = 0;
-            kvx_result r = mo->dmabuf_fd(mo->ctx, base + off, n, gpu, &fd, &fo, why, wl);
-            if (r != KVX_OK) return r;
-            m->mr[k] = re->v.reg_dmabuf_mr(d->pd, fo, (size_t)n, (uint64_t)(uintptr_t)(base + off),
-                                           fd, access | (re->cfg.relaxed_ordering
-                                                         ? IBV_ACCESS_RELAXED_ORDERING : 0));
-            err = errno; /* reg_dmabuf_mr's, for the sentence below */
-            close(fd);
-            errno = err;
-        } else {
-            m->mr[k] = kvx__rdma_reg_host(re, d, base + off, (size_t)n, access);
-        }
-        if (!m->mr[k]) {
-            int err = errno;
-            struct rlimit rl;
-            char lim[96] = "";
-            if ((err == ENOMEM || err == EPERM || err == EAGAIN) && getrlimit(RLIMIT_MEMLOCK, &rl) == 0 &&
-                rl.rlim_cur != RLIM_INFINITY)
-                snprintf(lim, sizeof lim, " (locked-memory limit %llu KiB: raise `ulimit -l`)",
-                         (unsigned long long)(rl.rlim_cur / 1024));
-            kvx__set_why(why, wl, "cannot register %s %u (%p, %llu bytes, region %u of %u) on %s: "
-                         "%s%s", what, idx, (void *)(base + off), (unsigned long long)n, k + 1,
-                         m->n, d->info.name, strerror(err), lim);
-            return KVX_ERR_TRANSPORT;
-        }
-    }
-    return KVX_OK;
-}
-
-static kvx_result kvx__rdma_register_pool(kvx__rdma_engine *re, kvx__rdma_dev *d, char *why,
-                                          size_t wl) {
-    const kvx_layout *l = kvx_engine_layout(re->e);
-    int access = IBV_ACCESS_LOCAL_WRITE | (re->role == KVX_ROLE_DECODE ? IBV_ACCESS_REMOTE_WRITE : 0);
-    uint32_t i;
-    kvx_result r;
-    d->kv = (kvx__rdma_mr *)kvx__rdma_zalloc(re, l->num_buffers, sizeof *d->kv);
-    d->aux = (kvx__rdma_mr *)kvx__rdma_zalloc(re, l->num_aux, sizeof *d->aux);
-    if (!d->kv || !d->aux) return KVX_ERR_NO_MEMORY;
-    for (i = 0; i < l->num_buffers; i++) {
-        const kvx_buffer *b = &l->buffers[i];
-        if ((r = kvx__rdma_reg(re, d, &d->kv[i], (char *)b->base, b->length, b->mem, b->device,
-                               access, "KV buffer", i, why, wl)) != KVX_OK)
-            return r;
-    }
-    for (i = 0; i < l->num_aux; i++) {
-        const kvx_aux_buffer *a = &l->aux[i];
-        if ((r = kvx__rdma_reg(re, d, &d->aux[i], (char *)a->base, a->length, KVX_MEM_HOST, 0,
-                               access, "aux buffer", i, why, wl)) != KVX_OK)
-            return r;
-    }
-    return KVX_OK;
-}
-
 /* >>rdma: queue pairs --------------------------------------------------------- */
-
-static void kvx__rdma_pair_kill(kvx__rdma_engine *re, kvx__rdma_pair *p, kvx_result res,
-                                const char *fmt, ...) KVX_PRINTF(4, 5);
 
 static kvx__rdma_pair *kvx__rdma_pair_new(kvx__rdma_engine *re, int nqp, uint64_t peer,
                                           const char *addr) {
@@ -1486,6 +1446,22 @@ static void kvx__rdma_work_free(kvx__rdma_engine *re, kvx__rdma_work *w) {
     if (owned) kvx_engine_free(re->e, w);
 }
 
+/* Frees the works queued on q for room rr (for every room with rr NULL). */
+static void kvx__rdma_drop(kvx__rdma_engine *re, kvx__rdma_qp *q, const kvx__rdma_room *rr) {
+    kvx__rdma_work **pp = &q->head, *w;
+    q->tail = NULL;
+    while ((w = *pp) != NULL) {
+        if (rr && w->room != rr) {
+            q->tail = w;
+            pp = &w->next;
+            continue;
+        }
+        *pp = w->next;
+        w->room->works--;
+        kvx__rdma_work_free(re, w);
+    }
+}
+
 /* Frees everything of a pair. Its completion queues must no longer be
    polled (the completion thread calls this, or fini after joining it). */
 static void kvx__rdma_pair_destroy(kvx__rdma_engine *re, kvx__rdma_pair *p) {
@@ -1502,13 +1478,10 @@ static void kvx__rdma_pair_destroy(kvx__rdma_engine *re, kvx__rdma_pair *p) {
         kvx_engine_free(re->e, q->ring);
     }
     for (i = 0; i < p->nrdev; i++) {
-        uint32_t k;
-        for (k = 0; p->rdev[i].kv && k < p->peer_layout.num_buffers; k++)
-            kvx_engine_free(re->e, p->rdev[i].kv[k].rkeys);
-        for (k = 0; p->rdev[i].aux && k < p->peer_layout.num_aux; k++)
-            kvx_engine_free(re->e, p->rdev[i].aux[k].rkeys);
-        kvx_engine_free(re->e, p->rdev[i].kv);
-        kvx_engine_free(re->e, p->rdev[i].aux);
+        uint32_t k, nb = p->peer_layout.num_buffers + p->peer_layout.num_aux;
+        for (k = 0; p->rdev[i].buf && k < nb; k++)
+            kvx_engine_free(re->e, p->rdev[i].buf[k].rkeys);
+        kvx_engine_free(re->e, p->rdev[i].buf);
     }
     kvx_engine_free(re->e, p->rdev);
     kvx_engine_free(re->e, p->peer_bufs);
@@ -1541,15 +1514,13 @@ static void kvx__rdma_pair_unref(kvx__rdma_engine *re, kvx__rdma_pair *p) {
     kvx__wake(re->wake_wr);
 }
 
-static kvx_result kvx__rdma_post_recvs(kvx__rdma_engine *re, kvx__rdma_qp *q, uint32_t n) {
+static kvx_result kvx__rdma_post_recvs(kvx__rdma_qp *q, uint32_t n) {
     struct ibv_recv_wr wr[64], *bad = NULL;
-    (void)re;
     while (n) {
         uint32_t k = n < 64 ? n : 64, i;
         memset(wr, 0, sizeof(wr[0]) * k);
         for (i = 0; i < k; i++) wr[i].next = i + 1 < k ? &wr[i + 1] : NULL;
         if (ibv_post_recv(q->qp, wr, &bad)) return KVX_ERR_TRANSPORT;
-        q->recv_posted += k;
         n -= k;
     }
     return KVX_OK;
@@ -1588,7 +1559,6 @@ static kvx_result kvx__rdma_qp_create(kvx__rdma_engine *re, kvx__rdma_qp *q, cha
     ia.send_cq = q->cq;
     ia.recv_cq = q->cq;
     ia.qp_type = IBV_QPT_RC;
-    ia.sq_sig_all = 0;
     ia.cap.max_send_wr = decode ? 1 : depth;
     ia.cap.max_recv_wr = decode ? rdepth : 1;
     ia.cap.max_send_sge = 1;
@@ -1601,7 +1571,6 @@ static kvx_result kvx__rdma_qp_create(kvx__rdma_engine *re, kvx__rdma_qp *q, cha
     }
     memset(&a, 0, sizeof a);
     a.qp_state = IBV_QPS_INIT;
-    a.pkey_index = 0;
     a.port_num = d->info.port;
     a.qp_access_flags = decode ? IBV_ACCESS_REMOTE_WRITE : 0;
     if (re->v.modify_qp(q->qp, &a, IBV_QP_STATE | IBV_QP_PKEY_INDEX | IBV_QP_PORT | IBV_QP_ACCESS_FLAGS)) {
@@ -1609,7 +1578,7 @@ static kvx_result kvx__rdma_qp_create(kvx__rdma_engine *re, kvx__rdma_qp *q, cha
                      strerror(errno));
         return KVX_ERR_TRANSPORT;
     }
-    if (decode && kvx__rdma_post_recvs(re, q, rdepth) != KVX_OK) {
+    if (decode && kvx__rdma_post_recvs(q, rdepth) != KVX_OK) {
         kvx__set_why(why, wl, "cannot post %u receives on %s: %s", rdepth, d->info.name,
                      strerror(errno));
         return KVX_ERR_TRANSPORT;
@@ -1617,11 +1586,13 @@ static kvx_result kvx__rdma_qp_create(kvx__rdma_engine *re, kvx__rdma_qp *q, cha
     return KVX_OK;
 }
 
-/* INIT -> RTR -> RTS towards the peer's queue pair on the peer's port. */
+/* INIT -> RTR -> RTS towards the peer's queue pair of the same index (in
+   its CONNECT or ACCEPT m) on the peer's port. */
 static kvx_result kvx__rdma_qp_connect(kvx__rdma_engine *re, kvx__rdma_qp *q,
-                                       const kvx_rdma_qp_info *rq, const kvx_rdma_port_info *rd,
-                                       char *why, size_t wl) {
+                                       const kvx_rdma_cm_msg *m, char *why, size_t wl) {
     kvx__rdma_dev *d = q->dev;
+    const kvx_rdma_qp_info *rq = &m->qp[q->idx];
+    const kvx_rdma_port_info *rd = &m->dev[rq->dev];
     struct ibv_qp_attr a;
     char lg[64], rg[64];
     if (rd->link_layer != d->info.link_layer) {
@@ -1631,6 +1602,7 @@ static kvx_result kvx__rdma_qp_connect(kvx__rdma_engine *re, kvx__rdma_qp *q,
                      (unsigned)rd->port, rd->link_layer == 2 ? "Ethernet (RoCE)" : "InfiniBand");
         return KVX_ERR_TRANSPORT;
     }
+    q->rdev = rq->dev;
     memset(&a, 0, sizeof a);
     a.qp_state = IBV_QPS_RTR;
     a.path_mtu = (enum ibv_mtu)(rd->mtu < d->info.mtu ? rd->mtu : d->info.mtu);
@@ -1641,14 +1613,12 @@ static kvx_result kvx__rdma_qp_connect(kvx__rdma_engine *re, kvx__rdma_qp *q,
     a.ah_attr.is_global = (uint8_t)(d->is_global || d->info.link_layer == 2);
     a.ah_attr.dlid = rd->lid;
     a.ah_attr.sl = (uint8_t)re->cfg.sl;
-    a.ah_attr.src_path_bits = 0;
     a.ah_attr.port_num = d->info.port;
     if (a.ah_attr.is_global) {
         memcpy(a.ah_attr.grh.dgid.raw, rd->gid, 16);
         a.ah_attr.grh.sgid_index = d->info.gid_index;
         a.ah_attr.grh.hop_limit = 64;
         a.ah_attr.grh.traffic_class = (uint8_t)re->cfg.traffic_class;
-        a.ah_attr.grh.flow_label = 0;
     }
     if (re->v.modify_qp(q->qp, &a, IBV_QP_STATE | IBV_QP_AV | IBV_QP_PATH_MTU | IBV_QP_DEST_QPN |
                                        IBV_QP_RQ_PSN | IBV_QP_MAX_DEST_RD_ATOMIC |
@@ -1676,6 +1646,193 @@ static kvx_result kvx__rdma_qp_connect(kvx__rdma_engine *re, kvx__rdma_qp *q,
         return KVX_ERR_TRANSPORT;
     }
     return KVX_OK;
+}
+
+/* >>rdma: failing rooms ----------------------------------------------------------- */
+
+/* A local failure (kvx_room_fail) reaches the peer through the room_failed
+   hook, with the room's first reason; a failure the peer reported, or the
+   loss of the peer, is kvx_room_fail_remote and sends nothing back. */
+static void kvx__rdma_fail(kvx_room *r, int remote, kvx_result res, const char *msg) {
+    if (remote) kvx_room_fail_remote(r, res, "%s", msg);
+    else kvx_room_fail(r, res, "%s", msg);
+}
+
+typedef struct kvx__rdma_deadarg {
+    kvx__rdma_pair *p;
+    kvx_result res;
+    int remote;
+    const char *msg;
+} kvx__rdma_deadarg;
+
+/* Does the prefill rank of bootstrap address bs, dp rank/size, serve rr? */
+static int kvx__rdma_serves(const char *bs, int dp_rank, int dp_size, const kvx__rdma_room *rr) {
+    if (strcmp(bs, rr->bootstrap)) return 0;
+    return dp_size <= 1 || (int)(rr->x.id % (uint64_t)dp_size) == dp_rank;
+}
+#define KVX__RDMA_SERVES(x, rr) kvx__rdma_serves((x)->bootstrap, (x)->dp_rank, (x)->dp_size, rr)
+
+static kvx__rdma_room *kvx__rdma_rx_find(kvx__rdma_engine *re, uint32_t tag) {
+    kvx__hnode *h = kvx__htab_find(&re->rx, tag);
+    return h ? (kvx__rdma_room *)(void *)((char *)h - offsetof(kvx__rdma_room, hn)) : NULL;
+}
+
+/* KVX_ERR_NO_MEMORY when the table could not grow. */
+static kvx_result kvx__rdma_rx_insert(kvx__rdma_engine *re, kvx__rdma_room *rr) {
+    kvx_result r;
+    rr->hn.key = rr->tag;
+    r = kvx__htab_insert(&re->rx, &kvx_engine_settings(re->e)->allocator, &rr->hn);
+    rr->in_table = r == KVX_OK;
+    return r;
+}
+
+static void kvx__rdma_rx_remove(kvx__rdma_engine *re, kvx__rdma_room *rr) {
+    kvx__htab_remove(&re->rx, &rr->hn);
+    rr->in_table = 0;
+}
+
+static kvx__rdma_src *kvx__rdma_src_get(kvx__rdma_room *rr, uint64_t inst, int add) {
+    int i;
+    for (i = 0; i < rr->nsrc; i++)
+        if (rr->src[i].instance == inst) return &rr->src[i];
+    if (!add || rr->nsrc == (int)(sizeof rr->src / sizeof rr->src[0])) return NULL;
+    memset(&rr->src[rr->nsrc], 0, sizeof rr->src[0]);
+    rr->src[rr->nsrc].instance = inst;
+    return &rr->src[rr->nsrc++];
+}
+
+/* 1: every target reported Success, every queue pair of each delivered
+   the room's immediate and the bytes agree; -1 (msg set): they do not
+   agree; 0: not yet. Under rx_mu. */
+static int kvx__rdma_rx_check(kvx__rdma_room *rr, char *msg, size_t ml, const char *who) {
+    int i, nst = 0;
+    uint64_t bytes = 0;
+    if (rr->succeeded_rx || !rr->targets) return 0;
+    for (i = 0; i < rr->nsrc; i++) {
+        if (!rr->src[i].status) continue;
+        if (rr->src[i].marks < rr->src[i].nqp) return 0;
+        nst++;
+        bytes += rr->src[i].bytes;
+    }
+    if (nst < rr->targets) return 0;
+    rr->succeeded_rx = 1;
+    if (bytes != rr->expected) {
+        snprintf(msg, ml, "%s%s report%s %llu bytes placed but this receiver expects %llu "
+                 "(its pages times the page bytes of every buffer, plus the aux row)",
+                 rr->targets > 1 ? "the prefill ranks, the last " : "", who,
+                 rr->targets > 1 ? "," : "s", (unsigned long long)bytes,
+                 (unsigned long long)rr->expected);
+        return -1;
+    }
+    return 1;
+}
+
+static void kvx__rdma_rx_act(kvx_room *r, int verdict, uint64_t bytes, const char *msg) {
+    if (verdict > 0) kvx_room_succeed(r, bytes);
+    else if (verdict < 0) kvx_room_fail(r, KVX_ERR_CORRUPT, "%s", msg);
+}
+
+static void kvx__rdma_decode_dead_one(kvx_room *r, void *arg) {
+    kvx__rdma_deadarg *a = (kvx__rdma_deadarg *)arg;
+    kvx__rdma_room *rr = kvx__rdma_rr(r);
+    kvx__rdma_src *s;
+    char msg[KVX_ERROR_MAX] = "";
+    uint64_t total = 0;
+    int v = 0, k, done = 0;
+    if (!rr || kvx_room_poll(r) != KVX_POLL_TRANSFERRING || !KVX__RDMA_SERVES(a->p, rr)) return;
+    /* a prefill that sent Success did so after every WRITE of the room,
+       immediates included, completed: its bytes are placed, whatever
+       happens to the connection now */
+    pthread_mutex_lock(&rr->re->rx_mu);
+    s = rr->in_table ? kvx__rdma_src_get(rr, a->p->peer, 0) : NULL;
+    if (s && s->status) {
+        done = 1;
+        s->marks = s->nqp;
+        v = kvx__rdma_rx_check(rr, msg, sizeof msg, a->p->peer_addr);
+        if (v) kvx__rdma_rx_remove(rr->re, rr);
+        for (k = 0; k < rr->nsrc; k++) total += rr->src[k].status ? rr->src[k].bytes : 0;
+    }
+    pthread_mutex_unlock(&rr->re->rx_mu);
+    if (done) {
+        kvx__rdma_rx_act(r, v, total, msg);
+        return;
+    }
+    kvx__rdma_fail(r, a->remote, a->res, a->msg);
+}
+
+/* Decode: the rooms that were receiving through p fail. */
+static void kvx__rdma_decode_dead(kvx__rdma_engine *re, kvx__rdma_pair *p, kvx_result res,
+                                  int remote, const char *reason) {
+    kvx__rdma_deadarg a = {p, res, remote, reason};
+    kvx_engine_foreach_room(re->e, kvx__rdma_decode_dead_one, &a);
+    pthread_mutex_lock(&re->rx_mu);
+    pthread_cond_broadcast(&re->rx_cv);
+    pthread_mutex_unlock(&re->rx_mu);
+}
+
+/* Takes p out of service: every queue pair to ERR, queued and in-flight
+   WRITEs forgotten; the prefill's rooms on it fail, and with fail_decode
+   the decode rooms it served. With remote (the peer is gone or reported
+   the connection broken) they fail with kvx_room_fail_remote. */
+static void kvx__rdma_pair_down(kvx__rdma_engine *re, kvx__rdma_pair *p, kvx_result res,
+                                int fail_decode, int remote, const char *msg) {
+    kvx__rdma_room *fail = NULL, *rr;
+    int i;
+    pthread_mutex_lock(&p->mu);
+    if (KVX__LOAD(&p->state) == KVX__RP_DEAD) {
+        pthread_mutex_unlock(&p->mu);
+        return;
+    }
+    KVX__STORE(&p->state, KVX__RP_DEAD);
+    snprintf(p->reason, sizeof p->reason, "%s", msg);
+    for (i = 0; i < p->nqp; i++) {
+        kvx__rdma_qp *q = &p->qp[i];
+        if (q->qp) {
+            struct ibv_qp_attr a;
+            memset(&a, 0, sizeof a);
+            a.qp_state = IBV_QPS_ERR;
+            re->v.modify_qp(q->qp, &a, IBV_QP_STATE);
+        }
+        kvx__rdma_drop(re, q, NULL);
+        while (q->ring && q->done < q->posted) {
+            kvx__rdma_slot *s = &q->ring[++q->done % q->depth];
+            if (s->room) s->room->inflight--;
+            s->room = NULL;
+        }
+    }
+    for (rr = p->rooms; rr; rr = rr->pnext) {
+        if (rr->finished) continue; /* every WRITE completed: it reports Success */
+        rr->cancelled = 1;
+        kvx_room_ref(rr->x.room);
+        rr->knext = fail;
+        fail = rr;
+    }
+    pthread_cond_broadcast(&p->cv);
+    pthread_mutex_unlock(&p->mu);
+    /* the rooms it fails log their own errors */
+    kvx_engine_log(re->e, res == KVX_ERR_ABORTED || (!fail && res == KVX_ERR_PEER_LOST)
+                              ? KVX_LOG_INFO : KVX_LOG_WARN, "kvx.rdma", 0, "%s", msg);
+    while ((rr = fail) != NULL) {
+        fail = rr->knext;
+        kvx__rdma_fail(rr->x.room, remote, res, msg);
+        kvx_room_unref(rr->x.room);
+    }
+    if (re->role == KVX_ROLE_DECODE && fail_decode) kvx__rdma_decode_dead(re, p, res, remote, msg);
+}
+
+/* Tears down the data path of p: every queue pair to ERR, queued and
+   in-flight WRITEs forgotten, and every room that used it failed (a
+   local failure: the peer is told). */
+static void kvx__rdma_pair_kill(kvx__rdma_engine *re, kvx__rdma_pair *p, kvx_result res,
+                                const char *fmt, ...) KVX_PRINTF(4, 5);
+static void kvx__rdma_pair_kill(kvx__rdma_engine *re, kvx__rdma_pair *p, kvx_result res,
+                                const char *fmt, ...) {
+    char msg[KVX_ERROR_MAX];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    kvx__rdma_pair_down(re, p, res, 1, 0, msg);
 }
 
 /* >>rdma: the queue-pair exchange ------------------------------------------------ */
@@ -1718,7 +1875,7 @@ static void kvx__rdma_cm_connect(kvx__rdma_engine *re, kvx__rdma_pair *p, kvx__b
         kvx__buf_put64(b, dv->region_bytes);
         for (i = 0; i < l->num_buffers + l->num_aux; i++) {
             int aux = i >= l->num_buffers;
-            const kvx__rdma_mr *m = aux ? &dv->aux[i - l->num_buffers] : &dv->kv[i];
+            const kvx__rdma_mr *m = &dv->buf[i];
             kvx__buf_put64(b, (uint64_t)(uintptr_t)(aux ? l->aux[i - l->num_buffers].base
                                                           : l->buffers[i].base));
             kvx__buf_put64(b, aux ? l->aux[i - l->num_buffers].length : l->buffers[i].length);
@@ -1769,12 +1926,11 @@ static kvx_result kvx__rdma_pair_tables(kvx__rdma_pair *p, const kvx_rdma_cm_msg
     for (d = 0; d < m->ndev; d++) {
         kvx__rdma_rdev *rd = &p->rdev[d];
         rd->info = m->dev[d];
-        rd->kv = (kvx__rdma_rbuf *)kvx__rdma_zalloc(re, m->nbuf, sizeof *rd->kv);
-        rd->aux = (kvx__rdma_rbuf *)kvx__rdma_zalloc(re, m->naux, sizeof *rd->aux);
-        if (!rd->kv || !rd->aux) return KVX_ERR_NO_MEMORY;
+        rd->buf = (kvx__rdma_rbuf *)kvx__rdma_zalloc(re, m->nbuf + m->naux, sizeof *rd->buf);
+        if (!rd->buf) return KVX_ERR_NO_MEMORY;
         for (i = 0; i < m->nbuf + m->naux; i++) {
             int aux = i >= m->nbuf;
-            kvx__rdma_rbuf *rb = aux ? &rd->aux[i - m->nbuf] : &rd->kv[i];
+            kvx__rdma_rbuf *rb = &rd->buf[i];
             const uint8_t *keys;
             uint64_t item = aux ? ours->aux[i - m->nbuf].item_len : ours->buffers[i].item_len;
             kvx_rdma_cm_region(m, d, i, &rb->base, &rb->length, &rd->region_bytes, &rb->n, &keys);
@@ -1787,18 +1943,17 @@ static kvx_result kvx__rdma_pair_tables(kvx__rdma_pair *p, const kvx_rdma_cm_msg
             rb->rkeys = (uint32_t *)kvx__rdma_zalloc(re, rb->n, sizeof *rb->rkeys);
             if (!rb->rkeys) return KVX_ERR_NO_MEMORY;
             for (k = 0; k < rb->n; k++) rb->rkeys[k] = kvx_rdma_cm_rkey(keys, k);
-            if (d == 0) {
-                if (aux) {
-                    p->peer_aux[i - m->nbuf].length = rb->length;
-                    p->peer_aux[i - m->nbuf].item_len = item;
-                } else {
-                    p->peer_bufs[i].length = rb->length;
-                    p->peer_bufs[i].item_len = item;
-                }
-            } else if (rb->length != (aux ? p->peer_aux[i - m->nbuf].length : p->peer_bufs[i].length)) {
+            if (d && rb->length != p->rdev[0].buf[i].length) {
                 kvx__set_why(why, wl, "the decode side registered buffer %u with different "
                              "lengths on different ports", i);
                 return KVX_ERR_PROTOCOL;
+            }
+            if (aux) {
+                p->peer_aux[i - m->nbuf].length = rb->length;
+                p->peer_aux[i - m->nbuf].item_len = item;
+            } else {
+                p->peer_bufs[i].length = rb->length;
+                p->peer_bufs[i].item_len = item;
             }
         }
     }
@@ -1807,8 +1962,6 @@ static kvx_result kvx__rdma_pair_tables(kvx__rdma_pair *p, const kvx_rdma_cm_msg
 
 static void kvx__rdma_publish(kvx__rdma_engine *re, kvx__rdma_pair *p);
 static void kvx__rdma_ready(kvx__rdma_engine *re, kvx__rdma_pair *p);
-static void kvx__rdma_decode_dead(kvx__rdma_engine *re, kvx__rdma_pair *p, kvx_result res,
-                                  int remote, const char *reason);
 
 /* Decode: creates the queue pairs of p and sends CONNECT (a worker job;
    the ACCEPT arrives as a message). */
@@ -1873,20 +2026,6 @@ static void kvx__rdma_dial_locked(kvx__rdma_engine *re, kvx__rdma_peer *pe) {
     }
 }
 
-static kvx_result kvx__rdma_check_connect(kvx__rdma_engine *re, const kvx_rdma_cm_msg *m,
-                                          char *why, size_t wl) {
-    const kvx_layout *l = kvx_engine_layout(re->e);
-    if (m->fingerprint != kvx_layout_fingerprint(l) || m->nbuf != l->num_buffers ||
-        m->naux != l->num_aux) {
-        kvx__set_why(why, wl, "the decode side's KV layout differs (fingerprint %016llx, %u KV "
-                     "and %u aux buffers; ours %016llx, %u and %u)",
-                     (unsigned long long)m->fingerprint, m->nbuf, m->naux,
-                     (unsigned long long)kvx_layout_fingerprint(l), l->num_buffers, l->num_aux);
-        return KVX_ERR_LAYOUT_MISMATCH;
-    }
-    return KVX_OK;
-}
-
 /* Prefill: moves every pair with decode instance `decode` (or only the one
    answering seq when seq != 0) off `list` (under re->mu) onto *out. */
 static void kvx__rdma_take(kvx__rdma_pair **list, uint64_t decode, uint32_t seq, kvx__rdma_pair **out) {
@@ -1904,12 +2043,16 @@ static void kvx__rdma_take(kvx__rdma_pair **list, uint64_t decode, uint32_t seq,
     }
 }
 
+/* Takes down the pairs of `old` (a grave_next list whose references it
+   drops); fmt has one %s: who, or with who NULL each pair's address. */
 static void kvx__rdma_kill_all(kvx__rdma_engine *re, kvx__rdma_pair *old, kvx_result res,
-                               const char *fmt, const char *who) {
+                               int remote, const char *fmt, const char *who) {
     while (old) {
         kvx__rdma_pair *o = old;
+        char msg[KVX_ERROR_MAX];
         old = o->grave_next;
-        kvx__rdma_pair_kill(re, o, res, fmt, who);
+        snprintf(msg, sizeof msg, fmt, who ? who : o->peer_addr);
+        kvx__rdma_pair_down(re, o, res, 1, remote, msg);
         kvx__rdma_pair_unref(re, o);
     }
 }
@@ -1920,17 +2063,25 @@ static void kvx__rdma_kill_all(kvx__rdma_engine *re, kvx__rdma_pair *old, kvx_re
 static kvx_result kvx__rdma_on_connect_msg(kvx__rdma_engine *re, const kvx_boot_peer *from,
                                            const kvx_rdma_cm_msg *m, const char *who, char *why,
                                            size_t wl) {
+    const kvx_layout *l = kvx_engine_layout(re->e);
     kvx__rdma_pair *p, *old = NULL;
     kvx__buf b;
-    kvx_result res = kvx__rdma_check_connect(re, m, why, wl);
+    kvx_result res;
     int i;
-    if (res != KVX_OK) return res;
+    if (m->fingerprint != kvx_layout_fingerprint(l) || m->nbuf != l->num_buffers ||
+        m->naux != l->num_aux) {
+        kvx__set_why(why, wl, "the decode side's KV layout differs (fingerprint %016llx, %u KV "
+                     "and %u aux buffers; ours %016llx, %u and %u)",
+                     (unsigned long long)m->fingerprint, m->nbuf, m->naux,
+                     (unsigned long long)kvx_layout_fingerprint(l), l->num_buffers, l->num_aux);
+        return KVX_ERR_LAYOUT_MISMATCH;
+    }
     pthread_mutex_lock(&re->mu);
     kvx__rdma_take(&re->pairs, m->from, 0, &old);
     kvx__rdma_take(&re->acc, m->from, 0, &old);
     pthread_mutex_unlock(&re->mu);
-    kvx__rdma_kill_all(re, old, KVX_ERR_TRANSPORT, "%s reconnected: its previous RDMA connection is gone",
-                       who);
+    kvx__rdma_kill_all(re, old, KVX_ERR_TRANSPORT, 0,
+                       "%s reconnected: its previous RDMA connection is gone", who);
     p = kvx__rdma_pair_new(re, m->nqp, m->from, who);
     if (!p) { kvx__set_why(why, wl, "out of memory"); return KVX_ERR_NO_MEMORY; }
     p->peer_qpn0 = m->qp[0].qpn;
@@ -1938,12 +2089,10 @@ static kvx_result kvx__rdma_on_connect_msg(kvx__rdma_engine *re, const kvx_boot_
     p->ctl = *from;
     p->ctl.addr = p->ctl.bootstrap = p->ctl.transport = NULL;
     p->ctl.endpoint = NULL;
-    res = kvx__rdma_pair_tables(p, m, kvx_engine_layout(re->e), why, wl);
+    res = kvx__rdma_pair_tables(p, m, l, why, wl);
     for (i = 0; res == KVX_OK && i < p->nqp; i++) {
         res = kvx__rdma_qp_create(re, &p->qp[i], why, wl);
-        p->qp[i].rdev = m->qp[i].dev;
-        if (res == KVX_OK)
-            res = kvx__rdma_qp_connect(re, &p->qp[i], &m->qp[i], &m->dev[m->qp[i].dev], why, wl);
+        if (res == KVX_OK) res = kvx__rdma_qp_connect(re, &p->qp[i], m, why, wl);
     }
     if (res != KVX_OK) {
         kvx__rdma_pair_unref(re, p);
@@ -1977,10 +2126,8 @@ static kvx_result kvx__rdma_on_accept_msg(kvx__rdma_engine *re, kvx__rdma_pair *
                      p->nqp);
         return KVX_ERR_PROTOCOL;
     }
-    for (i = 0; res == KVX_OK && i < p->nqp; i++) {
-        p->qp[i].rdev = m->qp[i].dev;
-        res = kvx__rdma_qp_connect(re, &p->qp[i], &m->qp[i], &m->dev[m->qp[i].dev], why, wl);
-    }
+    for (i = 0; res == KVX_OK && i < p->nqp; i++)
+        res = kvx__rdma_qp_connect(re, &p->qp[i], m, why, wl);
     if (res != KVX_OK) return res;
     memset(&b, 0, sizeof b);
     kvx__rdma_cm_begin(&b, KVX_RDMA_CM_READY, p->seq, re->instance, p->peer);
@@ -2018,26 +2165,20 @@ static void kvx__rdma_msg_job(void *arg) {
     kvx__rdma_pair *p = NULL;
     kvx_rdma_cm_msg m;
     char why[KVX_ERROR_MAX] = "", who[128];
-    kvx_result res;
+    kvx_result res = kvx_rdma_cm_parse(mj->data, mj->len, &m, why, sizeof why);
     int decode = re->role == KVX_ROLE_DECODE;
     snprintf(who, sizeof who, "%s %s", decode ? "prefill" : "decode", mj->addr);
-    if (kvx_rdma_cm_parse(mj->data, mj->len, &m, why, sizeof why) != KVX_OK) {
-        kvx__rdma_refused(re, mj, NULL, why);
-        goto done;
-    }
-    if (!mj->inst || m.from != mj->inst || m.to != re->instance) {
+    if (res == KVX_OK && (!mj->inst || m.from != mj->inst || m.to != re->instance))
         snprintf(why, sizeof why, "the message is from instance %016llx to %016llx, but its "
                  "connection is %016llx's and this engine is %016llx",
                  (unsigned long long)m.from, (unsigned long long)m.to,
                  (unsigned long long)mj->inst, (unsigned long long)re->instance);
-        kvx__rdma_refused(re, mj, &m, why);
-        goto done;
-    }
-    if (decode ? m.type == KVX_RDMA_CM_CONNECT || m.type == KVX_RDMA_CM_READY
-               : m.type == KVX_RDMA_CM_ACCEPT) {
+    else if (res == KVX_OK && (decode ? m.type == KVX_RDMA_CM_CONNECT || m.type == KVX_RDMA_CM_READY
+                                      : m.type == KVX_RDMA_CM_ACCEPT))
         snprintf(why, sizeof why, "message type %d does not go to a %s engine", (int)m.type,
                  decode ? "decode" : "prefill");
-        kvx__rdma_refused(re, mj, &m, why);
+    if (res != KVX_OK || why[0]) { /* malformed, from the wrong instance or wrong direction */
+        kvx__rdma_refused(re, mj, res == KVX_OK ? &m : NULL, why);
         goto done;
     }
     if (!decode && m.type == KVX_RDMA_CM_CONNECT) {
@@ -2127,7 +2268,7 @@ static int kvx__rdma_exchange_tick(kvx__rdma_engine *re) {
             if (KVX__LOAD(&p->state) != KVX__RP_CONNECTING) continue;
             if (p->deadline <= now) {
                 kvx__rdma_pair_ref(p);
-                p->grave_next = late;
+                p->late_next = late;
                 late = p;
             } else if (p->deadline < next) {
                 next = p->deadline;
@@ -2138,7 +2279,7 @@ static int kvx__rdma_exchange_tick(kvx__rdma_engine *re) {
             p = *pp;
             if (p->deadline <= now) {
                 *pp = p->next;
-                p->grave_next = late;
+                p->late_next = late;
                 late = p;
                 continue;
             }
@@ -2150,7 +2291,7 @@ static int kvx__rdma_exchange_tick(kvx__rdma_engine *re) {
     while (late) {
         char why[KVX_ERROR_MAX];
         p = late;
-        late = p->grave_next;
+        late = p->late_next;
         snprintf(why, sizeof why, "%s did not answer the queue-pair exchange within %.1f s "
                  "(KVX_IB_CONNECT_TIMEOUT)", p->peer_addr, re->cfg.connect_timeout_s);
         KVX__RDMA_STAT(re, errors, 1);
@@ -2161,199 +2302,12 @@ static int kvx__rdma_exchange_tick(kvx__rdma_engine *re) {
     return (int)((next - now) / 1000000u) + 1;
 }
 
-/* >>rdma: failing rooms ----------------------------------------------------------- */
-
-/* A local failure (kvx_room_fail) reaches the peer through the room_failed
-   hook, with the room's first reason; a failure the peer reported, or the
-   loss of the peer, is kvx_room_fail_remote and sends nothing back. */
-static void kvx__rdma_fail(kvx_room *r, int remote, kvx_result res, const char *msg) {
-    if (remote) kvx_room_fail_remote(r, res, "%s", msg);
-    else kvx_room_fail(r, res, "%s", msg);
-}
-
-/* Prefill: fails the room by this side's decision (room_failed tells the
-   decode side). */
-static void kvx__rdma_tx_fail(kvx__rdma_engine *re, kvx_room *r, kvx_result res, const char *fmt, ...)
-    KVX_PRINTF(4, 5);
-static void kvx__rdma_tx_fail(kvx__rdma_engine *re, kvx_room *r, kvx_result res, const char *fmt, ...) {
-    char msg[KVX_ERROR_MAX];
-    va_list ap;
-    (void)re;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
-    kvx_room_fail(r, res, "%s", msg);
-}
-
-/* Tells the peer of a room this side failed, with its first reason: the
-   prefill sends status Failed (kvx_boot answers a room frame that has not
-   arrived yet with an abort), the decode side an abort. */
-static void kvx__rdma_tell_peer(kvx__rdma_engine *re, kvx_room *r) {
-    kvx_boot_room_failed(re->boot, r);
-}
-
-typedef struct kvx__rdma_deadarg {
-    kvx__rdma_pair *p;
-    kvx_result res;
-    int remote;
-    const char *msg;
-} kvx__rdma_deadarg;
-
-static int kvx__rdma_pair_serves(const kvx__rdma_pair *p, const kvx__rdma_room *rr) {
-    if (strcmp(p->bootstrap, rr->bootstrap)) return 0;
-    return p->dp_size <= 1 || (int)(rr->x.id % (uint64_t)p->dp_size) == p->dp_rank;
-}
-
-static int kvx__rdma_peer_serves(const kvx__rdma_peer *pe, const kvx__rdma_room *rr) {
-    if (strcmp(pe->bootstrap, rr->bootstrap)) return 0;
-    return pe->dp_size <= 1 || (int)(rr->x.id % (uint64_t)pe->dp_size) == pe->dp_rank;
-}
-
-static int kvx__rdma_rx_check(kvx__rdma_room *rr, char *msg, size_t ml, const char *who);
-static void kvx__rdma_rx_remove(kvx__rdma_engine *re, kvx__rdma_room *rr);
-static kvx__rdma_src *kvx__rdma_src_get(kvx__rdma_room *rr, uint64_t inst, int add);
-static void kvx__rdma_rx_act(kvx_room *r, int verdict, uint64_t bytes, const char *msg);
-
-static void kvx__rdma_decode_dead_one(kvx_room *r, void *arg) {
-    kvx__rdma_deadarg *a = (kvx__rdma_deadarg *)arg;
-    kvx__rdma_room *rr = kvx__rdma_rr(r);
-    kvx__rdma_src *s;
-    char msg[KVX_ERROR_MAX] = "";
-    uint64_t total = 0;
-    int v = 0, k, done = 0;
-    if (!rr || kvx_room_poll(r) != KVX_POLL_TRANSFERRING || !kvx__rdma_pair_serves(a->p, rr)) return;
-    /* a prefill that sent Success did so after every WRITE of the room,
-       immediates included, completed: its bytes are placed, whatever
-       happens to the connection now */
-    pthread_mutex_lock(&rr->re->rx_mu);
-    s = rr->in_table ? kvx__rdma_src_get(rr, a->p->peer, 0) : NULL;
-    if (s && s->status) {
-        done = 1;
-        s->marks = s->nqp;
-        v = kvx__rdma_rx_check(rr, msg, sizeof msg, a->p->peer_addr);
-        if (v) kvx__rdma_rx_remove(rr->re, rr);
-        for (k = 0; k < rr->nsrc; k++) total += rr->src[k].status ? rr->src[k].bytes : 0;
-    }
-    pthread_mutex_unlock(&rr->re->rx_mu);
-    if (done) {
-        kvx__rdma_rx_act(r, v, total, msg);
-        return;
-    }
-    kvx__rdma_fail(r, a->remote, a->res, a->msg);
-}
-
-/* Decode: the rooms that were receiving through p fail. */
-static void kvx__rdma_decode_dead(kvx__rdma_engine *re, kvx__rdma_pair *p, kvx_result res,
-                                  int remote, const char *reason) {
-    kvx__rdma_deadarg a;
-    a.p = p;
-    a.res = res;
-    a.remote = remote;
-    a.msg = reason;
-    kvx_engine_foreach_room(re->e, kvx__rdma_decode_dead_one, &a);
-    pthread_mutex_lock(&re->rx_mu);
-    pthread_cond_broadcast(&re->rx_cv);
-    pthread_mutex_unlock(&re->rx_mu);
-}
-
-/* Takes p out of service: every queue pair to ERR, queued and in-flight
-   WRITEs forgotten; the prefill's rooms on it fail, and with fail_decode
-   the decode rooms it served. */
-static void kvx__rdma_pair_down(kvx__rdma_engine *re, kvx__rdma_pair *p, kvx_result res,
-                                int fail_decode, int remote, const char *msg) {
-    kvx_room **fail = NULL;
-    size_t nfail = 0, cap = 0, k;
-    kvx__rdma_room *rr;
-    int i;
-    pthread_mutex_lock(&p->mu);
-    if (KVX__LOAD(&p->state) == KVX__RP_DEAD) {
-        pthread_mutex_unlock(&p->mu);
-        return;
-    }
-    KVX__STORE(&p->state, KVX__RP_DEAD);
-    snprintf(p->reason, sizeof p->reason, "%s", msg);
-    p->why_res = res;
-    for (i = 0; i < p->nqp; i++) {
-        kvx__rdma_qp *q = &p->qp[i];
-        if (q->qp) {
-            struct ibv_qp_attr a;
-            memset(&a, 0, sizeof a);
-            a.qp_state = IBV_QPS_ERR;
-            re->v.modify_qp(q->qp, &a, IBV_QP_STATE);
-        }
-        while (q->head) {
-            kvx__rdma_work *w = q->head;
-            q->head = w->next;
-            w->room->works--;
-            kvx__rdma_work_free(re, w);
-        }
-        q->tail = NULL;
-        while (q->ring && q->done < q->posted) {
-            kvx__rdma_slot *s = &q->ring[++q->done % q->depth];
-            if (s->room) s->room->inflight--;
-            s->room = NULL;
-        }
-    }
-    for (rr = p->rooms; rr; rr = rr->pnext) {
-        if (rr->finished) continue; /* every WRITE completed: it reports Success */
-        rr->cancelled = 1;
-        if (nfail == cap) {
-            size_t nc = cap ? cap * 2 : 16;
-            kvx_room **nv = (kvx_room **)kvx__rdma_grow(re, fail, cap, nc, sizeof *nv);
-            if (!nv) break;
-            fail = nv;
-            cap = nc;
-        }
-        kvx_room_ref(rr->x.room);
-        fail[nfail++] = rr->x.room;
-    }
-    pthread_cond_broadcast(&p->cv);
-    pthread_mutex_unlock(&p->mu);
-    /* the rooms it fails log their own errors */
-    kvx_engine_log(re->e, res == KVX_ERR_ABORTED || (!nfail && res == KVX_ERR_PEER_LOST)
-                              ? KVX_LOG_INFO : KVX_LOG_WARN, "kvx.rdma", 0, "%s", msg);
-    for (k = 0; k < nfail; k++) {
-        kvx__rdma_fail(fail[k], remote, res, msg);
-        kvx_room_unref(fail[k]);
-    }
-    kvx_engine_free(re->e, fail);
-    if (re->role == KVX_ROLE_DECODE && fail_decode) kvx__rdma_decode_dead(re, p, res, remote, msg);
-}
-
-/* Tears down the data path of p: every queue pair to ERR, queued and
-   in-flight WRITEs forgotten, and every room that used it failed (a
-   local failure: the peer is told). */
-static void kvx__rdma_pair_kill(kvx__rdma_engine *re, kvx__rdma_pair *p, kvx_result res,
-                                const char *fmt, ...) {
-    char msg[KVX_ERROR_MAX];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
-    kvx__rdma_pair_down(re, p, res, 1, 0, msg);
-}
-
-/* The same when the peer is gone or reported the connection broken: the
-   rooms fail with kvx_room_fail_remote. */
-static void kvx__rdma_pair_lost(kvx__rdma_engine *re, kvx__rdma_pair *p, kvx_result res,
-                                const char *fmt, ...) KVX_PRINTF(4, 5);
-static void kvx__rdma_pair_lost(kvx__rdma_engine *re, kvx__rdma_pair *p, kvx_result res,
-                                const char *fmt, ...) {
-    char msg[KVX_ERROR_MAX];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
-    kvx__rdma_pair_down(re, p, res, 1, 1, msg);
-}
-
 /* >>rdma: prefill data path ---------------------------------------------------------- */
 
 #define KVX__RDMA_BATCH 128
 
 static int kvx__rdma_work_done(const kvx__rdma_work *w) {
-    if (!w->job) return 1;
-    if (w->s >= w->job->plan.count || w->s > w->es) return 1;
+    if (!w->job || w->s >= w->job->plan.count || w->s > w->es) return 1;
     return w->s == w->es && w->off >= w->eoff;
 }
 
@@ -2368,21 +2322,19 @@ static int kvx__rdma_fill(kvx__rdma_engine *re, kvx__rdma_qp *q, kvx__rdma_work 
     kvx__rdma_slot *slot = &q->ring[seq % q->depth];
     int last, fin, sig;
     memset(wr, 0, sizeof *wr);
-    if (kvx__rdma_work_done(w)) { /* zero-length WRITE WITH IMMEDIATE */
-        wr->num_sge = 0;
-        wr->sg_list = NULL;
-        wr->wr.rdma.remote_addr = rd->kv[0].base;
-        wr->wr.rdma.rkey = rd->kv[0].rkeys[0];
+    if (kvx__rdma_work_done(w)) { /* zero-length WRITE WITH IMMEDIATE: no sge */
+        wr->wr.rdma.remote_addr = rd->buf[0].base;
+        wr->wr.rdma.rkey = rd->buf[0].rkeys[0];
         last = 1;
         KVX__RDMA_STAT(re, zero_len_wrs, 1);
     } else {
         const kvx_span *s = &w->job->plan.spans[w->s];
-        int aux = s->kind == KVX_SPAN_AUX;
         uint64_t limit = w->s == w->es ? w->eoff : s->length, pos = w->off;
         uint64_t lo = s->src_offset + pos, ro = s->dst_offset + pos;
         uint64_t lrb = q->dev->region_bytes, rrb = rd->region_bytes, e;
-        const kvx__rdma_mr *lm = aux ? &q->dev->aux[s->buffer] : &q->dev->kv[s->buffer];
-        const kvx__rdma_rbuf *rm = aux ? &rd->aux[s->buffer] : &rd->kv[s->buffer];
+        uint32_t bi = s->buffer + (s->kind == KVX_SPAN_AUX ? l->num_buffers : 0);
+        const kvx__rdma_mr *lm = &q->dev->buf[bi];
+        const kvx__rdma_rbuf *rm = &rd->buf[bi];
         e = (pos / (uint64_t)re->cfg.max_msg + 1) * (uint64_t)re->cfg.max_msg;
         if (e > limit) e = limit;
         if ((lo / lrb + 1) * lrb - lo < e - pos) e = pos + ((lo / lrb + 1) * lrb - lo);
@@ -2417,7 +2369,41 @@ static int kvx__rdma_fill(kvx__rdma_engine *re, kvx__rdma_qp *q, kvx__rdma_work 
     return last;
 }
 
-static void kvx__rdma_cancel_locked(kvx__rdma_pair *p, kvx__rdma_room *rr);
+static void kvx__rdma_enqueue(kvx__rdma_qp *q, kvx__rdma_work *w, int front) {
+    w->next = NULL;
+    if (front) {
+        w->next = q->head;
+        q->head = w;
+        if (!q->tail) q->tail = w;
+        return;
+    }
+    if (q->tail) q->tail->next = w;
+    else q->head = w;
+    q->tail = w;
+}
+
+/* Stops a room's data: its queued WRITEs go, and each queue pair that has
+   not carried the room's last WRITE gets a zero-length WRITE WITH
+   IMMEDIATE (a fence) so the decode side knows nothing more will land. */
+static void kvx__rdma_cancel_locked(kvx__rdma_pair *p, kvx__rdma_room *rr) {
+    kvx__rdma_engine *re = p->re;
+    int i;
+    if (rr->cancelled) return;
+    rr->cancelled = 1;
+    for (i = 0; i < p->nqp; i++) kvx__rdma_drop(re, &p->qp[i], rr);
+    if (KVX__LOAD(&p->state) == KVX__RP_DEAD) return;
+    for (i = 0; i < p->nqp; i++) {
+        kvx__rdma_work *f;
+        if (rr->final_mask & (1ull << i)) continue;
+        f = (kvx__rdma_work *)kvx__rdma_zalloc(re, 1, sizeof *f);
+        if (!f) continue; /* the receiver then waits KVX_IB_FENCE_TIMEOUT */
+        f->room = rr;
+        f->final = 1;
+        f->owned = 1;
+        rr->works++;
+        kvx__rdma_enqueue(&p->qp[i], f, 1);
+    }
+}
 
 /* Posts queued WRITEs of q while its send queue has room (under p->mu).
    0, or -1 with err set when ibv_post_send refused. */
@@ -2427,27 +2413,21 @@ static int kvx__rdma_pump(kvx__rdma_engine *re, kvx__rdma_qp *q, char *err, size
     struct ibv_sge sg[KVX__RDMA_BATCH];
     while (q->head && KVX__LOAD(&p->state) != KVX__RP_DEAD) {
         uint64_t room = q->depth - (q->posted - q->done);
-        int n = 0, i, rc;
+        int n = 0, i, rc, drop;
         while (n < KVX__RDMA_BATCH && (uint64_t)n < room && q->head) {
             kvx__rdma_work *w = q->head;
             if (!w->room->cancelled && kvx_room_poll(w->room->x.room) == KVX_POLL_FAILED) {
                 kvx__rdma_cancel_locked(p, w->room);
                 continue;
             }
-            if (w->room->cancelled && w->job) { /* a cancelled room's data: dropped */
-                q->head = w->next;
-                if (!q->head) q->tail = NULL;
-                w->room->works--;
-                kvx__rdma_work_free(re, w);
-                continue;
-            }
-            if (kvx__rdma_fill(re, q, w, &wr[n], &sg[n])) {
+            drop = w->room->cancelled && w->job; /* a cancelled room's data: dropped */
+            if (drop || kvx__rdma_fill(re, q, w, &wr[n], &sg[n])) {
                 q->head = w->next;
                 if (!q->head) q->tail = NULL;
                 w->room->works--;
                 kvx__rdma_work_free(re, w);
             }
-            n++;
+            n += !drop;
         }
         if (!n) break;
         for (i = 0; i + 1 < n; i++) wr[i].next = &wr[i + 1];
@@ -2471,57 +2451,6 @@ static int kvx__rdma_pump_all(kvx__rdma_engine *re, kvx__rdma_pair *p, char *err
     for (i = 0; i < p->nqp; i++)
         if (p->qp[i].head && kvx__rdma_pump(re, &p->qp[i], err, el)) return -1;
     return 0;
-}
-
-static void kvx__rdma_enqueue(kvx__rdma_qp *q, kvx__rdma_work *w, int front) {
-    w->next = NULL;
-    if (front) {
-        w->next = q->head;
-        q->head = w;
-        if (!q->tail) q->tail = w;
-        return;
-    }
-    if (q->tail) q->tail->next = w;
-    else q->head = w;
-    q->tail = w;
-}
-
-/* Stops a room's data: its queued WRITEs go, and each queue pair that has
-   not carried the room's last WRITE gets a zero-length WRITE WITH
-   IMMEDIATE (a fence) so the decode side knows nothing more will land. */
-static void kvx__rdma_cancel_locked(kvx__rdma_pair *p, kvx__rdma_room *rr) {
-    kvx__rdma_engine *re = p->re;
-    int i;
-    if (rr->cancelled) return;
-    rr->cancelled = 1;
-    for (i = 0; i < p->nqp; i++) {
-        kvx__rdma_qp *q = &p->qp[i];
-        kvx__rdma_work **pp = &q->head, *last = NULL;
-        while (*pp) {
-            kvx__rdma_work *w = *pp;
-            if (w->room == rr) {
-                *pp = w->next;
-                rr->works--;
-                kvx__rdma_work_free(re, w);
-                continue;
-            }
-            last = w;
-            pp = &w->next;
-        }
-        q->tail = last;
-    }
-    if (KVX__LOAD(&p->state) == KVX__RP_DEAD) return;
-    for (i = 0; i < p->nqp; i++) {
-        kvx__rdma_work *f;
-        if (rr->final_mask & (1ull << i)) continue;
-        f = (kvx__rdma_work *)kvx__rdma_zalloc(re, 1, sizeof *f);
-        if (!f) continue; /* the receiver then waits KVX_IB_FENCE_TIMEOUT */
-        f->room = rr;
-        f->final = 1;
-        f->owned = 1;
-        rr->works++;
-        kvx__rdma_enqueue(&p->qp[i], f, 1);
-    }
 }
 
 /* Cuts the plan's bytes into n contiguous ranges at piece boundaries
@@ -2562,7 +2491,6 @@ static kvx__rdma_job *kvx__rdma_job_new(kvx__rdma_engine *re, int nworks) {
         (kvx__rdma_job *)kvx__rdma_zalloc(re, 1, head + (size_t)nworks * sizeof(kvx__rdma_work));
     if (!j) return NULL;
     j->w = (kvx__rdma_work *)(void *)((char *)j + head);
-    j->nworks = nworks;
     return j;
 }
 
@@ -2587,7 +2515,6 @@ static kvx_result kvx__rdma_queue_aux(kvx__rdma_engine *re, kvx__rdma_pair *p,
     j->w[0].es = j->plan.count;
     j->w[0].final = 1;
     rr->works++;
-    rr->bytes_planned += j->plan.total_bytes;
     KVX__RDMA_STAT(re, spans, j->plan.count);
     kvx__rdma_enqueue(&p->qp[0], &j->w[0], 0);
     return KVX_OK;
@@ -2632,20 +2559,20 @@ static void kvx__rdma_submit(kvx__rdma_engine *re, kvx__rdma_room *rr, kvx_chunk
     int i, fin = 0, bad = 0, step = 0;
     uint64_t bytes = 0;
     if (!j) {
-        kvx__rdma_tx_fail(re, rr->x.room, KVX_ERR_NO_MEMORY, "out of memory planning chunk %u", c->index);
+        kvx_room_fail(rr->x.room, KVX_ERR_NO_MEMORY, "out of memory planning chunk %u", c->index);
         goto drop;
     }
     if ((uint64_t)c->first_page + c->num_pages > rr->ndst) {
-        kvx__rdma_tx_fail(re, rr->x.room, KVX_ERR_TOO_MANY_PAGES, "chunk %u reaches page %u but %s "
-                          "gave %u destination pages", c->index, c->first_page + c->num_pages,
-                          rr->decode_addr, rr->ndst);
+        kvx_room_fail(rr->x.room, KVX_ERR_TOO_MANY_PAGES, "chunk %u reaches page %u but %s gave "
+                      "%u destination pages", c->index, c->first_page + c->num_pages,
+                      rr->decode_addr, rr->ndst);
         goto drop;
     }
     res = kvx_plan_pages(&j->plan, kvx_engine_layout(e), c->pages, &p->peer_layout,
                          rr->dst + c->first_page, c->num_pages);
     if (res != KVX_OK) {
-        kvx__rdma_tx_fail(re, rr->x.room, res, "chunk %u against the destination of %s: %s",
-                          c->index, rr->decode_addr, j->plan.error);
+        kvx_room_fail(rr->x.room, res, "chunk %u against the destination of %s: %s", c->index,
+                      rr->decode_addr, j->plan.error);
         goto drop;
     }
     KVX__RDMA_STAT(re, chunks, 1);
@@ -2670,7 +2597,6 @@ static void kvx__rdma_submit(kvx__rdma_engine *re, kvx__rdma_room *rr, kvx_chunk
         rr->works++;
         kvx__rdma_enqueue(&p->qp[i], w, 0);
     }
-    rr->bytes_planned += j->plan.total_bytes;
     if (c->is_last) {
         rr->last_queued = 1;
         rr->others_pending = rr->aux_needed ? p->nqp - 1 : 0;
@@ -2681,13 +2607,32 @@ static void kvx__rdma_submit(kvx__rdma_engine *re, kvx__rdma_room *rr, kvx_chunk
     if (kvx__rdma_pump_all(re, p, err, sizeof err)) bad = 1;
     pthread_mutex_unlock(&p->mu);
     kvx_chunk_free(e, c);
-    if (step < 0) kvx__rdma_tx_fail(re, rr->x.room, (kvx_result)step, "%s", auxerr);
+    if (step < 0) kvx_room_fail(rr->x.room, (kvx_result)step, "%s", auxerr);
     if (bad) kvx__rdma_pair_kill(re, p, KVX_ERR_TRANSPORT, "%s", err);
     if (fin) kvx__rdma_finish(re, rr, bytes);
     return;
 drop:
     kvx__rdma_job_free(re, j);
     kvx_chunk_free(e, c);
+}
+
+/* Moves the parked rooms (under re->mu) that wait for decode engine
+   `decode`, or with decode 0 those whose wait ended at `now` or that failed,
+   onto *out. */
+static void kvx__rdma_unpark(kvx__rdma_engine *re, uint64_t decode, uint64_t now,
+                             kvx__rdma_room **out) {
+    kvx__rdma_room **pp = &re->parked, *rr;
+    while ((rr = *pp) != NULL) {
+        if (decode ? rr->decode != decode
+                   : now <= rr->park_deadline && kvx_room_poll(rr->x.room) != KVX_POLL_FAILED) {
+            pp = &rr->lnext;
+            continue;
+        }
+        *pp = rr->lnext;
+        rr->parked = 0;
+        rr->lnext = *out;
+        *out = rr;
+    }
 }
 
 /* Attaches a prefill room to a ready connection and sends what was parked. */
@@ -2704,7 +2649,7 @@ static void kvx__rdma_attach(kvx__rdma_engine *re, kvx__rdma_room *rr, kvx__rdma
         snprintf(why, sizeof why, "%s", p->reason);
         pthread_mutex_unlock(&p->mu);
         pthread_mutex_unlock(&rr->x.mu);
-        kvx__rdma_tx_fail(re, rr->x.room, KVX_ERR_TRANSPORT, "%s", why);
+        kvx_room_fail(rr->x.room, KVX_ERR_TRANSPORT, "%s", why);
         return;
     }
     kvx__rdma_pair_ref(p);
@@ -2722,52 +2667,29 @@ static void kvx__rdma_attach(kvx__rdma_engine *re, kvx__rdma_room *rr, kvx__rdma
 /* Prefill: a decode engine finished the exchange; p replaces any older
    connection with it and the rooms waiting for it start. */
 static void kvx__rdma_publish(kvx__rdma_engine *re, kvx__rdma_pair *p) {
-    kvx__rdma_pair **pp, *old = NULL;
-    kvx__rdma_room **rp, *start = NULL, *rr;
+    kvx__rdma_pair *old = NULL;
+    kvx__rdma_room *start = NULL, *rr;
+    int cur = KVX__RP_CONNECTING;
     pthread_mutex_lock(&re->mu);
-    if (re->stopping) {
+    /* a pair killed meanwhile (an async error) stays dead */
+    if (re->stopping || !__atomic_compare_exchange_n(&p->state, &cur, KVX__RP_READY, 0,
+                                                     __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
         pthread_mutex_unlock(&re->mu);
         kvx__rdma_pair_unref(re, p);
         return;
     }
-    for (pp = &re->pairs; *pp;) {
-        if ((*pp)->peer == p->peer) {
-            kvx__rdma_pair *o = *pp;
-            *pp = o->next;
-            o->listed = 0;
-            o->grave_next = old;
-            old = o;
-            continue;
-        }
-        pp = &(*pp)->next;
-    }
-    KVX__STORE(&p->state, KVX__RP_READY);
+    kvx__rdma_take(&re->pairs, p->peer, 0, &old);
     p->next = re->pairs;
     re->pairs = p;
     p->listed = 1;
-    for (rp = &re->parked; *rp;) {
-        if ((*rp)->decode == p->peer) {
-            rr = *rp;
-            *rp = rr->lnext;
-            rr->parked = 0;
-            rr->lnext = start;
-            start = rr;
-            continue;
-        }
-        rp = &(*rp)->lnext;
-    }
+    kvx__rdma_unpark(re, p->peer, 0, &start);
     kvx__rdma_pair_ref(p);
     pthread_mutex_unlock(&re->mu);
     KVX__RDMA_STAT(re, pairs, 1);
     kvx_engine_log(re->e, KVX_LOG_INFO, "kvx.rdma", 0, "%s connected: %d queue pairs", p->peer_addr,
                    p->nqp);
-    while (old) {
-        kvx__rdma_pair *o = old;
-        old = o->grave_next;
-        kvx__rdma_pair_kill(re, o, KVX_ERR_PEER, "the connection with %s was replaced by a new one",
-                           o->peer_addr);
-        kvx__rdma_pair_unref(re, o);
-    }
+    kvx__rdma_kill_all(re, old, KVX_ERR_PEER, 0, "the connection with %s was replaced by a new one",
+                       NULL);
     while (start) {
         rr = start;
         start = rr->lnext;
@@ -2820,11 +2742,26 @@ static void kvx__rdma_async(kvx__rdma_engine *re, kvx__rdma_dev *d);
    the cause (port down, QP fatal, access error): give it 100 ms to arrive
    and fail the connection with its sentence first. Completion thread. */
 static void kvx__rdma_async_first(kvx__rdma_engine *re, kvx__rdma_dev *d) {
-    struct pollfd pf;
-    pf.fd = d->ctx->async_fd;
-    pf.events = POLLIN;
-    pf.revents = 0;
-    if (poll(&pf, 1, 100) > 0) kvx__rdma_async(re, d);
+    if (kvx__wait_fd(d->ctx->async_fd, POLLIN, kvx_now_ns() + 100000000u, NULL, NULL) == 0)
+        kvx__rdma_async(re, d);
+}
+
+/* Keeps in err the sentence of the failed WRITE completion wc on q when it
+   says more about the cause than the one kept (*rank); with mine (q's own
+   completions, under p->mu) it names the room and the port's state. */
+static void kvx__rdma_write_err(kvx__rdma_engine *re, kvx__rdma_qp *q, const struct ibv_wc *wc,
+                                int mine, int *rank, char *err, size_t el) {
+    const kvx__rdma_slot *s = NULL;
+    char rm[48] = "", pn[128] = "";
+    if (kvx__rdma_wc_rank(wc->status) <= *rank) return;
+    *rank = kvx__rdma_wc_rank(wc->status);
+    if (mine && wc->wr_id && wc->wr_id <= q->posted) s = &q->ring[wc->wr_id % q->depth];
+    if (s && s->room) snprintf(rm, sizeof rm, " of room %llu", (unsigned long long)s->room->x.id);
+    if (mine) kvx__rdma_port_note(re, q->dev, pn, sizeof pn);
+    snprintf(err, el, "RDMA WRITE%s to %s failed on queue pair %u (%s port %u): %s (wc status %d, "
+             "vendor error 0x%x)%s", rm, q->pair->peer_addr, q->qp->qp_num, q->dev->info.name,
+             (unsigned)q->dev->info.port, kvx__rdma_wc_str(&re->v, wc->status), (int)wc->status,
+             wc->vendor_err, pn);
 }
 
 static void kvx__rdma_cq_prefill(kvx__rdma_engine *re, kvx__rdma_qp *q) {
@@ -2840,19 +2777,7 @@ static void kvx__rdma_cq_prefill(kvx__rdma_engine *re, kvx__rdma_qp *q) {
         for (i = 0; i < n; i++) {
             if (KVX__LOAD(&p->state) == KVX__RP_DEAD) continue;
             if (wc[i].status != IBV_WC_SUCCESS) {
-                if (kvx__rdma_wc_rank(wc[i].status) > rank) {
-                    rank = kvx__rdma_wc_rank(wc[i].status);
-                    kvx__rdma_slot *s = wc[i].wr_id && wc[i].wr_id <= q->posted
-                                            ? &q->ring[wc[i].wr_id % q->depth] : NULL;
-                    char rm[48] = "", pn[128];
-                    if (s && s->room) snprintf(rm, sizeof rm, " of room %llu", (unsigned long long)s->room->x.id);
-                    kvx__rdma_port_note(re, q->dev, pn, sizeof pn);
-                    snprintf(err, sizeof err, "RDMA WRITE%s to %s failed on queue pair %u (%s port "
-                             "%u): %s (wc status %d, vendor error 0x%x)%s", rm, p->peer_addr,
-                             q->qp->qp_num, q->dev->info.name, (unsigned)q->dev->info.port,
-                             kvx__rdma_wc_str(&re->v, wc[i].status), (int)wc[i].status,
-                             wc[i].vendor_err, pn);
-                }
+                kvx__rdma_write_err(re, q, &wc[i], 1, &rank, err, sizeof err);
                 bad = 1;
                 continue;
             }
@@ -2888,14 +2813,8 @@ static void kvx__rdma_cq_prefill(kvx__rdma_engine *re, kvx__rdma_qp *q) {
             if (o == q || !o->cq) continue;
             n = ibv_poll_cq(o->cq, 64, wc);
             for (i = 0; i < n; i++)
-                if (wc[i].status != IBV_WC_SUCCESS && kvx__rdma_wc_rank(wc[i].status) > rank) {
-                    rank = kvx__rdma_wc_rank(wc[i].status);
-                    snprintf(err, sizeof err, "RDMA WRITE to %s failed on queue pair %u (%s port %u): "
-                             "%s (wc status %d, vendor error 0x%x)", p->peer_addr, o->qp->qp_num,
-                             o->dev->info.name, (unsigned)o->dev->info.port,
-                             kvx__rdma_wc_str(&re->v, wc[i].status), (int)wc[i].status,
-                             wc[i].vendor_err);
-                }
+                if (wc[i].status != IBV_WC_SUCCESS)
+                    kvx__rdma_write_err(re, o, &wc[i], 0, &rank, err, sizeof err);
         }
     }
     if (bad) kvx__rdma_pair_kill(re, p, KVX_ERR_TRANSPORT, "%s", err);
@@ -2909,66 +2828,6 @@ static void kvx__rdma_cq_prefill(kvx__rdma_engine *re, kvx__rdma_qp *q) {
 }
 
 /* >>rdma: decode completion accounting ---------------------------------------------- */
-
-static kvx__rdma_room *kvx__rdma_rx_find(kvx__rdma_engine *re, uint32_t tag) {
-    kvx__hnode *h = kvx__htab_find(&re->rx, tag);
-    return h ? (kvx__rdma_room *)(void *)((char *)h - offsetof(kvx__rdma_room, hn)) : NULL;
-}
-
-/* KVX_ERR_NO_MEMORY when the table could not grow. */
-static kvx_result kvx__rdma_rx_insert(kvx__rdma_engine *re, kvx__rdma_room *rr) {
-    kvx_result r;
-    rr->hn.key = rr->tag;
-    r = kvx__htab_insert(&re->rx, &kvx_engine_settings(re->e)->allocator, &rr->hn);
-    rr->in_table = r == KVX_OK;
-    return r;
-}
-
-static void kvx__rdma_rx_remove(kvx__rdma_engine *re, kvx__rdma_room *rr) {
-    kvx__htab_remove(&re->rx, &rr->hn);
-    rr->in_table = 0;
-}
-
-static kvx__rdma_src *kvx__rdma_src_get(kvx__rdma_room *rr, uint64_t inst, int add) {
-    int i;
-    for (i = 0; i < rr->nsrc; i++)
-        if (rr->src[i].instance == inst) return &rr->src[i];
-    if (!add || rr->nsrc == (int)(sizeof rr->src / sizeof rr->src[0])) return NULL;
-    memset(&rr->src[rr->nsrc], 0, sizeof rr->src[0]);
-    rr->src[rr->nsrc].instance = inst;
-    return &rr->src[rr->nsrc++];
-}
-
-/* 1: every target reported Success, every queue pair of each delivered
-   the room's immediate and the bytes agree; -1 (msg set): they do not
-   agree; 0: not yet. Under rx_mu. */
-static int kvx__rdma_rx_check(kvx__rdma_room *rr, char *msg, size_t ml, const char *who) {
-    int i, nst = 0;
-    uint64_t bytes = 0;
-    if (rr->succeeded_rx || !rr->targets) return 0;
-    for (i = 0; i < rr->nsrc; i++) {
-        if (!rr->src[i].status) continue;
-        if (rr->src[i].marks < rr->src[i].nqp) return 0;
-        nst++;
-        bytes += rr->src[i].bytes;
-    }
-    if (nst < rr->targets) return 0;
-    rr->succeeded_rx = 1;
-    if (bytes != rr->expected) {
-        snprintf(msg, ml, "%s%s report%s %llu bytes placed but this receiver expects %llu "
-                 "(its pages times the page bytes of every buffer, plus the aux row)",
-                 rr->targets > 1 ? "the prefill ranks, the last " : "", who,
-                 rr->targets > 1 ? "," : "s", (unsigned long long)bytes,
-                 (unsigned long long)rr->expected);
-        return -1;
-    }
-    return 1;
-}
-
-static void kvx__rdma_rx_act(kvx_room *r, int verdict, uint64_t bytes, const char *msg) {
-    if (verdict > 0) kvx_room_succeed(r, bytes);
-    else if (verdict < 0) kvx_room_fail(r, KVX_ERR_CORRUPT, "%s", msg);
-}
 
 /* The immediates that arrived on a queue pair of p. */
 static void kvx__rdma_marks(kvx__rdma_engine *re, kvx__rdma_pair *p, const uint32_t *tags, int n) {
@@ -3044,7 +2903,7 @@ static void kvx__rdma_cq_decode(kvx__rdma_engine *re, kvx__rdma_qp *q) {
         if (nt) {
             KVX__RDMA_STAT(re, imm_received, nt);
             kvx__rdma_marks(re, p, tags, nt);
-            if (KVX__LOAD(&p->state) != KVX__RP_DEAD && kvx__rdma_post_recvs(re, q, (uint32_t)nt)) {
+            if (KVX__LOAD(&p->state) != KVX__RP_DEAD && kvx__rdma_post_recvs(q, (uint32_t)nt)) {
                 snprintf(err, sizeof err, "cannot post receives on queue pair %u (%s): %s",
                          q->qp->qp_num, q->dev->info.name, strerror(errno));
                 bad = 1;
@@ -3062,26 +2921,25 @@ static void kvx__rdma_cq_decode(kvx__rdma_engine *re, kvx__rdma_qp *q) {
 static void kvx__rdma_cq_events(kvx__rdma_engine *re, kvx__rdma_dev *d) {
     for (;;) {
         struct ibv_cq *cq = NULL;
-        void *ctx = NULL;
-        kvx__rdma_qp *q;
-        if (re->v.get_cq_event(d->ch, &cq, &ctx)) break;
+        void *q = NULL; /* the queue pair (cq_context) */
+        if (re->v.get_cq_event(d->ch, &cq, &q)) break;
         re->v.ack_cq_events(cq, 1);
-        q = (kvx__rdma_qp *)ctx;
         ibv_req_notify_cq(cq, 0);
-        if (re->role == KVX_ROLE_PREFILL) kvx__rdma_cq_prefill(re, q);
-        else kvx__rdma_cq_decode(re, q);
+        if (re->role == KVX_ROLE_PREFILL) kvx__rdma_cq_prefill(re, (kvx__rdma_qp *)q);
+        else kvx__rdma_cq_decode(re, (kvx__rdma_qp *)q);
     }
 }
 
-/* Pairs (referenced) with a queue pair on port d. */
-static int kvx__rdma_pairs_on(kvx__rdma_engine *re, const kvx__rdma_dev *d, kvx__rdma_pair **out,
-                              int max) {
+/* Pairs (referenced, not dead) with a queue pair on port d, or with d
+   NULL those with the peer engine of instance inst. */
+static int kvx__rdma_pairs_on(kvx__rdma_engine *re, const kvx__rdma_dev *d, uint64_t inst,
+                              kvx__rdma_pair **out, int max) {
     kvx__rdma_pair *p;
     int n = 0, i;
     pthread_mutex_lock(&re->mu);
     for (p = re->pairs; p && n < max; p = p->next) {
-        for (i = 0; i < p->nqp && p->qp[i].dev != d; i++) {}
-        if (i < p->nqp && KVX__LOAD(&p->state) != KVX__RP_DEAD) {
+        for (i = 0; d && i < p->nqp && p->qp[i].dev != d; i++) {}
+        if ((d ? i < p->nqp : p->peer == inst) && KVX__LOAD(&p->state) != KVX__RP_DEAD) {
             kvx__rdma_pair_ref(p);
             out[n++] = p;
         }
@@ -3094,7 +2952,7 @@ static void kvx__rdma_async(kvx__rdma_engine *re, kvx__rdma_dev *d) {
     struct ibv_async_event ev;
     while (re->v.get_async_event(d->ctx, &ev) == 0) {
         enum ibv_event_type t = ev.event_type;
-        const char *name = kvx__rdma_ev_str(&re->v, t);
+        const char *name = re->v.event_type_str ? re->v.event_type_str(t) : "async event";
         kvx__rdma_pair *hit[64];
         int nhit = 0, i;
         char msg[KVX_ERROR_MAX] = "";
@@ -3124,14 +2982,14 @@ static void kvx__rdma_async(kvx__rdma_engine *re, kvx__rdma_dev *d) {
             break;
         case IBV_EVENT_PORT_ERR:
             KVX__STORE(&d->down, 1);
-            nhit = kvx__rdma_pairs_on(re, d, hit, 64);
+            nhit = kvx__rdma_pairs_on(re, d, 0, hit, 64);
             snprintf(msg, sizeof msg, "%s (IBV_EVENT_PORT_ERR): %s port %u went down; check the "
                      "link (ibv_devinfo, rdma link show)", name, d->info.name,
                      (unsigned)d->info.port);
             break;
         case IBV_EVENT_DEVICE_FATAL:
             KVX__STORE(&d->fatal, 1);
-            nhit = kvx__rdma_pairs_on(re, d, hit, 64);
+            nhit = kvx__rdma_pairs_on(re, d, 0, hit, 64);
             snprintf(msg, sizeof msg, "%s (IBV_EVENT_DEVICE_FATAL) on %s: the NIC needs a reset",
                      name, d->info.name);
             break;
@@ -3238,7 +3096,6 @@ static kvx_result kvx__rdma_on_room(kvx_boot *b, kvx_room *r, const kvx_boot_pee
     }
     if (found) {
         kvx__rdma_pair_ref(found);
-        broken[0] = 0;
     } else {
         rr->parked = 1;
         rr->park_deadline = kvx_now_ns() + (uint64_t)(re->cfg.connect_timeout_s * 1e9);
@@ -3309,37 +3166,30 @@ static int kvx__rdma_on_status(kvx_boot *b, kvx_room *r, const kvx_boot_peer *pe
     char why[KVX_ERROR_MAX] = "", who[128];
     int nqp = 0, v, k;
     uint64_t total = 0;
-    if (state == KVX_POLL_FAILED && result == KVX_ERR_TRANSPORT &&
-        kvx_rdma_hello_parse(peer->endpoint, peer->endpoint_len, &h, why, sizeof why) == KVX_OK) {
+    kvx_result hr = kvx_rdma_hello_parse(peer->endpoint, peer->endpoint_len, &h, why, sizeof why);
+    if (state == KVX_POLL_FAILED && result == KVX_ERR_TRANSPORT && hr == KVX_OK) {
         /* the prefill fails a room with KVX_ERR_TRANSPORT only when its
            connection with this engine broke: drop our side too (a receive-
            only queue pair may never notice), so the next receiver redials */
         kvx__rdma_pair *dead[8];
-        int nd = 0, i;
+        int nd, i;
         kvx_room_fail_remote(r, result, "prefill rank %s failed the room: %s", peer->addr,
                       reason && *reason ? reason : "no reason given");
-        pthread_mutex_lock(&re->mu);
-        for (p = re->pairs; p && nd < 8; p = p->next)
-            if (p->peer == h.instance && KVX__LOAD(&p->state) != KVX__RP_DEAD) {
-                kvx__rdma_pair_ref(p);
-                dead[nd++] = p;
-            }
-        pthread_mutex_unlock(&re->mu);
+        nd = kvx__rdma_pairs_on(re, NULL, h.instance, dead, 8);
+        snprintf(why, sizeof why, "prefill %s reports its RDMA connection with this engine "
+                 "broken: %s", peer->addr, reason && *reason ? reason : "no reason given");
         for (i = 0; i < nd; i++) {
-            kvx__rdma_pair_lost(re, dead[i], KVX_ERR_TRANSPORT, "prefill %s reports its RDMA "
-                               "connection with this engine broken: %s", peer->addr,
-                               reason && *reason ? reason : "no reason given");
+            kvx__rdma_pair_down(re, dead[i], KVX_ERR_TRANSPORT, 1, 1, why);
             kvx__rdma_pair_unref(re, dead[i]);
         }
         return 1;
     }
-    if (state == KVX_POLL_TRANSFERRING && result == KVX_ERR_TRANSPORT &&
-        kvx_rdma_hello_parse(peer->endpoint, peer->endpoint_len, &h, why, sizeof why) == KVX_OK) {
+    if (state == KVX_POLL_TRANSFERRING && result == KVX_ERR_TRANSPORT && hr == KVX_OK) {
         kvx__rdma_reconnect(re, h.instance, (uint32_t)bytes, peer->addr, reason);
         return 1;
     }
     if (state != KVX_POLL_SUCCESS || !rr) return 0;
-    if (kvx_rdma_hello_parse(peer->endpoint, peer->endpoint_len, &h, why, sizeof why) != KVX_OK) {
+    if (hr != KVX_OK) {
         kvx_room_fail(r, KVX_ERR_PROTOCOL, "prefill %s: %s", peer->addr, why);
         return 1;
     }
@@ -3434,42 +3284,25 @@ static void kvx__rdma_on_connect(kvx_boot *b, const kvx_boot_peer *peer) {
 
 static void kvx__rdma_on_disconnect(kvx_boot *b, const kvx_boot_peer *peer, const char *reason) {
     kvx__rdma_engine *re = kvx__rdma_bre(b);
-    kvx__rdma_pair **pp, *gone = NULL;
+    kvx__rdma_pair *gone = NULL;
     kvx__rdma_peer **pe;
     kvx_rdma_hello h;
     char why[KVX_ERROR_MAX];
     if (kvx_rdma_hello_parse(peer->endpoint, peer->endpoint_len, &h, why, sizeof why) != KVX_OK) return;
     pthread_mutex_lock(&re->mu);
     kvx__rdma_take(&re->acc, h.instance, 0, &gone);
-    for (pp = &re->pairs; *pp;) {
-        if ((*pp)->peer == h.instance) {
-            kvx__rdma_pair *o = *pp;
-            *pp = o->next;
-            o->listed = 0;
-            o->grave_next = gone;
-            gone = o;
-            continue;
-        }
-        pp = &(*pp)->next;
-    }
-    for (pe = &re->peers; *pe;) {
-        if ((*pe)->instance == h.instance) {
-            kvx__rdma_peer *x = *pe;
-            *pe = x->next;
-            kvx_engine_free(re->e, x);
-            continue;
-        }
-        pe = &(*pe)->next;
+    kvx__rdma_take(&re->pairs, h.instance, 0, &gone);
+    for (pe = &re->peers; *pe && (*pe)->instance != h.instance; pe = &(*pe)->next) {}
+    if (*pe) { /* one per instance (on_connect) */
+        kvx__rdma_peer *x = *pe;
+        *pe = x->next;
+        kvx_engine_free(re->e, x);
     }
     pthread_mutex_unlock(&re->mu);
-    while (gone) {
-        kvx__rdma_pair *o = gone;
-        gone = o->grave_next;
-        kvx__rdma_pair_lost(re, o, KVX_ERR_PEER_LOST, "lost the control connection with %s %s: %s",
-                           re->role == KVX_ROLE_PREFILL ? "decode" : "prefill", peer->addr,
-                           reason ? reason : "closed");
-        kvx__rdma_pair_unref(re, o);
-    }
+    snprintf(why, sizeof why, "lost the control connection with %s %s: %s",
+             re->role == KVX_ROLE_PREFILL ? "decode" : "prefill", peer->addr,
+             reason ? reason : "closed");
+    kvx__rdma_kill_all(re, gone, KVX_ERR_PEER_LOST, 1, "%s", why);
 }
 
 /* >>rdma: backend hooks --------------------------------------------------------------- */
@@ -3503,14 +3336,13 @@ static kvx_result kvx__rdma_sender_init(kvx_room *r, uint32_t n, int32_t aux) {
     kvx__rdma_room *rr = kvx__rdma_rr(r);
     uint32_t want = kvx_boot_room_dst_pages(re->boot, r);
     if (n != want) {
-        kvx__rdma_tx_fail(re, r, KVX_ERR_INVALID_ARGUMENT,
-                          "init declares %u pages but %s asked for %u", n,
-                          rr->decode_addr[0] ? rr->decode_addr : "the decode side", want);
+        kvx_room_fail(r, KVX_ERR_INVALID_ARGUMENT, "init declares %u pages but %s asked for %u", n,
+                      rr->decode_addr[0] ? rr->decode_addr : "the decode side", want);
         return KVX_ERR_INVALID_ARGUMENT;
     }
     if (rr->x.dst_aux >= 0 && kvx_engine_layout(re->e)->num_aux && aux < 0) {
-        kvx__rdma_tx_fail(re, r, KVX_ERR_INVALID_ARGUMENT, "%s asked for aux rows (slot %d) but "
-                          "init gave no aux index", rr->decode_addr, (int)rr->x.dst_aux);
+        kvx_room_fail(r, KVX_ERR_INVALID_ARGUMENT, "%s asked for aux rows (slot %d) but init "
+                      "gave no aux index", rr->decode_addr, (int)rr->x.dst_aux);
         return KVX_ERR_INVALID_ARGUMENT;
     }
     rr->x.src_aux = aux;
@@ -3530,8 +3362,9 @@ static kvx_result kvx__rdma_sender_send(kvx_room *r, kvx_chunk *c) {
     if (!rr->pair) { /* the connection with the decode side is not up yet */
         if (rr->nchunks == rr->cchunks) {
             uint32_t nc = rr->cchunks ? rr->cchunks * 2 : 8;
-            kvx_chunk **nv =
-                (kvx_chunk **)kvx__rdma_grow(re, rr->chunks, rr->cchunks, nc, sizeof *nv);
+            kvx_chunk **nv = (kvx_chunk **)kvx__grow(&kvx_engine_settings(re->e)->allocator,
+                                                     rr->chunks, rr->cchunks * sizeof *nv,
+                                                     nc * sizeof *nv);
             if (!nv) {
                 pthread_mutex_unlock(&rr->x.mu);
                 kvx_chunk_free(re->e, c);
@@ -3556,6 +3389,7 @@ static kvx_result kvx__rdma_receiver_init(kvx_room *r, const int32_t *pages, uin
     kvx__rdma_room *rr = kvx__rdma_rr(r);
     const kvx_layout *l = kvx_engine_layout(re->e);
     kvx__rdma_peer *pe;
+    kvx_result res;
     int dialing = 0;
     rr->expected = (uint64_t)n * kvx_layout_page_bytes(l);
     if (aux >= 0) rr->expected += kvx_layout_aux_row_bytes(l);
@@ -3564,7 +3398,7 @@ static kvx_result kvx__rdma_receiver_init(kvx_room *r, const int32_t *pages, uin
        prefill never plans it on the connection it is replacing */
     pthread_mutex_lock(&re->mu);
     for (pe = re->peers; pe; pe = pe->next) {
-        if (!kvx__rdma_peer_serves(pe, rr)) continue;
+        if (!KVX__RDMA_SERVES(pe, rr)) continue;
         if (!pe->pair || KVX__LOAD(&pe->pair->state) == KVX__RP_DEAD) kvx__rdma_dial_locked(re, pe);
         if (KVX__RDMA_DIALING(pe)) dialing = 1;
     }
@@ -3590,12 +3424,9 @@ static kvx_result kvx__rdma_receiver_init(kvx_room *r, const int32_t *pages, uin
                                  "waits for it");
         return KVX_OK;
     }
-    if (kvx__rdma_rx_insert(re, rr) != KVX_OK) {
-        pthread_mutex_unlock(&re->rx_mu);
-        return KVX_ERR_NO_MEMORY;
-    }
+    res = kvx__rdma_rx_insert(re, rr);
     pthread_mutex_unlock(&re->rx_mu);
-    return kvx_boot_receiver_init(re->boot, r, pages, n, aux);
+    return res != KVX_OK ? res : kvx_boot_receiver_init(re->boot, r, pages, n, aux);
 }
 
 /* The room failed by this side's decision (a refused argument, a local
@@ -3608,7 +3439,9 @@ static void kvx__rdma_room_failed(kvx_room *r) {
     kvx__rdma_room *rr = kvx__rdma_rr(r);
     if (!re) return;
     if (re->role == KVX_ROLE_PREFILL && rr) kvx__rdma_cancel_room(re, rr);
-    kvx__rdma_tell_peer(re, r);
+    /* the prefill sends status Failed (kvx_boot answers a room frame that
+       has not arrived yet with an abort), the decode side an abort */
+    kvx_boot_room_failed(re->boot, r);
 }
 
 /* Takes rr off list *head (re->parked under re->mu, re->deferred under
@@ -3676,7 +3509,7 @@ static void kvx__rdma_rx_close(kvx__rdma_engine *re, kvx__rdma_room *rr) {
     if (kvx_room_poll(rr->x.room) != KVX_POLL_SUCCESS) {
         pthread_mutex_lock(&re->mu);
         for (p = re->pairs; p && np < 16; p = p->next)
-            if (KVX__LOAD(&p->state) == KVX__RP_READY && kvx__rdma_pair_serves(p, rr)) {
+            if (KVX__LOAD(&p->state) == KVX__RP_READY && KVX__RDMA_SERVES(p, rr)) {
                 kvx__rdma_pair_ref(p);
                 ps[np++] = p;
             }
@@ -3722,20 +3555,9 @@ static void kvx__rdma_room_close(kvx_room *r) {
 static void kvx__rdma_progress(kvx_engine *e) {
     kvx__rdma_engine *re = kvx__rdma_re(e);
     kvx__rdma_room *expired = NULL, *rr, **pp, *go = NULL;
-    uint64_t now = kvx_now_ns();
     if (re->role == KVX_ROLE_PREFILL) {
         pthread_mutex_lock(&re->mu);
-        for (pp = &re->parked; *pp;) {
-            rr = *pp;
-            if (now > rr->park_deadline || kvx_room_poll(rr->x.room) == KVX_POLL_FAILED) {
-                *pp = rr->lnext;
-                rr->parked = 0;
-                rr->lnext = expired;
-                expired = rr;
-                continue;
-            }
-            pp = &rr->lnext;
-        }
+        kvx__rdma_unpark(re, 0, kvx_now_ns(), &expired);
         pthread_mutex_unlock(&re->mu);
         while (expired) {
             rr = expired;
@@ -3744,10 +3566,9 @@ static void kvx__rdma_progress(kvx_engine *e) {
                connected (its READY was lost) then retires its side and
                the next receiver redials */
             if (kvx_room_poll(rr->x.room) != KVX_POLL_FAILED)
-                kvx__rdma_tx_fail(re, rr->x.room, KVX_ERR_TRANSPORT,
-                                  "no RDMA connection from %s within %.0f s (KVX_IB_CONNECT_TIMEOUT): "
-                                  "the queue-pair exchange did not complete",
-                                  rr->decode_addr, re->cfg.connect_timeout_s);
+                kvx_room_fail(rr->x.room, KVX_ERR_TRANSPORT, "no RDMA connection from %s within "
+                              "%.0f s (KVX_IB_CONNECT_TIMEOUT): the queue-pair exchange did not "
+                              "complete", rr->decode_addr, re->cfg.connect_timeout_s);
             kvx_room_unref(rr->x.room);
         }
     }
@@ -3764,7 +3585,7 @@ static void kvx__rdma_progress(kvx_engine *e) {
             int wait = 0, failed;
             rr = *pp;
             failed = kvx_room_poll(rr->x.room) == KVX_POLL_FAILED;
-            for (k = 0; k < nd && !wait; k++) wait = kvx__rdma_peer_serves(&dialing[k], rr);
+            for (k = 0; k < nd && !wait; k++) wait = KVX__RDMA_SERVES(&dialing[k], rr);
             if (failed || (!wait && !kvx__rdma_rx_find(re, rr->tag))) {
                 *pp = rr->lnext;
                 rr->deferred = 0;
@@ -3799,17 +3620,14 @@ static void kvx__rdma_progress(kvx_engine *e) {
 
 static void kvx__rdma_free(kvx__rdma_engine *re) {
     kvx__rdma_pair *p;
+    kvx__rdma_pair **lists[2] = {&re->pairs, &re->acc};
     int d;
-    if (re->boot) kvx_boot_destroy(re->boot);
-    re->boot = NULL;
-    while ((p = re->pairs) != NULL) {
-        re->pairs = p->next;
-        kvx__rdma_pair_destroy(re, p);
-    }
-    while ((p = re->acc) != NULL) {
-        re->acc = p->next;
-        kvx__rdma_pair_destroy(re, p);
-    }
+    kvx_boot_destroy(re->boot); /* first: no hook runs after it */
+    for (d = 0; d < 2; d++)
+        while ((p = *lists[d]) != NULL) {
+            *lists[d] = p->next;
+            kvx__rdma_pair_destroy(re, p);
+        }
     kvx__rdma_bury(re);
     while (re->peers) {
         kvx__rdma_peer *x = re->peers;
@@ -3817,7 +3635,7 @@ static void kvx__rdma_free(kvx__rdma_engine *re) {
         kvx_engine_free(re->e, x);
     }
     for (d = 0; d < re->ndev; d++) kvx__rdma_dev_close(re, &re->dev[d]);
-    kvx__rdma_unload(&re->v);
+    if (re->v.lib) dlclose(re->v.lib);
     if (re->wake_rd >= 0) close(re->wake_rd);
     if (re->wake_wr >= 0) close(re->wake_wr);
     pthread_mutex_destroy(&re->mu);
@@ -3836,10 +3654,8 @@ static void kvx__rdma_engine_fini(kvx_engine *e) {
     pthread_mutex_unlock(&re->mu);
     KVX__STORE(&re->stop, 1);
     kvx__workq_destroy(re->cmq);
-    re->cmq = NULL;
     kvx__wake(re->wake_wr);
     if (re->thread_started) pthread_join(re->thread, NULL);
-    re->thread_started = 0;
     kvx__rdma_free(re);
     kvx_engine_set_backend_data(e, NULL);
 }
@@ -3848,10 +3664,13 @@ static kvx_result kvx__rdma_engine_init(kvx_engine *e, char *why, size_t wl) {
     kvx__rdma_engine *re = (kvx__rdma_engine *)kvx_engine_alloc(e, sizeof *re);
     kvx_boot_hooks hooks;
     kvx_rdma_hello h;
+    uint8_t hello[KVX_RDMA_HELLO_FIXED + KVX_RDMA_DEV_ENTRY * KVX_RDMA_MAX_DEVS];
     kvx_result r;
+    char devs[1024] = "";
     int d;
     if (!re) return KVX_ERR_NO_MEMORY;
     memset(re, 0, sizeof *re);
+    kvx_engine_set_backend_data(e, re); /* so every failure below ends in engine_fini */
     re->e = e;
     re->role = kvx_engine_settings(e)->role;
     re->wake_rd = re->wake_wr = -1;
@@ -3862,20 +3681,6 @@ static kvx_result kvx__rdma_engine_init(kvx_engine *e, char *why, size_t wl) {
     if ((r = kvx__rdma_settings(re, why, wl)) != KVX_OK) goto fail;
     if ((r = kvx__rdma_load(&re->v, re->cfg.library, why, wl)) != KVX_OK) goto fail;
     if ((r = kvx__rdma_open_devices(re, why, wl)) != KVX_OK) goto fail;
-    for (d = 0; d < re->ndev; d++) {
-        kvx__rdma_dev *dv = &re->dev[d];
-        dv->pd = re->v.alloc_pd(dv->ctx);
-        dv->ch = dv->pd ? re->v.create_comp_channel(dv->ctx) : NULL;
-        if (!dv->pd || !dv->ch) {
-            kvx__set_why(why, wl, "cannot allocate a protection domain and completion channel on "
-                         "%s: %s", dv->info.name, strerror(errno));
-            r = KVX_ERR_TRANSPORT;
-            goto fail;
-        }
-        kvx__nonblock(dv->ch->fd, 1);
-        kvx__nonblock(dv->ctx->async_fd, 1);
-        if ((r = kvx__rdma_register_pool(re, dv, why, wl)) != KVX_OK) goto fail;
-    }
     re->instance = kvx__rdma_random64();
     memset(&h, 0, sizeof h);
     h.role = (uint16_t)re->role;
@@ -3883,7 +3688,6 @@ static kvx_result kvx__rdma_engine_init(kvx_engine *e, char *why, size_t wl) {
     h.qps = (uint16_t)re->cfg.qps;
     h.ndev = (uint16_t)re->ndev;
     for (d = 0; d < re->ndev; d++) h.dev[d] = re->dev[d].info;
-    re->hello_len = kvx_rdma_hello_encode(&h, re->hello, sizeof re->hello);
     if (kvx__pipe(&re->wake_rd, &re->wake_wr)) {
         kvx__set_why(why, wl, "cannot create pipes: %s", strerror(errno));
         r = KVX_ERR_IO;
@@ -3899,7 +3703,6 @@ static kvx_result kvx__rdma_engine_init(kvx_engine *e, char *why, size_t wl) {
         goto fail;
     }
     re->thread_started = 1;
-    kvx_engine_set_backend_data(e, re);
     memset(&hooks, 0, sizeof hooks);
     hooks.user = re;
     hooks.on_room = kvx__rdma_on_room;
@@ -3908,51 +3711,30 @@ static kvx_result kvx__rdma_engine_init(kvx_engine *e, char *why, size_t wl) {
     hooks.on_connect = kvx__rdma_on_connect;
     hooks.on_disconnect = kvx__rdma_on_disconnect;
     hooks.on_message = kvx__rdma_on_message;
-    if ((r = kvx_boot_create(e, &hooks, re->hello, re->hello_len, &re->boot, why, wl)) != KVX_OK) {
-        re->boot = NULL;
-        kvx__rdma_engine_fini(e);
-        return r;
-    }
-    {
-        char devs[1024] = "";
-        for (d = 0; d < re->ndev; d++)
-            snprintf(devs + strlen(devs), sizeof devs - strlen(devs), "%s%s:%u (%s, MTU %d)",
-                     d ? ", " : "", re->dev[d].info.name, (unsigned)re->dev[d].info.port,
-                     re->dev[d].info.link_layer == 2 ? "RoCE" : "IB", 128 << re->dev[d].info.mtu);
-        kvx_engine_log(e, KVX_LOG_INFO, "kvx.rdma", 0, "%s engine on %s via %s",
-                       re->role == KVX_ROLE_PREFILL ? "prefill" : "decode", devs, re->v.path);
-    }
+    r = kvx_boot_create(e, &hooks, hello, kvx_rdma_hello_encode(&h, hello, sizeof hello),
+                        &re->boot, why, wl); /* it keeps a copy of the endpoint blob */
+    if (r != KVX_OK) goto fail;
+    for (d = 0; d < re->ndev; d++)
+        snprintf(devs + strlen(devs), sizeof devs - strlen(devs), "%s%s:%u (%s, MTU %d)",
+                 d ? ", " : "", re->dev[d].info.name, (unsigned)re->dev[d].info.port,
+                 re->dev[d].info.link_layer == 2 ? "RoCE" : "IB", 128 << re->dev[d].info.mtu);
+    kvx_engine_log(e, KVX_LOG_INFO, "kvx.rdma", 0, "%s engine on %s via %s",
+                   re->role == KVX_ROLE_PREFILL ? "prefill" : "decode", devs, re->v.path);
     return KVX_OK;
 fail:
-    if (re->cmq) { KVX__STORE(&re->stop, 1); kvx__workq_destroy(re->cmq); re->cmq = NULL; }
-    if (re->thread_started) {
-        KVX__STORE(&re->stop, 1);
-        kvx__wake(re->wake_wr);
-        pthread_join(re->thread, NULL);
-    }
-    kvx__rdma_free(re);
-    kvx_engine_set_backend_data(e, NULL);
+    kvx__rdma_engine_fini(e);
     return r;
 }
 
 KVX_API kvx_result kvx_rdma_stats_get(const kvx_engine *e, kvx_rdma_stats *out) {
     const kvx__rdma_engine *re;
+    size_t i;
     if (!e || !out || strcmp(kvx_engine_transport(e), "rdma")) return KVX_ERR_INVALID_ARGUMENT;
     re = kvx__rdma_re(e);
     if (!re) return KVX_ERR_STATE;
-    out->chunks = KVX__LOAD(&re->st.chunks);
-    out->spans = KVX__LOAD(&re->st.spans);
-    out->wrs = KVX__LOAD(&re->st.wrs);
-    out->imm_wrs = KVX__LOAD(&re->st.imm_wrs);
-    out->zero_len_wrs = KVX__LOAD(&re->st.zero_len_wrs);
-    out->posts = KVX__LOAD(&re->st.posts);
-    out->signaled = KVX__LOAD(&re->st.signaled);
-    out->bytes = KVX__LOAD(&re->st.bytes);
-    out->completions = KVX__LOAD(&re->st.completions);
-    out->imm_received = KVX__LOAD(&re->st.imm_received);
-    out->pairs = KVX__LOAD(&re->st.pairs);
-    out->errors = KVX__LOAD(&re->st.errors);
-    out->cm_refused = KVX__LOAD(&re->st.cm_refused);
+    /* kvx_rdma_stats holds uint64_t counters only: an atomic load each */
+    for (i = 0; i < sizeof *out / sizeof(uint64_t); i++)
+        ((uint64_t *)(void *)out)[i] = KVX__LOAD((const uint64_t *)(const void *)&re->st + i);
     return KVX_OK;
 }
 

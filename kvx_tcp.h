@@ -29,12 +29,12 @@
      and queues the plan on the link; each stream thread
      (kvx__tcp_stream_main) cuts a frame from the queue (kvx__tcp_carve) and
      sends it with one sendmsg, an iovec per span, straight from the pool
-     pages (kvx__tcp_send_frame, kvx__tcp_sendv; GPU pools through a pinned
+     pages (kvx__tcp_send_frame, kvx__tcp_io; GPU pools through a pinned
      stage and desc.mem.copy). Decode: the data listener is announced (host,
      port, 16-byte random token) in the endpoint of its kvx_boot hello;
      kvx__tcp_on_data checks a DATA frame's segments, kvx__tcp_read_payload
      reads the payload with recvmsg straight into the destination pages
-     (kvx__tcp_recvv), and kvx__tcp_recv_finish acknowledges a complete room.
+     (kvx__tcp_io), and kvx__tcp_recv_finish acknowledges a complete room.
 
    EXAMPLE (two hosts; error handling shortened)
        // given: kvx_layout pool_layout; const int32_t *pages; uint32_t n, k;
@@ -417,6 +417,8 @@ KVX_API void kvx_tcp_header_encode(const kvx_tcp_header *h, void *out32) {
 
 KVX_API kvx_result kvx_tcp_header_decode(const void *in32, kvx_tcp_header *h, char *why,
                                          size_t wl) {
+    static const uint64_t fixed[] = {0, KVX__TCP_HELLO_BODY, 0, KVX__TCP_ACK_BODY, 0,
+                                     KVX__TCP_AUTH_BODY, KVX__TCP_PROOF_BODY}; /* by type */
     const uint8_t *p = (const uint8_t *)in32;
     uint64_t seg_bytes;
     memset(h, 0, sizeof *h);
@@ -441,16 +443,10 @@ KVX_API kvx_result kvx_tcp_header_decode(const void *in32, kvx_tcp_header *h, ch
     }
     switch (h->type) {
     case KVX_TCP_HELLO:
-        if (h->count || h->body_len != KVX__TCP_HELLO_BODY) break;
-        return KVX_OK;
     case KVX_TCP_ACK:
-        if (h->count || h->body_len != KVX__TCP_ACK_BODY) break;
-        return KVX_OK;
     case KVX_TCP_AUTH:
-        if (h->count || h->body_len != KVX__TCP_AUTH_BODY) break;
-        return KVX_OK;
     case KVX_TCP_PROOF:
-        if (h->count || h->body_len != KVX__TCP_PROOF_BODY) break;
+        if (h->count || h->body_len != fixed[h->type]) break;
         return KVX_OK;
     case KVX_TCP_ERROR:
         if (h->count || h->body_len < 8 || h->body_len > 8 + KVX_TCP_MAX_REASON) break;
@@ -525,7 +521,6 @@ struct kvx__tcp_job {
     kvx_plan plan;
     size_t span;     /* cursor: next span, bytes of it already carved */
     uint64_t off;
-    int aux;         /* the aux rows, not KV */
     int queued;      /* still in the link queue (has bytes to carve) */
     int dropped;     /* its room failed or closed: the rest is not sent */
     int inflight;    /* frames carved and not yet sent */
@@ -613,7 +608,6 @@ struct kvx__tcp_room {
     kvx__tcp_link *link;
     int32_t *dst_pages;
     uint32_t ndst;
-    int inited;
     uint32_t jobs_open;  /* under link->mu */
     int last_queued, aux_queued, all_sent;
     kvx__tcp_job *aux_job;
@@ -625,6 +619,7 @@ struct kvx__tcp_room {
     uint64_t *bitmap;    /* atomic words: bit (buffer * npages + position) received */
     uint32_t aux_mask;   /* atomic: aux rows received */
     int32_t aux_index;
+    kvx_plan aux_plan;   /* packed staging row -> the aux slot (span i: aux buffer i) */
     uint8_t *aux_stage;
     uint64_t expected;
     uint64_t remaining;  /* atomic */
@@ -640,17 +635,13 @@ struct kvx__tcp_engine {
     kvx_engine *engine;
     kvx_boot *boot;
     kvx_role role;
-    /* settings */
-    int streams;
+    kvx_tcp_desc set;    /* the resolved settings (kvx__tcp_table); set.host: see host */
     char host[64];
-    uint64_t segment;
-    int sockbuf;
-    double timeout_s;
     int staged;
     kvx_mem_ops mem;
     uint64_t stage_bytes; /* prefill: largest frame payload (segment, a page, the aux rows) */
-    uint64_t aux_off[KVX_MAX_AUX]; /* decode: aux buffer i's row in a room's aux staging row */
     kvx_buffer *peer_bufs; /* our buffers with a huge length: the decode pool's shape */
+    kvx_aux_buffer peer_aux[KVX_MAX_AUX]; /* the same for the aux buffers */
     kvx_layout peer_layout;
     uint64_t instance;
     const uint8_t *key;  /* kvx_engine_auth_key: NULL = keyless */
@@ -709,10 +700,10 @@ static void kvx__tcp_timeo(int fd, int opt, double s) {
 static void kvx__tcp_sockopts(kvx__tcp_engine *te, int fd) {
     kvx__nonblock(fd, 0); /* blocking I/O, bounded by the timeouts below */
     kvx__nodelay(fd); /* ACKs and aux go at once */
-    kvx__tcp_timeo(fd, SO_SNDTIMEO, te->timeout_s);
-    kvx__tcp_timeo(fd, SO_RCVTIMEO, te->timeout_s);
-    if (te->sockbuf > 0) {
-        int want = te->sockbuf, got = 0;
+    kvx__tcp_timeo(fd, SO_SNDTIMEO, te->set.timeout_s);
+    kvx__tcp_timeo(fd, SO_RCVTIMEO, te->set.timeout_s);
+    if (te->set.sockbuf > 0) {
+        int want = te->set.sockbuf, got = 0;
         socklen_t sl = sizeof got;
         setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &want, sizeof want);
         setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &want, sizeof want);
@@ -724,64 +715,38 @@ static void kvx__tcp_sockopts(kvx__tcp_engine *te, int fd) {
     }
 }
 
-/* Sends the whole iovec (modified). 0 or an errno. */
-static int kvx__tcp_sendv(int fd, struct iovec *v, int n) {
-    while (n) {
-        struct msghdr m;
-        ssize_t k;
-        memset(&m, 0, sizeof m);
-        m.msg_iov = v;
-        m.msg_iovlen = (size_t)n;
-        k = sendmsg(fd, &m, MSG_NOSIGNAL);
-        if (k < 0 && errno == EINTR) continue;
-        if (k < 0) return errno == EAGAIN || errno == EWOULDBLOCK ? ETIMEDOUT : errno;
-        kvx__iov_advance(&v, &n, (size_t)k);
-    }
-    return 0;
-}
-
-static int kvx__tcp_send(int fd, const void *p, size_t len) {
-    struct iovec v;
-    v.iov_base = (void *)p;
-    v.iov_len = len;
-    return kvx__tcp_sendv(fd, &v, 1);
-}
-
-/* Receives exactly the iovec (modified). 0; KVX__TCP_EOF when the peer
-   closed before the first byte; KVX__TCP_CUT when it closed after some;
-   otherwise an errno. idle_ok: a receive timeout before the first byte is
-   not an error (a connection may sit idle between frames). *got: bytes read. */
-static int kvx__tcp_recvv(int fd, struct iovec *v, int n, int idle_ok, uint64_t *got) {
+/* Sends (send 1) or receives exactly the iovec (modified). 0 or an errno;
+   receiving, KVX__TCP_EOF when the peer closed before the first byte and
+   KVX__TCP_CUT when it closed after some. idle_ok: a receive timeout before
+   the first byte is not an error (a connection may sit idle between
+   frames). *got: bytes moved. */
+static int kvx__tcp_io(int fd, struct iovec *v, int n, int send, int idle_ok, uint64_t *got) {
     uint64_t total = 0;
+    ssize_t k = 0;
     while (n) {
         struct msghdr m;
-        ssize_t k;
         memset(&m, 0, sizeof m);
         m.msg_iov = v;
         m.msg_iovlen = (size_t)n;
-        k = recvmsg(fd, &m, MSG_WAITALL);
+        k = send ? sendmsg(fd, &m, MSG_NOSIGNAL) : recvmsg(fd, &m, MSG_WAITALL);
         if (k < 0 && errno == EINTR) continue;
         if (k < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) && idle_ok && total == 0) continue;
-        if (k < 0) {
-            if (got) *got = total;
-            return errno == EAGAIN || errno == EWOULDBLOCK ? ETIMEDOUT : errno;
-        }
-        if (k == 0) {
-            if (got) *got = total;
-            return total ? KVX__TCP_CUT : KVX__TCP_EOF;
-        }
+        if (k < 0 || (k == 0 && !send)) break;
         total += (uint64_t)k;
         kvx__iov_advance(&v, &n, (size_t)k);
     }
     if (got) *got = total;
-    return 0;
+    if (!n) return 0;
+    if (k == 0) return total ? KVX__TCP_CUT : KVX__TCP_EOF;
+    return errno == EAGAIN || errno == EWOULDBLOCK ? ETIMEDOUT : errno;
 }
 
-static int kvx__tcp_recv(int fd, void *p, size_t len, int idle_ok) {
+/* kvx__tcp_io of one buffer. */
+static int kvx__tcp_io1(int fd, const void *p, size_t len, int send, int idle_ok) {
     struct iovec v;
-    v.iov_base = p;
+    v.iov_base = (void *)p;
     v.iov_len = len;
-    return kvx__tcp_recvv(fd, &v, 1, idle_ok, NULL);
+    return kvx__tcp_io(fd, &v, 1, send, idle_ok, NULL);
 }
 
 /* Receives exactly len bytes before deadline_ns (CLOCK_MONOTONIC), however
@@ -864,8 +829,8 @@ static void kvx__tcp_job_done(kvx__tcp_link *lk, kvx__tcp_job *j) {
         tr->all_sent = 1;
         snprintf(tr->ack_what, sizeof tr->ack_what,
                  "no ACK from decode %s after the last byte left (KVX_TCP_TIMEOUT %g s)", lk->name,
-                 lk->te->timeout_s);
-        kvx_room_set_deadline(tr->x.room, kvx_now_ns() + (uint64_t)(lk->te->timeout_s * 1e9),
+                 lk->te->set.timeout_s);
+        kvx_room_set_deadline(tr->x.room, kvx_now_ns() + (uint64_t)(lk->te->set.timeout_s * 1e9),
                               tr->ack_what);
     }
 }
@@ -877,8 +842,8 @@ static int kvx__tcp_carve(kvx__tcp_link *lk, kvx__tcp_stream *st, kvx__tcp_frame
     for (;;) {
         kvx__tcp_job *j = lk->qhead;
         kvx__tcp_room *tr;
-        uint64_t budget = te->segment, sum = 0;
-        uint32_t n = 0, i;
+        uint64_t budget = te->set.segment, sum = 0;
+        uint32_t n = 0;
         if (!j) return 0;
         tr = j->tr;
         if (tr->closing || kvx__room_terminal(tr->x.room)) {
@@ -887,53 +852,40 @@ static int kvx__tcp_carve(kvx__tcp_link *lk, kvx__tcp_stream *st, kvx__tcp_frame
             if (!j->inflight) kvx__tcp_job_done(lk, j);
             continue;
         }
-        if (j->aux) {
-            for (i = 0; i < l->num_aux; i++, n++) {
-                kvx__tcp_piece *p = &st->pieces[n];
-                uint64_t item = l->aux[i].item_len;
-                p->seg.buffer = i;
-                p->seg.flags = KVX_TCP_SEG_AUX;
-                p->seg.dst_offset = (uint64_t)tr->x.dst_aux * item;
-                p->seg.length = item;
-                p->src = (char *)l->aux[i].base + (uint64_t)tr->x.src_aux * item;
-                p->device = -1;
-                sum += item;
-            }
-            kvx__tcp_queue_remove(lk, j);
-        } else {
-            while (j->span < j->plan.count && n < KVX_TCP_MAX_SEGS) {
-                const kvx_span *sp = &j->plan.spans[j->span];
-                const kvx_buffer *b = &l->buffers[sp->buffer];
-                kvx__tcp_piece *p = &st->pieces[n];
-                uint64_t take = sp->length - j->off;
-                if (take > budget) {
-                    take = budget / b->item_len * b->item_len;
-                    if (!take) {
-                        if (n) break;
-                        take = b->item_len; /* a page larger than a segment goes alone */
-                    }
+        while (j->span < j->plan.count && n < KVX_TCP_MAX_SEGS) {
+            const kvx_span *sp = &j->plan.spans[j->span];
+            int aux = sp->kind == KVX_SPAN_AUX;
+            const kvx_buffer *b = aux ? NULL : &l->buffers[sp->buffer];
+            uint64_t item = aux ? l->aux[sp->buffer].item_len : b->item_len;
+            kvx__tcp_piece *p = &st->pieces[n];
+            uint64_t take = sp->length - j->off;
+            if (take > budget) {
+                take = budget / item * item;
+                if (!take) {
+                    if (n) break;
+                    take = item; /* a page (an aux row) larger than a segment goes alone */
                 }
-                p->seg.buffer = sp->buffer;
-                p->seg.flags = 0;
-                p->seg.dst_offset = sp->dst_offset + j->off;
-                p->seg.length = take;
-                p->src = (char *)b->base + sp->src_offset + j->off;
-                p->device = b->mem == KVX_MEM_HOST ? -1 : b->device;
-                n++;
-                sum += take;
-                budget = take >= budget ? 0 : budget - take;
-                j->off += take;
-                if (j->off == sp->length) {
-                    j->span++;
-                    j->off = 0;
-                }
-                if (!budget) break;
             }
-            if (j->span == j->plan.count) kvx__tcp_queue_remove(lk, j);
-            if (!n) { /* an empty chunk */
-                if (!j->inflight) kvx__tcp_job_done(lk, j);
-                continue;
+            p->seg.buffer = sp->buffer;
+            p->seg.flags = aux ? KVX_TCP_SEG_AUX : 0;
+            p->seg.dst_offset = sp->dst_offset + j->off;
+            p->seg.length = take;
+            p->src = (char *)kvx_span_addr(l, sp, 0) + j->off;
+            p->device = aux || b->mem == KVX_MEM_HOST ? -1 : b->device;
+            n++;
+            sum += take;
+            budget = take >= budget ? 0 : budget - take;
+            j->off += take;
+            if (j->off == sp->length) {
+                j->span++;
+                j->off = 0;
             }
+            if (!budget) break;
+        }
+        if (j->span == j->plan.count) kvx__tcp_queue_remove(lk, j);
+        if (!n) { /* an empty chunk */
+            if (!j->inflight) kvx__tcp_job_done(lk, j);
+            continue;
         }
         j->inflight++;
         tr->busy++;
@@ -967,7 +919,7 @@ static int kvx__tcp_send_frame(kvx__tcp_stream *st, const kvx__tcp_frame *f, cha
             st->iov[1 + i].iov_base = st->pieces[i].src;
             st->iov[1 + i].iov_len = (size_t)st->pieces[i].seg.length;
         }
-        return kvx__tcp_sendv(st->fd, st->iov, 1 + (int)f->n);
+        return kvx__tcp_io(st->fd, st->iov, 1 + (int)f->n, 1, 0, NULL);
     }
     for (i = 0; i < f->n; i++) {
         kvx__tcp_piece *p = &st->pieces[i];
@@ -986,7 +938,7 @@ static int kvx__tcp_send_frame(kvx__tcp_stream *st, const kvx__tcp_frame *f, cha
         return KVX__TCP_DEVICE_ERR;
     st->iov[1].iov_base = st->stage;
     st->iov[1].iov_len = (size_t)f->payload;
-    return kvx__tcp_sendv(st->fd, st->iov, 2);
+    return kvx__tcp_io(st->fd, st->iov, 2, 1, 0, NULL);
 }
 
 /* After a frame: its pages are no longer read. */
@@ -1028,17 +980,10 @@ static void kvx__tcp_link_kill(kvx__tcp_link *lk, const char *fmt, ...) {
         if (lk->streams[k].fd >= 0) shutdown(lk->streams[k].fd, SHUT_RDWR);
     pthread_cond_broadcast(&lk->cv);
     kvx__wake(lk->wake[1]);
-    for (tr = lk->rooms; tr; tr = tr->lnext) {
+    for (tr = lk->rooms; tr; tr = tr->lnext) cap++;
+    rs = cap ? (kvx_room **)kvx_engine_alloc(e, cap * sizeof *rs) : NULL; /* NULL: they time out */
+    for (tr = lk->rooms; rs && tr; tr = tr->lnext) {
         if (kvx__room_terminal(tr->x.room)) continue;
-        if (n == cap) {
-            size_t nc = cap ? cap * 2 : 16;
-            kvx_room **nr = (kvx_room **)kvx_engine_alloc(e, nc * sizeof *nr);
-            if (!nr) break; /* the rest still time out */
-            if (n) memcpy(nr, rs, n * sizeof *nr);
-            kvx_engine_free(e, rs);
-            rs = nr;
-            cap = nc;
-        }
         kvx_room_ref(tr->x.room);
         rs[n++] = tr->x.room;
     }
@@ -1078,7 +1023,7 @@ static void kvx__tcp_link_kill(kvx__tcp_link *lk, const char *fmt, ...) {
 static void kvx__tcp_link_lost(kvx__tcp_link *lk, const char *fmt, ...) KVX_PRINTF(2, 3);
 static void kvx__tcp_link_lost(kvx__tcp_link *lk, const char *fmt, ...) {
     va_list ap;
-    double grace = lk->te->timeout_s < KVX__TCP_LOSS_GRACE_S ? lk->te->timeout_s
+    double grace = lk->te->set.timeout_s < KVX__TCP_LOSS_GRACE_S ? lk->te->set.timeout_s
                                                              : KVX__TCP_LOSS_GRACE_S;
     pthread_mutex_lock(&lk->mu);
     if (!lk->dead && !lk->lost_why[0]) {
@@ -1107,9 +1052,12 @@ static void kvx__tcp_thread_exit(kvx__tcp_link *lk) {
     KVX__STORE(&lk->te->reap, 1);
 }
 
-/* The reason in an ERROR body (rl bytes at p), printable. */
-static void kvx__tcp_reason(const uint8_t *p, uint32_t rl, char *out, size_t n) {
-    uint32_t i;
+/* The reason in an ERROR body of body_len (>= 8, checked by the header
+   decoder) bytes, printable; rl bounded by the body. */
+static void kvx__tcp_reason(const uint8_t *body, uint64_t body_len, char *out, size_t n) {
+    const uint8_t *p = body + 8;
+    uint32_t i, rl = kvx__le_r32(body + 4);
+    if (rl > body_len - 8) rl = (uint32_t)(body_len - 8);
     if (rl >= n) rl = (uint32_t)n - 1;
     for (i = 0; i < rl; i++) out[i] = (p[i] < 0x20 || p[i] == 0x7f) ? '?' : (char)p[i];
     out[rl] = 0;
@@ -1141,27 +1089,25 @@ static int kvx__tcp_stream_hello(kvx__tcp_stream *st, int fd, char *why, size_t 
     kvx__le_w32(hello + 68, te->key ? KVX_TCP_HELLO_AUTH : 0);
     memcpy(hello + 72, nonce, KVX_NONCE_BYTES);
     kvx__le_w64(hello + 88, 0);
-    if ((err = kvx__tcp_send(fd, hello, sizeof hello)) != 0) {
+    if ((err = kvx__tcp_io1(fd, hello, sizeof hello, 1, 0)) != 0) {
         kvx__set_why(why, wl, "cannot send the HELLO on stream %d: %s", st->index,
                      kvx__tcp_errstr(err));
         return -1;
     }
     if (!te->key) return 0;
     err = kvx__tcp_recv_until(fd, in, KVX_TCP_HEADER_BYTES,
-                              kvx_now_ns() + (uint64_t)(te->timeout_s * 1e9));
+                              kvx_now_ns() + (uint64_t)(te->set.timeout_s * 1e9));
     if (!err && kvx_tcp_header_decode(in, &h, why, wl) != KVX_OK) return -1;
     if (!err && (h.type == KVX_TCP_AUTH || h.type == KVX_TCP_ERROR))
         err = kvx__tcp_recv_until(fd, in + KVX_TCP_HEADER_BYTES, (size_t)h.body_len,
-                                  kvx_now_ns() + (uint64_t)(te->timeout_s * 1e9));
+                                  kvx_now_ns() + (uint64_t)(te->set.timeout_s * 1e9));
     if (err) {
         kvx__set_why(why, wl, "stream %d: no key proof from the decode: %s", st->index,
                      kvx__tcp_errstr(err));
         return -1;
     }
     if (h.type == KVX_TCP_ERROR) {
-        uint32_t rl = kvx__le_r32(in + 36);
-        kvx__tcp_reason(in + 40, rl > h.body_len - 8 ? (uint32_t)(h.body_len - 8) : rl, reason,
-                        sizeof reason);
+        kvx__tcp_reason(in + 32, h.body_len, reason, sizeof reason);
         kvx__set_why(why, wl, "it refused the connection: %s", reason);
         return -1;
     }
@@ -1178,7 +1124,7 @@ static int kvx__tcp_stream_hello(kvx__tcp_stream *st, int fd, char *why, size_t 
     }
     kvx__tcp_hdr(proof, KVX_TCP_PROOF, 0, 0, KVX__TCP_PROOF_BODY);
     kvx__auth_proof(te->key, te->key_len, KVX__TCP_LABEL_PREFILL, in + 32, nonce, proof + 32);
-    if ((err = kvx__tcp_send(fd, proof, sizeof proof)) != 0) {
+    if ((err = kvx__tcp_io1(fd, proof, sizeof proof, 1, 0)) != 0) {
         kvx__set_why(why, wl, "cannot send the key proof on stream %d: %s", st->index,
                      kvx__tcp_errstr(err));
         return -1;
@@ -1193,7 +1139,7 @@ static void *kvx__tcp_stream_main(void *arg) {
     char why[KVX_ERROR_MAX];
     int fd, err;
     why[0] = 0;
-    fd = kvx__connect(lk->host, lk->port, kvx_now_ns() + (uint64_t)(te->timeout_s * 1e9),
+    fd = kvx__connect(lk->host, lk->port, kvx_now_ns() + (uint64_t)(te->set.timeout_s * 1e9),
                       kvx__tcp_link_dead, lk, &err);
     if (fd < 0) {
         kvx__tcp_link_lost(lk, "cannot connect to %s: %s", lk->name, kvx__errstr(err));
@@ -1262,10 +1208,8 @@ static void kvx__tcp_on_reply(kvx__tcp_link *lk, const kvx_tcp_header *h, const 
             kvx_boot_send_status(te->boot, r, KVX_POLL_SUCCESS, KVX_OK, bytes, NULL);
     } else {
         int32_t res = (int32_t)kvx__le_r32(body);
-        uint32_t rl = kvx__le_r32(body + 4);
         char reason[KVX_TCP_MAX_REASON + 1];
-        if (rl > h->body_len - 8) rl = (uint32_t)(h->body_len - 8);
-        kvx__tcp_reason(body + 8, rl, reason, sizeof reason);
+        kvx__tcp_reason(body, h->body_len, reason, sizeof reason);
         pthread_mutex_lock(&lk->mu);
         if (h->room)
             snprintf(lk->last, sizeof lk->last, "it refused room %llu: %.240s",
@@ -1493,22 +1437,15 @@ static kvx__tcp_link *kvx__tcp_link_get(kvx__tcp_engine *te, const char *host, i
     memcpy(lk->token, token, KVX_TCP_TOKEN_BYTES);
     snprintf(lk->name, sizeof lk->name, "%s%s%s:%d", strchr(host, ':') ? "[" : "", host,
              strchr(host, ':') ? "]" : "", port);
-    lk->nstreams = te->streams;
+    lk->nstreams = te->set.streams;
     lk->wake[0] = lk->wake[1] = -1;
     pthread_mutex_init(&lk->mu, NULL);
     pthread_cond_init(&lk->cv, NULL);
     lk->streams = (kvx__tcp_stream *)kvx_engine_alloc(e, (size_t)lk->nstreams * sizeof *lk->streams);
-    if (!lk->streams || kvx__pipe(&lk->wake[0], &lk->wake[1])) {
-        kvx_engine_free(e, lk->streams);
-        pthread_mutex_destroy(&lk->mu);
-        pthread_cond_destroy(&lk->cv);
-        kvx_engine_free(e, lk);
-        pthread_mutex_unlock(&te->mu);
-        kvx__set_why(why, wl, "out of memory or file descriptors for a link");
-        return NULL;
-    }
-    memset(lk->streams, 0, (size_t)lk->nstreams * sizeof *lk->streams);
-    for (k = 0; k < lk->nstreams; k++) {
+    if (!lk->streams) lk->nstreams = 0; /* ok = 0 below */
+    else memset(lk->streams, 0, (size_t)lk->nstreams * sizeof *lk->streams);
+    ok = lk->streams && !kvx__pipe(&lk->wake[0], &lk->wake[1]);
+    for (k = 0; k < lk->nstreams; k++) { /* every fd -1 before link_free can see it */
         lk->streams[k].link = lk;
         lk->streams[k].index = k;
         if (kvx__tcp_stream_alloc(te, &lk->streams[k]) != KVX_OK) ok = 0;
@@ -1532,8 +1469,8 @@ static kvx__tcp_link *kvx__tcp_link_get(kvx__tcp_engine *te, const char *host, i
         te->graveyard = lk;
         KVX__STORE(&te->reap, 1);
         pthread_mutex_unlock(&te->mu);
-        kvx__set_why(why, wl, "out of memory or threads for %d streams to %s", te->streams,
-                     lk->name);
+        kvx__set_why(why, wl, "out of memory, file descriptors or threads for %d streams to %s",
+                     te->set.streams, lk->name);
         return NULL;
     }
     lk->refs = 2; /* the live list and the caller */
@@ -1663,6 +1600,7 @@ static kvx_result kvx__tcp_sender_init(kvx_room *r, uint32_t n, int32_t aux) {
     kvx__tcp_room *tr = kvx__tcp_tr(r);
     kvx__tcp_engine *te = tr->te;
     const kvx_layout *l = kvx_engine_layout(te->engine);
+    kvx_result res;
     if (!tr->link) {
         kvx_room_fail(r, KVX_ERR_STATE, "init before the decode side's destination arrived");
         return KVX_ERR_STATE;
@@ -1685,9 +1623,15 @@ static kvx_result kvx__tcp_sender_init(kvx_room *r, uint32_t n, int32_t aux) {
         if (!tr->aux_job) return KVX_ERR_NO_MEMORY;
         memset(tr->aux_job, 0, sizeof *tr->aux_job);
         tr->aux_job->tr = tr;
-        tr->aux_job->aux = 1;
+        tr->aux_job->plan.allocator = &kvx_engine_settings(te->engine)->allocator;
+        /* to the decode's slot in the pool shape of kvx__tcp_layout: the
+           decode side checks the slot against its own aux buffers */
+        res = kvx_plan_aux(&tr->aux_job->plan, l, aux, &te->peer_layout, tr->x.dst_aux);
+        if (res != KVX_OK) {
+            kvx_room_fail(r, res, "aux rows: %s", tr->aux_job->plan.error);
+            return res;
+        }
     }
-    tr->inited = 1;
     return KVX_OK;
 }
 
@@ -1753,13 +1697,12 @@ static void kvx__tcp_wait_idle_send(kvx__tcp_link *lk, kvx__tcp_room *tr) {
     while (tr->busy) {
         if (shut) {
             pthread_cond_wait(&lk->cv, &lk->mu);
-            continue;
+        } else if (pthread_cond_timedwait(&lk->cv, &lk->mu, &ts) == ETIMEDOUT) {
+            for (k = 0; k < lk->nstreams; k++)
+                if (lk->streams[k].cur == tr && lk->streams[k].fd >= 0)
+                    shutdown(lk->streams[k].fd, SHUT_RDWR);
+            shut = 1;
         }
-        if (pthread_cond_timedwait(&lk->cv, &lk->mu, &ts) != ETIMEDOUT) continue;
-        for (k = 0; k < lk->nstreams; k++)
-            if (lk->streams[k].cur == tr && lk->streams[k].fd >= 0)
-                shutdown(lk->streams[k].fd, SHUT_RDWR);
-        shut = 1;
     }
 }
 
@@ -1856,7 +1799,9 @@ static kvx_result kvx__tcp_receiver_init(kvx_room *r, const int32_t *pages, uint
         qsort(tr->sorted, n, sizeof *tr->sorted, kvx__tcp_cmp_u64);
     }
     if (aux >= 0 && l->num_aux) {
-        aux_bytes = kvx_layout_aux_row_bytes(l);
+        tr->aux_plan.allocator = &kvx_engine_settings(e)->allocator;
+        if ((res = kvx_plan_aux_scatter(&tr->aux_plan, l, aux)) != KVX_OK) return res;
+        aux_bytes = tr->aux_plan.packed_bytes;
         tr->aux_stage = (uint8_t *)kvx_engine_alloc(e, (size_t)aux_bytes);
         if (!tr->aux_stage) return KVX_ERR_NO_MEMORY;
     }
@@ -1890,17 +1835,16 @@ static void kvx__tcp_wait_idle_recv(kvx__tcp_engine *te, kvx__tcp_room *tr) {
     struct timespec ts;
     int shut = 0;
     kvx__abstime(&ts, kvx_room_poll(tr->x.room) == KVX_POLL_SUCCESS
-                          ? (uint64_t)((te->timeout_s + 1) * 1e9) : 1000000000ull);
+                          ? (uint64_t)((te->set.timeout_s + 1) * 1e9) : 1000000000ull);
     while (tr->busy) {
         kvx__tcp_conn *c;
         if (shut) {
             pthread_cond_wait(&te->cv, &te->mu);
-            continue;
+        } else if (pthread_cond_timedwait(&te->cv, &te->mu, &ts) == ETIMEDOUT) {
+            for (c = te->conns; c; c = c->next)
+                if (c->cur == tr) shutdown(c->fd, SHUT_RDWR);
+            shut = 1;
         }
-        if (pthread_cond_timedwait(&te->cv, &te->mu, &ts) != ETIMEDOUT) continue;
-        for (c = te->conns; c; c = c->next)
-            if (c->cur == tr) shutdown(c->fd, SHUT_RDWR);
-        shut = 1;
     }
 }
 
@@ -1911,7 +1855,7 @@ static void kvx__tcp_receiver_close(kvx__tcp_room *tr) {
     if (kvx__htab_remove(&te->rooms, &tr->hn)) {
         if (st != KVX_POLL_SUCCESS)
             kvx__tcp_tomb_set(te, tr->x.id,
-                              kvx_now_ns() + (uint64_t)((te->timeout_s + 5) * 1e9));
+                              kvx_now_ns() + (uint64_t)((te->set.timeout_s + 5) * 1e9));
     }
     tr->closing = 1;
     kvx__tcp_wait_idle_recv(te, tr);
@@ -1934,6 +1878,7 @@ static kvx_result kvx__tcp_check(kvx__tcp_engine *te, kvx__tcp_room *tr,
             return KVX_ERR_PROTOCOL;
         }
         if (s->flags & KVX_TCP_SEG_AUX) {
+            const kvx_span *row;
             uint32_t bit;
             if (!tr->aux_stage) {
                 kvx__set_why(why, wl, "segment %u carries aux rows but this room gave no aux slot", i);
@@ -1944,14 +1889,13 @@ static kvx_result kvx__tcp_check(kvx__tcp_engine *te, kvx__tcp_room *tr,
                              l->num_aux);
                 return KVX_ERR_PROTOCOL;
             }
-            item = l->aux[s->buffer].item_len;
-            if (s->dst_offset != (uint64_t)tr->aux_index * item || s->length != item) {
+            row = &tr->aux_plan.spans[s->buffer];
+            if (s->dst_offset != row->dst_offset || s->length != row->length) {
                 kvx__set_why(why, wl, "segment %u writes bytes [%llu, +%llu) of aux buffer %u; this "
                              "room's aux slot %d is [%llu, +%llu)", i,
                              (unsigned long long)s->dst_offset, (unsigned long long)s->length,
-                             s->buffer, (int)tr->aux_index,
-                             (unsigned long long)((uint64_t)tr->aux_index * item),
-                             (unsigned long long)item);
+                             s->buffer, (int)tr->aux_index, (unsigned long long)row->dst_offset,
+                             (unsigned long long)row->length);
                 return KVX_ERR_PROTOCOL;
             }
             bit = 1u << s->buffer;
@@ -2025,7 +1969,7 @@ static void kvx__tcp_send_error(kvx__tcp_conn *c, uint64_t room, kvx_result res,
     v[0].iov_len = sizeof h;
     v[1].iov_base = (void *)reason;
     v[1].iov_len = rl;
-    kvx__tcp_sendv(c->fd, v, rl ? 2 : 1);
+    kvx__tcp_io(c->fd, v, rl ? 2 : 1, 1, 0, NULL);
 }
 
 /* Refuses a frame: the room (when there is one) fails and hears why, the
@@ -2049,7 +1993,7 @@ static int kvx__tcp_drain(kvx__tcp_conn *c, uint64_t len) {
     KVX__TCP_STAT(c->te, frames_drained, 1);
     while (len) {
         size_t k = len < KVX__TCP_DRAIN ? (size_t)len : KVX__TCP_DRAIN;
-        int err = kvx__tcp_recv(c->fd, c->drain, k, 0);
+        int err = kvx__tcp_io1(c->fd, c->drain, k, 0, 0);
         if (err) {
             kvx_engine_log(c->te->engine, KVX_LOG_INFO, "kvx.tcp", 0,
                            "data connection from prefill %s: %s", c->addr, kvx__tcp_errstr(err));
@@ -2058,6 +2002,11 @@ static int kvx__tcp_drain(kvx__tcp_conn *c, uint64_t len) {
         len -= k;
     }
     return 0;
+}
+
+/* Where a checked aux segment is staged: its row in the room's packed row. */
+static uint8_t *kvx__tcp_aux_row(kvx__tcp_room *tr, const kvx_tcp_segment *s) {
+    return tr->aux_stage + tr->aux_plan.spans[s->buffer].src_offset;
 }
 
 /* Reads the payload of a checked frame into the room's pages. 0, or an
@@ -2074,11 +2023,11 @@ static int kvx__tcp_read_payload(kvx__tcp_conn *c, kvx__tcp_room *tr, uint32_t n
         for (i = 0; i < n; i++) {
             const kvx_tcp_segment *s = &c->segs[i];
             c->iov[i].iov_base = s->flags & KVX_TCP_SEG_AUX
-                                     ? (void *)(tr->aux_stage + te->aux_off[s->buffer])
+                                     ? (void *)kvx__tcp_aux_row(tr, s)
                                      : (void *)((char *)l->buffers[s->buffer].base + s->dst_offset);
             c->iov[i].iov_len = (size_t)s->length;
         }
-        return kvx__tcp_recvv(c->fd, c->iov, (int)n, 0, got);
+        return kvx__tcp_io(c->fd, c->iov, (int)n, 0, 0, got);
     }
     if (payload > c->stage_len) {
         if (c->stage) te->mem.host_free(te->mem.ctx, c->stage);
@@ -2091,13 +2040,13 @@ static int kvx__tcp_read_payload(kvx__tcp_conn *c, kvx__tcp_room *tr, uint32_t n
         }
         c->stage_len = (size_t)payload;
     }
-    if ((err = kvx__tcp_recv(c->fd, c->stage, (size_t)payload, 0)) != 0) return err;
+    if ((err = kvx__tcp_io1(c->fd, c->stage, (size_t)payload, 0, 0)) != 0) return err;
     *got = payload;
     for (i = 0; i < n; i++) {
         const kvx_tcp_segment *s = &c->segs[i];
         const kvx_buffer *b = &l->buffers[s->buffer];
         if (s->flags & KVX_TCP_SEG_AUX) {
-            memcpy(tr->aux_stage + te->aux_off[s->buffer], c->stage + pos, (size_t)s->length);
+            memcpy(kvx__tcp_aux_row(tr, s), c->stage + pos, (size_t)s->length);
         } else if (b->mem == KVX_MEM_HOST) {
             memcpy((char *)b->base + s->dst_offset, c->stage + pos, (size_t)s->length);
         } else {
@@ -2121,8 +2070,12 @@ static int kvx__tcp_recv_finish(kvx__tcp_conn *c, kvx__tcp_room *tr) {
     kvx__tcp_engine *te = c->te;
     const kvx_layout *l = kvx_engine_layout(te->engine);
     uint8_t ack[KVX_TCP_HEADER_BYTES + KVX__TCP_ACK_BODY];
+    uint32_t i;
     int err;
-    if (tr->aux_stage) kvx_layout_aux_copy(l, tr->aux_index, tr->aux_stage, 1);
+    for (i = 0; tr->aux_stage && i < tr->aux_plan.count; i++) {
+        const kvx_span *row = &tr->aux_plan.spans[i];
+        memcpy(kvx_span_addr(l, row, 1), tr->aux_stage + row->src_offset, (size_t)row->length);
+    }
     /* Success first, then the ACK. Once Success is set the room is final:
        an abort, a timeout or the loss of the prefill can no longer fail it
        and send anything, so nothing can overtake the ACK; destroying the
@@ -2135,7 +2088,7 @@ static int kvx__tcp_recv_finish(kvx__tcp_conn *c, kvx__tcp_room *tr) {
     kvx__tcp_hdr(ack, KVX_TCP_ACK, 0, tr->x.id, KVX__TCP_ACK_BODY);
     kvx__le_w64(ack + 32, tr->expected);
     kvx__le_w64(ack + 40, 0);
-    err = kvx__tcp_send(c->fd, ack, sizeof ack);
+    err = kvx__tcp_io1(c->fd, ack, sizeof ack, 1, 0);
     if (err) {
         kvx_engine_log(te->engine, KVX_LOG_WARN, "kvx.tcp", tr->x.id,
                        "cannot send ACK to prefill %s: %s (its sender fails, this room has "
@@ -2158,7 +2111,7 @@ static int kvx__tcp_on_data(kvx__tcp_conn *c, const kvx_tcp_header *h) {
     kvx_result res;
     int err, rc = 0;
     why[0] = 0;
-    if ((err = kvx__tcp_recv(c->fd, c->descs, (size_t)dbytes, 0)) != 0) {
+    if ((err = kvx__tcp_io1(c->fd, c->descs, (size_t)dbytes, 0, 0)) != 0) {
         kvx_engine_log(te->engine, KVX_LOG_WARN, "kvx.tcp", h->room,
                        "data connection from prefill %s broke inside a frame header: %s", c->addr,
                        kvx__tcp_errstr(err));
@@ -2241,7 +2194,7 @@ static int kvx__tcp_conn_auth(kvx__tcp_conn *c, const uint8_t *nonce_p, uint64_t
     memcpy(out + 32, nonce, KVX_NONCE_BYTES);
     kvx__auth_proof(te->key, te->key_len, KVX__TCP_LABEL_DECODE, nonce_p, nonce,
                    out + 32 + KVX_NONCE_BYTES);
-    if ((err = kvx__tcp_send(c->fd, out, sizeof out)) != 0) {
+    if ((err = kvx__tcp_io1(c->fd, out, sizeof out, 1, 0)) != 0) {
         kvx__set_why(why, wl, "cannot send the key challenge: %s", kvx__tcp_errstr(err));
         return -1;
     }
@@ -2361,25 +2314,23 @@ static void *kvx__tcp_conn_main(void *arg) {
     pthread_mutex_lock(&te->mu);
     kvx__tcp_conn_settled(te, c);
     pthread_mutex_unlock(&te->mu);
-    if (ok) {
-        for (;;) {
-            uint8_t hb[KVX_TCP_HEADER_BYTES];
-            kvx_tcp_header h;
-            int err = kvx__tcp_recv(c->fd, hb, sizeof hb, 1);
-            if (err) {
-                kvx_engine_log(te->engine, err == KVX__TCP_EOF ? KVX_LOG_INFO : KVX_LOG_WARN,
-                               "kvx.tcp", 0, "data connection from prefill %s ended: %s", c->addr,
-                               kvx__tcp_errstr(err));
-                break;
-            }
-            why[0] = 0;
-            if (kvx_tcp_header_decode(hb, &h, why, sizeof why) != KVX_OK || h.type != KVX_TCP_DATA) {
-                if (!why[0]) snprintf(why, sizeof why, "unexpected frame type %u", h.type);
-                kvx__tcp_refuse(c, NULL, h.room, KVX_ERR_PROTOCOL, why);
-                break;
-            }
-            if (kvx__tcp_on_data(c, &h)) break;
+    while (ok) {
+        uint8_t hb[KVX_TCP_HEADER_BYTES];
+        kvx_tcp_header h;
+        int err = kvx__tcp_io1(c->fd, hb, sizeof hb, 0, 1);
+        if (err) {
+            kvx_engine_log(te->engine, err == KVX__TCP_EOF ? KVX_LOG_INFO : KVX_LOG_WARN,
+                           "kvx.tcp", 0, "data connection from prefill %s ended: %s", c->addr,
+                           kvx__tcp_errstr(err));
+            break;
         }
+        why[0] = 0;
+        if (kvx_tcp_header_decode(hb, &h, why, sizeof why) != KVX_OK || h.type != KVX_TCP_DATA) {
+            if (!why[0]) snprintf(why, sizeof why, "unexpected frame type %u", h.type);
+            kvx__tcp_refuse(c, NULL, h.room, KVX_ERR_PROTOCOL, why);
+            break;
+        }
+        if (kvx__tcp_on_data(c, &h)) break;
     }
     shutdown(c->fd, SHUT_RDWR); /* the fd is closed when the thread is joined */
     pthread_mutex_lock(&te->mu);
@@ -2538,10 +2489,7 @@ static kvx_result kvx__tcp_settings(kvx__tcp_engine *te, const kvx_engine_desc *
     kvx_tcp_desc t = d->tcp;
     kvx_result r = kvx__settings_apply(kvx__tcp_table, KVX__COUNT(kvx__tcp_table), &t, why, wl);
     if (r != KVX_OK) return r;
-    te->streams = t.streams;
-    te->segment = (uint64_t)t.segment;
-    te->sockbuf = t.sockbuf;
-    te->timeout_s = t.timeout_s;
+    te->set = t;
     if (t.host && (strlen(t.host) >= sizeof te->host || strchr(t.host, ' '))) {
         kvx__set_why(why, wl, "KVX_TCP_HOST / desc.tcp.host '%s' is not an address", t.host);
         return KVX_ERR_BAD_CONFIG;
@@ -2552,14 +2500,20 @@ static kvx_result kvx__tcp_settings(kvx__tcp_engine *te, const kvx_engine_desc *
     return KVX_OK;
 }
 
+/* A length that holds any page (row) index a decode side may name. */
+static uint64_t kvx__tcp_huge(uint64_t item) {
+    return item < (1ull << 32) ? item << 31 : item * (UINT64_MAX / item);
+}
+
 /* Layout facts: staging, the largest frame payload, the decode pool's shape
-   for kvx_plan_pages (same item_len; its size is checked by the decode side). */
+   for kvx_plan_pages and kvx_plan_aux (same item_len; its size is checked by
+   the decode side). */
 static kvx_result kvx__tcp_layout(kvx__tcp_engine *te, const kvx_engine_desc *d, char *why,
                                   size_t wl) {
     const kvx_layout *l = kvx_engine_layout(te->engine);
-    uint64_t aux_total = 0;
+    uint64_t aux_total = kvx_layout_aux_row_bytes(l);
     uint32_t i;
-    te->stage_bytes = te->segment;
+    te->stage_bytes = te->set.segment;
     for (i = 0; i < l->num_buffers; i++) {
         if (l->buffers[i].mem != KVX_MEM_HOST) te->staged = 1;
         if (l->buffers[i].item_len > KVX_TCP_MAX_FRAME) {
@@ -2569,10 +2523,6 @@ static kvx_result kvx__tcp_layout(kvx__tcp_engine *te, const kvx_engine_desc *d,
             return KVX_ERR_INVALID_ARGUMENT;
         }
         if (l->buffers[i].item_len > te->stage_bytes) te->stage_bytes = l->buffers[i].item_len;
-    }
-    for (i = 0; i < l->num_aux; i++) {
-        te->aux_off[i] = aux_total;
-        aux_total += l->aux[i].item_len;
     }
     if (aux_total > KVX_TCP_MAX_FRAME) {
         kvx__set_why(why, wl, "the aux rows of a request are %llu bytes; at most %u fit a frame",
@@ -2593,10 +2543,15 @@ static kvx_result kvx__tcp_layout(kvx__tcp_engine *te, const kvx_engine_desc *d,
         uint64_t item = l->buffers[i].item_len;
         memset(&te->peer_bufs[i], 0, sizeof te->peer_bufs[i]);
         te->peer_bufs[i].item_len = item;
-        te->peer_bufs[i].length = item < (1ull << 32) ? item << 31 : item * (UINT64_MAX / item);
+        te->peer_bufs[i].length = kvx__tcp_huge(item);
+    }
+    for (i = 0; i < l->num_aux; i++) {
+        te->peer_aux[i].item_len = l->aux[i].item_len;
+        te->peer_aux[i].length = kvx__tcp_huge(l->aux[i].item_len);
     }
     te->peer_layout = *l;
     te->peer_layout.buffers = te->peer_bufs;
+    te->peer_layout.aux = te->peer_aux;
     return KVX_OK;
 }
 
@@ -2636,31 +2591,25 @@ static kvx_result kvx__tcp_engine_init(kvx_engine *e, char *why, size_t wl) {
     pthread_mutex_init(&te->mu, NULL);
     pthread_cond_init(&te->cv, NULL);
     te->key = kvx_engine_auth_key(e, &te->key_len);
+    r = KVX_ERR_IO;
     if (kvx__random_bytes(&te->instance, sizeof te->instance) != KVX_OK) {
         kvx__set_why(why, wl, "cannot draw random bytes from the kernel");
-        kvx__tcp_engine_free(te);
-        return KVX_ERR_IO;
+        goto fail;
     }
     if ((r = kvx__tcp_settings(te, d, why, wl)) != KVX_OK ||
-        (r = kvx__tcp_layout(te, d, why, wl)) != KVX_OK) {
-        kvx__tcp_engine_free(te);
-        return r;
-    }
+        (r = kvx__tcp_layout(te, d, why, wl)) != KVX_OK)
+        goto fail;
     if (te->role == KVX_ROLE_DECODE) {
         size_t hl = strlen(te->host);
-        if ((r = kvx__tcp_listen(te, why, wl)) != KVX_OK) {
-            kvx__tcp_engine_free(te);
-            return r;
-        }
+        if ((r = kvx__tcp_listen(te, why, wl)) != KVX_OK) goto fail;
+        r = KVX_ERR_IO;
         if (kvx__pipe(&te->wake[0], &te->wake[1])) {
             kvx__set_why(why, wl, "cannot create a pipe: %s", strerror(errno));
-            kvx__tcp_engine_free(te);
-            return KVX_ERR_IO;
+            goto fail;
         }
         if (kvx__random_bytes(te->token, sizeof te->token) != KVX_OK) {
             kvx__set_why(why, wl, "cannot draw the data token from the kernel");
-            kvx__tcp_engine_free(te);
-            return KVX_ERR_IO;
+            goto fail;
         }
         memcpy(ep, "kvx-tcp\0", 8);
         kvx__le_w16(ep + 8, KVX_TCP_PROTOCOL_VERSION);
@@ -2676,16 +2625,14 @@ static kvx_result kvx__tcp_engine_init(kvx_engine *e, char *why, size_t wl) {
     hooks.on_room = kvx__tcp_on_room;
     hooks.on_status = kvx__tcp_on_status;
     hooks.on_peer_lost = kvx__tcp_on_peer_lost;
-    if ((r = kvx_boot_create(e, &hooks, eplen ? ep : NULL, eplen, &te->boot, why, wl)) != KVX_OK) {
-        kvx__tcp_engine_free(te);
-        return r;
-    }
+    if ((r = kvx_boot_create(e, &hooks, eplen ? ep : NULL, eplen, &te->boot, why, wl)) != KVX_OK)
+        goto fail;
     if (te->role == KVX_ROLE_DECODE) {
         if (pthread_create(&te->acceptor, NULL, kvx__tcp_accept_main, te)) {
             kvx__set_why(why, wl, "cannot start the tcp accept thread");
             kvx_boot_destroy(te->boot);
-            kvx__tcp_engine_free(te);
-            return KVX_ERR_NO_MEMORY;
+            r = KVX_ERR_NO_MEMORY;
+            goto fail;
         }
         te->acceptor_started = 1;
         kvx_engine_log(e, KVX_LOG_INFO, "kvx.tcp", 0, "data listener on %s:%d",
@@ -2693,6 +2640,9 @@ static kvx_result kvx__tcp_engine_init(kvx_engine *e, char *why, size_t wl) {
     }
     kvx_engine_set_backend_data(e, te);
     return KVX_OK;
+fail:
+    kvx__tcp_engine_free(te);
+    return r;
 }
 
 static void kvx__tcp_engine_fini(kvx_engine *e) {
@@ -2802,6 +2752,7 @@ static void kvx__tcp_room_free(kvx_room *r) {
     kvx_engine_free(e, tr->sorted);
     kvx_engine_free(e, tr->bitmap);
     kvx_engine_free(e, tr->aux_stage);
+    kvx_plan_free(&tr->aux_plan);
     kvx__xroom_free(tr);
 }
 
@@ -2837,19 +2788,13 @@ KVX_API kvx_result kvx_tcp_endpoint_get(const kvx_engine *e, kvx_tcp_endpoint *o
 
 KVX_API kvx_result kvx_tcp_stats_get(const kvx_engine *e, kvx_tcp_stats *out) {
     const kvx__tcp_engine *te = kvx__tcp_of(e);
+    const uint64_t *from = te ? &te->stats.frames_sent : NULL;
+    size_t i;
     if (!out) return KVX_ERR_INVALID_ARGUMENT;
     memset(out, 0, sizeof *out);
     if (!te) return KVX_ERR_INVALID_ARGUMENT;
-    out->frames_sent = KVX__LOAD(&te->stats.frames_sent);
-    out->bytes_sent = KVX__LOAD(&te->stats.bytes_sent);
-    out->frames_received = KVX__LOAD(&te->stats.frames_received);
-    out->bytes_received = KVX__LOAD(&te->stats.bytes_received);
-    out->frames_rejected = KVX__LOAD(&te->stats.frames_rejected);
-    out->frames_drained = KVX__LOAD(&te->stats.frames_drained);
-    out->conns_accepted = KVX__LOAD(&te->stats.conns_accepted);
-    out->conns_refused = KVX__LOAD(&te->stats.conns_refused);
-    out->links_opened = KVX__LOAD(&te->stats.links_opened);
-    out->links_lost = KVX__LOAD(&te->stats.links_lost);
+    for (i = 0; i < sizeof *out / sizeof *from; i++) /* every field is a uint64_t */
+        ((uint64_t *)out)[i] = KVX__LOAD(&from[i]);
     return KVX_OK;
 }
 

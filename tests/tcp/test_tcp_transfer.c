@@ -2,7 +2,8 @@
    for byte with their aux rows:
 
    - in one process: unchunked, one page per chunk, a request of zero pages
-     (with and without aux), counters
+     (with and without aux), counters; three aux buffers of different
+     item_len from one slot into another, nothing else touched
    - between processes (the test binary runs itself as the prefill helper):
      unchunked, chunked, many concurrent rooms, 1 / 4 / 8 streams, and a
      Llama-3.1-8B shaped request (64 buffers of 32 KiB pages)
@@ -86,6 +87,82 @@ static void test_inproc(void) {
               "decode endpoint %s:%d", ep.host, ep.port);
         CHECK(kvx_tcp_endpoint_get(pe, &ep) == KVX_ERR_STATE, "no endpoint on a prefill engine");
     }
+    kvx_engine_destroy(de);
+    kvx_engine_destroy(pe);
+    ex_pool_free(&ps);
+    ex_pool_free(&pr);
+}
+
+/* Aux rows land in the receiver's slot and nowhere else: three aux buffers
+   of different item_len, the prefill's slot 4 of 6 into the decode's slot 7
+   of 9 (a slot the prefill's own buffers do not have), every other aux
+   byte of both pools compared with what it held before. */
+static void test_aux_slots(void) {
+    static const uint64_t item[3] = {24, 8, 40};
+    static uint8_t rows[2][3][9 * 40], before[2][3][9 * 40];
+    kvx_aux_buffer aux[2][3];
+    kvx_layout l[2];
+    ex_pool ps, pr;
+    kvx_engine *pe, *de;
+    kvx_room_desc rd;
+    kvx_sender *s;
+    kvx_receiver *r;
+    tt_opts o;
+    char why[512], addr[64];
+    int32_t sp[3], dp[3];
+    uint32_t side, b, j, bad = 0;
+    ex_pool_init(&ps, &tt_tiny, 64, 16, 8, 1);
+    ex_pool_init(&pr, &tt_tiny, 64, 16, 8, 2);
+    for (side = 0; side < 2; side++) {
+        l[side] = side ? pr.layout : ps.layout;
+        l[side].aux = aux[side];
+        l[side].num_aux = 3;
+        for (b = 0; b < 3; b++) {
+            aux[side][b].base = rows[side][b];
+            aux[side][b].item_len = item[b];
+            aux[side][b].length = (side ? 9 : 6) * item[b];
+            for (j = 0; j < sizeof rows[side][b]; j++)
+                rows[side][b][j] = (uint8_t)(side * 101 + b * 37 + j * 7 + 1);
+        }
+    }
+    memcpy(before, rows, sizeof rows);
+    memset(&o, 0, sizeof o);
+    pe = tt_engine(KVX_ROLE_PREFILL, &l[0], &o, why, sizeof why);
+    CHECK(pe != NULL, "aux slots: prefill engine: %s", why);
+    snprintf(addr, sizeof addr, "127.0.0.1:%d", pe ? kvx_boot_engine_port(pe) : 0);
+    o.boot_addr = addr;
+    de = pe ? tt_engine(KVX_ROLE_DECODE, &l[1], &o, why, sizeof why) : NULL;
+    CHECK(de != NULL, "aux slots: decode engine: %s", why);
+    if (!de) goto out;
+    memset(&rd, 0, sizeof rd);
+    rd.room = 4242;
+    ex_alloc_pages(&ps, sp, 3);
+    ex_alloc_pages(&pr, dp, 3);
+    ex_pages_pattern(&ps, rd.room, sp, 3, 1);
+    kvx_receiver_create(de, &rd, &r);
+    kvx_sender_create(pe, &rd, &s);
+    CHECK(tt_wait_ready_r(r, 10) && kvx_receiver_init(r, dp, 3, 7) == KVX_OK,
+          "aux slots: receiver init, slot 7 (%s)", kvx_receiver_error(r));
+    CHECK(tt_wait_ready_s(s, 10) && kvx_sender_init(s, 3, 4) == KVX_OK,
+          "aux slots: sender init, slot 4 (%s)", kvx_sender_error(s));
+    kvx_sender_send(s, sp, 3);
+    CHECK(tt_wait_r(r, 30) == KVX_POLL_SUCCESS, "aux slots: receiver Success: %s",
+          kvx_receiver_error(r));
+    CHECK(tt_wait_s(s, 30) == KVX_POLL_SUCCESS, "aux slots: sender Success: %s",
+          kvx_sender_error(s));
+    for (b = 0; b < 3; b++) /* what the decode's slot 7 must now hold */
+        memcpy(before[1][b] + 7 * item[b], before[0][b] + 4 * item[b], (size_t)item[b]);
+    for (side = 0; side < 2; side++)
+        for (b = 0; b < 3; b++)
+            for (j = 0; j < sizeof rows[side][b]; j++) bad += rows[side][b][j] != before[side][b][j];
+    CHECK(bad == 0, "aux slots: the decode's slot 7 holds the prefill's slot 4 of every aux "
+          "buffer, no other aux byte changed on either side (%u bad)", bad);
+    CHECK(ex_pages_pattern(&pr, rd.room, dp, 3, 0) == 0, "aux slots: 3 pages verified");
+    kvx_sender_destroy(s);
+    kvx_receiver_destroy(r);
+    ex_free_pages(&ps, sp, 3);
+    ex_free_pages(&pr, dp, 3);
+out:
     kvx_engine_destroy(de);
     kvx_engine_destroy(pe);
     ex_pool_free(&ps);
@@ -256,6 +333,7 @@ int main(int argc, char **argv) {
     tt_find_self(argv[0]);
     signal(SIGPIPE, SIG_IGN);
     test_inproc();
+    test_aux_slots();
     test_multiprocess("unchunked", 11, 8, 16, 1000, 100000, "tiny", 4);
     test_multiprocess("chunked", 12, 8, 16, 1000, 2, "tiny", 4);
     test_multiprocess("concurrent", 13, q ? 32 : 96, 16, 400, 3, "tiny", 4);
