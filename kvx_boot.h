@@ -3257,14 +3257,14 @@ static void kvx__boot_io_event(kvx_boot *b, kvx__boot_conn *c, short rev) {
    bootstrap timeout. */
 static void kvx__boot_sweep(kvx_boot *b) {
     uint64_t limit = (uint64_t)(kvx_engine_settings(b->engine)->bootstrap_timeout_s * 1e9);
-    kvx__boot_br *expired;
+    kvx__boot_br *expired, *nx;
     pthread_mutex_lock(&b->mu);
     expired = kvx__boot_unpend_locked(b, NULL, limit);
     pthread_mutex_unlock(&b->mu);
-    while (expired) {
-        kvx__boot_br *nx = expired->dnext;
+    for (; expired; expired = nx) {
         kvx__boot_pframe *f;
         char msg[KVX_ERROR_MAX];
+        nx = expired->dnext;
         snprintf(msg, sizeof msg,
                  "no sender was created for room %llu on prefill rank %s:%d within %.0f s "
                  "(KVX_BOOTSTRAP_TIMEOUT)", (unsigned long long)expired->id, b->rank_ip,
@@ -3273,7 +3273,6 @@ static void kvx__boot_sweep(kvx_boot *b) {
             if (f->type == KVX_BOOT_FRAME_ROOM)
                 kvx__boot_conn_status(f->conn, expired->id, KVX_POLL_FAILED, KVX_ERR_TIMEOUT, 0, msg);
         kvx__boot_br_unref(expired);
-        expired = nx;
     }
 }
 
