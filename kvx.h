@@ -849,16 +849,22 @@ typedef struct kvx__json_doc {
     uint32_t count, cap;
     char *strbuf;     /* unescaped strings */
     char error[128];
-    const kvx_allocator *allocator; /* kvx__json_parse_with's; NULL = libc */
+    const kvx_allocator *allocator; /* kvx__json_parse's; NULL = libc */
 } kvx__json_doc;
 
-/* A growable text buffer (JSON writing, messages). */
+/* A growable text buffer (JSON writing, messages). Start one empty with
+   KVX__BUF(allocator): `kvx__buf b = KVX__BUF(&desc->allocator);`. */
 typedef struct kvx__buf {
     char *data;
     size_t len, cap;
     int oom;
-    const kvx_allocator *allocator; /* NULL = libc */
+    const kvx_allocator *allocator; /* NULL = libc (tools without an engine) */
 } kvx__buf;
+#define KVX__BUF(a) {NULL, 0, 0, 0, (a)}
+static KVX__UNUSED void kvx__buf_init(kvx__buf *b, const kvx_allocator *a) {
+    memset(b, 0, sizeof *b);
+    b->allocator = a;
+}
 static KVX__UNUSED void kvx__buf_printf(kvx__buf *b, const char *fmt, ...) KVX_PRINTF(2, 3);
 
 /* A fixed pool of worker threads running submitted jobs in FIFO order. */

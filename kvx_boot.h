@@ -1405,11 +1405,12 @@ struct kvx_boot {
 };
 
 /* The engine's allocator, zeroed and growing (kvx__zalloc, kvx__grow). */
-static void *kvx__boot_zalloc(const kvx_boot *b, size_t n) {
-    return kvx__zalloc(&kvx_engine_settings(b->engine)->allocator, 1, n);
+static const kvx_allocator *kvx__boot_al(const kvx_boot *b) {
+    return &kvx_engine_settings(b->engine)->allocator;
 }
+static void *kvx__boot_zalloc(const kvx_boot *b, size_t n) { return kvx__zalloc(kvx__boot_al(b), 1, n); }
 static void *kvx__boot_grow(const kvx_boot *b, void *p, size_t used, size_t n) {
-    return kvx__grow(&kvx_engine_settings(b->engine)->allocator, p, used, n);
+    return kvx__grow(kvx__boot_al(b), p, used, n);
 }
 
 /* Fails r with the reason its peer sent: "<reason> (<who>)" when the
@@ -1513,8 +1514,8 @@ static kvx_result kvx__boot_http_call(const char *host, int port, const char *me
         snprintf(err, el, "%s", kvx__errstr(e));
         return KVX_ERR_PEER;
     }
-    memset(&req, 0, sizeof req);
-    memset(&in, 0, sizeof in);
+    kvx__buf_init(&req, resp->allocator); /* the caller's: its engine's, or libc for tools */
+    kvx__buf_init(&in, resp->allocator);
     kvx__buf_printf(&req, "%s %s HTTP/1.1\r\nHost: %s%s%s:%d\r\nUser-Agent: kvx-boot/%d.%d\r\n"
                    "Connection: close\r\nContent-Length: %zu\r\n%s%s\r\n",
                    method, target, strchr(host, ':') ? "[" : "", host,
@@ -1863,7 +1864,7 @@ static kvx__boot_br *kvx__boot_find(kvx_boot *b, uint64_t id) {
 
 /* -1 when the table cannot grow. */
 static int kvx__boot_insert(kvx_boot *b, kvx__boot_br *br) {
-    return kvx__htab_insert(&b->rooms, &kvx_engine_settings(b->engine)->allocator, &br->hn) ? -1 : 0;
+    return kvx__htab_insert(&b->rooms, kvx__boot_al(b), &br->hn) ? -1 : 0;
 }
 
 static kvx__boot_br *kvx__boot_br_new(kvx_boot *b, uint64_t id) {
@@ -2019,7 +2020,8 @@ static int kvx__boot_jstr(const kvx__json_doc *d, const kvx__json *o, const char
     return 1;
 }
 
-static int kvx__boot_reg_parse(const char *body, size_t len, kvx__boot_regn *g, char *why, size_t wl) {
+static int kvx__boot_reg_parse(const kvx_allocator *a, const char *body, size_t len, kvx__boot_regn *g,
+                               char *why, size_t wl) {
     static const struct { const char *key; size_t off; long lo, hi; } ints[] = {
         {"attn_tp_size", offsetof(kvx__boot_regn, tp), 1, 1024},
         {"attn_tp_rank", offsetof(kvx__boot_regn, tp_rank), 0, 1023},
@@ -2040,7 +2042,7 @@ static int kvx__boot_reg_parse(const char *body, size_t len, kvx__boot_regn *g, 
     int rc = -1;
     memset(g, 0, sizeof *g);
     g->tp = g->cp = g->dp = g->pp = g->system_dp = 1;
-    if (kvx__json_parse(&d, body ? body : "", len, 256) != KVX_OK) {
+    if (kvx__json_parse_with(&d, a, body ? body : "", len, 256) != KVX_OK) {
         kvx__set_why(why, wl, "the body is not JSON: %s", d.error);
         goto out;
     }
@@ -2160,7 +2162,7 @@ static void kvx__boot_http_respond(kvx_boot *b, kvx__boot_conn *c, int status, c
                                    const char *body, size_t blen, const char *extra) {
     kvx__buf h;
     int err;
-    memset(&h, 0, sizeof h);
+    kvx__buf_init(&h, kvx__boot_al(b));
     kvx__buf_printf(&h, "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n%s"
                        "Connection: close\r\n\r\n",
                    status, kvx__boot_reason_phrase(status), ctype, blen, extra ? extra : "");
@@ -2205,7 +2207,7 @@ static void kvx__boot_route_get(kvx_boot *b, kvx__boot_conn *c, const kvx_boot_h
     int k, status = 200, total, all;
     kvx__boot_server *s = &b->srv;
     kvx__buf o;
-    memset(&o, 0, sizeof o);
+    kvx__buf_init(&o, kvx__boot_al(b));
     for (k = 0; k < 4; k++) {
         int r = kvx_boot_query_int(rq->query, rq->query_len, keys[k], &v[k]);
         if (r != 1) {
@@ -2295,7 +2297,7 @@ static void kvx__boot_route_put(kvx_boot *b, kvx__boot_conn *c, const kvx_boot_h
                                        "server has a key (KVX_AUTH_KEY)\n");
         return;
     }
-    if (!(rc = kvx__boot_reg_parse(rq->body, rq->body_len, &g, why, sizeof why))) {
+    if (!(rc = kvx__boot_reg_parse(kvx__boot_al(b), rq->body, rq->body_len, &g, why, sizeof why))) {
         pthread_mutex_lock(&b->mu);
         rc = kvx__boot_srv_register(b, &g, why, sizeof why);
         pthread_mutex_unlock(&b->mu);
@@ -2355,7 +2357,7 @@ static void kvx__boot_metrics(kvx_boot *b, kvx__boot_conn *c) {
     int i, registered, expected;
     size_t pending;
     memset(&s, 0, sizeof s);
-    memset(&o, 0, sizeof o);
+    kvx__buf_init(&o, kvx__boot_al(b));
     s.b = b;
     s.now = kvx_now_ns();
     kvx_engine_foreach_room(b->engine, kvx__boot_scan_room, &s);
@@ -2412,8 +2414,8 @@ static void kvx__boot_rooms(kvx_boot *b, kvx__boot_conn *c) {
     kvx__boot_scan s;
     kvx__buf list, o;
     memset(&s, 0, sizeof s);
-    memset(&list, 0, sizeof list);
-    memset(&o, 0, sizeof o);
+    kvx__buf_init(&list, kvx__boot_al(b));
+    kvx__buf_init(&o, kvx__boot_al(b));
     s.b = b;
     s.now = kvx_now_ns();
     s.list = c->loopback ? &list : NULL;
@@ -3395,12 +3397,12 @@ static kvx_result kvx__boot_get(kvx_boot *b, const kvx__boot_pf *p, const char *
     int attempt, status = 0, refused = 0, last_503 = 0;
     char err[256] = "";
     kvx__buf body;
-    memset(out, 0, sizeof *out);
+    kvx__buf_init(out, kvx__boot_al(b));
     for (attempt = 0; attempt < KVX_BOOT_TRIES; attempt++) {
         kvx_result r;
         if (attempt && kvx__boot_backoff(b, attempt - 1))
             return kvx__boot_err(KVX_ERR_ABORTED, why, wl, "the engine is shutting down");
-        memset(&body, 0, sizeof body);
+        kvx__buf_init(&body, kvx__boot_al(b));
         r = kvx__boot_http_call(p->host, p->port, "GET", target, NULL, NULL, 0, KVX__BOOT_HTTP_TIMEOUT_S,
                                 &status, &body, err, sizeof err, &refused);
         if (r == KVX_OK && status == 200) {
@@ -3520,7 +3522,7 @@ static kvx_result kvx__boot_ctrl_connect(kvx_boot *b, kvx__boot_pf *p, const cha
         deadline = kvx_now_ns() + (uint64_t)(KVX__BOOT_HTTP_TIMEOUT_S * 1e9);
         fd = kvx__connect(ip, port, deadline, NULL, NULL, &e);
         if (fd < 0) { snprintf(err, sizeof err, "%s", kvx__errstr(e)); continue; }
-        memset(&kh, 0, sizeof kh);
+        kvx__buf_init(&kh, kvx__boot_al(b));
         if (b->key && (kvx__random_bytes(nonce, sizeof nonce) != KVX_OK || /* the challenge */
                        kvx__boot_make_hello(b, &kh, nonce, NULL) != KVX_OK)) {
             kvx__buf_free(&kh);
@@ -3536,7 +3538,7 @@ static kvx_result kvx__boot_ctrl_connect(kvx_boot *b, kvx__boot_pf *p, const cha
             close(fd);
             continue;
         }
-        memset(&in, 0, sizeof in);
+        kvx__buf_init(&in, kvx__boot_al(b));
         for (;;) { /* read the prefill's hello */
             char tmp[4096];
             ssize_t r;
@@ -3618,8 +3620,9 @@ static void kvx__boot_res_free(kvx_boot *b, kvx__boot_res *rs) {
     memset(rs, 0, sizeof *rs);
 }
 
-/* Server info as the decode side reads it (pure; fuzzed). 0 ok, -1 bad. */
-static int kvx__boot_info_parse(const char *text, size_t len, int *tp, int *cp, int *dp, int *pp,
+/* Server info as the decode side reads it (pure; fuzzed); a: the parse's
+   allocator. 0 ok, -1 bad. */
+static int kvx__boot_info_parse(const kvx_allocator *a, const char *text, size_t len, int *tp, int *cp, int *dp, int *pp,
                                 int *page_size, char *dtype, size_t dl, int *ctrl_ping) {
     kvx__json_doc d;
     const kvx__json *root;
@@ -3629,7 +3632,10 @@ static int kvx__boot_info_parse(const char *text, size_t len, int *tp, int *cp, 
     *ctrl_ping = 0;
     *page_size = 0;
     dtype[0] = 0;
-    if (kvx__json_parse(&d, text ? text : "", len, 256) != KVX_OK) { kvx__json_free(&d); return -1; }
+    if (kvx__json_parse_with(&d, a, text ? text : "", len, 256) != KVX_OK) {
+        kvx__json_free(&d);
+        return -1;
+    }
     root = kvx__json_root(&d);
     ok = root && root->type == KVX_JSON_OBJECT &&
          kvx__boot_jint(&d, root, "attn_tp_size", 1, 1024, tp) == 1 &&
@@ -3645,11 +3651,15 @@ static int kvx__boot_info_parse(const char *text, size_t len, int *tp, int *cp, 
 }
 
 /* A rank answer {"rank_ip": ..., "rank_port": ...} (pure; fuzzed). */
-static int kvx__boot_rank_parse(const char *text, size_t len, char *ip, size_t il, int *port) {
+static int kvx__boot_rank_parse(const kvx_allocator *a, const char *text, size_t len, char *ip,
+                                size_t il, int *port) {
     kvx__json_doc d;
     const kvx__json *root;
     int ok;
-    if (kvx__json_parse(&d, text ? text : "", len, 64) != KVX_OK) { kvx__json_free(&d); return -1; }
+    if (kvx__json_parse_with(&d, a, text ? text : "", len, 64) != KVX_OK) {
+        kvx__json_free(&d);
+        return -1;
+    }
     root = kvx__json_root(&d);
     ok = root && root->type == KVX_JSON_OBJECT && kvx__boot_jstr(&d, root, "rank_ip", ip, il) == 1 &&
          ip[0] && kvx__boot_jint(&d, root, "rank_port", 1, 65535, port) == 1;
@@ -3669,7 +3679,7 @@ static kvx_result kvx__boot_resolve(kvx_boot *b, kvx__boot_pf *p, kvx__boot_res 
     r = kvx__boot_get(b, p, "/route?prefill_dp_rank=-1&prefill_cp_rank=-1&target_tp_rank=-1&"
                             "target_pp_rank=-1", &body, why, wl);
     if (r != KVX_OK) return r;
-    bad = kvx__boot_info_parse(body.data, body.len, &rs->tp, &rs->cp, &rs->dp, &rs->pp, &page_size,
+    bad = kvx__boot_info_parse(body.allocator, body.data, body.len, &rs->tp, &rs->cp, &rs->dp, &rs->pp, &page_size,
                                dtype, sizeof dtype, &rs->ctrl_ping);
     kvx__buf_free(&body);
     if (bad)
@@ -3716,7 +3726,7 @@ static kvx_result kvx__boot_resolve(kvx_boot *b, kvx__boot_pf *p, kvx__boot_res 
                              "/route?prefill_dp_rank=%d&prefill_cp_rank=%d&target_tp_rank=%d&"
                              "target_pp_rank=%d", dpi, cpi, t, ppi);
                     r = kvx__boot_get(b, p, target, &body, why, wl);
-                    bad = r == KVX_OK && kvx__boot_rank_parse(body.data, body.len, ip, sizeof ip, &port);
+                    bad = r == KVX_OK && kvx__boot_rank_parse(body.allocator, body.data, body.len, ip, sizeof ip, &port);
                     kvx__buf_free(&body);
                     if (bad) {
                         kvx__set_why(why, wl, "bootstrap server %s:%d answered GET %s without "
@@ -3899,7 +3909,7 @@ static void *kvx__boot_hb_main(void *arg) {
             int status = 0, refused = 0, ok;
             char err[200] = "";
             kvx__buf body;
-            memset(&body, 0, sizeof body);
+            kvx__buf_init(&body, kvx__boot_al(b));
             pthread_mutex_unlock(&b->mu);
             ok = kvx__boot_http_call(due->host, due->port, "GET", "/health", NULL, NULL, 0, tmo, &status,
                                      &body, err, sizeof err, &refused) == KVX_OK && status == 200;
@@ -3923,7 +3933,7 @@ static void kvx__boot_register_job(void *arg) {
     char host[256], err[200] = "", hdr[128];
     int attempt, status = 0, refused = 0;
     kvx__buf body, resp;
-    memset(&body, 0, sizeof body);
+    kvx__buf_init(&body, kvx__boot_al(b));
     snprintf(host, sizeof host, "%s",
              (!b->host[0] || !strcmp(b->host, "0.0.0.0") || !strcmp(b->host, "::")) ? "127.0.0.1"
                                                                                    : b->host);
@@ -3931,7 +3941,7 @@ static void kvx__boot_register_job(void *arg) {
     for (attempt = 0; attempt < KVX_BOOT_TRIES * 2 && !body.oom; attempt++) {
         kvx_result r;
         if (attempt && kvx__boot_backoff(b, attempt - 1 > 3 ? 3 : attempt - 1)) break;
-        memset(&resp, 0, sizeof resp);
+        kvx__buf_init(&resp, kvx__boot_al(b));
         if (b->key) kvx__boot_route_mac(b, body.data, body.len, (uint64_t)time(NULL), hdr, sizeof hdr);
         r = kvx__boot_http_call(host, b->port_cfg, "PUT", "/route", b->key ? hdr : NULL, body.data, body.len,
                                 KVX__BOOT_HTTP_TIMEOUT_S, &status, &resp, err, sizeof err, &refused);
@@ -4310,7 +4320,7 @@ static kvx_result kvx__boot_make_hello(kvx_boot *b, kvx__buf *out, const uint8_t
     for (i = 0; i < l->num_buffers; i++) items[i] = l->buffers[i].item_len;
     for (i = 0; i < l->num_aux; i++) items[l->num_buffers + i] = l->aux[i].item_len;
     memset(&f, 0, sizeof f);
-    memset(out, 0, sizeof *out);
+    kvx__buf_init(out, kvx__boot_al(b));
     f.type = KVX_BOOT_FRAME_HELLO;
     f.hello.version = KVX_BOOT_PROTOCOL_VERSION;
     f.hello.role = (uint16_t)b->role;
@@ -4349,7 +4359,7 @@ static void kvx__boot_free(kvx_boot *b) {
             b->rooms.b[i] = br->hn.hnext;
             kvx__boot_br_unref(br);
         }
-    kvx__htab_free(&b->rooms, &kvx_engine_settings(b->engine)->allocator);
+    kvx__htab_free(&b->rooms, kvx__boot_al(b));
     while ((p = b->peers) != NULL) {
         b->peers = p->next;
         kvx__boot_conns_close(p->r.conns, p->r.nconns);
@@ -4415,9 +4425,9 @@ static kvx_result kvx__boot_self_register(kvx_boot *b, char *why, size_t wl) {
     kvx__buf reg;
     char rwhy[256] = "";
     int rc;
-    memset(&reg, 0, sizeof reg);
+    kvx__buf_init(&reg, kvx__boot_al(b));
     kvx__boot_reg_json(b, &reg);
-    rc = reg.oom || kvx__boot_reg_parse(reg.data, reg.len, &g, rwhy, sizeof rwhy) ||
+    rc = reg.oom || kvx__boot_reg_parse(reg.allocator, reg.data, reg.len, &g, rwhy, sizeof rwhy) ||
          kvx__boot_srv_register(b, &g, rwhy, sizeof rwhy);
     kvx__buf_free(&reg);
     if (!rc) return KVX_OK;

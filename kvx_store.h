@@ -2196,7 +2196,7 @@ static kvx_result kvx__store_config_file(kvx_store *s, char *why, size_t wl) {
     char old[1 << 16], tmp[96];
     ssize_t got;
     int fd, err = 0;
-    memset(&b, 0, sizeof b);
+    kvx__buf_init(&b, &s->desc.allocator);
     fd = openat(s->ns_fd, "config.json", O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
     if (fd >= 0) {
         got = read(fd, old, sizeof old - 1);
@@ -2206,7 +2206,7 @@ static kvx_result kvx__store_config_file(kvx_store *s, char *why, size_t wl) {
             const kvx__json *h = NULL;
             memset(&doc, 0, sizeof doc);
             old[got] = 0;
-            if (kvx__json_parse(&doc, old, (size_t)got, 4096) == KVX_OK)
+            if (kvx__json_parse_with(&doc, &s->desc.allocator, old, (size_t)got, 4096) == KVX_OK)
                 h = kvx__json_get(&doc, kvx__json_root(&doc), "config_hash");
             if (h && h->type == KVX_JSON_STRING) {
                 char theirs[33];

@@ -50,7 +50,7 @@ static void check_request(const uint8_t *data, size_t size) {
     if (rq.body_len) {
         kvx__boot_regn g;
         char why[256];
-        if (kvx__boot_reg_parse(rq.body, rq.body_len, &g, why, sizeof why) == 0) {
+        if (kvx__boot_reg_parse(NULL, rq.body, rq.body_len, &g, why, sizeof why) == 0) {
             if (g.tp_rank >= g.tp || g.cp_rank >= g.cp || g.dp_rank >= g.dp || g.pp_rank >= g.pp ||
                 g.port < 1 || g.port > 65535 || !g.ip[0] || strlen(g.ip) >= sizeof g.ip)
                 __builtin_trap();
@@ -64,13 +64,13 @@ static void check_request(const uint8_t *data, size_t size) {
 static void check_answers(const uint8_t *data, size_t size) {
     int tp, cp, dp, pp, ps, port = 0, ping = 7;
     char dtype[64], ip[64];
-    if (kvx__boot_info_parse((const char *)data, size, &tp, &cp, &dp, &pp, &ps, dtype, sizeof dtype,
+    if (kvx__boot_info_parse(NULL, (const char *)data, size, &tp, &cp, &dp, &pp, &ps, dtype, sizeof dtype,
                              &ping) == 0) {
         if (tp < 1 || tp > 1024 || cp < 1 || cp > 1024 || dp < 1 || dp > 1024 || pp < 1 || pp > 1024 ||
             ps < 1 || strlen(dtype) >= sizeof dtype || (ping != 0 && ping != 1))
             __builtin_trap();
     }
-    if (kvx__boot_rank_parse((const char *)data, size, ip, sizeof ip, &port) == 0) {
+    if (kvx__boot_rank_parse(NULL, (const char *)data, size, ip, sizeof ip, &port) == 0) {
         if (port < 1 || port > 65535 || !ip[0]) __builtin_trap();
     }
 }
