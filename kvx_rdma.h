@@ -104,9 +104,6 @@
      KVX_IB_FENCE_TIMEOUT  desc.rdma.fence_timeout_s, 0.001..1e6: seconds
                            kvx_receiver_destroy of an unfinished room waits
                            for the prefill to confirm it stopped writing (2)
-     KVX_AUTH_KEY / KVX_AUTH_KEY_FILE (kvx.h, desc.auth_key): proved both ways
-                           on kvx_boot's control connections, which alone
-                           carry the exchange (below)
      And kvx_boot.h's: KVX_BOOTSTRAP_HOST, KVX_BOOTSTRAP_PORT,
      KVX_HEARTBEAT_INTERVAL, KVX_HEARTBEAT_MAX_FAILURE ...
 
@@ -116,8 +113,8 @@
      thread (the messages, in order), besides kvx_boot's; kvx_engine_destroy
      joins them all. Posting happens on the caller's thread in
      kvx_sender_send and on the completion thread. kvx_sender_destroy waits
-     until the NIC finished reading the room's pages; kvx_receiver_destroy
-     of an unfinished room waits up to KVX_IB_FENCE_TIMEOUT for the fence.
+     until the NIC finished reading the room's pages (kvx_receiver_destroy:
+     DATA PATH, last sentence).
 
    HOW IT CONNECTS
      Both sides register every KV and aux buffer on every port they use
@@ -145,7 +142,8 @@
 
    WHAT A PEER MAY WRITE
      The decode side registers only its KV pool and aux buffers for remote
-     write, so a peer's rkeys reach nothing else. RDMA cannot restrict a
+     write, so a peer's rkeys reach nothing else; the prefill hands out no
+     rkeys (local access only). RDMA cannot restrict a
      WRITE to one room's pages at the NIC without a memory region or window
      per room (type-2 memory windows cost a bind per buffer region per room;
      out of scope), so the prefill plans every WRITE with kvx_plan_pages
@@ -155,22 +153,20 @@
      bytes of the room.
 
    FAILURES
-     Every failure this side decides reaches the peer at once, as kvx.h's
-     FAILURES says: the prefill sends status Failed, the decode side an
-     abort; failures the peer reported, the loss of the peer and a finished
-     room send nothing. A prefill room whose WRITEs all completed is not
-     failed by its connection dying afterwards; a decode room whose prefill
-     sent Success counts its bytes as placed. A work completion error
-     (ibv_wc_status_str), a refused post, an async event on a queue pair
-     (IBV_EVENT_QP_FATAL, QP_REQ_ERR, QP_ACCESS_ERR), a CQ, a port
-     (PORT_ERR) or the device (DEVICE_FATAL), and the loss of the control
-     connection fail every room that depended on that connection, with the
-     verbs text and the peer's address; the prefill passes its sentence on
-     in the status frame. A completion that only says "flushed" or "retry
-     counter exceeded" waits up to 100 ms for an async event or another
-     queue pair's completion that names the cause, and says when the port
-     is down. No room succeeds without its status, immediates and bytes;
-     when in doubt a room fails.
+     As kvx.h's FAILURES: the prefill sends status Failed, the decode side
+     an abort; failures the peer reported and its loss send nothing. A
+     prefill room whose WRITEs all completed is not failed by its connection
+     dying afterwards; a decode room whose prefill sent Success counts its
+     bytes as placed. A work completion error (ibv_wc_status_str), a refused
+     post, an async event on a queue pair (IBV_EVENT_QP_FATAL, QP_REQ_ERR,
+     QP_ACCESS_ERR), a CQ, a port (PORT_ERR) or the device (DEVICE_FATAL),
+     and the loss of the control connection fail every room that depended on
+     that connection, with the verbs text and the peer's address; the
+     prefill passes its sentence on in the status frame. A completion that
+     only says "flushed" or "retry counter exceeded" waits up to 100 ms for
+     an async event or another queue pair's completion that names the cause,
+     and says when the port is down. No room succeeds without its status,
+     immediates and bytes; when in doubt a room fails.
 
    ENDPOINT BLOB (in the kvx_boot hello; version 2; little-endian)
      0 u8[8] magic "kvx-rdma"   8 u16 version (2)   10 u16 role (1/2)
@@ -206,17 +202,16 @@
 
    WHO MAY TAKE PART IN THE EXCHANGE
      Only a peer whose kvx_boot control connection is up: its messages
-     arrive on that connection after the hellos (with a key: after both
-     sides proved it, kvx_boot.h SECURITY), and a message's `from` must be
-     the rdma instance of that connection's endpoint and its `to` this
-     engine, else it is refused (a REJECT with the reason, counted in
-     cm_refused, nothing about this engine sent). So is a malformed message,
-     one in the wrong direction, and an ACCEPT or READY that answers no
-     exchange in progress (wrong seq, or none). The prefill hands out no
-     rkeys: its memory is registered for local access only. The key does
-     not protect the bytes after the handshake (no encryption, no
-     per-message MAC: an attacker on the path can alter them), nor the RDMA
-     traffic itself.
+     arrive on that connection after the hellos (with a key, KVX_AUTH_KEY /
+     KVX_AUTH_KEY_FILE / desc.auth_key of kvx.h: after both sides proved it,
+     kvx_boot.h SECURITY), and a message's `from` must be the rdma instance
+     of that connection's endpoint and its `to` this engine, else it is
+     refused (a REJECT with the reason, counted in cm_refused, nothing about
+     this engine sent). So is a malformed message, one in the wrong
+     direction, and an ACCEPT or READY that answers no exchange in progress
+     (wrong seq, or none). The key does not protect the bytes after the
+     handshake (no encryption, no per-message MAC: an attacker on the path
+     can alter them), nor the RDMA traffic itself.
 
    GPU MEMORY
      KV buffers with mem == KVX_MEM_CUDA are registered through dma-buf
@@ -784,9 +779,6 @@ static kvx_result kvx__rdma_load(kvx__rdma_verbs *v, const char *path, char *why
     return KVX_ERR_NOT_FOUND;
 }
 #endif
-static const char *kvx__rdma_wc_str(const kvx__rdma_verbs *v, enum ibv_wc_status s) {
-    return v->wc_status_str ? v->wc_status_str(s) : "work completion error";
-}
 
 /* ___ibv_query_port of verbs.h, with the exported symbol resolved by us. */
 static int kvx__rdma_query_port(const kvx__rdma_verbs *v, struct ibv_context *c, uint8_t port,
@@ -1702,9 +1694,10 @@ static kvx__rdma_src *kvx__rdma_src_get(kvx__rdma_room *rr, uint64_t inst, int a
 }
 
 /* 1: every target reported Success, every queue pair of each delivered
-   the room's immediate and the bytes agree; -1 (msg set): they do not
-   agree; 0: not yet. Under rx_mu. */
-static int kvx__rdma_rx_check(kvx__rdma_room *rr, char *msg, size_t ml, const char *who) {
+   the room's immediate and the bytes (*total) agree; -1 (msg set): they
+   do not agree; 0: not yet (*total untouched). Under rx_mu. */
+static int kvx__rdma_rx_check(kvx__rdma_room *rr, char *msg, size_t ml, const char *who,
+                              uint64_t *total) {
     int i, nst = 0;
     uint64_t bytes = 0;
     if (rr->succeeded_rx || !rr->targets) return 0;
@@ -1716,6 +1709,7 @@ static int kvx__rdma_rx_check(kvx__rdma_room *rr, char *msg, size_t ml, const ch
     }
     if (nst < rr->targets) return 0;
     rr->succeeded_rx = 1;
+    *total = bytes;
     if (bytes != rr->expected) {
         snprintf(msg, ml, "%s%s report%s %llu bytes placed but this receiver expects %llu "
                  "(its pages times the page bytes of every buffer, plus the aux row)",
@@ -1738,7 +1732,7 @@ static void kvx__rdma_decode_dead_one(kvx_room *r, void *arg) {
     kvx__rdma_src *s;
     char msg[KVX_ERROR_MAX] = "";
     uint64_t total = 0;
-    int v = 0, k, done = 0;
+    int v = 0, done = 0;
     if (!rr || kvx_room_poll(r) != KVX_POLL_TRANSFERRING || !KVX__RDMA_SERVES(a->p, rr)) return;
     /* a prefill that sent Success did so after every WRITE of the room,
        immediates included, completed: its bytes are placed, whatever
@@ -1748,9 +1742,8 @@ static void kvx__rdma_decode_dead_one(kvx_room *r, void *arg) {
     if (s && s->status) {
         done = 1;
         s->marks = s->nqp;
-        v = kvx__rdma_rx_check(rr, msg, sizeof msg, a->p->peer_addr);
+        v = kvx__rdma_rx_check(rr, msg, sizeof msg, a->p->peer_addr, &total);
         if (v) kvx__rdma_rx_remove(rr->re, rr);
-        for (k = 0; k < rr->nsrc; k++) total += rr->src[k].status ? rr->src[k].bytes : 0;
     }
     pthread_mutex_unlock(&rr->re->rx_mu);
     if (done) {
@@ -1775,9 +1768,16 @@ static void kvx__rdma_decode_dead(kvx__rdma_engine *re, kvx__rdma_pair *p, kvx_r
    the decode rooms it served. With remote (the peer is gone or reported
    the connection broken) they fail with kvx_room_fail_remote. */
 static void kvx__rdma_pair_down(kvx__rdma_engine *re, kvx__rdma_pair *p, kvx_result res,
-                                int fail_decode, int remote, const char *msg) {
+                                int fail_decode, int remote, const char *fmt, ...) KVX_PRINTF(6, 7);
+static void kvx__rdma_pair_down(kvx__rdma_engine *re, kvx__rdma_pair *p, kvx_result res,
+                                int fail_decode, int remote, const char *fmt, ...) {
     kvx__rdma_room *fail = NULL, *rr;
     int i;
+    char msg[KVX_ERROR_MAX];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
     pthread_mutex_lock(&p->mu);
     if (KVX__LOAD(&p->state) == KVX__RP_DEAD) {
         pthread_mutex_unlock(&p->mu);
@@ -1823,17 +1823,7 @@ static void kvx__rdma_pair_down(kvx__rdma_engine *re, kvx__rdma_pair *p, kvx_res
 /* Tears down the data path of p: every queue pair to ERR, queued and
    in-flight WRITEs forgotten, and every room that used it failed (a
    local failure: the peer is told). */
-static void kvx__rdma_pair_kill(kvx__rdma_engine *re, kvx__rdma_pair *p, kvx_result res,
-                                const char *fmt, ...) KVX_PRINTF(4, 5);
-static void kvx__rdma_pair_kill(kvx__rdma_engine *re, kvx__rdma_pair *p, kvx_result res,
-                                const char *fmt, ...) {
-    char msg[KVX_ERROR_MAX];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
-    kvx__rdma_pair_down(re, p, res, 1, 0, msg);
-}
+#define kvx__rdma_pair_kill(re, p, res, ...) kvx__rdma_pair_down(re, p, res, 1, 0, __VA_ARGS__)
 
 /* >>rdma: the queue-pair exchange ------------------------------------------------ */
 
@@ -2049,10 +2039,8 @@ static void kvx__rdma_kill_all(kvx__rdma_engine *re, kvx__rdma_pair *old, kvx_re
                                int remote, const char *fmt, const char *who) {
     while (old) {
         kvx__rdma_pair *o = old;
-        char msg[KVX_ERROR_MAX];
         old = o->grave_next;
-        snprintf(msg, sizeof msg, fmt, who ? who : o->peer_addr);
-        kvx__rdma_pair_down(re, o, res, 1, remote, msg);
+        kvx__rdma_pair_down(re, o, res, 1, remote, fmt, who ? who : o->peer_addr);
         kvx__rdma_pair_unref(re, o);
     }
 }
@@ -2746,22 +2734,25 @@ static void kvx__rdma_async_first(kvx__rdma_engine *re, kvx__rdma_dev *d) {
         kvx__rdma_async(re, d);
 }
 
-/* Keeps in err the sentence of the failed WRITE completion wc on q when it
-   says more about the cause than the one kept (*rank); with mine (q's own
-   completions, under p->mu) it names the room and the port's state. */
-static void kvx__rdma_write_err(kvx__rdma_engine *re, kvx__rdma_qp *q, const struct ibv_wc *wc,
-                                int mine, int *rank, char *err, size_t el) {
+/* Keeps in err the sentence of the failed completion wc on q (a WRITE on
+   the prefill, a receive on the decode side) when it says more about the
+   cause than the one kept (*rank); with mine (q's own completions, under
+   p->mu on the prefill) it names the room and the port's state. */
+static void kvx__rdma_wc_err(kvx__rdma_engine *re, kvx__rdma_qp *q, const struct ibv_wc *wc,
+                             int mine, int *rank, char *err, size_t el) {
     const kvx__rdma_slot *s = NULL;
+    int decode = re->role == KVX_ROLE_DECODE;
     char rm[48] = "", pn[128] = "";
     if (kvx__rdma_wc_rank(wc->status) <= *rank) return;
     *rank = kvx__rdma_wc_rank(wc->status);
-    if (mine && wc->wr_id && wc->wr_id <= q->posted) s = &q->ring[wc->wr_id % q->depth];
+    if (mine && q->ring && wc->wr_id && wc->wr_id <= q->posted) s = &q->ring[wc->wr_id % q->depth];
     if (s && s->room) snprintf(rm, sizeof rm, " of room %llu", (unsigned long long)s->room->x.id);
     if (mine) kvx__rdma_port_note(re, q->dev, pn, sizeof pn);
-    snprintf(err, el, "RDMA WRITE%s to %s failed on queue pair %u (%s port %u): %s (wc status %d, "
-             "vendor error 0x%x)%s", rm, q->pair->peer_addr, q->qp->qp_num, q->dev->info.name,
-             (unsigned)q->dev->info.port, kvx__rdma_wc_str(&re->v, wc->status), (int)wc->status,
-             wc->vendor_err, pn);
+    snprintf(err, el, "%s%s %s %s failed on queue pair %u (%s port %u): %s (wc status %d, vendor "
+             "error 0x%x)%s", decode ? "receive" : "RDMA WRITE", rm, decode ? "from" : "to",
+             q->pair->peer_addr, q->qp->qp_num, q->dev->info.name, (unsigned)q->dev->info.port,
+             re->v.wc_status_str ? re->v.wc_status_str(wc->status) : "work completion error",
+             (int)wc->status, wc->vendor_err, pn);
 }
 
 static void kvx__rdma_cq_prefill(kvx__rdma_engine *re, kvx__rdma_qp *q) {
@@ -2777,7 +2768,7 @@ static void kvx__rdma_cq_prefill(kvx__rdma_engine *re, kvx__rdma_qp *q) {
         for (i = 0; i < n; i++) {
             if (KVX__LOAD(&p->state) == KVX__RP_DEAD) continue;
             if (wc[i].status != IBV_WC_SUCCESS) {
-                kvx__rdma_write_err(re, q, &wc[i], 1, &rank, err, sizeof err);
+                kvx__rdma_wc_err(re, q, &wc[i], 1, &rank, err, sizeof err);
                 bad = 1;
                 continue;
             }
@@ -2814,7 +2805,7 @@ static void kvx__rdma_cq_prefill(kvx__rdma_engine *re, kvx__rdma_qp *q) {
             n = ibv_poll_cq(o->cq, 64, wc);
             for (i = 0; i < n; i++)
                 if (wc[i].status != IBV_WC_SUCCESS)
-                    kvx__rdma_write_err(re, o, &wc[i], 0, &rank, err, sizeof err);
+                    kvx__rdma_wc_err(re, o, &wc[i], 0, &rank, err, sizeof err);
         }
     }
     if (bad) kvx__rdma_pair_kill(re, p, KVX_ERR_TRANSPORT, "%s", err);
@@ -2839,18 +2830,16 @@ static void kvx__rdma_marks(kvx__rdma_engine *re, kvx__rdma_pair *p, const uint3
     for (i = 0; i < n; i++) {
         kvx__rdma_room *rr = kvx__rdma_rx_find(re, tags[i]);
         kvx__rdma_src *s;
+        uint64_t b;
         int v;
         if (!rr) continue; /* a fence for a room already forgotten */
         s = kvx__rdma_src_get(rr, p->peer, 1);
         if (!s) continue;
         s->marks++;
         s->nqp = (uint32_t)p->nqp;
-        v = kvx__rdma_rx_check(rr, msg, sizeof msg, p->peer_addr);
+        v = kvx__rdma_rx_check(rr, msg, sizeof msg, p->peer_addr, &b);
         if (v) kvx__rdma_rx_remove(re, rr); /* every immediate is in: the tag is free */
         if (v && na < 64) {
-            uint64_t b = 0;
-            int k;
-            for (k = 0; k < rr->nsrc; k++) b += rr->src[k].status ? rr->src[k].bytes : 0;
             kvx_room_ref(rr->x.room);
             act[na] = rr->x.room;
             verdict[na] = v;
@@ -2878,16 +2867,8 @@ static void kvx__rdma_cq_decode(kvx__rdma_engine *re, kvx__rdma_qp *q) {
         KVX__RDMA_STAT(re, completions, n);
         for (i = 0; i < n; i++) {
             if (wc[i].status != IBV_WC_SUCCESS) {
-                if (kvx__rdma_wc_rank(wc[i].status) > rank && KVX__LOAD(&p->state) != KVX__RP_DEAD) {
-                    char pn[128];
-                    rank = kvx__rdma_wc_rank(wc[i].status);
-                    kvx__rdma_port_note(re, q->dev, pn, sizeof pn);
-                    snprintf(err, sizeof err, "receive on queue pair %u (%s port %u) from %s failed: "
-                             "%s (wc status %d, vendor error 0x%x)%s", q->qp->qp_num,
-                             q->dev->info.name, (unsigned)q->dev->info.port, p->peer_addr,
-                             kvx__rdma_wc_str(&re->v, wc[i].status), (int)wc[i].status,
-                             wc[i].vendor_err, pn);
-                }
+                if (KVX__LOAD(&p->state) != KVX__RP_DEAD)
+                    kvx__rdma_wc_err(re, q, &wc[i], 1, &rank, err, sizeof err);
                 bad = 1;
                 continue;
             }
@@ -3133,9 +3114,6 @@ static void kvx__rdma_reconnect(kvx__rdma_engine *re, uint64_t inst, uint32_t qp
                                 const char *addr, const char *reason) {
     kvx__rdma_peer *pe;
     kvx__rdma_pair *old = NULL;
-    char msg[KVX_ERROR_MAX];
-    snprintf(msg, sizeof msg, "prefill %s asks to reconnect: %s", addr,
-             reason && *reason ? reason : "its side of the connection broke");
     pthread_mutex_lock(&re->mu);
     for (pe = re->peers; pe; pe = pe->next) {
         if (pe->instance != inst || KVX__RDMA_DIALING(pe)) continue;
@@ -3150,7 +3128,8 @@ static void kvx__rdma_reconnect(kvx__rdma_engine *re, uint64_t inst, uint32_t qp
     }
     pthread_mutex_unlock(&re->mu);
     if (old) {
-        kvx__rdma_pair_down(re, old, KVX_ERR_TRANSPORT, 0, 1, msg);
+        kvx__rdma_pair_down(re, old, KVX_ERR_TRANSPORT, 0, 1, "prefill %s asks to reconnect: %s",
+                            addr, reason && *reason ? reason : "its side of the connection broke");
         kvx__rdma_pair_unref(re, old);
     }
 }
@@ -3164,7 +3143,7 @@ static int kvx__rdma_on_status(kvx_boot *b, kvx_room *r, const kvx_boot_peer *pe
     kvx_rdma_hello h;
     kvx__rdma_src *s;
     char why[KVX_ERROR_MAX] = "", who[128];
-    int nqp = 0, v, k;
+    int nqp = 0, v;
     uint64_t total = 0;
     kvx_result hr = kvx_rdma_hello_parse(peer->endpoint, peer->endpoint_len, &h, why, sizeof why);
     if (state == KVX_POLL_FAILED && result == KVX_ERR_TRANSPORT && hr == KVX_OK) {
@@ -3179,7 +3158,7 @@ static int kvx__rdma_on_status(kvx_boot *b, kvx_room *r, const kvx_boot_peer *pe
         snprintf(why, sizeof why, "prefill %s reports its RDMA connection with this engine "
                  "broken: %s", peer->addr, reason && *reason ? reason : "no reason given");
         for (i = 0; i < nd; i++) {
-            kvx__rdma_pair_down(re, dead[i], KVX_ERR_TRANSPORT, 1, 1, why);
+            kvx__rdma_pair_down(re, dead[i], KVX_ERR_TRANSPORT, 1, 1, "%s", why);
             kvx__rdma_pair_unref(re, dead[i]);
         }
         return 1;
@@ -3215,11 +3194,10 @@ static int kvx__rdma_on_status(kvx_boot *b, kvx_room *r, const kvx_boot_peer *pe
         s->nqp = (uint32_t)nqp;
     }
     snprintf(who, sizeof who, "prefill %s", peer->addr);
-    v = s ? kvx__rdma_rx_check(rr, why, sizeof why, who) : -1;
+    v = s ? kvx__rdma_rx_check(rr, why, sizeof why, who, &total) : -1;
     if (!s) snprintf(why, sizeof why, "more prefill engines wrote room %llu than this receiver "
                      "can track", (unsigned long long)rr->x.id);
     if (v > 0 || (v < 0 && s)) kvx__rdma_rx_remove(re, rr);
-    for (k = 0; k < rr->nsrc; k++) total += rr->src[k].status ? rr->src[k].bytes : 0;
     pthread_mutex_unlock(&re->rx_mu);
     kvx__rdma_rx_act(r, v, total, why);
     /* 2: this rank is done. It sends Success only after every WRITE,
