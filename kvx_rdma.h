@@ -1642,14 +1642,6 @@ static kvx_result kvx__rdma_qp_connect(kvx__rdma_engine *re, kvx__rdma_qp *q,
 
 /* >>rdma: failing rooms ----------------------------------------------------------- */
 
-/* A local failure (kvx_room_fail) reaches the peer through the room_failed
-   hook, with the room's first reason; a failure the peer reported, or the
-   loss of the peer, is kvx_room_fail_remote and sends nothing back. */
-static void kvx__rdma_fail(kvx_room *r, int remote, kvx_result res, const char *msg) {
-    if (remote) kvx_room_fail_remote(r, res, "%s", msg);
-    else kvx_room_fail(r, res, "%s", msg);
-}
-
 typedef struct kvx__rdma_deadarg {
     kvx__rdma_pair *p;
     kvx_result res;
@@ -1746,27 +1738,17 @@ static void kvx__rdma_decode_dead_one(kvx_room *r, void *arg) {
         if (v) kvx__rdma_rx_remove(rr->re, rr);
     }
     pthread_mutex_unlock(&rr->re->rx_mu);
-    if (done) {
-        kvx__rdma_rx_act(r, v, total, msg);
-        return;
-    }
-    kvx__rdma_fail(r, a->remote, a->res, a->msg);
-}
-
-/* Decode: the rooms that were receiving through p fail. */
-static void kvx__rdma_decode_dead(kvx__rdma_engine *re, kvx__rdma_pair *p, kvx_result res,
-                                  int remote, const char *reason) {
-    kvx__rdma_deadarg a = {p, res, remote, reason};
-    kvx_engine_foreach_room(re->e, kvx__rdma_decode_dead_one, &a);
-    pthread_mutex_lock(&re->rx_mu);
-    pthread_cond_broadcast(&re->rx_cv);
-    pthread_mutex_unlock(&re->rx_mu);
+    if (done) kvx__rdma_rx_act(r, v, total, msg);
+    else if (a->remote) kvx_room_fail_remote(r, a->res, "%s", a->msg);
+    else kvx_room_fail(r, a->res, "%s", a->msg);
 }
 
 /* Takes p out of service: every queue pair to ERR, queued and in-flight
    WRITEs forgotten; the prefill's rooms on it fail, and with fail_decode
-   the decode rooms it served. With remote (the peer is gone or reported
-   the connection broken) they fail with kvx_room_fail_remote. */
+   the decode rooms it served. A local failure (kvx_room_fail) reaches the
+   peer through the room_failed hook with the room's first reason; with
+   remote (the peer is gone or reported the connection broken) they fail
+   with kvx_room_fail_remote, which sends nothing back. */
 static void kvx__rdma_pair_down(kvx__rdma_engine *re, kvx__rdma_pair *p, kvx_result res,
                                 int fail_decode, int remote, const char *fmt, ...) KVX_PRINTF(6, 7);
 static void kvx__rdma_pair_down(kvx__rdma_engine *re, kvx__rdma_pair *p, kvx_result res,
@@ -1814,10 +1796,17 @@ static void kvx__rdma_pair_down(kvx__rdma_engine *re, kvx__rdma_pair *p, kvx_res
                               ? KVX_LOG_INFO : KVX_LOG_WARN, "kvx.rdma", 0, "%s", msg);
     while ((rr = fail) != NULL) {
         fail = rr->knext;
-        kvx__rdma_fail(rr->x.room, remote, res, msg);
+        if (remote) kvx_room_fail_remote(rr->x.room, res, "%s", msg);
+        else kvx_room_fail(rr->x.room, res, "%s", msg);
         kvx_room_unref(rr->x.room);
     }
-    if (re->role == KVX_ROLE_DECODE && fail_decode) kvx__rdma_decode_dead(re, p, res, remote, msg);
+    if (re->role == KVX_ROLE_DECODE && fail_decode) { /* the rooms receiving through p */
+        kvx__rdma_deadarg a = {p, res, remote, msg};
+        kvx_engine_foreach_room(re->e, kvx__rdma_decode_dead_one, &a);
+        pthread_mutex_lock(&re->rx_mu);
+        pthread_cond_broadcast(&re->rx_cv);
+        pthread_mutex_unlock(&re->rx_mu);
+    }
 }
 
 /* Tears down the data path of p: every queue pair to ERR, queued and
@@ -1830,11 +1819,7 @@ static void kvx__rdma_pair_down(kvx__rdma_engine *re, kvx__rdma_pair *p, kvx_res
 /* A decode peer whose exchange is under way (under re->mu). */
 #define KVX__RDMA_DIALING(pe) ((pe)->pair && KVX__LOAD(&(pe)->pair->state) == KVX__RP_CONNECTING)
 
-static void kvx__rdma_put_ports(kvx__rdma_engine *re, kvx__buf *b) {
-    int i;
-    for (i = 0; i < re->ndev; i++) kvx__rdma_put_port(b, &re->dev[i].info);
-}
-
+/* The queue pair entries of p, then this engine's port entries. */
 static void kvx__rdma_put_qps(kvx__rdma_pair *p, kvx__buf *b) {
     int i;
     for (i = 0; i < p->nqp; i++) {
@@ -1844,6 +1829,7 @@ static void kvx__rdma_put_qps(kvx__rdma_pair *p, kvx__buf *b) {
         qi.dev = (uint16_t)(p->qp[i].dev - p->re->dev);
         kvx__rdma_put_qp(b, &qi);
     }
+    for (i = 0; i < p->re->ndev; i++) kvx__rdma_put_port(b, &p->re->dev[i].info);
 }
 
 /* CONNECT: our queue pairs, ports and registered regions. */
@@ -1859,7 +1845,6 @@ static void kvx__rdma_cm_connect(kvx__rdma_engine *re, kvx__rdma_pair *p, kvx__b
     kvx__buf_put32(b, l->num_aux);
     kvx__buf_put32(b, 0);
     kvx__rdma_put_qps(p, b);
-    kvx__rdma_put_ports(re, b);
     for (d = 0; d < re->ndev; d++) {
         kvx__rdma_dev *dv = &re->dev[d];
         kvx__buf_put64(b, dv->region_bytes);
@@ -1951,7 +1936,6 @@ static kvx_result kvx__rdma_pair_tables(kvx__rdma_pair *p, const kvx_rdma_cm_msg
 }
 
 static void kvx__rdma_publish(kvx__rdma_engine *re, kvx__rdma_pair *p);
-static void kvx__rdma_ready(kvx__rdma_engine *re, kvx__rdma_pair *p);
 
 /* Decode: creates the queue pairs of p and sends CONNECT (a worker job;
    the ACCEPT arrives as a message). */
@@ -2092,7 +2076,6 @@ static kvx_result kvx__rdma_on_connect_msg(kvx__rdma_engine *re, const kvx_boot_
     kvx__buf_put16(&b, (uint16_t)re->ndev);
     kvx__buf_put32(&b, 0);
     kvx__rdma_put_qps(p, &b);
-    kvx__rdma_put_ports(re, &b);
     pthread_mutex_lock(&re->mu);
     p->deadline = kvx_now_ns() + (uint64_t)(re->cfg.connect_timeout_s * 1e9);
     p->next = re->acc;
@@ -2108,7 +2091,7 @@ static kvx_result kvx__rdma_on_accept_msg(kvx__rdma_engine *re, kvx__rdma_pair *
                                           const kvx_rdma_cm_msg *m, char *why, size_t wl) {
     kvx__buf b;
     kvx_result res = KVX_OK;
-    int i;
+    int i, cur = KVX__RP_CONNECTING;
     if (m->nqp != p->nqp) {
         kvx__set_why(why, wl, "%s answered with %u queue pairs, %d asked", p->peer_addr, m->nqp,
                      p->nqp);
@@ -2121,7 +2104,12 @@ static kvx_result kvx__rdma_on_accept_msg(kvx__rdma_engine *re, kvx__rdma_pair *
     kvx__rdma_cm_begin(&b, KVX_RDMA_CM_READY, p->seq, re->instance, p->peer);
     res = kvx__rdma_send_buf(re, &p->ctl, &b, why, wl);
     kvx__buf_free(&b);
-    if (res == KVX_OK) kvx__rdma_ready(re, p);
+    if (res == KVX_OK && __atomic_compare_exchange_n(&p->state, &cur, KVX__RP_READY, 0,
+                                                     __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+        KVX__RDMA_STAT(re, pairs, 1); /* our side is at RTS and the prefill may write */
+        kvx_engine_log(re->e, KVX_LOG_INFO, "kvx.rdma", 0, "%s connected: %d queue pairs",
+                       p->peer_addr, p->nqp);
+    }
     return res;
 }
 
@@ -2321,8 +2309,6 @@ static int kvx__rdma_fill(kvx__rdma_engine *re, kvx__rdma_qp *q, kvx__rdma_work 
         uint64_t lo = s->src_offset + pos, ro = s->dst_offset + pos;
         uint64_t lrb = q->dev->region_bytes, rrb = rd->region_bytes, e;
         uint32_t bi = s->buffer + (s->kind == KVX_SPAN_AUX ? l->num_buffers : 0);
-        const kvx__rdma_mr *lm = &q->dev->buf[bi];
-        const kvx__rdma_rbuf *rm = &rd->buf[bi];
         e = (pos / (uint64_t)re->cfg.max_msg + 1) * (uint64_t)re->cfg.max_msg;
         if (e > limit) e = limit;
         if ((lo / lrb + 1) * lrb - lo < e - pos) e = pos + ((lo / lrb + 1) * lrb - lo);
@@ -2330,11 +2316,11 @@ static int kvx__rdma_fill(kvx__rdma_engine *re, kvx__rdma_qp *q, kvx__rdma_work 
         len = e - pos;
         sg->addr = (uint64_t)(uintptr_t)kvx_span_addr(l, s, 0) + pos;
         sg->length = (uint32_t)len;
-        sg->lkey = lm->mr[lo / lrb]->lkey;
+        sg->lkey = q->dev->buf[bi].mr[lo / lrb]->lkey;
         wr->sg_list = sg;
         wr->num_sge = 1;
-        wr->wr.rdma.remote_addr = rm->base + ro;
-        wr->wr.rdma.rkey = rm->rkeys[ro / rrb];
+        wr->wr.rdma.remote_addr = rd->buf[bi].base + ro;
+        wr->wr.rdma.rkey = rd->buf[bi].rkeys[ro / rrb];
         w->off = e;
         if (w->off >= s->length) { w->s++; w->off = 0; }
         last = kvx__rdma_work_done(w);
@@ -2685,17 +2671,6 @@ static void kvx__rdma_publish(kvx__rdma_engine *re, kvx__rdma_pair *p) {
         kvx_room_unref(rr->x.room);
     }
     kvx__rdma_pair_unref(re, p);
-}
-
-/* Decode: our side of p is at RTS and the prefill may write. */
-static void kvx__rdma_ready(kvx__rdma_engine *re, kvx__rdma_pair *p) {
-    int cur = KVX__RP_CONNECTING;
-    if (__atomic_compare_exchange_n(&p->state, &cur, KVX__RP_READY, 0, __ATOMIC_ACQ_REL,
-                                    __ATOMIC_ACQUIRE)) {
-        KVX__RDMA_STAT(re, pairs, 1);
-        kvx_engine_log(re->e, KVX_LOG_INFO, "kvx.rdma", 0, "%s connected: %d queue pairs",
-                       p->peer_addr, p->nqp);
-    }
 }
 
 /* Confirms WRITEs up to sequence `upto` on q (under p->mu). */
@@ -3331,33 +3306,29 @@ static kvx_result kvx__rdma_sender_init(kvx_room *r, uint32_t n, int32_t aux) {
 static kvx_result kvx__rdma_sender_send(kvx_room *r, kvx_chunk *c) {
     kvx__rdma_engine *re = kvx__rdma_re(kvx_room_engine(r));
     kvx__rdma_room *rr = kvx__rdma_rr(r);
+    kvx_result res = KVX_OK;
     pthread_mutex_lock(&rr->x.mu);
-    if (kvx_room_poll(r) == KVX_POLL_FAILED) {
-        pthread_mutex_unlock(&rr->x.mu);
-        kvx_chunk_free(re->e, c);
-        return KVX_OK;
-    }
-    if (!rr->pair) { /* the connection with the decode side is not up yet */
+    if (kvx_room_poll(r) != KVX_POLL_FAILED && rr->pair) {
+        kvx__rdma_submit(re, rr, c); /* it frees c */
+        c = NULL;
+    } else if (kvx_room_poll(r) != KVX_POLL_FAILED) { /* the connection is not up yet: park c */
         if (rr->nchunks == rr->cchunks) {
             uint32_t nc = rr->cchunks ? rr->cchunks * 2 : 8;
             kvx_chunk **nv = (kvx_chunk **)kvx__grow(&kvx_engine_settings(re->e)->allocator,
                                                      rr->chunks, rr->cchunks * sizeof *nv,
                                                      nc * sizeof *nv);
-            if (!nv) {
-                pthread_mutex_unlock(&rr->x.mu);
-                kvx_chunk_free(re->e, c);
-                return KVX_ERR_NO_MEMORY;
+            if (nv) {
+                rr->chunks = nv;
+                rr->cchunks = nc;
             }
-            rr->chunks = nv;
-            rr->cchunks = nc;
         }
-        rr->chunks[rr->nchunks++] = c;
-        pthread_mutex_unlock(&rr->x.mu);
-        return KVX_OK;
+        if (rr->nchunks < rr->cchunks) rr->chunks[rr->nchunks++] = c;
+        else res = KVX_ERR_NO_MEMORY;
+        if (res == KVX_OK) c = NULL;
     }
-    kvx__rdma_submit(re, rr, c);
     pthread_mutex_unlock(&rr->x.mu);
-    return KVX_OK;
+    kvx_chunk_free(re->e, c);
+    return res;
 }
 
 /* Decode: the tags of other receivers whose folded ids collide are busy. */
