@@ -119,12 +119,11 @@
    HOW IT CONNECTS
      Both sides register every KV and aux buffer on every port they use
      (decode: LOCAL_WRITE | REMOTE_WRITE, prefill: LOCAL_WRITE; relaxed
-     ordering when available), split at the device's max_mr_size. Each
-     kvx_boot hello carries an endpoint blob (below): instance id and ports
-     (GID, LID, MTU, link layer). The rest goes as kvx_boot transport messages
-     (kvx_boot_peer_send / hooks.on_message) on the control connection: once
-     the decode side's control connection to a prefill rank is up
-     (hooks.on_connect) it creates its queue pairs, posts receives and sends
+     ordering when available), split at the device's max_mr_size. Each kvx_boot
+     hello carries an endpoint blob (below), the rest goes as kvx_boot
+     transport messages (kvx_boot_peer_send / hooks.on_message) on the control
+     connection: once the decode side's control connection to a prefill rank is
+     up (hooks.on_connect) it creates its queue pairs, posts receives and sends
      CONNECT (its queue pairs, ports and regions: below); the prefill creates
      its queue pairs, brings them to RTS and answers ACCEPT; the decode side
      brings its own to RTS and answers READY, after which the prefill writes.
@@ -136,21 +135,20 @@
      status with KVX_ERR_TRANSPORT); when only the prefill's side broke while
      idle, the next room asks the decode side to reconnect with a status frame
      in state Transferring carrying KVX_ERR_TRANSPORT and, in its byte field,
-     the decode side's first queue pair number (so a late request cannot
-     retire a newer connection), and waits. A prefill retires its old
-     connection with a decode engine once a new CONNECT from it checks out.
+     the decode side's first queue pair number (so a late request cannot retire
+     a newer connection), and waits. A prefill retires its old connection with
+     a decode engine once a new CONNECT from it checks out.
 
    WHAT A PEER MAY WRITE
      The decode side registers only its KV pool and aux buffers for remote
      write, so a peer's rkeys reach nothing else; the prefill hands out no
-     rkeys (local access only). RDMA cannot restrict a
-     WRITE to one room's pages at the NIC without a memory region or window
-     per room (type-2 memory windows cost a bind per buffer region per room;
-     out of scope), so the prefill plans every WRITE with kvx_plan_pages
-     against the room frame's destination pages, checked against the pool
-     size the decode side advertised, and the decode side checks on
-     completion that the bytes placed equal pages * page bytes + aux row
-     bytes of the room.
+     rkeys (local access only). RDMA cannot restrict a WRITE to one room's
+     pages at the NIC without a memory region or window per room (type-2 memory
+     windows cost a bind per buffer region per room; out of scope), so the
+     prefill plans every WRITE with kvx_plan_pages against the room frame's
+     destination pages, checked against the pool size the decode side
+     advertised, and the decode side checks on completion that the bytes placed
+     equal pages * page bytes + aux row bytes of the room.
 
    FAILURES
      As kvx.h's FAILURES: the prefill sends status Failed, the decode side
@@ -1056,18 +1054,6 @@ static const kvx__setting kvx__rdma_table[] = {
     KVX__SET_DBL("KVX_IB_FENCE_TIMEOUT", kvx_engine_desc, rdma.fence_timeout_s, 2,
                  0.001, KVX_MAX_TIMEOUT_S),
 };
-
-/* desc.rdma resolved by kvx__rdma_table into re->cfg. */
-static kvx_result kvx__rdma_settings(kvx__rdma_engine *re, char *why, size_t wl) {
-    kvx_rdma_desc *c = &re->cfg;
-    kvx_engine_desc d = *kvx_engine_settings(re->e);
-    kvx_result r = kvx__settings_apply(kvx__rdma_table, KVX__COUNT(kvx__rdma_table), &d, why, wl);
-    if (r != KVX_OK) return r;
-    *c = d.rdma;
-    if (!c->library) c->library = "libibverbs.so.1";
-    if (c->send_depth < 2 * c->signal_every) c->send_depth = 2 * c->signal_every;
-    return KVX_OK;
-}
 
 static void *kvx__rdma_zalloc(const kvx__rdma_engine *re, size_t n, size_t size) {
     return kvx__zalloc(&kvx_engine_settings(re->e)->allocator, n, size);
@@ -2238,30 +2224,26 @@ static void kvx__rdma_on_message(kvx_boot *b, const kvx_boot_peer *peer, const v
 static int kvx__rdma_exchange_tick(kvx__rdma_engine *re) {
     uint64_t now = kvx_now_ns(), next = now + 200000000ull;
     kvx__rdma_pair *late = NULL, *p, **pp;
+    int decode = re->role == KVX_ROLE_DECODE;
     pthread_mutex_lock(&re->mu);
-    if (re->role == KVX_ROLE_DECODE) {
-        for (p = re->pairs; p; p = p->next) {
-            if (KVX__LOAD(&p->state) != KVX__RP_CONNECTING) continue;
-            if (p->deadline <= now) {
-                kvx__rdma_pair_ref(p);
-                p->late_next = late;
-                late = p;
-            } else if (p->deadline < next) {
-                next = p->deadline;
-            }
-        }
-    } else {
-        for (pp = &re->acc; *pp;) {
-            p = *pp;
-            if (p->deadline <= now) {
-                *pp = p->next;
-                p->late_next = late;
-                late = p;
-                continue;
-            }
-            if (p->deadline < next) next = p->deadline;
+    /* decode: the listed pairs still connecting (they stay listed, a
+       reference taken); prefill: the ACCEPTs awaiting READY (the list's
+       reference goes with them) */
+    for (pp = decode ? &re->pairs : &re->acc; (p = *pp) != NULL;) {
+        int live = !decode || KVX__LOAD(&p->state) == KVX__RP_CONNECTING;
+        if (!live || p->deadline > now) {
+            if (live && p->deadline < next) next = p->deadline;
             pp = &p->next;
+            continue;
         }
+        if (decode) {
+            kvx__rdma_pair_ref(p);
+            pp = &p->next;
+        } else {
+            *pp = p->next;
+        }
+        p->late_next = late;
+        late = p;
     }
     pthread_mutex_unlock(&re->mu);
     while (late) {
@@ -2886,16 +2868,19 @@ static void kvx__rdma_cq_events(kvx__rdma_engine *re, kvx__rdma_dev *d) {
     }
 }
 
-/* Pairs (referenced, not dead) with a queue pair on port d, or with d
-   NULL those with the peer engine of instance inst. */
+/* Pairs (referenced, not dead) with a queue pair on port d; with d NULL
+   those with the peer engine of instance inst, or with rr the ready ones
+   that serve decode room rr. */
 static int kvx__rdma_pairs_on(kvx__rdma_engine *re, const kvx__rdma_dev *d, uint64_t inst,
-                              kvx__rdma_pair **out, int max) {
+                              const kvx__rdma_room *rr, kvx__rdma_pair **out, int max) {
     kvx__rdma_pair *p;
     int n = 0, i;
     pthread_mutex_lock(&re->mu);
     for (p = re->pairs; p && n < max; p = p->next) {
+        int st = KVX__LOAD(&p->state);
         for (i = 0; d && i < p->nqp && p->qp[i].dev != d; i++) {}
-        if ((d ? i < p->nqp : p->peer == inst) && KVX__LOAD(&p->state) != KVX__RP_DEAD) {
+        if ((d ? i < p->nqp : rr ? st == KVX__RP_READY && KVX__RDMA_SERVES(p, rr) : p->peer == inst)
+            && st != KVX__RP_DEAD) {
             kvx__rdma_pair_ref(p);
             out[n++] = p;
         }
@@ -2938,14 +2923,14 @@ static void kvx__rdma_async(kvx__rdma_engine *re, kvx__rdma_dev *d) {
             break;
         case IBV_EVENT_PORT_ERR:
             KVX__STORE(&d->down, 1);
-            nhit = kvx__rdma_pairs_on(re, d, 0, hit, 64);
+            nhit = kvx__rdma_pairs_on(re, d, 0, NULL, hit, 64);
             snprintf(msg, sizeof msg, "%s (IBV_EVENT_PORT_ERR): %s port %u went down; check the "
                      "link (ibv_devinfo, rdma link show)", name, d->info.name,
                      (unsigned)d->info.port);
             break;
         case IBV_EVENT_DEVICE_FATAL:
             KVX__STORE(&d->fatal, 1);
-            nhit = kvx__rdma_pairs_on(re, d, 0, hit, 64);
+            nhit = kvx__rdma_pairs_on(re, d, 0, NULL, hit, 64);
             snprintf(msg, sizeof msg, "%s (IBV_EVENT_DEVICE_FATAL) on %s: the NIC needs a reset",
                      name, d->info.name);
             break;
@@ -3129,11 +3114,11 @@ static int kvx__rdma_on_status(kvx_boot *b, kvx_room *r, const kvx_boot_peer *pe
         int nd, i;
         kvx_room_fail_remote(r, result, "prefill rank %s failed the room: %s", peer->addr,
                       reason && *reason ? reason : "no reason given");
-        nd = kvx__rdma_pairs_on(re, NULL, h.instance, dead, 8);
-        snprintf(why, sizeof why, "prefill %s reports its RDMA connection with this engine "
-                 "broken: %s", peer->addr, reason && *reason ? reason : "no reason given");
+        nd = kvx__rdma_pairs_on(re, NULL, h.instance, NULL, dead, 8);
         for (i = 0; i < nd; i++) {
-            kvx__rdma_pair_down(re, dead[i], KVX_ERR_TRANSPORT, 1, 1, "%s", why);
+            kvx__rdma_pair_down(re, dead[i], KVX_ERR_TRANSPORT, 1, 1, "prefill %s reports its RDMA "
+                                "connection with this engine broken: %s", peer->addr,
+                                reason && *reason ? reason : "no reason given");
             kvx__rdma_pair_unref(re, dead[i]);
         }
         return 1;
@@ -3450,19 +3435,13 @@ static void kvx__rdma_tx_close(kvx__rdma_engine *re, kvx__rdma_room *rr) {
 /* Decode: an unfinished room waits (KVX_IB_FENCE_TIMEOUT) until every
    queue pair of its prefill connections delivered its last immediate. */
 static void kvx__rdma_rx_close(kvx__rdma_engine *re, kvx__rdma_room *rr) {
-    kvx__rdma_pair *ps[16], *p;
-    int np = 0, i, timed_out = 0;
+    kvx__rdma_pair *ps[16];
+    int np, i, timed_out = 0;
     uint64_t deadline = kvx_now_ns() + (uint64_t)(re->cfg.fence_timeout_s * 1e9);
     kvx__rdma_unlist(&re->rx_mu, &re->deferred, rr, &rr->deferred);
     if (!rr->in_table) return;
     if (kvx_room_poll(rr->x.room) != KVX_POLL_SUCCESS) {
-        pthread_mutex_lock(&re->mu);
-        for (p = re->pairs; p && np < 16; p = p->next)
-            if (KVX__LOAD(&p->state) == KVX__RP_READY && KVX__RDMA_SERVES(p, rr)) {
-                kvx__rdma_pair_ref(p);
-                ps[np++] = p;
-            }
-        pthread_mutex_unlock(&re->mu);
+        np = kvx__rdma_pairs_on(re, NULL, 0, rr, ps, 16);
         pthread_mutex_lock(&re->rx_mu);
         for (;;) {
             struct timespec ts;
@@ -3614,6 +3593,7 @@ static kvx_result kvx__rdma_engine_init(kvx_engine *e, char *why, size_t wl) {
     kvx_boot_hooks hooks;
     kvx_rdma_hello h;
     uint8_t hello[KVX_RDMA_HELLO_FIXED + KVX_RDMA_DEV_ENTRY * KVX_RDMA_MAX_DEVS];
+    kvx_engine_desc dc = *kvx_engine_settings(e);
     kvx_result r;
     char devs[1024] = "";
     int d;
@@ -3627,7 +3607,11 @@ static kvx_result kvx__rdma_engine_init(kvx_engine *e, char *why, size_t wl) {
     pthread_mutex_init(&re->gmu, NULL);
     pthread_mutex_init(&re->rx_mu, NULL);
     pthread_cond_init(&re->rx_cv, NULL);
-    if ((r = kvx__rdma_settings(re, why, wl)) != KVX_OK) goto fail;
+    r = kvx__settings_apply(kvx__rdma_table, KVX__COUNT(kvx__rdma_table), &dc, why, wl);
+    if (r != KVX_OK) goto fail;
+    re->cfg = dc.rdma; /* desc.rdma resolved */
+    if (!re->cfg.library) re->cfg.library = "libibverbs.so.1";
+    if (re->cfg.send_depth < 2 * re->cfg.signal_every) re->cfg.send_depth = 2 * re->cfg.signal_every;
     if ((r = kvx__rdma_load(&re->v, re->cfg.library, why, wl)) != KVX_OK) goto fail;
     if ((r = kvx__rdma_open_devices(re, why, wl)) != KVX_OK) goto fail;
     re->instance = kvx__rdma_random64();
