@@ -28,22 +28,21 @@
      (runs coalesced) is cut at KVX_IB_MAX_MSG and region boundaries into one
      WRITE each, dealt to the queue pairs in byte-balanced contiguous ranges
      (kvx__rdma_cuts); kvx__rdma_room_step / kvx__rdma_queue_aux ->
-     kvx__rdma_pump chain them into one selectively signaled ibv_post_send
-     per queue pair per batch, at most KVX_IB_SEND_DEPTH outstanding (more as
+     kvx__rdma_pump chain them into one selectively signaled ibv_post_send per
+     queue pair per batch, at most KVX_IB_SEND_DEPTH outstanding (more as
      completions free slots, kvx__rdma_cq_prefill). The room's last WRITE on
      every queue pair is a signaled WRITE WITH IMMEDIATE (imm = the room id
      folded to 32 bits; zero-length if the queue pair had nothing left). Aux
-     rows go once the room's KV WRITEs on the other queue pairs completed,
-     on queue pair 0 behind its own KV WRITEs, the last carrying the
-     immediate. When every WRITE completed the prefill sends status Success
-     with the byte count; the decode side (kvx__rdma_cq_decode) succeeds
-     with that status, an immediate for the room from every queue pair of
-     that peer, and the bytes agreeing. Two open receivers whose folded ids
-     collide are serialised (the later sends its room frame when the first
-     is done). An aborted room gets a zero-length WRITE WITH IMMEDIATE on
-     each queue pair that had not carried its last one, so
-     kvx_receiver_destroy can wait (KVX_IB_FENCE_TIMEOUT) until no more
-     bytes of it can land.
+     rows go once the room's KV WRITEs on the other queue pairs completed, on
+     queue pair 0 behind its own KV WRITEs, the last carrying the immediate.
+     When every WRITE completed the prefill sends status Success with the byte
+     count; the decode side (kvx__rdma_cq_decode) succeeds with that status, an
+     immediate for the room from every queue pair of that peer, and the bytes
+     agreeing. Two open receivers whose folded ids collide are serialised (the
+     later sends its room frame when the first is done). An aborted room gets a
+     zero-length WRITE WITH IMMEDIATE on each queue pair that had not carried
+     its last one, so kvx_receiver_destroy can wait (KVX_IB_FENCE_TIMEOUT)
+     until no more bytes of it can land.
 
    EXAMPLE (prefill side; the rest as kvx_tcp.h's, with transport "rdma")
        // given: kvx_layout layout;
@@ -109,12 +108,11 @@
 
    THREAD SAFETY
      As kvx.h. Each engine owns one completion/event thread (completion
-     channels, async events, exchange timeouts) and one exchange worker
-     thread (the messages, in order), besides kvx_boot's; kvx_engine_destroy
-     joins them all. Posting happens on the caller's thread in
-     kvx_sender_send and on the completion thread. kvx_sender_destroy waits
-     until the NIC finished reading the room's pages (kvx_receiver_destroy:
-     DATA PATH, last sentence).
+     channels, async events, exchange timeouts) and one exchange worker thread
+     (the messages, in order), besides kvx_boot's; kvx_engine_destroy joins
+     them all. Posting happens on the caller's thread in kvx_sender_send and on
+     the completion thread. kvx_sender_destroy waits until the NIC finished
+     reading the room's pages (kvx_receiver_destroy: DATA PATH, last sentence).
 
    HOW IT CONNECTS
      Both sides register every KV and aux buffer on every port they use
@@ -151,20 +149,20 @@
      equal pages * page bytes + aux row bytes of the room.
 
    FAILURES
-     As kvx.h's FAILURES: the prefill sends status Failed, the decode side
-     an abort; failures the peer reported and its loss send nothing. A
-     prefill room whose WRITEs all completed is not failed by its connection
-     dying afterwards; a decode room whose prefill sent Success counts its
-     bytes as placed. A work completion error (ibv_wc_status_str), a refused
-     post, an async event on a queue pair (IBV_EVENT_QP_FATAL, QP_REQ_ERR,
-     QP_ACCESS_ERR), a CQ, a port (PORT_ERR) or the device (DEVICE_FATAL),
-     and the loss of the control connection fail every room that depended on
-     that connection, with the verbs text and the peer's address; the
-     prefill passes its sentence on in the status frame. A completion that
-     only says "flushed" or "retry counter exceeded" waits up to 100 ms for
-     an async event or another queue pair's completion that names the cause,
-     and says when the port is down. No room succeeds without its status,
-     immediates and bytes; when in doubt a room fails.
+     As kvx.h's FAILURES: the prefill sends status Failed, the decode side an
+     abort; failures the peer reported and its loss send nothing. A prefill
+     room whose WRITEs all completed is not failed by its connection dying
+     afterwards; a decode room whose prefill sent Success counts its bytes as
+     placed. A work completion error (ibv_wc_status_str), a refused post, an
+     async event on a queue pair (IBV_EVENT_QP_FATAL, QP_REQ_ERR,
+     QP_ACCESS_ERR), a CQ, a port (PORT_ERR) or the device (DEVICE_FATAL), and
+     the loss of the control connection fail every room that depended on that
+     connection, with the verbs text and the peer's address; the prefill passes
+     its sentence on in the status frame. A completion that only says "flushed"
+     or "retry counter exceeded" waits up to 100 ms for an async event or
+     another queue pair's completion that names the cause, and says when the
+     port is down. No room succeeds without its status, immediates and bytes;
+     when in doubt a room fails.
 
    ENDPOINT BLOB (in the kvx_boot hello; version 2; little-endian)
      0 u8[8] magic "kvx-rdma"   8 u16 version (2)   10 u16 role (1/2)
@@ -199,17 +197,17 @@
      with a small max_mr_size) fails the connection with a sentence.
 
    WHO MAY TAKE PART IN THE EXCHANGE
-     Only a peer whose kvx_boot control connection is up: its messages
-     arrive on that connection after the hellos (with a key, KVX_AUTH_KEY /
+     Only a peer whose kvx_boot control connection is up: its messages arrive
+     on that connection after the hellos (with a key, KVX_AUTH_KEY /
      KVX_AUTH_KEY_FILE / desc.auth_key of kvx.h: after both sides proved it,
-     kvx_boot.h SECURITY), and a message's `from` must be the rdma instance
-     of that connection's endpoint and its `to` this engine, else it is
-     refused (a REJECT with the reason, counted in cm_refused, nothing about
-     this engine sent). So is a malformed message, one in the wrong
-     direction, and an ACCEPT or READY that answers no exchange in progress
-     (wrong seq, or none). The key does not protect the bytes after the
-     handshake (no encryption, no per-message MAC: an attacker on the path
-     can alter them), nor the RDMA traffic itself.
+     kvx_boot.h SECURITY), and a message's `from` must be the rdma instance of
+     that connection's endpoint and its `to` this engine, else it is refused (a
+     REJECT with the reason, counted in cm_refused, nothing about this engine
+     sent). So is a malformed message, one in the wrong direction, and an
+     ACCEPT or READY that answers no exchange in progress (wrong seq, or none).
+     The key does not protect the bytes after the handshake (no encryption, no
+     per-message MAC: an attacker on the path can alter them), nor the RDMA
+     traffic itself.
 
    GPU MEMORY
      KV buffers with mem == KVX_MEM_CUDA are registered through dma-buf
@@ -814,10 +812,6 @@ typedef struct kvx__rdma_dev {
     int fatal;      /* atomic: DEVICE_FATAL seen */
 } kvx__rdma_dev;
 
-struct kvx__rdma_engine;
-struct kvx__rdma_pair;
-struct kvx__rdma_room;
-
 /* A WRITE's bookkeeping until a signaled completion covers it. */
 typedef struct kvx__rdma_slot {
     struct kvx__rdma_room *room;
@@ -1148,7 +1142,6 @@ static int kvx__rdma_gid_zero(const uint8_t *g) {
     static const uint8_t zero[16] = {0};
     return !memcmp(g, zero, 16);
 }
-static int kvx__rdma_gid_linklocal(const uint8_t *g) { return g[0] == 0xfe && (g[1] & 0xc0) == 0x80; }
 static int kvx__rdma_gid_v4mapped(const uint8_t *g) {
     static const uint8_t pre[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
     return !memcmp(g, pre, 12);
@@ -1173,11 +1166,9 @@ static int kvx__rdma_gid_type(const kvx__rdma_verbs *v, struct ibv_context *c, c
              (unsigned)port, idx);
     f = fopen(path, "r");
     if (!f) return 0;
-    buf[0] = 0;
     if (!fgets(buf, sizeof buf, f)) buf[0] = 0;
     fclose(f);
-    if (strstr(buf, "v2")) return 2;
-    return buf[0] ? 1 : 0;
+    return strstr(buf, "v2") ? 2 : buf[0] ? 1 : 0;
 }
 
 /* Picks the GID of a port: explicit index, or on RoCE the best candidate. */
@@ -1203,9 +1194,7 @@ static kvx_result kvx__rdma_pick_gid(kvx__rdma_engine *re, kvx__rdma_dev *d,
     }
     if (d->info.link_layer != 2) { /* InfiniBand: LID routing, GID 0 for the record */
         if (v->query_gid(d->ctx, d->info.port, 0, &g) == 0) memcpy(d->info.gid, g.raw, 16);
-        d->info.gid_index = 0;
-        d->is_global = 0;
-        if (!pa->lid) {
+        if (!pa->lid) { /* gid_index and is_global stay 0 (port_open cleared d) */
             kvx__set_why(why, wl, "%s port %u is InfiniBand without a LID (is a subnet manager "
                          "running?)", d->info.name, (unsigned)d->info.port);
             return KVX_ERR_TRANSPORT;
@@ -1215,7 +1204,7 @@ static kvx_result kvx__rdma_pick_gid(kvx__rdma_engine *re, kvx__rdma_dev *d,
     for (idx = 0; idx < n; idx++) {
         int score, type;
         if (v->query_gid(d->ctx, d->info.port, idx, &g) || kvx__rdma_gid_zero(g.raw) ||
-            kvx__rdma_gid_linklocal(g.raw))
+            (g.raw[0] == 0xfe && (g.raw[1] & 0xc0) == 0x80)) /* link-local */
             continue;
         type = kvx__rdma_gid_type(v, d->ctx, d->info.name, d->info.port, idx);
         if (type == 0) type = kvx__rdma_gid_v4mapped(g.raw) ? 2 : 1;
@@ -1333,6 +1322,7 @@ static kvx_result kvx__rdma_open_devices(kvx__rdma_engine *re, char *why, size_t
     struct ibv_device **list;
     int n = 0, i, found_named = 0;
     char names[512] = "", notes[512] = "";
+    kvx_result r = KVX_OK;
     list = re->v.get_device_list(&n);
     if (!list || n <= 0) {
         kvx__set_why(why, wl, "no RDMA device found (%s lists none%s%s). Load the NIC's driver, "
@@ -1341,9 +1331,9 @@ static kvx_result kvx__rdma_open_devices(kvx__rdma_engine *re, char *why, size_t
         if (list) re->v.free_device_list(list);
         return KVX_ERR_NOT_FOUND;
     }
-    for (i = 0; i < n && re->ndev < KVX_RDMA_MAX_DEVS; i++) {
+    for (i = 0; i < n && r == KVX_OK && re->ndev < KVX_RDMA_MAX_DEVS; i++) {
         const char *name = re->v.get_device_name(list[i]);
-        int want_port = 0, p, nports;
+        int want_port = 0, p, nports = 0;
         struct ibv_context *probe;
         struct ibv_device_attr da;
         if (!name) continue;
@@ -1351,29 +1341,24 @@ static kvx_result kvx__rdma_open_devices(kvx__rdma_engine *re, char *why, size_t
         if (!kvx__rdma_dev_selected(re->cfg.devices, name, &want_port)) continue;
         found_named++;
         probe = re->v.open_device(list[i]);
-        if (!probe || re->v.query_device(probe, &da)) {
+        if (probe && !re->v.query_device(probe, &da)) {
+            nports = da.phys_port_cnt;
+        } else {
             kvx__set_why(why, wl, "cannot open RDMA device %s: %s", name, strerror(errno));
-            if (probe) re->v.close_device(probe);
-            re->v.free_device_list(list);
-            return KVX_ERR_TRANSPORT;
+            r = KVX_ERR_TRANSPORT;
         }
-        nports = da.phys_port_cnt;
-        re->v.close_device(probe);
-        for (p = 1; p <= nports && re->ndev < KVX_RDMA_MAX_DEVS; p++) {
+        if (probe) re->v.close_device(probe);
+        for (p = 1; p <= nports && r == KVX_OK && re->ndev < KVX_RDMA_MAX_DEVS; p++) {
             char note[128] = "";
-            kvx_result pr;
             if (want_port && p != want_port) continue;
-            pr = kvx__rdma_port_open(re, list[i], name, (uint8_t)p, why, wl, note, sizeof note);
-            if (pr != KVX_OK) {
-                re->v.free_device_list(list);
-                return pr;
-            }
+            r = kvx__rdma_port_open(re, list[i], name, (uint8_t)p, why, wl, note, sizeof note);
             if (note[0] && strlen(notes) + strlen(note) + 3 < sizeof notes)
                 snprintf(notes + strlen(notes), sizeof notes - strlen(notes), "%s%s",
                          notes[0] ? "; " : "", note);
         }
     }
     re->v.free_device_list(list);
+    if (r != KVX_OK) return r;
     if (!found_named) {
         kvx__set_why(why, wl, "KVX_IB_DEVICE='%s' names no RDMA device; present: %s",
                      re->cfg.devices ? re->cfg.devices : "", names);
@@ -2045,8 +2030,7 @@ static kvx_result kvx__rdma_on_connect_msg(kvx__rdma_engine *re, const kvx_boot_
     p->peer_qpn0 = m->qp[0].qpn;
     p->seq = m->seq;
     p->ctl = *from;
-    p->ctl.addr = p->ctl.bootstrap = p->ctl.transport = NULL;
-    p->ctl.endpoint = NULL;
+    p->ctl.addr = NULL; /* the message's; on_message cleared the other strings */
     res = kvx__rdma_pair_tables(p, m, l, why, wl);
     for (i = 0; res == KVX_OK && i < p->nqp; i++) {
         res = kvx__rdma_qp_create(re, &p->qp[i], why, wl);
@@ -3445,13 +3429,12 @@ static void kvx__rdma_rx_close(kvx__rdma_engine *re, kvx__rdma_room *rr) {
         pthread_mutex_lock(&re->rx_mu);
         for (;;) {
             struct timespec ts;
-            int all = 1;
             for (i = 0; i < np; i++) {
                 kvx__rdma_src *s = kvx__rdma_src_get(rr, ps[i]->peer, 0);
                 if (KVX__LOAD(&ps[i]->state) != KVX__RP_DEAD && (!s || s->marks < (uint32_t)ps[i]->nqp))
-                    all = 0;
+                    break;
             }
-            if (all) break;
+            if (i == np) break; /* every queue pair delivered its last immediate */
             if (kvx_now_ns() >= deadline) { timed_out = 1; break; }
             kvx__abstime(&ts, 50000000);
             pthread_cond_timedwait(&re->rx_cv, &re->rx_mu, &ts);
@@ -3499,8 +3482,7 @@ static void kvx__rdma_progress(kvx_engine *e) {
                               "complete", rr->decode_addr, re->cfg.connect_timeout_s);
             kvx_room_unref(rr->x.room);
         }
-    }
-    if (re->role == KVX_ROLE_DECODE) {
+    } else {
         kvx__rdma_peer dialing[16];
         int nd = 0, k;
         kvx__rdma_peer *pe;
