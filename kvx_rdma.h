@@ -2310,16 +2310,11 @@ static int kvx__rdma_fill(kvx__rdma_engine *re, kvx__rdma_qp *q, kvx__rdma_work 
 }
 
 static void kvx__rdma_enqueue(kvx__rdma_qp *q, kvx__rdma_work *w, int front) {
-    w->next = NULL;
-    if (front) {
-        w->next = q->head;
-        q->head = w;
-        if (!q->tail) q->tail = w;
-        return;
-    }
-    if (q->tail) q->tail->next = w;
+    w->next = front ? q->head : NULL;
+    if (front) q->head = w;
+    else if (q->tail) q->tail->next = w;
     else q->head = w;
-    q->tail = w;
+    if (!front || !q->tail) q->tail = w;
 }
 
 /* Stops a room's data: its queued WRITEs go, and each queue pair that has
@@ -2404,8 +2399,7 @@ static void kvx__rdma_cuts(const kvx_plan *pl, uint64_t msg, int n, kvx__rdma_po
     uint64_t total = pl->total_bytes, acc = 0;
     size_t s;
     int j = 1;
-    cut[0].s = 0;
-    cut[0].off = 0;
+    memset(cut, 0, sizeof *cut);
     for (s = 0; s < pl->count && j < n; s++) {
         uint64_t off = 0, len = pl->spans[s].length;
         while (off < len && j < n) {
@@ -2471,11 +2465,8 @@ static int kvx__rdma_room_step(kvx__rdma_engine *re, kvx__rdma_pair *p, kvx__rdm
         if (r != KVX_OK) return (int)r;
         rr->aux_queued = 1;
     }
-    if (!rr->works && !rr->inflight && (!rr->aux_needed || rr->aux_queued)) {
-        rr->finished = 1;
-        return 1;
-    }
-    return 0;
+    rr->finished = !rr->works && !rr->inflight && (!rr->aux_needed || rr->aux_queued);
+    return rr->finished;
 }
 
 /* Reports a finished room: status Success with the bytes, then Success. */
