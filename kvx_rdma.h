@@ -3584,7 +3584,8 @@ static kvx_result kvx__rdma_engine_init(kvx_engine *e, char *why, size_t wl) {
     if (r != KVX_OK) goto fail;
     re->cfg = dc.rdma; /* desc.rdma resolved */
     if (!re->cfg.library) re->cfg.library = "libibverbs.so.1";
-    if (re->cfg.send_depth < 2 * re->cfg.signal_every) re->cfg.send_depth = 2 * re->cfg.signal_every;
+    if (re->cfg.send_depth < 2 * re->cfg.signal_every)
+        re->cfg.send_depth = 2 * re->cfg.signal_every;
     if ((r = kvx__rdma_load(&re->v, re->cfg.library, why, wl)) != KVX_OK) goto fail;
     if ((r = kvx__rdma_open_devices(re, why, wl)) != KVX_OK) goto fail;
     re->instance = kvx__rdma_random64();
