@@ -28,22 +28,21 @@
      (runs coalesced) is cut at KVX_IB_MAX_MSG and region boundaries into one
      WRITE each, dealt to the queue pairs in byte-balanced contiguous ranges
      (kvx__rdma_cuts); kvx__rdma_room_step / kvx__rdma_queue_aux ->
-     kvx__rdma_pump chain them into one selectively signaled ibv_post_send
-     per queue pair per batch, at most KVX_IB_SEND_DEPTH outstanding (more as
+     kvx__rdma_pump chain them into one selectively signaled ibv_post_send per
+     queue pair per batch, at most KVX_IB_SEND_DEPTH outstanding (more as
      completions free slots, kvx__rdma_cq_prefill). The room's last WRITE on
      every queue pair is a signaled WRITE WITH IMMEDIATE (imm = the room id
      folded to 32 bits; zero-length if the queue pair had nothing left). Aux
-     rows go once the room's KV WRITEs on the other queue pairs completed,
-     on queue pair 0 behind its own KV WRITEs, the last carrying the
-     immediate. When every WRITE completed the prefill sends status Success
-     with the byte count; the decode side (kvx__rdma_cq_decode) succeeds
-     with that status, an immediate for the room from every queue pair of
-     that peer, and the bytes agreeing. Two open receivers whose folded ids
-     collide are serialised (the later sends its room frame when the first
-     is done). An aborted room gets a zero-length WRITE WITH IMMEDIATE on
-     each queue pair that had not carried its last one, so
-     kvx_receiver_destroy can wait (KVX_IB_FENCE_TIMEOUT) until no more
-     bytes of it can land.
+     rows go once the room's KV WRITEs on the other queue pairs completed, on
+     queue pair 0 behind its own KV WRITEs, the last carrying the immediate.
+     When every WRITE completed the prefill sends status Success with the byte
+     count; the decode side (kvx__rdma_cq_decode) succeeds with that status, an
+     immediate for the room from every queue pair of that peer, and the bytes
+     agreeing. Two open receivers whose folded ids collide are serialised (the
+     later sends its room frame when the first is done). An aborted room gets a
+     zero-length WRITE WITH IMMEDIATE on each queue pair that had not carried
+     its last one, so kvx_receiver_destroy can wait (KVX_IB_FENCE_TIMEOUT)
+     until no more bytes of it can land.
 
    EXAMPLE (prefill side; the rest as kvx_tcp.h's, with transport "rdma")
        // given: kvx_layout layout;
@@ -104,30 +103,25 @@
      KVX_IB_FENCE_TIMEOUT  desc.rdma.fence_timeout_s, 0.001..1e6: seconds
                            kvx_receiver_destroy of an unfinished room waits
                            for the prefill to confirm it stopped writing (2)
-     KVX_AUTH_KEY / KVX_AUTH_KEY_FILE (kvx.h, desc.auth_key): proved both ways
-                           on kvx_boot's control connections, which alone
-                           carry the exchange (below)
      And kvx_boot.h's: KVX_BOOTSTRAP_HOST, KVX_BOOTSTRAP_PORT,
      KVX_HEARTBEAT_INTERVAL, KVX_HEARTBEAT_MAX_FAILURE ...
 
    THREAD SAFETY
      As kvx.h. Each engine owns one completion/event thread (completion
-     channels, async events, exchange timeouts) and one exchange worker
-     thread (the messages, in order), besides kvx_boot's; kvx_engine_destroy
-     joins them all. Posting happens on the caller's thread in
-     kvx_sender_send and on the completion thread. kvx_sender_destroy waits
-     until the NIC finished reading the room's pages; kvx_receiver_destroy
-     of an unfinished room waits up to KVX_IB_FENCE_TIMEOUT for the fence.
+     channels, async events, exchange timeouts) and one exchange worker thread
+     (the messages, in order), besides kvx_boot's; kvx_engine_destroy joins
+     them all. Posting happens on the caller's thread in kvx_sender_send and on
+     the completion thread. kvx_sender_destroy waits until the NIC finished
+     reading the room's pages (kvx_receiver_destroy: DATA PATH, last sentence).
 
    HOW IT CONNECTS
      Both sides register every KV and aux buffer on every port they use
      (decode: LOCAL_WRITE | REMOTE_WRITE, prefill: LOCAL_WRITE; relaxed
-     ordering when available), split at the device's max_mr_size. Each
-     kvx_boot hello carries an endpoint blob (below): instance id and ports
-     (GID, LID, MTU, link layer). The rest goes as kvx_boot transport messages
-     (kvx_boot_peer_send / hooks.on_message) on the control connection: once
-     the decode side's control connection to a prefill rank is up
-     (hooks.on_connect) it creates its queue pairs, posts receives and sends
+     ordering when available), split at the device's max_mr_size. Each kvx_boot
+     hello carries an endpoint blob (below), the rest goes as kvx_boot
+     transport messages (kvx_boot_peer_send / hooks.on_message) on the control
+     connection: once the decode side's control connection to a prefill rank is
+     up (hooks.on_connect) it creates its queue pairs, posts receives and sends
      CONNECT (its queue pairs, ports and regions: below); the prefill creates
      its queue pairs, brings them to RTS and answers ACCEPT; the decode side
      brings its own to RTS and answers READY, after which the prefill writes.
@@ -139,37 +133,35 @@
      status with KVX_ERR_TRANSPORT); when only the prefill's side broke while
      idle, the next room asks the decode side to reconnect with a status frame
      in state Transferring carrying KVX_ERR_TRANSPORT and, in its byte field,
-     the decode side's first queue pair number (so a late request cannot
-     retire a newer connection), and waits. A prefill retires its old
-     connection with a decode engine once a new CONNECT from it checks out.
+     the decode side's first queue pair number (so a late request cannot retire
+     a newer connection), and waits. A prefill retires its old connection with
+     a decode engine once a new CONNECT from it checks out.
 
    WHAT A PEER MAY WRITE
      The decode side registers only its KV pool and aux buffers for remote
-     write, so a peer's rkeys reach nothing else. RDMA cannot restrict a
-     WRITE to one room's pages at the NIC without a memory region or window
-     per room (type-2 memory windows cost a bind per buffer region per room;
-     out of scope), so the prefill plans every WRITE with kvx_plan_pages
-     against the room frame's destination pages, checked against the pool
-     size the decode side advertised, and the decode side checks on
-     completion that the bytes placed equal pages * page bytes + aux row
-     bytes of the room.
+     write, so a peer's rkeys reach nothing else; the prefill hands out no
+     rkeys (local access only). RDMA cannot restrict a WRITE to one room's
+     pages at the NIC without a memory region or window per room (type-2 memory
+     windows cost a bind per buffer region per room; out of scope), so the
+     prefill plans every WRITE with kvx_plan_pages against the room frame's
+     destination pages, checked against the pool size the decode side
+     advertised, and the decode side checks on completion that the bytes placed
+     equal pages * page bytes + aux row bytes of the room.
 
    FAILURES
-     Every failure this side decides reaches the peer at once, as kvx.h's
-     FAILURES says: the prefill sends status Failed, the decode side an
-     abort; failures the peer reported, the loss of the peer and a finished
-     room send nothing. A prefill room whose WRITEs all completed is not
-     failed by its connection dying afterwards; a decode room whose prefill
-     sent Success counts its bytes as placed. A work completion error
-     (ibv_wc_status_str), a refused post, an async event on a queue pair
-     (IBV_EVENT_QP_FATAL, QP_REQ_ERR, QP_ACCESS_ERR), a CQ, a port
-     (PORT_ERR) or the device (DEVICE_FATAL), and the loss of the control
-     connection fail every room that depended on that connection, with the
-     verbs text and the peer's address; the prefill passes its sentence on
-     in the status frame. A completion that only says "flushed" or "retry
-     counter exceeded" waits up to 100 ms for an async event or another
-     queue pair's completion that names the cause, and says when the port
-     is down. No room succeeds without its status, immediates and bytes;
+     As kvx.h's FAILURES: the prefill sends status Failed, the decode side an
+     abort; failures the peer reported and its loss send nothing. A prefill
+     room whose WRITEs all completed is not failed by its connection dying
+     afterwards; a decode room whose prefill sent Success counts its bytes as
+     placed. A work completion error (ibv_wc_status_str), a refused post, an
+     async event on a queue pair (IBV_EVENT_QP_FATAL, QP_REQ_ERR,
+     QP_ACCESS_ERR), a CQ, a port (PORT_ERR) or the device (DEVICE_FATAL), and
+     the loss of the control connection fail every room that depended on that
+     connection, with the verbs text and the peer's address; the prefill passes
+     its sentence on in the status frame. A completion that only says "flushed"
+     or "retry counter exceeded" waits up to 100 ms for an async event or
+     another queue pair's completion that names the cause, and says when the
+     port is down. No room succeeds without its status, immediates and bytes;
      when in doubt a room fails.
 
    ENDPOINT BLOB (in the kvx_boot hello; version 2; little-endian)
@@ -205,16 +197,15 @@
      with a small max_mr_size) fails the connection with a sentence.
 
    WHO MAY TAKE PART IN THE EXCHANGE
-     Only a peer whose kvx_boot control connection is up: its messages
-     arrive on that connection after the hellos (with a key: after both
-     sides proved it, kvx_boot.h SECURITY), and a message's `from` must be
-     the rdma instance of that connection's endpoint and its `to` this
-     engine, else it is refused (a REJECT with the reason, counted in
-     cm_refused, nothing about this engine sent). So is a malformed message,
-     one in the wrong direction, and an ACCEPT or READY that answers no
-     exchange in progress (wrong seq, or none). The prefill hands out no
-     rkeys: its memory is registered for local access only. The key does
-     not protect the bytes after the handshake (no encryption, no
+     Only a peer whose kvx_boot control connection is up: its messages arrive
+     on that connection after the hellos (with a key, KVX_AUTH_KEY /
+     KVX_AUTH_KEY_FILE / desc.auth_key of kvx.h: after both sides proved it,
+     kvx_boot.h SECURITY), and a message's `from` must be the rdma instance of
+     that connection's endpoint and its `to` this engine, else it is refused (a
+     REJECT with the reason, counted in cm_refused, nothing about this engine
+     sent). So is a malformed message, one in the wrong direction, and an
+     ACCEPT or READY that answers no exchange in progress (wrong seq, or none).
+     The key does not protect the bytes after the handshake (no encryption, no
      per-message MAC: an attacker on the path can alter them), nor the RDMA
      traffic itself.
 
@@ -784,9 +775,6 @@ static kvx_result kvx__rdma_load(kvx__rdma_verbs *v, const char *path, char *why
     return KVX_ERR_NOT_FOUND;
 }
 #endif
-static const char *kvx__rdma_wc_str(const kvx__rdma_verbs *v, enum ibv_wc_status s) {
-    return v->wc_status_str ? v->wc_status_str(s) : "work completion error";
-}
 
 /* ___ibv_query_port of verbs.h, with the exported symbol resolved by us. */
 static int kvx__rdma_query_port(const kvx__rdma_verbs *v, struct ibv_context *c, uint8_t port,
@@ -823,10 +811,6 @@ typedef struct kvx__rdma_dev {
     int down;       /* atomic: PORT_ERR seen, no PORT_ACTIVE since */
     int fatal;      /* atomic: DEVICE_FATAL seen */
 } kvx__rdma_dev;
-
-struct kvx__rdma_engine;
-struct kvx__rdma_pair;
-struct kvx__rdma_room;
 
 /* A WRITE's bookkeeping until a signaled completion covers it. */
 typedef struct kvx__rdma_slot {
@@ -1065,18 +1049,6 @@ static const kvx__setting kvx__rdma_table[] = {
                  0.001, KVX_MAX_TIMEOUT_S),
 };
 
-/* desc.rdma resolved by kvx__rdma_table into re->cfg. */
-static kvx_result kvx__rdma_settings(kvx__rdma_engine *re, char *why, size_t wl) {
-    kvx_rdma_desc *c = &re->cfg;
-    kvx_engine_desc d = *kvx_engine_settings(re->e);
-    kvx_result r = kvx__settings_apply(kvx__rdma_table, KVX__COUNT(kvx__rdma_table), &d, why, wl);
-    if (r != KVX_OK) return r;
-    *c = d.rdma;
-    if (!c->library) c->library = "libibverbs.so.1";
-    if (c->send_depth < 2 * c->signal_every) c->send_depth = 2 * c->signal_every;
-    return KVX_OK;
-}
-
 static void *kvx__rdma_zalloc(const kvx__rdma_engine *re, size_t n, size_t size) {
     return kvx__zalloc(&kvx_engine_settings(re->e)->allocator, n, size);
 }
@@ -1170,7 +1142,6 @@ static int kvx__rdma_gid_zero(const uint8_t *g) {
     static const uint8_t zero[16] = {0};
     return !memcmp(g, zero, 16);
 }
-static int kvx__rdma_gid_linklocal(const uint8_t *g) { return g[0] == 0xfe && (g[1] & 0xc0) == 0x80; }
 static int kvx__rdma_gid_v4mapped(const uint8_t *g) {
     static const uint8_t pre[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
     return !memcmp(g, pre, 12);
@@ -1195,11 +1166,9 @@ static int kvx__rdma_gid_type(const kvx__rdma_verbs *v, struct ibv_context *c, c
              (unsigned)port, idx);
     f = fopen(path, "r");
     if (!f) return 0;
-    buf[0] = 0;
     if (!fgets(buf, sizeof buf, f)) buf[0] = 0;
     fclose(f);
-    if (strstr(buf, "v2")) return 2;
-    return buf[0] ? 1 : 0;
+    return strstr(buf, "v2") ? 2 : buf[0] ? 1 : 0;
 }
 
 /* Picks the GID of a port: explicit index, or on RoCE the best candidate. */
@@ -1225,9 +1194,7 @@ static kvx_result kvx__rdma_pick_gid(kvx__rdma_engine *re, kvx__rdma_dev *d,
     }
     if (d->info.link_layer != 2) { /* InfiniBand: LID routing, GID 0 for the record */
         if (v->query_gid(d->ctx, d->info.port, 0, &g) == 0) memcpy(d->info.gid, g.raw, 16);
-        d->info.gid_index = 0;
-        d->is_global = 0;
-        if (!pa->lid) {
+        if (!pa->lid) { /* gid_index and is_global stay 0 (port_open cleared d) */
             kvx__set_why(why, wl, "%s port %u is InfiniBand without a LID (is a subnet manager "
                          "running?)", d->info.name, (unsigned)d->info.port);
             return KVX_ERR_TRANSPORT;
@@ -1237,7 +1204,7 @@ static kvx_result kvx__rdma_pick_gid(kvx__rdma_engine *re, kvx__rdma_dev *d,
     for (idx = 0; idx < n; idx++) {
         int score, type;
         if (v->query_gid(d->ctx, d->info.port, idx, &g) || kvx__rdma_gid_zero(g.raw) ||
-            kvx__rdma_gid_linklocal(g.raw))
+            (g.raw[0] == 0xfe && (g.raw[1] & 0xc0) == 0x80)) /* link-local */
             continue;
         type = kvx__rdma_gid_type(v, d->ctx, d->info.name, d->info.port, idx);
         if (type == 0) type = kvx__rdma_gid_v4mapped(g.raw) ? 2 : 1;
@@ -1355,6 +1322,7 @@ static kvx_result kvx__rdma_open_devices(kvx__rdma_engine *re, char *why, size_t
     struct ibv_device **list;
     int n = 0, i, found_named = 0;
     char names[512] = "", notes[512] = "";
+    kvx_result r = KVX_OK;
     list = re->v.get_device_list(&n);
     if (!list || n <= 0) {
         kvx__set_why(why, wl, "no RDMA device found (%s lists none%s%s). Load the NIC's driver, "
@@ -1363,9 +1331,9 @@ static kvx_result kvx__rdma_open_devices(kvx__rdma_engine *re, char *why, size_t
         if (list) re->v.free_device_list(list);
         return KVX_ERR_NOT_FOUND;
     }
-    for (i = 0; i < n && re->ndev < KVX_RDMA_MAX_DEVS; i++) {
+    for (i = 0; i < n && r == KVX_OK && re->ndev < KVX_RDMA_MAX_DEVS; i++) {
         const char *name = re->v.get_device_name(list[i]);
-        int want_port = 0, p, nports;
+        int want_port = 0, p, nports = 0;
         struct ibv_context *probe;
         struct ibv_device_attr da;
         if (!name) continue;
@@ -1373,29 +1341,24 @@ static kvx_result kvx__rdma_open_devices(kvx__rdma_engine *re, char *why, size_t
         if (!kvx__rdma_dev_selected(re->cfg.devices, name, &want_port)) continue;
         found_named++;
         probe = re->v.open_device(list[i]);
-        if (!probe || re->v.query_device(probe, &da)) {
+        if (probe && !re->v.query_device(probe, &da)) {
+            nports = da.phys_port_cnt;
+        } else {
             kvx__set_why(why, wl, "cannot open RDMA device %s: %s", name, strerror(errno));
-            if (probe) re->v.close_device(probe);
-            re->v.free_device_list(list);
-            return KVX_ERR_TRANSPORT;
+            r = KVX_ERR_TRANSPORT;
         }
-        nports = da.phys_port_cnt;
-        re->v.close_device(probe);
-        for (p = 1; p <= nports && re->ndev < KVX_RDMA_MAX_DEVS; p++) {
+        if (probe) re->v.close_device(probe);
+        for (p = 1; p <= nports && r == KVX_OK && re->ndev < KVX_RDMA_MAX_DEVS; p++) {
             char note[128] = "";
-            kvx_result pr;
             if (want_port && p != want_port) continue;
-            pr = kvx__rdma_port_open(re, list[i], name, (uint8_t)p, why, wl, note, sizeof note);
-            if (pr != KVX_OK) {
-                re->v.free_device_list(list);
-                return pr;
-            }
+            r = kvx__rdma_port_open(re, list[i], name, (uint8_t)p, why, wl, note, sizeof note);
             if (note[0] && strlen(notes) + strlen(note) + 3 < sizeof notes)
                 snprintf(notes + strlen(notes), sizeof notes - strlen(notes), "%s%s",
                          notes[0] ? "; " : "", note);
         }
     }
     re->v.free_device_list(list);
+    if (r != KVX_OK) return r;
     if (!found_named) {
         kvx__set_why(why, wl, "KVX_IB_DEVICE='%s' names no RDMA device; present: %s",
                      re->cfg.devices ? re->cfg.devices : "", names);
@@ -1650,14 +1613,6 @@ static kvx_result kvx__rdma_qp_connect(kvx__rdma_engine *re, kvx__rdma_qp *q,
 
 /* >>rdma: failing rooms ----------------------------------------------------------- */
 
-/* A local failure (kvx_room_fail) reaches the peer through the room_failed
-   hook, with the room's first reason; a failure the peer reported, or the
-   loss of the peer, is kvx_room_fail_remote and sends nothing back. */
-static void kvx__rdma_fail(kvx_room *r, int remote, kvx_result res, const char *msg) {
-    if (remote) kvx_room_fail_remote(r, res, "%s", msg);
-    else kvx_room_fail(r, res, "%s", msg);
-}
-
 typedef struct kvx__rdma_deadarg {
     kvx__rdma_pair *p;
     kvx_result res;
@@ -1702,9 +1657,10 @@ static kvx__rdma_src *kvx__rdma_src_get(kvx__rdma_room *rr, uint64_t inst, int a
 }
 
 /* 1: every target reported Success, every queue pair of each delivered
-   the room's immediate and the bytes agree; -1 (msg set): they do not
-   agree; 0: not yet. Under rx_mu. */
-static int kvx__rdma_rx_check(kvx__rdma_room *rr, char *msg, size_t ml, const char *who) {
+   the room's immediate and the bytes (*total) agree; -1 (msg set): they
+   do not agree; 0: not yet (*total untouched). Under rx_mu. */
+static int kvx__rdma_rx_check(kvx__rdma_room *rr, char *msg, size_t ml, const char *who,
+                              uint64_t *total) {
     int i, nst = 0;
     uint64_t bytes = 0;
     if (rr->succeeded_rx || !rr->targets) return 0;
@@ -1716,6 +1672,7 @@ static int kvx__rdma_rx_check(kvx__rdma_room *rr, char *msg, size_t ml, const ch
     }
     if (nst < rr->targets) return 0;
     rr->succeeded_rx = 1;
+    *total = bytes;
     if (bytes != rr->expected) {
         snprintf(msg, ml, "%s%s report%s %llu bytes placed but this receiver expects %llu "
                  "(its pages times the page bytes of every buffer, plus the aux row)",
@@ -1738,7 +1695,7 @@ static void kvx__rdma_decode_dead_one(kvx_room *r, void *arg) {
     kvx__rdma_src *s;
     char msg[KVX_ERROR_MAX] = "";
     uint64_t total = 0;
-    int v = 0, k, done = 0;
+    int v = 0, done = 0;
     if (!rr || kvx_room_poll(r) != KVX_POLL_TRANSFERRING || !KVX__RDMA_SERVES(a->p, rr)) return;
     /* a prefill that sent Success did so after every WRITE of the room,
        immediates included, completed: its bytes are placed, whatever
@@ -1748,36 +1705,32 @@ static void kvx__rdma_decode_dead_one(kvx_room *r, void *arg) {
     if (s && s->status) {
         done = 1;
         s->marks = s->nqp;
-        v = kvx__rdma_rx_check(rr, msg, sizeof msg, a->p->peer_addr);
+        v = kvx__rdma_rx_check(rr, msg, sizeof msg, a->p->peer_addr, &total);
         if (v) kvx__rdma_rx_remove(rr->re, rr);
-        for (k = 0; k < rr->nsrc; k++) total += rr->src[k].status ? rr->src[k].bytes : 0;
     }
     pthread_mutex_unlock(&rr->re->rx_mu);
-    if (done) {
-        kvx__rdma_rx_act(r, v, total, msg);
-        return;
-    }
-    kvx__rdma_fail(r, a->remote, a->res, a->msg);
-}
-
-/* Decode: the rooms that were receiving through p fail. */
-static void kvx__rdma_decode_dead(kvx__rdma_engine *re, kvx__rdma_pair *p, kvx_result res,
-                                  int remote, const char *reason) {
-    kvx__rdma_deadarg a = {p, res, remote, reason};
-    kvx_engine_foreach_room(re->e, kvx__rdma_decode_dead_one, &a);
-    pthread_mutex_lock(&re->rx_mu);
-    pthread_cond_broadcast(&re->rx_cv);
-    pthread_mutex_unlock(&re->rx_mu);
+    if (done) kvx__rdma_rx_act(r, v, total, msg);
+    else if (a->remote) kvx_room_fail_remote(r, a->res, "%s", a->msg);
+    else kvx_room_fail(r, a->res, "%s", a->msg);
 }
 
 /* Takes p out of service: every queue pair to ERR, queued and in-flight
    WRITEs forgotten; the prefill's rooms on it fail, and with fail_decode
-   the decode rooms it served. With remote (the peer is gone or reported
-   the connection broken) they fail with kvx_room_fail_remote. */
+   the decode rooms it served. A local failure (kvx_room_fail) reaches the
+   peer through the room_failed hook with the room's first reason; with
+   remote (the peer is gone or reported the connection broken) they fail
+   with kvx_room_fail_remote, which sends nothing back. */
 static void kvx__rdma_pair_down(kvx__rdma_engine *re, kvx__rdma_pair *p, kvx_result res,
-                                int fail_decode, int remote, const char *msg) {
+                                int fail_decode, int remote, const char *fmt, ...) KVX_PRINTF(6, 7);
+static void kvx__rdma_pair_down(kvx__rdma_engine *re, kvx__rdma_pair *p, kvx_result res,
+                                int fail_decode, int remote, const char *fmt, ...) {
     kvx__rdma_room *fail = NULL, *rr;
     int i;
+    char msg[KVX_ERROR_MAX];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
     pthread_mutex_lock(&p->mu);
     if (KVX__LOAD(&p->state) == KVX__RP_DEAD) {
         pthread_mutex_unlock(&p->mu);
@@ -1814,37 +1767,30 @@ static void kvx__rdma_pair_down(kvx__rdma_engine *re, kvx__rdma_pair *p, kvx_res
                               ? KVX_LOG_INFO : KVX_LOG_WARN, "kvx.rdma", 0, "%s", msg);
     while ((rr = fail) != NULL) {
         fail = rr->knext;
-        kvx__rdma_fail(rr->x.room, remote, res, msg);
+        if (remote) kvx_room_fail_remote(rr->x.room, res, "%s", msg);
+        else kvx_room_fail(rr->x.room, res, "%s", msg);
         kvx_room_unref(rr->x.room);
     }
-    if (re->role == KVX_ROLE_DECODE && fail_decode) kvx__rdma_decode_dead(re, p, res, remote, msg);
+    if (re->role == KVX_ROLE_DECODE && fail_decode) { /* the rooms receiving through p */
+        kvx__rdma_deadarg a = {p, res, remote, msg};
+        kvx_engine_foreach_room(re->e, kvx__rdma_decode_dead_one, &a);
+        pthread_mutex_lock(&re->rx_mu);
+        pthread_cond_broadcast(&re->rx_cv);
+        pthread_mutex_unlock(&re->rx_mu);
+    }
 }
 
 /* Tears down the data path of p: every queue pair to ERR, queued and
    in-flight WRITEs forgotten, and every room that used it failed (a
    local failure: the peer is told). */
-static void kvx__rdma_pair_kill(kvx__rdma_engine *re, kvx__rdma_pair *p, kvx_result res,
-                                const char *fmt, ...) KVX_PRINTF(4, 5);
-static void kvx__rdma_pair_kill(kvx__rdma_engine *re, kvx__rdma_pair *p, kvx_result res,
-                                const char *fmt, ...) {
-    char msg[KVX_ERROR_MAX];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
-    kvx__rdma_pair_down(re, p, res, 1, 0, msg);
-}
+#define kvx__rdma_pair_kill(re, p, res, ...) kvx__rdma_pair_down(re, p, res, 1, 0, __VA_ARGS__)
 
 /* >>rdma: the queue-pair exchange ------------------------------------------------ */
 
 /* A decode peer whose exchange is under way (under re->mu). */
 #define KVX__RDMA_DIALING(pe) ((pe)->pair && KVX__LOAD(&(pe)->pair->state) == KVX__RP_CONNECTING)
 
-static void kvx__rdma_put_ports(kvx__rdma_engine *re, kvx__buf *b) {
-    int i;
-    for (i = 0; i < re->ndev; i++) kvx__rdma_put_port(b, &re->dev[i].info);
-}
-
+/* The queue pair entries of p, then this engine's port entries. */
 static void kvx__rdma_put_qps(kvx__rdma_pair *p, kvx__buf *b) {
     int i;
     for (i = 0; i < p->nqp; i++) {
@@ -1854,6 +1800,7 @@ static void kvx__rdma_put_qps(kvx__rdma_pair *p, kvx__buf *b) {
         qi.dev = (uint16_t)(p->qp[i].dev - p->re->dev);
         kvx__rdma_put_qp(b, &qi);
     }
+    for (i = 0; i < p->re->ndev; i++) kvx__rdma_put_port(b, &p->re->dev[i].info);
 }
 
 /* CONNECT: our queue pairs, ports and registered regions. */
@@ -1869,7 +1816,6 @@ static void kvx__rdma_cm_connect(kvx__rdma_engine *re, kvx__rdma_pair *p, kvx__b
     kvx__buf_put32(b, l->num_aux);
     kvx__buf_put32(b, 0);
     kvx__rdma_put_qps(p, b);
-    kvx__rdma_put_ports(re, b);
     for (d = 0; d < re->ndev; d++) {
         kvx__rdma_dev *dv = &re->dev[d];
         kvx__buf_put64(b, dv->region_bytes);
@@ -1961,7 +1907,6 @@ static kvx_result kvx__rdma_pair_tables(kvx__rdma_pair *p, const kvx_rdma_cm_msg
 }
 
 static void kvx__rdma_publish(kvx__rdma_engine *re, kvx__rdma_pair *p);
-static void kvx__rdma_ready(kvx__rdma_engine *re, kvx__rdma_pair *p);
 
 /* Decode: creates the queue pairs of p and sends CONNECT (a worker job;
    the ACCEPT arrives as a message). */
@@ -2049,10 +1994,8 @@ static void kvx__rdma_kill_all(kvx__rdma_engine *re, kvx__rdma_pair *old, kvx_re
                                int remote, const char *fmt, const char *who) {
     while (old) {
         kvx__rdma_pair *o = old;
-        char msg[KVX_ERROR_MAX];
         old = o->grave_next;
-        snprintf(msg, sizeof msg, fmt, who ? who : o->peer_addr);
-        kvx__rdma_pair_down(re, o, res, 1, remote, msg);
+        kvx__rdma_pair_down(re, o, res, 1, remote, fmt, who ? who : o->peer_addr);
         kvx__rdma_pair_unref(re, o);
     }
 }
@@ -2087,8 +2030,7 @@ static kvx_result kvx__rdma_on_connect_msg(kvx__rdma_engine *re, const kvx_boot_
     p->peer_qpn0 = m->qp[0].qpn;
     p->seq = m->seq;
     p->ctl = *from;
-    p->ctl.addr = p->ctl.bootstrap = p->ctl.transport = NULL;
-    p->ctl.endpoint = NULL;
+    p->ctl.addr = NULL; /* the message's; on_message cleared the other strings */
     res = kvx__rdma_pair_tables(p, m, l, why, wl);
     for (i = 0; res == KVX_OK && i < p->nqp; i++) {
         res = kvx__rdma_qp_create(re, &p->qp[i], why, wl);
@@ -2104,7 +2046,6 @@ static kvx_result kvx__rdma_on_connect_msg(kvx__rdma_engine *re, const kvx_boot_
     kvx__buf_put16(&b, (uint16_t)re->ndev);
     kvx__buf_put32(&b, 0);
     kvx__rdma_put_qps(p, &b);
-    kvx__rdma_put_ports(re, &b);
     pthread_mutex_lock(&re->mu);
     p->deadline = kvx_now_ns() + (uint64_t)(re->cfg.connect_timeout_s * 1e9);
     p->next = re->acc;
@@ -2120,7 +2061,7 @@ static kvx_result kvx__rdma_on_accept_msg(kvx__rdma_engine *re, kvx__rdma_pair *
                                           const kvx_rdma_cm_msg *m, char *why, size_t wl) {
     kvx__buf b;
     kvx_result res = KVX_OK;
-    int i;
+    int i, cur = KVX__RP_CONNECTING;
     if (m->nqp != p->nqp) {
         kvx__set_why(why, wl, "%s answered with %u queue pairs, %d asked", p->peer_addr, m->nqp,
                      p->nqp);
@@ -2133,7 +2074,12 @@ static kvx_result kvx__rdma_on_accept_msg(kvx__rdma_engine *re, kvx__rdma_pair *
     kvx__rdma_cm_begin(&b, KVX_RDMA_CM_READY, p->seq, re->instance, p->peer);
     res = kvx__rdma_send_buf(re, &p->ctl, &b, why, wl);
     kvx__buf_free(&b);
-    if (res == KVX_OK) kvx__rdma_ready(re, p);
+    if (res == KVX_OK && __atomic_compare_exchange_n(&p->state, &cur, KVX__RP_READY, 0,
+                                                     __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+        KVX__RDMA_STAT(re, pairs, 1); /* our side is at RTS and the prefill may write */
+        kvx_engine_log(re->e, KVX_LOG_INFO, "kvx.rdma", 0, "%s connected: %d queue pairs",
+                       p->peer_addr, p->nqp);
+    }
     return res;
 }
 
@@ -2262,30 +2208,26 @@ static void kvx__rdma_on_message(kvx_boot *b, const kvx_boot_peer *peer, const v
 static int kvx__rdma_exchange_tick(kvx__rdma_engine *re) {
     uint64_t now = kvx_now_ns(), next = now + 200000000ull;
     kvx__rdma_pair *late = NULL, *p, **pp;
+    int decode = re->role == KVX_ROLE_DECODE;
     pthread_mutex_lock(&re->mu);
-    if (re->role == KVX_ROLE_DECODE) {
-        for (p = re->pairs; p; p = p->next) {
-            if (KVX__LOAD(&p->state) != KVX__RP_CONNECTING) continue;
-            if (p->deadline <= now) {
-                kvx__rdma_pair_ref(p);
-                p->late_next = late;
-                late = p;
-            } else if (p->deadline < next) {
-                next = p->deadline;
-            }
-        }
-    } else {
-        for (pp = &re->acc; *pp;) {
-            p = *pp;
-            if (p->deadline <= now) {
-                *pp = p->next;
-                p->late_next = late;
-                late = p;
-                continue;
-            }
-            if (p->deadline < next) next = p->deadline;
+    /* decode: the listed pairs still connecting (they stay listed, a
+       reference taken); prefill: the ACCEPTs awaiting READY (the list's
+       reference goes with them) */
+    for (pp = decode ? &re->pairs : &re->acc; (p = *pp) != NULL;) {
+        int live = !decode || KVX__LOAD(&p->state) == KVX__RP_CONNECTING;
+        if (!live || p->deadline > now) {
+            if (live && p->deadline < next) next = p->deadline;
             pp = &p->next;
+            continue;
         }
+        if (decode) {
+            kvx__rdma_pair_ref(p);
+            pp = &p->next;
+        } else {
+            *pp = p->next;
+        }
+        p->late_next = late;
+        late = p;
     }
     pthread_mutex_unlock(&re->mu);
     while (late) {
@@ -2333,8 +2275,6 @@ static int kvx__rdma_fill(kvx__rdma_engine *re, kvx__rdma_qp *q, kvx__rdma_work 
         uint64_t lo = s->src_offset + pos, ro = s->dst_offset + pos;
         uint64_t lrb = q->dev->region_bytes, rrb = rd->region_bytes, e;
         uint32_t bi = s->buffer + (s->kind == KVX_SPAN_AUX ? l->num_buffers : 0);
-        const kvx__rdma_mr *lm = &q->dev->buf[bi];
-        const kvx__rdma_rbuf *rm = &rd->buf[bi];
         e = (pos / (uint64_t)re->cfg.max_msg + 1) * (uint64_t)re->cfg.max_msg;
         if (e > limit) e = limit;
         if ((lo / lrb + 1) * lrb - lo < e - pos) e = pos + ((lo / lrb + 1) * lrb - lo);
@@ -2342,11 +2282,11 @@ static int kvx__rdma_fill(kvx__rdma_engine *re, kvx__rdma_qp *q, kvx__rdma_work 
         len = e - pos;
         sg->addr = (uint64_t)(uintptr_t)kvx_span_addr(l, s, 0) + pos;
         sg->length = (uint32_t)len;
-        sg->lkey = lm->mr[lo / lrb]->lkey;
+        sg->lkey = q->dev->buf[bi].mr[lo / lrb]->lkey;
         wr->sg_list = sg;
         wr->num_sge = 1;
-        wr->wr.rdma.remote_addr = rm->base + ro;
-        wr->wr.rdma.rkey = rm->rkeys[ro / rrb];
+        wr->wr.rdma.remote_addr = rd->buf[bi].base + ro;
+        wr->wr.rdma.rkey = rd->buf[bi].rkeys[ro / rrb];
         w->off = e;
         if (w->off >= s->length) { w->s++; w->off = 0; }
         last = kvx__rdma_work_done(w);
@@ -2370,16 +2310,11 @@ static int kvx__rdma_fill(kvx__rdma_engine *re, kvx__rdma_qp *q, kvx__rdma_work 
 }
 
 static void kvx__rdma_enqueue(kvx__rdma_qp *q, kvx__rdma_work *w, int front) {
-    w->next = NULL;
-    if (front) {
-        w->next = q->head;
-        q->head = w;
-        if (!q->tail) q->tail = w;
-        return;
-    }
-    if (q->tail) q->tail->next = w;
+    w->next = front ? q->head : NULL;
+    if (front) q->head = w;
+    else if (q->tail) q->tail->next = w;
     else q->head = w;
-    q->tail = w;
+    if (!front || !q->tail) q->tail = w;
 }
 
 /* Stops a room's data: its queued WRITEs go, and each queue pair that has
@@ -2464,8 +2399,7 @@ static void kvx__rdma_cuts(const kvx_plan *pl, uint64_t msg, int n, kvx__rdma_po
     uint64_t total = pl->total_bytes, acc = 0;
     size_t s;
     int j = 1;
-    cut[0].s = 0;
-    cut[0].off = 0;
+    memset(cut, 0, sizeof *cut);
     for (s = 0; s < pl->count && j < n; s++) {
         uint64_t off = 0, len = pl->spans[s].length;
         while (off < len && j < n) {
@@ -2531,11 +2465,8 @@ static int kvx__rdma_room_step(kvx__rdma_engine *re, kvx__rdma_pair *p, kvx__rdm
         if (r != KVX_OK) return (int)r;
         rr->aux_queued = 1;
     }
-    if (!rr->works && !rr->inflight && (!rr->aux_needed || rr->aux_queued)) {
-        rr->finished = 1;
-        return 1;
-    }
-    return 0;
+    rr->finished = !rr->works && !rr->inflight && (!rr->aux_needed || rr->aux_queued);
+    return rr->finished;
 }
 
 /* Reports a finished room: status Success with the bytes, then Success. */
@@ -2699,17 +2630,6 @@ static void kvx__rdma_publish(kvx__rdma_engine *re, kvx__rdma_pair *p) {
     kvx__rdma_pair_unref(re, p);
 }
 
-/* Decode: our side of p is at RTS and the prefill may write. */
-static void kvx__rdma_ready(kvx__rdma_engine *re, kvx__rdma_pair *p) {
-    int cur = KVX__RP_CONNECTING;
-    if (__atomic_compare_exchange_n(&p->state, &cur, KVX__RP_READY, 0, __ATOMIC_ACQ_REL,
-                                    __ATOMIC_ACQUIRE)) {
-        KVX__RDMA_STAT(re, pairs, 1);
-        kvx_engine_log(re->e, KVX_LOG_INFO, "kvx.rdma", 0, "%s connected: %d queue pairs",
-                       p->peer_addr, p->nqp);
-    }
-}
-
 /* Confirms WRITEs up to sequence `upto` on q (under p->mu). */
 static void kvx__rdma_confirm(kvx__rdma_qp *q, uint64_t upto, kvx__rdma_room **touched) {
     if (upto > q->posted) return;
@@ -2746,22 +2666,25 @@ static void kvx__rdma_async_first(kvx__rdma_engine *re, kvx__rdma_dev *d) {
         kvx__rdma_async(re, d);
 }
 
-/* Keeps in err the sentence of the failed WRITE completion wc on q when it
-   says more about the cause than the one kept (*rank); with mine (q's own
-   completions, under p->mu) it names the room and the port's state. */
-static void kvx__rdma_write_err(kvx__rdma_engine *re, kvx__rdma_qp *q, const struct ibv_wc *wc,
-                                int mine, int *rank, char *err, size_t el) {
+/* Keeps in err the sentence of the failed completion wc on q (a WRITE on
+   the prefill, a receive on the decode side) when it says more about the
+   cause than the one kept (*rank); with mine (q's own completions, under
+   p->mu on the prefill) it names the room and the port's state. */
+static void kvx__rdma_wc_err(kvx__rdma_engine *re, kvx__rdma_qp *q, const struct ibv_wc *wc,
+                             int mine, int *rank, char *err, size_t el) {
     const kvx__rdma_slot *s = NULL;
+    int decode = re->role == KVX_ROLE_DECODE;
     char rm[48] = "", pn[128] = "";
     if (kvx__rdma_wc_rank(wc->status) <= *rank) return;
     *rank = kvx__rdma_wc_rank(wc->status);
-    if (mine && wc->wr_id && wc->wr_id <= q->posted) s = &q->ring[wc->wr_id % q->depth];
+    if (mine && q->ring && wc->wr_id && wc->wr_id <= q->posted) s = &q->ring[wc->wr_id % q->depth];
     if (s && s->room) snprintf(rm, sizeof rm, " of room %llu", (unsigned long long)s->room->x.id);
     if (mine) kvx__rdma_port_note(re, q->dev, pn, sizeof pn);
-    snprintf(err, el, "RDMA WRITE%s to %s failed on queue pair %u (%s port %u): %s (wc status %d, "
-             "vendor error 0x%x)%s", rm, q->pair->peer_addr, q->qp->qp_num, q->dev->info.name,
-             (unsigned)q->dev->info.port, kvx__rdma_wc_str(&re->v, wc->status), (int)wc->status,
-             wc->vendor_err, pn);
+    snprintf(err, el, "%s%s %s %s failed on queue pair %u (%s port %u): %s (wc status %d, vendor "
+             "error 0x%x)%s", decode ? "receive" : "RDMA WRITE", rm, decode ? "from" : "to",
+             q->pair->peer_addr, q->qp->qp_num, q->dev->info.name, (unsigned)q->dev->info.port,
+             re->v.wc_status_str ? re->v.wc_status_str(wc->status) : "work completion error",
+             (int)wc->status, wc->vendor_err, pn);
 }
 
 static void kvx__rdma_cq_prefill(kvx__rdma_engine *re, kvx__rdma_qp *q) {
@@ -2777,7 +2700,7 @@ static void kvx__rdma_cq_prefill(kvx__rdma_engine *re, kvx__rdma_qp *q) {
         for (i = 0; i < n; i++) {
             if (KVX__LOAD(&p->state) == KVX__RP_DEAD) continue;
             if (wc[i].status != IBV_WC_SUCCESS) {
-                kvx__rdma_write_err(re, q, &wc[i], 1, &rank, err, sizeof err);
+                kvx__rdma_wc_err(re, q, &wc[i], 1, &rank, err, sizeof err);
                 bad = 1;
                 continue;
             }
@@ -2814,7 +2737,7 @@ static void kvx__rdma_cq_prefill(kvx__rdma_engine *re, kvx__rdma_qp *q) {
             n = ibv_poll_cq(o->cq, 64, wc);
             for (i = 0; i < n; i++)
                 if (wc[i].status != IBV_WC_SUCCESS)
-                    kvx__rdma_write_err(re, o, &wc[i], 0, &rank, err, sizeof err);
+                    kvx__rdma_wc_err(re, o, &wc[i], 0, &rank, err, sizeof err);
         }
     }
     if (bad) kvx__rdma_pair_kill(re, p, KVX_ERR_TRANSPORT, "%s", err);
@@ -2839,18 +2762,16 @@ static void kvx__rdma_marks(kvx__rdma_engine *re, kvx__rdma_pair *p, const uint3
     for (i = 0; i < n; i++) {
         kvx__rdma_room *rr = kvx__rdma_rx_find(re, tags[i]);
         kvx__rdma_src *s;
+        uint64_t b;
         int v;
         if (!rr) continue; /* a fence for a room already forgotten */
         s = kvx__rdma_src_get(rr, p->peer, 1);
         if (!s) continue;
         s->marks++;
         s->nqp = (uint32_t)p->nqp;
-        v = kvx__rdma_rx_check(rr, msg, sizeof msg, p->peer_addr);
+        v = kvx__rdma_rx_check(rr, msg, sizeof msg, p->peer_addr, &b);
         if (v) kvx__rdma_rx_remove(re, rr); /* every immediate is in: the tag is free */
         if (v && na < 64) {
-            uint64_t b = 0;
-            int k;
-            for (k = 0; k < rr->nsrc; k++) b += rr->src[k].status ? rr->src[k].bytes : 0;
             kvx_room_ref(rr->x.room);
             act[na] = rr->x.room;
             verdict[na] = v;
@@ -2878,16 +2799,8 @@ static void kvx__rdma_cq_decode(kvx__rdma_engine *re, kvx__rdma_qp *q) {
         KVX__RDMA_STAT(re, completions, n);
         for (i = 0; i < n; i++) {
             if (wc[i].status != IBV_WC_SUCCESS) {
-                if (kvx__rdma_wc_rank(wc[i].status) > rank && KVX__LOAD(&p->state) != KVX__RP_DEAD) {
-                    char pn[128];
-                    rank = kvx__rdma_wc_rank(wc[i].status);
-                    kvx__rdma_port_note(re, q->dev, pn, sizeof pn);
-                    snprintf(err, sizeof err, "receive on queue pair %u (%s port %u) from %s failed: "
-                             "%s (wc status %d, vendor error 0x%x)%s", q->qp->qp_num,
-                             q->dev->info.name, (unsigned)q->dev->info.port, p->peer_addr,
-                             kvx__rdma_wc_str(&re->v, wc[i].status), (int)wc[i].status,
-                             wc[i].vendor_err, pn);
-                }
+                if (KVX__LOAD(&p->state) != KVX__RP_DEAD)
+                    kvx__rdma_wc_err(re, q, &wc[i], 1, &rank, err, sizeof err);
                 bad = 1;
                 continue;
             }
@@ -2930,16 +2843,19 @@ static void kvx__rdma_cq_events(kvx__rdma_engine *re, kvx__rdma_dev *d) {
     }
 }
 
-/* Pairs (referenced, not dead) with a queue pair on port d, or with d
-   NULL those with the peer engine of instance inst. */
+/* Pairs (referenced, not dead) with a queue pair on port d; with d NULL
+   those with the peer engine of instance inst, or with rr the ready ones
+   that serve decode room rr. */
 static int kvx__rdma_pairs_on(kvx__rdma_engine *re, const kvx__rdma_dev *d, uint64_t inst,
-                              kvx__rdma_pair **out, int max) {
+                              const kvx__rdma_room *rr, kvx__rdma_pair **out, int max) {
     kvx__rdma_pair *p;
     int n = 0, i;
     pthread_mutex_lock(&re->mu);
     for (p = re->pairs; p && n < max; p = p->next) {
+        int st = KVX__LOAD(&p->state);
         for (i = 0; d && i < p->nqp && p->qp[i].dev != d; i++) {}
-        if ((d ? i < p->nqp : p->peer == inst) && KVX__LOAD(&p->state) != KVX__RP_DEAD) {
+        if ((d ? i < p->nqp : rr ? st == KVX__RP_READY && KVX__RDMA_SERVES(p, rr) : p->peer == inst)
+            && st != KVX__RP_DEAD) {
             kvx__rdma_pair_ref(p);
             out[n++] = p;
         }
@@ -2982,14 +2898,14 @@ static void kvx__rdma_async(kvx__rdma_engine *re, kvx__rdma_dev *d) {
             break;
         case IBV_EVENT_PORT_ERR:
             KVX__STORE(&d->down, 1);
-            nhit = kvx__rdma_pairs_on(re, d, 0, hit, 64);
+            nhit = kvx__rdma_pairs_on(re, d, 0, NULL, hit, 64);
             snprintf(msg, sizeof msg, "%s (IBV_EVENT_PORT_ERR): %s port %u went down; check the "
                      "link (ibv_devinfo, rdma link show)", name, d->info.name,
                      (unsigned)d->info.port);
             break;
         case IBV_EVENT_DEVICE_FATAL:
             KVX__STORE(&d->fatal, 1);
-            nhit = kvx__rdma_pairs_on(re, d, 0, hit, 64);
+            nhit = kvx__rdma_pairs_on(re, d, 0, NULL, hit, 64);
             snprintf(msg, sizeof msg, "%s (IBV_EVENT_DEVICE_FATAL) on %s: the NIC needs a reset",
                      name, d->info.name);
             break;
@@ -3133,9 +3049,6 @@ static void kvx__rdma_reconnect(kvx__rdma_engine *re, uint64_t inst, uint32_t qp
                                 const char *addr, const char *reason) {
     kvx__rdma_peer *pe;
     kvx__rdma_pair *old = NULL;
-    char msg[KVX_ERROR_MAX];
-    snprintf(msg, sizeof msg, "prefill %s asks to reconnect: %s", addr,
-             reason && *reason ? reason : "its side of the connection broke");
     pthread_mutex_lock(&re->mu);
     for (pe = re->peers; pe; pe = pe->next) {
         if (pe->instance != inst || KVX__RDMA_DIALING(pe)) continue;
@@ -3150,7 +3063,8 @@ static void kvx__rdma_reconnect(kvx__rdma_engine *re, uint64_t inst, uint32_t qp
     }
     pthread_mutex_unlock(&re->mu);
     if (old) {
-        kvx__rdma_pair_down(re, old, KVX_ERR_TRANSPORT, 0, 1, msg);
+        kvx__rdma_pair_down(re, old, KVX_ERR_TRANSPORT, 0, 1, "prefill %s asks to reconnect: %s",
+                            addr, reason && *reason ? reason : "its side of the connection broke");
         kvx__rdma_pair_unref(re, old);
     }
 }
@@ -3164,7 +3078,7 @@ static int kvx__rdma_on_status(kvx_boot *b, kvx_room *r, const kvx_boot_peer *pe
     kvx_rdma_hello h;
     kvx__rdma_src *s;
     char why[KVX_ERROR_MAX] = "", who[128];
-    int nqp = 0, v, k;
+    int nqp = 0, v;
     uint64_t total = 0;
     kvx_result hr = kvx_rdma_hello_parse(peer->endpoint, peer->endpoint_len, &h, why, sizeof why);
     if (state == KVX_POLL_FAILED && result == KVX_ERR_TRANSPORT && hr == KVX_OK) {
@@ -3175,11 +3089,11 @@ static int kvx__rdma_on_status(kvx_boot *b, kvx_room *r, const kvx_boot_peer *pe
         int nd, i;
         kvx_room_fail_remote(r, result, "prefill rank %s failed the room: %s", peer->addr,
                       reason && *reason ? reason : "no reason given");
-        nd = kvx__rdma_pairs_on(re, NULL, h.instance, dead, 8);
-        snprintf(why, sizeof why, "prefill %s reports its RDMA connection with this engine "
-                 "broken: %s", peer->addr, reason && *reason ? reason : "no reason given");
+        nd = kvx__rdma_pairs_on(re, NULL, h.instance, NULL, dead, 8);
         for (i = 0; i < nd; i++) {
-            kvx__rdma_pair_down(re, dead[i], KVX_ERR_TRANSPORT, 1, 1, why);
+            kvx__rdma_pair_down(re, dead[i], KVX_ERR_TRANSPORT, 1, 1, "prefill %s reports its RDMA "
+                                "connection with this engine broken: %s", peer->addr,
+                                reason && *reason ? reason : "no reason given");
             kvx__rdma_pair_unref(re, dead[i]);
         }
         return 1;
@@ -3215,11 +3129,10 @@ static int kvx__rdma_on_status(kvx_boot *b, kvx_room *r, const kvx_boot_peer *pe
         s->nqp = (uint32_t)nqp;
     }
     snprintf(who, sizeof who, "prefill %s", peer->addr);
-    v = s ? kvx__rdma_rx_check(rr, why, sizeof why, who) : -1;
+    v = s ? kvx__rdma_rx_check(rr, why, sizeof why, who, &total) : -1;
     if (!s) snprintf(why, sizeof why, "more prefill engines wrote room %llu than this receiver "
                      "can track", (unsigned long long)rr->x.id);
     if (v > 0 || (v < 0 && s)) kvx__rdma_rx_remove(re, rr);
-    for (k = 0; k < rr->nsrc; k++) total += rr->src[k].status ? rr->src[k].bytes : 0;
     pthread_mutex_unlock(&re->rx_mu);
     kvx__rdma_rx_act(r, v, total, why);
     /* 2: this rank is done. It sends Success only after every WRITE,
@@ -3353,33 +3266,29 @@ static kvx_result kvx__rdma_sender_init(kvx_room *r, uint32_t n, int32_t aux) {
 static kvx_result kvx__rdma_sender_send(kvx_room *r, kvx_chunk *c) {
     kvx__rdma_engine *re = kvx__rdma_re(kvx_room_engine(r));
     kvx__rdma_room *rr = kvx__rdma_rr(r);
+    kvx_result res = KVX_OK;
     pthread_mutex_lock(&rr->x.mu);
-    if (kvx_room_poll(r) == KVX_POLL_FAILED) {
-        pthread_mutex_unlock(&rr->x.mu);
-        kvx_chunk_free(re->e, c);
-        return KVX_OK;
-    }
-    if (!rr->pair) { /* the connection with the decode side is not up yet */
+    if (kvx_room_poll(r) != KVX_POLL_FAILED && rr->pair) {
+        kvx__rdma_submit(re, rr, c); /* it frees c */
+        c = NULL;
+    } else if (kvx_room_poll(r) != KVX_POLL_FAILED) { /* the connection is not up yet: park c */
         if (rr->nchunks == rr->cchunks) {
             uint32_t nc = rr->cchunks ? rr->cchunks * 2 : 8;
             kvx_chunk **nv = (kvx_chunk **)kvx__grow(&kvx_engine_settings(re->e)->allocator,
                                                      rr->chunks, rr->cchunks * sizeof *nv,
                                                      nc * sizeof *nv);
-            if (!nv) {
-                pthread_mutex_unlock(&rr->x.mu);
-                kvx_chunk_free(re->e, c);
-                return KVX_ERR_NO_MEMORY;
+            if (nv) {
+                rr->chunks = nv;
+                rr->cchunks = nc;
             }
-            rr->chunks = nv;
-            rr->cchunks = nc;
         }
-        rr->chunks[rr->nchunks++] = c;
-        pthread_mutex_unlock(&rr->x.mu);
-        return KVX_OK;
+        if (rr->nchunks < rr->cchunks) rr->chunks[rr->nchunks++] = c;
+        else res = KVX_ERR_NO_MEMORY;
+        if (res == KVX_OK) c = NULL;
     }
-    kvx__rdma_submit(re, rr, c);
     pthread_mutex_unlock(&rr->x.mu);
-    return KVX_OK;
+    kvx_chunk_free(re->e, c);
+    return res;
 }
 
 /* Decode: the tags of other receivers whose folded ids collide are busy. */
@@ -3501,29 +3410,22 @@ static void kvx__rdma_tx_close(kvx__rdma_engine *re, kvx__rdma_room *rr) {
 /* Decode: an unfinished room waits (KVX_IB_FENCE_TIMEOUT) until every
    queue pair of its prefill connections delivered its last immediate. */
 static void kvx__rdma_rx_close(kvx__rdma_engine *re, kvx__rdma_room *rr) {
-    kvx__rdma_pair *ps[16], *p;
-    int np = 0, i, timed_out = 0;
+    kvx__rdma_pair *ps[16];
+    int np, i, timed_out = 0;
     uint64_t deadline = kvx_now_ns() + (uint64_t)(re->cfg.fence_timeout_s * 1e9);
     kvx__rdma_unlist(&re->rx_mu, &re->deferred, rr, &rr->deferred);
     if (!rr->in_table) return;
     if (kvx_room_poll(rr->x.room) != KVX_POLL_SUCCESS) {
-        pthread_mutex_lock(&re->mu);
-        for (p = re->pairs; p && np < 16; p = p->next)
-            if (KVX__LOAD(&p->state) == KVX__RP_READY && KVX__RDMA_SERVES(p, rr)) {
-                kvx__rdma_pair_ref(p);
-                ps[np++] = p;
-            }
-        pthread_mutex_unlock(&re->mu);
+        np = kvx__rdma_pairs_on(re, NULL, 0, rr, ps, 16);
         pthread_mutex_lock(&re->rx_mu);
         for (;;) {
             struct timespec ts;
-            int all = 1;
             for (i = 0; i < np; i++) {
                 kvx__rdma_src *s = kvx__rdma_src_get(rr, ps[i]->peer, 0);
                 if (KVX__LOAD(&ps[i]->state) != KVX__RP_DEAD && (!s || s->marks < (uint32_t)ps[i]->nqp))
-                    all = 0;
+                    break;
             }
-            if (all) break;
+            if (i == np) break; /* every queue pair delivered its last immediate */
             if (kvx_now_ns() >= deadline) { timed_out = 1; break; }
             kvx__abstime(&ts, 50000000);
             pthread_cond_timedwait(&re->rx_cv, &re->rx_mu, &ts);
@@ -3571,8 +3473,7 @@ static void kvx__rdma_progress(kvx_engine *e) {
                               "complete", rr->decode_addr, re->cfg.connect_timeout_s);
             kvx_room_unref(rr->x.room);
         }
-    }
-    if (re->role == KVX_ROLE_DECODE) {
+    } else {
         kvx__rdma_peer dialing[16];
         int nd = 0, k;
         kvx__rdma_peer *pe;
@@ -3665,6 +3566,7 @@ static kvx_result kvx__rdma_engine_init(kvx_engine *e, char *why, size_t wl) {
     kvx_boot_hooks hooks;
     kvx_rdma_hello h;
     uint8_t hello[KVX_RDMA_HELLO_FIXED + KVX_RDMA_DEV_ENTRY * KVX_RDMA_MAX_DEVS];
+    kvx_engine_desc dc = *kvx_engine_settings(e);
     kvx_result r;
     char devs[1024] = "";
     int d;
@@ -3678,7 +3580,12 @@ static kvx_result kvx__rdma_engine_init(kvx_engine *e, char *why, size_t wl) {
     pthread_mutex_init(&re->gmu, NULL);
     pthread_mutex_init(&re->rx_mu, NULL);
     pthread_cond_init(&re->rx_cv, NULL);
-    if ((r = kvx__rdma_settings(re, why, wl)) != KVX_OK) goto fail;
+    r = kvx__settings_apply(kvx__rdma_table, KVX__COUNT(kvx__rdma_table), &dc, why, wl);
+    if (r != KVX_OK) goto fail;
+    re->cfg = dc.rdma; /* desc.rdma resolved */
+    if (!re->cfg.library) re->cfg.library = "libibverbs.so.1";
+    if (re->cfg.send_depth < 2 * re->cfg.signal_every)
+        re->cfg.send_depth = 2 * re->cfg.signal_every;
     if ((r = kvx__rdma_load(&re->v, re->cfg.library, why, wl)) != KVX_OK) goto fail;
     if ((r = kvx__rdma_open_devices(re, why, wl)) != KVX_OK) goto fail;
     re->instance = kvx__rdma_random64();
