@@ -616,7 +616,8 @@ static kvx_result kvx__plan_io_staged(const kvx_layout *l, const kvx_mem_ops *me
 
 /* Reads or writes the packed byte range [lo, hi) of a one-sided plan
    between pool memory and a file, and returns the CRC32C of those bytes
-   (computed over pool memory: before writing, after reading). */
+   (computed over pool memory: before writing, after reading). With fd -1
+   there is no I/O: only the CRC32C of those bytes in pool memory. */
 static kvx_result kvx__plan_io(const kvx_layout *l, const kvx_plan *p, int to_file, int fd,
                                uint64_t lo, uint64_t hi, uint32_t *crc, int *err_out) {
     struct iovec iov[KVX__FILE_IOV], work[KVX__FILE_IOV];
@@ -646,7 +647,7 @@ static kvx_result kvx__plan_io(const kvx_layout *l, const kvx_plan *p, int to_fi
         if (to_file && crc)
             for (k = 0; k < n; k++) c = kvx_crc32c(c, iov[k].iov_base, iov[k].iov_len);
         for (k = 0; k < n; k++) work[k] = iov[k]; /* consumed; iov stays whole for the CRC */
-        if ((e = kvx__piov_full(fd, work, n, start, want, to_file)) != 0) {
+        if (fd >= 0 && (e = kvx__piov_full(fd, work, n, start, want, to_file)) != 0) {
             *err_out = e > 0 ? e : 0;
             return e > 0 ? kvx__errno_result(e) : KVX_ERR_CORRUPT; /* short file */
         }
@@ -654,27 +655,6 @@ static kvx_result kvx__plan_io(const kvx_layout *l, const kvx_plan *p, int to_fi
             for (k = 0; k < n; k++) c = kvx_crc32c(c, iov[k].iov_base, iov[k].iov_len);
     }
     if (crc) *crc = c;
-    return KVX_OK;
-}
-
-/* CRC32C of the packed range [lo, hi) of a one-sided plan, read from pool
-   memory (no I/O). */
-static kvx_result kvx__plan_crc(const kvx_layout *l, const kvx_plan *p, int to_file, uint64_t lo,
-                                uint64_t hi, uint32_t *crc) {
-    size_t s = kvx__plan_find(p, to_file, lo);
-    uint64_t pos = lo;
-    uint32_t c = 0;
-    while (pos < hi && s < p->count) {
-        const kvx_span *sp = &p->spans[s];
-        uint64_t po = to_file ? sp->dst_offset : sp->src_offset;
-        uint64_t skip = pos - po, take = sp->length - skip;
-        if (take > hi - pos) take = hi - pos;
-        c = kvx_crc32c(c, (const char *)kvx_span_addr(l, sp, !to_file) + skip, (size_t)take);
-        pos += take;
-        if (skip + take == sp->length) s++;
-    }
-    if (pos < hi) return KVX_ERR_CORRUPT;
-    *crc = c;
     return KVX_OK;
 }
 
@@ -1021,7 +1001,6 @@ typedef struct kvx__froom {
     uint64_t retry_at;      /* receiver: look again no sooner (ns) */
     uint32_t retries;       /* receiver: reads started again while settling */
     struct kvx__froom *next_pending;
-    int is_pending;
     int refused;            /* receiver: the room directory is unsafe (why) */
     char refused_why[KVX_ERROR_MAX];
 } kvx__froom;
@@ -1205,12 +1184,12 @@ static void kvx__file_room_free(kvx_room *r) {
 static void kvx__file_unpend(kvx__fengine *fe, kvx__froom *fr) {
     kvx__froom **pp;
     pthread_mutex_lock(&fe->mu);
-    if (fr->is_pending) {
-        for (pp = &fe->pending; *pp; pp = &(*pp)->next_pending)
-            if (*pp == fr) { *pp = fr->next_pending; break; }
-        fr->is_pending = 0;
-        kvx_room_unref(fr->room); /* held by the pending list */
-    }
+    for (pp = &fe->pending; *pp; pp = &(*pp)->next_pending)
+        if (*pp == fr) { /* the pending list held a reference */
+            *pp = fr->next_pending;
+            kvx_room_unref(fr->room);
+            break;
+        }
     pthread_mutex_unlock(&fe->mu);
 }
 
@@ -1544,7 +1523,7 @@ static void kvx__fstripe_work(kvx__fstripe *st, const kvx_plan *plan, int to_fil
     if (__atomic_load_n(&j->res, __ATOMIC_ACQUIRE) != KVX_OK) return;
     why[0] = 0;
     if (st->kind == KVX__ST_CRC)
-        res = kvx__plan_crc(l, plan, to_file, lo, hi, &j->crcs[st->index]);
+        res = kvx__plan_io(l, plan, to_file, -1, lo, hi, &j->crcs[st->index], &err);
     else if (st->kind == KVX__ST_SEQ_IO) /* the writer: the whole file, in order */
         res = kvx__plan_io(l, plan, to_file, j->fd, 0, j->bytes, NULL, &err);
     else
@@ -1750,7 +1729,6 @@ static kvx_result kvx__file_receiver_init(kvx_room *r, const int32_t *pages, uin
     pthread_mutex_lock(&fe->mu);
     fr->next_pending = fe->pending;
     fe->pending = fr;
-    fr->is_pending = 1;
     pthread_mutex_unlock(&fe->mu);
     return KVX_OK;
 }
@@ -2176,7 +2154,6 @@ static int kvx__frecv_again(kvx__froom *fr, const char *why) {
         kvx_room_ref(fr->room);
         fr->next_pending = fe->pending;
         fe->pending = fr;
-        fr->is_pending = 1;
         again = 1;
     }
     pthread_mutex_unlock(&fe->mu);
@@ -2198,7 +2175,6 @@ static void kvx__file_progress(kvx_engine *e) {
         int f = kvx_room_poll(fr->room) == KVX_POLL_FAILED ? -2 : kvx__frecv_look(fr);
         if (f == -1) { pp = &fr->next_pending; continue; }
         *pp = fr->next_pending;
-        fr->is_pending = 0;
         what[n] = f;
         ready[n++] = fr; /* the pending list's reference moves to us */
     }

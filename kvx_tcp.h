@@ -2,12 +2,10 @@
 
    For hosts without RDMA or a shared filesystem. The prefill opens
    KVX_TCP_STREAMS TCP connections (a "link") to each decode engine's data
-   listener and streams every chunk's pages straight from its pool, one
-   sendmsg per frame, no copy; the receiver checks each segment against the
-   room's pages and reads it straight into them. Frames of all rooms spread
-   over the streams, chunk k+1 leaving while k is on the wire; a slow receiver
-   pushes back through TCP flow control (the sender queues plans, not bytes,
-   so its memory stays bounded).
+   listener; frames of all rooms spread over the streams (no copy on either
+   side, see DATA PATH), chunk k+1 leaving while k is on the wire; a slow
+   receiver pushes back through TCP flow control (the sender queues plans,
+   not bytes, so its memory stays bounded).
 
    CONTENTS (section markers: search for ">>name")
      >>wire codec (declarations) and ">>tcp: " byte helpers and codec, state,
@@ -179,24 +177,22 @@
      The receiver knows the total from its own pages: pages * sum(item_len)
      plus sum(aux item_len) when it gave an aux slot. It counts the bytes
      of every segment it accepted (a (buffer, page) pair may arrive once,
-     an aux row once) and reports Success when the count is complete: then
-     every KV byte is in place; the aux rows, which arrive into a per-room
-     staging row, are copied into the aux slot last, so aux is written after
-     the last KV byte even when it overtook KV frames on another stream.
-     The receiver then reports Success and sends ACK on the connection
-     that brought the last byte. A room in Success is final (kvx.h): an
-     abort or timeout after it does nothing and sends nothing, so nothing
-     overtakes the ACK, and destroying the receiver waits until the ACK was
-     written. The sender reports Success on that ACK (and tells
-     the decode side over the control channel, which it ignores for
-     Success: only its own count makes a receiver succeed). A data-path ACK
-     rather than a control message because it follows the bytes it
-     confirms. When a stream closes or cannot connect while a room may
-     still be waiting for its ACK, the link dies only after every connected
-     stream was read to its end (the decode writes an ACK before it closes
-     that connection), or 2 s (at most KVX_TCP_TIMEOUT) after the first
-     break, so an ACK that raced the close on another socket still counts;
-     with no ACK possibly under way it dies at once.
+     an aux row once). When the count is complete, every KV byte is in place;
+     the aux rows, staged per room, are copied into the aux slot last (after
+     the last KV byte even when they overtook KV frames on another stream);
+     then the receiver reports Success and sends ACK on the connection that
+     brought the last byte. A room in Success is final (kvx.h): an abort or
+     timeout after it does nothing and sends nothing, so nothing overtakes the
+     ACK, and destroying the receiver waits until the ACK was written. The
+     sender reports Success on that ACK (and tells the decode side over the
+     control channel, which it ignores for Success: only its own count makes a
+     receiver succeed). A data-path ACK rather than a control message because
+     it follows the bytes it confirms. When a stream closes or cannot connect
+     while a room may still be waiting for its ACK, the link dies only after
+     every connected stream was read to its end (the decode writes an ACK
+     before it closes that connection), or 2 s (at most KVX_TCP_TIMEOUT) after
+     the first break, so an ACK that raced the close on another socket still
+     counts; with no ACK possibly under way it dies at once.
 
    SECURITY
      Every segment is checked against the destination pages of that room,
@@ -208,10 +204,9 @@
      room that already succeeded closes the connection as well (rooms closed
      or failed before the end drain their late frames). A connection must
      present the listener's token (16 random bytes, compared in constant
-     time) in its HELLO and the same layout fingerprint, within
-     KVX_TCP_HELLO_MS; a refused connection is closed before it can name a
-     room, and at most KVX_TCP_MAX_PENDING connections wait for their HELLO
-     (the oldest goes first). Without a key the token is the only gate: it
+     time) and the same layout fingerprint in its HELLO (in time: see
+     KVX_TCP_HELLO_MS, KVX_TCP_MAX_PENDING); a refused connection is closed
+     before it can name a room. Without a key the token is the only gate: it
      travels in the clear in the decode's bootstrap hello, so whoever can
      read the control channel (or claim a room there, see kvx_boot.h) can
      present it. With a shared key (KVX_AUTH_KEY) both sides prove the key
@@ -232,10 +227,8 @@
      error, a lost data link; a receiver's refused frame, a frame cut in
      the middle, an abort, a timeout): the peer fails with "... failed the
      room: <reason>". What the peer reported (its ERROR frame, its status
-     or abort) fails the room without being sent back. A room that reached
-     Success or Failed sends nothing more, and an abort that arrives for a
-     room that already succeeded changes nothing (the first outcome and
-     the first reason win, on both sides).
+     or abort) fails the room without being sent back. The first outcome
+     and the first reason win, on both sides (see COMPLETION).
      A prefill killed mid-stream: the receiver fails the room whose frame
      was cut ("data connection from prefill 10.0.0.1:41234 closed in the
      middle of ...") and kvx_boot fails the others when the control
@@ -1011,14 +1004,10 @@ static void kvx__tcp_link_kill(kvx__tcp_link *lk, const char *fmt, ...) {
     if (listed) kvx__tcp_link_unref(lk); /* the live list's reference */
 }
 
-/* A stream of the link broke (or could not connect). The link dies, but
-   not before the reader has read what the other streams hold: an ACK the
-   decode wrote on one stream before it closed them all can reach us after
-   another stream's end or a refused connect (they are separate sockets,
-   with no order between them). The reader kills the link once every
-   connected stream has been read to its end, or KVX__TCP_LOSS_GRACE_S
-   after the first break, or at once when no room waits for an ACK that
-   may be under way. Thread-safe. */
+/* A stream of the link broke (or could not connect). The reader kills the
+   link once the other streams were read to their end, KVX__TCP_LOSS_GRACE_S
+   after the first break, or at once when no ACK may be under way (the doc
+   block's COMPLETION says why). Thread-safe. */
 #define KVX__TCP_LOSS_GRACE_S 2.0
 static void kvx__tcp_link_lost(kvx__tcp_link *lk, const char *fmt, ...) KVX_PRINTF(2, 3);
 static void kvx__tcp_link_lost(kvx__tcp_link *lk, const char *fmt, ...) {
