@@ -335,29 +335,27 @@ static kvx_result kvx__read_small_at(const kvx_allocator *a, int dfd, const char
     kvx_result r;
     int fd = kvx__open_reg_at(dfd, name, shown, &r, why, wl);
     struct stat st;
-    char *buf;
+    char *buf = NULL;
     int e;
     *out = NULL;
     if (fd < 0) return r;
     if (fstat(fd, &st) || (uint64_t)st.st_size > max) {
         kvx__set_why(why, wl, "%s is %lld bytes, more than the %zu allowed", shown,
                      (long long)st.st_size, max);
-        close(fd);
-        return KVX_ERR_CORRUPT;
-    }
-    buf = (char *)kvx__alloc(a, (size_t)st.st_size + 1);
-    if (!buf) { close(fd); return KVX_ERR_NO_MEMORY; }
-    if ((e = kvx__pio(fd, buf, (size_t)st.st_size, 0, 0)) != 0) {
+        r = KVX_ERR_CORRUPT;
+    } else if (!(buf = (char *)kvx__alloc(a, (size_t)st.st_size + 1))) {
+        r = KVX_ERR_NO_MEMORY;
+    } else if ((e = kvx__pio(fd, buf, (size_t)st.st_size, 0, 0)) != 0) {
         kvx__set_why(why, wl, "cannot read %s: %s", shown, e < 0 ? "short read" : strerror(e));
         kvx__free(a, buf);
-        close(fd);
-        return KVX_ERR_IO;
+        r = KVX_ERR_IO;
+    } else {
+        buf[st.st_size] = 0;
+        *out = buf;
+        *len = (size_t)st.st_size;
     }
     close(fd);
-    buf[st.st_size] = 0;
-    *out = buf;
-    *len = (size_t)st.st_size;
-    return KVX_OK;
+    return r;
 }
 
 static kvx_result kvx__read_small(const char *path, char **out, size_t *len, size_t max,
@@ -1090,9 +1088,8 @@ static kvx_result kvx__file_engine_init(kvx_engine *e, char *why, size_t wl) {
     kvx_result r;
     snprintf(defdir, sizeof defdir, "/tmp/kvx_file-%u", (unsigned)geteuid());
     dir = d->file.dir ? d->file.dir : defdir;
-    fe = (kvx__fengine *)kvx_engine_alloc(e, sizeof *fe);
+    fe = (kvx__fengine *)kvx__zalloc(&d->allocator, 1, sizeof *fe);
     if (!fe) return KVX_ERR_NO_MEMORY;
-    memset(fe, 0, sizeof *fe);
     fe->dfd = -1;
     pthread_mutex_init(&fe->mu, NULL);
     if ((r = kvx__file_settings(d, fe, &dir, why, wl)) != KVX_OK) goto fail;
@@ -1152,9 +1149,8 @@ static void kvx__file_engine_fini(kvx_engine *e) {
 static kvx_result kvx__file_room_open(kvx_room *r) {
     kvx_engine *e = kvx_room_engine(r);
     kvx__fengine *fe = kvx__fe(e);
-    kvx__froom *fr = (kvx__froom *)kvx_engine_alloc(e, sizeof *fr);
+    kvx__froom *fr = (kvx__froom *)kvx__zalloc(fe->al, 1, sizeof *fr);
     if (!fr) return KVX_ERR_NO_MEMORY;
-    memset(fr, 0, sizeof *fr);
     fr->room = r;
     fr->fe = fe;
     fr->aux_index = -1;
@@ -1624,10 +1620,9 @@ static kvx_result kvx__file_sender_init(kvx_room *r, uint32_t n, int32_t aux) {
 static kvx_result kvx__file_sender_send(kvx_room *r, kvx_chunk *c) {
     kvx_engine *e = kvx_room_engine(r);
     kvx__froom *fr = (kvx__froom *)kvx_room_data(r);
-    kvx__fjob *j = (kvx__fjob *)kvx_engine_alloc(e, sizeof *j);
+    kvx__fjob *j = (kvx__fjob *)kvx__zalloc(fr->fe->al, 1, sizeof *j);
     int dfd = kvx__froom_dfd(fr);
     if (!j) { kvx_chunk_free(e, c); return KVX_ERR_NO_MEMORY; }
-    memset(j, 0, sizeof *j);
     j->fr = fr;
     j->chunk = c;
     j->bytes = c->gather.packed_bytes;
@@ -1978,10 +1973,9 @@ static void kvx__frecv_start(void *arg) {
     jobs = (kvx__fjob **)kvx__zalloc(fr->fe->al, fr->done.chunks, sizeof *jobs);
     if (!jobs) { kvx__frecv_fail(fr, KVX_ERR_NO_MEMORY, "out of memory"); goto out; }
     for (i = 0; i < fr->done.chunks; i++) {
-        kvx__fjob *j = (kvx__fjob *)kvx_engine_alloc(e, sizeof *j);
+        kvx__fjob *j = (kvx__fjob *)kvx__zalloc(fr->fe->al, 1, sizeof *j);
         struct stat st;
         if (!j) { res = KVX_ERR_NO_MEMORY; kvx__set_why(why, sizeof why, "out of memory"); break; }
-        memset(j, 0, sizeof *j);
         j->fd = -1;
         j->fr = fr;
         jobs[njobs++] = j;
