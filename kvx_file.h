@@ -1,11 +1,10 @@
 /* kvx_file.h - v0.1.0 - the file transport: KV pages through a local or shared filesystem
 
-   The prefill writes each chunk's KV page bytes straight from its pool into
-   a private directory, renamed to <KVX_FILE_DIR>/room_<room> (the commit);
-   the decode side waits for the room's `transfer_done`, checks each chunk's
-   meta against its layout, reads the bytes straight into its destination
-   pages and verifies every CRC32C before Success. Nothing runs between the
-   two: the directory may be on NFS, Lustre, CephFS or GlusterFS.
+   The prefill writes each chunk's KV pages straight from its pool into a
+   private directory, renamed to <KVX_FILE_DIR>/room_<room> (the commit);
+   the decode side reads them straight into its destination pages and
+   verifies every CRC32C before Success (DATA PATH). Nothing runs between
+   the two: the directory may be on NFS, Lustre, CephFS or GlusterFS.
 
    CONTENTS (section markers: search for ">>name")
      >>file: helpers, authentication, formats
@@ -455,10 +454,8 @@ static void kvx__rm_room_at(int base, const char *name, int owner_only) {
 
 /* >>file: authentication ------------------------------------------------------ */
 
-/* A small file (meta, transfer_done, transfer_failed) is one line of JSON,
-   optionally followed by "mac hmac-sha256 <64 hex digits>\n" (with an auth
-   key): HMAC-SHA-256(key, "kvx-file-v2" 0x00 <file name> 0x00 <the JSON
-   line, its newline included>). */
+/* A small file (meta, transfer_done, transfer_failed): one line of JSON,
+   then, with an auth key, the MAC line (the doc block's ON DISK). */
 #define KVX__FILE_MAC_TAG "mac hmac-sha256 "
 #define KVX__FILE_MAC_LINE (sizeof KVX__FILE_MAC_TAG - 1 + 64 + 1)
 
@@ -1263,10 +1260,8 @@ static kvx_result kvx__file_check_name(kvx__froom *fr, char *why, size_t wl) {
     return r;
 }
 
-/* The commit: the built room takes its name, all at once, so a receiver on
-   any node sees either no room or a whole one (rename(2) of a directory is
-   atomic on a local filesystem, NFS, Lustre, CephFS and GlusterFS). A
-   directory an earlier room of the same id left there is moved aside and
+/* The commit: the built room takes its name, all at once (CONSISTENCY 1).
+   A directory an earlier room of the same id left there is moved aside and
    removed first: only when it is a directory this user owns (or the
    directory is shared); a link or a file there is refused. fr->mu held. */
 static kvx_result kvx__file_commit(kvx__froom *fr, char *why, size_t wl) {
