@@ -1380,6 +1380,7 @@ static void kvx__boot_tally_add(kvx__boot_tally *t, int *n, int code, uint64_t c
 typedef struct kvx__boot_vec {
     kvx__boot_br **v;
     size_t n, cap;
+    kvx_boot *b; /* set by a push: v is held even when n drops back to 0 */
 } kvx__boot_vec;
 
 struct kvx_boot {
@@ -1474,6 +1475,7 @@ static void kvx__boot_vec_push(kvx__boot_vec *v, kvx__boot_br *br) {
     if (kvx__boot_reserve(br->boot, &v->v, v->n, &v->cap, sizeof *v->v))
         return; /* the room then misses this notice; it still times out */
     KVX__ADD(&br->refs, 1);
+    v->b = br->boot;
     v->v[v->n++] = br;
 }
 
@@ -1954,7 +1956,7 @@ static void kvx__boot_br_unref(kvx__boot_br *br) {
 }
 
 static void kvx__boot_vec_release(kvx__boot_vec *v) {
-    kvx_boot *b = v->n ? v->v[0]->boot : NULL; /* v->v is set only with n > 0 */
+    kvx_boot *b = v->b;
     size_t i;
     for (i = 0; i < v->n; i++) kvx__boot_br_unref(v->v[i]);
     if (b) kvx_engine_free(b->engine, v->v);

@@ -482,6 +482,17 @@ KVX_API kvx_result kvx_cuda_endpoint_check(const void *endpoint, size_t len, cha
 extern "C" {
 #endif
 
+/* Writes the sentence into why and returns code. */
+static kvx_result kvx__cu_err(char *why, size_t wl, kvx_result code, const char *fmt, ...)
+    KVX_PRINTF(4, 5);
+static kvx_result kvx__cu_err(char *why, size_t wl, kvx_result code, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    if (why && wl) vsnprintf(why, wl, fmt, ap);
+    va_end(ap);
+    return code;
+}
+
 /* >>cuda transport: endpoint codec (pure; with and without KVX_WITH_CUDA) ------------ */
 
 #define KVX__CUX_FIXED 160u /* fixed part of an endpoint */
@@ -543,8 +554,7 @@ static kvx_result kvx__cux_bad(char *why, size_t wl, const char *fmt, ...) {
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    kvx__set_why(why, wl, "cuda endpoint: %s", msg);
-    return KVX_ERR_PROTOCOL;
+    return kvx__cu_err(why, wl, KVX_ERR_PROTOCOL, "cuda endpoint: %s", msg);
 }
 
 /* The aux rows: none empty, and all of them fit one aux message. */
@@ -639,118 +649,90 @@ KVX_API kvx_result kvx_cuda_endpoint_check(const void *endpoint, size_t len, cha
 
 /* >>cuda: not compiled --------------------------------------------------------- */
 
+/* Every entry point clears its outputs and fails naming the macro; the
+   parameters are unused on purpose. */
+#if defined(__GNUC__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wunused-parameter"
+#endif
+
 static kvx_result kvx__cu_not_compiled(char *why, size_t wl) {
-    kvx__set_why(why, wl, "kvx_cuda.h was compiled without KVX_WITH_CUDA: build the file that "
-                          "defines KVX_IMPLEMENTATION with -DKVX_WITH_CUDA -I<CUDA toolkit>/include "
-                          "for KV buffers in GPU memory");
-    return KVX_ERR_NOT_COMPILED;
+    return kvx__cu_err(why, wl, KVX_ERR_NOT_COMPILED, "kvx_cuda.h was compiled without "
+                       "KVX_WITH_CUDA: build the file that defines KVX_IMPLEMENTATION with "
+                       "-DKVX_WITH_CUDA -I<CUDA toolkit>/include for KV buffers in GPU memory");
 }
+#define KVX__CU_NC                                 \
+    {                                              \
+        return kvx__cu_not_compiled(why, why_len); \
+    }
+#define KVX__CU_NC_SET(p, v)                       \
+    {                                              \
+        if (p) *(p) = (v);                         \
+        return kvx__cu_not_compiled(why, why_len); \
+    }
+#define KVX__CU_NC_ZERO(p)                         \
+    {                                              \
+        if (p) memset((p), 0, sizeof *(p));        \
+        return KVX_ERR_NOT_COMPILED;               \
+    }
 
 KVX_API kvx_result kvx_cuda_create(const kvx_cuda_desc *desc, kvx_cuda **out, char *why,
-                                   size_t why_len) {
-    (void)desc;
-    if (out) *out = NULL;
-    return kvx__cu_not_compiled(why, why_len);
-}
-KVX_API void kvx_cuda_destroy(kvx_cuda *cu) { (void)cu; }
+                                   size_t why_len) KVX__CU_NC_SET(out, NULL)
+KVX_API void kvx_cuda_destroy(kvx_cuda *cu) {}
 KVX_API kvx_result kvx_cuda_mem_ops(kvx_mem_ops *out, const kvx_cuda_desc *desc, char *why,
                                     size_t why_len) {
-    (void)desc;
     if (out) memset(out, 0, sizeof *out);
     return kvx__cu_not_compiled(why, why_len);
 }
-KVX_API void kvx_cuda_mem_ops_release(kvx_mem_ops *ops) { (void)ops; }
-KVX_API kvx_cuda *kvx_cuda_from_mem_ops(const kvx_mem_ops *ops) {
-    (void)ops;
-    return NULL;
-}
-KVX_API kvx_result kvx_cuda_get_info(const kvx_cuda *cu, kvx_cuda_info *out) {
-    (void)cu;
-    if (out) memset(out, 0, sizeof *out);
-    return KVX_ERR_NOT_COMPILED;
-}
+KVX_API void kvx_cuda_mem_ops_release(kvx_mem_ops *ops) {}
+KVX_API kvx_cuda *kvx_cuda_from_mem_ops(const kvx_mem_ops *ops) { return NULL; }
+KVX_API kvx_result kvx_cuda_get_info(const kvx_cuda *cu, kvx_cuda_info *out) KVX__CU_NC_ZERO(out)
 KVX_API void kvx_cuda_stats_get(const kvx_cuda *cu, kvx_cuda_stats *out) {
-    (void)cu;
     if (out) memset(out, 0, sizeof *out);
 }
 KVX_API kvx_result kvx_cuda_alloc(kvx_cuda *cu, int device, size_t size, void **dev_ptr,
-                                  char *why, size_t why_len) {
-    (void)cu; (void)device; (void)size;
-    if (dev_ptr) *dev_ptr = NULL;
-    return kvx__cu_not_compiled(why, why_len);
-}
-KVX_API void kvx_cuda_free(kvx_cuda *cu, int device, void *dev_ptr) {
-    (void)cu; (void)device; (void)dev_ptr;
-}
+                                  char *why, size_t why_len) KVX__CU_NC_SET(dev_ptr, NULL)
+KVX_API void kvx_cuda_free(kvx_cuda *cu, int device, void *dev_ptr) {}
 KVX_API kvx_result kvx_cuda_layout_check(kvx_cuda *cu, const kvx_layout *l, char *why,
-                                         size_t why_len) {
-    (void)cu; (void)l;
-    return kvx__cu_not_compiled(why, why_len);
-}
+                                         size_t why_len) KVX__CU_NC
 KVX_API kvx_result kvx_cuda_ipc_export(kvx_cuda *cu, int device, void *dev_ptr,
                                        uint8_t handle[KVX_CUDA_IPC_HANDLE_BYTES],
                                        uint64_t *offset, uint64_t *alloc_len, char *why,
-                                       size_t why_len) {
-    (void)cu; (void)device; (void)dev_ptr; (void)handle; (void)offset; (void)alloc_len;
-    return kvx__cu_not_compiled(why, why_len);
-}
+                                       size_t why_len) KVX__CU_NC
 KVX_API kvx_result kvx_cuda_ipc_import(kvx_cuda *cu, const uint8_t handle[KVX_CUDA_IPC_HANDLE_BYTES],
-                                       int device, void **dev_base, char *why, size_t why_len) {
-    (void)cu; (void)handle; (void)device;
-    if (dev_base) *dev_base = NULL;
-    return kvx__cu_not_compiled(why, why_len);
-}
+                                       int device, void **dev_base, char *why,
+                                       size_t why_len) KVX__CU_NC_SET(dev_base, NULL)
 KVX_API kvx_result kvx_cuda_ipc_close(kvx_cuda *cu, int device, void *dev_base, char *why,
-                                      size_t why_len) {
-    (void)cu; (void)device; (void)dev_base;
-    return kvx__cu_not_compiled(why, why_len);
-}
+                                      size_t why_len) KVX__CU_NC
 KVX_API kvx_result kvx_cuda_stream_create(kvx_cuda *cu, int device, kvx_cuda_stream **out,
-                                          char *why, size_t why_len) {
-    (void)cu; (void)device;
-    if (out) *out = NULL;
-    return kvx__cu_not_compiled(why, why_len);
-}
-KVX_API void kvx_cuda_stream_destroy(kvx_cuda_stream *s) { (void)s; }
+                                          char *why, size_t why_len) KVX__CU_NC_SET(out, NULL)
+KVX_API void kvx_cuda_stream_destroy(kvx_cuda_stream *s) {}
 KVX_API kvx_result kvx_cuda_copy_spans(kvx_cuda_stream *s, const kvx_layout *src,
                                        const kvx_layout *dst, const kvx_span *spans, size_t n,
-                                       uint64_t *ticket, char *why, size_t why_len) {
-    (void)s; (void)src; (void)dst; (void)spans; (void)n; (void)ticket;
-    return kvx__cu_not_compiled(why, why_len);
-}
+                                       uint64_t *ticket, char *why, size_t why_len) KVX__CU_NC
 KVX_API kvx_result kvx_cuda_stream_done(kvx_cuda_stream *s, uint64_t ticket, int *done,
-                                        char *why, size_t why_len) {
-    (void)s; (void)ticket;
-    if (done) *done = 0;
-    return kvx__cu_not_compiled(why, why_len);
-}
+                                        char *why, size_t why_len) KVX__CU_NC_SET(done, 0)
 KVX_API kvx_result kvx_cuda_stream_wait(kvx_cuda_stream *s, uint64_t ticket, char *why,
-                                        size_t why_len) {
-    (void)s; (void)ticket;
-    return kvx__cu_not_compiled(why, why_len);
-}
+                                        size_t why_len) KVX__CU_NC
 KVX_API kvx_result kvx_cuda_dmabuf_fd(kvx_cuda *cu, int device, void *dev_ptr, size_t len,
                                       int *fd, uint64_t *offset, char *why, size_t why_len) {
-    (void)cu; (void)device; (void)dev_ptr; (void)len;
     if (fd) *fd = -1;
     if (offset) *offset = 0;
     return kvx__cu_not_compiled(why, why_len);
 }
 
-static kvx_result kvx__cux_nc_init(kvx_engine *e, char *why, size_t wl) {
-    (void)e;
-    return kvx__cu_not_compiled(why, wl);
-}
+static kvx_result kvx__cux_nc_init(kvx_engine *e, char *why, size_t why_len) KVX__CU_NC
 KVX_API const kvx_backend *kvx_cuda_backend(void) {
     static kvx_backend b;
     return kvx__backend_table(&b, "cuda", kvx__cux_nc_init, NULL);
 }
 KVX_API kvx_result kvx_cuda_register(void) { return kvx_transport_register(kvx_cuda_backend()); }
-KVX_API kvx_result kvx_cuda_transport_stats_get(const kvx_engine *e, kvx_cuda_transport_stats *out) {
-    (void)e;
-    if (out) memset(out, 0, sizeof *out);
-    return KVX_ERR_NOT_COMPILED;
-}
+KVX_API kvx_result kvx_cuda_transport_stats_get(const kvx_engine *e,
+                                                kvx_cuda_transport_stats *out) KVX__CU_NC_ZERO(out)
+
+#if defined(__GNUC__)
+#pragma GCC diagnostic pop
+#endif
 
 #else /* KVX_WITH_CUDA */
 
@@ -912,13 +894,10 @@ struct kvx_cuda {
     CUcontext ctx[KVX_CUDA_MAX_DEVICES];
     kvx__cu_block *blocks;
     size_t num_blocks, cap_blocks, blocks_pending; /* pending: reserved, being allocated */
-    uint64_t staging_held, staging_peak, staging_refused;
     int warned_staging;
     kvx_cuda_stream *free_streams;
     int user_streams;
-    /* counters (atomics) */
-    uint64_t n_copy_calls, n_pieces_h, n_bytes_h, n_pieces_d, n_bytes_d;
-    uint64_t n_span_calls, n_spans, n_span_bytes, n_batches, n_copies, n_syncs;
+    kvx_cuda_stats st; /* atomics; the staging_* fields under mu */
 };
 
 /* >>cuda: helpers ---------------------------------------------------------------- */
@@ -974,6 +953,14 @@ static kvx_result kvx__cu_fail(const kvx_cuda *cu, CUresult rc, char *why, size_
 static CUdeviceptr kvx__cu_dptr(const void *p) { return (CUdeviceptr)(uintptr_t)p; }
 static void *kvx__cu_vptr(CUdeviceptr d) { return (void *)(uintptr_t)d; }
 
+/* Copies a struct of uint64_t counters, each field an atomic load. */
+static void kvx__cu_counters(void *out, const void *from, size_t bytes) {
+    const uint64_t *f = (const uint64_t *)from;
+    uint64_t *o = (uint64_t *)out;
+    size_t i;
+    for (i = 0; i < bytes / sizeof *o; i++) o[i] = KVX__LOAD(&f[i]);
+}
+
 /* >>cuda: loading the driver ------------------------------------------------------ */
 
 #if defined(KVX_NO_RUNTIME_LINKING)
@@ -1021,12 +1008,11 @@ static void kvx__cu_pick_batch(kvx_cuda *cu, int no_batch) {
 
 static kvx_result kvx__cu_start(kvx_cuda *cu, char *why, size_t wl) {
     CUresult rc = cu->f.Init(0);
-    if (rc == CUDA_ERROR_NO_DEVICE) {
-        kvx__set_why(why, wl, "no CUDA device: cuInit in %s says %s (%s); KV buffers in GPU "
-                              "memory need an NVIDIA GPU (check nvidia-smi and CUDA_VISIBLE_DEVICES)",
-                     cu->library, kvx__cu_err_name(cu, rc), kvx__cu_err_text(cu, rc));
-        return KVX_ERR_NOT_FOUND;
-    }
+    if (rc == CUDA_ERROR_NO_DEVICE)
+        return kvx__cu_err(why, wl, KVX_ERR_NOT_FOUND, "no CUDA device: cuInit in %s says %s (%s); "
+                           "KV buffers in GPU memory need an NVIDIA GPU (check nvidia-smi and "
+                           "CUDA_VISIBLE_DEVICES)", cu->library, kvx__cu_err_name(cu, rc),
+                           kvx__cu_err_text(cu, rc));
     if (rc != CUDA_SUCCESS)
         return kvx__cu_fail(cu, rc, why, wl, "cuInit in %s (is the NVIDIA kernel module loaded?)",
                             cu->library);
@@ -1034,12 +1020,10 @@ static kvx_result kvx__cu_start(kvx_cuda *cu, char *why, size_t wl) {
         return kvx__cu_fail(cu, rc, why, wl, "cuDriverGetVersion");
     if ((rc = cu->f.DeviceGetCount(&cu->device_count)) != CUDA_SUCCESS)
         return kvx__cu_fail(cu, rc, why, wl, "cuDeviceGetCount");
-    if (cu->device_count <= 0) {
-        kvx__set_why(why, wl, "no CUDA device: the driver in %s sees none; KV buffers in GPU "
-                              "memory need an NVIDIA GPU (check CUDA_VISIBLE_DEVICES)",
-                     cu->library);
-        return KVX_ERR_NOT_FOUND;
-    }
+    if (cu->device_count <= 0)
+        return kvx__cu_err(why, wl, KVX_ERR_NOT_FOUND, "no CUDA device: the driver in %s sees "
+                           "none; KV buffers in GPU memory need an NVIDIA GPU (check "
+                           "CUDA_VISIBLE_DEVICES)", cu->library);
     if (cu->device_count > KVX_CUDA_MAX_DEVICES) cu->device_count = KVX_CUDA_MAX_DEVICES;
     return KVX_OK;
 }
@@ -1052,10 +1036,9 @@ typedef struct kvx__cu_scope {
 
 static kvx_result kvx__cu_check_device(const kvx_cuda *cu, int device, char *why, size_t wl) {
     if (device >= 0 && device < cu->device_count) return KVX_OK;
-    kvx__set_why(why, wl, "GPU %d does not exist: the driver sees %d device%s (ordinals 0..%d)",
-                 device, cu->device_count, cu->device_count == 1 ? "" : "s",
-                 cu->device_count - 1);
-    return KVX_ERR_INVALID_ARGUMENT;
+    return kvx__cu_err(why, wl, KVX_ERR_INVALID_ARGUMENT, "GPU %d does not exist: the driver sees "
+                       "%d device%s (ordinals 0..%d)", device, cu->device_count,
+                       cu->device_count == 1 ? "" : "s", cu->device_count - 1);
 }
 
 /* The primary context of `device`, retained once. */
@@ -1103,15 +1086,6 @@ static void kvx__cu_leave(kvx_cuda *cu, kvx__cu_scope *sc) {
 
 /* >>cuda: create / destroy ------------------------------------------------------------ */
 
-/* realloc through the desc allocator (which has no realloc). */
-static void *kvx__cu_grow(const kvx_cuda *cu, void *old, size_t old_bytes, size_t new_bytes) {
-    void *p = kvx__alloc(&cu->alloc, new_bytes);
-    if (!p) return NULL;
-    if (old) memcpy(p, old, old_bytes);
-    kvx__free(&cu->alloc, old);
-    return p;
-}
-
 static void kvx__cu_stream_free(kvx_cuda_stream *s);
 
 KVX_API kvx_result kvx_cuda_create(const kvx_cuda_desc *desc, kvx_cuda **out, char *why,
@@ -1119,10 +1093,8 @@ KVX_API kvx_result kvx_cuda_create(const kvx_cuda_desc *desc, kvx_cuda **out, ch
     kvx_cuda_desc d;
     kvx_cuda *cu;
     kvx_result r;
-    if (!out) {
-        kvx__set_why(why, why_len, "kvx_cuda_create: out is NULL");
-        return KVX_ERR_INVALID_ARGUMENT;
-    }
+    if (!out)
+        return kvx__cu_err(why, why_len, KVX_ERR_INVALID_ARGUMENT, "kvx_cuda_create: out is NULL");
     *out = NULL;
     if (desc) d = *desc;
     else memset(&d, 0, sizeof d);
@@ -1130,10 +1102,8 @@ KVX_API kvx_result kvx_cuda_create(const kvx_cuda_desc *desc, kvx_cuda **out, ch
                                  why_len)))
         return r;
     cu = (kvx_cuda *)kvx__alloc(&d.allocator, sizeof *cu);
-    if (!cu) {
-        kvx__set_why(why, why_len, "kvx_cuda_create: out of memory");
-        return KVX_ERR_NO_MEMORY;
-    }
+    if (!cu)
+        return kvx__cu_err(why, why_len, KVX_ERR_NO_MEMORY, "kvx_cuda_create: out of memory");
     memset(cu, 0, sizeof *cu);
     cu->magic = KVX__CU_MAGIC;
     cu->alloc = d.allocator;
@@ -1192,10 +1162,7 @@ KVX_API void kvx_cuda_destroy(kvx_cuda *cu) {
        only thing kept. */
     pthread_mutex_destroy(&cu->mu);
     cu->magic = 0;
-    {
-        kvx_allocator a = cu->alloc;
-        kvx__free(&a, cu);
-    }
+    kvx__free(&cu->alloc, cu); /* reads the allocator before the block goes */
 }
 
 KVX_API kvx_result kvx_cuda_get_info(const kvx_cuda *cu, kvx_cuda_info *out) {
@@ -1215,21 +1182,11 @@ KVX_API void kvx_cuda_stats_get(const kvx_cuda *cu, kvx_cuda_stats *out) {
     if (!out) return;
     memset(out, 0, sizeof *out);
     if (!cu) return;
-    out->copy_calls = KVX__LOAD(&c->n_copy_calls);
-    out->pieces_to_host = KVX__LOAD(&c->n_pieces_h);
-    out->bytes_to_host = KVX__LOAD(&c->n_bytes_h);
-    out->pieces_to_device = KVX__LOAD(&c->n_pieces_d);
-    out->bytes_to_device = KVX__LOAD(&c->n_bytes_d);
-    out->span_calls = KVX__LOAD(&c->n_span_calls);
-    out->spans = KVX__LOAD(&c->n_spans);
-    out->span_bytes = KVX__LOAD(&c->n_span_bytes);
-    out->driver_batches = KVX__LOAD(&c->n_batches);
-    out->driver_copies = KVX__LOAD(&c->n_copies);
-    out->syncs = KVX__LOAD(&c->n_syncs);
+    kvx__cu_counters(out, &c->st, offsetof(kvx_cuda_stats, staging_held));
     pthread_mutex_lock(&c->mu);
-    out->staging_held = c->staging_held;
-    out->staging_peak = c->staging_peak;
-    out->staging_refused = c->staging_refused;
+    out->staging_held = c->st.staging_held;
+    out->staging_peak = c->st.staging_peak;
+    out->staging_refused = c->st.staging_refused;
     pthread_mutex_unlock(&c->mu);
 }
 
@@ -1246,8 +1203,7 @@ static kvx_result kvx__cu_stream_new(kvx_cuda *cu, int device, int pooled,
     s = (kvx_cuda_stream *)kvx__alloc(&cu->alloc, sizeof *s);
     if (!s) {
         kvx__cu_leave(cu, &sc);
-        kvx__set_why(why, wl, "out of memory for a CUDA stream");
-        return KVX_ERR_NO_MEMORY;
+        return kvx__cu_err(why, wl, KVX_ERR_NO_MEMORY, "out of memory for a CUDA stream");
     }
     memset(s, 0, sizeof *s);
     s->cu = cu;
@@ -1347,7 +1303,7 @@ static CUresult kvx__cu_batch(kvx_cuda_stream *s, int mode, int dir, size_t at, 
     attr.dstLocHint.id = s->device;
     attr.flags = 0;
     *fail = (size_t)-1;
-    KVX__ADD(&cu->n_batches, 1);
+    KVX__ADD(&cu->st.driver_batches, 1);
     if (mode == 2)
         return cu->f.MemcpyBatchAsync_v2(s->dsts + at, s->srcs + at, s->sizes + at, k, &attr,
                                          &idx, 1, s->stream);
@@ -1404,7 +1360,7 @@ static kvx_result kvx__cu_submit(kvx_cuda_stream *s, int dir, size_t n, char *wh
             what = "cuMemcpyAsync";
             rc = cu->f.MemcpyAsync(s->dsts[i], s->srcs[i], s->sizes[i], s->stream);
         }
-        KVX__ADD(&cu->n_copies, 1);
+        KVX__ADD(&cu->st.driver_copies, 1);
         if (rc != CUDA_SUCCESS)
             return kvx__cu_fail(cu, rc, why, wl, "%s on GPU %d (copy %zu of %zu, %llu bytes, "
                                 "0x%llx -> 0x%llx)", what, s->device, i, n,
@@ -1417,7 +1373,7 @@ static kvx_result kvx__cu_submit(kvx_cuda_stream *s, int dir, size_t n, char *wh
 static kvx_result kvx__cu_sync(kvx_cuda_stream *s, char *why, size_t wl) {
     kvx_cuda *cu = s->cu;
     CUresult rc = cu->f.StreamSynchronize(s->stream);
-    KVX__ADD(&cu->n_syncs, 1);
+    KVX__ADD(&cu->st.syncs, 1);
     if (rc != CUDA_SUCCESS)
         return kvx__cu_fail(cu, rc, why, wl, "copies on GPU %d (cuStreamSynchronize)", s->device);
     return KVX_OK;
@@ -1442,8 +1398,7 @@ static kvx_result kvx__cu_copy_device(kvx_cuda *cu, int to_host, const kvx_copy 
     if (kvx__cu_scratch(s, n)) {
         kvx__cu_stream_put(cu, s, 0);
         kvx__cu_leave(cu, &sc);
-        kvx__set_why(why, wl, "out of memory for %zu copy descriptors", n);
-        return KVX_ERR_NO_MEMORY;
+        return kvx__cu_err(why, wl, KVX_ERR_NO_MEMORY, "out of memory for %zu copy descriptors", n);
     }
     for (i = 0; i < n; i++) {
         if (!c[i].len) continue;
@@ -1460,8 +1415,8 @@ static kvx_result kvx__cu_copy_device(kvx_cuda *cu, int to_host, const kvx_copy 
     kvx__cu_stream_put(cu, s, r != KVX_OK);
     kvx__cu_leave(cu, &sc);
     if (r == KVX_OK) {
-        KVX__ADD(to_host ? &cu->n_pieces_h : &cu->n_pieces_d, (uint64_t)k);
-        KVX__ADD(to_host ? &cu->n_bytes_h : &cu->n_bytes_d, bytes);
+        KVX__ADD(to_host ? &cu->st.pieces_to_host : &cu->st.pieces_to_device, (uint64_t)k);
+        KVX__ADD(to_host ? &cu->st.bytes_to_host : &cu->st.bytes_to_device, bytes);
     }
     return r;
 }
@@ -1471,17 +1426,14 @@ static kvx_result kvx__cu_copy(void *ctx, int to_host, const kvx_copy *c, size_t
     kvx_cuda *cu = (kvx_cuda *)ctx;
     size_t i = 0, j;
     kvx_result r;
-    if (!cu || cu->magic != KVX__CU_MAGIC || (n && !c)) {
-        kvx__set_why(why, wl, "kvx_mem_ops.copy: bad context or NULL pieces");
-        return KVX_ERR_INVALID_ARGUMENT;
-    }
-    KVX__ADD(&cu->n_copy_calls, 1);
+    if (!cu || cu->magic != KVX__CU_MAGIC || (n && !c))
+        return kvx__cu_err(why, wl, KVX_ERR_INVALID_ARGUMENT, "kvx_mem_ops.copy: bad context or "
+                           "NULL pieces");
+    KVX__ADD(&cu->st.copy_calls, 1);
     for (j = 0; j < n; j++) {
-        if (c[j].len && (!c[j].buf_ptr || !c[j].host)) {
-            kvx__set_why(why, wl, "kvx_mem_ops.copy: piece %zu of %zu has a NULL %s pointer", j,
-                         n, c[j].buf_ptr ? "host" : "buffer");
-            return KVX_ERR_INVALID_ARGUMENT;
-        }
+        if (c[j].len && (!c[j].buf_ptr || !c[j].host))
+            return kvx__cu_err(why, wl, KVX_ERR_INVALID_ARGUMENT, "kvx_mem_ops.copy: piece %zu of "
+                               "%zu has a NULL %s pointer", j, n, c[j].buf_ptr ? "host" : "buffer");
         if ((r = kvx__cu_check_device(cu, c[j].device, why, wl)) != KVX_OK) return r;
     }
     while (i < n) { /* one wait per device run */
@@ -1497,10 +1449,10 @@ static kvx_result kvx__cu_copy(void *ctx, int to_host, const kvx_copy *c, size_t
    context current). */
 static void kvx__cu_pool_trim(kvx_cuda *cu, uint64_t need) {
     size_t i = 0;
-    while (i < cu->num_blocks && cu->staging_held + need > cu->staging_limit) {
+    while (i < cu->num_blocks && cu->st.staging_held + need > cu->staging_limit) {
         if (cu->blocks[i].used) { i++; continue; }
         cu->f.MemFreeHost(cu->blocks[i].p);
-        cu->staging_held -= cu->blocks[i].size;
+        cu->st.staging_held -= cu->blocks[i].size;
         cu->blocks[i] = cu->blocks[--cu->num_blocks];
     }
 }
@@ -1520,19 +1472,19 @@ static void *kvx__cu_pool_reuse(kvx_cuda *cu, size_t size) {
 
 /* Room for `size` more pinned bytes and one more block (mu held). */
 static int kvx__cu_pool_reserve(kvx_cuda *cu, size_t size) {
-    if (cu->staging_held + size > cu->staging_limit) kvx__cu_pool_trim(cu, size);
-    if (cu->staging_held + size > cu->staging_limit) return -1;
+    if (cu->st.staging_held + size > cu->staging_limit) kvx__cu_pool_trim(cu, size);
+    if (cu->st.staging_held + size > cu->staging_limit) return -1;
     if (cu->num_blocks + cu->blocks_pending == cu->cap_blocks) {
         size_t nc = cu->cap_blocks ? 2 * cu->cap_blocks : 16;
-        kvx__cu_block *nb = (kvx__cu_block *)kvx__cu_grow(
-            cu, cu->blocks, cu->num_blocks * sizeof *nb, nc * sizeof *nb);
+        kvx__cu_block *nb = (kvx__cu_block *)kvx__grow(
+            &cu->alloc, cu->blocks, cu->num_blocks * sizeof *nb, nc * sizeof *nb);
         if (!nb) return -1;
         cu->blocks = nb;
         cu->cap_blocks = nc;
     }
-    cu->staging_held += size; /* reserved while the driver allocates */
+    cu->st.staging_held += size; /* reserved while the driver allocates */
     cu->blocks_pending++;
-    if (cu->staging_held > cu->staging_peak) cu->staging_peak = cu->staging_held;
+    if (cu->st.staging_held > cu->st.staging_peak) cu->st.staging_peak = cu->st.staging_held;
     return 0;
 }
 
@@ -1552,7 +1504,7 @@ static void *kvx__cu_host_alloc(void *ctx, size_t size) {
     pthread_mutex_lock(&cu->mu);
     if ((p = kvx__cu_pool_reuse(cu, size)) != NULL || kvx__cu_pool_reserve(cu, size) != 0) {
         warn = !p && !cu->warned_staging;
-        if (!p) { cu->staging_refused++; cu->warned_staging = 1; }
+        if (!p) { cu->st.staging_refused++; cu->warned_staging = 1; }
         pthread_mutex_unlock(&cu->mu);
         kvx__cu_leave(cu, &sc);
         if (warn)
@@ -1567,8 +1519,8 @@ static void *kvx__cu_host_alloc(void *ctx, size_t size) {
     pthread_mutex_lock(&cu->mu);
     cu->blocks_pending--;
     if (rc != CUDA_SUCCESS) {
-        cu->staging_held -= size;
-        cu->staging_refused++;
+        cu->st.staging_held -= size;
+        cu->st.staging_refused++;
         pthread_mutex_unlock(&cu->mu);
         kvx__cu_fail(cu, rc, why, sizeof why, "cuMemHostAlloc of %zu bytes", size);
         kvx__cu_log(cu, KVX_LOG_ERROR, "pinned staging: %s", why);
@@ -1608,10 +1560,8 @@ KVX_API kvx_result kvx_cuda_mem_ops(kvx_mem_ops *out, const kvx_cuda_desc *desc,
                                     size_t why_len) {
     kvx_cuda *cu;
     kvx_result r;
-    if (!out) {
-        kvx__set_why(why, why_len, "kvx_cuda_mem_ops: out is NULL");
-        return KVX_ERR_INVALID_ARGUMENT;
-    }
+    if (!out)
+        return kvx__cu_err(why, why_len, KVX_ERR_INVALID_ARGUMENT, "kvx_cuda_mem_ops: out is NULL");
     memset(out, 0, sizeof *out);
     if ((r = kvx_cuda_create(desc, &cu, why, why_len)) != KVX_OK) return r;
     cu->owned_by_ops = 1;
@@ -1645,10 +1595,9 @@ KVX_API kvx_result kvx_cuda_alloc(kvx_cuda *cu, int device, size_t size, void **
     CUresult rc;
     kvx_result r;
     if (dev_ptr) *dev_ptr = NULL;
-    if (!cu || !dev_ptr || !size) {
-        kvx__set_why(why, why_len, "kvx_cuda_alloc: NULL argument or size 0");
-        return KVX_ERR_INVALID_ARGUMENT;
-    }
+    if (!cu || !dev_ptr || !size)
+        return kvx__cu_err(why, why_len, KVX_ERR_INVALID_ARGUMENT, "kvx_cuda_alloc: NULL argument "
+                           "or size 0");
     if ((r = kvx__cu_enter(cu, device, &sc, why, why_len)) != KVX_OK) return r;
     rc = cu->f.MemAlloc(&d, size);
     kvx__cu_leave(cu, &sc);
@@ -1692,10 +1641,9 @@ KVX_API kvx_result kvx_cuda_layout_check(kvx_cuda *cu, const kvx_layout *l, char
     uint32_t i;
     kvx__cu_scope sc;
     kvx_result r;
-    if (!cu || !l || (l->num_buffers && !l->buffers)) {
-        kvx__set_why(why, why_len, "kvx_cuda_layout_check: NULL argument");
-        return KVX_ERR_INVALID_ARGUMENT;
-    }
+    if (!cu || !l || (l->num_buffers && !l->buffers))
+        return kvx__cu_err(why, why_len, KVX_ERR_INVALID_ARGUMENT, "kvx_cuda_layout_check: NULL "
+                           "argument");
     if ((r = kvx__cu_enter(cu, 0, &sc, why, why_len)) != KVX_OK) return r;
     for (i = 0; i < l->num_buffers && r == KVX_OK; i++) {
         const kvx_buffer *b = &l->buffers[i];
@@ -1707,32 +1655,28 @@ KVX_API kvx_result kvx_cuda_layout_check(kvx_cuda *cu, const kvx_layout *l, char
         if (!b->base || !b->length) continue;
         rc = kvx__cu_where(cu, b->base, &type, &ord, &base, &size);
         if (b->mem == KVX_MEM_HOST) {
-            if (rc == CUDA_SUCCESS && type == CU_MEMORYTYPE_DEVICE) {
-                kvx__set_why(why, why_len, "buffer %u (%p) is memory of GPU %d but the layout "
-                             "says KVX_MEM_HOST: set mem = KVX_MEM_CUDA and device = %d", i,
-                             b->base, ord, ord);
-                r = KVX_ERR_INVALID_ARGUMENT;
-            }
+            if (rc == CUDA_SUCCESS && type == CU_MEMORYTYPE_DEVICE)
+                r = kvx__cu_err(why, why_len, KVX_ERR_INVALID_ARGUMENT, "buffer %u (%p) is memory "
+                                "of GPU %d but the layout says KVX_MEM_HOST: set mem = "
+                                "KVX_MEM_CUDA and device = %d", i, b->base, ord, ord);
             continue;
         }
         if (b->mem != KVX_MEM_CUDA) continue;
         if ((r = kvx__cu_check_device(cu, b->device, why, why_len)) != KVX_OK) break;
         if (rc != CUDA_SUCCESS || type != CU_MEMORYTYPE_DEVICE) {
-            kvx__set_why(why, why_len, "buffer %u (%p) says KVX_MEM_CUDA on GPU %d but the driver "
-                         "does not know it as device memory (%s)", i, b->base, b->device,
-                         rc != CUDA_SUCCESS ? kvx__cu_err_name(cu, rc) : "host memory");
-            r = KVX_ERR_INVALID_ARGUMENT;
+            r = kvx__cu_err(why, why_len, KVX_ERR_INVALID_ARGUMENT, "buffer %u (%p) says "
+                            "KVX_MEM_CUDA on GPU %d but the driver does not know it as device "
+                            "memory (%s)", i, b->base, b->device,
+                            rc != CUDA_SUCCESS ? kvx__cu_err_name(cu, rc) : "host memory");
         } else if (ord != b->device) {
-            kvx__set_why(why, why_len, "buffer %u (%p) is memory of GPU %d but the layout says "
-                         "device %d", i, b->base, ord, b->device);
-            r = KVX_ERR_INVALID_ARGUMENT;
+            r = kvx__cu_err(why, why_len, KVX_ERR_INVALID_ARGUMENT, "buffer %u (%p) is memory of "
+                            "GPU %d but the layout says device %d", i, b->base, ord, b->device);
         } else if (kvx__cu_dptr(b->base) + b->length > base + size) {
-            kvx__set_why(why, why_len, "buffer %u (%p, %llu bytes) runs %llu bytes past the end "
-                         "of its allocation (%llu bytes at 0x%llx)", i, b->base,
-                         (unsigned long long)b->length,
-                         (unsigned long long)(kvx__cu_dptr(b->base) + b->length - base - size),
-                         (unsigned long long)size, (unsigned long long)base);
-            r = KVX_ERR_INVALID_ARGUMENT;
+            r = kvx__cu_err(why, why_len, KVX_ERR_INVALID_ARGUMENT, "buffer %u (%p, %llu bytes) "
+                            "runs %llu bytes past the end of its allocation (%llu bytes at 0x%llx)",
+                            i, b->base, (unsigned long long)b->length,
+                            (unsigned long long)(kvx__cu_dptr(b->base) + b->length - base - size),
+                            (unsigned long long)size, (unsigned long long)base);
         }
     }
     kvx__cu_leave(cu, &sc);
@@ -1751,10 +1695,9 @@ KVX_API kvx_result kvx_cuda_ipc_export(kvx_cuda *cu, int device, void *dev_ptr,
     CUipcMemHandle h;
     CUresult rc;
     kvx_result r;
-    if (!cu || !dev_ptr || !handle) {
-        kvx__set_why(why, why_len, "kvx_cuda_ipc_export: NULL argument");
-        return KVX_ERR_INVALID_ARGUMENT;
-    }
+    if (!cu || !dev_ptr || !handle)
+        return kvx__cu_err(why, why_len, KVX_ERR_INVALID_ARGUMENT, "kvx_cuda_ipc_export: NULL "
+                           "argument");
     if ((r = kvx__cu_enter(cu, device, &sc, why, why_len)) != KVX_OK) return r;
     rc = cu->f.MemGetAddressRange(&base, &size, kvx__cu_dptr(dev_ptr));
     if (rc != CUDA_SUCCESS) {
@@ -1783,10 +1726,9 @@ KVX_API kvx_result kvx_cuda_ipc_import(kvx_cuda *cu, const uint8_t handle[KVX_CU
     CUresult rc;
     kvx_result r;
     if (dev_base) *dev_base = NULL;
-    if (!cu || !handle || !dev_base) {
-        kvx__set_why(why, why_len, "kvx_cuda_ipc_import: NULL argument");
-        return KVX_ERR_INVALID_ARGUMENT;
-    }
+    if (!cu || !handle || !dev_base)
+        return kvx__cu_err(why, why_len, KVX_ERR_INVALID_ARGUMENT, "kvx_cuda_ipc_import: NULL "
+                           "argument");
     if ((r = kvx__cu_enter(cu, device, &sc, why, why_len)) != KVX_OK) return r;
     memcpy(&h, handle, sizeof h);
     rc = cu->f.IpcOpenMemHandle(&d, h, CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS);
@@ -1803,10 +1745,9 @@ KVX_API kvx_result kvx_cuda_ipc_close(kvx_cuda *cu, int device, void *dev_base, 
     kvx__cu_scope sc;
     CUresult rc;
     kvx_result r;
-    if (!cu || !dev_base) {
-        kvx__set_why(why, why_len, "kvx_cuda_ipc_close: NULL argument");
-        return KVX_ERR_INVALID_ARGUMENT;
-    }
+    if (!cu || !dev_base)
+        return kvx__cu_err(why, why_len, KVX_ERR_INVALID_ARGUMENT, "kvx_cuda_ipc_close: NULL "
+                           "argument");
     if ((r = kvx__cu_enter(cu, device, &sc, why, why_len)) != KVX_OK) return r;
     rc = cu->f.IpcCloseMemHandle(kvx__cu_dptr(dev_base));
     kvx__cu_leave(cu, &sc);
@@ -1822,10 +1763,9 @@ KVX_API kvx_result kvx_cuda_stream_create(kvx_cuda *cu, int device, kvx_cuda_str
                                           char *why, size_t why_len) {
     kvx_result r;
     if (out) *out = NULL;
-    if (!cu || !out) {
-        kvx__set_why(why, why_len, "kvx_cuda_stream_create: NULL argument");
-        return KVX_ERR_INVALID_ARGUMENT;
-    }
+    if (!cu || !out)
+        return kvx__cu_err(why, why_len, KVX_ERR_INVALID_ARGUMENT, "kvx_cuda_stream_create: NULL "
+                           "argument");
     if ((r = kvx__cu_stream_new(cu, device, 0, out, why, why_len)) != KVX_OK) return r;
     pthread_mutex_lock(&cu->mu);
     cu->user_streams++;
@@ -1849,34 +1789,30 @@ static kvx_result kvx__cu_check_spans(const kvx_layout *src, const kvx_layout *d
     for (i = 0; i < n; i++) {
         const kvx_span *x = &sp[i];
         const char *side = NULL;
-        if (x->kind != KVX_SPAN_PAGES) {
-            kvx__set_why(why, wl, "span %zu is of kind %u: only page spans are copied on the GPU "
-                         "(aux rows are host memory)", i, x->kind);
-            return KVX_ERR_INVALID_ARGUMENT;
-        }
-        if (x->buffer >= src->num_buffers || x->buffer >= dst->num_buffers) {
-            kvx__set_why(why, wl, "span %zu names buffer %u; the layouts have %u (source) and %u "
-                         "(destination)", i, x->buffer, src->num_buffers, dst->num_buffers);
-            return KVX_ERR_OUT_OF_RANGE;
-        }
+        if (x->kind != KVX_SPAN_PAGES)
+            return kvx__cu_err(why, wl, KVX_ERR_INVALID_ARGUMENT, "span %zu is of kind %u: only "
+                               "page spans are copied on the GPU (aux rows are host memory)", i,
+                               x->kind);
+        if (x->buffer >= src->num_buffers || x->buffer >= dst->num_buffers)
+            return kvx__cu_err(why, wl, KVX_ERR_OUT_OF_RANGE, "span %zu names buffer %u; the "
+                               "layouts have %u (source) and %u (destination)", i, x->buffer,
+                               src->num_buffers, dst->num_buffers);
         if (x->src_offset > src->buffers[x->buffer].length ||
             x->length > src->buffers[x->buffer].length - x->src_offset)
             side = "source";
         else if (x->dst_offset > dst->buffers[x->buffer].length ||
                  x->length > dst->buffers[x->buffer].length - x->dst_offset)
             side = "destination";
-        if (side) {
-            kvx__set_why(why, wl, "span %zu (buffer %u, src_offset %llu, dst_offset %llu, length "
-                         "%llu) leaves the %s buffer (%llu bytes)", i, x->buffer,
-                         (unsigned long long)x->src_offset, (unsigned long long)x->dst_offset,
-                         (unsigned long long)x->length, side,
-                         (unsigned long long)(side[0] == 's' ? src : dst)->buffers[x->buffer].length);
-            return KVX_ERR_OUT_OF_RANGE;
-        }
-        if (x->length && (!src->buffers[x->buffer].base || !dst->buffers[x->buffer].base)) {
-            kvx__set_why(why, wl, "span %zu: buffer %u has a NULL base", i, x->buffer);
-            return KVX_ERR_INVALID_ARGUMENT;
-        }
+        if (side)
+            return kvx__cu_err(why, wl, KVX_ERR_OUT_OF_RANGE, "span %zu (buffer %u, src_offset "
+                               "%llu, dst_offset %llu, length %llu) leaves the %s buffer (%llu "
+                               "bytes)", i, x->buffer, (unsigned long long)x->src_offset,
+                               (unsigned long long)x->dst_offset, (unsigned long long)x->length,
+                               side, (unsigned long long)(side[0] == 's' ? src : dst)
+                                         ->buffers[x->buffer].length);
+        if (x->length && (!src->buffers[x->buffer].base || !dst->buffers[x->buffer].base))
+            return kvx__cu_err(why, wl, KVX_ERR_INVALID_ARGUMENT, "span %zu: buffer %u has a NULL "
+                               "base", i, x->buffer);
     }
     return KVX_OK;
 }
@@ -1893,8 +1829,7 @@ static kvx_result kvx__cu_mark(kvx_cuda_stream *s, uint64_t seq, char *why, size
         CUevent *nf = (CUevent *)kvx__alloc(&cu->alloc, nc * sizeof *nf);
         if (!ne || !ns || !nf) {
             kvx__free(&cu->alloc, ne); kvx__free(&cu->alloc, ns); kvx__free(&cu->alloc, nf);
-            kvx__set_why(why, wl, "out of memory for completion events");
-            return KVX_ERR_NO_MEMORY;
+            return kvx__cu_err(why, wl, KVX_ERR_NO_MEMORY, "out of memory for completion events");
         }
         for (i = 0; i < s->ev_count; i++) {
             ne[i] = s->ev[(s->ev_head + i) % s->ev_cap];
@@ -1927,16 +1862,14 @@ KVX_API kvx_result kvx_cuda_copy_spans(kvx_cuda_stream *s, const kvx_layout *src
     kvx_result r;
     if (ticket) *ticket = 0;
     if (!s || !src || !dst || (n && !spans) || (src->num_buffers && !src->buffers) ||
-        (dst->num_buffers && !dst->buffers)) {
-        kvx__set_why(why, why_len, "kvx_cuda_copy_spans: NULL argument");
-        return KVX_ERR_INVALID_ARGUMENT;
-    }
+        (dst->num_buffers && !dst->buffers))
+        return kvx__cu_err(why, why_len, KVX_ERR_INVALID_ARGUMENT, "kvx_cuda_copy_spans: NULL "
+                           "argument");
     cu = s->cu;
     if ((r = kvx__cu_check_spans(src, dst, spans, n, why, why_len)) != KVX_OK) return r;
-    if (kvx__cu_scratch(s, n < KVX_CUDA_BATCH_MAX ? n : KVX_CUDA_BATCH_MAX)) {
-        kvx__set_why(why, why_len, "out of memory for %zu copy descriptors", n);
-        return KVX_ERR_NO_MEMORY;
-    }
+    if (kvx__cu_scratch(s, n < KVX_CUDA_BATCH_MAX ? n : KVX_CUDA_BATCH_MAX))
+        return kvx__cu_err(why, why_len, KVX_ERR_NO_MEMORY, "out of memory for %zu copy "
+                           "descriptors", n);
     if ((r = kvx__cu_enter(cu, s->device, &sc, why, why_len)) != KVX_OK) return r;
     for (i = 0; i < n && r == KVX_OK; i++) {
         const kvx_span *x = &spans[i];
@@ -1960,9 +1893,9 @@ KVX_API kvx_result kvx_cuda_copy_spans(kvx_cuda_stream *s, const kvx_layout *src
     kvx__cu_leave(cu, &sc);
     s->submitted++;
     if (ticket) *ticket = s->submitted;
-    KVX__ADD(&cu->n_span_calls, 1);
-    KVX__ADD(&cu->n_spans, (uint64_t)n);
-    KVX__ADD(&cu->n_span_bytes, bytes);
+    KVX__ADD(&cu->st.span_calls, 1);
+    KVX__ADD(&cu->st.spans, (uint64_t)n);
+    KVX__ADD(&cu->st.span_bytes, bytes);
     return KVX_OK;
 }
 
@@ -1976,7 +1909,7 @@ static kvx_result kvx__cu_retire(kvx_cuda_stream *s, uint64_t wait_for, char *wh
         uint64_t seq = s->ev_seq[s->ev_head];
         if (seq <= wait_for) {
             rc = cu->f.EventSynchronize(ev);
-            KVX__ADD(&cu->n_syncs, 1);
+            KVX__ADD(&cu->st.syncs, 1);
         } else {
             rc = cu->f.EventQuery(ev);
         }
@@ -1992,21 +1925,25 @@ static kvx_result kvx__cu_retire(kvx_cuda_stream *s, uint64_t wait_for, char *wh
     return KVX_OK;
 }
 
+/* Ticket 0 is the last submission; one never issued is refused. */
+static kvx_result kvx__cu_ticket(const kvx_cuda_stream *s, uint64_t *ticket, char *why,
+                                 size_t wl) {
+    if (!*ticket) *ticket = s->submitted;
+    if (*ticket <= s->submitted) return KVX_OK;
+    return kvx__cu_err(why, wl, KVX_ERR_INVALID_ARGUMENT, "ticket %llu was never issued on this "
+                       "stream (last %llu)", (unsigned long long)*ticket,
+                       (unsigned long long)s->submitted);
+}
+
 KVX_API kvx_result kvx_cuda_stream_done(kvx_cuda_stream *s, uint64_t ticket, int *done,
                                         char *why, size_t why_len) {
     kvx__cu_scope sc;
     kvx_result r;
     if (done) *done = 0;
-    if (!s || !done) {
-        kvx__set_why(why, why_len, "kvx_cuda_stream_done: NULL argument");
-        return KVX_ERR_INVALID_ARGUMENT;
-    }
-    if (!ticket) ticket = s->submitted;
-    if (ticket > s->submitted) {
-        kvx__set_why(why, why_len, "ticket %llu was never issued on this stream (last %llu)",
-                     (unsigned long long)ticket, (unsigned long long)s->submitted);
-        return KVX_ERR_INVALID_ARGUMENT;
-    }
+    if (!s || !done)
+        return kvx__cu_err(why, why_len, KVX_ERR_INVALID_ARGUMENT, "kvx_cuda_stream_done: NULL "
+                           "argument");
+    if ((r = kvx__cu_ticket(s, &ticket, why, why_len)) != KVX_OK) return r;
     if (ticket <= s->completed) { *done = 1; return KVX_OK; }
     if ((r = kvx__cu_enter(s->cu, s->device, &sc, why, why_len)) != KVX_OK) return r;
     r = kvx__cu_retire(s, 0, why, why_len);
@@ -2019,16 +1956,10 @@ KVX_API kvx_result kvx_cuda_stream_wait(kvx_cuda_stream *s, uint64_t ticket, cha
                                         size_t why_len) {
     kvx__cu_scope sc;
     kvx_result r;
-    if (!s) {
-        kvx__set_why(why, why_len, "kvx_cuda_stream_wait: NULL stream");
-        return KVX_ERR_INVALID_ARGUMENT;
-    }
-    if (!ticket) ticket = s->submitted;
-    if (ticket > s->submitted) {
-        kvx__set_why(why, why_len, "ticket %llu was never issued on this stream (last %llu)",
-                     (unsigned long long)ticket, (unsigned long long)s->submitted);
-        return KVX_ERR_INVALID_ARGUMENT;
-    }
+    if (!s)
+        return kvx__cu_err(why, why_len, KVX_ERR_INVALID_ARGUMENT, "kvx_cuda_stream_wait: NULL "
+                           "stream");
+    if ((r = kvx__cu_ticket(s, &ticket, why, why_len)) != KVX_OK) return r;
     if (ticket <= s->completed) return KVX_OK;
     if ((r = kvx__cu_enter(s->cu, s->device, &sc, why, why_len)) != KVX_OK) return r;
     r = kvx__cu_retire(s, ticket, why, why_len);
@@ -2055,28 +1986,25 @@ KVX_API kvx_result kvx_cuda_dmabuf_fd(kvx_cuda *cu, int device, void *dev_ptr, s
     kvx_result r;
     if (fd) *fd = -1;
     if (offset) *offset = 0;
-    if (!cu || !dev_ptr || !len || !fd || !offset) {
-        kvx__set_why(why, why_len, "kvx_cuda_dmabuf_fd: NULL argument or length 0");
-        return KVX_ERR_INVALID_ARGUMENT;
-    }
-    if (!KVX__CU_HAVE_DMABUF || !cu->f.MemGetHandleForAddressRange) {
-        kvx__set_why(why, why_len, "the CUDA driver in %s (version %d) has no "
-                     "cuMemGetHandleForAddressRange: dma-buf export needs CUDA 11.7 or newer; GPU "
-                     "memory cannot be registered with the NIC this way (nvidia-peermem is the "
-                     "alternative)", cu->library, cu->driver_version);
-        return KVX_ERR_TRANSPORT;
-    }
+    if (!cu || !dev_ptr || !len || !fd || !offset)
+        return kvx__cu_err(why, why_len, KVX_ERR_INVALID_ARGUMENT, "kvx_cuda_dmabuf_fd: NULL "
+                           "argument or length 0");
+    if (!KVX__CU_HAVE_DMABUF || !cu->f.MemGetHandleForAddressRange)
+        return kvx__cu_err(why, why_len, KVX_ERR_TRANSPORT, "the CUDA driver in %s (version %d) "
+                           "has no cuMemGetHandleForAddressRange: dma-buf export needs CUDA 11.7 "
+                           "or newer; GPU memory cannot be registered with the NIC this way "
+                           "(nvidia-peermem is the alternative)", cu->library, cu->driver_version);
     if ((r = kvx__cu_enter(cu, device, &sc, why, why_len)) != KVX_OK) return r;
     rc = cu->f.DeviceGet(&dev, device);
     if (rc == CUDA_SUCCESS)
         rc = cu->f.DeviceGetAttribute(&supported, CU_DEVICE_ATTRIBUTE_DMA_BUF_SUPPORTED, dev);
     if (rc != CUDA_SUCCESS || !supported) {
         kvx__cu_leave(cu, &sc);
-        kvx__set_why(why, why_len, "GPU %d does not support dma-buf (CU_DEVICE_ATTRIBUTE_DMA_BUF_"
-                     "SUPPORTED is 0%s): the driver, its kernel module or the Linux kernel lacks "
-                     "it; register GPU memory through nvidia-peermem instead", device,
-                     rc != CUDA_SUCCESS ? ", query failed" : "");
-        return KVX_ERR_TRANSPORT;
+        return kvx__cu_err(why, why_len, KVX_ERR_TRANSPORT, "GPU %d does not support dma-buf "
+                           "(CU_DEVICE_ATTRIBUTE_DMA_BUF_SUPPORTED is 0%s): the driver, its kernel "
+                           "module or the Linux kernel lacks it; register GPU memory through "
+                           "nvidia-peermem instead", device,
+                           rc != CUDA_SUCCESS ? ", query failed" : "");
     }
     rc = cu->f.MemGetAddressRange(&base, &size, kvx__cu_dptr(dev_ptr));
     if (rc != CUDA_SUCCESS) {
@@ -2087,9 +2015,9 @@ KVX_API kvx_result kvx_cuda_dmabuf_fd(kvx_cuda *cu, int device, void *dev_ptr, s
     p = kvx__cu_dptr(dev_ptr);
     if (len > size - (size_t)(p - base)) {
         kvx__cu_leave(cu, &sc);
-        kvx__set_why(why, why_len, "dma-buf range %p + %zu leaves its allocation (%zu bytes at "
-                     "0x%llx)", dev_ptr, len, size, (unsigned long long)base);
-        return KVX_ERR_OUT_OF_RANGE;
+        return kvx__cu_err(why, why_len, KVX_ERR_OUT_OF_RANGE, "dma-buf range %p + %zu leaves its "
+                           "allocation (%zu bytes at 0x%llx)", dev_ptr, len, size,
+                           (unsigned long long)base);
     }
     page = ps > 0 ? (uint64_t)ps : 4096;
     start = p & ~(CUdeviceptr)(page - 1);
@@ -2266,70 +2194,63 @@ static kvx_result kvx__cux_ep_decode(kvx__cux_engine *ce, char *why, size_t wl) 
     const kvx_layout *l = kvx_engine_layout(ce->engine);
     uint32_t nb = l->num_buffers, na = l->num_aux, nalloc = 0, i, j;
     uint64_t *bases = (uint64_t *)kvx_engine_alloc(ce->engine, nb * sizeof(uint64_t));
-    uint8_t *allocs = (uint8_t *)kvx_engine_alloc(ce->engine, (size_t)nb * KVX__CUX_ALLOC);
-    uint8_t *bufs = (uint8_t *)kvx_engine_alloc(ce->engine, (size_t)nb * KVX__CUX_BUF), *p;
+    uint8_t head[KVX__CUX_FIXED];
+    kvx__buf allocs, bufs, ep; /* the tables, then the whole endpoint */
     kvx_result r = KVX_OK;
-    if (!bases || !allocs || !bufs) {
-        r = KVX_ERR_NO_MEMORY;
-        kvx__set_why(why, wl, "out of memory building the cuda endpoint");
-        goto out;
-    }
-    for (i = 0; i < nb && r == KVX_OK; i++) {
+    memset(&allocs, 0, sizeof allocs);
+    allocs.allocator = &kvx_engine_settings(ce->engine)->allocator;
+    bufs = ep = allocs;
+    for (i = 0; bases && i < nb; i++) {
         uint8_t h[KVX_CUDA_IPC_HANDLE_BYTES];
         uint64_t off = 0, alen = 0, base;
         const kvx_buffer *b = &l->buffers[i];
         r = kvx_cuda_ipc_export(ce->cu, b->device, b->base, h, &off, &alen, why, wl);
-        if (r != KVX_OK) break;
+        if (r != KVX_OK) goto out;
         base = (uint64_t)(uintptr_t)b->base - off;
         for (j = 0; j < nalloc && bases[j] != base; j++) {}
         if (j == nalloc) {
-            uint8_t *a = allocs + (size_t)nalloc * KVX__CUX_ALLOC;
             bases[nalloc++] = base;
-            memcpy(a, h, KVX_CUDA_IPC_HANDLE_BYTES);
-            kvx__le_w64(a + 64, base);
-            kvx__le_w32(a + 72, (uint32_t)b->device);
-            kvx__le_w32(a + 76, 0);
-            kvx__le_w64(a + 80, alen);
+            kvx__buf_put(&allocs, h, KVX_CUDA_IPC_HANDLE_BYTES);
+            kvx__buf_put64(&allocs, base);
+            kvx__buf_put32(&allocs, (uint32_t)b->device);
+            kvx__buf_put32(&allocs, 0);
+            kvx__buf_put64(&allocs, alen);
         }
-        kvx__le_w32(bufs + (size_t)i * KVX__CUX_BUF, j);
-        kvx__le_w32(bufs + (size_t)i * KVX__CUX_BUF + 4, 0);
-        kvx__le_w64(bufs + (size_t)i * KVX__CUX_BUF + 8, off);
-        kvx__le_w64(bufs + (size_t)i * KVX__CUX_BUF + 16, b->length);
+        kvx__buf_put32(&bufs, j);
+        kvx__buf_put32(&bufs, 0);
+        kvx__buf_put64(&bufs, off);
+        kvx__buf_put64(&bufs, b->length);
     }
-    if (r != KVX_OK) goto out;
-    ce->ep_len = KVX__CUX_FIXED + (size_t)nalloc * KVX__CUX_ALLOC + (size_t)nb * KVX__CUX_BUF +
-                 (size_t)na * KVX__CUX_AUXE;
+    ce->ep_len = KVX__CUX_FIXED + allocs.len + bufs.len + (size_t)na * KVX__CUX_AUXE;
     if (ce->ep_len > KVX_BOOT_MAX_ENDPOINT) {
-        kvx__set_why(why, wl, "the cuda endpoint needs %zu bytes for %u KV buffers in %u GPU "
-                     "allocations, more than a kvx_boot hello carries (KVX_BOOT_MAX_ENDPOINT, %u): "
-                     "put the KV buffers in fewer allocations (buffers sharing one cost 24 bytes "
-                     "each, an allocation 88) or build both sides with a larger "
-                     "KVX_BOOT_MAX_ENDPOINT", ce->ep_len, nb, nalloc,
-                     (unsigned)KVX_BOOT_MAX_ENDPOINT);
-        r = KVX_ERR_INVALID_ARGUMENT;
+        r = kvx__cu_err(why, wl, KVX_ERR_INVALID_ARGUMENT, "the cuda endpoint needs %zu bytes for "
+                        "%u KV buffers in %u GPU allocations, more than a kvx_boot hello carries "
+                        "(KVX_BOOT_MAX_ENDPOINT, %u): put the KV buffers in fewer allocations "
+                        "(buffers sharing one cost 24 bytes each, an allocation 88) or build both "
+                        "sides with a larger KVX_BOOT_MAX_ENDPOINT", ce->ep_len, nb, nalloc,
+                        (unsigned)KVX_BOOT_MAX_ENDPOINT);
         goto out;
     }
-    ce->ep = p = (uint8_t *)kvx_engine_alloc(ce->engine, ce->ep_len);
-    if (!p) {
-        r = KVX_ERR_NO_MEMORY;
-        kvx__set_why(why, wl, "out of memory building the cuda endpoint");
+    kvx__cux_ep_head(ce, head);
+    kvx__le_w32(head + 144, nalloc);
+    kvx__le_w32(head + 148, nb);
+    kvx__le_w32(head + 152, na);
+    kvx__buf_put(&ep, head, sizeof head);
+    kvx__buf_put(&ep, allocs.data, allocs.len);
+    kvx__buf_put(&ep, bufs.data, bufs.len);
+    for (i = 0; i < na; i++) kvx__buf_put64(&ep, l->aux[i].item_len);
+    if (!bases || allocs.oom || bufs.oom || ep.oom) {
+        r = kvx__cu_err(why, wl, KVX_ERR_NO_MEMORY, "out of memory building the cuda endpoint");
         goto out;
     }
-    kvx__cux_ep_head(ce, p);
-    kvx__le_w32(p + 144, nalloc);
-    kvx__le_w32(p + 148, nb);
-    kvx__le_w32(p + 152, na);
-    p += KVX__CUX_FIXED;
-    memcpy(p, allocs, (size_t)nalloc * KVX__CUX_ALLOC);
-    p += (size_t)nalloc * KVX__CUX_ALLOC;
-    memcpy(p, bufs, (size_t)nb * KVX__CUX_BUF);
-    p += (size_t)nb * KVX__CUX_BUF;
-    for (i = 0; i < na; i++) kvx__le_w64(p + (size_t)i * KVX__CUX_AUXE, l->aux[i].item_len);
+    ce->ep = (uint8_t *)ep.data; /* the engine's allocator: kvx_engine_free releases it */
+    ep.data = NULL;
     KVX__STORE(&ce->st.exported_allocs, (uint64_t)nalloc);
 out:
     kvx_engine_free(ce->engine, bases);
-    kvx_engine_free(ce->engine, allocs);
-    kvx_engine_free(ce->engine, bufs);
+    kvx__buf_free(&allocs);
+    kvx__buf_free(&bufs);
+    kvx__buf_free(&ep);
     return r;
 }
 
@@ -2406,18 +2327,14 @@ static kvx__cux_peer *kvx__cux_peer_get(kvx__cux_engine *ce, const kvx_boot_peer
     p->raw = (uint8_t *)kvx_engine_alloc(ce->engine, bp->endpoint_len ? bp->endpoint_len : 1);
     if (!p->raw) {
         kvx__set_why(why, wl, "out of memory for decode %s", bp->addr);
-        p->refs = 1;
-        kvx__cux_peer_unref(p);
-        return NULL;
+        goto drop;
     }
     if (bp->endpoint_len) memcpy(p->raw, bp->endpoint, bp->endpoint_len);
     if (kvx__cux_parse(p->raw, bp->endpoint_len, &p->info, msg, sizeof msg) != KVX_OK ||
         p->info.role != KVX_ROLE_DECODE) {
         kvx__set_why(why, wl, "decode %s sent no usable cuda endpoint in its hello (%s)", bp->addr,
                      p->info.role == KVX_ROLE_PREFILL ? "it is a prefill endpoint" : msg);
-        p->refs = 1;
-        kvx__cux_peer_unref(p);
-        return NULL;
+        goto drop;
     }
     snprintf(p->name, sizeof p->name, "%s (pid %u, host %s)", bp->addr, p->info.pid, p->info.host);
     pthread_mutex_lock(&ce->mu);
@@ -2425,13 +2342,17 @@ static kvx__cux_peer *kvx__cux_peer_get(kvx__cux_engine *ce, const kvx_boot_peer
     ce->peers = p;
     pthread_mutex_unlock(&ce->mu);
     return p;
+drop:
+    p->refs = 1;
+    kvx__cux_peer_unref(p);
+    return NULL;
 }
 
 static kvx_result kvx__cux_other_node(const char *who, const char *node, const char *here,
                                       char *why, size_t wl) {
-    kvx__set_why(why, wl, "%s is on another node (CUDA IPC works within one node): use tcp or "
-                 "rdma between nodes; its node id '%s', here '%s'", who, node, here);
-    return KVX_ERR_PEER;
+    return kvx__cu_err(why, wl, KVX_ERR_PEER, "%s is on another node (CUDA IPC works within one "
+                       "node): use tcp or rdma between nodes; its node id '%s', here '%s'", who,
+                       node, here);
 }
 
 /* cuIpcOpenMemHandle into this engine's GPU, with a short sentence: the
@@ -2468,17 +2389,14 @@ static kvx_result kvx__cux_peer_setup(kvx__cux_peer *p, char *why, size_t wl) {
     snprintf(who, sizeof who, "decode %s (host %s)", p->addr, p->info.host);
     if (strcmp(p->info.node, ce->node))
         return kvx__cux_other_node(who, p->info.node, ce->node, why, wl);
-    if (p->info.nb != l->num_buffers) {
-        kvx__set_why(why, wl, "decode %s announces %u KV buffers, this prefill has %u", p->name,
-                     p->info.nb, l->num_buffers);
-        return KVX_ERR_LAYOUT_MISMATCH;
-    }
+    if (p->info.nb != l->num_buffers)
+        return kvx__cu_err(why, wl, KVX_ERR_LAYOUT_MISMATCH, "decode %s announces %u KV buffers, "
+                           "this prefill has %u", p->name, p->info.nb, l->num_buffers);
     p->same_process = p->info.pid == ce->pid;
     p->imports = (void **)kvx_engine_alloc(ce->engine, p->info.nalloc * sizeof(void *));
     p->dbufs = (kvx_buffer *)kvx_engine_alloc(ce->engine, l->num_buffers * sizeof(kvx_buffer));
     if (!p->imports || !p->dbufs) {
-        kvx__set_why(why, wl, "out of memory mapping decode %s", p->name);
-        r = KVX_ERR_NO_MEMORY;
+        r = kvx__cu_err(why, wl, KVX_ERR_NO_MEMORY, "out of memory mapping decode %s", p->name);
         goto fail;
     }
     memset(p->imports, 0, p->info.nalloc * sizeof(void *));
@@ -2625,17 +2543,18 @@ static void kvx__cux_owe(kvx__cux_room *cr, int msg, const char *reason) {
     kvx__cux_send_msg(cr->ce, cr, msg, reason);
 }
 
-static void kvx__cux_fail_tell(kvx__cux_room *cr, kvx_result res, const char *fmt, ...)
+static kvx_result kvx__cux_fail_tell(kvx_room *r, kvx_result res, const char *fmt, ...)
     KVX_PRINTF(3, 4);
-/* Fails a sender by this side's decision: room_failed tells the decode
-   side, once its copies have stopped. */
-static void kvx__cux_fail_tell(kvx__cux_room *cr, kvx_result res, const char *fmt, ...) {
+/* Fails a sender by this side's decision and returns res: room_failed
+   tells the decode side, once its copies have stopped. */
+static kvx_result kvx__cux_fail_tell(kvx_room *r, kvx_result res, const char *fmt, ...) {
     char msg[KVX_ERROR_MAX];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    kvx_room_fail(cr->x.room, res, "%s", msg);
+    kvx_room_fail(r, res, "%s", msg);
+    return res;
 }
 
 /* kvx_boot hook (prefill): the decode side's destination for a sender. */
@@ -2653,16 +2572,13 @@ static kvx_result kvx__cux_on_room(kvx_boot *b, kvx_room *r, const kvx_boot_peer
     pthread_mutex_lock(&cr->x.mu);
     taken = cr->peer != NULL;
     pthread_mutex_unlock(&cr->x.mu);
-    if (taken) {
-        kvx_room_fail(r, KVX_ERR_INVALID_ARGUMENT, "room %llu is served by more than one decode "
-                      "rank (decode %s is the second): the cuda transport does not support "
-                      "heterogeneous tensor parallelism yet", (unsigned long long)cr->x.id, bp->addr);
-        return KVX_ERR_INVALID_ARGUMENT;
-    }
-    if (!(p = kvx__cux_peer_get(ce, bp, why, sizeof why))) {
-        kvx_room_fail(r, KVX_ERR_PROTOCOL, "%s", why);
-        return KVX_ERR_PROTOCOL;
-    }
+    if (taken)
+        return kvx__cux_fail_tell(r, KVX_ERR_INVALID_ARGUMENT, "room %llu is served by more than "
+                                  "one decode rank (decode %s is the second): the cuda transport "
+                                  "does not support heterogeneous tensor parallelism yet",
+                                  (unsigned long long)cr->x.id, bp->addr);
+    if (!(p = kvx__cux_peer_get(ce, bp, why, sizeof why)))
+        return kvx__cux_fail_tell(r, KVX_ERR_PROTOCOL, "%s", why);
     pthread_mutex_lock(&p->mu);
     res = p->dead ? KVX_ERR_PEER_LOST : kvx__cux_peer_setup(p, why, sizeof why);
     if (res == KVX_ERR_PEER_LOST) snprintf(why, sizeof why, "lost connection with decode %s", p->name);
@@ -2690,8 +2606,7 @@ static kvx_result kvx__cux_on_room(kvx_boot *b, kvx_room *r, const kvx_boot_peer
     }
     if (res != KVX_OK) {
         kvx__cux_peer_unref(p);
-        kvx_room_fail(r, res, "%s", why);
-        return res;
+        return kvx__cux_fail_tell(r, res, "%s", why);
     }
     pthread_mutex_lock(&cr->x.mu);
     taken = KVX__LOAD(&cr->gone) || cr->peer;
@@ -2719,20 +2634,16 @@ static kvx_result kvx__cux_on_room(kvx_boot *b, kvx_room *r, const kvx_boot_peer
 
 static kvx_result kvx__cux_sender_init(kvx_room *r, uint32_t n, int32_t aux) {
     kvx__cux_room *cr = kvx__cux_cr(r);
-    if (!cr->peer) {
-        kvx__cux_fail_tell(cr, KVX_ERR_STATE, "init before the decode side's destination arrived");
-        return KVX_ERR_STATE;
-    }
-    if (n != cr->ndst) {
-        kvx__cux_fail_tell(cr, KVX_ERR_INVALID_ARGUMENT, "init declares %u pages but decode %s "
-                           "asked for %u", n, cr->peer->name, cr->ndst);
-        return KVX_ERR_INVALID_ARGUMENT;
-    }
-    if (cr->x.dst_aux >= 0 && aux < 0) {
-        kvx__cux_fail_tell(cr, KVX_ERR_INVALID_ARGUMENT, "decode %s expects aux rows in its slot "
-                           "%d but init gave no aux slot (-1)", cr->peer->name, (int)cr->x.dst_aux);
-        return KVX_ERR_INVALID_ARGUMENT;
-    }
+    if (!cr->peer)
+        return kvx__cux_fail_tell(r, KVX_ERR_STATE, "init before the decode side's destination "
+                                  "arrived");
+    if (n != cr->ndst)
+        return kvx__cux_fail_tell(r, KVX_ERR_INVALID_ARGUMENT, "init declares %u pages but decode "
+                                  "%s asked for %u", n, cr->peer->name, cr->ndst);
+    if (cr->x.dst_aux >= 0 && aux < 0)
+        return kvx__cux_fail_tell(r, KVX_ERR_INVALID_ARGUMENT, "decode %s expects aux rows in its "
+                                  "slot %d but init gave no aux slot (-1)", cr->peer->name,
+                                  (int)cr->x.dst_aux);
     cr->x.src_aux = aux;
     return KVX_OK;
 }
@@ -2756,12 +2667,10 @@ static kvx_result kvx__cux_sender_send(kvx_room *r, kvx_chunk *c) {
         cr->plan.count = 0;
         cr->plan.total_bytes = 0;
     }
-    if (res != KVX_OK) {
-        kvx__cux_fail_tell(cr, res, "chunk %u for decode %s: %s", index, p->name, cr->plan.error);
-        kvx_chunk_free(ce->engine, c);
-        return res;
-    }
     kvx_chunk_free(ce->engine, c);
+    if (res != KVX_OK)
+        return kvx__cux_fail_tell(r, res, "chunk %u for decode %s: %s", index, p->name,
+                                  cr->plan.error);
     pthread_mutex_lock(&p->mu);
     if (p->dead) {
         res = KVX_ERR_PEER_LOST;
@@ -2788,11 +2697,9 @@ static kvx_result kvx__cux_sender_send(kvx_room *r, kvx_chunk *c) {
         if (cr->busy || last) kvx__cux_list(p, cr);
     }
     pthread_mutex_unlock(&p->mu);
-    if (res != KVX_OK) {
-        kvx__cux_fail_tell(cr, res, "chunk %u of room %llu for decode %s: %s", index,
-                           (unsigned long long)cr->x.id, p->addr, why);
-        return res;
-    }
+    if (res != KVX_OK)
+        return kvx__cux_fail_tell(r, res, "chunk %u of room %llu for decode %s: %s", index,
+                                  (unsigned long long)cr->x.id, p->addr, why);
     KVX__ADD(&ce->st.chunks, 1);
     KVX__ADD(&ce->st.spans, (uint64_t)cr->plan.count);
     KVX__ADD(&ce->st.bytes, cr->plan.total_bytes);
@@ -3423,38 +3330,33 @@ static kvx_result kvx__cux_settings(kvx__cux_engine *ce, char *why, size_t wl) {
     uint32_t i;
     kvx_result r;
     ce->cu = kvx_cuda_from_mem_ops(&d->mem);
-    if (!ce->cu) {
-        kvx__set_why(why, wl, "the cuda transport needs desc.mem filled by kvx_cuda_mem_ops() "
-                     "(kvx_cuda.h): that is how it reaches the CUDA driver");
-        return KVX_ERR_INVALID_ARGUMENT;
-    }
+    if (!ce->cu)
+        return kvx__cu_err(why, wl, KVX_ERR_INVALID_ARGUMENT, "the cuda transport needs desc.mem "
+                           "filled by kvx_cuda_mem_ops() (kvx_cuda.h): that is how it reaches the "
+                           "CUDA driver");
     memset(&cd, 0, sizeof cd);
     cd.fence_timeout_s = ce->cu->fence_timeout_s;
     if ((r = kvx__settings_apply(&kvx__cux_fence_setting, 1, &cd, why, wl)) != KVX_OK) return r;
     ce->fence_s = cd.fence_timeout_s;
     for (i = 0; i < l->num_buffers; i++) {
-        if (l->buffers[i].mem != KVX_MEM_CUDA) {
-            kvx__set_why(why, wl, "KV buffer %u is host memory: the cuda transport moves KV pools "
-                         "in GPU memory (KVX_MEM_CUDA); use the tcp or file transport for pools in "
-                         "host memory", i);
-            return KVX_ERR_INVALID_ARGUMENT;
-        }
-        if (ce->role == KVX_ROLE_PREFILL && l->buffers[i].device != l->buffers[0].device) {
-            kvx__set_why(why, wl, "KV buffer %u is on GPU %d, buffer 0 on GPU %d: a prefill engine "
-                         "of the cuda transport keeps its pool on one GPU (one engine per rank)",
-                         i, l->buffers[i].device, l->buffers[0].device);
-            return KVX_ERR_INVALID_ARGUMENT;
-        }
+        if (l->buffers[i].mem != KVX_MEM_CUDA)
+            return kvx__cu_err(why, wl, KVX_ERR_INVALID_ARGUMENT, "KV buffer %u is host memory: "
+                               "the cuda transport moves KV pools in GPU memory (KVX_MEM_CUDA); "
+                               "use the tcp or file transport for pools in host memory", i);
+        if (ce->role == KVX_ROLE_PREFILL && l->buffers[i].device != l->buffers[0].device)
+            return kvx__cu_err(why, wl, KVX_ERR_INVALID_ARGUMENT, "KV buffer %u is on GPU %d, "
+                               "buffer 0 on GPU %d: a prefill engine of the cuda transport keeps "
+                               "its pool on one GPU (one engine per rank)", i, l->buffers[i].device,
+                               l->buffers[0].device);
     }
     ce->device = l->buffers[0].device;
     ce->aux_row_bytes = kvx_layout_aux_row_bytes(l);
-    if (ce->aux_row_bytes > KVX_BOOT_MAX_MESSAGE - KVX__CUX_AUXM) {
-        kvx__set_why(why, wl, "the aux rows of one request are %llu bytes; the cuda transport "
-                     "sends them in one kvx_boot message of at most KVX_BOOT_MAX_MESSAGE (%u) "
-                     "bytes with a %u-byte head", (unsigned long long)ce->aux_row_bytes,
-                     (unsigned)KVX_BOOT_MAX_MESSAGE, KVX__CUX_AUXM);
-        return KVX_ERR_INVALID_ARGUMENT;
-    }
+    if (ce->aux_row_bytes > KVX_BOOT_MAX_MESSAGE - KVX__CUX_AUXM)
+        return kvx__cu_err(why, wl, KVX_ERR_INVALID_ARGUMENT, "the aux rows of one request are "
+                           "%llu bytes; the cuda transport sends them in one kvx_boot message of "
+                           "at most KVX_BOOT_MAX_MESSAGE (%u) bytes with a %u-byte head",
+                           (unsigned long long)ce->aux_row_bytes, (unsigned)KVX_BOOT_MAX_MESSAGE,
+                           KVX__CUX_AUXM);
     return kvx_cuda_layout_check(ce->cu, l, why, wl);
 }
 
@@ -3605,19 +3507,7 @@ KVX_API kvx_result kvx_cuda_transport_stats_get(const kvx_engine *e, kvx_cuda_tr
     if (out) memset(out, 0, sizeof *out);
     if (!e || !out || strcmp(kvx_engine_transport(e), "cuda") || !(ce = kvx__cux_ce(e)))
         return KVX_ERR_INVALID_ARGUMENT;
-    out->exported_allocs = KVX__LOAD(&ce->st.exported_allocs);
-    out->peers = KVX__LOAD(&ce->st.peers);
-    out->imports = KVX__LOAD(&ce->st.imports);
-    out->imports_live = KVX__LOAD(&ce->st.imports_live);
-    out->chunks = KVX__LOAD(&ce->st.chunks);
-    out->spans = KVX__LOAD(&ce->st.spans);
-    out->bytes = KVX__LOAD(&ce->st.bytes);
-    out->aux_rows = KVX__LOAD(&ce->st.aux_rows);
-    out->aux_refused = KVX__LOAD(&ce->st.aux_refused);
-    out->rooms_done = KVX__LOAD(&ce->st.rooms_done);
-    out->driver_errors = KVX__LOAD(&ce->st.driver_errors);
-    out->fence_waits = KVX__LOAD(&ce->st.fence_waits);
-    out->fence_timeouts = KVX__LOAD(&ce->st.fence_timeouts);
+    kvx__cu_counters(out, &ce->st, sizeof *out); /* every field a uint64_t counter */
     return KVX_OK;
 }
 

@@ -253,8 +253,7 @@
              pages in groups of ~1 MiB, each followed by its CRC32C while in
              cache, pwrite of the header, futimens, [fsync], close, renameat,
              [fsync dir]. No KV byte is copied in user space.
-     On x86-64 the data CRC32C runs three crc32 streams joined with tables
-     (about twice kvx_crc32c's speed; same values; elsewhere kvx_crc32c).
+     The data CRC32C is kvx_crc32c (three crc32 streams joined on x86-64).
      Batches are split over io_threads threads (the caller works too).
 
    LICENSE: MIT, see the end of this file.
@@ -573,9 +572,16 @@ static uint64_t kvx__store_wall_ns(void) {
     return kvx__store_ts_ns(&t);
 }
 
-/* CRC32C of the block data (kvx.h's three-stream hardware CRC). */
-static uint32_t kvx__store_crc32c(uint32_t crc, const void *data, size_t len) {
-    return kvx_crc32c(crc, data, len);
+/* Writes the sentence into why (when there is one) and returns code. */
+static kvx_result kvx__store_err(char *why, size_t wl, kvx_result code, const char *fmt, ...)
+    KVX_PRINTF(4, 5);
+static kvx_result kvx__store_err(char *why, size_t wl, kvx_result code, const char *fmt, ...) {
+    va_list ap;
+    if (!why || !wl) return code;
+    va_start(ap, fmt);
+    vsnprintf(why, wl, fmt, ap);
+    va_end(ap);
+    return code;
 }
 
 /* >>block store: keys ----------------------------------------------------------- */
@@ -649,45 +655,33 @@ KVX_API kvx_result kvx_store_header_parse(const void *buf, size_t len, kvx_store
     if (why && wl) why[0] = 0;
     if (!o) return KVX_ERR_INVALID_ARGUMENT;
     memset(o, 0, sizeof *o);
-    if (!p || len < KVX_STORE_HEADER_FIXED) {
-        kvx__set_why(why, wl, "header truncated: %zu bytes, the fixed part is %d", p ? len : 0,
-                       KVX_STORE_HEADER_FIXED);
-        return KVX_ERR_CORRUPT;
-    }
-    if (memcmp(p, "KVXBLOCK", 8)) {
-        kvx__set_why(why, wl, "bad magic (not a kvx block)");
-        return KVX_ERR_CORRUPT;
-    }
+    if (!p || len < KVX_STORE_HEADER_FIXED)
+        return kvx__store_err(why, wl, KVX_ERR_CORRUPT, "header truncated: %zu bytes, the fixed "
+                              "part is %d", p ? len : 0, KVX_STORE_HEADER_FIXED);
+    if (memcmp(p, "KVXBLOCK", 8))
+        return kvx__store_err(why, wl, KVX_ERR_CORRUPT, "bad magic (not a kvx block)");
     o->version = kvx__le_r32(p + 8);
-    if (o->version != KVX_STORE_FORMAT_VERSION) {
-        kvx__set_why(why, wl, "format version %u; this reader knows %d", o->version,
-                       KVX_STORE_FORMAT_VERSION);
-        return KVX_ERR_CORRUPT;
-    }
+    if (o->version != KVX_STORE_FORMAT_VERSION)
+        return kvx__store_err(why, wl, KVX_ERR_CORRUPT, "format version %u; this reader knows %d",
+                              o->version, KVX_STORE_FORMAT_VERSION);
     o->header_size = kvx__le_r32(p + 12);
     o->header_crc = kvx__le_r32(p + 16);
     o->num_buffers = kvx__le_r32(p + 68);
     if (o->header_size < KVX_STORE_HEADER_FIXED + 8 || o->header_size > KVX_STORE_HEADER_MAX ||
-        o->header_size % 8) {
-        kvx__set_why(why, wl, "header_size %u is not a multiple of 8 in [%d, %d]",
-                       o->header_size, KVX_STORE_HEADER_FIXED + 8, KVX_STORE_HEADER_MAX);
-        return KVX_ERR_CORRUPT;
-    }
-    if (o->num_buffers == 0 || o->num_buffers > (o->header_size - KVX_STORE_HEADER_FIXED) / 8) {
-        kvx__set_why(why, wl, "num_buffers %u does not fit header_size %u", o->num_buffers,
-                       o->header_size);
-        return KVX_ERR_CORRUPT;
-    }
-    if (len < o->header_size) {
-        kvx__set_why(why, wl, "header truncated: %zu of %u bytes", len, o->header_size);
-        return KVX_ERR_CORRUPT;
-    }
+        o->header_size % 8)
+        return kvx__store_err(why, wl, KVX_ERR_CORRUPT, "header_size %u is not a multiple of 8 in "
+                              "[%d, %d]", o->header_size, KVX_STORE_HEADER_FIXED + 8,
+                              KVX_STORE_HEADER_MAX);
+    if (o->num_buffers == 0 || o->num_buffers > (o->header_size - KVX_STORE_HEADER_FIXED) / 8)
+        return kvx__store_err(why, wl, KVX_ERR_CORRUPT, "num_buffers %u does not fit header_size "
+                              "%u", o->num_buffers, o->header_size);
+    if (len < o->header_size)
+        return kvx__store_err(why, wl, KVX_ERR_CORRUPT, "header truncated: %zu of %u bytes", len,
+                              o->header_size);
     crc = kvx__store_header_crc(p, o->header_size);
-    if (crc != o->header_crc) {
-        kvx__set_why(why, wl, "header CRC32C mismatch: stored %08x, computed %08x",
-                       o->header_crc, crc);
-        return KVX_ERR_CORRUPT;
-    }
+    if (crc != o->header_crc)
+        return kvx__store_err(why, wl, KVX_ERR_CORRUPT, "header CRC32C mismatch: stored %08x, "
+                              "computed %08x", o->header_crc, crc);
     o->flags = kvx__le_r32(p + 20);
     o->config_hash = kvx__le_r64(p + 24);
     memcpy(o->key.bytes, p + 32, 32);
@@ -697,28 +691,21 @@ KVX_API kvx_result kvx_store_header_parse(const void *buf, size_t len, kvx_store
     o->page_size = kvx__le_r32(p + 84);
     o->kv_fingerprint = kvx__le_r64(p + 88);
     o->item_lens = p + KVX_STORE_HEADER_FIXED;
-    if (o->flags) {
-        kvx__set_why(why, wl, "unknown flags %08x", o->flags);
-        return KVX_ERR_CORRUPT;
-    }
-    if (o->page_count == 0) {
-        kvx__set_why(why, wl, "page_count is 0");
-        return KVX_ERR_CORRUPT;
-    }
+    if (o->flags)
+        return kvx__store_err(why, wl, KVX_ERR_CORRUPT, "unknown flags %08x", o->flags);
+    if (o->page_count == 0)
+        return kvx__store_err(why, wl, KVX_ERR_CORRUPT, "page_count is 0");
     for (i = 0; i < o->num_buffers; i++) {
         uint64_t it = kvx_store_block_item_len(o, i);
-        if (it == 0 || it > KVX__STORE_MAX_DATA - sum) {
-            kvx__set_why(why, wl, "item_len[%u] = %llu is 0 or makes the page too large", i,
-                           (unsigned long long)it);
-            return KVX_ERR_CORRUPT;
-        }
+        if (it == 0 || it > KVX__STORE_MAX_DATA - sum)
+            return kvx__store_err(why, wl, KVX_ERR_CORRUPT, "item_len[%u] = %llu is 0 or makes the "
+                                  "page too large", i, (unsigned long long)it);
         sum += it;
     }
-    if (sum > KVX__STORE_MAX_DATA / o->page_count || o->data_len != sum * o->page_count) {
-        kvx__set_why(why, wl, "data_len %llu is not page_count %u x page bytes %llu",
-                       (unsigned long long)o->data_len, o->page_count, (unsigned long long)sum);
-        return KVX_ERR_CORRUPT;
-    }
+    if (sum > KVX__STORE_MAX_DATA / o->page_count || o->data_len != sum * o->page_count)
+        return kvx__store_err(why, wl, KVX_ERR_CORRUPT, "data_len %llu is not page_count %u x page "
+                              "bytes %llu", (unsigned long long)o->data_len, o->page_count,
+                              (unsigned long long)sum);
     return KVX_OK;
 }
 
@@ -878,10 +865,10 @@ static uint32_t kvx__store_new_ent(kvx_store *s) {
         uint32_t ncap = s->ents_cap ? s->ents_cap * 2 : 1024;
         kvx__store_ent *ne;
         if (ncap < s->ents_cap) return 0;
-        ne = (kvx__store_ent *)kvx__store_alloc(s, (size_t)ncap * sizeof *ne);
+        ne = (kvx__store_ent *)kvx__grow(&s->desc.allocator, s->ents,
+                                         (size_t)s->ents_cap * sizeof *ne,
+                                         (size_t)ncap * sizeof *ne);
         if (!ne) return 0;
-        if (s->ents) memcpy(ne, s->ents, (size_t)s->ents_cap * sizeof *ne);
-        kvx__store_free(s, s->ents);
         s->ents = ne;
         s->ents_cap = ncap;
         if (!s->ents_used) s->ents_used = 1; /* entry 0 means "none" */
@@ -1067,22 +1054,38 @@ static void kvx__store_scan_request(kvx_store *s);
 /* Bytes this process counts against the capacity. */
 static uint64_t kvx__store_used(const kvx_store *s) { return s->bytes + s->reserved; }
 
-/* The mtime of dirfd/name with attributes fetched from the server (statx
-   AT_STATX_FORCE_SYNC; plain fstatat where statx is missing). 0 or -1. */
-static int kvx__store_mtime_fresh(int dirfd, const char *name, uint64_t *mt) {
-#if defined(STATX_MTIME) && defined(AT_STATX_FORCE_SYNC)
+/* fstatat (name NULL: fstat of dirfd) with attributes fetched from the
+   server where the filesystem can: on NFS, FUSE (GlusterFS), CephFS and
+   Lustre statx with AT_STATX_FORCE_SYNC asks the server instead of the
+   client's attribute cache, which may still hold another version's size.
+   Fills mode, ino, dev, size, mtime and ctime. 0 or -1 (errno). */
+static int kvx__store_stat_sync(int dirfd, const char *name, struct stat *st) {
+#if defined(STATX_CTIME) && defined(AT_STATX_FORCE_SYNC)
     struct statx x;
-    if (!statx(dirfd, name, AT_SYMLINK_NOFOLLOW | AT_STATX_FORCE_SYNC, STATX_MTIME, &x)) {
-        *mt = (uint64_t)x.stx_mtime.tv_sec * 1000000000ull + x.stx_mtime.tv_nsec;
+    int fl = name ? AT_SYMLINK_NOFOLLOW : AT_EMPTY_PATH;
+    unsigned mask = STATX_TYPE | STATX_INO | STATX_SIZE | STATX_MTIME | STATX_CTIME;
+    if (!statx(dirfd, name ? name : "", fl | AT_STATX_FORCE_SYNC, mask, &x)) {
+        memset(st, 0, sizeof *st);
+        st->st_mode = x.stx_mode;
+        st->st_ino = (ino_t)x.stx_ino;
+        st->st_dev = makedev(x.stx_dev_major, x.stx_dev_minor);
+        st->st_size = (off_t)x.stx_size;
+        st->st_mtim.tv_sec = (time_t)x.stx_mtime.tv_sec;
+        st->st_mtim.tv_nsec = (long)x.stx_mtime.tv_nsec;
+        st->st_ctim.tv_sec = (time_t)x.stx_ctime.tv_sec;
+        st->st_ctim.tv_nsec = (long)x.stx_ctime.tv_nsec;
         return 0;
     }
     if (errno != ENOSYS && errno != EINVAL) return -1;
 #endif
-    {
-        struct stat st;
-        if (fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW)) return -1;
-        *mt = kvx__store_ts_ns(&st.st_mtim);
-    }
+    return name ? fstatat(dirfd, name, st, AT_SYMLINK_NOFOLLOW) : fstat(dirfd, st);
+}
+
+/* The mtime of dirfd/name from the server (kvx__store_stat_sync). 0 or -1. */
+static int kvx__store_mtime_fresh(int dirfd, const char *name, uint64_t *mt) {
+    struct stat st;
+    if (kvx__store_stat_sync(dirfd, name, &st)) return -1;
+    *mt = kvx__store_ts_ns(&st.st_mtim);
     return 0;
 }
 
@@ -1205,8 +1208,11 @@ static void kvx__store_fail(kvx__store_batch *b, size_t i, kvx_result r, const c
     pthread_mutex_unlock(&b->mu);
 }
 
-static void kvx__store_batch_init(kvx__store_batch *b, kvx_store *s, const kvx_store_key *keys,
-                                  const int32_t *pages, size_t n, kvx_result *results) {
+/* Runs fn over the n keys as batch b; -1 when no thread could. */
+static int kvx__store_batch_run(kvx__store_batch *b, kvx_store *s, const kvx_store_key *keys,
+                                const int32_t *pages, size_t n, kvx_result *results,
+                                void (*fn)(void *, size_t, void *)) {
+    int rc;
     memset(b, 0, sizeof *b);
     b->s = s;
     b->keys = keys;
@@ -1214,6 +1220,9 @@ static void kvx__store_batch_init(kvx__store_batch *b, kvx_store *s, const kvx_s
     b->results = results;
     b->stop = n;
     pthread_mutex_init(&b->mu, NULL);
+    rc = kvx__store_parallel(s, n, fn, b);
+    pthread_mutex_destroy(&b->mu);
+    return rc;
 }
 
 /* Moves one page between the pool and the file (data at header_size, laid
@@ -1246,7 +1255,7 @@ static int kvx__store_data_io(kvx_store *s, int fd, int32_t page, void *scratch,
         err = kvx__piov_full(fd, iov, n, s->hdr_size + p->spans[k0].dst_offset, len, write);
         if (err) return err;
         for (m = k0; m < k; m++)
-            c = kvx__store_crc32c(c, kvx_span_addr(l, &p->spans[m], 0), (size_t)p->spans[m].length);
+            c = kvx_crc32c(c, kvx_span_addr(l, &p->spans[m], 0), (size_t)p->spans[m].length);
     }
     *crc = c;
     return 0;
@@ -1281,55 +1290,15 @@ static int kvx__store_check_header(const kvx_store *s, const uint8_t *h, const k
     return 0;
 }
 
-/* The name no longer refers to the file examined (seen). */
 /* The name no longer refers to the file examined (seen), or that file has
    changed since (size, ctime: a rename or a write by another process),
    with attributes fetched from the server where the filesystem can. */
 static int kvx__store_replaced(const kvx_store *s, const char *rel, const struct stat *seen) {
-#if defined(STATX_CTIME) && defined(AT_STATX_FORCE_SYNC)
-    struct statx x;
-    if (!statx(s->ns_fd, rel, AT_SYMLINK_NOFOLLOW | AT_STATX_FORCE_SYNC,
-               STATX_INO | STATX_SIZE | STATX_CTIME, &x))
-        return x.stx_ino != (uint64_t)seen->st_ino ||
-               (uint64_t)makedev(x.stx_dev_major, x.stx_dev_minor) != (uint64_t)seen->st_dev ||
-               x.stx_size != (uint64_t)seen->st_size ||
-               x.stx_ctime.tv_sec != (int64_t)seen->st_ctim.tv_sec ||
-               x.stx_ctime.tv_nsec != (uint32_t)seen->st_ctim.tv_nsec;
-    if (errno != ENOSYS && errno != EINVAL) return errno == ENOENT || errno == ESTALE;
-#endif
-    {
-        struct stat now;
-        if (fstatat(s->ns_fd, rel, &now, AT_SYMLINK_NOFOLLOW)) return errno == ENOENT || errno == ESTALE;
-        return now.st_ino != seen->st_ino || now.st_dev != seen->st_dev ||
-               now.st_size != seen->st_size || now.st_ctim.tv_sec != seen->st_ctim.tv_sec ||
-               now.st_ctim.tv_nsec != seen->st_ctim.tv_nsec;
-    }
-}
-
-/* Fresh attributes of an open file: on NFS, FUSE (GlusterFS), CephFS and
-   Lustre statx with AT_STATX_FORCE_SYNC asks the server instead of the
-   client's attribute cache, which may still hold another version's size. */
-static int kvx__store_fresh_stat(int fd, uint64_t *size, uint64_t *ino, uint64_t *dev) {
-#if defined(STATX_SIZE) && defined(AT_STATX_FORCE_SYNC)
-    struct statx x;
-    if (!statx(fd, "", AT_EMPTY_PATH | AT_STATX_FORCE_SYNC, STATX_SIZE | STATX_INO | STATX_TYPE,
-               &x)) {
-        if (!S_ISREG(x.stx_mode)) return -1;
-        *size = x.stx_size;
-        *ino = x.stx_ino;
-        *dev = (uint64_t)makedev(x.stx_dev_major, x.stx_dev_minor); /* as st_dev */
-        return 0;
-    }
-    if (errno != ENOSYS && errno != EINVAL) return -1;
-#endif
-    {
-        struct stat st;
-        if (fstat(fd, &st) || !S_ISREG(st.st_mode)) return -1;
-        *size = (uint64_t)st.st_size;
-        *ino = (uint64_t)st.st_ino;
-        *dev = (uint64_t)st.st_dev;
-    }
-    return 0;
+    struct stat now;
+    if (kvx__store_stat_sync(s->ns_fd, rel, &now)) return errno == ENOENT || errno == ESTALE;
+    return now.st_ino != seen->st_ino || now.st_dev != seen->st_dev ||
+           now.st_size != seen->st_size || now.st_ctim.tv_sec != seen->st_ctim.tv_sec ||
+           now.st_ctim.tv_nsec != seen->st_ctim.tv_nsec;
 }
 
 /* Reads the whole block open at fd again (header, data, CRCs) into a
@@ -1342,19 +1311,21 @@ static int kvx__store_fresh_stat(int fd, uint64_t *size, uint64_t *ino, uint64_t
    caching, not evidence). */
 static int kvx__store_recheck(kvx_store *s, int fd, const kvx_store_key *k, kvx_store_key *other,
                               char *why, size_t wl) {
-    uint64_t size = 0, ino, dev, off, left;
+    uint64_t off, left;
+    struct stat st;
     kvx_store_key hk;
     uint8_t *buf;
     size_t cap = KVX__STORE_GROUP > s->hdr_size ? KVX__STORE_GROUP : s->hdr_size;
     uint32_t crc = 0;
     int r = 0, err;
-    if (kvx__store_fresh_stat(fd, &size, &ino, &dev)) {
+    if (kvx__store_stat_sync(fd, NULL, &st) || !S_ISREG(st.st_mode)) {
         kvx__set_why(why, wl, "cannot stat it: %s", strerror(errno));
         return -1;
     }
-    if (size != s->block_bytes) {
+    if ((uint64_t)st.st_size != s->block_bytes) {
         kvx__set_why(why, wl, "the server says it is %llu bytes, a block is %llu (torn, truncated "
-                     "or foreign)", (unsigned long long)size, (unsigned long long)s->block_bytes);
+                     "or foreign)", (unsigned long long)st.st_size,
+                     (unsigned long long)s->block_bytes);
         return 1;
     }
     if (!(buf = (uint8_t *)kvx__store_alloc(s, cap))) {
@@ -1376,7 +1347,7 @@ static int kvx__store_recheck(kvx_store *s, int fd, const kvx_store_key *k, kvx_
                 r = -1;
                 break;
             }
-            crc = kvx__store_crc32c(crc, buf, n);
+            crc = kvx_crc32c(crc, buf, n);
             off += n;
             left -= n;
         }
@@ -1417,7 +1388,7 @@ static int kvx__store_recheck(kvx_store *s, int fd, const kvx_store_key *k, kvx_
 static int kvx__store_bad(kvx_store *s, int dirfd, const char *name, const char *shown,
                           const kvx_store_key *k, const struct stat *seen, const char *reason) {
     char q[KVX__STORE_REL + 64], why[256], orel[KVX__STORE_REL];
-    uint64_t size, ino, dev;
+    struct stat now;
     kvx_store_key other;
     int fd, v = -1, removed = 0, back;
     if (s->remote) {
@@ -1442,8 +1413,8 @@ static int kvx__store_bad(kvx_store *s, int dirfd, const char *name, const char 
         return 0;
     }
     fd = openat(dirfd, q, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-    if (fd >= 0 && !kvx__store_fresh_stat(fd, &size, &ino, &dev) && seen &&
-        (ino != (uint64_t)seen->st_ino || dev != (uint64_t)seen->st_dev)) {
+    if (fd >= 0 && !kvx__store_stat_sync(fd, NULL, &now) && S_ISREG(now.st_mode) && seen &&
+        (now.st_ino != seen->st_ino || now.st_dev != seen->st_dev)) {
         v = 3; /* another file: not ours to judge */
     } else if (fd >= 0) {
         v = kvx__store_recheck(s, fd, k, &other, why, sizeof why);
@@ -1730,12 +1701,8 @@ KVX_API kvx_result kvx_store_batch_put(kvx_store *s, const kvx_store_key *keys,
     if (!s || (n && (!keys || !pages))) return KVX_ERR_INVALID_ARGUMENT;
     if (!n) return KVX_OK;
     if ((r = kvx__store_check_pages(s, pages, n, 0, "kvx_store_batch_put")) != KVX_OK) return r;
-    kvx__store_batch_init(&b, s, keys, pages, n, results);
-    if (kvx__store_parallel(s, n, kvx__store_put_item, &b)) {
-        pthread_mutex_destroy(&b.mu);
+    if (kvx__store_batch_run(&b, s, keys, pages, n, results, kvx__store_put_item))
         return KVX_ERR_NO_MEMORY;
-    }
-    pthread_mutex_destroy(&b.mu);
     if (!b.failed) return KVX_OK;
     kvx__store_log(s, KVX_LOG_ERROR, "put of %zu blocks: %zu failed; first (key %zu): %s", n,
                    b.failed, b.stop, b.why);
@@ -1751,12 +1718,8 @@ KVX_API kvx_result kvx_store_batch_get(kvx_store *s, const kvx_store_key *keys,
     if (!n) return KVX_OK;
     if ((r = kvx__store_check_pages(s, dst_pages, n, 1, "kvx_store_batch_get")) != KVX_OK)
         return r;
-    kvx__store_batch_init(&b, s, keys, dst_pages, n, NULL);
-    if (kvx__store_parallel(s, n, kvx__store_get_item, &b)) {
-        pthread_mutex_destroy(&b.mu);
+    if (kvx__store_batch_run(&b, s, keys, dst_pages, n, NULL, kvx__store_get_item))
         return KVX_ERR_NO_MEMORY;
-    }
-    pthread_mutex_destroy(&b.mu);
     *loaded = b.stop;
     KVX__STORE_ADD(&s->st.hits, (uint64_t)b.stop);
     if (b.stop == n || b.err == KVX_ERR_NOT_FOUND || b.err == KVX_ERR_CORRUPT) return KVX_OK;
@@ -1816,22 +1779,19 @@ KVX_API size_t kvx_store_batch_exists(kvx_store *s, const kvx_store_key *keys, s
     kvx__store_exists_job j;
     size_t i;
     if (!s || !keys) return 0;
-    if (n < 4 * KVX__STORE_EXISTS_CHUNK || !s->nworkers) {
-        for (i = 0; i < n && kvx__store_exists1(s, &keys[i]); i++) {}
-        return i;
+    if (n >= 4 * KVX__STORE_EXISTS_CHUNK && s->nworkers) {
+        /* long prefixes: the stats run on every I/O thread (it matters on
+           shared filesystems, where each one is a round trip) */
+        j.s = s;
+        j.keys = keys;
+        j.n = n;
+        j.stop = n;
+        if (!kvx__store_parallel(s, (n + KVX__STORE_EXISTS_CHUNK - 1) / KVX__STORE_EXISTS_CHUNK,
+                                 kvx__store_exists_item, &j))
+            return j.stop;
     }
-    /* long prefixes: the stats run on every I/O thread (it matters on shared
-       filesystems, where each one is a round trip) */
-    j.s = s;
-    j.keys = keys;
-    j.n = n;
-    j.stop = n;
-    if (kvx__store_parallel(s, (n + KVX__STORE_EXISTS_CHUNK - 1) / KVX__STORE_EXISTS_CHUNK,
-                            kvx__store_exists_item, &j)) {
-        for (i = 0; i < n && kvx__store_exists1(s, &keys[i]); i++) {}
-        return i;
-    }
-    return j.stop;
+    for (i = 0; i < n && kvx__store_exists1(s, &keys[i]); i++) {}
+    return i;
 }
 
 KVX_API kvx_result kvx_store_remove(kvx_store *s, const kvx_store_key *key) {
@@ -1848,27 +1808,18 @@ KVX_API kvx_result kvx_store_remove(kvx_store *s, const kvx_store_key *key) {
 }
 
 KVX_API void kvx_store_stats_get(kvx_store *s, kvx_store_stats *o) {
+    uint64_t *to = (uint64_t *)(void *)o;
+    size_t i;
     if (!o) return;
     memset(o, 0, sizeof *o);
     if (!s) return;
-    o->hits = KVX__STORE_LOAD(&s->st.hits);
-    o->misses = KVX__STORE_LOAD(&s->st.misses);
-    o->corrupt = KVX__STORE_LOAD(&s->st.corrupt);
-    o->evictions = KVX__STORE_LOAD(&s->st.evictions);
-    o->puts = KVX__STORE_LOAD(&s->st.puts);
-    o->put_present = KVX__STORE_LOAD(&s->st.put_present);
-    o->errors = KVX__STORE_LOAD(&s->st.errors);
-    o->bytes_written = KVX__STORE_LOAD(&s->st.bytes_written);
-    o->bytes_read = KVX__STORE_LOAD(&s->st.bytes_read);
+    for (i = 0; i < sizeof *o / sizeof *to; i++) /* every field a uint64_t counter */
+        to[i] = KVX__STORE_LOAD((const uint64_t *)(const void *)&s->st + i);
     pthread_mutex_lock(&s->mu);
     o->blocks = s->count;
     o->bytes_used = s->bytes;
     pthread_mutex_unlock(&s->mu);
     o->capacity = s->capacity;
-    o->scans = KVX__STORE_LOAD(&s->st.scans);
-    o->last_scan_ns = KVX__STORE_LOAD(&s->st.last_scan_ns);
-    o->scan_found = KVX__STORE_LOAD(&s->st.scan_found);
-    o->scan_gone = KVX__STORE_LOAD(&s->st.scan_gone);
 }
 
 KVX_API const char *kvx_store_dir(const kvx_store *s) { return s ? s->ns : ""; }
@@ -1995,10 +1946,9 @@ static int kvx__store_load_fn(void *user, int dirfd, const char *name, const cha
     }
     if (L->n == L->cap) {
         size_t nc = L->cap ? L->cap * 2 : 4096;
-        kvx__store_found *nv = (kvx__store_found *)kvx__store_alloc(s, nc * sizeof *nv);
+        kvx__store_found *nv = (kvx__store_found *)kvx__grow(&s->desc.allocator, L->v,
+                                                             L->n * sizeof *nv, nc * sizeof *nv);
         if (!nv) { L->oom = 1; return 1; }
-        if (L->v) memcpy(nv, L->v, L->n * sizeof *nv);
-        kvx__store_free(s, L->v);
         L->v = nv;
         L->cap = nc;
     }
@@ -2265,10 +2215,9 @@ static kvx_result kvx__store_config_file(kvx_store *s, char *why, size_t wl) {
                          h->str);
                 kvx__json_free(&doc);
                 if (same) return KVX_OK;
-                kvx__set_why(why, wl, "%s/config.json describes configuration '%s', not %s: "
-                               "the directory was renamed or copied; move it away",
-                               s->ns, theirs, s->cfg_hex);
-                return KVX_ERR_CORRUPT;
+                return kvx__store_err(why, wl, KVX_ERR_CORRUPT, "%s/config.json describes "
+                                      "configuration '%s', not %s: the directory was renamed or "
+                                      "copied; move it away", s->ns, theirs, s->cfg_hex);
             }
             kvx__json_free(&doc);
         }
@@ -2290,8 +2239,8 @@ static kvx_result kvx__store_config_file(kvx_store *s, char *why, size_t wl) {
     kvx__buf_free(&b);
     if (err) {
         if (err < 0) err = EIO;
-        kvx__set_why(why, wl, "cannot write %s/config.json: %s", s->ns, strerror(err));
-        return kvx__errno_result(err);
+        return kvx__store_err(why, wl, kvx__errno_result(err), "cannot write %s/config.json: %s",
+                              s->ns, strerror(err));
     }
     if (s->desc.fsync) kvx__store_fsync_dir(s->ns_fd, ".");
     return KVX_OK;
@@ -2309,8 +2258,8 @@ static kvx_result kvx__store_fanout(kvx_store *s, char *why, size_t wl) {
         d[2] = 0;
         if (kvx__mkdirat(s->ns_fd, d, 0755, &m)) { /* another node may be making it too */
             int err = errno;
-            kvx__set_why(why, wl, "cannot create %s/%s: %s", s->ns, d, strerror(err));
-            return kvx__errno_result(err);
+            return kvx__store_err(why, wl, kvx__errno_result(err), "cannot create %s/%s: %s", s->ns,
+                                  d, strerror(err));
         }
         made += m;
     }
@@ -2330,8 +2279,8 @@ static kvx_result kvx__store_open_ns(kvx_store *s, char *why, size_t wl) {
     if (kvx__mkdirat(root_fd, s->cfg_hex, mode, NULL)) {
         err = errno;
         close(root_fd);
-        kvx__set_why(why, wl, "cannot create %s: %s", s->ns, strerror(err));
-        return kvx__errno_result(err);
+        return kvx__store_err(why, wl, kvx__errno_result(err), "cannot create %s: %s", s->ns,
+                              strerror(err));
     }
     s->ns_fd = openat(root_fd, s->cfg_hex, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
     err = errno;
@@ -2375,12 +2324,10 @@ static const kvx__setting kvx__store_table[] = {
 static kvx_result kvx__store_apply_env(kvx_store_desc *d, char *why, size_t wl) {
     kvx_result r = kvx__settings_apply(kvx__store_table, KVX__COUNT(kvx__store_table), d, why, wl);
     if (r != KVX_OK) return r;
-    if (d->scan_interval != -1 && d->scan_interval < 0.05) {
-        kvx__set_why(why, wl, "KVX_STORE_SCAN_INTERVAL / desc.scan_interval is %g; use seconds "
-                     "in [0.05, 86400], 0 for the default 30, or -1 for no periodic scan",
-                     d->scan_interval);
-        return KVX_ERR_BAD_CONFIG;
-    }
+    if (d->scan_interval != -1 && d->scan_interval < 0.05)
+        return kvx__store_err(why, wl, KVX_ERR_BAD_CONFIG, "KVX_STORE_SCAN_INTERVAL / "
+                              "desc.scan_interval is %g; use seconds in [0.05, 86400], 0 for the "
+                              "default 30, or -1 for no periodic scan", d->scan_interval);
     if (!d->dir || !*d->dir) {
         static char def[64]; /* one value per process: the effective uid */
         snprintf(def, sizeof def, "/tmp/kvx_store-%u", (unsigned)geteuid());
@@ -2399,23 +2346,19 @@ static kvx_result kvx__store_check_desc(const kvx_store_desc *d, char *why, size
     uint32_t i;
     if ((r = kvx_layout_validate(&d->layout, why, wl)) != KVX_OK) return r;
     for (i = 0; i < d->layout.num_buffers; i++)
-        if (d->layout.buffers[i].mem != KVX_MEM_HOST) {
-            kvx__set_why(why, wl, "KV buffer %u is GPU memory: the block store reads and writes "
-                           "host memory; stage pages through pinned host buffers", i);
-            return KVX_ERR_INVALID_ARGUMENT;
-        }
-    if (KVX_STORE_HEADER_FIXED + 8ull * d->layout.num_buffers > KVX_STORE_HEADER_MAX - 4096) {
-        kvx__set_why(why, wl, "%u KV buffers do not fit a block header", d->layout.num_buffers);
-        return KVX_ERR_INVALID_ARGUMENT;
-    }
-    if (d->tp_rank < 0 || d->tp_rank >= d->tp_size) {
-        kvx__set_why(why, wl, "tp_rank %d is outside tp_size %d", d->tp_rank, d->tp_size);
-        return KVX_ERR_INVALID_ARGUMENT;
-    }
-    if (strlen(d->dir) > KVX__STORE_PATH - 256) {
-        kvx__set_why(why, wl, "store directory path is too long (%zu bytes)", strlen(d->dir));
-        return KVX_ERR_INVALID_ARGUMENT;
-    }
+        if (d->layout.buffers[i].mem != KVX_MEM_HOST)
+            return kvx__store_err(why, wl, KVX_ERR_INVALID_ARGUMENT, "KV buffer %u is GPU memory: "
+                                  "the block store reads and writes host memory; stage pages "
+                                  "through pinned host buffers", i);
+    if (KVX_STORE_HEADER_FIXED + 8ull * d->layout.num_buffers > KVX_STORE_HEADER_MAX - 4096)
+        return kvx__store_err(why, wl, KVX_ERR_INVALID_ARGUMENT, "%u KV buffers do not fit a block "
+                              "header", d->layout.num_buffers);
+    if (d->tp_rank < 0 || d->tp_rank >= d->tp_size)
+        return kvx__store_err(why, wl, KVX_ERR_INVALID_ARGUMENT, "tp_rank %d is outside tp_size %d",
+                              d->tp_rank, d->tp_size);
+    if (strlen(d->dir) > KVX__STORE_PATH - 256)
+        return kvx__store_err(why, wl, KVX_ERR_INVALID_ARGUMENT, "store directory path is too long "
+                              "(%zu bytes)", strlen(d->dir));
     return KVX_OK;
 }
 
@@ -2555,18 +2498,14 @@ KVX_API kvx_result kvx_store_open(const kvx_store_desc *desc, kvx_store **out, c
     if (why && wl) why[0] = 0;
     if (!out) return KVX_ERR_INVALID_ARGUMENT;
     *out = NULL;
-    if (!desc) {
-        kvx__set_why(why, wl, "store desc is NULL");
-        return KVX_ERR_INVALID_ARGUMENT;
-    }
+    if (!desc)
+        return kvx__store_err(why, wl, KVX_ERR_INVALID_ARGUMENT, "store desc is NULL");
     d = *desc;
     if ((r = kvx__store_apply_env(&d, why, wl)) != KVX_OK) return r;
     if ((r = kvx__store_check_desc(&d, why, wl)) != KVX_OK) return r;
     s = (kvx_store *)kvx__alloc(&d.allocator, sizeof *s);
-    if (!s) {
-        kvx__set_why(why, wl, "out of memory");
-        return KVX_ERR_NO_MEMORY;
-    }
+    if (!s)
+        return kvx__store_err(why, wl, KVX_ERR_NO_MEMORY, "out of memory");
     memset(s, 0, sizeof *s);
     s->desc = d;
     s->ns_fd = -1;
@@ -2581,11 +2520,8 @@ KVX_API kvx_result kvx_store_open(const kvx_store_desc *desc, kvx_store **out, c
     s->model = kvx__store_strdup(s, d.model);
     s->dtype = kvx__store_strdup(s, d.layout.dtype ? d.layout.dtype : "");
     s->root = kvx__store_strdup(s, d.dir);
-    if (!s->bufs || !s->model || !s->dtype || !s->root) {
-        r = KVX_ERR_NO_MEMORY;
-        kvx__set_why(why, wl, "out of memory");
-        goto fail;
-    }
+    r = KVX_ERR_NO_MEMORY;
+    if (!s->bufs || !s->model || !s->dtype || !s->root) goto oom;
     memcpy(s->bufs, d.layout.buffers, d.layout.num_buffers * sizeof *s->bufs);
     s->desc.layout.buffers = s->bufs;
     s->desc.layout.aux = NULL; /* aux rows are not stored */
@@ -2593,10 +2529,7 @@ KVX_API kvx_result kvx_store_open(const kvx_store_desc *desc, kvx_store **out, c
     s->desc.layout.dtype = s->dtype;
     s->desc.model = s->model;
     s->desc.dir = s->root;
-    if ((r = kvx__store_geometry(s)) != KVX_OK) {
-        kvx__set_why(why, wl, "out of memory");
-        goto fail;
-    }
+    if (kvx__store_geometry(s) != KVX_OK) goto oom;
     snprintf(s->ns, sizeof s->ns, "%s/%s", s->root, s->cfg_hex);
     if ((r = kvx__store_open_ns(s, why, wl)) != KVX_OK) goto fail;
     s->remote = kvx__store_is_remote(s->ns_fd);
@@ -2608,6 +2541,8 @@ KVX_API kvx_result kvx_store_open(const kvx_store_desc *desc, kvx_store **out, c
     kvx__store_start_scanner(s);
     *out = s;
     return KVX_OK;
+oom:
+    kvx__set_why(why, wl, "out of memory");
 fail:
     kvx_store_close(s);
     return r;
@@ -2628,20 +2563,17 @@ static kvx_result kvx__store_check_file(int dirfd, const char *name, uint8_t *hd
     memset(info, 0, sizeof *info);
     if (fd < 0) {
         err = errno;
-        kvx__set_why(why, wl, "cannot open: %s", strerror(err));
-        return kvx__errno_result(err);
+        return kvx__store_err(why, wl, kvx__errno_result(err), "cannot open: %s", strerror(err));
     }
     if (fstat(fd, st)) {
         err = errno;
         close(fd);
-        kvx__set_why(why, wl, "cannot stat: %s", strerror(err));
-        return kvx__errno_result(err);
+        return kvx__store_err(why, wl, kvx__errno_result(err), "cannot stat: %s", strerror(err));
     }
     want = (uint64_t)st->st_size < KVX_STORE_HEADER_MAX ? (size_t)st->st_size : KVX_STORE_HEADER_MAX;
     if ((err = kvx__pio(fd, hdr, want, 0, 0)) > 0) {
         close(fd);
-        kvx__set_why(why, wl, "cannot read: %s", strerror(err));
-        return kvx__errno_result(err);
+        return kvx__store_err(why, wl, kvx__errno_result(err), "cannot read: %s", strerror(err));
     }
     if ((r = kvx_store_header_parse(hdr, want, info, why, wl)) != KVX_OK) {
         close(fd);
@@ -2649,17 +2581,15 @@ static kvx_result kvx__store_check_file(int dirfd, const char *name, uint8_t *hd
     }
     kvx_store_key_hex(&info->key, hex);
     if ((uint64_t)st->st_size != info->header_size + info->data_len) {
-        kvx__set_why(why, wl, "file is %lld bytes, its header says %llu (torn or truncated)",
-                       (long long)st->st_size,
-                       (unsigned long long)(info->header_size + info->data_len));
-        r = KVX_ERR_CORRUPT;
+        r = kvx__store_err(why, wl, KVX_ERR_CORRUPT, "file is %lld bytes, its header says %llu "
+                           "(torn or truncated)", (long long)st->st_size,
+                           (unsigned long long)(info->header_size + info->data_len));
     } else if (strncmp(name, hex, 64)) {
-        kvx__set_why(why, wl, "holds key %.16s..., not the one in its name", hex);
-        r = KVX_ERR_CORRUPT;
+        r = kvx__store_err(why, wl, KVX_ERR_CORRUPT, "holds key %.16s..., not the one in its name",
+                           hex);
     } else if (cfg_hex && cfg_hex[0] && strtoull(cfg_hex, NULL, 16) != info->config_hash) {
-        kvx__set_why(why, wl, "belongs to configuration %016llx, not this directory's %s",
-                       (unsigned long long)info->config_hash, cfg_hex);
-        r = KVX_ERR_CORRUPT;
+        r = kvx__store_err(why, wl, KVX_ERR_CORRUPT, "belongs to configuration %016llx, not this "
+                           "directory's %s", (unsigned long long)info->config_hash, cfg_hex);
     } else if (check_data) {
         uint64_t off = info->header_size, left = info->data_len;
         uint32_t c = 0;
@@ -2671,15 +2601,13 @@ static kvx_result kvx__store_check_file(int dirfd, const char *name, uint8_t *hd
                 r = err < 0 ? KVX_ERR_CORRUPT : kvx__errno_result(err);
                 break;
             }
-            c = kvx__store_crc32c(c, data, n);
+            c = kvx_crc32c(c, data, n);
             off += n;
             left -= n;
         }
-        if (r == KVX_OK && c != info->data_crc) {
-            kvx__set_why(why, wl, "data CRC32C mismatch: stored %08x, computed %08x",
-                           info->data_crc, c);
-            r = KVX_ERR_CORRUPT;
-        }
+        if (r == KVX_OK && c != info->data_crc)
+            r = kvx__store_err(why, wl, KVX_ERR_CORRUPT, "data CRC32C mismatch: stored %08x, "
+                               "computed %08x", info->data_crc, c);
     }
     close(fd);
     return r;
@@ -2732,15 +2660,14 @@ static kvx_result kvx__store_scan_ns(kvx__store_scan *c, const char *ns, char *w
     fd = open(ns, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
     if (fd < 0) {
         err = errno;
-        kvx__set_why(why, wl, "cannot open %s: %s", ns, strerror(err));
-        return kvx__errno_result(err);
+        return kvx__store_err(why, wl, kvx__errno_result(err), "cannot open %s: %s", ns,
+                              strerror(err));
     }
     err = kvx__store_walk(fd, kvx__store_scan_fn, c);
     close(fd);
-    if (err) {
-        kvx__set_why(why, wl, "cannot read %s: %s", ns, strerror(err));
-        return kvx__errno_result(err);
-    }
+    if (err)
+        return kvx__store_err(why, wl, kvx__errno_result(err), "cannot read %s: %s", ns,
+                              strerror(err));
     return KVX_OK;
 }
 
@@ -2776,8 +2703,8 @@ KVX_API kvx_result kvx_store_scan(const char *dir, int check_data, kvx_store_sca
         struct dirent *e;
         if (!d) {
             int err = errno;
-            kvx__set_why(why, wl, "cannot open %s: %s", dir, strerror(err));
-            r = kvx__errno_result(err);
+            r = kvx__store_err(why, wl, kvx__errno_result(err), "cannot open %s: %s", dir,
+                               strerror(err));
         }
         while (d && r == KVX_OK && (e = readdir(d)) != NULL) {
             char ns[KVX__STORE_PATH];
