@@ -1,11 +1,10 @@
 /* kvx_file.h - v0.1.0 - the file transport: KV pages through a local or shared filesystem
 
-   The prefill writes each chunk's KV page bytes straight from its pool into
-   a private directory, renamed to <KVX_FILE_DIR>/room_<room> (the commit);
-   the decode side waits for the room's `transfer_done`, checks each chunk's
-   meta against its layout, reads the bytes straight into its destination
-   pages and verifies every CRC32C before Success. Nothing runs between the
-   two: the directory may be on NFS, Lustre, CephFS or GlusterFS.
+   The prefill writes each chunk's KV pages straight from its pool into a
+   private directory, renamed to <KVX_FILE_DIR>/room_<room> (the commit);
+   the decode side reads them straight into its destination pages and
+   verifies every CRC32C before Success (DATA PATH). Nothing runs between
+   the two: the directory may be on NFS, Lustre, CephFS or GlusterFS.
 
    CONTENTS (section markers: search for ">>name")
      >>file: helpers, authentication, formats
@@ -335,29 +334,27 @@ static kvx_result kvx__read_small_at(const kvx_allocator *a, int dfd, const char
     kvx_result r;
     int fd = kvx__open_reg_at(dfd, name, shown, &r, why, wl);
     struct stat st;
-    char *buf;
+    char *buf = NULL;
     int e;
     *out = NULL;
     if (fd < 0) return r;
     if (fstat(fd, &st) || (uint64_t)st.st_size > max) {
         kvx__set_why(why, wl, "%s is %lld bytes, more than the %zu allowed", shown,
                      (long long)st.st_size, max);
-        close(fd);
-        return KVX_ERR_CORRUPT;
-    }
-    buf = (char *)kvx__alloc(a, (size_t)st.st_size + 1);
-    if (!buf) { close(fd); return KVX_ERR_NO_MEMORY; }
-    if ((e = kvx__pio(fd, buf, (size_t)st.st_size, 0, 0)) != 0) {
+        r = KVX_ERR_CORRUPT;
+    } else if (!(buf = (char *)kvx__alloc(a, (size_t)st.st_size + 1))) {
+        r = KVX_ERR_NO_MEMORY;
+    } else if ((e = kvx__pio(fd, buf, (size_t)st.st_size, 0, 0)) != 0) {
         kvx__set_why(why, wl, "cannot read %s: %s", shown, e < 0 ? "short read" : strerror(e));
         kvx__free(a, buf);
-        close(fd);
-        return KVX_ERR_IO;
+        r = KVX_ERR_IO;
+    } else {
+        buf[st.st_size] = 0;
+        *out = buf;
+        *len = (size_t)st.st_size;
     }
     close(fd);
-    buf[st.st_size] = 0;
-    *out = buf;
-    *len = (size_t)st.st_size;
-    return KVX_OK;
+    return r;
 }
 
 static kvx_result kvx__read_small(const char *path, char **out, size_t *len, size_t max,
@@ -457,10 +454,8 @@ static void kvx__rm_room_at(int base, const char *name, int owner_only) {
 
 /* >>file: authentication ------------------------------------------------------ */
 
-/* A small file (meta, transfer_done, transfer_failed) is one line of JSON,
-   optionally followed by "mac hmac-sha256 <64 hex digits>\n" (with an auth
-   key): HMAC-SHA-256(key, "kvx-file-v2" 0x00 <file name> 0x00 <the JSON
-   line, its newline included>). */
+/* A small file (meta, transfer_done, transfer_failed): one line of JSON,
+   then, with an auth key, the MAC line (the doc block's ON DISK). */
 #define KVX__FILE_MAC_TAG "mac hmac-sha256 "
 #define KVX__FILE_MAC_LINE (sizeof KVX__FILE_MAC_TAG - 1 + 64 + 1)
 
@@ -616,7 +611,8 @@ static kvx_result kvx__plan_io_staged(const kvx_layout *l, const kvx_mem_ops *me
 
 /* Reads or writes the packed byte range [lo, hi) of a one-sided plan
    between pool memory and a file, and returns the CRC32C of those bytes
-   (computed over pool memory: before writing, after reading). */
+   (computed over pool memory: before writing, after reading). With fd -1
+   there is no I/O: only the CRC32C of those bytes in pool memory. */
 static kvx_result kvx__plan_io(const kvx_layout *l, const kvx_plan *p, int to_file, int fd,
                                uint64_t lo, uint64_t hi, uint32_t *crc, int *err_out) {
     struct iovec iov[KVX__FILE_IOV], work[KVX__FILE_IOV];
@@ -646,7 +642,7 @@ static kvx_result kvx__plan_io(const kvx_layout *l, const kvx_plan *p, int to_fi
         if (to_file && crc)
             for (k = 0; k < n; k++) c = kvx_crc32c(c, iov[k].iov_base, iov[k].iov_len);
         for (k = 0; k < n; k++) work[k] = iov[k]; /* consumed; iov stays whole for the CRC */
-        if ((e = kvx__piov_full(fd, work, n, start, want, to_file)) != 0) {
+        if (fd >= 0 && (e = kvx__piov_full(fd, work, n, start, want, to_file)) != 0) {
             *err_out = e > 0 ? e : 0;
             return e > 0 ? kvx__errno_result(e) : KVX_ERR_CORRUPT; /* short file */
         }
@@ -654,27 +650,6 @@ static kvx_result kvx__plan_io(const kvx_layout *l, const kvx_plan *p, int to_fi
             for (k = 0; k < n; k++) c = kvx_crc32c(c, iov[k].iov_base, iov[k].iov_len);
     }
     if (crc) *crc = c;
-    return KVX_OK;
-}
-
-/* CRC32C of the packed range [lo, hi) of a one-sided plan, read from pool
-   memory (no I/O). */
-static kvx_result kvx__plan_crc(const kvx_layout *l, const kvx_plan *p, int to_file, uint64_t lo,
-                                uint64_t hi, uint32_t *crc) {
-    size_t s = kvx__plan_find(p, to_file, lo);
-    uint64_t pos = lo;
-    uint32_t c = 0;
-    while (pos < hi && s < p->count) {
-        const kvx_span *sp = &p->spans[s];
-        uint64_t po = to_file ? sp->dst_offset : sp->src_offset;
-        uint64_t skip = pos - po, take = sp->length - skip;
-        if (take > hi - pos) take = hi - pos;
-        c = kvx_crc32c(c, (const char *)kvx_span_addr(l, sp, !to_file) + skip, (size_t)take);
-        pos += take;
-        if (skip + take == sp->length) s++;
-    }
-    if (pos < hi) return KVX_ERR_CORRUPT;
-    *crc = c;
     return KVX_OK;
 }
 
@@ -1021,7 +996,6 @@ typedef struct kvx__froom {
     uint64_t retry_at;      /* receiver: look again no sooner (ns) */
     uint32_t retries;       /* receiver: reads started again while settling */
     struct kvx__froom *next_pending;
-    int is_pending;
     int refused;            /* receiver: the room directory is unsafe (why) */
     char refused_why[KVX_ERROR_MAX];
 } kvx__froom;
@@ -1111,9 +1085,8 @@ static kvx_result kvx__file_engine_init(kvx_engine *e, char *why, size_t wl) {
     kvx_result r;
     snprintf(defdir, sizeof defdir, "/tmp/kvx_file-%u", (unsigned)geteuid());
     dir = d->file.dir ? d->file.dir : defdir;
-    fe = (kvx__fengine *)kvx_engine_alloc(e, sizeof *fe);
+    fe = (kvx__fengine *)kvx__zalloc(&d->allocator, 1, sizeof *fe);
     if (!fe) return KVX_ERR_NO_MEMORY;
-    memset(fe, 0, sizeof *fe);
     fe->dfd = -1;
     pthread_mutex_init(&fe->mu, NULL);
     if ((r = kvx__file_settings(d, fe, &dir, why, wl)) != KVX_OK) goto fail;
@@ -1173,9 +1146,8 @@ static void kvx__file_engine_fini(kvx_engine *e) {
 static kvx_result kvx__file_room_open(kvx_room *r) {
     kvx_engine *e = kvx_room_engine(r);
     kvx__fengine *fe = kvx__fe(e);
-    kvx__froom *fr = (kvx__froom *)kvx_engine_alloc(e, sizeof *fr);
+    kvx__froom *fr = (kvx__froom *)kvx__zalloc(fe->al, 1, sizeof *fr);
     if (!fr) return KVX_ERR_NO_MEMORY;
-    memset(fr, 0, sizeof *fr);
     fr->room = r;
     fr->fe = fe;
     fr->aux_index = -1;
@@ -1205,12 +1177,12 @@ static void kvx__file_room_free(kvx_room *r) {
 static void kvx__file_unpend(kvx__fengine *fe, kvx__froom *fr) {
     kvx__froom **pp;
     pthread_mutex_lock(&fe->mu);
-    if (fr->is_pending) {
-        for (pp = &fe->pending; *pp; pp = &(*pp)->next_pending)
-            if (*pp == fr) { *pp = fr->next_pending; break; }
-        fr->is_pending = 0;
-        kvx_room_unref(fr->room); /* held by the pending list */
-    }
+    for (pp = &fe->pending; *pp; pp = &(*pp)->next_pending)
+        if (*pp == fr) { /* the pending list held a reference */
+            *pp = fr->next_pending;
+            kvx_room_unref(fr->room);
+            break;
+        }
     pthread_mutex_unlock(&fe->mu);
 }
 
@@ -1288,10 +1260,8 @@ static kvx_result kvx__file_check_name(kvx__froom *fr, char *why, size_t wl) {
     return r;
 }
 
-/* The commit: the built room takes its name, all at once, so a receiver on
-   any node sees either no room or a whole one (rename(2) of a directory is
-   atomic on a local filesystem, NFS, Lustre, CephFS and GlusterFS). A
-   directory an earlier room of the same id left there is moved aside and
+/* The commit: the built room takes its name, all at once (CONSISTENCY 1).
+   A directory an earlier room of the same id left there is moved aside and
    removed first: only when it is a directory this user owns (or the
    directory is shared); a link or a file there is refused. fr->mu held. */
 static kvx_result kvx__file_commit(kvx__froom *fr, char *why, size_t wl) {
@@ -1544,7 +1514,7 @@ static void kvx__fstripe_work(kvx__fstripe *st, const kvx_plan *plan, int to_fil
     if (__atomic_load_n(&j->res, __ATOMIC_ACQUIRE) != KVX_OK) return;
     why[0] = 0;
     if (st->kind == KVX__ST_CRC)
-        res = kvx__plan_crc(l, plan, to_file, lo, hi, &j->crcs[st->index]);
+        res = kvx__plan_io(l, plan, to_file, -1, lo, hi, &j->crcs[st->index], &err);
     else if (st->kind == KVX__ST_SEQ_IO) /* the writer: the whole file, in order */
         res = kvx__plan_io(l, plan, to_file, j->fd, 0, j->bytes, NULL, &err);
     else
@@ -1645,10 +1615,9 @@ static kvx_result kvx__file_sender_init(kvx_room *r, uint32_t n, int32_t aux) {
 static kvx_result kvx__file_sender_send(kvx_room *r, kvx_chunk *c) {
     kvx_engine *e = kvx_room_engine(r);
     kvx__froom *fr = (kvx__froom *)kvx_room_data(r);
-    kvx__fjob *j = (kvx__fjob *)kvx_engine_alloc(e, sizeof *j);
+    kvx__fjob *j = (kvx__fjob *)kvx__zalloc(fr->fe->al, 1, sizeof *j);
     int dfd = kvx__froom_dfd(fr);
     if (!j) { kvx_chunk_free(e, c); return KVX_ERR_NO_MEMORY; }
-    memset(j, 0, sizeof *j);
     j->fr = fr;
     j->chunk = c;
     j->bytes = c->gather.packed_bytes;
@@ -1750,7 +1719,6 @@ static kvx_result kvx__file_receiver_init(kvx_room *r, const int32_t *pages, uin
     pthread_mutex_lock(&fe->mu);
     fr->next_pending = fe->pending;
     fe->pending = fr;
-    fr->is_pending = 1;
     pthread_mutex_unlock(&fe->mu);
     return KVX_OK;
 }
@@ -2000,10 +1968,9 @@ static void kvx__frecv_start(void *arg) {
     jobs = (kvx__fjob **)kvx__zalloc(fr->fe->al, fr->done.chunks, sizeof *jobs);
     if (!jobs) { kvx__frecv_fail(fr, KVX_ERR_NO_MEMORY, "out of memory"); goto out; }
     for (i = 0; i < fr->done.chunks; i++) {
-        kvx__fjob *j = (kvx__fjob *)kvx_engine_alloc(e, sizeof *j);
+        kvx__fjob *j = (kvx__fjob *)kvx__zalloc(fr->fe->al, 1, sizeof *j);
         struct stat st;
         if (!j) { res = KVX_ERR_NO_MEMORY; kvx__set_why(why, sizeof why, "out of memory"); break; }
-        memset(j, 0, sizeof *j);
         j->fd = -1;
         j->fr = fr;
         jobs[njobs++] = j;
@@ -2176,7 +2143,6 @@ static int kvx__frecv_again(kvx__froom *fr, const char *why) {
         kvx_room_ref(fr->room);
         fr->next_pending = fe->pending;
         fe->pending = fr;
-        fr->is_pending = 1;
         again = 1;
     }
     pthread_mutex_unlock(&fe->mu);
@@ -2198,7 +2164,6 @@ static void kvx__file_progress(kvx_engine *e) {
         int f = kvx_room_poll(fr->room) == KVX_POLL_FAILED ? -2 : kvx__frecv_look(fr);
         if (f == -1) { pp = &fr->next_pending; continue; }
         *pp = fr->next_pending;
-        fr->is_pending = 0;
         what[n] = f;
         ready[n++] = fr; /* the pending list's reference moves to us */
     }

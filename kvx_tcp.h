@@ -2,12 +2,10 @@
 
    For hosts without RDMA or a shared filesystem. The prefill opens
    KVX_TCP_STREAMS TCP connections (a "link") to each decode engine's data
-   listener and streams every chunk's pages straight from its pool, one
-   sendmsg per frame, no copy; the receiver checks each segment against the
-   room's pages and reads it straight into them. Frames of all rooms spread
-   over the streams, chunk k+1 leaving while k is on the wire; a slow receiver
-   pushes back through TCP flow control (the sender queues plans, not bytes,
-   so its memory stays bounded).
+   listener; frames of all rooms spread over the streams (no copy on either
+   side, see DATA PATH), chunk k+1 leaving while k is on the wire; a slow
+   receiver pushes back through TCP flow control (the sender queues plans,
+   not bytes, so its memory stays bounded).
 
    CONTENTS (section markers: search for ">>name")
      >>wire codec (declarations) and ">>tcp: " byte helpers and codec, state,
@@ -179,24 +177,22 @@
      The receiver knows the total from its own pages: pages * sum(item_len)
      plus sum(aux item_len) when it gave an aux slot. It counts the bytes
      of every segment it accepted (a (buffer, page) pair may arrive once,
-     an aux row once) and reports Success when the count is complete: then
-     every KV byte is in place; the aux rows, which arrive into a per-room
-     staging row, are copied into the aux slot last, so aux is written after
-     the last KV byte even when it overtook KV frames on another stream.
-     The receiver then reports Success and sends ACK on the connection
-     that brought the last byte. A room in Success is final (kvx.h): an
-     abort or timeout after it does nothing and sends nothing, so nothing
-     overtakes the ACK, and destroying the receiver waits until the ACK was
-     written. The sender reports Success on that ACK (and tells
-     the decode side over the control channel, which it ignores for
-     Success: only its own count makes a receiver succeed). A data-path ACK
-     rather than a control message because it follows the bytes it
-     confirms. When a stream closes or cannot connect while a room may
-     still be waiting for its ACK, the link dies only after every connected
-     stream was read to its end (the decode writes an ACK before it closes
-     that connection), or 2 s (at most KVX_TCP_TIMEOUT) after the first
-     break, so an ACK that raced the close on another socket still counts;
-     with no ACK possibly under way it dies at once.
+     an aux row once). When the count is complete, every KV byte is in place;
+     the aux rows, staged per room, are copied into the aux slot last (after
+     the last KV byte even when they overtook KV frames on another stream);
+     then the receiver reports Success and sends ACK on the connection that
+     brought the last byte. A room in Success is final (kvx.h): an abort or
+     timeout after it does nothing and sends nothing, so nothing overtakes the
+     ACK, and destroying the receiver waits until the ACK was written. The
+     sender reports Success on that ACK (and tells the decode side over the
+     control channel, which it ignores for Success: only its own count makes a
+     receiver succeed). A data-path ACK rather than a control message because
+     it follows the bytes it confirms. When a stream closes or cannot connect
+     while a room may still be waiting for its ACK, the link dies only after
+     every connected stream was read to its end (the decode writes an ACK
+     before it closes that connection), or 2 s (at most KVX_TCP_TIMEOUT) after
+     the first break, so an ACK that raced the close on another socket still
+     counts; with no ACK possibly under way it dies at once.
 
    SECURITY
      Every segment is checked against the destination pages of that room,
@@ -208,10 +204,9 @@
      room that already succeeded closes the connection as well (rooms closed
      or failed before the end drain their late frames). A connection must
      present the listener's token (16 random bytes, compared in constant
-     time) in its HELLO and the same layout fingerprint, within
-     KVX_TCP_HELLO_MS; a refused connection is closed before it can name a
-     room, and at most KVX_TCP_MAX_PENDING connections wait for their HELLO
-     (the oldest goes first). Without a key the token is the only gate: it
+     time) and the same layout fingerprint in its HELLO (in time: see
+     KVX_TCP_HELLO_MS, KVX_TCP_MAX_PENDING); a refused connection is closed
+     before it can name a room. Without a key the token is the only gate: it
      travels in the clear in the decode's bootstrap hello, so whoever can
      read the control channel (or claim a room there, see kvx_boot.h) can
      present it. With a shared key (KVX_AUTH_KEY) both sides prove the key
@@ -232,10 +227,8 @@
      error, a lost data link; a receiver's refused frame, a frame cut in
      the middle, an abort, a timeout): the peer fails with "... failed the
      room: <reason>". What the peer reported (its ERROR frame, its status
-     or abort) fails the room without being sent back. A room that reached
-     Success or Failed sends nothing more, and an abort that arrives for a
-     room that already succeeded changes nothing (the first outcome and
-     the first reason win, on both sides).
+     or abort) fails the room without being sent back. The first outcome
+     and the first reason win, on both sides (see COMPLETION).
      A prefill killed mid-stream: the receiver fails the room whose frame
      was cut ("data connection from prefill 10.0.0.1:41234 closed in the
      middle of ...") and kvx_boot fails the others when the control
@@ -355,9 +348,7 @@ typedef struct kvx_tcp_segment {
 /* Writes the 32 header bytes. */
 KVX_API void kvx_tcp_header_encode(const kvx_tcp_header *h, void *out32);
 /* Reads 32 header bytes. KVX_ERR_PROTOCOL and a sentence for a bad magic,
-   version, type, flags, count or body length (DATA: 1..KVX_TCP_MAX_SEGS
-   segments and at most KVX_TCP_MAX_FRAME payload bytes; HELLO 32; ACK 16;
-   ERROR 8..8+KVX_TCP_MAX_REASON). */
+   version, type, flags, count or body length (each type's: WIRE FORMAT). */
 KVX_API kvx_result kvx_tcp_header_decode(const void *in32, kvx_tcp_header *h, char *why,
                                          size_t why_len);
 KVX_API void kvx_tcp_segment_encode(const kvx_tcp_segment *s, void *out24);
@@ -402,6 +393,18 @@ extern "C" {
 #define KVX__TCP_ENDPOINT_FIXED 32
 #define KVX__TCP_DRAIN 65536
 
+/* Says why (the sentence of fmt) and returns res. */
+static kvx_result kvx__tcp_bad(kvx_result res, char *why, size_t wl, const char *fmt, ...)
+    KVX_PRINTF(4, 5);
+static kvx_result kvx__tcp_bad(kvx_result res, char *why, size_t wl, const char *fmt, ...) {
+    va_list ap;
+    if (!why || !wl) return res;
+    va_start(ap, fmt);
+    vsnprintf(why, wl, fmt, ap);
+    va_end(ap);
+    return res;
+}
+
 
 KVX_API void kvx_tcp_header_encode(const kvx_tcp_header *h, void *out32) {
     uint8_t *p = (uint8_t *)out32;
@@ -422,25 +425,21 @@ KVX_API kvx_result kvx_tcp_header_decode(const void *in32, kvx_tcp_header *h, ch
     const uint8_t *p = (const uint8_t *)in32;
     uint64_t seg_bytes;
     memset(h, 0, sizeof *h);
-    if (kvx__le_r32(p) != KVX_TCP_MAGIC) {
-        kvx__set_why(why, wl, "bad magic %08x (not a kvx tcp frame)", (unsigned)kvx__le_r32(p));
-        return KVX_ERR_PROTOCOL;
-    }
+    if (kvx__le_r32(p) != KVX_TCP_MAGIC)
+        return kvx__tcp_bad(KVX_ERR_PROTOCOL, why, wl, "bad magic %08x (not a kvx tcp frame)",
+                            (unsigned)kvx__le_r32(p));
     h->version = p[4];
     h->type = p[5];
     h->count = kvx__le_r16(p + 6);
     h->room = kvx__le_r64(p + 8);
     h->body_len = kvx__le_r64(p + 16);
     h->flags = kvx__le_r32(p + 24);
-    if (h->version != KVX_TCP_PROTOCOL_VERSION) {
-        kvx__set_why(why, wl, "protocol version %u, this side speaks %d", h->version,
-                     KVX_TCP_PROTOCOL_VERSION);
-        return KVX_ERR_PROTOCOL;
-    }
-    if (h->flags || kvx__le_r32(p + 28)) {
-        kvx__set_why(why, wl, "nonzero flags or reserved field in a frame header");
-        return KVX_ERR_PROTOCOL;
-    }
+    if (h->version != KVX_TCP_PROTOCOL_VERSION)
+        return kvx__tcp_bad(KVX_ERR_PROTOCOL, why, wl, "protocol version %u, this side speaks %d",
+                            h->version, KVX_TCP_PROTOCOL_VERSION);
+    if (h->flags || kvx__le_r32(p + 28))
+        return kvx__tcp_bad(KVX_ERR_PROTOCOL, why, wl,
+                            "nonzero flags or reserved field in a frame header");
     switch (h->type) {
     case KVX_TCP_HELLO:
     case KVX_TCP_ACK:
@@ -454,21 +453,17 @@ KVX_API kvx_result kvx_tcp_header_decode(const void *in32, kvx_tcp_header *h, ch
     case KVX_TCP_DATA:
         seg_bytes = (uint64_t)h->count * KVX_TCP_SEGMENT_BYTES;
         if (!h->count || h->count > KVX_TCP_MAX_SEGS || h->body_len < seg_bytes ||
-            h->body_len - seg_bytes > KVX_TCP_MAX_FRAME) {
-            kvx__set_why(why, wl, "DATA frame with %u segments and a body of %llu bytes (limits: "
-                         "1..%d segments, %u payload bytes)", h->count,
-                         (unsigned long long)h->body_len, KVX_TCP_MAX_SEGS,
-                         (unsigned)KVX_TCP_MAX_FRAME);
-            return KVX_ERR_PROTOCOL;
-        }
+            h->body_len - seg_bytes > KVX_TCP_MAX_FRAME)
+            return kvx__tcp_bad(KVX_ERR_PROTOCOL, why, wl, "DATA frame with %u segments and a body "
+                                "of %llu bytes (limits: 1..%d segments, %u payload bytes)",
+                                h->count, (unsigned long long)h->body_len, KVX_TCP_MAX_SEGS,
+                                (unsigned)KVX_TCP_MAX_FRAME);
         return KVX_OK;
     default:
-        kvx__set_why(why, wl, "unknown frame type %u", h->type);
-        return KVX_ERR_PROTOCOL;
+        return kvx__tcp_bad(KVX_ERR_PROTOCOL, why, wl, "unknown frame type %u", h->type);
     }
-    kvx__set_why(why, wl, "frame type %u with count %u and a body of %llu bytes", h->type,
-                 h->count, (unsigned long long)h->body_len);
-    return KVX_ERR_PROTOCOL;
+    return kvx__tcp_bad(KVX_ERR_PROTOCOL, why, wl, "frame type %u with count %u and a body of "
+                        "%llu bytes", h->type, h->count, (unsigned long long)h->body_len);
 }
 
 KVX_API void kvx_tcp_segment_encode(const kvx_tcp_segment *s, void *out24) {
@@ -633,6 +628,7 @@ typedef struct kvx__tcp_tomb {
 
 struct kvx__tcp_engine {
     kvx_engine *engine;
+    const kvx_allocator *al; /* the desc allocator */
     kvx_boot *boot;
     kvx_role role;
     kvx_tcp_desc set;    /* the resolved settings (kvx__tcp_table); set.host: see host */
@@ -1011,14 +1007,10 @@ static void kvx__tcp_link_kill(kvx__tcp_link *lk, const char *fmt, ...) {
     if (listed) kvx__tcp_link_unref(lk); /* the live list's reference */
 }
 
-/* A stream of the link broke (or could not connect). The link dies, but
-   not before the reader has read what the other streams hold: an ACK the
-   decode wrote on one stream before it closed them all can reach us after
-   another stream's end or a refused connect (they are separate sockets,
-   with no order between them). The reader kills the link once every
-   connected stream has been read to its end, or KVX__TCP_LOSS_GRACE_S
-   after the first break, or at once when no room waits for an ACK that
-   may be under way. Thread-safe. */
+/* A stream of the link broke (or could not connect). The reader kills the
+   link once the other streams were read to their end, KVX__TCP_LOSS_GRACE_S
+   after the first break, or at once when no ACK may be under way (the doc
+   block's COMPLETION says why). Thread-safe. */
 #define KVX__TCP_LOSS_GRACE_S 2.0
 static void kvx__tcp_link_lost(kvx__tcp_link *lk, const char *fmt, ...) KVX_PRINTF(2, 3);
 static void kvx__tcp_link_lost(kvx__tcp_link *lk, const char *fmt, ...) {
@@ -1065,8 +1057,8 @@ static void kvx__tcp_reason(const uint8_t *body, uint64_t body_len, char *out, s
 
 /* Prefill: HELLO on a fresh stream; with a key, the decode proves it holds
    the key (AUTH over our nonce) before we prove it (PROOF over its nonce)
-   and before any DATA leaves. 0, or -1 with why. */
-static int kvx__tcp_stream_hello(kvx__tcp_stream *st, int fd, char *why, size_t wl) {
+   and before any DATA leaves. KVX_OK, or an error with why. */
+static kvx_result kvx__tcp_stream_hello(kvx__tcp_stream *st, int fd, char *why, size_t wl) {
     kvx__tcp_link *lk = st->link;
     kvx__tcp_engine *te = lk->te;
     uint8_t hello[KVX_TCP_HEADER_BYTES + KVX__TCP_HELLO_BODY], nonce[KVX_NONCE_BYTES];
@@ -1076,10 +1068,9 @@ static int kvx__tcp_stream_hello(kvx__tcp_stream *st, int fd, char *why, size_t 
     kvx_tcp_header h;
     int err;
     memset(nonce, 0, sizeof nonce);
-    if (te->key && kvx__random_bytes(nonce, sizeof nonce) != KVX_OK) {
-        kvx__set_why(why, wl, "stream %d: cannot draw a nonce from the kernel", st->index);
-        return -1;
-    }
+    if (te->key && kvx__random_bytes(nonce, sizeof nonce) != KVX_OK)
+        return kvx__tcp_bad(KVX_ERR_IO, why, wl,
+                            "stream %d: cannot draw a nonce from the kernel", st->index);
     kvx__tcp_hdr(hello, KVX_TCP_HELLO, 0, 0, KVX__TCP_HELLO_BODY);
     memcpy(hello + 32, lk->token, KVX_TCP_TOKEN_BYTES);
     kvx__le_w64(hello + 48, te->instance);
@@ -1089,47 +1080,40 @@ static int kvx__tcp_stream_hello(kvx__tcp_stream *st, int fd, char *why, size_t 
     kvx__le_w32(hello + 68, te->key ? KVX_TCP_HELLO_AUTH : 0);
     memcpy(hello + 72, nonce, KVX_NONCE_BYTES);
     kvx__le_w64(hello + 88, 0);
-    if ((err = kvx__tcp_io1(fd, hello, sizeof hello, 1, 0)) != 0) {
-        kvx__set_why(why, wl, "cannot send the HELLO on stream %d: %s", st->index,
-                     kvx__tcp_errstr(err));
-        return -1;
-    }
-    if (!te->key) return 0;
+    if ((err = kvx__tcp_io1(fd, hello, sizeof hello, 1, 0)) != 0)
+        return kvx__tcp_bad(KVX_ERR_PEER_LOST, why, wl, "cannot send the HELLO on stream %d: %s",
+                            st->index, kvx__tcp_errstr(err));
+    if (!te->key) return KVX_OK;
     err = kvx__tcp_recv_until(fd, in, KVX_TCP_HEADER_BYTES,
                               kvx_now_ns() + (uint64_t)(te->set.timeout_s * 1e9));
-    if (!err && kvx_tcp_header_decode(in, &h, why, wl) != KVX_OK) return -1;
+    if (!err && kvx_tcp_header_decode(in, &h, why, wl) != KVX_OK) return KVX_ERR_PROTOCOL;
     if (!err && (h.type == KVX_TCP_AUTH || h.type == KVX_TCP_ERROR))
         err = kvx__tcp_recv_until(fd, in + KVX_TCP_HEADER_BYTES, (size_t)h.body_len,
                                   kvx_now_ns() + (uint64_t)(te->set.timeout_s * 1e9));
-    if (err) {
-        kvx__set_why(why, wl, "stream %d: no key proof from the decode: %s", st->index,
-                     kvx__tcp_errstr(err));
-        return -1;
-    }
+    if (err)
+        return kvx__tcp_bad(KVX_ERR_PEER_LOST, why, wl,
+                            "stream %d: no key proof from the decode: %s", st->index,
+                            kvx__tcp_errstr(err));
     if (h.type == KVX_TCP_ERROR) {
         kvx__tcp_reason(in + 32, h.body_len, reason, sizeof reason);
-        kvx__set_why(why, wl, "it refused the connection: %s", reason);
-        return -1;
+        return kvx__tcp_bad(KVX_ERR_PEER, why, wl, "it refused the connection: %s", reason);
     }
-    if (h.type != KVX_TCP_AUTH) {
-        kvx__set_why(why, wl, "stream %d: frame type %u instead of the decode's key proof",
-                     st->index, h.type);
-        return -1;
-    }
+    if (h.type != KVX_TCP_AUTH)
+        return kvx__tcp_bad(KVX_ERR_PROTOCOL, why, wl,
+                            "stream %d: frame type %u instead of the decode's key proof",
+                            st->index, h.type);
     kvx__auth_proof(te->key, te->key_len, KVX__TCP_LABEL_DECODE, nonce, in + 32, mac);
-    if (!kvx__equal_ct(mac, in + 32 + KVX_NONCE_BYTES, KVX_MAC_BYTES)) {
-        kvx__set_why(why, wl, "the decode engine could not prove that it holds the shared auth "
-                     "key: KVX_AUTH_KEY / KVX_AUTH_KEY_FILE differ between the two engines");
-        return -1;
-    }
+    if (!kvx__equal_ct(mac, in + 32 + KVX_NONCE_BYTES, KVX_MAC_BYTES))
+        return kvx__tcp_bad(KVX_ERR_PERMISSION, why, wl, "the decode engine could not prove that "
+                            "it holds the shared auth key: KVX_AUTH_KEY / KVX_AUTH_KEY_FILE "
+                            "differ between the two engines");
     kvx__tcp_hdr(proof, KVX_TCP_PROOF, 0, 0, KVX__TCP_PROOF_BODY);
     kvx__auth_proof(te->key, te->key_len, KVX__TCP_LABEL_PREFILL, in + 32, nonce, proof + 32);
-    if ((err = kvx__tcp_io1(fd, proof, sizeof proof, 1, 0)) != 0) {
-        kvx__set_why(why, wl, "cannot send the key proof on stream %d: %s", st->index,
-                     kvx__tcp_errstr(err));
-        return -1;
-    }
-    return 0;
+    if ((err = kvx__tcp_io1(fd, proof, sizeof proof, 1, 0)) != 0)
+        return kvx__tcp_bad(KVX_ERR_PEER_LOST, why, wl,
+                            "cannot send the key proof on stream %d: %s", st->index,
+                            kvx__tcp_errstr(err));
+    return KVX_OK;
 }
 
 static void *kvx__tcp_stream_main(void *arg) {
@@ -1424,13 +1408,12 @@ static kvx__tcp_link *kvx__tcp_link_get(kvx__tcp_engine *te, const char *host, i
             pthread_mutex_unlock(&te->mu);
             return lk;
         }
-    lk = (kvx__tcp_link *)kvx_engine_alloc(e, sizeof *lk);
+    lk = (kvx__tcp_link *)kvx__zalloc(te->al, 1, sizeof *lk);
     if (!lk) {
         pthread_mutex_unlock(&te->mu);
         kvx__set_why(why, wl, "out of memory for a link");
         return NULL;
     }
-    memset(lk, 0, sizeof *lk);
     lk->te = te;
     snprintf(lk->host, sizeof lk->host, "%s", host);
     lk->port = port;
@@ -1441,9 +1424,8 @@ static kvx__tcp_link *kvx__tcp_link_get(kvx__tcp_engine *te, const char *host, i
     lk->wake[0] = lk->wake[1] = -1;
     pthread_mutex_init(&lk->mu, NULL);
     pthread_cond_init(&lk->cv, NULL);
-    lk->streams = (kvx__tcp_stream *)kvx_engine_alloc(e, (size_t)lk->nstreams * sizeof *lk->streams);
+    lk->streams = (kvx__tcp_stream *)kvx__zalloc(te->al, lk->nstreams, sizeof *lk->streams);
     if (!lk->streams) lk->nstreams = 0; /* ok = 0 below */
-    else memset(lk->streams, 0, (size_t)lk->nstreams * sizeof *lk->streams);
     ok = lk->streams && !kvx__pipe(&lk->wake[0], &lk->wake[1]);
     for (k = 0; k < lk->nstreams; k++) { /* every fd -1 before link_free can see it */
         lk->streams[k].link = lk;
@@ -1492,34 +1474,27 @@ static kvx_result kvx__tcp_parse_endpoint(const kvx_boot_peer *peer, char *host,
     const uint8_t *p = (const uint8_t *)peer->endpoint;
     uint32_t len = peer->endpoint_len, hl, i;
     int ap;
-    if (!p || len < KVX__TCP_ENDPOINT_FIXED || memcmp(p, "kvx-tcp\0", 8)) {
-        kvx__set_why(why, wl, "decode %s announced no tcp data endpoint in its hello (transport "
-                     "'%s'; both sides must run the tcp transport)", peer->addr,
-                     peer->transport ? peer->transport : "?");
-        return KVX_ERR_PROTOCOL;
-    }
+    if (!p || len < KVX__TCP_ENDPOINT_FIXED || memcmp(p, "kvx-tcp\0", 8))
+        return kvx__tcp_bad(KVX_ERR_PROTOCOL, why, wl, "decode %s announced no tcp data endpoint "
+                            "in its hello (transport '%s'; both sides must run the tcp transport)",
+                            peer->addr, peer->transport ? peer->transport : "?");
     hl = kvx__le_r16(p + 12);
     *port = kvx__le_r16(p + 10);
-    if (kvx__le_r16(p + 8) != KVX_TCP_PROTOCOL_VERSION) {
-        kvx__set_why(why, wl, "decode %s speaks tcp data protocol version %u, this engine %d: run "
-                     "the same kvx version on both sides", peer->addr, kvx__le_r16(p + 8),
-                     KVX_TCP_PROTOCOL_VERSION);
-        return KVX_ERR_PROTOCOL;
-    }
+    if (kvx__le_r16(p + 8) != KVX_TCP_PROTOCOL_VERSION)
+        return kvx__tcp_bad(KVX_ERR_PROTOCOL, why, wl, "decode %s speaks tcp data protocol "
+                            "version %u, this engine %d: run the same kvx version on both sides",
+                            peer->addr, kvx__le_r16(p + 8), KVX_TCP_PROTOCOL_VERSION);
     memcpy(token, p + 16, KVX_TCP_TOKEN_BYTES);
-    if (hl >= hn || len != KVX__TCP_ENDPOINT_FIXED + hl || !*port) {
-        kvx__set_why(why, wl, "decode %s announced a tcp endpoint this side cannot use (version "
-                     "%u, port %d, %u host bytes in %u)", peer->addr, kvx__le_r16(p + 8), *port,
-                     hl, len);
-        return KVX_ERR_PROTOCOL;
-    }
+    if (hl >= hn || len != KVX__TCP_ENDPOINT_FIXED + hl || !*port)
+        return kvx__tcp_bad(KVX_ERR_PROTOCOL, why, wl, "decode %s announced a tcp endpoint this "
+                            "side cannot use (version %u, port %d, %u host bytes in %u)",
+                            peer->addr, kvx__le_r16(p + 8), *port, hl, len);
     for (i = 0; i < hl; i++) {
         char c = (char)p[KVX__TCP_ENDPOINT_FIXED + i];
-        if (c <= ' ' || c > '~') {
-            kvx__set_why(why, wl, "decode %s announced a tcp data host with a bad character",
-                         peer->addr);
-            return KVX_ERR_PROTOCOL;
-        }
+        if (c <= ' ' || c > '~')
+            return kvx__tcp_bad(KVX_ERR_PROTOCOL, why, wl,
+                                "decode %s announced a tcp data host with a bad character",
+                                peer->addr);
         host[i] = c;
     }
     host[hl] = 0;
@@ -1619,11 +1594,10 @@ static kvx_result kvx__tcp_sender_init(kvx_room *r, uint32_t n, int32_t aux) {
     }
     tr->x.src_aux = aux;
     if (tr->x.dst_aux >= 0 && l->num_aux) {
-        tr->aux_job = (kvx__tcp_job *)kvx_engine_alloc(te->engine, sizeof *tr->aux_job);
+        tr->aux_job = (kvx__tcp_job *)kvx__zalloc(te->al, 1, sizeof *tr->aux_job);
         if (!tr->aux_job) return KVX_ERR_NO_MEMORY;
-        memset(tr->aux_job, 0, sizeof *tr->aux_job);
         tr->aux_job->tr = tr;
-        tr->aux_job->plan.allocator = &kvx_engine_settings(te->engine)->allocator;
+        tr->aux_job->plan.allocator = te->al;
         /* to the decode's slot in the pool shape of kvx__tcp_layout: the
            decode side checks the slot against its own aux buffers */
         res = kvx_plan_aux(&tr->aux_job->plan, l, aux, &te->peer_layout, tr->x.dst_aux);
@@ -1649,13 +1623,12 @@ static kvx_result kvx__tcp_sender_send(kvx_room *r, kvx_chunk *c) {
         kvx_boot_send_status(te->boot, r, KVX_POLL_SUCCESS, KVX_OK, 0, NULL);
         return KVX_OK;
     }
-    j = (kvx__tcp_job *)kvx_engine_alloc(e, sizeof *j);
+    j = (kvx__tcp_job *)kvx__zalloc(te->al, 1, sizeof *j);
     if (!j) {
         kvx_chunk_free(e, c);
         kvx_room_fail(r, KVX_ERR_NO_MEMORY, "out of memory queueing chunk");
         return KVX_ERR_NO_MEMORY;
     }
-    memset(j, 0, sizeof *j);
     j->tr = tr;
     res = kvx_plan_pages(&j->plan, kvx_engine_layout(e), c->pages, &te->peer_layout,
                          tr->dst_pages + c->first_page, c->num_pages);
@@ -1792,14 +1765,13 @@ static kvx_result kvx__tcp_receiver_init(kvx_room *r, const int32_t *pages, uint
     tr->aux_index = aux;
     if (n) {
         tr->sorted = (uint64_t *)kvx_engine_alloc(e, (size_t)n * sizeof *tr->sorted);
-        tr->bitmap = (uint64_t *)kvx_engine_alloc(e, (size_t)((bits + 63) / 64) * 8);
+        tr->bitmap = (uint64_t *)kvx__zalloc(te->al, (size_t)((bits + 63) / 64), 8);
         if (!tr->sorted || !tr->bitmap) return KVX_ERR_NO_MEMORY;
-        memset(tr->bitmap, 0, (size_t)((bits + 63) / 64) * 8);
         for (i = 0; i < n; i++) tr->sorted[i] = (uint64_t)(uint32_t)pages[i] << 32 | i;
         qsort(tr->sorted, n, sizeof *tr->sorted, kvx__tcp_cmp_u64);
     }
     if (aux >= 0 && l->num_aux) {
-        tr->aux_plan.allocator = &kvx_engine_settings(e)->allocator;
+        tr->aux_plan.allocator = te->al;
         if ((res = kvx_plan_aux_scatter(&tr->aux_plan, l, aux)) != KVX_OK) return res;
         aux_bytes = tr->aux_plan.packed_bytes;
         tr->aux_stage = (uint8_t *)kvx_engine_alloc(e, (size_t)aux_bytes);
@@ -1811,7 +1783,7 @@ static kvx_result kvx__tcp_receiver_init(kvx_room *r, const int32_t *pages, uint
     kvx__tcp_tomb_clear(te, tr->x.id); /* a reused id is live again */
     tr->hn.key = tr->x.id;
     if (kvx__tcp_find(te, tr->x.id) ||
-        kvx__htab_insert(&te->rooms, &kvx_engine_settings(e)->allocator, &tr->hn)) {
+        kvx__htab_insert(&te->rooms, te->al, &tr->hn)) {
         pthread_mutex_unlock(&te->mu);
         kvx_room_fail(r, KVX_ERR_INVALID_ARGUMENT,
                       "room %llu is already receiving on this engine, or out of memory",
@@ -1873,51 +1845,46 @@ static kvx_result kvx__tcp_check(kvx__tcp_engine *te, kvx__tcp_room *tr,
     uint32_t i;
     for (i = 0; i < n; i++, s++) {
         uint64_t item;
-        if (s->flags & ~KVX_TCP_SEG_AUX) {
-            kvx__set_why(why, wl, "segment %u has unknown flags %08x", i, (unsigned)s->flags);
-            return KVX_ERR_PROTOCOL;
-        }
+        if (s->flags & ~KVX_TCP_SEG_AUX)
+            return kvx__tcp_bad(KVX_ERR_PROTOCOL, why, wl, "segment %u has unknown flags %08x", i,
+                                (unsigned)s->flags);
         if (s->flags & KVX_TCP_SEG_AUX) {
             const kvx_span *row;
             uint32_t bit;
-            if (!tr->aux_stage) {
-                kvx__set_why(why, wl, "segment %u carries aux rows but this room gave no aux slot", i);
-                return KVX_ERR_PROTOCOL;
-            }
-            if (s->buffer >= l->num_aux) {
-                kvx__set_why(why, wl, "segment %u names aux buffer %u of %u", i, s->buffer,
-                             l->num_aux);
-                return KVX_ERR_PROTOCOL;
-            }
+            if (!tr->aux_stage)
+                return kvx__tcp_bad(KVX_ERR_PROTOCOL, why, wl,
+                                    "segment %u carries aux rows but this room gave no aux slot",
+                                    i);
+            if (s->buffer >= l->num_aux)
+                return kvx__tcp_bad(KVX_ERR_PROTOCOL, why, wl,
+                                    "segment %u names aux buffer %u of %u", i, s->buffer,
+                                    l->num_aux);
             row = &tr->aux_plan.spans[s->buffer];
-            if (s->dst_offset != row->dst_offset || s->length != row->length) {
-                kvx__set_why(why, wl, "segment %u writes bytes [%llu, +%llu) of aux buffer %u; this "
-                             "room's aux slot %d is [%llu, +%llu)", i,
-                             (unsigned long long)s->dst_offset, (unsigned long long)s->length,
-                             s->buffer, (int)tr->aux_index, (unsigned long long)row->dst_offset,
-                             (unsigned long long)row->length);
-                return KVX_ERR_PROTOCOL;
-            }
+            if (s->dst_offset != row->dst_offset || s->length != row->length)
+                return kvx__tcp_bad(KVX_ERR_PROTOCOL, why, wl, "segment %u writes bytes [%llu, "
+                                    "+%llu) of aux buffer %u; this room's aux slot %d is [%llu, "
+                                    "+%llu)", i, (unsigned long long)s->dst_offset,
+                                    (unsigned long long)s->length, s->buffer, (int)tr->aux_index,
+                                    (unsigned long long)row->dst_offset,
+                                    (unsigned long long)row->length);
             bit = 1u << s->buffer;
-            if (__atomic_fetch_or(&tr->aux_mask, bit, __ATOMIC_ACQ_REL) & bit) {
-                kvx__set_why(why, wl, "segment %u: the row of aux buffer %u arrived twice", i,
-                             s->buffer);
-                return KVX_ERR_PROTOCOL;
-            }
+            if (__atomic_fetch_or(&tr->aux_mask, bit, __ATOMIC_ACQ_REL) & bit)
+                return kvx__tcp_bad(KVX_ERR_PROTOCOL, why, wl,
+                                    "segment %u: the row of aux buffer %u arrived twice", i,
+                                    s->buffer);
         } else {
             uint64_t first, cnt, k, lo = 0, hi = tr->npages;
-            if (s->buffer >= l->num_buffers) {
-                kvx__set_why(why, wl, "segment %u names KV buffer %u of %u", i, s->buffer,
-                             l->num_buffers);
-                return KVX_ERR_PROTOCOL;
-            }
+            if (s->buffer >= l->num_buffers)
+                return kvx__tcp_bad(KVX_ERR_PROTOCOL, why, wl,
+                                    "segment %u names KV buffer %u of %u", i, s->buffer,
+                                    l->num_buffers);
             item = l->buffers[s->buffer].item_len;
-            if (!s->length || s->length % item || s->dst_offset % item) {
-                kvx__set_why(why, wl, "segment %u: [%llu, +%llu) of KV buffer %u is not whole "
-                             "pages of %llu bytes", i, (unsigned long long)s->dst_offset,
-                             (unsigned long long)s->length, s->buffer, (unsigned long long)item);
-                return KVX_ERR_PROTOCOL;
-            }
+            if (!s->length || s->length % item || s->dst_offset % item)
+                return kvx__tcp_bad(KVX_ERR_PROTOCOL, why, wl, "segment %u: [%llu, +%llu) of KV "
+                                    "buffer %u is not whole pages of %llu bytes", i,
+                                    (unsigned long long)s->dst_offset,
+                                    (unsigned long long)s->length, s->buffer,
+                                    (unsigned long long)item);
             first = s->dst_offset / item;
             cnt = s->length / item;
             while (lo < hi) { /* first position whose page >= first */
@@ -1926,31 +1893,28 @@ static kvx_result kvx__tcp_check(kvx__tcp_engine *te, kvx__tcp_room *tr,
                 else hi = m;
             }
             for (k = 0; k < cnt; k++)
-                if (cnt > tr->npages || lo + k >= tr->npages || (tr->sorted[lo + k] >> 32) != first + k) {
-                    kvx__set_why(why, wl, "segment %u: page %llu of KV buffer %u (bytes [%llu, "
-                                 "+%llu)) is not one of the %u pages this room asked for", i,
-                                 (unsigned long long)(first + k), s->buffer,
-                                 (unsigned long long)s->dst_offset, (unsigned long long)s->length,
-                                 tr->npages);
-                    return KVX_ERR_OUT_OF_RANGE;
-                }
+                if (cnt > tr->npages || lo + k >= tr->npages || (tr->sorted[lo + k] >> 32) != first + k)
+                    return kvx__tcp_bad(KVX_ERR_OUT_OF_RANGE, why, wl, "segment %u: page %llu of "
+                                        "KV buffer %u (bytes [%llu, +%llu)) is not one of the %u "
+                                        "pages this room asked for", i,
+                                        (unsigned long long)(first + k), s->buffer,
+                                        (unsigned long long)s->dst_offset,
+                                        (unsigned long long)s->length, tr->npages);
             for (k = 0; k < cnt; k++) {
                 uint64_t bitno = (uint64_t)s->buffer * tr->npages + (uint32_t)tr->sorted[lo + k];
                 uint64_t m = 1ull << (bitno & 63);
-                if (__atomic_fetch_or(&tr->bitmap[bitno >> 6], m, __ATOMIC_ACQ_REL) & m) {
-                    kvx__set_why(why, wl, "segment %u: page %llu of KV buffer %u arrived twice", i,
-                                 (unsigned long long)(first + k), s->buffer);
-                    return KVX_ERR_PROTOCOL;
-                }
+                if (__atomic_fetch_or(&tr->bitmap[bitno >> 6], m, __ATOMIC_ACQ_REL) & m)
+                    return kvx__tcp_bad(KVX_ERR_PROTOCOL, why, wl,
+                                        "segment %u: page %llu of KV buffer %u arrived twice", i,
+                                        (unsigned long long)(first + k), s->buffer);
             }
         }
         sum += s->length; /* bounded: each length lies within this side's pool */
     }
-    if (sum != payload) {
-        kvx__set_why(why, wl, "the segments add up to %llu bytes but the frame carries %llu",
-                     (unsigned long long)sum, (unsigned long long)payload);
-        return KVX_ERR_PROTOCOL;
-    }
+    if (sum != payload)
+        return kvx__tcp_bad(KVX_ERR_PROTOCOL, why, wl,
+                            "the segments add up to %llu bytes but the frame carries %llu",
+                            (unsigned long long)sum, (unsigned long long)payload);
     return KVX_OK;
 }
 
@@ -2076,13 +2040,10 @@ static int kvx__tcp_recv_finish(kvx__tcp_conn *c, kvx__tcp_room *tr) {
         const kvx_span *row = &tr->aux_plan.spans[i];
         memcpy(kvx_span_addr(l, row, 1), tr->aux_stage + row->src_offset, (size_t)row->length);
     }
-    /* Success first, then the ACK. Once Success is set the room is final:
-       an abort, a timeout or the loss of the prefill can no longer fail it
-       and send anything, so nothing can overtake the ACK; destroying the
-       receiver waits for this thread (busy) and so for the ACK. The other
-       order would leave a window in which the sender already succeeded on
-       the ACK and the receiver still fails (the prefill process exits, its
-       control connection drops). A room that failed first sends no ACK. */
+    /* Success first, then the ACK (why: COMPLETION in the doc block; the
+       other order would leave a window in which the sender already
+       succeeded on the ACK and the receiver still fails, as the prefill
+       process exits). A room that failed first sends no ACK. */
     kvx_room_succeed(tr->x.room, tr->expected);
     if (kvx_room_poll(tr->x.room) != KVX_POLL_SUCCESS) return 0;
     kvx__tcp_hdr(ack, KVX_TCP_ACK, 0, tr->x.id, KVX__TCP_ACK_BODY);
@@ -2178,46 +2139,39 @@ static int kvx__tcp_on_data(kvx__tcp_conn *c, const kvx_tcp_header *h) {
 
 /* Decode, keyed engines: our nonce and proof over the prefill's nonce
    (AUTH), then the prefill's proof over ours (PROOF), all before
-   deadline_ns. 0, or -1 with why (sent is set when a byte went out). */
-static int kvx__tcp_conn_auth(kvx__tcp_conn *c, const uint8_t *nonce_p, uint64_t deadline_ns,
-                              char *why, size_t wl) {
+   deadline_ns. KVX_OK, or an error with why. */
+static kvx_result kvx__tcp_conn_auth(kvx__tcp_conn *c, const uint8_t *nonce_p,
+                                     uint64_t deadline_ns, char *why, size_t wl) {
     kvx__tcp_engine *te = c->te;
     uint8_t out[KVX_TCP_HEADER_BYTES + KVX__TCP_AUTH_BODY], nonce[KVX_NONCE_BYTES];
     uint8_t in[KVX_TCP_HEADER_BYTES + KVX__TCP_PROOF_BODY], want[KVX_MAC_BYTES];
     kvx_tcp_header h;
     int err;
-    if (kvx__random_bytes(nonce, sizeof nonce) != KVX_OK) {
-        kvx__set_why(why, wl, "cannot draw a nonce from the kernel");
-        return -1;
-    }
+    if (kvx__random_bytes(nonce, sizeof nonce) != KVX_OK)
+        return kvx__tcp_bad(KVX_ERR_IO, why, wl, "cannot draw a nonce from the kernel");
     kvx__tcp_hdr(out, KVX_TCP_AUTH, 0, 0, KVX__TCP_AUTH_BODY);
     memcpy(out + 32, nonce, KVX_NONCE_BYTES);
     kvx__auth_proof(te->key, te->key_len, KVX__TCP_LABEL_DECODE, nonce_p, nonce,
                    out + 32 + KVX_NONCE_BYTES);
-    if ((err = kvx__tcp_io1(c->fd, out, sizeof out, 1, 0)) != 0) {
-        kvx__set_why(why, wl, "cannot send the key challenge: %s", kvx__tcp_errstr(err));
-        return -1;
-    }
+    if ((err = kvx__tcp_io1(c->fd, out, sizeof out, 1, 0)) != 0)
+        return kvx__tcp_bad(KVX_ERR_PEER_LOST, why, wl, "cannot send the key challenge: %s",
+                            kvx__tcp_errstr(err));
     err = kvx__tcp_recv_until(c->fd, in, KVX_TCP_HEADER_BYTES, deadline_ns);
-    if (!err && kvx_tcp_header_decode(in, &h, why, wl) != KVX_OK) return -1;
-    if (!err && h.type != KVX_TCP_PROOF) {
-        kvx__set_why(why, wl, "frame type %u instead of the key proof (nothing is accepted "
-                     "before it)", h.type);
-        return -1;
-    }
+    if (!err && kvx_tcp_header_decode(in, &h, why, wl) != KVX_OK) return KVX_ERR_PROTOCOL;
+    if (!err && h.type != KVX_TCP_PROOF)
+        return kvx__tcp_bad(KVX_ERR_PROTOCOL, why, wl, "frame type %u instead of the key proof "
+                            "(nothing is accepted before it)", h.type);
     if (!err) err = kvx__tcp_recv_until(c->fd, in + 32, KVX__TCP_PROOF_BODY, deadline_ns);
-    if (err) {
-        kvx__set_why(why, wl, "no key proof within %d ms of connecting: %s", KVX_TCP_HELLO_MS,
-                     kvx__tcp_errstr(err));
-        return -1;
-    }
+    if (err)
+        return kvx__tcp_bad(KVX_ERR_PEER_LOST, why, wl,
+                            "no key proof within %d ms of connecting: %s", KVX_TCP_HELLO_MS,
+                            kvx__tcp_errstr(err));
     kvx__auth_proof(te->key, te->key_len, KVX__TCP_LABEL_PREFILL, nonce, nonce_p, want);
-    if (!kvx__equal_ct(want, in + 32, KVX_MAC_BYTES)) {
-        kvx__set_why(why, wl, "wrong key proof: the prefill does not hold this engine's auth key "
-                     "(KVX_AUTH_KEY / KVX_AUTH_KEY_FILE differ between the engines)");
-        return -1;
-    }
-    return 0;
+    if (!kvx__equal_ct(want, in + 32, KVX_MAC_BYTES))
+        return kvx__tcp_bad(KVX_ERR_PERMISSION, why, wl, "wrong key proof: the prefill does not "
+                            "hold this engine's auth key (KVX_AUTH_KEY / KVX_AUTH_KEY_FILE differ "
+                            "between the engines)");
+    return KVX_OK;
 }
 
 /* Reads and checks the HELLO (and, keyed, the proof), all within
@@ -2288,9 +2242,7 @@ static void kvx__tcp_conn_settled(kvx__tcp_engine *te, kvx__tcp_conn *c) {
 }
 
 /* Under te->mu, for a new connection: past KVX_TCP_MAX_PENDING connections
-   that have not said HELLO, the oldest of them is closed (a prefill says
-   HELLO within a round trip; a stranger that opens and idles cannot keep
-   it from connecting). */
+   that have not said HELLO, the oldest of them is closed (why: its doc). */
 static void kvx__tcp_evict_pending(kvx__tcp_engine *te) {
     kvx__tcp_conn *c, *old = NULL;
     if (te->npending <= KVX_TCP_MAX_PENDING) return;
@@ -2381,9 +2333,8 @@ static void kvx__tcp_reap_conns(kvx__tcp_engine *te, int all) {
 
 static kvx__tcp_conn *kvx__tcp_conn_new(kvx__tcp_engine *te, int fd, const struct sockaddr *sa) {
     kvx_engine *e = te->engine;
-    kvx__tcp_conn *c = (kvx__tcp_conn *)kvx_engine_alloc(e, sizeof *c);
+    kvx__tcp_conn *c = (kvx__tcp_conn *)kvx__zalloc(te->al, 1, sizeof *c);
     if (!c) return NULL;
-    memset(c, 0, sizeof *c);
     c->te = te;
     c->fd = fd;
     c->pending = 1;
@@ -2470,10 +2421,10 @@ static kvx_result kvx__tcp_listen(kvx__tcp_engine *te, char *why, size_t wl) {
     const char *bind_host = te->host[0] ? te->host : "0.0.0.0";
     int err;
     if ((te->lfd = kvx__listen(bind_host, 0, 512, &te->port, &err)) >= 0) return KVX_OK;
-    kvx__set_why(why, wl, err < 0 ? "KVX_TCP_HOST '%s' does not resolve: %s"
-                                  : "cannot listen for tcp data on %s: %s (check KVX_TCP_HOST)",
-                 bind_host, kvx__errstr(err));
-    return err < 0 ? KVX_ERR_BAD_CONFIG : KVX_ERR_IO;
+    return kvx__tcp_bad(err < 0 ? KVX_ERR_BAD_CONFIG : KVX_ERR_IO, why, wl,
+                        err < 0 ? "KVX_TCP_HOST '%s' does not resolve: %s"
+                                : "cannot listen for tcp data on %s: %s (check KVX_TCP_HOST)",
+                        bind_host, kvx__errstr(err));
 }
 
 static const kvx__setting kvx__tcp_table[] = {
@@ -2490,10 +2441,9 @@ static kvx_result kvx__tcp_settings(kvx__tcp_engine *te, const kvx_engine_desc *
     kvx_result r = kvx__settings_apply(kvx__tcp_table, KVX__COUNT(kvx__tcp_table), &t, why, wl);
     if (r != KVX_OK) return r;
     te->set = t;
-    if (t.host && (strlen(t.host) >= sizeof te->host || strchr(t.host, ' '))) {
-        kvx__set_why(why, wl, "KVX_TCP_HOST / desc.tcp.host '%s' is not an address", t.host);
-        return KVX_ERR_BAD_CONFIG;
-    }
+    if (t.host && (strlen(t.host) >= sizeof te->host || strchr(t.host, ' ')))
+        return kvx__tcp_bad(KVX_ERR_BAD_CONFIG, why, wl,
+                            "KVX_TCP_HOST / desc.tcp.host '%s' is not an address", t.host);
     snprintf(te->host, sizeof te->host, "%s", t.host ? t.host : "");
     if (!strcmp(te->host, "0.0.0.0") || !strcmp(te->host, "::") || !strcmp(te->host, "*"))
         te->host[0] = 0;
@@ -2516,27 +2466,23 @@ static kvx_result kvx__tcp_layout(kvx__tcp_engine *te, const kvx_engine_desc *d,
     te->stage_bytes = te->set.segment;
     for (i = 0; i < l->num_buffers; i++) {
         if (l->buffers[i].mem != KVX_MEM_HOST) te->staged = 1;
-        if (l->buffers[i].item_len > KVX_TCP_MAX_FRAME) {
-            kvx__set_why(why, wl, "KV buffer %u has pages of %llu bytes; the tcp transport "
-                         "carries at most KVX_TCP_MAX_FRAME (%u) in a frame", i,
-                         (unsigned long long)l->buffers[i].item_len, (unsigned)KVX_TCP_MAX_FRAME);
-            return KVX_ERR_INVALID_ARGUMENT;
-        }
+        if (l->buffers[i].item_len > KVX_TCP_MAX_FRAME)
+            return kvx__tcp_bad(KVX_ERR_INVALID_ARGUMENT, why, wl, "KV buffer %u has pages of "
+                                "%llu bytes; the tcp transport carries at most KVX_TCP_MAX_FRAME "
+                                "(%u) in a frame", i, (unsigned long long)l->buffers[i].item_len,
+                                (unsigned)KVX_TCP_MAX_FRAME);
         if (l->buffers[i].item_len > te->stage_bytes) te->stage_bytes = l->buffers[i].item_len;
     }
-    if (aux_total > KVX_TCP_MAX_FRAME) {
-        kvx__set_why(why, wl, "the aux rows of a request are %llu bytes; at most %u fit a frame",
-                     (unsigned long long)aux_total, (unsigned)KVX_TCP_MAX_FRAME);
-        return KVX_ERR_INVALID_ARGUMENT;
-    }
+    if (aux_total > KVX_TCP_MAX_FRAME)
+        return kvx__tcp_bad(KVX_ERR_INVALID_ARGUMENT, why, wl,
+                            "the aux rows of a request are %llu bytes; at most %u fit a frame",
+                            (unsigned long long)aux_total, (unsigned)KVX_TCP_MAX_FRAME);
     if (aux_total > te->stage_bytes) te->stage_bytes = aux_total;
     te->mem = d->mem;
-    if (te->staged && (!te->mem.copy || !te->mem.host_alloc || !te->mem.host_free)) {
-        kvx__set_why(why, wl, "the layout has KV buffers in GPU memory but desc.mem has no copy "
-                     "functions: fill it with kvx_cuda_mem_ops() from kvx_cuda.h (built with "
-                     "-DKVX_WITH_CUDA)");
-        return KVX_ERR_INVALID_ARGUMENT;
-    }
+    if (te->staged && (!te->mem.copy || !te->mem.host_alloc || !te->mem.host_free))
+        return kvx__tcp_bad(KVX_ERR_INVALID_ARGUMENT, why, wl, "the layout has KV buffers in GPU "
+                            "memory but desc.mem has no copy functions: fill it with "
+                            "kvx_cuda_mem_ops() from kvx_cuda.h (built with -DKVX_WITH_CUDA)");
     te->peer_bufs = (kvx_buffer *)kvx_engine_alloc(te->engine, l->num_buffers * sizeof(kvx_buffer));
     if (!te->peer_bufs) return KVX_ERR_NO_MEMORY;
     for (i = 0; i < l->num_buffers; i++) {
@@ -2560,7 +2506,7 @@ static void kvx__tcp_engine_free(kvx__tcp_engine *te) {
     if (te->lfd >= 0) close(te->lfd);
     if (te->wake[0] >= 0) close(te->wake[0]);
     if (te->wake[1] >= 0) close(te->wake[1]);
-    kvx__htab_free(&te->rooms, &kvx_engine_settings(e)->allocator);
+    kvx__htab_free(&te->rooms, te->al);
     kvx_engine_free(e, te->peer_bufs);
     pthread_mutex_destroy(&te->mu);
     pthread_cond_destroy(&te->cv);
@@ -2581,19 +2527,18 @@ static kvx_result kvx__tcp_engine_init(kvx_engine *e, char *why, size_t wl) {
     uint8_t ep[KVX__TCP_ENDPOINT_FIXED + 64];
     size_t eplen = 0;
     kvx_result r;
-    te = (kvx__tcp_engine *)kvx_engine_alloc(e, sizeof *te);
+    te = (kvx__tcp_engine *)kvx__zalloc(&d->allocator, 1, sizeof *te);
     if (!te) return KVX_ERR_NO_MEMORY;
-    memset(te, 0, sizeof *te);
     te->engine = e;
+    te->al = &d->allocator;
     te->role = d->role;
     te->lfd = -1;
     te->wake[0] = te->wake[1] = -1;
     pthread_mutex_init(&te->mu, NULL);
     pthread_cond_init(&te->cv, NULL);
     te->key = kvx_engine_auth_key(e, &te->key_len);
-    r = KVX_ERR_IO;
     if (kvx__random_bytes(&te->instance, sizeof te->instance) != KVX_OK) {
-        kvx__set_why(why, wl, "cannot draw random bytes from the kernel");
+        r = kvx__tcp_bad(KVX_ERR_IO, why, wl, "cannot draw random bytes from the kernel");
         goto fail;
     }
     if ((r = kvx__tcp_settings(te, d, why, wl)) != KVX_OK ||
@@ -2602,13 +2547,12 @@ static kvx_result kvx__tcp_engine_init(kvx_engine *e, char *why, size_t wl) {
     if (te->role == KVX_ROLE_DECODE) {
         size_t hl = strlen(te->host);
         if ((r = kvx__tcp_listen(te, why, wl)) != KVX_OK) goto fail;
-        r = KVX_ERR_IO;
         if (kvx__pipe(&te->wake[0], &te->wake[1])) {
-            kvx__set_why(why, wl, "cannot create a pipe: %s", strerror(errno));
+            r = kvx__tcp_bad(KVX_ERR_IO, why, wl, "cannot create a pipe: %s", strerror(errno));
             goto fail;
         }
         if (kvx__random_bytes(te->token, sizeof te->token) != KVX_OK) {
-            kvx__set_why(why, wl, "cannot draw the data token from the kernel");
+            r = kvx__tcp_bad(KVX_ERR_IO, why, wl, "cannot draw the data token from the kernel");
             goto fail;
         }
         memcpy(ep, "kvx-tcp\0", 8);
@@ -2629,9 +2573,8 @@ static kvx_result kvx__tcp_engine_init(kvx_engine *e, char *why, size_t wl) {
         goto fail;
     if (te->role == KVX_ROLE_DECODE) {
         if (pthread_create(&te->acceptor, NULL, kvx__tcp_accept_main, te)) {
-            kvx__set_why(why, wl, "cannot start the tcp accept thread");
+            r = kvx__tcp_bad(KVX_ERR_NO_MEMORY, why, wl, "cannot start the tcp accept thread");
             kvx_boot_destroy(te->boot);
-            r = KVX_ERR_NO_MEMORY;
             goto fail;
         }
         te->acceptor_started = 1;
