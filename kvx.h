@@ -2019,10 +2019,11 @@ static int kvx__jvalue(kvx__jp *p) {
     }
 }
 
-/* kvx__json_parse with the document's memory from allocator a (NULL = libc). */
-static KVX__UNUSED kvx_result kvx__json_parse_with(kvx__json_doc *doc, const kvx_allocator *a,
-                                                   const char *text, size_t len,
-                                                   uint32_t max_nodes) {
+/* Parses text[0..len), the document's memory from allocator a (NULL: libc,
+   for tools without an engine). KVX_ERR_PROTOCOL with doc->error set on bad
+   input. Free with kvx__json_free even on failure. */
+static KVX__UNUSED kvx_result kvx__json_parse(kvx__json_doc *doc, const kvx_allocator *a,
+                                              const char *text, size_t len, uint32_t max_nodes) {
     kvx__jp p;
     memset(doc, 0, sizeof *doc);
     doc->allocator = a;
@@ -2040,13 +2041,6 @@ static KVX__UNUSED kvx_result kvx__json_parse_with(kvx__json_doc *doc, const kvx
         return KVX_ERR_PROTOCOL;
     }
     return KVX_OK;
-}
-
-/* Parses text[0..len). Returns KVX_ERR_PROTOCOL with doc->error set on bad
-   input. Free with kvx__json_free even on failure. */
-static KVX__UNUSED kvx_result kvx__json_parse(kvx__json_doc *doc, const char *text, size_t len,
-                                              uint32_t max_nodes) {
-    return kvx__json_parse_with(doc, NULL, text, len, max_nodes);
 }
 
 static KVX__UNUSED void kvx__json_free(kvx__json_doc *doc) {

@@ -2042,7 +2042,7 @@ static int kvx__boot_reg_parse(const kvx_allocator *a, const char *body, size_t 
     int rc = -1;
     memset(g, 0, sizeof *g);
     g->tp = g->cp = g->dp = g->pp = g->system_dp = 1;
-    if (kvx__json_parse_with(&d, a, body ? body : "", len, 256) != KVX_OK) {
+    if (kvx__json_parse(&d, a, body ? body : "", len, 256) != KVX_OK) {
         kvx__set_why(why, wl, "the body is not JSON: %s", d.error);
         goto out;
     }
@@ -3632,7 +3632,7 @@ static int kvx__boot_info_parse(const kvx_allocator *a, const char *text, size_t
     *ctrl_ping = 0;
     *page_size = 0;
     dtype[0] = 0;
-    if (kvx__json_parse_with(&d, a, text ? text : "", len, 256) != KVX_OK) {
+    if (kvx__json_parse(&d, a, text ? text : "", len, 256) != KVX_OK) {
         kvx__json_free(&d);
         return -1;
     }
@@ -3656,7 +3656,7 @@ static int kvx__boot_rank_parse(const kvx_allocator *a, const char *text, size_t
     kvx__json_doc d;
     const kvx__json *root;
     int ok;
-    if (kvx__json_parse_with(&d, a, text ? text : "", len, 64) != KVX_OK) {
+    if (kvx__json_parse(&d, a, text ? text : "", len, 64) != KVX_OK) {
         kvx__json_free(&d);
         return -1;
     }

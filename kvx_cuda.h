@@ -2197,8 +2197,7 @@ static kvx_result kvx__cux_ep_decode(kvx__cux_engine *ce, char *why, size_t wl) 
     uint8_t head[KVX__CUX_FIXED];
     kvx__buf allocs, bufs, ep; /* the tables, then the whole endpoint */
     kvx_result r = KVX_OK;
-    memset(&allocs, 0, sizeof allocs);
-    allocs.allocator = &kvx_engine_settings(ce->engine)->allocator;
+    kvx__buf_init(&allocs, &kvx_engine_settings(ce->engine)->allocator);
     bufs = ep = allocs;
     for (i = 0; bases && i < nb; i++) {
         uint8_t h[KVX_CUDA_IPC_HANDLE_BYTES];

@@ -510,8 +510,8 @@ static int kvx__file_split(const char *text, size_t len, size_t *json_len, int *
 /* Parses a meta or marker file: its JSON line (a parser checks the MAC line
    separately), "format" == format and "version" == KVX_FILE_FORMAT_VERSION.
    KVX_ERR_CORRUPT with why otherwise; d is freed by the caller. */
-static kvx_result kvx__file_json_open(kvx__json_doc *d, const char *text, size_t len,
-                                      const char *path, size_t nodes, const char *format,
+static kvx_result kvx__file_json_open(kvx__json_doc *d, const kvx_allocator *a, const char *text,
+                                      size_t len, const char *path, size_t nodes, const char *format,
                                       uint32_t *version, char *why, size_t wl) {
     int has_mac;
     uint8_t mac[KVX_MAC_BYTES];
@@ -521,7 +521,7 @@ static kvx_result kvx__file_json_open(kvx__json_doc *d, const char *text, size_t
         kvx__set_why(why, wl, "%s: after its JSON line comes something other than a MAC line", path);
         return KVX_ERR_CORRUPT;
     }
-    if (kvx__json_parse(d, text, len, nodes) != KVX_OK) {
+    if (kvx__json_parse(d, a, text, len, nodes) != KVX_OK) {
         kvx__set_why(why, wl, "%s is not valid JSON: %s", path, d->error);
         return KVX_ERR_CORRUPT;
     }
@@ -698,6 +698,9 @@ static int kvx__json_hex64(const kvx__json_doc *d, const kvx__json *o, const cha
 static kvx_result kvx__file_parse_meta(const kvx_allocator *a, const char *text, size_t len,
                                        const char *path, kvx_file_chunk_info *m, char *why,
                                        size_t wl);
+static kvx_result kvx__file_parse_done(const kvx_allocator *a, const char *text, size_t len,
+                                       const char *path, kvx_file_done_info *o, char *why,
+                                       size_t wl);
 
 /* Parses text that load (a kvx_result) brought in (from allocator a) as a
    chunk's meta (m) or the room's marker (o), and frees it. */
@@ -706,7 +709,7 @@ static kvx_result kvx__file_parse(const kvx_allocator *a, kvx_result load, char 
                                   kvx_file_done_info *o, char *why, size_t wl) {
     if (load == KVX_OK)
         load = m ? kvx__file_parse_meta(a, text, len, shown, m, why, wl)
-                 : kvx_file_parse_done(text, len, shown, o, why, wl);
+                 : kvx__file_parse_done(a, text, len, shown, o, why, wl);
     kvx__free(a, text);
     return load;
 }
@@ -747,7 +750,7 @@ static kvx_result kvx__file_parse_meta(const kvx_allocator *a, const char *text,
                      KVX__FILE_META_MAX);
         return KVX_ERR_CORRUPT;
     }
-    if ((r = kvx__file_json_open(&d, text, len, path, 4 * KVX_MAX_BUFFERS + 64, "kvx-file-chunk",
+    if ((r = kvx__file_json_open(&d, a, text, len, path, 4 * KVX_MAX_BUFFERS + 64, "kvx-file-chunk",
                                  &m->version, why, wl)) != KVX_OK)
         goto done;
     root = kvx__json_root(&d);
@@ -812,6 +815,12 @@ KVX_API kvx_result kvx_file_read_done(const char *path, kvx_file_done_info *o, c
 
 KVX_API kvx_result kvx_file_parse_done(const char *text, size_t len, const char *path,
                                        kvx_file_done_info *o, char *why, size_t wl) {
+    return kvx__file_parse_done(NULL, text, len, path, o, why, wl);
+}
+
+static kvx_result kvx__file_parse_done(const kvx_allocator *a, const char *text, size_t len,
+                                       const char *path, kvx_file_done_info *o, char *why,
+                                       size_t wl) {
     kvx__json_doc d;
     const kvx__json *root, *aux;
     uint64_t v[8];
@@ -819,7 +828,7 @@ KVX_API kvx_result kvx_file_parse_done(const char *text, size_t len, const char 
     kvx_result r;
     memset(o, 0, sizeof *o);
     memset(&d, 0, sizeof d);
-    if ((r = kvx__file_json_open(&d, text, len, path, 256, "kvx-file-done", &o->version, why,
+    if ((r = kvx__file_json_open(&d, a, text, len, path, 256, "kvx-file-done", &o->version, why,
                                  wl)) != KVX_OK)
         goto done;
     root = kvx__json_root(&d);
@@ -859,7 +868,7 @@ done:
 #undef KVX__REQ
 
 KVX_API kvx_result kvx_file_crc32c(int fd, uint64_t off, uint64_t len, uint32_t *crc) {
-    char *buf = (char *)kvx__alloc(NULL, 1 << 20);
+    char *buf = (char *)kvx__alloc(NULL, 1 << 20); /* libc: a tool's call, no engine */
     uint32_t c = 0;
     if (!buf) return KVX_ERR_NO_MEMORY;
     while (len) {
@@ -1311,7 +1320,7 @@ static kvx_result kvx__file_commit(kvx__froom *fr, char *why, size_t wl) {
    before opening the room. */
 static void kvx__file_write_failed(kvx__froom *fr, kvx_result res, const char *reason) {
     kvx__fengine *fe = fr->fe;
-    kvx__buf b = {NULL, 0, 0, 0, NULL};
+    kvx__buf b = KVX__BUF(fr->fe->al);
     char why[KVX_ERROR_MAX], marker[64];
     int dfd;
     kvx_result r = KVX_ERR_NOT_FOUND;
@@ -1403,7 +1412,7 @@ static void kvx__fjob_error(kvx__fjob *j, kvx_result res, int err, const char *f
 static kvx_result kvx__file_finish_send(kvx__froom *fr, char *why, size_t wl) {
     kvx_engine *e = kvx_room_engine(fr->room);
     const kvx_layout *l = kvx_engine_layout(e);
-    kvx__buf b = {NULL, 0, 0, 0, NULL};
+    kvx__buf b = KVX__BUF(fr->fe->al);
     char *aux = NULL;
     uint64_t aux_bytes = 0;
     uint32_t aux_crc = 0, i;
@@ -1461,7 +1470,7 @@ static void kvx__fsend_chunk_done(kvx__fjob *j) {
         kvx__fjob_error(j, res = kvx__errno_result(errno), errno, "cannot close %s/%s: %s",
                         fr->stage_dir, j->name, strerror(errno));
     if (res == KVX_OK) {
-        kvx__buf b = {NULL, 0, 0, 0, NULL};
+        kvx__buf b = KVX__BUF(fr->fe->al);
         char name[64];
         kvx__meta_json(&b, kvx_engine_layout(kvx_room_engine(r)), kvx_room_id(r), j->chunk,
                        j->bytes, kvx__fjob_crc(j));
@@ -2055,7 +2064,7 @@ static void kvx__frecv_sender_failed(kvx__froom *fr, int marker) {
         return;
     }
     if (res == KVX_OK && kvx__file_split(text, len, &json_len, &has_mac, mac) &&
-        kvx__json_parse(&d, text, json_len, 64) == KVX_OK &&
+        kvx__json_parse(&d, fr->fe->al, text, json_len, 64) == KVX_OK &&
         (reason = kvx__json_get(&d, kvx__json_root(&d), "reason")) != NULL &&
         reason->type == KVX_JSON_STRING) {
         char prefix[48];

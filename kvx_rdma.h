@@ -1849,7 +1849,7 @@ static void kvx__rdma_send_reject(kvx__rdma_engine *re, const kvx_boot_peer *to,
                                   uint64_t peer, kvx_result res, const char *reason) {
     kvx__buf b;
     char err[160];
-    memset(&b, 0, sizeof b);
+    kvx__buf_init(&b, &kvx_engine_settings(re->e)->allocator);
     kvx__rdma_cm_reject(&b, seq, re->instance, peer, res, reason);
     kvx__rdma_send_buf(re, to, &b, err, sizeof err);
     kvx__buf_free(&b);
@@ -1917,7 +1917,7 @@ static void kvx__rdma_dial_job(void *arg) {
     char why[KVX_ERROR_MAX] = "";
     kvx_result res = KVX_OK;
     int i;
-    memset(&b, 0, sizeof b);
+    kvx__buf_init(&b, &kvx_engine_settings(re->e)->allocator);
     for (i = 0; i < p->nqp && res == KVX_OK; i++) res = kvx__rdma_qp_create(re, &p->qp[i], why, sizeof why);
     if (res == KVX_OK) {
         kvx__rdma_cm_connect(re, p, &b);
@@ -2040,7 +2040,7 @@ static kvx_result kvx__rdma_on_connect_msg(kvx__rdma_engine *re, const kvx_boot_
         kvx__rdma_pair_unref(re, p);
         return res;
     }
-    memset(&b, 0, sizeof b);
+    kvx__buf_init(&b, &kvx_engine_settings(re->e)->allocator);
     kvx__rdma_cm_begin(&b, KVX_RDMA_CM_ACCEPT, p->seq, re->instance, p->peer);
     kvx__buf_put16(&b, (uint16_t)p->nqp);
     kvx__buf_put16(&b, (uint16_t)re->ndev);
@@ -2070,7 +2070,7 @@ static kvx_result kvx__rdma_on_accept_msg(kvx__rdma_engine *re, kvx__rdma_pair *
     for (i = 0; res == KVX_OK && i < p->nqp; i++)
         res = kvx__rdma_qp_connect(re, &p->qp[i], m, why, wl);
     if (res != KVX_OK) return res;
-    memset(&b, 0, sizeof b);
+    kvx__buf_init(&b, &kvx_engine_settings(re->e)->allocator);
     kvx__rdma_cm_begin(&b, KVX_RDMA_CM_READY, p->seq, re->instance, p->peer);
     res = kvx__rdma_send_buf(re, &p->ctl, &b, why, wl);
     kvx__buf_free(&b);

@@ -2206,7 +2206,7 @@ static kvx_result kvx__store_config_file(kvx_store *s, char *why, size_t wl) {
             const kvx__json *h = NULL;
             memset(&doc, 0, sizeof doc);
             old[got] = 0;
-            if (kvx__json_parse_with(&doc, &s->desc.allocator, old, (size_t)got, 4096) == KVX_OK)
+            if (kvx__json_parse(&doc, &s->desc.allocator, old, (size_t)got, 4096) == KVX_OK)
                 h = kvx__json_get(&doc, kvx__json_root(&doc), "config_hash");
             if (h && h->type == KVX_JSON_STRING) {
                 char theirs[33];
@@ -2621,6 +2621,7 @@ typedef struct kvx__store_scan {
     void *user;
     uint8_t *hdr, *data;
     size_t data_cap;
+    const kvx_allocator *al; /* of hdr and data: the store's, or libc for kvx_store_scan */
     /* verify */
     kvx_store *s;
     int remove_bad;
@@ -2673,8 +2674,8 @@ static kvx_result kvx__store_scan_ns(kvx__store_scan *c, const char *ns, char *w
 
 static int kvx__store_scan_alloc(kvx__store_scan *c) {
     c->data_cap = 1u << 20;
-    c->hdr = (uint8_t *)kvx__alloc(NULL, KVX_STORE_HEADER_MAX); /* a tool's call: libc */
-    c->data = (uint8_t *)kvx__alloc(NULL, c->data_cap);
+    c->hdr = (uint8_t *)kvx__alloc(c->al, KVX_STORE_HEADER_MAX);
+    c->data = (uint8_t *)kvx__alloc(c->al, c->data_cap);
     return c->hdr && c->data ? 0 : -1;
 }
 
@@ -2686,13 +2687,13 @@ KVX_API kvx_result kvx_store_scan(const char *dir, int check_data, kvx_store_sca
     struct stat st;
     if (why && wl) why[0] = 0;
     if (!dir || !fn || strlen(dir) > KVX__STORE_PATH - 64) return KVX_ERR_INVALID_ARGUMENT;
-    memset(&c, 0, sizeof c);
+    memset(&c, 0, sizeof c); /* c.al NULL, libc: a tool's call, no store */
     c.check_data = check_data;
     c.fn = fn;
     c.user = user;
     if (kvx__store_scan_alloc(&c)) {
-        kvx__free(NULL, c.hdr);
-        kvx__free(NULL, c.data);
+        kvx__free(c.al, c.hdr);
+        kvx__free(c.al, c.data);
         return KVX_ERR_NO_MEMORY;
     }
     snprintf(cfg, sizeof cfg, "%s/config.json", dir);
@@ -2715,8 +2716,8 @@ KVX_API kvx_result kvx_store_scan(const char *dir, int check_data, kvx_store_sca
         }
         if (d) closedir(d);
     }
-    kvx__free(NULL, c.hdr);
-    kvx__free(NULL, c.data);
+    kvx__free(c.al, c.hdr);
+    kvx__free(c.al, c.data);
     return r;
 }
 
@@ -2771,16 +2772,17 @@ KVX_API kvx_result kvx_store_verify(kvx_store *s, int remove_bad, kvx_store_veri
     memset(&c, 0, sizeof c);
     memset(&rep, 0, sizeof rep);
     c.s = s;
+    c.al = &s->desc.allocator;
     c.remove_bad = remove_bad;
     c.rep = &rep;
     if (kvx__store_scan_alloc(&c)) {
-        kvx__free(NULL, c.hdr);
-        kvx__free(NULL, c.data);
+        kvx__free(c.al, c.hdr);
+        kvx__free(c.al, c.data);
         return KVX_ERR_NO_MEMORY;
     }
     err = kvx__store_walk(s->ns_fd, kvx__store_verify_fn, &c);
-    kvx__free(NULL, c.hdr);
-    kvx__free(NULL, c.data);
+    kvx__free(c.al, c.hdr);
+    kvx__free(c.al, c.data);
     if (out) *out = rep;
     if (err) {
         kvx__store_log(s, KVX_LOG_ERROR, "cannot read %s: %s", s->ns, strerror(err));

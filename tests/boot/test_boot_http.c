@@ -89,7 +89,7 @@ static int py_answer(const char *out, int i, char *body, size_t n, char *conn, c
         if (p) p++;
     }
     if (!p || !*p) return -1;
-    if (kvx__json_parse(&d, p, strcspn(p, "\n"), 64) == KVX_OK && (root = kvx__json_root(&d)) &&
+    if (kvx__json_parse(&d, NULL, p, strcspn(p, "\n"), 64) == KVX_OK && (root = kvx__json_root(&d)) &&
         root->type == KVX_JSON_ARRAY && root->count == 4) {
         st = (int)kvx__json_at(&d, root, 0)->num;
         x = kvx__json_at(&d, root, 1);
@@ -108,7 +108,7 @@ static int json_int(const char *text, const char *key, int64_t *v) {
     kvx__json_doc d;
     const kvx__json *x;
     int ok = 0;
-    if (kvx__json_parse(&d, text, strlen(text), 256) == KVX_OK &&
+    if (kvx__json_parse(&d, NULL, text, strlen(text), 256) == KVX_OK &&
         (x = kvx__json_get(&d, kvx__json_root(&d), key)) != NULL) {
         if (x->type == KVX_JSON_NUMBER) { *v = (int64_t)x->num; ok = 1; }
         if (x->type == KVX_JSON_BOOL) { *v = x->i64; ok = 1; }
@@ -121,7 +121,7 @@ static int json_str_is(const char *text, const char *key, const char *want) {
     kvx__json_doc d;
     const kvx__json *x;
     int ok = 0;
-    if (kvx__json_parse(&d, text, strlen(text), 256) == KVX_OK &&
+    if (kvx__json_parse(&d, NULL, text, strlen(text), 256) == KVX_OK &&
         (x = kvx__json_get(&d, kvx__json_root(&d), key)) != NULL && x->type == KVX_JSON_STRING)
         ok = !strcmp(x->str, want);
     kvx__json_free(&d);

@@ -35,7 +35,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
             if (has_mac) (void)kvx__equal_ct(mac, want, sizeof mac);
         }
     }
-    kvx__json_parse(&doc, text, size, 64);
+    kvx__json_parse(&doc, NULL, text, size, 64);
     kvx__json_free(&doc);
     return 0;
 }

@@ -509,7 +509,7 @@ static void hostile_peer(const char *key, const char *what) {
         kvx__boot_hdr(h, KVX_BOOT_MAX_MESSAGE + 1, KVX_BOOT_FRAME_TRANSPORT);
         pthread_mutex_lock(&rb->mu);
         for (i = 0; i < rb->nlive; i++)
-            if (rb->live[i]->info.conn_id == ctl.conn_id) { c = rb->live[i]; kvx__boot_conn_ref(c); }
+            if (rb->live[i]->info.conn_id == ctl.conn_id) { c = rb->live[i]; KVX__ADD(&c->refs, 1); }
         pthread_mutex_unlock(&rb->mu);
         if (c) {
             kvx__boot_conn_send(c, h, sizeof h);

@@ -81,7 +81,7 @@ static void test_json(void) {
                     " \"f\": 1.5, \"t\": true, \"z\": null}";
     uint64_t v = 0;
     const kvx__json *a;
-    CHECK(kvx__json_parse(&d, t, strlen(t), 0) == KVX_OK, "parse: %s", d.error);
+    CHECK(kvx__json_parse(&d, NULL, t, strlen(t), 0) == KVX_OK, "parse: %s", d.error);
     a = kvx__json_get(&d, kvx__json_root(&d), "a");
     CHECK(a && a->count == 3, "array count");
     CHECK(kvx__json_u64(&d, kvx__json_at(&d, a, 1), NULL, 0, 10, &v) && v == 2, "a[1] == 2");
@@ -99,7 +99,7 @@ static void test_json(void) {
                                     "{\"a\":tru}", "\"\x01\""};
         size_t i;
         for (i = 0; i < sizeof bad / sizeof bad[0]; i++) {
-            CHECK(kvx__json_parse(&d, bad[i], strlen(bad[i]), 0) == KVX_ERR_PROTOCOL,
+            CHECK(kvx__json_parse(&d, NULL, bad[i], strlen(bad[i]), 0) == KVX_ERR_PROTOCOL,
                   "bad JSON '%s' refused", bad[i]);
             kvx__json_free(&d);
         }
@@ -108,10 +108,10 @@ static void test_json(void) {
         char deep[200];
         memset(deep, '[', 100);
         memset(deep + 100, ']', 100);
-        CHECK(kvx__json_parse(&d, deep, 200, 0) == KVX_ERR_PROTOCOL, "depth limit");
+        CHECK(kvx__json_parse(&d, NULL, deep, 200, 0) == KVX_ERR_PROTOCOL, "depth limit");
         CHECK_STR(d.error, "deeper");
         kvx__json_free(&d);
-        CHECK(kvx__json_parse(&d, "[1,2,3,4,5]", 11, 3) == KVX_ERR_PROTOCOL, "node limit");
+        CHECK(kvx__json_parse(&d, NULL, "[1,2,3,4,5]", 11, 3) == KVX_ERR_PROTOCOL, "node limit");
         kvx__json_free(&d);
     }
 }
