@@ -555,7 +555,7 @@ KVX_API kvx_result kvx_rdma_cm_parse(const void *buf, size_t len, kvx_rdma_cm_ms
             if (m->nbuf < 1 || m->nbuf > KVX_MAX_BUFFERS || m->naux > KVX_MAX_AUX) {
                 kvx__set_why(why, wl, "CONNECT with %u KV buffers and %u aux buffers (1..%d, 0..%d)",
                              m->nbuf, m->naux, KVX_MAX_BUFFERS, KVX_MAX_AUX);
-                return KVX_ERR_PROTOCOL;
+                goto refused;
             }
         } else {
             if (bl < 24) goto bad_len;
@@ -567,7 +567,7 @@ KVX_API kvx_result kvx_rdma_cm_parse(const void *buf, size_t len, kvx_rdma_cm_ms
         if (m->nqp < 1 || m->nqp > KVX_RDMA_MAX_QPS || m->ndev < 1 || m->ndev > KVX_RDMA_MAX_DEVS) {
             kvx__set_why(why, wl, "exchange message with %u queue pairs and %u ports (1..%d, 1..%d)",
                          m->nqp, m->ndev, KVX_RDMA_MAX_QPS, KVX_RDMA_MAX_DEVS);
-            return KVX_ERR_PROTOCOL;
+            goto refused;
         }
         off = fixed + (size_t)m->nqp * KVX__RDMA_QP_ENTRY + (size_t)m->ndev * KVX_RDMA_DEV_ENTRY;
         if (bl < off) goto bad_len;
@@ -581,18 +581,18 @@ KVX_API kvx_result kvx_rdma_cm_parse(const void *buf, size_t len, kvx_rdma_cm_ms
                 kvx__set_why(why, wl, "queue pair entry %u: qpn %u, psn %u, port entry %u (24-bit "
                              "nonzero qpn and psn, port entry < %u)", i, m->qp[i].qpn,
                              m->qp[i].psn, m->qp[i].dev, m->ndev);
-                return KVX_ERR_PROTOCOL;
+                goto refused;
             }
         }
         for (i = 0; i < m->ndev; i++)
             if (kvx__rdma_port_read(b + fixed + KVX__RDMA_QP_ENTRY * m->nqp + KVX_RDMA_DEV_ENTRY * i,
                                     &m->dev[i], why, wl, "exchange message", i))
-                return KVX_ERR_PROTOCOL;
+                goto refused;
         if (type == KVX_RDMA_CM_ACCEPT) {
             if (bl != off) goto bad_len;
         } else {
             size_t used = kvx__rdma_mr_walk(b + off, bl - off, m->ndev, m->nbuf + m->naux, why, wl);
-            if (!used) return KVX_ERR_PROTOCOL;
+            if (!used) goto refused;
             if (off + used != bl) goto bad_len;
             m->mr = b + off;
             m->mr_len = (uint32_t)used;
@@ -602,11 +602,11 @@ KVX_API kvx_result kvx_rdma_cm_parse(const void *buf, size_t len, kvx_rdma_cm_ms
 bad_len:
     kvx__set_why(why, wl, "exchange message type %u: body of %u bytes does not match its counts",
                  type, bl);
-    memset(m, 0, sizeof *m); /* a refused message leaves nothing half-read */
-    return KVX_ERR_PROTOCOL;
+    goto refused;
 bad_fields:
     kvx__set_why(why, wl, "exchange message type %u: reserved fields are not zero", type);
-    memset(m, 0, sizeof *m);
+refused:
+    memset(m, 0, sizeof *m); /* a refused message leaves nothing half-read */
     return KVX_ERR_PROTOCOL;
 }
 
@@ -2888,6 +2888,7 @@ static void kvx__rdma_async(kvx__rdma_engine *re, kvx__rdma_dev *d) {
                          t == IBV_EVENT_QP_ACCESS_ERR ? "IBV_EVENT_QP_ACCESS_ERR"
                          : t == IBV_EVENT_QP_FATAL   ? "IBV_EVENT_QP_FATAL"
                          : t == IBV_EVENT_CQ_ERR     ? "IBV_EVENT_CQ_ERR"
+                         : t == IBV_EVENT_PATH_MIG_ERR ? "IBV_EVENT_PATH_MIG_ERR"
                                                      : "IBV_EVENT_QP_REQ_ERR",
                          q->qp ? q->qp->qp_num : 0u, d->info.name, (unsigned)d->info.port,
                          q->pair->peer_addr,

@@ -148,6 +148,11 @@ static void cm_tests(void) {
     ((uint8_t *)b.data)[KVX_RDMA_CM_HEADER + 40 + 12 + 8] = 5; /* qp 1 port entry 5 of 2 */
     CHECK(kvx_rdma_cm_parse(b.data, b.len, &m, why, sizeof why) == KVX_ERR_PROTOCOL &&
           strstr(why, "port entry"), "a queue pair on a port entry that does not exist: %s", why);
+    {
+        static const kvx_rdma_cm_msg zero;
+        CHECK(!memcmp(&m, &zero, sizeof m), "a refused message leaves nothing half-read "
+              "(from %llx, %u queue pairs)", (unsigned long long)m.from, m.nqp);
+    }
     ((uint8_t *)b.data)[KVX_RDMA_CM_HEADER + 40 + 12 + 8] = 1;
     ((uint8_t *)b.data)[KVX_RDMA_CM_HEADER + 36] = 1;
     CHECK(kvx_rdma_cm_parse(b.data, b.len, &m, why, sizeof why) == KVX_ERR_PROTOCOL &&
