@@ -254,7 +254,6 @@
              cache, pwrite of the header, futimens, [fsync], close, renameat,
              [fsync dir]. No KV byte is copied in user space.
      The data CRC32C is kvx_crc32c (three crc32 streams joined on x86-64).
-     Batches are split over io_threads threads (the caller works too).
 
    LICENSE: MIT, see the end of this file.
 */
@@ -955,9 +954,8 @@ static int kvx__store_idx_remove(kvx_store *s, const kvx_store_key *k) {
 }
 
 /* >>block store: worker pool ---------------------------------------------------- */
-/* A batch is a task of n items; the caller and every worker claim items with
-   an atomic counter. Several batches (from several caller threads) may be
-   queued at once. Each thread has its own scratch (header, iovecs, plan). */
+/* A batch is a task of n items (THREAD SAFETY); several batches, from
+   several caller threads, may be queued at once. */
 
 static void kvx__store_task_run(kvx__store_task *t, void *scratch) {
     size_t i;
@@ -1301,6 +1299,22 @@ static int kvx__store_replaced(const kvx_store *s, const char *rel, const struct
            now.st_ctim.tv_nsec != seen->st_ctim.tv_nsec;
 }
 
+/* CRC32C of len bytes at off in fd, read through buf (cap bytes) into *crc:
+   0, or kvx__pio's answer (-1 a short read, else the errno). */
+static int kvx__store_crc_file(int fd, uint8_t *buf, size_t cap, uint64_t off, uint64_t len,
+                               uint32_t *crc) {
+    int err;
+    *crc = 0;
+    while (len) {
+        size_t n = len < cap ? (size_t)len : cap;
+        if ((err = kvx__pio(fd, buf, n, off, 0)) != 0) return err;
+        *crc = kvx_crc32c(*crc, buf, n);
+        off += n;
+        len -= n;
+    }
+    return 0;
+}
+
 /* Reads the whole block open at fd again (header, data, CRCs) into a
    private buffer. 0 an intact block of key k; 2 an intact block of another
    key (*other): a file reached through a stale name (see
@@ -1311,7 +1325,6 @@ static int kvx__store_replaced(const kvx_store *s, const char *rel, const struct
    caching, not evidence). */
 static int kvx__store_recheck(kvx_store *s, int fd, const kvx_store_key *k, kvx_store_key *other,
                               char *why, size_t wl) {
-    uint64_t off, left;
     struct stat st;
     kvx_store_key hk;
     uint8_t *buf;
@@ -1340,22 +1353,13 @@ static int kvx__store_recheck(kvx_store *s, int fd, const kvx_store_key *k, kvx_
     } else {
         uint32_t want = kvx__le_r32(buf + 80);
         memcpy(hk.bytes, buf + 32, 32);
-        for (off = s->hdr_size, left = s->data_len; left && !r;) {
-            size_t n = left < cap ? (size_t)left : cap;
-            if ((err = kvx__pio(fd, buf, n, off, 0)) != 0) {
-                kvx__set_why(why, wl, "data: %s", err < 0 ? "short read" : strerror(err));
-                r = -1;
-                break;
-            }
-            crc = kvx_crc32c(crc, buf, n);
-            off += n;
-            left -= n;
-        }
-        if (!r && crc != want) {
+        if ((err = kvx__store_crc_file(fd, buf, cap, s->hdr_size, s->data_len, &crc)) != 0) {
+            kvx__set_why(why, wl, "data: %s", err < 0 ? "short read" : strerror(err));
+            r = -1;
+        } else if (crc != want) {
             kvx__set_why(why, wl, "data CRC32C mismatch: stored %08x, read %08x", want, crc);
             r = 1;
-        }
-        if (!r && k && memcmp(hk.bytes, k->bytes, 32)) {
+        } else if (k && memcmp(hk.bytes, k->bytes, 32)) {
             *other = hk;
             r = 2;
         }
@@ -1365,26 +1369,13 @@ static int kvx__store_recheck(kvx_store *s, int fd, const kvx_store_key *k, kvx_
 }
 
 /* A block that looked unusable (reason) when this process read the file
-   `seen` at dirfd/name. On a shared filesystem that alone is no evidence:
-   the file may have been evicted and recycled by another node while it was
-   read, the name may by now lead to another writer's good block, a client
-   cache may have served a stale size or stale bytes, and on GlusterFS a
-   name this client looked up within the last second may still lead (in its
-   cache, and for renames and unlinks too) to the file it held then, even
-   after another client renamed that file to another key. So whatever file
-   the name leads to now is moved (renameat) to a private temporary name
-   where no other process looks it up, recycles or replaces it, and
-   examined there:
-     - nothing there: a miss (evicted or removed meanwhile);
-     - another file than `seen`: another writer's block, put back untouched;
-     - the same file, re-read completely with fresh attributes: intact, put
-       back (what was seen was stale or changing); an intact block of
-       another key, moved to that key's name (where it came from); not sure
-       (short read, I/O error), put back; all three a miss;
-     - the same file, with evidence (kvx__store_recheck returns 1): removed,
-       counted in stats.corrupt, logged at warn.
-   While it is away its key is a miss for everyone (one block, briefly).
-   Returns 1 when the file was removed as corrupt. */
+   `seen` at dirfd/name: no evidence on a shared filesystem (why, and what
+   is done: SHARED FILESYSTEMS). Whatever file the name leads to now is
+   moved to a private temporary name and examined there; nothing there, or
+   not `seen`, or not proven corrupt by kvx__store_recheck: a miss, put back
+   (an intact block of another key to that key's name). Proven corrupt:
+   counted in stats.corrupt, logged at warn, removed. While it is away its
+   key is a miss for everyone (one block, briefly). 1 when taken away. */
 static int kvx__store_bad(kvx_store *s, int dirfd, const char *name, const char *shown,
                           const kvx_store_key *k, const struct stat *seen, const char *reason) {
     char q[KVX__STORE_REL + 64], why[256], orel[KVX__STORE_REL];
@@ -1392,9 +1383,7 @@ static int kvx__store_bad(kvx_store *s, int dirfd, const char *name, const char 
     kvx_store_key other;
     int fd, v = -1, removed = 0, back;
     if (s->remote) {
-        /* on a shared filesystem a file written in the last few seconds may
-           be another node's block in the making, reached through a name
-           this client's cache has not let go of yet: a miss, nothing more */
+        /* maybe another node's block in the making (SHARED FILESYSTEMS) */
         uint64_t mt;
         if (kvx__store_mtime_fresh(dirfd, name, &mt)) return 0;
         if (mt + KVX__STORE_SETTLE_NS > kvx__store_wall_ns()) {
@@ -1424,11 +1413,9 @@ static int kvx__store_bad(kvx_store *s, int dirfd, const char *name, const char 
     }
     if (fd >= 0) close(fd);
     if (v == 1) {
-        /* out of the way for good. Removed now when nothing wrote it for
-           KVX__STORE_TMP_TTL_NS; else it may be another writer's block in
-           the making, reached through a stale name (its write then still
-           completes: GlusterFS renames by file id), so it stays, under its
-           temporary name, for the next open or scan after that time. */
+        /* removed once unchanged for KVX__STORE_TMP_TTL_NS: until then it may
+           be another writer's block in the making (GlusterFS renames by file
+           id), left under its temporary name for a later open or scan */
         uint64_t mt;
         removed = 1;
         if (!kvx__store_mtime_fresh(dirfd, q, &mt) &&
@@ -2559,6 +2546,7 @@ static kvx_result kvx__store_check_file(int dirfd, const char *name, uint8_t *hd
     int fd = openat(dirfd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW), err;
     size_t want;
     char hex[65];
+    uint32_t crc;
     kvx_result r;
     memset(info, 0, sizeof *info);
     if (fd < 0) {
@@ -2590,24 +2578,14 @@ static kvx_result kvx__store_check_file(int dirfd, const char *name, uint8_t *hd
     } else if (cfg_hex && cfg_hex[0] && strtoull(cfg_hex, NULL, 16) != info->config_hash) {
         r = kvx__store_err(why, wl, KVX_ERR_CORRUPT, "belongs to configuration %016llx, not this "
                            "directory's %s", (unsigned long long)info->config_hash, cfg_hex);
-    } else if (check_data) {
-        uint64_t off = info->header_size, left = info->data_len;
-        uint32_t c = 0;
-        while (left && r == KVX_OK) {
-            size_t n = left < data_cap ? (size_t)left : data_cap;
-            err = kvx__pio(fd, data, n, off, 0);
-            if (err) {
-                kvx__set_why(why, wl, "cannot read data: %s", err < 0 ? "short file" : strerror(err));
-                r = err < 0 ? KVX_ERR_CORRUPT : kvx__errno_result(err);
-                break;
-            }
-            c = kvx_crc32c(c, data, n);
-            off += n;
-            left -= n;
-        }
-        if (r == KVX_OK && c != info->data_crc)
-            r = kvx__store_err(why, wl, KVX_ERR_CORRUPT, "data CRC32C mismatch: stored %08x, "
-                               "computed %08x", info->data_crc, c);
+    } else if (check_data &&
+               (err = kvx__store_crc_file(fd, data, data_cap, info->header_size, info->data_len,
+                                          &crc)) != 0) {
+        r = kvx__store_err(why, wl, err < 0 ? KVX_ERR_CORRUPT : kvx__errno_result(err),
+                           "cannot read data: %s", err < 0 ? "short file" : strerror(err));
+    } else if (check_data && crc != info->data_crc) {
+        r = kvx__store_err(why, wl, KVX_ERR_CORRUPT, "data CRC32C mismatch: stored %08x, "
+                           "computed %08x", info->data_crc, crc);
     }
     close(fd);
     return r;
