@@ -305,11 +305,10 @@ typedef struct kvx_store_desc {
    configuration under desc->dir, removes stale temporary files, rebuilds
    the LRU index from the block files (see CAPACITY) and evicts down to the
    capacity, starts io_threads - 1 worker threads and (scan_interval >= 0)
-   the namespace scanner. On failure *out is NULL
-   and a sentence is written to why: KVX_ERR_INVALID_ARGUMENT (bad layout,
-   GPU memory in the layout, tp_rank outside tp_size, path too long),
-   KVX_ERR_BAD_CONFIG (a KVX_STORE_* variable that does not parse or is
-   out of range),
+   the namespace scanner. On failure *out is NULL and a sentence is written
+   to why: KVX_ERR_INVALID_ARGUMENT (bad layout, GPU memory in the layout,
+   tp_rank outside tp_size, path too long), KVX_ERR_BAD_CONFIG (a
+   KVX_STORE_* variable that does not parse or is out of range),
    KVX_ERR_PERMISSION / KVX_ERR_IO (directory), KVX_ERR_CORRUPT (config.json
    of the namespace describes another configuration), KVX_ERR_NO_MEMORY.
    Blocks. Thread-safe. */
@@ -352,11 +351,10 @@ KVX_API kvx_result kvx_store_batch_get(kvx_store *s, const kvx_store_key *keys,
                                        const int32_t *dst_pages, size_t n, size_t *loaded);
 
 /* How many keys from keys[0] on are present, stopping at the first that is
-   not: the prefix hit that decides a prefetch. One fstatat per key (no
-   file is opened); batches of 128 keys or more are spread over the I/O
-   threads, shorter ones run on the calling thread. A block of the wrong
-   size is a miss (and removed when proven corrupt). Does not change the LRU order. 0 on bad
-   arguments. Blocks (briefly); thread-safe. */
+   not: the prefix hit that decides a prefetch (cost: HOT PATH COSTS). A
+   block of the wrong size is a miss (and removed when proven corrupt).
+   Does not change the LRU order. 0 on bad arguments. Blocks (briefly);
+   thread-safe. */
 KVX_API size_t kvx_store_batch_exists(kvx_store *s, const kvx_store_key *keys, size_t n);
 
 /* Scans the namespace now, as the background scanner does every
@@ -1087,16 +1085,11 @@ static int kvx__store_mtime_fresh(int dirfd, const char *name, uint64_t *mt) {
     return 0;
 }
 
-/* Looks at an evicted block's file again before it goes: the index's view
-   may be old on a namespace shared by several processes. Its attributes
-   come from the server, not the client's cache: on GlusterFS a name looked
-   up in the last second (entry-timeout) may still lead, in this client's
-   cache, to the file it held then, even after another client recycled that
-   file into another key's block; the server-side mtime of that file is
-   then recent and it is kept. 0: still as the
-   index knew it (evict it); 1: used since by another process (its mtime is
-   newer; put back into the index as recently used); 2: gone (another
-   process evicted or removed it). */
+/* Looks at an evicted block's file again before it goes (CAPACITY), with
+   the server's attributes: on GlusterFS a cached name may lead to a file
+   another client recycled since, whose mtime is then recent, so it stays.
+   0: as the index knew it (evict it); 1: used since by another process
+   (back into the index as recently used); 2: gone. */
 static int kvx__store_victim_check(kvx_store *s, const kvx__store_ent *v) {
     char rel[KVX__STORE_REL];
     uint64_t mt;
@@ -1110,14 +1103,9 @@ static int kvx__store_victim_check(kvx_store *s, const kvx__store_ent *v) {
 }
 
 /* Reserves need bytes under the capacity, evicting least recently used
-   blocks until they fit. When reuse is not NULL the first block evicted is
-   not unlinked but handed back in *reuse (*have_reuse = 1): the caller
-   renames it to its temporary name and overwrites it in place, which spares
-   the filesystem freeing and allocating an inode, its extents and its page
-   cache for every block once the store is full. Each victim is looked at
-   again first (kvx__store_victim_check): one used since by another process
-   stays (and another is evicted instead); one already gone is simply
-   forgotten.
+   blocks (each checked by kvx__store_victim_check) until they fit. With
+   reuse, the first victim is not unlinked but handed back in *reuse
+   (*have_reuse = 1), to be overwritten in place (CAPACITY says why).
    KVX_ERR_NO_SPACE when nothing is left to evict (the block is larger than
    the capacity, or the rest is reserved by writes in flight). */
 static kvx_result kvx__store_reserve(kvx_store *s, uint64_t need, kvx_store_key *reuse,
@@ -2485,14 +2473,12 @@ KVX_API kvx_result kvx_store_open(const kvx_store_desc *desc, kvx_store **out, c
     if (why && wl) why[0] = 0;
     if (!out) return KVX_ERR_INVALID_ARGUMENT;
     *out = NULL;
-    if (!desc)
-        return kvx__store_err(why, wl, KVX_ERR_INVALID_ARGUMENT, "store desc is NULL");
+    if (!desc) return kvx__store_err(why, wl, KVX_ERR_INVALID_ARGUMENT, "store desc is NULL");
     d = *desc;
     if ((r = kvx__store_apply_env(&d, why, wl)) != KVX_OK) return r;
     if ((r = kvx__store_check_desc(&d, why, wl)) != KVX_OK) return r;
     s = (kvx_store *)kvx__alloc(&d.allocator, sizeof *s);
-    if (!s)
-        return kvx__store_err(why, wl, KVX_ERR_NO_MEMORY, "out of memory");
+    if (!s) return kvx__store_err(why, wl, KVX_ERR_NO_MEMORY, "out of memory");
     memset(s, 0, sizeof *s);
     s->desc = d;
     s->ns_fd = -1;
@@ -2654,7 +2640,10 @@ static int kvx__store_scan_alloc(kvx__store_scan *c) {
     c->data_cap = 1u << 20;
     c->hdr = (uint8_t *)kvx__alloc(c->al, KVX_STORE_HEADER_MAX);
     c->data = (uint8_t *)kvx__alloc(c->al, c->data_cap);
-    return c->hdr && c->data ? 0 : -1;
+    if (c->hdr && c->data) return 0;
+    kvx__free(c->al, c->hdr);
+    kvx__free(c->al, c->data);
+    return -1;
 }
 
 KVX_API kvx_result kvx_store_scan(const char *dir, int check_data, kvx_store_scan_fn fn,
@@ -2669,11 +2658,7 @@ KVX_API kvx_result kvx_store_scan(const char *dir, int check_data, kvx_store_sca
     c.check_data = check_data;
     c.fn = fn;
     c.user = user;
-    if (kvx__store_scan_alloc(&c)) {
-        kvx__free(c.al, c.hdr);
-        kvx__free(c.al, c.data);
-        return KVX_ERR_NO_MEMORY;
-    }
+    if (kvx__store_scan_alloc(&c)) return KVX_ERR_NO_MEMORY;
     snprintf(cfg, sizeof cfg, "%s/config.json", dir);
     if (!stat(cfg, &st)) {
         r = kvx__store_scan_ns(&c, dir, why, wl);
@@ -2753,11 +2738,7 @@ KVX_API kvx_result kvx_store_verify(kvx_store *s, int remove_bad, kvx_store_veri
     c.al = &s->desc.allocator;
     c.remove_bad = remove_bad;
     c.rep = &rep;
-    if (kvx__store_scan_alloc(&c)) {
-        kvx__free(c.al, c.hdr);
-        kvx__free(c.al, c.data);
-        return KVX_ERR_NO_MEMORY;
-    }
+    if (kvx__store_scan_alloc(&c)) return KVX_ERR_NO_MEMORY;
     err = kvx__store_walk(s->ns_fd, kvx__store_verify_fn, &c);
     kvx__free(c.al, c.hdr);
     kvx__free(c.al, c.data);
