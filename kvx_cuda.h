@@ -1,11 +1,9 @@
 /* kvx_cuda.h - v0.1.0 - KV pools in GPU memory: pinned staging, the cuda transport, dma-buf
 
    For KV buffers in GPU memory (kvx_buffer.mem == KVX_MEM_CUDA):
-   - staging: kvx_cuda_mem_ops fills a kvx_mem_ops with which CPU-side
-     transports (file, tcp, the block store) move pages between GPU memory
-     and pinned host buffers, in batches of asynchronous copies with one
-     synchronisation per batch; its dmabuf_fd exports GPU memory for
-     ibv_reg_dmabuf_mr (how kvx_rdma.h registers GPU pools with a NIC);
+   - staging: kvx_cuda_mem_ops, through pinned host buffers, for CPU-side
+     transports (file, tcp, the block store), and dma-buf export with
+     which kvx_rdma.h registers GPU pools with a NIC;
    - CUDA IPC: export a KV buffer's memory as a 64-byte handle, import a
      peer's (same node), copy plan spans device to device on a stream,
      queued without blocking, with completion tickets;
@@ -91,10 +89,8 @@
 
    THREAD SAFETY
      A kvx_cuda and the kvx_mem_ops filled from it may be used from any
-     number of threads at once; a kvx_cuda_stream by one thread at a time.
-     kvx_mem_ops.copy blocks until its batch is done; kvx_cuda_copy_spans and
-     kvx_cuda_stream_done never wait for copies. The cuda transport: as
-     kvx.h; kvx_sender_send queues and returns; the prefill engine owns a
+     number of threads at once; a kvx_cuda_stream by one thread at a time
+     (which calls wait: their comments). The cuda transport: as kvx.h; kvx_sender_send queues and returns; the prefill engine owns a
      completion thread, kvx_boot's threads run the hooks (a peer's first
      room frame maps its memory there), kvx_engine_destroy joins them and
      releases every stream, import and mapping.
@@ -138,14 +134,12 @@
          this side may write into the room's pages.
        each chunk: the two-sided plan kvx_plan_pages(this pool, the chunk's
          pages, the decode pool as mapped, the matching destination pages),
-         its spans queued on the peer's stream (kvx_cuda_copy_spans,
-         cuMemcpyBatchAsync where the driver has it); send does not wait. A
+         queued on the peer's stream (DATA PATH); send does not wait. A
          completion thread watches the stream's tickets; when the last
          chunk's copies are done it sends the aux rows (AUX MESSAGE), then
          status Success with the byte count, both on the room frame's
          control connection, and the sender succeeds.
-       decode, on the aux message: copies the rows into the receiver's aux
-         slot (below). On the status: the byte count must be the room's
+       decode, on the status: the byte count must be the room's
          (pages times page bytes, plus aux row bytes) and the aux rows must
          have arrived (the connection keeps their order); only then is the
          room Success.
@@ -246,8 +240,7 @@ extern "C" {
 typedef struct kvx_cuda kvx_cuda;               /* a loaded driver and its pools */
 typedef struct kvx_cuda_stream kvx_cuda_stream; /* a stream for kvx_cuda_copy_spans */
 
-/* Settings. Zero fields mean the documented default; the environment
-   variables above override them. */
+/* Settings: ENVIRONMENT above (a zero field means the default). */
 typedef struct kvx_cuda_desc {
     const char *library;    /* KVX_CUDA_LIBRARY, "libcuda.so.1" */
     uint64_t staging_bytes; /* KVX_CUDA_STAGING_BYTES, 256 MiB */
@@ -413,9 +406,10 @@ KVX_API kvx_result kvx_cuda_stream_wait(kvx_cuda_stream *s, uint64_t ticket, cha
    ibv_reg_dmabuf_mr(pd, *offset, len, (uint64_t)dev_ptr, *fd, access).
    *offset is dev_ptr minus the start of the rounded range; the rounded
    range must stay inside the allocation (pools are whole pages in
-   practice). The caller closes *fd. KVX_ERR_TRANSPORT with a sentence when the driver or the device has
-   no dma-buf support (use nvidia-peermem then); KVX_ERR_OUT_OF_RANGE when
-   the range leaves its allocation. Thread-safe. */
+   practice). The caller closes *fd. KVX_ERR_TRANSPORT with a sentence when
+   the driver or the device has no dma-buf support (use nvidia-peermem
+   then); KVX_ERR_OUT_OF_RANGE when the range leaves its allocation.
+   Thread-safe. */
 KVX_API kvx_result kvx_cuda_dmabuf_fd(kvx_cuda *cu, int device, void *dev_ptr, size_t len,
                                       int *fd, uint64_t *offset, char *why, size_t why_len);
 
@@ -424,9 +418,7 @@ KVX_API kvx_result kvx_cuda_dmabuf_fd(kvx_cuda *cu, int device, void *dev_ptr, s
 #define KVX_CUDA_ENDPOINT_VERSION 2
 #define KVX_CUDA_AUX_VERSION 1 /* of the aux message (see AUX MESSAGE) */
 
-/* The `cuda` transport's backend table: KV pages of prefill and decode
-   engines on one node, copied GPU to GPU through CUDA IPC (see "THE CUDA
-   TRANSPORT" above). Without KVX_WITH_CUDA a table whose engine_init fails
+/* The `cuda` transport's backend table ("THE CUDA TRANSPORT" above). Without KVX_WITH_CUDA a table whose engine_init fails
    with KVX_ERR_NOT_COMPILED. Never NULL; thread-safe. */
 KVX_API const kvx_backend *kvx_cuda_backend(void);
 /* Makes "cuda" known to desc.transport. Thread-safe, idempotent. */
@@ -764,8 +756,7 @@ KVX_API kvx_result kvx_cuda_transport_stats_get(const kvx_engine *e,
 
 /* Every entry point kvx calls, as KVX__LIB rows (kvx.h) checked against the
    prototypes in cuda.h. KVX__CU(X, name, args, exported, older) is cu<name>;
-   "exported" is the exact symbol resolved with dlsym (cuda.h renames most of
-   them with macros: cuMemAlloc is really cuMemAlloc_v2). */
+   "exported" is the exact symbol dlsym resolves (HOW IT USES THE DRIVER). */
 #if CUDA_VERSION >= 12080 /* the batch ABIs: 12.8's has a failIdx, 13.0's does not */
 #define KVX__CU_BATCH_ARGS(...)                                                              \
     (CUdeviceptr *, CUdeviceptr *, size_t *, size_t, CUmemcpyAttributes *, size_t *, size_t, \
@@ -2258,12 +2249,22 @@ out:
 /* Closes what maps the decode pool: the stream (after its copies), the
    imports. Rooms may still point at the peer (all failed,
    none with copies in flight); its layout stays readable until it is freed. */
-static void kvx__cux_peer_release(kvx__cux_peer *p) {
+static void kvx__cux_unmap(kvx__cux_peer *p, void **imports) {
     kvx__cux_engine *ce = p->ce;
-    kvx_cuda_stream *stream;
-    void **imports;
     char why[KVX_ERROR_MAX];
     uint32_t i;
+    for (i = 0; imports && i < p->info.nalloc; i++) {
+        if (!imports[i] || p->same_process) continue;
+        if (kvx_cuda_ipc_close(ce->cu, ce->device, imports[i], why, sizeof why) != KVX_OK)
+            kvx_engine_log(ce->engine, KVX_LOG_WARN, "kvx.cuda", 0, "decode %s: %s", p->name, why);
+        KVX__SUB(&ce->st.imports_live, 1);
+    }
+    kvx_engine_free(ce->engine, imports);
+}
+
+static void kvx__cux_peer_release(kvx__cux_peer *p) {
+    kvx_cuda_stream *stream;
+    void **imports;
     int ready;
     pthread_mutex_lock(&p->mu);
     stream = p->stream;
@@ -2274,14 +2275,8 @@ static void kvx__cux_peer_release(kvx__cux_peer *p) {
     p->ready = 0;
     pthread_mutex_unlock(&p->mu);
     if (stream) kvx_cuda_stream_destroy(stream); /* waits for its copies */
-    for (i = 0; imports && i < p->info.nalloc; i++) {
-        if (!imports[i] || p->same_process) continue;
-        if (kvx_cuda_ipc_close(ce->cu, ce->device, imports[i], why, sizeof why) != KVX_OK)
-            kvx_engine_log(ce->engine, KVX_LOG_WARN, "kvx.cuda", 0, "decode %s: %s", p->name, why);
-        KVX__SUB(&ce->st.imports_live, 1);
-    }
-    if (ready) KVX__SUB(&ce->st.peers, 1);
-    kvx_engine_free(ce->engine, imports);
+    kvx__cux_unmap(p, imports);
+    if (ready) KVX__SUB(&p->ce->st.peers, 1);
 }
 
 static void kvx__cux_peer_free(kvx__cux_peer *p) {
@@ -2442,13 +2437,7 @@ static kvx_result kvx__cux_peer_setup(kvx__cux_peer *p, char *why, size_t wl) {
                    p->same_process ? "of this same process" : "imported through CUDA IPC");
     return KVX_OK;
 fail:
-    for (i = 0; p->imports && i < p->info.nalloc; i++) {
-        if (p->imports[i] && !p->same_process) {
-            kvx_cuda_ipc_close(ce->cu, ce->device, p->imports[i], NULL, 0);
-            KVX__SUB(&ce->st.imports_live, 1);
-        }
-    }
-    kvx_engine_free(ce->engine, p->imports);
+    kvx__cux_unmap(p, p->imports);
     kvx_engine_free(ce->engine, p->dbufs);
     p->imports = NULL;
     p->dbufs = NULL;
@@ -2586,22 +2575,19 @@ static kvx_result kvx__cux_on_room(kvx_boot *b, kvx_room *r, const kvx_boot_peer
         int ok = p->info.na == l->num_aux && l->num_aux;
         for (i = 0; ok && i < l->num_aux; i++)
             ok = kvx__cux_ep_aux(&p->info, i) == l->aux[i].item_len;
-        if (!ok) {
-            res = KVX_ERR_LAYOUT_MISMATCH;
-            snprintf(why, sizeof why, "decode %s asks for aux rows in its slot %d but its aux "
-                     "buffers (%u) do not match this prefill's (%u): aux buffers and their row "
-                     "sizes must be equal on both sides", p->name, (int)aux, p->info.na,
-                     l->num_aux);
-        }
+        if (!ok)
+            res = kvx__cu_err(why, sizeof why, KVX_ERR_LAYOUT_MISMATCH, "decode %s asks for aux "
+                              "rows in its slot %d but its aux buffers (%u) do not match this "
+                              "prefill's (%u): aux buffers and their row sizes must be equal on "
+                              "both sides", p->name, (int)aux, p->info.na, l->num_aux);
     }
     if (res == KVX_OK && n) {
         copy = (int32_t *)kvx_engine_alloc(ce->engine, (size_t)n * sizeof *copy);
-        if (!copy) {
-            res = KVX_ERR_NO_MEMORY;
-            snprintf(why, sizeof why, "out of memory for %u destination pages", n);
-        } else {
+        if (copy)
             memcpy(copy, dst, (size_t)n * sizeof *copy);
-        }
+        else
+            res = kvx__cu_err(why, sizeof why, KVX_ERR_NO_MEMORY, "out of memory for %u "
+                              "destination pages", n);
     }
     if (res != KVX_OK) {
         kvx__cux_peer_unref(p);
@@ -3049,9 +3035,8 @@ static void kvx__cux_lost_room(kvx_room *r, void *arg) {
 }
 
 /* kvx_boot hook (decode): the control connection to a prefill rank is gone
-   (its unfinished rooms are failed already). A prefill process that is
-   gone writes nothing more; a live one stops within its copies in flight,
-   so destroying its rooms waits at most KVX_CUDA_FENCE_TIMEOUT from now. */
+   (its unfinished rooms are failed already); the fence as FAILURES AND THE
+   FENCE says: at most KVX_CUDA_FENCE_TIMEOUT from now. */
 static void kvx__cux_disconnect_decode(kvx__cux_engine *ce, const kvx_boot_peer *bp) {
     kvx__cux_lost x;
     kvx__cux_pf *f;
@@ -3142,9 +3127,7 @@ static const char *kvx__cux_aux_bad(kvx__cux_engine *ce, kvx__cux_room *cr, size
 }
 
 /* kvx_boot hook: a transport message. The cuda transport has one, the aux
-   message (prefill -> decode); the room must be open here, acknowledged by
-   that same connection, expect aux rows and not have them yet, and the
-   length must be the aux row bytes. Then the rows go into its aux slot. */
+   message, taken only as AUX MESSAGE says. */
 static void kvx__cux_on_message(kvx_boot *b, const kvx_boot_peer *bp, const void *msg,
                                 size_t len) {
     kvx__cux_engine *ce = (kvx__cux_engine *)kvx_boot_user(b);
@@ -3461,10 +3444,8 @@ static kvx_result kvx__cux_room_open(kvx_room *r) {
 }
 
 /* The room failed by this side's decision (a refused argument, a local
-   error, an abort, a timeout, engine destroy): the decode side hears it
-   from the prefill as status Failed once no copy of the room is in flight
-   (its fence), the prefill from the decode side as an abort; both carry
-   the room's first reason. */
+   error, an abort, a timeout, engine destroy): the peer hears it as
+   FAILURES AND THE FENCE says, with the room's first reason. */
 static void kvx__cux_room_failed(kvx_room *r) {
     kvx__cux_room *cr = kvx__cux_cr(r);
     if (!cr) return;

@@ -254,7 +254,6 @@
              cache, pwrite of the header, futimens, [fsync], close, renameat,
              [fsync dir]. No KV byte is copied in user space.
      The data CRC32C is kvx_crc32c (three crc32 streams joined on x86-64).
-     Batches are split over io_threads threads (the caller works too).
 
    LICENSE: MIT, see the end of this file.
 */
@@ -306,11 +305,10 @@ typedef struct kvx_store_desc {
    configuration under desc->dir, removes stale temporary files, rebuilds
    the LRU index from the block files (see CAPACITY) and evicts down to the
    capacity, starts io_threads - 1 worker threads and (scan_interval >= 0)
-   the namespace scanner. On failure *out is NULL
-   and a sentence is written to why: KVX_ERR_INVALID_ARGUMENT (bad layout,
-   GPU memory in the layout, tp_rank outside tp_size, path too long),
-   KVX_ERR_BAD_CONFIG (a KVX_STORE_* variable that does not parse or is
-   out of range),
+   the namespace scanner. On failure *out is NULL and a sentence is written
+   to why: KVX_ERR_INVALID_ARGUMENT (bad layout, GPU memory in the layout,
+   tp_rank outside tp_size, path too long), KVX_ERR_BAD_CONFIG (a
+   KVX_STORE_* variable that does not parse or is out of range),
    KVX_ERR_PERMISSION / KVX_ERR_IO (directory), KVX_ERR_CORRUPT (config.json
    of the namespace describes another configuration), KVX_ERR_NO_MEMORY.
    Blocks. Thread-safe. */
@@ -353,11 +351,10 @@ KVX_API kvx_result kvx_store_batch_get(kvx_store *s, const kvx_store_key *keys,
                                        const int32_t *dst_pages, size_t n, size_t *loaded);
 
 /* How many keys from keys[0] on are present, stopping at the first that is
-   not: the prefix hit that decides a prefetch. One fstatat per key (no
-   file is opened); batches of 128 keys or more are spread over the I/O
-   threads, shorter ones run on the calling thread. A block of the wrong
-   size is a miss (and removed when proven corrupt). Does not change the LRU order. 0 on bad
-   arguments. Blocks (briefly); thread-safe. */
+   not: the prefix hit that decides a prefetch (cost: HOT PATH COSTS). A
+   block of the wrong size is a miss (and removed when proven corrupt).
+   Does not change the LRU order. 0 on bad arguments. Blocks (briefly);
+   thread-safe. */
 KVX_API size_t kvx_store_batch_exists(kvx_store *s, const kvx_store_key *keys, size_t n);
 
 /* Scans the namespace now, as the background scanner does every
@@ -955,9 +952,8 @@ static int kvx__store_idx_remove(kvx_store *s, const kvx_store_key *k) {
 }
 
 /* >>block store: worker pool ---------------------------------------------------- */
-/* A batch is a task of n items; the caller and every worker claim items with
-   an atomic counter. Several batches (from several caller threads) may be
-   queued at once. Each thread has its own scratch (header, iovecs, plan). */
+/* A batch is a task of n items (THREAD SAFETY); several batches, from
+   several caller threads, may be queued at once. */
 
 static void kvx__store_task_run(kvx__store_task *t, void *scratch) {
     size_t i;
@@ -1089,16 +1085,11 @@ static int kvx__store_mtime_fresh(int dirfd, const char *name, uint64_t *mt) {
     return 0;
 }
 
-/* Looks at an evicted block's file again before it goes: the index's view
-   may be old on a namespace shared by several processes. Its attributes
-   come from the server, not the client's cache: on GlusterFS a name looked
-   up in the last second (entry-timeout) may still lead, in this client's
-   cache, to the file it held then, even after another client recycled that
-   file into another key's block; the server-side mtime of that file is
-   then recent and it is kept. 0: still as the
-   index knew it (evict it); 1: used since by another process (its mtime is
-   newer; put back into the index as recently used); 2: gone (another
-   process evicted or removed it). */
+/* Looks at an evicted block's file again before it goes (CAPACITY), with
+   the server's attributes: on GlusterFS a cached name may lead to a file
+   another client recycled since, whose mtime is then recent, so it stays.
+   0: as the index knew it (evict it); 1: used since by another process
+   (back into the index as recently used); 2: gone. */
 static int kvx__store_victim_check(kvx_store *s, const kvx__store_ent *v) {
     char rel[KVX__STORE_REL];
     uint64_t mt;
@@ -1112,14 +1103,9 @@ static int kvx__store_victim_check(kvx_store *s, const kvx__store_ent *v) {
 }
 
 /* Reserves need bytes under the capacity, evicting least recently used
-   blocks until they fit. When reuse is not NULL the first block evicted is
-   not unlinked but handed back in *reuse (*have_reuse = 1): the caller
-   renames it to its temporary name and overwrites it in place, which spares
-   the filesystem freeing and allocating an inode, its extents and its page
-   cache for every block once the store is full. Each victim is looked at
-   again first (kvx__store_victim_check): one used since by another process
-   stays (and another is evicted instead); one already gone is simply
-   forgotten.
+   blocks (each checked by kvx__store_victim_check) until they fit. With
+   reuse, the first victim is not unlinked but handed back in *reuse
+   (*have_reuse = 1), to be overwritten in place (CAPACITY says why).
    KVX_ERR_NO_SPACE when nothing is left to evict (the block is larger than
    the capacity, or the rest is reserved by writes in flight). */
 static kvx_result kvx__store_reserve(kvx_store *s, uint64_t need, kvx_store_key *reuse,
@@ -1301,6 +1287,22 @@ static int kvx__store_replaced(const kvx_store *s, const char *rel, const struct
            now.st_ctim.tv_nsec != seen->st_ctim.tv_nsec;
 }
 
+/* CRC32C of len bytes at off in fd, read through buf (cap bytes) into *crc:
+   0, or kvx__pio's answer (-1 a short read, else the errno). */
+static int kvx__store_crc_file(int fd, uint8_t *buf, size_t cap, uint64_t off, uint64_t len,
+                               uint32_t *crc) {
+    int err;
+    *crc = 0;
+    while (len) {
+        size_t n = len < cap ? (size_t)len : cap;
+        if ((err = kvx__pio(fd, buf, n, off, 0)) != 0) return err;
+        *crc = kvx_crc32c(*crc, buf, n);
+        off += n;
+        len -= n;
+    }
+    return 0;
+}
+
 /* Reads the whole block open at fd again (header, data, CRCs) into a
    private buffer. 0 an intact block of key k; 2 an intact block of another
    key (*other): a file reached through a stale name (see
@@ -1311,7 +1313,6 @@ static int kvx__store_replaced(const kvx_store *s, const char *rel, const struct
    caching, not evidence). */
 static int kvx__store_recheck(kvx_store *s, int fd, const kvx_store_key *k, kvx_store_key *other,
                               char *why, size_t wl) {
-    uint64_t off, left;
     struct stat st;
     kvx_store_key hk;
     uint8_t *buf;
@@ -1340,22 +1341,13 @@ static int kvx__store_recheck(kvx_store *s, int fd, const kvx_store_key *k, kvx_
     } else {
         uint32_t want = kvx__le_r32(buf + 80);
         memcpy(hk.bytes, buf + 32, 32);
-        for (off = s->hdr_size, left = s->data_len; left && !r;) {
-            size_t n = left < cap ? (size_t)left : cap;
-            if ((err = kvx__pio(fd, buf, n, off, 0)) != 0) {
-                kvx__set_why(why, wl, "data: %s", err < 0 ? "short read" : strerror(err));
-                r = -1;
-                break;
-            }
-            crc = kvx_crc32c(crc, buf, n);
-            off += n;
-            left -= n;
-        }
-        if (!r && crc != want) {
+        if ((err = kvx__store_crc_file(fd, buf, cap, s->hdr_size, s->data_len, &crc)) != 0) {
+            kvx__set_why(why, wl, "data: %s", err < 0 ? "short read" : strerror(err));
+            r = -1;
+        } else if (crc != want) {
             kvx__set_why(why, wl, "data CRC32C mismatch: stored %08x, read %08x", want, crc);
             r = 1;
-        }
-        if (!r && k && memcmp(hk.bytes, k->bytes, 32)) {
+        } else if (k && memcmp(hk.bytes, k->bytes, 32)) {
             *other = hk;
             r = 2;
         }
@@ -1365,26 +1357,13 @@ static int kvx__store_recheck(kvx_store *s, int fd, const kvx_store_key *k, kvx_
 }
 
 /* A block that looked unusable (reason) when this process read the file
-   `seen` at dirfd/name. On a shared filesystem that alone is no evidence:
-   the file may have been evicted and recycled by another node while it was
-   read, the name may by now lead to another writer's good block, a client
-   cache may have served a stale size or stale bytes, and on GlusterFS a
-   name this client looked up within the last second may still lead (in its
-   cache, and for renames and unlinks too) to the file it held then, even
-   after another client renamed that file to another key. So whatever file
-   the name leads to now is moved (renameat) to a private temporary name
-   where no other process looks it up, recycles or replaces it, and
-   examined there:
-     - nothing there: a miss (evicted or removed meanwhile);
-     - another file than `seen`: another writer's block, put back untouched;
-     - the same file, re-read completely with fresh attributes: intact, put
-       back (what was seen was stale or changing); an intact block of
-       another key, moved to that key's name (where it came from); not sure
-       (short read, I/O error), put back; all three a miss;
-     - the same file, with evidence (kvx__store_recheck returns 1): removed,
-       counted in stats.corrupt, logged at warn.
-   While it is away its key is a miss for everyone (one block, briefly).
-   Returns 1 when the file was removed as corrupt. */
+   `seen` at dirfd/name: no evidence on a shared filesystem (why, and what
+   is done: SHARED FILESYSTEMS). Whatever file the name leads to now is
+   moved to a private temporary name and examined there; nothing there, or
+   not `seen`, or not proven corrupt by kvx__store_recheck: a miss, put back
+   (an intact block of another key to that key's name). Proven corrupt:
+   counted in stats.corrupt, logged at warn, removed. While it is away its
+   key is a miss for everyone (one block, briefly). 1 when taken away. */
 static int kvx__store_bad(kvx_store *s, int dirfd, const char *name, const char *shown,
                           const kvx_store_key *k, const struct stat *seen, const char *reason) {
     char q[KVX__STORE_REL + 64], why[256], orel[KVX__STORE_REL];
@@ -1392,9 +1371,7 @@ static int kvx__store_bad(kvx_store *s, int dirfd, const char *name, const char 
     kvx_store_key other;
     int fd, v = -1, removed = 0, back;
     if (s->remote) {
-        /* on a shared filesystem a file written in the last few seconds may
-           be another node's block in the making, reached through a name
-           this client's cache has not let go of yet: a miss, nothing more */
+        /* maybe another node's block in the making (SHARED FILESYSTEMS) */
         uint64_t mt;
         if (kvx__store_mtime_fresh(dirfd, name, &mt)) return 0;
         if (mt + KVX__STORE_SETTLE_NS > kvx__store_wall_ns()) {
@@ -1424,11 +1401,9 @@ static int kvx__store_bad(kvx_store *s, int dirfd, const char *name, const char 
     }
     if (fd >= 0) close(fd);
     if (v == 1) {
-        /* out of the way for good. Removed now when nothing wrote it for
-           KVX__STORE_TMP_TTL_NS; else it may be another writer's block in
-           the making, reached through a stale name (its write then still
-           completes: GlusterFS renames by file id), so it stays, under its
-           temporary name, for the next open or scan after that time. */
+        /* removed once unchanged for KVX__STORE_TMP_TTL_NS: until then it may
+           be another writer's block in the making (GlusterFS renames by file
+           id), left under its temporary name for a later open or scan */
         uint64_t mt;
         removed = 1;
         if (!kvx__store_mtime_fresh(dirfd, q, &mt) &&
@@ -2498,14 +2473,12 @@ KVX_API kvx_result kvx_store_open(const kvx_store_desc *desc, kvx_store **out, c
     if (why && wl) why[0] = 0;
     if (!out) return KVX_ERR_INVALID_ARGUMENT;
     *out = NULL;
-    if (!desc)
-        return kvx__store_err(why, wl, KVX_ERR_INVALID_ARGUMENT, "store desc is NULL");
+    if (!desc) return kvx__store_err(why, wl, KVX_ERR_INVALID_ARGUMENT, "store desc is NULL");
     d = *desc;
     if ((r = kvx__store_apply_env(&d, why, wl)) != KVX_OK) return r;
     if ((r = kvx__store_check_desc(&d, why, wl)) != KVX_OK) return r;
     s = (kvx_store *)kvx__alloc(&d.allocator, sizeof *s);
-    if (!s)
-        return kvx__store_err(why, wl, KVX_ERR_NO_MEMORY, "out of memory");
+    if (!s) return kvx__store_err(why, wl, KVX_ERR_NO_MEMORY, "out of memory");
     memset(s, 0, sizeof *s);
     s->desc = d;
     s->ns_fd = -1;
@@ -2559,6 +2532,7 @@ static kvx_result kvx__store_check_file(int dirfd, const char *name, uint8_t *hd
     int fd = openat(dirfd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW), err;
     size_t want;
     char hex[65];
+    uint32_t crc;
     kvx_result r;
     memset(info, 0, sizeof *info);
     if (fd < 0) {
@@ -2590,24 +2564,14 @@ static kvx_result kvx__store_check_file(int dirfd, const char *name, uint8_t *hd
     } else if (cfg_hex && cfg_hex[0] && strtoull(cfg_hex, NULL, 16) != info->config_hash) {
         r = kvx__store_err(why, wl, KVX_ERR_CORRUPT, "belongs to configuration %016llx, not this "
                            "directory's %s", (unsigned long long)info->config_hash, cfg_hex);
-    } else if (check_data) {
-        uint64_t off = info->header_size, left = info->data_len;
-        uint32_t c = 0;
-        while (left && r == KVX_OK) {
-            size_t n = left < data_cap ? (size_t)left : data_cap;
-            err = kvx__pio(fd, data, n, off, 0);
-            if (err) {
-                kvx__set_why(why, wl, "cannot read data: %s", err < 0 ? "short file" : strerror(err));
-                r = err < 0 ? KVX_ERR_CORRUPT : kvx__errno_result(err);
-                break;
-            }
-            c = kvx_crc32c(c, data, n);
-            off += n;
-            left -= n;
-        }
-        if (r == KVX_OK && c != info->data_crc)
-            r = kvx__store_err(why, wl, KVX_ERR_CORRUPT, "data CRC32C mismatch: stored %08x, "
-                               "computed %08x", info->data_crc, c);
+    } else if (check_data &&
+               (err = kvx__store_crc_file(fd, data, data_cap, info->header_size, info->data_len,
+                                          &crc)) != 0) {
+        r = kvx__store_err(why, wl, err < 0 ? KVX_ERR_CORRUPT : kvx__errno_result(err),
+                           "cannot read data: %s", err < 0 ? "short file" : strerror(err));
+    } else if (check_data && crc != info->data_crc) {
+        r = kvx__store_err(why, wl, KVX_ERR_CORRUPT, "data CRC32C mismatch: stored %08x, "
+                           "computed %08x", info->data_crc, crc);
     }
     close(fd);
     return r;
@@ -2676,7 +2640,10 @@ static int kvx__store_scan_alloc(kvx__store_scan *c) {
     c->data_cap = 1u << 20;
     c->hdr = (uint8_t *)kvx__alloc(c->al, KVX_STORE_HEADER_MAX);
     c->data = (uint8_t *)kvx__alloc(c->al, c->data_cap);
-    return c->hdr && c->data ? 0 : -1;
+    if (c->hdr && c->data) return 0;
+    kvx__free(c->al, c->hdr);
+    kvx__free(c->al, c->data);
+    return -1;
 }
 
 KVX_API kvx_result kvx_store_scan(const char *dir, int check_data, kvx_store_scan_fn fn,
@@ -2691,11 +2658,7 @@ KVX_API kvx_result kvx_store_scan(const char *dir, int check_data, kvx_store_sca
     c.check_data = check_data;
     c.fn = fn;
     c.user = user;
-    if (kvx__store_scan_alloc(&c)) {
-        kvx__free(c.al, c.hdr);
-        kvx__free(c.al, c.data);
-        return KVX_ERR_NO_MEMORY;
-    }
+    if (kvx__store_scan_alloc(&c)) return KVX_ERR_NO_MEMORY;
     snprintf(cfg, sizeof cfg, "%s/config.json", dir);
     if (!stat(cfg, &st)) {
         r = kvx__store_scan_ns(&c, dir, why, wl);
@@ -2775,11 +2738,7 @@ KVX_API kvx_result kvx_store_verify(kvx_store *s, int remove_bad, kvx_store_veri
     c.al = &s->desc.allocator;
     c.remove_bad = remove_bad;
     c.rep = &rep;
-    if (kvx__store_scan_alloc(&c)) {
-        kvx__free(c.al, c.hdr);
-        kvx__free(c.al, c.data);
-        return KVX_ERR_NO_MEMORY;
-    }
+    if (kvx__store_scan_alloc(&c)) return KVX_ERR_NO_MEMORY;
     err = kvx__store_walk(s->ns_fd, kvx__store_verify_fn, &c);
     kvx__free(c.al, c.hdr);
     kvx__free(c.al, c.data);
