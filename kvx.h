@@ -2253,9 +2253,10 @@ KVX_API void kvx_plan_free(kvx_plan *p) {
 }
 
 static int kvx__plan_reserve(kvx_plan *p, size_t need) {
-    size_t nc = p->capacity ? p->capacity : 16;
+    size_t nc;
     kvx_span *ns;
-    if (need <= p->capacity) return 0;
+    if (need <= p->capacity) return 0; /* the per-span call: first, and cheap */
+    nc = p->capacity ? p->capacity : 16;
     while (nc < need) nc *= 2;
     ns = (kvx_span *)kvx__grow(p->allocator, p->spans, p->count * sizeof *ns, nc * sizeof *ns);
     if (!ns) return -1;
@@ -2394,7 +2395,8 @@ static kvx_result kvx__plan_packed(kvx_plan *p, const kvx_layout *l, const int32
     p->error[0] = 0;
     r = kvx_pages_check(p, pages, n, kvx_layout_num_pages(l), dst, dst ? "destination" : "source");
     if (r != KVX_OK) return r;
-    return kvx__plan_build(p, l, dst ? NULL : pages, dst ? pages : NULL, n);
+    /* two calls with a constant NULL side: each inlines to a one-sided loop */
+    return dst ? kvx__plan_build(p, l, NULL, pages, n) : kvx__plan_build(p, l, pages, NULL, n);
 }
 
 KVX_API kvx_result kvx_plan_gather(kvx_plan *p, const kvx_layout *l, const int32_t *pages,
