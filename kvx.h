@@ -920,6 +920,16 @@ static KVX__UNUSED KVX_PRINTF(3, 4) void kvx__set_why(char *why, size_t n, const
     vsnprintf(why, n, fmt, ap);
     va_end(ap);
 }
+/* kvx__set_why, then returns res: a refusal in one statement. */
+static KVX__UNUSED KVX_PRINTF(4, 5) kvx_result kvx__why(kvx_result res, char *why, size_t n,
+                                                       const char *fmt, ...) {
+    va_list ap;
+    if (!why || n == 0) return res;
+    va_start(ap, fmt);
+    vsnprintf(why, n, fmt, ap);
+    va_end(ap);
+    return res;
+}
 
 /* >>impl: run-time library loader ---------------------------------------- */
 

@@ -666,19 +666,8 @@ static uint64_t kvx__boot_type_max(uint32_t t) {
     return 0;
 }
 
-/* kvx__set_why, then returns res (kvx__boot_bad: a protocol error). */
-static kvx_result kvx__boot_err(kvx_result res, char *why, size_t wl, const char *fmt, ...)
-    KVX_PRINTF(4, 5);
-static kvx_result kvx__boot_err(kvx_result res, char *why, size_t wl, const char *fmt, ...) {
-    va_list ap;
-    if (why && wl) {
-        va_start(ap, fmt);
-        vsnprintf(why, wl, fmt, ap);
-        va_end(ap);
-    }
-    return res;
-}
-#define kvx__boot_bad(why, wl, ...) kvx__boot_err(KVX_ERR_PROTOCOL, why, wl, __VA_ARGS__)
+/* A protocol refusal: kvx__why with KVX_ERR_PROTOCOL. */
+#define kvx__boot_bad(why, wl, ...) kvx__why(KVX_ERR_PROTOCOL, why, wl, __VA_ARGS__)
 
 /* Bytes after the endpoint: a keyed hello carries the sender's nonce, and
    the prefill's (the answer) also its proof over the decode's nonce. */
@@ -1807,7 +1796,7 @@ KVX_API kvx_result kvx_boot_peer_send(kvx_boot *b, const kvx_boot_peer *peer, co
     size_t i;
     if (why && wl) why[0] = 0;
     if (!b || !peer || !msg || !len || len > KVX_BOOT_MAX_MESSAGE)
-        return kvx__boot_err(KVX_ERR_INVALID_ARGUMENT, why, wl, "a transport message of %zu "
+        return kvx__why(KVX_ERR_INVALID_ARGUMENT, why, wl, "a transport message of %zu "
                              "bytes (1..KVX_BOOT_MAX_MESSAGE = %u, with a kvx_boot and a peer)",
                              len, (unsigned)KVX_BOOT_MAX_MESSAGE);
     pthread_mutex_lock(&b->mu);
@@ -1816,7 +1805,7 @@ KVX_API kvx_result kvx_boot_peer_send(kvx_boot *b, const kvx_boot_peer *peer, co
     if (c) KVX__ADD(&c->refs, 1);
     pthread_mutex_unlock(&b->mu);
     if (!c)
-        return kvx__boot_err(KVX_ERR_PEER_LOST, why, wl, "the control connection with %s is gone",
+        return kvx__why(KVX_ERR_PEER_LOST, why, wl, "the control connection with %s is gone",
                              peer->addr ? peer->addr : "the peer");
     kvx__boot_hdr(h, (uint32_t)len, KVX_BOOT_FRAME_TRANSPORT);
     v[0].iov_base = h; v[0].iov_len = sizeof h;
@@ -3401,7 +3390,7 @@ static kvx_result kvx__boot_get(kvx_boot *b, const kvx__boot_pf *p, const char *
     for (attempt = 0; attempt < KVX_BOOT_TRIES; attempt++) {
         kvx_result r;
         if (attempt && kvx__boot_backoff(b, attempt - 1))
-            return kvx__boot_err(KVX_ERR_ABORTED, why, wl, "the engine is shutting down");
+            return kvx__why(KVX_ERR_ABORTED, why, wl, "the engine is shutting down");
         kvx__buf_init(&body, kvx__boot_al(b));
         r = kvx__boot_http_call(p->host, p->port, "GET", target, NULL, NULL, 0, KVX__BOOT_HTTP_TIMEOUT_S,
                                 &status, &body, err, sizeof err, &refused);
@@ -3423,14 +3412,14 @@ static kvx_result kvx__boot_get(kvx_boot *b, const kvx__boot_pf *p, const char *
         last_503 = r == KVX_OK;
     }
     if (last_503)
-        return kvx__boot_err(KVX_ERR_PEER, why, wl, "bootstrap server %s:%d still answers 503 after "
+        return kvx__why(KVX_ERR_PEER, why, wl, "bootstrap server %s:%d still answers 503 after "
                              "%d tries: %s (not every prefill rank has registered with it)",
                              p->host, p->port, KVX_BOOT_TRIES, err);
     if (refused)
-        return kvx__boot_err(KVX_ERR_PEER, why, wl, "cannot reach bootstrap server %s:%d: connection "
+        return kvx__why(KVX_ERR_PEER, why, wl, "cannot reach bootstrap server %s:%d: connection "
                              "refused (is the prefill running, and is KVX_BOOTSTRAP_PORT its "
                              "bootstrap port?)", p->host, p->port);
-    return kvx__boot_err(KVX_ERR_PEER, why, wl, "cannot reach bootstrap server %s:%d: %s (after %d "
+    return kvx__why(KVX_ERR_PEER, why, wl, "cannot reach bootstrap server %s:%d: %s (after %d "
                          "tries)", p->host, p->port, err, KVX_BOOT_TRIES);
 }
 
@@ -3518,7 +3507,7 @@ static kvx_result kvx__boot_ctrl_connect(kvx_boot *b, kvx__boot_pf *p, const cha
         kvx_result dr = KVX_OK, res = KVX_OK;
         kvx__boot_conn *c = NULL;
         if (attempt && kvx__boot_backoff(b, attempt - 1))
-            return kvx__boot_err(KVX_ERR_ABORTED, why, wl, "the engine is shutting down");
+            return kvx__why(KVX_ERR_ABORTED, why, wl, "the engine is shutting down");
         deadline = kvx_now_ns() + (uint64_t)(KVX__BOOT_HTTP_TIMEOUT_S * 1e9);
         fd = kvx__connect(ip, port, deadline, NULL, NULL, &e);
         if (fd < 0) { snprintf(err, sizeof err, "%s", kvx__errstr(e)); continue; }
@@ -3609,7 +3598,7 @@ static kvx_result kvx__boot_ctrl_connect(kvx_boot *b, kvx__boot_pf *p, const cha
         *out = c;
         return KVX_OK;
     }
-    return kvx__boot_err(KVX_ERR_PEER, why, wl, "cannot connect to prefill rank %s:%d (registered "
+    return kvx__why(KVX_ERR_PEER, why, wl, "cannot connect to prefill rank %s:%d (registered "
                          "with bootstrap server %s:%d): %s (after %d tries)", ip, port, p->host,
                          p->port, err, KVX_BOOT_TRIES);
 }
@@ -3683,15 +3672,15 @@ static kvx_result kvx__boot_resolve(kvx_boot *b, kvx__boot_pf *p, kvx__boot_res 
                                dtype, sizeof dtype, &rs->ctrl_ping);
     kvx__buf_free(&body);
     if (bad)
-        return kvx__boot_err(KVX_ERR_PROTOCOL, why, wl, "bootstrap server %s:%d sent server info "
+        return kvx__why(KVX_ERR_PROTOCOL, why, wl, "bootstrap server %s:%d sent server info "
                              "without valid attn_tp_size, page_size, dp_size, pp_size, "
                              "attn_cp_size or kv_cache_dtype", p->host, p->port);
     if ((uint32_t)page_size != l->page_size)
-        return kvx__boot_err(KVX_ERR_LAYOUT_MISMATCH, why, wl, "page size mismatch: prefill at "
+        return kvx__why(KVX_ERR_LAYOUT_MISMATCH, why, wl, "page size mismatch: prefill at "
                              "%s:%d has page_size %d, this decode engine %u (both sides must use "
                              "the same page size)", p->host, p->port, page_size, l->page_size);
     if (dtype[0] && strcmp(dtype, "auto") && l->dtype && l->dtype[0] && strcmp(dtype, l->dtype))
-        return kvx__boot_err(KVX_ERR_LAYOUT_MISMATCH, why, wl, "KV cache dtype mismatch: prefill "
+        return kvx__why(KVX_ERR_LAYOUT_MISMATCH, why, wl, "KV cache dtype mismatch: prefill "
                              "at %s:%d has kv_cache_dtype '%s', this decode engine '%s'", p->host,
                              p->port, dtype, l->dtype);
     rs->peer_count = 1; /* peer_index 0 */
@@ -3704,14 +3693,14 @@ static kvx_result kvx__boot_resolve(kvx_boot *b, kvx__boot_pf *p, kvx__boot_res 
         first = b->tp_rank / ratio; count = 1;
         rs->peer_index = (uint16_t)(b->tp_rank % ratio); rs->peer_count = (uint16_t)ratio;
     } else {
-        return kvx__boot_err(KVX_ERR_LAYOUT_MISMATCH, why, wl, "prefill at %s:%d has attn_tp_size "
+        return kvx__why(KVX_ERR_LAYOUT_MISMATCH, why, wl, "prefill at %s:%d has attn_tp_size "
                              "%d and this decode engine tp_size %d: one must divide the other",
                              p->host, p->port, rs->tp, b->tp_size);
     }
     rs->per_dp = (uint32_t)(rs->cp * count * rs->pp);
     total = (uint64_t)rs->dp * rs->per_dp;
     if (total > KVX_BOOT_MAX_RANKS)
-        return kvx__boot_err(KVX_ERR_OUT_OF_RANGE, why, wl, "prefill at %s:%d needs %llu control "
+        return kvx__why(KVX_ERR_OUT_OF_RANGE, why, wl, "prefill at %s:%d needs %llu control "
                              "connections (KVX_BOOT_MAX_RANKS %d)", p->host, p->port,
                              (unsigned long long)total, KVX_BOOT_MAX_RANKS);
     rs->conns = (kvx__boot_conn **)kvx__boot_zalloc(b, (size_t)total * sizeof *rs->conns);
@@ -4247,7 +4236,7 @@ static kvx_result kvx__boot_rank_setting(const char *name, int size, int rank, i
     *sz = size > 0 ? size : 1;
     *rk = rank;
     if (rank < 0 || rank >= *sz)
-        return kvx__boot_err(KVX_ERR_BAD_CONFIG, why, wl, "desc.boot.%s_rank %d is not in [0, "
+        return kvx__why(KVX_ERR_BAD_CONFIG, why, wl, "desc.boot.%s_rank %d is not in [0, "
                              "%s_size %d)", name, rank, name, *sz);
     return KVX_OK;
 }
@@ -4278,7 +4267,7 @@ static kvx_result kvx__boot_settings(kvx_boot *b, char *why, size_t wl) {
     b->port_cfg = s.port;
     if (!s.host) s.host = "0.0.0.0";
     if (strlen(s.host) >= sizeof b->host)
-        return kvx__boot_err(KVX_ERR_BAD_CONFIG, why, wl, "bootstrap host '%s' is too long",
+        return kvx__why(KVX_ERR_BAD_CONFIG, why, wl, "bootstrap host '%s' is too long",
                              s.host);
     snprintf(b->host, sizeof b->host, "%s", s.host);
     b->hb_interval = s.heartbeat_interval_s;
@@ -4295,12 +4284,12 @@ static kvx_result kvx__boot_settings(kvx_boot *b, char *why, size_t wl) {
     b->serves = b->role == KVX_ROLE_PREFILL && !b->tp_rank && !b->dp_rank && !b->pp_rank &&
                 !b->cp_rank;
     if (b->role == KVX_ROLE_PREFILL && !b->serves && !b->port_cfg)
-        return kvx__boot_err(KVX_ERR_BAD_CONFIG, why, wl, "prefill rank (tp %d, dp %d, pp %d, cp "
+        return kvx__why(KVX_ERR_BAD_CONFIG, why, wl, "prefill rank (tp %d, dp %d, pp %d, cp "
                              "%d) needs the bootstrap server's port to register with it; an "
                              "ephemeral port is only for rank 0", b->tp_rank, b->dp_rank,
                              b->pp_rank, b->cp_rank);
     if (s.rank_ip && strlen(s.rank_ip) >= sizeof b->rank_ip)
-        return kvx__boot_err(KVX_ERR_BAD_CONFIG, why, wl, "KVX_BOOTSTRAP_RANK_IP / "
+        return kvx__why(KVX_ERR_BAD_CONFIG, why, wl, "KVX_BOOTSTRAP_RANK_IP / "
                              "desc.boot.rank_ip '%.80s' is too long", s.rank_ip);
     if (s.rank_ip) snprintf(b->rank_ip, sizeof b->rank_ip, "%s", s.rank_ip);
     else kvx__boot_local_ip(b->host, b->rank_ip, sizeof b->rank_ip);
@@ -4407,7 +4396,7 @@ static kvx_result kvx__boot_add_listener(kvx_boot *b, int kind, int port, const 
     int err, fd = kvx__listen(b->host, port, 1024, port_out, &err);
     kvx__boot_conn *c;
     if (fd < 0)
-        return kvx__boot_err(KVX_ERR_IO, why, wl, "cannot listen on %s:%d for the %s: %s%s",
+        return kvx__why(KVX_ERR_IO, why, wl, "cannot listen on %s:%d for the %s: %s%s",
                              b->host, port, what, kvx__errstr(err), err == EADDRINUSE ?
                              " (another process has this port; set KVX_BOOTSTRAP_PORT)" : "");
     c = kvx__boot_conn_new(b, kind, fd);
@@ -4431,7 +4420,7 @@ static kvx_result kvx__boot_self_register(kvx_boot *b, char *why, size_t wl) {
          kvx__boot_srv_register(b, &g, rwhy, sizeof rwhy);
     kvx__buf_free(&reg);
     if (!rc) return KVX_OK;
-    return kvx__boot_err(KVX_ERR_INVALID_ARGUMENT, why, wl, "cannot register this rank with its "
+    return kvx__why(KVX_ERR_INVALID_ARGUMENT, why, wl, "cannot register this rank with its "
                          "own bootstrap server: %s", rwhy);
 }
 
@@ -4444,7 +4433,7 @@ KVX_API kvx_result kvx_boot_create(kvx_engine *e, const kvx_boot_hooks *hooks,
     if (!out) return KVX_ERR_INVALID_ARGUMENT;
     *out = NULL;
     if (!e || endpoint_len > KVX_BOOT_MAX_ENDPOINT || (endpoint_len && !endpoint))
-        return kvx__boot_err(KVX_ERR_INVALID_ARGUMENT, why, wl, "kvx_boot_create: no engine, or "
+        return kvx__why(KVX_ERR_INVALID_ARGUMENT, why, wl, "kvx_boot_create: no engine, or "
                              "an endpoint of %zu bytes (limit %d)", endpoint_len,
                              KVX_BOOT_MAX_ENDPOINT);
     b = (kvx_boot *)kvx__zalloc(&kvx_engine_settings(e)->allocator, 1, sizeof *b);

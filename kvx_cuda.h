@@ -474,17 +474,6 @@ KVX_API kvx_result kvx_cuda_endpoint_check(const void *endpoint, size_t len, cha
 extern "C" {
 #endif
 
-/* Writes the sentence into why and returns code. */
-static kvx_result kvx__cu_err(char *why, size_t wl, kvx_result code, const char *fmt, ...)
-    KVX_PRINTF(4, 5);
-static kvx_result kvx__cu_err(char *why, size_t wl, kvx_result code, const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    if (why && wl) vsnprintf(why, wl, fmt, ap);
-    va_end(ap);
-    return code;
-}
-
 /* >>cuda transport: endpoint codec (pure; with and without KVX_WITH_CUDA) ------------ */
 
 #define KVX__CUX_FIXED 160u /* fixed part of an endpoint */
@@ -546,7 +535,7 @@ static kvx_result kvx__cux_bad(char *why, size_t wl, const char *fmt, ...) {
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    return kvx__cu_err(why, wl, KVX_ERR_PROTOCOL, "cuda endpoint: %s", msg);
+    return kvx__why(KVX_ERR_PROTOCOL, why, wl, "cuda endpoint: %s", msg);
 }
 
 /* The aux rows: none empty, and all of them fit one aux message. */
@@ -649,7 +638,7 @@ KVX_API kvx_result kvx_cuda_endpoint_check(const void *endpoint, size_t len, cha
 #endif
 
 static kvx_result kvx__cu_not_compiled(char *why, size_t wl) {
-    return kvx__cu_err(why, wl, KVX_ERR_NOT_COMPILED, "kvx_cuda.h was compiled without "
+    return kvx__why(KVX_ERR_NOT_COMPILED, why, wl, "kvx_cuda.h was compiled without "
                        "KVX_WITH_CUDA: build the file that defines KVX_IMPLEMENTATION with "
                        "-DKVX_WITH_CUDA -I<CUDA toolkit>/include for KV buffers in GPU memory");
 }
@@ -1000,7 +989,7 @@ static void kvx__cu_pick_batch(kvx_cuda *cu, int no_batch) {
 static kvx_result kvx__cu_start(kvx_cuda *cu, char *why, size_t wl) {
     CUresult rc = cu->f.Init(0);
     if (rc == CUDA_ERROR_NO_DEVICE)
-        return kvx__cu_err(why, wl, KVX_ERR_NOT_FOUND, "no CUDA device: cuInit in %s says %s (%s); "
+        return kvx__why(KVX_ERR_NOT_FOUND, why, wl, "no CUDA device: cuInit in %s says %s (%s); "
                            "KV buffers in GPU memory need an NVIDIA GPU (check nvidia-smi and "
                            "CUDA_VISIBLE_DEVICES)", cu->library, kvx__cu_err_name(cu, rc),
                            kvx__cu_err_text(cu, rc));
@@ -1012,7 +1001,7 @@ static kvx_result kvx__cu_start(kvx_cuda *cu, char *why, size_t wl) {
     if ((rc = cu->f.DeviceGetCount(&cu->device_count)) != CUDA_SUCCESS)
         return kvx__cu_fail(cu, rc, why, wl, "cuDeviceGetCount");
     if (cu->device_count <= 0)
-        return kvx__cu_err(why, wl, KVX_ERR_NOT_FOUND, "no CUDA device: the driver in %s sees "
+        return kvx__why(KVX_ERR_NOT_FOUND, why, wl, "no CUDA device: the driver in %s sees "
                            "none; KV buffers in GPU memory need an NVIDIA GPU (check "
                            "CUDA_VISIBLE_DEVICES)", cu->library);
     if (cu->device_count > KVX_CUDA_MAX_DEVICES) cu->device_count = KVX_CUDA_MAX_DEVICES;
@@ -1027,7 +1016,7 @@ typedef struct kvx__cu_scope {
 
 static kvx_result kvx__cu_check_device(const kvx_cuda *cu, int device, char *why, size_t wl) {
     if (device >= 0 && device < cu->device_count) return KVX_OK;
-    return kvx__cu_err(why, wl, KVX_ERR_INVALID_ARGUMENT, "GPU %d does not exist: the driver sees "
+    return kvx__why(KVX_ERR_INVALID_ARGUMENT, why, wl, "GPU %d does not exist: the driver sees "
                        "%d device%s (ordinals 0..%d)", device, cu->device_count,
                        cu->device_count == 1 ? "" : "s", cu->device_count - 1);
 }
@@ -1085,7 +1074,7 @@ KVX_API kvx_result kvx_cuda_create(const kvx_cuda_desc *desc, kvx_cuda **out, ch
     kvx_cuda *cu;
     kvx_result r;
     if (!out)
-        return kvx__cu_err(why, why_len, KVX_ERR_INVALID_ARGUMENT, "kvx_cuda_create: out is NULL");
+        return kvx__why(KVX_ERR_INVALID_ARGUMENT, why, why_len, "kvx_cuda_create: out is NULL");
     *out = NULL;
     if (desc) d = *desc;
     else memset(&d, 0, sizeof d);
@@ -1094,7 +1083,7 @@ KVX_API kvx_result kvx_cuda_create(const kvx_cuda_desc *desc, kvx_cuda **out, ch
         return r;
     cu = (kvx_cuda *)kvx__alloc(&d.allocator, sizeof *cu);
     if (!cu)
-        return kvx__cu_err(why, why_len, KVX_ERR_NO_MEMORY, "kvx_cuda_create: out of memory");
+        return kvx__why(KVX_ERR_NO_MEMORY, why, why_len, "kvx_cuda_create: out of memory");
     memset(cu, 0, sizeof *cu);
     cu->magic = KVX__CU_MAGIC;
     cu->alloc = d.allocator;
@@ -1194,7 +1183,7 @@ static kvx_result kvx__cu_stream_new(kvx_cuda *cu, int device, int pooled,
     s = (kvx_cuda_stream *)kvx__alloc(&cu->alloc, sizeof *s);
     if (!s) {
         kvx__cu_leave(cu, &sc);
-        return kvx__cu_err(why, wl, KVX_ERR_NO_MEMORY, "out of memory for a CUDA stream");
+        return kvx__why(KVX_ERR_NO_MEMORY, why, wl, "out of memory for a CUDA stream");
     }
     memset(s, 0, sizeof *s);
     s->cu = cu;
@@ -1389,7 +1378,7 @@ static kvx_result kvx__cu_copy_device(kvx_cuda *cu, int to_host, const kvx_copy 
     if (kvx__cu_scratch(s, n)) {
         kvx__cu_stream_put(cu, s, 0);
         kvx__cu_leave(cu, &sc);
-        return kvx__cu_err(why, wl, KVX_ERR_NO_MEMORY, "out of memory for %zu copy descriptors", n);
+        return kvx__why(KVX_ERR_NO_MEMORY, why, wl, "out of memory for %zu copy descriptors", n);
     }
     for (i = 0; i < n; i++) {
         if (!c[i].len) continue;
@@ -1418,12 +1407,12 @@ static kvx_result kvx__cu_copy(void *ctx, int to_host, const kvx_copy *c, size_t
     size_t i = 0, j;
     kvx_result r;
     if (!cu || cu->magic != KVX__CU_MAGIC || (n && !c))
-        return kvx__cu_err(why, wl, KVX_ERR_INVALID_ARGUMENT, "kvx_mem_ops.copy: bad context or "
+        return kvx__why(KVX_ERR_INVALID_ARGUMENT, why, wl, "kvx_mem_ops.copy: bad context or "
                            "NULL pieces");
     KVX__ADD(&cu->st.copy_calls, 1);
     for (j = 0; j < n; j++) {
         if (c[j].len && (!c[j].buf_ptr || !c[j].host))
-            return kvx__cu_err(why, wl, KVX_ERR_INVALID_ARGUMENT, "kvx_mem_ops.copy: piece %zu of "
+            return kvx__why(KVX_ERR_INVALID_ARGUMENT, why, wl, "kvx_mem_ops.copy: piece %zu of "
                                "%zu has a NULL %s pointer", j, n, c[j].buf_ptr ? "host" : "buffer");
         if ((r = kvx__cu_check_device(cu, c[j].device, why, wl)) != KVX_OK) return r;
     }
@@ -1552,7 +1541,7 @@ KVX_API kvx_result kvx_cuda_mem_ops(kvx_mem_ops *out, const kvx_cuda_desc *desc,
     kvx_cuda *cu;
     kvx_result r;
     if (!out)
-        return kvx__cu_err(why, why_len, KVX_ERR_INVALID_ARGUMENT, "kvx_cuda_mem_ops: out is NULL");
+        return kvx__why(KVX_ERR_INVALID_ARGUMENT, why, why_len, "kvx_cuda_mem_ops: out is NULL");
     memset(out, 0, sizeof *out);
     if ((r = kvx_cuda_create(desc, &cu, why, why_len)) != KVX_OK) return r;
     cu->owned_by_ops = 1;
@@ -1587,7 +1576,7 @@ KVX_API kvx_result kvx_cuda_alloc(kvx_cuda *cu, int device, size_t size, void **
     kvx_result r;
     if (dev_ptr) *dev_ptr = NULL;
     if (!cu || !dev_ptr || !size)
-        return kvx__cu_err(why, why_len, KVX_ERR_INVALID_ARGUMENT, "kvx_cuda_alloc: NULL argument "
+        return kvx__why(KVX_ERR_INVALID_ARGUMENT, why, why_len, "kvx_cuda_alloc: NULL argument "
                            "or size 0");
     if ((r = kvx__cu_enter(cu, device, &sc, why, why_len)) != KVX_OK) return r;
     rc = cu->f.MemAlloc(&d, size);
@@ -1633,7 +1622,7 @@ KVX_API kvx_result kvx_cuda_layout_check(kvx_cuda *cu, const kvx_layout *l, char
     kvx__cu_scope sc;
     kvx_result r;
     if (!cu || !l || (l->num_buffers && !l->buffers))
-        return kvx__cu_err(why, why_len, KVX_ERR_INVALID_ARGUMENT, "kvx_cuda_layout_check: NULL "
+        return kvx__why(KVX_ERR_INVALID_ARGUMENT, why, why_len, "kvx_cuda_layout_check: NULL "
                            "argument");
     if ((r = kvx__cu_enter(cu, 0, &sc, why, why_len)) != KVX_OK) return r;
     for (i = 0; i < l->num_buffers && r == KVX_OK; i++) {
@@ -1647,7 +1636,7 @@ KVX_API kvx_result kvx_cuda_layout_check(kvx_cuda *cu, const kvx_layout *l, char
         rc = kvx__cu_where(cu, b->base, &type, &ord, &base, &size);
         if (b->mem == KVX_MEM_HOST) {
             if (rc == CUDA_SUCCESS && type == CU_MEMORYTYPE_DEVICE)
-                r = kvx__cu_err(why, why_len, KVX_ERR_INVALID_ARGUMENT, "buffer %u (%p) is memory "
+                r = kvx__why(KVX_ERR_INVALID_ARGUMENT, why, why_len, "buffer %u (%p) is memory "
                                 "of GPU %d but the layout says KVX_MEM_HOST: set mem = "
                                 "KVX_MEM_CUDA and device = %d", i, b->base, ord, ord);
             continue;
@@ -1655,15 +1644,15 @@ KVX_API kvx_result kvx_cuda_layout_check(kvx_cuda *cu, const kvx_layout *l, char
         if (b->mem != KVX_MEM_CUDA) continue;
         if ((r = kvx__cu_check_device(cu, b->device, why, why_len)) != KVX_OK) break;
         if (rc != CUDA_SUCCESS || type != CU_MEMORYTYPE_DEVICE) {
-            r = kvx__cu_err(why, why_len, KVX_ERR_INVALID_ARGUMENT, "buffer %u (%p) says "
+            r = kvx__why(KVX_ERR_INVALID_ARGUMENT, why, why_len, "buffer %u (%p) says "
                             "KVX_MEM_CUDA on GPU %d but the driver does not know it as device "
                             "memory (%s)", i, b->base, b->device,
                             rc != CUDA_SUCCESS ? kvx__cu_err_name(cu, rc) : "host memory");
         } else if (ord != b->device) {
-            r = kvx__cu_err(why, why_len, KVX_ERR_INVALID_ARGUMENT, "buffer %u (%p) is memory of "
+            r = kvx__why(KVX_ERR_INVALID_ARGUMENT, why, why_len, "buffer %u (%p) is memory of "
                             "GPU %d but the layout says device %d", i, b->base, ord, b->device);
         } else if (kvx__cu_dptr(b->base) + b->length > base + size) {
-            r = kvx__cu_err(why, why_len, KVX_ERR_INVALID_ARGUMENT, "buffer %u (%p, %llu bytes) "
+            r = kvx__why(KVX_ERR_INVALID_ARGUMENT, why, why_len, "buffer %u (%p, %llu bytes) "
                             "runs %llu bytes past the end of its allocation (%llu bytes at 0x%llx)",
                             i, b->base, (unsigned long long)b->length,
                             (unsigned long long)(kvx__cu_dptr(b->base) + b->length - base - size),
@@ -1687,7 +1676,7 @@ KVX_API kvx_result kvx_cuda_ipc_export(kvx_cuda *cu, int device, void *dev_ptr,
     CUresult rc;
     kvx_result r;
     if (!cu || !dev_ptr || !handle)
-        return kvx__cu_err(why, why_len, KVX_ERR_INVALID_ARGUMENT, "kvx_cuda_ipc_export: NULL "
+        return kvx__why(KVX_ERR_INVALID_ARGUMENT, why, why_len, "kvx_cuda_ipc_export: NULL "
                            "argument");
     if ((r = kvx__cu_enter(cu, device, &sc, why, why_len)) != KVX_OK) return r;
     rc = cu->f.MemGetAddressRange(&base, &size, kvx__cu_dptr(dev_ptr));
@@ -1718,7 +1707,7 @@ KVX_API kvx_result kvx_cuda_ipc_import(kvx_cuda *cu, const uint8_t handle[KVX_CU
     kvx_result r;
     if (dev_base) *dev_base = NULL;
     if (!cu || !handle || !dev_base)
-        return kvx__cu_err(why, why_len, KVX_ERR_INVALID_ARGUMENT, "kvx_cuda_ipc_import: NULL "
+        return kvx__why(KVX_ERR_INVALID_ARGUMENT, why, why_len, "kvx_cuda_ipc_import: NULL "
                            "argument");
     if ((r = kvx__cu_enter(cu, device, &sc, why, why_len)) != KVX_OK) return r;
     memcpy(&h, handle, sizeof h);
@@ -1737,7 +1726,7 @@ KVX_API kvx_result kvx_cuda_ipc_close(kvx_cuda *cu, int device, void *dev_base, 
     CUresult rc;
     kvx_result r;
     if (!cu || !dev_base)
-        return kvx__cu_err(why, why_len, KVX_ERR_INVALID_ARGUMENT, "kvx_cuda_ipc_close: NULL "
+        return kvx__why(KVX_ERR_INVALID_ARGUMENT, why, why_len, "kvx_cuda_ipc_close: NULL "
                            "argument");
     if ((r = kvx__cu_enter(cu, device, &sc, why, why_len)) != KVX_OK) return r;
     rc = cu->f.IpcCloseMemHandle(kvx__cu_dptr(dev_base));
@@ -1755,7 +1744,7 @@ KVX_API kvx_result kvx_cuda_stream_create(kvx_cuda *cu, int device, kvx_cuda_str
     kvx_result r;
     if (out) *out = NULL;
     if (!cu || !out)
-        return kvx__cu_err(why, why_len, KVX_ERR_INVALID_ARGUMENT, "kvx_cuda_stream_create: NULL "
+        return kvx__why(KVX_ERR_INVALID_ARGUMENT, why, why_len, "kvx_cuda_stream_create: NULL "
                            "argument");
     if ((r = kvx__cu_stream_new(cu, device, 0, out, why, why_len)) != KVX_OK) return r;
     pthread_mutex_lock(&cu->mu);
@@ -1781,11 +1770,11 @@ static kvx_result kvx__cu_check_spans(const kvx_layout *src, const kvx_layout *d
         const kvx_span *x = &sp[i];
         const char *side = NULL;
         if (x->kind != KVX_SPAN_PAGES)
-            return kvx__cu_err(why, wl, KVX_ERR_INVALID_ARGUMENT, "span %zu is of kind %u: only "
+            return kvx__why(KVX_ERR_INVALID_ARGUMENT, why, wl, "span %zu is of kind %u: only "
                                "page spans are copied on the GPU (aux rows are host memory)", i,
                                x->kind);
         if (x->buffer >= src->num_buffers || x->buffer >= dst->num_buffers)
-            return kvx__cu_err(why, wl, KVX_ERR_OUT_OF_RANGE, "span %zu names buffer %u; the "
+            return kvx__why(KVX_ERR_OUT_OF_RANGE, why, wl, "span %zu names buffer %u; the "
                                "layouts have %u (source) and %u (destination)", i, x->buffer,
                                src->num_buffers, dst->num_buffers);
         if (x->src_offset > src->buffers[x->buffer].length ||
@@ -1795,14 +1784,14 @@ static kvx_result kvx__cu_check_spans(const kvx_layout *src, const kvx_layout *d
                  x->length > dst->buffers[x->buffer].length - x->dst_offset)
             side = "destination";
         if (side)
-            return kvx__cu_err(why, wl, KVX_ERR_OUT_OF_RANGE, "span %zu (buffer %u, src_offset "
+            return kvx__why(KVX_ERR_OUT_OF_RANGE, why, wl, "span %zu (buffer %u, src_offset "
                                "%llu, dst_offset %llu, length %llu) leaves the %s buffer (%llu "
                                "bytes)", i, x->buffer, (unsigned long long)x->src_offset,
                                (unsigned long long)x->dst_offset, (unsigned long long)x->length,
                                side, (unsigned long long)(side[0] == 's' ? src : dst)
                                          ->buffers[x->buffer].length);
         if (x->length && (!src->buffers[x->buffer].base || !dst->buffers[x->buffer].base))
-            return kvx__cu_err(why, wl, KVX_ERR_INVALID_ARGUMENT, "span %zu: buffer %u has a NULL "
+            return kvx__why(KVX_ERR_INVALID_ARGUMENT, why, wl, "span %zu: buffer %u has a NULL "
                                "base", i, x->buffer);
     }
     return KVX_OK;
@@ -1820,7 +1809,7 @@ static kvx_result kvx__cu_mark(kvx_cuda_stream *s, uint64_t seq, char *why, size
         CUevent *nf = (CUevent *)kvx__alloc(&cu->alloc, nc * sizeof *nf);
         if (!ne || !ns || !nf) {
             kvx__free(&cu->alloc, ne); kvx__free(&cu->alloc, ns); kvx__free(&cu->alloc, nf);
-            return kvx__cu_err(why, wl, KVX_ERR_NO_MEMORY, "out of memory for completion events");
+            return kvx__why(KVX_ERR_NO_MEMORY, why, wl, "out of memory for completion events");
         }
         for (i = 0; i < s->ev_count; i++) {
             ne[i] = s->ev[(s->ev_head + i) % s->ev_cap];
@@ -1854,12 +1843,12 @@ KVX_API kvx_result kvx_cuda_copy_spans(kvx_cuda_stream *s, const kvx_layout *src
     if (ticket) *ticket = 0;
     if (!s || !src || !dst || (n && !spans) || (src->num_buffers && !src->buffers) ||
         (dst->num_buffers && !dst->buffers))
-        return kvx__cu_err(why, why_len, KVX_ERR_INVALID_ARGUMENT, "kvx_cuda_copy_spans: NULL "
+        return kvx__why(KVX_ERR_INVALID_ARGUMENT, why, why_len, "kvx_cuda_copy_spans: NULL "
                            "argument");
     cu = s->cu;
     if ((r = kvx__cu_check_spans(src, dst, spans, n, why, why_len)) != KVX_OK) return r;
     if (kvx__cu_scratch(s, n < KVX_CUDA_BATCH_MAX ? n : KVX_CUDA_BATCH_MAX))
-        return kvx__cu_err(why, why_len, KVX_ERR_NO_MEMORY, "out of memory for %zu copy "
+        return kvx__why(KVX_ERR_NO_MEMORY, why, why_len, "out of memory for %zu copy "
                            "descriptors", n);
     if ((r = kvx__cu_enter(cu, s->device, &sc, why, why_len)) != KVX_OK) return r;
     for (i = 0; i < n && r == KVX_OK; i++) {
@@ -1921,7 +1910,7 @@ static kvx_result kvx__cu_ticket(const kvx_cuda_stream *s, uint64_t *ticket, cha
                                  size_t wl) {
     if (!*ticket) *ticket = s->submitted;
     if (*ticket <= s->submitted) return KVX_OK;
-    return kvx__cu_err(why, wl, KVX_ERR_INVALID_ARGUMENT, "ticket %llu was never issued on this "
+    return kvx__why(KVX_ERR_INVALID_ARGUMENT, why, wl, "ticket %llu was never issued on this "
                        "stream (last %llu)", (unsigned long long)*ticket,
                        (unsigned long long)s->submitted);
 }
@@ -1932,7 +1921,7 @@ KVX_API kvx_result kvx_cuda_stream_done(kvx_cuda_stream *s, uint64_t ticket, int
     kvx_result r;
     if (done) *done = 0;
     if (!s || !done)
-        return kvx__cu_err(why, why_len, KVX_ERR_INVALID_ARGUMENT, "kvx_cuda_stream_done: NULL "
+        return kvx__why(KVX_ERR_INVALID_ARGUMENT, why, why_len, "kvx_cuda_stream_done: NULL "
                            "argument");
     if ((r = kvx__cu_ticket(s, &ticket, why, why_len)) != KVX_OK) return r;
     if (ticket <= s->completed) { *done = 1; return KVX_OK; }
@@ -1948,7 +1937,7 @@ KVX_API kvx_result kvx_cuda_stream_wait(kvx_cuda_stream *s, uint64_t ticket, cha
     kvx__cu_scope sc;
     kvx_result r;
     if (!s)
-        return kvx__cu_err(why, why_len, KVX_ERR_INVALID_ARGUMENT, "kvx_cuda_stream_wait: NULL "
+        return kvx__why(KVX_ERR_INVALID_ARGUMENT, why, why_len, "kvx_cuda_stream_wait: NULL "
                            "stream");
     if ((r = kvx__cu_ticket(s, &ticket, why, why_len)) != KVX_OK) return r;
     if (ticket <= s->completed) return KVX_OK;
@@ -1978,10 +1967,10 @@ KVX_API kvx_result kvx_cuda_dmabuf_fd(kvx_cuda *cu, int device, void *dev_ptr, s
     if (fd) *fd = -1;
     if (offset) *offset = 0;
     if (!cu || !dev_ptr || !len || !fd || !offset)
-        return kvx__cu_err(why, why_len, KVX_ERR_INVALID_ARGUMENT, "kvx_cuda_dmabuf_fd: NULL "
+        return kvx__why(KVX_ERR_INVALID_ARGUMENT, why, why_len, "kvx_cuda_dmabuf_fd: NULL "
                            "argument or length 0");
     if (!KVX__CU_HAVE_DMABUF || !cu->f.MemGetHandleForAddressRange)
-        return kvx__cu_err(why, why_len, KVX_ERR_TRANSPORT, "the CUDA driver in %s (version %d) "
+        return kvx__why(KVX_ERR_TRANSPORT, why, why_len, "the CUDA driver in %s (version %d) "
                            "has no cuMemGetHandleForAddressRange: dma-buf export needs CUDA 11.7 "
                            "or newer; GPU memory cannot be registered with the NIC this way "
                            "(nvidia-peermem is the alternative)", cu->library, cu->driver_version);
@@ -1991,7 +1980,7 @@ KVX_API kvx_result kvx_cuda_dmabuf_fd(kvx_cuda *cu, int device, void *dev_ptr, s
         rc = cu->f.DeviceGetAttribute(&supported, CU_DEVICE_ATTRIBUTE_DMA_BUF_SUPPORTED, dev);
     if (rc != CUDA_SUCCESS || !supported) {
         kvx__cu_leave(cu, &sc);
-        return kvx__cu_err(why, why_len, KVX_ERR_TRANSPORT, "GPU %d does not support dma-buf "
+        return kvx__why(KVX_ERR_TRANSPORT, why, why_len, "GPU %d does not support dma-buf "
                            "(CU_DEVICE_ATTRIBUTE_DMA_BUF_SUPPORTED is 0%s): the driver, its kernel "
                            "module or the Linux kernel lacks it; register GPU memory through "
                            "nvidia-peermem instead", device,
@@ -2006,7 +1995,7 @@ KVX_API kvx_result kvx_cuda_dmabuf_fd(kvx_cuda *cu, int device, void *dev_ptr, s
     p = kvx__cu_dptr(dev_ptr);
     if (len > size - (size_t)(p - base)) {
         kvx__cu_leave(cu, &sc);
-        return kvx__cu_err(why, why_len, KVX_ERR_OUT_OF_RANGE, "dma-buf range %p + %zu leaves its "
+        return kvx__why(KVX_ERR_OUT_OF_RANGE, why, why_len, "dma-buf range %p + %zu leaves its "
                            "allocation (%zu bytes at 0x%llx)", dev_ptr, len, size,
                            (unsigned long long)base);
     }
@@ -2213,7 +2202,7 @@ static kvx_result kvx__cux_ep_decode(kvx__cux_engine *ce, char *why, size_t wl) 
     }
     ce->ep_len = KVX__CUX_FIXED + allocs.len + bufs.len + (size_t)na * KVX__CUX_AUXE;
     if (ce->ep_len > KVX_BOOT_MAX_ENDPOINT) {
-        r = kvx__cu_err(why, wl, KVX_ERR_INVALID_ARGUMENT, "the cuda endpoint needs %zu bytes for "
+        r = kvx__why(KVX_ERR_INVALID_ARGUMENT, why, wl, "the cuda endpoint needs %zu bytes for "
                         "%u KV buffers in %u GPU allocations, more than a kvx_boot hello carries "
                         "(KVX_BOOT_MAX_ENDPOINT, %u): put the KV buffers in fewer allocations "
                         "(buffers sharing one cost 24 bytes each, an allocation 88) or build both "
@@ -2230,7 +2219,7 @@ static kvx_result kvx__cux_ep_decode(kvx__cux_engine *ce, char *why, size_t wl) 
     kvx__buf_put(&ep, bufs.data, bufs.len);
     for (i = 0; i < na; i++) kvx__buf_put64(&ep, l->aux[i].item_len);
     if (!bases || allocs.oom || bufs.oom || ep.oom) {
-        r = kvx__cu_err(why, wl, KVX_ERR_NO_MEMORY, "out of memory building the cuda endpoint");
+        r = kvx__why(KVX_ERR_NO_MEMORY, why, wl, "out of memory building the cuda endpoint");
         goto out;
     }
     ce->ep = (uint8_t *)ep.data; /* the engine's allocator: kvx_engine_free releases it */
@@ -2344,7 +2333,7 @@ drop:
 
 static kvx_result kvx__cux_other_node(const char *who, const char *node, const char *here,
                                       char *why, size_t wl) {
-    return kvx__cu_err(why, wl, KVX_ERR_PEER, "%s is on another node (CUDA IPC works within one "
+    return kvx__why(KVX_ERR_PEER, why, wl, "%s is on another node (CUDA IPC works within one "
                        "node): use tcp or rdma between nodes; its node id '%s', here '%s'", who,
                        node, here);
 }
@@ -2384,13 +2373,13 @@ static kvx_result kvx__cux_peer_setup(kvx__cux_peer *p, char *why, size_t wl) {
     if (strcmp(p->info.node, ce->node))
         return kvx__cux_other_node(who, p->info.node, ce->node, why, wl);
     if (p->info.nb != l->num_buffers)
-        return kvx__cu_err(why, wl, KVX_ERR_LAYOUT_MISMATCH, "decode %s announces %u KV buffers, "
+        return kvx__why(KVX_ERR_LAYOUT_MISMATCH, why, wl, "decode %s announces %u KV buffers, "
                            "this prefill has %u", p->name, p->info.nb, l->num_buffers);
     p->same_process = p->info.pid == ce->pid;
     p->imports = (void **)kvx_engine_alloc(ce->engine, p->info.nalloc * sizeof(void *));
     p->dbufs = (kvx_buffer *)kvx_engine_alloc(ce->engine, l->num_buffers * sizeof(kvx_buffer));
     if (!p->imports || !p->dbufs) {
-        r = kvx__cu_err(why, wl, KVX_ERR_NO_MEMORY, "out of memory mapping decode %s", p->name);
+        r = kvx__why(KVX_ERR_NO_MEMORY, why, wl, "out of memory mapping decode %s", p->name);
         goto fail;
     }
     memset(p->imports, 0, p->info.nalloc * sizeof(void *));
@@ -2576,7 +2565,7 @@ static kvx_result kvx__cux_on_room(kvx_boot *b, kvx_room *r, const kvx_boot_peer
         for (i = 0; ok && i < l->num_aux; i++)
             ok = kvx__cux_ep_aux(&p->info, i) == l->aux[i].item_len;
         if (!ok)
-            res = kvx__cu_err(why, sizeof why, KVX_ERR_LAYOUT_MISMATCH, "decode %s asks for aux "
+            res = kvx__why(KVX_ERR_LAYOUT_MISMATCH, why, sizeof why, "decode %s asks for aux "
                               "rows in its slot %d but its aux buffers (%u) do not match this "
                               "prefill's (%u): aux buffers and their row sizes must be equal on "
                               "both sides", p->name, (int)aux, p->info.na, l->num_aux);
@@ -2586,7 +2575,7 @@ static kvx_result kvx__cux_on_room(kvx_boot *b, kvx_room *r, const kvx_boot_peer
         if (copy)
             memcpy(copy, dst, (size_t)n * sizeof *copy);
         else
-            res = kvx__cu_err(why, sizeof why, KVX_ERR_NO_MEMORY, "out of memory for %u "
+            res = kvx__why(KVX_ERR_NO_MEMORY, why, sizeof why, "out of memory for %u "
                               "destination pages", n);
     }
     if (res != KVX_OK) {
@@ -3313,7 +3302,7 @@ static kvx_result kvx__cux_settings(kvx__cux_engine *ce, char *why, size_t wl) {
     kvx_result r;
     ce->cu = kvx_cuda_from_mem_ops(&d->mem);
     if (!ce->cu)
-        return kvx__cu_err(why, wl, KVX_ERR_INVALID_ARGUMENT, "the cuda transport needs desc.mem "
+        return kvx__why(KVX_ERR_INVALID_ARGUMENT, why, wl, "the cuda transport needs desc.mem "
                            "filled by kvx_cuda_mem_ops() (kvx_cuda.h): that is how it reaches the "
                            "CUDA driver");
     memset(&cd, 0, sizeof cd);
@@ -3322,11 +3311,11 @@ static kvx_result kvx__cux_settings(kvx__cux_engine *ce, char *why, size_t wl) {
     ce->fence_s = cd.fence_timeout_s;
     for (i = 0; i < l->num_buffers; i++) {
         if (l->buffers[i].mem != KVX_MEM_CUDA)
-            return kvx__cu_err(why, wl, KVX_ERR_INVALID_ARGUMENT, "KV buffer %u is host memory: "
+            return kvx__why(KVX_ERR_INVALID_ARGUMENT, why, wl, "KV buffer %u is host memory: "
                                "the cuda transport moves KV pools in GPU memory (KVX_MEM_CUDA); "
                                "use the tcp or file transport for pools in host memory", i);
         if (ce->role == KVX_ROLE_PREFILL && l->buffers[i].device != l->buffers[0].device)
-            return kvx__cu_err(why, wl, KVX_ERR_INVALID_ARGUMENT, "KV buffer %u is on GPU %d, "
+            return kvx__why(KVX_ERR_INVALID_ARGUMENT, why, wl, "KV buffer %u is on GPU %d, "
                                "buffer 0 on GPU %d: a prefill engine of the cuda transport keeps "
                                "its pool on one GPU (one engine per rank)", i, l->buffers[i].device,
                                l->buffers[0].device);
@@ -3334,7 +3323,7 @@ static kvx_result kvx__cux_settings(kvx__cux_engine *ce, char *why, size_t wl) {
     ce->device = l->buffers[0].device;
     ce->aux_row_bytes = kvx_layout_aux_row_bytes(l);
     if (ce->aux_row_bytes > KVX_BOOT_MAX_MESSAGE - KVX__CUX_AUXM)
-        return kvx__cu_err(why, wl, KVX_ERR_INVALID_ARGUMENT, "the aux rows of one request are "
+        return kvx__why(KVX_ERR_INVALID_ARGUMENT, why, wl, "the aux rows of one request are "
                            "%llu bytes; the cuda transport sends them in one kvx_boot message of "
                            "at most KVX_BOOT_MAX_MESSAGE (%u) bytes with a %u-byte head",
                            (unsigned long long)ce->aux_row_bytes, (unsigned)KVX_BOOT_MAX_MESSAGE,

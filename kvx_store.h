@@ -569,18 +569,6 @@ static uint64_t kvx__store_wall_ns(void) {
     return kvx__store_ts_ns(&t);
 }
 
-/* Writes the sentence into why (when there is one) and returns code. */
-static kvx_result kvx__store_err(char *why, size_t wl, kvx_result code, const char *fmt, ...)
-    KVX_PRINTF(4, 5);
-static kvx_result kvx__store_err(char *why, size_t wl, kvx_result code, const char *fmt, ...) {
-    va_list ap;
-    if (!why || !wl) return code;
-    va_start(ap, fmt);
-    vsnprintf(why, wl, fmt, ap);
-    va_end(ap);
-    return code;
-}
-
 /* >>block store: keys ----------------------------------------------------------- */
 
 KVX_API size_t kvx_store_page_keys(const uint32_t *tokens, size_t num_tokens, uint32_t page_size,
@@ -653,31 +641,31 @@ KVX_API kvx_result kvx_store_header_parse(const void *buf, size_t len, kvx_store
     if (!o) return KVX_ERR_INVALID_ARGUMENT;
     memset(o, 0, sizeof *o);
     if (!p || len < KVX_STORE_HEADER_FIXED)
-        return kvx__store_err(why, wl, KVX_ERR_CORRUPT, "header truncated: %zu bytes, the fixed "
+        return kvx__why(KVX_ERR_CORRUPT, why, wl, "header truncated: %zu bytes, the fixed "
                               "part is %d", p ? len : 0, KVX_STORE_HEADER_FIXED);
     if (memcmp(p, "KVXBLOCK", 8))
-        return kvx__store_err(why, wl, KVX_ERR_CORRUPT, "bad magic (not a kvx block)");
+        return kvx__why(KVX_ERR_CORRUPT, why, wl, "bad magic (not a kvx block)");
     o->version = kvx__le_r32(p + 8);
     if (o->version != KVX_STORE_FORMAT_VERSION)
-        return kvx__store_err(why, wl, KVX_ERR_CORRUPT, "format version %u; this reader knows %d",
+        return kvx__why(KVX_ERR_CORRUPT, why, wl, "format version %u; this reader knows %d",
                               o->version, KVX_STORE_FORMAT_VERSION);
     o->header_size = kvx__le_r32(p + 12);
     o->header_crc = kvx__le_r32(p + 16);
     o->num_buffers = kvx__le_r32(p + 68);
     if (o->header_size < KVX_STORE_HEADER_FIXED + 8 || o->header_size > KVX_STORE_HEADER_MAX ||
         o->header_size % 8)
-        return kvx__store_err(why, wl, KVX_ERR_CORRUPT, "header_size %u is not a multiple of 8 in "
+        return kvx__why(KVX_ERR_CORRUPT, why, wl, "header_size %u is not a multiple of 8 in "
                               "[%d, %d]", o->header_size, KVX_STORE_HEADER_FIXED + 8,
                               KVX_STORE_HEADER_MAX);
     if (o->num_buffers == 0 || o->num_buffers > (o->header_size - KVX_STORE_HEADER_FIXED) / 8)
-        return kvx__store_err(why, wl, KVX_ERR_CORRUPT, "num_buffers %u does not fit header_size "
+        return kvx__why(KVX_ERR_CORRUPT, why, wl, "num_buffers %u does not fit header_size "
                               "%u", o->num_buffers, o->header_size);
     if (len < o->header_size)
-        return kvx__store_err(why, wl, KVX_ERR_CORRUPT, "header truncated: %zu of %u bytes", len,
+        return kvx__why(KVX_ERR_CORRUPT, why, wl, "header truncated: %zu of %u bytes", len,
                               o->header_size);
     crc = kvx__store_header_crc(p, o->header_size);
     if (crc != o->header_crc)
-        return kvx__store_err(why, wl, KVX_ERR_CORRUPT, "header CRC32C mismatch: stored %08x, "
+        return kvx__why(KVX_ERR_CORRUPT, why, wl, "header CRC32C mismatch: stored %08x, "
                               "computed %08x", o->header_crc, crc);
     o->flags = kvx__le_r32(p + 20);
     o->config_hash = kvx__le_r64(p + 24);
@@ -689,18 +677,18 @@ KVX_API kvx_result kvx_store_header_parse(const void *buf, size_t len, kvx_store
     o->kv_fingerprint = kvx__le_r64(p + 88);
     o->item_lens = p + KVX_STORE_HEADER_FIXED;
     if (o->flags)
-        return kvx__store_err(why, wl, KVX_ERR_CORRUPT, "unknown flags %08x", o->flags);
+        return kvx__why(KVX_ERR_CORRUPT, why, wl, "unknown flags %08x", o->flags);
     if (o->page_count == 0)
-        return kvx__store_err(why, wl, KVX_ERR_CORRUPT, "page_count is 0");
+        return kvx__why(KVX_ERR_CORRUPT, why, wl, "page_count is 0");
     for (i = 0; i < o->num_buffers; i++) {
         uint64_t it = kvx_store_block_item_len(o, i);
         if (it == 0 || it > KVX__STORE_MAX_DATA - sum)
-            return kvx__store_err(why, wl, KVX_ERR_CORRUPT, "item_len[%u] = %llu is 0 or makes the "
+            return kvx__why(KVX_ERR_CORRUPT, why, wl, "item_len[%u] = %llu is 0 or makes the "
                                   "page too large", i, (unsigned long long)it);
         sum += it;
     }
     if (sum > KVX__STORE_MAX_DATA / o->page_count || o->data_len != sum * o->page_count)
-        return kvx__store_err(why, wl, KVX_ERR_CORRUPT, "data_len %llu is not page_count %u x page "
+        return kvx__why(KVX_ERR_CORRUPT, why, wl, "data_len %llu is not page_count %u x page "
                               "bytes %llu", (unsigned long long)o->data_len, o->page_count,
                               (unsigned long long)sum);
     return KVX_OK;
@@ -2190,7 +2178,7 @@ static kvx_result kvx__store_config_file(kvx_store *s, char *why, size_t wl) {
                          h->str);
                 kvx__json_free(&doc);
                 if (same) return KVX_OK;
-                return kvx__store_err(why, wl, KVX_ERR_CORRUPT, "%s/config.json describes "
+                return kvx__why(KVX_ERR_CORRUPT, why, wl, "%s/config.json describes "
                                       "configuration '%s', not %s: the directory was renamed or "
                                       "copied; move it away", s->ns, theirs, s->cfg_hex);
             }
@@ -2214,7 +2202,7 @@ static kvx_result kvx__store_config_file(kvx_store *s, char *why, size_t wl) {
     kvx__buf_free(&b);
     if (err) {
         if (err < 0) err = EIO;
-        return kvx__store_err(why, wl, kvx__errno_result(err), "cannot write %s/config.json: %s",
+        return kvx__why(kvx__errno_result(err), why, wl, "cannot write %s/config.json: %s",
                               s->ns, strerror(err));
     }
     if (s->desc.fsync) kvx__store_fsync_dir(s->ns_fd, ".");
@@ -2233,7 +2221,7 @@ static kvx_result kvx__store_fanout(kvx_store *s, char *why, size_t wl) {
         d[2] = 0;
         if (kvx__mkdirat(s->ns_fd, d, 0755, &m)) { /* another node may be making it too */
             int err = errno;
-            return kvx__store_err(why, wl, kvx__errno_result(err), "cannot create %s/%s: %s", s->ns,
+            return kvx__why(kvx__errno_result(err), why, wl, "cannot create %s/%s: %s", s->ns,
                                   d, strerror(err));
         }
         made += m;
@@ -2254,7 +2242,7 @@ static kvx_result kvx__store_open_ns(kvx_store *s, char *why, size_t wl) {
     if (kvx__mkdirat(root_fd, s->cfg_hex, mode, NULL)) {
         err = errno;
         close(root_fd);
-        return kvx__store_err(why, wl, kvx__errno_result(err), "cannot create %s: %s", s->ns,
+        return kvx__why(kvx__errno_result(err), why, wl, "cannot create %s: %s", s->ns,
                               strerror(err));
     }
     s->ns_fd = openat(root_fd, s->cfg_hex, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
@@ -2300,7 +2288,7 @@ static kvx_result kvx__store_apply_env(kvx_store_desc *d, char *why, size_t wl) 
     kvx_result r = kvx__settings_apply(kvx__store_table, KVX__COUNT(kvx__store_table), d, why, wl);
     if (r != KVX_OK) return r;
     if (d->scan_interval != -1 && d->scan_interval < 0.05)
-        return kvx__store_err(why, wl, KVX_ERR_BAD_CONFIG, "KVX_STORE_SCAN_INTERVAL / "
+        return kvx__why(KVX_ERR_BAD_CONFIG, why, wl, "KVX_STORE_SCAN_INTERVAL / "
                               "desc.scan_interval is %g; use seconds in [0.05, 86400], 0 for the "
                               "default 30, or -1 for no periodic scan", d->scan_interval);
     if (!d->dir || !*d->dir) {
@@ -2322,17 +2310,17 @@ static kvx_result kvx__store_check_desc(const kvx_store_desc *d, char *why, size
     if ((r = kvx_layout_validate(&d->layout, why, wl)) != KVX_OK) return r;
     for (i = 0; i < d->layout.num_buffers; i++)
         if (d->layout.buffers[i].mem != KVX_MEM_HOST)
-            return kvx__store_err(why, wl, KVX_ERR_INVALID_ARGUMENT, "KV buffer %u is GPU memory: "
+            return kvx__why(KVX_ERR_INVALID_ARGUMENT, why, wl, "KV buffer %u is GPU memory: "
                                   "the block store reads and writes host memory; stage pages "
                                   "through pinned host buffers", i);
     if (KVX_STORE_HEADER_FIXED + 8ull * d->layout.num_buffers > KVX_STORE_HEADER_MAX - 4096)
-        return kvx__store_err(why, wl, KVX_ERR_INVALID_ARGUMENT, "%u KV buffers do not fit a block "
+        return kvx__why(KVX_ERR_INVALID_ARGUMENT, why, wl, "%u KV buffers do not fit a block "
                               "header", d->layout.num_buffers);
     if (d->tp_rank < 0 || d->tp_rank >= d->tp_size)
-        return kvx__store_err(why, wl, KVX_ERR_INVALID_ARGUMENT, "tp_rank %d is outside tp_size %d",
+        return kvx__why(KVX_ERR_INVALID_ARGUMENT, why, wl, "tp_rank %d is outside tp_size %d",
                               d->tp_rank, d->tp_size);
     if (strlen(d->dir) > KVX__STORE_PATH - 256)
-        return kvx__store_err(why, wl, KVX_ERR_INVALID_ARGUMENT, "store directory path is too long "
+        return kvx__why(KVX_ERR_INVALID_ARGUMENT, why, wl, "store directory path is too long "
                               "(%zu bytes)", strlen(d->dir));
     return KVX_OK;
 }
@@ -2473,12 +2461,12 @@ KVX_API kvx_result kvx_store_open(const kvx_store_desc *desc, kvx_store **out, c
     if (why && wl) why[0] = 0;
     if (!out) return KVX_ERR_INVALID_ARGUMENT;
     *out = NULL;
-    if (!desc) return kvx__store_err(why, wl, KVX_ERR_INVALID_ARGUMENT, "store desc is NULL");
+    if (!desc) return kvx__why(KVX_ERR_INVALID_ARGUMENT, why, wl, "store desc is NULL");
     d = *desc;
     if ((r = kvx__store_apply_env(&d, why, wl)) != KVX_OK) return r;
     if ((r = kvx__store_check_desc(&d, why, wl)) != KVX_OK) return r;
     s = (kvx_store *)kvx__alloc(&d.allocator, sizeof *s);
-    if (!s) return kvx__store_err(why, wl, KVX_ERR_NO_MEMORY, "out of memory");
+    if (!s) return kvx__why(KVX_ERR_NO_MEMORY, why, wl, "out of memory");
     memset(s, 0, sizeof *s);
     s->desc = d;
     s->ns_fd = -1;
@@ -2537,17 +2525,17 @@ static kvx_result kvx__store_check_file(int dirfd, const char *name, uint8_t *hd
     memset(info, 0, sizeof *info);
     if (fd < 0) {
         err = errno;
-        return kvx__store_err(why, wl, kvx__errno_result(err), "cannot open: %s", strerror(err));
+        return kvx__why(kvx__errno_result(err), why, wl, "cannot open: %s", strerror(err));
     }
     if (fstat(fd, st)) {
         err = errno;
         close(fd);
-        return kvx__store_err(why, wl, kvx__errno_result(err), "cannot stat: %s", strerror(err));
+        return kvx__why(kvx__errno_result(err), why, wl, "cannot stat: %s", strerror(err));
     }
     want = (uint64_t)st->st_size < KVX_STORE_HEADER_MAX ? (size_t)st->st_size : KVX_STORE_HEADER_MAX;
     if ((err = kvx__pio(fd, hdr, want, 0, 0)) > 0) {
         close(fd);
-        return kvx__store_err(why, wl, kvx__errno_result(err), "cannot read: %s", strerror(err));
+        return kvx__why(kvx__errno_result(err), why, wl, "cannot read: %s", strerror(err));
     }
     if ((r = kvx_store_header_parse(hdr, want, info, why, wl)) != KVX_OK) {
         close(fd);
@@ -2555,22 +2543,22 @@ static kvx_result kvx__store_check_file(int dirfd, const char *name, uint8_t *hd
     }
     kvx_store_key_hex(&info->key, hex);
     if ((uint64_t)st->st_size != info->header_size + info->data_len) {
-        r = kvx__store_err(why, wl, KVX_ERR_CORRUPT, "file is %lld bytes, its header says %llu "
+        r = kvx__why(KVX_ERR_CORRUPT, why, wl, "file is %lld bytes, its header says %llu "
                            "(torn or truncated)", (long long)st->st_size,
                            (unsigned long long)(info->header_size + info->data_len));
     } else if (strncmp(name, hex, 64)) {
-        r = kvx__store_err(why, wl, KVX_ERR_CORRUPT, "holds key %.16s..., not the one in its name",
+        r = kvx__why(KVX_ERR_CORRUPT, why, wl, "holds key %.16s..., not the one in its name",
                            hex);
     } else if (cfg_hex && cfg_hex[0] && strtoull(cfg_hex, NULL, 16) != info->config_hash) {
-        r = kvx__store_err(why, wl, KVX_ERR_CORRUPT, "belongs to configuration %016llx, not this "
+        r = kvx__why(KVX_ERR_CORRUPT, why, wl, "belongs to configuration %016llx, not this "
                            "directory's %s", (unsigned long long)info->config_hash, cfg_hex);
     } else if (check_data &&
                (err = kvx__store_crc_file(fd, data, data_cap, info->header_size, info->data_len,
                                           &crc)) != 0) {
-        r = kvx__store_err(why, wl, err < 0 ? KVX_ERR_CORRUPT : kvx__errno_result(err),
+        r = kvx__why(err < 0 ? KVX_ERR_CORRUPT : kvx__errno_result(err), why, wl,
                            "cannot read data: %s", err < 0 ? "short file" : strerror(err));
     } else if (check_data && crc != info->data_crc) {
-        r = kvx__store_err(why, wl, KVX_ERR_CORRUPT, "data CRC32C mismatch: stored %08x, "
+        r = kvx__why(KVX_ERR_CORRUPT, why, wl, "data CRC32C mismatch: stored %08x, "
                            "computed %08x", info->data_crc, crc);
     }
     close(fd);
@@ -2625,13 +2613,13 @@ static kvx_result kvx__store_scan_ns(kvx__store_scan *c, const char *ns, char *w
     fd = open(ns, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
     if (fd < 0) {
         err = errno;
-        return kvx__store_err(why, wl, kvx__errno_result(err), "cannot open %s: %s", ns,
+        return kvx__why(kvx__errno_result(err), why, wl, "cannot open %s: %s", ns,
                               strerror(err));
     }
     err = kvx__store_walk(fd, kvx__store_scan_fn, c);
     close(fd);
     if (err)
-        return kvx__store_err(why, wl, kvx__errno_result(err), "cannot read %s: %s", ns,
+        return kvx__why(kvx__errno_result(err), why, wl, "cannot read %s: %s", ns,
                               strerror(err));
     return KVX_OK;
 }
@@ -2667,7 +2655,7 @@ KVX_API kvx_result kvx_store_scan(const char *dir, int check_data, kvx_store_sca
         struct dirent *e;
         if (!d) {
             int err = errno;
-            r = kvx__store_err(why, wl, kvx__errno_result(err), "cannot open %s: %s", dir,
+            r = kvx__why(kvx__errno_result(err), why, wl, "cannot open %s: %s", dir,
                                strerror(err));
         }
         while (d && r == KVX_OK && (e = readdir(d)) != NULL) {

@@ -393,19 +393,6 @@ extern "C" {
 #define KVX__TCP_ENDPOINT_FIXED 32
 #define KVX__TCP_DRAIN 65536
 
-/* Says why (the sentence of fmt) and returns res. */
-static kvx_result kvx__tcp_bad(kvx_result res, char *why, size_t wl, const char *fmt, ...)
-    KVX_PRINTF(4, 5);
-static kvx_result kvx__tcp_bad(kvx_result res, char *why, size_t wl, const char *fmt, ...) {
-    va_list ap;
-    if (!why || !wl) return res;
-    va_start(ap, fmt);
-    vsnprintf(why, wl, fmt, ap);
-    va_end(ap);
-    return res;
-}
-
-
 KVX_API void kvx_tcp_header_encode(const kvx_tcp_header *h, void *out32) {
     uint8_t *p = (uint8_t *)out32;
     kvx__le_w32(p, KVX_TCP_MAGIC);
@@ -426,7 +413,7 @@ KVX_API kvx_result kvx_tcp_header_decode(const void *in32, kvx_tcp_header *h, ch
     uint64_t seg_bytes;
     memset(h, 0, sizeof *h);
     if (kvx__le_r32(p) != KVX_TCP_MAGIC)
-        return kvx__tcp_bad(KVX_ERR_PROTOCOL, why, wl, "bad magic %08x (not a kvx tcp frame)",
+        return kvx__why(KVX_ERR_PROTOCOL, why, wl, "bad magic %08x (not a kvx tcp frame)",
                             (unsigned)kvx__le_r32(p));
     h->version = p[4];
     h->type = p[5];
@@ -435,10 +422,10 @@ KVX_API kvx_result kvx_tcp_header_decode(const void *in32, kvx_tcp_header *h, ch
     h->body_len = kvx__le_r64(p + 16);
     h->flags = kvx__le_r32(p + 24);
     if (h->version != KVX_TCP_PROTOCOL_VERSION)
-        return kvx__tcp_bad(KVX_ERR_PROTOCOL, why, wl, "protocol version %u, this side speaks %d",
+        return kvx__why(KVX_ERR_PROTOCOL, why, wl, "protocol version %u, this side speaks %d",
                             h->version, KVX_TCP_PROTOCOL_VERSION);
     if (h->flags || kvx__le_r32(p + 28))
-        return kvx__tcp_bad(KVX_ERR_PROTOCOL, why, wl,
+        return kvx__why(KVX_ERR_PROTOCOL, why, wl,
                             "nonzero flags or reserved field in a frame header");
     switch (h->type) {
     case KVX_TCP_HELLO:
@@ -454,15 +441,15 @@ KVX_API kvx_result kvx_tcp_header_decode(const void *in32, kvx_tcp_header *h, ch
         seg_bytes = (uint64_t)h->count * KVX_TCP_SEGMENT_BYTES;
         if (!h->count || h->count > KVX_TCP_MAX_SEGS || h->body_len < seg_bytes ||
             h->body_len - seg_bytes > KVX_TCP_MAX_FRAME)
-            return kvx__tcp_bad(KVX_ERR_PROTOCOL, why, wl, "DATA frame with %u segments and a body "
+            return kvx__why(KVX_ERR_PROTOCOL, why, wl, "DATA frame with %u segments and a body "
                                 "of %llu bytes (limits: 1..%d segments, %u payload bytes)",
                                 h->count, (unsigned long long)h->body_len, KVX_TCP_MAX_SEGS,
                                 (unsigned)KVX_TCP_MAX_FRAME);
         return KVX_OK;
     default:
-        return kvx__tcp_bad(KVX_ERR_PROTOCOL, why, wl, "unknown frame type %u", h->type);
+        return kvx__why(KVX_ERR_PROTOCOL, why, wl, "unknown frame type %u", h->type);
     }
-    return kvx__tcp_bad(KVX_ERR_PROTOCOL, why, wl, "frame type %u with count %u and a body of "
+    return kvx__why(KVX_ERR_PROTOCOL, why, wl, "frame type %u with count %u and a body of "
                         "%llu bytes", h->type, h->count, (unsigned long long)h->body_len);
 }
 
@@ -1069,7 +1056,7 @@ static kvx_result kvx__tcp_stream_hello(kvx__tcp_stream *st, int fd, char *why, 
     int err;
     memset(nonce, 0, sizeof nonce);
     if (te->key && kvx__random_bytes(nonce, sizeof nonce) != KVX_OK)
-        return kvx__tcp_bad(KVX_ERR_IO, why, wl,
+        return kvx__why(KVX_ERR_IO, why, wl,
                             "stream %d: cannot draw a nonce from the kernel", st->index);
     kvx__tcp_hdr(hello, KVX_TCP_HELLO, 0, 0, KVX__TCP_HELLO_BODY);
     memcpy(hello + 32, lk->token, KVX_TCP_TOKEN_BYTES);
@@ -1081,7 +1068,7 @@ static kvx_result kvx__tcp_stream_hello(kvx__tcp_stream *st, int fd, char *why, 
     memcpy(hello + 72, nonce, KVX_NONCE_BYTES);
     kvx__le_w64(hello + 88, 0);
     if ((err = kvx__tcp_io1(fd, hello, sizeof hello, 1, 0)) != 0)
-        return kvx__tcp_bad(KVX_ERR_PEER_LOST, why, wl, "cannot send the HELLO on stream %d: %s",
+        return kvx__why(KVX_ERR_PEER_LOST, why, wl, "cannot send the HELLO on stream %d: %s",
                             st->index, kvx__tcp_errstr(err));
     if (!te->key) return KVX_OK;
     err = kvx__tcp_recv_until(fd, in, KVX_TCP_HEADER_BYTES,
@@ -1091,26 +1078,26 @@ static kvx_result kvx__tcp_stream_hello(kvx__tcp_stream *st, int fd, char *why, 
         err = kvx__tcp_recv_until(fd, in + KVX_TCP_HEADER_BYTES, (size_t)h.body_len,
                                   kvx_now_ns() + (uint64_t)(te->set.timeout_s * 1e9));
     if (err)
-        return kvx__tcp_bad(KVX_ERR_PEER_LOST, why, wl,
+        return kvx__why(KVX_ERR_PEER_LOST, why, wl,
                             "stream %d: no key proof from the decode: %s", st->index,
                             kvx__tcp_errstr(err));
     if (h.type == KVX_TCP_ERROR) {
         kvx__tcp_reason(in + 32, h.body_len, reason, sizeof reason);
-        return kvx__tcp_bad(KVX_ERR_PEER, why, wl, "it refused the connection: %s", reason);
+        return kvx__why(KVX_ERR_PEER, why, wl, "it refused the connection: %s", reason);
     }
     if (h.type != KVX_TCP_AUTH)
-        return kvx__tcp_bad(KVX_ERR_PROTOCOL, why, wl,
+        return kvx__why(KVX_ERR_PROTOCOL, why, wl,
                             "stream %d: frame type %u instead of the decode's key proof",
                             st->index, h.type);
     kvx__auth_proof(te->key, te->key_len, KVX__TCP_LABEL_DECODE, nonce, in + 32, mac);
     if (!kvx__equal_ct(mac, in + 32 + KVX_NONCE_BYTES, KVX_MAC_BYTES))
-        return kvx__tcp_bad(KVX_ERR_PERMISSION, why, wl, "the decode engine could not prove that "
+        return kvx__why(KVX_ERR_PERMISSION, why, wl, "the decode engine could not prove that "
                             "it holds the shared auth key: KVX_AUTH_KEY / KVX_AUTH_KEY_FILE "
                             "differ between the two engines");
     kvx__tcp_hdr(proof, KVX_TCP_PROOF, 0, 0, KVX__TCP_PROOF_BODY);
     kvx__auth_proof(te->key, te->key_len, KVX__TCP_LABEL_PREFILL, in + 32, nonce, proof + 32);
     if ((err = kvx__tcp_io1(fd, proof, sizeof proof, 1, 0)) != 0)
-        return kvx__tcp_bad(KVX_ERR_PEER_LOST, why, wl,
+        return kvx__why(KVX_ERR_PEER_LOST, why, wl,
                             "cannot send the key proof on stream %d: %s", st->index,
                             kvx__tcp_errstr(err));
     return KVX_OK;
@@ -1475,24 +1462,24 @@ static kvx_result kvx__tcp_parse_endpoint(const kvx_boot_peer *peer, char *host,
     uint32_t len = peer->endpoint_len, hl, i;
     int ap;
     if (!p || len < KVX__TCP_ENDPOINT_FIXED || memcmp(p, "kvx-tcp\0", 8))
-        return kvx__tcp_bad(KVX_ERR_PROTOCOL, why, wl, "decode %s announced no tcp data endpoint "
+        return kvx__why(KVX_ERR_PROTOCOL, why, wl, "decode %s announced no tcp data endpoint "
                             "in its hello (transport '%s'; both sides must run the tcp transport)",
                             peer->addr, peer->transport ? peer->transport : "?");
     hl = kvx__le_r16(p + 12);
     *port = kvx__le_r16(p + 10);
     if (kvx__le_r16(p + 8) != KVX_TCP_PROTOCOL_VERSION)
-        return kvx__tcp_bad(KVX_ERR_PROTOCOL, why, wl, "decode %s speaks tcp data protocol "
+        return kvx__why(KVX_ERR_PROTOCOL, why, wl, "decode %s speaks tcp data protocol "
                             "version %u, this engine %d: run the same kvx version on both sides",
                             peer->addr, kvx__le_r16(p + 8), KVX_TCP_PROTOCOL_VERSION);
     memcpy(token, p + 16, KVX_TCP_TOKEN_BYTES);
     if (hl >= hn || len != KVX__TCP_ENDPOINT_FIXED + hl || !*port)
-        return kvx__tcp_bad(KVX_ERR_PROTOCOL, why, wl, "decode %s announced a tcp endpoint this "
+        return kvx__why(KVX_ERR_PROTOCOL, why, wl, "decode %s announced a tcp endpoint this "
                             "side cannot use (version %u, port %d, %u host bytes in %u)",
                             peer->addr, kvx__le_r16(p + 8), *port, hl, len);
     for (i = 0; i < hl; i++) {
         char c = (char)p[KVX__TCP_ENDPOINT_FIXED + i];
         if (c <= ' ' || c > '~')
-            return kvx__tcp_bad(KVX_ERR_PROTOCOL, why, wl,
+            return kvx__why(KVX_ERR_PROTOCOL, why, wl,
                                 "decode %s announced a tcp data host with a bad character",
                                 peer->addr);
         host[i] = c;
@@ -1846,22 +1833,22 @@ static kvx_result kvx__tcp_check(kvx__tcp_engine *te, kvx__tcp_room *tr,
     for (i = 0; i < n; i++, s++) {
         uint64_t item;
         if (s->flags & ~KVX_TCP_SEG_AUX)
-            return kvx__tcp_bad(KVX_ERR_PROTOCOL, why, wl, "segment %u has unknown flags %08x", i,
+            return kvx__why(KVX_ERR_PROTOCOL, why, wl, "segment %u has unknown flags %08x", i,
                                 (unsigned)s->flags);
         if (s->flags & KVX_TCP_SEG_AUX) {
             const kvx_span *row;
             uint32_t bit;
             if (!tr->aux_stage)
-                return kvx__tcp_bad(KVX_ERR_PROTOCOL, why, wl,
+                return kvx__why(KVX_ERR_PROTOCOL, why, wl,
                                     "segment %u carries aux rows but this room gave no aux slot",
                                     i);
             if (s->buffer >= l->num_aux)
-                return kvx__tcp_bad(KVX_ERR_PROTOCOL, why, wl,
+                return kvx__why(KVX_ERR_PROTOCOL, why, wl,
                                     "segment %u names aux buffer %u of %u", i, s->buffer,
                                     l->num_aux);
             row = &tr->aux_plan.spans[s->buffer];
             if (s->dst_offset != row->dst_offset || s->length != row->length)
-                return kvx__tcp_bad(KVX_ERR_PROTOCOL, why, wl, "segment %u writes bytes [%llu, "
+                return kvx__why(KVX_ERR_PROTOCOL, why, wl, "segment %u writes bytes [%llu, "
                                     "+%llu) of aux buffer %u; this room's aux slot %d is [%llu, "
                                     "+%llu)", i, (unsigned long long)s->dst_offset,
                                     (unsigned long long)s->length, s->buffer, (int)tr->aux_index,
@@ -1869,18 +1856,18 @@ static kvx_result kvx__tcp_check(kvx__tcp_engine *te, kvx__tcp_room *tr,
                                     (unsigned long long)row->length);
             bit = 1u << s->buffer;
             if (__atomic_fetch_or(&tr->aux_mask, bit, __ATOMIC_ACQ_REL) & bit)
-                return kvx__tcp_bad(KVX_ERR_PROTOCOL, why, wl,
+                return kvx__why(KVX_ERR_PROTOCOL, why, wl,
                                     "segment %u: the row of aux buffer %u arrived twice", i,
                                     s->buffer);
         } else {
             uint64_t first, cnt, k, lo = 0, hi = tr->npages;
             if (s->buffer >= l->num_buffers)
-                return kvx__tcp_bad(KVX_ERR_PROTOCOL, why, wl,
+                return kvx__why(KVX_ERR_PROTOCOL, why, wl,
                                     "segment %u names KV buffer %u of %u", i, s->buffer,
                                     l->num_buffers);
             item = l->buffers[s->buffer].item_len;
             if (!s->length || s->length % item || s->dst_offset % item)
-                return kvx__tcp_bad(KVX_ERR_PROTOCOL, why, wl, "segment %u: [%llu, +%llu) of KV "
+                return kvx__why(KVX_ERR_PROTOCOL, why, wl, "segment %u: [%llu, +%llu) of KV "
                                     "buffer %u is not whole pages of %llu bytes", i,
                                     (unsigned long long)s->dst_offset,
                                     (unsigned long long)s->length, s->buffer,
@@ -1894,7 +1881,7 @@ static kvx_result kvx__tcp_check(kvx__tcp_engine *te, kvx__tcp_room *tr,
             }
             for (k = 0; k < cnt; k++)
                 if (cnt > tr->npages || lo + k >= tr->npages || (tr->sorted[lo + k] >> 32) != first + k)
-                    return kvx__tcp_bad(KVX_ERR_OUT_OF_RANGE, why, wl, "segment %u: page %llu of "
+                    return kvx__why(KVX_ERR_OUT_OF_RANGE, why, wl, "segment %u: page %llu of "
                                         "KV buffer %u (bytes [%llu, +%llu)) is not one of the %u "
                                         "pages this room asked for", i,
                                         (unsigned long long)(first + k), s->buffer,
@@ -1904,7 +1891,7 @@ static kvx_result kvx__tcp_check(kvx__tcp_engine *te, kvx__tcp_room *tr,
                 uint64_t bitno = (uint64_t)s->buffer * tr->npages + (uint32_t)tr->sorted[lo + k];
                 uint64_t m = 1ull << (bitno & 63);
                 if (__atomic_fetch_or(&tr->bitmap[bitno >> 6], m, __ATOMIC_ACQ_REL) & m)
-                    return kvx__tcp_bad(KVX_ERR_PROTOCOL, why, wl,
+                    return kvx__why(KVX_ERR_PROTOCOL, why, wl,
                                         "segment %u: page %llu of KV buffer %u arrived twice", i,
                                         (unsigned long long)(first + k), s->buffer);
             }
@@ -1912,7 +1899,7 @@ static kvx_result kvx__tcp_check(kvx__tcp_engine *te, kvx__tcp_room *tr,
         sum += s->length; /* bounded: each length lies within this side's pool */
     }
     if (sum != payload)
-        return kvx__tcp_bad(KVX_ERR_PROTOCOL, why, wl,
+        return kvx__why(KVX_ERR_PROTOCOL, why, wl,
                             "the segments add up to %llu bytes but the frame carries %llu",
                             (unsigned long long)sum, (unsigned long long)payload);
     return KVX_OK;
@@ -2148,27 +2135,27 @@ static kvx_result kvx__tcp_conn_auth(kvx__tcp_conn *c, const uint8_t *nonce_p,
     kvx_tcp_header h;
     int err;
     if (kvx__random_bytes(nonce, sizeof nonce) != KVX_OK)
-        return kvx__tcp_bad(KVX_ERR_IO, why, wl, "cannot draw a nonce from the kernel");
+        return kvx__why(KVX_ERR_IO, why, wl, "cannot draw a nonce from the kernel");
     kvx__tcp_hdr(out, KVX_TCP_AUTH, 0, 0, KVX__TCP_AUTH_BODY);
     memcpy(out + 32, nonce, KVX_NONCE_BYTES);
     kvx__auth_proof(te->key, te->key_len, KVX__TCP_LABEL_DECODE, nonce_p, nonce,
                    out + 32 + KVX_NONCE_BYTES);
     if ((err = kvx__tcp_io1(c->fd, out, sizeof out, 1, 0)) != 0)
-        return kvx__tcp_bad(KVX_ERR_PEER_LOST, why, wl, "cannot send the key challenge: %s",
+        return kvx__why(KVX_ERR_PEER_LOST, why, wl, "cannot send the key challenge: %s",
                             kvx__tcp_errstr(err));
     err = kvx__tcp_recv_until(c->fd, in, KVX_TCP_HEADER_BYTES, deadline_ns);
     if (!err && kvx_tcp_header_decode(in, &h, why, wl) != KVX_OK) return KVX_ERR_PROTOCOL;
     if (!err && h.type != KVX_TCP_PROOF)
-        return kvx__tcp_bad(KVX_ERR_PROTOCOL, why, wl, "frame type %u instead of the key proof "
+        return kvx__why(KVX_ERR_PROTOCOL, why, wl, "frame type %u instead of the key proof "
                             "(nothing is accepted before it)", h.type);
     if (!err) err = kvx__tcp_recv_until(c->fd, in + 32, KVX__TCP_PROOF_BODY, deadline_ns);
     if (err)
-        return kvx__tcp_bad(KVX_ERR_PEER_LOST, why, wl,
+        return kvx__why(KVX_ERR_PEER_LOST, why, wl,
                             "no key proof within %d ms of connecting: %s", KVX_TCP_HELLO_MS,
                             kvx__tcp_errstr(err));
     kvx__auth_proof(te->key, te->key_len, KVX__TCP_LABEL_PREFILL, nonce, nonce_p, want);
     if (!kvx__equal_ct(want, in + 32, KVX_MAC_BYTES))
-        return kvx__tcp_bad(KVX_ERR_PERMISSION, why, wl, "wrong key proof: the prefill does not "
+        return kvx__why(KVX_ERR_PERMISSION, why, wl, "wrong key proof: the prefill does not "
                             "hold this engine's auth key (KVX_AUTH_KEY / KVX_AUTH_KEY_FILE differ "
                             "between the engines)");
     return KVX_OK;
@@ -2421,7 +2408,7 @@ static kvx_result kvx__tcp_listen(kvx__tcp_engine *te, char *why, size_t wl) {
     const char *bind_host = te->host[0] ? te->host : "0.0.0.0";
     int err;
     if ((te->lfd = kvx__listen(bind_host, 0, 512, &te->port, &err)) >= 0) return KVX_OK;
-    return kvx__tcp_bad(err < 0 ? KVX_ERR_BAD_CONFIG : KVX_ERR_IO, why, wl,
+    return kvx__why(err < 0 ? KVX_ERR_BAD_CONFIG : KVX_ERR_IO, why, wl,
                         err < 0 ? "KVX_TCP_HOST '%s' does not resolve: %s"
                                 : "cannot listen for tcp data on %s: %s (check KVX_TCP_HOST)",
                         bind_host, kvx__errstr(err));
@@ -2442,7 +2429,7 @@ static kvx_result kvx__tcp_settings(kvx__tcp_engine *te, const kvx_engine_desc *
     if (r != KVX_OK) return r;
     te->set = t;
     if (t.host && (strlen(t.host) >= sizeof te->host || strchr(t.host, ' ')))
-        return kvx__tcp_bad(KVX_ERR_BAD_CONFIG, why, wl,
+        return kvx__why(KVX_ERR_BAD_CONFIG, why, wl,
                             "KVX_TCP_HOST / desc.tcp.host '%s' is not an address", t.host);
     snprintf(te->host, sizeof te->host, "%s", t.host ? t.host : "");
     if (!strcmp(te->host, "0.0.0.0") || !strcmp(te->host, "::") || !strcmp(te->host, "*"))
@@ -2467,20 +2454,20 @@ static kvx_result kvx__tcp_layout(kvx__tcp_engine *te, const kvx_engine_desc *d,
     for (i = 0; i < l->num_buffers; i++) {
         if (l->buffers[i].mem != KVX_MEM_HOST) te->staged = 1;
         if (l->buffers[i].item_len > KVX_TCP_MAX_FRAME)
-            return kvx__tcp_bad(KVX_ERR_INVALID_ARGUMENT, why, wl, "KV buffer %u has pages of "
+            return kvx__why(KVX_ERR_INVALID_ARGUMENT, why, wl, "KV buffer %u has pages of "
                                 "%llu bytes; the tcp transport carries at most KVX_TCP_MAX_FRAME "
                                 "(%u) in a frame", i, (unsigned long long)l->buffers[i].item_len,
                                 (unsigned)KVX_TCP_MAX_FRAME);
         if (l->buffers[i].item_len > te->stage_bytes) te->stage_bytes = l->buffers[i].item_len;
     }
     if (aux_total > KVX_TCP_MAX_FRAME)
-        return kvx__tcp_bad(KVX_ERR_INVALID_ARGUMENT, why, wl,
+        return kvx__why(KVX_ERR_INVALID_ARGUMENT, why, wl,
                             "the aux rows of a request are %llu bytes; at most %u fit a frame",
                             (unsigned long long)aux_total, (unsigned)KVX_TCP_MAX_FRAME);
     if (aux_total > te->stage_bytes) te->stage_bytes = aux_total;
     te->mem = d->mem;
     if (te->staged && (!te->mem.copy || !te->mem.host_alloc || !te->mem.host_free))
-        return kvx__tcp_bad(KVX_ERR_INVALID_ARGUMENT, why, wl, "the layout has KV buffers in GPU "
+        return kvx__why(KVX_ERR_INVALID_ARGUMENT, why, wl, "the layout has KV buffers in GPU "
                             "memory but desc.mem has no copy functions: fill it with "
                             "kvx_cuda_mem_ops() from kvx_cuda.h (built with -DKVX_WITH_CUDA)");
     te->peer_bufs = (kvx_buffer *)kvx_engine_alloc(te->engine, l->num_buffers * sizeof(kvx_buffer));
@@ -2538,7 +2525,7 @@ static kvx_result kvx__tcp_engine_init(kvx_engine *e, char *why, size_t wl) {
     pthread_cond_init(&te->cv, NULL);
     te->key = kvx_engine_auth_key(e, &te->key_len);
     if (kvx__random_bytes(&te->instance, sizeof te->instance) != KVX_OK) {
-        r = kvx__tcp_bad(KVX_ERR_IO, why, wl, "cannot draw random bytes from the kernel");
+        r = kvx__why(KVX_ERR_IO, why, wl, "cannot draw random bytes from the kernel");
         goto fail;
     }
     if ((r = kvx__tcp_settings(te, d, why, wl)) != KVX_OK ||
@@ -2548,11 +2535,11 @@ static kvx_result kvx__tcp_engine_init(kvx_engine *e, char *why, size_t wl) {
         size_t hl = strlen(te->host);
         if ((r = kvx__tcp_listen(te, why, wl)) != KVX_OK) goto fail;
         if (kvx__pipe(&te->wake[0], &te->wake[1])) {
-            r = kvx__tcp_bad(KVX_ERR_IO, why, wl, "cannot create a pipe: %s", strerror(errno));
+            r = kvx__why(KVX_ERR_IO, why, wl, "cannot create a pipe: %s", strerror(errno));
             goto fail;
         }
         if (kvx__random_bytes(te->token, sizeof te->token) != KVX_OK) {
-            r = kvx__tcp_bad(KVX_ERR_IO, why, wl, "cannot draw the data token from the kernel");
+            r = kvx__why(KVX_ERR_IO, why, wl, "cannot draw the data token from the kernel");
             goto fail;
         }
         memcpy(ep, "kvx-tcp\0", 8);
@@ -2573,7 +2560,7 @@ static kvx_result kvx__tcp_engine_init(kvx_engine *e, char *why, size_t wl) {
         goto fail;
     if (te->role == KVX_ROLE_DECODE) {
         if (pthread_create(&te->acceptor, NULL, kvx__tcp_accept_main, te)) {
-            r = kvx__tcp_bad(KVX_ERR_NO_MEMORY, why, wl, "cannot start the tcp accept thread");
+            r = kvx__why(KVX_ERR_NO_MEMORY, why, wl, "cannot start the tcp accept thread");
             kvx_boot_destroy(te->boot);
             goto fail;
         }
