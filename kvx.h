@@ -92,6 +92,23 @@
      kvx_*_error() is "" unless the room failed; a call refused without
      failing the room (KVX_ERR_STATE) leaves its sentence in kvx_*_call_error().
 
+   PARALLEL LAYOUTS
+     Each rank describes only what it holds. MHA/GQA pages are token-major,
+     as SGLang's pools: token t of page p of a buffer is the row at p *
+     item_len + t * (item_len / page_size), holding this rank's
+     num_kv_heads heads (head_begin, head_begin + 1, ...) of item_len /
+     (page_size * num_kv_heads) bytes each. Buffers are K of layers
+     layer_begin .. layer_begin + L - 1, then V of the same layers (L =
+     num_buffers / 2); MLA: one buffer per layer, the same bytes on every TP
+     rank (head_begin is ignored). A plan between two layouts (kvx_plan_pages,
+     kvx_plan_scatter_from) moves what both hold: the layers in both ranges
+     and, for MHA, the heads in both head ranges, as strided spans when the
+     head ranges differ (one span per run of pages, never one per token).
+     kvx_layout_overlap says whether two layouts share anything and whether
+     the source carries the room's aux rows; kvx_mla_dummy says which MLA
+     prefill ranks move no bytes. A decode room is complete when the union
+     of what its prefill ranks sent covers every page byte it holds.
+
    AUTHENTICATION
      With a shared secret (desc.auth_key or auth_key_file) the handshake
      transports prove it on every connection by challenge and response
@@ -244,6 +261,10 @@ typedef struct kvx_layout {
     uint32_t dtype_size;   /* bytes per element */
     const char *dtype;     /* name, e.g. "bfloat16"; NULL = "" */
     int mla;               /* 1 when the layout is MLA (one buffer per layer) */
+    /* Where this rank's slice sits in the model (see PARALLEL LAYOUTS);
+       0 for a rank that holds everything. */
+    uint32_t head_begin;   /* first KV head of the model held here (heterogeneous TP) */
+    uint32_t layer_begin;  /* first layer held here (pipeline parallelism) */
 } kvx_layout;
 
 /* Checks a layout for internal consistency: at least one buffer, nonzero
@@ -290,16 +311,27 @@ typedef struct kvx_allocator {
     void *user_data;
 } kvx_allocator;
 
-/* One contiguous copy of `length` bytes of buffer `buffer` (of the kind's
-   array). Offsets are relative to the start of that buffer on each side, or
-   of the packed region for the packed side of a one-sided plan. Resolve a
-   pool side with kvx_span_addr. */
+/* One copy of `length` bytes of buffer `buffer` (of the kind's array) to
+   buffer `dst_buffer` of the destination. Offsets are relative to the start of that buffer on each side, or of the
+   packed region for the packed side of a one-sided plan. Resolve a pool
+   side with kvx_span_addr.
+   row_len 0: the bytes are contiguous on both sides. row_len > 0: a strided
+   span (a head slice of token rows): length / row_len rows of row_len
+   bytes; row k starts at src_offset + k * src_pitch and goes to dst_offset
+   + k * dst_pitch (a pitch equal to row_len is a contiguous side). Only
+   plans between layouts that hold different heads have strided spans
+   (kvx_plan.strided counts them); kvx_span_copy executes one on the host. */
 typedef struct kvx_span {
     uint32_t buffer;
     uint32_t kind; /* KVX_SPAN_PAGES or KVX_SPAN_AUX */
     uint64_t src_offset;
     uint64_t dst_offset;
-    uint64_t length;
+    uint64_t length;    /* bytes moved by the span (all rows) */
+    uint64_t row_len;   /* 0, or bytes of one row of a strided span */
+    uint64_t src_pitch; /* strided: bytes between row starts at the source */
+    uint64_t dst_pitch; /* strided: bytes between row starts at the destination */
+    uint32_t dst_buffer; /* the destination's buffer: equal to buffer unless the two
+                            sides hold different layer ranges (pipeline parallelism) */
 } kvx_span;
 
 /* A growable list of spans. Zero-initialise; reuse across calls (the
@@ -313,6 +345,7 @@ typedef struct kvx_plan {
     size_t capacity;
     uint64_t total_bytes;
     uint64_t packed_bytes; /* bytes of the packed side of a one-sided plan */
+    size_t strided;        /* spans with row_len > 0 */
     int32_t *scratch;      /* internal: duplicate detection */
     size_t scratch_cap;
     char error[KVX_ERROR_MAX];
@@ -363,6 +396,36 @@ KVX_API kvx_result kvx_plan_aux_scatter(kvx_plan *p, const kvx_layout *l, int32_
    for a pool side; the packed side's offset is from the packed region's
    start. NULL when the span names no buffer of l. Thread-safe. */
 KVX_API void *kvx_span_addr(const kvx_layout *l, const kvx_span *s, int dst);
+
+/* One-sided scatter from a packed region that another layout gathered
+   (kvx_plan_gather on `packer`, same n; only packer's shape is read, not its
+   bases): packed -> l's pages, moving what both hold (PARALLEL LAYOUTS).
+   Errors as kvx_plan_pages. */
+KVX_API kvx_result kvx_plan_scatter_from(kvx_plan *p, const kvx_layout *l, const int32_t *pages,
+                                         size_t n, const kvx_layout *packer);
+
+/* What a plan from src to dst would move (PARALLEL LAYOUTS): KVX_OK with
+   *bytes_per_page (page bytes of dst that src supplies; 0 = nothing shared)
+   and *sends_aux (1 when src holds dst's last layer and dst's first head, or
+   the MLA latent: the contributor that writes the room's aux rows), or
+   KVX_ERR_LAYOUT_MISMATCH with a sentence when the two cannot be combined
+   (page size, dtype, MLA, bytes per head, buffers that are not K/V pairs).
+   Either out pointer may be NULL. Thread-safe. */
+KVX_API kvx_result kvx_layout_overlap(const kvx_layout *src, const kvx_layout *dst,
+                                      uint64_t *bytes_per_page, int *sends_aux, char *why,
+                                      size_t why_len);
+
+/* MLA with prefill TP > decode TP: the latent is the same on every prefill
+   rank, so of the prefill_tp / decode_tp ranks that map onto one decode
+   rank only the first sends; the others are dummies that complete without
+   bytes (SGLang's rule). 1 when prefill rank `tp_rank` is a dummy. */
+KVX_API int kvx_mla_dummy(int mla, int prefill_tp, int prefill_tp_rank, int decode_tp);
+
+/* Executes span s on the host: copies its bytes (every row of a strided
+   span) from src_base + src_offset to dst_base + dst_offset, where the
+   bases are those of the span's buffer on each side (or of the packed
+   region). */
+KVX_API void kvx_span_copy(void *dst_base, const void *src_base, const kvx_span *s);
 
 /* Checks page indices against a pool of `pool_pages` pages (and that none
    repeats when no_duplicates). Used by the plan builders and by senders and
@@ -2148,6 +2211,11 @@ KVX_API kvx_result kvx_layout_validate(const kvx_layout *l, char *why, size_t wh
         kvx__set_why(why, why_len, "layout page_size is 0");
         return KVX_ERR_INVALID_ARGUMENT;
     }
+    if (l->head_begin > KVX_MAX_BUFFERS * 64u || l->layer_begin > KVX_MAX_BUFFERS * 64u) {
+        kvx__set_why(why, why_len, "layout head_begin %u or layer_begin %u is beyond %u",
+                     l->head_begin, l->layer_begin, KVX_MAX_BUFFERS * 64u);
+        return KVX_ERR_INVALID_ARGUMENT;
+    }
     if (l->num_aux && !l->aux) {
         kvx__set_why(why, why_len, "layout num_aux is %u but aux is NULL", l->num_aux);
         return KVX_ERR_INVALID_ARGUMENT;
@@ -2332,8 +2400,9 @@ static int kvx__plan_runs(kvx_plan *p, uint32_t buf, uint64_t item, const int32_
         while (j < n && (!sp || sp[j] == sp[j - 1] + 1) && (!dp || dp[j] == dp[j - 1] + 1)) j++;
         if (kvx__plan_reserve(p, p->count + 1)) return -1;
         s = &p->spans[p->count++];
-        s->buffer = buf;
+        s->buffer = s->dst_buffer = buf;
         s->kind = KVX_SPAN_PAGES;
+        s->row_len = s->src_pitch = s->dst_pitch = 0;
         s->src_offset = sbase + (sp ? (uint64_t)sp[i] : (uint64_t)i) * item;
         s->dst_offset = dbase + (dp ? (uint64_t)dp[i] : (uint64_t)i) * item;
         s->length = (uint64_t)(j - i) * item;
@@ -2350,6 +2419,7 @@ static kvx_result kvx__plan_build(kvx_plan *p, const kvx_layout *l, const int32_
     size_t i, runs = n ? 1 : 0;
     p->count = 0;
     p->total_bytes = 0;
+    p->strided = 0;
     p->error[0] = 0;
     /* every buffer has the same runs: size the span list once */
     for (i = 1; i < n; i++)
@@ -2371,30 +2441,216 @@ static kvx_result kvx__plan_build(kvx_plan *p, const kvx_layout *l, const int32_
     return KVX_OK;
 }
 
+/* Where buffer b of src goes in dst (PARALLEL LAYOUTS). */
+typedef struct kvx__geo {
+    int64_t dst_buf;                      /* -1: dst does not hold this layer */
+    uint64_t row, soff, doff, sp, dp;     /* row 0: whole pages; else the head slice */
+} kvx__geo;
+
+/* Same shape: every buffer, head and layer in the same place on both sides. */
+static int kvx__same_shape(const kvx_layout *a, const kvx_layout *b) {
+    uint32_t i;
+    if (a->num_buffers != b->num_buffers || a->layer_begin != b->layer_begin) return 0;
+    if (!a->mla && (a->head_begin != b->head_begin || a->num_kv_heads != b->num_kv_heads)) return 0;
+    for (i = 0; i < a->num_buffers; i++)
+        if (a->buffers[i].item_len != b->buffers[i].item_len) return 0;
+    return 1;
+}
+
+/* Layers of a layout: MHA K/V pairs, MLA one buffer each. */
+static uint32_t kvx__layers(const kvx_layout *l) { return l->mla ? l->num_buffers : l->num_buffers / 2; }
+
+static kvx_result kvx__geo_of(const kvx_layout *s, const kvx_layout *d, uint32_t b, kvx__geo *g,
+                              char *why, size_t wl) {
+    uint32_t ls = kvx__layers(s), ld = kvx__layers(d), layer, kv = 0;
+    uint64_t si = s->buffers[b].item_len, di, shb, dhb, o0, o1;
+    memset(g, 0, sizeof *g);
+    g->dst_buf = -1;
+    if (kvx__same_shape(s, d)) {
+        g->dst_buf = b;
+        return KVX_OK;
+    }
+    if (!s->mla && ((s->num_buffers | d->num_buffers) & 1))
+        return kvx__why(KVX_ERR_LAYOUT_MISMATCH, why, wl,
+                        "an MHA layout split across ranks needs K and V buffers in pairs (%u and "
+                        "%u buffers)", s->num_buffers, d->num_buffers);
+    if (!s->mla) kv = b / ls;
+    layer = s->layer_begin + (b - kv * ls);
+    if (layer < d->layer_begin || layer - d->layer_begin >= ld) return KVX_OK;
+    g->dst_buf = (int64_t)kv * ld + (layer - d->layer_begin);
+    di = d->buffers[g->dst_buf].item_len;
+    if (s->mla || (s->head_begin == d->head_begin && s->num_kv_heads == d->num_kv_heads)) {
+        if (si != di)
+            return kvx__why(KVX_ERR_LAYOUT_MISMATCH, why, wl,
+                            "layer %u: item_len differs: source %llu, destination %llu", layer,
+                            (unsigned long long)si, (unsigned long long)di);
+        return KVX_OK;
+    }
+    if (!s->num_kv_heads || !d->num_kv_heads || si % ((uint64_t)s->page_size * s->num_kv_heads) ||
+        di % ((uint64_t)d->page_size * d->num_kv_heads))
+        return kvx__why(KVX_ERR_LAYOUT_MISMATCH, why, wl,
+                        "layer %u: item_len %llu (source, %u heads) and %llu (destination, %u "
+                        "heads) are not page_size x heads x bytes per head", layer,
+                        (unsigned long long)si, s->num_kv_heads, (unsigned long long)di,
+                        d->num_kv_heads);
+    shb = si / ((uint64_t)s->page_size * s->num_kv_heads);
+    dhb = di / ((uint64_t)d->page_size * d->num_kv_heads);
+    if (shb != dhb)
+        return kvx__why(KVX_ERR_LAYOUT_MISMATCH, why, wl,
+                        "layer %u: bytes per head per token differ: source %llu, destination %llu",
+                        layer, (unsigned long long)shb, (unsigned long long)dhb);
+    o0 = s->head_begin > d->head_begin ? s->head_begin : d->head_begin;
+    o1 = (uint64_t)s->head_begin + s->num_kv_heads;
+    if ((uint64_t)d->head_begin + d->num_kv_heads < o1) o1 = (uint64_t)d->head_begin + d->num_kv_heads;
+    if (o0 >= o1) {
+        g->dst_buf = -1; /* no head in common */
+        return KVX_OK;
+    }
+    g->row = (o1 - o0) * shb;
+    g->soff = (o0 - s->head_begin) * shb;
+    g->doff = (o0 - d->head_begin) * shb;
+    g->sp = (uint64_t)s->num_kv_heads * shb;
+    g->dp = (uint64_t)d->num_kv_heads * shb;
+    if (g->row == g->sp && g->row == g->dp) g->row = 0; /* the same heads after all */
+    return KVX_OK;
+}
+
+static kvx_result kvx__overlap_check(const kvx_layout *s, const kvx_layout *d, char *why, size_t wl) {
+    if (s->page_size != d->page_size)
+        return kvx__why(KVX_ERR_LAYOUT_MISMATCH, why, wl, "page_size differs: source %u, "
+                        "destination %u", s->page_size, d->page_size);
+    if ((s->mla != 0) != (d->mla != 0))
+        return kvx__why(KVX_ERR_LAYOUT_MISMATCH, why, wl, "mla differs: source %d, destination %d",
+                        s->mla != 0, d->mla != 0);
+    if (s->dtype_size != d->dtype_size || strcmp(s->dtype ? s->dtype : "", d->dtype ? d->dtype : ""))
+        return kvx__why(KVX_ERR_LAYOUT_MISMATCH, why, wl, "dtype differs: source '%s' (%u bytes), "
+                        "destination '%s' (%u bytes)", s->dtype ? s->dtype : "", s->dtype_size,
+                        d->dtype ? d->dtype : "", d->dtype_size);
+    return KVX_OK;
+}
+
+KVX_API kvx_result kvx_layout_overlap(const kvx_layout *s, const kvx_layout *d, uint64_t *bpp,
+                                      int *sends_aux, char *why, size_t wl) {
+    uint64_t total = 0;
+    uint32_t b, ld;
+    int aux = 0;
+    kvx_result r;
+    if (bpp) *bpp = 0;
+    if (sends_aux) *sends_aux = 0;
+    if (!s || !d || !s->num_buffers || !d->num_buffers || !s->buffers || !d->buffers)
+        return kvx__why(KVX_ERR_INVALID_ARGUMENT, why, wl, "a layout is NULL or has no buffers");
+    if ((r = kvx__overlap_check(s, d, why, wl)) != KVX_OK) return r;
+    for (b = 0; b < s->num_buffers; b++) {
+        kvx__geo g;
+        if ((r = kvx__geo_of(s, d, b, &g, why, wl)) != KVX_OK) return r;
+        if (g.dst_buf < 0) continue;
+        total += g.row ? g.row * s->page_size : s->buffers[b].item_len;
+    }
+    ld = kvx__layers(d);
+    if (total) {
+        uint32_t last = d->layer_begin + ld - 1;
+        aux = last >= s->layer_begin && last - s->layer_begin < kvx__layers(s);
+        if (aux && !s->mla && !kvx__same_shape(s, d))
+            aux = d->head_begin >= s->head_begin && d->head_begin - s->head_begin < s->num_kv_heads;
+    }
+    if (bpp) *bpp = total;
+    if (sends_aux) *sends_aux = aux;
+    return KVX_OK;
+}
+
+KVX_API int kvx_mla_dummy(int mla, int ptp, int prank, int dtp) {
+    return mla && dtp > 0 && ptp > dtp && (prank % (ptp / dtp)) != 0;
+}
+
+KVX_API void kvx_span_copy(void *dst_base, const void *src_base, const kvx_span *s) {
+    char *d = (char *)dst_base + s->dst_offset;
+    const char *q = (const char *)src_base + s->src_offset;
+    uint64_t k, rows;
+    if (!s->row_len) {
+        memcpy(d, q, (size_t)s->length);
+        return;
+    }
+    rows = s->length / s->row_len;
+    for (k = 0; k < rows; k++) memcpy(d + k * s->dst_pitch, q + k * s->src_pitch, (size_t)s->row_len);
+}
+
+/* The plan between two layouts of different shapes: per source buffer, the
+   layer and head slice both hold; sp NULL is a packed source gathered by src. */
+static kvx_result kvx__plan_sliced(kvx_plan *p, const kvx_layout *src, const int32_t *sp,
+                                   const kvx_layout *dst, const int32_t *dp, size_t n) {
+    uint64_t packed = 0;
+    uint32_t b;
+    kvx_result r;
+    p->count = 0;
+    p->total_bytes = 0;
+    p->strided = 0;
+    p->packed_bytes = sp ? 0 : n * kvx_layout_page_bytes(src);
+    for (b = 0; b < src->num_buffers; packed += n * src->buffers[b].item_len, b++) {
+        uint64_t si = src->buffers[b].item_len, di;
+        size_t i = 0;
+        kvx__geo g;
+        if ((r = kvx__geo_of(src, dst, b, &g, p->error, sizeof p->error)) != KVX_OK) return r;
+        if (g.dst_buf < 0) continue;
+        di = dst->buffers[g.dst_buf].item_len;
+        while (i < n) {
+            size_t j = i + 1;
+            kvx_span *s;
+            while (j < n && (!sp || sp[j] == sp[j - 1] + 1) && dp[j] == dp[j - 1] + 1) j++;
+            if (kvx__plan_reserve(p, p->count + 1)) {
+                snprintf(p->error, sizeof p->error, "out of memory building a plan of %zu pages", n);
+                return KVX_ERR_NO_MEMORY;
+            }
+            s = &p->spans[p->count++];
+            memset(s, 0, sizeof *s);
+            s->buffer = b;
+            s->dst_buffer = (uint32_t)g.dst_buf;
+            s->kind = KVX_SPAN_PAGES;
+            s->src_offset = (sp ? (uint64_t)sp[i] * si : packed + (uint64_t)i * si) + g.soff;
+            s->dst_offset = (uint64_t)dp[i] * di + g.doff;
+            if (g.row) {
+                s->row_len = g.row;
+                s->src_pitch = g.sp;
+                s->dst_pitch = g.dp;
+                s->length = (uint64_t)(j - i) * src->page_size * g.row;
+                p->strided++;
+            } else {
+                s->length = (uint64_t)(j - i) * si;
+            }
+            p->total_bytes += s->length;
+            i = j;
+        }
+    }
+    return KVX_OK;
+}
+
 KVX_API kvx_result kvx_plan_pages(kvx_plan *p, const kvx_layout *src, const int32_t *sp,
                                   const kvx_layout *dst, const int32_t *dp, size_t n) {
     kvx_result r;
-    uint32_t b;
     if (!p || !src || !dst) return KVX_ERR_INVALID_ARGUMENT;
     p->error[0] = 0;
-    if (src->num_buffers != dst->num_buffers) {
-        snprintf(p->error, sizeof p->error, "buffer count differs: source %u, destination %u",
-                 src->num_buffers, dst->num_buffers);
-        return KVX_ERR_LAYOUT_MISMATCH;
-    }
-    for (b = 0; b < src->num_buffers; b++)
-        if (src->buffers[b].item_len != dst->buffers[b].item_len) {
-            snprintf(p->error, sizeof p->error,
-                     "item_len of buffer %u differs: source %llu, destination %llu", b,
-                     (unsigned long long)src->buffers[b].item_len,
-                     (unsigned long long)dst->buffers[b].item_len);
-            return KVX_ERR_LAYOUT_MISMATCH;
-        }
+    if (!kvx__same_shape(src, dst) &&
+        (r = kvx__overlap_check(src, dst, p->error, sizeof p->error)) != KVX_OK)
+        return r;
     if ((r = kvx_pages_check(p, sp, n, kvx_layout_num_pages(src), 0, "source")) != KVX_OK)
         return r;
     if ((r = kvx_pages_check(p, dp, n, kvx_layout_num_pages(dst), 1, "destination")) != KVX_OK)
         return r;
+    if (!kvx__same_shape(src, dst)) return kvx__plan_sliced(p, src, sp, dst, dp, n);
     return kvx__plan_build(p, src, sp, dp, n);
+}
+
+KVX_API kvx_result kvx_plan_scatter_from(kvx_plan *p, const kvx_layout *l, const int32_t *pages,
+                                         size_t n, const kvx_layout *packer) {
+    kvx_result r;
+    if (!p || !l || !packer) return KVX_ERR_INVALID_ARGUMENT;
+    p->error[0] = 0;
+    if (!kvx__same_shape(packer, l) &&
+        (r = kvx__overlap_check(packer, l, p->error, sizeof p->error)) != KVX_OK)
+        return r;
+    if ((r = kvx_pages_check(p, pages, n, kvx_layout_num_pages(l), 1, "destination")) != KVX_OK)
+        return r;
+    if (!kvx__same_shape(packer, l)) return kvx__plan_sliced(p, packer, NULL, l, pages, n);
+    return kvx__plan_build(p, l, NULL, pages, n);
 }
 
 /* Gather (dst 0: pages -> packed) or scatter (dst 1: packed -> pages). */
@@ -2424,7 +2680,8 @@ KVX_API kvx_result kvx_plan_scatter(kvx_plan *p, const kvx_layout *l, const int3
 static void kvx__aux_span(kvx_span *s, const kvx_layout *l, uint32_t i, int64_t ss, int64_t ds,
                           uint64_t packed) {
     uint64_t item = l->aux[i].item_len;
-    s->buffer = i;
+    memset(s, 0, sizeof *s);
+    s->buffer = s->dst_buffer = i;
     s->kind = KVX_SPAN_AUX;
     s->src_offset = ss < 0 ? packed : (uint64_t)ss * item;
     s->dst_offset = ds < 0 ? packed : (uint64_t)ds * item;
@@ -2437,8 +2694,8 @@ KVX_API void *kvx_span_addr(const kvx_layout *l, const kvx_span *s, int dst) {
     off = dst ? s->dst_offset : s->src_offset;
     if (s->kind == KVX_SPAN_AUX)
         return s->buffer < l->num_aux ? (char *)l->aux[s->buffer].base + off : NULL;
-    if (s->kind == KVX_SPAN_PAGES && s->buffer < l->num_buffers)
-        return (char *)l->buffers[s->buffer].base + off;
+    if (s->kind == KVX_SPAN_PAGES && (dst ? s->dst_buffer : s->buffer) < l->num_buffers)
+        return (char *)l->buffers[dst ? s->dst_buffer : s->buffer].base + off;
     return NULL;
 }
 

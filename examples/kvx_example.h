@@ -61,11 +61,22 @@ static EX_UNUSED uint64_t ex_seed(uint64_t room, uint32_t buf, uint64_t tok) {
 #define EX_AUX_IDS 0  /* aux 0: 16 int32 output token ids, padded to 64 bytes */
 #define EX_AUX_ROOM 1 /* aux 1: the room id, 8 bytes (0 = slot never written) */
 
+/* Where one rank sits in the prefill or decode instance (PARALLEL LAYOUTS in
+   kvx.h): tensor-parallel size and rank, pipeline-parallel size and rank. */
+typedef struct ex_rank {
+    uint32_t tp, tp_rank, pp, pp_rank;
+} ex_rank;
+
+static const ex_rank ex_rank_all = {1, 0, 1, 0};
+
 typedef struct ex_pool {
     kvx_layout layout;
     kvx_buffer *bufs;
     kvx_aux_buffer aux[2];
     uint32_t num_pages, page_size, token_bytes; /* bytes of one token in one buffer */
+    uint32_t heads, head_begin, head_bytes;     /* this rank's KV heads */
+    uint32_t layers, layer_begin, model_layers; /* this rank's layers; the model's */
+    int mla;
     /* scattered free list */
     int32_t *free_pages;
     uint32_t num_free;
@@ -77,12 +88,41 @@ typedef struct ex_pool {
 
 static EX_UNUSED uint64_t ex_rand(uint64_t *s) { return ex_mix((*s)++); }
 
-static EX_UNUSED int ex_pool_init(ex_pool *p, const ex_model *m, uint32_t num_pages, uint32_t page_size,
-                        uint32_t num_slots, uint64_t seed) {
-    uint32_t nb = m->mla ? m->layers : 2 * m->layers, i;
+/* SGLang's split: TP ranks share the KV heads evenly (a rank holds one
+   head, replicated, when TP exceeds the heads); MLA ranks hold the same
+   latent; PP ranks hold consecutive layer ranges. */
+static EX_UNUSED void ex_rank_slice(const ex_model *m, const ex_rank *r, uint32_t *heads,
+                                    uint32_t *head_begin, uint32_t *layers, uint32_t *layer_begin) {
+    if (m->mla) {
+        *heads = m->kv_heads;
+        *head_begin = 0;
+    } else if (r->tp <= m->kv_heads) {
+        *heads = m->kv_heads / r->tp;
+        *head_begin = r->tp_rank * *heads;
+    } else {
+        *heads = 1;
+        *head_begin = (uint32_t)((uint64_t)r->tp_rank * m->kv_heads / r->tp);
+    }
+    *layer_begin = (uint32_t)((uint64_t)r->pp_rank * m->layers / r->pp);
+    *layers = (uint32_t)((uint64_t)(r->pp_rank + 1) * m->layers / r->pp) - *layer_begin;
+}
+
+static EX_UNUSED int ex_pool_init_rank(ex_pool *p, const ex_model *m, uint32_t num_pages,
+                                       uint32_t page_size, uint32_t num_slots, uint64_t seed,
+                                       const ex_rank *rk) {
+    uint32_t nb, i;
     uint64_t item;
     memset(p, 0, sizeof *p);
-    p->token_bytes = m->kv_heads * m->head_dim * m->dtype_size;
+    if (!rk->tp || !rk->pp || rk->tp_rank >= rk->tp || rk->pp_rank >= rk->pp || rk->pp > m->layers ||
+        (!m->mla && rk->tp <= m->kv_heads && m->kv_heads % rk->tp) ||
+        (!m->mla && rk->tp > m->kv_heads && rk->tp % m->kv_heads))
+        return -1;
+    ex_rank_slice(m, rk, &p->heads, &p->head_begin, &p->layers, &p->layer_begin);
+    p->model_layers = m->layers;
+    p->mla = m->mla;
+    p->head_bytes = m->head_dim * m->dtype_size;
+    nb = m->mla ? p->layers : 2 * p->layers;
+    p->token_bytes = p->heads * p->head_bytes;
     item = (uint64_t)p->token_bytes * page_size;
     p->bufs = (kvx_buffer *)calloc(nb, sizeof *p->bufs);
     if (!p->bufs) return -1;
@@ -105,10 +145,12 @@ static EX_UNUSED int ex_pool_init(ex_pool *p, const ex_model *m, uint32_t num_pa
     p->layout.aux = p->aux;
     p->layout.num_aux = 2;
     p->layout.page_size = page_size;
-    p->layout.num_kv_heads = m->kv_heads;
+    p->layout.num_kv_heads = p->heads;
     p->layout.dtype_size = m->dtype_size;
     p->layout.dtype = m->dtype;
     p->layout.mla = m->mla;
+    p->layout.head_begin = p->head_begin;
+    p->layout.layer_begin = p->layer_begin;
     p->num_pages = num_pages;
     p->page_size = page_size;
     p->num_slots = num_slots;
@@ -128,6 +170,11 @@ static EX_UNUSED int ex_pool_init(ex_pool *p, const ex_model *m, uint32_t num_pa
     for (i = 0; i < num_slots; i++) p->free_slots[i] = (int32_t)(num_slots - 1 - i);
     p->num_free_slots = num_slots;
     return 0;
+}
+
+static EX_UNUSED int ex_pool_init(ex_pool *p, const ex_model *m, uint32_t num_pages,
+                                  uint32_t page_size, uint32_t num_slots, uint64_t seed) {
+    return ex_pool_init_rank(p, m, num_pages, page_size, num_slots, seed, &ex_rank_all);
 }
 
 static EX_UNUSED void ex_pool_free(ex_pool *p) {
@@ -165,21 +212,28 @@ static EX_UNUSED int32_t ex_alloc_slot(ex_pool *p) {
 static EX_UNUSED void ex_free_slot(ex_pool *p, int32_t s) { p->free_slots[p->num_free_slots++] = s; }
 
 /* Fills (write=1) or checks (write=0) page i of a request in buffer b, at
-   `page` in host memory. Returns the number of bad tokens. */
+   `page` in host memory. Every head of every token is seeded from (room,
+   the model's layer, K or V, token, the model's head), so a page checks the
+   same whichever ranks it travelled through. Returns the number of bad
+   (token, head) pairs. */
 static EX_UNUSED uint64_t ex_page_pattern(const ex_pool *p, uint64_t room, uint32_t b, uint32_t i,
                                           uint64_t *page, int write) {
     uint64_t bad = 0;
-    uint32_t t, w, words = p->token_bytes / 8;
-    for (t = 0; t < p->page_size; t++) {
-        uint64_t *tokw = page + (uint64_t)t * words;
-        uint64_t v = ex_seed(room, b, (uint64_t)i * p->page_size + t);
-        if (write) {
-            for (w = 0; w < words; w++) tokw[w] = v + w * 0xD1B54A32D192ED03ull;
-        } else {
-            for (w = 0; w < words; w++)
-                if (tokw[w] != v + w * 0xD1B54A32D192ED03ull) { bad++; break; }
+    uint32_t t, h, w, words = p->head_bytes / 8, layers = p->mla ? p->layout.num_buffers
+                                                                  : p->layout.num_buffers / 2;
+    uint32_t kv = b / layers, gbuf = kv * p->model_layers + p->layer_begin + b % layers;
+    for (t = 0; t < p->page_size; t++)
+        for (h = 0; h < p->heads; h++) {
+            uint64_t *hw = page + ((uint64_t)t * p->heads + h) * words;
+            uint64_t v = ex_seed(room, gbuf, ((uint64_t)i * p->page_size + t) |
+                                                 ((uint64_t)(p->head_begin + h) << 48));
+            if (write) {
+                for (w = 0; w < words; w++) hw[w] = v + w * 0xD1B54A32D192ED03ull;
+            } else {
+                for (w = 0; w < words; w++)
+                    if (hw[w] != v + w * 0xD1B54A32D192ED03ull) { bad++; break; }
+            }
         }
-    }
     return bad;
 }
 

@@ -188,7 +188,7 @@ static void test_span_addr(void) {
     int32_t pg[1] = {3};
     pool_init(&s, 0);
     memset(&sp, 0, sizeof sp);
-    sp.buffer = 2;
+    sp.buffer = sp.dst_buffer = 2;
     sp.src_offset = 16;
     sp.dst_offset = 32;
     sp.kind = KVX_SPAN_PAGES;
