@@ -257,13 +257,26 @@
      cp_size/cp_rank place an engine in its instance (sizes 1, ranks 0). The
      prefill engine whose ranks are all 0 runs the bootstrap server; the
      others register with it by PUT /route. A decode engine picks its
-     prefill ranks with its tp_size/tp_rank:
-     dp: the room's prefill dp rank is room % dp_size (follow_bootstrap_room).
-     tp: prefill tp == decode tp: the same rank; prefill tp > decode tp: the
-     ratio of consecutive prefill ranks; prefill tp < decode tp: rank
-     decode_tp_rank / ratio, which then waits for `ratio` room frames.
-     cp and pp: every rank. A receiver succeeds when every prefill rank it
-     targets has reported status Success.
+     prefill ranks as SGLang's _resolve_rank_mapping does:
+     dp: see DP ATTENTION.
+     tp: prefill tp == decode tp: the same rank; prefill tp > decode tp
+     (ratio r): prefill ranks decode_tp_rank * r .. + r - 1 (MHA: each sends
+     its heads; MLA: the first sends, the others are dummies); prefill tp <
+     decode tp (ratio r): prefill rank decode_tp_rank / r, which then waits
+     for r room frames (peer_index decode_tp_rank % r). Neither divides the
+     other: the room fails with a sentence.
+     pp: decode pp_size == prefill pp_size: the prefill ranks with the
+     decode's own pp_rank; decode pp_size 1: every prefill pp rank; anything
+     else: the room fails ("decode PP must equal prefill PP or be 1").
+     cp: the decode's cp_size must be 1 (else the room fails); every prefill
+     cp rank is targeted.
+     A receiver succeeds when every prefill rank it targets (its
+     contributors) has reported status Success. A contributor that reports
+     Failed or aborts fails the receiver with a sentence naming it ("failed
+     by prefill engine at IP:PORT (tp rank T of N, pp rank P of M)"), and
+     the decode tells the room's other contributors at once (abort), so they
+     stop and free their rooms; likewise a prefill room that serves several
+     decode ranks tells the others when one of them aborts.
 
    HOW A TRANSPORT USES IT (the declarations below say the rest)
      engine_init / engine_fini: kvx_boot_create / kvx_boot_destroy; room_open,
@@ -1479,8 +1492,8 @@ static kvx_result kvx__boot_combine(const kvx_layout *pl, int ptp, int ptp_rank,
     if ((r = kvx_layout_overlap(pl, dl, &bpp, NULL, why, wl)) != KVX_OK)
         return r == KVX_ERR_INVALID_ARGUMENT ? KVX_ERR_LAYOUT_MISMATCH : r;
     if (!bpp && !kvx_mla_dummy(pl->mla && dl->mla, ptp, ptp_rank, dtp))
-        return kvx__why(KVX_ERR_LAYOUT_MISMATCH, why, wl, "the prefill rank (heads %u..%u, layers "
-                        "from %u) shares no heads/layers with this decode rank (heads %u..%u, "
+        return kvx__why(KVX_ERR_LAYOUT_MISMATCH, why, wl, "the prefill rank (heads [%u, %u), layers "
+                        "from %u) shares no heads/layers with this decode rank (heads [%u, %u), "
                         "layers from %u)", pl->head_begin, pl->head_begin + pl->num_kv_heads,
                         pl->layer_begin, dl->head_begin, dl->head_begin + dl->num_kv_heads,
                         dl->layer_begin);
@@ -1929,6 +1942,18 @@ static int kvx__boot_conn_set_info(kvx__boot_conn *c, const kvx_boot_hello *h) {
     if (kvx__boot_shape_set(c->boot, &c->shape, h)) return -1;
     i->layout = &c->shape.l;
     return 0;
+}
+
+/* Names the far end of a control connection for a failure sentence:
+   "prefill engine at 10.0.0.2:5000 (tp rank 1 of 2, pp rank 0 of 1)". */
+static const char *kvx__boot_who(const kvx__boot_conn *c, char *out, size_t n) {
+    const kvx_boot_peer *i = &c->info;
+    char dp[40] = "";
+    if (i->dp_size > 1) snprintf(dp, sizeof dp, ", dp rank %d of %d", i->dp_rank, i->dp_size);
+    snprintf(out, n, "%s engine at %s (tp rank %d of %d, pp rank %d of %d%s)",
+             i->role == KVX_ROLE_PREFILL ? "prefill" : "decode", c->addr, i->tp_rank, i->tp_size,
+             i->pp_rank, i->pp_size, dp);
+    return out;
 }
 
 /* >>boot: room table ------------------------------------------------------------ */
@@ -2650,8 +2675,11 @@ static int kvx__boot_owns(kvx_boot *b, kvx__boot_br *br, kvx__boot_conn *c) {
 }
 
 /* kvx_boot_room_failed's telling, once (decode: only once the room frame
-   went out; before that the prefill knows nothing of this receiver). */
-static void kvx__boot_tell(kvx_boot *b, kvx_room *r, const char *reason, kvx_result res) {
+   went out; before that the prefill knows nothing of this receiver), to
+   every connection of the room but `except` (the one that reported the
+   failure; NULL: all). */
+static void kvx__boot_tell(kvx_boot *b, kvx_room *r, const char *reason, kvx_result res,
+                           const kvx__boot_conn *except) {
     kvx__boot_br *br;
     kvx__boot_conn *stack[4], **cs = NULL;
     uint32_t n = 0, i;
@@ -2664,10 +2692,20 @@ static void kvx__boot_tell(kvx_boot *b, kvx_room *r, const char *reason, kvx_res
         n = kvx__boot_conns_copy(b, br->conns, br->nconns, &cs, stack);
     pthread_mutex_unlock(&b->mu);
     for (i = 0; cs && i < n; i++) /* prefill: status Failed; decode: abort */
-        kvx__boot_conn_frame(cs[i], b->role == KVX_ROLE_PREFILL ? KVX_BOOT_FRAME_STATUS
+        if (cs[i] != except)
+            kvx__boot_conn_frame(cs[i], b->role == KVX_ROLE_PREFILL ? KVX_BOOT_FRAME_STATUS
                                                                 : KVX_BOOT_FRAME_ABORT,
                              kvx_room_id(r), KVX_POLL_FAILED, res, 0, reason);
     if (cs) kvx__boot_conns_release(b, cs, n, stack);
+}
+
+/* A peer failed or aborted room r (relayed with kvx_room_fail_remote, which
+   tells no one): the room's other peers hear it from here (decode: the
+   other contributing prefill ranks stop; prefill: the other decode ranks
+   the room serves), with the room's sentence that names the reporter. */
+static void kvx__boot_tell_others(kvx_boot *b, kvx_room *r, const kvx__boot_conn *reporter) {
+    if (kvx_room_poll(r) == KVX_POLL_FAILED)
+        kvx__boot_tell(b, r, kvx_room_error(r), kvx_room_result(r), reporter);
 }
 
 /* Applies one room frame to a sender that exists. br is referenced by the
@@ -2724,7 +2762,7 @@ static void kvx__boot_apply_room(kvx_boot *b, kvx__boot_br *br, kvx__boot_conn *
         (res = b->hooks.on_room(b, r, &c->info, pages, n, aux)) != KVX_OK) {
         kvx_room_fail(r, res, "the %s transport refused the destination sent by decode %s (%s)",
                       kvx_engine_transport(b->engine), c->addr, kvx_result_str(res));
-        kvx__boot_tell(b, r, kvx_room_error(r), kvx_room_result(r));
+        kvx__boot_tell(b, r, kvx_room_error(r), kvx_room_result(r), NULL);
         return;
     }
     if (complete) kvx_room_advance(r, KVX_POLL_WAITING_FOR_INPUT);
@@ -2847,7 +2885,7 @@ static void kvx__boot_on_room_frame(kvx_boot *b, kvx__boot_conn *c, const kvx_bo
 }
 
 static void kvx__boot_on_abort_frame(kvx_boot *b, kvx__boot_conn *c, const kvx_boot_frame *f) {
-    char reason[KVX_BOOT_MAX_REASON + 1], who[160];
+    char reason[KVX_BOOT_MAX_REASON + 1], who[200], w[160];
     kvx__boot_br *br;
     uint32_t k;
     kvx_room *r;
@@ -2882,9 +2920,9 @@ static void kvx__boot_on_abort_frame(kvx_boot *b, kvx__boot_conn *c, const kvx_b
     KVX__ADD(&br->refs, 1);
     r = br->room;
     pthread_mutex_unlock(&b->mu);
-    snprintf(who, sizeof who, "aborted by the %s engine at %s",
-             b->role == KVX_ROLE_PREFILL ? "decode" : "prefill", c->addr);
+    snprintf(who, sizeof who, "aborted by the %s", kvx__boot_who(c, w, sizeof w));
     kvx__boot_relay(r, KVX_ERR_ABORTED, reason, who);
+    kvx__boot_tell_others(b, r, c);
     if (b->hooks.on_abort) b->hooks.on_abort(b, r, &c->info, reason);
     kvx__boot_br_unref(br);
 }
@@ -3017,10 +3055,11 @@ static void kvx__boot_on_status_frame(kvx_boot *b, kvx__boot_conn *c, const kvx_
                        "prefill rank %s reported Success before this receiver sent its "
                        "destination; ignored", c->addr);
     } else if (!h && f->state == KVX_POLL_FAILED) {
-        char who[600];
-        snprintf(who, sizeof who, "failed by prefill rank %s (bootstrap %s)", c->addr,
+        char who[600], w[160];
+        snprintf(who, sizeof who, "failed by %s, bootstrap %s", kvx__boot_who(c, w, sizeof w),
                  c->peer ? c->peer->addr : "?");
         kvx__boot_relay(r, f->result < 0 ? (kvx_result)f->result : KVX_ERR_PEER, reason, who);
+        kvx__boot_tell_others(b, r, c);
     }
     kvx__boot_br_unref(br);
 }
@@ -3127,6 +3166,7 @@ static void kvx__boot_conn_lost(kvx_boot *b, kvx__boot_conn *c, const char *reas
     } else {
         kvx__boot_pf *p = c->peer;
         int dead = 0;
+        char w[160];
         if (!p) return;
         pthread_mutex_lock(&b->mu);
         if (p->gen == c->gen && p->state == KVX__BOOT_PF_READY) {
@@ -3139,8 +3179,8 @@ static void kvx__boot_conn_lost(kvx_boot *b, kvx__boot_conn *c, const char *reas
                            "lost connection with prefill instance %s (rank %s): %s; failing %zu rooms",
                            p->addr, c->addr, reason, fail.n);
         kvx__boot_fail_all(&fail, KVX_ERR_PEER_LOST,
-                           "lost connection with prefill instance %s (rank %s): %s", p->addr,
-                           c->addr, reason);
+                           "lost connection with prefill instance %s (%s): %s", p->addr,
+                           kvx__boot_who(c, w, sizeof w), reason);
     }
     if (b->hooks.on_disconnect && c->hello_done) b->hooks.on_disconnect(b, &c->info, reason);
 }
@@ -3726,7 +3766,7 @@ static kvx_result kvx__boot_resolve(kvx_boot *b, kvx__boot_pf *p, kvx__boot_res 
     const kvx_layout *l = kvx_engine_layout(b->engine);
     kvx__buf body;
     char dtype[64] = "", target[192];
-    int page_size = 0, first, count, dpi, cpi, t, ppi, bad;
+    int page_size = 0, first, count, dpi, cpi, t, ppi, pp_first, pp_count, bad;
     uint64_t total;
     kvx_result r;
     memset(rs, 0, sizeof *rs);
@@ -3762,7 +3802,20 @@ static kvx_result kvx__boot_resolve(kvx_boot *b, kvx__boot_pf *p, kvx__boot_res 
                              "%d and this decode engine tp_size %d: one must divide the other",
                              p->host, p->port, rs->tp, b->tp_size);
     }
-    rs->per_dp = (uint32_t)(rs->cp * count * rs->pp);
+    if (b->cp_size != 1)
+        return kvx__why(KVX_ERR_LAYOUT_MISMATCH, why, wl, "this decode engine has cp_size %d: decode "
+                        "context parallelism must be 1 (SGLang's rule; prefill at %s:%d)",
+                        b->cp_size, p->host, p->port);
+    if (b->pp_size == rs->pp) {
+        pp_first = b->pp_rank; pp_count = 1;  /* pp rank to pp rank */
+    } else if (b->pp_size == 1) {
+        pp_first = 0; pp_count = rs->pp;      /* every prefill pp rank's layers */
+    } else {
+        return kvx__why(KVX_ERR_LAYOUT_MISMATCH, why, wl, "prefill at %s:%d has pp_size %d and this "
+                        "decode engine pp_size %d: decode PP must equal prefill PP or be 1",
+                        p->host, p->port, rs->pp, b->pp_size);
+    }
+    rs->per_dp = (uint32_t)(rs->cp * count * pp_count);
     total = (uint64_t)rs->dp * rs->per_dp;
     if (total > KVX_BOOT_MAX_RANKS)
         return kvx__why(KVX_ERR_OUT_OF_RANGE, why, wl, "prefill at %s:%d needs %llu control "
@@ -3773,7 +3826,7 @@ static kvx_result kvx__boot_resolve(kvx_boot *b, kvx__boot_pf *p, kvx__boot_res 
     for (dpi = 0; dpi < rs->dp; dpi++)
         for (cpi = 0; cpi < rs->cp; cpi++)
             for (t = first; t < first + count; t++)
-                for (ppi = 0; ppi < rs->pp; ppi++) {
+                for (ppi = pp_first; ppi < pp_first + pp_count; ppi++) {
                     char ip[64];
                     int port = 0;
                     snprintf(target, sizeof target,
@@ -4151,7 +4204,7 @@ KVX_API void kvx_boot_room_close(kvx_boot *b, kvx_room *r) {
         char why[160];
         snprintf(why, sizeof why, "room %llu: the %s was destroyed before the transfer finished",
                  (unsigned long long)kvx_room_id(r), b->role == KVX_ROLE_DECODE ? "receiver" : "sender");
-        kvx__boot_tell(b, r, why, KVX_ERR_ABORTED);
+        kvx__boot_tell(b, r, why, KVX_ERR_ABORTED, NULL);
     }
     pthread_mutex_lock(&b->mu);
     br = kvx__boot_find(b, kvx_room_id(r));
@@ -4246,12 +4299,12 @@ KVX_API void kvx_boot_abort(kvx_boot *b, kvx_room *r, const char *reason) {
     kvx__boot_tell(b, r,
                    failed && kvx_room_result(r) != KVX_ERR_ABORTED ? kvx_room_error(r)
                                                                         : (reason ? reason : "aborted"),
-                   failed ? kvx_room_result(r) : KVX_ERR_ABORTED);
+                   failed ? kvx_room_result(r) : KVX_ERR_ABORTED, NULL);
 }
 
 KVX_API void kvx_boot_room_failed(kvx_boot *b, kvx_room *r) {
     if (!b || !r || kvx_room_poll(r) != KVX_POLL_FAILED) return;
-    kvx__boot_tell(b, r, kvx_room_error(r), kvx_room_result(r));
+    kvx__boot_tell(b, r, kvx_room_error(r), kvx_room_result(r), NULL);
 }
 
 KVX_API uint32_t kvx_boot_room_dst_pages(kvx_boot *b, const kvx_room *r) {
