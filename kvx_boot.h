@@ -1416,7 +1416,8 @@ typedef struct kvx__boot_br {
     uint16_t peer_index, peer_count;
     /* prefill */
     uint32_t expected, dst_pages;
-    int told;      /* the peers were told this room failed (once) */
+    int told;      /* the peers were told this room failed (once): 1 all, 2 all but told_skip */
+    const void *told_skip; /* told 2: the peer that reported the failure (compared, never used) */
     kvx__boot_pframe *frames, *frames_tail;
 } kvx__boot_br;
 
@@ -2999,17 +3000,23 @@ static void kvx__boot_tell(kvx_boot *b, kvx_room *r, const char *reason, kvx_res
                            const kvx__boot_conn *except) {
     kvx__boot_br *br;
     kvx__boot_conn *stack[4], **cs = NULL;
+    const void *only = NULL;
     uint32_t n = 0, i;
     if (kvx_room_poll(r) == KVX_POLL_SUCCESS) return;
     pthread_mutex_lock(&b->mu);
     br = kvx__boot_find(b, kvx_room_id(r));
-    if (!br || br->room != r || br->told) { pthread_mutex_unlock(&b->mu); return; }
-    br->told = 1;
+    if (!br || br->room != r || br->told == 1 || (br->told == 2 && except)) {
+        pthread_mutex_unlock(&b->mu);
+        return;
+    }
+    if (br->told == 2) only = br->told_skip; /* the others already heard it */
+    br->told = except ? 2 : 1;
+    br->told_skip = except;
     if (br->nconns && (b->role == KVX_ROLE_PREFILL || br->inited))
         n = kvx__boot_conns_copy(b, br->conns, br->nconns, &cs, stack);
     pthread_mutex_unlock(&b->mu);
     for (i = 0; cs && i < n; i++) /* prefill: status Failed; decode: abort */
-        if (cs[i] != except)
+        if (cs[i] != except && (!only || (const void *)cs[i] == only))
             kvx__boot_conn_frame(cs[i], b->role == KVX_ROLE_PREFILL ? KVX_BOOT_FRAME_STATUS
                                                                 : KVX_BOOT_FRAME_ABORT,
                              kvx_room_id(r), KVX_POLL_FAILED, res, 0, reason);
@@ -4796,6 +4803,7 @@ KVX_API kvx_result kvx_boot_send_status(kvx_boot *b, kvx_room *r, kvx_poll state
                                         kvx_result result, uint64_t bytes, const char *reason) {
     kvx__boot_br *br;
     kvx__boot_conn *stack[4], **cs = NULL;
+    const void *only = NULL;
     uint32_t nc, i;
     kvx_result res = KVX_OK;
     if (!b || !r) return KVX_ERR_INVALID_ARGUMENT;
@@ -4806,14 +4814,17 @@ KVX_API kvx_result kvx_boot_send_status(kvx_boot *b, kvx_room *r, kvx_poll state
         return KVX_ERR_STATE;
     }
     if (state == KVX_POLL_FAILED) {
-        if (br->told) { pthread_mutex_unlock(&b->mu); return KVX_OK; } /* said once already */
+        if (br->told == 1) { pthread_mutex_unlock(&b->mu); return KVX_OK; } /* said once already */
+        if (br->told == 2) only = br->told_skip; /* kvx__boot_tell_others told the rest */
         br->told = 1;
     }
     nc = kvx__boot_conns_copy(b, br->conns, br->nconns, &cs, stack);
     pthread_mutex_unlock(&b->mu);
     if (!cs) return KVX_ERR_NO_MEMORY;
     for (i = 0; i < nc; i++) {
-        kvx_result x = kvx__boot_conn_status(cs[i], kvx_room_id(r), state, result, bytes, reason);
+        kvx_result x;
+        if (only && (const void *)cs[i] != only) continue;
+        x = kvx__boot_conn_status(cs[i], kvx_room_id(r), state, result, bytes, reason);
         if (x != KVX_OK && res == KVX_OK) res = x;
     }
     kvx__boot_conns_release(b, cs, nc, stack);
