@@ -151,6 +151,29 @@ static BT_UNUSED kvx_engine *bt_engine(kvx_role role, const bt_pool *p, const bt
     return e;
 }
 
+/* A receiver / sender of `room` on engine e (NULL when it could not be
+   made; a refused one comes back Failed). addr: the room's own bootstrap
+   address, or NULL for the engine's. */
+static BT_UNUSED kvx_room_desc bt_desc(uint64_t room, const char *addr) {
+    kvx_room_desc rd;
+    memset(&rd, 0, sizeof rd);
+    rd.room = room;
+    rd.bootstrap_addr = addr;
+    return rd;
+}
+
+static BT_UNUSED kvx_receiver *bt_recv(kvx_engine *e, uint64_t room, const char *addr) {
+    kvx_room_desc rd = bt_desc(room, addr);
+    kvx_receiver *r = NULL;
+    return kvx_receiver_create(e, &rd, &r), r;
+}
+
+static BT_UNUSED kvx_sender *bt_send(kvx_engine *e, uint64_t room) {
+    kvx_room_desc rd = bt_desc(room, NULL);
+    kvx_sender *s = NULL;
+    return kvx_sender_create(e, &rd, &s), s;
+}
+
 /* Waits until every poll result satisfies `done` or the time is up. */
 static BT_UNUSED int bt_wait_receivers(kvx_receiver **r, int n, int (*done)(kvx_poll), double timeout) {
     double end = bt_now() + timeout;

@@ -214,23 +214,9 @@ static void test_auth(void) {
     bt_pool_free(&pool);
 }
 
-static kvx_receiver *mk_recv(kvx_engine *e, uint64_t room) {
-    kvx_room_desc rd;
-    kvx_receiver *r = NULL;
-    memset(&rd, 0, sizeof rd);
-    rd.room = room;
-    kvx_receiver_create(e, &rd, &r);
-    return r;
-}
+#define mk_recv(e, room) bt_recv(e, room, NULL)
 
-static kvx_sender *mk_send(kvx_engine *e, uint64_t room) {
-    kvx_room_desc rd;
-    kvx_sender *s = NULL;
-    memset(&rd, 0, sizeof rd);
-    rd.room = room;
-    kvx_sender_create(e, &rd, &s);
-    return s;
-}
+#define mk_send bt_send
 
 /* One room served by prefill engine pe[on]: it must be the one that gets
    the room frame, and the decode room succeeds. */

@@ -37,24 +37,9 @@ static void pair_close(pair *x) {
     bt_pool_free(&x->dp);
 }
 
-static kvx_receiver *mk_recv(kvx_engine *e, uint64_t room, const char *addr) {
-    kvx_room_desc rd;
-    kvx_receiver *r = NULL;
-    memset(&rd, 0, sizeof rd);
-    rd.room = room;
-    rd.bootstrap_addr = addr;
-    kvx_receiver_create(e, &rd, &r);
-    return r;
-}
+#define mk_recv bt_recv
 
-static kvx_sender *mk_send(kvx_engine *e, uint64_t room) {
-    kvx_room_desc rd;
-    kvx_sender *s = NULL;
-    memset(&rd, 0, sizeof rd);
-    rd.room = room;
-    kvx_sender_create(e, &rd, &s);
-    return s;
-}
+#define mk_send bt_send
 
 /* n rooms: 4 pages each, sent in two chunks. */
 static void run_rooms(pair *x, int n, uint64_t base, int senders_first, const char *what) {

@@ -57,24 +57,9 @@ static const kvx_backend *peek_backend(void) {
     return kvx__backend_table(&bk, "bootpeek", peek_init, kvx__boot_fake_hooks);
 }
 
-static kvx_receiver *mk_recv(kvx_engine *e, uint64_t room, const char *addr) {
-    kvx_room_desc rd;
-    kvx_receiver *r = NULL;
-    memset(&rd, 0, sizeof rd);
-    rd.room = room;
-    rd.bootstrap_addr = addr;
-    kvx_receiver_create(e, &rd, &r);
-    return r;
-}
+#define mk_recv bt_recv
 
-static kvx_sender *mk_send(kvx_engine *e, uint64_t room) {
-    kvx_room_desc rd;
-    kvx_sender *s = NULL;
-    memset(&rd, 0, sizeof rd);
-    rd.room = room;
-    kvx_sender_create(e, &rd, &s);
-    return s;
-}
+#define mk_send bt_send
 
 /* A rank's pool: 1 layer (K, V), `heads` of the model's 8 heads from
    head_begin, 16 tokens per page, 1 byte per head per token. */
@@ -100,25 +85,21 @@ static void hetero(int ptp, int dtp) {
     pthread_mutex_lock(&g_mu);
     g_nseen = 0;
     pthread_mutex_unlock(&g_mu);
-    for (i = 0; i < ptp; i++) {
-        rank_pool(&pp[i], 8u / (uint32_t)ptp, (uint32_t)i * (8u / (uint32_t)ptp));
+    for (i = 0; i < ptp + dtp; i++) { /* prefill ranks, then decode ranks */
+        int pre = i < ptp, tp = pre ? ptp : dtp, k = pre ? i : i - ptp;
+        bt_pool *pool = pre ? &pp[k] : &dp[k];
+        kvx_engine *e;
+        if (i == ptp) snprintf(addr, sizeof addr, "127.0.0.1:%d", port);
+        rank_pool(pool, 8u / (uint32_t)tp, (uint32_t)k * (8u / (uint32_t)tp));
         memset(&o, 0, sizeof o);
         o.transport = "bootpeek";
-        o.tp_size = ptp; o.tp_rank = i;
-        o.port = port;
-        pe[i] = bt_engine(KVX_ROLE_PREFILL, &pp[i], &o, why, sizeof why);
-        if (!pe[i]) { CHECK(0, "%s: prefill rank %d: %s", what, i, why); return; }
-        if (!i) port = kvx_boot_engine_port(pe[0]);
-    }
-    snprintf(addr, sizeof addr, "127.0.0.1:%d", port);
-    for (i = 0; i < dtp; i++) {
-        rank_pool(&dp[i], 8u / (uint32_t)dtp, (uint32_t)i * (8u / (uint32_t)dtp));
-        memset(&o, 0, sizeof o);
-        o.transport = "bootpeek";
-        o.tp_size = dtp; o.tp_rank = i;
-        o.addr = addr;
-        de[i] = bt_engine(KVX_ROLE_DECODE, &dp[i], &o, why, sizeof why);
-        if (!de[i]) { CHECK(0, "%s: decode rank %d: %s", what, i, why); return; }
+        o.tp_size = tp; o.tp_rank = k;
+        o.port = pre ? port : 0;
+        o.addr = pre ? NULL : addr;
+        e = bt_engine(pre ? KVX_ROLE_PREFILL : KVX_ROLE_DECODE, pool, &o, why, sizeof why);
+        if (!e) { CHECK(0, "%s: %s rank %d: %s", what, pre ? "prefill" : "decode", k, why); return; }
+        if (pre) pe[k] = e; else de[k] = e;
+        if (!i) port = kvx_boot_engine_port(e);
     }
     for (i = 0; i < ptp; i++) s[i] = mk_send(pe[i], room);
     for (i = 0; i < dtp; i++) r[i] = mk_recv(de[i], room, NULL);

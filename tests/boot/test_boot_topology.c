@@ -35,29 +35,36 @@ static int contrib(const topo *t, int i, int j) {
     return tp_ok && (t->dpp == t->ppp ? pp == dp : 1);
 }
 
-static kvx_receiver *mk_recv(kvx_engine *e, uint64_t room) {
-    kvx_room_desc rd;
-    kvx_receiver *r = NULL;
-    memset(&rd, 0, sizeof rd);
-    rd.room = room;
-    kvx_receiver_create(e, &rd, &r);
-    return r;
-}
+#define mk_recv(e, room) bt_recv(e, room, NULL)
 
-static kvx_sender *mk_send(kvx_engine *e, uint64_t room) {
-    kvx_room_desc rd;
-    kvx_sender *s = NULL;
-    memset(&rd, 0, sizeof rd);
-    rd.room = room;
-    kvx_sender_create(e, &rd, &s);
-    return s;
+#define mk_send bt_send
+
+/* Engine k (tp k % tp, pp k / tp) of an instance with its ex_pool_init_rank
+   pool: a prefill on port (0: ephemeral), or a decode of addr with cp_size dcp. */
+static kvx_engine *rank_engine(kvx_role role, ex_pool *pool, int tp, int pp, int k, int port,
+                               const char *addr, int dcp) {
+    bt_engine_opts o;
+    char why[KVX_ERROR_MAX];
+    ex_rank rk;
+    kvx_engine *e;
+    rk.tp = (uint32_t)tp; rk.tp_rank = (uint32_t)(k % tp);
+    rk.pp = (uint32_t)pp; rk.pp_rank = (uint32_t)(k / tp);
+    if (ex_pool_init_rank(pool, &mha, 16, 16, 4, role == KVX_ROLE_PREFILL ? 1 : 2, &rk)) return NULL;
+    memset(&o, 0, sizeof o);
+    o.layout = &pool->layout;
+    o.tp_size = tp; o.tp_rank = k % tp;
+    o.pp_size = pp; o.pp_rank = k / tp;
+    o.cp_size = dcp;
+    o.port = port;
+    o.addr = addr;
+    e = bt_engine(role, NULL, &o, why, sizeof why);
+    if (!e) printf("  %s %d: %s\n", role == KVX_ROLE_PREFILL ? "prefill" : "decode", k, why);
+    return e;
 }
 
 /* Starts the engines: prefill ptp x ppp, decode ranks listed in dranks
    (NULL: all of dtp x dpp). 0 ok. */
 static int topo_open(topo *t, int ptp, int ppp, int dtp, int dpp, const int *dranks, int nd, int dcp) {
-    bt_engine_opts o;
-    char why[KVX_ERROR_MAX];
     int i, port = 0;
     memset(t, 0, sizeof *t);
     t->ptp = ptp; t->ppp = ppp; t->dtp = dtp; t->dpp = dpp;
@@ -65,35 +72,15 @@ static int topo_open(topo *t, int ptp, int ppp, int dtp, int dpp, const int *dra
     t->nd = dranks ? nd : dtp * dpp;
     snprintf(t->what, sizeof t->what, "tp %d pp %d -> tp %d pp %d", ptp, ppp, dtp, dpp);
     for (i = 0; i < t->np; i++) {
-        ex_rank rk;
-        rk.tp = (uint32_t)ptp; rk.tp_rank = (uint32_t)(i % ptp);
-        rk.pp = (uint32_t)ppp; rk.pp_rank = (uint32_t)(i / ptp);
-        if (ex_pool_init_rank(&t->pp[i], &mha, 16, 16, 4, 1, &rk)) return -1;
-        memset(&o, 0, sizeof o);
-        o.layout = &t->pp[i].layout;
-        o.tp_size = ptp; o.tp_rank = i % ptp;
-        o.pp_size = ppp; o.pp_rank = i / ptp;
-        o.port = port;
-        t->pe[i] = bt_engine(KVX_ROLE_PREFILL, NULL, &o, why, sizeof why);
-        if (!t->pe[i]) { printf("  prefill %d: %s\n", i, why); return -1; }
+        if (!(t->pe[i] = rank_engine(KVX_ROLE_PREFILL, &t->pp[i], ptp, ppp, i, port, NULL, 0)))
+            return -1;
         if (!i) port = kvx_boot_engine_port(t->pe[0]);
     }
     snprintf(t->addr, sizeof t->addr, "127.0.0.1:%d", port);
-    for (i = 0; i < t->nd; i++) {
-        int j = dranks ? dranks[i] : i;
-        ex_rank rk;
-        rk.tp = (uint32_t)dtp; rk.tp_rank = (uint32_t)(j % dtp);
-        rk.pp = (uint32_t)dpp; rk.pp_rank = (uint32_t)(j / dtp);
-        if (ex_pool_init_rank(&t->dp[i], &mha, 16, 16, 4, 2, &rk)) return -1;
-        memset(&o, 0, sizeof o);
-        o.layout = &t->dp[i].layout;
-        o.tp_size = dtp; o.tp_rank = j % dtp;
-        o.pp_size = dpp; o.pp_rank = j / dtp;
-        o.cp_size = dcp;
-        o.addr = t->addr;
-        t->de[i] = bt_engine(KVX_ROLE_DECODE, NULL, &o, why, sizeof why);
-        if (!t->de[i]) { printf("  decode %d: %s\n", j, why); return -1; }
-    }
+    for (i = 0; i < t->nd; i++)
+        if (!(t->de[i] = rank_engine(KVX_ROLE_DECODE, &t->dp[i], dtp, dpp, dranks ? dranks[i] : i, 0,
+                                     t->addr, dcp)))
+            return -1;
     return 0;
 }
 
