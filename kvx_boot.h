@@ -2550,37 +2550,80 @@ static int kvx__boot_jroom(const kvx__json *v, uint64_t *out) {
     return 0;
 }
 
+/* A /register_dp_rank body (pure; fuzzed): 0 and the room and dp rank, or
+   -1 and a sentence. */
+static int kvx__boot_dpreg_parse(const kvx_allocator *a, const char *body, size_t len,
+                                 uint64_t *room, uint64_t *dp, char *why, size_t wl) {
+    kvx__json_doc d;
+    const kvx__json *root, *rv, *dv;
+    int rc = -1;
+    if (kvx__json_parse(&d, a, body ? body : "", len, 16) != KVX_OK ||
+        !(root = kvx__json_root(&d)) || root->type != KVX_JSON_OBJECT)
+        kvx__set_why(why, wl, "the body is not a JSON object");
+    else if (!(rv = kvx__json_get(&d, root, "bootstrap_room")) || !kvx__boot_jroom(rv, room))
+        kvx__set_why(why, wl, "bootstrap_room must be an integer in [0, 2^63)");
+    else if (!(dv = kvx__json_get(&d, root, "dp_rank")) || !kvx__boot_jroom(dv, dp))
+        kvx__set_why(why, wl, "dp_rank must be a non-negative integer");
+    else
+        rc = 0;
+    kvx__json_free(&d);
+    return rc;
+}
+
+/* A /query_dp_ranks body (pure; fuzzed): 0 with *ids (kvx__alloc'd from a,
+   NULL when none) holding *n <= KVX_BOOT_MAX_QUERY_ROOMS rooms, or -1 and a
+   sentence. */
+static int kvx__boot_dpq_parse(const kvx_allocator *a, const char *body, size_t len, uint64_t **ids,
+                               uint32_t *n, char *why, size_t wl) {
+    kvx__json_doc d;
+    const kvx__json *root, *arr = NULL;
+    uint32_t k;
+    int rc = -1;
+    *ids = NULL;
+    *n = 0;
+    if (kvx__json_parse(&d, a, body ? body : "", len, KVX_BOOT_MAX_QUERY_ROOMS + 8) != KVX_OK ||
+        !(root = kvx__json_root(&d)) || root->type != KVX_JSON_OBJECT)
+        kvx__set_why(why, wl, "the body is not a JSON object (at most %d rooms)",
+                     KVX_BOOT_MAX_QUERY_ROOMS);
+    else if (!(arr = kvx__json_get(&d, root, "bootstrap_rooms")) || arr->type != KVX_JSON_ARRAY ||
+             arr->count > KVX_BOOT_MAX_QUERY_ROOMS)
+        kvx__set_why(why, wl, "bootstrap_rooms must be an array of at most %d rooms",
+                     KVX_BOOT_MAX_QUERY_ROOMS);
+    else if (arr->count && !(*ids = (uint64_t *)kvx__alloc(a, arr->count * sizeof **ids)))
+        kvx__set_why(why, wl, "out of memory");
+    else
+        rc = 0;
+    for (k = rc == 0 && arr->count ? arr->child : 0; k && *n < arr->count; k = d.nodes[k].next) {
+        if (!kvx__boot_jroom(&d.nodes[k], &(*ids)[*n])) {
+            kvx__set_why(why, wl, "every bootstrap room must be an integer in [0, 2^63)");
+            rc = -1;
+            break;
+        }
+        ++*n;
+    }
+    if (rc == 0 && *n != (arr ? arr->count : 0)) rc = -1; /* the parser's count and siblings disagree */
+    if (rc) { kvx__free(a, *ids); *ids = NULL; *n = 0; }
+    kvx__json_free(&d);
+    return rc;
+}
+
 static int kvx__boot_route_auth(kvx_boot *b, const kvx_boot_http_request *rq);
 
 /* POST /register_dp_rank {"bootstrap_room": R, "dp_rank": D}: 200 "OK". */
 static void kvx__boot_register_dp(kvx_boot *b, kvx__boot_conn *c, const kvx_boot_http_request *rq) {
-    kvx__json_doc d;
-    const kvx__json *root, *rv, *dv;
     uint64_t room = 0, dpr = 0;
     int st = 200, dp;
-    char msg[200] = "OK";
+    char msg[300] = "OK", why[200];
     if (b->key && kvx__boot_route_auth(b, rq)) {
         kvx__boot_http_text(b, c, 403, "POST /register_dp_rank needs a valid X-Kvx-Auth header: "
                                        "this bootstrap server has a key (KVX_AUTH_KEY)\n");
         return;
     }
-    if (kvx__json_parse(&d, kvx__boot_al(b), rq->body ? rq->body : "", rq->body_len, 16) != KVX_OK ||
-        !(root = kvx__json_root(&d)) || root->type != KVX_JSON_OBJECT) {
-        kvx__json_free(&d);
-        kvx__boot_http_text(b, c, 400, "bad request: the body is not a JSON object\n");
+    if (kvx__boot_dpreg_parse(kvx__boot_al(b), rq->body, rq->body_len, &room, &dpr, why, sizeof why)) {
+        kvx__boot_http_textf(b, c, 400, "bad request: %s\n", why);
         return;
     }
-    rv = kvx__json_get(&d, root, "bootstrap_room");
-    dv = kvx__json_get(&d, root, "dp_rank");
-    if (!rv || !kvx__boot_jroom(rv, &room)) {
-        st = 400;
-        snprintf(msg, sizeof msg, "bad request: bootstrap_room must be an integer in [0, 2^63)\n");
-    } else if (!dv || !kvx__boot_jroom(dv, &dpr)) {
-        st = 400;
-        snprintf(msg, sizeof msg, "bad request: dp_rank must be a non-negative integer\n");
-    }
-    kvx__json_free(&d);
-    if (st == 200) {
+    {
         pthread_mutex_lock(&b->mu);
         dp = b->srv.ranks ? b->srv.dp : 0;
         if (!dp) {
@@ -2607,42 +2650,13 @@ static int kvx__boot_u64_cmp(const void *x, const void *y) {
 /* POST /query_dp_ranks {"bootstrap_rooms": [R...]} -> {"R": D, ...} for the
    rooms pinned here; others are left out (SGLang's answer). */
 static void kvx__boot_query_dp(kvx_boot *b, kvx__boot_conn *c, const kvx_boot_http_request *rq) {
-    kvx__json_doc d;
-    const kvx__json *root, *arr;
     uint64_t *ids = NULL, prev = 0;
-    uint32_t n = 0, i, k;
+    uint32_t n = 0, i;
     kvx__buf o;
-    int first = 1, bad = 0;
-    if (kvx__json_parse(&d, kvx__boot_al(b), rq->body ? rq->body : "", rq->body_len,
-                        KVX_BOOT_MAX_QUERY_ROOMS + 8) != KVX_OK ||
-        !(root = kvx__json_root(&d)) || root->type != KVX_JSON_OBJECT) {
-        kvx__json_free(&d);
-        kvx__boot_http_textf(b, c, 400, "bad request: the body is not a JSON object (at most %d "
-                             "rooms)\n", KVX_BOOT_MAX_QUERY_ROOMS);
-        return;
-    }
-    arr = kvx__json_get(&d, root, "bootstrap_rooms");
-    if (!arr || arr->type != KVX_JSON_ARRAY || arr->count > KVX_BOOT_MAX_QUERY_ROOMS) {
-        kvx__json_free(&d);
-        kvx__boot_http_textf(b, c, 400, "bad request: bootstrap_rooms must be an array of at most "
-                             "%d rooms\n", KVX_BOOT_MAX_QUERY_ROOMS);
-        return;
-    }
-    if (arr->count && !(ids = (uint64_t *)kvx__boot_zalloc(b, arr->count * sizeof *ids))) {
-        kvx__json_free(&d);
-        kvx__boot_http_text(b, c, 500, "out of memory\n");
-        return;
-    }
-    for (k = arr->count ? arr->child : 0; arr->count && n < arr->count; k = d.nodes[k].next) {
-        if (!kvx__boot_jroom(&d.nodes[k], &ids[n])) { bad = 1; break; }
-        n++;
-        if (!d.nodes[k].next) break;
-    }
-    kvx__json_free(&d);
-    if (bad) {
-        kvx_engine_free(b->engine, ids);
-        kvx__boot_http_text(b, c, 400, "bad request: every bootstrap room must be an integer in "
-                                       "[0, 2^63)\n");
+    int first = 1;
+    char why[200];
+    if (kvx__boot_dpq_parse(kvx__boot_al(b), rq->body, rq->body_len, &ids, &n, why, sizeof why)) {
+        kvx__boot_http_textf(b, c, strstr(why, "memory") ? 500 : 400, "bad request: %s\n", why);
         return;
     }
     /* a room asked twice is answered once (a JSON object, as Python's dict) */

@@ -57,6 +57,25 @@ static void check_request(const uint8_t *data, size_t size) {
         } else if (!why[0]) {
             __builtin_trap();
         }
+        {   /* the DP-attention routes' bodies */
+            uint64_t room = 0, dp = 0, *ids = NULL;
+            uint32_t n = 7, i;
+            why[0] = 0;
+            if (kvx__boot_dpreg_parse(NULL, rq.body, rq.body_len, &room, &dp, why, sizeof why) == 0) {
+                if (room > (uint64_t)INT64_MAX || dp > (uint64_t)INT64_MAX) __builtin_trap();
+            } else if (!why[0]) {
+                __builtin_trap();
+            }
+            why[0] = 0;
+            if (kvx__boot_dpq_parse(NULL, rq.body, rq.body_len, &ids, &n, why, sizeof why) == 0) {
+                if (n > KVX_BOOT_MAX_QUERY_ROOMS || (n && !ids)) __builtin_trap();
+                for (i = 0; i < n; i++)
+                    if (ids[i] > (uint64_t)INT64_MAX) __builtin_trap();
+                free(ids);
+            } else if (!why[0] || ids || n) {
+                __builtin_trap();
+            }
+        }
     }
 }
 
