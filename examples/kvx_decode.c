@@ -50,6 +50,7 @@ int main(int argc, char **argv) {
         g = &gpu;
     }
     kvx_file_register();
+    kvx_boot_register();
     kvx_tcp_register();
     kvx_rdma_register();
     kvx_cuda_register();
