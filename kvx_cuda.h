@@ -61,6 +61,8 @@
                               as new as the headers.
      KVX_CUDA_MAX_DEVICES     most GPU ordinals a process uses (default 64)
      KVX_CUDA_BATCH_MAX       most copies in one cuMemcpyBatchAsync (4096)
+     KVX_CUDA_MAX_2D_ROWS     most rows (Height) in one cuMemcpy2DAsync; a
+                              strided span with more is split (65535)
 
    ENVIRONMENT (read once in kvx_cuda_create; kvx.h's settings rule: each
    overrides its kvx_cuda_desc field, 0 = default, out of range fails)
@@ -311,6 +313,9 @@ typedef struct kvx_cuda_stats {
     uint64_t span_calls, spans, span_bytes; /* kvx_cuda_copy_spans */
     uint64_t driver_batches;    /* cuMemcpyBatchAsync calls */
     uint64_t driver_copies;     /* single asynchronous copy calls */
+    uint64_t driver_2d;         /* cuMemcpy2DAsync calls (strided spans) */
+    uint64_t rows_1d;           /* rows of strided spans copied one by one (a pitch
+                                   above the device's limit, or a refused 2-D copy) */
     uint64_t syncs;             /* stream or event waits */
     uint64_t staging_held;      /* pinned bytes the pool holds now */
     uint64_t staging_peak;
@@ -374,16 +379,28 @@ KVX_API kvx_result kvx_cuda_stream_create(kvx_cuda *cu, int device, kvx_cuda_str
 KVX_API void kvx_cuda_stream_destroy(kvx_cuda_stream *s);
 
 /* Queues the copy of every span: spans[i].length bytes from
-   src->buffers[b].base + src_offset to dst->buffers[b].base + dst_offset,
-   b = spans[i].buffer (a kvx_plan from kvx_plan_pages: src is this side's
-   layout, dst the peer's with imported bases). Any memory the driver can
-   address works (device, imported, pinned host). Every span is checked
-   against both layouts' buffer lengths first (KVX_ERR_OUT_OF_RANGE, nothing
-   queued). Uses cuMemcpyBatchAsync where the driver has it, else one
-   cuMemcpyAsync per span. Returns once queued, without waiting; *ticket
-   (may be NULL) receives this submission's number, 1, 2, 3... per stream,
-   for kvx_cuda_stream_done / _wait. On a driver error the stream is waited
-   for before returning, so no copy of this call is still running. */
+   src->buffers[spans[i].buffer].base + src_offset to
+   dst->buffers[spans[i].dst_buffer].base + dst_offset (a kvx_plan from
+   kvx_plan_pages: src is this side's layout, dst the peer's with imported
+   bases). A strided span (row_len > 0) copies length / row_len rows, row k
+   from src_offset + k * src_pitch to dst_offset + k * dst_pitch. Any
+   memory the driver can address works (device, imported, pinned host).
+   Every row of every span is checked against both layouts' buffer lengths
+   first (KVX_ERR_OUT_OF_RANGE naming the span, side and buffer; a length
+   that is not whole rows, or a pitch below the row length:
+   KVX_ERR_INVALID_ARGUMENT; nothing queued). Contiguous spans: one
+   cuMemcpyBatchAsync for many where the driver has it, else one
+   cuMemcpyAsync each. Strided spans: one cuMemcpy2DAsync per
+   KVX_CUDA_MAX_2D_ROWS rows (srcPitch, dstPitch, WidthInBytes = row_len,
+   Height = rows); where a pitch exceeds the device's
+   CU_DEVICE_ATTRIBUTE_MAX_PITCH, or once the driver refused a 2-D copy in
+   this call (CUDA_ERROR_INVALID_VALUE or _NOT_SUPPORTED: it may refuse
+   device-to-device pitches cuMemAllocPitch did not choose), row by row as
+   contiguous copies (stats rows_1d). Returns once queued, without waiting;
+   *ticket (may be NULL) receives this submission's number, 1, 2, 3... per
+   stream, for kvx_cuda_stream_done / _wait. On a driver error the stream
+   is waited for before returning, so no copy of this call is still
+   running. */
 KVX_API kvx_result kvx_cuda_copy_spans(kvx_cuda_stream *s, const kvx_layout *src,
                                        const kvx_layout *dst, const kvx_span *spans, size_t n,
                                        uint64_t *ticket, char *why, size_t why_len);
@@ -735,6 +752,9 @@ KVX_API kvx_result kvx_cuda_transport_stats_get(const kvx_engine *e,
 #ifndef KVX_CUDA_MAX_DEVICES
 #define KVX_CUDA_MAX_DEVICES 64
 #endif
+#ifndef KVX_CUDA_MAX_2D_ROWS
+#define KVX_CUDA_MAX_2D_ROWS 65535
+#endif
 #ifndef KVX_CUDA_BATCH_MAX
 #define KVX_CUDA_BATCH_MAX 4096
 #endif
@@ -812,6 +832,7 @@ KVX_API kvx_result kvx_cuda_transport_stats_get(const kvx_engine *e,
     KVX__CU(X, EventSynchronize, (CUevent), "cuEventSynchronize", NULL)                       \
     KVX__CU(X, MemcpyAsync, (CUdeviceptr, CUdeviceptr, size_t, CUstream), "cuMemcpyAsync",    \
             NULL)                                                                             \
+    KVX__CU(X, Memcpy2DAsync, (const CUDA_MEMCPY2D *, CUstream), "cuMemcpy2DAsync_v2", NULL)  \
     KVX__CU(X, MemcpyHtoDAsync, (CUdeviceptr, const void *, size_t, CUstream),                \
             "cuMemcpyHtoDAsync_v2", NULL)                                                     \
     KVX__CU(X, MemcpyDtoHAsync, (void *, CUdeviceptr, size_t, CUstream),                      \
@@ -845,6 +866,7 @@ struct kvx_cuda_stream {
     int device;
     int pooled;             /* internal staging stream */
     CUstream stream;
+    size_t max_pitch;       /* CU_DEVICE_ATTRIBUTE_MAX_PITCH; 0 = no 2-D copies */
     /* batch scratch: the driver reads these during the call */
     CUdeviceptr *dsts, *srcs;
     size_t *sizes;
@@ -1172,6 +1194,17 @@ KVX_API void kvx_cuda_stats_get(const kvx_cuda *cu, kvx_cuda_stats *out) {
 
 /* >>cuda: streams ---------------------------------------------------------------------- */
 
+/* The largest pitch a 2-D copy on `device` may use; 0 when the driver
+   does not say (strided spans then go row by row). */
+static size_t kvx__cu_max_pitch(kvx_cuda *cu, int device) {
+    CUdevice dev;
+    int v = 0;
+    if (cu->f.DeviceGet(&dev, device) != CUDA_SUCCESS ||
+        cu->f.DeviceGetAttribute(&v, CU_DEVICE_ATTRIBUTE_MAX_PITCH, dev) != CUDA_SUCCESS || v < 0)
+        return 0;
+    return (size_t)v;
+}
+
 static kvx_result kvx__cu_stream_new(kvx_cuda *cu, int device, int pooled,
                                      kvx_cuda_stream **out, char *why, size_t wl) {
     kvx_cuda_stream *s;
@@ -1190,6 +1223,7 @@ static kvx_result kvx__cu_stream_new(kvx_cuda *cu, int device, int pooled,
     s->device = device;
     s->pooled = pooled;
     rc = cu->f.StreamCreate(&s->stream, CU_STREAM_NON_BLOCKING);
+    if (rc == CUDA_SUCCESS) s->max_pitch = kvx__cu_max_pitch(cu, device);
     kvx__cu_leave(cu, &sc);
     if (rc != CUDA_SUCCESS) {
         kvx__free(&cu->alloc, s);
@@ -1763,36 +1797,78 @@ KVX_API void kvx_cuda_stream_destroy(kvx_cuda_stream *s) {
     pthread_mutex_unlock(&cu->mu);
 }
 
+/* Bytes a span's rows reach on one side, from its offset: length for a
+   contiguous span, (rows - 1) * pitch + row_len for a strided one; 0 when
+   that does not fit 64 bits. */
+static uint64_t kvx__cu_extent(const kvx_span *x, uint64_t pitch) {
+    uint64_t rows;
+    if (!x->row_len) return x->length;
+    rows = x->length / x->row_len;
+    if (rows - 1 > (UINT64_MAX - x->row_len) / (pitch ? pitch : 1)) return 0;
+    return (rows - 1) * pitch + x->row_len;
+}
+
+/* A strided span's shape: whole rows, pitches that keep rows apart. */
+static kvx_result kvx__cu_check_rows(const kvx_span *x, size_t i, char *why, size_t wl) {
+    if (!x->row_len || !x->length) return KVX_OK;
+    if (x->length % x->row_len)
+        return kvx__why(KVX_ERR_INVALID_ARGUMENT, why, wl, "span %zu: length %llu is not a "
+                        "whole number of %llu-byte rows", i, (unsigned long long)x->length,
+                        (unsigned long long)x->row_len);
+    if (x->length > x->row_len && (x->src_pitch < x->row_len || x->dst_pitch < x->row_len))
+        return kvx__why(KVX_ERR_INVALID_ARGUMENT, why, wl, "span %zu: pitches %llu (source) "
+                        "and %llu (destination) must be at least the row length %llu (rows "
+                        "would overlap)", i, (unsigned long long)x->src_pitch,
+                        (unsigned long long)x->dst_pitch, (unsigned long long)x->row_len);
+    return KVX_OK;
+}
+
+/* Every row of span i inside buffer `b` of l (one side). */
+static kvx_result kvx__cu_check_side(const kvx_layout *l, uint32_t b, uint64_t off,
+                                     uint64_t pitch, const kvx_span *x, size_t i,
+                                     const char *side, char *why, size_t wl) {
+    uint64_t ext = kvx__cu_extent(x, pitch), len;
+    if (b >= l->num_buffers)
+        return kvx__why(KVX_ERR_OUT_OF_RANGE, why, wl, "span %zu names %s buffer %u; that "
+                        "layout has %u", i, side, b, l->num_buffers);
+    len = l->buffers[b].length;
+    if ((x->length && !ext) || off > len || ext > len - off) {
+        char shape[96];
+        if (x->row_len)
+            snprintf(shape, sizeof shape, "%llu rows of %llu bytes at pitch %llu",
+                     (unsigned long long)(x->length / x->row_len),
+                     (unsigned long long)x->row_len, (unsigned long long)pitch);
+        else
+            snprintf(shape, sizeof shape, "length %llu", (unsigned long long)x->length);
+        return kvx__why(KVX_ERR_OUT_OF_RANGE, why, wl, "span %zu (%s buffer %u, offset %llu, "
+                        "%s) leaves that buffer (%llu bytes)", i, side, b,
+                        (unsigned long long)off, shape, (unsigned long long)len);
+    }
+    if (x->length && !l->buffers[b].base)
+        return kvx__why(KVX_ERR_INVALID_ARGUMENT, why, wl, "span %zu: %s buffer %u has a NULL "
+                        "base", i, side, b);
+    return KVX_OK;
+}
+
+/* Every row of every span against both layouts, before any copy: the
+   source in src->buffers[buffer], the destination in
+   dst->buffers[dst_buffer]. */
 static kvx_result kvx__cu_check_spans(const kvx_layout *src, const kvx_layout *dst,
                                       const kvx_span *sp, size_t n, char *why, size_t wl) {
     size_t i;
+    kvx_result r;
     for (i = 0; i < n; i++) {
         const kvx_span *x = &sp[i];
-        const char *side = NULL;
         if (x->kind != KVX_SPAN_PAGES)
             return kvx__why(KVX_ERR_INVALID_ARGUMENT, why, wl, "span %zu is of kind %u: only "
                                "page spans are copied on the GPU (aux rows are host memory)", i,
                                x->kind);
-        if (x->buffer >= src->num_buffers || x->buffer >= dst->num_buffers)
-            return kvx__why(KVX_ERR_OUT_OF_RANGE, why, wl, "span %zu names buffer %u; the "
-                               "layouts have %u (source) and %u (destination)", i, x->buffer,
-                               src->num_buffers, dst->num_buffers);
-        if (x->src_offset > src->buffers[x->buffer].length ||
-            x->length > src->buffers[x->buffer].length - x->src_offset)
-            side = "source";
-        else if (x->dst_offset > dst->buffers[x->buffer].length ||
-                 x->length > dst->buffers[x->buffer].length - x->dst_offset)
-            side = "destination";
-        if (side)
-            return kvx__why(KVX_ERR_OUT_OF_RANGE, why, wl, "span %zu (buffer %u, src_offset "
-                               "%llu, dst_offset %llu, length %llu) leaves the %s buffer (%llu "
-                               "bytes)", i, x->buffer, (unsigned long long)x->src_offset,
-                               (unsigned long long)x->dst_offset, (unsigned long long)x->length,
-                               side, (unsigned long long)(side[0] == 's' ? src : dst)
-                                         ->buffers[x->buffer].length);
-        if (x->length && (!src->buffers[x->buffer].base || !dst->buffers[x->buffer].base))
-            return kvx__why(KVX_ERR_INVALID_ARGUMENT, why, wl, "span %zu: buffer %u has a NULL "
-                               "base", i, x->buffer);
+        if ((r = kvx__cu_check_rows(x, i, why, wl)) != KVX_OK ||
+            (r = kvx__cu_check_side(src, x->buffer, x->src_offset, x->src_pitch, x, i,
+                                    "source", why, wl)) != KVX_OK ||
+            (r = kvx__cu_check_side(dst, x->dst_buffer, x->dst_offset, x->dst_pitch, x, i,
+                                    "destination", why, wl)) != KVX_OK)
+            return r;
     }
     return KVX_OK;
 }
@@ -1832,12 +1908,100 @@ static kvx_result kvx__cu_mark(kvx_cuda_stream *s, uint64_t seq, char *why, size
     return KVX_OK;
 }
 
+/* Adds one 1-D copy to the stream's scratch, queueing the scratch when it
+   is full (context current). */
+static kvx_result kvx__cu_push(kvx_cuda_stream *s, CUdeviceptr src, CUdeviceptr dst, size_t len,
+                               size_t *k, char *why, size_t wl) {
+    s->srcs[*k] = src;
+    s->dsts[*k] = dst;
+    s->sizes[*k] = len;
+    if (++*k < s->cap) return KVX_OK;
+    *k = 0;
+    return kvx__cu_submit(s, KVX__CU_ANY, s->cap, why, wl);
+}
+
+/* A strided span: cuMemcpy2DAsync in pieces of at most KVX_CUDA_MAX_2D_ROWS
+   rows; row by row (1-D copies through the scratch) when a pitch exceeds
+   the device's limit or once the driver refused a 2-D copy in this call
+   (*no2d; CUDA_ERROR_INVALID_VALUE or _NOT_SUPPORTED: it may refuse
+   device-to-device pitches cuMemAllocPitch did not choose). */
+static kvx_result kvx__cu_strided(kvx_cuda_stream *s, CUdeviceptr src, CUdeviceptr dst,
+                                  const kvx_span *x, size_t *k, int *no2d, char *why,
+                                  size_t wl) {
+    kvx_cuda *cu = s->cu;
+    uint64_t rows = x->length / x->row_len, at = 0;
+    kvx_result r;
+    if (x->src_pitch > s->max_pitch || x->dst_pitch > s->max_pitch) *no2d |= 2;
+    while (!*no2d && at < rows) {
+        CUDA_MEMCPY2D c;
+        uint64_t h = rows - at < KVX_CUDA_MAX_2D_ROWS ? rows - at : KVX_CUDA_MAX_2D_ROWS;
+        CUresult rc;
+        memset(&c, 0, sizeof c);
+        c.srcMemoryType = c.dstMemoryType = CU_MEMORYTYPE_UNIFIED; /* device, imported, pinned */
+        c.srcDevice = src + (CUdeviceptr)(at * x->src_pitch);
+        c.dstDevice = dst + (CUdeviceptr)(at * x->dst_pitch);
+        c.srcPitch = (size_t)x->src_pitch;
+        c.dstPitch = (size_t)x->dst_pitch;
+        c.WidthInBytes = (size_t)x->row_len;
+        c.Height = (size_t)h;
+        rc = cu->f.Memcpy2DAsync(&c, s->stream);
+        KVX__ADD(&cu->st.driver_2d, 1);
+        if (rc == CUDA_ERROR_INVALID_VALUE || rc == CUDA_ERROR_NOT_SUPPORTED) {
+            kvx__cu_log(cu, KVX_LOG_DEBUG, "cuMemcpy2DAsync on GPU %d (%llu rows of %llu bytes, "
+                        "pitches %llu/%llu): %s; row by row instead", s->device,
+                        (unsigned long long)h, (unsigned long long)x->row_len,
+                        (unsigned long long)x->src_pitch, (unsigned long long)x->dst_pitch,
+                        kvx__cu_err_name(cu, rc));
+            *no2d |= 1;
+            break;
+        }
+        if (rc != CUDA_SUCCESS)
+            return kvx__cu_fail(cu, rc, why, wl, "cuMemcpy2DAsync on GPU %d (%llu rows of %llu "
+                                "bytes, 0x%llx -> 0x%llx)", s->device, (unsigned long long)h,
+                                (unsigned long long)x->row_len,
+                                (unsigned long long)c.srcDevice, (unsigned long long)c.dstDevice);
+        at += h;
+    }
+    if (at < rows) KVX__ADD(&cu->st.rows_1d, rows - at);
+    for (; at < rows; at++)
+        if ((r = kvx__cu_push(s, src + (CUdeviceptr)(at * x->src_pitch),
+                              dst + (CUdeviceptr)(at * x->dst_pitch), (size_t)x->row_len, k,
+                              why, wl)) != KVX_OK)
+            return r;
+    *no2d &= 1; /* a pitch limit holds for that span only */
+    return KVX_OK;
+}
+
+/* Queues every span (context current): contiguous ones (and strided ones
+   whose pitches equal the row) through the scratch, strided ones as 2-D
+   copies. */
+static kvx_result kvx__cu_queue_spans(kvx_cuda_stream *s, const kvx_layout *src,
+                                      const kvx_layout *dst, const kvx_span *spans, size_t n,
+                                      char *why, size_t wl) {
+    size_t i, k = 0;
+    int no2d = 0;
+    kvx_result r = KVX_OK;
+    for (i = 0; i < n && r == KVX_OK; i++) {
+        const kvx_span *x = &spans[i];
+        CUdeviceptr a = kvx__cu_dptr(kvx_span_addr(src, x, 0));
+        CUdeviceptr b = kvx__cu_dptr(kvx_span_addr(dst, x, 1));
+        if (!x->length) continue;
+        if (!x->row_len || x->length == x->row_len ||
+            (x->src_pitch == x->row_len && x->dst_pitch == x->row_len))
+            r = kvx__cu_push(s, a, b, (size_t)x->length, &k, why, wl);
+        else
+            r = kvx__cu_strided(s, a, b, x, &k, &no2d, why, wl);
+    }
+    if (r == KVX_OK && k) r = kvx__cu_submit(s, KVX__CU_ANY, k, why, wl);
+    return r;
+}
+
 KVX_API kvx_result kvx_cuda_copy_spans(kvx_cuda_stream *s, const kvx_layout *src,
                                        const kvx_layout *dst, const kvx_span *spans, size_t n,
                                        uint64_t *ticket, char *why, size_t why_len) {
     kvx_cuda *cu;
     kvx__cu_scope sc;
-    size_t i, k = 0;
+    size_t i;
     uint64_t bytes = 0;
     kvx_result r;
     if (ticket) *ticket = 0;
@@ -1847,23 +2011,12 @@ KVX_API kvx_result kvx_cuda_copy_spans(kvx_cuda_stream *s, const kvx_layout *src
                            "argument");
     cu = s->cu;
     if ((r = kvx__cu_check_spans(src, dst, spans, n, why, why_len)) != KVX_OK) return r;
-    if (kvx__cu_scratch(s, n < KVX_CUDA_BATCH_MAX ? n : KVX_CUDA_BATCH_MAX))
+    if (kvx__cu_scratch(s, n < KVX_CUDA_BATCH_MAX ? (n ? n : 1) : KVX_CUDA_BATCH_MAX))
         return kvx__why(KVX_ERR_NO_MEMORY, why, why_len, "out of memory for %zu copy "
                            "descriptors", n);
+    for (i = 0; i < n; i++) bytes += spans[i].length;
     if ((r = kvx__cu_enter(cu, s->device, &sc, why, why_len)) != KVX_OK) return r;
-    for (i = 0; i < n && r == KVX_OK; i++) {
-        const kvx_span *x = &spans[i];
-        if (!x->length) continue;
-        s->srcs[k] = kvx__cu_dptr(kvx_span_addr(src, x, 0));
-        s->dsts[k] = kvx__cu_dptr(kvx_span_addr(dst, x, 1));
-        s->sizes[k] = (size_t)x->length;
-        bytes += x->length;
-        if (++k == s->cap || i + 1 == n) {
-            r = kvx__cu_submit(s, KVX__CU_ANY, k, why, why_len);
-            k = 0;
-        }
-    }
-    if (r == KVX_OK && k) r = kvx__cu_submit(s, KVX__CU_ANY, k, why, why_len);
+    r = kvx__cu_queue_spans(s, src, dst, spans, n, why, why_len);
     if (r == KVX_OK) r = kvx__cu_mark(s, s->submitted + 1, why, why_len);
     if (r != KVX_OK) {
         cu->f.StreamSynchronize(s->stream); /* nothing of this call may still run */
