@@ -272,9 +272,11 @@ static void check_refusals(void) {
     CHECK_STR(why, "span 0 (source buffer 0, offset 78208, 30 rows of 64 bytes at pitch 128) "
                    "leaves that buffer (81920 bytes)");
     x.src_offset = 0;
-    x.src_pitch = ~0ull / 8; /* rows * pitch wraps */
+    x.src_pitch = 0xFFFFFFFFu; /* rows * pitch wraps 64 bits */
+    x.length = 64ull << 40;
     r = kvx_cuda_copy_spans(s, &a.p.layout, &b.p.layout, &x, 1, &t, why, sizeof why);
-    CHECK(r == KVX_ERR_OUT_OF_RANGE, "a pitch whose rows wrap around");
+    CHECK(r == KVX_ERR_OUT_OF_RANGE, "a span whose rows wrap around");
+    x.length = 64 * 30;
     x.src_pitch = 32;
     r = kvx_cuda_copy_spans(s, &a.p.layout, &b.p.layout, &x, 1, &t, why, sizeof why);
     CHECK(r == KVX_ERR_INVALID_ARGUMENT, "a pitch below the row length");
