@@ -2462,8 +2462,7 @@ static void kvx__cux_peer_unref(kvx__cux_peer *p) {
    read: buffer count and item_len, page size, dtype, heads, head_begin,
    layer_begin, mla. */
 static const kvx_layout *kvx__cux_shape(const kvx__cux_engine *ce, const kvx_boot_peer *bp) {
-    (void)bp;
-    return kvx_engine_layout(ce->engine);
+    return bp && bp->layout && bp->layout->num_buffers ? bp->layout : kvx_engine_layout(ce->engine);
 }
 
 /* Keeps the decode's shape in p->dst (the bases come with the mapping). */
