@@ -3605,9 +3605,9 @@ static int kvx__cux_on_status(kvx_boot *b, kvx_room *r, const kvx_boot_peer *bp,
     }
     if (state == KVX_POLL_FAILED && nc > 1) {
         kvx__cux_who(who, sizeof who, bp);
-        kvx_room_fail(r, result < 0 ? result : KVX_ERR_PEER, "room %llu failed at %s, one of "
-                      "the %u prefill ranks it takes bytes from: %s", (unsigned long long)cr->x.id,
-                      who, nc, reason && reason[0] ? reason : "no reason given");
+        kvx_room_fail(r, result < 0 ? result : KVX_ERR_PEER, "%s failed (one of the %u prefill "
+                      "ranks this room takes bytes from): %s", who, nc,
+                      reason && reason[0] ? reason : "no reason given");
         handled = 1;
     }
     return handled;

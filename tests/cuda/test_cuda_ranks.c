@@ -80,7 +80,8 @@ static int rk_side(cx_side *s, kvx_role role, const ex_model *m, const ex_rank *
 /* --prank <model> <seed> <tp> <tp_rank> <pp> <pp_rank> <port> <mode>
    mode 0: send every room; 1: all but the last chunk, then report the
    rooms once they are terminal (the decode's failure must reach them); 2:
-   all but the last chunk, then wait to be killed. Prints "READY <bootstrap
+   all but the last chunk, then wait to be killed; 3: all but the last
+   chunk, then abort every room ("the engine ran out of memory"). Prints "READY <bootstrap
    port> <control port>", then "RESULT <ok> <failed> <bytes queued>" and an
    "ERR <room> <sentence>" line per failed room; exits when stdin closes. */
 static int rk_helper(char **argv) {
@@ -111,7 +112,9 @@ static int rk_helper(char **argv) {
         cx_wait_stdin_eof();
         return 0;
     }
-    if (mode == 1) cx_prefill_wait(&sd, &b, 120);
+    if (mode == 3)
+        for (i = 0; i < sd.nreq; i++) kvx_sender_abort(b.s[i], "the engine ran out of memory");
+    if (mode == 1 || mode == 3) cx_prefill_wait(&sd, &b, 120);
     kvx_cuda_transport_stats_get(sd.e, &st);
     printf("RESULT %u %u %llu\n", b.ok, b.failed, (unsigned long long)st.bytes);
     for (i = 0; i < sd.nreq; i++)
@@ -145,7 +148,7 @@ typedef struct rk_run {
     const char *name, *model;
     uint32_t ptp, ppp, dtp;
     int kill_rank;   /* -1: none; else that prefill rank stops mid-room and is killed */
-    uint64_t want_bytes; /* 0: every decode byte once */
+    int fail_rank;   /* -1: none; else that prefill rank aborts its rooms mid-room */
 } rk_run;
 
 static int rk_spawn(cx_proc *p, const rk_run *t, uint64_t seed, uint32_t tp_rank, uint32_t pp_rank,
@@ -178,7 +181,8 @@ static void rk_check(const rk_run *t, uint64_t seed) {
     memset(pr, 0, sizeof pr);
     for (i = 0; i < np; i++) {
         uint32_t tpr = i % t->ptp, ppr = i / t->ptp;
-        int mode = t->kill_rank < 0 ? 0 : (int)i == t->kill_rank ? 2 : 1;
+        int mode = t->kill_rank < 0 && t->fail_rank < 0 ? 0
+                   : (int)i == t->kill_rank ? 2 : (int)i == t->fail_rank ? 3 : 1;
         if (rk_spawn(&pr[i], t, seed, tpr, ppr, port, mode) ||
             !cx_expect(&pr[i], "READY", line, sizeof line, 60)) {
             CHECK(0, "%s: prefill rank %u started: %s", t->name, i, line);
@@ -236,14 +240,24 @@ static void rk_check(const rk_run *t, uint64_t seed) {
         bytes += by;
         if (f && !perr[0] && cx_readline(&pr[i], perr, sizeof perr, 5)) {}
     }
-    if (t->kill_rank < 0) {
+    if (t->fail_rank >= 0) {
+        char who[64];
+        snprintf(who, sizeof who, "prefill rank tp %d of %u", t->fail_rank, t->ptp);
+        CHECK(ok == 0 && failed == RK_NREQ * t->dtp,
+              "%s: every decode room failed (%u of %u)", t->name, failed, RK_NREQ * t->dtp);
+        CHECK(strstr(first, who) && strstr(first, "ran out of memory"),
+              "%s: the decode's sentence names the failed prefill rank and its reason: %s",
+              t->name, first);
+        CHECK(pfail == RK_NREQ * np && pok == 0 && strstr(perr, "ran out of memory"),
+              "%s: the other prefill rank's rooms stopped with the decode's reason (%u failed): "
+              "%s", t->name, pfail, perr);
+    } else if (t->kill_rank < 0) {
         CHECK(ok == RK_NREQ * t->dtp && verified == ok,
               "%s: every decode rank's rooms succeeded and every head of every token checks "
               "(%u of %u verified): %s", t->name, verified, RK_NREQ * t->dtp, first);
         CHECK(pok == RK_NREQ * np, "%s: every prefill rank's rooms succeeded (%u of %u): %s",
               t->name, pok, RK_NREQ * np, perr);
-        if (t->want_bytes != 1)
-            CHECK(bytes == want, "%s: the prefill ranks queued %llu bytes, the decode ranks hold "
+        CHECK(bytes == want, "%s: the prefill ranks queued %llu bytes, the decode ranks hold "
                   "%llu: each decode byte once", t->name, (unsigned long long)bytes,
                   (unsigned long long)want);
     } else {
@@ -272,12 +286,13 @@ out:
 
 int main(int argc, char **argv) {
     static const rk_run runs[] = {
-        {"TP 4 -> 2", "mha8", 4, 1, 2, -1, 0},
-        {"TP 2 -> 4", "mha8", 2, 1, 4, -1, 0},
-        {"MLA 4 -> 2", "mla", 4, 1, 2, -1, 0},
-        {"MLA 2 -> 4", "mla", 2, 1, 4, -1, 0},
-        {"PP 2 -> 1", "mha8", 1, 2, 1, -1, 0},
-        {"TP 2 -> 1, a contributor killed", "mha8", 2, 1, 1, 1, 0},
+        {"TP 4 -> 2", "mha8", 4, 1, 2, -1, -1},
+        {"TP 2 -> 4", "mha8", 2, 1, 4, -1, -1},
+        {"MLA 4 -> 2", "mla", 4, 1, 2, -1, -1},
+        {"MLA 2 -> 4", "mla", 2, 1, 4, -1, -1},
+        {"PP 2 -> 1", "mha8", 1, 2, 1, -1, -1},
+        {"TP 2 -> 1, a contributor killed", "mha8", 2, 1, 1, 1, -1},
+        {"TP 2 -> 1, a contributor fails", "mha8", 2, 1, 1, -1, 1},
     };
     char why[512];
     size_t i;
