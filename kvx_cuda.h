@@ -30,8 +30,9 @@
      Staging (file, tcp, store): desc.mem.copy = kvx__cu_copy ->
      kvx__cu_copy_device / kvx__cu_submit (cuMemcpy*Async batches, one
      synchronisation). The cuda transport: kvx__cux_sender_send plans the
-     chunk and queues kvx_cuda_copy_spans (device to device into the
-     peer's imported pool) on the peer's stream; kvx__cux_send_aux sends the
+     chunk for each decode rank of the room and queues kvx_cuda_copy_spans
+     (device to device into that peer's imported pool; strided spans as
+     cuMemcpy2DAsync) on the peer's stream; kvx__cux_send_aux sends the
      aux rows as a kvx_boot message, which kvx__cux_on_message copies into
      the receiver's aux slot.
 
@@ -63,6 +64,8 @@
      KVX_CUDA_BATCH_MAX       most copies in one cuMemcpyBatchAsync (4096)
      KVX_CUDA_MAX_2D_ROWS     most rows (Height) in one cuMemcpy2DAsync; a
                               strided span with more is split (65535)
+     KVX_CUDA_MAX_CONTRIB     most prefill ranks a decode room of the cuda
+                              transport takes bytes from (64)
 
    ENVIRONMENT (read once in kvx_cuda_create; kvx.h's settings rule: each
    overrides its kvx_cuda_desc field, 0 = default, out of range fails)
@@ -135,16 +138,40 @@
          Each room frame is answered with status TRANSFERRING: from then on
          this side may write into the room's pages.
        each chunk: the two-sided plan kvx_plan_pages(this pool, the chunk's
-         pages, the decode pool as mapped, the matching destination pages),
-         queued on the peer's stream (DATA PATH); send does not wait. A
-         completion thread watches the stream's tickets; when the last
-         chunk's copies are done it sends the aux rows (AUX MESSAGE), then
-         status Success with the byte count, both on the room frame's
-         control connection, and the sender succeeds.
+         pages, the decode pool as mapped with that decode rank's layout
+         shape from its hello (kvx_boot_peer.layout), the matching
+         destination pages), queued on the peer's stream (DATA PATH); send
+         does not wait. A completion thread watches the stream's tickets;
+         when the last chunk's copies are done it sends the aux rows (AUX
+         MESSAGE), then status Success with the byte count, both on the
+         room frame's control connection, and the sender succeeds.
        decode, on the status: the byte count must be the room's
          (pages times page bytes, plus aux row bytes) and the aux rows must
          have arrived (the connection keeps their order); only then is the
          room Success.
+     Ranks of different layouts (kvx.h PARALLEL LAYOUTS, kvx_boot.h RANK
+     MAPPING):
+       a prefill room served by several decode ranks (decode TP > prefill
+         TP: one room frame each) writes to each its own plan (a head slice
+         of every token row, as 2-D copies; MLA: the whole latent to each)
+         and succeeds once every one of them has every byte; each gets the
+         aux rows where kvx_layout_overlap says this rank writes them, and
+         the Success status (kvx_boot sends one byte count to all of them:
+         decode ranks that would receive different counts are refused with
+         a sentence).
+       a decode room fed by several prefill ranks (prefill TP > decode TP;
+         prefill PP > decode PP = 1) succeeds when each has reported
+         Success with exactly what it owes (pages times the page bytes of
+         this pool it holds, kvx_layout_overlap; 0 from an MLA dummy,
+         kvx_mla_dummy, which moves nothing) and the aux rows came from the
+         one rank that holds them (an aux message from another is
+         refused). One contributor's Failed status fails the room, naming
+         that rank (tp and pp rank, address) and its reason, and this
+         side's failure goes to every other contributor (abort); a lost
+         contributor fails the room through kvx_boot (which closes the
+         connections to that prefill instance, so its other ranks fail
+         their rooms too). The fence (FAILURES AND THE FENCE) waits for
+         every contributor.
      Aux rows (host memory: CUDA IPC does not share them) travel in the AUX
      MESSAGE, the IPC handles only in the decode's kvx_boot hello to the
      prefill it dials (authenticated with KVX_AUTH_KEY when set). No file,
@@ -215,8 +242,9 @@
      Bad arguments: KVX_ERR_INVALID_ARGUMENT or KVX_ERR_OUT_OF_RANGE.
 
    LIMITS
-     One decode rank and one prefill rank per room (no heterogeneous TP, as
-     tcp). Pools from cudaMallocAsync / cuMemCreate need other handles than
+     A decode room takes bytes from at most KVX_CUDA_MAX_CONTRIB prefill
+     ranks; the decode ranks of one prefill room must receive equal byte
+     counts (true of SGLang's even head splits). Pools from cudaMallocAsync / cuMemCreate need other handles than
      cuIpcGetMemHandle and are refused at engine creation with the driver's
      reason. The completion thread polls: it yields, then looks every 10 us
      while copies run (every 100 us after 5 ms), and sleeps when nothing is
@@ -448,8 +476,8 @@ typedef struct kvx_cuda_transport_stats {
     uint64_t imports;         /* prefill: allocations imported (cuIpcOpenMemHandle) */
     uint64_t imports_live;    /* prefill gauge: imports not closed yet */
     uint64_t chunks;          /* prefill: chunks queued */
-    uint64_t spans;           /* prefill: plan spans queued */
-    uint64_t bytes;           /* prefill: KV bytes queued */
+    uint64_t spans;           /* prefill: plan spans queued (every decode rank's) */
+    uint64_t bytes;           /* prefill: KV bytes queued (every decode rank's) */
     uint64_t aux_rows;        /* prefill: aux rows sent; decode: aux rows placed */
     uint64_t aux_refused;     /* decode: aux messages refused (see AUX MESSAGE) */
     uint64_t rooms_done;      /* rooms that reached Success through this transport */
