@@ -164,8 +164,9 @@
      port is down. No room succeeds without its status, immediates and bytes;
      when in doubt a room fails.
 
-   ENDPOINT BLOB (in the kvx_boot hello; version 2; little-endian)
-     0 u8[8] magic "kvx-rdma"   8 u16 version (2)   10 u16 role (1/2)
+   ENDPOINT BLOB (in the kvx_boot hello; version 3; little-endian)
+     0 u8[8] magic "kvx-rdma"   8 u16 version (3; version 2's CONNECT had
+     no layout shape)   10 u16 role (1/2)
      12 u32 flags (0)   16 u64 instance (random, nonzero)
      24 u16 reserved (0; version 1 had the exchange's TCP port here)
      26 u16 qps   28 u16 ndev (1..KVX_RDMA_MAX_DEVS)   30 u16 reserved (0)
@@ -186,7 +187,13 @@
         u32 psn, u16 port entry index, u16 reserved), ndev port entries (as
         above), then per port entry: u64 region_bytes, and for each of the
         nbuf KV buffers then the naux aux buffers: u64 base, u64 length,
-        u32 nregions (= ceil(length / region_bytes)), u32 rkey[nregions]
+        u32 nregions (= ceil(length / region_bytes)), u32 rkey[nregions];
+        then the decode rank's layout shape (kvx.h PARALLEL LAYOUTS), which
+        the prefill plans against: u32 page_size, u32 num_kv_heads, u32
+        dtype_size, u32 head_begin, u32 layer_begin, u32 mla (0/1), u64
+        item_len of each KV buffer then each aux buffer (each >= 1); the
+        prefill refuses it unless kvx_layout_overlap of its own layout and
+        this shape is KVX_OK with bytes to move, or it is an MLA dummy
      2 ACCEPT (prefill -> decode): 0 u64 from, 8 u64 to, 16 u16 nqp,
         18 u16 ndev, 20 u32 reserved, nqp queue pair entries, ndev port entries
      3 READY (decode -> prefill): 0 u64 from, 8 u64 to
@@ -233,7 +240,7 @@
 #define KVX_RDMA_MAX_QPS 64
 #endif
 #define KVX_RDMA_CM_MAX KVX_BOOT_MAX_MESSAGE /* bytes of one exchange message */
-#define KVX_RDMA_ENDPOINT_VERSION 2
+#define KVX_RDMA_ENDPOINT_VERSION 3
 #define KVX_RDMA_HELLO_FIXED 32u
 #define KVX_RDMA_DEV_ENTRY 48u
 #define KVX_RDMA_CM_HEADER 8u
@@ -324,6 +331,10 @@ typedef struct kvx_rdma_cm_msg {
     uint32_t nbuf, naux;        /* CONNECT */
     const uint8_t *mr;          /* CONNECT: the region tables, validated */
     uint32_t mr_len;
+    /* CONNECT: the decode rank's layout shape; item_len i (KV buffers,
+       then aux) with kvx_rdma_cm_item */
+    uint32_t page_size, num_kv_heads, dtype_size, head_begin, layer_begin, mla;
+    const uint8_t *items;
     int32_t result;             /* REJECT */
     const char *reason;         /* REJECT; not NUL-terminated */
     uint32_t reason_len;
@@ -342,6 +353,9 @@ KVX_API int kvx_rdma_cm_region(const kvx_rdma_cm_msg *m, uint32_t dev, uint32_t 
                                uint64_t *base, uint64_t *length, uint64_t *region_bytes,
                                uint32_t *nregions, const uint8_t **rkeys_le);
 KVX_API uint32_t kvx_rdma_cm_rkey(const uint8_t *rkeys_le, uint32_t i);
+/* item_len of buffer i (KV buffers first, then aux) of a parsed CONNECT's
+   shape; 0 when out of range. */
+KVX_API uint64_t kvx_rdma_cm_item(const kvx_rdma_cm_msg *m, uint32_t i);
 
 #ifdef __cplusplus
 }
@@ -592,10 +606,31 @@ KVX_API kvx_result kvx_rdma_cm_parse(const void *buf, size_t len, kvx_rdma_cm_ms
             if (bl != off) goto bad_len;
         } else {
             size_t used = kvx__rdma_mr_walk(b + off, bl - off, m->ndev, m->nbuf + m->naux, why, wl);
+            const uint8_t *sh;
             if (!used) goto refused;
-            if (off + used != bl) goto bad_len;
             m->mr = b + off;
             m->mr_len = (uint32_t)used;
+            off += used;
+            if (bl - off != 24 + 8 * (size_t)(m->nbuf + m->naux)) goto bad_len;
+            sh = b + off;
+            m->page_size = kvx__le_r32(sh);
+            m->num_kv_heads = kvx__le_r32(sh + 4);
+            m->dtype_size = kvx__le_r32(sh + 8);
+            m->head_begin = kvx__le_r32(sh + 12);
+            m->layer_begin = kvx__le_r32(sh + 16);
+            m->mla = kvx__le_r32(sh + 20);
+            m->items = sh + 24;
+            if (!m->page_size || !m->num_kv_heads || !m->dtype_size || m->mla > 1) {
+                kvx__set_why(why, wl, "CONNECT layout shape: page_size %u, %u KV heads, dtype_size "
+                             "%u, mla %u (need nonzero sizes, mla 0 or 1)", m->page_size,
+                             m->num_kv_heads, m->dtype_size, m->mla);
+                goto refused;
+            }
+            for (i = 0; i < m->nbuf + m->naux; i++)
+                if (!kvx__le_r64(m->items + 8u * i)) {
+                    kvx__set_why(why, wl, "CONNECT layout shape: item_len of buffer %u is 0", i);
+                    goto refused;
+                }
         }
     }
     return KVX_OK;
@@ -639,6 +674,11 @@ KVX_API int kvx_rdma_cm_region(const kvx_rdma_cm_msg *m, uint32_t dev, uint32_t 
 
 KVX_API uint32_t kvx_rdma_cm_rkey(const uint8_t *rkeys_le, uint32_t i) {
     return kvx__le_r32(rkeys_le + 4u * i);
+}
+
+KVX_API uint64_t kvx_rdma_cm_item(const kvx_rdma_cm_msg *m, uint32_t i) {
+    if (!m || !m->items || i >= m->nbuf + m->naux) return 0;
+    return kvx__le_r64(m->items + 8u * i);
 }
 
 /* Starts a message in b: its header, then from and to. */
@@ -791,6 +831,10 @@ static int kvx__rdma_query_port(const kvx__rdma_verbs *v, struct ibv_context *c,
 
 /* >>rdma: settings and state ----------------------------------------------- */
 
+/* Scatter-gather entries one WRITE gathers at most (a strided span's rows;
+   the device's max_sge bounds it further). */
+#define KVX__RDMA_MAX_SGE 32
+
 /* One registered buffer on one port: regions of region_bytes each. */
 typedef struct kvx__rdma_mr {
     uint32_t n;
@@ -806,6 +850,7 @@ typedef struct kvx__rdma_dev {
     int is_global;
     uint64_t region_bytes;
     uint32_t max_qp_wr;
+    uint32_t max_sge;   /* scatter-gather entries of one WRITE (prefill), <= KVX__RDMA_MAX_SGE */
     int max_cqe;
     kvx__rdma_mr *buf;  /* the KV buffers, then the aux buffers (the CONNECT order) */
     int down;       /* atomic: PORT_ERR seen, no PORT_ACTIVE since */
@@ -948,11 +993,21 @@ typedef struct kvx__rdma_room {
     int touched;
     struct kvx__rdma_room *tnext, *fnext, *knext; /* touched, finished, to fail (pair_down) */
     uint64_t fbytes;
+    /* prefill: a room with several decode ranks (prefill TP < decode TP)
+       has one leg per destination: the first is the room's data, the
+       others hang off its leg list (under the first's x.mu) and share its
+       kvx_room; each leg has its own connection, WRITEs and accounting */
+    struct kvx__rdma_room *first, *leg_next;
+    int nlegs, legs_done;         /* first: legs, and legs whose WRITEs all completed */
+    uint64_t legs_bytes;          /* first: the bytes of the first leg that finished */
+    int legs_differ;
+    int dummy;                    /* an MLA dummy sender: no bytes, Success (kvx_mla_dummy) */
+    int aux_checked;
     /* decode (under re->rx_mu) */
     int in_table, deferred, succeeded_rx;
     uint64_t expected;
     int targets;
-    kvx__rdma_src src[4];
+    kvx__rdma_src src[16];
     int nsrc;
     char bootstrap[256];
     int32_t *def_pages;
@@ -1297,6 +1352,8 @@ static kvx_result kvx__rdma_port_open(kvx__rdma_engine *re, struct ibv_device *d
     d->info.lid = pa.lid;
     if (d->info.mtu < 1 || d->info.mtu > 5) d->info.mtu = IBV_MTU_1024;
     d->max_qp_wr = da.max_qp_wr > 0 ? (uint32_t)da.max_qp_wr : 1024;
+    d->max_sge = da.max_sge > 0 ? (uint32_t)da.max_sge : 1;
+    if (d->max_sge > KVX__RDMA_MAX_SGE) d->max_sge = KVX__RDMA_MAX_SGE;
     d->max_cqe = da.max_cqe > 0 ? da.max_cqe : 4096;
     d->region_bytes = da.max_mr_size ? da.max_mr_size & ~(uint64_t)4095 : 0;
     if (d->region_bytes < 4096 || d->region_bytes > (1ull << 62)) d->region_bytes = 1ull << 62;
@@ -1524,7 +1581,7 @@ static kvx_result kvx__rdma_qp_create(kvx__rdma_engine *re, kvx__rdma_qp *q, cha
     ia.qp_type = IBV_QPT_RC;
     ia.cap.max_send_wr = decode ? 1 : depth;
     ia.cap.max_recv_wr = decode ? rdepth : 1;
-    ia.cap.max_send_sge = 1;
+    ia.cap.max_send_sge = decode ? 1 : d->max_sge;
     ia.cap.max_recv_sge = 1;
     q->qp = re->v.create_qp(d->pd, &ia);
     if (!q->qp) {
@@ -1829,6 +1886,15 @@ static void kvx__rdma_cm_connect(kvx__rdma_engine *re, kvx__rdma_pair *p, kvx__b
             for (k = 0; k < m->n; k++) kvx__buf_put32(b, m->mr[k]->rkey);
         }
     }
+    kvx__buf_put32(b, l->page_size);
+    kvx__buf_put32(b, l->num_kv_heads);
+    kvx__buf_put32(b, l->dtype_size);
+    kvx__buf_put32(b, l->head_begin);
+    kvx__buf_put32(b, l->layer_begin);
+    kvx__buf_put32(b, l->mla ? 1u : 0u);
+    for (i = 0; i < l->num_buffers + l->num_aux; i++)
+        kvx__buf_put64(b, i < l->num_buffers ? l->buffers[i].item_len
+                                             : l->aux[i - l->num_buffers].item_len);
 }
 
 /* Sends the message in b on the control connection `to`. */
@@ -1866,9 +1932,17 @@ static kvx_result kvx__rdma_pair_tables(kvx__rdma_pair *p, const kvx_rdma_cm_msg
     p->peer_aux = (kvx_aux_buffer *)kvx__rdma_zalloc(re, m->naux, sizeof *p->peer_aux);
     if (!p->rdev || !p->peer_bufs || !p->peer_aux) return KVX_ERR_NO_MEMORY;
     p->nrdev = m->ndev; /* pair_destroy walks nrdev entries */
-    p->peer_layout = *ours;
+    p->peer_layout = *ours; /* the dtype name: kvx_boot compared kv_cache_dtype */
     p->peer_layout.buffers = p->peer_bufs;
     p->peer_layout.aux = p->peer_aux;
+    p->peer_layout.num_buffers = m->nbuf;
+    p->peer_layout.num_aux = m->naux;
+    p->peer_layout.page_size = m->page_size;
+    p->peer_layout.num_kv_heads = m->num_kv_heads;
+    p->peer_layout.dtype_size = m->dtype_size;
+    p->peer_layout.head_begin = m->head_begin;
+    p->peer_layout.layer_begin = m->layer_begin;
+    p->peer_layout.mla = (int)m->mla;
     for (d = 0; d < m->ndev; d++) {
         kvx__rdma_rdev *rd = &p->rdev[d];
         rd->info = m->dev[d];
@@ -1878,7 +1952,7 @@ static kvx_result kvx__rdma_pair_tables(kvx__rdma_pair *p, const kvx_rdma_cm_msg
             int aux = i >= m->nbuf;
             kvx__rdma_rbuf *rb = &rd->buf[i];
             const uint8_t *keys;
-            uint64_t item = aux ? ours->aux[i - m->nbuf].item_len : ours->buffers[i].item_len;
+            uint64_t item = kvx_rdma_cm_item(m, i);
             kvx_rdma_cm_region(m, d, i, &rb->base, &rb->length, &rd->region_bytes, &rb->n, &keys);
             if (rb->length < item) {
                 kvx__set_why(why, wl, "the decode side's %s buffer %u is %llu bytes, less than one "
@@ -2011,12 +2085,9 @@ static kvx_result kvx__rdma_on_connect_msg(kvx__rdma_engine *re, const kvx_boot_
     kvx__buf b;
     kvx_result res;
     int i;
-    if (m->fingerprint != kvx_layout_fingerprint(l) || m->nbuf != l->num_buffers ||
-        m->naux != l->num_aux) {
-        kvx__set_why(why, wl, "the decode side's KV layout differs (fingerprint %016llx, %u KV "
-                     "and %u aux buffers; ours %016llx, %u and %u)",
-                     (unsigned long long)m->fingerprint, m->nbuf, m->naux,
-                     (unsigned long long)kvx_layout_fingerprint(l), l->num_buffers, l->num_aux);
+    if (m->naux != l->num_aux) {
+        kvx__set_why(why, wl, "the decode side has %u aux buffers, this prefill %u", m->naux,
+                     l->num_aux);
         return KVX_ERR_LAYOUT_MISMATCH;
     }
     pthread_mutex_lock(&re->mu);
@@ -2032,6 +2103,11 @@ static kvx_result kvx__rdma_on_connect_msg(kvx__rdma_engine *re, const kvx_boot_
     p->ctl = *from;
     p->ctl.addr = NULL; /* the message's; on_message cleared the other strings */
     res = kvx__rdma_pair_tables(p, m, l, why, wl);
+    if (res == KVX_OK) { /* the shapes combine (a rank with nothing in common still connects) */
+        char ow[KVX_ERROR_MAX];
+        res = kvx_layout_overlap(l, &p->peer_layout, NULL, NULL, ow, sizeof ow);
+        if (res != KVX_OK) kvx__set_why(why, wl, "the decode side's KV layout: %s", ow);
+    }
     for (i = 0; res == KVX_OK && i < p->nqp; i++) {
         res = kvx__rdma_qp_create(re, &p->qp[i], why, wl);
         if (res == KVX_OK) res = kvx__rdma_qp_connect(re, &p->qp[i], m, why, wl);
@@ -2253,7 +2329,35 @@ static int kvx__rdma_work_done(const kvx__rdma_work *w) {
     return w->s == w->es && w->off >= w->eoff;
 }
 
-/* Fills one WRITE from the head of w; returns 1 when w is exhausted. */
+/* Gathers the local side of one WRITE of span s from byte pos up to e
+   (the remote side is contiguous): one entry per (part of a) row for a
+   strided span, at most q->dev->max_sge; each entry inside one local
+   region. Returns the end reached (> pos). */
+static uint64_t kvx__rdma_gather(const kvx_layout *l, const kvx__rdma_qp *q, const kvx_span *s,
+                                 uint32_t bi, uint64_t pos, uint64_t e, struct ibv_sge *sg,
+                                 int *nsge) {
+    uint64_t lrb = q->dev->region_bytes;
+    uintptr_t base = (uintptr_t)kvx_span_addr(l, s, 0) - (uintptr_t)s->src_offset;
+    int n = 0;
+    while (pos < e && n < (int)q->dev->max_sge) {
+        uint64_t k = s->row_len ? pos / s->row_len : 0, in = s->row_len ? pos % s->row_len : pos;
+        uint64_t lo = s->src_offset + (s->row_len ? k * s->src_pitch : 0) + in;
+        uint64_t take = e - pos;
+        if (s->row_len && s->row_len - in < take) take = s->row_len - in;
+        if ((lo / lrb + 1) * lrb - lo < take) take = (lo / lrb + 1) * lrb - lo;
+        sg[n].addr = (uint64_t)(base + (uintptr_t)lo);
+        sg[n].length = (uint32_t)take;
+        sg[n].lkey = q->dev->buf[bi].mr[lo / lrb]->lkey;
+        n++;
+        pos += take;
+    }
+    *nsge = n;
+    return pos;
+}
+
+/* Fills one WRITE from the head of w; returns 1 when w is exhausted. A
+   strided span's rows go as scatter-gather entries of WRITEs to its
+   contiguous destination (kvx__rdma_submit refuses a strided destination). */
 static int kvx__rdma_fill(kvx__rdma_engine *re, kvx__rdma_qp *q, kvx__rdma_work *w,
                           struct ibv_send_wr *wr, struct ibv_sge *sg) {
     kvx__rdma_pair *p = q->pair;
@@ -2272,21 +2376,19 @@ static int kvx__rdma_fill(kvx__rdma_engine *re, kvx__rdma_qp *q, kvx__rdma_work 
     } else {
         const kvx_span *s = &w->job->plan.spans[w->s];
         uint64_t limit = w->s == w->es ? w->eoff : s->length, pos = w->off;
-        uint64_t lo = s->src_offset + pos, ro = s->dst_offset + pos;
-        uint64_t lrb = q->dev->region_bytes, rrb = rd->region_bytes, e;
+        uint64_t ro = s->dst_offset + pos, rrb = rd->region_bytes, e;
         uint32_t bi = s->buffer + (s->kind == KVX_SPAN_AUX ? l->num_buffers : 0);
+        uint32_t rbi = s->dst_buffer + (s->kind == KVX_SPAN_AUX ? p->peer_layout.num_buffers : 0);
+        int nsge = 0;
         e = (pos / (uint64_t)re->cfg.max_msg + 1) * (uint64_t)re->cfg.max_msg;
         if (e > limit) e = limit;
-        if ((lo / lrb + 1) * lrb - lo < e - pos) e = pos + ((lo / lrb + 1) * lrb - lo);
         if ((ro / rrb + 1) * rrb - ro < e - pos) e = pos + ((ro / rrb + 1) * rrb - ro);
+        e = kvx__rdma_gather(l, q, s, bi, pos, e, sg, &nsge);
         len = e - pos;
-        sg->addr = (uint64_t)(uintptr_t)kvx_span_addr(l, s, 0) + pos;
-        sg->length = (uint32_t)len;
-        sg->lkey = q->dev->buf[bi].mr[lo / lrb]->lkey;
         wr->sg_list = sg;
-        wr->num_sge = 1;
-        wr->wr.rdma.remote_addr = rd->buf[bi].base + ro;
-        wr->wr.rdma.rkey = rd->buf[bi].rkeys[ro / rrb];
+        wr->num_sge = nsge;
+        wr->wr.rdma.remote_addr = rd->buf[rbi].base + ro;
+        wr->wr.rdma.rkey = rd->buf[rbi].rkeys[ro / rrb];
         w->off = e;
         if (w->off >= s->length) { w->s++; w->off = 0; }
         last = kvx__rdma_work_done(w);
@@ -2345,7 +2447,7 @@ static void kvx__rdma_cancel_locked(kvx__rdma_pair *p, kvx__rdma_room *rr) {
 static int kvx__rdma_pump(kvx__rdma_engine *re, kvx__rdma_qp *q, char *err, size_t el) {
     kvx__rdma_pair *p = q->pair;
     struct ibv_send_wr wr[KVX__RDMA_BATCH], *bad;
-    struct ibv_sge sg[KVX__RDMA_BATCH];
+    struct ibv_sge sg[KVX__RDMA_BATCH][KVX__RDMA_MAX_SGE];
     while (q->head && KVX__LOAD(&p->state) != KVX__RP_DEAD) {
         uint64_t room = q->depth - (q->posted - q->done);
         int n = 0, i, rc, drop;
@@ -2356,7 +2458,7 @@ static int kvx__rdma_pump(kvx__rdma_engine *re, kvx__rdma_qp *q, char *err, size
                 continue;
             }
             drop = w->room->cancelled && w->job; /* a cancelled room's data: dropped */
-            if (drop || kvx__rdma_fill(re, q, w, &wr[n], &sg[n])) {
+            if (drop || kvx__rdma_fill(re, q, w, &wr[n], sg[n])) {
                 q->head = w->next;
                 if (!q->head) q->tail = NULL;
                 w->room->works--;
@@ -2469,14 +2571,42 @@ static int kvx__rdma_room_step(kvx__rdma_engine *re, kvx__rdma_pair *p, kvx__rdm
     return rr->finished;
 }
 
-/* Reports a finished room: status Success with the bytes, then Success. */
-static void kvx__rdma_finish(kvx__rdma_engine *re, kvx__rdma_room *rr, uint64_t bytes) {
-    kvx_result res = kvx_boot_send_status(re->boot, rr->x.room, KVX_POLL_SUCCESS, KVX_OK, bytes, NULL);
+/* Reports a finished room once every leg finished: status Success with the
+   bytes (kvx_boot sends one count to every decode rank: each leg's; legs
+   that moved different counts fail the room), then Success. */
+static void kvx__rdma_finish(kvx__rdma_engine *re, kvx__rdma_room *leg, uint64_t bytes) {
+    kvx__rdma_room *rr = leg->first ? leg->first : leg;
+    kvx_result res;
+    int all, differ;
+    pthread_mutex_lock(&rr->x.mu);
+    if (!rr->legs_done++) rr->legs_bytes = bytes;
+    else if (bytes != rr->legs_bytes) rr->legs_differ = 1;
+    all = rr->legs_done >= rr->nlegs;
+    differ = rr->legs_differ;
+    bytes = rr->legs_bytes;
+    pthread_mutex_unlock(&rr->x.mu);
+    if (!all) return;
+    if (differ) {
+        kvx_room_fail(rr->x.room, KVX_ERR_INVALID_ARGUMENT, "the decode ranks of room %llu received "
+                      "different byte counts, and its status carries one",
+                      (unsigned long long)rr->x.id);
+        return;
+    }
+    res = kvx_boot_send_status(re->boot, rr->x.room, KVX_POLL_SUCCESS, KVX_OK, bytes, NULL);
     if (res != KVX_OK)
         kvx_room_fail_remote(rr->x.room, res, "every RDMA WRITE to %s completed but the status "
                              "cannot be sent: the control connection is gone", rr->decode_addr);
     else
         kvx_room_succeed(rr->x.room, bytes);
+}
+
+/* 1 when a span of the plan has a strided destination (the decode rank
+   holds more heads than this prefill rank: prefill TP > decode TP). */
+static int kvx__rdma_dst_strided(const kvx_plan *pl) {
+    size_t i;
+    for (i = 0; pl->strided && i < pl->count; i++)
+        if (pl->spans[i].row_len && pl->spans[i].dst_pitch != pl->spans[i].row_len) return 1;
+    return 0;
 }
 
 /* Plans one chunk and queues it on the queue pairs (rr->mu held). */
@@ -2499,11 +2629,28 @@ static void kvx__rdma_submit(kvx__rdma_engine *re, kvx__rdma_room *rr, kvx_chunk
                       rr->decode_addr, rr->ndst);
         goto drop;
     }
-    res = kvx_plan_pages(&j->plan, kvx_engine_layout(e), c->pages, &p->peer_layout,
-                         rr->dst + c->first_page, c->num_pages);
+    if (!rr->aux_checked) { /* aux rows come from one contributor (kvx_layout_overlap) */
+        int sends_aux = 0;
+        kvx_layout_overlap(kvx_engine_layout(e), &p->peer_layout, NULL, &sends_aux, NULL, 0);
+        if (rr->dummy || !sends_aux) rr->aux_needed = 0;
+        rr->aux_checked = 1;
+    }
+    res = rr->dummy ? KVX_OK /* an MLA dummy: an empty plan, the immediates only */
+                    : kvx_plan_pages(&j->plan, kvx_engine_layout(e), c->pages, &p->peer_layout,
+                                     rr->dst + c->first_page, c->num_pages);
     if (res != KVX_OK) {
         kvx_room_fail(rr->x.room, res, "chunk %u against the destination of %s: %s", c->index,
                       rr->decode_addr, j->plan.error);
+        goto drop;
+    }
+    if (kvx__rdma_dst_strided(&j->plan)) {
+        kvx_room_fail(rr->x.room, KVX_ERR_LAYOUT_MISMATCH, "%s holds more KV heads (%u from head "
+                      "%u) than this prefill rank (%u from head %u): its heads land at a head "
+                      "offset inside every token row, which one RDMA WRITE cannot scatter, and the "
+                      "rdma transport has no staging area for that yet (use the tcp or file "
+                      "transport for prefill TP > decode TP)", rr->decode_addr,
+                      p->peer_layout.num_kv_heads, p->peer_layout.head_begin,
+                      kvx_engine_layout(e)->num_kv_heads, kvx_engine_layout(e)->head_begin);
         goto drop;
     }
     KVX__RDMA_STAT(re, chunks, 1);
@@ -2972,34 +3119,66 @@ static void *kvx__rdma_thread_main(void *arg) {
 
 static kvx__rdma_engine *kvx__rdma_bre(kvx_boot *b) { return (kvx__rdma_engine *)kvx_boot_user(b); }
 
+/* Prefill: the leg of room rr0 for decode engine `inst` (the room itself
+   for its first destination, else a new leg on its list); NULL when out
+   of memory or refused (the room is then failed: a second destination
+   from the same decode engine, or more than KVX_RDMA_MAX_LEGS). */
+#define KVX_RDMA_MAX_LEGS 64
+static kvx__rdma_room *kvx__rdma_leg(kvx__rdma_engine *re, kvx__rdma_room *rr0, uint64_t inst,
+                                     const char *addr) {
+    kvx__rdma_room *rr = NULL, *l;
+    const char *dup = NULL;
+    pthread_mutex_lock(&rr0->x.mu);
+    for (l = rr0->have_dst ? rr0 : NULL; l; l = l->leg_next)
+        if (l->decode == inst) dup = l->decode_addr;
+    if (!dup && rr0->nlegs < KVX_RDMA_MAX_LEGS) {
+        rr = rr0->have_dst ? (kvx__rdma_room *)kvx__xroom_new(rr0->x.room, sizeof *rr) : rr0;
+        if (rr && rr != rr0) {
+            rr->re = re;
+            rr->tag = rr0->tag;
+            rr->x.src_aux = rr0->x.src_aux;
+            rr->leg_next = rr0->leg_next;
+            rr0->leg_next = rr;
+        }
+        if (rr) {
+            rr->first = rr0;
+            rr->decode = inst;
+            snprintf(rr->decode_addr, sizeof rr->decode_addr, "decode %s", addr);
+            rr->have_dst = 1;
+            rr0->nlegs++;
+        }
+    }
+    pthread_mutex_unlock(&rr0->x.mu);
+    if (dup || (!rr && rr0->nlegs >= KVX_RDMA_MAX_LEGS))
+        kvx_room_fail(rr0->x.room, KVX_ERR_INVALID_ARGUMENT, "decode %s sent a destination for "
+                      "room %llu %s", addr, (unsigned long long)rr0->x.id,
+                      dup ? "twice" : "beyond the " "64 decode ranks one prefill room serves");
+    return rr;
+}
+
 /* Prefill: the destination of a room arrived from a decode rank. */
 static kvx_result kvx__rdma_on_room(kvx_boot *b, kvx_room *r, const kvx_boot_peer *peer,
                                     const int32_t *dst, uint32_t n, int32_t aux) {
     kvx__rdma_engine *re = kvx__rdma_bre(b);
-    kvx__rdma_room *rr = kvx__rdma_rr(r);
+    kvx__rdma_room *rr0 = kvx__rdma_rr(r), *rr;
     kvx__rdma_pair *p, *found = NULL;
     kvx_rdma_hello h;
+    const kvx_engine_desc *ed = kvx_engine_settings(re->e);
     char why[KVX_ERROR_MAX], broken[KVX_ERROR_MAX] = "";
     uint32_t broken_qpn = 0;
     if (kvx_rdma_hello_parse(peer->endpoint, peer->endpoint_len, &h, why, sizeof why) != KVX_OK) {
         kvx_room_fail(r, KVX_ERR_PROTOCOL, "decode %s: %s", peer->addr, why);
         return KVX_ERR_PROTOCOL;
     }
-    if (rr->have_dst) {
-        kvx_room_fail(r, KVX_ERR_INVALID_ARGUMENT, "decode %s sent a second destination for room "
-                      "%llu (already one from %s): the rdma transport serves one decode rank per "
-                      "prefill room; use equal TP sizes", peer->addr,
-                      (unsigned long long)rr->x.id, rr->decode_addr);
-        return KVX_ERR_INVALID_ARGUMENT;
-    }
+    rr = kvx__rdma_leg(re, rr0, h.instance, peer->addr);
+    if (!rr) return kvx_room_poll(r) == KVX_POLL_FAILED ? KVX_ERR_INVALID_ARGUMENT : KVX_ERR_NO_MEMORY;
+    rr->dummy = kvx_mla_dummy(kvx_engine_layout(re->e)->mla, ed->boot.tp_size > 0 ? ed->boot.tp_size : 1,
+                              ed->boot.tp_rank, peer->tp_size > 0 ? peer->tp_size : 1);
     rr->dst = (int32_t *)kvx__rdma_zalloc(re, n, sizeof *rr->dst);
     if (!rr->dst) return KVX_ERR_NO_MEMORY;
     if (n) memcpy(rr->dst, dst, n * sizeof *dst);
     rr->ndst = n;
     rr->x.dst_aux = aux;
-    rr->decode = h.instance;
-    snprintf(rr->decode_addr, sizeof rr->decode_addr, "decode %s", peer->addr);
-    rr->have_dst = 1;
     pthread_mutex_lock(&re->mu);
     for (p = re->pairs; p; p = p->next) {
         if (p->peer != h.instance) continue;
@@ -3142,6 +3321,15 @@ static int kvx__rdma_on_status(kvx_boot *b, kvx_room *r, const kvx_boot_peer *pe
     return s ? 2 : 1;
 }
 
+/* The next leg of a prefill room (its list only grows, under the first's x.mu). */
+static kvx__rdma_room *kvx__rdma_next_leg(kvx__rdma_room *rr) {
+    kvx__rdma_room *n, *f = rr->first ? rr->first : rr;
+    pthread_mutex_lock(&f->x.mu);
+    n = rr->leg_next;
+    pthread_mutex_unlock(&f->x.mu);
+    return n;
+}
+
 static void kvx__rdma_cancel_room(kvx__rdma_engine *re, kvx__rdma_room *rr) {
     kvx__rdma_pair *p = rr->pair;
     char err[KVX_ERROR_MAX] = "";
@@ -3237,36 +3425,83 @@ static void kvx__rdma_room_free(kvx_room *r) {
     kvx__rdma_room *rr = kvx__rdma_rr(r);
     kvx_engine *e = kvx_room_engine(r);
     uint32_t i;
-    if (!rr) return;
-    for (i = 0; i < rr->nchunks; i++) kvx_chunk_free(e, rr->chunks[i]);
-    kvx_engine_free(e, rr->chunks);
-    kvx_engine_free(e, rr->dst);
-    kvx_engine_free(e, rr->def_pages);
-    kvx__xroom_free(rr);
+    kvx__rdma_room *next;
+    for (; rr; rr = next) {
+        next = rr->leg_next;
+        for (i = 0; i < rr->nchunks; i++) kvx_chunk_free(e, rr->chunks[i]);
+        kvx_engine_free(e, rr->chunks);
+        kvx_engine_free(e, rr->dst);
+        kvx_engine_free(e, rr->def_pages);
+        kvx__xroom_free(rr);
+    }
 }
 
 static kvx_result kvx__rdma_sender_init(kvx_room *r, uint32_t n, int32_t aux) {
     kvx__rdma_engine *re = kvx__rdma_re(kvx_room_engine(r));
-    kvx__rdma_room *rr = kvx__rdma_rr(r);
+    kvx__rdma_room *rr0 = kvx__rdma_rr(r), *rr;
     uint32_t want = kvx_boot_room_dst_pages(re->boot, r);
+    kvx_result res = KVX_OK;
     if (n != want) {
         kvx_room_fail(r, KVX_ERR_INVALID_ARGUMENT, "init declares %u pages but %s asked for %u", n,
-                      rr->decode_addr[0] ? rr->decode_addr : "the decode side", want);
+                      rr0->decode_addr[0] ? rr0->decode_addr : "the decode side", want);
         return KVX_ERR_INVALID_ARGUMENT;
     }
-    if (rr->x.dst_aux >= 0 && kvx_engine_layout(re->e)->num_aux && aux < 0) {
-        kvx_room_fail(r, KVX_ERR_INVALID_ARGUMENT, "%s asked for aux rows (slot %d) but init "
-                      "gave no aux index", rr->decode_addr, (int)rr->x.dst_aux);
-        return KVX_ERR_INVALID_ARGUMENT;
+    pthread_mutex_lock(&rr0->x.mu);
+    for (rr = rr0; rr && res == KVX_OK; rr = rr->leg_next) {
+        if (rr->x.dst_aux >= 0 && kvx_engine_layout(re->e)->num_aux && aux < 0) {
+            kvx_room_fail(r, KVX_ERR_INVALID_ARGUMENT, "%s asked for aux rows (slot %d) but init "
+                          "gave no aux index", rr->decode_addr, (int)rr->x.dst_aux);
+            res = KVX_ERR_INVALID_ARGUMENT;
+        }
+        rr->x.src_aux = aux;
+        rr->aux_needed = aux >= 0 && rr->x.dst_aux >= 0 && kvx_engine_layout(re->e)->num_aux > 0;
     }
-    rr->x.src_aux = aux;
-    rr->aux_needed = aux >= 0 && rr->x.dst_aux >= 0 && kvx_engine_layout(re->e)->num_aux > 0;
-    return KVX_OK;
+    pthread_mutex_unlock(&rr0->x.mu);
+    return res;
 }
 
+/* A copy of c for another leg of the room (pages and counts; no gather plan). */
+static kvx_chunk *kvx__rdma_chunk_dup(kvx_engine *e, const kvx_chunk *c) {
+    kvx_chunk *d = (kvx_chunk *)kvx_engine_alloc(e, sizeof *d);
+    if (!d) return NULL;
+    memset(d, 0, sizeof *d);
+    d->index = c->index;
+    d->first_page = c->first_page;
+    d->num_pages = c->num_pages;
+    d->total_pages = c->total_pages;
+    d->is_last = c->is_last;
+    d->aux_index = c->aux_index;
+    d->gather.allocator = c->gather.allocator;
+    if (c->num_pages) {
+        d->pages = (int32_t *)kvx_engine_alloc(e, c->num_pages * sizeof *d->pages);
+        if (!d->pages) { kvx_engine_free(e, d); return NULL; }
+        memcpy(d->pages, c->pages, c->num_pages * sizeof *d->pages);
+    }
+    return d;
+}
+
+static kvx_result kvx__rdma_leg_send(kvx__rdma_engine *re, kvx__rdma_room *rr, kvx_chunk *c);
+
+/* Every leg of the room gets the chunk (the last one c itself). */
 static kvx_result kvx__rdma_sender_send(kvx_room *r, kvx_chunk *c) {
     kvx__rdma_engine *re = kvx__rdma_re(kvx_room_engine(r));
-    kvx__rdma_room *rr = kvx__rdma_rr(r);
+    kvx__rdma_room *rr0 = kvx__rdma_rr(r), *legs[KVX_RDMA_MAX_LEGS], *rr;
+    kvx_result res = KVX_OK;
+    int n = 0, i;
+    pthread_mutex_lock(&rr0->x.mu);
+    for (rr = rr0; rr && n < KVX_RDMA_MAX_LEGS; rr = rr->leg_next) legs[n++] = rr;
+    pthread_mutex_unlock(&rr0->x.mu);
+    for (i = 0; i < n && res == KVX_OK; i++) {
+        kvx_chunk *cc = i + 1 == n ? c : kvx__rdma_chunk_dup(re->e, c);
+        if (i + 1 == n) c = NULL;
+        res = cc ? kvx__rdma_leg_send(re, legs[i], cc) : KVX_ERR_NO_MEMORY;
+    }
+    kvx_chunk_free(re->e, c);
+    return res;
+}
+
+static kvx_result kvx__rdma_leg_send(kvx__rdma_engine *re, kvx__rdma_room *rr, kvx_chunk *c) {
+    kvx_room *r = rr->x.room;
     kvx_result res = KVX_OK;
     pthread_mutex_lock(&rr->x.mu);
     if (kvx_room_poll(r) != KVX_POLL_FAILED && rr->pair) {
@@ -3348,7 +3583,9 @@ static void kvx__rdma_room_failed(kvx_room *r) {
     kvx__rdma_engine *re = kvx__rdma_re(kvx_room_engine(r));
     kvx__rdma_room *rr = kvx__rdma_rr(r);
     if (!re) return;
-    if (re->role == KVX_ROLE_PREFILL && rr) kvx__rdma_cancel_room(re, rr);
+    for (; re->role == KVX_ROLE_PREFILL && rr; rr = kvx__rdma_next_leg(rr))
+        kvx__rdma_cancel_room(re, rr);
+    rr = kvx__rdma_rr(r);
     /* the prefill sends status Failed (kvx_boot answers a room frame that
        has not arrived yet with an abort), the decode side an abort */
     kvx_boot_room_failed(re->boot, r);
@@ -3449,7 +3686,8 @@ static void kvx__rdma_room_close(kvx_room *r) {
     kvx__rdma_room *rr = kvx__rdma_rr(r);
     kvx_boot_room_close(re->boot, r);
     if (!rr) return;
-    if (re->role == KVX_ROLE_PREFILL) kvx__rdma_tx_close(re, rr);
+    if (re->role == KVX_ROLE_PREFILL)
+        for (; rr; rr = kvx__rdma_next_leg(rr)) kvx__rdma_tx_close(re, rr);
     else kvx__rdma_rx_close(re, rr);
 }
 
