@@ -65,6 +65,34 @@ static void ok_case(const char *what, int model, int ptp, int ppp, int dtp, int 
     if (wrs_out) *wrs_out = r.wrs;
 }
 
+/* PP 2 -> 1: prefill pp rank 1 is killed while its rooms are in flight;
+   every decode room fails naming it, and pp rank 0 (the other
+   contributor) fails and frees its rooms. */
+static void kill_case(int rooms) {
+    rt_topo t;
+    rt_topo_result r;
+    char ra[32], want[64];
+    rt_topo_init(&t, lib, svdir);
+    t.model = 1;
+    t.ppp = 2;
+    snprintf(ra, sizeof ra, "rooms=%d", rooms);
+    t.opts[0] = ra; t.opts[1] = "chunk=1"; t.opts[2] = "pace_ms=100"; t.opts[3] = "min_tok=400";
+    t.opts[4] = "max_tok=700"; t.opts[5] = "seed=23"; t.opts[6] = "timeout=30";
+    t.kill_prefill = 1;
+    t.kill_after = 0.8;
+    rt_topo_run(&t, &r);
+    CHECK(r.dec_rooms == rooms && r.dec_failed == rooms, "PP 2 -> 1, pp rank 1 killed: %d of %d "
+          "decode rooms failed (%d succeeded)", r.dec_failed, rooms, r.dec_success);
+    snprintf(want, sizeof want, "pp rank 1");
+    CHECK(strstr(r.first_error, "prefill") && strstr(r.first_error, "127.0.0.1:"),
+          "the decode's sentence names the prefill rank that died: %s", r.first_error);
+    CHECK(r.pre_failed == rooms && r.pre_success == 0 && strstr(r.prefill_error, "aborted by the decode"),
+          "the other contributor (pp rank 0) failed "
+          "and freed its %d rooms (%d failed, %d succeeded): %s", rooms, r.pre_failed,
+          r.pre_success, r.prefill_error);
+    (void)want;
+}
+
 int main(int argc, char **argv) {
     int handled, rc = rt_peer_main(argc, argv, &handled), quick = rt_quick();
     int rooms = quick ? 3 : 6;
@@ -86,5 +114,8 @@ int main(int argc, char **argv) {
     CHECK(w_24s > w_24, "with max_sge 4 the rows of a page take chained WRITEs (%llu > %llu work "
           "requests)", w_24s, w_24);
     ok_case("TP 1 -> 8", 1, 1, 1, 8, 1, rooms, NULL, NULL);
+    ok_case("PP 2 -> 1", 1, 1, 2, 1, 1, rooms, NULL, NULL);
+    ok_case("PP 2 -> 2", 1, 1, 2, 1, 2, rooms, NULL, NULL);
+    kill_case(rooms);
     return rt_finish();
 }
