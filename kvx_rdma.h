@@ -3384,24 +3384,6 @@ static void kvx__rdma_on_connect(kvx_boot *b, const kvx_boot_peer *peer) {
     pthread_mutex_unlock(&re->mu);
 }
 
-/* Decode: kvx_boot failed the rooms of a prefill rank whose control
-   connection is gone without telling anyone (the peer is lost); the
-   room's other contributing prefill ranks must stop too: abort it there. */
-typedef struct kvx__rdma_lost {
-    kvx__rdma_engine *re;
-    const kvx_boot_peer *peer;
-} kvx__rdma_lost;
-
-static void kvx__rdma_tell_others(kvx_room *r, void *arg) {
-    kvx__rdma_lost *a = (kvx__rdma_lost *)arg;
-    kvx__rdma_room *rr = kvx__rdma_rr(r);
-    const kvx_boot_peer *pe = a->peer;
-    if (!rr || kvx_room_poll(r) != KVX_POLL_FAILED || kvx__rdma_targets(a->re, pe) < 2 ||
-        !kvx__rdma_serves(pe->bootstrap ? pe->bootstrap : "", pe->dp_rank, pe->dp_size, rr))
-        return;
-    kvx_boot_abort(a->re->boot, r, kvx_room_error(r));
-}
-
 static void kvx__rdma_on_disconnect(kvx_boot *b, const kvx_boot_peer *peer, const char *reason) {
     kvx__rdma_engine *re = kvx__rdma_bre(b);
     kvx__rdma_pair *gone = NULL;
@@ -3423,12 +3405,6 @@ static void kvx__rdma_on_disconnect(kvx_boot *b, const kvx_boot_peer *peer, cons
              re->role == KVX_ROLE_PREFILL ? "decode" : "prefill", peer->addr,
              reason ? reason : "closed");
     kvx__rdma_kill_all(re, gone, KVX_ERR_PEER_LOST, 1, "%s", why);
-    if (re->role == KVX_ROLE_DECODE) {
-        kvx__rdma_lost a;
-        a.re = re;
-        a.peer = peer;
-        kvx_engine_foreach_room(re->e, kvx__rdma_tell_others, &a);
-    }
 }
 
 /* >>rdma: backend hooks --------------------------------------------------------------- */

