@@ -335,6 +335,8 @@ typedef struct kvx_rdma_cm_msg {
        then aux) with kvx_rdma_cm_item */
     uint32_t page_size, num_kv_heads, dtype_size, head_begin, layer_begin, mla;
     const uint8_t *items;
+    uint64_t stage_len;         /* CONNECT: bytes of the staging area (0 = none) */
+    const uint8_t *stage;       /* its table per port entry: kvx_rdma_cm_stage */
     int32_t result;             /* REJECT */
     const char *reason;         /* REJECT; not NUL-terminated */
     uint32_t reason_len;
@@ -356,6 +358,11 @@ KVX_API uint32_t kvx_rdma_cm_rkey(const uint8_t *rkeys_le, uint32_t i);
 /* item_len of buffer i (KV buffers first, then aux) of a parsed CONNECT's
    shape; 0 when out of range. */
 KVX_API uint64_t kvx_rdma_cm_item(const kvx_rdma_cm_msg *m, uint32_t i);
+/* The staging area of a parsed CONNECT on port entry `dev`: base, region
+   count (regions of that port's region size) and rkeys (kvx_rdma_cm_rkey);
+   0 when there is none or dev is out of range. */
+KVX_API int kvx_rdma_cm_stage(const kvx_rdma_cm_msg *m, uint32_t dev, uint64_t *base,
+                              uint32_t *nregions, const uint8_t **rkeys_le);
 
 #ifdef __cplusplus
 }
@@ -611,7 +618,7 @@ KVX_API kvx_result kvx_rdma_cm_parse(const void *buf, size_t len, kvx_rdma_cm_ms
             m->mr = b + off;
             m->mr_len = (uint32_t)used;
             off += used;
-            if (bl - off != 24 + 8 * (size_t)(m->nbuf + m->naux)) goto bad_len;
+            if (bl - off < 32 + 8 * (size_t)(m->nbuf + m->naux)) goto bad_len;
             sh = b + off;
             m->page_size = kvx__le_r32(sh);
             m->num_kv_heads = kvx__le_r32(sh + 4);
@@ -631,6 +638,27 @@ KVX_API kvx_result kvx_rdma_cm_parse(const void *buf, size_t len, kvx_rdma_cm_ms
                     kvx__set_why(why, wl, "CONNECT layout shape: item_len of buffer %u is 0", i);
                     goto refused;
                 }
+            off += 24 + 8 * (size_t)(m->nbuf + m->naux);
+            m->stage_len = kvx__le_r64(b + off);
+            off += 8;
+            m->stage = b + off;
+            for (i = 0; m->stage_len && i < m->ndev; i++) {
+                uint64_t rb = 0, nr;
+                kvx_rdma_cm_region(m, i, 0, NULL, NULL, &rb, NULL, NULL);
+                if (bl - off < 12) goto bad_len;
+                nr = m->stage_len / rb + (m->stage_len % rb ? 1 : 0);
+                if (kvx__le_r32(b + off + 8) != nr || kvx__le_r64(b + off) + m->stage_len < m->stage_len) {
+                    kvx__set_why(why, wl, "CONNECT staging area on port entry %u: %u regions for %llu "
+                                 "bytes (need ceil(bytes / region), no wrap-around)", i,
+                                 kvx__le_r32(b + off + 8), (unsigned long long)m->stage_len);
+                    goto refused;
+                }
+                off += 12;
+                if ((bl - off) / 4 < nr) goto bad_len;
+                off += 4 * (size_t)nr;
+            }
+            if (off != bl) goto bad_len;
+            if (!m->stage_len) m->stage = NULL;
         }
     }
     return KVX_OK;
@@ -674,6 +702,18 @@ KVX_API int kvx_rdma_cm_region(const kvx_rdma_cm_msg *m, uint32_t dev, uint32_t 
 
 KVX_API uint32_t kvx_rdma_cm_rkey(const uint8_t *rkeys_le, uint32_t i) {
     return kvx__le_r32(rkeys_le + 4u * i);
+}
+
+KVX_API int kvx_rdma_cm_stage(const kvx_rdma_cm_msg *m, uint32_t dev, uint64_t *base,
+                              uint32_t *nregions, const uint8_t **rkeys_le) {
+    const uint8_t *p;
+    uint32_t d;
+    if (!m || !m->stage || !m->stage_len || dev >= m->ndev) return 0;
+    for (p = m->stage, d = 0; d < dev; d++) p += 12 + 4 * (size_t)kvx__le_r32(p + 8);
+    if (base) *base = kvx__le_r64(p);
+    if (nregions) *nregions = kvx__le_r32(p + 8);
+    if (rkeys_le) *rkeys_le = p + 12;
+    return 1;
 }
 
 KVX_API uint64_t kvx_rdma_cm_item(const kvx_rdma_cm_msg *m, uint32_t i) {
@@ -880,6 +920,7 @@ typedef struct kvx__rdma_work {
 
 struct kvx__rdma_job {
     kvx_plan plan;
+    int stage;         /* the plan's destination is the decode side's staging area */
     int refs;          /* works still posting, under pair->mu */
     kvx__rdma_work *w; /* one per queue pair (or 1 for aux), in the same allocation */
 };
@@ -909,7 +950,23 @@ typedef struct kvx__rdma_rdev {
     kvx_rdma_port_info info;
     uint64_t region_bytes;
     kvx__rdma_rbuf *buf;      /* nbuf KV buffers, then naux aux buffers */
+    kvx__rdma_rbuf stage;     /* the staging area (length 0: none) */
 } kvx__rdma_rdev;
+
+/* Decode: the staging area for one prefill rank whose heads land at a head
+   offset inside this rank's token rows (prefill TP > decode TP): a pool in
+   that prefill rank's shape with this pool's page count, which it writes
+   as whole pages and this side scatters (kvx_plan_pages, kvx_span_copy)
+   when the room completes. Kept until the engine goes. */
+typedef struct kvx__rdma_stage {
+    uint64_t instance;        /* the prefill engine */
+    kvx_layout layout;        /* its shape, bases inside mem */
+    kvx_buffer *bufs;
+    char *mem;
+    uint64_t len;
+    kvx__rdma_mr mr[KVX_RDMA_MAX_DEVS];
+    struct kvx__rdma_stage *next;
+} kvx__rdma_stage;
 
 enum { KVX__RP_CONNECTING = 0, KVX__RP_READY = 1, KVX__RP_DEAD = 2 };
 
@@ -924,8 +981,13 @@ typedef struct kvx__rdma_pair {
     kvx__rdma_qp *qp;
     int nrdev;
     kvx__rdma_rdev *rdev;     /* prefill: the decode side's regions */
-    kvx_layout peer_layout;   /* prefill: the decode pool, for planning */
+    kvx_layout peer_layout;   /* prefill: the decode pool, for planning; decode: the
+                                 prefill's shape (kvx_boot), when known */
     kvx_buffer *peer_bufs;
+    kvx_layout stage_layout;  /* prefill: the decode side's staging area, in our shape */
+    kvx_buffer *stage_bufs;
+    uint64_t *stage_off;      /* its buffers' offsets in the area */
+    kvx__rdma_stage *stage;   /* decode: the staging area this connection announces */
     kvx_aux_buffer *peer_aux;
     pthread_mutex_t mu;       /* data path */
     pthread_cond_t cv;        /* rooms draining */
@@ -953,6 +1015,8 @@ typedef struct kvx__rdma_peer {
     int dp_rank, dp_size;
     kvx_rdma_hello hello;
     kvx_boot_peer ctl;        /* its control connection (conn_id, no strings) */
+    kvx_layout shape;         /* its layout shape (kvx_boot), num_buffers 0 when unknown */
+    kvx_buffer *shape_bufs;
     kvx__rdma_pair *pair;     /* current, referenced; under re->mu */
     struct kvx__rdma_peer *next;
 } kvx__rdma_peer;
@@ -1013,6 +1077,8 @@ typedef struct kvx__rdma_room {
     int32_t *def_pages;
     uint32_t def_n;
     int32_t def_aux;
+    int32_t *rx_pages;         /* decode: the room's pages (staged scatter) */
+    uint32_t rx_n;
     kvx__hnode hn;             /* re->rx, key = tag */
 } kvx__rdma_room;
 
@@ -1034,6 +1100,7 @@ typedef struct kvx__rdma_engine {
     pthread_mutex_t gmu;       /* graveyard (taken alone: unref may run under mu) */
     kvx__rdma_pair *pairs, *grave;
     kvx__rdma_peer *peers;
+    kvx__rdma_stage *stages;   /* decode: published with a release store, never unlinked */
     kvx__rdma_room *parked;
     int stopping;
     pthread_mutex_t rx_mu;     /* decode: the tag table rx */
@@ -1052,6 +1119,12 @@ static kvx__rdma_engine *kvx__rdma_re(const kvx_engine *e) {
     return (kvx__rdma_engine *)kvx_engine_backend_data(e);
 }
 static kvx__rdma_room *kvx__rdma_rr(const kvx_room *r) { return (kvx__rdma_room *)kvx_room_data(r); }
+
+static kvx__rdma_stage *kvx__rdma_stage_find(kvx__rdma_engine *re, uint64_t inst) {
+    kvx__rdma_stage *st = (kvx__rdma_stage *)__atomic_load_n(&re->stages, __ATOMIC_ACQUIRE);
+    while (st && st->instance != inst) st = st->next;
+    return st;
+}
 
 /* The room id folded to the 32-bit immediate. */
 static uint32_t kvx__rdma_tag(uint64_t room) { return (uint32_t)(room ^ (room >> 32)); }
@@ -1503,9 +1576,12 @@ static void kvx__rdma_pair_destroy(kvx__rdma_engine *re, kvx__rdma_pair *p) {
             kvx_engine_free(re->e, p->rdev[i].buf[k].rkeys);
         kvx_engine_free(re->e, p->rdev[i].buf);
     }
+    for (i = 0; i < p->nrdev; i++) kvx_engine_free(re->e, p->rdev[i].stage.rkeys);
     kvx_engine_free(re->e, p->rdev);
     kvx_engine_free(re->e, p->peer_bufs);
     kvx_engine_free(re->e, p->peer_aux);
+    kvx_engine_free(re->e, p->stage_bufs);
+    kvx_engine_free(re->e, p->stage_off);
     kvx_engine_free(re->e, p->qp);
     pthread_mutex_destroy(&p->mu);
     pthread_cond_destroy(&p->cv);
@@ -1741,8 +1817,36 @@ static int kvx__rdma_rx_check(kvx__rdma_room *rr, char *msg, size_t ml, const ch
     return 1;
 }
 
+/* Decode: a complete room's bytes that went through staging areas (every
+   contributor is done writing) move to their rows: 0, or -1 (room failed). */
+static int kvx__rdma_unstage(kvx__rdma_room *rr) {
+    kvx__rdma_engine *re = rr->re;
+    const kvx_layout *l = kvx_engine_layout(re->e);
+    kvx_plan pl;
+    int i, bad = 0;
+    size_t k;
+    memset(&pl, 0, sizeof pl);
+    pl.allocator = &kvx_engine_settings(re->e)->allocator;
+    for (i = 0; i < rr->nsrc && !bad; i++) {
+        kvx__rdma_stage *st = kvx__rdma_stage_find(re, rr->src[i].instance);
+        kvx_result res;
+        if (!st) continue;
+        res = kvx_plan_pages(&pl, &st->layout, rr->rx_pages, l, rr->rx_pages, rr->rx_n);
+        if (res != KVX_OK) {
+            kvx_room_fail(rr->x.room, res, "scattering the staging area: %s", pl.error);
+            bad = 1;
+            break;
+        }
+        for (k = 0; k < pl.count; k++)
+            kvx_span_copy(l->buffers[pl.spans[k].dst_buffer].base,
+                          st->layout.buffers[pl.spans[k].buffer].base, &pl.spans[k]);
+    }
+    kvx_plan_free(&pl);
+    return bad ? -1 : 0;
+}
+
 static void kvx__rdma_rx_act(kvx_room *r, int verdict, uint64_t bytes, const char *msg) {
-    if (verdict > 0) kvx_room_succeed(r, bytes);
+    if (verdict > 0 && kvx__rdma_unstage(kvx__rdma_rr(r)) == 0) kvx_room_succeed(r, bytes);
     else if (verdict < 0) kvx_room_fail(r, KVX_ERR_CORRUPT, "%s", msg);
 }
 
@@ -1895,6 +1999,81 @@ static void kvx__rdma_cm_connect(kvx__rdma_engine *re, kvx__rdma_pair *p, kvx__b
     for (i = 0; i < l->num_buffers + l->num_aux; i++)
         kvx__buf_put64(b, i < l->num_buffers ? l->buffers[i].item_len
                                              : l->aux[i - l->num_buffers].item_len);
+    kvx__buf_put64(b, p->stage ? p->stage->len : 0);
+    for (d = 0; p->stage && d < re->ndev; d++) {
+        const kvx__rdma_mr *m = &p->stage->mr[d];
+        kvx__buf_put64(b, (uint64_t)(uintptr_t)p->stage->mem);
+        kvx__buf_put32(b, m->n);
+        for (k = 0; k < m->n; k++) kvx__buf_put32(b, m->mr[k]->rkey);
+    }
+}
+
+/* Decode: does the prefill of shape `sh` write heads at an offset inside
+   our rows (a strided destination), which needs a staging area? Host
+   pools only (this side scatters with the CPU). */
+static int kvx__rdma_needs_stage(const kvx_layout *own, const kvx_layout *sh) {
+    uint64_t bpp = 0;
+    uint32_t i;
+    if (own->mla || !sh->num_buffers || sh->mla || sh->num_kv_heads >= own->num_kv_heads) return 0;
+    for (i = 0; i < own->num_buffers; i++)
+        if (own->buffers[i].mem != KVX_MEM_HOST) return 0;
+    return kvx_layout_overlap(sh, own, &bpp, NULL, NULL, 0) == KVX_OK && bpp;
+}
+
+static void kvx__rdma_stage_free(kvx__rdma_engine *re, kvx__rdma_stage *st) {
+    int d;
+    uint32_t k;
+    for (d = 0; d < KVX_RDMA_MAX_DEVS; d++) {
+        for (k = 0; k < st->mr[d].n; k++)
+            if (st->mr[d].mr[k]) re->v.dereg_mr(st->mr[d].mr[k]);
+        kvx_engine_free(re->e, st->mr[d].mr);
+    }
+    kvx_engine_free(re->e, st->mem);
+    kvx_engine_free(re->e, st->bufs);
+    kvx_engine_free(re->e, st);
+}
+
+/* Decode (the exchange worker): the staging area for prefill `inst` of
+   shape sh, made and registered on every port the first time. */
+static kvx__rdma_stage *kvx__rdma_stage_get(kvx__rdma_engine *re, uint64_t inst,
+                                            const kvx_layout *sh, char *why, size_t wl) {
+    const kvx_layout *own = kvx_engine_layout(re->e);
+    uint64_t pages = kvx_layout_num_pages(own), off = 0;
+    kvx__rdma_stage *st = kvx__rdma_stage_find(re, inst);
+    uint32_t i;
+    int d;
+    if (st) return st;
+    if (!(st = (kvx__rdma_stage *)kvx__rdma_zalloc(re, 1, sizeof *st))) return NULL;
+    st->instance = inst;
+    st->layout = *sh;
+    st->len = pages * kvx_layout_page_bytes(sh);
+    st->bufs = (kvx_buffer *)kvx__rdma_zalloc(re, sh->num_buffers, sizeof *st->bufs);
+    st->mem = st->len ? (char *)kvx_engine_alloc(re->e, (size_t)st->len) : NULL;
+    if (!st->bufs || !st->mem) {
+        kvx__set_why(why, wl, "out of memory for a staging area of %llu bytes",
+                     (unsigned long long)st->len);
+        kvx__rdma_stage_free(re, st);
+        return NULL;
+    }
+    st->layout.buffers = st->bufs;
+    for (i = 0; i < sh->num_buffers; i++) {
+        st->bufs[i].item_len = sh->buffers[i].item_len;
+        st->bufs[i].length = pages * sh->buffers[i].item_len;
+        st->bufs[i].base = st->mem + off;
+        off += st->bufs[i].length;
+    }
+    for (d = 0; d < re->ndev; d++)
+        if (kvx__rdma_reg(re, &re->dev[d], &st->mr[d], st->mem, st->len, KVX_MEM_HOST, 0,
+                          IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE, "staging area", 0, why,
+                          wl) != KVX_OK) {
+            kvx__rdma_stage_free(re, st);
+            return NULL;
+        }
+    pthread_mutex_lock(&re->mu);
+    st->next = re->stages;
+    __atomic_store_n(&re->stages, st, __ATOMIC_RELEASE);
+    pthread_mutex_unlock(&re->mu);
+    return st;
 }
 
 /* Sends the message in b on the control connection `to`. */
@@ -1923,6 +2102,46 @@ static void kvx__rdma_send_reject(kvx__rdma_engine *re, const kvx_boot_peer *to,
 
 /* Prefill: the decode side's regions from a CONNECT, and its pool as a
    layout for kvx_plan_pages. */
+/* Prefill: the staging area a decode side announced, checked: exactly its
+   page count times our page bytes, in our shape (kvx__rdma_stage). */
+static kvx_result kvx__rdma_stage_tables(kvx__rdma_pair *p, const kvx_rdma_cm_msg *m,
+                                         const kvx_layout *ours, char *why, size_t wl) {
+    kvx__rdma_engine *re = p->re;
+    uint64_t pages = kvx_layout_num_pages(&p->peer_layout), off = 0;
+    uint32_t d, i, k;
+    if (pages > UINT64_MAX / kvx_layout_page_bytes(ours) ||
+        m->stage_len != pages * kvx_layout_page_bytes(ours)) {
+        kvx__set_why(why, wl, "the decode side's staging area is %llu bytes; its %llu pages of "
+                     "this rank's %llu page bytes need %llu", (unsigned long long)m->stage_len,
+                     (unsigned long long)pages, (unsigned long long)kvx_layout_page_bytes(ours),
+                     (unsigned long long)(pages * kvx_layout_page_bytes(ours)));
+        return KVX_ERR_PROTOCOL;
+    }
+    p->stage_bufs = (kvx_buffer *)kvx__rdma_zalloc(re, ours->num_buffers, sizeof *p->stage_bufs);
+    p->stage_off = (uint64_t *)kvx__rdma_zalloc(re, ours->num_buffers, sizeof *p->stage_off);
+    if (!p->stage_bufs || !p->stage_off) return KVX_ERR_NO_MEMORY;
+    p->stage_layout = *ours;
+    p->stage_layout.buffers = p->stage_bufs;
+    p->stage_layout.aux = NULL;
+    p->stage_layout.num_aux = 0;
+    for (i = 0; i < ours->num_buffers; i++) {
+        p->stage_bufs[i].item_len = ours->buffers[i].item_len;
+        p->stage_bufs[i].length = pages * ours->buffers[i].item_len;
+        p->stage_off[i] = off;
+        off += p->stage_bufs[i].length;
+    }
+    for (d = 0; d < m->ndev; d++) {
+        kvx__rdma_rbuf *sb = &p->rdev[d].stage;
+        const uint8_t *keys;
+        kvx_rdma_cm_stage(m, d, &sb->base, &sb->n, &keys);
+        sb->length = m->stage_len;
+        sb->rkeys = (uint32_t *)kvx__rdma_zalloc(re, sb->n, sizeof *sb->rkeys);
+        if (!sb->rkeys) return KVX_ERR_NO_MEMORY;
+        for (k = 0; k < sb->n; k++) sb->rkeys[k] = kvx_rdma_cm_rkey(keys, k);
+    }
+    return KVX_OK;
+}
+
 static kvx_result kvx__rdma_pair_tables(kvx__rdma_pair *p, const kvx_rdma_cm_msg *m,
                                         const kvx_layout *ours, char *why, size_t wl) {
     kvx__rdma_engine *re = p->re;
@@ -1977,7 +2196,7 @@ static kvx_result kvx__rdma_pair_tables(kvx__rdma_pair *p, const kvx_rdma_cm_msg
             }
         }
     }
-    return KVX_OK;
+    return m->stage_len ? kvx__rdma_stage_tables(p, m, ours, why, wl) : KVX_OK;
 }
 
 static void kvx__rdma_publish(kvx__rdma_engine *re, kvx__rdma_pair *p);
@@ -1993,6 +2212,9 @@ static void kvx__rdma_dial_job(void *arg) {
     int i;
     kvx__buf_init(&b, &kvx_engine_settings(re->e)->allocator);
     for (i = 0; i < p->nqp && res == KVX_OK; i++) res = kvx__rdma_qp_create(re, &p->qp[i], why, sizeof why);
+    if (res == KVX_OK && kvx__rdma_needs_stage(kvx_engine_layout(re->e), &p->peer_layout) &&
+        !(p->stage = kvx__rdma_stage_get(re, p->peer, &p->peer_layout, why, sizeof why)))
+        res = KVX_ERR_NO_MEMORY;
     if (res == KVX_OK) {
         kvx__rdma_cm_connect(re, p, &b);
         res = kvx__rdma_send_buf(re, &p->ctl, &b, why, sizeof why);
@@ -2023,6 +2245,12 @@ static void kvx__rdma_dial_locked(kvx__rdma_engine *re, kvx__rdma_peer *pe) {
     p->dp_rank = pe->dp_rank;
     p->dp_size = pe->dp_size;
     p->ctl = pe->ctl;
+    if (pe->shape.num_buffers &&
+        (p->peer_bufs = (kvx_buffer *)kvx__rdma_zalloc(re, pe->shape.num_buffers, sizeof *p->peer_bufs))) {
+        p->peer_layout = pe->shape;
+        p->peer_layout.buffers = p->peer_bufs;
+        memcpy(p->peer_bufs, pe->shape_bufs, pe->shape.num_buffers * sizeof *p->peer_bufs);
+    }
     p->seq = ++re->seq;
     p->deadline = kvx_now_ns() + (uint64_t)(re->cfg.connect_timeout_s * 1e9);
     kvx__rdma_pair_ref(p); /* the job's */
@@ -2379,7 +2607,12 @@ static int kvx__rdma_fill(kvx__rdma_engine *re, kvx__rdma_qp *q, kvx__rdma_work 
         uint64_t ro = s->dst_offset + pos, rrb = rd->region_bytes, e;
         uint32_t bi = s->buffer + (s->kind == KVX_SPAN_AUX ? l->num_buffers : 0);
         uint32_t rbi = s->dst_buffer + (s->kind == KVX_SPAN_AUX ? p->peer_layout.num_buffers : 0);
+        const kvx__rdma_rbuf *rb = &rd->buf[rbi];
         int nsge = 0;
+        if (w->job->stage) { /* whole pages into the staging area, at its buffer's offset */
+            rb = &rd->stage;
+            ro += p->stage_off[s->dst_buffer];
+        }
         e = (pos / (uint64_t)re->cfg.max_msg + 1) * (uint64_t)re->cfg.max_msg;
         if (e > limit) e = limit;
         if ((ro / rrb + 1) * rrb - ro < e - pos) e = pos + ((ro / rrb + 1) * rrb - ro);
@@ -2387,8 +2620,8 @@ static int kvx__rdma_fill(kvx__rdma_engine *re, kvx__rdma_qp *q, kvx__rdma_work 
         len = e - pos;
         wr->sg_list = sg;
         wr->num_sge = nsge;
-        wr->wr.rdma.remote_addr = rd->buf[rbi].base + ro;
-        wr->wr.rdma.rkey = rd->buf[rbi].rkeys[ro / rrb];
+        wr->wr.rdma.remote_addr = rb->base + ro;
+        wr->wr.rdma.rkey = rb->rkeys[ro / rrb];
         w->off = e;
         if (w->off >= s->length) { w->s++; w->off = 0; }
         last = kvx__rdma_work_done(w);
@@ -2644,14 +2877,25 @@ static void kvx__rdma_submit(kvx__rdma_engine *re, kvx__rdma_room *rr, kvx_chunk
         goto drop;
     }
     if (kvx__rdma_dst_strided(&j->plan)) {
-        kvx_room_fail(rr->x.room, KVX_ERR_LAYOUT_MISMATCH, "%s holds more KV heads (%u from head "
-                      "%u) than this prefill rank (%u from head %u): its heads land at a head "
-                      "offset inside every token row, which one RDMA WRITE cannot scatter, and the "
-                      "rdma transport has no staging area for that yet (use the tcp or file "
-                      "transport for prefill TP > decode TP)", rr->decode_addr,
-                      p->peer_layout.num_kv_heads, p->peer_layout.head_begin,
-                      kvx_engine_layout(e)->num_kv_heads, kvx_engine_layout(e)->head_begin);
-        goto drop;
+        /* our heads land at a head offset inside the decode rank's rows: whole
+           pages go to its staging area instead, and it scatters them */
+        if (!p->stage_bufs) {
+            kvx_room_fail(rr->x.room, KVX_ERR_LAYOUT_MISMATCH, "%s holds more KV heads (%u from "
+                          "head %u) than this prefill rank (%u from head %u) and announced no "
+                          "staging area (its KV pool is not in host memory, or it is not a kvx "
+                          "rdma engine of this version): one RDMA WRITE cannot scatter rows",
+                          rr->decode_addr, p->peer_layout.num_kv_heads, p->peer_layout.head_begin,
+                          kvx_engine_layout(e)->num_kv_heads, kvx_engine_layout(e)->head_begin);
+            goto drop;
+        }
+        res = kvx_plan_pages(&j->plan, kvx_engine_layout(e), c->pages, &p->stage_layout,
+                             rr->dst + c->first_page, c->num_pages);
+        if (res != KVX_OK) {
+            kvx_room_fail(rr->x.room, res, "chunk %u against the staging area of %s: %s", c->index,
+                          rr->decode_addr, j->plan.error);
+            goto drop;
+        }
+        j->stage = 1;
     }
     KVX__RDMA_STAT(re, chunks, 1);
     KVX__RDMA_STAT(re, spans, j->plan.count);
@@ -3380,6 +3624,18 @@ static void kvx__rdma_on_connect(kvx_boot *b, const kvx_boot_peer *peer) {
     pe->dp_rank = peer->dp_rank;
     pe->dp_size = peer->dp_size;
     pe->hello = h;
+    pe->ctl.layout = NULL;
+    if (peer->layout && peer->layout->num_buffers && !pe->shape_bufs &&
+        (pe->shape_bufs = (kvx_buffer *)kvx__rdma_zalloc(re, peer->layout->num_buffers,
+                                                         sizeof *pe->shape_bufs))) {
+        uint32_t i;
+        pe->shape = *peer->layout; /* shape only: item_lens, heads, layers */
+        pe->shape.buffers = pe->shape_bufs;
+        pe->shape.aux = NULL;
+        pe->shape.num_aux = 0;
+        for (i = 0; i < pe->shape.num_buffers; i++)
+            pe->shape_bufs[i].item_len = peer->layout->buffers[i].item_len;
+    }
     if (!pe->pair || KVX__LOAD(&pe->pair->state) == KVX__RP_DEAD) kvx__rdma_dial_locked(re, pe);
     pthread_mutex_unlock(&re->mu);
 }
@@ -3398,6 +3654,7 @@ static void kvx__rdma_on_disconnect(kvx_boot *b, const kvx_boot_peer *peer, cons
     if (*pe) { /* one per instance (on_connect) */
         kvx__rdma_peer *x = *pe;
         *pe = x->next;
+        kvx_engine_free(re->e, x->shape_bufs);
         kvx_engine_free(re->e, x);
     }
     pthread_mutex_unlock(&re->mu);
@@ -3432,6 +3689,7 @@ static void kvx__rdma_room_free(kvx_room *r) {
         kvx_engine_free(e, rr->chunks);
         kvx_engine_free(e, rr->dst);
         kvx_engine_free(e, rr->def_pages);
+        kvx_engine_free(e, rr->rx_pages);
         kvx__xroom_free(rr);
     }
 }
@@ -3538,6 +3796,9 @@ static kvx_result kvx__rdma_receiver_init(kvx_room *r, const int32_t *pages, uin
     int dialing = 0;
     rr->expected = (uint64_t)n * kvx_layout_page_bytes(l);
     if (aux >= 0) rr->expected += kvx_layout_aux_row_bytes(l);
+    if (n && !(rr->rx_pages = (int32_t *)kvx__rdma_zalloc(re, n, sizeof *pages))) return KVX_ERR_NO_MEMORY;
+    if (n) memcpy(rr->rx_pages, pages, n * sizeof *pages);
+    rr->rx_n = n;
     /* a broken connection with one of this room's prefill ranks: redial,
        and hold the room frame until the connection is made, so the
        prefill never plans it on the connection it is replacing */
@@ -3772,7 +4033,13 @@ static void kvx__rdma_free(kvx__rdma_engine *re) {
     while (re->peers) {
         kvx__rdma_peer *x = re->peers;
         re->peers = x->next;
+        kvx_engine_free(re->e, x->shape_bufs);
         kvx_engine_free(re->e, x);
+    }
+    while (re->stages) {
+        kvx__rdma_stage *st = re->stages;
+        re->stages = st->next;
+        kvx__rdma_stage_free(re, st);
     }
     for (d = 0; d < re->ndev; d++) kvx__rdma_dev_close(re, &re->dev[d]);
     if (re->v.lib) dlclose(re->v.lib);

@@ -98,7 +98,7 @@ static void kill_case(int rooms) {
 int main(int argc, char **argv) {
     int handled, rc = rt_peer_main(argc, argv, &handled), quick = rt_quick();
     int rooms = quick ? 3 : 6;
-    unsigned long long w_eq = 0, w_24 = 0, w_24s = 0;
+    unsigned long long w_eq = 0, w_24 = 0, w_24s = 0, w_42 = 0;
     if (handled) return rc;
     rt_name = "test_rdma_topo";
     setvbuf(stdout, NULL, _IOLBF, 0);
@@ -116,6 +116,10 @@ int main(int argc, char **argv) {
     CHECK(w_24s > w_24, "with max_sge 4 the rows of a page take chained WRITEs (%llu > %llu work "
           "requests)", w_24s, w_24);
     ok_case("TP 1 -> 8", 1, 1, 1, 8, 1, rooms, NULL, NULL);
+    ok_case("TP 4 -> 2", 1, 4, 1, 2, 1, rooms, NULL, &w_42);
+    CHECK(w_eq && w_42 <= 2 * w_eq, "TP 4 -> 2 posts %llu work requests, %.2fx TP 2 -> 2's %llu "
+          "(goal <= 2x)", w_42, w_eq ? (double)w_42 / (double)w_eq : 0.0, w_eq);
+    ok_case("TP 4 -> 1 (GQA 8 heads)", 1, 4, 1, 1, 1, rooms, NULL, NULL);
     ok_case("PP 2 -> 1", 1, 1, 2, 1, 1, rooms, NULL, NULL);
     /* PP 2 -> 2 is not here: kvx_boot targets every prefill pp rank and
        refuses the one that shares no layer with the decode rank */

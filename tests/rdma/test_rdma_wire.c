@@ -66,8 +66,9 @@ static void sample_connect(kvx__buf *b, uint64_t region) {
     kvx__buf_put32(b, 0);
     kvx__buf_put32(b, 0);
     for (i = 0; i < 4; i++) kvx__buf_put64(b, i < 3 ? 4096 : 64);
+    kvx__buf_put64(b, 0); /* no staging area */
 }
-#define SHAPE_BYTES (24 + 8 * 4)
+#define SHAPE_BYTES (24 + 8 * 4 + 8)
 
 static void hello_tests(void) {
     kvx_rdma_hello h = sample_hello(), o;
@@ -143,10 +144,34 @@ static void cm_tests(void) {
           kvx_rdma_cm_item(&m, 3) == 64 && kvx_rdma_cm_item(&m, 4) == 0,
           "CONNECT carries the decode rank's layout shape (heads %u from %u, aux item %llu)",
           m.num_kv_heads, m.head_begin, (unsigned long long)kvx_rdma_cm_item(&m, 3));
-    ((uint8_t *)b.data)[b.len - 8] = 0;
+    ((uint8_t *)b.data)[b.len - 16] = 0;
     CHECK(kvx_rdma_cm_parse(b.data, b.len, &m, why, sizeof why) == KVX_ERR_PROTOCOL &&
           strstr(why, "item_len"), "a shape with an item_len of 0 is refused: %s", why);
-    ((uint8_t *)b.data)[b.len - 8] = 64;
+    ((uint8_t *)b.data)[b.len - 16] = 64;
+    CHECK(!kvx_rdma_cm_stage(&m, 0, NULL, NULL, NULL), "no staging area announced");
+    {   /* a staging area of 10000 bytes in 4096-byte regions on both ports */
+        kvx__buf c;
+        uint32_t d, k, n3 = 0;
+        uint64_t sb = 0;
+        const uint8_t *sk = NULL;
+        memset(&c, 0, sizeof c);
+        kvx__buf_put(&c, b.data, b.len - 8);
+        kvx__buf_put64(&c, 10000);
+        for (d = 0; d < 2; d++) {
+            kvx__buf_put64(&c, 0x7000000ull + d);
+            kvx__buf_put32(&c, 3);
+            for (k = 0; k < 3; k++) kvx__buf_put32(&c, 500 + 10 * d + k);
+        }
+        CHECK(kvx_rdma_cm_parse(c.data, c.len, &m, why, sizeof why) == KVX_OK &&
+              m.stage_len == 10000 && kvx_rdma_cm_stage(&m, 1, &sb, &n3, &sk) && sb == 0x7000001ull &&
+              n3 == 3 && kvx_rdma_cm_rkey(sk, 2) == 512, "CONNECT carries a staging area: %s", why);
+        ((uint8_t *)c.data)[c.len - 12 - 4] = 2; /* port 1: 2 regions for 10000 bytes */
+        CHECK(kvx_rdma_cm_parse(c.data, c.len, &m, why, sizeof why) == KVX_ERR_PROTOCOL &&
+              strstr(why, "staging"), "a staging table whose region count does not match is "
+              "refused: %s", why);
+        kvx__buf_free(&c);
+        kvx_rdma_cm_parse(b.data, b.len, &m, why, sizeof why);
+    }
     kvx__le_w32((uint8_t *)b.data + b.len - SHAPE_BYTES + 20, 2);
     CHECK(kvx_rdma_cm_parse(b.data, b.len, &m, why, sizeof why) == KVX_ERR_PROTOCOL &&
           strstr(why, "mla"), "a shape with mla 2 is refused: %s", why);
