@@ -173,8 +173,8 @@
      a decode engine once a new CONNECT from it checks out.
 
    WHAT A PEER MAY WRITE
-     The decode side registers only its KV pool and aux buffers for remote
-     write, so a peer's rkeys reach nothing else; the prefill hands out no
+     The decode side registers only its KV pool, aux buffers and staging
+     areas for remote write, so a peer's rkeys reach nothing else; the prefill hands out no
      rkeys (local access only). RDMA cannot restrict a WRITE to one room's
      pages at the NIC without a memory region or window per room (type-2 memory
      windows cost a bind per buffer region per room; out of scope), so the
