@@ -44,41 +44,6 @@
      its last one, so kvx_receiver_destroy can wait (KVX_IB_FENCE_TIMEOUT)
      until no more bytes of it can land.
 
-   PARALLEL LAYOUTS (kvx.h's section; the plans are kvx_plan_pages against
-   the decode rank's shape from its CONNECT)
-     A strided span with a contiguous destination (prefill TP < decode TP:
-     the decode rank's heads out of the prefill's rows) goes as WRITEs whose
-     scatter-gather lists gather its rows, at most the device's max_sge
-     (KVX__RDMA_MAX_SGE, 32) entries each, chained beyond. A prefill room
-     with several decode ranks (kvx_boot on_room once per rank, at most
-     KVX_RDMA_MAX_LEGS 64) has one leg per destination, each with its own
-     connection and accounting; the room succeeds when every leg's WRITEs
-     completed (the status carries one byte count: legs that moved
-     different counts fail the room). A strided destination (prefill TP >
-     decode TP: our heads at a head offset inside the decode rank's rows)
-     goes to the decode rank's staging area (below) as whole pages, and the
-     decode rank scatters them (kvx_plan_pages, kvx_span_copy) on the thread
-     that completes the room, before Success; without a staging area such a
-     room fails with a sentence. MLA dummy ranks (kvx_mla_dummy) send only
-     the immediates and Success with 0 bytes; aux rows go only where
-     kvx_layout_overlap says sends_aux. A decode room succeeds when the
-     prefill ranks that target it (kvx_boot RANK MAPPING) all reported
-     Success with their immediates and their bytes add up to its pages
-     times its page bytes plus its aux row.
-
-   STAGING AREA (decode)
-     Made for a prefill rank whose shape (kvx_boot_peer.layout) holds fewer
-     heads than this rank, with heads in common, when every KV buffer here
-     is host memory: the pool's page count times that rank's page bytes, in
-     its shape (buffer after buffer), allocated with the desc allocator and
-     registered LOCAL_WRITE | REMOTE_WRITE on every port at the first
-     connection with that prefill engine, kept until engine destroy. Over
-     the prefill TP / decode TP contributors it adds up to this rank's pool
-     size. Page p of a room lands at page p of the area, so rooms never
-     share staged bytes. The prefill checks the announced length (exactly
-     the decode pool's pages times its own page bytes) and region counts
-     before use, and plans against it like a pool.
-
    EXAMPLE (prefill side; the rest as kvx_tcp.h's, with transport "rdma")
        // given: kvx_layout layout;
        kvx_rdma_register();                  // makes "rdma" a transport name
@@ -148,6 +113,41 @@
      them all. Posting happens on the caller's thread in kvx_sender_send and on
      the completion thread. kvx_sender_destroy waits until the NIC finished
      reading the room's pages (kvx_receiver_destroy: DATA PATH, last sentence).
+
+   PARALLEL LAYOUTS (kvx.h's section; the plans are kvx_plan_pages against
+   the decode rank's shape from its CONNECT)
+     A strided span with a contiguous destination (prefill TP < decode TP:
+     the decode rank's heads out of the prefill's rows) goes as WRITEs whose
+     scatter-gather lists gather its rows, at most the device's max_sge
+     (KVX__RDMA_MAX_SGE, 32) entries each, chained beyond. A prefill room
+     with several decode ranks (kvx_boot on_room once per rank, at most
+     KVX_RDMA_MAX_LEGS 64) has one leg per destination, each with its own
+     connection and accounting; the room succeeds when every leg's WRITEs
+     completed (the status carries one byte count: legs that moved
+     different counts fail the room). A strided destination (prefill TP >
+     decode TP: our heads at a head offset inside the decode rank's rows)
+     goes to the decode rank's staging area (below) as whole pages, and the
+     decode rank scatters them (kvx_plan_pages, kvx_span_copy) on the thread
+     that completes the room, before Success; without a staging area such a
+     room fails with a sentence. MLA dummy ranks (kvx_mla_dummy) send only
+     the immediates and Success with 0 bytes; aux rows go only where
+     kvx_layout_overlap says sends_aux. A decode room succeeds when the
+     prefill ranks that target it (kvx_boot RANK MAPPING) all reported
+     Success with their immediates and their bytes add up to its pages
+     times its page bytes plus its aux row.
+
+   STAGING AREA (decode)
+     Made for a prefill rank whose shape (kvx_boot_peer.layout) holds fewer
+     heads than this rank, with heads in common, when every KV buffer here
+     is host memory: the pool's page count times that rank's page bytes, in
+     its shape (buffer after buffer), allocated with the desc allocator and
+     registered LOCAL_WRITE | REMOTE_WRITE on every port at the first
+     connection with that prefill engine, kept until engine destroy. Over
+     the prefill TP / decode TP contributors it adds up to this rank's pool
+     size. Page p of a room lands at page p of the area, so rooms never
+     share staged bytes. The prefill checks the announced length (exactly
+     the decode pool's pages times its own page bytes) and region counts
+     before use, and plans against it like a pool.
 
    HOW IT CONNECTS
      Both sides register every KV and aux buffer on every port they use
