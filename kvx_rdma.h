@@ -1100,9 +1100,8 @@ typedef struct kvx__rdma_room {
        others hang off its leg list (under the first's x.mu) and share its
        kvx_room; each leg has its own connection, WRITEs and accounting */
     struct kvx__rdma_room *first, *leg_next;
-    int nlegs, legs_done;         /* first: legs, and legs whose WRITEs all completed */
-    uint64_t legs_bytes;          /* first: the bytes of the first leg that finished */
-    int legs_differ;
+    int nlegs, legs_done;         /* first: legs; legs whose WRITEs all completed (atomic) */
+    uint64_t leg_bytes;           /* the bytes this leg moved, once finished (atomic) */
     int dummy;                    /* an MLA dummy sender: no bytes, Success (kvx_mla_dummy) */
     int aux_checked;
     /* decode (under re->rx_mu) */
@@ -2846,17 +2845,15 @@ static int kvx__rdma_room_step(kvx__rdma_engine *re, kvx__rdma_pair *p, kvx__rdm
    bytes (kvx_boot sends one count to every decode rank: each leg's; legs
    that moved different counts fail the room), then Success. */
 static void kvx__rdma_finish(kvx__rdma_engine *re, kvx__rdma_room *leg, uint64_t bytes) {
-    kvx__rdma_room *rr = leg->first ? leg->first : leg;
+    kvx__rdma_room *rr = leg->first ? leg->first : leg, *l;
     kvx_result res;
-    int all, differ;
-    pthread_mutex_lock(&rr->x.mu);
-    if (!rr->legs_done++) rr->legs_bytes = bytes;
-    else if (bytes != rr->legs_bytes) rr->legs_differ = 1;
-    all = rr->legs_done >= rr->nlegs;
-    differ = rr->legs_differ;
-    bytes = rr->legs_bytes;
-    pthread_mutex_unlock(&rr->x.mu);
-    if (!all) return;
+    int differ = 0;
+    /* atomics, no lock: kvx__rdma_submit calls this holding its leg's x.mu;
+       the leg list no longer changes once the room is sending */
+    __atomic_store_n(&leg->leg_bytes, bytes, __ATOMIC_RELAXED);
+    if (__atomic_add_fetch(&rr->legs_done, 1, __ATOMIC_ACQ_REL) < rr->nlegs) return;
+    for (l = rr; l; l = l->leg_next)
+        if (__atomic_load_n(&l->leg_bytes, __ATOMIC_RELAXED) != bytes) differ = 1;
     if (differ) {
         kvx_room_fail(rr->x.room, KVX_ERR_INVALID_ARGUMENT, "the decode ranks of room %llu received "
                       "different byte counts, and its status carries one",
@@ -3410,10 +3407,12 @@ static kvx__rdma_room *kvx__rdma_leg(kvx__rdma_engine *re, kvx__rdma_room *rr0, 
                                      const char *addr) {
     kvx__rdma_room *rr = NULL, *l;
     const char *dup = NULL;
+    int full;
     pthread_mutex_lock(&rr0->x.mu);
+    full = rr0->nlegs >= KVX_RDMA_MAX_LEGS;
     for (l = rr0->have_dst ? rr0 : NULL; l; l = l->leg_next)
         if (l->decode == inst) dup = l->decode_addr;
-    if (!dup && rr0->nlegs < KVX_RDMA_MAX_LEGS) {
+    if (!dup && !full) {
         rr = rr0->have_dst ? (kvx__rdma_room *)kvx__xroom_new(rr0->x.room, sizeof *rr) : rr0;
         if (rr && rr != rr0) {
             rr->re = re;
@@ -3431,7 +3430,7 @@ static kvx__rdma_room *kvx__rdma_leg(kvx__rdma_engine *re, kvx__rdma_room *rr0, 
         }
     }
     pthread_mutex_unlock(&rr0->x.mu);
-    if (dup || (!rr && rr0->nlegs >= KVX_RDMA_MAX_LEGS))
+    if (dup || full)
         kvx_room_fail(rr0->x.room, KVX_ERR_INVALID_ARGUMENT, "decode %s sent a destination for "
                       "room %llu %s", addr, (unsigned long long)rr0->x.id,
                       dup ? "twice" : "beyond the " "64 decode ranks one prefill room serves");
