@@ -114,6 +114,41 @@
      the completion thread. kvx_sender_destroy waits until the NIC finished
      reading the room's pages (kvx_receiver_destroy: DATA PATH, last sentence).
 
+   PARALLEL LAYOUTS (kvx.h's section; the plans are kvx_plan_pages against
+   the decode rank's shape from its CONNECT)
+     A strided span with a contiguous destination (prefill TP < decode TP:
+     the decode rank's heads out of the prefill's rows) goes as WRITEs whose
+     scatter-gather lists gather its rows, at most the device's max_sge
+     (KVX__RDMA_MAX_SGE, 32) entries each, chained beyond. A prefill room
+     with several decode ranks (kvx_boot on_room once per rank, at most
+     KVX_RDMA_MAX_LEGS 64) has one leg per destination, each with its own
+     connection and accounting; the room succeeds when every leg's WRITEs
+     completed (the status carries one byte count: legs that moved
+     different counts fail the room). A strided destination (prefill TP >
+     decode TP: our heads at a head offset inside the decode rank's rows)
+     goes to the decode rank's staging area (below) as whole pages, and the
+     decode rank scatters them (kvx_plan_pages, kvx_span_copy) on the thread
+     that completes the room, before Success; without a staging area such a
+     room fails with a sentence. MLA dummy ranks (kvx_mla_dummy) send only
+     the immediates and Success with 0 bytes; aux rows go only where
+     kvx_layout_overlap says sends_aux. A decode room succeeds when the
+     prefill ranks that target it (kvx_boot RANK MAPPING) all reported
+     Success with their immediates and their bytes add up to its pages
+     times its page bytes plus its aux row.
+
+   STAGING AREA (decode)
+     Made for a prefill rank whose shape (kvx_boot_peer.layout) holds fewer
+     heads than this rank, with heads in common, when every KV buffer here
+     is host memory: the pool's page count times that rank's page bytes, in
+     its shape (buffer after buffer), allocated with the desc allocator and
+     registered LOCAL_WRITE | REMOTE_WRITE on every port at the first
+     connection with that prefill engine, kept until engine destroy. Over
+     the prefill TP / decode TP contributors it adds up to this rank's pool
+     size. Page p of a room lands at page p of the area, so rooms never
+     share staged bytes. The prefill checks the announced length (exactly
+     the decode pool's pages times its own page bytes) and region counts
+     before use, and plans against it like a pool.
+
    HOW IT CONNECTS
      Both sides register every KV and aux buffer on every port they use
      (decode: LOCAL_WRITE | REMOTE_WRITE, prefill: LOCAL_WRITE; relaxed
@@ -138,8 +173,8 @@
      a decode engine once a new CONNECT from it checks out.
 
    WHAT A PEER MAY WRITE
-     The decode side registers only its KV pool and aux buffers for remote
-     write, so a peer's rkeys reach nothing else; the prefill hands out no
+     The decode side registers only its KV pool, aux buffers and staging
+     areas for remote write, so a peer's rkeys reach nothing else; the prefill hands out no
      rkeys (local access only). RDMA cannot restrict a WRITE to one room's
      pages at the NIC without a memory region or window per room (type-2 memory
      windows cost a bind per buffer region per room; out of scope), so the
@@ -164,8 +199,9 @@
      port is down. No room succeeds without its status, immediates and bytes;
      when in doubt a room fails.
 
-   ENDPOINT BLOB (in the kvx_boot hello; version 2; little-endian)
-     0 u8[8] magic "kvx-rdma"   8 u16 version (2)   10 u16 role (1/2)
+   ENDPOINT BLOB (in the kvx_boot hello; version 3; little-endian)
+     0 u8[8] magic "kvx-rdma"   8 u16 version (3; version 2's CONNECT had
+     no layout shape)   10 u16 role (1/2)
      12 u32 flags (0)   16 u64 instance (random, nonzero)
      24 u16 reserved (0; version 1 had the exchange's TCP port here)
      26 u16 qps   28 u16 ndev (1..KVX_RDMA_MAX_DEVS)   30 u16 reserved (0)
@@ -186,7 +222,16 @@
         u32 psn, u16 port entry index, u16 reserved), ndev port entries (as
         above), then per port entry: u64 region_bytes, and for each of the
         nbuf KV buffers then the naux aux buffers: u64 base, u64 length,
-        u32 nregions (= ceil(length / region_bytes)), u32 rkey[nregions]
+        u32 nregions (= ceil(length / region_bytes)), u32 rkey[nregions];
+        then the decode rank's layout shape (kvx.h PARALLEL LAYOUTS), which
+        the prefill plans against: u32 page_size, u32 num_kv_heads, u32
+        dtype_size, u32 head_begin, u32 layer_begin, u32 mla (0/1), u64
+        item_len of each KV buffer then each aux buffer (each >= 1); the
+        prefill refuses it unless kvx_layout_overlap of its own layout and
+        this shape is KVX_OK (a rank with nothing in common connects and
+        moves nothing); then u64 stage_len (0: no staging area), and when
+        nonzero per port entry: u64 base, u32 nregions (= ceil(stage_len /
+        that port's region_bytes)), u32 rkey[nregions]
      2 ACCEPT (prefill -> decode): 0 u64 from, 8 u64 to, 16 u16 nqp,
         18 u16 ndev, 20 u32 reserved, nqp queue pair entries, ndev port entries
      3 READY (decode -> prefill): 0 u64 from, 8 u64 to
@@ -233,7 +278,7 @@
 #define KVX_RDMA_MAX_QPS 64
 #endif
 #define KVX_RDMA_CM_MAX KVX_BOOT_MAX_MESSAGE /* bytes of one exchange message */
-#define KVX_RDMA_ENDPOINT_VERSION 2
+#define KVX_RDMA_ENDPOINT_VERSION 3
 #define KVX_RDMA_HELLO_FIXED 32u
 #define KVX_RDMA_DEV_ENTRY 48u
 #define KVX_RDMA_CM_HEADER 8u
@@ -324,6 +369,12 @@ typedef struct kvx_rdma_cm_msg {
     uint32_t nbuf, naux;        /* CONNECT */
     const uint8_t *mr;          /* CONNECT: the region tables, validated */
     uint32_t mr_len;
+    /* CONNECT: the decode rank's layout shape; item_len i (KV buffers,
+       then aux) with kvx_rdma_cm_item */
+    uint32_t page_size, num_kv_heads, dtype_size, head_begin, layer_begin, mla;
+    const uint8_t *items;
+    uint64_t stage_len;         /* CONNECT: bytes of the staging area (0 = none) */
+    const uint8_t *stage;       /* its table per port entry: kvx_rdma_cm_stage */
     int32_t result;             /* REJECT */
     const char *reason;         /* REJECT; not NUL-terminated */
     uint32_t reason_len;
@@ -342,6 +393,14 @@ KVX_API int kvx_rdma_cm_region(const kvx_rdma_cm_msg *m, uint32_t dev, uint32_t 
                                uint64_t *base, uint64_t *length, uint64_t *region_bytes,
                                uint32_t *nregions, const uint8_t **rkeys_le);
 KVX_API uint32_t kvx_rdma_cm_rkey(const uint8_t *rkeys_le, uint32_t i);
+/* item_len of buffer i (KV buffers first, then aux) of a parsed CONNECT's
+   shape; 0 when out of range. */
+KVX_API uint64_t kvx_rdma_cm_item(const kvx_rdma_cm_msg *m, uint32_t i);
+/* The staging area of a parsed CONNECT on port entry `dev`: base, region
+   count (regions of that port's region size) and rkeys (kvx_rdma_cm_rkey);
+   0 when there is none or dev is out of range. */
+KVX_API int kvx_rdma_cm_stage(const kvx_rdma_cm_msg *m, uint32_t dev, uint64_t *base,
+                              uint32_t *nregions, const uint8_t **rkeys_le);
 
 #ifdef __cplusplus
 }
@@ -592,10 +651,52 @@ KVX_API kvx_result kvx_rdma_cm_parse(const void *buf, size_t len, kvx_rdma_cm_ms
             if (bl != off) goto bad_len;
         } else {
             size_t used = kvx__rdma_mr_walk(b + off, bl - off, m->ndev, m->nbuf + m->naux, why, wl);
+            const uint8_t *sh;
             if (!used) goto refused;
-            if (off + used != bl) goto bad_len;
             m->mr = b + off;
             m->mr_len = (uint32_t)used;
+            off += used;
+            if (bl - off < 32 + 8 * (size_t)(m->nbuf + m->naux)) goto bad_len;
+            sh = b + off;
+            m->page_size = kvx__le_r32(sh);
+            m->num_kv_heads = kvx__le_r32(sh + 4);
+            m->dtype_size = kvx__le_r32(sh + 8);
+            m->head_begin = kvx__le_r32(sh + 12);
+            m->layer_begin = kvx__le_r32(sh + 16);
+            m->mla = kvx__le_r32(sh + 20);
+            m->items = sh + 24;
+            if (!m->page_size || !m->num_kv_heads || !m->dtype_size || m->mla > 1) {
+                kvx__set_why(why, wl, "CONNECT layout shape: page_size %u, %u KV heads, dtype_size "
+                             "%u, mla %u (need nonzero sizes, mla 0 or 1)", m->page_size,
+                             m->num_kv_heads, m->dtype_size, m->mla);
+                goto refused;
+            }
+            for (i = 0; i < m->nbuf + m->naux; i++)
+                if (!kvx__le_r64(m->items + 8u * i)) {
+                    kvx__set_why(why, wl, "CONNECT layout shape: item_len of buffer %u is 0", i);
+                    goto refused;
+                }
+            off += 24 + 8 * (size_t)(m->nbuf + m->naux);
+            m->stage_len = kvx__le_r64(b + off);
+            off += 8;
+            m->stage = b + off;
+            for (i = 0; m->stage_len && i < m->ndev; i++) {
+                uint64_t rb = 0, nr;
+                kvx_rdma_cm_region(m, i, 0, NULL, NULL, &rb, NULL, NULL);
+                if (bl - off < 12) goto bad_len;
+                nr = m->stage_len / rb + (m->stage_len % rb ? 1 : 0);
+                if (kvx__le_r32(b + off + 8) != nr || kvx__le_r64(b + off) + m->stage_len < m->stage_len) {
+                    kvx__set_why(why, wl, "CONNECT staging area on port entry %u: %u regions for %llu "
+                                 "bytes (need ceil(bytes / region), no wrap-around)", i,
+                                 kvx__le_r32(b + off + 8), (unsigned long long)m->stage_len);
+                    goto refused;
+                }
+                off += 12;
+                if ((bl - off) / 4 < nr) goto bad_len;
+                off += 4 * (size_t)nr;
+            }
+            if (off != bl) goto bad_len;
+            if (!m->stage_len) m->stage = NULL;
         }
     }
     return KVX_OK;
@@ -639,6 +740,23 @@ KVX_API int kvx_rdma_cm_region(const kvx_rdma_cm_msg *m, uint32_t dev, uint32_t 
 
 KVX_API uint32_t kvx_rdma_cm_rkey(const uint8_t *rkeys_le, uint32_t i) {
     return kvx__le_r32(rkeys_le + 4u * i);
+}
+
+KVX_API int kvx_rdma_cm_stage(const kvx_rdma_cm_msg *m, uint32_t dev, uint64_t *base,
+                              uint32_t *nregions, const uint8_t **rkeys_le) {
+    const uint8_t *p;
+    uint32_t d;
+    if (!m || !m->stage || !m->stage_len || dev >= m->ndev) return 0;
+    for (p = m->stage, d = 0; d < dev; d++) p += 12 + 4 * (size_t)kvx__le_r32(p + 8);
+    if (base) *base = kvx__le_r64(p);
+    if (nregions) *nregions = kvx__le_r32(p + 8);
+    if (rkeys_le) *rkeys_le = p + 12;
+    return 1;
+}
+
+KVX_API uint64_t kvx_rdma_cm_item(const kvx_rdma_cm_msg *m, uint32_t i) {
+    if (!m || !m->items || i >= m->nbuf + m->naux) return 0;
+    return kvx__le_r64(m->items + 8u * i);
 }
 
 /* Starts a message in b: its header, then from and to. */
@@ -791,6 +909,10 @@ static int kvx__rdma_query_port(const kvx__rdma_verbs *v, struct ibv_context *c,
 
 /* >>rdma: settings and state ----------------------------------------------- */
 
+/* Scatter-gather entries one WRITE gathers at most (a strided span's rows;
+   the device's max_sge bounds it further). */
+#define KVX__RDMA_MAX_SGE 32
+
 /* One registered buffer on one port: regions of region_bytes each. */
 typedef struct kvx__rdma_mr {
     uint32_t n;
@@ -806,6 +928,7 @@ typedef struct kvx__rdma_dev {
     int is_global;
     uint64_t region_bytes;
     uint32_t max_qp_wr;
+    uint32_t max_sge;   /* scatter-gather entries of one WRITE (prefill), <= KVX__RDMA_MAX_SGE */
     int max_cqe;
     kvx__rdma_mr *buf;  /* the KV buffers, then the aux buffers (the CONNECT order) */
     int down;       /* atomic: PORT_ERR seen, no PORT_ACTIVE since */
@@ -835,6 +958,7 @@ typedef struct kvx__rdma_work {
 
 struct kvx__rdma_job {
     kvx_plan plan;
+    int stage;         /* the plan's destination is the decode side's staging area */
     int refs;          /* works still posting, under pair->mu */
     kvx__rdma_work *w; /* one per queue pair (or 1 for aux), in the same allocation */
 };
@@ -864,7 +988,23 @@ typedef struct kvx__rdma_rdev {
     kvx_rdma_port_info info;
     uint64_t region_bytes;
     kvx__rdma_rbuf *buf;      /* nbuf KV buffers, then naux aux buffers */
+    kvx__rdma_rbuf stage;     /* the staging area (length 0: none) */
 } kvx__rdma_rdev;
+
+/* Decode: the staging area for one prefill rank whose heads land at a head
+   offset inside this rank's token rows (prefill TP > decode TP): a pool in
+   that prefill rank's shape with this pool's page count, which it writes
+   as whole pages and this side scatters (kvx_plan_pages, kvx_span_copy)
+   when the room completes. Kept until the engine goes. */
+typedef struct kvx__rdma_stage {
+    uint64_t instance;        /* the prefill engine */
+    kvx_layout layout;        /* its shape, bases inside mem */
+    kvx_buffer *bufs;
+    char *mem;
+    uint64_t len;
+    kvx__rdma_mr mr[KVX_RDMA_MAX_DEVS];
+    struct kvx__rdma_stage *next;
+} kvx__rdma_stage;
 
 enum { KVX__RP_CONNECTING = 0, KVX__RP_READY = 1, KVX__RP_DEAD = 2 };
 
@@ -879,8 +1019,13 @@ typedef struct kvx__rdma_pair {
     kvx__rdma_qp *qp;
     int nrdev;
     kvx__rdma_rdev *rdev;     /* prefill: the decode side's regions */
-    kvx_layout peer_layout;   /* prefill: the decode pool, for planning */
+    kvx_layout peer_layout;   /* prefill: the decode pool, for planning; decode: the
+                                 prefill's shape (kvx_boot), when known */
     kvx_buffer *peer_bufs;
+    kvx_layout stage_layout;  /* prefill: the decode side's staging area, in our shape */
+    kvx_buffer *stage_bufs;
+    uint64_t *stage_off;      /* its buffers' offsets in the area */
+    kvx__rdma_stage *stage;   /* decode: the staging area this connection announces */
     kvx_aux_buffer *peer_aux;
     pthread_mutex_t mu;       /* data path */
     pthread_cond_t cv;        /* rooms draining */
@@ -908,6 +1053,8 @@ typedef struct kvx__rdma_peer {
     int dp_rank, dp_size;
     kvx_rdma_hello hello;
     kvx_boot_peer ctl;        /* its control connection (conn_id, no strings) */
+    kvx_layout shape;         /* its layout shape (kvx_boot), num_buffers 0 when unknown */
+    kvx_buffer *shape_bufs;
     kvx__rdma_pair *pair;     /* current, referenced; under re->mu */
     struct kvx__rdma_peer *next;
 } kvx__rdma_peer;
@@ -948,16 +1095,27 @@ typedef struct kvx__rdma_room {
     int touched;
     struct kvx__rdma_room *tnext, *fnext, *knext; /* touched, finished, to fail (pair_down) */
     uint64_t fbytes;
+    /* prefill: a room with several decode ranks (prefill TP < decode TP)
+       has one leg per destination: the first is the room's data, the
+       others hang off its leg list (under the first's x.mu) and share its
+       kvx_room; each leg has its own connection, WRITEs and accounting */
+    struct kvx__rdma_room *first, *leg_next;
+    int nlegs, legs_done;         /* first: legs; legs whose WRITEs all completed (atomic) */
+    uint64_t leg_bytes;           /* the bytes this leg moved, once finished (atomic) */
+    int dummy;                    /* an MLA dummy sender: no bytes, Success (kvx_mla_dummy) */
+    int aux_checked;
     /* decode (under re->rx_mu) */
     int in_table, deferred, succeeded_rx;
     uint64_t expected;
     int targets;
-    kvx__rdma_src src[4];
+    kvx__rdma_src src[16];
     int nsrc;
     char bootstrap[256];
     int32_t *def_pages;
     uint32_t def_n;
     int32_t def_aux;
+    int32_t *rx_pages;         /* decode: the room's pages (staged scatter) */
+    uint32_t rx_n;
     kvx__hnode hn;             /* re->rx, key = tag */
 } kvx__rdma_room;
 
@@ -979,6 +1137,7 @@ typedef struct kvx__rdma_engine {
     pthread_mutex_t gmu;       /* graveyard (taken alone: unref may run under mu) */
     kvx__rdma_pair *pairs, *grave;
     kvx__rdma_peer *peers;
+    kvx__rdma_stage *stages;   /* decode: published with a release store, never unlinked */
     kvx__rdma_room *parked;
     int stopping;
     pthread_mutex_t rx_mu;     /* decode: the tag table rx */
@@ -997,6 +1156,12 @@ static kvx__rdma_engine *kvx__rdma_re(const kvx_engine *e) {
     return (kvx__rdma_engine *)kvx_engine_backend_data(e);
 }
 static kvx__rdma_room *kvx__rdma_rr(const kvx_room *r) { return (kvx__rdma_room *)kvx_room_data(r); }
+
+static kvx__rdma_stage *kvx__rdma_stage_find(kvx__rdma_engine *re, uint64_t inst) {
+    kvx__rdma_stage *st = (kvx__rdma_stage *)__atomic_load_n(&re->stages, __ATOMIC_ACQUIRE);
+    while (st && st->instance != inst) st = st->next;
+    return st;
+}
 
 /* The room id folded to the 32-bit immediate. */
 static uint32_t kvx__rdma_tag(uint64_t room) { return (uint32_t)(room ^ (room >> 32)); }
@@ -1297,6 +1462,8 @@ static kvx_result kvx__rdma_port_open(kvx__rdma_engine *re, struct ibv_device *d
     d->info.lid = pa.lid;
     if (d->info.mtu < 1 || d->info.mtu > 5) d->info.mtu = IBV_MTU_1024;
     d->max_qp_wr = da.max_qp_wr > 0 ? (uint32_t)da.max_qp_wr : 1024;
+    d->max_sge = da.max_sge > 0 ? (uint32_t)da.max_sge : 1;
+    if (d->max_sge > KVX__RDMA_MAX_SGE) d->max_sge = KVX__RDMA_MAX_SGE;
     d->max_cqe = da.max_cqe > 0 ? da.max_cqe : 4096;
     d->region_bytes = da.max_mr_size ? da.max_mr_size & ~(uint64_t)4095 : 0;
     if (d->region_bytes < 4096 || d->region_bytes > (1ull << 62)) d->region_bytes = 1ull << 62;
@@ -1446,9 +1613,12 @@ static void kvx__rdma_pair_destroy(kvx__rdma_engine *re, kvx__rdma_pair *p) {
             kvx_engine_free(re->e, p->rdev[i].buf[k].rkeys);
         kvx_engine_free(re->e, p->rdev[i].buf);
     }
+    for (i = 0; i < p->nrdev; i++) kvx_engine_free(re->e, p->rdev[i].stage.rkeys);
     kvx_engine_free(re->e, p->rdev);
     kvx_engine_free(re->e, p->peer_bufs);
     kvx_engine_free(re->e, p->peer_aux);
+    kvx_engine_free(re->e, p->stage_bufs);
+    kvx_engine_free(re->e, p->stage_off);
     kvx_engine_free(re->e, p->qp);
     pthread_mutex_destroy(&p->mu);
     pthread_cond_destroy(&p->cv);
@@ -1524,7 +1694,7 @@ static kvx_result kvx__rdma_qp_create(kvx__rdma_engine *re, kvx__rdma_qp *q, cha
     ia.qp_type = IBV_QPT_RC;
     ia.cap.max_send_wr = decode ? 1 : depth;
     ia.cap.max_recv_wr = decode ? rdepth : 1;
-    ia.cap.max_send_sge = 1;
+    ia.cap.max_send_sge = decode ? 1 : d->max_sge;
     ia.cap.max_recv_sge = 1;
     q->qp = re->v.create_qp(d->pd, &ia);
     if (!q->qp) {
@@ -1684,8 +1854,36 @@ static int kvx__rdma_rx_check(kvx__rdma_room *rr, char *msg, size_t ml, const ch
     return 1;
 }
 
+/* Decode: a complete room's bytes that went through staging areas (every
+   contributor is done writing) move to their rows: 0, or -1 (room failed). */
+static int kvx__rdma_unstage(kvx__rdma_room *rr) {
+    kvx__rdma_engine *re = rr->re;
+    const kvx_layout *l = kvx_engine_layout(re->e);
+    kvx_plan pl;
+    int i, bad = 0;
+    size_t k;
+    memset(&pl, 0, sizeof pl);
+    pl.allocator = &kvx_engine_settings(re->e)->allocator;
+    for (i = 0; i < rr->nsrc && !bad; i++) {
+        kvx__rdma_stage *st = kvx__rdma_stage_find(re, rr->src[i].instance);
+        kvx_result res;
+        if (!st) continue;
+        res = kvx_plan_pages(&pl, &st->layout, rr->rx_pages, l, rr->rx_pages, rr->rx_n);
+        if (res != KVX_OK) {
+            kvx_room_fail(rr->x.room, res, "scattering the staging area: %s", pl.error);
+            bad = 1;
+            break;
+        }
+        for (k = 0; k < pl.count; k++)
+            kvx_span_copy(l->buffers[pl.spans[k].dst_buffer].base,
+                          st->layout.buffers[pl.spans[k].buffer].base, &pl.spans[k]);
+    }
+    kvx_plan_free(&pl);
+    return bad ? -1 : 0;
+}
+
 static void kvx__rdma_rx_act(kvx_room *r, int verdict, uint64_t bytes, const char *msg) {
-    if (verdict > 0) kvx_room_succeed(r, bytes);
+    if (verdict > 0 && kvx__rdma_unstage(kvx__rdma_rr(r)) == 0) kvx_room_succeed(r, bytes);
     else if (verdict < 0) kvx_room_fail(r, KVX_ERR_CORRUPT, "%s", msg);
 }
 
@@ -1829,6 +2027,90 @@ static void kvx__rdma_cm_connect(kvx__rdma_engine *re, kvx__rdma_pair *p, kvx__b
             for (k = 0; k < m->n; k++) kvx__buf_put32(b, m->mr[k]->rkey);
         }
     }
+    kvx__buf_put32(b, l->page_size);
+    kvx__buf_put32(b, l->num_kv_heads);
+    kvx__buf_put32(b, l->dtype_size);
+    kvx__buf_put32(b, l->head_begin);
+    kvx__buf_put32(b, l->layer_begin);
+    kvx__buf_put32(b, l->mla ? 1u : 0u);
+    for (i = 0; i < l->num_buffers + l->num_aux; i++)
+        kvx__buf_put64(b, i < l->num_buffers ? l->buffers[i].item_len
+                                             : l->aux[i - l->num_buffers].item_len);
+    kvx__buf_put64(b, p->stage ? p->stage->len : 0);
+    for (d = 0; p->stage && d < re->ndev; d++) {
+        const kvx__rdma_mr *m = &p->stage->mr[d];
+        kvx__buf_put64(b, (uint64_t)(uintptr_t)p->stage->mem);
+        kvx__buf_put32(b, m->n);
+        for (k = 0; k < m->n; k++) kvx__buf_put32(b, m->mr[k]->rkey);
+    }
+}
+
+/* Decode: does the prefill of shape `sh` write heads at an offset inside
+   our rows (a strided destination), which needs a staging area? Host
+   pools only (this side scatters with the CPU). */
+static int kvx__rdma_needs_stage(const kvx_layout *own, const kvx_layout *sh) {
+    uint64_t bpp = 0;
+    uint32_t i;
+    if (own->mla || !sh->num_buffers || sh->mla || sh->num_kv_heads >= own->num_kv_heads) return 0;
+    for (i = 0; i < own->num_buffers; i++)
+        if (own->buffers[i].mem != KVX_MEM_HOST) return 0;
+    return kvx_layout_overlap(sh, own, &bpp, NULL, NULL, 0) == KVX_OK && bpp;
+}
+
+static void kvx__rdma_stage_free(kvx__rdma_engine *re, kvx__rdma_stage *st) {
+    int d;
+    uint32_t k;
+    for (d = 0; d < KVX_RDMA_MAX_DEVS; d++) {
+        for (k = 0; k < st->mr[d].n; k++)
+            if (st->mr[d].mr[k]) re->v.dereg_mr(st->mr[d].mr[k]);
+        kvx_engine_free(re->e, st->mr[d].mr);
+    }
+    kvx_engine_free(re->e, st->mem);
+    kvx_engine_free(re->e, st->bufs);
+    kvx_engine_free(re->e, st);
+}
+
+/* Decode (the exchange worker): the staging area for prefill `inst` of
+   shape sh, made and registered on every port the first time. */
+static kvx__rdma_stage *kvx__rdma_stage_get(kvx__rdma_engine *re, uint64_t inst,
+                                            const kvx_layout *sh, char *why, size_t wl) {
+    const kvx_layout *own = kvx_engine_layout(re->e);
+    uint64_t pages = kvx_layout_num_pages(own), off = 0;
+    kvx__rdma_stage *st = kvx__rdma_stage_find(re, inst);
+    uint32_t i;
+    int d;
+    if (st) return st;
+    if (!(st = (kvx__rdma_stage *)kvx__rdma_zalloc(re, 1, sizeof *st))) return NULL;
+    st->instance = inst;
+    st->layout = *sh;
+    st->len = pages * kvx_layout_page_bytes(sh);
+    st->bufs = (kvx_buffer *)kvx__rdma_zalloc(re, sh->num_buffers, sizeof *st->bufs);
+    st->mem = st->len ? (char *)kvx_engine_alloc(re->e, (size_t)st->len) : NULL;
+    if (!st->bufs || !st->mem) {
+        kvx__set_why(why, wl, "out of memory for a staging area of %llu bytes",
+                     (unsigned long long)st->len);
+        kvx__rdma_stage_free(re, st);
+        return NULL;
+    }
+    st->layout.buffers = st->bufs;
+    for (i = 0; i < sh->num_buffers; i++) {
+        st->bufs[i].item_len = sh->buffers[i].item_len;
+        st->bufs[i].length = pages * sh->buffers[i].item_len;
+        st->bufs[i].base = st->mem + off;
+        off += st->bufs[i].length;
+    }
+    for (d = 0; d < re->ndev; d++)
+        if (kvx__rdma_reg(re, &re->dev[d], &st->mr[d], st->mem, st->len, KVX_MEM_HOST, 0,
+                          IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE, "staging area", 0, why,
+                          wl) != KVX_OK) {
+            kvx__rdma_stage_free(re, st);
+            return NULL;
+        }
+    pthread_mutex_lock(&re->mu);
+    st->next = re->stages;
+    __atomic_store_n(&re->stages, st, __ATOMIC_RELEASE);
+    pthread_mutex_unlock(&re->mu);
+    return st;
 }
 
 /* Sends the message in b on the control connection `to`. */
@@ -1857,6 +2139,46 @@ static void kvx__rdma_send_reject(kvx__rdma_engine *re, const kvx_boot_peer *to,
 
 /* Prefill: the decode side's regions from a CONNECT, and its pool as a
    layout for kvx_plan_pages. */
+/* Prefill: the staging area a decode side announced, checked: exactly its
+   page count times our page bytes, in our shape (kvx__rdma_stage). */
+static kvx_result kvx__rdma_stage_tables(kvx__rdma_pair *p, const kvx_rdma_cm_msg *m,
+                                         const kvx_layout *ours, char *why, size_t wl) {
+    kvx__rdma_engine *re = p->re;
+    uint64_t pages = kvx_layout_num_pages(&p->peer_layout), off = 0;
+    uint32_t d, i, k;
+    if (pages > UINT64_MAX / kvx_layout_page_bytes(ours) ||
+        m->stage_len != pages * kvx_layout_page_bytes(ours)) {
+        kvx__set_why(why, wl, "the decode side's staging area is %llu bytes; its %llu pages of "
+                     "this rank's %llu page bytes need %llu", (unsigned long long)m->stage_len,
+                     (unsigned long long)pages, (unsigned long long)kvx_layout_page_bytes(ours),
+                     (unsigned long long)(pages * kvx_layout_page_bytes(ours)));
+        return KVX_ERR_PROTOCOL;
+    }
+    p->stage_bufs = (kvx_buffer *)kvx__rdma_zalloc(re, ours->num_buffers, sizeof *p->stage_bufs);
+    p->stage_off = (uint64_t *)kvx__rdma_zalloc(re, ours->num_buffers, sizeof *p->stage_off);
+    if (!p->stage_bufs || !p->stage_off) return KVX_ERR_NO_MEMORY;
+    p->stage_layout = *ours;
+    p->stage_layout.buffers = p->stage_bufs;
+    p->stage_layout.aux = NULL;
+    p->stage_layout.num_aux = 0;
+    for (i = 0; i < ours->num_buffers; i++) {
+        p->stage_bufs[i].item_len = ours->buffers[i].item_len;
+        p->stage_bufs[i].length = pages * ours->buffers[i].item_len;
+        p->stage_off[i] = off;
+        off += p->stage_bufs[i].length;
+    }
+    for (d = 0; d < m->ndev; d++) {
+        kvx__rdma_rbuf *sb = &p->rdev[d].stage;
+        const uint8_t *keys;
+        kvx_rdma_cm_stage(m, d, &sb->base, &sb->n, &keys);
+        sb->length = m->stage_len;
+        sb->rkeys = (uint32_t *)kvx__rdma_zalloc(re, sb->n, sizeof *sb->rkeys);
+        if (!sb->rkeys) return KVX_ERR_NO_MEMORY;
+        for (k = 0; k < sb->n; k++) sb->rkeys[k] = kvx_rdma_cm_rkey(keys, k);
+    }
+    return KVX_OK;
+}
+
 static kvx_result kvx__rdma_pair_tables(kvx__rdma_pair *p, const kvx_rdma_cm_msg *m,
                                         const kvx_layout *ours, char *why, size_t wl) {
     kvx__rdma_engine *re = p->re;
@@ -1866,9 +2188,17 @@ static kvx_result kvx__rdma_pair_tables(kvx__rdma_pair *p, const kvx_rdma_cm_msg
     p->peer_aux = (kvx_aux_buffer *)kvx__rdma_zalloc(re, m->naux, sizeof *p->peer_aux);
     if (!p->rdev || !p->peer_bufs || !p->peer_aux) return KVX_ERR_NO_MEMORY;
     p->nrdev = m->ndev; /* pair_destroy walks nrdev entries */
-    p->peer_layout = *ours;
+    p->peer_layout = *ours; /* the dtype name: kvx_boot compared kv_cache_dtype */
     p->peer_layout.buffers = p->peer_bufs;
     p->peer_layout.aux = p->peer_aux;
+    p->peer_layout.num_buffers = m->nbuf;
+    p->peer_layout.num_aux = m->naux;
+    p->peer_layout.page_size = m->page_size;
+    p->peer_layout.num_kv_heads = m->num_kv_heads;
+    p->peer_layout.dtype_size = m->dtype_size;
+    p->peer_layout.head_begin = m->head_begin;
+    p->peer_layout.layer_begin = m->layer_begin;
+    p->peer_layout.mla = (int)m->mla;
     for (d = 0; d < m->ndev; d++) {
         kvx__rdma_rdev *rd = &p->rdev[d];
         rd->info = m->dev[d];
@@ -1878,7 +2208,7 @@ static kvx_result kvx__rdma_pair_tables(kvx__rdma_pair *p, const kvx_rdma_cm_msg
             int aux = i >= m->nbuf;
             kvx__rdma_rbuf *rb = &rd->buf[i];
             const uint8_t *keys;
-            uint64_t item = aux ? ours->aux[i - m->nbuf].item_len : ours->buffers[i].item_len;
+            uint64_t item = kvx_rdma_cm_item(m, i);
             kvx_rdma_cm_region(m, d, i, &rb->base, &rb->length, &rd->region_bytes, &rb->n, &keys);
             if (rb->length < item) {
                 kvx__set_why(why, wl, "the decode side's %s buffer %u is %llu bytes, less than one "
@@ -1903,7 +2233,7 @@ static kvx_result kvx__rdma_pair_tables(kvx__rdma_pair *p, const kvx_rdma_cm_msg
             }
         }
     }
-    return KVX_OK;
+    return m->stage_len ? kvx__rdma_stage_tables(p, m, ours, why, wl) : KVX_OK;
 }
 
 static void kvx__rdma_publish(kvx__rdma_engine *re, kvx__rdma_pair *p);
@@ -1919,6 +2249,9 @@ static void kvx__rdma_dial_job(void *arg) {
     int i;
     kvx__buf_init(&b, &kvx_engine_settings(re->e)->allocator);
     for (i = 0; i < p->nqp && res == KVX_OK; i++) res = kvx__rdma_qp_create(re, &p->qp[i], why, sizeof why);
+    if (res == KVX_OK && kvx__rdma_needs_stage(kvx_engine_layout(re->e), &p->peer_layout) &&
+        !(p->stage = kvx__rdma_stage_get(re, p->peer, &p->peer_layout, why, sizeof why)))
+        res = KVX_ERR_NO_MEMORY;
     if (res == KVX_OK) {
         kvx__rdma_cm_connect(re, p, &b);
         res = kvx__rdma_send_buf(re, &p->ctl, &b, why, sizeof why);
@@ -1949,6 +2282,12 @@ static void kvx__rdma_dial_locked(kvx__rdma_engine *re, kvx__rdma_peer *pe) {
     p->dp_rank = pe->dp_rank;
     p->dp_size = pe->dp_size;
     p->ctl = pe->ctl;
+    if (pe->shape.num_buffers &&
+        (p->peer_bufs = (kvx_buffer *)kvx__rdma_zalloc(re, pe->shape.num_buffers, sizeof *p->peer_bufs))) {
+        p->peer_layout = pe->shape;
+        p->peer_layout.buffers = p->peer_bufs;
+        memcpy(p->peer_bufs, pe->shape_bufs, pe->shape.num_buffers * sizeof *p->peer_bufs);
+    }
     p->seq = ++re->seq;
     p->deadline = kvx_now_ns() + (uint64_t)(re->cfg.connect_timeout_s * 1e9);
     kvx__rdma_pair_ref(p); /* the job's */
@@ -2011,12 +2350,9 @@ static kvx_result kvx__rdma_on_connect_msg(kvx__rdma_engine *re, const kvx_boot_
     kvx__buf b;
     kvx_result res;
     int i;
-    if (m->fingerprint != kvx_layout_fingerprint(l) || m->nbuf != l->num_buffers ||
-        m->naux != l->num_aux) {
-        kvx__set_why(why, wl, "the decode side's KV layout differs (fingerprint %016llx, %u KV "
-                     "and %u aux buffers; ours %016llx, %u and %u)",
-                     (unsigned long long)m->fingerprint, m->nbuf, m->naux,
-                     (unsigned long long)kvx_layout_fingerprint(l), l->num_buffers, l->num_aux);
+    if (m->naux != l->num_aux) {
+        kvx__set_why(why, wl, "the decode side has %u aux buffers, this prefill %u", m->naux,
+                     l->num_aux);
         return KVX_ERR_LAYOUT_MISMATCH;
     }
     pthread_mutex_lock(&re->mu);
@@ -2032,6 +2368,11 @@ static kvx_result kvx__rdma_on_connect_msg(kvx__rdma_engine *re, const kvx_boot_
     p->ctl = *from;
     p->ctl.addr = NULL; /* the message's; on_message cleared the other strings */
     res = kvx__rdma_pair_tables(p, m, l, why, wl);
+    if (res == KVX_OK) { /* the shapes combine (a rank with nothing in common still connects) */
+        char ow[KVX_ERROR_MAX];
+        res = kvx_layout_overlap(l, &p->peer_layout, NULL, NULL, ow, sizeof ow);
+        if (res != KVX_OK) kvx__set_why(why, wl, "the decode side's KV layout: %s", ow);
+    }
     for (i = 0; res == KVX_OK && i < p->nqp; i++) {
         res = kvx__rdma_qp_create(re, &p->qp[i], why, wl);
         if (res == KVX_OK) res = kvx__rdma_qp_connect(re, &p->qp[i], m, why, wl);
@@ -2253,7 +2594,35 @@ static int kvx__rdma_work_done(const kvx__rdma_work *w) {
     return w->s == w->es && w->off >= w->eoff;
 }
 
-/* Fills one WRITE from the head of w; returns 1 when w is exhausted. */
+/* Gathers the local side of one WRITE of span s from byte pos up to e
+   (the remote side is contiguous): one entry per (part of a) row for a
+   strided span, at most q->dev->max_sge; each entry inside one local
+   region. Returns the end reached (> pos). */
+static uint64_t kvx__rdma_gather(const kvx_layout *l, const kvx__rdma_qp *q, const kvx_span *s,
+                                 uint32_t bi, uint64_t pos, uint64_t e, struct ibv_sge *sg,
+                                 int *nsge) {
+    uint64_t lrb = q->dev->region_bytes;
+    uintptr_t base = (uintptr_t)kvx_span_addr(l, s, 0) - (uintptr_t)s->src_offset;
+    int n = 0;
+    while (pos < e && n < (int)q->dev->max_sge) {
+        uint64_t k = s->row_len ? pos / s->row_len : 0, in = s->row_len ? pos % s->row_len : pos;
+        uint64_t lo = s->src_offset + (s->row_len ? k * s->src_pitch : 0) + in;
+        uint64_t take = e - pos;
+        if (s->row_len && s->row_len - in < take) take = s->row_len - in;
+        if ((lo / lrb + 1) * lrb - lo < take) take = (lo / lrb + 1) * lrb - lo;
+        sg[n].addr = (uint64_t)(base + (uintptr_t)lo);
+        sg[n].length = (uint32_t)take;
+        sg[n].lkey = q->dev->buf[bi].mr[lo / lrb]->lkey;
+        n++;
+        pos += take;
+    }
+    *nsge = n;
+    return pos;
+}
+
+/* Fills one WRITE from the head of w; returns 1 when w is exhausted. A
+   strided span's rows go as scatter-gather entries of WRITEs to its
+   contiguous destination (kvx__rdma_submit refuses a strided destination). */
 static int kvx__rdma_fill(kvx__rdma_engine *re, kvx__rdma_qp *q, kvx__rdma_work *w,
                           struct ibv_send_wr *wr, struct ibv_sge *sg) {
     kvx__rdma_pair *p = q->pair;
@@ -2272,21 +2641,24 @@ static int kvx__rdma_fill(kvx__rdma_engine *re, kvx__rdma_qp *q, kvx__rdma_work 
     } else {
         const kvx_span *s = &w->job->plan.spans[w->s];
         uint64_t limit = w->s == w->es ? w->eoff : s->length, pos = w->off;
-        uint64_t lo = s->src_offset + pos, ro = s->dst_offset + pos;
-        uint64_t lrb = q->dev->region_bytes, rrb = rd->region_bytes, e;
+        uint64_t ro = s->dst_offset + pos, rrb = rd->region_bytes, e;
         uint32_t bi = s->buffer + (s->kind == KVX_SPAN_AUX ? l->num_buffers : 0);
+        uint32_t rbi = s->dst_buffer + (s->kind == KVX_SPAN_AUX ? p->peer_layout.num_buffers : 0);
+        const kvx__rdma_rbuf *rb = &rd->buf[rbi];
+        int nsge = 0;
+        if (w->job->stage) { /* whole pages into the staging area, at its buffer's offset */
+            rb = &rd->stage;
+            ro += p->stage_off[s->dst_buffer];
+        }
         e = (pos / (uint64_t)re->cfg.max_msg + 1) * (uint64_t)re->cfg.max_msg;
         if (e > limit) e = limit;
-        if ((lo / lrb + 1) * lrb - lo < e - pos) e = pos + ((lo / lrb + 1) * lrb - lo);
         if ((ro / rrb + 1) * rrb - ro < e - pos) e = pos + ((ro / rrb + 1) * rrb - ro);
+        e = kvx__rdma_gather(l, q, s, bi, pos, e, sg, &nsge);
         len = e - pos;
-        sg->addr = (uint64_t)(uintptr_t)kvx_span_addr(l, s, 0) + pos;
-        sg->length = (uint32_t)len;
-        sg->lkey = q->dev->buf[bi].mr[lo / lrb]->lkey;
         wr->sg_list = sg;
-        wr->num_sge = 1;
-        wr->wr.rdma.remote_addr = rd->buf[bi].base + ro;
-        wr->wr.rdma.rkey = rd->buf[bi].rkeys[ro / rrb];
+        wr->num_sge = nsge;
+        wr->wr.rdma.remote_addr = rb->base + ro;
+        wr->wr.rdma.rkey = rb->rkeys[ro / rrb];
         w->off = e;
         if (w->off >= s->length) { w->s++; w->off = 0; }
         last = kvx__rdma_work_done(w);
@@ -2345,7 +2717,7 @@ static void kvx__rdma_cancel_locked(kvx__rdma_pair *p, kvx__rdma_room *rr) {
 static int kvx__rdma_pump(kvx__rdma_engine *re, kvx__rdma_qp *q, char *err, size_t el) {
     kvx__rdma_pair *p = q->pair;
     struct ibv_send_wr wr[KVX__RDMA_BATCH], *bad;
-    struct ibv_sge sg[KVX__RDMA_BATCH];
+    struct ibv_sge sg[KVX__RDMA_BATCH][KVX__RDMA_MAX_SGE];
     while (q->head && KVX__LOAD(&p->state) != KVX__RP_DEAD) {
         uint64_t room = q->depth - (q->posted - q->done);
         int n = 0, i, rc, drop;
@@ -2356,7 +2728,7 @@ static int kvx__rdma_pump(kvx__rdma_engine *re, kvx__rdma_qp *q, char *err, size
                 continue;
             }
             drop = w->room->cancelled && w->job; /* a cancelled room's data: dropped */
-            if (drop || kvx__rdma_fill(re, q, w, &wr[n], &sg[n])) {
+            if (drop || kvx__rdma_fill(re, q, w, &wr[n], sg[n])) {
                 q->head = w->next;
                 if (!q->head) q->tail = NULL;
                 w->room->works--;
@@ -2469,14 +2841,40 @@ static int kvx__rdma_room_step(kvx__rdma_engine *re, kvx__rdma_pair *p, kvx__rdm
     return rr->finished;
 }
 
-/* Reports a finished room: status Success with the bytes, then Success. */
-static void kvx__rdma_finish(kvx__rdma_engine *re, kvx__rdma_room *rr, uint64_t bytes) {
-    kvx_result res = kvx_boot_send_status(re->boot, rr->x.room, KVX_POLL_SUCCESS, KVX_OK, bytes, NULL);
+/* Reports a finished room once every leg finished: status Success with the
+   bytes (kvx_boot sends one count to every decode rank: each leg's; legs
+   that moved different counts fail the room), then Success. */
+static void kvx__rdma_finish(kvx__rdma_engine *re, kvx__rdma_room *leg, uint64_t bytes) {
+    kvx__rdma_room *rr = leg->first ? leg->first : leg, *l;
+    kvx_result res;
+    int differ = 0;
+    /* atomics, no lock: kvx__rdma_submit calls this holding its leg's x.mu;
+       the leg list no longer changes once the room is sending */
+    __atomic_store_n(&leg->leg_bytes, bytes, __ATOMIC_RELAXED);
+    if (__atomic_add_fetch(&rr->legs_done, 1, __ATOMIC_ACQ_REL) < rr->nlegs) return;
+    for (l = rr; l; l = l->leg_next)
+        if (__atomic_load_n(&l->leg_bytes, __ATOMIC_RELAXED) != bytes) differ = 1;
+    if (differ) {
+        kvx_room_fail(rr->x.room, KVX_ERR_INVALID_ARGUMENT, "the decode ranks of room %llu received "
+                      "different byte counts, and its status carries one",
+                      (unsigned long long)rr->x.id);
+        return;
+    }
+    res = kvx_boot_send_status(re->boot, rr->x.room, KVX_POLL_SUCCESS, KVX_OK, bytes, NULL);
     if (res != KVX_OK)
         kvx_room_fail_remote(rr->x.room, res, "every RDMA WRITE to %s completed but the status "
                              "cannot be sent: the control connection is gone", rr->decode_addr);
     else
         kvx_room_succeed(rr->x.room, bytes);
+}
+
+/* 1 when a span of the plan has a strided destination (the decode rank
+   holds more heads than this prefill rank: prefill TP > decode TP). */
+static int kvx__rdma_dst_strided(const kvx_plan *pl) {
+    size_t i;
+    for (i = 0; pl->strided && i < pl->count; i++)
+        if (pl->spans[i].row_len && pl->spans[i].dst_pitch != pl->spans[i].row_len) return 1;
+    return 0;
 }
 
 /* Plans one chunk and queues it on the queue pairs (rr->mu held). */
@@ -2499,12 +2897,40 @@ static void kvx__rdma_submit(kvx__rdma_engine *re, kvx__rdma_room *rr, kvx_chunk
                       rr->decode_addr, rr->ndst);
         goto drop;
     }
-    res = kvx_plan_pages(&j->plan, kvx_engine_layout(e), c->pages, &p->peer_layout,
-                         rr->dst + c->first_page, c->num_pages);
+    if (!rr->aux_checked) { /* aux rows come from one contributor (kvx_layout_overlap) */
+        int sends_aux = 0;
+        kvx_layout_overlap(kvx_engine_layout(e), &p->peer_layout, NULL, &sends_aux, NULL, 0);
+        if (rr->dummy || !sends_aux) rr->aux_needed = 0;
+        rr->aux_checked = 1;
+    }
+    res = rr->dummy ? KVX_OK /* an MLA dummy: an empty plan, the immediates only */
+                    : kvx_plan_pages(&j->plan, kvx_engine_layout(e), c->pages, &p->peer_layout,
+                                     rr->dst + c->first_page, c->num_pages);
     if (res != KVX_OK) {
         kvx_room_fail(rr->x.room, res, "chunk %u against the destination of %s: %s", c->index,
                       rr->decode_addr, j->plan.error);
         goto drop;
+    }
+    if (kvx__rdma_dst_strided(&j->plan)) {
+        /* our heads land at a head offset inside the decode rank's rows: whole
+           pages go to its staging area instead, and it scatters them */
+        if (!p->stage_bufs) {
+            kvx_room_fail(rr->x.room, KVX_ERR_LAYOUT_MISMATCH, "%s holds more KV heads (%u from "
+                          "head %u) than this prefill rank (%u from head %u) and announced no "
+                          "staging area (its KV pool is not in host memory, or it is not a kvx "
+                          "rdma engine of this version): one RDMA WRITE cannot scatter rows",
+                          rr->decode_addr, p->peer_layout.num_kv_heads, p->peer_layout.head_begin,
+                          kvx_engine_layout(e)->num_kv_heads, kvx_engine_layout(e)->head_begin);
+            goto drop;
+        }
+        res = kvx_plan_pages(&j->plan, kvx_engine_layout(e), c->pages, &p->stage_layout,
+                             rr->dst + c->first_page, c->num_pages);
+        if (res != KVX_OK) {
+            kvx_room_fail(rr->x.room, res, "chunk %u against the staging area of %s: %s", c->index,
+                          rr->decode_addr, j->plan.error);
+            goto drop;
+        }
+        j->stage = 1;
     }
     KVX__RDMA_STAT(re, chunks, 1);
     KVX__RDMA_STAT(re, spans, j->plan.count);
@@ -2972,34 +3398,68 @@ static void *kvx__rdma_thread_main(void *arg) {
 
 static kvx__rdma_engine *kvx__rdma_bre(kvx_boot *b) { return (kvx__rdma_engine *)kvx_boot_user(b); }
 
+/* Prefill: the leg of room rr0 for decode engine `inst` (the room itself
+   for its first destination, else a new leg on its list); NULL when out
+   of memory or refused (the room is then failed: a second destination
+   from the same decode engine, or more than KVX_RDMA_MAX_LEGS). */
+#define KVX_RDMA_MAX_LEGS 64
+static kvx__rdma_room *kvx__rdma_leg(kvx__rdma_engine *re, kvx__rdma_room *rr0, uint64_t inst,
+                                     const char *addr) {
+    kvx__rdma_room *rr = NULL, *l;
+    const char *dup = NULL;
+    int full;
+    pthread_mutex_lock(&rr0->x.mu);
+    full = rr0->nlegs >= KVX_RDMA_MAX_LEGS;
+    for (l = rr0->have_dst ? rr0 : NULL; l; l = l->leg_next)
+        if (l->decode == inst) dup = l->decode_addr;
+    if (!dup && !full) {
+        rr = rr0->have_dst ? (kvx__rdma_room *)kvx__xroom_new(rr0->x.room, sizeof *rr) : rr0;
+        if (rr && rr != rr0) {
+            rr->re = re;
+            rr->tag = rr0->tag;
+            rr->x.src_aux = rr0->x.src_aux;
+            rr->leg_next = rr0->leg_next;
+            rr0->leg_next = rr;
+        }
+        if (rr) {
+            rr->first = rr0;
+            rr->decode = inst;
+            snprintf(rr->decode_addr, sizeof rr->decode_addr, "decode %s", addr);
+            rr->have_dst = 1;
+            rr0->nlegs++;
+        }
+    }
+    pthread_mutex_unlock(&rr0->x.mu);
+    if (dup || full)
+        kvx_room_fail(rr0->x.room, KVX_ERR_INVALID_ARGUMENT, "decode %s sent a destination for "
+                      "room %llu %s", addr, (unsigned long long)rr0->x.id,
+                      dup ? "twice" : "beyond the " "64 decode ranks one prefill room serves");
+    return rr;
+}
+
 /* Prefill: the destination of a room arrived from a decode rank. */
 static kvx_result kvx__rdma_on_room(kvx_boot *b, kvx_room *r, const kvx_boot_peer *peer,
                                     const int32_t *dst, uint32_t n, int32_t aux) {
     kvx__rdma_engine *re = kvx__rdma_bre(b);
-    kvx__rdma_room *rr = kvx__rdma_rr(r);
+    kvx__rdma_room *rr0 = kvx__rdma_rr(r), *rr;
     kvx__rdma_pair *p, *found = NULL;
     kvx_rdma_hello h;
+    const kvx_engine_desc *ed = kvx_engine_settings(re->e);
     char why[KVX_ERROR_MAX], broken[KVX_ERROR_MAX] = "";
     uint32_t broken_qpn = 0;
     if (kvx_rdma_hello_parse(peer->endpoint, peer->endpoint_len, &h, why, sizeof why) != KVX_OK) {
         kvx_room_fail(r, KVX_ERR_PROTOCOL, "decode %s: %s", peer->addr, why);
         return KVX_ERR_PROTOCOL;
     }
-    if (rr->have_dst) {
-        kvx_room_fail(r, KVX_ERR_INVALID_ARGUMENT, "decode %s sent a second destination for room "
-                      "%llu (already one from %s): the rdma transport serves one decode rank per "
-                      "prefill room; use equal TP sizes", peer->addr,
-                      (unsigned long long)rr->x.id, rr->decode_addr);
-        return KVX_ERR_INVALID_ARGUMENT;
-    }
+    rr = kvx__rdma_leg(re, rr0, h.instance, peer->addr);
+    if (!rr) return kvx_room_poll(r) == KVX_POLL_FAILED ? KVX_ERR_INVALID_ARGUMENT : KVX_ERR_NO_MEMORY;
+    rr->dummy = kvx_mla_dummy(kvx_engine_layout(re->e)->mla, ed->boot.tp_size > 0 ? ed->boot.tp_size : 1,
+                              ed->boot.tp_rank, peer->tp_size > 0 ? peer->tp_size : 1);
     rr->dst = (int32_t *)kvx__rdma_zalloc(re, n, sizeof *rr->dst);
     if (!rr->dst) return KVX_ERR_NO_MEMORY;
     if (n) memcpy(rr->dst, dst, n * sizeof *dst);
     rr->ndst = n;
     rr->x.dst_aux = aux;
-    rr->decode = h.instance;
-    snprintf(rr->decode_addr, sizeof rr->decode_addr, "decode %s", peer->addr);
-    rr->have_dst = 1;
     pthread_mutex_lock(&re->mu);
     for (p = re->pairs; p; p = p->next) {
         if (p->peer != h.instance) continue;
@@ -3142,6 +3602,15 @@ static int kvx__rdma_on_status(kvx_boot *b, kvx_room *r, const kvx_boot_peer *pe
     return s ? 2 : 1;
 }
 
+/* The next leg of a prefill room (its list only grows, under the first's x.mu). */
+static kvx__rdma_room *kvx__rdma_next_leg(kvx__rdma_room *rr) {
+    kvx__rdma_room *n, *f = rr->first ? rr->first : rr;
+    pthread_mutex_lock(&f->x.mu);
+    n = rr->leg_next;
+    pthread_mutex_unlock(&f->x.mu);
+    return n;
+}
+
 static void kvx__rdma_cancel_room(kvx__rdma_engine *re, kvx__rdma_room *rr) {
     kvx__rdma_pair *p = rr->pair;
     char err[KVX_ERROR_MAX] = "";
@@ -3192,6 +3661,18 @@ static void kvx__rdma_on_connect(kvx_boot *b, const kvx_boot_peer *peer) {
     pe->dp_rank = peer->dp_rank;
     pe->dp_size = peer->dp_size;
     pe->hello = h;
+    pe->ctl.layout = NULL;
+    if (peer->layout && peer->layout->num_buffers && !pe->shape_bufs &&
+        (pe->shape_bufs = (kvx_buffer *)kvx__rdma_zalloc(re, peer->layout->num_buffers,
+                                                         sizeof *pe->shape_bufs))) {
+        uint32_t i;
+        pe->shape = *peer->layout; /* shape only: item_lens, heads, layers */
+        pe->shape.buffers = pe->shape_bufs;
+        pe->shape.aux = NULL;
+        pe->shape.num_aux = 0;
+        for (i = 0; i < pe->shape.num_buffers; i++)
+            pe->shape_bufs[i].item_len = peer->layout->buffers[i].item_len;
+    }
     if (!pe->pair || KVX__LOAD(&pe->pair->state) == KVX__RP_DEAD) kvx__rdma_dial_locked(re, pe);
     pthread_mutex_unlock(&re->mu);
 }
@@ -3210,6 +3691,7 @@ static void kvx__rdma_on_disconnect(kvx_boot *b, const kvx_boot_peer *peer, cons
     if (*pe) { /* one per instance (on_connect) */
         kvx__rdma_peer *x = *pe;
         *pe = x->next;
+        kvx_engine_free(re->e, x->shape_bufs);
         kvx_engine_free(re->e, x);
     }
     pthread_mutex_unlock(&re->mu);
@@ -3237,36 +3719,84 @@ static void kvx__rdma_room_free(kvx_room *r) {
     kvx__rdma_room *rr = kvx__rdma_rr(r);
     kvx_engine *e = kvx_room_engine(r);
     uint32_t i;
-    if (!rr) return;
-    for (i = 0; i < rr->nchunks; i++) kvx_chunk_free(e, rr->chunks[i]);
-    kvx_engine_free(e, rr->chunks);
-    kvx_engine_free(e, rr->dst);
-    kvx_engine_free(e, rr->def_pages);
-    kvx__xroom_free(rr);
+    kvx__rdma_room *next;
+    for (; rr; rr = next) {
+        next = rr->leg_next;
+        for (i = 0; i < rr->nchunks; i++) kvx_chunk_free(e, rr->chunks[i]);
+        kvx_engine_free(e, rr->chunks);
+        kvx_engine_free(e, rr->dst);
+        kvx_engine_free(e, rr->def_pages);
+        kvx_engine_free(e, rr->rx_pages);
+        kvx__xroom_free(rr);
+    }
 }
 
 static kvx_result kvx__rdma_sender_init(kvx_room *r, uint32_t n, int32_t aux) {
     kvx__rdma_engine *re = kvx__rdma_re(kvx_room_engine(r));
-    kvx__rdma_room *rr = kvx__rdma_rr(r);
+    kvx__rdma_room *rr0 = kvx__rdma_rr(r), *rr;
     uint32_t want = kvx_boot_room_dst_pages(re->boot, r);
+    kvx_result res = KVX_OK;
     if (n != want) {
         kvx_room_fail(r, KVX_ERR_INVALID_ARGUMENT, "init declares %u pages but %s asked for %u", n,
-                      rr->decode_addr[0] ? rr->decode_addr : "the decode side", want);
+                      rr0->decode_addr[0] ? rr0->decode_addr : "the decode side", want);
         return KVX_ERR_INVALID_ARGUMENT;
     }
-    if (rr->x.dst_aux >= 0 && kvx_engine_layout(re->e)->num_aux && aux < 0) {
-        kvx_room_fail(r, KVX_ERR_INVALID_ARGUMENT, "%s asked for aux rows (slot %d) but init "
-                      "gave no aux index", rr->decode_addr, (int)rr->x.dst_aux);
-        return KVX_ERR_INVALID_ARGUMENT;
+    pthread_mutex_lock(&rr0->x.mu);
+    for (rr = rr0; rr && res == KVX_OK; rr = rr->leg_next) {
+        if (rr->x.dst_aux >= 0 && kvx_engine_layout(re->e)->num_aux && aux < 0) {
+            kvx_room_fail(r, KVX_ERR_INVALID_ARGUMENT, "%s asked for aux rows (slot %d) but init "
+                          "gave no aux index", rr->decode_addr, (int)rr->x.dst_aux);
+            res = KVX_ERR_INVALID_ARGUMENT;
+        }
+        rr->x.src_aux = aux;
+        rr->aux_needed = aux >= 0 && rr->x.dst_aux >= 0 && kvx_engine_layout(re->e)->num_aux > 0;
     }
-    rr->x.src_aux = aux;
-    rr->aux_needed = aux >= 0 && rr->x.dst_aux >= 0 && kvx_engine_layout(re->e)->num_aux > 0;
-    return KVX_OK;
+    pthread_mutex_unlock(&rr0->x.mu);
+    return res;
 }
 
+/* A copy of c for another leg of the room (pages and counts; no gather plan). */
+static kvx_chunk *kvx__rdma_chunk_dup(kvx_engine *e, const kvx_chunk *c) {
+    kvx_chunk *d = (kvx_chunk *)kvx_engine_alloc(e, sizeof *d);
+    if (!d) return NULL;
+    memset(d, 0, sizeof *d);
+    d->index = c->index;
+    d->first_page = c->first_page;
+    d->num_pages = c->num_pages;
+    d->total_pages = c->total_pages;
+    d->is_last = c->is_last;
+    d->aux_index = c->aux_index;
+    d->gather.allocator = c->gather.allocator;
+    if (c->num_pages) {
+        d->pages = (int32_t *)kvx_engine_alloc(e, c->num_pages * sizeof *d->pages);
+        if (!d->pages) { kvx_engine_free(e, d); return NULL; }
+        memcpy(d->pages, c->pages, c->num_pages * sizeof *d->pages);
+    }
+    return d;
+}
+
+static kvx_result kvx__rdma_leg_send(kvx__rdma_engine *re, kvx__rdma_room *rr, kvx_chunk *c);
+
+/* Every leg of the room gets the chunk (the last one c itself). */
 static kvx_result kvx__rdma_sender_send(kvx_room *r, kvx_chunk *c) {
     kvx__rdma_engine *re = kvx__rdma_re(kvx_room_engine(r));
-    kvx__rdma_room *rr = kvx__rdma_rr(r);
+    kvx__rdma_room *rr0 = kvx__rdma_rr(r), *legs[KVX_RDMA_MAX_LEGS], *rr;
+    kvx_result res = KVX_OK;
+    int n = 0, i;
+    pthread_mutex_lock(&rr0->x.mu);
+    for (rr = rr0; rr && n < KVX_RDMA_MAX_LEGS; rr = rr->leg_next) legs[n++] = rr;
+    pthread_mutex_unlock(&rr0->x.mu);
+    for (i = 0; i < n && res == KVX_OK; i++) {
+        kvx_chunk *cc = i + 1 == n ? c : kvx__rdma_chunk_dup(re->e, c);
+        if (i + 1 == n) c = NULL;
+        res = cc ? kvx__rdma_leg_send(re, legs[i], cc) : KVX_ERR_NO_MEMORY;
+    }
+    kvx_chunk_free(re->e, c);
+    return res;
+}
+
+static kvx_result kvx__rdma_leg_send(kvx__rdma_engine *re, kvx__rdma_room *rr, kvx_chunk *c) {
+    kvx_room *r = rr->x.room;
     kvx_result res = KVX_OK;
     pthread_mutex_lock(&rr->x.mu);
     if (kvx_room_poll(r) != KVX_POLL_FAILED && rr->pair) {
@@ -3303,6 +3833,9 @@ static kvx_result kvx__rdma_receiver_init(kvx_room *r, const int32_t *pages, uin
     int dialing = 0;
     rr->expected = (uint64_t)n * kvx_layout_page_bytes(l);
     if (aux >= 0) rr->expected += kvx_layout_aux_row_bytes(l);
+    if (n && !(rr->rx_pages = (int32_t *)kvx__rdma_zalloc(re, n, sizeof *pages))) return KVX_ERR_NO_MEMORY;
+    if (n) memcpy(rr->rx_pages, pages, n * sizeof *pages);
+    rr->rx_n = n;
     /* a broken connection with one of this room's prefill ranks: redial,
        and hold the room frame until the connection is made, so the
        prefill never plans it on the connection it is replacing */
@@ -3348,7 +3881,9 @@ static void kvx__rdma_room_failed(kvx_room *r) {
     kvx__rdma_engine *re = kvx__rdma_re(kvx_room_engine(r));
     kvx__rdma_room *rr = kvx__rdma_rr(r);
     if (!re) return;
-    if (re->role == KVX_ROLE_PREFILL && rr) kvx__rdma_cancel_room(re, rr);
+    for (; re->role == KVX_ROLE_PREFILL && rr; rr = kvx__rdma_next_leg(rr))
+        kvx__rdma_cancel_room(re, rr);
+    rr = kvx__rdma_rr(r);
     /* the prefill sends status Failed (kvx_boot answers a room frame that
        has not arrived yet with an abort), the decode side an abort */
     kvx_boot_room_failed(re->boot, r);
@@ -3449,7 +3984,8 @@ static void kvx__rdma_room_close(kvx_room *r) {
     kvx__rdma_room *rr = kvx__rdma_rr(r);
     kvx_boot_room_close(re->boot, r);
     if (!rr) return;
-    if (re->role == KVX_ROLE_PREFILL) kvx__rdma_tx_close(re, rr);
+    if (re->role == KVX_ROLE_PREFILL)
+        for (; rr; rr = kvx__rdma_next_leg(rr)) kvx__rdma_tx_close(re, rr);
     else kvx__rdma_rx_close(re, rr);
 }
 
@@ -3534,7 +4070,13 @@ static void kvx__rdma_free(kvx__rdma_engine *re) {
     while (re->peers) {
         kvx__rdma_peer *x = re->peers;
         re->peers = x->next;
+        kvx_engine_free(re->e, x->shape_bufs);
         kvx_engine_free(re->e, x);
+    }
+    while (re->stages) {
+        kvx__rdma_stage *st = re->stages;
+        re->stages = st->next;
+        kvx__rdma_stage_free(re, st);
     }
     for (d = 0; d < re->ndev; d++) kvx__rdma_dev_close(re, &re->dev[d]);
     if (re->v.lib) dlclose(re->v.lib);

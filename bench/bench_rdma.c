@@ -11,6 +11,13 @@
    softverbs is an emulator. Goals: work requests == the minimum; signaled
    <= work requests / 16 + queue pairs. Every byte is verified.
 
+   Then heterogeneous TP (issue 13): the same request between prefill TP
+   4 and decode TP 2, TP 2 and TP 4, and TP 2 and TP 2, every rank an
+   engine of this process (its own heads, ex_pool_init_rank), scattered
+   pages (no two adjacent), one chunk: work requests per request summed
+   over the prefill ranks, and the ratios to TP 2 -> 2 from the same run
+   (goal <= 2x; every head of every token verified on every decode rank).
+
    Needs libsoftverbs.so (make tests/softverbs/libsoftverbs.so); found
    next to this binary or in tests/softverbs/, or at $SOFTVERBS_LIB. */
 #define KVX_IMPLEMENTATION
@@ -161,6 +168,125 @@ static void run(pair_t *x, const char *what, int consecutive, uint32_t chunk_pag
     free(dpg);
 }
 
+/* One request between prefill TP ptp and decode TP dtp, every rank an
+   engine here; returns the work requests all prefill ranks posted, 0 when
+   the request failed (why printed). */
+static uint64_t topo(const ex_model *m, int ptp, int dtp, uint64_t room, int strict) {
+    enum { N = 4096 / 16, MAXR = 8 };
+    ex_pool sp[MAXR], dp[MAXR];
+    kvx_engine *pe[MAXR], *de[MAXR];
+    kvx_sender *s[MAXR];
+    kvx_receiver *r[MAXR];
+    int32_t *spg = (int32_t *)malloc(N * sizeof *spg), *dpg = (int32_t *)malloc(N * sizeof *dpg);
+    char why[KVX_ERROR_MAX], addr[64];
+    kvx_room_desc rd;
+    uint64_t wrs = 0, bad = 0;
+    int i, ok = 1, port = 0;
+    memset(pe, 0, sizeof pe);
+    memset(de, 0, sizeof de);
+    for (i = 0; i < ptp + dtp; i++) {
+        int dec = i >= ptp, k = dec ? i - ptp : i;
+        ex_rank rk;
+        kvx_engine_desc d;
+        rk.tp = (uint32_t)(dec ? dtp : ptp);
+        rk.tp_rank = (uint32_t)k;
+        rk.pp = 1;
+        rk.pp_rank = 0;
+        if (ex_pool_init_rank(dec ? &dp[k] : &sp[k], m, N + 16, 16, 4, dec ? 2 : 1, &rk)) {
+            printf("bench_rdma: out of memory for the pools\n");
+            exit(1);
+        }
+        memset(&d, 0, sizeof d);
+        d.role = dec ? KVX_ROLE_DECODE : KVX_ROLE_PREFILL;
+        d.transport = "rdma";
+        d.layout = dec ? dp[k].layout : sp[k].layout;
+        d.logger.func = quiet;
+        d.boot.host = "127.0.0.1";
+        d.boot.port = k || dec ? port : -1;
+        d.boot.tp_size = (int)rk.tp;
+        d.boot.tp_rank = k;
+        snprintf(addr, sizeof addr, "127.0.0.1:%d", port);
+        if (dec) d.bootstrap_addr = addr;
+        if (kvx_engine_create(&d, dec ? &de[k] : &pe[k], why, sizeof why)) {
+            printf("bench_rdma: %s\n", why);
+            exit(1);
+        }
+        if (!i) port = kvx_boot_engine_port(pe[0]);
+    }
+    if (strict) { /* no two request pages adjacent on either side: no runs at all */
+        for (i = 0; i < N; i++) {
+            spg[i] = (int32_t)((i * 37) % (N + 16));
+            dpg[i] = (int32_t)((i * 41) % (N + 16));
+        }
+    } else { /* the same scattered pages on every rank, as SGLang's */
+        ex_alloc_pages(&sp[0], spg, N);
+        ex_alloc_pages(&dp[0], dpg, N);
+    }
+    for (i = 0; i < ptp; i++) {
+        ex_pages_pattern(&sp[i], room, spg, N, 1);
+        ex_aux_write(&sp[i], room, 1);
+    }
+    for (i = 0; i < dtp; i++) ex_aux_clear(&dp[i], 2);
+    memset(&rd, 0, sizeof rd);
+    rd.room = room;
+    for (i = 0; i < dtp; i++) kvx_receiver_create(de[i], &rd, &r[i]);
+    for (i = 0; i < ptp; i++) kvx_sender_create(pe[i], &rd, &s[i]);
+    for (i = 0; i < dtp; i++) {
+        while (kvx_receiver_poll(r[i]) == KVX_POLL_BOOTSTRAPPING) { struct timespec ts = {0, 200000}; nanosleep(&ts, NULL); }
+        kvx_receiver_init(r[i], dpg, N, 2);
+    }
+    for (i = 0; i < ptp; i++) {
+        kvx_rdma_stats st;
+        while (kvx_sender_poll(s[i]) == KVX_POLL_BOOTSTRAPPING) { struct timespec ts = {0, 200000}; nanosleep(&ts, NULL); }
+        kvx_rdma_stats_get(pe[i], &st);
+        wrs -= st.wrs; /* stats are per engine: count this request's */
+        kvx_sender_init(s[i], N, 1);
+        kvx_sender_send(s[i], spg, N);
+    }
+    for (i = 0; i < dtp; i++) {
+        kvx_poll st = kvx_receiver_wait(r[i], KVX_POLL_SUCCESS, 120000);
+        if (st != KVX_POLL_SUCCESS) {
+            if (ok) printf("  TP %d -> %d: %s\n", ptp, dtp, kvx_receiver_error(r[i]));
+            ok = 0;
+        } else {
+            bad += ex_pages_pattern(&dp[i], room, dpg, N, 0);
+            if (!ex_aux_check(&dp[i], room, 2)) bad++;
+        }
+    }
+    for (i = 0; i < ptp; i++) {
+        kvx_rdma_stats st;
+        kvx_sender_wait(s[i], KVX_POLL_SUCCESS, ok ? 120000 : 1);
+        kvx_rdma_stats_get(pe[i], &st);
+        wrs += st.wrs;
+    }
+    if (bad) { printf("  TP %d -> %d: %llu tokens corrupt\n", ptp, dtp, (unsigned long long)bad); ok = 0; }
+    for (i = 0; i < ptp; i++) kvx_sender_destroy(s[i]);
+    for (i = 0; i < dtp; i++) kvx_receiver_destroy(r[i]);
+    for (i = 0; i < dtp; i++) kvx_engine_destroy(de[i]);
+    for (i = 0; i < ptp; i++) kvx_engine_destroy(pe[i]);
+    for (i = 0; i < ptp; i++) ex_pool_free(&sp[i]);
+    for (i = 0; i < dtp; i++) ex_pool_free(&dp[i]);
+    free(spg);
+    free(dpg);
+    return ok ? wrs : 0;
+}
+
+static void topos(const ex_model *m, int strict) {
+    uint64_t eq = topo(m, 2, 2, 201, strict), a = topo(m, 4, 2, 202, strict), b = topo(m, 2, 4, 203, strict);
+    printf("heterogeneous TP, 4096-token Llama-3.1-8B request, %s, one chunk; work requests per "
+           "request (all prefill ranks), ratio to TP 2 -> 2 (goal <= 2x):\n",
+           strict ? "scattered pages with no two adjacent on either side"
+                  : "scattered pages from a shuffled free list (some runs of adjacent pages)");
+    printf("  TP 2 -> 2  %8llu\n", (unsigned long long)eq);
+    if (a) printf("  TP 4 -> 2  %8llu  %.2fx  %s\n", (unsigned long long)a, eq ? (double)a / (double)eq : 0.0,
+                  eq && a <= 2 * eq ? "goal met" : "goal NOT met");
+    else printf("  TP 4 -> 2  failed (above): goal NOT met\n");
+    if (b) printf("  TP 2 -> 4  %8llu  %.2fx  %s\n", (unsigned long long)b, eq ? (double)b / (double)eq : 0.0,
+                  eq && b <= 2 * eq ? "goal met" : "goal NOT met");
+    else printf("  TP 2 -> 4  failed (above): goal NOT met\n");
+    if (strict && (!eq || !a || !b || a > 2 * eq || b > 2 * eq)) failures++;
+}
+
 int main(int argc, char **argv) {
     const ex_model *m = ex_model_find("llama-3.1-8b");
     char lib[2400], why[KVX_ERROR_MAX], addr[64];
@@ -216,6 +342,13 @@ int main(int argc, char **argv) {
     kvx_engine_destroy(x.pe);
     ex_pool_free(&x.sp);
     ex_pool_free(&x.dp);
+    topos(m, 1);
+
+    printf("(TP 2 -> 4: a strided span's rows go as scatter-gather entries, at most max_sge "
+           "(softverbs: 30) per WRITE, so a run of R adjacent pages takes ceil(16 R / 30) WRITEs "
+           "per destination where equal TP takes one: the goal holds for scattered pages, not for "
+           "long runs. TP 4 -> 2: whole pages into the decode rank's staging area, one WRITE per "
+           "run as with equal TP; the decode rank scatters them with the CPU)\n");
     dlclose(h);
     printf("bench_rdma: %s\n", failures ? "FAILED" : "ok");
     return failures ? 1 : 0;

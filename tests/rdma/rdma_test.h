@@ -118,9 +118,20 @@ static RT_UNUSED int rt_find_softverbs(char *out, size_t n) {
 /* The model the tests move: 4 layers (8 buffers), 2 KV heads of 64, bf16:
    4 KiB pages at page size 16. */
 static const ex_model rt_tiny = {"tiny", 4, 2, 64, 2, 0, "bfloat16"};
+/* For the parallel layouts (model=1, model=2): 8 KV heads of 32 bytes
+   (GQA, so TP 1..8 split the heads), and an MLA latent of 64 bytes. */
+static const ex_model rt_gqa8 = {"gqa8", 4, 8, 16, 2, 0, "bfloat16"};
+static const ex_model rt_mla = {"mla", 4, 1, 32, 2, 1, "bfloat16"};
 
+static RT_UNUSED kvx_engine *rt_engine_rank(kvx_role role, const kvx_layout *l, const char *addr,
+                                            const void *opts, char *why, size_t wl);
 static RT_UNUSED kvx_engine *rt_engine(kvx_role role, const kvx_layout *l, const char *addr,
                                        char *why, size_t wl) {
+    return rt_engine_rank(role, l, addr, NULL, why, wl);
+}
+
+static RT_UNUSED kvx_engine *rt_engine_rank(kvx_role role, const kvx_layout *l, const char *addr,
+                                            const void *opts, char *why, size_t wl) {
     kvx_engine_desc d;
     kvx_engine *e = NULL;
     memset(&d, 0, sizeof d);
@@ -133,6 +144,14 @@ static RT_UNUSED kvx_engine *rt_engine(kvx_role role, const kvx_layout *l, const
     d.boot.port = -1;
     d.bootstrap_addr = addr;
     d.poll_interval_us = 1000;
+    if (opts) { /* rt_opts: this peer's place in its instance */
+        const int *o = (const int *)opts; /* tp size, tp rank, pp size, pp rank, port */
+        d.boot.tp_size = o[0];
+        d.boot.tp_rank = o[1];
+        d.boot.pp_size = o[2];
+        d.boot.pp_rank = o[3];
+        if (role == KVX_ROLE_PREFILL && (o[1] || o[3])) d.boot.port = o[4];
+    }
     kvx_rdma_register();
     if (kvx_engine_create(&d, &e, why, wl) != KVX_OK) return NULL;
     return e;
@@ -183,6 +202,9 @@ static RT_UNUSED int rt_reap(rt_proc *p, double timeout) {
 typedef struct rt_opts {
     uint64_t seed;
     int rooms, min_tok, max_tok, chunk_pages, pace_ms, aux, consecutive, pool_pages;
+    /* parallel layouts: the model (0 tiny, 1 gqa8, 2 mla), each instance's
+       TP and PP sizes, and this peer's ranks in its own instance */
+    int model, ptp, ppp, dtp, dpp, tpr, ppr;
     double timeout, first_wait;
     int port; /* decode: the prefill's bootstrap port */
 } rt_opts;
@@ -197,6 +219,7 @@ static RT_UNUSED void rt_opts_default(rt_opts *o) {
     o->aux = 1;
     o->timeout = 40;
     o->pool_pages = 0;
+    o->ptp = o->ppp = o->dtp = o->dpp = 1;
 }
 
 static RT_UNUSED void rt_opts_parse(rt_opts *o, int argc, char **argv) {
@@ -217,6 +240,13 @@ static RT_UNUSED void rt_opts_parse(rt_opts *o, int argc, char **argv) {
         else if (!strncmp(argv[i], "pool=", 5)) o->pool_pages = (int)v;
         else if (!strncmp(argv[i], "timeout=", 8)) o->timeout = v;
         else if (!strncmp(argv[i], "port=", 5)) o->port = (int)v;
+        else if (!strncmp(argv[i], "model=", 6)) o->model = (int)v;
+        else if (!strncmp(argv[i], "ptp=", 4)) o->ptp = (int)v;
+        else if (!strncmp(argv[i], "ppp=", 4)) o->ppp = (int)v;
+        else if (!strncmp(argv[i], "dtp=", 4)) o->dtp = (int)v;
+        else if (!strncmp(argv[i], "dpp=", 4)) o->dpp = (int)v;
+        else if (!strncmp(argv[i], "tpr=", 4)) o->tpr = (int)v;
+        else if (!strncmp(argv[i], "ppr=", 4)) o->ppr = (int)v;
     }
 }
 
@@ -233,12 +263,20 @@ typedef struct rt_room {
     int reported;
 } rt_room;
 
-static RT_UNUSED int rt_pool(ex_pool *p, const rt_opts *o, ex_request *req, uint64_t seed) {
+/* This peer's pool: its rank's heads and layers of the model (SGLang's split). */
+static RT_UNUSED int rt_pool(ex_pool *p, const rt_opts *o, ex_request *req, uint64_t seed,
+                             int decode) {
     uint32_t need = 0;
+    ex_rank rk;
     int i;
     for (i = 0; i < o->rooms; i++) need += req[i].pages;
     if (o->pool_pages > (int)need) need = (uint32_t)o->pool_pages;
-    return ex_pool_init(p, &rt_tiny, need + 8, 16, (uint32_t)o->rooms + 4, seed);
+    rk.tp = (uint32_t)(decode ? o->dtp : o->ptp);
+    rk.pp = (uint32_t)(decode ? o->dpp : o->ppp);
+    rk.tp_rank = (uint32_t)o->tpr;
+    rk.pp_rank = (uint32_t)o->ppr;
+    return ex_pool_init_rank(p, o->model == 1 ? &rt_gqa8 : o->model == 2 ? &rt_mla : &rt_tiny,
+                             need + 8, 16, (uint32_t)o->rooms + 4, seed, &rk);
 }
 
 static RT_UNUSED void rt_emit(const rt_room *x, kvx_poll st, kvx_result res, const char *err,
@@ -277,8 +315,9 @@ static RT_UNUSED int rt_peer_prefill(const rt_opts *o) {
     int i, left = o->rooms;
     double end;
     ex_requests(req, (uint32_t)o->rooms, o->seed, (uint32_t)o->min_tok, (uint32_t)o->max_tok, 16);
-    if (rt_pool(&pool, o, req, o->seed * 3 + 1)) return 2;
-    e = rt_engine(KVX_ROLE_PREFILL, &pool.layout, NULL, why, sizeof why);
+    int rank[5] = {o->ptp, o->tpr, o->ppp, o->ppr, o->port};
+    if (rt_pool(&pool, o, req, o->seed * 3 + 1, 0)) return 2;
+    e = rt_engine_rank(KVX_ROLE_PREFILL, &pool.layout, NULL, rank, why, sizeof why);
     if (!e) { printf("ERROR %s\n", why); fflush(stdout); return 2; }
     printf("PORT %d\n", kvx_boot_engine_port(e));
     fflush(stdout);
@@ -354,9 +393,10 @@ static RT_UNUSED int rt_peer_decode(const rt_opts *o) {
     int i, left = o->rooms;
     double end;
     ex_requests(req, (uint32_t)o->rooms, o->seed, (uint32_t)o->min_tok, (uint32_t)o->max_tok, 16);
-    if (rt_pool(&pool, o, req, o->seed * 7 + 5)) return 2;
+    int rank[5] = {o->dtp, o->tpr, o->dpp, o->ppr, o->port};
+    if (rt_pool(&pool, o, req, o->seed * 7 + 5, 1)) return 2;
     snprintf(addr, sizeof addr, "127.0.0.1:%d", o->port);
-    e = rt_engine(KVX_ROLE_DECODE, &pool.layout, addr, why, sizeof why);
+    e = rt_engine_rank(KVX_ROLE_DECODE, &pool.layout, addr, rank, why, sizeof why);
     if (!e) { printf("ERROR %s\n", why); fflush(stdout); return 2; }
     for (i = 0; i < o->rooms; i++) {
         kvx_room_desc rd;
@@ -580,6 +620,158 @@ static RT_UNUSED unsigned long long rt_stat(const char *stats, const char *key) 
     snprintf(k, sizeof k, "%s=", key);
     p = strstr(stats, k);
     return p ? strtoull(p + strlen(k), NULL, 10) : 0;
+}
+
+/* ---- the parent's side of a run of several ranks (parallel layouts) ---------- */
+
+#define RT_MAX_RANKS 16
+
+typedef struct rt_topo {
+    const char *softverbs, *svdir;
+    int model, ptp, ppp, dtp, dpp;
+    const char *opts[12];          /* every peer */
+    const char *prefill_env[4];
+    int kill_prefill;              /* prefill process index to SIGKILL, -1 none */
+    double kill_after;             /* seconds after its first ROOM-less start */
+    double limit;
+} rt_topo;
+
+typedef struct rt_topo_result {
+    int procs_ok;                  /* every peer started and reported DONE (killed ones aside) */
+    int dec_rooms, dec_success, dec_failed, dec_corrupt;
+    int pre_success, pre_failed;
+    unsigned long long wrs, bytes, imm, zero, bytes_rx;
+    char first_error[KVX_ERROR_MAX], prefill_error[KVX_ERROR_MAX];
+    char errors[8192];
+    double elapsed;
+} rt_topo_result;
+
+static RT_UNUSED void rt_topo_init(rt_topo *t, const char *softverbs, const char *svdir) {
+    memset(t, 0, sizeof *t);
+    t->softverbs = softverbs;
+    t->svdir = svdir;
+    t->ptp = t->ppp = t->dtp = t->dpp = 1;
+    t->kill_prefill = -1;
+    t->limit = 90;
+}
+
+static RT_UNUSED int rt_topo_spawn(const rt_topo *t, rt_proc *p, int decode, int tpr, int ppr,
+                                   int port) {
+    char self[4096], lib[4200], dir[4200], a[8][48];
+    char *argv[32], *env[8];
+    int n = 0, i, ne = 0;
+    rt_self(self, sizeof self);
+    snprintf(lib, sizeof lib, "KVX_IBVERBS_LIBRARY=%s", t->softverbs);
+    snprintf(dir, sizeof dir, "SOFTVERBS_DIR=%s", t->svdir);
+    argv[n++] = self;
+    argv[n++] = (char *)"peer";
+    argv[n++] = (char *)(decode ? "decode" : "prefill");
+    snprintf(a[0], sizeof a[0], "model=%d", t->model);
+    snprintf(a[1], sizeof a[1], "ptp=%d", t->ptp);
+    snprintf(a[2], sizeof a[2], "ppp=%d", t->ppp);
+    snprintf(a[3], sizeof a[3], "dtp=%d", t->dtp);
+    snprintf(a[4], sizeof a[4], "dpp=%d", t->dpp);
+    snprintf(a[5], sizeof a[5], "tpr=%d", tpr);
+    snprintf(a[6], sizeof a[6], "ppr=%d", ppr);
+    snprintf(a[7], sizeof a[7], "port=%d", port);
+    for (i = 0; i < 8; i++) argv[n++] = a[i];
+    for (i = 0; t->opts[i]; i++) argv[n++] = (char *)t->opts[i];
+    argv[n] = NULL;
+    env[ne++] = lib;
+    env[ne++] = dir;
+    for (i = 0; !decode && t->prefill_env[i]; i++) env[ne++] = (char *)t->prefill_env[i];
+    env[ne] = NULL;
+    return rt_spawn(p, argv, env);
+}
+
+static RT_UNUSED void rt_topo_line(rt_topo_result *r, const char *line, int decode) {
+    rt_result one;
+    memset(&one, 0, sizeof one);
+    if (!strncmp(line, "ROOM ", 5)) {
+        rt_account(&one, line, decode);
+        r->dec_rooms += decode;
+        r->dec_success += one.success;
+        r->dec_failed += one.failed;
+        r->dec_corrupt += one.corrupt;
+        r->pre_success += one.prefill_success;
+        r->pre_failed += one.prefill_failed;
+        if (one.first_error[0]) {
+            if (!r->first_error[0]) snprintf(r->first_error, sizeof r->first_error, "%s", one.first_error);
+            if (!strstr(r->errors, one.first_error) &&
+                strlen(r->errors) + strlen(one.first_error) + 3 < sizeof r->errors) {
+                strcat(r->errors, one.first_error);
+                strcat(r->errors, " | ");
+            }
+        }
+        if (one.prefill_error[0] && !r->prefill_error[0])
+            snprintf(r->prefill_error, sizeof r->prefill_error, "%s", one.prefill_error);
+    } else if (!strncmp(line, "STATS ", 6)) {
+        r->wrs += rt_stat(line + 6, "wrs");
+        r->bytes += rt_stat(line + 6, "bytes");
+        r->imm += rt_stat(line + 6, "imm");
+        r->zero += rt_stat(line + 6, "zero");
+    } else if (!strncmp(line, "ERROR", 5)) {
+        printf("   %s peer: %s\n", decode ? "decode" : "prefill", line);
+    }
+}
+
+/* Runs ptp * ppp prefill ranks and dtp * dpp decode ranks, one process each. */
+static RT_UNUSED int rt_topo_run(const rt_topo *t, rt_topo_result *r) {
+    rt_proc pr[RT_MAX_RANKS], dr[RT_MAX_RANKS];
+    int np = t->ptp * t->ppp, nd = t->dtp * t->dpp, i, port = 0, left, killed = 0;
+    int pdone[RT_MAX_RANKS] = {0}, ddone[RT_MAX_RANKS] = {0};
+    char line[4096];
+    double start = rt_now(), end = start + t->limit;
+    memset(r, 0, sizeof *r);
+    if (np > RT_MAX_RANKS || nd > RT_MAX_RANKS) return -1;
+    for (i = 0; i < np; i++) {
+        if (rt_topo_spawn(t, &pr[i], 0, i % t->ptp, i / t->ptp, port)) return -1;
+        int pport = 0;
+        if (!rt_readline(&pr[i], line, sizeof line, 30) || sscanf(line, "PORT %d", &pport) != 1) {
+            printf("   prefill rank %d did not start: %s\n", i, line);
+            return -1;
+        }
+        if (!i) port = pport;
+    }
+    for (i = 0; i < nd; i++)
+        if (rt_topo_spawn(t, &dr[i], 1, i % t->dtp, i / t->dtp, port)) return -1;
+    left = np + nd;
+    while (left && rt_now() < end) {
+        int got = 0;
+        if (t->kill_prefill >= 0 && !killed && rt_now() - start >= t->kill_after) {
+            kill(pr[t->kill_prefill].pid, SIGKILL);
+            killed = 1;
+            pdone[t->kill_prefill] = 1;
+            left--;
+        }
+        for (i = 0; i < np + nd; i++) {
+            int dec = i >= np, k = dec ? i - np : i, st = 0;
+            rt_proc *p = dec ? &dr[k] : &pr[k];
+            int *done = dec ? &ddone[k] : &pdone[k];
+            if (*done) continue;
+            while (rt_readline(p, line, sizeof line, 0.002)) {
+                got = 1;
+                rt_topo_line(r, line, dec);
+                if (!strncmp(line, "DONE ", 5) || !strncmp(line, "ERROR", 5)) {
+                    *done = 1;
+                    left--;
+                    break;
+                }
+            }
+            if (!*done && rt_exited(p, &st)) {
+                while (rt_readline(p, line, sizeof line, 0.2)) rt_topo_line(r, line, dec);
+                printf("   %s rank %d exited early (status %d)\n", dec ? "decode" : "prefill", k, st);
+                *done = 1;
+                left--;
+            }
+        }
+        (void)got;
+    }
+    r->procs_ok = !left;
+    r->elapsed = rt_now() - start;
+    for (i = 0; i < nd; i++) rt_reap(&dr[i], 20);
+    for (i = 0; i < np; i++) rt_reap(&pr[i], 20);
+    return 0;
 }
 
 #endif

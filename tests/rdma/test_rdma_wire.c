@@ -58,7 +58,17 @@ static void sample_connect(kvx__buf *b, uint64_t region) {
             for (k = 0; k < n; k++) kvx__buf_put32(b, 1000 * d + 100 * i + k);
         }
     }
+    /* the layout shape: page size 16, 2 heads from head 4, bf16, layers from 0 */
+    kvx__buf_put32(b, 16);
+    kvx__buf_put32(b, 2);
+    kvx__buf_put32(b, 2);
+    kvx__buf_put32(b, 4);
+    kvx__buf_put32(b, 0);
+    kvx__buf_put32(b, 0);
+    for (i = 0; i < 4; i++) kvx__buf_put64(b, i < 3 ? 4096 : 64);
+    kvx__buf_put64(b, 0); /* no staging area */
 }
+#define SHAPE_BYTES (24 + 8 * 4 + 8)
 
 static void hello_tests(void) {
     kvx_rdma_hello h = sample_hello(), o;
@@ -72,7 +82,7 @@ static void hello_tests(void) {
           !strcmp(o.dev[1].name, "mlx5_1") && !memcmp(o.dev[0].gid, h.dev[0].gid, 16) &&
           o.dev[0].mtu == 5 && o.dev[0].gid_index == 3 && o.role == KVX_ROLE_PREFILL,
           "hello round-trips every field");
-    CHECK(!memcmp(buf, "kvx-rdma", 8) && buf[8] == 2 && buf[9] == 0 && buf[16] == 0xef,
+    CHECK(!memcmp(buf, "kvx-rdma", 8) && buf[8] == 3 && buf[9] == 0 && buf[16] == 0xef,
           "hello is little-endian with its magic and version");
     for (i = 0; i < n; i++)
         if (kvx_rdma_hello_parse(buf, i, &o, why, sizeof why) != KVX_ERR_PROTOCOL) ok = 0;
@@ -83,6 +93,9 @@ static void hello_tests(void) {
     CHECK(kvx_rdma_hello_parse(buf, n, &o, why, sizeof why) == KVX_ERR_PROTOCOL && strstr(why, "version 1"),
           "version 1 (an exchange port of its own) is refused: %s", why);
     buf[8] = 2;
+    CHECK(kvx_rdma_hello_parse(buf, n, &o, why, sizeof why) == KVX_ERR_PROTOCOL && strstr(why, "version 2"),
+          "version 2 (a CONNECT without the layout shape) is refused: %s", why);
+    buf[8] = 3;
     kvx__le_w16(buf + 24, 4791);
     CHECK(kvx_rdma_hello_parse(buf, n, &o, why, sizeof why) == KVX_ERR_PROTOCOL && strstr(why, "reserved"),
           "a nonzero reserved field (version 1's exchange port) is refused: %s", why);
@@ -126,6 +139,44 @@ static void cm_tests(void) {
           len == 40000 && rb == 4096 && nr == 10 && kvx_rdma_cm_rkey(keys, 9) == 1309,
           "region table of port 1, aux buffer 0: %u regions, last rkey %u", nr,
           nr ? kvx_rdma_cm_rkey(keys, nr - 1) : 0);
+    CHECK(m.page_size == 16 && m.num_kv_heads == 2 && m.dtype_size == 2 && m.head_begin == 4 &&
+          m.layer_begin == 0 && m.mla == 0 && kvx_rdma_cm_item(&m, 0) == 4096 &&
+          kvx_rdma_cm_item(&m, 3) == 64 && kvx_rdma_cm_item(&m, 4) == 0,
+          "CONNECT carries the decode rank's layout shape (heads %u from %u, aux item %llu)",
+          m.num_kv_heads, m.head_begin, (unsigned long long)kvx_rdma_cm_item(&m, 3));
+    ((uint8_t *)b.data)[b.len - 16] = 0;
+    CHECK(kvx_rdma_cm_parse(b.data, b.len, &m, why, sizeof why) == KVX_ERR_PROTOCOL &&
+          strstr(why, "item_len"), "a shape with an item_len of 0 is refused: %s", why);
+    ((uint8_t *)b.data)[b.len - 16] = 64;
+    CHECK(!kvx_rdma_cm_stage(&m, 0, NULL, NULL, NULL), "no staging area announced");
+    {   /* a staging area of 10000 bytes in 4096-byte regions on both ports */
+        kvx__buf c;
+        uint32_t d, k, n3 = 0;
+        uint64_t sb = 0;
+        const uint8_t *sk = NULL;
+        memset(&c, 0, sizeof c);
+        kvx__buf_put(&c, b.data, b.len - 8);
+        kvx__buf_put64(&c, 10000);
+        for (d = 0; d < 2; d++) {
+            kvx__buf_put64(&c, 0x7000000ull + d);
+            kvx__buf_put32(&c, 3);
+            for (k = 0; k < 3; k++) kvx__buf_put32(&c, 500 + 10 * d + k);
+        }
+        CHECK(kvx_rdma_cm_parse(c.data, c.len, &m, why, sizeof why) == KVX_OK &&
+              m.stage_len == 10000 && kvx_rdma_cm_stage(&m, 1, &sb, &n3, &sk) && sb == 0x7000001ull &&
+              n3 == 3 && kvx_rdma_cm_rkey(sk, 2) == 512, "CONNECT carries a staging area: %s", why);
+        ((uint8_t *)c.data)[c.len - 12 - 4] = 2; /* port 1: 2 regions for 10000 bytes */
+        CHECK(kvx_rdma_cm_parse(c.data, c.len, &m, why, sizeof why) == KVX_ERR_PROTOCOL &&
+              strstr(why, "staging"), "a staging table whose region count does not match is "
+              "refused: %s", why);
+        kvx__buf_free(&c);
+        kvx_rdma_cm_parse(b.data, b.len, &m, why, sizeof why);
+    }
+    kvx__le_w32((uint8_t *)b.data + b.len - SHAPE_BYTES + 20, 2);
+    CHECK(kvx_rdma_cm_parse(b.data, b.len, &m, why, sizeof why) == KVX_ERR_PROTOCOL &&
+          strstr(why, "mla"), "a shape with mla 2 is refused: %s", why);
+    kvx__le_w32((uint8_t *)b.data + b.len - SHAPE_BYTES + 20, 0);
+    CHECK(kvx_rdma_cm_parse(b.data, b.len, &m, why, sizeof why) == KVX_OK, "restored: %s", why);
     CHECK(!kvx_rdma_cm_region(&m, 2, 0, NULL, NULL, NULL, NULL, NULL) &&
           !kvx_rdma_cm_region(&m, 0, 4, NULL, NULL, NULL, NULL, NULL), "region lookups out of range fail");
     for (i = 0; i < b.len; i++) {
@@ -134,7 +185,7 @@ static void cm_tests(void) {
     }
     CHECK(ok, "every prefix of a CONNECT is refused with a sentence");
     /* a wrong region count */
-    ((uint8_t *)b.data)[b.len - 4 * 10 - 4] ^= 1;
+    ((uint8_t *)b.data)[b.len - SHAPE_BYTES - 4 * 10 - 4] ^= 1;
     CHECK(kvx_rdma_cm_parse(b.data, b.len, &m, why, sizeof why) == KVX_ERR_PROTOCOL &&
           strstr(why, "regions"), "a region count that does not match the length is refused: %s", why);
     kvx__buf_free(&b);
@@ -221,6 +272,7 @@ static void mutations(void) {
                 for (j = 0; j < m.nbuf + m.naux; j++)
                     if (kvx_rdma_cm_region(&m, d, j, NULL, NULL, NULL, &nr, &keys) && nr)
                         sum += kvx_rdma_cm_rkey(keys, nr - 1);
+            for (j = 0; m.items && j < m.nbuf + m.naux; j++) sum += kvx_rdma_cm_item(&m, j);
             (void)sum;
         } else {
             refused++;

@@ -273,6 +273,7 @@ struct sv_context {
 
 	enum ibv_mtu mtu;
 	uint64_t max_mr_size;
+	uint32_t max_sge; /* SOFTVERBS_MAX_SGE: reported and enforced, 1..SV_MAX_SGE */
 	bool fault_drop;
 	uint64_t fault_drop_after; /* absolute value of g_tx_payload_total */
 	bool fault_corrupt_rkey;
@@ -777,6 +778,9 @@ SV_EXPORT struct ibv_context *ibv_open_device(struct ibv_device *device)
 	c->port_state = IBV_PORT_ACTIVE;
 	c->mtu = sv_mtu_from_env();
 	c->max_mr_size = sv_env_u64("SOFTVERBS_MAX_MR_SIZE", 1ull << 40);
+	c->max_sge = (uint32_t)sv_env_u64("SOFTVERBS_MAX_SGE", SV_MAX_SGE);
+	if (c->max_sge < 1 || c->max_sge > SV_MAX_SGE)
+		c->max_sge = SV_MAX_SGE;
 	const char *drop = getenv("SOFTVERBS_FAULT_DROP_AFTER_BYTES");
 	if (drop && *drop) {
 		c->fault_drop = true;
@@ -852,8 +856,8 @@ SV_EXPORT int ibv_query_device(struct ibv_context *context, struct ibv_device_at
 	a->max_qp = 1 << 16;
 	a->max_qp_wr = SV_MAX_QP_WR;
 	a->device_cap_flags = IBV_DEVICE_RC_RNR_NAK_GEN | IBV_DEVICE_PORT_ACTIVE_EVENT;
-	a->max_sge = SV_MAX_SGE;
-	a->max_sge_rd = SV_MAX_SGE;
+	a->max_sge = (int)c->max_sge;
+	a->max_sge_rd = (int)c->max_sge;
 	a->max_cq = 1 << 16;
 	a->max_cqe = SV_MAX_CQE;
 	a->max_mr = 1 << 20;
@@ -2603,7 +2607,7 @@ SV_EXPORT struct ibv_qp *ibv_create_qp(struct ibv_pd *ibpd, struct ibv_qp_init_a
 	struct sv_context *c = (struct sv_context *)pd->ibv.context;
 	if (ia->send_cq->context != &c->ibv || ia->recv_cq->context != &c->ibv ||
 	    ia->cap.max_send_wr > SV_MAX_QP_WR || ia->cap.max_recv_wr > SV_MAX_QP_WR ||
-	    ia->cap.max_send_sge > SV_MAX_SGE || ia->cap.max_recv_sge > SV_MAX_SGE ||
+	    ia->cap.max_send_sge > c->max_sge || ia->cap.max_recv_sge > c->max_sge ||
 	    ia->cap.max_inline_data > SV_MAX_INLINE) {
 		errno = EINVAL;
 		return NULL;
