@@ -1151,6 +1151,8 @@ typedef struct kvx__fsrc {
     int dfd;                /* set by the progress thread while state is 0 */
     int state;              /* 0: waiting (fe->mu), 1: being read, 2: all chunks placed */
     int aux;                /* writes the room's aux rows (kvx_layout_overlap) */
+    uint32_t heads[2], layers[2]; /* the model's heads and layers it holds: [begin, end) */
+    int shaped;             /* heads and layers are known (under fr->mu) */
     kvx_file_done_info done;
     uint64_t settle_until;  /* files transfer_done lists may still appear until then
                                (ns; 0 = transfer_done not seen yet) */
@@ -2279,6 +2281,10 @@ static kvx_result kvx__frecv_check_layout(kvx__fsrc *s, const kvx_file_chunk_inf
                      s->dir, diff);
         return res;
     }
+    s->heads[0] = th->mla ? 0 : th->head_begin;
+    s->heads[1] = th->mla ? 1 : th->head_begin + th->num_kv_heads;
+    s->layers[0] = th->layer_begin;
+    s->layers[1] = th->layer_begin + (th->mla ? th->num_buffers : th->num_buffers / 2);
     if (!bpp) {
         kvx__set_why(why, wl, "%s (%s) holds nothing this decode rank holds (its heads from %u, "
                      "layers from %u; ours from %u and %u)", s->who, s->dir, th->head_begin,
@@ -2292,6 +2298,33 @@ static kvx_result kvx__frecv_check_layout(kvx__fsrc *s, const kvx_file_chunk_inf
         return KVX_ERR_LAYOUT_MISMATCH;
     }
     return KVX_OK;
+}
+
+/* No decode byte twice: a contributor's slice (heads x layers) must not
+   meet another's; checked under fr->mu before its reads are queued, so
+   of two that meet, the second never writes a page. */
+static int kvx__frecv_disjoint(kvx__fsrc *s, char *why, size_t wl) {
+    kvx__froom *fr = s->fr;
+    uint32_t k;
+    int ok = 1;
+    pthread_mutex_lock(&fr->mu);
+    for (k = 0; k < fr->nsrc && ok; k++) {
+        const kvx__fsrc *y = &fr->src[k];
+        if (y == s || !y->shaped) continue;
+        if (s->heads[0] < y->heads[1] && y->heads[0] < s->heads[1] &&
+            s->layers[0] < y->layers[1] && y->layers[0] < s->layers[1]) {
+            kvx__set_why(why, wl, "%s and %s both hold layers %u-%u, heads %u-%u: the prefill "
+                         "ranks' slices must not overlap", y->who, s->who,
+                         s->layers[0] > y->layers[0] ? s->layers[0] : y->layers[0],
+                         (s->layers[1] < y->layers[1] ? s->layers[1] : y->layers[1]) - 1,
+                         s->heads[0] > y->heads[0] ? s->heads[0] : y->heads[0],
+                         (s->heads[1] < y->heads[1] ? s->heads[1] : y->heads[1]) - 1);
+            ok = 0;
+        }
+    }
+    if (ok) s->shaped = 1;
+    pthread_mutex_unlock(&fr->mu);
+    return ok;
 }
 
 /* Parses a contributor's transfer_done and every meta, then queues the
@@ -2387,12 +2420,18 @@ static void kvx__frecv_start(void *arg) {
             if (res == KVX_ERR_NOT_FOUND) res = KVX_ERR_CORRUPT, unseen = 1;
             break;
         }
-        if (fstat(j->fd, &st) || (uint64_t)st.st_size != j->bytes ||
-            j->plan.packed_bytes != j->bytes) {
+        if (j->plan.packed_bytes != j->bytes) {
+            kvx__set_why(why, sizeof why, "%s is %llu bytes by its meta, but its pages in the "
+                         "writer's layout are %llu", j->path, (unsigned long long)j->bytes,
+                         (unsigned long long)j->plan.packed_bytes);
+            res = KVX_ERR_CORRUPT;
+            break;
+        }
+        if (fstat(j->fd, &st) || (uint64_t)st.st_size != j->bytes) {
             kvx__set_why(why, sizeof why, "%s is %lld bytes; its meta says %llu (truncated or "
                      "corrupted)", j->path, (long long)st.st_size, (unsigned long long)j->bytes);
             res = KVX_ERR_CORRUPT;
-            unseen = j->plan.packed_bytes == j->bytes && (uint64_t)st.st_size < j->bytes;
+            unseen = (uint64_t)st.st_size < j->bytes;
             break;
         }
     }
@@ -2402,6 +2441,7 @@ static void kvx__frecv_start(void *arg) {
                  fr->num_pages);
         res = KVX_ERR_CORRUPT;
     }
+    if (res == KVX_OK && !kvx__frecv_disjoint(s, why, sizeof why)) res = KVX_ERR_LAYOUT_MISMATCH;
     if (res != KVX_OK) {
         for (i = 0; i < njobs; i++) {
             if (jobs[i]->fd >= 0) close(jobs[i]->fd);

@@ -22,7 +22,7 @@ static char root[128];
 static const ex_model gqa = {"gqa", 4, 8, 8, 2, 0, "bfloat16"}; /* 8 KV heads of 16 bytes */
 static const ex_model mla = {"mla", 4, 1, 36, 2, 1, "bfloat16"};
 
-enum { OK_RUN = 0, FAIL_RUN = 1, KILL_RUN = 2 };
+enum { OK_RUN = 0, FAIL_RUN = 1, KILL_RUN = 2, LIE_RUN = 3 };
 
 static void sleep_ms(int ms) {
     struct timespec ts;
@@ -74,6 +74,7 @@ static void prefill_rank(const char *dir, const ex_model *m, ex_rank rk, uint32_
     /* the aux rows are right only where the decode rank's last layer is
        (kvx_layout_overlap's sends_aux): elsewhere they would fail the check */
     ex_aux_write(&p, dpp == rk.pp || p.layer_begin + p.layers == m->layers ? room : room ^ 0xBAD, 0);
+    if (mode == LIE_RUN) p.layout.layer_begin = p.layers; /* claims the next rank's layers */
     e = engine(KVX_ROLE_PREFILL, &p, dir, &rk, why);
     CHECK(e != NULL, "prefill engine: %s", why);
     if (!e) child_exit();
@@ -86,7 +87,7 @@ static void prefill_rank(const char *dir, const ex_model *m, ex_rank rk, uint32_
     if (mode == FAIL_RUN) kvx_sender_abort(s, "prefill gave up");
     else kvx_sender_send(s, pages + NP / 2, NP - NP / 2);
     st = kvx_sender_wait(s, KVX_POLL_SUCCESS, 60000);
-    if (mode == OK_RUN)
+    if (mode == OK_RUN || mode == LIE_RUN)
         CHECK(st == KVX_POLL_SUCCESS, "prefill tp %u pp %u: %s", rk.tp_rank, rk.pp_rank,
               kvx_sender_error(s));
     kvx_sender_destroy(s);
@@ -186,7 +187,8 @@ static void topo(const ex_model *m, uint32_t ptp, uint32_t dtp, uint32_t ppp, ui
     uint32_t a, q, n = 0, i;
     const uint64_t room = 7000 + ptp * 100 + dtp * 10 + ppp + dpp * 1000 + (uint64_t)m->mla * 5;
     snprintf(label, sizeof label, "%s tp %u->%u pp %u->%u%s", m->name, ptp, dtp, ppp, dpp,
-             bad_tp < 0 ? "" : mode == KILL_RUN ? " (one killed)" : " (one fails)");
+             bad_tp < 0 ? "" : mode == KILL_RUN ? " (one killed)" : mode == LIE_RUN ?
+             " (two claim the same layers)" : " (one fails)");
     snprintf(dir, sizeof dir, "%s/%s_%u_%u_%u_%u_%d", root, m->name, ptp, dtp, ppp, dpp, mode);
     for (a = 0; a < ptp; a++)
         for (q = 0; q < ppp; q++) {
@@ -224,6 +226,8 @@ static void topo(const ex_model *m, uint32_t ptp, uint32_t dtp, uint32_t ppp, ui
                 uint32_t count = ptp >= dtp ? ptp / dtp : 1;
                 if ((uint32_t)bad_tp >= first && (uint32_t)bad_tp < first + count && (dpp == 1 || !q)) {
                     snprintf(expect, sizeof expect, "prefill rank tp %d pp 0", bad_tp);
+                    if (mode == LIE_RUN)
+                        snprintf(expect, sizeof expect, "both hold layers 2-3, heads 0-7");
                     ex = expect;
                 }
             }
@@ -238,7 +242,7 @@ static void topo(const ex_model *m, uint32_t ptp, uint32_t dtp, uint32_t ppp, ui
               label, i, status);
     }
     unsetenv("KVX_FILE_TIMEOUT");
-    if (bad_tp < 0) /* the last of several readers removes a room: nothing is left */
+    if (bad_tp < 0 || mode == LIE_RUN) /* the last of several readers removes a room: nothing is left */
         CHECK(count_rooms(dir) == 0, "%s: %u room entries left in %s", label, count_rooms(dir), dir);
     printf("  %s\n", label);
     fflush(stdout);
@@ -263,6 +267,7 @@ int main(void) {
     topo(&gqa, 2, 1, 2, 1, -1, OK_RUN);
     topo(&gqa, 4, 2, 1, 1, 1, FAIL_RUN);
     topo(&gqa, 4, 2, 1, 1, 3, KILL_RUN);
+    topo(&gqa, 1, 1, 2, 1, 0, LIE_RUN);
     snprintf(cmd, sizeof cmd, "rm -rf %s", root);
     if (system(cmd) != 0) printf("  (could not remove %s)\n", root);
     return kt_done();
