@@ -1129,6 +1129,7 @@ typedef struct kvx__froom {
     uint64_t bytes_done;
     int32_t aux_index;
     int boot;               /* the room goes through kvx_boot */
+    int peer_aborted;       /* sender: a decode rank's <R>.aborted stopped it (atomic) */
     /* receiver */
     int32_t *pages;
     uint32_t num_pages;
@@ -1614,12 +1615,61 @@ static void kvx__file_write_failed(kvx__froom *fr, kvx_result res, const char *r
 /* The room failed by a local decision (core contract): tell the peer, with
    the first reason. The core calls this once, never on a room that
    succeeded. */
+static void kvx__frecv_abort_others(kvx__froom *fr, const kvx__fsrc *except, const char *reason);
+static kvx_result kvx__file_load_text(kvx__froom *fr, int dfd, const char *name,
+                                      const char *shown, char **text, size_t *len, char *why,
+                                      size_t wl);
 static void kvx__file_room_failed(kvx_room *r) {
     kvx__froom *fr = (kvx__froom *)kvx_room_data(r);
     if (!fr) return;
     if (fr->boot) kvx_boot_room_failed(fr->fe->boot, r);
-    if (kvx_room_role(r) == KVX_ROLE_PREFILL)
-        kvx__file_write_failed(fr, kvx_room_result(r), kvx_room_error(r));
+    if (kvx_room_role(r) == KVX_ROLE_DECODE && !fr->boot)
+        kvx__frecv_abort_others(fr, NULL, kvx_room_error(r));
+    if (kvx_room_role(r) != KVX_ROLE_PREFILL) return;
+    if (__atomic_load_n(&fr->peer_aborted, __ATOMIC_ACQUIRE)) {
+        /* the decode side gave up: nobody will read this room, free it */
+        char marker[80];
+        snprintf(marker, sizeof marker, "%s.aborted", fr->name);
+        pthread_mutex_lock(&fr->mu);
+        if (!fr->committed) kvx__rm_room_at(fr->fe->dfd, fr->stage, 1);
+        pthread_mutex_unlock(&fr->mu);
+        (void)unlinkat(fr->fe->dfd, marker, 0);
+        return;
+    }
+    kvx__file_write_failed(fr, kvx_room_result(r), kvx_room_error(r));
+}
+
+/* Sender: whether a decode rank left <R>.aborted (kvx__frecv_abort_others);
+   1 with its reason in why. A marker whose MAC fails (with an auth key) is
+   not the decode's word and is ignored. */
+static int kvx__fsend_aborted(kvx__froom *fr, char *why, size_t wl) {
+    char name[80], path[KVX__FILE_PATH], *text = NULL;
+    size_t len = 0, json_len = 0;
+    struct stat st;
+    kvx__json_doc d;
+    const kvx__json *reason;
+    uint8_t mac[KVX_MAC_BYTES];
+    int has_mac;
+    snprintf(name, sizeof name, "%s.aborted", fr->name);
+    if (fstatat(fr->fe->dfd, name, &st, AT_SYMLINK_NOFOLLOW)) return 0;
+    kvx__pathf(path, "%s/%s", fr->fe->dir, name);
+    if (kvx__file_load_text(fr, fr->fe->dfd, name, path, &text, &len, why, wl) != KVX_OK) {
+        kvx_engine_log(kvx_room_engine(fr->room), KVX_LOG_WARN, "kvx.file", kvx_room_id(fr->room),
+                       "ignoring %s: %s", path, why);
+        return 0;
+    }
+    memset(&d, 0, sizeof d);
+    if (kvx__file_split(text, len, &json_len, &has_mac, mac) &&
+        kvx__json_parse(&d, fr->fe->al, text, json_len, 64) == KVX_OK &&
+        (reason = kvx__json_get(&d, kvx__json_root(&d), "reason")) != NULL &&
+        reason->type == KVX_JSON_STRING)
+        kvx__set_why(why, wl, "the decode side gave up the room (%s): %s", path, reason->str);
+    else
+        kvx__set_why(why, wl, "the decode side gave up the room (%s)", path);
+    kvx__json_free(&d);
+    kvx__free(fr->fe->al, text);
+    __atomic_store_n(&fr->peer_aborted, 1, __ATOMIC_RELEASE);
+    return 1;
 }
 
 /* >>file transport: sender ---------------------------------------------------- */
@@ -1688,6 +1738,7 @@ static kvx_result kvx__file_finish_send(kvx__froom *fr, char *why, size_t wl) {
         kvx__free(fr->fe->al, aux);
         if (r != KVX_OK) return r;
     }
+    if (kvx__fsend_aborted(fr, why, wl)) return KVX_ERR_PEER;
     kvx__buf_printf(&b, "{\"format\":\"kvx-file-done\",\"version\":%d,\"room\":%llu,\"chunks\":%u,"
                        "\"total_pages\":%u,\"layout_fingerprint\":\"%016llx\",\"aux_index\":%d,"
                        "\"aux_bytes\":%llu,\"aux_crc32c\":%u,\"aux_item_lens\":[",
@@ -1782,6 +1833,10 @@ static void kvx__fstripe_work(kvx__fstripe *st, const kvx_plan *plan, int to_fil
     }
     if (__atomic_load_n(&j->res, __ATOMIC_ACQUIRE) != KVX_OK) return;
     why[0] = 0;
+    if (to_file && st->kind != KVX__ST_CRC && kvx__fsend_aborted(fr, why, sizeof why)) {
+        kvx__fjob_error(j, KVX_ERR_PEER, 0, "%s", why);
+        return;
+    }
     if (st->kind == KVX__ST_CRC)
         res = kvx__plan_io(l, plan, to_file, -1, lo, hi, &j->crcs[st->index], &err);
     else if (st->kind == KVX__ST_SEQ_IO) /* the writer: the whole file, in order */
@@ -1930,7 +1985,9 @@ static kvx_result kvx__file_load_text(kvx__froom *fr, int dfd, const char *name,
     uint8_t mac[KVX_MAC_BYTES], want[KVX_MAC_BYTES];
     size_t json_len;
     int has_mac;
-    const char *mac_name = strstr(name, ".failed") ? "transfer_failed" : name;
+    const char *mac_name = strstr(name, ".failed")    ? "transfer_failed"
+                           : strstr(name, ".aborted") ? "transfer_aborted"
+                                                      : name;
     kvx_result r = kvx__read_small_at(fe->al, dfd, name, shown, text, len, KVX__FILE_META_MAX,
                                       why, wl);
     if (r != KVX_OK || !fe->key) return r;
@@ -2497,7 +2554,44 @@ static void kvx__frecv_sender_failed(kvx__froom *fr, kvx__fsrc *s, int marker) {
     kvx__json_free(&d);
     kvx__free(fr->fe->al, text);
     kvx_room_fail_remote(fr->room, KVX_ERR_PEER, "%s", why);
+    kvx__frecv_abort_others(fr, s, kvx_room_error(fr->room));
     kvx__frecv_cleanup(fr);
+}
+
+/* Decode, without a bootstrap channel: tells every contributor still
+   writing (not `except`, not one whose transfer_done was seen) that this
+   room is given up: <R>.aborted beside its room, created once (the first
+   reason stays), sealed like transfer_failed. The sender sees it at its
+   next stripe or before transfer_done, fails and removes its room. */
+static void kvx__frecv_abort_others(kvx__froom *fr, const kvx__fsrc *except, const char *reason) {
+    kvx__fengine *fe = fr->fe;
+    kvx__buf b = KVX__BUF(fe->al);
+    char why[KVX_ERROR_MAX], name[80], text[KVX_ERROR_MAX + 64];
+    uint32_t i;
+    if (!fr->src) return;
+    snprintf(text, sizeof text, "decode rank tp %u pp %u: %s", fe->rank[1], fe->rank[3], reason);
+    kvx__buf_printf(&b, "{\"format\":\"kvx-file-aborted\",\"version\":%d,\"room\":%llu,"
+                       "\"reason\":", KVX_FILE_FORMAT_VERSION,
+                   (unsigned long long)kvx_room_id(fr->room));
+    kvx__buf_json_str(&b, text);
+    kvx__buf_printf(&b, "}\n");
+    kvx__file_seal(&b, fe->key, fe->key_len, "transfer_aborted");
+    for (i = 0; i < fr->nsrc && !b.oom; i++) {
+        kvx__fsrc *s = &fr->src[i];
+        int done;
+        if (s == except) continue;
+        pthread_mutex_lock(&fe->mu);
+        done = s->state != 0; /* its transfer_done is seen: it writes no more */
+        pthread_mutex_unlock(&fe->mu);
+        if (done) continue;
+        snprintf(name, sizeof name, "%s.aborted", s->name);
+        if (kvx__write_at(fe->dfd, fe->dir, name, b.data, b.len, fe->set.fsync, 0, fe->file_mode,
+                          why, sizeof why) != KVX_OK)
+            kvx_engine_log(kvx_room_engine(fr->room), KVX_LOG_WARN, "kvx.file",
+                           kvx_room_id(fr->room), "cannot tell %s that the room is given up: %s",
+                           s->who, why);
+    }
+    kvx__buf_free(&b);
 }
 
 /* Receiver, progress thread, fe->mu held: what a contributor's room says

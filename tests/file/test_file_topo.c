@@ -22,7 +22,17 @@ static char root[128];
 static const ex_model gqa = {"gqa", 4, 8, 8, 2, 0, "bfloat16"}; /* 8 KV heads of 16 bytes */
 static const ex_model mla = {"mla", 4, 1, 36, 2, 1, "bfloat16"};
 
-enum { OK_RUN = 0, FAIL_RUN = 1, KILL_RUN = 2, LIE_RUN = 3 };
+enum { OK_RUN = 0, FAIL_RUN = 1, KILL_RUN = 2, LIE_RUN = 3, WAIT_RUN = 4 };
+
+static uint32_t count_prefix(const char *dir, const char *prefix) {
+    DIR *d = opendir(dir);
+    struct dirent *de;
+    uint32_t n = 0;
+    if (!d) return 0;
+    while ((de = readdir(d)) != NULL) n += !strncmp(de->d_name, prefix, strlen(prefix));
+    closedir(d);
+    return n;
+}
 
 static void sleep_ms(int ms) {
     struct timespec ts;
@@ -84,6 +94,29 @@ static void prefill_rank(const char *dir, const ex_model *m, ex_rank rk, uint32_
     kvx_sender_init(s, NP, 0);
     kvx_sender_send(s, pages, NP / 2);
     if (mode == KILL_RUN) raise(SIGKILL);
+    if (mode == WAIT_RUN) { /* a slow rank: the decode gives up meanwhile */
+        char marker[600];
+        struct stat sb;
+        uint64_t t0 = kvx_now_ns();
+        snprintf(marker, sizeof marker, "%s/room_%llu.tp%u.pp%u.aborted", dir,
+                 (unsigned long long)room, rk.tp_rank, rk.pp_rank);
+        while (stat(marker, &sb) && kvx_now_ns() - t0 < 60000000000ull) sleep_ms(2);
+        CHECK(stat(marker, &sb) == 0, "the decode's abort marker %s appeared", marker);
+        kvx_sender_send(s, pages + NP / 2, NP - NP / 2);
+        st = kvx_sender_wait(s, KVX_POLL_SUCCESS, 60000);
+        CHECK(st == KVX_POLL_FAILED, "the slow prefill rank stops (%s)", kvx_poll_str(st));
+        CHECK_STR(kvx_sender_error(s), "the decode side gave up the room");
+        CHECK_STR(kvx_sender_error(s), "decode rank tp 0 pp 0: ");
+        snprintf(marker, sizeof marker, "room_%llu.tp%u.pp%u", (unsigned long long)room, rk.tp_rank,
+                 rk.pp_rank);
+        t0 = kvx_now_ns(); /* room_failed runs after the state turns Failed */
+        while (count_prefix(dir, marker) && kvx_now_ns() - t0 < 60000000000ull) sleep_ms(2);
+        CHECK(count_prefix(dir, marker) == 0, "the slow prefill rank removed its room and the marker");
+        kvx_sender_destroy(s);
+        kvx_engine_destroy(e);
+        ex_pool_free(&p);
+        child_exit();
+    }
     if (mode == FAIL_RUN) kvx_sender_abort(s, "prefill gave up");
     else kvx_sender_send(s, pages + NP / 2, NP - NP / 2);
     st = kvx_sender_wait(s, KVX_POLL_SUCCESS, 60000);
@@ -99,7 +132,7 @@ static void prefill_rank(const char *dir, const ex_model *m, ex_rank rk, uint32_
 /* A decode rank: reads the room; expect NULL = Success with every byte
    checked, else the failure sentence must contain expect. */
 static void decode_rank(const char *dir, const ex_model *m, ex_rank rk, uint32_t ptp, uint32_t ppp,
-                        uint64_t room, const char *expect) {
+                        uint64_t room, const char *expect, int give_up) {
     ex_pool p;
     kvx_engine *e;
     kvx_receiver *r;
@@ -126,6 +159,7 @@ static void decode_rank(const char *dir, const ex_model *m, ex_rank rk, uint32_t
     rd.room = room;
     kvx_receiver_create(e, &rd, &r);
     kvx_receiver_init(r, pages, NP, 1);
+    if (give_up) kvx_receiver_abort(r, "decode gave up");
     while ((st = kvx_receiver_poll(r)) != KVX_POLL_SUCCESS && st != KVX_POLL_FAILED &&
            kvx_now_ns() - t0 < 60000000000ull)
         sleep_ms(1);
@@ -233,7 +267,7 @@ static void topo(const ex_model *m, uint32_t ptp, uint32_t dtp, uint32_t ppp, ui
             }
             fflush(stdout);
             pid = fork();
-            if (pid == 0) decode_rank(dir, m, rk, ptp, ppp, room, ex);
+            if (pid == 0) decode_rank(dir, m, rk, ptp, ppp, room, ex, 0);
             pids[n++] = pid;
         }
     for (i = 0; i < n; i++) {
@@ -246,6 +280,25 @@ static void topo(const ex_model *m, uint32_t ptp, uint32_t dtp, uint32_t ppp, ui
         CHECK(count_rooms(dir) == 0, "%s: %u room entries left in %s", label, count_rooms(dir), dir);
     printf("  %s\n", label);
     fflush(stdout);
+}
+
+/* The decode side gives up while a contributor still writes: that prefill
+   rank sees it at its next chunk, fails with the decode's reason and
+   removes its room. */
+static void give_up(void) {
+    char dir[400];
+    ex_rank p1 = {2, 1, 1, 0}, d0 = {1, 0, 1, 0};
+    pid_t pp, pd;
+    int st1, st2;
+    snprintf(dir, sizeof dir, "%s/give_up", root);
+    fflush(stdout);
+    if ((pp = fork()) == 0) prefill_rank(dir, &gqa, p1, 1, 1, 9901, WAIT_RUN);
+    if ((pd = fork()) == 0) decode_rank(dir, &gqa, d0, 2, 1, 9901, "decode gave up", 1);
+    st1 = reap(pp);
+    st2 = reap(pd);
+    CHECK(WIFEXITED(st1) && WEXITSTATUS(st1) == 0, "give up: prefill process (status %d)", st1);
+    CHECK(WIFEXITED(st2) && WEXITSTATUS(st2) == 0, "give up: decode process (status %d)", st2);
+    printf("  gqa tp 2->1: the decode gives up, the slow prefill rank stops\n");
 }
 
 int main(void) {
@@ -268,6 +321,7 @@ int main(void) {
     topo(&gqa, 4, 2, 1, 1, 1, FAIL_RUN);
     topo(&gqa, 4, 2, 1, 1, 3, KILL_RUN);
     topo(&gqa, 1, 1, 2, 1, 0, LIE_RUN);
+    give_up();
     snprintf(cmd, sizeof cmd, "rm -rf %s", root);
     if (system(cmd) != 0) printf("  (could not remove %s)\n", root);
     return kt_done();
