@@ -1150,7 +1150,7 @@ typedef struct kvx__fsrc {
     uint32_t tp_rank, pp_rank;
     uint32_t readers;       /* decode ranks that read this directory */
     int dfd;                /* set by the progress thread while state is 0 */
-    int state;              /* 0: waiting (fe->mu), 1: being read, 2: all chunks placed */
+    int state;              /* under fe->mu: 0 waiting for its room, 1 its room seen */
     int aux;                /* writes the room's aux rows (kvx_layout_overlap) */
     uint32_t heads[2], layers[2]; /* the model's heads and layers it holds: [begin, end) */
     int shaped;             /* heads and layers are known (under fr->mu) */
@@ -2240,10 +2240,7 @@ static void kvx__frecv_stripe(void *arg) {
     res = __atomic_load_n(&j->res, __ATOMIC_ACQUIRE);
     pthread_mutex_lock(&fr->mu);
     fr->bytes_done += j->plan.total_bytes;
-    if (++s->chunks_read == s->done.chunks) {
-        s->state = 2;
-        last = ++fr->srcs_done == fr->nsrc;
-    }
+    if (++s->chunks_read == s->done.chunks) last = ++fr->srcs_done == fr->nsrc;
     pthread_mutex_unlock(&fr->mu);
     if (res != KVX_OK && res != KVX_ERR_ABORTED) kvx__frecv_fail(fr, res, j->why);
     else if (last && res == KVX_OK && kvx_room_poll(r) != KVX_POLL_FAILED && !kvx_room_closed(r))
