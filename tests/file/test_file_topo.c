@@ -248,7 +248,6 @@ static void topo(const ex_model *m, uint32_t ptp, uint32_t dtp, uint32_t ppp, ui
             CHECK(exists(dir, name) == !dummy, "%s: %s %s", label, name,
                   dummy ? "not written (an MLA dummy writes nothing)" : "written");
         }
-    if (bad_tp >= 0 && mode == KILL_RUN) setenv("KVX_FILE_TIMEOUT", "2", 1);
     n = 0;
     for (a = 0; a < dtp; a++)
         for (q = 0; q < dpp; q++) {
@@ -267,7 +266,12 @@ static void topo(const ex_model *m, uint32_t ptp, uint32_t dtp, uint32_t ppp, ui
             }
             fflush(stdout);
             pid = fork();
-            if (pid == 0) decode_rank(dir, m, rk, ptp, ppp, room, ex, 0);
+            if (pid == 0) {
+                /* only a rank that waits for the killed one: the others
+                   must finish whatever the load */
+                if (ex && mode == KILL_RUN) setenv("KVX_FILE_TIMEOUT", "2", 1);
+                decode_rank(dir, m, rk, ptp, ppp, room, ex, 0);
+            }
             pids[n++] = pid;
         }
     for (i = 0; i < n; i++) {
@@ -275,7 +279,6 @@ static void topo(const ex_model *m, uint32_t ptp, uint32_t dtp, uint32_t ppp, ui
         CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0, "%s: decode process %u (status %d)",
               label, i, status);
     }
-    unsetenv("KVX_FILE_TIMEOUT");
     if (bad_tp < 0 || mode == LIE_RUN) /* the last of several readers removes a room: nothing is left */
         CHECK(count_rooms(dir) == 0, "%s: %u room entries left in %s", label, count_rooms(dir), dir);
     printf("  %s\n", label);
