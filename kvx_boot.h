@@ -84,6 +84,12 @@
      KVX_BOOT_MAX_RANKS       dp*cp*tp*pp ranks the bootstrap server accepts (4096)
      KVX_BOOT_TRIES           attempts to reach the bootstrap server or a rank
                               before a room fails (5); backoff 200 ms, doubling
+     KVX_BOOT_MAX_DP_ROOMS    rooms pinned to a dp rank (POST /register_dp_rank)
+                              the server keeps (65536); past it the oldest pin
+                              is evicted (its decode then waits and times out)
+     KVX_BOOT_DP_ROOM_TTL_S   seconds a pin is kept (120, SGLang's
+                              SGLANG_DISAGGREGATION_BOOTSTRAP_ENTRY_CLEANUP_INTERVAL)
+     KVX_BOOT_MAX_QUERY_ROOMS rooms in one POST /query_dp_ranks (4096); more: 400
 
    ENVIRONMENT (desc.boot; kvx.h's settings rule; kvx__boot_table. Out of
    range is refused; before issue 12 heartbeat values were clamped)
@@ -115,6 +121,10 @@
                                sender waits for its room frame
      KVX_AUTH_KEY, KVX_AUTH_KEY_FILE (kvx.h, desc.auth_key, auth_key_file)
                                a shared secret: see SECURITY
+     KVX_LOAD_BALANCE_METHOD   (no desc field) prefill: SGLang's
+                               --load-balance-method, registered as
+                               load_balance_method (follow_bootstrap_room;
+                               lower-case letters and '_'): see DP ATTENTION
      Not read from the environment: desc.boot.tp_size/tp_rank, dp_size/dp_rank,
      pp_size/pp_rank, cp_size/cp_rank (see RANK MAPPING).
 
@@ -134,21 +144,43 @@
                     attn_tp_rank, attn_cp_size, attn_cp_rank, attn_dp_size,
                     attn_dp_rank, pp_size, pp_rank, system_dp_size,
                     system_dp_rank, rank_ip, rank_port, page_size,
-                    kv_cache_dtype, load_balance_method, prefill_http_port
-                    (numbers may be JSON numbers or decimal strings; rank_ip
-                    and rank_port are required, sizes default to 1, ranks to
-                    0). 200 "OK"; 400 with a sentence when malformed or when
-                    it disagrees with the sizes already registered.
+                    kv_cache_dtype, load_balance_method, prefill_http_port,
+                    enable_dsa_cache_layer_split (numbers may be JSON numbers
+                    or decimal strings; rank_ip and rank_port are required,
+                    sizes default to 1, ranks to 0; with system_dp_size > 1
+                    the dp group is system_dp_size/rank, as SGLang's). The
+                    first registration sets follow_bootstrap_room (its
+                    load_balance_method is absent or "follow_bootstrap_room")
+                    and enable_dsa_cache_layer_split (Python's bool() of it);
+                    prefill_http_port is the first one given. 200 "OK"; 400
+                    with a sentence when malformed or when it disagrees with
+                    the sizes already registered.
      GET /route?prefill_dp_rank=D&prefill_cp_rank=C&target_tp_rank=T&target_pp_rank=P
-                    all four -1: server info {"attn_tp_size","attn_cp_size",
-                    "dp_size","pp_size","page_size","kv_cache_dtype",
-                    "follow_bootstrap_room","prefill_http_port",
-                    "kvx_heartbeat":"control"} (the last member tells a kvx
-                    decode to heartbeat over the control connection; other
-                    clients ignore it); concrete ranks: {"rank_ip":"...",
-                    "rank_port":N}. 400 when a parameter is missing or not
+                    all four -1: server info, SGLang's PrefillServerInfo field
+                    for field and in its order: {"attn_tp_size",
+                    "attn_cp_size","dp_size","pp_size","page_size" (null
+                    when none registered),"kv_cache_dtype","follow_bootstrap_room",
+                    "enable_dsa_cache_layer_split","prefill_http_port" (null
+                    when none registered),"target_tp_rank","target_tp_ranks",
+                    "target_cp_ranks","target_pp_ranks","required_dst_info_num",
+                    "required_prefill_response_num" (these six null: the
+                    decode fills them in SGLang), "kvx_heartbeat":"control"}
+                    (the last member tells a kvx decode to heartbeat over
+                    the control connection; other clients ignore it);
+                    concrete ranks: {"rank_ip":"...","rank_port":N}. 400 when a parameter is missing or not
                     an integer, 503 until every dp*cp*tp*pp rank registered,
                     404 for a rank outside the registered sizes.
+     POST /register_dp_rank {"bootstrap_room": R, "dp_rank": D}: pins room R
+                    (an integer or decimal string in [0, 2^63)) to prefill dp
+                    rank D (< the registered dp size). 200 "OK"; 400 when
+                    malformed or D is out of range (SGLang's handler raises:
+                    500); 503 before any rank registered. The table holds
+                    KVX_BOOT_MAX_DP_ROOMS pins for KVX_BOOT_DP_ROOM_TTL_S
+                    each; a room pinned again moves to the newest.
+     POST /query_dp_ranks {"bootstrap_rooms": [R, ...]}: 200 {"R": D, ...}
+                    for the pinned rooms; rooms not pinned are left out ({}
+                    when none), as SGLang answers. 400 when malformed or
+                    more than KVX_BOOT_MAX_QUERY_ROOMS rooms.
      GET /health    200 "OK"
      GET /metrics   Prometheus text: kvx_rooms{state=...} (open rooms by
                     state), kvx_rooms_created_total, kvx_rooms_succeeded_total,
@@ -163,18 +195,21 @@
                     stranger claim a room); others get {"count":N,"rooms":[],
                     "note":...}.
      With a key (KVX_AUTH_KEY): /metrics and /rooms answer 403 to
-     non-loopback clients; PUT /route needs "X-Kvx-Auth: SECS:HEX" where
-     HEX = HMAC-SHA-256(key, "kvx-boot-route\0" SECS "\0" body) and SECS
-     (unix time) is within 300 s of the server's clock, else 403. /health and
-     GET /route stay open (SGLang clients).
+     non-loopback clients; PUT /route and POST /register_dp_rank need
+     "X-Kvx-Auth: SECS:HEX" where HEX = HMAC-SHA-256(key, "kvx-boot-route\0"
+     SECS "\0" body) and SECS (unix time) is within 300 s of the server's
+     clock, else 403 (a kvx prefill sends it). /health, GET /route and POST
+     /query_dp_ranks stay open (SGLang clients).
      Other paths 404, other methods 405. Requests are parsed strictly and
      bounded (KVX_BOOT_MAX_HEADER, KVX_BOOT_MAX_BODY, KVX_BOOT_READ_TIMEOUT_MS);
      one poll() loop serves every connection, so a slow or bad client holds
      only its own connection.
 
-   CONTROL CHANNEL WIRE FORMAT (version 2; every integer little-endian.
-   Version 2 adds type 8; a version-1 peer's hello is refused with a
-   sentence naming both versions, and it refuses ours the same way)
+   CONTROL CHANNEL WIRE FORMAT (version 3; every integer little-endian.
+   Version 2 added type 8; version 3 adds head_begin and layer_begin to the
+   fixed hello (8 bytes more). An older peer's hello is refused with a
+   sentence naming both versions (the version is read before the length),
+   and it refuses ours the same way)
      One TCP connection per (decode engine, prefill rank); the decode side
      connects to the rank_ip:rank_port it resolved. Each frame:
        u32 body_len   bytes after this 8-byte header (<= KVX_BOOT_MAX_FRAME,
@@ -182,9 +217,9 @@
        u16 type       1 hello, 2 room, 3 status, 4 abort, 5 ping, 6 pong,
                       7 auth, 8 transport message; others: protocol error
        u16 flags      0 (anything else: protocol error)
-     HELLO (both ways, first frame of each side; body 96 + 8*(nb+na) + dl + tl + el
+     HELLO (both ways, first frame of each side; body 104 + 8*(nb+na) + dl + tl + el
             [+ 16 nonce, + 32 proof on the prefill's, when flags has bit 0])
-       0  u8[8] magic "kvx-boot"        8  u16 protocol version (2)
+       0  u8[8] magic "kvx-boot"        8  u16 protocol version (3)
        10 u16 role (1 prefill, 2 decode) 12 u32 flags (0; 1 = keyed, others refused)
        16 u64 instance (random per engine)
        24 u64 layout fingerprint (kvx_layout_fingerprint)
@@ -193,8 +228,14 @@
        80 u32 nb (KV buffers, <= KVX_MAX_BUFFERS)  84 u32 na (aux, <= KVX_MAX_AUX)
        88 u16 dl (dtype bytes, <= 63)   90 u16 tl (transport name bytes, <= 31)
        92 u32 el (endpoint bytes, <= KVX_BOOT_MAX_ENDPOINT)
-       96 u64 item_len[nb], u64 aux_item_len[na], dtype, transport, endpoint,
+       96 u32 head_begin  100 u32 layer_begin (kvx_layout's; each <= 64 *
+          KVX_MAX_BUFFERS)
+       104 u64 item_len[nb], u64 aux_item_len[na], dtype, transport, endpoint,
           keyed: u8 nonce[16] (fresh per connection), prefill: u8 proof[32]
+       Each side rebuilds the other's layout shape from it
+       (kvx_boot_peer.layout). The decode refuses a prefill rank whose
+       layout does not combine with its own (LAYOUTS BETWEEN RANKS); the
+       prefill logs it.
      ROOM (decode -> prefill; body 24 + 4*n)
        0 u64 room   8 i32 aux_index (-1 none)   12 u32 n (<= KVX_MAX_PAGES)
        16 u16 peer_index   18 u16 peer_count (decode ranks that send this
@@ -234,18 +275,58 @@
      A frame that breaks any rule closes that connection; the rooms that
      depended on it fail with the reason; every other connection goes on.
 
+   LAYOUTS BETWEEN RANKS
+     Ranks of different shapes (heterogeneous TP, PP: kvx.h PARALLEL
+     LAYOUTS) are paired when kvx_layout_overlap(prefill layout, decode
+     layout) is KVX_OK with bytes_per_page > 0, or the prefill rank is an
+     MLA dummy (kvx_mla_dummy), and their aux buffers agree (count and
+     item_lens); otherwise the decode's rooms for that prefill fail with
+     KVX_ERR_LAYOUT_MISMATCH and a sentence naming the prefill rank (address,
+     tp and pp rank) and kvx_layout_overlap's reason (or "shares no
+     heads/layers"). The layout fingerprint is no longer compared on its own.
+
    RANK MAPPING
      desc.boot.tp_size/tp_rank, dp_size/dp_rank, pp_size/pp_rank,
      cp_size/cp_rank place an engine in its instance (sizes 1, ranks 0). The
      prefill engine whose ranks are all 0 runs the bootstrap server; the
      others register with it by PUT /route. A decode engine picks its
-     prefill ranks with its tp_size/tp_rank:
-     dp: the room's prefill dp rank is room % dp_size (follow_bootstrap_room).
-     tp: prefill tp == decode tp: the same rank; prefill tp > decode tp: the
-     ratio of consecutive prefill ranks; prefill tp < decode tp: rank
-     decode_tp_rank / ratio, which then waits for `ratio` room frames.
-     cp and pp: every rank. A receiver succeeds when every prefill rank it
-     targets has reported status Success.
+     prefill ranks as SGLang's _resolve_rank_mapping does:
+     dp: see DP ATTENTION.
+     tp: prefill tp == decode tp: the same rank; prefill tp > decode tp
+     (ratio r): prefill ranks decode_tp_rank * r .. + r - 1 (MHA: each sends
+     its heads; MLA: the first sends, the others are dummies); prefill tp <
+     decode tp (ratio r): prefill rank decode_tp_rank / r, which then waits
+     for r room frames (peer_index decode_tp_rank % r). Neither divides the
+     other: the room fails with a sentence.
+     pp: decode pp_size == prefill pp_size: the prefill ranks with the
+     decode's own pp_rank; decode pp_size 1: every prefill pp rank; anything
+     else: the room fails ("decode PP must equal prefill PP or be 1").
+     cp: the decode's cp_size must be 1 (else the room fails); every prefill
+     cp rank is targeted.
+     A receiver succeeds when every prefill rank it targets (its
+     contributors) has reported status Success. A contributor that reports
+     Failed or aborts fails the receiver with a sentence naming it ("failed
+     by prefill engine at IP:PORT (tp rank T of N, pp rank P of M)"), and
+     the decode tells the room's other contributors at once (abort), so they
+     stop and free their rooms; likewise a prefill room that serves several
+     decode ranks tells the others when one of them aborts.
+
+   DP ATTENTION (SGLang's bootstrap server and decode, compared with
+   sgl-project/sglang python/sglang/srt/disaggregation/common/conn.py and
+   decode.py at commit 0094505da74125a31ceb354f37ae7a1b6a97d3f5)
+     Each prefill dp rank is its own engine (desc.boot.dp_size/dp_rank, its
+     own pool); dp rank 0's tp/pp rank 0 runs the server. The decode picks a
+     room's prefill dp rank: dp_size 1: 0; the server info says
+     follow_bootstrap_room: room % dp_size; otherwise it asks POST
+     /query_dp_ranks (rooms of one prefill batched, 256 a call) again after
+     200, 400, then every 800 ms while the room is not pinned yet, and the
+     room fails with a sentence when KVX_BOOTSTRAP_TIMEOUT passes (or the
+     answer is not a dp rank below dp_size). Prefill senders with dp_size >
+     1: KVX_LOAD_BALANCE_METHOD follow_bootstrap_room (the default) refuses
+     a room whose room % dp_size is another dp rank ("follow_bootstrap_room
+     conflict", as SGLang); any other method pins each sender's room to its
+     dp rank (POST /register_dp_rank, from a worker; rank 0 pins directly),
+     as SGLang's _register_prefill_dp_rank.
 
    HOW A TRANSPORT USES IT (the declarations below say the rest)
      engine_init / engine_fini: kvx_boot_create / kvx_boot_destroy; room_open,
@@ -293,9 +374,12 @@
    LIMITS OF THIS VERSION
      The decode side's HTTP client and connects are blocking calls on its
      worker threads (bounded by the timeouts above), not on the poll loop.
-     Heterogeneous TP is mapped (RANK MAPPING) but the layout fingerprint
-     must still match, so it only works where per-rank layouts are equal
-     (MLA). cp ranks are all targeted. No TLS, no keep-alive.
+     kvx_boot pairs ranks and carries each side's layout shape; moving a
+     slice (heterogeneous TP, PP) is the transport's work (kvx_plan_pages).
+     cp ranks are all targeted (SGLang targets cp rank 0 only unless every
+     cp rank transfers). A request's own prefill dp rank (SGLang's
+     disagg_prefill_dp_rank) cannot be given; the dp query is not routed
+     around a dead prefill. No TLS, no keep-alive.
 
    LICENSE: MIT, see the end of this file.
 */
@@ -350,6 +434,15 @@
 #ifndef KVX_BOOT_TRIES
 #define KVX_BOOT_TRIES 5
 #endif
+#ifndef KVX_BOOT_MAX_DP_ROOMS
+#define KVX_BOOT_MAX_DP_ROOMS 65536
+#endif
+#ifndef KVX_BOOT_DP_ROOM_TTL_S
+#define KVX_BOOT_DP_ROOM_TTL_S 120
+#endif
+#ifndef KVX_BOOT_MAX_QUERY_ROOMS
+#define KVX_BOOT_MAX_QUERY_ROOMS 4096
+#endif
 
 #if (KVX_MAX_PAGES) > 0x3ffffff0u
 #error "kvx_boot.h: KVX_MAX_PAGES is too large for a room frame (4 bytes per page, u32 length)"
@@ -359,7 +452,7 @@
 #error "kvx_boot.h: KVX_BOOT_MAX_MESSAGE must be 1..KVX_BOOT_MAX_CONN_BYTES / 2"
 #endif
 
-#define KVX_BOOT_PROTOCOL_VERSION 2
+#define KVX_BOOT_PROTOCOL_VERSION 3
 #define KVX_BOOT_DEFAULT_PORT 8998
 
 #ifdef __cplusplus
@@ -382,6 +475,11 @@ typedef struct kvx_boot_peer {
     uint32_t endpoint_len;
     uint64_t conn_id;      /* this control connection, unique per kvx_boot (never 0):
                               what kvx_boot_peer_send reads, so a copy may be kept */
+    /* The peer's layout shape from its hello: buffers with item_len only
+       (bases NULL, lengths 0), aux item_lens, page_size, dtype, dtype_size,
+       num_kv_heads, head_begin, layer_begin, mla. Valid for the connection's
+       lifetime (a copy of the peer does not copy it: copy what you keep). */
+    const kvx_layout *layout;
 } kvx_boot_peer;
 
 /* Hooks a transport gives kvx_boot_create. All optional. */
@@ -557,6 +655,7 @@ typedef struct kvx_boot_hello {
     uint64_t instance, fingerprint;
     int32_t tp_size, tp_rank, dp_size, dp_rank, pp_size, pp_rank, cp_size, cp_rank;
     uint32_t page_size, dtype_size, num_kv_heads, mla, num_buffers, num_aux;
+    uint32_t head_begin, layer_begin; /* version 3: where the rank's slice sits */
     const uint64_t *item_lens;     /* encode: native values */
     const uint64_t *aux_item_lens; /* encode: native values */
     const uint8_t *item_lens_le;   /* decode: num_buffers u64 LE, unaligned */
@@ -636,7 +735,7 @@ extern "C" {
 /* >>boot: frame codec ----------------------------------------------------- */
 
 #define KVX__BOOT_HDR 8
-#define KVX__BOOT_HELLO_FIXED 96
+#define KVX__BOOT_HELLO_FIXED 104
 #define KVX__BOOT_ROOM_FIXED 24
 #define KVX__BOOT_STATUS_FIXED 28
 #define KVX__BOOT_ABORT_FIXED 12
@@ -682,15 +781,15 @@ static kvx_result kvx__boot_decode_hello(const uint8_t *p, uint32_t n, kvx_boot_
     uint32_t el;
     uint16_t dl, tl;
     const uint8_t *q;
-    if (n < KVX__BOOT_HELLO_FIXED)
-        return kvx__boot_bad(why, wl, "hello of %u bytes is shorter than its %d fixed bytes", n,
-                             KVX__BOOT_HELLO_FIXED);
-    if (memcmp(p, KVX__BOOT_MAGIC, 8) != 0)
+    if (n < 10 || memcmp(p, KVX__BOOT_MAGIC, 8) != 0)
         return kvx__boot_bad(why, wl, "hello does not start with \"kvx-boot\" (not a kvx peer?)");
-    h->version = kvx__le_r16(p + 8);
+    h->version = kvx__le_r16(p + 8); /* before the length: older hellos are shorter */
     if (h->version != KVX_BOOT_PROTOCOL_VERSION)
         return kvx__boot_bad(why, wl, "peer speaks kvx boot protocol version %u, this side %d",
                              h->version, KVX_BOOT_PROTOCOL_VERSION);
+    if (n < KVX__BOOT_HELLO_FIXED)
+        return kvx__boot_bad(why, wl, "hello of %u bytes is shorter than its %d fixed bytes", n,
+                             KVX__BOOT_HELLO_FIXED);
     h->role = kvx__le_r16(p + 10);
     if (h->role != KVX_ROLE_PREFILL && h->role != KVX_ROLE_DECODE)
         return kvx__boot_bad(why, wl, "hello has role %u (1 prefill or 2 decode expected)", h->role);
@@ -712,6 +811,11 @@ static kvx_result kvx__boot_decode_hello(const uint8_t *p, uint32_t n, kvx_boot_
     dl = kvx__le_r16(p + 88);
     tl = kvx__le_r16(p + 90);
     el = kvx__le_r32(p + 92);
+    h->head_begin = kvx__le_r32(p + 96);
+    h->layer_begin = kvx__le_r32(p + 100);
+    if (h->head_begin > KVX_MAX_BUFFERS * 64u || h->layer_begin > KVX_MAX_BUFFERS * 64u)
+        return kvx__boot_bad(why, wl, "hello has head_begin %u, layer_begin %u (limit %u)",
+                             h->head_begin, h->layer_begin, KVX_MAX_BUFFERS * 64u);
     if (h->num_buffers > KVX_MAX_BUFFERS || h->num_aux > KVX_MAX_AUX)
         return kvx__boot_bad(why, wl, "hello declares %u KV and %u aux buffers (limits %d, %d)",
                              h->num_buffers, h->num_aux, KVX_MAX_BUFFERS, KVX_MAX_AUX);
@@ -934,6 +1038,8 @@ static KVX__UNUSED kvx_result kvx__boot_frame_encode(const kvx_boot_frame *f, kv
         kvx__le_w16(b + 88, (uint16_t)h->dtype_len);
         kvx__le_w16(b + 90, (uint16_t)h->transport_len);
         kvx__le_w32(b + 92, h->endpoint_len);
+        kvx__le_w32(b + 96, h->head_begin);
+        kvx__le_w32(b + 100, h->layer_begin);
         kvx__buf_put(out, fixed, sizeof fixed);
         for (i = 0; i < h->num_buffers + h->num_aux; i++) {
             uint8_t v[8];
@@ -1187,6 +1293,14 @@ KVX_API int kvx_boot_query_int(const char *q, size_t len, const char *key, int32
 
 /* >>boot: state ------------------------------------------------------------ */
 
+/* A peer's layout shape, rebuilt from its hello (kvx_boot_peer.layout). */
+typedef struct kvx__boot_shape {
+    kvx_layout l;
+    kvx_buffer *bufs; /* num_buffers, item_len only; from the allocator */
+    kvx_aux_buffer aux[KVX_MAX_AUX + 1];
+    char dtype[64];
+} kvx__boot_shape;
+
 enum { KVX__BOOT_K_HTTP_LISTEN = 1, KVX__BOOT_K_CTRL_LISTEN, KVX__BOOT_K_HTTP, KVX__BOOT_K_CTRL };
 enum { KVX__BOOT_PF_IDLE = 0, KVX__BOOT_PF_RESOLVING, KVX__BOOT_PF_READY, KVX__BOOT_PF_DEAD };
 enum { KVX__BOOT_H_READING = 0, KVX__BOOT_H_WRITING, KVX__BOOT_H_DRAINING };
@@ -1230,6 +1344,7 @@ typedef struct kvx__boot_conn {
     char addr[64];
     char transport[32];
     uint8_t *endpoint;
+    kvx__boot_shape shape; /* info.layout */
     kvx_boot_peer info;
 } kvx__boot_conn;
 
@@ -1237,6 +1352,7 @@ typedef struct kvx__boot_conn {
 typedef struct kvx__boot_res {
     int tp, cp, dp, pp;
     int ctrl_ping;          /* the server info said "kvx_heartbeat":"control" */
+    int follow;             /* follow_bootstrap_room: dp rank = room % dp, else asked */
     uint32_t per_dp;        /* target ranks per dp rank */
     uint16_t peer_index, peer_count;
     kvx__boot_conn **conns; /* dp * per_dp */
@@ -1256,6 +1372,7 @@ struct kvx__boot_pf {
     int hb_failures;
     uint64_t next_hb_ns;
     uint64_t ping_sent_ns, ping_seq;
+    int dpq_busy;    /* a kvx__boot_dpq_job runs for it */
     kvx__boot_pf *next;
 };
 
@@ -1294,6 +1411,7 @@ typedef struct kvx__boot_br {
     kvx__boot_pf *peer;
     uint64_t gen;
     int waiting, inited;
+    int dpq;       /* waits for its prefill dp rank (POST /query_dp_ranks) */
     uint64_t bytes;
     uint16_t peer_index, peer_count;
     /* prefill */
@@ -1308,13 +1426,24 @@ typedef struct kvx__boot_rank {
 } kvx__boot_rank;
 
 /* The bootstrap server's registration table (under boot->mu). */
+/* A room pinned to a prefill dp rank (POST /register_dp_rank). */
+typedef struct kvx__boot_dproom {
+    kvx__hnode hn; /* key: the room */
+    struct kvx__boot_dproom *prev, *next; /* oldest first */
+    int dp;
+    uint64_t t_ns;
+} kvx__boot_dproom;
+
 typedef struct kvx__boot_server {
     int tp, cp, dp, pp, system_dp; /* 0 until the first registration */
-    int page_size, http_port;
+    int page_size, http_port;      /* http_port -1: none registered (null) */
+    int follow, dsa;               /* from the first registration (SGLang's rule) */
     char dtype[64];
     char lbm[64];
     kvx__boot_rank *ranks;
     int registered;
+    kvx__htab dprooms;             /* kvx__boot_dproom by room, at most KVX_BOOT_MAX_DP_ROOMS */
+    kvx__boot_dproom *dp_old, *dp_new;
 } kvx__boot_server;
 
 /* Failed rooms counted by result code (at most KVX__BOOT_MAX_RESULTS codes). */
@@ -1356,6 +1485,8 @@ struct kvx_boot {
     double hb_interval;
     int hb_max_failure;
     int tp_size, tp_rank, dp_size, dp_rank, pp_size, pp_rank, cp_size, cp_rank;
+    char lbm[64];   /* prefill: KVX_LOAD_BALANCE_METHOD (registered as load_balance_method) */
+    int follow;     /* prefill: lbm is follow_bootstrap_room */
     int serves;
     int http_port, ctrl_port;
     /* threads */
@@ -1398,6 +1529,54 @@ static const kvx_allocator *kvx__boot_al(const kvx_boot *b) {
     return &kvx_engine_settings(b->engine)->allocator;
 }
 static void *kvx__boot_zalloc(const kvx_boot *b, size_t n) { return kvx__zalloc(kvx__boot_al(b), 1, n); }
+
+/* Rebuilds a peer's layout shape from its decoded hello (counts and string
+   lengths were checked by the decoder). 0, or -1 out of memory; s->bufs is
+   the caller's to free (kvx_engine_free) either way. */
+static int kvx__boot_shape_set(const kvx_boot *b, kvx__boot_shape *s, const kvx_boot_hello *h) {
+    uint32_t i;
+    kvx_engine_free(b->engine, s->bufs);
+    memset(s, 0, sizeof *s);
+    s->bufs = (kvx_buffer *)kvx__boot_zalloc(b, (h->num_buffers + 1) * sizeof *s->bufs);
+    if (!s->bufs) return -1;
+    memcpy(s->dtype, h->dtype, h->dtype_len);
+    for (i = 0; i < h->num_buffers; i++) s->bufs[i].item_len = kvx__le_r64(h->item_lens_le + 8u * i);
+    for (i = 0; i < h->num_aux; i++) s->aux[i].item_len = kvx__le_r64(h->aux_item_lens_le + 8u * i);
+    s->l.buffers = s->bufs; s->l.num_buffers = h->num_buffers;
+    s->l.aux = s->aux; s->l.num_aux = h->num_aux;
+    s->l.page_size = h->page_size; s->l.dtype_size = h->dtype_size;
+    s->l.num_kv_heads = h->num_kv_heads; s->l.mla = h->mla != 0; s->l.dtype = s->dtype;
+    s->l.head_begin = h->head_begin; s->l.layer_begin = h->layer_begin;
+    return 0;
+}
+
+/* Whether prefill layout pl (rank ptp_rank of ptp) and decode layout dl
+   (decode TP dtp) combine: kvx_layout_overlap is KVX_OK and pl supplies
+   some of dl's page bytes, or pl is an MLA dummy (kvx_mla_dummy); aux
+   buffers must agree. Else KVX_ERR_LAYOUT_MISMATCH and a sentence. */
+static kvx_result kvx__boot_combine(const kvx_layout *pl, int ptp, int ptp_rank, const kvx_layout *dl,
+                                    int dtp, char *why, size_t wl) {
+    uint64_t bpp = 0;
+    uint32_t i;
+    kvx_result r;
+    if (pl->num_aux != dl->num_aux)
+        return kvx__why(KVX_ERR_LAYOUT_MISMATCH, why, wl, "aux buffer count differs: prefill %u, "
+                        "decode %u", pl->num_aux, dl->num_aux);
+    for (i = 0; i < pl->num_aux; i++)
+        if (pl->aux[i].item_len != dl->aux[i].item_len)
+            return kvx__why(KVX_ERR_LAYOUT_MISMATCH, why, wl, "item_len of aux buffer %u differs: "
+                            "prefill %llu, decode %llu", i, (unsigned long long)pl->aux[i].item_len,
+                            (unsigned long long)dl->aux[i].item_len);
+    if ((r = kvx_layout_overlap(pl, dl, &bpp, NULL, why, wl)) != KVX_OK)
+        return r == KVX_ERR_INVALID_ARGUMENT ? KVX_ERR_LAYOUT_MISMATCH : r;
+    if (!bpp && !kvx_mla_dummy(pl->mla && dl->mla, ptp, ptp_rank, dtp))
+        return kvx__why(KVX_ERR_LAYOUT_MISMATCH, why, wl, "the prefill rank (heads [%u, %u), layers "
+                        "from %u) shares no heads/layers with this decode rank (heads [%u, %u), "
+                        "layers from %u)", pl->head_begin, pl->head_begin + pl->num_kv_heads,
+                        pl->layer_begin, dl->head_begin, dl->head_begin + dl->num_kv_heads,
+                        dl->layer_begin);
+    return KVX_OK;
+}
 static void *kvx__boot_grow(const kvx_boot *b, void *p, size_t used, size_t n) {
     return kvx__grow(kvx__boot_al(b), p, used, n);
 }
@@ -1623,6 +1802,7 @@ static void kvx__boot_conn_unref(kvx__boot_conn *c) {
     kvx_engine_free(c->boot->engine, c->out);
     kvx_engine_free(c->boot->engine, c->in);
     kvx_engine_free(c->boot->engine, c->endpoint);
+    kvx_engine_free(c->boot->engine, c->shape.bufs);
     kvx_engine_free(c->boot->engine, c);
 }
 
@@ -1837,7 +2017,21 @@ static int kvx__boot_conn_set_info(kvx__boot_conn *c, const kvx_boot_hello *h) {
     }
     i->endpoint = c->endpoint;
     i->endpoint_len = h->endpoint_len;
+    if (kvx__boot_shape_set(c->boot, &c->shape, h)) return -1;
+    i->layout = &c->shape.l;
     return 0;
+}
+
+/* Names the far end of a control connection for a failure sentence:
+   "prefill engine at 10.0.0.2:5000 (tp rank 1 of 2, pp rank 0 of 1)". */
+static const char *kvx__boot_who(const kvx__boot_conn *c, char *out, size_t n) {
+    const kvx_boot_peer *i = &c->info;
+    char dp[40] = "";
+    if (i->dp_size > 1) snprintf(dp, sizeof dp, ", dp rank %d of %d", i->dp_rank, i->dp_size);
+    snprintf(out, n, "%s engine at %s (tp rank %d of %d, pp rank %d of %d%s)",
+             i->role == KVX_ROLE_PREFILL ? "prefill" : "decode", c->addr, i->tp_rank, i->tp_size,
+             i->pp_rank, i->pp_size, dp);
+    return out;
 }
 
 /* >>boot: room table ------------------------------------------------------------ */
@@ -1970,7 +2164,9 @@ static kvx_result kvx__boot_make_hello(kvx_boot *b, kvx__buf *out, const uint8_t
 
 typedef struct kvx__boot_regn {
     int tp, tp_rank, cp, cp_rank, dp, dp_rank, pp, pp_rank, system_dp, system_dp_rank;
-    int port, page_size, http_port;
+    int port, page_size, http_port; /* http_port -1: absent or null */
+    int follow; /* load_balance_method: absent 1 (SGLang's default), else == "follow_bootstrap_room" */
+    int dsa;    /* enable_dsa_cache_layer_split, as Python's bool() of it */
     char ip[64], dtype[64], lbm[64];
 } kvx__boot_regn;
 
@@ -2031,6 +2227,7 @@ static int kvx__boot_reg_parse(const kvx_allocator *a, const char *body, size_t 
     int rc = -1;
     memset(g, 0, sizeof *g);
     g->tp = g->cp = g->dp = g->pp = g->system_dp = 1;
+    g->http_port = -1;
     if (kvx__json_parse(&d, a, body ? body : "", len, 256) != KVX_OK) {
         kvx__set_why(why, wl, "the body is not JSON: %s", d.error);
         goto out;
@@ -2060,6 +2257,30 @@ static int kvx__boot_reg_parse(const kvx_allocator *a, const char *body, size_t 
         kvx__set_why(why, wl, "kv_cache_dtype and load_balance_method must be short strings");
         goto out;
     }
+    {   /* SGLang: data.get("load_balance_method", "follow_bootstrap_room") ==
+           "follow_bootstrap_room" (so null is not follow); bool(data.get(
+           "enable_dsa_cache_layer_split", False)) */
+        const kvx__json *v = kvx__json_get(&d, root, "load_balance_method");
+        g->follow = !v || (v->type == KVX_JSON_STRING && !strcmp(g->lbm, "follow_bootstrap_room"));
+        v = kvx__json_get(&d, root, "enable_dsa_cache_layer_split");
+        if (!v || v->type == KVX_JSON_NULL) g->dsa = 0;
+        else if (v->type == KVX_JSON_BOOL) g->dsa = v->i64 != 0;
+        else if (v->type == KVX_JSON_NUMBER) g->dsa = v->num != 0;
+        else if (v->type == KVX_JSON_STRING) g->dsa = v->str_len != 0;
+        else {
+            kvx__set_why(why, wl, "enable_dsa_cache_layer_split must be a boolean");
+            goto out;
+        }
+    }
+    if (g->system_dp_rank >= g->system_dp) {
+        kvx__set_why(why, wl, "system_dp_rank %d is not below system_dp_size %d", g->system_dp_rank,
+                     g->system_dp);
+        goto out;
+    }
+    if (g->system_dp > 1) { /* SGLang: dp group = system dp when there is one */
+        g->dp = g->system_dp;
+        g->dp_rank = g->system_dp_rank;
+    }
     if (g->tp_rank >= g->tp || g->cp_rank >= g->cp || g->dp_rank >= g->dp || g->pp_rank >= g->pp) {
         kvx__set_why(why, wl, "a rank is not below its size (tp %d/%d, cp %d/%d, dp %d/%d, pp %d/%d)",
                      g->tp_rank, g->tp, g->cp_rank, g->cp, g->dp_rank, g->dp, g->pp_rank, g->pp);
@@ -2087,6 +2308,9 @@ static int kvx__boot_srv_register(kvx_boot *b, const kvx__boot_regn *g, char *wh
         if (!s->ranks) { kvx__set_why(why, wl, "out of memory"); return -1; }
         s->tp = g->tp; s->cp = g->cp; s->dp = g->dp; s->pp = g->pp;
         s->system_dp = g->system_dp;
+        s->http_port = -1;
+        s->follow = g->follow; /* the first registration decides, as in SGLang */
+        s->dsa = g->dsa;
     } else if (g->tp != s->tp || g->cp != s->cp || g->dp != s->dp || g->pp != s->pp) {
         kvx__set_why(why, wl,
                      "sizes tp %d, cp %d, dp %d, pp %d differ from the registered tp %d, cp %d, "
@@ -2101,7 +2325,7 @@ static int kvx__boot_srv_register(kvx_boot *b, const kvx__boot_regn *g, char *wh
     if (!s->page_size) s->page_size = g->page_size;
     if (!s->dtype[0]) memcpy(s->dtype, g->dtype, sizeof s->dtype);
     if (!s->lbm[0]) memcpy(s->lbm, g->lbm, sizeof s->lbm);
-    if (!s->http_port) s->http_port = g->http_port;
+    if (s->http_port < 0) s->http_port = g->http_port;
     idx = (((size_t)g->dp_rank * (size_t)s->cp + (size_t)g->cp_rank) * (size_t)s->tp +
            (size_t)g->tp_rank) * (size_t)s->pp + (size_t)g->pp_rank;
     slot = &s->ranks[idx];
@@ -2123,7 +2347,9 @@ static void kvx__boot_reg_json(kvx_boot *b, kvx__buf *o) {
     kvx__buf_printf(o, ",\"rank_port\":%d,\"page_size\":%u,\"kv_cache_dtype\":", b->ctrl_port,
                    l->page_size);
     kvx__buf_json_str(o, l->dtype ? l->dtype : "");
-    kvx__buf_printf(o, ",\"load_balance_method\":\"follow_bootstrap_room\",\"prefill_http_port\":0}");
+    kvx__buf_printf(o, ",\"load_balance_method\":");
+    kvx__buf_json_str(o, b->lbm);
+    kvx__buf_printf(o, ",\"enable_dsa_cache_layer_split\":false,\"prefill_http_port\":null}");
 }
 
 static const char *kvx__boot_reason_phrase(int st) {
@@ -2222,12 +2448,22 @@ static void kvx__boot_route_get(kvx_boot *b, kvx__boot_conn *c, const kvx_boot_h
         kvx__buf_printf(&o, "Prefill server not fully registered yet: %d of %d ranks.\n",
                        s->registered, total);
     } else if (all) {
+        /* dataclasses.asdict(PrefillServerInfo): every field, in its order */
         kvx__buf_printf(&o, "{\"attn_tp_size\":%d,\"attn_cp_size\":%d,\"dp_size\":%d,"
-                           "\"pp_size\":%d,\"page_size\":%d,\"kv_cache_dtype\":",
-                       s->tp, s->cp, s->dp, s->pp, s->page_size);
+                           "\"pp_size\":%d,\"page_size\":", s->tp, s->cp, s->dp, s->pp);
+        if (s->page_size) kvx__buf_printf(&o, "%d", s->page_size);
+        else kvx__buf_printf(&o, "null");
+        kvx__buf_printf(&o, ",\"kv_cache_dtype\":");
         kvx__buf_json_str(&o, s->dtype[0] ? s->dtype : "auto");
-        kvx__buf_printf(&o, ",\"follow_bootstrap_room\":true,\"prefill_http_port\":%d,"
-                           "\"kvx_heartbeat\":\"control\"}", s->http_port);
+        kvx__buf_printf(&o, ",\"follow_bootstrap_room\":%s,\"enable_dsa_cache_layer_split\":%s,"
+                           "\"prefill_http_port\":", s->follow ? "true" : "false",
+                       s->dsa ? "true" : "false");
+        if (s->http_port >= 0) kvx__buf_printf(&o, "%d", s->http_port);
+        else kvx__buf_printf(&o, "null");
+        kvx__buf_printf(&o, ",\"target_tp_rank\":null,\"target_tp_ranks\":null,"
+                           "\"target_cp_ranks\":null,\"target_pp_ranks\":null,"
+                           "\"required_dst_info_num\":null,\"required_prefill_response_num\":null,"
+                           "\"kvx_heartbeat\":\"control\"}");
     } else {
         const kvx__boot_rank *slot =
             &s->ranks[(((size_t)v[0] * (size_t)s->cp + (size_t)v[1]) * (size_t)s->tp +
@@ -2239,6 +2475,194 @@ static void kvx__boot_route_get(kvx_boot *b, kvx__boot_conn *c, const kvx_boot_h
     pthread_mutex_unlock(&b->mu);
     kvx__boot_http_buf(b, c, status, status == 200 ? "application/json" : "text/plain; charset=utf-8",
                        &o);
+    kvx__buf_free(&o);
+}
+
+/* >>boot: DP attention routes (SGLang's /register_dp_rank, /query_dp_ranks) */
+
+/* Under boot->mu: unlinks and frees one pinned room. */
+static void kvx__boot_dp_drop(kvx_boot *b, kvx__boot_dproom *e) {
+    kvx__boot_server *s = &b->srv;
+    kvx__htab_remove(&s->dprooms, &e->hn);
+    if (e->prev) e->prev->next = e->next; else s->dp_old = e->next;
+    if (e->next) e->next->prev = e->prev; else s->dp_new = e->prev;
+    kvx_engine_free(b->engine, e);
+}
+
+/* Under boot->mu: drops pinned rooms older than KVX_BOOT_DP_ROOM_TTL_S. */
+static void kvx__boot_dp_expire(kvx_boot *b, uint64_t now) {
+    uint64_t ttl = (uint64_t)KVX_BOOT_DP_ROOM_TTL_S * 1000000000ull;
+    while (b->srv.dp_old && now - b->srv.dp_old->t_ns > ttl) kvx__boot_dp_drop(b, b->srv.dp_old);
+}
+
+static void kvx__boot_dp_free(kvx_boot *b) {
+    while (b->srv.dp_old) kvx__boot_dp_drop(b, b->srv.dp_old);
+    kvx__htab_free(&b->srv.dprooms, kvx__boot_al(b));
+}
+
+/* Under boot->mu: pins room to dp rank (newest; the oldest goes when the
+   table is full). 0, or -1 out of memory. */
+static int kvx__boot_dp_pin(kvx_boot *b, uint64_t room, int dp) {
+    kvx__boot_server *s = &b->srv;
+    uint64_t now = kvx_now_ns();
+    kvx__hnode *h;
+    kvx__boot_dproom *e;
+    kvx__boot_dp_expire(b, now);
+    if ((h = kvx__htab_find(&s->dprooms, room)) != NULL)
+        kvx__boot_dp_drop(b, (kvx__boot_dproom *)(void *)((char *)h - offsetof(kvx__boot_dproom, hn)));
+    if (s->dprooms.n >= KVX_BOOT_MAX_DP_ROOMS && s->dp_old) kvx__boot_dp_drop(b, s->dp_old);
+    e = (kvx__boot_dproom *)kvx__boot_zalloc(b, sizeof *e);
+    if (!e) return -1;
+    e->hn.key = room;
+    e->dp = dp;
+    e->t_ns = now;
+    if (kvx__htab_insert(&s->dprooms, kvx__boot_al(b), &e->hn) != KVX_OK) {
+        kvx_engine_free(b->engine, e);
+        return -1;
+    }
+    e->prev = s->dp_new;
+    if (s->dp_new) s->dp_new->next = e; else s->dp_old = e;
+    s->dp_new = e;
+    return 0;
+}
+
+/* A room id as SGLang's int() takes it: a JSON integer or a decimal
+   string, here within [0, 2^63). 1 ok, 0 bad. */
+static int kvx__boot_jroom(const kvx__json *v, uint64_t *out) {
+    if (v->type == KVX_JSON_NUMBER) {
+        if (!v->is_int || v->negative || v->u64 > (uint64_t)INT64_MAX) return 0;
+        *out = v->u64;
+        return 1;
+    }
+    if (v->type == KVX_JSON_STRING) {
+        uint64_t x = 0;
+        uint32_t i;
+        if (!v->str_len || v->str_len > 19) return 0;
+        for (i = 0; i < v->str_len; i++) {
+            if (v->str[i] < '0' || v->str[i] > '9') return 0;
+            x = x * 10 + (uint64_t)(v->str[i] - '0');
+        }
+        if (x > (uint64_t)INT64_MAX) return 0;
+        *out = x;
+        return 1;
+    }
+    return 0;
+}
+
+static int kvx__boot_route_auth(kvx_boot *b, const kvx_boot_http_request *rq);
+
+/* POST /register_dp_rank {"bootstrap_room": R, "dp_rank": D}: 200 "OK". */
+static void kvx__boot_register_dp(kvx_boot *b, kvx__boot_conn *c, const kvx_boot_http_request *rq) {
+    kvx__json_doc d;
+    const kvx__json *root, *rv, *dv;
+    uint64_t room = 0, dpr = 0;
+    int st = 200, dp;
+    char msg[200] = "OK";
+    if (b->key && kvx__boot_route_auth(b, rq)) {
+        kvx__boot_http_text(b, c, 403, "POST /register_dp_rank needs a valid X-Kvx-Auth header: "
+                                       "this bootstrap server has a key (KVX_AUTH_KEY)\n");
+        return;
+    }
+    if (kvx__json_parse(&d, kvx__boot_al(b), rq->body ? rq->body : "", rq->body_len, 16) != KVX_OK ||
+        !(root = kvx__json_root(&d)) || root->type != KVX_JSON_OBJECT) {
+        kvx__json_free(&d);
+        kvx__boot_http_text(b, c, 400, "bad request: the body is not a JSON object\n");
+        return;
+    }
+    rv = kvx__json_get(&d, root, "bootstrap_room");
+    dv = kvx__json_get(&d, root, "dp_rank");
+    if (!rv || !kvx__boot_jroom(rv, &room)) {
+        st = 400;
+        snprintf(msg, sizeof msg, "bad request: bootstrap_room must be an integer in [0, 2^63)\n");
+    } else if (!dv || !kvx__boot_jroom(dv, &dpr)) {
+        st = 400;
+        snprintf(msg, sizeof msg, "bad request: dp_rank must be a non-negative integer\n");
+    }
+    kvx__json_free(&d);
+    if (st == 200) {
+        pthread_mutex_lock(&b->mu);
+        dp = b->srv.ranks ? b->srv.dp : 0;
+        if (!dp) {
+            st = 503;
+            snprintf(msg, sizeof msg, "Prefill server not fully registered yet: no rank registered.\n");
+        } else if (dpr >= (uint64_t)dp) {
+            st = 400;
+            snprintf(msg, sizeof msg, "bad request: dp_rank %llu is not below the registered dp "
+                     "size %d\n", (unsigned long long)dpr, dp);
+        } else if (kvx__boot_dp_pin(b, room, (int)dpr)) {
+            st = 500;
+            snprintf(msg, sizeof msg, "out of memory\n");
+        }
+        pthread_mutex_unlock(&b->mu);
+    }
+    kvx__boot_http_text(b, c, st, msg);
+}
+
+static int kvx__boot_u64_cmp(const void *x, const void *y) {
+    uint64_t a = *(const uint64_t *)x, b = *(const uint64_t *)y;
+    return a < b ? -1 : a > b;
+}
+
+/* POST /query_dp_ranks {"bootstrap_rooms": [R...]} -> {"R": D, ...} for the
+   rooms pinned here; others are left out (SGLang's answer). */
+static void kvx__boot_query_dp(kvx_boot *b, kvx__boot_conn *c, const kvx_boot_http_request *rq) {
+    kvx__json_doc d;
+    const kvx__json *root, *arr;
+    uint64_t *ids = NULL, prev = 0;
+    uint32_t n = 0, i, k;
+    kvx__buf o;
+    int first = 1, bad = 0;
+    if (kvx__json_parse(&d, kvx__boot_al(b), rq->body ? rq->body : "", rq->body_len,
+                        KVX_BOOT_MAX_QUERY_ROOMS + 8) != KVX_OK ||
+        !(root = kvx__json_root(&d)) || root->type != KVX_JSON_OBJECT) {
+        kvx__json_free(&d);
+        kvx__boot_http_textf(b, c, 400, "bad request: the body is not a JSON object (at most %d "
+                             "rooms)\n", KVX_BOOT_MAX_QUERY_ROOMS);
+        return;
+    }
+    arr = kvx__json_get(&d, root, "bootstrap_rooms");
+    if (!arr || arr->type != KVX_JSON_ARRAY || arr->count > KVX_BOOT_MAX_QUERY_ROOMS) {
+        kvx__json_free(&d);
+        kvx__boot_http_textf(b, c, 400, "bad request: bootstrap_rooms must be an array of at most "
+                             "%d rooms\n", KVX_BOOT_MAX_QUERY_ROOMS);
+        return;
+    }
+    if (arr->count && !(ids = (uint64_t *)kvx__boot_zalloc(b, arr->count * sizeof *ids))) {
+        kvx__json_free(&d);
+        kvx__boot_http_text(b, c, 500, "out of memory\n");
+        return;
+    }
+    for (k = arr->count ? arr->child : 0; arr->count && n < arr->count; k = d.nodes[k].next) {
+        if (!kvx__boot_jroom(&d.nodes[k], &ids[n])) { bad = 1; break; }
+        n++;
+        if (!d.nodes[k].next) break;
+    }
+    kvx__json_free(&d);
+    if (bad) {
+        kvx_engine_free(b->engine, ids);
+        kvx__boot_http_text(b, c, 400, "bad request: every bootstrap room must be an integer in "
+                                       "[0, 2^63)\n");
+        return;
+    }
+    /* a room asked twice is answered once (a JSON object, as Python's dict) */
+    if (n) qsort(ids, n, sizeof *ids, kvx__boot_u64_cmp);
+    kvx__buf_init(&o, kvx__boot_al(b));
+    kvx__buf_printf(&o, "{");
+    pthread_mutex_lock(&b->mu);
+    kvx__boot_dp_expire(b, kvx_now_ns());
+    for (i = 0; i < n; i++) {
+        kvx__hnode *h;
+        if (i && ids[i] == prev) continue;
+        prev = ids[i];
+        if (!(h = kvx__htab_find(&b->srv.dprooms, ids[i]))) continue;
+        kvx__buf_printf(&o, "%s\"%llu\":%d", first ? "" : ",", (unsigned long long)ids[i],
+                       ((kvx__boot_dproom *)(void *)((char *)h - offsetof(kvx__boot_dproom, hn)))->dp);
+        first = 0;
+    }
+    pthread_mutex_unlock(&b->mu);
+    kvx__buf_printf(&o, "}");
+    kvx_engine_free(b->engine, ids);
+    kvx__boot_http_buf(b, c, 200, "application/json", &o);
     kvx__buf_free(&o);
 }
 
@@ -2452,7 +2876,16 @@ static void kvx__boot_http_route(kvx_boot *b, kvx__boot_conn *c, const kvx_boot_
         else kvx__boot_rooms(b, c);
         return;
     }
-    kvx__boot_http_text(b, c, 404, "not found (routes: /route, /health, /metrics, /rooms)\n");
+    if (kvx__boot_is(rq, "/register_dp_rank") || kvx__boot_is(rq, "/query_dp_ranks")) {
+        if (!kvx__boot_eq(rq->method, rq->method_len, "POST"))
+            kvx__boot_http_respond(b, c, 405, "text/plain; charset=utf-8", "use POST\n", 9,
+                                   "Allow: POST\r\n");
+        else if (kvx__boot_is(rq, "/register_dp_rank")) kvx__boot_register_dp(b, c, rq);
+        else kvx__boot_query_dp(b, c, rq);
+        return;
+    }
+    kvx__boot_http_text(b, c, 404, "not found (routes: /route, /register_dp_rank, /query_dp_ranks, "
+                                   "/health, /metrics, /rooms)\n");
 }
 
 static void kvx__boot_http_readable(kvx_boot *b, kvx__boot_conn *c) {
@@ -2559,8 +2992,11 @@ static int kvx__boot_owns(kvx_boot *b, kvx__boot_br *br, kvx__boot_conn *c) {
 }
 
 /* kvx_boot_room_failed's telling, once (decode: only once the room frame
-   went out; before that the prefill knows nothing of this receiver). */
-static void kvx__boot_tell(kvx_boot *b, kvx_room *r, const char *reason, kvx_result res) {
+   went out; before that the prefill knows nothing of this receiver), to
+   every connection of the room but `except` (the one that reported the
+   failure; NULL: all). */
+static void kvx__boot_tell(kvx_boot *b, kvx_room *r, const char *reason, kvx_result res,
+                           const kvx__boot_conn *except) {
     kvx__boot_br *br;
     kvx__boot_conn *stack[4], **cs = NULL;
     uint32_t n = 0, i;
@@ -2573,10 +3009,20 @@ static void kvx__boot_tell(kvx_boot *b, kvx_room *r, const char *reason, kvx_res
         n = kvx__boot_conns_copy(b, br->conns, br->nconns, &cs, stack);
     pthread_mutex_unlock(&b->mu);
     for (i = 0; cs && i < n; i++) /* prefill: status Failed; decode: abort */
-        kvx__boot_conn_frame(cs[i], b->role == KVX_ROLE_PREFILL ? KVX_BOOT_FRAME_STATUS
+        if (cs[i] != except)
+            kvx__boot_conn_frame(cs[i], b->role == KVX_ROLE_PREFILL ? KVX_BOOT_FRAME_STATUS
                                                                 : KVX_BOOT_FRAME_ABORT,
                              kvx_room_id(r), KVX_POLL_FAILED, res, 0, reason);
     if (cs) kvx__boot_conns_release(b, cs, n, stack);
+}
+
+/* A peer failed or aborted room r (relayed with kvx_room_fail_remote, which
+   tells no one): the room's other peers hear it from here (decode: the
+   other contributing prefill ranks stop; prefill: the other decode ranks
+   the room serves), with the room's sentence that names the reporter. */
+static void kvx__boot_tell_others(kvx_boot *b, kvx_room *r, const kvx__boot_conn *reporter) {
+    if (kvx_room_poll(r) == KVX_POLL_FAILED)
+        kvx__boot_tell(b, r, kvx_room_error(r), kvx_room_result(r), reporter);
 }
 
 /* Applies one room frame to a sender that exists. br is referenced by the
@@ -2633,7 +3079,7 @@ static void kvx__boot_apply_room(kvx_boot *b, kvx__boot_br *br, kvx__boot_conn *
         (res = b->hooks.on_room(b, r, &c->info, pages, n, aux)) != KVX_OK) {
         kvx_room_fail(r, res, "the %s transport refused the destination sent by decode %s (%s)",
                       kvx_engine_transport(b->engine), c->addr, kvx_result_str(res));
-        kvx__boot_tell(b, r, kvx_room_error(r), kvx_room_result(r));
+        kvx__boot_tell(b, r, kvx_room_error(r), kvx_room_result(r), NULL);
         return;
     }
     if (complete) kvx_room_advance(r, KVX_POLL_WAITING_FOR_INPUT);
@@ -2756,7 +3202,7 @@ static void kvx__boot_on_room_frame(kvx_boot *b, kvx__boot_conn *c, const kvx_bo
 }
 
 static void kvx__boot_on_abort_frame(kvx_boot *b, kvx__boot_conn *c, const kvx_boot_frame *f) {
-    char reason[KVX_BOOT_MAX_REASON + 1], who[160];
+    char reason[KVX_BOOT_MAX_REASON + 1], who[200], w[160];
     kvx__boot_br *br;
     uint32_t k;
     kvx_room *r;
@@ -2791,27 +3237,29 @@ static void kvx__boot_on_abort_frame(kvx_boot *b, kvx__boot_conn *c, const kvx_b
     KVX__ADD(&br->refs, 1);
     r = br->room;
     pthread_mutex_unlock(&b->mu);
-    snprintf(who, sizeof who, "aborted by the %s engine at %s",
-             b->role == KVX_ROLE_PREFILL ? "decode" : "prefill", c->addr);
+    snprintf(who, sizeof who, "aborted by the %s", kvx__boot_who(c, w, sizeof w));
     kvx__boot_relay(r, KVX_ERR_ABORTED, reason, who);
+    kvx__boot_tell_others(b, r, c);
     if (b->hooks.on_abort) b->hooks.on_abort(b, r, &c->info, reason);
     kvx__boot_br_unref(br);
 }
 
 /* The decode engine is in: log it and tell the transport. */
-static void kvx__boot_accepted(kvx_boot *b, kvx__boot_conn *c, uint64_t peer_fp) {
-    uint64_t fp = kvx_layout_fingerprint(kvx_engine_layout(b->engine));
+static void kvx__boot_accepted(kvx_boot *b, kvx__boot_conn *c) {
+    char why[KVX_ERROR_MAX];
+    kvx_result lr = kvx__boot_combine(kvx_engine_layout(b->engine), b->tp_size, b->tp_rank,
+                                      &c->shape.l, c->info.tp_size, why, sizeof why);
     c->hello_done = 1;
     c->auth_wait = 0;
     c->deadline_ns = 0;
     pthread_mutex_lock(&b->mu);
     kvx__boot_live_locked(b, c, 1);
     pthread_mutex_unlock(&b->mu);
-    if (peer_fp != fp)
+    if (lr != KVX_OK)
         kvx_engine_log(b->engine, KVX_LOG_WARN, "kvx.boot", 0,
-                       "decode %s has layout fingerprint %016llx, this prefill %016llx: it will "
-                       "refuse this connection", c->addr, (unsigned long long)peer_fp,
-                       (unsigned long long)fp);
+                       "decode %s (tp rank %d of %d) will refuse this connection: its KV layout "
+                       "does not combine with this prefill's: %s", c->addr, c->info.tp_rank,
+                       c->info.tp_size, why);
     else
         kvx_engine_log(b->engine, KVX_LOG_INFO, "kvx.boot", 0,
                        "decode %s connected (tp rank %d of %d, transport %s%s)", c->addr,
@@ -2866,7 +3314,7 @@ static int kvx__boot_on_hello(kvx_boot *b, kvx__boot_conn *c, const kvx_boot_fra
                        "prefill has none", c->addr);
         return kvx__boot_drop(b, c, "the decode engine has a key and this prefill has none");
     }
-    kvx__boot_accepted(b, c, f->hello.fingerprint);
+    kvx__boot_accepted(b, c);
     return 0;
 }
 
@@ -2881,7 +3329,7 @@ static int kvx__boot_on_auth(kvx_boot *b, kvx__boot_conn *c, const kvx_boot_fram
                        "prefill's key (KVX_AUTH_KEY differs)", c->addr);
         return kvx__boot_drop(b, c, "authentication failed: the decode engine's key differs");
     }
-    kvx__boot_accepted(b, c, c->info.fingerprint);
+    kvx__boot_accepted(b, c);
     return 0;
 }
 
@@ -2924,10 +3372,11 @@ static void kvx__boot_on_status_frame(kvx_boot *b, kvx__boot_conn *c, const kvx_
                        "prefill rank %s reported Success before this receiver sent its "
                        "destination; ignored", c->addr);
     } else if (!h && f->state == KVX_POLL_FAILED) {
-        char who[600];
-        snprintf(who, sizeof who, "failed by prefill rank %s (bootstrap %s)", c->addr,
+        char who[600], w[160];
+        snprintf(who, sizeof who, "failed by %s, bootstrap %s", kvx__boot_who(c, w, sizeof w),
                  c->peer ? c->peer->addr : "?");
         kvx__boot_relay(r, f->result < 0 ? (kvx_result)f->result : KVX_ERR_PEER, reason, who);
+        kvx__boot_tell_others(b, r, c);
     }
     kvx__boot_br_unref(br);
 }
@@ -3034,6 +3483,7 @@ static void kvx__boot_conn_lost(kvx_boot *b, kvx__boot_conn *c, const char *reas
     } else {
         kvx__boot_pf *p = c->peer;
         int dead = 0;
+        char w[160];
         if (!p) return;
         pthread_mutex_lock(&b->mu);
         if (p->gen == c->gen && p->state == KVX__BOOT_PF_READY) {
@@ -3046,8 +3496,8 @@ static void kvx__boot_conn_lost(kvx_boot *b, kvx__boot_conn *c, const char *reas
                            "lost connection with prefill instance %s (rank %s): %s; failing %zu rooms",
                            p->addr, c->addr, reason, fail.n);
         kvx__boot_fail_all(&fail, KVX_ERR_PEER_LOST,
-                           "lost connection with prefill instance %s (rank %s): %s", p->addr,
-                           c->addr, reason);
+                           "lost connection with prefill instance %s (%s): %s", p->addr,
+                           kvx__boot_who(c, w, sizeof w), reason);
     }
     if (b->hooks.on_disconnect && c->hello_done) b->hooks.on_disconnect(b, &c->info, reason);
 }
@@ -3423,33 +3873,6 @@ static kvx_result kvx__boot_get(kvx_boot *b, const kvx__boot_pf *p, const char *
                          "tries)", p->host, p->port, err, KVX_BOOT_TRIES);
 }
 
-/* Names the first layout field that differs from a peer's hello. */
-static void kvx__boot_layout_diff(kvx_boot *b, const kvx_boot_hello *h, char *out, size_t n) {
-    const kvx_layout *ours = kvx_engine_layout(b->engine);
-    kvx_layout t;
-    kvx_buffer *bufs = (kvx_buffer *)kvx__boot_zalloc(b, (h->num_buffers + 1) * sizeof *bufs);
-    kvx_aux_buffer aux[KVX_MAX_AUX + 1]; /* the hello's num_aux was checked against it */
-    char dt[64];
-    uint32_t i;
-    if (!bufs) {
-        snprintf(out, n, "(out of memory comparing layouts)");
-        return;
-    }
-    memset(&t, 0, sizeof t);
-    memset(aux, 0, sizeof aux);
-    memcpy(dt, h->dtype, h->dtype_len);
-    dt[h->dtype_len] = 0;
-    for (i = 0; i < h->num_buffers; i++) bufs[i].item_len = kvx__le_r64(h->item_lens_le + 8u * i);
-    for (i = 0; i < h->num_aux; i++) aux[i].item_len = kvx__le_r64(h->aux_item_lens_le + 8u * i);
-    t.buffers = bufs; t.num_buffers = h->num_buffers;
-    t.aux = aux; t.num_aux = h->num_aux;
-    t.page_size = h->page_size; t.dtype_size = h->dtype_size; t.num_kv_heads = h->num_kv_heads;
-    t.mla = (int)h->mla; t.dtype = dt;
-    if (kvx_layout_compare(ours, &t, out, n) == KVX_OK)
-        snprintf(out, n, "every compared field agrees");
-    kvx_engine_free(b->engine, bufs);
-}
-
 /* Decode side of authentication, after the prefill's hello: both sides
    keyed, its proof over our nonce right, and our proof over its nonce sent
    (the auth frame, before any room frame). 0 ok, else why says which. */
@@ -3494,7 +3917,6 @@ static kvx_result kvx__boot_ctrl_connect(kvx_boot *b, kvx__boot_pf *p, const cha
     int attempt, e = 0;
     char err[300] = "";
     uint8_t nonce[KVX_BOOT_NONCE];
-    uint64_t fp = kvx_layout_fingerprint(kvx_engine_layout(b->engine));
     const char *tn = kvx_engine_transport(b->engine);
     *out = NULL;
     for (attempt = 0; attempt < KVX_BOOT_TRIES; attempt++) {
@@ -3503,7 +3925,7 @@ static kvx_result kvx__boot_ctrl_connect(kvx_boot *b, kvx__boot_pf *p, const cha
         kvx__buf in, kh;
         kvx_boot_frame f;
         size_t used = 0;
-        char ferr[200];
+        char ferr[200], diff[KVX_ERROR_MAX];
         kvx_result dr = KVX_OK, res = KVX_OK;
         kvx__boot_conn *c = NULL;
         if (attempt && kvx__boot_backoff(b, attempt - 1))
@@ -3565,18 +3987,18 @@ static kvx_result kvx__boot_ctrl_connect(kvx_boot *b, kvx__boot_pf *p, const cha
                          "decode engine '%s'", ip, port, p->addr, (int)f.hello.transport_len,
                          f.hello.transport, tn);
             res = KVX_ERR_LAYOUT_MISMATCH;
-        } else if (f.hello.fingerprint != fp) {
-            char diff[KVX_ERROR_MAX];
-            kvx__boot_layout_diff(b, &f.hello, diff, sizeof diff);
-            kvx__set_why(why, wl, "KV layout of prefill rank %s:%d (bootstrap %s) differs from this "
-                         "decode engine's: %s (fingerprints: ours %016llx, theirs %016llx)", ip,
-                         port, p->addr, diff, (unsigned long long)fp,
-                         (unsigned long long)f.hello.fingerprint);
-            res = KVX_ERR_LAYOUT_MISMATCH;
         } else if (!(c = kvx__boot_conn_new(b, KVX__BOOT_K_CTRL, fd)) ||
                    kvx__boot_conn_set_info(c, &f.hello)) {
             kvx__set_why(why, wl, "out of memory");
             res = KVX_ERR_NO_MEMORY;
+        } else if (kvx__boot_combine(&c->shape.l, f.hello.tp_size, f.hello.tp_rank,
+                                     kvx_engine_layout(b->engine), b->tp_size, diff,
+                                     sizeof diff) != KVX_OK) {
+            kvx__set_why(why, wl, "KV layout of prefill rank %s:%d (bootstrap %s, tp rank %d of "
+                         "%d, pp rank %d of %d) does not combine with this decode engine's: %s",
+                         ip, port, p->addr, f.hello.tp_rank, f.hello.tp_size, f.hello.pp_rank,
+                         f.hello.pp_size, diff);
+            res = KVX_ERR_LAYOUT_MISMATCH;
         }
         if (res != KVX_OK) {
             if (c) kvx__boot_conn_unref(c); /* closes fd */
@@ -3612,13 +4034,15 @@ static void kvx__boot_res_free(kvx_boot *b, kvx__boot_res *rs) {
 /* Server info as the decode side reads it (pure; fuzzed); a: the parse's
    allocator. 0 ok, -1 bad. */
 static int kvx__boot_info_parse(const kvx_allocator *a, const char *text, size_t len, int *tp, int *cp, int *dp, int *pp,
-                                int *page_size, char *dtype, size_t dl, int *ctrl_ping) {
+                                int *page_size, char *dtype, size_t dl, int *ctrl_ping,
+                                int *follow) {
     kvx__json_doc d;
-    const kvx__json *root;
+    const kvx__json *root, *fv;
     char hb[16] = "";
     int ok;
     *tp = *cp = *dp = *pp = 1;
     *ctrl_ping = 0;
+    *follow = 1;
     *page_size = 0;
     dtype[0] = 0;
     if (kvx__json_parse(&d, a, text ? text : "", len, 256) != KVX_OK) {
@@ -3635,6 +4059,12 @@ static int kvx__boot_info_parse(const kvx_allocator *a, const char *text, size_t
          kvx__boot_jstr(&d, root, "kv_cache_dtype", dtype, dl) >= 0;
     if (ok && kvx__boot_jstr(&d, root, "kvx_heartbeat", hb, sizeof hb) == 1 && !strcmp(hb, "control"))
         *ctrl_ping = 1;
+    /* absent (an older server): follow, as SGLang's default */
+    if (ok && (fv = kvx__json_get(&d, root, "follow_bootstrap_room")) != NULL &&
+        fv->type != KVX_JSON_NULL) {
+        if (fv->type == KVX_JSON_BOOL) *follow = fv->i64 != 0;
+        else ok = 0;
+    }
     kvx__json_free(&d);
     return ok ? 0 : -1;
 }
@@ -3661,7 +4091,7 @@ static kvx_result kvx__boot_resolve(kvx_boot *b, kvx__boot_pf *p, kvx__boot_res 
     const kvx_layout *l = kvx_engine_layout(b->engine);
     kvx__buf body;
     char dtype[64] = "", target[192];
-    int page_size = 0, first, count, dpi, cpi, t, ppi, bad;
+    int page_size = 0, first, count, dpi, cpi, t, ppi, pp_first, pp_count, bad;
     uint64_t total;
     kvx_result r;
     memset(rs, 0, sizeof *rs);
@@ -3669,7 +4099,7 @@ static kvx_result kvx__boot_resolve(kvx_boot *b, kvx__boot_pf *p, kvx__boot_res 
                             "target_pp_rank=-1", &body, why, wl);
     if (r != KVX_OK) return r;
     bad = kvx__boot_info_parse(body.allocator, body.data, body.len, &rs->tp, &rs->cp, &rs->dp, &rs->pp, &page_size,
-                               dtype, sizeof dtype, &rs->ctrl_ping);
+                               dtype, sizeof dtype, &rs->ctrl_ping, &rs->follow);
     kvx__buf_free(&body);
     if (bad)
         return kvx__why(KVX_ERR_PROTOCOL, why, wl, "bootstrap server %s:%d sent server info "
@@ -3697,7 +4127,20 @@ static kvx_result kvx__boot_resolve(kvx_boot *b, kvx__boot_pf *p, kvx__boot_res 
                              "%d and this decode engine tp_size %d: one must divide the other",
                              p->host, p->port, rs->tp, b->tp_size);
     }
-    rs->per_dp = (uint32_t)(rs->cp * count * rs->pp);
+    if (b->cp_size != 1)
+        return kvx__why(KVX_ERR_LAYOUT_MISMATCH, why, wl, "this decode engine has cp_size %d: decode "
+                        "context parallelism must be 1 (SGLang's rule; prefill at %s:%d)",
+                        b->cp_size, p->host, p->port);
+    if (b->pp_size == rs->pp) {
+        pp_first = b->pp_rank; pp_count = 1;  /* pp rank to pp rank */
+    } else if (b->pp_size == 1) {
+        pp_first = 0; pp_count = rs->pp;      /* every prefill pp rank's layers */
+    } else {
+        return kvx__why(KVX_ERR_LAYOUT_MISMATCH, why, wl, "prefill at %s:%d has pp_size %d and this "
+                        "decode engine pp_size %d: decode PP must equal prefill PP or be 1",
+                        p->host, p->port, rs->pp, b->pp_size);
+    }
+    rs->per_dp = (uint32_t)(rs->cp * count * pp_count);
     total = (uint64_t)rs->dp * rs->per_dp;
     if (total > KVX_BOOT_MAX_RANKS)
         return kvx__why(KVX_ERR_OUT_OF_RANGE, why, wl, "prefill at %s:%d needs %llu control "
@@ -3708,7 +4151,7 @@ static kvx_result kvx__boot_resolve(kvx_boot *b, kvx__boot_pf *p, kvx__boot_res 
     for (dpi = 0; dpi < rs->dp; dpi++)
         for (cpi = 0; cpi < rs->cp; cpi++)
             for (t = first; t < first + count; t++)
-                for (ppi = 0; ppi < rs->pp; ppi++) {
+                for (ppi = pp_first; ppi < pp_first + pp_count; ppi++) {
                     char ip[64];
                     int port = 0;
                     snprintf(target, sizeof target,
@@ -3730,16 +4173,141 @@ static kvx_result kvx__boot_resolve(kvx_boot *b, kvx__boot_pf *p, kvx__boot_res 
     return KVX_OK;
 }
 
-/* Under boot->mu: points a decode room at its target connections. */
-static int kvx__boot_assign(kvx__boot_br *br, kvx__boot_pf *p) {
-    uint32_t dp = (uint32_t)(br->id % (uint64_t)p->r.dp), k;
+/* Under boot->mu: points a decode room at its target connections in
+   prefill dp rank dp. 0, or -1 out of memory. */
+static int kvx__boot_assign_dp(kvx__boot_br *br, kvx__boot_pf *p, uint32_t dp) {
+    uint32_t k;
     for (k = 0; k < p->r.per_dp; k++)
         if (kvx__boot_br_add_conn(br, p->r.conns[dp * p->r.per_dp + k], 0)) return -1;
     br->gen = p->gen;
     br->peer_index = p->r.peer_index;
     br->peer_count = p->r.peer_count;
     br->waiting = 0;
+    br->dpq = 0;
     return 0;
+}
+
+/* Under boot->mu: the room's prefill dp rank (DP ATTENTION): 0 assigned,
+   1 it must be asked for (br->dpq; kvx__boot_dpq_job), -1 out of memory. */
+static int kvx__boot_assign(kvx__boot_br *br, kvx__boot_pf *p) {
+    if (p->r.dp > 1 && !p->r.follow) {
+        br->dpq = 1;
+        br->waiting = 0;
+        br->gen = p->gen;
+        return 1;
+    }
+    return kvx__boot_assign_dp(br, p, (uint32_t)(br->id % (uint64_t)p->r.dp));
+}
+
+/* Asks p's bootstrap server which dp rank serves each room that waits for
+   one (POST /query_dp_ranks, up to 256 rooms a call), as SGLang's decode
+   does while the prefill has not registered the room yet: again after 200,
+   400, then every 800 ms, until the room's KVX_BOOTSTRAP_TIMEOUT. Runs on
+   a worker, one per prefill instance at a time (p->dpq_busy). */
+static void kvx__boot_dpq_job(void *arg) {
+    kvx__boot_pf *p = (kvx__boot_pf *)arg;
+    kvx_boot *b = p->boot;
+    uint64_t limit = (uint64_t)(kvx_engine_settings(b->engine)->bootstrap_timeout_s * 1e9);
+    int attempt = 0;
+    for (;;) {
+        uint64_t ids[256], now;
+        size_t n = 0, i;
+        int status = 0, refused = 0, dp = 0;
+        char err[200] = "";
+        kvx__buf req, resp;
+        kvx__boot_vec ready, fail, late;
+        kvx__json_doc d;
+        const kvx__json *root = NULL;
+        kvx_result r;
+        memset(&ready, 0, sizeof ready);
+        memset(&fail, 0, sizeof fail);
+        memset(&late, 0, sizeof late);
+        pthread_mutex_lock(&b->mu);
+        for (i = 0; i < b->rooms.nb; i++) {
+            kvx__boot_br *br;
+            for (br = kvx__boot_at(b->rooms.b[i]); br; br = kvx__boot_at(br->hn.hnext))
+                if (br->room && br->peer == p && br->dpq && n < 256) ids[n++] = br->id;
+        }
+        if (!n || KVX__LOAD(&b->stop) || p->state != KVX__BOOT_PF_READY) {
+            p->dpq_busy = 0; /* rooms left behind fail with the prefill (or at destroy) */
+            pthread_mutex_unlock(&b->mu);
+            return;
+        }
+        pthread_mutex_unlock(&b->mu);
+        kvx__buf_init(&req, kvx__boot_al(b));
+        kvx__buf_init(&resp, kvx__boot_al(b));
+        kvx__buf_printf(&req, "{\"bootstrap_rooms\":[");
+        for (i = 0; i < n; i++) kvx__buf_printf(&req, "%s%llu", i ? "," : "", (unsigned long long)ids[i]);
+        kvx__buf_printf(&req, "]}");
+        r = req.oom ? KVX_ERR_NO_MEMORY
+                    : kvx__boot_http_call(p->host, p->port, "POST", "/query_dp_ranks", NULL, req.data,
+                                          req.len, KVX__BOOT_HTTP_TIMEOUT_S, &status, &resp, err,
+                                          sizeof err, &refused);
+        kvx__buf_free(&req);
+        memset(&d, 0, sizeof d);
+        if (r == KVX_OK && status == 200 &&
+            kvx__json_parse(&d, kvx__boot_al(b), resp.data ? resp.data : "", resp.len, 600) == KVX_OK)
+            root = kvx__json_root(&d);
+        else if (r == KVX_OK)
+            snprintf(err, sizeof err, "answered %d", status);
+        now = kvx_now_ns();
+        pthread_mutex_lock(&b->mu);
+        dp = p->r.dp;
+        for (i = 0; i < n; i++) {
+            kvx__boot_br *br = kvx__boot_find(b, ids[i]);
+            const kvx__json *v = NULL;
+            char key[24];
+            int x = -1;
+            if (!br || !br->room || br->peer != p || !br->dpq) continue;
+            snprintf(key, sizeof key, "%llu", (unsigned long long)ids[i]);
+            if (root && root->type == KVX_JSON_OBJECT && (v = kvx__json_get(&d, root, key)) != NULL &&
+                kvx__boot_jint(&d, root, key, 0, 1023, &x) == 1 && x < dp) {
+                if (kvx__boot_assign_dp(br, p, (uint32_t)x) == 0) kvx__boot_vec_push(&ready, br);
+                else { br->dpq = 0; kvx__boot_vec_push(&fail, br); }
+            } else if (v) {
+                br->dpq = 0;
+                kvx__boot_vec_push(&late, br); /* an answer that is not a dp rank of it */
+            } else if (now - br->created_ns > limit) {
+                br->dpq = 0;
+                kvx__boot_vec_push(&late, br);
+            }
+        }
+        pthread_mutex_unlock(&b->mu);
+        kvx__json_free(&d);
+        kvx__buf_free(&resp);
+        for (i = 0; i < ready.n; i++) kvx_room_advance(ready.v[i]->room, KVX_POLL_WAITING_FOR_INPUT);
+        kvx__boot_vec_release(&ready);
+        kvx__boot_fail_all(&fail, KVX_ERR_NO_MEMORY, "out of memory assigning the room to %s", p->addr);
+        kvx__boot_fail_all(&late, KVX_ERR_TIMEOUT, "prefill %s (dp size %d, load balancing not "
+                           "follow_bootstrap_room) named no dp rank below %d for this room in "
+                           "POST /query_dp_ranks within KVX_BOOTSTRAP_TIMEOUT (%.0f s): the prefill "
+                           "rank that runs it must register it (POST /register_dp_rank)%s%s", p->addr,
+                           dp, dp, (double)limit / 1e9, err[0] ? "; last answer: " : "", err);
+        if (kvx__boot_backoff(b, attempt < 2 ? attempt : 2)) {
+            pthread_mutex_lock(&b->mu);
+            p->dpq_busy = 0;
+            pthread_mutex_unlock(&b->mu);
+            return;
+        }
+        attempt++;
+    }
+}
+
+/* Starts p's dp query job unless it runs (a room that joins later is
+   picked up by the running one). */
+static void kvx__boot_dpq_start(kvx_boot *b, kvx__boot_pf *p) {
+    int submit;
+    pthread_mutex_lock(&b->mu);
+    submit = !p->dpq_busy;
+    p->dpq_busy = 1;
+    pthread_mutex_unlock(&b->mu);
+    if (submit && kvx__workq_submit(b->wq, kvx__boot_dpq_job, p) != KVX_OK) {
+        pthread_mutex_lock(&b->mu);
+        p->dpq_busy = 0;
+        pthread_mutex_unlock(&b->mu);
+        kvx_engine_log(b->engine, KVX_LOG_ERROR, "kvx.boot", 0, "out of memory queueing the dp "
+                       "rank query for %s: its rooms will time out", p->addr);
+    }
 }
 
 static void kvx__boot_resolve_job(void *arg) {
@@ -3752,6 +4320,7 @@ static void kvx__boot_resolve_job(void *arg) {
     uint32_t nold = 0, k;
     kvx_result res;
     size_t i;
+    int dpq = 0;
     memset(&ready, 0, sizeof ready);
     memset(&fail, 0, sizeof fail);
     memset(&rs, 0, sizeof rs);
@@ -3790,8 +4359,11 @@ static void kvx__boot_resolve_job(void *arg) {
     for (i = 0; i < b->rooms.nb; i++) {
         kvx__boot_br *br;
         for (br = kvx__boot_at(b->rooms.b[i]); br; br = kvx__boot_at(br->hn.hnext)) {
+            int a;
             if (!br->room || br->peer != p || !br->waiting) continue;
-            if (res == KVX_OK && kvx__boot_assign(br, p) == 0) kvx__boot_vec_push(&ready, br);
+            a = res == KVX_OK ? kvx__boot_assign(br, p) : -1;
+            if (a == 0) kvx__boot_vec_push(&ready, br);
+            else if (a == 1) dpq = 1;
             else { br->waiting = 0; kvx__boot_vec_push(&fail, br); }
         }
     }
@@ -3802,6 +4374,7 @@ static void kvx__boot_resolve_job(void *arg) {
         kvx__boot_conn_unref(old[k]);
     }
     kvx_engine_free(b->engine, old);
+    if (dpq) kvx__boot_dpq_start(b, p);
     if (res == KVX_OK) {
         kvx_engine_log(b->engine, KVX_LOG_INFO, "kvx.boot", 0,
                        "prefill %s: tp %d, cp %d, dp %d, pp %d; %u control connections up",
@@ -3957,6 +4530,77 @@ static void kvx__boot_register_job(void *arg) {
                        b->tp_rank, b->pp_rank, host, b->port_cfg, err);
 }
 
+/* A prefill sender's room pinned to this engine's dp rank at rank 0's
+   bootstrap server (SGLang's _register_prefill_dp_rank). */
+typedef struct kvx__boot_dpreg {
+    kvx_boot *b;
+    uint64_t room;
+} kvx__boot_dpreg;
+
+static void kvx__boot_dpreg_job(void *arg) {
+    kvx__boot_dpreg *j = (kvx__boot_dpreg *)arg;
+    kvx_boot *b = j->b;
+    char host[256], err[200] = "", hdr[128], body[96];
+    int attempt, status = 0, refused = 0;
+    snprintf(host, sizeof host, "%s",
+             (!b->host[0] || !strcmp(b->host, "0.0.0.0") || !strcmp(b->host, "::")) ? "127.0.0.1"
+                                                                                   : b->host);
+    snprintf(body, sizeof body, "{\"bootstrap_room\":%llu,\"dp_rank\":%d}",
+             (unsigned long long)j->room, b->dp_rank);
+    for (attempt = 0; attempt < KVX_BOOT_TRIES; attempt++) {
+        kvx__buf resp;
+        kvx_result r;
+        if (attempt && kvx__boot_backoff(b, attempt - 1)) break;
+        kvx__buf_init(&resp, kvx__boot_al(b));
+        if (b->key) kvx__boot_route_mac(b, body, strlen(body), (uint64_t)time(NULL), hdr, sizeof hdr);
+        r = kvx__boot_http_call(host, b->port_cfg, "POST", "/register_dp_rank", b->key ? hdr : NULL,
+                                body, strlen(body), KVX__BOOT_HTTP_TIMEOUT_S, &status, &resp, err,
+                                sizeof err, &refused);
+        if (r == KVX_OK)
+            snprintf(err, sizeof err, "answered %d: %.*s", status,
+                     (int)(resp.len > 150 ? 150 : resp.len), resp.data ? resp.data : "");
+        kvx__buf_free(&resp);
+        if (r == KVX_OK && status == 200) { kvx_engine_free(b->engine, j); return; }
+        if (r == KVX_OK && status != 503) break;
+    }
+    if (!KVX__LOAD(&b->stop))
+        kvx_engine_log(b->engine, KVX_LOG_ERROR, "kvx.boot", j->room,
+                       "could not register the room's dp rank %d with bootstrap server %s:%d "
+                       "(POST /register_dp_rank): %s; its decode will not find it", b->dp_rank,
+                       host, b->port_cfg, err);
+    kvx_engine_free(b->engine, j);
+}
+
+/* Prefill sender, dp_size > 1 (DP ATTENTION): follow_bootstrap_room wants
+   room % dp_size == this dp rank; another method registers the room. 0 ok,
+   else the room was failed with a sentence. */
+static int kvx__boot_dp_open(kvx_boot *b, kvx_room *r) {
+    uint64_t id = kvx_room_id(r), want = id % (uint64_t)b->dp_size;
+    kvx__boot_dpreg *j;
+    if (b->follow) {
+        if (want == (uint64_t)b->dp_rank) return 0;
+        kvx_room_fail(r, KVX_ERR_INVALID_ARGUMENT, "follow_bootstrap_room conflict: this prefill "
+                      "is dp rank %d of %d but the room implies dp rank %llu (room %% dp_size); set "
+                      "KVX_LOAD_BALANCE_METHOD to the router's method so decode asks "
+                      "/query_dp_ranks", b->dp_rank, b->dp_size, (unsigned long long)want);
+        return -1;
+    }
+    if (b->serves) {
+        int bad;
+        pthread_mutex_lock(&b->mu);
+        bad = kvx__boot_dp_pin(b, id, b->dp_rank);
+        pthread_mutex_unlock(&b->mu);
+        if (!bad) return 0;
+    } else if ((j = (kvx__boot_dpreg *)kvx__boot_zalloc(b, sizeof *j)) != NULL) {
+        j->b = b;
+        j->room = id;
+        if (kvx__workq_submit(b->wq, kvx__boot_dpreg_job, j) == KVX_OK) return 0;
+        kvx_engine_free(b->engine, j);
+    }
+    kvx_room_fail(r, KVX_ERR_NO_MEMORY, "out of memory registering the room's dp rank");
+    return -1;
+}
+
 /* >>boot: room API ---------------------------------------------------------------------- */
 
 static kvx__boot_pf *kvx__boot_peer_get(kvx_boot *b, const char *addr, char *why, size_t wl) {
@@ -3992,7 +4636,7 @@ static kvx_result kvx__boot_open_decode(kvx_boot *b, kvx_room *r, kvx__boot_br *
     const char *addr = kvx_room_bootstrap_addr(r);
     char why[KVX_ERROR_MAX] = "";
     kvx__boot_pf *p = NULL;
-    int ready = 0, submit = 0;
+    int ready = 0, submit = 0, dpq = 0;
     if (!addr || !addr[0]) {
         kvx__set_why(why, sizeof why, "no bootstrap address for this receiver: set "
                      "kvx_room_desc.bootstrap_addr or desc.bootstrap_addr to the prefill's "
@@ -4003,7 +4647,9 @@ static kvx_result kvx__boot_open_decode(kvx_boot *b, kvx_room *r, kvx__boot_br *
         if (p) {
             br->peer = p;
             if (p->state == KVX__BOOT_PF_READY) {
-                if (kvx__boot_assign(br, p) == 0) ready = 1;
+                int a = kvx__boot_assign(br, p);
+                if (a == 0) ready = 1;
+                else if (a == 1) dpq = 1;
                 else { snprintf(why, sizeof why, "out of memory"); p = NULL; }
             } else {
                 br->waiting = 1;
@@ -4025,6 +4671,7 @@ static kvx_result kvx__boot_open_decode(kvx_boot *b, kvx_room *r, kvx__boot_br *
         return KVX_OK;
     }
     if (ready) kvx_room_advance(r, KVX_POLL_WAITING_FOR_INPUT);
+    if (dpq) kvx__boot_dpq_start(b, p);
     return KVX_OK;
 }
 
@@ -4032,6 +4679,7 @@ KVX_API kvx_result kvx_boot_room_open(kvx_boot *b, kvx_room *r) {
     kvx__boot_br *br, *fresh;
     kvx__boot_pframe *frames = NULL, *f;
     if (!b || !r) return KVX_ERR_INVALID_ARGUMENT;
+    if (b->role == KVX_ROLE_PREFILL && b->dp_size > 1 && kvx__boot_dp_open(b, r)) return KVX_OK;
     fresh = kvx__boot_br_new(b, kvx_room_id(r));
     if (!fresh) return KVX_ERR_NO_MEMORY;
     pthread_mutex_lock(&b->mu);
@@ -4086,7 +4734,7 @@ KVX_API void kvx_boot_room_close(kvx_boot *b, kvx_room *r) {
         char why[160];
         snprintf(why, sizeof why, "room %llu: the %s was destroyed before the transfer finished",
                  (unsigned long long)kvx_room_id(r), b->role == KVX_ROLE_DECODE ? "receiver" : "sender");
-        kvx__boot_tell(b, r, why, KVX_ERR_ABORTED);
+        kvx__boot_tell(b, r, why, KVX_ERR_ABORTED, NULL);
     }
     pthread_mutex_lock(&b->mu);
     br = kvx__boot_find(b, kvx_room_id(r));
@@ -4181,12 +4829,12 @@ KVX_API void kvx_boot_abort(kvx_boot *b, kvx_room *r, const char *reason) {
     kvx__boot_tell(b, r,
                    failed && kvx_room_result(r) != KVX_ERR_ABORTED ? kvx_room_error(r)
                                                                         : (reason ? reason : "aborted"),
-                   failed ? kvx_room_result(r) : KVX_ERR_ABORTED);
+                   failed ? kvx_room_result(r) : KVX_ERR_ABORTED, NULL);
 }
 
 KVX_API void kvx_boot_room_failed(kvx_boot *b, kvx_room *r) {
     if (!b || !r || kvx_room_poll(r) != KVX_POLL_FAILED) return;
-    kvx__boot_tell(b, r, kvx_room_error(r), kvx_room_result(r));
+    kvx__boot_tell(b, r, kvx_room_error(r), kvx_room_result(r), NULL);
 }
 
 KVX_API uint32_t kvx_boot_room_dst_pages(kvx_boot *b, const kvx_room *r) {
@@ -4265,6 +4913,15 @@ static kvx_result kvx__boot_settings(kvx_boot *b, char *why, size_t wl) {
     if ((r = kvx__settings_apply(kvx__boot_table, KVX__COUNT(kvx__boot_table), &s, why, wl)))
         return r;
     b->port_cfg = s.port;
+    {   /* read here, not a desc field: SGLang's --load-balance-method */
+        const char *m = getenv("KVX_LOAD_BALANCE_METHOD");
+        if (!m || !m[0]) m = "follow_bootstrap_room";
+        if (strlen(m) >= sizeof b->lbm || strspn(m, "abcdefghijklmnopqrstuvwxyz_") != strlen(m))
+            return kvx__why(KVX_ERR_BAD_CONFIG, why, wl, "KVX_LOAD_BALANCE_METHOD '%s' is not a "
+                            "method name (follow_bootstrap_room, round_robin, ...)", m);
+        snprintf(b->lbm, sizeof b->lbm, "%s", m);
+        b->follow = !strcmp(m, "follow_bootstrap_room");
+    }
     if (!s.host) s.host = "0.0.0.0";
     if (strlen(s.host) >= sizeof b->host)
         return kvx__why(KVX_ERR_BAD_CONFIG, why, wl, "bootstrap host '%s' is too long",
@@ -4325,6 +4982,8 @@ static kvx_result kvx__boot_make_hello(kvx_boot *b, kvx__buf *out, const uint8_t
     f.hello.page_size = l->page_size;
     f.hello.dtype_size = l->dtype_size;
     f.hello.num_kv_heads = l->num_kv_heads;
+    f.hello.head_begin = l->head_begin;
+    f.hello.layer_begin = l->layer_begin;
     f.hello.mla = l->mla != 0;
     f.hello.num_buffers = l->num_buffers;
     f.hello.num_aux = l->num_aux;
@@ -4361,6 +5020,7 @@ static void kvx__boot_free(kvx_boot *b) {
     kvx_engine_free(b->engine, b->conns);
     kvx_engine_free(b->engine, b->live);
     kvx_engine_free(b->engine, b->srv.ranks);
+    kvx__boot_dp_free(b);
     kvx_engine_free(b->engine, b->scratch);
     kvx_engine_free(b->engine, b->endpoint);
     kvx__buf_free(&b->hello);

@@ -62,12 +62,12 @@ static void check_request(const uint8_t *data, size_t size) {
 
 /* The decode side parses the bootstrap server's answers. */
 static void check_answers(const uint8_t *data, size_t size) {
-    int tp, cp, dp, pp, ps, port = 0, ping = 7;
+    int tp, cp, dp, pp, ps, port = 0, ping = 7, follow = 7;
     char dtype[64], ip[64];
     if (kvx__boot_info_parse(NULL, (const char *)data, size, &tp, &cp, &dp, &pp, &ps, dtype, sizeof dtype,
-                             &ping) == 0) {
+                             &ping, &follow) == 0) {
         if (tp < 1 || tp > 1024 || cp < 1 || cp > 1024 || dp < 1 || dp > 1024 || pp < 1 || pp > 1024 ||
-            ps < 1 || strlen(dtype) >= sizeof dtype || (ping != 0 && ping != 1))
+            ps < 1 || strlen(dtype) >= sizeof dtype || (ping != 0 && ping != 1) || (follow != 0 && follow != 1))
             __builtin_trap();
     }
     if (kvx__boot_rank_parse(NULL, (const char *)data, size, ip, sizeof ip, &port) == 0) {
