@@ -10,6 +10,7 @@
 #include "../../kvx_file.h"
 #include "../../examples/kvx_example.h"
 #include "../kvx_test.h"
+#include "file_test.h"
 #include <signal.h>
 #include <sys/wait.h>
 #include <dirent.h>
@@ -41,27 +42,29 @@ static void sleep_ms(int ms) {
     nanosleep(&ts, NULL);
 }
 
-static kvx_engine *engine(kvx_role role, ex_pool *p, const char *dir, const ex_rank *rk, char *why) {
-    kvx_engine_desc d;
-    kvx_engine *e = NULL;
-    memset(&d, 0, sizeof d);
-    d.role = role;
-    d.transport = "file";
-    d.layout = p->layout;
-    d.file.dir = dir;
+static void child_exit(void) {
+    fflush(stdout);
+    _exit(kt_fail ? 1 : 0);
+}
+
+/* This process's engine, as rank rk (desc.boot), and the room's desc;
+   the process ends when the engine cannot start. */
+static kvx_engine *rank_engine(kvx_role role, ex_pool *p, const char *dir, const ex_rank *rk,
+                               uint64_t room, kvx_room_desc *rd) {
+    char why[512];
+    kvx_engine_desc d = ft_desc(role, &p->layout, dir);
+    kvx_engine *e;
     d.boot.tp_size = (int)rk->tp;
     d.boot.tp_rank = (int)rk->tp_rank;
     d.boot.pp_size = (int)rk->pp;
     d.boot.pp_rank = (int)rk->pp_rank;
     d.logger.level = KVX_LOG_ERROR + 1; /* the failures here are expected */
-    why[0] = 0;
-    if (kvx_engine_create(&d, &e, why, KVX_ERROR_MAX) != KVX_OK) e = NULL;
+    e = ft_create(&d, why);
+    CHECK(e != NULL, "%s engine: %s", role == KVX_ROLE_PREFILL ? "prefill" : "decode", why);
+    if (!e) child_exit();
+    memset(rd, 0, sizeof *rd);
+    rd->room = room;
     return e;
-}
-
-static void child_exit(void) {
-    fflush(stdout);
-    _exit(kt_fail ? 1 : 0);
 }
 
 /* A prefill rank: writes its room in two chunks (mode: or fails after
@@ -72,7 +75,7 @@ static void prefill_rank(const char *dir, const ex_model *m, ex_rank rk, uint32_
     kvx_engine *e;
     kvx_sender *s;
     kvx_room_desc rd;
-    char why[KVX_ERROR_MAX], v[16];
+    char v[16];
     int32_t pages[NP];
     kvx_poll st;
     kt_fail = kt_pass = 0; /* this process's own checks */
@@ -85,11 +88,7 @@ static void prefill_rank(const char *dir, const ex_model *m, ex_rank rk, uint32_
        (kvx_layout_overlap's sends_aux): elsewhere they would fail the check */
     ex_aux_write(&p, dpp == rk.pp || p.layer_begin + p.layers == m->layers ? room : room ^ 0xBAD, 0);
     if (mode == LIE_RUN) p.layout.layer_begin = p.layers; /* claims the next rank's layers */
-    e = engine(KVX_ROLE_PREFILL, &p, dir, &rk, why);
-    CHECK(e != NULL, "prefill engine: %s", why);
-    if (!e) child_exit();
-    memset(&rd, 0, sizeof rd);
-    rd.room = room;
+    e = rank_engine(KVX_ROLE_PREFILL, &p, dir, &rk, room, &rd);
     kvx_sender_create(e, &rd, &s);
     kvx_sender_init(s, NP, 0);
     kvx_sender_send(s, pages, NP / 2);
@@ -138,7 +137,7 @@ static void decode_rank(const char *dir, const ex_model *m, ex_rank rk, uint32_t
     kvx_receiver *r;
     kvx_room_desc rd;
     kvx_engine_stats stats;
-    char why[KVX_ERROR_MAX], v[16];
+    char v[16];
     int32_t pages[NP];
     uint32_t i;
     kvx_poll st;
@@ -152,11 +151,7 @@ static void decode_rank(const char *dir, const ex_model *m, ex_rank rk, uint32_t
     for (i = 0; i < p.layout.num_buffers; i++) memset(p.bufs[i].base, 0xEE, p.bufs[i].length);
     ex_aux_clear(&p, 1);
     ex_alloc_pages(&p, pages, NP);
-    e = engine(KVX_ROLE_DECODE, &p, dir, &rk, why);
-    CHECK(e != NULL, "decode engine: %s", why);
-    if (!e) child_exit();
-    memset(&rd, 0, sizeof rd);
-    rd.room = room;
+    e = rank_engine(KVX_ROLE_DECODE, &p, dir, &rk, room, &rd);
     kvx_receiver_create(e, &rd, &r);
     kvx_receiver_init(r, pages, NP, 1);
     if (give_up) kvx_receiver_abort(r, "decode gave up");
