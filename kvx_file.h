@@ -88,6 +88,16 @@
                           user's, never through a link). [60, 1e9]     (3600)
      KVX_FILE_STRIPE      (desc.file.stripe_bytes) bytes one worker reads or
                           writes at a time; [4096, 1 GiB]            (16 MiB)
+     KVX_FILE_PREFILL_TP  decode: the prefill instance's attention TP size, to
+                          find this rank's contributors (PARALLEL LAYOUTS);
+                          0 = this engine's own desc.boot.tp_size. [1, 1024] (0)
+     KVX_FILE_PREFILL_PP  decode: the prefill's PP size; equal to this
+                          engine's desc.boot.pp_size, or this one's PP size
+                          is 1; 0 = this engine's own. [1, 1024]           (0)
+     KVX_FILE_DECODE_TP   prefill: the decode instance's attention TP size, so
+                          an MLA prefill rank knows whether it is a dummy
+                          (kvx_mla_dummy); 0 = this engine's own. [1, 1024] (0)
+     (These three have no desc field yet: kvx_file_desc is kvx.h's.)
      KVX_AUTH_KEY / desc.auth_key (kvx.h): with a key, every meta,
                           transfer_done and transfer_failed carries an HMAC
                           line; a receiver with a key refuses a room whose
@@ -105,35 +115,73 @@
      directory, or another user's is refused by both sides with a sentence.
      transfer_failed is created once (link(2)): the first reason stays.
 
-   ON DISK (format version 2; all integers little-endian; see README.md)
-     room_<room>/kv_chunk_<i>.bin      chunk i's pages, buffer-major: buffer
+   PARALLEL LAYOUTS (kvx.h's; the rank is desc.boot.tp_size/tp_rank/
+   pp_size/pp_rank, 0 = 1 rank)
+     Each prefill rank writes its own room directory, <R> below: room_<room>
+     when its instance has one rank (TP 1, PP 1), else
+     room_<room>.tp<tp_rank>.pp<pp_rank>; each holds full pages of what that
+     rank holds, and its metas record the rank's shape (num_kv_heads,
+     head_begin, layer_begin, item_lens, mla, TP/PP size and rank). A decode
+     rank reads the directories of its contributors (SGLang's mapping):
+     prefill TP >= decode TP (ratio k): prefill TP ranks d*k .. d*k+k-1;
+     prefill TP < decode TP (ratio k): prefill rank d/k, which k decode
+     ranks read; decode PP = prefill PP: its own PP rank; decode PP = 1:
+     every prefill PP rank. Each contributor's shape is checked with
+     kvx_layout_overlap (the room fails with its sentence, naming the
+     prefill rank) and its chunks are scattered with kvx_plan_scatter_from:
+     a contiguous, whole plan is read with preadv straight into the pages;
+     a plan that takes part of the file or strided rows reads each stripe
+     into a staging buffer (checksummed there) and copies the rows out
+     (measured against preadv with one iovec per pool row, IOV_MAX-bounded,
+     for TP 4 -> 2 in bench_file: 2.3-2.5 against 1.8-2.0 GB/s). The
+     aux rows come only from the contributor kvx_layout_overlap names. The
+     room succeeds when every contributor's every chunk is placed and the
+     bytes placed equal the pages' bytes (each byte once). MLA: a dummy
+     prefill rank (kvx_mla_dummy with KVX_FILE_DECODE_TP) writes nothing and
+     succeeds at once; decode ranks never look for it. A contributor's
+     transfer_failed or .failed marker fails the room naming that rank; a
+     contributor that never commits fails it at KVX_FILE_TIMEOUT, naming
+     the first rank still missing. A room several decode ranks read is
+     removed by the last of them (each leaves reader_<tp>.<pp> in it).
+     Without a bootstrap channel a decode failure reaches no prefill (it
+     finishes and its room is swept by KVX_FILE_TTL); with kvx_boot it
+     does through the control channel.
+
+   ON DISK (format version 3; all integers little-endian; see README.md)
+     <R>/kv_chunk_<i>.bin              chunk i's pages, buffer-major: buffer
                                        b starts at offset[b] = num_pages *
                                        sum(item_len[0..b-1]), its page j at
                                        offset[b] + j * item_len[b]
-     room_<room>/kv_chunk_<i>.bin.meta JSON, see kvx_file_read_meta
-     room_<room>/metadata.bin          the sender's aux rows: aux buffer 0's
+     <R>/kv_chunk_<i>.bin.meta         JSON, see kvx_file_read_meta
+     <R>/metadata.bin                  the sender's aux rows: aux buffer 0's
                                        row, then 1's ...
-     room_<room>/transfer_done         JSON, written last
-     room_<room>/transfer_failed       JSON {"reason": ..., "result": ...}
+     <R>/transfer_done                 JSON, written last
+     <R>/transfer_failed               JSON {"reason": ..., "result": ...}
                                        when the sender failed or aborted;
                                        never rewritten
-     room_<room>.failed                (beside the room) the same, when the
+     <R>.failed                        (beside the room) the same, when the
                                        room could not be put in place
-     room_<room>.tmp.<pid>.<16 hex>/   (beside) the room being built, renamed
-                                       to room_<room> when complete or failed
-     room_<room>.old.<pid>.<16 hex>/   (beside) an earlier room of that id,
+     <R>.tmp.<pid>.<16 hex>/           (beside) the room being built, renamed
+                                       to <R> when complete or failed
+     <R>.old.<pid>.<16 hex>/           (beside) an earlier room of that id,
                                        moved aside by a new commit, removed
+     <R>/reader_<tp>.<pp>              left by decode rank (tp, pp) when
+                                       several decode ranks read <R>
      Other temporary files end in ".tmp.<pid>.<16 hex digits>". Temporaries
      are never read; every name starts with "room_", so KVX_FILE_TTL sweeps
      what a killed process left.
-     Version 2: each meta, transfer_done and transfer_failed is one line of
+     Since version 2: each meta, transfer_done and transfer_failed is one line of
      JSON, followed, when the writer has an auth key, by one line
        mac hmac-sha256 <64 lowercase hex digits>
      = HMAC-SHA-256(key, "kvx-file-v2" 0x00 <file name> 0x00 <the JSON line
      with its newline>), <file name> being "transfer_done", "transfer_failed"
      or "kv_chunk_<i>.bin.meta". The CRC32C of every chunk (in its meta) and
      of metadata.bin (in transfer_done) lie inside the authenticated bytes.
-     (Version 1 had no MAC line.)
+     (Version 1 had no MAC line. Version 3 (this one) adds to each meta
+     "head_begin", "layer_begin", "tp_size", "tp_rank", "pp_size",
+     "pp_rank" and names each rank's room <R> as PARALLEL LAYOUTS says;
+     the MAC's domain string stays "kvx-file-v2". Other versions are
+     refused with a sentence.)
 
    CONSISTENCY (what the file transport needs from a shared filesystem)
      1. rename(2) of a directory within KVX_FILE_DIR is atomic: another node
@@ -186,7 +234,7 @@
 extern "C" {
 #endif
 
-#define KVX_FILE_FORMAT_VERSION 2
+#define KVX_FILE_FORMAT_VERSION 3
 
 /* The file transport's backend table. */
 KVX_API const kvx_backend *kvx_file_backend(void);
@@ -202,6 +250,8 @@ typedef struct kvx_file_chunk_info {
     uint32_t crc32c;      /* of the whole .bin */
     uint64_t fingerprint; /* kvx_layout_fingerprint of the sender */
     uint32_t page_size, dtype_size, num_kv_heads, mla;
+    uint32_t head_begin, layer_begin; /* the writer's slice of the model */
+    uint32_t tp_size, tp_rank, pp_size, pp_rank; /* the writer's rank */
     char dtype[32];
     uint32_t num_buffers;
     uint64_t *item_lens;  /* num_buffers entries */
@@ -543,13 +593,18 @@ static kvx_result kvx__file_json_open(kvx__json_doc *d, const kvx_allocator *a, 
 
 /* Index of the first span that reaches past packed offset lo (spans of a
    one-sided plan are sorted on the packed side). */
+static uint64_t kvx__span_pend(const kvx_span *sp, int to_file) {
+    uint64_t po = to_file ? sp->dst_offset : sp->src_offset;
+    uint64_t pitch = to_file ? sp->dst_pitch : sp->src_pitch;
+    if (!sp->row_len) return po + sp->length;
+    return po + (sp->length / sp->row_len - 1) * pitch + sp->row_len; /* a strided span's reach */
+}
+
 static size_t kvx__plan_find(const kvx_plan *p, int to_file, uint64_t lo) {
     size_t a = 0, b = p->count;
     while (a < b) {
         size_t m = (a + b) / 2;
-        const kvx_span *sp = &p->spans[m];
-        uint64_t po = to_file ? sp->dst_offset : sp->src_offset;
-        if (po + sp->length <= lo) a = m + 1;
+        if (kvx__span_pend(&p->spans[m], to_file) <= lo) a = m + 1;
         else b = m;
     }
     return a;
@@ -561,6 +616,53 @@ static kvx_result kvx__full_io(int to_file, int fd, char *buf, uint64_t len, uin
     if (e < 0) return KVX_ERR_CORRUPT; /* short file */
     *err_out = e;
     return e ? kvx__errno_result(e) : KVX_OK;
+}
+
+/* Reads the packed byte range [lo, hi) of a file into stage (its CRC32C
+   to *crc) and copies what the scatter plan p takes of it (any part of a
+   span: rows of a strided one, a plan that skips bytes) to the pages:
+   memcpy into host buffers, the engine's kvx_mem_ops in batches into
+   device buffers. */
+static kvx_result kvx__plan_read_staged(const kvx_layout *l, const kvx_mem_ops *mem,
+                                        const kvx_plan *p, int fd, uint64_t lo, uint64_t hi,
+                                        char *stage, uint32_t *crc, int *err_out, char *why,
+                                        size_t wl) {
+    kvx_copy batch[512];
+    size_t s = kvx__plan_find(p, 0, lo), nb = 0;
+    kvx_result r;
+    if ((r = kvx__full_io(0, fd, stage, hi - lo, lo, err_out)) != KVX_OK) return r;
+    *crc = kvx_crc32c(0, stage, hi - lo);
+    for (; s < p->count && p->spans[s].src_offset < hi; s++) {
+        const kvx_span *sp = &p->spans[s];
+        const kvx_buffer *bf = &l->buffers[sp->dst_buffer];
+        uint64_t rl = sp->row_len ? sp->row_len : sp->length, rows = rl ? sp->length / rl : 0;
+        uint64_t sp_pitch = sp->row_len ? sp->src_pitch : 0, dp_pitch = sp->row_len ? sp->dst_pitch : 0;
+        uint64_t k = sp->src_offset < lo && sp_pitch ? (lo - sp->src_offset) / sp_pitch : 0;
+        char *base = (char *)kvx_span_addr(l, sp, 1);
+        for (; k < rows; k++) {
+            uint64_t a = sp->src_offset + k * sp_pitch, b = a + rl;
+            uint64_t x = a > lo ? a : lo, y = b < hi ? b : hi;
+            char *dst, *src;
+            if (a >= hi) break;
+            if (x >= y) continue;
+            dst = base + k * dp_pitch + (x - a);
+            src = stage + (x - lo);
+            if (bf->mem == KVX_MEM_HOST) {
+                memcpy(dst, src, (size_t)(y - x));
+                continue;
+            }
+            batch[nb].buf_ptr = dst;
+            batch[nb].host = src;
+            batch[nb].len = y - x;
+            batch[nb].device = bf->device;
+            if (++nb == sizeof batch / sizeof batch[0]) {
+                if ((r = mem->copy(mem->ctx, 0, batch, nb, why, wl)) != KVX_OK) return r;
+                nb = 0;
+            }
+        }
+    }
+    if (nb && (r = mem->copy(mem->ctx, 0, batch, nb, why, wl)) != KVX_OK) return r;
+    return KVX_OK;
 }
 
 /* The same as kvx__plan_io for layouts with buffers outside host memory:
@@ -575,8 +677,7 @@ static kvx_result kvx__plan_io_staged(const kvx_layout *l, const kvx_mem_ops *me
     uint64_t pos = lo;
     kvx_result r;
     *err_out = 0;
-    if (!to_file && (r = kvx__full_io(0, fd, stage, hi - lo, lo, err_out)) != KVX_OK) return r;
-    if (!to_file) *crc = kvx_crc32c(0, stage, hi - lo);
+    if (!to_file) return kvx__plan_read_staged(l, mem, p, fd, lo, hi, stage, crc, err_out, why, wl);
     while (pos < hi && s < p->count) {
         const kvx_span *sp = &p->spans[s];
         const kvx_buffer *bf = &l->buffers[sp->buffer];
@@ -655,8 +756,9 @@ static kvx_result kvx__plan_io(const kvx_layout *l, const kvx_plan *p, int to_fi
 
 /* >>file: formats ------------------------------------------------------------ */
 
-static void kvx__meta_json(kvx__buf *b, const kvx_layout *l, uint64_t room, const kvx_chunk *c,
-                           uint64_t bytes, uint32_t crc) {
+/* rank: the writer's TP size, TP rank, PP size, PP rank. */
+static void kvx__meta_json(kvx__buf *b, const kvx_layout *l, const uint32_t rank[4], uint64_t room,
+                           const kvx_chunk *c, uint64_t bytes, uint32_t crc) {
     uint32_t i;
     uint64_t off = 0;
     kvx__buf_printf(b, "{\"format\":\"kvx-file-chunk\",\"version\":%d,\"room\":%llu,\"chunk\":%u,"
@@ -666,8 +768,11 @@ static void kvx__meta_json(kvx__buf *b, const kvx_layout *l, uint64_t room, cons
     kvx__buf_printf(b, "\"layout_fingerprint\":\"%016llx\",\"page_size\":%u,\"dtype\":",
                    (unsigned long long)kvx_layout_fingerprint(l), l->page_size);
     kvx__buf_json_str(b, l->dtype);
-    kvx__buf_printf(b, ",\"dtype_size\":%u,\"num_kv_heads\":%u,\"mla\":%d,\"buffers\":[",
-                   l->dtype_size, l->num_kv_heads, l->mla ? 1 : 0);
+    kvx__buf_printf(b, ",\"dtype_size\":%u,\"num_kv_heads\":%u,\"mla\":%d,\"head_begin\":%u,"
+                      "\"layer_begin\":%u,\"tp_size\":%u,\"tp_rank\":%u,\"pp_size\":%u,"
+                      "\"pp_rank\":%u,\"buffers\":[",
+                   l->dtype_size, l->num_kv_heads, l->mla ? 1 : 0, l->head_begin, l->layer_begin,
+                   rank[0], rank[1], rank[2], rank[3]);
     for (i = 0; i < l->num_buffers; i++) {
         kvx__buf_printf(b, "%s{\"item_len\":%llu,\"offset\":%llu}", i ? "," : "",
                        (unsigned long long)l->buffers[i].item_len, (unsigned long long)off);
@@ -768,6 +873,18 @@ static kvx_result kvx__file_parse_meta(const kvx_allocator *a, const char *text,
     m->chunk = (uint32_t)v[1]; m->first_page = (uint32_t)v[2]; m->num_pages = (uint32_t)v[3];
     m->crc32c = (uint32_t)v[4]; m->page_size = (uint32_t)v[5]; m->dtype_size = (uint32_t)v[6];
     m->num_kv_heads = (uint32_t)v[7]; m->mla = (uint32_t)v[8];
+    KVX__REQ(kvx__json_u64(&d, root, "head_begin", 0, 1u << 20, &v[0]) &&
+                 kvx__json_u64(&d, root, "layer_begin", 0, 1u << 20, &v[9]) &&
+                 kvx__json_u64(&d, root, "tp_size", 1, 1024, &v[1]) &&
+                 kvx__json_u64(&d, root, "pp_size", 1, 1024, &v[2]),
+             "%s: a parallel-layout field (head_begin, layer_begin, tp_size, pp_size) is "
+             "missing or out of range", path);
+    m->head_begin = (uint32_t)v[0]; m->layer_begin = (uint32_t)v[9];
+    m->tp_size = (uint32_t)v[1]; m->pp_size = (uint32_t)v[2];
+    KVX__REQ(kvx__json_u64(&d, root, "tp_rank", 0, m->tp_size - 1, &v[1]) &&
+                 kvx__json_u64(&d, root, "pp_rank", 0, m->pp_size - 1, &v[2]),
+             "%s: \"tp_rank\" or \"pp_rank\" is missing or not below its size", path);
+    m->tp_rank = (uint32_t)v[1]; m->pp_rank = (uint32_t)v[2];
     KVX__REQ(kvx__json_hex64(&d, root, "layout_fingerprint", &m->fingerprint),
              "%s: bad \"layout_fingerprint\"", path);
     dt = kvx__json_get(&d, root, "dtype");
@@ -905,14 +1022,31 @@ typedef struct kvx__fengine {
     const kvx_allocator *al;    /* the engine's desc allocator */
     char *stage_free[64];
     int num_stage_free;
+    /* parallel layouts (the doc block's PARALLEL LAYOUTS) */
+    uint32_t rank[4];           /* this rank: TP size, TP rank, PP size, PP rank */
+    uint32_t ptp, ppp;          /* decode: the prefill's TP and PP sizes */
+    uint32_t dtp;               /* prefill: the decode's TP size */
+    int dummy;                  /* prefill: an MLA dummy, writes nothing */
 } kvx__fengine;
+
+/* The staging buffers are pinned (desc.mem) for GPU pools, plain memory
+   for a host pool that reads a sliced plan. */
+static char *kvx__stage_new(kvx__fengine *fe) {
+    return fe->staged ? (char *)fe->mem.host_alloc(fe->mem.ctx, (size_t)fe->stripe)
+                      : (char *)kvx__alloc(fe->al, (size_t)fe->stripe);
+}
+
+static void kvx__stage_del(kvx__fengine *fe, char *s) {
+    if (fe->staged) fe->mem.host_free(fe->mem.ctx, s);
+    else kvx__free(fe->al, s);
+}
 
 static char *kvx__stage_get(kvx__fengine *fe) {
     char *s = NULL;
     pthread_mutex_lock(&fe->mu);
     if (fe->num_stage_free) s = fe->stage_free[--fe->num_stage_free];
     pthread_mutex_unlock(&fe->mu);
-    return s ? s : (char *)fe->mem.host_alloc(fe->mem.ctx, (size_t)fe->stripe);
+    return s ? s : kvx__stage_new(fe);
 }
 
 static void kvx__stage_put(kvx__fengine *fe, char *s) {
@@ -922,17 +1056,17 @@ static void kvx__stage_put(kvx__fengine *fe, char *s) {
         s = NULL;
     }
     pthread_mutex_unlock(&fe->mu);
-    if (s) fe->mem.host_free(fe->mem.ctx, s);
+    if (s) kvx__stage_del(fe, s);
 }
 
 /* One stripe of a chunk between pool pages and the file, staged when the
    layout has GPU buffers. */
 static kvx_result kvx__stripe_io(kvx__fengine *fe, const kvx_layout *l, const kvx_plan *p,
-                                 int to_file, int fd, uint64_t lo, uint64_t hi, uint32_t *crc,
-                                 int *err, char *why, size_t wl) {
+                                 int sliced, int to_file, int fd, uint64_t lo, uint64_t hi,
+                                 uint32_t *crc, int *err, char *why, size_t wl) {
     char *stage;
     kvx_result r;
-    if (!fe->staged) return kvx__plan_io(l, p, to_file, fd, lo, hi, crc, err);
+    if (!fe->staged && !sliced) return kvx__plan_io(l, p, to_file, fd, lo, hi, crc, err);
     if (!(stage = kvx__stage_get(fe))) {
         kvx__set_why(why, wl, "cannot allocate %llu bytes of pinned staging memory",
                      (unsigned long long)fe->stripe);
@@ -946,6 +1080,9 @@ static kvx_result kvx__stripe_io(kvx__fengine *fe, const kvx_layout *l, const kv
 /* One transfer unit: a chunk file being written or read in stripes. */
 typedef struct kvx__fjob {
     struct kvx__froom *fr;
+    struct kvx__fsrc *src;  /* receiver: the contributor whose file this is */
+    int sliced;             /* receiver: the plan takes part of the file, or strided rows:
+                               each stripe is read into a staging buffer */
     kvx_chunk *chunk;       /* sender: owned */
     kvx_plan plan;          /* receiver: scatter plan */
     kvx_file_chunk_info meta; /* receiver */
@@ -994,20 +1131,39 @@ typedef struct kvx__froom {
     uint64_t bytes_done;
     int32_t aux_index;
     int boot;               /* the room goes through kvx_boot */
+    int peer_aborted;       /* sender: a decode rank's <R>.aborted stopped it (atomic) */
     /* receiver */
     int32_t *pages;
     uint32_t num_pages;
-    kvx_file_done_info done;
-    uint32_t chunks_read;
-    char deadline_what[KVX__FILE_PATH + 96];
-    uint64_t settle_until;  /* receiver: files transfer_done lists may still appear
-                               until then (ns; 0 = transfer_done not seen yet) */
-    uint64_t retry_at;      /* receiver: look again no sooner (ns) */
-    uint32_t retries;       /* receiver: reads started again while settling */
+    struct kvx__fsrc *src;  /* the prefill ranks that contribute (PARALLEL LAYOUTS) */
+    uint32_t nsrc, srcs_done; /* srcs_done under mu */
+    uint32_t missing;       /* progress thread: the source deadline_what names */
+    char deadline_what[KVX__FILE_PATH + 160];
+    int in_pending;         /* on fe->pending (under fe->mu) */
     struct kvx__froom *next_pending;
-    int refused;            /* receiver: the room directory is unsafe (why) */
-    char refused_why[KVX_ERROR_MAX];
 } kvx__froom;
+
+/* Receiver: one contributing prefill rank's room directory. */
+typedef struct kvx__fsrc {
+    kvx__froom *fr;
+    char name[64];          /* room_<id>[.tp<a>.pp<b>] in fe->dir */
+    char dir[KVX__FILE_PATH]; /* for sentences */
+    char who[48];           /* "the sender" or "prefill rank tp <a> pp <b>" */
+    uint32_t tp_rank, pp_rank;
+    uint32_t readers;       /* decode ranks that read this directory */
+    int dfd;                /* set by the progress thread while state is 0 */
+    int state;              /* under fe->mu: 0 waiting for its room, 1 its room seen */
+    int aux;                /* writes the room's aux rows (kvx_layout_overlap) */
+    uint32_t heads[2], layers[2]; /* the model's heads and layers it holds: [begin, end) */
+    int shaped;             /* heads and layers are known (under fr->mu) */
+    kvx_file_done_info done;
+    uint64_t settle_until;  /* files transfer_done lists may still appear until then
+                               (ns; 0 = transfer_done not seen yet) */
+    uint64_t retry_at;      /* look again no sooner (ns) */
+    uint32_t retries;       /* reads started again while settling */
+    uint32_t chunks_read;   /* under fr->mu */
+    char refused_why[KVX_ERROR_MAX];
+} kvx__fsrc;
 
 static kvx__fengine *kvx__fe(kvx_engine *e) { return (kvx__fengine *)kvx_engine_backend_data(e); }
 
@@ -1069,6 +1225,56 @@ static const kvx__setting kvx__file_table[] = {
     KVX__SET_INT("KVX_FILE_SHARED", kvx_file_desc, shared, 0, 0, 1),
 };
 
+/* The settings kvx_file_desc has no field for yet (environment only). */
+typedef struct kvx__file_topo {
+    int prefill_tp, prefill_pp, decode_tp;
+} kvx__file_topo;
+
+static const kvx__setting kvx__file_topo_table[] = {
+    KVX__SET_INT("KVX_FILE_PREFILL_TP", kvx__file_topo, prefill_tp, 0, 1, 1024),
+    KVX__SET_INT("KVX_FILE_PREFILL_PP", kvx__file_topo, prefill_pp, 0, 1, 1024),
+    KVX__SET_INT("KVX_FILE_DECODE_TP", kvx__file_topo, decode_tp, 0, 1, 1024),
+};
+
+/* This engine's rank (desc.boot) and its peers' sizes, checked: the sizes
+   must divide one another (SGLang's mapping), PP equal or decode PP 1. */
+static kvx_result kvx__file_ranks(const kvx_engine_desc *d, const kvx_layout *l, kvx__fengine *fe,
+                                  char *why, size_t wl) {
+    kvx__file_topo t;
+    int tp = d->boot.tp_size > 0 ? d->boot.tp_size : 1, pp = d->boot.pp_size > 0 ? d->boot.pp_size : 1;
+    uint32_t a, b;
+    kvx_result r;
+    memset(&t, 0, sizeof t);
+    if ((r = kvx__settings_apply(kvx__file_topo_table, KVX__COUNT(kvx__file_topo_table), &t, why,
+                                 wl)) != KVX_OK)
+        return r;
+    if (tp > 1024 || pp > 1024 || d->boot.tp_rank < 0 || d->boot.tp_rank >= tp ||
+        d->boot.pp_rank < 0 || d->boot.pp_rank >= pp) {
+        kvx__set_why(why, wl, "desc.boot: tp_rank %d of tp_size %d, pp_rank %d of pp_size %d are "
+                     "not a rank", d->boot.tp_rank, tp, d->boot.pp_rank, pp);
+        return KVX_ERR_BAD_CONFIG;
+    }
+    fe->rank[0] = (uint32_t)tp; fe->rank[1] = (uint32_t)d->boot.tp_rank;
+    fe->rank[2] = (uint32_t)pp; fe->rank[3] = (uint32_t)d->boot.pp_rank;
+    fe->ptp = t.prefill_tp ? (uint32_t)t.prefill_tp : (uint32_t)tp;
+    fe->ppp = t.prefill_pp ? (uint32_t)t.prefill_pp : (uint32_t)pp;
+    fe->dtp = t.decode_tp ? (uint32_t)t.decode_tp : (uint32_t)tp;
+    a = d->role == KVX_ROLE_DECODE ? fe->ptp : (uint32_t)tp; /* prefill TP */
+    b = d->role == KVX_ROLE_DECODE ? (uint32_t)tp : fe->dtp; /* decode TP */
+    if ((a > b ? a % b : b % a) != 0) {
+        kvx__set_why(why, wl, "prefill TP %u and decode TP %u (KVX_FILE_PREFILL_TP / "
+                     "KVX_FILE_DECODE_TP, desc.boot.tp_size): one must divide the other", a, b);
+        return KVX_ERR_LAYOUT_MISMATCH;
+    }
+    if (d->role == KVX_ROLE_DECODE && fe->ppp != (uint32_t)pp && pp != 1) {
+        kvx__set_why(why, wl, "prefill PP %u (KVX_FILE_PREFILL_PP) and decode PP %d: the file "
+                     "transport needs equal PP sizes or decode PP 1", fe->ppp, pp);
+        return KVX_ERR_LAYOUT_MISMATCH;
+    }
+    fe->dummy = d->role == KVX_ROLE_PREFILL && kvx_mla_dummy(l->mla, tp, d->boot.tp_rank, (int)fe->dtp);
+    return KVX_OK;
+}
+
 /* Resolves every setting (kvx__file_table; the doc block gives meanings
    and ranges). */
 static kvx_result kvx__file_settings(const kvx_engine_desc *d, kvx__fengine *fe,
@@ -1098,7 +1304,9 @@ static kvx_result kvx__file_engine_init(kvx_engine *e, char *why, size_t wl) {
     if (!fe) return KVX_ERR_NO_MEMORY;
     fe->dfd = -1;
     pthread_mutex_init(&fe->mu, NULL);
-    if ((r = kvx__file_settings(d, fe, &dir, why, wl)) != KVX_OK) goto fail;
+    if ((r = kvx__file_settings(d, fe, &dir, why, wl)) != KVX_OK ||
+        (r = kvx__file_ranks(d, l, fe, why, wl)) != KVX_OK)
+        goto fail;
     for (i = 0; i < l->num_buffers; i++)
         if (l->buffers[i].mem != KVX_MEM_HOST) fe->staged = 1;
     fe->mem = d->mem;
@@ -1146,10 +1354,57 @@ static void kvx__file_engine_fini(kvx_engine *e) {
     if (!fe) return;
     kvx_boot_destroy(fe->boot);
     kvx__workq_destroy(fe->q);
-    while (fe->num_stage_free) fe->mem.host_free(fe->mem.ctx, fe->stage_free[--fe->num_stage_free]);
+    while (fe->num_stage_free) kvx__stage_del(fe, fe->stage_free[--fe->num_stage_free]);
     pthread_mutex_destroy(&fe->mu);
     close(fe->dfd);
     kvx_engine_free(e, fe);
+}
+
+/* A prefill rank's room directory name (PARALLEL LAYOUTS). */
+static void kvx__file_room_name(char *out, size_t n, uint64_t room, uint32_t ranks, uint32_t tp_rank,
+                                uint32_t pp_rank) {
+    if (ranks > 1)
+        snprintf(out, n, "room_%llu.tp%u.pp%u", (unsigned long long)room, tp_rank, pp_rank);
+    else
+        snprintf(out, n, "room_%llu", (unsigned long long)room);
+}
+
+/* Decode: the prefill ranks whose rooms this rank reads (SGLang's
+   mapping; MLA dummies left out). */
+static kvx_result kvx__frecv_sources(kvx__froom *fr) {
+    kvx__fengine *fe = fr->fe;
+    const kvx_layout *l = kvx_engine_layout(kvx_room_engine(fr->room));
+    uint32_t dtp = fe->rank[0], d = fe->rank[1], dpp = fe->rank[2], q = fe->rank[3];
+    uint32_t first, count, readers = 1, pfirst = q, pcount = 1, a, b, n = 0;
+    if (fe->ptp >= dtp) {
+        count = fe->ptp / dtp;
+        first = d * count;
+    } else {
+        count = 1;
+        readers = dtp / fe->ptp;
+        first = d / readers;
+    }
+    if (fe->ppp != dpp) pfirst = 0, pcount = fe->ppp; /* decode PP 1: every PP rank */
+    fr->src = (kvx__fsrc *)kvx__zalloc(fe->al, (size_t)count * pcount, sizeof *fr->src);
+    if (!fr->src) return KVX_ERR_NO_MEMORY;
+    for (a = first; a < first + count; a++) {
+        if (kvx_mla_dummy(l->mla, (int)fe->ptp, (int)a, (int)dtp)) continue;
+        for (b = pfirst; b < pfirst + pcount; b++) {
+            kvx__fsrc *s = &fr->src[n++];
+            s->fr = fr;
+            s->dfd = -1;
+            s->tp_rank = a;
+            s->pp_rank = b;
+            s->readers = readers;
+            kvx__file_room_name(s->name, sizeof s->name, kvx_room_id(fr->room), fe->ptp * fe->ppp,
+                                a, b);
+            kvx__pathf(s->dir, "%s/%s", fe->dir, s->name);
+            if (fe->ptp * fe->ppp > 1) snprintf(s->who, sizeof s->who, "prefill rank tp %u pp %u", a, b);
+            else snprintf(s->who, sizeof s->who, "the sender");
+        }
+    }
+    fr->nsrc = n;
+    return KVX_OK;
 }
 
 static kvx_result kvx__file_room_open(kvx_room *r) {
@@ -1163,9 +1418,12 @@ static kvx_result kvx__file_room_open(kvx_room *r) {
     pthread_mutex_init(&fr->mu, NULL);
     pthread_cond_init(&fr->cv, NULL);
     fr->dfd = -1;
-    snprintf(fr->name, sizeof fr->name, "room_%llu", (unsigned long long)kvx_room_id(r));
+    kvx__file_room_name(fr->name, sizeof fr->name, kvx_room_id(r), fe->rank[0] * fe->rank[2],
+                        fe->rank[1], fe->rank[3]);
     kvx__pathf(fr->dir, "%s/%s", fe->dir, fr->name);
     kvx_room_set_data(r, fr);
+    if (kvx_room_role(r) == KVX_ROLE_DECODE && kvx__frecv_sources(fr) != KVX_OK)
+        return KVX_ERR_NO_MEMORY;
     fr->boot = fe->boot && (kvx_room_role(r) == KVX_ROLE_PREFILL || kvx_room_bootstrap_addr(r));
     if (fr->boot) return kvx_boot_room_open(fe->boot, r); /* BOOTSTRAPPING until connected */
     kvx_room_advance(r, KVX_POLL_WAITING_FOR_INPUT); /* no handshake */
@@ -1175,10 +1433,14 @@ static kvx_result kvx__file_room_open(kvx_room *r) {
 static void kvx__file_room_free(kvx_room *r) {
     kvx_engine *e = kvx_room_engine(r);
     kvx__froom *fr = (kvx__froom *)kvx_room_data(r);
+    uint32_t i;
     if (!fr) return;
     pthread_mutex_destroy(&fr->mu);
     pthread_cond_destroy(&fr->cv);
     if (fr->dfd >= 0) close(fr->dfd);
+    for (i = 0; fr->src && i < fr->nsrc; i++)
+        if (fr->src[i].dfd >= 0) close(fr->src[i].dfd);
+    kvx_engine_free(e, fr->src);
     kvx_engine_free(e, fr->pages);
     kvx_engine_free(e, fr);
 }
@@ -1189,6 +1451,7 @@ static void kvx__file_unpend(kvx__fengine *fe, kvx__froom *fr) {
     for (pp = &fe->pending; *pp; pp = &(*pp)->next_pending)
         if (*pp == fr) { /* the pending list held a reference */
             *pp = fr->next_pending;
+            fr->in_pending = 0;
             kvx_room_unref(fr->room);
             break;
         }
@@ -1354,12 +1617,61 @@ static void kvx__file_write_failed(kvx__froom *fr, kvx_result res, const char *r
 /* The room failed by a local decision (core contract): tell the peer, with
    the first reason. The core calls this once, never on a room that
    succeeded. */
+static void kvx__frecv_abort_others(kvx__froom *fr, const kvx__fsrc *except, const char *reason);
+static kvx_result kvx__file_load_text(kvx__froom *fr, int dfd, const char *name,
+                                      const char *shown, char **text, size_t *len, char *why,
+                                      size_t wl);
 static void kvx__file_room_failed(kvx_room *r) {
     kvx__froom *fr = (kvx__froom *)kvx_room_data(r);
     if (!fr) return;
     if (fr->boot) kvx_boot_room_failed(fr->fe->boot, r);
-    if (kvx_room_role(r) == KVX_ROLE_PREFILL)
-        kvx__file_write_failed(fr, kvx_room_result(r), kvx_room_error(r));
+    if (kvx_room_role(r) == KVX_ROLE_DECODE && !fr->boot)
+        kvx__frecv_abort_others(fr, NULL, kvx_room_error(r));
+    if (kvx_room_role(r) != KVX_ROLE_PREFILL) return;
+    if (__atomic_load_n(&fr->peer_aborted, __ATOMIC_ACQUIRE)) {
+        /* the decode side gave up: nobody will read this room, free it */
+        char marker[80];
+        snprintf(marker, sizeof marker, "%s.aborted", fr->name);
+        pthread_mutex_lock(&fr->mu);
+        if (!fr->committed) kvx__rm_room_at(fr->fe->dfd, fr->stage, 1);
+        pthread_mutex_unlock(&fr->mu);
+        (void)unlinkat(fr->fe->dfd, marker, 0);
+        return;
+    }
+    kvx__file_write_failed(fr, kvx_room_result(r), kvx_room_error(r));
+}
+
+/* Sender: whether a decode rank left <R>.aborted (kvx__frecv_abort_others);
+   1 with its reason in why. A marker whose MAC fails (with an auth key) is
+   not the decode's word and is ignored. */
+static int kvx__fsend_aborted(kvx__froom *fr, char *why, size_t wl) {
+    char name[80], path[KVX__FILE_PATH], *text = NULL;
+    size_t len = 0, json_len = 0;
+    struct stat st;
+    kvx__json_doc d;
+    const kvx__json *reason;
+    uint8_t mac[KVX_MAC_BYTES];
+    int has_mac;
+    snprintf(name, sizeof name, "%s.aborted", fr->name);
+    if (fstatat(fr->fe->dfd, name, &st, AT_SYMLINK_NOFOLLOW)) return 0;
+    kvx__pathf(path, "%s/%s", fr->fe->dir, name);
+    if (kvx__file_load_text(fr, fr->fe->dfd, name, path, &text, &len, why, wl) != KVX_OK) {
+        kvx_engine_log(kvx_room_engine(fr->room), KVX_LOG_WARN, "kvx.file", kvx_room_id(fr->room),
+                       "ignoring %s: %s", path, why);
+        return 0;
+    }
+    memset(&d, 0, sizeof d);
+    if (kvx__file_split(text, len, &json_len, &has_mac, mac) &&
+        kvx__json_parse(&d, fr->fe->al, text, json_len, 64) == KVX_OK &&
+        (reason = kvx__json_get(&d, kvx__json_root(&d), "reason")) != NULL &&
+        reason->type == KVX_JSON_STRING)
+        kvx__set_why(why, wl, "the decode side gave up the room (%s): %s", path, reason->str);
+    else
+        kvx__set_why(why, wl, "the decode side gave up the room (%s)", path);
+    kvx__json_free(&d);
+    kvx__free(fr->fe->al, text);
+    __atomic_store_n(&fr->peer_aborted, 1, __ATOMIC_RELEASE);
+    return 1;
 }
 
 /* >>file transport: sender ---------------------------------------------------- */
@@ -1428,6 +1740,7 @@ static kvx_result kvx__file_finish_send(kvx__froom *fr, char *why, size_t wl) {
         kvx__free(fr->fe->al, aux);
         if (r != KVX_OK) return r;
     }
+    if (kvx__fsend_aborted(fr, why, wl)) return KVX_ERR_PEER;
     kvx__buf_printf(&b, "{\"format\":\"kvx-file-done\",\"version\":%d,\"room\":%llu,\"chunks\":%u,"
                        "\"total_pages\":%u,\"layout_fingerprint\":\"%016llx\",\"aux_index\":%d,"
                        "\"aux_bytes\":%llu,\"aux_crc32c\":%u,\"aux_item_lens\":[",
@@ -1472,7 +1785,7 @@ static void kvx__fsend_chunk_done(kvx__fjob *j) {
     if (res == KVX_OK) {
         kvx__buf b = KVX__BUF(fr->fe->al);
         char name[64];
-        kvx__meta_json(&b, kvx_engine_layout(kvx_room_engine(r)), kvx_room_id(r), j->chunk,
+        kvx__meta_json(&b, kvx_engine_layout(kvx_room_engine(r)), fr->fe->rank, kvx_room_id(r), j->chunk,
                        j->bytes, kvx__fjob_crc(j));
         snprintf(name, sizeof name, "kv_chunk_%u.bin.meta", j->chunk->index);
         kvx__file_seal(&b, fr->fe->key, fr->fe->key_len, name);
@@ -1522,13 +1835,17 @@ static void kvx__fstripe_work(kvx__fstripe *st, const kvx_plan *plan, int to_fil
     }
     if (__atomic_load_n(&j->res, __ATOMIC_ACQUIRE) != KVX_OK) return;
     why[0] = 0;
+    if (to_file && st->kind != KVX__ST_CRC && kvx__fsend_aborted(fr, why, sizeof why)) {
+        kvx__fjob_error(j, KVX_ERR_PEER, 0, "%s", why);
+        return;
+    }
     if (st->kind == KVX__ST_CRC)
         res = kvx__plan_io(l, plan, to_file, -1, lo, hi, &j->crcs[st->index], &err);
     else if (st->kind == KVX__ST_SEQ_IO) /* the writer: the whole file, in order */
         res = kvx__plan_io(l, plan, to_file, j->fd, 0, j->bytes, NULL, &err);
     else
-        res = kvx__stripe_io(fr->fe, l, plan, to_file, j->fd, lo, hi, &j->crcs[st->index], &err,
-                             why, sizeof why);
+        res = kvx__stripe_io(fr->fe, l, plan, j->sliced, to_file, j->fd, lo, hi,
+                             &j->crcs[st->index], &err, why, sizeof why);
     if (res == KVX_OK) return;
     if (why[0])
         kvx__fjob_error(j, res, err, "%s: %s", j->path, why);
@@ -1563,7 +1880,8 @@ static kvx_result kvx__fjob_submit(kvx__fjob *j, kvx__job_fn fn, int to_file) {
     kvx_room *r = fr->room;
     kvx_engine *e = kvx_room_engine(r);
     kvx__fstripe *stripes;
-    int seq = !fr->fe->staged; /* host pool: one in-order I/O piece + checksum pieces */
+    int seq = !fr->fe->staged && !j->sliced; /* host pool, whole plan: one in-order I/O
+                                                  piece + checksum pieces */
     uint32_t i, n, total, queue_now;
     n = j->bytes ? (uint32_t)((j->bytes + fr->fe->stripe - 1) / fr->fe->stripe) : 1;
     total = n + (seq ? 1u : 0u);
@@ -1606,6 +1924,7 @@ static kvx_result kvx__file_sender_init(kvx_room *r, uint32_t n, int32_t aux) {
     kvx_result res;
     fr->total_pages = n;
     fr->aux_index = aux;
+    if (fr->fe->dummy) return KVX_OK; /* an MLA dummy: no room directory */
     if (fr->boot && kvx_boot_room_dst_pages(fr->fe->boot, r) != n) {
         kvx_room_fail(r, KVX_ERR_INVALID_ARGUMENT,
                       "init declares %u pages but the decode side asked for %u", n,
@@ -1624,8 +1943,17 @@ static kvx_result kvx__file_sender_init(kvx_room *r, uint32_t n, int32_t aux) {
 static kvx_result kvx__file_sender_send(kvx_room *r, kvx_chunk *c) {
     kvx_engine *e = kvx_room_engine(r);
     kvx__froom *fr = (kvx__froom *)kvx_room_data(r);
-    kvx__fjob *j = (kvx__fjob *)kvx__zalloc(fr->fe->al, 1, sizeof *j);
+    kvx__fjob *j;
     int dfd = kvx__froom_dfd(fr);
+    if (fr->fe->dummy) { /* an MLA dummy completes without bytes (PARALLEL LAYOUTS) */
+        int last = c->is_last;
+        kvx_chunk_free(e, c);
+        if (!last) return KVX_OK;
+        if (fr->boot) kvx_boot_send_status(fr->fe->boot, r, KVX_POLL_SUCCESS, KVX_OK, 0, NULL);
+        kvx_room_succeed(r, 0);
+        return KVX_OK;
+    }
+    j = (kvx__fjob *)kvx__zalloc(fr->fe->al, 1, sizeof *j);
     if (!j) { kvx_chunk_free(e, c); return KVX_ERR_NO_MEMORY; }
     j->fr = fr;
     j->chunk = c;
@@ -1659,7 +1987,9 @@ static kvx_result kvx__file_load_text(kvx__froom *fr, int dfd, const char *name,
     uint8_t mac[KVX_MAC_BYTES], want[KVX_MAC_BYTES];
     size_t json_len;
     int has_mac;
-    const char *mac_name = strstr(name, ".failed") ? "transfer_failed" : name;
+    const char *mac_name = strstr(name, ".failed")    ? "transfer_failed"
+                           : strstr(name, ".aborted") ? "transfer_aborted"
+                                                      : name;
     kvx_result r = kvx__read_small_at(fe->al, dfd, name, shown, text, len, KVX__FILE_META_MAX,
                                       why, wl);
     if (r != KVX_OK || !fe->key) return r;
@@ -1683,22 +2013,22 @@ static kvx_result kvx__file_load_text(kvx__froom *fr, int dfd, const char *name,
     return r;
 }
 
-static kvx_result kvx__file_load_done(kvx__froom *fr, const char *shown, char *why, size_t wl) {
+static kvx_result kvx__file_load_done(kvx__fsrc *s, const char *shown, char *why, size_t wl) {
     char *text = NULL;
     size_t len = 0;
-    kvx_result r = kvx__file_load_text(fr, fr->dfd, "transfer_done", shown, &text, &len, why, wl);
-    return kvx__file_parse(fr->fe->al, r, text, len, shown, NULL, &fr->done, why, wl);
+    kvx_result r = kvx__file_load_text(s->fr, s->dfd, "transfer_done", shown, &text, &len, why, wl);
+    return kvx__file_parse(s->fr->fe->al, r, text, len, shown, NULL, &s->done, why, wl);
 }
 
-static kvx_result kvx__file_load_meta(kvx__froom *fr, const char *bin_name, const char *shown,
+static kvx_result kvx__file_load_meta(kvx__fsrc *s, const char *bin_name, const char *shown,
                                       kvx_file_chunk_info *m, char *why, size_t wl) {
     char *text = NULL, name[80];
     size_t len = 0;
     kvx_result r;
     memset(m, 0, sizeof *m);
     snprintf(name, sizeof name, "%s.meta", bin_name);
-    r = kvx__file_load_text(fr, fr->dfd, name, shown, &text, &len, why, wl);
-    return kvx__file_parse(fr->fe->al, r, text, len, shown, m, NULL, why, wl);
+    r = kvx__file_load_text(s->fr, s->dfd, name, shown, &text, &len, why, wl);
+    return kvx__file_parse(s->fr->fe->al, r, text, len, shown, m, NULL, why, wl);
 }
 
 static kvx_result kvx__file_receiver_init(kvx_room *r, const int32_t *pages, uint32_t n,
@@ -1714,9 +2044,14 @@ static kvx_result kvx__file_receiver_init(kvx_room *r, const int32_t *pages, uin
     fr->num_pages = n;
     fr->aux_index = aux;
     if (fe->set.timeout_s < kvx_engine_settings(e)->waiting_timeout_s) {
-        snprintf(fr->deadline_what, sizeof fr->deadline_what,
-                 "no %s/transfer_done appeared (KVX_FILE_TIMEOUT %g s)", fr->dir,
-                 fe->set.timeout_s);
+        if (fr->nsrc > 1)
+            snprintf(fr->deadline_what, sizeof fr->deadline_what,
+                     "no transfer_done from %s (%s) appeared (KVX_FILE_TIMEOUT %g s)",
+                     fr->src[0].who, fr->src[0].dir, fe->set.timeout_s);
+        else
+            snprintf(fr->deadline_what, sizeof fr->deadline_what,
+                     "no %s/transfer_done appeared (KVX_FILE_TIMEOUT %g s)",
+                     fr->nsrc ? fr->src[0].dir : fr->dir, fe->set.timeout_s);
         kvx_room_set_deadline(r, kvx_now_ns() + (uint64_t)(fe->set.timeout_s * 1e9),
                               fr->deadline_what);
     }
@@ -1726,21 +2061,46 @@ static kvx_result kvx__file_receiver_init(kvx_room *r, const int32_t *pages, uin
     }
     kvx_room_ref(r);
     pthread_mutex_lock(&fe->mu);
+    fr->in_pending = 1;
     fr->next_pending = fe->pending;
     fe->pending = fr;
     pthread_mutex_unlock(&fe->mu);
     return KVX_OK;
 }
 
-/* Removes the room's files (not when KVX_FILE_KEEP), through directory
-   descriptors: a link is never followed, another user's directory is left
-   alone unless the directory is shared. */
+/* Removes a contributor's room files (not when KVX_FILE_KEEP), through
+   directory descriptors: a link is never followed, another user's
+   directory is left alone unless the directory is shared. A directory
+   several decode ranks read is removed by the last one: each leaves
+   reader_<tp>.<pp> in it, and the one that counts them all removes it. */
+static void kvx__frecv_cleanup_src(kvx__froom *fr, kvx__fsrc *s) {
+    kvx__fengine *fe = fr->fe;
+    char marker[80];
+    if (fe->set.keep) return;
+    if (s->readers > 1) {
+        int fd = openat(fe->dfd, s->name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC), mfd;
+        uint32_t seen = 0;
+        DIR *d;
+        struct dirent *de;
+        if (fd < 0) return; /* not there (yet): KVX_FILE_TTL sweeps it */
+        snprintf(marker, sizeof marker, "reader_%u.%u", fe->rank[1], fe->rank[3]);
+        mfd = openat(fd, marker, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
+                     (mode_t)fe->file_mode);
+        if (mfd >= 0) close(mfd);
+        if (!(d = fdopendir(fd))) { close(fd); return; }
+        while ((de = readdir(d)) != NULL)
+            if (!strncmp(de->d_name, "reader_", 7)) seen++;
+        closedir(d);
+        if (seen < s->readers) return;
+    }
+    kvx__rm_room_at(fe->dfd, s->name, !fe->set.shared);
+    snprintf(marker, sizeof marker, "%s.failed", s->name);
+    (void)unlinkat(fe->dfd, marker, 0);
+}
+
 static void kvx__frecv_cleanup(kvx__froom *fr) {
-    char marker[64];
-    if (fr->fe->set.keep) return;
-    kvx__rm_room_at(fr->fe->dfd, fr->name, !fr->fe->set.shared);
-    snprintf(marker, sizeof marker, "%s.failed", fr->name);
-    (void)unlinkat(fr->fe->dfd, marker, 0);
+    uint32_t i;
+    for (i = 0; i < fr->nsrc; i++) kvx__frecv_cleanup_src(fr, &fr->src[i]);
 }
 
 static void kvx__frecv_fail(kvx__froom *fr, kvx_result res, const char *msg) {
@@ -1748,39 +2108,60 @@ static void kvx__frecv_fail(kvx__froom *fr, kvx_result res, const char *msg) {
     kvx__frecv_cleanup(fr);
 }
 
-static void kvx__frecv_sender_failed(kvx__froom *fr, int marker);
+static void kvx__frecv_sender_failed(kvx__froom *fr, kvx__fsrc *s, int marker);
 
-/* After every chunk is in place and verified: aux rows, then Success. */
+/* After every contributor's every chunk is in place and verified: the
+   byte count, the aux rows, then Success. */
 static void kvx__frecv_finish(kvx__froom *fr) {
     kvx_room *r = fr->room;
     const kvx_layout *l = kvx_engine_layout(kvx_room_engine(r));
     char why[KVX_ERROR_MAX], path[KVX__FILE_PATH];
-    uint64_t aux_bytes = 0;
+    uint64_t aux_bytes = 0, want = (uint64_t)fr->num_pages * kvx_layout_page_bytes(l);
+    kvx__fsrc *as = NULL;
     struct stat st;
-    if (!fstatat(fr->dfd, "transfer_failed", &st, AT_SYMLINK_NOFOLLOW)) {
-        /* the sender failed after writing transfer_done (an abort raced it):
-           its failure wins */
-        kvx__frecv_sender_failed(fr, 0);
+    uint32_t i, senders = 0;
+    for (i = 0; i < fr->nsrc; i++) {
+        kvx__fsrc *s = &fr->src[i];
+        if (!fstatat(s->dfd, "transfer_failed", &st, AT_SYMLINK_NOFOLLOW)) {
+            /* the sender failed after writing transfer_done (an abort raced it):
+               its failure wins */
+            kvx__frecv_sender_failed(fr, s, 0);
+            return;
+        }
+        if (s->aux) as = s, senders++;
+    }
+    if (fr->bytes_done != want) {
+        kvx__set_why(why, sizeof why, "the %u prefill ranks this decode rank reads placed %llu "
+                     "bytes; its pages hold %llu (each byte must come exactly once: check "
+                     "KVX_FILE_PREFILL_TP / KVX_FILE_PREFILL_PP)", fr->nsrc,
+                     (unsigned long long)fr->bytes_done, (unsigned long long)want);
+        kvx__frecv_fail(fr, KVX_ERR_LAYOUT_MISMATCH, why);
         return;
     }
-    if (fr->aux_index >= 0 && fr->done.aux_index >= 0) {
+    if (fr->aux_index >= 0 && senders != 1) {
+        kvx__set_why(why, sizeof why, "%u of the prefill ranks this decode rank reads hold its "
+                     "aux rows (its last layer and first head); exactly 1 must", senders);
+        kvx__frecv_fail(fr, KVX_ERR_LAYOUT_MISMATCH, why);
+        return;
+    }
+    if (fr->aux_index >= 0 && as->done.aux_index >= 0) {
         char *aux = NULL;
         size_t len = 0;
         kvx_result res;
         aux_bytes = kvx_layout_aux_row_bytes(l);
-        kvx__pathf(path, "%s/metadata.bin", fr->dir);
-        res = kvx__read_small_at(fr->fe->al, fr->dfd, "metadata.bin", path, &aux, &len, 1u << 30, why,
-                                 sizeof why);
+        kvx__pathf(path, "%s/metadata.bin", as->dir);
+        res = kvx__read_small_at(fr->fe->al, as->dfd, "metadata.bin", path, &aux, &len, 1u << 30,
+                                 why, sizeof why);
         if (res != KVX_OK) { kvx__frecv_fail(fr, res == KVX_ERR_NOT_FOUND ? KVX_ERR_CORRUPT : res, why); return; }
         why[0] = 0;
-        if (len != aux_bytes || len != fr->done.aux_bytes)
+        if (len != aux_bytes || len != as->done.aux_bytes)
             kvx__set_why(why, sizeof why, "%s is %zu bytes; this receiver's aux rows are %llu "
                          "bytes (transfer_done says %llu)", path, len,
-                         (unsigned long long)aux_bytes, (unsigned long long)fr->done.aux_bytes);
-        else if (kvx_crc32c(0, aux, len) != fr->done.aux_crc32c)
+                         (unsigned long long)aux_bytes, (unsigned long long)as->done.aux_bytes);
+        else if (kvx_crc32c(0, aux, len) != as->done.aux_crc32c)
             kvx__set_why(why, sizeof why, "%s is %zu bytes with CRC32C %08x; transfer_done says %llu "
                      "bytes with %08x: corrupted or truncated", path, len, kvx_crc32c(0, aux, len),
-                     (unsigned long long)fr->done.aux_bytes, fr->done.aux_crc32c);
+                     (unsigned long long)as->done.aux_bytes, as->done.aux_crc32c);
         else
             kvx_layout_aux_copy(l, fr->aux_index, aux, 1);
         kvx__free(fr->fe->al, aux);
@@ -1789,8 +2170,9 @@ static void kvx__frecv_finish(kvx__froom *fr) {
             return;
         }
     } else if (fr->aux_index >= 0) {
-        kvx__frecv_fail(fr, KVX_ERR_PROTOCOL, "the receiver expects aux rows but the sender "
-                                              "sent none (aux_index -1 in transfer_done)");
+        kvx__set_why(why, sizeof why, "the receiver expects aux rows but %s sent none (aux_index "
+                     "-1 in transfer_done)", as->who);
+        kvx__frecv_fail(fr, KVX_ERR_PROTOCOL, why);
         return;
     }
     /* every byte is in place: report it, then clean up (the room's files are
@@ -1838,9 +2220,11 @@ static void kvx__frecv_stripe(void *arg) {
     kvx__fstripe *st = (kvx__fstripe *)arg;
     kvx__fjob *j = st->job;
     kvx__froom *fr = j->fr;
+    kvx__fsrc *s = j->src;
     kvx_room *r = fr->room;
     kvx_engine *e = kvx_room_engine(r);
-    int last_chunk = 0;
+    int last = 0;
+    kvx_result res;
     if (st->kind == KVX__ST_SEQ_IO) kvx__frecv_read_all(st);
     else kvx__fstripe_work(st, &j->plan, 0);
     if (__atomic_sub_fetch(&j->left, 1, __ATOMIC_ACQ_REL) != 0) {
@@ -1855,14 +2239,13 @@ static void kvx__frecv_stripe(void *arg) {
                             "checksum mismatch in %s: its meta says CRC32C %08x, the bytes give "
                             "%08x (corrupted file)", j->path, j->meta.crc32c, crc);
     }
+    res = __atomic_load_n(&j->res, __ATOMIC_ACQUIRE);
     pthread_mutex_lock(&fr->mu);
-    fr->chunks_read++;
-    fr->bytes_done += j->bytes;
-    last_chunk = fr->chunks_read == fr->done.chunks;
+    fr->bytes_done += j->plan.total_bytes;
+    if (++s->chunks_read == s->done.chunks) last = ++fr->srcs_done == fr->nsrc;
     pthread_mutex_unlock(&fr->mu);
-    if (__atomic_load_n(&j->res, __ATOMIC_ACQUIRE) != KVX_OK && j->res != KVX_ERR_ABORTED) kvx__frecv_fail(fr, j->res, j->why);
-    else if (last_chunk && __atomic_load_n(&j->res, __ATOMIC_ACQUIRE) == KVX_OK && kvx_room_poll(r) != KVX_POLL_FAILED &&
-             !kvx_room_closed(r))
+    if (res != KVX_OK && res != KVX_ERR_ABORTED) kvx__frecv_fail(fr, res, j->why);
+    else if (last && res == KVX_OK && kvx_room_poll(r) != KVX_POLL_FAILED && !kvx_room_closed(r))
         kvx__frecv_finish(fr);
     kvx__fjob_free(e, j);
     kvx__froom_leave(fr, 1);
@@ -1885,112 +2268,192 @@ static int kvx__frecv_counts_ok(const kvx_layout *ours, const kvx_file_chunk_inf
     return 1;
 }
 
-/* Builds "their" layout from a meta and transfer_done, for a field-by-field
-   comparison with ours. */
-static kvx_result kvx__frecv_check_layout(kvx__froom *fr, const kvx_file_chunk_info *m,
-                                          char *why, size_t wl) {
-    const kvx_layout *ours = kvx_engine_layout(kvx_room_engine(fr->room));
-    kvx_layout th;
-    kvx_buffer *bufs;
-    kvx_aux_buffer aux[KVX_MAX_AUX];
+/* The writer's layout shape from a meta and its transfer_done (bufs: the
+   meta's num_buffers entries). */
+static void kvx__frecv_shape(const kvx_file_chunk_info *m, const kvx_file_done_info *dn,
+                             kvx_buffer *bufs, kvx_aux_buffer *aux, kvx_layout *th) {
     uint32_t i;
-    kvx_result res;
-    char diff[KVX_ERROR_MAX];
-    int counts = kvx__frecv_counts_ok(ours, m, &fr->done);
-    if (counts && m->fingerprint == kvx_layout_fingerprint(ours) &&
-        fr->done.fingerprint == m->fingerprint)
-        return KVX_OK;
-    bufs = (kvx_buffer *)kvx__zalloc(fr->fe->al, m->num_buffers, sizeof *bufs);
-    if (!bufs) return KVX_ERR_NO_MEMORY;
-    memset(&th, 0, sizeof th);
-    memset(aux, 0, sizeof aux);
-    for (i = 0; i < m->num_buffers; i++) bufs[i].item_len = m->item_lens[i];
-    for (i = 0; i < fr->done.num_aux; i++) aux[i].item_len = fr->done.aux_item_lens[i];
-    th.buffers = bufs; th.num_buffers = m->num_buffers;
-    th.aux = aux; th.num_aux = fr->done.num_aux;
-    th.page_size = m->page_size; th.dtype_size = m->dtype_size; th.dtype = m->dtype;
-    th.num_kv_heads = m->num_kv_heads; th.mla = (int)m->mla;
-    res = kvx_layout_compare(ours, &th, diff, sizeof diff);
-    kvx__free(fr->fe->al, bufs);
-    if (res == KVX_OK && !counts) {
-        kvx__set_why(why, wl, "the buffer or aux item lengths in %s do not match the receiver's "
-                     "layout (although its fingerprint is %016llx)", fr->dir,
-                     (unsigned long long)m->fingerprint);
-        return KVX_ERR_LAYOUT_MISMATCH;
+    memset(th, 0, sizeof *th);
+    memset(aux, 0, KVX_MAX_AUX * sizeof *aux);
+    for (i = 0; i < m->num_buffers; i++) {
+        memset(&bufs[i], 0, sizeof bufs[i]);
+        bufs[i].item_len = m->item_lens[i];
     }
-    if (res == KVX_OK) {
-        kvx__set_why(why, wl, "layout fingerprint of the sender (%016llx) differs from ours "
-                     "(%016llx)", (unsigned long long)m->fingerprint,
-                     (unsigned long long)kvx_layout_fingerprint(ours));
-        return KVX_ERR_LAYOUT_MISMATCH;
-    }
-    kvx__set_why(why, wl, "the sender's KV layout in %s does not match the receiver's: %s",
-                 fr->dir, diff);
-    return res;
+    for (i = 0; i < dn->num_aux; i++) aux[i].item_len = dn->aux_item_lens[i];
+    th->buffers = bufs; th->num_buffers = m->num_buffers;
+    th->aux = aux; th->num_aux = dn->num_aux;
+    th->page_size = m->page_size; th->dtype_size = m->dtype_size; th->dtype = m->dtype;
+    th->num_kv_heads = m->num_kv_heads; th->mla = (int)m->mla;
+    th->head_begin = m->head_begin; th->layer_begin = m->layer_begin;
 }
 
-/* Parses transfer_done and every meta, then queues the reads. Runs on a
-   worker; the room is referenced by the caller. */
-static int kvx__frecv_again(kvx__froom *fr, const char *why);
+/* Checks a contributor's chunk meta against this receiver: its rank is the
+   one expected, and its shape combines with ours (equal topologies: the
+   same shape, by fingerprint and every count, as ever; others:
+   kvx_layout_overlap, which must find bytes to move). th: the writer's shape for the plan,
+   over bufs. */
+static kvx_result kvx__frecv_check_layout(kvx__fsrc *s, const kvx_file_chunk_info *m,
+                                          kvx_buffer *bufs, kvx_aux_buffer *aux, kvx_layout *th,
+                                          char *why, size_t wl) {
+    kvx__froom *fr = s->fr;
+    kvx__fengine *fe = fr->fe;
+    const kvx_layout *ours = kvx_engine_layout(kvx_room_engine(fr->room));
+    kvx_result res;
+    char diff[KVX_ERROR_MAX];
+    uint64_t bpp = 0;
+    int counts = kvx__frecv_counts_ok(ours, m, &s->done), same;
+    if (m->tp_size != fe->ptp || m->pp_size != fe->ppp || m->tp_rank != s->tp_rank ||
+        m->pp_rank != s->pp_rank) {
+        kvx__set_why(why, wl, "%s was written by prefill rank tp %u of %u, pp %u of %u; this decode "
+                     "rank expects %s of TP %u, PP %u (KVX_FILE_PREFILL_TP / KVX_FILE_PREFILL_PP)",
+                     s->dir, m->tp_rank, m->tp_size, m->pp_rank, m->pp_size, s->who, fe->ptp,
+                     fe->ppp);
+        return KVX_ERR_LAYOUT_MISMATCH;
+    }
+    kvx__frecv_shape(m, &s->done, bufs, aux, th);
+    same = fe->ptp == fe->rank[0] && fe->ppp == fe->rank[2]; /* equal topologies */
+    if (same && !(counts && m->fingerprint == kvx_layout_fingerprint(ours) &&
+                  s->done.fingerprint == m->fingerprint)) {
+        res = kvx_layout_compare(ours, th, diff, sizeof diff);
+        if (res == KVX_OK && !counts) {
+            kvx__set_why(why, wl, "the buffer or aux item lengths in %s do not match the "
+                         "receiver's layout (although its fingerprint is %016llx)", s->dir,
+                         (unsigned long long)m->fingerprint);
+            return KVX_ERR_LAYOUT_MISMATCH;
+        }
+        if (res == KVX_OK) {
+            kvx__set_why(why, wl, "layout fingerprint of the sender (%016llx) differs from ours "
+                         "(%016llx)", (unsigned long long)m->fingerprint,
+                         (unsigned long long)kvx_layout_fingerprint(ours));
+            return KVX_ERR_LAYOUT_MISMATCH;
+        }
+        kvx__set_why(why, wl, "the sender's KV layout in %s does not match the receiver's: %s",
+                     s->dir, diff);
+        return res;
+    }
+    res = kvx_layout_overlap(th, ours, &bpp, &s->aux, diff, sizeof diff);
+    if (res != KVX_OK) {
+        kvx__set_why(why, wl, "%s (%s) cannot be combined with this decode rank: %s", s->who,
+                     s->dir, diff);
+        return res;
+    }
+    s->heads[0] = th->mla ? 0 : th->head_begin;
+    s->heads[1] = th->mla ? 1 : th->head_begin + th->num_kv_heads;
+    s->layers[0] = th->layer_begin;
+    s->layers[1] = th->layer_begin + (th->mla ? th->num_buffers : th->num_buffers / 2);
+    if (!bpp) {
+        kvx__set_why(why, wl, "%s (%s) holds nothing this decode rank holds (its heads from %u, "
+                     "layers from %u; ours from %u and %u)", s->who, s->dir, th->head_begin,
+                     th->layer_begin, ours->head_begin, ours->layer_begin);
+        return KVX_ERR_LAYOUT_MISMATCH;
+    }
+    if (s->aux && !kvx__frecv_counts_ok(ours, NULL, &s->done)) {
+        kvx__set_why(why, wl, "%s/transfer_done lists %u aux buffers whose item lengths are not "
+                     "this receiver's (%u aux buffers), whatever layout fingerprint it claims",
+                     s->dir, s->done.num_aux, ours->num_aux);
+        return KVX_ERR_LAYOUT_MISMATCH;
+    }
+    return KVX_OK;
+}
+
+/* No decode byte twice: a contributor's slice (heads x layers) must not
+   meet another's; checked under fr->mu before its reads are queued, so
+   of two that meet, the second never writes a page. */
+static int kvx__frecv_disjoint(kvx__fsrc *s, char *why, size_t wl) {
+    kvx__froom *fr = s->fr;
+    uint32_t k;
+    int ok = 1;
+    pthread_mutex_lock(&fr->mu);
+    for (k = 0; k < fr->nsrc && ok; k++) {
+        const kvx__fsrc *y = &fr->src[k];
+        if (y == s || !y->shaped) continue;
+        if (s->heads[0] < y->heads[1] && y->heads[0] < s->heads[1] &&
+            s->layers[0] < y->layers[1] && y->layers[0] < s->layers[1]) {
+            kvx__set_why(why, wl, "%s and %s both hold layers %u-%u, heads %u-%u: the prefill "
+                         "ranks' slices must not overlap", y->who, s->who,
+                         s->layers[0] > y->layers[0] ? s->layers[0] : y->layers[0],
+                         (s->layers[1] < y->layers[1] ? s->layers[1] : y->layers[1]) - 1,
+                         s->heads[0] > y->heads[0] ? s->heads[0] : y->heads[0],
+                         (s->heads[1] < y->heads[1] ? s->heads[1] : y->heads[1]) - 1);
+            ok = 0;
+        }
+    }
+    if (ok) s->shaped = 1;
+    pthread_mutex_unlock(&fr->mu);
+    return ok;
+}
+
+/* Parses a contributor's transfer_done and every meta, then queues the
+   reads. Runs on a worker; the room is referenced by the caller. */
+static int kvx__frecv_again(kvx__fsrc *s, const char *why);
 static void kvx__frecv_start(void *arg) {
-    kvx__froom *fr = (kvx__froom *)arg;
+    kvx__fsrc *s = (kvx__fsrc *)arg;
+    kvx__froom *fr = s->fr;
     kvx_room *r = fr->room;
     kvx_engine *e = kvx_room_engine(r);
     const kvx_layout *l = kvx_engine_layout(e);
     char why[KVX_ERROR_MAX], path[KVX__FILE_PATH];
     kvx__fjob **jobs = NULL;
+    kvx_buffer *bufs = NULL;
+    kvx_aux_buffer aux[KVX_MAX_AUX];
+    kvx_layout th;
     uint32_t i, next_page = 0, njobs = 0;
     int unseen = 0; /* a listed file is missing or short: maybe not visible here yet */
     kvx_result res;
     why[0] = 0;
     if (kvx_room_closed(r) || kvx_room_poll(r) == KVX_POLL_FAILED) goto out;
-    kvx__pathf(path, "%s/transfer_done", fr->dir);
-    if ((res = kvx__file_load_done(fr, path, why, sizeof why)) != KVX_OK) {
-        if (res != KVX_ERR_NOT_FOUND || !kvx__frecv_again(fr, why))
+    kvx__pathf(path, "%s/transfer_done", s->dir);
+    if ((res = kvx__file_load_done(s, path, why, sizeof why)) != KVX_OK) {
+        if (res != KVX_ERR_NOT_FOUND || !kvx__frecv_again(s, why))
             kvx__frecv_fail(fr, res == KVX_ERR_NOT_FOUND ? KVX_ERR_CORRUPT : res, why);
         goto out;
     }
-    if (fr->done.room != kvx_room_id(r)) {
+    if (s->done.room != kvx_room_id(r)) {
         kvx__set_why(why, sizeof why, "%s names room %llu, not %llu", path,
-                 (unsigned long long)fr->done.room, (unsigned long long)kvx_room_id(r));
+                 (unsigned long long)s->done.room, (unsigned long long)kvx_room_id(r));
         kvx__frecv_fail(fr, KVX_ERR_CORRUPT, why);
         goto out;
     }
-    if (fr->done.total_pages != fr->num_pages) {
-        kvx__set_why(why, sizeof why, "the sender sent %u pages, the receiver expects %u",
-                 fr->done.total_pages, fr->num_pages);
+    if (s->done.total_pages != fr->num_pages) {
+        kvx__set_why(why, sizeof why, "%s sent %u pages, the receiver expects %u", s->who,
+                 s->done.total_pages, fr->num_pages);
         kvx__frecv_fail(fr, KVX_ERR_LAYOUT_MISMATCH, why);
         goto out;
     }
-    if (fr->done.chunks == 0) {
+    if (s->done.chunks == 0) {
         kvx__set_why(why, sizeof why, "%s lists no chunks", path);
         kvx__frecv_fail(fr, KVX_ERR_CORRUPT, why);
         goto out;
     }
-    if (!kvx__frecv_counts_ok(l, NULL, &fr->done)) {
+    if (fr->nsrc == 1 && !kvx__frecv_counts_ok(l, NULL, &s->done)) {
         kvx__set_why(why, sizeof why, "%s lists %u aux buffers whose item lengths are not this "
                      "receiver's (%u aux buffers), whatever layout fingerprint it claims", path,
-                     fr->done.num_aux, l->num_aux);
+                     s->done.num_aux, l->num_aux);
         kvx__frecv_fail(fr, KVX_ERR_LAYOUT_MISMATCH, why);
         goto out;
     }
-    jobs = (kvx__fjob **)kvx__zalloc(fr->fe->al, fr->done.chunks, sizeof *jobs);
+    jobs = (kvx__fjob **)kvx__zalloc(fr->fe->al, s->done.chunks, sizeof *jobs);
     if (!jobs) { kvx__frecv_fail(fr, KVX_ERR_NO_MEMORY, "out of memory"); goto out; }
-    for (i = 0; i < fr->done.chunks; i++) {
+    for (i = 0; i < s->done.chunks; i++) {
         kvx__fjob *j = (kvx__fjob *)kvx__zalloc(fr->fe->al, 1, sizeof *j);
         struct stat st;
         if (!j) { res = KVX_ERR_NO_MEMORY; kvx__set_why(why, sizeof why, "out of memory"); break; }
         j->fd = -1;
         j->fr = fr;
+        j->src = s;
         jobs[njobs++] = j;
         snprintf(j->name, sizeof j->name, "kv_chunk_%u.bin", i);
-        kvx__pathf(j->path, "%s/%s", fr->dir, j->name);
+        kvx__pathf(j->path, "%s/%s", s->dir, j->name);
         kvx__pathf(path, "%s.meta", j->path);
-        if ((res = kvx__file_load_meta(fr, j->name, path, &j->meta, why, sizeof why)) != KVX_OK) {
+        if ((res = kvx__file_load_meta(s, j->name, path, &j->meta, why, sizeof why)) != KVX_OK) {
             if (res == KVX_ERR_NOT_FOUND) res = KVX_ERR_CORRUPT, unseen = 1;
             break;
         }
-        if ((res = kvx__frecv_check_layout(fr, &j->meta, why, sizeof why)) != KVX_OK) break;
+        kvx__free(fr->fe->al, bufs);
+        bufs = (kvx_buffer *)kvx__zalloc(fr->fe->al, j->meta.num_buffers, sizeof *bufs);
+        if (!bufs) { res = KVX_ERR_NO_MEMORY; kvx__set_why(why, sizeof why, "out of memory"); break; }
+        if ((res = kvx__frecv_check_layout(s, &j->meta, bufs, aux, &th, why, sizeof why)) != KVX_OK)
+            break;
         if (j->meta.room != kvx_room_id(r) || j->meta.chunk != i ||
             j->meta.first_page != next_page ||
             (uint64_t)j->meta.num_pages > (uint64_t)fr->num_pages - next_page) {
@@ -2003,35 +2466,44 @@ static void kvx__frecv_start(void *arg) {
             break;
         }
         j->plan.allocator = fr->fe->al;
-        res = kvx_plan_scatter(&j->plan, l, fr->pages + next_page, j->meta.num_pages);
+        res = kvx_plan_scatter_from(&j->plan, l, fr->pages + next_page, j->meta.num_pages, &th);
         if (res != KVX_OK) { kvx__set_why(why, sizeof why, "%s", j->plan.error); break; }
+        j->sliced = j->plan.strided || j->plan.total_bytes != j->plan.packed_bytes;
         next_page += j->meta.num_pages;
         j->bytes = j->meta.bytes;
-        j->fd = kvx__open_reg_at(fr->dfd, j->name, j->path, &res, why, sizeof why);
+        j->fd = kvx__open_reg_at(s->dfd, j->name, j->path, &res, why, sizeof why);
         if (j->fd < 0) {
             if (res == KVX_ERR_NOT_FOUND) res = KVX_ERR_CORRUPT, unseen = 1;
             break;
         }
-        if (fstat(j->fd, &st) || (uint64_t)st.st_size != j->bytes ||
-            j->plan.packed_bytes != j->bytes) {
+        if (j->plan.packed_bytes != j->bytes) {
+            kvx__set_why(why, sizeof why, "%s is %llu bytes by its meta, but its pages in the "
+                         "writer's layout are %llu", j->path, (unsigned long long)j->bytes,
+                         (unsigned long long)j->plan.packed_bytes);
+            res = KVX_ERR_CORRUPT;
+            break;
+        }
+        if (fstat(j->fd, &st) || (uint64_t)st.st_size != j->bytes) {
             kvx__set_why(why, sizeof why, "%s is %lld bytes; its meta says %llu (truncated or "
                      "corrupted)", j->path, (long long)st.st_size, (unsigned long long)j->bytes);
             res = KVX_ERR_CORRUPT;
-            unseen = j->plan.packed_bytes == j->bytes && (uint64_t)st.st_size < j->bytes;
+            unseen = (uint64_t)st.st_size < j->bytes;
             break;
         }
     }
-    if (i == fr->done.chunks && next_page != fr->num_pages) {
+    kvx__free(fr->fe->al, bufs);
+    if (i == s->done.chunks && next_page != fr->num_pages) {
         kvx__set_why(why, sizeof why, "the chunks hold %u pages, transfer_done says %u", next_page,
                  fr->num_pages);
         res = KVX_ERR_CORRUPT;
     }
+    if (res == KVX_OK && !kvx__frecv_disjoint(s, why, sizeof why)) res = KVX_ERR_LAYOUT_MISMATCH;
     if (res != KVX_OK) {
         for (i = 0; i < njobs; i++) {
             if (jobs[i]->fd >= 0) close(jobs[i]->fd);
             kvx__fjob_free(e, jobs[i]);
         }
-        if (!unseen || !kvx__frecv_again(fr, why)) kvx__frecv_fail(fr, res, why);
+        if (!unseen || !kvx__frecv_again(s, why)) kvx__frecv_fail(fr, res, why);
         goto out;
     }
     for (i = 0; i < njobs; i++) kvx__fjob_submit(jobs[i], kvx__frecv_stripe, 0);
@@ -2041,22 +2513,22 @@ out:
     kvx_room_unref(r);
 }
 
-/* The sender's transfer_failed (marker 0) or room_<id>.failed next to the
-   room (marker 1): the room fails with its reason, and nothing is sent
-   back. */
-static void kvx__frecv_sender_failed(kvx__froom *fr, int marker) {
-    char path[KVX__FILE_PATH], why[KVX_ERROR_MAX], name[64];
+/* A contributor's transfer_failed (marker 0) or <R>.failed next to its
+   room (marker 1): the room fails with its reason, naming that prefill
+   rank, and nothing is sent back. */
+static void kvx__frecv_sender_failed(kvx__froom *fr, kvx__fsrc *s, int marker) {
+    char path[KVX__FILE_PATH], why[KVX_ERROR_MAX], name[80];
     char *text = NULL;
     size_t len = 0, json_len = 0;
     kvx__json_doc d;
     const kvx__json *reason;
-    int dfd = marker ? fr->fe->dfd : fr->dfd, has_mac;
+    int dfd = marker ? fr->fe->dfd : s->dfd, has_mac;
     uint8_t mac[KVX_MAC_BYTES];
     kvx_result res;
     why[0] = 0;
-    if (marker) snprintf(name, sizeof name, "%s.failed", fr->name);
+    if (marker) snprintf(name, sizeof name, "%s.failed", s->name);
     else snprintf(name, sizeof name, "transfer_failed");
-    kvx__pathf(path, "%s/%s", marker ? fr->fe->dir : fr->dir, name);
+    kvx__pathf(path, "%s/%s", marker ? fr->fe->dir : s->dir, name);
     memset(&d, 0, sizeof d);
     res = kvx__file_load_text(fr, dfd, name, path, &text, &len, why, sizeof why);
     if (res == KVX_ERR_PERMISSION) { /* not the sender's word: this side refuses the room */
@@ -2074,56 +2546,94 @@ static void kvx__frecv_sender_failed(kvx__froom *fr, int marker) {
         k = (size_t)snprintf(prefix, sizeof prefix, "room %llu: ",
                              (unsigned long long)kvx_room_id(fr->room));
         if (n >= k && !memcmp(t, prefix, k)) { t += k; n -= k; }
-        kvx__set_why(why, sizeof why, "the sender failed: %.*s", (int)n, t);
+        kvx__set_why(why, sizeof why, "%s failed: %.*s", s->who, (int)n, t);
     } else {
-        kvx__set_why(why, sizeof why, "the sender failed (%s is unreadable)", path);
+        kvx__set_why(why, sizeof why, "%s failed (%s is unreadable)", s->who, path);
     }
     kvx__json_free(&d);
     kvx__free(fr->fe->al, text);
     kvx_room_fail_remote(fr->room, KVX_ERR_PEER, "%s", why);
+    kvx__frecv_abort_others(fr, s, kvx_room_error(fr->room));
     kvx__frecv_cleanup(fr);
 }
 
-/* Receiver, progress thread, fe->mu held: what the room says now. -1:
-   nothing yet; 0: transfer_done; 1: transfer_failed; 2: the sender's
-   marker next to the room; 3: the room directory is refused (refused_why).
-   A sender puts its room in place whole (see kvx__file_commit), so the
-   room is looked up afresh each time, never through a cached descriptor:
-   a directory without either file (a room still being made in place, by
-   an older kvx) is closed again and looked at later. */
-static int kvx__frecv_look(kvx__froom *fr) {
+/* Decode, without a bootstrap channel: tells every contributor still
+   writing (not `except`, not one whose transfer_done was seen) that this
+   room is given up: <R>.aborted beside its room, created once (the first
+   reason stays), sealed like transfer_failed. The sender sees it at its
+   next stripe or before transfer_done, fails and removes its room. */
+static void kvx__frecv_abort_others(kvx__froom *fr, const kvx__fsrc *except, const char *reason) {
+    kvx__fengine *fe = fr->fe;
+    kvx__buf b = KVX__BUF(fe->al);
+    char why[KVX_ERROR_MAX], name[80], text[KVX_ERROR_MAX + 64];
+    uint32_t i;
+    if (!fr->src) return;
+    snprintf(text, sizeof text, "decode rank tp %u pp %u: %s", fe->rank[1], fe->rank[3], reason);
+    kvx__buf_printf(&b, "{\"format\":\"kvx-file-aborted\",\"version\":%d,\"room\":%llu,"
+                       "\"reason\":", KVX_FILE_FORMAT_VERSION,
+                   (unsigned long long)kvx_room_id(fr->room));
+    kvx__buf_json_str(&b, text);
+    kvx__buf_printf(&b, "}\n");
+    kvx__file_seal(&b, fe->key, fe->key_len, "transfer_aborted");
+    for (i = 0; i < fr->nsrc && !b.oom; i++) {
+        kvx__fsrc *s = &fr->src[i];
+        int done;
+        if (s == except) continue;
+        pthread_mutex_lock(&fe->mu);
+        done = s->state != 0; /* its transfer_done is seen: it writes no more */
+        pthread_mutex_unlock(&fe->mu);
+        if (done) continue;
+        snprintf(name, sizeof name, "%s.aborted", s->name);
+        if (kvx__write_at(fe->dfd, fe->dir, name, b.data, b.len, fe->set.fsync, 0, fe->file_mode,
+                          why, sizeof why) != KVX_OK)
+            kvx_engine_log(kvx_room_engine(fr->room), KVX_LOG_WARN, "kvx.file",
+                           kvx_room_id(fr->room), "cannot tell %s that the room is given up: %s",
+                           s->who, why);
+    }
+    kvx__buf_free(&b);
+}
+
+/* Receiver, progress thread, fe->mu held: what a contributor's room says
+   now. -1: nothing yet; 0: transfer_done; 1: transfer_failed; 2: the
+   sender's marker next to the room; 3: the room directory is refused
+   (refused_why). A sender puts its room in place whole (see
+   kvx__file_commit), so the room is looked up afresh each time, never
+   through a cached descriptor: a directory without either file (a room
+   still being made in place, by an older kvx) is closed again and looked
+   at later. */
+static int kvx__frecv_look(kvx__froom *fr, kvx__fsrc *s) {
     kvx__fengine *fe = fr->fe;
     struct stat st;
-    char marker[64];
+    char marker[80];
     int fd, err;
-    if (fr->dfd >= 0) {
-        close(fr->dfd);
-        __atomic_store_n(&fr->dfd, -1, __ATOMIC_RELEASE);
+    if (s->dfd >= 0) {
+        close(s->dfd);
+        __atomic_store_n(&s->dfd, -1, __ATOMIC_RELEASE);
     }
-    if (fr->retry_at && kvx_now_ns() < fr->retry_at) return -1;
-    snprintf(marker, sizeof marker, "%s.failed", fr->name);
+    if (s->retry_at && kvx_now_ns() < s->retry_at) return -1;
+    snprintf(marker, sizeof marker, "%s.failed", s->name);
     if (!fstatat(fe->dfd, marker, &st, AT_SYMLINK_NOFOLLOW)) return 2;
-    fd = openat(fe->dfd, fr->name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    fd = openat(fe->dfd, s->name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
     if (fd < 0) {
         char desc[300] = "?";
         int link = 0;
         err = errno;
         if (err == ENOENT) return -1;
-        if (!fstatat(fe->dfd, fr->name, &st, AT_SYMLINK_NOFOLLOW)) {
+        if (!fstatat(fe->dfd, s->name, &st, AT_SYMLINK_NOFOLLOW)) {
             kvx__dir_describe(&st, desc, sizeof desc);
             link = S_ISLNK(st.st_mode);
         }
         if (err == ELOOP || err == ENOTDIR)
-            kvx__set_why(fr->refused_why, sizeof fr->refused_why,
-                         "refusing %s: it is %s (%s), not a room directory", fr->dir,
+            kvx__set_why(s->refused_why, sizeof s->refused_why,
+                         "refusing %s: it is %s (%s), not a room directory", s->dir,
                          link ? "a symbolic link" : "not a directory", desc);
         else
-            kvx__set_why(fr->refused_why, sizeof fr->refused_why, "cannot open %s: %s", fr->dir,
+            kvx__set_why(s->refused_why, sizeof s->refused_why, "cannot open %s: %s", s->dir,
                          strerror(err));
         return 3;
     }
-    if (kvx__dir_check(fd, fr->dir, fe->set.shared ? KVX__DIR_SHARED : 0, fr->refused_why,
-                      sizeof fr->refused_why) != KVX_OK) {
+    if (kvx__dir_check(fd, s->dir, fe->set.shared ? KVX__DIR_SHARED : 0, s->refused_why,
+                      sizeof s->refused_why) != KVX_OK) {
         close(fd);
         return 3;
     }
@@ -2131,66 +2641,105 @@ static int kvx__frecv_look(kvx__froom *fr) {
     else if (!fstatat(fd, "transfer_done", &st, AT_SYMLINK_NOFOLLOW)) err = 0;
     else err = -1;
     if (err < 0) close(fd);
-    else __atomic_store_n(&fr->dfd, fd, __ATOMIC_RELEASE);
+    else __atomic_store_n(&s->dfd, fd, __ATOMIC_RELEASE);
     return err;
 }
 
 /* Receiver: files transfer_done lists are not all visible on this node
    (yet): a weakly consistent shared filesystem can show a room before
    everything in it. Until KVX_FILE_SETTLE after transfer_done was first
-   seen, the room goes back to the pending list and is read again later;
-   1 when it did, 0 when the settle time is over (the room then fails). */
-static int kvx__frecv_again(kvx__froom *fr, const char *why) {
+   seen, the contributor goes back to waiting (its room to the pending
+   list) and is read again later; 1 when it did, 0 when the settle time is
+   over (the room then fails). */
+static int kvx__frecv_again(kvx__fsrc *s, const char *why) {
+    kvx__froom *fr = s->fr;
     kvx__fengine *fe = fr->fe;
     uint64_t now = kvx_now_ns();
     int again = 0;
-    if (now >= fr->settle_until) return 0;
+    if (now >= s->settle_until) return 0;
     pthread_mutex_lock(&fe->mu);
     if (!kvx_room_closed(fr->room) && kvx_room_poll(fr->room) != KVX_POLL_FAILED) {
-        fr->retry_at = now + 20000000ull < fr->settle_until ? now + 20000000ull : fr->settle_until;
-        fr->retries++;
-        kvx_room_ref(fr->room);
-        fr->next_pending = fe->pending;
-        fe->pending = fr;
+        s->retry_at = now + 20000000ull < s->settle_until ? now + 20000000ull : s->settle_until;
+        s->retries++;
+        s->state = 0;
+        if (!fr->in_pending) {
+            kvx_room_ref(fr->room);
+            fr->in_pending = 1;
+            fr->next_pending = fe->pending;
+            fe->pending = fr;
+        }
         again = 1;
     }
     pthread_mutex_unlock(&fe->mu);
-    if (again && fr->retries == 1)
+    if (again && s->retries == 1)
         kvx_engine_log(kvx_room_engine(fr->room), KVX_LOG_INFO, "kvx.file", kvx_room_id(fr->room),
                        "%s; looking again for up to %g s (KVX_FILE_SETTLE)", why, fe->set.settle_s);
     return again;
 }
 
-/* Progress thread: look for finished (or failed) rooms. */
+/* Progress thread: look for finished (or failed) contributor rooms. Each
+   item holds a room reference: an item without a source drops the pending
+   list's. The deadline's sentence names the first contributor still
+   missing (the core reads it on this thread). */
 static void kvx__file_progress(kvx_engine *e) {
     kvx__fengine *fe = kvx__fe(e);
     kvx__froom *ready[64], **pp;
+    kvx__fsrc *src[64];
     int what[64];
     int n = 0, i;
     pthread_mutex_lock(&fe->mu);
-    for (pp = &fe->pending; *pp && n < 64;) {
+    for (pp = &fe->pending; *pp && n < 63;) {
         kvx__froom *fr = *pp;
-        int f = kvx_room_poll(fr->room) == KVX_POLL_FAILED ? -2 : kvx__frecv_look(fr);
-        if (f == -1) { pp = &fr->next_pending; continue; }
-        *pp = fr->next_pending;
-        what[n] = f;
-        ready[n++] = fr; /* the pending list's reference moves to us */
+        uint32_t k, waiting = 0, first = fr->nsrc;
+        int stop = kvx_room_poll(fr->room) == KVX_POLL_FAILED;
+        for (k = 0; !stop && k < fr->nsrc && n < 63; k++) {
+            kvx__fsrc *s = &fr->src[k];
+            int f;
+            if (s->state != 0) continue;
+            if ((f = kvx__frecv_look(fr, s)) == -1) {
+                if (first == fr->nsrc) first = k;
+                continue;
+            }
+            s->state = 1;
+            kvx_room_ref(fr->room);
+            what[n] = f;
+            src[n] = s;
+            ready[n++] = fr;
+            stop = f != 0; /* that contributor fails the room */
+        }
+        for (k = 0; k < fr->nsrc; k++) waiting += fr->src[k].state == 0;
+        if (!stop && first < fr->nsrc && first != fr->missing && fr->deadline_what[0]) {
+            fr->missing = first;
+            snprintf(fr->deadline_what, sizeof fr->deadline_what,
+                     "no transfer_done from %s (%s) appeared (KVX_FILE_TIMEOUT %g s)",
+                     fr->src[first].who, fr->src[first].dir, fe->set.timeout_s);
+        }
+        if (!stop && waiting) {
+            pp = &fr->next_pending;
+            continue;
+        }
+        *pp = fr->next_pending; /* off the list: its reference goes with an item */
+        fr->in_pending = 0;
+        what[n] = -2;
+        src[n] = NULL;
+        ready[n++] = fr;
     }
     pthread_mutex_unlock(&fe->mu);
     for (i = 0; i < n; i++) {
         kvx__froom *fr = ready[i];
-        if (what[i] == 1 || what[i] == 2) kvx__frecv_sender_failed(fr, what[i] == 2);
-        if (what[i] == 3) kvx_room_fail(fr->room, KVX_ERR_PERMISSION, "%s", fr->refused_why);
+        kvx__fsrc *s = src[i];
+        if (what[i] == 1 || what[i] == 2) kvx__frecv_sender_failed(fr, s, what[i] == 2);
+        if (what[i] == 3) kvx_room_fail(fr->room, KVX_ERR_PERMISSION, "%s", s->refused_why);
         if (what[i] != 0 || kvx_room_poll(fr->room) == KVX_POLL_FAILED) {
             kvx_room_unref(fr->room);
             continue;
         }
-        if (!fr->settle_until)
-            fr->settle_until = kvx_now_ns() + (uint64_t)(fe->set.settle_s * 1e9);
+        if (!s->settle_until)
+            s->settle_until = kvx_now_ns() + (uint64_t)(fe->set.settle_s * 1e9);
         pthread_mutex_lock(&fr->mu);
         fr->busy++;
         pthread_mutex_unlock(&fr->mu);
-        if (kvx__workq_submit(fe->q, kvx__frecv_start, fr) != KVX_OK) kvx__frecv_start(fr);
+        if (kvx__workq_submit(fe->q, kvx__frecv_start, s) != KVX_OK) kvx__frecv_start(s);
     }
 }
 

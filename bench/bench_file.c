@@ -6,7 +6,12 @@
    + checksums), against writing the same number of bytes from one
    contiguous buffer to one file and reading them back into another. Both
    go to the same directory (KVX_BENCH_DIR, default /tmp/kvx_bench).
-   Then the fake transport's per-request overhead. */
+   Then heterogeneous TP (kvx_file.h PARALLEL LAYOUTS): the same request
+   from P prefill ranks to D decode ranks, engines of every rank in this
+   process, GB/s of the whole request (every rank's bytes) from the first
+   send to the last decode rank's Success, for TP 4 -> 2 and 2 -> 4
+   against 2 -> 2 in the same run. Then the fake transport's per-request
+   overhead. */
 #define KVX_IMPLEMENTATION
 #include "../kvx_file.h"
 #include "../examples/kvx_example.h"
@@ -82,6 +87,95 @@ static void wait_gone(const char *dir, uint64_t room) {
     }
 }
 
+/* P prefill ranks -> D decode ranks of model m, one request of n
+   scattered pages: the best time of reps, every decode rank verified. */
+static double hetero(const ex_model *m, const char *dir, uint32_t P, uint32_t D, uint32_t n,
+                     uint32_t page, int reps, uint64_t *bytes) {
+    ex_pool ps[8], pd[8];
+    int32_t *sp[8], *dp[8];
+    kvx_engine *pe[8], *de[8];
+    kvx_sender *s[8];
+    kvx_receiver *r[8];
+    kvx_engine_desc d;
+    char why[512], v[16];
+    double best = 1e9;
+    uint32_t a, b, i;
+    int rep;
+    *bytes = 0;
+    snprintf(v, sizeof v, "%u", P);
+    setenv("KVX_FILE_PREFILL_TP", v, 1);
+    snprintf(v, sizeof v, "%u", D);
+    setenv("KVX_FILE_DECODE_TP", v, 1);
+    memset(&d, 0, sizeof d);
+    d.transport = "file";
+    d.file.dir = dir;
+    for (a = 0; a < P + D; a++) {
+        int pre = a < P;
+        uint32_t k = pre ? a : a - P;
+        ex_rank rk = {pre ? P : D, k, 1, 0};
+        ex_pool *p = pre ? &ps[k] : &pd[k];
+        int32_t **pg = pre ? &sp[k] : &dp[k];
+        if (ex_pool_init_rank(p, m, n + 64, page, 4, 1 + a, &rk)) { fprintf(stderr, "pool\n"); exit(1); }
+        *pg = (int32_t *)malloc(n * sizeof **pg);
+        ex_alloc_pages(p, *pg, n);
+        for (i = 0; i < p->layout.num_buffers; i++) memset(p->bufs[i].base, 0, p->bufs[i].length);
+        if (pre) ex_pages_pattern(p, 1, *pg, n, 1);
+        if (pre) ex_aux_write(p, 1, 0);
+        d.role = pre ? KVX_ROLE_PREFILL : KVX_ROLE_DECODE;
+        d.layout = p->layout;
+        d.boot.tp_size = (int)rk.tp;
+        d.boot.tp_rank = (int)k;
+        if (kvx_engine_create(&d, pre ? &pe[k] : &de[k], why, sizeof why)) {
+            fprintf(stderr, "%s\n", why);
+            exit(1);
+        }
+        if (!pre) *bytes += (uint64_t)n * kvx_layout_page_bytes(&p->layout);
+    }
+    unsetenv("KVX_FILE_PREFILL_TP");
+    unsetenv("KVX_FILE_DECODE_TP");
+    for (rep = 0; rep < reps; rep++) {
+        kvx_room_desc rd;
+        double t0, t;
+        int busy = 1;
+        memset(&rd, 0, sizeof rd);
+        rd.room = 1000 + (uint64_t)rep;
+        for (b = 0; b < D; b++) {
+            kvx_receiver_create(de[b], &rd, &r[b]);
+            kvx_receiver_init(r[b], dp[b], n, 0);
+        }
+        t0 = now_s();
+        for (a = 0; a < P; a++) {
+            kvx_sender_create(pe[a], &rd, &s[a]);
+            kvx_sender_init(s[a], n, 0);
+            kvx_sender_send(s[a], sp[a], n);
+        }
+        while (busy) {
+            struct timespec ts = {0, 20000};
+            busy = 0;
+            for (b = 0; b < D; b++) busy |= kvx_receiver_poll(r[b]) == KVX_POLL_TRANSFERRING;
+            if (busy) nanosleep(&ts, NULL);
+        }
+        t = now_s() - t0;
+        for (b = 0; b < D; b++) {
+            if (kvx_receiver_poll(r[b]) != KVX_POLL_SUCCESS ||
+                ex_pages_pattern(&pd[b], 1, dp[b], n, 0)) {
+                fprintf(stderr, "TP %u -> %u: decode rank %u: %s\n", P, D, b, kvx_receiver_error(r[b]));
+                exit(1);
+            }
+            kvx_receiver_destroy(r[b]);
+            for (i = 0; i < pd[b].layout.num_buffers; i++) memset(pd[b].bufs[i].base, 0, pd[b].bufs[i].length);
+        }
+        for (a = 0; a < P; a++) {
+            kvx_sender_wait(s[a], KVX_POLL_SUCCESS, 60000);
+            kvx_sender_destroy(s[a]);
+        }
+        if (t < best) best = t;
+    }
+    for (a = 0; a < P; a++) { kvx_engine_destroy(pe[a]); ex_pool_free(&ps[a]); free(sp[a]); }
+    for (b = 0; b < D; b++) { kvx_engine_destroy(de[b]); ex_pool_free(&pd[b]); free(dp[b]); }
+    return best;
+}
+
 int main(void) {
     const ex_model *m = ex_model_find("llama-3.1-8b");
     const char *dir = getenv("KVX_BENCH_DIR") ? getenv("KVX_BENCH_DIR") : "/tmp/kvx_bench";
@@ -143,6 +237,19 @@ int main(void) {
            bytes / best_chunked / 1e9, best_chunked * 1e3, best_raw / best_chunked);
     kvx_engine_destroy(pe);
     kvx_engine_destroy(de);
+
+    {
+        static const uint32_t tp[3][2] = {{2, 2}, {4, 2}, {2, 4}};
+        double t[3];
+        uint64_t b[3];
+        int k;
+        for (k = 0; k < 3; k++) t[k] = hetero(m, dir, tp[k][0], tp[k][1], n, page, reps, &b[k]);
+        printf("file transport, heterogeneous TP: the same request, every rank an engine in this "
+               "process, best of %d\n", reps);
+        for (k = 0; k < 3; k++)
+            printf("  TP %u -> %u  %7.2f GB/s  (%.1f ms)  ratio %.2fx TP 2 -> 2\n", tp[k][0], tp[k][1],
+                   b[k] / t[k] / 1e9, t[k] * 1e3, t[0] / t[k]);
+    }
 
     /* fake transport: the engine's own per-request cost */
     d.transport = "fake";

@@ -32,7 +32,7 @@ def seed(room, buf, tok):
     return mix(((room * 0x100000001B3) & M64) ^ (buf << 40) ^ tok)
 
 def load(path):
-    """The JSON line of a meta or transfer_done (version 2: an optional
+    """The JSON line of a meta or transfer_done (version 2 and 3: an optional
     "mac hmac-sha256 <hex>" line follows it when the writer had an auth key;
     checking it needs the key: HMAC-SHA-256(key, b"kvx-file-v2\\0" + name +
     b"\\0" + json_line))."""
@@ -45,7 +45,7 @@ def main():
     d = sys.argv[1]
     room = int(sys.argv[2]) if len(sys.argv) > 2 else None
     done = load(os.path.join(d, "transfer_done"))
-    assert done["format"] == "kvx-file-done" and done["version"] == 2
+    assert done["format"] == "kvx-file-done" and done["version"] == 3
     pages = 0
     for i in range(done["chunks"]):
         meta = load(os.path.join(d, "kv_chunk_%d.bin.meta" % i))

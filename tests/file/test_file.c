@@ -6,6 +6,7 @@
 #include "../../kvx_file.h"
 #include "../../examples/kvx_example.h"
 #include "../kvx_test.h"
+#include "file_test.h"
 #include <signal.h>
 #include <sys/wait.h>
 #include <sys/mount.h>
@@ -23,17 +24,8 @@ static void sleep_ms(int ms) {
 }
 
 static kvx_engine *engine(kvx_role role, ex_pool *p, const char *dir, char *why) {
-    kvx_engine_desc d;
-    kvx_engine *e = NULL;
-    memset(&d, 0, sizeof d);
-    d.role = role;
-    d.transport = "file";
-    d.layout = p->layout;
-    d.file.dir = dir;
-    d.logger.level = KVX_LOG_ERROR;
-    why[0] = 0;
-    kvx_engine_create(&d, &e, why, 512);
-    return e;
+    kvx_engine_desc d = ft_desc(role, &p->layout, dir);
+    return ft_create(&d, why);
 }
 
 static kvx_poll wait_terminal_s(kvx_sender *s, int ms) {

@@ -6,6 +6,7 @@
 #include "../../kvx_file.h"
 #include "../../examples/kvx_example.h"
 #include "../kvx_test.h"
+#include "file_test.h"
 #include <signal.h>
 #include <sys/wait.h>
 
@@ -20,23 +21,14 @@ static void sleep_ms(int ms) {
 }
 
 static kvx_engine *engine(kvx_role role, ex_pool *p, const char *boot, char *why) {
-    kvx_engine_desc d;
-    kvx_engine *e = NULL;
-    memset(&d, 0, sizeof d);
-    d.role = role;
-    d.transport = "file";
-    d.layout = p->layout;
-    d.file.dir = root;
-    d.logger.level = KVX_LOG_ERROR;
+    kvx_engine_desc d = ft_desc(role, &p->layout, root);
     if (role == KVX_ROLE_PREFILL) {
         d.boot.host = "127.0.0.1";
         d.boot.port = -1; /* ephemeral */
     } else {
         d.bootstrap_addr = boot;
     }
-    why[0] = 0;
-    kvx_engine_create(&d, &e, why, 512);
-    return e;
+    return ft_create(&d, why);
 }
 
 static kvx_poll wait_s(kvx_sender *s, kvx_poll while_in, int ms) {

@@ -10,6 +10,7 @@
 #include "../../kvx_file.h"
 #include "../../examples/kvx_example.h"
 #include "../kvx_test.h"
+#include "file_test.h"
 #include <pwd.h>
 #include <sys/wait.h>
 #include <sys/time.h>
@@ -30,18 +31,9 @@ static void sleep_ms(int ms) {
 static const char *auth_key; /* desc.auth_key of the next engines */
 
 static kvx_engine *engine(kvx_role role, ex_pool *p, const char *dir, char *why) {
-    kvx_engine_desc d;
-    kvx_engine *e = NULL;
-    memset(&d, 0, sizeof d);
-    d.role = role;
-    d.transport = "file";
-    d.layout = p->layout;
-    d.file.dir = dir;
+    kvx_engine_desc d = ft_desc(role, &p->layout, dir);
     d.auth_key = auth_key;
-    d.logger.level = KVX_LOG_ERROR;
-    why[0] = 0;
-    kvx_engine_create(&d, &e, why, 512);
-    return e;
+    return ft_create(&d, why);
 }
 
 static int terminal(kvx_poll p) { return p == KVX_POLL_SUCCESS || p == KVX_POLL_FAILED; }

@@ -1,6 +1,6 @@
 /* Fuzzes what the file transport reads from disk written by another
    process: the JSON reader, the chunk meta / transfer_done checks, and the
-   split of a file into its JSON line and its MAC line (format version 2). */
+   split of a file into its JSON line and its MAC line (format version 3). */
 #define KVX_IMPLEMENTATION
 #include "../../kvx_file.h"
 
