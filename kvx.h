@@ -468,6 +468,11 @@ typedef struct kvx_file_desc {
     double settle_s;      /* KVX_FILE_SETTLE, 2: how long a receiver keeps looking
                              for a file that transfer_done lists but this node
                              does not see yet (weakly consistent shared fs) */
+    int prefill_tp;       /* KVX_FILE_PREFILL_TP, 0 = this engine's tp_size: decode: the
+                             prefill instance's attention TP size (kvx_file.h) */
+    int prefill_pp;       /* KVX_FILE_PREFILL_PP, 0 = this engine's pp_size: decode */
+    int decode_tp;        /* KVX_FILE_DECODE_TP, 0 = this engine's tp_size: prefill (MLA
+                             dummies) */
 } kvx_file_desc;
 
 /* Settings of the bootstrap handshake (kvx_boot.h). 0 / NULL = default. */
@@ -480,6 +485,8 @@ typedef struct kvx_boot_desc {
     const char *rank_ip;       /* KVX_BOOTSTRAP_RANK_IP: the address this rank
                                   registers (default: the one the peer sees) */
     int tp_size, tp_rank, dp_size, dp_rank, pp_size, pp_rank, cp_size, cp_rank;
+    const char *load_balance_method; /* KVX_LOAD_BALANCE_METHOD, "follow_bootstrap_room":
+                                  prefill: SGLang's --load-balance-method (kvx_boot.h) */
 } kvx_boot_desc;
 
 /* Settings of the tcp transport (kvx_tcp.h). */

@@ -121,7 +121,7 @@
                                sender waits for its room frame
      KVX_AUTH_KEY, KVX_AUTH_KEY_FILE (kvx.h, desc.auth_key, auth_key_file)
                                a shared secret: see SECURITY
-     KVX_LOAD_BALANCE_METHOD   (no desc field) prefill: SGLang's
+     KVX_LOAD_BALANCE_METHOD   (desc.boot.load_balance_method) prefill: SGLang's
                                --load-balance-method, registered as
                                load_balance_method (follow_bootstrap_room;
                                lower-case letters and '_'): see DP ATTENTION
@@ -4921,6 +4921,7 @@ static const kvx__setting kvx__boot_table[] = {
     KVX__SET_DBL("KVX_HEARTBEAT_INTERVAL", kvx_boot_desc, heartbeat_interval_s, 5, 0.1, 3600),
     KVX__SET_INT("KVX_HEARTBEAT_MAX_FAILURE", kvx_boot_desc, heartbeat_max_failure, 2, 1, 1000),
     KVX__SET_STR("KVX_BOOTSTRAP_RANK_IP", kvx_boot_desc, rank_ip),
+    KVX__SET_STR("KVX_LOAD_BALANCE_METHOD", kvx_boot_desc, load_balance_method),
 };
 
 static kvx_result kvx__boot_settings(kvx_boot *b, char *why, size_t wl) {
@@ -4938,8 +4939,8 @@ static kvx_result kvx__boot_settings(kvx_boot *b, char *why, size_t wl) {
     if ((r = kvx__settings_apply(kvx__boot_table, KVX__COUNT(kvx__boot_table), &s, why, wl)))
         return r;
     b->port_cfg = s.port;
-    {   /* read here, not a desc field: SGLang's --load-balance-method */
-        const char *m = getenv("KVX_LOAD_BALANCE_METHOD");
+    {   /* SGLang's --load-balance-method */
+        const char *m = s.load_balance_method;
         if (!m || !m[0]) m = "follow_bootstrap_room";
         if (strlen(m) >= sizeof b->lbm || strspn(m, "abcdefghijklmnopqrstuvwxyz_") != strlen(m))
             return kvx__why(KVX_ERR_BAD_CONFIG, why, wl, "KVX_LOAD_BALANCE_METHOD '%s' is not a "

@@ -88,16 +88,15 @@
                           user's, never through a link). [60, 1e9]     (3600)
      KVX_FILE_STRIPE      (desc.file.stripe_bytes) bytes one worker reads or
                           writes at a time; [4096, 1 GiB]            (16 MiB)
-     KVX_FILE_PREFILL_TP  decode: the prefill instance's attention TP size, to
+     KVX_FILE_PREFILL_TP  (desc.file.prefill_tp) decode: the prefill instance's attention TP size, to
                           find this rank's contributors (PARALLEL LAYOUTS);
                           0 = this engine's own desc.boot.tp_size. [1, 1024] (0)
-     KVX_FILE_PREFILL_PP  decode: the prefill's PP size; equal to this
+     KVX_FILE_PREFILL_PP  (desc.file.prefill_pp) decode: the prefill's PP size; equal to this
                           engine's desc.boot.pp_size, or this one's PP size
                           is 1; 0 = this engine's own. [1, 1024]           (0)
-     KVX_FILE_DECODE_TP   prefill: the decode instance's attention TP size, so
+     KVX_FILE_DECODE_TP   (desc.file.decode_tp) prefill: the decode instance's attention TP size, so
                           an MLA prefill rank knows whether it is a dummy
                           (kvx_mla_dummy); 0 = this engine's own. [1, 1024] (0)
-     (These three have no desc field yet: kvx_file_desc is kvx.h's.)
      KVX_AUTH_KEY / desc.auth_key (kvx.h): with a key, every meta,
                           transfer_done and transfer_failed carries an HMAC
                           line; a receiver with a key refuses a room whose
@@ -1223,31 +1222,18 @@ static const kvx__setting kvx__file_table[] = {
     KVX__SET_INT("KVX_FILE_FSYNC", kvx_file_desc, fsync, 0, 0, 1),
     KVX__SET_INT("KVX_FILE_KEEP", kvx_file_desc, keep, 0, 0, 1),
     KVX__SET_INT("KVX_FILE_SHARED", kvx_file_desc, shared, 0, 0, 1),
-};
-
-/* The settings kvx_file_desc has no field for yet (environment only). */
-typedef struct kvx__file_topo {
-    int prefill_tp, prefill_pp, decode_tp;
-} kvx__file_topo;
-
-static const kvx__setting kvx__file_topo_table[] = {
-    KVX__SET_INT("KVX_FILE_PREFILL_TP", kvx__file_topo, prefill_tp, 0, 1, 1024),
-    KVX__SET_INT("KVX_FILE_PREFILL_PP", kvx__file_topo, prefill_pp, 0, 1, 1024),
-    KVX__SET_INT("KVX_FILE_DECODE_TP", kvx__file_topo, decode_tp, 0, 1, 1024),
+    KVX__SET_INT("KVX_FILE_PREFILL_TP", kvx_file_desc, prefill_tp, 0, 1, 1024),
+    KVX__SET_INT("KVX_FILE_PREFILL_PP", kvx_file_desc, prefill_pp, 0, 1, 1024),
+    KVX__SET_INT("KVX_FILE_DECODE_TP", kvx_file_desc, decode_tp, 0, 1, 1024),
 };
 
 /* This engine's rank (desc.boot) and its peers' sizes, checked: the sizes
    must divide one another (SGLang's mapping), PP equal or decode PP 1. */
 static kvx_result kvx__file_ranks(const kvx_engine_desc *d, const kvx_layout *l, kvx__fengine *fe,
                                   char *why, size_t wl) {
-    kvx__file_topo t;
+    const kvx_file_desc *t = &fe->set; /* settings applied */
     int tp = d->boot.tp_size > 0 ? d->boot.tp_size : 1, pp = d->boot.pp_size > 0 ? d->boot.pp_size : 1;
     uint32_t a, b;
-    kvx_result r;
-    memset(&t, 0, sizeof t);
-    if ((r = kvx__settings_apply(kvx__file_topo_table, KVX__COUNT(kvx__file_topo_table), &t, why,
-                                 wl)) != KVX_OK)
-        return r;
     if (tp > 1024 || pp > 1024 || d->boot.tp_rank < 0 || d->boot.tp_rank >= tp ||
         d->boot.pp_rank < 0 || d->boot.pp_rank >= pp) {
         kvx__set_why(why, wl, "desc.boot: tp_rank %d of tp_size %d, pp_rank %d of pp_size %d are "
@@ -1256,9 +1242,9 @@ static kvx_result kvx__file_ranks(const kvx_engine_desc *d, const kvx_layout *l,
     }
     fe->rank[0] = (uint32_t)tp; fe->rank[1] = (uint32_t)d->boot.tp_rank;
     fe->rank[2] = (uint32_t)pp; fe->rank[3] = (uint32_t)d->boot.pp_rank;
-    fe->ptp = t.prefill_tp ? (uint32_t)t.prefill_tp : (uint32_t)tp;
-    fe->ppp = t.prefill_pp ? (uint32_t)t.prefill_pp : (uint32_t)pp;
-    fe->dtp = t.decode_tp ? (uint32_t)t.decode_tp : (uint32_t)tp;
+    fe->ptp = t->prefill_tp ? (uint32_t)t->prefill_tp : (uint32_t)tp;
+    fe->ppp = t->prefill_pp ? (uint32_t)t->prefill_pp : (uint32_t)pp;
+    fe->dtp = t->decode_tp ? (uint32_t)t->decode_tp : (uint32_t)tp;
     a = d->role == KVX_ROLE_DECODE ? fe->ptp : (uint32_t)tp; /* prefill TP */
     b = d->role == KVX_ROLE_DECODE ? (uint32_t)tp : fe->dtp; /* decode TP */
     if ((a > b ? a % b : b % a) != 0) {
