@@ -37,7 +37,7 @@ static uint64_t r64(const uint8_t *p) { return (uint64_t)r32(p) | (uint64_t)r32(
 
 static void hdr(uint8_t *b, int type, int count, uint64_t room, uint64_t body) {
     memcpy(b, "KVXT", 4);
-    b[4] = 2;
+    b[4] = KVX_TCP_PROTOCOL_VERSION;
     b[5] = (uint8_t)type;
     b[6] = (uint8_t)count;
     b[7] = (uint8_t)(count >> 8);
@@ -52,6 +52,7 @@ static void seg(uint8_t *b, uint32_t buffer, uint32_t flags, uint64_t off, uint6
     w32(b + 4, flags);
     w64(b + 8, off);
     w64(b + 16, len);
+    w64(b + 24, 0); /* row_len: whole pages */
 }
 
 static int send_all(int fd, const void *p, size_t n) {
@@ -79,7 +80,7 @@ static int raw_connect(void) {
     return fd;
 }
 
-/* HELLO (wire version 2, no key): token with its first byte xor tweak. */
+/* HELLO (wire version 3, no key): token with its first byte xor tweak. */
 static int hello(int fd, uint8_t tweak, uint64_t fp) {
     uint8_t b[96];
     memset(b, 0, sizeof b);
@@ -176,11 +177,11 @@ static void bad_frame(const char *label, uint64_t room, const uint8_t *descs, in
     uint8_t *body;
     char err[512];
     int fd = good_conn(), closed;
-    hdr(h, 2, count, room, (uint64_t)count * 24 + payload);
+    hdr(h, 2, count, room, (uint64_t)count * KVX_TCP_SEGMENT_BYTES + payload);
     body = (uint8_t *)malloc((size_t)payload + 1);
     memset(body, 0xEE, (size_t)payload);
     send_all(fd, h, 32);
-    send_all(fd, descs, (size_t)count * 24);
+    send_all(fd, descs, (size_t)count * KVX_TCP_SEGMENT_BYTES);
     send_all(fd, body, (size_t)payload); /* may fail: the decode side closes first */
     closed = wait_closed(fd, 5, err, sizeof err, NULL);
     CHECK(closed, "%s: the connection was closed", label);
@@ -223,7 +224,7 @@ static void test_refused(void) {
 }
 
 static void test_bad_segments(void) {
-    uint8_t d[4 * 24];
+    uint8_t d[4 * KVX_TCP_SEGMENT_BYTES];
     int32_t pages[4];
     kvx_receiver *r;
     kvx_receiver *bystander = room_ready(900, 40, 5, pages);
@@ -251,7 +252,7 @@ static void test_bad_segments(void) {
     kvx_receiver_destroy(r);
     r = room_ready(++room, 16, -1, pages);
     seg(d, 2, 0, (uint64_t)17 * ITEM, ITEM);
-    seg(d + 24, 2, 0, (uint64_t)16 * ITEM, 2 * ITEM);
+    seg(d + KVX_TCP_SEGMENT_BYTES, 2, 0, (uint64_t)16 * ITEM, 2 * ITEM);
     bad_frame("same page twice", room, d, 2, 3 * ITEM, r, "arrived twice");
     kvx_receiver_destroy(r);
     r = room_ready(++room, 20, 2, pages);
@@ -281,17 +282,17 @@ static void test_bad_segments(void) {
 
 /* A frame cut in the middle, then a reset: the room fails, naming the peer. */
 static void test_cut(void) {
-    uint8_t h[32], d[24], body[ITEM];
+    uint8_t h[32], d[KVX_TCP_SEGMENT_BYTES], body[ITEM];
     int32_t pages[4];
     struct linger lg = {1, 0};
     kvx_receiver *r = room_ready(600, 0, -1, pages);
     int fd = good_conn();
     double t0;
-    hdr(h, 2, 1, 600, 24 + 2 * ITEM);
+    hdr(h, 2, 1, 600, KVX_TCP_SEGMENT_BYTES + 2 * ITEM);
     seg(d, 5, 0, 2 * ITEM, 2 * ITEM);
     memset(body, 1, sizeof body);
     send_all(fd, h, 32);
-    send_all(fd, d, 24);
+    send_all(fd, d, KVX_TCP_SEGMENT_BYTES);
     send_all(fd, body, ITEM / 2);
     tt_sleep(0.05);
     setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
@@ -307,7 +308,7 @@ static void test_cut(void) {
 static void test_by_hand(void) {
     int32_t sp[4] = {7, 3, 30, 31}, dp[4];
     kvx_receiver *r = room_ready(700, 44, 4, dp);
-    uint8_t h[32], d[(NB * 4 + 2) * 24];
+    uint8_t h[32], d[(NB * 4 + 2) * KVX_TCP_SEGMENT_BYTES];
     struct iovec v[2 + NB * 4 + 2];
     struct msghdr m;
     char err[512];
@@ -319,36 +320,36 @@ static void test_by_hand(void) {
     ex_aux_clear(&dpool, 4);
     for (b = 0; b < NB; b++)
         for (i = 0; i < 4; i++, n++) {
-            seg(d + n * 24, b, 0, (uint64_t)dp[i] * ITEM, ITEM);
+            seg(d + n * KVX_TCP_SEGMENT_BYTES, b, 0, (uint64_t)dp[i] * ITEM, ITEM);
             v[2 + n].iov_base = (char *)spool.bufs[b].base + (size_t)sp[i] * ITEM;
             v[2 + n].iov_len = ITEM;
             payload += ITEM;
         }
-    seg(d + n * 24, 0, KVX_TCP_SEG_AUX, 4 * 64, 64);
+    seg(d + n * KVX_TCP_SEGMENT_BYTES, 0, KVX_TCP_SEG_AUX, 4 * 64, 64);
     v[2 + n].iov_base = (char *)spool.aux[0].base + 64;
     v[2 + n++].iov_len = 64;
-    seg(d + n * 24, 1, KVX_TCP_SEG_AUX, 4 * 8, 8);
+    seg(d + n * KVX_TCP_SEGMENT_BYTES, 1, KVX_TCP_SEG_AUX, 4 * 8, 8);
     v[2 + n].iov_base = (char *)spool.aux[1].base + 8;
     v[2 + n++].iov_len = 8;
     payload += 72;
-    hdr(h, 2, (int)n, 700, n * 24 + payload);
+    hdr(h, 2, (int)n, 700, n * KVX_TCP_SEGMENT_BYTES + payload);
     v[0].iov_base = h;
     v[0].iov_len = 32;
     v[1].iov_base = d;
-    v[1].iov_len = n * 24;
+    v[1].iov_len = n * KVX_TCP_SEGMENT_BYTES;
     memset(&m, 0, sizeof m);
     m.msg_iov = v;
     m.msg_iovlen = 2 + n;
-    CHECK(sendmsg(fd, &m, MSG_NOSIGNAL) == (ssize_t)(32 + n * 24 + payload), "sent by hand");
+    CHECK(sendmsg(fd, &m, MSG_NOSIGNAL) == (ssize_t)(32 + n * KVX_TCP_SEGMENT_BYTES + payload), "sent by hand");
     CHECK(tt_wait_r(r, 5) == KVX_POLL_SUCCESS, "hand-encoded room Success: %s", kvx_receiver_error(r));
     CHECK(ex_pages_pattern(&dpool, 700, dp, 4, 0) == 0 && ex_aux_check(&dpool, 700, 4),
           "every byte and aux row in place");
     /* the ACK, then a frame for the finished room closes the connection */
     seg(d, 0, 0, (uint64_t)dp[0] * ITEM, ITEM);
-    hdr(h, 2, 1, 700, 24 + ITEM);
+    hdr(h, 2, 1, 700, KVX_TCP_SEGMENT_BYTES + ITEM);
     tt_sleep(0.05);
     send_all(fd, h, 32);
-    send_all(fd, d, 24);
+    send_all(fd, d, KVX_TCP_SEGMENT_BYTES);
     send_all(fd, spool.bufs[0].base, ITEM);
     CHECK(wait_closed(fd, 5, err, sizeof err, &ack), "a frame for a finished room closes the connection");
     CHECK(ack == payload, "ACK carried %llu bytes (sent %llu)", (unsigned long long)ack,
@@ -414,7 +415,7 @@ static void test_random(void) {
     int i, k, n = kt_quick() ? 150 : 600, fresh = 0;
     for (k = 0; k < 4; k++) r[k] = room_ready(ids[k], 4 * (uint32_t)k, k, pages[k]);
     for (i = 0; i < n; i++) {
-        uint8_t buf[32 + 8 * 24 + 3 * ITEM];
+        uint8_t buf[32 + 8 * KVX_TCP_SEGMENT_BYTES + 3 * ITEM];
         uint64_t x = ex_mix(seed++);
         int fd = good_conn(), count = (int)(x % 8) + 1, j;
         size_t len;
@@ -433,16 +434,16 @@ static void test_random(void) {
             uint64_t pg = (y >> 16) % (POOL + 4), len1 = ((y >> 24) % 3 == 0 ? 2 : 1) * (uint64_t)ITEM;
             if ((y >> 32) % 7 == 0) len1 = (y >> 36) % (3 * ITEM);
             if (fl & KVX_TCP_SEG_AUX) { pg = (y >> 16) % 8; len1 = b % 2 ? 8 : 64; }
-            seg(buf + 32 + j * 24, b, fl, fl & KVX_TCP_SEG_AUX ? pg * len1 : pg * ITEM + ((y >> 40) % 9 == 0 ? 8 : 0), len1);
+            seg(buf + 32 + j * KVX_TCP_SEGMENT_BYTES, b, fl, fl & KVX_TCP_SEG_AUX ? pg * len1 : pg * ITEM + ((y >> 40) % 9 == 0 ? 8 : 0), len1);
             payload += len1;
         }
         if (payload > 3 * ITEM) payload = 3 * ITEM;
         if ((x >> 20) % 5 == 0) payload = (x >> 24) % (3 * ITEM);
         hdr(buf, (x >> 8) % 11 == 0 ? (int)((x >> 12) % 6) : 2, count, ids[(x >> 32) % 5],
-            (uint64_t)count * 24 + payload);
+            (uint64_t)count * KVX_TCP_SEGMENT_BYTES + payload);
         if ((x >> 40) % 13 == 0) buf[(x >> 44) % 32] ^= (uint8_t)(1 + (x >> 50) % 255);
-        len = 32 + (size_t)count * 24 + (size_t)payload;
-        memset(buf + 32 + count * 24, 0xAB, (size_t)payload);
+        len = 32 + (size_t)count * KVX_TCP_SEGMENT_BYTES + (size_t)payload;
+        memset(buf + 32 + count * KVX_TCP_SEGMENT_BYTES, 0xAB, (size_t)payload);
         send_all(fd, buf, len);
         shutdown(fd, SHUT_WR);
         wait_closed(fd, 5, NULL, 0, NULL);
@@ -479,7 +480,7 @@ int main(int argc, char **argv) {
     CHECK(de != NULL, "decode engine: %s", why);
     if (!de) return kt_done();
     kvx_tcp_endpoint_get(de, &ep);
-    fingerprint = kvx_layout_fingerprint(&dpool.layout);
+    fingerprint = kvx_tcp_shape_fingerprint(&dpool.layout);
     canary = canary_copy();
     test_refused();
     test_bad_segments();
