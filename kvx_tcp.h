@@ -399,6 +399,7 @@ extern "C" {
 #define KVX__TCP_PROOF_BODY KVX_MAC_BYTES
 #define KVX__TCP_ENDPOINT_FIXED 32
 #define KVX__TCP_DRAIN 65536
+#define KVX__TCP_SRCS 64 /* contributing prefill ranks a decode room remembers */
 #define KVX__TCP_IOV 1024 /* iovecs per sendmsg / recvmsg (Linux IOV_MAX) */
 
 KVX_API void kvx_tcp_header_encode(const kvx_tcp_header *h, void *out32) {
@@ -654,6 +655,8 @@ struct kvx__tcp_room {
     uint8_t *aux_stage;
     uint64_t expected;
     uint64_t remaining;  /* atomic */
+    uint64_t srcs[KVX__TCP_SRCS]; /* under te->mu: prefill instances that sent it data */
+    uint32_t nsrcs;
     kvx__hnode hn;       /* te->rooms, key = id, under te->mu */
 };
 
@@ -2343,6 +2346,8 @@ static int kvx__tcp_on_data(kvx__tcp_conn *c, const kvx_tcp_header *h) {
     kvx_room_ref(r);
     tr->busy++;
     c->cur = tr;
+    for (i = 0; i < tr->nsrcs && tr->srcs[i] != c->instance; i++) {}
+    if (i == tr->nsrcs && i < KVX__TCP_SRCS) tr->srcs[tr->nsrcs++] = c->instance;
     pthread_mutex_unlock(&te->mu);
     /* every prefill rank that holds part of the room sends it: the byte
        claims of kvx__tcp_check keep each (buffer, page, head) to one */
@@ -2497,6 +2502,34 @@ static void kvx__tcp_evict_pending(kvx__tcp_engine *te) {
                    (double)(kvx_now_ns() - old->since_ns) / 1e9, KVX_TCP_MAX_PENDING);
 }
 
+/* A data connection from a prefill rank ended: every unfinished room it
+   had sent data for cannot complete (that rank's bytes stop here, and its
+   streams end only with its link), so each fails now with a sentence
+   naming the rank, before its control connection's loss says less. */
+static void kvx__tcp_conn_gone(kvx__tcp_conn *c, const char *how) {
+    kvx__tcp_engine *te = c->te;
+    kvx_room *rs[64];
+    size_t n = 0, b, i;
+    kvx__hnode *h;
+    pthread_mutex_lock(&te->mu);
+    for (b = 0; !te->stopping && b < te->rooms.nb && n < 64; b++)
+        for (h = te->rooms.b[b]; h && n < 64; h = h->hnext) {
+            kvx__tcp_room *tr = (kvx__tcp_room *)(void *)((char *)h - offsetof(kvx__tcp_room, hn));
+            uint32_t k;
+            if (tr->closing || kvx__room_terminal(tr->x.room)) continue;
+            for (k = 0; k < tr->nsrcs && tr->srcs[k] != c->instance; k++) {}
+            if (k == tr->nsrcs) continue;
+            kvx_room_ref(tr->x.room);
+            rs[n++] = tr->x.room;
+        }
+    pthread_mutex_unlock(&te->mu);
+    for (i = 0; i < n; i++) {
+        kvx_room_fail(rs[i], KVX_ERR_PEER_LOST, "data connection from %s, a contributor of this "
+                      "room, ended before the room was complete: %s", c->who, how);
+        kvx_room_unref(rs[i]);
+    }
+}
+
 static void *kvx__tcp_conn_main(void *arg) {
     kvx__tcp_conn *c = (kvx__tcp_conn *)arg;
     kvx__tcp_engine *te = c->te;
@@ -2513,6 +2546,7 @@ static void *kvx__tcp_conn_main(void *arg) {
             kvx_engine_log(te->engine, err == KVX__TCP_EOF ? KVX_LOG_INFO : KVX_LOG_WARN,
                            "kvx.tcp", 0, "data connection from %s ended: %s", c->who,
                            kvx__tcp_errstr(err));
+            kvx__tcp_conn_gone(c, kvx__tcp_errstr(err));
             break;
         }
         why[0] = 0;
@@ -2756,8 +2790,11 @@ static void kvx__tcp_engine_free(kvx__tcp_engine *te) {
 static int kvx__tcp_on_status(kvx_boot *b, kvx_room *r, const kvx_boot_peer *peer, kvx_poll state,
                               kvx_result result, uint64_t bytes, const char *reason) {
     (void)b; (void)r; (void)peer; (void)result; (void)bytes; (void)reason;
-    /* a receiver succeeds on its own byte count, never on the sender's word */
-    return state == KVX_POLL_SUCCESS;
+    /* a receiver succeeds on its own byte count, never on the sender's word;
+       a prefill rank that reported Success (an MLA dummy, a rank holding
+       nothing of this room) is done with it: its going away later fails
+       nothing */
+    return state == KVX_POLL_SUCCESS ? 2 : 0;
 }
 
 static kvx_result kvx__tcp_engine_init(kvx_engine *e, char *why, size_t wl) {
