@@ -172,9 +172,11 @@
      one poll() loop serves every connection, so a slow or bad client holds
      only its own connection.
 
-   CONTROL CHANNEL WIRE FORMAT (version 2; every integer little-endian.
-   Version 2 adds type 8; a version-1 peer's hello is refused with a
-   sentence naming both versions, and it refuses ours the same way)
+   CONTROL CHANNEL WIRE FORMAT (version 3; every integer little-endian.
+   Version 2 added type 8; version 3 adds head_begin and layer_begin to the
+   fixed hello (8 bytes more). An older peer's hello is refused with a
+   sentence naming both versions (the version is read before the length),
+   and it refuses ours the same way)
      One TCP connection per (decode engine, prefill rank); the decode side
      connects to the rank_ip:rank_port it resolved. Each frame:
        u32 body_len   bytes after this 8-byte header (<= KVX_BOOT_MAX_FRAME,
@@ -182,9 +184,9 @@
        u16 type       1 hello, 2 room, 3 status, 4 abort, 5 ping, 6 pong,
                       7 auth, 8 transport message; others: protocol error
        u16 flags      0 (anything else: protocol error)
-     HELLO (both ways, first frame of each side; body 96 + 8*(nb+na) + dl + tl + el
+     HELLO (both ways, first frame of each side; body 104 + 8*(nb+na) + dl + tl + el
             [+ 16 nonce, + 32 proof on the prefill's, when flags has bit 0])
-       0  u8[8] magic "kvx-boot"        8  u16 protocol version (2)
+       0  u8[8] magic "kvx-boot"        8  u16 protocol version (3)
        10 u16 role (1 prefill, 2 decode) 12 u32 flags (0; 1 = keyed, others refused)
        16 u64 instance (random per engine)
        24 u64 layout fingerprint (kvx_layout_fingerprint)
@@ -193,8 +195,14 @@
        80 u32 nb (KV buffers, <= KVX_MAX_BUFFERS)  84 u32 na (aux, <= KVX_MAX_AUX)
        88 u16 dl (dtype bytes, <= 63)   90 u16 tl (transport name bytes, <= 31)
        92 u32 el (endpoint bytes, <= KVX_BOOT_MAX_ENDPOINT)
-       96 u64 item_len[nb], u64 aux_item_len[na], dtype, transport, endpoint,
+       96 u32 head_begin  100 u32 layer_begin (kvx_layout's; each <= 64 *
+          KVX_MAX_BUFFERS)
+       104 u64 item_len[nb], u64 aux_item_len[na], dtype, transport, endpoint,
           keyed: u8 nonce[16] (fresh per connection), prefill: u8 proof[32]
+       Each side rebuilds the other's layout shape from it
+       (kvx_boot_peer.layout). The decode refuses a prefill rank whose
+       layout does not combine with its own (LAYOUTS BETWEEN RANKS); the
+       prefill logs it.
      ROOM (decode -> prefill; body 24 + 4*n)
        0 u64 room   8 i32 aux_index (-1 none)   12 u32 n (<= KVX_MAX_PAGES)
        16 u16 peer_index   18 u16 peer_count (decode ranks that send this
@@ -233,6 +241,16 @@
      status Failed to its sender and does not touch the room.
      A frame that breaks any rule closes that connection; the rooms that
      depended on it fail with the reason; every other connection goes on.
+
+   LAYOUTS BETWEEN RANKS
+     Ranks of different shapes (heterogeneous TP, PP: kvx.h PARALLEL
+     LAYOUTS) are paired when kvx_layout_overlap(prefill layout, decode
+     layout) is KVX_OK with bytes_per_page > 0, or the prefill rank is an
+     MLA dummy (kvx_mla_dummy), and their aux buffers agree (count and
+     item_lens); otherwise the decode's rooms for that prefill fail with
+     KVX_ERR_LAYOUT_MISMATCH and a sentence naming the prefill rank (address,
+     tp and pp rank) and kvx_layout_overlap's reason (or "shares no
+     heads/layers"). The layout fingerprint is no longer compared on its own.
 
    RANK MAPPING
      desc.boot.tp_size/tp_rank, dp_size/dp_rank, pp_size/pp_rank,
@@ -293,9 +311,9 @@
    LIMITS OF THIS VERSION
      The decode side's HTTP client and connects are blocking calls on its
      worker threads (bounded by the timeouts above), not on the poll loop.
-     Heterogeneous TP is mapped (RANK MAPPING) but the layout fingerprint
-     must still match, so it only works where per-rank layouts are equal
-     (MLA). cp ranks are all targeted. No TLS, no keep-alive.
+     kvx_boot pairs ranks and carries each side's layout shape; moving a
+     slice (heterogeneous TP, PP) is the transport's work (kvx_plan_pages).
+     cp ranks are all targeted. No TLS, no keep-alive.
 
    LICENSE: MIT, see the end of this file.
 */
@@ -359,7 +377,7 @@
 #error "kvx_boot.h: KVX_BOOT_MAX_MESSAGE must be 1..KVX_BOOT_MAX_CONN_BYTES / 2"
 #endif
 
-#define KVX_BOOT_PROTOCOL_VERSION 2
+#define KVX_BOOT_PROTOCOL_VERSION 3
 #define KVX_BOOT_DEFAULT_PORT 8998
 
 #ifdef __cplusplus
@@ -382,6 +400,11 @@ typedef struct kvx_boot_peer {
     uint32_t endpoint_len;
     uint64_t conn_id;      /* this control connection, unique per kvx_boot (never 0):
                               what kvx_boot_peer_send reads, so a copy may be kept */
+    /* The peer's layout shape from its hello: buffers with item_len only
+       (bases NULL, lengths 0), aux item_lens, page_size, dtype, dtype_size,
+       num_kv_heads, head_begin, layer_begin, mla. Valid for the connection's
+       lifetime (a copy of the peer does not copy it: copy what you keep). */
+    const kvx_layout *layout;
 } kvx_boot_peer;
 
 /* Hooks a transport gives kvx_boot_create. All optional. */
@@ -557,6 +580,7 @@ typedef struct kvx_boot_hello {
     uint64_t instance, fingerprint;
     int32_t tp_size, tp_rank, dp_size, dp_rank, pp_size, pp_rank, cp_size, cp_rank;
     uint32_t page_size, dtype_size, num_kv_heads, mla, num_buffers, num_aux;
+    uint32_t head_begin, layer_begin; /* version 3: where the rank's slice sits */
     const uint64_t *item_lens;     /* encode: native values */
     const uint64_t *aux_item_lens; /* encode: native values */
     const uint8_t *item_lens_le;   /* decode: num_buffers u64 LE, unaligned */
@@ -636,7 +660,7 @@ extern "C" {
 /* >>boot: frame codec ----------------------------------------------------- */
 
 #define KVX__BOOT_HDR 8
-#define KVX__BOOT_HELLO_FIXED 96
+#define KVX__BOOT_HELLO_FIXED 104
 #define KVX__BOOT_ROOM_FIXED 24
 #define KVX__BOOT_STATUS_FIXED 28
 #define KVX__BOOT_ABORT_FIXED 12
@@ -682,15 +706,15 @@ static kvx_result kvx__boot_decode_hello(const uint8_t *p, uint32_t n, kvx_boot_
     uint32_t el;
     uint16_t dl, tl;
     const uint8_t *q;
-    if (n < KVX__BOOT_HELLO_FIXED)
-        return kvx__boot_bad(why, wl, "hello of %u bytes is shorter than its %d fixed bytes", n,
-                             KVX__BOOT_HELLO_FIXED);
-    if (memcmp(p, KVX__BOOT_MAGIC, 8) != 0)
+    if (n < 10 || memcmp(p, KVX__BOOT_MAGIC, 8) != 0)
         return kvx__boot_bad(why, wl, "hello does not start with \"kvx-boot\" (not a kvx peer?)");
-    h->version = kvx__le_r16(p + 8);
+    h->version = kvx__le_r16(p + 8); /* before the length: older hellos are shorter */
     if (h->version != KVX_BOOT_PROTOCOL_VERSION)
         return kvx__boot_bad(why, wl, "peer speaks kvx boot protocol version %u, this side %d",
                              h->version, KVX_BOOT_PROTOCOL_VERSION);
+    if (n < KVX__BOOT_HELLO_FIXED)
+        return kvx__boot_bad(why, wl, "hello of %u bytes is shorter than its %d fixed bytes", n,
+                             KVX__BOOT_HELLO_FIXED);
     h->role = kvx__le_r16(p + 10);
     if (h->role != KVX_ROLE_PREFILL && h->role != KVX_ROLE_DECODE)
         return kvx__boot_bad(why, wl, "hello has role %u (1 prefill or 2 decode expected)", h->role);
@@ -712,6 +736,11 @@ static kvx_result kvx__boot_decode_hello(const uint8_t *p, uint32_t n, kvx_boot_
     dl = kvx__le_r16(p + 88);
     tl = kvx__le_r16(p + 90);
     el = kvx__le_r32(p + 92);
+    h->head_begin = kvx__le_r32(p + 96);
+    h->layer_begin = kvx__le_r32(p + 100);
+    if (h->head_begin > KVX_MAX_BUFFERS * 64u || h->layer_begin > KVX_MAX_BUFFERS * 64u)
+        return kvx__boot_bad(why, wl, "hello has head_begin %u, layer_begin %u (limit %u)",
+                             h->head_begin, h->layer_begin, KVX_MAX_BUFFERS * 64u);
     if (h->num_buffers > KVX_MAX_BUFFERS || h->num_aux > KVX_MAX_AUX)
         return kvx__boot_bad(why, wl, "hello declares %u KV and %u aux buffers (limits %d, %d)",
                              h->num_buffers, h->num_aux, KVX_MAX_BUFFERS, KVX_MAX_AUX);
@@ -934,6 +963,8 @@ static KVX__UNUSED kvx_result kvx__boot_frame_encode(const kvx_boot_frame *f, kv
         kvx__le_w16(b + 88, (uint16_t)h->dtype_len);
         kvx__le_w16(b + 90, (uint16_t)h->transport_len);
         kvx__le_w32(b + 92, h->endpoint_len);
+        kvx__le_w32(b + 96, h->head_begin);
+        kvx__le_w32(b + 100, h->layer_begin);
         kvx__buf_put(out, fixed, sizeof fixed);
         for (i = 0; i < h->num_buffers + h->num_aux; i++) {
             uint8_t v[8];
@@ -1187,6 +1218,14 @@ KVX_API int kvx_boot_query_int(const char *q, size_t len, const char *key, int32
 
 /* >>boot: state ------------------------------------------------------------ */
 
+/* A peer's layout shape, rebuilt from its hello (kvx_boot_peer.layout). */
+typedef struct kvx__boot_shape {
+    kvx_layout l;
+    kvx_buffer *bufs; /* num_buffers, item_len only; from the allocator */
+    kvx_aux_buffer aux[KVX_MAX_AUX + 1];
+    char dtype[64];
+} kvx__boot_shape;
+
 enum { KVX__BOOT_K_HTTP_LISTEN = 1, KVX__BOOT_K_CTRL_LISTEN, KVX__BOOT_K_HTTP, KVX__BOOT_K_CTRL };
 enum { KVX__BOOT_PF_IDLE = 0, KVX__BOOT_PF_RESOLVING, KVX__BOOT_PF_READY, KVX__BOOT_PF_DEAD };
 enum { KVX__BOOT_H_READING = 0, KVX__BOOT_H_WRITING, KVX__BOOT_H_DRAINING };
@@ -1230,6 +1269,7 @@ typedef struct kvx__boot_conn {
     char addr[64];
     char transport[32];
     uint8_t *endpoint;
+    kvx__boot_shape shape; /* info.layout */
     kvx_boot_peer info;
 } kvx__boot_conn;
 
@@ -1398,6 +1438,54 @@ static const kvx_allocator *kvx__boot_al(const kvx_boot *b) {
     return &kvx_engine_settings(b->engine)->allocator;
 }
 static void *kvx__boot_zalloc(const kvx_boot *b, size_t n) { return kvx__zalloc(kvx__boot_al(b), 1, n); }
+
+/* Rebuilds a peer's layout shape from its decoded hello (counts and string
+   lengths were checked by the decoder). 0, or -1 out of memory; s->bufs is
+   the caller's to free (kvx_engine_free) either way. */
+static int kvx__boot_shape_set(const kvx_boot *b, kvx__boot_shape *s, const kvx_boot_hello *h) {
+    uint32_t i;
+    kvx_engine_free(b->engine, s->bufs);
+    memset(s, 0, sizeof *s);
+    s->bufs = (kvx_buffer *)kvx__boot_zalloc(b, (h->num_buffers + 1) * sizeof *s->bufs);
+    if (!s->bufs) return -1;
+    memcpy(s->dtype, h->dtype, h->dtype_len);
+    for (i = 0; i < h->num_buffers; i++) s->bufs[i].item_len = kvx__le_r64(h->item_lens_le + 8u * i);
+    for (i = 0; i < h->num_aux; i++) s->aux[i].item_len = kvx__le_r64(h->aux_item_lens_le + 8u * i);
+    s->l.buffers = s->bufs; s->l.num_buffers = h->num_buffers;
+    s->l.aux = s->aux; s->l.num_aux = h->num_aux;
+    s->l.page_size = h->page_size; s->l.dtype_size = h->dtype_size;
+    s->l.num_kv_heads = h->num_kv_heads; s->l.mla = h->mla != 0; s->l.dtype = s->dtype;
+    s->l.head_begin = h->head_begin; s->l.layer_begin = h->layer_begin;
+    return 0;
+}
+
+/* Whether prefill layout pl (rank ptp_rank of ptp) and decode layout dl
+   (decode TP dtp) combine: kvx_layout_overlap is KVX_OK and pl supplies
+   some of dl's page bytes, or pl is an MLA dummy (kvx_mla_dummy); aux
+   buffers must agree. Else KVX_ERR_LAYOUT_MISMATCH and a sentence. */
+static kvx_result kvx__boot_combine(const kvx_layout *pl, int ptp, int ptp_rank, const kvx_layout *dl,
+                                    int dtp, char *why, size_t wl) {
+    uint64_t bpp = 0;
+    uint32_t i;
+    kvx_result r;
+    if (pl->num_aux != dl->num_aux)
+        return kvx__why(KVX_ERR_LAYOUT_MISMATCH, why, wl, "aux buffer count differs: prefill %u, "
+                        "decode %u", pl->num_aux, dl->num_aux);
+    for (i = 0; i < pl->num_aux; i++)
+        if (pl->aux[i].item_len != dl->aux[i].item_len)
+            return kvx__why(KVX_ERR_LAYOUT_MISMATCH, why, wl, "item_len of aux buffer %u differs: "
+                            "prefill %llu, decode %llu", i, (unsigned long long)pl->aux[i].item_len,
+                            (unsigned long long)dl->aux[i].item_len);
+    if ((r = kvx_layout_overlap(pl, dl, &bpp, NULL, why, wl)) != KVX_OK)
+        return r == KVX_ERR_INVALID_ARGUMENT ? KVX_ERR_LAYOUT_MISMATCH : r;
+    if (!bpp && !kvx_mla_dummy(pl->mla && dl->mla, ptp, ptp_rank, dtp))
+        return kvx__why(KVX_ERR_LAYOUT_MISMATCH, why, wl, "the prefill rank (heads %u..%u, layers "
+                        "from %u) shares no heads/layers with this decode rank (heads %u..%u, "
+                        "layers from %u)", pl->head_begin, pl->head_begin + pl->num_kv_heads,
+                        pl->layer_begin, dl->head_begin, dl->head_begin + dl->num_kv_heads,
+                        dl->layer_begin);
+    return KVX_OK;
+}
 static void *kvx__boot_grow(const kvx_boot *b, void *p, size_t used, size_t n) {
     return kvx__grow(kvx__boot_al(b), p, used, n);
 }
@@ -1623,6 +1711,7 @@ static void kvx__boot_conn_unref(kvx__boot_conn *c) {
     kvx_engine_free(c->boot->engine, c->out);
     kvx_engine_free(c->boot->engine, c->in);
     kvx_engine_free(c->boot->engine, c->endpoint);
+    kvx_engine_free(c->boot->engine, c->shape.bufs);
     kvx_engine_free(c->boot->engine, c);
 }
 
@@ -1837,6 +1926,8 @@ static int kvx__boot_conn_set_info(kvx__boot_conn *c, const kvx_boot_hello *h) {
     }
     i->endpoint = c->endpoint;
     i->endpoint_len = h->endpoint_len;
+    if (kvx__boot_shape_set(c->boot, &c->shape, h)) return -1;
+    i->layout = &c->shape.l;
     return 0;
 }
 
@@ -2799,19 +2890,21 @@ static void kvx__boot_on_abort_frame(kvx_boot *b, kvx__boot_conn *c, const kvx_b
 }
 
 /* The decode engine is in: log it and tell the transport. */
-static void kvx__boot_accepted(kvx_boot *b, kvx__boot_conn *c, uint64_t peer_fp) {
-    uint64_t fp = kvx_layout_fingerprint(kvx_engine_layout(b->engine));
+static void kvx__boot_accepted(kvx_boot *b, kvx__boot_conn *c) {
+    char why[KVX_ERROR_MAX];
+    kvx_result lr = kvx__boot_combine(kvx_engine_layout(b->engine), b->tp_size, b->tp_rank,
+                                      &c->shape.l, c->info.tp_size, why, sizeof why);
     c->hello_done = 1;
     c->auth_wait = 0;
     c->deadline_ns = 0;
     pthread_mutex_lock(&b->mu);
     kvx__boot_live_locked(b, c, 1);
     pthread_mutex_unlock(&b->mu);
-    if (peer_fp != fp)
+    if (lr != KVX_OK)
         kvx_engine_log(b->engine, KVX_LOG_WARN, "kvx.boot", 0,
-                       "decode %s has layout fingerprint %016llx, this prefill %016llx: it will "
-                       "refuse this connection", c->addr, (unsigned long long)peer_fp,
-                       (unsigned long long)fp);
+                       "decode %s (tp rank %d of %d) will refuse this connection: its KV layout "
+                       "does not combine with this prefill's: %s", c->addr, c->info.tp_rank,
+                       c->info.tp_size, why);
     else
         kvx_engine_log(b->engine, KVX_LOG_INFO, "kvx.boot", 0,
                        "decode %s connected (tp rank %d of %d, transport %s%s)", c->addr,
@@ -2866,7 +2959,7 @@ static int kvx__boot_on_hello(kvx_boot *b, kvx__boot_conn *c, const kvx_boot_fra
                        "prefill has none", c->addr);
         return kvx__boot_drop(b, c, "the decode engine has a key and this prefill has none");
     }
-    kvx__boot_accepted(b, c, f->hello.fingerprint);
+    kvx__boot_accepted(b, c);
     return 0;
 }
 
@@ -2881,7 +2974,7 @@ static int kvx__boot_on_auth(kvx_boot *b, kvx__boot_conn *c, const kvx_boot_fram
                        "prefill's key (KVX_AUTH_KEY differs)", c->addr);
         return kvx__boot_drop(b, c, "authentication failed: the decode engine's key differs");
     }
-    kvx__boot_accepted(b, c, c->info.fingerprint);
+    kvx__boot_accepted(b, c);
     return 0;
 }
 
@@ -3423,33 +3516,6 @@ static kvx_result kvx__boot_get(kvx_boot *b, const kvx__boot_pf *p, const char *
                          "tries)", p->host, p->port, err, KVX_BOOT_TRIES);
 }
 
-/* Names the first layout field that differs from a peer's hello. */
-static void kvx__boot_layout_diff(kvx_boot *b, const kvx_boot_hello *h, char *out, size_t n) {
-    const kvx_layout *ours = kvx_engine_layout(b->engine);
-    kvx_layout t;
-    kvx_buffer *bufs = (kvx_buffer *)kvx__boot_zalloc(b, (h->num_buffers + 1) * sizeof *bufs);
-    kvx_aux_buffer aux[KVX_MAX_AUX + 1]; /* the hello's num_aux was checked against it */
-    char dt[64];
-    uint32_t i;
-    if (!bufs) {
-        snprintf(out, n, "(out of memory comparing layouts)");
-        return;
-    }
-    memset(&t, 0, sizeof t);
-    memset(aux, 0, sizeof aux);
-    memcpy(dt, h->dtype, h->dtype_len);
-    dt[h->dtype_len] = 0;
-    for (i = 0; i < h->num_buffers; i++) bufs[i].item_len = kvx__le_r64(h->item_lens_le + 8u * i);
-    for (i = 0; i < h->num_aux; i++) aux[i].item_len = kvx__le_r64(h->aux_item_lens_le + 8u * i);
-    t.buffers = bufs; t.num_buffers = h->num_buffers;
-    t.aux = aux; t.num_aux = h->num_aux;
-    t.page_size = h->page_size; t.dtype_size = h->dtype_size; t.num_kv_heads = h->num_kv_heads;
-    t.mla = (int)h->mla; t.dtype = dt;
-    if (kvx_layout_compare(ours, &t, out, n) == KVX_OK)
-        snprintf(out, n, "every compared field agrees");
-    kvx_engine_free(b->engine, bufs);
-}
-
 /* Decode side of authentication, after the prefill's hello: both sides
    keyed, its proof over our nonce right, and our proof over its nonce sent
    (the auth frame, before any room frame). 0 ok, else why says which. */
@@ -3494,7 +3560,6 @@ static kvx_result kvx__boot_ctrl_connect(kvx_boot *b, kvx__boot_pf *p, const cha
     int attempt, e = 0;
     char err[300] = "";
     uint8_t nonce[KVX_BOOT_NONCE];
-    uint64_t fp = kvx_layout_fingerprint(kvx_engine_layout(b->engine));
     const char *tn = kvx_engine_transport(b->engine);
     *out = NULL;
     for (attempt = 0; attempt < KVX_BOOT_TRIES; attempt++) {
@@ -3503,7 +3568,7 @@ static kvx_result kvx__boot_ctrl_connect(kvx_boot *b, kvx__boot_pf *p, const cha
         kvx__buf in, kh;
         kvx_boot_frame f;
         size_t used = 0;
-        char ferr[200];
+        char ferr[200], diff[KVX_ERROR_MAX];
         kvx_result dr = KVX_OK, res = KVX_OK;
         kvx__boot_conn *c = NULL;
         if (attempt && kvx__boot_backoff(b, attempt - 1))
@@ -3565,18 +3630,18 @@ static kvx_result kvx__boot_ctrl_connect(kvx_boot *b, kvx__boot_pf *p, const cha
                          "decode engine '%s'", ip, port, p->addr, (int)f.hello.transport_len,
                          f.hello.transport, tn);
             res = KVX_ERR_LAYOUT_MISMATCH;
-        } else if (f.hello.fingerprint != fp) {
-            char diff[KVX_ERROR_MAX];
-            kvx__boot_layout_diff(b, &f.hello, diff, sizeof diff);
-            kvx__set_why(why, wl, "KV layout of prefill rank %s:%d (bootstrap %s) differs from this "
-                         "decode engine's: %s (fingerprints: ours %016llx, theirs %016llx)", ip,
-                         port, p->addr, diff, (unsigned long long)fp,
-                         (unsigned long long)f.hello.fingerprint);
-            res = KVX_ERR_LAYOUT_MISMATCH;
         } else if (!(c = kvx__boot_conn_new(b, KVX__BOOT_K_CTRL, fd)) ||
                    kvx__boot_conn_set_info(c, &f.hello)) {
             kvx__set_why(why, wl, "out of memory");
             res = KVX_ERR_NO_MEMORY;
+        } else if (kvx__boot_combine(&c->shape.l, f.hello.tp_size, f.hello.tp_rank,
+                                     kvx_engine_layout(b->engine), b->tp_size, diff,
+                                     sizeof diff) != KVX_OK) {
+            kvx__set_why(why, wl, "KV layout of prefill rank %s:%d (bootstrap %s, tp rank %d of "
+                         "%d, pp rank %d of %d) does not combine with this decode engine's: %s",
+                         ip, port, p->addr, f.hello.tp_rank, f.hello.tp_size, f.hello.pp_rank,
+                         f.hello.pp_size, diff);
+            res = KVX_ERR_LAYOUT_MISMATCH;
         }
         if (res != KVX_OK) {
             if (c) kvx__boot_conn_unref(c); /* closes fd */
@@ -4325,6 +4390,8 @@ static kvx_result kvx__boot_make_hello(kvx_boot *b, kvx__buf *out, const uint8_t
     f.hello.page_size = l->page_size;
     f.hello.dtype_size = l->dtype_size;
     f.hello.num_kv_heads = l->num_kv_heads;
+    f.hello.head_begin = l->head_begin;
+    f.hello.layer_begin = l->layer_begin;
     f.hello.mla = l->mla != 0;
     f.hello.num_buffers = l->num_buffers;
     f.hello.num_aux = l->num_aux;

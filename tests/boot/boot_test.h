@@ -118,6 +118,10 @@ typedef struct bt_engine_opts {
     int port;          /* prefill: 0 = ephemeral */
     const char *addr;  /* decode: default bootstrap address */
     int tp_size, tp_rank;
+    int pp_size, pp_rank, dp_size, dp_rank, cp_size, cp_rank; /* 0 = kvx's default */
+    const char *transport;     /* NULL = "bootfake" */
+    const kvx_layout *layout;  /* NULL = the pool's */
+    double bootstrap_timeout_s; /* 0 = kvx's default */
 } bt_engine_opts;
 
 static BT_UNUSED kvx_engine *bt_engine(kvx_role role, const bt_pool *p, const bt_engine_opts *o,
@@ -126,14 +130,20 @@ static BT_UNUSED kvx_engine *bt_engine(kvx_role role, const bt_pool *p, const bt
     kvx_engine *e = NULL;
     memset(&d, 0, sizeof d);
     d.role = role;
-    d.transport = "bootfake";
-    d.layout = p->layout;
+    d.transport = o && o->transport ? o->transport : "bootfake";
+    d.layout = o && o->layout ? *o->layout : p->layout;
     d.logger.func = bt_log;
     d.logger.level = getenv("KVX_TEST_VERBOSE") ? KVX_LOG_DEBUG : KVX_LOG_WARN;
     d.boot.host = "127.0.0.1";
     d.boot.port = o && o->port ? o->port : -1;
     d.boot.tp_size = o ? o->tp_size : 0;
     d.boot.tp_rank = o ? o->tp_rank : 0;
+    if (o) {
+        d.boot.pp_size = o->pp_size; d.boot.pp_rank = o->pp_rank;
+        d.boot.dp_size = o->dp_size; d.boot.dp_rank = o->dp_rank;
+        d.boot.cp_size = o->cp_size; d.boot.cp_rank = o->cp_rank;
+        d.bootstrap_timeout_s = o->bootstrap_timeout_s;
+    }
     d.bootstrap_addr = o ? o->addr : NULL;
     d.poll_interval_us = 2000;
     kvx_boot_register();

@@ -150,6 +150,7 @@ static void test_frames(void) {
     f.hello.tp_size = 4; f.hello.tp_rank = 3; f.hello.dp_size = 1; f.hello.pp_size = 1; f.hello.cp_size = 1;
     f.hello.page_size = 16; f.hello.dtype_size = 2; f.hello.num_kv_heads = 8;
     f.hello.num_buffers = 2; f.hello.num_aux = 1;
+    f.hello.head_begin = 24; f.hello.layer_begin = 31; /* version 3 */
     f.hello.item_lens = items; f.hello.aux_item_lens = items + 2;
     f.hello.dtype = "bfloat16"; f.hello.dtype_len = 8;
     f.hello.transport = "tcp"; f.hello.transport_len = 3;
@@ -162,21 +163,38 @@ static void test_frames(void) {
               g.hello.dtype_len == 8 && !memcmp(g.hello.dtype, "bfloat16", 8) &&
               g.hello.transport_len == 3 && g.hello.endpoint_len == sizeof ep - 1 &&
               !memcmp(g.hello.endpoint, ep, sizeof ep - 1) &&
-              kvx__le_r64(g.hello.item_lens_le + 8) == 4096 && kvx__le_r64(g.hello.aux_item_lens_le) == 64,
-          "frame: hello fields survive");
-    CHECK(b.len == 8 + 96 + 8 * 3 + 8 + 3 + sizeof ep - 1, "frame: hello size is 8 + 96 + 8*(nb+na) + strings");
+              kvx__le_r64(g.hello.item_lens_le + 8) == 4096 && kvx__le_r64(g.hello.aux_item_lens_le) == 64 &&
+              g.hello.head_begin == 24 && g.hello.layer_begin == 31 &&
+              kvx__le_r32((uint8_t *)b.data + 8 + 96) == 24 && kvx__le_r32((uint8_t *)b.data + 8 + 100) == 31,
+          "frame: hello fields survive (head_begin at 96, layer_begin at 100)");
+    CHECK(b.len == 8 + 104 + 8 * 3 + 8 + 3 + sizeof ep - 1, "frame: hello size is 8 + 104 + 8*(nb+na) + strings");
     /* hello refusals */
     memcpy(&b2, &b, sizeof b2);
     b.data[8] = 'X';
     CHECK(dec(&b, &g, &used, why) == KVX_ERR_PROTOCOL && strstr(why, "kvx-boot"), "frame: bad magic: %s", why);
     b.data[8] = 'k';
     b.data[16] = 1;
-    CHECK(dec(&b, &g, &used, why) == KVX_ERR_PROTOCOL && strstr(why, "version 1, this side 2"),
+    CHECK(dec(&b, &g, &used, why) == KVX_ERR_PROTOCOL && strstr(why, "version 1, this side 3"),
           "frame: a version-1 peer (no transport messages) is refused: %s", why);
     b.data[16] = 2;
+    CHECK(dec(&b, &g, &used, why) == KVX_ERR_PROTOCOL && strstr(why, "version 2, this side 3"),
+          "frame: a version-2 peer (no head/layer range) is refused: %s", why);
+    {   /* a version-2 hello is 8 bytes shorter: still the version sentence */
+        uint8_t v2[8 + 96];
+        memcpy(v2, b.data, sizeof v2);
+        kvx__le_w32(v2, 96);
+        CHECK(kvx_boot_frame_decode(v2, sizeof v2, &g, &used, why, sizeof why) == KVX_ERR_PROTOCOL &&
+                  strstr(why, "version 2, this side 3"),
+              "frame: a short version-2 hello names both versions: %s", why);
+    }
+    b.data[16] = 3;
     b.data[18] = 3;
     CHECK(dec(&b, &g, &used, why) == KVX_ERR_PROTOCOL && strstr(why, "role 3"), "frame: role 3: %s", why);
     b.data[18] = 2;
+    kvx__le_w32((uint8_t *)b.data + 8 + 100, KVX_MAX_BUFFERS * 64u + 1);
+    CHECK(dec(&b, &g, &used, why) == KVX_ERR_PROTOCOL && strstr(why, "layer_begin"),
+          "frame: layer_begin over its limit: %s", why);
+    kvx__le_w32((uint8_t *)b.data + 8 + 100, 31);
     kvx__le_w32((uint8_t *)b.data + 8 + 80, KVX_MAX_BUFFERS + 1);
     CHECK(dec(&b, &g, &used, why) == KVX_ERR_PROTOCOL && strstr(why, "buffers"), "frame: too many buffers: %s", why);
     kvx__le_w32((uint8_t *)b.data + 8 + 80, 2);
@@ -288,7 +306,7 @@ static void test_frames(void) {
         dec(&b, &g, &used, why);
         CHECK(g.hello.flags == KVX_BOOT_HELLO_AUTH && g.hello.nonce && g.hello.proof &&
                   !memcmp(g.hello.nonce, nonce, KVX_BOOT_NONCE) &&
-                  !memcmp(g.hello.proof, proof, KVX_BOOT_PROOF) && b.len == 8 + 96 + 3 + 16 + 32,
+                  !memcmp(g.hello.proof, proof, KVX_BOOT_PROOF) && b.len == 8 + 104 + 3 + 16 + 32,
               "frame: keyed prefill hello carries nonce and proof");
         kvx__le_w32((uint8_t *)b.data + 8 + 12, 2);
         CHECK(dec(&b, &g, &used, why) == KVX_ERR_PROTOCOL && strstr(why, "flags"), "frame: hello flag 2: %s", why);
@@ -300,7 +318,7 @@ static void test_frames(void) {
         f.hello.proof = NULL;
         roundtrip(&f, "keyed decode hello", &b);
         dec(&b, &g, &used, why);
-        CHECK(g.hello.nonce && !g.hello.proof && b.len == 8 + 96 + 3 + 16, "frame: keyed decode hello carries its nonce");
+        CHECK(g.hello.nonce && !g.hello.proof && b.len == 8 + 104 + 3 + 16, "frame: keyed decode hello carries its nonce");
         kvx__buf_free(&b);
     }
 

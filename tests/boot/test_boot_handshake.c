@@ -193,8 +193,8 @@ static void expect_refusal(uint32_t ps, const char *dtype, uint64_t item, const 
 static void test_refusals(void) {
     expect_refusal(32, "bfloat16", 128, "page size mismatch", "page_size 16", "engine 32", NULL);
     expect_refusal(16, "float16", 128, "dtype mismatch", "'bfloat16'", "'float16'", NULL);
-    expect_refusal(16, "bfloat16", 256, "layout mismatch", "item_len of KV buffer 0 differs",
-                   "fingerprints", "ours 256, theirs 128");
+    expect_refusal(16, "bfloat16", 256, "layout mismatch", "does not combine",
+                   "item_len differs", "source 128, destination 256");
 }
 
 static void test_unreachable(void) {

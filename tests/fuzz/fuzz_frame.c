@@ -32,7 +32,8 @@ static void reencode(const kvx_boot_frame *f, const uint8_t *bytes, size_t used)
         const kvx_boot_hello *h = &f->hello;
         if (h->num_buffers > KVX_MAX_BUFFERS || h->num_aux > KVX_MAX_AUX || h->dtype_len > 63 ||
             h->transport_len > 31 || h->endpoint_len > KVX_BOOT_MAX_ENDPOINT ||
-            h->version != KVX_BOOT_PROTOCOL_VERSION)
+            h->version != KVX_BOOT_PROTOCOL_VERSION || h->head_begin > KVX_MAX_BUFFERS * 64u ||
+            h->layer_begin > KVX_MAX_BUFFERS * 64u)
             __builtin_trap();
         items = (uint64_t *)malloc((h->num_buffers + h->num_aux + 1) * sizeof *items);
         if (!items) { free(pages); return; }
@@ -133,6 +134,8 @@ static void structured(const uint8_t *data, size_t size) {
         }
         f.hello.num_buffers = 3;
         f.hello.num_aux = 1;
+        f.hello.head_begin = size > 5 ? data[5] : 0; /* version 3: the rank's slice */
+        f.hello.layer_begin = size > 6 ? data[6] : 0;
         f.hello.item_lens = items;
         f.hello.aux_item_lens = items + 3;
         f.hello.dtype = "bfloat16";
