@@ -326,12 +326,12 @@ typedef struct kvx_span {
     uint32_t kind; /* KVX_SPAN_PAGES or KVX_SPAN_AUX */
     uint64_t src_offset;
     uint64_t dst_offset;
-    uint64_t length;    /* bytes moved by the span (all rows) */
-    uint64_t row_len;   /* 0, or bytes of one row of a strided span */
-    uint64_t src_pitch; /* strided: bytes between row starts at the source */
-    uint64_t dst_pitch; /* strided: bytes between row starts at the destination */
+    uint64_t length;     /* bytes moved by the span (all rows) */
     uint32_t dst_buffer; /* the destination's buffer: equal to buffer unless the two
                             sides hold different layer ranges (pipeline parallelism) */
+    uint32_t row_len;    /* 0, or bytes of one row of a strided span */
+    uint32_t src_pitch;  /* strided: bytes between row starts at the source */
+    uint32_t dst_pitch;  /* strided: bytes between row starts at the destination */
 } kvx_span;
 
 /* A growable list of spans. Zero-initialise; reuse across calls (the
@@ -2499,6 +2499,11 @@ static kvx_result kvx__geo_of(const kvx_layout *s, const kvx_layout *d, uint32_t
         return kvx__why(KVX_ERR_LAYOUT_MISMATCH, why, wl,
                         "layer %u: bytes per head per token differ: source %llu, destination %llu",
                         layer, (unsigned long long)shb, (unsigned long long)dhb);
+    if (si / s->page_size > UINT32_MAX || di / d->page_size > UINT32_MAX)
+        return kvx__why(KVX_ERR_LAYOUT_MISMATCH, why, wl, "layer %u: a token row of %llu or %llu "
+                        "bytes is beyond a strided span's 4 GiB pitch", layer,
+                        (unsigned long long)(si / s->page_size),
+                        (unsigned long long)(di / d->page_size));
     o0 = s->head_begin > d->head_begin ? s->head_begin : d->head_begin;
     o1 = (uint64_t)s->head_begin + s->num_kv_heads;
     if ((uint64_t)d->head_begin + d->num_kv_heads < o1) o1 = (uint64_t)d->head_begin + d->num_kv_heads;
@@ -2608,9 +2613,9 @@ static kvx_result kvx__plan_sliced(kvx_plan *p, const kvx_layout *src, const int
             s->src_offset = (sp ? (uint64_t)sp[i] * si : packed + (uint64_t)i * si) + g.soff;
             s->dst_offset = (uint64_t)dp[i] * di + g.doff;
             if (g.row) {
-                s->row_len = g.row;
-                s->src_pitch = g.sp;
-                s->dst_pitch = g.dp;
+                s->row_len = (uint32_t)g.row;
+                s->src_pitch = (uint32_t)g.sp;
+                s->dst_pitch = (uint32_t)g.dp;
                 s->length = (uint64_t)(j - i) * src->page_size * g.row;
                 p->strided++;
             } else {

@@ -33,14 +33,15 @@ int main(int argc, char **argv) {
     uint64_t bytes = 0, t0, report_at;
     FILE *times = NULL;
     if (ex_parse(&a, argc, argv)) return 2;
-    if (ex_pool_init(&pool, ex_model_find(a.model), a.pool_pages, a.page_size, 2 * a.inflight + 2,
-                     a.seed * 31 + 2)) {
+    if (ex_pool_init_rank(&pool, ex_model_find(a.model), a.pool_pages, a.page_size, 2 * a.inflight + 2,
+                     a.seed * 31 + 2, &a.rank)) {
         fprintf(stderr, "decode: out of memory for a pool of %u pages\n", a.pool_pages);
         return 1;
     }
     reqs = (ex_request *)calloc(a.requests, sizeof *reqs);
     fl = (inflight *)calloc(a.inflight, sizeof *fl);
     ex_requests(reqs, a.requests, a.seed, a.min_tokens, a.max_tokens, a.page_size);
+    a.requests = ex_requests_dp(reqs, a.requests, a.dp, a.dp_rank);
     if (a.gpu) {
         if (ex_gpu_init(&gpu, &pool, why, sizeof why)) {
             fprintf(stderr, "decode: %s\n", why);
@@ -49,6 +50,7 @@ int main(int argc, char **argv) {
         g = &gpu;
     }
     kvx_file_register();
+    kvx_boot_register();
     kvx_tcp_register();
     kvx_rdma_register();
     kvx_cuda_register();
@@ -59,6 +61,12 @@ int main(int argc, char **argv) {
     d.layout = pool.layout;
     d.file.dir = a.dir;
     d.bootstrap_addr = a.bootstrap;
+    d.boot.tp_size = (int)a.rank.tp;
+    d.boot.tp_rank = (int)a.rank.tp_rank;
+    d.boot.pp_size = (int)a.rank.pp;
+    d.boot.pp_rank = (int)a.rank.pp_rank;
+    d.boot.dp_size = (int)a.dp;
+    d.boot.dp_rank = (int)a.dp_rank;
     if (kvx_engine_create(&d, &e, why, sizeof why) != KVX_OK) {
         fprintf(stderr, "decode: cannot create the engine: %s\n", why);
         return 1;

@@ -1,4 +1,4 @@
-/* kvx_demo - runs kvx_prefill and kvx_decode as two processes moving a
+/* kvx_demo - runs kvx_prefill and kvx_decode processes (one per rank) moving a
    realistic KV cache through the file transport, then prints a summary:
    requests, bytes, GB/s, p50/p99 request latency (prefill's first send to
    decode's verified Success, both on CLOCK_MONOTONIC).
@@ -13,7 +13,14 @@
      --handshake   also run kvx_boot's bootstrap handshake: the prefill serves
                    SGLang's bootstrap API on a free loopback port, the decode
                    side connects to it; status and aborts go over its control
-                   channel while the bytes still go through the files   */
+                   channel while the bytes still go through the files
+     --prefill-tp N --decode-tp N --prefill-pp N --decode-pp N --dp N
+                   the topology (default all 1): one process per rank, each
+                   holding its rank's heads and layers (SGLang's split); a
+                   DP rank serves the rooms with room % dp == its rank; each
+                   decode rank verifies every head of every token it holds,
+                   and a room counts once every decode rank of its DP group
+                   verified it. --model deepseek-v3 is the MLA shape   */
 #define _GNU_SOURCE
 #include <stdio.h>
 #include <stdlib.h>
@@ -52,17 +59,30 @@ static char *sibling(const char *argv0, const char *name) {
 
 static char boot_addr[64];
 
-static pid_t spawn(char *prog, int argc, char **argv, const char *times, const char *dir) {
-    char **av = (char **)calloc((size_t)argc + 10, sizeof *av);
+/* Demo-only options (the topology), not passed on to the rank processes. */
+static int demo_only(const char *k) {
+    return !strcmp(k, "--prefill-tp") || !strcmp(k, "--decode-tp") || !strcmp(k, "--prefill-pp") ||
+           !strcmp(k, "--decode-pp") || !strcmp(k, "--dp");
+}
+
+/* Starts one rank: the user's options, minus the demo's own, plus this
+   rank's placement (extra: NULL-terminated list of option, value pairs). */
+static pid_t spawn(char *prog, int argc, char **argv, const char *times, const char *dir,
+                   char **extra) {
+    char **av = (char **)calloc((size_t)argc + 40, sizeof *av);
     int i, k = 0;
     pid_t pid;
     av[k++] = prog;
-    for (i = 1; i < argc; i++)
-        if (strcmp(argv[i], "--handshake")) av[k++] = argv[i];
+    for (i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--handshake")) continue;
+        if (demo_only(argv[i])) { i++; continue; }
+        av[k++] = argv[i];
+    }
     if (boot_addr[0]) { av[k++] = (char *)"--bootstrap"; av[k++] = boot_addr; }
     av[k++] = (char *)"--times";
     av[k++] = (char *)times;
     if (dir) { av[k++] = (char *)"--dir"; av[k++] = (char *)dir; }
+    for (i = 0; extra && extra[i]; i++) av[k++] = extra[i];
     av[k] = NULL;
     pid = fork();
     if (pid == 0) {
@@ -81,22 +101,92 @@ static int cmp_u64(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
+/* The topology: sizes of each instance. */
+typedef struct topo { unsigned ptp, dtp, ppp, dpp, dp; } topo;
+
+/* Spawns every rank of one side; times files are "<base>.<index>". */
+static int spawn_side(pid_t *pids, char *prog, int argc, char **argv, const char *base,
+                      const char *dir, const topo *t, int prefill) {
+    unsigned tp = prefill ? t->ptp : t->dtp, pp = prefill ? t->ppp : t->dpp, x, r, q, n = 0;
+    for (x = 0; x < t->dp; x++)
+        for (q = 0; q < pp; q++)
+            for (r = 0; r < tp; r++) {
+                char v[8][16], times[300];
+                char *extra[20];
+                int k = 0;
+                snprintf(v[0], 16, "%u", tp); snprintf(v[1], 16, "%u", r);
+                snprintf(v[2], 16, "%u", pp); snprintf(v[3], 16, "%u", q);
+                snprintf(v[4], 16, "%u", t->dp); snprintf(v[5], 16, "%u", x);
+                snprintf(v[6], 16, "%u", t->ptp); snprintf(v[7], 16, "%u", t->ppp);
+                extra[k++] = (char *)"--tp"; extra[k++] = v[0];
+                extra[k++] = (char *)"--tp-rank"; extra[k++] = v[1];
+                extra[k++] = (char *)"--pp"; extra[k++] = v[2];
+                extra[k++] = (char *)"--pp-rank"; extra[k++] = v[3];
+                extra[k++] = (char *)"--dp"; extra[k++] = v[4];
+                extra[k++] = (char *)"--dp-rank"; extra[k++] = v[5];
+                if (!prefill) {
+                    extra[k++] = (char *)"--prefill-tp"; extra[k++] = v[6];
+                    extra[k++] = (char *)"--prefill-pp"; extra[k++] = v[7];
+                }
+                if (n) { extra[k++] = (char *)"--quiet"; }
+                extra[k] = NULL;
+                snprintf(times, sizeof times, "%s.%u", base, n);
+                pids[n] = spawn(prog, argc, argv, times, dir, extra);
+                n++;
+            }
+    return (int)n;
+}
+
+/* Reads every rank's times file of one side and removes it. */
+static rec *read_side(const char *base, int n, int decode, size_t *count) {
+    rec *v = NULL;
+    int i;
+    *count = 0;
+    for (i = 0; i < n; i++) {
+        char path[300];
+        FILE *f;
+        rec r;
+        memset(&r, 0, sizeof r);
+        snprintf(path, sizeof path, "%s.%d", base, i);
+        if (!(f = fopen(path, "r"))) continue;
+        while (decode ? fscanf(f, "%llu %llu %llu %u", &r.room, &r.t, &r.bytes, &r.tokens) == 4
+                      : fscanf(f, "%llu %llu", &r.room, &r.t) == 2) {
+            v = (rec *)realloc(v, (*count + 1) * sizeof *v);
+            v[(*count)++] = r;
+        }
+        fclose(f);
+        unlink(path);
+    }
+    return v;
+}
+
 int main(int argc, char **argv) {
     char ptimes[256], dtimes[256], dir[256], *dprog, *pprog;
     const char *user_dir = NULL, *transport = "file";
-    int want_boot = 0, user_boot = 0, gpu = 0;
+    int want_boot = 0, user_boot = 0, gpu = 0, np_ranks, nd_ranks, ok = 1, per_room;
     rec *p = NULL, *d = NULL;
-    size_t np = 0, nd = 0, i, j;
+    size_t np = 0, nd = 0, i, j, rooms = 0;
     uint64_t *lat, first = UINT64_MAX, last = 0, bytes = 0;
-    int st_p, st_d, k;
-    pid_t dp, pp;
-    FILE *f;
+    pid_t pids[2][512];
+    topo t = {1, 1, 1, 1, 1};
+    int k;
     for (k = 1; k < argc; k++) {
+        unsigned v = k + 1 < argc ? (unsigned)strtoul(argv[k + 1], NULL, 10) : 0;
         if (k + 1 < argc && !strcmp(argv[k], "--dir")) user_dir = argv[k + 1];
         if (k + 1 < argc && !strcmp(argv[k], "--transport")) transport = argv[k + 1];
         if (!strcmp(argv[k], "--bootstrap")) user_boot = 1;
         if (!strcmp(argv[k], "--handshake")) want_boot = 1;
         if (!strcmp(argv[k], "--gpu")) gpu = 1;
+        if (!strcmp(argv[k], "--prefill-tp")) t.ptp = v;
+        if (!strcmp(argv[k], "--decode-tp")) t.dtp = v;
+        if (!strcmp(argv[k], "--prefill-pp")) t.ppp = v;
+        if (!strcmp(argv[k], "--decode-pp")) t.dpp = v;
+        if (!strcmp(argv[k], "--dp")) t.dp = v;
+    }
+    if (!t.ptp || !t.dtp || !t.ppp || !t.dpp || !t.dp ||
+        (unsigned long)t.dp * (t.ptp * t.ppp > t.dtp * t.dpp ? t.ptp * t.ppp : t.dtp * t.dpp) > 512) {
+        fprintf(stderr, "kvx demo: topology sizes must be >= 1 and at most 512 ranks a side\n");
+        return 2;
     }
     if (!strcmp(transport, "cuda")) gpu = 1;
     /* every transport but file and fake needs the handshake */
@@ -106,63 +196,70 @@ int main(int argc, char **argv) {
     snprintf(ptimes, sizeof ptimes, "/tmp/kvx_demo_%d.prefill", (int)getpid());
     snprintf(dtimes, sizeof dtimes, "/tmp/kvx_demo_%d.decode", (int)getpid());
     snprintf(dir, sizeof dir, "/tmp/kvx_demo_%d", (int)getpid());
-    if (!strcmp(transport, "file"))
-        printf("kvx demo: prefill and decode processes, KV cache through the file transport in "
-               "%s%s%s%s\n", user_dir ? user_dir : dir, boot_addr[0] ? ", bootstrap handshake at " : "",
-               boot_addr, gpu ? ", pools on GPU 0" : "");
-    else
-        printf("kvx demo: prefill and decode processes, KV cache through the %s transport%s%s%s\n",
-               transport, boot_addr[0] ? ", bootstrap at " : "", boot_addr,
-               gpu ? ", pools on GPU 0" : "");
+    printf("kvx demo: prefill and decode processes, KV cache through the %s transport%s%s%s%s%s\n",
+           transport, !strcmp(transport, "file") ? " in " : "",
+           !strcmp(transport, "file") ? (user_dir ? user_dir : dir) : "",
+           boot_addr[0] ? ", bootstrap at " : "", boot_addr, gpu ? ", pools on GPU 0" : "");
+    if (t.ptp * t.dtp * t.ppp * t.dpp * t.dp > 1)
+        printf("kvx demo: prefill TP %u PP %u, decode TP %u PP %u, DP %u: %u + %u rank processes\n",
+               t.ptp, t.ppp, t.dtp, t.dpp, t.dp, t.dp * t.ptp * t.ppp, t.dp * t.dtp * t.dpp);
     fflush(stdout);
     dprog = sibling(argv[0], "kvx_decode");
     pprog = sibling(argv[0], "kvx_prefill");
-    dp = spawn(dprog, argc, argv, dtimes, user_dir ? NULL : dir);
-    pp = spawn(pprog, argc, argv, ptimes, user_dir ? NULL : dir);
-    waitpid(pp, &st_p, 0);
-    waitpid(dp, &st_d, 0);
+    nd_ranks = spawn_side(pids[1], dprog, argc, argv, dtimes, user_dir ? NULL : dir, &t, 0);
+    np_ranks = spawn_side(pids[0], pprog, argc, argv, ptimes, user_dir ? NULL : dir, &t, 1);
+    for (k = 0; k < np_ranks + nd_ranks; k++) {
+        int st;
+        pid_t pid = k < np_ranks ? pids[0][k] : pids[1][k - np_ranks];
+        waitpid(pid, &st, 0);
+        if (!WIFEXITED(st) || WEXITSTATUS(st)) {
+            fprintf(stderr, "kvx demo: %s rank process %d: status %d\n",
+                    k < np_ranks ? "prefill" : "decode", k < np_ranks ? k : k - np_ranks, st);
+            ok = 0;
+        }
+    }
     free(dprog);
     free(pprog);
     if (!user_dir) rmdir(dir);
-    if (!WIFEXITED(st_p) || WEXITSTATUS(st_p) || !WIFEXITED(st_d) || WEXITSTATUS(st_d)) {
-        fprintf(stderr, "kvx demo: FAILED (prefill status %d, decode status %d)\n", st_p, st_d);
+    p = read_side(ptimes, np_ranks, 0, &np);
+    d = read_side(dtimes, nd_ranks, 1, &nd);
+    if (!ok) {
+        fprintf(stderr, "kvx demo: FAILED\n");
         return 1;
     }
-    if ((f = fopen(ptimes, "r"))) {
-        rec r;
-        while (fscanf(f, "%llu %llu", &r.room, &r.t) == 2) {
-            p = (rec *)realloc(p, (np + 1) * sizeof *p);
-            p[np++] = r;
-        }
-        fclose(f);
-    }
-    if ((f = fopen(dtimes, "r"))) {
-        rec r;
-        while (fscanf(f, "%llu %llu %llu %u", &r.room, &r.t, &r.bytes, &r.tokens) == 4) {
-            d = (rec *)realloc(d, (nd + 1) * sizeof *d);
-            d[nd++] = r;
-        }
-        fclose(f);
-    }
-    unlink(ptimes);
-    unlink(dtimes);
+    /* a room is done when every decode rank of its DP group verified its part */
+    per_room = (int)(t.dtp * t.dpp);
     lat = (uint64_t *)calloc(nd + 1, sizeof *lat);
     for (i = 0; i < nd; i++) {
-        for (j = 0; j < np && p[j].room != d[i].room; j++) {}
-        if (j == np) { fprintf(stderr, "kvx demo: room %llu has no prefill record\n", d[i].room); return 1; }
-        lat[i] = d[i].t - p[j].t;
-        if (p[j].t < first) first = p[j].t;
-        if (d[i].t > last) last = d[i].t;
-        bytes += d[i].bytes;
+        uint64_t pt = UINT64_MAX, dt = 0;
+        int seen = 0;
+        for (j = 0; j < i && d[j].room != d[i].room; j++) {}
+        if (j < i) continue; /* counted with its first record */
+        for (j = i; j < nd; j++)
+            if (d[j].room == d[i].room) {
+                seen++;
+                if (d[j].t > dt) dt = d[j].t;
+                bytes += d[j].bytes;
+            }
+        for (j = 0; j < np; j++)
+            if (p[j].room == d[i].room && p[j].t < pt) pt = p[j].t;
+        if (pt == UINT64_MAX || seen != per_room) {
+            fprintf(stderr, "kvx demo: room %llu: %d of %d decode ranks verified it, %s prefill "
+                            "record\n", d[i].room, seen, per_room, pt == UINT64_MAX ? "no" : "a");
+            return 1;
+        }
+        lat[rooms++] = dt - pt;
+        if (pt < first) first = pt;
+        if (dt > last) last = dt;
     }
-    qsort(lat, nd, sizeof *lat, cmp_u64);
-    printf("\n  %-28s %12zu\n", "requests (all verified)", nd);
+    qsort(lat, rooms, sizeof *lat, cmp_u64);
+    printf("\n  %-28s %12zu\n", "requests (all verified)", rooms);
     printf("  %-28s %12.2f GiB\n", "KV bytes moved", (double)bytes / (1u << 30));
     printf("  %-28s %12.2f s\n", "wall time", (double)(last - first) / 1e9);
     printf("  %-28s %12.2f GB/s\n", "throughput", (double)bytes / (double)(last - first));
-    printf("  %-28s %12.1f ms\n", "request latency p50", nd ? (double)lat[nd / 2] / 1e6 : 0.0);
+    printf("  %-28s %12.1f ms\n", "request latency p50", rooms ? (double)lat[rooms / 2] / 1e6 : 0.0);
     printf("  %-28s %12.1f ms\n", "request latency p99",
-           nd ? (double)lat[(nd * 99) / 100 < nd ? (nd * 99) / 100 : nd - 1] / 1e6 : 0.0);
+           rooms ? (double)lat[(rooms * 99) / 100 < rooms ? (rooms * 99) / 100 : rooms - 1] / 1e6 : 0.0);
     printf("\nkvx demo: OK\n");
     free(p); free(d); free(lat);
     return 0;

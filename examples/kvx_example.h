@@ -400,6 +400,15 @@ static EX_UNUSED void ex_requests(ex_request *r, uint32_t n, uint64_t seed, uint
     }
 }
 
+/* Keeps the requests whose room this DP rank serves (room % dp == dp_rank,
+   SGLang's follow_bootstrap_room); returns how many are left at the front. */
+static EX_UNUSED uint32_t ex_requests_dp(ex_request *r, uint32_t n, uint32_t dp, uint32_t dp_rank) {
+    uint32_t i, k = 0;
+    for (i = 0; i < n; i++)
+        if (r[i].room % dp == dp_rank) r[k++] = r[i];
+    return k;
+}
+
 /* ---- command line ---------------------------------------------------------- */
 
 typedef struct ex_args {
@@ -407,6 +416,9 @@ typedef struct ex_args {
     uint32_t requests, min_tokens, max_tokens, chunk_tokens, page_size, pool_pages, inflight;
     uint64_t seed;
     int quiet, gpu;
+    ex_rank rank;            /* this process: --tp --tp-rank --pp --pp-rank */
+    uint32_t dp, dp_rank;    /* --dp --dp-rank: this process serves rooms with room % dp == dp_rank */
+    uint32_t prefill_tp, prefill_pp; /* decode: the prefill instance's sizes (0 = ours) */
 } ex_args;
 
 static EX_UNUSED void ex_usage(const char *prog) {
@@ -415,8 +427,12 @@ static EX_UNUSED void ex_usage(const char *prog) {
             "          [--transport file|tcp|cuda|fake] [--gpu] [--dir DIR] [--bootstrap HOST:PORT]\n"
             "          [--requests N] [--min-tokens N] [--max-tokens N] [--chunk-tokens N]\n"
             "          [--page-size N] [--pool-pages N] [--inflight N] [--seed N] [--times FILE]\n"
-            "          [--quiet]\n"
-            "  --gpu   the KV pool on GPU 0 (implied by --transport cuda)\n",
+            "          [--quiet] [--tp N --tp-rank R] [--pp N --pp-rank R] [--dp N --dp-rank R]\n"
+            "          [--prefill-tp N --prefill-pp N]\n"
+            "  --gpu   the KV pool on GPU 0 (implied by --transport cuda)\n"
+            "  --tp/--pp/--dp place this process in its instance (sizes 1, ranks 0); the pool\n"
+            "          holds that rank's heads and layers; --prefill-tp/--prefill-pp tell a\n"
+            "          decode rank the prefill instance's sizes (default: its own)\n",
             prog);
 }
 
@@ -426,6 +442,7 @@ static EX_UNUSED int ex_parse(ex_args *a, int argc, char **argv) {
     a->bootstrap = NULL;
     a->requests = 64; a->min_tokens = 16; a->max_tokens = 2048; a->chunk_tokens = 512;
     a->page_size = 16; a->pool_pages = 0; a->inflight = 4; a->seed = 1; a->quiet = 0; a->gpu = 0;
+    a->rank = ex_rank_all; a->dp = 1; a->dp_rank = 0; a->prefill_tp = 0; a->prefill_pp = 0;
     for (i = 1; i < argc; i++) {
         const char *k = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         unsigned long long n = v ? strtoull(v, NULL, 10) : 0;
@@ -446,6 +463,14 @@ static EX_UNUSED int ex_parse(ex_args *a, int argc, char **argv) {
         else if (!strcmp(k, "--pool-pages")) a->pool_pages = (uint32_t)n;
         else if (!strcmp(k, "--inflight")) a->inflight = (uint32_t)n;
         else if (!strcmp(k, "--seed")) a->seed = n;
+        else if (!strcmp(k, "--tp")) a->rank.tp = (uint32_t)n;
+        else if (!strcmp(k, "--tp-rank")) a->rank.tp_rank = (uint32_t)n;
+        else if (!strcmp(k, "--pp")) a->rank.pp = (uint32_t)n;
+        else if (!strcmp(k, "--pp-rank")) a->rank.pp_rank = (uint32_t)n;
+        else if (!strcmp(k, "--dp")) a->dp = (uint32_t)n;
+        else if (!strcmp(k, "--dp-rank")) a->dp_rank = (uint32_t)n;
+        else if (!strcmp(k, "--prefill-tp")) a->prefill_tp = (uint32_t)n;
+        else if (!strcmp(k, "--prefill-pp")) a->prefill_pp = (uint32_t)n;
         else { ex_usage(argv[0]); return -1; }
     }
     if (!strcmp(a->transport, "cuda")) a->gpu = 1; /* GPU to GPU needs the pool on the GPU */
@@ -457,6 +482,11 @@ static EX_UNUSED int ex_parse(ex_args *a, int argc, char **argv) {
         !a->chunk_tokens || a->chunk_tokens % a->page_size) {
         fprintf(stderr, "bad sizes: need page-size > 0, 0 < min-tokens <= max-tokens, "
                         "inflight > 0, chunk-tokens a multiple of page-size\n");
+        return -1;
+    }
+    if (!a->rank.tp || a->rank.tp_rank >= a->rank.tp || !a->rank.pp || a->rank.pp_rank >= a->rank.pp ||
+        !a->dp || a->dp_rank >= a->dp) {
+        fprintf(stderr, "bad ranks: need --tp/--pp/--dp >= 1 and each rank below its size\n");
         return -1;
     }
     if (!a->pool_pages) /* room for every request in flight, plus slack */
