@@ -605,6 +605,8 @@ struct kvx__tcp_conn {
     char who[128];     /* "prefill 10.0.0.1:41234 (tp rank 1 of 4, pp rank 0 of 1)" */
     uint64_t instance; /* prefill instance from the HELLO */
     kvx__tcp_room *cur; /* room whose payload is being read, under te->mu */
+    pthread_mutex_t wmu; /* writes (ACK, ERROR): another connection's thread may ACK here */
+    int acking;          /* under te->mu: threads writing an ACK here (not reaped meanwhile) */
     uint8_t *descs;
     struct iovec *iov;
     kvx_tcp_segment *segs;
@@ -633,7 +635,8 @@ struct kvx__tcp_room {
     kvx_aux_buffer daux[KVX_MAX_AUX];
     uint64_t dbytes;      /* destination: page bytes it takes from us (0: nothing) */
     int dsends_aux;       /* destination: we are the contributor of its aux rows */
-    int acked;            /* destination: done (ACK, or nothing to send); parent x.mu */
+    int acked;            /* destination: done (ACK, or nothing to send); atomic, set under
+                             the parent's x.mu */
     uint64_t ack_bytes;
     kvx__tcp_link *link;
     int32_t *dst_pages;
@@ -1037,8 +1040,8 @@ static void kvx__tcp_link_kill(kvx__tcp_link *lk, const char *fmt, ...) {
     kvx__wake(lk->wake[1]);
     for (tr = lk->rooms; tr; tr = tr->lnext) cap++;
     rs = cap ? (kvx_room **)kvx_engine_alloc(e, cap * sizeof *rs) : NULL; /* NULL: they time out */
-    for (tr = lk->rooms; rs && tr; tr = tr->lnext) {
-        if (kvx__room_terminal(tr->x.room)) continue;
+    for (tr = lk->rooms; rs && tr; tr = tr->lnext) { /* a destination that acknowledged is done */
+        if (kvx__room_terminal(tr->x.room) || KVX__LOAD(&tr->acked)) continue;
         kvx_room_ref(tr->x.room);
         rs[n++] = tr->x.room;
     }
@@ -1094,7 +1097,7 @@ static void kvx__tcp_link_lost(kvx__tcp_link *lk, const char *fmt, ...) {
 static int kvx__tcp_awaiting_ack(kvx__tcp_link *lk) {
     kvx__tcp_room *tr;
     for (tr = lk->rooms; tr; tr = tr->lnext)
-        if (tr->last_queued && !kvx__room_terminal(tr->x.room)) return 1;
+        if (tr->last_queued && !kvx__room_terminal(tr->x.room) && !KVX__LOAD(&tr->acked)) return 1;
     return 0;
 }
 
@@ -1567,52 +1570,30 @@ static kvx_result kvx__tcp_parse_endpoint(const kvx_boot_peer *peer, char *host,
 
 static uint64_t kvx__tcp_huge(uint64_t item);
 
-/* A destination's layout: the decode rank's shape (item_len only, lengths
-   that hold any page index: the decode side checks its pages itself).
-   Derived from our own layout and the decode rank's tp / pp rank with
-   SGLang's split of heads and layers (heads: tp <= heads gives heads / tp
-   consecutive heads per rank, more ranks than heads replicate one head;
-   layers: pp_rank * layers / pp .. (pp_rank + 1) * layers / pp). */
+/* A destination's layout: the decode rank's shape from its hello
+   (peer->layout: item_len only), with lengths that hold any page index
+   (the decode side checks its pages itself). */
 static kvx_result kvx__tcp_dest_shape(kvx__tcp_engine *te, const kvx_boot_peer *peer,
                                       kvx__tcp_room *d, char *why, size_t wl) {
-    const kvx_layout *l = kvx_engine_layout(te->engine);
-    uint64_t hb, item;
-    uint32_t heads, layers, own_layers = l->mla ? l->num_buffers : l->num_buffers / 2;
-    uint32_t dtp = peer->tp_size > 0 ? (uint32_t)peer->tp_size : 1, drank = (uint32_t)peer->tp_rank;
-    uint32_t dpp = peer->pp_size > 0 ? (uint32_t)peer->pp_size : 1, dpr = (uint32_t)peer->pp_rank;
-    uint32_t hbeg = 0, lbeg, nb, i;
-    uint64_t model_heads = l->num_kv_heads, model_layers = own_layers;
-    if (!l->mla && te->rank[1] > 1 && l->num_kv_heads > 1) model_heads *= te->rank[1];
-    if (!l->mla && te->rank[1] > 1 && l->num_kv_heads == 1) /* replicated: tp >= heads */
-        model_heads = te->rank[1];
-    if (te->rank[3] > 1) model_layers = (uint64_t)own_layers * te->rank[3];
-    heads = l->mla ? 1 : (uint32_t)(dtp <= model_heads ? model_heads / dtp : 1);
-    if (!l->mla)
-        hbeg = dtp <= model_heads ? drank * heads : (uint32_t)((uint64_t)drank * model_heads / dtp);
-    lbeg = (uint32_t)((uint64_t)dpr * model_layers / dpp);
-    layers = (uint32_t)((uint64_t)(dpr + 1) * model_layers / dpp) - lbeg;
-    nb = l->mla ? layers : 2 * layers;
-    hb = l->buffers[0].item_len / l->page_size / (l->mla ? 1 : l->num_kv_heads);
-    if (!heads || !nb || drank >= dtp || dpr >= dpp || nb > KVX_MAX_BUFFERS ||
-        (!l->mla && dtp <= model_heads && model_heads % dtp))
-        return kvx__why(KVX_ERR_LAYOUT_MISMATCH, why, wl, "decode %s (tp rank %d of %d, pp rank "
-                        "%d of %d) cannot hold a slice of this model's %llu KV heads and %llu "
-                        "layers", peer->addr, peer->tp_rank, peer->tp_size, peer->pp_rank,
-                        peer->pp_size, (unsigned long long)model_heads,
-                        (unsigned long long)model_layers);
-    item = hb * heads * l->page_size;
-    d->dbufs = (kvx_buffer *)kvx__zalloc(te->al, nb, sizeof *d->dbufs);
+    const kvx_layout *pl = peer->layout;
+    uint32_t i;
+    if (!pl || !pl->num_buffers || !pl->buffers || pl->num_aux > KVX_MAX_AUX)
+        return kvx__why(KVX_ERR_PROTOCOL, why, wl, "decode %s sent no usable layout in its hello",
+                        peer->addr);
+    d->dbufs = (kvx_buffer *)kvx__zalloc(te->al, pl->num_buffers, sizeof *d->dbufs);
     if (!d->dbufs) return kvx__why(KVX_ERR_NO_MEMORY, why, wl, "out of memory");
-    for (i = 0; i < nb; i++) {
-        d->dbufs[i].item_len = item;
-        d->dbufs[i].length = kvx__tcp_huge(item);
+    for (i = 0; i < pl->num_buffers; i++) {
+        d->dbufs[i].item_len = pl->buffers[i].item_len;
+        d->dbufs[i].length = kvx__tcp_huge(pl->buffers[i].item_len);
     }
-    d->dlayout = te->peer_layout; /* page size, dtype, MLA, aux */
+    for (i = 0; i < pl->num_aux; i++) {
+        d->daux[i].item_len = pl->aux[i].item_len;
+        d->daux[i].length = kvx__tcp_huge(pl->aux[i].item_len);
+    }
+    d->dlayout = *pl;
+    d->dlayout.dtype = kvx_engine_layout(te->engine)->dtype; /* checked equal by boot; ours lives */
     d->dlayout.buffers = d->dbufs;
-    d->dlayout.num_buffers = nb;
-    d->dlayout.num_kv_heads = l->mla ? l->num_kv_heads : heads;
-    d->dlayout.head_begin = hbeg;
-    d->dlayout.layer_begin = lbeg;
+    d->dlayout.aux = d->daux;
     return KVX_OK;
 }
 
@@ -1647,7 +1628,7 @@ static kvx_result kvx__tcp_on_room(kvx_boot *b, kvx_room *r, const kvx_boot_peer
     d->x.dst_aux = aux;
     d->aux_index = -1;
     if ((res = kvx__tcp_dest_shape(te, peer, d, why, sizeof why)) != KVX_OK ||
-        (res = kvx_layout_overlap(l, &d->dlayout, &d->dbytes, &d->dsends_aux, why, sizeof why))) {
+        (res = kvx_layout_overlap(l, peer->layout, &d->dbytes, &d->dsends_aux, why, sizeof why))) {
         kvx__tcp_dest_free(e, d);
         kvx_room_fail(r, res, "decode %s: %s", peer->addr, why);
         return res;
@@ -1754,7 +1735,7 @@ static kvx_result kvx__tcp_sender_init(kvx_room *r, uint32_t n, int32_t aux) {
             }
         }
         /* a destination with nothing to move from us is done now */
-        d->acked = !d->link || (!d->ndst && !d->aux_job);
+        KVX__STORE(&d->acked, !d->link || (!d->ndst && !d->aux_job));
     }
     tr->x.src_aux = aux;
     return KVX_OK;
@@ -1770,8 +1751,8 @@ static void kvx__tcp_dest_done(kvx__tcp_room *d, uint64_t bytes) {
     int all = 1;
     pthread_mutex_lock(&tr->x.mu);
     if (!d->acked) {
-        d->acked = 1;
         d->ack_bytes = bytes;
+        KVX__STORE(&d->acked, 1);
     }
     for (k = 0; k < tr->ndsts; k++) {
         all &= tr->dsts[k]->acked;
@@ -2160,7 +2141,9 @@ static void kvx__tcp_send_error(kvx__tcp_conn *c, uint64_t room, kvx_result res,
     v[0].iov_len = sizeof h;
     v[1].iov_base = (void *)reason;
     v[1].iov_len = rl;
+    pthread_mutex_lock(&c->wmu);
     kvx__tcp_io(c->fd, v, rl ? 2 : 1, 1, 0, NULL);
+    pthread_mutex_unlock(&c->wmu);
 }
 
 /* Refuses a frame: the room (when there is one) fails and hears why, the
@@ -2272,13 +2255,28 @@ static int kvx__tcp_read_payload(kvx__tcp_conn *c, kvx__tcp_room *tr, uint32_t n
     return 0;
 }
 
-/* The room's last byte is in place: aux rows into the slot, Success, ACK. */
+/* Writes the ACK of tr on connection c. 0 or an errno. */
+static int kvx__tcp_send_ack(kvx__tcp_conn *c, kvx__tcp_room *tr) {
+    uint8_t ack[KVX_TCP_HEADER_BYTES + KVX__TCP_ACK_BODY];
+    int err;
+    kvx__tcp_hdr(ack, KVX_TCP_ACK, 0, tr->x.id, KVX__TCP_ACK_BODY);
+    kvx__le_w64(ack + 32, tr->expected);
+    kvx__le_w64(ack + 40, 0);
+    pthread_mutex_lock(&c->wmu);
+    err = kvx__tcp_io1(c->fd, ack, sizeof ack, 1, 0);
+    pthread_mutex_unlock(&c->wmu);
+    return err;
+}
+
+/* The room's last byte is in place: aux rows into the slot, Success, then
+   an ACK to every prefill rank that contributed (on c for its own, on a
+   live connection of each other one). */
 static int kvx__tcp_recv_finish(kvx__tcp_conn *c, kvx__tcp_room *tr) {
     kvx__tcp_engine *te = c->te;
     const kvx_layout *l = kvx_engine_layout(te->engine);
-    uint8_t ack[KVX_TCP_HEADER_BYTES + KVX__TCP_ACK_BODY];
-    uint32_t i;
-    int err;
+    kvx__tcp_conn *to[KVX__TCP_SRCS], *x;
+    uint32_t i, n = 0;
+    int err, rc = 0;
     for (i = 0; tr->aux_stage && i < tr->aux_plan.count; i++) {
         const kvx_span *row = &tr->aux_plan.spans[i];
         memcpy(kvx_span_addr(l, row, 1), tr->aux_stage + row->src_offset, (size_t)row->length);
@@ -2289,17 +2287,33 @@ static int kvx__tcp_recv_finish(kvx__tcp_conn *c, kvx__tcp_room *tr) {
        process exits). A room that failed first sends no ACK. */
     kvx_room_succeed(tr->x.room, tr->expected);
     if (kvx_room_poll(tr->x.room) != KVX_POLL_SUCCESS) return 0;
-    kvx__tcp_hdr(ack, KVX_TCP_ACK, 0, tr->x.id, KVX__TCP_ACK_BODY);
-    kvx__le_w64(ack + 32, tr->expected);
-    kvx__le_w64(ack + 40, 0);
-    err = kvx__tcp_io1(c->fd, ack, sizeof ack, 1, 0);
-    if (err) {
-        kvx_engine_log(te->engine, KVX_LOG_WARN, "kvx.tcp", tr->x.id,
-                       "cannot send ACK to %s: %s (its sender fails, this room has "
-                       "every byte)", c->who, kvx__tcp_errstr(err));
-        return -1;
+    pthread_mutex_lock(&te->mu);
+    for (i = 0; i < tr->nsrcs; i++) {
+        if (tr->srcs[i] == c->instance) {
+            to[n++] = c;
+            continue;
+        }
+        for (x = te->conns; x; x = x->next)
+            if (x->instance == tr->srcs[i] && !x->done && !x->pending) break;
+        if (x) {
+            x->acking++;
+            to[n++] = x;
+        }
     }
-    return 0;
+    pthread_mutex_unlock(&te->mu);
+    for (i = 0; i < n; i++) {
+        if ((err = kvx__tcp_send_ack(to[i], tr)) == 0) continue;
+        kvx_engine_log(te->engine, KVX_LOG_WARN, "kvx.tcp", tr->x.id,
+                       "cannot send ACK to %s: %s (its sender fails, this room has every byte)",
+                       to[i]->who, kvx__tcp_errstr(err));
+        if (to[i] == c) rc = -1;
+    }
+    pthread_mutex_lock(&te->mu);
+    for (i = 0; i < n; i++)
+        if (to[i] != c) to[i]->acking--;
+    pthread_mutex_unlock(&te->mu);
+    KVX__STORE(&te->conns_done, 1); /* a connection kept for its ACK may be reaped now */
+    return rc;
 }
 
 /* One DATA frame whose header was read. 0: go on; -1: close the connection. */
@@ -2568,6 +2582,7 @@ static void *kvx__tcp_conn_main(void *arg) {
 static void kvx__tcp_conn_free(kvx__tcp_engine *te, kvx__tcp_conn *c) {
     kvx_engine *e = te->engine;
     if (c->fd >= 0) close(c->fd);
+    pthread_mutex_destroy(&c->wmu);
     kvx_engine_free(e, c->descs);
     kvx_engine_free(e, c->iov);
     kvx_engine_free(e, c->segs);
@@ -2579,14 +2594,14 @@ static void kvx__tcp_conn_free(kvx__tcp_engine *te, kvx__tcp_conn *c) {
 
 /* Joins finished connection threads (all: every one, shutting them down). */
 static void kvx__tcp_reap_conns(kvx__tcp_engine *te, int all) {
-    kvx__tcp_conn *ready = NULL, **pp;
+    kvx__tcp_conn *ready = NULL, **pp, *c;
     if (!all && !KVX__LOAD(&te->conns_done)) return;
     KVX__STORE(&te->conns_done, 0);
     pthread_mutex_lock(&te->mu);
     for (pp = &te->conns; *pp;) {
-        kvx__tcp_conn *c = *pp;
+        c = *pp;
         if (all && !c->done) shutdown(c->fd, SHUT_RDWR);
-        if (all || c->done) {
+        if (all || (c->done && !c->acking)) {
             *pp = c->next;
             c->next = ready;
             ready = c;
@@ -2596,10 +2611,10 @@ static void kvx__tcp_reap_conns(kvx__tcp_engine *te, int all) {
         }
     }
     pthread_mutex_unlock(&te->mu);
-    while (ready) {
-        kvx__tcp_conn *c = ready;
+    for (c = ready; c; c = c->next) pthread_join(c->th, NULL); /* then free: a thread may */
+    while (ready) {                                            /* ACK on another's conn */
+        c = ready;
         ready = c->next;
-        pthread_join(c->th, NULL);
         kvx__tcp_conn_free(te, c);
     }
 }
@@ -2611,6 +2626,7 @@ static kvx__tcp_conn *kvx__tcp_conn_new(kvx__tcp_engine *te, int fd, const struc
     c->te = te;
     c->fd = fd;
     c->pending = 1;
+    pthread_mutex_init(&c->wmu, NULL);
     c->since_ns = kvx_now_ns();
     kvx__sa_str(sa, c->addr, sizeof c->addr);
     snprintf(c->who, sizeof c->who, "prefill %s", c->addr);
@@ -2916,26 +2932,32 @@ static kvx_result kvx__tcp_room_open(kvx_room *r) {
     return kvx_boot_room_open(te->boot, r);
 }
 
-/* kvx_boot: the decode's control connection dropped. A sender whose last
-   chunk was queued keeps waiting on its data link, which brings the ACK
-   (Success), reports its own loss, or hits the ACK deadline: a decode
+/* kvx_boot: a decode's control connection dropped. A sender whose last
+   chunk was queued keeps waiting on its data links, which bring the ACK
+   (Success), report their own loss, or hit the ACK deadline: a decode
    destroyed right after its Success closes the control connection, and
    that may be seen before the ACK waiting in a data socket, even before
-   the stream thread that sent the last frame has marked it sent. */
+   the stream thread that sent the last frame has marked it sent. With
+   several destinations (the hook does not say which decode left), a room
+   one of whose decode ranks already acknowledged keeps going too: a decode
+   rank that is done leaves normally; one that died takes its data link
+   with it (link_kill fails the room), one whose control connection alone
+   dropped sends no ACK (the ACK deadline ends it). */
 static int kvx__tcp_on_peer_lost(kvx_boot *b, kvx_room *r, const char *reason) {
     kvx__tcp_room *tr = kvx__tcp_tr(r);
-    int keep = 0;
+    int keep = 1, any_acked = 0;
     uint32_t k;
     (void)b; (void)reason;
     if (!tr) return 0;
     pthread_mutex_lock(&tr->x.mu);
-    for (k = 0; !tr->gone && k < tr->ndsts; k++) { /* every destination's last byte left */
+    if (tr->gone || !tr->ndsts) keep = 0;
+    for (k = 0; k < tr->ndsts; k++) any_acked |= KVX__LOAD(&tr->dsts[k]->acked);
+    for (k = 0; keep && k < tr->ndsts; k++) {
         kvx__tcp_room *d = tr->dsts[k];
-        if (!d->link) continue;
+        if (KVX__LOAD(&d->acked) || !d->link) continue;
         pthread_mutex_lock(&d->link->mu);
-        keep = d->last_queued && !d->link->dead;
+        keep = !d->link->dead && (d->last_queued || any_acked);
         pthread_mutex_unlock(&d->link->mu);
-        if (!keep) break;
     }
     pthread_mutex_unlock(&tr->x.mu);
     return keep;

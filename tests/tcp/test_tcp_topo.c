@@ -64,6 +64,19 @@ static double wait_int(int *p, int want, double timeout) {
     return __atomic_load_n(p, __ATOMIC_ACQUIRE) >= want;
 }
 
+/* Waits for a sender to leave BOOTSTRAPPING (ready 1) or to end; gives up
+   early once every decode rank finished (a failed topology ends fast). */
+static kvx_poll wait_sender(kvx_sender *s, const topo *t, int ready, double timeout) {
+    double end = tt_now() + timeout;
+    for (;;) {
+        kvx_poll ps = kvx_sender_poll(s);
+        if (ready ? ps != KVX_POLL_BOOTSTRAPPING : tt_terminal(ps)) return ps;
+        if (tt_now() > end || __atomic_load_n(&sh->decode_done, __ATOMIC_ACQUIRE) >= t->dtp * t->dpp)
+            return ps;
+        tt_sleep(0.001);
+    }
+}
+
 static kvx_engine *rank_engine(kvx_role role, ex_pool *p, int tp, int rank, int pp, int prank,
                                const char *addr, int port, char *why, size_t wl) {
     kvx_engine_desc d;
@@ -125,7 +138,7 @@ static int prefill_main(const topo *t, int tp_rank, int pp_rank) {
     __atomic_add_fetch(&sh->prefill_up, 1, __ATOMIC_ACQ_REL);
     for (i = 0; i < NREQ; i++) {
         uint32_t n = room_pages(i), k;
-        if (!tt_wait_ready_s(s[i], 30)) continue;
+        if (wait_sender(s[i], t, 1, 30) != KVX_POLL_WAITING_FOR_INPUT) continue;
         kvx_sender_init(s[i], n, i);
         for (k = 0; k < n; k += 2) {
             kvx_sender_send(s[i], pages[i] + k, n - k < 2 ? n - k : 2);
@@ -139,7 +152,7 @@ static int prefill_main(const topo *t, int tp_rank, int pp_rank) {
     }
     end = tt_now() + 60;
     for (i = 0; i < NREQ; i++) {
-        tt_wait_s(s[i], end - tt_now());
+        wait_sender(s[i], t, 0, end - tt_now());
         if (kvx_sender_poll(s[i]) == KVX_POLL_SUCCESS) {
             sh->pre[tp_rank][pp_rank].ok++;
         } else {
@@ -246,6 +259,7 @@ static void run(const topo *t) {
         for (q = 0; q < t->dpp; q++) waitpid(dec[a][q], &st, 0);
     for (a = 0; a < t->ptp; a++)
         for (q = 0; q < t->ppp; q++) waitpid(pre[a][q], &st, 0);
+    t0 = tt_now() - t0;
     for (a = 0; a < t->ptp; a++)
         for (q = 0; q < t->ppp; q++) {
             sent += sh->pre[a][q].bytes;
@@ -285,7 +299,7 @@ static void run(const topo *t) {
               want_tcp, want_ctrl, err);
     }
     printf("  %s: %llu bytes sent in all, %.2f s\n", t->name, (unsigned long long)sent,
-           tt_now() - t0);
+           t0);
 }
 
 int main(int argc, char **argv) {
