@@ -12,6 +12,10 @@
      rows into another slot or into a room without a slot, lengths that do
      not add up, a length meant to overflow: the room fails with a sentence
      saying which, ERROR, the connection closes
+   - head slices (ROWS segments): rows that are not whole heads, past the
+     row, not whole pages of rows, the same head twice (also under a whole
+     page), with the AUX flag, outside the room: refused with a sentence; a
+     room delivered as head slices by hand: Success, every head in place
    - a frame cut in the middle and the connection reset: that room fails
    - a correct transfer by hand: Success, every byte, and an ACK with the
      byte count; the same from tests/tcp/tcp_frames.py (Python)
@@ -53,6 +57,14 @@ static void seg(uint8_t *b, uint32_t buffer, uint32_t flags, uint64_t off, uint6
     w64(b + 8, off);
     w64(b + 16, len);
     w64(b + 24, 0); /* row_len: whole pages */
+}
+
+/* A head slice: length / row_len rows of row_len bytes from dst_offset at
+   the receiver's row pitch (WIRE FORMAT, ROWS). */
+static void segr(uint8_t *b, uint32_t buffer, uint32_t flags, uint64_t off, uint64_t len,
+                 uint64_t row_len) {
+    seg(b, buffer, flags | KVX_TCP_SEG_ROWS, off, len);
+    w64(b + 24, row_len);
 }
 
 static int send_all(int fd, const void *p, size_t n) {
@@ -213,6 +225,19 @@ static void test_refused(void) {
     CHECK(wait_closed(fd, 5, err, sizeof err, NULL), "wrong fingerprint: closed");
     CHECK_STR(err, "layout fingerprint");
     close(fd);
+    fd = raw_connect(); /* a wire version 2 peer (32-byte segments need 3) */
+    {
+        uint8_t b[96];
+        memset(b, 0, sizeof b);
+        hdr(b, 1, 0, 0, 64);
+        b[4] = 2;
+        memcpy(b + 32, ep.token, 16);
+        w64(b + 56, fingerprint);
+        send_all(fd, b, sizeof b);
+    }
+    CHECK(wait_closed(fd, 5, err, sizeof err, NULL), "wire version 2: closed");
+    CHECK_STR(err, "protocol version 2, this side speaks 3");
+    close(fd);
     fd = raw_connect();
     memset(junk, 'G', sizeof junk);
     send_all(fd, junk, sizeof junk);
@@ -281,6 +306,76 @@ static void test_bad_segments(void) {
 }
 
 /* A frame cut in the middle, then a reset: the room fails, naming the peer. */
+#define HB 128u   /* bytes of one head in one token row (tiny: 64 x 2 bytes) */
+#define PITCH 256u /* bytes of a token row: 2 heads */
+
+static uint8_t rows_byte(uint32_t b, uint32_t h, uint32_t row, uint32_t j) {
+    return (uint8_t)(b * 7 + h * 31 + row * 3 + j);
+}
+
+/* A room delivered as head slices (each buffer's head 1, then head 0, of
+   pages 0..3 as one ROWS segment of 64 rows), then the refusals. */
+static void test_rows(void) {
+    int32_t pages[4];
+    uint8_t d[2 * KVX_TCP_SEGMENT_BYTES], h[32];
+    uint8_t *payload = (uint8_t *)malloc((size_t)64 * HB);
+    kvx_receiver *r = room_ready(800, 0, -1, pages);
+    uint32_t b, hd, k, j, t, bad = 0;
+    int fd = good_conn();
+    for (hd = 2; hd-- > 0;)
+        for (b = 0; b < NB; b++) {
+            for (k = 0; k < 64; k++)
+                for (j = 0; j < HB; j++) payload[k * HB + j] = rows_byte(b, hd, k, j);
+            segr(d, b, 0, hd * HB, (uint64_t)64 * HB, HB);
+            hdr(h, 2, 1, 800, KVX_TCP_SEGMENT_BYTES + (uint64_t)64 * HB);
+            send_all(fd, h, 32);
+            send_all(fd, d, KVX_TCP_SEGMENT_BYTES);
+            send_all(fd, payload, (size_t)64 * HB);
+        }
+    CHECK(tt_wait_r(r, 10) == KVX_POLL_SUCCESS, "a room sent as head slices: Success (%s)",
+          kvx_receiver_error(r));
+    for (b = 0; b < NB; b++)
+        for (t = 0; t < 64; t++)
+            for (hd = 0; hd < 2; hd++)
+                for (j = 0; j < HB; j++)
+                    bad += ((uint8_t *)dpool.bufs[b].base)[(size_t)t * PITCH + hd * HB + j] !=
+                           rows_byte(b, hd, t, j);
+    CHECK(bad == 0, "every head of every token row where the slices said (%u bytes wrong)", bad);
+    kvx_receiver_destroy(r);
+    close(fd);
+    free(payload);
+    r = room_ready(801, 4, -1, pages);
+    segr(d, 0, 0, (uint64_t)4 * ITEM, 100 * 16, 100);
+    bad_frame("rows not whole heads", 801, d, 1, 100 * 16, r, "not whole heads");
+    kvx_receiver_destroy(r);
+    r = room_ready(802, 8, -1, pages);
+    segr(d, 0, 0, (uint64_t)8 * ITEM + HB, PITCH * 16, PITCH);
+    bad_frame("head slice past the row", 802, d, 1, PITCH * 16, r, "not whole heads");
+    kvx_receiver_destroy(r);
+    r = room_ready(803, 12, -1, pages);
+    segr(d, 0, 0, (uint64_t)12 * ITEM, HB * 8, HB);
+    bad_frame("rows not whole pages", 803, d, 1, HB * 8, r, "whole pages of 16 rows");
+    kvx_receiver_destroy(r);
+    r = room_ready(804, 16, -1, pages);
+    segr(d, 3, 0, (uint64_t)16 * ITEM + HB, HB * 16, HB);
+    segr(d + KVX_TCP_SEGMENT_BYTES, 3, 0, (uint64_t)16 * ITEM + HB, HB * 16, HB);
+    bad_frame("the same head twice", 804, d, 2, 2 * HB * 16, r, "head 1 of page 16 of KV buffer 3 arrived twice");
+    kvx_receiver_destroy(r);
+    r = room_ready(805, 20, -1, pages);
+    segr(d, 1, 0, (uint64_t)20 * ITEM, HB * 16, HB);
+    seg(d + KVX_TCP_SEGMENT_BYTES, 1, 0, (uint64_t)20 * ITEM, ITEM);
+    bad_frame("a head, then its whole page", 805, d, 2, HB * 16 + ITEM, r, "head 0 of page 20 of KV buffer 1 arrived twice");
+    kvx_receiver_destroy(r);
+    r = room_ready(806, 24, 2, pages);
+    segr(d, 0, KVX_TCP_SEG_AUX, 2 * 64, 64, 64);
+    bad_frame("aux rows as a head slice", 806, d, 1, 64, r, "unknown flags");
+    kvx_receiver_destroy(r);
+    r = room_ready(807, 28, -1, pages);
+    segr(d, 0, 0, (uint64_t)50 * ITEM, HB * 16, HB);
+    bad_frame("head slice outside the room", 807, d, 1, HB * 16, r, "not one of the 4 pages");
+    kvx_receiver_destroy(r);
+}
+
 static void test_cut(void) {
     uint8_t h[32], d[KVX_TCP_SEGMENT_BYTES], body[ITEM];
     int32_t pages[4];
@@ -484,6 +579,7 @@ int main(int argc, char **argv) {
     canary = canary_copy();
     test_refused();
     test_bad_segments();
+    test_rows();
     test_cut();
     test_by_hand();
     test_python_peer();
