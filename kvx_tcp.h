@@ -22,17 +22,29 @@
      names it in desc.bootstrap_addr or kvx_room_desc.bootstrap_addr.
 
    DATA PATH
-     Prefill: kvx__tcp_sender_send plans the chunk (kvx_plan_pages: its
-     layout and pages, the decode layout and the chunk's destination pages)
-     and queues the plan on the link; each stream thread
-     (kvx__tcp_stream_main) cuts a frame from the queue (kvx__tcp_carve) and
-     sends it with one sendmsg, an iovec per span, straight from the pool
-     pages (kvx__tcp_send_frame, kvx__tcp_io; GPU pools through a pinned
-     stage and desc.mem.copy). Decode: the data listener is announced (host,
-     port, 16-byte random token) in the endpoint of its kvx_boot hello;
-     kvx__tcp_on_data checks a DATA frame's segments, kvx__tcp_read_payload
-     reads the payload with recvmsg straight into the destination pages
-     (kvx__tcp_io), and kvx__tcp_recv_finish acknowledges a complete room.
+     Prefill: a room has one destination per decode rank that serves it
+     (kvx_boot calls on_room once per decode rank: several when decode TP >
+     prefill TP). kvx__tcp_sender_send plans the chunk once per destination
+     (kvx_plan_pages: its layout and pages, that decode rank's layout from
+     its hello, peer->layout, and its destination pages; head slices become
+     strided spans) and queues each plan on that destination's link; each
+     stream thread (kvx__tcp_stream_main) cuts a frame from the queue
+     (kvx__tcp_carve) and sends it with sendmsg, an iovec per span straight
+     from the pool pages (kvx__tcp_send_frame, kvx__tcp_io; at most
+     KVX__TCP_IOV = 1024 per call), the rows of a head slice gathered into a
+     per-stream buffer first (kvx_span_copy) unless they lie back to back;
+     GPU pools through a pinned stage and desc.mem.copy (head slices out of
+     GPU pools are refused: see LIMITS). A destination that takes nothing
+     from this rank (kvx_layout_overlap says 0 bytes, or an MLA dummy,
+     kvx_mla_dummy) gets no link and no byte. Decode: the data listener is
+     announced (host, port, 16-byte random token) in the endpoint of its
+     kvx_boot hello; kvx__tcp_on_data checks a DATA frame's segments,
+     kvx__tcp_read_payload reads the payload with recvmsg straight into the
+     destination pages (kvx__tcp_io; the rows of a head slice that are not
+     back to back here through a per-connection buffer grown to the frame's
+     slices, then kvx_span_copy: bench_tcp measured it faster than an iovec
+     per row), and kvx__tcp_recv_finish acknowledges a complete room to
+     every prefill rank that sent it data.
 
    EXAMPLE (two hosts; error handling shortened)
        // given: kvx_layout pool_layout; const int32_t *pages; uint32_t n, k;
@@ -119,10 +131,15 @@
      peer stalled in the middle of that room's frame gets its connection
      shut down after one second).
 
-   WIRE FORMAT (version 2; every integer little-endian)
-     Version 2 (kvx 0.1 after issue 10) over version 1: a 16-byte token,
-     HELLO flags and nonce, the AUTH and PROOF frames. The two do not
-     interoperate: each side names the other's version in its refusal.
+   WIRE FORMAT (version 3; every integer little-endian)
+     Version 3 (issue 13) over version 2: DATA segment descriptors of 32
+     bytes with the ROWS form (head slices), HELLO carries the prefill's tp
+     and pp rank and a shape fingerprint (kvx_tcp_shape_fingerprint) instead
+     of the layout fingerprint. Version 2 (issue 10) over version 1: a
+     16-byte token, HELLO flags and nonce, the AUTH and PROOF frames. No two
+     versions interoperate: each side names both versions in its refusal
+     ("protocol version 2, this side speaks 3"; the endpoint's version the
+     same way).
      Data connections go from prefill to decode. Each frame is a 32-byte
      header and a body:
         0 u32 magic 0x5458564B ("KVXT")   4 u8 version (2)   5 u8 type
@@ -132,10 +149,16 @@
        24 u32 flags (0)   28 u32 reserved (0)
      HELLO (1, prefill -> decode, first frame of a connection; body 64)
         0 u8[16] token (from the decode endpoint)  16 u64 prefill instance
-       24 u64 layout fingerprint  32 u16 stream index  34 u16 streams
+       24 u64 shape fingerprint (kvx_tcp_shape_fingerprint: what ranks of
+              any head or layer range share; must equal the decode's)
+       32 u16 stream index  34 u16 streams
        36 u32 flags (bit 0 AUTH: the prefill holds a key and will prove it;
               it must be set exactly when the decode engine has a key)
-       40 u8[16] nonce_p (fresh random with AUTH, else 0)  56 u64 reserved
+       40 u8[16] nonce_p (fresh random with AUTH, else 0)
+       56 u16 tp rank  58 u16 tp size  60 u16 pp rank  62 u16 pp size (of
+              the prefill engine, desc.boot; sizes 0: not given. Only for
+              the decode's sentences: "prefill 10.0.0.1:41234 (tp rank 1 of
+              4, pp rank 0 of 1)")
      AUTH (5, decode -> prefill, keyed engines, answers HELLO; body 48)
         0 u8[16] nonce_d (fresh random)
        16 u8[32] kvx__auth_proof(key, "kvx-tcp-decode", nonce_p, nonce_d)
@@ -145,28 +168,41 @@
        (constant-time compare); a prefill sends nothing after HELLO until
        the decode's AUTH matched. Each side proves with its own label over
        the other's fresh nonce, so nothing recorded or reflected passes.
-     DATA (2, prefill -> decode; body 24 * count + payload)
-       count segment descriptors of 24 bytes, then the payload: the bytes
+     DATA (2, prefill -> decode; body 32 * count + payload)
+       count segment descriptors of 32 bytes, then the payload: the bytes
        of every segment in descriptor order.
-        0 u32 buffer (KV buffer index; aux buffer index with the AUX flag)
+        0 u32 buffer (the receiver's KV buffer index; aux buffer index with
+              the AUX flag)
         4 u32 flags (bit 0 AUX: the bytes are the room's row of that aux
-              buffer; other bits 0)
+              buffer; bit 1 ROWS: a head slice, see below; AUX and ROWS
+              never together; other bits 0)
         8 u64 dst_offset (bytes from the start of that buffer in the
               receiver's pool)   16 u64 length
-       A KV segment covers whole pages (dst_offset and length multiples
-       of item_len) of one buffer. All segments of a frame belong to its
-       room. The descriptors of a frame come together, so the receiver
-       validates them all, then reads the whole payload with one recvmsg
-       whose iovec points into its pages (a header per segment would cost
-       one system call per segment: 16384 for a scattered 4096-token
-       Llama-3.1-8B request).
-     ACK (3, decode -> prefill; body 16): 0 u64 bytes placed (KV + aux)
-       8 u64 reserved. Sent once per room, when its last byte is in place.
+       24 u64 row_len (ROWS: bytes of one row; else 0)
+       A KV segment without ROWS covers whole pages (dst_offset and length
+       multiples of item_len) of one buffer. A ROWS segment is length /
+       row_len rows of row_len bytes, row k at dst_offset + k * pitch, pitch
+       being the receiver's own token row (item_len / page_size): the heads
+       the sender holds of each token, at their head offset in the
+       receiver's rows (heterogeneous TP). The receiver takes it only as
+       whole heads (row_len and dst_offset % pitch multiples of its bytes
+       per head, the slice inside the row) in whole pages of rows (length /
+       row_len a multiple of page_size, the first row a page's first), so
+       a run of pages is one segment whatever the number of tokens. All
+       segments of a frame belong to its room. The descriptors of a frame
+       come together, so the receiver validates them all, then reads the
+       whole payload with recvmsg straight into its pages (a header per
+       segment would cost one system call per segment: 16384 for a
+       scattered 4096-token Llama-3.1-8B request).
+     ACK (3, decode -> prefill; body 16): 0 u64 bytes placed (KV + aux, of
+       the whole room) 8 u64 reserved. Sent once per room and contributing
+       prefill rank (on one of its connections), when the room's last byte
+       is in place.
      ERROR (4, decode -> prefill; body 8 + rl): 0 i32 result (kvx_result)
        4 u32 rl (<= 1024)  8 reason. The decode closes the connection after
        it (room 0: the connection itself was refused).
      ENDPOINT (the decode engine's kvx_boot hello endpoint bytes; 32 + hl)
-        0 u8[8] "kvx-tcp\0"  8 u16 version (2)  10 u16 data port
+        0 u8[8] "kvx-tcp\0"  8 u16 version (3)  10 u16 data port
        12 u16 hl (host bytes, <= 63; 0 = "the address you see me from")
        14 u16 reserved  16 u8[16] token (kernel CSPRNG, per engine)
        32 host text
@@ -175,19 +211,30 @@
 
    COMPLETION
      The receiver knows the total from its own pages: pages * sum(item_len)
-     plus sum(aux item_len) when it gave an aux slot. It counts the bytes
-     of every segment it accepted (a (buffer, page) pair may arrive once,
-     an aux row once). When the count is complete, every KV byte is in place;
+     plus sum(aux item_len) when it gave an aux slot, whatever the number of
+     prefill ranks that contribute (prefill TP > decode TP: each sends its
+     heads; PP -> 1: each its layers; MLA: one, the others are dummies that
+     send nothing; only the contributor kvx_layout_overlap names sends_aux
+     sends the aux rows). It takes DATA for the room from every prefill
+     rank's connections and counts the bytes of every segment it accepted:
+     a (buffer, page, head) may arrive once (a whole page claims all its
+     heads), an aux row once, so no byte counts twice. When the count is
+     complete, every KV byte is in place;
      the aux rows, staged per room, are copied into the aux slot last (after
      the last KV byte even when they overtook KV frames on another stream);
-     then the receiver reports Success and sends ACK on the connection that
-     brought the last byte. A room in Success is final (kvx.h): an abort or
+     then the receiver reports Success and sends ACK to every prefill rank
+     that sent the room data (on the connection that brought the last byte,
+     and on one live connection of each other contributor). A prefill room
+     with several destinations (decode TP > prefill TP) succeeds when every
+     destination acknowledged (or took nothing from it). A room in Success is final (kvx.h): an abort or
      timeout after it does nothing and sends nothing, so nothing overtakes the
      ACK, and destroying the receiver waits until the ACK was written. The
      sender reports Success on that ACK (and tells the decode side over the
      control channel, which it ignores for Success: only its own count makes a
-     receiver succeed). A data-path ACK rather than a control message because
-     it follows the bytes it confirms. When a stream closes or cannot connect
+     receiver succeed; a prefill rank that reported Success, e.g. an MLA
+     dummy, is done with the room, so its leaving later fails nothing). A
+     data-path ACK rather than a control message because it follows the
+     bytes it confirms. When a stream closes or cannot connect
      while a room may still be waiting for its ACK, the link dies only after
      every connected stream was read to its end (the decode writes an ACK
      before it closes that connection), or 2 s (at most KVX_TCP_TIMEOUT) after
@@ -196,15 +243,20 @@
 
    SECURITY
      Every segment is checked against the destination pages of that room,
-     computed from the receiver's own kvx_receiver_init: buffer index,
-     whole pages, each page one of the room's pages, never twice, aux only
+     computed from the receiver's own kvx_receiver_init and layout: buffer
+     index, whole pages (a head slice: whole heads inside the row, whole
+     pages of rows), each page one of the room's pages, no (buffer, page,
+     head) twice, aux only
      into the room's own aux slot and only when it gave one, lengths that
      add up to the body. A segment outside fails the room, is answered with
      ERROR, and closes the connection; a frame for an unknown room or for a
      room that already succeeded closes the connection as well (rooms closed
-     or failed before the end drain their late frames). A connection must
+     or failed before the end drain their late frames). Every prefill rank
+     that holds part of a room may send it (heterogeneous TP, PP): which
+     engine sends is not checked, the byte claims are (a second copy of a
+     head is refused as "arrived twice"). A connection must
      present the listener's token (16 random bytes, compared in constant
-     time) and the same layout fingerprint in its HELLO (in time: see
+     time) and the same shape fingerprint in its HELLO (in time: see
      KVX_TCP_HELLO_MS, KVX_TCP_MAX_PENDING); a refused connection is closed
      before it can name a room. Without a key the token is the only gate: it
      travels in the clear in the decode's bootstrap hello, so whoever can
@@ -230,9 +282,17 @@
      or abort) fails the room without being sent back. The first outcome
      and the first reason win, on both sides (see COMPLETION).
      A prefill killed mid-stream: the receiver fails the room whose frame
-     was cut ("data connection from prefill 10.0.0.1:41234 closed in the
-     middle of ...") and kvx_boot fails the others when the control
-     connection drops. A receiver gone or reset: every room of that link
+     was cut ("data connection from prefill 10.0.0.1:41234 (tp rank 1 of 4,
+     pp rank 0 of 1) broke in the middle of a frame ..."), and every other
+     unfinished room that rank had sent data for as its data connection
+     ends ("... a contributor of this room, ended before the room was
+     complete"); kvx_boot fails the rest when the control connection drops
+     (its sentence names the rank's control address), whichever comes first.
+     A room fed by several prefill ranks fails when any of them fails or
+     dies, and that failure reaches every other contributor over the
+     control channel (room_failed): each stops queueing the room's frames
+     and frees it; a prefill room with several destinations fails when any
+     destination fails, and every destination hears it. A receiver gone or reset: every room of that link
      fails on the sender with "lost data connection to decode <addr>: ...",
      and the decode side is told over the control channel. A receiver that
      stops reading: the sender blocks (bounded memory), then after
@@ -240,10 +300,15 @@
      a bound.
 
    LIMITS
-     One decode rank per room and one prefill rank per room: heterogeneous
-     TP (head slicing) and pipeline-parallel prefill are not supported by
-     this transport yet; a second destination for a room fails it with a
-     sentence saying so.
+     Every topology of kvx.h's PARALLEL LAYOUTS that kvx_boot pairs
+     (heterogeneous TP both ways, MLA with dummies, PP -> 1) with host pools.
+     PP rank to rank (decode PP == prefill PP > 1) is ready here, but
+     kvx_boot (this version) pairs a decode pp rank with every prefill pp
+     rank and refuses those that share no layer, so such rooms fail there. Head slices (different head ranges on the two
+     sides) with GPU pools are refused with a sentence on either side
+     (strided device copies are not written yet); same-shape GPU pools work
+     as before. A decode room remembers at most 64 contributing prefill
+     ranks (more still deliver; the extra ones get no ACK).
 
    LICENSE: MIT, see the end of this file.
 */
