@@ -1692,7 +1692,8 @@ static void kvx__tcp_dest_free(kvx_engine *e, kvx__tcp_room *d) {
     if (d->aux_job) kvx__tcp_job_free(e, d->aux_job);
     kvx_engine_free(e, d->dst_pages);
     kvx_engine_free(e, d->dbufs);
-    kvx__xroom_free(d);
+    pthread_mutex_destroy(&d->x.mu); /* not kvx__xroom_free: the room's data is the parent */
+    kvx_engine_free(e, d);
 }
 
 /* kvx_boot hook (prefill): the destination of one decode rank that serves
