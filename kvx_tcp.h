@@ -2423,7 +2423,7 @@ static int kvx__tcp_recv_finish(kvx__tcp_conn *c, kvx__tcp_room *tr) {
             continue;
         }
         for (x = te->conns; x; x = x->next)
-            if (x->instance == tr->srcs[i] && !x->done && !x->pending) break;
+            if (!x->pending && !x->done && x->instance == tr->srcs[i]) break; /* HELLO read */
         if (x) {
             x->acking++;
             to[n++] = x;
