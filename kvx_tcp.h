@@ -546,25 +546,17 @@ KVX_API void kvx_tcp_segment_decode(const void *in32, kvx_tcp_segment *s) {
 }
 
 KVX_API uint64_t kvx_tcp_shape_fingerprint(const kvx_layout *l) {
-    kvx__sha256 h;
-    uint8_t d[32];
-    uint64_t fp = 0, heads = l->mla || !l->num_kv_heads ? 1 : l->num_kv_heads;
-    uint32_t i;
-    const char *dt = l->dtype ? l->dtype : "";
-    kvx__sha256_init(&h);
-    kvx__sha256_update(&h, "kvx-tcp-shape-v3", 16);
-    kvx__sha_u64(&h, l->page_size);
-    kvx__sha_u64(&h, l->dtype_size);
-    kvx__sha_u64(&h, strlen(dt));
-    kvx__sha256_update(&h, dt, strlen(dt));
-    kvx__sha_u64(&h, (uint64_t)(l->mla != 0));
-    kvx__sha_u64(&h, l->num_buffers && l->page_size ? l->buffers[0].item_len / l->page_size / heads
-                                                    : 0);
-    kvx__sha_u64(&h, l->num_aux);
-    for (i = 0; i < l->num_aux; i++) kvx__sha_u64(&h, l->aux[i].item_len);
-    kvx__sha256_final(&h, d);
-    for (i = 0; i < 8; i++) fp |= (uint64_t)d[i] << (8 * i);
-    return fp;
+    /* the fingerprint of a layout of one buffer holding one head */
+    kvx_layout one = *l;
+    kvx_buffer b;
+    memset(&b, 0, sizeof b);
+    if (l->num_buffers && l->buffers)
+        b.item_len = l->buffers[0].item_len / (l->mla || !l->num_kv_heads ? 1 : l->num_kv_heads);
+    one.buffers = &b;
+    one.num_buffers = 1;
+    one.num_kv_heads = 1;
+    one.head_begin = one.layer_begin = 0;
+    return kvx_layout_fingerprint(&one);
 }
 
 static void kvx__tcp_hdr(uint8_t *out, int type, uint16_t count, uint64_t room, uint64_t body) {

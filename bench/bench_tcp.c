@@ -144,7 +144,10 @@ static void raw_multi(const int *fds, int n, char *buf, size_t bytes, int send) 
 
 #define BENCH_KEY "bench-tcp-shared-key-0123456789"
 
-static kvx_engine *engine(kvx_role role, const kvx_layout *l, const char *addr, const char *key) {
+/* An engine on loopback; tp > 0: rank `rank` of tp (port: the first
+   prefill rank's bootstrap port for the others). */
+static kvx_engine *engine_rank(kvx_role role, const kvx_layout *l, const char *addr,
+                               const char *key, int tp, int rank, int port) {
     kvx_engine_desc d;
     kvx_engine *e;
     char why[512];
@@ -154,7 +157,9 @@ static kvx_engine *engine(kvx_role role, const kvx_layout *l, const char *addr, 
     d.layout = *l;
     d.logger.func = quiet;
     d.boot.host = "127.0.0.1";
-    d.boot.port = -1;
+    d.boot.port = port ? port : -1;
+    d.boot.tp_size = tp;
+    d.boot.tp_rank = rank;
     d.tcp.host = "127.0.0.1";
     d.bootstrap_addr = addr;
     d.auth_key = key;
@@ -163,6 +168,10 @@ static kvx_engine *engine(kvx_role role, const kvx_layout *l, const char *addr, 
         exit(1);
     }
     return e;
+}
+
+static kvx_engine *engine(kvx_role role, const kvx_layout *l, const char *addr, const char *key) {
+    return engine_rank(role, l, addr, key, 0, 0, 0);
 }
 
 /* ---- decode process ------------------------------------------------------------ */
@@ -369,29 +378,6 @@ typedef struct tb_case {
     uint64_t frames;
 } tb_case;
 
-static kvx_engine *tb_engine(kvx_role role, const kvx_layout *l, int tp, int rank, int port,
-                             const char *addr) {
-    kvx_engine_desc d;
-    kvx_engine *e;
-    char why[512];
-    memset(&d, 0, sizeof d);
-    d.role = role;
-    d.transport = "tcp";
-    d.layout = *l;
-    d.logger.func = quiet;
-    d.boot.host = "127.0.0.1";
-    d.boot.port = port ? port : -1;
-    d.boot.tp_size = tp;
-    d.boot.tp_rank = rank;
-    d.tcp.host = "127.0.0.1";
-    d.bootstrap_addr = addr;
-    if (kvx_engine_create(&d, &e, why, sizeof why) != KVX_OK) {
-        fprintf(stderr, "bench_tcp: engine: %s\n", why);
-        exit(1);
-    }
-    return e;
-}
-
 static void tb_setup(tb_case *c, const ex_model *m, int reps) {
     char addr[64];
     int i, port = 0;
@@ -406,7 +392,7 @@ static void tb_setup(tb_case *c, const ex_model *m, int reps) {
         ex_alloc_pages(&r->p, r->pages, NPAGES);
         ex_pages_pattern(&r->p, PATTERN_ROOM, r->pages, NPAGES, 1);
         ex_aux_write(&r->p, PATTERN_ROOM, 0);
-        r->e = tb_engine(KVX_ROLE_PREFILL, &r->p.layout, c->ptp, i, port, NULL);
+        r->e = engine_rank(KVX_ROLE_PREFILL, &r->p.layout, NULL, NULL, c->ptp, i, port);
         if (!i) port = kvx_boot_engine_port(r->e);
     }
     snprintf(addr, sizeof addr, "127.0.0.1:%d", port);
@@ -415,7 +401,7 @@ static void tb_setup(tb_case *c, const ex_model *m, int reps) {
         tb_rank *r = &c->D[i];
         if (ex_pool_init_rank(&r->p, m, POOL_PAGES, PAGE, 4, 101 + (uint64_t)i, &rk)) die("alloc");
         ex_alloc_pages(&r->p, r->pages, NPAGES);
-        r->e = tb_engine(KVX_ROLE_DECODE, &r->p.layout, c->dtp, i, 0, addr);
+        r->e = engine_rank(KVX_ROLE_DECODE, &r->p.layout, addr, NULL, c->dtp, i, 0);
     }
 }
 

@@ -64,47 +64,49 @@ static double wait_int(int *p, int want, double timeout) {
     return __atomic_load_n(p, __ATOMIC_ACQUIRE) >= want;
 }
 
-/* Waits for a sender to leave BOOTSTRAPPING (ready 1) or to end; gives up
-   early once every decode rank finished (a failed topology ends fast). */
+/* Waits for a sender to leave BOOTSTRAPPING (ready 1) or to end; once every
+   decode rank finished, a sender still bootstrapping gives up at once and
+   one waiting for its ACK gets 20 s more (a failed topology ends fast). */
 static kvx_poll wait_sender(kvx_sender *s, const topo *t, int ready, double timeout) {
     double end = tt_now() + timeout;
     for (;;) {
         kvx_poll ps = kvx_sender_poll(s);
         if (ready ? ps != KVX_POLL_BOOTSTRAPPING : tt_terminal(ps)) return ps;
-        if (tt_now() > end || __atomic_load_n(&sh->decode_done, __ATOMIC_ACQUIRE) >= t->dtp * t->dpp)
-            return ps;
+        if (tt_now() > end) return ps;
+        if (__atomic_load_n(&sh->decode_done, __ATOMIC_ACQUIRE) >= t->dtp * t->dpp) {
+            if (ready) return ps;
+            if (end > tt_now() + 20) end = tt_now() + 20; /* its ACK or failure is on the way */
+        }
         tt_sleep(0.001);
     }
 }
 
-static kvx_engine *rank_engine(kvx_role role, ex_pool *p, int tp, int rank, int pp, int prank,
+static kvx_engine *rank_engine(kvx_role role, ex_pool *p, const topo *t, int tp_rank, int pp_rank,
                                const char *addr, int port, char *why, size_t wl) {
-    kvx_engine_desc d;
-    kvx_engine *e = NULL;
-    memset(&d, 0, sizeof d);
-    d.role = role;
-    d.transport = "tcp";
-    d.layout = p->layout;
-    d.logger.func = tt_log;
-    d.logger.level = getenv("KVX_TEST_VERBOSE") ? KVX_LOG_DEBUG : KVX_LOG_WARN;
-    d.boot.host = "127.0.0.1";
-    d.boot.port = port ? port : -1;
-    d.boot.tp_size = tp;
-    d.boot.tp_rank = rank;
-    d.boot.pp_size = pp;
-    d.boot.pp_rank = prank;
-    d.boot.heartbeat_interval_s = 0.5;
-    d.tcp.host = "127.0.0.1";
-    d.tcp.streams = 2;
-    d.bootstrap_addr = addr;
-    d.poll_interval_us = 2000;
-    kvx_tcp_register();
-    if (kvx_engine_create(&d, &e, why, wl) != KVX_OK) return NULL;
-    return e;
+    tt_opts o;
+    memset(&o, 0, sizeof o);
+    o.streams = 2;
+    o.boot_addr = addr;
+    o.boot_port = port;
+    o.tp_size = role == KVX_ROLE_PREFILL ? t->ptp : t->dtp;
+    o.pp_size = role == KVX_ROLE_PREFILL ? t->ppp : t->dpp;
+    o.tp_rank = tp_rank;
+    o.pp_rank = pp_rank;
+    return tt_engine(role, &p->layout, &o, why, wl);
+}
+
+/* A rank's pool (its heads and layers of the model); 0 or -1. */
+static int rank_pool(ex_pool *p, const topo *t, int prefill, int tp_rank, int pp_rank) {
+    ex_rank rk;
+    rk.tp = (uint32_t)(prefill ? t->ptp : t->dtp);
+    rk.pp = (uint32_t)(prefill ? t->ppp : t->dpp);
+    rk.tp_rank = (uint32_t)tp_rank;
+    rk.pp_rank = (uint32_t)pp_rank;
+    return ex_pool_init_rank(p, t->m, POOL, PAGE, NREQ + 1,
+                             (prefill ? 11 : 101) + (uint64_t)tp_rank * 7 + (uint64_t)pp_rank, &rk);
 }
 
 static int prefill_main(const topo *t, int tp_rank, int pp_rank) {
-    ex_rank rk;
     ex_pool p;
     kvx_engine *e;
     kvx_sender *s[NREQ];
@@ -113,12 +115,9 @@ static int prefill_main(const topo *t, int tp_rank, int pp_rank) {
     int i, victim = t->victim == tp_rank && pp_rank == 0;
     double end;
     kvx_tcp_stats st;
-    rk.tp = (uint32_t)t->ptp; rk.tp_rank = (uint32_t)tp_rank;
-    rk.pp = (uint32_t)t->ppp; rk.pp_rank = (uint32_t)pp_rank;
-    if (ex_pool_init_rank(&p, t->m, POOL, PAGE, NREQ + 1, 11 + (uint64_t)tp_rank * 7 + (uint64_t)pp_rank, &rk))
-        return 3;
+    if (rank_pool(&p, t, 1, tp_rank, pp_rank)) return 3;
     if (tp_rank || pp_rank) wait_int(&sh->boot_port, 1, 30);
-    e = rank_engine(KVX_ROLE_PREFILL, &p, t->ptp, tp_rank, t->ppp, pp_rank, NULL,
+    e = rank_engine(KVX_ROLE_PREFILL, &p, t, tp_rank, pp_rank, NULL,
                     tp_rank || pp_rank ? sh->boot_port : 0, why, sizeof why);
     if (!e) {
         snprintf(sh->pre[tp_rank][pp_rank].err, sizeof sh->pre[0][0].err, "engine: %s", why);
@@ -171,7 +170,6 @@ static int prefill_main(const topo *t, int tp_rank, int pp_rank) {
 }
 
 static int decode_main(const topo *t, int tp_rank, int pp_rank) {
-    ex_rank rk;
     ex_pool p;
     kvx_engine *e;
     kvx_receiver *r[NREQ];
@@ -180,14 +178,11 @@ static int decode_main(const topo *t, int tp_rank, int pp_rank) {
     int i;
     double end;
     kvx_tcp_stats st;
-    rk.tp = (uint32_t)t->dtp; rk.tp_rank = (uint32_t)tp_rank;
-    rk.pp = (uint32_t)t->dpp; rk.pp_rank = (uint32_t)pp_rank;
-    if (ex_pool_init_rank(&p, t->m, POOL, PAGE, NREQ + 1, 101 + (uint64_t)tp_rank * 5 + (uint64_t)pp_rank, &rk))
-        return 3;
+    if (rank_pool(&p, t, 0, tp_rank, pp_rank)) return 3;
     wait_int(&sh->boot_port, 1, 30);
     wait_int(&sh->prefill_up, t->ptp * t->ppp, 30);
     snprintf(addr, sizeof addr, "127.0.0.1:%d", sh->boot_port);
-    e = rank_engine(KVX_ROLE_DECODE, &p, t->dtp, tp_rank, t->dpp, pp_rank, addr, 0, why, sizeof why);
+    e = rank_engine(KVX_ROLE_DECODE, &p, t, tp_rank, pp_rank, addr, 0, why, sizeof why);
     if (!e) {
         snprintf(sh->dec[tp_rank][pp_rank].err, sizeof sh->dec[0][0].err, "engine: %s", why);
         __atomic_add_fetch(&sh->decode_done, 1, __ATOMIC_ACQ_REL);
