@@ -2145,7 +2145,8 @@ static kvx_result kvx__tcp_check(kvx__tcp_engine *te, kvx__tcp_room *tr,
                 /* a head slice: rows of row_len bytes at this side's pitch,
                    whole pages of rows, whole heads inside the row */
                 uint64_t rows, ho = s->dst_offset % pitch;
-                if (!s->row_len || !hb || s->row_len % hb || ho % hb || s->row_len > pitch - ho ||
+                if (!s->row_len || !hb || pitch > UINT32_MAX || s->row_len % hb || ho % hb ||
+                    s->row_len > pitch - ho ||
                     !s->length || s->length % s->row_len ||
                     (rows = s->length / s->row_len) % l->page_size || te->staged)
                     return kvx__why(te->staged ? KVX_ERR_INVALID_ARGUMENT : KVX_ERR_PROTOCOL,
