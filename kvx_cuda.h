@@ -30,8 +30,9 @@
      Staging (file, tcp, store): desc.mem.copy = kvx__cu_copy ->
      kvx__cu_copy_device / kvx__cu_submit (cuMemcpy*Async batches, one
      synchronisation). The cuda transport: kvx__cux_sender_send plans the
-     chunk and queues kvx_cuda_copy_spans (device to device into the
-     peer's imported pool) on the peer's stream; kvx__cux_send_aux sends the
+     chunk for each decode rank of the room and queues kvx_cuda_copy_spans
+     (device to device into that peer's imported pool; strided spans as
+     cuMemcpy2DAsync) on the peer's stream; kvx__cux_send_aux sends the
      aux rows as a kvx_boot message, which kvx__cux_on_message copies into
      the receiver's aux slot.
 
@@ -61,6 +62,10 @@
                               as new as the headers.
      KVX_CUDA_MAX_DEVICES     most GPU ordinals a process uses (default 64)
      KVX_CUDA_BATCH_MAX       most copies in one cuMemcpyBatchAsync (4096)
+     KVX_CUDA_MAX_2D_ROWS     most rows (Height) in one cuMemcpy2DAsync; a
+                              strided span with more is split (65535)
+     KVX_CUDA_MAX_CONTRIB     most prefill ranks a decode room of the cuda
+                              transport takes bytes from (64)
 
    ENVIRONMENT (read once in kvx_cuda_create; kvx.h's settings rule: each
    overrides its kvx_cuda_desc field, 0 = default, out of range fails)
@@ -133,16 +138,40 @@
          Each room frame is answered with status TRANSFERRING: from then on
          this side may write into the room's pages.
        each chunk: the two-sided plan kvx_plan_pages(this pool, the chunk's
-         pages, the decode pool as mapped, the matching destination pages),
-         queued on the peer's stream (DATA PATH); send does not wait. A
-         completion thread watches the stream's tickets; when the last
-         chunk's copies are done it sends the aux rows (AUX MESSAGE), then
-         status Success with the byte count, both on the room frame's
-         control connection, and the sender succeeds.
+         pages, the decode pool as mapped with that decode rank's layout
+         shape from its hello (kvx_boot_peer.layout), the matching
+         destination pages), queued on the peer's stream (DATA PATH); send
+         does not wait. A completion thread watches the stream's tickets;
+         when the last chunk's copies are done it sends the aux rows (AUX
+         MESSAGE), then status Success with the byte count, both on the
+         room frame's control connection, and the sender succeeds.
        decode, on the status: the byte count must be the room's
          (pages times page bytes, plus aux row bytes) and the aux rows must
          have arrived (the connection keeps their order); only then is the
          room Success.
+     Ranks of different layouts (kvx.h PARALLEL LAYOUTS, kvx_boot.h RANK
+     MAPPING):
+       a prefill room served by several decode ranks (decode TP > prefill
+         TP: one room frame each) writes to each its own plan (a head slice
+         of every token row, as 2-D copies; MLA: the whole latent to each)
+         and succeeds once every one of them has every byte; each gets the
+         aux rows where kvx_layout_overlap says this rank writes them, and
+         the Success status (kvx_boot sends one byte count to all of them:
+         decode ranks that would receive different counts are refused with
+         a sentence).
+       a decode room fed by several prefill ranks (prefill TP > decode TP;
+         prefill PP > decode PP = 1) succeeds when each has reported
+         Success with exactly what it owes (pages times the page bytes of
+         this pool it holds, kvx_layout_overlap; 0 from an MLA dummy,
+         kvx_mla_dummy, which moves nothing) and the aux rows came from the
+         one rank that holds them (an aux message from another is
+         refused). One contributor's Failed status fails the room, naming
+         that rank (tp and pp rank, address) and its reason, and this
+         side's failure goes to every other contributor (abort); a lost
+         contributor fails the room through kvx_boot (which closes the
+         connections to that prefill instance, so its other ranks fail
+         their rooms too). The fence (FAILURES AND THE FENCE) waits for
+         every contributor.
      Aux rows (host memory: CUDA IPC does not share them) travel in the AUX
      MESSAGE, the IPC handles only in the decode's kvx_boot hello to the
      prefill it dials (authenticated with KVX_AUTH_KEY when set). No file,
@@ -213,8 +242,9 @@
      Bad arguments: KVX_ERR_INVALID_ARGUMENT or KVX_ERR_OUT_OF_RANGE.
 
    LIMITS
-     One decode rank and one prefill rank per room (no heterogeneous TP, as
-     tcp). Pools from cudaMallocAsync / cuMemCreate need other handles than
+     A decode room takes bytes from at most KVX_CUDA_MAX_CONTRIB prefill
+     ranks; the decode ranks of one prefill room must receive equal byte
+     counts (true of SGLang's even head splits). Pools from cudaMallocAsync / cuMemCreate need other handles than
      cuIpcGetMemHandle and are refused at engine creation with the driver's
      reason. The completion thread polls: it yields, then looks every 10 us
      while copies run (every 100 us after 5 ms), and sleeps when nothing is
@@ -311,6 +341,9 @@ typedef struct kvx_cuda_stats {
     uint64_t span_calls, spans, span_bytes; /* kvx_cuda_copy_spans */
     uint64_t driver_batches;    /* cuMemcpyBatchAsync calls */
     uint64_t driver_copies;     /* single asynchronous copy calls */
+    uint64_t driver_2d;         /* cuMemcpy2DAsync calls (strided spans) */
+    uint64_t rows_1d;           /* rows of strided spans copied one by one (a pitch
+                                   above the device's limit, or a refused 2-D copy) */
     uint64_t syncs;             /* stream or event waits */
     uint64_t staging_held;      /* pinned bytes the pool holds now */
     uint64_t staging_peak;
@@ -374,16 +407,28 @@ KVX_API kvx_result kvx_cuda_stream_create(kvx_cuda *cu, int device, kvx_cuda_str
 KVX_API void kvx_cuda_stream_destroy(kvx_cuda_stream *s);
 
 /* Queues the copy of every span: spans[i].length bytes from
-   src->buffers[b].base + src_offset to dst->buffers[b].base + dst_offset,
-   b = spans[i].buffer (a kvx_plan from kvx_plan_pages: src is this side's
-   layout, dst the peer's with imported bases). Any memory the driver can
-   address works (device, imported, pinned host). Every span is checked
-   against both layouts' buffer lengths first (KVX_ERR_OUT_OF_RANGE, nothing
-   queued). Uses cuMemcpyBatchAsync where the driver has it, else one
-   cuMemcpyAsync per span. Returns once queued, without waiting; *ticket
-   (may be NULL) receives this submission's number, 1, 2, 3... per stream,
-   for kvx_cuda_stream_done / _wait. On a driver error the stream is waited
-   for before returning, so no copy of this call is still running. */
+   src->buffers[spans[i].buffer].base + src_offset to
+   dst->buffers[spans[i].dst_buffer].base + dst_offset (a kvx_plan from
+   kvx_plan_pages: src is this side's layout, dst the peer's with imported
+   bases). A strided span (row_len > 0) copies length / row_len rows, row k
+   from src_offset + k * src_pitch to dst_offset + k * dst_pitch. Any
+   memory the driver can address works (device, imported, pinned host).
+   Every row of every span is checked against both layouts' buffer lengths
+   first (KVX_ERR_OUT_OF_RANGE naming the span, side and buffer; a length
+   that is not whole rows, or a pitch below the row length:
+   KVX_ERR_INVALID_ARGUMENT; nothing queued). Contiguous spans: one
+   cuMemcpyBatchAsync for many where the driver has it, else one
+   cuMemcpyAsync each. Strided spans: one cuMemcpy2DAsync per
+   KVX_CUDA_MAX_2D_ROWS rows (srcPitch, dstPitch, WidthInBytes = row_len,
+   Height = rows); where a pitch exceeds the device's
+   CU_DEVICE_ATTRIBUTE_MAX_PITCH, or once the driver refused a 2-D copy in
+   this call (CUDA_ERROR_INVALID_VALUE or _NOT_SUPPORTED: it may refuse
+   device-to-device pitches cuMemAllocPitch did not choose), row by row as
+   contiguous copies (stats rows_1d). Returns once queued, without waiting;
+   *ticket (may be NULL) receives this submission's number, 1, 2, 3... per
+   stream, for kvx_cuda_stream_done / _wait. On a driver error the stream
+   is waited for before returning, so no copy of this call is still
+   running. */
 KVX_API kvx_result kvx_cuda_copy_spans(kvx_cuda_stream *s, const kvx_layout *src,
                                        const kvx_layout *dst, const kvx_span *spans, size_t n,
                                        uint64_t *ticket, char *why, size_t why_len);
@@ -431,8 +476,8 @@ typedef struct kvx_cuda_transport_stats {
     uint64_t imports;         /* prefill: allocations imported (cuIpcOpenMemHandle) */
     uint64_t imports_live;    /* prefill gauge: imports not closed yet */
     uint64_t chunks;          /* prefill: chunks queued */
-    uint64_t spans;           /* prefill: plan spans queued */
-    uint64_t bytes;           /* prefill: KV bytes queued */
+    uint64_t spans;           /* prefill: plan spans queued (every decode rank's) */
+    uint64_t bytes;           /* prefill: KV bytes queued (every decode rank's) */
     uint64_t aux_rows;        /* prefill: aux rows sent; decode: aux rows placed */
     uint64_t aux_refused;     /* decode: aux messages refused (see AUX MESSAGE) */
     uint64_t rooms_done;      /* rooms that reached Success through this transport */
@@ -735,6 +780,9 @@ KVX_API kvx_result kvx_cuda_transport_stats_get(const kvx_engine *e,
 #ifndef KVX_CUDA_MAX_DEVICES
 #define KVX_CUDA_MAX_DEVICES 64
 #endif
+#ifndef KVX_CUDA_MAX_2D_ROWS
+#define KVX_CUDA_MAX_2D_ROWS 65535
+#endif
 #ifndef KVX_CUDA_BATCH_MAX
 #define KVX_CUDA_BATCH_MAX 4096
 #endif
@@ -812,6 +860,7 @@ KVX_API kvx_result kvx_cuda_transport_stats_get(const kvx_engine *e,
     KVX__CU(X, EventSynchronize, (CUevent), "cuEventSynchronize", NULL)                       \
     KVX__CU(X, MemcpyAsync, (CUdeviceptr, CUdeviceptr, size_t, CUstream), "cuMemcpyAsync",    \
             NULL)                                                                             \
+    KVX__CU(X, Memcpy2DAsync, (const CUDA_MEMCPY2D *, CUstream), "cuMemcpy2DAsync_v2", NULL)  \
     KVX__CU(X, MemcpyHtoDAsync, (CUdeviceptr, const void *, size_t, CUstream),                \
             "cuMemcpyHtoDAsync_v2", NULL)                                                     \
     KVX__CU(X, MemcpyDtoHAsync, (void *, CUdeviceptr, size_t, CUstream),                      \
@@ -845,6 +894,7 @@ struct kvx_cuda_stream {
     int device;
     int pooled;             /* internal staging stream */
     CUstream stream;
+    size_t max_pitch;       /* CU_DEVICE_ATTRIBUTE_MAX_PITCH; 0 = no 2-D copies */
     /* batch scratch: the driver reads these during the call */
     CUdeviceptr *dsts, *srcs;
     size_t *sizes;
@@ -1172,6 +1222,17 @@ KVX_API void kvx_cuda_stats_get(const kvx_cuda *cu, kvx_cuda_stats *out) {
 
 /* >>cuda: streams ---------------------------------------------------------------------- */
 
+/* The largest pitch a 2-D copy on `device` may use; 0 when the driver
+   does not say (strided spans then go row by row). */
+static size_t kvx__cu_max_pitch(kvx_cuda *cu, int device) {
+    CUdevice dev;
+    int v = 0;
+    if (cu->f.DeviceGet(&dev, device) != CUDA_SUCCESS ||
+        cu->f.DeviceGetAttribute(&v, CU_DEVICE_ATTRIBUTE_MAX_PITCH, dev) != CUDA_SUCCESS || v < 0)
+        return 0;
+    return (size_t)v;
+}
+
 static kvx_result kvx__cu_stream_new(kvx_cuda *cu, int device, int pooled,
                                      kvx_cuda_stream **out, char *why, size_t wl) {
     kvx_cuda_stream *s;
@@ -1190,6 +1251,7 @@ static kvx_result kvx__cu_stream_new(kvx_cuda *cu, int device, int pooled,
     s->device = device;
     s->pooled = pooled;
     rc = cu->f.StreamCreate(&s->stream, CU_STREAM_NON_BLOCKING);
+    if (rc == CUDA_SUCCESS) s->max_pitch = kvx__cu_max_pitch(cu, device);
     kvx__cu_leave(cu, &sc);
     if (rc != CUDA_SUCCESS) {
         kvx__free(&cu->alloc, s);
@@ -1763,36 +1825,78 @@ KVX_API void kvx_cuda_stream_destroy(kvx_cuda_stream *s) {
     pthread_mutex_unlock(&cu->mu);
 }
 
+/* Bytes a span's rows reach on one side, from its offset: length for a
+   contiguous span, (rows - 1) * pitch + row_len for a strided one; 0 when
+   that does not fit 64 bits. */
+static uint64_t kvx__cu_extent(const kvx_span *x, uint64_t pitch) {
+    uint64_t rows;
+    if (!x->row_len) return x->length;
+    rows = x->length / x->row_len;
+    if (rows - 1 > (UINT64_MAX - x->row_len) / (pitch ? pitch : 1)) return 0;
+    return (rows - 1) * pitch + x->row_len;
+}
+
+/* A strided span's shape: whole rows, pitches that keep rows apart. */
+static kvx_result kvx__cu_check_rows(const kvx_span *x, size_t i, char *why, size_t wl) {
+    if (!x->row_len || !x->length) return KVX_OK;
+    if (x->length % x->row_len)
+        return kvx__why(KVX_ERR_INVALID_ARGUMENT, why, wl, "span %zu: length %llu is not a "
+                        "whole number of %llu-byte rows", i, (unsigned long long)x->length,
+                        (unsigned long long)x->row_len);
+    if (x->length > x->row_len && (x->src_pitch < x->row_len || x->dst_pitch < x->row_len))
+        return kvx__why(KVX_ERR_INVALID_ARGUMENT, why, wl, "span %zu: pitches %llu (source) "
+                        "and %llu (destination) must be at least the row length %llu (rows "
+                        "would overlap)", i, (unsigned long long)x->src_pitch,
+                        (unsigned long long)x->dst_pitch, (unsigned long long)x->row_len);
+    return KVX_OK;
+}
+
+/* Every row of span i inside buffer `b` of l (one side). */
+static kvx_result kvx__cu_check_side(const kvx_layout *l, uint32_t b, uint64_t off,
+                                     uint64_t pitch, const kvx_span *x, size_t i,
+                                     const char *side, char *why, size_t wl) {
+    uint64_t ext = kvx__cu_extent(x, pitch), len;
+    if (b >= l->num_buffers)
+        return kvx__why(KVX_ERR_OUT_OF_RANGE, why, wl, "span %zu names %s buffer %u; that "
+                        "layout has %u", i, side, b, l->num_buffers);
+    len = l->buffers[b].length;
+    if ((x->length && !ext) || off > len || ext > len - off) {
+        char shape[96];
+        if (x->row_len)
+            snprintf(shape, sizeof shape, "%llu rows of %llu bytes at pitch %llu",
+                     (unsigned long long)(x->length / x->row_len),
+                     (unsigned long long)x->row_len, (unsigned long long)pitch);
+        else
+            snprintf(shape, sizeof shape, "length %llu", (unsigned long long)x->length);
+        return kvx__why(KVX_ERR_OUT_OF_RANGE, why, wl, "span %zu (%s buffer %u, offset %llu, "
+                        "%s) leaves that buffer (%llu bytes)", i, side, b,
+                        (unsigned long long)off, shape, (unsigned long long)len);
+    }
+    if (x->length && !l->buffers[b].base)
+        return kvx__why(KVX_ERR_INVALID_ARGUMENT, why, wl, "span %zu: %s buffer %u has a NULL "
+                        "base", i, side, b);
+    return KVX_OK;
+}
+
+/* Every row of every span against both layouts, before any copy: the
+   source in src->buffers[buffer], the destination in
+   dst->buffers[dst_buffer]. */
 static kvx_result kvx__cu_check_spans(const kvx_layout *src, const kvx_layout *dst,
                                       const kvx_span *sp, size_t n, char *why, size_t wl) {
     size_t i;
+    kvx_result r;
     for (i = 0; i < n; i++) {
         const kvx_span *x = &sp[i];
-        const char *side = NULL;
         if (x->kind != KVX_SPAN_PAGES)
             return kvx__why(KVX_ERR_INVALID_ARGUMENT, why, wl, "span %zu is of kind %u: only "
                                "page spans are copied on the GPU (aux rows are host memory)", i,
                                x->kind);
-        if (x->buffer >= src->num_buffers || x->buffer >= dst->num_buffers)
-            return kvx__why(KVX_ERR_OUT_OF_RANGE, why, wl, "span %zu names buffer %u; the "
-                               "layouts have %u (source) and %u (destination)", i, x->buffer,
-                               src->num_buffers, dst->num_buffers);
-        if (x->src_offset > src->buffers[x->buffer].length ||
-            x->length > src->buffers[x->buffer].length - x->src_offset)
-            side = "source";
-        else if (x->dst_offset > dst->buffers[x->buffer].length ||
-                 x->length > dst->buffers[x->buffer].length - x->dst_offset)
-            side = "destination";
-        if (side)
-            return kvx__why(KVX_ERR_OUT_OF_RANGE, why, wl, "span %zu (buffer %u, src_offset "
-                               "%llu, dst_offset %llu, length %llu) leaves the %s buffer (%llu "
-                               "bytes)", i, x->buffer, (unsigned long long)x->src_offset,
-                               (unsigned long long)x->dst_offset, (unsigned long long)x->length,
-                               side, (unsigned long long)(side[0] == 's' ? src : dst)
-                                         ->buffers[x->buffer].length);
-        if (x->length && (!src->buffers[x->buffer].base || !dst->buffers[x->buffer].base))
-            return kvx__why(KVX_ERR_INVALID_ARGUMENT, why, wl, "span %zu: buffer %u has a NULL "
-                               "base", i, x->buffer);
+        if ((r = kvx__cu_check_rows(x, i, why, wl)) != KVX_OK ||
+            (r = kvx__cu_check_side(src, x->buffer, x->src_offset, x->src_pitch, x, i,
+                                    "source", why, wl)) != KVX_OK ||
+            (r = kvx__cu_check_side(dst, x->dst_buffer, x->dst_offset, x->dst_pitch, x, i,
+                                    "destination", why, wl)) != KVX_OK)
+            return r;
     }
     return KVX_OK;
 }
@@ -1832,12 +1936,100 @@ static kvx_result kvx__cu_mark(kvx_cuda_stream *s, uint64_t seq, char *why, size
     return KVX_OK;
 }
 
+/* Adds one 1-D copy to the stream's scratch, queueing the scratch when it
+   is full (context current). */
+static kvx_result kvx__cu_push(kvx_cuda_stream *s, CUdeviceptr src, CUdeviceptr dst, size_t len,
+                               size_t *k, char *why, size_t wl) {
+    s->srcs[*k] = src;
+    s->dsts[*k] = dst;
+    s->sizes[*k] = len;
+    if (++*k < s->cap) return KVX_OK;
+    *k = 0;
+    return kvx__cu_submit(s, KVX__CU_ANY, s->cap, why, wl);
+}
+
+/* A strided span: cuMemcpy2DAsync in pieces of at most KVX_CUDA_MAX_2D_ROWS
+   rows; row by row (1-D copies through the scratch) when a pitch exceeds
+   the device's limit or once the driver refused a 2-D copy in this call
+   (*no2d; CUDA_ERROR_INVALID_VALUE or _NOT_SUPPORTED: it may refuse
+   device-to-device pitches cuMemAllocPitch did not choose). */
+static kvx_result kvx__cu_strided(kvx_cuda_stream *s, CUdeviceptr src, CUdeviceptr dst,
+                                  const kvx_span *x, size_t *k, int *no2d, char *why,
+                                  size_t wl) {
+    kvx_cuda *cu = s->cu;
+    uint64_t rows = x->length / x->row_len, at = 0;
+    kvx_result r;
+    if (x->src_pitch > s->max_pitch || x->dst_pitch > s->max_pitch) *no2d |= 2;
+    while (!*no2d && at < rows) {
+        CUDA_MEMCPY2D c;
+        uint64_t h = rows - at < KVX_CUDA_MAX_2D_ROWS ? rows - at : KVX_CUDA_MAX_2D_ROWS;
+        CUresult rc;
+        memset(&c, 0, sizeof c);
+        c.srcMemoryType = c.dstMemoryType = CU_MEMORYTYPE_UNIFIED; /* device, imported, pinned */
+        c.srcDevice = src + (CUdeviceptr)(at * x->src_pitch);
+        c.dstDevice = dst + (CUdeviceptr)(at * x->dst_pitch);
+        c.srcPitch = (size_t)x->src_pitch;
+        c.dstPitch = (size_t)x->dst_pitch;
+        c.WidthInBytes = (size_t)x->row_len;
+        c.Height = (size_t)h;
+        rc = cu->f.Memcpy2DAsync(&c, s->stream);
+        KVX__ADD(&cu->st.driver_2d, 1);
+        if (rc == CUDA_ERROR_INVALID_VALUE || rc == CUDA_ERROR_NOT_SUPPORTED) {
+            kvx__cu_log(cu, KVX_LOG_DEBUG, "cuMemcpy2DAsync on GPU %d (%llu rows of %llu bytes, "
+                        "pitches %llu/%llu): %s; row by row instead", s->device,
+                        (unsigned long long)h, (unsigned long long)x->row_len,
+                        (unsigned long long)x->src_pitch, (unsigned long long)x->dst_pitch,
+                        kvx__cu_err_name(cu, rc));
+            *no2d |= 1;
+            break;
+        }
+        if (rc != CUDA_SUCCESS)
+            return kvx__cu_fail(cu, rc, why, wl, "cuMemcpy2DAsync on GPU %d (%llu rows of %llu "
+                                "bytes, 0x%llx -> 0x%llx)", s->device, (unsigned long long)h,
+                                (unsigned long long)x->row_len,
+                                (unsigned long long)c.srcDevice, (unsigned long long)c.dstDevice);
+        at += h;
+    }
+    if (at < rows) KVX__ADD(&cu->st.rows_1d, rows - at);
+    for (; at < rows; at++)
+        if ((r = kvx__cu_push(s, src + (CUdeviceptr)(at * x->src_pitch),
+                              dst + (CUdeviceptr)(at * x->dst_pitch), (size_t)x->row_len, k,
+                              why, wl)) != KVX_OK)
+            return r;
+    *no2d &= 1; /* a pitch limit holds for that span only */
+    return KVX_OK;
+}
+
+/* Queues every span (context current): contiguous ones (and strided ones
+   whose pitches equal the row) through the scratch, strided ones as 2-D
+   copies. */
+static kvx_result kvx__cu_queue_spans(kvx_cuda_stream *s, const kvx_layout *src,
+                                      const kvx_layout *dst, const kvx_span *spans, size_t n,
+                                      char *why, size_t wl) {
+    size_t i, k = 0;
+    int no2d = 0;
+    kvx_result r = KVX_OK;
+    for (i = 0; i < n && r == KVX_OK; i++) {
+        const kvx_span *x = &spans[i];
+        CUdeviceptr a = kvx__cu_dptr(kvx_span_addr(src, x, 0));
+        CUdeviceptr b = kvx__cu_dptr(kvx_span_addr(dst, x, 1));
+        if (!x->length) continue;
+        if (!x->row_len || x->length == x->row_len ||
+            (x->src_pitch == x->row_len && x->dst_pitch == x->row_len))
+            r = kvx__cu_push(s, a, b, (size_t)x->length, &k, why, wl);
+        else
+            r = kvx__cu_strided(s, a, b, x, &k, &no2d, why, wl);
+    }
+    if (r == KVX_OK && k) r = kvx__cu_submit(s, KVX__CU_ANY, k, why, wl);
+    return r;
+}
+
 KVX_API kvx_result kvx_cuda_copy_spans(kvx_cuda_stream *s, const kvx_layout *src,
                                        const kvx_layout *dst, const kvx_span *spans, size_t n,
                                        uint64_t *ticket, char *why, size_t why_len) {
     kvx_cuda *cu;
     kvx__cu_scope sc;
-    size_t i, k = 0;
+    size_t i;
     uint64_t bytes = 0;
     kvx_result r;
     if (ticket) *ticket = 0;
@@ -1847,23 +2039,12 @@ KVX_API kvx_result kvx_cuda_copy_spans(kvx_cuda_stream *s, const kvx_layout *src
                            "argument");
     cu = s->cu;
     if ((r = kvx__cu_check_spans(src, dst, spans, n, why, why_len)) != KVX_OK) return r;
-    if (kvx__cu_scratch(s, n < KVX_CUDA_BATCH_MAX ? n : KVX_CUDA_BATCH_MAX))
+    if (kvx__cu_scratch(s, n < KVX_CUDA_BATCH_MAX ? (n ? n : 1) : KVX_CUDA_BATCH_MAX))
         return kvx__why(KVX_ERR_NO_MEMORY, why, why_len, "out of memory for %zu copy "
                            "descriptors", n);
+    for (i = 0; i < n; i++) bytes += spans[i].length;
     if ((r = kvx__cu_enter(cu, s->device, &sc, why, why_len)) != KVX_OK) return r;
-    for (i = 0; i < n && r == KVX_OK; i++) {
-        const kvx_span *x = &spans[i];
-        if (!x->length) continue;
-        s->srcs[k] = kvx__cu_dptr(kvx_span_addr(src, x, 0));
-        s->dsts[k] = kvx__cu_dptr(kvx_span_addr(dst, x, 1));
-        s->sizes[k] = (size_t)x->length;
-        bytes += x->length;
-        if (++k == s->cap || i + 1 == n) {
-            r = kvx__cu_submit(s, KVX__CU_ANY, k, why, why_len);
-            k = 0;
-        }
-    }
-    if (r == KVX_OK && k) r = kvx__cu_submit(s, KVX__CU_ANY, k, why, why_len);
+    r = kvx__cu_queue_spans(s, src, dst, spans, n, why, why_len);
     if (r == KVX_OK) r = kvx__cu_mark(s, s->submitted + 1, why, why_len);
     if (r != KVX_OK) {
         cu->f.StreamSynchronize(s->stream); /* nothing of this call may still run */
@@ -2023,6 +2204,11 @@ KVX_API kvx_result kvx_cuda_dmabuf_fd(kvx_cuda *cu, int device, void *dev_ptr, s
 typedef struct kvx__cux_engine kvx__cux_engine;
 typedef struct kvx__cux_peer kvx__cux_peer;
 typedef struct kvx__cux_room kvx__cux_room;
+typedef struct kvx__cux_dst kvx__cux_dst;
+
+#ifndef KVX_CUDA_MAX_CONTRIB
+#define KVX_CUDA_MAX_CONTRIB 64 /* prefill ranks one decode room takes bytes from */
+#endif
 
 enum { KVX__CUX_MSG_NONE = 0, KVX__CUX_MSG_ABORT = 1, KVX__CUX_MSG_CONFIRM = 2 };
 
@@ -2039,12 +2225,13 @@ struct kvx__cux_peer {
     pthread_mutex_t mu; /* everything below, and the rooms' fields marked so */
     pthread_cond_t cv;  /* a room's copies or its completion finished */
     int ready, dead, same_process;
-    int nfinishing;     /* rooms whose completion is being reported */
     void **imports;     /* per allocation: the base mapped here */
     kvx_buffer *dbufs;
-    kvx_layout dst;     /* this engine's layout with the decode pool's bases */
+    kvx_layout dst;     /* the decode pool: its shape (kvx__cux_shape), the bases mapped here */
+    char dtype[32];     /* dst.dtype points here */
+    uint64_t *item;     /* the decode's item_len per KV buffer */
     kvx_cuda_stream *stream;
-    kvx__cux_room *active; /* rooms with copies in flight or a completion due */
+    kvx__cux_dst *active; /* destinations with copies in flight or a completion due */
     kvx__cux_peer *next;   /* engine list, under ce->mu */
 };
 
@@ -2055,32 +2242,47 @@ typedef struct kvx__cux_pf {
     struct kvx__cux_pf *next;
 } kvx__cux_pf;
 
+/* Prefill: one decode rank a room writes to (one room frame; a room has
+   several when the decode instance has the larger TP). */
+struct kvx__cux_dst {
+    kvx__cux_room *cr;
+    kvx__cux_peer *peer;
+    int32_t *pages;
+    uint32_t n;
+    int32_t aux;        /* the decode's aux slot, -1 = none */
+    int sends_aux;      /* this rank writes that decode room's aux rows */
+    int dummy;          /* MLA dummy (kvx_mla_dummy): completes without bytes */
+    uint64_t bpp;       /* page bytes of the destination this rank supplies */
+    kvx_boot_peer conn; /* its room frame's connection (conn_id, addr) */
+    kvx_plan plan;
+    uint64_t bytes;     /* queued */
+    /* under peer->mu */
+    uint64_t ticket;    /* the last submission on the peer's stream */
+    int busy, listed;
+    kvx__cux_dst *anext, *aprev;
+};
+
 struct kvx__cux_room {
-    kvx__xroom x; /* x.mu, prefill: peer, gone */
+    kvx__xroom x; /* x.mu: the prefill fields below (taken after a peer's mu, never before) */
     kvx__cux_engine *ce;
     /* prefill */
-    kvx__cux_peer *peer;
-    int32_t *dst;
-    uint32_t ndst;
-    kvx_boot_peer conn; /* the connection of its room frame (conn_id, addr) */
-    kvx_plan plan;
-    uint64_t bytes;
-    int gone;         /* atomic: the sender is being destroyed */
-    /* prefill, under peer->mu */
-    uint64_t ticket; /* the room's last submission on the peer's stream */
-    int busy;        /* copies queued and not seen finished */
-    int finishing;   /* the completion thread is placing aux / reporting */
-    int last_queued, listed, msg;
-    int told;        /* atomic: the decode side has its final word (status or abort) */
-    int aborted;     /* decode, atomic: this side's abort went to the prefill */
+    pthread_cond_t cv;  /* inflight went to 0 */
+    kvx__cux_dst *dsts; /* one per room frame */
+    uint32_t ndsts, cap_dsts;
+    int gone;           /* atomic: the sender is being destroyed */
+    int inflight;       /* destinations busy + reports under way + chunks being queued */
+    int last_queued, finished, msg;
+    int told;           /* atomic: the decode side has its final word (status or abort) */
+    int aborted;        /* decode, atomic: this side's abort went to the prefill */
     char msg_reason[KVX_ERROR_MAX];
-    kvx__cux_room *anext, *aprev;
     /* decode, under ce->mu */
     int32_t aux_slot;
     uint32_t npages;
-    uint64_t from;           /* the connection that acknowledged the destination */
-    int aux_in;              /* its aux message arrived and was placed */
-    int sent, armed, fenced, closing, placing;
+    uint64_t from[KVX_CUDA_MAX_CONTRIB]; /* connections that acknowledged the destination */
+    uint8_t fin[KVX_CUDA_MAX_CONTRIB];   /* ... and said they stopped writing */
+    uint32_t nfrom, ncontrib;            /* ncontrib: prefill ranks it takes bytes from */
+    uint64_t aux_from;       /* the connection whose aux message was placed (0 = none yet) */
+    int sent, closing, placing, fenced;
     uint32_t fence_pid;      /* the prefill process, once its connection is gone */
     uint64_t fence_deadline; /* ... and when to stop waiting for it */
 };
@@ -2272,6 +2474,7 @@ static void kvx__cux_peer_free(kvx__cux_peer *p) {
     kvx_engine *e = p->ce->engine;
     kvx__cux_peer_release(p);
     kvx_engine_free(e, p->dbufs);
+    kvx_engine_free(e, p->item);
     kvx_engine_free(e, p->raw);
     pthread_mutex_destroy(&p->mu);
     pthread_cond_destroy(&p->cv);
@@ -2280,6 +2483,30 @@ static void kvx__cux_peer_free(kvx__cux_peer *p) {
 
 static void kvx__cux_peer_unref(kvx__cux_peer *p) {
     if (p && KVX__SUB(&p->refs, 1) == 0) kvx__cux_peer_free(p);
+}
+
+/* The KV layout shape of a peer: its own (kvx_boot's hello) where kvx_boot
+   gives it, else this engine's (peers of equal shape). Only the shape is
+   read: buffer count and item_len, page size, dtype, heads, head_begin,
+   layer_begin, mla. */
+static const kvx_layout *kvx__cux_shape(const kvx__cux_engine *ce, const kvx_boot_peer *bp) {
+    return bp && bp->layout && bp->layout->num_buffers ? bp->layout : kvx_engine_layout(ce->engine);
+}
+
+/* Keeps the decode's shape in p->dst (the bases come with the mapping). */
+static int kvx__cux_shape_copy(kvx__cux_engine *ce, kvx__cux_peer *p, const kvx_layout *sh) {
+    uint32_t i;
+    p->item = (uint64_t *)kvx_engine_alloc(ce->engine, (sh->num_buffers ? sh->num_buffers : 1) *
+                                                           sizeof *p->item);
+    if (!p->item) return -1;
+    for (i = 0; i < sh->num_buffers; i++) p->item[i] = sh->buffers[i].item_len;
+    p->dst = *sh;
+    p->dst.buffers = NULL;
+    p->dst.aux = NULL;
+    p->dst.num_aux = 0;
+    snprintf(p->dtype, sizeof p->dtype, "%s", sh->dtype ? sh->dtype : "");
+    p->dst.dtype = p->dtype;
+    return 0;
 }
 
 /* The live peer of a control connection, referenced; created from its hello
@@ -2320,6 +2547,10 @@ static kvx__cux_peer *kvx__cux_peer_get(kvx__cux_engine *ce, const kvx_boot_peer
         goto drop;
     }
     snprintf(p->name, sizeof p->name, "%s (pid %u, host %s)", bp->addr, p->info.pid, p->info.host);
+    if (kvx__cux_shape_copy(ce, p, kvx__cux_shape(ce, bp)) != 0) {
+        kvx__set_why(why, wl, "out of memory for decode %s", bp->addr);
+        goto drop;
+    }
     pthread_mutex_lock(&ce->mu);
     p->next = ce->peers;
     ce->peers = p;
@@ -2364,7 +2595,6 @@ static kvx_result kvx__cux_import(kvx__cux_engine *ce, const uint8_t *h, void **
 /* Under p->mu: maps the decode pool (once per peer). */
 static kvx_result kvx__cux_peer_setup(kvx__cux_peer *p, char *why, size_t wl) {
     kvx__cux_engine *ce = p->ce;
-    const kvx_layout *l = kvx_engine_layout(ce->engine);
     char who[160], msg[KVX_ERROR_MAX];
     uint32_t i;
     kvx_result r = KVX_OK;
@@ -2372,12 +2602,13 @@ static kvx_result kvx__cux_peer_setup(kvx__cux_peer *p, char *why, size_t wl) {
     snprintf(who, sizeof who, "decode %s (host %s)", p->addr, p->info.host);
     if (strcmp(p->info.node, ce->node))
         return kvx__cux_other_node(who, p->info.node, ce->node, why, wl);
-    if (p->info.nb != l->num_buffers)
-        return kvx__why(KVX_ERR_LAYOUT_MISMATCH, why, wl, "decode %s announces %u KV buffers, "
-                           "this prefill has %u", p->name, p->info.nb, l->num_buffers);
+    if (p->info.nb != p->dst.num_buffers)
+        return kvx__why(KVX_ERR_LAYOUT_MISMATCH, why, wl, "decode %s announces %u KV buffers "
+                           "in its endpoint and %u in its layout", p->name, p->info.nb,
+                           p->dst.num_buffers);
     p->same_process = p->info.pid == ce->pid;
     p->imports = (void **)kvx_engine_alloc(ce->engine, p->info.nalloc * sizeof(void *));
-    p->dbufs = (kvx_buffer *)kvx_engine_alloc(ce->engine, l->num_buffers * sizeof(kvx_buffer));
+    p->dbufs = (kvx_buffer *)kvx_engine_alloc(ce->engine, p->info.nb * sizeof(kvx_buffer));
     if (!p->imports || !p->dbufs) {
         r = kvx__why(KVX_ERR_NO_MEMORY, why, wl, "out of memory mapping decode %s", p->name);
         goto fail;
@@ -2401,18 +2632,17 @@ static kvx_result kvx__cux_peer_setup(kvx__cux_peer *p, char *why, size_t wl) {
         KVX__ADD(&ce->st.imports, 1);
         KVX__ADD(&ce->st.imports_live, 1);
     }
-    for (i = 0; i < l->num_buffers; i++) {
+    for (i = 0; i < p->info.nb; i++) {
         uint32_t a;
         uint64_t off, len;
         kvx__cux_ep_buf(&p->info, i, &a, &off, &len);
         memset(&p->dbufs[i], 0, sizeof p->dbufs[i]);
         p->dbufs[i].base = (char *)p->imports[a] + off;
         p->dbufs[i].length = len;
-        p->dbufs[i].item_len = l->buffers[i].item_len;
+        p->dbufs[i].item_len = p->item[i];
         p->dbufs[i].mem = KVX_MEM_CUDA;
         p->dbufs[i].device = ce->device; /* the context the import is reached through */
     }
-    p->dst = *l;
     p->dst.buffers = p->dbufs;
     if ((r = kvx_cuda_stream_create(ce->cu, ce->device, &p->stream, msg, sizeof msg)) != KVX_OK) {
         kvx__set_why(why, wl, "cannot create a stream for decode %s: %s", p->name, msg);
@@ -2441,7 +2671,7 @@ static void kvx__cux_prune(kvx__cux_engine *ce) {
     while ((p = *pp) != NULL) {
         int drop;
         pthread_mutex_lock(&p->mu);
-        drop = p->dead && !p->active && !p->nfinishing;
+        drop = p->dead && !p->active;
         pthread_mutex_unlock(&p->mu);
         if (!drop) { pp = &p->next; continue; }
         *pp = p->next;
@@ -2459,23 +2689,23 @@ static void kvx__cux_prune(kvx__cux_engine *ce) {
 
 /* >>cuda transport: prefill: rooms ------------------------------------------------------------ */
 
-/* Under p->mu: the room joins / leaves its peer's active list. */
-static void kvx__cux_list(kvx__cux_peer *p, kvx__cux_room *cr) {
-    if (cr->listed) return;
-    cr->listed = 1;
-    cr->aprev = NULL;
-    cr->anext = p->active;
-    if (p->active) p->active->aprev = cr;
-    p->active = cr;
+/* Under p->mu: the destination joins / leaves its peer's active list. */
+static void kvx__cux_list(kvx__cux_peer *p, kvx__cux_dst *d) {
+    if (d->listed) return;
+    d->listed = 1;
+    d->aprev = NULL;
+    d->anext = p->active;
+    if (p->active) p->active->aprev = d;
+    p->active = d;
     KVX__ADD(&p->ce->work, 1);
 }
-static void kvx__cux_unlist(kvx__cux_peer *p, kvx__cux_room *cr) {
-    if (!cr->listed) return;
-    cr->listed = 0;
-    if (cr->aprev) cr->aprev->anext = cr->anext;
-    else p->active = cr->anext;
-    if (cr->anext) cr->anext->aprev = cr->aprev;
-    cr->anext = cr->aprev = NULL;
+static void kvx__cux_unlist(kvx__cux_peer *p, kvx__cux_dst *d) {
+    if (!d->listed) return;
+    d->listed = 0;
+    if (d->aprev) d->aprev->anext = d->anext;
+    else p->active = d->anext;
+    if (d->anext) d->anext->aprev = d->aprev;
+    d->anext = d->aprev = NULL;
     KVX__SUB(&p->ce->work, 1);
 }
 
@@ -2485,7 +2715,8 @@ static void kvx__cux_kick(kvx__cux_engine *ce) {
     pthread_mutex_unlock(&ce->mu);
 }
 
-/* Sends what a room owes its decode side once its copies have stopped. */
+/* Sends what a room owes its decode side(s) once its copies have stopped
+   (kvx_boot tells every decode rank of the room). */
 static void kvx__cux_send_msg(kvx__cux_engine *ce, kvx__cux_room *cr, int msg, const char *reason) {
     kvx_room *r = cr->x.room;
     KVX__STORE(&cr->told, 1);
@@ -2497,26 +2728,33 @@ static void kvx__cux_send_msg(kvx__cux_engine *ce, kvx__cux_room *cr, int msg, c
         kvx_boot_abort(ce->boot, r, kvx_room_error(r)); /* no room frame yet: it answers it */
 }
 
-/* Owes the decode side msg: now when no copy of the room is in flight,
-   else when the completion thread sees them finish. The decode side takes
-   a Failed status or an abort as the promise that no more bytes land. */
-static void kvx__cux_owe(kvx__cux_room *cr, int msg, const char *reason) {
-    kvx__cux_peer *p;
-    pthread_mutex_lock(&cr->x.mu);
-    p = cr->peer;
-    pthread_mutex_unlock(&cr->x.mu);
-    if (p) {
-        pthread_mutex_lock(&p->mu);
-        if (cr->busy || cr->finishing) {
-            if (!cr->msg) { /* the completion thread sends it (the room is on its list) */
-                cr->msg = msg;
-                snprintf(cr->msg_reason, sizeof cr->msg_reason, "%s", reason ? reason : "aborted");
-            }
-            pthread_mutex_unlock(&p->mu);
-            return;
-        }
-        pthread_mutex_unlock(&p->mu);
+/* Under cr->x.mu: one thing in flight less; at 0, the message owed (if
+   any) is taken into *msg/reason for the caller to send after unlocking. */
+static void kvx__cux_settle(kvx__cux_room *cr, int *msg, char *reason) {
+    *msg = 0;
+    if (--cr->inflight > 0) return;
+    pthread_cond_broadcast(&cr->cv);
+    if (cr->msg && !KVX__LOAD(&cr->gone)) {
+        *msg = cr->msg;
+        cr->msg = 0;
+        memcpy(reason, cr->msg_reason, KVX_ERROR_MAX);
     }
+}
+
+/* Owes the decode side msg: now when nothing of the room is in flight,
+   else when the last of it settles. The decode side takes a Failed status
+   or an abort as the promise that no more bytes land. */
+static void kvx__cux_owe(kvx__cux_room *cr, int msg, const char *reason) {
+    pthread_mutex_lock(&cr->x.mu);
+    if (cr->inflight) {
+        if (!cr->msg) {
+            cr->msg = msg;
+            snprintf(cr->msg_reason, sizeof cr->msg_reason, "%s", reason ? reason : "aborted");
+        }
+        pthread_mutex_unlock(&cr->x.mu);
+        return;
+    }
+    pthread_mutex_unlock(&cr->x.mu);
     kvx__cux_send_msg(cr->ce, cr, msg, reason);
 }
 
@@ -2534,149 +2772,237 @@ static kvx_result kvx__cux_fail_tell(kvx_room *r, kvx_result res, const char *fm
     return res;
 }
 
-/* kvx_boot hook (prefill): the decode side's destination for a sender. */
+/* The TP size and rank of this engine (kvx_boot's desc; 0 = 1). */
+static void kvx__cux_tp(const kvx__cux_engine *ce, int *tp, int *rank) {
+    const kvx_engine_desc *d = kvx_engine_settings(ce->engine);
+    *tp = d->boot.tp_size > 0 ? d->boot.tp_size : 1;
+    *rank = d->boot.tp_rank > 0 ? d->boot.tp_rank : 0;
+}
+
+/* What this prefill rank owes the decode rank behind bp (PARALLEL LAYOUTS
+   in kvx.h): the page bytes of its pool it supplies, whether it writes the
+   aux rows, whether it is an MLA dummy. KVX_ERR_LAYOUT_MISMATCH with a
+   sentence when the two layouts do not combine. */
+static kvx_result kvx__cux_share(kvx__cux_engine *ce, const kvx_boot_peer *bp, kvx__cux_dst *d,
+                                 char *why, size_t wl) {
+    const kvx_layout *l = kvx_engine_layout(ce->engine);
+    char msg[KVX_ERROR_MAX];
+    int tp, rank;
+    kvx_result r;
+    kvx__cux_tp(ce, &tp, &rank);
+    r = kvx_layout_overlap(l, kvx__cux_shape(ce, bp), &d->bpp, &d->sends_aux, msg, sizeof msg);
+    if (r != KVX_OK)
+        return kvx__why(r, why, wl, "decode %s (tp rank %d of %d, pp rank %d of %d) cannot take "
+                        "this prefill rank's pages: %s", bp->addr, bp->tp_rank, bp->tp_size,
+                        bp->pp_rank, bp->pp_size, msg);
+    d->dummy = kvx_mla_dummy(l->mla, tp, rank, bp->tp_size);
+    if (d->dummy) d->bpp = 0, d->sends_aux = 0;
+    return KVX_OK;
+}
+
+/* Under cr->x.mu: why destination d cannot join the room's others, or
+   NULL. kvx_boot reports one byte count to every decode rank of a room, so
+   they must all receive as much. */
+static const char *kvx__cux_dst_bad(const kvx__cux_room *cr, const kvx__cux_dst *d) {
+    const kvx__cux_dst *o = cr->ndsts ? &cr->dsts[0] : NULL;
+    if (KVX__LOAD(&cr->gone)) return "";
+    if (o && (o->bpp != d->bpp || (o->sends_aux && o->aux >= 0) != (d->sends_aux && d->aux >= 0)))
+        return "its decode ranks would receive different byte counts from this prefill rank";
+    return NULL;
+}
+
+/* kvx_boot hook (prefill): a decode rank's destination for a sender (once
+   per decode rank that serves the room). */
 static kvx_result kvx__cux_on_room(kvx_boot *b, kvx_room *r, const kvx_boot_peer *bp,
                                    const int32_t *dst, uint32_t n, int32_t aux) {
     kvx__cux_engine *ce = (kvx__cux_engine *)kvx_boot_user(b);
     kvx__cux_room *cr = kvx__cux_cr(r);
     const kvx_layout *l = kvx_engine_layout(ce->engine);
     char why[KVX_ERROR_MAX];
-    kvx__cux_peer *p;
-    int32_t *copy = NULL;
+    const char *bad;
+    kvx__cux_dst d;
     kvx_result res;
-    int taken;
     uint32_t i;
-    pthread_mutex_lock(&cr->x.mu);
-    taken = cr->peer != NULL;
-    pthread_mutex_unlock(&cr->x.mu);
-    if (taken)
-        return kvx__cux_fail_tell(r, KVX_ERR_INVALID_ARGUMENT, "room %llu is served by more than "
-                                  "one decode rank (decode %s is the second): the cuda transport "
-                                  "does not support heterogeneous tensor parallelism yet",
-                                  (unsigned long long)cr->x.id, bp->addr);
-    if (!(p = kvx__cux_peer_get(ce, bp, why, sizeof why)))
+    memset(&d, 0, sizeof d);
+    d.aux = aux;
+    d.plan.allocator = &kvx_engine_settings(ce->engine)->allocator;
+    if (!(d.peer = kvx__cux_peer_get(ce, bp, why, sizeof why)))
         return kvx__cux_fail_tell(r, KVX_ERR_PROTOCOL, "%s", why);
-    pthread_mutex_lock(&p->mu);
-    res = p->dead ? KVX_ERR_PEER_LOST : kvx__cux_peer_setup(p, why, sizeof why);
-    if (res == KVX_ERR_PEER_LOST) snprintf(why, sizeof why, "lost connection with decode %s", p->name);
-    pthread_mutex_unlock(&p->mu);
-    if (res == KVX_OK && aux >= 0) {
-        int ok = p->info.na == l->num_aux && l->num_aux;
+    pthread_mutex_lock(&d.peer->mu);
+    res = d.peer->dead ? KVX_ERR_PEER_LOST : kvx__cux_peer_setup(d.peer, why, sizeof why);
+    if (res == KVX_ERR_PEER_LOST)
+        snprintf(why, sizeof why, "lost connection with decode %s", d.peer->name);
+    pthread_mutex_unlock(&d.peer->mu);
+    if (res == KVX_OK) res = kvx__cux_share(ce, bp, &d, why, sizeof why);
+    if (res == KVX_OK && aux >= 0 && d.sends_aux) {
+        int ok = d.peer->info.na == l->num_aux && l->num_aux;
         for (i = 0; ok && i < l->num_aux; i++)
-            ok = kvx__cux_ep_aux(&p->info, i) == l->aux[i].item_len;
+            ok = kvx__cux_ep_aux(&d.peer->info, i) == l->aux[i].item_len;
         if (!ok)
             res = kvx__why(KVX_ERR_LAYOUT_MISMATCH, why, sizeof why, "decode %s asks for aux "
                               "rows in its slot %d but its aux buffers (%u) do not match this "
                               "prefill's (%u): aux buffers and their row sizes must be equal on "
-                              "both sides", p->name, (int)aux, p->info.na, l->num_aux);
+                              "both sides", d.peer->name, (int)aux, d.peer->info.na, l->num_aux);
     }
     if (res == KVX_OK && n) {
-        copy = (int32_t *)kvx_engine_alloc(ce->engine, (size_t)n * sizeof *copy);
-        if (copy)
-            memcpy(copy, dst, (size_t)n * sizeof *copy);
+        d.pages = (int32_t *)kvx_engine_alloc(ce->engine, (size_t)n * sizeof *d.pages);
+        if (d.pages)
+            memcpy(d.pages, dst, (size_t)n * sizeof *d.pages);
         else
             res = kvx__why(KVX_ERR_NO_MEMORY, why, sizeof why, "out of memory for %u "
                               "destination pages", n);
     }
     if (res != KVX_OK) {
-        kvx__cux_peer_unref(p);
+        kvx__cux_peer_unref(d.peer);
         return kvx__cux_fail_tell(r, res, "%s", why);
     }
+    d.n = n;
+    d.conn.conn_id = bp->conn_id;
+    d.conn.addr = d.peer->addr;
     pthread_mutex_lock(&cr->x.mu);
-    taken = KVX__LOAD(&cr->gone) || cr->peer;
-    if (!taken) {
-        cr->peer = p;
-        cr->dst = copy;
-        cr->ndst = n;
-        cr->x.dst_aux = aux;
-        cr->conn.conn_id = bp->conn_id;
-        cr->conn.addr = p->addr;
+    if (!(bad = kvx__cux_dst_bad(cr, &d)) && cr->ndsts == cr->cap_dsts) {
+        uint32_t nc = cr->cap_dsts ? 2 * cr->cap_dsts : 2;
+        kvx__cux_dst *nd = (kvx__cux_dst *)kvx_engine_alloc(ce->engine, nc * sizeof *nd);
+        if (!nd) {
+            bad = "out of memory";
+        } else {
+            if (cr->ndsts) memcpy(nd, cr->dsts, cr->ndsts * sizeof *nd);
+            kvx_engine_free(ce->engine, cr->dsts);
+            cr->dsts = nd;
+            cr->cap_dsts = nc;
+        }
+    }
+    if (!bad) {
+        d.cr = cr;
+        cr->dsts[cr->ndsts++] = d;
     }
     pthread_mutex_unlock(&cr->x.mu);
-    if (taken) { /* the sender was destroyed meanwhile */
-        kvx_engine_free(ce->engine, copy);
-        kvx__cux_peer_unref(p);
-        return KVX_ERR_ABORTED;
+    if (bad) {
+        kvx_engine_free(ce->engine, d.pages);
+        kvx__cux_peer_unref(d.peer);
+        if (!bad[0]) return KVX_ERR_ABORTED; /* the sender was destroyed meanwhile */
+        return kvx__cux_fail_tell(r, KVX_ERR_LAYOUT_MISMATCH, "room %llu: decode %s cannot be served "
+                                  "with the room's other decode ranks: %s",
+                                  (unsigned long long)cr->x.id, bp->addr, bad);
     }
     /* the acknowledgement that arms the receiver's fence: from now on this
-       side may write into its pages */
+       side may write into its pages (sent to every decode rank of the room) */
     kvx_boot_send_status(b, r, KVX_POLL_TRANSFERRING, KVX_OK, 0, NULL);
     kvx_engine_log(ce->engine, KVX_LOG_DEBUG, "kvx.cuda", cr->x.id,
-                   "destination: %u pages, aux slot %d, decode %s", n, (int)aux, p->name);
+                   "destination: %u pages, aux slot %d, decode %s (tp rank %d of %d): %llu bytes "
+                   "a page%s%s", n, (int)aux, d.peer->name, bp->tp_rank, bp->tp_size,
+                   (unsigned long long)d.bpp, d.sends_aux ? ", aux rows" : "",
+                   d.dummy ? ", MLA dummy" : "");
     return KVX_OK;
 }
 
 static kvx_result kvx__cux_sender_init(kvx_room *r, uint32_t n, int32_t aux) {
     kvx__cux_room *cr = kvx__cux_cr(r);
-    if (!cr->peer)
+    uint32_t i, nd;
+    pthread_mutex_lock(&cr->x.mu);
+    nd = cr->ndsts;
+    pthread_mutex_unlock(&cr->x.mu);
+    if (!nd)
         return kvx__cux_fail_tell(r, KVX_ERR_STATE, "init before the decode side's destination "
                                   "arrived");
-    if (n != cr->ndst)
-        return kvx__cux_fail_tell(r, KVX_ERR_INVALID_ARGUMENT, "init declares %u pages but decode "
-                                  "%s asked for %u", n, cr->peer->name, cr->ndst);
-    if (cr->x.dst_aux >= 0 && aux < 0)
-        return kvx__cux_fail_tell(r, KVX_ERR_INVALID_ARGUMENT, "decode %s expects aux rows in its "
-                                  "slot %d but init gave no aux slot (-1)", cr->peer->name,
-                                  (int)cr->x.dst_aux);
+    for (i = 0; i < nd; i++) {
+        kvx__cux_dst *d = &cr->dsts[i];
+        if (n != d->n)
+            return kvx__cux_fail_tell(r, KVX_ERR_INVALID_ARGUMENT, "init declares %u pages but "
+                                      "decode %s asked for %u", n, d->peer->name, d->n);
+        if (d->aux >= 0 && d->sends_aux && aux < 0)
+            return kvx__cux_fail_tell(r, KVX_ERR_INVALID_ARGUMENT, "decode %s expects aux rows "
+                                      "in its slot %d but init gave no aux slot (-1)",
+                                      d->peer->name, (int)d->aux);
+    }
     cr->x.src_aux = aux;
     return KVX_OK;
 }
 
-/* Queues a chunk's copies on the peer's stream; the completion thread
-   reports the room once the last chunk's copies are done. */
-static kvx_result kvx__cux_sender_send(kvx_room *r, kvx_chunk *c) {
-    kvx__cux_room *cr = kvx__cux_cr(r);
+/* Queues a chunk's copies to destination d on its peer's stream (the
+   room holds an inflight token). */
+static kvx_result kvx__cux_queue(kvx__cux_room *cr, kvx__cux_dst *d, const kvx_chunk *c,
+                                 char *why, size_t wl) {
     kvx__cux_engine *ce = cr->ce;
-    kvx__cux_peer *p = cr->peer;
+    kvx__cux_peer *p = d->peer;
     const kvx_layout *l = kvx_engine_layout(ce->engine);
-    char why[KVX_ERROR_MAX];
-    kvx_result res = KVX_OK;
     uint64_t ticket = 0;
-    uint32_t index = c->index;
-    int last = c->is_last;
-    if (c->num_pages)
-        res = kvx_plan_pages(&cr->plan, l, c->pages, &p->dst, cr->dst + c->first_page,
-                             c->num_pages);
-    else {
-        cr->plan.count = 0;
-        cr->plan.total_bytes = 0;
-    }
-    kvx_chunk_free(ce->engine, c);
-    if (res != KVX_OK)
-        return kvx__cux_fail_tell(r, res, "chunk %u for decode %s: %s", index, p->name,
-                                  cr->plan.error);
+    kvx_result res = KVX_OK;
+    d->plan.count = 0;
+    d->plan.total_bytes = 0;
+    if (c->num_pages && d->bpp &&
+        (res = kvx_plan_pages(&d->plan, l, c->pages, &p->dst, d->pages + c->first_page,
+                              c->num_pages)) != KVX_OK)
+        return kvx__why(res, why, wl, "%s", d->plan.error);
     pthread_mutex_lock(&p->mu);
     if (p->dead) {
-        res = KVX_ERR_PEER_LOST;
-        snprintf(why, sizeof why, "lost connection with decode %s", p->name);
-    } else if (kvx_room_poll(r) == KVX_POLL_FAILED) { /* failed meanwhile; told already */
-        pthread_mutex_unlock(&p->mu);
-        return kvx_room_result(r);
-    } else if (cr->plan.count) {
+        res = kvx__why(KVX_ERR_PEER_LOST, why, wl, "lost connection with decode %s", p->name);
+    } else if (d->plan.count) {
         if (!p->stream)
-            res = kvx_cuda_stream_create(ce->cu, ce->device, &p->stream, why, sizeof why);
+            res = kvx_cuda_stream_create(ce->cu, ce->device, &p->stream, why, wl);
         if (res == KVX_OK)
-            res = kvx_cuda_copy_spans(p->stream, l, &p->dst, cr->plan.spans, cr->plan.count,
-                                      &ticket, why, sizeof why);
+            res = kvx_cuda_copy_spans(p->stream, l, &p->dst, d->plan.spans, d->plan.count,
+                                      &ticket, why, wl);
         if (res == KVX_OK) {
-            cr->ticket = ticket;
-            cr->busy = 1;
-            cr->bytes += cr->plan.total_bytes;
+            d->ticket = ticket;
+            d->bytes += d->plan.total_bytes;
+            if (!d->busy) {
+                d->busy = 1;
+                pthread_mutex_lock(&cr->x.mu);
+                cr->inflight++;
+                pthread_mutex_unlock(&cr->x.mu);
+            }
         } else {
             KVX__ADD(&ce->st.driver_errors, 1);
         }
     }
-    if (res == KVX_OK) {
-        if (last) cr->last_queued = 1;
-        if (cr->busy || last) kvx__cux_list(p, cr);
-    }
+    if (res == KVX_OK && d->busy) kvx__cux_list(p, d);
     pthread_mutex_unlock(&p->mu);
+    if (res == KVX_OK) {
+        KVX__ADD(&ce->st.spans, (uint64_t)d->plan.count);
+        KVX__ADD(&ce->st.bytes, d->plan.total_bytes);
+    }
+    return res;
+}
+
+/* Queues a chunk's copies to every destination; the completion thread
+   reports the room once the last chunk's copies are done everywhere. */
+static kvx_result kvx__cux_sender_send(kvx_room *r, kvx_chunk *c) {
+    kvx__cux_room *cr = kvx__cux_cr(r);
+    kvx__cux_engine *ce = cr->ce;
+    char why[KVX_ERROR_MAX], reason[KVX_ERROR_MAX];
+    const char *to = "";
+    kvx_result res = KVX_OK;
+    uint32_t index = c->index, i;
+    int last = c->is_last, msg;
+    pthread_mutex_lock(&cr->x.mu);
+    if (kvx_room_poll(r) == KVX_POLL_FAILED) { /* failed meanwhile; told already */
+        pthread_mutex_unlock(&cr->x.mu);
+        kvx_chunk_free(ce->engine, c);
+        return kvx_room_result(r);
+    }
+    cr->inflight++; /* no fence word goes out while this chunk is being queued */
+    pthread_mutex_unlock(&cr->x.mu);
+    for (i = 0; i < cr->ndsts && res == KVX_OK; i++) {
+        res = kvx__cux_queue(cr, &cr->dsts[i], c, why, sizeof why);
+        if (res != KVX_OK) to = cr->dsts[i].peer->addr;
+    }
+    kvx_chunk_free(ce->engine, c);
+    pthread_mutex_lock(&cr->x.mu);
+    if (res == KVX_OK && last) cr->last_queued = 1;
+    kvx__cux_settle(cr, &msg, reason);
+    pthread_mutex_unlock(&cr->x.mu);
+    if (msg) kvx__cux_send_msg(ce, cr, msg, reason);
+    for (i = 0; res == KVX_OK && last && i < cr->ndsts; i++) { /* the completion thread's turn */
+        kvx__cux_peer *p = cr->dsts[i].peer;
+        pthread_mutex_lock(&p->mu);
+        kvx__cux_list(p, &cr->dsts[i]);
+        pthread_mutex_unlock(&p->mu);
+    }
     if (res != KVX_OK)
         return kvx__cux_fail_tell(r, res, "chunk %u of room %llu for decode %s: %s", index,
-                                  (unsigned long long)cr->x.id, p->addr, why);
+                                  (unsigned long long)cr->x.id, to, why);
     KVX__ADD(&ce->st.chunks, 1);
-    KVX__ADD(&ce->st.spans, (uint64_t)cr->plan.count);
-    KVX__ADD(&ce->st.bytes, cr->plan.total_bytes);
     kvx__cux_kick(ce);
     return KVX_OK;
 }
@@ -2687,7 +3013,7 @@ static kvx_result kvx__cux_sender_send(kvx_room *r, kvx_chunk *c) {
 static void kvx__cux_on_abort_prefill(kvx__cux_room *cr) {
     int armed;
     pthread_mutex_lock(&cr->x.mu);
-    armed = cr->peer != NULL;
+    armed = cr->ndsts != 0;
     pthread_mutex_unlock(&cr->x.mu);
     if (armed && kvx_room_poll(cr->x.room) == KVX_POLL_FAILED)
         kvx__cux_owe(cr, KVX__CUX_MSG_CONFIRM, NULL);
@@ -2700,12 +3026,13 @@ enum { KVX__CUX_ACT_FINISH = 1, KVX__CUX_ACT_MSG = 2, KVX__CUX_ACT_FAIL = 3 };
 typedef struct kvx__cux_act {
     kvx__cux_room *cr;
     int what, msg;
-    char reason[KVX_ERROR_MAX]; /* of msg, copied under the peer's lock */
+    char reason[KVX_ERROR_MAX]; /* of msg */
 } kvx__cux_act;
 
 /* Prefill, completion thread: the room's aux rows as an aux message on the
-   connection of its room frame, ahead of the status that completes it. */
-static kvx_result kvx__cux_send_aux(kvx__cux_engine *ce, kvx__cux_room *cr) {
+   connection of destination d's room frame, ahead of the status that
+   completes it. */
+static kvx_result kvx__cux_send_aux(kvx__cux_engine *ce, kvx__cux_room *cr, kvx__cux_dst *d) {
     const kvx_layout *l = kvx_engine_layout(ce->engine);
     uint8_t *m = ce->amsg;
     memcpy(m, "kvx-caux", 8);
@@ -2715,117 +3042,136 @@ static kvx_result kvx__cux_send_aux(kvx__cux_engine *ce, kvx__cux_room *cr) {
     kvx__le_w64(m + 16, cr->x.id);
     kvx_layout_aux_copy(l, cr->x.src_aux, m + KVX__CUX_AUXM, 0);
     KVX__ADD(&ce->st.aux_rows, (uint64_t)l->num_aux);
-    return kvx_boot_peer_send(ce->boot, &cr->conn, m, KVX__CUX_AUXM + ce->aux_row_bytes, NULL, 0);
+    return kvx_boot_peer_send(ce->boot, &d->conn, m, KVX__CUX_AUXM + ce->aux_row_bytes, NULL, 0);
 }
 
-/* After the last chunk's copies (every KV byte in place): the aux rows,
-   then status Success. */
+/* After the last chunk's copies (every KV byte in place at every decode
+   rank): the aux rows to those that take them from this rank, then status
+   Success (the same byte count to each: kvx__cux_dst_bad). */
 static void kvx__cux_finish(kvx__cux_engine *ce, kvx__cux_room *cr) {
-    kvx__cux_peer *p = cr->peer;
     kvx_room *r = cr->x.room;
-    uint64_t bytes = cr->bytes;
-    int aux = cr->x.dst_aux >= 0 && cr->x.src_aux >= 0;
+    uint64_t bytes = cr->dsts[0].bytes;
+    uint32_t i;
+    const char *to = NULL;
     KVX__STORE(&cr->told, 1);
-    if (aux) bytes += ce->aux_row_bytes;
-    if ((aux && kvx__cux_send_aux(ce, cr) != KVX_OK) ||
-        kvx_boot_send_status(ce->boot, r, KVX_POLL_SUCCESS, KVX_OK, bytes, NULL) != KVX_OK) {
+    for (i = 0; i < cr->ndsts && !to; i++) {
+        kvx__cux_dst *d = &cr->dsts[i];
+        if (d->aux >= 0 && d->sends_aux && cr->x.src_aux >= 0 &&
+            kvx__cux_send_aux(ce, cr, d) != KVX_OK)
+            to = d->peer->name;
+    }
+    if (cr->dsts[0].aux >= 0 && cr->dsts[0].sends_aux && cr->x.src_aux >= 0)
+        bytes += ce->aux_row_bytes;
+    if (to || kvx_boot_send_status(ce->boot, r, KVX_POLL_SUCCESS, KVX_OK, bytes, NULL) != KVX_OK) {
         kvx_room_fail_remote(r, KVX_ERR_PEER_LOST, "every byte of room %llu is in place at "
                              "decode %s but the control connection to it is gone, so it cannot "
-                             "be told", (unsigned long long)cr->x.id, p->name);
+                             "be told", (unsigned long long)cr->x.id,
+                             to ? to : cr->dsts[0].peer->name);
         return;
     }
     KVX__ADD(&ce->st.rooms_done, 1);
     kvx_room_succeed(r, bytes);
 }
 
-/* Under p->mu: what the room needs now that its copies are done. */
-static int kvx__cux_next(kvx__cux_room *cr, int *msg) {
+/* Under cr->x.mu: what the room needs now (its destination d's copies are
+   done). The act holds an inflight token until kvx__cux_act_done. */
+static int kvx__cux_next(kvx__cux_room *cr, int *msg, char *reason) {
     *msg = 0;
-    if (KVX__LOAD(&cr->gone)) return 0;
+    if (KVX__LOAD(&cr->gone) || cr->inflight) return 0;
     if (cr->msg) {
         *msg = cr->msg;
         cr->msg = 0;
+        memcpy(reason, cr->msg_reason, KVX_ERROR_MAX);
+        cr->inflight++;
         return KVX__CUX_ACT_MSG;
     }
-    if (kvx_room_poll(cr->x.room) == KVX_POLL_FAILED || !cr->last_queued) return 0;
+    if (kvx_room_poll(cr->x.room) == KVX_POLL_FAILED || !cr->last_queued || cr->finished)
+        return 0;
+    cr->finished = 1;
+    cr->inflight++;
     return KVX__CUX_ACT_FINISH;
 }
 
-/* One pass over a peer's active rooms. Returns the rooms that moved. */
+/* Destination d's copies are done (or stopped): not busy, off its list,
+   and what its room needs now into *a. Under p->mu. */
+static int kvx__cux_dst_done(kvx__cux_peer *p, kvx__cux_dst *d, int fail, kvx__cux_act *a) {
+    kvx__cux_room *cr = d->cr;
+    int what = 0, msg = 0;
+    char reason[KVX_ERROR_MAX];
+    kvx__cux_unlist(p, d);
+    pthread_mutex_lock(&cr->x.mu);
+    if (d->busy) {
+        d->busy = 0;
+        cr->inflight--;
+        if (!cr->inflight) pthread_cond_broadcast(&cr->cv);
+    }
+    if (fail && !KVX__LOAD(&cr->gone)) {
+        what = KVX__CUX_ACT_FAIL;
+        cr->inflight++;
+    } else {
+        what = kvx__cux_next(cr, &msg, reason);
+    }
+    pthread_mutex_unlock(&cr->x.mu);
+    if (!what) return 0;
+    kvx_room_ref(cr->x.room);
+    a->cr = cr;
+    a->what = what;
+    a->msg = msg;
+    if (msg) memcpy(a->reason, reason, sizeof a->reason);
+    return 1;
+}
+
+/* Runs an act (no lock held), then gives its token back. */
+static void kvx__cux_act_run(kvx__cux_engine *ce, kvx__cux_peer *p, kvx__cux_act *a,
+                             const char *why) {
+    kvx__cux_room *cr = a->cr;
+    char reason[KVX_ERROR_MAX];
+    int msg;
+    if (a->what == KVX__CUX_ACT_FINISH)
+        kvx__cux_finish(ce, cr);
+    else if (a->what == KVX__CUX_ACT_MSG)
+        kvx__cux_send_msg(ce, cr, a->msg, a->reason);
+    else /* room_failed tells the decode side (now or when the room settles) */
+        kvx_room_fail(cr->x.room, KVX_ERR_TRANSPORT, "copying room %llu to decode %s failed: %s",
+                      (unsigned long long)cr->x.id, p->addr, why);
+    pthread_mutex_lock(&cr->x.mu);
+    kvx__cux_settle(cr, &msg, reason);
+    pthread_mutex_unlock(&cr->x.mu);
+    if (msg) kvx__cux_send_msg(ce, cr, msg, reason); /* owed while we were at it */
+    kvx_room_unref(cr->x.room);
+}
+
+/* One pass over a peer's active destinations. Returns how many moved. */
 static int kvx__cux_poll_peer(kvx__cux_engine *ce, kvx__cux_peer *p, kvx__cux_act *acts,
                               int max) {
-    kvx__cux_room *cr, *nx;
+    kvx__cux_dst *d, *nx;
     char why[KVX_ERROR_MAX] = "";
     kvx_result err = KVX_OK;
     int nact = 0, moved = 0, i;
     pthread_mutex_lock(&p->mu);
-    for (cr = p->active; cr && nact < max; cr = nx) {
-        int done = 1, what, msg;
-        nx = cr->anext;
-        if (cr->busy && p->stream &&
-            (err = kvx_cuda_stream_done(p->stream, cr->ticket, &done, why, sizeof why)) != KVX_OK)
+    for (d = p->active; d && nact < max; d = nx) {
+        int done = 1;
+        nx = d->anext;
+        if (d->busy && p->stream &&
+            (err = kvx_cuda_stream_done(p->stream, d->ticket, &done, why, sizeof why)) != KVX_OK)
             break;
-        if (!done || cr->finishing) continue;
-        cr->busy = 0;
+        if (!done) continue;
         moved++;
-        what = kvx__cux_next(cr, &msg);
-        kvx__cux_unlist(p, cr);
-        if (!what) continue; /* more chunks to come, or a close waits (broadcast below) */
-        cr->finishing = 1;
-        p->nfinishing++;
-        kvx_room_ref(cr->x.room);
-        acts[nact].cr = cr;
-        acts[nact].what = what;
-        memcpy(acts[nact].reason, cr->msg_reason, sizeof acts[nact].reason);
-        acts[nact++].msg = msg;
+        nact += kvx__cux_dst_done(p, d, 0, &acts[nact]);
     }
     if (err != KVX_OK) { /* the stream failed: its rooms in flight fail, the stream is replaced */
         KVX__ADD(&ce->st.driver_errors, 1);
         kvx_cuda_stream_destroy(p->stream); /* waits: nothing of it runs after this */
         p->stream = NULL;
-        for (cr = p->active; cr; cr = nx) {
-            nx = cr->anext;
-            if (!cr->busy || cr->finishing || nact >= max) continue;
-            cr->busy = 0;
+        for (d = p->active; d && nact < max; d = nx) {
+            nx = d->anext;
+            if (!d->busy) continue;
             moved++;
-            kvx__cux_unlist(p, cr);
-            if (KVX__LOAD(&cr->gone)) continue;
-            cr->finishing = 1;
-            p->nfinishing++;
-            kvx_room_ref(cr->x.room);
-            acts[nact].cr = cr;
-            acts[nact].what = KVX__CUX_ACT_FAIL;
-            acts[nact++].msg = 0;
+            nact += kvx__cux_dst_done(p, d, 1, &acts[nact]);
         }
     }
-    if (moved) pthread_cond_broadcast(&p->cv);
     pthread_mutex_unlock(&p->mu);
-    for (i = 0; i < nact; i++) {
-        kvx__cux_act *a = &acts[i];
-        cr = a->cr;
-        if (a->what == KVX__CUX_ACT_FINISH) {
-            kvx__cux_finish(ce, cr);
-        } else if (a->what == KVX__CUX_ACT_MSG) {
-            kvx__cux_send_msg(ce, cr, a->msg, a->reason);
-        } else { /* room_failed tells the decode side (now or after this act) */
-            kvx_room_fail(cr->x.room, KVX_ERR_TRANSPORT, "copying room %llu to decode %s failed: %s",
-                          (unsigned long long)cr->x.id, p->addr, why);
-        }
-        pthread_mutex_lock(&p->mu);
-        cr->finishing = 0;
-        p->nfinishing--;
-        if (cr->msg && !KVX__LOAD(&cr->gone)) { /* owed while we were at it */
-            int m = cr->msg;
-            cr->msg = 0;
-            memcpy(a->reason, cr->msg_reason, sizeof a->reason);
-            pthread_mutex_unlock(&p->mu);
-            kvx__cux_send_msg(ce, cr, m, a->reason);
-            pthread_mutex_lock(&p->mu);
-        }
-        pthread_cond_broadcast(&p->cv);
-        pthread_mutex_unlock(&p->mu);
-        kvx_room_unref(cr->x.room);
-    }
+    for (i = 0; i < nact; i++) kvx__cux_act_run(ce, p, &acts[i], why);
     return moved;
 }
 
@@ -2902,31 +3248,32 @@ static void *kvx__cux_worker_main(void *arg) {
    its last copy). */
 static void kvx__cux_sender_close(kvx__cux_room *cr) {
     kvx__cux_engine *ce = cr->ce;
-    kvx__cux_peer *p;
-    int msg = 0, waited = 0;
+    int msg, waited = 0, armed;
+    uint32_t i;
     char reason[KVX_ERROR_MAX];
     pthread_mutex_lock(&cr->x.mu);
-    KVX__STORE(&cr->gone, 1); /* read under p->mu elsewhere */
-    p = cr->peer;
+    KVX__STORE(&cr->gone, 1);
+    while (cr->inflight) {
+        struct timespec ts;
+        kvx__abstime(&ts, 5000000000ull);
+        if (pthread_cond_timedwait(&cr->cv, &cr->x.mu, &ts) == ETIMEDOUT)
+            kvx_engine_log(ce->engine, KVX_LOG_WARN, "kvx.cuda", cr->x.id, "destroying the "
+                           "sender waits for its GPU copies to %u decode rank%s (%d s so far)",
+                           cr->ndsts, cr->ndsts == 1 ? "" : "s", waited += 5);
+    }
+    msg = cr->msg;
+    cr->msg = 0;
+    memcpy(reason, cr->msg_reason, sizeof reason);
+    armed = cr->ndsts != 0;
     pthread_mutex_unlock(&cr->x.mu);
-    if (p) {
+    for (i = 0; i < cr->ndsts; i++) {
+        kvx__cux_peer *p = cr->dsts[i].peer;
         pthread_mutex_lock(&p->mu);
-        while (cr->busy || cr->finishing) {
-            struct timespec ts;
-            kvx__abstime(&ts, 5000000000ull);
-            if (pthread_cond_timedwait(&p->cv, &p->mu, &ts) == ETIMEDOUT)
-                kvx_engine_log(ce->engine, KVX_LOG_WARN, "kvx.cuda", cr->x.id, "destroying the "
-                               "sender waits for its GPU copies to decode %s (%d s so far)",
-                               p->name, waited += 5);
-        }
-        kvx__cux_unlist(p, cr);
-        msg = cr->msg;
-        cr->msg = 0;
-        memcpy(reason, cr->msg_reason, sizeof reason);
+        kvx__cux_unlist(p, &cr->dsts[i]);
         pthread_mutex_unlock(&p->mu);
     }
     if (msg) kvx__cux_send_msg(ce, cr, msg, reason);
-    else if (p && !KVX__LOAD(&cr->told) && kvx_room_poll(cr->x.room) == KVX_POLL_FAILED)
+    else if (armed && !KVX__LOAD(&cr->told) && kvx_room_poll(cr->x.room) == KVX_POLL_FAILED)
         kvx__cux_send_msg(ce, cr, KVX__CUX_MSG_CONFIRM, NULL); /* failed without a word yet */
     kvx_boot_room_close(ce->boot, cr->x.room); /* an unfinished room tells its decode side */
 }
@@ -3001,11 +3348,38 @@ static int kvx__cux_pid_alive(uint32_t pid) {
     return !(rp && rp[1] == ' ' && (rp[2] == 'Z' || rp[2] == 'X' || rp[2] == 'x'));
 }
 
+/* Under ce->mu: the index of connection conn among the room's
+   contributors (added when add); -1 when absent or the table is full. */
+static int kvx__cux_from(kvx__cux_room *cr, uint64_t conn, int add) {
+    uint32_t i;
+    for (i = 0; i < cr->nfrom; i++)
+        if (cr->from[i] == conn) return (int)i;
+    if (!add || !conn || cr->nfrom == KVX_CUDA_MAX_CONTRIB) return -1;
+    cr->from[cr->nfrom] = conn;
+    cr->fin[cr->nfrom] = 0;
+    return (int)cr->nfrom++;
+}
+
+/* Under ce->mu: a contributor said it stopped writing; fenced once every
+   one the room takes bytes from has. */
+static void kvx__cux_stopped(kvx__cux_room *cr, int k, uint32_t ncontrib) {
+    uint32_t i, nfin = 0;
+    if (k >= 0) cr->fin[k] = 1;
+    for (i = 0; i < cr->nfrom; i++) nfin += cr->fin[i];
+    if (nfin == cr->nfrom && nfin >= ncontrib) cr->fenced = 1;
+}
+
+static void kvx__cux_abort_once(kvx__cux_room *cr);
+
 typedef struct kvx__cux_lost {
     const char *bootstrap;
+    uint64_t conn;
     uint32_t pid;
     int alive;
     uint64_t deadline;
+    kvx_room **others; /* rooms whose other prefill ranks must hear of it */
+    size_t n, cap;
+    kvx__cux_engine *ce;
 } kvx__cux_lost;
 
 static void kvx__cux_lost_room(kvx_room *r, void *arg) {
@@ -3013,14 +3387,26 @@ static void kvx__cux_lost_room(kvx_room *r, void *arg) {
     kvx__cux_room *cr = kvx__cux_cr(r);
     kvx__cux_engine *ce;
     const char *a = kvx_room_bootstrap_addr(r);
+    int several, k;
     if (!cr || !a || strcmp(a, x->bootstrap)) return;
     ce = cr->ce;
     pthread_mutex_lock(&ce->mu);
-    if (!x->alive) cr->fenced = 1;
+    several = cr->ncontrib > 1;
+    k = kvx__cux_from(cr, x->conn, 0);
+    if (several && k < 0) { /* not one of this room's prefill ranks */
+        pthread_mutex_unlock(&ce->mu);
+        return;
+    }
+    if (!x->alive && several) kvx__cux_stopped(cr, k, cr->ncontrib);
+    else if (!x->alive) cr->fenced = 1;
     else if (!cr->fence_deadline || cr->fence_deadline > x->deadline) cr->fence_deadline = x->deadline;
-    cr->fence_pid = x->pid;
+    if (!several) cr->fence_pid = x->pid;
     pthread_cond_broadcast(&ce->cv);
     pthread_mutex_unlock(&ce->mu);
+    if (several && x->n < x->cap) { /* told after the walk: the others stop and free it */
+        kvx_room_ref(r);
+        x->others[x->n++] = r;
+    }
 }
 
 /* kvx_boot hook (decode): the control connection to a prefill rank is gone
@@ -3029,16 +3415,31 @@ static void kvx__cux_lost_room(kvx_room *r, void *arg) {
 static void kvx__cux_disconnect_decode(kvx__cux_engine *ce, const kvx_boot_peer *bp) {
     kvx__cux_lost x;
     kvx__cux_pf *f;
+    kvx__cux_ep ep;
+    char why[KVX_ERROR_MAX];
     uint32_t pid = 0;
+    size_t i;
     pthread_mutex_lock(&ce->mu);
     f = kvx__cux_pf_find(ce, bp->bootstrap);
     if (f) pid = f->pid;
     pthread_mutex_unlock(&ce->mu);
+    if (kvx__cux_parse(bp->endpoint, bp->endpoint_len, &ep, why, sizeof why) == KVX_OK)
+        pid = ep.pid; /* this rank's process (ranks of one instance may be several) */
+    memset(&x, 0, sizeof x);
     x.bootstrap = bp->bootstrap;
+    x.conn = bp->conn_id;
     x.pid = pid;
     x.alive = !pid || kvx__cux_pid_alive(pid);
     x.deadline = kvx_now_ns() + (uint64_t)(ce->fence_s * 1e9);
+    x.cap = 256;
+    x.others = (kvx_room **)kvx_engine_alloc(ce->engine, x.cap * sizeof *x.others);
+    if (!x.others) x.cap = 0;
     kvx_engine_foreach_room(ce->engine, kvx__cux_lost_room, &x);
+    for (i = 0; i < x.n; i++) {
+        kvx__cux_abort_once(kvx__cux_cr(x.others[i]));
+        kvx_room_unref(x.others[i]);
+    }
+    kvx_engine_free(ce->engine, x.others);
 }
 
 static kvx_result kvx__cux_receiver_init(kvx_room *r, const int32_t *pages, uint32_t n,
@@ -3049,7 +3450,7 @@ static kvx_result kvx__cux_receiver_init(kvx_room *r, const int32_t *pages, uint
     pthread_mutex_lock(&ce->mu);
     cr->aux_slot = ce->aux_row_bytes ? aux : -1;
     cr->npages = n;
-    cr->aux_in = 0;
+    cr->aux_from = 0;
     pthread_mutex_unlock(&ce->mu);
     res = kvx_boot_receiver_init(ce->boot, r, pages, n, aux);
     if (res == KVX_OK) {
@@ -3060,30 +3461,69 @@ static kvx_result kvx__cux_receiver_init(kvx_room *r, const int32_t *pages, uint
     return res;
 }
 
-/* Decode, on the prefill's Success: the byte count must be the room's,
-   and its aux rows (if any) must have arrived (their message travels on
-   the same connection, ahead of the status). */
+/* Decode: what the prefill rank behind bp owes this engine's rooms
+   (PARALLEL LAYOUTS in kvx.h): page bytes, whether it writes the aux rows
+   (none from an MLA dummy). */
+static kvx_result kvx__cux_owed(kvx__cux_engine *ce, const kvx_boot_peer *bp, uint64_t *bpp,
+                                int *aux, char *why, size_t wl) {
+    const kvx_layout *l = kvx_engine_layout(ce->engine);
+    int tp, rank;
+    kvx_result r;
+    kvx__cux_tp(ce, &tp, &rank);
+    r = kvx_layout_overlap(kvx__cux_shape(ce, bp), l, bpp, aux, why, wl);
+    if (r == KVX_OK && kvx_mla_dummy(l->mla, bp->tp_size, bp->tp_rank, tp)) *bpp = 0, *aux = 0;
+    return r;
+}
+
+/* "prefill rank tp T of N, pp P of M at ADDR" */
+static void kvx__cux_who(char *out, size_t n, const kvx_boot_peer *bp) {
+    snprintf(out, n, "prefill rank tp %d of %d, pp %d of %d at %s", bp->tp_rank, bp->tp_size,
+             bp->pp_rank, bp->pp_size, bp->addr);
+}
+
+/* Prefill ranks a decode room of this engine takes bytes from (kvx_boot's
+   RANK MAPPING), seen from one of them. */
+static uint32_t kvx__cux_ncontrib(kvx__cux_engine *ce, const kvx_boot_peer *bp) {
+    int tp, rank, ptp = bp->tp_size > 0 ? bp->tp_size : 1;
+    uint64_t n;
+    kvx__cux_tp(ce, &tp, &rank);
+    n = (uint64_t)(ptp > tp ? ptp / tp : 1) * (uint64_t)(bp->pp_size > 0 ? bp->pp_size : 1) *
+        (uint64_t)(bp->cp_size > 0 ? bp->cp_size : 1);
+    return n > KVX_CUDA_MAX_CONTRIB ? KVX_CUDA_MAX_CONTRIB : (uint32_t)n;
+}
+
+/* Decode, on a prefill rank's Success: its byte count must be what it owes
+   this room, and the aux rows (from the one rank that writes them) must
+   have arrived (their message travels on the same connection, ahead of the
+   status). kvx_boot succeeds the room once every prefill rank it targets
+   has. */
 static int kvx__cux_place(kvx__cux_engine *ce, kvx__cux_room *cr, const kvx_boot_peer *bp,
                           uint64_t bytes) {
-    const kvx_layout *l = kvx_engine_layout(ce->engine);
     kvx_room *r = cr->x.room;
-    uint64_t want = (uint64_t)cr->npages * kvx_layout_page_bytes(l), aux_bytes = 0;
-    int in;
-    if (cr->aux_slot >= 0) aux_bytes = ce->aux_row_bytes;
+    uint64_t bpp = 0, want, aux_bytes = 0, from;
+    int aux = 0;
+    char who[200], why[KVX_ERROR_MAX];
+    kvx__cux_who(who, sizeof who, bp);
+    if (kvx__cux_owed(ce, bp, &bpp, &aux, why, sizeof why) != KVX_OK) {
+        kvx_room_fail(r, KVX_ERR_LAYOUT_MISMATCH, "%s: %s", who, why);
+        return 1;
+    }
+    if (cr->aux_slot >= 0 && aux) aux_bytes = ce->aux_row_bytes;
+    want = (uint64_t)cr->npages * bpp;
     if (bytes != want + aux_bytes) {
-        kvx_room_fail(r, KVX_ERR_PROTOCOL, "prefill %s reports %llu bytes placed; room %llu "
-                      "expects %llu (%u pages of %llu bytes, %llu aux bytes)", bp->addr,
+        kvx_room_fail(r, KVX_ERR_PROTOCOL, "%s reports %llu bytes placed; room %llu expects "
+                      "%llu from it (%u pages of %llu bytes, %llu aux bytes)", who,
                       (unsigned long long)bytes, (unsigned long long)cr->x.id,
                       (unsigned long long)(want + aux_bytes), cr->npages,
-                      (unsigned long long)kvx_layout_page_bytes(l), (unsigned long long)aux_bytes);
+                      (unsigned long long)bpp, (unsigned long long)aux_bytes);
         return 1;
     }
     pthread_mutex_lock(&ce->mu);
-    in = cr->aux_in;
+    from = cr->aux_from;
     pthread_mutex_unlock(&ce->mu);
-    if (aux_bytes && !in) {
-        kvx_room_fail(r, KVX_ERR_PROTOCOL, "prefill %s reports Success but the aux rows of room "
-                      "%llu did not arrive before it", bp->addr, (unsigned long long)cr->x.id);
+    if (aux_bytes && from != bp->conn_id) {
+        kvx_room_fail(r, KVX_ERR_PROTOCOL, "%s reports Success but the aux rows of room %llu "
+                      "did not arrive before it", who, (unsigned long long)cr->x.id);
         return 1;
     }
     return 0;
@@ -3103,11 +3543,13 @@ static void kvx__cux_aux_refuse(kvx__cux_engine *ce, kvx_room *r, const kvx_boot
 }
 
 /* Decode, under ce->mu: why room cr cannot take an aux message of len
-   bytes (its length field says rl), or NULL. */
+   bytes (its length field says rl) from a prefill rank that writes aux
+   rows (aux) or not, or NULL. */
 static const char *kvx__cux_aux_bad(kvx__cux_engine *ce, kvx__cux_room *cr, size_t len,
-                                    uint32_t rl) {
+                                    uint32_t rl, int aux) {
     if (cr->aux_slot < 0) return "the receiver has no aux slot";
-    if (cr->aux_in) return "a second aux message for the room";
+    if (!aux) return "that prefill rank does not hold the room's aux rows (another one writes them)";
+    if (cr->aux_from) return "a second aux message for the room";
     if (rl != ce->aux_row_bytes || len - KVX__CUX_AUXM != rl)
         return "its length is not this pool's aux row bytes";
     if (cr->closing || kvx_room_poll(cr->x.room) != KVX_POLL_TRANSFERRING)
@@ -3122,9 +3564,12 @@ static void kvx__cux_on_message(kvx_boot *b, const kvx_boot_peer *bp, const void
     kvx__cux_engine *ce = (kvx__cux_engine *)kvx_boot_user(b);
     const uint8_t *m = (const uint8_t *)msg;
     const kvx_layout *l = kvx_engine_layout(ce->engine);
-    const char *bad;
+    const char *bad = NULL;
+    char why[KVX_ERROR_MAX];
     kvx__cux_room *cr;
     kvx_room *r;
+    uint64_t bpp = 0;
+    int aux = 0, served;
     if (ce->role != KVX_ROLE_DECODE || len < KVX__CUX_AUXM || memcmp(m, "kvx-caux", 8) ||
         kvx__le_r16(m + 8) != KVX_CUDA_AUX_VERSION || kvx__le_r16(m + 10)) {
         kvx__cux_aux_refuse(ce, NULL, bp, "not an aux message of version "
@@ -3133,13 +3578,19 @@ static void kvx__cux_on_message(kvx_boot *b, const kvx_boot_peer *bp, const void
     }
     r = kvx_engine_find_room(ce->engine, kvx__le_r64(m + 16));
     cr = r ? kvx__cux_cr(r) : NULL;
-    if (!cr || !bp->conn_id || KVX__LOAD(&cr->from) != bp->conn_id) {
+    if (cr) {
+        pthread_mutex_lock(&ce->mu);
+        served = bp->conn_id && kvx__cux_from(cr, bp->conn_id, 0) >= 0;
+        pthread_mutex_unlock(&ce->mu);
+    }
+    if (!cr || !served) {
         kvx__cux_aux_refuse(ce, NULL, bp, "it names a room that connection does not serve");
         kvx_room_unref(r);
         return;
     }
+    if (kvx__cux_owed(ce, bp, &bpp, &aux, why, sizeof why) != KVX_OK) aux = 0;
     pthread_mutex_lock(&ce->mu);
-    bad = kvx__cux_aux_bad(ce, cr, len, kvx__le_r32(m + 12));
+    bad = kvx__cux_aux_bad(ce, cr, len, kvx__le_r32(m + 12), aux);
     cr->placing = !bad;
     pthread_mutex_unlock(&ce->mu);
     if (bad) {
@@ -3148,7 +3599,7 @@ static void kvx__cux_on_message(kvx_boot *b, const kvx_boot_peer *bp, const void
         kvx_layout_aux_copy(l, cr->aux_slot, (void *)(m + KVX__CUX_AUXM), 1);
         KVX__ADD(&ce->st.aux_rows, (uint64_t)l->num_aux);
         pthread_mutex_lock(&ce->mu);
-        cr->aux_in = 1;
+        cr->aux_from = bp->conn_id;
         cr->placing = 0;
         pthread_cond_broadcast(&ce->cv);
         pthread_mutex_unlock(&ce->mu);
@@ -3156,29 +3607,36 @@ static void kvx__cux_on_message(kvx_boot *b, const kvx_boot_peer *bp, const void
     kvx_room_unref(r);
 }
 
-/* kvx_boot hook (decode): a status frame from the prefill. TRANSFERRING is
-   its acknowledgement of the destination (it may write from now on); a
-   final status also says it has stopped writing. */
+/* kvx_boot hook (decode): a status frame from a prefill rank. TRANSFERRING
+   is its acknowledgement of the destination (it may write from now on); a
+   final status also says it has stopped writing. A room with several
+   prefill ranks fails, naming the rank, when one fails: this side's
+   failure then reaches the others (room_failed). */
 static int kvx__cux_on_status(kvx_boot *b, kvx_room *r, const kvx_boot_peer *bp, kvx_poll state,
                               kvx_result result, uint64_t bytes, const char *reason) {
     kvx__cux_engine *ce = (kvx__cux_engine *)kvx_boot_user(b);
     kvx__cux_room *cr = kvx__cux_cr(r);
-    int handled = 0, sent;
-    (void)result;
-    (void)reason;
+    uint32_t nc = kvx__cux_ncontrib(ce, bp);
+    int handled = 0, sent, k;
+    char who[200];
     pthread_mutex_lock(&ce->mu);
     sent = cr->sent;
-    if (state == KVX_POLL_TRANSFERRING && !cr->armed) {
-        cr->armed = 1;
-        KVX__STORE(&cr->from, bp->conn_id);
-    }
-    if (state == KVX_POLL_SUCCESS || state == KVX_POLL_FAILED) cr->fenced = 1;
+    k = kvx__cux_from(cr, bp->conn_id, 1);
+    cr->ncontrib = nc;
+    if (state == KVX_POLL_SUCCESS || state == KVX_POLL_FAILED) kvx__cux_stopped(cr, k, nc);
     pthread_cond_broadcast(&ce->cv);
     pthread_mutex_unlock(&ce->mu);
     if (state == KVX_POLL_TRANSFERRING) return 1;
     if (state == KVX_POLL_SUCCESS && sent) {
         handled = kvx__cux_place(ce, cr, bp, bytes);
         if (!handled) KVX__ADD(&ce->st.rooms_done, 1);
+    }
+    if (state == KVX_POLL_FAILED && nc > 1) {
+        kvx__cux_who(who, sizeof who, bp);
+        kvx_room_fail(r, result < 0 ? result : KVX_ERR_PEER, "%s failed (one of the %u prefill "
+                      "ranks this room takes bytes from): %s", who, nc,
+                      reason && reason[0] ? reason : "no reason given");
+        handled = 1;
     }
     return handled;
 }
@@ -3213,14 +3671,14 @@ static void kvx__cux_receiver_close(kvx__cux_room *cr) {
         }
         KVX__ADD(&ce->st.fence_waits, 1);
         pthread_mutex_lock(&ce->mu);
-        armed = cr->armed;
+        armed = cr->nfrom > 0;
         grace = !armed;
         deadline = kvx_now_ns() + (uint64_t)((armed ? ce->fence_s : KVX__CUX_GRACE_S) * 1e9);
         for (;;) {
             struct timespec ts;
             uint64_t now = kvx_now_ns(), until;
             if (cr->fenced) break;
-            if (grace && cr->armed) { /* the acknowledgement was on its way: the full wait */
+            if (grace && cr->nfrom) { /* the acknowledgement was on its way: the full wait */
                 grace = 0;
                 deadline = now + (uint64_t)(ce->fence_s * 1e9);
             }
@@ -3240,7 +3698,7 @@ static void kvx__cux_receiver_close(kvx__cux_room *cr) {
             kvx__abstime(&ts, until - now);
             pthread_cond_timedwait(&ce->cv, &ce->mu, &ts);
         }
-        wait = !cr->fenced && cr->armed;
+        wait = !cr->fenced && cr->nfrom;
         pthread_mutex_unlock(&ce->mu);
         if (wait) {
             KVX__ADD(&ce->st.fence_timeouts, 1);
@@ -3257,14 +3715,14 @@ static void kvx__cux_receiver_close(kvx__cux_room *cr) {
 static void kvx__cux_on_abort(kvx_boot *b, kvx_room *r, const kvx_boot_peer *bp, const char *reason) {
     kvx__cux_engine *ce = (kvx__cux_engine *)kvx_boot_user(b);
     kvx__cux_room *cr = kvx__cux_cr(r);
-    (void)bp;
     (void)reason;
     if (ce->role == KVX_ROLE_PREFILL) {
         kvx__cux_on_abort_prefill(cr);
         return;
     }
     pthread_mutex_lock(&ce->mu); /* the prefill aborts only once its copies have stopped */
-    cr->fenced = 1;
+    if (cr->ncontrib > 1) kvx__cux_stopped(cr, kvx__cux_from(cr, bp->conn_id, 1), cr->ncontrib);
+    else cr->fenced = 1;
     pthread_cond_broadcast(&ce->cv);
     pthread_mutex_unlock(&ce->mu);
 }
@@ -3428,6 +3886,7 @@ static kvx_result kvx__cux_room_open(kvx_room *r) {
     if (!cr) return KVX_ERR_NO_MEMORY;
     cr->ce = ce;
     cr->aux_slot = -1;
+    pthread_cond_init(&cr->cv, NULL);
     kvx_room_set_data(r, cr);
     return kvx_boot_room_open(ce->boot, r);
 }
@@ -3451,10 +3910,15 @@ static void kvx__cux_room_close(kvx_room *r) {
 
 static void kvx__cux_room_free(kvx_room *r) {
     kvx__cux_room *cr = kvx__cux_cr(r);
+    uint32_t i;
     if (!cr) return;
-    kvx__cux_peer_unref(cr->peer);
-    kvx_plan_free(&cr->plan);
-    kvx_engine_free(kvx_room_engine(r), cr->dst);
+    for (i = 0; i < cr->ndsts; i++) {
+        kvx__cux_peer_unref(cr->dsts[i].peer);
+        kvx_plan_free(&cr->dsts[i].plan);
+        kvx_engine_free(kvx_room_engine(r), cr->dsts[i].pages);
+    }
+    kvx_engine_free(kvx_room_engine(r), cr->dsts);
+    pthread_cond_destroy(&cr->cv);
     kvx__xroom_free(cr);
 }
 

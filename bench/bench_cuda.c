@@ -7,6 +7,9 @@
    - D2D: kvx_cuda_copy_spans of the plan between two GPU pools, as the
      cuda transport does it, against one contiguous device-to-device copy of
      the same number of bytes (goal: >= 0.85x);
+   - D2D strided: the plan of a TP 2 prefill rank (8 heads) to a TP 4
+     decode rank (heads 0..3): half of every token row, as 2-D copies
+     (cuMemcpy2DAsync), against one contiguous copy of as many bytes;
    - the cuda transport: a prefill engine in this process and a decode
      engine in a second process (this program run again), CUDA IPC between
      them; time from kvx_sender_send to the sender's Success (every byte
@@ -77,24 +80,29 @@ typedef struct pool {
     kvx_layout l;
 } pool;
 
-static void pool_alloc(pool *p, uint32_t pages) {
+/* A pool of `heads` of the 8 KV heads (a TP rank's share), from head_begin. */
+static void pool_alloc_heads(pool *p, uint32_t pages, uint32_t heads, uint32_t head_begin) {
     char why[KVX_ERROR_MAX];
+    uint64_t item = (uint64_t)ITEM / 8 * heads;
     uint32_t b;
     memset(p, 0, sizeof *p);
     for (b = 0; b < NB; b++) {
-        if (kvx_cuda_alloc(cu, 0, (size_t)pages * ITEM, &p->bufs[b].base, why, sizeof why))
+        if (kvx_cuda_alloc(cu, 0, (size_t)(pages * item), &p->bufs[b].base, why, sizeof why))
             die("GPU pool", why);
-        p->bufs[b].length = (uint64_t)pages * ITEM;
-        p->bufs[b].item_len = ITEM;
+        p->bufs[b].length = (uint64_t)pages * item;
+        p->bufs[b].item_len = item;
         p->bufs[b].mem = KVX_MEM_CUDA;
     }
     p->l.buffers = p->bufs;
     p->l.num_buffers = NB;
     p->l.page_size = PAGE_TOKENS;
-    p->l.num_kv_heads = 8;
+    p->l.num_kv_heads = heads;
+    p->l.head_begin = head_begin;
     p->l.dtype_size = 2;
     p->l.dtype = "bfloat16";
 }
+
+static void pool_alloc(pool *p, uint32_t pages) { pool_alloc_heads(p, pages, 8, 0); }
 
 static void pool_free(pool *p) {
     uint32_t b;
@@ -142,6 +150,67 @@ static double time_spans(kvx_cuda_stream *s, const kvx_layout *src, const kvx_la
     if (kvx_cuda_copy_spans(s, src, dst, sp, n, &t, why, sizeof why)) die("copy spans", why);
     if (kvx_cuda_stream_wait(s, t, why, sizeof why)) die("wait", why);
     return now_s() - t0;
+}
+
+/* TP 2 -> 4: a decode rank's 4 of the prefill rank's 8 heads (the first
+   half of every token row) as strided spans (2-D copies), against one
+   contiguous copy of as many bytes (la/lb hold at least that many). */
+static void strided_case(kvx_cuda_stream *s, const pool *src, const int32_t *sp,
+                         const int32_t *dp, uint32_t n, uint32_t pool_pages, const kvx_layout *la,
+                         const kvx_layout *lb, char *stage, int reps, int fake) {
+    char why[KVX_ERROR_MAX];
+    kvx_cuda_stats st0, st1;
+    kvx_plan plan;
+    kvx_span one;
+    kvx_copy c;
+    pool half;
+    double best = 1e9, best_flat = 1e9;
+    uint64_t bytes;
+    uint32_t i, t, w, bad = 0;
+    int rep;
+    /* as a TP 2 prefill rank: 8 heads 0..7; the TP 4 decode rank 0 holds heads 0..3 */
+    pool_alloc_heads(&half, pool_pages, 4, 0);
+    memset(&plan, 0, sizeof plan);
+    if (kvx_plan_pages(&plan, &src->l, sp, &half.l, dp, n)) die("strided plan", plan.error);
+    bytes = plan.total_bytes;
+    memset(&one, 0, sizeof one);
+    one.length = bytes;
+    time_spans(s, &src->l, &half.l, plan.spans, plan.count); /* warm-up */
+    for (rep = 0; rep < reps; rep++) {
+        double x = time_spans(s, la, lb, &one, 1);
+        if (x < best_flat) best_flat = x;
+    }
+    kvx_cuda_stats_get(cu, &st0);
+    for (rep = 0; rep < reps; rep++) {
+        double x = time_spans(s, &src->l, &half.l, plan.spans, plan.count);
+        if (x < best) best = x;
+    }
+    kvx_cuda_stats_get(cu, &st1);
+    for (i = 0; i < 16; i++) { /* the first half of each token row, word for word */
+        uint32_t k = (uint32_t)(mix(300 + i) % n), b = (uint32_t)(mix(400 + i) % NB);
+        const uint64_t *h = (const uint64_t *)stage;
+        uint64_t v = mix(((uint64_t)b << 32) | (uint32_t)sp[k]);
+        c.buf_ptr = (char *)half.bufs[b].base + (uint64_t)dp[k] * (ITEM / 2);
+        c.host = stage;
+        c.len = ITEM / 2;
+        c.device = 0;
+        if (ops.copy(ops.ctx, 1, &c, 1, why, sizeof why)) die("verify strided", why);
+        for (t = 0; t < PAGE_TOKENS; t++)
+            for (w = 0; w < ITEM / PAGE_TOKENS / 16; w++)
+                if (h[t * (ITEM / PAGE_TOKENS / 16) + w] != v + t * (ITEM / PAGE_TOKENS / 8) + w)
+                    bad++;
+    }
+    if (bad) die("verify strided", "head slices did not land where the plan says");
+    printf("  D2D contiguous, one copy of %3.0f MiB %6.1f GB/s  (%.3f ms)\n",
+           (double)bytes / (1 << 20), bytes / best_flat / 1e9, best_flat * 1e3);
+    printf("  D2D TP 2 -> 4 head slices, %5zu strided spans %6.1f GB/s  (%.3f ms)  ratio %.2fx "
+           "contiguous%s\n", plan.strided, bytes / best / 1e9, best * 1e3, best_flat / best,
+           fake ? "" : (best_flat / best < 0.5 ? "  (below 0.5x)" : ""));
+    printf("      (%llu cuMemcpy2DAsync calls, %llu rows copied one by one per transfer)\n",
+           (unsigned long long)((st1.driver_2d - st0.driver_2d) / (uint64_t)reps),
+           (unsigned long long)((st1.rows_1d - st0.rows_1d) / (uint64_t)reps));
+    kvx_plan_free(&plan);
+    pool_free(&half);
 }
 
 /* ---- the cuda transport between two processes ---------------------------------- */
@@ -523,6 +592,8 @@ int main(int argc, char **argv) {
     printf("      (%llu driver batch calls, %llu single copies per transfer)\n",
            (unsigned long long)((st1.driver_batches - st0.driver_batches) / (uint64_t)reps),
            (unsigned long long)((st1.driver_copies - st0.driver_copies) / (uint64_t)reps));
+
+    strided_case(s, &src, sp, dp, n, pool_pages, &la, &lb, stage, reps, fake);
 
     /* staging: scattered pages -> 16 MiB pinned stripes, 512 pieces each */
     pieces = (kvx_copy *)malloc((STRIPE / ITEM) * sizeof *pieces);

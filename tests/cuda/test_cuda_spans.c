@@ -161,16 +161,17 @@ static void check_refusals(kvx_cuda *cu) {
     sp[0].buffer = 0; sp[0].src_offset = 0; sp[0].dst_offset = 0; sp[0].length = ITEM;
     sp[1].buffer = 1; sp[1].src_offset = 7 * ITEM; sp[1].dst_offset = 3 * ITEM; sp[1].length = ITEM;
     sp[2].buffer = 1; sp[2].src_offset = 0; sp[2].dst_offset = 3 * ITEM + 1; sp[2].length = ITEM;
+    sp[0].dst_buffer = 0; sp[1].dst_buffer = 1; sp[2].dst_buffer = 1;
     f0 = ct_stats(&F);
     r = kvx_cuda_copy_spans(s, &src.layout, &dst.layout, sp, 3, &t, why, sizeof why);
     CHECK(r == KVX_ERR_OUT_OF_RANGE && t == 0, "a span past the destination buffer");
-    CHECK_STR(why, "span 2 (buffer 1, src_offset 0, dst_offset 12289, length 4096) leaves the "
-                   "destination buffer (16384 bytes)");
+    CHECK_STR(why, "span 2 (destination buffer 1, offset 12289, length 4096) leaves that "
+                   "buffer (16384 bytes)");
     sp[2].dst_offset = 0;
     sp[2].src_offset = 8 * ITEM;
     r = kvx_cuda_copy_spans(s, &src.layout, &dst.layout, sp, 3, &t, why, sizeof why);
     CHECK(r == KVX_ERR_OUT_OF_RANGE, "a span past the source buffer");
-    CHECK_STR(why, "leaves the source buffer");
+    CHECK_STR(why, "span 2 (source buffer 1, offset 32768, length 4096) leaves that buffer");
     sp[2].src_offset = ~0ull - 10; /* offset + length would wrap */
     r = kvx_cuda_copy_spans(s, &src.layout, &dst.layout, sp, 3, &t, why, sizeof why);
     CHECK(r == KVX_ERR_OUT_OF_RANGE, "an offset that wraps around");
@@ -178,8 +179,13 @@ static void check_refusals(kvx_cuda *cu) {
     sp[2].buffer = 2;
     r = kvx_cuda_copy_spans(s, &src.layout, &dst.layout, sp, 3, &t, why, sizeof why);
     CHECK(r == KVX_ERR_OUT_OF_RANGE, "a buffer the layouts do not have");
-    CHECK_STR(why, "span 2 names buffer 2; the layouts have 2 (source) and 2 (destination)");
-    sp[2].buffer = 0;
+    CHECK_STR(why, "span 2 names source buffer 2; that layout has 2");
+    sp[2].buffer = 1;
+    sp[2].dst_buffer = 2;
+    r = kvx_cuda_copy_spans(s, &src.layout, &dst.layout, sp, 3, &t, why, sizeof why);
+    CHECK(r == KVX_ERR_OUT_OF_RANGE, "a destination buffer the layout does not have");
+    CHECK_STR(why, "span 2 names destination buffer 2; that layout has 2");
+    sp[2].buffer = sp[2].dst_buffer = 0;
     sp[2].kind = KVX_SPAN_AUX; /* aux rows are host memory: never a device copy */
     r = kvx_cuda_copy_spans(s, &src.layout, &dst.layout, sp, 3, &t, why, sizeof why);
     CHECK(r == KVX_ERR_INVALID_ARGUMENT, "an aux span: %d", (int)r);
@@ -196,7 +202,7 @@ static void check_refusals(kvx_cuda *cu) {
     CHECK(kvx_cuda_stream_wait(s, t, why, sizeof why) == KVX_OK, "and it completes");
 
     /* a driver error when queueing: nothing of the call keeps running */
-    sp[2].buffer = 1;
+    sp[2].buffer = sp[2].dst_buffer = 1;
     F.inject("cuMemcpyBatchAsync_v2", CUDA_ERROR_INVALID_VALUE, 0);
     r = kvx_cuda_copy_spans(s, &src.layout, &dst.layout, sp, 3, &t, why, sizeof why);
     CHECK(r == KVX_ERR_TRANSPORT && t == 0, "queueing failed");

@@ -256,7 +256,7 @@ static int acked(cx_side *dc, uint64_t room) {
     int ok = 0;
     while (!ok && cx_now() < end) {
         kvx_room *r = kvx_engine_find_room(dc->e, room);
-        ok = r && KVX__LOAD(&kvx__cux_cr(r)->from) != 0;
+        ok = r && KVX__LOAD(&kvx__cux_cr(r)->nfrom) != 0;
         kvx_room_unref(r);
         if (!ok) cx_sleep(0.001);
     }

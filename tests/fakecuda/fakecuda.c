@@ -61,6 +61,7 @@ typedef struct fc_op {
     char *dst;
     const char *src;
     size_t len;
+    size_t rows, spitch, dpitch; /* a 2-D copy: rows of len bytes; 1-D: rows 1 */
     CUresult fail;
 } fc_op;
 
@@ -116,6 +117,13 @@ static void fc_read_env(void) {
     g_version = fc_env_int("FAKECUDA_DRIVER_VERSION", 13000);
     g_delay_us = fc_env_int("FAKECUDA_DELAY_US", 0);
     g_sync = fc_env_int("FAKECUDA_SYNC", 0);
+}
+
+/* CU_DEVICE_ATTRIBUTE_MAX_PITCH, read at each use: FAKECUDA_MAX_PITCH
+   (default 2147483647, what current GPUs report). */
+static int fc_max_pitch(void) {
+    int v = fc_env_int("FAKECUDA_MAX_PITCH", 2147483647);
+    return v > 0 ? v : 2147483647;
 }
 
 static int fc_inited(void) { return __atomic_load_n(&g_inited, __ATOMIC_ACQUIRE); }
@@ -269,6 +277,7 @@ CUresult CUDAAPI cuDeviceGetAttribute(int *pi, CUdevice_attribute attrib, CUdevi
     case CU_DEVICE_ATTRIBUTE_CAN_MAP_HOST_MEMORY: *pi = 1; break;
     case CU_DEVICE_ATTRIBUTE_DMA_BUF_SUPPORTED: *pi = fc_env_int("FAKECUDA_DMABUF", 0) ? 1 : 0; break;
     case CU_DEVICE_ATTRIBUTE_PCI_BUS_ID: *pi = dev + 1; break;
+    case CU_DEVICE_ATTRIBUTE_MAX_PITCH: *pi = fc_max_pitch(); break;
     case CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR: *pi = 9; break;
     case CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT: *pi = 4; break;
     default: *pi = 0; break;
@@ -540,6 +549,12 @@ CUresult CUDAAPI cuPointerGetAttribute(void *data, CUpointer_attribute attribute
 
 /* >>streams ------------------------------------------------------------------ */
 
+static void fc_perform(const fc_op *op) {
+    size_t k;
+    for (k = 0; k < op->rows && op->len; k++)
+        memcpy(op->dst + k * op->dpitch, op->src + k * op->spitch, op->len);
+}
+
 static void *fc_worker(void *arg) {
     struct CUstream_st *s = (struct CUstream_st *)arg;
     pthread_mutex_lock(&s->mu);
@@ -555,7 +570,7 @@ static void *fc_worker(void *arg) {
             ts.tv_nsec = (long)(g_delay_us % 1000000) * 1000;
             nanosleep(&ts, NULL);
         }
-        if (op.fail == CUDA_SUCCESS) memcpy(op.dst, op.src, op.len);
+        if (op.fail == CUDA_SUCCESS) fc_perform(&op);
         pthread_mutex_lock(&s->mu);
         if (op.fail != CUDA_SUCCESS && s->err == CUDA_SUCCESS) s->err = op.fail;
         s->head = (s->head + 1) % s->cap;
@@ -691,11 +706,7 @@ CUresult CUDAAPI cuStreamQuery(CUstream hStream) {
 
 /* Queues (or, on the NULL stream or with FAKECUDA_SYNC, performs) one copy
    whose pointers are already translated. */
-static CUresult fc_enqueue(struct CUstream_st *s, char *dst, const char *src, size_t len) {
-    fc_op op;
-    op.dst = dst;
-    op.src = src;
-    op.len = len;
+static CUresult fc_enqueue_op(struct CUstream_st *s, fc_op op) {
     op.fail = fc_inject("async");
     FC_ADD(&g_st.copies, 1);
     if (!s || g_sync) {
@@ -707,7 +718,7 @@ static CUresult fc_enqueue(struct CUstream_st *s, char *dst, const char *src, si
             }
             return op.fail;
         }
-        if (len) memcpy(dst, src, len);
+        fc_perform(&op);
         return CUDA_SUCCESS;
     }
     pthread_mutex_lock(&s->mu);
@@ -730,6 +741,16 @@ static CUresult fc_enqueue(struct CUstream_st *s, char *dst, const char *src, si
     pthread_cond_broadcast(&s->cv);
     pthread_mutex_unlock(&s->mu);
     return CUDA_SUCCESS;
+}
+
+static CUresult fc_enqueue(struct CUstream_st *s, char *dst, const char *src, size_t len) {
+    fc_op op;
+    op.dst = dst;
+    op.src = src;
+    op.len = len;
+    op.rows = 1;
+    op.spitch = op.dpitch = 0;
+    return fc_enqueue_op(s, op);
 }
 
 enum { FC_HOST = 1, FC_DEV = 2, FC_EITHER = 3 };
@@ -810,6 +831,53 @@ CUresult CUDAAPI cuMemcpyHtoD_v2(CUdeviceptr dstDevice, const void *srcHost, siz
 CUresult CUDAAPI cuMemcpyDtoH_v2(void *dstHost, CUdeviceptr srcDevice, size_t ByteCount) {
     return fc_err(fc_copy((uintptr_t)dstHost, FC_HOST, (uintptr_t)srcDevice, FC_DEV, ByteCount,
                           NULL, 1));
+}
+
+/* One side of a 2-D copy: its start (base + Y * pitch + X) and the range
+   its rows span, translated. */
+static CUresult fc_side_2d(CUmemorytype t, const void *host, CUdeviceptr dev, size_t x, size_t y,
+                           size_t pitch, size_t w, size_t h, char **out, int *is_dev) {
+    uintptr_t base;
+    size_t span;
+    int want;
+    if (t == CU_MEMORYTYPE_HOST) base = (uintptr_t)host, want = FC_HOST;
+    else if (t == CU_MEMORYTYPE_DEVICE) base = (uintptr_t)dev, want = FC_DEV;
+    else if (t == CU_MEMORYTYPE_UNIFIED) base = (uintptr_t)dev, want = FC_EITHER;
+    else return CUDA_ERROR_INVALID_VALUE; /* arrays are not faked */
+    if (pitch < w + x || pitch > (size_t)fc_max_pitch()) return CUDA_ERROR_INVALID_VALUE;
+    if (h && (h - 1) > (SIZE_MAX - w) / pitch) return CUDA_ERROR_INVALID_VALUE;
+    span = h ? (h - 1) * pitch + w : 0;
+    return fc_resolve(base + y * pitch + x, span, want, out, is_dev);
+}
+
+/* cuMemcpy2DAsync (the _v2 symbol): as documented, pitches at least
+   WidthInBytes + X and at most CU_DEVICE_ATTRIBUTE_MAX_PITCH; every row
+   inside one allocation (or host memory). Queued as one operation. */
+CUresult CUDAAPI cuMemcpy2DAsync_v2(const CUDA_MEMCPY2D *c, CUstream hStream) {
+    fc_op op;
+    char *d, *sr;
+    int dd, sd;
+    CUresult r;
+    FC_INJECT("cuMemcpy2DAsync_v2");
+    if (!c) return fc_err(CUDA_ERROR_INVALID_VALUE);
+    if ((r = fc_check_stream(hStream, 1)) != CUDA_SUCCESS) return fc_err(r);
+    if (!c->WidthInBytes || !c->Height) return CUDA_SUCCESS;
+    if ((r = fc_side_2d(c->srcMemoryType, c->srcHost, c->srcDevice, c->srcXInBytes, c->srcY,
+                        c->srcPitch, c->WidthInBytes, c->Height, &sr, &sd)) != CUDA_SUCCESS ||
+        (r = fc_side_2d(c->dstMemoryType, c->dstHost, c->dstDevice, c->dstXInBytes, c->dstY,
+                        c->dstPitch, c->WidthInBytes, c->Height, &d, &dd)) != CUDA_SUCCESS)
+        return fc_err(r);
+    op.dst = d;
+    op.src = sr;
+    op.len = c->WidthInBytes;
+    op.rows = c->Height;
+    op.spitch = c->srcPitch;
+    op.dpitch = c->dstPitch;
+    if ((r = fc_enqueue_op(hStream, op)) != CUDA_SUCCESS) return fc_err(r);
+    FC_ADD(&g_st.copies_2d, 1);
+    FC_ADD(&g_st.rows_2d, c->Height);
+    fc_count_bytes(sd, dd, c->WidthInBytes * c->Height);
+    return CUDA_SUCCESS;
 }
 
 /* Both batch ABIs: checks what the documentation requires, then queues. */

@@ -42,6 +42,13 @@
      Pointers and bounds are checked when a copy is queued
      (CUDA_ERROR_INVALID_VALUE): a copy that runs past an allocation, a
      device address given as host memory or the reverse.
+   - 2-D copies (cuMemcpy2DAsync_v2, host or device on either side): the
+     documented checks (each pitch >= WidthInBytes + XInBytes and <=
+     CU_DEVICE_ATTRIBUTE_MAX_PITCH, which is FAKECUDA_MAX_PITCH, default
+     2147483647, read at each use; every row inside one allocation), else
+     CUDA_ERROR_INVALID_VALUE; queued as one operation that copies Height
+     rows; counted in copies_2d and rows_2d (and once in copies). Arrays are
+     not faked.
    - cuMemHostAlloc: anonymous mmap, tracked. cuMemGetHandleForAddressRange
      checks that the range is device memory aligned to the host page size
      (CUDA_ERROR_INVALID_VALUE otherwise), records it, and then answers
@@ -70,6 +77,8 @@ struct fakecuda_stats {
     uint64_t async_calls;     /* single-copy asynchronous calls */
     uint64_t batches;         /* cuMemcpyBatchAsync / _v2 calls accepted */
     uint64_t batches_v1;      /* of which the 12.8 ABI */
+    uint64_t copies_2d;       /* cuMemcpy2DAsync_v2 calls accepted */
+    uint64_t rows_2d;         /* rows those copied (their Height, summed) */
     uint64_t bytes_h2d, bytes_d2h, bytes_d2d, bytes_h2h;
     uint64_t stream_syncs, event_records, event_syncs;
     uint64_t dev_allocs, host_allocs;
