@@ -74,7 +74,7 @@ static kvx_poll wait_sender(kvx_sender *s, const topo *t, int ready, double time
         if (ready ? ps != KVX_POLL_BOOTSTRAPPING : tt_terminal(ps)) return ps;
         if (tt_now() > end) return ps;
         if (__atomic_load_n(&sh->decode_done, __ATOMIC_ACQUIRE) >= t->dtp * t->dpp) {
-            if (ready) return ps;
+            if (ready || ps == KVX_POLL_BOOTSTRAPPING) return ps; /* no destination came */
             if (end > tt_now() + 20) end = tt_now() + 20; /* its ACK or failure is on the way */
         }
         tt_sleep(0.001);
