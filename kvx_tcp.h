@@ -22,17 +22,29 @@
      names it in desc.bootstrap_addr or kvx_room_desc.bootstrap_addr.
 
    DATA PATH
-     Prefill: kvx__tcp_sender_send plans the chunk (kvx_plan_pages: its
-     layout and pages, the decode layout and the chunk's destination pages)
-     and queues the plan on the link; each stream thread
-     (kvx__tcp_stream_main) cuts a frame from the queue (kvx__tcp_carve) and
-     sends it with one sendmsg, an iovec per span, straight from the pool
-     pages (kvx__tcp_send_frame, kvx__tcp_io; GPU pools through a pinned
-     stage and desc.mem.copy). Decode: the data listener is announced (host,
-     port, 16-byte random token) in the endpoint of its kvx_boot hello;
-     kvx__tcp_on_data checks a DATA frame's segments, kvx__tcp_read_payload
-     reads the payload with recvmsg straight into the destination pages
-     (kvx__tcp_io), and kvx__tcp_recv_finish acknowledges a complete room.
+     Prefill: a room has one destination per decode rank that serves it
+     (kvx_boot calls on_room once per decode rank: several when decode TP >
+     prefill TP). kvx__tcp_sender_send plans the chunk once per destination
+     (kvx_plan_pages: its layout and pages, that decode rank's layout from
+     its hello, peer->layout, and its destination pages; head slices become
+     strided spans) and queues each plan on that destination's link; each
+     stream thread (kvx__tcp_stream_main) cuts a frame from the queue
+     (kvx__tcp_carve) and sends it with sendmsg, an iovec per span straight
+     from the pool pages (kvx__tcp_send_frame, kvx__tcp_io; at most
+     KVX__TCP_IOV = 1024 per call), the rows of a head slice gathered into a
+     per-stream buffer first (kvx_span_copy) unless they lie back to back;
+     GPU pools through a pinned stage and desc.mem.copy (head slices out of
+     GPU pools are refused: see LIMITS). A destination that takes nothing
+     from this rank (kvx_layout_overlap says 0 bytes, or an MLA dummy,
+     kvx_mla_dummy) gets no link and no byte. Decode: the data listener is
+     announced (host, port, 16-byte random token) in the endpoint of its
+     kvx_boot hello; kvx__tcp_on_data checks a DATA frame's segments,
+     kvx__tcp_read_payload reads the payload with recvmsg straight into the
+     destination pages (kvx__tcp_io; the rows of a head slice that are not
+     back to back here through a per-connection buffer grown to the frame's
+     slices, then kvx_span_copy: bench_tcp measured it faster than an iovec
+     per row), and kvx__tcp_recv_finish acknowledges a complete room to
+     every prefill rank that sent it data.
 
    EXAMPLE (two hosts; error handling shortened)
        // given: kvx_layout pool_layout; const int32_t *pages; uint32_t n, k;
@@ -119,10 +131,15 @@
      peer stalled in the middle of that room's frame gets its connection
      shut down after one second).
 
-   WIRE FORMAT (version 2; every integer little-endian)
-     Version 2 (kvx 0.1 after issue 10) over version 1: a 16-byte token,
-     HELLO flags and nonce, the AUTH and PROOF frames. The two do not
-     interoperate: each side names the other's version in its refusal.
+   WIRE FORMAT (version 3; every integer little-endian)
+     Version 3 (issue 13) over version 2: DATA segment descriptors of 32
+     bytes with the ROWS form (head slices), HELLO carries the prefill's tp
+     and pp rank and a shape fingerprint (kvx_tcp_shape_fingerprint) instead
+     of the layout fingerprint. Version 2 (issue 10) over version 1: a
+     16-byte token, HELLO flags and nonce, the AUTH and PROOF frames. No two
+     versions interoperate: each side names both versions in its refusal
+     ("protocol version 2, this side speaks 3"; the endpoint's version the
+     same way).
      Data connections go from prefill to decode. Each frame is a 32-byte
      header and a body:
         0 u32 magic 0x5458564B ("KVXT")   4 u8 version (2)   5 u8 type
@@ -132,10 +149,16 @@
        24 u32 flags (0)   28 u32 reserved (0)
      HELLO (1, prefill -> decode, first frame of a connection; body 64)
         0 u8[16] token (from the decode endpoint)  16 u64 prefill instance
-       24 u64 layout fingerprint  32 u16 stream index  34 u16 streams
+       24 u64 shape fingerprint (kvx_tcp_shape_fingerprint: what ranks of
+              any head or layer range share; must equal the decode's)
+       32 u16 stream index  34 u16 streams
        36 u32 flags (bit 0 AUTH: the prefill holds a key and will prove it;
               it must be set exactly when the decode engine has a key)
-       40 u8[16] nonce_p (fresh random with AUTH, else 0)  56 u64 reserved
+       40 u8[16] nonce_p (fresh random with AUTH, else 0)
+       56 u16 tp rank  58 u16 tp size  60 u16 pp rank  62 u16 pp size (of
+              the prefill engine, desc.boot; sizes 0: not given. Only for
+              the decode's sentences: "prefill 10.0.0.1:41234 (tp rank 1 of
+              4, pp rank 0 of 1)")
      AUTH (5, decode -> prefill, keyed engines, answers HELLO; body 48)
         0 u8[16] nonce_d (fresh random)
        16 u8[32] kvx__auth_proof(key, "kvx-tcp-decode", nonce_p, nonce_d)
@@ -145,28 +168,41 @@
        (constant-time compare); a prefill sends nothing after HELLO until
        the decode's AUTH matched. Each side proves with its own label over
        the other's fresh nonce, so nothing recorded or reflected passes.
-     DATA (2, prefill -> decode; body 24 * count + payload)
-       count segment descriptors of 24 bytes, then the payload: the bytes
+     DATA (2, prefill -> decode; body 32 * count + payload)
+       count segment descriptors of 32 bytes, then the payload: the bytes
        of every segment in descriptor order.
-        0 u32 buffer (KV buffer index; aux buffer index with the AUX flag)
+        0 u32 buffer (the receiver's KV buffer index; aux buffer index with
+              the AUX flag)
         4 u32 flags (bit 0 AUX: the bytes are the room's row of that aux
-              buffer; other bits 0)
+              buffer; bit 1 ROWS: a head slice, see below; AUX and ROWS
+              never together; other bits 0)
         8 u64 dst_offset (bytes from the start of that buffer in the
               receiver's pool)   16 u64 length
-       A KV segment covers whole pages (dst_offset and length multiples
-       of item_len) of one buffer. All segments of a frame belong to its
-       room. The descriptors of a frame come together, so the receiver
-       validates them all, then reads the whole payload with one recvmsg
-       whose iovec points into its pages (a header per segment would cost
-       one system call per segment: 16384 for a scattered 4096-token
-       Llama-3.1-8B request).
-     ACK (3, decode -> prefill; body 16): 0 u64 bytes placed (KV + aux)
-       8 u64 reserved. Sent once per room, when its last byte is in place.
+       24 u64 row_len (ROWS: bytes of one row; else 0)
+       A KV segment without ROWS covers whole pages (dst_offset and length
+       multiples of item_len) of one buffer. A ROWS segment is length /
+       row_len rows of row_len bytes, row k at dst_offset + k * pitch, pitch
+       being the receiver's own token row (item_len / page_size): the heads
+       the sender holds of each token, at their head offset in the
+       receiver's rows (heterogeneous TP). The receiver takes it only as
+       whole heads (row_len and dst_offset % pitch multiples of its bytes
+       per head, the slice inside the row) in whole pages of rows (length /
+       row_len a multiple of page_size, the first row a page's first), so
+       a run of pages is one segment whatever the number of tokens. All
+       segments of a frame belong to its room. The descriptors of a frame
+       come together, so the receiver validates them all, then reads the
+       whole payload with recvmsg straight into its pages (a header per
+       segment would cost one system call per segment: 16384 for a
+       scattered 4096-token Llama-3.1-8B request).
+     ACK (3, decode -> prefill; body 16): 0 u64 bytes placed (KV + aux, of
+       the whole room) 8 u64 reserved. Sent once per room and contributing
+       prefill rank (on one of its connections), when the room's last byte
+       is in place.
      ERROR (4, decode -> prefill; body 8 + rl): 0 i32 result (kvx_result)
        4 u32 rl (<= 1024)  8 reason. The decode closes the connection after
        it (room 0: the connection itself was refused).
      ENDPOINT (the decode engine's kvx_boot hello endpoint bytes; 32 + hl)
-        0 u8[8] "kvx-tcp\0"  8 u16 version (2)  10 u16 data port
+        0 u8[8] "kvx-tcp\0"  8 u16 version (3)  10 u16 data port
        12 u16 hl (host bytes, <= 63; 0 = "the address you see me from")
        14 u16 reserved  16 u8[16] token (kernel CSPRNG, per engine)
        32 host text
@@ -175,19 +211,30 @@
 
    COMPLETION
      The receiver knows the total from its own pages: pages * sum(item_len)
-     plus sum(aux item_len) when it gave an aux slot. It counts the bytes
-     of every segment it accepted (a (buffer, page) pair may arrive once,
-     an aux row once). When the count is complete, every KV byte is in place;
+     plus sum(aux item_len) when it gave an aux slot, whatever the number of
+     prefill ranks that contribute (prefill TP > decode TP: each sends its
+     heads; PP -> 1: each its layers; MLA: one, the others are dummies that
+     send nothing; only the contributor kvx_layout_overlap names sends_aux
+     sends the aux rows). It takes DATA for the room from every prefill
+     rank's connections and counts the bytes of every segment it accepted:
+     a (buffer, page, head) may arrive once (a whole page claims all its
+     heads), an aux row once, so no byte counts twice. When the count is
+     complete, every KV byte is in place;
      the aux rows, staged per room, are copied into the aux slot last (after
      the last KV byte even when they overtook KV frames on another stream);
-     then the receiver reports Success and sends ACK on the connection that
-     brought the last byte. A room in Success is final (kvx.h): an abort or
+     then the receiver reports Success and sends ACK to every prefill rank
+     that sent the room data (on the connection that brought the last byte,
+     and on one live connection of each other contributor). A prefill room
+     with several destinations (decode TP > prefill TP) succeeds when every
+     destination acknowledged (or took nothing from it). A room in Success is final (kvx.h): an abort or
      timeout after it does nothing and sends nothing, so nothing overtakes the
      ACK, and destroying the receiver waits until the ACK was written. The
      sender reports Success on that ACK (and tells the decode side over the
      control channel, which it ignores for Success: only its own count makes a
-     receiver succeed). A data-path ACK rather than a control message because
-     it follows the bytes it confirms. When a stream closes or cannot connect
+     receiver succeed; a prefill rank that reported Success, e.g. an MLA
+     dummy, is done with the room, so its leaving later fails nothing). A
+     data-path ACK rather than a control message because it follows the
+     bytes it confirms. When a stream closes or cannot connect
      while a room may still be waiting for its ACK, the link dies only after
      every connected stream was read to its end (the decode writes an ACK
      before it closes that connection), or 2 s (at most KVX_TCP_TIMEOUT) after
@@ -196,15 +243,20 @@
 
    SECURITY
      Every segment is checked against the destination pages of that room,
-     computed from the receiver's own kvx_receiver_init: buffer index,
-     whole pages, each page one of the room's pages, never twice, aux only
+     computed from the receiver's own kvx_receiver_init and layout: buffer
+     index, whole pages (a head slice: whole heads inside the row, whole
+     pages of rows), each page one of the room's pages, no (buffer, page,
+     head) twice, aux only
      into the room's own aux slot and only when it gave one, lengths that
      add up to the body. A segment outside fails the room, is answered with
      ERROR, and closes the connection; a frame for an unknown room or for a
      room that already succeeded closes the connection as well (rooms closed
-     or failed before the end drain their late frames). A connection must
+     or failed before the end drain their late frames). Every prefill rank
+     that holds part of a room may send it (heterogeneous TP, PP): which
+     engine sends is not checked, the byte claims are (a second copy of a
+     head is refused as "arrived twice"). A connection must
      present the listener's token (16 random bytes, compared in constant
-     time) and the same layout fingerprint in its HELLO (in time: see
+     time) and the same shape fingerprint in its HELLO (in time: see
      KVX_TCP_HELLO_MS, KVX_TCP_MAX_PENDING); a refused connection is closed
      before it can name a room. Without a key the token is the only gate: it
      travels in the clear in the decode's bootstrap hello, so whoever can
@@ -230,9 +282,17 @@
      or abort) fails the room without being sent back. The first outcome
      and the first reason win, on both sides (see COMPLETION).
      A prefill killed mid-stream: the receiver fails the room whose frame
-     was cut ("data connection from prefill 10.0.0.1:41234 closed in the
-     middle of ...") and kvx_boot fails the others when the control
-     connection drops. A receiver gone or reset: every room of that link
+     was cut ("data connection from prefill 10.0.0.1:41234 (tp rank 1 of 4,
+     pp rank 0 of 1) broke in the middle of a frame ..."), and every other
+     unfinished room that rank had sent data for as its data connection
+     ends ("... a contributor of this room, ended before the room was
+     complete"); kvx_boot fails the rest when the control connection drops
+     (its sentence names the rank's control address), whichever comes first.
+     A room fed by several prefill ranks fails when any of them fails or
+     dies, and that failure reaches every other contributor over the
+     control channel (room_failed): each stops queueing the room's frames
+     and frees it; a prefill room with several destinations fails when any
+     destination fails, and every destination hears it. A receiver gone or reset: every room of that link
      fails on the sender with "lost data connection to decode <addr>: ...",
      and the decode side is told over the control channel. A receiver that
      stops reading: the sender blocks (bounded memory), then after
@@ -240,10 +300,15 @@
      a bound.
 
    LIMITS
-     One decode rank per room and one prefill rank per room: heterogeneous
-     TP (head slicing) and pipeline-parallel prefill are not supported by
-     this transport yet; a second destination for a room fails it with a
-     sentence saying so.
+     Every topology of kvx.h's PARALLEL LAYOUTS that kvx_boot pairs
+     (heterogeneous TP both ways, MLA with dummies, PP -> 1) with host pools.
+     PP rank to rank (decode PP == prefill PP > 1) is ready here, but
+     kvx_boot (this version) pairs a decode pp rank with every prefill pp
+     rank and refuses those that share no layer, so such rooms fail there. Head slices (different head ranges on the two
+     sides) with GPU pools are refused with a sentence on either side
+     (strided device copies are not written yet); same-shape GPU pools work
+     as before. A decode room remembers at most 64 contributing prefill
+     ranks (more still deliver; the extra ones get no ACK).
 
    LICENSE: MIT, see the end of this file.
 */
@@ -278,11 +343,11 @@
 #define KVX_TCP_MAX_PENDING 64
 #endif
 
-#define KVX_TCP_PROTOCOL_VERSION 2
+#define KVX_TCP_PROTOCOL_VERSION 3
 #define KVX_TCP_TOKEN_BYTES 16
 #define KVX_TCP_MAGIC 0x5458564Bu /* "KVXT" as bytes on the wire */
 #define KVX_TCP_HEADER_BYTES 32
-#define KVX_TCP_SEGMENT_BYTES 24
+#define KVX_TCP_SEGMENT_BYTES 32
 #define KVX_TCP_MAX_REASON 1024
 
 #ifdef __cplusplus
@@ -318,6 +383,11 @@ typedef struct kvx_tcp_stats {
    block (atomic loads). */
 KVX_API kvx_result kvx_tcp_stats_get(const kvx_engine *e, kvx_tcp_stats *out);
 
+/* What the HELLO's fingerprint covers (WIRE FORMAT): what every rank of
+   either side shares whatever its heads and layers (page size, dtype, MLA,
+   bytes per head per token of buffer 0, the aux buffers). Thread-safe. */
+KVX_API uint64_t kvx_tcp_shape_fingerprint(const kvx_layout *l);
+
 /* >>wire codec (pure: no I/O; for tools, tests and fuzzers) */
 
 typedef enum kvx_tcp_frame_type {
@@ -332,6 +402,7 @@ typedef enum kvx_tcp_frame_type {
 #define KVX_TCP_HELLO_AUTH 1u /* HELLO flags bit 0: the prefill holds a key and will prove it */
 
 #define KVX_TCP_SEG_AUX 1u
+#define KVX_TCP_SEG_ROWS 2u /* a head slice: length / row_len rows at the receiver's row pitch */
 
 typedef struct kvx_tcp_header {
     uint8_t version, type;
@@ -343,6 +414,7 @@ typedef struct kvx_tcp_header {
 typedef struct kvx_tcp_segment {
     uint32_t buffer, flags;
     uint64_t dst_offset, length;
+    uint64_t row_len; /* KVX_TCP_SEG_ROWS: bytes of one row; else 0 */
 } kvx_tcp_segment;
 
 /* Writes the 32 header bytes. */
@@ -351,8 +423,8 @@ KVX_API void kvx_tcp_header_encode(const kvx_tcp_header *h, void *out32);
    version, type, flags, count or body length (each type's: WIRE FORMAT). */
 KVX_API kvx_result kvx_tcp_header_decode(const void *in32, kvx_tcp_header *h, char *why,
                                          size_t why_len);
-KVX_API void kvx_tcp_segment_encode(const kvx_tcp_segment *s, void *out24);
-KVX_API void kvx_tcp_segment_decode(const void *in24, kvx_tcp_segment *s);
+KVX_API void kvx_tcp_segment_encode(const kvx_tcp_segment *s, void *out32);
+KVX_API void kvx_tcp_segment_decode(const void *in32, kvx_tcp_segment *s);
 
 #ifdef __cplusplus
 }
@@ -392,6 +464,8 @@ extern "C" {
 #define KVX__TCP_PROOF_BODY KVX_MAC_BYTES
 #define KVX__TCP_ENDPOINT_FIXED 32
 #define KVX__TCP_DRAIN 65536
+#define KVX__TCP_SRCS 64 /* contributing prefill ranks a decode room remembers */
+#define KVX__TCP_IOV 1024 /* iovecs per sendmsg / recvmsg (Linux IOV_MAX) */
 
 KVX_API void kvx_tcp_header_encode(const kvx_tcp_header *h, void *out32) {
     uint8_t *p = (uint8_t *)out32;
@@ -453,20 +527,36 @@ KVX_API kvx_result kvx_tcp_header_decode(const void *in32, kvx_tcp_header *h, ch
                         "%llu bytes", h->type, h->count, (unsigned long long)h->body_len);
 }
 
-KVX_API void kvx_tcp_segment_encode(const kvx_tcp_segment *s, void *out24) {
-    uint8_t *p = (uint8_t *)out24;
+KVX_API void kvx_tcp_segment_encode(const kvx_tcp_segment *s, void *out32) {
+    uint8_t *p = (uint8_t *)out32;
     kvx__le_w32(p, s->buffer);
     kvx__le_w32(p + 4, s->flags);
     kvx__le_w64(p + 8, s->dst_offset);
     kvx__le_w64(p + 16, s->length);
+    kvx__le_w64(p + 24, s->row_len);
 }
 
-KVX_API void kvx_tcp_segment_decode(const void *in24, kvx_tcp_segment *s) {
-    const uint8_t *p = (const uint8_t *)in24;
+KVX_API void kvx_tcp_segment_decode(const void *in32, kvx_tcp_segment *s) {
+    const uint8_t *p = (const uint8_t *)in32;
     s->buffer = kvx__le_r32(p);
     s->flags = kvx__le_r32(p + 4);
     s->dst_offset = kvx__le_r64(p + 8);
     s->length = kvx__le_r64(p + 16);
+    s->row_len = kvx__le_r64(p + 24);
+}
+
+KVX_API uint64_t kvx_tcp_shape_fingerprint(const kvx_layout *l) {
+    /* the fingerprint of a layout of one buffer holding one head */
+    kvx_layout one = *l;
+    kvx_buffer b;
+    memset(&b, 0, sizeof b);
+    if (l->num_buffers && l->buffers)
+        b.item_len = l->buffers[0].item_len / (l->mla || !l->num_kv_heads ? 1 : l->num_kv_heads);
+    one.buffers = &b;
+    one.num_buffers = 1;
+    one.num_kv_heads = 1;
+    one.head_begin = one.layer_begin = 0;
+    return kvx_layout_fingerprint(&one);
 }
 
 static void kvx__tcp_hdr(uint8_t *out, int type, uint16_t count, uint64_t room, uint64_t body) {
@@ -493,6 +583,7 @@ typedef struct kvx__tcp_job kvx__tcp_job;
 typedef struct kvx__tcp_piece {
     kvx_tcp_segment seg;
     char *src;
+    uint64_t pitch; /* a head slice (seg.row_len): bytes between source rows */
     int device; /* -1: host memory */
 } kvx__tcp_piece;
 
@@ -524,6 +615,7 @@ typedef struct kvx__tcp_stream {
     kvx__tcp_piece *pieces;
     kvx_copy *copies;
     char *stage;      /* staged layouts: pinned */
+    char *gather;     /* host layouts: rows of head slices gathered (stage_bytes) */
     /* reader thread only */
     uint8_t in[KVX_TCP_HEADER_BYTES + 8 + KVX_TCP_MAX_REASON];
     size_t in_len;
@@ -568,14 +660,19 @@ struct kvx__tcp_conn {
     int pending;       /* under te->mu: accepted, its HELLO (and proof) not through yet */
     uint64_t since_ns; /* accepted at */
     char addr[64];
+    char who[128];     /* "prefill 10.0.0.1:41234 (tp rank 1 of 4, pp rank 0 of 1)" */
     uint64_t instance; /* prefill instance from the HELLO */
     kvx__tcp_room *cur; /* room whose payload is being read, under te->mu */
+    pthread_mutex_t wmu; /* writes (ACK, ERROR): another connection's thread may ACK here */
+    int acking;          /* under te->mu: threads writing an ACK here (not reaped meanwhile) */
     uint8_t *descs;
     struct iovec *iov;
     kvx_tcp_segment *segs;
     kvx_copy *copies;
     char *stage;
     size_t stage_len;
+    char *gather;      /* head slices' rows before they are copied into place */
+    size_t gather_len;
     char *drain;
     kvx__tcp_conn *next;
 };
@@ -586,7 +683,21 @@ struct kvx__tcp_room {
     int gone;
     int busy;    /* frames using its pages: link->mu (prefill) / te->mu (decode) */
     int closing; /* same lock */
-    /* prefill */
+    /* prefill: the room (kvx_room_data) holds one destination per decode
+       rank that serves it (dsts); each destination is a kvx__tcp_room of its
+       own (parent set, x.room and x.id the room's) on its link, planned
+       against that decode rank's layout */
+    kvx__tcp_room *parent;
+    kvx__tcp_room **dsts; /* parent: under x.mu */
+    uint32_t ndsts, dsts_cap;
+    kvx_layout dlayout;   /* destination: the decode rank's shape (huge lengths) */
+    kvx_buffer *dbufs;
+    kvx_aux_buffer daux[KVX_MAX_AUX];
+    uint64_t dbytes;      /* destination: page bytes it takes from us (0: nothing) */
+    int dsends_aux;       /* destination: we are the contributor of its aux rows */
+    int acked;            /* destination: done (ACK, or nothing to send); atomic, set under
+                             the parent's x.mu */
+    uint64_t ack_bytes;
     kvx__tcp_link *link;
     int32_t *dst_pages;
     uint32_t ndst;
@@ -598,14 +709,17 @@ struct kvx__tcp_room {
     /* decode */
     uint64_t *sorted;    /* (page << 32) | position, sorted */
     uint32_t npages;
-    uint64_t *bitmap;    /* atomic words: bit (buffer * npages + position) received */
+    uint32_t heads;      /* KV heads of a page row here (1 for MLA) */
+    uint64_t *bitmap;    /* atomic words: bit ((buffer * npages + position) * heads + head)
+                            received */
     uint32_t aux_mask;   /* atomic: aux rows received */
     int32_t aux_index;
     kvx_plan aux_plan;   /* packed staging row -> the aux slot (span i: aux buffer i) */
     uint8_t *aux_stage;
     uint64_t expected;
     uint64_t remaining;  /* atomic */
-    uint64_t instance;   /* atomic: prefill instance whose frames it takes (0: none yet) */
+    uint64_t srcs[KVX__TCP_SRCS]; /* under te->mu: prefill instances that sent it data */
+    uint32_t nsrcs;
     kvx__hnode hn;       /* te->rooms, key = id, under te->mu */
 };
 
@@ -627,6 +741,7 @@ struct kvx__tcp_engine {
     kvx_aux_buffer peer_aux[KVX_MAX_AUX]; /* the same for the aux buffers */
     kvx_layout peer_layout;
     uint64_t instance;
+    uint16_t rank[4];    /* tp rank, tp size, pp rank, pp size (desc.boot; HELLO) */
     const uint8_t *key;  /* kvx_engine_auth_key: NULL = keyless */
     size_t key_len;
     pthread_mutex_t mu;
@@ -839,7 +954,10 @@ static int kvx__tcp_carve(kvx__tcp_link *lk, kvx__tcp_stream *st, kvx__tcp_frame
             const kvx_span *sp = &j->plan.spans[j->span];
             int aux = sp->kind == KVX_SPAN_AUX;
             const kvx_buffer *b = aux ? NULL : &l->buffers[sp->buffer];
-            uint64_t item = aux ? l->aux[sp->buffer].item_len : b->item_len;
+            /* a frame carries whole pages (of a head slice: page_size rows) */
+            uint64_t item = aux ? l->aux[sp->buffer].item_len
+                                : sp->row_len ? sp->row_len * l->page_size : b->item_len;
+            uint64_t rows = sp->row_len ? j->off / sp->row_len : 0;
             kvx__tcp_piece *p = &st->pieces[n];
             uint64_t take = sp->length - j->off;
             if (take > budget) {
@@ -849,11 +967,18 @@ static int kvx__tcp_carve(kvx__tcp_link *lk, kvx__tcp_stream *st, kvx__tcp_frame
                     take = item; /* a page (an aux row) larger than a segment goes alone */
                 }
             }
-            p->seg.buffer = sp->buffer;
-            p->seg.flags = aux ? KVX_TCP_SEG_AUX : 0;
-            p->seg.dst_offset = sp->dst_offset + j->off;
+            p->seg.buffer = aux ? sp->buffer : sp->dst_buffer;
+            p->seg.flags = aux ? KVX_TCP_SEG_AUX : sp->row_len ? KVX_TCP_SEG_ROWS : 0;
+            p->seg.row_len = sp->row_len;
             p->seg.length = take;
-            p->src = (char *)kvx_span_addr(l, sp, 0) + j->off;
+            p->pitch = sp->src_pitch;
+            if (sp->row_len) {
+                p->seg.dst_offset = sp->dst_offset + rows * sp->dst_pitch;
+                p->src = (char *)kvx_span_addr(l, sp, 0) + rows * sp->src_pitch;
+            } else {
+                p->seg.dst_offset = sp->dst_offset + j->off;
+                p->src = (char *)kvx_span_addr(l, sp, 0) + j->off;
+            }
             p->device = aux || b->mem == KVX_MEM_HOST ? -1 : b->device;
             n++;
             sum += take;
@@ -898,11 +1023,43 @@ static int kvx__tcp_send_frame(kvx__tcp_stream *st, const kvx__tcp_frame *f, cha
     st->iov[0].iov_base = st->head;
     st->iov[0].iov_len = KVX_TCP_HEADER_BYTES + (size_t)f->n * KVX_TCP_SEGMENT_BYTES;
     if (!te->staged) {
+        /* an iovec per piece, per row of a head slice; KVX__TCP_IOV per sendmsg */
+        int k = 1, err;
+        uint64_t gpos = 0;
+        for (i = 0; !st->gather && i < f->n; i++) /* gathered rows: faster than an iovec */
+            if (st->pieces[i].seg.row_len && st->pieces[i].seg.row_len != st->pieces[i].pitch)
+                st->gather = (char *)kvx_engine_alloc(te->engine, (size_t)te->stage_bytes);
         for (i = 0; i < f->n; i++) {
-            st->iov[1 + i].iov_base = st->pieces[i].src;
-            st->iov[1 + i].iov_len = (size_t)st->pieces[i].seg.length;
+            const kvx__tcp_piece *p = &st->pieces[i];
+            uint64_t row = p->seg.row_len ? p->seg.row_len : p->seg.length, r;
+            uint64_t rows = p->seg.length / row;
+            char *src = p->src;
+            uint64_t pitch = p->pitch;
+            if (p->seg.row_len && p->seg.row_len == p->pitch) { /* rows back to back */
+                row = p->seg.length;
+                rows = 1;
+            } else if (p->seg.row_len && st->gather) { /* rows gathered: one iovec */
+                kvx_span sp;
+                memset(&sp, 0, sizeof sp);
+                sp.length = p->seg.length;
+                sp.row_len = (uint32_t)p->seg.row_len;
+                sp.src_pitch = (uint32_t)p->pitch;
+                sp.dst_pitch = (uint32_t)p->seg.row_len;
+                kvx_span_copy(st->gather + gpos, p->src, &sp);
+                src = st->gather + gpos;
+                gpos += p->seg.length;
+                row = p->seg.length;
+                rows = 1;
+            }
+            for (r = 0; r < rows; r++) {
+                st->iov[k].iov_base = src + r * pitch;
+                st->iov[k].iov_len = (size_t)row;
+                if (++k < KVX__TCP_IOV) continue;
+                if ((err = kvx__tcp_io(st->fd, st->iov, k, 1, 0, NULL)) != 0) return err;
+                k = 0;
+            }
         }
-        return kvx__tcp_io(st->fd, st->iov, 1 + (int)f->n, 1, 0, NULL);
+        return k ? kvx__tcp_io(st->fd, st->iov, k, 1, 0, NULL) : 0;
     }
     for (i = 0; i < f->n; i++) {
         kvx__tcp_piece *p = &st->pieces[i];
@@ -965,8 +1122,8 @@ static void kvx__tcp_link_kill(kvx__tcp_link *lk, const char *fmt, ...) {
     kvx__wake(lk->wake[1]);
     for (tr = lk->rooms; tr; tr = tr->lnext) cap++;
     rs = cap ? (kvx_room **)kvx_engine_alloc(e, cap * sizeof *rs) : NULL; /* NULL: they time out */
-    for (tr = lk->rooms; rs && tr; tr = tr->lnext) {
-        if (kvx__room_terminal(tr->x.room)) continue;
+    for (tr = lk->rooms; rs && tr; tr = tr->lnext) { /* a destination that acknowledged is done */
+        if (kvx__room_terminal(tr->x.room) || KVX__LOAD(&tr->acked)) continue;
         kvx_room_ref(tr->x.room);
         rs[n++] = tr->x.room;
     }
@@ -1022,7 +1179,7 @@ static void kvx__tcp_link_lost(kvx__tcp_link *lk, const char *fmt, ...) {
 static int kvx__tcp_awaiting_ack(kvx__tcp_link *lk) {
     kvx__tcp_room *tr;
     for (tr = lk->rooms; tr; tr = tr->lnext)
-        if (tr->last_queued && !kvx__room_terminal(tr->x.room)) return 1;
+        if (tr->last_queued && !kvx__room_terminal(tr->x.room) && !KVX__LOAD(&tr->acked)) return 1;
     return 0;
 }
 
@@ -1061,12 +1218,15 @@ static kvx_result kvx__tcp_stream_hello(kvx__tcp_stream *st, int fd, char *why, 
     kvx__tcp_hdr(hello, KVX_TCP_HELLO, 0, 0, KVX__TCP_HELLO_BODY);
     memcpy(hello + 32, lk->token, KVX_TCP_TOKEN_BYTES);
     kvx__le_w64(hello + 48, te->instance);
-    kvx__le_w64(hello + 56, kvx_layout_fingerprint(kvx_engine_layout(te->engine)));
+    kvx__le_w64(hello + 56, kvx_tcp_shape_fingerprint(kvx_engine_layout(te->engine)));
     kvx__le_w16(hello + 64, (uint16_t)st->index);
     kvx__le_w16(hello + 66, (uint16_t)lk->nstreams);
     kvx__le_w32(hello + 68, te->key ? KVX_TCP_HELLO_AUTH : 0);
     memcpy(hello + 72, nonce, KVX_NONCE_BYTES);
-    kvx__le_w64(hello + 88, 0);
+    kvx__le_w16(hello + 88, te->rank[0]);
+    kvx__le_w16(hello + 90, te->rank[1]);
+    kvx__le_w16(hello + 92, te->rank[2]);
+    kvx__le_w16(hello + 94, te->rank[3]);
     if ((err = kvx__tcp_io1(fd, hello, sizeof hello, 1, 0)) != 0)
         return kvx__why(KVX_ERR_PEER_LOST, why, wl, "cannot send the HELLO on stream %d: %s",
                             st->index, kvx__tcp_errstr(err));
@@ -1156,14 +1316,17 @@ static void *kvx__tcp_stream_main(void *arg) {
     return NULL;
 }
 
+static void kvx__tcp_dest_done(kvx__tcp_room *d, uint64_t bytes);
+
 /* Reader: one ACK or ERROR frame from the decode side. */
 static void kvx__tcp_on_reply(kvx__tcp_link *lk, const kvx_tcp_header *h, const uint8_t *body) {
     kvx__tcp_engine *te = lk->te;
-    kvx__tcp_room *tr;
+    kvx__tcp_room *tr, *d = NULL;
     kvx_room *r = NULL;
     pthread_mutex_lock(&lk->mu);
     for (tr = lk->rooms; tr; tr = tr->lnext)
         if (tr->x.id == h->room) {
+            d = tr;
             r = tr->x.room;
             kvx_room_ref(r);
             break;
@@ -1174,9 +1337,7 @@ static void kvx__tcp_on_reply(kvx__tcp_link *lk, const kvx_tcp_header *h, const 
         if (!r) return; /* destroyed meanwhile */
         kvx_engine_log(te->engine, KVX_LOG_DEBUG, "kvx.tcp", h->room,
                        "decode %s placed all %llu bytes", lk->name, (unsigned long long)bytes);
-        kvx_room_succeed(r, bytes);
-        if (kvx_room_poll(r) == KVX_POLL_SUCCESS)
-            kvx_boot_send_status(te->boot, r, KVX_POLL_SUCCESS, KVX_OK, bytes, NULL);
+        kvx__tcp_dest_done(d, bytes); /* the room succeeds when every destination did */
     } else {
         int32_t res = (int32_t)kvx__le_r32(body);
         char reason[KVX_TCP_MAX_REASON + 1];
@@ -1306,6 +1467,7 @@ static void kvx__tcp_link_free(kvx__tcp_link *lk) {
         kvx_engine_free(e, st->iov);
         kvx_engine_free(e, st->pieces);
         kvx_engine_free(e, st->copies);
+        kvx_engine_free(e, st->gather);
         if (st->stage) te->mem.host_free(te->mem.ctx, st->stage);
     }
     while (lk->qhead) { /* only when rooms were never closed; they no longer exist */
@@ -1365,7 +1527,7 @@ static kvx_result kvx__tcp_stream_alloc(kvx__tcp_engine *te, kvx__tcp_stream *st
     st->fd = -1;
     st->head = (uint8_t *)kvx_engine_alloc(
         e, KVX_TCP_HEADER_BYTES + (size_t)KVX_TCP_MAX_SEGS * KVX_TCP_SEGMENT_BYTES);
-    st->iov = (struct iovec *)kvx_engine_alloc(e, (KVX_TCP_MAX_SEGS + 1) * sizeof(struct iovec));
+    st->iov = (struct iovec *)kvx_engine_alloc(e, KVX__TCP_IOV * sizeof(struct iovec));
     st->pieces = (kvx__tcp_piece *)kvx_engine_alloc(e, KVX_TCP_MAX_SEGS * sizeof(kvx__tcp_piece));
     st->copies = (kvx_copy *)kvx_engine_alloc(e, KVX_TCP_MAX_SEGS * sizeof(kvx_copy));
     if (te->staged) st->stage = (char *)te->mem.host_alloc(te->mem.ctx, (size_t)te->stage_bytes);
@@ -1489,72 +1651,133 @@ static kvx_result kvx__tcp_parse_endpoint(const kvx_boot_peer *peer, char *host,
     return KVX_OK;
 }
 
-/* kvx_boot hook (prefill): the decode side's destination for a sender. */
+static uint64_t kvx__tcp_huge(uint64_t item);
+
+/* A destination's layout: the decode rank's shape from its hello
+   (peer->layout: item_len only), with lengths that hold any page index
+   (the decode side checks its pages itself). */
+static kvx_result kvx__tcp_dest_shape(kvx__tcp_engine *te, const kvx_boot_peer *peer,
+                                      kvx__tcp_room *d, char *why, size_t wl) {
+    const kvx_layout *pl = peer->layout;
+    uint32_t i;
+    if (!pl || !pl->num_buffers || !pl->buffers || pl->num_aux > KVX_MAX_AUX)
+        return kvx__why(KVX_ERR_PROTOCOL, why, wl, "decode %s sent no usable layout in its hello",
+                        peer->addr);
+    d->dbufs = (kvx_buffer *)kvx__zalloc(te->al, pl->num_buffers, sizeof *d->dbufs);
+    if (!d->dbufs) return kvx__why(KVX_ERR_NO_MEMORY, why, wl, "out of memory");
+    for (i = 0; i < pl->num_buffers; i++) {
+        d->dbufs[i].item_len = pl->buffers[i].item_len;
+        d->dbufs[i].length = kvx__tcp_huge(pl->buffers[i].item_len);
+    }
+    for (i = 0; i < pl->num_aux; i++) {
+        d->daux[i].item_len = pl->aux[i].item_len;
+        d->daux[i].length = kvx__tcp_huge(pl->aux[i].item_len);
+    }
+    d->dlayout = *pl;
+    d->dlayout.dtype = kvx_engine_layout(te->engine)->dtype; /* checked equal by boot; ours lives */
+    d->dlayout.buffers = d->dbufs;
+    d->dlayout.aux = d->daux;
+    return KVX_OK;
+}
+
+static void kvx__tcp_dest_free(kvx_engine *e, kvx__tcp_room *d) {
+    if (d->aux_job) kvx__tcp_job_free(e, d->aux_job);
+    kvx_engine_free(e, d->dst_pages);
+    kvx_engine_free(e, d->dbufs);
+    pthread_mutex_destroy(&d->x.mu); /* not kvx__xroom_free: the room's data is the parent */
+    kvx_engine_free(e, d);
+}
+
+/* kvx_boot hook (prefill): the destination of one decode rank that serves
+   the room (called once per decode rank, before the room advances). */
 static kvx_result kvx__tcp_on_room(kvx_boot *b, kvx_room *r, const kvx_boot_peer *peer,
                                    const int32_t *dst, uint32_t n, int32_t aux) {
     kvx__tcp_engine *te = (kvx__tcp_engine *)kvx_boot_user(b);
-    kvx__tcp_room *tr = kvx__tcp_tr(r);
+    kvx__tcp_room *tr = kvx__tcp_tr(r), *d;
     kvx_engine *e = te->engine;
+    const kvx_layout *l = kvx_engine_layout(e);
     char why[KVX_ERROR_MAX], host[64];
-    int port = 0, gone, dead = 0, second;
+    int port = 0, gone, dead = 0;
     uint8_t token[KVX_TCP_TOKEN_BYTES];
-    kvx__tcp_link *lk;
-    int32_t *copy = NULL;
+    kvx__tcp_link *lk = NULL;
     kvx_result res;
-    pthread_mutex_lock(&tr->x.mu);
-    second = tr->link != NULL;
-    pthread_mutex_unlock(&tr->x.mu);
-    if (second) {
-        kvx_room_fail(r, KVX_ERR_INVALID_ARGUMENT,
-                      "room %llu is served by more than one decode rank (decode %s is the second): "
-                      "the tcp transport does not support heterogeneous tensor parallelism yet",
-                      (unsigned long long)tr->x.id, peer->addr);
-        return KVX_ERR_INVALID_ARGUMENT;
-    }
     if ((res = kvx__tcp_parse_endpoint(peer, host, sizeof host, &port, token, why, sizeof why))) {
         kvx_room_fail(r, res, "%s", why);
         return res;
     }
-    if (n) {
-        copy = (int32_t *)kvx_engine_alloc(e, (size_t)n * sizeof *copy);
-        if (!copy) return KVX_ERR_NO_MEMORY;
-        memcpy(copy, dst, (size_t)n * sizeof *copy);
+    d = (kvx__tcp_room *)kvx__xroom_new(r, sizeof *d);
+    if (!d) return KVX_ERR_NO_MEMORY;
+    d->te = te;
+    d->parent = tr;
+    d->x.dst_aux = aux;
+    d->aux_index = -1;
+    if ((res = kvx__tcp_dest_shape(te, peer, d, why, sizeof why)) != KVX_OK ||
+        (res = kvx_layout_overlap(l, peer->layout, &d->dbytes, &d->dsends_aux, why, sizeof why))) {
+        kvx__tcp_dest_free(e, d);
+        kvx_room_fail(r, res, "decode %s: %s", peer->addr, why);
+        return res;
     }
-    lk = kvx__tcp_link_get(te, host, port, token, why, sizeof why);
-    if (!lk) {
-        kvx_engine_free(e, copy);
+    if (kvx_mla_dummy(l->mla, te->rank[1], te->rank[0], peer->tp_size)) {
+        d->dbytes = 0; /* another prefill rank sends the same latent */
+        d->dsends_aux = 0;
+    }
+    if (n) {
+        d->dst_pages = (int32_t *)kvx_engine_alloc(e, (size_t)n * sizeof *d->dst_pages);
+        if (!d->dst_pages) {
+            kvx__tcp_dest_free(e, d);
+            return KVX_ERR_NO_MEMORY;
+        }
+        memcpy(d->dst_pages, dst, (size_t)n * sizeof *dst);
+    }
+    d->ndst = n;
+    if (d->dbytes && !(lk = kvx__tcp_link_get(te, host, port, token, why, sizeof why))) {
+        kvx__tcp_dest_free(e, d);
         kvx_room_fail(r, KVX_ERR_TRANSPORT, "cannot open data streams to decode %s:%d: %s", host,
                       port, why);
         return KVX_ERR_TRANSPORT;
     }
     pthread_mutex_lock(&tr->x.mu);
-    gone = tr->gone || tr->link;
+    gone = tr->gone;
+    if (!gone && tr->ndsts == tr->dsts_cap) {
+        uint32_t cap = tr->dsts_cap ? 2 * tr->dsts_cap : 4;
+        kvx__tcp_room **v = (kvx__tcp_room **)kvx_engine_alloc(e, cap * sizeof *v);
+        if (!v) {
+            gone = 2;
+        } else {
+            if (tr->ndsts) memcpy(v, tr->dsts, tr->ndsts * sizeof *v);
+            kvx_engine_free(e, tr->dsts);
+            tr->dsts = v;
+            tr->dsts_cap = cap;
+        }
+    }
     if (!gone) {
-        tr->dst_pages = copy;
-        tr->ndst = n;
-        tr->x.dst_aux = aux;
-        tr->link = lk;
-        pthread_mutex_lock(&lk->mu);
-        tr->lnext = lk->rooms;
-        tr->lprev = NULL;
-        if (lk->rooms) lk->rooms->lprev = tr;
-        lk->rooms = tr;
-        dead = lk->dead;
-        pthread_mutex_unlock(&lk->mu);
+        tr->dsts[tr->ndsts++] = d;
+        d->link = lk;
+        if (lk) {
+            pthread_mutex_lock(&lk->mu);
+            d->lnext = lk->rooms;
+            d->lprev = NULL;
+            if (lk->rooms) lk->rooms->lprev = d;
+            lk->rooms = d;
+            dead = lk->dead;
+            pthread_mutex_unlock(&lk->mu);
+        }
     }
     pthread_mutex_unlock(&tr->x.mu);
-    if (gone) { /* the sender was destroyed meanwhile */
-        kvx_engine_free(e, copy);
-        kvx__tcp_link_unref(lk);
-        return KVX_ERR_ABORTED;
+    if (gone) { /* the sender was destroyed meanwhile, or no memory */
+        kvx__tcp_dest_free(e, d);
+        if (lk) kvx__tcp_link_unref(lk);
+        return gone == 2 ? KVX_ERR_NO_MEMORY : KVX_ERR_ABORTED;
     }
     if (dead) {
         kvx_room_fail(r, KVX_ERR_PEER_LOST, "lost data connection to decode %s: %s", lk->name,
                       lk->why);
         return KVX_ERR_PEER_LOST;
     }
-    kvx_engine_log(e, KVX_LOG_DEBUG, "kvx.tcp", tr->x.id, "destination: %u pages, aux slot %d, decode %s",
-                   n, (int)aux, lk->name);
+    kvx_engine_log(e, KVX_LOG_DEBUG, "kvx.tcp", tr->x.id, "destination %u: %u pages, aux slot %d, "
+                   "decode %s (tp rank %d/%d pp rank %d/%d): %llu bytes per page%s", tr->ndsts - 1,
+                   n, (int)aux, peer->addr, peer->tp_rank, peer->tp_size, peer->pp_rank,
+                   peer->pp_size, (unsigned long long)d->dbytes, d->dsends_aux ? " + aux" : "");
     return KVX_OK;
 }
 
@@ -1563,87 +1786,127 @@ static kvx_result kvx__tcp_sender_init(kvx_room *r, uint32_t n, int32_t aux) {
     kvx__tcp_engine *te = tr->te;
     const kvx_layout *l = kvx_engine_layout(te->engine);
     kvx_result res;
-    if (!tr->link) {
+    uint32_t k;
+    if (!tr->ndsts) {
         kvx_room_fail(r, KVX_ERR_STATE, "init before the decode side's destination arrived");
         return KVX_ERR_STATE;
     }
-    if (n != tr->ndst) {
-        kvx_room_fail(r, KVX_ERR_INVALID_ARGUMENT,
-                           "init declares %u pages but decode %s asked for %u", n,
-                           tr->link->name, tr->ndst);
-        return KVX_ERR_INVALID_ARGUMENT;
-    }
-    if (tr->x.dst_aux >= 0 && aux < 0) {
-        kvx_room_fail(r, KVX_ERR_INVALID_ARGUMENT,
-                           "decode %s expects aux rows in its slot %d but init gave no aux slot (-1)",
-                           tr->link->name, (int)tr->x.dst_aux);
-        return KVX_ERR_INVALID_ARGUMENT;
+    for (k = 0; k < tr->ndsts; k++) { /* the room advanced: dsts no longer grows */
+        kvx__tcp_room *d = tr->dsts[k];
+        if (n != d->ndst) {
+            kvx_room_fail(r, KVX_ERR_INVALID_ARGUMENT, "init declares %u pages but decode %s "
+                          "asked for %u", n, d->link ? d->link->name : "(dummy)", d->ndst);
+            return KVX_ERR_INVALID_ARGUMENT;
+        }
+        if (d->x.dst_aux >= 0 && aux < 0) {
+            kvx_room_fail(r, KVX_ERR_INVALID_ARGUMENT, "decode %s expects aux rows in its slot %d "
+                          "but init gave no aux slot (-1)", d->link ? d->link->name : "(dummy)",
+                          (int)d->x.dst_aux);
+            return KVX_ERR_INVALID_ARGUMENT;
+        }
+        d->x.src_aux = aux;
+        if (d->link && d->dsends_aux && d->x.dst_aux >= 0 && l->num_aux) {
+            d->aux_job = (kvx__tcp_job *)kvx__zalloc(te->al, 1, sizeof *d->aux_job);
+            if (!d->aux_job) return KVX_ERR_NO_MEMORY;
+            d->aux_job->tr = d;
+            d->aux_job->plan.allocator = te->al;
+            /* to the decode's slot in its pool shape: the decode side checks
+               the slot against its own aux buffers */
+            res = kvx_plan_aux(&d->aux_job->plan, l, aux, &d->dlayout, d->x.dst_aux);
+            if (res != KVX_OK) {
+                kvx_room_fail(r, res, "aux rows: %s", d->aux_job->plan.error);
+                return res;
+            }
+        }
+        /* a destination with nothing to move from us is done now */
+        KVX__STORE(&d->acked, !d->link || (!d->ndst && !d->aux_job));
     }
     tr->x.src_aux = aux;
-    if (tr->x.dst_aux >= 0 && l->num_aux) {
-        tr->aux_job = (kvx__tcp_job *)kvx__zalloc(te->al, 1, sizeof *tr->aux_job);
-        if (!tr->aux_job) return KVX_ERR_NO_MEMORY;
-        tr->aux_job->tr = tr;
-        tr->aux_job->plan.allocator = te->al;
-        /* to the decode's slot in the pool shape of kvx__tcp_layout: the
-           decode side checks the slot against its own aux buffers */
-        res = kvx_plan_aux(&tr->aux_job->plan, l, aux, &te->peer_layout, tr->x.dst_aux);
-        if (res != KVX_OK) {
-            kvx_room_fail(r, res, "aux rows: %s", tr->aux_job->plan.error);
-            return res;
-        }
-    }
     return KVX_OK;
+}
+
+/* A destination is done: when every one is, the sender succeeds with the
+   bytes all of them acknowledged and tells the decode side. */
+static void kvx__tcp_dest_done(kvx__tcp_room *d, uint64_t bytes) {
+    kvx__tcp_room *tr = d->parent;
+    kvx__tcp_engine *te = tr->te;
+    uint64_t sum = 0;
+    uint32_t k;
+    int all = 1;
+    pthread_mutex_lock(&tr->x.mu);
+    if (!d->acked) {
+        d->ack_bytes = bytes;
+        KVX__STORE(&d->acked, 1);
+    }
+    for (k = 0; k < tr->ndsts; k++) {
+        all &= tr->dsts[k]->acked;
+        sum += tr->dsts[k]->ack_bytes;
+    }
+    pthread_mutex_unlock(&tr->x.mu);
+    if (!all) return;
+    kvx_room_succeed(tr->x.room, sum);
+    if (kvx_room_poll(tr->x.room) == KVX_POLL_SUCCESS)
+        kvx_boot_send_status(te->boot, tr->x.room, KVX_POLL_SUCCESS, KVX_OK, sum, NULL);
 }
 
 static kvx_result kvx__tcp_sender_send(kvx_room *r, kvx_chunk *c) {
     kvx__tcp_room *tr = kvx__tcp_tr(r);
     kvx__tcp_engine *te = tr->te;
     kvx_engine *e = te->engine;
-    kvx__tcp_link *lk = tr->link;
     kvx__tcp_job *j;
     kvx_result res;
-    int last = c->is_last, dead;
-    if (last && !tr->ndst && !tr->aux_job) { /* nothing to move: vacuously placed */
-        kvx_chunk_free(e, c);
-        kvx_room_succeed(r, 0);
-        kvx_boot_send_status(te->boot, r, KVX_POLL_SUCCESS, KVX_OK, 0, NULL);
-        return KVX_OK;
-    }
-    j = (kvx__tcp_job *)kvx__zalloc(te->al, 1, sizeof *j);
-    if (!j) {
-        kvx_chunk_free(e, c);
-        kvx_room_fail(r, KVX_ERR_NO_MEMORY, "out of memory queueing chunk");
-        return KVX_ERR_NO_MEMORY;
-    }
-    j->tr = tr;
-    res = kvx_plan_pages(&j->plan, kvx_engine_layout(e), c->pages, &te->peer_layout,
-                         tr->dst_pages + c->first_page, c->num_pages);
-    if (res != KVX_OK) {
-        kvx_room_fail(r, res, "chunk %u: %s", c->index, j->plan.error);
-        kvx__tcp_job_free(e, j);
-        kvx_chunk_free(e, c);
-        return res;
+    int last = c->is_last, dead, idle = 1;
+    uint32_t k;
+    for (k = 0; k < tr->ndsts; k++) {
+        kvx__tcp_room *d = tr->dsts[k];
+        kvx__tcp_link *lk = d->link;
+        if (d->acked) continue; /* nothing to move to it */
+        idle = 0;
+        j = (kvx__tcp_job *)kvx__zalloc(te->al, 1, sizeof *j);
+        if (!j) {
+            kvx_chunk_free(e, c);
+            kvx_room_fail(r, KVX_ERR_NO_MEMORY, "out of memory queueing chunk");
+            return KVX_ERR_NO_MEMORY;
+        }
+        j->tr = d;
+        j->plan.allocator = te->al;
+        res = kvx_plan_pages(&j->plan, kvx_engine_layout(e), c->pages, &d->dlayout,
+                             d->dst_pages + c->first_page, c->num_pages);
+        if (res == KVX_OK && te->staged && j->plan.strided) {
+            res = KVX_ERR_LAYOUT_MISMATCH;
+            snprintf(j->plan.error, sizeof j->plan.error, "decode %s holds other KV heads than "
+                     "this rank: head slices out of GPU pools are not supported by the tcp "
+                     "transport yet", lk->name);
+        }
+        if (res != KVX_OK) {
+            kvx_room_fail(r, res, "chunk %u: %s", c->index, j->plan.error);
+            kvx__tcp_job_free(e, j);
+            kvx_chunk_free(e, c);
+            return res;
+        }
+        pthread_mutex_lock(&lk->mu);
+        dead = lk->dead;
+        if (!dead) {
+            j->queued = 1;
+            if (lk->qtail) lk->qtail->next = j;
+            else lk->qhead = j;
+            lk->qtail = j;
+            d->jobs_open++;
+            if (last) d->last_queued = 1;
+            pthread_cond_broadcast(&lk->cv);
+        }
+        pthread_mutex_unlock(&lk->mu);
+        if (dead) {
+            kvx__tcp_job_free(e, j);
+            kvx_chunk_free(e, c);
+            kvx_room_fail(r, KVX_ERR_PEER_LOST, "lost data connection to decode %s: %s",
+                          lk->name, lk->why);
+            return KVX_ERR_PEER_LOST;
+        }
     }
     kvx_chunk_free(e, c);
-    pthread_mutex_lock(&lk->mu);
-    dead = lk->dead;
-    if (!dead) {
-        j->queued = 1;
-        if (lk->qtail) lk->qtail->next = j;
-        else lk->qhead = j;
-        lk->qtail = j;
-        tr->jobs_open++;
-        if (last) tr->last_queued = 1;
-        pthread_cond_broadcast(&lk->cv);
-    }
-    pthread_mutex_unlock(&lk->mu);
-    if (dead) {
-        kvx__tcp_job_free(e, j);
-        kvx_room_fail(r, KVX_ERR_PEER_LOST, "lost data connection to decode %s: %s",
-                           lk->name, lk->why);
-        return KVX_ERR_PEER_LOST;
-    }
+    if (last && idle && tr->ndsts) /* nothing to move (an MLA dummy): done at once */
+        kvx__tcp_dest_done(tr->dsts[0], 0);
     return KVX_OK;
 }
 
@@ -1679,22 +1942,27 @@ static void kvx__tcp_drop_jobs(kvx__tcp_link *lk, kvx__tcp_room *tr) {
 }
 
 static void kvx__tcp_sender_close(kvx__tcp_room *tr) {
-    kvx__tcp_link *lk;
+    uint32_t k, n;
     pthread_mutex_lock(&tr->x.mu);
-    tr->gone = 1;
-    lk = tr->link;
+    tr->gone = 1; /* dsts no longer grows */
+    n = tr->ndsts;
     pthread_mutex_unlock(&tr->x.mu);
-    if (!lk) return;
-    pthread_mutex_lock(&lk->mu);
-    tr->closing = 1;
-    kvx__tcp_drop_jobs(lk, tr);
-    kvx__tcp_wait_idle_send(lk, tr);
-    if (tr->lprev) tr->lprev->lnext = tr->lnext;
-    else if (lk->rooms == tr) lk->rooms = tr->lnext;
-    if (tr->lnext) tr->lnext->lprev = tr->lprev;
-    tr->lnext = tr->lprev = NULL;
-    pthread_mutex_unlock(&lk->mu);
-    kvx__tcp_link_unref(lk);
+    for (k = 0; k < n; k++) {
+        kvx__tcp_room *d = tr->dsts[k];
+        kvx__tcp_link *lk = d->link;
+        if (!lk) continue;
+        pthread_mutex_lock(&lk->mu);
+        d->closing = 1;
+        kvx__tcp_drop_jobs(lk, d);
+        kvx__tcp_wait_idle_send(lk, d);
+        if (d->lprev) d->lprev->lnext = d->lnext;
+        else if (lk->rooms == d) lk->rooms = d->lnext;
+        if (d->lnext) d->lnext->lprev = d->lprev;
+        d->lnext = d->lprev = NULL;
+        pthread_mutex_unlock(&lk->mu);
+        d->link = NULL;
+        kvx__tcp_link_unref(lk);
+    }
 }
 
 /* >>tcp: decode: rooms ------------------------------------------------------ */
@@ -1745,9 +2013,11 @@ static kvx_result kvx__tcp_receiver_init(kvx_room *r, const int32_t *pages, uint
     kvx__tcp_engine *te = tr->te;
     kvx_engine *e = te->engine;
     const kvx_layout *l = kvx_engine_layout(e);
-    uint64_t bits = (uint64_t)l->num_buffers * n, aux_bytes = 0;
+    uint64_t bits, aux_bytes = 0;
     uint32_t i;
     kvx_result res;
+    tr->heads = l->mla || !l->num_kv_heads ? 1 : l->num_kv_heads;
+    bits = (uint64_t)l->num_buffers * n * tr->heads;
     tr->npages = n;
     tr->aux_index = aux;
     if (n) {
@@ -1832,7 +2102,8 @@ static kvx_result kvx__tcp_check(kvx__tcp_engine *te, kvx__tcp_room *tr,
     uint32_t i;
     for (i = 0; i < n; i++, s++) {
         uint64_t item;
-        if (s->flags & ~KVX_TCP_SEG_AUX)
+        if (s->flags & ~(KVX_TCP_SEG_AUX | KVX_TCP_SEG_ROWS) ||
+            (s->flags & KVX_TCP_SEG_AUX && (s->flags & KVX_TCP_SEG_ROWS || s->row_len)))
             return kvx__why(KVX_ERR_PROTOCOL, why, wl, "segment %u has unknown flags %08x", i,
                                 (unsigned)s->flags);
         if (s->flags & KVX_TCP_SEG_AUX) {
@@ -1860,20 +2131,51 @@ static kvx_result kvx__tcp_check(kvx__tcp_engine *te, kvx__tcp_room *tr,
                                     "segment %u: the row of aux buffer %u arrived twice", i,
                                     s->buffer);
         } else {
-            uint64_t first, cnt, k, lo = 0, hi = tr->npages;
+            uint64_t first, cnt, k, lo = 0, hi = tr->npages, h0 = 0, nh = tr->heads, off;
+            uint64_t hb, pitch;
             if (s->buffer >= l->num_buffers)
                 return kvx__why(KVX_ERR_PROTOCOL, why, wl,
                                     "segment %u names KV buffer %u of %u", i, s->buffer,
                                     l->num_buffers);
             item = l->buffers[s->buffer].item_len;
-            if (!s->length || s->length % item || s->dst_offset % item)
-                return kvx__why(KVX_ERR_PROTOCOL, why, wl, "segment %u: [%llu, +%llu) of KV "
-                                    "buffer %u is not whole pages of %llu bytes", i,
+            pitch = item / l->page_size;
+            hb = pitch / tr->heads;
+            off = s->dst_offset;
+            if (s->flags & KVX_TCP_SEG_ROWS) {
+                /* a head slice: rows of row_len bytes at this side's pitch,
+                   whole pages of rows, whole heads inside the row */
+                uint64_t rows, ho = s->dst_offset % pitch;
+                if (!s->row_len || !hb || pitch > UINT32_MAX || s->row_len % hb || ho % hb ||
+                    s->row_len > pitch - ho ||
+                    !s->length || s->length % s->row_len ||
+                    (rows = s->length / s->row_len) % l->page_size || te->staged)
+                    return kvx__why(te->staged ? KVX_ERR_INVALID_ARGUMENT : KVX_ERR_PROTOCOL,
+                                    why, wl, "segment %u: rows of %llu bytes at byte %llu of "
+                                    "%llu-byte rows, %llu bytes in all, in KV buffer %u: not "
+                                    "whole heads of %llu bytes in whole pages of %u rows%s", i,
+                                    (unsigned long long)s->row_len, (unsigned long long)ho,
+                                    (unsigned long long)pitch, (unsigned long long)s->length,
+                                    s->buffer, (unsigned long long)hb, l->page_size,
+                                    te->staged ? " (head slices into GPU pools are not "
+                                    "supported by the tcp transport yet)" : "");
+                h0 = ho / hb;
+                nh = s->row_len / hb;
+                off = s->dst_offset - ho;
+                cnt = rows / l->page_size;
+            } else {
+                if (s->row_len || !s->length || s->length % item || s->dst_offset % item)
+                    return kvx__why(KVX_ERR_PROTOCOL, why, wl, "segment %u: [%llu, +%llu) of "
+                                    "KV buffer %u is not whole pages of %llu bytes", i,
                                     (unsigned long long)s->dst_offset,
                                     (unsigned long long)s->length, s->buffer,
                                     (unsigned long long)item);
-            first = s->dst_offset / item;
-            cnt = s->length / item;
+                cnt = s->length / item;
+            }
+            if (off % item)
+                return kvx__why(KVX_ERR_PROTOCOL, why, wl, "segment %u: byte %llu of KV buffer "
+                                "%u does not start a page of %llu bytes", i,
+                                (unsigned long long)off, s->buffer, (unsigned long long)item);
+            first = off / item;
             while (lo < hi) { /* first position whose page >= first */
                 uint64_t m = (lo + hi) / 2;
                 if ((tr->sorted[m] >> 32) < first) lo = m + 1;
@@ -1888,12 +2190,16 @@ static kvx_result kvx__tcp_check(kvx__tcp_engine *te, kvx__tcp_room *tr,
                                         (unsigned long long)s->dst_offset,
                                         (unsigned long long)s->length, tr->npages);
             for (k = 0; k < cnt; k++) {
-                uint64_t bitno = (uint64_t)s->buffer * tr->npages + (uint32_t)tr->sorted[lo + k];
-                uint64_t m = 1ull << (bitno & 63);
-                if (__atomic_fetch_or(&tr->bitmap[bitno >> 6], m, __ATOMIC_ACQ_REL) & m)
-                    return kvx__why(KVX_ERR_PROTOCOL, why, wl,
-                                        "segment %u: page %llu of KV buffer %u arrived twice", i,
+                uint64_t base = ((uint64_t)s->buffer * tr->npages + (uint32_t)tr->sorted[lo + k]) *
+                                tr->heads + h0, q;
+                for (q = 0; q < nh; q++) {
+                    uint64_t bitno = base + q, m = 1ull << (bitno & 63);
+                    if (__atomic_fetch_or(&tr->bitmap[bitno >> 6], m, __ATOMIC_ACQ_REL) & m)
+                        return kvx__why(KVX_ERR_PROTOCOL, why, wl, "segment %u: head %llu of "
+                                        "page %llu of KV buffer %u arrived twice", i,
+                                        (unsigned long long)(h0 + q),
                                         (unsigned long long)(first + k), s->buffer);
+                }
             }
         }
         sum += s->length; /* bounded: each length lies within this side's pool */
@@ -1920,7 +2226,9 @@ static void kvx__tcp_send_error(kvx__tcp_conn *c, uint64_t room, kvx_result res,
     v[0].iov_len = sizeof h;
     v[1].iov_base = (void *)reason;
     v[1].iov_len = rl;
+    pthread_mutex_lock(&c->wmu);
     kvx__tcp_io(c->fd, v, rl ? 2 : 1, 1, 0, NULL);
+    pthread_mutex_unlock(&c->wmu);
 }
 
 /* Refuses a frame: the room (when there is one) fails and hears why, the
@@ -1930,11 +2238,11 @@ static int kvx__tcp_refuse(kvx__tcp_conn *c, kvx_room *r, uint64_t room, kvx_res
     kvx__tcp_engine *te = c->te;
     KVX__TCP_STAT(te, frames_rejected, 1);
     if (r) {
-        kvx_room_fail(r, res, "prefill %s sent data this room did not ask for; connection closed: %s",
-                      c->addr, why);
+        kvx_room_fail(r, res, "%s sent data this room did not ask for; connection closed: %s",
+                      c->who, why);
     } else {
         kvx_engine_log(te->engine, KVX_LOG_WARN, "kvx.tcp", room,
-                       "closing data connection from prefill %s: %s", c->addr, why);
+                       "closing data connection from %s: %s", c->who, why);
     }
     kvx__tcp_send_error(c, room, res, why);
     return -1;
@@ -1947,7 +2255,7 @@ static int kvx__tcp_drain(kvx__tcp_conn *c, uint64_t len) {
         int err = kvx__tcp_io1(c->fd, c->drain, k, 0, 0);
         if (err) {
             kvx_engine_log(c->te->engine, KVX_LOG_INFO, "kvx.tcp", 0,
-                           "data connection from prefill %s: %s", c->addr, kvx__tcp_errstr(err));
+                           "data connection from %s: %s", c->who, kvx__tcp_errstr(err));
             return -1;
         }
         len -= k;
@@ -1971,14 +2279,67 @@ static int kvx__tcp_read_payload(kvx__tcp_conn *c, kvx__tcp_room *tr, uint32_t n
     int err;
     *got = 0;
     if (!te->staged) {
+        /* an iovec per segment, per row of a head slice: straight into the
+           pages, KVX__TCP_IOV of them per recvmsg */
+        /* an iovec per segment; the rows of head slices that are not back to
+           back here are read into c->gather (grown to the frame's slices,
+           at most its payload) and copied into place after (bench_tcp:
+           faster than an iovec per row); without that memory, an iovec
+           per row. KVX__TCP_IOV iovecs per recvmsg */
+        int k = 0;
+        uint64_t gpos = 0, sbytes = 0;
+        for (i = 0; i < n; i++)
+            if (c->segs[i].flags & KVX_TCP_SEG_ROWS &&
+                c->segs[i].row_len != l->buffers[c->segs[i].buffer].item_len / l->page_size)
+                sbytes += c->segs[i].length;
+        if (sbytes > c->gather_len) {
+            kvx_engine_free(te->engine, c->gather);
+            c->gather = (char *)kvx_engine_alloc(te->engine, (size_t)sbytes);
+            c->gather_len = c->gather ? (size_t)sbytes : 0;
+        }
         for (i = 0; i < n; i++) {
             const kvx_tcp_segment *s = &c->segs[i];
-            c->iov[i].iov_base = s->flags & KVX_TCP_SEG_AUX
-                                     ? (void *)kvx__tcp_aux_row(tr, s)
-                                     : (void *)((char *)l->buffers[s->buffer].base + s->dst_offset);
-            c->iov[i].iov_len = (size_t)s->length;
+            char *dst = s->flags & KVX_TCP_SEG_AUX
+                            ? (char *)kvx__tcp_aux_row(tr, s)
+                            : (char *)l->buffers[s->buffer].base + s->dst_offset;
+            uint64_t row = s->flags & KVX_TCP_SEG_ROWS ? s->row_len : s->length, r, rows;
+            uint64_t pitch = s->flags & KVX_TCP_SEG_ROWS
+                                 ? l->buffers[s->buffer].item_len / l->page_size : 0;
+            if (row == pitch) row = s->length; /* whole rows: back to back */
+            else if (pitch && sbytes && c->gather) {
+                dst = c->gather + gpos;
+                gpos += s->length;
+                row = s->length;
+            }
+            rows = s->length / row;
+            for (r = 0; r < rows; r++) {
+                uint64_t part = 0;
+                c->iov[k].iov_base = dst + r * pitch;
+                c->iov[k].iov_len = (size_t)row;
+                if (++k < KVX__TCP_IOV && (i + 1 < n || r + 1 < rows)) continue;
+                err = kvx__tcp_io(c->fd, c->iov, k, 0, 0, &part);
+                *got += part;
+                if (err) return err;
+                k = 0;
+            }
         }
-        return kvx__tcp_io(c->fd, c->iov, (int)n, 0, 0, got);
+        for (i = 0, gpos = 0; sbytes && c->gather && i < n; i++) {
+            const kvx_tcp_segment *s = &c->segs[i];
+            uint64_t pitch = s->flags & KVX_TCP_SEG_ROWS
+                                 ? l->buffers[s->buffer].item_len / l->page_size : 0;
+            if (pitch && s->row_len != pitch) {
+                kvx_span sp;
+                memset(&sp, 0, sizeof sp);
+                sp.length = s->length;
+                sp.row_len = (uint32_t)s->row_len;
+                sp.src_pitch = (uint32_t)s->row_len;
+                sp.dst_pitch = (uint32_t)pitch;
+                sp.dst_offset = s->dst_offset;
+                kvx_span_copy(l->buffers[s->buffer].base, c->gather + gpos, &sp);
+                gpos += s->length;
+            }
+        }
+        return 0;
     }
     if (payload > c->stage_len) {
         if (c->stage) te->mem.host_free(te->mem.ctx, c->stage);
@@ -2016,13 +2377,28 @@ static int kvx__tcp_read_payload(kvx__tcp_conn *c, kvx__tcp_room *tr, uint32_t n
     return 0;
 }
 
-/* The room's last byte is in place: aux rows into the slot, Success, ACK. */
+/* Writes the ACK of tr on connection c. 0 or an errno. */
+static int kvx__tcp_send_ack(kvx__tcp_conn *c, kvx__tcp_room *tr) {
+    uint8_t ack[KVX_TCP_HEADER_BYTES + KVX__TCP_ACK_BODY];
+    int err;
+    kvx__tcp_hdr(ack, KVX_TCP_ACK, 0, tr->x.id, KVX__TCP_ACK_BODY);
+    kvx__le_w64(ack + 32, tr->expected);
+    kvx__le_w64(ack + 40, 0);
+    pthread_mutex_lock(&c->wmu);
+    err = kvx__tcp_io1(c->fd, ack, sizeof ack, 1, 0);
+    pthread_mutex_unlock(&c->wmu);
+    return err;
+}
+
+/* The room's last byte is in place: aux rows into the slot, Success, then
+   an ACK to every prefill rank that contributed (on c for its own, on a
+   live connection of each other one). */
 static int kvx__tcp_recv_finish(kvx__tcp_conn *c, kvx__tcp_room *tr) {
     kvx__tcp_engine *te = c->te;
     const kvx_layout *l = kvx_engine_layout(te->engine);
-    uint8_t ack[KVX_TCP_HEADER_BYTES + KVX__TCP_ACK_BODY];
-    uint32_t i;
-    int err;
+    kvx__tcp_conn *to[KVX__TCP_SRCS], *x;
+    uint32_t i, n = 0;
+    int err, rc = 0;
     for (i = 0; tr->aux_stage && i < tr->aux_plan.count; i++) {
         const kvx_span *row = &tr->aux_plan.spans[i];
         memcpy(kvx_span_addr(l, row, 1), tr->aux_stage + row->src_offset, (size_t)row->length);
@@ -2033,17 +2409,33 @@ static int kvx__tcp_recv_finish(kvx__tcp_conn *c, kvx__tcp_room *tr) {
        process exits). A room that failed first sends no ACK. */
     kvx_room_succeed(tr->x.room, tr->expected);
     if (kvx_room_poll(tr->x.room) != KVX_POLL_SUCCESS) return 0;
-    kvx__tcp_hdr(ack, KVX_TCP_ACK, 0, tr->x.id, KVX__TCP_ACK_BODY);
-    kvx__le_w64(ack + 32, tr->expected);
-    kvx__le_w64(ack + 40, 0);
-    err = kvx__tcp_io1(c->fd, ack, sizeof ack, 1, 0);
-    if (err) {
-        kvx_engine_log(te->engine, KVX_LOG_WARN, "kvx.tcp", tr->x.id,
-                       "cannot send ACK to prefill %s: %s (its sender fails, this room has "
-                       "every byte)", c->addr, kvx__tcp_errstr(err));
-        return -1;
+    pthread_mutex_lock(&te->mu);
+    for (i = 0; i < tr->nsrcs; i++) {
+        if (tr->srcs[i] == c->instance) {
+            to[n++] = c;
+            continue;
+        }
+        for (x = te->conns; x; x = x->next)
+            if (!x->pending && !x->done && x->instance == tr->srcs[i]) break; /* HELLO read */
+        if (x) {
+            x->acking++;
+            to[n++] = x;
+        }
     }
-    return 0;
+    pthread_mutex_unlock(&te->mu);
+    for (i = 0; i < n; i++) {
+        if ((err = kvx__tcp_send_ack(to[i], tr)) == 0) continue;
+        kvx_engine_log(te->engine, KVX_LOG_WARN, "kvx.tcp", tr->x.id,
+                       "cannot send ACK to %s: %s (its sender fails, this room has every byte)",
+                       to[i]->who, kvx__tcp_errstr(err));
+        if (to[i] == c) rc = -1;
+    }
+    pthread_mutex_lock(&te->mu);
+    for (i = 0; i < n; i++)
+        if (to[i] != c) to[i]->acking--;
+    pthread_mutex_unlock(&te->mu);
+    KVX__STORE(&te->conns_done, 1); /* a connection kept for its ACK may be reaped now */
+    return rc;
 }
 
 /* One DATA frame whose header was read. 0: go on; -1: close the connection. */
@@ -2054,14 +2446,13 @@ static int kvx__tcp_on_data(kvx__tcp_conn *c, const kvx_tcp_header *h) {
     char why[KVX_ERROR_MAX];
     uint32_t n = h->count, i;
     uint64_t dbytes = (uint64_t)n * KVX_TCP_SEGMENT_BYTES, payload = h->body_len - dbytes, got = 0;
-    uint64_t expect_inst = 0;
     kvx_poll st;
     kvx_result res;
     int err, rc = 0;
     why[0] = 0;
     if ((err = kvx__tcp_io1(c->fd, c->descs, (size_t)dbytes, 0, 0)) != 0) {
         kvx_engine_log(te->engine, KVX_LOG_WARN, "kvx.tcp", h->room,
-                       "data connection from prefill %s broke inside a frame header: %s", c->addr,
+                       "data connection from %s broke inside a frame header: %s", c->who,
                        kvx__tcp_errstr(err));
         return -1;
     }
@@ -2091,23 +2482,20 @@ static int kvx__tcp_on_data(kvx__tcp_conn *c, const kvx_tcp_header *h) {
     kvx_room_ref(r);
     tr->busy++;
     c->cur = tr;
+    for (i = 0; i < tr->nsrcs && tr->srcs[i] != c->instance; i++) {}
+    if (i == tr->nsrcs && i < KVX__TCP_SRCS) tr->srcs[tr->nsrcs++] = c->instance;
     pthread_mutex_unlock(&te->mu);
-    /* the first prefill engine that sends this room owns it */
-    if (!__atomic_compare_exchange_n(&tr->instance, &expect_inst, c->instance, 0, __ATOMIC_ACQ_REL,
-                                     __ATOMIC_ACQUIRE) &&
-        expect_inst != c->instance) {
-        snprintf(why, sizeof why, "room %llu already receives from another prefill engine",
-                 (unsigned long long)h->room);
-        rc = kvx__tcp_refuse(c, r, h->room, KVX_ERR_PROTOCOL, why);
-    } else if ((res = kvx__tcp_check(te, tr, c->segs, n, payload, why, sizeof why)) != KVX_OK) {
+    /* every prefill rank that holds part of the room sends it: the byte
+       claims of kvx__tcp_check keep each (buffer, page, head) to one */
+    if ((res = kvx__tcp_check(te, tr, c->segs, n, payload, why, sizeof why)) != KVX_OK) {
         rc = kvx__tcp_refuse(c, r, h->room, res, why);
     } else if ((err = kvx__tcp_read_payload(c, tr, n, payload, &got, why, sizeof why)) != 0) {
         if (err == KVX__TCP_DEVICE_ERR)
             kvx_room_fail(r, KVX_ERR_NO_MEMORY, "%s", why);
         else
             kvx_room_fail(r, KVX_ERR_PEER_LOST,
-                          "data connection from prefill %s broke in the middle of a frame of this "
-                          "room (%llu of %llu bytes read): %s", c->addr, (unsigned long long)got,
+                          "data connection from %s broke in the middle of a frame of this "
+                          "room (%llu of %llu bytes read): %s", c->who, (unsigned long long)got,
                           (unsigned long long)payload, kvx__tcp_errstr(err));
         rc = -1;
     } else {
@@ -2169,7 +2557,7 @@ static int kvx__tcp_conn_hello(kvx__tcp_conn *c) {
     uint8_t buf[KVX_TCP_HEADER_BYTES + KVX__TCP_HELLO_BODY];
     char why[KVX_ERROR_MAX];
     kvx_tcp_header h;
-    uint64_t fp = kvx_layout_fingerprint(kvx_engine_layout(te->engine));
+    uint64_t fp = kvx_tcp_shape_fingerprint(kvx_engine_layout(te->engine));
     uint64_t deadline = c->since_ns + (uint64_t)KVX_TCP_HELLO_MS * 1000000u;
     uint32_t flags = 0;
     int err, answer = 1;
@@ -2191,7 +2579,8 @@ static int kvx__tcp_conn_hello(kvx__tcp_conn *c) {
             snprintf(why, sizeof why, "wrong token (it did not learn this endpoint from this "
                      "decode engine's bootstrap hello)");
         else if (kvx__le_r64(buf + 56) != fp)
-            snprintf(why, sizeof why, "layout fingerprint %016llx, ours %016llx",
+            snprintf(why, sizeof why, "layout fingerprint %016llx, ours %016llx (page size, "
+                     "dtype, MLA, head size or aux rows differ)",
                      (unsigned long long)kvx__le_r64(buf + 56), (unsigned long long)fp);
         else if (flags & ~KVX_TCP_HELLO_AUTH)
             snprintf(why, sizeof why, "unknown HELLO flags %08x", (unsigned)flags);
@@ -2213,10 +2602,14 @@ static int kvx__tcp_conn_hello(kvx__tcp_conn *c) {
         return -1;
     }
     c->instance = kvx__le_r64(buf + 48);
+    if (kvx__le_r16(buf + 90) && kvx__le_r16(buf + 94))
+        snprintf(c->who, sizeof c->who, "prefill %s (tp rank %u of %u, pp rank %u of %u)",
+                 c->addr, kvx__le_r16(buf + 88), kvx__le_r16(buf + 90), kvx__le_r16(buf + 92),
+                 kvx__le_r16(buf + 94));
     kvx__tcp_sockopts(te, c->fd);
     KVX__TCP_STAT(te, conns_accepted, 1);
     kvx_engine_log(te->engine, KVX_LOG_INFO, "kvx.tcp", 0,
-                   "prefill %s connected (stream %u of %u%s)", c->addr, kvx__le_r16(buf + 64),
+                   "%s connected (stream %u of %u%s)", c->who, kvx__le_r16(buf + 64),
                    kvx__le_r16(buf + 66), te->key ? ", key proven" : "");
     return 0;
 }
@@ -2245,6 +2638,34 @@ static void kvx__tcp_evict_pending(kvx__tcp_engine *te) {
                    (double)(kvx_now_ns() - old->since_ns) / 1e9, KVX_TCP_MAX_PENDING);
 }
 
+/* A data connection from a prefill rank ended: every unfinished room it
+   had sent data for cannot complete (that rank's bytes stop here, and its
+   streams end only with its link), so each fails now with a sentence
+   naming the rank, before its control connection's loss says less. */
+static void kvx__tcp_conn_gone(kvx__tcp_conn *c, const char *how) {
+    kvx__tcp_engine *te = c->te;
+    kvx_room *rs[64];
+    size_t n = 0, b, i;
+    kvx__hnode *h;
+    pthread_mutex_lock(&te->mu);
+    for (b = 0; !te->stopping && b < te->rooms.nb && n < 64; b++)
+        for (h = te->rooms.b[b]; h && n < 64; h = h->hnext) {
+            kvx__tcp_room *tr = (kvx__tcp_room *)(void *)((char *)h - offsetof(kvx__tcp_room, hn));
+            uint32_t k;
+            if (tr->closing || kvx__room_terminal(tr->x.room)) continue;
+            for (k = 0; k < tr->nsrcs && tr->srcs[k] != c->instance; k++) {}
+            if (k == tr->nsrcs) continue;
+            kvx_room_ref(tr->x.room);
+            rs[n++] = tr->x.room;
+        }
+    pthread_mutex_unlock(&te->mu);
+    for (i = 0; i < n; i++) {
+        kvx_room_fail(rs[i], KVX_ERR_PEER_LOST, "data connection from %s, a contributor of this "
+                      "room, ended before the room was complete: %s", c->who, how);
+        kvx_room_unref(rs[i]);
+    }
+}
+
 static void *kvx__tcp_conn_main(void *arg) {
     kvx__tcp_conn *c = (kvx__tcp_conn *)arg;
     kvx__tcp_engine *te = c->te;
@@ -2259,8 +2680,9 @@ static void *kvx__tcp_conn_main(void *arg) {
         int err = kvx__tcp_io1(c->fd, hb, sizeof hb, 0, 1);
         if (err) {
             kvx_engine_log(te->engine, err == KVX__TCP_EOF ? KVX_LOG_INFO : KVX_LOG_WARN,
-                           "kvx.tcp", 0, "data connection from prefill %s ended: %s", c->addr,
+                           "kvx.tcp", 0, "data connection from %s ended: %s", c->who,
                            kvx__tcp_errstr(err));
+            kvx__tcp_conn_gone(c, kvx__tcp_errstr(err));
             break;
         }
         why[0] = 0;
@@ -2282,25 +2704,27 @@ static void *kvx__tcp_conn_main(void *arg) {
 static void kvx__tcp_conn_free(kvx__tcp_engine *te, kvx__tcp_conn *c) {
     kvx_engine *e = te->engine;
     if (c->fd >= 0) close(c->fd);
+    pthread_mutex_destroy(&c->wmu);
     kvx_engine_free(e, c->descs);
     kvx_engine_free(e, c->iov);
     kvx_engine_free(e, c->segs);
     kvx_engine_free(e, c->copies);
     kvx_engine_free(e, c->drain);
+    kvx_engine_free(e, c->gather);
     if (c->stage) te->mem.host_free(te->mem.ctx, c->stage);
     kvx_engine_free(e, c);
 }
 
 /* Joins finished connection threads (all: every one, shutting them down). */
 static void kvx__tcp_reap_conns(kvx__tcp_engine *te, int all) {
-    kvx__tcp_conn *ready = NULL, **pp;
+    kvx__tcp_conn *ready = NULL, **pp, *c;
     if (!all && !KVX__LOAD(&te->conns_done)) return;
     KVX__STORE(&te->conns_done, 0);
     pthread_mutex_lock(&te->mu);
     for (pp = &te->conns; *pp;) {
-        kvx__tcp_conn *c = *pp;
+        c = *pp;
         if (all && !c->done) shutdown(c->fd, SHUT_RDWR);
-        if (all || c->done) {
+        if (all || (c->done && !c->acking)) {
             *pp = c->next;
             c->next = ready;
             ready = c;
@@ -2310,10 +2734,10 @@ static void kvx__tcp_reap_conns(kvx__tcp_engine *te, int all) {
         }
     }
     pthread_mutex_unlock(&te->mu);
-    while (ready) {
-        kvx__tcp_conn *c = ready;
+    for (c = ready; c; c = c->next) pthread_join(c->th, NULL); /* then free: a thread may */
+    while (ready) {                                            /* ACK on another's conn */
+        c = ready;
         ready = c->next;
-        pthread_join(c->th, NULL);
         kvx__tcp_conn_free(te, c);
     }
 }
@@ -2325,10 +2749,12 @@ static kvx__tcp_conn *kvx__tcp_conn_new(kvx__tcp_engine *te, int fd, const struc
     c->te = te;
     c->fd = fd;
     c->pending = 1;
+    pthread_mutex_init(&c->wmu, NULL);
     c->since_ns = kvx_now_ns();
     kvx__sa_str(sa, c->addr, sizeof c->addr);
+    snprintf(c->who, sizeof c->who, "prefill %s", c->addr);
     c->descs = (uint8_t *)kvx_engine_alloc(e, (size_t)KVX_TCP_MAX_SEGS * KVX_TCP_SEGMENT_BYTES);
-    c->iov = (struct iovec *)kvx_engine_alloc(e, KVX_TCP_MAX_SEGS * sizeof(struct iovec));
+    c->iov = (struct iovec *)kvx_engine_alloc(e, KVX__TCP_IOV * sizeof(struct iovec));
     c->segs = (kvx_tcp_segment *)kvx_engine_alloc(e, KVX_TCP_MAX_SEGS * sizeof(kvx_tcp_segment));
     c->copies = (kvx_copy *)kvx_engine_alloc(e, KVX_TCP_MAX_SEGS * sizeof(kvx_copy));
     c->drain = (char *)kvx_engine_alloc(e, KVX__TCP_DRAIN);
@@ -2503,8 +2929,11 @@ static void kvx__tcp_engine_free(kvx__tcp_engine *te) {
 static int kvx__tcp_on_status(kvx_boot *b, kvx_room *r, const kvx_boot_peer *peer, kvx_poll state,
                               kvx_result result, uint64_t bytes, const char *reason) {
     (void)b; (void)r; (void)peer; (void)result; (void)bytes; (void)reason;
-    /* a receiver succeeds on its own byte count, never on the sender's word */
-    return state == KVX_POLL_SUCCESS;
+    /* a receiver succeeds on its own byte count, never on the sender's word;
+       a prefill rank that reported Success (an MLA dummy, a rank holding
+       nothing of this room) is done with it: its going away later fails
+       nothing */
+    return state == KVX_POLL_SUCCESS ? 2 : 0;
 }
 
 static kvx_result kvx__tcp_engine_init(kvx_engine *e, char *why, size_t wl) {
@@ -2524,6 +2953,10 @@ static kvx_result kvx__tcp_engine_init(kvx_engine *e, char *why, size_t wl) {
     pthread_mutex_init(&te->mu, NULL);
     pthread_cond_init(&te->cv, NULL);
     te->key = kvx_engine_auth_key(e, &te->key_len);
+    te->rank[0] = (uint16_t)(d->boot.tp_rank > 0 ? d->boot.tp_rank : 0);
+    te->rank[1] = (uint16_t)(d->boot.tp_size > 0 ? d->boot.tp_size : 1);
+    te->rank[2] = (uint16_t)(d->boot.pp_rank > 0 ? d->boot.pp_rank : 0);
+    te->rank[3] = (uint16_t)(d->boot.pp_size > 0 ? d->boot.pp_size : 1);
     if (kvx__random_bytes(&te->instance, sizeof te->instance) != KVX_OK) {
         r = kvx__why(KVX_ERR_IO, why, wl, "cannot draw random bytes from the kernel");
         goto fail;
@@ -2622,22 +3055,32 @@ static kvx_result kvx__tcp_room_open(kvx_room *r) {
     return kvx_boot_room_open(te->boot, r);
 }
 
-/* kvx_boot: the decode's control connection dropped. A sender whose last
-   chunk was queued keeps waiting on its data link, which brings the ACK
-   (Success), reports its own loss, or hits the ACK deadline: a decode
+/* kvx_boot: a decode's control connection dropped. A sender whose last
+   chunk was queued keeps waiting on its data links, which bring the ACK
+   (Success), report their own loss, or hit the ACK deadline: a decode
    destroyed right after its Success closes the control connection, and
    that may be seen before the ACK waiting in a data socket, even before
-   the stream thread that sent the last frame has marked it sent. */
+   the stream thread that sent the last frame has marked it sent. With
+   several destinations (the hook does not say which decode left), a room
+   one of whose decode ranks already acknowledged keeps going too: a decode
+   rank that is done leaves normally; one that died takes its data link
+   with it (link_kill fails the room), one whose control connection alone
+   dropped sends no ACK (the ACK deadline ends it). */
 static int kvx__tcp_on_peer_lost(kvx_boot *b, kvx_room *r, const char *reason) {
     kvx__tcp_room *tr = kvx__tcp_tr(r);
-    int keep = 0;
+    int keep = 1, any_acked = 0;
+    uint32_t k;
     (void)b; (void)reason;
     if (!tr) return 0;
     pthread_mutex_lock(&tr->x.mu);
-    if (!tr->gone && tr->link) {
-        pthread_mutex_lock(&tr->link->mu);
-        keep = tr->last_queued && !tr->link->dead;
-        pthread_mutex_unlock(&tr->link->mu);
+    if (tr->gone || !tr->ndsts) keep = 0;
+    for (k = 0; k < tr->ndsts; k++) any_acked |= KVX__LOAD(&tr->dsts[k]->acked);
+    for (k = 0; keep && k < tr->ndsts; k++) {
+        kvx__tcp_room *d = tr->dsts[k];
+        if (KVX__LOAD(&d->acked) || !d->link) continue;
+        pthread_mutex_lock(&d->link->mu);
+        keep = !d->link->dead && (d->last_queued || any_acked);
+        pthread_mutex_unlock(&d->link->mu);
     }
     pthread_mutex_unlock(&tr->x.mu);
     return keep;
@@ -2655,11 +3098,14 @@ static void kvx__tcp_room_failed(kvx_room *r) {
     te = tr->te;
     kvx_boot_room_failed(te->boot, r); /* no frame yet: answered when it comes */
     if (kvx_room_role(r) == KVX_ROLE_PREFILL) {
-        pthread_mutex_lock(&tr->x.mu); /* held: sender_close cannot drop the link meanwhile */
-        if (!tr->gone && tr->link) {
-            pthread_mutex_lock(&tr->link->mu);
-            kvx__tcp_drop_jobs(tr->link, tr);
-            pthread_mutex_unlock(&tr->link->mu);
+        uint32_t k;
+        pthread_mutex_lock(&tr->x.mu); /* held: sender_close cannot drop a link meanwhile */
+        for (k = 0; !tr->gone && k < tr->ndsts; k++) {
+            kvx__tcp_room *d = tr->dsts[k];
+            if (!d->link) continue;
+            pthread_mutex_lock(&d->link->mu);
+            kvx__tcp_drop_jobs(d->link, d);
+            pthread_mutex_unlock(&d->link->mu);
         }
         pthread_mutex_unlock(&tr->x.mu);
     }
@@ -2676,9 +3122,10 @@ static void kvx__tcp_room_close(kvx_room *r) {
 static void kvx__tcp_room_free(kvx_room *r) {
     kvx__tcp_room *tr = kvx__tcp_tr(r);
     kvx_engine *e = kvx_room_engine(r);
+    uint32_t k;
     if (!tr) return;
-    if (tr->aux_job) kvx__tcp_job_free(e, tr->aux_job);
-    kvx_engine_free(e, tr->dst_pages);
+    for (k = 0; k < tr->ndsts; k++) kvx__tcp_dest_free(e, tr->dsts[k]);
+    kvx_engine_free(e, tr->dsts);
     kvx_engine_free(e, tr->sorted);
     kvx_engine_free(e, tr->bitmap);
     kvx_engine_free(e, tr->aux_stage);

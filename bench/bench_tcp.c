@@ -18,7 +18,17 @@
    as a ratio to the keyless pair of the same run. Repetitions alternate
    between all of them; best and median are reported.
 
-   Environment: KVX_BENCH_REPS (5), KVX_TCP_STREAMS (4) and the other
+   Topologies (issue 13): the same request between instances of different
+   tensor-parallel sizes, prefill TP 4 -> decode TP 2 and TP 2 -> 4 (head
+   slices: strided DATA segments, every row read straight into the pages)
+   against TP 2 -> 2, all ranks' engines in this one process (threads, no
+   fork), each rank with its own pool (examples' ex_pool_init_rank,
+   scattered pages); time from the first send to the last sender's
+   Success, GB/s of the request's KV (512 MiB: each decode byte once), the
+   ratios from the same run, reps alternating between the three.
+
+   Environment: KVX_BENCH_REPS (5), KVX_BENCH_TOPO_ONLY (set: only the
+   topologies), KVX_TCP_STREAMS (4) and the other
    KVX_TCP_* settings. */
 #define KVX_IMPLEMENTATION
 #include "../kvx_tcp.h"
@@ -134,7 +144,10 @@ static void raw_multi(const int *fds, int n, char *buf, size_t bytes, int send) 
 
 #define BENCH_KEY "bench-tcp-shared-key-0123456789"
 
-static kvx_engine *engine(kvx_role role, const kvx_layout *l, const char *addr, const char *key) {
+/* An engine on loopback; tp > 0: rank `rank` of tp (port: the first
+   prefill rank's bootstrap port for the others). */
+static kvx_engine *engine_rank(kvx_role role, const kvx_layout *l, const char *addr,
+                               const char *key, int tp, int rank, int port) {
     kvx_engine_desc d;
     kvx_engine *e;
     char why[512];
@@ -144,7 +157,9 @@ static kvx_engine *engine(kvx_role role, const kvx_layout *l, const char *addr, 
     d.layout = *l;
     d.logger.func = quiet;
     d.boot.host = "127.0.0.1";
-    d.boot.port = -1;
+    d.boot.port = port ? port : -1;
+    d.boot.tp_size = tp;
+    d.boot.tp_rank = rank;
     d.tcp.host = "127.0.0.1";
     d.bootstrap_addr = addr;
     d.auth_key = key;
@@ -153,6 +168,10 @@ static kvx_engine *engine(kvx_role role, const kvx_layout *l, const char *addr, 
         exit(1);
     }
     return e;
+}
+
+static kvx_engine *engine(kvx_role role, const kvx_layout *l, const char *addr, const char *key) {
+    return engine_rank(role, l, addr, key, 0, 0, 0);
 }
 
 /* ---- decode process ------------------------------------------------------------ */
@@ -344,6 +363,140 @@ static void line(const char *what, double *t, double *cpu, int n, double bytes,
     printf("\n");
 }
 
+/* ---- topologies: all ranks in this process ------------------------------------- */
+
+typedef struct tb_rank {
+    ex_pool p;
+    kvx_engine *e;
+    int32_t pages[NPAGES];
+} tb_rank;
+
+typedef struct tb_case {
+    int ptp, dtp;
+    tb_rank *P, *D;
+    double *t;
+    uint64_t frames;
+} tb_case;
+
+static void tb_setup(tb_case *c, const ex_model *m, int reps) {
+    char addr[64];
+    int i, port = 0;
+    c->P = (tb_rank *)calloc((size_t)c->ptp, sizeof *c->P);
+    c->D = (tb_rank *)calloc((size_t)c->dtp, sizeof *c->D);
+    c->t = (double *)calloc((size_t)reps, sizeof(double));
+    if (!c->P || !c->D || !c->t) die("alloc");
+    for (i = 0; i < c->ptp; i++) {
+        ex_rank rk = {(uint32_t)c->ptp, (uint32_t)i, 1, 0};
+        tb_rank *r = &c->P[i];
+        if (ex_pool_init_rank(&r->p, m, POOL_PAGES, PAGE, 4, 7 + (uint64_t)i, &rk)) die("alloc");
+        ex_alloc_pages(&r->p, r->pages, NPAGES);
+        ex_pages_pattern(&r->p, PATTERN_ROOM, r->pages, NPAGES, 1);
+        ex_aux_write(&r->p, PATTERN_ROOM, 0);
+        r->e = engine_rank(KVX_ROLE_PREFILL, &r->p.layout, NULL, NULL, c->ptp, i, port);
+        if (!i) port = kvx_boot_engine_port(r->e);
+    }
+    snprintf(addr, sizeof addr, "127.0.0.1:%d", port);
+    for (i = 0; i < c->dtp; i++) {
+        ex_rank rk = {(uint32_t)c->dtp, (uint32_t)i, 1, 0};
+        tb_rank *r = &c->D[i];
+        if (ex_pool_init_rank(&r->p, m, POOL_PAGES, PAGE, 4, 101 + (uint64_t)i, &rk)) die("alloc");
+        ex_alloc_pages(&r->p, r->pages, NPAGES);
+        r->e = engine_rank(KVX_ROLE_DECODE, &r->p.layout, addr, NULL, c->dtp, i, 0);
+    }
+}
+
+static void tb_free(tb_case *c) {
+    int i;
+    for (i = 0; i < c->ptp; i++) { kvx_engine_destroy(c->P[i].e); ex_pool_free(&c->P[i].p); }
+    for (i = 0; i < c->dtp; i++) { kvx_engine_destroy(c->D[i].e); ex_pool_free(&c->D[i].p); }
+    free(c->P);
+    free(c->D);
+}
+
+/* One request through every rank: seconds from the first send to the last
+   Success; verify: every decode rank checks every head of every token. */
+static double tb_rep(tb_case *c, uint64_t room, int verify, int *ok) {
+    kvx_sender *s[16];
+    kvx_receiver *r[16];
+    kvx_room_desc rd;
+    double t0, end = now_s() + 120;
+    int i, done;
+    memset(&rd, 0, sizeof rd);
+    rd.room = room;
+    for (i = 0; i < c->dtp; i++) kvx_receiver_create(c->D[i].e, &rd, &r[i]);
+    for (i = 0; i < c->ptp; i++) kvx_sender_create(c->P[i].e, &rd, &s[i]);
+    for (i = 0; i < c->dtp; i++) {
+        while (kvx_receiver_poll(r[i]) == KVX_POLL_BOOTSTRAPPING && now_s() < end) usleep(200);
+        ex_aux_clear(&c->D[i].p, 0);
+        kvx_receiver_init(r[i], c->D[i].pages, NPAGES, 0);
+    }
+    for (i = 0; i < c->ptp; i++)
+        while (kvx_sender_poll(s[i]) == KVX_POLL_BOOTSTRAPPING && now_s() < end) usleep(200);
+    t0 = now_s();
+    for (i = 0; i < c->ptp; i++) {
+        kvx_sender_init(s[i], NPAGES, 0);
+        kvx_sender_send(s[i], c->P[i].pages, NPAGES);
+    }
+    do {
+        done = 0;
+        for (i = 0; i < c->ptp; i++) done += kvx_sender_poll(s[i]) == KVX_POLL_SUCCESS ||
+                                             kvx_sender_poll(s[i]) == KVX_POLL_FAILED;
+        if (done < c->ptp) usleep(100);
+    } while (done < c->ptp && now_s() < end);
+    t0 = now_s() - t0;
+    for (i = 0; i < c->ptp; i++) {
+        if (kvx_sender_poll(s[i]) != KVX_POLL_SUCCESS) {
+            fprintf(stderr, "bench_tcp: tp %d -> %d: %s\n", c->ptp, c->dtp, kvx_sender_error(s[i]));
+            *ok = 0;
+        }
+        kvx_sender_destroy(s[i]);
+    }
+    for (i = 0; i < c->dtp; i++) {
+        while (kvx_receiver_poll(r[i]) == KVX_POLL_TRANSFERRING && now_s() < end) usleep(100);
+        if (kvx_receiver_poll(r[i]) != KVX_POLL_SUCCESS ||
+            (verify && (ex_pages_pattern(&c->D[i].p, PATTERN_ROOM, c->D[i].pages, NPAGES, 0) ||
+                        !ex_aux_check(&c->D[i].p, PATTERN_ROOM, 0))))
+            *ok = 0;
+        kvx_receiver_destroy(r[i]);
+    }
+    return t0;
+}
+
+static int topo_bench(int reps) {
+    const ex_model *m = ex_model_find("llama-3.1-8b");
+    tb_case cs[3] = {{2, 2, NULL, NULL, NULL, 0}, {4, 2, NULL, NULL, NULL, 0},
+                     {2, 4, NULL, NULL, NULL, 0}};
+    double bytes = (double)NPAGES * PAGE * m->layers * 2 * m->kv_heads * m->head_dim * m->dtype_size;
+    int i, k, ok = 1;
+    for (k = 0; k < 3; k++) tb_setup(&cs[k], m, reps);
+    for (k = 0; k < 3; k++) tb_rep(&cs[k], PATTERN_ROOM, 1, &ok); /* warm-up, verified */
+    for (i = 0; i < reps; i++)
+        for (k = 0; k < 3; k++) cs[k].t[i] = tb_rep(&cs[k], 5000 + (uint64_t)(i * 3 + k), 0, &ok);
+    for (k = 0; k < 3; k++) {
+        kvx_tcp_stats st;
+        int d;
+        for (d = 0; d < cs[k].dtp; d++) {
+            kvx_tcp_stats_get(cs[k].D[d].e, &st);
+            cs[k].frames += st.frames_received;
+        }
+        qsort(cs[k].t, (size_t)reps, sizeof(double), cmp_d);
+    }
+    printf("  topologies, all ranks in this process (threads), Llama-3.1-8B, %d tokens, %d "
+           "scattered pages, %.0f MiB of KV per request (each decode byte once):\n",
+           TOKENS, NPAGES, bytes / (1 << 20));
+    for (k = 0; k < 3; k++)
+        printf("    prefill TP %d -> decode TP %d: best %.3f s %.2f GB/s, median %.2f GB/s; "
+               "ratio to TP 2 -> 2: best %.2f, median %.2f; %.0f DATA frames per request%s\n",
+               cs[k].ptp, cs[k].dtp, cs[k].t[0], bytes / cs[k].t[0] / 1e9,
+               bytes / cs[k].t[reps / 2] / 1e9, cs[0].t[0] / cs[k].t[0],
+               cs[0].t[reps / 2] / cs[k].t[reps / 2], (double)cs[k].frames / (reps + 1),
+               cs[k].ptp == cs[k].dtp ? " (whole pages)" : " (head slices)");
+    printf("  every head of every token verified on each decode rank (first request): %s\n",
+           ok ? "ok" : "MISMATCH");
+    for (k = 0; k < 3; k++) { tb_free(&cs[k]); free(cs[k].t); }
+    return ok;
+}
+
 int main(void) {
     int cmdp[2], repp[2], lfd, one = 1, reps = 5, i, streams = 4, mfds[64];
     struct sockaddr_in a;
@@ -359,6 +512,11 @@ int main(void) {
     const char *r = getenv("KVX_BENCH_REPS");
     char v;
     if (r && atoi(r) > 0) reps = atoi(r);
+    if (getenv("KVX_BENCH_TOPO_ONLY")) { /* the topologies alone */
+        signal(SIGPIPE, SIG_IGN);
+        kvx_tcp_register();
+        return topo_bench(reps) ? 0 : 1;
+    }
     if (getenv("KVX_TCP_SEGMENT") && atoi(getenv("KVX_TCP_SEGMENT")) >= 65536)
         piece = (size_t)atoi(getenv("KVX_TCP_SEGMENT"));
     if (getenv("KVX_TCP_STREAMS") && atoi(getenv("KVX_TCP_STREAMS")) > 0)
@@ -471,5 +629,6 @@ int main(void) {
     free(ck8);
     free(tk1);
     free(tk8);
+    if (!topo_bench(reps)) v = 'x';
     return v == 'k' ? 0 : 1;
 }

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""tcp_frames.py - the kvx tcp wire format (version 2) in a page of Python.
+"""tcp_frames.py - the kvx tcp wire format (version 3) in a page of Python.
 
 A minimal prefill side, written from the format described in kvx_tcp.h and
 nothing else: it connects to a decode engine's data listener, says HELLO,
@@ -25,14 +25,14 @@ import struct
 import sys
 
 MAGIC = 0x5458564B  # b"KVXT"
-VERSION = 2
+VERSION = 3
 HELLO, DATA, ACK, ERROR, AUTH, PROOF = 1, 2, 3, 4, 5, 6
 HELLO_AUTH = 1
 SEG_AUX = 1
 HEADER = struct.Struct("<IBBHQQII")  # magic version type count room body_len flags reserved
-SEGMENT = struct.Struct("<IIQQ")     # buffer flags dst_offset length
-# token[16] instance fingerprint stream streams flags nonce[16] reserved
-HELLO_BODY = struct.Struct("<16sQQHHI16sQ")
+SEGMENT = struct.Struct("<IIQQQ")    # buffer flags dst_offset length row_len
+# token[16] instance fingerprint stream streams flags nonce[16] tp_rank tp_size pp_rank pp_size
+HELLO_BODY = struct.Struct("<16sQQHHI16sHHHH")
 
 
 def proof(key, label, nonce_a, nonce_b):
@@ -46,7 +46,7 @@ def header(ftype, count, room, body_len):
 
 def data_frame(room, segs):
     """segs: [(buffer, flags, dst_offset, payload bytes)]"""
-    descs = b"".join(SEGMENT.pack(b, f, off, len(p)) for b, f, off, p in segs)
+    descs = b"".join(SEGMENT.pack(b, f, off, len(p), 0) for b, f, off, p in segs)
     payload = b"".join(p for _, _, _, p in segs)
     return header(DATA, len(segs), room, len(descs) + len(payload)) + descs + payload
 
@@ -81,7 +81,7 @@ def main(argv):
     nonce = os.urandom(16) if key else bytes(16)
     s.sendall(header(HELLO, 0, 0, HELLO_BODY.size) +
               HELLO_BODY.pack(token, 0x7079, fingerprint, 0, 1, HELLO_AUTH if key else 0,
-                              nonce, 0))
+                              nonce, 0, 1, 0, 1))
     if key:
         _, _, ftype, _, _, body_len, _, _ = HEADER.unpack(recv_exact(s, 32))
         body = recv_exact(s, body_len)

@@ -77,6 +77,8 @@ typedef struct tt_opts {
     int streams;
     const kvx_mem_ops *mem;
     const kvx_buffer *bufs; /* replaces the layout's buffers (GPU tests) */
+    int tp_size, tp_rank, pp_size, pp_rank; /* desc.boot (0: one rank) */
+    int boot_port;          /* prefill ranks but the first: its bootstrap port */
 } tt_opts;
 
 static TT_UNUSED kvx_engine *tt_engine(kvx_role role, const kvx_layout *l, const tt_opts *o,
@@ -91,7 +93,13 @@ static TT_UNUSED kvx_engine *tt_engine(kvx_role role, const kvx_layout *l, const
     d.logger.func = tt_log;
     d.logger.level = getenv("KVX_TEST_VERBOSE") ? KVX_LOG_DEBUG : KVX_LOG_WARN;
     d.boot.host = o && o->boot_host ? o->boot_host : "127.0.0.1";
-    d.boot.port = -1;
+    d.boot.port = o && o->boot_port ? o->boot_port : -1;
+    if (o) {
+        d.boot.tp_size = o->tp_size;
+        d.boot.tp_rank = o->tp_rank;
+        d.boot.pp_size = o->pp_size;
+        d.boot.pp_rank = o->pp_rank;
+    }
     d.tcp.host = o && o->tcp_host ? (o->tcp_host[0] ? o->tcp_host : NULL) : "127.0.0.1";
     d.tcp.streams = o ? o->streams : 0;
     d.bootstrap_addr = o ? o->boot_addr : NULL;

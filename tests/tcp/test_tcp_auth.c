@@ -37,7 +37,7 @@ static uint64_t r64(const uint8_t *p) { return (uint64_t)r32(p) | (uint64_t)r32(
 
 static void hdr(uint8_t *b, int type, int count, uint64_t room, uint64_t body) {
     memcpy(b, "KVXT", 4);
-    b[4] = 2;
+    b[4] = KVX_TCP_PROTOCOL_VERSION;
     b[5] = (uint8_t)type;
     b[6] = (uint8_t)count;
     b[7] = (uint8_t)(count >> 8);
@@ -152,7 +152,7 @@ static int engines_open(engines *g, const char *pkey, const char *dkey) {
     CHECK(g->de != NULL, "decode engine (key %s): %s", dkey ? "yes" : "no", why);
     if (!g->de) return -1;
     kvx_tcp_endpoint_get(g->de, &g->ep);
-    g->fp = kvx_layout_fingerprint(&pr.layout);
+    g->fp = kvx_tcp_shape_fingerprint(&pr.layout);
     return 0;
 }
 
@@ -208,13 +208,14 @@ static kvx_receiver *target(engines *g, int32_t *dp) {
 
 /* A stranger's DATA frame for room `room`, page dp[0] of buffer 0. */
 static void data_frame(int fd, uint64_t room, int32_t page) {
-    uint8_t b[32 + 24 + ITEM];
+    uint8_t b[32 + KVX_TCP_SEGMENT_BYTES + ITEM];
     memset(b, 0xEE, sizeof b);
-    hdr(b, 2, 1, room, 24 + ITEM);
+    hdr(b, 2, 1, room, KVX_TCP_SEGMENT_BYTES + ITEM);
     w32(b + 32, 0);
     w32(b + 36, 0);
     w64(b + 40, (uint64_t)page * ITEM);
     w64(b + 48, ITEM);
+    w64(b + 56, 0);
     send_all(fd, b, sizeof b);
 }
 

@@ -12,6 +12,10 @@
      rows into another slot or into a room without a slot, lengths that do
      not add up, a length meant to overflow: the room fails with a sentence
      saying which, ERROR, the connection closes
+   - head slices (ROWS segments): rows that are not whole heads, past the
+     row, not whole pages of rows, the same head twice (also under a whole
+     page), with the AUX flag, outside the room: refused with a sentence; a
+     room delivered as head slices by hand: Success, every head in place
    - a frame cut in the middle and the connection reset: that room fails
    - a correct transfer by hand: Success, every byte, and an ACK with the
      byte count; the same from tests/tcp/tcp_frames.py (Python)
@@ -37,7 +41,7 @@ static uint64_t r64(const uint8_t *p) { return (uint64_t)r32(p) | (uint64_t)r32(
 
 static void hdr(uint8_t *b, int type, int count, uint64_t room, uint64_t body) {
     memcpy(b, "KVXT", 4);
-    b[4] = 2;
+    b[4] = KVX_TCP_PROTOCOL_VERSION;
     b[5] = (uint8_t)type;
     b[6] = (uint8_t)count;
     b[7] = (uint8_t)(count >> 8);
@@ -52,6 +56,15 @@ static void seg(uint8_t *b, uint32_t buffer, uint32_t flags, uint64_t off, uint6
     w32(b + 4, flags);
     w64(b + 8, off);
     w64(b + 16, len);
+    w64(b + 24, 0); /* row_len: whole pages */
+}
+
+/* A head slice: length / row_len rows of row_len bytes from dst_offset at
+   the receiver's row pitch (WIRE FORMAT, ROWS). */
+static void segr(uint8_t *b, uint32_t buffer, uint32_t flags, uint64_t off, uint64_t len,
+                 uint64_t row_len) {
+    seg(b, buffer, flags | KVX_TCP_SEG_ROWS, off, len);
+    w64(b + 24, row_len);
 }
 
 static int send_all(int fd, const void *p, size_t n) {
@@ -79,7 +92,7 @@ static int raw_connect(void) {
     return fd;
 }
 
-/* HELLO (wire version 2, no key): token with its first byte xor tweak. */
+/* HELLO (wire version 3, no key): token with its first byte xor tweak. */
 static int hello(int fd, uint8_t tweak, uint64_t fp) {
     uint8_t b[96];
     memset(b, 0, sizeof b);
@@ -176,11 +189,11 @@ static void bad_frame(const char *label, uint64_t room, const uint8_t *descs, in
     uint8_t *body;
     char err[512];
     int fd = good_conn(), closed;
-    hdr(h, 2, count, room, (uint64_t)count * 24 + payload);
+    hdr(h, 2, count, room, (uint64_t)count * KVX_TCP_SEGMENT_BYTES + payload);
     body = (uint8_t *)malloc((size_t)payload + 1);
     memset(body, 0xEE, (size_t)payload);
     send_all(fd, h, 32);
-    send_all(fd, descs, (size_t)count * 24);
+    send_all(fd, descs, (size_t)count * KVX_TCP_SEGMENT_BYTES);
     send_all(fd, body, (size_t)payload); /* may fail: the decode side closes first */
     closed = wait_closed(fd, 5, err, sizeof err, NULL);
     CHECK(closed, "%s: the connection was closed", label);
@@ -212,6 +225,19 @@ static void test_refused(void) {
     CHECK(wait_closed(fd, 5, err, sizeof err, NULL), "wrong fingerprint: closed");
     CHECK_STR(err, "layout fingerprint");
     close(fd);
+    fd = raw_connect(); /* a wire version 2 peer (32-byte segments need 3) */
+    {
+        uint8_t b[96];
+        memset(b, 0, sizeof b);
+        hdr(b, 1, 0, 0, 64);
+        b[4] = 2;
+        memcpy(b + 32, ep.token, 16);
+        w64(b + 56, fingerprint);
+        send_all(fd, b, sizeof b);
+    }
+    CHECK(wait_closed(fd, 5, err, sizeof err, NULL), "wire version 2: closed");
+    CHECK_STR(err, "protocol version 2, this side speaks 3");
+    close(fd);
     fd = raw_connect();
     memset(junk, 'G', sizeof junk);
     send_all(fd, junk, sizeof junk);
@@ -223,7 +249,7 @@ static void test_refused(void) {
 }
 
 static void test_bad_segments(void) {
-    uint8_t d[4 * 24];
+    uint8_t d[4 * KVX_TCP_SEGMENT_BYTES];
     int32_t pages[4];
     kvx_receiver *r;
     kvx_receiver *bystander = room_ready(900, 40, 5, pages);
@@ -251,7 +277,7 @@ static void test_bad_segments(void) {
     kvx_receiver_destroy(r);
     r = room_ready(++room, 16, -1, pages);
     seg(d, 2, 0, (uint64_t)17 * ITEM, ITEM);
-    seg(d + 24, 2, 0, (uint64_t)16 * ITEM, 2 * ITEM);
+    seg(d + KVX_TCP_SEGMENT_BYTES, 2, 0, (uint64_t)16 * ITEM, 2 * ITEM);
     bad_frame("same page twice", room, d, 2, 3 * ITEM, r, "arrived twice");
     kvx_receiver_destroy(r);
     r = room_ready(++room, 20, 2, pages);
@@ -280,18 +306,88 @@ static void test_bad_segments(void) {
 }
 
 /* A frame cut in the middle, then a reset: the room fails, naming the peer. */
+#define HB 128u   /* bytes of one head in one token row (tiny: 64 x 2 bytes) */
+#define PITCH 256u /* bytes of a token row: 2 heads */
+
+static uint8_t rows_byte(uint32_t b, uint32_t h, uint32_t row, uint32_t j) {
+    return (uint8_t)(b * 7 + h * 31 + row * 3 + j);
+}
+
+/* A room delivered as head slices (each buffer's head 1, then head 0, of
+   pages 0..3 as one ROWS segment of 64 rows), then the refusals. */
+static void test_rows(void) {
+    int32_t pages[4];
+    uint8_t d[2 * KVX_TCP_SEGMENT_BYTES], h[32];
+    uint8_t *payload = (uint8_t *)malloc((size_t)64 * HB);
+    kvx_receiver *r = room_ready(800, 0, -1, pages);
+    uint32_t b, hd, k, j, t, bad = 0;
+    int fd = good_conn();
+    for (hd = 2; hd-- > 0;)
+        for (b = 0; b < NB; b++) {
+            for (k = 0; k < 64; k++)
+                for (j = 0; j < HB; j++) payload[k * HB + j] = rows_byte(b, hd, k, j);
+            segr(d, b, 0, hd * HB, (uint64_t)64 * HB, HB);
+            hdr(h, 2, 1, 800, KVX_TCP_SEGMENT_BYTES + (uint64_t)64 * HB);
+            send_all(fd, h, 32);
+            send_all(fd, d, KVX_TCP_SEGMENT_BYTES);
+            send_all(fd, payload, (size_t)64 * HB);
+        }
+    CHECK(tt_wait_r(r, 10) == KVX_POLL_SUCCESS, "a room sent as head slices: Success (%s)",
+          kvx_receiver_error(r));
+    for (b = 0; b < NB; b++)
+        for (t = 0; t < 64; t++)
+            for (hd = 0; hd < 2; hd++)
+                for (j = 0; j < HB; j++)
+                    bad += ((uint8_t *)dpool.bufs[b].base)[(size_t)t * PITCH + hd * HB + j] !=
+                           rows_byte(b, hd, t, j);
+    CHECK(bad == 0, "every head of every token row where the slices said (%u bytes wrong)", bad);
+    kvx_receiver_destroy(r);
+    close(fd);
+    free(payload);
+    r = room_ready(801, 4, -1, pages);
+    segr(d, 0, 0, (uint64_t)4 * ITEM, 100 * 16, 100);
+    bad_frame("rows not whole heads", 801, d, 1, 100 * 16, r, "not whole heads");
+    kvx_receiver_destroy(r);
+    r = room_ready(802, 8, -1, pages);
+    segr(d, 0, 0, (uint64_t)8 * ITEM + HB, PITCH * 16, PITCH);
+    bad_frame("head slice past the row", 802, d, 1, PITCH * 16, r, "not whole heads");
+    kvx_receiver_destroy(r);
+    r = room_ready(803, 12, -1, pages);
+    segr(d, 0, 0, (uint64_t)12 * ITEM, HB * 8, HB);
+    bad_frame("rows not whole pages", 803, d, 1, HB * 8, r, "whole pages of 16 rows");
+    kvx_receiver_destroy(r);
+    r = room_ready(804, 16, -1, pages);
+    segr(d, 3, 0, (uint64_t)16 * ITEM + HB, HB * 16, HB);
+    segr(d + KVX_TCP_SEGMENT_BYTES, 3, 0, (uint64_t)16 * ITEM + HB, HB * 16, HB);
+    bad_frame("the same head twice", 804, d, 2, 2 * HB * 16, r, "head 1 of page 16 of KV buffer 3 arrived twice");
+    kvx_receiver_destroy(r);
+    r = room_ready(805, 20, -1, pages);
+    segr(d, 1, 0, (uint64_t)20 * ITEM, HB * 16, HB);
+    seg(d + KVX_TCP_SEGMENT_BYTES, 1, 0, (uint64_t)20 * ITEM, ITEM);
+    bad_frame("a head, then its whole page", 805, d, 2, HB * 16 + ITEM, r, "head 0 of page 20 of KV buffer 1 arrived twice");
+    kvx_receiver_destroy(r);
+    r = room_ready(806, 24, 2, pages);
+    segr(d, 0, KVX_TCP_SEG_AUX, 2 * 64, 64, 64);
+    bad_frame("aux rows as a head slice", 806, d, 1, 64, r, "unknown flags");
+    kvx_receiver_destroy(r);
+    r = room_ready(807, 28, -1, pages);
+    segr(d, 0, 0, (uint64_t)50 * ITEM, HB * 16, HB);
+    bad_frame("head slice outside the room", 807, d, 1, HB * 16, r, "not one of the 4 pages");
+    kvx_receiver_destroy(r);
+}
+
 static void test_cut(void) {
-    uint8_t h[32], d[24], body[ITEM];
+    uint8_t h[32], d[KVX_TCP_SEGMENT_BYTES], body[ITEM];
     int32_t pages[4];
     struct linger lg = {1, 0};
     kvx_receiver *r = room_ready(600, 0, -1, pages);
     int fd = good_conn();
     double t0;
-    hdr(h, 2, 1, 600, 24 + 2 * ITEM);
+    hdr(h, 2, 1, 600, KVX_TCP_SEGMENT_BYTES + 2 * ITEM);
     seg(d, 5, 0, 2 * ITEM, 2 * ITEM);
     memset(body, 1, sizeof body);
     send_all(fd, h, 32);
-    send_all(fd, d, 24);
+    send_all(fd, d, KVX_TCP_SEGMENT_BYTES);
     send_all(fd, body, ITEM / 2);
     tt_sleep(0.05);
     setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
@@ -307,7 +403,7 @@ static void test_cut(void) {
 static void test_by_hand(void) {
     int32_t sp[4] = {7, 3, 30, 31}, dp[4];
     kvx_receiver *r = room_ready(700, 44, 4, dp);
-    uint8_t h[32], d[(NB * 4 + 2) * 24];
+    uint8_t h[32], d[(NB * 4 + 2) * KVX_TCP_SEGMENT_BYTES];
     struct iovec v[2 + NB * 4 + 2];
     struct msghdr m;
     char err[512];
@@ -319,36 +415,36 @@ static void test_by_hand(void) {
     ex_aux_clear(&dpool, 4);
     for (b = 0; b < NB; b++)
         for (i = 0; i < 4; i++, n++) {
-            seg(d + n * 24, b, 0, (uint64_t)dp[i] * ITEM, ITEM);
+            seg(d + n * KVX_TCP_SEGMENT_BYTES, b, 0, (uint64_t)dp[i] * ITEM, ITEM);
             v[2 + n].iov_base = (char *)spool.bufs[b].base + (size_t)sp[i] * ITEM;
             v[2 + n].iov_len = ITEM;
             payload += ITEM;
         }
-    seg(d + n * 24, 0, KVX_TCP_SEG_AUX, 4 * 64, 64);
+    seg(d + n * KVX_TCP_SEGMENT_BYTES, 0, KVX_TCP_SEG_AUX, 4 * 64, 64);
     v[2 + n].iov_base = (char *)spool.aux[0].base + 64;
     v[2 + n++].iov_len = 64;
-    seg(d + n * 24, 1, KVX_TCP_SEG_AUX, 4 * 8, 8);
+    seg(d + n * KVX_TCP_SEGMENT_BYTES, 1, KVX_TCP_SEG_AUX, 4 * 8, 8);
     v[2 + n].iov_base = (char *)spool.aux[1].base + 8;
     v[2 + n++].iov_len = 8;
     payload += 72;
-    hdr(h, 2, (int)n, 700, n * 24 + payload);
+    hdr(h, 2, (int)n, 700, n * KVX_TCP_SEGMENT_BYTES + payload);
     v[0].iov_base = h;
     v[0].iov_len = 32;
     v[1].iov_base = d;
-    v[1].iov_len = n * 24;
+    v[1].iov_len = n * KVX_TCP_SEGMENT_BYTES;
     memset(&m, 0, sizeof m);
     m.msg_iov = v;
     m.msg_iovlen = 2 + n;
-    CHECK(sendmsg(fd, &m, MSG_NOSIGNAL) == (ssize_t)(32 + n * 24 + payload), "sent by hand");
+    CHECK(sendmsg(fd, &m, MSG_NOSIGNAL) == (ssize_t)(32 + n * KVX_TCP_SEGMENT_BYTES + payload), "sent by hand");
     CHECK(tt_wait_r(r, 5) == KVX_POLL_SUCCESS, "hand-encoded room Success: %s", kvx_receiver_error(r));
     CHECK(ex_pages_pattern(&dpool, 700, dp, 4, 0) == 0 && ex_aux_check(&dpool, 700, 4),
           "every byte and aux row in place");
     /* the ACK, then a frame for the finished room closes the connection */
     seg(d, 0, 0, (uint64_t)dp[0] * ITEM, ITEM);
-    hdr(h, 2, 1, 700, 24 + ITEM);
+    hdr(h, 2, 1, 700, KVX_TCP_SEGMENT_BYTES + ITEM);
     tt_sleep(0.05);
     send_all(fd, h, 32);
-    send_all(fd, d, 24);
+    send_all(fd, d, KVX_TCP_SEGMENT_BYTES);
     send_all(fd, spool.bufs[0].base, ITEM);
     CHECK(wait_closed(fd, 5, err, sizeof err, &ack), "a frame for a finished room closes the connection");
     CHECK(ack == payload, "ACK carried %llu bytes (sent %llu)", (unsigned long long)ack,
@@ -414,7 +510,7 @@ static void test_random(void) {
     int i, k, n = kt_quick() ? 150 : 600, fresh = 0;
     for (k = 0; k < 4; k++) r[k] = room_ready(ids[k], 4 * (uint32_t)k, k, pages[k]);
     for (i = 0; i < n; i++) {
-        uint8_t buf[32 + 8 * 24 + 3 * ITEM];
+        uint8_t buf[32 + 8 * KVX_TCP_SEGMENT_BYTES + 3 * ITEM];
         uint64_t x = ex_mix(seed++);
         int fd = good_conn(), count = (int)(x % 8) + 1, j;
         size_t len;
@@ -433,16 +529,16 @@ static void test_random(void) {
             uint64_t pg = (y >> 16) % (POOL + 4), len1 = ((y >> 24) % 3 == 0 ? 2 : 1) * (uint64_t)ITEM;
             if ((y >> 32) % 7 == 0) len1 = (y >> 36) % (3 * ITEM);
             if (fl & KVX_TCP_SEG_AUX) { pg = (y >> 16) % 8; len1 = b % 2 ? 8 : 64; }
-            seg(buf + 32 + j * 24, b, fl, fl & KVX_TCP_SEG_AUX ? pg * len1 : pg * ITEM + ((y >> 40) % 9 == 0 ? 8 : 0), len1);
+            seg(buf + 32 + j * KVX_TCP_SEGMENT_BYTES, b, fl, fl & KVX_TCP_SEG_AUX ? pg * len1 : pg * ITEM + ((y >> 40) % 9 == 0 ? 8 : 0), len1);
             payload += len1;
         }
         if (payload > 3 * ITEM) payload = 3 * ITEM;
         if ((x >> 20) % 5 == 0) payload = (x >> 24) % (3 * ITEM);
         hdr(buf, (x >> 8) % 11 == 0 ? (int)((x >> 12) % 6) : 2, count, ids[(x >> 32) % 5],
-            (uint64_t)count * 24 + payload);
+            (uint64_t)count * KVX_TCP_SEGMENT_BYTES + payload);
         if ((x >> 40) % 13 == 0) buf[(x >> 44) % 32] ^= (uint8_t)(1 + (x >> 50) % 255);
-        len = 32 + (size_t)count * 24 + (size_t)payload;
-        memset(buf + 32 + count * 24, 0xAB, (size_t)payload);
+        len = 32 + (size_t)count * KVX_TCP_SEGMENT_BYTES + (size_t)payload;
+        memset(buf + 32 + count * KVX_TCP_SEGMENT_BYTES, 0xAB, (size_t)payload);
         send_all(fd, buf, len);
         shutdown(fd, SHUT_WR);
         wait_closed(fd, 5, NULL, 0, NULL);
@@ -479,10 +575,11 @@ int main(int argc, char **argv) {
     CHECK(de != NULL, "decode engine: %s", why);
     if (!de) return kt_done();
     kvx_tcp_endpoint_get(de, &ep);
-    fingerprint = kvx_layout_fingerprint(&dpool.layout);
+    fingerprint = kvx_tcp_shape_fingerprint(&dpool.layout);
     canary = canary_copy();
     test_refused();
     test_bad_segments();
+    test_rows();
     test_cut();
     test_by_hand();
     test_python_peer();
