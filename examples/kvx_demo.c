@@ -67,6 +67,11 @@ static int demo_only(const char *k) {
 
 /* Starts one rank: the user's options, minus the demo's own, plus this
    rank's placement (extra: NULL-terminated list of option, value pairs). */
+/* Write end of the pipe every prefill rank reads as stdin with --linger:
+   closed once every decode rank is done, so no prefill rank leaves while
+   another rank's rooms still need its control connection. */
+static int linger_fd[2] = {-1, -1};
+
 static pid_t spawn(char *prog, int argc, char **argv, const char *times, const char *dir,
                    char **extra) {
     char **av = (char **)calloc((size_t)argc + 40, sizeof *av);
@@ -86,6 +91,13 @@ static pid_t spawn(char *prog, int argc, char **argv, const char *times, const c
     av[k] = NULL;
     pid = fork();
     if (pid == 0) {
+        if (linger_fd[0] >= 0) {
+            int lingering = 0;
+            for (i = 0; av[i]; i++) lingering |= !strcmp(av[i], "--linger");
+            if (lingering) dup2(linger_fd[0], 0);
+            close(linger_fd[0]);
+            close(linger_fd[1]);
+        }
         execv(prog, av);
         perror(prog);
         _exit(127);
@@ -111,13 +123,14 @@ static int spawn_side(pid_t *pids, char *prog, int argc, char **argv, const char
     for (x = 0; x < t->dp; x++)
         for (q = 0; q < pp; q++)
             for (r = 0; r < tp; r++) {
-                char v[8][16], times[300];
+                char v[9][16], times[300];
                 char *extra[20];
                 int k = 0;
                 snprintf(v[0], 16, "%u", tp); snprintf(v[1], 16, "%u", r);
                 snprintf(v[2], 16, "%u", pp); snprintf(v[3], 16, "%u", q);
                 snprintf(v[4], 16, "%u", t->dp); snprintf(v[5], 16, "%u", x);
                 snprintf(v[6], 16, "%u", t->ptp); snprintf(v[7], 16, "%u", t->ppp);
+                snprintf(v[8], 16, "%u", t->dtp);
                 extra[k++] = (char *)"--tp"; extra[k++] = v[0];
                 extra[k++] = (char *)"--tp-rank"; extra[k++] = v[1];
                 extra[k++] = (char *)"--pp"; extra[k++] = v[2];
@@ -127,6 +140,9 @@ static int spawn_side(pid_t *pids, char *prog, int argc, char **argv, const char
                 if (!prefill) {
                     extra[k++] = (char *)"--prefill-tp"; extra[k++] = v[6];
                     extra[k++] = (char *)"--prefill-pp"; extra[k++] = v[7];
+                } else {
+                    extra[k++] = (char *)"--decode-tp"; extra[k++] = v[8];
+                    extra[k++] = (char *)"--linger";
                 }
                 if (n) { extra[k++] = (char *)"--quiet"; }
                 extra[k] = NULL;
@@ -206,15 +222,22 @@ int main(int argc, char **argv) {
     fflush(stdout);
     dprog = sibling(argv[0], "kvx_decode");
     pprog = sibling(argv[0], "kvx_prefill");
+    if (pipe(linger_fd)) {
+        perror("pipe");
+        return 1;
+    }
     nd_ranks = spawn_side(pids[1], dprog, argc, argv, dtimes, user_dir ? NULL : dir, &t, 0);
     np_ranks = spawn_side(pids[0], pprog, argc, argv, ptimes, user_dir ? NULL : dir, &t, 1);
-    for (k = 0; k < np_ranks + nd_ranks; k++) {
+    close(linger_fd[0]);
+    for (k = np_ranks; k < np_ranks + nd_ranks + np_ranks; k++) { /* decode first */
         int st;
-        pid_t pid = k < np_ranks ? pids[0][k] : pids[1][k - np_ranks];
+        pid_t pid = k < np_ranks + nd_ranks ? pids[1][k - np_ranks] : pids[0][k - np_ranks - nd_ranks];
+        int dec = k < np_ranks + nd_ranks, idx = dec ? k - np_ranks : k - np_ranks - nd_ranks;
+        if (k == np_ranks + nd_ranks) close(linger_fd[1]); /* every decode rank is done */
         waitpid(pid, &st, 0);
         if (!WIFEXITED(st) || WEXITSTATUS(st)) {
-            fprintf(stderr, "kvx demo: %s rank process %d: status %d\n",
-                    k < np_ranks ? "prefill" : "decode", k < np_ranks ? k : k - np_ranks, st);
+            fprintf(stderr, "kvx demo: %s rank process %d: status %d\n", dec ? "decode" : "prefill",
+                    idx, st);
             ok = 0;
         }
     }

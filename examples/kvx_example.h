@@ -416,9 +416,11 @@ typedef struct ex_args {
     uint32_t requests, min_tokens, max_tokens, chunk_tokens, page_size, pool_pages, inflight;
     uint64_t seed;
     int quiet, gpu;
+    int linger;              /* --linger: a prefill keeps serving until stdin closes */
     ex_rank rank;            /* this process: --tp --tp-rank --pp --pp-rank */
     uint32_t dp, dp_rank;    /* --dp --dp-rank: this process serves rooms with room % dp == dp_rank */
     uint32_t prefill_tp, prefill_pp; /* decode: the prefill instance's sizes (0 = ours) */
+    uint32_t decode_tp;              /* prefill: the decode instance's TP size (0 = ours) */
 } ex_args;
 
 static EX_UNUSED void ex_usage(const char *prog) {
@@ -428,11 +430,15 @@ static EX_UNUSED void ex_usage(const char *prog) {
             "          [--requests N] [--min-tokens N] [--max-tokens N] [--chunk-tokens N]\n"
             "          [--page-size N] [--pool-pages N] [--inflight N] [--seed N] [--times FILE]\n"
             "          [--quiet] [--tp N --tp-rank R] [--pp N --pp-rank R] [--dp N --dp-rank R]\n"
-            "          [--prefill-tp N --prefill-pp N]\n"
+            "          [--prefill-tp N --prefill-pp N] [--decode-tp N] [--linger]\n"
             "  --gpu   the KV pool on GPU 0 (implied by --transport cuda)\n"
             "  --tp/--pp/--dp place this process in its instance (sizes 1, ranks 0); the pool\n"
             "          holds that rank's heads and layers; --prefill-tp/--prefill-pp tell a\n"
-            "          decode rank the prefill instance's sizes (default: its own)\n",
+            "          decode rank the prefill instance's sizes, --decode-tp a prefill rank\n"
+            "          the decode instance's TP size (default: its own)\n"
+            "  --linger  prefill: after its requests, keep the engine (bootstrap server,\n"
+            "          control connections) up until stdin reaches end of file, as a\n"
+            "          serving engine would while other ranks still work\n",
             prog);
 }
 
@@ -443,10 +449,12 @@ static EX_UNUSED int ex_parse(ex_args *a, int argc, char **argv) {
     a->requests = 64; a->min_tokens = 16; a->max_tokens = 2048; a->chunk_tokens = 512;
     a->page_size = 16; a->pool_pages = 0; a->inflight = 4; a->seed = 1; a->quiet = 0; a->gpu = 0;
     a->rank = ex_rank_all; a->dp = 1; a->dp_rank = 0; a->prefill_tp = 0; a->prefill_pp = 0;
+    a->decode_tp = 0; a->linger = 0;
     for (i = 1; i < argc; i++) {
         const char *k = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         unsigned long long n = v ? strtoull(v, NULL, 10) : 0;
         if (!strcmp(k, "--quiet")) { a->quiet = 1; continue; }
+        if (!strcmp(k, "--linger")) { a->linger = 1; continue; }
         if (!strcmp(k, "--gpu")) { a->gpu = 1; continue; }
         if (!v) { ex_usage(argv[0]); return -1; }
         i++;
@@ -471,6 +479,7 @@ static EX_UNUSED int ex_parse(ex_args *a, int argc, char **argv) {
         else if (!strcmp(k, "--dp-rank")) a->dp_rank = (uint32_t)n;
         else if (!strcmp(k, "--prefill-tp")) a->prefill_tp = (uint32_t)n;
         else if (!strcmp(k, "--prefill-pp")) a->prefill_pp = (uint32_t)n;
+        else if (!strcmp(k, "--decode-tp")) a->decode_tp = (uint32_t)n;
         else { ex_usage(argv[0]); return -1; }
     }
     if (!strcmp(a->transport, "cuda")) a->gpu = 1; /* GPU to GPU needs the pool on the GPU */

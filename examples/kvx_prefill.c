@@ -106,6 +106,9 @@ int main(int argc, char **argv) {
     d.boot.pp_rank = (int)a.rank.pp_rank;
     d.boot.dp_size = (int)a.dp;
     d.boot.dp_rank = (int)a.dp_rank;
+    d.file.prefill_tp = (int)a.prefill_tp; /* decode, file transport: who writes our rooms */
+    d.file.prefill_pp = (int)a.prefill_pp;
+    d.file.decode_tp = (int)a.decode_tp;   /* prefill, file transport: MLA dummies */
     if (kvx_engine_create(&d, &e, why, sizeof why) != KVX_OK) {
         fprintf(stderr, "prefill: cannot create the engine: %s\n", why);
         return 1;
@@ -141,6 +144,10 @@ int main(int argc, char **argv) {
         }
     }
     if (times) fclose(times);
+    if (a.linger) { /* other ranks of this instance may still be serving */
+        char buf[64];
+        while (fread(buf, 1, sizeof buf, stdin) > 0) {}
+    }
     kvx_engine_destroy(e);
     if (!a.quiet)
         printf("prefill: %u requests sent, %u failed\n", a.requests - failed, failed);
