@@ -2635,34 +2635,36 @@ static kvx_result kvx__plan_sliced(kvx_plan *p, const kvx_layout *src, const int
     return KVX_OK;
 }
 
-KVX_API kvx_result kvx_plan_pages(kvx_plan *p, const kvx_layout *src, const int32_t *sp,
-                                  const kvx_layout *dst, const int32_t *dp, size_t n) {
+/* A plan from src to dst's pages dp; sp NULL: a packed region src gathered. */
+static kvx_result kvx__plan_pair(kvx_plan *p, const kvx_layout *src, const int32_t *sp,
+                                 const kvx_layout *dst, const int32_t *dp, size_t n) {
     kvx_result r;
+    int same;
     if (!p || !src || !dst) return KVX_ERR_INVALID_ARGUMENT;
     p->error[0] = 0;
-    if (!kvx__same_shape(src, dst) &&
-        (r = kvx__overlap_check(src, dst, p->error, sizeof p->error)) != KVX_OK)
+    same = kvx__same_shape(src, dst);
+    if (!same && (r = kvx__overlap_check(src, dst, p->error, sizeof p->error)) != KVX_OK)
         return r;
-    if ((r = kvx_pages_check(p, sp, n, kvx_layout_num_pages(src), 0, "source")) != KVX_OK)
+    if (sp && (r = kvx_pages_check(p, sp, n, kvx_layout_num_pages(src), 0, "source")) != KVX_OK)
         return r;
     if ((r = kvx_pages_check(p, dp, n, kvx_layout_num_pages(dst), 1, "destination")) != KVX_OK)
         return r;
-    if (!kvx__same_shape(src, dst)) return kvx__plan_sliced(p, src, sp, dst, dp, n);
-    return kvx__plan_build(p, src, sp, dp, n);
+    if (!same) return kvx__plan_sliced(p, src, sp, dst, dp, n);
+    return sp ? kvx__plan_build(p, src, sp, dp, n) : kvx__plan_build(p, dst, NULL, dp, n);
+}
+
+KVX_API kvx_result kvx_plan_pages(kvx_plan *p, const kvx_layout *src, const int32_t *sp,
+                                  const kvx_layout *dst, const int32_t *dp, size_t n) {
+    if (!sp && n) { /* a packed source is kvx_plan_scatter_from's */
+        if (p) snprintf(p->error, sizeof p->error, "source: page list is NULL with %zu pages", n);
+        return KVX_ERR_INVALID_ARGUMENT;
+    }
+    return kvx__plan_pair(p, src, sp ? sp : dp, dst, dp, n);
 }
 
 KVX_API kvx_result kvx_plan_scatter_from(kvx_plan *p, const kvx_layout *l, const int32_t *pages,
                                          size_t n, const kvx_layout *packer) {
-    kvx_result r;
-    if (!p || !l || !packer) return KVX_ERR_INVALID_ARGUMENT;
-    p->error[0] = 0;
-    if (!kvx__same_shape(packer, l) &&
-        (r = kvx__overlap_check(packer, l, p->error, sizeof p->error)) != KVX_OK)
-        return r;
-    if ((r = kvx_pages_check(p, pages, n, kvx_layout_num_pages(l), 1, "destination")) != KVX_OK)
-        return r;
-    if (!kvx__same_shape(packer, l)) return kvx__plan_sliced(p, packer, NULL, l, pages, n);
-    return kvx__plan_build(p, l, NULL, pages, n);
+    return kvx__plan_pair(p, packer, NULL, l, pages, n);
 }
 
 /* Gather (dst 0: pages -> packed) or scatter (dst 1: packed -> pages). */

@@ -61,15 +61,7 @@ int main(int argc, char **argv) {
     d.layout = pool.layout;
     d.file.dir = a.dir;
     d.bootstrap_addr = a.bootstrap;
-    d.boot.tp_size = (int)a.rank.tp;
-    d.boot.tp_rank = (int)a.rank.tp_rank;
-    d.boot.pp_size = (int)a.rank.pp;
-    d.boot.pp_rank = (int)a.rank.pp_rank;
-    d.boot.dp_size = (int)a.dp;
-    d.boot.dp_rank = (int)a.dp_rank;
-    d.file.prefill_tp = (int)a.prefill_tp; /* decode, file transport: who writes our rooms */
-    d.file.prefill_pp = (int)a.prefill_pp;
-    d.file.decode_tp = (int)a.decode_tp;   /* prefill, file transport: MLA dummies */
+    ex_desc_ranks(&d, &a);
     if (kvx_engine_create(&d, &e, why, sizeof why) != KVX_OK) {
         fprintf(stderr, "decode: cannot create the engine: %s\n", why);
         return 1;

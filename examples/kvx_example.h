@@ -503,4 +503,18 @@ static EX_UNUSED int ex_parse(ex_args *a, int argc, char **argv) {
     return 0;
 }
 
+/* Places an engine desc in the topology the command line gave: its rank
+   (desc.boot) and, for the file transport, the other instance's sizes. */
+static EX_UNUSED void ex_desc_ranks(kvx_engine_desc *d, const ex_args *a) {
+    d->boot.tp_size = (int)a->rank.tp;
+    d->boot.tp_rank = (int)a->rank.tp_rank;
+    d->boot.pp_size = (int)a->rank.pp;
+    d->boot.pp_rank = (int)a->rank.pp_rank;
+    d->boot.dp_size = (int)a->dp;
+    d->boot.dp_rank = (int)a->dp_rank;
+    d->file.prefill_tp = (int)a->prefill_tp; /* decode: who writes our rooms */
+    d->file.prefill_pp = (int)a->prefill_pp;
+    d->file.decode_tp = (int)a->decode_tp;   /* prefill: MLA dummies */
+}
+
 #endif
