@@ -1341,6 +1341,7 @@ typedef struct kvx__boot_conn {
     kvx__boot_pf *peer; /* decode: the prefill instance */
     uint64_t gen;     /* decode: peer generation, under boot->mu */
     int live, gone;   /* under boot->mu: in boot->live (kvx_boot_peer_send finds it) / dropped */
+    char lost[KVX_ERROR_MAX]; /* decode, under boot->mu: the sentence its loss failed rooms with */
     char addr[64];
     char transport[32];
     uint8_t *endpoint;
@@ -1412,6 +1413,7 @@ typedef struct kvx__boot_br {
     uint64_t gen;
     int waiting, inited;
     int dpq;       /* waits for its prefill dp rank (POST /query_dp_ranks) */
+    kvx__boot_conn *lost; /* a target found lost when assigning (a reference) */
     uint64_t bytes;
     uint16_t peer_index, peer_count;
     /* prefill */
@@ -2035,6 +2037,13 @@ static const char *kvx__boot_who(const kvx__boot_conn *c, char *out, size_t n) {
     return out;
 }
 
+/* The sentence a decode room fails with when the control connection c of
+   prefill instance p is lost: "lost connection with prefill instance H:P
+   (rank IP:PORT), prefill tp rank 1 of 4, pp rank 0 of 1, dp rank 0 of 1:
+   <reason>" (ranks from c's hello). */
+static void kvx__boot_lost_sentence(const kvx__boot_pf *p, const kvx__boot_conn *c,
+                                    const char *reason, char *out, size_t n);
+
 /* >>boot: room table ------------------------------------------------------------ */
 
 /* The entry of a table node (NULL for none). */
@@ -2089,6 +2098,7 @@ static void kvx__boot_br_unref(kvx__boot_br *br) {
     if (!br || KVX__SUB(&br->refs, 1) != 0) return;
     kvx__boot_pframe_free(br->frames);
     for (i = 0; i < br->nconns; i++) kvx__boot_conn_unref(br->conns[i]);
+    if (br->lost) kvx__boot_conn_unref(br->lost);
     if (br->conns != br->inl) kvx_engine_free(e, br->conns); /* and the tags */
     if (br->room) kvx_room_unref(br->room);
     kvx_engine_free(e, br);
@@ -3402,6 +3412,56 @@ static void kvx__boot_on_status_frame(kvx_boot *b, kvx__boot_conn *c, const kvx_
     kvx__boot_br_unref(br);
 }
 
+static void kvx__boot_lost_sentence(const kvx__boot_pf *p, const kvx__boot_conn *c,
+                                    const char *reason, char *out, size_t n) {
+    const kvx_boot_peer *i = &c->info;
+    if (snprintf(out, n, "lost connection with prefill instance %s (rank %s), prefill tp rank %d of "
+                 "%d, pp rank %d of %d, dp rank %d of %d: %s", p->addr, c->addr, i->tp_rank,
+                 i->tp_size, i->pp_rank, i->pp_size, i->dp_rank, i->dp_size, reason) < 0)
+        out[0] = 0; /* longer than n: cut, as every failure sentence */
+}
+
+/* Under boot->mu: control connection c of prefill instance p is gone;
+   returns the unfinished rooms that depend on it (c is one of their
+   targets and has not reported Success). Rooms on p's other ranks go on. */
+static void kvx__boot_rank_dead_locked(kvx_boot *b, kvx__boot_pf *p, kvx__boot_conn *c,
+                                       kvx__boot_vec *out) {
+    size_t i;
+    uint32_t k;
+    for (i = 0; i < b->rooms.nb; i++) {
+        kvx__boot_br *br;
+        for (br = kvx__boot_at(b->rooms.b[i]); br; br = kvx__boot_at(br->hn.hnext)) {
+            if (!br->room || br->peer != p || br->waiting || br->gen != p->gen ||
+                kvx__room_terminal(br->room))
+                continue;
+            for (k = 0; k < br->nconns && br->conns[k] != c; k++) {}
+            if (k < br->nconns && !br->tag[k]) kvx__boot_vec_push(out, br);
+        }
+    }
+}
+
+/* Under boot->mu: 1 when a room of p's generation is still unfinished (its
+   control connections must stay up). */
+static int kvx__boot_gen_busy_locked(kvx_boot *b, kvx__boot_pf *p) {
+    size_t i;
+    for (i = 0; i < b->rooms.nb; i++) {
+        kvx__boot_br *br;
+        for (br = kvx__boot_at(b->rooms.b[i]); br; br = kvx__boot_at(br->hn.hnext))
+            if (br->room && br->peer == p && !br->waiting && br->gen == p->gen &&
+                !kvx__room_terminal(br->room) && !(br->nconns && br->ndone == br->nconns))
+                return 1;
+    }
+    return 0;
+}
+
+/* Under boot->mu: the first lost control connection of p, or NULL. */
+static kvx__boot_conn *kvx__boot_pf_lost_locked(const kvx__boot_pf *p) {
+    uint32_t k;
+    for (k = 0; k < p->r.nconns; k++)
+        if (p->r.conns[k]->gone && p->r.conns[k]->lost[0]) return p->r.conns[k];
+    return NULL;
+}
+
 /* Under boot->mu: the prefill instance is gone; returns its unfinished rooms. */
 static void kvx__boot_peer_dead_locked(kvx_boot *b, kvx__boot_pf *p, kvx__boot_vec *out) {
     size_t i;
@@ -3502,23 +3562,30 @@ static void kvx__boot_conn_lost(kvx_boot *b, kvx__boot_conn *c, const char *reas
         kvx__boot_fail_all(&fail, KVX_ERR_PEER_LOST, "lost connection with decode instance %s: %s",
                            c->addr, reason);
     } else {
+        /* Only the rooms that depend on this rank fail; rooms on the
+           instance's other ranks (other dp ranks, other contributors) go on.
+           The instance is resolved again once every rank is lost, or when a
+           room arrives while none of its rooms is unfinished; until then a
+           room that needs the lost rank fails at once (kvx__boot_assign_dp). */
         kvx__boot_pf *p = c->peer;
-        int dead = 0;
-        char w[160];
+        int dead = 0, all = 1;
+        uint32_t k;
+        char msg[KVX_ERROR_MAX];
         if (!p) return;
+        kvx__boot_lost_sentence(p, c, reason, msg, sizeof msg);
         pthread_mutex_lock(&b->mu);
         if (p->gen == c->gen && p->state == KVX__BOOT_PF_READY) {
-            kvx__boot_peer_dead_locked(b, p, &fail);
+            snprintf(c->lost, sizeof c->lost, "%s", msg);
+            for (k = 0; k < p->r.nconns && all; k++) all = p->r.conns[k]->gone;
+            if (all) kvx__boot_peer_dead_locked(b, p, &fail); /* nothing left: resolve again */
+            else kvx__boot_rank_dead_locked(b, p, c, &fail);
             dead = 1;
         }
         pthread_mutex_unlock(&b->mu);
         if (dead)
             kvx_engine_log(b->engine, fail.n ? KVX_LOG_WARN : KVX_LOG_INFO, "kvx.boot", 0,
-                           "lost connection with prefill instance %s (rank %s): %s; failing %zu rooms",
-                           p->addr, c->addr, reason, fail.n);
-        kvx__boot_fail_all(&fail, KVX_ERR_PEER_LOST,
-                           "lost connection with prefill instance %s (%s): %s", p->addr,
-                           kvx__boot_who(c, w, sizeof w), reason);
+                           "%s; failing %zu rooms", msg, fail.n);
+        kvx__boot_fail_all(&fail, KVX_ERR_PEER_LOST, "%s", msg);
     }
     if (b->hooks.on_disconnect && c->hello_done) b->hooks.on_disconnect(b, &c->info, reason);
 }
@@ -4195,9 +4262,18 @@ static kvx_result kvx__boot_resolve(kvx_boot *b, kvx__boot_pf *p, kvx__boot_res 
 }
 
 /* Under boot->mu: points a decode room at its target connections in
-   prefill dp rank dp. 0, or -1 out of memory. */
+   prefill dp rank dp. 0, -1 out of memory, or 2 when one of them is lost
+   (its sentence in c->lost; the caller fails the room with it). */
 static int kvx__boot_assign_dp(kvx__boot_br *br, kvx__boot_pf *p, uint32_t dp) {
     uint32_t k;
+    for (k = 0; k < p->r.per_dp; k++) {
+        kvx__boot_conn *c = p->r.conns[dp * p->r.per_dp + k];
+        if (!c->gone) continue;
+        if (!br->lost) { KVX__ADD(&c->refs, 1); br->lost = c; }
+        br->waiting = 0;
+        br->dpq = 0;
+        return 2;
+    }
     for (k = 0; k < p->r.per_dp; k++)
         if (kvx__boot_br_add_conn(br, p->r.conns[dp * p->r.per_dp + k], 0)) return -1;
     br->gen = p->gen;
@@ -4220,6 +4296,26 @@ static int kvx__boot_assign(kvx__boot_br *br, kvx__boot_pf *p) {
     return kvx__boot_assign_dp(br, p, (uint32_t)(br->id % (uint64_t)p->r.dp));
 }
 
+/* Fails each room of v that kvx__boot_assign_dp found needing a lost
+   rank, with that rank's sentence; releases v. Not under boot->mu. */
+static void kvx__boot_fail_lost(kvx_boot *b, kvx__boot_pf *p, kvx__boot_vec *v) {
+    size_t i;
+    for (i = 0; i < v->n; i++) {
+        kvx__boot_br *br = v->v[i];
+        kvx__boot_conn *c = br->lost;
+        char msg[KVX_ERROR_MAX];
+        pthread_mutex_lock(&b->mu);
+        if (c && c->lost[0]) snprintf(msg, sizeof msg, "%s", c->lost);
+        else if (c) kvx__boot_lost_sentence(p, c, "the connection was dropped", msg, sizeof msg);
+        else snprintf(msg, sizeof msg, "lost connection with prefill instance %s", p->addr);
+        br->lost = NULL;
+        pthread_mutex_unlock(&b->mu);
+        kvx_room_fail(br->room, KVX_ERR_PEER_LOST, "%s", msg);
+        if (c) kvx__boot_conn_unref(c);
+    }
+    kvx__boot_vec_release(v);
+}
+
 /* Asks p's bootstrap server which dp rank serves each room that waits for
    one (POST /query_dp_ranks, up to 256 rooms a call), as SGLang's decode
    does while the prefill has not registered the room yet: again after 200,
@@ -4236,13 +4332,14 @@ static void kvx__boot_dpq_job(void *arg) {
         int status = 0, refused = 0, dp = 0;
         char err[200] = "";
         kvx__buf req, resp;
-        kvx__boot_vec ready, fail, late;
+        kvx__boot_vec ready, fail, late, gone;
         kvx__json_doc d;
         const kvx__json *root = NULL;
         kvx_result r;
         memset(&ready, 0, sizeof ready);
         memset(&fail, 0, sizeof fail);
         memset(&late, 0, sizeof late);
+        memset(&gone, 0, sizeof gone);
         pthread_mutex_lock(&b->mu);
         for (i = 0; i < b->rooms.nb; i++) {
             kvx__boot_br *br;
@@ -4283,7 +4380,9 @@ static void kvx__boot_dpq_job(void *arg) {
             snprintf(key, sizeof key, "%llu", (unsigned long long)ids[i]);
             if (root && root->type == KVX_JSON_OBJECT && (v = kvx__json_get(&d, root, key)) != NULL &&
                 kvx__boot_jint(&d, root, key, 0, 1023, &x) == 1 && x < dp) {
-                if (kvx__boot_assign_dp(br, p, (uint32_t)x) == 0) kvx__boot_vec_push(&ready, br);
+                int a = kvx__boot_assign_dp(br, p, (uint32_t)x);
+                if (a == 0) kvx__boot_vec_push(&ready, br);
+                else if (a == 2) kvx__boot_vec_push(&gone, br);
                 else { br->dpq = 0; kvx__boot_vec_push(&fail, br); }
             } else if (v) {
                 br->dpq = 0;
@@ -4299,6 +4398,7 @@ static void kvx__boot_dpq_job(void *arg) {
         for (i = 0; i < ready.n; i++) kvx_room_advance(ready.v[i]->room, KVX_POLL_WAITING_FOR_INPUT);
         kvx__boot_vec_release(&ready);
         kvx__boot_fail_all(&fail, KVX_ERR_NO_MEMORY, "out of memory assigning the room to %s", p->addr);
+        kvx__boot_fail_lost(b, p, &gone);
         kvx__boot_fail_all(&late, KVX_ERR_TIMEOUT, "prefill %s (dp size %d, load balancing not "
                            "follow_bootstrap_room) named no dp rank below %d for this room in "
                            "POST /query_dp_ranks within KVX_BOOTSTRAP_TIMEOUT (%.0f s): the prefill "
@@ -4336,7 +4436,7 @@ static void kvx__boot_resolve_job(void *arg) {
     kvx_boot *b = p->boot;
     char why[KVX_ERROR_MAX] = "";
     kvx__boot_res rs;
-    kvx__boot_vec ready, fail;
+    kvx__boot_vec ready, fail, gone;
     kvx__boot_conn **old = NULL;
     uint32_t nold = 0, k;
     kvx_result res;
@@ -4344,6 +4444,7 @@ static void kvx__boot_resolve_job(void *arg) {
     int dpq = 0;
     memset(&ready, 0, sizeof ready);
     memset(&fail, 0, sizeof fail);
+    memset(&gone, 0, sizeof gone);
     memset(&rs, 0, sizeof rs);
     res = KVX__LOAD(&b->stop) ? KVX_ERR_ABORTED : kvx__boot_resolve(b, p, &rs, why, sizeof why);
     pthread_mutex_lock(&b->mu);
@@ -4385,6 +4486,7 @@ static void kvx__boot_resolve_job(void *arg) {
             a = res == KVX_OK ? kvx__boot_assign(br, p) : -1;
             if (a == 0) kvx__boot_vec_push(&ready, br);
             else if (a == 1) dpq = 1;
+            else if (a == 2) kvx__boot_vec_push(&gone, br);
             else { br->waiting = 0; kvx__boot_vec_push(&fail, br); }
         }
     }
@@ -4413,6 +4515,7 @@ static void kvx__boot_resolve_job(void *arg) {
     }
     for (i = 0; i < ready.n; i++) kvx_room_advance(ready.v[i]->room, KVX_POLL_WAITING_FOR_INPUT);
     kvx__boot_vec_release(&ready);
+    kvx__boot_fail_lost(b, p, &gone);
     if (res == KVX_OK) /* resolved, but a room could not be pointed at its ranks */
         kvx__boot_fail_all(&fail, KVX_ERR_NO_MEMORY, "out of memory assigning the room to %s", p->addr);
     else
@@ -4456,8 +4559,8 @@ static void kvx__boot_hb_ping(kvx_boot *b, kvx__boot_pf *p) {
     uint32_t k;
     int ok = 1;
     uint64_t now = kvx_now_ns();
-    for (k = 0; p->ping_sent_ns && k < p->r.nconns && ok; k++)
-        if (KVX__LOAD(&p->r.conns[k]->last_rx_ns) < p->ping_sent_ns) {
+    for (k = 0; p->ping_sent_ns && k < p->r.nconns && ok; k++) /* a lost rank failed its rooms */
+        if (!p->r.conns[k]->gone && KVX__LOAD(&p->r.conns[k]->last_rx_ns) < p->ping_sent_ns) {
             ok = 0;
             snprintf(err, sizeof err, "rank %s did not answer a ping on its control connection "
                      "within %.1f s", p->r.conns[k]->addr, (double)(now - p->ping_sent_ns) / 1e9);
@@ -4657,7 +4760,7 @@ static kvx_result kvx__boot_open_decode(kvx_boot *b, kvx_room *r, kvx__boot_br *
     const char *addr = kvx_room_bootstrap_addr(r);
     char why[KVX_ERROR_MAX] = "";
     kvx__boot_pf *p = NULL;
-    int ready = 0, submit = 0, dpq = 0;
+    int ready = 0, submit = 0, dpq = 0, lost = 0;
     if (!addr || !addr[0]) {
         kvx__set_why(why, sizeof why, "no bootstrap address for this receiver: set "
                      "kvx_room_desc.bootstrap_addr or desc.bootstrap_addr to the prefill's "
@@ -4667,10 +4770,16 @@ static kvx_result kvx__boot_open_decode(kvx_boot *b, kvx_room *r, kvx__boot_br *
         p = kvx__boot_peer_get(b, addr, why, sizeof why);
         if (p) {
             br->peer = p;
+            /* a rank of p was lost: resolve p again once none of its rooms
+               is unfinished; until then rooms on its live ranks go on */
+            if (p->state == KVX__BOOT_PF_READY && kvx__boot_pf_lost_locked(p) &&
+                !kvx__boot_gen_busy_locked(b, p))
+                p->state = KVX__BOOT_PF_DEAD;
             if (p->state == KVX__BOOT_PF_READY) {
                 int a = kvx__boot_assign(br, p);
                 if (a == 0) ready = 1;
                 else if (a == 1) dpq = 1;
+                else if (a == 2) lost = 1;
                 else { snprintf(why, sizeof why, "out of memory"); p = NULL; }
             } else {
                 br->waiting = 1;
@@ -4690,6 +4799,14 @@ static kvx_result kvx__boot_open_decode(kvx_boot *b, kvx_room *r, kvx__boot_br *
         pthread_mutex_unlock(&b->mu);
         kvx_room_fail(r, KVX_ERR_NO_MEMORY, "out of memory queueing the bootstrap of %s", addr);
         return KVX_OK;
+    }
+    if (lost) {
+        kvx__boot_vec one;
+        memset(&one, 0, sizeof one);
+        pthread_mutex_lock(&b->mu);
+        kvx__boot_vec_push(&one, br);
+        pthread_mutex_unlock(&b->mu);
+        kvx__boot_fail_lost(b, p, &one);
     }
     if (ready) kvx_room_advance(r, KVX_POLL_WAITING_FOR_INPUT);
     if (dpq) kvx__boot_dpq_start(b, p);
