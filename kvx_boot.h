@@ -3585,7 +3585,11 @@ static void kvx__boot_conn_lost(kvx_boot *b, kvx__boot_conn *c, const char *reas
         if (dead)
             kvx_engine_log(b->engine, fail.n ? KVX_LOG_WARN : KVX_LOG_INFO, "kvx.boot", 0,
                            "%s; failing %zu rooms", msg, fail.n);
-        kvx__boot_fail_all(&fail, KVX_ERR_PEER_LOST, "%s", msg);
+        for (i = 0; i < fail.n; i++) { /* the room's other contributors stop too */
+            kvx_room_fail_remote(fail.v[i]->room, KVX_ERR_PEER_LOST, "%s", msg);
+            kvx__boot_tell_others(b, fail.v[i]->room, c);
+        }
+        kvx__boot_vec_release(&fail);
     }
     if (b->hooks.on_disconnect && c->hello_done) b->hooks.on_disconnect(b, &c->info, reason);
 }
