@@ -82,11 +82,16 @@ typedef struct world {
     char addr[64], what[64];
 } world;
 
-/* The victim in a child process: serves its rank until killed. */
-static void child_rank(int port, int wfd) {
+/* The victim in a child process, forked before this process starts a
+   thread: reads the bootstrap port, answers its control port, serves its
+   rank until killed. */
+static void child_rank(int rfd, int wfd) {
     ex_pool pool;
-    kvx_engine *e = prefill_rank(&pool, VICTIM, port);
-    int ctrl = e ? kvx_boot_control_port(kvx_boot_get(e)) : -1;
+    kvx_engine *e = NULL;
+    int port = 0, ctrl = -1;
+    if (read(rfd, &port, sizeof port) == (ssize_t)sizeof port && port > 0)
+        e = prefill_rank(&pool, VICTIM, port);
+    if (e) ctrl = kvx_boot_control_port(kvx_boot_get(e));
     if (write(wfd, &ctrl, sizeof ctrl) != (ssize_t)sizeof ctrl) _exit(1);
     for (;;) pause();
 }
@@ -94,20 +99,25 @@ static void child_rank(int port, int wfd) {
 /* Opens the engines and rooms 10..13 on the decode and on every prefill
    rank but the victim (whose room frames wait for senders never made). */
 static int world_open(world *w, int forked) {
-    int k, i, ok;
+    int k, i, ok, to[2] = {-1, -1}, from[2] = {-1, -1};
     memset(w, 0, sizeof *w);
     w->forked = forked;
     snprintf(w->what, sizeof w->what, "%s", forked ? "SIGKILL of a forked rank" : "rank destroyed");
+    if (forked) { /* before any engine (thread) exists: TSan-safe */
+        if (pipe(to) || pipe(from)) return -1;
+        fflush(stdout);
+        w->pid = fork();
+        if (w->pid == 0) { close(to[1]); close(from[0]); child_rank(to[0], from[1]); }
+        close(to[0]);
+        close(from[1]);
+        if (w->pid < 0) { close(to[1]); close(from[0]); return -1; }
+    }
     for (k = 0; k < 4; k++) {
         if (k == VICTIM && forked) {
-            int fds[2];
-            if (pipe(fds)) return -1;
-            fflush(stdout);
-            w->pid = fork();
-            if (w->pid == 0) { close(fds[0]); child_rank(w->port, fds[1]); }
-            close(fds[1]);
-            ok = w->pid > 0 && read(fds[0], &w->ctrl, sizeof w->ctrl) == (ssize_t)sizeof w->ctrl;
-            close(fds[0]);
+            ok = write(to[1], &w->port, sizeof w->port) == (ssize_t)sizeof w->port &&
+                 read(from[0], &w->ctrl, sizeof w->ctrl) == (ssize_t)sizeof w->ctrl;
+            close(to[1]);
+            close(from[0]);
             if (!ok || w->ctrl <= 0) return -1;
             continue;
         }
