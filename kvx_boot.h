@@ -344,13 +344,23 @@
      Reaching the bootstrap server or a rank: KVX_BOOT_TRIES attempts, 2 s
      each, backoff 200/400/800/1600 ms, while it refuses connections, times
      out or answers 503; then the waiting rooms fail with a sentence that
-     names the address. A dropped control connection fails every unfinished
-     room of that prefill at once ("lost connection with prefill instance
-     HOST:PORT (rank IP:PORT): ..."); so do KVX_HEARTBEAT_MAX_FAILURE failed
-     heartbeats in a row (a ping unanswered for an interval, or a GET
-     /health bounded by min(interval, 2 s)). The next room for that prefill
-     resolves it again, so a restarted prefill is picked up without
-     restarting decode. Prefill: a dropped decode connection fails that
+     names the address. A dropped control connection (one prefill rank
+     killed or unreachable) fails at once every unfinished room that
+     depends on that rank (the rank is one of its targets and has not
+     reported Success) and only those: rooms of other dp ranks, and rooms
+     whose contributors are all other ranks, go on. The sentence names the
+     rank: "lost connection with prefill instance HOST:PORT (rank IP:PORT),
+     prefill tp rank 1 of 4, pp rank 0 of 1, dp rank 0 of 1: <reason>", and
+     the room's other contributors are told (abort) so they stop. While any
+     room of the instance is unfinished, a new room that needs the lost rank
+     fails at once with that sentence; rooms on its live ranks are served.
+     The whole instance is dropped (every unfinished room fails) when its
+     last rank is lost or after KVX_HEARTBEAT_MAX_FAILURE failed heartbeats
+     in a row (a ping unanswered for an interval on a live rank's
+     connection, or a GET /health bounded by min(interval, 2 s)). The next
+     room for a dropped instance, or for one with a lost rank and no
+     unfinished room, resolves it again, so a restarted prefill is picked
+     up without restarting decode. Prefill: a dropped decode connection fails that
      decode's unfinished senders; room frames kept for senders never
      created answer Failed after KVX_BOOTSTRAP_TIMEOUT. Every local failure
      (kvx_*_abort, a refused argument, the core's timeouts, destroying an
