@@ -115,8 +115,11 @@
                                "control" (kvx prefills), so liveness needs no
                                HTTP slot; else GET /health
      KVX_HEARTBEAT_MAX_FAILURE (desc.boot.heartbeat_max_failure) decode:
-                               failed heartbeats in a row after which every
-                               unfinished room of that prefill fails, 1..1000 (2)
+                               failed heartbeats in a row after which the
+                               rank (control pings: each rank alone, its
+                               connection closed) or the prefill (GET
+                               /health) is lost and the unfinished rooms
+                               that depend on it fail, 1..1000 (2)
      KVX_BOOTSTRAP_TIMEOUT     (kvx.h, desc.bootstrap_timeout_s) seconds a
                                sender waits for its room frame
      KVX_AUTH_KEY, KVX_AUTH_KEY_FILE (kvx.h, desc.auth_key, auth_key_file)
@@ -302,7 +305,16 @@
      decode's own pp_rank; decode pp_size 1: every prefill pp rank; anything
      else: the room fails ("decode PP must equal prefill PP or be 1").
      cp: the decode's cp_size must be 1 (else the room fails); every prefill
-     cp rank is targeted.
+     cp rank is targeted, and each sends the room's pages it holds. This
+     differs from SGLang's default (conn.py: only prefill CP rank 0 is
+     targeted; the other CP ranks are dummy senders, Success without
+     bytes, unless SGLANG_DISAGGREGATION_ALL_CP_RANKS_TRANSFER or
+     enable_dsa_cache_layer_split, which split the pages among CP ranks).
+     kvx has no dummy CP sender in its transports yet, so targeting rank 0
+     alone would leave the other CP ranks' senders waiting until
+     KVX_BOOTSTRAP_TIMEOUT; with prefill cp_size > 1 every CP rank must
+     therefore hold the room's full pages (each decode byte then arrives
+     cp_size times, the same bytes).
      A receiver succeeds when every prefill rank it targets (its
      contributors) has reported status Success. A contributor that reports
      Failed or aborts fails the receiver with a sentence naming it ("failed
@@ -354,10 +366,13 @@
      the room's other contributors are told (abort) so they stop. While any
      room of the instance is unfinished, a new room that needs the lost rank
      fails at once with that sentence; rooms on its live ranks are served.
-     The whole instance is dropped (every unfinished room fails) when its
-     last rank is lost or after KVX_HEARTBEAT_MAX_FAILURE failed heartbeats
-     in a row (a ping unanswered for an interval on a live rank's
-     connection, or a GET /health bounded by min(interval, 2 s)). The next
+     A rank that leaves KVX_HEARTBEAT_MAX_FAILURE pings in a row unanswered
+     (each unanswered for an interval) is lost the same way (its connection
+     is closed; reason "it answered none of KVX_HEARTBEAT_MAX_FAILURE
+     heartbeats in a row ..."). The whole instance is dropped (every
+     unfinished room fails) when its last rank is lost, or after
+     KVX_HEARTBEAT_MAX_FAILURE failed GET /health in a row (non-kvx
+     prefills; each bounded by min(interval, 2 s)). The next
      room for a dropped instance, or for one with a lost rank and no
      unfinished room, resolves it again, so a restarted prefill is picked
      up without restarting decode. Prefill: a dropped decode connection fails that
@@ -1352,6 +1367,7 @@ typedef struct kvx__boot_conn {
     uint64_t gen;     /* decode: peer generation, under boot->mu */
     int live, gone;   /* under boot->mu: in boot->live (kvx_boot_peer_send finds it) / dropped */
     char lost[KVX_ERROR_MAX]; /* decode, under boot->mu: the sentence its loss failed rooms with */
+    int hb_miss;      /* decode, under boot->mu: pings in a row it left unanswered */
     char addr[64];
     char transport[32];
     uint8_t *endpoint;
@@ -4567,24 +4583,41 @@ static void kvx__boot_hb_result(kvx_boot *b, kvx__boot_pf *p, int ok, const char
 /* Under boot->mu. A prefill that announced "kvx_heartbeat":"control" is
    pinged on its control connections (never blocks, needs no HTTP slot):
    a miss is a connection on which nothing arrived since the previous ping. */
+static const char kvx__boot_hb_lost[] =
+    "it answered none of KVX_HEARTBEAT_MAX_FAILURE heartbeats in a row on its control connection";
+
+/* Each rank is judged alone: a rank that misses KVX_HEARTBEAT_MAX_FAILURE
+   pings in a row has its connection closed, which fails the rooms that
+   depend on that rank (kvx__boot_conn_lost names it); the instance goes
+   when its last rank does. */
 static void kvx__boot_hb_ping(kvx_boot *b, kvx__boot_pf *p) {
     uint8_t ping[KVX__BOOT_HDR + 8];
-    char err[200] = "";
     uint32_t k;
-    int ok = 1;
+    int closing = 0;
     uint64_t now = kvx_now_ns();
-    for (k = 0; p->ping_sent_ns && k < p->r.nconns && ok; k++) /* a lost rank failed its rooms */
-        if (!p->r.conns[k]->gone && KVX__LOAD(&p->r.conns[k]->last_rx_ns) < p->ping_sent_ns) {
-            ok = 0;
-            snprintf(err, sizeof err, "rank %s did not answer a ping on its control connection "
-                     "within %.1f s", p->r.conns[k]->addr, (double)(now - p->ping_sent_ns) / 1e9);
+    for (k = 0; p->ping_sent_ns && k < p->r.nconns; k++) { /* a lost rank failed its rooms */
+        kvx__boot_conn *c = p->r.conns[k];
+        if (c->gone || KVX__LOAD(&c->want_close)) continue;
+        if (KVX__LOAD(&c->last_rx_ns) >= p->ping_sent_ns) { c->hb_miss = 0; continue; }
+        if (++c->hb_miss < b->hb_max_failure) {
+            kvx_engine_log(b->engine, KVX_LOG_INFO, "kvx.boot", 0, "heartbeat %d of %d: prefill %s "
+                           "rank %s did not answer a ping within %.1f s", c->hb_miss,
+                           b->hb_max_failure, p->addr, c->addr, (double)(now - p->ping_sent_ns) / 1e9);
+            continue;
         }
+        pthread_mutex_lock(&c->mu);
+        c->close_why = kvx__boot_hb_lost;
+        pthread_mutex_unlock(&c->mu);
+        KVX__STORE(&c->want_close, 1);
+        closing = 1;
+    }
+    if (closing) kvx__boot_wake(b);
     p->ping_sent_ns = now;
     p->ping_seq++;
     kvx__boot_hdr(ping, 8, KVX_BOOT_FRAME_PING);
     kvx__le_w64(ping + KVX__BOOT_HDR, p->ping_seq);
     for (k = 0; k < p->r.nconns; k++) kvx__boot_conn_send(p->r.conns[k], ping, sizeof ping);
-    kvx__boot_hb_result(b, p, ok, err);
+    kvx__boot_hb_result(b, p, 1, "");
 }
 
 static void *kvx__boot_hb_main(void *arg) {

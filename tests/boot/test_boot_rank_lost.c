@@ -14,6 +14,8 @@
    - the rooms of dp rank 0 are NOT failed and reach Success once their
      contributors send; a new room of dp rank 0 opened after the loss
      succeeds, and a new room of dp rank 1 fails at once naming the rank.
+   A third run stops the forked rank (SIGSTOP: its socket stays open, it
+   answers no heartbeat): the same rooms fail, by heartbeat, naming it.
    Before issue 13 round 2 a lost control connection failed every unfinished
    room of the prefill instance, naming the rank by address only. */
 #define KVX_IMPLEMENTATION
@@ -77,7 +79,7 @@ typedef struct world {
     kvx_engine *pe[4], *de;
     kvx_sender *s[4][NROOM];
     kvx_receiver *r[NROOM];
-    int port, ctrl, forked;
+    int port, ctrl, forked; /* forked: 1 SIGKILL, 2 SIGSTOP */
     pid_t pid;
     char addr[64], what[64];
 } world;
@@ -102,7 +104,8 @@ static int world_open(world *w, int forked) {
     int k, i, ok, to[2] = {-1, -1}, from[2] = {-1, -1};
     memset(w, 0, sizeof *w);
     w->forked = forked;
-    snprintf(w->what, sizeof w->what, "%s", forked ? "SIGKILL of a forked rank" : "rank destroyed");
+    snprintf(w->what, sizeof w->what, "%s", forked == 2 ? "SIGSTOP of a forked rank (heartbeats)"
+                                            : forked ? "SIGKILL of a forked rank" : "rank destroyed");
     if (forked) { /* before any engine (thread) exists: TSan-safe */
         if (pipe(to) || pipe(from)) return -1;
         fflush(stdout);
@@ -126,7 +129,13 @@ static int world_open(world *w, int forked) {
     }
     if (!forked) w->ctrl = kvx_boot_control_port(kvx_boot_get(w->pe[VICTIM]));
     snprintf(w->addr, sizeof w->addr, "127.0.0.1:%d", w->port);
-    if (!(w->de = decode_rank(&w->dpool, w->addr))) return -1;
+    /* heartbeats: a ping every 0.5 s, a rank that misses 4 in a row is lost */
+    setenv("KVX_HEARTBEAT_INTERVAL", "0.5", 1);
+    setenv("KVX_HEARTBEAT_MAX_FAILURE", "4", 1);
+    w->de = decode_rank(&w->dpool, w->addr);
+    unsetenv("KVX_HEARTBEAT_INTERVAL");
+    unsetenv("KVX_HEARTBEAT_MAX_FAILURE");
+    if (!w->de) return -1;
     for (i = 0; i < NROOM; i++) {
         uint64_t room = 10 + (uint64_t)i;
         for (k = 0; k < 4; k++)
@@ -157,7 +166,7 @@ static void world_close(world *w) {
     ex_pool_free(&w->dpool);
     for (k = 3; k >= 0; k--)
         if (w->pe[k]) { kvx_engine_destroy(w->pe[k]); ex_pool_free(&w->pp[k]); }
-    if (w->pid > 0) { kill(w->pid, SIGKILL); waitpid(w->pid, NULL, 0); }
+    if (w->pid > 0) { kill(w->pid, SIGKILL); kill(w->pid, SIGCONT); waitpid(w->pid, NULL, 0); }
 }
 
 static void send_room(kvx_sender *s) {
@@ -207,7 +216,9 @@ static void run(int forked) {
     snprintf(needle, sizeof needle, "lost connection with prefill instance %s (rank 127.0.0.1:%d), "
              "prefill tp rank 1 of 2, pp rank 0 of 1, dp rank 1 of 2: ", w.addr, w.ctrl);
     t0 = bt_now();
-    if (forked) {
+    if (forked == 2) {
+        kill(w.pid, SIGSTOP); /* killed in world_close */
+    } else if (forked) {
         kill(w.pid, SIGKILL);
         waitpid(w.pid, NULL, 0);
         w.pid = 0;
@@ -226,6 +237,9 @@ static void run(int forked) {
           "%s: every room of dp rank 1 failed (%d of %d) naming the lost rank (%d): want \"%s\"",
           w.what, failed, NROOM / 2, named, needle);
     CHECK(bt_now() - t0 < 30, "%s: they failed at once (%.2f s)", w.what, bt_now() - t0);
+    if (forked == 2)
+        CHECK(strstr(kvx_receiver_error(w.r[1]), "heartbeats") != NULL, "%s: by heartbeat: %s", w.what,
+              kvx_receiver_error(w.r[1]));
     /* the decode's failure reaches the other contributor of room 13 */
     ok = bt_wait_senders(&w.s[2][3], 1, bt_is_terminal, 60) && kvx_sender_poll(w.s[2][3]) == KVX_POLL_FAILED &&
          strstr(kvx_sender_error(w.s[2][3]), needle);
@@ -251,5 +265,6 @@ int main(void) {
     signal(SIGPIPE, SIG_IGN);
     run(0);
     run(1);
+    run(2);
     return bt_finish();
 }
