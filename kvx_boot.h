@@ -368,8 +368,8 @@
      fails at once with that sentence; rooms on its live ranks are served.
      A rank that leaves KVX_HEARTBEAT_MAX_FAILURE pings in a row unanswered
      (each unanswered for an interval) is lost the same way (its connection
-     is closed; reason "it answered none of KVX_HEARTBEAT_MAX_FAILURE
-     heartbeats in a row ..."). The whole instance is dropped (every
+     is closed; reason "consecutive heartbeats failed (it answered none of
+     KVX_HEARTBEAT_MAX_FAILURE pings in a row ...)"). The whole instance is dropped (every
      unfinished room fails) when its last rank is lost, or after
      KVX_HEARTBEAT_MAX_FAILURE failed GET /health in a row (non-kvx
      prefills; each bounded by min(interval, 2 s)). The next
@@ -4584,7 +4584,8 @@ static void kvx__boot_hb_result(kvx_boot *b, kvx__boot_pf *p, int ok, const char
    pinged on its control connections (never blocks, needs no HTTP slot):
    a miss is a connection on which nothing arrived since the previous ping. */
 static const char kvx__boot_hb_lost[] =
-    "it answered none of KVX_HEARTBEAT_MAX_FAILURE heartbeats in a row on its control connection";
+    "consecutive heartbeats failed (it answered none of KVX_HEARTBEAT_MAX_FAILURE pings in a row "
+    "on its control connection)";
 
 /* Each rank is judged alone: a rank that misses KVX_HEARTBEAT_MAX_FAILURE
    pings in a row has its connection closed, which fails the rooms that
