@@ -115,8 +115,11 @@
                                "control" (kvx prefills), so liveness needs no
                                HTTP slot; else GET /health
      KVX_HEARTBEAT_MAX_FAILURE (desc.boot.heartbeat_max_failure) decode:
-                               failed heartbeats in a row after which every
-                               unfinished room of that prefill fails, 1..1000 (2)
+                               failed heartbeats in a row after which the
+                               rank (control pings: each rank alone, its
+                               connection closed) or the prefill (GET
+                               /health) is lost and the unfinished rooms
+                               that depend on it fail, 1..1000 (2)
      KVX_BOOTSTRAP_TIMEOUT     (kvx.h, desc.bootstrap_timeout_s) seconds a
                                sender waits for its room frame
      KVX_AUTH_KEY, KVX_AUTH_KEY_FILE (kvx.h, desc.auth_key, auth_key_file)
@@ -302,7 +305,16 @@
      decode's own pp_rank; decode pp_size 1: every prefill pp rank; anything
      else: the room fails ("decode PP must equal prefill PP or be 1").
      cp: the decode's cp_size must be 1 (else the room fails); every prefill
-     cp rank is targeted.
+     cp rank is targeted, and each sends the room's pages it holds. This
+     differs from SGLang's default (conn.py: only prefill CP rank 0 is
+     targeted; the other CP ranks are dummy senders, Success without
+     bytes, unless SGLANG_DISAGGREGATION_ALL_CP_RANKS_TRANSFER or
+     enable_dsa_cache_layer_split, which split the pages among CP ranks).
+     kvx has no dummy CP sender in its transports yet, so targeting rank 0
+     alone would leave the other CP ranks' senders waiting until
+     KVX_BOOTSTRAP_TIMEOUT; with prefill cp_size > 1 every CP rank must
+     therefore hold the room's full pages (each decode byte then arrives
+     cp_size times, the same bytes).
      A receiver succeeds when every prefill rank it targets (its
      contributors) has reported status Success. A contributor that reports
      Failed or aborts fails the receiver with a sentence naming it ("failed
@@ -344,13 +356,26 @@
      Reaching the bootstrap server or a rank: KVX_BOOT_TRIES attempts, 2 s
      each, backoff 200/400/800/1600 ms, while it refuses connections, times
      out or answers 503; then the waiting rooms fail with a sentence that
-     names the address. A dropped control connection fails every unfinished
-     room of that prefill at once ("lost connection with prefill instance
-     HOST:PORT (rank IP:PORT): ..."); so do KVX_HEARTBEAT_MAX_FAILURE failed
-     heartbeats in a row (a ping unanswered for an interval, or a GET
-     /health bounded by min(interval, 2 s)). The next room for that prefill
-     resolves it again, so a restarted prefill is picked up without
-     restarting decode. Prefill: a dropped decode connection fails that
+     names the address. A dropped control connection (one prefill rank
+     killed or unreachable) fails at once every unfinished room that
+     depends on that rank (the rank is one of its targets and has not
+     reported Success) and only those: rooms of other dp ranks, and rooms
+     whose contributors are all other ranks, go on. The sentence names the
+     rank: "lost connection with prefill instance HOST:PORT (rank IP:PORT),
+     prefill tp rank 1 of 4, pp rank 0 of 1, dp rank 0 of 1: <reason>", and
+     the room's other contributors are told (abort) so they stop. While any
+     room of the instance is unfinished, a new room that needs the lost rank
+     fails at once with that sentence; rooms on its live ranks are served.
+     A rank that leaves KVX_HEARTBEAT_MAX_FAILURE pings in a row unanswered
+     (each unanswered for an interval) is lost the same way (its connection
+     is closed; reason "consecutive heartbeats failed (it answered none of
+     KVX_HEARTBEAT_MAX_FAILURE pings in a row ...)"). The whole instance is dropped (every
+     unfinished room fails) when its last rank is lost, or after
+     KVX_HEARTBEAT_MAX_FAILURE failed GET /health in a row (non-kvx
+     prefills; each bounded by min(interval, 2 s)). The next
+     room for a dropped instance, or for one with a lost rank and no
+     unfinished room, resolves it again, so a restarted prefill is picked
+     up without restarting decode. Prefill: a dropped decode connection fails that
      decode's unfinished senders; room frames kept for senders never
      created answer Failed after KVX_BOOTSTRAP_TIMEOUT. Every local failure
      (kvx_*_abort, a refused argument, the core's timeouts, destroying an
@@ -1341,6 +1366,8 @@ typedef struct kvx__boot_conn {
     kvx__boot_pf *peer; /* decode: the prefill instance */
     uint64_t gen;     /* decode: peer generation, under boot->mu */
     int live, gone;   /* under boot->mu: in boot->live (kvx_boot_peer_send finds it) / dropped */
+    char lost[KVX_ERROR_MAX]; /* decode, under boot->mu: the sentence its loss failed rooms with */
+    int hb_miss;      /* decode, under boot->mu: pings in a row it left unanswered */
     char addr[64];
     char transport[32];
     uint8_t *endpoint;
@@ -1412,6 +1439,7 @@ typedef struct kvx__boot_br {
     uint64_t gen;
     int waiting, inited;
     int dpq;       /* waits for its prefill dp rank (POST /query_dp_ranks) */
+    kvx__boot_conn *lost; /* a target found lost when assigning (a reference) */
     uint64_t bytes;
     uint16_t peer_index, peer_count;
     /* prefill */
@@ -2035,6 +2063,13 @@ static const char *kvx__boot_who(const kvx__boot_conn *c, char *out, size_t n) {
     return out;
 }
 
+/* The sentence a decode room fails with when the control connection c of
+   prefill instance p is lost: "lost connection with prefill instance H:P
+   (rank IP:PORT), prefill tp rank 1 of 4, pp rank 0 of 1, dp rank 0 of 1:
+   <reason>" (ranks from c's hello). */
+static void kvx__boot_lost_sentence(const kvx__boot_pf *p, const kvx__boot_conn *c,
+                                    const char *reason, char *out, size_t n);
+
 /* >>boot: room table ------------------------------------------------------------ */
 
 /* The entry of a table node (NULL for none). */
@@ -2089,6 +2124,7 @@ static void kvx__boot_br_unref(kvx__boot_br *br) {
     if (!br || KVX__SUB(&br->refs, 1) != 0) return;
     kvx__boot_pframe_free(br->frames);
     for (i = 0; i < br->nconns; i++) kvx__boot_conn_unref(br->conns[i]);
+    if (br->lost) kvx__boot_conn_unref(br->lost);
     if (br->conns != br->inl) kvx_engine_free(e, br->conns); /* and the tags */
     if (br->room) kvx_room_unref(br->room);
     kvx_engine_free(e, br);
@@ -3402,6 +3438,56 @@ static void kvx__boot_on_status_frame(kvx_boot *b, kvx__boot_conn *c, const kvx_
     kvx__boot_br_unref(br);
 }
 
+static void kvx__boot_lost_sentence(const kvx__boot_pf *p, const kvx__boot_conn *c,
+                                    const char *reason, char *out, size_t n) {
+    const kvx_boot_peer *i = &c->info;
+    if (snprintf(out, n, "lost connection with prefill instance %s (rank %s), prefill tp rank %d of "
+                 "%d, pp rank %d of %d, dp rank %d of %d: %s", p->addr, c->addr, i->tp_rank,
+                 i->tp_size, i->pp_rank, i->pp_size, i->dp_rank, i->dp_size, reason) < 0)
+        out[0] = 0; /* longer than n: cut, as every failure sentence */
+}
+
+/* Under boot->mu: control connection c of prefill instance p is gone;
+   returns the unfinished rooms that depend on it (c is one of their
+   targets and has not reported Success). Rooms on p's other ranks go on. */
+static void kvx__boot_rank_dead_locked(kvx_boot *b, kvx__boot_pf *p, kvx__boot_conn *c,
+                                       kvx__boot_vec *out) {
+    size_t i;
+    uint32_t k;
+    for (i = 0; i < b->rooms.nb; i++) {
+        kvx__boot_br *br;
+        for (br = kvx__boot_at(b->rooms.b[i]); br; br = kvx__boot_at(br->hn.hnext)) {
+            if (!br->room || br->peer != p || br->waiting || br->gen != p->gen ||
+                kvx__room_terminal(br->room))
+                continue;
+            for (k = 0; k < br->nconns && br->conns[k] != c; k++) {}
+            if (k < br->nconns && !br->tag[k]) kvx__boot_vec_push(out, br);
+        }
+    }
+}
+
+/* Under boot->mu: 1 when a room of p's generation is still unfinished (its
+   control connections must stay up). */
+static int kvx__boot_gen_busy_locked(kvx_boot *b, kvx__boot_pf *p) {
+    size_t i;
+    for (i = 0; i < b->rooms.nb; i++) {
+        kvx__boot_br *br;
+        for (br = kvx__boot_at(b->rooms.b[i]); br; br = kvx__boot_at(br->hn.hnext))
+            if (br->room && br->peer == p && !br->waiting && br->gen == p->gen &&
+                !kvx__room_terminal(br->room) && !(br->nconns && br->ndone == br->nconns))
+                return 1;
+    }
+    return 0;
+}
+
+/* Under boot->mu: the first lost control connection of p, or NULL. */
+static kvx__boot_conn *kvx__boot_pf_lost_locked(const kvx__boot_pf *p) {
+    uint32_t k;
+    for (k = 0; k < p->r.nconns; k++)
+        if (p->r.conns[k]->gone && p->r.conns[k]->lost[0]) return p->r.conns[k];
+    return NULL;
+}
+
 /* Under boot->mu: the prefill instance is gone; returns its unfinished rooms. */
 static void kvx__boot_peer_dead_locked(kvx_boot *b, kvx__boot_pf *p, kvx__boot_vec *out) {
     size_t i;
@@ -3502,23 +3588,34 @@ static void kvx__boot_conn_lost(kvx_boot *b, kvx__boot_conn *c, const char *reas
         kvx__boot_fail_all(&fail, KVX_ERR_PEER_LOST, "lost connection with decode instance %s: %s",
                            c->addr, reason);
     } else {
+        /* Only the rooms that depend on this rank fail; rooms on the
+           instance's other ranks (other dp ranks, other contributors) go on.
+           The instance is resolved again once every rank is lost, or when a
+           room arrives while none of its rooms is unfinished; until then a
+           room that needs the lost rank fails at once (kvx__boot_assign_dp). */
         kvx__boot_pf *p = c->peer;
-        int dead = 0;
-        char w[160];
+        int dead = 0, all = 1;
+        uint32_t k;
+        char msg[KVX_ERROR_MAX];
         if (!p) return;
+        kvx__boot_lost_sentence(p, c, reason, msg, sizeof msg);
         pthread_mutex_lock(&b->mu);
         if (p->gen == c->gen && p->state == KVX__BOOT_PF_READY) {
-            kvx__boot_peer_dead_locked(b, p, &fail);
+            snprintf(c->lost, sizeof c->lost, "%s", msg);
+            for (k = 0; k < p->r.nconns && all; k++) all = p->r.conns[k]->gone;
+            if (all) kvx__boot_peer_dead_locked(b, p, &fail); /* nothing left: resolve again */
+            else kvx__boot_rank_dead_locked(b, p, c, &fail);
             dead = 1;
         }
         pthread_mutex_unlock(&b->mu);
         if (dead)
             kvx_engine_log(b->engine, fail.n ? KVX_LOG_WARN : KVX_LOG_INFO, "kvx.boot", 0,
-                           "lost connection with prefill instance %s (rank %s): %s; failing %zu rooms",
-                           p->addr, c->addr, reason, fail.n);
-        kvx__boot_fail_all(&fail, KVX_ERR_PEER_LOST,
-                           "lost connection with prefill instance %s (%s): %s", p->addr,
-                           kvx__boot_who(c, w, sizeof w), reason);
+                           "%s; failing %zu rooms", msg, fail.n);
+        for (i = 0; i < fail.n; i++) { /* the room's other contributors stop too */
+            kvx_room_fail_remote(fail.v[i]->room, KVX_ERR_PEER_LOST, "%s", msg);
+            kvx__boot_tell_others(b, fail.v[i]->room, c);
+        }
+        kvx__boot_vec_release(&fail);
     }
     if (b->hooks.on_disconnect && c->hello_done) b->hooks.on_disconnect(b, &c->info, reason);
 }
@@ -4195,9 +4292,18 @@ static kvx_result kvx__boot_resolve(kvx_boot *b, kvx__boot_pf *p, kvx__boot_res 
 }
 
 /* Under boot->mu: points a decode room at its target connections in
-   prefill dp rank dp. 0, or -1 out of memory. */
+   prefill dp rank dp. 0, -1 out of memory, or 2 when one of them is lost
+   (its sentence in c->lost; the caller fails the room with it). */
 static int kvx__boot_assign_dp(kvx__boot_br *br, kvx__boot_pf *p, uint32_t dp) {
     uint32_t k;
+    for (k = 0; k < p->r.per_dp; k++) {
+        kvx__boot_conn *c = p->r.conns[dp * p->r.per_dp + k];
+        if (!c->gone) continue;
+        if (!br->lost) { KVX__ADD(&c->refs, 1); br->lost = c; }
+        br->waiting = 0;
+        br->dpq = 0;
+        return 2;
+    }
     for (k = 0; k < p->r.per_dp; k++)
         if (kvx__boot_br_add_conn(br, p->r.conns[dp * p->r.per_dp + k], 0)) return -1;
     br->gen = p->gen;
@@ -4220,6 +4326,26 @@ static int kvx__boot_assign(kvx__boot_br *br, kvx__boot_pf *p) {
     return kvx__boot_assign_dp(br, p, (uint32_t)(br->id % (uint64_t)p->r.dp));
 }
 
+/* Fails each room of v that kvx__boot_assign_dp found needing a lost
+   rank, with that rank's sentence; releases v. Not under boot->mu. */
+static void kvx__boot_fail_lost(kvx_boot *b, kvx__boot_pf *p, kvx__boot_vec *v) {
+    size_t i;
+    for (i = 0; i < v->n; i++) {
+        kvx__boot_br *br = v->v[i];
+        kvx__boot_conn *c = br->lost;
+        char msg[KVX_ERROR_MAX];
+        pthread_mutex_lock(&b->mu);
+        if (c && c->lost[0]) snprintf(msg, sizeof msg, "%s", c->lost);
+        else if (c) kvx__boot_lost_sentence(p, c, "the connection was dropped", msg, sizeof msg);
+        else snprintf(msg, sizeof msg, "lost connection with prefill instance %s", p->addr);
+        br->lost = NULL;
+        pthread_mutex_unlock(&b->mu);
+        kvx_room_fail(br->room, KVX_ERR_PEER_LOST, "%s", msg);
+        if (c) kvx__boot_conn_unref(c);
+    }
+    kvx__boot_vec_release(v);
+}
+
 /* Asks p's bootstrap server which dp rank serves each room that waits for
    one (POST /query_dp_ranks, up to 256 rooms a call), as SGLang's decode
    does while the prefill has not registered the room yet: again after 200,
@@ -4236,13 +4362,14 @@ static void kvx__boot_dpq_job(void *arg) {
         int status = 0, refused = 0, dp = 0;
         char err[200] = "";
         kvx__buf req, resp;
-        kvx__boot_vec ready, fail, late;
+        kvx__boot_vec ready, fail, late, gone;
         kvx__json_doc d;
         const kvx__json *root = NULL;
         kvx_result r;
         memset(&ready, 0, sizeof ready);
         memset(&fail, 0, sizeof fail);
         memset(&late, 0, sizeof late);
+        memset(&gone, 0, sizeof gone);
         pthread_mutex_lock(&b->mu);
         for (i = 0; i < b->rooms.nb; i++) {
             kvx__boot_br *br;
@@ -4283,7 +4410,9 @@ static void kvx__boot_dpq_job(void *arg) {
             snprintf(key, sizeof key, "%llu", (unsigned long long)ids[i]);
             if (root && root->type == KVX_JSON_OBJECT && (v = kvx__json_get(&d, root, key)) != NULL &&
                 kvx__boot_jint(&d, root, key, 0, 1023, &x) == 1 && x < dp) {
-                if (kvx__boot_assign_dp(br, p, (uint32_t)x) == 0) kvx__boot_vec_push(&ready, br);
+                int a = kvx__boot_assign_dp(br, p, (uint32_t)x);
+                if (a == 0) kvx__boot_vec_push(&ready, br);
+                else if (a == 2) kvx__boot_vec_push(&gone, br);
                 else { br->dpq = 0; kvx__boot_vec_push(&fail, br); }
             } else if (v) {
                 br->dpq = 0;
@@ -4299,6 +4428,7 @@ static void kvx__boot_dpq_job(void *arg) {
         for (i = 0; i < ready.n; i++) kvx_room_advance(ready.v[i]->room, KVX_POLL_WAITING_FOR_INPUT);
         kvx__boot_vec_release(&ready);
         kvx__boot_fail_all(&fail, KVX_ERR_NO_MEMORY, "out of memory assigning the room to %s", p->addr);
+        kvx__boot_fail_lost(b, p, &gone);
         kvx__boot_fail_all(&late, KVX_ERR_TIMEOUT, "prefill %s (dp size %d, load balancing not "
                            "follow_bootstrap_room) named no dp rank below %d for this room in "
                            "POST /query_dp_ranks within KVX_BOOTSTRAP_TIMEOUT (%.0f s): the prefill "
@@ -4336,7 +4466,7 @@ static void kvx__boot_resolve_job(void *arg) {
     kvx_boot *b = p->boot;
     char why[KVX_ERROR_MAX] = "";
     kvx__boot_res rs;
-    kvx__boot_vec ready, fail;
+    kvx__boot_vec ready, fail, gone;
     kvx__boot_conn **old = NULL;
     uint32_t nold = 0, k;
     kvx_result res;
@@ -4344,6 +4474,7 @@ static void kvx__boot_resolve_job(void *arg) {
     int dpq = 0;
     memset(&ready, 0, sizeof ready);
     memset(&fail, 0, sizeof fail);
+    memset(&gone, 0, sizeof gone);
     memset(&rs, 0, sizeof rs);
     res = KVX__LOAD(&b->stop) ? KVX_ERR_ABORTED : kvx__boot_resolve(b, p, &rs, why, sizeof why);
     pthread_mutex_lock(&b->mu);
@@ -4385,6 +4516,7 @@ static void kvx__boot_resolve_job(void *arg) {
             a = res == KVX_OK ? kvx__boot_assign(br, p) : -1;
             if (a == 0) kvx__boot_vec_push(&ready, br);
             else if (a == 1) dpq = 1;
+            else if (a == 2) kvx__boot_vec_push(&gone, br);
             else { br->waiting = 0; kvx__boot_vec_push(&fail, br); }
         }
     }
@@ -4413,6 +4545,7 @@ static void kvx__boot_resolve_job(void *arg) {
     }
     for (i = 0; i < ready.n; i++) kvx_room_advance(ready.v[i]->room, KVX_POLL_WAITING_FOR_INPUT);
     kvx__boot_vec_release(&ready);
+    kvx__boot_fail_lost(b, p, &gone);
     if (res == KVX_OK) /* resolved, but a room could not be pointed at its ranks */
         kvx__boot_fail_all(&fail, KVX_ERR_NO_MEMORY, "out of memory assigning the room to %s", p->addr);
     else
@@ -4450,24 +4583,42 @@ static void kvx__boot_hb_result(kvx_boot *b, kvx__boot_pf *p, int ok, const char
 /* Under boot->mu. A prefill that announced "kvx_heartbeat":"control" is
    pinged on its control connections (never blocks, needs no HTTP slot):
    a miss is a connection on which nothing arrived since the previous ping. */
+static const char kvx__boot_hb_lost[] =
+    "consecutive heartbeats failed (it answered none of KVX_HEARTBEAT_MAX_FAILURE pings in a row "
+    "on its control connection)";
+
+/* Each rank is judged alone: a rank that misses KVX_HEARTBEAT_MAX_FAILURE
+   pings in a row has its connection closed, which fails the rooms that
+   depend on that rank (kvx__boot_conn_lost names it); the instance goes
+   when its last rank does. */
 static void kvx__boot_hb_ping(kvx_boot *b, kvx__boot_pf *p) {
     uint8_t ping[KVX__BOOT_HDR + 8];
-    char err[200] = "";
     uint32_t k;
-    int ok = 1;
+    int closing = 0;
     uint64_t now = kvx_now_ns();
-    for (k = 0; p->ping_sent_ns && k < p->r.nconns && ok; k++)
-        if (KVX__LOAD(&p->r.conns[k]->last_rx_ns) < p->ping_sent_ns) {
-            ok = 0;
-            snprintf(err, sizeof err, "rank %s did not answer a ping on its control connection "
-                     "within %.1f s", p->r.conns[k]->addr, (double)(now - p->ping_sent_ns) / 1e9);
+    for (k = 0; p->ping_sent_ns && k < p->r.nconns; k++) { /* a lost rank failed its rooms */
+        kvx__boot_conn *c = p->r.conns[k];
+        if (c->gone || KVX__LOAD(&c->want_close)) continue;
+        if (KVX__LOAD(&c->last_rx_ns) >= p->ping_sent_ns) { c->hb_miss = 0; continue; }
+        if (++c->hb_miss < b->hb_max_failure) {
+            kvx_engine_log(b->engine, KVX_LOG_INFO, "kvx.boot", 0, "heartbeat %d of %d: prefill %s "
+                           "rank %s did not answer a ping within %.1f s", c->hb_miss,
+                           b->hb_max_failure, p->addr, c->addr, (double)(now - p->ping_sent_ns) / 1e9);
+            continue;
         }
+        pthread_mutex_lock(&c->mu);
+        c->close_why = kvx__boot_hb_lost;
+        pthread_mutex_unlock(&c->mu);
+        KVX__STORE(&c->want_close, 1);
+        closing = 1;
+    }
+    if (closing) kvx__boot_wake(b);
     p->ping_sent_ns = now;
     p->ping_seq++;
     kvx__boot_hdr(ping, 8, KVX_BOOT_FRAME_PING);
     kvx__le_w64(ping + KVX__BOOT_HDR, p->ping_seq);
     for (k = 0; k < p->r.nconns; k++) kvx__boot_conn_send(p->r.conns[k], ping, sizeof ping);
-    kvx__boot_hb_result(b, p, ok, err);
+    kvx__boot_hb_result(b, p, 1, "");
 }
 
 static void *kvx__boot_hb_main(void *arg) {
@@ -4657,7 +4808,7 @@ static kvx_result kvx__boot_open_decode(kvx_boot *b, kvx_room *r, kvx__boot_br *
     const char *addr = kvx_room_bootstrap_addr(r);
     char why[KVX_ERROR_MAX] = "";
     kvx__boot_pf *p = NULL;
-    int ready = 0, submit = 0, dpq = 0;
+    int ready = 0, submit = 0, dpq = 0, lost = 0;
     if (!addr || !addr[0]) {
         kvx__set_why(why, sizeof why, "no bootstrap address for this receiver: set "
                      "kvx_room_desc.bootstrap_addr or desc.bootstrap_addr to the prefill's "
@@ -4667,10 +4818,16 @@ static kvx_result kvx__boot_open_decode(kvx_boot *b, kvx_room *r, kvx__boot_br *
         p = kvx__boot_peer_get(b, addr, why, sizeof why);
         if (p) {
             br->peer = p;
+            /* a rank of p was lost: resolve p again once none of its rooms
+               is unfinished; until then rooms on its live ranks go on */
+            if (p->state == KVX__BOOT_PF_READY && kvx__boot_pf_lost_locked(p) &&
+                !kvx__boot_gen_busy_locked(b, p))
+                p->state = KVX__BOOT_PF_DEAD;
             if (p->state == KVX__BOOT_PF_READY) {
                 int a = kvx__boot_assign(br, p);
                 if (a == 0) ready = 1;
                 else if (a == 1) dpq = 1;
+                else if (a == 2) lost = 1;
                 else { snprintf(why, sizeof why, "out of memory"); p = NULL; }
             } else {
                 br->waiting = 1;
@@ -4690,6 +4847,14 @@ static kvx_result kvx__boot_open_decode(kvx_boot *b, kvx_room *r, kvx__boot_br *
         pthread_mutex_unlock(&b->mu);
         kvx_room_fail(r, KVX_ERR_NO_MEMORY, "out of memory queueing the bootstrap of %s", addr);
         return KVX_OK;
+    }
+    if (lost) {
+        kvx__boot_vec one;
+        memset(&one, 0, sizeof one);
+        pthread_mutex_lock(&b->mu);
+        kvx__boot_vec_push(&one, br);
+        pthread_mutex_unlock(&b->mu);
+        kvx__boot_fail_lost(b, p, &one);
     }
     if (ready) kvx_room_advance(r, KVX_POLL_WAITING_FOR_INPUT);
     if (dpq) kvx__boot_dpq_start(b, p);
