@@ -3499,7 +3499,12 @@ static kvx_result kvx__rdma_on_room(kvx_boot *b, kvx_room *r, const kvx_boot_pee
 static int kvx__rdma_targets(const kvx__rdma_engine *re, const kvx_boot_peer *pe) {
     int dtp = kvx_engine_settings(re->e)->boot.tp_size > 0 ? kvx_engine_settings(re->e)->boot.tp_size : 1;
     int ptp = pe->tp_size > 0 ? pe->tp_size : 1;
+    int dpp = kvx_engine_settings(re->e)->boot.pp_size > 0 ? kvx_engine_settings(re->e)->boot.pp_size : 1;
     int cp = pe->cp_size > 0 ? pe->cp_size : 1, pp = pe->pp_size > 0 ? pe->pp_size : 1;
+    /* kvx_boot's RANK MAPPING: decode PP == prefill PP pairs pp rank with
+       pp rank (one contributor per tp rank); decode PP 1 takes every
+       prefill pp rank's layers */
+    if (dpp == pp) pp = 1;
     return cp * pp * (ptp > dtp && ptp % dtp == 0 ? ptp / dtp : 1);
 }
 

@@ -2,12 +2,13 @@
    one process per rank on softverbs: prefill TP 2 -> decode TP 4 and TP 1
    -> TP 8 (each decode rank's head slice out of the prefill's rows:
    multi-SGE WRITEs, chained where the rows exceed max_sge), TP 4 -> 2
-   (refused with a sentence: a strided destination), MLA 4 -> 2 and 2 -> 4
+   (the decode rank's staging area, scattered there), MLA 4 -> 2 and 2 -> 4
    (dummies move nothing; each decode rank receives each byte once), PP
-   2 -> 1, and one of two contributing prefill ranks killed
-   mid-transfer (the decode rooms fail naming it). Every decode rank
-   verifies every head of every token it holds (ex_pages_pattern) and its
-   aux rows. */
+   2 -> 1, PP 2 -> 2 and TP 4 -> 2 with PP 2 -> 2 (pp rank to pp rank:
+   each decode room waits for its own pp rank's contributors only), and
+   one of two contributing prefill ranks killed mid-transfer (the decode
+   rooms fail naming it). Every decode rank verifies every head of every
+   token it holds (ex_pages_pattern) and its aux rows. */
 #define KVX_IMPLEMENTATION
 #define KVX_WITH_RDMA
 #include "rdma_test.h"
@@ -121,8 +122,9 @@ int main(int argc, char **argv) {
           "(goal <= 2x)", w_42, w_eq ? (double)w_42 / (double)w_eq : 0.0, w_eq);
     ok_case("TP 4 -> 1 (GQA 8 heads)", 1, 4, 1, 1, 1, rooms, NULL, NULL);
     ok_case("PP 2 -> 1", 1, 1, 2, 1, 1, rooms, NULL, NULL);
-    /* PP 2 -> 2 is not here: kvx_boot targets every prefill pp rank and
-       refuses the one that shares no layer with the decode rank */
+    /* rank to rank: decode pp rank r waits for prefill pp rank r only */
+    ok_case("PP 2 -> 2", 1, 1, 2, 1, 2, rooms, NULL, NULL);
+    ok_case("TP 4 -> 2, PP 2 -> 2", 1, 4, 2, 2, 2, rooms, NULL, NULL);
     kill_case(rooms);
     return rt_finish();
 }
