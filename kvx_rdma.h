@@ -1014,7 +1014,8 @@ typedef struct kvx__rdma_pair {
     int refs;                 /* atomic */
     int state;                /* atomic KVX__RP_* */
     uint64_t peer;            /* the peer's instance */
-    char peer_addr[96];       /* for messages: "decode 10.0.0.2:41234" */
+    char peer_addr[160];      /* for messages: "decode 10.0.0.2:41234 (tp rank 0 of 2, pp rank
+                                 0 of 1)" (kvx__rdma_who) */
     int nqp;
     kvx__rdma_qp *qp;
     int nrdev;
@@ -2265,17 +2266,26 @@ static void kvx__rdma_dial_job(void *arg) {
     kvx__rdma_pair_unref(re, p);
 }
 
+/* Names a peer rank for sentences: "prefill 10.0.0.2:41234 (tp rank 1 of
+   4, pp rank 0 of 2)", so a decode room's failure says which contributor. */
+static void kvx__rdma_who(char *out, size_t n, int prefill, const char *addr,
+                          const kvx_boot_peer *pe) {
+    snprintf(out, n, "%s %s (tp rank %d of %d, pp rank %d of %d)", prefill ? "prefill" : "decode",
+             addr ? addr : "?", pe->tp_rank, pe->tp_size > 0 ? pe->tp_size : 1, pe->pp_rank,
+             pe->pp_size > 0 ? pe->pp_size : 1);
+}
+
 /* Decode: starts an exchange with pe (under re->mu). */
 static void kvx__rdma_dial_locked(kvx__rdma_engine *re, kvx__rdma_peer *pe) {
     kvx__rdma_pair *p;
     int nqp = re->cfg.qps;
-    char addr[128];
+    char addr[160];
     if (re->stopping || KVX__RDMA_DIALING(pe)) return;
     if (pe->hello.qps > nqp) nqp = pe->hello.qps;
     if (re->ndev > nqp) nqp = re->ndev;
     if (pe->hello.ndev > nqp) nqp = pe->hello.ndev;
     if (nqp > KVX_RDMA_MAX_QPS) nqp = KVX_RDMA_MAX_QPS;
-    snprintf(addr, sizeof addr, "prefill %s", pe->addr);
+    kvx__rdma_who(addr, sizeof addr, 1, pe->addr, &pe->ctl);
     p = kvx__rdma_pair_new(re, nqp, pe->instance, addr);
     if (!p) return;
     snprintf(p->bootstrap, sizeof p->bootstrap, "%s", pe->bootstrap);
@@ -2451,10 +2461,10 @@ static void kvx__rdma_msg_job(void *arg) {
     kvx__rdma_engine *re = mj->re;
     kvx__rdma_pair *p = NULL;
     kvx_rdma_cm_msg m;
-    char why[KVX_ERROR_MAX] = "", who[128];
+    char why[KVX_ERROR_MAX] = "", who[160];
     kvx_result res = kvx_rdma_cm_parse(mj->data, mj->len, &m, why, sizeof why);
     int decode = re->role == KVX_ROLE_DECODE;
-    snprintf(who, sizeof who, "%s %s", decode ? "prefill" : "decode", mj->addr);
+    kvx__rdma_who(who, sizeof who, decode, mj->addr, &mj->from);
     if (res == KVX_OK && (!mj->inst || m.from != mj->inst || m.to != re->instance))
         snprintf(why, sizeof why, "the message is from instance %016llx to %016llx, but its "
                  "connection is %016llx's and this engine is %016llx",
@@ -3499,7 +3509,12 @@ static kvx_result kvx__rdma_on_room(kvx_boot *b, kvx_room *r, const kvx_boot_pee
 static int kvx__rdma_targets(const kvx__rdma_engine *re, const kvx_boot_peer *pe) {
     int dtp = kvx_engine_settings(re->e)->boot.tp_size > 0 ? kvx_engine_settings(re->e)->boot.tp_size : 1;
     int ptp = pe->tp_size > 0 ? pe->tp_size : 1;
+    int dpp = kvx_engine_settings(re->e)->boot.pp_size > 0 ? kvx_engine_settings(re->e)->boot.pp_size : 1;
     int cp = pe->cp_size > 0 ? pe->cp_size : 1, pp = pe->pp_size > 0 ? pe->pp_size : 1;
+    /* kvx_boot's RANK MAPPING: decode PP == prefill PP pairs pp rank with
+       pp rank (one contributor per tp rank); decode PP 1 takes every
+       prefill pp rank's layers */
+    if (dpp == pp) pp = 1;
     return cp * pp * (ptp > dtp && ptp % dtp == 0 ? ptp / dtp : 1);
 }
 
@@ -3538,22 +3553,23 @@ static int kvx__rdma_on_status(kvx_boot *b, kvx_room *r, const kvx_boot_peer *pe
     kvx__rdma_pair *p;
     kvx_rdma_hello h;
     kvx__rdma_src *s;
-    char why[KVX_ERROR_MAX] = "", who[128];
+    char why[KVX_ERROR_MAX] = "", who[160];
     int nqp = 0, v;
     uint64_t total = 0;
     kvx_result hr = kvx_rdma_hello_parse(peer->endpoint, peer->endpoint_len, &h, why, sizeof why);
+    kvx__rdma_who(who, sizeof who, 1, peer->addr, peer);
     if (state == KVX_POLL_FAILED && result == KVX_ERR_TRANSPORT && hr == KVX_OK) {
         /* the prefill fails a room with KVX_ERR_TRANSPORT only when its
            connection with this engine broke: drop our side too (a receive-
            only queue pair may never notice), so the next receiver redials */
         kvx__rdma_pair *dead[8];
         int nd, i;
-        kvx_room_fail_remote(r, result, "prefill rank %s failed the room: %s", peer->addr,
+        kvx_room_fail_remote(r, result, "%s failed the room: %s", who,
                       reason && *reason ? reason : "no reason given");
         nd = kvx__rdma_pairs_on(re, NULL, h.instance, NULL, dead, 8);
         for (i = 0; i < nd; i++) {
-            kvx__rdma_pair_down(re, dead[i], KVX_ERR_TRANSPORT, 1, 1, "prefill %s reports its RDMA "
-                                "connection with this engine broken: %s", peer->addr,
+            kvx__rdma_pair_down(re, dead[i], KVX_ERR_TRANSPORT, 1, 1, "%s reports its RDMA "
+                                "connection with this engine broken: %s", who,
                                 reason && *reason ? reason : "no reason given");
             kvx__rdma_pair_unref(re, dead[i]);
         }
@@ -3565,7 +3581,7 @@ static int kvx__rdma_on_status(kvx_boot *b, kvx_room *r, const kvx_boot_peer *pe
     }
     if (state != KVX_POLL_SUCCESS || !rr) return 0;
     if (hr != KVX_OK) {
-        kvx_room_fail(r, KVX_ERR_PROTOCOL, "prefill %s: %s", peer->addr, why);
+        kvx_room_fail(r, KVX_ERR_PROTOCOL, "%s: %s", who, why);
         return 1;
     }
     pthread_mutex_lock(&re->mu);
@@ -3573,8 +3589,8 @@ static int kvx__rdma_on_status(kvx_boot *b, kvx_room *r, const kvx_boot_peer *pe
         if (p->peer == h.instance && KVX__LOAD(&p->state) == KVX__RP_READY) nqp = p->nqp;
     pthread_mutex_unlock(&re->mu);
     if (!nqp) {
-        kvx_room_fail(r, KVX_ERR_PEER_LOST, "prefill %s reported Success but this engine has no "
-                      "working RDMA connection with it", peer->addr);
+        kvx_room_fail(r, KVX_ERR_PEER_LOST, "%s reported Success but this engine has no "
+                      "working RDMA connection with it", who);
         return 1;
     }
     pthread_mutex_lock(&re->rx_mu);
@@ -3589,7 +3605,6 @@ static int kvx__rdma_on_status(kvx_boot *b, kvx_room *r, const kvx_boot_peer *pe
         s->bytes = bytes;
         s->nqp = (uint32_t)nqp;
     }
-    snprintf(who, sizeof who, "prefill %s", peer->addr);
     v = s ? kvx__rdma_rx_check(rr, why, sizeof why, who, &total) : -1;
     if (!s) snprintf(why, sizeof why, "more prefill engines wrote room %llu than this receiver "
                      "can track", (unsigned long long)rr->x.id);
@@ -3695,9 +3710,12 @@ static void kvx__rdma_on_disconnect(kvx_boot *b, const kvx_boot_peer *peer, cons
         kvx_engine_free(re->e, x);
     }
     pthread_mutex_unlock(&re->mu);
-    snprintf(why, sizeof why, "lost the control connection with %s %s: %s",
-             re->role == KVX_ROLE_PREFILL ? "decode" : "prefill", peer->addr,
-             reason ? reason : "closed");
+    {
+        char who[160];
+        kvx__rdma_who(who, sizeof who, re->role != KVX_ROLE_PREFILL, peer->addr, peer);
+        snprintf(why, sizeof why, "lost the control connection with %s: %s", who,
+                 reason ? reason : "closed");
+    }
     kvx__rdma_kill_all(re, gone, KVX_ERR_PEER_LOST, 1, "%s", why);
 }
 

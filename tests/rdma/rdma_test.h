@@ -145,12 +145,17 @@ static RT_UNUSED kvx_engine *rt_engine_rank(kvx_role role, const kvx_layout *l, 
     d.bootstrap_addr = addr;
     d.poll_interval_us = 1000;
     if (opts) { /* rt_opts: this peer's place in its instance */
-        const int *o = (const int *)opts; /* tp size, tp rank, pp size, pp rank, port */
+        /* tp size, tp rank, pp size, pp rank, port, dp size, dp rank */
+        const int *o = (const int *)opts;
         d.boot.tp_size = o[0];
         d.boot.tp_rank = o[1];
         d.boot.pp_size = o[2];
         d.boot.pp_rank = o[3];
-        if (role == KVX_ROLE_PREFILL && (o[1] || o[3])) d.boot.port = o[4];
+        if (role == KVX_ROLE_PREFILL) {
+            d.boot.dp_size = o[5];
+            d.boot.dp_rank = o[6];
+        }
+        if (role == KVX_ROLE_PREFILL && (o[1] || o[3] || o[6])) d.boot.port = o[4];
     }
     kvx_rdma_register();
     if (kvx_engine_create(&d, &e, why, wl) != KVX_OK) return NULL;
@@ -205,6 +210,7 @@ typedef struct rt_opts {
     /* parallel layouts: the model (0 tiny, 1 gqa8, 2 mla), each instance's
        TP and PP sizes, and this peer's ranks in its own instance */
     int model, ptp, ppp, dtp, dpp, tpr, ppr;
+    int pdp, dpr; /* prefill DP size and this prefill peer's dp rank (rooms room % pdp == dpr) */
     double timeout, first_wait;
     int port; /* decode: the prefill's bootstrap port */
 } rt_opts;
@@ -219,7 +225,7 @@ static RT_UNUSED void rt_opts_default(rt_opts *o) {
     o->aux = 1;
     o->timeout = 40;
     o->pool_pages = 0;
-    o->ptp = o->ppp = o->dtp = o->dpp = 1;
+    o->ptp = o->ppp = o->dtp = o->dpp = o->pdp = 1;
 }
 
 static RT_UNUSED void rt_opts_parse(rt_opts *o, int argc, char **argv) {
@@ -247,6 +253,8 @@ static RT_UNUSED void rt_opts_parse(rt_opts *o, int argc, char **argv) {
         else if (!strncmp(argv[i], "dpp=", 4)) o->dpp = (int)v;
         else if (!strncmp(argv[i], "tpr=", 4)) o->tpr = (int)v;
         else if (!strncmp(argv[i], "ppr=", 4)) o->ppr = (int)v;
+        else if (!strncmp(argv[i], "pdp=", 4)) o->pdp = (int)v;
+        else if (!strncmp(argv[i], "dpr=", 4)) o->dpr = (int)v;
     }
 }
 
@@ -315,7 +323,7 @@ static RT_UNUSED int rt_peer_prefill(const rt_opts *o) {
     int i, left = o->rooms;
     double end;
     ex_requests(req, (uint32_t)o->rooms, o->seed, (uint32_t)o->min_tok, (uint32_t)o->max_tok, 16);
-    int rank[5] = {o->ptp, o->tpr, o->ppp, o->ppr, o->port};
+    int rank[7] = {o->ptp, o->tpr, o->ppp, o->ppr, o->port, o->pdp, o->dpr};
     if (rt_pool(&pool, o, req, o->seed * 3 + 1, 0)) return 2;
     e = rt_engine_rank(KVX_ROLE_PREFILL, &pool.layout, NULL, rank, why, sizeof why);
     if (!e) { printf("ERROR %s\n", why); fflush(stdout); return 2; }
@@ -339,14 +347,20 @@ static RT_UNUSED int rt_peer_prefill(const rt_opts *o) {
         if (rm[i].slot >= 0) ex_aux_write(&pool, rm[i].id, rm[i].slot);
         memset(&rd, 0, sizeof rd);
         rd.room = rm[i].id;
+        if (o->pdp > 1 && rm[i].id % (uint64_t)o->pdp != (uint64_t)o->dpr) {
+            rm[i].reported = 1; /* another prefill dp rank's room (room % dp_size) */
+            left--;
+            continue;
+        }
         if (kvx_sender_create(e, &rd, &rm[i].s) != KVX_OK) { printf("ERROR sender\n"); return 2; }
     }
     end = rt_now() + o->timeout;
     while (left && rt_now() < end) {
         for (i = 0; i < o->rooms; i++) {
             rt_room *x = &rm[i];
-            kvx_poll st = kvx_sender_poll(x->s);
+            kvx_poll st;
             if (x->reported) continue;
+            st = kvx_sender_poll(x->s);
             if (st == KVX_POLL_SUCCESS || st == KVX_POLL_FAILED) {
                 rt_emit(x, st, kvx_sender_result(x->s), kvx_sender_error(x->s), 0, 1);
                 x->reported = 1;
@@ -393,7 +407,7 @@ static RT_UNUSED int rt_peer_decode(const rt_opts *o) {
     int i, left = o->rooms;
     double end;
     ex_requests(req, (uint32_t)o->rooms, o->seed, (uint32_t)o->min_tok, (uint32_t)o->max_tok, 16);
-    int rank[5] = {o->dtp, o->tpr, o->dpp, o->ppr, o->port};
+    int rank[7] = {o->dtp, o->tpr, o->dpp, o->ppr, o->port, 1, 0};
     if (rt_pool(&pool, o, req, o->seed * 7 + 5, 1)) return 2;
     snprintf(addr, sizeof addr, "127.0.0.1:%d", o->port);
     e = rt_engine_rank(KVX_ROLE_DECODE, &pool.layout, addr, rank, why, sizeof why);
@@ -629,6 +643,7 @@ static RT_UNUSED unsigned long long rt_stat(const char *stats, const char *key) 
 typedef struct rt_topo {
     const char *softverbs, *svdir;
     int model, ptp, ppp, dtp, dpp;
+    int pdp;                       /* prefill DP size (0 = 1): ptp * ppp ranks per dp rank */
     const char *opts[12];          /* every peer */
     const char *prefill_env[4];
     int kill_prefill;              /* prefill process index to SIGKILL, -1 none */
@@ -656,8 +671,8 @@ static RT_UNUSED void rt_topo_init(rt_topo *t, const char *softverbs, const char
 }
 
 static RT_UNUSED int rt_topo_spawn(const rt_topo *t, rt_proc *p, int decode, int tpr, int ppr,
-                                   int port) {
-    char self[4096], lib[4200], dir[4200], a[8][48];
+                                   int dpr, int port) {
+    char self[4096], lib[4200], dir[4200], a[10][48];
     char *argv[32], *env[8];
     int n = 0, i, ne = 0;
     rt_self(self, sizeof self);
@@ -674,7 +689,9 @@ static RT_UNUSED int rt_topo_spawn(const rt_topo *t, rt_proc *p, int decode, int
     snprintf(a[5], sizeof a[5], "tpr=%d", tpr);
     snprintf(a[6], sizeof a[6], "ppr=%d", ppr);
     snprintf(a[7], sizeof a[7], "port=%d", port);
-    for (i = 0; i < 8; i++) argv[n++] = a[i];
+    snprintf(a[8], sizeof a[8], "pdp=%d", t->pdp > 1 ? t->pdp : 1);
+    snprintf(a[9], sizeof a[9], "dpr=%d", dpr);
+    for (i = 0; i < 10; i++) argv[n++] = a[i];
     for (i = 0; t->opts[i]; i++) argv[n++] = (char *)t->opts[i];
     argv[n] = NULL;
     env[ne++] = lib;
@@ -715,17 +732,19 @@ static RT_UNUSED void rt_topo_line(rt_topo_result *r, const char *line, int deco
     }
 }
 
-/* Runs ptp * ppp prefill ranks and dtp * dpp decode ranks, one process each. */
+/* Runs ptp * ppp * pdp prefill ranks and dtp * dpp decode ranks, one process each. */
 static RT_UNUSED int rt_topo_run(const rt_topo *t, rt_topo_result *r) {
     rt_proc pr[RT_MAX_RANKS], dr[RT_MAX_RANKS];
-    int np = t->ptp * t->ppp, nd = t->dtp * t->dpp, i, port = 0, left, killed = 0;
+    int np = t->ptp * t->ppp * (t->pdp > 1 ? t->pdp : 1), nd = t->dtp * t->dpp, i, port = 0, left, killed = 0;
     int pdone[RT_MAX_RANKS] = {0}, ddone[RT_MAX_RANKS] = {0};
     char line[4096];
     double start = rt_now(), end = start + t->limit;
     memset(r, 0, sizeof *r);
     if (np > RT_MAX_RANKS || nd > RT_MAX_RANKS) return -1;
     for (i = 0; i < np; i++) {
-        if (rt_topo_spawn(t, &pr[i], 0, i % t->ptp, i / t->ptp, port)) return -1;
+        if (rt_topo_spawn(t, &pr[i], 0, i % t->ptp, (i / t->ptp) % t->ppp, i / (t->ptp * t->ppp),
+                          port))
+            return -1;
         int pport = 0;
         if (!rt_readline(&pr[i], line, sizeof line, 30) || sscanf(line, "PORT %d", &pport) != 1) {
             printf("   prefill rank %d did not start: %s\n", i, line);
@@ -734,7 +753,7 @@ static RT_UNUSED int rt_topo_run(const rt_topo *t, rt_topo_result *r) {
         if (!i) port = pport;
     }
     for (i = 0; i < nd; i++)
-        if (rt_topo_spawn(t, &dr[i], 1, i % t->dtp, i / t->dtp, port)) return -1;
+        if (rt_topo_spawn(t, &dr[i], 1, i % t->dtp, i / t->dtp, 0, port)) return -1;
     left = np + nd;
     while (left && rt_now() < end) {
         int got = 0;

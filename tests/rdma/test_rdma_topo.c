@@ -2,12 +2,13 @@
    one process per rank on softverbs: prefill TP 2 -> decode TP 4 and TP 1
    -> TP 8 (each decode rank's head slice out of the prefill's rows:
    multi-SGE WRITEs, chained where the rows exceed max_sge), TP 4 -> 2
-   (refused with a sentence: a strided destination), MLA 4 -> 2 and 2 -> 4
+   (the decode rank's staging area, scattered there), MLA 4 -> 2 and 2 -> 4
    (dummies move nothing; each decode rank receives each byte once), PP
-   2 -> 1, and one of two contributing prefill ranks killed
-   mid-transfer (the decode rooms fail naming it). Every decode rank
-   verifies every head of every token it holds (ex_pages_pattern) and its
-   aux rows. */
+   2 -> 1, PP 2 -> 2 and TP 4 -> 2 with PP 2 -> 2 (pp rank to pp rank:
+   each decode room waits for its own pp rank's contributors only), DP 2
+   (two prefill dp ranks, a room on rank room % 2), and one of two contributing prefill ranks killed mid-transfer (the decode
+   rooms fail naming it). Every decode rank verifies every head of every
+   token it holds (ex_pages_pattern) and its aux rows. */
 #define KVX_IMPLEMENTATION
 #define KVX_WITH_RDMA
 #include "rdma_test.h"
@@ -23,16 +24,16 @@ static unsigned long long page_bytes(int model, int tp, int pp) {
 }
 
 /* Runs one topology; every room must succeed on every rank. */
-static void ok_case(const char *what, int model, int ptp, int ppp, int dtp, int dpp, int rooms,
-                    const char *sge, unsigned long long *wrs_out) {
+static void ok_case_dp(const char *what, int model, int ptp, int ppp, int pdp, int dtp, int dpp,
+                       int rooms, const char *sge, unsigned long long *wrs_out) {
     rt_topo t;
     rt_topo_result r;
     char ra[32];
-    int np = ptp * ppp, nd = dtp * dpp, rc;
+    int np = ptp * ppp * pdp, nd = dtp * dpp, rc;
     unsigned long long want_bytes;
     rt_topo_init(&t, lib, svdir);
     t.model = model;
-    t.ptp = ptp; t.ppp = ppp; t.dtp = dtp; t.dpp = dpp;
+    t.ptp = ptp; t.ppp = ppp; t.dtp = dtp; t.dpp = dpp; t.pdp = pdp;
     snprintf(ra, sizeof ra, "rooms=%d", rooms);
     t.opts[0] = ra; t.opts[1] = "chunk=7"; t.opts[2] = "max_tok=700"; t.opts[3] = "seed=21";
     t.opts[4] = "timeout=60";
@@ -44,8 +45,9 @@ static void ok_case(const char *what, int model, int ptp, int ppp, int dtp, int 
           "%s: %d of %d decode rooms succeeded %s", what, r.dec_success, rooms * nd, r.first_error);
     CHECK(r.dec_corrupt == 0, "%s: every head of every token and the aux rows verified (%d rooms "
           "corrupt)", what, r.dec_corrupt);
-    CHECK(r.pre_success == rooms * np, "%s: %d of %d prefill rooms succeeded %s", what,
-          r.pre_success, rooms * np, r.prefill_error);
+    /* each room on each rank of its dp rank (room % dp_size) */
+    CHECK(r.pre_success == rooms * ptp * ppp, "%s: %d of %d prefill rooms succeeded %s", what,
+          r.pre_success, rooms * ptp * ppp, r.prefill_error);
     /* each decode rank receives each of its page bytes once: the bytes all
        prefill ranks posted, less aux rows, are the decode pools' share */
     {
@@ -63,6 +65,11 @@ static void ok_case(const char *what, int model, int ptp, int ppp, int dtp, int 
     printf("   %s: %llu work requests, %llu immediates (%llu zero-length)\n", what, r.wrs, r.imm,
            r.zero);
     if (wrs_out) *wrs_out = r.wrs;
+}
+
+static void ok_case(const char *what, int model, int ptp, int ppp, int dtp, int dpp, int rooms,
+                    const char *sge, unsigned long long *wrs_out) {
+    ok_case_dp(what, model, ptp, ppp, 1, dtp, dpp, rooms, sge, wrs_out);
 }
 
 /* PP 2 -> 1: prefill pp rank 1 is killed while its rooms are in flight;
@@ -83,16 +90,16 @@ static void kill_case(int rooms) {
     rt_topo_run(&t, &r);
     CHECK(r.dec_rooms == rooms && r.dec_failed == rooms, "PP 2 -> 1, pp rank 1 killed: %d of %d "
           "decode rooms failed (%d succeeded)", r.dec_failed, rooms, r.dec_success);
-    snprintf(want, sizeof want, "pp rank 1");
-    CHECK(strstr(r.first_error, "prefill") && strstr(r.first_error, "127.0.0.1:"),
-          "the decode's sentence names the prefill rank that died: %s", r.first_error);
+    snprintf(want, sizeof want, "pp rank 1 of 2");
+    CHECK(strstr(r.first_error, "prefill") && strstr(r.first_error, "127.0.0.1:") &&
+          strstr(r.first_error, want), "the decode's sentence names the prefill rank that died "
+          "(address, tp and pp rank): %s", r.first_error);
     /* the decode's abort, or kvx_boot closing every control connection
        of that prefill instance, whichever comes first: well before the
        peers' own 30 s deadline */
     CHECK(r.pre_failed == rooms && r.pre_success == 0 && r.elapsed < 20,
           "the other contributor (pp rank 0) failed and freed its %d rooms (%d failed, %d "
           "succeeded, %.1f s): %s", rooms, r.pre_failed, r.pre_success, r.elapsed, r.prefill_error);
-    (void)want;
 }
 
 int main(int argc, char **argv) {
@@ -121,8 +128,13 @@ int main(int argc, char **argv) {
           "(goal <= 2x)", w_42, w_eq ? (double)w_42 / (double)w_eq : 0.0, w_eq);
     ok_case("TP 4 -> 1 (GQA 8 heads)", 1, 4, 1, 1, 1, rooms, NULL, NULL);
     ok_case("PP 2 -> 1", 1, 1, 2, 1, 1, rooms, NULL, NULL);
-    /* PP 2 -> 2 is not here: kvx_boot targets every prefill pp rank and
-       refuses the one that shares no layer with the decode rank */
+    /* rank to rank: decode pp rank r waits for prefill pp rank r only */
+    ok_case("PP 2 -> 2", 1, 1, 2, 1, 2, rooms, NULL, NULL);
+    ok_case("TP 4 -> 2, PP 2 -> 2", 1, 4, 2, 2, 2, rooms, NULL, NULL);
+    /* two prefill DP ranks, each with its own pool and registration; a
+       room goes to dp rank room % 2 (follow_bootstrap_room) */
+    ok_case_dp("DP 2, TP 2 -> 2", 1, 2, 1, 2, 2, 1, rooms, NULL, NULL);
+    ok_case_dp("DP 2, TP 2 -> 4", 1, 2, 1, 2, 4, 1, rooms, NULL, NULL);
     kill_case(rooms);
     return rt_finish();
 }
