@@ -304,17 +304,14 @@
      pp: decode pp_size == prefill pp_size: the prefill ranks with the
      decode's own pp_rank; decode pp_size 1: every prefill pp rank; anything
      else: the room fails ("decode PP must equal prefill PP or be 1").
-     cp: the decode's cp_size must be 1 (else the room fails); every prefill
-     cp rank is targeted, and each sends the room's pages it holds. This
-     differs from SGLang's default (conn.py: only prefill CP rank 0 is
-     targeted; the other CP ranks are dummy senders, Success without
-     bytes, unless SGLANG_DISAGGREGATION_ALL_CP_RANKS_TRANSFER or
-     enable_dsa_cache_layer_split, which split the pages among CP ranks).
-     kvx has no dummy CP sender in its transports yet, so targeting rank 0
-     alone would leave the other CP ranks' senders waiting until
-     KVX_BOOTSTRAP_TIMEOUT; with prefill cp_size > 1 every CP rank must
-     therefore hold the room's full pages (each decode byte then arrives
-     cp_size times, the same bytes).
+     cp: the decode's cp_size must be 1, and so, for now, the prefill's
+     attn_cp_size (else the room fails with a sentence). SGLang's default
+     (conn.py) targets only prefill CP rank 0 and makes the other CP ranks
+     dummy senders (Success without bytes) unless
+     SGLANG_DISAGGREGATION_ALL_CP_RANKS_TRANSFER or
+     enable_dsa_cache_layer_split split the pages among CP ranks; kvx's
+     transports have no CP dummy yet, so a prefill with CP ranks would send
+     each byte attn_cp_size times.
      A receiver succeeds when every prefill rank it targets (its
      contributors) has reported status Success. A contributor that reports
      Failed or aborts fails the receiver with a sentence naming it ("failed
@@ -4249,6 +4246,12 @@ static kvx_result kvx__boot_resolve(kvx_boot *b, kvx__boot_pf *p, kvx__boot_res 
         return kvx__why(KVX_ERR_LAYOUT_MISMATCH, why, wl, "this decode engine has cp_size %d: decode "
                         "context parallelism must be 1 (SGLang's rule; prefill at %s:%d)",
                         b->cp_size, p->host, p->port);
+    if (rs->cp != 1)
+        return kvx__why(KVX_ERR_LAYOUT_MISMATCH, why, wl, "prefill at %s:%d has attn_cp_size %d: "
+                        "prefill context parallelism is not supported yet (SGLang moves CP rank "
+                        "0's pages and makes the other CP ranks dummies; kvx's transports have "
+                        "no CP dummy, so each byte would come attn_cp_size times)", p->host,
+                        p->port, rs->cp);
     if (b->pp_size == rs->pp) {
         pp_first = b->pp_rank; pp_count = 1;  /* pp rank to pp rank */
     } else if (b->pp_size == 1) {

@@ -207,6 +207,44 @@ static void refused(int ppp, int dpp, int dcp, const char *n1, const char *n2) {
     topo_close(&t);
 }
 
+/* A prefill with two CP ranks: the decode refuses it with a sentence
+   (prefill context parallelism is not supported yet). */
+static void prefill_cp_refused(void) {
+    ex_pool pool[3];
+    kvx_engine *e[3] = {NULL, NULL, NULL};
+    kvx_receiver *r = NULL;
+    char why[KVX_ERROR_MAX], addr[64];
+    int i, port = 0;
+    for (i = 0; i < 3; i++) {
+        bt_engine_opts o;
+        memset(&o, 0, sizeof o);
+        if (ex_pool_init_rank(&pool[i], &mha, 16, 16, 4, 1, &ex_rank_all)) return;
+        o.layout = &pool[i].layout;
+        if (i < 2) { o.cp_size = 2; o.cp_rank = i; o.port = port; }
+        else o.addr = addr;
+        e[i] = bt_engine(i < 2 ? KVX_ROLE_PREFILL : KVX_ROLE_DECODE, NULL, &o, why, sizeof why);
+        CHECK(e[i] != NULL, "prefill cp 2: engine %d starts: %s", i, e[i] ? "" : why);
+        if (!e[i]) break;
+        if (!i) {
+            port = kvx_boot_engine_port(e[0]);
+            snprintf(addr, sizeof addr, "127.0.0.1:%d", port);
+        }
+    }
+    if (e[2]) {
+        r = mk_recv(e[2], 6);
+        bt_wait_receivers(&r, 1, bt_is_terminal, 60);
+        CHECK(kvx_receiver_poll(r) == KVX_POLL_FAILED &&
+                  strstr(kvx_receiver_error(r), "has attn_cp_size 2: prefill context parallelism is "
+                                                "not supported yet"),
+              "prefill cp 2 refused: %s", kvx_receiver_error(r));
+        kvx_receiver_destroy(r);
+    }
+    for (i = 2; i >= 0; i--) {
+        kvx_engine_destroy(e[i]);
+        ex_pool_free(&pool[i]);
+    }
+}
+
 /* Prefill TP 2 -> decode TP 1 (or PP 2 -> 1): contributor `bad` aborts its
    sender after the room frames arrived. */
 static void fault(int ptp, int ppp, int bad) {
@@ -247,6 +285,7 @@ int main(void) {
     pp_rank_to_rank();
     refused(2, 3, 1, "pp_size 2", "decode PP must equal prefill PP or be 1");
     refused(1, 1, 2, "cp_size 2", "context parallelism must be 1");
+    prefill_cp_refused();
     fault(2, 1, 1);
     fault(1, 2, 0);
     return bt_finish();
