@@ -3357,7 +3357,8 @@ static int kvx__cux_from(kvx__cux_room *cr, uint64_t conn, int add) {
     if (!add || !conn || cr->nfrom == KVX_CUDA_MAX_CONTRIB) return -1;
     cr->from[cr->nfrom] = conn;
     cr->fin[cr->nfrom] = 0;
-    return (int)cr->nfrom++;
+    KVX__STORE(&cr->nfrom, cr->nfrom + 1); /* tests read it without the lock */
+    return (int)cr->nfrom - 1;
 }
 
 /* Under ce->mu: a contributor said it stopped writing; fenced once every
