@@ -119,6 +119,31 @@ static void topo_send(topo *t, int i) {
     kvx_sender_send(t->s[i], g_pages, 3);
 }
 
+/* A room every rank sends in full, after room 4242's statuses: each control
+   connection delivers in order, so once a decode rank's barrier room is
+   Success, every status its contributors sent for 4242 has been handled
+   (a wrong early Success of 4242 would show by then). */
+static void barrier(topo *t, uint64_t room) {
+    kvx_sender *s[MAXR];
+    kvx_receiver *r[MAXR];
+    int i, ok;
+    for (i = 0; i < t->np; i++) s[i] = mk_send(t->pe[i], room);
+    for (i = 0; i < t->nd; i++) r[i] = mk_recv(t->de[i], room);
+    ok = bt_wait_receivers(r, t->nd, bt_is_ready, 60);
+    for (i = 0; i < t->nd; i++) kvx_receiver_init(r[i], g_pages, 3, -1);
+    ok = ok && bt_wait_senders(s, t->np, bt_is_ready, 60);
+    for (i = 0; i < t->np; i++) {
+        kvx_sender_init(s[i], 3, -1);
+        kvx_sender_send(s[i], g_pages, 3);
+    }
+    ok = ok && bt_wait_receivers(r, t->nd, bt_is_terminal, 60);
+    for (i = 0; i < t->nd && ok; i++) ok = kvx_receiver_poll(r[i]) == KVX_POLL_SUCCESS;
+    CHECK(ok, "%s: barrier room %llu Success on every decode rank", t->what,
+          (unsigned long long)room);
+    for (i = 0; i < t->nd; i++) kvx_receiver_destroy(r[i]);
+    for (i = 0; i < t->np; i++) kvx_sender_destroy(s[i]);
+}
+
 /* Success only after every contributor: every prefill rank but the last
    contributor X of decode rank 0 sends; the decode ranks that do not need X
    succeed (observed), the others are still transferring; then X sends. */
@@ -144,7 +169,7 @@ static void run_topo(int ptp, int ppp, int dtp, int dpp) {
                       "%s: decode rank %d (not fed by prefill %d) Success (%s)", t.what, j, x,
                       kvx_receiver_error(t.r[j]));
             }
-        bt_sleep(0.05); /* a grace for a wrong early Success to show */
+        barrier(&t, 4243); /* the other contributors' statuses of 4242 were processed */
         for (j = 0; j < t.nd; j++)
             if (contrib(&t, x, j) && kvx_receiver_poll(t.r[j]) == KVX_POLL_TRANSFERRING) waiting++;
         for (j = 0, ok = 0; j < t.nd; j++) ok += contrib(&t, x, j);
