@@ -301,10 +301,8 @@
 
    LIMITS
      Every topology of kvx.h's PARALLEL LAYOUTS that kvx_boot pairs
-     (heterogeneous TP both ways, MLA with dummies, PP -> 1) with host pools.
-     PP rank to rank (decode PP == prefill PP > 1) is ready here, but
-     kvx_boot (this version) pairs a decode pp rank with every prefill pp
-     rank and refuses those that share no layer, so such rooms fail there. Head slices (different head ranges on the two
+     (heterogeneous TP both ways, MLA with dummies, PP -> 1 and PP rank to
+     rank) with host pools. Head slices (different head ranges on the two
      sides) with GPU pools are refused with a sentence on either side
      (strided device copies are not written yet); same-shape GPU pools work
      as before. A decode room remembers at most 64 contributing prefill
