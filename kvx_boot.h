@@ -373,7 +373,9 @@
      room for a dropped instance, or for one with a lost rank and no
      unfinished room, resolves it again, so a restarted prefill is picked
      up without restarting decode. Prefill: a dropped decode connection fails that
-     decode's unfinished senders; room frames kept for senders never
+     decode's unfinished senders, and a sender created after its decode's
+     connection dropped (the room frame came first and went with it) fails
+     at once with a sentence saying so; room frames kept for senders never
      created answer Failed after KVX_BOOTSTRAP_TIMEOUT. Every local failure
      (kvx_*_abort, a refused argument, the core's timeouts, destroying an
      unfinished room) reaches the peer at once, once, with the first reason
@@ -1444,6 +1446,8 @@ typedef struct kvx__boot_br {
     int told;      /* the peers were told this room failed (once): 1 all, 2 all but told_skip */
     const void *told_skip; /* told 2: the peer that reported the failure (compared, never used) */
     kvx__boot_pframe *frames, *frames_tail;
+    char *gone_why; /* a decode that sent a frame for it closed its control
+                       connection before the sender existed (pending entry) */
 } kvx__boot_br;
 
 typedef struct kvx__boot_rank {
@@ -2120,6 +2124,7 @@ static void kvx__boot_br_unref(kvx__boot_br *br) {
     uint32_t i;
     if (!br || KVX__SUB(&br->refs, 1) != 0) return;
     kvx__boot_pframe_free(br->frames);
+    kvx_engine_free(e, br->gone_why);
     for (i = 0; i < br->nconns; i++) kvx__boot_conn_unref(br->conns[i]);
     if (br->lost) kvx__boot_conn_unref(br->lost);
     if (br->conns != br->inl) kvx_engine_free(e, br->conns); /* and the tags */
@@ -3517,13 +3522,15 @@ static void kvx__boot_fail_all(kvx__boot_vec *v, kvx_result res, const char *fmt
    with no sender yet that have nothing left to wait for: with c (a lost
    connection; its kept frames go from every room), those whose every
    frame came from c; without, those kept longer than limit_ns. */
-static kvx__boot_br *kvx__boot_unpend_locked(kvx_boot *b, kvx__boot_conn *c, uint64_t limit_ns) {
+static kvx__boot_br *kvx__boot_unpend_locked(kvx_boot *b, kvx__boot_conn *c, uint64_t limit_ns,
+                                             const char *reason) {
     uint64_t now = kvx_now_ns();
     kvx__boot_br *out = NULL, *br, *nx;
     kvx__boot_pframe **fp, *f;
     size_t i;
     for (i = 0; b->npending && i < b->rooms.nb; i++)
         for (br = kvx__boot_at(b->rooms.b[i]); br; br = nx) {
+            int dropped = 0;
             nx = kvx__boot_at(br->hn.hnext);
             if (br->room || (!c && now - br->created_ns <= limit_ns)) continue;
             if (c) br->frames_tail = NULL;
@@ -3537,8 +3544,22 @@ static kvx__boot_br *kvx__boot_unpend_locked(kvx_boot *b, kvx__boot_conn *c, uin
                 f->next = NULL;
                 b->pending_pages -= f->n;
                 kvx__boot_pframe_free(f);
+                dropped = 1;
             }
-            if (c && br->frames) continue;
+            /* the sender, when it comes, fails at once with this instead of
+               waiting out KVX_BOOTSTRAP_TIMEOUT for a destination that is
+               gone; the entry expires like any pending one (kvx__boot_sweep) */
+            if (dropped && !br->gone_why) {
+                char msg[KVX_ERROR_MAX];
+                size_t ml = (size_t)snprintf(msg, sizeof msg,
+                                             "decode %s closed its control connection (%s) before "
+                                             "this sender was created, and the room's destination "
+                                             "went with it", c->addr, reason ? reason : "closed");
+                if (ml >= sizeof msg) ml = sizeof msg - 1;
+                if ((br->gone_why = (char *)kvx_engine_alloc(b->engine, ml + 1)) != NULL)
+                    memcpy(br->gone_why, msg, ml + 1);
+            }
+            if (c && (br->frames || br->gone_why)) continue;
             kvx__htab_remove(&b->rooms, &br->hn);
             b->npending--;
             for (f = br->frames; f; f = f->next) b->pending_pages -= f->n;
@@ -3557,7 +3578,7 @@ static void kvx__boot_conn_lost(kvx_boot *b, kvx__boot_conn *c, const char *reas
         kvx__boot_br *dead, *br, *nx;
         if (!c->hello_done) return;
         pthread_mutex_lock(&b->mu);
-        dead = kvx__boot_unpend_locked(b, c, 0);
+        dead = kvx__boot_unpend_locked(b, c, 0, reason);
         for (i = 0; i < b->rooms.nb; i++)
             for (br = kvx__boot_at(b->rooms.b[i]); br; br = kvx__boot_at(br->hn.hnext)) {
                 uint32_t k;
@@ -3815,7 +3836,7 @@ static void kvx__boot_sweep(kvx_boot *b) {
     uint64_t limit = (uint64_t)(kvx_engine_settings(b->engine)->bootstrap_timeout_s * 1e9);
     kvx__boot_br *expired, *nx;
     pthread_mutex_lock(&b->mu);
-    expired = kvx__boot_unpend_locked(b, NULL, limit);
+    expired = kvx__boot_unpend_locked(b, NULL, limit, NULL);
     pthread_mutex_unlock(&b->mu);
     for (; expired; expired = nx) {
         kvx__boot_pframe *f;
@@ -4867,6 +4888,7 @@ static kvx_result kvx__boot_open_decode(kvx_boot *b, kvx_room *r, kvx__boot_br *
 KVX_API kvx_result kvx_boot_room_open(kvx_boot *b, kvx_room *r) {
     kvx__boot_br *br, *fresh;
     kvx__boot_pframe *frames = NULL, *f;
+    char *gone = NULL;
     if (!b || !r) return KVX_ERR_INVALID_ARGUMENT;
     if (b->role == KVX_ROLE_PREFILL && b->dp_size > 1 && kvx__boot_dp_open(b, r)) return KVX_OK;
     fresh = kvx__boot_br_new(b, kvx_room_id(r));
@@ -4884,6 +4906,8 @@ KVX_API kvx_result kvx_boot_room_open(kvx_boot *b, kvx_room *r) {
         kvx_engine_free(b->engine, fresh);
         frames = br->frames;
         br->frames = br->frames_tail = NULL;
+        gone = br->gone_why;
+        br->gone_why = NULL;
         for (f = frames; f; f = f->next) b->pending_pages -= f->n;
         b->npending--;
         br->created_ns = kvx_now_ns();
@@ -4910,7 +4934,9 @@ KVX_API kvx_result kvx_boot_room_open(kvx_boot *b, kvx_room *r) {
                 if (b->hooks.on_abort) b->hooks.on_abort(b, r, &f->conn->info, f->reason);
             }
         }
+        if (gone) kvx_room_fail(r, KVX_ERR_PEER_LOST, "room %llu: %s", (unsigned long long)kvx_room_id(r), gone);
     }
+    kvx_engine_free(b->engine, gone);
     kvx__boot_pframe_free(frames);
     kvx__boot_br_unref(br);
     return KVX_OK;

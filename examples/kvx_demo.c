@@ -22,6 +22,7 @@
                    and a room counts once every decode rank of its DP group
                    verified it. --model deepseek-v3 is the MLA shape   */
 #define _GNU_SOURCE
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -67,10 +68,14 @@ static int demo_only(const char *k) {
 
 /* Starts one rank: the user's options, minus the demo's own, plus this
    rank's placement (extra: NULL-terminated list of option, value pairs). */
-/* Write end of the pipe every prefill rank reads as stdin with --linger:
-   closed once every decode rank is done, so no prefill rank leaves while
-   another rank's rooms still need its control connection. */
-static int linger_fd[2] = {-1, -1};
+/* Every rank runs with --linger (stdin: linger_fd's read end) and
+   --done-fd 3 (done_fd's write end). The demo reads done_fd until every
+   rank has closed its end (done, or exited), then closes linger_fd: no
+   rank leaves while another rank's rooms still need its engine (a decode
+   rank's room frame to an MLA dummy prefill rank, a prefill rank's
+   control listener). */
+static int linger_fd[2] = {-1, -1}, done_fd[2] = {-1, -1};
+#define DONE_FD 3
 
 static pid_t spawn(char *prog, int argc, char **argv, const char *times, const char *dir,
                    char **extra) {
@@ -92,11 +97,12 @@ static pid_t spawn(char *prog, int argc, char **argv, const char *times, const c
     pid = fork();
     if (pid == 0) {
         if (linger_fd[0] >= 0) {
-            int lingering = 0;
+            int lingering = 0, fds[4], j;
             for (i = 0; av[i]; i++) lingering |= !strcmp(av[i], "--linger");
-            if (lingering) dup2(linger_fd[0], 0);
-            close(linger_fd[0]);
-            close(linger_fd[1]);
+            if (lingering && (dup2(linger_fd[0], 0) < 0 || dup2(done_fd[1], DONE_FD) < 0)) _exit(126);
+            fds[0] = linger_fd[0]; fds[1] = linger_fd[1]; fds[2] = done_fd[0]; fds[3] = done_fd[1];
+            for (j = 0; j < 4; j++)
+                if (fds[j] != DONE_FD || !lingering) close(fds[j]);
         }
         execv(prog, av);
         perror(prog);
@@ -124,7 +130,7 @@ static int spawn_side(pid_t *pids, char *prog, int argc, char **argv, const char
         for (q = 0; q < pp; q++)
             for (r = 0; r < tp; r++) {
                 char v[9][16], times[300];
-                char *extra[20];
+                char *extra[32];
                 int k = 0;
                 snprintf(v[0], 16, "%u", tp); snprintf(v[1], 16, "%u", r);
                 snprintf(v[2], 16, "%u", pp); snprintf(v[3], 16, "%u", q);
@@ -142,8 +148,9 @@ static int spawn_side(pid_t *pids, char *prog, int argc, char **argv, const char
                     extra[k++] = (char *)"--prefill-pp"; extra[k++] = v[7];
                 } else {
                     extra[k++] = (char *)"--decode-tp"; extra[k++] = v[8];
-                    extra[k++] = (char *)"--linger";
                 }
+                extra[k++] = (char *)"--linger";
+                extra[k++] = (char *)"--done-fd"; extra[k++] = (char *)"3";
                 if (n) { extra[k++] = (char *)"--quiet"; }
                 extra[k] = NULL;
                 snprintf(times, sizeof times, "%s.%u", base, n);
@@ -222,18 +229,28 @@ int main(int argc, char **argv) {
     fflush(stdout);
     dprog = sibling(argv[0], "kvx_decode");
     pprog = sibling(argv[0], "kvx_prefill");
-    if (pipe(linger_fd)) {
+    if (pipe(linger_fd) || pipe(done_fd)) {
         perror("pipe");
         return 1;
     }
     nd_ranks = spawn_side(pids[1], dprog, argc, argv, dtimes, user_dir ? NULL : dir, &t, 0);
     np_ranks = spawn_side(pids[0], pprog, argc, argv, ptimes, user_dir ? NULL : dir, &t, 1);
     close(linger_fd[0]);
+    close(done_fd[1]);
+    { /* end of file once every rank closed --done-fd or exited */
+        char c;
+        for (;;) {
+            ssize_t got = read(done_fd[0], &c, 1);
+            if (got > 0 || (got < 0 && errno == EINTR)) continue;
+            break;
+        }
+    }
+    close(done_fd[0]);
+    close(linger_fd[1]); /* every rank is done: they may leave */
     for (k = np_ranks; k < np_ranks + nd_ranks + np_ranks; k++) { /* decode first */
         int st;
         pid_t pid = k < np_ranks + nd_ranks ? pids[1][k - np_ranks] : pids[0][k - np_ranks - nd_ranks];
         int dec = k < np_ranks + nd_ranks, idx = dec ? k - np_ranks : k - np_ranks - nd_ranks;
-        if (k == np_ranks + nd_ranks) close(linger_fd[1]); /* every decode rank is done */
         waitpid(pid, &st, 0);
         if (!WIFEXITED(st) || WEXITSTATUS(st)) {
             fprintf(stderr, "kvx demo: %s rank process %d: status %d\n", dec ? "decode" : "prefill",

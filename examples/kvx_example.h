@@ -13,6 +13,7 @@
 #include <string.h>
 #include <math.h>
 #include <time.h>
+#include <unistd.h>
 
 #if defined(__GNUC__) || defined(__clang__)
 #define EX_UNUSED __attribute__((unused))
@@ -416,7 +417,8 @@ typedef struct ex_args {
     uint32_t requests, min_tokens, max_tokens, chunk_tokens, page_size, pool_pages, inflight;
     uint64_t seed;
     int quiet, gpu;
-    int linger;              /* --linger: a prefill keeps serving until stdin closes */
+    int linger;              /* --linger: keep serving until stdin closes */
+    int done_fd;             /* --done-fd N: closed when this rank's requests are done */
     ex_rank rank;            /* this process: --tp --tp-rank --pp --pp-rank */
     uint32_t dp, dp_rank;    /* --dp --dp-rank: this process serves rooms with room % dp == dp_rank */
     uint32_t prefill_tp, prefill_pp; /* decode: the prefill instance's sizes (0 = ours) */
@@ -430,15 +432,18 @@ static EX_UNUSED void ex_usage(const char *prog) {
             "          [--requests N] [--min-tokens N] [--max-tokens N] [--chunk-tokens N]\n"
             "          [--page-size N] [--pool-pages N] [--inflight N] [--seed N] [--times FILE]\n"
             "          [--quiet] [--tp N --tp-rank R] [--pp N --pp-rank R] [--dp N --dp-rank R]\n"
-            "          [--prefill-tp N --prefill-pp N] [--decode-tp N] [--linger]\n"
+            "          [--prefill-tp N --prefill-pp N] [--decode-tp N] [--linger] [--done-fd N]\n"
             "  --gpu   the KV pool on GPU 0 (implied by --transport cuda)\n"
             "  --tp/--pp/--dp place this process in its instance (sizes 1, ranks 0); the pool\n"
             "          holds that rank's heads and layers; --prefill-tp/--prefill-pp tell a\n"
             "          decode rank the prefill instance's sizes, --decode-tp a prefill rank\n"
             "          the decode instance's TP size (default: its own)\n"
-            "  --linger  prefill: after its requests, keep the engine (bootstrap server,\n"
-            "          control connections) up until stdin reaches end of file, as a\n"
-            "          serving engine would while other ranks still work\n",
+            "  --linger  after its requests, keep the engine (bootstrap server, control\n"
+            "          connections) up until stdin reaches end of file, as a serving engine\n"
+            "          would while other ranks still work (a decode rank's room frames to\n"
+            "          MLA dummy prefill ranks, for one, must reach them)\n"
+            "  --done-fd N  close file descriptor N once this rank's requests are done\n"
+            "          (how kvx_demo learns every rank is done before ending the lingering)\n",
             prog);
 }
 
@@ -449,7 +454,7 @@ static EX_UNUSED int ex_parse(ex_args *a, int argc, char **argv) {
     a->requests = 64; a->min_tokens = 16; a->max_tokens = 2048; a->chunk_tokens = 512;
     a->page_size = 16; a->pool_pages = 0; a->inflight = 4; a->seed = 1; a->quiet = 0; a->gpu = 0;
     a->rank = ex_rank_all; a->dp = 1; a->dp_rank = 0; a->prefill_tp = 0; a->prefill_pp = 0;
-    a->decode_tp = 0; a->linger = 0;
+    a->decode_tp = 0; a->linger = 0; a->done_fd = -1;
     for (i = 1; i < argc; i++) {
         const char *k = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         unsigned long long n = v ? strtoull(v, NULL, 10) : 0;
@@ -462,6 +467,7 @@ static EX_UNUSED int ex_parse(ex_args *a, int argc, char **argv) {
         else if (!strcmp(k, "--transport")) a->transport = v;
         else if (!strcmp(k, "--dir")) a->dir = v;
         else if (!strcmp(k, "--times")) a->times = v;
+        else if (!strcmp(k, "--done-fd")) a->done_fd = n <= 1023 && v[0] >= '0' && v[0] <= '9' ? (int)n : -2;
         else if (!strcmp(k, "--bootstrap")) a->bootstrap = v;
         else if (!strcmp(k, "--requests")) a->requests = (uint32_t)n;
         else if (!strcmp(k, "--min-tokens")) a->min_tokens = (uint32_t)n;
@@ -498,9 +504,22 @@ static EX_UNUSED int ex_parse(ex_args *a, int argc, char **argv) {
         fprintf(stderr, "bad ranks: need --tp/--pp/--dp >= 1 and each rank below its size\n");
         return -1;
     }
+    if (a->done_fd == -2) {
+        fprintf(stderr, "bad --done-fd: need a file descriptor number 0..1023\n");
+        return -1;
+    }
     if (!a->pool_pages) /* room for every request in flight, plus slack */
         a->pool_pages = (a->max_tokens / a->page_size + 1) * (a->inflight + 1);
     return 0;
+}
+
+/* After a rank's requests: tells a launcher it is done (closes --done-fd),
+   then with --linger keeps the engine up until stdin reaches end of file. */
+static EX_UNUSED void ex_linger(const ex_args *a) {
+    char buf[64];
+    if (a->done_fd >= 0) close(a->done_fd);
+    if (a->linger)
+        while (fread(buf, 1, sizeof buf, stdin) > 0) {}
 }
 
 /* Places an engine desc in the topology the command line gave: its rank

@@ -136,10 +136,7 @@ int main(int argc, char **argv) {
         }
     }
     if (times) fclose(times);
-    if (a.linger) { /* other ranks of this instance may still be serving */
-        char buf[64];
-        while (fread(buf, 1, sizeof buf, stdin) > 0) {}
-    }
+    ex_linger(&a); /* other ranks may still need this engine */
     kvx_engine_destroy(e);
     if (!a.quiet)
         printf("prefill: %u requests sent, %u failed\n", a.requests - failed, failed);

@@ -8,7 +8,8 @@
    - a hung prefill (SIGSTOP, connections stay open): the heartbeats find it
    - the prefill restarted on the same port: new rooms succeed with the same
      decode engine
-   - kill -9 of a decode process: its prefill rooms fail and are freed */
+   - kill -9 of a decode process: its prefill rooms fail and are freed, and
+     senders created after it died for rooms it had sent fail at once */
 #define KVX_IMPLEMENTATION
 #include "boot_test.h"
 
@@ -331,6 +332,55 @@ static void test_kill_decode(void) {
     CHECK(rooms_left == 0 && pending_left == 0 && KVX__LOAD(&b->nctrl) == 0,
           "kill -9 decode: rooms freed (%zu left, %zu pending, %d control connections)", rooms_left,
           pending_left, KVX__LOAD(&b->nctrl));
+    bt_reap(&p, 5);
+
+    /* the room frames arrive before their senders exist, then the decode
+       dies: each sender created afterwards fails at once saying so (not
+       after KVX_BOOTSTRAP_TIMEOUT, waiting for a destination that is gone) */
+    argv[3] = (char *)"6000000";
+    bt_spawn(&p, argv, NULL);
+    CHECK(bt_readline(&p, line, sizeof line, 30) && !strncmp(line, "INITED ", 7) && atoi(line + 7) == n,
+          "decode gone before the senders: decode process inited %s rooms", line + 7);
+    t0 = bt_now();
+    for (;;) { /* every frame reached the prefill */
+        pthread_mutex_lock(&b->mu);
+        pending_left = b->npending;
+        pthread_mutex_unlock(&b->mu);
+        if (pending_left >= (size_t)n || bt_now() - t0 > 20) break;
+        bt_sleep(0.005);
+    }
+    CHECK(pending_left == (size_t)n, "decode gone before the senders: %zu of %d room frames kept",
+          pending_left, n);
+    kill(p.pid, SIGKILL);
+    t0 = bt_now();
+    while (KVX__LOAD(&b->nctrl) != 0 && bt_now() - t0 < 20) bt_sleep(0.005);
+    failed = named = 0;
+    for (i = 0; i < n; i++) {
+        kvx_room_desc rd;
+        memset(&rd, 0, sizeof rd);
+        rd.room = 6000000 + (uint64_t)i;
+        s[i] = NULL;
+        kvx_sender_create(e, &rd, &s[i]);
+    }
+    t0 = bt_now();
+    bt_wait_senders(s, n, bt_is_terminal, 10);
+    took = bt_now() - t0;
+    for (i = 0; i < n; i++) {
+        failed += s[i] && kvx_sender_poll(s[i]) == KVX_POLL_FAILED &&
+                  kvx_sender_result(s[i]) == KVX_ERR_PEER_LOST;
+        named += s[i] && strstr(kvx_sender_error(s[i]), "closed its control connection") &&
+                 strstr(kvx_sender_error(s[i]), "before this sender was created");
+    }
+    CHECK(failed == n && named == n, /* not waiting out the 300 s KVX_BOOTSTRAP_TIMEOUT */
+          "decode gone before the senders: %d/%d senders failed at once (%.2f s), %d saying why: %s",
+          failed, n, took, named, s[0] ? kvx_sender_error(s[0]) : "no sender");
+    for (i = 0; i < n; i++) kvx_sender_destroy(s[i]);
+    pthread_mutex_lock(&b->mu);
+    rooms_left = b->rooms.n;
+    pending_left = b->npending;
+    pthread_mutex_unlock(&b->mu);
+    CHECK(rooms_left == 0 && pending_left == 0,
+          "decode gone before the senders: rooms freed (%zu left, %zu pending)", rooms_left, pending_left);
     free(s);
     bt_reap(&p, 5);
     kvx_engine_destroy(e);
