@@ -54,6 +54,7 @@
      KVX_ASSERT(c)           internal invariants only, never input (assert)
      KVX_MAX_BUFFERS         most KV buffers in a layout (default 1024)
      KVX_MAX_AUX             most aux buffers in a layout (default 16)
+     KVX_MAX_STATE           most state buffers in a layout (default 1024)
      KVX_MAX_PAGES           most pages in one request (default 1<<24)
      KVX_MAX_TIMEOUT_S       largest value of a timeout setting, seconds (1e6)
      KVX_MIN_AUTH_KEY, KVX_MAX_AUTH_KEY  bytes of a shared secret (16, 4096)
@@ -109,6 +110,26 @@
      prefill ranks move no bytes. A decode room is complete when the union
      of what its prefill ranks sent covers every page byte it holds.
 
+   HYBRID STATE
+     A hybrid model (Mamba layers, sliding-window attention, DSA indexer)
+     keeps state beside the KV pages: layout.state, num_state buffers whose
+     row i is the item_len bytes at base + i * item_len (host or GPU, like
+     the KV buffers), indexed by the request's state indices rather than its
+     pages: Mamba conv/SSM state has one row per request slot (one index),
+     sliding-window pages one row per window page (as SGLang's
+     send(kv_indices, state_indices) and KVArgs.state_*). The prefill gives
+     its indices with the last chunk (kvx_sender_send_state), the decode
+     with its pages (kvx_receiver_init_state); the i-th source index's rows
+     of every state buffer go to the i-th destination index's rows, before
+     Success, from the contributor that writes the aux rows. Both sides
+     must give the same number of indices (else the room fails saying both
+     counts). kvx_layout_overlap refuses, with a sentence, state between
+     ranks holding different layers (decode PP must equal prefill PP), and
+     non-MLA state between ranks holding different heads (SGLang refuses
+     sliding-window state with heterogeneous TP on non-MLA models; Mamba
+     state is split by heads across TP ranks). MLA state is the same on
+     every TP rank and moves like the latent.
+
    AUTHENTICATION
      With a shared secret (desc.auth_key or auth_key_file) the handshake
      transports prove it on every connection by challenge and response
@@ -147,6 +168,9 @@
 #endif
 #endif
 
+#ifndef KVX_MAX_STATE
+#define KVX_MAX_STATE 1024
+#endif
 #ifndef KVX_MAX_BUFFERS
 #define KVX_MAX_BUFFERS 1024
 #endif
@@ -265,7 +289,18 @@ typedef struct kvx_layout {
        0 for a rank that holds everything. */
     uint32_t head_begin;   /* first KV head of the model held here (heterogeneous TP) */
     uint32_t layer_begin;  /* first layer held here (pipeline parallelism) */
+    /* Hybrid models (HYBRID STATE): state buffers indexed by state indices;
+       NULL / 0 for a model without state. */
+    const kvx_buffer *state;
+    uint32_t num_state;
+    uint32_t state_type;   /* KVX_STATE_*: decides which combinations are refused */
 } kvx_layout;
+
+/* What the state buffers hold (kvx_layout.state_type). */
+#define KVX_STATE_NONE 0  /* no state buffers */
+#define KVX_STATE_MAMBA 1 /* Mamba conv/SSM state: one row per request slot */
+#define KVX_STATE_SWA 2   /* sliding-window attention pages */
+#define KVX_STATE_OTHER 3 /* any other indexed state (DSA/NSA indexer pages...) */
 
 /* Checks a layout for internal consistency: at least one buffer, nonzero
    item_len and page_size, lengths that are whole pages, no NULL base with a
@@ -273,7 +308,8 @@ typedef struct kvx_layout {
 KVX_API kvx_result kvx_layout_validate(const kvx_layout *l, char *why, size_t why_len);
 
 /* 64-bit fingerprint of what both sides of a transfer must agree on: page
-   size, dtype, heads, MLA flag, buffer count and every item_len (not the
+   size, dtype, heads, MLA flag, buffer count and every item_len (state
+   buffers too, when there are any; not the
    bases or pool lengths, which differ between instances). */
 KVX_API uint64_t kvx_layout_fingerprint(const kvx_layout *l);
 
@@ -289,6 +325,10 @@ KVX_API uint64_t kvx_layout_num_pages(const kvx_layout *l);
 KVX_API uint64_t kvx_layout_page_bytes(const kvx_layout *l);
 /* Rows (request slots) the aux buffers hold: smallest length / item_len. */
 KVX_API uint64_t kvx_layout_num_aux_slots(const kvx_layout *l);
+/* Rows the state buffers hold: smallest length / item_len (0 without state). */
+KVX_API uint64_t kvx_layout_num_state_rows(const kvx_layout *l);
+/* Bytes of one state index: item_len summed over the state buffers. */
+KVX_API uint64_t kvx_layout_state_row_bytes(const kvx_layout *l);
 /* Bytes of one request's aux rows: item_len summed over the aux buffers. */
 KVX_API uint64_t kvx_layout_aux_row_bytes(const kvx_layout *l);
 /* Copies slot `slot`'s aux rows (host memory) to a packed aux row of
@@ -299,10 +339,11 @@ KVX_API void kvx_layout_aux_copy(const kvx_layout *l, int64_t slot, void *packed
 
 /* >>plan ---------------------------------------------------------------- */
 
-/* Kinds of span: pages of layout.buffers[buffer], or a row of
-   layout.aux[buffer]. */
+/* Kinds of span: pages of layout.buffers[buffer], a row of
+   layout.aux[buffer], or rows of layout.state[buffer]. */
 #define KVX_SPAN_PAGES 0
 #define KVX_SPAN_AUX 1
+#define KVX_SPAN_STATE 2
 
 /* Where kvx gets memory: the desc's allocator, also given to plans. */
 typedef struct kvx_allocator {
@@ -323,7 +364,7 @@ typedef struct kvx_allocator {
    (kvx_plan.strided counts them); kvx_span_copy executes one on the host. */
 typedef struct kvx_span {
     uint32_t buffer;
-    uint32_t kind; /* KVX_SPAN_PAGES or KVX_SPAN_AUX */
+    uint32_t kind; /* KVX_SPAN_PAGES, KVX_SPAN_AUX or KVX_SPAN_STATE */
     uint64_t src_offset;
     uint64_t dst_offset;
     uint64_t length;     /* bytes moved by the span (all rows) */
@@ -391,8 +432,24 @@ KVX_API kvx_result kvx_plan_aux(kvx_plan *p, const kvx_layout *src, int32_t src_
 KVX_API kvx_result kvx_plan_aux_gather(kvx_plan *p, const kvx_layout *l, int32_t slot);
 KVX_API kvx_result kvx_plan_aux_scatter(kvx_plan *p, const kvx_layout *l, int32_t slot);
 
+/* Appends the state rows (HYBRID STATE): for every state buffer, row
+   src_idx[i] of src -> row dst_idx[i] of dst, consecutive runs as one
+   KVX_SPAN_STATE span. Fails with KVX_ERR_OUT_OF_RANGE (an index outside
+   either side's state rows), KVX_ERR_DUPLICATE (a destination index
+   twice), KVX_ERR_LAYOUT_MISMATCH (state count or an item_len differ),
+   plan->error saying which; the plan then keeps its earlier spans. n == 0
+   appends nothing. One-sided forms: the packed region right after what
+   the plan holds (pages, aux) gets state buffer 0's n rows, then buffer
+   1's ... (n * kvx_layout_state_row_bytes bytes); packed_bytes covers it. */
+KVX_API kvx_result kvx_plan_state(kvx_plan *p, const kvx_layout *src, const int32_t *src_idx,
+                                  const kvx_layout *dst, const int32_t *dst_idx, size_t n);
+KVX_API kvx_result kvx_plan_state_gather(kvx_plan *p, const kvx_layout *l, const int32_t *idx,
+                                         size_t n);
+KVX_API kvx_result kvx_plan_state_scatter(kvx_plan *p, const kvx_layout *l, const int32_t *idx,
+                                          size_t n);
+
 /* Address of a span's source (dst 0) or destination (dst 1) in layout l:
-   the base of buffers[buffer] or aux[buffer] (by kind) plus the offset. Only
+   the base of buffers[buffer], aux[buffer] or state[buffer] (by kind) plus the offset. Only
    for a pool side; the packed side's offset is from the packed region's
    start. NULL when the span names no buffer of l. Thread-safe. */
 KVX_API void *kvx_span_addr(const kvx_layout *l, const kvx_span *s, int dst);
@@ -409,7 +466,8 @@ KVX_API kvx_result kvx_plan_scatter_from(kvx_plan *p, const kvx_layout *l, const
    and *sends_aux (1 when src holds dst's last layer and dst's first head, or
    the MLA latent: the contributor that writes the room's aux rows), or
    KVX_ERR_LAYOUT_MISMATCH with a sentence when the two cannot be combined
-   (page size, dtype, MLA, bytes per head, buffers that are not K/V pairs).
+   (page size, dtype, MLA, bytes per head, buffers that are not K/V pairs,
+   state buffers that differ or cannot move between the two: HYBRID STATE).
    Either out pointer may be NULL. Thread-safe. */
 KVX_API kvx_result kvx_layout_overlap(const kvx_layout *src, const kvx_layout *dst,
                                       uint64_t *bytes_per_page, int *sends_aux, char *why,
@@ -633,6 +691,15 @@ KVX_API kvx_result kvx_sender_init(kvx_sender *s, uint32_t num_pages, int32_t au
    I/O: the transport works on its own threads. */
 KVX_API kvx_result kvx_sender_send(kvx_sender *s, const int32_t *pages, uint32_t n);
 
+/* kvx_sender_send of the last chunk with the request's state indices
+   (HYBRID STATE; SGLang's send(kv_indices, state_indices)): rows of this
+   side's state buffers, moved with the aux rows. The chunk must reach the
+   declared total (else KVX_ERR_STATE, the room untouched); an index
+   outside the state rows, or any index on a layout without state buffers,
+   fails the room (KVX_ERR_OUT_OF_RANGE). num_state 0 is kvx_sender_send. */
+KVX_API kvx_result kvx_sender_send_state(kvx_sender *s, const int32_t *pages, uint32_t n,
+                                         const int32_t *state_indices, uint32_t num_state);
+
 KVX_API kvx_poll kvx_sender_poll(const kvx_sender *s);    /* atomic load */
 /* Blocks until the room is in `state` or a later one, or FAILED, or until
    timeout_ms pass (< 0: no limit); returns the state then. For an engine
@@ -662,6 +729,13 @@ KVX_API kvx_result kvx_receiver_create(kvx_engine *e, const kvx_room_desc *d,
    TRANSFERRING; SUCCESS means every KV byte and aux row is in place. */
 KVX_API kvx_result kvx_receiver_init(kvx_receiver *r, const int32_t *pages, uint32_t n,
                                      int32_t aux_index);
+/* kvx_receiver_init with the rows of this side's state buffers the
+   request's state goes to (HYBRID STATE; no repeats, inside the state
+   rows; the prefill gives as many). SUCCESS then also means every state
+   row is in place. */
+KVX_API kvx_result kvx_receiver_init_state(kvx_receiver *r, const int32_t *pages, uint32_t n,
+                                           int32_t aux_index, const int32_t *state_indices,
+                                           uint32_t num_state);
 KVX_API kvx_poll kvx_receiver_poll(const kvx_receiver *r);
 KVX_API kvx_poll kvx_receiver_wait(const kvx_receiver *r, kvx_poll state, int timeout_ms);
 KVX_API kvx_result kvx_receiver_result(const kvx_receiver *r);
@@ -716,6 +790,10 @@ struct kvx_backend {
 };
 
 KVX_API kvx_engine *kvx_room_engine(const kvx_room *r);
+/* The room's state indices (HYBRID STATE) and their count in *n (0 and
+   NULL when none): prefill, set before sender_send is called with the last
+   chunk; decode, before receiver_init. Fixed afterwards. */
+KVX_API const int32_t *kvx_room_state(const kvx_room *r, uint32_t *n);
 KVX_API uint64_t kvx_room_id(const kvx_room *r);
 KVX_API kvx_role kvx_room_role(const kvx_room *r);
 KVX_API const char *kvx_room_bootstrap_addr(const kvx_room *r);
@@ -2202,6 +2280,24 @@ KVX_API uint64_t kvx_layout_num_aux_slots(const kvx_layout *l) {
     return m;
 }
 
+KVX_API uint64_t kvx_layout_num_state_rows(const kvx_layout *l) {
+    uint64_t m = UINT64_MAX;
+    uint32_t i;
+    if (!l || !l->num_state || !l->state) return 0;
+    for (i = 0; i < l->num_state; i++) {
+        uint64_t p = l->state[i].item_len ? l->state[i].length / l->state[i].item_len : 0;
+        if (p < m) m = p;
+    }
+    return m;
+}
+
+KVX_API uint64_t kvx_layout_state_row_bytes(const kvx_layout *l) {
+    uint64_t t = 0;
+    uint32_t i;
+    for (i = 0; l && l->state && i < l->num_state; i++) t += l->state[i].item_len;
+    return t;
+}
+
 KVX_API kvx_result kvx_layout_validate(const kvx_layout *l, char *why, size_t why_len) {
     uint32_t i;
     if (!l) { kvx__set_why(why, why_len, "layout is NULL"); return KVX_ERR_INVALID_ARGUMENT; }
@@ -2239,6 +2335,24 @@ KVX_API kvx_result kvx_layout_validate(const kvx_layout *l, char *why, size_t wh
         }
         if (b->mem != KVX_MEM_HOST && b->mem != KVX_MEM_CUDA) {
             kvx__set_why(why, why_len, "KV buffer %u: unknown memory kind %d", i, (int)b->mem);
+            return KVX_ERR_INVALID_ARGUMENT;
+        }
+    }
+    if (l->num_state > KVX_MAX_STATE || (l->num_state && !l->state) || l->state_type > KVX_STATE_OTHER) {
+        kvx__set_why(why, why_len, "layout has %u state buffers (limit %d, state %s) and state_type "
+                     "%u (known: 0..3)", l->num_state, KVX_MAX_STATE, l->state ? "set" : "NULL",
+                     l->state_type);
+        return KVX_ERR_INVALID_ARGUMENT;
+    }
+    for (i = 0; i < l->num_state; i++) {
+        const kvx_buffer *b = &l->state[i];
+        if (!b->item_len || b->length < b->item_len || !b->base ||
+            (b->mem != KVX_MEM_HOST && b->mem != KVX_MEM_CUDA)) {
+            kvx__set_why(why, why_len,
+                         "state buffer %u: base %p, length %llu, item_len %llu, memory kind %d "
+                         "(need item_len > 0, length >= item_len, non-NULL base, host or cuda)",
+                         i, b->base, (unsigned long long)b->length,
+                         (unsigned long long)b->item_len, (int)b->mem);
             return KVX_ERR_INVALID_ARGUMENT;
         }
     }
@@ -2281,6 +2395,11 @@ KVX_API uint64_t kvx_layout_fingerprint(const kvx_layout *l) {
     for (i = 0; i < l->num_buffers; i++) kvx__sha_u64(&h, l->buffers[i].item_len);
     kvx__sha_u64(&h, l->num_aux);
     for (i = 0; i < l->num_aux; i++) kvx__sha_u64(&h, l->aux[i].item_len);
+    if (l->num_state) { /* layouts without state keep their fingerprint */
+        kvx__sha256_update(&h, "state", 5);
+        kvx__sha_u64(&h, l->num_state);
+        for (i = 0; i < l->num_state; i++) kvx__sha_u64(&h, l->state[i].item_len);
+    }
     kvx__sha256_final(&h, d);
     for (i = 0; i < 8; i++) fp |= (uint64_t)d[i] << (8 * i);
     return fp;
@@ -2318,6 +2437,14 @@ KVX_API kvx_result kvx_layout_compare(const kvx_layout *a, const kvx_layout *b, 
             kvx__set_why(why, why_len, "item_len of aux buffer %u differs: ours %llu, theirs %llu",
                          i, (unsigned long long)a->aux[i].item_len,
                          (unsigned long long)b->aux[i].item_len);
+            return KVX_ERR_LAYOUT_MISMATCH;
+        }
+    KVX__CMP(num_state, "state buffer count")
+    for (i = 0; i < a->num_state; i++)
+        if (a->state[i].item_len != b->state[i].item_len) {
+            kvx__set_why(why, why_len, "item_len of state buffer %u differs: ours %llu, theirs %llu",
+                         i, (unsigned long long)a->state[i].item_len,
+                         (unsigned long long)b->state[i].item_len);
             return KVX_ERR_LAYOUT_MISMATCH;
         }
 #undef KVX__CMP
@@ -2540,6 +2667,41 @@ static kvx_result kvx__overlap_check(const kvx_layout *s, const kvx_layout *d, c
     return KVX_OK;
 }
 
+static const char *kvx__state_name(uint32_t t) {
+    return t == KVX_STATE_MAMBA ? "Mamba" : t == KVX_STATE_SWA ? "sliding-window" : "indexed";
+}
+
+/* HYBRID STATE: whether the state buffers of s can move to d. */
+static kvx_result kvx__state_overlap(const kvx_layout *s, const kvx_layout *d, char *why, size_t wl) {
+    uint32_t i, ls = kvx__layers(s), ld = kvx__layers(d);
+    const char *nm = kvx__state_name(s->num_state ? s->state_type : d->state_type);
+    if (s->num_state != d->num_state)
+        return kvx__why(KVX_ERR_LAYOUT_MISMATCH, why, wl, "state buffer count differs: source %u, "
+                        "destination %u", s->num_state, d->num_state);
+    if ((s->state_type ? s->state_type : KVX_STATE_OTHER) != (d->state_type ? d->state_type : KVX_STATE_OTHER))
+        return kvx__why(KVX_ERR_LAYOUT_MISMATCH, why, wl, "state type differs: source %s, destination %s",
+                        kvx__state_name(s->state_type), kvx__state_name(d->state_type));
+    for (i = 0; i < s->num_state; i++)
+        if (s->state[i].item_len != d->state[i].item_len)
+            return kvx__why(KVX_ERR_LAYOUT_MISMATCH, why, wl, "item_len of state buffer %u differs: "
+                            "source %llu, destination %llu", i, (unsigned long long)s->state[i].item_len,
+                            (unsigned long long)d->state[i].item_len);
+    if (s->layer_begin != d->layer_begin || ls != ld)
+        return kvx__why(KVX_ERR_LAYOUT_MISMATCH, why, wl, "%s state moves only between ranks holding "
+                        "the same layers (source layers %u..%u, destination %u..%u): decode PP must "
+                        "equal prefill PP for a hybrid model", nm, s->layer_begin, s->layer_begin + ls - 1,
+                        d->layer_begin, d->layer_begin + ld - 1);
+    if (!s->mla && (s->head_begin != d->head_begin || s->num_kv_heads != d->num_kv_heads))
+        return kvx__why(KVX_ERR_LAYOUT_MISMATCH, why, wl, "%s state between ranks holding different "
+                        "heads (source heads %u..%u, destination %u..%u) is refused: %s", nm,
+                        s->head_begin, s->head_begin + s->num_kv_heads - 1, d->head_begin,
+                        d->head_begin + d->num_kv_heads - 1,
+                        s->state_type == KVX_STATE_SWA
+                            ? "SGLang refuses sliding-window state with heterogeneous TP on non-MLA models too"
+                            : "each TP rank holds its own slice of the state, so prefill and decode TP must be equal");
+    return KVX_OK;
+}
+
 KVX_API kvx_result kvx_layout_overlap(const kvx_layout *s, const kvx_layout *d, uint64_t *bpp,
                                       int *sends_aux, char *why, size_t wl) {
     uint64_t total = 0;
@@ -2564,6 +2726,8 @@ KVX_API kvx_result kvx_layout_overlap(const kvx_layout *s, const kvx_layout *d, 
         if (aux && !s->mla && !kvx__same_shape(s, d))
             aux = d->head_begin >= s->head_begin && d->head_begin - s->head_begin < s->num_kv_heads;
     }
+    if ((s->num_state || d->num_state) && (r = kvx__state_overlap(s, d, why, wl)) != KVX_OK)
+        return r;
     if (bpp) *bpp = total;
     if (sends_aux) *sends_aux = aux;
     return KVX_OK;
@@ -2707,6 +2871,8 @@ KVX_API void *kvx_span_addr(const kvx_layout *l, const kvx_span *s, int dst) {
     off = dst ? s->dst_offset : s->src_offset;
     if (s->kind == KVX_SPAN_AUX)
         return s->buffer < l->num_aux ? (char *)l->aux[s->buffer].base + off : NULL;
+    if (s->kind == KVX_SPAN_STATE)
+        return s->buffer < l->num_state && l->state ? (char *)l->state[s->buffer].base + off : NULL;
     if (s->kind == KVX_SPAN_PAGES && (dst ? s->dst_buffer : s->buffer) < l->num_buffers)
         return (char *)l->buffers[dst ? s->dst_buffer : s->buffer].base + off;
     return NULL;
@@ -2787,6 +2953,99 @@ KVX_API kvx_result kvx_plan_aux_scatter(kvx_plan *p, const kvx_layout *l, int32_
     if (!p || !l) return KVX_ERR_INVALID_ARGUMENT;
     if ((r = kvx__plan_slot(p, l, slot, "destination")) != KVX_OK) return r;
     return kvx__plan_aux(p, l, -1, slot);
+}
+
+/* Checks state indices against l's state rows (and repeats when dst). */
+static kvx_result kvx__state_check(kvx_plan *p, const kvx_layout *l, const int32_t *idx, size_t n,
+                                   int dst) {
+    kvx_result r;
+    if (n && !l->num_state) {
+        snprintf(p->error, sizeof p->error, "%u state indices given but the %s layout has no state "
+                 "buffers", (unsigned)n, dst ? "destination" : "source");
+        return KVX_ERR_OUT_OF_RANGE;
+    }
+    r = kvx_pages_check(p, idx, n, kvx_layout_num_state_rows(l), dst,
+                        dst ? "destination state" : "source state");
+    return r;
+}
+
+/* Appends state spans: every state buffer of l, runs of si -> di (a NULL
+   side is the packed region after p->packed_bytes). */
+static kvx_result kvx__plan_state_runs(kvx_plan *p, const kvx_layout *l, const int32_t *si,
+                                       const int32_t *di, size_t n) {
+    uint64_t packed = p->packed_bytes;
+    uint32_t b;
+    size_t runs = 0, i;
+    if (!n) return KVX_OK;
+    for (i = 0; i < n; i++)
+        runs += i == 0 || (si && si[i] != si[i - 1] + 1) || (di && di[i] != di[i - 1] + 1);
+    if (kvx__plan_reserve(p, p->count + runs * l->num_state)) {
+        snprintf(p->error, sizeof p->error, "out of memory adding %zu state rows", n);
+        return KVX_ERR_NO_MEMORY;
+    }
+    for (b = 0; b < l->num_state; b++) {
+        uint64_t item = l->state[b].item_len;
+        i = 0;
+        while (i < n) {
+            size_t j = i + 1;
+            kvx_span *s = &p->spans[p->count++];
+            while (j < n && (!si || si[j] == si[j - 1] + 1) && (!di || di[j] == di[j - 1] + 1)) j++;
+            memset(s, 0, sizeof *s);
+            s->buffer = s->dst_buffer = b;
+            s->kind = KVX_SPAN_STATE;
+            s->src_offset = si ? (uint64_t)si[i] * item : packed + (uint64_t)i * item;
+            s->dst_offset = di ? (uint64_t)di[i] * item : packed + (uint64_t)i * item;
+            s->length = (uint64_t)(j - i) * item;
+            p->total_bytes += s->length;
+            i = j;
+        }
+        packed += (uint64_t)n * item;
+    }
+    if (!si || !di) p->packed_bytes = packed;
+    return KVX_OK;
+}
+
+KVX_API kvx_result kvx_plan_state(kvx_plan *p, const kvx_layout *src, const int32_t *si,
+                                  const kvx_layout *dst, const int32_t *di, size_t n) {
+    kvx_result r;
+    uint32_t i;
+    if (!p || !src || !dst || (n && (!si || !di))) return KVX_ERR_INVALID_ARGUMENT;
+    p->error[0] = 0;
+    if (src->num_state != dst->num_state) {
+        snprintf(p->error, sizeof p->error, "state buffer count differs: source %u, destination %u",
+                 src->num_state, dst->num_state);
+        return KVX_ERR_LAYOUT_MISMATCH;
+    }
+    for (i = 0; i < src->num_state; i++)
+        if (src->state[i].item_len != dst->state[i].item_len) {
+            snprintf(p->error, sizeof p->error,
+                     "item_len of state buffer %u differs: source %llu, destination %llu", i,
+                     (unsigned long long)src->state[i].item_len,
+                     (unsigned long long)dst->state[i].item_len);
+            return KVX_ERR_LAYOUT_MISMATCH;
+        }
+    if ((r = kvx__state_check(p, src, si, n, 0)) != KVX_OK ||
+        (r = kvx__state_check(p, dst, di, n, 1)) != KVX_OK)
+        return r;
+    return kvx__plan_state_runs(p, src, si, di, n);
+}
+
+KVX_API kvx_result kvx_plan_state_gather(kvx_plan *p, const kvx_layout *l, const int32_t *idx,
+                                         size_t n) {
+    kvx_result r;
+    if (!p || !l || (n && !idx)) return KVX_ERR_INVALID_ARGUMENT;
+    p->error[0] = 0;
+    if ((r = kvx__state_check(p, l, idx, n, 0)) != KVX_OK) return r;
+    return kvx__plan_state_runs(p, l, idx, NULL, n);
+}
+
+KVX_API kvx_result kvx_plan_state_scatter(kvx_plan *p, const kvx_layout *l, const int32_t *idx,
+                                          size_t n) {
+    kvx_result r;
+    if (!p || !l || (n && !idx)) return KVX_ERR_INVALID_ARGUMENT;
+    p->error[0] = 0;
+    if ((r = kvx__state_check(p, l, idx, n, 1)) != KVX_OK) return r;
+    return kvx__plan_state_runs(p, l, NULL, idx, n);
 }
 
 /* >>impl: engine and rooms ------------------------------------------------ */
@@ -2887,6 +3146,8 @@ struct kvx_room {
     int inited;
     uint32_t total_pages, sent_pages, chunks;
     int32_t aux_index;
+    int32_t *state_idx;    /* HYBRID STATE: set before the last chunk / receiver_init */
+    uint32_t num_state_idx;
     kvx_room *prev, *next; /* engine list, under engine->mu */
     kvx__hnode hn;         /* engine->table, key = id, under engine->mu */
     int notify;              /* atomic: 1 = room_failed owed, 2 = done */
@@ -2902,6 +3163,7 @@ struct kvx_engine {
     kvx_engine_desc desc; /* env applied, strings and layout owned */
     kvx_buffer *bufs;
     kvx_aux_buffer *aux;
+    kvx_buffer *state;
     char *owned[KVX__MAX_OWNED_STRINGS];
     int num_owned;
     const kvx_backend *be;
@@ -3245,6 +3507,7 @@ static void kvx__room_destroy_mem(kvx_room *r) {
     kvx_engine *e = r->engine;
     pthread_mutex_destroy(&r->mu);
     kvx_engine_free(e, r->bootstrap_addr);
+    kvx_engine_free(e, r->state_idx);
     kvx_engine_free(e, r);
 }
 
@@ -3423,6 +3686,12 @@ static kvx_result kvx__copy_layout(kvx_engine *e, const kvx_layout *src) {
         memcpy(e->aux, src->aux, src->num_aux * sizeof *e->aux);
     }
     l->aux = e->aux;
+    if (src->num_state) {
+        e->state = (kvx_buffer *)kvx_engine_alloc(e, src->num_state * sizeof *e->state);
+        if (!e->state) return KVX_ERR_NO_MEMORY;
+        memcpy(e->state, src->state, src->num_state * sizeof *e->state);
+    }
+    l->state = e->state;
     l->dtype = kvx__own(e, src->dtype ? src->dtype : "");
     return l->dtype ? KVX_OK : KVX_ERR_NO_MEMORY;
 }
@@ -3437,6 +3706,7 @@ static void kvx__engine_free(kvx_engine *e) {
     }
     kvx__free(&a, e->bufs);
     kvx__free(&a, e->aux);
+    kvx__free(&a, e->state);
     kvx__htab_free(&e->table, &a);
     pthread_mutex_destroy(&e->mu);
     pthread_cond_destroy(&e->cv);
@@ -3698,13 +3968,62 @@ KVX_API kvx_result kvx_sender_init(kvx_sender *s, uint32_t num_pages, int32_t au
     return KVX_OK;
 }
 
+/* Checks state indices for room r and keeps a copy (HYBRID STATE). On an
+   error the room fails (what: "send" or "init"). */
+static kvx_result kvx__room_keep_state(kvx_room *r, const int32_t *idx, uint32_t n, int dst) {
+    kvx_engine *e = r->engine;
+    kvx_plan chk;
+    kvx_result res;
+    if (!n) return KVX_OK;
+    memset(&chk, 0, sizeof chk);
+    chk.allocator = &e->desc.allocator;
+    res = kvx__state_check(&chk, &e->desc.layout, idx, n, dst);
+    kvx_plan_free(&chk);
+    if (res != KVX_OK) {
+        kvx_room_fail(r, res, "%s: %s", dst ? "init" : "send", chk.error);
+        return res;
+    }
+    r->state_idx = (int32_t *)kvx_engine_alloc(e, (size_t)n * sizeof *idx);
+    if (!r->state_idx) {
+        kvx_room_fail(r, KVX_ERR_NO_MEMORY, "out of memory for %u state indices", n);
+        return KVX_ERR_NO_MEMORY;
+    }
+    memcpy(r->state_idx, idx, (size_t)n * sizeof *idx);
+    r->num_state_idx = n;
+    return KVX_OK;
+}
+
+KVX_API const int32_t *kvx_room_state(const kvx_room *r, uint32_t *n) {
+    if (n) *n = r ? r->num_state_idx : 0;
+    return r ? r->state_idx : NULL;
+}
+
+static kvx_result kvx__sender_send(kvx_room *r, const int32_t *pages, uint32_t n,
+                                   const int32_t *state, uint32_t nstate);
+
 KVX_API kvx_result kvx_sender_send(kvx_sender *s, const int32_t *pages, uint32_t n) {
+    if (!s) return KVX_ERR_INVALID_ARGUMENT;
+    return kvx__sender_send((kvx_room *)s, pages, n, NULL, 0);
+}
+
+KVX_API kvx_result kvx_sender_send_state(kvx_sender *s, const int32_t *pages, uint32_t n,
+                                         const int32_t *state, uint32_t nstate) {
     kvx_room *r = (kvx_room *)s;
+    if (!r) return KVX_ERR_INVALID_ARGUMENT;
+    if (nstate && r->inited && KVX__LOAD(&r->state) != KVX_POLL_FAILED &&
+        !(r->chunks && r->sent_pages == r->total_pages) && (uint64_t)r->sent_pages + n != r->total_pages)
+        return kvx__call_error(r, KVX_ERR_STATE, "state indices go with the last chunk: this one "
+                               "sends %u pages after %u of the %u declared", n, r->sent_pages,
+                               r->total_pages);
+    return kvx__sender_send(r, pages, n, state, nstate);
+}
+
+static kvx_result kvx__sender_send(kvx_room *r, const int32_t *pages, uint32_t n,
+                                   const int32_t *state, uint32_t nstate) {
     kvx_engine *e;
     kvx_chunk *c;
     kvx_result res;
     int st;
-    if (!r) return KVX_ERR_INVALID_ARGUMENT;
     e = r->engine;
     st = KVX__LOAD(&r->state);
     if (st == KVX_POLL_FAILED)
@@ -3721,6 +4040,7 @@ KVX_API kvx_result kvx_sender_send(kvx_sender *s, const int32_t *pages, uint32_t
                       r->chunks, n, r->sent_pages, r->total_pages);
         return KVX_ERR_TOO_MANY_PAGES;
     }
+    if (nstate && (res = kvx__room_keep_state(r, state, nstate, 0)) != KVX_OK) return res;
     c = (kvx_chunk *)kvx_engine_alloc(e, sizeof *c);
     if (!c) return kvx__call_error(r, KVX_ERR_NO_MEMORY, "out of memory for a chunk");
     memset(c, 0, sizeof *c);
@@ -3784,6 +4104,11 @@ KVX_API kvx_result kvx_receiver_create(kvx_engine *e, const kvx_room_desc *d,
 
 KVX_API kvx_result kvx_receiver_init(kvx_receiver *rc, const int32_t *pages, uint32_t n,
                                      int32_t aux_index) {
+    return kvx_receiver_init_state(rc, pages, n, aux_index, NULL, 0);
+}
+
+KVX_API kvx_result kvx_receiver_init_state(kvx_receiver *rc, const int32_t *pages, uint32_t n,
+                                           int32_t aux_index, const int32_t *state, uint32_t nstate) {
     kvx_room *r = (kvx_room *)rc;
     kvx_engine *e;
     const kvx_layout *l;
@@ -3803,6 +4128,7 @@ KVX_API kvx_result kvx_receiver_init(kvx_receiver *rc, const int32_t *pages, uin
     }
     kvx_plan_free(&chk);
     if ((res = kvx__room_inited(r, n, aux_index)) != KVX_OK) return res;
+    if ((res = kvx__room_keep_state(r, state, nstate, 1)) != KVX_OK) return res;
     kvx_room_set_deadline(r, kvx_now_ns() + (uint64_t)(e->desc.waiting_timeout_s * 1e9),
                           "the KV cache did not arrive (KVX_WAITING_TIMEOUT)");
     kvx_room_advance(r, KVX_POLL_TRANSFERRING);

@@ -510,10 +510,13 @@ typedef struct kvx_boot_peer {
 typedef struct kvx_boot_hooks {
     void *user; /* kvx_boot_user() */
     /* Prefill: a room frame arrived for `sender` (once per decode rank
-       that serves the room). dst_pages is valid during the call. A result
+       that serves the room). dst_pages and dst_state (that decode rank's
+       state indices, HYBRID STATE in kvx.h; num_state 0 when none) are
+       valid during the call. A result
        other than KVX_OK fails the room and tells the decode side. */
     kvx_result (*on_room)(kvx_boot *b, kvx_room *sender, const kvx_boot_peer *peer,
-                          const int32_t *dst_pages, uint32_t n, int32_t aux_index);
+                          const int32_t *dst_pages, uint32_t n, int32_t aux_index,
+                          const int32_t *dst_state, uint32_t num_state);
     /* Decode: a status frame for `receiver`. Return 1 when handled; 2 when
        handled and that prefill rank is done with the room (its Success
        counts, and losing it afterwards no longer fails the room: the file
@@ -3135,7 +3138,7 @@ static void kvx__boot_apply_room(kvx_boot *b, kvx__boot_br *br, kvx__boot_conn *
         return;
     }
     if (b->hooks.on_room &&
-        (res = b->hooks.on_room(b, r, &c->info, pages, n, aux)) != KVX_OK) {
+        (res = b->hooks.on_room(b, r, &c->info, pages, n, aux, NULL, 0)) != KVX_OK) {
         kvx_room_fail(r, res, "the %s transport refused the destination sent by decode %s (%s)",
                       kvx_engine_transport(b->engine), c->addr, kvx_result_str(res));
         kvx__boot_tell(b, r, kvx_room_error(r), kvx_room_result(r), NULL);

@@ -2814,7 +2814,9 @@ static const char *kvx__cux_dst_bad(const kvx__cux_room *cr, const kvx__cux_dst 
 /* kvx_boot hook (prefill): a decode rank's destination for a sender (once
    per decode rank that serves the room). */
 static kvx_result kvx__cux_on_room(kvx_boot *b, kvx_room *r, const kvx_boot_peer *bp,
-                                   const int32_t *dst, uint32_t n, int32_t aux) {
+                                   const int32_t *dst, uint32_t n, int32_t aux,
+                                   const int32_t *dst_state, uint32_t nstate) {
+    (void)dst_state; (void)nstate; /* HYBRID STATE: not yet */
     kvx__cux_engine *ce = (kvx__cux_engine *)kvx_boot_user(b);
     kvx__cux_room *cr = kvx__cux_cr(r);
     const kvx_layout *l = kvx_engine_layout(ce->engine);

@@ -3449,7 +3449,9 @@ static kvx__rdma_room *kvx__rdma_leg(kvx__rdma_engine *re, kvx__rdma_room *rr0, 
 
 /* Prefill: the destination of a room arrived from a decode rank. */
 static kvx_result kvx__rdma_on_room(kvx_boot *b, kvx_room *r, const kvx_boot_peer *peer,
-                                    const int32_t *dst, uint32_t n, int32_t aux) {
+                                    const int32_t *dst, uint32_t n, int32_t aux,
+                                   const int32_t *dst_state, uint32_t nstate) {
+    (void)dst_state; (void)nstate; /* HYBRID STATE: not yet */
     kvx__rdma_engine *re = kvx__rdma_bre(b);
     kvx__rdma_room *rr0 = kvx__rdma_rr(r), *rr;
     kvx__rdma_pair *p, *found = NULL;

@@ -1689,7 +1689,9 @@ static void kvx__tcp_dest_free(kvx_engine *e, kvx__tcp_room *d) {
 /* kvx_boot hook (prefill): the destination of one decode rank that serves
    the room (called once per decode rank, before the room advances). */
 static kvx_result kvx__tcp_on_room(kvx_boot *b, kvx_room *r, const kvx_boot_peer *peer,
-                                   const int32_t *dst, uint32_t n, int32_t aux) {
+                                   const int32_t *dst, uint32_t n, int32_t aux,
+                                   const int32_t *dst_state, uint32_t nstate) {
+    (void)dst_state; (void)nstate; /* HYBRID STATE: not yet */
     kvx__tcp_engine *te = (kvx__tcp_engine *)kvx_boot_user(b);
     kvx__tcp_room *tr = kvx__tcp_tr(r), *d;
     kvx_engine *e = te->engine;

@@ -78,6 +78,8 @@ typedef struct ex_pool {
     uint32_t heads, head_begin, head_bytes;     /* this rank's KV heads */
     uint32_t layers, layer_begin, model_layers; /* this rank's layers; the model's */
     int mla;
+    kvx_buffer *state; /* hybrid state buffers (ex_pool_add_state), host memory */
+    uint32_t num_state;
     /* scattered free list */
     int32_t *free_pages;
     uint32_t num_free;
@@ -184,8 +186,53 @@ static EX_UNUSED void ex_pool_free(ex_pool *p) {
     free(p->bufs);
     free(p->aux[0].base);
     free(p->aux[1].base);
+    for (i = 0; i < p->num_state; i++) free(p->state[i].base);
+    free(p->state);
     free(p->free_pages);
     free(p->free_slots);
+}
+
+/* ---- hybrid state (kvx.h HYBRID STATE) ----------------------------------------
+   Adds `count` state buffers of `rows` rows of item_len bytes (a multiple
+   of 8) in host memory, of state type `type` (KVX_STATE_MAMBA: conv and
+   SSM state, one row per request slot; KVX_STATE_SWA: window pages). */
+static EX_UNUSED int ex_pool_add_state(ex_pool *p, uint32_t type, uint32_t count, uint64_t item_len,
+                                       uint32_t rows) {
+    uint32_t i;
+    if (!count || !rows || !item_len || item_len % 8 || p->state) return -1;
+    p->state = (kvx_buffer *)calloc(count, sizeof *p->state);
+    if (!p->state) return -1;
+    for (i = 0; i < count; i++) {
+        p->state[i].base = calloc(rows, (size_t)item_len);
+        if (!p->state[i].base) return -1;
+        p->num_state = i + 1;
+        p->state[i].length = item_len * rows;
+        p->state[i].item_len = item_len;
+    }
+    p->layout.state = p->state;
+    p->layout.num_state = count;
+    p->layout.state_type = type;
+    return 0;
+}
+
+/* Fills (write=1) or checks (write=0) the state rows idx[0..n) of a request:
+   row idx[k] of state buffer b holds words seeded from (room, b, k), so a
+   row at the wrong index, buffer or request is caught. Returns bad rows. */
+static EX_UNUSED uint64_t ex_state_pattern(ex_pool *p, uint64_t room, const int32_t *idx, uint32_t n,
+                                           int write) {
+    uint64_t bad = 0;
+    uint32_t b, k;
+    for (b = 0; b < p->num_state; b++)
+        for (k = 0; k < n; k++) {
+            uint64_t words = p->state[b].item_len / 8, w;
+            uint64_t *row = (uint64_t *)((char *)p->state[b].base + (uint64_t)idx[k] * p->state[b].item_len);
+            uint64_t v = ex_seed(room, 0x5A000000u + b, k);
+            for (w = 0; w < words; w++) {
+                if (write) row[w] = v + w * 0x9E3779B97F4A7C15ull;
+                else if (row[w] != v + w * 0x9E3779B97F4A7C15ull) { bad++; break; }
+            }
+        }
+    return bad;
 }
 
 /* Takes n pages from the free list (0 on success, -1 when the pool is full). */
