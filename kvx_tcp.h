@@ -341,7 +341,7 @@
 #define KVX_TCP_MAX_PENDING 64
 #endif
 
-#define KVX_TCP_PROTOCOL_VERSION 3
+#define KVX_TCP_PROTOCOL_VERSION 4
 #define KVX_TCP_TOKEN_BYTES 16
 #define KVX_TCP_MAGIC 0x5458564Bu /* "KVXT" as bytes on the wire */
 #define KVX_TCP_HEADER_BYTES 32
@@ -401,6 +401,7 @@ typedef enum kvx_tcp_frame_type {
 
 #define KVX_TCP_SEG_AUX 1u
 #define KVX_TCP_SEG_ROWS 2u /* a head slice: length / row_len rows at the receiver's row pitch */
+#define KVX_TCP_SEG_STATE 4u /* rows of the receiver's state buffer `buffer` (HYBRID STATE) */
 
 typedef struct kvx_tcp_header {
     uint8_t version, type;
@@ -699,6 +700,9 @@ struct kvx__tcp_room {
     kvx__tcp_link *link;
     int32_t *dst_pages;
     uint32_t ndst;
+    int32_t *dst_state;   /* destination: its state indices (HYBRID STATE) */
+    uint32_t nstate;
+    kvx_buffer *dstate;   /* destination: its state buffers' shape (huge lengths) */
     uint32_t jobs_open;  /* under link->mu */
     int last_queued, aux_queued, all_sent;
     kvx__tcp_job *aux_job;
@@ -714,6 +718,9 @@ struct kvx__tcp_room {
     int32_t aux_index;
     kvx_plan aux_plan;   /* packed staging row -> the aux slot (span i: aux buffer i) */
     uint8_t *aux_stage;
+    uint64_t *ssorted;   /* state indices: (row << 32) | position, sorted */
+    uint32_t nsidx;
+    uint64_t *sbitmap;   /* atomic words: bit (state buffer * nsidx + position) received */
     uint64_t expected;
     uint64_t remaining;  /* atomic */
     uint64_t srcs[KVX__TCP_SRCS]; /* under te->mu: prefill instances that sent it data */
@@ -950,9 +957,11 @@ static int kvx__tcp_carve(kvx__tcp_link *lk, kvx__tcp_stream *st, kvx__tcp_frame
         }
         while (j->span < j->plan.count && n < KVX_TCP_MAX_SEGS) {
             const kvx_span *sp = &j->plan.spans[j->span];
-            int aux = sp->kind == KVX_SPAN_AUX;
-            const kvx_buffer *b = aux ? NULL : &l->buffers[sp->buffer];
-            /* a frame carries whole pages (of a head slice: page_size rows) */
+            int aux = sp->kind == KVX_SPAN_AUX, state = sp->kind == KVX_SPAN_STATE;
+            const kvx_buffer *b = aux ? NULL : state ? &l->state[sp->buffer]
+                                                     : &l->buffers[sp->buffer];
+            /* a frame carries whole pages (of a head slice: page_size rows),
+               whole state rows */
             uint64_t item = aux ? l->aux[sp->buffer].item_len
                                 : sp->row_len ? sp->row_len * l->page_size : b->item_len;
             uint64_t rows = sp->row_len ? j->off / sp->row_len : 0;
@@ -966,7 +975,8 @@ static int kvx__tcp_carve(kvx__tcp_link *lk, kvx__tcp_stream *st, kvx__tcp_frame
                 }
             }
             p->seg.buffer = aux ? sp->buffer : sp->dst_buffer;
-            p->seg.flags = aux ? KVX_TCP_SEG_AUX : sp->row_len ? KVX_TCP_SEG_ROWS : 0;
+            p->seg.flags = aux ? KVX_TCP_SEG_AUX : state ? KVX_TCP_SEG_STATE
+                                                 : sp->row_len ? KVX_TCP_SEG_ROWS : 0;
             p->seg.row_len = sp->row_len;
             p->seg.length = take;
             p->pitch = sp->src_pitch;
@@ -1658,7 +1668,8 @@ static kvx_result kvx__tcp_dest_shape(kvx__tcp_engine *te, const kvx_boot_peer *
                                       kvx__tcp_room *d, char *why, size_t wl) {
     const kvx_layout *pl = peer->layout;
     uint32_t i;
-    if (!pl || !pl->num_buffers || !pl->buffers || pl->num_aux > KVX_MAX_AUX)
+    if (!pl || !pl->num_buffers || !pl->buffers || pl->num_aux > KVX_MAX_AUX ||
+        pl->num_state > KVX_MAX_STATE || (pl->num_state && !pl->state))
         return kvx__why(KVX_ERR_PROTOCOL, why, wl, "decode %s sent no usable layout in its hello",
                         peer->addr);
     d->dbufs = (kvx_buffer *)kvx__zalloc(te->al, pl->num_buffers, sizeof *d->dbufs);
@@ -1671,7 +1682,16 @@ static kvx_result kvx__tcp_dest_shape(kvx__tcp_engine *te, const kvx_boot_peer *
         d->daux[i].item_len = pl->aux[i].item_len;
         d->daux[i].length = kvx__tcp_huge(pl->aux[i].item_len);
     }
+    if (pl->num_state) { /* HYBRID STATE: rows of any index (the decode checks its own) */
+        d->dstate = (kvx_buffer *)kvx__zalloc(te->al, pl->num_state, sizeof *d->dstate);
+        if (!d->dstate) return kvx__why(KVX_ERR_NO_MEMORY, why, wl, "out of memory");
+        for (i = 0; i < pl->num_state; i++) {
+            d->dstate[i].item_len = pl->state[i].item_len;
+            d->dstate[i].length = pl->state[i].item_len ? kvx__tcp_huge(pl->state[i].item_len) : 0;
+        }
+    }
     d->dlayout = *pl;
+    d->dlayout.state = d->dstate;
     d->dlayout.dtype = kvx_engine_layout(te->engine)->dtype; /* checked equal by boot; ours lives */
     d->dlayout.buffers = d->dbufs;
     d->dlayout.aux = d->daux;
@@ -1681,6 +1701,8 @@ static kvx_result kvx__tcp_dest_shape(kvx__tcp_engine *te, const kvx_boot_peer *
 static void kvx__tcp_dest_free(kvx_engine *e, kvx__tcp_room *d) {
     if (d->aux_job) kvx__tcp_job_free(e, d->aux_job);
     kvx_engine_free(e, d->dst_pages);
+    kvx_engine_free(e, d->dst_state);
+    kvx_engine_free(e, d->dstate);
     kvx_engine_free(e, d->dbufs);
     pthread_mutex_destroy(&d->x.mu); /* not kvx__xroom_free: the room's data is the parent */
     kvx_engine_free(e, d);
@@ -1691,7 +1713,6 @@ static void kvx__tcp_dest_free(kvx_engine *e, kvx__tcp_room *d) {
 static kvx_result kvx__tcp_on_room(kvx_boot *b, kvx_room *r, const kvx_boot_peer *peer,
                                    const int32_t *dst, uint32_t n, int32_t aux,
                                    const int32_t *dst_state, uint32_t nstate) {
-    (void)dst_state; (void)nstate; /* HYBRID STATE: not yet */
     kvx__tcp_engine *te = (kvx__tcp_engine *)kvx_boot_user(b);
     kvx__tcp_room *tr = kvx__tcp_tr(r), *d;
     kvx_engine *e = te->engine;
@@ -1730,6 +1751,15 @@ static kvx_result kvx__tcp_on_room(kvx_boot *b, kvx_room *r, const kvx_boot_peer
         memcpy(d->dst_pages, dst, (size_t)n * sizeof *dst);
     }
     d->ndst = n;
+    if (nstate) { /* HYBRID STATE: planned with the last chunk, when ours are known */
+        d->dst_state = (int32_t *)kvx_engine_alloc(e, (size_t)nstate * sizeof *d->dst_state);
+        if (!d->dst_state) {
+            kvx__tcp_dest_free(e, d);
+            return KVX_ERR_NO_MEMORY;
+        }
+        memcpy(d->dst_state, dst_state, (size_t)nstate * sizeof *dst_state);
+    }
+    d->nstate = nstate;
     if (d->dbytes && !(lk = kvx__tcp_link_get(te, host, port, token, why, sizeof why))) {
         kvx__tcp_dest_free(e, d);
         kvx_room_fail(r, KVX_ERR_TRANSPORT, "cannot open data streams to decode %s:%d: %s", host,
@@ -1819,7 +1849,8 @@ static kvx_result kvx__tcp_sender_init(kvx_room *r, uint32_t n, int32_t aux) {
             }
         }
         /* a destination with nothing to move from us is done now */
-        KVX__STORE(&d->acked, !d->link || (!d->ndst && !d->aux_job));
+        KVX__STORE(&d->acked, !d->link || (!d->ndst && !d->aux_job &&
+                                           !(d->dsends_aux && d->nstate && l->num_state)));
     }
     tr->x.src_aux = aux;
     return KVX_OK;
@@ -1849,14 +1880,66 @@ static void kvx__tcp_dest_done(kvx__tcp_room *d, uint64_t bytes) {
         kvx_boot_send_status(te->boot, tr->x.room, KVX_POLL_SUCCESS, KVX_OK, sum, NULL);
 }
 
+/* HYBRID STATE, with the last chunk: the state rows for destination d
+   travel with its aux rows (d->aux_job, queued after its last KV byte),
+   only to a destination whose aux rows we write (never from an MLA dummy).
+   *fresh: a new job the caller installs under the link's lock (NULL when
+   appended to the aux job or nothing to send). */
+static kvx_result kvx__tcp_plan_state(kvx__tcp_room *d, const int32_t *si, uint32_t ns,
+                                      kvx__tcp_job **fresh) {
+    kvx__tcp_engine *te = d->te;
+    kvx__tcp_job *a = d->aux_job;
+    kvx_result res;
+    *fresh = NULL;
+    if (!d->link || !d->dsends_aux || !ns) return KVX_OK;
+    if (!a) {
+        a = (kvx__tcp_job *)kvx__zalloc(te->al, 1, sizeof *a);
+        if (!a) {
+            kvx_room_fail(d->x.room, KVX_ERR_NO_MEMORY, "out of memory planning state rows");
+            return KVX_ERR_NO_MEMORY;
+        }
+        a->tr = d;
+        a->plan.allocator = te->al;
+    }
+    res = kvx_plan_state(&a->plan, kvx_engine_layout(te->engine), si, &d->dlayout, d->dst_state,
+                         ns);
+    if (res != KVX_OK) {
+        kvx_room_fail(d->x.room, res, "state rows to decode %s: %s", d->link->name, a->plan.error);
+        if (a != d->aux_job) kvx__tcp_job_free(te->engine, a);
+        return res;
+    }
+    if (a != d->aux_job) *fresh = a;
+    return KVX_OK;
+}
+
+/* With the last chunk: every destination asked for as many state indices
+   as this side gives (HYBRID STATE), else the room fails saying both. */
+static kvx_result kvx__tcp_state_counts(kvx__tcp_room *tr, uint32_t ns) {
+    uint32_t k;
+    for (k = 0; k < tr->ndsts; k++) {
+        kvx__tcp_room *d = tr->dsts[k];
+        if (d->nstate == ns) continue;
+        kvx_room_fail(tr->x.room, KVX_ERR_INVALID_ARGUMENT, "prefill sent %u state indices, "
+                      "decode %s asked for %u", ns, d->link ? d->link->name : "(dummy)",
+                      d->nstate);
+        return KVX_ERR_INVALID_ARGUMENT;
+    }
+    return KVX_OK;
+}
+
 static kvx_result kvx__tcp_sender_send(kvx_room *r, kvx_chunk *c) {
     kvx__tcp_room *tr = kvx__tcp_tr(r);
     kvx__tcp_engine *te = tr->te;
     kvx_engine *e = te->engine;
-    kvx__tcp_job *j;
+    kvx__tcp_job *j, *sj = NULL;
     kvx_result res;
     int last = c->is_last, dead, idle = 1;
-    uint32_t k;
+    uint32_t k, ns = 0;
+    const int32_t *si = last ? kvx_room_state(r, &ns) : NULL;
+    if (last && (res = kvx__tcp_state_counts(tr, ns)) != KVX_OK) {
+        kvx_chunk_free(e, c);
+        return res;
+    }
     for (k = 0; k < tr->ndsts; k++) {
         kvx__tcp_room *d = tr->dsts[k];
         kvx__tcp_link *lk = d->link;
@@ -1884,9 +1967,16 @@ static kvx_result kvx__tcp_sender_send(kvx_room *r, kvx_chunk *c) {
             kvx_chunk_free(e, c);
             return res;
         }
+        if (last && (res = kvx__tcp_plan_state(d, si, ns, &sj)) != KVX_OK) {
+            kvx__tcp_job_free(e, j);
+            kvx_chunk_free(e, c);
+            return res;
+        }
         pthread_mutex_lock(&lk->mu);
         dead = lk->dead;
         if (!dead) {
+            if (sj) d->aux_job = sj; /* read by the stream threads under lk->mu */
+            sj = NULL;
             j->queued = 1;
             if (lk->qtail) lk->qtail->next = j;
             else lk->qhead = j;
@@ -1898,6 +1988,7 @@ static kvx_result kvx__tcp_sender_send(kvx_room *r, kvx_chunk *c) {
         pthread_mutex_unlock(&lk->mu);
         if (dead) {
             kvx__tcp_job_free(e, j);
+            if (sj) kvx__tcp_job_free(e, sj);
             kvx_chunk_free(e, c);
             kvx_room_fail(r, KVX_ERR_PEER_LOST, "lost data connection to decode %s: %s",
                           lk->name, lk->why);
@@ -2007,6 +2098,24 @@ static int kvx__tcp_cmp_u64(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
+/* HYBRID STATE: the state indices this room asked for (the core checked
+   them: in range, no repeats), sorted for kvx__tcp_check, and a bit per
+   (state buffer, index) received. */
+static kvx_result kvx__tcp_recv_state(kvx__tcp_room *tr, const kvx_layout *l) {
+    kvx_engine *e = tr->te->engine;
+    uint32_t ns = 0, i;
+    const int32_t *si = kvx_room_state(tr->x.room, &ns);
+    uint64_t bits = (uint64_t)l->num_state * ns;
+    if (!ns || !l->num_state) return KVX_OK;
+    tr->ssorted = (uint64_t *)kvx_engine_alloc(e, (size_t)ns * sizeof *tr->ssorted);
+    tr->sbitmap = (uint64_t *)kvx__zalloc(tr->te->al, (size_t)((bits + 63) / 64), 8);
+    if (!tr->ssorted || !tr->sbitmap) return KVX_ERR_NO_MEMORY;
+    for (i = 0; i < ns; i++) tr->ssorted[i] = (uint64_t)(uint32_t)si[i] << 32 | i;
+    qsort(tr->ssorted, ns, sizeof *tr->ssorted, kvx__tcp_cmp_u64);
+    tr->nsidx = ns;
+    return KVX_OK;
+}
+
 static kvx_result kvx__tcp_receiver_init(kvx_room *r, const int32_t *pages, uint32_t n,
                                          int32_t aux) {
     kvx__tcp_room *tr = kvx__tcp_tr(r);
@@ -2034,7 +2143,9 @@ static kvx_result kvx__tcp_receiver_init(kvx_room *r, const int32_t *pages, uint
         tr->aux_stage = (uint8_t *)kvx_engine_alloc(e, (size_t)aux_bytes);
         if (!tr->aux_stage) return KVX_ERR_NO_MEMORY;
     }
-    tr->expected = (uint64_t)n * kvx_layout_page_bytes(l) + aux_bytes;
+    if ((res = kvx__tcp_recv_state(tr, l)) != KVX_OK) return res;
+    tr->expected = (uint64_t)n * kvx_layout_page_bytes(l) + aux_bytes +
+                   (uint64_t)tr->nsidx * kvx_layout_state_row_bytes(l);
     tr->remaining = tr->expected;
     pthread_mutex_lock(&te->mu);
     kvx__tcp_tomb_clear(te, tr->x.id); /* a reused id is live again */
@@ -2091,6 +2202,47 @@ static void kvx__tcp_receiver_close(kvx__tcp_room *tr) {
     pthread_mutex_unlock(&te->mu);
 }
 
+/* A STATE segment (HYBRID STATE): whole rows of a state buffer of this
+   side, inside it, each row one of the state indices this room asked for
+   and not received before. Claims the rows. */
+static kvx_result kvx__tcp_check_state(const kvx_layout *l, kvx__tcp_room *tr,
+                                       const kvx_tcp_segment *s, uint32_t i, char *why,
+                                       size_t wl) {
+    uint64_t item, first, cnt, k, lo = 0, hi = tr->nsidx;
+    if (s->buffer >= l->num_state)
+        return kvx__why(KVX_ERR_PROTOCOL, why, wl, "segment %u names state buffer %u of %u", i,
+                        s->buffer, l->num_state);
+    item = l->state[s->buffer].item_len;
+    if (s->row_len || !s->length || !item || s->length % item || s->dst_offset % item ||
+        s->dst_offset > l->state[s->buffer].length ||
+        s->length > l->state[s->buffer].length - s->dst_offset)
+        return kvx__why(KVX_ERR_OUT_OF_RANGE, why, wl, "segment %u: [%llu, +%llu) of state "
+                        "buffer %u is not whole rows of %llu bytes inside its %llu bytes", i,
+                        (unsigned long long)s->dst_offset, (unsigned long long)s->length,
+                        s->buffer, (unsigned long long)item,
+                        (unsigned long long)l->state[s->buffer].length);
+    first = s->dst_offset / item;
+    cnt = s->length / item;
+    while (lo < hi) { /* first position whose row >= first */
+        uint64_t m = (lo + hi) / 2;
+        if ((tr->ssorted[m] >> 32) < first) lo = m + 1;
+        else hi = m;
+    }
+    for (k = 0; k < cnt; k++) /* indices do not repeat: a run is consecutive positions */
+        if (cnt > tr->nsidx || lo + k >= tr->nsidx || (tr->ssorted[lo + k] >> 32) != first + k)
+            return kvx__why(KVX_ERR_OUT_OF_RANGE, why, wl, "segment %u: row %llu of state "
+                            "buffer %u is not one of the %u state indices this room asked for",
+                            i, (unsigned long long)(first + k), s->buffer, tr->nsidx);
+    for (k = 0; k < cnt; k++) {
+        uint64_t bitno = (uint64_t)s->buffer * tr->nsidx + (uint32_t)tr->ssorted[lo + k];
+        uint64_t m = 1ull << (bitno & 63);
+        if (__atomic_fetch_or(&tr->sbitmap[bitno >> 6], m, __ATOMIC_ACQ_REL) & m)
+            return kvx__why(KVX_ERR_PROTOCOL, why, wl, "segment %u: row %llu of state buffer %u "
+                            "arrived twice", i, (unsigned long long)(first + k), s->buffer);
+    }
+    return KVX_OK;
+}
+
 /* The checks every DATA frame passes before a byte of it is read: each
    segment lies inside the pages (or the aux slot) this room asked for and
    was not received before; the lengths add up. Claims the pages. */
@@ -2102,11 +2254,15 @@ static kvx_result kvx__tcp_check(kvx__tcp_engine *te, kvx__tcp_room *tr,
     uint32_t i;
     for (i = 0; i < n; i++, s++) {
         uint64_t item;
-        if (s->flags & ~(KVX_TCP_SEG_AUX | KVX_TCP_SEG_ROWS) ||
-            (s->flags & KVX_TCP_SEG_AUX && (s->flags & KVX_TCP_SEG_ROWS || s->row_len)))
+        kvx_result sr;
+        if (s->flags & ~(KVX_TCP_SEG_AUX | KVX_TCP_SEG_ROWS | KVX_TCP_SEG_STATE) ||
+            (s->flags & KVX_TCP_SEG_AUX && (s->flags & ~KVX_TCP_SEG_AUX || s->row_len)) ||
+            (s->flags & KVX_TCP_SEG_STATE && s->flags & ~KVX_TCP_SEG_STATE))
             return kvx__why(KVX_ERR_PROTOCOL, why, wl, "segment %u has unknown flags %08x", i,
                                 (unsigned)s->flags);
-        if (s->flags & KVX_TCP_SEG_AUX) {
+        if (s->flags & KVX_TCP_SEG_STATE) {
+            if ((sr = kvx__tcp_check_state(l, tr, s, i, why, wl)) != KVX_OK) return sr;
+        } else if (s->flags & KVX_TCP_SEG_AUX) {
             const kvx_span *row;
             uint32_t bit;
             if (!tr->aux_stage)
@@ -2268,6 +2424,12 @@ static uint8_t *kvx__tcp_aux_row(kvx__tcp_room *tr, const kvx_tcp_segment *s) {
     return tr->aux_stage + tr->aux_plan.spans[s->buffer].src_offset;
 }
 
+/* The buffer of this side a checked KV or state segment writes (aux: NULL). */
+static const kvx_buffer *kvx__tcp_seg_buf(const kvx_layout *l, const kvx_tcp_segment *s) {
+    if (s->flags & KVX_TCP_SEG_AUX) return NULL;
+    return s->flags & KVX_TCP_SEG_STATE ? &l->state[s->buffer] : &l->buffers[s->buffer];
+}
+
 /* Reads the payload of a checked frame into the room's pages. 0, or an
    errno / KVX__TCP_CUT / KVX__TCP_DEVICE_ERR (why set). */
 static int kvx__tcp_read_payload(kvx__tcp_conn *c, kvx__tcp_room *tr, uint32_t n, uint64_t payload,
@@ -2301,7 +2463,7 @@ static int kvx__tcp_read_payload(kvx__tcp_conn *c, kvx__tcp_room *tr, uint32_t n
             const kvx_tcp_segment *s = &c->segs[i];
             char *dst = s->flags & KVX_TCP_SEG_AUX
                             ? (char *)kvx__tcp_aux_row(tr, s)
-                            : (char *)l->buffers[s->buffer].base + s->dst_offset;
+                            : (char *)kvx__tcp_seg_buf(l, s)->base + s->dst_offset;
             uint64_t row = s->flags & KVX_TCP_SEG_ROWS ? s->row_len : s->length, r, rows;
             uint64_t pitch = s->flags & KVX_TCP_SEG_ROWS
                                  ? l->buffers[s->buffer].item_len / l->page_size : 0;
@@ -2356,8 +2518,8 @@ static int kvx__tcp_read_payload(kvx__tcp_conn *c, kvx__tcp_room *tr, uint32_t n
     *got = payload;
     for (i = 0; i < n; i++) {
         const kvx_tcp_segment *s = &c->segs[i];
-        const kvx_buffer *b = &l->buffers[s->buffer];
-        if (s->flags & KVX_TCP_SEG_AUX) {
+        const kvx_buffer *b = kvx__tcp_seg_buf(l, s);
+        if (!b) {
             memcpy(kvx__tcp_aux_row(tr, s), c->stage + pos, (size_t)s->length);
         } else if (b->mem == KVX_MEM_HOST) {
             memcpy((char *)b->base + s->dst_offset, c->stage + pos, (size_t)s->length);
@@ -2371,7 +2533,8 @@ static int kvx__tcp_read_payload(kvx__tcp_conn *c, kvx__tcp_room *tr, uint32_t n
         pos += s->length;
     }
     if (nb && te->mem.copy(te->mem.ctx, 0, c->copies, nb, why, wl) != KVX_OK) {
-        kvx_room_fail(tr->x.room, KVX_ERR_TRANSPORT, "cannot place KV pages on the device: %s", why);
+        kvx_room_fail(tr->x.room, KVX_ERR_TRANSPORT, "cannot place KV pages or state rows on the "
+                      "device: %s", why);
         return 0; /* the payload was read: the connection stays in step */
     }
     return 0;
@@ -2891,10 +3054,19 @@ static kvx_result kvx__tcp_layout(kvx__tcp_engine *te, const kvx_engine_desc *d,
                             "the aux rows of a request are %llu bytes; at most %u fit a frame",
                             (unsigned long long)aux_total, (unsigned)KVX_TCP_MAX_FRAME);
     if (aux_total > te->stage_bytes) te->stage_bytes = aux_total;
+    for (i = 0; i < l->num_state; i++) { /* HYBRID STATE: rows like pages */
+        if (l->state[i].mem != KVX_MEM_HOST) te->staged = 1;
+        if (l->state[i].item_len > KVX_TCP_MAX_FRAME)
+            return kvx__why(KVX_ERR_INVALID_ARGUMENT, why, wl, "state buffer %u has rows of "
+                                "%llu bytes; the tcp transport carries at most KVX_TCP_MAX_FRAME "
+                                "(%u) in a frame", i, (unsigned long long)l->state[i].item_len,
+                                (unsigned)KVX_TCP_MAX_FRAME);
+        if (l->state[i].item_len > te->stage_bytes) te->stage_bytes = l->state[i].item_len;
+    }
     te->mem = d->mem;
     if (te->staged && (!te->mem.copy || !te->mem.host_alloc || !te->mem.host_free))
-        return kvx__why(KVX_ERR_INVALID_ARGUMENT, why, wl, "the layout has KV buffers in GPU "
-                            "memory but desc.mem has no copy functions: fill it with "
+        return kvx__why(KVX_ERR_INVALID_ARGUMENT, why, wl, "the layout has KV or state buffers "
+                            "in GPU memory but desc.mem has no copy functions: fill it with "
                             "kvx_cuda_mem_ops() from kvx_cuda.h (built with -DKVX_WITH_CUDA)");
     te->peer_bufs = (kvx_buffer *)kvx_engine_alloc(te->engine, l->num_buffers * sizeof(kvx_buffer));
     if (!te->peer_bufs) return KVX_ERR_NO_MEMORY;
@@ -3128,6 +3300,8 @@ static void kvx__tcp_room_free(kvx_room *r) {
     kvx_engine_free(e, tr->dsts);
     kvx_engine_free(e, tr->sorted);
     kvx_engine_free(e, tr->bitmap);
+    kvx_engine_free(e, tr->ssorted);
+    kvx_engine_free(e, tr->sbitmap);
     kvx_engine_free(e, tr->aux_stage);
     kvx_plan_free(&tr->aux_plan);
     kvx__xroom_free(tr);
