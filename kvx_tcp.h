@@ -45,6 +45,17 @@
      slices, then kvx_span_copy: bench_tcp measured it faster than an iovec
      per row), and kvx__tcp_recv_finish acknowledges a complete room to
      every prefill rank that sent it data.
+     State rows (kvx.h HYBRID STATE): on_room keeps each destination's
+     state indices (from its room frame) and its state shape (from its
+     hello); with the last chunk kvx__tcp_sender_send checks that every
+     destination asked for as many indices as kvx_room_state gives ("prefill
+     sent 2 state indices, decode ... asked for 3" fails the room, and the
+     decode hears it) and plans them (kvx_plan_state) into the aux job of
+     the destination whose aux rows this rank writes (sends_aux of
+     kvx_layout_overlap; never an MLA dummy): they leave after its last KV
+     byte, as STATE segments. The decode writes them straight into its
+     state rows (GPU state buffers through the pinned stage, like pages)
+     and counts them toward completion.
 
    EXAMPLE (two hosts; error handling shortened)
        // given: kvx_layout pool_layout; const int32_t *pages; uint32_t n, k;
@@ -73,7 +84,7 @@
        while (kvx_receiver_poll(r) == KVX_POLL_BOOTSTRAPPING) idle();
        kvx_receiver_init(r, pages, n, aux_slot);
        while (kvx_receiver_poll(r) == KVX_POLL_TRANSFERRING) idle();
-       // SUCCESS: every KV byte and the aux rows are in place
+       // SUCCESS: every KV byte, the aux rows (and state rows) are in place
 
    COMPILE-TIME MACROS (defaults in parentheses)
      KVX_TCP_MAX_STREAMS  most parallel connections per link (64)
@@ -131,18 +142,20 @@
      peer stalled in the middle of that room's frame gets its connection
      shut down after one second).
 
-   WIRE FORMAT (version 3; every integer little-endian)
+   WIRE FORMAT (version 4; every integer little-endian)
+     Version 4 (issue 13, HYBRID STATE) over version 3: the STATE segment
+     flag (state rows); the frames are otherwise those of version 3.
      Version 3 (issue 13) over version 2: DATA segment descriptors of 32
      bytes with the ROWS form (head slices), HELLO carries the prefill's tp
      and pp rank and a shape fingerprint (kvx_tcp_shape_fingerprint) instead
      of the layout fingerprint. Version 2 (issue 10) over version 1: a
      16-byte token, HELLO flags and nonce, the AUTH and PROOF frames. No two
      versions interoperate: each side names both versions in its refusal
-     ("protocol version 2, this side speaks 3"; the endpoint's version the
+     ("protocol version 3, this side speaks 4"; the endpoint's version the
      same way).
      Data connections go from prefill to decode. Each frame is a 32-byte
      header and a body:
-        0 u32 magic 0x5458564B ("KVXT")   4 u8 version (2)   5 u8 type
+        0 u32 magic 0x5458564B ("KVXT")   4 u8 version (4)   5 u8 type
         6 u16 count (DATA: segments, 1..KVX_TCP_MAX_SEGS; else 0)
         8 u64 room (0 when a frame concerns no room)
        16 u64 body_len (bytes after the header)
@@ -172,10 +185,13 @@
        count segment descriptors of 32 bytes, then the payload: the bytes
        of every segment in descriptor order.
         0 u32 buffer (the receiver's KV buffer index; aux buffer index with
-              the AUX flag)
+              the AUX flag; state buffer index with the STATE flag)
         4 u32 flags (bit 0 AUX: the bytes are the room's row of that aux
-              buffer; bit 1 ROWS: a head slice, see below; AUX and ROWS
-              never together; other bits 0)
+              buffer; bit 1 ROWS: a head slice, see below; bit 2 STATE:
+              whole rows of that state buffer (HYBRID STATE), dst_offset
+              and length multiples of its item_len, every row one of the
+              state indices the receiver gave; at most one of the three
+              bits; other bits 0)
         8 u64 dst_offset (bytes from the start of that buffer in the
               receiver's pool)   16 u64 length
        24 u64 row_len (ROWS: bytes of one row; else 0)
@@ -194,7 +210,7 @@
        whole payload with recvmsg straight into its pages (a header per
        segment would cost one system call per segment: 16384 for a
        scattered 4096-token Llama-3.1-8B request).
-     ACK (3, decode -> prefill; body 16): 0 u64 bytes placed (KV + aux, of
+     ACK (3, decode -> prefill; body 16): 0 u64 bytes placed (KV + aux + state, of
        the whole room) 8 u64 reserved. Sent once per room and contributing
        prefill rank (on one of its connections), when the room's last byte
        is in place.
@@ -202,7 +218,7 @@
        4 u32 rl (<= 1024)  8 reason. The decode closes the connection after
        it (room 0: the connection itself was refused).
      ENDPOINT (the decode engine's kvx_boot hello endpoint bytes; 32 + hl)
-        0 u8[8] "kvx-tcp\0"  8 u16 version (3)  10 u16 data port
+        0 u8[8] "kvx-tcp\0"  8 u16 version (4)  10 u16 data port
        12 u16 hl (host bytes, <= 63; 0 = "the address you see me from")
        14 u16 reserved  16 u8[16] token (kernel CSPRNG, per engine)
        32 host text
@@ -211,15 +227,17 @@
 
    COMPLETION
      The receiver knows the total from its own pages: pages * sum(item_len)
-     plus sum(aux item_len) when it gave an aux slot, whatever the number of
+     plus sum(aux item_len) when it gave an aux slot plus state indices *
+     sum(state item_len) (HYBRID STATE), whatever the number of
      prefill ranks that contribute (prefill TP > decode TP: each sends its
      heads; PP -> 1: each its layers; MLA: one, the others are dummies that
      send nothing; only the contributor kvx_layout_overlap names sends_aux
      sends the aux rows). It takes DATA for the room from every prefill
      rank's connections and counts the bytes of every segment it accepted:
      a (buffer, page, head) may arrive once (a whole page claims all its
-     heads), an aux row once, so no byte counts twice. When the count is
-     complete, every KV byte is in place;
+     heads), an aux row once, a (state buffer, state index) row once, so no
+     byte counts twice. When the count is complete, every KV byte and state
+     row is in place;
      the aux rows, staged per room, are copied into the aux slot last (after
      the last KV byte even when they overtook KV frames on another stream);
      then the receiver reports Success and sends ACK to every prefill rank
@@ -247,7 +265,9 @@
      index, whole pages (a head slice: whole heads inside the row, whole
      pages of rows), each page one of the room's pages, no (buffer, page,
      head) twice, aux only
-     into the room's own aux slot and only when it gave one, lengths that
+     into the room's own aux slot and only when it gave one, state rows
+     only into the room's own state indices (state buffer index below
+     num_state, whole rows inside that buffer, no row twice), lengths that
      add up to the body. A segment outside fails the room, is answered with
      ERROR, and closes the connection; a frame for an unknown room or for a
      room that already succeeded closes the connection as well (rooms closed
@@ -270,7 +290,7 @@
      attacker on the path can read the KV and could tamper with an
      established connection (use a private network or an encrypted
      tunnel for that). Whatever a peer sends, it cannot write outside the
-     pages and aux slot the receiver asked for.
+     pages, aux slot and state rows the receiver asked for.
 
    FAILURES
      Every failure decided on one side reaches the other at once, with the
@@ -306,7 +326,10 @@
      sides) with GPU pools are refused with a sentence on either side
      (strided device copies are not written yet); same-shape GPU pools work
      as before. A decode room remembers at most 64 contributing prefill
-     ranks (more still deliver; the extra ones get no ACK).
+     ranks (more still deliver; the extra ones get no ACK). State buffers
+     in GPU memory go through the pinned stage like GPU pages (and then,
+     as with GPU pages, head slices are refused); a state row larger than
+     KVX_TCP_MAX_FRAME is refused at engine creation.
 
    LICENSE: MIT, see the end of this file.
 */

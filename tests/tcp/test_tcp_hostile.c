@@ -92,7 +92,7 @@ static int raw_connect(void) {
     return fd;
 }
 
-/* HELLO (wire version 3, no key): token with its first byte xor tweak. */
+/* HELLO (wire version 4, no key): token with its first byte xor tweak. */
 static int hello(int fd, uint8_t tweak, uint64_t fp) {
     uint8_t b[96];
     memset(b, 0, sizeof b);
@@ -236,7 +236,7 @@ static void test_refused(void) {
         send_all(fd, b, sizeof b);
     }
     CHECK(wait_closed(fd, 5, err, sizeof err, NULL), "wire version 2: closed");
-    CHECK_STR(err, "protocol version 2, this side speaks 3");
+    CHECK_STR(err, "protocol version 2, this side speaks 4");
     close(fd);
     fd = raw_connect();
     memset(junk, 'G', sizeof junk);
@@ -297,7 +297,7 @@ static void test_bad_segments(void) {
     bad_frame("overflowing length", room, d, 1, ITEM, r, "not one of the 4 pages");
     kvx_receiver_destroy(r);
     r = room_ready(++room, 36, -1, pages);
-    seg(d, 0, 4, (uint64_t)36 * ITEM, ITEM);
+    seg(d, 0, 8, (uint64_t)36 * ITEM, ITEM);
     bad_frame("unknown flags", room, d, 1, ITEM, r, "unknown flags");
     kvx_receiver_destroy(r);
     CHECK(kvx_receiver_poll(bystander) == KVX_POLL_TRANSFERRING,
