@@ -1731,6 +1731,13 @@ static void kvx__tcp_dest_free(kvx_engine *e, kvx__tcp_room *d) {
     kvx_engine_free(e, d);
 }
 
+/* A copy of n indices (engine allocator), NULL without memory. */
+static int32_t *kvx__tcp_idx_copy(kvx_engine *e, const int32_t *idx, uint32_t n) {
+    int32_t *v = (int32_t *)kvx_engine_alloc(e, (size_t)n * sizeof *v);
+    if (v) memcpy(v, idx, (size_t)n * sizeof *v);
+    return v;
+}
+
 /* kvx_boot hook (prefill): the destination of one decode rank that serves
    the room (called once per decode rank, before the room advances). */
 static kvx_result kvx__tcp_on_room(kvx_boot *b, kvx_room *r, const kvx_boot_peer *peer,
@@ -1765,23 +1772,13 @@ static kvx_result kvx__tcp_on_room(kvx_boot *b, kvx_room *r, const kvx_boot_peer
         d->dbytes = 0; /* another prefill rank sends the same latent */
         d->dsends_aux = 0;
     }
-    if (n) {
-        d->dst_pages = (int32_t *)kvx_engine_alloc(e, (size_t)n * sizeof *d->dst_pages);
-        if (!d->dst_pages) {
-            kvx__tcp_dest_free(e, d);
-            return KVX_ERR_NO_MEMORY;
-        }
-        memcpy(d->dst_pages, dst, (size_t)n * sizeof *dst);
+    /* the state indices are planned with the last chunk, when ours are known */
+    if ((n && !(d->dst_pages = kvx__tcp_idx_copy(e, dst, n))) ||
+        (nstate && !(d->dst_state = kvx__tcp_idx_copy(e, dst_state, nstate)))) {
+        kvx__tcp_dest_free(e, d);
+        return KVX_ERR_NO_MEMORY;
     }
     d->ndst = n;
-    if (nstate) { /* HYBRID STATE: planned with the last chunk, when ours are known */
-        d->dst_state = (int32_t *)kvx_engine_alloc(e, (size_t)nstate * sizeof *d->dst_state);
-        if (!d->dst_state) {
-            kvx__tcp_dest_free(e, d);
-            return KVX_ERR_NO_MEMORY;
-        }
-        memcpy(d->dst_state, dst_state, (size_t)nstate * sizeof *dst_state);
-    }
     d->nstate = nstate;
     if (d->dbytes && !(lk = kvx__tcp_link_get(te, host, port, token, why, sizeof why))) {
         kvx__tcp_dest_free(e, d);
@@ -3054,6 +3051,26 @@ static uint64_t kvx__tcp_huge(uint64_t item) {
     return item < (1ull << 32) ? item << 31 : item * (UINT64_MAX / item);
 }
 
+/* KV or state buffers (HYBRID STATE: rows move like pages): GPU memory
+   means staging; a page (row) must fit a frame and the stage. `what`
+   names buffer i ("KV buffer %u has pages"). */
+static kvx_result kvx__tcp_bufs(kvx__tcp_engine *te, const kvx_buffer *b, uint32_t n,
+                                const char *what, char *why, size_t wl) {
+    char name[64];
+    uint32_t i;
+    for (i = 0; i < n; i++) {
+        if (b[i].mem != KVX_MEM_HOST) te->staged = 1;
+        if (b[i].item_len > KVX_TCP_MAX_FRAME) {
+            snprintf(name, sizeof name, what, i);
+            return kvx__why(KVX_ERR_INVALID_ARGUMENT, why, wl, "%s of %llu bytes; the tcp "
+                            "transport carries at most KVX_TCP_MAX_FRAME (%u) in a frame", name,
+                            (unsigned long long)b[i].item_len, (unsigned)KVX_TCP_MAX_FRAME);
+        }
+        if (b[i].item_len > te->stage_bytes) te->stage_bytes = b[i].item_len;
+    }
+    return KVX_OK;
+}
+
 /* Layout facts: staging, the largest frame payload, the decode pool's shape
    for kvx_plan_pages and kvx_plan_aux (same item_len; its size is checked by
    the decode side). */
@@ -3062,30 +3079,16 @@ static kvx_result kvx__tcp_layout(kvx__tcp_engine *te, const kvx_engine_desc *d,
     const kvx_layout *l = kvx_engine_layout(te->engine);
     uint64_t aux_total = kvx_layout_aux_row_bytes(l);
     uint32_t i;
+    kvx_result r;
     te->stage_bytes = te->set.segment;
-    for (i = 0; i < l->num_buffers; i++) {
-        if (l->buffers[i].mem != KVX_MEM_HOST) te->staged = 1;
-        if (l->buffers[i].item_len > KVX_TCP_MAX_FRAME)
-            return kvx__why(KVX_ERR_INVALID_ARGUMENT, why, wl, "KV buffer %u has pages of "
-                                "%llu bytes; the tcp transport carries at most KVX_TCP_MAX_FRAME "
-                                "(%u) in a frame", i, (unsigned long long)l->buffers[i].item_len,
-                                (unsigned)KVX_TCP_MAX_FRAME);
-        if (l->buffers[i].item_len > te->stage_bytes) te->stage_bytes = l->buffers[i].item_len;
-    }
+    if ((r = kvx__tcp_bufs(te, l->buffers, l->num_buffers, "KV buffer %u has pages", why, wl)) ||
+        (r = kvx__tcp_bufs(te, l->state, l->num_state, "state buffer %u has rows", why, wl)))
+        return r;
     if (aux_total > KVX_TCP_MAX_FRAME)
         return kvx__why(KVX_ERR_INVALID_ARGUMENT, why, wl,
                             "the aux rows of a request are %llu bytes; at most %u fit a frame",
                             (unsigned long long)aux_total, (unsigned)KVX_TCP_MAX_FRAME);
     if (aux_total > te->stage_bytes) te->stage_bytes = aux_total;
-    for (i = 0; i < l->num_state; i++) { /* HYBRID STATE: rows like pages */
-        if (l->state[i].mem != KVX_MEM_HOST) te->staged = 1;
-        if (l->state[i].item_len > KVX_TCP_MAX_FRAME)
-            return kvx__why(KVX_ERR_INVALID_ARGUMENT, why, wl, "state buffer %u has rows of "
-                                "%llu bytes; the tcp transport carries at most KVX_TCP_MAX_FRAME "
-                                "(%u) in a frame", i, (unsigned long long)l->state[i].item_len,
-                                (unsigned)KVX_TCP_MAX_FRAME);
-        if (l->state[i].item_len > te->stage_bytes) te->stage_bytes = l->state[i].item_len;
-    }
     te->mem = d->mem;
     if (te->staged && (!te->mem.copy || !te->mem.host_alloc || !te->mem.host_free))
         return kvx__why(KVX_ERR_INVALID_ARGUMENT, why, wl, "the layout has KV or state buffers "
