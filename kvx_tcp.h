@@ -406,7 +406,9 @@ KVX_API kvx_result kvx_tcp_stats_get(const kvx_engine *e, kvx_tcp_stats *out);
 
 /* What the HELLO's fingerprint covers (WIRE FORMAT): what every rank of
    either side shares whatever its heads and layers (page size, dtype, MLA,
-   bytes per head per token of buffer 0, the aux buffers). Thread-safe. */
+   bytes per head per token of buffer 0, the aux buffers, the state buffers:
+   kvx_layout_overlap moves state only between ranks that hold the same).
+   Thread-safe. */
 KVX_API uint64_t kvx_tcp_shape_fingerprint(const kvx_layout *l);
 
 /* >>wire codec (pure: no I/O; for tools, tests and fuzzers) */
@@ -2763,7 +2765,7 @@ static int kvx__tcp_conn_hello(kvx__tcp_conn *c) {
                      "decode engine's bootstrap hello)");
         else if (kvx__le_r64(buf + 56) != fp)
             snprintf(why, sizeof why, "layout fingerprint %016llx, ours %016llx (page size, "
-                     "dtype, MLA, head size or aux rows differ)",
+                     "dtype, MLA, head size, aux or state rows differ)",
                      (unsigned long long)kvx__le_r64(buf + 56), (unsigned long long)fp);
         else if (flags & ~KVX_TCP_HELLO_AUTH)
             snprintf(why, sizeof why, "unknown HELLO flags %08x", (unsigned)flags);
