@@ -205,6 +205,18 @@ static void test_swa(void) {
     pair_close(&p);
 }
 
+/* Both sides of the room fail, each error holding want and want2. */
+static void both_fail(const char *label, room_run *rr, const char *want, const char *want2) {
+    CHECK(tt_wait_s(rr->s, 30) == KVX_POLL_FAILED, "%s: sender failed (%s)", label,
+          kvx_poll_str(kvx_sender_poll(rr->s)));
+    CHECK(tt_wait_r(rr->r, 30) == KVX_POLL_FAILED, "%s: receiver failed (%s)", label,
+          kvx_poll_str(kvx_receiver_poll(rr->r)));
+    CHECK_STR(kvx_sender_error(rr->s), want);
+    CHECK_STR(kvx_sender_error(rr->s), want2);
+    CHECK_STR(kvx_receiver_error(rr->r), want);
+    CHECK_STR(kvx_receiver_error(rr->r), want2);
+}
+
 /* Prefill 2 indices, decode 3: both sides fail with both counts; a room
    without state on the same engines succeeds after. */
 static void test_mismatch(void) {
@@ -215,14 +227,7 @@ static void test_mismatch(void) {
     room_run rr;
     if (pair_open(&p, KVX_STATE_SWA, 1, item, item, 0) == 0) {
         room_start(&p, &rr, 4000, 0, 6, 4, si, 2, di, 3);
-        CHECK(tt_wait_s(rr.s, 30) == KVX_POLL_FAILED, "count mismatch: sender failed (%s)",
-              kvx_poll_str(kvx_sender_poll(rr.s)));
-        CHECK_STR(kvx_sender_error(rr.s), "prefill sent 2 state indices");
-        CHECK_STR(kvx_sender_error(rr.s), "asked for 3");
-        CHECK(tt_wait_r(rr.r, 30) == KVX_POLL_FAILED, "count mismatch: receiver failed (%s)",
-              kvx_poll_str(kvx_receiver_poll(rr.r)));
-        CHECK_STR(kvx_receiver_error(rr.r), "prefill sent 2 state indices");
-        CHECK_STR(kvx_receiver_error(rr.r), "asked for 3");
+        both_fail("count mismatch", &rr, "prefill sent 2 state indices", "asked for 3");
         room_end(&p, &rr);
         rooms_ok("no state beside", &p, 4100, 1, 1, 0, none, none);
     }
@@ -238,12 +243,8 @@ static void test_refused(void) {
     room_run rr;
     if (pair_open(&p, KVX_STATE_MAMBA, 1, item, ditem, 0) == 0) {
         room_start(&p, &rr, 5000, 0, 4, 4, si, 1, di, 1);
-        CHECK(tt_wait_r(rr.r, 30) == KVX_POLL_FAILED, "state item_len differs: receiver failed (%s)",
-              kvx_poll_str(kvx_receiver_poll(rr.r)));
-        CHECK_STR(kvx_receiver_error(rr.r), "state buffer 0");
-        CHECK(tt_wait_s(rr.s, 30) == KVX_POLL_FAILED, "state item_len differs: sender failed (%s)",
-              kvx_poll_str(kvx_sender_poll(rr.s)));
-        CHECK_STR(kvx_sender_error(rr.s), "state buffer 0");
+        both_fail("state item_len differs", &rr, "item_len of state buffer 0 differs",
+                  "4096");
         room_end(&p, &rr);
     }
     pair_close(&p);
