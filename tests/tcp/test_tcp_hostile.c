@@ -35,13 +35,6 @@
 #define SITEM0 512u     /* state buffer 0's rows (Mamba-like: conv) */
 #define SITEM1 128u     /* state buffer 1's rows */
 #define SROWS 16u       /* state rows 12..15 are in no room */
-/* The decode's kvx_boot pairs a state layout only from protocol 4 on (the
-   hello carries the state shape). */
-#if KVX_BOOT_PROTOCOL_VERSION >= 4 || defined(TT_FORCE_STATE)
-#define TT_STATE 1
-#else
-#define TT_STATE 0
-#endif
 
 static ex_pool dpool, spool;
 static kvx_engine *de, *pe;
@@ -191,12 +184,8 @@ static uint8_t *canary_copy(void) {
     }
     memcpy(c + off, (char *)dpool.aux[0].base + 6 * 64, 64); /* slots 6, 7: never given */
     memcpy(c + off + 64, (char *)dpool.aux[1].base + 6 * 8, 16);
-    if (dpool.state) {
-        memcpy(c + off + 80, (char *)dpool.state[0].base + 12 * SITEM0, 4 * SITEM0);
-        memcpy(c + off + 80 + 4 * SITEM0, (char *)dpool.state[1].base + 12 * SITEM1, 4 * SITEM1);
-    } else {
-        memset(c + off + 80, 0, (size_t)(SITEM0 + SITEM1) * 4);
-    }
+    memcpy(c + off + 80, (char *)dpool.state[0].base + 12 * SITEM0, 4 * SITEM0);
+    memcpy(c + off + 80 + 4 * SITEM0, (char *)dpool.state[1].base + 12 * SITEM1, 4 * SITEM1);
     return c;
 }
 
@@ -704,7 +693,7 @@ int main(int argc, char **argv) {
     signal(SIGPIPE, SIG_IGN);
     ex_pool_init(&dpool, &tt_tiny, POOL, 16, 8, 2);
     ex_pool_init(&spool, &tt_tiny, POOL, 16, 8, 1);
-    if (TT_STATE && (add_state(&dpool) || add_state(&spool))) return 1;
+    if (add_state(&dpool) || add_state(&spool)) return 1;
     {
         int32_t all[POOL];
         uint32_t i;
@@ -728,9 +717,7 @@ int main(int argc, char **argv) {
     test_rows();
     test_cut();
     test_by_hand();
-    if (TT_STATE) test_state();
-    else printf("  state rows: this kvx_boot (protocol %d) carries no state shape: not run\n",
-                KVX_BOOT_PROTOCOL_VERSION);
+    test_state();
     test_python_peer();
     test_random();
     CHECK(canary_same(canary), "no byte changed outside the rooms' pages and aux slots");

@@ -10,13 +10,12 @@
    - count mismatch: prefill gives 2 state indices, decode asked for 3: the
      room fails on both sides with a sentence giving both counts
    - a refusal of kvx_layout_overlap (state item_len differs) reaches the
-     rooms with its sentence
+     decode's room with its sentence (its kvx_boot refuses the pairing)
    - a room without state beside them still passes (and
      test_tcp_transfer / test_tcp_topo run the equal-shape rooms)
 
-   The end-to-end cases need kvx_boot protocol 4 (hello with the state
-   shape, room frame with the decode's state indices); with an older
-   kvx_boot they say SKIP and exit 77. */
+   kvx_boot protocol 4 carries the state shape in hellos and the decode's
+   state indices in room frames. */
 #define KVX_IMPLEMENTATION
 #include "tcp_test.h"
 
@@ -254,11 +253,6 @@ static void test_refused(void) {
 int main(void) {
     kt_name = "test_tcp_state";
     signal(SIGPIPE, SIG_IGN);
-if (KVX_BOOT_PROTOCOL_VERSION < 4) {
-        printf("SKIP: kvx_boot protocol %d carries no state shape or state indices (needs 4)\n",
-               KVX_BOOT_PROTOCOL_VERSION);
-        return 77;
-    }
     test_mamba(0);
     test_swa();
     test_mamba(1);
