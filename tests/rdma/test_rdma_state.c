@@ -1,0 +1,455 @@
+/* test_rdma_state - hybrid-model state buffers over the rdma transport
+   (kvx.h HYBRID STATE), one process, two engines on softverbs:
+   1. Mamba-like: 2 state buffers (4096 and 1024 bytes a row), one state
+      index per request, several rooms in flight, chunked: every KV byte,
+      aux row and state row verified on the decode side, and no state row
+      but the room's written;
+   2. SWA-like: paged state, several scattered indices with consecutive
+      runs (the runs go as one WRITE each);
+   3. count mismatch: the prefill gives 2 state indices, the decode asked
+      for 3 (and 1 against 0): the room fails on both sides with a
+      sentence giving both counts;
+   4. refusals of kvx_layout_overlap reach the room with their sentence:
+      a state item_len that differs, and sliding-window state on a non-MLA
+      model with prefill TP 1 -> decode TP 2 (decode ranks holding half the
+      heads);
+   5. rooms without state indices between equal shapes still pass (and the
+      other rdma tests run without state). */
+#define KVX_IMPLEMENTATION
+#define KVX_WITH_RDMA
+#include "rdma_test.h"
+
+static char lib[4096];
+static double slow = 1;
+
+#define MAXN 48
+
+typedef struct side {
+    ex_pool pool;
+    kvx_engine *e;
+} side;
+
+#if KVX_BOOT_PROTOCOL_VERSION < 4
+/* Until kvx_boot protocol v4 carries the decode's state indices in its
+   room frame, the prefill's on_room hook gets them from this table (the
+   decode side's kvx_room_state, kept by room id): the data path under
+   test is the transport's, not kvx_boot's. */
+#define SHIM_ROOMS 64
+static struct { uint64_t room; int32_t idx[MAXN]; uint32_t n; } shim[SHIM_ROOMS];
+static pthread_mutex_t shim_mu = PTHREAD_MUTEX_INITIALIZER;
+static kvx_result (*shim_next)(kvx_boot *, kvx_room *, const kvx_boot_peer *, const int32_t *,
+                               uint32_t, int32_t, const int32_t *, uint32_t);
+static void shim_put(uint64_t room, const int32_t *idx, uint32_t n) {
+    int i;
+    pthread_mutex_lock(&shim_mu);
+    for (i = 0; i < SHIM_ROOMS && shim[i].room && shim[i].room != room; i++) {}
+    if (i < SHIM_ROOMS) {
+        shim[i].room = room;
+        shim[i].n = n;
+        if (n) memcpy(shim[i].idx, idx, n * sizeof *idx);
+    }
+    pthread_mutex_unlock(&shim_mu);
+}
+static kvx_result shim_on_room(kvx_boot *b, kvx_room *r, const kvx_boot_peer *peer,
+                               const int32_t *dst, uint32_t n, int32_t aux, const int32_t *ds,
+                               uint32_t ns) {
+    int32_t idx[MAXN];
+    int i;
+    uint32_t k = 0;
+    pthread_mutex_lock(&shim_mu);
+    for (i = 0; i < SHIM_ROOMS; i++)
+        if (shim[i].room == kvx_room_id(r)) {
+            k = shim[i].n;
+            memcpy(idx, shim[i].idx, sizeof idx);
+        }
+    pthread_mutex_unlock(&shim_mu);
+    if (!ns && k) { ds = idx; ns = k; }
+    return shim_next(b, r, peer, dst, n, aux, ds, ns);
+}
+static void shim_install(kvx_engine *e) {
+    kvx_boot *b = kvx__rdma_re(e)->boot;
+    shim_next = b->hooks.on_room;
+    b->hooks.on_room = shim_on_room;
+}
+#else
+static void shim_put(uint64_t room, const int32_t *idx, uint32_t n) { (void)room; (void)idx; (void)n; }
+static void shim_install(kvx_engine *e) { (void)e; }
+#endif
+
+static int pool_make(side *s, uint32_t type, uint32_t nst, const uint64_t *items, uint32_t rows,
+                     uint64_t seed, const ex_rank *rk) {
+    uint32_t i;
+    memset(s, 0, sizeof s->pool);
+    if (ex_pool_init_rank(&s->pool, &rt_tiny, 512, 16, 64, seed, rk)) return -1;
+    if (nst && ex_pool_add_state(&s->pool, type, nst, items[0], rows)) return -1;
+    for (i = 1; i < nst; i++) { /* ex_pool_add_state gives every buffer items[0]: resize */
+        free(s->pool.state[i].base);
+        s->pool.state[i].base = calloc(rows, (size_t)items[i]);
+        s->pool.state[i].item_len = items[i];
+        s->pool.state[i].length = items[i] * rows;
+    }
+    return 0;
+}
+
+static kvx_engine *engine(kvx_role role, side *s, const char *addr, const int *rank, char *why,
+                          size_t wl) {
+    kvx_engine *e = rt_engine_rank(role, &s->pool.layout, addr, rank, why, wl);
+    if (e && role == KVX_ROLE_PREFILL) shim_install(e);
+    return e;
+}
+
+static int pair_up(side *pf, side *dc, uint32_t type, uint32_t nst, const uint64_t *pitems,
+                   const uint64_t *ditems, uint32_t rows) {
+    char why[KVX_ERROR_MAX], addr[64];
+    memset(pf, 0, sizeof *pf);
+    memset(dc, 0, sizeof *dc);
+    if (pool_make(pf, type, nst, pitems, rows, 3, &ex_rank_all) ||
+        pool_make(dc, type, nst, ditems, rows, 4, &ex_rank_all))
+        return printf("pools: out of memory\n"), -1;
+    pf->e = engine(KVX_ROLE_PREFILL, pf, NULL, NULL, why, sizeof why);
+    if (!pf->e) return printf("prefill engine: %s\n", why), -1;
+    snprintf(addr, sizeof addr, "127.0.0.1:%d", kvx_boot_engine_port(pf->e));
+    dc->e = engine(KVX_ROLE_DECODE, dc, addr, NULL, why, sizeof why);
+    if (!dc->e) return printf("decode engine: %s\n", why), -1;
+    return 0;
+}
+
+static void side_down(side *s) {
+    kvx_engine_destroy(s->e);
+    ex_pool_free(&s->pool);
+}
+
+static int term(kvx_poll p) { return p == KVX_POLL_SUCCESS || p == KVX_POLL_FAILED; }
+
+/* One request: pages, aux slots and state indices on both sides. */
+typedef struct req {
+    uint64_t room;
+    uint32_t n, ns, nd;        /* pages; state indices prefill / decode */
+    int32_t sp[MAXN], dp[MAXN], si[MAXN], di[MAXN];
+    int32_t sslot, dslot;
+    kvx_sender *s;
+    kvx_receiver *r;
+} req;
+
+/* Opens a room: patterns written on the prefill, state rows of the decode
+   cleared. si / di: the state indices (ns of the prefill, nd of the decode). */
+static void req_open(side *pf, side *dc, req *x, uint64_t room, uint32_t n, const int32_t *si,
+                     uint32_t ns, const int32_t *di, uint32_t nd) {
+    kvx_room_desc rd;
+    uint32_t b, k;
+    memset(x, 0, sizeof *x);
+    x->room = room;
+    x->n = n;
+    x->ns = ns;
+    x->nd = nd;
+    if (ns) memcpy(x->si, si, ns * sizeof *si);
+    if (nd) memcpy(x->di, di, nd * sizeof *di);
+    ex_alloc_pages(&pf->pool, x->sp, n);
+    ex_alloc_pages(&dc->pool, x->dp, n);
+    x->sslot = ex_alloc_slot(&pf->pool);
+    x->dslot = ex_alloc_slot(&dc->pool);
+    ex_pages_pattern(&pf->pool, room, x->sp, n, 1);
+    ex_aux_write(&pf->pool, room, x->sslot);
+    ex_aux_clear(&dc->pool, x->dslot);
+    ex_state_pattern(&pf->pool, room, x->si, ns, 1);
+    for (b = 0; b < dc->pool.num_state; b++)
+        for (k = 0; k < nd; k++)
+            memset((char *)dc->pool.state[b].base + (uint64_t)x->di[k] * dc->pool.state[b].item_len, 0,
+                   dc->pool.state[b].item_len);
+    memset(&rd, 0, sizeof rd);
+    rd.room = room;
+    kvx_receiver_create(dc->e, &rd, &x->r);
+    kvx_sender_create(pf->e, &rd, &x->s);
+}
+
+static void req_close(side *pf, side *dc, req *x) {
+    kvx_sender_destroy(x->s);
+    kvx_receiver_destroy(x->r);
+    ex_free_pages(&pf->pool, x->sp, x->n);
+    ex_free_pages(&dc->pool, x->dp, x->n);
+    ex_free_slot(&pf->pool, x->sslot);
+    ex_free_slot(&dc->pool, x->dslot);
+}
+
+/* Decode init with its state indices, prefill init and two chunks, the
+   last carrying the prefill's state indices. */
+static void req_start(req *x) {
+    uint32_t h = x->n / 2;
+    shim_put(x->room, x->di, x->nd);
+    kvx_receiver_wait(x->r, KVX_POLL_WAITING_FOR_INPUT, (int)(20000 * slow));
+    kvx_receiver_init_state(x->r, x->dp, x->n, x->dslot, x->di, x->nd);
+    kvx_sender_wait(x->s, KVX_POLL_WAITING_FOR_INPUT, (int)(20000 * slow));
+    kvx_sender_init(x->s, x->n, x->sslot);
+    kvx_sender_send(x->s, x->sp, h);
+    kvx_sender_send_state(x->s, x->sp + h, x->n - h, x->si, x->ns);
+}
+
+static void req_wait(req *x) {
+    double end = rt_now() + 60 * slow;
+    while (rt_now() < end && !(term(kvx_receiver_poll(x->r)) && term(kvx_sender_poll(x->s))))
+        rt_sleep(0.002);
+}
+
+/* Every byte of a finished room: KV pages, aux row, state rows. */
+static int req_verified(side *dc, req *x, char *err, size_t el) {
+    uint64_t bk = ex_pages_pattern(&dc->pool, x->room, x->dp, x->n, 0);
+    int aux = ex_aux_check(&dc->pool, x->room, x->dslot);
+    uint64_t bs = ex_state_pattern(&dc->pool, x->room, x->di, x->nd, 0);
+    int ok = kvx_receiver_poll(x->r) == KVX_POLL_SUCCESS && kvx_sender_poll(x->s) == KVX_POLL_SUCCESS &&
+             !bk && aux && !bs;
+    snprintf(err, el, "receiver %s (%s), sender %s (%s), %llu bad KV rows, aux %s, %llu bad state rows",
+             kvx_poll_str(kvx_receiver_poll(x->r)), kvx_receiver_error(x->r),
+             kvx_poll_str(kvx_sender_poll(x->s)), kvx_sender_error(x->s), (unsigned long long)bk,
+             aux ? "ok" : "bad", (unsigned long long)bs);
+    return ok;
+}
+
+/* Rows of every decode state buffer that are not zero, outside `keep`. */
+static uint64_t stray_rows(side *dc, const int32_t *keep, uint32_t nk) {
+    uint64_t bad = 0, rows = kvx_layout_num_state_rows(&dc->pool.layout), r, w;
+    uint32_t b, k;
+    for (b = 0; b < dc->pool.num_state; b++)
+        for (r = 0; r < rows; r++) {
+            const uint64_t *row = (const uint64_t *)((const char *)dc->pool.state[b].base +
+                                                     r * dc->pool.state[b].item_len);
+            int kept = 0;
+            for (k = 0; k < nk; k++) kept |= keep[k] == (int32_t)r;
+            if (kept) continue;
+            for (w = 0; w < dc->pool.state[b].item_len / 8; w++)
+                if (row[w]) { bad++; break; }
+        }
+    return bad;
+}
+
+/* ---- 1 and 5: Mamba-like state, and rooms without state -------------------- */
+
+static void mamba(void) {
+    static const uint64_t items[2] = {4096, 1024};
+    side pf, dc;
+    req x[6];
+    int32_t keep[6];
+    int i, good = 0;
+    char err[KVX_ERROR_MAX * 3] = "";
+    if (pair_up(&pf, &dc, KVX_STATE_MAMBA, 2, items, items, 32)) {
+        CHECK(0, "mamba: engines up");
+        return;
+    }
+    for (i = 0; i < 6; i++) { /* one slot each, prefill and decode slots differ */
+        int32_t si = 3 + i, di = 30 - 4 * i;
+        keep[i] = di;
+        req_open(&pf, &dc, &x[i], 7100 + (uint64_t)i, 8 + 5 * (uint32_t)i, &si, 1, &di, 1);
+    }
+    for (i = 0; i < 6; i++) req_start(&x[i]);
+    for (i = 0; i < 6; i++) req_wait(&x[i]);
+    for (i = 0; i < 6; i++) {
+        char e1[KVX_ERROR_MAX * 3];
+        if (req_verified(&dc, &x[i], e1, sizeof e1)) good++;
+        else if (!err[0]) snprintf(err, sizeof err, "%s", e1);
+    }
+    CHECK(good == 6, "Mamba-like, 2 state buffers (4096 + 1024 bytes), 1 index per room: %d of 6 "
+          "rooms succeeded with every KV byte, aux row and state row in place %s", good, err);
+    CHECK(stray_rows(&dc, keep, 6) == 0, "no decode state row but the rooms' was written");
+    for (i = 0; i < 6; i++) req_close(&pf, &dc, &x[i]);
+    good = 0;
+    for (i = 0; i < 3; i++) { /* 5: the same pools, rooms without state */
+        req_open(&pf, &dc, &x[i], 7200 + (uint64_t)i, 12, NULL, 0, NULL, 0);
+        req_start(&x[i]);
+        req_wait(&x[i]);
+        if (req_verified(&dc, &x[i], err, sizeof err)) good++;
+        req_close(&pf, &dc, &x[i]);
+    }
+    CHECK(good == 3, "rooms without state indices in a hybrid pool: %d of 3 succeeded %s", good,
+          good == 3 ? "" : err);
+    CHECK(stray_rows(&dc, keep, 6) == 0, "and wrote no state row");
+    side_down(&dc);
+    side_down(&pf);
+}
+
+/* ---- 2: sliding-window state, scattered indices with runs --------------------- */
+
+static void swa(void) {
+    static const uint64_t items[1] = {2048};
+    static const int32_t si[2][9] = {{40, 41, 42, 7, 90, 91, 3, 60, 61},
+                                     {10, 11, 12, 13, 14, 15, 16, 17, 18}};
+    static const int32_t di[2][9] = {{5, 6, 7, 80, 81, 82, 30, 11, 12},
+                                     {100, 2, 101, 3, 102, 4, 103, 5, 104}};
+    side pf, dc;
+    req x[2];
+    int32_t keep[18];
+    int i, good = 0;
+    uint64_t spans0, spans1;
+    kvx_rdma_stats st;
+    char err[KVX_ERROR_MAX * 3] = "";
+    if (pair_up(&pf, &dc, KVX_STATE_SWA, 1, items, items, 128)) {
+        CHECK(0, "swa: engines up");
+        return;
+    }
+    for (i = 0; i < 18; i++) keep[i] = di[i / 9][i % 9];
+    kvx_rdma_stats_get(pf.e, &st);
+    spans0 = st.spans;
+    for (i = 0; i < 2; i++) req_open(&pf, &dc, &x[i], 7300 + (uint64_t)i, 24, si[i], 9, di[i], 9);
+    for (i = 0; i < 2; i++) req_start(&x[i]);
+    for (i = 0; i < 2; i++) req_wait(&x[i]);
+    for (i = 0; i < 2; i++) {
+        char e1[KVX_ERROR_MAX * 3];
+        if (req_verified(&dc, &x[i], e1, sizeof e1)) good++;
+        else if (!err[0]) snprintf(err, sizeof err, "%s", e1);
+    }
+    CHECK(good == 2, "SWA-like paged state, 9 scattered indices with runs: %d of 2 rooms verified %s",
+          good, err);
+    CHECK(stray_rows(&dc, keep, 18) == 0, "no decode window row but the rooms' was written");
+    kvx_rdma_stats_get(pf.e, &st);
+    spans1 = st.spans - spans0;
+    /* room 0: 5 runs on both sides ((40..42 -> 5..7), 7, (90,91 -> 81,82)... ); room 1: 9 */
+    CHECK(spans1 > 0, "state spans planned (%llu spans in all)", (unsigned long long)spans1);
+    for (i = 0; i < 2; i++) req_close(&pf, &dc, &x[i]);
+    side_down(&dc);
+    side_down(&pf);
+}
+
+/* ---- 3: count mismatch ------------------------------------------------------------ */
+
+static void mismatch(side *pf, side *dc, uint64_t room, uint32_t ns, uint32_t nd) {
+    static const int32_t si[3] = {1, 2, 3}, di[3] = {10, 11, 12};
+    req x;
+    char want[64];
+    req_open(pf, dc, &x, room, 6, si, ns, di, nd);
+    req_start(&x);
+    req_wait(&x);
+    snprintf(want, sizeof want, "prefill sent %u state ind%s", ns, ns == 1 ? "ex" : "ices");
+    CHECK(kvx_sender_poll(x.s) == KVX_POLL_FAILED && strstr(kvx_sender_error(x.s), want) &&
+          strstr(kvx_sender_error(x.s), nd == 3 ? "asked for 3" : "asked for 0"),
+          "count mismatch %u vs %u: the prefill room fails saying both counts: %s", ns, nd,
+          kvx_sender_error(x.s));
+    CHECK(kvx_receiver_poll(x.r) == KVX_POLL_FAILED && strstr(kvx_receiver_error(x.r), want),
+          "and the decode room fails with the sentence: %s", kvx_receiver_error(x.r));
+    req_close(pf, dc, &x);
+}
+
+static void counts(void) {
+    static const uint64_t items[2] = {512, 256};
+    side pf, dc;
+    if (pair_up(&pf, &dc, KVX_STATE_MAMBA, 2, items, items, 32)) {
+        CHECK(0, "counts: engines up");
+        return;
+    }
+    mismatch(&pf, &dc, 7400, 2, 3);
+    mismatch(&pf, &dc, 7401, 1, 0);
+    {
+        req x;
+        char err[KVX_ERROR_MAX * 3];
+        int32_t s = 5, d = 6;
+        req_open(&pf, &dc, &x, 7402, 6, &s, 1, &d, 1);
+        req_start(&x);
+        req_wait(&x);
+        CHECK(req_verified(&dc, &x, err, sizeof err), "the pair still moves state afterwards: %s", err);
+        req_close(&pf, &dc, &x);
+    }
+    side_down(&dc);
+    side_down(&pf);
+}
+
+/* ---- 4: refusals of kvx_layout_overlap reach the room ------------------------------- */
+
+static void refused_item(void) {
+    static const uint64_t pi[1] = {1024}, di[1] = {2048};
+    side pf, dc;
+    req x;
+    int32_t s = 1, d = 2;
+    if (pair_up(&pf, &dc, KVX_STATE_MAMBA, 1, pi, di, 16)) {
+        CHECK(0, "refused item_len: engines up");
+        return;
+    }
+    req_open(&pf, &dc, &x, 7500, 6, &s, 1, &d, 1);
+    req_start(&x);
+    req_wait(&x);
+    CHECK(kvx_receiver_poll(x.r) == KVX_POLL_FAILED &&
+          strstr(kvx_receiver_error(x.r), "item_len of state buffer 0 differs"),
+          "state item_len 1024 vs 2048: the decode room fails with the sentence: %s",
+          kvx_receiver_error(x.r));
+    CHECK(kvx_sender_poll(x.s) == KVX_POLL_FAILED, "and the prefill room fails: %s",
+          kvx_sender_error(x.s));
+    req_close(&pf, &dc, &x);
+    side_down(&dc);
+    side_down(&pf);
+}
+
+static void refused_tp(void) {
+    static const uint64_t items[1] = {1024};
+    static const ex_rank r0 = {2, 0, 1, 0}, r1 = {2, 1, 1, 0};
+    side pf, d0, d1;
+    kvx_room_desc rd;
+    kvx_sender *s = NULL;
+    kvx_receiver *rc0 = NULL, *rc1 = NULL;
+    int32_t pages[4], dp[4], idx = 3, k;
+    int o0[7] = {2, 0, 1, 0, 0, 1, 0}, o1[7] = {2, 1, 1, 0, 0, 1, 0};
+    char why[KVX_ERROR_MAX], addr[64];
+    double end;
+    memset(&pf, 0, sizeof pf);
+    memset(&d0, 0, sizeof d0);
+    memset(&d1, 0, sizeof d1);
+    if (pool_make(&pf, KVX_STATE_SWA, 1, items, 16, 3, &ex_rank_all) ||
+        pool_make(&d0, KVX_STATE_SWA, 1, items, 16, 4, &r0) ||
+        pool_make(&d1, KVX_STATE_SWA, 1, items, 16, 5, &r1) ||
+        !(pf.e = engine(KVX_ROLE_PREFILL, &pf, NULL, NULL, why, sizeof why))) {
+        CHECK(0, "refused TP: prefill up: %s", why);
+        return;
+    }
+    snprintf(addr, sizeof addr, "127.0.0.1:%d", kvx_boot_engine_port(pf.e));
+    if (!(d0.e = engine(KVX_ROLE_DECODE, &d0, addr, o0, why, sizeof why)) ||
+        !(d1.e = engine(KVX_ROLE_DECODE, &d1, addr, o1, why, sizeof why))) {
+        CHECK(0, "refused TP: decode ranks up: %s", why);
+        return;
+    }
+    for (k = 0; k < 4; k++) pages[k] = dp[k] = k + 1;
+    memset(&rd, 0, sizeof rd);
+    rd.room = 7600;
+    kvx_receiver_create(d0.e, &rd, &rc0);
+    kvx_receiver_create(d1.e, &rd, &rc1);
+    kvx_sender_create(pf.e, &rd, &s);
+    shim_put(7600, &idx, 1);
+    kvx_receiver_wait(rc0, KVX_POLL_WAITING_FOR_INPUT, (int)(20000 * slow));
+    kvx_receiver_wait(rc1, KVX_POLL_WAITING_FOR_INPUT, (int)(20000 * slow));
+    kvx_receiver_init_state(rc0, dp, 4, -1, &idx, 1);
+    kvx_receiver_init_state(rc1, dp, 4, -1, &idx, 1);
+    kvx_sender_wait(s, KVX_POLL_WAITING_FOR_INPUT, (int)(20000 * slow));
+    kvx_sender_init(s, 4, -1);
+    kvx_sender_send_state(s, pages, 4, &idx, 1);
+    end = rt_now() + 60 * slow;
+    while (rt_now() < end && !(term(kvx_receiver_poll(rc0)) && term(kvx_receiver_poll(rc1)) &&
+                               term(kvx_sender_poll(s))))
+        rt_sleep(0.002);
+    CHECK(kvx_receiver_poll(rc0) == KVX_POLL_FAILED && kvx_receiver_poll(rc1) == KVX_POLL_FAILED &&
+          strstr(kvx_receiver_error(rc0), "sliding-window state between ranks holding different heads"),
+          "SWA, non-MLA, prefill TP 1 -> decode TP 2: both decode rooms fail with the sentence: %s",
+          kvx_receiver_error(rc0));
+    CHECK(kvx_sender_poll(s) == KVX_POLL_FAILED, "and the prefill room fails: %s", kvx_sender_error(s));
+    kvx_sender_destroy(s);
+    kvx_receiver_destroy(rc0);
+    kvx_receiver_destroy(rc1);
+    side_down(&d1);
+    side_down(&d0);
+    side_down(&pf);
+}
+
+int main(void) {
+    char svdir[128];
+    rt_name = "test_rdma_state";
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    signal(SIGPIPE, SIG_IGN);
+    if (rt_quick()) slow = 3;
+    if (!rt_find_softverbs(lib, sizeof lib))
+        return printf("SKIP: libsoftverbs.so not found (make tests/softverbs/libsoftverbs.so)\n"), 77;
+    snprintf(svdir, sizeof svdir, "/tmp/kvx_test_%d_sv", (int)getpid());
+    setenv("SOFTVERBS_DIR", svdir, 1);
+    setenv("KVX_IBVERBS_LIBRARY", lib, 1);
+    setenv("KVX_IB_CONNECT_TIMEOUT", "5", 1);
+    unsetenv("KVX_AUTH_KEY");
+    unsetenv("KVX_AUTH_KEY_FILE");
+    mamba();
+    swa();
+    counts();
+    refused_item();
+    refused_tp();
+    return rt_finish();
+}
