@@ -34,7 +34,8 @@
      every queue pair is a signaled WRITE WITH IMMEDIATE (imm = the room id
      folded to 32 bits; zero-length if the queue pair had nothing left). Aux
      rows go once the room's KV WRITEs on the other queue pairs completed, on
-     queue pair 0 behind its own KV WRITEs, the last carrying the immediate.
+     queue pair 0 behind its own KV WRITEs, the last carrying the immediate;
+     a hybrid model's state rows (HYBRID STATE below) go in the same job.
      When every WRITE completed the prefill sends status Success with the byte
      count; the decode side (kvx__rdma_cq_decode) succeeds with that status, an
      immediate for the room from every queue pair of that peer, and the bytes
@@ -136,6 +137,26 @@
      Success with their immediates and their bytes add up to its pages
      times its page bytes plus its aux row.
 
+   HYBRID STATE (kvx.h's section)
+     Both sides register their state buffers like the KV buffers (host or
+     GPU memory) and the decode side announces them in CONNECT. The decode
+     rank's state indices arrive in its room frame (kvx_boot protocol v4,
+     on_room); with the room's last chunk the prefill checks that its count
+     (kvx_room_state) equals that destination's, else the room fails with
+     "prefill sent 2 state indices, decode ADDR asked for 3", which the
+     decode room receives in the status. The rows are planned with
+     kvx_plan_state (own layout and indices -> the announced state buffers
+     and that destination's indices; consecutive runs as one span) and go
+     with the aux rows, on queue pair 0 after the room's KV WRITEs, only
+     from the contributor that writes the aux rows (sends_aux of
+     kvx_layout_overlap; never an MLA dummy), so they are in place before
+     the immediates and status that let the decode room succeed; the decode
+     side's byte count includes n * kvx_layout_state_row_bytes. State never
+     goes through the staging area (it needs equal heads, or MLA). Shapes
+     kvx_layout_overlap refuses (state count, type or item_len, different
+     layers, non-MLA ranks with different heads) are refused by kvx_boot's
+     hello check, and again at CONNECT.
+
    STAGING AREA (decode)
      Made for a prefill rank whose shape (kvx_boot_peer.layout) holds fewer
      heads than this rank, with heads in common, when every KV buffer here
@@ -150,7 +171,7 @@
      before use, and plans against it like a pool.
 
    HOW IT CONNECTS
-     Both sides register every KV and aux buffer on every port they use
+     Both sides register every KV, aux and state buffer on every port they use
      (decode: LOCAL_WRITE | REMOTE_WRITE, prefill: LOCAL_WRITE; relaxed
      ordering when available), split at the device's max_mr_size. Each kvx_boot
      hello carries an endpoint blob (below), the rest goes as kvx_boot
@@ -173,15 +194,16 @@
      a decode engine once a new CONNECT from it checks out.
 
    WHAT A PEER MAY WRITE
-     The decode side registers only its KV pool, aux buffers and staging
-     areas for remote write, so a peer's rkeys reach nothing else; the prefill hands out no
+     The decode side registers only its KV pool, aux buffers, state buffers
+     and staging areas for remote write, so a peer's rkeys reach nothing else; the prefill hands out no
      rkeys (local access only). RDMA cannot restrict a WRITE to one room's
      pages at the NIC without a memory region or window per room (type-2 memory
      windows cost a bind per buffer region per room; out of scope), so the
      prefill plans every WRITE with kvx_plan_pages against the room frame's
      destination pages, checked against the pool size the decode side
      advertised, and the decode side checks on completion that the bytes placed
-     equal pages * page bytes + aux row bytes of the room.
+     equal pages * page bytes + aux row bytes + state indices * state row
+     bytes of the room.
 
    FAILURES
      As kvx.h's FAILURES: the prefill sends status Failed, the decode side an
@@ -199,9 +221,9 @@
      port is down. No room succeeds without its status, immediates and bytes;
      when in doubt a room fails.
 
-   ENDPOINT BLOB (in the kvx_boot hello; version 3; little-endian)
-     0 u8[8] magic "kvx-rdma"   8 u16 version (3; version 2's CONNECT had
-     no layout shape)   10 u16 role (1/2)
+   ENDPOINT BLOB (in the kvx_boot hello; version 4; little-endian)
+     0 u8[8] magic "kvx-rdma"   8 u16 version (4; version 3's CONNECT had
+     no state buffers, version 2's no layout shape)   10 u16 role (1/2)
      12 u32 flags (0)   16 u64 instance (random, nonzero)
      24 u16 reserved (0; version 1 had the exchange's TCP port here)
      26 u16 qps   28 u16 ndev (1..KVX_RDMA_MAX_DEVS)   30 u16 reserved (0)
@@ -218,15 +240,20 @@
      1 CONNECT (decode -> prefill):
         0 u64 from (decode instance)   8 u64 to (prefill instance)
         16 u64 layout fingerprint   24 u16 nqp   26 u16 ndev   28 u32 nbuf
-        32 u32 naux   36 u32 reserved   40 nqp entries of 12 bytes (u32 qpn,
+        (1..KVX_MAX_BUFFERS)   32 u32 naux (0..KVX_MAX_AUX)   36 u32 nstate
+        (state buffers, 0..KVX_MAX_STATE; version 3: reserved 0)
+        40 nqp entries of 12 bytes (u32 qpn,
         u32 psn, u16 port entry index, u16 reserved), ndev port entries (as
         above), then per port entry: u64 region_bytes, and for each of the
-        nbuf KV buffers then the naux aux buffers: u64 base, u64 length,
+        nbuf KV buffers, then the naux aux buffers, then the nstate state
+        buffers: u64 base, u64 length,
         u32 nregions (= ceil(length / region_bytes)), u32 rkey[nregions];
         then the decode rank's layout shape (kvx.h PARALLEL LAYOUTS), which
         the prefill plans against: u32 page_size, u32 num_kv_heads, u32
-        dtype_size, u32 head_begin, u32 layer_begin, u32 mla (0/1), u64
-        item_len of each KV buffer then each aux buffer (each >= 1); the
+        dtype_size, u32 head_begin, u32 layer_begin, u32 mla (0/1), u32
+        state_type (KVX_STATE_*, 0..3; 0 when nstate is 0), u32 reserved (0),
+        u64 item_len of each KV buffer, then each aux buffer, then each
+        state buffer (each >= 1; every buffer at least one item long); the
         prefill refuses it unless kvx_layout_overlap of its own layout and
         this shape is KVX_OK (a rank with nothing in common connects and
         moves nothing); then u64 stage_len (0: no staging area), and when
@@ -258,7 +285,9 @@
      KV buffers with mem == KVX_MEM_CUDA are registered through dma-buf
      (ibv_reg_dmabuf_mr) with the file descriptor desc.mem.dmabuf_fd exports
      (kvx_cuda_mem_ops fills it: cuMemGetHandleForAddressRange); without one
-     engine creation fails with a sentence saying so.
+     engine creation fails with a sentence saying so. State buffers
+     (HYBRID STATE) with mem == KVX_MEM_CUDA take the same path ("state
+     buffer 0 is GPU memory ...": the same refusal).
 
    LICENSE: MIT, see the end of this file.
 */
@@ -1868,7 +1897,7 @@ static int kvx__rdma_rx_check(kvx__rdma_room *rr, char *msg, size_t ml, const ch
     *total = bytes;
     if (bytes != rr->expected) {
         snprintf(msg, ml, "%s%s report%s %llu bytes placed but this receiver expects %llu "
-                 "(its pages times the page bytes of every buffer, plus the aux row)",
+                 "(its pages times the page bytes of every buffer, plus the aux row and state rows)",
                  rr->targets > 1 ? "the prefill ranks, the last " : "", who,
                  rr->targets > 1 ? "," : "s", (unsigned long long)bytes,
                  (unsigned long long)rr->expected);
