@@ -13,6 +13,8 @@
       a state item_len that differs, and sliding-window state on a non-MLA
       model with prefill TP 1 -> decode TP 2 (decode ranks holding half the
       heads);
+   MLA with prefill TP 2 -> decode TP 1: the dummy rank sends no state,
+   the other sends KV, aux and state;
    5. rooms without state indices between equal shapes still pass (and the
       other rdma tests run without state). */
 #define KVX_IMPLEMENTATION
@@ -30,11 +32,11 @@ typedef struct side {
 } side;
 
 
-static int pool_make(side *s, uint32_t type, uint32_t nst, const uint64_t *items, uint32_t rows,
-                     uint64_t seed, const ex_rank *rk) {
+static int pool_model(side *s, const ex_model *m, uint32_t type, uint32_t nst, const uint64_t *items,
+                      uint32_t rows, uint64_t seed, const ex_rank *rk) {
     uint32_t i;
     memset(s, 0, sizeof s->pool);
-    if (ex_pool_init_rank(&s->pool, &rt_tiny, 512, 16, 64, seed, rk)) return -1;
+    if (ex_pool_init_rank(&s->pool, m, 512, 16, 64, seed, rk)) return -1;
     if (nst && ex_pool_add_state(&s->pool, type, nst, items[0], rows)) return -1;
     for (i = 1; i < nst; i++) { /* ex_pool_add_state gives every buffer items[0]: resize */
         free(s->pool.state[i].base);
@@ -43,6 +45,11 @@ static int pool_make(side *s, uint32_t type, uint32_t nst, const uint64_t *items
         s->pool.state[i].length = items[i] * rows;
     }
     return 0;
+}
+
+static int pool_make(side *s, uint32_t type, uint32_t nst, const uint64_t *items, uint32_t rows,
+                     uint64_t seed, const ex_rank *rk) {
+    return pool_model(s, &rt_tiny, type, nst, items, rows, seed, rk);
 }
 
 static kvx_engine *engine(kvx_role role, side *s, const char *addr, const int *rank, char *why,
@@ -140,6 +147,91 @@ static void req_wait(req *x) {
     double end = rt_now() + 60 * slow;
     while (rt_now() < end && !(term(kvx_receiver_poll(x->r)) && term(kvx_sender_poll(x->s))))
         rt_sleep(0.002);
+}
+
+/* ---- MLA with prefill TP 2 -> decode TP 1: the dummy sends no state ---------- */
+
+static void mla_dummy(void) {
+    static const uint64_t items[2] = {2048, 512};
+    static const ex_rank r0 = {2, 0, 1, 0}, r1 = {2, 1, 1, 0};
+    side p0, p1, dc;
+    kvx_room_desc rd;
+    kvx_sender *s0 = NULL, *s1 = NULL;
+    kvx_receiver *rc = NULL;
+    int32_t sp0[10], sp1[10], dp[10], si = 4, di = 9, sl0, sl1, dsl;
+    int o0[7] = {2, 0, 1, 0, 0, 1, 0}, o1[7] = {2, 1, 1, 0, 0, 1, 0};
+    char why[KVX_ERROR_MAX], addr[64];
+    uint64_t bk, bs, room = 7700, before;
+    double end;
+    kvx_rdma_stats st0, st1;
+    memset(&p0, 0, sizeof p0);
+    memset(&p1, 0, sizeof p1);
+    memset(&dc, 0, sizeof dc);
+    if (pool_model(&p0, &rt_mla, KVX_STATE_MAMBA, 2, items, 16, 3, &r0) ||
+        pool_model(&p1, &rt_mla, KVX_STATE_MAMBA, 2, items, 16, 5, &r1) ||
+        pool_model(&dc, &rt_mla, KVX_STATE_MAMBA, 2, items, 16, 4, &ex_rank_all) ||
+        !(p0.e = engine(KVX_ROLE_PREFILL, &p0, NULL, o0, why, sizeof why))) {
+        CHECK(0, "MLA: prefill rank 0 up: %s", why);
+        return;
+    }
+    o1[4] = kvx_boot_engine_port(p0.e);
+    snprintf(addr, sizeof addr, "127.0.0.1:%d", o1[4]);
+    if (!(p1.e = engine(KVX_ROLE_PREFILL, &p1, NULL, o1, why, sizeof why)) ||
+        !(dc.e = engine(KVX_ROLE_DECODE, &dc, addr, NULL, why, sizeof why))) {
+        CHECK(0, "MLA: prefill rank 1 and decode up: %s", why);
+        return;
+    }
+    ex_alloc_pages(&p0.pool, sp0, 10);
+    ex_alloc_pages(&p1.pool, sp1, 10);
+    ex_alloc_pages(&dc.pool, dp, 10);
+    sl0 = ex_alloc_slot(&p0.pool);
+    sl1 = ex_alloc_slot(&p1.pool);
+    dsl = ex_alloc_slot(&dc.pool);
+    ex_pages_pattern(&p0.pool, room, sp0, 10, 1);
+    ex_pages_pattern(&p1.pool, room, sp1, 10, 1);
+    ex_aux_write(&p0.pool, room, sl0);
+    ex_aux_write(&p1.pool, room, sl1);
+    ex_state_pattern(&p0.pool, room, &si, 1, 1);
+    ex_state_pattern(&p1.pool, room, &si, 1, 1);
+    kvx_rdma_stats_get(p1.e, &st1);
+    before = st1.bytes;
+    memset(&rd, 0, sizeof rd);
+    rd.room = room;
+    kvx_receiver_create(dc.e, &rd, &rc);
+    kvx_sender_create(p0.e, &rd, &s0);
+    kvx_sender_create(p1.e, &rd, &s1);
+    kvx_receiver_wait(rc, KVX_POLL_WAITING_FOR_INPUT, (int)(20000 * slow));
+    kvx_receiver_init_state(rc, dp, 10, dsl, &di, 1);
+    kvx_sender_wait(s0, KVX_POLL_WAITING_FOR_INPUT, (int)(20000 * slow));
+    kvx_sender_wait(s1, KVX_POLL_WAITING_FOR_INPUT, (int)(20000 * slow));
+    kvx_sender_init(s0, 10, sl0);
+    kvx_sender_init(s1, 10, sl1);
+    kvx_sender_send_state(s0, sp0, 10, &si, 1);
+    kvx_sender_send_state(s1, sp1, 10, &si, 1);
+    end = rt_now() + 60 * slow;
+    while (rt_now() < end && !(term(kvx_receiver_poll(rc)) && term(kvx_sender_poll(s0)) &&
+                               term(kvx_sender_poll(s1))))
+        rt_sleep(0.002);
+    bk = ex_pages_pattern(&dc.pool, room, dp, 10, 0);
+    bs = ex_state_pattern(&dc.pool, room, &di, 1, 0);
+    CHECK(kvx_receiver_poll(rc) == KVX_POLL_SUCCESS && kvx_sender_poll(s0) == KVX_POLL_SUCCESS &&
+          kvx_sender_poll(s1) == KVX_POLL_SUCCESS && !bk && !bs && ex_aux_check(&dc.pool, room, dsl),
+          "MLA + Mamba state, prefill TP 2 -> decode TP 1: KV, aux and state rows in place "
+          "(receiver %s: %s; %llu bad KV rows, %llu bad state rows)",
+          kvx_poll_str(kvx_receiver_poll(rc)), kvx_receiver_error(rc), (unsigned long long)bk,
+          (unsigned long long)bs);
+    kvx_rdma_stats_get(p0.e, &st0);
+    kvx_rdma_stats_get(p1.e, &st1);
+    CHECK(st1.bytes == before && st0.bytes >= 10 * kvx_layout_page_bytes(&dc.pool.layout) +
+                                             kvx_layout_state_row_bytes(&dc.pool.layout),
+          "the MLA dummy (rank 1) wrote no byte, rank 0 wrote KV and state (%llu bytes)",
+          (unsigned long long)st0.bytes);
+    kvx_sender_destroy(s0);
+    kvx_sender_destroy(s1);
+    kvx_receiver_destroy(rc);
+    side_down(&dc);
+    side_down(&p1);
+    side_down(&p0);
 }
 
 /* The decode room only (a refused connection: the prefill room waits for
@@ -416,5 +508,6 @@ int main(void) {
     counts();
     refused_item();
     refused_tp();
+    mla_dummy();
     return rt_finish();
 }
