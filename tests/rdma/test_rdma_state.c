@@ -103,15 +103,13 @@ static void req_open(side *pf, side *dc, req *x, uint64_t room, uint32_t n, cons
     x->nd = nd;
     if (ns) memcpy(x->si, si, ns * sizeof *si);
     if (nd) memcpy(x->di, di, nd * sizeof *di);
-    ex_alloc_pages(&pf->pool, x->sp, n);
-    ex_alloc_pages(&dc->pool, x->dp, n);
-    x->sslot = ex_alloc_slot(&pf->pool);
-    x->dslot = ex_alloc_slot(&dc->pool);
+    x->sslot = ex_alloc_pages(&pf->pool, x->sp, n) ? -1 : ex_alloc_slot(&pf->pool);
+    x->dslot = ex_alloc_pages(&dc->pool, x->dp, n) ? -1 : ex_alloc_slot(&dc->pool);
     ex_pages_pattern(&pf->pool, room, x->sp, n, 1);
     ex_aux_write(&pf->pool, room, x->sslot);
     ex_aux_clear(&dc->pool, x->dslot);
     ex_state_pattern(&pf->pool, room, x->si, ns, 1);
-    for (b = 0; b < dc->pool.num_state; b++)
+    for (b = 0; b < dc->pool.num_state; b++) /* the decode rows start zeroed */
         for (k = 0; k < nd; k++)
             memset((char *)dc->pool.state[b].base + (uint64_t)x->di[k] * dc->pool.state[b].item_len, 0,
                    dc->pool.state[b].item_len);
@@ -122,12 +120,18 @@ static void req_open(side *pf, side *dc, req *x, uint64_t room, uint32_t n, cons
 }
 
 static void req_close(side *pf, side *dc, req *x) {
+    side *sd[2];
+    int32_t *pg[2], sl[2];
+    int k;
+    sd[0] = pf; sd[1] = dc;
+    pg[0] = x->sp; pg[1] = x->dp;
+    sl[0] = x->sslot; sl[1] = x->dslot;
     kvx_sender_destroy(x->s);
     kvx_receiver_destroy(x->r);
-    ex_free_pages(&pf->pool, x->sp, x->n);
-    ex_free_pages(&dc->pool, x->dp, x->n);
-    ex_free_slot(&pf->pool, x->sslot);
-    ex_free_slot(&dc->pool, x->dslot);
+    for (k = 0; k < 2; k++) {
+        ex_free_pages(&sd[k]->pool, pg[k], x->n);
+        ex_free_slot(&sd[k]->pool, sl[k]);
+    }
 }
 
 /* Decode init with its state indices, prefill init and two chunks, the
@@ -255,6 +259,20 @@ static int req_verified(side *dc, req *x, char *err, size_t el) {
     return ok;
 }
 
+/* Starts rooms x[0..n) together, waits for them; the rooms verified (err:
+   the first failure). */
+static int run_all(side *dc, req *x, int n, char *err, size_t el) {
+    int i, good = 0;
+    for (i = 0; i < n; i++) req_start(&x[i]);
+    for (i = 0; i < n; i++) req_wait(&x[i]);
+    for (i = 0; i < n; i++) {
+        char e1[KVX_ERROR_MAX * 3];
+        if (req_verified(dc, &x[i], e1, sizeof e1)) good++;
+        else if (!err[0]) snprintf(err, el, "%s", e1);
+    }
+    return good;
+}
+
 /* Rows of every decode state buffer that are not zero, outside `keep`. */
 static uint64_t stray_rows(side *dc, const int32_t *keep, uint32_t nk) {
     uint64_t bad = 0, rows = kvx_layout_num_state_rows(&dc->pool.layout), r, w;
@@ -290,13 +308,7 @@ static void mamba(void) {
         keep[i] = di;
         req_open(&pf, &dc, &x[i], 7100 + (uint64_t)i, 8 + 5 * (uint32_t)i, &si, 1, &di, 1);
     }
-    for (i = 0; i < 6; i++) req_start(&x[i]);
-    for (i = 0; i < 6; i++) req_wait(&x[i]);
-    for (i = 0; i < 6; i++) {
-        char e1[KVX_ERROR_MAX * 3];
-        if (req_verified(&dc, &x[i], e1, sizeof e1)) good++;
-        else if (!err[0]) snprintf(err, sizeof err, "%s", e1);
-    }
+    good = run_all(&dc, x, 6, err, sizeof err);
     CHECK(good == 6, "Mamba-like, 2 state buffers (4096 + 1024 bytes), 1 index per room: %d of 6 "
           "rooms succeeded with every KV byte, aux row and state row in place %s", good, err);
     CHECK(stray_rows(&dc, keep, 6) == 0, "no decode state row but the rooms' was written");
@@ -339,13 +351,7 @@ static void swa(void) {
     kvx_rdma_stats_get(pf.e, &st);
     spans0 = st.spans;
     for (i = 0; i < 2; i++) req_open(&pf, &dc, &x[i], 7300 + (uint64_t)i, 24, si[i], 9, di[i], 9);
-    for (i = 0; i < 2; i++) req_start(&x[i]);
-    for (i = 0; i < 2; i++) req_wait(&x[i]);
-    for (i = 0; i < 2; i++) {
-        char e1[KVX_ERROR_MAX * 3];
-        if (req_verified(&dc, &x[i], e1, sizeof e1)) good++;
-        else if (!err[0]) snprintf(err, sizeof err, "%s", e1);
-    }
+    good = run_all(&dc, x, 2, err, sizeof err);
     CHECK(good == 2, "SWA-like paged state, 9 scattered indices with runs: %d of 2 rooms verified %s",
           good, err);
     CHECK(stray_rows(&dc, keep, 18) == 0, "no decode window row but the rooms' was written");
@@ -490,19 +496,10 @@ static void refused_tp(void) {
 }
 
 int main(void) {
-    char svdir[128];
-    rt_name = "test_rdma_state";
-    setvbuf(stdout, NULL, _IOLBF, 0);
-    signal(SIGPIPE, SIG_IGN);
+    int rc = rt_inproc("test_rdma_state", lib, sizeof lib);
+    if (rc) return rc;
     if (rt_quick()) slow = 3;
-    if (!rt_find_softverbs(lib, sizeof lib))
-        return printf("SKIP: libsoftverbs.so not found (make tests/softverbs/libsoftverbs.so)\n"), 77;
-    snprintf(svdir, sizeof svdir, "/tmp/kvx_test_%d_sv", (int)getpid());
-    setenv("SOFTVERBS_DIR", svdir, 1);
-    setenv("KVX_IBVERBS_LIBRARY", lib, 1);
     setenv("KVX_IB_CONNECT_TIMEOUT", "5", 1);
-    unsetenv("KVX_AUTH_KEY");
-    unsetenv("KVX_AUTH_KEY_FILE");
     mamba();
     swa();
     counts();
