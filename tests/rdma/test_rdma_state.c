@@ -15,6 +15,8 @@
       heads);
    MLA with prefill TP 2 -> decode TP 1: the dummy rank sends no state,
    the other sends KV, aux and state;
+   GPU state buffers take the GPU KV pages' path (dma-buf registration,
+   or a refusal with a sentence without desc.mem's exporter);
    5. rooms without state indices between equal shapes still pass (and the
       other rdma tests run without state). */
 #define KVX_IMPLEMENTATION
@@ -495,6 +497,55 @@ static void refused_tp(void) {
     side_down(&pf);
 }
 
+/* ---- GPU state buffers: the KV buffers' registration path ------------------- */
+
+static kvx_result gpu_fd(void *ctx, void *ptr, uint64_t len, int dev, int *fd, uint64_t *off,
+                         char *why, size_t wl) {
+    int pp[2];
+    (void)ctx; (void)ptr; (void)len; (void)dev; (void)why; (void)wl;
+    if (pipe(pp)) return KVX_ERR_TRANSPORT;
+    close(pp[1]);
+    *fd = pp[0];
+    *off = 0;
+    return KVX_OK;
+}
+
+static void gpu_state(void) {
+    static const uint64_t items[2] = {1024, 512};
+    side s;
+    kvx_engine_desc d;
+    kvx_engine *e = NULL;
+    kvx_result res;
+    char why[KVX_ERROR_MAX] = "";
+    memset(&s, 0, sizeof s);
+    if (pool_make(&s, KVX_STATE_MAMBA, 2, items, 8, 3, &ex_rank_all)) {
+        CHECK(0, "gpu: pool");
+        return;
+    }
+    s.pool.state[1].mem = KVX_MEM_CUDA; /* host memory posing as GPU memory */
+    memset(&d, 0, sizeof d);
+    d.role = KVX_ROLE_DECODE;
+    d.transport = "rdma";
+    d.layout = s.pool.layout;
+    d.logger.func = rt_log;
+    d.logger.level = KVX_LOG_ERROR;
+    d.boot.host = "127.0.0.1";
+    d.boot.port = -1;
+    d.bootstrap_addr = "127.0.0.1:1";
+    kvx_rdma_register();
+    res = kvx_engine_create(&d, &e, why, sizeof why);
+    CHECK(res == KVX_ERR_INVALID_ARGUMENT && !e && strstr(why, "state buffer 1 is GPU memory") &&
+          strstr(why, "dma-buf"), "a GPU state buffer without a dma-buf op in desc.mem is refused: %s",
+          why);
+    d.mem.dmabuf_fd = gpu_fd;
+    res = kvx_engine_create(&d, &e, why, sizeof why);
+    CHECK(!e && res != KVX_OK && strstr(why, "cannot register state buffer 1"),
+          "with one it goes through ibv_reg_dmabuf_mr like GPU KV pages (softverbs refuses it): %s",
+          why);
+    kvx_engine_destroy(e);
+    ex_pool_free(&s.pool);
+}
+
 int main(void) {
     int rc = rt_inproc("test_rdma_state", lib, sizeof lib);
     if (rc) return rc;
@@ -506,5 +557,6 @@ int main(void) {
     refused_item();
     refused_tp();
     mla_dummy();
+    gpu_state();
     return rt_finish();
 }
