@@ -34,7 +34,8 @@
      every queue pair is a signaled WRITE WITH IMMEDIATE (imm = the room id
      folded to 32 bits; zero-length if the queue pair had nothing left). Aux
      rows go once the room's KV WRITEs on the other queue pairs completed, on
-     queue pair 0 behind its own KV WRITEs, the last carrying the immediate.
+     queue pair 0 behind its own KV WRITEs, the last carrying the immediate;
+     a hybrid model's state rows (HYBRID STATE below) go in the same job.
      When every WRITE completed the prefill sends status Success with the byte
      count; the decode side (kvx__rdma_cq_decode) succeeds with that status, an
      immediate for the room from every queue pair of that peer, and the bytes
@@ -136,6 +137,26 @@
      Success with their immediates and their bytes add up to its pages
      times its page bytes plus its aux row.
 
+   HYBRID STATE (kvx.h's section)
+     Both sides register their state buffers like the KV buffers (host or
+     GPU memory) and the decode side announces them in CONNECT. The decode
+     rank's state indices arrive in its room frame (kvx_boot protocol v4,
+     on_room); with the room's last chunk the prefill checks that its count
+     (kvx_room_state) equals that destination's, else the room fails with
+     "prefill sent 2 state indices, decode ADDR asked for 3", which the
+     decode room receives in the status. The rows are planned with
+     kvx_plan_state (own layout and indices -> the announced state buffers
+     and that destination's indices; consecutive runs as one span) and go
+     with the aux rows, on queue pair 0 after the room's KV WRITEs, only
+     from the contributor that writes the aux rows (sends_aux of
+     kvx_layout_overlap; never an MLA dummy), so they are in place before
+     the immediates and status that let the decode room succeed; the decode
+     side's byte count includes n * kvx_layout_state_row_bytes. State never
+     goes through the staging area (it needs equal heads, or MLA). Shapes
+     kvx_layout_overlap refuses (state count, type or item_len, different
+     layers, non-MLA ranks with different heads) are refused by kvx_boot's
+     hello check, and again at CONNECT.
+
    STAGING AREA (decode)
      Made for a prefill rank whose shape (kvx_boot_peer.layout) holds fewer
      heads than this rank, with heads in common, when every KV buffer here
@@ -150,7 +171,7 @@
      before use, and plans against it like a pool.
 
    HOW IT CONNECTS
-     Both sides register every KV and aux buffer on every port they use
+     Both sides register every KV, aux and state buffer on every port they use
      (decode: LOCAL_WRITE | REMOTE_WRITE, prefill: LOCAL_WRITE; relaxed
      ordering when available), split at the device's max_mr_size. Each kvx_boot
      hello carries an endpoint blob (below), the rest goes as kvx_boot
@@ -173,15 +194,16 @@
      a decode engine once a new CONNECT from it checks out.
 
    WHAT A PEER MAY WRITE
-     The decode side registers only its KV pool, aux buffers and staging
-     areas for remote write, so a peer's rkeys reach nothing else; the prefill hands out no
+     The decode side registers only its KV pool, aux buffers, state buffers
+     and staging areas for remote write, so a peer's rkeys reach nothing else; the prefill hands out no
      rkeys (local access only). RDMA cannot restrict a WRITE to one room's
      pages at the NIC without a memory region or window per room (type-2 memory
      windows cost a bind per buffer region per room; out of scope), so the
      prefill plans every WRITE with kvx_plan_pages against the room frame's
      destination pages, checked against the pool size the decode side
      advertised, and the decode side checks on completion that the bytes placed
-     equal pages * page bytes + aux row bytes of the room.
+     equal pages * page bytes + aux row bytes + state indices * state row
+     bytes of the room.
 
    FAILURES
      As kvx.h's FAILURES: the prefill sends status Failed, the decode side an
@@ -199,9 +221,9 @@
      port is down. No room succeeds without its status, immediates and bytes;
      when in doubt a room fails.
 
-   ENDPOINT BLOB (in the kvx_boot hello; version 3; little-endian)
-     0 u8[8] magic "kvx-rdma"   8 u16 version (3; version 2's CONNECT had
-     no layout shape)   10 u16 role (1/2)
+   ENDPOINT BLOB (in the kvx_boot hello; version 4; little-endian)
+     0 u8[8] magic "kvx-rdma"   8 u16 version (4; version 3's CONNECT had
+     no state buffers, version 2's no layout shape)   10 u16 role (1/2)
      12 u32 flags (0)   16 u64 instance (random, nonzero)
      24 u16 reserved (0; version 1 had the exchange's TCP port here)
      26 u16 qps   28 u16 ndev (1..KVX_RDMA_MAX_DEVS)   30 u16 reserved (0)
@@ -218,15 +240,20 @@
      1 CONNECT (decode -> prefill):
         0 u64 from (decode instance)   8 u64 to (prefill instance)
         16 u64 layout fingerprint   24 u16 nqp   26 u16 ndev   28 u32 nbuf
-        32 u32 naux   36 u32 reserved   40 nqp entries of 12 bytes (u32 qpn,
+        (1..KVX_MAX_BUFFERS)   32 u32 naux (0..KVX_MAX_AUX)   36 u32 nstate
+        (state buffers, 0..KVX_MAX_STATE; version 3: reserved 0)
+        40 nqp entries of 12 bytes (u32 qpn,
         u32 psn, u16 port entry index, u16 reserved), ndev port entries (as
         above), then per port entry: u64 region_bytes, and for each of the
-        nbuf KV buffers then the naux aux buffers: u64 base, u64 length,
+        nbuf KV buffers, then the naux aux buffers, then the nstate state
+        buffers: u64 base, u64 length,
         u32 nregions (= ceil(length / region_bytes)), u32 rkey[nregions];
         then the decode rank's layout shape (kvx.h PARALLEL LAYOUTS), which
         the prefill plans against: u32 page_size, u32 num_kv_heads, u32
-        dtype_size, u32 head_begin, u32 layer_begin, u32 mla (0/1), u64
-        item_len of each KV buffer then each aux buffer (each >= 1); the
+        dtype_size, u32 head_begin, u32 layer_begin, u32 mla (0/1), u32
+        state_type (KVX_STATE_*, 0..3; 0 when nstate is 0), u32 reserved (0),
+        u64 item_len of each KV buffer, then each aux buffer, then each
+        state buffer (each >= 1; every buffer at least one item long); the
         prefill refuses it unless kvx_layout_overlap of its own layout and
         this shape is KVX_OK (a rank with nothing in common connects and
         moves nothing); then u64 stage_len (0: no staging area), and when
@@ -258,7 +285,9 @@
      KV buffers with mem == KVX_MEM_CUDA are registered through dma-buf
      (ibv_reg_dmabuf_mr) with the file descriptor desc.mem.dmabuf_fd exports
      (kvx_cuda_mem_ops fills it: cuMemGetHandleForAddressRange); without one
-     engine creation fails with a sentence saying so.
+     engine creation fails with a sentence saying so. State buffers
+     (HYBRID STATE) with mem == KVX_MEM_CUDA take the same path ("state
+     buffer 0 is GPU memory ...": the same refusal).
 
    LICENSE: MIT, see the end of this file.
 */
@@ -278,7 +307,7 @@
 #define KVX_RDMA_MAX_QPS 64
 #endif
 #define KVX_RDMA_CM_MAX KVX_BOOT_MAX_MESSAGE /* bytes of one exchange message */
-#define KVX_RDMA_ENDPOINT_VERSION 3
+#define KVX_RDMA_ENDPOINT_VERSION 4
 #define KVX_RDMA_HELLO_FIXED 32u
 #define KVX_RDMA_DEV_ENTRY 48u
 #define KVX_RDMA_CM_HEADER 8u
@@ -366,12 +395,12 @@ typedef struct kvx_rdma_cm_msg {
     uint16_t nqp, ndev;         /* CONNECT, ACCEPT */
     kvx_rdma_qp_info qp[KVX_RDMA_MAX_QPS];
     kvx_rdma_port_info dev[KVX_RDMA_MAX_DEVS];
-    uint32_t nbuf, naux;        /* CONNECT */
+    uint32_t nbuf, naux, nstate; /* CONNECT (nstate: state buffers, HYBRID STATE) */
     const uint8_t *mr;          /* CONNECT: the region tables, validated */
     uint32_t mr_len;
     /* CONNECT: the decode rank's layout shape; item_len i (KV buffers,
-       then aux) with kvx_rdma_cm_item */
-    uint32_t page_size, num_kv_heads, dtype_size, head_begin, layer_begin, mla;
+       then aux, then state) with kvx_rdma_cm_item */
+    uint32_t page_size, num_kv_heads, dtype_size, head_begin, layer_begin, mla, state_type;
     const uint8_t *items;
     uint64_t stage_len;         /* CONNECT: bytes of the staging area (0 = none) */
     const uint8_t *stage;       /* its table per port entry: kvx_rdma_cm_stage */
@@ -387,13 +416,13 @@ typedef struct kvx_rdma_cm_msg {
 KVX_API kvx_result kvx_rdma_cm_parse(const void *buf, size_t len, kvx_rdma_cm_msg *out,
                                      char *why, size_t why_len);
 /* Region table of port entry `dev`, buffer `buf` (KV buffers first, then
-   aux) of a parsed CONNECT: base, length, region size and region count;
+   aux, then state) of a parsed CONNECT: base, length, region size and region count;
    rkey i with kvx_rdma_cm_rkey. 0 when out of range. */
 KVX_API int kvx_rdma_cm_region(const kvx_rdma_cm_msg *m, uint32_t dev, uint32_t buf,
                                uint64_t *base, uint64_t *length, uint64_t *region_bytes,
                                uint32_t *nregions, const uint8_t **rkeys_le);
 KVX_API uint32_t kvx_rdma_cm_rkey(const uint8_t *rkeys_le, uint32_t i);
-/* item_len of buffer i (KV buffers first, then aux) of a parsed CONNECT's
+/* item_len of buffer i (KV buffers first, then aux, then state) of a parsed CONNECT's
    shape; 0 when out of range. */
 KVX_API uint64_t kvx_rdma_cm_item(const kvx_rdma_cm_msg *m, uint32_t i);
 /* The staging area of a parsed CONNECT on port entry `dev`: base, region
@@ -609,11 +638,13 @@ KVX_API kvx_result kvx_rdma_cm_parse(const void *buf, size_t len, kvx_rdma_cm_ms
             m->ndev = kvx__le_r16(b + 26);
             m->nbuf = kvx__le_r32(b + 28);
             m->naux = kvx__le_r32(b + 32);
-            if (kvx__le_r32(b + 36)) goto bad_fields;
+            m->nstate = kvx__le_r32(b + 36);
             fixed = 40;
-            if (m->nbuf < 1 || m->nbuf > KVX_MAX_BUFFERS || m->naux > KVX_MAX_AUX) {
-                kvx__set_why(why, wl, "CONNECT with %u KV buffers and %u aux buffers (1..%d, 0..%d)",
-                             m->nbuf, m->naux, KVX_MAX_BUFFERS, KVX_MAX_AUX);
+            if (m->nbuf < 1 || m->nbuf > KVX_MAX_BUFFERS || m->naux > KVX_MAX_AUX ||
+                m->nstate > KVX_MAX_STATE) {
+                kvx__set_why(why, wl, "CONNECT with %u KV buffers, %u aux buffers and %u state "
+                             "buffers (1..%d, 0..%d, 0..%d)", m->nbuf, m->naux, m->nstate,
+                             KVX_MAX_BUFFERS, KVX_MAX_AUX, KVX_MAX_STATE);
                 goto refused;
             }
         } else {
@@ -650,13 +681,14 @@ KVX_API kvx_result kvx_rdma_cm_parse(const void *buf, size_t len, kvx_rdma_cm_ms
         if (type == KVX_RDMA_CM_ACCEPT) {
             if (bl != off) goto bad_len;
         } else {
-            size_t used = kvx__rdma_mr_walk(b + off, bl - off, m->ndev, m->nbuf + m->naux, why, wl);
+            uint32_t nall = m->nbuf + m->naux + m->nstate;
+            size_t used = kvx__rdma_mr_walk(b + off, bl - off, m->ndev, nall, why, wl);
             const uint8_t *sh;
             if (!used) goto refused;
             m->mr = b + off;
             m->mr_len = (uint32_t)used;
             off += used;
-            if (bl - off < 32 + 8 * (size_t)(m->nbuf + m->naux)) goto bad_len;
+            if (bl - off < 40 + 8 * (size_t)nall) goto bad_len;
             sh = b + off;
             m->page_size = kvx__le_r32(sh);
             m->num_kv_heads = kvx__le_r32(sh + 4);
@@ -664,19 +696,24 @@ KVX_API kvx_result kvx_rdma_cm_parse(const void *buf, size_t len, kvx_rdma_cm_ms
             m->head_begin = kvx__le_r32(sh + 12);
             m->layer_begin = kvx__le_r32(sh + 16);
             m->mla = kvx__le_r32(sh + 20);
-            m->items = sh + 24;
-            if (!m->page_size || !m->num_kv_heads || !m->dtype_size || m->mla > 1) {
+            m->state_type = kvx__le_r32(sh + 24);
+            m->items = sh + 32;
+            if (!m->page_size || !m->num_kv_heads || !m->dtype_size || m->mla > 1 ||
+                m->state_type > KVX_STATE_OTHER || (!m->nstate && m->state_type) ||
+                kvx__le_r32(sh + 28)) {
                 kvx__set_why(why, wl, "CONNECT layout shape: page_size %u, %u KV heads, dtype_size "
-                             "%u, mla %u (need nonzero sizes, mla 0 or 1)", m->page_size,
-                             m->num_kv_heads, m->dtype_size, m->mla);
+                             "%u, mla %u, state type %u for %u state buffers (need nonzero sizes, "
+                             "mla 0 or 1, state type 0..3 and 0 without state, reserved 0)",
+                             m->page_size, m->num_kv_heads, m->dtype_size, m->mla, m->state_type,
+                             m->nstate);
                 goto refused;
             }
-            for (i = 0; i < m->nbuf + m->naux; i++)
+            for (i = 0; i < nall; i++)
                 if (!kvx__le_r64(m->items + 8u * i)) {
                     kvx__set_why(why, wl, "CONNECT layout shape: item_len of buffer %u is 0", i);
                     goto refused;
                 }
-            off += 24 + 8 * (size_t)(m->nbuf + m->naux);
+            off += 32 + 8 * (size_t)nall;
             m->stage_len = kvx__le_r64(b + off);
             off += 8;
             m->stage = b + off;
@@ -716,9 +753,9 @@ KVX_API int kvx_rdma_cm_region(const kvx_rdma_cm_msg *m, uint32_t dev, uint32_t 
                                uint32_t *nregions, const uint8_t **rkeys_le) {
     const uint8_t *p;
     uint32_t d, i, n;
-    if (!m || !m->mr || dev >= m->ndev || buf >= m->nbuf + m->naux) return 0;
+    if (!m || !m->mr || dev >= m->ndev || buf >= m->nbuf + m->naux + m->nstate) return 0;
     p = m->mr;
-    n = m->nbuf + m->naux;
+    n = m->nbuf + m->naux + m->nstate;
     for (d = 0; d <= dev; d++) {
         uint64_t rb = kvx__le_r64(p);
         p += 8;
@@ -755,7 +792,7 @@ KVX_API int kvx_rdma_cm_stage(const kvx_rdma_cm_msg *m, uint32_t dev, uint64_t *
 }
 
 KVX_API uint64_t kvx_rdma_cm_item(const kvx_rdma_cm_msg *m, uint32_t i) {
-    if (!m || !m->items || i >= m->nbuf + m->naux) return 0;
+    if (!m || !m->items || i >= m->nbuf + m->naux + m->nstate) return 0;
     return kvx__le_r64(m->items + 8u * i);
 }
 
@@ -913,6 +950,9 @@ static int kvx__rdma_query_port(const kvx__rdma_verbs *v, struct ibv_context *c,
    the device's max_sge bounds it further). */
 #define KVX__RDMA_MAX_SGE 32
 
+/* Buffers a layout registers: KV, aux, then state (the CONNECT order). */
+#define KVX__RDMA_NBUF(l) ((l)->num_buffers + (l)->num_aux + ((l)->state ? (l)->num_state : 0u))
+
 /* One registered buffer on one port: regions of region_bytes each. */
 typedef struct kvx__rdma_mr {
     uint32_t n;
@@ -930,7 +970,7 @@ typedef struct kvx__rdma_dev {
     uint32_t max_qp_wr;
     uint32_t max_sge;   /* scatter-gather entries of one WRITE (prefill), <= KVX__RDMA_MAX_SGE */
     int max_cqe;
-    kvx__rdma_mr *buf;  /* the KV buffers, then the aux buffers (the CONNECT order) */
+    kvx__rdma_mr *buf;  /* the KV buffers, then aux, then state (the CONNECT order) */
     int down;       /* atomic: PORT_ERR seen, no PORT_ACTIVE since */
     int fatal;      /* atomic: DEVICE_FATAL seen */
 } kvx__rdma_dev;
@@ -1028,6 +1068,7 @@ typedef struct kvx__rdma_pair {
     uint64_t *stage_off;      /* its buffers' offsets in the area */
     kvx__rdma_stage *stage;   /* decode: the staging area this connection announces */
     kvx_aux_buffer *peer_aux;
+    kvx_buffer *peer_state;   /* prefill: the decode side's state buffers (HYBRID STATE) */
     pthread_mutex_t mu;       /* data path */
     pthread_cond_t cv;        /* rooms draining */
     struct kvx__rdma_room *rooms; /* prefill: attached rooms, under mu */
@@ -1079,6 +1120,8 @@ typedef struct kvx__rdma_room {
     int have_dst;
     int32_t *dst;
     uint32_t ndst;
+    int32_t *dst_state;        /* this destination's state indices (HYBRID STATE) */
+    uint32_t ndst_state;
     kvx_chunk **chunks;        /* parked until the connection is ready */
     uint32_t nchunks, cchunks;
     int parked;                /* under re->mu */
@@ -1090,6 +1133,8 @@ typedef struct kvx__rdma_room {
     uint32_t works;
     uint64_t inflight;
     int last_queued, aux_needed, aux_queued, finished, cancelled;
+    int aux_rows;              /* the tail job (aux_needed) holds aux rows */
+    int state_rows;            /* ... and state rows (HYBRID STATE) */
     int others_pending;
     uint64_t final_mask;
     uint64_t bytes_done;
@@ -1289,7 +1334,7 @@ static kvx_result kvx__rdma_register_pool(kvx__rdma_engine *re, kvx__rdma_dev *d
     int access = IBV_ACCESS_LOCAL_WRITE | (re->role == KVX_ROLE_DECODE ? IBV_ACCESS_REMOTE_WRITE : 0);
     uint32_t i;
     kvx_result r = KVX_OK;
-    d->buf = (kvx__rdma_mr *)kvx__rdma_zalloc(re, l->num_buffers + l->num_aux, sizeof *d->buf);
+    d->buf = (kvx__rdma_mr *)kvx__rdma_zalloc(re, KVX__RDMA_NBUF(l), sizeof *d->buf);
     if (!d->buf) return KVX_ERR_NO_MEMORY;
     for (i = 0; i < l->num_buffers && r == KVX_OK; i++) {
         const kvx_buffer *b = &l->buffers[i];
@@ -1299,6 +1344,11 @@ static kvx_result kvx__rdma_register_pool(kvx__rdma_engine *re, kvx__rdma_dev *d
     for (i = 0; i < l->num_aux && r == KVX_OK; i++)
         r = kvx__rdma_reg(re, d, &d->buf[l->num_buffers + i], (char *)l->aux[i].base,
                           l->aux[i].length, KVX_MEM_HOST, 0, access, "aux buffer", i, why, wl);
+    for (i = 0; i < l->num_state && r == KVX_OK; i++) { /* HYBRID STATE: host or GPU, as KV */
+        const kvx_buffer *b = &l->state[i];
+        r = kvx__rdma_reg(re, d, &d->buf[l->num_buffers + l->num_aux + i], (char *)b->base,
+                          b->length, b->mem, b->device, access, "state buffer", i, why, wl);
+    }
     return r;
 }
 
@@ -1417,7 +1467,7 @@ static int kvx__rdma_dev_selected(const char *list, const char *name, int *port_
 static void kvx__rdma_dev_close(kvx__rdma_engine *re, kvx__rdma_dev *d) {
     const kvx_layout *l = kvx_engine_layout(re->e);
     uint32_t i, k;
-    for (i = 0; d->buf && i < l->num_buffers + l->num_aux; i++) {
+    for (i = 0; d->buf && i < KVX__RDMA_NBUF(l); i++) {
         for (k = 0; k < d->buf[i].n; k++)
             if (d->buf[i].mr[k]) re->v.dereg_mr(d->buf[i].mr[k]);
         kvx_engine_free(re->e, d->buf[i].mr);
@@ -1609,7 +1659,7 @@ static void kvx__rdma_pair_destroy(kvx__rdma_engine *re, kvx__rdma_pair *p) {
         kvx_engine_free(re->e, q->ring);
     }
     for (i = 0; i < p->nrdev; i++) {
-        uint32_t k, nb = p->peer_layout.num_buffers + p->peer_layout.num_aux;
+        uint32_t k, nb = KVX__RDMA_NBUF(&p->peer_layout);
         for (k = 0; p->rdev[i].buf && k < nb; k++)
             kvx_engine_free(re->e, p->rdev[i].buf[k].rkeys);
         kvx_engine_free(re->e, p->rdev[i].buf);
@@ -1618,6 +1668,7 @@ static void kvx__rdma_pair_destroy(kvx__rdma_engine *re, kvx__rdma_pair *p) {
     kvx_engine_free(re->e, p->rdev);
     kvx_engine_free(re->e, p->peer_bufs);
     kvx_engine_free(re->e, p->peer_aux);
+    kvx_engine_free(re->e, p->peer_state);
     kvx_engine_free(re->e, p->stage_bufs);
     kvx_engine_free(re->e, p->stage_off);
     kvx_engine_free(re->e, p->qp);
@@ -1846,7 +1897,7 @@ static int kvx__rdma_rx_check(kvx__rdma_room *rr, char *msg, size_t ml, const ch
     *total = bytes;
     if (bytes != rr->expected) {
         snprintf(msg, ml, "%s%s report%s %llu bytes placed but this receiver expects %llu "
-                 "(its pages times the page bytes of every buffer, plus the aux row)",
+                 "(its pages times the page bytes of every buffer, plus the aux row and state rows)",
                  rr->targets > 1 ? "the prefill ranks, the last " : "", who,
                  rr->targets > 1 ? "," : "s", (unsigned long long)bytes,
                  (unsigned long long)rr->expected);
@@ -2003,27 +2054,46 @@ static void kvx__rdma_put_qps(kvx__rdma_pair *p, kvx__buf *b) {
 }
 
 /* CONNECT: our queue pairs, ports and registered regions. */
+/* Buffer i of l in the CONNECT order (KV, aux, state): base, length, item_len. */
+static void kvx__rdma_buf_of(const kvx_layout *l, uint32_t i, const void **base, uint64_t *len,
+                             uint64_t *item) {
+    const void *bs;
+    uint64_t ln, it;
+    if (i < l->num_buffers) {
+        bs = l->buffers[i].base; ln = l->buffers[i].length; it = l->buffers[i].item_len;
+    } else if ((i -= l->num_buffers) < l->num_aux) {
+        bs = l->aux[i].base; ln = l->aux[i].length; it = l->aux[i].item_len;
+    } else {
+        i -= l->num_aux;
+        bs = l->state[i].base; ln = l->state[i].length; it = l->state[i].item_len;
+    }
+    if (base) *base = bs;
+    if (len) *len = ln;
+    if (item) *item = it;
+}
+
 static void kvx__rdma_cm_connect(kvx__rdma_engine *re, kvx__rdma_pair *p, kvx__buf *b) {
     const kvx_layout *l = kvx_engine_layout(re->e);
     int d;
-    uint32_t i, k;
+    uint32_t i, k, ns = l->state ? l->num_state : 0;
     kvx__rdma_cm_begin(b, KVX_RDMA_CM_CONNECT, p->seq, re->instance, p->peer);
     kvx__buf_put64(b, kvx_layout_fingerprint(l));
     kvx__buf_put16(b, (uint16_t)p->nqp);
     kvx__buf_put16(b, (uint16_t)re->ndev);
     kvx__buf_put32(b, l->num_buffers);
     kvx__buf_put32(b, l->num_aux);
-    kvx__buf_put32(b, 0);
+    kvx__buf_put32(b, ns);
     kvx__rdma_put_qps(p, b);
     for (d = 0; d < re->ndev; d++) {
         kvx__rdma_dev *dv = &re->dev[d];
         kvx__buf_put64(b, dv->region_bytes);
-        for (i = 0; i < l->num_buffers + l->num_aux; i++) {
-            int aux = i >= l->num_buffers;
+        for (i = 0; i < KVX__RDMA_NBUF(l); i++) {
             const kvx__rdma_mr *m = &dv->buf[i];
-            kvx__buf_put64(b, (uint64_t)(uintptr_t)(aux ? l->aux[i - l->num_buffers].base
-                                                          : l->buffers[i].base));
-            kvx__buf_put64(b, aux ? l->aux[i - l->num_buffers].length : l->buffers[i].length);
+            const void *base;
+            uint64_t len;
+            kvx__rdma_buf_of(l, i, &base, &len, NULL);
+            kvx__buf_put64(b, (uint64_t)(uintptr_t)base);
+            kvx__buf_put64(b, len);
             kvx__buf_put32(b, m->n);
             for (k = 0; k < m->n; k++) kvx__buf_put32(b, m->mr[k]->rkey);
         }
@@ -2034,9 +2104,13 @@ static void kvx__rdma_cm_connect(kvx__rdma_engine *re, kvx__rdma_pair *p, kvx__b
     kvx__buf_put32(b, l->head_begin);
     kvx__buf_put32(b, l->layer_begin);
     kvx__buf_put32(b, l->mla ? 1u : 0u);
-    for (i = 0; i < l->num_buffers + l->num_aux; i++)
-        kvx__buf_put64(b, i < l->num_buffers ? l->buffers[i].item_len
-                                             : l->aux[i - l->num_buffers].item_len);
+    kvx__buf_put32(b, ns ? l->state_type : 0u);
+    kvx__buf_put32(b, 0);
+    for (i = 0; i < KVX__RDMA_NBUF(l); i++) {
+        uint64_t item;
+        kvx__rdma_buf_of(l, i, NULL, NULL, &item);
+        kvx__buf_put64(b, item);
+    }
     kvx__buf_put64(b, p->stage ? p->stage->len : 0);
     for (d = 0; p->stage && d < re->ndev; d++) {
         const kvx__rdma_mr *m = &p->stage->mr[d];
@@ -2052,10 +2126,13 @@ static void kvx__rdma_cm_connect(kvx__rdma_engine *re, kvx__rdma_pair *p, kvx__b
 static int kvx__rdma_needs_stage(const kvx_layout *own, const kvx_layout *sh) {
     uint64_t bpp = 0;
     uint32_t i;
+    kvx_layout o = *own, s = *sh; /* KV pages only: state never goes through the area */
     if (own->mla || !sh->num_buffers || sh->mla || sh->num_kv_heads >= own->num_kv_heads) return 0;
     for (i = 0; i < own->num_buffers; i++)
         if (own->buffers[i].mem != KVX_MEM_HOST) return 0;
-    return kvx_layout_overlap(sh, own, &bpp, NULL, NULL, 0) == KVX_OK && bpp;
+    o.state = s.state = NULL;
+    o.num_state = s.num_state = o.state_type = s.state_type = 0;
+    return kvx_layout_overlap(&s, &o, &bpp, NULL, NULL, 0) == KVX_OK && bpp;
 }
 
 static void kvx__rdma_stage_free(kvx__rdma_engine *re, kvx__rdma_stage *st) {
@@ -2162,6 +2239,8 @@ static kvx_result kvx__rdma_stage_tables(kvx__rdma_pair *p, const kvx_rdma_cm_ms
     p->stage_layout.buffers = p->stage_bufs;
     p->stage_layout.aux = NULL;
     p->stage_layout.num_aux = 0;
+    p->stage_layout.state = NULL;
+    p->stage_layout.num_state = p->stage_layout.state_type = 0;
     for (i = 0; i < ours->num_buffers; i++) {
         p->stage_bufs[i].item_len = ours->buffers[i].item_len;
         p->stage_bufs[i].length = pages * ours->buffers[i].item_len;
@@ -2187,13 +2266,17 @@ static kvx_result kvx__rdma_pair_tables(kvx__rdma_pair *p, const kvx_rdma_cm_msg
     p->rdev = (kvx__rdma_rdev *)kvx__rdma_zalloc(re, m->ndev, sizeof *p->rdev);
     p->peer_bufs = (kvx_buffer *)kvx__rdma_zalloc(re, m->nbuf, sizeof *p->peer_bufs);
     p->peer_aux = (kvx_aux_buffer *)kvx__rdma_zalloc(re, m->naux, sizeof *p->peer_aux);
-    if (!p->rdev || !p->peer_bufs || !p->peer_aux) return KVX_ERR_NO_MEMORY;
+    p->peer_state = (kvx_buffer *)kvx__rdma_zalloc(re, m->nstate, sizeof *p->peer_state);
+    if (!p->rdev || !p->peer_bufs || !p->peer_aux || !p->peer_state) return KVX_ERR_NO_MEMORY;
     p->nrdev = m->ndev; /* pair_destroy walks nrdev entries */
     p->peer_layout = *ours; /* the dtype name: kvx_boot compared kv_cache_dtype */
     p->peer_layout.buffers = p->peer_bufs;
     p->peer_layout.aux = p->peer_aux;
+    p->peer_layout.state = p->peer_state;
     p->peer_layout.num_buffers = m->nbuf;
     p->peer_layout.num_aux = m->naux;
+    p->peer_layout.num_state = m->nstate;
+    p->peer_layout.state_type = m->state_type;
     p->peer_layout.page_size = m->page_size;
     p->peer_layout.num_kv_heads = m->num_kv_heads;
     p->peer_layout.dtype_size = m->dtype_size;
@@ -2203,17 +2286,18 @@ static kvx_result kvx__rdma_pair_tables(kvx__rdma_pair *p, const kvx_rdma_cm_msg
     for (d = 0; d < m->ndev; d++) {
         kvx__rdma_rdev *rd = &p->rdev[d];
         rd->info = m->dev[d];
-        rd->buf = (kvx__rdma_rbuf *)kvx__rdma_zalloc(re, m->nbuf + m->naux, sizeof *rd->buf);
+        rd->buf = (kvx__rdma_rbuf *)kvx__rdma_zalloc(re, m->nbuf + m->naux + m->nstate, sizeof *rd->buf);
         if (!rd->buf) return KVX_ERR_NO_MEMORY;
-        for (i = 0; i < m->nbuf + m->naux; i++) {
-            int aux = i >= m->nbuf;
+        for (i = 0; i < m->nbuf + m->naux + m->nstate; i++) {
+            int aux = i >= m->nbuf, st = i >= m->nbuf + m->naux;
+            uint32_t j = st ? i - m->nbuf - m->naux : aux ? i - m->nbuf : i;
             kvx__rdma_rbuf *rb = &rd->buf[i];
             const uint8_t *keys;
             uint64_t item = kvx_rdma_cm_item(m, i);
             kvx_rdma_cm_region(m, d, i, &rb->base, &rb->length, &rd->region_bytes, &rb->n, &keys);
             if (rb->length < item) {
                 kvx__set_why(why, wl, "the decode side's %s buffer %u is %llu bytes, less than one "
-                             "item of %llu", aux ? "aux" : "KV", aux ? i - m->nbuf : i,
+                             "item of %llu", st ? "state" : aux ? "aux" : "KV", j,
                              (unsigned long long)rb->length, (unsigned long long)item);
                 return KVX_ERR_LAYOUT_MISMATCH;
             }
@@ -2225,9 +2309,12 @@ static kvx_result kvx__rdma_pair_tables(kvx__rdma_pair *p, const kvx_rdma_cm_msg
                              "lengths on different ports", i);
                 return KVX_ERR_PROTOCOL;
             }
-            if (aux) {
-                p->peer_aux[i - m->nbuf].length = rb->length;
-                p->peer_aux[i - m->nbuf].item_len = item;
+            if (st) {
+                p->peer_state[j].length = rb->length;
+                p->peer_state[j].item_len = item;
+            } else if (aux) {
+                p->peer_aux[j].length = rb->length;
+                p->peer_aux[j].item_len = item;
             } else {
                 p->peer_bufs[i].length = rb->length;
                 p->peer_bufs[i].item_len = item;
@@ -2630,6 +2717,12 @@ static uint64_t kvx__rdma_gather(const kvx_layout *l, const kvx__rdma_qp *q, con
     return pos;
 }
 
+/* Index of a span's buffer b of layout l in the CONNECT order (KV, aux, state). */
+static uint32_t kvx__rdma_span_buf(const kvx_layout *l, const kvx_span *s, uint32_t b) {
+    return b + (s->kind == KVX_SPAN_AUX ? l->num_buffers
+                : s->kind == KVX_SPAN_STATE ? l->num_buffers + l->num_aux : 0);
+}
+
 /* Fills one WRITE from the head of w; returns 1 when w is exhausted. A
    strided span's rows go as scatter-gather entries of WRITEs to its
    contiguous destination (kvx__rdma_submit refuses a strided destination). */
@@ -2652,8 +2745,8 @@ static int kvx__rdma_fill(kvx__rdma_engine *re, kvx__rdma_qp *q, kvx__rdma_work 
         const kvx_span *s = &w->job->plan.spans[w->s];
         uint64_t limit = w->s == w->es ? w->eoff : s->length, pos = w->off;
         uint64_t ro = s->dst_offset + pos, rrb = rd->region_bytes, e;
-        uint32_t bi = s->buffer + (s->kind == KVX_SPAN_AUX ? l->num_buffers : 0);
-        uint32_t rbi = s->dst_buffer + (s->kind == KVX_SPAN_AUX ? p->peer_layout.num_buffers : 0);
+        uint32_t bi = kvx__rdma_span_buf(l, s, s->buffer);
+        uint32_t rbi = kvx__rdma_span_buf(&p->peer_layout, s, s->dst_buffer);
         const kvx__rdma_rbuf *rb = &rd->buf[rbi];
         int nsge = 0;
         if (w->job->stage) { /* whole pages into the staging area, at its buffer's offset */
@@ -2816,11 +2909,19 @@ static kvx__rdma_job *kvx__rdma_job_new(kvx__rdma_engine *re, int nworks) {
 static kvx_result kvx__rdma_queue_aux(kvx__rdma_engine *re, kvx__rdma_pair *p,
                                       kvx__rdma_room *rr, char *why) {
     kvx__rdma_job *j = kvx__rdma_job_new(re, 1);
-    kvx_result r = j ? kvx_plan_aux(&j->plan, kvx_engine_layout(re->e), rr->x.src_aux,
-                                    &p->peer_layout, rr->x.dst_aux)
-                     : KVX_ERR_NO_MEMORY;
+    const kvx_layout *l = kvx_engine_layout(re->e);
+    uint32_t ns = 0;
+    const int32_t *si = kvx_room_state(rr->x.room, &ns);
+    const char *what = "aux rows";
+    kvx_result r = j ? KVX_OK : KVX_ERR_NO_MEMORY;
+    if (r == KVX_OK && rr->aux_rows)
+        r = kvx_plan_aux(&j->plan, l, rr->x.src_aux, &p->peer_layout, rr->x.dst_aux);
+    if (r == KVX_OK && rr->state_rows) { /* HYBRID STATE: with the aux rows, before Success */
+        what = "state rows";
+        r = kvx_plan_state(&j->plan, l, si, &p->peer_layout, rr->dst_state, ns);
+    }
     if (r != KVX_OK) {
-        kvx__set_why(why, KVX_ERROR_MAX, "aux rows to %s: %s", rr->decode_addr,
+        kvx__set_why(why, KVX_ERROR_MAX, "%s to %s: %s", what, rr->decode_addr,
                      j ? j->plan.error : "out of memory");
         kvx__rdma_job_free(re, j);
         return r;
@@ -2887,6 +2988,23 @@ static int kvx__rdma_dst_strided(const kvx_plan *pl) {
     return 0;
 }
 
+/* HYBRID STATE, at the last chunk: both sides gave the same number of
+   state indices (else the room fails saying both counts, and the decode
+   side hears it in the status), and the state rows join the aux rows'
+   tail job when this contributor writes aux (never an MLA dummy). */
+static kvx_result kvx__rdma_state_last(kvx__rdma_room *rr) {
+    uint32_t ns = 0;
+    kvx_room_state(rr->x.room, &ns);
+    if (ns != rr->ndst_state) {
+        kvx_room_fail(rr->x.room, KVX_ERR_INVALID_ARGUMENT, "prefill sent %u state ind%s, %s "
+                      "asked for %u", ns, ns == 1 ? "ex" : "ices", rr->decode_addr, rr->ndst_state);
+        return KVX_ERR_INVALID_ARGUMENT;
+    }
+    rr->state_rows = rr->state_rows && ns > 0;
+    if (rr->state_rows) rr->aux_needed = 1;
+    return KVX_OK;
+}
+
 /* Plans one chunk and queues it on the queue pairs (rr->mu held). */
 static void kvx__rdma_submit(kvx__rdma_engine *re, kvx__rdma_room *rr, kvx_chunk *c) {
     kvx__rdma_pair *p = rr->pair;
@@ -2910,9 +3028,11 @@ static void kvx__rdma_submit(kvx__rdma_engine *re, kvx__rdma_room *rr, kvx_chunk
     if (!rr->aux_checked) { /* aux rows come from one contributor (kvx_layout_overlap) */
         int sends_aux = 0;
         kvx_layout_overlap(kvx_engine_layout(e), &p->peer_layout, NULL, &sends_aux, NULL, 0);
-        if (rr->dummy || !sends_aux) rr->aux_needed = 0;
+        if (rr->dummy || !sends_aux) rr->aux_needed = rr->aux_rows = 0;
+        rr->state_rows = !rr->dummy && sends_aux; /* until the last chunk: may send state */
         rr->aux_checked = 1;
     }
+    if (c->is_last && kvx__rdma_state_last(rr) != KVX_OK) goto drop;
     res = rr->dummy ? KVX_OK /* an MLA dummy: an empty plan, the immediates only */
                     : kvx_plan_pages(&j->plan, kvx_engine_layout(e), c->pages, &p->peer_layout,
                                      rr->dst + c->first_page, c->num_pages);
@@ -3451,7 +3571,6 @@ static kvx__rdma_room *kvx__rdma_leg(kvx__rdma_engine *re, kvx__rdma_room *rr0, 
 static kvx_result kvx__rdma_on_room(kvx_boot *b, kvx_room *r, const kvx_boot_peer *peer,
                                     const int32_t *dst, uint32_t n, int32_t aux,
                                    const int32_t *dst_state, uint32_t nstate) {
-    (void)dst_state; (void)nstate; /* HYBRID STATE: not yet */
     kvx__rdma_engine *re = kvx__rdma_bre(b);
     kvx__rdma_room *rr0 = kvx__rdma_rr(r), *rr;
     kvx__rdma_pair *p, *found = NULL;
@@ -3471,6 +3590,14 @@ static kvx_result kvx__rdma_on_room(kvx_boot *b, kvx_room *r, const kvx_boot_pee
     if (!rr->dst) return KVX_ERR_NO_MEMORY;
     if (n) memcpy(rr->dst, dst, n * sizeof *dst);
     rr->ndst = n;
+    if (nstate > KVX_MAX_PAGES || (nstate && !dst_state)) {
+        kvx_room_fail(r, KVX_ERR_PROTOCOL, "decode %s sent %u state indices", peer->addr, nstate);
+        return KVX_ERR_PROTOCOL;
+    }
+    rr->dst_state = (int32_t *)kvx__rdma_zalloc(re, nstate, sizeof *rr->dst_state);
+    if (!rr->dst_state) return KVX_ERR_NO_MEMORY;
+    if (nstate) memcpy(rr->dst_state, dst_state, nstate * sizeof *dst_state);
+    rr->ndst_state = nstate;
     rr->x.dst_aux = aux;
     pthread_mutex_lock(&re->mu);
     for (p = re->pairs; p; p = p->next) {
@@ -3687,6 +3814,8 @@ static void kvx__rdma_on_connect(kvx_boot *b, const kvx_boot_peer *peer) {
         pe->shape.buffers = pe->shape_bufs;
         pe->shape.aux = NULL;
         pe->shape.num_aux = 0;
+        pe->shape.state = NULL; /* kvx_boot's memory; the prefill checks the state shapes */
+        pe->shape.num_state = pe->shape.state_type = 0;
         for (i = 0; i < pe->shape.num_buffers; i++)
             pe->shape_bufs[i].item_len = peer->layout->buffers[i].item_len;
     }
@@ -3745,6 +3874,7 @@ static void kvx__rdma_room_free(kvx_room *r) {
         for (i = 0; i < rr->nchunks; i++) kvx_chunk_free(e, rr->chunks[i]);
         kvx_engine_free(e, rr->chunks);
         kvx_engine_free(e, rr->dst);
+        kvx_engine_free(e, rr->dst_state);
         kvx_engine_free(e, rr->def_pages);
         kvx_engine_free(e, rr->rx_pages);
         kvx__xroom_free(rr);
@@ -3770,6 +3900,7 @@ static kvx_result kvx__rdma_sender_init(kvx_room *r, uint32_t n, int32_t aux) {
         }
         rr->x.src_aux = aux;
         rr->aux_needed = aux >= 0 && rr->x.dst_aux >= 0 && kvx_engine_layout(re->e)->num_aux > 0;
+        rr->aux_rows = rr->aux_needed;
     }
     pthread_mutex_unlock(&rr0->x.mu);
     return res;
@@ -3851,8 +3982,11 @@ static kvx_result kvx__rdma_receiver_init(kvx_room *r, const int32_t *pages, uin
     kvx__rdma_peer *pe;
     kvx_result res;
     int dialing = 0;
+    uint32_t ns = 0;
+    kvx_room_state(r, &ns);
     rr->expected = (uint64_t)n * kvx_layout_page_bytes(l);
     if (aux >= 0) rr->expected += kvx_layout_aux_row_bytes(l);
+    rr->expected += (uint64_t)ns * kvx_layout_state_row_bytes(l); /* HYBRID STATE */
     if (n && !(rr->rx_pages = (int32_t *)kvx__rdma_zalloc(re, n, sizeof *pages))) return KVX_ERR_NO_MEMORY;
     if (n) memcpy(rr->rx_pages, pages, n * sizeof *pages);
     rr->rx_n = n;

@@ -26,10 +26,10 @@ int LLVMFuzzerTestOneInput(const unsigned char *d, unsigned long n) {
     }
     if (m.mr)
         for (dv = 0; dv < m.ndev; dv++)
-            for (i = 0; i < m.nbuf + m.naux; i++)
+            for (i = 0; i < m.nbuf + m.naux + m.nstate; i++)
                 if (kvx_rdma_cm_region(&m, dv, i, NULL, NULL, NULL, &nr, &k) && nr)
                     s += kvx_rdma_cm_rkey(k, nr - 1);
-    for (i = 0; m.items && i < m.nbuf + m.naux; i++) s += (uint32_t)kvx_rdma_cm_item(&m, i);
+    for (i = 0; m.items && i < m.nbuf + m.naux + m.nstate; i++) s += (uint32_t)kvx_rdma_cm_item(&m, i);
     for (dv = 0; dv < m.ndev; dv++)
         if (kvx_rdma_cm_stage(&m, dv, NULL, &nr, &k) && nr) s += kvx_rdma_cm_rkey(k, nr - 1);
     if (m.reason_len) s += (uint8_t)m.reason[m.reason_len - 1];

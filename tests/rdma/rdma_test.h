@@ -115,6 +115,39 @@ static RT_UNUSED int rt_find_softverbs(char *out, size_t n) {
     return 0;
 }
 
+/* In-process tests (both engines in this process): softverbs found into
+   lib (n bytes), its directory and the verbs library in the environment,
+   no key; 0, or 77 after the SKIP line when softverbs is missing. */
+static RT_UNUSED int rt_inproc(const char *name, char *lib, size_t n) {
+    static char svdir[128];
+    rt_name = name;
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    signal(SIGPIPE, SIG_IGN);
+    if (!rt_find_softverbs(lib, n))
+        return printf("SKIP: libsoftverbs.so not found (make tests/softverbs/libsoftverbs.so)\n"), 77;
+    snprintf(svdir, sizeof svdir, "/tmp/kvx_test_%d_sv", (int)getpid());
+    setenv("SOFTVERBS_DIR", svdir, 1);
+    setenv("KVX_IBVERBS_LIBRARY", lib, 1);
+    unsetenv("KVX_AUTH_KEY");
+    unsetenv("KVX_AUTH_KEY_FILE");
+    return 0;
+}
+
+/* A fake dma-buf exporter (desc.mem.dmabuf_fd) handing out a pipe, kept in
+   rt_fd_given: softverbs cannot map it (EOPNOTSUPP), which must surface as
+   a sentence; the transport closes it. */
+static int rt_fd_given = -1;
+static RT_UNUSED kvx_result rt_fake_dmabuf(void *ctx, void *ptr, uint64_t len, int dev, int *fd,
+                                           uint64_t *off, char *why, size_t wl) {
+    int pp[2];
+    (void)ctx; (void)ptr; (void)len; (void)dev; (void)why; (void)wl;
+    if (pipe(pp)) return KVX_ERR_TRANSPORT;
+    close(pp[1]);
+    *fd = rt_fd_given = pp[0];
+    *off = 0;
+    return KVX_OK;
+}
+
 /* The model the tests move: 4 layers (8 buffers), 2 KV heads of 64, bf16:
    4 KiB pages at page size 16. */
 static const ex_model rt_tiny = {"tiny", 4, 2, 64, 2, 0, "bfloat16"};

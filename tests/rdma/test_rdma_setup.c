@@ -195,20 +195,6 @@ static void settings_ranges(void) {
     ex_pool_free(&p);
 }
 
-/* A fake dma-buf exporter handing out a pipe: softverbs cannot map it
-   (EOPNOTSUPP), which must surface as a sentence; the transport closes it. */
-static int fd_given = -1;
-static kvx_result fake_get_fd(void *ctx, void *ptr, uint64_t len, int dev, int *fd, uint64_t *off,
-                              char *why, size_t wl) {
-    int pp[2];
-    (void)ctx; (void)ptr; (void)len; (void)dev; (void)why; (void)wl;
-    if (pipe(pp)) return KVX_ERR_TRANSPORT;
-    close(pp[1]);
-    *fd = fd_given = pp[0];
-    *off = 0;
-    return KVX_OK;
-}
-
 static void dmabuf_op(void) {
     ex_pool p;
     kvx_buffer gbufs[8];
@@ -221,10 +207,10 @@ static void dmabuf_op(void) {
     gbufs[2].mem = KVX_MEM_CUDA;
     gl = p.layout;
     gl.buffers = gbufs;
-    try_mem.dmabuf_fd = fake_get_fd;
+    try_mem.dmabuf_fd = rt_fake_dmabuf;
     e = try_engine(KVX_ROLE_DECODE, &gl, &res, why, sizeof why);
     CHECK(!e && res == KVX_ERR_TRANSPORT && strstr(why, "cannot register KV buffer 2") &&
-          fd_given >= 0 && fcntl(fd_given, F_GETFD) == -1,
+          rt_fd_given >= 0 && fcntl(rt_fd_given, F_GETFD) == -1,
           "GPU memory through desc.mem.dmabuf_fd reaches ibv_reg_dmabuf_mr (softverbs refuses "
           "it) and the fd is closed: %s", why);
     memset(&try_mem, 0, sizeof try_mem);

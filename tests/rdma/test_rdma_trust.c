@@ -579,20 +579,11 @@ static void key_mismatch(const char *pkey, const char *dkey, const char *what, c
 }
 
 int main(void) {
-    char svdir[128];
     side pf, dc;
-    rt_name = "test_rdma_trust";
-    setvbuf(stdout, NULL, _IOLBF, 0);
-    signal(SIGPIPE, SIG_IGN);
+    int rc = rt_inproc("test_rdma_trust", lib, sizeof lib);
+    if (rc) return rc;
     if (rt_quick()) slow = 3;
-    if (!rt_find_softverbs(lib, sizeof lib))
-        return printf("SKIP: libsoftverbs.so not found (make tests/softverbs/libsoftverbs.so)\n"), 77;
-    snprintf(svdir, sizeof svdir, "/tmp/kvx_test_%d_sv", (int)getpid());
-    setenv("SOFTVERBS_DIR", svdir, 1);
-    setenv("KVX_IBVERBS_LIBRARY", lib, 1);
     setenv("KVX_IB_FENCE_TIMEOUT", "2", 1);
-    unsetenv("KVX_AUTH_KEY");
-    unsetenv("KVX_AUTH_KEY_FILE");
 
     if (pair_up(&pf, &dc, NULL, NULL) == 0) {
         sender_fails(&pf, &dc, BAD_PAGE, 2001, "page index out of range");

@@ -28,8 +28,9 @@ static kvx_rdma_hello sample_hello(void) {
     return h;
 }
 
-/* A CONNECT with 2 queue pairs, 2 ports, 3 KV buffers and 1 aux buffer. */
-static void sample_connect(kvx__buf *b, uint64_t region) {
+/* A CONNECT with 2 queue pairs, 2 ports, 3 KV buffers, 1 aux buffer and
+   ns state buffers (Mamba, 100 rows of 512 bytes; HYBRID STATE). */
+static void sample_connect_state(kvx__buf *b, uint64_t region, uint32_t ns) {
     kvx_rdma_hello h = sample_hello();
     kvx_rdma_qp_info q;
     uint32_t d, i, k;
@@ -39,7 +40,7 @@ static void sample_connect(kvx__buf *b, uint64_t region) {
     kvx__buf_put16(b, 2);
     kvx__buf_put32(b, 3);
     kvx__buf_put32(b, 1);
-    kvx__buf_put32(b, 0);
+    kvx__buf_put32(b, ns);
     for (i = 0; i < 2; i++) {
         q.qpn = 0x100 + i;
         q.psn = 0x200 + i;
@@ -49,8 +50,8 @@ static void sample_connect(kvx__buf *b, uint64_t region) {
     for (d = 0; d < 2; d++) kvx__rdma_put_port(b, &h.dev[d]);
     for (d = 0; d < 2; d++) {
         kvx__buf_put64(b, region);
-        for (i = 0; i < 4; i++) {
-            uint64_t len = (i + 1) * 10000;
+        for (i = 0; i < 4 + ns; i++) {
+            uint64_t len = i < 4 ? (i + 1) * 10000 : 51200;
             uint32_t n = (uint32_t)(len / region + (len % region ? 1 : 0));
             kvx__buf_put64(b, 0x10000000ull * (i + 1));
             kvx__buf_put64(b, len);
@@ -65,10 +66,13 @@ static void sample_connect(kvx__buf *b, uint64_t region) {
     kvx__buf_put32(b, 4);
     kvx__buf_put32(b, 0);
     kvx__buf_put32(b, 0);
-    for (i = 0; i < 4; i++) kvx__buf_put64(b, i < 3 ? 4096 : 64);
+    kvx__buf_put32(b, ns ? KVX_STATE_MAMBA : 0); /* state type, then reserved */
+    kvx__buf_put32(b, 0);
+    for (i = 0; i < 4 + ns; i++) kvx__buf_put64(b, i < 3 ? 4096 : i == 3 ? 64 : 512);
     kvx__buf_put64(b, 0); /* no staging area */
 }
-#define SHAPE_BYTES (24 + 8 * 4 + 8)
+static void sample_connect(kvx__buf *b, uint64_t region) { sample_connect_state(b, region, 0); }
+#define SHAPE_BYTES (32 + 8 * 4 + 8)
 
 static void hello_tests(void) {
     kvx_rdma_hello h = sample_hello(), o;
@@ -82,7 +86,7 @@ static void hello_tests(void) {
           !strcmp(o.dev[1].name, "mlx5_1") && !memcmp(o.dev[0].gid, h.dev[0].gid, 16) &&
           o.dev[0].mtu == 5 && o.dev[0].gid_index == 3 && o.role == KVX_ROLE_PREFILL,
           "hello round-trips every field");
-    CHECK(!memcmp(buf, "kvx-rdma", 8) && buf[8] == 3 && buf[9] == 0 && buf[16] == 0xef,
+    CHECK(!memcmp(buf, "kvx-rdma", 8) && buf[8] == 4 && buf[9] == 0 && buf[16] == 0xef,
           "hello is little-endian with its magic and version");
     for (i = 0; i < n; i++)
         if (kvx_rdma_hello_parse(buf, i, &o, why, sizeof why) != KVX_ERR_PROTOCOL) ok = 0;
@@ -96,6 +100,9 @@ static void hello_tests(void) {
     CHECK(kvx_rdma_hello_parse(buf, n, &o, why, sizeof why) == KVX_ERR_PROTOCOL && strstr(why, "version 2"),
           "version 2 (a CONNECT without the layout shape) is refused: %s", why);
     buf[8] = 3;
+    CHECK(kvx_rdma_hello_parse(buf, n, &o, why, sizeof why) == KVX_ERR_PROTOCOL && strstr(why, "version 3"),
+          "version 3 (a CONNECT without state buffers) is refused: %s", why);
+    buf[8] = 4;
     kvx__le_w16(buf + 24, 4791);
     CHECK(kvx_rdma_hello_parse(buf, n, &o, why, sizeof why) == KVX_ERR_PROTOCOL && strstr(why, "reserved"),
           "a nonzero reserved field (version 1's exchange port) is refused: %s", why);
@@ -205,9 +212,13 @@ static void cm_tests(void) {
               "(from %llx, %u queue pairs)", (unsigned long long)m.from, m.nqp);
     }
     ((uint8_t *)b.data)[KVX_RDMA_CM_HEADER + 40 + 12 + 8] = 1;
-    ((uint8_t *)b.data)[KVX_RDMA_CM_HEADER + 36] = 1;
+    ((uint8_t *)b.data)[b.len - SHAPE_BYTES + 28] = 1;
     CHECK(kvx_rdma_cm_parse(b.data, b.len, &m, why, sizeof why) == KVX_ERR_PROTOCOL &&
           strstr(why, "reserved"), "a nonzero reserved field: %s", why);
+    ((uint8_t *)b.data)[b.len - SHAPE_BYTES + 28] = 0;
+    ((uint8_t *)b.data)[KVX_RDMA_CM_HEADER + 36] = 1; /* 1 state buffer without its table */
+    CHECK(kvx_rdma_cm_parse(b.data, b.len, &m, why, sizeof why) == KVX_ERR_PROTOCOL,
+          "a state count without its region table is refused: %s", why);
     ((uint8_t *)b.data)[KVX_RDMA_CM_HEADER + 36] = 0;
     CHECK(kvx_rdma_cm_parse(b.data, KVX_RDMA_CM_MAX + 1, &m, why, sizeof why) == KVX_ERR_PROTOCOL,
           "a message over KVX_RDMA_CM_MAX (KVX_BOOT_MAX_MESSAGE) is refused unread");
@@ -221,6 +232,37 @@ static void cm_tests(void) {
     ((uint8_t *)b.data)[2] = 1;
     CHECK(kvx_rdma_cm_parse(b.data, b.len, &m, why, sizeof why) == KVX_ERR_PROTOCOL &&
           strstr(why, "reserved"), "a nonzero reserved header field: %s", why);
+    kvx__buf_free(&b);
+
+    /* HYBRID STATE: 2 state buffers after the aux buffer */
+    memset(&b, 0, sizeof b);
+    sample_connect_state(&b, 4096, 2);
+    CHECK(kvx_rdma_cm_parse(b.data, b.len, &m, why, sizeof why) == KVX_OK && m.nstate == 2 &&
+          m.state_type == KVX_STATE_MAMBA && kvx_rdma_cm_item(&m, 5) == 512 &&
+          kvx_rdma_cm_item(&m, 6) == 0 && kvx_rdma_cm_region(&m, 1, 5, &base, &len, &rb, &nr, &keys) &&
+          base == 0x60000000ull && len == 51200 && nr == 13 && kvx_rdma_cm_rkey(keys, 12) == 1512 &&
+          !kvx_rdma_cm_region(&m, 0, 6, NULL, NULL, NULL, NULL, NULL),
+          "CONNECT carries state buffers (regions, rkeys, item_len, type): %s", why);
+    for (i = 0, ok = 1; i < b.len; i++)
+        if (kvx_rdma_cm_parse(b.data, i, &m, why, sizeof why) != KVX_ERR_PROTOCOL) ok = 0;
+    CHECK(ok, "every prefix of a CONNECT with state is refused");
+    kvx__le_w32((uint8_t *)b.data + KVX_RDMA_CM_HEADER + 36, KVX_MAX_STATE + 1);
+    CHECK(kvx_rdma_cm_parse(b.data, b.len, &m, why, sizeof why) == KVX_ERR_PROTOCOL &&
+          strstr(why, "state buffers"), "more than KVX_MAX_STATE state buffers are refused: %s", why);
+    kvx__le_w32((uint8_t *)b.data + KVX_RDMA_CM_HEADER + 36, 2);
+    kvx__le_w32((uint8_t *)b.data + b.len - (32 + 8 * 6 + 8) + 24, 4);
+    CHECK(kvx_rdma_cm_parse(b.data, b.len, &m, why, sizeof why) == KVX_ERR_PROTOCOL &&
+          strstr(why, "state type"), "an unknown state type is refused: %s", why);
+    kvx__le_w32((uint8_t *)b.data + b.len - (32 + 8 * 6 + 8) + 24, KVX_STATE_MAMBA);
+    kvx__le_w64((uint8_t *)b.data + b.len - 16, 0);
+    CHECK(kvx_rdma_cm_parse(b.data, b.len, &m, why, sizeof why) == KVX_ERR_PROTOCOL &&
+          strstr(why, "item_len of buffer 5"), "a state item_len of 0 is refused: %s", why);
+    kvx__buf_free(&b);
+    memset(&b, 0, sizeof b);
+    sample_connect(&b, 4096);
+    kvx__le_w32((uint8_t *)b.data + b.len - SHAPE_BYTES + 24, KVX_STATE_SWA);
+    CHECK(kvx_rdma_cm_parse(b.data, b.len, &m, why, sizeof why) == KVX_ERR_PROTOCOL &&
+          strstr(why, "state type"), "a state type without state buffers is refused: %s", why);
     kvx__buf_free(&b);
 
     memset(&b, 0, sizeof b);
@@ -248,7 +290,7 @@ static void mutations(void) {
     int iters = rt_quick() ? 20000 : 200000, i, accepted = 0, refused = 0;
     memset(&a, 0, sizeof a);
     memset(&b, 0, sizeof b);
-    sample_connect(&a, 4096);
+    sample_connect_state(&a, 4096, 2);
     for (i = 0; i < iters; i++) {
         kvx_rdma_cm_msg m;
         size_t len = a.len, k;
@@ -269,10 +311,10 @@ static void mutations(void) {
             uint64_t sum = 0;
             accepted++;
             for (d = 0; m.mr && d < m.ndev; d++)
-                for (j = 0; j < m.nbuf + m.naux; j++)
+                for (j = 0; j < m.nbuf + m.naux + m.nstate; j++)
                     if (kvx_rdma_cm_region(&m, d, j, NULL, NULL, NULL, &nr, &keys) && nr)
                         sum += kvx_rdma_cm_rkey(keys, nr - 1);
-            for (j = 0; m.items && j < m.nbuf + m.naux; j++) sum += kvx_rdma_cm_item(&m, j);
+            for (j = 0; m.items && j < m.nbuf + m.naux + m.nstate; j++) sum += kvx_rdma_cm_item(&m, j);
             (void)sum;
         } else {
             refused++;
