@@ -30,7 +30,8 @@
      Staging (file, tcp, store): desc.mem.copy = kvx__cu_copy ->
      kvx__cu_copy_device / kvx__cu_submit (cuMemcpy*Async batches, one
      synchronisation). The cuda transport: kvx__cux_sender_send plans the
-     chunk for each decode rank of the room and queues kvx_cuda_copy_spans
+     chunk for each decode rank of the room (with the last chunk, the
+     state rows where it sends them) and queues kvx_cuda_copy_spans
      (device to device into that peer's imported pool; strided spans as
      cuMemcpy2DAsync) on the peer's stream; kvx__cux_send_aux sends the
      aux rows as a kvx_boot message, which kvx__cux_on_message copies into
@@ -123,11 +124,13 @@
      Prefill and decode engines of one node (in one process or two) on
      kvx_boot.h: the prefill serves the bootstrap address, the decode side
      names it, as with tcp; desc.mem of both comes from kvx_cuda_mem_ops
-     (how the transport reaches the driver) and every KV buffer must be
-     KVX_MEM_CUDA (a prefill pool on one GPU).
-       decode engine: exports the allocation under every KV buffer with
-         cuIpcGetMemHandle, once per allocation (buffers sharing one share
-         its handle), and puts the handles and its aux row sizes in the
+     (how the transport reaches the driver) and every KV buffer and every
+     state buffer must be KVX_MEM_CUDA (a prefill pool on one GPU; state
+     buffers in host memory are refused at engine creation with a
+     sentence: this transport has no host path for them).
+       decode engine: exports the allocation under every KV and state
+         buffer with cuIpcGetMemHandle, once per allocation (buffers sharing
+         one share its handle), and puts the handles and its aux row sizes in the
          endpoint of its kvx_boot hello.
        prefill engine, first room frame of a decode engine: maps every
          allocation (cuIpcOpenMemHandle into the GPU of its own pool; the
@@ -145,10 +148,22 @@
          when the last chunk's copies are done it sends the aux rows (AUX
          MESSAGE), then status Success with the byte count, both on the
          room frame's control connection, and the sender succeeds.
+       hybrid state (kvx.h HYBRID STATE): the room frame carries the
+         decode's state indices (kvx_boot protocol v4), kept per decode
+         rank; with the last chunk, the prefill rank that writes that decode
+         rank's aux rows (kvx_layout_overlap's sends_aux; never an MLA
+         dummy) adds kvx_plan_state(this pool, its state indices, the
+         decode's state buffers as mapped, the decode's indices) to the
+         chunk's copies, so the state rows are in place before the aux
+         message and the Success status. A prefill whose state index count
+         differs from that decode rank's fails the room ("prefill sent 2
+         state indices, decode ... asked for 3"), which reaches the decode
+         as its reason.
        decode, on the status: the byte count must be the room's
-         (pages times page bytes, plus aux row bytes) and the aux rows must
-         have arrived (the connection keeps their order); only then is the
-         room Success.
+         (pages times page bytes, plus aux row bytes, plus state indices
+         times state row bytes from the rank that writes the aux rows) and
+         the aux rows must have arrived (the connection keeps their order);
+         only then is the room Success.
      Ranks of different layouts (kvx.h PARALLEL LAYOUTS, kvx_boot.h RANK
      MAPPING):
        a prefill room served by several decode ranks (decode TP > prefill
@@ -180,24 +195,30 @@
      the same GPUs (as CUDA IPC needs); a peer with another KVX_CUDA_NODE_ID
      is refused on both sides, with a sentence, before anything is mapped.
 
-   ENDPOINT (the kvx_boot hello's endpoint bytes; version 2, little-endian;
-   kvx_cuda_endpoint_check reads it; version 1 had an aux segment)
-       0 u8[8] "kvx-cuda"   8 u16 version (2)   10 u16 role (1 prefill, 2 decode)
+   ENDPOINT (the kvx_boot hello's endpoint bytes; version 3, little-endian;
+   kvx_cuda_endpoint_check reads it; version 1 had an aux segment, version
+   2 no state buffers and a reserved 0 at 156)
+       0 u8[8] "kvx-cuda"   8 u16 version (3)   10 u16 role (1 prefill, 2 decode)
       12 u32 pid   16 char node_id[64]   80 char host[64]   (printable text,
          NUL-padded; the host name is for messages)
-     144 u32 nalloc   148 u32 nb   152 u32 na   (decode; 0 on a prefill)
-     156 u32 0
+     144 u32 nalloc   148 u32 nb   152 u32 na   156 u32 ns  (decode; 0 on a
+         prefill; ns <= KVX_MAX_STATE)
      160 nalloc allocations of 88 bytes: u8[64] CUDA IPC handle, u64 base
          address in the exporter, i32 GPU ordinal there, u32 0, u64 length
          then nb KV buffers of 24 bytes: u32 allocation index, u32 0, u64
          offset in that allocation, u64 length
          then na aux buffers of 8 bytes: u64 row bytes (> 0; all rows
          together fit one aux message)
+         then ns state buffers (HYBRID STATE) of 32 bytes: u32 allocation
+         index, u32 0, u64 offset in that allocation, u64 length, u64 row
+         bytes (> 0, at most the length; the prefill requires it equal to
+         the row bytes of the decode's hello layout)
      A prefill engine sends the 160-byte head (node, pid) only. A hello
      carries at most KVX_BOOT_MAX_ENDPOINT (64 KiB) of endpoint, so a decode
      pool of separately allocated buffers has at most about 580 of them
      (160 + 112 per buffer); buffers sharing allocations cost 24 bytes each
-     (1024 in one allocation: 24.8 KiB). A decode engine whose endpoint
+     (1024 in one allocation: 24.8 KiB), state buffers 32 bytes each (plus
+     88 for an allocation of their own). A decode engine whose endpoint
      does not fit refuses to start, saying so.
 
    AUX MESSAGE (prefill -> decode, a kvx_boot transport message on the room

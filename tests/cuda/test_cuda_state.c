@@ -257,7 +257,7 @@ static int ss_step(ss_side *s) {
 }
 
 typedef struct ss_result {
-    uint32_t ok, failed, verified, untouched_bad;
+    uint32_t ok, failed, verified, untouched_bad, unfinished;
     char err[KVX_ERROR_MAX];
 } ss_result;
 
@@ -281,7 +281,8 @@ static void ss_collect(ss_side *s, const ss_case *c, ss_result *res) {
                 res->verified++;
             for (k = 0; k < rm->nidx; k++) named[rm->idx[k]] = 1;
         } else {
-            res->failed++;
+            if (st == KVX_POLL_FAILED) res->failed++;
+            else res->unfinished++;
             if (!res->err[0])
                 snprintf(res->err, sizeof res->err, "%s",
                          st != KVX_POLL_FAILED ? "not finished"
@@ -343,8 +344,8 @@ out:
     if (helper && helper->pid > 0 && !rc) { /* its result, before the prefill goes */
         char line[2048];
         if (cx_expect(helper, "RESULT", line, sizeof line, 120)) {
-            sscanf(line, "RESULT %u %u %u %u", &dres->ok, &dres->verified, &dres->failed,
-                   &dres->untouched_bad);
+            sscanf(line, "RESULT %u %u %u %u %u", &dres->ok, &dres->verified, &dres->failed,
+                   &dres->untouched_bad, &dres->unfinished);
             if (cx_readline(helper, line, sizeof line, 5) && !strncmp(line, "ERR ", 4))
                 ct_fmt(dres->err, sizeof dres->err, "%s", line + 4);
         } else {
@@ -362,7 +363,7 @@ out:
 }
 
 /* --dec <case> <port>: the decode side of a case; prints
-   "RESULT <ok> <verified> <failed> <untouched bad>" and "ERR <sentence>". */
+   "RESULT <ok> <verified> <failed> <untouched bad> <unfinished>" and "ERR <sentence>". */
 static int ss_helper(char **argv) {
     const ss_case *c = &ss_cases[atoi(argv[2])];
     ss_result p, d;
@@ -375,8 +376,8 @@ static int ss_helper(char **argv) {
         fflush(stdout);
         return 3;
     }
-    printf("RESULT %u %u %u %u\nERR %s\n", d.ok, d.verified, d.failed, d.untouched_bad,
-           d.err[0] ? d.err : "-");
+    printf("RESULT %u %u %u %u %u\nERR %s\n", d.ok, d.verified, d.failed, d.untouched_bad,
+           d.unfinished, d.err[0] ? d.err : "-");
     fflush(stdout);
     cx_wait_stdin_eof();
     return 0;
