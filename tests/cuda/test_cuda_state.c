@@ -11,7 +11,9 @@
    2. sliding-window-like: 5 indices per request, scattered with runs;
    3. the decode asks for 3 state indices, the prefill sends 2: the room
       fails on both sides with a sentence giving both counts;
-   4. refusals by kvx_layout_overlap reach the rooms with their sentence:
+   4. refusals by kvx_layout_overlap reach the decode rooms with their
+      sentence (kvx_boot's decode refuses the prefill rank's hello; the
+      prefill's rooms get no destination and none succeeds):
       sliding-window state, non-MLA, prefill TP 1 -> decode TP 2, and a
       state row size that differs;
    5. MLA with indexer state (DeepSeek NSA-like): TP 2 -> 1 (the dummy rank
@@ -53,26 +55,29 @@ typedef struct ss_case {
     const char *needle;   /* NULL: every room succeeds; else every room fails saying it */
     const char *needle2;
     int remote;           /* the decode side in a helper process */
+    int decode_refuses;   /* kvx_boot's decode refuses the prefill rank's hello (kvx_boot.h
+                             LAYOUTS BETWEEN RANKS): no room frame reaches the prefill, whose
+                             rooms wait for one (and never succeed) */
 } ss_case;
 
 static const ss_case ss_cases[] = {
     {"Mamba, 2 state buffers, 1 index, decode in another process", 0, KVX_STATE_MAMBA, 2,
-     {4096, 1024}, 0, 1, 0, 1, 1, NULL, NULL, 1},
+     {4096, 1024}, 0, 1, 0, 1, 1, NULL, NULL, 1, 0},
     {"Mamba, 2 state buffers, 1 index, one process", 0, KVX_STATE_MAMBA, 2, {4096, 1024}, 0, 1, 0,
-     1, 1, NULL, NULL, 0},
+     1, 1, NULL, NULL, 0, 0},
     {"sliding window, 5 indices with runs", 0, KVX_STATE_SWA, 1, {2048, 0}, 0, 5, 0, 1, 1, NULL,
-     NULL, 1},
+     NULL, 1, 0},
     {"count mismatch (prefill 2, decode 3)", 0, KVX_STATE_SWA, 2, {512, 256}, 0, 2, 3, 1, 1,
-     "prefill sent 2 state indices", "asked for 3", 0},
+     "prefill sent 2 state indices", "asked for 3", 0, 0},
     {"sliding window, non-MLA, TP 1 -> 2: refused", 0, KVX_STATE_SWA, 1, {1024, 0}, 0, 3, 0, 1, 2,
-     "different heads", "SGLang refuses sliding-window state", 0},
+     "different heads", "SGLang refuses sliding-window state", 0, 1},
     {"state row size differs: refused", 0, KVX_STATE_MAMBA, 2, {4096, 1024}, 2048, 1, 0, 1, 1,
-     "state buffer 0", "4096", 0},
+     "item_len of state buffer 0 differs", "source 4096, destination 2048", 0, 1},
     {"MLA + indexer state, TP 2 -> 1 (a dummy rank)", 1, KVX_STATE_OTHER, 1, {1024, 0}, 0, 3, 0, 2,
-     1, NULL, NULL, 0},
+     1, NULL, NULL, 0, 0},
     {"MLA + indexer state, TP 1 -> 2", 1, KVX_STATE_OTHER, 1, {1024, 0}, 0, 3, 0, 1, 2, NULL, NULL,
-     0},
-    {"no state (equal shapes)", 0, 0, 0, {0, 0}, 0, 0, 0, 1, 1, NULL, NULL, 0},
+     0, 0},
+    {"no state (equal shapes)", 0, 0, 0, {0, 0}, 0, 0, 0, 1, 1, NULL, NULL, 0, 0},
 };
 #define SS_NCASES (sizeof ss_cases / sizeof ss_cases[0])
 
@@ -328,9 +333,10 @@ static int ss_run(const ss_case *c, int mask, int port, ss_result *pres, ss_resu
     for (i = 0; i < np; i++) ss_rooms(&P[i], c);
     for (i = 0; i < nd; i++) ss_rooms(&D[i], c);
     do {
-        all = 1;
-        for (i = 0; i < np; i++) all &= ss_step(&P[i]);
-        for (i = 0; i < nd; i++) all &= ss_step(&D[i]);
+        int pdone = 1, ddone = 1;
+        for (i = 0; i < np; i++) pdone &= ss_step(&P[i]);
+        for (i = 0; i < nd; i++) ddone &= ss_step(&D[i]);
+        all = ddone && (pdone || (c->decode_refuses && nd));
         if (!all) cx_sleep(0.001);
     } while (!all && cx_now() < end);
     for (i = 0; i < np; i++) ss_collect(&P[i], c, pres);
@@ -403,6 +409,15 @@ static void ss_check(const ss_case *c) {
               c->name, d.untouched_bad);
         CHECK(p.ok == np && !p.failed, "%s: every prefill room succeeded (%u of %u): %s", c->name,
               p.ok, np, p.err);
+    } else if (c->decode_refuses) {
+        CHECK(d.failed == nd && !d.ok, "%s: every decode room failed (%u of %u)", c->name,
+              d.failed, nd);
+        CHECK(strstr(d.err, c->needle) && strstr(d.err, c->needle2),
+              "%s: the decode's sentence says why: %s", c->name, d.err);
+        CHECK(!p.ok, "%s: no prefill room succeeded (%u failed, %u wait for a destination)",
+              c->name, p.failed, p.unfinished);
+        CHECK(d.untouched_bad == 0, "%s: no decode state row was written (%u were)", c->name,
+              d.untouched_bad);
     } else {
         CHECK(d.failed == nd && !d.ok, "%s: every decode room failed (%u of %u)", c->name,
               d.failed, nd);
@@ -420,7 +435,7 @@ static void ss_check(const ss_case *c) {
 /* Host state buffers: both roles refuse to create the engine, saying so. */
 static void ss_host_refused(void) {
     static const ss_case c = {"host state", 0, KVX_STATE_MAMBA, 1, {1024, 0}, 0, 1, 0, 1, 1,
-                              NULL, NULL, 0};
+                              NULL, NULL, 0, 0};
     ss_side s;
     char why[KVX_ERROR_MAX];
     int role;
