@@ -2667,25 +2667,41 @@ static kvx_result kvx__overlap_check(const kvx_layout *s, const kvx_layout *d, c
     return KVX_OK;
 }
 
+/* Whether two arrays of buffers (aux or state: elements of `stride` bytes
+   with item_len at `off`) agree in count and every item_len; else
+   KVX_ERR_LAYOUT_MISMATCH and a sentence naming the first difference. */
+static kvx_result kvx__items_match(const char *what, const void *a, uint32_t na, const void *b,
+                                   uint32_t nb, size_t stride, size_t off, char *why, size_t wl) {
+    uint32_t i;
+    if (na != nb)
+        return kvx__why(KVX_ERR_LAYOUT_MISMATCH, why, wl, "%s buffer count differs: source %u, "
+                        "destination %u", what, na, nb);
+    for (i = 0; i < na; i++) {
+        uint64_t x, y;
+        memcpy(&x, (const char *)a + i * stride + off, sizeof x);
+        memcpy(&y, (const char *)b + i * stride + off, sizeof y);
+        if (x != y)
+            return kvx__why(KVX_ERR_LAYOUT_MISMATCH, why, wl, "item_len of %s buffer %u differs: "
+                            "source %llu, destination %llu", what, i, (unsigned long long)x,
+                            (unsigned long long)y);
+    }
+    return KVX_OK;
+}
+
 static const char *kvx__state_name(uint32_t t) {
     return t == KVX_STATE_MAMBA ? "Mamba" : t == KVX_STATE_SWA ? "sliding-window" : "indexed";
 }
 
 /* HYBRID STATE: whether the state buffers of s can move to d. */
 static kvx_result kvx__state_overlap(const kvx_layout *s, const kvx_layout *d, char *why, size_t wl) {
-    uint32_t i, ls = kvx__layers(s), ld = kvx__layers(d);
+    uint32_t ls = kvx__layers(s), ld = kvx__layers(d);
     const char *nm = kvx__state_name(s->num_state ? s->state_type : d->state_type);
-    if (s->num_state != d->num_state)
-        return kvx__why(KVX_ERR_LAYOUT_MISMATCH, why, wl, "state buffer count differs: source %u, "
-                        "destination %u", s->num_state, d->num_state);
+    kvx_result r = kvx__items_match("state", s->state, s->num_state, d->state, d->num_state,
+                                    sizeof(kvx_buffer), offsetof(kvx_buffer, item_len), why, wl);
+    if (r != KVX_OK) return r;
     if ((s->state_type ? s->state_type : KVX_STATE_OTHER) != (d->state_type ? d->state_type : KVX_STATE_OTHER))
         return kvx__why(KVX_ERR_LAYOUT_MISMATCH, why, wl, "state type differs: source %s, destination %s",
                         kvx__state_name(s->state_type), kvx__state_name(d->state_type));
-    for (i = 0; i < s->num_state; i++)
-        if (s->state[i].item_len != d->state[i].item_len)
-            return kvx__why(KVX_ERR_LAYOUT_MISMATCH, why, wl, "item_len of state buffer %u differs: "
-                            "source %llu, destination %llu", i, (unsigned long long)s->state[i].item_len,
-                            (unsigned long long)d->state[i].item_len);
     if (s->layer_begin != d->layer_begin || ls != ld)
         return kvx__why(KVX_ERR_LAYOUT_MISMATCH, why, wl, "%s state moves only between ranks holding "
                         "the same layers (source layers %u..%u, destination %u..%u): decode PP must "
@@ -2920,21 +2936,11 @@ static kvx_result kvx__plan_aux(kvx_plan *p, const kvx_layout *l, int32_t ss, in
 KVX_API kvx_result kvx_plan_aux(kvx_plan *p, const kvx_layout *src, int32_t ss,
                                 const kvx_layout *dst, int32_t ds) {
     kvx_result r;
-    uint32_t i;
     if (!p || !src || !dst) return KVX_ERR_INVALID_ARGUMENT;
-    if (src->num_aux != dst->num_aux) {
-        snprintf(p->error, sizeof p->error, "aux buffer count differs: source %u, destination %u",
-                 src->num_aux, dst->num_aux);
-        return KVX_ERR_LAYOUT_MISMATCH;
-    }
-    for (i = 0; i < src->num_aux; i++)
-        if (src->aux[i].item_len != dst->aux[i].item_len) {
-            snprintf(p->error, sizeof p->error,
-                     "item_len of aux buffer %u differs: source %llu, destination %llu", i,
-                     (unsigned long long)src->aux[i].item_len,
-                     (unsigned long long)dst->aux[i].item_len);
-            return KVX_ERR_LAYOUT_MISMATCH;
-        }
+    if ((r = kvx__items_match("aux", src->aux, src->num_aux, dst->aux, dst->num_aux,
+                              sizeof(kvx_aux_buffer), offsetof(kvx_aux_buffer, item_len), p->error,
+                              sizeof p->error)) != KVX_OK)
+        return r;
     if ((r = kvx__plan_slot(p, src, ss, "source")) != KVX_OK ||
         (r = kvx__plan_slot(p, dst, ds, "destination")) != KVX_OK)
         return r;
@@ -2964,8 +2970,28 @@ static kvx_result kvx__state_check(kvx_plan *p, const kvx_layout *l, const int32
                  "buffers", (unsigned)n, dst ? "destination" : "source");
         return KVX_ERR_OUT_OF_RANGE;
     }
-    r = kvx_pages_check(p, idx, n, kvx_layout_num_state_rows(l), dst,
-                        dst ? "destination state" : "source state");
+    uint64_t rows = kvx_layout_num_state_rows(l);
+    size_t i;
+    if (n > KVX_MAX_PAGES || (n && !idx)) {
+        snprintf(p->error, sizeof p->error, "%zu state indices (NULL list or beyond KVX_MAX_PAGES %u)",
+                 n, (unsigned)KVX_MAX_PAGES);
+        return KVX_ERR_OUT_OF_RANGE;
+    }
+    for (i = 0; i < n; i++)
+        if (idx[i] < 0 || (uint64_t)idx[i] >= rows) {
+            snprintf(p->error, sizeof p->error, "%s state index %ld at position %zu is outside the "
+                     "%llu rows of its state buffers", dst ? "destination" : "source", (long)idx[i], i,
+                     (unsigned long long)rows);
+            return KVX_ERR_OUT_OF_RANGE;
+        }
+    r = kvx_pages_check(p, idx, n, rows, dst, "destination state");
+    if (r == KVX_ERR_DUPLICATE)
+        for (i = 1; i < n; i++)
+            if (p->scratch[i] == p->scratch[i - 1]) {
+                snprintf(p->error, sizeof p->error, "destination state index %ld appears more than once",
+                         (long)p->scratch[i]);
+                break;
+            }
     return r;
 }
 
@@ -3008,22 +3034,12 @@ static kvx_result kvx__plan_state_runs(kvx_plan *p, const kvx_layout *l, const i
 KVX_API kvx_result kvx_plan_state(kvx_plan *p, const kvx_layout *src, const int32_t *si,
                                   const kvx_layout *dst, const int32_t *di, size_t n) {
     kvx_result r;
-    uint32_t i;
     if (!p || !src || !dst || (n && (!si || !di))) return KVX_ERR_INVALID_ARGUMENT;
     p->error[0] = 0;
-    if (src->num_state != dst->num_state) {
-        snprintf(p->error, sizeof p->error, "state buffer count differs: source %u, destination %u",
-                 src->num_state, dst->num_state);
-        return KVX_ERR_LAYOUT_MISMATCH;
-    }
-    for (i = 0; i < src->num_state; i++)
-        if (src->state[i].item_len != dst->state[i].item_len) {
-            snprintf(p->error, sizeof p->error,
-                     "item_len of state buffer %u differs: source %llu, destination %llu", i,
-                     (unsigned long long)src->state[i].item_len,
-                     (unsigned long long)dst->state[i].item_len);
-            return KVX_ERR_LAYOUT_MISMATCH;
-        }
+    if ((r = kvx__items_match("state", src->state, src->num_state, dst->state, dst->num_state,
+                              sizeof(kvx_buffer), offsetof(kvx_buffer, item_len), p->error,
+                              sizeof p->error)) != KVX_OK)
+        return r;
     if ((r = kvx__state_check(p, src, si, n, 0)) != KVX_OK ||
         (r = kvx__state_check(p, dst, di, n, 1)) != KVX_OK)
         return r;
@@ -3978,11 +3994,9 @@ static kvx_result kvx__room_keep_state(kvx_room *r, const int32_t *idx, uint32_t
     memset(&chk, 0, sizeof chk);
     chk.allocator = &e->desc.allocator;
     res = kvx__state_check(&chk, &e->desc.layout, idx, n, dst);
+    if (res != KVX_OK) kvx_room_fail(r, res, "%s: %s", dst ? "init" : "send", chk.error);
     kvx_plan_free(&chk);
-    if (res != KVX_OK) {
-        kvx_room_fail(r, res, "%s: %s", dst ? "init" : "send", chk.error);
-        return res;
-    }
+    if (res != KVX_OK) return res;
     r->state_idx = (int32_t *)kvx_engine_alloc(e, (size_t)n * sizeof *idx);
     if (!r->state_idx) {
         kvx_room_fail(r, KVX_ERR_NO_MEMORY, "out of memory for %u state indices", n);
