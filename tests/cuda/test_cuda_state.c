@@ -36,8 +36,6 @@ int main(void) {
 
 static ct_fake F;
 
-static const ex_model ss_mha = {"mha8", 4, 8, 16, 2, 0, "bfloat16"};
-static const ex_model ss_mla = {"mla", 4, 1, 64, 2, 1, "bfloat16"};
 #define SS_NREQ 4
 #define SS_ROWS 64   /* state rows per buffer */
 #define SS_MAXR 4    /* ranks per side */
@@ -116,7 +114,7 @@ typedef struct ss_side {
    0 for prefill rank 0). */
 static int ss_side_init(ss_side *s, const ss_case *c, kvx_role role, uint32_t tp, uint32_t rank,
                         int port, int host, char *why, size_t wl) {
-    const ex_model *m = c->mla ? &ss_mla : &ss_mha;
+    const ex_model *m = c->mla ? &cx_mla : &cx_mha8;
     ex_rank rk;
     kvx_engine_desc d;
     kvx_cuda *cu;
