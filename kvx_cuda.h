@@ -381,7 +381,7 @@ KVX_API kvx_result kvx_cuda_alloc(kvx_cuda *cu, int device, size_t size, void **
 KVX_API void kvx_cuda_free(kvx_cuda *cu, int device, void *dev_ptr); /* NULL ok */
 
 /* Checks this process's own pool against the driver: every KVX_MEM_CUDA
-   buffer is device memory of the device it names and [base, base + length)
+   buffer (KV and state buffers) is device memory of the device it names and [base, base + length)
    lies inside one allocation; no KVX_MEM_HOST buffer is device memory (a
    CPU transport would fault on it). KVX_ERR_INVALID_ARGUMENT with a sentence
    naming the buffer otherwise. Thread-safe.
