@@ -30,7 +30,8 @@
      Staging (file, tcp, store): desc.mem.copy = kvx__cu_copy ->
      kvx__cu_copy_device / kvx__cu_submit (cuMemcpy*Async batches, one
      synchronisation). The cuda transport: kvx__cux_sender_send plans the
-     chunk for each decode rank of the room and queues kvx_cuda_copy_spans
+     chunk for each decode rank of the room (with the last chunk, the
+     state rows where it sends them) and queues kvx_cuda_copy_spans
      (device to device into that peer's imported pool; strided spans as
      cuMemcpy2DAsync) on the peer's stream; kvx__cux_send_aux sends the
      aux rows as a kvx_boot message, which kvx__cux_on_message copies into
@@ -123,11 +124,13 @@
      Prefill and decode engines of one node (in one process or two) on
      kvx_boot.h: the prefill serves the bootstrap address, the decode side
      names it, as with tcp; desc.mem of both comes from kvx_cuda_mem_ops
-     (how the transport reaches the driver) and every KV buffer must be
-     KVX_MEM_CUDA (a prefill pool on one GPU).
-       decode engine: exports the allocation under every KV buffer with
-         cuIpcGetMemHandle, once per allocation (buffers sharing one share
-         its handle), and puts the handles and its aux row sizes in the
+     (how the transport reaches the driver) and every KV buffer and every
+     state buffer must be KVX_MEM_CUDA (a prefill pool on one GPU; state
+     buffers in host memory are refused at engine creation with a
+     sentence: this transport has no host path for them).
+       decode engine: exports the allocation under every KV and state
+         buffer with cuIpcGetMemHandle, once per allocation (buffers sharing
+         one share its handle), and puts the handles and its aux row sizes in the
          endpoint of its kvx_boot hello.
        prefill engine, first room frame of a decode engine: maps every
          allocation (cuIpcOpenMemHandle into the GPU of its own pool; the
@@ -145,10 +148,22 @@
          when the last chunk's copies are done it sends the aux rows (AUX
          MESSAGE), then status Success with the byte count, both on the
          room frame's control connection, and the sender succeeds.
+       hybrid state (kvx.h HYBRID STATE): the room frame carries the
+         decode's state indices (kvx_boot protocol v4), kept per decode
+         rank; with the last chunk, the prefill rank that writes that decode
+         rank's aux rows (kvx_layout_overlap's sends_aux; never an MLA
+         dummy) adds kvx_plan_state(this pool, its state indices, the
+         decode's state buffers as mapped, the decode's indices) to the
+         chunk's copies, so the state rows are in place before the aux
+         message and the Success status. A prefill whose state index count
+         differs from that decode rank's fails the room ("prefill sent 2
+         state indices, decode ... asked for 3"), which reaches the decode
+         as its reason.
        decode, on the status: the byte count must be the room's
-         (pages times page bytes, plus aux row bytes) and the aux rows must
-         have arrived (the connection keeps their order); only then is the
-         room Success.
+         (pages times page bytes, plus aux row bytes, plus state indices
+         times state row bytes from the rank that writes the aux rows) and
+         the aux rows must have arrived (the connection keeps their order);
+         only then is the room Success.
      Ranks of different layouts (kvx.h PARALLEL LAYOUTS, kvx_boot.h RANK
      MAPPING):
        a prefill room served by several decode ranks (decode TP > prefill
@@ -180,24 +195,30 @@
      the same GPUs (as CUDA IPC needs); a peer with another KVX_CUDA_NODE_ID
      is refused on both sides, with a sentence, before anything is mapped.
 
-   ENDPOINT (the kvx_boot hello's endpoint bytes; version 2, little-endian;
-   kvx_cuda_endpoint_check reads it; version 1 had an aux segment)
-       0 u8[8] "kvx-cuda"   8 u16 version (2)   10 u16 role (1 prefill, 2 decode)
+   ENDPOINT (the kvx_boot hello's endpoint bytes; version 3, little-endian;
+   kvx_cuda_endpoint_check reads it; version 1 had an aux segment, version
+   2 no state buffers and a reserved 0 at 156)
+       0 u8[8] "kvx-cuda"   8 u16 version (3)   10 u16 role (1 prefill, 2 decode)
       12 u32 pid   16 char node_id[64]   80 char host[64]   (printable text,
          NUL-padded; the host name is for messages)
-     144 u32 nalloc   148 u32 nb   152 u32 na   (decode; 0 on a prefill)
-     156 u32 0
+     144 u32 nalloc   148 u32 nb   152 u32 na   156 u32 ns  (decode; 0 on a
+         prefill; ns <= KVX_MAX_STATE)
      160 nalloc allocations of 88 bytes: u8[64] CUDA IPC handle, u64 base
          address in the exporter, i32 GPU ordinal there, u32 0, u64 length
          then nb KV buffers of 24 bytes: u32 allocation index, u32 0, u64
          offset in that allocation, u64 length
          then na aux buffers of 8 bytes: u64 row bytes (> 0; all rows
          together fit one aux message)
+         then ns state buffers (HYBRID STATE) of 32 bytes: u32 allocation
+         index, u32 0, u64 offset in that allocation, u64 length, u64 row
+         bytes (> 0, at most the length; the prefill requires it equal to
+         the row bytes of the decode's hello layout)
      A prefill engine sends the 160-byte head (node, pid) only. A hello
      carries at most KVX_BOOT_MAX_ENDPOINT (64 KiB) of endpoint, so a decode
      pool of separately allocated buffers has at most about 580 of them
      (160 + 112 per buffer); buffers sharing allocations cost 24 bytes each
-     (1024 in one allocation: 24.8 KiB). A decode engine whose endpoint
+     (1024 in one allocation: 24.8 KiB), state buffers 32 bytes each (plus
+     88 for an allocation of their own). A decode engine whose endpoint
      does not fit refuses to start, saying so.
 
    AUX MESSAGE (prefill -> decode, a kvx_boot transport message on the room
@@ -360,7 +381,7 @@ KVX_API kvx_result kvx_cuda_alloc(kvx_cuda *cu, int device, size_t size, void **
 KVX_API void kvx_cuda_free(kvx_cuda *cu, int device, void *dev_ptr); /* NULL ok */
 
 /* Checks this process's own pool against the driver: every KVX_MEM_CUDA
-   buffer is device memory of the device it names and [base, base + length)
+   buffer (KV and state buffers) is device memory of the device it names and [base, base + length)
    lies inside one allocation; no KVX_MEM_HOST buffer is device memory (a
    CPU transport would fault on it). KVX_ERR_INVALID_ARGUMENT with a sentence
    naming the buffer otherwise. Thread-safe.
@@ -413,6 +434,8 @@ KVX_API void kvx_cuda_stream_destroy(kvx_cuda_stream *s);
    bases). A strided span (row_len > 0) copies length / row_len rows, row k
    from src_offset + k * src_pitch to dst_offset + k * dst_pitch. Any
    memory the driver can address works (device, imported, pinned host).
+   KVX_SPAN_STATE spans (kvx_plan_state) copy between src->state[buffer]
+   and dst->state[dst_buffer] the same way.
    Every row of every span is checked against both layouts' buffer lengths
    first (KVX_ERR_OUT_OF_RANGE naming the span, side and buffer; a length
    that is not whole rows, or a pitch below the row length:
@@ -460,7 +483,7 @@ KVX_API kvx_result kvx_cuda_dmabuf_fd(kvx_cuda *cu, int device, void *dev_ptr, s
 
 /* >>cuda transport ------------------------------------------------------------- */
 
-#define KVX_CUDA_ENDPOINT_VERSION 2
+#define KVX_CUDA_ENDPOINT_VERSION 3
 #define KVX_CUDA_AUX_VERSION 1 /* of the aux message (see AUX MESSAGE) */
 
 /* The `cuda` transport's backend table ("THE CUDA TRANSPORT" above). Without KVX_WITH_CUDA a table whose engine_init fails
@@ -525,6 +548,7 @@ extern "C" {
 #define KVX__CUX_ALLOC 88u  /* one allocation entry */
 #define KVX__CUX_BUF 24u    /* one KV buffer entry */
 #define KVX__CUX_AUXE 8u    /* one aux buffer entry */
+#define KVX__CUX_STE 32u    /* one state buffer entry */
 #define KVX__CUX_TEXT 64u   /* node id, host name */
 #define KVX__CUX_AUXM 24u   /* head of an aux message (see AUX MESSAGE) */
 
@@ -534,8 +558,8 @@ typedef struct kvx__cux_ep {
     uint16_t version, role;
     uint32_t pid;
     char node[KVX__CUX_TEXT + 1], host[KVX__CUX_TEXT + 1];
-    uint32_t nalloc, nb, na;
-    const uint8_t *allocs, *bufs, *aux;
+    uint32_t nalloc, nb, na, ns;
+    const uint8_t *allocs, *bufs, *aux, *st;
 } kvx__cux_ep;
 
 /* A NUL-padded text field of 64 bytes: printable ASCII, then only NULs. */
@@ -573,6 +597,16 @@ static uint64_t kvx__cux_ep_aux(const kvx__cux_ep *ep, uint32_t i) {
     return kvx__le_r64(ep->aux + (size_t)i * KVX__CUX_AUXE);
 }
 
+/* State buffer i: like a KV buffer entry, then its row bytes. */
+static void kvx__cux_ep_state(const kvx__cux_ep *ep, uint32_t i, uint32_t *alloc, uint64_t *off,
+                              uint64_t *len, uint64_t *item) {
+    const uint8_t *b = ep->st + (size_t)i * KVX__CUX_STE;
+    *alloc = kvx__le_r32(b);
+    *off = kvx__le_r64(b + 8);
+    *len = kvx__le_r64(b + 16);
+    *item = kvx__le_r64(b + 24);
+}
+
 static kvx_result kvx__cux_bad(char *why, size_t wl, const char *fmt, ...) KVX_PRINTF(3, 4);
 static kvx_result kvx__cux_bad(char *why, size_t wl, const char *fmt, ...) {
     char msg[KVX_ERROR_MAX];
@@ -581,6 +615,35 @@ static kvx_result kvx__cux_bad(char *why, size_t wl, const char *fmt, ...) {
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
     return kvx__why(KVX_ERR_PROTOCOL, why, wl, "cuda endpoint: %s", msg);
+}
+
+/* Entry `len` bytes at `off` of allocation a: inside it. */
+static int kvx__cux_inside(const kvx__cux_ep *ep, uint32_t a, uint64_t off, uint64_t len) {
+    uint64_t base, alen;
+    int32_t dev;
+    if (a >= ep->nalloc) return 0;
+    kvx__cux_ep_alloc(ep, a, &base, &dev, &alen);
+    return len && off <= alen && len <= alen - off;
+}
+
+/* The state buffers: each inside its allocation, with rows of nonzero
+   size that fit its length (HYBRID STATE). */
+static kvx_result kvx__cux_parse_state(const kvx__cux_ep *ep, char *why, size_t wl) {
+    uint32_t i, a;
+    uint64_t off, len, item;
+    for (i = 0; i < ep->ns; i++) {
+        kvx__cux_ep_state(ep, i, &a, &off, &len, &item);
+        if (kvx__le_r32(ep->st + (size_t)i * KVX__CUX_STE + 4))
+            return kvx__cux_bad(why, wl, "state buffer %u: the reserved word is not 0", i);
+        if (!kvx__cux_inside(ep, a, off, len))
+            return kvx__cux_bad(why, wl, "state buffer %u (%llu bytes at offset %llu of "
+                                "allocation %u of %u) leaves its allocation", i,
+                                (unsigned long long)len, (unsigned long long)off, a, ep->nalloc);
+        if (!item || item > len)
+            return kvx__cux_bad(why, wl, "state buffer %u: %llu-byte rows in %llu bytes", i,
+                                (unsigned long long)item, (unsigned long long)len);
+    }
+    return KVX_OK;
 }
 
 /* The aux rows: none empty, and all of them fit one aux message. */
@@ -603,6 +666,7 @@ static kvx_result kvx__cux_parse(const void *buf, size_t len, kvx__cux_ep *ep, c
     const uint8_t *p = (const uint8_t *)buf;
     uint64_t need;
     uint32_t i;
+    kvx_result r;
     memset(ep, 0, sizeof *ep);
     if (!p || len < KVX__CUX_FIXED || memcmp(p, "kvx-cuda", 8))
         return kvx__cux_bad(why, wl, "%zu bytes without the \"kvx-cuda\" magic (the peer does "
@@ -622,25 +686,28 @@ static kvx_result kvx__cux_parse(const void *buf, size_t len, kvx__cux_ep *ep, c
     ep->nalloc = kvx__le_r32(p + 144);
     ep->nb = kvx__le_r32(p + 148);
     ep->na = kvx__le_r32(p + 152);
-    if (kvx__le_r32(p + 156))
-        return kvx__cux_bad(why, wl, "the reserved word at 156 is not 0");
-    if (ep->nalloc > KVX_MAX_BUFFERS || ep->nb > KVX_MAX_BUFFERS || ep->na > KVX_MAX_AUX)
-        return kvx__cux_bad(why, wl, "%u allocations, %u buffers, %u aux buffers (at most %u, "
-                            "%u, %u)", ep->nalloc, ep->nb, ep->na, (unsigned)KVX_MAX_BUFFERS,
-                            (unsigned)KVX_MAX_BUFFERS, (unsigned)KVX_MAX_AUX);
+    ep->ns = kvx__le_r32(p + 156);
+    if (ep->nalloc > KVX_MAX_BUFFERS + KVX_MAX_STATE || ep->nb > KVX_MAX_BUFFERS ||
+        ep->na > KVX_MAX_AUX || ep->ns > KVX_MAX_STATE)
+        return kvx__cux_bad(why, wl, "%u allocations, %u buffers, %u aux buffers, %u state "
+                            "buffers (at most %u, %u, %u, %u)", ep->nalloc, ep->nb, ep->na, ep->ns,
+                            (unsigned)(KVX_MAX_BUFFERS + KVX_MAX_STATE), (unsigned)KVX_MAX_BUFFERS,
+                            (unsigned)KVX_MAX_AUX, (unsigned)KVX_MAX_STATE);
     need = KVX__CUX_FIXED + (uint64_t)ep->nalloc * KVX__CUX_ALLOC +
-           (uint64_t)ep->nb * KVX__CUX_BUF + (uint64_t)ep->na * KVX__CUX_AUXE;
+           (uint64_t)ep->nb * KVX__CUX_BUF + (uint64_t)ep->na * KVX__CUX_AUXE +
+           (uint64_t)ep->ns * KVX__CUX_STE;
     if (need != len)
-        return kvx__cux_bad(why, wl, "%zu bytes, but %u allocations, %u buffers and %u aux "
-                            "buffers take %llu", len, ep->nalloc, ep->nb, ep->na,
-                            (unsigned long long)need);
-    if (ep->role == KVX_ROLE_PREFILL && (ep->nalloc || ep->nb || ep->na))
+        return kvx__cux_bad(why, wl, "%zu bytes, but %u allocations, %u buffers, %u aux "
+                            "buffers and %u state buffers take %llu", len, ep->nalloc, ep->nb,
+                            ep->na, ep->ns, (unsigned long long)need);
+    if (ep->role == KVX_ROLE_PREFILL && (ep->nalloc || ep->nb || ep->na || ep->ns))
         return kvx__cux_bad(why, wl, "a prefill endpoint announces GPU memory");
     if (ep->role == KVX_ROLE_DECODE && (!ep->nb || !ep->nalloc))
         return kvx__cux_bad(why, wl, "a decode endpoint without KV buffers");
     ep->allocs = p + KVX__CUX_FIXED;
     ep->bufs = ep->allocs + (size_t)ep->nalloc * KVX__CUX_ALLOC;
     ep->aux = ep->bufs + (size_t)ep->nb * KVX__CUX_BUF;
+    ep->st = ep->aux + (size_t)ep->na * KVX__CUX_AUXE;
     for (i = 0; i < ep->nalloc; i++) {
         uint64_t base, alen;
         int32_t dev;
@@ -662,7 +729,8 @@ static kvx_result kvx__cux_parse(const void *buf, size_t len, kvx__cux_ep *ep, c
                                 "%u (%llu bytes)", i, (unsigned long long)blen,
                                 (unsigned long long)off, a, (unsigned long long)alen);
     }
-    return kvx__cux_parse_aux(ep, why, wl);
+    r = kvx__cux_parse_aux(ep, why, wl);
+    return r != KVX_OK ? r : kvx__cux_parse_state(ep, why, wl);
 }
 
 KVX_API kvx_result kvx_cuda_endpoint_check(const void *endpoint, size_t len, char *why,
@@ -1686,9 +1754,14 @@ KVX_API kvx_result kvx_cuda_layout_check(kvx_cuda *cu, const kvx_layout *l, char
     if (!cu || !l || (l->num_buffers && !l->buffers))
         return kvx__why(KVX_ERR_INVALID_ARGUMENT, why, why_len, "kvx_cuda_layout_check: NULL "
                            "argument");
+    if (l->num_state && !l->state)
+        return kvx__why(KVX_ERR_INVALID_ARGUMENT, why, why_len, "kvx_cuda_layout_check: %u "
+                        "state buffers and a NULL state", l->num_state);
     if ((r = kvx__cu_enter(cu, 0, &sc, why, why_len)) != KVX_OK) return r;
-    for (i = 0; i < l->num_buffers && r == KVX_OK; i++) {
-        const kvx_buffer *b = &l->buffers[i];
+    for (i = 0; i < l->num_buffers + l->num_state && r == KVX_OK; i++) {
+        const kvx_buffer *b = i < l->num_buffers ? &l->buffers[i] : &l->state[i - l->num_buffers];
+        const char *kind = i < l->num_buffers ? "" : "state ";
+        uint32_t k = i < l->num_buffers ? i : i - l->num_buffers;
         unsigned type = 0;
         int ord = -1;
         CUdeviceptr base = 0;
@@ -1698,25 +1771,25 @@ KVX_API kvx_result kvx_cuda_layout_check(kvx_cuda *cu, const kvx_layout *l, char
         rc = kvx__cu_where(cu, b->base, &type, &ord, &base, &size);
         if (b->mem == KVX_MEM_HOST) {
             if (rc == CUDA_SUCCESS && type == CU_MEMORYTYPE_DEVICE)
-                r = kvx__why(KVX_ERR_INVALID_ARGUMENT, why, why_len, "buffer %u (%p) is memory "
+                r = kvx__why(KVX_ERR_INVALID_ARGUMENT, why, why_len, "%sbuffer %u (%p) is memory "
                                 "of GPU %d but the layout says KVX_MEM_HOST: set mem = "
-                                "KVX_MEM_CUDA and device = %d", i, b->base, ord, ord);
+                                "KVX_MEM_CUDA and device = %d", kind, k, b->base, ord, ord);
             continue;
         }
         if (b->mem != KVX_MEM_CUDA) continue;
         if ((r = kvx__cu_check_device(cu, b->device, why, why_len)) != KVX_OK) break;
         if (rc != CUDA_SUCCESS || type != CU_MEMORYTYPE_DEVICE) {
-            r = kvx__why(KVX_ERR_INVALID_ARGUMENT, why, why_len, "buffer %u (%p) says "
+            r = kvx__why(KVX_ERR_INVALID_ARGUMENT, why, why_len, "%sbuffer %u (%p) says "
                             "KVX_MEM_CUDA on GPU %d but the driver does not know it as device "
-                            "memory (%s)", i, b->base, b->device,
+                            "memory (%s)", kind, k, b->base, b->device,
                             rc != CUDA_SUCCESS ? kvx__cu_err_name(cu, rc) : "host memory");
         } else if (ord != b->device) {
-            r = kvx__why(KVX_ERR_INVALID_ARGUMENT, why, why_len, "buffer %u (%p) is memory of "
-                            "GPU %d but the layout says device %d", i, b->base, ord, b->device);
+            r = kvx__why(KVX_ERR_INVALID_ARGUMENT, why, why_len, "%sbuffer %u (%p) is memory of "
+                            "GPU %d but the layout says device %d", kind, k, b->base, ord, b->device);
         } else if (kvx__cu_dptr(b->base) + b->length > base + size) {
-            r = kvx__why(KVX_ERR_INVALID_ARGUMENT, why, why_len, "buffer %u (%p, %llu bytes) "
+            r = kvx__why(KVX_ERR_INVALID_ARGUMENT, why, why_len, "%sbuffer %u (%p, %llu bytes) "
                             "runs %llu bytes past the end of its allocation (%llu bytes at 0x%llx)",
-                            i, b->base, (unsigned long long)b->length,
+                            kind, k, b->base, (unsigned long long)b->length,
                             (unsigned long long)(kvx__cu_dptr(b->base) + b->length - base - size),
                             (unsigned long long)size, (unsigned long long)base);
         }
@@ -1851,15 +1924,19 @@ static kvx_result kvx__cu_check_rows(const kvx_span *x, size_t i, char *why, siz
     return KVX_OK;
 }
 
-/* Every row of span i inside buffer `b` of l (one side). */
+/* Every row of span i inside buffer `b` of l (one side): a KV buffer, or
+   a state buffer for a KVX_SPAN_STATE span. */
 static kvx_result kvx__cu_check_side(const kvx_layout *l, uint32_t b, uint64_t off,
                                      uint64_t pitch, const kvx_span *x, size_t i,
                                      const char *side, char *why, size_t wl) {
     uint64_t ext = kvx__cu_extent(x, pitch), len;
-    if (b >= l->num_buffers)
-        return kvx__why(KVX_ERR_OUT_OF_RANGE, why, wl, "span %zu names %s buffer %u; that "
-                        "layout has %u", i, side, b, l->num_buffers);
-    len = l->buffers[b].length;
+    int st = x->kind == KVX_SPAN_STATE;
+    const kvx_buffer *bufs = st ? l->state : l->buffers;
+    uint32_t nb = st ? (l->state ? l->num_state : 0) : l->num_buffers;
+    if (b >= nb)
+        return kvx__why(KVX_ERR_OUT_OF_RANGE, why, wl, "span %zu names %s %sbuffer %u; that "
+                        "layout has %u", i, side, st ? "state " : "", b, nb);
+    len = bufs[b].length;
     if ((x->length && !ext) || off > len || ext > len - off) {
         char shape[96];
         if (x->row_len)
@@ -1872,7 +1949,7 @@ static kvx_result kvx__cu_check_side(const kvx_layout *l, uint32_t b, uint64_t o
                         "%s) leaves that buffer (%llu bytes)", i, side, b,
                         (unsigned long long)off, shape, (unsigned long long)len);
     }
-    if (x->length && !l->buffers[b].base)
+    if (x->length && !bufs[b].base)
         return kvx__why(KVX_ERR_INVALID_ARGUMENT, why, wl, "span %zu: %s buffer %u has a NULL "
                         "base", i, side, b);
     return KVX_OK;
@@ -1887,10 +1964,10 @@ static kvx_result kvx__cu_check_spans(const kvx_layout *src, const kvx_layout *d
     kvx_result r;
     for (i = 0; i < n; i++) {
         const kvx_span *x = &sp[i];
-        if (x->kind != KVX_SPAN_PAGES)
+        if (x->kind != KVX_SPAN_PAGES && x->kind != KVX_SPAN_STATE)
             return kvx__why(KVX_ERR_INVALID_ARGUMENT, why, wl, "span %zu is of kind %u: only "
-                               "page spans are copied on the GPU (aux rows are host memory)", i,
-                               x->kind);
+                               "page and state spans are copied on the GPU (aux rows are host "
+                               "memory)", i, x->kind);
         if ((r = kvx__cu_check_rows(x, i, why, wl)) != KVX_OK ||
             (r = kvx__cu_check_side(src, x->buffer, x->src_offset, x->src_pitch, x, i,
                                     "source", why, wl)) != KVX_OK ||
@@ -2230,6 +2307,8 @@ struct kvx__cux_peer {
     kvx_layout dst;     /* the decode pool: its shape (kvx__cux_shape), the bases mapped here */
     char dtype[32];     /* dst.dtype points here */
     uint64_t *item;     /* the decode's item_len per KV buffer */
+    kvx_buffer *dstate; /* its state buffers as mapped here (HYBRID STATE) */
+    uint64_t *sitem;    /* the decode's item_len per state buffer (its shape) */
     kvx_cuda_stream *stream;
     kvx__cux_dst *active; /* destinations with copies in flight or a completion due */
     kvx__cux_peer *next;   /* engine list, under ce->mu */
@@ -2250,6 +2329,8 @@ struct kvx__cux_dst {
     int32_t *pages;
     uint32_t n;
     int32_t aux;        /* the decode's aux slot, -1 = none */
+    int32_t *state;     /* the decode's state indices (HYBRID STATE), nstate of them */
+    uint32_t nstate;
     int sends_aux;      /* this rank writes that decode room's aux rows */
     int dummy;          /* MLA dummy (kvx_mla_dummy): completes without bytes */
     uint64_t bpp;       /* page bytes of the destination this rank supplies */
@@ -2277,7 +2358,7 @@ struct kvx__cux_room {
     char msg_reason[KVX_ERROR_MAX];
     /* decode, under ce->mu */
     int32_t aux_slot;
-    uint32_t npages;
+    uint32_t npages, nstate; /* nstate: its state indices (HYBRID STATE) */
     uint64_t from[KVX_CUDA_MAX_CONTRIB]; /* connections that acknowledged the destination */
     uint8_t fin[KVX_CUDA_MAX_CONTRIB];   /* ... and said they stopped writing */
     uint32_t nfrom, ncontrib;            /* ncontrib: prefill ranks it takes bytes from */
@@ -2369,22 +2450,23 @@ static void kvx__cux_ep_head(const kvx__cux_engine *ce, uint8_t *p) {
     memcpy(p + 80, ce->host, strlen(ce->host));
 }
 
-/* Decode: exports the allocation under every KV buffer (once per
+/* Decode: exports the allocation under every KV and state buffer (once per
    allocation: buffers that share one share its handle) and lists its aux
    rows. */
 static kvx_result kvx__cux_ep_decode(kvx__cux_engine *ce, char *why, size_t wl) {
     const kvx_layout *l = kvx_engine_layout(ce->engine);
-    uint32_t nb = l->num_buffers, na = l->num_aux, nalloc = 0, i, j;
-    uint64_t *bases = (uint64_t *)kvx_engine_alloc(ce->engine, nb * sizeof(uint64_t));
+    uint32_t nb = l->num_buffers, na = l->num_aux, ns = l->num_state, nalloc = 0, i, j;
+    uint64_t *bases = (uint64_t *)kvx_engine_alloc(ce->engine, (nb + ns) * sizeof(uint64_t));
     uint8_t head[KVX__CUX_FIXED];
-    kvx__buf allocs, bufs, ep; /* the tables, then the whole endpoint */
+    kvx__buf allocs, bufs, sts, ep; /* the tables, then the whole endpoint */
     kvx_result r = KVX_OK;
     kvx__buf_init(&allocs, &kvx_engine_settings(ce->engine)->allocator);
-    bufs = ep = allocs;
-    for (i = 0; bases && i < nb; i++) {
+    bufs = sts = ep = allocs;
+    for (i = 0; bases && i < nb + ns; i++) {
         uint8_t h[KVX_CUDA_IPC_HANDLE_BYTES];
         uint64_t off = 0, alen = 0, base;
-        const kvx_buffer *b = &l->buffers[i];
+        const kvx_buffer *b = i < nb ? &l->buffers[i] : &l->state[i - nb];
+        kvx__buf *t = i < nb ? &bufs : &sts;
         r = kvx_cuda_ipc_export(ce->cu, b->device, b->base, h, &off, &alen, why, wl);
         if (r != KVX_OK) goto out;
         base = (uint64_t)(uintptr_t)b->base - off;
@@ -2397,18 +2479,20 @@ static kvx_result kvx__cux_ep_decode(kvx__cux_engine *ce, char *why, size_t wl) 
             kvx__buf_put32(&allocs, 0);
             kvx__buf_put64(&allocs, alen);
         }
-        kvx__buf_put32(&bufs, j);
-        kvx__buf_put32(&bufs, 0);
-        kvx__buf_put64(&bufs, off);
-        kvx__buf_put64(&bufs, b->length);
+        kvx__buf_put32(t, j);
+        kvx__buf_put32(t, 0);
+        kvx__buf_put64(t, off);
+        kvx__buf_put64(t, b->length);
+        if (i >= nb) kvx__buf_put64(t, b->item_len);
     }
-    ce->ep_len = KVX__CUX_FIXED + allocs.len + bufs.len + (size_t)na * KVX__CUX_AUXE;
+    ce->ep_len = KVX__CUX_FIXED + allocs.len + bufs.len + (size_t)na * KVX__CUX_AUXE + sts.len;
     if (ce->ep_len > KVX_BOOT_MAX_ENDPOINT) {
         r = kvx__why(KVX_ERR_INVALID_ARGUMENT, why, wl, "the cuda endpoint needs %zu bytes for "
-                        "%u KV buffers in %u GPU allocations, more than a kvx_boot hello carries "
-                        "(KVX_BOOT_MAX_ENDPOINT, %u): put the KV buffers in fewer allocations "
-                        "(buffers sharing one cost 24 bytes each, an allocation 88) or build both "
-                        "sides with a larger KVX_BOOT_MAX_ENDPOINT", ce->ep_len, nb, nalloc,
+                        "%u KV and %u state buffers in %u GPU allocations, more than a kvx_boot "
+                        "hello carries (KVX_BOOT_MAX_ENDPOINT, %u): put the buffers in fewer "
+                        "allocations (buffers sharing one cost 24 bytes each, state buffers 32, "
+                        "an allocation 88) or build both sides with a larger "
+                        "KVX_BOOT_MAX_ENDPOINT", ce->ep_len, nb, ns, nalloc,
                         (unsigned)KVX_BOOT_MAX_ENDPOINT);
         goto out;
     }
@@ -2416,11 +2500,13 @@ static kvx_result kvx__cux_ep_decode(kvx__cux_engine *ce, char *why, size_t wl) 
     kvx__le_w32(head + 144, nalloc);
     kvx__le_w32(head + 148, nb);
     kvx__le_w32(head + 152, na);
+    kvx__le_w32(head + 156, ns);
     kvx__buf_put(&ep, head, sizeof head);
     kvx__buf_put(&ep, allocs.data, allocs.len);
     kvx__buf_put(&ep, bufs.data, bufs.len);
     for (i = 0; i < na; i++) kvx__buf_put64(&ep, l->aux[i].item_len);
-    if (!bases || allocs.oom || bufs.oom || ep.oom) {
+    kvx__buf_put(&ep, sts.data, sts.len);
+    if (!bases || allocs.oom || bufs.oom || sts.oom || ep.oom) {
         r = kvx__why(KVX_ERR_NO_MEMORY, why, wl, "out of memory building the cuda endpoint");
         goto out;
     }
@@ -2431,6 +2517,7 @@ out:
     kvx_engine_free(ce->engine, bases);
     kvx__buf_free(&allocs);
     kvx__buf_free(&bufs);
+    kvx__buf_free(&sts);
     kvx__buf_free(&ep);
     return r;
 }
@@ -2475,6 +2562,8 @@ static void kvx__cux_peer_free(kvx__cux_peer *p) {
     kvx__cux_peer_release(p);
     kvx_engine_free(e, p->dbufs);
     kvx_engine_free(e, p->item);
+    kvx_engine_free(e, p->dstate);
+    kvx_engine_free(e, p->sitem);
     kvx_engine_free(e, p->raw);
     pthread_mutex_destroy(&p->mu);
     pthread_cond_destroy(&p->cv);
@@ -2488,7 +2577,7 @@ static void kvx__cux_peer_unref(kvx__cux_peer *p) {
 /* The KV layout shape of a peer: its own (kvx_boot's hello) where kvx_boot
    gives it, else this engine's (peers of equal shape). Only the shape is
    read: buffer count and item_len, page size, dtype, heads, head_begin,
-   layer_begin, mla. */
+   layer_begin, mla, state buffer count, item_len and type. */
 static const kvx_layout *kvx__cux_shape(const kvx__cux_engine *ce, const kvx_boot_peer *bp) {
     return bp && bp->layout && bp->layout->num_buffers ? bp->layout : kvx_engine_layout(ce->engine);
 }
@@ -2500,10 +2589,17 @@ static int kvx__cux_shape_copy(kvx__cux_engine *ce, kvx__cux_peer *p, const kvx_
                                                            sizeof *p->item);
     if (!p->item) return -1;
     for (i = 0; i < sh->num_buffers; i++) p->item[i] = sh->buffers[i].item_len;
+    if (sh->num_state && sh->state) {
+        p->sitem = (uint64_t *)kvx_engine_alloc(ce->engine, sh->num_state * sizeof *p->sitem);
+        if (!p->sitem) return -1;
+        for (i = 0; i < sh->num_state; i++) p->sitem[i] = sh->state[i].item_len;
+    }
     p->dst = *sh;
     p->dst.buffers = NULL;
     p->dst.aux = NULL;
     p->dst.num_aux = 0;
+    p->dst.state = NULL;
+    if (!p->sitem) p->dst.num_state = 0;
     snprintf(p->dtype, sizeof p->dtype, "%s", sh->dtype ? sh->dtype : "");
     p->dst.dtype = p->dtype;
     return 0;
@@ -2592,6 +2688,37 @@ static kvx_result kvx__cux_import(kvx__cux_engine *ce, const uint8_t *h, void **
     return KVX_OK;
 }
 
+/* Under p->mu, imports mapped: the decode's state buffers (HYBRID STATE)
+   from its endpoint, which must announce what its hello's shape says. */
+static kvx_result kvx__cux_peer_state(kvx__cux_peer *p, char *why, size_t wl) {
+    kvx__cux_engine *ce = p->ce;
+    uint32_t i, a;
+    uint64_t off, len, item;
+    if (p->info.ns != p->dst.num_state)
+        return kvx__why(KVX_ERR_LAYOUT_MISMATCH, why, wl, "decode %s announces %u state buffers "
+                        "in its endpoint and %u in its layout", p->name, p->info.ns,
+                        p->dst.num_state);
+    if (!p->info.ns) return KVX_OK;
+    p->dstate = (kvx_buffer *)kvx_engine_alloc(ce->engine, p->info.ns * sizeof(kvx_buffer));
+    if (!p->dstate)
+        return kvx__why(KVX_ERR_NO_MEMORY, why, wl, "out of memory mapping decode %s", p->name);
+    for (i = 0; i < p->info.ns; i++) {
+        kvx__cux_ep_state(&p->info, i, &a, &off, &len, &item);
+        if (item != p->sitem[i])
+            return kvx__why(KVX_ERR_LAYOUT_MISMATCH, why, wl, "decode %s announces %llu-byte rows "
+                            "for state buffer %u in its endpoint and %llu in its layout", p->name,
+                            (unsigned long long)item, i, (unsigned long long)p->sitem[i]);
+        memset(&p->dstate[i], 0, sizeof p->dstate[i]);
+        p->dstate[i].base = (char *)p->imports[a] + off; /* a < nalloc: kvx__cux_parse */
+        p->dstate[i].length = len;
+        p->dstate[i].item_len = item;
+        p->dstate[i].mem = KVX_MEM_CUDA;
+        p->dstate[i].device = ce->device;
+    }
+    p->dst.state = p->dstate;
+    return KVX_OK;
+}
+
 /* Under p->mu: maps the decode pool (once per peer). */
 static kvx_result kvx__cux_peer_setup(kvx__cux_peer *p, char *why, size_t wl) {
     kvx__cux_engine *ce = p->ce;
@@ -2644,6 +2771,7 @@ static kvx_result kvx__cux_peer_setup(kvx__cux_peer *p, char *why, size_t wl) {
         p->dbufs[i].device = ce->device; /* the context the import is reached through */
     }
     p->dst.buffers = p->dbufs;
+    if ((r = kvx__cux_peer_state(p, why, wl)) != KVX_OK) goto fail;
     if ((r = kvx_cuda_stream_create(ce->cu, ce->device, &p->stream, msg, sizeof msg)) != KVX_OK) {
         kvx__set_why(why, wl, "cannot create a stream for decode %s: %s", p->name, msg);
         goto fail;
@@ -2658,8 +2786,11 @@ static kvx_result kvx__cux_peer_setup(kvx__cux_peer *p, char *why, size_t wl) {
 fail:
     kvx__cux_unmap(p, p->imports);
     kvx_engine_free(ce->engine, p->dbufs);
+    kvx_engine_free(ce->engine, p->dstate);
     p->imports = NULL;
     p->dbufs = NULL;
+    p->dstate = NULL;
+    p->dst.state = NULL;
     return r;
 }
 
@@ -2806,7 +2937,8 @@ static kvx_result kvx__cux_share(kvx__cux_engine *ce, const kvx_boot_peer *bp, k
 static const char *kvx__cux_dst_bad(const kvx__cux_room *cr, const kvx__cux_dst *d) {
     const kvx__cux_dst *o = cr->ndsts ? &cr->dsts[0] : NULL;
     if (KVX__LOAD(&cr->gone)) return "";
-    if (o && (o->bpp != d->bpp || (o->sends_aux && o->aux >= 0) != (d->sends_aux && d->aux >= 0)))
+    if (o && (o->bpp != d->bpp || (o->sends_aux && o->aux >= 0) != (d->sends_aux && d->aux >= 0) ||
+              (o->sends_aux ? o->nstate : 0) != (d->sends_aux ? d->nstate : 0)))
         return "its decode ranks would receive different byte counts from this prefill rank";
     return NULL;
 }
@@ -2816,7 +2948,6 @@ static const char *kvx__cux_dst_bad(const kvx__cux_room *cr, const kvx__cux_dst 
 static kvx_result kvx__cux_on_room(kvx_boot *b, kvx_room *r, const kvx_boot_peer *bp,
                                    const int32_t *dst, uint32_t n, int32_t aux,
                                    const int32_t *dst_state, uint32_t nstate) {
-    (void)dst_state; (void)nstate; /* HYBRID STATE: not yet */
     kvx__cux_engine *ce = (kvx__cux_engine *)kvx_boot_user(b);
     kvx__cux_room *cr = kvx__cux_cr(r);
     const kvx_layout *l = kvx_engine_layout(ce->engine);
@@ -2854,7 +2985,18 @@ static kvx_result kvx__cux_on_room(kvx_boot *b, kvx_room *r, const kvx_boot_peer
             res = kvx__why(KVX_ERR_NO_MEMORY, why, sizeof why, "out of memory for %u "
                               "destination pages", n);
     }
+    if (res == KVX_OK && nstate) { /* checked against its rows when planned */
+        d.state = (int32_t *)kvx_engine_alloc(ce->engine, (size_t)nstate * sizeof *d.state);
+        if (d.state && dst_state)
+            memcpy(d.state, dst_state, (size_t)nstate * sizeof *d.state);
+        else
+            res = kvx__why(KVX_ERR_NO_MEMORY, why, sizeof why, "out of memory for %u "
+                              "destination state indices", nstate);
+    }
+    d.nstate = res == KVX_OK ? nstate : 0;
     if (res != KVX_OK) {
+        kvx_engine_free(ce->engine, d.pages);
+        kvx_engine_free(ce->engine, d.state);
         kvx__cux_peer_unref(d.peer);
         return kvx__cux_fail_tell(r, res, "%s", why);
     }
@@ -2881,6 +3023,7 @@ static kvx_result kvx__cux_on_room(kvx_boot *b, kvx_room *r, const kvx_boot_peer
     pthread_mutex_unlock(&cr->x.mu);
     if (bad) {
         kvx_engine_free(ce->engine, d.pages);
+        kvx_engine_free(ce->engine, d.state);
         kvx__cux_peer_unref(d.peer);
         if (!bad[0]) return KVX_ERR_ABORTED; /* the sender was destroyed meanwhile */
         return kvx__cux_fail_tell(r, KVX_ERR_LAYOUT_MISMATCH, "room %llu: decode %s cannot be served "
@@ -2891,8 +3034,9 @@ static kvx_result kvx__cux_on_room(kvx_boot *b, kvx_room *r, const kvx_boot_peer
        side may write into its pages (sent to every decode rank of the room) */
     kvx_boot_send_status(b, r, KVX_POLL_TRANSFERRING, KVX_OK, 0, NULL);
     kvx_engine_log(ce->engine, KVX_LOG_DEBUG, "kvx.cuda", cr->x.id,
-                   "destination: %u pages, aux slot %d, decode %s (tp rank %d of %d): %llu bytes "
-                   "a page%s%s", n, (int)aux, d.peer->name, bp->tp_rank, bp->tp_size,
+                   "destination: %u pages, aux slot %d, %u state indices, decode %s (tp rank %d "
+                   "of %d): %llu bytes a page%s%s", n, (int)aux, nstate, d.peer->name,
+                   bp->tp_rank, bp->tp_size,
                    (unsigned long long)d.bpp, d.sends_aux ? ", aux rows" : "",
                    d.dummy ? ", MLA dummy" : "");
     return KVX_OK;
@@ -2922,9 +3066,11 @@ static kvx_result kvx__cux_sender_init(kvx_room *r, uint32_t n, int32_t aux) {
 }
 
 /* Queues a chunk's copies to destination d on its peer's stream (the
-   room holds an inflight token). */
+   room holds an inflight token); with the last chunk, the state rows
+   sidx[0..ns) -> d->state where d takes them from this rank (HYBRID STATE;
+   counts equal: kvx__cux_state_counts). */
 static kvx_result kvx__cux_queue(kvx__cux_room *cr, kvx__cux_dst *d, const kvx_chunk *c,
-                                 char *why, size_t wl) {
+                                 const int32_t *sidx, uint32_t ns, char *why, size_t wl) {
     kvx__cux_engine *ce = cr->ce;
     kvx__cux_peer *p = d->peer;
     const kvx_layout *l = kvx_engine_layout(ce->engine);
@@ -2936,6 +3082,9 @@ static kvx_result kvx__cux_queue(kvx__cux_room *cr, kvx__cux_dst *d, const kvx_c
         (res = kvx_plan_pages(&d->plan, l, c->pages, &p->dst, d->pages + c->first_page,
                               c->num_pages)) != KVX_OK)
         return kvx__why(res, why, wl, "%s", d->plan.error);
+    if (c->is_last && ns && d->sends_aux && !d->dummy &&
+        (res = kvx_plan_state(&d->plan, l, sidx, &p->dst, d->state, ns)) != KVX_OK)
+        return kvx__why(res, why, wl, "state rows: %s", d->plan.error);
     pthread_mutex_lock(&p->mu);
     if (p->dead) {
         res = kvx__why(KVX_ERR_PEER_LOST, why, wl, "lost connection with decode %s", p->name);
@@ -2967,6 +3116,20 @@ static kvx_result kvx__cux_queue(kvx__cux_room *cr, kvx__cux_dst *d, const kvx_c
     return res;
 }
 
+/* With the last chunk: the prefill's state index count must be what each
+   decode rank that takes state from this rank asked for. */
+static kvx_result kvx__cux_state_counts(kvx__cux_room *cr, uint32_t ns, char *why, size_t wl) {
+    uint32_t i;
+    for (i = 0; i < cr->ndsts; i++) {
+        const kvx__cux_dst *d = &cr->dsts[i];
+        if (d->sends_aux && !d->dummy && d->nstate != ns)
+            return kvx__why(KVX_ERR_INVALID_ARGUMENT, why, wl, "prefill sent %u state indices, "
+                            "decode %s asked for %u (both sides must give the same number)",
+                            ns, d->peer->name, d->nstate);
+    }
+    return KVX_OK;
+}
+
 /* Queues a chunk's copies to every destination; the completion thread
    reports the room once the last chunk's copies are done everywhere. */
 static kvx_result kvx__cux_sender_send(kvx_room *r, kvx_chunk *c) {
@@ -2975,8 +3138,9 @@ static kvx_result kvx__cux_sender_send(kvx_room *r, kvx_chunk *c) {
     char why[KVX_ERROR_MAX], reason[KVX_ERROR_MAX];
     const char *to = "";
     kvx_result res = KVX_OK;
-    uint32_t index = c->index, i;
+    uint32_t index = c->index, i, ns = 0;
     int last = c->is_last, msg;
+    const int32_t *sidx = last ? kvx_room_state(r, &ns) : NULL;
     pthread_mutex_lock(&cr->x.mu);
     if (kvx_room_poll(r) == KVX_POLL_FAILED) { /* failed meanwhile; told already */
         pthread_mutex_unlock(&cr->x.mu);
@@ -2985,8 +3149,10 @@ static kvx_result kvx__cux_sender_send(kvx_room *r, kvx_chunk *c) {
     }
     cr->inflight++; /* no fence word goes out while this chunk is being queued */
     pthread_mutex_unlock(&cr->x.mu);
+    if (last && (res = kvx__cux_state_counts(cr, ns, why, sizeof why)) != KVX_OK)
+        to = cr->dsts[0].peer->addr;
     for (i = 0; i < cr->ndsts && res == KVX_OK; i++) {
-        res = kvx__cux_queue(cr, &cr->dsts[i], c, why, sizeof why);
+        res = kvx__cux_queue(cr, &cr->dsts[i], c, sidx, ns, why, sizeof why);
         if (res != KVX_OK) to = cr->dsts[i].peer->addr;
     }
     kvx_chunk_free(ce->engine, c);
@@ -3453,6 +3619,7 @@ static kvx_result kvx__cux_receiver_init(kvx_room *r, const int32_t *pages, uint
     pthread_mutex_lock(&ce->mu);
     cr->aux_slot = ce->aux_row_bytes ? aux : -1;
     cr->npages = n;
+    kvx_room_state(r, &cr->nstate);
     cr->aux_from = 0;
     pthread_mutex_unlock(&ce->mu);
     res = kvx_boot_receiver_init(ce->boot, r, pages, n, aux);
@@ -3503,7 +3670,7 @@ static uint32_t kvx__cux_ncontrib(kvx__cux_engine *ce, const kvx_boot_peer *bp) 
 static int kvx__cux_place(kvx__cux_engine *ce, kvx__cux_room *cr, const kvx_boot_peer *bp,
                           uint64_t bytes) {
     kvx_room *r = cr->x.room;
-    uint64_t bpp = 0, want, aux_bytes = 0, from;
+    uint64_t bpp = 0, want, aux_bytes = 0, state_bytes = 0, from;
     int aux = 0;
     char who[200], why[KVX_ERROR_MAX];
     kvx__cux_who(who, sizeof who, bp);
@@ -3512,13 +3679,16 @@ static int kvx__cux_place(kvx__cux_engine *ce, kvx__cux_room *cr, const kvx_boot
         return 1;
     }
     if (cr->aux_slot >= 0 && aux) aux_bytes = ce->aux_row_bytes;
-    want = (uint64_t)cr->npages * bpp;
+    if (aux) /* the state rows come with the aux rows (HYBRID STATE) */
+        state_bytes = (uint64_t)cr->nstate * kvx_layout_state_row_bytes(kvx_engine_layout(ce->engine));
+    want = (uint64_t)cr->npages * bpp + state_bytes;
     if (bytes != want + aux_bytes) {
         kvx_room_fail(r, KVX_ERR_PROTOCOL, "%s reports %llu bytes placed; room %llu expects "
-                      "%llu from it (%u pages of %llu bytes, %llu aux bytes)", who,
-                      (unsigned long long)bytes, (unsigned long long)cr->x.id,
+                      "%llu from it (%u pages of %llu bytes, %llu aux bytes, %llu state bytes)",
+                      who, (unsigned long long)bytes, (unsigned long long)cr->x.id,
                       (unsigned long long)(want + aux_bytes), cr->npages,
-                      (unsigned long long)bpp, (unsigned long long)aux_bytes);
+                      (unsigned long long)bpp, (unsigned long long)aux_bytes,
+                      (unsigned long long)state_bytes);
         return 1;
     }
     pthread_mutex_lock(&ce->mu);
@@ -3782,6 +3952,19 @@ static kvx_result kvx__cux_settings(kvx__cux_engine *ce, char *why, size_t wl) {
                                l->buffers[0].device);
     }
     ce->device = l->buffers[0].device;
+    for (i = 0; i < l->num_state; i++) {
+        if (l->state[i].mem != KVX_MEM_CUDA)
+            return kvx__why(KVX_ERR_INVALID_ARGUMENT, why, wl, "state buffer %u is host memory: "
+                               "the cuda transport copies state rows GPU to GPU with the KV "
+                               "pages and has no host path for them (aux rows only); put the "
+                               "state buffers in GPU memory (KVX_MEM_CUDA) or use the tcp or "
+                               "file transport", i);
+        if (ce->role == KVX_ROLE_PREFILL && l->state[i].device != ce->device)
+            return kvx__why(KVX_ERR_INVALID_ARGUMENT, why, wl, "state buffer %u is on GPU %d, "
+                               "KV buffer 0 on GPU %d: a prefill engine of the cuda transport "
+                               "keeps its pool and state on one GPU", i, l->state[i].device,
+                               ce->device);
+    }
     ce->aux_row_bytes = kvx_layout_aux_row_bytes(l);
     if (ce->aux_row_bytes > KVX_BOOT_MAX_MESSAGE - KVX__CUX_AUXM)
         return kvx__why(KVX_ERR_INVALID_ARGUMENT, why, wl, "the aux rows of one request are "
@@ -3919,6 +4102,7 @@ static void kvx__cux_room_free(kvx_room *r) {
         kvx__cux_peer_unref(cr->dsts[i].peer);
         kvx_plan_free(&cr->dsts[i].plan);
         kvx_engine_free(kvx_room_engine(r), cr->dsts[i].pages);
+        kvx_engine_free(kvx_room_engine(r), cr->dsts[i].state);
     }
     kvx_engine_free(kvx_room_engine(r), cr->dsts);
     pthread_cond_destroy(&cr->cv);

@@ -32,6 +32,10 @@ extern char **environ;
 
 /* tiny: 8 buffers of 4 KiB pages; llama-3.1-8b: 64 buffers of 32 KiB pages */
 static const ex_model cx_tiny = {"tiny", 4, 2, 64, 2, 0, "bfloat16"};
+/* for parallel layouts: 4 layers, 8 KV heads of 32 bytes; the MLA shape:
+   one 128-byte latent */
+static KT_UNUSED const ex_model cx_mha8 = {"mha8", 4, 8, 16, 2, 0, "bfloat16"};
+static KT_UNUSED const ex_model cx_mla = {"mla", 4, 1, 64, 2, 1, "bfloat16"};
 static char cx_self[4096];
 
 static KT_UNUSED const ex_model *cx_model(const char *name) {

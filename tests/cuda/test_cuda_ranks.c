@@ -36,14 +36,11 @@ int main(void) {
 
 static ct_fake F;
 
-/* 4 layers, 8 KV heads of 32 bytes; the MLA shape: one 128-byte latent */
-static const ex_model rk_mha = {"mha8", 4, 8, 16, 2, 0, "bfloat16"};
-static const ex_model rk_mla = {"mla", 4, 1, 64, 2, 1, "bfloat16"};
 #define RK_NREQ 5
 #define RK_MIN 16
 #define RK_MAX 200
 
-static const ex_model *rk_model(const char *name) { return strcmp(name, "mla") ? &rk_mha : &rk_mla; }
+static const ex_model *rk_model(const char *name) { return strcmp(name, "mla") ? &cx_mha8 : &cx_mla; }
 
 /* One rank: its pool (ex_pool_init_rank) in GPU memory, its engine. */
 static int rk_side(cx_side *s, kvx_role role, const ex_model *m, const ex_rank *rk, uint64_t seed,

@@ -189,7 +189,24 @@ static void check_refusals(kvx_cuda *cu) {
     sp[2].kind = KVX_SPAN_AUX; /* aux rows are host memory: never a device copy */
     r = kvx_cuda_copy_spans(s, &src.layout, &dst.layout, sp, 3, &t, why, sizeof why);
     CHECK(r == KVX_ERR_INVALID_ARGUMENT, "an aux span: %d", (int)r);
-    CHECK_STR(why, "span 2 is of kind 1: only page spans are copied on the GPU");
+    CHECK_STR(why, "span 2 is of kind 1: only page and state spans are copied on the GPU");
+    sp[2].kind = KVX_SPAN_STATE; /* checked against the state buffers: these layouts have none */
+    r = kvx_cuda_copy_spans(s, &src.layout, &dst.layout, sp, 3, &t, why, sizeof why);
+    CHECK(r == KVX_ERR_OUT_OF_RANGE, "a state span where the layouts have no state buffers");
+    CHECK_STR(why, "span 2 names source state buffer 0; that layout has 0");
+    {   /* the KV buffers as state buffers: a state span past the destination's */
+        kvx_layout ss = src.layout, ds = dst.layout;
+        ss.state = ss.buffers;
+        ss.num_state = ss.num_buffers;
+        ds.state = ds.buffers;
+        ds.num_state = ds.num_buffers;
+        sp[2].dst_offset = 4 * ITEM;
+        r = kvx_cuda_copy_spans(s, &ss, &ds, sp, 3, &t, why, sizeof why);
+        CHECK(r == KVX_ERR_OUT_OF_RANGE, "a state span past the destination state buffer");
+        CHECK_STR(why, "span 2 (destination buffer 0, offset 16384, length 4096) leaves that "
+                       "buffer (16384 bytes)");
+        sp[2].dst_offset = 0;
+    }
     sp[2].kind = KVX_SPAN_PAGES;
     f1 = ct_stats(&F);
     CHECK(f1.copies == f0.copies, "nothing was queued by refused calls");
