@@ -233,7 +233,7 @@
 extern "C" {
 #endif
 
-#define KVX_FILE_FORMAT_VERSION 3
+#define KVX_FILE_FORMAT_VERSION 4
 
 /* The file transport's backend table. */
 KVX_API const kvx_backend *kvx_file_backend(void);
@@ -269,6 +269,13 @@ typedef struct kvx_file_done_info {
     uint64_t aux_item_lens[KVX_MAX_AUX];
     uint64_t aux_bytes;   /* size of metadata.bin */
     uint32_t aux_crc32c;
+    /* hybrid state (HYBRID STATE in kvx.h; version 4): the writer's state
+       buffers and the request's state rows in state.bin */
+    uint32_t num_state, state_type;
+    uint64_t state_item_lens[KVX_MAX_STATE];
+    uint32_t state_count; /* state indices the prefill gave (rows per buffer) */
+    uint64_t state_bytes; /* size of state.bin: state_count * sum(state_item_lens) */
+    uint32_t state_crc32c;
 } kvx_file_done_info;
 
 /* Parse and check one meta / transfer_done file (size limits, types, that
@@ -753,6 +760,83 @@ static kvx_result kvx__plan_io(const kvx_layout *l, const kvx_plan *p, int to_fi
     return KVX_OK;
 }
 
+/* Writes (to_file 1) the state rows idx[0..n) of every state buffer of l
+   to fd from offset 0, laid out as kvx_plan_state_gather packs them (state
+   buffer 0's n rows, then 1's ...), or reads them back into the rows
+   (to_file 0); *crc: the CRC32C of the file's bytes. Host rows move with
+   pread/pwrite; rows in GPU memory through a pinned staging buffer with
+   mem (desc.mem), stripe bytes at a time. */
+static kvx_result kvx__state_io(const kvx_layout *l, const kvx_mem_ops *mem,
+                                const kvx_allocator *al, uint64_t stripe, const int32_t *idx,
+                                uint32_t n, int to_file, int fd, uint32_t *crc, int *err_out,
+                                char *why, size_t wl) {
+    kvx_plan p;
+    char *stage = NULL;
+    uint32_t c = 0;
+    size_t s;
+    kvx_result r;
+    *err_out = 0;
+    memset(&p, 0, sizeof p);
+    p.allocator = al;
+    r = to_file ? kvx_plan_state_gather(&p, l, idx, n) : kvx_plan_state_scatter(&p, l, idx, n);
+    if (r != KVX_OK) {
+        kvx__set_why(why, wl, "state rows: %s", p.error);
+        kvx_plan_free(&p);
+        return r;
+    }
+    for (s = 0; s < p.count && r == KVX_OK; s++) {
+        const kvx_span *sp = &p.spans[s];
+        const kvx_buffer *bf = &l->state[sp->buffer];
+        uint64_t off = to_file ? sp->dst_offset : sp->src_offset, done = 0;
+        char *addr = (char *)kvx_span_addr(l, sp, !to_file);
+        int e;
+        if (bf->mem == KVX_MEM_HOST) {
+            if (to_file) c = kvx_crc32c(c, addr, (size_t)sp->length);
+            e = kvx__pio(fd, addr, (size_t)sp->length, off, to_file);
+            if (e) {
+                *err_out = e > 0 ? e : 0;
+                r = e > 0 ? kvx__errno_result(e) : KVX_ERR_CORRUPT;
+                kvx__set_why(why, wl, "state rows: %s", e > 0 ? strerror(e) : "short file");
+                break;
+            }
+            if (!to_file) c = kvx_crc32c(c, addr, (size_t)sp->length);
+            continue;
+        }
+        if (!stage && !(stage = (char *)mem->host_alloc(mem->ctx, (size_t)stripe))) {
+            r = KVX_ERR_NO_MEMORY;
+            kvx__set_why(why, wl, "cannot allocate %llu bytes of pinned staging memory for the "
+                         "state rows", (unsigned long long)stripe);
+            break;
+        }
+        while (done < sp->length && r == KVX_OK) {
+            uint64_t take = sp->length - done < stripe ? sp->length - done : stripe;
+            kvx_copy cp;
+            memset(&cp, 0, sizeof cp);
+            cp.buf_ptr = addr + done;
+            cp.host = stage;
+            cp.len = take;
+            cp.device = bf->device;
+            if (to_file && (r = mem->copy(mem->ctx, 1, &cp, 1, why, wl)) != KVX_OK) break;
+            if (to_file) c = kvx_crc32c(c, stage, (size_t)take);
+            if ((e = kvx__pio(fd, stage, (size_t)take, off + done, to_file)) != 0) {
+                *err_out = e > 0 ? e : 0;
+                r = e > 0 ? kvx__errno_result(e) : KVX_ERR_CORRUPT;
+                kvx__set_why(why, wl, "state rows: %s", e > 0 ? strerror(e) : "short file");
+                break;
+            }
+            if (!to_file) {
+                c = kvx_crc32c(c, stage, (size_t)take);
+                if ((r = mem->copy(mem->ctx, 0, &cp, 1, why, wl)) != KVX_OK) break;
+            }
+            done += take;
+        }
+    }
+    if (stage) mem->host_free(mem->ctx, stage);
+    kvx_plan_free(&p);
+    *crc = c;
+    return r;
+}
+
 /* >>file: formats ------------------------------------------------------------ */
 
 /* rank: the writer's TP size, TP rank, PP size, PP rank. */
@@ -944,7 +1028,8 @@ static kvx_result kvx__file_parse_done(const kvx_allocator *a, const char *text,
     kvx_result r;
     memset(o, 0, sizeof *o);
     memset(&d, 0, sizeof d);
-    if ((r = kvx__file_json_open(&d, a, text, len, path, 256, "kvx-file-done", &o->version, why,
+    if ((r = kvx__file_json_open(&d, a, text, len, path, 256 + KVX_MAX_STATE, "kvx-file-done",
+                                 &o->version, why,
                                  wl)) != KVX_OK)
         goto done;
     root = kvx__json_root(&d);
@@ -977,6 +1062,28 @@ static kvx_result kvx__file_parse_done(const kvx_allocator *a, const char *text,
     KVX__REQ(o->aux_bytes == (o->aux_index >= 0 ? v[4] : 0),
              "%s: aux_bytes is %llu, expected %llu", path, (unsigned long long)o->aux_bytes,
              (unsigned long long)(o->aux_index >= 0 ? v[4] : 0));
+    KVX__REQ(kvx__json_u64(&d, root, "state_type", 0, KVX_STATE_OTHER, &v[5]) &&
+                 kvx__json_u64(&d, root, "state_count", 0, KVX_MAX_PAGES, &v[6]) &&
+                 kvx__json_u64(&d, root, "state_bytes", 0, UINT64_MAX, &o->state_bytes) &&
+                 kvx__json_u64(&d, root, "state_crc32c", 0, UINT32_MAX, &v[7]),
+             "%s: a state field is missing or out of range", path);
+    o->state_type = (uint32_t)v[5]; o->state_count = (uint32_t)v[6]; o->state_crc32c = (uint32_t)v[7];
+    aux = kvx__json_get(&d, root, "state_item_lens");
+    KVX__REQ(aux && aux->type == KVX_JSON_ARRAY && aux->count <= KVX_MAX_STATE,
+             "%s: \"state_item_lens\" must be an array of at most %d entries", path, KVX_MAX_STATE);
+    o->num_state = aux->count;
+    v[4] = 0;
+    for (i = 0; i < aux->count; i++) {
+        KVX__REQ(kvx__json_u64(&d, kvx__json_at(&d, aux, i), NULL, 1, 1u << 28,
+                               &o->state_item_lens[i]),
+                 "%s: state_item_lens[%u] is bad", path, i);
+        v[4] += o->state_item_lens[i]; /* at most 2^38 */
+    }
+    KVX__REQ(o->state_count == 0 || o->num_state != 0,
+             "%s: %u state rows but no state buffers", path, o->state_count);
+    KVX__REQ(o->state_bytes == (uint64_t)o->state_count * v[4], /* < 2^58: no overflow */
+             "%s: state_bytes is %llu, expected %llu", path, (unsigned long long)o->state_bytes,
+             (unsigned long long)((uint64_t)o->state_count * v[4]));
 done:
     kvx__json_free(&d);
     return r;
@@ -1014,6 +1121,7 @@ typedef struct kvx__fengine {
     struct kvx__froom *pending; /* receivers waiting for transfer_done */
     /* layouts with GPU buffers: pinned staging buffers, at most one per I/O thread */
     int staged;
+    int state_staged;           /* some state buffer is outside host memory */
     kvx_mem_ops mem;
     kvx_boot *boot;             /* NULL: no bootstrap */
     const uint8_t *key;         /* kvx_engine_auth_key: NULL = files are not authenticated */
@@ -1129,6 +1237,9 @@ typedef struct kvx__froom {
     int last_sent, finished;
     uint64_t bytes_done;
     int32_t aux_index;
+    int32_t *state_idx;     /* the request's state indices (HYBRID STATE): prefill's at
+                               its last chunk, decode's at init; engine allocator */
+    uint32_t num_state_idx;
     int boot;               /* the room goes through kvx_boot */
     int peer_aborted;       /* sender: a decode rank's <R>.aborted stopped it (atomic) */
     /* receiver */
@@ -1295,8 +1406,16 @@ static kvx_result kvx__file_engine_init(kvx_engine *e, char *why, size_t wl) {
         goto fail;
     for (i = 0; i < l->num_buffers; i++)
         if (l->buffers[i].mem != KVX_MEM_HOST) fe->staged = 1;
+    for (i = 0; i < l->num_state; i++)
+        if (l->state[i].mem != KVX_MEM_HOST) fe->state_staged = 1;
     fe->mem = d->mem;
     r = KVX_ERR_INVALID_ARGUMENT;
+    if (fe->state_staged && (!fe->mem.copy || !fe->mem.host_alloc || !fe->mem.host_free)) {
+        kvx__set_why(why, wl, "the layout has state buffers in GPU memory but desc.mem has no "
+                     "copy functions: fill it with kvx_cuda_mem_ops() from kvx_cuda.h "
+                     "(built with -DKVX_WITH_CUDA)");
+        goto fail;
+    }
     if (fe->staged && (!fe->mem.copy || !fe->mem.host_alloc || !fe->mem.host_free)) {
         kvx__set_why(why, wl, "the layout has KV buffers in GPU memory but desc.mem has no "
                      "copy functions: fill it with kvx_cuda_mem_ops() from kvx_cuda.h "
@@ -1428,6 +1547,7 @@ static void kvx__file_room_free(kvx_room *r) {
         if (fr->src[i].dfd >= 0) close(fr->src[i].dfd);
     kvx_engine_free(e, fr->src);
     kvx_engine_free(e, fr->pages);
+    kvx_engine_free(e, fr->state_idx);
     kvx_engine_free(e, fr);
 }
 
@@ -1712,9 +1832,37 @@ static kvx_result kvx__file_finish_send(kvx__froom *fr, char *why, size_t wl) {
     const kvx_layout *l = kvx_engine_layout(e);
     kvx__buf b = KVX__BUF(fr->fe->al);
     char *aux = NULL;
-    uint64_t aux_bytes = 0;
-    uint32_t aux_crc = 0, i;
+    uint64_t aux_bytes = 0, state_bytes = 0;
+    uint32_t aux_crc = 0, state_crc = 0, i;
     kvx_result r;
+    if (fr->num_state_idx) { /* state.bin: the request's state rows (HYBRID STATE) */
+        int fd = openat(fr->dfd, "state.bin", O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
+                        (mode_t)fr->fe->file_mode), err = 0;
+        char msg[KVX_ERROR_MAX];
+        if (fd < 0) {
+            err = errno;
+            kvx__set_why(why, wl, "cannot create %s/state.bin: %s", fr->stage_dir, strerror(err));
+            return kvx__errno_result(err);
+        }
+        msg[0] = 0;
+        r = kvx__state_io(l, &fr->fe->mem, fr->fe->al, fr->fe->stripe, fr->state_idx,
+                          fr->num_state_idx, 1, fd, &state_crc, &err, msg, sizeof msg);
+        if (r == KVX_OK && fr->fe->set.fsync && fsync(fd)) {
+            err = errno;
+            r = kvx__errno_result(err);
+            snprintf(msg, sizeof msg, "fsync: %s", strerror(err));
+        }
+        if (close(fd) && r == KVX_OK) {
+            err = errno;
+            r = kvx__errno_result(err);
+            snprintf(msg, sizeof msg, "close: %s", strerror(err));
+        }
+        if (r != KVX_OK) {
+            kvx__set_why(why, wl, "cannot write %s/state.bin: %s", fr->stage_dir, msg);
+            return r;
+        }
+        state_bytes = (uint64_t)fr->num_state_idx * kvx_layout_state_row_bytes(l);
+    }
     if (fr->aux_index >= 0) {
         aux_bytes = kvx_layout_aux_row_bytes(l);
         aux = (char *)kvx__alloc(fr->fe->al, aux_bytes ? aux_bytes : 1);
@@ -1736,6 +1884,11 @@ static kvx_result kvx__file_finish_send(kvx__froom *fr, char *why, size_t wl) {
                    (unsigned long long)aux_bytes, aux_crc);
     for (i = 0; i < l->num_aux; i++)
         kvx__buf_printf(&b, "%s%llu", i ? "," : "", (unsigned long long)l->aux[i].item_len);
+    kvx__buf_printf(&b, "],\"state_type\":%u,\"state_count\":%u,\"state_bytes\":%llu,"
+                       "\"state_crc32c\":%u,\"state_item_lens\":[", l->state_type,
+                   fr->num_state_idx, (unsigned long long)state_bytes, state_crc);
+    for (i = 0; i < l->num_state; i++)
+        kvx__buf_printf(&b, "%s%llu", i ? "," : "", (unsigned long long)l->state[i].item_len);
     kvx__buf_printf(&b, "]}\n");
     kvx__file_seal(&b, fr->fe->key, fr->fe->key_len, "transfer_done");
     if (b.oom) { kvx__buf_free(&b); return KVX_ERR_NO_MEMORY; }
@@ -1903,6 +2056,19 @@ static kvx_result kvx__fjob_submit(kvx__fjob *j, kvx__job_fn fn, int to_file) {
     return KVX_OK;
 }
 
+/* Keeps a copy of the room's state indices (kvx_room_state), for the
+   sender's last chunk and the receiver's init. */
+static kvx_result kvx__file_keep_state(kvx__froom *fr) {
+    uint32_t n = 0;
+    const int32_t *idx = kvx_room_state(fr->room, &n);
+    if (!n || !idx || fr->state_idx) return KVX_OK;
+    fr->state_idx = (int32_t *)kvx_engine_alloc(kvx_room_engine(fr->room), n * sizeof *idx);
+    if (!fr->state_idx) return KVX_ERR_NO_MEMORY;
+    memcpy(fr->state_idx, idx, n * sizeof *idx);
+    fr->num_state_idx = n;
+    return KVX_OK;
+}
+
 static kvx_result kvx__file_sender_init(kvx_room *r, uint32_t n, int32_t aux) {
     kvx__froom *fr = (kvx__froom *)kvx_room_data(r);
     char why[KVX_ERROR_MAX];
@@ -1938,6 +2104,10 @@ static kvx_result kvx__file_sender_send(kvx_room *r, kvx_chunk *c) {
         if (fr->boot) kvx_boot_send_status(fr->fe->boot, r, KVX_POLL_SUCCESS, KVX_OK, 0, NULL);
         kvx_room_succeed(r, 0);
         return KVX_OK;
+    }
+    if (c->is_last && kvx__file_keep_state(fr) != KVX_OK) {
+        kvx_chunk_free(e, c);
+        return KVX_ERR_NO_MEMORY;
     }
     j = (kvx__fjob *)kvx__zalloc(fr->fe->al, 1, sizeof *j);
     if (!j) { kvx_chunk_free(e, c); return KVX_ERR_NO_MEMORY; }
@@ -2029,6 +2199,7 @@ static kvx_result kvx__file_receiver_init(kvx_room *r, const int32_t *pages, uin
     }
     fr->num_pages = n;
     fr->aux_index = aux;
+    if (kvx__file_keep_state(fr) != KVX_OK) return KVX_ERR_NO_MEMORY;
     if (fe->set.timeout_s < kvx_engine_settings(e)->waiting_timeout_s) {
         if (fr->nsrc > 1)
             snprintf(fr->deadline_what, sizeof fr->deadline_what,
@@ -2124,9 +2295,9 @@ static void kvx__frecv_finish(kvx__froom *fr) {
         kvx__frecv_fail(fr, KVX_ERR_LAYOUT_MISMATCH, why);
         return;
     }
-    if (fr->aux_index >= 0 && senders != 1) {
+    if ((fr->aux_index >= 0 || fr->num_state_idx) && senders != 1) {
         kvx__set_why(why, sizeof why, "%u of the prefill ranks this decode rank reads hold its "
-                     "aux rows (its last layer and first head); exactly 1 must", senders);
+                     "aux and state rows (its last layer and first head); exactly 1 must", senders);
         kvx__frecv_fail(fr, KVX_ERR_LAYOUT_MISMATCH, why);
         return;
     }
@@ -2160,6 +2331,46 @@ static void kvx__frecv_finish(kvx__froom *fr) {
                      "-1 in transfer_done)", as->who);
         kvx__frecv_fail(fr, KVX_ERR_PROTOCOL, why);
         return;
+    }
+    if (fr->num_state_idx) { /* the state rows, from the contributor that sends aux */
+        uint64_t sb = (uint64_t)fr->num_state_idx * kvx_layout_state_row_bytes(l);
+        uint32_t crc = 0;
+        int err = 0, fd;
+        kvx_result res = KVX_ERR_CORRUPT;
+        kvx__pathf(path, "%s/state.bin", as->dir);
+        why[0] = 0;
+        fd = kvx__open_reg_at(as->dfd, "state.bin", path, &res, why, sizeof why);
+        if (fd >= 0) {
+            if (as->done.state_bytes != sb) {
+                kvx__set_why(why, sizeof why, "%s/transfer_done says its state rows are %llu "
+                             "bytes; this receiver's %u state indices hold %llu", as->dir,
+                             (unsigned long long)as->done.state_bytes, fr->num_state_idx,
+                             (unsigned long long)sb);
+                res = KVX_ERR_CORRUPT;
+            } else if (fstat(fd, &st) || (uint64_t)st.st_size != sb) {
+                kvx__set_why(why, sizeof why, "%s is %lld bytes; transfer_done says %llu "
+                             "(truncated or corrupted)", path, (long long)st.st_size,
+                             (unsigned long long)sb);
+                res = KVX_ERR_CORRUPT;
+            } else {
+                char msg[KVX_ERROR_MAX];
+                res = kvx__state_io(l, &fr->fe->mem, fr->fe->al, fr->fe->stripe, fr->state_idx,
+                                    fr->num_state_idx, 0, fd, &crc, &err, msg, sizeof msg);
+                if (res != KVX_OK)
+                    kvx__set_why(why, sizeof why, "cannot read %s: %s", path, msg);
+                else if (crc != as->done.state_crc32c) {
+                    kvx__set_why(why, sizeof why, "%s has CRC32C %08x; transfer_done says %08x: "
+                                 "corrupted", path, crc, as->done.state_crc32c);
+                    res = KVX_ERR_CORRUPT;
+                }
+            }
+            close(fd);
+        }
+        if (res != KVX_OK) {
+            kvx__frecv_fail(fr, res == KVX_ERR_NOT_FOUND ? KVX_ERR_CORRUPT : res, why);
+            return;
+        }
+        aux_bytes += sb;
     }
     /* every byte is in place: report it, then clean up (the room's files are
        no longer needed by anyone, and unlinking large files takes time) */
@@ -2251,11 +2462,15 @@ static int kvx__frecv_counts_ok(const kvx_layout *ours, const kvx_file_chunk_inf
     if (dn && dn->num_aux != ours->num_aux) return 0;
     for (i = 0; dn && i < dn->num_aux; i++)
         if (dn->aux_item_lens[i] != ours->aux[i].item_len) return 0;
+    if (dn && dn->num_state != ours->num_state) return 0;
+    for (i = 0; dn && i < dn->num_state; i++)
+        if (dn->state_item_lens[i] != ours->state[i].item_len) return 0;
     return 1;
 }
 
 /* The writer's layout shape from a meta and its transfer_done (bufs: the
-   meta's num_buffers entries). */
+   meta's num_buffers entries, then transfer_done's num_state for the state
+   buffers). */
 static void kvx__frecv_shape(const kvx_file_chunk_info *m, const kvx_file_done_info *dn,
                              kvx_buffer *bufs, kvx_aux_buffer *aux, kvx_layout *th) {
     uint32_t i;
@@ -2266,6 +2481,13 @@ static void kvx__frecv_shape(const kvx_file_chunk_info *m, const kvx_file_done_i
         bufs[i].item_len = m->item_lens[i];
     }
     for (i = 0; i < dn->num_aux; i++) aux[i].item_len = dn->aux_item_lens[i];
+    for (i = 0; i < dn->num_state; i++) {
+        memset(&bufs[m->num_buffers + i], 0, sizeof bufs[0]);
+        bufs[m->num_buffers + i].item_len = dn->state_item_lens[i];
+    }
+    th->state = dn->num_state ? bufs + m->num_buffers : NULL;
+    th->num_state = dn->num_state;
+    th->state_type = dn->state_type;
     th->buffers = bufs; th->num_buffers = m->num_buffers;
     th->aux = aux; th->num_aux = dn->num_aux;
     th->page_size = m->page_size; th->dtype_size = m->dtype_size; th->dtype = m->dtype;
@@ -2302,7 +2524,7 @@ static kvx_result kvx__frecv_check_layout(kvx__fsrc *s, const kvx_file_chunk_inf
                   s->done.fingerprint == m->fingerprint)) {
         res = kvx_layout_compare(ours, th, diff, sizeof diff);
         if (res == KVX_OK && !counts) {
-            kvx__set_why(why, wl, "the buffer or aux item lengths in %s do not match the "
+            kvx__set_why(why, wl, "the buffer, aux or state item lengths in %s do not match the "
                          "receiver's layout (although its fingerprint is %016llx)", s->dir,
                          (unsigned long long)m->fingerprint);
             return KVX_ERR_LAYOUT_MISMATCH;
@@ -2334,9 +2556,10 @@ static kvx_result kvx__frecv_check_layout(kvx__fsrc *s, const kvx_file_chunk_inf
         return KVX_ERR_LAYOUT_MISMATCH;
     }
     if (s->aux && !kvx__frecv_counts_ok(ours, NULL, &s->done)) {
-        kvx__set_why(why, wl, "%s/transfer_done lists %u aux buffers whose item lengths are not "
-                     "this receiver's (%u aux buffers), whatever layout fingerprint it claims",
-                     s->dir, s->done.num_aux, ours->num_aux);
+        kvx__set_why(why, wl, "%s/transfer_done lists %u aux and %u state buffers whose item "
+                     "lengths are not this receiver's (%u aux, %u state buffers), whatever "
+                     "layout fingerprint it claims", s->dir, s->done.num_aux, s->done.num_state,
+                     ours->num_aux, ours->num_state);
         return KVX_ERR_LAYOUT_MISMATCH;
     }
     return KVX_OK;
@@ -2411,10 +2634,17 @@ static void kvx__frecv_start(void *arg) {
         kvx__frecv_fail(fr, KVX_ERR_CORRUPT, why);
         goto out;
     }
+    if (s->done.state_count != fr->num_state_idx) { /* HYBRID STATE: both counts */
+        kvx__set_why(why, sizeof why, "prefill sent %u state indices, this decode asked for %u "
+                     "(%s, %s)", s->done.state_count, fr->num_state_idx, s->who, path);
+        kvx__frecv_fail(fr, KVX_ERR_LAYOUT_MISMATCH, why);
+        goto out;
+    }
     if (fr->nsrc == 1 && !kvx__frecv_counts_ok(l, NULL, &s->done)) {
-        kvx__set_why(why, sizeof why, "%s lists %u aux buffers whose item lengths are not this "
-                     "receiver's (%u aux buffers), whatever layout fingerprint it claims", path,
-                     s->done.num_aux, l->num_aux);
+        kvx__set_why(why, sizeof why, "%s lists %u aux and %u state buffers whose item lengths "
+                     "are not this receiver's (%u aux, %u state buffers), whatever layout "
+                     "fingerprint it claims", path, s->done.num_aux, s->done.num_state,
+                     l->num_aux, l->num_state);
         kvx__frecv_fail(fr, KVX_ERR_LAYOUT_MISMATCH, why);
         goto out;
     }
@@ -2436,7 +2666,8 @@ static void kvx__frecv_start(void *arg) {
             break;
         }
         kvx__free(fr->fe->al, bufs);
-        bufs = (kvx_buffer *)kvx__zalloc(fr->fe->al, j->meta.num_buffers, sizeof *bufs);
+        bufs = (kvx_buffer *)kvx__zalloc(fr->fe->al, (size_t)j->meta.num_buffers + s->done.num_state,
+                                         sizeof *bufs);
         if (!bufs) { res = KVX_ERR_NO_MEMORY; kvx__set_why(why, sizeof why, "out of memory"); break; }
         if ((res = kvx__frecv_check_layout(s, &j->meta, bufs, aux, &th, why, sizeof why)) != KVX_OK)
             break;
