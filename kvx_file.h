@@ -2468,6 +2468,35 @@ static int kvx__frecv_counts_ok(const kvx_layout *ours, const kvx_file_chunk_inf
     return 1;
 }
 
+/* A sentence naming the first aux or state buffer whose count or item_len
+   in transfer_done (file: its path) is not this receiver's. */
+static void kvx__frecv_counts_why(const kvx_layout *ours, const kvx_file_done_info *dn,
+                                  const char *file, char *why, size_t wl) {
+    uint32_t i;
+    if (dn->num_aux != ours->num_aux || dn->num_state != ours->num_state) {
+        kvx__set_why(why, wl, "%s lists %u aux and %u state buffers; this receiver has %u and %u",
+                     file, dn->num_aux, dn->num_state, ours->num_aux, ours->num_state);
+        return;
+    }
+    for (i = 0; i < dn->num_aux; i++)
+        if (dn->aux_item_lens[i] != ours->aux[i].item_len) {
+            kvx__set_why(why, wl, "item_len of aux buffer %u differs: %s says %llu, this "
+                         "receiver has %llu (whatever layout fingerprint it claims)", i, file,
+                         (unsigned long long)dn->aux_item_lens[i],
+                         (unsigned long long)ours->aux[i].item_len);
+            return;
+        }
+    for (i = 0; i < dn->num_state; i++)
+        if (dn->state_item_lens[i] != ours->state[i].item_len) {
+            kvx__set_why(why, wl, "item_len of state buffer %u differs: %s says %llu, this "
+                         "receiver has %llu (whatever layout fingerprint it claims)", i, file,
+                         (unsigned long long)dn->state_item_lens[i],
+                         (unsigned long long)ours->state[i].item_len);
+            return;
+        }
+    kvx__set_why(why, wl, "%s does not match this receiver's aux and state buffers", file);
+}
+
 /* The writer's layout shape from a meta and its transfer_done (bufs: the
    meta's num_buffers entries, then transfer_done's num_state for the state
    buffers). */
@@ -2556,10 +2585,9 @@ static kvx_result kvx__frecv_check_layout(kvx__fsrc *s, const kvx_file_chunk_inf
         return KVX_ERR_LAYOUT_MISMATCH;
     }
     if (s->aux && !kvx__frecv_counts_ok(ours, NULL, &s->done)) {
-        kvx__set_why(why, wl, "%s/transfer_done lists %u aux and %u state buffers whose item "
-                     "lengths are not this receiver's (%u aux, %u state buffers), whatever "
-                     "layout fingerprint it claims", s->dir, s->done.num_aux, s->done.num_state,
-                     ours->num_aux, ours->num_state);
+        char file[KVX__FILE_PATH + 16];
+        snprintf(file, sizeof file, "%s/transfer_done", s->dir);
+        kvx__frecv_counts_why(ours, &s->done, file, why, wl);
         return KVX_ERR_LAYOUT_MISMATCH;
     }
     return KVX_OK;
@@ -2641,10 +2669,7 @@ static void kvx__frecv_start(void *arg) {
         goto out;
     }
     if (fr->nsrc == 1 && !kvx__frecv_counts_ok(l, NULL, &s->done)) {
-        kvx__set_why(why, sizeof why, "%s lists %u aux and %u state buffers whose item lengths "
-                     "are not this receiver's (%u aux, %u state buffers), whatever layout "
-                     "fingerprint it claims", path, s->done.num_aux, s->done.num_state,
-                     l->num_aux, l->num_state);
+        kvx__frecv_counts_why(l, &s->done, path, why, sizeof why);
         kvx__frecv_fail(fr, KVX_ERR_LAYOUT_MISMATCH, why);
         goto out;
     }

@@ -1,0 +1,289 @@
+/* test_file_state.c - hybrid-model state through the file transport
+   (kvx.h HYBRID STATE, kvx_file.h ON DISK version 4: state.bin). Each
+   prefill rank is a process that writes several rooms at once; each decode
+   rank is a process that reads them and checks every KV head of every
+   token (ex_pages_pattern), the aux rows, every state row at the decode's
+   own indices (ex_state_pattern) and that each byte came once.
+     Mamba-like: 2 state buffers (4096 and 1024 bytes), one index a request.
+     SWA-like: window pages, several scattered indices with consecutive runs.
+     Multi-rank: MLA TP 4 -> 2 (dummies write nothing; the aux writer sends
+     the state), GQA TP 2 -> 2, PP 2 -> 2.
+     Count mismatch: the decode fails with both counts.
+     Refusals by kvx_layout_overlap reach the room: SWA on GQA TP 2 -> 1,
+     Mamba PP 2 -> 1, different state item_len.
+     Rooms without state: test_file, test_file_topo. */
+#define KVX_IMPLEMENTATION
+#include "../../kvx_file.h"
+#include "../../examples/kvx_example.h"
+#include "../kvx_test.h"
+#include "file_test.h"
+#include <sys/wait.h>
+
+#define NP 12    /* request pages */
+#define POOL 64
+#define PS 4     /* tokens per page */
+#define ROWS 128 /* state rows */
+#define ROOMS 3  /* rooms per run, open at once */
+#define MAXS 8   /* most state indices a request */
+
+static char root[128];
+static const ex_model gqa = {"gqa", 4, 8, 8, 2, 0, "bfloat16"};
+static const ex_model mla = {"mla", 4, 1, 36, 2, 1, "bfloat16"};
+
+typedef struct scase {
+    const char *label;
+    const ex_model *m;
+    uint32_t ptp, dtp, ppp, dpp;
+    uint32_t type;              /* KVX_STATE_* */
+    uint32_t nbuf;
+    uint64_t item[2];           /* state item_len, prefill */
+    uint64_t ditem0;            /* decode's item_len of state buffer 0 (0 = the same) */
+    uint32_t ns, nd;            /* state indices: prefill gives ns, decode asks nd */
+    const char *expect;         /* NULL: Success; else every decode rank fails saying this */
+} scase;
+
+static void child_exit(void) {
+    fflush(stdout);
+    _exit(kt_fail ? 1 : 0);
+}
+
+/* Room q's state indices on one side: scattered, with consecutive runs;
+   each room its own rows (q * 40 on). */
+static void state_idx(int decode, uint32_t q, uint32_t n, int32_t *out) {
+    static const int32_t pre[MAXS] = {3, 4, 5, 17, 30, 31, 9, 20};
+    static const int32_t dec[MAXS] = {25, 2, 3, 4, 12, 13, 31, 11};
+    uint32_t k;
+    for (k = 0; k < n; k++) out[k] = (decode ? dec[k] : pre[k]) + (int32_t)q * 40;
+}
+
+static kvx_engine *rank_engine(kvx_role role, ex_pool *p, const char *dir, const ex_rank *rk) {
+    char why[512];
+    kvx_engine_desc d = ft_desc(role, &p->layout, dir);
+    kvx_engine *e;
+    d.boot.tp_size = (int)rk->tp;
+    d.boot.tp_rank = (int)rk->tp_rank;
+    d.boot.pp_size = (int)rk->pp;
+    d.boot.pp_rank = (int)rk->pp_rank;
+    d.logger.level = KVX_LOG_ERROR + 1; /* the failures here are expected */
+    e = ft_create(&d, why);
+    CHECK(e != NULL, "%s engine: %s", role == KVX_ROLE_PREFILL ? "prefill" : "decode", why);
+    if (!e) child_exit();
+    return e;
+}
+
+static void prefill_rank(const char *dir, const scase *c, ex_rank rk, uint64_t base) {
+    ex_pool p;
+    kvx_engine *e;
+    kvx_sender *s[ROOMS];
+    int32_t pages[ROOMS][NP], sidx[MAXS];
+    char v[16];
+    uint32_t q, b;
+    kt_fail = kt_pass = 0;
+    snprintf(v, sizeof v, "%u", c->dtp);
+    setenv("KVX_FILE_DECODE_TP", v, 1);
+    CHECK(ex_pool_init_rank(&p, c->m, POOL, PS, ROOMS, 1 + rk.tp_rank * 7 + rk.pp_rank, &rk) == 0,
+          "pool");
+    CHECK(ex_pool_add_state(&p, c->type, c->nbuf, c->item[0], ROWS) == 0, "state buffers");
+    for (b = 1; b < c->nbuf; b++) { /* a second buffer of another item_len */
+        free(p.state[b].base);
+        p.state[b].base = calloc(ROWS, (size_t)c->item[1]);
+        p.state[b].item_len = c->item[1];
+        p.state[b].length = c->item[1] * ROWS;
+    }
+    e = rank_engine(KVX_ROLE_PREFILL, &p, dir, &rk);
+    for (q = 0; q < ROOMS; q++) {
+        kvx_room_desc rd;
+        uint64_t room = base + q;
+        memset(&rd, 0, sizeof rd);
+        rd.room = room;
+        ex_alloc_pages(&p, pages[q], NP);
+        ex_pages_pattern(&p, room, pages[q], NP, 1);
+        ex_aux_write(&p, c->dpp == rk.pp || p.layer_begin + p.layers == c->m->layers ? room
+                                                                                   : room ^ 0xBAD,
+                     (int32_t)q);
+        state_idx(0, q, c->ns, sidx);
+        ex_state_pattern(&p, room, sidx, c->ns, 1);
+        CHECK(kvx_sender_create(e, &rd, &s[q]) == KVX_OK, "sender");
+        kvx_sender_init(s[q], NP, (int32_t)q);
+        kvx_sender_send(s[q], pages[q], NP / 2);
+    }
+    for (q = 0; q < ROOMS; q++) {
+        kvx_poll st;
+        state_idx(0, q, c->ns, sidx);
+        CHECK(kvx_sender_send_state(s[q], pages[q] + NP / 2, NP - NP / 2, sidx, c->ns) == KVX_OK,
+              "%s: send_state", c->label);
+        st = kvx_sender_wait(s[q], KVX_POLL_SUCCESS, 60000);
+        /* a prefill rank that committed its room succeeds even where the
+           decode refuses it (the file transport tells a prefill nothing after
+           its commit); one still writing when a decode rank refuses another
+           contributor stops with the decode's reason (<R>.aborted) */
+        if (c->expect && st == KVX_POLL_FAILED)
+            CHECK_STR(kvx_sender_error(s[q]), "the decode side gave up the room");
+        else
+            CHECK(st == KVX_POLL_SUCCESS, "%s: prefill tp %u pp %u room %u: %s", c->label,
+                  rk.tp_rank, rk.pp_rank, q, kvx_sender_error(s[q]));
+        kvx_sender_destroy(s[q]);
+    }
+    kvx_engine_destroy(e);
+    ex_pool_free(&p);
+    child_exit();
+}
+
+static void decode_rank(const char *dir, const scase *c, ex_rank rk, uint64_t base) {
+    ex_pool p;
+    kvx_engine *e;
+    kvx_receiver *r[ROOMS];
+    kvx_engine_stats stats;
+    int32_t pages[ROOMS][NP], didx[MAXS];
+    char v[16];
+    uint32_t q, b, ok = 0;
+    kt_fail = kt_pass = 0;
+    snprintf(v, sizeof v, "%u", c->ptp);
+    setenv("KVX_FILE_PREFILL_TP", v, 1);
+    snprintf(v, sizeof v, "%u", c->ppp);
+    setenv("KVX_FILE_PREFILL_PP", v, 1);
+    CHECK(ex_pool_init_rank(&p, c->m, POOL, PS, ROOMS + 1, 100 + rk.tp_rank * 7 + rk.pp_rank, &rk) == 0,
+          "pool");
+    CHECK(ex_pool_add_state(&p, c->type, c->nbuf, c->ditem0 ? c->ditem0 : c->item[0], ROWS) == 0,
+          "state buffers");
+    for (b = 1; b < c->nbuf; b++) {
+        free(p.state[b].base);
+        p.state[b].base = calloc(ROWS, (size_t)c->item[1]);
+        p.state[b].item_len = c->item[1];
+        p.state[b].length = c->item[1] * ROWS;
+    }
+    for (b = 0; b < p.layout.num_buffers; b++) memset(p.bufs[b].base, 0xEE, p.bufs[b].length);
+    for (b = 0; b < p.num_state; b++) memset(p.state[b].base, 0xEE, p.state[b].length);
+    e = rank_engine(KVX_ROLE_DECODE, &p, dir, &rk);
+    for (q = 0; q < ROOMS; q++) {
+        kvx_room_desc rd;
+        memset(&rd, 0, sizeof rd);
+        rd.room = base + q;
+        ex_aux_clear(&p, (int32_t)q + 1);
+        ex_alloc_pages(&p, pages[q], NP);
+        state_idx(1, q, c->nd, didx);
+        CHECK(kvx_receiver_create(e, &rd, &r[q]) == KVX_OK, "receiver");
+        CHECK(kvx_receiver_init_state(r[q], pages[q], NP, (int32_t)q + 1, didx, c->nd) == KVX_OK,
+              "%s: init_state", c->label);
+    }
+    for (q = 0; q < ROOMS; q++) {
+        uint64_t room = base + q;
+        kvx_poll st = kvx_receiver_wait(r[q], KVX_POLL_SUCCESS, 60000);
+        state_idx(1, q, c->nd, didx);
+        if (!c->expect) {
+            CHECK(st == KVX_POLL_SUCCESS, "%s: decode tp %u pp %u room %u: %s", c->label,
+                  rk.tp_rank, rk.pp_rank, q, kvx_receiver_error(r[q]));
+            CHECK(ex_pages_pattern(&p, room, pages[q], NP, 0) == 0,
+                  "%s: decode tp %u room %u: every head of every token", c->label, rk.tp_rank, q);
+            CHECK(ex_aux_check(&p, room, (int32_t)q + 1), "%s: decode tp %u room %u: aux rows",
+                  c->label, rk.tp_rank, q);
+            CHECK(ex_state_pattern(&p, room, didx, c->nd, 0) == 0,
+                  "%s: decode tp %u pp %u room %u: every state row of every state buffer at the "
+                  "decode's indices", c->label, rk.tp_rank, rk.pp_rank, q);
+            ok++;
+        } else {
+            CHECK(st == KVX_POLL_FAILED, "%s: decode tp %u room %u fails, never Success (%s)",
+                  c->label, rk.tp_rank, q, kvx_poll_str(st));
+            CHECK_STR(kvx_receiver_error(r[q]), c->expect);
+        }
+        kvx_receiver_destroy(r[q]);
+    }
+    if (!c->expect) {
+        uint64_t want = ok * (NP * kvx_layout_page_bytes(&p.layout) +
+                              kvx_layout_aux_row_bytes(&p.layout) +
+                              c->nd * kvx_layout_state_row_bytes(&p.layout));
+        kvx_engine_stats_get(e, &stats);
+        CHECK(stats.bytes == want, "%s: decode tp %u: %llu bytes placed, each once: %llu", c->label,
+              rk.tp_rank, (unsigned long long)stats.bytes, (unsigned long long)want);
+    }
+    /* rows the request did not name are untouched */
+    if (!c->expect && c->nbuf) {
+        uint32_t row, bad = 0;
+        for (row = 0; row < ROWS; row++) {
+            int named = 0;
+            for (q = 0; q < ROOMS; q++) {
+                uint32_t k;
+                state_idx(1, q, c->nd, didx);
+                for (k = 0; k < c->nd; k++) named |= didx[k] == (int32_t)row;
+            }
+            if (!named && ((unsigned char *)p.state[0].base)[row * p.state[0].item_len] != 0xEE) bad++;
+        }
+        CHECK(bad == 0, "%s: %u state rows outside the request's indices were written", c->label, bad);
+    }
+    kvx_engine_destroy(e);
+    ex_pool_free(&p);
+    child_exit();
+}
+
+static int reap(pid_t pid) {
+    int status = 0;
+    while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {}
+    return status;
+}
+
+static void run(const scase *c, uint64_t base) {
+    char dir[400];
+    pid_t pids[64];
+    uint32_t a, q, n = 0, i;
+    snprintf(dir, sizeof dir, "%s/r%llu", root, (unsigned long long)base);
+    for (a = 0; a < c->ptp; a++)
+        for (q = 0; q < c->ppp; q++) {
+            ex_rank rk = {c->ptp, a, c->ppp, q};
+            pid_t pid;
+            fflush(stdout);
+            if ((pid = fork()) == 0) prefill_rank(dir, c, rk, base);
+            pids[n++] = pid;
+        }
+    for (a = 0; a < c->dtp; a++)
+        for (q = 0; q < c->dpp; q++) {
+            ex_rank rk = {c->dtp, a, c->dpp, q};
+            pid_t pid;
+            fflush(stdout);
+            if ((pid = fork()) == 0) decode_rank(dir, c, rk, base);
+            pids[n++] = pid;
+        }
+    for (i = 0; i < n; i++) {
+        int status = reap(pids[i]);
+        CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0, "%s: process %u (status %d)", c->label,
+              i, status);
+    }
+    printf("  %s\n", c->label);
+    fflush(stdout);
+}
+
+int main(void) {
+    static const scase cases[] = {
+        {"mamba: 2 state buffers (4096, 1024), 1 index, 3 rooms", &gqa, 1, 1, 1, 1,
+         KVX_STATE_MAMBA, 2, {4096, 1024}, 0, 1, 1, NULL},
+        {"swa: window pages, 6 scattered indices with runs", &gqa, 1, 1, 1, 1, KVX_STATE_SWA, 2,
+         {512, 512}, 0, 6, 6, NULL},
+        {"mamba MLA tp 4->2 (dummies write nothing)", &mla, 4, 2, 1, 1, KVX_STATE_MAMBA, 2,
+         {4096, 1024}, 0, 1, 1, NULL},
+        {"mamba MLA tp 2->4", &mla, 2, 4, 1, 1, KVX_STATE_MAMBA, 1, {2048, 0}, 0, 1, 1, NULL},
+        {"swa gqa tp 2->2", &gqa, 2, 2, 1, 1, KVX_STATE_SWA, 1, {1024, 0}, 0, 4, 4, NULL},
+        {"mamba gqa pp 2->2", &gqa, 1, 1, 2, 2, KVX_STATE_MAMBA, 2, {4096, 1024}, 0, 1, 1, NULL},
+        {"count mismatch: prefill 2, decode 3", &gqa, 1, 1, 1, 1, KVX_STATE_SWA, 1, {512, 0}, 0, 2,
+         3, "prefill sent 2 state indices, this decode asked for 3"},
+        {"count mismatch: prefill 1, decode 0", &gqa, 1, 1, 1, 1, KVX_STATE_MAMBA, 1, {512, 0}, 0,
+         1, 0, "prefill sent 1 state indices, this decode asked for 0"},
+        {"refused: swa gqa tp 2->1", &gqa, 2, 1, 1, 1, KVX_STATE_SWA, 1, {512, 0}, 0, 2, 2,
+         "SGLang refuses sliding-window state with heterogeneous TP on non-MLA models too"},
+        {"refused: mamba gqa tp 1->2", &gqa, 1, 2, 1, 1, KVX_STATE_MAMBA, 1, {512, 0}, 0, 1, 1,
+         "prefill and decode TP must be equal"},
+        {"refused: mamba gqa pp 2->1", &gqa, 1, 1, 2, 1, KVX_STATE_MAMBA, 1, {512, 0}, 0, 1, 1,
+         "decode PP must equal prefill PP for a hybrid model"},
+        {"refused: mamba tp 2->2, state item_len 4096 vs 2048", &gqa, 2, 2, 1, 1, KVX_STATE_MAMBA, 1,
+         {4096, 0}, 2048, 1, 1, "item_len of state buffer 0 differs"},
+    };
+    char cmd[600];
+    uint32_t i;
+    kt_name = "test_file_state";
+    kvx_file_register();
+    snprintf(root, sizeof root, "/tmp/kvx_test_%d_state", (int)getpid());
+    snprintf(cmd, sizeof cmd, "rm -rf %s && mkdir -p %s", root, root);
+    if (system(cmd) != 0) return kt_skip("cannot make a scratch directory in /tmp");
+    for (i = 0; i < sizeof cases / sizeof cases[0]; i++) run(&cases[i], 60000 + (uint64_t)i * 10);
+    snprintf(cmd, sizeof cmd, "rm -rf %s", root);
+    if (system(cmd) != 0) printf("  (could not remove %s)\n", root);
+    return kt_done();
+}
