@@ -40,6 +40,8 @@ typedef struct scase {
     uint64_t ditem0;            /* decode's item_len of state buffer 0 (0 = the same) */
     uint32_t ns, nd;            /* state indices: prefill gives ns, decode asks nd */
     const char *expect;         /* NULL: Success; else every decode rank fails saying this */
+    int damage;                 /* before the decode starts: 1 flips a byte of state.bin, 2
+                                   truncates it, 3 removes it */
 } scase;
 
 static void child_exit(void) {
@@ -234,6 +236,35 @@ static void run(const scase *c, uint64_t base) {
             if ((pid = fork()) == 0) prefill_rank(dir, c, rk, base);
             pids[n++] = pid;
         }
+    if (c->damage) { /* every prefill rank is done: damage its rooms' state.bin */
+        for (i = 0; i < n; i++) {
+            int status = reap(pids[i]);
+            CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0, "%s: prefill process %u (status %d)",
+                  c->label, i, status);
+        }
+        n = 0;
+        for (q = 0; q < ROOMS; q++) {
+            char path[600];
+            int fd;
+            snprintf(path, sizeof path, "%s/room_%llu/state.bin", dir, (unsigned long long)(base + q));
+            if (c->damage == 3) {
+                CHECK(unlink(path) == 0, "%s: removed %s", c->label, path);
+                continue;
+            }
+            fd = open(path, O_RDWR);
+            CHECK(fd >= 0, "%s: open %s", c->label, path);
+            if (fd < 0) continue;
+            if (c->damage == 1) {
+                char x = 0;
+                CHECK(pread(fd, &x, 1, 700) == 1, "read");
+                x ^= 0x10;
+                CHECK(pwrite(fd, &x, 1, 700) == 1, "write");
+            } else {
+                CHECK(ftruncate(fd, 100) == 0, "truncate");
+            }
+            close(fd);
+        }
+    }
     for (a = 0; a < c->dtp; a++)
         for (q = 0; q < c->dpp; q++) {
             ex_rank rk = {c->dtp, a, c->dpp, q};
@@ -254,26 +285,32 @@ static void run(const scase *c, uint64_t base) {
 int main(void) {
     static const scase cases[] = {
         {"mamba: 2 state buffers (4096, 1024), 1 index, 3 rooms", &gqa, 1, 1, 1, 1,
-         KVX_STATE_MAMBA, 2, {4096, 1024}, 0, 1, 1, NULL},
+         KVX_STATE_MAMBA, 2, {4096, 1024}, 0, 1, 1, NULL, 0},
         {"swa: window pages, 6 scattered indices with runs", &gqa, 1, 1, 1, 1, KVX_STATE_SWA, 2,
-         {512, 512}, 0, 6, 6, NULL},
+         {512, 512}, 0, 6, 6, NULL, 0},
         {"mamba MLA tp 4->2 (dummies write nothing)", &mla, 4, 2, 1, 1, KVX_STATE_MAMBA, 2,
-         {4096, 1024}, 0, 1, 1, NULL},
-        {"mamba MLA tp 2->4", &mla, 2, 4, 1, 1, KVX_STATE_MAMBA, 1, {2048, 0}, 0, 1, 1, NULL},
-        {"swa gqa tp 2->2", &gqa, 2, 2, 1, 1, KVX_STATE_SWA, 1, {1024, 0}, 0, 4, 4, NULL},
-        {"mamba gqa pp 2->2", &gqa, 1, 1, 2, 2, KVX_STATE_MAMBA, 2, {4096, 1024}, 0, 1, 1, NULL},
+         {4096, 1024}, 0, 1, 1, NULL, 0},
+        {"mamba MLA tp 2->4", &mla, 2, 4, 1, 1, KVX_STATE_MAMBA, 1, {2048, 0}, 0, 1, 1, NULL, 0},
+        {"swa gqa tp 2->2", &gqa, 2, 2, 1, 1, KVX_STATE_SWA, 1, {1024, 0}, 0, 4, 4, NULL, 0},
+        {"mamba gqa pp 2->2", &gqa, 1, 1, 2, 2, KVX_STATE_MAMBA, 2, {4096, 1024}, 0, 1, 1, NULL, 0},
         {"count mismatch: prefill 2, decode 3", &gqa, 1, 1, 1, 1, KVX_STATE_SWA, 1, {512, 0}, 0, 2,
-         3, "prefill sent 2 state indices, this decode asked for 3"},
+         3, "prefill sent 2 state indices, this decode asked for 3", 0},
         {"count mismatch: prefill 1, decode 0", &gqa, 1, 1, 1, 1, KVX_STATE_MAMBA, 1, {512, 0}, 0,
-         1, 0, "prefill sent 1 state indices, this decode asked for 0"},
+         1, 0, "prefill sent 1 state indices, this decode asked for 0", 0},
         {"refused: swa gqa tp 2->1", &gqa, 2, 1, 1, 1, KVX_STATE_SWA, 1, {512, 0}, 0, 2, 2,
-         "SGLang refuses sliding-window state with heterogeneous TP on non-MLA models too"},
+         "SGLang refuses sliding-window state with heterogeneous TP on non-MLA models too", 0},
         {"refused: mamba gqa tp 1->2", &gqa, 1, 2, 1, 1, KVX_STATE_MAMBA, 1, {512, 0}, 0, 1, 1,
-         "prefill and decode TP must be equal"},
+         "prefill and decode TP must be equal", 0},
         {"refused: mamba gqa pp 2->1", &gqa, 1, 1, 2, 1, KVX_STATE_MAMBA, 1, {512, 0}, 0, 1, 1,
-         "decode PP must equal prefill PP for a hybrid model"},
+         "decode PP must equal prefill PP for a hybrid model", 0},
         {"refused: mamba tp 2->2, state item_len 4096 vs 2048", &gqa, 2, 2, 1, 1, KVX_STATE_MAMBA, 1,
-         {4096, 0}, 2048, 1, 1, "item_len of state buffer 0 differs"},
+         {4096, 0}, 2048, 1, 1, "item_len of state buffer 0 differs", 0},
+        {"damaged: a byte of state.bin flipped", &gqa, 1, 1, 1, 1, KVX_STATE_SWA, 2, {512, 256}, 0,
+         3, 3, "has CRC32C", 1},
+        {"damaged: state.bin truncated", &gqa, 1, 1, 1, 1, KVX_STATE_SWA, 1, {512, 0}, 0, 3, 3,
+         "is 100 bytes; transfer_done says 1536", 2},
+        {"damaged: state.bin removed", &gqa, 1, 1, 1, 1, KVX_STATE_MAMBA, 1, {512, 0}, 0, 1, 1,
+         "state.bin", 3},
     };
     char cmd[600];
     uint32_t i;
