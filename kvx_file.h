@@ -21,11 +21,32 @@
      each (kvx__fsend_stripe -> kvx__fstripe_work -> kvx__stripe_io) writes
      pool pages into kv_chunk_<i>.bin with pwritev along the plan
      (kvx__plan_io; GPU pools through a pinned stage: kvx__plan_io_staged);
-     kvx__file_finish_send writes metadata.bin (aux rows) and transfer_done,
+     kvx__file_finish_send writes state.bin (the request's state rows,
+     kvx__state_io), metadata.bin (aux rows) and transfer_done,
      kvx__file_commit renames the room in. Decode: kvx__frecv_start checks
-     each meta against the layout, kvx__frecv_read_all / kvx__frecv_stripe
+     transfer_done (the state count first) and each meta against the layout,
+     kvx__frecv_read_all / kvx__frecv_stripe
      preadv straight into the destination pages (same plan helpers) and
-     check the CRC32C, kvx__frecv_finish copies metadata.bin to the aux rows.
+     check the CRC32C, kvx__frecv_finish copies metadata.bin to the aux rows
+     and state.bin to the state rows (checking its size and CRC32C).
+
+   HYBRID STATE (kvx.h's)
+     Prefill: with its last chunk (kvx_sender_send_state) every prefill
+     rank that writes a room also writes state.bin: for each state buffer
+     the rows of the request's state indices, in index order (host rows
+     with pwrite; GPU rows through a pinned stage with desc.mem, whose copy
+     functions engine creation then requires). Decode: the state count in
+     transfer_done must equal the indices this decode rank gave
+     (kvx_receiver_init_state), else the room fails with "prefill sent K
+     state indices, this decode asked for M"; the rows come only from the
+     contributor that writes the aux rows (kvx_layout_overlap's sends_aux;
+     an MLA dummy writes nothing), before Success. kvx_layout_overlap's
+     refusals (PP, heterogeneous TP on non-MLA) fail the room with its
+     sentence. The prefill does not learn of a count mismatch: it succeeds
+     when its room is committed (the file transport has no back channel
+     after that; a decode refusal while a contributor still writes stops it
+     through <R>.aborted, and with kvx_boot a decode failure travels on the
+     control channel).
 
    EXAMPLE (one request, prefill and decode; error handling shortened)
        // given: kvx_layout layout; const int32_t *src_pages, *dst_pages;
@@ -133,7 +154,8 @@
      into a staging buffer (checksummed there) and copies the rows out
      (measured against preadv with one iovec per pool row, IOV_MAX-bounded,
      for TP 4 -> 2 in bench_file: 2.3-2.5 against 1.8-2.0 GB/s). The
-     aux rows come only from the contributor kvx_layout_overlap names. The
+     aux and state rows come only from the contributor kvx_layout_overlap
+     names. The
      room succeeds when every contributor's every chunk is placed and the
      bytes placed equal the pages' bytes (each byte once). MLA: a dummy
      prefill rank (kvx_mla_dummy with KVX_FILE_DECODE_TP) writes nothing and
@@ -146,7 +168,7 @@
      finishes and its room is swept by KVX_FILE_TTL); with kvx_boot it
      does through the control channel.
 
-   ON DISK (format version 3; all integers little-endian; see README.md)
+   ON DISK (format version 4; all integers little-endian; see README.md)
      <R>/kv_chunk_<i>.bin              chunk i's pages, buffer-major: buffer
                                        b starts at offset[b] = num_pages *
                                        sum(item_len[0..b-1]), its page j at
@@ -154,6 +176,11 @@
      <R>/kv_chunk_<i>.bin.meta         JSON, see kvx_file_read_meta
      <R>/metadata.bin                  the sender's aux rows: aux buffer 0's
                                        row, then 1's ...
+     <R>/state.bin                     the request's state rows, when it gave
+                                       state indices: state buffer 0's rows
+                                       (in the order of the indices), then
+                                       1's ...; state_count * sum of
+                                       state_item_lens bytes
      <R>/transfer_done                 JSON, written last
      <R>/transfer_failed               JSON {"reason": ..., "result": ...}
                                        when the sender failed or aborted;
@@ -175,12 +202,18 @@
      = HMAC-SHA-256(key, "kvx-file-v2" 0x00 <file name> 0x00 <the JSON line
      with its newline>), <file name> being "transfer_done", "transfer_failed"
      or "kv_chunk_<i>.bin.meta". The CRC32C of every chunk (in its meta) and
-     of metadata.bin (in transfer_done) lie inside the authenticated bytes.
-     (Version 1 had no MAC line. Version 3 (this one) adds to each meta
+     of metadata.bin and state.bin (in transfer_done) lie inside the
+     authenticated bytes.
+     (Version 1 had no MAC line. Version 3 adds to each meta
      "head_begin", "layer_begin", "tp_size", "tp_rank", "pp_size",
-     "pp_rank" and names each rank's room <R> as PARALLEL LAYOUTS says;
-     the MAC's domain string stays "kvx-file-v2". Other versions are
-     refused with a sentence.)
+     "pp_rank" and names each rank's room <R> as PARALLEL LAYOUTS says.
+     Version 4 (this one) adds to transfer_done "state_type" (KVX_STATE_*),
+     "state_item_lens" (one per state buffer, at most KVX_MAX_STATE, each
+     1..2^28), "state_count" (state indices the prefill gave, at most
+     KVX_MAX_PAGES), "state_bytes" (= state_count * sum(state_item_lens))
+     and "state_crc32c" (of state.bin), and the file state.bin; all are
+     checked before use and lie inside the MAC. The MAC's domain string
+     stays "kvx-file-v2". Other versions are refused with a sentence.)
 
    CONSISTENCY (what the file transport needs from a shared filesystem)
      1. rename(2) of a directory within KVX_FILE_DIR is atomic: another node
@@ -197,7 +230,7 @@
         and retries, bounded.
      4. A listed file missing or shorter than its meta is looked for again
         for KVX_FILE_SETTLE before failing; a room is never taken for whole
-        on a size: every chunk's size and CRC32C, and the aux rows' CRC32C,
+        on a size: every chunk's size and CRC32C, and the aux and state rows' CRC32C,
         are checked against the authenticated metas and transfer_done.
      5. A failing sender writes transfer_failed into its room and puts the
         room in place (else room_<room>.failed beside it), so the receiver
