@@ -30,24 +30,6 @@
      check the CRC32C, kvx__frecv_finish copies metadata.bin to the aux rows
      and state.bin to the state rows (checking its size and CRC32C).
 
-   HYBRID STATE (kvx.h's)
-     Prefill: with its last chunk (kvx_sender_send_state) every prefill
-     rank that writes a room also writes state.bin: for each state buffer
-     the rows of the request's state indices, in index order (host rows
-     with pwrite; GPU rows through a pinned stage with desc.mem, whose copy
-     functions engine creation then requires). Decode: the state count in
-     transfer_done must equal the indices this decode rank gave
-     (kvx_receiver_init_state), else the room fails with "prefill sent K
-     state indices, this decode asked for M"; the rows come only from the
-     contributor that writes the aux rows (kvx_layout_overlap's sends_aux;
-     an MLA dummy writes nothing), before Success. kvx_layout_overlap's
-     refusals (PP, heterogeneous TP on non-MLA) fail the room with its
-     sentence. The prefill does not learn of a count mismatch: it succeeds
-     when its room is committed (the file transport has no back channel
-     after that; a decode refusal while a contributor still writes stops it
-     through <R>.aborted, and with kvx_boot a decode failure travels on the
-     control channel).
-
    EXAMPLE (one request, prefill and decode; error handling shortened)
        // given: kvx_layout layout; const int32_t *src_pages, *dst_pages;
        // given: uint32_t n; int32_t aux_slot; void idle(void);
@@ -167,6 +149,24 @@
      Without a bootstrap channel a decode failure reaches no prefill (it
      finishes and its room is swept by KVX_FILE_TTL); with kvx_boot it
      does through the control channel.
+
+   HYBRID STATE (kvx.h's)
+     Prefill: with its last chunk (kvx_sender_send_state) every prefill
+     rank that writes a room also writes state.bin: for each state buffer
+     the rows of the request's state indices, in index order (host rows
+     with pwrite; GPU rows through a pinned stage with desc.mem, whose copy
+     functions engine creation then requires). Decode: the state count in
+     transfer_done must equal the indices this decode rank gave
+     (kvx_receiver_init_state), else the room fails with "prefill sent K
+     state indices, this decode asked for M"; the rows come only from the
+     contributor that writes the aux rows (kvx_layout_overlap's sends_aux;
+     an MLA dummy writes nothing), before Success. kvx_layout_overlap's
+     refusals (PP, heterogeneous TP on non-MLA) fail the room with its
+     sentence. The prefill does not learn of a count mismatch: it succeeds
+     when its room is committed (the file transport has no back channel
+     after that; a decode refusal while a contributor still writes stops it
+     through <R>.aborted, and with kvx_boot a decode failure travels on the
+     control channel).
 
    ON DISK (format version 4; all integers little-endian; see README.md)
      <R>/kv_chunk_<i>.bin              chunk i's pages, buffer-major: buffer
