@@ -1051,13 +1051,28 @@ KVX_API kvx_result kvx_file_parse_done(const char *text, size_t len, const char 
     return kvx__file_parse_done(NULL, text, len, path, o, why, wl);
 }
 
+/* An array of at most max item lengths, each in [1, 2^28], at key: to
+   out[0..*n), their sum to *sum. 0 when absent or malformed. */
+static int kvx__json_lens(const kvx__json_doc *d, const kvx__json *o, const char *key,
+                          uint32_t max, uint64_t *out, uint32_t *n, uint64_t *sum) {
+    const kvx__json *arr = kvx__json_get(d, o, key);
+    uint32_t i;
+    *sum = 0;
+    if (!arr || arr->type != KVX_JSON_ARRAY || arr->count > max) return 0;
+    for (i = 0; i < arr->count; i++) {
+        if (!kvx__json_u64(d, kvx__json_at(d, arr, i), NULL, 1, 1u << 28, &out[i])) return 0;
+        *sum += out[i];
+    }
+    *n = arr->count;
+    return 1;
+}
+
 static kvx_result kvx__file_parse_done(const kvx_allocator *a, const char *text, size_t len,
                                        const char *path, kvx_file_done_info *o, char *why,
                                        size_t wl) {
     kvx__json_doc d;
-    const kvx__json *root, *aux;
+    const kvx__json *root;
     uint64_t v[8];
-    uint32_t i;
     kvx_result r;
     memset(o, 0, sizeof *o);
     memset(&d, 0, sizeof d);
@@ -1082,16 +1097,10 @@ static kvx_result kvx__file_parse_done(const kvx_allocator *a, const char *text,
                  "%s: bad \"aux_index\"", path);
         o->aux_index = ai->negative ? -1 : (int32_t)ai->u64;
     }
-    aux = kvx__json_get(&d, root, "aux_item_lens");
-    KVX__REQ(aux && aux->type == KVX_JSON_ARRAY && aux->count <= KVX_MAX_AUX,
-             "%s: \"aux_item_lens\" must be an array of at most %d entries", path, KVX_MAX_AUX);
-    o->num_aux = aux->count;
-    v[4] = 0;
-    for (i = 0; i < aux->count; i++) {
-        KVX__REQ(kvx__json_u64(&d, kvx__json_at(&d, aux, i), NULL, 1, 1u << 28, &o->aux_item_lens[i]),
-                 "%s: aux_item_lens[%u] is bad", path, i);
-        v[4] += o->aux_item_lens[i];
-    }
+    KVX__REQ(kvx__json_lens(&d, root, "aux_item_lens", KVX_MAX_AUX, o->aux_item_lens, &o->num_aux,
+                            &v[4]),
+             "%s: \"aux_item_lens\" must be an array of at most %d entries in [1, 2^28]", path,
+             KVX_MAX_AUX);
     KVX__REQ(o->aux_bytes == (o->aux_index >= 0 ? v[4] : 0),
              "%s: aux_bytes is %llu, expected %llu", path, (unsigned long long)o->aux_bytes,
              (unsigned long long)(o->aux_index >= 0 ? v[4] : 0));
@@ -1101,17 +1110,10 @@ static kvx_result kvx__file_parse_done(const kvx_allocator *a, const char *text,
                  kvx__json_u64(&d, root, "state_crc32c", 0, UINT32_MAX, &v[7]),
              "%s: a state field is missing or out of range", path);
     o->state_type = (uint32_t)v[5]; o->state_count = (uint32_t)v[6]; o->state_crc32c = (uint32_t)v[7];
-    aux = kvx__json_get(&d, root, "state_item_lens");
-    KVX__REQ(aux && aux->type == KVX_JSON_ARRAY && aux->count <= KVX_MAX_STATE,
-             "%s: \"state_item_lens\" must be an array of at most %d entries", path, KVX_MAX_STATE);
-    o->num_state = aux->count;
-    v[4] = 0;
-    for (i = 0; i < aux->count; i++) {
-        KVX__REQ(kvx__json_u64(&d, kvx__json_at(&d, aux, i), NULL, 1, 1u << 28,
-                               &o->state_item_lens[i]),
-                 "%s: state_item_lens[%u] is bad", path, i);
-        v[4] += o->state_item_lens[i]; /* at most 2^38 */
-    }
+    KVX__REQ(kvx__json_lens(&d, root, "state_item_lens", KVX_MAX_STATE, o->state_item_lens,
+                            &o->num_state, &v[4]), /* v[4] at most 2^38 */
+             "%s: \"state_item_lens\" must be an array of at most %d entries in [1, 2^28]", path,
+             KVX_MAX_STATE);
     KVX__REQ(o->state_count == 0 || o->num_state != 0,
              "%s: %u state rows but no state buffers", path, o->state_count);
     KVX__REQ(o->state_bytes == (uint64_t)o->state_count * v[4], /* < 2^58: no overflow */
@@ -2511,22 +2513,19 @@ static void kvx__frecv_counts_why(const kvx_layout *ours, const kvx_file_done_in
                      file, dn->num_aux, dn->num_state, ours->num_aux, ours->num_state);
         return;
     }
-    for (i = 0; i < dn->num_aux; i++)
-        if (dn->aux_item_lens[i] != ours->aux[i].item_len) {
-            kvx__set_why(why, wl, "item_len of aux buffer %u differs: %s says %llu, this "
-                         "receiver has %llu (whatever layout fingerprint it claims)", i, file,
-                         (unsigned long long)dn->aux_item_lens[i],
-                         (unsigned long long)ours->aux[i].item_len);
+    for (i = 0; i < dn->num_aux + dn->num_state; i++) { /* aux buffers, then state buffers */
+        int st = i >= dn->num_aux;
+        uint32_t k = st ? i - dn->num_aux : i;
+        uint64_t theirs = st ? dn->state_item_lens[k] : dn->aux_item_lens[k];
+        uint64_t mine = st ? ours->state[k].item_len : ours->aux[k].item_len;
+        if (theirs != mine) {
+            kvx__set_why(why, wl, "item_len of %s buffer %u differs: %s says %llu, this "
+                         "receiver has %llu (whatever layout fingerprint it claims)",
+                         st ? "state" : "aux", k, file, (unsigned long long)theirs,
+                         (unsigned long long)mine);
             return;
         }
-    for (i = 0; i < dn->num_state; i++)
-        if (dn->state_item_lens[i] != ours->state[i].item_len) {
-            kvx__set_why(why, wl, "item_len of state buffer %u differs: %s says %llu, this "
-                         "receiver has %llu (whatever layout fingerprint it claims)", i, file,
-                         (unsigned long long)dn->state_item_lens[i],
-                         (unsigned long long)ours->state[i].item_len);
-            return;
-        }
+    }
     kvx__set_why(why, wl, "%s does not match this receiver's aux and state buffers", file);
 }
 

@@ -60,16 +60,13 @@ static void state_idx(int decode, uint32_t q, uint32_t n, int32_t *out) {
 
 static kvx_engine *rank_engine(kvx_role role, ex_pool *p, const char *dir, const ex_rank *rk) {
     char why[512];
-    kvx_engine_desc d = ft_desc(role, &p->layout, dir);
-    kvx_engine *e;
-    d.boot.tp_size = (int)rk->tp;
-    d.boot.tp_rank = (int)rk->tp_rank;
-    d.boot.pp_size = (int)rk->pp;
-    d.boot.pp_rank = (int)rk->pp_rank;
-    d.logger.level = KVX_LOG_ERROR + 1; /* the failures here are expected */
-    e = ft_create(&d, why);
-    CHECK(e != NULL, "%s engine: %s", role == KVX_ROLE_PREFILL ? "prefill" : "decode", why);
-    if (!e) child_exit();
+    /* the failures here are expected: nothing logged */
+    kvx_engine_desc d = ft_rank_desc(role, &p->layout, dir, rk->tp, rk->tp_rank, rk->pp, rk->pp_rank);
+    kvx_engine *e = ft_create(&d, why);
+    if (!e) {
+        CHECK(0, "%s engine: %s", role == KVX_ROLE_PREFILL ? "prefill" : "decode", why);
+        child_exit();
+    }
     return e;
 }
 
@@ -217,31 +214,41 @@ static void decode_rank(const char *dir, const scase *c, ex_rank rk, uint64_t ba
     child_exit();
 }
 
-static int reap(pid_t pid) {
-    int status = 0;
-    while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {}
-    return status;
+/* Starts one process per rank of one side (prefill or decode) of c. */
+static void spawn(const scase *c, const char *dir, uint64_t base, int decode, pid_t *pids,
+                  uint32_t *n) {
+    uint32_t tp = decode ? c->dtp : c->ptp, pp = decode ? c->dpp : c->ppp, a, q;
+    for (a = 0; a < tp; a++)
+        for (q = 0; q < pp; q++) {
+            ex_rank rk = {tp, a, pp, q};
+            pid_t pid;
+            fflush(stdout);
+            if ((pid = fork()) == 0) {
+                if (decode) decode_rank(dir, c, rk, base);
+                prefill_rank(dir, c, rk, base);
+            }
+            pids[(*n)++] = pid;
+        }
+}
+
+/* Waits for processes pids[0..n) and checks each ended well. */
+static void reap_all(const scase *c, const pid_t *pids, uint32_t n) {
+    uint32_t i;
+    for (i = 0; i < n; i++) {
+        int status = ft_reap(pids[i]);
+        CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0, "%s: process %u (status %d)",
+              c->label, i, status);
+    }
 }
 
 static void run(const scase *c, uint64_t base) {
     char dir[400];
     pid_t pids[64];
-    uint32_t a, q, n = 0, i;
+    uint32_t q, n = 0;
     snprintf(dir, sizeof dir, "%s/r%llu", root, (unsigned long long)base);
-    for (a = 0; a < c->ptp; a++)
-        for (q = 0; q < c->ppp; q++) {
-            ex_rank rk = {c->ptp, a, c->ppp, q};
-            pid_t pid;
-            fflush(stdout);
-            if ((pid = fork()) == 0) prefill_rank(dir, c, rk, base);
-            pids[n++] = pid;
-        }
+    spawn(c, dir, base, 0, pids, &n);
     if (c->damage) { /* every prefill rank is done: damage its rooms' state.bin */
-        for (i = 0; i < n; i++) {
-            int status = reap(pids[i]);
-            CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0, "%s: prefill process %u (status %d)",
-                  c->label, i, status);
-        }
+        reap_all(c, pids, n);
         n = 0;
         for (q = 0; q < ROOMS; q++) {
             char path[600];
@@ -265,19 +272,8 @@ static void run(const scase *c, uint64_t base) {
             close(fd);
         }
     }
-    for (a = 0; a < c->dtp; a++)
-        for (q = 0; q < c->dpp; q++) {
-            ex_rank rk = {c->dtp, a, c->dpp, q};
-            pid_t pid;
-            fflush(stdout);
-            if ((pid = fork()) == 0) decode_rank(dir, c, rk, base);
-            pids[n++] = pid;
-        }
-    for (i = 0; i < n; i++) {
-        int status = reap(pids[i]);
-        CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0, "%s: process %u (status %d)", c->label,
-              i, status);
-    }
+    spawn(c, dir, base, 1, pids, &n);
+    reap_all(c, pids, n);
     printf("  %s\n", c->label);
     fflush(stdout);
 }
