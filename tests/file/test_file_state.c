@@ -33,7 +33,7 @@ static const ex_model mla = {"mla", 4, 1, 36, 2, 1, "bfloat16"};
 typedef struct scase {
     const char *label;
     const ex_model *m;
-    uint32_t ptp, dtp, ppp, dpp;
+    uint32_t ptp, dtp, ppp, dpp; /* PP 0 = 1 */
     uint32_t type;              /* KVX_STATE_* */
     uint32_t nbuf;
     uint64_t item[2];           /* state item_len, prefill */
@@ -41,7 +41,9 @@ typedef struct scase {
     uint32_t ns, nd;            /* state indices: prefill gives ns, decode asks nd */
     const char *expect;         /* NULL: Success; else every decode rank fails saying this */
     int damage;                 /* before the decode starts: 1 flips a byte of state.bin, 2
-                                   truncates it, 3 removes it */
+                                   truncates it, 3 removes it, 4 sets transfer_done's
+                                   state_crc32c to 0 */
+    int auth;                   /* both sides have an auth key (KVX_AUTH_KEY) */
 } scase;
 
 static void child_exit(void) {
@@ -78,6 +80,7 @@ static void prefill_rank(const char *dir, const scase *c, ex_rank rk, uint64_t b
     char v[16];
     uint32_t q, b;
     kt_fail = kt_pass = 0;
+    if (c->auth) setenv("KVX_AUTH_KEY", "kvx-file-state-test-key", 1);
     snprintf(v, sizeof v, "%u", c->dtp);
     setenv("KVX_FILE_DECODE_TP", v, 1);
     CHECK(ex_pool_init_rank(&p, c->m, POOL, PS, ROOMS, 1 + rk.tp_rank * 7 + rk.pp_rank, &rk) == 0,
@@ -137,6 +140,7 @@ static void decode_rank(const char *dir, const scase *c, ex_rank rk, uint64_t ba
     char v[16];
     uint32_t q, b, ok = 0;
     kt_fail = kt_pass = 0;
+    if (c->auth) setenv("KVX_AUTH_KEY", "kvx-file-state-test-key", 1);
     snprintf(v, sizeof v, "%u", c->ptp);
     setenv("KVX_FILE_PREFILL_TP", v, 1);
     snprintf(v, sizeof v, "%u", c->ppp);
@@ -241,10 +245,14 @@ static void reap_all(const scase *c, const pid_t *pids, uint32_t n) {
     }
 }
 
-static void run(const scase *c, uint64_t base) {
+static void run(const scase *cs, uint64_t base) {
+    scase one = *cs;
+    const scase *c = &one;
     char dir[400];
     pid_t pids[64];
     uint32_t q, n = 0;
+    if (!one.ppp) one.ppp = 1;
+    if (!one.dpp) one.dpp = 1;
     snprintf(dir, sizeof dir, "%s/r%llu", root, (unsigned long long)base);
     spawn(c, dir, base, 0, pids, &n);
     if (c->damage) { /* every prefill rank is done: damage its rooms' state.bin */
@@ -256,6 +264,26 @@ static void run(const scase *c, uint64_t base) {
             snprintf(path, sizeof path, "%s/room_%llu/state.bin", dir, (unsigned long long)(base + q));
             if (c->damage == 3) {
                 CHECK(unlink(path) == 0, "%s: removed %s", c->label, path);
+                continue;
+            }
+            if (c->damage == 4) { /* the state's CRC32C in transfer_done, MAC kept */
+                char text[4096], *at;
+                FILE *f;
+                size_t len;
+                snprintf(path, sizeof path, "%s/room_%llu/transfer_done", dir,
+                         (unsigned long long)(base + q));
+                f = fopen(path, "r+");
+                len = f ? fread(text, 1, sizeof text - 1, f) : 0;
+                text[len] = 0;
+                at = strstr(text, "\"state_crc32c\":");
+                CHECK(at != NULL, "%s: %s lists state_crc32c", c->label, path);
+                if (at) {
+                    at += strlen("\"state_crc32c\":");
+                    while (*at >= '0' && *at <= '9') *at++ = '0'; /* same length */
+                    rewind(f);
+                    CHECK(fwrite(text, 1, len, f) == len, "rewrite");
+                }
+                if (f) fclose(f);
                 continue;
             }
             fd = open(path, O_RDWR);
@@ -280,33 +308,58 @@ static void run(const scase *c, uint64_t base) {
 
 int main(void) {
     static const scase cases[] = {
-        {"mamba: 2 state buffers (4096, 1024), 1 index, 3 rooms", &gqa, 1, 1, 1, 1,
-         KVX_STATE_MAMBA, 2, {4096, 1024}, 0, 1, 1, NULL, 0},
-        {"swa: window pages, 6 scattered indices with runs", &gqa, 1, 1, 1, 1, KVX_STATE_SWA, 2,
-         {512, 512}, 0, 6, 6, NULL, 0},
-        {"mamba MLA tp 4->2 (dummies write nothing)", &mla, 4, 2, 1, 1, KVX_STATE_MAMBA, 2,
-         {4096, 1024}, 0, 1, 1, NULL, 0},
-        {"mamba MLA tp 2->4", &mla, 2, 4, 1, 1, KVX_STATE_MAMBA, 1, {2048, 0}, 0, 1, 1, NULL, 0},
-        {"swa gqa tp 2->2", &gqa, 2, 2, 1, 1, KVX_STATE_SWA, 1, {1024, 0}, 0, 4, 4, NULL, 0},
-        {"mamba gqa pp 2->2", &gqa, 1, 1, 2, 2, KVX_STATE_MAMBA, 2, {4096, 1024}, 0, 1, 1, NULL, 0},
-        {"count mismatch: prefill 2, decode 3", &gqa, 1, 1, 1, 1, KVX_STATE_SWA, 1, {512, 0}, 0, 2,
-         3, "prefill sent 2 state indices, this decode asked for 3", 0},
-        {"count mismatch: prefill 1, decode 0", &gqa, 1, 1, 1, 1, KVX_STATE_MAMBA, 1, {512, 0}, 0,
-         1, 0, "prefill sent 1 state indices, this decode asked for 0", 0},
-        {"refused: swa gqa tp 2->1", &gqa, 2, 1, 1, 1, KVX_STATE_SWA, 1, {512, 0}, 0, 2, 2,
-         "SGLang refuses sliding-window state with heterogeneous TP on non-MLA models too", 0},
-        {"refused: mamba gqa tp 1->2", &gqa, 1, 2, 1, 1, KVX_STATE_MAMBA, 1, {512, 0}, 0, 1, 1,
-         "prefill and decode TP must be equal", 0},
-        {"refused: mamba gqa pp 2->1", &gqa, 1, 1, 2, 1, KVX_STATE_MAMBA, 1, {512, 0}, 0, 1, 1,
-         "decode PP must equal prefill PP for a hybrid model", 0},
-        {"refused: mamba tp 2->2, state item_len 4096 vs 2048", &gqa, 2, 2, 1, 1, KVX_STATE_MAMBA, 1,
-         {4096, 0}, 2048, 1, 1, "item_len of state buffer 0 differs", 0},
-        {"damaged: a byte of state.bin flipped", &gqa, 1, 1, 1, 1, KVX_STATE_SWA, 2, {512, 256}, 0,
-         3, 3, "has CRC32C", 1},
-        {"damaged: state.bin truncated", &gqa, 1, 1, 1, 1, KVX_STATE_SWA, 1, {512, 0}, 0, 3, 3,
-         "is 100 bytes; transfer_done says 1536", 2},
-        {"damaged: state.bin removed", &gqa, 1, 1, 1, 1, KVX_STATE_MAMBA, 1, {512, 0}, 0, 1, 1,
-         "state.bin", 3},
+        {.label = "mamba: 2 state buffers (4096, 1024), 1 index, 3 rooms", .m = &gqa, .ptp = 1,
+         .dtp = 1, .type = KVX_STATE_MAMBA, .nbuf = 2, .item = {4096, 1024}, .ns = 1, .nd = 1},
+        {.label = "swa: window pages, 6 scattered indices with runs", .m = &gqa, .ptp = 1, .dtp = 1,
+         .type = KVX_STATE_SWA, .nbuf = 2, .item = {512, 512}, .ns = 6, .nd = 6},
+        {.label = "mamba MLA tp 4->2 (dummies write nothing)", .m = &mla, .ptp = 4, .dtp = 2,
+         .type = KVX_STATE_MAMBA, .nbuf = 2, .item = {4096, 1024}, .ns = 1, .nd = 1},
+        {.label = "mamba MLA tp 2->4", .m = &mla, .ptp = 2, .dtp = 4, .type = KVX_STATE_MAMBA,
+         .nbuf = 1, .item = {2048}, .ns = 1, .nd = 1},
+        {.label = "swa gqa tp 2->2", .m = &gqa, .ptp = 2, .dtp = 2, .type = KVX_STATE_SWA,
+         .nbuf = 1, .item = {1024}, .ns = 4, .nd = 4},
+        {.label = "mamba gqa pp 2->2", .m = &gqa, .ptp = 1, .dtp = 1, .ppp = 2, .dpp = 2,
+         .type = KVX_STATE_MAMBA, .nbuf = 2, .item = {4096, 1024}, .ns = 1, .nd = 1},
+        /* the counts differ: the decode fails saying both (kvx.h HYBRID STATE) */
+        {.label = "count mismatch: prefill 2, decode 3", .m = &gqa, .ptp = 1, .dtp = 1,
+         .type = KVX_STATE_SWA, .nbuf = 1, .item = {512}, .ns = 2, .nd = 3,
+         .expect = "prefill sent 2 state indices, this decode asked for 3"},
+        {.label = "count mismatch: prefill 1, decode 0", .m = &gqa, .ptp = 1, .dtp = 1,
+         .type = KVX_STATE_MAMBA, .nbuf = 1, .item = {512}, .ns = 1, .nd = 0,
+         .expect = "prefill sent 1 state indices, this decode asked for 0"},
+        /* kvx_layout_overlap's refusals reach the room with its sentence */
+        {.label = "refused: swa gqa tp 2->1", .m = &gqa, .ptp = 2, .dtp = 1, .type = KVX_STATE_SWA,
+         .nbuf = 1, .item = {512}, .ns = 2, .nd = 2,
+         .expect = "SGLang refuses sliding-window state with heterogeneous TP on non-MLA models too"},
+        {.label = "refused: mamba gqa tp 1->2", .m = &gqa, .ptp = 1, .dtp = 2,
+         .type = KVX_STATE_MAMBA, .nbuf = 1, .item = {512}, .ns = 1, .nd = 1,
+         .expect = "prefill and decode TP must be equal"},
+        {.label = "refused: mamba gqa pp 2->1", .m = &gqa, .ptp = 1, .dtp = 1, .ppp = 2,
+         .type = KVX_STATE_MAMBA, .nbuf = 1, .item = {512}, .ns = 1, .nd = 1,
+         .expect = "decode PP must equal prefill PP for a hybrid model"},
+        /* the same topology: the item lengths transfer_done lists are checked */
+        {.label = "refused: mamba tp 2->2, state item_len 4096 vs 2048", .m = &gqa, .ptp = 2,
+         .dtp = 2, .type = KVX_STATE_MAMBA, .nbuf = 1, .item = {4096}, .ditem0 = 2048, .ns = 1,
+         .nd = 1, .expect = "item_len of state buffer 0 differs"},
+        /* what a file says is checked before use: size, CRC32C, presence */
+        {.label = "damaged: a byte of state.bin flipped", .m = &gqa, .ptp = 1, .dtp = 1,
+         .type = KVX_STATE_SWA, .nbuf = 2, .item = {512, 256}, .ns = 3, .nd = 3,
+         .expect = "has CRC32C", .damage = 1},
+        {.label = "damaged: state.bin truncated", .m = &gqa, .ptp = 1, .dtp = 1,
+         .type = KVX_STATE_SWA, .nbuf = 1, .item = {512}, .ns = 3, .nd = 3,
+         .expect = "is 100 bytes; transfer_done says 1536", .damage = 2},
+        /* with an auth key the state fields are inside the MAC */
+        {.label = "mamba, auth key", .m = &gqa, .ptp = 1, .dtp = 1, .type = KVX_STATE_MAMBA,
+         .nbuf = 2, .item = {4096, 1024}, .ns = 1, .nd = 1, .auth = 1},
+        {.label = "damaged: state_crc32c altered under an auth key", .m = &gqa, .ptp = 1,
+         .dtp = 1, .type = KVX_STATE_SWA, .nbuf = 1, .item = {512}, .ns = 2, .nd = 2,
+         .expect = "its MAC does not match", .damage = 4, .auth = 1},
+        {.label = "damaged: state_crc32c altered, no key", .m = &gqa, .ptp = 1, .dtp = 1,
+         .type = KVX_STATE_SWA, .nbuf = 1, .item = {512}, .ns = 2, .nd = 2,
+         .expect = "transfer_done says 00000000", .damage = 4},
+        {.label = "damaged: state.bin removed", .m = &gqa, .ptp = 1, .dtp = 1,
+         .type = KVX_STATE_MAMBA, .nbuf = 1, .item = {512}, .ns = 1, .nd = 1, .expect = "state.bin",
+         .damage = 3},
     };
     char cmd[600];
     uint32_t i;
