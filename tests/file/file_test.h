@@ -45,4 +45,26 @@ static KT_UNUSED kvx_engine *ft_create(const kvx_engine_desc *d, char *why) {
     if (kvx_engine_create(d, &e, why, 512) != KVX_OK) e = NULL;
     return e;
 }
+/* A mock device for GPU-memory layouts through kvx_mem_ops: "device"
+   pointers are host pointers with a tag in the top bits: not canonical on
+   x86-64, so a transport that dereferenced one would crash. Device 3. */
+#define DEV_TAG 0x5A00000000000000ull
+static int mock_copies KT_UNUSED, mock_fail KT_UNUSED;
+static KT_UNUSED void *to_dev(void *p) { return (void *)((uintptr_t)p ^ DEV_TAG); }
+static KT_UNUSED kvx_result mock_copy(void *ctx, int to_host, const kvx_copy *c, size_t n,
+                                      char *why, size_t wl) {
+    size_t i;
+    (void)ctx;
+    if (__atomic_load_n(&mock_fail, __ATOMIC_ACQUIRE))
+        return kvx__why(KVX_ERR_TRANSPORT, why, wl, "mock device: CUDA_ERROR_ILLEGAL_ADDRESS");
+    for (i = 0; i < n && c[i].device == 3; i++) { /* to_dev turns a tagged pointer back too */
+        void *dev = to_dev(c[i].buf_ptr);
+        memcpy(to_host ? c[i].host : dev, to_host ? dev : c[i].host, (size_t)c[i].len);
+    }
+    if (i < n) return KVX_ERR_INVALID_ARGUMENT; /* not the mock's device */
+    __atomic_add_fetch(&mock_copies, 1, __ATOMIC_RELAXED);
+    return KVX_OK;
+}
+static KT_UNUSED void *mock_alloc(void *ctx, size_t n) { (void)ctx; return malloc(n); }
+static KT_UNUSED void mock_free(void *ctx, void *p) { (void)ctx; free(p); }
 #endif
