@@ -2964,8 +2964,28 @@ static kvx_result kvx__state_check(kvx_plan *p, const kvx_layout *l, const int32
                  "buffers", (unsigned)n, dst ? "destination" : "source");
         return KVX_ERR_OUT_OF_RANGE;
     }
-    r = kvx_pages_check(p, idx, n, kvx_layout_num_state_rows(l), dst,
-                        dst ? "destination state" : "source state");
+    uint64_t rows = kvx_layout_num_state_rows(l);
+    size_t i;
+    if (n > KVX_MAX_PAGES || (n && !idx)) {
+        snprintf(p->error, sizeof p->error, "%zu state indices (NULL list or beyond KVX_MAX_PAGES %u)",
+                 n, (unsigned)KVX_MAX_PAGES);
+        return KVX_ERR_OUT_OF_RANGE;
+    }
+    for (i = 0; i < n; i++)
+        if (idx[i] < 0 || (uint64_t)idx[i] >= rows) {
+            snprintf(p->error, sizeof p->error, "%s state index %ld at position %zu is outside the "
+                     "%llu rows of its state buffers", dst ? "destination" : "source", (long)idx[i], i,
+                     (unsigned long long)rows);
+            return KVX_ERR_OUT_OF_RANGE;
+        }
+    r = kvx_pages_check(p, idx, n, rows, dst, "destination state");
+    if (r == KVX_ERR_DUPLICATE)
+        for (i = 1; i < n; i++)
+            if (p->scratch[i] == p->scratch[i - 1]) {
+                snprintf(p->error, sizeof p->error, "destination state index %ld appears more than once",
+                         (long)p->scratch[i]);
+                break;
+            }
     return r;
 }
 
@@ -3978,11 +3998,9 @@ static kvx_result kvx__room_keep_state(kvx_room *r, const int32_t *idx, uint32_t
     memset(&chk, 0, sizeof chk);
     chk.allocator = &e->desc.allocator;
     res = kvx__state_check(&chk, &e->desc.layout, idx, n, dst);
+    if (res != KVX_OK) kvx_room_fail(r, res, "%s: %s", dst ? "init" : "send", chk.error);
     kvx_plan_free(&chk);
-    if (res != KVX_OK) {
-        kvx_room_fail(r, res, "%s: %s", dst ? "init" : "send", chk.error);
-        return res;
-    }
+    if (res != KVX_OK) return res;
     r->state_idx = (int32_t *)kvx_engine_alloc(e, (size_t)n * sizeof *idx);
     if (!r->state_idx) {
         kvx_room_fail(r, KVX_ERR_NO_MEMORY, "out of memory for %u state indices", n);

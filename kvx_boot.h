@@ -63,7 +63,10 @@
      KVX_BOOT_MAX_HTTP_CONNS  HTTP connections served at once (256); more are
                               answered 503 at once
      KVX_BOOT_MAX_FRAME       bytes of one control frame after its 8-byte
-                              header (4 * KVX_MAX_PAGES + 64 = 64 MiB + 64)
+                              header (4 * KVX_MAX_PAGES + 4 *
+                              KVX_BOOT_MAX_STATE_INDICES + 64)
+     KVX_BOOT_MAX_STATE_INDICES  state indices one room frame carries (65536);
+                              a receiver with more fails with a sentence
      KVX_BOOT_MAX_ENDPOINT    transport endpoint bytes in a hello (65536)
      KVX_BOOT_MAX_REASON      bytes of a reason text in status/abort (1024)
      KVX_BOOT_MAX_MESSAGE     bytes of one transport message (8 MiB: the rdma
@@ -208,9 +211,11 @@
      one poll() loop serves every connection, so a slow or bad client holds
      only its own connection.
 
-   CONTROL CHANNEL WIRE FORMAT (version 3; every integer little-endian.
+   CONTROL CHANNEL WIRE FORMAT (version 4; every integer little-endian.
    Version 2 added type 8; version 3 adds head_begin and layer_begin to the
-   fixed hello (8 bytes more). An older peer's hello is refused with a
+   fixed hello (8 bytes more); version 4 adds the state buffers to the hello
+   (num_state, state_type and their item_lens) and the decode's state
+   indices to the room frame (kvx.h HYBRID STATE). An older peer's hello is refused with a
    sentence naming both versions (the version is read before the length),
    and it refuses ours the same way)
      One TCP connection per (decode engine, prefill rank); the decode side
@@ -220,9 +225,9 @@
        u16 type       1 hello, 2 room, 3 status, 4 abort, 5 ping, 6 pong,
                       7 auth, 8 transport message; others: protocol error
        u16 flags      0 (anything else: protocol error)
-     HELLO (both ways, first frame of each side; body 104 + 8*(nb+na) + dl + tl + el
+     HELLO (both ways, first frame of each side; body 112 + 8*(nb+na+ns) + dl + tl + el
             [+ 16 nonce, + 32 proof on the prefill's, when flags has bit 0])
-       0  u8[8] magic "kvx-boot"        8  u16 protocol version (3)
+       0  u8[8] magic "kvx-boot"        8  u16 protocol version (4)
        10 u16 role (1 prefill, 2 decode) 12 u32 flags (0; 1 = keyed, others refused)
        16 u64 instance (random per engine)
        24 u64 layout fingerprint (kvx_layout_fingerprint)
@@ -233,17 +238,20 @@
        92 u32 el (endpoint bytes, <= KVX_BOOT_MAX_ENDPOINT)
        96 u32 head_begin  100 u32 layer_begin (kvx_layout's; each <= 64 *
           KVX_MAX_BUFFERS)
-       104 u64 item_len[nb], u64 aux_item_len[na], dtype, transport, endpoint,
+       104 u32 ns (state buffers, <= KVX_MAX_STATE)  108 u32 state_type (0..3)
+       112 u64 item_len[nb], u64 aux_item_len[na], u64 state_item_len[ns],
+          dtype, transport, endpoint,
           keyed: u8 nonce[16] (fresh per connection), prefill: u8 proof[32]
        Each side rebuilds the other's layout shape from it
        (kvx_boot_peer.layout). The decode refuses a prefill rank whose
        layout does not combine with its own (LAYOUTS BETWEEN RANKS); the
        prefill logs it.
-     ROOM (decode -> prefill; body 24 + 4*n)
+     ROOM (decode -> prefill; body 24 + 4*n + 4*s)
        0 u64 room   8 i32 aux_index (-1 none)   12 u32 n (<= KVX_MAX_PAGES)
        16 u16 peer_index   18 u16 peer_count (decode ranks that send this
-       room to this prefill rank; 0 <= index < count)   20 u32 reserved (0)
-       24 i32 dst_pages[n] (each >= 0)
+       room to this prefill rank; 0 <= index < count)
+       20 u32 s (state indices, <= KVX_BOOT_MAX_STATE_INDICES)
+       24 i32 dst_pages[n] (each >= 0), i32 dst_state[s] (each >= 0)
      STATUS (prefill -> decode; body 28 + rl)
        0 u64 room   8 u64 bytes moved   16 i32 state (kvx_poll)
        20 i32 result (kvx_result)   24 u32 rl (<= KVX_BOOT_MAX_REASON)   28 reason
@@ -428,8 +436,11 @@
 #ifndef KVX_BOOT_MAX_HTTP_CONNS
 #define KVX_BOOT_MAX_HTTP_CONNS 256
 #endif
+#ifndef KVX_BOOT_MAX_STATE_INDICES
+#define KVX_BOOT_MAX_STATE_INDICES 65536
+#endif
 #ifndef KVX_BOOT_MAX_FRAME
-#define KVX_BOOT_MAX_FRAME (4u * (uint32_t)KVX_MAX_PAGES + 64u)
+#define KVX_BOOT_MAX_FRAME (4u * (uint32_t)KVX_MAX_PAGES + 4u * (KVX_BOOT_MAX_STATE_INDICES) + 64u)
 #endif
 #ifndef KVX_BOOT_MAX_ENDPOINT
 #define KVX_BOOT_MAX_ENDPOINT 65536
@@ -468,7 +479,7 @@
 #define KVX_BOOT_MAX_QUERY_ROOMS 4096
 #endif
 
-#if (KVX_MAX_PAGES) > 0x3ffffff0u
+#if (KVX_MAX_PAGES) > 0x3ffffff0u - (KVX_BOOT_MAX_STATE_INDICES)
 #error "kvx_boot.h: KVX_MAX_PAGES is too large for a room frame (4 bytes per page, u32 length)"
 #endif
 
@@ -476,7 +487,7 @@
 #error "kvx_boot.h: KVX_BOOT_MAX_MESSAGE must be 1..KVX_BOOT_MAX_CONN_BYTES / 2"
 #endif
 
-#define KVX_BOOT_PROTOCOL_VERSION 3
+#define KVX_BOOT_PROTOCOL_VERSION 4
 #define KVX_BOOT_DEFAULT_PORT 8998
 
 #ifdef __cplusplus
@@ -683,10 +694,13 @@ typedef struct kvx_boot_hello {
     int32_t tp_size, tp_rank, dp_size, dp_rank, pp_size, pp_rank, cp_size, cp_rank;
     uint32_t page_size, dtype_size, num_kv_heads, mla, num_buffers, num_aux;
     uint32_t head_begin, layer_begin; /* version 3: where the rank's slice sits */
+    uint32_t num_state, state_type;   /* version 4: hybrid state buffers */
     const uint64_t *item_lens;     /* encode: native values */
     const uint64_t *aux_item_lens; /* encode: native values */
+    const uint64_t *state_item_lens; /* encode: native values */
     const uint8_t *item_lens_le;   /* decode: num_buffers u64 LE, unaligned */
     const uint8_t *aux_item_lens_le;
+    const uint8_t *state_item_lens_le;
     const char *dtype;
     uint32_t dtype_len;
     const char *transport;
@@ -704,6 +718,9 @@ typedef struct kvx_boot_frame {
     uint16_t peer_index, peer_count; /* room */
     const int32_t *pages;  /* room, encode: native values */
     const uint8_t *pages_le; /* room, decode: n i32 LE, unaligned */
+    uint32_t num_state;    /* room: the decode's state indices (HYBRID STATE) */
+    const int32_t *state_idx; /* room, encode: native values */
+    const uint8_t *state_le; /* room, decode: num_state i32 LE, unaligned */
     int32_t state, result; /* status */
     uint64_t bytes;        /* status */
     const char *reason;    /* status, abort; not NUL-terminated */
@@ -724,6 +741,8 @@ KVX_API kvx_result kvx_boot_frame_decode(const void *buf, size_t len, kvx_boot_f
                                          size_t *consumed, char *why, size_t why_len);
 /* Page i of a decoded room frame. */
 KVX_API int32_t kvx_boot_frame_page(const kvx_boot_frame *f, uint32_t i);
+/* State index i of a decoded room frame. */
+KVX_API int32_t kvx_boot_frame_state(const kvx_boot_frame *f, uint32_t i);
 
 #ifdef __cplusplus
 }
@@ -762,7 +781,7 @@ extern "C" {
 /* >>boot: frame codec ----------------------------------------------------- */
 
 #define KVX__BOOT_HDR 8
-#define KVX__BOOT_HELLO_FIXED 104
+#define KVX__BOOT_HELLO_FIXED 112
 #define KVX__BOOT_ROOM_FIXED 24
 #define KVX__BOOT_STATUS_FIXED 28
 #define KVX__BOOT_ABORT_FIXED 12
@@ -779,9 +798,10 @@ static const char *kvx__boot_type_name(uint32_t t) { /* by kvx_boot_frame_type *
 static uint64_t kvx__boot_type_max(uint32_t t) {
     switch (t) {
     case KVX_BOOT_FRAME_HELLO:
-        return KVX__BOOT_HELLO_FIXED + 8ull * (KVX_MAX_BUFFERS + KVX_MAX_AUX) + 63 + 31 +
+        return KVX__BOOT_HELLO_FIXED + 8ull * (KVX_MAX_BUFFERS + KVX_MAX_AUX + KVX_MAX_STATE) + 63 + 31 +
                KVX_BOOT_MAX_ENDPOINT + KVX_BOOT_NONCE + KVX_BOOT_PROOF;
-    case KVX_BOOT_FRAME_ROOM: return KVX__BOOT_ROOM_FIXED + 4ull * KVX_MAX_PAGES;
+    case KVX_BOOT_FRAME_ROOM:
+        return KVX__BOOT_ROOM_FIXED + 4ull * KVX_MAX_PAGES + 4ull * KVX_BOOT_MAX_STATE_INDICES;
     case KVX_BOOT_FRAME_STATUS: return KVX__BOOT_STATUS_FIXED + KVX_BOOT_MAX_REASON;
     case KVX_BOOT_FRAME_ABORT: return KVX__BOOT_ABORT_FIXED + KVX_BOOT_MAX_REASON;
     case KVX_BOOT_FRAME_PING:
@@ -840,6 +860,11 @@ static kvx_result kvx__boot_decode_hello(const uint8_t *p, uint32_t n, kvx_boot_
     el = kvx__le_r32(p + 92);
     h->head_begin = kvx__le_r32(p + 96);
     h->layer_begin = kvx__le_r32(p + 100);
+    h->num_state = kvx__le_r32(p + 104);
+    h->state_type = kvx__le_r32(p + 108);
+    if (h->num_state > KVX_MAX_STATE || h->state_type > KVX_STATE_OTHER)
+        return kvx__boot_bad(why, wl, "hello declares %u state buffers of type %u (limits %d, 0..3)",
+                             h->num_state, h->state_type, KVX_MAX_STATE);
     if (h->head_begin > KVX_MAX_BUFFERS * 64u || h->layer_begin > KVX_MAX_BUFFERS * 64u)
         return kvx__boot_bad(why, wl, "hello has head_begin %u, layer_begin %u (limit %u)",
                              h->head_begin, h->layer_begin, KVX_MAX_BUFFERS * 64u);
@@ -850,14 +875,15 @@ static kvx_result kvx__boot_decode_hello(const uint8_t *p, uint32_t n, kvx_boot_
         return kvx__boot_bad(why, wl,
                              "hello string lengths dtype %u, transport %u, endpoint %u exceed "
                              "63, 31, %d", dl, tl, el, KVX_BOOT_MAX_ENDPOINT);
-    need = KVX__BOOT_HELLO_FIXED + 8ull * (h->num_buffers + h->num_aux) + dl + tl + el +
-           kvx__boot_hello_auth_len(h->flags, h->role);
+    need = KVX__BOOT_HELLO_FIXED + 8ull * (h->num_buffers + h->num_aux + h->num_state) + dl + tl +
+           el + kvx__boot_hello_auth_len(h->flags, h->role);
     if (need != n)
         return kvx__boot_bad(why, wl, "hello is %u bytes but its fields add up to %llu", n,
                              (unsigned long long)need);
     q = p + KVX__BOOT_HELLO_FIXED;
     h->item_lens_le = q; q += 8u * h->num_buffers;
     h->aux_item_lens_le = q; q += 8u * h->num_aux;
+    h->state_item_lens_le = q; q += 8u * h->num_state;
     h->dtype = (const char *)q; h->dtype_len = dl; q += dl;
     h->transport = (const char *)q; h->transport_len = tl; q += tl;
     h->endpoint = q; h->endpoint_len = el; q += el;
@@ -912,24 +938,29 @@ KVX_API kvx_result kvx_boot_frame_decode(const void *buf, size_t len, kvx_boot_f
             return kvx__boot_bad(why, wl, "room %llu: %u pages exceed KVX_MAX_PAGES (%u)",
                                  (unsigned long long)f->room, f->num_pages,
                                  (unsigned)KVX_MAX_PAGES);
-        if ((uint64_t)blen != KVX__BOOT_ROOM_FIXED + 4ull * f->num_pages)
-            return kvx__boot_bad(why, wl, "room %llu: frame of %u bytes does not hold %u pages",
-                                 (unsigned long long)f->room, blen, f->num_pages);
+        f->num_state = kvx__le_r32(b + 20);
+        if (f->num_state > KVX_BOOT_MAX_STATE_INDICES)
+            return kvx__boot_bad(why, wl, "room %llu: %u state indices exceed "
+                                 "KVX_BOOT_MAX_STATE_INDICES (%u)", (unsigned long long)f->room,
+                                 f->num_state, (unsigned)KVX_BOOT_MAX_STATE_INDICES);
+        if ((uint64_t)blen != KVX__BOOT_ROOM_FIXED + 4ull * f->num_pages + 4ull * f->num_state)
+            return kvx__boot_bad(why, wl, "room %llu: frame of %u bytes does not hold %u pages and "
+                                 "%u state indices", (unsigned long long)f->room, blen, f->num_pages,
+                                 f->num_state);
         if (f->aux_index < -1)
             return kvx__boot_bad(why, wl, "room %llu: aux index %ld", (unsigned long long)f->room,
                                  (long)f->aux_index);
         if (!f->peer_count || f->peer_index >= f->peer_count)
             return kvx__boot_bad(why, wl, "room %llu: peer index %u of %u",
                                  (unsigned long long)f->room, f->peer_index, f->peer_count);
-        if (kvx__le_r32(b + 20) != 0)
-            return kvx__boot_bad(why, wl, "room %llu: reserved field is not 0",
-                                 (unsigned long long)f->room);
         f->pages_le = b + KVX__BOOT_ROOM_FIXED;
-        for (i = 0; i < f->num_pages; i++)
+        f->state_le = f->pages_le + 4u * f->num_pages;
+        for (i = 0; i < f->num_pages + f->num_state; i++)
             if ((int32_t)kvx__le_r32(f->pages_le + 4u * i) < 0)
-                return kvx__boot_bad(why, wl, "room %llu: page index %ld at position %u is negative",
-                                     (unsigned long long)f->room,
-                                     (long)(int32_t)kvx__le_r32(f->pages_le + 4u * i), i);
+                return kvx__boot_bad(why, wl, "room %llu: %s index %ld at position %u is negative",
+                                     (unsigned long long)f->room, i < f->num_pages ? "page" : "state",
+                                     (long)(int32_t)kvx__le_r32(f->pages_le + 4u * i),
+                                     i < f->num_pages ? i : i - f->num_pages);
         break;
     }
     case KVX_BOOT_FRAME_STATUS:
@@ -982,23 +1013,28 @@ KVX_API int32_t kvx_boot_frame_page(const kvx_boot_frame *f, uint32_t i) {
     return f->pages ? f->pages[i] : -1;
 }
 
+KVX_API int32_t kvx_boot_frame_state(const kvx_boot_frame *f, uint32_t i) {
+    if (f->state_le) return (int32_t)kvx__le_r32(f->state_le + 4u * i);
+    return f->state_idx ? f->state_idx[i] : -1;
+}
+
 static void kvx__boot_hdr(uint8_t *p, uint32_t blen, uint32_t type) {
     kvx__le_w32(p, blen);
     kvx__le_w16(p + 4, (uint16_t)type);
     kvx__le_w16(p + 6, 0);
 }
 
-/* Header and fixed part of a room frame (the pages follow). */
+/* Header and fixed part of a room frame (the pages, then ns state indices follow). */
 static void kvx__boot_room_head(uint8_t *p, uint64_t room, int32_t aux, uint32_t n,
-                                uint16_t idx, uint16_t count) {
-    kvx__boot_hdr(p, KVX__BOOT_ROOM_FIXED + 4u * n, KVX_BOOT_FRAME_ROOM);
+                                uint16_t idx, uint16_t count, uint32_t ns) {
+    kvx__boot_hdr(p, KVX__BOOT_ROOM_FIXED + 4u * n + 4u * ns, KVX_BOOT_FRAME_ROOM);
     p += KVX__BOOT_HDR;
     kvx__le_w64(p, room);
     kvx__le_w32(p + 8, (uint32_t)aux);
     kvx__le_w32(p + 12, n);
     kvx__le_w16(p + 16, idx);
     kvx__le_w16(p + 18, count);
-    kvx__le_w32(p + 20, 0);
+    kvx__le_w32(p + 20, ns);
 }
 
 static size_t kvx__boot_reason_len(size_t len) {
@@ -1036,6 +1072,7 @@ static KVX__UNUSED kvx_result kvx__boot_frame_encode(const kvx_boot_frame *f, kv
         const kvx_boot_hello *h = &f->hello;
         uint64_t blen;
         if (h->num_buffers > KVX_MAX_BUFFERS || h->num_aux > KVX_MAX_AUX || h->dtype_len > 63 ||
+            h->num_state > KVX_MAX_STATE || (h->num_state && !h->state_item_lens) ||
             h->transport_len > 31 || h->endpoint_len > KVX_BOOT_MAX_ENDPOINT ||
             (h->num_buffers && !h->item_lens) || (h->num_aux && !h->aux_item_lens) ||
             (h->dtype_len && !h->dtype) || (h->transport_len && !h->transport) ||
@@ -1043,7 +1080,7 @@ static KVX__UNUSED kvx_result kvx__boot_frame_encode(const kvx_boot_frame *f, kv
             ((h->flags & KVX_BOOT_HELLO_AUTH) &&
              (!h->nonce || (h->role == KVX_ROLE_PREFILL && !h->proof))))
             return KVX_ERR_INVALID_ARGUMENT;
-        blen = KVX__BOOT_HELLO_FIXED + 8ull * (h->num_buffers + h->num_aux) + h->dtype_len +
+        blen = KVX__BOOT_HELLO_FIXED + 8ull * (h->num_buffers + h->num_aux + h->num_state) + h->dtype_len +
                h->transport_len + h->endpoint_len + kvx__boot_hello_auth_len(h->flags, h->role);
         kvx__boot_hdr(fixed, (uint32_t)blen, KVX_BOOT_FRAME_HELLO);
         memcpy(b, KVX__BOOT_MAGIC, 8);
@@ -1067,11 +1104,14 @@ static KVX__UNUSED kvx_result kvx__boot_frame_encode(const kvx_boot_frame *f, kv
         kvx__le_w32(b + 92, h->endpoint_len);
         kvx__le_w32(b + 96, h->head_begin);
         kvx__le_w32(b + 100, h->layer_begin);
+        kvx__le_w32(b + 104, h->num_state);
+        kvx__le_w32(b + 108, h->state_type);
         kvx__buf_put(out, fixed, sizeof fixed);
-        for (i = 0; i < h->num_buffers + h->num_aux; i++) {
+        for (i = 0; i < h->num_buffers + h->num_aux + h->num_state; i++) {
             uint8_t v[8];
             kvx__le_w64(v, i < h->num_buffers ? h->item_lens[i]
-                                                : h->aux_item_lens[i - h->num_buffers]);
+                           : i < h->num_buffers + h->num_aux ? h->aux_item_lens[i - h->num_buffers]
+                                                             : h->state_item_lens[i - h->num_buffers - h->num_aux]);
             kvx__buf_put(out, v, 8);
         }
         kvx__buf_put(out, h->dtype, h->dtype_len);
@@ -1085,14 +1125,15 @@ static KVX__UNUSED kvx_result kvx__boot_frame_encode(const kvx_boot_frame *f, kv
     }
     case KVX_BOOT_FRAME_ROOM:
         if (f->num_pages > KVX_MAX_PAGES || (f->num_pages && !f->pages) || !f->peer_count ||
-            f->peer_index >= f->peer_count)
+            f->peer_index >= f->peer_count || f->num_state > KVX_BOOT_MAX_STATE_INDICES ||
+            (f->num_state && !f->state_idx))
             return KVX_ERR_INVALID_ARGUMENT;
         kvx__boot_room_head(fixed, f->room, f->aux_index, f->num_pages, f->peer_index,
-                            f->peer_count);
+                            f->peer_count, f->num_state);
         kvx__buf_put(out, fixed, KVX__BOOT_HDR + KVX__BOOT_ROOM_FIXED);
-        for (i = 0; i < f->num_pages; i++) {
+        for (i = 0; i < f->num_pages + f->num_state; i++) {
             uint8_t v[4];
-            kvx__le_w32(v, (uint32_t)f->pages[i]);
+            kvx__le_w32(v, (uint32_t)(i < f->num_pages ? f->pages[i] : f->state_idx[i - f->num_pages]));
             kvx__buf_put(out, v, 4);
         }
         break;
@@ -1323,7 +1364,8 @@ KVX_API int kvx_boot_query_int(const char *q, size_t len, const char *key, int32
 /* A peer's layout shape, rebuilt from its hello (kvx_boot_peer.layout). */
 typedef struct kvx__boot_shape {
     kvx_layout l;
-    kvx_buffer *bufs; /* num_buffers, item_len only; from the allocator */
+    kvx_buffer *bufs; /* num_buffers + num_state (the state after the KV buffers),
+                         item_len only; from the allocator */
     kvx_aux_buffer aux[KVX_MAX_AUX + 1];
     char dtype[64];
 } kvx__boot_shape;
@@ -1405,6 +1447,15 @@ struct kvx__boot_pf {
     kvx__boot_pf *next;
 };
 
+/* A room whose frame went with its decode's connection before its sender
+   existed (prefill; kvx__boot_gone_add). */
+#define KVX__BOOT_GONE 256
+#define KVX__BOOT_GONE_WHY 200
+typedef struct kvx__boot_gone {
+    uint64_t id, t_ns; /* t_ns 0: free */
+    char why[KVX__BOOT_GONE_WHY];
+} kvx__boot_gone;
+
 /* A room or abort frame kept until its sender is created (prefill). */
 typedef struct kvx__boot_pframe {
     struct kvx__boot_pframe *next;
@@ -1412,8 +1463,8 @@ typedef struct kvx__boot_pframe {
     int type;
     int32_t aux;
     uint16_t idx, count;
-    uint32_t n;
-    int32_t *pages;
+    uint32_t n, ns;
+    int32_t *pages; /* n pages, then ns state indices */
     char *reason;
     int64_t cost; /* bytes charged to conn->pend_bytes and boot->mem_total */
 } kvx__boot_pframe;
@@ -1449,8 +1500,6 @@ typedef struct kvx__boot_br {
     int told;      /* the peers were told this room failed (once): 1 all, 2 all but told_skip */
     const void *told_skip; /* told 2: the peer that reported the failure (compared, never used) */
     kvx__boot_pframe *frames, *frames_tail;
-    char *gone_why; /* a decode that sent a frame for it closed its control
-                       connection before the sender existed (pending entry) */
 } kvx__boot_br;
 
 typedef struct kvx__boot_rank {
@@ -1543,6 +1592,8 @@ struct kvx_boot {
     size_t nincoming, cincoming;
     kvx__htab rooms; /* kvx__boot_br by room id */
     size_t npending;
+    kvx__boot_gone *gone; /* KVX__BOOT_GONE, allocated on first use */
+    uint32_t gone_next;
     uint64_t pending_pages;
     kvx__boot_pf *peers;
     int npeers;
@@ -1570,10 +1621,15 @@ static int kvx__boot_shape_set(const kvx_boot *b, kvx__boot_shape *s, const kvx_
     uint32_t i;
     kvx_engine_free(b->engine, s->bufs);
     memset(s, 0, sizeof *s);
-    s->bufs = (kvx_buffer *)kvx__boot_zalloc(b, (h->num_buffers + 1) * sizeof *s->bufs);
+    s->bufs = (kvx_buffer *)kvx__boot_zalloc(b, (h->num_buffers + h->num_state + 1) * sizeof *s->bufs);
     if (!s->bufs) return -1;
     memcpy(s->dtype, h->dtype, h->dtype_len);
     for (i = 0; i < h->num_buffers; i++) s->bufs[i].item_len = kvx__le_r64(h->item_lens_le + 8u * i);
+    for (i = 0; i < h->num_state; i++)
+        s->bufs[h->num_buffers + i].item_len = kvx__le_r64(h->state_item_lens_le + 8u * i);
+    s->l.state = h->num_state ? s->bufs + h->num_buffers : NULL;
+    s->l.num_state = h->num_state;
+    s->l.state_type = h->state_type;
     for (i = 0; i < h->num_aux; i++) s->aux[i].item_len = kvx__le_r64(h->aux_item_lens_le + 8u * i);
     s->l.buffers = s->bufs; s->l.num_buffers = h->num_buffers;
     s->l.aux = s->aux; s->l.num_aux = h->num_aux;
@@ -2127,7 +2183,6 @@ static void kvx__boot_br_unref(kvx__boot_br *br) {
     uint32_t i;
     if (!br || KVX__SUB(&br->refs, 1) != 0) return;
     kvx__boot_pframe_free(br->frames);
-    kvx_engine_free(e, br->gone_why);
     for (i = 0; i < br->nconns; i++) kvx__boot_conn_unref(br->conns[i]);
     if (br->lost) kvx__boot_conn_unref(br->lost);
     if (br->conns != br->inl) kvx_engine_free(e, br->conns); /* and the tags */
@@ -3091,7 +3146,7 @@ static void kvx__boot_tell_others(kvx_boot *b, kvx_room *r, const kvx__boot_conn
    caller; boot->mu is not held. */
 static void kvx__boot_apply_room(kvx_boot *b, kvx__boot_br *br, kvx__boot_conn *c,
                                  const int32_t *pages, uint32_t n, int32_t aux, uint16_t idx,
-                                 uint16_t count) {
+                                 uint16_t count, const int32_t *state, uint32_t ns) {
     kvx_room *r = br->room;
     int complete = 0, oom = 0;
     uint32_t i;
@@ -3138,13 +3193,43 @@ static void kvx__boot_apply_room(kvx_boot *b, kvx__boot_br *br, kvx__boot_conn *
         return;
     }
     if (b->hooks.on_room &&
-        (res = b->hooks.on_room(b, r, &c->info, pages, n, aux, NULL, 0)) != KVX_OK) {
+        (res = b->hooks.on_room(b, r, &c->info, pages, n, aux, ns ? state : NULL, ns)) != KVX_OK) {
         kvx_room_fail(r, res, "the %s transport refused the destination sent by decode %s (%s)",
                       kvx_engine_transport(b->engine), c->addr, kvx_result_str(res));
         kvx__boot_tell(b, r, kvx_room_error(r), kvx_room_result(r), NULL);
         return;
     }
     if (complete) kvx_room_advance(r, KVX_POLL_WAITING_FOR_INPUT);
+}
+
+/* Under boot->mu: remembers (a bounded ring, KVX__BOOT_GONE entries, kept
+   KVX_BOOTSTRAP_TIMEOUT) that room id's frame from c went with c, so its
+   sender, created later, fails at once saying so instead of waiting out
+   the timeout for a destination that is gone. */
+static void kvx__boot_gone_add(kvx_boot *b, uint64_t id, const kvx__boot_conn *c, const char *reason) {
+    kvx__boot_gone *g;
+    if (!b->gone && !(b->gone = (kvx__boot_gone *)kvx__boot_zalloc(b, KVX__BOOT_GONE * sizeof *b->gone)))
+        return; /* out of memory: the sender times out as before */
+    g = &b->gone[b->gone_next++ % KVX__BOOT_GONE];
+    g->id = id;
+    g->t_ns = kvx_now_ns();
+    snprintf(g->why, sizeof g->why, "decode %s closed its control connection (%s)", c->addr,
+             reason ? reason : "closed");
+}
+
+/* Under boot->mu: copies the sentence of a remembered room into out. */
+static int kvx__boot_gone_find(kvx_boot *b, uint64_t id, char *out, size_t n) {
+    uint64_t limit = (uint64_t)(kvx_engine_settings(b->engine)->bootstrap_timeout_s * 1e9), now;
+    uint32_t i;
+    if (!b->gone) return 0;
+    now = kvx_now_ns();
+    for (i = 0; i < KVX__BOOT_GONE; i++)
+        if (b->gone[i].t_ns && b->gone[i].id == id && now - b->gone[i].t_ns <= limit) {
+            snprintf(out, n, "%s", b->gone[i].why);
+            b->gone[i].t_ns = 0;
+            return 1;
+        }
+    return 0;
 }
 
 /* Under boot->mu: the pending entry of a room with no sender yet. */
@@ -3211,24 +3296,27 @@ static kvx__boot_pframe *kvx__boot_pframe_keep(kvx__boot_br *br, kvx__boot_conn 
 
 static void kvx__boot_on_room_frame(kvx_boot *b, kvx__boot_conn *c, const kvx_boot_frame *f) {
     kvx__boot_br *br;
-    uint32_t i, n = f->num_pages;
-    if (n > b->scratch_cap) {
-        int32_t *ns = (int32_t *)kvx__boot_grow(b, b->scratch, 0, n * sizeof *ns);
+    uint32_t i, n = f->num_pages, nst = f->num_state;
+    if (n + nst > b->scratch_cap) {
+        int32_t *ns = (int32_t *)kvx__boot_grow(b, b->scratch, 0, (n + nst) * sizeof *ns);
         if (!ns) {
             kvx__boot_conn_status(c, f->room, KVX_POLL_FAILED, KVX_ERR_NO_MEMORY, 0,
                               "out of memory on prefill for the destination pages");
             return;
         }
         b->scratch = ns;
-        b->scratch_cap = n;
+        b->scratch_cap = n + nst;
     }
     for (i = 0; i < n; i++) b->scratch[i] = kvx_boot_frame_page(f, i);
+    for (i = 0; i < nst; i++) b->scratch[n + i] = kvx_boot_frame_state(f, i);
     pthread_mutex_lock(&b->mu);
     br = kvx__boot_find(b, f->room);
     if (!br || !br->room) { /* the sender does not exist yet: keep the frame */
         kvx__boot_pframe *fr = NULL;
         const char *why = "too many rooms wait for their sender (KVX_BOOT_MAX_PENDING)";
         const char *over = NULL;
+        char stale[8];
+        kvx__boot_gone_find(b, f->room, stale, sizeof stale); /* a new destination replaces it */
         br = kvx__boot_pending_entry(b, f->room);
         for (i = 0, fr = br ? br->frames : NULL; fr; fr = fr->next) i++; /* frames kept */
         if (br && i >= KVX__BOOT_MAX_FRAMES_PER_ROOM) {
@@ -3239,12 +3327,13 @@ static void kvx__boot_on_room_frame(kvx_boot *b, kvx__boot_conn *c, const kvx_bo
             br = NULL;
             why = "too many destination pages wait for their senders";
         }
-        if (br && (fr = kvx__boot_pframe_keep(br, c, KVX_BOOT_FRAME_ROOM, n, NULL, &over))) {
+        if (br && (fr = kvx__boot_pframe_keep(br, c, KVX_BOOT_FRAME_ROOM, n + nst, NULL, &over))) {
             fr->aux = f->aux_index;
             fr->idx = f->peer_index;
             fr->count = f->peer_count;
             fr->n = n;
-            if (n) memcpy(fr->pages, b->scratch, n * sizeof *fr->pages);
+            fr->ns = nst;
+            if (n + nst) memcpy(fr->pages, b->scratch, (n + nst) * sizeof *fr->pages);
             b->pending_pages += n;
         }
         pthread_mutex_unlock(&b->mu);
@@ -3259,7 +3348,8 @@ static void kvx__boot_on_room_frame(kvx_boot *b, kvx__boot_conn *c, const kvx_bo
     }
     KVX__ADD(&br->refs, 1);
     pthread_mutex_unlock(&b->mu);
-    kvx__boot_apply_room(b, br, c, b->scratch, n, f->aux_index, f->peer_index, f->peer_count);
+    kvx__boot_apply_room(b, br, c, b->scratch, n, f->aux_index, f->peer_index, f->peer_count,
+                         b->scratch + n, nst);
     kvx__boot_br_unref(br);
 }
 
@@ -3552,17 +3642,8 @@ static kvx__boot_br *kvx__boot_unpend_locked(kvx_boot *b, kvx__boot_conn *c, uin
             /* the sender, when it comes, fails at once with this instead of
                waiting out KVX_BOOTSTRAP_TIMEOUT for a destination that is
                gone; the entry expires like any pending one (kvx__boot_sweep) */
-            if (dropped && !br->gone_why) {
-                char msg[KVX_ERROR_MAX];
-                size_t ml = (size_t)snprintf(msg, sizeof msg,
-                                             "decode %s closed its control connection (%s) before "
-                                             "this sender was created, and the room's destination "
-                                             "went with it", c->addr, reason ? reason : "closed");
-                if (ml >= sizeof msg) ml = sizeof msg - 1;
-                if ((br->gone_why = (char *)kvx_engine_alloc(b->engine, ml + 1)) != NULL)
-                    memcpy(br->gone_why, msg, ml + 1);
-            }
-            if (c && (br->frames || br->gone_why)) continue;
+            if (dropped) kvx__boot_gone_add(b, br->id, c, reason);
+            if (c && br->frames) continue;
             kvx__htab_remove(&b->rooms, &br->hn);
             b->npending--;
             for (f = br->frames; f; f = f->next) b->pending_pages -= f->n;
@@ -4891,7 +4972,8 @@ static kvx_result kvx__boot_open_decode(kvx_boot *b, kvx_room *r, kvx__boot_br *
 KVX_API kvx_result kvx_boot_room_open(kvx_boot *b, kvx_room *r) {
     kvx__boot_br *br, *fresh;
     kvx__boot_pframe *frames = NULL, *f;
-    char *gone = NULL;
+    char gone[KVX__BOOT_GONE_WHY];
+    int was_gone = 0;
     if (!b || !r) return KVX_ERR_INVALID_ARGUMENT;
     if (b->role == KVX_ROLE_PREFILL && b->dp_size > 1 && kvx__boot_dp_open(b, r)) return KVX_OK;
     fresh = kvx__boot_br_new(b, kvx_room_id(r));
@@ -4909,8 +4991,6 @@ KVX_API kvx_result kvx_boot_room_open(kvx_boot *b, kvx_room *r) {
         kvx_engine_free(b->engine, fresh);
         frames = br->frames;
         br->frames = br->frames_tail = NULL;
-        gone = br->gone_why;
-        br->gone_why = NULL;
         for (f = frames; f; f = f->next) b->pending_pages -= f->n;
         b->npending--;
         br->created_ns = kvx_now_ns();
@@ -4921,6 +5001,7 @@ KVX_API kvx_result kvx_boot_room_open(kvx_boot *b, kvx_room *r) {
     } else {
         br = fresh;
     }
+    if (b->role == KVX_ROLE_PREFILL) was_gone = kvx__boot_gone_find(b, kvx_room_id(r), gone, sizeof gone);
     kvx_room_ref(r);
     br->room = r;
     KVX__ADD(&br->refs, 1);
@@ -4930,16 +5011,18 @@ KVX_API kvx_result kvx_boot_room_open(kvx_boot *b, kvx_room *r) {
     } else {
         for (f = frames; f; f = f->next) {
             if (f->type == KVX_BOOT_FRAME_ROOM) {
-                kvx__boot_apply_room(b, br, f->conn, f->pages, f->n, f->aux, f->idx, f->count);
+                kvx__boot_apply_room(b, br, f->conn, f->pages, f->n, f->aux, f->idx, f->count,
+                                     f->pages ? f->pages + f->n : NULL, f->ns);
             } else if (kvx__boot_owns(b, br, f->conn)) {
                 kvx_room_fail_remote(r, KVX_ERR_ABORTED, "aborted by the decode engine at %s: %s",
                                       f->conn->addr, f->reason ? f->reason : "no reason given");
                 if (b->hooks.on_abort) b->hooks.on_abort(b, r, &f->conn->info, f->reason);
             }
         }
-        if (gone) kvx_room_fail(r, KVX_ERR_PEER_LOST, "room %llu: %s", (unsigned long long)kvx_room_id(r), gone);
+        if (was_gone)
+            kvx_room_fail(r, KVX_ERR_PEER_LOST, "room %llu: %s before this sender was created, and "
+                          "the room's destination went with it", (unsigned long long)kvx_room_id(r), gone);
     }
-    kvx_engine_free(b->engine, gone);
     kvx__boot_pframe_free(frames);
     kvx__boot_br_unref(br);
     return KVX_OK;
@@ -4970,7 +5053,9 @@ KVX_API kvx_result kvx_boot_receiver_init(kvx_boot *b, kvx_room *r, const int32_
     uint32_t nc, i;
     uint16_t idx, count;
     uint8_t head[KVX__BOOT_HDR + KVX__BOOT_ROOM_FIXED];
-    struct iovec v[2];
+    struct iovec v[3];
+    const int32_t *st;
+    uint32_t ns = 0;
     int32_t *le = NULL;
     kvx_result res = KVX_OK;
     if (!b || !r || (n && !pages) || n > KVX_MAX_PAGES) return KVX_ERR_INVALID_ARGUMENT;
@@ -4986,20 +5071,30 @@ KVX_API kvx_result kvx_boot_receiver_init(kvx_boot *b, kvx_room *r, const int32_
     nc = kvx__boot_conns_copy(b, br->conns, br->nconns, &cs, stack);
     pthread_mutex_unlock(&b->mu);
     if (!cs) return KVX_ERR_NO_MEMORY;
-    kvx__boot_room_head(head, kvx_room_id(r), aux_index, n, idx, count);
+    st = kvx_room_state(r, &ns);
+    if (ns > KVX_BOOT_MAX_STATE_INDICES) {
+        kvx__boot_conns_release(b, cs, nc, stack);
+        kvx_room_fail(r, KVX_ERR_OUT_OF_RANGE, "%u state indices exceed what a room frame carries "
+                      "(KVX_BOOT_MAX_STATE_INDICES %u)", ns, (unsigned)KVX_BOOT_MAX_STATE_INDICES);
+        return KVX_ERR_OUT_OF_RANGE;
+    }
+    kvx__boot_room_head(head, kvx_room_id(r), aux_index, n, idx, count, ns);
     v[0].iov_base = head;
     v[0].iov_len = sizeof head;
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
-    if (n) {
-        le = (int32_t *)kvx_engine_alloc(b->engine, n * sizeof *le);
+    if (n + ns) {
+        le = (int32_t *)kvx_engine_alloc(b->engine, (n + ns) * sizeof *le);
         if (!le) { kvx__boot_conns_release(b, cs, nc, stack); return KVX_ERR_NO_MEMORY; }
         for (i = 0; i < n; i++) kvx__le_w32((uint8_t *)&le[i], (uint32_t)pages[i]);
+        for (i = 0; i < ns; i++) kvx__le_w32((uint8_t *)&le[n + i], (uint32_t)st[i]);
     }
 #endif
     v[1].iov_base = (void *)(le ? le : pages);
     v[1].iov_len = (size_t)n * 4u;
+    v[2].iov_base = (void *)(le ? le + n : st);
+    v[2].iov_len = (size_t)ns * 4u;
     for (i = 0; i < nc && res == KVX_OK; i++) {
-        res = kvx__boot_conn_sendv(cs[i], v, n ? 2 : 1);
+        res = kvx__boot_conn_sendv(cs[i], v, 3);
         if (res != KVX_OK)
             kvx_room_fail_remote(r, res, "cannot send the destination of room %llu to prefill rank %s: "
                                  "the control connection is gone", (unsigned long long)kvx_room_id(r),
@@ -5183,11 +5278,12 @@ static kvx_result kvx__boot_make_hello(kvx_boot *b, kvx__buf *out, const uint8_t
                                        const uint8_t *proof) {
     const kvx_layout *l = kvx_engine_layout(b->engine);
     const char *tn = kvx_engine_transport(b->engine), *dt = l->dtype ? l->dtype : "";
-    uint64_t items[KVX_MAX_BUFFERS + KVX_MAX_AUX + 1]; /* the core checked the counts */
+    uint64_t items[KVX_MAX_BUFFERS + KVX_MAX_AUX + KVX_MAX_STATE + 1]; /* the core checked the counts */
     kvx_boot_frame f;
     uint32_t i;
     for (i = 0; i < l->num_buffers; i++) items[i] = l->buffers[i].item_len;
     for (i = 0; i < l->num_aux; i++) items[l->num_buffers + i] = l->aux[i].item_len;
+    for (i = 0; i < l->num_state; i++) items[l->num_buffers + l->num_aux + i] = l->state[i].item_len;
     memset(&f, 0, sizeof f);
     kvx__buf_init(out, kvx__boot_al(b));
     f.type = KVX_BOOT_FRAME_HELLO;
@@ -5212,6 +5308,9 @@ static kvx_result kvx__boot_make_hello(kvx_boot *b, kvx__buf *out, const uint8_t
     f.hello.num_aux = l->num_aux;
     f.hello.item_lens = items;
     f.hello.aux_item_lens = items + l->num_buffers;
+    f.hello.num_state = l->num_state;
+    f.hello.state_type = l->state_type;
+    f.hello.state_item_lens = items + l->num_buffers + l->num_aux;
     f.hello.dtype = dt;
     f.hello.dtype_len = (uint32_t)strlen(dt);
     f.hello.transport = tn;
@@ -5245,6 +5344,7 @@ static void kvx__boot_free(kvx_boot *b) {
     kvx_engine_free(b->engine, b->srv.ranks);
     kvx__boot_dp_free(b);
     kvx_engine_free(b->engine, b->scratch);
+    kvx_engine_free(b->engine, b->gone);
     kvx_engine_free(b->engine, b->endpoint);
     kvx__buf_free(&b->hello);
     if (b->wake_rd >= 0) close(b->wake_rd);

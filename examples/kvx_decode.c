@@ -34,7 +34,8 @@ int main(int argc, char **argv) {
     FILE *times = NULL;
     if (ex_parse(&a, argc, argv)) return 2;
     if (ex_pool_init_rank(&pool, ex_model_find(a.model), a.pool_pages, a.page_size, 2 * a.inflight + 2,
-                     a.seed * 31 + 2, &a.rank)) {
+                     a.seed * 31 + 2, &a.rank) ||
+        ex_pool_hybrid(&pool, a.model, &a.rank, 2 * a.inflight + 2)) {
         fprintf(stderr, "decode: out of memory for a pool of %u pages\n", a.pool_pages);
         return 1;
     }
@@ -90,17 +91,20 @@ int main(int argc, char **argv) {
             if (!f->r) continue;
             st = kvx_receiver_poll(f->r);
             if (st == KVX_POLL_WAITING_FOR_INPUT)
-                kvx_receiver_init(f->r, f->pages, f->req->pages, f->slot);
+                kvx_receiver_init_state(f->r, f->pages, f->req->pages, f->slot, &f->slot,
+                                        pool.num_state ? 1 : 0); /* hybrid: the slot's state */
             if (st != KVX_POLL_SUCCESS && st != KVX_POLL_FAILED) continue;
             if (st == KVX_POLL_SUCCESS) {
                 uint64_t now = kvx_now_ns();
                 uint64_t nb = ex_request_pages(g, &pool, f->req->room, f->pages, f->req->pages, 0);
-                uint64_t rb = (uint64_t)f->req->pages * kvx_layout_page_bytes(&pool.layout);
-                if (nb || !ex_aux_check(&pool, f->req->room, f->slot)) {
+                uint64_t rb = (uint64_t)f->req->pages * kvx_layout_page_bytes(&pool.layout) +
+                              kvx_layout_state_row_bytes(&pool.layout);
+                uint64_t sb = ex_state_pattern(&pool, f->req->room, &f->slot, pool.num_state ? 1 : 0, 0);
+                if (nb || sb || !ex_aux_check(&pool, f->req->room, f->slot)) {
                     bad++;
-                    fprintf(stderr, "decode: room %llu: VERIFY FAILED (%llu bad tokens, aux %s)\n",
-                            (unsigned long long)f->req->room, (unsigned long long)nb,
-                            ex_aux_check(&pool, f->req->room, f->slot) ? "ok" : "bad");
+                    fprintf(stderr, "decode: room %llu: VERIFY FAILED (%llu bad tokens, %llu bad state "
+                            "rows, aux %s)\n", (unsigned long long)f->req->room, (unsigned long long)nb,
+                            (unsigned long long)sb, ex_aux_check(&pool, f->req->room, f->slot) ? "ok" : "bad");
                 }
                 bytes += rb;
                 if (times)

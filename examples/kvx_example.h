@@ -34,6 +34,23 @@ static const ex_model ex_models[] = {
     {"llama-3.1-8b", 32, 8, 128, 2, 0, "bfloat16"},
     {"llama-3.1-70b", 80, 8, 128, 2, 0, "bfloat16"},
     {"deepseek-v3", 61, 1, 576, 2, 1, "bfloat16"},
+    /* hybrid: the 12 full-attention layers of 48 hold KV pages; the 36 linear
+       attention (Gated DeltaNet) layers hold state (ex_hybrids) */
+    {"qwen3-next-80b", 12, 2, 256, 2, 0, "bfloat16"},
+};
+
+/* The state of a hybrid model's other layers (kvx.h HYBRID STATE): per
+   layer a conv state and a recurrent state row per request slot, bytes at
+   TP 1 (a TP rank holds 1/tp of each). Scaled down 16x from Qwen3-Next's
+   fp32 recurrent state so demo pools stay small. */
+typedef struct ex_hybrid {
+    const char *model;
+    uint32_t state_layers;
+    uint64_t conv_bytes, ssm_bytes;
+} ex_hybrid;
+
+static const ex_hybrid ex_hybrids[] = {
+    {"qwen3-next-80b", 36, 24576, 131072},
 };
 
 static const ex_model *ex_model_find(const char *name) {
@@ -212,6 +229,29 @@ static EX_UNUSED int ex_pool_add_state(ex_pool *p, uint32_t type, uint32_t count
     p->layout.state = p->state;
     p->layout.num_state = count;
     p->layout.state_type = type;
+    return 0;
+}
+
+/* Adds the state buffers of a hybrid model (ex_hybrids; nothing for other
+   models) to a rank's pool: `slots` rows, one per request slot (the slot is
+   the request's state index); this PP rank's share of the state layers,
+   this TP rank's share of each row. 0 ok, -1 out of memory. */
+static EX_UNUSED int ex_pool_hybrid(ex_pool *p, const char *model, const ex_rank *rk, uint32_t slots) {
+    size_t i;
+    for (i = 0; i < sizeof ex_hybrids / sizeof ex_hybrids[0]; i++)
+        if (!strcmp(ex_hybrids[i].model, model)) {
+            const ex_hybrid *h = &ex_hybrids[i];
+            uint32_t layers = h->state_layers / rk->pp + (rk->pp_rank < h->state_layers % rk->pp);
+            uint64_t conv = h->conv_bytes / rk->tp / 8 * 8, ssm = h->ssm_bytes / rk->tp / 8 * 8;
+            uint32_t b;
+            if (!layers) return 0;
+            if (ex_pool_add_state(p, KVX_STATE_MAMBA, 2 * layers, conv > ssm ? conv : ssm, slots)) return -1;
+            for (b = 0; b < p->num_state; b++) { /* conv states first, then the recurrent ones */
+                p->state[b].item_len = b < layers ? conv : ssm;
+                p->state[b].length = p->state[b].item_len * slots;
+            }
+            return 0;
+        }
     return 0;
 }
 

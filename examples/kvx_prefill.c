@@ -32,6 +32,7 @@ static int start(kvx_engine *e, ex_pool *pool, ex_gpu *gpu, const ex_args *a, ex
     f->slot = ex_alloc_slot(pool);
     ex_request_pages(gpu, pool, req->room, f->pages, req->pages, 1); /* the "forward pass" */
     ex_aux_write(pool, req->room, f->slot);
+    ex_state_pattern(pool, req->room, &f->slot, pool->num_state ? 1 : 0, 1); /* hybrid: the slot's state */
     if (kvx_sender_create(e, &rd, &f->s) != KVX_OK) return -1;
     /* With a handshake the sender waits here for the decode side's pages. */
     while (kvx_sender_poll(f->s) == KVX_POLL_BOOTSTRAPPING) {
@@ -46,7 +47,10 @@ static int start(kvx_engine *e, ex_pool *pool, ex_gpu *gpu, const ex_args *a, ex
     while (f->sent_pages < req->pages) {
         uint32_t n = a->chunk_tokens / a->page_size;
         if (n > req->pages - f->sent_pages) n = req->pages - f->sent_pages;
-        if (kvx_sender_send(f->s, f->pages + f->sent_pages, n) != KVX_OK) return -1;
+        /* the last chunk carries the request's state indices (hybrid models) */
+        if (kvx_sender_send_state(f->s, f->pages + f->sent_pages, n, &f->slot,
+                                  pool->num_state && f->sent_pages + n == req->pages ? 1 : 0) != KVX_OK)
+            return -1;
         f->sent_pages += n;
     }
     return 0;
@@ -73,7 +77,8 @@ int main(int argc, char **argv) {
     FILE *times = NULL;
     if (ex_parse(&a, argc, argv)) return 2;
     if (ex_pool_init_rank(&pool, ex_model_find(a.model), a.pool_pages, a.page_size, 2 * a.inflight + 2,
-                     a.seed * 31 + 1, &a.rank)) {
+                     a.seed * 31 + 1, &a.rank) ||
+        ex_pool_hybrid(&pool, a.model, &a.rank, 2 * a.inflight + 2)) {
         fprintf(stderr, "prefill: out of memory for a pool of %u pages\n", a.pool_pages);
         return 1;
     }

@@ -138,7 +138,8 @@ static void test_frames(void) {
     size_t used;
     char why[256];
     int32_t pages[5] = {0, 7, 3, 100000, 2};
-    uint64_t items[3] = {4096, 4096, 64};
+    uint64_t items[3] = {4096, 4096, 64}, sitems[2] = {8192, 512};
+    int32_t sidx[3] = {4, 0, 77};
     static const char ep[] = "endpoint-bytes";
     uint32_t i;
 
@@ -151,6 +152,7 @@ static void test_frames(void) {
     f.hello.page_size = 16; f.hello.dtype_size = 2; f.hello.num_kv_heads = 8;
     f.hello.num_buffers = 2; f.hello.num_aux = 1;
     f.hello.head_begin = 24; f.hello.layer_begin = 31; /* version 3 */
+    f.hello.num_state = 2; f.hello.state_type = KVX_STATE_MAMBA; f.hello.state_item_lens = sitems; /* 4 */
     f.hello.item_lens = items; f.hello.aux_item_lens = items + 2;
     f.hello.dtype = "bfloat16"; f.hello.dtype_len = 8;
     f.hello.transport = "tcp"; f.hello.transport_len = 3;
@@ -165,29 +167,42 @@ static void test_frames(void) {
               !memcmp(g.hello.endpoint, ep, sizeof ep - 1) &&
               kvx__le_r64(g.hello.item_lens_le + 8) == 4096 && kvx__le_r64(g.hello.aux_item_lens_le) == 64 &&
               g.hello.head_begin == 24 && g.hello.layer_begin == 31 &&
-              kvx__le_r32((uint8_t *)b.data + 8 + 96) == 24 && kvx__le_r32((uint8_t *)b.data + 8 + 100) == 31,
-          "frame: hello fields survive (head_begin at 96, layer_begin at 100)");
-    CHECK(b.len == 8 + 104 + 8 * 3 + 8 + 3 + sizeof ep - 1, "frame: hello size is 8 + 104 + 8*(nb+na) + strings");
+              kvx__le_r32((uint8_t *)b.data + 8 + 96) == 24 && kvx__le_r32((uint8_t *)b.data + 8 + 100) == 31 &&
+              g.hello.num_state == 2 && g.hello.state_type == KVX_STATE_MAMBA &&
+              kvx__le_r64(g.hello.state_item_lens_le) == 8192 && kvx__le_r64(g.hello.state_item_lens_le + 8) == 512,
+          "frame: hello fields survive (head_begin at 96, layer_begin at 100, state shape at 104)");
+    CHECK(b.len == 8 + 112 + 8 * 5 + 8 + 3 + sizeof ep - 1, "frame: hello size is 8 + 112 + 8*(nb+na+ns) + strings");
     /* hello refusals */
     memcpy(&b2, &b, sizeof b2);
     b.data[8] = 'X';
     CHECK(dec(&b, &g, &used, why) == KVX_ERR_PROTOCOL && strstr(why, "kvx-boot"), "frame: bad magic: %s", why);
     b.data[8] = 'k';
     b.data[16] = 1;
-    CHECK(dec(&b, &g, &used, why) == KVX_ERR_PROTOCOL && strstr(why, "version 1, this side 3"),
+    CHECK(dec(&b, &g, &used, why) == KVX_ERR_PROTOCOL && strstr(why, "version 1, this side 4"),
           "frame: a version-1 peer (no transport messages) is refused: %s", why);
     b.data[16] = 2;
-    CHECK(dec(&b, &g, &used, why) == KVX_ERR_PROTOCOL && strstr(why, "version 2, this side 3"),
+    CHECK(dec(&b, &g, &used, why) == KVX_ERR_PROTOCOL && strstr(why, "version 2, this side 4"),
           "frame: a version-2 peer (no head/layer range) is refused: %s", why);
-    {   /* a version-2 hello is 8 bytes shorter: still the version sentence */
-        uint8_t v2[8 + 96];
-        memcpy(v2, b.data, sizeof v2);
-        kvx__le_w32(v2, 96);
-        CHECK(kvx_boot_frame_decode(v2, sizeof v2, &g, &used, why, sizeof why) == KVX_ERR_PROTOCOL &&
-                  strstr(why, "version 2, this side 3"),
-              "frame: a short version-2 hello names both versions: %s", why);
-    }
     b.data[16] = 3;
+    CHECK(dec(&b, &g, &used, why) == KVX_ERR_PROTOCOL && strstr(why, "version 3, this side 4"),
+          "frame: a version-3 peer (no state buffers) is refused: %s", why);
+    {   /* a version-3 hello is 8 bytes shorter: still the version sentence */
+        uint8_t v3[8 + 104];
+        memcpy(v3, b.data, sizeof v3);
+        kvx__le_w32(v3, 104);
+        CHECK(kvx_boot_frame_decode(v3, sizeof v3, &g, &used, why, sizeof why) == KVX_ERR_PROTOCOL &&
+                  strstr(why, "version 3, this side 4"),
+              "frame: a short version-3 hello names both versions: %s", why);
+    }
+    b.data[16] = 4;
+    kvx__le_w32((uint8_t *)b.data + 8 + 104, KVX_MAX_STATE + 1);
+    CHECK(dec(&b, &g, &used, why) == KVX_ERR_PROTOCOL && strstr(why, "state buffers"),
+          "frame: too many state buffers: %s", why);
+    kvx__le_w32((uint8_t *)b.data + 8 + 104, 2);
+    kvx__le_w32((uint8_t *)b.data + 8 + 108, 4);
+    CHECK(dec(&b, &g, &used, why) == KVX_ERR_PROTOCOL && strstr(why, "of type 4"),
+          "frame: unknown state type: %s", why);
+    kvx__le_w32((uint8_t *)b.data + 8 + 108, KVX_STATE_MAMBA);
     b.data[18] = 3;
     CHECK(dec(&b, &g, &used, why) == KVX_ERR_PROTOCOL && strstr(why, "role 3"), "frame: role 3: %s", why);
     b.data[18] = 2;
@@ -212,12 +227,15 @@ static void test_frames(void) {
     f.pages = pages;
     f.peer_index = 1;
     f.peer_count = 2;
+    f.num_state = 3;
+    f.state_idx = sidx;
     roundtrip(&f, "room", &b);
     dec(&b, &g, &used, why);
     for (i = 0; i < 5 && kvx_boot_frame_page(&g, i) == pages[i]; i++) {}
     CHECK(g.room == f.room && g.aux_index == 12 && g.num_pages == 5 && i == 5 && g.peer_index == 1 &&
-              g.peer_count == 2 && b.len == 8 + 24 + 20,
-          "frame: room fields and pages survive");
+              g.peer_count == 2 && g.num_state == 3 && kvx_boot_frame_state(&g, 0) == 4 &&
+              kvx_boot_frame_state(&g, 2) == 77 && b.len == 8 + 24 + 20 + 12,
+          "frame: room fields, pages and state indices survive");
     {
         uint8_t *p = (uint8_t *)b.data;
         kvx__le_w32(p + 8 + 24 + 4, (uint32_t)-5);
@@ -226,9 +244,17 @@ static void test_frames(void) {
         kvx__le_w16(p + 8 + 16, 2);
         CHECK(dec(&b, &g, &used, why) == KVX_ERR_PROTOCOL && strstr(why, "peer index"), "frame: peer index 2 of 2: %s", why);
         kvx__le_w16(p + 8 + 16, 1);
-        kvx__le_w32(p + 8 + 20, 1);
-        CHECK(dec(&b, &g, &used, why) == KVX_ERR_PROTOCOL && strstr(why, "reserved"), "frame: reserved field: %s", why);
-        kvx__le_w32(p + 8 + 20, 0);
+        kvx__le_w32(p + 8 + 20, 2);
+        CHECK(dec(&b, &g, &used, why) == KVX_ERR_PROTOCOL && strstr(why, "does not hold 5 pages and 2 state"),
+              "frame: state count vs length: %s", why);
+        kvx__le_w32(p + 8 + 20, KVX_BOOT_MAX_STATE_INDICES + 1);
+        CHECK(dec(&b, &g, &used, why) == KVX_ERR_PROTOCOL && strstr(why, "KVX_BOOT_MAX_STATE_INDICES"),
+              "frame: state indices over their limit: %s", why);
+        kvx__le_w32(p + 8 + 20, 3);
+        kvx__le_w32(p + 8 + 24 + 20 + 8, (uint32_t)-1);
+        CHECK(dec(&b, &g, &used, why) == KVX_ERR_PROTOCOL && strstr(why, "state index -1 at position 2"),
+              "frame: negative state index: %s", why);
+        kvx__le_w32(p + 8 + 24 + 20 + 8, 77);
         kvx__le_w32(p + 8 + 8, (uint32_t)-2);
         CHECK(dec(&b, &g, &used, why) == KVX_ERR_PROTOCOL, "frame: aux index -2: %s", why);
         kvx__le_w32(p + 8 + 8, 12);
@@ -306,7 +332,7 @@ static void test_frames(void) {
         dec(&b, &g, &used, why);
         CHECK(g.hello.flags == KVX_BOOT_HELLO_AUTH && g.hello.nonce && g.hello.proof &&
                   !memcmp(g.hello.nonce, nonce, KVX_BOOT_NONCE) &&
-                  !memcmp(g.hello.proof, proof, KVX_BOOT_PROOF) && b.len == 8 + 104 + 3 + 16 + 32,
+                  !memcmp(g.hello.proof, proof, KVX_BOOT_PROOF) && b.len == 8 + 112 + 3 + 16 + 32,
               "frame: keyed prefill hello carries nonce and proof");
         kvx__le_w32((uint8_t *)b.data + 8 + 12, 2);
         CHECK(dec(&b, &g, &used, why) == KVX_ERR_PROTOCOL && strstr(why, "flags"), "frame: hello flag 2: %s", why);
@@ -318,7 +344,7 @@ static void test_frames(void) {
         f.hello.proof = NULL;
         roundtrip(&f, "keyed decode hello", &b);
         dec(&b, &g, &used, why);
-        CHECK(g.hello.nonce && !g.hello.proof && b.len == 8 + 104 + 3 + 16, "frame: keyed decode hello carries its nonce");
+        CHECK(g.hello.nonce && !g.hello.proof && b.len == 8 + 112 + 3 + 16, "frame: keyed decode hello carries its nonce");
         kvx__buf_free(&b);
     }
 

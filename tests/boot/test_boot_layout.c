@@ -12,7 +12,7 @@ typedef struct seen {
     kvx_role side, peer_role;
     int peer_tp_rank;
     kvx_layout l;
-    uint64_t item0, aux0;
+    uint64_t item0, aux0, state0;
     int null_bases;
     char dtype[64];
 } seen;
@@ -31,6 +31,7 @@ static void peek_connect(kvx_boot *b, const kvx_boot_peer *p) {
         s.l = *p->layout;
         s.item0 = p->layout->num_buffers ? p->layout->buffers[0].item_len : 0;
         s.aux0 = p->layout->num_aux ? p->layout->aux[0].item_len : 0;
+        s.state0 = p->layout->num_state ? p->layout->state[0].item_len : 0;
         s.null_bases = 1;
         for (i = 0; i < p->layout->num_buffers; i++)
             if (p->layout->buffers[i].base || p->layout->buffers[i].length) s.null_bases = 0;
@@ -41,12 +42,28 @@ static void peek_connect(kvx_boot *b, const kvx_boot_peer *p) {
     pthread_mutex_unlock(&g_mu);
 }
 
+/* The last destination's state indices the prefill's transport was given. */
+static uint32_t g_room_nstate;
+static int32_t g_room_state[4];
+
+static kvx_result peek_room(kvx_boot *b, kvx_room *r, const kvx_boot_peer *peer, const int32_t *dst,
+                            uint32_t n, int32_t aux, const int32_t *st, uint32_t ns) {
+    (void)b; (void)r; (void)peer; (void)dst; (void)n; (void)aux;
+    pthread_mutex_lock(&g_mu);
+    g_room_nstate = ns;
+    memset(g_room_state, 0xff, sizeof g_room_state);
+    if (ns && ns <= 4) memcpy(g_room_state, st, ns * sizeof *st);
+    pthread_mutex_unlock(&g_mu);
+    return KVX_OK;
+}
+
 static kvx_result peek_init(kvx_engine *e, char *why, size_t wl) {
     kvx_boot *b;
     kvx_boot_hooks h;
     kvx_result r;
     memset(&h, 0, sizeof h);
     h.on_connect = peek_connect;
+    h.on_room = peek_room;
     r = kvx_boot_create(e, &h, "peek", 4, &b, why, wl);
     if (r == KVX_OK) kvx_engine_set_backend_data(e, b);
     return r;
@@ -175,6 +192,88 @@ static void refuse_disjoint(void) {
     bt_pool_free(&dp);
 }
 
+/* Hybrid state (protocol v4): the hello carries the state shape, the room
+   frame the decode's state indices (handed to on_room); SWA state between
+   non-MLA ranks holding different heads is refused with kvx_layout_overlap's
+   sentence. */
+static void state_shape(void) {
+    static uint64_t mem[2][3][2 * 32 * 256 / 8];
+    bt_pool pp, dp, pp2;
+    kvx_buffer st[3][2];
+    kvx_engine *pe, *de, *pe2;
+    kvx_receiver *r;
+    kvx_sender *s;
+    bt_engine_opts o;
+    char why[256], addr[64];
+    int32_t pages[2] = {3, 4}, sidx[3] = {9, 10, 2};
+    int k, j, ok;
+    rank_pool(&pp, 8, 0);
+    rank_pool(&dp, 8, 0);
+    rank_pool(&pp2, 4, 0); /* a decode TP 2 rank: heads 0..3 */
+    for (k = 0; k < 3; k++) {
+        bt_pool *pl = k == 0 ? &pp : k == 1 ? &dp : &pp2;
+        for (j = 0; j < 2; j++) {
+            memset(&st[k][j], 0, sizeof st[k][j]);
+            st[k][j].base = mem[0][k] + j * (32 * 256 / 8);
+            st[k][j].length = 32 * 256;
+            st[k][j].item_len = 256;
+        }
+        pl->layout.state = st[k];
+        pl->layout.num_state = 2;
+        pl->layout.state_type = KVX_STATE_SWA;
+    }
+    pthread_mutex_lock(&g_mu);
+    g_nseen = 0;
+    pthread_mutex_unlock(&g_mu);
+    memset(&o, 0, sizeof o);
+    o.transport = "bootpeek";
+    pe = bt_engine(KVX_ROLE_PREFILL, &pp, &o, why, sizeof why);
+    if (!pe) { CHECK(0, "state: prefill: %s", why); return; }
+    snprintf(addr, sizeof addr, "127.0.0.1:%d", kvx_boot_engine_port(pe));
+    o.addr = addr;
+    de = bt_engine(KVX_ROLE_DECODE, &dp, &o, why, sizeof why);
+    if (!de) { CHECK(0, "state: decode: %s", why); return; }
+    s = mk_send(pe, 501);
+    r = mk_recv(de, 501, NULL);
+    bt_wait_receivers(&r, 1, bt_is_ready, 30);
+    CHECK(kvx_receiver_init_state(r, pages, 2, -1, sidx, 3) == KVX_OK, "state: receiver init with 3 state indices");
+    ok = bt_wait_senders(&s, 1, bt_is_ready, 30);
+    pthread_mutex_lock(&g_mu);
+    CHECK(ok && g_room_nstate == 3 && g_room_state[0] == 9 && g_room_state[1] == 10 && g_room_state[2] == 2,
+          "state: the room frame hands the decode's state indices to on_room (%u: %d %d %d)",
+          g_room_nstate, g_room_state[0], g_room_state[1], g_room_state[2]);
+    ok = 0;
+    for (k = 0; k < g_nseen; k++)
+        ok += g_seen[k].l.num_state == 2 && g_seen[k].l.state_type == KVX_STATE_SWA && g_seen[k].state0 == 256;
+    CHECK(ok == 2 && g_nseen == 2, "state: both sides see the peer's state shape (%d of %d)", ok, g_nseen);
+    pthread_mutex_unlock(&g_mu);
+    kvx_receiver_destroy(r);
+    kvx_sender_destroy(s);
+    kvx_engine_destroy(de);
+    /* decode TP 2 rank 0 (heads 0..3) against the prefill (heads 0..7), both with SWA state */
+    memset(&o, 0, sizeof o);
+    o.transport = "bootpeek";
+    o.addr = addr;
+    o.tp_size = 2;
+    pe2 = bt_engine(KVX_ROLE_DECODE, &pp2, &o, why, sizeof why);
+    if (!pe2) { CHECK(0, "state: decode tp 2: %s", why); return; }
+    de = pe2;
+    pe2 = NULL;
+    r = mk_recv(de, 502, NULL);
+    bt_wait_receivers(&r, 1, bt_is_terminal, 30);
+    CHECK(kvx_receiver_poll(r) == KVX_POLL_FAILED && kvx_receiver_result(r) == KVX_ERR_LAYOUT_MISMATCH &&
+              strstr(kvx_receiver_error(r), "sliding-window state between ranks holding different heads") &&
+              strstr(kvx_receiver_error(r), "SGLang refuses"),
+          "state: SWA state with heterogeneous TP (non-MLA) refused: %s", kvx_receiver_error(r));
+    kvx_receiver_destroy(r);
+    kvx_engine_destroy(de);
+    kvx_engine_destroy(pe2);
+    kvx_engine_destroy(pe);
+    bt_pool_free(&pp);
+    bt_pool_free(&dp);
+    bt_pool_free(&pp2);
+}
+
 int main(void) {
     bt_name = "test_boot_layout";
     signal(SIGPIPE, SIG_IGN);
@@ -187,5 +286,6 @@ int main(void) {
     hetero(4, 2);
     hetero(2, 4);
     refuse_disjoint();
+    state_shape();
     return bt_finish();
 }
