@@ -162,11 +162,13 @@
      contributor that writes the aux rows (kvx_layout_overlap's sends_aux;
      an MLA dummy writes nothing), before Success. kvx_layout_overlap's
      refusals (PP, heterogeneous TP on non-MLA) fail the room with its
-     sentence. The prefill does not learn of a count mismatch: it succeeds
-     when its room is committed (the file transport has no back channel
-     after that; a decode refusal while a contributor still writes stops it
-     through <R>.aborted, and with kvx_boot a decode failure travels on the
-     control channel).
+     sentence. With kvx_boot the decode's room frame carries its state
+     indices (on_room): a prefill whose count differs fails the room with
+     the same sentence at its last chunk (or at the frame, whichever comes
+     second) and tells the decode. Without it the prefill does not learn of
+     a count mismatch: it succeeds when its room is committed (the file
+     transport has no back channel after that; a decode refusal while a
+     contributor still writes stops it through <R>.aborted).
 
    ON DISK (format version 4; all integers little-endian; see README.md)
      <R>/kv_chunk_<i>.bin              chunk i's pages, buffer-major: buffer
@@ -1275,6 +1277,10 @@ typedef struct kvx__froom {
     int32_t *state_idx;     /* the request's state indices (HYBRID STATE): prefill's at
                                its last chunk, decode's at init; engine allocator */
     uint32_t num_state_idx;
+    uint32_t dst_state;     /* sender with kvx_boot: state indices the decode asked for
+                               (under mu; valid when dst_state_seen) */
+    int dst_state_seen;
+    int state_known;        /* sender: the last chunk gave num_state_idx (under mu) */
     int boot;               /* the room goes through kvx_boot */
     int peer_aborted;       /* sender: a decode rank's <R>.aborted stopped it (atomic) */
     /* receiver */
@@ -1356,6 +1362,27 @@ static int kvx__file_on_status(kvx_boot *b, kvx_room *r, const kvx_boot_peer *pe
                                const char *reason) {
     (void)b; (void)r; (void)peer; (void)result; (void)bytes; (void)reason;
     return state == KVX_POLL_SUCCESS ? 2 : 0;
+}
+
+/* Prefill with kvx_boot: the decode's state count against this prefill's
+   (known from its last chunk: last 1); 1 with the room failed, saying
+   both, on a mismatch. Called from on_room and from the last chunk: under
+   fr->mu, whichever comes second sees the other. */
+static int kvx__fsend_state_mismatch(kvx_room *r, int last);
+
+/* Prefill: a decode rank's room frame; its state count is kept (and
+   checked when the last chunk came first). */
+static kvx_result kvx__file_on_room(kvx_boot *b, kvx_room *r, const kvx_boot_peer *peer,
+                                    const int32_t *dst_pages, uint32_t n, int32_t aux,
+                                    const int32_t *dst_state, uint32_t num_state) {
+    kvx__froom *fr = (kvx__froom *)kvx_room_data(r);
+    (void)b; (void)peer; (void)dst_pages; (void)n; (void)aux; (void)dst_state;
+    if (!fr) return KVX_OK;
+    pthread_mutex_lock(&fr->mu);
+    fr->dst_state = num_state;
+    fr->dst_state_seen = 1;
+    pthread_mutex_unlock(&fr->mu);
+    return kvx__fsend_state_mismatch(r, 0) ? KVX_ERR_LAYOUT_MISMATCH : KVX_OK;
 }
 
 static const kvx__setting kvx__file_table[] = {
@@ -1476,6 +1503,7 @@ static kvx_result kvx__file_engine_init(kvx_engine *e, char *why, size_t wl) {
         kvx_boot_hooks hooks;
         memset(&hooks, 0, sizeof hooks);
         hooks.on_status = kvx__file_on_status;
+        hooks.on_room = kvx__file_on_room;
         if ((r = kvx_boot_create(e, &hooks, "file", 4, &fe->boot, why, wl)) != KVX_OK) goto fail;
     }
     kvx__file_sweep(e, fe);
@@ -2091,6 +2119,22 @@ static kvx_result kvx__fjob_submit(kvx__fjob *j, kvx__job_fn fn, int to_file) {
     return KVX_OK;
 }
 
+static int kvx__fsend_state_mismatch(kvx_room *r, int last) {
+    kvx__froom *fr = (kvx__froom *)kvx_room_data(r);
+    uint32_t ours, theirs;
+    int bad;
+    pthread_mutex_lock(&fr->mu);
+    if (last) fr->state_known = 1;
+    bad = fr->dst_state_seen && fr->state_known && fr->dst_state != fr->num_state_idx;
+    ours = fr->num_state_idx;
+    theirs = fr->dst_state;
+    pthread_mutex_unlock(&fr->mu);
+    if (bad)
+        kvx_room_fail(r, KVX_ERR_LAYOUT_MISMATCH, "prefill sent %u state indices, this decode "
+                      "asked for %u", ours, theirs);
+    return bad;
+}
+
 /* Keeps a copy of the room's state indices (kvx_room_state), for the
    sender's last chunk and the receiver's init. */
 static kvx_result kvx__file_keep_state(kvx__froom *fr) {
@@ -2143,6 +2187,10 @@ static kvx_result kvx__file_sender_send(kvx_room *r, kvx_chunk *c) {
     if (c->is_last && kvx__file_keep_state(fr) != KVX_OK) {
         kvx_chunk_free(e, c);
         return KVX_ERR_NO_MEMORY;
+    }
+    if (c->is_last && fr->boot && kvx__fsend_state_mismatch(r, 1)) {
+        kvx_chunk_free(e, c);
+        return KVX_ERR_LAYOUT_MISMATCH;
     }
     j = (kvx__fjob *)kvx__zalloc(fr->fe->al, 1, sizeof *j);
     if (!j) { kvx_chunk_free(e, c); return KVX_ERR_NO_MEMORY; }

@@ -330,6 +330,82 @@ static void run(const scase *cs, uint64_t base) {
     fflush(stdout);
 }
 
+/* With a bootstrap address (kvx_boot sends the decode's state indices in
+   its room frame): ns -> nd indices; both sides end as expected, the
+   prefill too on a count mismatch (on_room). In-process. */
+static void boot_case(uint32_t ns, uint32_t nd, const char *expect) {
+    char why[512], addr[64], dir[300];
+    ex_pool ps, pr;
+    kvx_engine *pe, *de;
+    kvx_engine_desc d;
+    kvx_sender *s;
+    kvx_receiver *r;
+    kvx_room_desc rd;
+    int32_t sp[NP], dp[NP], sidx[MAXS], didx[MAXS];
+    const uint64_t room = 77000 + ns * 10 + nd;
+    kvx_poll a, b;
+    snprintf(dir, sizeof dir, "%s/boot", root);
+    ex_pool_init(&ps, &gqa, POOL, PS, 4, 1);
+    ex_pool_init(&pr, &gqa, POOL, PS, 4, 2);
+    ex_pool_add_state(&ps, KVX_STATE_MAMBA, 2, 1024, ROWS);
+    ex_pool_add_state(&pr, KVX_STATE_MAMBA, 2, 1024, ROWS);
+    d = ft_desc(KVX_ROLE_PREFILL, &ps.layout, dir);
+    d.boot.host = "127.0.0.1";
+    d.boot.port = -1; /* ephemeral */
+    d.logger.level = KVX_LOG_ERROR + 1;
+    pe = ft_create(&d, why);
+    CHECK(pe != NULL, "boot: prefill engine: %s", why);
+    if (!pe) return;
+    snprintf(addr, sizeof addr, "127.0.0.1:%d", kvx_boot_engine_port(pe));
+    d = ft_desc(KVX_ROLE_DECODE, &pr.layout, dir);
+    d.bootstrap_addr = addr;
+    d.logger.level = KVX_LOG_ERROR + 1;
+    de = ft_create(&d, why);
+    CHECK(de != NULL, "boot: decode engine: %s", why);
+    if (!de) { kvx_engine_destroy(pe); return; }
+    ex_alloc_pages(&ps, sp, NP);
+    ex_alloc_pages(&pr, dp, NP);
+    ex_pages_pattern(&ps, room, sp, NP, 1);
+    ex_aux_write(&ps, room, 0);
+    state_idx(0, 0, ns, sidx);
+    state_idx(1, 0, nd, didx);
+    ex_state_pattern(&ps, room, sidx, ns, 1);
+    memset(&rd, 0, sizeof rd);
+    rd.room = room;
+    kvx_sender_create(pe, &rd, &s);
+    kvx_receiver_create(de, &rd, &r);
+    CHECK(kvx_receiver_wait(r, KVX_POLL_WAITING_FOR_INPUT, 60000) == KVX_POLL_WAITING_FOR_INPUT,
+          "boot: the receiver reached the prefill: %s", kvx_receiver_error(r));
+    CHECK(kvx_receiver_init_state(r, dp, NP, 1, didx, nd) == KVX_OK, "boot: init_state");
+    CHECK(kvx_sender_wait(s, KVX_POLL_WAITING_FOR_INPUT, 60000) == KVX_POLL_WAITING_FOR_INPUT,
+          "boot: the room frame moved the sender on: %s", kvx_sender_error(s));
+    kvx_sender_init(s, NP, 0);
+    kvx_sender_send(s, sp, NP / 2);
+    kvx_sender_send_state(s, sp + NP / 2, NP - NP / 2, sidx, ns);
+    a = kvx_sender_wait(s, KVX_POLL_SUCCESS, 60000);
+    b = kvx_receiver_wait(r, KVX_POLL_SUCCESS, 60000);
+    if (!expect) {
+        CHECK(a == KVX_POLL_SUCCESS && b == KVX_POLL_SUCCESS, "boot %u -> %u: Success (%s / %s)",
+              ns, nd, kvx_sender_error(s), kvx_receiver_error(r));
+        CHECK(ex_pages_pattern(&pr, room, dp, NP, 0) == 0 && ex_aux_check(&pr, room, 1) &&
+                  ex_state_pattern(&pr, room, didx, nd, 0) == 0,
+              "boot %u -> %u: pages, aux and state rows in place", ns, nd);
+    } else {
+        CHECK(a == KVX_POLL_FAILED && b == KVX_POLL_FAILED, "boot %u -> %u: both sides fail (%s, %s)",
+              ns, nd, kvx_poll_str(a), kvx_poll_str(b));
+        CHECK_STR(kvx_sender_error(s), expect);
+        CHECK_STR(kvx_receiver_error(r), expect);
+    }
+    kvx_sender_destroy(s);
+    kvx_receiver_destroy(r);
+    kvx_engine_destroy(de);
+    kvx_engine_destroy(pe);
+    ex_pool_free(&ps);
+    ex_pool_free(&pr);
+    printf("  boot: %u -> %u state indices%s\n", ns, nd, expect ? " (both sides fail)" : "");
+    fflush(stdout);
+}
+
 int main(void) {
     static const scase cases[] = {
         {.label = "mamba: 2 state buffers (4096, 1024), 1 index, 3 rooms", .m = &gqa, .ptp = 1,
@@ -399,6 +475,10 @@ int main(void) {
     snprintf(cmd, sizeof cmd, "rm -rf %s && mkdir -p %s", root, root);
     if (system(cmd) != 0) return kt_skip("cannot make a scratch directory in /tmp");
     for (i = 0; i < sizeof cases / sizeof cases[0]; i++) run(&cases[i], 60000 + (uint64_t)i * 10);
+    boot_case(1, 1, NULL);
+    boot_case(3, 3, NULL);
+    boot_case(1, 2, "prefill sent 1 state indices, this decode asked for 2");
+    boot_case(2, 0, "prefill sent 2 state indices, this decode asked for 0");
     snprintf(cmd, sizeof cmd, "rm -rf %s", root);
     if (system(cmd) != 0) printf("  (could not remove %s)\n", root);
     return kt_done();
