@@ -2667,25 +2667,41 @@ static kvx_result kvx__overlap_check(const kvx_layout *s, const kvx_layout *d, c
     return KVX_OK;
 }
 
+/* Whether two arrays of buffers (aux or state: elements of `stride` bytes
+   with item_len at `off`) agree in count and every item_len; else
+   KVX_ERR_LAYOUT_MISMATCH and a sentence naming the first difference. */
+static kvx_result kvx__items_match(const char *what, const void *a, uint32_t na, const void *b,
+                                   uint32_t nb, size_t stride, size_t off, char *why, size_t wl) {
+    uint32_t i;
+    if (na != nb)
+        return kvx__why(KVX_ERR_LAYOUT_MISMATCH, why, wl, "%s buffer count differs: source %u, "
+                        "destination %u", what, na, nb);
+    for (i = 0; i < na; i++) {
+        uint64_t x, y;
+        memcpy(&x, (const char *)a + i * stride + off, sizeof x);
+        memcpy(&y, (const char *)b + i * stride + off, sizeof y);
+        if (x != y)
+            return kvx__why(KVX_ERR_LAYOUT_MISMATCH, why, wl, "item_len of %s buffer %u differs: "
+                            "source %llu, destination %llu", what, i, (unsigned long long)x,
+                            (unsigned long long)y);
+    }
+    return KVX_OK;
+}
+
 static const char *kvx__state_name(uint32_t t) {
     return t == KVX_STATE_MAMBA ? "Mamba" : t == KVX_STATE_SWA ? "sliding-window" : "indexed";
 }
 
 /* HYBRID STATE: whether the state buffers of s can move to d. */
 static kvx_result kvx__state_overlap(const kvx_layout *s, const kvx_layout *d, char *why, size_t wl) {
-    uint32_t i, ls = kvx__layers(s), ld = kvx__layers(d);
+    uint32_t ls = kvx__layers(s), ld = kvx__layers(d);
     const char *nm = kvx__state_name(s->num_state ? s->state_type : d->state_type);
-    if (s->num_state != d->num_state)
-        return kvx__why(KVX_ERR_LAYOUT_MISMATCH, why, wl, "state buffer count differs: source %u, "
-                        "destination %u", s->num_state, d->num_state);
+    kvx_result r = kvx__items_match("state", s->state, s->num_state, d->state, d->num_state,
+                                    sizeof(kvx_buffer), offsetof(kvx_buffer, item_len), why, wl);
+    if (r != KVX_OK) return r;
     if ((s->state_type ? s->state_type : KVX_STATE_OTHER) != (d->state_type ? d->state_type : KVX_STATE_OTHER))
         return kvx__why(KVX_ERR_LAYOUT_MISMATCH, why, wl, "state type differs: source %s, destination %s",
                         kvx__state_name(s->state_type), kvx__state_name(d->state_type));
-    for (i = 0; i < s->num_state; i++)
-        if (s->state[i].item_len != d->state[i].item_len)
-            return kvx__why(KVX_ERR_LAYOUT_MISMATCH, why, wl, "item_len of state buffer %u differs: "
-                            "source %llu, destination %llu", i, (unsigned long long)s->state[i].item_len,
-                            (unsigned long long)d->state[i].item_len);
     if (s->layer_begin != d->layer_begin || ls != ld)
         return kvx__why(KVX_ERR_LAYOUT_MISMATCH, why, wl, "%s state moves only between ranks holding "
                         "the same layers (source layers %u..%u, destination %u..%u): decode PP must "
@@ -2920,21 +2936,11 @@ static kvx_result kvx__plan_aux(kvx_plan *p, const kvx_layout *l, int32_t ss, in
 KVX_API kvx_result kvx_plan_aux(kvx_plan *p, const kvx_layout *src, int32_t ss,
                                 const kvx_layout *dst, int32_t ds) {
     kvx_result r;
-    uint32_t i;
     if (!p || !src || !dst) return KVX_ERR_INVALID_ARGUMENT;
-    if (src->num_aux != dst->num_aux) {
-        snprintf(p->error, sizeof p->error, "aux buffer count differs: source %u, destination %u",
-                 src->num_aux, dst->num_aux);
-        return KVX_ERR_LAYOUT_MISMATCH;
-    }
-    for (i = 0; i < src->num_aux; i++)
-        if (src->aux[i].item_len != dst->aux[i].item_len) {
-            snprintf(p->error, sizeof p->error,
-                     "item_len of aux buffer %u differs: source %llu, destination %llu", i,
-                     (unsigned long long)src->aux[i].item_len,
-                     (unsigned long long)dst->aux[i].item_len);
-            return KVX_ERR_LAYOUT_MISMATCH;
-        }
+    if ((r = kvx__items_match("aux", src->aux, src->num_aux, dst->aux, dst->num_aux,
+                              sizeof(kvx_aux_buffer), offsetof(kvx_aux_buffer, item_len), p->error,
+                              sizeof p->error)) != KVX_OK)
+        return r;
     if ((r = kvx__plan_slot(p, src, ss, "source")) != KVX_OK ||
         (r = kvx__plan_slot(p, dst, ds, "destination")) != KVX_OK)
         return r;
@@ -3028,22 +3034,12 @@ static kvx_result kvx__plan_state_runs(kvx_plan *p, const kvx_layout *l, const i
 KVX_API kvx_result kvx_plan_state(kvx_plan *p, const kvx_layout *src, const int32_t *si,
                                   const kvx_layout *dst, const int32_t *di, size_t n) {
     kvx_result r;
-    uint32_t i;
     if (!p || !src || !dst || (n && (!si || !di))) return KVX_ERR_INVALID_ARGUMENT;
     p->error[0] = 0;
-    if (src->num_state != dst->num_state) {
-        snprintf(p->error, sizeof p->error, "state buffer count differs: source %u, destination %u",
-                 src->num_state, dst->num_state);
-        return KVX_ERR_LAYOUT_MISMATCH;
-    }
-    for (i = 0; i < src->num_state; i++)
-        if (src->state[i].item_len != dst->state[i].item_len) {
-            snprintf(p->error, sizeof p->error,
-                     "item_len of state buffer %u differs: source %llu, destination %llu", i,
-                     (unsigned long long)src->state[i].item_len,
-                     (unsigned long long)dst->state[i].item_len);
-            return KVX_ERR_LAYOUT_MISMATCH;
-        }
+    if ((r = kvx__items_match("state", src->state, src->num_state, dst->state, dst->num_state,
+                              sizeof(kvx_buffer), offsetof(kvx_buffer, item_len), p->error,
+                              sizeof p->error)) != KVX_OK)
+        return r;
     if ((r = kvx__state_check(p, src, si, n, 0)) != KVX_OK ||
         (r = kvx__state_check(p, dst, di, n, 1)) != KVX_OK)
         return r;

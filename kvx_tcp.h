@@ -45,6 +45,17 @@
      slices, then kvx_span_copy: bench_tcp measured it faster than an iovec
      per row), and kvx__tcp_recv_finish acknowledges a complete room to
      every prefill rank that sent it data.
+     State rows (kvx.h HYBRID STATE): on_room keeps each destination's
+     state indices (from its room frame) and its state shape (from its
+     hello); with the last chunk kvx__tcp_sender_send checks that every
+     destination asked for as many indices as kvx_room_state gives ("prefill
+     sent 2 state indices, decode ... asked for 3" fails the room, and the
+     decode hears it) and plans them (kvx_plan_state) into the aux job of
+     the destination whose aux rows this rank writes (sends_aux of
+     kvx_layout_overlap; never an MLA dummy): they leave after its last KV
+     byte, as STATE segments. The decode writes them straight into its
+     state rows (GPU state buffers through the pinned stage, like pages)
+     and counts them toward completion.
 
    EXAMPLE (two hosts; error handling shortened)
        // given: kvx_layout pool_layout; const int32_t *pages; uint32_t n, k;
@@ -73,7 +84,7 @@
        while (kvx_receiver_poll(r) == KVX_POLL_BOOTSTRAPPING) idle();
        kvx_receiver_init(r, pages, n, aux_slot);
        while (kvx_receiver_poll(r) == KVX_POLL_TRANSFERRING) idle();
-       // SUCCESS: every KV byte and the aux rows are in place
+       // SUCCESS: every KV byte, the aux rows (and state rows) are in place
 
    COMPILE-TIME MACROS (defaults in parentheses)
      KVX_TCP_MAX_STREAMS  most parallel connections per link (64)
@@ -131,18 +142,20 @@
      peer stalled in the middle of that room's frame gets its connection
      shut down after one second).
 
-   WIRE FORMAT (version 3; every integer little-endian)
+   WIRE FORMAT (version 4; every integer little-endian)
+     Version 4 (issue 13, HYBRID STATE) over version 3: the STATE segment
+     flag (state rows); the frames are otherwise those of version 3.
      Version 3 (issue 13) over version 2: DATA segment descriptors of 32
      bytes with the ROWS form (head slices), HELLO carries the prefill's tp
      and pp rank and a shape fingerprint (kvx_tcp_shape_fingerprint) instead
      of the layout fingerprint. Version 2 (issue 10) over version 1: a
      16-byte token, HELLO flags and nonce, the AUTH and PROOF frames. No two
      versions interoperate: each side names both versions in its refusal
-     ("protocol version 2, this side speaks 3"; the endpoint's version the
+     ("protocol version 3, this side speaks 4"; the endpoint's version the
      same way).
      Data connections go from prefill to decode. Each frame is a 32-byte
      header and a body:
-        0 u32 magic 0x5458564B ("KVXT")   4 u8 version (2)   5 u8 type
+        0 u32 magic 0x5458564B ("KVXT")   4 u8 version (4)   5 u8 type
         6 u16 count (DATA: segments, 1..KVX_TCP_MAX_SEGS; else 0)
         8 u64 room (0 when a frame concerns no room)
        16 u64 body_len (bytes after the header)
@@ -172,10 +185,13 @@
        count segment descriptors of 32 bytes, then the payload: the bytes
        of every segment in descriptor order.
         0 u32 buffer (the receiver's KV buffer index; aux buffer index with
-              the AUX flag)
+              the AUX flag; state buffer index with the STATE flag)
         4 u32 flags (bit 0 AUX: the bytes are the room's row of that aux
-              buffer; bit 1 ROWS: a head slice, see below; AUX and ROWS
-              never together; other bits 0)
+              buffer; bit 1 ROWS: a head slice, see below; bit 2 STATE:
+              whole rows of that state buffer (HYBRID STATE), dst_offset
+              and length multiples of its item_len, every row one of the
+              state indices the receiver gave; at most one of the three
+              bits; other bits 0)
         8 u64 dst_offset (bytes from the start of that buffer in the
               receiver's pool)   16 u64 length
        24 u64 row_len (ROWS: bytes of one row; else 0)
@@ -194,7 +210,7 @@
        whole payload with recvmsg straight into its pages (a header per
        segment would cost one system call per segment: 16384 for a
        scattered 4096-token Llama-3.1-8B request).
-     ACK (3, decode -> prefill; body 16): 0 u64 bytes placed (KV + aux, of
+     ACK (3, decode -> prefill; body 16): 0 u64 bytes placed (KV + aux + state, of
        the whole room) 8 u64 reserved. Sent once per room and contributing
        prefill rank (on one of its connections), when the room's last byte
        is in place.
@@ -202,7 +218,7 @@
        4 u32 rl (<= 1024)  8 reason. The decode closes the connection after
        it (room 0: the connection itself was refused).
      ENDPOINT (the decode engine's kvx_boot hello endpoint bytes; 32 + hl)
-        0 u8[8] "kvx-tcp\0"  8 u16 version (3)  10 u16 data port
+        0 u8[8] "kvx-tcp\0"  8 u16 version (4)  10 u16 data port
        12 u16 hl (host bytes, <= 63; 0 = "the address you see me from")
        14 u16 reserved  16 u8[16] token (kernel CSPRNG, per engine)
        32 host text
@@ -211,15 +227,17 @@
 
    COMPLETION
      The receiver knows the total from its own pages: pages * sum(item_len)
-     plus sum(aux item_len) when it gave an aux slot, whatever the number of
+     plus sum(aux item_len) when it gave an aux slot plus state indices *
+     sum(state item_len) (HYBRID STATE), whatever the number of
      prefill ranks that contribute (prefill TP > decode TP: each sends its
      heads; PP -> 1: each its layers; MLA: one, the others are dummies that
      send nothing; only the contributor kvx_layout_overlap names sends_aux
      sends the aux rows). It takes DATA for the room from every prefill
      rank's connections and counts the bytes of every segment it accepted:
      a (buffer, page, head) may arrive once (a whole page claims all its
-     heads), an aux row once, so no byte counts twice. When the count is
-     complete, every KV byte is in place;
+     heads), an aux row once, a (state buffer, state index) row once, so no
+     byte counts twice. When the count is complete, every KV byte and state
+     row is in place;
      the aux rows, staged per room, are copied into the aux slot last (after
      the last KV byte even when they overtook KV frames on another stream);
      then the receiver reports Success and sends ACK to every prefill rank
@@ -247,7 +265,9 @@
      index, whole pages (a head slice: whole heads inside the row, whole
      pages of rows), each page one of the room's pages, no (buffer, page,
      head) twice, aux only
-     into the room's own aux slot and only when it gave one, lengths that
+     into the room's own aux slot and only when it gave one, state rows
+     only into the room's own state indices (state buffer index below
+     num_state, whole rows inside that buffer, no row twice), lengths that
      add up to the body. A segment outside fails the room, is answered with
      ERROR, and closes the connection; a frame for an unknown room or for a
      room that already succeeded closes the connection as well (rooms closed
@@ -270,7 +290,7 @@
      attacker on the path can read the KV and could tamper with an
      established connection (use a private network or an encrypted
      tunnel for that). Whatever a peer sends, it cannot write outside the
-     pages and aux slot the receiver asked for.
+     pages, aux slot and state rows the receiver asked for.
 
    FAILURES
      Every failure decided on one side reaches the other at once, with the
@@ -306,7 +326,10 @@
      sides) with GPU pools are refused with a sentence on either side
      (strided device copies are not written yet); same-shape GPU pools work
      as before. A decode room remembers at most 64 contributing prefill
-     ranks (more still deliver; the extra ones get no ACK).
+     ranks (more still deliver; the extra ones get no ACK). State buffers
+     in GPU memory go through the pinned stage like GPU pages (and then,
+     as with GPU pages, head slices are refused); a state row larger than
+     KVX_TCP_MAX_FRAME is refused at engine creation.
 
    LICENSE: MIT, see the end of this file.
 */
@@ -341,7 +364,7 @@
 #define KVX_TCP_MAX_PENDING 64
 #endif
 
-#define KVX_TCP_PROTOCOL_VERSION 3
+#define KVX_TCP_PROTOCOL_VERSION 4
 #define KVX_TCP_TOKEN_BYTES 16
 #define KVX_TCP_MAGIC 0x5458564Bu /* "KVXT" as bytes on the wire */
 #define KVX_TCP_HEADER_BYTES 32
@@ -383,7 +406,9 @@ KVX_API kvx_result kvx_tcp_stats_get(const kvx_engine *e, kvx_tcp_stats *out);
 
 /* What the HELLO's fingerprint covers (WIRE FORMAT): what every rank of
    either side shares whatever its heads and layers (page size, dtype, MLA,
-   bytes per head per token of buffer 0, the aux buffers). Thread-safe. */
+   bytes per head per token of buffer 0, the aux buffers, the state buffers:
+   kvx_layout_overlap moves state only between ranks that hold the same).
+   Thread-safe. */
 KVX_API uint64_t kvx_tcp_shape_fingerprint(const kvx_layout *l);
 
 /* >>wire codec (pure: no I/O; for tools, tests and fuzzers) */
@@ -401,6 +426,7 @@ typedef enum kvx_tcp_frame_type {
 
 #define KVX_TCP_SEG_AUX 1u
 #define KVX_TCP_SEG_ROWS 2u /* a head slice: length / row_len rows at the receiver's row pitch */
+#define KVX_TCP_SEG_STATE 4u /* rows of the receiver's state buffer `buffer` (HYBRID STATE) */
 
 typedef struct kvx_tcp_header {
     uint8_t version, type;
@@ -699,6 +725,9 @@ struct kvx__tcp_room {
     kvx__tcp_link *link;
     int32_t *dst_pages;
     uint32_t ndst;
+    int32_t *dst_state;   /* destination: its state indices (HYBRID STATE) */
+    uint32_t nstate;
+    kvx_buffer *dstate;   /* destination: its state buffers' shape (huge lengths) */
     uint32_t jobs_open;  /* under link->mu */
     int last_queued, aux_queued, all_sent;
     kvx__tcp_job *aux_job;
@@ -714,6 +743,9 @@ struct kvx__tcp_room {
     int32_t aux_index;
     kvx_plan aux_plan;   /* packed staging row -> the aux slot (span i: aux buffer i) */
     uint8_t *aux_stage;
+    uint64_t *ssorted;   /* state indices: (row << 32) | position, sorted */
+    uint32_t nsidx;
+    uint64_t *sbitmap;   /* atomic words: bit (state buffer * nsidx + position) received */
     uint64_t expected;
     uint64_t remaining;  /* atomic */
     uint64_t srcs[KVX__TCP_SRCS]; /* under te->mu: prefill instances that sent it data */
@@ -950,9 +982,11 @@ static int kvx__tcp_carve(kvx__tcp_link *lk, kvx__tcp_stream *st, kvx__tcp_frame
         }
         while (j->span < j->plan.count && n < KVX_TCP_MAX_SEGS) {
             const kvx_span *sp = &j->plan.spans[j->span];
-            int aux = sp->kind == KVX_SPAN_AUX;
-            const kvx_buffer *b = aux ? NULL : &l->buffers[sp->buffer];
-            /* a frame carries whole pages (of a head slice: page_size rows) */
+            int aux = sp->kind == KVX_SPAN_AUX, state = sp->kind == KVX_SPAN_STATE;
+            const kvx_buffer *b = aux ? NULL : state ? &l->state[sp->buffer]
+                                                     : &l->buffers[sp->buffer];
+            /* a frame carries whole pages (of a head slice: page_size rows),
+               whole state rows */
             uint64_t item = aux ? l->aux[sp->buffer].item_len
                                 : sp->row_len ? sp->row_len * l->page_size : b->item_len;
             uint64_t rows = sp->row_len ? j->off / sp->row_len : 0;
@@ -966,7 +1000,8 @@ static int kvx__tcp_carve(kvx__tcp_link *lk, kvx__tcp_stream *st, kvx__tcp_frame
                 }
             }
             p->seg.buffer = aux ? sp->buffer : sp->dst_buffer;
-            p->seg.flags = aux ? KVX_TCP_SEG_AUX : sp->row_len ? KVX_TCP_SEG_ROWS : 0;
+            p->seg.flags = aux ? KVX_TCP_SEG_AUX : state ? KVX_TCP_SEG_STATE
+                                                 : sp->row_len ? KVX_TCP_SEG_ROWS : 0;
             p->seg.row_len = sp->row_len;
             p->seg.length = take;
             p->pitch = sp->src_pitch;
@@ -1658,7 +1693,8 @@ static kvx_result kvx__tcp_dest_shape(kvx__tcp_engine *te, const kvx_boot_peer *
                                       kvx__tcp_room *d, char *why, size_t wl) {
     const kvx_layout *pl = peer->layout;
     uint32_t i;
-    if (!pl || !pl->num_buffers || !pl->buffers || pl->num_aux > KVX_MAX_AUX)
+    if (!pl || !pl->num_buffers || !pl->buffers || pl->num_aux > KVX_MAX_AUX ||
+        pl->num_state > KVX_MAX_STATE || (pl->num_state && !pl->state))
         return kvx__why(KVX_ERR_PROTOCOL, why, wl, "decode %s sent no usable layout in its hello",
                         peer->addr);
     d->dbufs = (kvx_buffer *)kvx__zalloc(te->al, pl->num_buffers, sizeof *d->dbufs);
@@ -1671,7 +1707,16 @@ static kvx_result kvx__tcp_dest_shape(kvx__tcp_engine *te, const kvx_boot_peer *
         d->daux[i].item_len = pl->aux[i].item_len;
         d->daux[i].length = kvx__tcp_huge(pl->aux[i].item_len);
     }
+    if (pl->num_state) { /* HYBRID STATE: rows of any index (the decode checks its own) */
+        d->dstate = (kvx_buffer *)kvx__zalloc(te->al, pl->num_state, sizeof *d->dstate);
+        if (!d->dstate) return kvx__why(KVX_ERR_NO_MEMORY, why, wl, "out of memory");
+        for (i = 0; i < pl->num_state; i++) {
+            d->dstate[i].item_len = pl->state[i].item_len;
+            d->dstate[i].length = pl->state[i].item_len ? kvx__tcp_huge(pl->state[i].item_len) : 0;
+        }
+    }
     d->dlayout = *pl;
+    d->dlayout.state = d->dstate;
     d->dlayout.dtype = kvx_engine_layout(te->engine)->dtype; /* checked equal by boot; ours lives */
     d->dlayout.buffers = d->dbufs;
     d->dlayout.aux = d->daux;
@@ -1681,9 +1726,18 @@ static kvx_result kvx__tcp_dest_shape(kvx__tcp_engine *te, const kvx_boot_peer *
 static void kvx__tcp_dest_free(kvx_engine *e, kvx__tcp_room *d) {
     if (d->aux_job) kvx__tcp_job_free(e, d->aux_job);
     kvx_engine_free(e, d->dst_pages);
+    kvx_engine_free(e, d->dst_state);
+    kvx_engine_free(e, d->dstate);
     kvx_engine_free(e, d->dbufs);
     pthread_mutex_destroy(&d->x.mu); /* not kvx__xroom_free: the room's data is the parent */
     kvx_engine_free(e, d);
+}
+
+/* A copy of n indices (engine allocator), NULL without memory. */
+static int32_t *kvx__tcp_idx_copy(kvx_engine *e, const int32_t *idx, uint32_t n) {
+    int32_t *v = (int32_t *)kvx_engine_alloc(e, (size_t)n * sizeof *v);
+    if (v) memcpy(v, idx, (size_t)n * sizeof *v);
+    return v;
 }
 
 /* kvx_boot hook (prefill): the destination of one decode rank that serves
@@ -1691,7 +1745,6 @@ static void kvx__tcp_dest_free(kvx_engine *e, kvx__tcp_room *d) {
 static kvx_result kvx__tcp_on_room(kvx_boot *b, kvx_room *r, const kvx_boot_peer *peer,
                                    const int32_t *dst, uint32_t n, int32_t aux,
                                    const int32_t *dst_state, uint32_t nstate) {
-    (void)dst_state; (void)nstate; /* HYBRID STATE: not yet */
     kvx__tcp_engine *te = (kvx__tcp_engine *)kvx_boot_user(b);
     kvx__tcp_room *tr = kvx__tcp_tr(r), *d;
     kvx_engine *e = te->engine;
@@ -1721,15 +1774,14 @@ static kvx_result kvx__tcp_on_room(kvx_boot *b, kvx_room *r, const kvx_boot_peer
         d->dbytes = 0; /* another prefill rank sends the same latent */
         d->dsends_aux = 0;
     }
-    if (n) {
-        d->dst_pages = (int32_t *)kvx_engine_alloc(e, (size_t)n * sizeof *d->dst_pages);
-        if (!d->dst_pages) {
-            kvx__tcp_dest_free(e, d);
-            return KVX_ERR_NO_MEMORY;
-        }
-        memcpy(d->dst_pages, dst, (size_t)n * sizeof *dst);
+    /* the state indices are planned with the last chunk, when ours are known */
+    if ((n && !(d->dst_pages = kvx__tcp_idx_copy(e, dst, n))) ||
+        (nstate && !(d->dst_state = kvx__tcp_idx_copy(e, dst_state, nstate)))) {
+        kvx__tcp_dest_free(e, d);
+        return KVX_ERR_NO_MEMORY;
     }
     d->ndst = n;
+    d->nstate = nstate;
     if (d->dbytes && !(lk = kvx__tcp_link_get(te, host, port, token, why, sizeof why))) {
         kvx__tcp_dest_free(e, d);
         kvx_room_fail(r, KVX_ERR_TRANSPORT, "cannot open data streams to decode %s:%d: %s", host,
@@ -1819,7 +1871,8 @@ static kvx_result kvx__tcp_sender_init(kvx_room *r, uint32_t n, int32_t aux) {
             }
         }
         /* a destination with nothing to move from us is done now */
-        KVX__STORE(&d->acked, !d->link || (!d->ndst && !d->aux_job));
+        KVX__STORE(&d->acked, !d->link || (!d->ndst && !d->aux_job &&
+                                           !(d->dsends_aux && d->nstate && l->num_state)));
     }
     tr->x.src_aux = aux;
     return KVX_OK;
@@ -1849,14 +1902,66 @@ static void kvx__tcp_dest_done(kvx__tcp_room *d, uint64_t bytes) {
         kvx_boot_send_status(te->boot, tr->x.room, KVX_POLL_SUCCESS, KVX_OK, sum, NULL);
 }
 
+/* HYBRID STATE, with the last chunk: the state rows for destination d
+   travel with its aux rows (d->aux_job, queued after its last KV byte),
+   only to a destination whose aux rows we write (never from an MLA dummy).
+   *fresh: a new job the caller installs under the link's lock (NULL when
+   appended to the aux job or nothing to send). */
+static kvx_result kvx__tcp_plan_state(kvx__tcp_room *d, const int32_t *si, uint32_t ns,
+                                      kvx__tcp_job **fresh) {
+    kvx__tcp_engine *te = d->te;
+    kvx__tcp_job *a = d->aux_job;
+    kvx_result res;
+    *fresh = NULL;
+    if (!d->link || !d->dsends_aux || !ns) return KVX_OK;
+    if (!a) {
+        a = (kvx__tcp_job *)kvx__zalloc(te->al, 1, sizeof *a);
+        if (!a) {
+            kvx_room_fail(d->x.room, KVX_ERR_NO_MEMORY, "out of memory planning state rows");
+            return KVX_ERR_NO_MEMORY;
+        }
+        a->tr = d;
+        a->plan.allocator = te->al;
+    }
+    res = kvx_plan_state(&a->plan, kvx_engine_layout(te->engine), si, &d->dlayout, d->dst_state,
+                         ns);
+    if (res != KVX_OK) {
+        kvx_room_fail(d->x.room, res, "state rows to decode %s: %s", d->link->name, a->plan.error);
+        if (a != d->aux_job) kvx__tcp_job_free(te->engine, a);
+        return res;
+    }
+    if (a != d->aux_job) *fresh = a;
+    return KVX_OK;
+}
+
+/* With the last chunk: every destination asked for as many state indices
+   as this side gives (HYBRID STATE), else the room fails saying both. */
+static kvx_result kvx__tcp_state_counts(kvx__tcp_room *tr, uint32_t ns) {
+    uint32_t k;
+    for (k = 0; k < tr->ndsts; k++) {
+        kvx__tcp_room *d = tr->dsts[k];
+        if (d->nstate == ns) continue;
+        kvx_room_fail(tr->x.room, KVX_ERR_INVALID_ARGUMENT, "prefill sent %u state indices, "
+                      "decode %s asked for %u", ns, d->link ? d->link->name : "(dummy)",
+                      d->nstate);
+        return KVX_ERR_INVALID_ARGUMENT;
+    }
+    return KVX_OK;
+}
+
 static kvx_result kvx__tcp_sender_send(kvx_room *r, kvx_chunk *c) {
     kvx__tcp_room *tr = kvx__tcp_tr(r);
     kvx__tcp_engine *te = tr->te;
     kvx_engine *e = te->engine;
-    kvx__tcp_job *j;
+    kvx__tcp_job *j, *sj = NULL;
     kvx_result res;
     int last = c->is_last, dead, idle = 1;
-    uint32_t k;
+    uint32_t k, ns = 0;
+    const int32_t *si = last ? kvx_room_state(r, &ns) : NULL;
+    if (last && (res = kvx__tcp_state_counts(tr, ns)) != KVX_OK) {
+        kvx_chunk_free(e, c);
+        return res;
+    }
     for (k = 0; k < tr->ndsts; k++) {
         kvx__tcp_room *d = tr->dsts[k];
         kvx__tcp_link *lk = d->link;
@@ -1884,9 +1989,16 @@ static kvx_result kvx__tcp_sender_send(kvx_room *r, kvx_chunk *c) {
             kvx_chunk_free(e, c);
             return res;
         }
+        if (last && (res = kvx__tcp_plan_state(d, si, ns, &sj)) != KVX_OK) {
+            kvx__tcp_job_free(e, j);
+            kvx_chunk_free(e, c);
+            return res;
+        }
         pthread_mutex_lock(&lk->mu);
         dead = lk->dead;
         if (!dead) {
+            if (sj) d->aux_job = sj; /* read by the stream threads under lk->mu */
+            sj = NULL;
             j->queued = 1;
             if (lk->qtail) lk->qtail->next = j;
             else lk->qhead = j;
@@ -1898,6 +2010,7 @@ static kvx_result kvx__tcp_sender_send(kvx_room *r, kvx_chunk *c) {
         pthread_mutex_unlock(&lk->mu);
         if (dead) {
             kvx__tcp_job_free(e, j);
+            if (sj) kvx__tcp_job_free(e, sj);
             kvx_chunk_free(e, c);
             kvx_room_fail(r, KVX_ERR_PEER_LOST, "lost data connection to decode %s: %s",
                           lk->name, lk->why);
@@ -2007,6 +2120,24 @@ static int kvx__tcp_cmp_u64(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
+/* HYBRID STATE: the state indices this room asked for (the core checked
+   them: in range, no repeats), sorted for kvx__tcp_check, and a bit per
+   (state buffer, index) received. */
+static kvx_result kvx__tcp_recv_state(kvx__tcp_room *tr, const kvx_layout *l) {
+    kvx_engine *e = tr->te->engine;
+    uint32_t ns = 0, i;
+    const int32_t *si = kvx_room_state(tr->x.room, &ns);
+    uint64_t bits = (uint64_t)l->num_state * ns;
+    if (!ns || !l->num_state) return KVX_OK;
+    tr->ssorted = (uint64_t *)kvx_engine_alloc(e, (size_t)ns * sizeof *tr->ssorted);
+    tr->sbitmap = (uint64_t *)kvx__zalloc(tr->te->al, (size_t)((bits + 63) / 64), 8);
+    if (!tr->ssorted || !tr->sbitmap) return KVX_ERR_NO_MEMORY;
+    for (i = 0; i < ns; i++) tr->ssorted[i] = (uint64_t)(uint32_t)si[i] << 32 | i;
+    qsort(tr->ssorted, ns, sizeof *tr->ssorted, kvx__tcp_cmp_u64);
+    tr->nsidx = ns;
+    return KVX_OK;
+}
+
 static kvx_result kvx__tcp_receiver_init(kvx_room *r, const int32_t *pages, uint32_t n,
                                          int32_t aux) {
     kvx__tcp_room *tr = kvx__tcp_tr(r);
@@ -2034,7 +2165,9 @@ static kvx_result kvx__tcp_receiver_init(kvx_room *r, const int32_t *pages, uint
         tr->aux_stage = (uint8_t *)kvx_engine_alloc(e, (size_t)aux_bytes);
         if (!tr->aux_stage) return KVX_ERR_NO_MEMORY;
     }
-    tr->expected = (uint64_t)n * kvx_layout_page_bytes(l) + aux_bytes;
+    if ((res = kvx__tcp_recv_state(tr, l)) != KVX_OK) return res;
+    tr->expected = (uint64_t)n * kvx_layout_page_bytes(l) + aux_bytes +
+                   (uint64_t)tr->nsidx * kvx_layout_state_row_bytes(l);
     tr->remaining = tr->expected;
     pthread_mutex_lock(&te->mu);
     kvx__tcp_tomb_clear(te, tr->x.id); /* a reused id is live again */
@@ -2091,6 +2224,47 @@ static void kvx__tcp_receiver_close(kvx__tcp_room *tr) {
     pthread_mutex_unlock(&te->mu);
 }
 
+/* A STATE segment (HYBRID STATE): whole rows of a state buffer of this
+   side, inside it, each row one of the state indices this room asked for
+   and not received before. Claims the rows. */
+static kvx_result kvx__tcp_check_state(const kvx_layout *l, kvx__tcp_room *tr,
+                                       const kvx_tcp_segment *s, uint32_t i, char *why,
+                                       size_t wl) {
+    uint64_t item, first, cnt, k, lo = 0, hi = tr->nsidx;
+    if (s->buffer >= l->num_state)
+        return kvx__why(KVX_ERR_PROTOCOL, why, wl, "segment %u names state buffer %u of %u", i,
+                        s->buffer, l->num_state);
+    item = l->state[s->buffer].item_len;
+    if (s->row_len || !s->length || !item || s->length % item || s->dst_offset % item ||
+        s->dst_offset > l->state[s->buffer].length ||
+        s->length > l->state[s->buffer].length - s->dst_offset)
+        return kvx__why(KVX_ERR_OUT_OF_RANGE, why, wl, "segment %u: [%llu, +%llu) of state "
+                        "buffer %u is not whole rows of %llu bytes inside its %llu bytes", i,
+                        (unsigned long long)s->dst_offset, (unsigned long long)s->length,
+                        s->buffer, (unsigned long long)item,
+                        (unsigned long long)l->state[s->buffer].length);
+    first = s->dst_offset / item;
+    cnt = s->length / item;
+    while (lo < hi) { /* first position whose row >= first */
+        uint64_t m = (lo + hi) / 2;
+        if ((tr->ssorted[m] >> 32) < first) lo = m + 1;
+        else hi = m;
+    }
+    for (k = 0; k < cnt; k++) /* indices do not repeat: a run is consecutive positions */
+        if (cnt > tr->nsidx || lo + k >= tr->nsidx || (tr->ssorted[lo + k] >> 32) != first + k)
+            return kvx__why(KVX_ERR_OUT_OF_RANGE, why, wl, "segment %u: row %llu of state "
+                            "buffer %u is not one of the %u state indices this room asked for",
+                            i, (unsigned long long)(first + k), s->buffer, tr->nsidx);
+    for (k = 0; k < cnt; k++) {
+        uint64_t bitno = (uint64_t)s->buffer * tr->nsidx + (uint32_t)tr->ssorted[lo + k];
+        uint64_t m = 1ull << (bitno & 63);
+        if (__atomic_fetch_or(&tr->sbitmap[bitno >> 6], m, __ATOMIC_ACQ_REL) & m)
+            return kvx__why(KVX_ERR_PROTOCOL, why, wl, "segment %u: row %llu of state buffer %u "
+                            "arrived twice", i, (unsigned long long)(first + k), s->buffer);
+    }
+    return KVX_OK;
+}
+
 /* The checks every DATA frame passes before a byte of it is read: each
    segment lies inside the pages (or the aux slot) this room asked for and
    was not received before; the lengths add up. Claims the pages. */
@@ -2102,11 +2276,15 @@ static kvx_result kvx__tcp_check(kvx__tcp_engine *te, kvx__tcp_room *tr,
     uint32_t i;
     for (i = 0; i < n; i++, s++) {
         uint64_t item;
-        if (s->flags & ~(KVX_TCP_SEG_AUX | KVX_TCP_SEG_ROWS) ||
-            (s->flags & KVX_TCP_SEG_AUX && (s->flags & KVX_TCP_SEG_ROWS || s->row_len)))
+        kvx_result sr;
+        if (s->flags & ~(KVX_TCP_SEG_AUX | KVX_TCP_SEG_ROWS | KVX_TCP_SEG_STATE) ||
+            (s->flags & KVX_TCP_SEG_AUX && (s->flags & ~KVX_TCP_SEG_AUX || s->row_len)) ||
+            (s->flags & KVX_TCP_SEG_STATE && s->flags & ~KVX_TCP_SEG_STATE))
             return kvx__why(KVX_ERR_PROTOCOL, why, wl, "segment %u has unknown flags %08x", i,
                                 (unsigned)s->flags);
-        if (s->flags & KVX_TCP_SEG_AUX) {
+        if (s->flags & KVX_TCP_SEG_STATE) {
+            if ((sr = kvx__tcp_check_state(l, tr, s, i, why, wl)) != KVX_OK) return sr;
+        } else if (s->flags & KVX_TCP_SEG_AUX) {
             const kvx_span *row;
             uint32_t bit;
             if (!tr->aux_stage)
@@ -2268,6 +2446,12 @@ static uint8_t *kvx__tcp_aux_row(kvx__tcp_room *tr, const kvx_tcp_segment *s) {
     return tr->aux_stage + tr->aux_plan.spans[s->buffer].src_offset;
 }
 
+/* The buffer of this side a checked KV or state segment writes (aux: NULL). */
+static const kvx_buffer *kvx__tcp_seg_buf(const kvx_layout *l, const kvx_tcp_segment *s) {
+    if (s->flags & KVX_TCP_SEG_AUX) return NULL;
+    return s->flags & KVX_TCP_SEG_STATE ? &l->state[s->buffer] : &l->buffers[s->buffer];
+}
+
 /* Reads the payload of a checked frame into the room's pages. 0, or an
    errno / KVX__TCP_CUT / KVX__TCP_DEVICE_ERR (why set). */
 static int kvx__tcp_read_payload(kvx__tcp_conn *c, kvx__tcp_room *tr, uint32_t n, uint64_t payload,
@@ -2301,7 +2485,7 @@ static int kvx__tcp_read_payload(kvx__tcp_conn *c, kvx__tcp_room *tr, uint32_t n
             const kvx_tcp_segment *s = &c->segs[i];
             char *dst = s->flags & KVX_TCP_SEG_AUX
                             ? (char *)kvx__tcp_aux_row(tr, s)
-                            : (char *)l->buffers[s->buffer].base + s->dst_offset;
+                            : (char *)kvx__tcp_seg_buf(l, s)->base + s->dst_offset;
             uint64_t row = s->flags & KVX_TCP_SEG_ROWS ? s->row_len : s->length, r, rows;
             uint64_t pitch = s->flags & KVX_TCP_SEG_ROWS
                                  ? l->buffers[s->buffer].item_len / l->page_size : 0;
@@ -2356,8 +2540,8 @@ static int kvx__tcp_read_payload(kvx__tcp_conn *c, kvx__tcp_room *tr, uint32_t n
     *got = payload;
     for (i = 0; i < n; i++) {
         const kvx_tcp_segment *s = &c->segs[i];
-        const kvx_buffer *b = &l->buffers[s->buffer];
-        if (s->flags & KVX_TCP_SEG_AUX) {
+        const kvx_buffer *b = kvx__tcp_seg_buf(l, s);
+        if (!b) {
             memcpy(kvx__tcp_aux_row(tr, s), c->stage + pos, (size_t)s->length);
         } else if (b->mem == KVX_MEM_HOST) {
             memcpy((char *)b->base + s->dst_offset, c->stage + pos, (size_t)s->length);
@@ -2371,7 +2555,8 @@ static int kvx__tcp_read_payload(kvx__tcp_conn *c, kvx__tcp_room *tr, uint32_t n
         pos += s->length;
     }
     if (nb && te->mem.copy(te->mem.ctx, 0, c->copies, nb, why, wl) != KVX_OK) {
-        kvx_room_fail(tr->x.room, KVX_ERR_TRANSPORT, "cannot place KV pages on the device: %s", why);
+        kvx_room_fail(tr->x.room, KVX_ERR_TRANSPORT, "cannot place KV pages or state rows on the "
+                      "device: %s", why);
         return 0; /* the payload was read: the connection stays in step */
     }
     return 0;
@@ -2580,7 +2765,7 @@ static int kvx__tcp_conn_hello(kvx__tcp_conn *c) {
                      "decode engine's bootstrap hello)");
         else if (kvx__le_r64(buf + 56) != fp)
             snprintf(why, sizeof why, "layout fingerprint %016llx, ours %016llx (page size, "
-                     "dtype, MLA, head size or aux rows differ)",
+                     "dtype, MLA, head size, aux or state rows differ)",
                      (unsigned long long)kvx__le_r64(buf + 56), (unsigned long long)fp);
         else if (flags & ~KVX_TCP_HELLO_AUTH)
             snprintf(why, sizeof why, "unknown HELLO flags %08x", (unsigned)flags);
@@ -2868,6 +3053,26 @@ static uint64_t kvx__tcp_huge(uint64_t item) {
     return item < (1ull << 32) ? item << 31 : item * (UINT64_MAX / item);
 }
 
+/* KV or state buffers (HYBRID STATE: rows move like pages): GPU memory
+   means staging; a page (row) must fit a frame and the stage. `what`
+   names buffer i ("KV buffer %u has pages"). */
+static kvx_result kvx__tcp_bufs(kvx__tcp_engine *te, const kvx_buffer *b, uint32_t n,
+                                const char *what, char *why, size_t wl) {
+    char name[64];
+    uint32_t i;
+    for (i = 0; i < n; i++) {
+        if (b[i].mem != KVX_MEM_HOST) te->staged = 1;
+        if (b[i].item_len > KVX_TCP_MAX_FRAME) {
+            snprintf(name, sizeof name, what, i);
+            return kvx__why(KVX_ERR_INVALID_ARGUMENT, why, wl, "%s of %llu bytes; the tcp "
+                            "transport carries at most KVX_TCP_MAX_FRAME (%u) in a frame", name,
+                            (unsigned long long)b[i].item_len, (unsigned)KVX_TCP_MAX_FRAME);
+        }
+        if (b[i].item_len > te->stage_bytes) te->stage_bytes = b[i].item_len;
+    }
+    return KVX_OK;
+}
+
 /* Layout facts: staging, the largest frame payload, the decode pool's shape
    for kvx_plan_pages and kvx_plan_aux (same item_len; its size is checked by
    the decode side). */
@@ -2876,16 +3081,11 @@ static kvx_result kvx__tcp_layout(kvx__tcp_engine *te, const kvx_engine_desc *d,
     const kvx_layout *l = kvx_engine_layout(te->engine);
     uint64_t aux_total = kvx_layout_aux_row_bytes(l);
     uint32_t i;
+    kvx_result r;
     te->stage_bytes = te->set.segment;
-    for (i = 0; i < l->num_buffers; i++) {
-        if (l->buffers[i].mem != KVX_MEM_HOST) te->staged = 1;
-        if (l->buffers[i].item_len > KVX_TCP_MAX_FRAME)
-            return kvx__why(KVX_ERR_INVALID_ARGUMENT, why, wl, "KV buffer %u has pages of "
-                                "%llu bytes; the tcp transport carries at most KVX_TCP_MAX_FRAME "
-                                "(%u) in a frame", i, (unsigned long long)l->buffers[i].item_len,
-                                (unsigned)KVX_TCP_MAX_FRAME);
-        if (l->buffers[i].item_len > te->stage_bytes) te->stage_bytes = l->buffers[i].item_len;
-    }
+    if ((r = kvx__tcp_bufs(te, l->buffers, l->num_buffers, "KV buffer %u has pages", why, wl)) ||
+        (r = kvx__tcp_bufs(te, l->state, l->num_state, "state buffer %u has rows", why, wl)))
+        return r;
     if (aux_total > KVX_TCP_MAX_FRAME)
         return kvx__why(KVX_ERR_INVALID_ARGUMENT, why, wl,
                             "the aux rows of a request are %llu bytes; at most %u fit a frame",
@@ -2893,8 +3093,8 @@ static kvx_result kvx__tcp_layout(kvx__tcp_engine *te, const kvx_engine_desc *d,
     if (aux_total > te->stage_bytes) te->stage_bytes = aux_total;
     te->mem = d->mem;
     if (te->staged && (!te->mem.copy || !te->mem.host_alloc || !te->mem.host_free))
-        return kvx__why(KVX_ERR_INVALID_ARGUMENT, why, wl, "the layout has KV buffers in GPU "
-                            "memory but desc.mem has no copy functions: fill it with "
+        return kvx__why(KVX_ERR_INVALID_ARGUMENT, why, wl, "the layout has KV or state buffers "
+                            "in GPU memory but desc.mem has no copy functions: fill it with "
                             "kvx_cuda_mem_ops() from kvx_cuda.h (built with -DKVX_WITH_CUDA)");
     te->peer_bufs = (kvx_buffer *)kvx_engine_alloc(te->engine, l->num_buffers * sizeof(kvx_buffer));
     if (!te->peer_bufs) return KVX_ERR_NO_MEMORY;
@@ -3128,6 +3328,8 @@ static void kvx__tcp_room_free(kvx_room *r) {
     kvx_engine_free(e, tr->dsts);
     kvx_engine_free(e, tr->sorted);
     kvx_engine_free(e, tr->bitmap);
+    kvx_engine_free(e, tr->ssorted);
+    kvx_engine_free(e, tr->sbitmap);
     kvx_engine_free(e, tr->aux_stage);
     kvx_plan_free(&tr->aux_plan);
     kvx__xroom_free(tr);

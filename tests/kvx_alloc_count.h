@@ -10,14 +10,14 @@
 /* The plain build fails every N; the sanitizer builds (many times slower)
    fail every CA_STRIDE-th N, a sample, to keep make test within its time. */
 #if defined(__SANITIZE_THREAD__)
-#define CA_STRIDE 16
+#define CA_STRIDE 32
 #elif defined(__SANITIZE_ADDRESS__)
-#define CA_STRIDE 4
+#define CA_STRIDE 8
 #elif defined(__has_feature)
 #if __has_feature(thread_sanitizer)
-#define CA_STRIDE 16
+#define CA_STRIDE 32
 #elif __has_feature(address_sanitizer)
-#define CA_STRIDE 4
+#define CA_STRIDE 8
 #endif
 #endif
 #ifndef CA_STRIDE

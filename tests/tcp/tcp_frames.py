@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""tcp_frames.py - the kvx tcp wire format (version 3) in a page of Python.
+"""tcp_frames.py - the kvx tcp wire format (version 4) in a page of Python.
 
 A minimal prefill side, written from the format described in kvx_tcp.h and
 nothing else: it connects to a decode engine's data listener, says HELLO,
@@ -25,7 +25,7 @@ import struct
 import sys
 
 MAGIC = 0x5458564B  # b"KVXT"
-VERSION = 3
+VERSION = 4
 HELLO, DATA, ACK, ERROR, AUTH, PROOF = 1, 2, 3, 4, 5, 6
 HELLO_AUTH = 1
 SEG_AUX = 1

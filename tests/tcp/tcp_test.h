@@ -144,6 +144,43 @@ static TT_UNUSED uint32_t tt_pool_pages(const ex_request *r, uint32_t n) {
     return sum;
 }
 
+/* ---- GPU-memory layouts: a mock device through kvx_mem_ops --------------------
+   Its pointers are host pointers xor DEV_TAG: they crash if dereferenced. */
+
+#define DEV_TAG 0x5A00000000000000ull
+static TT_UNUSED int tt_mock_copies, tt_mock_fail;
+static TT_UNUSED void *tt_to_dev(void *p) { return (void *)((uintptr_t)p ^ DEV_TAG); }
+static TT_UNUSED kvx_result tt_mock_copy(void *ctx, int to_host, const kvx_copy *c, size_t n,
+                                         char *why, size_t wl) {
+    size_t i;
+    (void)ctx;
+    if (__atomic_load_n(&tt_mock_fail, __ATOMIC_ACQUIRE)) {
+        snprintf(why, wl, "mock device: CUDA_ERROR_ILLEGAL_ADDRESS");
+        return KVX_ERR_TRANSPORT;
+    }
+    for (i = 0; i < n; i++) {
+        char *real = (char *)((uintptr_t)c[i].buf_ptr ^ DEV_TAG);
+        if (c[i].device != 3) return KVX_ERR_INVALID_ARGUMENT;
+        if (to_host) memcpy(c[i].host, real, (size_t)c[i].len);
+        else memcpy(real, c[i].host, (size_t)c[i].len);
+    }
+    __atomic_add_fetch(&tt_mock_copies, 1, __ATOMIC_RELAXED);
+    return KVX_OK;
+}
+static TT_UNUSED void *tt_mock_alloc(void *ctx, size_t n) { (void)ctx; return malloc(n); }
+static TT_UNUSED void tt_mock_free(void *ctx, void *p) { (void)ctx; free(p); }
+
+/* Device copies of n buffers (KV pages or state rows) of a host pool. */
+static TT_UNUSED void tt_devmem(const kvx_buffer *in, uint32_t n, kvx_buffer *out) {
+    uint32_t i;
+    for (i = 0; i < n; i++) {
+        out[i] = in[i];
+        out[i].base = tt_to_dev(in[i].base);
+        out[i].mem = KVX_MEM_CUDA;
+        out[i].device = 3;
+    }
+}
+
 /* ---- child processes ------------------------------------------------------- */
 
 /* the shared helpers of tests/kvx_proc.h */

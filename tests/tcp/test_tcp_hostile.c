@@ -19,6 +19,11 @@
    - a frame cut in the middle and the connection reset: that room fails
    - a correct transfer by hand: Success, every byte, and an ACK with the
      byte count; the same from tests/tcp/tcp_frames.py (Python)
+   - state rows (STATE segments, HYBRID STATE): a room delivered by hand
+     succeeds only once its state rows arrived, every row in place; a
+     state segment naming a buffer >= num_state, outside the state buffer,
+     a row the room did not ask for, a row twice, into a room without
+     state indices, with the AUX flag: refused with a sentence
    - random frames: nothing crashes, no canary page changes */
 #define KVX_IMPLEMENTATION
 #include "tcp_test.h"
@@ -27,6 +32,9 @@
 #define NB 8u
 #define POOL 64u
 #define CANARY_FIRST 48u /* pages 48..63 are in no room */
+#define SITEM0 512u     /* state buffer 0's rows (Mamba-like: conv) */
+#define SITEM1 128u     /* state buffer 1's rows */
+#define SROWS 16u       /* state rows 12..15 are in no room */
 
 static ex_pool dpool, spool;
 static kvx_engine *de, *pe;
@@ -92,7 +100,7 @@ static int raw_connect(void) {
     return fd;
 }
 
-/* HELLO (wire version 3, no key): token with its first byte xor tweak. */
+/* HELLO (wire version 4, no key): token with its first byte xor tweak. */
 static int hello(int fd, uint8_t tweak, uint64_t fp) {
     uint8_t b[96];
     memset(b, 0, sizeof b);
@@ -144,8 +152,9 @@ static int wait_closed(int fd, double timeout, char *err, size_t n, uint64_t *ac
 }
 
 /* A receiver of room `room` on pages first..first+3 (reversed: scattered
-   order), in TRANSFERRING. */
-static kvx_receiver *room_ready(uint64_t room, uint32_t first, int32_t aux, int32_t *pages) {
+   order) and state rows sidx[0..ns), in TRANSFERRING. */
+static kvx_receiver *room_ready_state(uint64_t room, uint32_t first, int32_t aux, int32_t *pages,
+                                      const int32_t *sidx, uint32_t ns) {
     kvx_room_desc rd;
     kvx_receiver *r;
     int i;
@@ -153,14 +162,19 @@ static kvx_receiver *room_ready(uint64_t room, uint32_t first, int32_t aux, int3
     rd.room = room;
     for (i = 0; i < 4; i++) pages[i] = (int32_t)(first + 3 - (uint32_t)i);
     if (kvx_receiver_create(de, &rd, &r) != KVX_OK) return NULL;
-    if (!tt_wait_ready_r(r, 10) || kvx_receiver_init(r, pages, 4, aux) != KVX_OK) {
+    if (!tt_wait_ready_r(r, 10) || kvx_receiver_init_state(r, pages, 4, aux, sidx, ns) != KVX_OK) {
         printf("  room %llu not ready: %s\n", (unsigned long long)room, kvx_receiver_error(r));
     }
     return r;
 }
 
+static kvx_receiver *room_ready(uint64_t room, uint32_t first, int32_t aux, int32_t *pages) {
+    return room_ready_state(room, first, aux, pages, NULL, 0);
+}
+
 static uint8_t *canary_copy(void) {
-    uint8_t *c = (uint8_t *)malloc((size_t)NB * (POOL - CANARY_FIRST) * ITEM + 2 * 64 * 8);
+    uint8_t *c = (uint8_t *)malloc((size_t)NB * (POOL - CANARY_FIRST) * ITEM + 2 * 64 * 8 +
+                                   (size_t)(SITEM0 + SITEM1) * 4);
     uint32_t b;
     size_t off = 0;
     for (b = 0; b < NB; b++) {
@@ -170,12 +184,14 @@ static uint8_t *canary_copy(void) {
     }
     memcpy(c + off, (char *)dpool.aux[0].base + 6 * 64, 64); /* slots 6, 7: never given */
     memcpy(c + off + 64, (char *)dpool.aux[1].base + 6 * 8, 16);
+    memcpy(c + off + 80, (char *)dpool.state[0].base + 12 * SITEM0, 4 * SITEM0);
+    memcpy(c + off + 80 + 4 * SITEM0, (char *)dpool.state[1].base + 12 * SITEM1, 4 * SITEM1);
     return c;
 }
 
 static int canary_same(const uint8_t *c) {
     uint8_t *now = canary_copy();
-    size_t n = (size_t)NB * (POOL - CANARY_FIRST) * ITEM + 80;
+    size_t n = (size_t)NB * (POOL - CANARY_FIRST) * ITEM + 80 + (size_t)(SITEM0 + SITEM1) * 4;
     int same = memcmp(c, now, n) == 0;
     free(now);
     return same;
@@ -236,7 +252,7 @@ static void test_refused(void) {
         send_all(fd, b, sizeof b);
     }
     CHECK(wait_closed(fd, 5, err, sizeof err, NULL), "wire version 2: closed");
-    CHECK_STR(err, "protocol version 2, this side speaks 3");
+    CHECK_STR(err, "protocol version 2, this side speaks 4");
     close(fd);
     fd = raw_connect();
     memset(junk, 'G', sizeof junk);
@@ -297,7 +313,7 @@ static void test_bad_segments(void) {
     bad_frame("overflowing length", room, d, 1, ITEM, r, "not one of the 4 pages");
     kvx_receiver_destroy(r);
     r = room_ready(++room, 36, -1, pages);
-    seg(d, 0, 4, (uint64_t)36 * ITEM, ITEM);
+    seg(d, 0, 8, (uint64_t)36 * ITEM, ITEM);
     bad_frame("unknown flags", room, d, 1, ITEM, r, "unknown flags");
     kvx_receiver_destroy(r);
     CHECK(kvx_receiver_poll(bystander) == KVX_POLL_TRANSFERRING,
@@ -455,6 +471,124 @@ static void test_by_hand(void) {
     kvx_receiver_destroy(r);
 }
 
+/* Two state buffers of SROWS rows: SITEM0 and SITEM1 bytes. */
+static int add_state(ex_pool *p) {
+    if (ex_pool_add_state(p, KVX_STATE_MAMBA, 2, SITEM0, SROWS)) return -1;
+    p->state[1].item_len = SITEM1; /* the layout points at p->state */
+    p->state[1].length = (uint64_t)SITEM1 * SROWS;
+    return 0;
+}
+
+/* STATE segments: rows of state buffer b from row `row` (a run of `rows`). */
+static void sseg(uint8_t *d, uint32_t b, uint32_t flags, uint64_t row, uint64_t rows) {
+    uint64_t item = b ? SITEM1 : SITEM0;
+    seg(d, b, KVX_TCP_SEG_STATE | flags, row * item, rows * item);
+}
+
+/* A room whose KV pages and aux rows came by hand waits for its state
+   rows (rows 5, 2, 3: the run 2..3 as one segment, 5 alone, per buffer),
+   then succeeds with every row in place; then the refusals. */
+static void test_state(void) {
+    int32_t sp[4] = {9, 10, 11, 12}, dp[4], si[3] = {0, 1, 6}, di[3] = {5, 2, 3};
+    uint8_t h[32], d[NB * KVX_TCP_SEGMENT_BYTES];
+    kvx_receiver *r = room_ready_state(710, 32, 4, dp, di, 3);
+    uint64_t payload = 0, ack = 0;
+    uint32_t b, i;
+    char err[512];
+    kvx_tcp_stats st0, st;
+    double t_end;
+    int fd = good_conn();
+    ex_pages_pattern(&spool, 710, sp, 4, 1);
+    ex_aux_write(&spool, 710, 1);
+    ex_state_pattern(&spool, 710, si, 3, 1);
+    kvx_tcp_stats_get(de, &st0);
+    for (b = 0; b < NB; b++) /* KV: one frame per buffer */
+        for (i = 0; i < 4; i++) {
+            seg(d, b, 0, (uint64_t)dp[i] * ITEM, ITEM);
+            hdr(h, 2, 1, 710, KVX_TCP_SEGMENT_BYTES + ITEM);
+            send_all(fd, h, 32);
+            send_all(fd, d, KVX_TCP_SEGMENT_BYTES);
+            send_all(fd, (char *)spool.bufs[b].base + (size_t)sp[i] * ITEM, ITEM);
+            payload += ITEM;
+        }
+    for (b = 0; b < 2; b++) {
+        uint64_t len = b ? 8 : 64;
+        seg(d, b, KVX_TCP_SEG_AUX, 4 * len, len);
+        hdr(h, 2, 1, 710, KVX_TCP_SEGMENT_BYTES + len);
+        send_all(fd, h, 32);
+        send_all(fd, d, KVX_TCP_SEGMENT_BYTES);
+        send_all(fd, (char *)spool.aux[b].base + len, (size_t)len);
+        payload += len;
+    }
+    t_end = tt_now() + 30;
+    do { /* KV and aux placed (observed), state missing: not done */
+        tt_sleep(0.001);
+        kvx_tcp_stats_get(de, &st);
+    } while (st.bytes_received - st0.bytes_received < payload && tt_now() < t_end &&
+             kvx_receiver_poll(r) == KVX_POLL_TRANSFERRING);
+    CHECK(kvx_receiver_poll(r) == KVX_POLL_TRANSFERRING, "every KV byte and aux row, no state "
+          "row: the room still waits (%s)", kvx_poll_str(kvx_receiver_poll(r)));
+    for (b = 0; b < 2; b++) {
+        uint64_t item = b ? SITEM1 : SITEM0;
+        const char *src = (const char *)spool.state[b].base;
+        sseg(d, b, 0, 2, 2);
+        sseg(d + KVX_TCP_SEGMENT_BYTES, b, 0, 5, 1);
+        hdr(h, 2, 2, 710, 2 * KVX_TCP_SEGMENT_BYTES + 3 * item);
+        send_all(fd, h, 32);
+        send_all(fd, d, 2 * KVX_TCP_SEGMENT_BYTES);
+        send_all(fd, src + 1 * item, (size_t)item); /* source row 1 -> row 2 */
+        send_all(fd, src + 6 * item, (size_t)item); /* 6 -> 3 */
+        send_all(fd, src + 0 * item, (size_t)item); /* 0 -> 5 */
+        payload += 3 * item;
+    }
+    CHECK(tt_wait_r(r, 10) == KVX_POLL_SUCCESS, "state rows by hand: Success (%s)",
+          kvx_receiver_error(r));
+    CHECK(ex_pages_pattern(&dpool, 710, dp, 4, 0) == 0 && ex_aux_check(&dpool, 710, 4) &&
+          ex_state_pattern(&dpool, 710, di, 3, 0) == 0,
+          "every page, aux row and state row in place");
+    shutdown(fd, SHUT_WR);
+    wait_closed(fd, 5, err, sizeof err, &ack);
+    CHECK(ack == payload, "ACK carried %llu bytes with the state rows (sent %llu)",
+          (unsigned long long)ack, (unsigned long long)payload);
+    close(fd);
+    kvx_receiver_destroy(r);
+    r = room_ready_state(711, 0, -1, dp, di, 3);
+    sseg(d, 2, 0, 2, 1);
+    bad_frame("state buffer index >= num_state", 711, d, 1, SITEM0, r, "names state buffer 2 of 2");
+    kvx_receiver_destroy(r);
+    r = room_ready_state(712, 0, -1, dp, di, 3);
+    sseg(d, 0, 0, SROWS, 1);
+    bad_frame("state row outside the state buffer", 712, d, 1, SITEM0, r, "inside its 8192 bytes");
+    kvx_receiver_destroy(r);
+    r = room_ready_state(713, 0, -1, dp, di, 3);
+    seg(d, 1, KVX_TCP_SEG_STATE, 3 * SITEM1, 1ull << 62);
+    bad_frame("state length meant to overflow", 713, d, 1, SITEM1, r, "inside its 2048 bytes");
+    kvx_receiver_destroy(r);
+    r = room_ready_state(714, 0, -1, dp, di, 3);
+    sseg(d, 0, 0, 3, 2);
+    bad_frame("a state row not asked for", 714, d, 1, 2 * SITEM0, r,
+              "row 4 of state buffer 0 is not one of the 3 state indices");
+    kvx_receiver_destroy(r);
+    r = room_ready_state(715, 0, -1, dp, di, 3);
+    sseg(d, 1, 0, 2, 2);
+    sseg(d + KVX_TCP_SEGMENT_BYTES, 1, 0, 3, 1);
+    bad_frame("a state row twice", 715, d, 2, 3 * SITEM1, r, "row 3 of state buffer 1 arrived twice");
+    kvx_receiver_destroy(r);
+    r = room_ready(716, 0, -1, dp);
+    sseg(d, 0, 0, 5, 1);
+    bad_frame("state into a room without state indices", 716, d, 1, SITEM0, r,
+              "not one of the 0 state indices");
+    kvx_receiver_destroy(r);
+    r = room_ready_state(717, 0, 2, dp, di, 3);
+    sseg(d, 0, KVX_TCP_SEG_AUX, 5, 1);
+    bad_frame("state rows with the AUX flag", 717, d, 1, SITEM0, r, "unknown flags");
+    kvx_receiver_destroy(r);
+    r = room_ready_state(718, 0, -1, dp, di, 3);
+    seg(d, 0, KVX_TCP_SEG_STATE, 5 * SITEM0 + 8, SITEM0);
+    bad_frame("state bytes that are not whole rows", 718, d, 1, SITEM0, r, "not whole rows");
+    kvx_receiver_destroy(r);
+}
+
 /* The wire format from another language: tests/tcp/tcp_frames.py places a
    room by itself, and the ACK comes back. */
 static void test_python_peer(void) {
@@ -559,6 +693,7 @@ int main(int argc, char **argv) {
     signal(SIGPIPE, SIG_IGN);
     ex_pool_init(&dpool, &tt_tiny, POOL, 16, 8, 2);
     ex_pool_init(&spool, &tt_tiny, POOL, 16, 8, 1);
+    if (add_state(&dpool) || add_state(&spool)) return 1;
     {
         int32_t all[POOL];
         uint32_t i;
@@ -582,6 +717,7 @@ int main(int argc, char **argv) {
     test_rows();
     test_cut();
     test_by_hand();
+    test_state();
     test_python_peer();
     test_random();
     CHECK(canary_same(canary), "no byte changed outside the rooms' pages and aux slots");

@@ -8,7 +8,12 @@
      (bytes received == pages * page bytes + aux), the dummies send 0;
    - PP 2 -> 1 and PP 2 -> 2;
    - one of several contributing prefill ranks SIGKILLed mid-transfer: the
-     decode rooms fail with a sentence naming that rank, never Success.
+     decode rooms fail with a sentence naming that rank, never Success;
+   - hybrid state (kvx.h HYBRID STATE): MLA TP 4 -> 2
+     with Mamba-like state (replicated: only the rank that writes the aux
+     rows sends it, each decode rank gets every state row once, verified),
+     and sliding-window state on GQA TP 2 -> 1, which kvx_layout_overlap
+     refuses: every room fails on the decode with its sentence.
 
    The parent only forks and reads the shared page; every engine lives in a
    child (one per rank). */
@@ -49,7 +54,14 @@ typedef struct topo {
     const ex_model *m;
     int ptp, ppp, dtp, dpp;
     int victim; /* -1, or the prefill tp rank (pp 0) that is killed mid-transfer */
+    uint32_t state; /* 0, or the KVX_STATE_* of two state buffers on every rank */
 } topo;
+
+#define SITEM 256u /* state rows */
+#define SROWS 32u
+/* Room i's state index on the prefill, on the decode. */
+static int32_t state_src(int i) { return 2 * i + 1; }
+static int32_t state_dst(int i) { return SROWS - 1 - 3 * i; }
 
 static uint32_t room_pages(int i) { return (uint32_t)(5 + 4 * i); }
 static uint64_t room_id(const topo *t, int i) {
@@ -102,15 +114,17 @@ static int rank_pool(ex_pool *p, const topo *t, int prefill, int tp_rank, int pp
     rk.pp = (uint32_t)(prefill ? t->ppp : t->dpp);
     rk.tp_rank = (uint32_t)tp_rank;
     rk.pp_rank = (uint32_t)pp_rank;
-    return ex_pool_init_rank(p, t->m, POOL, PAGE, NREQ + 1,
-                             (prefill ? 11 : 101) + (uint64_t)tp_rank * 7 + (uint64_t)pp_rank, &rk);
+    if (ex_pool_init_rank(p, t->m, POOL, PAGE, NREQ + 1,
+                          (prefill ? 11 : 101) + (uint64_t)tp_rank * 7 + (uint64_t)pp_rank, &rk))
+        return -1;
+    return t->state ? ex_pool_add_state(p, t->state, 2, SITEM, SROWS) : 0;
 }
 
 static int prefill_main(const topo *t, int tp_rank, int pp_rank) {
     ex_pool p;
     kvx_engine *e;
     kvx_sender *s[NREQ];
-    int32_t pages[NREQ][64];
+    int32_t pages[NREQ][64], si[NREQ];
     char why[KVX_ERROR_MAX];
     int i, victim = t->victim == tp_rank && pp_rank == 0;
     double end;
@@ -132,6 +146,8 @@ static int prefill_main(const topo *t, int tp_rank, int pp_rank) {
         ex_alloc_pages(&p, pages[i], room_pages(i));
         ex_pages_pattern(&p, rd.room, pages[i], room_pages(i), 1);
         ex_aux_write(&p, rd.room, i);
+        si[i] = state_src(i);
+        if (t->state) ex_state_pattern(&p, rd.room, &si[i], 1, 1);
         kvx_sender_create(e, &rd, &s[i]);
     }
     __atomic_add_fetch(&sh->prefill_up, 1, __ATOMIC_ACQ_REL);
@@ -140,7 +156,10 @@ static int prefill_main(const topo *t, int tp_rank, int pp_rank) {
         if (wait_sender(s[i], t, 1, 30) != KVX_POLL_WAITING_FOR_INPUT) continue;
         kvx_sender_init(s[i], n, i);
         for (k = 0; k < n; k += 2) {
-            kvx_sender_send(s[i], pages[i] + k, n - k < 2 ? n - k : 2);
+            if (k + 2 >= n) /* the last chunk: the state index with it (none: 0) */
+                kvx_sender_send_state(s[i], pages[i] + k, n - k, &si[i], t->state ? 1 : 0);
+            else
+                kvx_sender_send(s[i], pages[i] + k, 2);
             if (victim && i == NREQ - 1 && k == 0) { /* half a room, then wait to be killed */
                 kvx_tcp_stats_get(e, &st);
                 while (st.bytes_sent == 0) { tt_sleep(0.001); kvx_tcp_stats_get(e, &st); }
@@ -173,7 +192,7 @@ static int decode_main(const topo *t, int tp_rank, int pp_rank) {
     ex_pool p;
     kvx_engine *e;
     kvx_receiver *r[NREQ];
-    int32_t pages[NREQ][64];
+    int32_t pages[NREQ][64], di[NREQ];
     char why[KVX_ERROR_MAX], addr[64];
     int i;
     double end;
@@ -194,19 +213,23 @@ static int decode_main(const topo *t, int tp_rank, int pp_rank) {
         rd.room = room_id(t, i);
         ex_alloc_pages(&p, pages[i], room_pages(i));
         ex_aux_clear(&p, i);
+        di[i] = state_dst(i);
         kvx_receiver_create(e, &rd, &r[i]);
         sh->dec[tp_rank][pp_rank].expected +=
-            room_pages(i) * kvx_layout_page_bytes(&p.layout) + kvx_layout_aux_row_bytes(&p.layout);
+            room_pages(i) * kvx_layout_page_bytes(&p.layout) + kvx_layout_aux_row_bytes(&p.layout) +
+            (t->state ? kvx_layout_state_row_bytes(&p.layout) : 0);
     }
     for (i = 0; i < NREQ; i++)
-        if (tt_wait_ready_r(r[i], 30)) kvx_receiver_init(r[i], pages[i], room_pages(i), i);
+        if (tt_wait_ready_r(r[i], 30))
+            kvx_receiver_init_state(r[i], pages[i], room_pages(i), i, &di[i], t->state ? 1 : 0);
     end = tt_now() + 60;
     for (i = 0; i < NREQ; i++) {
         kvx_poll ps = tt_wait_r(r[i], end - tt_now());
         if (ps == KVX_POLL_SUCCESS) {
             sh->dec[tp_rank][pp_rank].ok++;
             if (!ex_pages_pattern(&p, room_id(t, i), pages[i], room_pages(i), 0) &&
-                ex_aux_check(&p, room_id(t, i), i))
+                ex_aux_check(&p, room_id(t, i), i) &&
+                (!t->state || !ex_state_pattern(&p, room_id(t, i), &di[i], 1, 0)))
                 sh->dec[tp_rank][pp_rank].verified++;
         } else {
             sh->dec[tp_rank][pp_rank].failed++;
@@ -256,6 +279,14 @@ static void run(const topo *t) {
     for (a = 0; a < t->ptp; a++)
         for (q = 0; q < t->ppp; q++) waitpid(pre[a][q], &st, 0);
     t0 = tt_now() - t0;
+    if (t->state == KVX_STATE_SWA) { /* non-MLA, different heads: kvx_layout_overlap refuses */
+        for (a = 0; a < t->dtp; a++)
+            CHECK(sh->dec[a][0].failed == NREQ && strstr(sh->dec[a][0].err, "sliding-window state "
+                  "between ranks holding different heads"), "%s: decode tp %d: %d of %d rooms "
+                  "failed with the refusal: %s", t->name, a, sh->dec[a][0].failed, NREQ,
+                  sh->dec[a][0].err);
+        return;
+    }
     for (a = 0; a < t->ptp; a++)
         for (q = 0; q < t->ppp; q++) {
             sent += sh->pre[a][q].bytes;
@@ -318,15 +349,17 @@ static void run(const topo *t) {
 
 int main(int argc, char **argv) {
     static const topo all[] = {
-        {"gqa tp 2 -> 2", &gqa, 2, 1, 2, 1, -1},
-        {"gqa tp 4 -> 2", &gqa, 4, 1, 2, 1, -1},
-        {"gqa tp 2 -> 4", &gqa, 2, 1, 4, 1, -1},
-        {"gqa tp 1 -> 8", &gqa, 1, 1, 8, 1, -1},
-        {"mla tp 4 -> 2", &mla, 4, 1, 2, 1, -1},
-        {"mla tp 2 -> 4", &mla, 2, 1, 4, 1, -1},
-        {"gqa pp 2 -> 1", &gqa, 1, 2, 1, 1, -1},
-        {"gqa pp 2 -> 2", &gqa, 1, 2, 1, 2, -1},
-        {"gqa tp 4 -> 2, prefill tp rank 1 killed", &gqa, 4, 1, 2, 1, 1},
+        {"gqa tp 2 -> 2", &gqa, 2, 1, 2, 1, -1, 0},
+        {"gqa tp 4 -> 2", &gqa, 4, 1, 2, 1, -1, 0},
+        {"gqa tp 2 -> 4", &gqa, 2, 1, 4, 1, -1, 0},
+        {"gqa tp 1 -> 8", &gqa, 1, 1, 8, 1, -1, 0},
+        {"mla tp 4 -> 2", &mla, 4, 1, 2, 1, -1, 0},
+        {"mla tp 2 -> 4", &mla, 2, 1, 4, 1, -1, 0},
+        {"gqa pp 2 -> 1", &gqa, 1, 2, 1, 1, -1, 0},
+        {"gqa pp 2 -> 2", &gqa, 1, 2, 1, 2, -1, 0},
+        {"gqa tp 4 -> 2, prefill tp rank 1 killed", &gqa, 4, 1, 2, 1, 1, 0},
+        {"mla tp 4 -> 2 + mamba state", &mla, 4, 1, 2, 1, -1, KVX_STATE_MAMBA},
+        {"gqa tp 2 -> 1 + sliding-window state: refused", &gqa, 2, 1, 1, 1, -1, KVX_STATE_SWA},
     };
     size_t i;
     const char *only = argc > 1 ? argv[1] : getenv("TT_TOPO");

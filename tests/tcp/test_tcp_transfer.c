@@ -214,39 +214,6 @@ static void test_multiprocess(const char *label, uint64_t seed, uint32_t nreq, u
 
 /* ---- GPU-memory layouts through kvx_mem_ops ------------------------------------- */
 
-#define DEV_TAG 0x5A00000000000000ull
-static int mock_copies, mock_fail;
-static void *to_dev(void *p) { return (void *)((uintptr_t)p ^ DEV_TAG); }
-static kvx_result mock_copy(void *ctx, int to_host, const kvx_copy *c, size_t n, char *why,
-                            size_t wl) {
-    size_t i;
-    (void)ctx;
-    if (__atomic_load_n(&mock_fail, __ATOMIC_ACQUIRE)) {
-        snprintf(why, wl, "mock device: CUDA_ERROR_ILLEGAL_ADDRESS");
-        return KVX_ERR_TRANSPORT;
-    }
-    for (i = 0; i < n; i++) {
-        char *real = (char *)((uintptr_t)c[i].buf_ptr ^ DEV_TAG);
-        if (c[i].device != 3) return KVX_ERR_INVALID_ARGUMENT;
-        if (to_host) memcpy(c[i].host, real, (size_t)c[i].len);
-        else memcpy(real, c[i].host, (size_t)c[i].len);
-    }
-    __atomic_add_fetch(&mock_copies, 1, __ATOMIC_RELAXED);
-    return KVX_OK;
-}
-static void *mock_alloc(void *ctx, size_t n) { (void)ctx; return malloc(n); }
-static void mock_free(void *ctx, void *p) { (void)ctx; free(p); }
-
-static void devbufs(const ex_pool *p, kvx_buffer *out) {
-    uint32_t i;
-    for (i = 0; i < p->layout.num_buffers; i++) {
-        out[i] = p->bufs[i];
-        out[i].base = to_dev(p->bufs[i].base);
-        out[i].mem = KVX_MEM_CUDA;
-        out[i].device = 3;
-    }
-}
-
 static void test_gpu(void) {
     ex_pool ps, pr;
     kvx_buffer sb[8], rb[8];
@@ -261,17 +228,17 @@ static void test_gpu(void) {
     uint32_t sent = 0;
     ex_pool_init(&ps, &tt_tiny, 64, 16, 4, 1);
     ex_pool_init(&pr, &tt_tiny, 64, 16, 4, 2);
-    devbufs(&ps, sb);
-    devbufs(&pr, rb);
+    tt_devmem(ps.bufs, ps.layout.num_buffers, sb);
+    tt_devmem(pr.bufs, pr.layout.num_buffers, rb);
     memset(&o, 0, sizeof o);
     o.bufs = sb;
     CHECK(!tt_engine(KVX_ROLE_PREFILL, &ps.layout, &o, why, sizeof why),
           "GPU layout without kvx_mem_ops refused");
     CHECK_STR(why, "kvx_cuda_mem_ops");
     memset(&mem, 0, sizeof mem);
-    mem.copy = mock_copy;
-    mem.host_alloc = mock_alloc;
-    mem.host_free = mock_free;
+    mem.copy = tt_mock_copy;
+    mem.host_alloc = tt_mock_alloc;
+    mem.host_free = tt_mock_free;
     o.mem = &mem;
     setenv("KVX_TCP_SEGMENT", "65536", 1); /* several frames per chunk */
     pe = tt_engine(KVX_ROLE_PREFILL, &ps.layout, &o, why, sizeof why);
@@ -299,12 +266,12 @@ static void test_gpu(void) {
     CHECK(tt_wait_s(s, 20) == KVX_POLL_SUCCESS, "GPU sender Success: %s", kvx_sender_error(s));
     CHECK(ex_pages_pattern(&pr, 81, dp, 48, 0) == 0 && ex_aux_check(&pr, 81, 1),
           "GPU pages verified byte for byte");
-    CHECK(__atomic_load_n(&mock_copies, __ATOMIC_RELAXED) >= 4, "copies went through kvx_mem_ops (%d)",
-          __atomic_load_n(&mock_copies, __ATOMIC_RELAXED));
+    CHECK(__atomic_load_n(&tt_mock_copies, __ATOMIC_RELAXED) >= 4, "copies went through kvx_mem_ops (%d)",
+          __atomic_load_n(&tt_mock_copies, __ATOMIC_RELAXED));
     kvx_sender_destroy(s);
     kvx_receiver_destroy(r);
     /* a device error fails the room with the driver's words, on both sides */
-    __atomic_store_n(&mock_fail, 1, __ATOMIC_RELEASE);
+    __atomic_store_n(&tt_mock_fail, 1, __ATOMIC_RELEASE);
     rd.room = 82;
     kvx_receiver_create(de, &rd, &r);
     kvx_sender_create(pe, &rd, &s);
@@ -319,7 +286,7 @@ static void test_gpu(void) {
     CHECK_STR(kvx_receiver_error(r), "CUDA_ERROR_ILLEGAL_ADDRESS");
     kvx_sender_destroy(s);
     kvx_receiver_destroy(r);
-    __atomic_store_n(&mock_fail, 0, __ATOMIC_RELEASE);
+    __atomic_store_n(&tt_mock_fail, 0, __ATOMIC_RELEASE);
     kvx_engine_destroy(de);
     kvx_engine_destroy(pe);
     ex_pool_free(&ps);
