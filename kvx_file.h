@@ -21,11 +21,14 @@
      each (kvx__fsend_stripe -> kvx__fstripe_work -> kvx__stripe_io) writes
      pool pages into kv_chunk_<i>.bin with pwritev along the plan
      (kvx__plan_io; GPU pools through a pinned stage: kvx__plan_io_staged);
-     kvx__file_finish_send writes metadata.bin (aux rows) and transfer_done,
+     kvx__file_finish_send writes state.bin (the request's state rows,
+     kvx__state_io), metadata.bin (aux rows) and transfer_done,
      kvx__file_commit renames the room in. Decode: kvx__frecv_start checks
-     each meta against the layout, kvx__frecv_read_all / kvx__frecv_stripe
+     transfer_done (the state count first) and each meta against the layout,
+     kvx__frecv_read_all / kvx__frecv_stripe
      preadv straight into the destination pages (same plan helpers) and
-     check the CRC32C, kvx__frecv_finish copies metadata.bin to the aux rows.
+     check the CRC32C, kvx__frecv_finish copies metadata.bin to the aux rows
+     and state.bin to the state rows (checking its size and CRC32C).
 
    EXAMPLE (one request, prefill and decode; error handling shortened)
        // given: kvx_layout layout; const int32_t *src_pages, *dst_pages;
@@ -133,7 +136,8 @@
      into a staging buffer (checksummed there) and copies the rows out
      (measured against preadv with one iovec per pool row, IOV_MAX-bounded,
      for TP 4 -> 2 in bench_file: 2.3-2.5 against 1.8-2.0 GB/s). The
-     aux rows come only from the contributor kvx_layout_overlap names. The
+     aux and state rows come only from the contributor kvx_layout_overlap
+     names. The
      room succeeds when every contributor's every chunk is placed and the
      bytes placed equal the pages' bytes (each byte once). MLA: a dummy
      prefill rank (kvx_mla_dummy with KVX_FILE_DECODE_TP) writes nothing and
@@ -146,7 +150,27 @@
      finishes and its room is swept by KVX_FILE_TTL); with kvx_boot it
      does through the control channel.
 
-   ON DISK (format version 3; all integers little-endian; see README.md)
+   HYBRID STATE (kvx.h's)
+     Prefill: with its last chunk (kvx_sender_send_state) every prefill
+     rank that writes a room also writes state.bin: for each state buffer
+     the rows of the request's state indices, in index order (host rows
+     with pwrite; GPU rows through a pinned stage with desc.mem, whose copy
+     functions engine creation then requires). Decode: the state count in
+     transfer_done must equal the indices this decode rank gave
+     (kvx_receiver_init_state), else the room fails with "prefill sent K
+     state indices, this decode asked for M"; the rows come only from the
+     contributor that writes the aux rows (kvx_layout_overlap's sends_aux;
+     an MLA dummy writes nothing), before Success. kvx_layout_overlap's
+     refusals (PP, heterogeneous TP on non-MLA) fail the room with its
+     sentence. With kvx_boot the decode's room frame carries its state
+     indices (on_room): a prefill whose count differs fails the room with
+     the same sentence at its last chunk (or at the frame, whichever comes
+     second) and tells the decode. Without it the prefill does not learn of
+     a count mismatch: it succeeds when its room is committed (the file
+     transport has no back channel after that; a decode refusal while a
+     contributor still writes stops it through <R>.aborted).
+
+   ON DISK (format version 4; all integers little-endian; see README.md)
      <R>/kv_chunk_<i>.bin              chunk i's pages, buffer-major: buffer
                                        b starts at offset[b] = num_pages *
                                        sum(item_len[0..b-1]), its page j at
@@ -154,6 +178,11 @@
      <R>/kv_chunk_<i>.bin.meta         JSON, see kvx_file_read_meta
      <R>/metadata.bin                  the sender's aux rows: aux buffer 0's
                                        row, then 1's ...
+     <R>/state.bin                     the request's state rows, when it gave
+                                       state indices: state buffer 0's rows
+                                       (in the order of the indices), then
+                                       1's ...; state_count * sum of
+                                       state_item_lens bytes
      <R>/transfer_done                 JSON, written last
      <R>/transfer_failed               JSON {"reason": ..., "result": ...}
                                        when the sender failed or aborted;
@@ -175,12 +204,18 @@
      = HMAC-SHA-256(key, "kvx-file-v2" 0x00 <file name> 0x00 <the JSON line
      with its newline>), <file name> being "transfer_done", "transfer_failed"
      or "kv_chunk_<i>.bin.meta". The CRC32C of every chunk (in its meta) and
-     of metadata.bin (in transfer_done) lie inside the authenticated bytes.
-     (Version 1 had no MAC line. Version 3 (this one) adds to each meta
+     of metadata.bin and state.bin (in transfer_done) lie inside the
+     authenticated bytes.
+     (Version 1 had no MAC line. Version 3 adds to each meta
      "head_begin", "layer_begin", "tp_size", "tp_rank", "pp_size",
-     "pp_rank" and names each rank's room <R> as PARALLEL LAYOUTS says;
-     the MAC's domain string stays "kvx-file-v2". Other versions are
-     refused with a sentence.)
+     "pp_rank" and names each rank's room <R> as PARALLEL LAYOUTS says.
+     Version 4 (this one) adds to transfer_done "state_type" (KVX_STATE_*),
+     "state_item_lens" (one per state buffer, at most KVX_MAX_STATE, each
+     1..2^28), "state_count" (state indices the prefill gave, at most
+     KVX_MAX_PAGES), "state_bytes" (= state_count * sum(state_item_lens))
+     and "state_crc32c" (of state.bin), and the file state.bin; all are
+     checked before use and lie inside the MAC. The MAC's domain string
+     stays "kvx-file-v2". Other versions are refused with a sentence.)
 
    CONSISTENCY (what the file transport needs from a shared filesystem)
      1. rename(2) of a directory within KVX_FILE_DIR is atomic: another node
@@ -197,7 +232,7 @@
         and retries, bounded.
      4. A listed file missing or shorter than its meta is looked for again
         for KVX_FILE_SETTLE before failing; a room is never taken for whole
-        on a size: every chunk's size and CRC32C, and the aux rows' CRC32C,
+        on a size: every chunk's size and CRC32C, and the aux and state rows' CRC32C,
         are checked against the authenticated metas and transfer_done.
      5. A failing sender writes transfer_failed into its room and puts the
         room in place (else room_<room>.failed beside it), so the receiver
@@ -233,7 +268,7 @@
 extern "C" {
 #endif
 
-#define KVX_FILE_FORMAT_VERSION 3
+#define KVX_FILE_FORMAT_VERSION 4
 
 /* The file transport's backend table. */
 KVX_API const kvx_backend *kvx_file_backend(void);
@@ -269,6 +304,13 @@ typedef struct kvx_file_done_info {
     uint64_t aux_item_lens[KVX_MAX_AUX];
     uint64_t aux_bytes;   /* size of metadata.bin */
     uint32_t aux_crc32c;
+    /* hybrid state (HYBRID STATE in kvx.h; version 4): the writer's state
+       buffers and the request's state rows in state.bin */
+    uint32_t num_state, state_type;
+    uint64_t state_item_lens[KVX_MAX_STATE];
+    uint32_t state_count; /* state indices the prefill gave (rows per buffer) */
+    uint64_t state_bytes; /* size of state.bin: state_count * sum(state_item_lens) */
+    uint32_t state_crc32c;
 } kvx_file_done_info;
 
 /* Parse and check one meta / transfer_done file (size limits, types, that
@@ -753,6 +795,83 @@ static kvx_result kvx__plan_io(const kvx_layout *l, const kvx_plan *p, int to_fi
     return KVX_OK;
 }
 
+/* Writes (to_file 1) the state rows idx[0..n) of every state buffer of l
+   to fd from offset 0, laid out as kvx_plan_state_gather packs them (state
+   buffer 0's n rows, then 1's ...), or reads them back into the rows
+   (to_file 0); *crc: the CRC32C of the file's bytes. Host rows move with
+   pread/pwrite; rows in GPU memory through a pinned staging buffer with
+   mem (desc.mem), stripe bytes at a time. */
+static kvx_result kvx__state_io(const kvx_layout *l, const kvx_mem_ops *mem,
+                                const kvx_allocator *al, uint64_t stripe, const int32_t *idx,
+                                uint32_t n, int to_file, int fd, uint32_t *crc, int *err_out,
+                                char *why, size_t wl) {
+    kvx_plan p;
+    char *stage = NULL;
+    uint32_t c = 0;
+    size_t s;
+    kvx_result r;
+    *err_out = 0;
+    memset(&p, 0, sizeof p);
+    p.allocator = al;
+    r = to_file ? kvx_plan_state_gather(&p, l, idx, n) : kvx_plan_state_scatter(&p, l, idx, n);
+    if (r != KVX_OK) {
+        kvx__set_why(why, wl, "state rows: %s", p.error);
+        kvx_plan_free(&p);
+        return r;
+    }
+    for (s = 0; s < p.count && r == KVX_OK; s++) {
+        const kvx_span *sp = &p.spans[s];
+        const kvx_buffer *bf = &l->state[sp->buffer];
+        uint64_t off = to_file ? sp->dst_offset : sp->src_offset, done = 0;
+        char *addr = (char *)kvx_span_addr(l, sp, !to_file);
+        int e;
+        if (bf->mem == KVX_MEM_HOST) {
+            if (to_file) c = kvx_crc32c(c, addr, (size_t)sp->length);
+            e = kvx__pio(fd, addr, (size_t)sp->length, off, to_file);
+            if (e) {
+                *err_out = e > 0 ? e : 0;
+                r = e > 0 ? kvx__errno_result(e) : KVX_ERR_CORRUPT;
+                kvx__set_why(why, wl, "state rows: %s", e > 0 ? strerror(e) : "short file");
+                break;
+            }
+            if (!to_file) c = kvx_crc32c(c, addr, (size_t)sp->length);
+            continue;
+        }
+        if (!stage && !(stage = (char *)mem->host_alloc(mem->ctx, (size_t)stripe))) {
+            r = KVX_ERR_NO_MEMORY;
+            kvx__set_why(why, wl, "cannot allocate %llu bytes of pinned staging memory for the "
+                         "state rows", (unsigned long long)stripe);
+            break;
+        }
+        while (done < sp->length && r == KVX_OK) {
+            uint64_t take = sp->length - done < stripe ? sp->length - done : stripe;
+            kvx_copy cp;
+            memset(&cp, 0, sizeof cp);
+            cp.buf_ptr = addr + done;
+            cp.host = stage;
+            cp.len = take;
+            cp.device = bf->device;
+            if (to_file && (r = mem->copy(mem->ctx, 1, &cp, 1, why, wl)) != KVX_OK) break;
+            if (to_file) c = kvx_crc32c(c, stage, (size_t)take);
+            if ((e = kvx__pio(fd, stage, (size_t)take, off + done, to_file)) != 0) {
+                *err_out = e > 0 ? e : 0;
+                r = e > 0 ? kvx__errno_result(e) : KVX_ERR_CORRUPT;
+                kvx__set_why(why, wl, "state rows: %s", e > 0 ? strerror(e) : "short file");
+                break;
+            }
+            if (!to_file) {
+                c = kvx_crc32c(c, stage, (size_t)take);
+                if ((r = mem->copy(mem->ctx, 0, &cp, 1, why, wl)) != KVX_OK) break;
+            }
+            done += take;
+        }
+    }
+    if (stage) mem->host_free(mem->ctx, stage);
+    kvx_plan_free(&p);
+    *crc = c;
+    return r;
+}
+
 /* >>file: formats ------------------------------------------------------------ */
 
 /* rank: the writer's TP size, TP rank, PP size, PP rank. */
@@ -934,17 +1053,33 @@ KVX_API kvx_result kvx_file_parse_done(const char *text, size_t len, const char 
     return kvx__file_parse_done(NULL, text, len, path, o, why, wl);
 }
 
+/* An array of at most max item lengths, each in [1, 2^28], at key: to
+   out[0..*n), their sum to *sum. 0 when absent or malformed. */
+static int kvx__json_lens(const kvx__json_doc *d, const kvx__json *o, const char *key,
+                          uint32_t max, uint64_t *out, uint32_t *n, uint64_t *sum) {
+    const kvx__json *arr = kvx__json_get(d, o, key);
+    uint32_t i;
+    *sum = 0;
+    if (!arr || arr->type != KVX_JSON_ARRAY || arr->count > max) return 0;
+    for (i = 0; i < arr->count; i++) {
+        if (!kvx__json_u64(d, kvx__json_at(d, arr, i), NULL, 1, 1u << 28, &out[i])) return 0;
+        *sum += out[i];
+    }
+    *n = arr->count;
+    return 1;
+}
+
 static kvx_result kvx__file_parse_done(const kvx_allocator *a, const char *text, size_t len,
                                        const char *path, kvx_file_done_info *o, char *why,
                                        size_t wl) {
     kvx__json_doc d;
-    const kvx__json *root, *aux;
+    const kvx__json *root;
     uint64_t v[8];
-    uint32_t i;
     kvx_result r;
     memset(o, 0, sizeof *o);
     memset(&d, 0, sizeof d);
-    if ((r = kvx__file_json_open(&d, a, text, len, path, 256, "kvx-file-done", &o->version, why,
+    if ((r = kvx__file_json_open(&d, a, text, len, path, 256 + KVX_MAX_STATE, "kvx-file-done",
+                                 &o->version, why,
                                  wl)) != KVX_OK)
         goto done;
     root = kvx__json_root(&d);
@@ -964,19 +1099,28 @@ static kvx_result kvx__file_parse_done(const kvx_allocator *a, const char *text,
                  "%s: bad \"aux_index\"", path);
         o->aux_index = ai->negative ? -1 : (int32_t)ai->u64;
     }
-    aux = kvx__json_get(&d, root, "aux_item_lens");
-    KVX__REQ(aux && aux->type == KVX_JSON_ARRAY && aux->count <= KVX_MAX_AUX,
-             "%s: \"aux_item_lens\" must be an array of at most %d entries", path, KVX_MAX_AUX);
-    o->num_aux = aux->count;
-    v[4] = 0;
-    for (i = 0; i < aux->count; i++) {
-        KVX__REQ(kvx__json_u64(&d, kvx__json_at(&d, aux, i), NULL, 1, 1u << 28, &o->aux_item_lens[i]),
-                 "%s: aux_item_lens[%u] is bad", path, i);
-        v[4] += o->aux_item_lens[i];
-    }
+    KVX__REQ(kvx__json_lens(&d, root, "aux_item_lens", KVX_MAX_AUX, o->aux_item_lens, &o->num_aux,
+                            &v[4]),
+             "%s: \"aux_item_lens\" must be an array of at most %d entries in [1, 2^28]", path,
+             KVX_MAX_AUX);
     KVX__REQ(o->aux_bytes == (o->aux_index >= 0 ? v[4] : 0),
              "%s: aux_bytes is %llu, expected %llu", path, (unsigned long long)o->aux_bytes,
              (unsigned long long)(o->aux_index >= 0 ? v[4] : 0));
+    KVX__REQ(kvx__json_u64(&d, root, "state_type", 0, KVX_STATE_OTHER, &v[5]) &&
+                 kvx__json_u64(&d, root, "state_count", 0, KVX_MAX_PAGES, &v[6]) &&
+                 kvx__json_u64(&d, root, "state_bytes", 0, UINT64_MAX, &o->state_bytes) &&
+                 kvx__json_u64(&d, root, "state_crc32c", 0, UINT32_MAX, &v[7]),
+             "%s: a state field is missing or out of range", path);
+    o->state_type = (uint32_t)v[5]; o->state_count = (uint32_t)v[6]; o->state_crc32c = (uint32_t)v[7];
+    KVX__REQ(kvx__json_lens(&d, root, "state_item_lens", KVX_MAX_STATE, o->state_item_lens,
+                            &o->num_state, &v[4]), /* v[4] at most 2^38 */
+             "%s: \"state_item_lens\" must be an array of at most %d entries in [1, 2^28]", path,
+             KVX_MAX_STATE);
+    KVX__REQ(o->state_count == 0 || o->num_state != 0,
+             "%s: %u state rows but no state buffers", path, o->state_count);
+    KVX__REQ(o->state_bytes == (uint64_t)o->state_count * v[4], /* < 2^58: no overflow */
+             "%s: state_bytes is %llu, expected %llu", path, (unsigned long long)o->state_bytes,
+             (unsigned long long)((uint64_t)o->state_count * v[4]));
 done:
     kvx__json_free(&d);
     return r;
@@ -1014,6 +1158,7 @@ typedef struct kvx__fengine {
     struct kvx__froom *pending; /* receivers waiting for transfer_done */
     /* layouts with GPU buffers: pinned staging buffers, at most one per I/O thread */
     int staged;
+    int state_staged;           /* some state buffer is outside host memory */
     kvx_mem_ops mem;
     kvx_boot *boot;             /* NULL: no bootstrap */
     const uint8_t *key;         /* kvx_engine_auth_key: NULL = files are not authenticated */
@@ -1129,6 +1274,13 @@ typedef struct kvx__froom {
     int last_sent, finished;
     uint64_t bytes_done;
     int32_t aux_index;
+    int32_t *state_idx;     /* the request's state indices (HYBRID STATE): prefill's at
+                               its last chunk, decode's at init; engine allocator */
+    uint32_t num_state_idx;
+    uint32_t dst_state;     /* sender with kvx_boot: state indices the decode asked for
+                               (under mu; valid when dst_state_seen) */
+    int dst_state_seen;
+    int state_known;        /* sender: the last chunk gave num_state_idx (under mu) */
     int boot;               /* the room goes through kvx_boot */
     int peer_aborted;       /* sender: a decode rank's <R>.aborted stopped it (atomic) */
     /* receiver */
@@ -1210,6 +1362,27 @@ static int kvx__file_on_status(kvx_boot *b, kvx_room *r, const kvx_boot_peer *pe
                                const char *reason) {
     (void)b; (void)r; (void)peer; (void)result; (void)bytes; (void)reason;
     return state == KVX_POLL_SUCCESS ? 2 : 0;
+}
+
+/* Prefill with kvx_boot: the decode's state count against this prefill's
+   (known from its last chunk: last 1); 1 with the room failed, saying
+   both, on a mismatch. Called from on_room and from the last chunk: under
+   fr->mu, whichever comes second sees the other. */
+static int kvx__fsend_state_mismatch(kvx_room *r, int last);
+
+/* Prefill: a decode rank's room frame; its state count is kept (and
+   checked when the last chunk came first). */
+static kvx_result kvx__file_on_room(kvx_boot *b, kvx_room *r, const kvx_boot_peer *peer,
+                                    const int32_t *dst_pages, uint32_t n, int32_t aux,
+                                    const int32_t *dst_state, uint32_t num_state) {
+    kvx__froom *fr = (kvx__froom *)kvx_room_data(r);
+    (void)b; (void)peer; (void)dst_pages; (void)n; (void)aux; (void)dst_state;
+    if (!fr) return KVX_OK;
+    pthread_mutex_lock(&fr->mu);
+    fr->dst_state = num_state;
+    fr->dst_state_seen = 1;
+    pthread_mutex_unlock(&fr->mu);
+    return kvx__fsend_state_mismatch(r, 0) ? KVX_ERR_LAYOUT_MISMATCH : KVX_OK;
 }
 
 static const kvx__setting kvx__file_table[] = {
@@ -1295,8 +1468,16 @@ static kvx_result kvx__file_engine_init(kvx_engine *e, char *why, size_t wl) {
         goto fail;
     for (i = 0; i < l->num_buffers; i++)
         if (l->buffers[i].mem != KVX_MEM_HOST) fe->staged = 1;
+    for (i = 0; i < l->num_state; i++)
+        if (l->state[i].mem != KVX_MEM_HOST) fe->state_staged = 1;
     fe->mem = d->mem;
     r = KVX_ERR_INVALID_ARGUMENT;
+    if (fe->state_staged && (!fe->mem.copy || !fe->mem.host_alloc || !fe->mem.host_free)) {
+        kvx__set_why(why, wl, "the layout has state buffers in GPU memory but desc.mem has no "
+                     "copy functions: fill it with kvx_cuda_mem_ops() from kvx_cuda.h "
+                     "(built with -DKVX_WITH_CUDA)");
+        goto fail;
+    }
     if (fe->staged && (!fe->mem.copy || !fe->mem.host_alloc || !fe->mem.host_free)) {
         kvx__set_why(why, wl, "the layout has KV buffers in GPU memory but desc.mem has no "
                      "copy functions: fill it with kvx_cuda_mem_ops() from kvx_cuda.h "
@@ -1322,6 +1503,7 @@ static kvx_result kvx__file_engine_init(kvx_engine *e, char *why, size_t wl) {
         kvx_boot_hooks hooks;
         memset(&hooks, 0, sizeof hooks);
         hooks.on_status = kvx__file_on_status;
+        hooks.on_room = kvx__file_on_room;
         if ((r = kvx_boot_create(e, &hooks, "file", 4, &fe->boot, why, wl)) != KVX_OK) goto fail;
     }
     kvx__file_sweep(e, fe);
@@ -1428,6 +1610,7 @@ static void kvx__file_room_free(kvx_room *r) {
         if (fr->src[i].dfd >= 0) close(fr->src[i].dfd);
     kvx_engine_free(e, fr->src);
     kvx_engine_free(e, fr->pages);
+    kvx_engine_free(e, fr->state_idx);
     kvx_engine_free(e, fr);
 }
 
@@ -1712,9 +1895,37 @@ static kvx_result kvx__file_finish_send(kvx__froom *fr, char *why, size_t wl) {
     const kvx_layout *l = kvx_engine_layout(e);
     kvx__buf b = KVX__BUF(fr->fe->al);
     char *aux = NULL;
-    uint64_t aux_bytes = 0;
-    uint32_t aux_crc = 0, i;
+    uint64_t aux_bytes = 0, state_bytes = 0;
+    uint32_t aux_crc = 0, state_crc = 0, i;
     kvx_result r;
+    if (fr->num_state_idx) { /* state.bin: the request's state rows (HYBRID STATE) */
+        int fd = openat(fr->dfd, "state.bin", O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
+                        (mode_t)fr->fe->file_mode), err = 0;
+        char msg[KVX_ERROR_MAX];
+        if (fd < 0) {
+            err = errno;
+            kvx__set_why(why, wl, "cannot create %s/state.bin: %s", fr->stage_dir, strerror(err));
+            return kvx__errno_result(err);
+        }
+        msg[0] = 0;
+        r = kvx__state_io(l, &fr->fe->mem, fr->fe->al, fr->fe->stripe, fr->state_idx,
+                          fr->num_state_idx, 1, fd, &state_crc, &err, msg, sizeof msg);
+        if (r == KVX_OK && fr->fe->set.fsync && fsync(fd)) {
+            err = errno;
+            r = kvx__errno_result(err);
+            snprintf(msg, sizeof msg, "fsync: %s", strerror(err));
+        }
+        if (close(fd) && r == KVX_OK) {
+            err = errno;
+            r = kvx__errno_result(err);
+            snprintf(msg, sizeof msg, "close: %s", strerror(err));
+        }
+        if (r != KVX_OK) {
+            kvx__set_why(why, wl, "cannot write %s/state.bin: %s", fr->stage_dir, msg);
+            return r;
+        }
+        state_bytes = (uint64_t)fr->num_state_idx * kvx_layout_state_row_bytes(l);
+    }
     if (fr->aux_index >= 0) {
         aux_bytes = kvx_layout_aux_row_bytes(l);
         aux = (char *)kvx__alloc(fr->fe->al, aux_bytes ? aux_bytes : 1);
@@ -1736,6 +1947,11 @@ static kvx_result kvx__file_finish_send(kvx__froom *fr, char *why, size_t wl) {
                    (unsigned long long)aux_bytes, aux_crc);
     for (i = 0; i < l->num_aux; i++)
         kvx__buf_printf(&b, "%s%llu", i ? "," : "", (unsigned long long)l->aux[i].item_len);
+    kvx__buf_printf(&b, "],\"state_type\":%u,\"state_count\":%u,\"state_bytes\":%llu,"
+                       "\"state_crc32c\":%u,\"state_item_lens\":[", l->state_type,
+                   fr->num_state_idx, (unsigned long long)state_bytes, state_crc);
+    for (i = 0; i < l->num_state; i++)
+        kvx__buf_printf(&b, "%s%llu", i ? "," : "", (unsigned long long)l->state[i].item_len);
     kvx__buf_printf(&b, "]}\n");
     kvx__file_seal(&b, fr->fe->key, fr->fe->key_len, "transfer_done");
     if (b.oom) { kvx__buf_free(&b); return KVX_ERR_NO_MEMORY; }
@@ -1903,6 +2119,35 @@ static kvx_result kvx__fjob_submit(kvx__fjob *j, kvx__job_fn fn, int to_file) {
     return KVX_OK;
 }
 
+static int kvx__fsend_state_mismatch(kvx_room *r, int last) {
+    kvx__froom *fr = (kvx__froom *)kvx_room_data(r);
+    uint32_t ours, theirs;
+    int bad;
+    pthread_mutex_lock(&fr->mu);
+    if (last) fr->state_known = 1;
+    bad = fr->dst_state_seen && fr->state_known && fr->dst_state != fr->num_state_idx;
+    ours = fr->num_state_idx;
+    theirs = fr->dst_state;
+    pthread_mutex_unlock(&fr->mu);
+    if (bad)
+        kvx_room_fail(r, KVX_ERR_LAYOUT_MISMATCH, "prefill sent %u state indices, this decode "
+                      "asked for %u", ours, theirs);
+    return bad;
+}
+
+/* Keeps a copy of the room's state indices (kvx_room_state), for the
+   sender's last chunk and the receiver's init. */
+static kvx_result kvx__file_keep_state(kvx__froom *fr) {
+    uint32_t n = 0;
+    const int32_t *idx = kvx_room_state(fr->room, &n);
+    if (!n || !idx || fr->state_idx) return KVX_OK;
+    fr->state_idx = (int32_t *)kvx_engine_alloc(kvx_room_engine(fr->room), n * sizeof *idx);
+    if (!fr->state_idx) return KVX_ERR_NO_MEMORY;
+    memcpy(fr->state_idx, idx, n * sizeof *idx);
+    fr->num_state_idx = n;
+    return KVX_OK;
+}
+
 static kvx_result kvx__file_sender_init(kvx_room *r, uint32_t n, int32_t aux) {
     kvx__froom *fr = (kvx__froom *)kvx_room_data(r);
     char why[KVX_ERROR_MAX];
@@ -1938,6 +2183,14 @@ static kvx_result kvx__file_sender_send(kvx_room *r, kvx_chunk *c) {
         if (fr->boot) kvx_boot_send_status(fr->fe->boot, r, KVX_POLL_SUCCESS, KVX_OK, 0, NULL);
         kvx_room_succeed(r, 0);
         return KVX_OK;
+    }
+    if (c->is_last && kvx__file_keep_state(fr) != KVX_OK) {
+        kvx_chunk_free(e, c);
+        return KVX_ERR_NO_MEMORY;
+    }
+    if (c->is_last && fr->boot && kvx__fsend_state_mismatch(r, 1)) {
+        kvx_chunk_free(e, c);
+        return KVX_ERR_LAYOUT_MISMATCH;
     }
     j = (kvx__fjob *)kvx__zalloc(fr->fe->al, 1, sizeof *j);
     if (!j) { kvx_chunk_free(e, c); return KVX_ERR_NO_MEMORY; }
@@ -2029,6 +2282,7 @@ static kvx_result kvx__file_receiver_init(kvx_room *r, const int32_t *pages, uin
     }
     fr->num_pages = n;
     fr->aux_index = aux;
+    if (kvx__file_keep_state(fr) != KVX_OK) return KVX_ERR_NO_MEMORY;
     if (fe->set.timeout_s < kvx_engine_settings(e)->waiting_timeout_s) {
         if (fr->nsrc > 1)
             snprintf(fr->deadline_what, sizeof fr->deadline_what,
@@ -2124,9 +2378,9 @@ static void kvx__frecv_finish(kvx__froom *fr) {
         kvx__frecv_fail(fr, KVX_ERR_LAYOUT_MISMATCH, why);
         return;
     }
-    if (fr->aux_index >= 0 && senders != 1) {
+    if ((fr->aux_index >= 0 || fr->num_state_idx) && senders != 1) {
         kvx__set_why(why, sizeof why, "%u of the prefill ranks this decode rank reads hold its "
-                     "aux rows (its last layer and first head); exactly 1 must", senders);
+                     "aux and state rows (its last layer and first head); exactly 1 must", senders);
         kvx__frecv_fail(fr, KVX_ERR_LAYOUT_MISMATCH, why);
         return;
     }
@@ -2160,6 +2414,46 @@ static void kvx__frecv_finish(kvx__froom *fr) {
                      "-1 in transfer_done)", as->who);
         kvx__frecv_fail(fr, KVX_ERR_PROTOCOL, why);
         return;
+    }
+    if (fr->num_state_idx) { /* the state rows, from the contributor that sends aux */
+        uint64_t sb = (uint64_t)fr->num_state_idx * kvx_layout_state_row_bytes(l);
+        uint32_t crc = 0;
+        int err = 0, fd;
+        kvx_result res = KVX_ERR_CORRUPT;
+        kvx__pathf(path, "%s/state.bin", as->dir);
+        why[0] = 0;
+        fd = kvx__open_reg_at(as->dfd, "state.bin", path, &res, why, sizeof why);
+        if (fd >= 0) {
+            if (as->done.state_bytes != sb) {
+                kvx__set_why(why, sizeof why, "%s/transfer_done says its state rows are %llu "
+                             "bytes; this receiver's %u state indices hold %llu", as->dir,
+                             (unsigned long long)as->done.state_bytes, fr->num_state_idx,
+                             (unsigned long long)sb);
+                res = KVX_ERR_CORRUPT;
+            } else if (fstat(fd, &st) || (uint64_t)st.st_size != sb) {
+                kvx__set_why(why, sizeof why, "%s is %lld bytes; transfer_done says %llu "
+                             "(truncated or corrupted)", path, (long long)st.st_size,
+                             (unsigned long long)sb);
+                res = KVX_ERR_CORRUPT;
+            } else {
+                char msg[KVX_ERROR_MAX];
+                res = kvx__state_io(l, &fr->fe->mem, fr->fe->al, fr->fe->stripe, fr->state_idx,
+                                    fr->num_state_idx, 0, fd, &crc, &err, msg, sizeof msg);
+                if (res != KVX_OK)
+                    kvx__set_why(why, sizeof why, "cannot read %s: %s", path, msg);
+                else if (crc != as->done.state_crc32c) {
+                    kvx__set_why(why, sizeof why, "%s has CRC32C %08x; transfer_done says %08x: "
+                                 "corrupted", path, crc, as->done.state_crc32c);
+                    res = KVX_ERR_CORRUPT;
+                }
+            }
+            close(fd);
+        }
+        if (res != KVX_OK) {
+            kvx__frecv_fail(fr, res == KVX_ERR_NOT_FOUND ? KVX_ERR_CORRUPT : res, why);
+            return;
+        }
+        aux_bytes += sb;
     }
     /* every byte is in place: report it, then clean up (the room's files are
        no longer needed by anyone, and unlinking large files takes time) */
@@ -2251,11 +2545,41 @@ static int kvx__frecv_counts_ok(const kvx_layout *ours, const kvx_file_chunk_inf
     if (dn && dn->num_aux != ours->num_aux) return 0;
     for (i = 0; dn && i < dn->num_aux; i++)
         if (dn->aux_item_lens[i] != ours->aux[i].item_len) return 0;
+    if (dn && dn->num_state != ours->num_state) return 0;
+    for (i = 0; dn && i < dn->num_state; i++)
+        if (dn->state_item_lens[i] != ours->state[i].item_len) return 0;
     return 1;
 }
 
+/* A sentence naming the first aux or state buffer whose count or item_len
+   in transfer_done (file: its path) is not this receiver's. */
+static void kvx__frecv_counts_why(const kvx_layout *ours, const kvx_file_done_info *dn,
+                                  const char *file, char *why, size_t wl) {
+    uint32_t i;
+    if (dn->num_aux != ours->num_aux || dn->num_state != ours->num_state) {
+        kvx__set_why(why, wl, "%s lists %u aux and %u state buffers; this receiver has %u and %u",
+                     file, dn->num_aux, dn->num_state, ours->num_aux, ours->num_state);
+        return;
+    }
+    for (i = 0; i < dn->num_aux + dn->num_state; i++) { /* aux buffers, then state buffers */
+        int st = i >= dn->num_aux;
+        uint32_t k = st ? i - dn->num_aux : i;
+        uint64_t theirs = st ? dn->state_item_lens[k] : dn->aux_item_lens[k];
+        uint64_t mine = st ? ours->state[k].item_len : ours->aux[k].item_len;
+        if (theirs != mine) {
+            kvx__set_why(why, wl, "item_len of %s buffer %u differs: %s says %llu, this "
+                         "receiver has %llu (whatever layout fingerprint it claims)",
+                         st ? "state" : "aux", k, file, (unsigned long long)theirs,
+                         (unsigned long long)mine);
+            return;
+        }
+    }
+    kvx__set_why(why, wl, "%s does not match this receiver's aux and state buffers", file);
+}
+
 /* The writer's layout shape from a meta and its transfer_done (bufs: the
-   meta's num_buffers entries). */
+   meta's num_buffers entries, then transfer_done's num_state for the state
+   buffers). */
 static void kvx__frecv_shape(const kvx_file_chunk_info *m, const kvx_file_done_info *dn,
                              kvx_buffer *bufs, kvx_aux_buffer *aux, kvx_layout *th) {
     uint32_t i;
@@ -2266,6 +2590,13 @@ static void kvx__frecv_shape(const kvx_file_chunk_info *m, const kvx_file_done_i
         bufs[i].item_len = m->item_lens[i];
     }
     for (i = 0; i < dn->num_aux; i++) aux[i].item_len = dn->aux_item_lens[i];
+    for (i = 0; i < dn->num_state; i++) {
+        memset(&bufs[m->num_buffers + i], 0, sizeof bufs[0]);
+        bufs[m->num_buffers + i].item_len = dn->state_item_lens[i];
+    }
+    th->state = dn->num_state ? bufs + m->num_buffers : NULL;
+    th->num_state = dn->num_state;
+    th->state_type = dn->state_type;
     th->buffers = bufs; th->num_buffers = m->num_buffers;
     th->aux = aux; th->num_aux = dn->num_aux;
     th->page_size = m->page_size; th->dtype_size = m->dtype_size; th->dtype = m->dtype;
@@ -2302,7 +2633,7 @@ static kvx_result kvx__frecv_check_layout(kvx__fsrc *s, const kvx_file_chunk_inf
                   s->done.fingerprint == m->fingerprint)) {
         res = kvx_layout_compare(ours, th, diff, sizeof diff);
         if (res == KVX_OK && !counts) {
-            kvx__set_why(why, wl, "the buffer or aux item lengths in %s do not match the "
+            kvx__set_why(why, wl, "the buffer, aux or state item lengths in %s do not match the "
                          "receiver's layout (although its fingerprint is %016llx)", s->dir,
                          (unsigned long long)m->fingerprint);
             return KVX_ERR_LAYOUT_MISMATCH;
@@ -2334,9 +2665,9 @@ static kvx_result kvx__frecv_check_layout(kvx__fsrc *s, const kvx_file_chunk_inf
         return KVX_ERR_LAYOUT_MISMATCH;
     }
     if (s->aux && !kvx__frecv_counts_ok(ours, NULL, &s->done)) {
-        kvx__set_why(why, wl, "%s/transfer_done lists %u aux buffers whose item lengths are not "
-                     "this receiver's (%u aux buffers), whatever layout fingerprint it claims",
-                     s->dir, s->done.num_aux, ours->num_aux);
+        char file[KVX__FILE_PATH + 16];
+        snprintf(file, sizeof file, "%s/transfer_done", s->dir);
+        kvx__frecv_counts_why(ours, &s->done, file, why, wl);
         return KVX_ERR_LAYOUT_MISMATCH;
     }
     return KVX_OK;
@@ -2411,10 +2742,14 @@ static void kvx__frecv_start(void *arg) {
         kvx__frecv_fail(fr, KVX_ERR_CORRUPT, why);
         goto out;
     }
+    if (s->done.state_count != fr->num_state_idx) { /* HYBRID STATE: both counts */
+        kvx__set_why(why, sizeof why, "prefill sent %u state indices, this decode asked for %u "
+                     "(%s, %s)", s->done.state_count, fr->num_state_idx, s->who, path);
+        kvx__frecv_fail(fr, KVX_ERR_LAYOUT_MISMATCH, why);
+        goto out;
+    }
     if (fr->nsrc == 1 && !kvx__frecv_counts_ok(l, NULL, &s->done)) {
-        kvx__set_why(why, sizeof why, "%s lists %u aux buffers whose item lengths are not this "
-                     "receiver's (%u aux buffers), whatever layout fingerprint it claims", path,
-                     s->done.num_aux, l->num_aux);
+        kvx__frecv_counts_why(l, &s->done, path, why, sizeof why);
         kvx__frecv_fail(fr, KVX_ERR_LAYOUT_MISMATCH, why);
         goto out;
     }
@@ -2436,7 +2771,8 @@ static void kvx__frecv_start(void *arg) {
             break;
         }
         kvx__free(fr->fe->al, bufs);
-        bufs = (kvx_buffer *)kvx__zalloc(fr->fe->al, j->meta.num_buffers, sizeof *bufs);
+        bufs = (kvx_buffer *)kvx__zalloc(fr->fe->al, (size_t)j->meta.num_buffers + s->done.num_state,
+                                         sizeof *bufs);
         if (!bufs) { res = KVX_ERR_NO_MEMORY; kvx__set_why(why, sizeof why, "out of memory"); break; }
         if ((res = kvx__frecv_check_layout(s, &j->meta, bufs, aux, &th, why, sizeof why)) != KVX_OK)
             break;

@@ -32,7 +32,7 @@ def seed(room, buf, tok):
     return mix(((room * 0x100000001B3) & M64) ^ (buf << 40) ^ tok)
 
 def load(path):
-    """The JSON line of a meta or transfer_done (version 2 and 3: an optional
+    """The JSON line of a meta or transfer_done (versions 2 to 4: an optional
     "mac hmac-sha256 <hex>" line follows it when the writer had an auth key;
     checking it needs the key: HMAC-SHA-256(key, b"kvx-file-v2\\0" + name +
     b"\\0" + json_line))."""
@@ -45,7 +45,7 @@ def main():
     d = sys.argv[1]
     room = int(sys.argv[2]) if len(sys.argv) > 2 else None
     done = load(os.path.join(d, "transfer_done"))
-    assert done["format"] == "kvx-file-done" and done["version"] == 3
+    assert done["format"] == "kvx-file-done" and done["version"] == 4
     pages = 0
     for i in range(done["chunks"]):
         meta = load(os.path.join(d, "kv_chunk_%d.bin.meta" % i))
@@ -74,6 +74,10 @@ def main():
         assert len(aux) == done["aux_bytes"] and crc32c(aux) == done["aux_crc32c"], "aux"
         if room is not None:  # aux 1 of the reference pool holds the room id
             assert struct.unpack_from("<Q", aux, done["aux_item_lens"][0])[0] == room
+    if done["state_count"]:  # version 4: the request's state rows (HYBRID STATE)
+        st = open(os.path.join(d, "state.bin"), "rb").read()
+        assert len(st) == done["state_bytes"] == done["state_count"] * sum(done["state_item_lens"])
+        assert crc32c(st) == done["state_crc32c"], "state"
     print("room %d: %d chunks, %d pages, all checksums and page bytes verified"
           % (done["room"], done["chunks"], pages))
 

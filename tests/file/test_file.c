@@ -670,31 +670,7 @@ static void test_abort_and_destroy(void) {
     ex_pool_free(&pr);
 }
 
-/* ---- GPU-memory layouts through kvx_mem_ops, with a mock device ----------
-   "Device" pointers are host pointers with a tag in the top bits: not
-   canonical on x86-64, so a transport that dereferenced one would crash. */
-#define DEV_TAG 0x5A00000000000000ull
-static int mock_copies, mock_fail;
-static void *to_dev(void *p) { return (void *)((uintptr_t)p ^ DEV_TAG); }
-static kvx_result mock_copy(void *ctx, int to_host, const kvx_copy *c, size_t n, char *why,
-                            size_t wl) {
-    size_t i;
-    (void)ctx;
-    if (__atomic_load_n(&mock_fail, __ATOMIC_ACQUIRE)) {
-        snprintf(why, wl, "mock device: CUDA_ERROR_ILLEGAL_ADDRESS");
-        return KVX_ERR_TRANSPORT;
-    }
-    for (i = 0; i < n; i++) {
-        char *real = (char *)((uintptr_t)c[i].buf_ptr ^ DEV_TAG);
-        if (c[i].device != 3) return KVX_ERR_INVALID_ARGUMENT;
-        if (to_host) memcpy(c[i].host, real, (size_t)c[i].len);
-        else memcpy(real, c[i].host, (size_t)c[i].len);
-    }
-    __atomic_add_fetch(&mock_copies, 1, __ATOMIC_RELAXED);
-    return KVX_OK;
-}
-static void *mock_alloc(void *ctx, size_t n) { (void)ctx; return malloc(n); }
-static void mock_free(void *ctx, void *p) { (void)ctx; free(p); }
+/* ---- GPU-memory layouts through kvx_mem_ops, with a mock device (file_test.h) */
 
 static kvx_engine *gpu_engine(kvx_role role, ex_pool *p, kvx_buffer *devbufs, const char *dir,
                               int with_ops, char *why) {

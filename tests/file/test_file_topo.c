@@ -52,14 +52,8 @@ static void child_exit(void) {
 static kvx_engine *rank_engine(kvx_role role, ex_pool *p, const char *dir, const ex_rank *rk,
                                uint64_t room, kvx_room_desc *rd) {
     char why[512];
-    kvx_engine_desc d = ft_desc(role, &p->layout, dir);
-    kvx_engine *e;
-    d.boot.tp_size = (int)rk->tp;
-    d.boot.tp_rank = (int)rk->tp_rank;
-    d.boot.pp_size = (int)rk->pp;
-    d.boot.pp_rank = (int)rk->pp_rank;
-    d.logger.level = KVX_LOG_ERROR + 1; /* the failures here are expected */
-    e = ft_create(&d, why);
+    kvx_engine_desc d = ft_rank_desc(role, &p->layout, dir, rk->tp, rk->tp_rank, rk->pp, rk->pp_rank);
+    kvx_engine *e = ft_create(&d, why);
     CHECK(e != NULL, "%s engine: %s", role == KVX_ROLE_PREFILL ? "prefill" : "decode", why);
     if (!e) child_exit();
     memset(rd, 0, sizeof *rd);
@@ -183,12 +177,6 @@ static void decode_rank(const char *dir, const ex_model *m, ex_rank rk, uint32_t
     child_exit();
 }
 
-static int reap(pid_t pid) {
-    int status = 0;
-    while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {}
-    return status;
-}
-
 static int exists(const char *dir, const char *name) {
     char path[600];
     struct stat st;
@@ -230,7 +218,7 @@ static void topo(const ex_model *m, uint32_t ptp, uint32_t dtp, uint32_t ppp, ui
             pids[n++] = pid;
         }
     for (i = 0; i < n; i++) {
-        int status = reap(pids[i]);
+        int status = ft_reap(pids[i]);
         int killed = bad_tp >= 0 && mode == KILL_RUN && i == (uint32_t)bad_tp * ppp;
         CHECK(killed ? WIFSIGNALED(status) : WIFEXITED(status) && WEXITSTATUS(status) == 0,
               "%s: prefill process %u (status %d)", label, i, status);
@@ -271,7 +259,7 @@ static void topo(const ex_model *m, uint32_t ptp, uint32_t dtp, uint32_t ppp, ui
             pids[n++] = pid;
         }
     for (i = 0; i < n; i++) {
-        int status = reap(pids[i]);
+        int status = ft_reap(pids[i]);
         CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0, "%s: decode process %u (status %d)",
               label, i, status);
     }
@@ -293,8 +281,8 @@ static void give_up(void) {
     fflush(stdout);
     if ((pp = fork()) == 0) prefill_rank(dir, &gqa, p1, 1, 1, 9901, WAIT_RUN);
     if ((pd = fork()) == 0) decode_rank(dir, &gqa, d0, 2, 1, 9901, "decode gave up", 1);
-    st1 = reap(pp);
-    st2 = reap(pd);
+    st1 = ft_reap(pp);
+    st2 = ft_reap(pd);
     CHECK(WIFEXITED(st1) && WEXITSTATUS(st1) == 0, "give up: prefill process (status %d)", st1);
     CHECK(WIFEXITED(st2) && WEXITSTATUS(st2) == 0, "give up: decode process (status %d)", st2);
     printf("  gqa tp 2->1: the decode gives up, the slow prefill rank stops\n");

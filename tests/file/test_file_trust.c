@@ -296,7 +296,8 @@ static void test_forged_done(void) {
     snprintf(text, sizeof text,
              "{\"format\":\"kvx-file-done\",\"version\":%d,\"room\":21,\"chunks\":1,"
              "\"total_pages\":2,\"layout_fingerprint\":\"%016llx\",\"aux_index\":0,"
-             "\"aux_bytes\":8,\"aux_crc32c\":%u,\"aux_item_lens\":[8]}\n",
+             "\"aux_bytes\":8,\"aux_crc32c\":%u,\"aux_item_lens\":[8],\"state_type\":0,"
+             "\"state_count\":0,\"state_bytes\":0,\"state_crc32c\":0,\"state_item_lens\":[]}\n",
              KVX_FILE_FORMAT_VERSION, (unsigned long long)kvx_layout_fingerprint(&pr.layout),
              kvx_crc32c(0, aux8, 8));
     snprintf(p, sizeof p, "%s/room_21/transfer_done", dir);

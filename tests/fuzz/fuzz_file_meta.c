@@ -1,6 +1,6 @@
 /* Fuzzes what the file transport reads from disk written by another
    process: the JSON reader, the chunk meta / transfer_done checks, and the
-   split of a file into its JSON line and its MAC line (format version 3). */
+   split of a file into its JSON line and its MAC line (format version 4, with its state fields). */
 #define KVX_IMPLEMENTATION
 #include "../../kvx_file.h"
 
@@ -22,7 +22,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         if (off != m.bytes) __builtin_trap();
         kvx_file_chunk_info_free(&m);
     }
-    kvx_file_parse_done(text, size, "fuzz", &d, why, sizeof why);
+    if (kvx_file_parse_done(text, size, "fuzz", &d, why, sizeof why) == KVX_OK) {
+        uint64_t row = 0;
+        uint32_t i;
+        /* accepted state fields are consistent: rows only with buffers, and
+           state_bytes is exactly the rows' bytes */
+        if (d.num_state > KVX_MAX_STATE || (d.state_count && !d.num_state)) __builtin_trap();
+        for (i = 0; i < d.num_state; i++) row += d.state_item_lens[i];
+        if (d.state_bytes != (uint64_t)d.state_count * row) __builtin_trap();
+    }
     {
         size_t json_len = 0;
         int has_mac = 0;
