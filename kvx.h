@@ -2244,22 +2244,31 @@ static KVX__UNUSED int kvx__json_u64(const kvx__json_doc *doc, const kvx__json *
 
 /* >>impl: layout ---------------------------------------------------------- */
 
-KVX_API uint64_t kvx_layout_num_pages(const kvx_layout *l) {
+/* Rows of the shortest of n buffers (length / item_len), and item_len summed. */
+static uint64_t kvx__min_rows(const kvx_buffer *b, uint32_t n) {
     uint64_t m = UINT64_MAX;
     uint32_t i;
-    if (!l || !l->num_buffers) return 0;
-    for (i = 0; i < l->num_buffers; i++) {
-        uint64_t p = l->buffers[i].item_len ? l->buffers[i].length / l->buffers[i].item_len : 0;
+    if (!b || !n) return 0;
+    for (i = 0; i < n; i++) {
+        uint64_t p = b[i].item_len ? b[i].length / b[i].item_len : 0;
         if (p < m) m = p;
     }
     return m;
 }
 
-KVX_API uint64_t kvx_layout_page_bytes(const kvx_layout *l) {
+static uint64_t kvx__sum_items(const kvx_buffer *b, uint32_t n) {
     uint64_t s = 0;
     uint32_t i;
-    for (i = 0; l && i < l->num_buffers; i++) s += l->buffers[i].item_len;
+    for (i = 0; b && i < n; i++) s += b[i].item_len;
     return s;
+}
+
+KVX_API uint64_t kvx_layout_num_pages(const kvx_layout *l) {
+    return l ? kvx__min_rows(l->buffers, l->num_buffers) : 0;
+}
+
+KVX_API uint64_t kvx_layout_page_bytes(const kvx_layout *l) {
+    return l ? kvx__sum_items(l->buffers, l->num_buffers) : 0;
 }
 
 KVX_API uint64_t kvx_layout_aux_row_bytes(const kvx_layout *l) {
@@ -2281,21 +2290,11 @@ KVX_API uint64_t kvx_layout_num_aux_slots(const kvx_layout *l) {
 }
 
 KVX_API uint64_t kvx_layout_num_state_rows(const kvx_layout *l) {
-    uint64_t m = UINT64_MAX;
-    uint32_t i;
-    if (!l || !l->num_state || !l->state) return 0;
-    for (i = 0; i < l->num_state; i++) {
-        uint64_t p = l->state[i].item_len ? l->state[i].length / l->state[i].item_len : 0;
-        if (p < m) m = p;
-    }
-    return m;
+    return l ? kvx__min_rows(l->state, l->num_state) : 0;
 }
 
 KVX_API uint64_t kvx_layout_state_row_bytes(const kvx_layout *l) {
-    uint64_t t = 0;
-    uint32_t i;
-    for (i = 0; l && l->state && i < l->num_state; i++) t += l->state[i].item_len;
-    return t;
+    return l ? kvx__sum_items(l->state, l->num_state) : 0;
 }
 
 KVX_API kvx_result kvx_layout_validate(const kvx_layout *l, char *why, size_t why_len) {
