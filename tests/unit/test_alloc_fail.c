@@ -4,7 +4,8 @@
    run must end with every call answered (an error code or a terminal room
    state, never a crash or a hang) and with nothing of the allocator's left
    live after the engines are destroyed. A run with no injected failure must
-   move the bytes, verified. Scenarios: the core over the fake transport,
+   move the bytes, verified (KV pages, aux and hybrid state rows). Scenarios:
+   the core over the fake transport,
    and the file transport (two engines in this process sharing a directory). */
 #define KVX_IMPLEMENTATION
 #include "../../kvx_file.h"
@@ -51,32 +52,36 @@ static int transfer(const char *transport) {
     kvx_receiver *r = NULL;
     kvx_room_desc rd;
     kvx_result res;
-    int32_t sp[12], dp[12];
+    int32_t sp[12], dp[12], ss[2] = {3, 4}, ds[2] = {0, 5}; /* hybrid state rows */
     int whole = 0;
     uint64_t room = next_room++; /* a failed room's marker outlives its engines */
     ex_pool_init(&ps, &tiny, 32, 16, 2, 1);
     ex_pool_init(&pr, &tiny, 32, 16, 2, 2);
+    ex_pool_add_state(&ps, KVX_STATE_SWA, 2, 64, 8);
+    ex_pool_add_state(&pr, KVX_STATE_SWA, 2, 64, 8);
     ex_alloc_pages(&ps, sp, 12);
     ex_alloc_pages(&pr, dp, 12);
     ex_pages_pattern(&ps, room, sp, 12, 1);
     ex_aux_write(&ps, room, 0);
+    ex_state_pattern(&ps, room, ss, 2, 1);
     memset(&rd, 0, sizeof rd);
     rd.room = room;
     if (!(pe = engine(transport, KVX_ROLE_PREFILL, &ps, &res))) goto out;
     if (!(de = engine(transport, KVX_ROLE_DECODE, &pr, &res))) goto out;
     if (kvx_sender_create(pe, &rd, &s) != KVX_OK) goto out;
     if (kvx_receiver_create(de, &rd, &r) != KVX_OK) goto out;
-    if (kvx_receiver_init(r, dp, 12, 1) != KVX_OK) goto out;
+    if (kvx_receiver_init_state(r, dp, 12, 1, ds, 2) != KVX_OK) goto out;
     if (kvx_sender_init(s, 12, 0) != KVX_OK) goto out;
     if (kvx_sender_send(s, sp, 5) != KVX_OK) goto out;
-    if (kvx_sender_send(s, sp + 5, 7) != KVX_OK) goto out;
+    if (kvx_sender_send_state(s, sp + 5, 7, ss, 2) != KVX_OK) goto out;
     CHECK(ca_settle(s, r),
           "%s: both sides reach a terminal state (fail at %ld): sender %s '%s', receiver %s '%s'",
           transport, ca.fail_at, kvx_poll_str(kvx_sender_poll(s)), kvx_sender_error(s),
           kvx_poll_str(kvx_receiver_poll(r)), kvx_receiver_error(r));
     whole = kvx_sender_poll(s) == KVX_POLL_SUCCESS && kvx_receiver_poll(r) == KVX_POLL_SUCCESS;
     if (whole && strcmp(transport, "fake")) /* fake moves no bytes */
-        CHECK(ex_pages_pattern(&pr, room, dp, 12, 0) == 0 && ex_aux_check(&pr, room, 1),
+        CHECK(ex_pages_pattern(&pr, room, dp, 12, 0) == 0 && ex_aux_check(&pr, room, 1) &&
+                  ex_state_pattern(&pr, room, ds, 2, 0) == 0,
               "%s: a room that succeeded has its bytes", transport);
 out:
     ca_pair_end(transport, s, r, whole);
