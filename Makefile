@@ -3,7 +3,10 @@
 #   make test      every test: unit, multi-process, faults, compile checks,
 #                  ASan/UBSan, TSan, fuzzers (bounded)
 #   make bench     benchmarks, with ratios against raw baselines
-#   make install   headers into $(PREFIX)/include
+#   make lib       build/libkvx.so (every header, one shared library) and
+#                  build/kvx.pc, for engines that link rather than vendor
+#   make install   headers into $(PREFIX)/include/kvx, the library into
+#                  $(PREFIX)/lib, kvx.pc into $(PREFIX)/lib/pkgconfig
 PREFIX ?= /usr/local
 CC ?= cc
 CXX ?= c++
@@ -24,7 +27,7 @@ vpath test_%.c $(sort $(dir $(TEST_SRC)))
 vpath bench_%.c bench
 
 .PHONY: all demo test bench install clean examples tests check-compile test-unit \
-        test-asan test-tsan test-fuzz deps test-dfs bench-dfs
+        test-asan test-tsan test-fuzz deps test-dfs bench-dfs lib test-lib
 
 all: examples tests
 
@@ -114,9 +117,47 @@ bench-dfs: $(DFS_BENCHES)
 	  bash tests/dfs/gluster.sh run bash -c 'for b; do ./$$b || exit $$?; done' _ $(DFS_BENCHES); rc=$$?; \
 	  if [ $$rc -eq 77 ]; then echo "   (skipped: GlusterFS cannot run here, see above)"; elif [ $$rc -ne 0 ]; then exit 1; fi
 
-install:
+# make lib: libkvx.so, every header in one translation unit (lib/kvx_lib.c),
+# with the transports this machine can build (the same KVX_RDMA_CFLAGS and
+# KVX_CUDA_CFLAGS as the examples; libibverbs and libcuda are still
+# dlopen'ed at run time). -fvisibility=hidden with KVX_API marked visible
+# in lib/kvx_lib.c: only the public API is exported, no kvx__ helper.
+# Soname libkvx.so.<major>, file libkvx.so.<major>.<minor>.<patch>.
+KVX_VERSION := $(shell awk '/^\#define KVX_VERSION_(MAJOR|MINOR|PATCH) /{v = v s $$3; s = "."} END {print v}' kvx.h)
+KVX_SONAME = libkvx.so.$(firstword $(subst ., ,$(KVX_VERSION)))
+KVX_LIB_FILE = libkvx.so.$(KVX_VERSION)
+KVX_LIB_CFLAGS = $(KVX_CFLAGS) $(KVX_RDMA_CFLAGS) $(KVX_CUDA_CFLAGS) -fPIC -fvisibility=hidden
+# What a program that includes the installed headers should see defined.
+KVX_PC_DEFINES = $(strip $(filter -DKVX_WITH_%,$(KVX_RDMA_CFLAGS) $(KVX_CUDA_CFLAGS)))
+
+lib: $(B)/libkvx.so $(B)/kvx.pc
+
+$(B)/$(KVX_LIB_FILE): lib/kvx_lib.c $(HEADERS) $(FLAGS) | $(B)
+	$(CC) $(KVX_LIB_CFLAGS) -shared -Wl,-soname,$(KVX_SONAME) -Wl,-z,defs $< -o $@ $(KVX_LDLIBS)
+
+$(B)/libkvx.so: $(B)/$(KVX_LIB_FILE)
+	ln -sf $(KVX_LIB_FILE) $(B)/$(KVX_SONAME)
+	ln -sf $(KVX_SONAME) $@
+
+# Rewritten only when its text changes (PREFIX is part of it).
+$(B)/kvx.pc: lib/kvx.pc.in kvx-flags-force | $(B)
+	@sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|$(KVX_VERSION)|' \
+	    -e 's|@DEFINES@|$(KVX_PC_DEFINES)|' -e 's| *$$||' $< > $@.tmp
+	@if cmp -s $@.tmp $@; then rm -f $@.tmp; else mv $@.tmp $@; echo "wrote $@ (prefix $(PREFIX))"; fi
+
+# The library installed into a scratch DESTDIR, a program built against it
+# with pkg-config and run (tests/lib/run.sh; SKIP when pkg-config is missing).
+test-lib: lib
+	@bash tests/lib/run.sh $(B)
+
+install: lib
 	install -d $(DESTDIR)$(PREFIX)/include/kvx
 	install -m 644 $(HEADERS) $(DESTDIR)$(PREFIX)/include/kvx/
+	install -d $(DESTDIR)$(PREFIX)/lib/pkgconfig
+	install -m 755 $(B)/$(KVX_LIB_FILE) $(DESTDIR)$(PREFIX)/lib/
+	ln -sf $(KVX_LIB_FILE) $(DESTDIR)$(PREFIX)/lib/$(KVX_SONAME)
+	ln -sf $(KVX_SONAME) $(DESTDIR)$(PREFIX)/lib/libkvx.so
+	install -m 644 $(B)/kvx.pc $(DESTDIR)$(PREFIX)/lib/pkgconfig/
 
 clean:
 	rm -rf $(B) tests/softverbs/*.so
