@@ -3,7 +3,8 @@
    accepted frame must lie inside the input, respect its limits, and
    re-encode to exactly the bytes it was decoded from. The first input byte
    also seeds a structured mode that builds valid frames (every type: hello
-   keyed or not, room, status, abort, ping, pong, auth, transport message) from the fuzz
+   keyed or not, with state buffers or not, room with pages and state
+   indices, status, abort, ping, pong, auth, transport message) from the fuzz
    bytes and corrupts one field, so deep checks are reached without a
    corpus. */
 #define KVX_IMPLEMENTATION
@@ -19,28 +20,39 @@ static void reencode(const kvx_boot_frame *f, const uint8_t *bytes, size_t used)
     uint32_t i;
     memset(&out, 0, sizeof out);
     if (f->type == KVX_BOOT_FRAME_ROOM) {
-        pages = (int32_t *)malloc((f->num_pages + 1) * sizeof *pages);
+        if (f->num_state > KVX_BOOT_MAX_STATE_INDICES) __builtin_trap();
+        pages = (int32_t *)malloc((f->num_pages + f->num_state + 1) * sizeof *pages);
         if (!pages) return;
         for (i = 0; i < f->num_pages; i++) {
             pages[i] = kvx_boot_frame_page(f, i);
             if (pages[i] < 0) __builtin_trap();
         }
+        for (i = 0; i < f->num_state; i++) { /* version 4: the decode's state indices */
+            pages[f->num_pages + i] = kvx_boot_frame_state(f, i);
+            if (pages[f->num_pages + i] < 0) __builtin_trap();
+        }
         g.pages = pages;
         g.pages_le = NULL;
+        g.state_idx = pages + f->num_pages;
+        g.state_le = NULL;
     }
     if (f->type == KVX_BOOT_FRAME_HELLO) {
         const kvx_boot_hello *h = &f->hello;
         if (h->num_buffers > KVX_MAX_BUFFERS || h->num_aux > KVX_MAX_AUX || h->dtype_len > 63 ||
             h->transport_len > 31 || h->endpoint_len > KVX_BOOT_MAX_ENDPOINT ||
             h->version != KVX_BOOT_PROTOCOL_VERSION || h->head_begin > KVX_MAX_BUFFERS * 64u ||
-            h->layer_begin > KVX_MAX_BUFFERS * 64u)
+            h->layer_begin > KVX_MAX_BUFFERS * 64u || h->num_state > KVX_MAX_STATE ||
+            h->state_type > KVX_STATE_OTHER)
             __builtin_trap();
-        items = (uint64_t *)malloc((h->num_buffers + h->num_aux + 1) * sizeof *items);
+        items = (uint64_t *)malloc((h->num_buffers + h->num_aux + h->num_state + 1) * sizeof *items);
         if (!items) { free(pages); return; }
         for (i = 0; i < h->num_buffers; i++) items[i] = kvx__le_r64(h->item_lens_le + 8u * i);
         for (i = 0; i < h->num_aux; i++) items[h->num_buffers + i] = kvx__le_r64(h->aux_item_lens_le + 8u * i);
+        for (i = 0; i < h->num_state; i++) /* version 4: the state buffers */
+            items[h->num_buffers + h->num_aux + i] = kvx__le_r64(h->state_item_lens_le + 8u * i);
         g.hello.item_lens = items;
         g.hello.aux_item_lens = items + h->num_buffers;
+        g.hello.state_item_lens = items + h->num_buffers + h->num_aux;
     }
     if (kvx__boot_frame_encode(&g, &out) != KVX_OK || out.len != used || memcmp(out.data, bytes, used))
         __builtin_trap();
@@ -83,7 +95,7 @@ static void structured(const uint8_t *data, size_t size) {
     kvx__buf b;
     uint8_t sel = size > 1 ? data[1] : 0;
     int32_t pages[16];
-    uint64_t items[4] = {128, 256, 64, 8};
+    uint64_t items[6] = {128, 256, 64, 8, 4096, 512};
     size_t i, n = size > 4 ? (size - 4) / 4 : 0;
     if (n > 16) n = 16;
     for (i = 0; i < n; i++) pages[i] = (int32_t)(kvx__le_r32(data + 4 + 4 * i) & 0x7fffffff);
@@ -93,8 +105,10 @@ static void structured(const uint8_t *data, size_t size) {
     switch (sel % 8) {
     case 0:
         f.type = KVX_BOOT_FRAME_ROOM;
-        f.num_pages = (uint32_t)n;
+        f.num_pages = (uint32_t)n / 2;
         f.pages = pages;
+        f.num_state = (uint32_t)(n - n / 2); /* the rest as state indices */
+        f.state_idx = pages + n / 2;
         f.aux_index = -1;
         f.peer_count = 1;
         break;
@@ -138,6 +152,9 @@ static void structured(const uint8_t *data, size_t size) {
         f.hello.layer_begin = size > 6 ? data[6] : 0;
         f.hello.item_lens = items;
         f.hello.aux_item_lens = items + 3;
+        f.hello.num_state = sel & 4 ? 2 : 0; /* version 4: hybrid state buffers */
+        f.hello.state_type = sel & 4 ? KVX_STATE_MAMBA : 0;
+        f.hello.state_item_lens = items + 4;
         f.hello.dtype = "bfloat16";
         f.hello.dtype_len = 8;
         f.hello.transport = "tcp";
