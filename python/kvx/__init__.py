@@ -197,11 +197,18 @@ class Layout:
         """A Layout from array-like objects, one per buffer: torch tensors
         (data_ptr(); CUDA tensors become GPU buffers), numpy arrays or
         anything with __array_interface__, or writable buffers. The first
-        dimension indexes pages (aux and state: rows). The objects are kept
-        alive by the Layout. Other keywords as for Layout()."""
-        specs = [_pointer_of(o) for o in kv]
-        aux_specs = [_pointer_of(o)[:3] for o in aux]
-        state_specs = [_pointer_of(o) for o in state]
+        dimension indexes pages (aux and state: rows); an entry may also be
+        (object, item_len) to give the bytes of a page (or row) directly,
+        as a flat bytearray needs. The objects are kept alive by the
+        Layout. Other keywords as for Layout()."""
+        def spec(o: Any) -> Tuple[int, int, int, int, int]:
+            if isinstance(o, tuple):
+                addr, nbytes, _, mem, dev = _pointer_of(o[0])
+                return addr, nbytes, int(o[1]), mem, dev
+            return _pointer_of(o)
+        specs = [spec(o) for o in kv]
+        aux_specs = [spec(o)[:3] for o in aux]
+        state_specs = [spec(o) for o in state]
         return cls(specs, aux_specs, state=state_specs,
                    keep=list(kv) + list(aux) + list(state) + list(kw.pop("keep", ())), **kw)
 
