@@ -27,7 +27,11 @@ from ._ffi import lib
 
 __all__ = ["KvxError", "Poll", "Role", "StateType", "Layout", "Engine", "Sender", "Receiver",
            "Store", "result_str", "page_keys", "__version__"]
-__version__ = "0.1.0"
+try:
+    from importlib.metadata import version as _version
+    __version__ = _version("kvx")
+except Exception:  # not installed (run from the source tree)
+    __version__ = "0.0.0"
 
 
 def result_str(code: int) -> str:
@@ -89,7 +93,6 @@ def _i32(values: Optional[Iterable[int]]) -> Tuple[Any, int]:
     return (ctypes.c_int32 * max(len(vals), 1))(*vals), len(vals)
 
 
-BufferSpec = Tuple[int, int, int]
 
 
 def _pointer_of(obj: Any) -> Tuple[int, int, int, int, int]:
