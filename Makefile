@@ -150,6 +150,14 @@ $(B)/kvx.pc: lib/kvx.pc.in kvx-flags-force | $(B)
 test-lib: lib
 	@bash tests/lib/run.sh $(B)
 
+# The Python package kvx (python/): pip installs it into a fresh venv
+# (build/pyvenv, compiling the headers) and tests/python/test_kvx.py tests
+# it there. SKIP when python3 or its venv module is missing.
+.PHONY: test-python
+test-python:
+	@if command -v python3 >/dev/null 2>&1; then python3 tests/python/test_kvx.py; \
+	  else echo "SKIP python: python3 is not installed"; fi
+
 install: lib
 	install -d $(DESTDIR)$(PREFIX)/include/kvx
 	install -m 644 $(HEADERS) $(DESTDIR)$(PREFIX)/include/kvx/
