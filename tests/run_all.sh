@@ -18,6 +18,9 @@ if make -s -j"$J" all; then bash tests/run_tests.sh build; result $?; else resul
 step "shared library: make lib, make install into a scratch DESTDIR, a program linked through pkg-config (build/)"
 make -s --no-print-directory test-lib; result $?
 
+step "Python package: pip install ./python into a fresh venv (build/pyvenv), tests/python/test_kvx.py"
+make -s --no-print-directory test-python; result $?
+
 step "demo, small, on every transport this machine can run (build/)"
 demo() { local label=$1; shift; if out=$("$@" --requests 8 --max-tokens 512 --inflight 2 2>&1); then
     echo "  ok    $label: $(echo "$out" | grep -E 'KV bytes moved' | tr -s ' ')"; return 0
