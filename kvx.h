@@ -3045,22 +3045,24 @@ KVX_API kvx_result kvx_plan_state(kvx_plan *p, const kvx_layout *src, const int3
     return kvx__plan_state_runs(p, src, si, di, n);
 }
 
-KVX_API kvx_result kvx_plan_state_gather(kvx_plan *p, const kvx_layout *l, const int32_t *idx,
-                                         size_t n) {
+/* One-sided state rows: rows idx of l -> the packed region (dst 0) or back (dst 1). */
+static kvx_result kvx__plan_state_packed(kvx_plan *p, const kvx_layout *l, const int32_t *idx,
+                                         size_t n, int dst) {
     kvx_result r;
     if (!p || !l || (n && !idx)) return KVX_ERR_INVALID_ARGUMENT;
     p->error[0] = 0;
-    if ((r = kvx__state_check(p, l, idx, n, 0)) != KVX_OK) return r;
-    return kvx__plan_state_runs(p, l, idx, NULL, n);
+    if ((r = kvx__state_check(p, l, idx, n, dst)) != KVX_OK) return r;
+    return kvx__plan_state_runs(p, l, dst ? NULL : idx, dst ? idx : NULL, n);
+}
+
+KVX_API kvx_result kvx_plan_state_gather(kvx_plan *p, const kvx_layout *l, const int32_t *idx,
+                                         size_t n) {
+    return kvx__plan_state_packed(p, l, idx, n, 0);
 }
 
 KVX_API kvx_result kvx_plan_state_scatter(kvx_plan *p, const kvx_layout *l, const int32_t *idx,
                                           size_t n) {
-    kvx_result r;
-    if (!p || !l || (n && !idx)) return KVX_ERR_INVALID_ARGUMENT;
-    p->error[0] = 0;
-    if ((r = kvx__state_check(p, l, idx, n, 1)) != KVX_OK) return r;
-    return kvx__plan_state_runs(p, l, NULL, idx, n);
+    return kvx__plan_state_packed(p, l, idx, n, 1);
 }
 
 /* >>impl: engine and rooms ------------------------------------------------ */

@@ -93,8 +93,6 @@ def _i32(values: Optional[Iterable[int]]) -> Tuple[Any, int]:
     return (ctypes.c_int32 * max(len(vals), 1))(*vals), len(vals)
 
 
-
-
 def _pointer_of(obj: Any) -> Tuple[int, int, int, int, int]:
     """(address, bytes, item bytes, mem kind, device) of an array-like object:
     torch tensors (data_ptr), numpy arrays and anything with
@@ -237,7 +235,27 @@ def _sub(struct: ctypes.Structure, values: Optional[dict], keep: list) -> None:
         setattr(struct, k, v)
 
 
-class Engine:
+class _Closing:
+    """Context-manager and finaliser behaviour shared by the objects that own a
+    native handle: ``with`` closes, and so does garbage collection."""
+
+    def close(self) -> None:  # pragma: no cover - every subclass defines it
+        raise NotImplementedError
+
+    def __enter__(self):  # type: ignore[no-untyped-def]
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+class Engine(_Closing):
     """One side of the transfer (kvx_engine): role "prefill" or "decode".
 
     transport: "file", "tcp", "rdma", "cuda", "fake" (KVX_TRANSPORT in the
@@ -319,18 +337,6 @@ class Engine:
         if self._h:
             lib.kvx_engine_destroy(self._h)
             self._h = ctypes.c_void_p()
-
-    def __enter__(self) -> "Engine":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:
-            pass
 
 
 class _Room:
@@ -465,7 +471,7 @@ def page_keys(tokens: Sequence[int], page_size: int, prior: Optional[Key] = None
     return [bytes(out[i].bytes) for i in range(got)]
 
 
-class Store:
+class Store(_Closing):
     """A persistent, content-addressed page store over a KV pool (kvx_store):
     put pages under 32-byte keys, get the longest present prefix back.
     A context manager; close() joins its threads (files stay)."""
@@ -543,15 +549,3 @@ class Store:
         if self._h:
             lib.kvx_store_close(self._h)
             self._h = ctypes.c_void_p()
-
-    def __enter__(self) -> "Store":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:
-            pass
