@@ -289,6 +289,7 @@ static void test_kill_decode(void) {
     size_t rooms_left, pending_left;
     double t0, took;
     kvx_boot *b;
+    kvx_sender *sentinel = NULL;
     bt_pool_init(&pool, 8192, 16, 128, "bfloat16");
     memset(&o, 0, sizeof o);
     e = bt_engine(KVX_ROLE_PREFILL, &pool, &o, why, sizeof why);
@@ -337,23 +338,33 @@ static void test_kill_decode(void) {
     /* the room frames arrive before their senders exist, then the decode
        dies: each sender created afterwards fails at once saying so (not
        after KVX_BOOTSTRAP_TIMEOUT, waiting for a destination that is gone) */
+    /* a sentinel: the decode inits rooms 6000000 .. +n in order on one
+       control connection, and only the last has a sender here; once it has
+       its destination, every earlier frame has arrived (kept, no sender) */
     argv[3] = (char *)"6000000";
-    bt_spawn(&p, argv, NULL);
-    CHECK(bt_readline(&p, line, sizeof line, 30) && !strncmp(line, "INITED ", 7) && atoi(line + 7) == n,
-          "decode gone before the senders: decode process inited %s rooms", line + 7);
-    t0 = bt_now();
-    for (;;) { /* every frame reached the prefill */
-        pthread_mutex_lock(&b->mu);
-        pending_left = b->npending;
-        pthread_mutex_unlock(&b->mu);
-        if (pending_left >= (size_t)n || bt_now() - t0 > 20) break;
-        bt_sleep(0.005);
+    snprintf(counts, sizeof counts, "%d", n + 1);
+    {
+        kvx_room_desc rd;
+        memset(&rd, 0, sizeof rd);
+        rd.room = 6000000 + (uint64_t)n;
+        kvx_sender_create(e, &rd, &sentinel);
     }
+    bt_spawn(&p, argv, NULL);
+    CHECK(bt_readline(&p, line, sizeof line, 30) && !strncmp(line, "INITED ", 7) && atoi(line + 7) == n + 1,
+          "decode gone before the senders: decode process inited %s rooms", line + 7);
+    CHECK(kvx_sender_wait(sentinel, KVX_POLL_WAITING_FOR_INPUT, 30000) == KVX_POLL_WAITING_FOR_INPUT,
+          "decode gone before the senders: the sentinel room got its destination");
+    pthread_mutex_lock(&b->mu);
+    pending_left = b->npending;
+    pthread_mutex_unlock(&b->mu);
     CHECK(pending_left == (size_t)n, "decode gone before the senders: %zu of %d room frames kept",
           pending_left, n);
     kill(p.pid, SIGKILL);
-    t0 = bt_now();
-    while (KVX__LOAD(&b->nctrl) != 0 && bt_now() - t0 < 20) bt_sleep(0.005);
+    /* the connection's loss fails the sentinel after it recorded the kept frames */
+    CHECK(kvx_sender_wait(sentinel, KVX_POLL_SUCCESS, 30000) == KVX_POLL_FAILED,
+          "decode gone before the senders: the sentinel fails with the connection: %s",
+          kvx_sender_error(sentinel));
+    kvx_sender_destroy(sentinel);
     failed = named = 0;
     for (i = 0; i < n; i++) {
         kvx_room_desc rd;

@@ -259,6 +259,24 @@ static int ss_step(ss_side *s) {
     return done == SS_NREQ;
 }
 
+/* Blocks until the first unfinished room of the sides moves to its next
+   state (or 100 ms pass): decode rooms first, since with a refused pairing
+   the prefill rooms never move. */
+static void ss_wait(ss_side *P, uint32_t np, ss_side *D, uint32_t nd) {
+    uint32_t i, k, side;
+    for (side = 0; side < 2; side++)
+        for (i = 0; i < (side ? np : nd); i++)
+            for (k = 0; k < SS_NREQ; k++) {
+                ss_room *rm = side ? &P[i].rooms[k] : &D[i].rooms[k];
+                kvx_poll st = side ? kvx_sender_poll(rm->s) : kvx_receiver_poll(rm->r);
+                kvx_poll next = (kvx_poll)(st + 1);
+                if (cx_terminal(st)) continue;
+                if (side) kvx_sender_wait(rm->s, next, 100);
+                else kvx_receiver_wait(rm->r, next, 100);
+                return;
+            }
+}
+
 typedef struct ss_result {
     uint32_t ok, failed, verified, untouched_bad, unfinished;
     char err[KVX_ERROR_MAX];
@@ -335,7 +353,7 @@ static int ss_run(const ss_case *c, int mask, int port, ss_result *pres, ss_resu
         for (i = 0; i < np; i++) pdone &= ss_step(&P[i]);
         for (i = 0; i < nd; i++) ddone &= ss_step(&D[i]);
         all = ddone && (pdone || (c->decode_refuses && nd));
-        if (!all) cx_sleep(0.001);
+        if (!all) ss_wait(P, np, D, nd);
     } while (!all && cx_now() < end);
     for (i = 0; i < np; i++) ss_collect(&P[i], c, pres);
     for (i = 0; i < nd; i++) ss_collect(&D[i], c, dres);

@@ -80,7 +80,6 @@ static void side_down(side *s) {
     ex_pool_free(&s->pool);
 }
 
-static int term(kvx_poll p) { return p == KVX_POLL_SUCCESS || p == KVX_POLL_FAILED; }
 
 /* One request: pages, aux slots and state indices on both sides. */
 typedef struct req {
@@ -149,10 +148,10 @@ static void req_start(req *x) {
     kvx_sender_send_state(x->s, x->sp + h, x->n - h, x->si, x->ns);
 }
 
+/* Both rooms terminal (a wait for Success returns on Failed too). */
 static void req_wait(req *x) {
-    double end = rt_now() + 60 * slow;
-    while (rt_now() < end && !(term(kvx_receiver_poll(x->r)) && term(kvx_sender_poll(x->s))))
-        rt_sleep(0.002);
+    kvx_receiver_wait(x->r, KVX_POLL_SUCCESS, (int)(60000 * slow));
+    kvx_sender_wait(x->s, KVX_POLL_SUCCESS, (int)(60000 * slow));
 }
 
 /* ---- MLA with prefill TP 2 -> decode TP 1: the dummy sends no state ---------- */
@@ -168,7 +167,6 @@ static void mla_dummy(void) {
     int o0[7] = {2, 0, 1, 0, 0, 1, 0}, o1[7] = {2, 1, 1, 0, 0, 1, 0};
     char why[KVX_ERROR_MAX], addr[64];
     uint64_t bk, bs, room = 7700, before;
-    double end;
     kvx_rdma_stats st0, st1;
     memset(&p0, 0, sizeof p0);
     memset(&p1, 0, sizeof p1);
@@ -214,10 +212,9 @@ static void mla_dummy(void) {
     kvx_sender_init(s1, 10, sl1);
     kvx_sender_send_state(s0, sp0, 10, &si, 1);
     kvx_sender_send_state(s1, sp1, 10, &si, 1);
-    end = rt_now() + 60 * slow;
-    while (rt_now() < end && !(term(kvx_receiver_poll(rc)) && term(kvx_sender_poll(s0)) &&
-                               term(kvx_sender_poll(s1))))
-        rt_sleep(0.002);
+    kvx_receiver_wait(rc, KVX_POLL_SUCCESS, (int)(60000 * slow));
+    kvx_sender_wait(s0, KVX_POLL_SUCCESS, (int)(60000 * slow));
+    kvx_sender_wait(s1, KVX_POLL_SUCCESS, (int)(60000 * slow));
     bk = ex_pages_pattern(&dc.pool, room, dp, 10, 0);
     bs = ex_state_pattern(&dc.pool, room, &di, 1, 0);
     CHECK(kvx_receiver_poll(rc) == KVX_POLL_SUCCESS && kvx_sender_poll(s0) == KVX_POLL_SUCCESS &&
@@ -242,10 +239,7 @@ static void mla_dummy(void) {
 
 /* The decode room only (a refused connection: the prefill room waits for
    a room frame that never comes, and is destroyed). */
-static void req_wait_r(req *x) {
-    double end = rt_now() + 60 * slow;
-    while (rt_now() < end && !term(kvx_receiver_poll(x->r))) rt_sleep(0.002);
-}
+static void req_wait_r(req *x) { kvx_receiver_wait(x->r, KVX_POLL_SUCCESS, (int)(60000 * slow)); }
 
 /* Every byte of a finished room: KV pages, aux row, state rows. */
 static int req_verified(side *dc, req *x, char *err, size_t el) {
@@ -455,7 +449,6 @@ static void refused_tp(void) {
     int32_t dp[4], idx = 3, k;
     int o0[7] = {2, 0, 1, 0, 0, 1, 0}, o1[7] = {2, 1, 1, 0, 0, 1, 0};
     char why[KVX_ERROR_MAX], addr[64];
-    double end;
     memset(&pf, 0, sizeof pf);
     memset(&d0, 0, sizeof d0);
     memset(&d1, 0, sizeof d1);
@@ -482,9 +475,8 @@ static void refused_tp(void) {
     kvx_receiver_wait(rc1, KVX_POLL_WAITING_FOR_INPUT, (int)(20000 * slow));
     kvx_receiver_init_state(rc0, dp, 4, -1, &idx, 1);
     kvx_receiver_init_state(rc1, dp, 4, -1, &idx, 1);
-    end = rt_now() + 60 * slow;
-    while (rt_now() < end && !(term(kvx_receiver_poll(rc0)) && term(kvx_receiver_poll(rc1))))
-        rt_sleep(0.002);
+    kvx_receiver_wait(rc0, KVX_POLL_SUCCESS, (int)(60000 * slow));
+    kvx_receiver_wait(rc1, KVX_POLL_SUCCESS, (int)(60000 * slow));
     CHECK(kvx_receiver_poll(rc0) == KVX_POLL_FAILED && kvx_receiver_poll(rc1) == KVX_POLL_FAILED &&
           strstr(kvx_receiver_error(rc0), "sliding-window state between ranks holding different heads"),
           "SWA, non-MLA, prefill TP 1 -> decode TP 2: both decode rooms fail with the sentence: %s",
