@@ -545,6 +545,9 @@ typedef struct kvx_boot_desc {
     int tp_size, tp_rank, dp_size, dp_rank, pp_size, pp_rank, cp_size, cp_rank;
     const char *load_balance_method; /* KVX_LOAD_BALANCE_METHOD, "follow_bootstrap_room":
                                   prefill: SGLang's --load-balance-method (kvx_boot.h) */
+    const char *server;        /* KVX_BOOTSTRAP_SERVER: prefill: "host:port" of a bootstrap
+                                  server run elsewhere (SGLang's own): every rank, rank 0
+                                  included, registers with it and none serves (kvx_boot.h) */
 } kvx_boot_desc;
 
 /* Settings of the tcp transport (kvx_tcp.h). */

@@ -131,6 +131,14 @@
                                --load-balance-method, registered as
                                load_balance_method (follow_bootstrap_room;
                                lower-case letters and '_'): see DP ATTENTION
+     KVX_BOOTSTRAP_SERVER      (desc.boot.server) prefill: "host:port" of a
+                               bootstrap server run by someone else (SGLang's
+                               own, which SGLang starts beside its prefill
+                               ranks): every rank, rank 0 included, registers
+                               with it (PUT /route, and POST /register_dp_rank
+                               for DP rooms) and none serves. Unset: rank 0
+                               serves at KVX_BOOTSTRAP_HOST:PORT and the other
+                               ranks register there
      Not read from the environment: desc.boot.tp_size/tp_rank, dp_size/dp_rank,
      pp_size/pp_rank, cp_size/cp_rank (see RANK MAPPING).
 
@@ -1564,6 +1572,8 @@ struct kvx_boot {
     char host[256];
     char rank_ip[64];
     int port_cfg;
+    char srv_host[256]; /* prefill ranks that do not serve: the server they register with */
+    int srv_port;
     double hb_interval;
     int hb_max_failure;
     int tp_size, tp_rank, dp_size, dp_rank, pp_size, pp_rank, cp_size, cp_rank;
@@ -4776,16 +4786,14 @@ static void kvx__boot_register_job(void *arg) {
     int attempt, status = 0, refused = 0;
     kvx__buf body, resp;
     kvx__buf_init(&body, kvx__boot_al(b));
-    snprintf(host, sizeof host, "%s",
-             (!b->host[0] || !strcmp(b->host, "0.0.0.0") || !strcmp(b->host, "::")) ? "127.0.0.1"
-                                                                                   : b->host);
+    snprintf(host, sizeof host, "%s", b->srv_host);
     kvx__boot_reg_json(b, &body);
     for (attempt = 0; attempt < KVX_BOOT_TRIES * 2 && !body.oom; attempt++) {
         kvx_result r;
         if (attempt && kvx__boot_backoff(b, attempt - 1 > 3 ? 3 : attempt - 1)) break;
         kvx__buf_init(&resp, kvx__boot_al(b));
         if (b->key) kvx__boot_route_mac(b, body.data, body.len, (uint64_t)time(NULL), hdr, sizeof hdr);
-        r = kvx__boot_http_call(host, b->port_cfg, "PUT", "/route", b->key ? hdr : NULL, body.data, body.len,
+        r = kvx__boot_http_call(host, b->srv_port, "PUT", "/route", b->key ? hdr : NULL, body.data, body.len,
                                 KVX__BOOT_HTTP_TIMEOUT_S, &status, &resp, err, sizeof err, &refused);
         if (r == KVX_OK && status == 200) {
             kvx__buf_free(&resp);
@@ -4793,7 +4801,7 @@ static void kvx__boot_register_job(void *arg) {
             kvx_engine_log(b->engine, KVX_LOG_INFO, "kvx.boot", 0,
                            "registered rank dp %d cp %d tp %d pp %d (%s:%d) with bootstrap server %s:%d",
                            b->dp_rank, b->cp_rank, b->tp_rank, b->pp_rank, b->rank_ip, b->ctrl_port,
-                           host, b->port_cfg);
+                           host, b->srv_port);
             return;
         }
         if (r == KVX_OK)
@@ -4807,7 +4815,7 @@ static void kvx__boot_register_job(void *arg) {
         kvx_engine_log(b->engine, KVX_LOG_ERROR, "kvx.boot", 0,
                        "could not register rank dp %d cp %d tp %d pp %d with bootstrap server "
                        "%s:%d: %s; decode engines will get 503 from it", b->dp_rank, b->cp_rank,
-                       b->tp_rank, b->pp_rank, host, b->port_cfg, err);
+                       b->tp_rank, b->pp_rank, host, b->srv_port, err);
 }
 
 /* A prefill sender's room pinned to this engine's dp rank at rank 0's
@@ -4822,9 +4830,7 @@ static void kvx__boot_dpreg_job(void *arg) {
     kvx_boot *b = j->b;
     char host[256], err[200] = "", hdr[128], body[96];
     int attempt, status = 0, refused = 0;
-    snprintf(host, sizeof host, "%s",
-             (!b->host[0] || !strcmp(b->host, "0.0.0.0") || !strcmp(b->host, "::")) ? "127.0.0.1"
-                                                                                   : b->host);
+    snprintf(host, sizeof host, "%s", b->srv_host);
     snprintf(body, sizeof body, "{\"bootstrap_room\":%llu,\"dp_rank\":%d}",
              (unsigned long long)j->room, b->dp_rank);
     for (attempt = 0; attempt < KVX_BOOT_TRIES; attempt++) {
@@ -4833,7 +4839,7 @@ static void kvx__boot_dpreg_job(void *arg) {
         if (attempt && kvx__boot_backoff(b, attempt - 1)) break;
         kvx__buf_init(&resp, kvx__boot_al(b));
         if (b->key) kvx__boot_route_mac(b, body, strlen(body), (uint64_t)time(NULL), hdr, sizeof hdr);
-        r = kvx__boot_http_call(host, b->port_cfg, "POST", "/register_dp_rank", b->key ? hdr : NULL,
+        r = kvx__boot_http_call(host, b->srv_port, "POST", "/register_dp_rank", b->key ? hdr : NULL,
                                 body, strlen(body), KVX__BOOT_HTTP_TIMEOUT_S, &status, &resp, err,
                                 sizeof err, &refused);
         if (r == KVX_OK)
@@ -4847,7 +4853,7 @@ static void kvx__boot_dpreg_job(void *arg) {
         kvx_engine_log(b->engine, KVX_LOG_ERROR, "kvx.boot", j->room,
                        "could not register the room's dp rank %d with bootstrap server %s:%d "
                        "(POST /register_dp_rank): %s; its decode will not find it", b->dp_rank,
-                       host, b->port_cfg, err);
+                       host, b->srv_port, err);
     kvx_engine_free(b->engine, j);
 }
 
@@ -5214,6 +5220,7 @@ static const kvx__setting kvx__boot_table[] = {
     KVX__SET_INT("KVX_HEARTBEAT_MAX_FAILURE", kvx_boot_desc, heartbeat_max_failure, 2, 1, 1000),
     KVX__SET_STR("KVX_BOOTSTRAP_RANK_IP", kvx_boot_desc, rank_ip),
     KVX__SET_STR("KVX_LOAD_BALANCE_METHOD", kvx_boot_desc, load_balance_method),
+    KVX__SET_STR("KVX_BOOTSTRAP_SERVER", kvx_boot_desc, server),
 };
 
 static kvx_result kvx__boot_settings(kvx_boot *b, char *why, size_t wl) {
@@ -5257,8 +5264,19 @@ static kvx_result kvx__boot_settings(kvx_boot *b, char *why, size_t wl) {
                                     &b->cp_rank, why, wl)))
         return r;
     b->serves = b->role == KVX_ROLE_PREFILL && !b->tp_rank && !b->dp_rank && !b->pp_rank &&
-                !b->cp_rank;
-    if (b->role == KVX_ROLE_PREFILL && !b->serves && !b->port_cfg)
+                !b->cp_rank && !(s.server && s.server[0]);
+    if (s.server && s.server[0]) {
+        if (kvx__addr_split(s.server, b->srv_host, sizeof b->srv_host, &b->srv_port, 0) ||
+            !b->srv_host[0] || b->srv_port <= 0 || b->srv_port > 65535)
+            return kvx__why(KVX_ERR_BAD_CONFIG, why, wl, "KVX_BOOTSTRAP_SERVER / desc.boot.server "
+                                 "'%.80s' is not host:port", s.server);
+    } else {
+        snprintf(b->srv_host, sizeof b->srv_host, "%s",
+                 (!b->host[0] || !strcmp(b->host, "0.0.0.0") || !strcmp(b->host, "::"))
+                     ? "127.0.0.1" : b->host);
+        b->srv_port = b->port_cfg;
+    }
+    if (b->role == KVX_ROLE_PREFILL && !b->serves && !b->srv_port)
         return kvx__why(KVX_ERR_BAD_CONFIG, why, wl, "prefill rank (tp %d, dp %d, pp %d, cp "
                              "%d) needs the bootstrap server's port to register with it; an "
                              "ephemeral port is only for rank 0", b->tp_rank, b->dp_rank,
@@ -5489,7 +5507,7 @@ KVX_API kvx_result kvx_boot_create(kvx_engine *e, const kvx_boot_hooks *hooks,
                        b->tp_rank, b->tp_size, b->dp_rank, b->dp_size, b->pp_rank, b->pp_size,
                        b->cp_rank, b->cp_size, b->rank_ip, b->ctrl_port,
                        b->serves ? ", bootstrap server " : ", registering with ",
-                       b->host, b->serves ? b->http_port : b->port_cfg);
+                       b->serves ? b->host : b->srv_host, b->serves ? b->http_port : b->srv_port);
     *out = b;
     return KVX_OK;
 fail:

@@ -58,7 +58,7 @@ class kvx_boot_desc(Structure):
                 ("heartbeat_max_failure", c_int), ("rank_ip", c_char_p),
                 ("tp_size", c_int), ("tp_rank", c_int), ("dp_size", c_int), ("dp_rank", c_int),
                 ("pp_size", c_int), ("pp_rank", c_int), ("cp_size", c_int), ("cp_rank", c_int),
-                ("load_balance_method", c_char_p)]
+                ("load_balance_method", c_char_p), ("server", c_char_p)]
 
 
 class kvx_tcp_desc(Structure):
