@@ -114,9 +114,10 @@
                                between heartbeats of every prefill in use,
                                [0.1, 3600] (SGLang's minimum is 2; 0.1 is for
                                tests) (5): a PING on each control connection
-                               when the server info says "kvx_heartbeat":
-                               "control" (kvx prefills), so liveness needs no
-                               HTTP slot; else GET /health
+                               when the server info comes with the header
+                               "X-Kvx-Heartbeat: control" (a kvx server), so
+                               liveness needs no HTTP slot; else (SGLang's
+                               server) GET /health
      KVX_HEARTBEAT_MAX_FAILURE (desc.boot.heartbeat_max_failure) decode:
                                failed heartbeats in a row after which the
                                rank (control pings: each rank alone, its
@@ -178,9 +179,13 @@
                     when none registered),"target_tp_rank","target_tp_ranks",
                     "target_cp_ranks","target_pp_ranks","required_dst_info_num",
                     "required_prefill_response_num" (these six null: the
-                    decode fills them in SGLang), "kvx_heartbeat":"control"}
-                    (the last member tells a kvx decode to heartbeat over
-                    the control connection; other clients ignore it);
+                    decode fills them in SGLang)}, nothing more: SGLang's
+                    decode builds PrefillServerInfo(**data), which refuses
+                    unknown members (until this version a "kvx_heartbeat"
+                    member broke SGLang 0.5.23's decode). The answer carries
+                    the header "X-Kvx-Heartbeat: control", which tells a kvx
+                    decode to heartbeat over the control connections (a
+                    "kvx_heartbeat":"control" member is still read);
                     concrete ranks: {"rank_ip":"...","rank_port":N}. 400 when a parameter is missing or not
                     an integer, 503 until every dp*cp*tp*pp rank registered,
                     404 for a rank outside the registered sizes.
@@ -1430,7 +1435,7 @@ typedef struct kvx__boot_conn {
 /* What resolving a prefill instance found. */
 typedef struct kvx__boot_res {
     int tp, cp, dp, pp;
-    int ctrl_ping;          /* the server info said "kvx_heartbeat":"control" */
+    int ctrl_ping;          /* the server info came with X-Kvx-Heartbeat: control */
     int follow;             /* follow_bootstrap_room: dp rank = room % dp, else asked */
     uint32_t per_dp;        /* target ranks per dp rank */
     uint16_t peer_index, peer_count;
@@ -1767,7 +1772,7 @@ static kvx_result kvx__boot_http_call(const char *host, int port, const char *me
                                       const char *target, const char *extra, const char *body,
                                       size_t blen,
                                       double timeout_s, int *status, kvx__buf *resp, char *err,
-                                      size_t el, int *refused) {
+                                      size_t el, int *refused, int *kvx_hb) {
     uint64_t deadline = kvx_now_ns() + (uint64_t)(timeout_s * 1e9);
     kvx__buf req, in;
     int fd, e = 0;
@@ -1775,6 +1780,7 @@ static kvx_result kvx__boot_http_call(const char *host, int port, const char *me
     uint64_t clen = UINT64_MAX;
     *refused = 0;
     *status = 0;
+    if (kvx_hb) *kvx_hb = 0;
     fd = kvx__connect(host, port, deadline, NULL, NULL, &e);
     if (fd < 0) {
         *refused = e == ECONNREFUSED;
@@ -1813,6 +1819,7 @@ static kvx_result kvx__boot_http_call(const char *host, int port, const char *me
             while ((p = strstr(p, "\r\n")) != NULL && p + 2 < end) {
                 p += 2;
                 if (!strncasecmp(p, "content-length:", 15)) clen = strtoull(p + 15, NULL, 10);
+                if (kvx_hb && !strncasecmp(p, "x-kvx-heartbeat: control\r\n", 26)) *kvx_hb = 1;
             }
         }
     }
@@ -2569,8 +2576,7 @@ static void kvx__boot_route_get(kvx_boot *b, kvx__boot_conn *c, const kvx_boot_h
         else kvx__buf_printf(&o, "null");
         kvx__buf_printf(&o, ",\"target_tp_rank\":null,\"target_tp_ranks\":null,"
                            "\"target_cp_ranks\":null,\"target_pp_ranks\":null,"
-                           "\"required_dst_info_num\":null,\"required_prefill_response_num\":null,"
-                           "\"kvx_heartbeat\":\"control\"}");
+                           "\"required_dst_info_num\":null,\"required_prefill_response_num\":null}");
     } else {
         const kvx__boot_rank *slot =
             &s->ranks[(((size_t)v[0] * (size_t)s->cp + (size_t)v[1]) * (size_t)s->tp +
@@ -2580,8 +2586,13 @@ static void kvx__boot_route_get(kvx_boot *b, kvx__boot_conn *c, const kvx_boot_h
         kvx__buf_printf(&o, ",\"rank_port\":%d}", slot->port);
     }
     pthread_mutex_unlock(&b->mu);
-    kvx__boot_http_buf(b, c, status, status == 200 ? "application/json" : "text/plain; charset=utf-8",
-                       &o);
+    if (o.oom) kvx__boot_http_text(b, c, 500, "out of memory\n");
+    else /* the header tells a kvx decode to heartbeat over the control connections; a
+            member in the JSON would break SGLang's PrefillServerInfo(**data) */
+        kvx__boot_http_respond(b, c, status, status == 200 ? "application/json"
+                                                            : "text/plain; charset=utf-8",
+                               o.data ? o.data : "", o.len,
+                               status == 200 && all ? "X-Kvx-Heartbeat: control\r\n" : NULL);
     kvx__buf_free(&o);
 }
 
@@ -4062,7 +4073,7 @@ static void *kvx__boot_io_main(void *arg) {
 /* GET target from the peer's bootstrap server with retries while it
    refuses connections, times out or answers 503. */
 static kvx_result kvx__boot_get(kvx_boot *b, const kvx__boot_pf *p, const char *target,
-                                kvx__buf *out, char *why, size_t wl) {
+                                kvx__buf *out, int *kvx_hb, char *why, size_t wl) {
     int attempt, status = 0, refused = 0, last_503 = 0;
     char err[256] = "";
     kvx__buf body;
@@ -4073,7 +4084,7 @@ static kvx_result kvx__boot_get(kvx_boot *b, const kvx__boot_pf *p, const char *
             return kvx__why(KVX_ERR_ABORTED, why, wl, "the engine is shutting down");
         kvx__buf_init(&body, kvx__boot_al(b));
         r = kvx__boot_http_call(p->host, p->port, "GET", target, NULL, NULL, 0, KVX__BOOT_HTTP_TIMEOUT_S,
-                                &status, &body, err, sizeof err, &refused);
+                                &status, &body, err, sizeof err, &refused, kvx_hb);
         if (r == KVX_OK && status == 200) {
             *out = body;
             return KVX_OK;
@@ -4321,15 +4332,16 @@ static kvx_result kvx__boot_resolve(kvx_boot *b, kvx__boot_pf *p, kvx__boot_res 
     const kvx_layout *l = kvx_engine_layout(b->engine);
     kvx__buf body;
     char dtype[64] = "", target[192];
-    int page_size = 0, first, count, dpi, cpi, t, ppi, pp_first, pp_count, bad;
+    int page_size = 0, first, count, dpi, cpi, t, ppi, pp_first, pp_count, bad, hb = 0;
     uint64_t total;
     kvx_result r;
     memset(rs, 0, sizeof *rs);
     r = kvx__boot_get(b, p, "/route?prefill_dp_rank=-1&prefill_cp_rank=-1&target_tp_rank=-1&"
-                            "target_pp_rank=-1", &body, why, wl);
+                            "target_pp_rank=-1", &body, &hb, why, wl);
     if (r != KVX_OK) return r;
     bad = kvx__boot_info_parse(body.allocator, body.data, body.len, &rs->tp, &rs->cp, &rs->dp, &rs->pp, &page_size,
                                dtype, sizeof dtype, &rs->ctrl_ping, &rs->follow);
+    rs->ctrl_ping |= hb;
     kvx__buf_free(&body);
     if (bad)
         return kvx__why(KVX_ERR_PROTOCOL, why, wl, "bootstrap server %s:%d sent server info "
@@ -4393,7 +4405,7 @@ static kvx_result kvx__boot_resolve(kvx_boot *b, kvx__boot_pf *p, kvx__boot_res 
                     snprintf(target, sizeof target,
                              "/route?prefill_dp_rank=%d&prefill_cp_rank=%d&target_tp_rank=%d&"
                              "target_pp_rank=%d", dpi, cpi, t, ppi);
-                    r = kvx__boot_get(b, p, target, &body, why, wl);
+                    r = kvx__boot_get(b, p, target, &body, NULL, why, wl);
                     bad = r == KVX_OK && kvx__boot_rank_parse(body.allocator, body.data, body.len, ip, sizeof ip, &port);
                     kvx__buf_free(&body);
                     if (bad) {
@@ -4508,7 +4520,7 @@ static void kvx__boot_dpq_job(void *arg) {
         r = req.oom ? KVX_ERR_NO_MEMORY
                     : kvx__boot_http_call(p->host, p->port, "POST", "/query_dp_ranks", NULL, req.data,
                                           req.len, KVX__BOOT_HTTP_TIMEOUT_S, &status, &resp, err,
-                                          sizeof err, &refused);
+                                          sizeof err, &refused, NULL);
         kvx__buf_free(&req);
         memset(&d, 0, sizeof d);
         if (r == KVX_OK && status == 200 &&
@@ -4698,7 +4710,7 @@ static void kvx__boot_hb_result(kvx_boot *b, kvx__boot_pf *p, int ok, const char
     pthread_mutex_lock(&b->mu);
 }
 
-/* Under boot->mu. A prefill that announced "kvx_heartbeat":"control" is
+/* Under boot->mu. A prefill whose server announced control heartbeats is
    pinged on its control connections (never blocks, needs no HTTP slot):
    a miss is a connection on which nothing arrived since the previous ping. */
 static const char kvx__boot_hb_lost[] =
@@ -4764,7 +4776,7 @@ static void *kvx__boot_hb_main(void *arg) {
             kvx__buf_init(&body, kvx__boot_al(b));
             pthread_mutex_unlock(&b->mu);
             ok = kvx__boot_http_call(due->host, due->port, "GET", "/health", NULL, NULL, 0, tmo, &status,
-                                     &body, err, sizeof err, &refused) == KVX_OK && status == 200;
+                                     &body, err, sizeof err, &refused, NULL) == KVX_OK && status == 200;
             if (!ok && status) snprintf(err, sizeof err, "GET /health answered %d", status);
             kvx__buf_free(&body);
             pthread_mutex_lock(&b->mu);
@@ -4794,7 +4806,7 @@ static void kvx__boot_register_job(void *arg) {
         kvx__buf_init(&resp, kvx__boot_al(b));
         if (b->key) kvx__boot_route_mac(b, body.data, body.len, (uint64_t)time(NULL), hdr, sizeof hdr);
         r = kvx__boot_http_call(host, b->srv_port, "PUT", "/route", b->key ? hdr : NULL, body.data, body.len,
-                                KVX__BOOT_HTTP_TIMEOUT_S, &status, &resp, err, sizeof err, &refused);
+                                KVX__BOOT_HTTP_TIMEOUT_S, &status, &resp, err, sizeof err, &refused, NULL);
         if (r == KVX_OK && status == 200) {
             kvx__buf_free(&resp);
             kvx__buf_free(&body);
@@ -4841,7 +4853,7 @@ static void kvx__boot_dpreg_job(void *arg) {
         if (b->key) kvx__boot_route_mac(b, body, strlen(body), (uint64_t)time(NULL), hdr, sizeof hdr);
         r = kvx__boot_http_call(host, b->srv_port, "POST", "/register_dp_rank", b->key ? hdr : NULL,
                                 body, strlen(body), KVX__BOOT_HTTP_TIMEOUT_S, &status, &resp, err,
-                                sizeof err, &refused);
+                                sizeof err, &refused, NULL);
         if (r == KVX_OK)
             snprintf(err, sizeof err, "answered %d: %.*s", status,
                      (int)(resp.len > 150 ? 150 : resp.len), resp.data ? resp.data : "");

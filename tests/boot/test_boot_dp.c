@@ -28,7 +28,7 @@ static int http(int port, const char *method, const char *target, const char *ex
     int status = 0, refused = 0;
     kvx__buf_init(&resp, NULL);
     if (kvx__boot_http_call("127.0.0.1", port, method, target, extra, body, body ? strlen(body) : 0,
-                            10.0, &status, &resp, err, sizeof err, &refused) != KVX_OK) {
+                            10.0, &status, &resp, err, sizeof err, &refused, NULL) != KVX_OK) {
         snprintf(out, n, "(no answer: %s)", err);
         kvx__buf_free(&resp);
         return 0;
@@ -95,7 +95,7 @@ static void test_routes(void) {
              "\"enable_dsa_cache_layer_split\":false,\"prefill_http_port\":30000,"
              "\"target_tp_rank\":null,\"target_tp_ranks\":null,\"target_cp_ranks\":null,"
              "\"target_pp_ranks\":null,\"required_dst_info_num\":null,"
-             "\"required_prefill_response_num\":null,\"kvx_heartbeat\":\"control\"}");
+             "\"required_prefill_response_num\":null}");
     CHECK(st == 200 && !strcmp(out, want), "routes: GET /route server info is PrefillServerInfo "
           "field for field: %d %s", st, out);
     st = http(port, "GET", "/route?prefill_dp_rank=1&prefill_cp_rank=0&target_tp_rank=0&target_pp_rank=0",
