@@ -38,6 +38,7 @@ try:
                                                        MHABufferInfo, MLABufferInfo)
     from sglang.srt.mem_cache.pool_host.mha import MHATokenToKVPoolHost
     from sglang.srt.mem_cache.pool_host.mla import MLATokenToKVPoolHost
+    from sglang.srt.mem_cache.utils import get_hash_str
     import kvx
     from kvx.sglang.hicache import KvxHiCacheStorage
 except ImportError as e:
@@ -112,9 +113,9 @@ def backend(pool, **kw):
 
 
 def keys_for(seed: int, n: int):
-    """SGLang-style keys: hex of the chained SHA-256 page hashes."""
+    """SGLang's own keys (get_hash_str: chained SHA-256 page hashes, hex)."""
     toks = [(seed * 7919 + i) % 50000 for i in range(n * PS)]
-    return [k.hex() for k in kvx.page_keys(toks, PS)]
+    return list(get_hash_str(toks, None, PS))
 
 
 def content(pool, key: str) -> torch.Tensor:
@@ -159,6 +160,9 @@ def test_factory_and_roundtrip(root):
     pool = mha_pool()
     b = backend(pool, extra={"dir": root})
     check(isinstance(b, KvxHiCacheStorage), "factory: dynamic config builds KvxHiCacheStorage")
+    toks = list(range(1000, 1000 + 5 * PS))
+    check(list(get_hash_str(toks, None, PS)) == [k.hex() for k in kvx.page_keys(toks, PS)],
+          "SGLang's get_hash_str keys equal kvx.page_keys (the same blocks from C)")
     keys = keys_for(1, 6)
     src = [1, 2, 3, 5, 8, 9]
     fill(pool, keys, src)
@@ -187,6 +191,19 @@ def test_factory_and_roundtrip(root):
     check(b.exists(keys[0]) and not b.exists(keys_for(99, 1)[0]), "exists: hit and miss")
     b.close()
     return keys
+
+
+def test_page_first(root):
+    pool = mha_pool("page_first")
+    b = backend(pool, extra={"dir": root})
+    keys = keys_for(6, 3)
+    fill(pool, keys, [1, 2, 3])
+    ok = b.batch_set_v1(keys, hidx([1, 2, 3]))
+    clear(pool)
+    res = b.batch_get_v1(keys, hidx([9, 4, 12]))
+    check(ok == res == [True] * 3 and verify(pool, keys, [9, 4, 12]) == 0,
+          "page_first host layout: set/get v1 byte-exact")
+    b.close()
 
 
 def test_batch_exists(root):
@@ -304,7 +321,8 @@ def main() -> int:
                 traceback.print_exc()
                 check(False, f"{name} raised")
                 keys = None
-        steps = [("batch_exists", lambda: test_batch_exists(root)),
+        steps = [("page_first", lambda: test_page_first(root)),
+                 ("batch_exists", lambda: test_batch_exists(root)),
                  ("restart", lambda: test_restart(root, keys or keys_for(1, 6))),
                  ("mla", lambda: test_mla(os.path.join(root, "mla"))),
                  ("corruption", lambda: test_corruption_and_bad_keys(root))]
