@@ -233,9 +233,11 @@ class KvxHiCacheStorage(HiCacheStorage):
         if self.store is not None:
             self.store.close()
         self.store = self._open(layout)
-        logger.info("kvx hicache: store %s (model %r, tp %d/%d, %d buffers, %d bytes/page)",
+        logger.info("kvx hicache: store %s (model %r, tp %d/%d, %d buffers, %d bytes/page%s)",
                     self.store.dir, self.model, self.tp_rank, self.tp_size, len(specs),
-                    self.page_bytes)
+                    self.page_bytes, "" if not self.is_mla else
+                    ", MLA: shared copy, " + ("this rank writes" if self.writer
+                                              else "tp rank 0 writes"))
 
     def _need(self) -> kvx.Store:
         if self.store is None:
@@ -368,7 +370,10 @@ class KvxHiCacheStorage(HiCacheStorage):
                 chunk = keys[c:c + _STAGING_PAGES]
                 tgt = [self._flat(t) for t in targets[c:c + len(chunk)]]
                 for t in tgt:
-                    if t is None or not t.is_contiguous():
+                    if t is None:
+                        return out
+                    if not t.is_contiguous():
+                        logger.error("kvx hicache: a target page tensor is not contiguous")
                         return out
                 ok = self._get(store, chunk, list(range(len(chunk))))
                 for i, hit in enumerate(ok):
