@@ -49,9 +49,8 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import logging
-import os
 import threading
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from sglang.srt.mem_cache.hicache_storage import (
