@@ -116,7 +116,7 @@ def _parse_bytes(v: Any) -> int:
         return int(v)
     s = str(v).strip().upper().removesuffix("IB").removesuffix("B")
     if s == "UNLIMITED":
-        return (1 << 63) - 1
+        return (1 << 64) - 1  # KVX_STORE_UNLIMITED
     mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}.get(s[-1:], 1)
     num = s[:-1] if s[-1:] in "KMGT" else s
     try:
