@@ -44,8 +44,9 @@ try:
     import kvx
     from kvx.sglang.hicache import KvxHiCacheStorage
 except ImportError as e:
-    print(f"SKIP hicache: cannot import SGLang / kvx: {e}")
-    sys.exit(77)
+    # the runner made the venv with SGLang and kvx: a failed import is a failure
+    print(f"FAIL hicache: cannot import SGLang / kvx: {e}")
+    sys.exit(1)
 
 PS, LAYERS, HEADS, DIM, TOKENS = 4, 3, 2, 8, 64
 MODEL = "org/test-model"
