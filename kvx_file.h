@@ -1348,9 +1348,10 @@ static void kvx__file_sweep(kvx_engine *e, kvx__fengine *fe) {
 /* Prefill: a bootstrap server when one is configured. Decode: always
    ready, used by the rooms that carry a bootstrap address. */
 static int kvx__file_wants_boot(const kvx_engine_desc *d) {
-    const char *port = getenv("KVX_BOOTSTRAP_PORT");
+    const char *port = getenv("KVX_BOOTSTRAP_PORT"), *srv = getenv("KVX_BOOTSTRAP_SERVER");
     if (d->role == KVX_ROLE_DECODE) return 1;
-    return d->bootstrap_addr || d->boot.port || (port && *port);
+    return d->bootstrap_addr || d->boot.port || (port && *port) || (d->boot.server && *d->boot.server) ||
+           (srv && *srv);
 }
 
 /* Decode: the sender's Success only says the files are complete; this
