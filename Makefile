@@ -27,7 +27,7 @@ vpath test_%.c $(sort $(dir $(TEST_SRC)))
 vpath bench_%.c bench
 
 .PHONY: all demo test bench install clean examples tests check-compile test-unit \
-        test-asan test-tsan test-fuzz deps test-dfs bench-dfs lib test-lib
+        test-asan test-tsan test-fuzz deps test-dfs bench-dfs lib test-lib test-sglang
 
 all: examples tests
 
@@ -157,6 +157,13 @@ test-lib: lib
 test-python:
 	@if command -v python3 >/dev/null 2>&1; then python3 tests/python/test_kvx.py; \
 	  else echo "SKIP python: python3 is not installed"; fi
+
+# The SGLang backends (python/kvx/sglang) against the pinned SGLang release,
+# installed from PyPI into build/venv-sglang (tests/sglang/setup_venv.sh;
+# about 4 GB, 2 minutes the first time; reused after). SKIP when it cannot.
+.PHONY: test-sglang
+test-sglang:
+	@bash tests/sglang/run.sh
 
 install: lib
 	install -d $(DESTDIR)$(PREFIX)/include/kvx
