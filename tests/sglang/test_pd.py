@@ -85,8 +85,10 @@ def plan(np, room, k):
 
 # ---------------------------------------------------------------- a scheduler rank
 
-def rank_setup(role, port, tp_size=1, tp_rank=0):
-    """What SGLang's scheduler process does before the KV manager exists."""
+def rank_setup(role, port, tp_size=1, tp_rank=0, mla=False, heads=HEADS, total_heads=None):
+    """What SGLang's scheduler process does before the KV manager exists.
+    MHA: 2 * LAYERS buffers of heads x HEAD_DIM per token; MLA: LAYERS buffers
+    of one latent (HEADS * HEAD_DIM) per token, the same on every TP rank."""
     import numpy as np
     from sglang.srt.plugins import load_plugins
     load_plugins()
@@ -102,7 +104,8 @@ def rank_setup(role, port, tp_size=1, tp_rank=0):
     publish(sa, role="scheduler",
             ranks=SpawnRanks(world_rank=spawn_world_rank(sa, tp_rank=tp_rank, pp_rank=0)))
     backend = TransferBackend(sa.disaggregation_transfer_backend)
-    kv = [np.zeros((NPAGES, ITEM), dtype=np.uint8) for _ in range(2 * LAYERS)]
+    item = PS * (HEADS if mla else heads) * HEAD_DIM * 2
+    kv = [np.zeros((NPAGES, item), dtype=np.uint8) for _ in range(LAYERS if mla else 2 * LAYERS)]
     aux = [np.zeros((slots, row), dtype=np.uint8) for slots, row in AUX]
     args = get_kv_class(backend, KVClassType.KVARGS)()
     args.engine_rank, args.pp_rank, args.system_dp_rank = tp_rank, 0, 0
@@ -112,10 +115,11 @@ def rank_setup(role, port, tp_size=1, tp_rank=0):
     args.prefill_start_layer, args.prefill_end_layer = 0, LAYERS
     args.kv_data_ptrs = [a.ctypes.data for a in kv]
     args.kv_data_lens = [a.nbytes for a in kv]
-    args.kv_item_lens = [ITEM] * len(kv)
+    args.kv_item_lens = [item] * len(kv)
     args.num_draft_entries = 0
-    args.kv_layer_ids = list(range(LAYERS)) * 2
-    args.kv_head_num, args.total_kv_head_num = HEADS, HEADS * tp_size
+    args.kv_layer_ids = list(range(LAYERS)) * (1 if mla else 2)
+    if not mla:  # as _init_kv_manager: heads only for MHA
+        args.kv_head_num, args.total_kv_head_num = heads, total_heads or heads * tp_size
     args.page_size = PS
     args.aux_data_ptrs = [a.ctypes.data for a in aux]
     args.aux_data_lens = [a.nbytes for a in aux]
@@ -124,7 +128,7 @@ def rank_setup(role, port, tp_size=1, tp_rank=0):
     args.state_types, args.state_data_ptrs, args.state_data_lens = [], [], []
     args.state_item_lens, args.state_layer_ids = [], []
     mode = DisaggregationMode(role)
-    mgr = get_kv_class(backend, KVClassType.MANAGER)(args, mode, sa, False)
+    mgr = get_kv_class(backend, KVClassType.MANAGER)(args, mode, sa, mla)
     return np, backend, mgr, kv, aux
 
 
@@ -311,6 +315,95 @@ def child_kvx_prefill(transport, port):
     eng.close()
 
 
+# ---------------------------------------------------------------- TP 2 -> 1
+
+TOPO_ROOMS = 3
+
+
+def topo_prefill(transport, port, tp_rank, mla):
+    """Prefill rank tp_rank of 2 (its own process, as SGLang runs it)."""
+    np, backend, mgr, kv, aux = rank_setup("prefill", port, tp_size=2, tp_rank=tp_rank, mla=mla)
+    from sglang.srt.disaggregation.base.conn import KVPoll
+    from sglang.srt.disaggregation.utils import KVClassType, get_kv_class
+    sender_cls = get_kv_class(backend, KVClassType.SENDER)
+    item = kv[0].shape[1]
+    for k in range(TOPO_ROOMS):
+        room = ROOM0 + 100 + k
+        n, src, dst, slot = plan(np, room, k)
+        for b in range(len(kv)):
+            for pos in range(n):  # MLA: the same latent on every rank
+                kv[b][src[pos]] = gen(np, room, pos, b * 16 + (0 if mla else tp_rank), item)
+        aux[0][slot] = gen(np, room, 1000, 0, AUX[0][1])
+        aux[1][slot] = gen(np, room, 1001, 0, AUX[1][1])
+        s = sender_cls(mgr, f"127.0.0.1:{port}", room)
+        st = wait_state(s, (KVPoll.WaitingForInput,), f"tp rank {tp_rank} room {k} bootstraps")
+        if check(st == KVPoll.WaitingForInput, f"{transport} {'MLA' if mla else 'MHA'} prefill "
+                 f"tp rank {tp_rank} of 2, room {k}: WaitingForInput ({st})"):
+            s.init(n, slot)
+            s.send(src[: n // 2])
+            s.send(src[n // 2:])
+            st = wait_state(s, (KVPoll.Success,), f"tp rank {tp_rank} room {k} concludes")
+            check(st == KVPoll.Success, f"{transport} prefill tp rank {tp_rank} room {k}: "
+                  f"Success ({st}) {failure_text(s)[1] if st == KVPoll.Failed else ''}")
+        s.clear()
+    print("done", flush=True)
+    sys.stdin.read()
+    mgr.close()
+
+
+def topo_decode(transport, port, mla):
+    """Decode TP 1 over prefill TP 2: MHA takes its heads from both prefill
+    ranks; MLA takes the latent from one of them (the other is a dummy)."""
+    np, backend, mgr, kv, aux = rank_setup("decode", port, tp_size=1, tp_rank=0, mla=mla,
+                                           heads=2 * HEADS)
+    from sglang.srt.disaggregation.base.conn import KVPoll
+    from sglang.srt.disaggregation.utils import KVClassType, get_kv_class
+    recv_cls = get_kv_class(backend, KVClassType.RECEIVER)
+    addr = f"127.0.0.1:{port}"
+    end = time.monotonic() + DEADLINE
+    while not mgr.try_ensure_parallel_info(addr) and time.monotonic() < end:
+        time.sleep(0.05)
+    info = mgr.prefill_info_table.get(addr)
+    check(info is not None and info.attn_tp_size == 2 and
+          info.required_prefill_response_num == (1 if mla else 2),
+          f"{transport} {'MLA' if mla else 'MHA'}: SGLang maps decode TP 1 onto prefill TP 2 "
+          f"(ranks {info and info.target_tp_ranks}, responses "
+          f"{info and info.required_prefill_response_num})")
+    item = kv[0].shape[1]
+    for k in range(TOPO_ROOMS):
+        room = ROOM0 + 100 + k
+        n, src, dst, slot = plan(np, room, k)
+        for b in range(len(kv)):
+            kv[b][dst] = 0
+        r = recv_cls(mgr, addr, room)
+        r.init(0)
+        st = wait_state(r, (KVPoll.WaitingForInput,), f"decode room {k} bootstraps")
+        if not check(st == KVPoll.WaitingForInput, f"{transport} decode room {k}: "
+                     f"WaitingForInput ({st}) {failure_text(r)[1] if st == KVPoll.Failed else ''}"):
+            continue
+        r.send_metadata(dst, slot, None)
+        st = wait_state(r, (KVPoll.Success,), f"decode room {k} concludes")
+        bad = 0
+        for b in range(len(kv)):
+            for pos in range(n):
+                if mla:
+                    want = gen(np, room, pos, b * 16, item)
+                else:  # token t: rank 0's heads, then rank 1's
+                    parts = [gen(np, room, pos, b * 16 + rk, item // 2).reshape(PS, -1)
+                             for rk in range(2)]
+                    want = np.concatenate(parts, axis=1).reshape(-1)
+                bad += not np.array_equal(kv[b][dst[pos]], want)
+        bad += not np.array_equal(aux[0][slot], gen(np, room, 1000, 0, AUX[0][1]))
+        check(st == KVPoll.Success and bad == 0,
+              f"{transport} {'MLA' if mla else 'MHA'} TP 2 -> 1 room {k}: Success, {n} pages x "
+              f"{len(kv)} buffers {'(latent from one rank)' if mla else '(heads from both ranks)'}"
+              f" and aux byte-exact ({bad} wrong) {failure_text(r)[1] if st == KVPoll.Failed else ''}")
+        r.clear()
+    print("done", flush=True)
+    sys.stdin.read()
+    mgr.close()
+
+
 # ---------------------------------------------------------------- the parent
 
 def free_port():
@@ -325,6 +418,22 @@ def healthy(port):
             return r.status == 200
     except Exception:
         return False
+
+
+def start_server(cls):
+    """SGLang's bootstrap server as its disagg service starts it, on a free
+    port; waits until GET /health answers (a few tries: the port may be taken
+    between choosing and binding)."""
+    for _ in range(5):
+        port = free_port()
+        server = cls(host="127.0.0.1", port=port)
+        end = time.monotonic() + 20
+        while not healthy(port) and time.monotonic() < end:
+            time.sleep(0.02)
+        if healthy(port):
+            return port, server
+        server.close()
+    return 0, None
 
 
 def run_children(specs, env, what):
@@ -417,7 +526,7 @@ def parent(transports):
     check(other_ok, "the other backends still resolve")
     env = dict(os.environ, SGLANG_PLUGINS="kvx", PYTHONUNBUFFERED="1",
                SGLANG_DISAGGREGATION_HEARTBEAT_INTERVAL="2")
-    for transport in [t for t in transports if t != "kvxserver"]:
+    for transport in [t for t in transports if t in ("tcp", "file", "rdma")]:
         tenv = dict(env, KVX_TRANSPORT=transport)
         tmp = tempfile.mkdtemp(prefix=f"kvx_sgl_{transport}_")
         if transport == "file":
@@ -428,21 +537,23 @@ def parent(transports):
                 print(f"SKIP rdma: {lib} is missing (make softverbs)", flush=True)
                 continue
             tenv.update(KVX_IBVERBS_LIBRARY=lib, SOFTVERBS_DIR=os.path.join(tmp, "sv"))
-        server = None
-        for _ in range(5):
-            port = free_port()
-            server = classes[KVClassType.BOOTSTRAP_SERVER](host="127.0.0.1", port=port)
-            end = time.monotonic() + 20
-            while not healthy(port) and time.monotonic() < end:
-                time.sleep(0.02)
-            if healthy(port):
-                break
-            server.close()
-            server = None
+        port, server = start_server(classes[KVClassType.BOOTSTRAP_SERVER])
         if not check(server is not None, f"{transport}: SGLang's bootstrap server is up"):
             continue
         run_children([["--child", "prefill", transport, str(port)],
                       ["--child", "decode", transport, str(port)]], tenv, transport)
+        server.close()
+    # heterogeneous TP through SGLang's server: MHA (head slices) and MLA (dummy rank)
+    for topo in [t for t in transports if t in ("tp2to1", "mla-tp2to1")]:
+        mla = topo.startswith("mla")
+        port, server = start_server(classes[KVClassType.BOOTSTRAP_SERVER])
+        if not check(server is not None, f"{topo}: SGLang's bootstrap server is up"):
+            continue
+        m = "1" if mla else "0"
+        run_children([["--child", "topo-prefill", "tcp", str(port), "0", m],
+                      ["--child", "topo-prefill", "tcp", str(port), "1", m],
+                      ["--child", "topo-decode", "tcp", str(port), "0", m]],
+                     dict(env, KVX_TRANSPORT="tcp"), topo)
         server.close()
     # SGLang's decode code against kvx's own bootstrap server
     port = free_port()
@@ -473,5 +584,9 @@ if __name__ == "__main__":
             child_decode(transport, port, sglang_server=False)
         elif role == "kvxprefill":
             child_kvx_prefill(transport, port)
+        elif role == "topo-prefill":
+            topo_prefill(transport, port, int(sys.argv[5]), sys.argv[6] == "1")
+        elif role == "topo-decode":
+            topo_decode(transport, port, sys.argv[6] == "1")
         sys.exit(1 if failed else 0)
-    sys.exit(parent(sys.argv[1:] or ["tcp", "file", "rdma", "kvxserver"]))
+    sys.exit(parent(sys.argv[1:] or ["tcp", "file", "rdma", "tp2to1", "mla-tp2to1", "kvxserver"]))
