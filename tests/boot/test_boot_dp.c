@@ -291,11 +291,59 @@ static void test_e2e(const char *lbm) {
     bt_pool_free(&dp);
 }
 
+/* KVX_BOOTSTRAP_SERVER: a rank registers with a server run elsewhere (here
+   rank 0 of another engine; SGLang's own in tests/sglang/test_pd.py), and a
+   value that is not host:port is refused. The server info is SGLang's
+   PrefillServerInfo and nothing more; X-Kvx-Heartbeat announces control
+   heartbeats. */
+static void test_external_server(void) {
+    bt_pool pool;
+    kvx_engine *p0, *p1, *bad;
+    bt_engine_opts o;
+    kvx__buf resp;
+    char addr[64], why[KVX_ERROR_MAX], err[200];
+    int port, status = 0, refused = 0, hb = 0;
+    bt_pool_init(&pool, 64, 16, 128, "bfloat16");
+    p0 = prefill(&pool, 2, 0, -1, NULL);
+    if (!p0) { CHECK(0, "server: engine starts"); bt_pool_free(&pool); return; }
+    port = kvx_boot_engine_port(p0);
+    snprintf(addr, sizeof addr, "127.0.0.1:%d", port);
+    setenv("KVX_BOOTSTRAP_SERVER", addr, 1);
+    memset(&o, 0, sizeof o);
+    o.dp_size = 2;
+    o.dp_rank = 1;
+    p1 = bt_engine(KVX_ROLE_PREFILL, &pool, &o, why, sizeof why);
+    unsetenv("KVX_BOOTSTRAP_SERVER");
+    CHECK(p1 != NULL, "server: a rank with KVX_BOOTSTRAP_SERVER and no port starts (%s)",
+          p1 ? "" : why);
+    CHECK(p1 && wait_ready(port), "server: it registered with the server it was given "
+          "(GET /route answers 200 once both ranks are there)");
+    kvx__buf_init(&resp, NULL);
+    if (kvx__boot_http_call("127.0.0.1", port, "GET", "/route?prefill_dp_rank=-1&prefill_cp_rank=-1&"
+                            "target_tp_rank=-1&target_pp_rank=-1", NULL, NULL, 0, 10.0, &status, &resp,
+                            err, sizeof err, &refused, &hb) != KVX_OK)
+        status = 0;
+    CHECK(status == 200 && hb == 1 && resp.data && !strstr(resp.data, "kvx_heartbeat"),
+          "server: the server info comes with X-Kvx-Heartbeat: control and holds no member "
+          "SGLang's PrefillServerInfo lacks (%d, header %d)", status, hb);
+    kvx__buf_free(&resp);
+    setenv("KVX_BOOTSTRAP_SERVER", "no-port-here", 1);
+    bad = bt_engine(KVX_ROLE_PREFILL, &pool, &o, why, sizeof why);
+    unsetenv("KVX_BOOTSTRAP_SERVER");
+    CHECK(!bad && strstr(why, "KVX_BOOTSTRAP_SERVER") && strstr(why, "host:port"),
+          "server: a value that is not host:port is refused: %s", bad ? "(accepted)" : why);
+    if (bad) kvx_engine_destroy(bad);
+    if (p1) kvx_engine_destroy(p1);
+    kvx_engine_destroy(p0);
+    bt_pool_free(&pool);
+}
+
 int main(void) {
     bt_name = "test_boot_dp";
     signal(SIGPIPE, SIG_IGN);
     test_reg_parse();
     test_routes();
+    test_external_server();
     test_auth();
     test_e2e(NULL);
     test_e2e("round_robin");
