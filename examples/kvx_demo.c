@@ -399,6 +399,6 @@ int main(int argc, char **argv) {
              (double)(t_exit - t_spawn) / 1e9);
     }
     printf("\nkvx demo: OK\n");
-    free(p); free(d); free(lat); free(spans);
+    free(p); free(d); free(lat); free(spans); free(rlat);
     return 0;
 }
