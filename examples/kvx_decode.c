@@ -18,6 +18,7 @@ typedef struct inflight {
     ex_request *req;
     int32_t *pages;
     int32_t slot;
+    uint64_t posted_ns; /* when its pages were given to kvx (for the demo's figures) */
 } inflight;
 
 int main(int argc, char **argv) {
@@ -32,6 +33,7 @@ int main(int argc, char **argv) {
     uint32_t next = 0, done = 0, failed = 0, bad = 0, i;
     uint64_t bytes = 0, t0, report_at;
     FILE *times = NULL;
+    ex_watch watch; /* when each room reaches Success (for the demo's figures) */
     if (ex_parse(&a, argc, argv)) return 2;
     if (ex_pool_init_rank(&pool, ex_model_find(a.model), a.pool_pages, a.page_size, 2 * a.inflight + 2,
                      a.seed * 31 + 2, &a.rank) ||
@@ -68,6 +70,8 @@ int main(int argc, char **argv) {
         return 1;
     }
     if (a.times) times = fopen(a.times, "w");
+    if (ex_watch_start(&watch, a.inflight))
+        fprintf(stderr, "decode: no Success watcher; times are taken at the loop's polls\n");
     t0 = kvx_now_ns();
     report_at = t0 + 500000000ull;
     while (done < a.requests) {
@@ -87,34 +91,42 @@ int main(int argc, char **argv) {
                 f->slot = ex_alloc_slot(&pool);
                 ex_aux_clear(&pool, f->slot);
                 if (kvx_receiver_create(e, &rd, &f->r) != KVX_OK) return 1;
+                ex_watch_set(&watch, i, f->r);
             }
             if (!f->r) continue;
             st = kvx_receiver_poll(f->r);
-            if (st == KVX_POLL_WAITING_FOR_INPUT)
+            if (st == KVX_POLL_WAITING_FOR_INPUT) {
+                if (!f->posted_ns) f->posted_ns = kvx_now_ns();
                 kvx_receiver_init_state(f->r, f->pages, f->req->pages, f->slot, &f->slot,
                                         pool.num_state ? 1 : 0); /* hybrid: the slot's state */
+            }
             if (st != KVX_POLL_SUCCESS && st != KVX_POLL_FAILED) continue;
             if (st == KVX_POLL_SUCCESS) {
-                uint64_t now = kvx_now_ns();
+                /* the transport's end: Success, before the pages are checked */
+                uint64_t now = ex_watch_take(&watch, i), cpu = ex_cpu_ns();
                 uint64_t nb = ex_request_pages(g, &pool, f->req->room, f->pages, f->req->pages, 0);
                 uint64_t rb = (uint64_t)f->req->pages * kvx_layout_page_bytes(&pool.layout) +
                               kvx_layout_state_row_bytes(&pool.layout);
                 uint64_t sb = ex_state_pattern(&pool, f->req->room, &f->slot, pool.num_state ? 1 : 0, 0);
-                if (nb || sb || !ex_aux_check(&pool, f->req->room, f->slot)) {
+                int aux_ok = ex_aux_check(&pool, f->req->room, f->slot);
+                cpu = ex_cpu_ns() - cpu;
+                if (nb || sb || !aux_ok) {
                     bad++;
                     fprintf(stderr, "decode: room %llu: VERIFY FAILED (%llu bad tokens, %llu bad state "
                             "rows, aux %s)\n", (unsigned long long)f->req->room, (unsigned long long)nb,
-                            (unsigned long long)sb, ex_aux_check(&pool, f->req->room, f->slot) ? "ok" : "bad");
+                            (unsigned long long)sb, aux_ok ? "ok" : "bad");
                 }
                 bytes += rb;
                 if (times)
-                    fprintf(times, "%llu %llu %llu %u\n", (unsigned long long)f->req->room,
-                            (unsigned long long)now, (unsigned long long)rb, f->req->tokens);
+                    fprintf(times, "%llu %llu %llu %u %llu %llu\n", (unsigned long long)f->req->room,
+                            (unsigned long long)now, (unsigned long long)rb, f->req->tokens,
+                            (unsigned long long)f->posted_ns, (unsigned long long)cpu);
             } else {
                 failed++;
                 fprintf(stderr, "decode: room %llu failed: %s\n",
                         (unsigned long long)f->req->room, kvx_receiver_error(f->r));
             }
+            ex_watch_set(&watch, i, NULL);
             kvx_receiver_destroy(f->r);
             ex_free_pages(&pool, f->pages, f->req->pages);
             ex_free_slot(&pool, f->slot);
@@ -135,6 +147,7 @@ int main(int argc, char **argv) {
         }
     }
     if (times) fclose(times);
+    ex_watch_stop(&watch);
     ex_linger(&a); /* room frames to MLA dummy prefill ranks must still reach them */
     kvx_engine_destroy(e);
     printf("decode: %u requests, %u verified byte for byte, %u failed, %u corrupt, %.2f GiB\n",

@@ -464,6 +464,99 @@ static EX_UNUSED void ex_aux_clear(ex_pool *p, int32_t slot) {
     memset((char *)p->aux[EX_AUX_ROOM].base + (uint64_t)slot * 8, 0, 8);
 }
 
+/* ---- Success times (measurement only; an engine does not need this) ---------
+   The transport finishes a room on its own threads; the decode loop sees it
+   at its next poll, which can wait behind the check of another room's pages.
+   This thread polls the rooms in flight every 100 us and notes when each
+   reaches Success, so the latency the demo reports is the transport's own,
+   not the simulated engine's checking. Slot i holds one receiver; the loop
+   sets and clears it under mu (ex_watch_set), takes its time with
+   ex_watch_take. */
+#include <pthread.h>
+
+typedef struct ex_watch {
+    pthread_mutex_t mu;
+    pthread_t th;
+    kvx_receiver **r;  /* per slot, NULL when free */
+    uint64_t *done_ns; /* per slot: when its room was first seen at Success, 0 not yet */
+    uint32_t n;
+    int stop, running;
+} ex_watch;
+
+static EX_UNUSED void *ex_watch_main(void *arg) {
+    ex_watch *w = (ex_watch *)arg;
+    for (;;) {
+        struct timespec ts = {0, 100000};
+        uint32_t i;
+        pthread_mutex_lock(&w->mu);
+        if (w->stop) {
+            pthread_mutex_unlock(&w->mu);
+            return NULL;
+        }
+        for (i = 0; i < w->n; i++)
+            if (w->r[i] && !w->done_ns[i] && kvx_receiver_poll(w->r[i]) == KVX_POLL_SUCCESS)
+                w->done_ns[i] = kvx_now_ns();
+        pthread_mutex_unlock(&w->mu);
+        nanosleep(&ts, NULL);
+    }
+}
+
+/* 0 ok, -1 out of memory or no thread (the caller then measures at its
+   own polls: ex_watch_take falls back to the time it is called). */
+static EX_UNUSED int ex_watch_start(ex_watch *w, uint32_t slots) {
+    memset(w, 0, sizeof *w);
+    pthread_mutex_init(&w->mu, NULL);
+    w->r = (kvx_receiver **)calloc(slots, sizeof *w->r);
+    w->done_ns = (uint64_t *)calloc(slots, sizeof *w->done_ns);
+    if (!w->r || !w->done_ns) return -1;
+    w->n = slots;
+    if (pthread_create(&w->th, NULL, ex_watch_main, w)) return -1;
+    w->running = 1;
+    return 0;
+}
+
+/* Puts r in slot i (NULL: empties it, before the receiver is destroyed). */
+static EX_UNUSED void ex_watch_set(ex_watch *w, uint32_t i, kvx_receiver *r) {
+    if (i >= w->n) return;
+    pthread_mutex_lock(&w->mu);
+    w->r[i] = r;
+    w->done_ns[i] = 0;
+    pthread_mutex_unlock(&w->mu);
+}
+
+/* When slot i's room reached Success: the watcher's time, or now when the
+   caller's poll saw it first. */
+static EX_UNUSED uint64_t ex_watch_take(ex_watch *w, uint32_t i) {
+    uint64_t t = 0;
+    if (i < w->n) {
+        pthread_mutex_lock(&w->mu);
+        t = w->done_ns[i];
+        pthread_mutex_unlock(&w->mu);
+    }
+    return t ? t : kvx_now_ns();
+}
+
+/* CPU time of the calling thread: what the simulated engine's filling and
+   checking cost, CPU a real engine spends on its GPU instead. */
+static EX_UNUSED uint64_t ex_cpu_ns(void) {
+    struct timespec ts;
+    if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts)) return 0;
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static EX_UNUSED void ex_watch_stop(ex_watch *w) {
+    if (w->running) {
+        pthread_mutex_lock(&w->mu);
+        w->stop = 1;
+        pthread_mutex_unlock(&w->mu);
+        pthread_join(w->th, NULL);
+    }
+    pthread_mutex_destroy(&w->mu);
+    free(w->r);
+    free(w->done_ns);
+    memset(w, 0, sizeof *w);
+}
+
 /* ---- requests ----------------------------------------------------------------- */
 
 typedef struct ex_request {
