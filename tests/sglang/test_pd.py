@@ -27,6 +27,12 @@ Rooms (the same list on both sides):
             "aborted by the decode scheduler"
   pabort    prefill aborts: decode fails with "aborted by the prefill scheduler"
 
+Then over tcp: "tp2to1" and "mla-tp2to1", two prefill rank processes (TP 2)
+and one decode (TP 1) through SGLang's rank mapping: MHA takes each token's
+heads from both ranks, MLA the latent from one (the other is a dummy);
+"hybrid", a mamba state buffer pair whose row goes with the last chunk
+(send(kv_indices, state_indices)) into the decode's row.
+
 Then "kvxserver": the prefill is a plain kvx engine serving kvx's own
 bootstrap server; the decode is the SGLang backend, and SGLang's own
 try_ensure_parallel_info, _get_bootstrap_info_from_server and
@@ -85,7 +91,11 @@ def plan(np, room, k):
 
 # ---------------------------------------------------------------- a scheduler rank
 
-def rank_setup(role, port, tp_size=1, tp_rank=0, mla=False, heads=HEADS, total_heads=None):
+STATE = [(8, 96), (8, 160)]  # a hybrid model's mamba state: (rows, row bytes) per buffer
+
+
+def rank_setup(role, port, tp_size=1, tp_rank=0, mla=False, heads=HEADS, total_heads=None,
+               hybrid=False):
     """What SGLang's scheduler process does before the KV manager exists.
     MHA: 2 * LAYERS buffers of heads x HEAD_DIM per token; MLA: LAYERS buffers
     of one latent (HEADS * HEAD_DIM) per token, the same on every TP rank."""
@@ -127,8 +137,19 @@ def rank_setup(role, port, tp_size=1, tp_rank=0, mla=False, heads=HEADS, total_h
     args.ib_device, args.gpu_id = None, 0
     args.state_types, args.state_data_ptrs, args.state_data_lens = [], [], []
     args.state_item_lens, args.state_layer_ids = [], []
+    state = []
+    if hybrid:  # as setup_state_kv_args fills it for a mamba pool: one component
+        from sglang.srt.disaggregation.base.conn import StateType
+        state = [np.zeros(shape, dtype=np.uint8) for shape in STATE]
+        args.state_types = [StateType.MAMBA]
+        args.state_data_ptrs = [[a.ctypes.data for a in state]]
+        args.state_data_lens = [[a.nbytes for a in state]]
+        args.state_item_lens = [[a.shape[1] for a in state]]
+        args.state_layer_ids = [list(range(len(state)))]
     mode = DisaggregationMode(role)
     mgr = get_kv_class(backend, KVClassType.MANAGER)(args, mode, sa, mla)
+    if hybrid:
+        aux.extend(state)  # the caller finds the state buffers after the aux ones
     return np, backend, mgr, kv, aux
 
 
@@ -313,6 +334,64 @@ def child_kvx_prefill(transport, port):
     print("done", flush=True)
     sys.stdin.read()
     eng.close()
+
+
+# ---------------------------------------------------------------- hybrid (mamba state)
+
+def hybrid_side(role, transport, port):
+    """A hybrid model: the request's state row goes with the last chunk
+    (send(kv_indices, state_indices=[[row]])) into the decode's row."""
+    np, backend, mgr, bufs, aux = rank_setup(role, port, hybrid=True)
+    state = aux[2:]
+    from sglang.srt.disaggregation.base.conn import KVPoll
+    from sglang.srt.disaggregation.utils import KVClassType, get_kv_class
+    cls = get_kv_class(backend, KVClassType.SENDER if role == "prefill" else KVClassType.RECEIVER)
+    addr = f"127.0.0.1:{port}"
+    if role == "decode":
+        end = time.monotonic() + DEADLINE
+        while not mgr.try_ensure_parallel_info(addr) and time.monotonic() < end:
+            time.sleep(0.05)
+    for k in range(3):
+        room = ROOM0 + 200 + k
+        n, src, dst, slot = plan(np, room, k)
+        srow, drow = k % STATE[0][0], (k * 3 + 1) % STATE[0][0]
+        if role == "prefill":
+            for b in range(len(bufs)):
+                for pos in range(n):
+                    bufs[b][src[pos]] = gen(np, room, pos, b, ITEM)
+            for j, st in enumerate(state):
+                st[srow] = gen(np, room, 2000 + j, 0, st.shape[1])
+        else:
+            for st in state:
+                st[drow] = 0
+        x = cls(mgr, addr, room)
+        if role == "decode":
+            x.init(0)
+        st0 = wait_state(x, (KVPoll.WaitingForInput,), f"hybrid {role} room {k} bootstraps")
+        if not check(st0 == KVPoll.WaitingForInput, f"{transport} hybrid {role} room {k}: "
+                     f"WaitingForInput ({st0})"):
+            continue
+        if role == "prefill":
+            x.init(n, slot)
+            x.send(src[:2])
+            x.send(src[2:], [np.array([srow], dtype=np.int32)])
+        else:
+            x.send_metadata(dst, slot, [np.array([drow], dtype=np.int32)])
+        fin = wait_state(x, (KVPoll.Success,), f"hybrid {role} room {k} concludes")
+        if role == "decode":
+            bad = sum(not np.array_equal(bufs[b][dst[pos]], gen(np, room, pos, b, ITEM))
+                      for b in range(len(bufs)) for pos in range(n))
+            bad += sum(not np.array_equal(st[drow], gen(np, room, 2000 + j, 0, st.shape[1]))
+                       for j, st in enumerate(state))
+            check(fin == KVPoll.Success and bad == 0,
+                  f"{transport} hybrid room {k}: Success, {n} pages and the mamba state row "
+                  f"{srow} -> {drow} of {len(state)} state buffers byte-exact ({bad} wrong)")
+        else:
+            check(fin == KVPoll.Success, f"{transport} hybrid prefill room {k}: Success ({fin})")
+        x.clear()
+    print("done", flush=True)
+    sys.stdin.read()
+    mgr.close()
 
 
 # ---------------------------------------------------------------- TP 2 -> 1
@@ -555,6 +634,13 @@ def parent(transports):
                       ["--child", "topo-decode", "tcp", str(port), "0", m]],
                      dict(env, KVX_TRANSPORT="tcp"), topo)
         server.close()
+    if "hybrid" in transports:
+        port, server = start_server(classes[KVClassType.BOOTSTRAP_SERVER])
+        if check(server is not None, "hybrid: SGLang's bootstrap server is up"):
+            run_children([["--child", "hybrid-prefill", "tcp", str(port)],
+                          ["--child", "hybrid-decode", "tcp", str(port)]],
+                         dict(env, KVX_TRANSPORT="tcp"), "hybrid")
+            server.close()
     # SGLang's decode code against kvx's own bootstrap server
     port = free_port()
     if "kvxserver" in transports:
@@ -584,9 +670,12 @@ if __name__ == "__main__":
             child_decode(transport, port, sglang_server=False)
         elif role == "kvxprefill":
             child_kvx_prefill(transport, port)
+        elif role in ("hybrid-prefill", "hybrid-decode"):
+            hybrid_side(role.split("-")[1], transport, port)
         elif role == "topo-prefill":
             topo_prefill(transport, port, int(sys.argv[5]), sys.argv[6] == "1")
         elif role == "topo-decode":
             topo_decode(transport, port, sys.argv[6] == "1")
         sys.exit(1 if failed else 0)
-    sys.exit(parent(sys.argv[1:] or ["tcp", "file", "rdma", "tp2to1", "mla-tp2to1", "kvxserver"]))
+    sys.exit(parent(sys.argv[1:] or ["tcp", "file", "rdma", "tp2to1", "mla-tp2to1", "hybrid",
+                                       "kvxserver"]))
