@@ -214,6 +214,12 @@ class Layout:
                    keep=list(kv) + list(aux) + list(state) + list(kw.pop("keep", ())), **kw)
 
     @property
+    def on_gpu(self) -> bool:
+        """Whether a KV or state buffer is GPU memory (mem 1)."""
+        return any(self._kv[i].mem for i in range(self.c.num_buffers)) or \
+            any(self._state[i].mem for i in range(self.c.num_state))
+
+    @property
     def num_pages(self) -> int:
         """Pages of the pool (the smallest buffer's)."""
         return lib.kvx_layout_num_pages(ctypes.byref(self.c))
@@ -264,6 +270,11 @@ class Engine(_Closing):
     serve ("host:port"); decode: the default peer. file, boot, tcp, rdma:
     dicts of fields of kvx_file_desc, kvx_boot_desc, kvx_tcp_desc,
     kvx_rdma_desc (e.g. boot={"tp_size": 2, "tp_rank": 1}).
+    A layout with GPU buffers (mem 1: CUDA tensors) gets kvx_cuda_mem_ops
+    (the CUDA driver loaded at run time; staging through pinned buffers for
+    file and tcp, dma-buf for rdma); cuda: fields of kvx_cuda_desc
+    (e.g. cuda={"staging_bytes": 1 << 28}). Without a driver, or a build
+    without CUDA support, the constructor raises KvxError saying so.
     A context manager; close() destroys the engine (rooms left are failed)."""
 
     def __init__(self, role: Union[str, int], layout: Layout, transport: str = "file",
@@ -272,7 +283,7 @@ class Engine(_Closing):
                  waiting_timeout_s: float = 0.0, bootstrap_timeout_s: float = 0.0,
                  poll_interval_us: int = 0, file: Optional[dict] = None,
                  boot: Optional[dict] = None, tcp: Optional[dict] = None,
-                 rdma: Optional[dict] = None):
+                 rdma: Optional[dict] = None, cuda: Optional[dict] = None):
         if isinstance(role, str):
             role = {"prefill": Role.PREFILL, "decode": Role.DECODE}.get(role.lower())
             if role is None:
@@ -299,11 +310,26 @@ class Engine(_Closing):
         _sub(d.rdma, rdma, self._keep)
         self._desc = d
         self._h = ctypes.c_void_p()
+        self._rooms: "set" = set()
+        self._mem = False
         why = ctypes.create_string_buffer(1024)
+        if cuda is not None or layout.on_gpu:
+            cd = _ffi.kvx_cuda_desc()
+            _sub(cd, cuda, self._keep)
+            self._keep.append(cd)
+            rc = lib.kvx_cuda_mem_ops(ctypes.byref(d.mem), ctypes.byref(cd), why, len(why))
+            if rc != 0:
+                raise KvxError(rc, _text(why.value))
+            self._mem = True
         rc = lib.kvx_engine_create(ctypes.byref(d), ctypes.byref(self._h), why, len(why))
         if rc != 0:
+            self._release_mem()
             raise KvxError(rc, _text(why.value))
-        self._rooms: "set" = set()
+
+    def _release_mem(self) -> None:
+        if self._mem:
+            lib.kvx_cuda_mem_ops_release(ctypes.byref(self._desc.mem))
+            self._mem = False
 
     def _handle(self) -> ctypes.c_void_p:
         if not self._h:
@@ -332,11 +358,13 @@ class Engine(_Closing):
 
     def close(self) -> None:
         """Destroys the rooms still open, then the engine. Idempotent."""
-        for r in list(self._rooms):
+        for r in list(getattr(self, "_rooms", ())):
             r.close()
-        if self._h:
+        if getattr(self, "_h", None):
             lib.kvx_engine_destroy(self._h)
             self._h = ctypes.c_void_p()
+        if getattr(self, "_mem", False):
+            self._release_mem()
 
 
 class _Room:

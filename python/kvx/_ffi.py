@@ -46,6 +46,12 @@ class kvx_mem_ops(Structure):
                 ("dmabuf_fd", c_void_p), ("ctx", c_void_p)]
 
 
+class kvx_cuda_desc(Structure):
+    _fields_ = [("library", c_char_p), ("staging_bytes", c_uint64), ("batch", c_int),
+                ("allocator", kvx_allocator), ("logger", kvx_logger),
+                ("fence_timeout_s", c_double), ("node_id", c_char_p)]
+
+
 class kvx_file_desc(Structure):
     _fields_ = [("dir", c_char_p), ("timeout_s", c_double), ("fsync", c_int), ("keep", c_int),
                 ("io_threads", c_int), ("ttl_s", c_double), ("stripe_bytes", c_uint32),
@@ -114,7 +120,7 @@ class kvx_store_stats(Structure):
 
 # Every structure above, by its C name (the layout test walks this).
 STRUCTS = {cls.__name__: cls for cls in (
-    kvx_buffer, kvx_aux_buffer, kvx_layout, kvx_allocator, kvx_logger, kvx_mem_ops,
+    kvx_buffer, kvx_aux_buffer, kvx_layout, kvx_allocator, kvx_logger, kvx_mem_ops, kvx_cuda_desc,
     kvx_file_desc, kvx_boot_desc, kvx_tcp_desc, kvx_rdma_desc, kvx_engine_desc, kvx_room_desc,
     kvx_engine_stats, kvx_store_key, kvx_store_desc, kvx_store_stats)}
 
@@ -131,6 +137,9 @@ _PROTOS = {
     "kvx_tcp_register": (c_int, []),
     "kvx_rdma_register": (c_int, []),
     "kvx_cuda_register": (c_int, []),
+    "kvx_cuda_mem_ops": (c_int, [POINTER(kvx_mem_ops), POINTER(kvx_cuda_desc), c_char_p,
+                                 c_size_t]),
+    "kvx_cuda_mem_ops_release": (None, [POINTER(kvx_mem_ops)]),
     "kvx_boot_register": (c_int, []),
     "kvx_engine_create": (c_int, [POINTER(kvx_engine_desc), POINTER(c_void_p), c_char_p,
                                   c_size_t]),

@@ -78,7 +78,7 @@ def struct_layout(kvx, repo, tmp):
     """Every ctypes structure has the C sizeof and offsetof of each field."""
     from kvx import _ffi
     lines = ['#include <stdio.h>', '#include <stddef.h>', '#include "kvx.h"',
-             '#include "kvx_store.h"', 'int main(void) {']
+             '#include "kvx_store.h"', '#include "kvx_cuda.h"', 'int main(void) {']
     expect = []
     for name, cls in _ffi.STRUCTS.items():
         lines.append(f'printf("%zu\\n", sizeof({name}));')
@@ -217,6 +217,89 @@ def transfer(kvx, tmp):
     check(pe._h.value is None, "engine closed by the with block")
 
 
+def gpu_pages(kvx, repo):
+    """GPU pools (Layout entries with mem 1) through the tcp transport: the
+    Engine gets kvx_cuda_mem_ops; the driver is tests/fakecuda (device
+    memory on host memfds), loaded by kvx as KVX_CUDA_LIBRARY."""
+    import ctypes
+    from ctypes import byref, c_int, c_uint64, c_void_p
+    fake = os.path.join(repo, "tests", "fakecuda", "libfakecuda.so")
+    if not os.path.exists(fake):
+        print(f"SKIP gpu pages: {fake} is missing (make fakecuda)")
+        return
+    kv_h, _, _, lh = make_pool(kvx, 0x00)
+    try:  # no driver: a sentence, not a crash
+        os.environ["KVX_CUDA_LIBRARY"] = "/nonexistent/libcuda.so.1"
+        gpu = kvx.Layout([(0x10000, NPAGES * ITEM, ITEM, 1, 0)], page_size=16)
+        kvx.Engine("prefill", gpu, transport="tcp", boot={"host": "127.0.0.1", "port": -1})
+        check(False, "a GPU layout without a driver is refused")
+    except kvx.KvxError as e:
+        check("libcuda" in e.sentence or "driver" in e.sentence or "CUDA" in e.sentence,
+              f"a GPU layout without a driver: {e.sentence!r}")
+    os.environ["KVX_CUDA_LIBRARY"] = fake
+    cu = ctypes.CDLL(fake)
+    dev, ctx = c_int(), c_void_p()
+    ok = (cu.cuInit(0) == 0 and cu.cuDeviceGet(byref(dev), 0) == 0 and
+          cu.cuDevicePrimaryCtxRetain(byref(ctx), dev) == 0 and cu.cuCtxSetCurrent(ctx) == 0)
+    check(ok, "fake driver: a context")
+
+    def dev_pool(fill):
+        bufs = []
+        for _ in range(NBUF):
+            p = c_uint64()
+            check(cu.cuMemAlloc_v2(byref(p), NPAGES * ITEM) == 0, "fake driver: cuMemAlloc")
+            host = (ctypes.c_uint8 * (NPAGES * ITEM))(*([fill] * (NPAGES * ITEM)))
+            cu.cuMemcpyHtoD_v2(p, host, NPAGES * ITEM)
+            bufs.append(p.value)
+        aux = (ctypes.c_uint8 * (NSLOTS * AUX_ITEM))()
+        lay = kvx.Layout([(b, NPAGES * ITEM, ITEM, 1, 0) for b in bufs],
+                         aux=[(ctypes.addressof(aux), ctypes.sizeof(aux), AUX_ITEM)],
+                         page_size=16, dtype="bfloat16", keep=[aux])
+        return bufs, lay
+
+    src_b, ls = dev_pool(0)
+    dst_b, ld = dev_pool(0xEE)
+    check(ls.on_gpu and not lh.on_gpu, "Layout.on_gpu")
+    src_pages, dst_pages = [3, 0, 7], [5, 12, 1]
+    for b in range(NBUF):
+        for k, p in enumerate(src_pages):
+            data = pattern(b, k, ITEM)
+            cu.cuMemcpyHtoD_v2(c_uint64(src_b[b] + p * ITEM), data, ITEM)
+    with kvx.Engine("prefill", ls, transport="tcp", boot={"host": "127.0.0.1", "port": -1}) as pe:
+        port = lib_port(kvx, pe)
+        with kvx.Engine("decode", ld, transport="tcp", bootstrap_addr=f"127.0.0.1:{port}") as de:
+            r = de.receiver(77)
+            s = pe.sender(77)
+            r.wait(kvx.Poll.WaitingForInput, 30000)
+            r.init(dst_pages, -1)
+            s.wait(kvx.Poll.WaitingForInput, 30000)
+            s.init(len(src_pages), -1)
+            s.send(src_pages)
+            both_done(kvx, s, r)
+            check(s.poll() == 4 and r.poll() == 4, f"GPU pages over tcp: Success ({s.error} "
+                  f"{r.error})")
+            wrong = 0
+            for b in range(NBUF):
+                for k, p in enumerate(dst_pages):
+                    out = (ctypes.c_uint8 * ITEM)()
+                    cu.cuMemcpyDtoH_v2(out, c_uint64(dst_b[b] + p * ITEM), ITEM)
+                    wrong += bytes(out) != pattern(b, k, ITEM)
+            check(wrong == 0, f"GPU pages over tcp, read back from device memory: {wrong} wrong")
+            s.close()
+            r.close()
+    check(not pe._mem and pe._h.value is None, "the engine released its CUDA mem ops on close")
+    os.environ.pop("KVX_CUDA_LIBRARY", None)
+
+
+def lib_port(kvx, engine):
+    """The bootstrap port a prefill engine bound (port 0 = ephemeral)."""
+    from kvx._ffi import lib
+    import ctypes
+    fn = lib.kvx_boot_engine_port
+    fn.restype, fn.argtypes = ctypes.c_int, [ctypes.c_void_p]
+    return fn(engine._handle())
+
+
 def bad_layout(kvx):
     try:
         kvx.Layout(kv=[(0, 4096, 256)])
@@ -296,6 +379,7 @@ def inside(repo):
         struct_layout(kvx, repo, tmp)
         bad_layout(kvx)
         transfer(kvx, tmp)
+        gpu_pages(kvx, repo)
         store(kvx, tmp)
         with_numpy(kvx, tmp)
     done()
