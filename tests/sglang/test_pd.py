@@ -89,6 +89,17 @@ def plan(np, room, k):
     return n, src, dst, k % AUX[0][0]
 
 
+def fill_request(np, kv, aux, room, k):
+    """Prefill: the request's content into its source pages and aux slot."""
+    n, src, dst, slot = plan(np, room, k)
+    for b in range(len(kv)):
+        for pos in range(n):
+            kv[b][src[pos]] = gen(np, room, pos, b, ITEM)
+    aux[0][slot] = gen(np, room, 1000, 0, AUX[0][1])
+    aux[1][slot] = gen(np, room, 1001, 0, AUX[1][1])
+    return n, src, dst, slot
+
+
 # ---------------------------------------------------------------- a scheduler rank
 
 STATE = [(8, 96), (8, 160)]  # a hybrid model's mamba state: (rows, row bytes) per buffer
@@ -166,6 +177,15 @@ def wait_state(obj, states, what):
         time.sleep(0.002)
 
 
+def parallel_info(mgr, addr):
+    """The decode scheduler's bootstrap step, SGLang's own code whichever
+    server answers: try_ensure_parallel_info until the prefill's info is in."""
+    end = time.monotonic() + DEADLINE
+    while not mgr.try_ensure_parallel_info(addr) and time.monotonic() < end:
+        time.sleep(0.05)
+    return mgr.prefill_info_table.get(addr)
+
+
 def failure_text(obj):
     try:
         obj.failure_exception()
@@ -184,12 +204,7 @@ def child_prefill(transport, port):
         room = ROOM0 + k
         if sc == "dup":
             continue  # refused on decode before anything reaches prefill
-        n, src, dst, slot = plan(np, room, k)
-        for b in range(len(kv)):
-            for pos in range(n):
-                kv[b][src[pos]] = gen(np, room, pos, b, ITEM)
-        aux[0][slot] = gen(np, room, 1000, 0, AUX[0][1])
-        aux[1][slot] = gen(np, room, 1001, 0, AUX[1][1])
+        n, src, dst, slot = fill_request(np, kv, aux, room, k)
         s = sender_cls(mgr, addr, room)
         st = wait_state(s, (KVPoll.WaitingForInput,), f"{transport} prefill room {k} bootstraps")
         if sc == "dabort":
@@ -236,11 +251,7 @@ def child_decode(transport, port, sglang_server=True):
     from sglang.srt.disaggregation.utils import KVClassType, get_kv_class
     recv_cls = get_kv_class(backend, KVClassType.RECEIVER)
     addr = f"127.0.0.1:{port}"
-    # the decode scheduler's bootstrap step: SGLang's own code, whichever server answers
-    end = time.monotonic() + DEADLINE
-    while not mgr.try_ensure_parallel_info(addr) and time.monotonic() < end:
-        time.sleep(0.05)
-    info = mgr.prefill_info_table.get(addr)
+    info = parallel_info(mgr, addr)
     check(info is not None and info.attn_tp_size == 1 and info.page_size == PS and
           info.kv_cache_dtype == "bfloat16",
           f"{transport}: SGLang's try_ensure_parallel_info read the "
@@ -315,12 +326,7 @@ def child_kvx_prefill(transport, port):
     eng = kvx.Engine("prefill", layout, transport=transport, boot={"host": "127.0.0.1",
                                                                      "port": port})
     room, k = ROOM0, 0
-    n, src, dst, slot = plan(np, room, k)
-    for b in range(len(kv)):
-        for pos in range(n):
-            kv[b][src[pos]] = gen(np, room, pos, b, ITEM)
-    aux[0][slot] = gen(np, room, 1000, 0, AUX[0][1])
-    aux[1][slot] = gen(np, room, 1001, 0, AUX[1][1])
+    n, src, dst, slot = fill_request(np, kv, aux, room, k)
     print("serving", flush=True)
     s = eng.sender(room)
     st = s.wait(kvx.Poll.WaitingForInput, int(DEADLINE * 1000))
@@ -348,9 +354,7 @@ def hybrid_side(role, transport, port):
     cls = get_kv_class(backend, KVClassType.SENDER if role == "prefill" else KVClassType.RECEIVER)
     addr = f"127.0.0.1:{port}"
     if role == "decode":
-        end = time.monotonic() + DEADLINE
-        while not mgr.try_ensure_parallel_info(addr) and time.monotonic() < end:
-            time.sleep(0.05)
+        parallel_info(mgr, addr)
     for k in range(3):
         room = ROOM0 + 200 + k
         n, src, dst, slot = plan(np, room, k)
@@ -439,10 +443,7 @@ def topo_decode(transport, port, mla):
     from sglang.srt.disaggregation.utils import KVClassType, get_kv_class
     recv_cls = get_kv_class(backend, KVClassType.RECEIVER)
     addr = f"127.0.0.1:{port}"
-    end = time.monotonic() + DEADLINE
-    while not mgr.try_ensure_parallel_info(addr) and time.monotonic() < end:
-        time.sleep(0.05)
-    info = mgr.prefill_info_table.get(addr)
+    info = parallel_info(mgr, addr)
     check(info is not None and info.attn_tp_size == 2 and
           info.required_prefill_response_num == (1 if mla else 2),
           f"{transport} {'MLA' if mla else 'MHA'}: SGLang maps decode TP 1 onto prefill TP 2 "

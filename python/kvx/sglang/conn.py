@@ -302,6 +302,17 @@ class _KvxRoom:
     def get_transfer_metric(self) -> KVTransferMetric:
         return KVTransferMetric()
 
+    def _state_rows(self, state_indices: Optional[List]) -> Any:
+        """(ok, rows): SGLang's per-state-type index lists (None where a type
+        moves nothing) as kvx's one list of rows, None when there are none;
+        ok False after failing the room when there are several kinds."""
+        parts = [s for s in (state_indices or []) if s is not None]
+        if len(parts) > 1:
+            self._fail(f"kvx: {len(parts)} kinds of state indices; kvx moves one kind")
+            return False, None
+        rows = np.asarray(parts[0]).reshape(-1) if parts else None
+        return True, rows if rows is not None and len(rows) else None
+
 
 class KvxKVSender(_KvxRoom, CommonKVSender):
     """The prefill side of one request: a kvx sender room."""
@@ -353,16 +364,11 @@ class KvxKVSender(_KvxRoom, CommonKVSender):
             return
         pages = np.asarray(kv_indices).reshape(-1)
         self.curr_idx += len(pages)
-        state = None
-        if state_indices is not None:
-            parts = [s for s in state_indices if s is not None]
-            if len(parts) > 1:
-                self._fail(f"kvx: {len(parts)} kinds of state indices; kvx moves one kind")
-                return
-            if parts:
-                state = np.asarray(parts[0]).reshape(-1)
+        ok, state = self._state_rows(state_indices)
+        if not ok:
+            return
         try:
-            self._room.send(pages, state if state is not None and len(state) else None)
+            self._room.send(pages, state)
         except kvx.KvxError as e:
             self._fail(_reason(e))
 
@@ -411,18 +417,12 @@ class KvxKVReceiver(_KvxRoom, CommonKVReceiver):
             self._fail(f"kvx: a decode-side prefix of {decode_prefix_len} tokens is not "
                        "supported by the kvx backend")
             return
-        state = None
-        if state_indices is not None:
-            parts = [s for s in state_indices if s is not None]
-            if len(parts) > 1:
-                self._fail(f"kvx: {len(parts)} kinds of state indices; kvx moves one kind")
-                return
-            if parts:
-                state = np.asarray(parts[0]).reshape(-1)
+        ok, state = self._state_rows(state_indices)
+        if not ok:
+            return
         try:
             self._room.init(np.asarray(kv_indices).reshape(-1),
-                            -1 if aux_index is None else int(aux_index),
-                            state if state is not None and len(state) else None)
+                            -1 if aux_index is None else int(aux_index), state)
         except kvx.KvxError as e:
             self._fail(_reason(e))
 
