@@ -49,11 +49,11 @@ static kvx_engine *engine_boot(const char *transport, kvx_role role, ex_pool *p,
     d.allocator.free_fn = ca_free;
     d.logger.func = quiet;
     d.logger.level = getenv("KVX_TEST_VERBOSE") ? KVX_LOG_DEBUG : KVX_LOG_ERROR;
-    d.waiting_timeout_s = 3;
-    d.bootstrap_timeout_s = 3;
-    d.file.timeout_s = 3;
+    d.waiting_timeout_s = ca_quick ? 1 : 3;
+    d.bootstrap_timeout_s = ca_quick ? 1 : 3;
+    d.file.timeout_s = ca_quick ? 1 : 3;
     d.file.settle_s = 0.05;
-    d.tcp.timeout_s = 3;
+    d.tcp.timeout_s = ca_quick ? 1 : 3;
     d.tcp.host = "127.0.0.1";
     d.tcp.streams = 2;
     d.poll_interval_us = 2000;

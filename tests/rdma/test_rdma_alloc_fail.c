@@ -29,10 +29,10 @@ static kvx_engine *engine(kvx_role role, ex_pool *p, const char *addr) {
     d.boot.host = "127.0.0.1";
     d.boot.port = -1;
     d.bootstrap_addr = addr;
-    d.waiting_timeout_s = 5;
-    d.bootstrap_timeout_s = 5;
-    d.rdma.connect_timeout_s = 2;
-    d.rdma.fence_timeout_s = 1;
+    d.waiting_timeout_s = ca_quick ? 1 : 5;
+    d.bootstrap_timeout_s = ca_quick ? 1 : 5;
+    d.rdma.connect_timeout_s = ca_quick ? 1 : 2;
+    d.rdma.fence_timeout_s = ca_quick ? 0.5 : 1;
     res = kvx_engine_create(&d, &e, why, sizeof why);
     CHECK((res == KVX_OK) == (e != NULL), "engine create answers with an engine or an error");
     if (res != KVX_OK && res != KVX_ERR_NO_MEMORY && !strstr(why, "memory"))

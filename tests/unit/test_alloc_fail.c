@@ -32,9 +32,9 @@ static kvx_engine *engine(const char *transport, kvx_role role, ex_pool *p, kvx_
     d.allocator.alloc_fn = ca_alloc;
     d.allocator.free_fn = ca_free;
     d.logger.level = KVX_LOG_ERROR;
-    d.waiting_timeout_s = 5;
-    d.bootstrap_timeout_s = 5;
-    d.file.timeout_s = 5;
+    d.waiting_timeout_s = ca_quick ? 1 : 5;
+    d.bootstrap_timeout_s = ca_quick ? 1 : 5;
+    d.file.timeout_s = ca_quick ? 1 : 5;
     d.file.settle_s = 0.05;
     *res = kvx_engine_create(&d, &e, why, sizeof why);
     CHECK((*res == KVX_OK) == (e != NULL), "engine create answers with an engine or an error");
