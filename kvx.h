@@ -787,8 +787,9 @@ struct kvx_backend {
        engine destroy), not by kvx_room_fail_remote: tell the peer, with
        kvx_room_result / kvx_room_error (the first reason). Called once per
        room, on the progress thread or on the thread that destroys the room
-       (before room_close), with no core lock held. A backend that sets it
-       is never called through room_abort. */
+       (before room_close: a destroy waits for one running on the progress
+       thread), with no core lock held. A backend that sets it is never
+       called through room_abort. */
     void (*room_failed)(kvx_room *r);
 };
 
@@ -3170,7 +3171,7 @@ struct kvx_room {
     uint32_t num_state_idx;
     kvx_room *prev, *next; /* engine list, under engine->mu */
     kvx__hnode hn;         /* engine->table, key = id, under engine->mu */
-    int notify;              /* atomic: 1 = room_failed owed, 2 = done */
+    int notify;              /* atomic: 1 = room_failed owed, 3 = running, 2 = done */
     kvx_room *notify_next;   /* engine->notify list, under engine->mu */
 };
 
@@ -3389,13 +3390,30 @@ static void kvx__notify_queue(kvx_room *r) {
 
 /* Runs room_failed once, whoever gets here first (progress thread or
    close), and only for a room that failed: notify is owed (1) before the
-   state turns FAILED, so whoever sees FAILED sees the debt too. */
+   state turns FAILED, so whoever sees FAILED sees the debt too. While it
+   runs (3) a close waits for it (kvx__notify_wait): room_failed tells the
+   peer through the transport's room state, which the close tears down. */
 static void kvx__notify_run(kvx_room *r) {
     int owed = 1;
+    kvx_engine *e = r->engine;
     if (KVX__LOAD(&r->state) != KVX_POLL_FAILED) return;
-    if (!__atomic_compare_exchange_n(&r->notify, &owed, 2, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+    if (!__atomic_compare_exchange_n(&r->notify, &owed, 3, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
         return;
-    r->engine->be->room_failed(r);
+    e->be->room_failed(r);
+    pthread_mutex_lock(&e->mu);
+    KVX__STORE(&r->notify, 2);
+    pthread_cond_broadcast(&e->cv);
+    pthread_mutex_unlock(&e->mu);
+}
+
+/* A close: pays an owed room_failed, or waits for the one running. */
+static void kvx__notify_wait(kvx_room *r) {
+    kvx_engine *e = r->engine;
+    if (KVX__LOAD(&r->notify) == 1) kvx__notify_run(r);
+    if (KVX__LOAD(&r->notify) != 3) return;
+    pthread_mutex_lock(&e->mu);
+    while (KVX__LOAD(&r->notify) == 3) pthread_cond_wait(&e->cv, &e->mu);
+    pthread_mutex_unlock(&e->mu);
 }
 
 static void kvx__notify_drain(kvx_engine *e) {
@@ -3828,7 +3846,7 @@ static void kvx__room_unlink(kvx_room *r) {
 
 static void kvx__room_close(kvx_room *r) {
     kvx_engine *e = r->engine;
-    if (KVX__LOAD(&r->notify) == 1) kvx__notify_run(r);
+    kvx__notify_wait(r);
     KVX__STORE(&r->closed, 1);
     if (e->be->room_close) e->be->room_close(r);
     kvx__room_unlink(r);

@@ -416,6 +416,45 @@ static void counts(void) {
     side_down(&pf);
 }
 
+/* The prefill's init is refused (it declares more pages than the decode
+   asked for) and the sender is destroyed at once, as SGLang's scheduler
+   clears a failed request: the decode still hears the first reason. The
+   close waits for the room_failed the progress thread may be running (it
+   cancels the room's WRITEs before it tells the peer); before, a close in
+   that window removed the room first and the decode waited for its
+   timeout. */
+static void refused_then_closed(void) {
+    side pf, dc;
+    int i, heard = 0;
+    char last[KVX_ERROR_MAX + 64] = "";
+    if (pair_up(&pf, &dc, KVX_STATE_NONE, 0, NULL, NULL, 0)) {
+        CHECK(0, "refused then closed: engines up");
+        return;
+    }
+    for (i = 0; i < 16; i++) {
+        req x;
+        req_open(&pf, &dc, &x, 7500 + (uint64_t)i, 6, NULL, 0, NULL, 0);
+        kvx_receiver_wait(x.r, KVX_POLL_WAITING_FOR_INPUT, (int)(20000 * slow));
+        kvx_receiver_init(x.r, x.dp, 5, x.dslot);
+        kvx_sender_wait(x.s, KVX_POLL_WAITING_FOR_INPUT, (int)(20000 * slow));
+        kvx_sender_init(x.s, 6, x.sslot);
+        kvx_sender_destroy(x.s);
+        x.s = NULL;
+        kvx_receiver_wait(x.r, KVX_POLL_SUCCESS, (int)(20000 * slow));
+        if (kvx_receiver_poll(x.r) == KVX_POLL_FAILED &&
+            strstr(kvx_receiver_error(x.r), "init declares 6 pages"))
+            heard++;
+        else
+            snprintf(last, sizeof last, "room %d: %s '%s'", i, kvx_poll_str(kvx_receiver_poll(x.r)),
+                     kvx_receiver_error(x.r));
+        req_close(&pf, &dc, &x);
+    }
+    CHECK(heard == 16, "refused then closed at once: the decode hears the prefill's reason in %d of "
+          "16 rooms %s", heard, last);
+    side_down(&dc);
+    side_down(&pf);
+}
+
 /* ---- 4: refusals of kvx_layout_overlap reach the room ------------------------------- */
 
 static void refused_item(void) {
@@ -536,6 +575,7 @@ int main(void) {
     mamba();
     swa();
     counts();
+    refused_then_closed();
     refused_item();
     refused_tp();
     mla_dummy();

@@ -694,6 +694,54 @@ static void test_failure_owed(const kvx_backend *rec) {
           "and only once (%d calls)", rec_failed_calls);
 }
 
+/* A room_failed running on the progress thread (a transport that cancels
+   the room's writes before it tells the peer, as rdma does) holds a
+   destroy of the same room until it returns: room_close must not tear the
+   room down under it (the peer would not be told, and the hook would read
+   freed transport state). The hook widens the window on purpose. */
+static int slow_started, slow_done, slow_closed_early;
+static void slow_failed(kvx_room *r) {
+    struct timespec ts = {0, 150 * 1000000L};
+    (void)r;
+    __atomic_store_n(&slow_started, 1, __ATOMIC_RELEASE);
+    nanosleep(&ts, NULL);
+    __atomic_store_n(&slow_done, 1, __ATOMIC_RELEASE);
+}
+static void slow_close(kvx_room *r) {
+    (void)r;
+    if (__atomic_load_n(&slow_started, __ATOMIC_ACQUIRE) &&
+        !__atomic_load_n(&slow_done, __ATOMIC_ACQUIRE))
+        __atomic_store_n(&slow_closed_early, 1, __ATOMIC_RELEASE);
+}
+static void test_failed_hook_vs_close(void) {
+    static kvx_backend slow;
+    kvx_engine *e;
+    kvx_sender *s;
+    kvx_room_desc rd;
+    int i;
+    memset(&slow, 0, sizeof slow);
+    slow.name = "slowfail";
+    slow.room_open = rec_open;
+    slow.room_failed = slow_failed;
+    slow.room_close = slow_close;
+    e = make_engine(KVX_ROLE_PREFILL, &slow);
+    if (!e) { CHECK(0, "slowfail engine"); return; }
+    memset(&rd, 0, sizeof rd);
+    rd.room = 4545;
+    kvx_sender_create(e, &rd, &s);
+    kvx_sender_abort(s, "the test fails it");
+    for (i = 0; i < 20000 && !__atomic_load_n(&slow_started, __ATOMIC_ACQUIRE); i++) {
+        struct timespec ts = {0, 1000000L};
+        nanosleep(&ts, NULL);
+    }
+    CHECK(__atomic_load_n(&slow_started, __ATOMIC_ACQUIRE), "the progress thread runs room_failed");
+    kvx_sender_destroy(s);
+    CHECK(!__atomic_load_n(&slow_closed_early, __ATOMIC_ACQUIRE) &&
+              __atomic_load_n(&slow_done, __ATOMIC_ACQUIRE),
+          "a destroy waits for the room_failed in progress before room_close");
+    kvx_engine_destroy(e);
+}
+
 /* Issue 10 items 1-5 at the core: one notification per local failure, none
    for remote ones or for terminal rooms, first reason wins, refused calls
    leave no failure text, every sentence names the room. */
@@ -715,6 +763,7 @@ static void test_failure_semantics(void) {
     legacy.name = "recorder-legacy";
     legacy.room_failed = NULL;
     test_failure_owed(&rec);
+    test_failed_hook_vs_close();
     pe = make_engine(KVX_ROLE_PREFILL, &rec);
     le = make_engine(KVX_ROLE_PREFILL, &legacy);
     memset(&rd, 0, sizeof rd);
