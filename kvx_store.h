@@ -530,6 +530,109 @@ extern "C" {
 #define KVX__STORE_MAX_DATA (1ull << 48)
 
 
+/* >>block store: CRC32C ------------------------------------------------------- */
+
+/* CRC32C of the data path (see HOT PATH COSTS). kvx_crc32c runs three crc32
+   streams: about 25 GB/s on a 2023 Xeon, a third of the kernel's copy cost
+   of the same bytes, which made the checksum the biggest cost of a get
+   after the copy itself. Where the CPU has VPCLMULQDQ with AVX-512 (Intel
+   Ice Lake and later, AMD Zen 4 and later) the bytes are folded 256 at a
+   time with carry-less multiplies instead (2-3x faster), and kvx_crc32c
+   finishes the last 256 folded bytes and the tail.
+   Why the fold is exact: a reflected CRC with register 0 of a message M is
+   M(x) * x^32 mod P. Sixteen 128-bit lanes hold 256 consecutive bytes;
+   a lane A = A_hi(x) x^64 + A_lo(x) that stands D = 2048 bits before the
+   lane of the next 256 bytes is congruent (mod P) to
+   A_hi * (x^(D+64) mod P) + A_lo * (x^D mod P) there, a polynomial of
+   degree < 96, XORed into that lane. Reflected operands make a carry-less
+   product come out multiplied by x, so the constants are x^(D+63) mod P
+   and x^(D-1) mod P. The starting register is XORed into the first 4 bytes
+   (for M of 32 bits or more, R x^|M| + M x^32 = (M + R x^(|M|-32)) x^32). */
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(KVX_STORE_NO_VPCLMUL)
+#define KVX__STORE_VPCLMUL 1
+#include <immintrin.h>
+
+static pthread_once_t kvx__store_crc_once = PTHREAD_ONCE_INIT;
+static int kvx__store_crc_fold; /* 1: the CPU and OS run the fold below */
+static uint64_t kvx__store_crc_k[2]; /* x^(D+63) mod P, x^(D-1) mod P, reflected */
+
+/* x^n mod P (P = CRC32C's 0x1EDC6F41 plus x^32), as a 64-bit reflected
+   operand: the coefficient of x^d in bit 63 - d. */
+static uint64_t kvx__store_xpow_mod(unsigned n) {
+    uint64_t r = 1, out = 0;
+    unsigned i;
+    for (i = 0; i < n; i++) {
+        r <<= 1;
+        if (r >> 32) r ^= 0x11EDC6F41ull;
+    }
+    for (i = 0; i < 32; i++)
+        if (r >> i & 1) out |= 1ull << (63 - i);
+    return out;
+}
+
+__attribute__((target("avx512f,avx512vl,vpclmulqdq,pclmul"))) static uint32_t
+kvx__store_crc_fold256(uint32_t crc, const uint8_t *p, size_t len) {
+    /* len >= 512; crc as kvx_crc32c takes it */
+    __m512i k = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(const void *)kvx__store_crc_k));
+    __m512i a0 = _mm512_loadu_si512((const void *)p), a1 = _mm512_loadu_si512((const void *)(p + 64));
+    __m512i a2 = _mm512_loadu_si512((const void *)(p + 128)), a3 = _mm512_loadu_si512((const void *)(p + 192));
+    uint8_t folded[256];
+    uint32_t raw;
+    a0 = _mm512_xor_si512(a0, _mm512_castsi128_si512(_mm_cvtsi32_si128((int)~crc)));
+    p += 256;
+    len -= 256;
+#define KVX__STORE_FOLD(a, off)                                                            \
+    a = _mm512_ternarylogic_epi64(_mm512_clmulepi64_epi128(a, k, 0x00),                    \
+                                  _mm512_clmulepi64_epi128(a, k, 0x11),                    \
+                                  _mm512_loadu_si512((const void *)(p + (off))), 0x96)
+    while (len >= 256) {
+        KVX__STORE_FOLD(a0, 0);
+        KVX__STORE_FOLD(a1, 64);
+        KVX__STORE_FOLD(a2, 128);
+        KVX__STORE_FOLD(a3, 192);
+        p += 256;
+        len -= 256;
+    }
+#undef KVX__STORE_FOLD
+    _mm512_storeu_si512((void *)folded, a0);
+    _mm512_storeu_si512((void *)(folded + 64), a1);
+    _mm512_storeu_si512((void *)(folded + 128), a2);
+    _mm512_storeu_si512((void *)(folded + 192), a3);
+    raw = ~kvx_crc32c(~0u, folded, sizeof folded); /* register 0 over the folded bytes */
+    return kvx_crc32c(~raw, p, len);
+}
+
+static void kvx__store_crc_init(void) {
+    uint8_t probe[1031];
+    uint32_t x = 2463534242u;
+    size_t i;
+    for (i = 0; i < sizeof probe; i++) {
+        x ^= x << 13; x ^= x >> 17; x ^= x << 5;
+        probe[i] = (uint8_t)x;
+    }
+    __builtin_cpu_init();
+    if (!__builtin_cpu_supports("avx512f") || !__builtin_cpu_supports("avx512vl") ||
+        !__builtin_cpu_supports("vpclmulqdq") || !__builtin_cpu_supports("pclmul"))
+        return;
+    kvx__store_crc_k[0] = kvx__store_xpow_mod(2048 + 63);
+    kvx__store_crc_k[1] = kvx__store_xpow_mod(2048 - 1);
+    /* belt and braces: the fold must agree with kvx_crc32c before it is used */
+    kvx__store_crc_fold = kvx__store_crc_fold256(0x12345678u, probe, sizeof probe) ==
+                          kvx_crc32c(0x12345678u, probe, sizeof probe);
+}
+#endif
+
+/* kvx_crc32c(crc, p, len), faster on large buffers where the CPU allows. */
+static uint32_t kvx__store_crc32c(uint32_t crc, const void *p, size_t len) {
+#ifdef KVX__STORE_VPCLMUL
+    if (len >= 512) {
+        pthread_once(&kvx__store_crc_once, kvx__store_crc_init);
+        if (kvx__store_crc_fold) return kvx__store_crc_fold256(crc, (const uint8_t *)p, len);
+    }
+#endif
+    return kvx_crc32c(crc, p, len);
+}
+
 static const char kvx__store_hexd[] = "0123456789abcdef";
 
 static int kvx__store_hexval(char c) {
@@ -1229,7 +1332,7 @@ static int kvx__store_data_io(kvx_store *s, int fd, int32_t page, void *scratch,
         err = kvx__piov_full(fd, iov, n, s->hdr_size + p->spans[k0].dst_offset, len, write);
         if (err) return err;
         for (m = k0; m < k; m++)
-            c = kvx_crc32c(c, kvx_span_addr(l, &p->spans[m], 0), (size_t)p->spans[m].length);
+            c = kvx__store_crc32c(c, kvx_span_addr(l, &p->spans[m], 0), (size_t)p->spans[m].length);
     }
     *crc = c;
     return 0;
@@ -1284,7 +1387,7 @@ static int kvx__store_crc_file(int fd, uint8_t *buf, size_t cap, uint64_t off, u
     while (len) {
         size_t n = len < cap ? (size_t)len : cap;
         if ((err = kvx__pio(fd, buf, n, off, 0)) != 0) return err;
-        *crc = kvx_crc32c(*crc, buf, n);
+        *crc = kvx__store_crc32c(*crc, buf, n);
         off += n;
         len -= n;
     }
