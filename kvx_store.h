@@ -521,7 +521,7 @@ extern "C" {
 #define KVX__STORE_PATH 4096
 #define KVX__STORE_REL 128            /* "ab/<64 hex>.kvb.tmp.<pid>-<nonce>.<seq>" */
 #define KVX__STORE_RELLEN 71          /* strlen("ab/<64 hex>.kvb") */
-#define KVX__STORE_GROUP (1u << 20)   /* bytes read or written, then checksummed, at once */
+#define KVX__STORE_GROUP (1u << 18)   /* bytes read or written, then checksummed, at once */
 #define KVX__STORE_IOV 64             /* iovecs per preadv / pwritev */
 #define KVX__STORE_TMP_TTL_NS (600ull * 1000000000ull)
 #define KVX__STORE_SETTLE_NS (5ull * 1000000000ull) /* see kvx__store_bad */
