@@ -553,7 +553,7 @@ extern "C" {
 #include <immintrin.h>
 
 static pthread_once_t kvx__store_crc_once = PTHREAD_ONCE_INIT;
-static int kvx__store_crc_fold; /* 1: the CPU and OS run the fold below */
+static int kvx__store_crc_fold; /* 2: AVX-512 fold, 1: AVX2 fold, 0: kvx_crc32c */
 static uint64_t kvx__store_crc_k[2]; /* x^(D+63) mod P, x^(D-1) mod P, reflected */
 
 /* x^n mod P (P = CRC32C's 0x1EDC6F41 plus x^32), as a 64-bit reflected
@@ -602,23 +602,52 @@ kvx__store_crc_fold256(uint32_t crc, const uint8_t *p, size_t len) {
     return kvx_crc32c(~raw, p, len);
 }
 
+/* The same fold with 256-bit registers (AVX2 + VPCLMULQDQ: AMD Zen 3,
+   Intel Alder Lake and later cores without AVX-512): eight lanes of 32. */
+__attribute__((target("avx2,vpclmulqdq,pclmul"))) static uint32_t
+kvx__store_crc_fold256_avx2(uint32_t crc, const uint8_t *p, size_t len) {
+    __m256i k = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(const void *)kvx__store_crc_k));
+    __m256i a[8];
+    uint8_t folded[256];
+    uint32_t raw;
+    int j;
+    for (j = 0; j < 8; j++) a[j] = _mm256_loadu_si256((const __m256i *)(const void *)(p + 32 * j));
+    a[0] = _mm256_xor_si256(a[0], _mm256_castsi128_si256(_mm_cvtsi32_si128((int)~crc)));
+    p += 256;
+    len -= 256;
+    while (len >= 256) {
+        for (j = 0; j < 8; j++)
+            a[j] = _mm256_xor_si256(_mm256_xor_si256(_mm256_clmulepi64_epi128(a[j], k, 0x00),
+                                                     _mm256_clmulepi64_epi128(a[j], k, 0x11)),
+                                    _mm256_loadu_si256((const __m256i *)(const void *)(p + 32 * j)));
+        p += 256;
+        len -= 256;
+    }
+    for (j = 0; j < 8; j++) _mm256_storeu_si256((__m256i *)(void *)(folded + 32 * j), a[j]);
+    raw = ~kvx_crc32c(~0u, folded, sizeof folded);
+    return kvx_crc32c(~raw, p, len);
+}
+
 static void kvx__store_crc_init(void) {
     uint8_t probe[1031];
-    uint32_t x = 2463534242u;
+    uint32_t x = 2463534242u, c;
     size_t i;
     for (i = 0; i < sizeof probe; i++) {
         x ^= x << 13; x ^= x >> 17; x ^= x << 5;
         probe[i] = (uint8_t)x;
     }
     __builtin_cpu_init();
-    if (!__builtin_cpu_supports("avx512f") || !__builtin_cpu_supports("avx512vl") ||
-        !__builtin_cpu_supports("vpclmulqdq") || !__builtin_cpu_supports("pclmul"))
-        return;
+    if (!__builtin_cpu_supports("vpclmulqdq") || !__builtin_cpu_supports("pclmul")) return;
     kvx__store_crc_k[0] = kvx__store_xpow_mod(2048 + 63);
     kvx__store_crc_k[1] = kvx__store_xpow_mod(2048 - 1);
-    /* belt and braces: the fold must agree with kvx_crc32c before it is used */
-    kvx__store_crc_fold = kvx__store_crc_fold256(0x12345678u, probe, sizeof probe) ==
-                          kvx_crc32c(0x12345678u, probe, sizeof probe);
+    /* belt and braces: a fold must agree with kvx_crc32c before it is used */
+    c = kvx_crc32c(0x12345678u, probe, sizeof probe);
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+        kvx__store_crc_fold256(0x12345678u, probe, sizeof probe) == c)
+        kvx__store_crc_fold = 2;
+    else if (__builtin_cpu_supports("avx2") &&
+             kvx__store_crc_fold256_avx2(0x12345678u, probe, sizeof probe) == c)
+        kvx__store_crc_fold = 1;
 }
 #endif
 
@@ -627,7 +656,8 @@ static uint32_t kvx__store_crc32c(uint32_t crc, const void *p, size_t len) {
 #ifdef KVX__STORE_VPCLMUL
     if (len >= 512) {
         pthread_once(&kvx__store_crc_once, kvx__store_crc_init);
-        if (kvx__store_crc_fold) return kvx__store_crc_fold256(crc, (const uint8_t *)p, len);
+        if (kvx__store_crc_fold == 2) return kvx__store_crc_fold256(crc, (const uint8_t *)p, len);
+        if (kvx__store_crc_fold == 1) return kvx__store_crc_fold256_avx2(crc, (const uint8_t *)p, len);
     }
 #endif
     return kvx_crc32c(crc, p, len);
