@@ -1346,37 +1346,60 @@ static int kvx__store_batch_run(kvx__store_batch *b, kvx_store *s, const kvx_sto
     return rc;
 }
 
+/* Fills iov (at most KVX__STORE_IOV) with the pool memory of the next
+   bytes of plan p from the cursor (span *k, *in bytes into it), up to file
+   offset end (data at header_size); advances the cursor. Returns the count
+   and the bytes in *len. */
+static int kvx__store_iov_fill(const kvx_store *s, const kvx_plan *p, size_t *k, uint64_t *in,
+                               uint64_t end, struct iovec *iov, uint64_t *len) {
+    const kvx_layout *l = &s->desc.layout;
+    int n = 0;
+    *len = 0;
+    while (*k < p->count && n < KVX__STORE_IOV) {
+        const kvx_span *sp = &p->spans[*k];
+        uint64_t at = s->hdr_size + sp->dst_offset + *in, take = sp->length - *in;
+        if (at >= end) break;
+        if (take > end - at) take = end - at;
+        iov[n].iov_base = (char *)kvx_span_addr(l, sp, 0) + *in;
+        iov[n++].iov_len = (size_t)take;
+        *len += take;
+        *in += take;
+        if (*in == sp->length) { (*k)++; *in = 0; }
+    }
+    return n;
+}
+
 /* Moves one page between the pool and the file (data at header_size, laid
-   out as the packed side of a one-page gather plan), in groups of about
-   KVX__STORE_GROUP bytes, and returns the CRC32C of the bytes as they are
-   in the pool, computed right after each group's I/O while the group is in
-   cache (so the data crosses memory once, in the kernel's copy). 0, an
-   errno, or -1 (short file). The plan lives in the scratch with room for
-   every buffer's span, so building it never allocates. */
+   out as the packed side of a one-page gather plan), in groups that end at
+   file offsets that are multiples of KVX__STORE_GROUP (so the page cache
+   can hold a group as one large folio: fewer folios to look up and mark
+   dirty than groups starting at header_size, 4 KiB past an alignment),
+   and returns the CRC32C of the bytes as they are in the pool, computed
+   right after each group's I/O while the group is in cache (so the data
+   crosses memory once, in the kernel's copy). 0, an errno, or -1 (short
+   file). The plan lives in the scratch with room for every buffer's span,
+   so building it never allocates. */
 static int kvx__store_data_io(kvx_store *s, int fd, int32_t page, void *scratch, int write,
                               uint32_t *crc) {
     struct iovec *iov = (struct iovec *)(void *)((char *)scratch + s->hdr_size);
     kvx_plan *p = (kvx_plan *)(void *)((char *)scratch + s->plan_at);
-    const kvx_layout *l = &s->desc.layout;
-    size_t k = 0, m;
+    size_t k = 0;
+    uint64_t in = 0;
     uint32_t c = 0;
     memset(p, 0, sizeof *p);
     p->spans = (kvx_span *)(void *)(p + 1);
     p->capacity = s->nb;
-    if (kvx_plan_gather(p, l, &page, 1) != KVX_OK) return EINVAL; /* pages were checked */
+    if (kvx_plan_gather(p, &s->desc.layout, &page, 1) != KVX_OK) return EINVAL; /* pages were checked */
     while (k < p->count) {
-        size_t k0 = k;
-        int n = 0, err;
-        uint64_t len = 0;
-        while (k < p->count && n < KVX__STORE_IOV && (n == 0 || len < KVX__STORE_GROUP)) {
-            iov[n].iov_base = kvx_span_addr(l, &p->spans[k], 0);
-            iov[n++].iov_len = (size_t)p->spans[k].length;
-            len += p->spans[k++].length;
-        }
-        err = kvx__piov_full(fd, iov, n, s->hdr_size + p->spans[k0].dst_offset, len, write);
+        size_t k0 = k, m;
+        uint64_t in0 = in, at = s->hdr_size + p->spans[k].dst_offset + in, len;
+        uint64_t end = (at / KVX__STORE_GROUP + 1) * KVX__STORE_GROUP;
+        int n = kvx__store_iov_fill(s, p, &k, &in, end, iov, &len), err, i;
+        err = kvx__piov_full(fd, iov, n, at, len, write);
         if (err) return err;
-        for (m = k0; m < k; m++)
-            c = kvx__store_crc32c(c, kvx_span_addr(l, &p->spans[m], 0), (size_t)p->spans[m].length);
+        /* kvx__piov_full may have advanced iov: walk the group again */
+        m = (size_t)kvx__store_iov_fill(s, p, &k0, &in0, at + len, iov, &len);
+        for (i = 0; i < (int)m; i++) c = kvx__store_crc32c(c, iov[i].iov_base, iov[i].iov_len);
     }
     *crc = c;
     return 0;
