@@ -262,11 +262,13 @@
      Measured (bench/bench_store.c, 512 MiB of 2 MiB blocks in the page
      cache, 2-core Sapphire Rapids VM, shared): the kernel's copy is ~85%
      of a put's or get's CPU; with three crc32 streams (~25 GB/s) the CRC
-     was another ~35% of the copy's cost (CPU per byte 1.45-1.54x a raw
-     write()/read() of the same bytes); folded with AVX-512 (~80 GB/s) and
-     in 256 KiB groups (1 MiB groups outgrew L2), 1.26-1.36x. Wall time
-     depends on free cores: the store's io_threads run in parallel, the
-     raw baseline is one thread.
+     was another ~35% of the copy's cost (CPU per byte of a raw
+     write()/read() of the same bytes: put 1.45-1.55x, get 1.48-1.74x);
+     folded with AVX-512 (~80 GB/s), in 256 KiB groups (1 MiB groups
+     outgrew L2) that end at 256 KiB-aligned file offsets (large page-cache
+     folios): put 1.23-1.35x, get 1.25-1.55x (the get's remainder is the CRC
+     and raw read()'s own spread). Wall time depends on free cores: the
+     store's io_threads run in parallel, the raw baseline is one thread.
 
    LICENSE: MIT, see the end of this file.
 */
