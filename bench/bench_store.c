@@ -341,6 +341,10 @@ static void bench_throughput(const char *dir, int iters, int threads) {
            (double)bytes * iters / cpu[T_PUT_FULL] / 1e9, (double)bytes * iters / cpu[T_RAW_OVER] / 1e9,
            (double)bytes * iters / cpu[T_PUT_EMPTY] / 1e9, (double)bytes * iters / cpu[T_RAW_NEW] / 1e9,
            (double)bytes * iters / cpu[T_GET] / 1e9, (double)bytes * iters / cpu[T_RAW_READ] / 1e9);
+    printf("summary, store / raw 1 thread of this run: put %.2fx, get %.2fx (goal >= 0.9x); CPU per "
+           "byte: put %.2fx, get %.2fx (goal <= 1.5x), empty-store put %.2fx\n",
+           g[T_PUT_FULL] / g[T_RAW_OVER], g[T_GET] / g[T_RAW_READ], cpu[T_PUT_FULL] / cpu[T_RAW_OVER],
+           cpu[T_GET] / cpu[T_RAW_READ], cpu[T_PUT_EMPTY] / cpu[T_RAW_NEW]);
     printf("raw with %d threads (pwrite/pread stripes): overwrite %.2f (%.2f), read %.2f (%.2f); "
            "store/raw medians: put %.2fx, get %.2fx\n", threads, g[T_RAW_NW], bb[T_RAW_NW], g[T_RAW_NR],
            bb[T_RAW_NR], g[T_PUT_FULL] / g[T_RAW_NW], g[T_GET] / g[T_RAW_NR]);
