@@ -96,7 +96,7 @@ def main():
     # layer-first pool for kvx: K of layers 0..31 then V of layers 0..31
     bufs = [torch.randint(-32768, 32767, (tokens_per_pool, HEADS, DIM), dtype=torch.int16)
             .view(torch.bfloat16) for _ in range(2 * LAYERS)]
-    layout = kvx.Layout.from_arrays(bufs, page_size=PAGE, num_kv_heads=HEADS,
+    layout = kvx.Layout.from_arrays([(b, ITEM) for b in bufs], page_size=PAGE, num_kv_heads=HEADS,
                                     dtype="bfloat16", dtype_size=DTYPE_SIZE)
     perm = list(range(pool_pages))
     rng.shuffle(perm)
