@@ -168,7 +168,7 @@ def child(system, role, pages):
                         h = eng.initialize_xfer("WRITE", eng.get_xfer_descs(ld, "DRAM"),
                                                 eng.get_xfer_descs(rd, "DRAM"),
                                                 st["peer_name"], f"room{room}".encode())
-                        state = eng.transfer(h)
+                        state = eng.transfer(h, f"room{room}".encode())
                         while state not in ("DONE", "ERR"):
                             time.sleep(50e-6)
                             state = eng.check_xfer_state(h)
@@ -191,7 +191,9 @@ def child(system, role, pages):
                 elif system.startswith("nixl"):
                     deadline = time.monotonic() + 60
                     tag = f"room{room}".encode()
-                    while not eng.check_remote_xfer_done(st["peer_name"], tag, tag_is_prefix=False):
+                    name = st["peer_name"]
+                    name = name.decode() if isinstance(name, bytes) else name
+                    while not eng.check_remote_xfer_done(name, tag):
                         if time.monotonic() > deadline:
                             raise RuntimeError("no NIXL notification in 60 s")
                         time.sleep(50e-6)
