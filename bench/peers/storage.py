@@ -21,7 +21,7 @@ put: fresh directory each repetition (HiCacheFile skips keys already on disk).
 get cold: os.sync() then the page cache dropped (/proc/sys/vm/drop_caches as
 root, else posix_fadvise DONTNEED on every file); get warm: again right after.
 Repetitions alternate between the two systems. Every get is checked against
-the source pages (untimed). CPU: os.times() of this process (user + sys,
+the source pages (untimed). CPU: getrusage of this process (user + sys,
 every thread). Prints one "RESULT {json}" line per (system, operation) with
 the best and median of the repetitions, and "PEER-SKIP name: why" lines.
 """
@@ -30,10 +30,17 @@ import hashlib
 import json
 import os
 import random
+import resource
 import shutil
 import statistics
 import sys
 import time
+
+
+def cpu_now():
+    """User + system seconds of this process, every thread (getrusage: microseconds)."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
 
 LAYERS, HEADS, DIM, PAGE, DTYPE_SIZE = 32, 8, 128, 16, 2
 ITEM = PAGE * HEADS * DIM * DTYPE_SIZE          # one page of one buffer: 32 KiB
@@ -63,10 +70,10 @@ def drop_cache(dirs):
 
 
 def timed(fn):
-    c0, t0 = os.times(), time.perf_counter()
+    c0, t0 = cpu_now(), time.perf_counter()
     r = fn()
-    t1, c1 = time.perf_counter(), os.times()
-    cpu = (c1.user - c0.user) + (c1.system - c0.system)
+    t1, c1 = time.perf_counter(), cpu_now()
+    cpu = c1 - c0
     return t1 - t0, cpu, r
 
 
