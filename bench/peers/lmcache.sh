@@ -17,7 +17,7 @@ if [ "$(cat "$V/.kvx-stamp" 2>/dev/null)" != "$PIN" ]; then
     fi
     echo "$PIN" >"$V/.kvx-stamp"
 fi
-timeout 600 "$V/bin/python" "$REPO/bench/peers/lmcache.py" 2>>"$log"
+timeout 600 "$V/bin/python" "$REPO/bench/peers/lmcache_disk.py" 2>>"$log"
 rc=$?
-[ $rc -eq 0 ] || echo "PEER-SKIP LMCache: bench/peers/lmcache.py exited $rc (build/peers-lmcache.log)"
+[ $rc -eq 0 ] || echo "PEER-SKIP LMCache: bench/peers/lmcache_disk.py exited $rc (build/peers-lmcache.log)"
 exit 0
