@@ -27,7 +27,7 @@ vpath test_%.c $(sort $(dir $(TEST_SRC)))
 vpath bench_%.c bench
 
 .PHONY: all demo test bench install clean examples tests check-compile test-unit \
-        test-asan test-tsan test-fuzz deps test-dfs bench-dfs lib test-lib test-sglang
+        test-asan test-tsan test-fuzz deps test-dfs bench-dfs bench-peers lib test-lib test-sglang
 
 all: examples tests
 
@@ -111,6 +111,14 @@ bench: examples $(BENCHES)
 	@for b in $(filter-out $(B)/bench_dfs,$(BENCHES)); do echo "== $$b"; ./$$b; rc=$$?; \
 	  if [ $$rc -eq 77 ]; then echo "   (skipped)"; elif [ $$rc -ne 0 ]; then exit 1; fi; done
 	@$(MAKE) --no-print-directory bench-dfs
+
+# make bench-peers: kvx against its peers on this machine, one table
+# (bench/peers/run.sh): kvx_store vs SGLang HiCacheFile (and LMCache's disk
+# backend where it runs without a GPU), kvx tcp vs Mooncake TE tcp and NIXL
+# UCX. Installs the peers' pinned PyPI releases into build/venv-* once.
+# KVX_PEERS_PAGES=64 for a quick run; see bench/peers/README.md.
+bench-peers: $(B)/libkvx.so
+	@bash bench/peers/run.sh
 
 bench-dfs: $(DFS_BENCHES)
 	@echo "== $(DFS_BENCHES) (under tests/dfs/gluster.sh)"; \
