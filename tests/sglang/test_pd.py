@@ -578,6 +578,10 @@ def run_children(specs, env, what):
 
 
 def parent(transports):
+    # the scheduler's modules are imported before the plugins load, as in
+    # SGLang's scheduler process: the hook must reach their get_kv_class too
+    import sglang.srt.disaggregation.decode as sgl_decode
+    import sglang.srt.disaggregation.prefill as sgl_prefill
     from sglang.srt.plugins import load_plugins
     load_plugins()
     from sglang.srt.disaggregation.utils import KVClassType, TransferBackend, get_kv_class
@@ -593,10 +597,13 @@ def parent(transports):
     import sglang.srt.managers.disagg_service as ds
     check(classes[KVClassType.MANAGER] is kc.KvxKVManager and
           ds.get_kv_class(backend, KVClassType.SENDER) is kc.KvxKVSender and
+          sgl_prefill.get_kv_class(backend, KVClassType.MANAGER) is kc.KvxKVManager and
+          sgl_decode.get_kv_class(backend, KVClassType.RECEIVER) is kc.KvxKVReceiver and
           issubclass(kc.KvxKVSender, __import__("sglang.srt.disaggregation.common.conn",
                                                 fromlist=["x"]).CommonKVSender) and
           issubclass(classes[KVClassType.BOOTSTRAP_SERVER], CommonKVBootstrapServer),
-          "get_kv_class (also where disagg_service imported it) maps TransferBackend.KVX to "
+          "get_kv_class (also where disagg_service, prefill and decode imported it) maps "
+          "TransferBackend.KVX to "
           "the kvx classes, which subclass SGLang's Common* classes")
     try:
         get_kv_class(TransferBackend("fake"), KVClassType.MANAGER)
