@@ -20,12 +20,24 @@ python3 -c "import venv, ensurepip" 2>/dev/null ||
     { echo "SKIP sglang: python3 -m venv is not available (Debian: python3-venv)"; exit 3; }
 rm -rf "$VENV"
 mkdir -p "$REPO/build"
+# torch's CUDA build and its nvidia-* libraries take about 6 GB installed
+# (pip also needs room for the wheels while it unpacks them)
+free_kb=$(df -Pk "$REPO/build" | awk 'NR==2 {print $4}')
+if [ -n "$free_kb" ] && [ "$free_kb" -lt $((9 * 1024 * 1024)) ]; then
+    echo "SKIP sglang: the pinned SGLang and torch need about 9 GB free under build/ while" \
+         "they install; $((free_kb / 1024 / 1024)) GB are free"
+    exit 3
+fi
 python3 -m venv "$VENV" || { echo "SKIP sglang: python3 -m venv failed"; exit 3; }
 log=$REPO/build/venv-sglang.log
 echo "  installing $SGLANG and its import dependencies into build/venv-sglang (log: build/venv-sglang.log)"
 if ! "$VENV/bin/pip" install -q --disable-pip-version-check -r "$REPO/tests/sglang/requirements.txt" >"$log" 2>&1; then
     if grep -qiE "connection|resolve|network|timed out|no matching distribution" "$log"; then
         echo "SKIP sglang: cannot install the pinned packages from PyPI (see build/venv-sglang.log)"
+        rm -rf "$VENV"; exit 3
+    fi
+    if grep -qiE "no space left on device" "$log"; then
+        echo "SKIP sglang: the disk filled while installing the pinned packages (see build/venv-sglang.log)"
         rm -rf "$VENV"; exit 3
     fi
     echo "FAIL sglang: pip install -r tests/sglang/requirements.txt (see build/venv-sglang.log)"; exit 1
