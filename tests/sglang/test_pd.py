@@ -256,6 +256,11 @@ def child_decode(transport, port, sglang_server=True):
           info.kv_cache_dtype == "bfloat16",
           f"{transport}: SGLang's try_ensure_parallel_info read the "
           f"{'SGLang' if sglang_server else 'kvx'} bootstrap server: {info}")
+    # the decode scheduler's DP-rank prefetch: SGLang's executor on the manager
+    fut = mgr._ensure_prefill_recompute_executor().submit(
+        CommonKVReceiver.query_prefill_dp_ranks, addr, [ROOM0])
+    pins = fut.result(timeout=DEADLINE)
+    check(pins == {}, f"{transport}: SGLang's DP-rank query through the manager's executor: {pins}")
     scenarios = SCENARIOS if sglang_server else ["ok"]
     for k, sc in enumerate(scenarios):
         room = ROOM0 + k

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from typing import Any, List, Optional, Sequence
 
 import numpy as np
@@ -156,6 +157,11 @@ class KvxKVManager(CommonKVManager):
         self.prefill_info_table = {}
         self.enable_staging = False
         self._staging_handler = None
+        # the decode scheduler runs its DP-rank queries (and SGLang's retract
+        # rebootstrap) on CommonKVManager's lazily made executor
+        self._prefill_recompute_executor = None
+        self._prefill_recompute_executor_lock = threading.Lock()
+        self._prefill_recompute_sessions = threading.local()
         par = _parallel(server_args)
         for k in ("attn_tp_size", "attn_tp_rank", "attn_cp_size", "attn_cp_rank", "attn_dp_size",
                   "attn_dp_rank", "dcp_size", "dcp_rank", "pp_size", "system_dp_size"):
@@ -238,10 +244,14 @@ class KvxKVManager(CommonKVManager):
         self.close()
 
     def close(self) -> None:
-        """Destroys the kvx engine (its open rooms fail)."""
+        """Destroys the kvx engine (its open rooms fail) and SGLang's executor."""
         eng = getattr(self, "engine", None)
         if eng is not None:
             eng.close()
+        ex = getattr(self, "_prefill_recompute_executor", None)
+        if ex is not None:
+            ex.shutdown(wait=False)
+            self._prefill_recompute_executor = None
 
 
 def _reason(e: BaseException) -> str:
