@@ -3411,6 +3411,8 @@ static void kvx__notify_wait(kvx_room *r) {
     kvx_engine *e = r->engine;
     if (KVX__LOAD(&r->notify) == 1) kvx__notify_run(r);
     if (KVX__LOAD(&r->notify) != 3) return;
+    kvx_engine_log(e, KVX_LOG_DEBUG, kvx__subsys(r), r->id,
+                   "closing: waits for room_failed running on the progress thread");
     pthread_mutex_lock(&e->mu);
     while (KVX__LOAD(&r->notify) == 3) pthread_cond_wait(&e->cv, &e->mu);
     pthread_mutex_unlock(&e->mu);

@@ -698,47 +698,79 @@ static void test_failure_owed(const kvx_backend *rec) {
    the room's writes before it tells the peer, as rdma does) holds a
    destroy of the same room until it returns: room_close must not tear the
    room down under it (the peer would not be told, and the hook would read
-   freed transport state). The hook widens the window on purpose. */
-static int slow_started, slow_done, slow_closed_early;
+   freed transport state). The hook is held until the destroy either says
+   (DEBUG log) that it waits for it, or calls room_close: both observed. */
+static pthread_mutex_t slow_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t slow_cv = PTHREAD_COND_INITIALIZER;
+static int slow_started, slow_waiting, slow_closed, slow_closed_early, slow_done;
+static void slow_set(int *flag) {
+    pthread_mutex_lock(&slow_mu);
+    *flag = 1;
+    pthread_cond_broadcast(&slow_cv);
+    pthread_mutex_unlock(&slow_mu);
+}
+/* Waits (60 s at most, reached only when broken) until *a or *b. */
+static int slow_until(const int *a, const int *b) {
+    struct timespec ts;
+    int got;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += 60;
+    pthread_mutex_lock(&slow_mu);
+    while (!*a && !(b && *b))
+        if (pthread_cond_timedwait(&slow_cv, &slow_mu, &ts) == ETIMEDOUT) break;
+    got = *a || (b && *b);
+    pthread_mutex_unlock(&slow_mu);
+    return got;
+}
+static void slow_log(void *u, kvx_log_level lvl, const char *sub, uint64_t room, const char *m) {
+    (void)u; (void)lvl; (void)sub; (void)room;
+    if (strstr(m, "waits for room_failed")) slow_set(&slow_waiting);
+}
 static void slow_failed(kvx_room *r) {
-    struct timespec ts = {0, 150 * 1000000L};
     (void)r;
-    __atomic_store_n(&slow_started, 1, __ATOMIC_RELEASE);
-    nanosleep(&ts, NULL);
-    __atomic_store_n(&slow_done, 1, __ATOMIC_RELEASE);
+    slow_set(&slow_started);
+    slow_until(&slow_waiting, &slow_closed); /* the destroy waits, or (broken) closed */
+    slow_set(&slow_done);
 }
 static void slow_close(kvx_room *r) {
     (void)r;
-    if (__atomic_load_n(&slow_started, __ATOMIC_ACQUIRE) &&
-        !__atomic_load_n(&slow_done, __ATOMIC_ACQUIRE))
-        __atomic_store_n(&slow_closed_early, 1, __ATOMIC_RELEASE);
+    pthread_mutex_lock(&slow_mu);
+    slow_closed_early = slow_started && !slow_done;
+    slow_closed = 1;
+    pthread_cond_broadcast(&slow_cv);
+    pthread_mutex_unlock(&slow_mu);
 }
 static void test_failed_hook_vs_close(void) {
     static kvx_backend slow;
-    kvx_engine *e;
+    kvx_engine_desc d;
+    kvx_engine *e = NULL;
     kvx_sender *s;
     kvx_room_desc rd;
-    int i;
+    char why[256];
     memset(&slow, 0, sizeof slow);
     slow.name = "slowfail";
     slow.room_open = rec_open;
     slow.room_failed = slow_failed;
     slow.room_close = slow_close;
-    e = make_engine(KVX_ROLE_PREFILL, &slow);
-    if (!e) { CHECK(0, "slowfail engine"); return; }
+    memset(&d, 0, sizeof d);
+    d.role = KVX_ROLE_PREFILL;
+    d.layout = small_layout();
+    d.backend = &slow;
+    d.logger.func = slow_log;
+    d.logger.level = KVX_LOG_DEBUG;
+    if (kvx_engine_create(&d, &e, why, sizeof why) != KVX_OK) {
+        CHECK(0, "slowfail engine: %s", why);
+        return;
+    }
     memset(&rd, 0, sizeof rd);
     rd.room = 4545;
     kvx_sender_create(e, &rd, &s);
     kvx_sender_abort(s, "the test fails it");
-    for (i = 0; i < 20000 && !__atomic_load_n(&slow_started, __ATOMIC_ACQUIRE); i++) {
-        struct timespec ts = {0, 1000000L};
-        nanosleep(&ts, NULL);
-    }
-    CHECK(__atomic_load_n(&slow_started, __ATOMIC_ACQUIRE), "the progress thread runs room_failed");
+    CHECK(slow_until(&slow_started, NULL), "the progress thread runs room_failed");
     kvx_sender_destroy(s);
-    CHECK(!__atomic_load_n(&slow_closed_early, __ATOMIC_ACQUIRE) &&
-              __atomic_load_n(&slow_done, __ATOMIC_ACQUIRE),
-          "a destroy waits for the room_failed in progress before room_close");
+    CHECK(!slow_closed_early && slow_done && slow_waiting,
+          "a destroy waits for the room_failed in progress before room_close (closed early %d, "
+          "said it waits %d)", slow_closed_early, slow_waiting);
     kvx_engine_destroy(e);
 }
 
