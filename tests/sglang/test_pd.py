@@ -41,12 +41,14 @@ query_prefill_dp_ranks read kvx's server; a request moves through it.
 Children print "ok ..." / "FAIL ..." lines; each waits for its stdin to close
 before it closes its engine, so no side leaves while the other still needs it.
 """
-import json
+import logging
 import os
+import queue
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 
@@ -165,24 +167,26 @@ def rank_setup(role, port, tp_size=1, tp_rank=0, mla=False, heads=HEADS, total_h
 
 
 def wait_state(obj, states, what):
+    """SGLang polls; the test blocks on the kvx room under the backend's
+    object (kvx's wait returns at the state, a later one, or Failed) and
+    then reads SGLang's poll. states empty: wait for Failed."""
     from sglang.srt.disaggregation.base.conn import KVPoll
-    end = time.monotonic() + DEADLINE
-    while True:
+    st = obj.poll()
+    if st not in states and st != KVPoll.Failed and obj._room is not None:
+        obj._room.wait(min(states) if states else KVPoll.Success, int(DEADLINE * 1000))
         st = obj.poll()
-        if st in states or st == KVPoll.Failed:
-            return st
-        if time.monotonic() > end:
-            print(f"FAIL {what}: still in state {st} after {DEADLINE:.0f} s", flush=True)
-            return st
-        time.sleep(0.002)
+    if st not in states and st != KVPoll.Failed:
+        print(f"FAIL {what}: in state {st} after waiting {DEADLINE:.0f} s", flush=True)
+    return st
 
 
 def parallel_info(mgr, addr):
     """The decode scheduler's bootstrap step, SGLang's own code whichever
-    server answers: try_ensure_parallel_info until the prefill's info is in."""
-    end = time.monotonic() + DEADLINE
-    while not mgr.try_ensure_parallel_info(addr) and time.monotonic() < end:
-        time.sleep(0.05)
+    server answers. The parent says "go" on stdin once every prefill rank
+    registered (it watches its server), so one call must find the info."""
+    sys.stdin.readline()
+    ok = mgr.try_ensure_parallel_info(addr)
+    check(ok, f"try_ensure_parallel_info({addr}) once every prefill rank registered")
     return mgr.prefill_info_table.get(addr)
 
 
@@ -419,8 +423,8 @@ def topo_prefill(transport, port, tp_rank, mla):
         room = ROOM0 + 100 + k
         n, src, dst, slot = plan(np, room, k)
         for b in range(len(kv)):
-            for pos in range(n):  # MLA: the same latent on every rank
-                kv[b][src[pos]] = gen(np, room, pos, b * 16 + (0 if mla else tp_rank), item)
+            for pos in range(n):  # MLA too: each rank its own bytes, to see who wrote
+                kv[b][src[pos]] = gen(np, room, pos, b * 16 + tp_rank, item)
         aux[0][slot] = gen(np, room, 1000, 0, AUX[0][1])
         aux[1][slot] = gen(np, room, 1001, 0, AUX[1][1])
         s = sender_cls(mgr, f"127.0.0.1:{port}", room)
@@ -455,6 +459,12 @@ def topo_decode(transport, port, mla):
           f"(ranks {info and info.target_tp_ranks}, responses "
           f"{info and info.required_prefill_response_num})")
     item = kv[0].shape[1]
+    import ctypes
+    from kvx._ffi import lib
+    lib.kvx_mla_dummy.restype = ctypes.c_int
+    lib.kvx_mla_dummy.argtypes = [ctypes.c_int] * 4
+    real = [rk for rk in range(2) if not lib.kvx_mla_dummy(1, 2, rk, 1)]
+    check(len(real) == 1, f"MLA TP 2 -> 1: one prefill rank really sends ({real})")
     for k in range(TOPO_ROOMS):
         room = ROOM0 + 100 + k
         n, src, dst, slot = plan(np, room, k)
@@ -471,8 +481,8 @@ def topo_decode(transport, port, mla):
         bad = 0
         for b in range(len(kv)):
             for pos in range(n):
-                if mla:
-                    want = gen(np, room, pos, b * 16, item)
+                if mla:  # the real sender's latent, not the dummy's
+                    want = gen(np, room, pos, b * 16 + real[0], item)
                 else:  # token t: rank 0's heads, then rank 1's
                     parts = [gen(np, room, pos, b * 16 + rk, item // 2).reshape(PS, -1)
                              for rk in range(2)]
@@ -505,25 +515,54 @@ def healthy(port):
         return False
 
 
-def start_server(cls):
+class _ServerLog(logging.Handler):
+    """Sets an event when SGLang's bootstrap server says it started (or failed)."""
+
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.event, self.started = threading.Event(), False
+
+    def emit(self, record):
+        msg = record.getMessage()
+        if "CommonKVBootstrapServer started successfully" in msg or "Server error" in msg:
+            self.started = "started successfully" in msg
+            self.event.set()
+
+
+def start_server(cls, lines):
     """SGLang's bootstrap server as its disagg service starts it, on a free
-    port; waits until GET /health answers (a few tries: the port may be taken
-    between choosing and binding)."""
+    port (a few tries: the port may be taken between choosing and binding).
+    Waits for the server's own "started" log line; once every prefill rank
+    registered (its _is_ready after a PUT /route), (-1, "registered") goes
+    into lines."""
+    log = logging.getLogger("sglang.srt.disaggregation.common.conn")
     for _ in range(5):
+        h = _ServerLog()
+        log.addHandler(h)
+        log.setLevel(logging.INFO)
         port = free_port()
         server = cls(host="127.0.0.1", port=port)
-        end = time.monotonic() + 20
-        while not healthy(port) and time.monotonic() < end:
-            time.sleep(0.02)
-        if healthy(port):
+        h.event.wait(60)
+        log.removeHandler(h)
+        if h.started and healthy(port):
+            put = server._handle_route_put
+
+            async def counted(request, put=put, server=server):
+                resp = await put(request)
+                if server._is_ready():
+                    lines.put((-1, "registered"))
+                return resp
+            server._handle_route_put = counted
             return port, server
         server.close()
     return 0, None
 
 
-def run_children(specs, env, what):
-    """Starts the children, relays their lines, closes their stdin once every
-    one said done (or exited), and waits for them."""
+def run_children(specs, env, what, lines=None, go_on="registered"):
+    """Starts the children, relays their lines, writes "go" to the decode
+    children's stdin when go_on is seen (the server's "registered", or a
+    child's line), closes their stdin once every one said done (or exited),
+    and waits for them."""
     global passed, failed
     procs = []
     for argv in specs:
@@ -534,9 +573,7 @@ def run_children(specs, env, what):
     logs = [[] for _ in procs]
     # one reader thread per child (select() on a buffered pipe misses the
     # lines already read into the buffer)
-    import queue
-    import threading
-    lines = queue.Queue()
+    lines = lines if lines is not None else queue.Queue()
 
     def reader(i, f):
         for line in f:
@@ -551,6 +588,13 @@ def run_children(specs, env, what):
         try:
             i, line = lines.get(timeout=1.0)
         except queue.Empty:
+            continue
+        if line == go_on:
+            for k, p in enumerate(procs):
+                if "decode" in specs[k][1] and p.stdin and not p.stdin.closed:
+                    p.stdin.write("go\n")
+                    p.stdin.flush()
+        if i < 0:
             continue
         if line is None:
             open_streams -= 1
@@ -629,37 +673,40 @@ def parent(transports):
                 print(f"SKIP rdma: {lib} is missing (make softverbs)", flush=True)
                 continue
             tenv.update(KVX_IBVERBS_LIBRARY=lib, SOFTVERBS_DIR=os.path.join(tmp, "sv"))
-        port, server = start_server(classes[KVClassType.BOOTSTRAP_SERVER])
+        q = queue.Queue()
+        port, server = start_server(classes[KVClassType.BOOTSTRAP_SERVER], q)
         if not check(server is not None, f"{transport}: SGLang's bootstrap server is up"):
             continue
         run_children([["--child", "prefill", transport, str(port)],
-                      ["--child", "decode", transport, str(port)]], tenv, transport)
+                      ["--child", "decode", transport, str(port)]], tenv, transport, q)
         server.close()
     # heterogeneous TP through SGLang's server: MHA (head slices) and MLA (dummy rank)
     for topo in [t for t in transports if t in ("tp2to1", "mla-tp2to1")]:
         mla = topo.startswith("mla")
-        port, server = start_server(classes[KVClassType.BOOTSTRAP_SERVER])
+        q = queue.Queue()
+        port, server = start_server(classes[KVClassType.BOOTSTRAP_SERVER], q)
         if not check(server is not None, f"{topo}: SGLang's bootstrap server is up"):
             continue
         m = "1" if mla else "0"
         run_children([["--child", "topo-prefill", "tcp", str(port), "0", m],
                       ["--child", "topo-prefill", "tcp", str(port), "1", m],
                       ["--child", "topo-decode", "tcp", str(port), "0", m]],
-                     dict(env, KVX_TRANSPORT="tcp"), topo)
+                     dict(env, KVX_TRANSPORT="tcp"), topo, q)
         server.close()
     if "hybrid" in transports:
-        port, server = start_server(classes[KVClassType.BOOTSTRAP_SERVER])
+        q = queue.Queue()
+        port, server = start_server(classes[KVClassType.BOOTSTRAP_SERVER], q)
         if check(server is not None, "hybrid: SGLang's bootstrap server is up"):
             run_children([["--child", "hybrid-prefill", "tcp", str(port)],
                           ["--child", "hybrid-decode", "tcp", str(port)]],
-                         dict(env, KVX_TRANSPORT="tcp"), "hybrid")
+                         dict(env, KVX_TRANSPORT="tcp"), "hybrid", q)
             server.close()
     # SGLang's decode code against kvx's own bootstrap server
     port = free_port()
     if "kvxserver" in transports:
         run_children([["--child", "kvxprefill", "tcp", str(port)],
                       ["--child", "decode-kvxserver", "tcp", str(port)]],
-                     dict(env, KVX_TRANSPORT="tcp"), "kvxserver")
+                     dict(env, KVX_TRANSPORT="tcp"), "kvxserver", go_on="serving")
     print(f"sglang-pd: {passed} passed, {failed} failed", flush=True)
     return 1 if failed else 0
 
