@@ -245,6 +245,14 @@ class _Closing:
     """Context-manager and finaliser behaviour shared by the objects that own a
     native handle: ``with`` closes, and so does garbage collection."""
 
+    _what = "object"
+
+    def _handle(self) -> ctypes.c_void_p:
+        """The native handle; KvxError(-200) once closed."""
+        if not getattr(self, "_h", None):
+            raise KvxError(-200, f"the {self._what} is closed")
+        return self._h
+
     def close(self) -> None:  # pragma: no cover - every subclass defines it
         raise NotImplementedError
 
@@ -276,6 +284,8 @@ class Engine(_Closing):
     (e.g. cuda={"staging_bytes": 1 << 28}). Without a driver, or a build
     without CUDA support, the constructor raises KvxError saying so.
     A context manager; close() destroys the engine (rooms left are failed)."""
+
+    _what = "engine"
 
     def __init__(self, role: Union[str, int], layout: Layout, transport: str = "file",
                  dir: Optional[str] = None, bootstrap_addr: Optional[str] = None, *,
@@ -330,11 +340,6 @@ class Engine(_Closing):
         if self._mem:
             lib.kvx_cuda_mem_ops_release(ctypes.byref(self._desc.mem))
             self._mem = False
-
-    def _handle(self) -> ctypes.c_void_p:
-        if not self._h:
-            raise KvxError(-200, "the engine is closed")
-        return self._h
 
     @property
     def transport(self) -> str:
@@ -504,6 +509,8 @@ class Store(_Closing):
     put pages under 32-byte keys, get the longest present prefix back.
     A context manager; close() joins its threads (files stay)."""
 
+    _what = "store"
+
     def __init__(self, layout: Layout, dir: Optional[str] = None, model: Optional[str] = None,
                  *, tp_rank: int = 0, tp_size: int = 0, capacity_bytes: int = 0,
                  io_threads: int = 0, fsync: bool = False, shared: bool = False,
@@ -520,11 +527,6 @@ class Store(_Closing):
         rc = lib.kvx_store_open(ctypes.byref(d), ctypes.byref(self._h), why, len(why))
         if rc != 0:
             raise KvxError(rc, _text(why.value))
-
-    def _handle(self) -> ctypes.c_void_p:
-        if not self._h:
-            raise KvxError(-200, "the store is closed")
-        return self._h
 
     @property
     def dir(self) -> str:

@@ -150,23 +150,9 @@ _PROTOS = {
     "kvx_sender_init": (c_int, [c_void_p, c_uint32, c_int32]),
     "kvx_sender_send": (c_int, [c_void_p, _P32, c_uint32]),
     "kvx_sender_send_state": (c_int, [c_void_p, _P32, c_uint32, _P32, c_uint32]),
-    "kvx_sender_poll": (c_int, [c_void_p]),
-    "kvx_sender_wait": (c_int, [c_void_p, c_int, c_int]),
-    "kvx_sender_result": (c_int, [c_void_p]),
-    "kvx_sender_error": (c_char_p, [c_void_p]),
-    "kvx_sender_call_error": (c_char_p, [c_void_p]),
-    "kvx_sender_abort": (None, [c_void_p, c_char_p]),
-    "kvx_sender_destroy": (None, [c_void_p]),
     "kvx_receiver_create": (c_int, [c_void_p, POINTER(kvx_room_desc), POINTER(c_void_p)]),
     "kvx_receiver_init": (c_int, [c_void_p, _P32, c_uint32, c_int32]),
     "kvx_receiver_init_state": (c_int, [c_void_p, _P32, c_uint32, c_int32, _P32, c_uint32]),
-    "kvx_receiver_poll": (c_int, [c_void_p]),
-    "kvx_receiver_wait": (c_int, [c_void_p, c_int, c_int]),
-    "kvx_receiver_result": (c_int, [c_void_p]),
-    "kvx_receiver_error": (c_char_p, [c_void_p]),
-    "kvx_receiver_call_error": (c_char_p, [c_void_p]),
-    "kvx_receiver_abort": (None, [c_void_p, c_char_p]),
-    "kvx_receiver_destroy": (None, [c_void_p]),
     "kvx_store_open": (c_int, [POINTER(kvx_store_desc), POINTER(c_void_p), c_char_p, c_size_t]),
     "kvx_store_close": (None, [c_void_p]),
     "kvx_store_batch_put": (c_int, [c_void_p, POINTER(kvx_store_key), _P32, c_size_t,
@@ -181,6 +167,15 @@ _PROTOS = {
                                        POINTER(kvx_store_key), POINTER(kvx_store_key),
                                        c_size_t]),
 }
+# the calls sender and receiver share, by name
+_PROTOS.update({f"kvx_{side}_{name}": proto for side in ("sender", "receiver")
+                for name, proto in (("poll", (c_int, [c_void_p])),
+                                    ("wait", (c_int, [c_void_p, c_int, c_int])),
+                                    ("result", (c_int, [c_void_p])),
+                                    ("error", (c_char_p, [c_void_p])),
+                                    ("call_error", (c_char_p, [c_void_p])),
+                                    ("abort", (None, [c_void_p, c_char_p])),
+                                    ("destroy", (None, [c_void_p])))})
 
 
 def _find() -> str:

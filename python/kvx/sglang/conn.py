@@ -336,7 +336,6 @@ class KvxKVSender(_KvxRoom, CommonKVSender):
         self.bootstrap_server_url = bootstrap_addr
         self.aux_index: Optional[int] = None
         self.num_kv_indices: Optional[int] = None
-        self.curr_idx = 0
         self.conclude_state = None
         self._failure = None
         self._early_send_wait_event = None
@@ -373,7 +372,6 @@ class KvxKVSender(_KvxRoom, CommonKVSender):
         if self._room is None or self._failure is not None:
             return
         pages = np.asarray(kv_indices).reshape(-1)
-        self.curr_idx += len(pages)
         ok, state = self._state_rows(state_indices)
         if not ok:
             return
