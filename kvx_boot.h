@@ -3246,7 +3246,7 @@ static int kvx__boot_gone_find(kvx_boot *b, uint64_t id, char *out, size_t n) {
     now = kvx_now_ns();
     for (i = 0; i < KVX__BOOT_GONE; i++)
         if (b->gone[i].t_ns && b->gone[i].id == id && now - b->gone[i].t_ns <= limit) {
-            snprintf(out, n, "%s", b->gone[i].why);
+            if (out && n) snprintf(out, n, "%s", b->gone[i].why);
             b->gone[i].t_ns = 0;
             return 1;
         }
@@ -3336,8 +3336,7 @@ static void kvx__boot_on_room_frame(kvx_boot *b, kvx__boot_conn *c, const kvx_bo
         kvx__boot_pframe *fr = NULL;
         const char *why = "too many rooms wait for their sender (KVX_BOOT_MAX_PENDING)";
         const char *over = NULL;
-        char stale[8];
-        kvx__boot_gone_find(b, f->room, stale, sizeof stale); /* a new destination replaces it */
+        kvx__boot_gone_find(b, f->room, NULL, 0); /* a new destination replaces it */
         br = kvx__boot_pending_entry(b, f->room);
         for (i = 0, fr = br ? br->frames : NULL; fr; fr = fr->next) i++; /* frames kept */
         if (br && i >= KVX__BOOT_MAX_FRAMES_PER_ROOM) {
