@@ -762,10 +762,21 @@ typedef struct kvx_chunk {
     int is_last;
     int32_t aux_index;    /* sender's aux slot (-1 = none), meaningful on the last */
     int32_t *pages;       /* copy of the caller's indices, already range-checked */
-    kvx_plan gather;      /* pool pages -> packed chunk (see kvx_plan_gather) */
+    kvx_plan gather;      /* pool pages -> packed chunk (see kvx_plan_gather): empty
+                             until kvx_chunk_gather builds it */
+    int gather_ready;     /* 1 once kvx_chunk_gather built `gather` */
 } kvx_chunk;
 
 KVX_API void kvx_chunk_free(kvx_engine *e, kvx_chunk *c);
+
+/* Builds c->gather (the chunk's pages -> its packed region) the first time
+   it is called and returns it; later calls return it at once. A transport
+   that moves the chunk as one packed region calls it (the file transport);
+   one that plans against the peer's pool (tcp, rdma, cuda) or moves nothing
+   (fake) never pays for it. NULL with the reason in c->gather.error when
+   memory runs out. Not thread-safe for one chunk: call it before handing
+   the chunk to other threads. */
+KVX_API const kvx_plan *kvx_chunk_gather(kvx_engine *e, kvx_chunk *c);
 
 /* The table a transport fills. Every hook is optional except name. Hooks
    run on the caller's thread unless noted; they must not block on I/O. */
@@ -2480,14 +2491,34 @@ static int kvx__plan_reserve(kvx_plan *p, size_t need) {
     return 0;
 }
 
-static int kvx__cmp_i32(const void *a, const void *b) {
-    int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
-    return (x > y) - (x < y);
+/* Sorts the n non-negative indices in a[] (b[] is as long; below 2^(8 *
+   bytes)): an LSD radix sort, a byte per pass, the result in a[]. Linear:
+   a list chosen to collide costs no more than any other. */
+static void kvx__radix_sort(int32_t *a, int32_t *b, size_t n, int bytes) {
+    size_t cnt[256], i;
+    int pass;
+    for (pass = 0; pass < bytes; pass++) {
+        unsigned sh = 8u * (unsigned)pass;
+        size_t sum = 0;
+        int32_t *t;
+        memset(cnt, 0, sizeof cnt);
+        for (i = 0; i < n; i++) cnt[((uint32_t)a[i] >> sh) & 255u]++;
+        for (i = 0; i < 256; i++) {
+            size_t c = cnt[i];
+            cnt[i] = sum;
+            sum += c;
+        }
+        for (i = 0; i < n; i++) b[cnt[((uint32_t)a[i] >> sh) & 255u]++] = a[i];
+        t = a, a = b, b = t;
+    }
+    if (bytes & 1) memcpy(b, a, n * sizeof *a); /* the result is in the other array */
 }
 
 KVX_API kvx_result kvx_pages_check(kvx_plan *p, const int32_t *pages, size_t n,
                                    uint64_t pool_pages, int no_duplicates, const char *what) {
     size_t i;
+    uint32_t hi = 0;
+    int increasing = 1, bytes;
     if (n && !pages) {
         snprintf(p->error, sizeof p->error, "%s: page list is NULL with %zu pages", what, n);
         return KVX_ERR_INVALID_ARGUMENT;
@@ -2497,25 +2528,30 @@ KVX_API kvx_result kvx_pages_check(kvx_plan *p, const int32_t *pages, size_t n,
                  (unsigned)KVX_MAX_PAGES);
         return KVX_ERR_OUT_OF_RANGE;
     }
-    for (i = 0; i < n; i++)
+    for (i = 0; i < n; i++) {
         if (pages[i] < 0 || (uint64_t)pages[i] >= pool_pages) {
             snprintf(p->error, sizeof p->error,
                      "%s: page index %ld at position %zu is outside the pool of %llu pages", what,
                      (long)pages[i], i, (unsigned long long)pool_pages);
             return KVX_ERR_OUT_OF_RANGE;
         }
-    if (!no_duplicates || n < 2) return KVX_OK;
-    if (n > p->scratch_cap) {
-        int32_t *ns = (int32_t *)kvx__grow(p->allocator, p->scratch, 0, n * sizeof *ns);
+        hi |= (uint32_t)pages[i];
+        if (i && pages[i] <= pages[i - 1]) increasing = 0;
+    }
+    /* strictly increasing (an engine's usual allocation) has no repeat */
+    if (!no_duplicates || n < 2 || increasing) return KVX_OK;
+    if (2 * n > p->scratch_cap) {
+        int32_t *ns = (int32_t *)kvx__grow(p->allocator, p->scratch, 0, 2 * n * sizeof *ns);
         if (!ns) {
             snprintf(p->error, sizeof p->error, "%s: out of memory", what);
             return KVX_ERR_NO_MEMORY;
         }
         p->scratch = ns;
-        p->scratch_cap = n;
+        p->scratch_cap = 2 * n;
     }
     memcpy(p->scratch, pages, n * sizeof *pages);
-    qsort(p->scratch, n, sizeof *p->scratch, kvx__cmp_i32);
+    for (bytes = 1; bytes < 4 && (hi >> (8 * bytes)); bytes++) {}
+    kvx__radix_sort(p->scratch, p->scratch + n, n, bytes);
     for (i = 1; i < n; i++)
         if (p->scratch[i] == p->scratch[i - 1]) {
             snprintf(p->error, sizeof p->error, "%s: destination page %ld appears more than once",
@@ -4083,7 +4119,9 @@ static kvx_result kvx__sender_send(kvx_room *r, const int32_t *pages, uint32_t n
     if (!c) return kvx__call_error(r, KVX_ERR_NO_MEMORY, "out of memory for a chunk");
     memset(c, 0, sizeof *c);
     c->gather.allocator = &e->desc.allocator;
-    res = kvx_plan_gather(&c->gather, &e->desc.layout, pages, n);
+    /* only the page indices are checked here: the gather plan is built by
+       the transports that need it (kvx_chunk_gather) */
+    res = kvx_pages_check(&c->gather, pages, n, kvx_layout_num_pages(&e->desc.layout), 0, "source");
     if (res != KVX_OK) {
         kvx_room_fail(r, res, "chunk %u: %s", r->chunks, c->gather.error);
         kvx_chunk_free(e, c);
@@ -4113,6 +4151,16 @@ static kvx_result kvx__sender_send(kvx_room *r, const int32_t *pages, uint32_t n
     res = e->be->sender_send(r, c);
     if (res != KVX_OK) kvx_room_fail(r, res, "transport %s refused chunk", e->be->name);
     return res;
+}
+
+KVX_API const kvx_plan *kvx_chunk_gather(kvx_engine *e, kvx_chunk *c) {
+    if (!e || !c) return NULL;
+    if (!c->gather_ready) {
+        if (kvx_plan_gather(&c->gather, &e->desc.layout, c->pages, c->num_pages) != KVX_OK)
+            return NULL;
+        c->gather_ready = 1;
+    }
+    return &c->gather;
 }
 
 KVX_API void kvx_chunk_free(kvx_engine *e, kvx_chunk *c) {

@@ -2193,6 +2193,11 @@ static kvx_result kvx__file_sender_send(kvx_room *r, kvx_chunk *c) {
         kvx_chunk_free(e, c);
         return KVX_ERR_LAYOUT_MISMATCH;
     }
+    if (!kvx_chunk_gather(e, c)) {
+        kvx_room_fail(r, KVX_ERR_NO_MEMORY, "chunk %u: %s", c->index, c->gather.error);
+        kvx_chunk_free(e, c);
+        return KVX_ERR_NO_MEMORY;
+    }
     j = (kvx__fjob *)kvx__zalloc(fr->fe->al, 1, sizeof *j);
     if (!j) { kvx_chunk_free(e, c); return KVX_ERR_NO_MEMORY; }
     j->fr = fr;

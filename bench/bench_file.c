@@ -251,6 +251,22 @@ int main(void) {
                    b[k] / t[k] / 1e9, t[k] * 1e3, t[0] / t[k]);
     }
 
+    /* what a transport that plans against its peer's pool pays per request
+       (tcp, rdma and cuda build this plan; the fake transport builds none) */
+    {
+        kvx_plan pl;
+        uint32_t iters = 2000, k;
+        double t0, t;
+        memset(&pl, 0, sizeof pl);
+        t0 = now_s();
+        for (k = 0; k < iters; k++)
+            if (kvx_plan_pages(&pl, &ps.layout, sp, &pr.layout, dp, n) != KVX_OK) return 1;
+        t = now_s() - t0;
+        printf("plan: %.2f us per request for kvx_plan_pages (%u pages, %u buffers, %zu spans)\n",
+               t / iters * 1e6, n, ps.layout.num_buffers, pl.count);
+        kvx_plan_free(&pl);
+    }
+
     /* fake transport: the engine's own per-request cost */
     d.transport = "fake";
     d.role = KVX_ROLE_PREFILL;

@@ -304,6 +304,55 @@ static void test_plan_random(void) {
     kvx_plan_free(&p);
 }
 
+/* kvx_pages_check's repeat detection (a sort by bytes, or nothing for a
+   strictly increasing list) against a quadratic search, on lists of every
+   size class and value width, repeats placed anywhere. */
+static void test_pages_dups(void) {
+    enum { MAXN = 700 };
+    static int32_t pg[MAXN];
+    static const uint64_t pools[] = {200, 1000, 70000, 20000000, 0x7fffffff};
+    kvx_plan p;
+    uint64_t rng = 7;
+    int iter, bad = 0, refused = 0, kinds[3] = {0, 0, 0};
+    memset(&p, 0, sizeof p);
+#define KT_RND() (rng = rng * 6364136223846793005ull + 1442695040888963407ull, (uint64_t)(rng >> 33))
+    for (iter = 0; iter < 3000; iter++) {
+        uint64_t pool = pools[iter % 5];
+        size_t n = (size_t)(KT_RND() % MAXN), i, j;
+        int kind = (int)(KT_RND() % 3), dup = 0;
+        kvx_result r;
+        if ((uint64_t)n > pool) n = (size_t)pool;
+        for (i = 0; i < n; i++) /* kind 0: increasing, 1: random, 2: random + a forced repeat */
+            pg[i] = kind != 0 ? (int32_t)(KT_RND() % pool)
+                    : pool / (n + 1) ? (int32_t)(i * (pool / (n + 1)) + KT_RND() % (pool / (n + 1)))
+                                     : (int32_t)i;
+        if (kind == 2 && n > 1) {
+            size_t from = (size_t)(KT_RND() % n), to = (size_t)(KT_RND() % n);
+            pg[to] = pg[from];
+        }
+        for (i = 0; i < n && !dup; i++)
+            for (j = i + 1; j < n; j++)
+                if (pg[i] == pg[j]) { dup = 1; break; }
+        r = kvx_pages_check(&p, pg, n, pool, 1, "destination");
+        kinds[kind] += dup;
+        if (dup != (r == KVX_ERR_DUPLICATE) || (!dup && r != KVX_OK)) bad++;
+        if (dup && !strstr(p.error, "appears more than once")) bad++;
+        refused += r == KVX_ERR_DUPLICATE;
+        /* without no_duplicates a repeat is fine */
+        if (kvx_pages_check(&p, pg, n, pool, 0, "source") != KVX_OK) bad++;
+    }
+#undef KT_RND
+    CHECK(bad == 0, "repeat detection agrees with a quadratic search (%d disagree)", bad);
+    CHECK(kinds[2] > 500 && kinds[0] == 0 && refused == kinds[1] + kinds[2],
+          "the lists had repeats to find (%d forced, %d random) and none among the increasing ones",
+          kinds[2], kinds[1]);
+    pg[0] = 5; pg[1] = 9; pg[2] = 5;
+    CHECK(kvx_pages_check(&p, pg, 3, 10, 1, "destination") == KVX_ERR_DUPLICATE,
+          "5, 9, 5 is refused");
+    CHECK_STR(p.error, "destination page 5 appears more than once");
+    kvx_plan_free(&p);
+}
+
 static kvx_engine *make_engine(kvx_role role, const kvx_backend *be) {
     kvx_engine_desc d;
     kvx_engine *e = NULL;
@@ -1065,6 +1114,7 @@ int main(void) {
     test_aux_rows();
     test_plan();
     test_plan_random();
+    test_pages_dups();
     test_engine_errors();
     test_fake_flow();
     test_room_table();
