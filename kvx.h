@@ -392,6 +392,12 @@ typedef struct kvx_plan {
     char error[KVX_ERROR_MAX];
     const kvx_allocator *allocator; /* set once: spans and scratch grow through it
                                        (NULL = libc); kvx_plan_free keeps it */
+    /* in, kept by the builders (LAYER-WISE SEND): when layer_end > 0, the
+       page plans (kvx_plan_pages, _gather, _scatter, _scatter_from) get
+       spans only for the source buffers of model layers [layer_begin,
+       layer_end); packed offsets stay those of the whole request, so
+       packed_bytes is the whole region's. kvx_plan_free clears it. */
+    uint32_t layer_begin, layer_end;
 } kvx_plan;
 
 /* Two-sided plan: page src_pages[i] of the source pool goes to page
@@ -694,6 +700,30 @@ KVX_API kvx_result kvx_sender_init(kvx_sender *s, uint32_t num_pages, int32_t au
    I/O: the transport works on its own threads. */
 KVX_API kvx_result kvx_sender_send(kvx_sender *s, const int32_t *pages, uint32_t n);
 
+/* LAYER-WISE SEND: sends the pages of one chunk for the layers
+   [layer_begin, layer_end) only, so KV moves while prefill computes the next
+   layers. Layer numbers are the model's, as in kvx_layout.layer_begin: this
+   rank holds layers layer_begin .. layer_begin + L - 1 of its layout (L =
+   num_buffers / 2 K/V pairs, or num_buffers for MLA). A chunk sent layer-
+   wise opens with its first layer and closes when a call reaches its last;
+   every call of the chunk passes the same pages (the same n and indices),
+   and each call's range starts where the previous ended. The chunk that
+   closes with the declared total of pages is the room's last: its last
+   layer completes the room, with the aux rows. kvx_sender_send is the
+   all-layer case and may be mixed with layer-wise chunks, but not while a
+   layer-wise chunk is open. The receiver sees Success exactly as for
+   kvx_sender_send: every layer of every chunk, then aux.
+   Fails the room, with a sentence: a range that is empty or outside this
+   rank's layers (KVX_ERR_OUT_OF_RANGE); a range that does not start where
+   the chunk stands (a layer sent twice, or layers skipped:
+   KVX_ERR_INVALID_ARGUMENT); other pages than the open chunk's
+   (KVX_ERR_INVALID_ARGUMENT); a layout without K/V pairs or MLA; a layout
+   with state buffers (HYBRID STATE rows go with kvx_sender_send_state, an
+   all-layer last chunk). KVX_ERR_STATE as kvx_sender_send, and
+   kvx_sender_send while a layer-wise chunk is open. */
+KVX_API kvx_result kvx_sender_send_layers(kvx_sender *s, const int32_t *pages, uint32_t n,
+                                          uint32_t layer_begin, uint32_t layer_end);
+
 /* kvx_sender_send of the last chunk with the request's state indices
    (HYBRID STATE; SGLang's send(kv_indices, state_indices)): rows of this
    side's state buffers, moved with the aux rows. The chunk must reach the
@@ -765,6 +795,15 @@ typedef struct kvx_chunk {
     kvx_plan gather;      /* pool pages -> packed chunk (see kvx_plan_gather): empty
                              until kvx_chunk_gather builds it */
     int gather_ready;     /* 1 once kvx_chunk_gather built `gather` */
+    /* LAYER-WISE SEND: the layers of this part of the chunk, model layer
+       numbers [layer_begin, layer_end) (kvx_sender_send: every layer of the
+       layout). The parts of one chunk share index, first_page, num_pages and
+       pages, and come in layer order; `gather` covers this part's layers
+       only (at the whole chunk's packed offsets). is_last is set only on the
+       part that completes the room. */
+    uint32_t layer_begin, layer_end;
+    int first_part;       /* layer_begin is the layout's first layer */
+    int last_part;        /* layer_end is the layout's end: the chunk is complete */
 } kvx_chunk;
 
 KVX_API void kvx_chunk_free(kvx_engine *e, kvx_chunk *c);
@@ -802,6 +841,11 @@ struct kvx_backend {
        thread), with no core lock held. A backend that sets it is never
        called through room_abort. */
     void (*room_failed)(kvx_room *r);
+    /* 1: sender_send takes the parts of a layer-wise chunk (kvx_chunk
+       layer_begin .. last_part) as they come. 0: the core holds them and
+       hands over the whole chunk with its last layer (no overlap with the
+       engine's compute, but correct). */
+    int layerwise;
 };
 
 KVX_API kvx_engine *kvx_room_engine(const kvx_room *r);
@@ -2587,6 +2631,21 @@ static void kvx__plan_runs(kvx_plan *p, uint32_t buf, uint64_t item, const int32
     }
 }
 
+/* The model layer of buffer b of l: MLA one buffer per layer, else K
+   buffers of every layer, then V buffers (PARALLEL LAYOUTS). */
+static uint32_t kvx__buf_layer(const kvx_layout *l, uint32_t b) {
+    uint32_t ls = l->mla ? l->num_buffers : l->num_buffers / 2;
+    return l->layer_begin + (ls ? b % ls : b);
+}
+
+/* Whether the plan's layer filter (LAYER-WISE SEND) keeps buffer b of l. */
+static int kvx__plan_keeps(const kvx_plan *p, const kvx_layout *l, uint32_t b) {
+    uint32_t layer;
+    if (!p->layer_end) return 1;
+    layer = kvx__buf_layer(l, b);
+    return layer >= p->layer_begin && layer < p->layer_end;
+}
+
 static kvx_result kvx__plan_build(kvx_plan *p, const kvx_layout *l, const int32_t *sp,
                                   const int32_t *dp, size_t n) {
     uint64_t packed = 0;
@@ -2606,7 +2665,7 @@ static kvx_result kvx__plan_build(kvx_plan *p, const kvx_layout *l, const int32_
     for (b = 0; b < l->num_buffers; b++) {
         uint64_t item = l->buffers[b].item_len;
         uint64_t sbase = sp ? 0 : packed, dbase = dp ? 0 : packed;
-        kvx__plan_runs(p, b, item, sp, sbase, dp, dbase, n);
+        if (kvx__plan_keeps(p, l, b)) kvx__plan_runs(p, b, item, sp, sbase, dp, dbase, n);
         packed += item * n;
     }
     p->packed_bytes = (sp && dp) ? 0 : packed;
@@ -2820,7 +2879,7 @@ static kvx_result kvx__plan_sliced(kvx_plan *p, const kvx_layout *src, const int
         size_t i = 0;
         kvx__geo g;
         if ((r = kvx__geo_of(src, dst, b, &g, p->error, sizeof p->error)) != KVX_OK) return r;
-        if (g.dst_buf < 0) continue;
+        if (g.dst_buf < 0 || !kvx__plan_keeps(p, src, b)) continue;
         di = dst->buffers[g.dst_buf].item_len;
         while (i < n) {
             size_t j = i + 1;
@@ -3205,6 +3264,10 @@ struct kvx_room {
     int32_t aux_index;
     int32_t *state_idx;    /* HYBRID STATE: set before the last chunk / receiver_init */
     uint32_t num_state_idx;
+    /* LAYER-WISE SEND: the open chunk (caller's thread only) */
+    int lw_open, lw_last;      /* a chunk is open; it is the room's last */
+    uint32_t lw_next, lw_index, lw_first, lw_n; /* next layer; its index, first page, pages */
+    int32_t *lw_pages;         /* its page indices */
     kvx_room *prev, *next; /* engine list, under engine->mu */
     kvx__hnode hn;         /* engine->table, key = id, under engine->mu */
     int notify;              /* atomic: 1 = room_failed owed, 3 = running, 2 = done */
@@ -3584,6 +3647,7 @@ static void kvx__room_destroy_mem(kvx_room *r) {
     pthread_mutex_destroy(&r->mu);
     kvx_engine_free(e, r->bootstrap_addr);
     kvx_engine_free(e, r->state_idx);
+    kvx_engine_free(e, r->lw_pages);
     kvx_engine_free(e, r);
 }
 
@@ -4073,47 +4137,119 @@ KVX_API const int32_t *kvx_room_state(const kvx_room *r, uint32_t *n) {
 }
 
 static kvx_result kvx__sender_send(kvx_room *r, const int32_t *pages, uint32_t n,
-                                   const int32_t *state, uint32_t nstate);
+                                   const int32_t *state, uint32_t nstate, int lw, uint32_t lb,
+                                   uint32_t le);
 
 KVX_API kvx_result kvx_sender_send(kvx_sender *s, const int32_t *pages, uint32_t n) {
     if (!s) return KVX_ERR_INVALID_ARGUMENT;
-    return kvx__sender_send((kvx_room *)s, pages, n, NULL, 0);
+    return kvx__sender_send((kvx_room *)s, pages, n, NULL, 0, 0, 0, 0);
+}
+
+KVX_API kvx_result kvx_sender_send_layers(kvx_sender *s, const int32_t *pages, uint32_t n,
+                                          uint32_t layer_begin, uint32_t layer_end) {
+    if (!s) return KVX_ERR_INVALID_ARGUMENT;
+    return kvx__sender_send((kvx_room *)s, pages, n, NULL, 0, 1, layer_begin, layer_end);
 }
 
 KVX_API kvx_result kvx_sender_send_state(kvx_sender *s, const int32_t *pages, uint32_t n,
                                          const int32_t *state, uint32_t nstate) {
     kvx_room *r = (kvx_room *)s;
     if (!r) return KVX_ERR_INVALID_ARGUMENT;
-    if (nstate && r->inited && KVX__LOAD(&r->state) != KVX_POLL_FAILED &&
+    if (nstate && r->inited && KVX__LOAD(&r->state) != KVX_POLL_FAILED && !r->lw_open &&
         !(r->chunks && r->sent_pages == r->total_pages) && (uint64_t)r->sent_pages + n != r->total_pages)
         return kvx__call_error(r, KVX_ERR_STATE, "state indices go with the last chunk: this one "
                                "sends %u pages after %u of the %u declared", n, r->sent_pages,
                                r->total_pages);
-    return kvx__sender_send(r, pages, n, state, nstate);
+    return kvx__sender_send(r, pages, n, state, nstate, 0, 0, 0);
+}
+
+/* LAYER-WISE SEND: checks a layer range against the room's open chunk (or
+   opens one); KVX_OK, or the room failed with the sentence. */
+static kvx_result kvx__sender_layers_check(kvx_room *r, const int32_t *pages, uint32_t n,
+                                           uint32_t lb, uint32_t le) {
+    const kvx_layout *l = &r->engine->desc.layout;
+    uint32_t l0 = l->layer_begin, lend = l0 + (l->mla ? l->num_buffers : l->num_buffers / 2);
+    uint32_t chunk = r->lw_open ? r->lw_index : r->chunks;
+    if (!l->mla && (l->num_buffers & 1)) {
+        kvx_room_fail(r, KVX_ERR_INVALID_ARGUMENT, "layer-wise send: the layout's %u buffers are "
+                      "not K/V pairs (and it is not MLA), so they have no layers", l->num_buffers);
+        return KVX_ERR_INVALID_ARGUMENT;
+    }
+    if (l->num_state) {
+        kvx_room_fail(r, KVX_ERR_INVALID_ARGUMENT, "layer-wise send: a layout with state buffers "
+                      "(HYBRID STATE) sends its chunks with kvx_sender_send / kvx_sender_send_state");
+        return KVX_ERR_INVALID_ARGUMENT;
+    }
+    if (le <= lb || lb < l0 || le > lend) {
+        kvx_room_fail(r, KVX_ERR_OUT_OF_RANGE, "chunk %u: layers [%u, %u) are %s this rank's "
+                      "layers [%u, %u)", chunk, lb, le, le <= lb ? "an empty range of" : "outside",
+                      l0, lend);
+        return KVX_ERR_OUT_OF_RANGE;
+    }
+    if (!r->lw_open) {
+        if (lb != l0) {
+            kvx_room_fail(r, KVX_ERR_INVALID_ARGUMENT, "chunk %u: its first layer-wise send starts "
+                          "at layer %u, not at this rank's first layer %u: layers go in order",
+                          chunk, lb, l0);
+            return KVX_ERR_INVALID_ARGUMENT;
+        }
+        return KVX_OK;
+    }
+    if (n != r->lw_n || (n && memcmp(pages, r->lw_pages, (size_t)n * sizeof *pages))) {
+        kvx_room_fail(r, KVX_ERR_INVALID_ARGUMENT, "chunk %u: layers [%u, %u) name other pages "
+                      "(%u) than the chunk's first layers (%u): every layer of a chunk moves the "
+                      "same pages", chunk, lb, le, n, r->lw_n);
+        return KVX_ERR_INVALID_ARGUMENT;
+    }
+    if (lb < r->lw_next) {
+        kvx_room_fail(r, KVX_ERR_INVALID_ARGUMENT, "chunk %u: layer %u was already sent (layers "
+                      "[%u, %u) are sent; this call sends [%u, %u))", chunk, lb, l0, r->lw_next,
+                      lb, le);
+        return KVX_ERR_INVALID_ARGUMENT;
+    }
+    if (lb > r->lw_next) {
+        kvx_room_fail(r, KVX_ERR_INVALID_ARGUMENT, "chunk %u: layers [%u, %u) were skipped: this "
+                      "call sends [%u, %u), and layers go in order", chunk, r->lw_next, lb, lb, le);
+        return KVX_ERR_INVALID_ARGUMENT;
+    }
+    return KVX_OK;
 }
 
 static kvx_result kvx__sender_send(kvx_room *r, const int32_t *pages, uint32_t n,
-                                   const int32_t *state, uint32_t nstate) {
+                                   const int32_t *state, uint32_t nstate, int lw, uint32_t lb,
+                                   uint32_t le) {
     kvx_engine *e;
     kvx_chunk *c;
     kvx_result res;
-    int st;
+    const kvx_layout *l;
+    uint32_t l0, lend;
+    int st, opening;
     e = r->engine;
+    l = &e->desc.layout;
+    l0 = l->layer_begin;
+    lend = l0 + (l->mla ? l->num_buffers : l->num_buffers / 2);
     st = KVX__LOAD(&r->state);
     if (st == KVX_POLL_FAILED)
         return kvx__call_error(r, KVX_ERR_STATE, "send on a failed room: %s", r->error);
     if (!r->inited)
         return kvx__call_error(r, KVX_ERR_STATE, "send before init (state %s)",
                                kvx_poll_str((kvx_poll)st));
-    if (r->chunks && r->sent_pages == r->total_pages)
+    if (!lw && r->lw_open)
+        return kvx__call_error(r, KVX_ERR_STATE, "chunk %u is open layer-wise at layer %u of "
+                               "[%u, %u): send its other layers with kvx_sender_send_layers first",
+                               r->lw_index, r->lw_next, l0, lend);
+    opening = !r->lw_open;
+    if (opening && r->chunks && r->sent_pages == r->total_pages)
         return kvx__call_error(r, KVX_ERR_STATE, "send after the last chunk (%u of %u pages sent)",
                                r->sent_pages, r->total_pages);
-    if ((uint64_t)r->sent_pages + n > r->total_pages) {
+    if (opening && (uint64_t)r->sent_pages + n > r->total_pages) {
         kvx_room_fail(r, KVX_ERR_TOO_MANY_PAGES,
                       "chunk %u sends %u pages after %u, more than the %u declared by init",
                       r->chunks, n, r->sent_pages, r->total_pages);
         return KVX_ERR_TOO_MANY_PAGES;
     }
+    if (lw && (res = kvx__sender_layers_check(r, pages, n, lb, le)) != KVX_OK) return res;
+    if (!lw) lb = l0, le = lend;
     if (nstate && (res = kvx__room_keep_state(r, state, nstate, 0)) != KVX_OK) return res;
     c = (kvx_chunk *)kvx_engine_alloc(e, sizeof *c);
     if (!c) return kvx__call_error(r, KVX_ERR_NO_MEMORY, "out of memory for a chunk");
@@ -4121,11 +4257,13 @@ static kvx_result kvx__sender_send(kvx_room *r, const int32_t *pages, uint32_t n
     c->gather.allocator = &e->desc.allocator;
     /* only the page indices are checked here: the gather plan is built by
        the transports that need it (kvx_chunk_gather) */
-    res = kvx_pages_check(&c->gather, pages, n, kvx_layout_num_pages(&e->desc.layout), 0, "source");
-    if (res != KVX_OK) {
-        kvx_room_fail(r, res, "chunk %u: %s", r->chunks, c->gather.error);
-        kvx_chunk_free(e, c);
-        return res;
+    if (opening) {
+        res = kvx_pages_check(&c->gather, pages, n, kvx_layout_num_pages(l), 0, "source");
+        if (res != KVX_OK) {
+            kvx_room_fail(r, res, "chunk %u: %s", r->chunks, c->gather.error);
+            kvx_chunk_free(e, c);
+            return res;
+        }
     }
     if (n) {
         c->pages = (int32_t *)kvx_engine_alloc(e, n * sizeof *pages);
@@ -4135,18 +4273,55 @@ static kvx_result kvx__sender_send(kvx_room *r, const int32_t *pages, uint32_t n
         }
         memcpy(c->pages, pages, n * sizeof *pages);
     }
-    c->index = r->chunks++;
-    c->first_page = r->sent_pages;
+    if (opening && le != lend) { /* a layer-wise chunk opens: keep its pages to compare */
+        int32_t *keep = NULL;
+        if (n && !(keep = (int32_t *)kvx_engine_alloc(e, n * sizeof *pages))) {
+            kvx_chunk_free(e, c);
+            return kvx__call_error(r, KVX_ERR_NO_MEMORY, "out of memory for a chunk");
+        }
+        if (n) memcpy(keep, pages, n * sizeof *pages);
+        kvx_engine_free(e, r->lw_pages);
+        r->lw_pages = keep;
+        r->lw_n = n;
+    }
+    if (opening) {
+        r->lw_index = r->chunks++;
+        r->lw_first = r->sent_pages;
+        r->sent_pages += n;
+        r->lw_last = r->sent_pages == r->total_pages;
+    }
+    c->index = r->lw_index;
+    c->first_page = r->lw_first;
     c->num_pages = n;
     c->total_pages = r->total_pages;
-    r->sent_pages += n;
-    c->is_last = r->sent_pages == r->total_pages;
+    c->layer_begin = lb;
+    c->layer_end = le;
+    c->first_part = lb == l0;
+    c->last_part = le == lend;
+    c->is_last = r->lw_last && c->last_part;
     c->aux_index = r->aux_index;
+    r->lw_open = !c->last_part;
+    r->lw_next = le;
+    if (c->last_part) {
+        kvx_engine_free(e, r->lw_pages);
+        r->lw_pages = NULL;
+        r->lw_n = 0;
+    }
     kvx_room_advance(r, KVX_POLL_TRANSFERRING);
     if (!e->be->sender_send) {
         kvx_chunk_free(e, c);
-        if (r->sent_pages == r->total_pages) kvx_room_succeed(r, 0);
+        if (r->sent_pages == r->total_pages && !r->lw_open) kvx_room_succeed(r, 0);
         return KVX_OK;
+    }
+    if (!e->be->layerwise && !(c->first_part && c->last_part)) {
+        /* a transport that takes whole chunks: the parts are held here (the
+           pages are kept), and the chunk goes as one at its last layer */
+        if (!c->last_part) {
+            kvx_chunk_free(e, c);
+            return KVX_OK;
+        }
+        c->layer_begin = l0;
+        c->first_part = 1;
     }
     res = e->be->sender_send(r, c);
     if (res != KVX_OK) kvx_room_fail(r, res, "transport %s refused chunk", e->be->name);
@@ -4156,6 +4331,8 @@ static kvx_result kvx__sender_send(kvx_room *r, const int32_t *pages, uint32_t n
 KVX_API const kvx_plan *kvx_chunk_gather(kvx_engine *e, kvx_chunk *c) {
     if (!e || !c) return NULL;
     if (!c->gather_ready) {
+        c->gather.layer_begin = c->first_part && c->last_part ? 0 : c->layer_begin;
+        c->gather.layer_end = c->first_part && c->last_part ? 0 : c->layer_end;
         if (kvx_plan_gather(&c->gather, &e->desc.layout, c->pages, c->num_pages) != KVX_OK)
             return NULL;
         c->gather_ready = 1;
