@@ -462,6 +462,15 @@ class Sender(_Room):
         else:
             self._check(lib.kvx_sender_send(self._handle(), arr, n))
 
+    def send_layers(self, pages: Iterable[int], layer_begin: int, layer_end: int) -> None:
+        """Layer-wise send (kvx_sender_send_layers): the chunk's pages for model
+        layers [layer_begin, layer_end) only. A chunk opens at this rank's first
+        layer and closes at its last; every call of a chunk passes the same pages
+        and continues where the previous call ended."""
+        arr, n = _i32(pages)
+        self._check(lib.kvx_sender_send_layers(self._handle(), arr, n, int(layer_begin),
+                                               int(layer_end)))
+
 
 class Receiver(_Room):
     """The decode side of one room (kvx_receiver)."""

@@ -149,6 +149,7 @@ _PROTOS = {
     "kvx_sender_create": (c_int, [c_void_p, POINTER(kvx_room_desc), POINTER(c_void_p)]),
     "kvx_sender_init": (c_int, [c_void_p, c_uint32, c_int32]),
     "kvx_sender_send": (c_int, [c_void_p, _P32, c_uint32]),
+    "kvx_sender_send_layers": (c_int, [c_void_p, _P32, c_uint32, c_uint32, c_uint32]),
     "kvx_sender_send_state": (c_int, [c_void_p, _P32, c_uint32, _P32, c_uint32]),
     "kvx_receiver_create": (c_int, [c_void_p, POINTER(kvx_room_desc), POINTER(c_void_p)]),
     "kvx_receiver_init": (c_int, [c_void_p, _P32, c_uint32, c_int32]),

@@ -369,6 +369,61 @@ def with_numpy(kvx, tmp):
         r.close()
 
 
+def layerwise(kvx, tmp):
+    """Sender.send_layers over the file transport: 3 layers (6 buffers), chunk 0
+    every layer, chunk 1 layer by layer; a layer sent twice fails both sides."""
+    import ctypes
+    nb = 6
+
+    def pool(fill):
+        kv = [bytearray([fill]) * (NPAGES * ITEM) for _ in range(nb)]
+        aux = (ctypes.c_uint8 * (NSLOTS * AUX_ITEM))(*([fill] * (NSLOTS * AUX_ITEM)))
+        return kv, aux, kvx.Layout(
+            kv=[(kvx.address_of(b), len(b), ITEM) for b in kv],
+            aux=[(ctypes.addressof(aux), ctypes.sizeof(aux), AUX_ITEM)],
+            page_size=16, num_kv_heads=1, dtype="bfloat16", dtype_size=2, keep=[kv, aux])
+    kv_s, aux_s, ls = pool(0)
+    kv_d, aux_d, ld = pool(0xEE)
+    src, dst = [3, 7, 8, 0], [1, 2, 12, 5]
+    for b in range(nb):
+        for k, p in enumerate(src):
+            kv_s[b][p * ITEM:(p + 1) * ITEM] = pattern(b + 40, k, ITEM)
+    aux_s[0:AUX_ITEM] = pattern(50, 0, AUX_ITEM)
+    d = os.path.join(tmp, "layers")
+    with kvx.Engine("prefill", ls, transport="file", dir=d) as pe, \
+            kvx.Engine("decode", ld, transport="file", dir=d) as de:
+        r, s = de.receiver(7), pe.sender(7)
+        s.wait(kvx.Poll.WaitingForInput, 30000)
+        r.init(dst, 1)
+        s.init(4, 0)
+        s.send(src[:2])
+        s.send_layers(src[2:], 0, 1)
+        check(s.poll() == kvx.Poll.Transferring, "layer-wise: not done before the last layer")
+        s.send_layers(src[2:], 1, 3)
+        both_done(kvx, s, r)
+        check(r.poll() == 4 and s.poll() == 4, f"layer-wise transfer ({s.error} / {r.error})")
+        wrong = sum(kv_d[b][p * ITEM:(p + 1) * ITEM] != pattern(b + 40, k, ITEM)
+                    for b in range(nb) for k, p in enumerate(dst))
+        check(wrong == 0, f"layer-wise: {wrong} KV pages wrong")
+        check(bytes(aux_d[AUX_ITEM:2 * AUX_ITEM]) == pattern(50, 0, AUX_ITEM), "layer-wise: aux row")
+        s.close()
+        r.close()
+        r, s = de.receiver(8), pe.sender(8)
+        s.wait(kvx.Poll.WaitingForInput, 30000)
+        r.init(dst[:1], -1)
+        s.init(1, -1)
+        s.send_layers(src[:1], 0, 2)
+        try:
+            s.send_layers(src[:1], 1, 3)
+            check(False, "a layer sent twice is refused")
+        except kvx.KvxError as e:
+            check("layer 1 was already sent" in str(e), f"layer sent twice: {e}")
+        r.wait(kvx.Poll.Success, 60000)
+        check(r.poll() == 0 and s.poll() == 0, f"both sides failed ({r.poll()}, {r.error})")
+        s.close()
+        r.close()
+
+
 def inside(repo):
     import kvx
     check(not os.path.abspath(kvx.__file__).startswith(os.path.join(repo, "python")),
@@ -382,6 +437,7 @@ def inside(repo):
         gpu_pages(kvx, repo)
         store(kvx, tmp)
         with_numpy(kvx, tmp)
+        layerwise(kvx, tmp)
     done()
 
 
