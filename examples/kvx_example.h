@@ -603,6 +603,8 @@ typedef struct ex_args {
     uint32_t dp, dp_rank;    /* --dp --dp-rank: this process serves rooms with room % dp == dp_rank */
     uint32_t prefill_tp, prefill_pp; /* decode: the prefill instance's sizes (0 = ours) */
     uint32_t decode_tp;              /* prefill: the decode instance's TP size (0 = ours) */
+    int layerwise;           /* --layerwise: send each layer of a chunk as it is computed */
+    double layer_ms;         /* --layer-ms X: simulated compute per layer per chunk (busy) */
 } ex_args;
 
 static EX_UNUSED void ex_usage(const char *prog) {
@@ -613,6 +615,7 @@ static EX_UNUSED void ex_usage(const char *prog) {
             "          [--page-size N] [--pool-pages N] [--inflight N] [--seed N] [--times FILE]\n"
             "          [--quiet] [--tp N --tp-rank R] [--pp N --pp-rank R] [--dp N --dp-rank R]\n"
             "          [--prefill-tp N --prefill-pp N] [--decode-tp N] [--linger] [--done-fd N]\n"
+            "          [--layerwise] [--layer-ms X]\n"
             "  --gpu   the KV pool on GPU 0 (implied by --transport cuda)\n"
             "  --tp/--pp/--dp place this process in its instance (sizes 1, ranks 0); the pool\n"
             "          holds that rank's heads and layers; --prefill-tp/--prefill-pp tell a\n"
@@ -623,7 +626,12 @@ static EX_UNUSED void ex_usage(const char *prog) {
             "          would while other ranks still work (a decode rank's room frames to\n"
             "          MLA dummy prefill ranks, for one, must reach them)\n"
             "  --done-fd N  close file descriptor N once this rank's requests are done\n"
-            "          (how kvx_demo learns every rank is done before ending the lingering)\n",
+            "          (how kvx_demo learns every rank is done before ending the lingering)\n"
+            "  --layer-ms X  prefill: X ms of busy work per layer of every chunk, the\n"
+            "          simulated forward pass (it competes for the CPU as an engine's\n"
+            "          launch thread would); --layerwise sends each layer's pages after its\n"
+            "          compute (kvx_sender_send_layers), else a chunk goes after its last\n"
+            "          layer. Hybrid models (state rows) always send whole chunks\n",
             prog);
 }
 
@@ -634,13 +642,14 @@ static EX_UNUSED int ex_parse(ex_args *a, int argc, char **argv) {
     a->requests = 64; a->min_tokens = 16; a->max_tokens = 2048; a->chunk_tokens = 512;
     a->page_size = 16; a->pool_pages = 0; a->inflight = 4; a->seed = 1; a->quiet = 0; a->gpu = 0;
     a->rank = ex_rank_all; a->dp = 1; a->dp_rank = 0; a->prefill_tp = 0; a->prefill_pp = 0;
-    a->decode_tp = 0; a->linger = 0; a->done_fd = -1;
+    a->decode_tp = 0; a->linger = 0; a->done_fd = -1; a->layerwise = 0; a->layer_ms = 0;
     for (i = 1; i < argc; i++) {
         const char *k = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         unsigned long long n = v ? strtoull(v, NULL, 10) : 0;
         if (!strcmp(k, "--quiet")) { a->quiet = 1; continue; }
         if (!strcmp(k, "--linger")) { a->linger = 1; continue; }
         if (!strcmp(k, "--gpu")) { a->gpu = 1; continue; }
+        if (!strcmp(k, "--layerwise")) { a->layerwise = 1; continue; }
         if (!v) { ex_usage(argv[0]); return -1; }
         i++;
         if (!strcmp(k, "--model")) a->model = v;
@@ -666,6 +675,14 @@ static EX_UNUSED int ex_parse(ex_args *a, int argc, char **argv) {
         else if (!strcmp(k, "--prefill-tp")) a->prefill_tp = (uint32_t)n;
         else if (!strcmp(k, "--prefill-pp")) a->prefill_pp = (uint32_t)n;
         else if (!strcmp(k, "--decode-tp")) a->decode_tp = (uint32_t)n;
+        else if (!strcmp(k, "--layer-ms")) {
+            char *end = NULL;
+            a->layer_ms = strtod(v, &end);
+            if (!end || *end || !(a->layer_ms >= 0 && a->layer_ms <= 10000)) {
+                fprintf(stderr, "bad --layer-ms '%s': need milliseconds 0..10000\n", v);
+                return -1;
+            }
+        }
         else { ex_usage(argv[0]); return -1; }
     }
     if (!strcmp(a->transport, "cuda")) a->gpu = 1; /* GPU to GPU needs the pool on the GPU */
@@ -691,6 +708,17 @@ static EX_UNUSED int ex_parse(ex_args *a, int argc, char **argv) {
     if (!a->pool_pages) /* room for every request in flight, plus slack */
         a->pool_pages = (a->max_tokens / a->page_size + 1) * (a->inflight + 1);
     return 0;
+}
+
+/* Busy work for ms milliseconds of wall time (a simulated forward pass: it
+   uses the CPU, unlike a sleep). */
+static EX_UNUSED void ex_busy_ms(double ms) {
+    uint64_t end = kvx_now_ns() + (uint64_t)(ms * 1e6);
+    volatile uint64_t x = 1;
+    while (kvx_now_ns() < end) {
+        int k;
+        for (k = 0; k < 256; k++) x = x * 6364136223846793005ull + 1442695040888963407ull;
+    }
 }
 
 /* After a rank's requests: tells a launcher it is done (closes --done-fd),

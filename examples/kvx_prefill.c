@@ -51,11 +51,19 @@ static int start(kvx_engine *e, ex_pool *pool, ex_gpu *gpu, const ex_args *a, ex
     /* chunked prefill: one send per chunk of chunk_tokens */
     f->sent_pages = 0;
     while (f->sent_pages < req->pages) {
-        uint32_t n = a->chunk_tokens / a->page_size;
+        uint32_t n = a->chunk_tokens / a->page_size, l;
+        const int32_t *pg = f->pages + f->sent_pages;
+        int lw = a->layerwise && !pool->num_state; /* state rows go with a whole chunk */
         if (n > req->pages - f->sent_pages) n = req->pages - f->sent_pages;
+        /* the forward pass, layer by layer (--layer-ms); --layerwise hands
+           kvx each layer's pages as soon as that layer is computed */
+        for (l = pool->layer_begin; l < pool->layer_begin + pool->layers; l++) {
+            if (a->layer_ms > 0) ex_busy_ms(a->layer_ms);
+            if (lw && kvx_sender_send_layers(f->s, pg, n, l, l + 1) != KVX_OK) return -1;
+        }
         /* the last chunk carries the request's state indices (hybrid models) */
-        if (kvx_sender_send_state(f->s, f->pages + f->sent_pages, n, &f->slot,
-                                  pool->num_state && f->sent_pages + n == req->pages ? 1 : 0) != KVX_OK)
+        if (!lw && kvx_sender_send_state(f->s, pg, n, &f->slot,
+                                         pool->num_state && f->sent_pages + n == req->pages ? 1 : 0) != KVX_OK)
             return -1;
         f->sent_pages += n;
     }

@@ -38,6 +38,11 @@ demo "file, PP 2 -> 1, TP 1 -> 2, DP 2" ./build/kvx_demo --prefill-pp 2 --decode
 demo "tcp, prefill TP 2 -> decode TP 4" ./build/kvx_demo --transport tcp --prefill-tp 2 --decode-tp 4 || drc=1
 demo "tcp, MLA (deepseek-v3) TP 4 -> 2, DP 2" ./build/kvx_demo --transport tcp --model deepseek-v3 \
   --prefill-tp 4 --decode-tp 2 --dp 2 || drc=1
+# layer-wise: each layer's pages sent after its (simulated) compute
+demo "file, layer-wise, PP 2 -> 1, TP 1 -> 2" ./build/kvx_demo --layerwise --layer-ms 0.05 \
+  --prefill-pp 2 --decode-tp 2 || drc=1
+demo "tcp, layer-wise, prefill TP 2 -> decode TP 4" ./build/kvx_demo --transport tcp --layerwise \
+  --layer-ms 0.05 --prefill-tp 2 --decode-tp 4 || drc=1
 # hybrid model: linear-attention state rows per request slot beside the KV pages
 demo "file, hybrid (qwen3-next-80b state), PP 2 -> 2" ./build/kvx_demo --model qwen3-next-80b \
   --prefill-pp 2 --decode-pp 2 || drc=1
@@ -45,6 +50,8 @@ demo "tcp, hybrid (qwen3-next-80b state), TP 2 -> 2" ./build/kvx_demo --transpor
   --model qwen3-next-80b --prefill-tp 2 --decode-tp 2 || drc=1
 if [ -f tests/softverbs/libsoftverbs.so ] && [ -f /usr/include/infiniband/verbs.h ]; then
   KVX_IBVERBS_LIBRARY=$PWD/tests/softverbs/libsoftverbs.so demo "rdma on softverbs" ./build/kvx_demo --transport rdma || drc=1
+  KVX_IBVERBS_LIBRARY=$PWD/tests/softverbs/libsoftverbs.so demo "rdma on softverbs, layer-wise" \
+    ./build/kvx_demo --transport rdma --layerwise --layer-ms 0.05 || drc=1
   KVX_IBVERBS_LIBRARY=$PWD/tests/softverbs/libsoftverbs.so demo "rdma on softverbs, TP 4 -> 2, PP 2 -> 2" \
     ./build/kvx_demo --transport rdma --prefill-tp 4 --decode-tp 2 --prefill-pp 2 --decode-pp 2 || drc=1
   KVX_IBVERBS_LIBRARY=$PWD/tests/softverbs/libsoftverbs.so demo "rdma on softverbs, hybrid (qwen3-next-80b state)" \
@@ -52,6 +59,8 @@ if [ -f tests/softverbs/libsoftverbs.so ] && [ -f /usr/include/infiniband/verbs.
 else echo "  skip  rdma: built without the rdma-core headers"; fi
 if [ -f tests/fakecuda/libfakecuda.so ]; then
   KVX_CUDA_LIBRARY=$PWD/tests/fakecuda/libfakecuda.so demo "cuda on the fake driver" ./build/kvx_demo --transport cuda || drc=1
+  KVX_CUDA_LIBRARY=$PWD/tests/fakecuda/libfakecuda.so demo "cuda on the fake driver, layer-wise" \
+    ./build/kvx_demo --transport cuda --layerwise --layer-ms 0.05 || drc=1
   KVX_CUDA_LIBRARY=$PWD/tests/fakecuda/libfakecuda.so demo "cuda on the fake driver, TP 2 -> 4, PP 2 -> 1" \
     ./build/kvx_demo --transport cuda --prefill-tp 2 --decode-tp 4 --prefill-pp 2 || drc=1
 else echo "  skip  cuda: built without the CUDA toolkit headers"; fi
