@@ -27,6 +27,11 @@
      to the transport's sender_send hook; kvx_receiver_init gives the
      destination pages to its receiver_init hook. The `fake` transport
      (kvx__fake_send, kvx__fake_recv_init) moves nothing and succeeds.
+     kvx_sender_send_layers hands over the parts of a chunk (LAYER-WISE
+     SEND, at the declaration) to a transport that sets
+     kvx_backend.layerwise, else the whole chunk with its last layer; a
+     transport that moves a chunk as one packed region builds its plan with
+     kvx_chunk_gather.
 
    EXAMPLE (prefill side, error handling shortened)
        // given: kvx_layout my_layout; const int32_t *pages; uint32_t num_pages;
