@@ -1276,7 +1276,8 @@ typedef struct kvx__fchunk {
     uint64_t bytes;         /* the whole chunk's packed bytes */
     uint32_t refs;          /* under fr->mu: parts being written, + 1 until the last part */
     kvx__fseg *segs;        /* under fr->mu: the written parts' pieces */
-    uint32_t nsegs, cap;
+    uint32_t nsegs, cap;    /* under fr->mu: pieces in segs, room for them */
+    uint32_t reserved;      /* under fr->mu: pieces of the parts handed over (<= cap) */
     kvx_result res;         /* under fr->mu: the first part that failed */
     char name[64];
 } kvx__fchunk;
@@ -2410,8 +2411,8 @@ static kvx_result kvx__fsend_part(kvx_room *r, kvx_chunk *c) {
         return res;
     }
     pthread_mutex_lock(&fr->mu);
-    if (fc->nsegs + (uint64_t)j->nstripes > fc->cap) { /* room for this part's pieces */
-        uint32_t cap = fc->cap * 2 > fc->nsegs + j->nstripes ? fc->cap * 2 : fc->nsegs + j->nstripes;
+    if (fc->reserved + (uint64_t)j->nstripes > fc->cap) { /* room for this part's pieces */
+        uint32_t want = fc->reserved + j->nstripes, cap = fc->cap * 2 > want ? fc->cap * 2 : want;
         grown = (kvx__fseg *)kvx__zalloc(fr->fe->al, cap, sizeof *grown);
         if (grown) {
             if (fc->nsegs) memcpy(grown, fc->segs, fc->nsegs * sizeof *grown);
@@ -2420,8 +2421,8 @@ static kvx_result kvx__fsend_part(kvx_room *r, kvx_chunk *c) {
             fc->cap = cap;
         }
     }
-    res = fc->nsegs + (uint64_t)j->nstripes > fc->cap ? KVX_ERR_NO_MEMORY : KVX_OK;
-    if (res == KVX_OK) fc->refs++; /* this part's */
+    res = fc->reserved + (uint64_t)j->nstripes > fc->cap ? KVX_ERR_NO_MEMORY : KVX_OK;
+    if (res == KVX_OK) fc->refs++, fc->reserved += j->nstripes; /* this part's */
     if (last) { /* the chunk is handed over whole: count it, drop the open reference */
         fr->open_chunk = NULL;
         fc->refs--;
