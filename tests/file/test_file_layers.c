@@ -83,8 +83,9 @@ static kvx_engine *gpu_engine(kvx_role role, ex_pool *p, kvx_buffer *devbufs, co
 /* One room of 3 chunks of 8 pages: chunk 0 whole, chunk 1 one layer at a
    time, chunk 2 in the ranges [0,1), [1,3), [3,4). After chunk 2's first
    layer is handed over, its bytes must reach the staged chunk file while
-   the receiver is not Success; then everything is verified. */
-static void test_mixed(const char *label, int gpu) {
+   the receiver is not Success; then everything is verified. sealed: with
+   an auth key (every meta sealed) and KVX_FILE_FSYNC=1. */
+static void test_mixed(const char *label, int gpu, int sealed) {
     char dir[300], why[512], stage[600], file[700];
     ex_pool ps, pr;
     kvx_buffer sb[8], rb[8];
@@ -94,12 +95,13 @@ static void test_mixed(const char *label, int gpu) {
     kvx_room_desc rd;
     kvx_engine_stats st;
     int32_t sp[24], dp[24];
-    const uint64_t room = gpu ? 12 : 11;
+    const uint64_t room = gpu ? 12 : sealed ? 13 : 11;
     uint32_t l, b;
     uint64_t t0;
     int landed = 0;
-    snprintf(dir, sizeof dir, "%s/mixed%d", root, gpu);
+    snprintf(dir, sizeof dir, "%s/mixed%d%d", root, gpu, sealed);
     setenv("KVX_FILE_STRIPE", "4096", 1); /* several pieces per part: their CRC32Cs combine */
+    if (sealed) setenv("KVX_FILE_FSYNC", "1", 1), setenv("KVX_AUTH_KEY", "layer-wise-key-0123456789", 1);
     ex_pool_init(&ps, &tiny, 64, 16, 4, 1);
     ex_pool_init(&pr, &tiny, 64, 16, 4, 2);
     if (gpu) {
@@ -112,6 +114,8 @@ static void test_mixed(const char *label, int gpu) {
         de = pe ? ft_create(&d, why) : NULL;
     }
     unsetenv("KVX_FILE_STRIPE");
+    unsetenv("KVX_FILE_FSYNC");
+    unsetenv("KVX_AUTH_KEY");
     CHECK(pe && de, "%s: engines: %s", label, why);
     if (!pe || !de) return;
     for (b = 0; b < pr.layout.num_buffers; b++) memset(pr.bufs[b].base, 0xEE, pr.bufs[b].length);
@@ -377,8 +381,9 @@ int main(void) {
     snprintf(root, sizeof root, "/tmp/kvx_test_%d_file_layers", (int)getpid());
     mkdir(root, 0755);
     kvx_file_register();
-    test_mixed("mixed whole, per-layer and ranged chunks", 0);
-    test_mixed("mixed, GPU pool through staging", 1);
+    test_mixed("mixed whole, per-layer and ranged chunks", 0, 0);
+    test_mixed("mixed, GPU pool through staging", 1, 0);
+    test_mixed("mixed, auth key and KVX_FILE_FSYNC=1", 0, 1);
     test_refused("out of order", 3, 4, "chunk 0: layers [2, 3) were skipped");
     test_refused("a layer twice", 1, 3, "chunk 0: layer 1 was already sent");
     test_killed();
