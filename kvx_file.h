@@ -223,6 +223,8 @@
                                        moved aside by a new commit, removed
      <R>/reader_<tp>.<pp>              left by decode rank (tp, pp) when
                                        several decode ranks read <R>
+     A chunk sent layer-wise (LAYER-WISE SEND) is the same kv_chunk_<i>.bin
+     and meta: nothing on disk tells the two apart.
      Other temporary files end in ".tmp.<pid>.<16 hex digits>". Temporaries
      are never read; every name starts with "room_", so KVX_FILE_TTL sweeps
      what a killed process left.
