@@ -30,6 +30,34 @@
      check the CRC32C, kvx__frecv_finish copies metadata.bin to the aux rows
      and state.bin to the state rows (checking its size and CRC32C).
 
+   LAYER-WISE SEND (kvx_sender_send_layers; kvx_backend.layerwise = 1)
+     A chunk sent a layer range at a time reaches kvx__file_sender_send as
+     parts; kvx__fsend_part writes each part as soon as it is handed over,
+     into the same kv_chunk_<i>.bin at the whole chunk's packed offsets
+     (kvx_chunk_gather gives the part's spans there), in pieces of at most
+     KVX_FILE_STRIPE bytes queued behind the earlier parts on the I/O
+     threads, each with its CRC32C (kvx__fpart_segs; host pools: one
+     in-order writer per part plus checksum pieces, GPU pools: staged
+     pieces). The file is opened at the first part (O_CREAT | O_EXCL |
+     O_NOFOLLOW in the private room being built, as a whole chunk's) and
+     shared by the parts (kvx__fchunk). When the last part is handed over
+     and every part's pieces are written, the pieces must tile the file
+     exactly once (else the room fails with a sentence) and their CRC32Cs
+     combine into the file's (kvx__fchunk_end); only then is the chunk
+     counted, its meta written, and after the room's last chunk the room
+     finished and committed as ever. A part is never counted as a chunk.
+     The files are the same as a whole chunk's: the ON DISK format does not
+     change, a reader of version 4 reads rooms sent layer-wise, and the
+     all-layer path is untouched. A room is still put in place whole at
+     its commit (CONSISTENCY 1): the decode side reads it after the last
+     layer's bytes and meta are written, so what layer-wise saves is the
+     prefill's writing of every layer but the last after its compute; the
+     decode's reading still follows the commit. A failure between layers
+     (a refused range: the core's sentence; a write error; a killed
+     process) leaves the room uncommitted or committed with
+     transfer_failed, as for a whole chunk: the receiver fails, never
+     Success.
+
    EXAMPLE (one request, prefill and decode; error handling shortened)
        // given: kvx_layout layout; const int32_t *src_pages, *dst_pages;
        // given: uint32_t n; int32_t aux_slot; void idle(void);
@@ -195,6 +223,8 @@
                                        moved aside by a new commit, removed
      <R>/reader_<tp>.<pp>              left by decode rank (tp, pp) when
                                        several decode ranks read <R>
+     A chunk sent layer-wise (LAYER-WISE SEND) is the same kv_chunk_<i>.bin
+     and meta: nothing on disk tells the two apart.
      Other temporary files end in ".tmp.<pid>.<16 hex digits>". Temporaries
      are never read; every name starts with "room_", so KVX_FILE_TTL sweeps
      what a killed process left.
@@ -1228,6 +1258,9 @@ typedef struct kvx__fjob {
     int sliced;             /* receiver: the plan takes part of the file, or strided rows:
                                each stripe is read into a staging buffer */
     kvx_chunk *chunk;       /* sender: owned */
+    struct kvx__fchunk *fc; /* sender, a layer-wise part: the chunk it belongs to */
+    struct kvx__fseg *segs; /* sender, a layer-wise part: its pieces' packed ranges
+                               (nstripes), NULL = stripes of [0, bytes) */
     kvx_plan plan;          /* receiver: scatter plan */
     kvx_file_chunk_info meta; /* receiver */
     char path[KVX__FILE_PATH]; /* for sentences */
@@ -1255,6 +1288,30 @@ typedef struct kvx__fstripe {
     int kind;
 } kvx__fstripe;
 
+/* Sender, LAYER-WISE SEND: a chunk whose layers come in parts. Each part
+   writes its layers' bytes into kv_chunk_<i>.bin at the whole chunk's
+   packed offsets as soon as it is handed over (pieces of at most a stripe,
+   each with its CRC32C); when the last part is handed over and every
+   part's pieces are written, the pieces' CRC32Cs, sorted by offset, must
+   tile the file and combine into its CRC32C, and the chunk ends as a whole
+   chunk does (its meta, then the room's count). */
+typedef struct kvx__fseg {
+    uint64_t lo, hi;
+    uint32_t crc;
+} kvx__fseg;
+
+typedef struct kvx__fchunk {
+    uint32_t index, first_page, num_pages;
+    int fd;                 /* kv_chunk_<index>.bin, shared by the parts' pieces */
+    uint64_t bytes;         /* the whole chunk's packed bytes */
+    uint32_t refs;          /* under fr->mu: parts being written, + 1 until the last part */
+    kvx__fseg *segs;        /* under fr->mu: the written parts' pieces */
+    uint32_t nsegs, cap;    /* under fr->mu: pieces in segs, room for them */
+    uint32_t reserved;      /* under fr->mu: pieces of the parts handed over (<= cap) */
+    kvx_result res;         /* under fr->mu: the first part that failed */
+    char name[64];
+} kvx__fchunk;
+
 typedef struct kvx__froom {
     kvx_room *room;
     kvx__fengine *fe;
@@ -1271,6 +1328,7 @@ typedef struct kvx__froom {
     int busy;               /* stripes running or queued, under mu */
     /* sender */
     uint32_t chunks_sent, chunks_done, total_pages;
+    kvx__fchunk *open_chunk; /* layer-wise: the chunk whose parts are coming (under mu) */
     int last_sent, finished;
     uint64_t bytes_done;
     int32_t aux_index;
@@ -1606,6 +1664,11 @@ static void kvx__file_room_free(kvx_room *r) {
     if (!fr) return;
     pthread_mutex_destroy(&fr->mu);
     pthread_cond_destroy(&fr->cv);
+    if (fr->open_chunk) { /* the room failed before the chunk's last layers came */
+        if (fr->open_chunk->fd >= 0) close(fr->open_chunk->fd);
+        kvx_engine_free(e, fr->open_chunk->segs);
+        kvx_engine_free(e, fr->open_chunk);
+    }
     if (fr->dfd >= 0) close(fr->dfd);
     for (i = 0; fr->src && i < fr->nsrc; i++)
         if (fr->src[i].dfd >= 0) close(fr->src[i].dfd);
@@ -1853,6 +1916,7 @@ static void kvx__fjob_free(kvx_engine *e, kvx__fjob *j) {
     kvx_file_chunk_info_free(&j->meta);
     kvx_engine_free(e, j->crcs);
     kvx_engine_free(e, j->stripes);
+    kvx_engine_free(e, j->segs);
     kvx_engine_free(e, j);
 }
 
@@ -1972,43 +2036,46 @@ static void kvx__fsend_failed(kvx__froom *fr, kvx_result res, const char *why) {
     kvx_room_fail(fr->room, res, "%s", why);
 }
 
-static void kvx__fsend_chunk_done(kvx__fjob *j) {
-    kvx__froom *fr = j->fr;
+/* A chunk's file is written (res KVX_OK) or failed (why says how): close
+   it, write its meta, count it, and finish the room after its last chunk.
+   c gives the meta its index and pages. */
+static void kvx__fsend_chunk_end(kvx__froom *fr, int fd, const char *file, const kvx_chunk *c,
+                                 uint64_t bytes, uint32_t crc, kvx_result res, const char *jwhy) {
     kvx_room *r = fr->room;
     char why[KVX_ERROR_MAX];
     int finish = 0, failed;
-    kvx_result res = __atomic_load_n(&j->res, __ATOMIC_ACQUIRE);
-    why[0] = 0;
-    if (res == KVX_OK && fr->fe->set.fsync && fsync(j->fd))
-        kvx__fjob_error(j, res = kvx__errno_result(errno), errno, "cannot fsync %s/%s: %s",
-                        fr->stage_dir, j->name, strerror(errno));
-    if (close(j->fd) && res == KVX_OK)
-        kvx__fjob_error(j, res = kvx__errno_result(errno), errno, "cannot close %s/%s: %s",
-                        fr->stage_dir, j->name, strerror(errno));
+    snprintf(why, sizeof why, "%s", jwhy);
+    if (res == KVX_OK && fr->fe->set.fsync && fsync(fd)) {
+        res = kvx__errno_result(errno);
+        kvx__set_why(why, sizeof why, "cannot fsync %s/%s: %s", fr->stage_dir, file, strerror(errno));
+    }
+    if (close(fd) && res == KVX_OK) {
+        res = kvx__errno_result(errno);
+        kvx__set_why(why, sizeof why, "cannot close %s/%s: %s", fr->stage_dir, file, strerror(errno));
+    }
     if (res == KVX_OK) {
         kvx__buf b = KVX__BUF(fr->fe->al);
         char name[64];
-        kvx__meta_json(&b, kvx_engine_layout(kvx_room_engine(r)), fr->fe->rank, kvx_room_id(r), j->chunk,
-                       j->bytes, kvx__fjob_crc(j));
-        snprintf(name, sizeof name, "kv_chunk_%u.bin.meta", j->chunk->index);
+        kvx__meta_json(&b, kvx_engine_layout(kvx_room_engine(r)), fr->fe->rank, kvx_room_id(r), c,
+                       bytes, crc);
+        snprintf(name, sizeof name, "kv_chunk_%u.bin.meta", c->index);
         kvx__file_seal(&b, fr->fe->key, fr->fe->key_len, name);
         res = b.oom ? KVX_ERR_NO_MEMORY
                     : kvx__write_at(fr->dfd, fr->stage_dir, name, b.data, b.len,
                                     fr->fe->set.fsync, 1, fr->fe->file_mode, why, sizeof why);
         kvx__buf_free(&b);
-        if (res != KVX_OK) kvx__fjob_error(j, res, 0, "%s", why);
     } else {
-        (void)unlinkat(fr->dfd, j->name, 0);
+        (void)unlinkat(fr->dfd, file, 0);
     }
     pthread_mutex_lock(&fr->mu);
     fr->chunks_done++;
-    fr->bytes_done += j->bytes;
+    fr->bytes_done += bytes;
     failed = res != KVX_OK;
     if (!failed && fr->last_sent && fr->chunks_done == fr->chunks_sent && !fr->finished)
         finish = fr->finished = 1;
     pthread_mutex_unlock(&fr->mu);
     if (failed) {
-        if (res != KVX_ERR_ABORTED) kvx__fsend_failed(fr, res, j->why);
+        if (res != KVX_ERR_ABORTED) kvx__fsend_failed(fr, res, why);
         return;
     }
     if (!finish) return;
@@ -2021,6 +2088,75 @@ static void kvx__fsend_chunk_done(kvx__fjob *j) {
     kvx_room_succeed(r, fr->bytes_done);
 }
 
+static void kvx__fsend_chunk_done(kvx__fjob *j) {
+    kvx_result res = __atomic_load_n(&j->res, __ATOMIC_ACQUIRE);
+    kvx__fsend_chunk_end(j->fr, j->fd, j->name, j->chunk, j->bytes,
+                         res == KVX_OK ? kvx__fjob_crc(j) : 0, res, j->why);
+}
+
+static int kvx__fseg_cmp(const void *a, const void *b) {
+    const kvx__fseg *x = (const kvx__fseg *)a, *y = (const kvx__fseg *)b;
+    return x->lo < y->lo ? -1 : x->lo > y->lo;
+}
+
+/* LAYER-WISE SEND: every part of fc is written (refs reached 0 after its
+   last part): its pieces must tile [0, bytes) exactly once; their
+   CRC32Cs combine into the file's. Then the chunk ends as a whole one. */
+static void kvx__fchunk_end(kvx__froom *fr, kvx__fchunk *fc) {
+    kvx_engine *e = kvx_room_engine(fr->room);
+    kvx_chunk c;
+    char why[KVX_ERROR_MAX];
+    uint64_t pos = 0;
+    uint32_t i, crc = 0;
+    kvx_result res = fc->res;
+    why[0] = 0;
+    if (res == KVX_OK) {
+        qsort(fc->segs, fc->nsegs, sizeof *fc->segs, kvx__fseg_cmp);
+        for (i = 0; i < fc->nsegs && pos == fc->segs[i].lo; i++) {
+            if (fc->segs[i].hi == fc->segs[i].lo) continue;
+            crc = pos ? kvx_crc32c_combine(crc, fc->segs[i].crc, fc->segs[i].hi - fc->segs[i].lo)
+                      : fc->segs[i].crc;
+            pos = fc->segs[i].hi;
+        }
+        if (i < fc->nsegs || pos != fc->bytes) {
+            res = KVX_ERR_TRANSPORT;
+            kvx__set_why(why, sizeof why, "chunk %u: its layer-wise parts wrote %s/%s up to byte "
+                         "%llu of %llu, not each byte once", fc->index, fr->stage_dir, fc->name,
+                         (unsigned long long)pos, (unsigned long long)fc->bytes);
+        }
+    } else {
+        snprintf(why, sizeof why, "chunk %u failed", fc->index); /* its part told the room */
+        res = KVX_ERR_ABORTED;
+    }
+    memset(&c, 0, sizeof c);
+    c.index = fc->index;
+    c.first_page = fc->first_page;
+    c.num_pages = fc->num_pages;
+    kvx__fsend_chunk_end(fr, fc->fd, fc->name, &c, fc->bytes, crc, res, why);
+    kvx_engine_free(e, fc->segs);
+    kvx_engine_free(e, fc);
+}
+
+/* LAYER-WISE SEND: a part's pieces are all written (or failed): its
+   pieces join the chunk's; the chunk ends with its last part's last. */
+static void kvx__fsend_part_done(kvx__fjob *j) {
+    kvx__froom *fr = j->fr;
+    kvx__fchunk *fc = j->fc;
+    kvx_result res = __atomic_load_n(&j->res, __ATOMIC_ACQUIRE);
+    uint32_t i;
+    int end;
+    pthread_mutex_lock(&fr->mu);
+    for (i = 0; res == KVX_OK && i < j->nstripes && fc->nsegs < fc->cap; i++) {
+        fc->segs[fc->nsegs] = j->segs[i];
+        fc->segs[fc->nsegs++].crc = j->crcs[i];
+    }
+    if (res != KVX_OK && fc->res == KVX_OK) fc->res = res;
+    end = --fc->refs == 0;
+    pthread_mutex_unlock(&fr->mu);
+    if (res != KVX_OK && res != KVX_ERR_ABORTED) kvx__fsend_failed(fr, res, j->why);
+    if (end) kvx__fchunk_end(fr, fc);
+}
+
 /* The work of one piece (see KVX__ST_*); errors go to the job. */
 static void kvx__fstripe_work(kvx__fstripe *st, const kvx_plan *plan, int to_file) {
     kvx__fjob *j = st->job;
@@ -2031,7 +2167,9 @@ static void kvx__fstripe_work(kvx__fstripe *st, const kvx_plan *plan, int to_fil
     uint64_t hi = lo + fr->fe->stripe < j->bytes ? lo + fr->fe->stripe : j->bytes;
     char why[KVX_ERROR_MAX];
     int err = 0;
+    uint32_t k;
     kvx_result res = KVX_OK;
+    if (j->segs && st->kind != KVX__ST_SEQ_IO) lo = j->segs[st->index].lo, hi = j->segs[st->index].hi;
     if (kvx_room_closed(r) || kvx_room_poll(r) == KVX_POLL_FAILED) {
         kvx__fjob_error(j, KVX_ERR_ABORTED, 0, "cancelled");
         return;
@@ -2044,6 +2182,9 @@ static void kvx__fstripe_work(kvx__fstripe *st, const kvx_plan *plan, int to_fil
     }
     if (st->kind == KVX__ST_CRC)
         res = kvx__plan_io(l, plan, to_file, -1, lo, hi, &j->crcs[st->index], &err);
+    else if (st->kind == KVX__ST_SEQ_IO && j->segs) /* the writer of a part: its pieces */
+        for (k = 0; k < j->nstripes && res == KVX_OK; k++)
+            res = kvx__plan_io(l, plan, to_file, j->fd, j->segs[k].lo, j->segs[k].hi, NULL, &err);
     else if (st->kind == KVX__ST_SEQ_IO) /* the writer: the whole file, in order */
         res = kvx__plan_io(l, plan, to_file, j->fd, 0, j->bytes, NULL, &err);
     else
@@ -2068,7 +2209,8 @@ static void kvx__fsend_stripe(void *arg) {
     kvx_engine *e = kvx_room_engine(r);
     kvx__fstripe_work(st, &j->chunk->gather, 1);
     if (__atomic_sub_fetch(&j->left, 1, __ATOMIC_ACQ_REL) == 0) {
-        kvx__fsend_chunk_done(j);
+        if (j->fc) kvx__fsend_part_done(j);
+        else kvx__fsend_chunk_done(j);
         kvx__fjob_free(e, j);
         kvx__froom_leave(fr, 1);
         kvx_room_unref(r);
@@ -2086,14 +2228,15 @@ static kvx_result kvx__fjob_submit(kvx__fjob *j, kvx__job_fn fn, int to_file) {
     int seq = !fr->fe->staged && !j->sliced; /* host pool, whole plan: one in-order I/O
                                                   piece + checksum pieces */
     uint32_t i, n, total, queue_now;
-    n = j->bytes ? (uint32_t)((j->bytes + fr->fe->stripe - 1) / fr->fe->stripe) : 1;
+    if (j->segs) n = j->nstripes; /* a layer-wise part: its pieces (at least one) */
+    else n = j->bytes ? (uint32_t)((j->bytes + fr->fe->stripe - 1) / fr->fe->stripe) : 1;
     total = n + (seq ? 1u : 0u);
     j->nstripes = n;
     j->left = total;
     j->crcs = (uint32_t *)kvx__zalloc(fr->fe->al, n, sizeof(uint32_t));
     j->stripes = stripes = (kvx__fstripe *)kvx__zalloc(fr->fe->al, total, sizeof *stripes);
     if (!j->crcs || !stripes) {
-        if (j->fd >= 0) close(j->fd);
+        if (j->fd >= 0 && !j->fc) close(j->fd); /* a part's file is its chunk's */
         kvx__fjob_free(e, j);
         return KVX_ERR_NO_MEMORY;
     }
@@ -2172,6 +2315,174 @@ static kvx_result kvx__file_sender_init(kvx_room *r, uint32_t n, int32_t aux) {
     return KVX_OK;
 }
 
+/* LAYER-WISE SEND: a part's pieces: the packed ranges its gather plan
+   covers (spans sorted on the packed side, merged where they meet), cut
+   at stripe bytes; at least one (an empty one for a part without bytes).
+   Checked: the ranges increase, stay inside the chunk's packed region and
+   hold the plan's bytes. */
+static kvx_result kvx__fpart_segs(kvx__fjob *j, const kvx_plan *p, uint64_t stripe, char *why,
+                                  size_t wl) {
+    size_t s, a;
+    uint64_t n = 0, sum = 0, prev = 0;
+    int pass;
+    for (pass = 0; pass < 2; pass++) {
+        n = sum = prev = 0;
+        for (s = 0; s < p->count; s = a) {
+            uint64_t lo = p->spans[s].dst_offset, hi = lo + p->spans[s].length;
+            for (a = s + 1; a < p->count && p->spans[a].dst_offset == hi; a++)
+                hi += p->spans[a].length;
+            if (lo < prev || hi < lo || hi > p->packed_bytes) {
+                kvx__set_why(why, wl, "chunk %u: layers [%u, %u) plan bytes [%llu, %llu) outside "
+                             "or before the chunk's packed region [%llu, %llu)", j->chunk->index,
+                             j->chunk->layer_begin, j->chunk->layer_end, (unsigned long long)lo,
+                             (unsigned long long)hi, (unsigned long long)prev,
+                             (unsigned long long)p->packed_bytes);
+                return KVX_ERR_TRANSPORT;
+            }
+            sum += hi - lo;
+            prev = hi;
+            while (lo < hi) {
+                uint64_t end = hi - lo > stripe ? lo + stripe : hi;
+                if (pass) j->segs[n].lo = lo, j->segs[n].hi = end, j->segs[n].crc = 0;
+                n++;
+                lo = end;
+            }
+        }
+        if (!n) { /* no bytes: one empty piece keeps the job's counts */
+            if (pass) memset(j->segs, 0, sizeof *j->segs);
+            n = 1;
+        }
+        if (pass) break;
+        if (sum != p->total_bytes || n > UINT32_MAX / 2) {
+            kvx__set_why(why, wl, "chunk %u: layers [%u, %u) plan %llu bytes in %llu pieces; "
+                         "their spans hold %llu", j->chunk->index, j->chunk->layer_begin,
+                         j->chunk->layer_end, (unsigned long long)p->total_bytes,
+                         (unsigned long long)n, (unsigned long long)sum);
+            return KVX_ERR_TRANSPORT;
+        }
+        j->segs = (kvx__fseg *)kvx__zalloc(j->fr->fe->al, (size_t)n, sizeof *j->segs);
+        if (!j->segs) {
+            kvx__set_why(why, wl, "out of memory for chunk %u's pieces", j->chunk->index);
+            return KVX_ERR_NO_MEMORY;
+        }
+    }
+    j->nstripes = (uint32_t)n;
+    return KVX_OK;
+}
+
+/* LAYER-WISE SEND: opens chunk c's file at its first part. */
+static kvx__fchunk *kvx__fchunk_open(kvx__froom *fr, const kvx_chunk *c) {
+    kvx__fchunk *fc = (kvx__fchunk *)kvx__zalloc(fr->fe->al, 1, sizeof *fc);
+    int dfd = kvx__froom_dfd(fr), err;
+    if (!fc) {
+        kvx_room_fail(fr->room, KVX_ERR_NO_MEMORY, "out of memory for chunk %u", c->index);
+        return NULL;
+    }
+    fc->index = c->index;
+    fc->first_page = c->first_page;
+    fc->num_pages = c->num_pages;
+    fc->bytes = c->gather.packed_bytes;
+    fc->refs = 1; /* until its last part is handed over */
+    snprintf(fc->name, sizeof fc->name, "kv_chunk_%u.bin", c->index);
+    fc->fd = dfd < 0 ? -1
+                     : openat(dfd, fc->name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
+                              (mode_t)fr->fe->file_mode);
+    if (fc->fd < 0) {
+        err = dfd < 0 ? ENOENT : errno;
+        kvx_room_fail(fr->room, kvx__errno_result(err), "cannot create %s/%s: %s", fr->stage_dir,
+                      fc->name, strerror(err));
+        kvx__free(fr->fe->al, fc);
+        return NULL;
+    }
+    return fc;
+}
+
+/* LAYER-WISE SEND: one part of a chunk (not both its first and last):
+   its layers' bytes are written now, pipelined behind the earlier parts on
+   the I/O threads; the chunk is counted with its last part. Takes c. */
+static kvx_result kvx__fsend_part(kvx_room *r, kvx_chunk *c) {
+    kvx_engine *e = kvx_room_engine(r);
+    kvx__froom *fr = (kvx__froom *)kvx_room_data(r);
+    kvx__fchunk *fc;
+    kvx__fjob *j;
+    kvx__fseg *grown;
+    char why[KVX_ERROR_MAX];
+    int last = c->last_part, room_last = c->is_last, end;
+    kvx_result res;
+    pthread_mutex_lock(&fr->mu);
+    fc = fr->open_chunk;
+    pthread_mutex_unlock(&fr->mu);
+    if (c->first_part != !fc || (fc && fc->index != c->index)) { /* the core orders parts */
+        kvx_room_fail(r, KVX_ERR_STATE, "chunk %u: layers [%u, %u) came while chunk %d was open",
+                      c->index, c->layer_begin, c->layer_end, fc ? (int)fc->index : -1);
+        kvx_chunk_free(e, c);
+        return KVX_ERR_STATE;
+    }
+    if (!fc && !(fc = kvx__fchunk_open(fr, c))) {
+        kvx_chunk_free(e, c);
+        return KVX_ERR_IO;
+    }
+    pthread_mutex_lock(&fr->mu);
+    fr->open_chunk = fc;
+    pthread_mutex_unlock(&fr->mu);
+    j = (kvx__fjob *)kvx__zalloc(fr->fe->al, 1, sizeof *j);
+    if (!j) { kvx_chunk_free(e, c); return KVX_ERR_NO_MEMORY; }
+    j->fr = fr;
+    j->chunk = c;
+    j->fc = fc;
+    j->fd = fc->fd;
+    j->bytes = fc->bytes;
+    snprintf(j->name, sizeof j->name, "%s", fc->name);
+    kvx__pathf(j->path, "%s/%s", fr->stage_dir, j->name);
+    why[0] = 0;
+    if ((res = kvx__fpart_segs(j, &c->gather, fr->fe->stripe, why, sizeof why)) != KVX_OK) {
+        kvx_room_fail(r, res, "%s", why);
+        kvx__fjob_free(e, j);
+        return res;
+    }
+    pthread_mutex_lock(&fr->mu);
+    if (fc->reserved + (uint64_t)j->nstripes > fc->cap) { /* room for this part's pieces */
+        uint32_t want = fc->reserved + j->nstripes, cap = fc->cap * 2 > want ? fc->cap * 2 : want;
+        grown = (kvx__fseg *)kvx__zalloc(fr->fe->al, cap, sizeof *grown);
+        if (grown) {
+            if (fc->nsegs) memcpy(grown, fc->segs, fc->nsegs * sizeof *grown);
+            kvx__free(fr->fe->al, fc->segs);
+            fc->segs = grown;
+            fc->cap = cap;
+        }
+    }
+    res = fc->reserved + (uint64_t)j->nstripes > fc->cap ? KVX_ERR_NO_MEMORY : KVX_OK;
+    if (res == KVX_OK) fc->refs++, fc->reserved += j->nstripes; /* this part's */
+    if (last) { /* the chunk is handed over whole: count it, drop the open reference */
+        fr->open_chunk = NULL;
+        fc->refs--;
+        if (res == KVX_OK) {
+            fr->chunks_sent++;
+            if (room_last) fr->last_sent = 1;
+        } else if (fc->res == KVX_OK) {
+            fc->res = res;
+        }
+    }
+    end = fc->refs == 0;
+    pthread_mutex_unlock(&fr->mu);
+    if (res != KVX_OK) {
+        kvx_room_fail(r, res, "out of memory for chunk %u's pieces", c->index);
+        kvx__fjob_free(e, j);
+        if (end) kvx__fchunk_end(fr, fc);
+        return res;
+    }
+    res = kvx__fjob_submit(j, kvx__fsend_stripe, 1); /* j belongs to the workers now */
+    if (res != KVX_OK) {
+        kvx_room_fail(r, res, "out of memory queueing chunk %u", fc->index);
+        pthread_mutex_lock(&fr->mu);
+        if (fc->res == KVX_OK) fc->res = res;
+        end = --fc->refs == 0;
+        pthread_mutex_unlock(&fr->mu);
+        if (end) kvx__fchunk_end(fr, fc);
+    }
+    return res;
+}
+
 static kvx_result kvx__file_sender_send(kvx_room *r, kvx_chunk *c) {
     kvx_engine *e = kvx_room_engine(r);
     kvx__froom *fr = (kvx__froom *)kvx_room_data(r);
@@ -2198,6 +2509,7 @@ static kvx_result kvx__file_sender_send(kvx_room *r, kvx_chunk *c) {
         kvx_chunk_free(e, c);
         return KVX_ERR_NO_MEMORY;
     }
+    if (!(c->first_part && c->last_part)) return kvx__fsend_part(r, c);
     j = (kvx__fjob *)kvx__zalloc(fr->fe->al, 1, sizeof *j);
     if (!j) { kvx_chunk_free(e, c); return KVX_ERR_NO_MEMORY; }
     j->fr = fr;
@@ -3074,6 +3386,7 @@ static void kvx__file_progress(kvx_engine *e) {
 static void kvx__file_hooks(kvx_backend *b) { /* no room_abort: room_failed does it */
     KVX__BACKEND_ROOM_HOOKS(b, kvx__file);
     b->progress = kvx__file_progress;
+    b->layerwise = 1; /* LAYER-WISE SEND: kvx__fsend_part */
 }
 
 KVX_API const kvx_backend *kvx_file_backend(void) {

@@ -32,6 +32,7 @@
 static const char *mnt_a, *mnt_b, *brick;
 static char rel[128]; /* this run's directory inside the volume */
 static const ex_model tiny = {"tiny", 4, 2, 64, 2, 0, "bfloat16"}; /* 8 buffers, 32 KiB pages */
+static int layerwise; /* send_rooms: odd requests' chunks go one layer at a time */
 
 /* The pause between two looks of a polling loop; every loop that calls it
    re-checks an observed state and has a deadline. */
@@ -161,8 +162,12 @@ static int send_rooms(const char *dir, const ex_request *reqs, uint32_t n, uint3
                 }
                 kvx_sender_init(s[w], q->pages, (int32_t)w);
                 while (sent < q->pages) {
-                    uint32_t k = q->pages - sent < chunk ? q->pages - sent : chunk;
-                    kvx_sender_send(s[w], pg[w] + sent, k);
+                    uint32_t k = q->pages - sent < chunk ? q->pages - sent : chunk, l;
+                    if (layerwise && (which[w] & 1))
+                        for (l = 0; l < tiny.layers; l++)
+                            kvx_sender_send_layers(s[w], pg[w] + sent, k, l, l + 1);
+                    else
+                        kvx_sender_send(s[w], pg[w] + sent, k);
                     sent += k;
                 }
             }
@@ -641,10 +646,11 @@ static void test_many_rooms(uint32_t n) {
     pid_t pid;
     int c, started, go[2];
     uint64_t t0;
-    printf("- %u rooms made on A one after another, receivers and 2 lookers polling from B\n", n);
-    at(dir_a, sizeof dir_a, mnt_a, "many");
-    at(dir_b, sizeof dir_b, mnt_b, "many");
-    ex_requests(reqs, n, 777, 16, 64, 16);
+    printf("- %u rooms made on A one after another%s, receivers and 2 lookers polling from B\n", n,
+           layerwise ? " (every other one layer by layer)" : "");
+    at(dir_a, sizeof dir_a, mnt_a, layerwise ? "many_lw" : "many");
+    at(dir_b, sizeof dir_b, mnt_b, layerwise ? "many_lw" : "many");
+    ex_requests(reqs, n, layerwise ? 778 : 777, 16, 64, 16);
     making = (atomic_uint *)mmap(NULL, sizeof *making, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
                                  -1, 0);
     if (making == MAP_FAILED) making = NULL;
@@ -706,6 +712,8 @@ int main(void) {
     test_sender_fails(FAIL_BAD_PAGE);
     test_two_prefills();
     test_many_rooms(200);
+    layerwise = 1; /* LAYER-WISE SEND: the same, half the rooms' chunks sent layer by layer */
+    test_many_rooms(40);
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", top);
     if (system(cmd)) printf("cannot remove %s\n", top);
     return kt_done();
