@@ -1975,6 +1975,10 @@ static kvx_result kvx__tcp_sender_send(kvx_room *r, kvx_chunk *c) {
         }
         j->tr = d;
         j->plan.allocator = te->al;
+        if (!c->first_part || !c->last_part) { /* a layer-wise part: its layers' spans */
+            j->plan.layer_begin = c->layer_begin;
+            j->plan.layer_end = c->layer_end;
+        }
         res = kvx_plan_pages(&j->plan, kvx_engine_layout(e), c->pages, &d->dlayout,
                              d->dst_pages + c->first_page, c->num_pages);
         if (res == KVX_OK && te->staged && j->plan.strided) {
@@ -3340,6 +3344,7 @@ static void kvx__tcp_room_free(kvx_room *r) {
 static void kvx__tcp_hooks(kvx_backend *b) { /* no room_abort: room_failed does it */
     KVX__BACKEND_ROOM_HOOKS(b, kvx__tcp);
     b->progress = kvx__tcp_progress;
+    b->layerwise = 1; /* LAYER-WISE SENDS: each part is queued as it comes */
 }
 
 KVX_API const kvx_backend *kvx_tcp_backend(void) {
