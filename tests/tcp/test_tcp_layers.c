@@ -279,13 +279,16 @@ static void check_landed(const ex_pool *p, uint64_t room, const int32_t *pages, 
 
 /* HOLD / KILL: the prefill stands between two parts; the decode must have
    exactly the bytes handed over, those layers in place, and not succeed.
-   1 when the point was handled (0: its bytes have not all landed yet). */
+   1 when the point was handled, 2 when after waiting 30 s for its bytes
+   (later points then wait no more), 0 while its bytes have not all landed. */
 static int at_point(const scen *t, kvx_engine *e, ex_pool *p, kvx_receiver *r, uint64_t room,
                     const int32_t *pages, double *since) {
     kvx_tcp_stats st;
     char bad[256];
+    int late;
     kvx_tcp_stats_get(e, &st);
-    if (st.bytes_received < sh->want && tt_now() - *since < 30) return 0;
+    late = tt_now() - *since >= 30;
+    if (st.bytes_received < sh->want && !late) return 0;
     check_landed(p, room, pages, sh->chunk, sh->le, bad, sizeof bad);
     CHECK(st.bytes_received == sh->want, "%s: held after chunk %u layers [0, %u): the decode has "
           "%llu bytes, the parts handed over are %llu", t->name, sh->chunk, sh->le,
@@ -294,7 +297,8 @@ static int at_point(const scen *t, kvx_engine *e, ex_pool *p, kvx_receiver *r, u
           t->name, sh->chunk, sh->le, bad);
     CHECK(kvx_receiver_poll(r) == KVX_POLL_TRANSFERRING, "%s: the receiver is %s between layers",
           t->name, kvx_poll_str(kvx_receiver_poll(r)));
-    return 1;
+    if (!late) *since = tt_now();
+    return late ? 2 : 1;
 }
 
 static void run(const scen *t, int si) {
@@ -353,10 +357,8 @@ static void run(const scen *t, int si) {
         done = 0;
         for (i = 0; i < NREQ; i++) done += tt_terminal(kvx_receiver_poll(r[i]));
         if (t->mode == HOLD && __atomic_load_n(&sh->hold_seq, __ATOMIC_ACQUIRE) > holds) {
-            if (at_point(t, e, &p, r[0], room_id(si, 0), pages[0], &since)) {
-                since = tt_now();
+            if (at_point(t, e, &p, r[0], room_id(si, 0), pages[0], &since))
                 __atomic_store_n(&sh->go, ++holds, __ATOMIC_RELEASE);
-            }
         }
         if (t->mode == KILL && !killed && __atomic_load_n(&sh->killme, __ATOMIC_ACQUIRE) &&
             at_point(t, e, &p, r[0], room_id(si, 0), pages[0], &since)) {
