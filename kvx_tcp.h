@@ -56,6 +56,18 @@
      byte, as STATE segments. The decode writes them straight into its
      state rows (GPU state buffers through the pinned stage, like pages)
      and counts them toward completion.
+     LAYER-WISE SENDS (kvx.h kvx_sender_send_layers; the backend says
+     layerwise): kvx__tcp_sender_send takes each part of a chunk as it
+     comes, plans it with the part's layer filter (kvx_plan layer_begin /
+     layer_end: spans of its layers' buffers only, head slices and PP layer
+     numbers as for a whole chunk) and queues it at once behind the earlier
+     parts, so its bytes leave while the engine computes the next layers.
+     Only the part that completes the room (is_last) brings the state rows
+     and lets the aux rows and the ACK deadline follow its last byte (and
+     succeeds an MLA dummy); a part is otherwise a job like any chunk's. Nothing changes on the wire
+     or on the decode side: the receiver counts (buffer, page, head) claims
+     against its own total, so it succeeds after every layer of every chunk
+     and the aux rows, exactly as for whole chunks.
 
    EXAMPLE (two hosts; error handling shortened)
        // given: kvx_layout pool_layout; const int32_t *pages; uint32_t n, k;
