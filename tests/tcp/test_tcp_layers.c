@@ -290,6 +290,12 @@ static int at_point(const scen *t, kvx_engine *e, ex_pool *p, kvx_receiver *r, u
     late = tt_now() - *since >= 30;
     if (st.bytes_received < sh->want && !late) return 0;
     check_landed(p, room, pages, sh->chunk, sh->le, bad, sizeof bad);
+    /* The next part's payload is written after these reads only through
+       the prefill process (go -> its send -> recvmsg), which TSan cannot
+       see: a connection thread takes te->mu before it reads a frame's
+       payload, so this lock orders the reads before it for TSan too. */
+    pthread_mutex_lock(&kvx__tcp_te(e)->mu);
+    pthread_mutex_unlock(&kvx__tcp_te(e)->mu);
     CHECK(st.bytes_received == sh->want, "%s: held after chunk %u layers [0, %u): the decode has "
           "%llu bytes, the parts handed over are %llu", t->name, sh->chunk, sh->le,
           (unsigned long long)st.bytes_received, (unsigned long long)sh->want);
