@@ -8,6 +8,8 @@
      layer of every page verified byte for byte on the decode
      (ex_page_pattern: seeded by room, model layer, K/V, token, head), the
      aux rows, and bytes received == pages + aux rows (each byte once);
+     again with 32 KiB pages and 64 KiB frames (a part is several frames
+     over two streams);
    - the same layer-wise schedule from prefill TP 2 -> decode TP 1 (head
      slices per layer), PP 2 -> 1 (each rank its own layer numbers) and
      MLA TP 2 -> 1 (one dummy that sends nothing);
@@ -15,7 +17,8 @@
      decode has received exactly the bytes of the parts handed over so far
      (so a part moves when it is handed over, no later and no more), those
      layers are in place byte for byte, the later layers of the chunk are
-     still untouched, and the receiver is Transferring, not Success;
+     still untouched, and the receiver is Transferring, not Success (small
+     and 32 KiB pages);
    - out-of-order ranges (layers skipped, a layer sent twice, a chunk that
      starts past the first layer): the sender's room fails with the core's
      sentence, the decode room fails with it too (the peer learns), never
@@ -37,6 +40,9 @@
 
 static const ex_model gqa = {"lw-gqa", 8, 2, 32, 2, 0, "bfloat16"}; /* 16 buffers */
 static const ex_model mla = {"lw-mla", 8, 1, 36, 2, 1, "bfloat16"}; /* 8 buffers */
+/* 32 KiB pages: with 64 KiB frames (KVX_TCP_SEGMENT) a part spans several
+   frames over the streams */
+static const ex_model big = {"lw-big", 8, 8, 128, 2, 0, "bfloat16"};
 
 enum { ALL, EACH, THREE, SKIP, TWICE, LATE }; /* how a chunk's layers are sent */
 enum { NORMAL, HOLD, KILL, BAD_SKIP, BAD_TWICE, BAD_LATE };
@@ -188,6 +194,7 @@ static int prefill_main(const scen *t, int si, int tp, int pp) {
     if (ex_pool_init_rank(&p, t->m, POOL, PAGE, NREQ + 1, 11 + (uint64_t)tp * 7 + (uint64_t)pp, &rk))
         return 3;
     if (tp || pp) wait_int(&sh->boot_port, 1, 30);
+    if (t->m == &big) setenv("KVX_TCP_SEGMENT", "65536", 1);
     memset(&o, 0, sizeof o);
     o.streams = 2;
     o.boot_port = tp || pp ? sh->boot_port : 0;
@@ -390,7 +397,7 @@ static void run(const scen *t, int si) {
               "aux rows are %llu: each byte once", t->name, (unsigned long long)st.bytes_received,
               (unsigned long long)expected);
         if (t->mode == HOLD)
-            CHECK(holds == (int)gqa.layers - 1 + 2, "%s: %d points between parts checked", t->name,
+            CHECK(holds == (int)t->m->layers - 1 + 2, "%s: %d points between parts checked", t->name,
                   holds);
     } else if (t->mode == KILL) {
         CHECK(killed, "%s: the prefill was killed between two layers", t->name);
@@ -439,6 +446,8 @@ int main(int argc, char **argv) {
     static const scen all[] = {
         {"mixed 1 -> 1", &gqa, 1, 1, NORMAL},
         {"held between parts 1 -> 1", &gqa, 1, 1, HOLD},
+        {"mixed 1 -> 1, 32 KiB pages in 64 KiB frames", &big, 1, 1, NORMAL},
+        {"held between parts 1 -> 1, 32 KiB pages in 64 KiB frames", &big, 1, 1, HOLD},
         {"tp 2 -> 1", &gqa, 2, 1, NORMAL},
         {"pp 2 -> 1", &gqa, 1, 2, NORMAL},
         {"mla tp 2 -> 1", &mla, 2, 1, NORMAL},
