@@ -64,10 +64,11 @@
      parts, so its bytes leave while the engine computes the next layers.
      Only the part that completes the room (is_last) brings the state rows
      and lets the aux rows and the ACK deadline follow its last byte (and
-     succeeds an MLA dummy); a part is otherwise a job like any chunk's. Nothing changes on the wire
-     or on the decode side: the receiver counts (buffer, page, head) claims
-     against its own total, so it succeeds after every layer of every chunk
-     and the aux rows, exactly as for whole chunks.
+     succeeds an MLA dummy); a part is otherwise a job like any chunk's.
+     Nothing changes on the wire or on the decode side: the receiver counts
+     (buffer, page, head) claims against its own total, so it succeeds
+     after every layer of every chunk and the aux rows, exactly as for
+     whole chunks.
 
    EXAMPLE (two hosts; error handling shortened)
        // given: kvx_layout pool_layout; const int32_t *pages; uint32_t n, k;
@@ -2000,7 +2001,11 @@ static kvx_result kvx__tcp_sender_send(kvx_room *r, kvx_chunk *c) {
                      "transport yet", lk->name);
         }
         if (res != KVX_OK) {
-            kvx_room_fail(r, res, "chunk %u: %s", c->index, j->plan.error);
+            if (c->first_part && c->last_part)
+                kvx_room_fail(r, res, "chunk %u: %s", c->index, j->plan.error);
+            else
+                kvx_room_fail(r, res, "chunk %u layers [%u, %u): %s", c->index, c->layer_begin,
+                              c->layer_end, j->plan.error);
             kvx__tcp_job_free(e, j);
             kvx_chunk_free(e, c);
             return res;

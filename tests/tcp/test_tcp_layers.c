@@ -18,7 +18,9 @@
      (so a part moves when it is handed over, no later and no more), those
      layers are in place byte for byte, the later layers of the chunk are
      still untouched, and the receiver is Transferring, not Success (small
-     and 32 KiB pages);
+     and 32 KiB pages; and with the prefill's pool in GPU memory, a mock
+     device behind kvx_mem_ops, so every frame goes through the pinned
+     stage);
    - out-of-order ranges (layers skipped, a layer sent twice, a chunk that
      starts past the first layer): the sender's room fails with the core's
      sentence, the decode room fails with it too (the peer learns), never
@@ -52,6 +54,7 @@ typedef struct scen {
     const ex_model *m;
     int ptp, ppp;
     int mode;
+    int gpu; /* the prefill pool in (mock) GPU memory: frames through the pinned stage */
 } scen;
 
 typedef struct shared {
@@ -64,7 +67,7 @@ typedef struct shared {
     uint32_t chunk, le; /* the chunk and the end of its layers sent (model numbers) */
     int killme;
     struct {
-        int ok, failed;
+        int ok, failed, copies; /* copies: device copies through kvx_mem_ops (gpu) */
         uint64_t bytes;
         char err[KVX_ERROR_MAX + 64];
     } pre[MAXR][MAXR];
@@ -185,6 +188,8 @@ static int prefill_main(const scen *t, int si, int tp, int pp) {
     char why[KVX_ERROR_MAX];
     sender_ctx x;
     kvx_tcp_stats st;
+    kvx_mem_ops mem;
+    kvx_buffer dev[64];
     int i;
     uint32_t c;
     rk.tp = (uint32_t)t->ptp;
@@ -202,6 +207,15 @@ static int prefill_main(const scen *t, int si, int tp, int pp) {
     o.tp_rank = tp;
     o.pp_size = t->ppp;
     o.pp_rank = pp;
+    if (t->gpu) { /* device pointers (host ^ DEV_TAG) copied through tt_mock_copy */
+        tt_devmem(p.bufs, p.layout.num_buffers, dev);
+        memset(&mem, 0, sizeof mem);
+        mem.copy = tt_mock_copy;
+        mem.host_alloc = tt_mock_alloc;
+        mem.host_free = tt_mock_free;
+        o.bufs = dev;
+        o.mem = &mem;
+    }
     if (!(e = tt_engine(KVX_ROLE_PREFILL, &p.layout, &o, why, sizeof why))) {
         snprintf(sh->pre[tp][pp].err, sizeof sh->pre[0][0].err, "engine: %s", why);
         __atomic_add_fetch(&sh->prefill_up, 1, __ATOMIC_ACQ_REL);
@@ -239,6 +253,7 @@ static int prefill_main(const scen *t, int si, int tp, int pp) {
     }
     kvx_tcp_stats_get(e, &st);
     sh->pre[tp][pp].bytes = st.bytes_sent;
+    sh->pre[tp][pp].copies = __atomic_load_n(&tt_mock_copies, __ATOMIC_RELAXED);
     wait_int(&sh->decode_done, 1, 60); /* the control connection stays up till then */
     for (i = 0; i < NREQ; i++) kvx_sender_destroy(s[i]);
     kvx_engine_destroy(e);
@@ -425,6 +440,9 @@ static void run(const scen *t, int si) {
                 CHECK(sh->pre[a][q].ok == NREQ, "%s: prefill tp %d pp %d: %d of %d senders "
                       "Success, %llu bytes sent %s", t->name, a, q, sh->pre[a][q].ok, NREQ,
                       (unsigned long long)sh->pre[a][q].bytes, sh->pre[a][q].err);
+    if (t->gpu)
+        CHECK(sh->pre[0][0].copies > 0, "%s: the prefill's frames came out of GPU memory through "
+              "kvx_mem_ops (%d copies)", t->name, sh->pre[0][0].copies);
     if (t->m->mla && t->ptp > 1)
         CHECK(sh->pre[1][0].bytes == 0, "%s: the MLA dummy sent %llu bytes", t->name,
               (unsigned long long)sh->pre[1][0].bytes);
@@ -444,17 +462,18 @@ out:
 
 int main(int argc, char **argv) {
     static const scen all[] = {
-        {"mixed 1 -> 1", &gqa, 1, 1, NORMAL},
-        {"held between parts 1 -> 1", &gqa, 1, 1, HOLD},
-        {"mixed 1 -> 1, 32 KiB pages in 64 KiB frames", &big, 1, 1, NORMAL},
-        {"held between parts 1 -> 1, 32 KiB pages in 64 KiB frames", &big, 1, 1, HOLD},
-        {"tp 2 -> 1", &gqa, 2, 1, NORMAL},
-        {"pp 2 -> 1", &gqa, 1, 2, NORMAL},
-        {"mla tp 2 -> 1", &mla, 2, 1, NORMAL},
-        {"layers skipped", &gqa, 1, 1, BAD_SKIP},
-        {"a layer sent twice", &gqa, 1, 1, BAD_TWICE},
-        {"a chunk starting past its first layer", &gqa, 1, 1, BAD_LATE},
-        {"prefill killed between layers", &gqa, 1, 1, KILL},
+        {"mixed 1 -> 1", &gqa, 1, 1, NORMAL, 0},
+        {"held between parts 1 -> 1", &gqa, 1, 1, HOLD, 0},
+        {"mixed 1 -> 1, 32 KiB pages in 64 KiB frames", &big, 1, 1, NORMAL, 0},
+        {"held between parts 1 -> 1, 32 KiB pages in 64 KiB frames", &big, 1, 1, HOLD, 0},
+        {"held between parts 1 -> 1, prefill pool in GPU memory (mock)", &gqa, 1, 1, HOLD, 1},
+        {"tp 2 -> 1", &gqa, 2, 1, NORMAL, 0},
+        {"pp 2 -> 1", &gqa, 1, 2, NORMAL, 0},
+        {"mla tp 2 -> 1", &mla, 2, 1, NORMAL, 0},
+        {"layers skipped", &gqa, 1, 1, BAD_SKIP, 0},
+        {"a layer sent twice", &gqa, 1, 1, BAD_TWICE, 0},
+        {"a chunk starting past its first layer", &gqa, 1, 1, BAD_LATE, 0},
+        {"prefill killed between layers", &gqa, 1, 1, KILL, 0},
     };
     size_t i;
     const char *only = argc > 1 ? argv[1] : getenv("TT_LAYERS");
