@@ -56,6 +56,19 @@
      byte, as STATE segments. The decode writes them straight into its
      state rows (GPU state buffers through the pinned stage, like pages)
      and counts them toward completion.
+     LAYER-WISE SENDS (kvx.h kvx_sender_send_layers; the backend says
+     layerwise): kvx__tcp_sender_send takes each part of a chunk as it
+     comes, plans it with the part's layer filter (kvx_plan layer_begin /
+     layer_end: spans of its layers' buffers only, head slices and PP layer
+     numbers as for a whole chunk) and queues it at once behind the earlier
+     parts, so its bytes leave while the engine computes the next layers.
+     Only the part that completes the room (is_last) brings the state rows
+     and lets the aux rows and the ACK deadline follow its last byte (and
+     succeeds an MLA dummy); a part is otherwise a job like any chunk's.
+     Nothing changes on the wire or on the decode side: the receiver counts
+     (buffer, page, head) claims against its own total, so it succeeds
+     after every layer of every chunk and the aux rows, exactly as for
+     whole chunks.
 
    EXAMPLE (two hosts; error handling shortened)
        // given: kvx_layout pool_layout; const int32_t *pages; uint32_t n, k;
@@ -1975,6 +1988,10 @@ static kvx_result kvx__tcp_sender_send(kvx_room *r, kvx_chunk *c) {
         }
         j->tr = d;
         j->plan.allocator = te->al;
+        if (!c->first_part || !c->last_part) { /* a layer-wise part: its layers' spans */
+            j->plan.layer_begin = c->layer_begin;
+            j->plan.layer_end = c->layer_end;
+        }
         res = kvx_plan_pages(&j->plan, kvx_engine_layout(e), c->pages, &d->dlayout,
                              d->dst_pages + c->first_page, c->num_pages);
         if (res == KVX_OK && te->staged && j->plan.strided) {
@@ -1984,7 +2001,11 @@ static kvx_result kvx__tcp_sender_send(kvx_room *r, kvx_chunk *c) {
                      "transport yet", lk->name);
         }
         if (res != KVX_OK) {
-            kvx_room_fail(r, res, "chunk %u: %s", c->index, j->plan.error);
+            if (c->first_part && c->last_part)
+                kvx_room_fail(r, res, "chunk %u: %s", c->index, j->plan.error);
+            else
+                kvx_room_fail(r, res, "chunk %u layers [%u, %u): %s", c->index, c->layer_begin,
+                              c->layer_end, j->plan.error);
             kvx__tcp_job_free(e, j);
             kvx_chunk_free(e, c);
             return res;
@@ -3340,6 +3361,7 @@ static void kvx__tcp_room_free(kvx_room *r) {
 static void kvx__tcp_hooks(kvx_backend *b) { /* no room_abort: room_failed does it */
     KVX__BACKEND_ROOM_HOOKS(b, kvx__tcp);
     b->progress = kvx__tcp_progress;
+    b->layerwise = 1; /* LAYER-WISE SENDS: each part is queued as it comes */
 }
 
 KVX_API const kvx_backend *kvx_tcp_backend(void) {
