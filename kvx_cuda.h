@@ -148,6 +148,15 @@
          when the last chunk's copies are done it sends the aux rows (AUX
          MESSAGE), then status Success with the byte count, both on the
          room frame's control connection, and the sender succeeds.
+       layer-wise sends (kvx.h kvx_sender_send_layers; backend
+         layerwise = 1): each part of a chunk is planned as it is handed
+         over, with the plan's layer filter (only that part's layers'
+         source buffers), and its copies are queued at once on the peer's
+         stream, behind the earlier parts'; the aux message and the Success
+         status wait for the room's last part (the last chunk's last
+         layer), so the decode side succeeds exactly as for whole chunks.
+         Nothing on the wire changes. Stats: parts counts plans, chunks
+         only complete chunks.
        hybrid state (kvx.h HYBRID STATE): the room frame carries the
          decode's state indices (kvx_boot protocol v4), kept per decode
          rank; with the last chunk, the prefill rank that writes that decode
@@ -498,7 +507,7 @@ typedef struct kvx_cuda_transport_stats {
     uint64_t peers;           /* prefill gauge: decode engines mapped now */
     uint64_t imports;         /* prefill: allocations imported (cuIpcOpenMemHandle) */
     uint64_t imports_live;    /* prefill gauge: imports not closed yet */
-    uint64_t chunks;          /* prefill: chunks queued */
+    uint64_t chunks;          /* prefill: chunks queued (a layer-wise chunk at its last part) */
     uint64_t spans;           /* prefill: plan spans queued (every decode rank's) */
     uint64_t bytes;           /* prefill: KV bytes queued (every decode rank's) */
     uint64_t aux_rows;        /* prefill: aux rows sent; decode: aux rows placed */
@@ -507,6 +516,8 @@ typedef struct kvx_cuda_transport_stats {
     uint64_t driver_errors;   /* prefill: copies the driver failed */
     uint64_t fence_waits;     /* decode: receivers destroyed while the prefill could write */
     uint64_t fence_timeouts;  /* decode: of which the prefill did not confirm in time */
+    uint64_t parts;           /* prefill: plans queued, one per kvx_sender_send and one per
+                                 kvx_sender_send_layers call (LAYER-WISE SEND) */
 } kvx_cuda_transport_stats;
 /* Copies the counters of an engine running the cuda transport.
    KVX_ERR_INVALID_ARGUMENT when e or out is NULL or e runs another transport,
@@ -3078,6 +3089,10 @@ static kvx_result kvx__cux_queue(kvx__cux_room *cr, kvx__cux_dst *d, const kvx_c
     kvx_result res = KVX_OK;
     d->plan.count = 0;
     d->plan.total_bytes = 0;
+    /* LAYER-WISE SEND: a part plans its layers' source buffers only (the
+       filter is kept by the builders: set for every chunk) */
+    d->plan.layer_begin = c->first_part && c->last_part ? 0 : c->layer_begin;
+    d->plan.layer_end = c->first_part && c->last_part ? 0 : c->layer_end;
     if (c->num_pages && d->bpp &&
         (res = kvx_plan_pages(&d->plan, l, c->pages, &p->dst, d->pages + c->first_page,
                               c->num_pages)) != KVX_OK)
@@ -3130,8 +3145,10 @@ static kvx_result kvx__cux_state_counts(kvx__cux_room *cr, uint32_t ns, char *wh
     return KVX_OK;
 }
 
-/* Queues a chunk's copies to every destination; the completion thread
-   reports the room once the last chunk's copies are done everywhere. */
+/* Queues a chunk's copies to every destination (or a layer-wise part's:
+   its layers only, at once, behind the earlier parts on the peer's
+   stream); the completion thread reports the room once the last chunk's
+   (last part's) copies are done everywhere. */
 static kvx_result kvx__cux_sender_send(kvx_room *r, kvx_chunk *c) {
     kvx__cux_room *cr = kvx__cux_cr(r);
     kvx__cux_engine *ce = cr->ce;
@@ -3139,7 +3156,7 @@ static kvx_result kvx__cux_sender_send(kvx_room *r, kvx_chunk *c) {
     const char *to = "";
     kvx_result res = KVX_OK;
     uint32_t index = c->index, i, ns = 0;
-    int last = c->is_last, msg;
+    int last = c->is_last, closes = c->last_part, msg;
     const int32_t *sidx = last ? kvx_room_state(r, &ns) : NULL;
     pthread_mutex_lock(&cr->x.mu);
     if (kvx_room_poll(r) == KVX_POLL_FAILED) { /* failed meanwhile; told already */
@@ -3170,7 +3187,8 @@ static kvx_result kvx__cux_sender_send(kvx_room *r, kvx_chunk *c) {
     if (res != KVX_OK)
         return kvx__cux_fail_tell(r, res, "chunk %u of room %llu for decode %s: %s", index,
                                   (unsigned long long)cr->x.id, to, why);
-    KVX__ADD(&ce->st.chunks, 1);
+    KVX__ADD(&ce->st.parts, 1);
+    if (closes) KVX__ADD(&ce->st.chunks, 1); /* a part is not a chunk */
     kvx__cux_kick(ce);
     return KVX_OK;
 }
@@ -4113,6 +4131,7 @@ static void kvx__cux_room_free(kvx_room *r) {
 
 static void kvx__cux_hooks(kvx_backend *b) { /* no room_abort: room_failed tells the peer */
     KVX__BACKEND_ROOM_HOOKS(b, kvx__cux);
+    b->layerwise = 1; /* LAYER-WISE SEND: each part's copies are queued as it comes */
 }
 
 KVX_API const kvx_backend *kvx_cuda_backend(void) {

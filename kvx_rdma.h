@@ -45,6 +45,24 @@
      its last one, so kvx_receiver_destroy can wait (KVX_IB_FENCE_TIMEOUT)
      until no more bytes of it can land.
 
+   LAYER-WISE SEND (kvx.h kvx_sender_send_layers; backend layerwise = 1)
+     Each part of a chunk (its layers [layer_begin, layer_end)) is planned on
+     its own as it is handed over: kvx_plan_pages with the plan's layer
+     filter against the decode rank's announced layout (or its staging area),
+     so only that part's source buffers get spans, cut over the queue pairs
+     and posted at once, behind the earlier parts' WRITEs on the same queue
+     pairs. Nothing else changes: the WRITE WITH IMMEDIATE on every queue
+     pair, the aux (and state) rows and the status Success go only with the
+     room's last part (the last chunk's last layer), and the decode side
+     succeeds exactly as for whole chunks (every byte of every layer of
+     every chunk, then aux). The wire is the same (no new message, no
+     version change); a decode side cannot tell layer-wise from all-layer
+     sends. A sender that fails the room between parts (a refused range, a
+     process killed) fails the decode room through status Failed or the
+     lost control connection, never Success. Stats: `parts` counts plans
+     (one per kvx_sender_send, one per kvx_sender_send_layers call),
+     `chunks` only a chunk's last part.
+
    EXAMPLE (prefill side; the rest as kvx_tcp.h's, with transport "rdma")
        // given: kvx_layout layout;
        kvx_rdma_register();                  // makes "rdma" a transport name
@@ -327,7 +345,7 @@ KVX_API int kvx_rdma_compiled(void);
 /* Counters of one rdma engine (monotonic; the work requests and posts are
    the prefill's, the immediates received the decode's). */
 typedef struct kvx_rdma_stats {
-    uint64_t chunks;        /* chunks planned */
+    uint64_t chunks;        /* chunks planned (a layer-wise chunk at its last part) */
     uint64_t spans;         /* plan spans (coalesced page runs x buffers, aux rows) */
     uint64_t wrs;           /* RDMA WRITE work requests posted (immediates included) */
     uint64_t imm_wrs;       /* of which WRITE WITH IMMEDIATE */
@@ -341,6 +359,8 @@ typedef struct kvx_rdma_stats {
     uint64_t errors;        /* connections failed */
     uint64_t cm_refused;    /* exchange messages refused (malformed, wrong direction or
                                instance, answering no exchange in progress) */
+    uint64_t parts;         /* plans submitted: one per chunk sent with kvx_sender_send,
+                               one per kvx_sender_send_layers call (LAYER-WISE SEND) */
 } kvx_rdma_stats;
 /* Copies the counters of an rdma engine. KVX_ERR_INVALID_ARGUMENT when e
    or out is NULL or e is not an rdma engine, KVX_ERR_NOT_COMPILED without
@@ -3005,7 +3025,10 @@ static kvx_result kvx__rdma_state_last(kvx__rdma_room *rr) {
     return KVX_OK;
 }
 
-/* Plans one chunk and queues it on the queue pairs (rr->mu held). */
+/* Plans one chunk, or one part of a layer-wise chunk (LAYER-WISE SEND: the
+   part's layers only, at once, behind the earlier parts on the same queue
+   pairs; the immediates and aux rows go with the room's last part), and
+   queues it on the queue pairs (rr->mu held). */
 static void kvx__rdma_submit(kvx__rdma_engine *re, kvx__rdma_room *rr, kvx_chunk *c) {
     kvx__rdma_pair *p = rr->pair;
     kvx_engine *e = re->e;
@@ -3033,6 +3056,10 @@ static void kvx__rdma_submit(kvx__rdma_engine *re, kvx__rdma_room *rr, kvx_chunk
         rr->aux_checked = 1;
     }
     if (c->is_last && kvx__rdma_state_last(rr) != KVX_OK) goto drop;
+    if (!(c->first_part && c->last_part)) { /* a part: only its layers' source buffers */
+        j->plan.layer_begin = c->layer_begin;
+        j->plan.layer_end = c->layer_end;
+    }
     res = rr->dummy ? KVX_OK /* an MLA dummy: an empty plan, the immediates only */
                     : kvx_plan_pages(&j->plan, kvx_engine_layout(e), c->pages, &p->peer_layout,
                                      rr->dst + c->first_page, c->num_pages);
@@ -3062,7 +3089,8 @@ static void kvx__rdma_submit(kvx__rdma_engine *re, kvx__rdma_room *rr, kvx_chunk
         }
         j->stage = 1;
     }
-    KVX__RDMA_STAT(re, chunks, 1);
+    KVX__RDMA_STAT(re, parts, 1);
+    if (c->last_part) KVX__RDMA_STAT(re, chunks, 1); /* a part is not a chunk */
     KVX__RDMA_STAT(re, spans, j->plan.count);
     kvx__rdma_cuts(&j->plan, (uint64_t)re->cfg.max_msg, p->nqp, cut);
     pthread_mutex_lock(&p->mu);
@@ -3917,6 +3945,10 @@ static kvx_chunk *kvx__rdma_chunk_dup(kvx_engine *e, const kvx_chunk *c) {
     d->total_pages = c->total_pages;
     d->is_last = c->is_last;
     d->aux_index = c->aux_index;
+    d->layer_begin = c->layer_begin; /* LAYER-WISE SEND: the same part for every leg */
+    d->layer_end = c->layer_end;
+    d->first_part = c->first_part;
+    d->last_part = c->last_part;
     d->gather.allocator = c->gather.allocator;
     if (c->num_pages) {
         d->pages = (int32_t *)kvx_engine_alloc(e, c->num_pages * sizeof *d->pages);
@@ -4347,6 +4379,7 @@ KVX_API int kvx_rdma_compiled(void) { return 1; }
 static void kvx__rdma_hooks(kvx_backend *b) { /* no room_abort: room_failed tells the peer */
     KVX__BACKEND_ROOM_HOOKS(b, kvx__rdma);
     b->progress = kvx__rdma_progress;
+    b->layerwise = 1; /* LAYER-WISE SEND: each part's WRITEs are posted as it comes */
 }
 
 KVX_API const kvx_backend *kvx_rdma_backend(void) {
