@@ -285,7 +285,7 @@
 extern "C" {
 #endif
 
-#define KVX_STORE_FORMAT_VERSION 1
+#define KVX_STORE_FORMAT_VERSION 2   /* newest written; 1 and 2 are read (BLOCK FILE) */
 #define KVX_STORE_HEADER_FIXED 96     /* bytes of the header before item_len[] */
 #define KVX_STORE_HEADER_MAX 65536    /* most header_size a reader accepts */
 #define KVX_STORE_UNLIMITED (~(uint64_t)0)
@@ -364,6 +364,75 @@ KVX_API kvx_result kvx_store_batch_put(kvx_store *s, const kvx_store_key *keys,
    thread-safe. */
 KVX_API kvx_result kvx_store_batch_get(kvx_store *s, const kvx_store_key *keys,
                                        const int32_t *dst_pages, size_t n, size_t *loaded);
+
+/* >>layer-wise load: a prefix loaded back layer by layer, so an engine can
+   run layer 0 while later layers are still being read (LAYER-WISE LOAD). */
+typedef struct kvx_store_load kvx_store_load;
+
+/* Starts loading keys[i] into pool page dst_pages[i], i < n, in the
+   background, layer by layer: layer 0 of every key first, then layer 1...
+   (the layout's layers: MHA layer i is K buffer i and V buffer L + i of L =
+   num_buffers / 2, MLA layer i buffer i; model layer layer_begin + i).
+   keys and dst_pages are copied. The I/O runs on a thread of the load's
+   own and the store's I/O threads (io_threads in all, as a batch). Unlike
+   kvx_store_batch_get, every key must load: a miss, a corrupt block or an
+   I/O error fails the load (kvx_store_load_wait_layer says which key and
+   why); call kvx_store_batch_exists first for the prefix to load. On
+   success *out is the load, to be ended with kvx_store_load_end (always,
+   also after a failure). Refused with nothing read, *out NULL and the
+   reason logged: KVX_ERR_INVALID_ARGUMENT (NULL s, out, keys or dst_pages
+   with n > 0; an MHA layout with an odd buffer count), KVX_ERR_OUT_OF_RANGE
+   / KVX_ERR_DUPLICATE (a destination page outside the pool or twice),
+   KVX_ERR_NO_MEMORY (also: no thread could be started). The destination
+   pages must not be used by anyone else until the load is ended. Does not
+   block on I/O; thread-safe. Every load must be ended before
+   kvx_store_close. */
+KVX_API kvx_result kvx_store_load_begin(kvx_store *s, const kvx_store_key *keys,
+                                        const int32_t *dst_pages, size_t n,
+                                        kvx_store_load **out);
+
+/* Layers of the load (of the store's layout): wait_layer takes 0 .. this - 1.
+   0 for NULL. */
+KVX_API uint32_t kvx_store_load_num_layers(const kvx_store_load *ld);
+
+/* Waits until layer `layer` of every key is in the pool and verified
+   (every byte of its buffers read and its CRC32C matched: see
+   LAYER-WISE LOAD), which means every layer before it is too; layers
+   become available in order 0, 1, 2... KVX_OK then (also when the load
+   failed later on). Otherwise KVX_ERR_TIMEOUT once timeout_ms milliseconds
+   passed (0: only looks; < 0: no limit), or the load's error when it failed
+   first (KVX_ERR_NOT_FOUND: a key is not stored or went away while read;
+   KVX_ERR_CORRUPT; KVX_ERR_IO...; the sentence in kvx_store_load_error):
+   no later layer will come. Refused: KVX_ERR_INVALID_ARGUMENT (NULL),
+   KVX_ERR_OUT_OF_RANGE (layer >= kvx_store_load_num_layers), the sentence
+   in kvx_store_load_call_error and logged. Blocks up to timeout_ms;
+   thread-safe, but not concurrently with kvx_store_load_end. */
+KVX_API kvx_result kvx_store_load_wait_layer(kvx_store_load *ld, uint32_t layer, int timeout_ms);
+
+/* How many layers from layer 0 on are available (as wait_layer's KVX_OK):
+   0 .. kvx_store_load_num_layers. Never blocks; thread-safe. 0 for NULL. */
+KVX_API uint32_t kvx_store_load_layers_done(kvx_store_load *ld);
+
+/* Why the load failed: a sentence naming the key's index and block file
+   and what happened; "" while it has not failed (and for NULL). Valid
+   until kvx_store_load_end. */
+KVX_API const char *kvx_store_load_error(kvx_store_load *ld);
+
+/* The sentence of the last call on ld that was refused (wait_layer with a
+   layer out of range); "" when none. Valid until kvx_store_load_end. */
+KVX_API const char *kvx_store_load_call_error(kvx_store_load *ld);
+
+/* Ends the load: I/O not started yet is cancelled, I/O in flight is
+   waited for (no byte is written into the pool after this returns), the
+   thread is joined and ld freed. *loaded (NULL ok) is the length of the
+   longest prefix of keys whose every layer was read and verified (all n
+   when the load completed); only those pages hold loaded bytes, the others
+   may hold some layers or partly written ones. Returns KVX_OK when every
+   key loaded, the load's error when it failed (as wait_layer), or
+   KVX_ERR_ABORTED when it was ended before every layer was read. Loaded
+   blocks become most recently used. NULL: KVX_ERR_INVALID_ARGUMENT. Blocks
+   for the I/O in flight (at most one read per I/O thread). */
+KVX_API kvx_result kvx_store_load_end(kvx_store_load *ld, size_t *loaded);
 
 /* How many keys from keys[0] on are present, stopping at the first that is
    not: the prefix hit that decides a prefetch (cost: HOT PATH COSTS). A
@@ -445,10 +514,12 @@ typedef struct kvx_store_block_info {
     uint32_t data_crc, page_size;
     uint64_t kv_fingerprint;
     const uint8_t *item_lens; /* num_buffers u64 LE, inside the parsed buffer */
+    const uint8_t *buf_crcs;  /* version 2: num_buffers u32 LE, CRC32C of each buffer's
+                                 data bytes, inside the parsed buffer; NULL in version 1 */
 } kvx_store_block_info;
 
-/* Parses and checks a block header held in buf[0..len): magic, version,
-   sizes within bounds, header CRC, flags, page_count >= 1, every item_len
+/* Parses and checks a block header held in buf[0..len): magic, version
+   (1 or 2), sizes within bounds (version 2: room for buf_crc[]), header CRC, flags, page_count >= 1, every item_len
    >= 1, data_len == page_count * sum(item_len) without overflow. Pure: no
    I/O, no allocation, never reads outside buf. KVX_OK, or KVX_ERR_CORRUPT
    with a sentence in why (when len < header_size, out->header_size is set
@@ -458,6 +529,9 @@ KVX_API kvx_result kvx_store_header_parse(const void *buf, size_t len, kvx_store
                                           char *why, size_t why_len);
 /* item_len of buffer i of a parsed header (0 when i is out of range). */
 KVX_API uint64_t kvx_store_block_item_len(const kvx_store_block_info *b, uint32_t i);
+/* CRC32C of buffer i's data bytes as a version 2 header holds it; 0 when
+   i is out of range or the header is version 1 (no per-buffer CRCs). */
+KVX_API uint32_t kvx_store_block_buf_crc(const kvx_store_block_info *b, uint32_t i);
 
 /* >>inspection -------------------------------------------------------------- */
 
@@ -679,6 +753,34 @@ static uint32_t kvx__store_crc32c(uint32_t crc, const void *p, size_t len) {
     return kvx_crc32c(crc, p, len);
 }
 
+/* CRC32C combination (as zlib's crc32_combine, polynomial 0x82F63B78):
+   crc(A || B) = (crc(A) x^(8|B|) mod P) + crc(B). Format version 2 keeps a
+   CRC per buffer and the whole data's CRC; the writer computes the buffers'
+   and combines them. Reflected 32-bit operands (x^0 in bit 31). */
+static uint32_t kvx__store_gf_mul(uint32_t a, uint32_t b) {
+    uint32_t m = 1u << 31, p = 0;
+    for (; m; m >>= 1) {
+        if (a & m) p ^= b;
+        b = b & 1 ? (b >> 1) ^ 0x82F63B78u : b >> 1;
+    }
+    return p;
+}
+
+/* x^(8 n) mod P, by squaring. */
+static uint32_t kvx__store_x8n(uint64_t n) {
+    uint32_t p = 1u << 31, sq = 1u << 23; /* 1; x^8 */
+    for (; n; n >>= 1) {
+        if (n & 1) p = kvx__store_gf_mul(sq, p);
+        sq = kvx__store_gf_mul(sq, sq);
+    }
+    return p;
+}
+
+/* crc(A || B) from crc1 = crc(A), crc2 = crc(B), x8n = kvx__store_x8n(|B|). */
+static uint32_t kvx__store_crc_combine(uint32_t crc1, uint32_t crc2, uint32_t x8n) {
+    return kvx__store_gf_mul(x8n, crc1) ^ crc2;
+}
+
 static const char kvx__store_hexd[] = "0123456789abcdef";
 
 static int kvx__store_hexval(char c) {
@@ -781,6 +883,11 @@ KVX_API uint64_t kvx_store_block_item_len(const kvx_store_block_info *b, uint32_
     return kvx__le_r64(b->item_lens + 8 * (size_t)i);
 }
 
+KVX_API uint32_t kvx_store_block_buf_crc(const kvx_store_block_info *b, uint32_t i) {
+    if (!b || !b->buf_crcs || i >= b->num_buffers) return 0;
+    return kvx__le_r32(b->buf_crcs + 4 * (size_t)i);
+}
+
 KVX_API kvx_result kvx_store_header_parse(const void *buf, size_t len, kvx_store_block_info *o,
                                           char *why, size_t wl) {
     const uint8_t *p = (const uint8_t *)buf;
@@ -795,9 +902,9 @@ KVX_API kvx_result kvx_store_header_parse(const void *buf, size_t len, kvx_store
     if (memcmp(p, "KVXBLOCK", 8))
         return kvx__why(KVX_ERR_CORRUPT, why, wl, "bad magic (not a kvx block)");
     o->version = kvx__le_r32(p + 8);
-    if (o->version != KVX_STORE_FORMAT_VERSION)
-        return kvx__why(KVX_ERR_CORRUPT, why, wl, "format version %u; this reader knows %d",
-                              o->version, KVX_STORE_FORMAT_VERSION);
+    if (o->version != 1 && o->version != 2)
+        return kvx__why(KVX_ERR_CORRUPT, why, wl, "format version %u; this reader knows 1 and 2",
+                              o->version);
     o->header_size = kvx__le_r32(p + 12);
     o->header_crc = kvx__le_r32(p + 16);
     o->num_buffers = kvx__le_r32(p + 68);
@@ -806,9 +913,10 @@ KVX_API kvx_result kvx_store_header_parse(const void *buf, size_t len, kvx_store
         return kvx__why(KVX_ERR_CORRUPT, why, wl, "header_size %u is not a multiple of 8 in "
                               "[%d, %d]", o->header_size, KVX_STORE_HEADER_FIXED + 8,
                               KVX_STORE_HEADER_MAX);
-    if (o->num_buffers == 0 || o->num_buffers > (o->header_size - KVX_STORE_HEADER_FIXED) / 8)
+    if (o->num_buffers == 0 ||
+        o->num_buffers > (o->header_size - KVX_STORE_HEADER_FIXED) / (o->version == 2 ? 12 : 8))
         return kvx__why(KVX_ERR_CORRUPT, why, wl, "num_buffers %u does not fit header_size "
-                              "%u", o->num_buffers, o->header_size);
+                              "%u (version %u)", o->num_buffers, o->header_size, o->version);
     if (len < o->header_size)
         return kvx__why(KVX_ERR_CORRUPT, why, wl, "header truncated: %zu of %u bytes", len,
                               o->header_size);
@@ -825,6 +933,7 @@ KVX_API kvx_result kvx_store_header_parse(const void *buf, size_t len, kvx_store
     o->page_size = kvx__le_r32(p + 84);
     o->kv_fingerprint = kvx__le_r64(p + 88);
     o->item_lens = p + KVX_STORE_HEADER_FIXED;
+    if (o->version == 2) o->buf_crcs = o->item_lens + 8 * (size_t)o->num_buffers;
     if (o->flags)
         return kvx__why(KVX_ERR_CORRUPT, why, wl, "unknown flags %08x", o->flags);
     if (o->page_count == 0)
@@ -880,7 +989,10 @@ struct kvx_store {
     char cfg_hex[17];
     uint64_t cfg_hash, kv_fp, capacity;
     uint32_t nb, hdr_size;
+    uint32_t fmt;          /* format version this store writes: 2 when buf_crc[] fits */
     uint64_t data_len, block_bytes;
+    uint64_t *boff;        /* nb + 1: data offset of buffer b (boff[nb] = data_len) */
+    uint32_t *x8n;         /* nb: kvx__store_x8n(item_len of buffer b) */
     uint8_t *hdr_template; /* this store's header with key and CRCs zero */
     size_t scratch_bytes;  /* header + iovecs + a one-page plan with nb spans */
     size_t plan_at;        /* offset of that plan in a scratch */
@@ -1371,6 +1483,22 @@ static int kvx__store_iov_fill(const kvx_store *s, const kvx_plan *p, size_t *k,
     return n;
 }
 
+/* Folds the pool bytes of plan p from the cursor (span k, in bytes into
+   it) up to file offset end into the CRC of each span's buffer, tb[4 b]. */
+static void kvx__store_crc_bufs(const kvx_store *s, const kvx_plan *p, size_t k, uint64_t in,
+                                uint64_t end, uint8_t *tb) {
+    for (; k < p->count; k++, in = 0) {
+        const kvx_span *sp = &p->spans[k];
+        uint64_t at = s->hdr_size + sp->dst_offset + in, take = sp->length - in;
+        uint8_t *t = tb + 4 * (size_t)sp->buffer;
+        if (at >= end) break;
+        if (take > end - at) take = end - at;
+        kvx__le_w32(t, kvx__store_crc32c(kvx__le_r32(t),
+                                         (const char *)kvx_span_addr(&s->desc.layout, sp, 0) + in,
+                                         (size_t)take));
+    }
+}
+
 /* Moves one page between the pool and the file (data at header_size, laid
    out as the packed side of a one-page gather plan), in groups that end at
    file offsets that are multiples of KVX__STORE_GROUP (so the page cache
@@ -1378,11 +1506,12 @@ static int kvx__store_iov_fill(const kvx_store *s, const kvx_plan *p, size_t *k,
    dirty than groups starting at header_size, 4 KiB past an alignment),
    and returns the CRC32C of the bytes as they are in the pool, computed
    right after each group's I/O while the group is in cache (so the data
-   crosses memory once, in the kernel's copy). 0, an errno, or -1 (short
-   file). The plan lives in the scratch with room for every buffer's span,
+   crosses memory once, in the kernel's copy). With tb (a version 2
+   header's buf_crc[], zero on entry) each buffer's CRC32C goes there too
+   and *crc is their combination. 0, an errno, or -1 (short file). The plan lives in the scratch with room for every buffer's span,
    so building it never allocates. */
 static int kvx__store_data_io(kvx_store *s, int fd, int32_t page, void *scratch, int write,
-                              uint32_t *crc) {
+                              uint8_t *tb, uint32_t *crc) {
     struct iovec *iov = (struct iovec *)(void *)((char *)scratch + s->hdr_size);
     kvx_plan *p = (kvx_plan *)(void *)((char *)scratch + s->plan_at);
     size_t k = 0;
@@ -1400,9 +1529,16 @@ static int kvx__store_data_io(kvx_store *s, int fd, int32_t page, void *scratch,
         err = kvx__piov_full(fd, iov, n, at, len, write);
         if (err) return err;
         /* kvx__piov_full may have advanced iov: walk the group again */
+        if (tb) {
+            kvx__store_crc_bufs(s, p, k0, in0, at + len, tb);
+            continue;
+        }
         m = (size_t)kvx__store_iov_fill(s, p, &k0, &in0, at + len, iov, &len);
         for (i = 0; i < (int)m; i++) c = kvx__store_crc32c(c, iov[i].iov_base, iov[i].iov_len);
     }
+    if (tb)
+        for (k = 0; k < s->nb; k++)
+            c = kvx__store_crc_combine(c, kvx__le_r32(tb + 4 * k), s->x8n[k]);
     *crc = c;
     return 0;
 }
@@ -1412,7 +1548,9 @@ static int kvx__store_check_header(const kvx_store *s, const uint8_t *h, const k
                                    char *why, size_t wl) {
     kvx_store_block_info in;
     char a[65], b[65];
+    uint32_t tbl = KVX_STORE_HEADER_FIXED + 8 * s->nb, tend;
     if (kvx_store_header_parse(h, s->hdr_size, &in, why, wl) != KVX_OK) return -1;
+    tend = in.version == 2 ? tbl + 4 * s->nb : tbl; /* past buf_crc[], then zero padding */
     if (in.config_hash != s->cfg_hash) {
         kvx__set_why(why, wl, "written for configuration %016llx, this store is %s",
                        (unsigned long long)in.config_hash, s->cfg_hex);
@@ -1425,8 +1563,8 @@ static int kvx__store_check_header(const kvx_store *s, const uint8_t *h, const k
         return -1;
     }
     if (in.header_size != s->hdr_size || in.page_count != 1 || in.num_buffers != s->nb ||
-        in.data_len != s->data_len ||
-        memcmp(h + 84, s->hdr_template + 84, s->hdr_size - 84)) {
+        in.data_len != s->data_len || memcmp(h + 84, s->hdr_template + 84, tbl - 84) ||
+        memcmp(h + tend, s->hdr_template + tend, s->hdr_size - tend)) {
         kvx__set_why(why, wl, "its page layout (%u buffers, %llu bytes, header %u) is not this "
                        "store's (%u buffers, %llu bytes, header %u)", in.num_buffers,
                        (unsigned long long)in.data_len, in.header_size, s->nb,
@@ -1463,6 +1601,30 @@ static int kvx__store_crc_file(int fd, uint8_t *buf, size_t cap, uint64_t off, u
     return 0;
 }
 
+/* CRC32C of the data of the block open at fd, whose parsed header is in,
+   read through buf (cap bytes, not holding the header): the whole data's
+   into *crc and, in version 2, each buffer's checked against buf_crc[]
+   (*bad_buf: the first that differs, else -1). 0, or kvx__store_crc_file's
+   answer. */
+static int kvx__store_crc_data(int fd, uint8_t *buf, size_t cap, const kvx_store_block_info *in,
+                               uint32_t *crc, int64_t *bad_buf) {
+    uint64_t off = in->header_size, last = 0;
+    uint32_t i, c = 0, cb, f = 0;
+    int err;
+    *bad_buf = -1;
+    if (!in->buf_crcs) return kvx__store_crc_file(fd, buf, cap, off, in->data_len, crc);
+    for (i = 0; i < in->num_buffers; i++) {
+        uint64_t len = kvx_store_block_item_len(in, i) * in->page_count;
+        if ((err = kvx__store_crc_file(fd, buf, cap, off, len, &cb)) != 0) return err;
+        if (cb != kvx_store_block_buf_crc(in, i) && *bad_buf < 0) *bad_buf = i;
+        if (len != last) f = kvx__store_x8n(last = len);
+        c = kvx__store_crc_combine(c, cb, f);
+        off += len;
+    }
+    *crc = c;
+    return 0;
+}
+
 /* Reads the whole block open at fd again (header, data, CRCs) into a
    private buffer. 0 an intact block of key k; 2 an intact block of another
    key (*other): a file reached through a stale name (see
@@ -1475,9 +1637,11 @@ static int kvx__store_recheck(kvx_store *s, int fd, const kvx_store_key *k, kvx_
                               char *why, size_t wl) {
     struct stat st;
     kvx_store_key hk;
-    uint8_t *buf;
-    size_t cap = KVX__STORE_GROUP > s->hdr_size ? KVX__STORE_GROUP : s->hdr_size;
+    kvx_store_block_info in;
+    uint8_t *buf, *h;
+    size_t cap = KVX__STORE_GROUP;
     uint32_t crc = 0;
+    int64_t bad_buf = -1;
     int r = 0, err;
     if (kvx__store_stat_sync(fd, NULL, &st) || !S_ISREG(st.st_mode)) {
         kvx__set_why(why, wl, "cannot stat it: %s", strerror(errno));
@@ -1489,23 +1653,28 @@ static int kvx__store_recheck(kvx_store *s, int fd, const kvx_store_key *k, kvx_
                      (unsigned long long)s->block_bytes);
         return 1;
     }
-    if (!(buf = (uint8_t *)kvx__store_alloc(s, cap))) {
+    if (!(buf = (uint8_t *)kvx__store_alloc(s, cap + s->hdr_size))) {
         kvx__set_why(why, wl, "out of memory to check it");
         return -1;
     }
-    if ((err = kvx__pio(fd, buf, s->hdr_size, 0, 0)) != 0) {
+    h = buf + cap;
+    if ((err = kvx__pio(fd, h, s->hdr_size, 0, 0)) != 0) {
         kvx__set_why(why, wl, "header: %s", err < 0 ? "short read" : strerror(err));
         r = -1;
-    } else if (kvx__store_check_header(s, buf, NULL, why, wl)) {
+    } else if (kvx__store_check_header(s, h, NULL, why, wl) ||
+               kvx_store_header_parse(h, s->hdr_size, &in, NULL, 0) != KVX_OK) {
         r = 1;
     } else {
-        uint32_t want = kvx__le_r32(buf + 80);
-        memcpy(hk.bytes, buf + 32, 32);
-        if ((err = kvx__store_crc_file(fd, buf, cap, s->hdr_size, s->data_len, &crc)) != 0) {
+        memcpy(hk.bytes, h + 32, 32);
+        if ((err = kvx__store_crc_data(fd, buf, cap, &in, &crc, &bad_buf)) != 0) {
             kvx__set_why(why, wl, "data: %s", err < 0 ? "short read" : strerror(err));
             r = -1;
-        } else if (crc != want) {
-            kvx__set_why(why, wl, "data CRC32C mismatch: stored %08x, read %08x", want, crc);
+        } else if (crc != in.data_crc) {
+            kvx__set_why(why, wl, "data CRC32C mismatch: stored %08x, read %08x", in.data_crc, crc);
+            r = 1;
+        } else if (bad_buf >= 0) {
+            kvx__set_why(why, wl, "buffer %lld's CRC32C mismatch: stored %08x", (long long)bad_buf,
+                         kvx_store_block_buf_crc(&in, (uint32_t)bad_buf));
             r = 1;
         } else if (k && memcmp(hk.bytes, k->bytes, 32)) {
             *other = hk;
@@ -1602,6 +1771,57 @@ static int kvx__store_bad(kvx_store *s, int dirfd, const char *name, const char 
     return 1;
 }
 
+/* A block read for key i of batch b (at rel, seen as st when opened)
+   looked unusable (why): a miss, or corrupt when kvx__store_bad proves it. */
+static void kvx__store_get_bad(kvx_store *s, kvx__store_batch *b, size_t i, const char *rel,
+                               const struct stat *st, const char *why) {
+    KVX__STORE_ADD(&s->st.misses, 1);
+    if (kvx__store_replaced(s, rel, st)) {
+        /* evicted (and its file reused) or replaced while we read it: a miss */
+        kvx__store_log(s, KVX_LOG_DEBUG, "%s/%s changed while being read (%s); a miss", s->ns, rel, why);
+        kvx__store_fail(b, i, KVX_ERR_NOT_FOUND, "%s changed while being read", rel);
+        return;
+    }
+    if (kvx__store_bad(s, s->ns_fd, rel, rel, &b->keys[i], st, why))
+        kvx__store_fail(b, i, KVX_ERR_CORRUPT, "%s: %s", rel, why);
+    else
+        kvx__store_fail(b, i, KVX_ERR_NOT_FOUND, "%s looked unusable (%s), not confirmed", rel, why);
+}
+
+/* Reading key i's block at rel failed with errno err (opening it: a
+   missing file is a miss, as a block removed while being read). */
+static void kvx__store_get_ioerr(kvx_store *s, kvx__store_batch *b, size_t i, const char *rel,
+                                 int err, int opening) {
+    KVX__STORE_ADD(&s->st.misses, 1);
+    if (err == ESTALE || err == ENOENT || (opening && err == ENOTDIR)) { /* (NFS, FUSE) */
+        kvx__store_fail(b, i, KVX_ERR_NOT_FOUND, opening ? "%s is not stored" :
+                        "%s was removed while being read", rel);
+        return;
+    }
+    KVX__STORE_ADD(&s->st.errors, 1);
+    kvx__store_fail(b, i, kvx__errno_result(err), "cannot read %s/%s: %s", s->ns, rel, strerror(err));
+}
+
+/* Key k's block, open at fd, was read: it becomes most recently used. */
+static void kvx__store_touch(kvx_store *s, const kvx_store_key *k, int fd) {
+    struct timespec t[2];
+    uint64_t ts = kvx__store_stamp(s);
+    uint32_t e;
+    kvx__store_times(t, ts);
+    (void)futimens(fd, t); /* last use; a read-only store still serves */
+    /* only a key still indexed becomes recent: one evicted while it was read
+       must not come back as an entry without a file */
+    pthread_mutex_lock(&s->mu);
+    e = kvx__store_find(s, k);
+    if (e) {
+        s->ents[e].ts = ts;
+        kvx__store_lru_unlink(s, e);
+        kvx__store_lru_front(s, e);
+    }
+    pthread_mutex_unlock(&s->mu);
+    KVX__STORE_ADD(&s->st.bytes_read, s->block_bytes);
+}
+
 static void kvx__store_get_item(void *arg, size_t i, void *scratch) {
     kvx__store_batch *b = (kvx__store_batch *)arg;
     kvx_store *s = b->s;
@@ -1609,21 +1829,14 @@ static void kvx__store_get_item(void *arg, size_t i, void *scratch) {
     uint8_t *hdr = (uint8_t *)scratch;
     char rel[KVX__STORE_REL], why[256];
     struct stat st;
-    struct timespec t[2];
     uint32_t crc = 0;
-    uint64_t ts;
     int fd, err;
     if (i > __atomic_load_n(&b->stop, __ATOMIC_ACQUIRE)) return; /* past a miss: not needed */
     kvx__store_relpath(rel, k);
     fd = openat(s->ns_fd, rel, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
     if (fd < 0) {
-        err = errno;
-        if (err == ENOENT || err == ENOTDIR || err == ESTALE) {
-            KVX__STORE_ADD(&s->st.misses, 1);
-            kvx__store_fail(b, i, KVX_ERR_NOT_FOUND, "%s is not stored", rel);
-            return;
-        }
-        goto io_error;
+        kvx__store_get_ioerr(s, b, i, rel, errno, 1);
+        return;
     }
     if (fstat(fd, &st)) { err = errno; close(fd); goto io_error; }
     if (!S_ISREG(st.st_mode) || (uint64_t)st.st_size != s->block_bytes) {
@@ -1635,7 +1848,7 @@ static void kvx__store_get_item(void *arg, size_t i, void *scratch) {
     if (err < 0) { snprintf(why, sizeof why, "header truncated"); goto bad; }
     if (err) { close(fd); goto io_error; }
     if (kvx__store_check_header(s, hdr, k, why, sizeof why)) goto bad;
-    err = kvx__store_data_io(s, fd, b->pages[i], scratch, 0, &crc);
+    err = kvx__store_data_io(s, fd, b->pages[i], scratch, 0, NULL, &crc);
     if (err < 0) { snprintf(why, sizeof why, "data truncated"); goto bad; }
     if (err) { close(fd); goto io_error; }
     if (crc != kvx__le_r32(hdr + 80)) {
@@ -1643,47 +1856,15 @@ static void kvx__store_get_item(void *arg, size_t i, void *scratch) {
                  kvx__le_r32(hdr + 80), crc);
         goto bad;
     }
-    ts = kvx__store_stamp(s);
-    kvx__store_times(t, ts);
-    (void)futimens(fd, t); /* last use; a read-only store still serves */
+    kvx__store_touch(s, k, fd);
     close(fd);
-    /* only a key still indexed becomes recent: one evicted while it was read
-       must not come back as an entry without a file */
-    pthread_mutex_lock(&s->mu);
-    {
-        uint32_t e = kvx__store_find(s, k);
-        if (e) {
-            s->ents[e].ts = ts;
-            kvx__store_lru_unlink(s, e);
-            kvx__store_lru_front(s, e);
-        }
-    }
-    pthread_mutex_unlock(&s->mu);
-    KVX__STORE_ADD(&s->st.bytes_read, s->block_bytes);
     return;
 bad:
     close(fd);
-    KVX__STORE_ADD(&s->st.misses, 1);
-    if (kvx__store_replaced(s, rel, &st)) {
-        /* evicted (and its file reused) or replaced while we read it: a miss */
-        kvx__store_log(s, KVX_LOG_DEBUG, "%s/%s changed while being read (%s); a miss", s->ns, rel, why);
-        kvx__store_fail(b, i, KVX_ERR_NOT_FOUND, "%s changed while being read", rel);
-        return;
-    }
-    if (kvx__store_bad(s, s->ns_fd, rel, rel, k, &st, why))
-        kvx__store_fail(b, i, KVX_ERR_CORRUPT, "%s: %s", rel, why);
-    else
-        kvx__store_fail(b, i, KVX_ERR_NOT_FOUND, "%s looked unusable (%s), not confirmed", rel, why);
+    kvx__store_get_bad(s, b, i, rel, &st, why);
     return;
 io_error:
-    if (err == ESTALE || err == ENOENT) { /* removed under us (NFS, FUSE): a miss */
-        KVX__STORE_ADD(&s->st.misses, 1);
-        kvx__store_fail(b, i, KVX_ERR_NOT_FOUND, "%s was removed while being read", rel);
-        return;
-    }
-    KVX__STORE_ADD(&s->st.errors, 1);
-    KVX__STORE_ADD(&s->st.misses, 1);
-    kvx__store_fail(b, i, kvx__errno_result(err), "cannot read %s/%s: %s", s->ns, rel, strerror(err));
+    kvx__store_get_ioerr(s, b, i, rel, err, 0);
 }
 
 static void kvx__store_fsync_dir(int dirfd, const char *rel) {
@@ -1778,9 +1959,10 @@ write:
         err = errno;
         goto fail;
     }
-    err = kvx__store_data_io(s, fd, b->pages[i], scratch, 1, &crc);
+    memcpy(hdr, s->hdr_template, s->hdr_size); /* buf_crc[] zero: data_io fills it */
+    err = kvx__store_data_io(s, fd, b->pages[i], scratch, 1,
+                             s->fmt == 2 ? hdr + KVX_STORE_HEADER_FIXED + 8 * s->nb : NULL, &crc);
     if (!err) {
-        memcpy(hdr, s->hdr_template, s->hdr_size);
         memcpy(hdr + 32, k->bytes, 32);
         kvx__le_w32(hdr + 80, crc);
         kvx__le_w32(hdr + 16, kvx__store_header_crc(hdr, s->hdr_size));
@@ -2537,13 +2719,23 @@ static kvx_result kvx__store_geometry(kvx_store *s) {
     s->hdr_size = KVX_STORE_HEADER_FIXED + 8 * s->nb;
     if (s->data_len >= (64u << 10)) s->hdr_size = (s->hdr_size + 4095) & ~4095u;
     s->block_bytes = s->hdr_size + s->data_len;
+    /* version 2 only where buf_crc[] fits the header version 1 would have:
+       every block of a namespace keeps one size, both versions stay readable */
+    s->fmt = KVX_STORE_HEADER_FIXED + 12ull * s->nb <= s->hdr_size ? 2 : 1;
+    s->boff = (uint64_t *)kvx__store_alloc(s, (s->nb + 1) * sizeof *s->boff);
+    s->x8n = (uint32_t *)kvx__store_alloc(s, s->nb * sizeof *s->x8n);
+    if (!s->boff || !s->x8n) return KVX_ERR_NO_MEMORY;
+    for (i = 0, s->boff[0] = 0; i < s->nb; i++) {
+        s->boff[i + 1] = s->boff[i] + l->buffers[i].item_len;
+        s->x8n[i] = kvx__store_x8n(l->buffers[i].item_len);
+    }
     s->plan_at = ((size_t)s->hdr_size + KVX__STORE_IOV * sizeof(struct iovec) + 63) & ~(size_t)63;
     s->scratch_bytes = s->plan_at + sizeof(kvx_plan) + s->nb * sizeof(kvx_span);
     t = s->hdr_template = (uint8_t *)kvx__store_alloc(s, s->hdr_size);
     if (!t) return KVX_ERR_NO_MEMORY;
     memset(t, 0, s->hdr_size);
     memcpy(t, "KVXBLOCK", 8);
-    kvx__le_w32(t + 8, KVX_STORE_FORMAT_VERSION);
+    kvx__le_w32(t + 8, s->fmt);
     kvx__le_w32(t + 12, s->hdr_size);
     kvx__le_w64(t + 24, s->cfg_hash);
     kvx__le_w32(t + 64, 1);
@@ -2612,6 +2804,8 @@ KVX_API void kvx_store_close(kvx_store *s) {
     kvx__store_free(s, s->ents);
     kvx__store_free(s, s->slots);
     kvx__store_free(s, s->hdr_template);
+    kvx__store_free(s, s->boff);
+    kvx__store_free(s, s->x8n);
     kvx__store_free(s, s->bufs);
     kvx__store_free(s, s->model);
     kvx__store_free(s, s->dtype);
@@ -2693,6 +2887,7 @@ static kvx_result kvx__store_check_file(int dirfd, const char *name, uint8_t *hd
     size_t want;
     char hex[65];
     uint32_t crc;
+    int64_t bad_buf = -1;
     kvx_result r;
     memset(info, 0, sizeof *info);
     if (fd < 0) {
@@ -2725,13 +2920,15 @@ static kvx_result kvx__store_check_file(int dirfd, const char *name, uint8_t *hd
         r = kvx__why(KVX_ERR_CORRUPT, why, wl, "belongs to configuration %016llx, not this "
                            "directory's %s", (unsigned long long)info->config_hash, cfg_hex);
     } else if (check_data &&
-               (err = kvx__store_crc_file(fd, data, data_cap, info->header_size, info->data_len,
-                                          &crc)) != 0) {
+               (err = kvx__store_crc_data(fd, data, data_cap, info, &crc, &bad_buf)) != 0) {
         r = kvx__why(err < 0 ? KVX_ERR_CORRUPT : kvx__errno_result(err), why, wl,
                            "cannot read data: %s", err < 0 ? "short file" : strerror(err));
     } else if (check_data && crc != info->data_crc) {
         r = kvx__why(KVX_ERR_CORRUPT, why, wl, "data CRC32C mismatch: stored %08x, "
                            "computed %08x", info->data_crc, crc);
+    } else if (check_data && bad_buf >= 0) {
+        r = kvx__why(KVX_ERR_CORRUPT, why, wl, "buffer %lld's CRC32C mismatch: stored %08x",
+                     (long long)bad_buf, kvx_store_block_buf_crc(info, (uint32_t)bad_buf));
     }
     close(fd);
     return r;
