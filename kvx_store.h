@@ -2044,6 +2044,488 @@ KVX_API kvx_result kvx_store_batch_get(kvx_store *s, const kvx_store_key *keys,
     return b.err;
 }
 
+/* >>block store: layer-wise load --------------------------------------------------------- */
+/* The load is one task of n x G items, group-major (item t: group t / n of
+   key t % n), so the I/O threads read group 0 (layer 0) of every key
+   before any of group 1, with no barrier between groups. Group 0 of a key
+   opens its block, checks the header and keeps its buf_crc[] and identity;
+   each later group opens the block again (a load of thousands of keys
+   cannot keep a descriptor per key), checks it is the same file and reads
+   and verifies its layers' K and V regions (two preadv each, of all the
+   group's layers). A version 1 block (no buf_crc[]) is read and verified
+   whole by its group 0 item: its layers count only then. */
+
+#define KVX__STORE_LOAD_BYTES (1u << 19) /* most bytes of a key a group reads (after the first) */
+
+typedef struct kvx__store_lkey {
+    uint32_t state;  /* atomic: 0 not yet looked at, 1 header checked (v2), 2 read whole (v1),
+                        3 failed or skipped */
+    uint32_t groups; /* under the load's mu: groups of this key verified */
+    dev_t dev;       /* the file group 0 read (set before state leaves 0) */
+    ino_t ino;
+} kvx__store_lkey;
+
+struct kvx_store_load {
+    kvx_store *s;
+    kvx__store_batch b;      /* keys, pages, stop, err, why */
+    kvx_store_key *keys;
+    int32_t *pages;
+    size_t n;
+    uint32_t layers, ngroups;
+    uint32_t *gl;            /* ngroups + 1: group g holds layers [gl[g], gl[g + 1]) */
+    size_t *gdone;           /* ngroups, under mu: keys whose group g is verified */
+    uint32_t *crcs;          /* n x nb: buf_crc[] of each key's block */
+    kvx__store_lkey *lk;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    uint32_t next_group;     /* under mu */
+    uint32_t layers_done;    /* atomic (written under mu) */
+    int failed, finished;    /* under mu */
+    int cancel;              /* atomic */
+    int thread_on;
+    pthread_t th;
+    char call_why[KVX_ERROR_MAX]; /* under mu */
+    char err_copy[KVX_ERROR_MAX]; /* kvx_store_load_error's copy */
+};
+
+/* Buffers of layer range [a, b): one run for MLA, K and V runs for MHA. */
+static int kvx__store_load_runs(const kvx_store_load *ld, uint32_t a, uint32_t b, uint32_t r[4]) {
+    r[0] = a;
+    r[1] = b;
+    if (ld->s->desc.layout.mla) return 1;
+    r[2] = ld->layers + a;
+    r[3] = ld->layers + b;
+    return 2;
+}
+
+/* Reads buffers [b0, b1) of key j's page from its block at fd and checks
+   each against buf_crc[]: 0, an errno, -1 short file, -2 a CRC mismatch
+   (why says which buffer). Chunks of at most KVX__STORE_GROUP bytes, each
+   checksummed right after its read while in cache. */
+static int kvx__store_load_run(kvx_store_load *ld, int fd, size_t j, uint32_t b0, uint32_t b1,
+                               struct iovec *iov, char *why, size_t wl) {
+    kvx_store *s = ld->s;
+    const kvx_buffer *bf = s->desc.layout.buffers;
+    const uint32_t *want = ld->crcs + j * s->nb;
+    uint64_t page = (uint64_t)ld->pages[j], in = 0;
+    uint32_t b = b0, c = 0;
+    while (b < b1) {
+        uint32_t cb = b;
+        uint64_t cin = in, len = 0, at = s->hdr_size + s->boff[b] + in;
+        int k = 0, err;
+        while (cb < b1 && k < KVX__STORE_IOV && len < KVX__STORE_GROUP) {
+            uint64_t take = bf[cb].item_len - cin;
+            if (take > KVX__STORE_GROUP - len) take = KVX__STORE_GROUP - len;
+            iov[k].iov_base = (char *)bf[cb].base + page * bf[cb].item_len + cin;
+            iov[k++].iov_len = (size_t)take;
+            len += take;
+            cin += take;
+            if (cin == bf[cb].item_len) { cb++; cin = 0; }
+        }
+        if ((err = kvx__piov_full(fd, iov, k, at, len, 0)) != 0) return err;
+        while (len) { /* the same bytes again, buffer by buffer */
+            uint64_t take = bf[b].item_len - in < len ? bf[b].item_len - in : len;
+            c = kvx__store_crc32c(c, (const char *)bf[b].base + page * bf[b].item_len + in,
+                                  (size_t)take);
+            in += take;
+            len -= take;
+            if (in < bf[b].item_len) continue;
+            if (c != want[b]) {
+                kvx__set_why(why, wl, "buffer %u's CRC32C mismatch: stored %08x, read %08x", b,
+                             want[b], c);
+                return -2;
+            }
+            b++;
+            in = 0;
+            c = 0;
+        }
+    }
+    return 0;
+}
+
+/* Key j's groups [g, g + count) are verified; the layers of every
+   complete group from the first on become available. 1 when that made the
+   key complete. */
+static int kvx__store_load_done(kvx_store_load *ld, size_t j, uint32_t g, uint32_t count) {
+    uint32_t before, e = g + count;
+    int last;
+    pthread_mutex_lock(&ld->mu);
+    for (; g < e; g++) ld->gdone[g]++;
+    ld->lk[j].groups += count;
+    last = ld->lk[j].groups == ld->ngroups;
+    before = ld->next_group;
+    while (ld->next_group < ld->ngroups && ld->gdone[ld->next_group] == ld->n) ld->next_group++;
+    if (ld->next_group != before) {
+        __atomic_store_n(&ld->layers_done, ld->gl[ld->next_group], __ATOMIC_RELEASE);
+        pthread_cond_broadcast(&ld->cv);
+    }
+    pthread_mutex_unlock(&ld->mu);
+    return last;
+}
+
+/* The sentence is in ld->b (kvx__store_fail): tell the waiters. */
+static void kvx__store_load_failed(kvx_store_load *ld) {
+    pthread_mutex_lock(&ld->mu);
+    ld->failed = 1;
+    pthread_cond_broadcast(&ld->cv);
+    pthread_mutex_unlock(&ld->mu);
+}
+
+static void kvx__store_load_set(kvx_store_load *ld, size_t j, uint32_t state) {
+    pthread_mutex_lock(&ld->mu);
+    __atomic_store_n(&ld->lk[j].state, state, __ATOMIC_RELEASE);
+    pthread_cond_broadcast(&ld->cv);
+    pthread_mutex_unlock(&ld->mu);
+}
+
+/* An item of key j failed: 1 when it is the first (it reports; the key is
+   marked failed before its block may be moved away as corrupt, so another
+   group's item that then misses the file stays silent instead of calling
+   the key missing). */
+static int kvx__store_load_first_fail(kvx_store_load *ld, size_t j) {
+    uint32_t old;
+    pthread_mutex_lock(&ld->mu);
+    old = __atomic_exchange_n(&ld->lk[j].state, 3, __ATOMIC_ACQ_REL);
+    pthread_cond_broadcast(&ld->cv);
+    pthread_mutex_unlock(&ld->mu);
+    return old != 3;
+}
+
+/* Key j's state once its group 0 item has looked at the block. That item
+   was claimed before any later group's of the key (items are claimed in
+   order) and waits for nothing, so this wait ends. */
+static uint32_t kvx__store_load_state(kvx_store_load *ld, size_t j) {
+    uint32_t st = __atomic_load_n(&ld->lk[j].state, __ATOMIC_ACQUIRE);
+    if (st) return st;
+    pthread_mutex_lock(&ld->mu);
+    while (!(st = __atomic_load_n(&ld->lk[j].state, __ATOMIC_ACQUIRE)))
+        pthread_cond_wait(&ld->cv, &ld->mu);
+    pthread_mutex_unlock(&ld->mu);
+    return st;
+}
+
+/* Group 0 of key j, its block open at fd (st): checks the header (in the
+   scratch) and keeps buf_crc[]; a version 1 block is read and verified
+   whole here. 0: read the group's layers now; 1: done (version 1); -1: bad
+   (why); -2: short header or data (why); an errno. */
+static int kvx__store_load_head(kvx_store_load *ld, size_t j, int fd, const struct stat *st,
+                                void *scratch, char *why, size_t wl) {
+    kvx_store *s = ld->s;
+    uint8_t *hdr = (uint8_t *)scratch;
+    kvx_store_block_info in;
+    uint32_t i, crc = 0;
+    int err = kvx__pio(fd, hdr, s->hdr_size, 0, 0);
+    if (err < 0) { kvx__set_why(why, wl, "header truncated"); return -2; }
+    if (err) return err;
+    if (kvx__store_check_header(s, hdr, &ld->keys[j], why, wl) ||
+        kvx_store_header_parse(hdr, s->hdr_size, &in, why, wl) != KVX_OK)
+        return -1;
+    ld->lk[j].dev = st->st_dev;
+    ld->lk[j].ino = st->st_ino;
+    if (in.version == 2) {
+        for (i = 0; i < s->nb; i++) ld->crcs[j * s->nb + i] = kvx_store_block_buf_crc(&in, i);
+        kvx__store_load_set(ld, j, 1);
+        return 0;
+    }
+    err = kvx__store_data_io(s, fd, ld->pages[j], scratch, 0, NULL, &crc);
+    if (err < 0) { kvx__set_why(why, wl, "data truncated"); return -2; }
+    if (err) return err;
+    if (crc != in.data_crc) {
+        kvx__set_why(why, wl, "data CRC32C mismatch: stored %08x, read %08x", in.data_crc, crc);
+        return -1;
+    }
+    if (kvx__store_load_done(ld, j, 0, ld->ngroups)) kvx__store_touch(s, &ld->keys[j], fd);
+    kvx__store_load_set(ld, j, 2);
+    return 1;
+}
+
+static void kvx__store_load_item(void *arg, size_t t, void *scratch) {
+    kvx_store_load *ld = (kvx_store_load *)arg;
+    kvx_store *s = ld->s;
+    size_t j = t % ld->n;
+    uint32_t g = (uint32_t)(t / ld->n), r[4];
+    struct iovec *iov = (struct iovec *)(void *)((char *)scratch + s->hdr_size);
+    char rel[KVX__STORE_REL], why[256];
+    struct stat st;
+    int fd, err = 0, nr, i;
+    if (__atomic_load_n(&ld->cancel, __ATOMIC_RELAXED) ||
+        j > __atomic_load_n(&ld->b.stop, __ATOMIC_ACQUIRE)) {
+        if (g == 0) kvx__store_load_set(ld, j, 3);
+        return;
+    }
+    if (g > 0 && kvx__store_load_state(ld, j) != 1) return; /* failed, or read whole */
+    kvx__store_relpath(rel, &ld->keys[j]);
+    fd = openat(s->ns_fd, rel, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0) {
+        err = errno;
+        if (!kvx__store_load_first_fail(ld, j)) return;
+        kvx__store_get_ioerr(s, &ld->b, j, rel, err, g == 0);
+        kvx__store_load_failed(ld);
+        return;
+    }
+    if (fstat(fd, &st)) { err = errno; goto io_error; }
+    if (!S_ISREG(st.st_mode) || (uint64_t)st.st_size != s->block_bytes) {
+        snprintf(why, sizeof why, "file is %lld bytes, a block is %llu (torn, truncated or foreign)",
+                 (long long)st.st_size, (unsigned long long)s->block_bytes);
+        goto bad;
+    }
+    if (g == 0) {
+        err = kvx__store_load_head(ld, j, fd, &st, scratch, why, sizeof why);
+        if (err == 1) { close(fd); return; }
+        if (err < 0) goto bad;
+        if (err) goto io_error;
+    } else if (st.st_ino != ld->lk[j].ino || st.st_dev != ld->lk[j].dev) {
+        /* evicted and written again (maybe by another process) since group 0 */
+        close(fd);
+        if (!kvx__store_load_first_fail(ld, j)) return;
+        KVX__STORE_ADD(&s->st.misses, 1);
+        kvx__store_fail(&ld->b, j, KVX_ERR_NOT_FOUND, "%s changed while being read", rel);
+        kvx__store_load_failed(ld);
+        return;
+    }
+    nr = kvx__store_load_runs(ld, ld->gl[g], ld->gl[g + 1], r);
+    for (i = 0; i < nr && !err; i++)
+        err = kvx__store_load_run(ld, fd, j, r[2 * i], r[2 * i + 1], iov, why, sizeof why);
+    if (err == -1) snprintf(why, sizeof why, "data truncated");
+    if (err < 0) goto bad;
+    if (err) goto io_error;
+    if (kvx__store_load_done(ld, j, g, 1)) kvx__store_touch(s, &ld->keys[j], fd);
+    close(fd);
+    return;
+bad:
+    close(fd);
+    if (!kvx__store_load_first_fail(ld, j)) return;
+    kvx__store_get_bad(s, &ld->b, j, rel, &st, why);
+    kvx__store_load_failed(ld);
+    return;
+io_error:
+    close(fd);
+    if (!kvx__store_load_first_fail(ld, j)) return;
+    kvx__store_get_ioerr(s, &ld->b, j, rel, err, 0);
+    kvx__store_load_failed(ld);
+}
+
+static void *kvx__store_load_main(void *arg) {
+    kvx_store_load *ld = (kvx_store_load *)arg;
+    if (kvx__store_parallel(ld->s, ld->n * ld->ngroups, kvx__store_load_item, ld)) {
+        kvx__store_fail(&ld->b, 0, KVX_ERR_NO_MEMORY, "out of memory for a layer-wise load's I/O");
+        kvx__store_load_failed(ld);
+    }
+    pthread_mutex_lock(&ld->mu);
+    ld->finished = 1;
+    pthread_cond_broadcast(&ld->cv);
+    pthread_mutex_unlock(&ld->mu);
+    return NULL;
+}
+
+/* Layer groups: layer 0 alone (the first the engine needs), then 1, 2, 4...
+   layers, each at most KVX__STORE_LOAD_BYTES of a key (at least a layer):
+   few reads per block (about as many as a whole-block get's), yet the
+   early layers come early. */
+static void kvx__store_load_plan(kvx_store_load *ld) {
+    const kvx_store *s = ld->s;
+    uint32_t g = 0, at = 0, want = 1, r[4];
+    while (at < ld->layers) {
+        uint32_t e = at + 1;
+        while (e < ld->layers && e - at < want) {
+            uint64_t bytes = 0;
+            int i, nr = kvx__store_load_runs(ld, at, e + 1, r);
+            for (i = 0; i < nr; i++) bytes += s->boff[r[2 * i + 1]] - s->boff[r[2 * i]];
+            if (bytes > KVX__STORE_LOAD_BYTES) break;
+            e++;
+        }
+        ld->gl[g++] = at;
+        at = e;
+        if (g > 1) want *= 2;
+    }
+    ld->gl[g] = at;
+    ld->ngroups = g;
+}
+
+static void kvx__store_load_free(kvx_store_load *ld) {
+    kvx_store *s = ld->s;
+    kvx__store_free(s, ld->keys);
+    kvx__store_free(s, ld->pages);
+    kvx__store_free(s, ld->gl);
+    kvx__store_free(s, ld->gdone);
+    kvx__store_free(s, ld->crcs);
+    kvx__store_free(s, ld->lk);
+    pthread_mutex_destroy(&ld->b.mu);
+    pthread_mutex_destroy(&ld->mu);
+    pthread_cond_destroy(&ld->cv);
+    kvx__store_free(s, ld);
+}
+
+static kvx_store_load *kvx__store_load_new(kvx_store *s, size_t n) {
+    kvx_store_load *ld = (kvx_store_load *)kvx__store_alloc(s, sizeof *ld);
+    pthread_condattr_t ca;
+    uint32_t layers = s->desc.layout.mla ? s->nb : s->nb / 2;
+    if (!ld) return NULL;
+    memset(ld, 0, sizeof *ld);
+    ld->s = s;
+    ld->n = n;
+    ld->layers = layers;
+    pthread_mutex_init(&ld->b.mu, NULL);
+    pthread_mutex_init(&ld->mu, NULL);
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&ld->cv, &ca);
+    pthread_condattr_destroy(&ca);
+    ld->keys = (kvx_store_key *)kvx__store_alloc(s, n * sizeof *ld->keys + 1);
+    ld->pages = (int32_t *)kvx__store_alloc(s, n * sizeof *ld->pages + 1);
+    ld->gl = (uint32_t *)kvx__store_alloc(s, (layers + 1) * sizeof *ld->gl);
+    ld->gdone = (size_t *)kvx__store_alloc(s, layers * sizeof *ld->gdone);
+    ld->crcs = (uint32_t *)kvx__store_alloc(s, n * s->nb * sizeof *ld->crcs + 1);
+    ld->lk = (kvx__store_lkey *)kvx__store_alloc(s, n * sizeof *ld->lk + 1);
+    if (!ld->keys || !ld->pages || !ld->gl || !ld->gdone || !ld->crcs || !ld->lk) {
+        kvx__store_load_free(ld);
+        return NULL;
+    }
+    memset(ld->gdone, 0, layers * sizeof *ld->gdone);
+    memset(ld->lk, 0, n * sizeof *ld->lk);
+    return ld;
+}
+
+KVX_API kvx_result kvx_store_load_begin(kvx_store *s, const kvx_store_key *keys,
+                                        const int32_t *dst_pages, size_t n,
+                                        kvx_store_load **out) {
+    kvx_store_load *ld;
+    kvx_result r;
+    if (out) *out = NULL;
+    if (!s) return KVX_ERR_INVALID_ARGUMENT;
+    if (!out || (n && (!keys || !dst_pages))) {
+        kvx__store_log(s, KVX_LOG_ERROR, "kvx_store_load_begin: %s is NULL",
+                       !out ? "out" : !keys ? "keys" : "dst_pages");
+        return KVX_ERR_INVALID_ARGUMENT;
+    }
+    if (!s->desc.layout.mla && s->nb % 2) {
+        kvx__store_log(s, KVX_LOG_ERROR, "kvx_store_load_begin: the layout is MHA (K and V per "
+                       "layer) with %u buffers, an odd count: it has no layers to load by", s->nb);
+        return KVX_ERR_INVALID_ARGUMENT;
+    }
+    if (n > SIZE_MAX / 64 / (s->nb + 64)) {
+        kvx__store_log(s, KVX_LOG_ERROR, "kvx_store_load_begin: %zu keys is too many", n);
+        return KVX_ERR_INVALID_ARGUMENT;
+    }
+    if (n && (r = kvx__store_check_pages(s, dst_pages, n, 1, "kvx_store_load_begin")) != KVX_OK)
+        return r;
+    if (!(ld = kvx__store_load_new(s, n))) {
+        kvx__store_log(s, KVX_LOG_ERROR, "kvx_store_load_begin: out of memory for %zu keys", n);
+        return KVX_ERR_NO_MEMORY;
+    }
+    if (n) {
+        memcpy(ld->keys, keys, n * sizeof *keys);
+        memcpy(ld->pages, dst_pages, n * sizeof *dst_pages);
+    }
+    ld->b.s = s;
+    ld->b.keys = ld->keys;
+    ld->b.pages = ld->pages;
+    ld->b.stop = n;
+    kvx__store_load_plan(ld);
+    if (!n) { /* nothing to read: every layer is there */
+        ld->layers_done = ld->layers;
+        ld->finished = 1;
+    } else if (pthread_create(&ld->th, NULL, kvx__store_load_main, ld) != 0) {
+        kvx__store_log(s, KVX_LOG_ERROR, "kvx_store_load_begin: cannot start a thread: %s",
+                       strerror(errno));
+        kvx__store_load_free(ld);
+        return KVX_ERR_NO_MEMORY;
+    } else {
+        ld->thread_on = 1;
+    }
+    *out = ld;
+    return KVX_OK;
+}
+
+KVX_API uint32_t kvx_store_load_num_layers(const kvx_store_load *ld) { return ld ? ld->layers : 0; }
+
+KVX_API uint32_t kvx_store_load_layers_done(kvx_store_load *ld) {
+    return ld ? __atomic_load_n(&ld->layers_done, __ATOMIC_ACQUIRE) : 0;
+}
+
+/* The load's error, ld->mu held. */
+static kvx_result kvx__store_load_err(kvx_store_load *ld) {
+    kvx_result r;
+    pthread_mutex_lock(&ld->b.mu);
+    r = ld->b.err;
+    pthread_mutex_unlock(&ld->b.mu);
+    return r;
+}
+
+KVX_API kvx_result kvx_store_load_wait_layer(kvx_store_load *ld, uint32_t layer, int timeout_ms) {
+    kvx_result r;
+    struct timespec dl;
+    if (!ld) return KVX_ERR_INVALID_ARGUMENT;
+    if (layer >= ld->layers) {
+        pthread_mutex_lock(&ld->mu);
+        snprintf(ld->call_why, sizeof ld->call_why, "kvx_store_load_wait_layer: layer %u is out of "
+                 "range: the layout has %u layers (0 .. %u)", layer, ld->layers, ld->layers - 1);
+        pthread_mutex_unlock(&ld->mu);
+        kvx__store_log(ld->s, KVX_LOG_ERROR, "kvx_store_load_wait_layer: layer %u is out of range: "
+                       "the layout has %u layers (0 .. %u)", layer, ld->layers, ld->layers - 1);
+        return KVX_ERR_OUT_OF_RANGE;
+    }
+    if (timeout_ms > 0) {
+        uint64_t at = kvx_now_ns() + (uint64_t)timeout_ms * 1000000ull;
+        dl.tv_sec = (time_t)(at / 1000000000ull);
+        dl.tv_nsec = (long)(at % 1000000000ull);
+    }
+    pthread_mutex_lock(&ld->mu);
+    for (;;) {
+        if (layer < __atomic_load_n(&ld->layers_done, __ATOMIC_RELAXED)) { r = KVX_OK; break; }
+        if (ld->failed) { r = kvx__store_load_err(ld); break; }
+        if (ld->finished) { r = KVX_ERR_STATE; break; } /* cannot happen: all done or failed */
+        if (timeout_ms == 0) { r = KVX_ERR_TIMEOUT; break; }
+        if (timeout_ms < 0) {
+            pthread_cond_wait(&ld->cv, &ld->mu);
+        } else if (pthread_cond_timedwait(&ld->cv, &ld->mu, &dl) == ETIMEDOUT) {
+            r = layer < __atomic_load_n(&ld->layers_done, __ATOMIC_RELAXED) ? KVX_OK : KVX_ERR_TIMEOUT;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&ld->mu);
+    return r;
+}
+
+KVX_API const char *kvx_store_load_error(kvx_store_load *ld) {
+    if (!ld) return "";
+    pthread_mutex_lock(&ld->mu);
+    if (!ld->failed) {
+        pthread_mutex_unlock(&ld->mu);
+        return "";
+    }
+    pthread_mutex_lock(&ld->b.mu);
+    /* the sentence of the lowest failed key: it may still move to a lower
+       one while the load runs, so the caller gets a copy */
+    memcpy(ld->err_copy, ld->b.why, sizeof ld->err_copy);
+    pthread_mutex_unlock(&ld->b.mu);
+    pthread_mutex_unlock(&ld->mu);
+    return ld->err_copy;
+}
+
+KVX_API const char *kvx_store_load_call_error(kvx_store_load *ld) { return ld ? ld->call_why : ""; }
+
+KVX_API kvx_result kvx_store_load_end(kvx_store_load *ld, size_t *loaded) {
+    kvx_store *s;
+    kvx_result r;
+    size_t j;
+    if (loaded) *loaded = 0;
+    if (!ld) return KVX_ERR_INVALID_ARGUMENT;
+    s = ld->s;
+    __atomic_store_n(&ld->cancel, 1, __ATOMIC_RELAXED);
+    if (ld->thread_on) pthread_join(ld->th, NULL); /* every item ran or was skipped */
+    for (j = 0; j < ld->n && ld->lk[j].groups == ld->ngroups; j++) {}
+    if (loaded) *loaded = j;
+    KVX__STORE_ADD(&s->st.hits, (uint64_t)j);
+    r = j == ld->n ? KVX_OK : ld->failed ? ld->b.err : KVX_ERR_ABORTED;
+    if (r != KVX_OK && ld->failed)
+        kvx__store_log(s, r == KVX_ERR_NOT_FOUND || r == KVX_ERR_CORRUPT ? KVX_LOG_INFO : KVX_LOG_ERROR,
+                       "layer-wise load of %zu blocks failed (key %zu): %s; %zu loaded", ld->n,
+                       ld->b.stop, ld->b.why, j);
+    kvx__store_load_free(ld);
+    return r;
+}
+
 /* 1 when keys[i]'s block is there (and learns it), 0 when not. */
 static int kvx__store_exists1(kvx_store *s, const kvx_store_key *k) {
     char rel[KVX__STORE_REL], why[160];
