@@ -2239,6 +2239,23 @@ static int kvx__store_load_head(kvx_store_load *ld, size_t j, int fd, const stru
     return 1;
 }
 
+/* An item of group g starts once every earlier group is complete (or the
+   load failed: then only the keys before the failed one still matter).
+   Without this the threads that went on to later groups would take the
+   CPU from a straggler of group 0 (more I/O threads than cores, a busy
+   machine) and layer 0 would come late. The items of earlier groups were
+   all claimed before (items are claimed in order) and wait only for
+   groups before theirs, so this wait ends. 1 when cancelled. */
+static int kvx__store_load_turn(kvx_store_load *ld, uint32_t g) {
+    int cancel;
+    pthread_mutex_lock(&ld->mu);
+    while (ld->next_group < g && !ld->failed && !__atomic_load_n(&ld->cancel, __ATOMIC_RELAXED))
+        pthread_cond_wait(&ld->cv, &ld->mu);
+    cancel = __atomic_load_n(&ld->cancel, __ATOMIC_RELAXED);
+    pthread_mutex_unlock(&ld->mu);
+    return cancel;
+}
+
 static void kvx__store_load_item(void *arg, size_t t, void *scratch) {
     kvx_store_load *ld = (kvx_store_load *)arg;
     kvx_store *s = ld->s;
@@ -2253,6 +2270,7 @@ static void kvx__store_load_item(void *arg, size_t t, void *scratch) {
         if (g == 0) kvx__store_load_set(ld, j, 3);
         return;
     }
+    if (g > 0 && kvx__store_load_turn(ld, g)) return;
     if (g > 0 && kvx__store_load_state(ld, j) != 1) return; /* failed, or read whole */
     kvx__store_relpath(rel, &ld->keys[j]);
     fd = openat(s->ns_fd, rel, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
@@ -2512,7 +2530,10 @@ KVX_API kvx_result kvx_store_load_end(kvx_store_load *ld, size_t *loaded) {
     if (loaded) *loaded = 0;
     if (!ld) return KVX_ERR_INVALID_ARGUMENT;
     s = ld->s;
+    pthread_mutex_lock(&ld->mu);
     __atomic_store_n(&ld->cancel, 1, __ATOMIC_RELAXED);
+    pthread_cond_broadcast(&ld->cv); /* items waiting for their group's turn */
+    pthread_mutex_unlock(&ld->mu);
     if (ld->thread_on) pthread_join(ld->th, NULL); /* every item ran or was skipped */
     for (j = 0; j < ld->n && ld->lk[j].groups == ld->ngroups; j++) {}
     if (loaded) *loaded = j;
