@@ -600,6 +600,7 @@ KVX_API kvx_result kvx_store_verify(kvx_store *s, int remove_bad, kvx_store_veri
 #include <sys/uio.h>
 #include <sys/sysmacros.h>
 #include <sys/vfs.h>
+#include <sys/resource.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -2056,6 +2057,7 @@ KVX_API kvx_result kvx_store_batch_get(kvx_store *s, const kvx_store_key *keys,
    whole by its group 0 item: its layers count only then. */
 
 #define KVX__STORE_LOAD_BYTES (1u << 19) /* most bytes of a key a group reads (after the first) */
+#define KVX__STORE_LOAD_FDS 4096          /* most keys whose blocks a load keeps open */
 
 typedef struct kvx__store_lkey {
     uint32_t state;  /* atomic: 0 not yet looked at, 1 header checked (v2), 2 read whole (v1),
@@ -2063,6 +2065,8 @@ typedef struct kvx__store_lkey {
     uint32_t groups; /* under the load's mu: groups of this key verified */
     dev_t dev;       /* the file group 0 read (set before state leaves 0) */
     ino_t ino;
+    int fd;          /* that file kept open for the later groups (keep_fds), else -1;
+                        closed by the item that completes the key, or by end */
 } kvx__store_lkey;
 
 struct kvx_store_load {
@@ -2077,11 +2081,14 @@ struct kvx_store_load {
     uint32_t *crcs;          /* n x nb: buf_crc[] of each key's block */
     kvx__store_lkey *lk;
     pthread_mutex_t mu;
-    pthread_cond_t cv;
+    pthread_cond_t cv;       /* wait_layer's waits */
+    pthread_cond_t icv;      /* items' waits (their group's turn, a key's state) */
+    int swait;               /* under mu: items waiting for a key's state */
     uint32_t next_group;     /* under mu */
     uint32_t layers_done;    /* atomic (written under mu) */
     int failed, finished;    /* under mu */
     int cancel;              /* atomic */
+    int keep_fds;            /* n is small enough to keep every key's block open */
     int thread_on;
     pthread_t th;
     char call_why[KVX_ERROR_MAX]; /* under mu */
@@ -2158,6 +2165,7 @@ static int kvx__store_load_done(kvx_store_load *ld, size_t j, uint32_t g, uint32
     if (ld->next_group != before) {
         __atomic_store_n(&ld->layers_done, ld->gl[ld->next_group], __ATOMIC_RELEASE);
         pthread_cond_broadcast(&ld->cv);
+        pthread_cond_broadcast(&ld->icv);
     }
     pthread_mutex_unlock(&ld->mu);
     return last;
@@ -2168,13 +2176,14 @@ static void kvx__store_load_failed(kvx_store_load *ld) {
     pthread_mutex_lock(&ld->mu);
     ld->failed = 1;
     pthread_cond_broadcast(&ld->cv);
+    pthread_cond_broadcast(&ld->icv);
     pthread_mutex_unlock(&ld->mu);
 }
 
 static void kvx__store_load_set(kvx_store_load *ld, size_t j, uint32_t state) {
     pthread_mutex_lock(&ld->mu);
     __atomic_store_n(&ld->lk[j].state, state, __ATOMIC_RELEASE);
-    pthread_cond_broadcast(&ld->cv);
+    if (ld->swait) pthread_cond_broadcast(&ld->icv); /* else no wake-up per key */
     pthread_mutex_unlock(&ld->mu);
 }
 
@@ -2186,7 +2195,7 @@ static int kvx__store_load_first_fail(kvx_store_load *ld, size_t j) {
     uint32_t old;
     pthread_mutex_lock(&ld->mu);
     old = __atomic_exchange_n(&ld->lk[j].state, 3, __ATOMIC_ACQ_REL);
-    pthread_cond_broadcast(&ld->cv);
+    if (ld->swait) pthread_cond_broadcast(&ld->icv);
     pthread_mutex_unlock(&ld->mu);
     return old != 3;
 }
@@ -2198,8 +2207,10 @@ static uint32_t kvx__store_load_state(kvx_store_load *ld, size_t j) {
     uint32_t st = __atomic_load_n(&ld->lk[j].state, __ATOMIC_ACQUIRE);
     if (st) return st;
     pthread_mutex_lock(&ld->mu);
+    ld->swait++;
     while (!(st = __atomic_load_n(&ld->lk[j].state, __ATOMIC_ACQUIRE)))
-        pthread_cond_wait(&ld->cv, &ld->mu);
+        pthread_cond_wait(&ld->icv, &ld->mu);
+    ld->swait--;
     pthread_mutex_unlock(&ld->mu);
     return st;
 }
@@ -2223,6 +2234,7 @@ static int kvx__store_load_head(kvx_store_load *ld, size_t j, int fd, const stru
     ld->lk[j].dev = st->st_dev;
     ld->lk[j].ino = st->st_ino;
     if (in.version == 2) {
+        if (ld->keep_fds) ld->lk[j].fd = fd;
         for (i = 0; i < s->nb; i++) ld->crcs[j * s->nb + i] = kvx_store_block_buf_crc(&in, i);
         kvx__store_load_set(ld, j, 1);
         return 0;
@@ -2250,10 +2262,18 @@ static int kvx__store_load_turn(kvx_store_load *ld, uint32_t g) {
     int cancel;
     pthread_mutex_lock(&ld->mu);
     while (ld->next_group < g && !ld->failed && !__atomic_load_n(&ld->cancel, __ATOMIC_RELAXED))
-        pthread_cond_wait(&ld->cv, &ld->mu);
+        pthread_cond_wait(&ld->icv, &ld->mu);
     cancel = __atomic_load_n(&ld->cancel, __ATOMIC_RELAXED);
     pthread_mutex_unlock(&ld->mu);
     return cancel;
+}
+
+/* After a failure of key j: closes fd unless it is the key's kept
+   descriptor (another item of the key may still read through it once the
+   failure lifted the group order; kvx_store_load_end closes it). The key
+   cannot complete now, so its kept descriptor does not change. */
+static void kvx__store_load_close(kvx_store_load *ld, size_t j, int fd) {
+    if (fd != ld->lk[j].fd) close(fd);
 }
 
 static void kvx__store_load_item(void *arg, size_t t, void *scratch) {
@@ -2264,7 +2284,7 @@ static void kvx__store_load_item(void *arg, size_t t, void *scratch) {
     struct iovec *iov = (struct iovec *)(void *)((char *)scratch + s->hdr_size);
     char rel[KVX__STORE_REL], why[256];
     struct stat st;
-    int fd, err = 0, nr, i;
+    int fd, err = 0, nr, i, kept;
     if (__atomic_load_n(&ld->cancel, __ATOMIC_RELAXED) ||
         j > __atomic_load_n(&ld->b.stop, __ATOMIC_ACQUIRE)) {
         if (g == 0) kvx__store_load_set(ld, j, 3);
@@ -2273,6 +2293,11 @@ static void kvx__store_load_item(void *arg, size_t t, void *scratch) {
     if (g > 0 && kvx__store_load_turn(ld, g)) return;
     if (g > 0 && kvx__store_load_state(ld, j) != 1) return; /* failed, or read whole */
     kvx__store_relpath(rel, &ld->keys[j]);
+    if (g > 0 && ld->lk[j].fd >= 0) {
+        fd = ld->lk[j].fd; /* group 0 checked it; only this item uses it now */
+        if (fstat(fd, &st)) { err = errno; goto io_error; }
+        goto read;
+    }
     fd = openat(s->ns_fd, rel, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
     if (fd < 0) {
         err = errno;
@@ -2301,23 +2326,30 @@ static void kvx__store_load_item(void *arg, size_t t, void *scratch) {
         kvx__store_load_failed(ld);
         return;
     }
+read:
     nr = kvx__store_load_runs(ld, ld->gl[g], ld->gl[g + 1], r);
     for (i = 0; i < nr && !err; i++)
         err = kvx__store_load_run(ld, fd, j, r[2 * i], r[2 * i + 1], iov, why, sizeof why);
     if (err == -1) snprintf(why, sizeof why, "data truncated");
     if (err < 0) goto bad;
     if (err) goto io_error;
-    if (kvx__store_load_done(ld, j, g, 1)) kvx__store_touch(s, &ld->keys[j], fd);
-    close(fd);
+    kept = fd == ld->lk[j].fd; /* read before done: only the key's last item changes it */
+    if (kvx__store_load_done(ld, j, g, 1)) {
+        kvx__store_touch(s, &ld->keys[j], fd);
+        if (kept) ld->lk[j].fd = -1; /* every other item of the key is done with it */
+        close(fd);
+    } else if (!kept) {
+        close(fd);
+    }
     return;
 bad:
-    close(fd);
+    kvx__store_load_close(ld, j, fd);
     if (!kvx__store_load_first_fail(ld, j)) return;
     kvx__store_get_bad(s, &ld->b, j, rel, &st, why);
     kvx__store_load_failed(ld);
     return;
 io_error:
-    close(fd);
+    kvx__store_load_close(ld, j, fd);
     if (!kvx__store_load_first_fail(ld, j)) return;
     kvx__store_get_ioerr(s, &ld->b, j, rel, err, 0);
     kvx__store_load_failed(ld);
@@ -2371,6 +2403,7 @@ static void kvx__store_load_free(kvx_store_load *ld) {
     pthread_mutex_destroy(&ld->b.mu);
     pthread_mutex_destroy(&ld->mu);
     pthread_cond_destroy(&ld->cv);
+    pthread_cond_destroy(&ld->icv);
     kvx__store_free(s, ld);
 }
 
@@ -2388,6 +2421,7 @@ static kvx_store_load *kvx__store_load_new(kvx_store *s, size_t n) {
     pthread_condattr_init(&ca);
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
     pthread_cond_init(&ld->cv, &ca);
+    pthread_cond_init(&ld->icv, NULL);
     pthread_condattr_destroy(&ca);
     ld->keys = (kvx_store_key *)kvx__store_alloc(s, n * sizeof *ld->keys + 1);
     ld->pages = (int32_t *)kvx__store_alloc(s, n * sizeof *ld->pages + 1);
@@ -2401,6 +2435,15 @@ static kvx_store_load *kvx__store_load_new(kvx_store *s, size_t n) {
     }
     memset(ld->gdone, 0, layers * sizeof *ld->gdone);
     memset(ld->lk, 0, n * sizeof *ld->lk);
+    {
+        size_t j;
+        struct rlimit rl;
+        for (j = 0; j < n; j++) ld->lk[j].fd = -1;
+        /* a quarter of the descriptors this process may open, at most */
+        ld->keep_fds = !getrlimit(RLIMIT_NOFILE, &rl) &&
+                       (rl.rlim_cur == RLIM_INFINITY || n <= rl.rlim_cur / 4) &&
+                       n <= KVX__STORE_LOAD_FDS;
+    }
     return ld;
 }
 
@@ -2532,9 +2575,11 @@ KVX_API kvx_result kvx_store_load_end(kvx_store_load *ld, size_t *loaded) {
     s = ld->s;
     pthread_mutex_lock(&ld->mu);
     __atomic_store_n(&ld->cancel, 1, __ATOMIC_RELAXED);
-    pthread_cond_broadcast(&ld->cv); /* items waiting for their group's turn */
+    pthread_cond_broadcast(&ld->icv); /* items waiting for their group's turn */
     pthread_mutex_unlock(&ld->mu);
     if (ld->thread_on) pthread_join(ld->th, NULL); /* every item ran or was skipped */
+    for (j = 0; j < ld->n; j++)
+        if (ld->lk[j].fd >= 0) close(ld->lk[j].fd);
     for (j = 0; j < ld->n && ld->lk[j].groups == ld->ngroups; j++) {}
     if (loaded) *loaded = j;
     KVX__STORE_ADD(&s->st.hits, (uint64_t)j);
