@@ -292,10 +292,12 @@
      page cache 5% faster, warm 10% slower, same run).
      Measured (bench_store, 4096-token Llama-3.1-8B prefix = 256 blocks of
      2 MiB, 4 io_threads, 2-core VM shared with other jobs, warm page
-     cache): first layer 8-13 ms, whole prefix 74-120 ms layer-wise, 1.05-
-     1.10x batch_get's time (first layer / whole 0.10-0.12: the opens and
-     headers are a fixed cost of group 0); cold page cache: first layer
-     ~73 ms, whole 364 ms, batch_get 753 ms.
+     cache): first layer 8-15 ms, whole prefix 75-150 ms layer-wise, 0.97-
+     1.11x batch_get's time (first layer / whole 0.07-0.12: the opens and
+     headers are a fixed cost of group 0); cold page cache (blocks dropped
+     with POSIX_FADV_DONTNEED): first layer 60-85 ms, whole prefix 1.2-1.55x
+     batch_get's (14 reads of 32-512 KiB per block against 8 of 256 KiB),
+     first layer / batch_get 0.26-0.37.
 
    HOT PATH COSTS
      exists: one fstatat per key (checks the size too); no directory scan,
