@@ -295,9 +295,10 @@
      cache): first layer 8-15 ms, whole prefix 75-150 ms layer-wise, 0.97-
      1.11x batch_get's time (first layer / whole 0.07-0.12: the opens and
      headers are a fixed cost of group 0); cold page cache (blocks dropped
-     with POSIX_FADV_DONTNEED): first layer 60-85 ms, whole prefix 1.2-1.55x
-     batch_get's (14 reads of 32-512 KiB per block against 8 of 256 KiB),
-     first layer / batch_get 0.26-0.37.
+     with POSIX_FADV_DONTNEED): first layer 60-85 ms, whole prefix 0.48-1.55x
+     batch_get's, mostly above 1.2x (14 reads of 32-512 KiB per block against
+     8 of 256 KiB; the VM's disk is noisy), first layer / batch_get
+     0.1-0.37.
 
    HOT PATH COSTS
      exists: one fstatat per key (checks the size too); no directory scan,
