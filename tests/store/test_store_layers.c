@@ -284,6 +284,42 @@ static void test_early_end(const char *dir) {
           "KVX_ERR_ABORTED and the pages it reports loaded are byte-exact (%d aborted)", aborted);
 }
 
+/* A load that cannot progress (the test holds the store's pool mutex, which
+   the load's thread needs to start its I/O): wait_layer times out, then
+   succeeds once the mutex is released. */
+static void test_timeout(kvx_store *s, st_pool *p) {
+    kvx_store_load *ld = NULL;
+    int32_t dst[NK];
+    size_t loaded = 0;
+    kvx_result r0, r1, r2;
+    uint64_t t0;
+    uint32_t done;
+    put_keys(s, p, 400);
+    dst_pages(dst, NK);
+    pthread_mutex_lock(&s->pool_mu);
+    if (kvx_store_load_begin(s, K, dst, NK, &ld) != KVX_OK) {
+        pthread_mutex_unlock(&s->pool_mu);
+        CHECK(0, "timeout: begin");
+        return;
+    }
+    r0 = kvx_store_load_wait_layer(ld, 0, 0);
+    t0 = kvx_now_ns();
+    r1 = kvx_store_load_wait_layer(ld, 0, 50);
+    t0 = kvx_now_ns() - t0;
+    done = kvx_store_load_layers_done(ld);
+    pthread_mutex_unlock(&s->pool_mu);
+    CHECK(r0 == KVX_ERR_TIMEOUT && r1 == KVX_ERR_TIMEOUT && done == 0,
+          "timeout: a stalled load: wait_layer(0, 0) and (0, 50 ms) say KVX_ERR_TIMEOUT (%s, %s), "
+          "no layer done", kvx_result_str(r0), kvx_result_str(r1));
+    CHECK(t0 >= 50000000ull, "timeout: the 50 ms wait lasted %.1f ms", (double)t0 / 1e6);
+    CHECK(!kvx_store_load_error(ld)[0], "timeout: a timeout does not fail the load");
+    r2 = kvx_store_load_wait_layer(ld, NL - 1, -1);
+    r0 = kvx_store_load_end(ld, &loaded);
+    CHECK(r2 == KVX_OK && r0 == KVX_OK && loaded == NK,
+          "timeout: once released the load completes (%s, end %s, %zu loaded)",
+          kvx_result_str(r2), kvx_result_str(r0), loaded);
+}
+
 static void test_args(kvx_store *s) {
     kvx_store_load *ld = (kvx_store_load *)&lg;
     int32_t dst[2] = {50, 51}, out[2] = {50, 100000}, dup[2] = {50, 50};
@@ -366,6 +402,7 @@ int main(int argc, char **argv) {
     test_corrupt(s, &pool, 5, 1);
     test_corrupt(s, &pool, NL - 1, 1);
     test_missing(s, &pool);
+    test_timeout(s, &pool);
     test_args(s);
     kvx_store_close(s);
     test_early_end(dir);
