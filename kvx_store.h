@@ -94,7 +94,10 @@
      one-key get runs on the caller with no hand-off. (Not an internal
      kvx_engine with the fake transport: that brings a progress thread
      waking every millisecond, rooms and a role the store has no use for,
-     and kvx__workq allocates a node per job.)
+     and kvx__workq allocates a node per job.) A layer-wise load
+     (kvx_store_load_begin) starts one thread of its own that joins the
+     workers as a batch's caller would; kvx_store_load_end joins it. Every
+     load must be ended before kvx_store_close.
 
    NAMESPACE AND LAYOUT ON DISK
      <dir>/<config-hash>/config.json              what the namespace holds
@@ -306,6 +309,10 @@
      get:    openat, fstat, pread of the header, preadv of the data straight
              into the pool pages in groups of ~256 KiB, CRC32C of each group
              while it is in the core's L2 cache, futimens, close.
+     load:   (layer-wise) per key: openat, fstat, pread of the header,
+             then per layer group two preadv (K and V regions; one for
+             MLA) straight into the pool pages, CRC32C per buffer, on the
+             descriptor kept open; futimens, close (LAYER-WISE LOAD).
      put:    fstatat (an existing block is only touched), renameat of an
              evicted block to the temporary name (local filesystems) or
              openat(O_EXCL) of a new one, pwritev straight from the pool
