@@ -163,8 +163,9 @@
      num_buffers <= that size, so every real model's pages), else version
      1: so a namespace's blocks keep one size and the version 1 blocks stay
      hits (both versions are read, in the same namespace). A reader that
-     only knows version 1 takes a version 2 block for corrupt (unknown version) and removes it:
-     upgrade every process sharing a namespace together.
+     only knows version 1 takes a version 2 block for corrupt (unknown
+     version) and removes it: upgrade every process sharing a namespace
+     together.
      The file is exactly header_size + data_len bytes. A file of another
      size, a bad magic/version/flag, a header, data or buffer CRC mismatch,
      or a header that names another configuration or buffer list is "corrupt":

@@ -9,6 +9,7 @@
 #define KVX_IMPLEMENTATION
 #include "kvx_store.h"
 #include "store_test.h"
+#include <sys/resource.h>
 
 #define NL 16            /* layers: 32 MHA buffers (K 0..15, V 16..31) */
 #define NK 40            /* keys of a load */
@@ -390,6 +391,21 @@ int main(int argc, char **argv) {
     for (i = 0; i < NL; i++) order[i] = i;
     load_and_check(s, &pool, order, NL, "MHA, layers in order");
     load_and_check(s, &pool, out_of_order, 5, "MHA, layers out of order");
+    {
+        /* a quarter of RLIMIT_NOFILE below the key count: each group opens
+           the block again (and checks it is the file group 0 read) */
+        struct rlimit rl, low;
+        if (!getrlimit(RLIMIT_NOFILE, &rl)) {
+            low = rl;
+            low.rlim_cur = 4 * NK - 4;
+            if (setrlimit(RLIMIT_NOFILE, &low) == 0) {
+                load_and_check(s, &pool, order, NL, "MHA, blocks opened again per group");
+                setrlimit(RLIMIT_NOFILE, &rl);
+            } else {
+                CHECK(0, "lower RLIMIT_NOFILE to %d: %s", 4 * NK - 4, strerror(errno));
+            }
+        }
+    }
     {
         /* blocks written as format version 1 in the same namespace: read
            and verified whole, then their layers count */
