@@ -156,6 +156,57 @@ static int to_version1(kvx_store *s, const kvx_store_key *k, uint32_t nb) {
     return c ? 0 : -1;
 }
 
+/* Changes buf_crc[b] in key k's block header (header CRC recomputed): the
+   data and its whole CRC stay right, only the per-buffer CRC is wrong. */
+static int bad_buf_crc(kvx_store *s, const kvx_store_key *k, uint32_t nb, uint32_t b) {
+    char path[4400];
+    uint8_t h[8192];
+    uint32_t hsz, c;
+    static const uint8_t zero[4] = {0, 0, 0, 0};
+    int fd;
+    kvx_store_block_path(s, k, path, sizeof path);
+    fd = open(path, O_RDWR);
+    if (fd < 0 || pread(fd, h, 96, 0) != 96) return -1;
+    hsz = kvx__le_r32(h + 12);
+    if (hsz > sizeof h || pread(fd, h, hsz, 0) != (ssize_t)hsz) {
+        close(fd);
+        return -1;
+    }
+    kvx__le_w32(h + 96 + 8 * nb + 4 * b, kvx__le_r32(h + 96 + 8 * nb + 4 * b) ^ 1);
+    c = kvx_crc32c(0, h, 16);
+    c = kvx_crc32c(c, zero, 4);
+    c = kvx_crc32c(c, h + 20, hsz - 20);
+    kvx__le_w32(h + 16, c);
+    c = pwrite(fd, h, hsz, 0) == (ssize_t)hsz;
+    close(fd);
+    return c ? 0 : -1;
+}
+
+static void test_bad_buf_crc(kvx_store *s, st_pool *p) {
+    kvx_store_load *ld = NULL;
+    kvx_store_verify_report rep;
+    kvx_store_stats a, b;
+    int32_t dst[NK];
+    size_t loaded = 0;
+    kvx_result r, rv;
+    put_keys(s, p, 500);
+    CHECK(bad_buf_crc(s, &K[9], 2 * NL, 3) == 0, "key 9's buf_crc[3] made wrong (data intact)");
+    rv = kvx_store_verify(s, 0, &rep);
+    CHECK(rv == KVX_OK && rep.bad == 1 && strstr(lg.last, "buffer 3's CRC32C mismatch"),
+          "verify finds the wrong buffer CRC (%llu bad): %s", (unsigned long long)rep.bad, lg.last);
+    kvx_store_stats_get(s, &a);
+    dst_pages(dst, NK);
+    if (kvx_store_load_begin(s, K, dst, NK, &ld) != KVX_OK) { CHECK(0, "bad buf_crc: begin"); return; }
+    r = kvx_store_load_wait_layer(ld, NL - 1, -1);
+    CHECK(r == KVX_ERR_CORRUPT && kvx_store_load_layers_done(ld) <= 3,
+          "bad buf_crc: the load fails (%s) before layer 3: %s", kvx_result_str(r),
+          kvx_store_load_error(ld));
+    kvx_store_load_end(ld, &loaded);
+    kvx_store_stats_get(s, &b);
+    CHECK(b.corrupt == a.corrupt + 1 && kvx_store_batch_exists(s, K + 9, 1) == 0,
+          "bad buf_crc: the re-read proves it (counted as corrupt, taken away)");
+}
+
 /* Byte offset in key i's block file of buffer b's first data byte. */
 static off_t buf_offset(kvx_store *s, const st_pool *p, uint32_t b) {
     off_t o = (off_t)(kvx_store_block_bytes(s) - kvx_layout_page_bytes(&p->l));
@@ -174,7 +225,8 @@ static void test_format(kvx_store *s, const char *script_dir) {
     CHECK(fd >= 0 && pread(fd, h, 96, 0) == 96 && kvx__le_r32(h + 8) == 2,
           "a block of pages >= 64 KiB is written in format version 2");
     if (fd >= 0) close(fd);
-    CHECK(kvx_store_verify(s, 0, &rep) == KVX_OK && rep.ok == NK && rep.bad == 0,
+    rc = kvx_store_verify(s, 0, &rep);
+    CHECK(rc == KVX_OK && rep.ok == NK && rep.bad == 0,
           "verify: %llu of %d blocks ok (whole and per-buffer CRC32C)",
           (unsigned long long)rep.ok, NK);
     if (system("python3 -c 1 >/dev/null 2>&1") != 0) {
@@ -418,6 +470,7 @@ int main(int argc, char **argv) {
     test_corrupt(s, &pool, 5, 1);
     test_corrupt(s, &pool, NL - 1, 1);
     test_missing(s, &pool);
+    test_bad_buf_crc(s, &pool);
     test_timeout(s, &pool);
     test_args(s);
     kvx_store_close(s);
