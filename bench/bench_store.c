@@ -20,8 +20,13 @@
    too. Then exists lookups per second over 100,000 stored keys with a warm
    cache, and how long opening a store of 100,000 blocks takes.
 
+   Then the layer-wise load (kvx_store_load_*) of the same 4096-token
+   prefix: time to the first layer available and to the whole prefix,
+   against kvx_store_batch_get of the same keys, same run, with a warm and
+   a cold page cache (see bench_layers).
+
    Usage: bench_store [--dir DIR] [--iters N] [--threads N] [--keys N]
-                      [--only put-get|exists] [--dfs-pages N] [--scan-keys N]
+                      [--only put-get|layers|exists] [--dfs-pages N] [--scan-keys N]
    Env: KVX_STORE_* apply to the store as usual.
 
    Shared filesystem (KVX_DFS_A and KVX_DFS_B: one directory seen through
@@ -418,6 +423,21 @@ static void bench_exists(const char *dir, int threads, size_t nkeys) {
 
 /* ---- shared filesystem: put through A, get through B ---- */
 
+/* Drops the blocks of keys from the page cache (written back first). */
+static void drop_cache(kvx_store *s, const kvx_store_key *keys, size_t n) {
+    char p[4400];
+    size_t i;
+    for (i = 0; i < n; i++) {
+        int fd;
+        kvx_store_block_path(s, &keys[i], p, sizeof p);
+        fd = open(p, O_RDONLY);
+        if (fd < 0) die("open a block to drop its cache");
+        (void)fdatasync(fd);
+        (void)posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+        close(fd);
+    }
+}
+
 static void fill_layout(kvx_buffer *bufs, kvx_layout *l, int nbuf, uint64_t item, int pages) {
     uint64_t x = 88172645463325252ull;
     int b;
@@ -441,6 +461,90 @@ static void fill_layout(kvx_buffer *bufs, kvx_layout *l, int nbuf, uint64_t item
     l->num_kv_heads = 8;
     l->dtype_size = 2;
     l->dtype = "bfloat16";
+}
+
+/* The layer-wise load (kvx_store_load_*) of the 4096-token prefix against
+   kvx_store_batch_get of the same keys into the same pages, interleaved in
+   every iteration: time until layer 0 of every page is available (what an
+   engine waits for before it can run layer 0), time until all 32 layers
+   are, and the whole batch_get. Warm page cache (the blocks were just
+   written); with cold, each block file is also dropped from the page cache
+   (fdatasync + POSIX_FADV_DONTNEED) before every timed load, so the reads
+   go to the disk. */
+static void bench_layers(const char *dir, int iters, int threads, int cold) {
+    kvx_buffer bufs[NBUF];
+    kvx_layout l;
+    kvx_store_key keys[BATCH];
+    int32_t src[BATCH], dst[BATCH];
+    double *tf = (double *)calloc((size_t)iters, sizeof(double));
+    double *tw = (double *)calloc((size_t)iters, sizeof(double));
+    double *tg = (double *)calloc((size_t)iters, sizeof(double));
+    double *th = (double *)calloc((size_t)iters, sizeof(double));
+    char sub[600];
+    kvx_store *s;
+    size_t i, bytes = (size_t)BATCH * NBUF * ITEM;
+    uint32_t nl = NBUF / 2;
+    int it, b, bad = 0, way;
+    fill_layout(bufs, &l, NBUF, ITEM, POOL_PAGES);
+    for (i = 0; i < BATCH; i++) {
+        src[i] = (int32_t)(2 * i);
+        dst[i] = (int32_t)(2 * ((BATCH - 1 - i) * 7 % BATCH) + 1); /* scattered */
+    }
+    snprintf(sub, sizeof sub, "%s/layers", dir);
+    s = open_store(sub, &l, threads, "meta-llama/Llama-3.1-8B", KVX_STORE_UNLIMITED);
+    make_keys(keys, BATCH, 4242);
+    if (kvx_store_batch_put(s, keys, src, BATCH, NULL) != KVX_OK) die("put the prefix");
+    for (it = 0; it < iters; it++) {
+        for (way = 0; way < 2; way++) { /* alternate which goes first */
+            double t0;
+            size_t loaded = 0;
+            if (cold) drop_cache(s, keys, BATCH);
+            for (b = 0; b < NBUF; b++) /* the destination pages differ from the source again */
+                for (i = 0; i < BATCH; i++)
+                    memset((char *)bufs[b].base + (size_t)dst[i] * ITEM, 0, 64);
+            t0 = now_s();
+            if ((way ^ it) & 1) {
+                kvx_store_load *ld = NULL;
+                if (kvx_store_load_begin(s, keys, dst, BATCH, &ld) != KVX_OK) die("load_begin");
+                if (kvx_store_load_wait_layer(ld, 0, -1) != KVX_OK) bad++;
+                tf[it] = now_s() - t0;
+                if (kvx_store_load_wait_layer(ld, nl / 2 - 1, -1) != KVX_OK) bad++;
+                th[it] = now_s() - t0;
+                if (kvx_store_load_wait_layer(ld, nl - 1, -1) != KVX_OK) bad++;
+                tw[it] = now_s() - t0;
+                if (kvx_store_load_end(ld, &loaded) != KVX_OK || loaded != BATCH) bad++;
+            } else {
+                if (kvx_store_batch_get(s, keys, dst, BATCH, &loaded) != KVX_OK || loaded != BATCH) bad++;
+                tg[it] = now_s() - t0;
+            }
+            for (b = 0; b < NBUF; b++)
+                for (i = 0; i < BATCH; i++)
+                    if (memcmp((char *)bufs[b].base + (size_t)src[i] * ITEM,
+                               (char *)bufs[b].base + (size_t)dst[i] * ITEM, ITEM)) bad++;
+        }
+    }
+    {
+        double f = median(tf, iters), h = median(th, iters), w = median(tw, iters);
+        double g = median(tg, iters);
+        printf("layer-wise load, %s page cache (%d iterations, medians; %d layers, %zu MiB):\n",
+               cold ? "cold" : "warm", iters, (int)nl, bytes >> 20);
+        printf("  first layer available %8.2f ms | layers 0..%u %8.2f ms | whole prefix "
+               "layer-wise %8.2f ms (%.2f GB/s) | batch_get %8.2f ms (%.2f GB/s)\n", f * 1e3,
+               nl / 2 - 1, h * 1e3, w * 1e3, (double)bytes / w / 1e9, g * 1e3,
+               (double)bytes / g / 1e9);
+        printf("  ratios: first layer / whole prefix %.3f (1/%u layers = %.3f); first layer / "
+               "batch_get %.3f; whole layer-wise / batch_get %.2fx\n", f / w, nl, 1.0 / nl, f / g,
+               w / g);
+    }
+    printf("  check : %s\n", bad ? "FAILED: a load failed or a page differs" :
+                                   "every loaded page equals the stored one");
+    kvx_store_close(s);
+    for (b = 0; b < NBUF; b++) free(bufs[b].base);
+    free(tf);
+    free(tw);
+    free(tg);
+    free(th);
+    if (bad) exit(1);
 }
 
 /* Scan cost of nkeys blocks: put through wdir's store, open through rdir
@@ -583,7 +687,8 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--iters")) iters = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--threads")) threads = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--keys")) nkeys = (size_t)atol(argv[i + 1]);
-        else if (!strcmp(argv[i], "--only")) only = !strcmp(argv[i + 1], "put-get") ? 1 : 2;
+        else if (!strcmp(argv[i], "--only"))
+            only = !strcmp(argv[i + 1], "put-get") ? 1 : !strcmp(argv[i + 1], "layers") ? 3 : 2;
         else if (!strcmp(argv[i], "--dfs-pages")) dfs_pages = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--scan-keys")) scan_keys = (size_t)atol(argv[i + 1]);
     }
@@ -597,8 +702,12 @@ int main(int argc, char **argv) {
     if (threads < 1 || threads > 64) threads = 4;
     rm_rf(dir);
     mkdir(dir, 0755);
-    if (only != 2) bench_throughput(dir, iters, threads);
-    if (only != 1) bench_exists(dir, threads, nkeys);
+    if (!only || only == 1) bench_throughput(dir, iters, threads);
+    if (!only || only == 3) {
+        bench_layers(dir, iters, threads, 0);
+        bench_layers(dir, iters < 3 ? iters : 3, threads, 1);
+    }
+    if (!only || only == 2) bench_exists(dir, threads, nkeys);
     rm_rf(dir);
     return 0;
 }

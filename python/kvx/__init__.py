@@ -20,13 +20,14 @@ from, and each Engine and Store keeps its Layout.
 """
 import ctypes
 import enum
+import weakref
 from typing import Any, Iterable, List, Optional, Sequence, Tuple, Union
 
 from . import _ffi
 from ._ffi import lib
 
 __all__ = ["KvxError", "Poll", "Role", "StateType", "Layout", "Engine", "Sender", "Receiver",
-           "Store", "result_str", "page_keys", "__version__"]
+           "Store", "StoreLoad", "result_str", "page_keys", "__version__"]
 try:
     from importlib.metadata import version as _version
     __version__ = _version("kvx")
@@ -532,6 +533,7 @@ class Store(_Closing):
         d.io_threads, d.fsync, d.shared = io_threads, int(fsync), int(shared)
         d.scan_interval = scan_interval
         self._h = ctypes.c_void_p()
+        self._loads: "weakref.WeakSet[StoreLoad]" = weakref.WeakSet()
         why = ctypes.create_string_buffer(1024)
         rc = lib.kvx_store_open(ctypes.byref(d), ctypes.byref(self._h), why, len(why))
         if rc != 0:
@@ -564,6 +566,18 @@ class Store(_Closing):
                                f"{loaded.value} (see the log)")
         return loaded.value
 
+    def load_layers(self, keys: Sequence[Key], pages: Sequence[int]) -> "StoreLoad":
+        """Starts loading keys[i] into pool page pages[i] layer by layer
+        (kvx_store_load_begin): StoreLoad.wait_layer(l) returns once layer l
+        of every page is in the pool and verified, so layer 0 can run while
+        later layers are read. Every key must be stored (see exists). Use it
+        as a context manager or call end(); close() ends it too."""
+        if len(keys) != len(pages):
+            raise ValueError("kvx: as many keys as pages")
+        ld = StoreLoad(self, keys, pages)
+        self._loads.add(ld)
+        return ld
+
     def exists(self, keys: Sequence[Key]) -> int:
         """How many keys from the first are present (consecutive hits)."""
         return lib.kvx_store_batch_exists(self._handle(), _keys(keys), len(keys))
@@ -584,7 +598,70 @@ class Store(_Closing):
         return {f: getattr(st, f) for f, _ in st._fields_}
 
     def close(self) -> None:
-        """Joins the store's threads and frees it. Idempotent."""
+        """Ends its layer-wise loads, joins the store's threads and frees it.
+        Idempotent."""
         if self._h:
+            for ld in list(self._loads):
+                ld.end()
             lib.kvx_store_close(self._h)
             self._h = ctypes.c_void_p()
+
+
+class StoreLoad(_Closing):
+    """A layer-wise load from Store.load_layers (kvx_store_load_*)."""
+
+    _what = "store load"
+
+    def __init__(self, store: "Store", keys: Sequence[Key], pages: Sequence[int]):
+        self._store = store  # the store outlives its loads
+        self.result: Optional[int] = None
+        self.loaded: Optional[int] = None
+        arr, n = _i32(pages)
+        self._h = ctypes.c_void_p()
+        rc = lib.kvx_store_load_begin(store._handle(), _keys(keys), arr, n, ctypes.byref(self._h))
+        if rc != 0:
+            raise KvxError(rc, f"kvx_store_load_begin of {n} pages refused (see the log)")
+
+    @property
+    def num_layers(self) -> int:
+        """Layers of the store's layout: wait_layer takes 0 .. num_layers - 1."""
+        return int(lib.kvx_store_load_num_layers(self._handle()))
+
+    @property
+    def layers_done(self) -> int:
+        """How many layers from 0 on are available now (never blocks)."""
+        return int(lib.kvx_store_load_layers_done(self._handle()))
+
+    @property
+    def error(self) -> str:
+        """Why the load failed ("" while it has not)."""
+        return _text(lib.kvx_store_load_error(self._handle()))
+
+    def wait_layer(self, layer: int, timeout_ms: int = -1) -> bool:
+        """Waits until layer `layer` of every page is loaded and verified: True;
+        False when timeout_ms passed first (-1: no limit). Raises KvxError when
+        the load failed (a key missing or corrupt: no later layer will come)
+        or the layer is out of range."""
+        rc = lib.kvx_store_load_wait_layer(self._handle(), int(layer), int(timeout_ms))
+        if rc == 0:
+            return True
+        if rc == -201:
+            return False
+        if rc == -101:
+            raise KvxError(rc, _text(lib.kvx_store_load_call_error(self._handle())))
+        raise KvxError(rc, self.error or f"kvx_store_load_wait_layer({layer}) failed")
+
+    def end(self) -> int:
+        """Cancels what is left, waits for the reads in flight (nothing is
+        written into the pool afterwards) and frees the load. Returns how many
+        keys from the first loaded completely; self.result is the C result
+        (0, the failure's code, or -202 when ended early). Idempotent."""
+        if self._h:
+            loaded = ctypes.c_size_t(0)
+            self.result = int(lib.kvx_store_load_end(self._h, ctypes.byref(loaded)))
+            self.loaded = loaded.value
+            self._h = ctypes.c_void_p()
+        return self.loaded or 0
+
+    def close(self) -> None:
+        self.end()

@@ -19,6 +19,8 @@ static void put32(uint8_t *p, uint32_t v) {
     p[0] = (uint8_t)v; p[1] = (uint8_t)(v >> 8); p[2] = (uint8_t)(v >> 16); p[3] = (uint8_t)(v >> 24);
 }
 
+static volatile uint32_t fuzz_sink; /* keeps the buf_crc[] reads (ASan checks them) */
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     kvx_store_block_info info;
     char why[KVX_ERROR_MAX];
@@ -48,6 +50,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         for (i = 0; i < info.num_buffers; i++) sum += kvx_store_block_item_len(&info, i);
         if (sum * info.page_count != info.data_len) abort();
         if (kvx_store_block_item_len(&info, info.num_buffers) != 0) abort();
+        /* version 2: buf_crc[] inside the header, read in full */
+        if ((info.version == 2) != (info.buf_crcs != NULL)) abort();
+        if (info.version == 2 && 96 + 12ull * info.num_buffers > info.header_size) abort();
+        for (i = 0; i < info.num_buffers; i++) fuzz_sink ^= kvx_store_block_buf_crc(&info, i);
+        if (kvx_store_block_buf_crc(&info, info.num_buffers) != 0) abort();
     } else if (!why[0]) {
         abort(); /* every refusal says why */
     }

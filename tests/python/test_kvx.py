@@ -329,6 +329,27 @@ def store(kvx, tmp):
         check(all(kv[b][7 * ITEM:8 * ITEM] == pattern(b, 3, ITEM) and
                   kv[b][8 * ITEM:9 * ITEM] == pattern(b, 5, ITEM) for b in range(NBUF)),
               "store bytes")
+        with st.load_layers(keys[:2], [10, 11]) as ld:
+            check(ld.num_layers == NBUF // 2, f"load_layers: {ld.num_layers} layers")
+            check(all(ld.wait_layer(i) for i in range(ld.num_layers)) and
+                  ld.layers_done == ld.num_layers, "load_layers: every layer arrives")
+            check(all(kv[b][10 * ITEM:11 * ITEM] == pattern(b, 3, ITEM) and
+                      kv[b][11 * ITEM:12 * ITEM] == pattern(b, 5, ITEM) for b in range(NBUF)),
+                  "load_layers bytes")
+            try:
+                ld.wait_layer(ld.num_layers)
+                check(False, "a layer out of range is refused")
+            except kvx.KvxError as e:
+                check(e.code == -101 and "out of range" in str(e), f"wait_layer out of range: {e}")
+            check(ld.end() == 2 and ld.result == 0, "load_layers: end says 2 keys loaded")
+        ld = st.load_layers(keys, [12, 13, 14])  # keys[2] was never stored
+        try:
+            ld.wait_layer(0)
+            check(False, "a load with a missing key fails")
+        except kvx.KvxError as e:
+            check(e.code == -304 and "is not stored" in str(e), f"load_layers missing key: {e}")
+        check(ld.end() <= 2 and ld.result == -304, "load_layers: end reports the miss")
+        st.load_layers(keys[:1], [15])  # left running: close() ends it
         check(st.remove(keys[0]) and st.exists(keys) == 0, "remove")
         try:
             st.put(keys[:1], [NPAGES])
