@@ -30,6 +30,11 @@ Settings (kv_connector_extra_config, then the environment, then defaults):
   bootstrap_port  the prefill's kvx bootstrap port (kv_port + dp rank);
                   rank 0 of the prefill TP group serves it
   file_dir        KVX_FILE_DIR for the file transport (both sides see it)
+  file_handshake  true (default): the file transport also connects the two
+                  sides (kvx_boot), so a failure or abort on either side
+                  reaches the other at once; false: only the directory is
+                  shared (a decode learns of a prefill failure from the
+                  room's transfer_failed file, or at KVX_FILE_TIMEOUT)
   waiting_timeout_s, bootstrap_timeout_s  kvx's room timeouts (300 s)
 Every other KVX_* variable of the C library applies (README, Settings).
 
@@ -99,6 +104,7 @@ class KvxConnectorMetadata(KVConnectorMetadata):
     and rooms to receive into which blocks (decode), by request id."""
     sends: Dict[str, _Send] = field(default_factory=dict)
     recvs: Dict[str, _Recv] = field(default_factory=dict)
+    aborts: Set[str] = field(default_factory=set)
 
 
 def _setting(extra: Dict[str, Any], key: str, env: str, default: Any) -> Any:
@@ -201,6 +207,10 @@ class KvxConnector(KVConnectorBase_V1):
         self.port = int(_setting(extra, "bootstrap_port", "KVX_VLLM_PORT",
                                  int(getattr(ktc, "kv_port", 14579)) + dp_rank))
         self.file_dir = _setting(extra, "file_dir", "KVX_FILE_DIR", None)
+        # file transport: with the handshake (default) failures travel both
+        # ways over kvx's control channel; without it only files are shared
+        self.handshake = self.transport != "file" or \
+            str(extra.get("file_handshake", True)).lower() not in ("0", "false", "no")
         self.waiting_timeout_s = float(_setting(extra, "waiting_timeout_s", "", 0.0))
         self.bootstrap_timeout_s = float(_setting(extra, "bootstrap_timeout_s", "", 0.0))
         self.block_size = int(vllm_config.cache_config.block_size)
@@ -224,6 +234,8 @@ class KvxConnector(KVConnectorBase_V1):
         self._to_send: Dict[str, _Send] = {}
         self._to_recv: Dict[str, _Recv] = {}
         self._sending: Set[str] = set()
+        self._receiving: Set[str] = set()
+        self._aborts: Set[str] = set()
 
     def get_num_new_matched_tokens(self, request: "Request",
                                    num_computed_tokens: int) -> Tuple[Optional[int], bool]:
@@ -258,9 +270,12 @@ class KvxConnector(KVConnectorBase_V1):
         self._to_recv[request.request_id] = _Recv(room, addr, ids[:want] if want else ids)
 
     def build_connector_meta(self, scheduler_output: "SchedulerOutput") -> KvxConnectorMetadata:
-        meta = KvxConnectorMetadata(sends=self._to_send, recvs=self._to_recv)
+        meta = KvxConnectorMetadata(sends=self._to_send, recvs=self._to_recv,
+                                    aborts=self._aborts)
         self._sending.update(self._to_send)
-        self._to_send, self._to_recv = {}, {}
+        self._sending.update(self._aborts)
+        self._receiving.update(r for r, v in self._to_recv.items() if v.block_ids)
+        self._to_send, self._to_recv, self._aborts = {}, {}, set()
         return meta
 
     def request_finished(self, request: "Request",
@@ -269,6 +284,14 @@ class KvxConnector(KVConnectorBase_V1):
         blocks until the worker reports the room done, and returns the params
         the decode needs."""
         p = request.kv_transfer_params
+        rid = request.request_id
+        if rid in self._receiving:
+            # decode: finished (aborted) while its blocks are being written:
+            # the worker aborts the room, waits for writes in flight, and
+            # reports the request as sent, which frees the blocks
+            self._aborts.add(rid)
+            return True, None
+        self._to_recv.pop(rid, None)  # not opened yet: nothing writes there
         if not p or not p.get("do_remote_decode"):
             return False, None
         from vllm.v1.request import RequestStatus
@@ -291,6 +314,8 @@ class KvxConnector(KVConnectorBase_V1):
     def update_connector_output(self, connector_output: Any) -> None:
         for rid in getattr(connector_output, "finished_sending", None) or ():
             self._sending.discard(rid)
+        for rid in getattr(connector_output, "finished_recving", None) or ():
+            self._receiving.discard(rid)
 
     def has_pending_push_work(self) -> bool:
         """Prefill rooms the workers have not finished keep the engine stepping."""
@@ -369,17 +394,16 @@ class KvxConnector(KVConnectorBase_V1):
             raise RuntimeError(f"kvx: this instance is kvx_role {self._roles[0]!r}; it cannot "
                                f"act as {role}")
         boot: Dict[str, Any] = {"tp_size": self.tp_size, "tp_rank": self._rank}
-        if role == "prefill":
+        if role == "prefill" and self.handshake:
             boot.update(host=self.host, port=self.port)
         file = {"dir": str(self.file_dir)} if self.file_dir else None
         eng = kvx.Engine(role, self.layout, transport=self.transport,
-                         bootstrap_addr=self.addr if role == "decode" else None,
+                         bootstrap_addr=self.addr if role == "decode" and self.handshake else None,
                          rank=self._rank, waiting_timeout_s=self.waiting_timeout_s,
                          bootstrap_timeout_s=self.bootstrap_timeout_s, boot=boot, file=file)
         self.engines[role] = eng
         logger.info("kvx %s engine: transport %s%s", role, eng.transport,
-                    f", bootstrap {self.addr}" if role == "prefill" and
-                    eng.transport != "file" else "")
+                    f", bootstrap {self.addr}" if role == "prefill" and self.handshake else "")
         return eng
 
     def start_load_kv(self, forward_context: "ForwardContext", **kwargs: Any) -> None:
@@ -394,6 +418,8 @@ class KvxConnector(KVConnectorBase_V1):
                 self._open_recv(rid, r)
             for rid, s in meta.sends.items():
                 self._open_send(rid, s)
+            for rid in meta.aborts:
+                self._abort_recv(rid)
             self._progress()
 
     def wait_for_layer_load(self, layer_name: str) -> None:
@@ -416,7 +442,7 @@ class KvxConnector(KVConnectorBase_V1):
 
     def _open_recv(self, rid: str, r: _Recv) -> None:
         try:
-            room = self._engine("decode").receiver(r.room, r.addr if self.transport != "file" else None)
+            room = self._engine("decode").receiver(r.room, r.addr if self.handshake else None)
         except kvx.KvxError as e:
             self._fail_note(rid, e.sentence)
             self._load_errors.update(r.block_ids)
@@ -428,6 +454,16 @@ class KvxConnector(KVConnectorBase_V1):
             self._done_recv.add(rid)
             return
         self._receivers[rid] = (room, r, False)
+
+    def _abort_recv(self, rid: str) -> None:
+        """The decode request ended while receiving: abort its room (kvx's
+        destroy waits for writes in flight), then its blocks may be freed."""
+        ent = self._receivers.pop(rid, None)
+        if ent is not None:
+            ent[0].abort("the decode request was aborted")
+            ent[0].close()
+        self._done_recv.discard(rid)
+        self._done_send.add(rid)
 
     def _open_send(self, rid: str, s: _Send) -> None:
         try:
@@ -492,6 +528,24 @@ class KvxConnector(KVConnectorBase_V1):
         with self._lock:
             out, self._load_errors = self._load_errors, set()
         return out
+
+    def wait_progress(self, timeout_ms: int) -> bool:
+        """Blocks (without the GIL) until one open room moves to its next
+        state, or timeout_ms pass; False when no room is open. For drivers
+        that have nothing else to do between steps (tests, benchmarks):
+        vLLM's engine loop calls get_finished every step instead."""
+        with self._lock:
+            rooms = list(self._receivers.values()) + list(self._senders.values())
+            if not rooms:
+                return False
+            for room, _, started in rooms:  # one a step can move now: no wait
+                state = room.poll()
+                if state in (kvx.Poll.Success, kvx.Poll.Failed) or \
+                        (not started and state == kvx.Poll.WaitingForInput):
+                    return True
+            room, _, started = rooms[0]
+            room.wait(kvx.Poll.Success if started else kvx.Poll.WaitingForInput, timeout_ms)
+        return True
 
     def pending(self) -> int:
         """Rooms still open on this worker."""

@@ -1,0 +1,359 @@
+"""KvxConnector inside vLLM 0.34.0, tested against vLLM itself (CPU only).
+
+Run with the venv tests/vllm/setup_venv.sh makes:
+    build/venv-sglang/bin/python tests/vllm/test_pd.py [tcp file]
+
+For each transport the parent starts two child processes, a prefill
+instance and a decode instance. Each builds a real VllmConfig with
+KVTransferConfig {"kv_connector": "KvxConnector",
+"kv_connector_module_path": "kvx.vllm"} and gets its scheduler-side and
+worker-side connectors from vLLM's own KVConnectorFactory (so they are
+vLLM's subclasses, loaded the way vLLM loads them), registers KV caches made
+as CPU tensors in vLLM's FlashAttention layout ((2, num_blocks, block_size,
+heads, head_size) per layer; tcp uses NHD, file the HND physical order), and
+drives the connectors in the order vLLM's scheduler and model runner call
+them, with vLLM's Request, KVCacheBlocks, SchedulerOutput and
+KVConnectorOutput:
+
+  scheduler: get_num_new_matched_tokens, update_state_after_alloc,
+             build_connector_meta (each step), request_finished (prefill),
+             update_connector_output (each step)
+  worker:    bind_connector_metadata, start_load_kv, wait_for_layer_load and
+             save_kv_layer per layer, wait_for_save, get_finished,
+             get_block_ids_with_load_errors, clear_connector_metadata
+
+Requests (prompt lengths chosen to end mid-block and on a block edge):
+  r0 r1 r2 r3   moved, byte-verified on decode against content generated
+                independently from (request, layer, K/V, block of request)
+  badp          the prefill hands kvx a block outside its pool: the prefill
+                fails the room (its blocks are released: finished sending)
+                and the decode reports the request finished receiving with
+                every block in get_block_ids_with_load_errors
+  badd          the decode's destination includes a block outside its pool:
+                the decode reports a load error for it; the prefill's room
+                ends (finished sending)
+
+The tcp case runs both instances with kv_role "kv_both" (each side's kvx
+engine is made on first use); the file case kv_producer / kv_consumer and
+file_handshake false (the two instances share only the directory).
+
+Children print "ok ..." / "FAIL ..." lines; the decode's stdin carries the
+prefill's kv_transfer_params (as a proxy would), and each waits for its
+stdin to close before it shuts its connector down.
+"""
+import json
+import os
+import queue
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+LAYERS, HEADS, HEAD_DIM, BS, NBLOCKS = 3, 4, 8, 16, 96
+PROMPTS = {"r0": 35, "r1": 16, "r2": 100, "r3": 64, "badp": 40, "badd": 40}
+DEADLINE = 120.0
+
+passed = failed = 0
+
+
+def check(cond, what):
+    global passed, failed
+    if cond:
+        passed += 1
+        print(f"ok {what}", flush=True)
+    else:
+        failed += 1
+        print(f"FAIL {what}", flush=True)
+    return cond
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ---------------------------------------------------------------- content
+
+def gen(torch, rid, layer, kv, blk):
+    """Independently generated contents of block blk of request rid (one
+    block of one layer's K or V, logical (block_size, heads, head_size))."""
+    g = torch.Generator().manual_seed((sum(map(ord, rid)) * 7919 + layer * 131 + kv * 17 + blk)
+                                      & 0x7FFFFFFF)
+    return torch.randn((BS, HEADS, HEAD_DIM), generator=g).to(torch.float16)
+
+
+def make_caches(torch, hnd):
+    """Per-layer KV caches as vLLM's FlashAttention backend shapes them:
+    logical (2, num_blocks, block_size, heads, head_size); HND keeps heads
+    outside tokens physically (a permuted view, as vLLM makes it)."""
+    caches = {}
+    for i in range(LAYERS):
+        name = f"model.layers.{i}.self_attn.attn"
+        if hnd:
+            t = torch.zeros((2, NBLOCKS, HEADS, BS, HEAD_DIM), dtype=torch.float16)
+            caches[name] = t.permute(0, 1, 3, 2, 4)
+        else:
+            caches[name] = torch.zeros((2, NBLOCKS, BS, HEADS, HEAD_DIM), dtype=torch.float16)
+    return caches
+
+
+# ---------------------------------------------------------------- one instance
+
+class Instance:
+    """A vLLM instance's two connector halves, driven as vLLM drives them."""
+
+    def __init__(self, role, transport, port, fdir, hnd):
+        import torch
+        from vllm.config import CacheConfig, DeviceConfig, KVTransferConfig, VllmConfig
+        from vllm.distributed.kv_transfer.kv_connector.factory import KVConnectorFactory
+        from vllm.distributed.kv_transfer.kv_connector.v1.base import (KVConnectorBase_V1,
+                                                                       KVConnectorRole)
+        from vllm.v1.kv_cache_interface import KVCacheConfig
+        self.torch = torch
+        kv_role = "kv_both" if transport == "tcp" else \
+            ("kv_producer" if role == "prefill" else "kv_consumer")
+        # the prefill waits this long for a decode that never names its
+        # blocks (badd: the decode refuses them before it sends them)
+        extra = {"transport": transport, "bootstrap_port": port, "file_dir": fdir,
+                 "file_handshake": False,
+                 "bootstrap_timeout_s": 10 if role == "prefill" else 60,
+                 "waiting_timeout_s": 60}
+        ktc = KVTransferConfig(kv_connector="KvxConnector", kv_connector_module_path="kvx.vllm",
+                               kv_role=kv_role, kv_connector_extra_config=extra)
+        self.cfg = VllmConfig(kv_transfer_config=ktc, cache_config=CacheConfig(block_size=BS),
+                              device_config=DeviceConfig(device="cpu"))
+        kvcc = KVCacheConfig(num_blocks=NBLOCKS, kv_cache_tensors=[], kv_cache_groups=[])
+        self.sched = KVConnectorFactory.create_connector(self.cfg, KVConnectorRole.SCHEDULER, kvcc)
+        self.work = KVConnectorFactory.create_connector(self.cfg, KVConnectorRole.WORKER, kvcc)
+        check(isinstance(self.sched, KVConnectorBase_V1) and isinstance(self.work, KVConnectorBase_V1)
+              and type(self.work).__name__ == "KvxConnector",
+              f"{role}: vLLM's KVConnectorFactory made KvxConnector (a KVConnectorBase_V1) "
+              f"from kv_connector_module_path, kv_role {kv_role}")
+        self.caches = make_caches(torch, hnd)
+        self.work.register_kv_caches(self.caches)
+        self.role = role
+        self.sent, self.recvd, self.errors = set(), set(), set()
+
+    def request(self, rid, ntok, params):
+        from vllm.sampling_params import SamplingParams
+        from vllm.v1.request import Request
+        sp = SamplingParams(max_tokens=1, extra_args={"kv_transfer_params": params})
+        return Request(rid, list(range(1000, 1000 + ntok)), sp, None)
+
+    @staticmethod
+    def blocks(ids):
+        from vllm.v1.core.kv_cache_manager import KVCacheBlocks
+        from vllm.v1.core.kv_cache_utils import KVCacheBlock
+        return KVCacheBlocks((tuple(KVCacheBlock(b) for b in ids),))
+
+    def step(self, forward=()):
+        """One engine step: scheduler output and connector metadata, the
+        worker's connector calls around a forward pass, the output back."""
+        from vllm.v1.core.sched.output import SchedulerOutput
+        from vllm.v1.outputs import KVConnectorOutput
+        so = SchedulerOutput.make_empty()
+        so.kv_connector_metadata = self.sched.build_connector_meta(so)
+        w = self.work
+        w.bind_connector_metadata(so.kv_connector_metadata)
+        w.start_load_kv(None)
+        for name in self.caches:
+            w.wait_for_layer_load(name)
+            for rid, ids in forward:  # "compute" this request's KV of this layer
+                layer = int(name.split(".")[2])
+                for j, b in enumerate(ids):
+                    for kv in (0, 1):
+                        self.caches[name][kv][b] = gen(self.torch, rid, layer, kv, j)
+            w.save_kv_layer(name, self.caches[name], None)
+        w.wait_for_save()
+        sent, recvd = w.get_finished(so.finished_req_ids)
+        errs = w.get_block_ids_with_load_errors()
+        w.clear_connector_metadata()
+        self.sched.update_connector_output(KVConnectorOutput(
+            finished_sending=sent, finished_recving=recvd, invalid_block_ids=errs))
+        self.sent |= sent or set()
+        self.recvd |= recvd or set()
+        self.errors |= errs
+        return sent or set(), recvd or set()
+
+
+# ---------------------------------------------------------------- prefill child
+
+def prefill_main(transport, port, fdir, hnd):
+    from vllm.v1.request import RequestStatus
+    inst = Instance("prefill", transport, port, fdir, hnd)
+    order = list(range(NBLOCKS))
+    order = order[::3] + order[1::3] + order[2::3]  # scattered blocks
+    fwd, reqs = [], {}
+    for rid, ntok in PROMPTS.items():
+        req = inst.request(rid, ntok, {"do_remote_decode": True})
+        n, load_async = inst.sched.get_num_new_matched_tokens(req, 0)
+        check(n == 0 and not load_async, f"prefill {rid}: no external tokens ({n}, {load_async})")
+        ids = [order.pop(0) for _ in range(-(-ntok // BS))]
+        inst.sched.update_state_after_alloc(req, inst.blocks(ids), 0)
+        fwd.append((rid, ids))
+        reqs[rid] = (req, ids)
+    inst.step(forward=fwd)  # the prefill forward writes every request's KV
+    check(sys.stdin.readline().strip() == "GO", "prefill: the decode instance is up")
+    for rid, (req, ids) in reqs.items():
+        req.status = RequestStatus.FINISHED_LENGTH_CAPPED
+        req.num_computed_tokens = PROMPTS[rid]
+        given = list(ids)
+        if rid == "badp":
+            given[1] = NBLOCKS + 5  # a block the pool does not have
+        delay, params = inst.sched.request_finished(req, given)
+        check(delay and params and params.get("do_remote_prefill"),
+              f"prefill {rid}: request_finished holds the blocks and returns kvx params")
+        print("PARAMS " + json.dumps({"rid": rid, "params": params}), flush=True)
+    # steps until every room ended (the decode connects, or fails, meanwhile)
+    end = time.time() + DEADLINE
+    while len(inst.sent) < len(reqs) and time.time() < end:
+        inst.step()
+        inst.work.wait_progress(200)
+    check(inst.sent == set(reqs), f"prefill: every request reported finished sending "
+          f"(missing {sorted(set(reqs) - inst.sent)})")
+    check(not inst.sched.has_pending_push_work(), "prefill: no push work left once all were sent")
+    why = inst.work.failures.get("badp", "")
+    check("badp" in inst.work.failures and str(NBLOCKS + 5) in why,
+          f"prefill badp: the room failed naming the block: {why!r}")
+    why = inst.work.failures.get("badd", "")
+    check(transport == "file" or "timed out" in why,
+          f"prefill badd: the room ended when no destination came: {why!r}")
+    check(set(inst.work.failures) <= {"badp", "badd"},
+          f"prefill: no other request failed ({inst.work.failures})")
+    print("SENT-ALL", flush=True)
+    sys.stdin.read()
+    inst.work.shutdown()
+    print(f"DONE {passed} {failed}", flush=True)
+
+
+# ---------------------------------------------------------------- decode child
+
+def decode_main(transport, port, fdir, hnd):
+    torch = __import__("torch")
+    inst = Instance("decode", transport, port, fdir, hnd)
+    print("READY", flush=True)
+    lines = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(ln) for ln in sys.stdin] and lines.put(None),
+                     daemon=True).start()
+    order = list(range(NBLOCKS))[::-1]  # other blocks than the prefill's
+    want, eof = {}, False
+    end = time.time() + DEADLINE
+    while time.time() < end and not (len(want) == len(PROMPTS) and inst.recvd >= set(want)):
+        try:
+            ln = lines.get(timeout=0.0 if inst.work.pending() else 1.0)
+        except queue.Empty:
+            ln = ""
+        if ln is None:
+            eof = True
+        elif ln:
+            msg = json.loads(ln)
+            rid, params = msg["rid"], msg["params"]
+            req = inst.request("d-" + rid, PROMPTS[rid], dict(params))
+            n, load_async = inst.sched.get_num_new_matched_tokens(req, 0)
+            check(n == PROMPTS[rid] and load_async,
+                  f"decode {rid}: {PROMPTS[rid]} prompt tokens to load asynchronously ({n})")
+            ids = [order.pop(0) for _ in range(-(-n // BS))]
+            if rid == "badd":
+                ids[2] = NBLOCKS + 3
+            inst.sched.update_state_after_alloc(req, inst.blocks(ids), n)
+            n2, _ = inst.sched.get_num_new_matched_tokens(req, 0)
+            check(n2 == 0, f"decode {rid}: one transfer per request (asked again: {n2})")
+            want[req.request_id] = (rid, ids)
+        inst.step()
+        inst.work.wait_progress(200)
+    check(set(want) == inst.recvd, f"decode: every request reported finished receiving "
+          f"(missing {sorted(set(want) - inst.recvd)})")
+    for did, (rid, ids) in want.items():
+        if rid.startswith("bad"):
+            check(set(ids) <= inst.errors and did in inst.work.failures,
+                  f"decode {rid}: failed through the load-error path, every block of it in "
+                  f"get_block_ids_with_load_errors: {inst.work.failures.get(did)!r}")
+            continue
+        check(not (set(ids) & inst.errors), f"decode {rid}: no load error")
+        wrong = 0
+        for name, t in inst.caches.items():
+            layer = int(name.split(".")[2])
+            for j, b in enumerate(ids):
+                for kv in (0, 1):
+                    exp = gen(torch, rid, layer, kv, j)
+                    if not torch.equal(t[kv][b], exp):
+                        wrong += 1
+        check(wrong == 0, f"decode {rid}: {len(ids)} blocks x {LAYERS} layers x K,V "
+              f"byte-identical ({wrong} wrong)")
+    check("d-badp" in inst.work.failures and str(NBLOCKS + 5) in inst.work.failures["d-badp"],
+          f"decode badp: the prefill's failure reached the decode: "
+          f"{inst.work.failures.get('d-badp')!r}")
+    while not eof:  # the prefill's rooms all ended: the parent closes stdin
+        eof = lines.get() is None
+    inst.work.shutdown()
+    print(f"DONE {passed} {failed}", flush=True)
+
+
+# ---------------------------------------------------------------- parent
+
+def run_case(transport):
+    port = free_port()
+    fdir = tempfile.mkdtemp(prefix="kvx-vllm-")
+    hnd = transport == "file"
+    env = dict(os.environ, PYTHONWARNINGS="ignore", VLLM_LOGGING_LEVEL="WARNING",
+               KVX_LOG_LEVEL="error")
+    args = [str(port), fdir, "1" if hnd else "0"]
+    me = os.path.abspath(__file__)
+    pre = subprocess.Popen([sys.executable, me, "--child", "prefill", transport] + args,
+                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+    dec = subprocess.Popen([sys.executable, me, "--child", "decode", transport] + args,
+                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+    out = {"prefill": [], "decode": []}
+
+    def pump_prefill():
+        for ln in pre.stdout:
+            if ln.startswith("PARAMS "):
+                dec.stdin.write(ln[len("PARAMS "):])
+                dec.stdin.flush()
+            elif ln.startswith("SENT-ALL"):
+                dec.stdin.close()
+            else:
+                out["prefill"].append(ln)
+        if not dec.stdin.closed:
+            dec.stdin.close()
+
+    t = threading.Thread(target=pump_prefill)
+    t.start()
+    for ln in dec.stdout:
+        if ln.startswith("READY"):
+            pre.stdin.write("GO\n")
+            pre.stdin.flush()
+        out["decode"].append(ln)
+    dec.wait(timeout=DEADLINE)
+    # the decode is done: let the prefill finish and shut down
+    pre.stdin.close()
+    t.join(timeout=DEADLINE)
+    pre.wait(timeout=DEADLINE)
+    for side in ("prefill", "decode"):
+        for ln in out[side]:
+            ln = ln.rstrip("\n")
+            if ln.startswith("ok ") or ln.startswith("FAIL "):
+                check(ln.startswith("ok "), f"[{transport}] {ln[3:] if ln.startswith('ok ') else ln[5:]}")
+        proc = pre if side == "prefill" else dec
+        check(proc.returncode == 0 and any(x.startswith("DONE ") for x in out[side]),
+              f"[{transport}] {side} child exited cleanly (rc {proc.returncode})")
+
+
+def main():
+    if len(sys.argv) > 2 and sys.argv[1] == "--child":
+        role, transport, port, fdir, hnd = sys.argv[2:7]
+        (prefill_main if role == "prefill" else decode_main)(transport, int(port), fdir,
+                                                               hnd == "1")
+        return 0
+    start = time.time()
+    for transport in sys.argv[1:] or ["tcp", "file"]:
+        run_case(transport)
+    print(f"vllm-pd: {passed} passed, {failed} failed ({time.time() - start:.0f} s)", flush=True)
+    return 0 if failed == 0 and passed > 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
