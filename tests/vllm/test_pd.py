@@ -56,16 +56,18 @@ PROMPTS = {"r0": 35, "r1": 16, "r2": 100, "r3": 64, "badp": 40, "badd": 40}
 DEADLINE = 120.0
 
 passed = failed = 0
+_check_lock = threading.Lock()
 
 
 def check(cond, what):
     global passed, failed
-    if cond:
-        passed += 1
-        print(f"ok {what}", flush=True)
-    else:
-        failed += 1
-        print(f"FAIL {what}", flush=True)
+    with _check_lock:
+        if cond:
+            passed += 1
+            print(f"ok {what}", flush=True)
+        else:
+            failed += 1
+            print(f"FAIL {what}", flush=True)
     return cond
 
 
@@ -85,7 +87,7 @@ def gen(torch, rid, layer, kv, blk):
     return torch.randn((BS, HEADS, HEAD_DIM), generator=g).to(torch.float16)
 
 
-def make_caches(torch, hnd):
+def make_caches(torch, hnd, heads=HEADS):
     """Per-layer KV caches as vLLM's FlashAttention backend shapes them:
     logical (2, num_blocks, block_size, heads, head_size); HND keeps heads
     outside tokens physically (a permuted view, as vLLM makes it)."""
@@ -93,10 +95,10 @@ def make_caches(torch, hnd):
     for i in range(LAYERS):
         name = f"model.layers.{i}.self_attn.attn"
         if hnd:
-            t = torch.zeros((2, NBLOCKS, HEADS, BS, HEAD_DIM), dtype=torch.float16)
+            t = torch.zeros((2, NBLOCKS, heads, BS, HEAD_DIM), dtype=torch.float16)
             caches[name] = t.permute(0, 1, 3, 2, 4)
         else:
-            caches[name] = torch.zeros((2, NBLOCKS, BS, HEADS, HEAD_DIM), dtype=torch.float16)
+            caches[name] = torch.zeros((2, NBLOCKS, BS, heads, HEAD_DIM), dtype=torch.float16)
     return caches
 
 
@@ -105,9 +107,10 @@ def make_caches(torch, hnd):
 class Instance:
     """A vLLM instance's two connector halves, driven as vLLM drives them."""
 
-    def __init__(self, role, transport, port, fdir, hnd):
+    def __init__(self, role, transport, port, fdir, hnd, tp=1, rank=0):
         import torch
-        from vllm.config import CacheConfig, DeviceConfig, KVTransferConfig, VllmConfig
+        from vllm.config import (CacheConfig, DeviceConfig, KVTransferConfig, ParallelConfig,
+                                 VllmConfig)
         from vllm.distributed.kv_transfer.kv_connector.factory import KVConnectorFactory
         from vllm.distributed.kv_transfer.kv_connector.v1.base import (KVConnectorBase_V1,
                                                                        KVConnectorRole)
@@ -120,11 +123,14 @@ class Instance:
         extra = {"transport": transport, "bootstrap_port": port, "file_dir": fdir,
                  "file_handshake": False,
                  "bootstrap_timeout_s": 10 if role == "prefill" else 60,
-                 "waiting_timeout_s": 60}
+                 "waiting_timeout_s": 60, "tp_rank": rank}
+        # one engine_id per instance, shared by its TP ranks (as vLLM has it)
         ktc = KVTransferConfig(kv_connector="KvxConnector", kv_connector_module_path="kvx.vllm",
-                               kv_role=kv_role, kv_connector_extra_config=extra)
+                               kv_role=kv_role, kv_connector_extra_config=extra,
+                               engine_id=f"{role}-{transport}")
         self.cfg = VllmConfig(kv_transfer_config=ktc, cache_config=CacheConfig(block_size=BS),
-                              device_config=DeviceConfig(device="cpu"))
+                              device_config=DeviceConfig(device="cpu"),
+                              parallel_config=ParallelConfig(tensor_parallel_size=tp))
         kvcc = KVCacheConfig(num_blocks=NBLOCKS, kv_cache_tensors=[], kv_cache_groups=[])
         self.sched = KVConnectorFactory.create_connector(self.cfg, KVConnectorRole.SCHEDULER, kvcc)
         self.work = KVConnectorFactory.create_connector(self.cfg, KVConnectorRole.WORKER, kvcc)
@@ -132,7 +138,9 @@ class Instance:
               and type(self.work).__name__ == "KvxConnector",
               f"{role}: vLLM's KVConnectorFactory made KvxConnector (a KVConnectorBase_V1) "
               f"from kv_connector_module_path, kv_role {kv_role}")
-        self.caches = make_caches(torch, hnd)
+        self.heads = HEADS // tp  # this rank's KV heads
+        self.head0 = rank * self.heads
+        self.caches = make_caches(torch, hnd, self.heads)
         self.work.register_kv_caches(self.caches)
         self.role = role
         self.sent, self.recvd, self.errors = set(), set(), set()
@@ -165,7 +173,8 @@ class Instance:
                 layer = int(name.split(".")[2])
                 for j, b in enumerate(ids):
                     for kv in (0, 1):
-                        self.caches[name][kv][b] = gen(self.torch, rid, layer, kv, j)
+                        full = gen(self.torch, rid, layer, kv, j)
+                        self.caches[name][kv][b] = full[:, self.head0:self.head0 + self.heads]
             w.save_kv_layer(name, self.caches[name], None)
         w.wait_for_save()
         sent, recvd = w.get_finished(so.finished_req_ids)
@@ -181,13 +190,14 @@ class Instance:
 
 # ---------------------------------------------------------------- prefill child
 
-def prefill_main(transport, port, fdir, hnd):
+def prefill_main(transport, port, fdir, hnd, tp, rank, names):
     from vllm.v1.request import RequestStatus
-    inst = Instance("prefill", transport, port, fdir, hnd)
+    inst = Instance("prefill", transport, port, fdir, hnd, tp, rank)
+    prompts = {k: PROMPTS[k] for k in names}
     order = list(range(NBLOCKS))
     order = order[::3] + order[1::3] + order[2::3]  # scattered blocks
     fwd, reqs = [], {}
-    for rid, ntok in PROMPTS.items():
+    for rid, ntok in prompts.items():
         req = inst.request(rid, ntok, {"do_remote_decode": True})
         n, load_async = inst.sched.get_num_new_matched_tokens(req, 0)
         check(n == 0 and not load_async, f"prefill {rid}: no external tokens ({n}, {load_async})")
@@ -199,7 +209,7 @@ def prefill_main(transport, port, fdir, hnd):
     check(sys.stdin.readline().strip() == "GO", "prefill: the decode instance is up")
     for rid, (req, ids) in reqs.items():
         req.status = RequestStatus.FINISHED_LENGTH_CAPPED
-        req.num_computed_tokens = PROMPTS[rid]
+        req.num_computed_tokens = prompts[rid]
         given = list(ids)
         if rid == "badp":
             given[1] = NBLOCKS + 5  # a block the pool does not have
@@ -215,12 +225,14 @@ def prefill_main(transport, port, fdir, hnd):
     check(inst.sent == set(reqs), f"prefill: every request reported finished sending "
           f"(missing {sorted(set(reqs) - inst.sent)})")
     check(not inst.sched.has_pending_push_work(), "prefill: no push work left once all were sent")
-    why = inst.work.failures.get("badp", "")
-    check("badp" in inst.work.failures and str(NBLOCKS + 5) in why,
-          f"prefill badp: the room failed naming the block: {why!r}")
-    why = inst.work.failures.get("badd", "")
-    check(transport == "file" or "timed out" in why,
-          f"prefill badd: the room ended when no destination came: {why!r}")
+    if "badp" in prompts:
+        why = inst.work.failures.get("badp", "")
+        check("badp" in inst.work.failures and str(NBLOCKS + 5) in why,
+              f"prefill badp: the room failed naming the block: {why!r}")
+    if "badd" in prompts:
+        why = inst.work.failures.get("badd", "")
+        check(transport == "file" or "timed out" in why,
+              f"prefill badd: the room ended when no destination came: {why!r}")
     check(set(inst.work.failures) <= {"badp", "badd"},
           f"prefill: no other request failed ({inst.work.failures})")
     print("SENT-ALL", flush=True)
@@ -231,9 +243,10 @@ def prefill_main(transport, port, fdir, hnd):
 
 # ---------------------------------------------------------------- decode child
 
-def decode_main(transport, port, fdir, hnd):
+def decode_main(transport, port, fdir, hnd, names):
     torch = __import__("torch")
     inst = Instance("decode", transport, port, fdir, hnd)
+    prompts = {k: PROMPTS[k] for k in names}
     print("READY", flush=True)
     lines = queue.Queue()
     threading.Thread(target=lambda: [lines.put(ln) for ln in sys.stdin] and lines.put(None),
@@ -241,7 +254,7 @@ def decode_main(transport, port, fdir, hnd):
     order = list(range(NBLOCKS))[::-1]  # other blocks than the prefill's
     want, eof = {}, False
     end = time.time() + DEADLINE
-    while time.time() < end and not (len(want) == len(PROMPTS) and inst.recvd >= set(want)):
+    while time.time() < end and not (len(want) == len(prompts) and inst.recvd >= set(want)):
         try:
             ln = lines.get(timeout=0.0 if inst.work.pending() else 1.0)
         except queue.Empty:
@@ -283,9 +296,11 @@ def decode_main(transport, port, fdir, hnd):
                         wrong += 1
         check(wrong == 0, f"decode {rid}: {len(ids)} blocks x {LAYERS} layers x K,V "
               f"byte-identical ({wrong} wrong)")
-    check("d-badp" in inst.work.failures and str(NBLOCKS + 5) in inst.work.failures["d-badp"],
-          f"decode badp: the prefill's failure reached the decode: "
-          f"{inst.work.failures.get('d-badp')!r}")
+    if "badp" in prompts:
+        check("d-badp" in inst.work.failures and
+              str(NBLOCKS + 5) in inst.work.failures["d-badp"],
+              f"decode badp: the prefill's failure reached the decode: "
+              f"{inst.work.failures.get('d-badp')!r}")
     while not eof:  # the prefill's rooms all ended: the parent closes stdin
         eof = lines.get() is None
     inst.work.shutdown()
@@ -294,63 +309,98 @@ def decode_main(transport, port, fdir, hnd):
 
 # ---------------------------------------------------------------- parent
 
-def run_case(transport):
+CASES = {
+    # name: (transport, HND layout, prefill TP, requests)
+    "tcp": ("tcp", False, 1, list(PROMPTS)),
+    "file": ("file", True, 1, list(PROMPTS)),
+    "tcp-tp2to1": ("tcp", True, 2, ["r0", "r2", "r3"]),
+}
+
+
+def run_case(case):
+    transport, hnd, ptp, names = CASES[case]
     port = free_port()
     fdir = tempfile.mkdtemp(prefix="kvx-vllm-")
-    hnd = transport == "file"
     env = dict(os.environ, PYTHONWARNINGS="ignore", VLLM_LOGGING_LEVEL="WARNING",
                KVX_LOG_LEVEL="error")
-    args = [str(port), fdir, "1" if hnd else "0"]
+    common = [transport, str(port), fdir, "1" if hnd else "0"]
     me = os.path.abspath(__file__)
-    pre = subprocess.Popen([sys.executable, me, "--child", "prefill", transport] + args,
+    pres = [subprocess.Popen([sys.executable, me, "--child", "prefill"] + common +
+                             [str(ptp), str(r), ",".join(names)],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+            for r in range(ptp)]
+    dec = subprocess.Popen([sys.executable, me, "--child", "decode"] + common +
+                           ["1", "0", ",".join(names)],
                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
-    dec = subprocess.Popen([sys.executable, me, "--child", "decode", transport] + args,
-                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
-    out = {"prefill": [], "decode": []}
+    out = {f"prefill{r}": [] for r in range(ptp)}
+    out["decode"] = []
+    sent_all = []
+    lock = threading.Lock()
 
-    def pump_prefill():
-        for ln in pre.stdout:
+    def pump_prefill(r):
+        # rank 0's params go to the decode, as the proxy passes the
+        # instance's kv_transfer_params on (every rank computes the same)
+        for ln in pres[r].stdout:
             if ln.startswith("PARAMS "):
-                dec.stdin.write(ln[len("PARAMS "):])
-                dec.stdin.flush()
+                if r == 0:
+                    dec.stdin.write(ln[len("PARAMS "):])
+                    dec.stdin.flush()
             elif ln.startswith("SENT-ALL"):
-                dec.stdin.close()
+                with lock:
+                    sent_all.append(r)
+                    if len(sent_all) == ptp:
+                        dec.stdin.close()
             else:
-                out["prefill"].append(ln)
-        if not dec.stdin.closed:
-            dec.stdin.close()
+                out[f"prefill{r}"].append(ln)
 
-    t = threading.Thread(target=pump_prefill)
-    t.start()
+    pumps = [threading.Thread(target=pump_prefill, args=(r,)) for r in range(ptp)]
+    for t in pumps:
+        t.start()
     for ln in dec.stdout:
         if ln.startswith("READY"):
-            pre.stdin.write("GO\n")
-            pre.stdin.flush()
+            for p in pres:
+                p.stdin.write("GO\n")
+                p.stdin.flush()
         out["decode"].append(ln)
     dec.wait(timeout=DEADLINE)
-    # the decode is done: let the prefill finish and shut down
-    pre.stdin.close()
-    t.join(timeout=DEADLINE)
-    pre.wait(timeout=DEADLINE)
-    for side in ("prefill", "decode"):
-        for ln in out[side]:
+    if not dec.stdin.closed:
+        try:
+            dec.stdin.close()
+        except OSError:
+            pass
+    for p in pres:  # the decode is done: the prefills may shut down
+        p.stdin.close()
+    for t in pumps:
+        t.join(timeout=DEADLINE)
+    for p in pres:
+        p.wait(timeout=DEADLINE)
+    for side, lines in out.items():
+        for ln in lines:
             ln = ln.rstrip("\n")
             if ln.startswith("ok ") or ln.startswith("FAIL "):
-                check(ln.startswith("ok "), f"[{transport}] {ln[3:] if ln.startswith('ok ') else ln[5:]}")
-        proc = pre if side == "prefill" else dec
-        check(proc.returncode == 0 and any(x.startswith("DONE ") for x in out[side]),
-              f"[{transport}] {side} child exited cleanly (rc {proc.returncode})")
+                check(ln.startswith("ok "), f"[{case}] {side}: {ln.split(' ', 1)[1]}")
+        proc = dec if side == "decode" else pres[int(side[len("prefill"):])]
+        check(proc.returncode == 0 and any(x.startswith("DONE ") for x in lines),
+              f"[{case}] {side} child exited cleanly (rc {proc.returncode})")
 
 
 def main():
     if len(sys.argv) > 2 and sys.argv[1] == "--child":
-        role, transport, port, fdir, hnd = sys.argv[2:7]
-        (prefill_main if role == "prefill" else decode_main)(transport, int(port), fdir,
-                                                               hnd == "1")
+        role, transport, port, fdir, hnd, tp, rank, names = sys.argv[2:10]
+        names = names.split(",")
+        if role == "prefill":
+            prefill_main(transport, int(port), fdir, hnd == "1", int(tp), int(rank), names)
+        else:
+            decode_main(transport, int(port), fdir, hnd == "1", names)
         return 0
     start = time.time()
-    for transport in sys.argv[1:] or ["tcp", "file"]:
-        run_case(transport)
+    # the cases run at once (their waits overlap: process start-up, the
+    # prefill's wait for a destination that never comes)
+    runs = [threading.Thread(target=run_case, args=(c,)) for c in sys.argv[1:] or list(CASES)]
+    for t in runs:
+        t.start()
+    for t in runs:
+        t.join()
     print(f"vllm-pd: {passed} passed, {failed} failed ({time.time() - start:.0f} s)", flush=True)
     return 0 if failed == 0 and passed > 0 else 1
 
