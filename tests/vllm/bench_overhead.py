@@ -85,7 +85,8 @@ def vllm_fake(n):
 
     def side(role):
         ktc = KVTransferConfig(kv_connector="KvxConnector", kv_connector_module_path="kvx.vllm",
-                               kv_role=role, kv_connector_extra_config={"transport": "fake"})
+                               kv_role=role, kv_connector_extra_config={"transport": "fake",
+                                                          "bootstrap_host": "127.0.0.1"})
         cfg = VllmConfig(kv_transfer_config=ktc, cache_config=CacheConfig(block_size=BS),
                          device_config=DeviceConfig(device="cpu"))
         kvcc = KVCacheConfig(num_blocks=NBLOCKS, kv_cache_tensors=[], kv_cache_groups=[])

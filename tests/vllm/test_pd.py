@@ -120,7 +120,8 @@ class Instance:
             ("kv_producer" if role == "prefill" else "kv_consumer")
         # the prefill waits this long for a decode that never names its
         # blocks (badd: the decode refuses them before it sends them)
-        extra = {"transport": transport, "bootstrap_port": port, "file_dir": fdir,
+        extra = {"transport": transport, "bootstrap_host": "127.0.0.1", "bootstrap_port": port,
+                 "file_dir": fdir,
                  "file_handshake": False,
                  "bootstrap_timeout_s": 10 if role == "prefill" else 60,
                  "waiting_timeout_s": 60, "tp_rank": rank}

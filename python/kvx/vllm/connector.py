@@ -26,8 +26,11 @@ Flow (the proxy or Ray Serve's PD app passes kv_transfer_params along):
 
 Settings (kv_connector_extra_config, then the environment, then defaults):
   transport       KVX_TRANSPORT: tcp (default), file, rdma
-  bootstrap_host  the prefill's address the decode reaches (kv_ip, 127.0.0.1)
-  bootstrap_port  the prefill's kvx bootstrap port (kv_port + dp rank);
+  bootstrap_host  KVX_VLLM_HOST: the prefill's address the decode reaches and
+                  where its bootstrap listens (kv_ip when not 127.0.0.1,
+                  else VLLM_HOST_IP, else this node's outbound address)
+  bootstrap_port  KVX_VLLM_PORT: the prefill's kvx bootstrap port (kv_port +
+                  dp rank; one prefill instance per host and port);
                   rank 0 of the prefill TP group serves it
   file_dir        KVX_FILE_DIR for the file transport (both sides see it)
   file_handshake  true (default): the file transport also connects the two
@@ -112,6 +115,19 @@ def _setting(extra: Dict[str, Any], key: str, env: str, default: Any) -> Any:
     if v is None or v == "":
         v = os.environ.get(env) if env else None
     return default if v is None or v == "" else v
+
+
+def _default_host(kv_ip: Optional[str]) -> str:
+    """kv_ip when set to something else than its default, else this node's
+    address as vLLM finds it (VLLM_HOST_IP, else the outbound interface):
+    the decode, often on another node, must reach it."""
+    if kv_ip and kv_ip not in ("127.0.0.1", "localhost"):
+        return kv_ip
+    try:
+        from vllm.utils.network_utils import get_ip
+        return str(get_ip())
+    except Exception:
+        return "127.0.0.1"
 
 
 def _first_group(block_ids: Any) -> List[int]:
@@ -202,8 +218,8 @@ class KvxConnector(KVConnectorBase_V1):
         par = getattr(vllm_config, "parallel_config", None)
         dp_rank = int(getattr(par, "data_parallel_rank", 0) or 0)
         self.transport = str(_setting(extra, "transport", "KVX_TRANSPORT", "tcp"))
-        self.host = str(_setting(extra, "bootstrap_host", "KVX_VLLM_HOST",
-                                 getattr(ktc, "kv_ip", None) or "127.0.0.1"))
+        self.host = str(_setting(extra, "bootstrap_host", "KVX_VLLM_HOST", "") or
+                        _default_host(getattr(ktc, "kv_ip", None)))
         self.port = int(_setting(extra, "bootstrap_port", "KVX_VLLM_PORT",
                                  int(getattr(ktc, "kv_port", 14579)) + dp_rank))
         self.file_dir = _setting(extra, "file_dir", "KVX_FILE_DIR", None)
