@@ -278,7 +278,9 @@ def decode_main(transport, port, fdir, hnd, names):
             want[req.request_id] = (rid, ids)
         inst.step()
         inst.work.wait_progress(200)
-    check(set(want) == inst.recvd, f"decode: every request reported finished receiving "
+    if transport == "file":
+        decode_abort(inst, order)
+    check(set(want) <= inst.recvd, f"decode: every request reported finished receiving "
           f"(missing {sorted(set(want) - inst.recvd)})")
     for did, (rid, ids) in want.items():
         if rid.startswith("bad"):
@@ -306,6 +308,29 @@ def decode_main(transport, port, fdir, hnd, names):
         eof = lines.get() is None
     inst.work.shutdown()
     print(f"DONE {passed} {failed}", flush=True)
+
+
+def decode_abort(inst, order):
+    """A decode request aborted while its room is open (a room no prefill
+    writes: it stays Transferring): request_finished keeps its blocks, the
+    worker aborts the room and reports the request as sent (blocks freed)."""
+    params = {"do_remote_prefill": True, "kvx_room": 0x5EED_0000_0001, "kvx_addr": None,
+              "kvx_num_blocks": 2, "kvx_num_tokens": 2 * BS}
+    req = inst.request("d-dabort", 2 * BS, params)
+    n, _ = inst.sched.get_num_new_matched_tokens(req, 0)
+    ids = [order.pop(0) for _ in range(2)]
+    inst.sched.update_state_after_alloc(req, inst.blocks(ids), n)
+    inst.step()  # the receiver room opens and names its blocks
+    check(inst.work.pending() == 1, "decode dabort: its room is open")
+    from vllm.v1.request import RequestStatus
+    req.status = RequestStatus.FINISHED_ABORTED
+    delay, out = inst.sched.request_finished(req, ids)
+    check(delay and out is None, "decode dabort: request_finished keeps the blocks being written")
+    end = time.time() + DEADLINE
+    while "d-dabort" not in inst.sent and time.time() < end:
+        inst.step()
+    check("d-dabort" in inst.sent and "d-dabort" not in inst.recvd and inst.work.pending() == 0,
+          "decode dabort: the room was aborted and the request reported sent (blocks freed)")
 
 
 # ---------------------------------------------------------------- parent
