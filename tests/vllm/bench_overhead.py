@@ -12,8 +12,9 @@ prefill sender plus a decode receiver that move nothing (transport "fake"):
   vLLM     everything both KvxConnectors do for the request, the calls in the
            order vLLM makes them: prefill get_num_new_matched_tokens,
            update_state_after_alloc, request_finished, then steps
-           (build_connector_meta, bind, start_load_kv, wait_for_save,
-           get_finished, update_connector_output) until finished sending;
+           (build_connector_meta, bind, per-layer hooks, start_load_kv,
+           wait_for_save, get_transfer_results, update_connector_output)
+           until finished sending;
            decode get_num_new_matched_tokens, update_state_after_alloc, steps
            until finished receiving; vLLM's Request objects are made outside
            the timed part
@@ -99,19 +100,22 @@ def vllm_fake(n):
     def step(s, w, names):
         so = SchedulerOutput.make_empty()
         meta = s.build_connector_meta(so)
+        w.handle_preemptions(meta)
         w.bind_connector_metadata(meta)
-        w.start_load_kv(None)
         for name in names:
             w.wait_for_layer_load(name)
             w.save_kv_layer(name, None, None)
+        w.finish_forward()
+        w.start_load_kv(None)
         w.wait_for_save()
-        sent, recvd = w.get_finished(so.finished_req_ids)
+        res = w.get_transfer_results(so.finished_req_ids)
         errs = w.get_block_ids_with_load_errors()
         w.clear_connector_metadata()
-        s.update_connector_output(KVConnectorOutput(finished_sending=sent,
-                                                    finished_recving=recvd,
+        s.update_connector_output(KVConnectorOutput(finished_sending=res.finished_sending,
+                                                    finished_recving=res.finished_recving,
+                                                    failed_recving=res.failed_recving,
                                                     invalid_block_ids=errs))
-        return sent or set(), recvd or set()
+        return res.finished_sending, res.finished_recving
 
     ps, pw, names = side("kv_producer")
     ds, dw, _ = side("kv_consumer")

@@ -18,8 +18,10 @@ KVConnectorOutput:
   scheduler: get_num_new_matched_tokens, update_state_after_alloc,
              build_connector_meta (each step), request_finished (prefill),
              update_connector_output (each step)
-  worker:    bind_connector_metadata, start_load_kv, wait_for_layer_load and
-             save_kv_layer per layer, wait_for_save, get_finished,
+  worker:    handle_preemptions, bind_connector_metadata, wait_for_layer_load
+             and save_kv_layer per layer, finish_forward, start_load_kv
+             (after the forward, as vLLM 0.34's runner starts async loads),
+             wait_for_save, get_transfer_results,
              get_block_ids_with_load_errors, clear_connector_metadata
 
 Requests (prompt lengths chosen to end mid-block and on a block edge):
@@ -144,7 +146,7 @@ class Instance:
         self.caches = make_caches(torch, hnd, self.heads)
         self.work.register_kv_caches(self.caches)
         self.role = role
-        self.sent, self.recvd, self.errors = set(), set(), set()
+        self.sent, self.recvd, self.failed, self.errors = set(), set(), set(), set()
 
     def request(self, rid, ntok, params):
         from vllm.sampling_params import SamplingParams
@@ -166,8 +168,8 @@ class Instance:
         so = SchedulerOutput.make_empty()
         so.kv_connector_metadata = self.sched.build_connector_meta(so)
         w = self.work
+        w.handle_preemptions(so.kv_connector_metadata)
         w.bind_connector_metadata(so.kv_connector_metadata)
-        w.start_load_kv(None)
         for name in self.caches:
             w.wait_for_layer_load(name)
             for rid, ids in forward:  # "compute" this request's KV of this layer
@@ -177,16 +179,21 @@ class Instance:
                         full = gen(self.torch, rid, layer, kv, j)
                         self.caches[name][kv][b] = full[:, self.head0:self.head0 + self.heads]
             w.save_kv_layer(name, self.caches[name], None)
+        w.finish_forward()
+        w.start_load_kv(None)  # vLLM 0.34 starts async loads after the forward
         w.wait_for_save()
-        sent, recvd = w.get_finished(so.finished_req_ids)
+        res = w.get_transfer_results(so.finished_req_ids)
         errs = w.get_block_ids_with_load_errors()
         w.clear_connector_metadata()
         self.sched.update_connector_output(KVConnectorOutput(
-            finished_sending=sent, finished_recving=recvd, invalid_block_ids=errs))
-        self.sent |= sent or set()
-        self.recvd |= recvd or set()
+            finished_sending=res.finished_sending or None,
+            finished_recving=res.finished_recving or None,
+            failed_recving=res.failed_recving, invalid_block_ids=errs))
+        self.sent |= res.finished_sending
+        self.recvd |= res.finished_recving
+        self.failed |= res.failed_recving
         self.errors |= errs
-        return sent or set(), recvd or set()
+        return res.finished_sending, res.finished_recving
 
 
 # ---------------------------------------------------------------- prefill child
@@ -284,11 +291,13 @@ def decode_main(transport, port, fdir, hnd, names):
           f"(missing {sorted(set(want) - inst.recvd)})")
     for did, (rid, ids) in want.items():
         if rid.startswith("bad"):
-            check(set(ids) <= inst.errors and did in inst.work.failures,
+            check(set(ids) <= inst.errors and did in inst.failed and did in inst.work.failures,
                   f"decode {rid}: failed through the load-error path, every block of it in "
-                  f"get_block_ids_with_load_errors: {inst.work.failures.get(did)!r}")
+                  f"get_block_ids_with_load_errors and the request in failed_recving: "
+                  f"{inst.work.failures.get(did)!r}")
             continue
-        check(not (set(ids) & inst.errors), f"decode {rid}: no load error")
+        check(not (set(ids) & inst.errors) and did not in inst.failed,
+              f"decode {rid}: no load error")
         wrong = 0
         for name, t in inst.caches.items():
             layer = int(name.split(".")[2])

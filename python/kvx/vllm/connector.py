@@ -20,9 +20,10 @@ Flow (the proxy or Ray Serve's PD app passes kv_transfer_params along):
            update_state_after_alloc -> the blocks to fill
            worker: receiver(room, kvx_addr).init(blocks) -> Success ->
            finished receiving; Failed -> finished receiving AND every block
-           of the request in get_block_ids_with_load_errors (vLLM then
-           recomputes or fails the request by its kv_load_failure_policy:
-           never wrong tokens)
+           of the request in get_block_ids_with_load_errors, the request
+           in get_transfer_results' failed_recving (vLLM then recomputes or
+           fails the request by its kv_load_failure_policy: never wrong
+           tokens)
 
 Settings (kv_connector_extra_config, then the environment, then defaults):
   transport       KVX_TRANSPORT: tcp (default), file, rdma
@@ -64,6 +65,10 @@ import torch
 from vllm.distributed.kv_transfer.kv_connector.v1.base import (KVConnectorBase_V1,
                                                                KVConnectorMetadata,
                                                                KVConnectorRole)
+try:  # vLLM >= 0.3x: request-level receive failures next to the block-level ones
+    from vllm.distributed.kv_transfer.kv_connector.v1.base import KVConnectorTransferResults
+except ImportError:  # pragma: no cover - older vLLM
+    KVConnectorTransferResults = None
 
 import kvx
 
@@ -359,6 +364,7 @@ class KvxConnector(KVConnectorBase_V1):
         self._done_send: Set[str] = set()
         self._done_recv: Set[str] = set()
         self._load_errors: Set[int] = set()
+        self._failed_recv: Set[str] = set()
         self.failures: Dict[str, str] = {}  # request id -> kvx's sentence (observability)
 
     def _worker_tp_rank(self) -> int:
@@ -462,6 +468,7 @@ class KvxConnector(KVConnectorBase_V1):
         except kvx.KvxError as e:
             self._fail_note(rid, e.sentence)
             self._load_errors.update(r.block_ids)
+            self._failed_recv.add(rid)
             self._done_recv.add(rid)
             return
         if not r.block_ids:  # nothing to load: let the prefill free its blocks
@@ -479,6 +486,7 @@ class KvxConnector(KVConnectorBase_V1):
             ent[0].abort("the decode request was aborted")
             ent[0].close()
         self._done_recv.discard(rid)
+        self._failed_recv.discard(rid)
         self._done_send.add(rid)
 
     def _open_send(self, rid: str, s: _Send) -> None:
@@ -510,6 +518,7 @@ class KvxConnector(KVConnectorBase_V1):
                 room.close()
                 del self._receivers[rid]
                 self._load_errors.update(r.block_ids)
+                self._failed_recv.add(rid)
                 self._done_recv.add(rid)
         for rid, (room, s, started) in list(self._senders.items()):
             st = room.poll()
@@ -537,6 +546,19 @@ class KvxConnector(KVConnectorBase_V1):
             sent, recvd = self._done_send, self._done_recv
             self._done_send, self._done_recv = set(), set()
         return (sent or None), (recvd or None)
+
+    def get_transfer_results(self, finished_req_ids: Set[str]) -> Any:
+        """get_finished's two sets and the requests whose room failed
+        (failed_recving: vLLM's request-level load-error path, which also
+        serves models with several KV cache groups)."""
+        sent, recvd = self.get_finished(finished_req_ids)
+        with self._lock:
+            failed, self._failed_recv = self._failed_recv, set()
+        if KVConnectorTransferResults is None:  # pragma: no cover - older vLLM
+            return sent, recvd
+        return KVConnectorTransferResults(finished_sending=set(sent or ()),
+                                          finished_recving=set(recvd or ()),
+                                          failed_recving=failed & set(recvd or ()))
 
     def get_block_ids_with_load_errors(self) -> Set[int]:
         """Blocks of rooms that failed (reported once, by the time the request
