@@ -35,6 +35,10 @@ Requests (prompt lengths chosen to end mid-block and on a block edge):
                 the decode reports a load error for it; the prefill's room
                 ends (finished sending)
 
+In the parent: the kvx layout the connector builds for FlashAttention's NHD
+and HND tensors, FlashInfer's (num_blocks, 2, ...) and MLA's, and the
+sentence for a shape it does not know.
+
 The tcp case runs both instances with kv_role "kv_both" (each side's kvx
 engine is made on first use); the file case kv_producer / kv_consumer and
 file_handshake false (the two instances share only the directory).
@@ -344,6 +348,42 @@ def decode_abort(inst, order):
 
 # ---------------------------------------------------------------- parent
 
+def layouts():
+    """The kvx layout of each KV cache shape the connector knows, and a
+    sentence for one it does not (in the parent, no transfer)."""
+    import torch
+    from kvx.vllm.connector import layout_from_kv_caches
+    n, f16 = 8, torch.float16
+    nhd = {f"l{i}": torch.zeros((2, n, BS, HEADS, HEAD_DIM), dtype=f16) for i in range(2)}
+    lay, d = layout_from_kv_caches(nhd, n)
+    row = HEADS * HEAD_DIM * 2
+    check(lay.c.num_buffers == 4 and lay.c.page_size == BS and lay.c.num_kv_heads == HEADS and
+          lay._kv[0].item_len == BS * row and lay._kv[1].base == nhd["l1"][0].data_ptr() and
+          lay._kv[2].base == nhd["l0"][1].data_ptr() and not lay.c.mla,
+          "layout NHD (2, N, B, H, D): K of every layer then V, a page per block, "
+          "block_size rows of every head")
+    hnd = {f"l{i}": torch.zeros((2, n, HEADS, BS, HEAD_DIM), dtype=f16).permute(0, 1, 3, 2, 4)
+           for i in range(2)}
+    lay, d = layout_from_kv_caches(hnd, n, head_begin_rank=1)
+    check(lay.c.num_buffers == 4 and lay.c.page_size == 1 and lay.c.num_kv_heads == HEADS and
+          lay.c.head_begin == HEADS and lay._kv[0].item_len == BS * row,
+          "layout HND (heads outside tokens): one row of heads per block, rank 1's heads "
+          "start after rank 0's")
+    fi = {f"l{i}": torch.zeros((n, 2, BS, HEADS, HEAD_DIM), dtype=f16) for i in range(2)}
+    lay, d = layout_from_kv_caches(fi, n)
+    check(lay.c.num_buffers == 2 and lay._kv[0].item_len == 2 * BS * row and d["kind"] == "joint",
+          "layout FlashInfer (N, 2, B, H, D): one buffer per layer, K and V in one page")
+    mla = {f"l{i}": torch.zeros((n, BS, 576), dtype=torch.bfloat16) for i in range(3)}
+    lay, d = layout_from_kv_caches(mla, n)
+    check(lay.c.num_buffers == 3 and lay.c.mla and lay._kv[0].item_len == BS * 576 * 2,
+          "layout MLA (N, B, dim): one buffer per layer, kvx's MLA flag")
+    try:
+        layout_from_kv_caches({"l0": torch.zeros((3, 5, 7), dtype=f16)}, n)
+        check(False, "an unknown KV cache shape is refused")
+    except NotImplementedError as e:
+        check("num_blocks (8)" in str(e), f"an unknown KV cache shape is refused: {e}")
+
+
 CASES = {
     # name: (transport, HND layout, prefill TP, requests)
     "tcp": ("tcp", False, 1, list(PROMPTS)),
@@ -434,6 +474,8 @@ def main():
     runs = [threading.Thread(target=run_case, args=(c,)) for c in sys.argv[1:] or list(CASES)]
     for t in runs:
         t.start()
+    if not sys.argv[1:]:
+        layouts()
     for t in runs:
         t.join()
     print(f"vllm-pd: {passed} passed, {failed} failed ({time.time() - start:.0f} s)", flush=True)
