@@ -377,6 +377,15 @@ def layouts():
     lay, d = layout_from_kv_caches(mla, n)
     check(lay.c.num_buffers == 3 and lay.c.mla and lay._kv[0].item_len == BS * 576 * 2,
           "layout MLA (N, B, dim): one buffer per layer, kvx's MLA flag")
+    from kvx.vllm.connector import KvxConnector
+    from vllm.config import KVTransferConfig
+    from vllm.config.kv_transfer import KVCacheAccess
+    acc = {t: KvxConnector.kv_cache_access(KVTransferConfig(
+        kv_connector="KvxConnector", kv_role="kv_both",
+        kv_connector_extra_config={"transport": t})) for t in ("tcp", "file", "rdma", "cuda")}
+    check(acc == {"tcp": KVCacheAccess.IN_PROCESS, "file": KVCacheAccess.IN_PROCESS,
+                  "rdma": KVCacheAccess.REGISTERS, "cuda": KVCacheAccess.LEGACY_IPC},
+          f"kv_cache_access by transport: {acc}")
     try:
         layout_from_kv_caches({"l0": torch.zeros((3, 5, 7), dtype=f16)}, n)
         check(False, "an unknown KV cache shape is refused")

@@ -26,7 +26,8 @@ Flow (the proxy or Ray Serve's PD app passes kv_transfer_params along):
            tokens)
 
 Settings (kv_connector_extra_config, then the environment, then defaults):
-  transport       KVX_TRANSPORT: tcp (default), file, rdma
+  transport       KVX_TRANSPORT: tcp (default), file, rdma, cuda (GPU to GPU
+                  on one node), fake (moves nothing: benchmarks)
   bootstrap_host  KVX_VLLM_HOST: the prefill's address the decode reaches and
                   where its bootstrap listens (kv_ip when not 127.0.0.1,
                   else VLLM_HOST_IP, else this node's outbound address)
@@ -341,6 +342,20 @@ class KvxConnector(KVConnectorBase_V1):
     def has_pending_push_work(self) -> bool:
         """Prefill rooms the workers have not finished keep the engine stepping."""
         return bool(self._to_send or self._sending)
+
+    @classmethod
+    def kv_cache_access(cls, kv_transfer_config: Any) -> Any:
+        """How kvx reaches the KV cache: rdma registers it (one physical
+        allocation per segment), cuda shares it by legacy CUDA IPC handles;
+        tcp and file copy it in this process (staged for GPU caches)."""
+        from vllm.config.kv_transfer import KVCacheAccess
+        extra = getattr(kv_transfer_config, "kv_connector_extra_config", None) or {}
+        transport = str(_setting(extra, "transport", "KVX_TRANSPORT", "tcp"))
+        if transport == "rdma":
+            return KVCacheAccess.REGISTERS
+        if transport == "cuda":
+            return KVCacheAccess.LEGACY_IPC
+        return KVCacheAccess.IN_PROCESS
 
     @classmethod
     def get_required_kvcache_layout(cls, vllm_config: "VllmConfig") -> Optional[str]:
