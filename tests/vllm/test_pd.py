@@ -39,6 +39,13 @@ In the parent: the kvx layout the connector builds for FlashAttention's NHD
 and HND tensors, FlashInfer's (num_blocks, 2, ...) and MLA's, and the
 sentence for a shape it does not know.
 
+Heterogeneous TP over tcp: "tcp-tp2to1", two prefill rank processes (TP 2,
+HND caches: each rank's heads a contiguous span of a block) into one decode
+that holds every head; "tcp-tp1to2", one prefill into two decode rank
+processes (NHD caches: each decode rank takes its head range of every
+token). Every rank runs its copy of the instance's scheduler side (the same
+calls give the same rooms); the proxy's part is the parent's.
+
 The tcp case runs both instances with kv_role "kv_both" (each side's kvx
 engine is made on first use); the file case kv_producer / kv_consumer and
 file_handshake false (the two instances share only the directory).
@@ -255,9 +262,9 @@ def prefill_main(transport, port, fdir, hnd, tp, rank, names):
 
 # ---------------------------------------------------------------- decode child
 
-def decode_main(transport, port, fdir, hnd, names):
+def decode_main(transport, port, fdir, hnd, tp, rank, names):
     torch = __import__("torch")
-    inst = Instance("decode", transport, port, fdir, hnd)
+    inst = Instance("decode", transport, port, fdir, hnd, tp, rank)
     prompts = {k: PROMPTS[k] for k in names}
     print("READY", flush=True)
     lines = queue.Queue()
@@ -307,11 +314,12 @@ def decode_main(transport, port, fdir, hnd, names):
             layer = int(name.split(".")[2])
             for j, b in enumerate(ids):
                 for kv in (0, 1):
-                    exp = gen(torch, rid, layer, kv, j)
+                    exp = gen(torch, rid, layer, kv, j)[:, inst.head0:inst.head0 + inst.heads]
                     if not torch.equal(t[kv][b], exp):
                         wrong += 1
         check(wrong == 0, f"decode {rid}: {len(ids)} blocks x {LAYERS} layers x K,V "
-              f"byte-identical ({wrong} wrong)")
+              f"(heads {inst.head0}..{inst.head0 + inst.heads - 1}) byte-identical "
+              f"({wrong} wrong)")
     if "badp" in prompts:
         check("d-badp" in inst.work.failures and
               str(NBLOCKS + 5) in inst.work.failures["d-badp"],
@@ -394,15 +402,16 @@ def layouts():
 
 
 CASES = {
-    # name: (transport, HND layout, prefill TP, requests)
-    "tcp": ("tcp", False, 1, list(PROMPTS)),
-    "file": ("file", True, 1, list(PROMPTS)),
-    "tcp-tp2to1": ("tcp", True, 2, ["r0", "r2", "r3"]),
+    # name: (transport, HND layout, prefill TP, decode TP, requests)
+    "tcp": ("tcp", False, 1, 1, list(PROMPTS)),
+    "file": ("file", True, 1, 1, list(PROMPTS)),
+    "tcp-tp2to1": ("tcp", True, 2, 1, ["r0", "r2", "r3"]),
+    "tcp-tp1to2": ("tcp", False, 1, 2, ["r0", "r2"]),
 }
 
 
 def run_case(case):
-    transport, hnd, ptp, names = CASES[case]
+    transport, hnd, ptp, dtp, names = CASES[case]
     port = free_port()
     fdir = tempfile.mkdtemp(prefix="kvx-vllm-")
     env = dict(os.environ, PYTHONWARNINGS="ignore", VLLM_LOGGING_LEVEL="WARNING",
@@ -413,46 +422,60 @@ def run_case(case):
                              [str(ptp), str(r), ",".join(names)],
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
             for r in range(ptp)]
-    dec = subprocess.Popen([sys.executable, me, "--child", "decode"] + common +
-                           ["1", "0", ",".join(names)],
-                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+    decs = [subprocess.Popen([sys.executable, me, "--child", "decode"] + common +
+                             [str(dtp), str(r), ",".join(names)],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+            for r in range(dtp)]
     out = {f"prefill{r}": [] for r in range(ptp)}
-    out["decode"] = []
+    out.update({f"decode{r}": [] for r in range(dtp)})
+    ready = []
     sent_all = []
     lock = threading.Lock()
 
     def pump_prefill(r):
-        # rank 0's params go to the decode, as the proxy passes the
+        # rank 0's params go to every decode rank, as the proxy passes the
         # instance's kv_transfer_params on (every rank computes the same)
         for ln in pres[r].stdout:
             if ln.startswith("PARAMS "):
                 if r == 0:
-                    dec.stdin.write(ln[len("PARAMS "):])
-                    dec.stdin.flush()
+                    for d in decs:
+                        d.stdin.write(ln[len("PARAMS "):])
+                        d.stdin.flush()
             elif ln.startswith("SENT-ALL"):
                 with lock:
                     sent_all.append(r)
                     if len(sent_all) == ptp:
-                        dec.stdin.close()
+                        for d in decs:
+                            d.stdin.close()
             else:
                 out[f"prefill{r}"].append(ln)
 
+    def pump_decode(r):
+        for ln in decs[r].stdout:
+            if ln.startswith("READY"):
+                with lock:
+                    ready.append(r)
+                    if len(ready) == dtp:  # every decode rank is up: the prefill may go
+                        for p in pres:
+                            p.stdin.write("GO\n")
+                            p.stdin.flush()
+            out[f"decode{r}"].append(ln)
+
     pumps = [threading.Thread(target=pump_prefill, args=(r,)) for r in range(ptp)]
-    for t in pumps:
+    dpumps = [threading.Thread(target=pump_decode, args=(r,)) for r in range(dtp)]
+    for t in pumps + dpumps:
         t.start()
-    for ln in dec.stdout:
-        if ln.startswith("READY"):
-            for p in pres:
-                p.stdin.write("GO\n")
-                p.stdin.flush()
-        out["decode"].append(ln)
-    dec.wait(timeout=DEADLINE)
-    if not dec.stdin.closed:
-        try:
-            dec.stdin.close()
-        except OSError:
-            pass
-    for p in pres:  # the decode is done: the prefills may shut down
+    for t in dpumps:
+        t.join(timeout=3 * DEADLINE)
+    for d in decs:
+        d.wait(timeout=DEADLINE)
+        with lock:
+            if not d.stdin.closed:
+                try:
+                    d.stdin.close()
+                except OSError:
+                    pass
+    for p in pres:  # the decodes are done: the prefills may shut down
         p.stdin.close()
     for t in pumps:
         t.join(timeout=DEADLINE)
@@ -463,7 +486,8 @@ def run_case(case):
             ln = ln.rstrip("\n")
             if ln.startswith("ok ") or ln.startswith("FAIL "):
                 check(ln.startswith("ok "), f"[{case}] {side}: {ln.split(' ', 1)[1]}")
-        proc = dec if side == "decode" else pres[int(side[len("prefill"):])]
+        proc = decs[int(side[len("decode"):])] if side.startswith("decode") else \
+            pres[int(side[len("prefill"):])]
         check(proc.returncode == 0 and any(x.startswith("DONE ") for x in lines),
               f"[{case}] {side} child exited cleanly (rc {proc.returncode})")
 
@@ -475,7 +499,7 @@ def main():
         if role == "prefill":
             prefill_main(transport, int(port), fdir, hnd == "1", int(tp), int(rank), names)
         else:
-            decode_main(transport, int(port), fdir, hnd == "1", names)
+            decode_main(transport, int(port), fdir, hnd == "1", int(tp), int(rank), names)
         return 0
     start = time.time()
     # the cases run at once (their waits overlap: process start-up, the
