@@ -199,7 +199,7 @@ def first_run(root, tmp):
     rig.fill("reqC", [5, 6])
     rig.store("reqC", ck, [5, 6])
     path = block_file(rig, ck[1])
-    check(os.path.exists(path), f"corrupt: the block file is where kvx_store puts it")
+    check(os.path.exists(path), "corrupt: the block file is where kvx_store puts it")
     with open(path, "r+b") as f:
         f.seek(os.path.getsize(path) - 100)
         b = f.read(1)
