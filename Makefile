@@ -27,7 +27,8 @@ vpath test_%.c $(sort $(dir $(TEST_SRC)))
 vpath bench_%.c bench
 
 .PHONY: all demo test bench install clean examples tests check-compile test-unit \
-        test-asan test-tsan test-fuzz deps test-dfs bench-dfs bench-peers lib test-lib test-sglang
+        test-asan test-tsan test-fuzz deps test-dfs bench-dfs bench-peers lib test-lib test-sglang \
+        test-vllm
 
 all: examples tests
 
@@ -172,6 +173,12 @@ test-python:
 .PHONY: test-sglang
 test-sglang:
 	@bash tests/sglang/run.sh
+
+# The vLLM connector and offloading spec against vLLM 0.34.0, installed
+# (--no-deps) into the SGLang venv (tests/vllm/setup_venv.sh).
+.PHONY: test-vllm
+test-vllm:
+	@bash tests/vllm/run.sh
 
 install: lib
 	install -d $(DESTDIR)$(PREFIX)/include/kvx

@@ -24,6 +24,9 @@ make -s --no-print-directory test-python; result $?
 step "SGLang backends against SGLang 0.5.23 (build/venv-sglang): tests/sglang/test_pd.py, test_hicache.py"
 make -s --no-print-directory test-sglang; result $?
 
+step "vLLM connector and offloading spec against vLLM 0.34.0 (in build/venv-sglang): tests/vllm/test_pd.py, test_offload.py"
+make -s --no-print-directory test-vllm; result $?
+
 step "demo, small, on every transport this machine can run (build/)"
 demo() { local label=$1; shift; if out=$("$@" --requests 8 --max-tokens 512 --inflight 2 2>&1); then
     echo "  ok    $label: $(echo "$out" | grep -E 'KV bytes moved' | tr -s ' ')"; return 0
