@@ -4200,10 +4200,19 @@ static kvx_result kvx__sender_layers_check(kvx_room *r, const int32_t *pages, ui
         }
         return KVX_OK;
     }
-    if (n != r->lw_n || (n && memcmp(pages, r->lw_pages, (size_t)n * sizeof *pages))) {
+    if (n != r->lw_n) {
+        kvx_room_fail(r, KVX_ERR_INVALID_ARGUMENT, "chunk %u: layers [%u, %u) name %u pages, the "
+                      "chunk's first layers %u: every layer of a chunk moves the same pages",
+                      chunk, lb, le, n, r->lw_n);
+        return KVX_ERR_INVALID_ARGUMENT;
+    }
+    if (n && memcmp(pages, r->lw_pages, (size_t)n * sizeof *pages)) {
+        uint32_t k = 0;
+        while (pages[k] == r->lw_pages[k]) k++;
         kvx_room_fail(r, KVX_ERR_INVALID_ARGUMENT, "chunk %u: layers [%u, %u) name other pages "
-                      "(%u) than the chunk's first layers (%u): every layer of a chunk moves the "
-                      "same pages", chunk, lb, le, n, r->lw_n);
+                      "than the chunk's first layers (position %u: page %ld, before %ld): every "
+                      "layer of a chunk moves the same pages", chunk, lb, le, k, (long)pages[k],
+                      (long)r->lw_pages[k]);
         return KVX_ERR_INVALID_ARGUMENT;
     }
     if (lb < r->lw_next) {

@@ -231,7 +231,8 @@ static void test_refusals(void) {
     if (!e) return;
     refused(e, 2, skip, aa, KVX_ERR_INVALID_ARGUMENT, "chunk 0: layers [5, 6) were skipped");
     refused(e, 2, twice, aa, KVX_ERR_INVALID_ARGUMENT, "chunk 0: layer 5 was already sent");
-    refused(e, 2, ok2, ab, KVX_ERR_INVALID_ARGUMENT, "name other pages");
+    refused(e, 2, ok2, ab, KVX_ERR_INVALID_ARGUMENT,
+            "name other pages than the chunk's first layers (position 1: page 3, before 2)");
     refused(e, 1, below, aa, KVX_ERR_OUT_OF_RANGE, "layers [3, 5) are outside this rank's layers [4, 12)");
     refused(e, 1, above, aa, KVX_ERR_OUT_OF_RANGE, "layers [10, 13) are outside this rank's layers [4, 12)");
     refused(e, 1, empty, aa, KVX_ERR_OUT_OF_RANGE, "layers [4, 4) are an empty range of");
