@@ -30,34 +30,6 @@
      check the CRC32C, kvx__frecv_finish copies metadata.bin to the aux rows
      and state.bin to the state rows (checking its size and CRC32C).
 
-   LAYER-WISE SEND (kvx_sender_send_layers; kvx_backend.layerwise = 1)
-     A chunk sent a layer range at a time reaches kvx__file_sender_send as
-     parts; kvx__fsend_part writes each part as soon as it is handed over,
-     into the same kv_chunk_<i>.bin at the whole chunk's packed offsets
-     (kvx_chunk_gather gives the part's spans there), in pieces of at most
-     KVX_FILE_STRIPE bytes queued behind the earlier parts on the I/O
-     threads, each with its CRC32C (kvx__fpart_segs; host pools: one
-     in-order writer per part plus checksum pieces, GPU pools: staged
-     pieces). The file is opened at the first part (O_CREAT | O_EXCL |
-     O_NOFOLLOW in the private room being built, as a whole chunk's) and
-     shared by the parts (kvx__fchunk). When the last part is handed over
-     and every part's pieces are written, the pieces must tile the file
-     exactly once (else the room fails with a sentence) and their CRC32Cs
-     combine into the file's (kvx__fchunk_end); only then is the chunk
-     counted, its meta written, and after the room's last chunk the room
-     finished and committed as ever. A part is never counted as a chunk.
-     The files are the same as a whole chunk's: the ON DISK format does not
-     change, a reader of version 4 reads rooms sent layer-wise, and the
-     all-layer path is untouched. A room is still put in place whole at
-     its commit (CONSISTENCY 1): the decode side reads it after the last
-     layer's bytes and meta are written, so what layer-wise saves is the
-     prefill's writing of every layer but the last after its compute; the
-     decode's reading still follows the commit. A failure between layers
-     (a refused range: the core's sentence; a write error; a killed
-     process) leaves the room uncommitted or committed with
-     transfer_failed, as for a whole chunk: the receiver fails, never
-     Success.
-
    EXAMPLE (one request, prefill and decode; error handling shortened)
        // given: kvx_layout layout; const int32_t *src_pages, *dst_pages;
        // given: uint32_t n; int32_t aux_slot; void idle(void);
@@ -136,6 +108,34 @@
    THREAD SAFETY
      As kvx.h. I/O runs on the engine's worker threads; kvx_receiver_destroy
      waits until no worker touches the room's pages.
+
+   LAYER-WISE SEND (kvx_sender_send_layers; kvx_backend.layerwise = 1)
+     A chunk sent a layer range at a time reaches kvx__file_sender_send as
+     parts; kvx__fsend_part writes each part as soon as it is handed over,
+     into the same kv_chunk_<i>.bin at the whole chunk's packed offsets
+     (kvx_chunk_gather gives the part's spans there), in pieces of at most
+     KVX_FILE_STRIPE bytes queued behind the earlier parts on the I/O
+     threads, each with its CRC32C (kvx__fpart_segs; host pools: one
+     in-order writer per part plus checksum pieces, GPU pools: staged
+     pieces). The file is opened at the first part (O_CREAT | O_EXCL |
+     O_NOFOLLOW in the private room being built, as a whole chunk's) and
+     shared by the parts (kvx__fchunk). When the last part is handed over
+     and every part's pieces are written, the pieces must tile the file
+     exactly once (else the room fails with a sentence) and their CRC32Cs
+     combine into the file's (kvx__fchunk_end); only then is the chunk
+     counted, its meta written, and after the room's last chunk the room
+     finished and committed as ever. A part is never counted as a chunk.
+     The files are the same as a whole chunk's: the ON DISK format does not
+     change, a reader of version 4 reads rooms sent layer-wise, and the
+     all-layer path is untouched. A room is still put in place whole at
+     its commit (CONSISTENCY 1): the decode side reads it after the last
+     layer's bytes and meta are written, so what layer-wise saves is the
+     prefill's writing of every layer but the last after its compute; the
+     decode's reading still follows the commit. A failure between layers
+     (a refused range: the core's sentence; a write error; a killed
+     process) leaves the room uncommitted or committed with
+     transfer_failed, as for a whole chunk: the receiver fails, never
+     Success.
 
    SAFETY ON A SHARED HOST
      Rooms and files are created, opened and removed relative to directory

@@ -45,24 +45,6 @@
      its last one, so kvx_receiver_destroy can wait (KVX_IB_FENCE_TIMEOUT)
      until no more bytes of it can land.
 
-   LAYER-WISE SEND (kvx.h kvx_sender_send_layers; backend layerwise = 1)
-     Each part of a chunk (its layers [layer_begin, layer_end)) is planned on
-     its own as it is handed over: kvx_plan_pages with the plan's layer
-     filter against the decode rank's announced layout (or its staging area),
-     so only that part's source buffers get spans, cut over the queue pairs
-     and posted at once, behind the earlier parts' WRITEs on the same queue
-     pairs. Nothing else changes: the WRITE WITH IMMEDIATE on every queue
-     pair, the aux (and state) rows and the status Success go only with the
-     room's last part (the last chunk's last layer), and the decode side
-     succeeds exactly as for whole chunks (every byte of every layer of
-     every chunk, then aux). The wire is the same (no new message, no
-     version change); a decode side cannot tell layer-wise from all-layer
-     sends. A sender that fails the room between parts (a refused range, a
-     process killed) fails the decode room through status Failed or the
-     lost control connection, never Success. Stats: `parts` counts plans
-     (one per kvx_sender_send, one per kvx_sender_send_layers call),
-     `chunks` only a chunk's last part.
-
    EXAMPLE (prefill side; the rest as kvx_tcp.h's, with transport "rdma")
        // given: kvx_layout layout;
        kvx_rdma_register();                  // makes "rdma" a transport name
@@ -132,6 +114,24 @@
      them all. Posting happens on the caller's thread in kvx_sender_send and on
      the completion thread. kvx_sender_destroy waits until the NIC finished
      reading the room's pages (kvx_receiver_destroy: DATA PATH, last sentence).
+
+   LAYER-WISE SEND (kvx.h kvx_sender_send_layers; backend layerwise = 1)
+     Each part of a chunk (its layers [layer_begin, layer_end)) is planned on
+     its own as it is handed over: kvx_plan_pages with the plan's layer
+     filter against the decode rank's announced layout (or its staging area),
+     so only that part's source buffers get spans, cut over the queue pairs
+     and posted at once, behind the earlier parts' WRITEs on the same queue
+     pairs. Nothing else changes: the WRITE WITH IMMEDIATE on every queue
+     pair, the aux (and state) rows and the status Success go only with the
+     room's last part (the last chunk's last layer), and the decode side
+     succeeds exactly as for whole chunks (every byte of every layer of
+     every chunk, then aux). The wire is the same (no new message, no
+     version change); a decode side cannot tell layer-wise from all-layer
+     sends. A sender that fails the room between parts (a refused range, a
+     process killed) fails the decode room through status Failed or the
+     lost control connection, never Success. Stats: `parts` counts plans
+     (one per kvx_sender_send, one per kvx_sender_send_layers call),
+     `chunks` only a chunk's last part.
 
    PARALLEL LAYOUTS (kvx.h's section; the plans are kvx_plan_pages against
    the decode rank's shape from its CONNECT)
