@@ -18,6 +18,7 @@ poll() returns ints equal to SGLang's KVPoll. Memory given to a Layout is
 not copied: the Layout keeps a reference to the Python objects it was built
 from, and each Engine and Store keeps its Layout.
 """
+import array
 import ctypes
 import enum
 import weakref
@@ -87,11 +88,20 @@ def _i32(values: Optional[Iterable[int]]) -> Tuple[Any, int]:
     """An int32 C array of values (numpy arrays and lists alike), and its length."""
     if values is None:
         return None, 0
-    vals = [int(v) for v in values]
-    for v in vals:
-        if not -2**31 <= v < 2**31:
-            raise KvxError(-101, f"index {v} does not fit a 32-bit int")
-    return (ctypes.c_int32 * max(len(vals), 1))(*vals), len(vals)
+    # array.array converts a list (or a numpy array) in C and checks the range;
+    # the ctypes array shares its buffer (and keeps it alive)
+    try:
+        try:
+            arr = array.array("i", values)
+        except TypeError:  # floats, numpy scalars of other kinds: int() each
+            arr = array.array("i", [int(v) for v in values])
+    except OverflowError:
+        bad = next(int(v) for v in values if not -2**31 <= int(v) < 2**31)
+        raise KvxError(-101, f"index {bad} does not fit a 32-bit int") from None
+    n = len(arr)
+    if not n:
+        arr.append(0)
+    return (ctypes.c_int32 * len(arr)).from_buffer(arr), n
 
 
 def _pointer_of(obj: Any) -> Tuple[int, int, int, int, int]:

@@ -451,6 +451,15 @@ def inside(repo):
           f"kvx imported from the installed package, not python/ ({kvx.__file__})")
     check([int(p) for p in kvx.Poll] == [0, 1, 2, 3, 4] and kvx.Poll.WaitingForInput == 2,
           "Poll equals SGLang's KVPoll")
+    arr, n = kvx._i32([5, -1, 2**31 - 1, 7.0])
+    check(n == 4 and list(arr) == [5, -1, 2**31 - 1, 7], "_i32 converts ints and floats")
+    arr, n = kvx._i32([])
+    check(n == 0, "_i32 of nothing")
+    try:
+        kvx._i32([1, 2**31])
+        check(False, "an index beyond 32 bits is refused")
+    except kvx.KvxError as e:
+        check("index 2147483648 does not fit a 32-bit int" in str(e), f"32-bit refusal: {e}")
     with tempfile.TemporaryDirectory() as tmp:
         struct_layout(kvx, repo, tmp)
         bad_layout(kvx)
