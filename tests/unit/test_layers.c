@@ -69,8 +69,7 @@ static kvx_result rec_send(kvx_room *r, kvx_chunk *c) {
             const kvx_span *s = &p->spans[k];
             uint32_t layer = L0 + s->buffer % NL;
             if (layer < c->layer_begin || layer >= c->layer_end) x->bad_buffer = 1;
-            kvx_span_copy(packed[c->index], kvx_span_addr(&kvx_room_engine(r)->desc.layout, s, 0),
-                          s);
+            kvx_span_copy(packed[c->index], bufs[s->buffer].base, s); /* offsets from the base */
             x->bytes += s->length;
         }
     }
@@ -121,7 +120,7 @@ static int packed_equal(const char *got, const kvx_layout *l, const int32_t *pag
     memset(&p, 0, sizeof p);
     memset(want, 0, sizeof want);
     if (kvx_plan_gather(&p, l, pages, n) != KVX_OK) return 0;
-    for (k = 0; k < p.count; k++) kvx_span_copy(want, kvx_span_addr(l, &p.spans[k], 0), &p.spans[k]);
+    for (k = 0; k < p.count; k++) kvx_span_copy(want, l->buffers[p.spans[k].buffer].base, &p.spans[k]);
     eq = p.packed_bytes == (uint64_t)n * NB * ITEM && memcmp(got, want, (size_t)p.packed_bytes) == 0;
     kvx_plan_free(&p);
     return eq;
