@@ -13,6 +13,9 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include <limits.h>
+#include <linux/futex.h>
+#include <sys/syscall.h>
 
 extern char **environ;
 
@@ -34,6 +37,48 @@ static KP_UNUSED double kt_proc_now(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* Counters in shared memory (MAP_SHARED) that one process raises and
+   another waits for: the waiter sleeps in the kernel (futex) until the value
+   changes, so it wakes when the state it waits for is written, not on a
+   timer. Every writer goes through kt_shm_store / kt_shm_add (they wake). */
+static KP_UNUSED void kt_shm_wake(int *p) {
+    syscall(SYS_futex, p, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
+}
+static KP_UNUSED void kt_shm_store(int *p, int v) {
+    __atomic_store_n(p, v, __ATOMIC_RELEASE);
+    kt_shm_wake(p);
+}
+static KP_UNUSED int kt_shm_add(int *p, int d) {
+    int v = __atomic_add_fetch(p, d, __ATOMIC_ACQ_REL);
+    kt_shm_wake(p);
+    return v;
+}
+/* Until *p >= want (1) or timeout_s pass (0). */
+static KP_UNUSED int kt_shm_wait(int *p, int want, double timeout_s) {
+    double end = kt_proc_now() + timeout_s;
+    for (;;) {
+        int v = __atomic_load_n(p, __ATOMIC_ACQUIRE);
+        double left = end - kt_proc_now();
+        struct timespec ts;
+        if (v >= want) return 1;
+        if (left <= 0) return 0;
+        ts.tv_sec = (time_t)left;
+        ts.tv_nsec = (long)((left - (double)ts.tv_sec) * 1e9);
+        /* returns at once when *p is no longer v; else when a writer wakes it */
+        syscall(SYS_futex, p, FUTEX_WAIT, v, &ts, NULL, 0);
+    }
+}
+/* Until *p differs from `seen` or timeout_s pass; the value then. */
+static KP_UNUSED int kt_shm_wait_change(int *p, int seen, double timeout_s) {
+    struct timespec ts;
+    int v = __atomic_load_n(p, __ATOMIC_ACQUIRE);
+    if (v != seen || timeout_s <= 0) return v;
+    ts.tv_sec = (time_t)timeout_s;
+    ts.tv_nsec = (long)((timeout_s - (double)ts.tv_sec) * 1e9);
+    syscall(SYS_futex, p, FUTEX_WAIT, seen, &ts, NULL, 0);
+    return __atomic_load_n(p, __ATOMIC_ACQUIRE);
 }
 
 /* Spawns argv (PATH searched when argv[0] has no '/') with the "K=V"

@@ -15,18 +15,14 @@
 #include "file_test.h"
 #include <signal.h>
 #include <sys/wait.h>
+#include <sys/inotify.h>
+#include <poll.h>
 
 static char root[256];
 static const ex_model tiny = {"tiny", 4, 2, 64, 2, 0, "bfloat16"}; /* 8 buffers, 4 KiB pages */
 static const ex_model gqa = {"gqa", 4, 8, 8, 2, 0, "bfloat16"};   /* 8 KV heads of 16 bytes */
 static const ex_model mla = {"mla", 4, 1, 36, 2, 1, "bfloat16"};  /* 4 buffers */
 
-static void sleep_ms(int ms) {
-    struct timespec ts;
-    ts.tv_sec = ms / 1000;
-    ts.tv_nsec = (long)(ms % 1000) * 1000000L;
-    nanosleep(&ts, NULL);
-}
 
 /* The sender's room being built: <dir>/room_<id>.tmp.<pid>.<nonce>; its
    path into out, 1 when found. */
@@ -63,6 +59,36 @@ static int staged_buffer_is(const char *file, const ex_pool *p, uint32_t b, cons
     return ok;
 }
 
+/* Waits, on inotify events of `dir` and of the sender's staged room in it
+   (no timer), until chunk file `name` of room `room` holds pool p's bytes of
+   buffers ba and bb for pages pg[0..n); 1 when seen, 0 after timeout_s. */
+static int wait_staged(const char *dir, uint64_t room, const char *name, ex_pool *p, uint32_t ba,
+                       uint32_t bb, const int32_t *pg, uint32_t n, double timeout_s) {
+    char stage[512], file[700];
+    int fd = inotify_init1(IN_CLOEXEC | IN_NONBLOCK), watched = 0, landed = 0;
+    uint64_t end = kvx_now_ns() + (uint64_t)(timeout_s * 1e9);
+    if (fd < 0) return 0;
+    inotify_add_watch(fd, dir, IN_CREATE | IN_MOVED_TO);
+    for (;;) {
+        struct pollfd q;
+        char ev[4096];
+        uint64_t now = kvx_now_ns();
+        if (find_stage(dir, room, stage, sizeof stage)) {
+            if (!watched) /* before the check: a write after it is an event */
+                watched = inotify_add_watch(fd, stage, IN_CREATE | IN_MODIFY | IN_CLOSE_WRITE) >= 0;
+            snprintf(file, sizeof file, "%s/%s", stage, name);
+            landed = staged_buffer_is(file, p, ba, pg, n) && staged_buffer_is(file, p, bb, pg, n);
+        }
+        if (landed || now >= end) break;
+        q.fd = fd;
+        q.events = POLLIN;
+        if (poll(&q, 1, (int)((end - now) / 1000000u) + 1) > 0)
+            while (read(fd, ev, sizeof ev) > 0) {} /* drained: the state is read again */
+    }
+    close(fd);
+    return landed;
+}
+
 static kvx_engine *gpu_engine(kvx_role role, ex_pool *p, kvx_buffer *devbufs, const char *dir,
                               char *why) {
     kvx_engine_desc d = ft_desc(role, &p->layout, dir);
@@ -86,7 +112,7 @@ static kvx_engine *gpu_engine(kvx_role role, ex_pool *p, kvx_buffer *devbufs, co
    the receiver is not Success; then everything is verified. sealed: with
    an auth key (every meta sealed) and KVX_FILE_FSYNC=1. */
 static void test_mixed(const char *label, int gpu, int sealed) {
-    char dir[300], why[512], stage[600], file[700];
+    char dir[300], why[512];
     ex_pool ps, pr;
     kvx_buffer sb[8], rb[8];
     kvx_engine *pe, *de;
@@ -97,7 +123,6 @@ static void test_mixed(const char *label, int gpu, int sealed) {
     int32_t sp[24], dp[24];
     const uint64_t room = gpu ? 12 : sealed ? 13 : 11;
     uint32_t l, b;
-    uint64_t t0;
     int landed = 0;
     snprintf(dir, sizeof dir, "%s/mixed%d%d", root, gpu, sealed);
     setenv("KVX_FILE_STRIPE", "4096", 1); /* several pieces per part: their CRC32Cs combine */
@@ -137,15 +162,7 @@ static void test_mixed(const char *label, int gpu, int sealed) {
     CHECK(kvx_sender_send_layers(s, sp + 16, 8, 0, 1) == KVX_OK, "%s: chunk 2 layer 0", label);
     /* chunk 2's layer 0 (K buffer 0 and V buffer 4) lands before its other
        layers are even handed over */
-    t0 = kvx_now_ns();
-    while (!landed && kvx_now_ns() - t0 < 20000000000ull) {
-        if (find_stage(dir, room, stage, sizeof stage)) {
-            snprintf(file, sizeof file, "%s/kv_chunk_2.bin", stage);
-            landed = staged_buffer_is(file, &ps, 0, sp + 16, 8) &&
-                     staged_buffer_is(file, &ps, 4, sp + 16, 8);
-        }
-        if (!landed) sleep_ms(1);
-    }
+    landed = wait_staged(dir, room, "kv_chunk_2.bin", &ps, 0, 4, sp + 16, 8, 20);
     CHECK(landed, "%s: chunk 2's layer 0 is in its file before its layers 1-3 are sent", label);
     CHECK(kvx_receiver_poll(r) != KVX_POLL_SUCCESS && kvx_sender_poll(s) == KVX_POLL_TRANSFERRING,
           "%s: between layers the receiver is not Success (%s), the sender Transferring (%s)", label,
@@ -230,7 +247,7 @@ static void test_refused(const char *label, uint32_t b2, uint32_t e2, const char
    chunk are in the chunk file): the decode room fails at KVX_FILE_TIMEOUT,
    never Success. */
 static void test_killed(void) {
-    char dir[300], why[512], stage[600], file[700];
+    char dir[300], why[512];
     ex_pool ps, pr;
     kvx_engine *de;
     kvx_engine_desc d;
@@ -239,7 +256,6 @@ static void test_killed(void) {
     int32_t sp[8], dp[8];
     int landed = 0, status;
     pid_t pid;
-    uint64_t t0;
     kvx_poll rs;
     snprintf(dir, sizeof dir, "%s/killed", root);
     ex_pool_init(&ps, &tiny, 32, 16, 4, 1); /* the child's pool: the same seed, the same pages */
@@ -260,14 +276,7 @@ static void test_killed(void) {
         for (;;) pause(); /* the next layers never come: killed here */
     }
     ex_pages_pattern(&ps, 41, sp, 8, 1); /* what the child wrote, to compare with */
-    t0 = kvx_now_ns();
-    while (!landed && kvx_now_ns() - t0 < 20000000000ull) {
-        if (find_stage(dir, 41, stage, sizeof stage)) {
-            snprintf(file, sizeof file, "%s/kv_chunk_0.bin", stage);
-            landed = staged_buffer_is(file, &ps, 1, sp, 8) && staged_buffer_is(file, &ps, 5, sp, 8);
-        }
-        if (!landed) sleep_ms(1);
-    }
+    landed = wait_staged(dir, 41, "kv_chunk_0.bin", &ps, 1, 5, sp, 8, 20);
     kill(pid, SIGKILL);
     status = ft_reap(pid);
     CHECK(landed && WIFSIGNALED(status), "the prefill was killed after layers 0-1 landed");

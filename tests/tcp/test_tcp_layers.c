@@ -32,6 +32,7 @@
 #define KVX_IMPLEMENTATION
 #include "tcp_test.h"
 #include <sys/mman.h>
+#include <sched.h>
 
 #define NREQ 2
 #define NCHUNK 3
@@ -90,11 +91,8 @@ static int scheme(const scen *t, int i, int c) {
     return sched[i][c];
 }
 
-static int wait_int(int *p, int want, double timeout) {
-    double end = tt_now() + timeout;
-    while (__atomic_load_n(p, __ATOMIC_ACQUIRE) < want && tt_now() < end) tt_sleep(0.001);
-    return __atomic_load_n(p, __ATOMIC_ACQUIRE) >= want;
-}
+/* A shared counter written by another process (kt_shm_store/add wake it). */
+static int wait_int(int *p, int want, double timeout) { return kt_shm_wait(p, want, timeout); }
 
 /* ---- prefill rank (a child) ------------------------------------------------ */
 
@@ -117,10 +115,10 @@ static void between_parts(sender_ctx *x, int i, uint32_t c, uint32_t le) {
     sh->chunk = c;
     sh->le = le;
     if (x->t->mode == KILL) {
-        __atomic_store_n(&sh->killme, 1, __ATOMIC_RELEASE);
+        kt_shm_store(&sh->killme, 1);
         for (;;) pause(); /* the parent kills this process */
     }
-    seq = __atomic_add_fetch(&sh->hold_seq, 1, __ATOMIC_ACQ_REL);
+    seq = kt_shm_add(&sh->hold_seq, 1);
     wait_int(&sh->go, seq, 60);
 }
 
@@ -174,7 +172,7 @@ static kvx_poll wait_sender(kvx_sender *s, int ready, double timeout) {
             if (ready || ps == KVX_POLL_BOOTSTRAPPING) return ps;
             if (end > tt_now() + 20) end = tt_now() + 20;
         }
-        tt_sleep(0.001);
+        sched_yield(); /* the sender's state and decode_done are read again at once */
     }
 }
 
@@ -218,10 +216,10 @@ static int prefill_main(const scen *t, int si, int tp, int pp) {
     }
     if (!(e = tt_engine(KVX_ROLE_PREFILL, &p.layout, &o, why, sizeof why))) {
         snprintf(sh->pre[tp][pp].err, sizeof sh->pre[0][0].err, "engine: %s", why);
-        __atomic_add_fetch(&sh->prefill_up, 1, __ATOMIC_ACQ_REL);
+        kt_shm_add(&sh->prefill_up, 1);
         return 3;
     }
-    if (!tp && !pp) __atomic_store_n(&sh->boot_port, kvx_boot_engine_port(e), __ATOMIC_RELEASE);
+    if (!tp && !pp) kt_shm_store(&sh->boot_port, kvx_boot_engine_port(e));
     for (i = 0; i < NREQ; i++) {
         kvx_room_desc rd;
         memset(&rd, 0, sizeof rd);
@@ -231,7 +229,7 @@ static int prefill_main(const scen *t, int si, int tp, int pp) {
         ex_aux_write(&p, rd.room, i);
         kvx_sender_create(e, &rd, &s[i]);
     }
-    __atomic_add_fetch(&sh->prefill_up, 1, __ATOMIC_ACQ_REL);
+    kt_shm_add(&sh->prefill_up, 1);
     memset(&x, 0, sizeof x);
     x.t = t;
     x.p = &p;
@@ -386,14 +384,14 @@ static void run(const scen *t, int si) {
         for (i = 0; i < NREQ; i++) done += tt_terminal(kvx_receiver_poll(r[i]));
         if (t->mode == HOLD && __atomic_load_n(&sh->hold_seq, __ATOMIC_ACQUIRE) > holds) {
             if (at_point(t, e, &p, r[0], room_id(si, 0), pages[0], &since))
-                __atomic_store_n(&sh->go, ++holds, __ATOMIC_RELEASE);
+                kt_shm_store(&sh->go, ++holds);
         }
         if (t->mode == KILL && !killed && __atomic_load_n(&sh->killme, __ATOMIC_ACQUIRE) &&
             at_point(t, e, &p, r[0], room_id(si, 0), pages[0], &since)) {
             kill(pid[0][0], SIGKILL);
             killed = 1;
         }
-        if (done < NREQ) tt_sleep(0.001);
+        if (done < NREQ) sched_yield(); /* states and byte counters are read again at once */
     } while (done < NREQ && tt_now() < end);
     kvx_tcp_stats_get(e, &st);
     for (i = 0; i < NREQ; i++) {
@@ -431,7 +429,7 @@ static void run(const scen *t, int si) {
         CHECK(verified == 1 && kvx_receiver_poll(r[1]) == KVX_POLL_SUCCESS,
               "%s: the other room succeeded, verified (%s)", t->name, kvx_receiver_error(r[1]));
     }
-    __atomic_store_n(&sh->decode_done, 1, __ATOMIC_RELEASE);
+    kt_shm_store(&sh->decode_done, 1);
     for (a = 0; a < t->ptp; a++)
         for (q = 0; q < t->ppp; q++) waitpid(pid[a][q], &status, 0);
     if (t->mode == NORMAL || t->mode == HOLD)
@@ -449,7 +447,7 @@ static void run(const scen *t, int si) {
     for (i = 0; i < NREQ; i++) kvx_receiver_destroy(r[i]);
     printf("  %s: %.2f s\n", t->name, tt_now() - t0);
 out:
-    __atomic_store_n(&sh->decode_done, 1, __ATOMIC_RELEASE);
+    kt_shm_store(&sh->decode_done, 1);
     for (a = 0; a < t->ptp; a++)
         for (q = 0; q < t->ppp; q++)
             if (pid[a][q] > 0 && waitpid(pid[a][q], &status, WNOHANG) == 0) {
