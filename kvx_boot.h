@@ -1506,6 +1506,7 @@ typedef struct kvx__boot_br {
     int waiting, inited;
     int dpq;       /* waits for its prefill dp rank (POST /query_dp_ranks) */
     kvx__boot_conn *lost; /* a target found lost when assigning (a reference) */
+    int missed;    /* a notice for it could not be queued (out of memory): it fails */
     uint64_t bytes;
     uint16_t peer_index, peer_count;
     /* prefill */
@@ -1561,6 +1562,7 @@ typedef struct kvx__boot_vec {
     kvx__boot_br **v;
     size_t n, cap;
     kvx_boot *b; /* set by a push: v is held even when n drops back to 0 */
+    int missed;  /* a push found no memory: that room is marked (br->missed) */
 } kvx__boot_vec;
 
 struct kvx_boot {
@@ -1711,9 +1713,15 @@ static int kvx__boot_reserve(const kvx_boot *b, void *pv, size_t n, size_t *cap,
     return 0;
 }
 
+/* Under boot->mu. Out of memory, the room is marked instead: releasing v
+   fails it (kvx__boot_fail_missed). */
 static void kvx__boot_vec_push(kvx__boot_vec *v, kvx__boot_br *br) {
-    if (kvx__boot_reserve(br->boot, &v->v, v->n, &v->cap, sizeof *v->v))
-        return; /* the room then misses this notice; it still times out */
+    v->b = br->boot;
+    if (kvx__boot_reserve(br->boot, &v->v, v->n, &v->cap, sizeof *v->v)) {
+        br->missed = 1;
+        v->missed = 1;
+        return;
+    }
     KVX__ADD(&br->refs, 1);
     v->b = br->boot;
     v->v[v->n++] = br;
@@ -2207,12 +2215,41 @@ static void kvx__boot_br_unref(kvx__boot_br *br) {
     kvx_engine_free(e, br);
 }
 
+/* Not under boot->mu: fails, one at a time (no memory needed), each room
+   a notice could not be queued for (kvx__boot_vec_push out of memory), so
+   it neither waits forever nor misses its failure. */
+static void kvx__boot_fail_missed(kvx_boot *b) {
+    for (;;) {
+        kvx__boot_br *br = NULL, *it;
+        size_t i;
+        pthread_mutex_lock(&b->mu);
+        for (i = 0; !br && i < b->rooms.nb; i++)
+            for (it = kvx__boot_at(b->rooms.b[i]); it; it = kvx__boot_at(it->hn.hnext))
+                if (it->missed) {
+                    it->missed = 0;
+                    if (!it->room) continue;
+                    it->waiting = 0;
+                    it->dpq = 0;
+                    KVX__ADD(&it->refs, 1);
+                    br = it;
+                    break;
+                }
+        pthread_mutex_unlock(&b->mu);
+        if (!br) return;
+        kvx_room_fail(br->room, KVX_ERR_NO_MEMORY, "out of memory queueing a bootstrap notice for "
+                      "the room");
+        kvx__boot_br_unref(br);
+    }
+}
+
 static void kvx__boot_vec_release(kvx__boot_vec *v) {
     kvx_boot *b = v->b;
+    int missed = v->missed;
     size_t i;
     for (i = 0; i < v->n; i++) kvx__boot_br_unref(v->v[i]);
     if (b) kvx_engine_free(b->engine, v->v);
     memset(v, 0, sizeof *v);
+    if (missed && b) kvx__boot_fail_missed(b);
 }
 
 /* Under boot->mu. Takes a connection reference. */

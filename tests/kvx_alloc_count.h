@@ -76,6 +76,14 @@ static __attribute__((unused)) int ca_terminal(kvx_poll p) {
     return p == KVX_POLL_SUCCESS || p == KVX_POLL_FAILED;
 }
 
+/* Waits for the receiver to leave Bootstrapping (to WaitingForInput or
+   Failed); the limit is reached only when a failure was swallowed and
+   the room would wait forever (no timeout applies to it there). */
+static __attribute__((unused)) void ca_wait_receiver(kvx_receiver *r, int limit_ms) {
+    kvx_poll p = kvx_receiver_wait(r, KVX_POLL_WAITING_FOR_INPUT, limit_ms);
+    CHECK(p != KVX_POLL_BOOTSTRAPPING, "the receiver leaves Bootstrapping (fail at %ld): '%s'",
+          ca.fail_at, kvx_receiver_error(r));
+}
 /* Waits until both sides given are terminal; 0 when one is not by the
    test's own deadline (reached only on a hang). */
 static __attribute__((unused)) int ca_settle(kvx_sender *s, kvx_receiver *r) {

@@ -132,7 +132,7 @@ static int transfer(const char *transport) {
     if (!(de = engine(transport, KVX_ROLE_DECODE, &pr, addr))) goto out;
     if (kvx_sender_create(pe, &rd, &s) != KVX_OK) goto out;
     if (kvx_receiver_create(de, &rd, &r) != KVX_OK) goto out;
-    kvx_receiver_wait(r, KVX_POLL_WAITING_FOR_INPUT, 30000);
+    ca_wait_receiver(r, 30000);
     if ((res = kvx_receiver_init(r, dp, 12, 1)) != KVX_OK) { step = "receiver_init"; goto out; }
     kvx_sender_wait(s, KVX_POLL_WAITING_FOR_INPUT, 30000);
     if ((res = kvx_sender_init(s, 12, 0)) != KVX_OK) { step = "sender_init"; goto out; }
