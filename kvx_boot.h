@@ -1425,7 +1425,7 @@ typedef struct kvx__boot_conn {
     int live, gone;   /* under boot->mu: in boot->live (kvx_boot_peer_send finds it) / dropped */
     char lost[KVX_ERROR_MAX]; /* decode, under boot->mu: the sentence its loss failed rooms with */
     int hb_miss;      /* decode, under boot->mu: pings in a row it left unanswered */
-    char addr[64];
+    char addr[96]; /* "[ip]:port" */
     char transport[32];
     uint8_t *endpoint;
     kvx__boot_shape shape; /* info.layout */

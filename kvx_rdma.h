@@ -3505,6 +3505,13 @@ static void kvx__rdma_async(kvx__rdma_engine *re, kvx__rdma_dev *d) {
             break;
         }
         re->v.ack_async_event(&ev);
+        /* the queue pair's failed completion, when one is already there,
+           names the cause (a remote access error, a retry) better than
+           the event that follows it: the connection fails with it first */
+        if (q && nhit && q->cq && KVX__LOAD(&q->pair->state) != KVX__RP_DEAD) {
+            if (re->role == KVX_ROLE_PREFILL) kvx__rdma_cq_prefill(re, q);
+            else kvx__rdma_cq_decode(re, q);
+        }
         for (i = 0; i < nhit; i++) {
             kvx__rdma_pair_kill(re, hit[i], KVX_ERR_TRANSPORT, "%s", msg);
             kvx__rdma_pair_unref(re, hit[i]);

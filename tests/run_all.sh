@@ -6,7 +6,8 @@ cd "$(dirname "$0")/.."
 J=${KVX_JOBS:-2}
 W="-Wall -Wextra -Wpedantic -Werror"
 status=0; suites_pass=0; suites_fail=0; suites_skip=0
-step() { echo; echo "== $*"; }
+T0=$(date +%s)
+step() { echo; echo "== $* [at $(( $(date +%s) - T0 )) s]"; }
 result() { if [ "$1" -eq 0 ]; then suites_pass=$((suites_pass+1)); else suites_fail=$((suites_fail+1)); status=1; fi; }
 
 step "compile checks (gcc, clang, C11, C++11, KVX_STATIC, implementation twice)"
@@ -72,14 +73,14 @@ result $drc
 SAN_ASAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer"
 step "ASan + UBSan (build/asan/)"
 mkdir -p build/asan
-if make -s -j"$J" B=build/asan KVX_CFLAGS="-std=c11 -O1 -g $W -I. $SAN_ASAN" all; then
+if make -s -j"$J" B=build/asan KVX_CFLAGS="-std=c11 -O0 -g $W -I. $SAN_ASAN" all; then
   KVX_TEST_QUICK=1 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
     bash tests/run_tests.sh build/asan; result $?
 else result 1; fi
 
 step "TSan (build/tsan/)"
 mkdir -p build/tsan
-if make -s -j"$J" B=build/tsan KVX_CFLAGS="-std=c11 -O1 -g $W -I. -fsanitize=thread" all; then
+if make -s -j"$J" B=build/tsan KVX_CFLAGS="-std=c11 -O0 -g $W -I. -fsanitize=thread" all; then
   KVX_TEST_QUICK=1 TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" \
     bash tests/run_tests.sh build/tsan; result $?
 else result 1; fi
@@ -89,5 +90,5 @@ bash tests/fuzz/run.sh; rc=$?
 if [ $rc -eq 77 ]; then suites_skip=$((suites_skip+1)); else result $rc; fi
 
 echo
-echo "make test: $suites_pass passed, $suites_fail failed, $suites_skip skipped"
+echo "make test: $suites_pass passed, $suites_fail failed, $suites_skip skipped ($(( $(date +%s) - T0 )) s)"
 exit $status

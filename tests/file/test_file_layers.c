@@ -68,7 +68,10 @@ static int wait_staged(const char *dir, uint64_t room, const char *name, ex_pool
     int fd = inotify_init1(IN_CLOEXEC | IN_NONBLOCK), watched = 0, landed = 0;
     uint64_t end = kvx_now_ns() + (uint64_t)(timeout_s * 1e9);
     if (fd < 0) return 0;
-    inotify_add_watch(fd, dir, IN_CREATE | IN_MOVED_TO);
+    if (inotify_add_watch(fd, dir, IN_CREATE | IN_MOVED_TO) < 0) { /* dir must exist: no event else */
+        close(fd);
+        return 0;
+    }
     for (;;) {
         struct pollfd q;
         char ev[4096];
@@ -258,6 +261,9 @@ static void test_killed(void) {
     pid_t pid;
     kvx_poll rs;
     snprintf(dir, sizeof dir, "%s/killed", root);
+    /* made here, so wait_staged watches it from the start (the child's
+       engine would make it, maybe after the watch was tried) */
+    CHECK(mkdir(dir, 0700) == 0, "mkdir %s: %s", dir, strerror(errno));
     ex_pool_init(&ps, &tiny, 32, 16, 4, 1); /* the child's pool: the same seed, the same pages */
     ex_alloc_pages(&ps, sp, 8);
     fflush(stdout);

@@ -244,6 +244,7 @@ static void test_refusals(void) {
     refused(e2, 1, skip, aa, KVX_ERR_INVALID_ARGUMENT, "are not K/V pairs");
     kvx_engine_destroy(e2);
     st = l;
+    memset(sb, 0, sizeof sb);
     sb[0].base = mem[0];
     sb[0].length = sizeof mem[0];
     sb[0].item_len = 16;
