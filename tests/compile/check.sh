@@ -26,7 +26,16 @@ if [ -f kvx_cuda.h ]; then
   done
 fi
 
-for h in $headers; do
+# Each header's checks, and the all-together checks, run as one job each,
+# KVX_JOBS (2) at a time, in their own scratch directory; a job's counts
+# and failures are gathered afterwards.
+job() { # job NAME: the counts go to $T/NAME.cnt, the failures to $T/NAME.out
+  local name=$1; shift
+  ( T="$T/$name"; mkdir -p "$T"; pass=0; fail=0; "$@" > "$T.out" 2>&1; echo "$pass $fail" > "$T.cnt" ) &
+  while [ "$(jobs -pr | wc -l)" -ge "${KVX_JOBS:-2}" ]; do wait -n; done
+}
+header_checks() {
+  local h=$1 v cc cxx
   printf '#include "%s"\n' "$h" > "$T/decl.c"
   printf '#define KVX_IMPLEMENTATION\n#include "%s"\n#include "%s"\nint main(void){return 0;}\n' "$h" "$h" > "$T/impl.c"
   printf '#include "%s"\n#include "%s"\nint main(void){return 0;}\n' "$h" "$h" > "$T/twice.c"
@@ -42,23 +51,30 @@ for h in $headers; do
       run "$h impl $cxx $v" $cxx -std=c++11 $W $v -I. "$T/impl.cpp" -o "$T/a.out" -lpthread -ldl
     done
   done
-done
-
-# all headers together, and KVX_STATIC in two translation units
-{ for h in $headers; do printf '#include "%s"\n' "$h"; done; } > "$T/all.h"
-printf '#define KVX_IMPLEMENTATION\n#include "all.h"\nint main(void){return kvx_result_str(KVX_OK)[0] != 75;}\n' > "$T/all.c"
-cp "$T/all.c" "$T/all.cpp"
-printf '#define KVX_STATIC\n#define KVX_IMPLEMENTATION\n#include "all.h"\nconst char *tu1(void){return kvx_poll_str(KVX_POLL_SUCCESS);}\n' > "$T/tu1.c"
-printf '#define KVX_STATIC\n#define KVX_IMPLEMENTATION\n#include "all.h"\nconst char *tu1(void);\nint main(void){return tu1()[0] != kvx_poll_str(KVX_POLL_SUCCESS)[0];}\n' > "$T/tu2.c"
-for v in "${variants[@]}"; do
-  for cc in $compilers_c; do
-    run "all together $cc $v" $cc -std=c11 $W $v -I. -I"$T" "$T/all.c" -o "$T/a.out" -lpthread -ldl
-    run "KVX_STATIC two TUs $cc $v" $cc -std=c11 $W $v -I. -I"$T" "$T/tu1.c" "$T/tu2.c" -o "$T/b.out" -lpthread -ldl
-    run "KVX_STATIC runs $cc $v" "$T/b.out"
+}
+together_checks() {
+  local h v cc cxx
+  { for h in $headers; do printf '#include "%s"\n' "$h"; done; } > "$T/all.h"
+  printf '#define KVX_IMPLEMENTATION\n#include "all.h"\nint main(void){return kvx_result_str(KVX_OK)[0] != 75;}\n' > "$T/all.c"
+  cp "$T/all.c" "$T/all.cpp"
+  printf '#define KVX_STATIC\n#define KVX_IMPLEMENTATION\n#include "all.h"\nconst char *tu1(void){return kvx_poll_str(KVX_POLL_SUCCESS);}\n' > "$T/tu1.c"
+  printf '#define KVX_STATIC\n#define KVX_IMPLEMENTATION\n#include "all.h"\nconst char *tu1(void);\nint main(void){return tu1()[0] != kvx_poll_str(KVX_POLL_SUCCESS)[0];}\n' > "$T/tu2.c"
+  for v in "${variants[@]}"; do
+    for cc in $compilers_c; do
+      run "all together $cc $v" $cc -std=c11 $W $v -I. -I"$T" "$T/all.c" -o "$T/a.out" -lpthread -ldl
+      run "KVX_STATIC two TUs $cc $v" $cc -std=c11 $W $v -I. -I"$T" "$T/tu1.c" "$T/tu2.c" -o "$T/b.out" -lpthread -ldl
+      run "KVX_STATIC runs $cc $v" "$T/b.out"
+    done
+    for cxx in $compilers_cxx; do
+      run "all together $cxx $v" $cxx -std=c++11 $W $v -I. -I"$T" "$T/all.cpp" -o "$T/a.out" -lpthread -ldl
+    done
   done
-  for cxx in $compilers_cxx; do
-    run "all together $cxx $v" $cxx -std=c++11 $W $v -I. -I"$T" "$T/all.cpp" -o "$T/a.out" -lpthread -ldl
-  done
+}
+job together together_checks
+for h in $headers; do job "$h" header_checks "$h"; done
+wait
+for c in "$T"/*.cnt; do
+  read -r p f < "$c"; pass=$((pass + p)); fail=$((fail + f)); cat "${c%.cnt}.out"
 done
 echo "compile checks: $pass passed, $fail failed"
 # The doc examples (headers' EXAMPLE sections, README's c blocks) compile.
