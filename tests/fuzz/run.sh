@@ -12,7 +12,11 @@ targets=$(ls tests/fuzz/fuzz_*.c 2>/dev/null)
 use_lf=0
 echo 'int LLVMFuzzerTestOneInput(const unsigned char*d,unsigned long n){(void)d;(void)n;return 0;}' > build/fuzz/probe.c
 clang -fsanitize=fuzzer build/fuzz/probe.c -o build/fuzz/probe >/dev/null 2>&1 && use_lf=1
-for src in $targets; do
+# One target: build, run, and its result line (ok / FAIL and the logs) in
+# build/fuzz/NAME.result. Targets run KVX_JOBS (2) at a time: each is one
+# CPU-bound process, so the cores are used and each still gets S seconds.
+one() {
+  local src=$1 name rc runs
   name=$(basename "$src" .c)
   corpus=build/fuzz/$name.corpus; mkdir -p "$corpus"
   [ -d "tests/fuzz/corpus/$name" ] && cp -n tests/fuzz/corpus/$name/* "$corpus"/ 2>/dev/null
@@ -25,8 +29,19 @@ for src in $targets; do
   fi
   rc=$?
   runs=$(grep -oE "#[0-9]+ +DONE|Done [0-9]+ runs|[0-9]+ inputs" build/fuzz/$name.log | tail -1)
-  if [ $rc -eq 0 ]; then pass=$((pass+1)); echo "  ok    $name (${S}s, ${runs:-ran})"
-  else fail=$((fail+1)); echo "  FAIL  $name (exit $rc)"; tail -n 30 build/fuzz/$name.log build/fuzz/$name.build.log | sed 's/^/        /'; fi
+  if [ $rc -eq 0 ]; then echo "  ok    $name (${S}s, ${runs:-ran})"
+  else echo "  FAIL  $name (exit $rc)"; tail -n 30 build/fuzz/$name.log build/fuzz/$name.build.log | sed 's/^/        /'; fi > build/fuzz/$name.result
+}
+for src in $targets; do
+  rm -f "build/fuzz/$(basename "$src" .c).result"
+  one "$src" &
+  while [ "$(jobs -pr | wc -l)" -ge "${KVX_JOBS:-2}" ]; do wait -n; done
+done
+wait
+for src in $targets; do
+  r=build/fuzz/$(basename "$src" .c).result
+  if [ -f "$r" ] && head -1 "$r" | grep -q '^  ok '; then pass=$((pass+1)); else fail=$((fail+1)); fi
+  if [ -f "$r" ]; then cat "$r"; else echo "  FAIL  $(basename "$src" .c) (no result)"; fi
 done
 echo "fuzz: $pass passed, $fail failed"
 [ $fail -eq 0 ]
