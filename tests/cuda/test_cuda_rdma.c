@@ -136,6 +136,11 @@ int main(int argc, char **argv) {
     if (ct_fake_open(&fake, argv[0], why, sizeof why)) return kt_skip(why);
     if (find_softverbs(argv[0], sv, sizeof sv)) return kt_skip("libsoftverbs.so not built");
     setenv("KVX_IBVERBS_LIBRARY", sv, 1);
+    { /* its own softverbs namespace: other tests may run beside it */
+        char svdir[64];
+        snprintf(svdir, sizeof svdir, "/tmp/kvx_test_%d_sv", (int)getpid());
+        setenv("SOFTVERBS_DIR", svdir, 1);
+    }
     svh = dlopen(sv, RTLD_NOW | RTLD_LOCAL);
     sym = svh ? dlsym(svh, "softverbs_stats") : NULL;
     memcpy(&svstats, &sym, sizeof sym);
