@@ -4604,7 +4604,7 @@ static KVX__UNUSED kvx_result kvx__dir_open(const char *path, unsigned mode, int
     }
     while (i < n) {
         size_t start, end;
-        int last, next, err;
+        int last, next, err, tries;
         struct stat lst;
         while (i < n && tmp[i] == '/') i++;
         if (i >= n) break;
@@ -4614,28 +4614,40 @@ static KVX__UNUSED kvx_result kvx__dir_open(const char *path, unsigned mode, int
         while (i < n && tmp[i] == '/') i++;
         last = i >= n;
         tmp[end] = 0;
-        if (fstatat(fd, tmp + start, &lst, AT_SYMLINK_NOFOLLOW) && errno == ENOENT &&
-            (flags & KVX__DIR_CREATE)) {
-            if (kvx__mkdirat(fd, tmp + start, mode, NULL)) {
-                err = errno;
-                kvx__set_why(why, wl, "cannot create directory %s: %s", tmp, strerror(err));
-                close(fd);
-                return kvx__errno_result(err);
+        for (tries = 0;; tries++) {
+            if (fstatat(fd, tmp + start, &lst, AT_SYMLINK_NOFOLLOW) && errno == ENOENT &&
+                (flags & KVX__DIR_CREATE)) {
+                if (kvx__mkdirat(fd, tmp + start, mode, NULL)) {
+                    err = errno;
+                    kvx__set_why(why, wl, "cannot create directory %s: %s", tmp, strerror(err));
+                    close(fd);
+                    return kvx__errno_result(err);
+                }
+                if (fstatat(fd, tmp + start, &lst, AT_SYMLINK_NOFOLLOW)) memset(&lst, 0, sizeof lst);
             }
-            if (fstatat(fd, tmp + start, &lst, AT_SYMLINK_NOFOLLOW)) memset(&lst, 0, sizeof lst);
-        }
-        if (S_ISLNK(lst.st_mode)) {
-            char desc[300];
-            kvx__dir_describe(&lst, desc, sizeof desc);
-            if (last || (lst.st_uid != geteuid() && lst.st_uid != 0)) {
-                kvx__set_why(why, wl, "refusing %s: it is a symbolic link (%s)%s", tmp, desc,
-                             last ? "; give the directory itself" : " of another user");
-                close(fd);
-                return KVX_ERR_PERMISSION;
+            if (S_ISLNK(lst.st_mode)) {
+                char desc[300];
+                kvx__dir_describe(&lst, desc, sizeof desc);
+                if (last || (lst.st_uid != geteuid() && lst.st_uid != 0)) {
+                    kvx__set_why(why, wl, "refusing %s: it is a symbolic link (%s)%s", tmp, desc,
+                                 last ? "; give the directory itself" : " of another user");
+                    close(fd);
+                    return KVX_ERR_PERMISSION;
+                }
+            }
+            next = openat(fd, tmp + start,
+                          O_RDONLY | O_DIRECTORY | O_CLOEXEC | (last ? O_NOFOLLOW : 0));
+            /* made (or found) a moment ago, gone now: on GlusterFS, two
+               clients making one directory at once can see it undone under
+               them (kvx__mkdirat); make or find it again, a few times */
+            if (next >= 0 || errno != ENOENT || !(flags & KVX__DIR_CREATE) || tries >= 8) break;
+            {
+                struct timespec ts;
+                ts.tv_sec = 0;
+                ts.tv_nsec = (long)(1000000L << tries); /* 1 ms, doubling: 0.26 s in all */
+                nanosleep(&ts, NULL);
             }
         }
-        next = openat(fd, tmp + start,
-                      O_RDONLY | O_DIRECTORY | O_CLOEXEC | (last ? O_NOFOLLOW : 0));
         if (next < 0) {
             err = errno;
             if (err == ENOTDIR || err == ELOOP)

@@ -3271,7 +3271,10 @@ static void kvx__rdma_wc_err(kvx__rdma_engine *re, kvx__rdma_qp *q, const struct
              (int)wc->status, wc->vendor_err, pn);
 }
 
-static void kvx__rdma_cq_prefill(kvx__rdma_engine *re, kvx__rdma_qp *q) {
+/* The completions of q. async: NULL, or the sentence of a queue-pair async
+   event being handled, which then names the failure unless a completion
+   names a cause (rank 2: a flush or retry is only its symptom). */
+static void kvx__rdma_cq_prefill(kvx__rdma_engine *re, kvx__rdma_qp *q, const char *async) {
     kvx__rdma_pair *p = q->pair;
     struct ibv_wc wc[64];
     kvx__rdma_room *touched = NULL, *fin = NULL, *rr;
@@ -3314,7 +3317,7 @@ static void kvx__rdma_cq_prefill(kvx__rdma_engine *re, kvx__rdma_qp *q) {
         /* the other queue pairs of the connection may hold the real cause
            (a remote access error behind a peer that went to ERR) */
         int j;
-        kvx__rdma_async_first(re, q->dev);
+        if (!async) kvx__rdma_async_first(re, q->dev);
         for (j = 0; j < p->nqp && KVX__LOAD(&p->state) != KVX__RP_DEAD; j++) {
             kvx__rdma_qp *o = &p->qp[j];
             if (o == q || !o->cq) continue;
@@ -3324,7 +3327,8 @@ static void kvx__rdma_cq_prefill(kvx__rdma_engine *re, kvx__rdma_qp *q) {
                     kvx__rdma_wc_err(re, o, &wc[i], 0, &rank, err, sizeof err);
         }
     }
-    if (bad) kvx__rdma_pair_kill(re, p, KVX_ERR_TRANSPORT, "%s", err);
+    if (bad && async && rank >= 0 && rank < 2) kvx__rdma_pair_kill(re, p, KVX_ERR_TRANSPORT, "%s", async);
+    else if (bad) kvx__rdma_pair_kill(re, p, KVX_ERR_TRANSPORT, "%s", err);
     else if (auxres) kvx__rdma_pair_kill(re, p, (kvx_result)auxres, "%s", auxerr);
     while (fin) {
         rr = fin;
@@ -3370,7 +3374,7 @@ static void kvx__rdma_marks(kvx__rdma_engine *re, kvx__rdma_pair *p, const uint3
     }
 }
 
-static void kvx__rdma_cq_decode(kvx__rdma_engine *re, kvx__rdma_qp *q) {
+static void kvx__rdma_cq_decode(kvx__rdma_engine *re, kvx__rdma_qp *q, const char *async) {
     kvx__rdma_pair *p = q->pair;
     struct ibv_wc wc[64];
     uint32_t tags[64];
@@ -3407,7 +3411,9 @@ static void kvx__rdma_cq_decode(kvx__rdma_engine *re, kvx__rdma_qp *q) {
             }
         }
     } while (n == 64);
-    if (bad && rank >= 0 && rank < 2) kvx__rdma_async_first(re, q->dev);
+    if (bad && async && rank >= 0 && rank < 2)
+        kvx__rdma_pair_kill(re, p, KVX_ERR_TRANSPORT, "%s", async);
+    else if (bad && rank >= 0 && rank < 2) kvx__rdma_async_first(re, q->dev);
     if (bad && err[0]) kvx__rdma_pair_kill(re, p, KVX_ERR_TRANSPORT, "%s", err);
     else if (bad) kvx__rdma_pair_kill(re, p, KVX_ERR_TRANSPORT, "queue pair %u with %s failed",
                                       q->qp->qp_num, p->peer_addr);
@@ -3422,8 +3428,8 @@ static void kvx__rdma_cq_events(kvx__rdma_engine *re, kvx__rdma_dev *d) {
         if (re->v.get_cq_event(d->ch, &cq, &q)) break;
         re->v.ack_cq_events(cq, 1);
         ibv_req_notify_cq(cq, 0);
-        if (re->role == KVX_ROLE_PREFILL) kvx__rdma_cq_prefill(re, (kvx__rdma_qp *)q);
-        else kvx__rdma_cq_decode(re, (kvx__rdma_qp *)q);
+        if (re->role == KVX_ROLE_PREFILL) kvx__rdma_cq_prefill(re, (kvx__rdma_qp *)q, NULL);
+        else kvx__rdma_cq_decode(re, (kvx__rdma_qp *)q, NULL);
     }
 }
 
@@ -3505,12 +3511,13 @@ static void kvx__rdma_async(kvx__rdma_engine *re, kvx__rdma_dev *d) {
             break;
         }
         re->v.ack_async_event(&ev);
-        /* the queue pair's failed completion, when one is already there,
-           names the cause (a remote access error, a retry) better than
-           the event that follows it: the connection fails with it first */
+        /* a failed completion already on the queue pair that names a
+           cause (a remote access error) names the failure better than the
+           event that follows it: the connection fails with it first; a
+           flush or retry there is a symptom, and the event's sentence wins */
         if (q && nhit && q->cq && KVX__LOAD(&q->pair->state) != KVX__RP_DEAD) {
-            if (re->role == KVX_ROLE_PREFILL) kvx__rdma_cq_prefill(re, q);
-            else kvx__rdma_cq_decode(re, q);
+            if (re->role == KVX_ROLE_PREFILL) kvx__rdma_cq_prefill(re, q, msg);
+            else kvx__rdma_cq_decode(re, q, msg);
         }
         for (i = 0; i < nhit; i++) {
             kvx__rdma_pair_kill(re, hit[i], KVX_ERR_TRANSPORT, "%s", msg);
