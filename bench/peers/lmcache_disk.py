@@ -3,16 +3,25 @@ only) on the same request: 4096 tokens of Llama-3.1-8B as LMCache keeps them,
 16 chunks of 256 tokens (32 MiB each, [2, 32 layers, 256, 1024] bf16; the
 same 512 MiB kvx_store and HiCacheFile move). KVX_PEERS_PAGES / 16 chunks.
 
-Only the disk backend is timed: the chunks are ready memory objects (LMCache
-gathers them from the paged KV before a put and scatters after a get; that
-copy is not counted here, which favours LMCache). put: batched_submit_put_task
-until every key's completion callback ran; get cold (os.sync + drop_caches or
-fadvise) and warm: batched_get_blocking, every chunk compared with its source.
-Runs in its own process after storage.py (not interleaved with kvx).
-Prints RESULT / PEER-SKIP / ERROR lines like storage.py."""
+Two rows per operation:
+- "LMCache local disk": the disk backend alone, the chunks ready memory
+  objects (favours LMCache: nothing gathers or scatters).
+- "LMCache + gather/scatter": the same runs plus what an engine pays to put
+  a chunk's pages from the paged KV pool kvx_store reads (layer-first, 16-token
+  pages scattered over a pool twice the request) and back into other scattered
+  pages: one torch index_select into the chunk before its put, one index_copy_
+  out of it after a get. LMCache's own connector does this copy with a CUDA
+  kernel on the GPU; on this CPU-only machine it is torch on the CPU, the same
+  bytes kvx_store moves with pwritev / preadv straight from and into the pages.
+put: batched_submit_put_task until every key's completion callback ran; get
+cold (os.sync + drop_caches or fadvise) and warm: batched_get_blocking. The
+gathered chunks are compared with the pool, and the scattered pages with the
+source pages after every get. Runs in its own process after storage.py (not
+interleaved with kvx). Prints RESULT / PEER-SKIP / ERROR lines like storage.py."""
 import asyncio
 import json
 import os
+import random
 import resource
 import shutil
 import statistics
@@ -57,6 +66,33 @@ def main():
     errors = []
     how = ""
     torch.manual_seed(3)
+    # the paged pool: [K/V, layer, token, 8 heads x 128] int16 (bf16 bits), pages of
+    # 16 tokens; the request's pages and the pages a get fills are scattered over it
+    page = 16
+    pool_pages = 2 * chunks * 16
+    pool = torch.empty((2, 32, pool_pages * page, 8 * 128), dtype=torch.int16)
+    pool.random_(-32768, 32767)
+    perm = list(range(pool_pages))
+    random.Random(7).shuffle(perm)
+
+    def token_index(pages_):
+        return torch.tensor([p * page + t for p in pages_ for t in range(page)], dtype=torch.long)
+    src_idx = [token_index(perm[c * 16:(c + 1) * 16]) for c in range(chunks)]
+    dst_idx = [token_index(perm[(chunks + c) * 16:(chunks + c + 1) * 16]) for c in range(chunks)]
+
+    def scatter(got):
+        """The chunks into the destination pages; seconds and CPU seconds."""
+        c0, t0 = cpu_now(), time.perf_counter()
+        for c, g in enumerate(got):
+            if g is not None:
+                pool.index_copy_(2, dst_idx[c], g.tensor.view(torch.int16).view(2, 32, 256, -1))
+        return time.perf_counter() - t0, cpu_now() - c0
+
+    def scattered_ok():
+        ok = all(torch.equal(pool.index_select(2, src_idx[c]), pool.index_select(2, dst_idx[c]))
+                 for c in range(chunks))
+        pool.index_fill_(2, torch.cat(dst_idx), 0)
+        return ok
     for rep in range(reps):
         d = os.path.join(base, str(rep)) + "/"
         shutil.rmtree(d, ignore_errors=True)
@@ -72,8 +108,14 @@ def main():
                 o = cpu_b.allocate(shape, torch.bfloat16, MemoryFormat.KV_2LTD)
                 if o is None:
                     raise RuntimeError("LocalCPUBackend.allocate returned None")
-                o.tensor.view(torch.int16).random_(-32768, 32767)
                 objs.append(o)
+            c0, t0 = cpu_now(), time.perf_counter()  # the gather: pages -> chunks
+            for c, o in enumerate(objs):
+                torch.index_select(pool, 2, src_idx[c], out=o.tensor.view(torch.int16).view(2, 32, 256, -1))
+            gather = (time.perf_counter() - t0, cpu_now() - c0)
+            if not all(torch.equal(o.tensor.view(torch.int16).view(2, 32, 256, -1),
+                                   pool.index_select(2, src_idx[c])) for c, o in enumerate(objs)):
+                errors.append("LMCache gather: a chunk differs from its pages")
             keys = [CacheEngineKey("meta-llama/Llama-3.1-8B", 1, 0, (rep << 32) | i,
                                    torch.bfloat16) for i in range(chunks)]
             done = threading.Semaphore(0)
@@ -82,12 +124,19 @@ def main():
             for _ in keys:
                 if not done.acquire(timeout=120):
                     raise RuntimeError("a put did not complete in 120 s")
-            res.setdefault("put", []).append((time.perf_counter() - t0, cpu_now() - c0))
+            put = (time.perf_counter() - t0, cpu_now() - c0)
+            res.setdefault("put", []).append(put)
+            res.setdefault("put+", []).append((put[0] + gather[0], put[1] + gather[1]))
             how = drop_cache([d])
             for op in ("get cold", "get warm"):
                 c0, t0 = cpu_now(), time.perf_counter()
                 got = disk.batched_get_blocking(keys)
-                res.setdefault(op, []).append((time.perf_counter() - t0, cpu_now() - c0))
+                tg = (time.perf_counter() - t0, cpu_now() - c0)
+                res.setdefault(op, []).append(tg)
+                ts = scatter(got)
+                res.setdefault(op + "+", []).append((tg[0] + ts[0], tg[1] + ts[1]))
+                if not scattered_ok():
+                    errors.append(f"LMCache {op} + scatter: a page differs from its source")
                 for o, g in zip(objs, got):
                     if g is None or not torch.equal(o.tensor.view(torch.int16),
                                                     g.tensor.view(torch.int16)):
@@ -108,10 +157,13 @@ def main():
             shutil.rmtree(d, ignore_errors=True)
     for e in errors:
         print(f"ERROR {e}")
-    for op, runs in res.items():
+    for op in sorted(res, key=lambda o: o.endswith("+")):  # the disk alone first
+        runs = res[op]
         gbs = [nbytes / s / 1e9 for s, _ in runs]
+        system = "LMCache + gather/scatter" if op.endswith("+") else "LMCache local disk"
+        op = op.rstrip("+")
         print("RESULT " + json.dumps({
-            "group": "storage", "system": "LMCache local disk", "op": op, "bytes": nbytes,
+            "group": "storage", "system": system, "op": op, "bytes": nbytes,
             "reps": len(runs), "gbs_best": max(gbs), "gbs_median": statistics.median(gbs),
             "gbs_min": min(gbs),
             "cpu_s_per_gb": statistics.median(c / (nbytes / 1e9) for _, c in runs),
