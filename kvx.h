@@ -4551,6 +4551,14 @@ static KVX__UNUSED kvx_result kvx__dir_check(int fd, const char *path, int flags
    already there: 0; it may be something other than a directory: open it
    with O_DIRECTORY | O_NOFOLLOW and see), -1 with errno otherwise.
    made may be NULL. */
+/* Sleeps us microseconds (a backoff between retries; never a wait for a state). */
+static KVX__UNUSED void kvx__sleep_us(long us) {
+    struct timespec ts;
+    ts.tv_sec = us / 1000000L;
+    ts.tv_nsec = (us % 1000000L) * 1000L;
+    nanosleep(&ts, NULL);
+}
+
 static KVX__UNUSED int kvx__mkdirat(int dfd, const char *name, unsigned mode, int *made) {
     struct stat st;
     long wait_us = 1000;
@@ -4567,12 +4575,7 @@ static KVX__UNUSED int kvx__mkdirat(int dfd, const char *name, unsigned mode, in
         /* answered "made" or "exists", yet not there: the filesystem undid
            it (see above); look again after a while */
         if (i >= 24) { errno = EEXIST; return -1; }
-        {
-            struct timespec ts;
-            ts.tv_sec = 0;
-            ts.tv_nsec = wait_us * 1000;
-            nanosleep(&ts, NULL);
-        }
+        kvx__sleep_us(wait_us);
         if (wait_us < 100000) wait_us *= 2;
     }
 }
@@ -4641,12 +4644,7 @@ static KVX__UNUSED kvx_result kvx__dir_open(const char *path, unsigned mode, int
                clients making one directory at once can see it undone under
                them (kvx__mkdirat); make or find it again, a few times */
             if (next >= 0 || errno != ENOENT || !(flags & KVX__DIR_CREATE) || tries >= 8) break;
-            {
-                struct timespec ts;
-                ts.tv_sec = 0;
-                ts.tv_nsec = (long)(1000000L << tries); /* 1 ms, doubling: 0.26 s in all */
-                nanosleep(&ts, NULL);
-            }
+            kvx__sleep_us(1000L << tries); /* 1 ms, doubling: 0.26 s in all */
         }
         if (next < 0) {
             err = errno;

@@ -1723,7 +1723,6 @@ static void kvx__boot_vec_push(kvx__boot_vec *v, kvx__boot_br *br) {
         return;
     }
     KVX__ADD(&br->refs, 1);
-    v->b = br->boot;
     v->v[v->n++] = br;
 }
 

@@ -3367,14 +3367,11 @@ static int kvx__cux_poll_peer(kvx__cux_engine *ce, kvx__cux_peer *p, kvx__cux_ac
    transfer time, so it stays a few microseconds for the requests that
    matter; the cost is one core polling while copies are in flight. */
 static void kvx__cux_worker_pause(unsigned looks, uint64_t since_ns) {
-    struct timespec ts;
     if (looks < 64) {
         sched_yield();
         return;
     }
-    ts.tv_sec = 0;
-    ts.tv_nsec = kvx_now_ns() - since_ns < 5000000ull ? 10000L : 100000L;
-    nanosleep(&ts, NULL);
+    kvx__sleep_us(kvx_now_ns() - since_ns < 5000000ull ? 10 : 100);
 }
 
 static void *kvx__cux_worker_main(void *arg) {

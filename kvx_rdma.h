@@ -3421,6 +3421,12 @@ static void kvx__rdma_cq_decode(kvx__rdma_engine *re, kvx__rdma_qp *q, const cha
 
 /* >>rdma: the completion and event thread --------------------------------------------- */
 
+/* q's completions, on this engine's side (async: see kvx__rdma_cq_prefill). */
+static void kvx__rdma_cq(kvx__rdma_engine *re, kvx__rdma_qp *q, const char *async) {
+    if (re->role == KVX_ROLE_PREFILL) kvx__rdma_cq_prefill(re, q, async);
+    else kvx__rdma_cq_decode(re, q, async);
+}
+
 static void kvx__rdma_cq_events(kvx__rdma_engine *re, kvx__rdma_dev *d) {
     for (;;) {
         struct ibv_cq *cq = NULL;
@@ -3428,8 +3434,7 @@ static void kvx__rdma_cq_events(kvx__rdma_engine *re, kvx__rdma_dev *d) {
         if (re->v.get_cq_event(d->ch, &cq, &q)) break;
         re->v.ack_cq_events(cq, 1);
         ibv_req_notify_cq(cq, 0);
-        if (re->role == KVX_ROLE_PREFILL) kvx__rdma_cq_prefill(re, (kvx__rdma_qp *)q, NULL);
-        else kvx__rdma_cq_decode(re, (kvx__rdma_qp *)q, NULL);
+        kvx__rdma_cq(re, (kvx__rdma_qp *)q, NULL);
     }
 }
 
@@ -3515,10 +3520,7 @@ static void kvx__rdma_async(kvx__rdma_engine *re, kvx__rdma_dev *d) {
            cause (a remote access error) names the failure better than the
            event that follows it: the connection fails with it first; a
            flush or retry there is a symptom, and the event's sentence wins */
-        if (q && nhit && q->cq && KVX__LOAD(&q->pair->state) != KVX__RP_DEAD) {
-            if (re->role == KVX_ROLE_PREFILL) kvx__rdma_cq_prefill(re, q, msg);
-            else kvx__rdma_cq_decode(re, q, msg);
-        }
+        if (q && nhit && q->cq && KVX__LOAD(&q->pair->state) != KVX__RP_DEAD) kvx__rdma_cq(re, q, msg);
         for (i = 0; i < nhit; i++) {
             kvx__rdma_pair_kill(re, hit[i], KVX_ERR_TRANSPORT, "%s", msg);
             kvx__rdma_pair_unref(re, hit[i]);

@@ -2994,10 +2994,9 @@ static void *kvx__tcp_accept_main(void *arg) {
         fd = accept4(te->lfd, (struct sockaddr *)&sa, &sl, SOCK_CLOEXEC);
         if (fd < 0) {
             if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
-                struct timespec ts = {0, 10000000}; /* out of descriptors: do not spin */
                 kvx_engine_log(te->engine, KVX_LOG_WARN, "kvx.tcp", 0,
                                "cannot accept a data connection: %s", strerror(errno));
-                nanosleep(&ts, NULL);
+                kvx__sleep_us(10000); /* out of descriptors: do not spin */
             }
             continue;
         }

@@ -91,9 +91,6 @@ static int scheme(const scen *t, int i, int c) {
     return sched[i][c];
 }
 
-/* A shared counter written by another process (kt_shm_store/add wake it). */
-static int wait_int(int *p, int want, double timeout) { return kt_shm_wait(p, want, timeout); }
-
 /* ---- prefill rank (a child) ------------------------------------------------ */
 
 typedef struct sender_ctx {
@@ -119,7 +116,7 @@ static void between_parts(sender_ctx *x, int i, uint32_t c, uint32_t le) {
         for (;;) pause(); /* the parent kills this process */
     }
     seq = kt_shm_add(&sh->hold_seq, 1);
-    wait_int(&sh->go, seq, 60);
+    kt_shm_wait(&sh->go, seq, 60);
 }
 
 /* One layer range; 0 when the call succeeded. */
@@ -196,7 +193,7 @@ static int prefill_main(const scen *t, int si, int tp, int pp) {
     rk.pp_rank = (uint32_t)pp;
     if (ex_pool_init_rank(&p, t->m, POOL, PAGE, NREQ + 1, 11 + (uint64_t)tp * 7 + (uint64_t)pp, &rk))
         return 3;
-    if (tp || pp) wait_int(&sh->boot_port, 1, 30);
+    if (tp || pp) kt_shm_wait(&sh->boot_port, 1, 30);
     if (t->m == &big) setenv("KVX_TCP_SEGMENT", "65536", 1);
     memset(&o, 0, sizeof o);
     o.streams = 2;
@@ -252,7 +249,7 @@ static int prefill_main(const scen *t, int si, int tp, int pp) {
     kvx_tcp_stats_get(e, &st);
     sh->pre[tp][pp].bytes = st.bytes_sent;
     sh->pre[tp][pp].copies = __atomic_load_n(&tt_mock_copies, __ATOMIC_RELAXED);
-    wait_int(&sh->decode_done, 1, 60); /* the control connection stays up till then */
+    kt_shm_wait(&sh->decode_done, 1, 60); /* the control connection stays up till then */
     for (i = 0; i < NREQ; i++) kvx_sender_destroy(s[i]);
     kvx_engine_destroy(e);
     ex_pool_free(&p);
@@ -355,7 +352,7 @@ static void run(const scen *t, int si) {
         return;
     }
     for (b = 0; b < p.layout.num_buffers; b++) memset(p.bufs[b].base, 0, p.bufs[b].length);
-    if (!wait_int(&sh->boot_port, 1, 60) || !wait_int(&sh->prefill_up, t->ptp * t->ppp, 60)) {
+    if (!kt_shm_wait(&sh->boot_port, 1, 60) || !kt_shm_wait(&sh->prefill_up, t->ptp * t->ppp, 60)) {
         CHECK(0, "%s: prefill ranks up: %s", t->name, sh->pre[0][0].err);
         goto out;
     }
