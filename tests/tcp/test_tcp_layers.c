@@ -62,6 +62,7 @@ typedef struct shared {
     int boot_port;
     int prefill_up;
     int decode_done;
+    int reported; /* prefill ranks whose ok / failed / err are written */
     /* HOLD / KILL: the prefill (one rank) published a point between parts */
     int hold_seq, go;
     uint64_t want;      /* decode bytes expected by then (this room's parts so far) */
@@ -249,6 +250,7 @@ static int prefill_main(const scen *t, int si, int tp, int pp) {
     kvx_tcp_stats_get(e, &st);
     sh->pre[tp][pp].bytes = st.bytes_sent;
     sh->pre[tp][pp].copies = __atomic_load_n(&tt_mock_copies, __ATOMIC_RELAXED);
+    kt_shm_add(&sh->reported, 1);
     kt_shm_wait(&sh->decode_done, 1, 60); /* the control connection stays up till then */
     for (i = 0; i < NREQ; i++) kvx_sender_destroy(s[i]);
     kvx_engine_destroy(e);
@@ -418,6 +420,8 @@ static void run(const scen *t, int si) {
         const char *want = t->mode == BAD_SKIP ? "layers [2, 3) were skipped"
                          : t->mode == BAD_TWICE ? "layer 2 was already sent"
                                                 : "not at this rank's first layer 0";
+        /* the decode room's failure can be seen before the prefill wrote its own */
+        kt_shm_wait(&sh->reported, t->ptp * t->ppp, 60);
         CHECK(strstr(sh->pre[0][0].err, want) != NULL, "%s: the sender's room failed with "
               "\"%s\": %s", t->name, want, sh->pre[0][0].err);
         CHECK(kvx_receiver_poll(r[0]) == KVX_POLL_FAILED && strstr(kvx_receiver_error(r[0]), want),
