@@ -380,14 +380,37 @@ typedef struct kvx_span {
     uint32_t dst_pitch;  /* strided: bytes between row starts at the destination */
 } kvx_span;
 
+/* COMPACT PLANS. Every buffer of a page plan moves the same runs of
+   consecutive pages (in units of its own item_len), so a compact plan keeps
+   one run list for the request and one kvx_plan_buf per buffer moved,
+   instead of a span per (buffer, run): 256 scattered pages of a 32-layer
+   model are 256 runs and 64 buffer entries, not 16,384 spans. Span k of
+   the page spans is buffer entry k / nruns over run k % nruns;
+   kvx_plan_span computes it, or an executor walks bufs x runs itself. */
+typedef struct kvx_plan_run {
+    uint32_t src;   /* first source page, or position in the packed region */
+    uint32_t dst;   /* first destination page, or position */
+    uint32_t pages; /* consecutive on both sides */
+} kvx_plan_run;
+
+typedef struct kvx_plan_buf {
+    uint32_t buffer, dst_buffer;            /* as the span's */
+    uint32_t row_len, src_pitch, dst_pitch; /* as the span's: row_len 0, or a head slice */
+    uint64_t src_base, dst_base; /* offset of page (position) 0 on each side */
+    uint64_t src_step, dst_step; /* bytes from one page (position) to the next: item_len */
+    uint64_t page_bytes;         /* bytes one page moves: item_len, or page_size x row_len */
+} kvx_plan_buf;
+
 /* A growable list of spans. Zero-initialise; reuse across calls (the
    storage is kept); release with kvx_plan_free. Spans are ordered buffer by
    buffer, then by position in the request; aux spans come last. A builder
    grows `spans` only beyond `capacity`: a caller may point spans at its own
-   storage of `capacity` spans (and then never calls kvx_plan_free). */
+   storage of `capacity` spans (and then never calls kvx_plan_free, and
+   never sets compact). Read span k with kvx_plan_span, which serves both
+   forms; `spans` alone holds only spans[paged..count) at spans[0..). */
 typedef struct kvx_plan {
     kvx_span *spans;
-    size_t count;
+    size_t count;          /* spans in the plan, the compact page spans included */
     size_t capacity;
     uint64_t total_bytes;
     uint64_t packed_bytes; /* bytes of the packed side of a one-sided plan */
@@ -403,7 +426,21 @@ typedef struct kvx_plan {
        layer_end); packed offsets stay those of the whole request, so
        packed_bytes is the whole region's. kvx_plan_free clears it. */
     uint32_t layer_begin, layer_end;
+    /* in (COMPACT PLANS): 1 = the page builders fill runs and bufs instead
+       of spans; aux and state spans appended after them still go to
+       `spans`. Set once: kvx_plan_free keeps it. */
+    int compact;
+    size_t paged;         /* compact: spans [0, paged) are nbufs x nruns page spans */
+    kvx_plan_run *runs;   /* compact: the request's runs */
+    size_t nruns, runs_cap;
+    kvx_plan_buf *bufs;   /* compact: one entry per buffer moved, in span order */
+    size_t nbufs, bufs_cap;
 } kvx_plan;
+
+/* Span k (< p->count) of a plan: a compact page span is computed into
+   *tmp and tmp returned; else &p->spans[k - p->paged]. Thread-safe on a
+   plan no one is building. */
+KVX_API const kvx_span *kvx_plan_span(const kvx_plan *p, size_t k, kvx_span *tmp);
 
 /* Two-sided plan: page src_pages[i] of the source pool goes to page
    dst_pages[i] of the destination pool, for every buffer. Runs where both
@@ -2519,25 +2556,40 @@ KVX_API kvx_result kvx_layout_compare(const kvx_layout *a, const kvx_layout *b, 
 
 KVX_API void kvx_plan_free(kvx_plan *p) {
     const kvx_allocator *a;
+    int compact;
     if (!p) return;
     a = p->allocator;
+    compact = p->compact;
     kvx__free(a, p->spans);
     kvx__free(a, p->scratch);
+    kvx__free(a, p->runs);
+    kvx__free(a, p->bufs);
     memset(p, 0, sizeof *p);
     p->allocator = a;
+    p->compact = compact;
 }
 
+/* Room for `need` spans in all (the compact page spans count but take no
+   storage: spans[] holds the spans from `paged` on). */
 static int kvx__plan_reserve(kvx_plan *p, size_t need) {
     size_t nc;
     kvx_span *ns;
+    need -= p->paged;
     if (need <= p->capacity) return 0; /* the per-span call: first, and cheap */
     nc = p->capacity ? p->capacity : 16;
     while (nc < need) nc *= 2;
-    ns = (kvx_span *)kvx__grow(p->allocator, p->spans, p->count * sizeof *ns, nc * sizeof *ns);
+    ns = (kvx_span *)kvx__grow(p->allocator, p->spans, (p->count - p->paged) * sizeof *ns,
+                               nc * sizeof *ns);
     if (!ns) return -1;
     p->spans = ns;
     p->capacity = nc;
     return 0;
+}
+
+/* The next span slot of a plan with room reserved (kvx__plan_reserve). */
+static kvx_span *kvx__plan_push(kvx_plan *p) {
+    KVX_ASSERT(p->count - p->paged < p->capacity);
+    return &p->spans[p->count++ - p->paged];
 }
 
 /* Sorts the n non-negative indices in a[] (b[] is as long; below 2^(8 *
@@ -2610,28 +2662,96 @@ KVX_API kvx_result kvx_pages_check(kvx_plan *p, const int32_t *pages, size_t n,
     return KVX_OK;
 }
 
-/* Emits spans for one buffer: position i moves from (src side) to (dst
-   side). A side with pages == NULL is packed: position i is at
-   base + i * item_len. The caller reserved the spans (every buffer has the
-   same runs), so the loop does no capacity check of its own. */
-static void kvx__plan_runs(kvx_plan *p, uint32_t buf, uint64_t item, const int32_t *sp,
-                           uint64_t sbase, const int32_t *dp, uint64_t dbase, size_t n) {
+/* The end of the run that starts at position i: both sides consecutive
+   (a side with pages == NULL is packed: position i, always consecutive). */
+static size_t kvx__run_end(const int32_t *sp, const int32_t *dp, size_t n, size_t i) {
+    size_t j = i + 1;
+    while (j < n && (!sp || sp[j] == sp[j - 1] + 1) && (!dp || dp[j] == dp[j - 1] + 1)) j++;
+    return j;
+}
+
+/* The span of `pages` pages from page (position) src to dst in buffer entry b. */
+static void kvx__span_of(const kvx_plan_buf *b, uint64_t src, uint64_t dst, uint64_t pages,
+                         kvx_span *s) {
+    kvx_span v = {0, KVX_SPAN_PAGES, 0, 0, 0, 0, 0, 0, 0}; /* one struct store: wide stores */
+    v.buffer = b->buffer;
+    v.dst_buffer = b->dst_buffer;
+    v.src_offset = b->src_base + src * b->src_step;
+    v.dst_offset = b->dst_base + dst * b->dst_step;
+    v.length = pages * b->page_bytes;
+    v.row_len = b->row_len;
+    v.src_pitch = b->src_pitch;
+    v.dst_pitch = b->dst_pitch;
+    *s = v;
+}
+
+KVX_API const kvx_span *kvx_plan_span(const kvx_plan *p, size_t k, kvx_span *tmp) {
+    const kvx_plan_run *r;
+    if (k >= p->paged) return &p->spans[k - p->paged];
+    r = &p->runs[k % p->nruns];
+    kvx__span_of(&p->bufs[k / p->nruns], r->src, r->dst, r->pages, tmp);
+    return tmp;
+}
+
+/* Starts a page plan of positions [0, n) of sp -> dp for at most `maxb`
+   buffers: counts the runs (*runs), keeps them when compact, and makes
+   room for every span or buffer entry, so kvx__plan_add checks no
+   capacity. */
+static kvx_result kvx__plan_start(kvx_plan *p, const int32_t *sp, const int32_t *dp, size_t n,
+                                  size_t maxb, size_t *runs) {
+    size_t i, r = 0;
+    p->count = p->paged = p->nruns = p->nbufs = 0;
+    p->total_bytes = 0;
+    p->strided = 0;
+    for (i = 0; i < n; i = kvx__run_end(sp, dp, n, i)) r++;
+    *runs = r;
+    if (!p->compact) {
+        if (!kvx__plan_reserve(p, r * maxb)) return KVX_OK;
+        goto oom;
+    }
+    if (r > p->runs_cap) { /* grows keep the old array on failure (realloc's rule) */
+        kvx_plan_run *q = (kvx_plan_run *)kvx__grow(p->allocator, p->runs, 0, r * sizeof *q);
+        if (!q) goto oom;
+        p->runs = q;
+        p->runs_cap = r;
+    }
+    if (maxb > p->bufs_cap) {
+        kvx_plan_buf *q = (kvx_plan_buf *)kvx__grow(p->allocator, p->bufs, 0, maxb * sizeof *q);
+        if (!q) goto oom;
+        p->bufs = q;
+        p->bufs_cap = maxb;
+    }
+    for (i = 0; i < n;) {
+        size_t j = kvx__run_end(sp, dp, n, i);
+        kvx_plan_run *u = &p->runs[p->nruns++];
+        u->src = sp ? (uint32_t)sp[i] : (uint32_t)i;
+        u->dst = dp ? (uint32_t)dp[i] : (uint32_t)i;
+        u->pages = (uint32_t)(j - i);
+        i = j;
+    }
+    return KVX_OK;
+oom:
+    snprintf(p->error, sizeof p->error, "out of memory building a plan of %zu pages", n);
+    return KVX_ERR_NO_MEMORY;
+}
+
+/* Adds buffer entry b's page spans: every run of sp -> dp (as started). */
+static void kvx__plan_add(kvx_plan *p, const kvx_plan_buf *b, const int32_t *sp,
+                          const int32_t *dp, size_t n, size_t runs) {
     size_t i = 0;
+    p->total_bytes += (uint64_t)n * b->page_bytes;
+    if (b->row_len) p->strided += runs;
+    if (p->compact) {
+        p->bufs[p->nbufs++] = *b;
+        p->paged += runs;
+        p->count += runs;
+        return;
+    }
     while (i < n) {
-        size_t j = i + 1;
-        kvx_span *s;
-        while (j < n && (!sp || sp[j] == sp[j - 1] + 1) && (!dp || dp[j] == dp[j - 1] + 1)) j++;
+        size_t j = kvx__run_end(sp, dp, n, i);
         KVX_ASSERT(p->count < p->capacity);
-        s = &p->spans[p->count++];
-        {   /* one struct store: the compiler writes it in wide stores */
-            kvx_span v = {0, KVX_SPAN_PAGES, 0, 0, 0, 0, 0, 0, 0};
-            v.buffer = v.dst_buffer = buf;
-            v.src_offset = sbase + (sp ? (uint64_t)sp[i] : (uint64_t)i) * item;
-            v.dst_offset = dbase + (dp ? (uint64_t)dp[i] : (uint64_t)i) * item;
-            v.length = (uint64_t)(j - i) * item;
-            *s = v;
-        }
-        p->total_bytes += s->length;
+        kvx__span_of(b, sp ? (uint64_t)sp[i] : i, dp ? (uint64_t)dp[i] : i, j - i,
+                     &p->spans[p->count++]);
         i = j;
     }
 }
@@ -2655,22 +2775,20 @@ static kvx_result kvx__plan_build(kvx_plan *p, const kvx_layout *l, const int32_
                                   const int32_t *dp, size_t n) {
     uint64_t packed = 0;
     uint32_t b;
-    size_t i, runs = n ? 1 : 0;
-    p->count = 0;
-    p->total_bytes = 0;
-    p->strided = 0;
+    size_t runs;
     p->error[0] = 0;
-    /* every buffer has the same runs: size the span list once */
-    for (i = 1; i < n; i++)
-        if ((sp && sp[i] != sp[i - 1] + 1) || (dp && dp[i] != dp[i - 1] + 1)) runs++;
-    if (kvx__plan_reserve(p, runs * l->num_buffers)) {
-        snprintf(p->error, sizeof p->error, "out of memory building a plan of %zu pages", n);
-        return KVX_ERR_NO_MEMORY;
-    }
+    if (kvx__plan_start(p, sp, dp, n, l->num_buffers, &runs) != KVX_OK) return KVX_ERR_NO_MEMORY;
     for (b = 0; b < l->num_buffers; b++) {
         uint64_t item = l->buffers[b].item_len;
-        uint64_t sbase = sp ? 0 : packed, dbase = dp ? 0 : packed;
-        if (kvx__plan_keeps(p, l, b)) kvx__plan_runs(p, b, item, sp, sbase, dp, dbase, n);
+        if (kvx__plan_keeps(p, l, b)) {
+            kvx_plan_buf e;
+            memset(&e, 0, sizeof e);
+            e.buffer = e.dst_buffer = b;
+            e.src_base = sp ? 0 : packed;
+            e.dst_base = dp ? 0 : packed;
+            e.src_step = e.dst_step = e.page_bytes = item;
+            kvx__plan_add(p, &e, sp, dp, n, runs);
+        }
         packed += item * n;
     }
     p->packed_bytes = (sp && dp) ? 0 : packed;
@@ -2874,45 +2992,30 @@ static kvx_result kvx__plan_sliced(kvx_plan *p, const kvx_layout *src, const int
                                    const kvx_layout *dst, const int32_t *dp, size_t n) {
     uint64_t packed = 0;
     uint32_t b;
+    size_t runs;
     kvx_result r;
-    p->count = 0;
-    p->total_bytes = 0;
-    p->strided = 0;
+    if (kvx__plan_start(p, sp, dp, n, src->num_buffers, &runs) != KVX_OK) return KVX_ERR_NO_MEMORY;
     p->packed_bytes = sp ? 0 : n * kvx_layout_page_bytes(src);
     for (b = 0; b < src->num_buffers; packed += n * src->buffers[b].item_len, b++) {
-        uint64_t si = src->buffers[b].item_len, di;
-        size_t i = 0;
+        uint64_t si = src->buffers[b].item_len;
+        kvx_plan_buf e;
         kvx__geo g;
         if ((r = kvx__geo_of(src, dst, b, &g, p->error, sizeof p->error)) != KVX_OK) return r;
         if (g.dst_buf < 0 || !kvx__plan_keeps(p, src, b)) continue;
-        di = dst->buffers[g.dst_buf].item_len;
-        while (i < n) {
-            size_t j = i + 1;
-            kvx_span *s;
-            while (j < n && (!sp || sp[j] == sp[j - 1] + 1) && dp[j] == dp[j - 1] + 1) j++;
-            if (kvx__plan_reserve(p, p->count + 1)) {
-                snprintf(p->error, sizeof p->error, "out of memory building a plan of %zu pages", n);
-                return KVX_ERR_NO_MEMORY;
-            }
-            s = &p->spans[p->count++];
-            memset(s, 0, sizeof *s);
-            s->buffer = b;
-            s->dst_buffer = (uint32_t)g.dst_buf;
-            s->kind = KVX_SPAN_PAGES;
-            s->src_offset = (sp ? (uint64_t)sp[i] * si : packed + (uint64_t)i * si) + g.soff;
-            s->dst_offset = (uint64_t)dp[i] * di + g.doff;
-            if (g.row) {
-                s->row_len = (uint32_t)g.row;
-                s->src_pitch = (uint32_t)g.sp;
-                s->dst_pitch = (uint32_t)g.dp;
-                s->length = (uint64_t)(j - i) * src->page_size * g.row;
-                p->strided++;
-            } else {
-                s->length = (uint64_t)(j - i) * si;
-            }
-            p->total_bytes += s->length;
-            i = j;
+        memset(&e, 0, sizeof e);
+        e.buffer = b;
+        e.dst_buffer = (uint32_t)g.dst_buf;
+        e.src_base = (sp ? 0 : packed) + g.soff;
+        e.dst_base = g.doff;
+        e.src_step = si;
+        e.dst_step = dst->buffers[g.dst_buf].item_len;
+        e.page_bytes = g.row ? (uint64_t)src->page_size * g.row : si;
+        if (g.row) {
+            e.row_len = (uint32_t)g.row;
+            e.src_pitch = (uint32_t)g.sp;
+            e.dst_pitch = (uint32_t)g.dp;
         }
+        kvx__plan_add(p, &e, sp, dp, n, runs);
     }
     return KVX_OK;
 }
@@ -3027,7 +3130,7 @@ static kvx_result kvx__plan_aux(kvx_plan *p, const kvx_layout *l, int32_t ss, in
         return KVX_ERR_NO_MEMORY;
     }
     for (i = 0; i < l->num_aux; i++) {
-        kvx_span *s = &p->spans[p->count++];
+        kvx_span *s = kvx__plan_push(p);
         kvx__aux_span(s, l, i, ss, ds, packed);
         p->total_bytes += s->length;
         packed += s->length;
@@ -3117,7 +3220,7 @@ static kvx_result kvx__plan_state_runs(kvx_plan *p, const kvx_layout *l, const i
         i = 0;
         while (i < n) {
             size_t j = i + 1;
-            kvx_span *s = &p->spans[p->count++];
+            kvx_span *s = kvx__plan_push(p);
             while (j < n && (!si || si[j] == si[j - 1] + 1) && (!di || di[j] == di[j - 1] + 1)) j++;
             memset(s, 0, sizeof *s);
             s->buffer = s->dst_buffer = b;

@@ -43,6 +43,29 @@ static void shuffle_pages(int32_t *pg, uint32_t n, uint64_t seed) {
         if (all[i] < 40 || all[i] >= 40 + (int32_t)run) pg[k++] = all[i];
 }
 
+/* The compact form of a plan (COMPACT PLANS) gives the same spans as the
+   expanded one: every field of every span, through kvx_plan_span, and the
+   same totals; its page spans take no span storage. */
+static void same_plan(const kvx_plan *x, const kvx_plan *c, const char *label) {
+    size_t k, bad = 0;
+    CHECK(c->count == x->count && c->total_bytes == x->total_bytes && c->strided == x->strided &&
+              c->packed_bytes == x->packed_bytes,
+          "%s: compact plan: %zu spans, %llu bytes, %zu strided, %llu packed; expanded %zu, %llu, "
+          "%zu, %llu", label, c->count, (unsigned long long)c->total_bytes, c->strided,
+          (unsigned long long)c->packed_bytes, x->count, (unsigned long long)x->total_bytes,
+          x->strided, (unsigned long long)x->packed_bytes);
+    CHECK(c->paged == c->count && c->nbufs * c->nruns == c->paged && !x->paged,
+          "%s: compact plan keeps %zu buffers x %zu runs for %zu spans", label, c->nbufs, c->nruns,
+          c->count);
+    for (k = 0; k < x->count && k < c->count; k++) {
+        kvx_span t, u;
+        const kvx_span *a = kvx_plan_span(x, k, &u), *b = kvx_plan_span(c, k, &t);
+        bad += a != &x->spans[k] || memcmp(a, b, sizeof *a) != 0;
+    }
+    CHECK(bad == 0, "%s: %zu of %zu compact spans differ from the expanded plan's", label, bad,
+          x->count);
+}
+
 /* Runs one topology through both plan forms. */
 static void topo(const ex_model *m, uint32_t ptp, uint32_t dtp, uint32_t ppp, uint32_t dpp,
                  int one_sided) {
@@ -82,27 +105,49 @@ static void topo(const ex_model *m, uint32_t ptp, uint32_t dtp, uint32_t ppp, ui
                               KVX_OK && bpp > 0,
                           "%s: prefill %u/%u overlaps decode %u/%u: %s", label, a, q, b, r, why);
                     aux_senders += (uint32_t)aux;
+                    kvx_plan cp; /* the compact form executes; the expanded one is compared */
                     memset(&pl, 0, sizeof pl);
+                    memset(&cp, 0, sizeof cp);
+                    cp.compact = 1;
                     if (!one_sided) {
                         CHECK(kvx_plan_pages(&pl, &s->layout, sp, &d->layout, dp, NPAGES) == KVX_OK,
                               "%s: plan: %s", label, pl.error);
-                        for (i = 0; i < pl.count; i++) {
-                            const kvx_span *x = &pl.spans[i];
+                        CHECK(kvx_plan_pages(&cp, &s->layout, sp, &d->layout, dp, NPAGES) == KVX_OK,
+                              "%s: compact plan: %s", label, cp.error);
+                        same_plan(&pl, &cp, label);
+                        for (i = 0; i < cp.count; i++) {
+                            kvx_span t;
+                            const kvx_span *x = kvx_plan_span(&cp, i, &t);
                             kvx_span_copy(d->bufs[x->dst_buffer].base, s->bufs[x->buffer].base, x);
                         }
                     } else {
-                        kvx_plan g;
+                        kvx_plan g, cg;
                         char *packed = (char *)malloc((size_t)(NPAGES * kvx_layout_page_bytes(&s->layout)));
                         memset(&g, 0, sizeof g);
+                        memset(&cg, 0, sizeof cg);
+                        cg.compact = 1;
                         CHECK(kvx_plan_gather(&g, &s->layout, sp, NPAGES) == KVX_OK, "%s: gather", label);
-                        for (i = 0; i < g.count; i++)
-                            kvx_span_copy(packed, s->bufs[g.spans[i].buffer].base, &g.spans[i]);
+                        CHECK(kvx_plan_gather(&cg, &s->layout, sp, NPAGES) == KVX_OK, "%s: compact gather",
+                              label);
+                        same_plan(&g, &cg, label);
+                        for (i = 0; i < cg.count; i++) {
+                            kvx_span t;
+                            const kvx_span *x = kvx_plan_span(&cg, i, &t);
+                            kvx_span_copy(packed, s->bufs[x->buffer].base, x);
+                        }
                         CHECK(kvx_plan_scatter_from(&pl, &d->layout, dp, NPAGES, &s->layout) == KVX_OK,
                               "%s: scatter_from: %s", label, pl.error);
+                        CHECK(kvx_plan_scatter_from(&cp, &d->layout, dp, NPAGES, &s->layout) == KVX_OK,
+                              "%s: compact scatter_from: %s", label, cp.error);
+                        same_plan(&pl, &cp, label);
                         CHECK(pl.packed_bytes == g.packed_bytes, "%s: packed sizes agree", label);
-                        for (i = 0; i < pl.count; i++)
-                            kvx_span_copy(d->bufs[pl.spans[i].dst_buffer].base, packed, &pl.spans[i]);
+                        for (i = 0; i < cp.count; i++) {
+                            kvx_span t;
+                            const kvx_span *x = kvx_plan_span(&cp, i, &t);
+                            kvx_span_copy(d->bufs[x->dst_buffer].base, packed, x);
+                        }
                         kvx_plan_free(&g);
+                        kvx_plan_free(&cg);
                         free(packed);
                     }
                     CHECK(pl.total_bytes == bpp * NPAGES, "%s: plan moves %llu bytes, overlap says %llu",
@@ -115,6 +160,7 @@ static void topo(const ex_model *m, uint32_t ptp, uint32_t dtp, uint32_t ppp, ui
                           label, pl.strided);
                     got += pl.total_bytes;
                     kvx_plan_free(&pl);
+                    kvx_plan_free(&cp);
                 }
             want = (uint64_t)NPAGES * kvx_layout_page_bytes(&d->layout);
             CHECK(got == want, "%s: decode %u/%u received %llu bytes, holds %llu (each byte once)",
