@@ -464,6 +464,12 @@ KVX_API void kvx_cuda_stream_destroy(kvx_cuda_stream *s);
 KVX_API kvx_result kvx_cuda_copy_spans(kvx_cuda_stream *s, const kvx_layout *src,
                                        const kvx_layout *dst, const kvx_span *spans, size_t n,
                                        uint64_t *ticket, char *why, size_t why_len);
+/* The same for every span of a plan, read with kvx_plan_span: a compact
+   plan (kvx.h COMPACT PLANS) is expanded span by span as it is queued,
+   never into an array. NULL plan: KVX_ERR_INVALID_ARGUMENT. */
+KVX_API kvx_result kvx_cuda_copy_plan(kvx_cuda_stream *s, const kvx_layout *src,
+                                      const kvx_layout *dst, const kvx_plan *plan,
+                                      uint64_t *ticket, char *why, size_t why_len);
 
 /* Non-blocking: *done = 1 when every copy of submissions up to `ticket`
    (0 = everything queued so far) has finished, 0 while some still run. A
@@ -815,6 +821,9 @@ KVX_API void kvx_cuda_stream_destroy(kvx_cuda_stream *s) {}
 KVX_API kvx_result kvx_cuda_copy_spans(kvx_cuda_stream *s, const kvx_layout *src,
                                        const kvx_layout *dst, const kvx_span *spans, size_t n,
                                        uint64_t *ticket, char *why, size_t why_len) KVX__CU_NC
+KVX_API kvx_result kvx_cuda_copy_plan(kvx_cuda_stream *s, const kvx_layout *src,
+                                      const kvx_layout *dst, const kvx_plan *plan,
+                                      uint64_t *ticket, char *why, size_t why_len) KVX__CU_NC
 KVX_API kvx_result kvx_cuda_stream_done(kvx_cuda_stream *s, uint64_t ticket, int *done,
                                         char *why, size_t why_len) KVX__CU_NC_SET(done, 0)
 KVX_API kvx_result kvx_cuda_stream_wait(kvx_cuda_stream *s, uint64_t ticket, char *why,
@@ -1969,12 +1978,20 @@ static kvx_result kvx__cu_check_side(const kvx_layout *l, uint32_t b, uint64_t o
 /* Every row of every span against both layouts, before any copy: the
    source in src->buffers[buffer], the destination in
    dst->buffers[dst_buffer]. */
+/* Span i of a copy: of the plan pl (kvx_plan_span), or sp[i] without one. */
+static const kvx_span *kvx__cu_span(const kvx_plan *pl, const kvx_span *sp, size_t i,
+                                    kvx_span *tmp) {
+    return pl ? kvx_plan_span(pl, i, tmp) : &sp[i];
+}
+
 static kvx_result kvx__cu_check_spans(const kvx_layout *src, const kvx_layout *dst,
-                                      const kvx_span *sp, size_t n, char *why, size_t wl) {
+                                      const kvx_plan *pl, const kvx_span *sp, size_t n, char *why,
+                                      size_t wl) {
     size_t i;
     kvx_result r;
     for (i = 0; i < n; i++) {
-        const kvx_span *x = &sp[i];
+        kvx_span tmp;
+        const kvx_span *x = kvx__cu_span(pl, sp, i, &tmp);
         if (x->kind != KVX_SPAN_PAGES && x->kind != KVX_SPAN_STATE)
             return kvx__why(KVX_ERR_INVALID_ARGUMENT, why, wl, "span %zu is of kind %u: only "
                                "page and state spans are copied on the GPU (aux rows are host "
@@ -2092,13 +2109,14 @@ static kvx_result kvx__cu_strided(kvx_cuda_stream *s, CUdeviceptr src, CUdevicep
    whose pitches equal the row) through the scratch, strided ones as 2-D
    copies. */
 static kvx_result kvx__cu_queue_spans(kvx_cuda_stream *s, const kvx_layout *src,
-                                      const kvx_layout *dst, const kvx_span *spans, size_t n,
-                                      char *why, size_t wl) {
+                                      const kvx_layout *dst, const kvx_plan *pl,
+                                      const kvx_span *spans, size_t n, char *why, size_t wl) {
     size_t i, k = 0;
     int no2d = 0;
     kvx_result r = KVX_OK;
     for (i = 0; i < n && r == KVX_OK; i++) {
-        const kvx_span *x = &spans[i];
+        kvx_span tmp;
+        const kvx_span *x = kvx__cu_span(pl, spans, i, &tmp);
         CUdeviceptr a = kvx__cu_dptr(kvx_span_addr(src, x, 0));
         CUdeviceptr b = kvx__cu_dptr(kvx_span_addr(dst, x, 1));
         if (!x->length) continue;
@@ -2112,27 +2130,30 @@ static kvx_result kvx__cu_queue_spans(kvx_cuda_stream *s, const kvx_layout *src,
     return r;
 }
 
-KVX_API kvx_result kvx_cuda_copy_spans(kvx_cuda_stream *s, const kvx_layout *src,
-                                       const kvx_layout *dst, const kvx_span *spans, size_t n,
-                                       uint64_t *ticket, char *why, size_t why_len) {
+/* kvx_cuda_copy_spans and kvx_cuda_copy_plan: spans[0..n), or the plan's. */
+static kvx_result kvx__cu_copy_spans(kvx_cuda_stream *s, const kvx_layout *src,
+                                     const kvx_layout *dst, const kvx_plan *pl,
+                                     const kvx_span *spans, size_t n, uint64_t *ticket,
+                                     char *why, size_t why_len) {
     kvx_cuda *cu;
     kvx__cu_scope sc;
     size_t i;
     uint64_t bytes = 0;
     kvx_result r;
     if (ticket) *ticket = 0;
-    if (!s || !src || !dst || (n && !spans) || (src->num_buffers && !src->buffers) ||
+    if (!s || !src || !dst || (n && !spans && !pl) || (src->num_buffers && !src->buffers) ||
         (dst->num_buffers && !dst->buffers))
-        return kvx__why(KVX_ERR_INVALID_ARGUMENT, why, why_len, "kvx_cuda_copy_spans: NULL "
-                           "argument");
+        return kvx__why(KVX_ERR_INVALID_ARGUMENT, why, why_len, "kvx_cuda_copy_%s: NULL "
+                           "argument", pl ? "plan" : "spans");
     cu = s->cu;
-    if ((r = kvx__cu_check_spans(src, dst, spans, n, why, why_len)) != KVX_OK) return r;
+    if ((r = kvx__cu_check_spans(src, dst, pl, spans, n, why, why_len)) != KVX_OK) return r;
     if (kvx__cu_scratch(s, n < KVX_CUDA_BATCH_MAX ? (n ? n : 1) : KVX_CUDA_BATCH_MAX))
         return kvx__why(KVX_ERR_NO_MEMORY, why, why_len, "out of memory for %zu copy "
                            "descriptors", n);
-    for (i = 0; i < n; i++) bytes += spans[i].length;
+    if (pl) bytes = pl->total_bytes;
+    for (i = 0; !pl && i < n; i++) bytes += spans[i].length;
     if ((r = kvx__cu_enter(cu, s->device, &sc, why, why_len)) != KVX_OK) return r;
-    r = kvx__cu_queue_spans(s, src, dst, spans, n, why, why_len);
+    r = kvx__cu_queue_spans(s, src, dst, pl, spans, n, why, why_len);
     if (r == KVX_OK) r = kvx__cu_mark(s, s->submitted + 1, why, why_len);
     if (r != KVX_OK) {
         cu->f.StreamSynchronize(s->stream); /* nothing of this call may still run */
@@ -2146,6 +2167,22 @@ KVX_API kvx_result kvx_cuda_copy_spans(kvx_cuda_stream *s, const kvx_layout *src
     KVX__ADD(&cu->st.spans, (uint64_t)n);
     KVX__ADD(&cu->st.span_bytes, bytes);
     return KVX_OK;
+}
+
+KVX_API kvx_result kvx_cuda_copy_spans(kvx_cuda_stream *s, const kvx_layout *src,
+                                       const kvx_layout *dst, const kvx_span *spans, size_t n,
+                                       uint64_t *ticket, char *why, size_t why_len) {
+    return kvx__cu_copy_spans(s, src, dst, NULL, spans, n, ticket, why, why_len);
+}
+
+KVX_API kvx_result kvx_cuda_copy_plan(kvx_cuda_stream *s, const kvx_layout *src,
+                                      const kvx_layout *dst, const kvx_plan *plan,
+                                      uint64_t *ticket, char *why, size_t why_len) {
+    if (!plan) {
+        if (ticket) *ticket = 0;
+        return kvx__why(KVX_ERR_INVALID_ARGUMENT, why, why_len, "kvx_cuda_copy_plan: NULL plan");
+    }
+    return kvx__cu_copy_spans(s, src, dst, plan, NULL, plan->count, ticket, why, why_len);
 }
 
 /* Retires finished events from the ring's head; wait_for > 0 blocks on the
@@ -3087,8 +3124,9 @@ static kvx_result kvx__cux_queue(kvx__cux_room *cr, kvx__cux_dst *d, const kvx_c
     const kvx_layout *l = kvx_engine_layout(ce->engine);
     uint64_t ticket = 0;
     kvx_result res = KVX_OK;
-    d->plan.count = 0;
+    d->plan.count = d->plan.paged = 0;
     d->plan.total_bytes = 0;
+    d->plan.compact = 1; /* one run list for every buffer (COMPACT PLANS) */
     /* LAYER-WISE SEND: a part plans its layers' source buffers only (the
        filter is kept by the builders: set for every chunk) */
     d->plan.layer_begin = c->first_part && c->last_part ? 0 : c->layer_begin;
@@ -3107,8 +3145,7 @@ static kvx_result kvx__cux_queue(kvx__cux_room *cr, kvx__cux_dst *d, const kvx_c
         if (!p->stream)
             res = kvx_cuda_stream_create(ce->cu, ce->device, &p->stream, why, wl);
         if (res == KVX_OK)
-            res = kvx_cuda_copy_spans(p->stream, l, &p->dst, d->plan.spans, d->plan.count,
-                                      &ticket, why, wl);
+            res = kvx_cuda_copy_plan(p->stream, l, &p->dst, &d->plan, &ticket, why, wl);
         if (res == KVX_OK) {
             d->ticket = ticket;
             d->bytes += d->plan.total_bytes;

@@ -2762,7 +2762,8 @@ static int kvx__rdma_fill(kvx__rdma_engine *re, kvx__rdma_qp *q, kvx__rdma_work 
         last = 1;
         KVX__RDMA_STAT(re, zero_len_wrs, 1);
     } else {
-        const kvx_span *s = &w->job->plan.spans[w->s];
+        kvx_span tmp;
+        const kvx_span *s = kvx_plan_span(&w->job->plan, w->s, &tmp);
         uint64_t limit = w->s == w->es ? w->eoff : s->length, pos = w->off;
         uint64_t ro = s->dst_offset + pos, rrb = rd->region_bytes, e;
         uint32_t bi = kvx__rdma_span_buf(l, s, s->buffer);
@@ -2896,7 +2897,8 @@ static void kvx__rdma_cuts(const kvx_plan *pl, uint64_t msg, int n, kvx__rdma_po
     int j = 1;
     memset(cut, 0, sizeof *cut);
     for (s = 0; s < pl->count && j < n; s++) {
-        uint64_t off = 0, len = pl->spans[s].length;
+        kvx_span tmp;
+        uint64_t off = 0, len = kvx_plan_span(pl, s, &tmp)->length;
         while (off < len && j < n) {
             uint64_t u = len - off < msg ? len - off : msg;
             acc += u;
@@ -3003,8 +3005,11 @@ static void kvx__rdma_finish(kvx__rdma_engine *re, kvx__rdma_room *leg, uint64_t
    holds more heads than this prefill rank: prefill TP > decode TP). */
 static int kvx__rdma_dst_strided(const kvx_plan *pl) {
     size_t i;
-    for (i = 0; pl->strided && i < pl->count; i++)
-        if (pl->spans[i].row_len && pl->spans[i].dst_pitch != pl->spans[i].row_len) return 1;
+    for (i = 0; pl->strided && i < pl->count; i++) {
+        kvx_span tmp;
+        const kvx_span *s = kvx_plan_span(pl, i, &tmp);
+        if (s->row_len && s->dst_pitch != s->row_len) return 1;
+    }
     return 0;
 }
 
@@ -3056,6 +3061,7 @@ static void kvx__rdma_submit(kvx__rdma_engine *re, kvx__rdma_room *rr, kvx_chunk
         rr->aux_checked = 1;
     }
     if (c->is_last && kvx__rdma_state_last(rr) != KVX_OK) goto drop;
+    j->plan.compact = 1; /* one run list for every buffer (COMPACT PLANS) */
     if (!(c->first_part && c->last_part)) { /* a part: only its layers' source buffers */
         j->plan.layer_begin = c->layer_begin;
         j->plan.layer_end = c->layer_end;

@@ -994,7 +994,8 @@ static int kvx__tcp_carve(kvx__tcp_link *lk, kvx__tcp_stream *st, kvx__tcp_frame
             continue;
         }
         while (j->span < j->plan.count && n < KVX_TCP_MAX_SEGS) {
-            const kvx_span *sp = &j->plan.spans[j->span];
+            kvx_span tmp;
+            const kvx_span *sp = kvx_plan_span(&j->plan, j->span, &tmp);
             int aux = sp->kind == KVX_SPAN_AUX, state = sp->kind == KVX_SPAN_STATE;
             const kvx_buffer *b = aux ? NULL : state ? &l->state[sp->buffer]
                                                      : &l->buffers[sp->buffer];
@@ -1988,6 +1989,7 @@ static kvx_result kvx__tcp_sender_send(kvx_room *r, kvx_chunk *c) {
         }
         j->tr = d;
         j->plan.allocator = te->al;
+        j->plan.compact = 1; /* one run list for every buffer (COMPACT PLANS) */
         if (!c->first_part || !c->last_part) { /* a layer-wise part: its layers' spans */
             j->plan.layer_begin = c->layer_begin;
             j->plan.layer_end = c->layer_end;
