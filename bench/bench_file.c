@@ -252,19 +252,43 @@ int main(void) {
     }
 
     /* what a transport that plans against its peer's pool pays per request
-       (tcp, rdma and cuda build this plan; the fake transport builds none) */
+       (tcp, rdma and cuda build this plan; the fake transport builds none):
+       the expanded form, a span per (buffer, run), against the compact form
+       the transports use (one run list for every buffer), and what walking
+       every span of the compact form with kvx_plan_span adds (an executor
+       pays it span by span while it sends) */
     {
-        kvx_plan pl;
+        kvx_plan pl, cp;
         uint32_t iters = 2000, k;
-        double t0, t;
+        double t0, tx, tc, tw;
+        uint64_t sum = 0;
         memset(&pl, 0, sizeof pl);
+        memset(&cp, 0, sizeof cp);
+        cp.compact = 1;
         t0 = now_s();
         for (k = 0; k < iters; k++)
             if (kvx_plan_pages(&pl, &ps.layout, sp, &pr.layout, dp, n) != KVX_OK) return 1;
-        t = now_s() - t0;
-        printf("plan: %.2f us per request for kvx_plan_pages (%u pages, %u buffers, %zu spans)\n",
-               t / iters * 1e6, n, ps.layout.num_buffers, pl.count);
+        tx = (now_s() - t0) / iters;
+        t0 = now_s();
+        for (k = 0; k < iters; k++)
+            if (kvx_plan_pages(&cp, &ps.layout, sp, &pr.layout, dp, n) != KVX_OK) return 1;
+        tc = (now_s() - t0) / iters;
+        t0 = now_s();
+        for (k = 0; k < iters / 10; k++) {
+            size_t i;
+            for (i = 0; i < cp.count; i++) {
+                kvx_span tmp;
+                sum += kvx_plan_span(&cp, i, &tmp)->dst_offset;
+            }
+        }
+        tw = (now_s() - t0) / (iters / 10);
+        if (cp.count != pl.count || cp.total_bytes != pl.total_bytes || !sum) return 1;
+        printf("plan: %.2f us per request for kvx_plan_pages (%u pages, %u buffers, %zu spans); "
+               "compact %.2f us (%zu runs x %zu buffers), %.0fx less; walking its spans %.2f us\n",
+               tx * 1e6, n, ps.layout.num_buffers, pl.count, tc * 1e6, cp.nruns, cp.nbufs, tx / tc,
+               tw * 1e6);
         kvx_plan_free(&pl);
+        kvx_plan_free(&cp);
     }
 
     /* fake transport: the engine's own per-request cost */
