@@ -136,6 +136,34 @@ static void check_plan_copy(kvx_cuda *cu, int dst_device, const char *what) {
           "a ticket never issued");
     CHECK_STR(why, "ticket 4 was never issued");
     CHECK(kvx_cuda_stream_wait(s, 0, why, sizeof why) == KVX_OK, "wait all");
+    /* the same request as a compact plan (one run list for every buffer),
+       through kvx_cuda_copy_plan: spans computed as they are queued */
+    {
+        kvx_plan cp;
+        uint64_t t4 = 9;
+        memset(&cp, 0, sizeof cp);
+        cp.compact = 1;
+        fill_pools(&src, &dst);
+        CHECK(kvx_plan_pages(&cp, &src.layout, sp, &dst.layout, dp, n) == KVX_OK &&
+                  cp.paged == cp.count && cp.count == plan.count && !cp.spans,
+              "%s: compact plan of %zu spans (%s)", what, cp.count, cp.error);
+        f0 = ct_stats(&F);
+        r = kvx_cuda_copy_plan(s, &src.layout, &dst.layout, &cp, &t4, why, sizeof why);
+        CHECK(r == KVX_OK && t4 == 4, "%s: compact plan queued as ticket %llu: %s", what,
+              (unsigned long long)t4, why);
+        CHECK(kvx_cuda_stream_wait(s, t4, why, sizeof why) == KVX_OK, "compact plan done: %s", why);
+        CHECK(verify(&src, &dst, sp, dp, 0, n, 1) == 0,
+              "%s: compact plan: every page landed, nothing else touched", what);
+        f1 = ct_stats(&F);
+        CHECK(f1.bytes_d2d - f0.bytes_d2d == cp.total_bytes, "%s: the driver moved exactly the "
+              "compact plan (%llu of %llu bytes)", what,
+              (unsigned long long)(f1.bytes_d2d - f0.bytes_d2d), (unsigned long long)cp.total_bytes);
+        t4 = 9;
+        CHECK(kvx_cuda_copy_plan(s, &src.layout, &dst.layout, NULL, &t4, why, sizeof why) ==
+                  KVX_ERR_INVALID_ARGUMENT && t4 == 0, "a NULL plan is refused");
+        CHECK_STR(why, "NULL plan");
+        kvx_plan_free(&cp);
+    }
     kvx_cuda_stream_destroy(s);
     kvx_plan_free(&plan);
     ct_pool_free(cu, &src);
