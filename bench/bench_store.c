@@ -27,6 +27,10 @@
 
    Usage: bench_store [--dir DIR] [--iters N] [--threads N] [--keys N]
                       [--only put-get|layers|exists] [--dfs-pages N] [--scan-keys N]
+                      [--phase put|get|raw-write|raw-read]
+   --phase runs only that operation of the put/get bench, --iters times,
+   and prints its GB/s and GB per CPU-second (to profile it alone:
+   perf record -g ./build/bench_store --phase get --iters 40).
    Env: KVX_STORE_* apply to the store as usual.
 
    Shared filesystem (KVX_DFS_A and KVX_DFS_B: one directory seen through
@@ -214,6 +218,61 @@ static double cpu_pressure(void) {
 
 enum { T_PUT_FULL, T_RAW_OVER, T_GET, T_RAW_READ, T_PUT_EMPTY, T_RAW_NEW, T_RAW_NW, T_RAW_NR, T_N };
 
+/* --phase: only one operation of the throughput bench, iters times (for
+   perf record / perf stat of that operation alone); 0 = the whole bench. */
+enum { PH_ALL, PH_PUT, PH_GET, PH_RAW_WRITE, PH_RAW_READ };
+static int g_phase;
+
+/* perf record --control: with BENCH_PERF_CTL (and BENCH_PERF_ACK) naming
+   perf's control (ack) FIFO, the phase alone is recorded:
+     mkfifo ctl ack; BENCH_PERF_CTL=ctl BENCH_PERF_ACK=ack perf record -D -1 \
+       --control fifo:ctl,ack -g ./build/bench_store --phase get --iters 40 */
+static void perf_ctl(const char *cmd) {
+    const char *c = getenv("BENCH_PERF_CTL"), *a = getenv("BENCH_PERF_ACK");
+    char ack[16];
+    int fd;
+    if (!c || !*c) return;
+    if ((fd = open(c, O_WRONLY)) < 0) die("open BENCH_PERF_CTL");
+    if (write(fd, cmd, strlen(cmd)) != (ssize_t)strlen(cmd)) die("write BENCH_PERF_CTL");
+    close(fd);
+    if (a && *a) {
+        if ((fd = open(a, O_RDONLY)) < 0) die("open BENCH_PERF_ACK");
+        if (read(fd, ack, sizeof ack) <= 0) die("read BENCH_PERF_ACK");
+        close(fd);
+    }
+}
+
+/* Runs only phase g_phase iters times; prints its GB/s and GB per CPU-second. */
+static void bench_phase(kvx_store *full, kvx_store_key *keys, const int32_t *src, const int32_t *dst,
+                        const char *over, char *raw, size_t bytes, int iters) {
+    static const char *names[] = {"", "put (full store)", "get", "raw overwrite", "raw read"};
+    double t0, c0, wall, cpu;
+    int it, bad = 0;
+    perf_ctl("enable\n");
+    t0 = now_s();
+    c0 = cpu_s();
+    for (it = 0; it < iters; it++) {
+        size_t loaded = 0;
+        if (g_phase == PH_PUT) {
+            make_keys(keys, BATCH, 5000000 + (uint64_t)it); /* new keys: every put evicts and writes */
+            if (kvx_store_batch_put(full, keys, src, BATCH, NULL) != KVX_OK) bad++;
+        } else if (g_phase == PH_GET) {
+            if (kvx_store_batch_get(full, keys, dst, BATCH, &loaded) != KVX_OK || loaded != BATCH) bad++;
+        } else if (g_phase == PH_RAW_WRITE) {
+            raw_write1(over, raw, bytes, 0);
+        } else {
+            raw_read1(over, raw, bytes);
+        }
+    }
+    wall = now_s() - t0;
+    cpu = cpu_s() - c0;
+    perf_ctl("disable\n");
+    printf("phase %s: %d x %zu MiB: %.2f GB/s, %.2f GB per CPU-second (%.3f CPU s)%s\n", names[g_phase],
+           iters, bytes >> 20, (double)bytes * iters / wall / 1e9, (double)bytes * iters / cpu / 1e9,
+           cpu, bad ? "; FAILED" : "");
+    if (bad) exit(1);
+}
+
 static void bench_throughput(const char *dir, int iters, int threads) {
     kvx_buffer bufs[NBUF];
     kvx_layout l;
@@ -280,6 +339,15 @@ static void bench_throughput(const char *dir, int iters, int threads) {
     make_keys(keys, BATCH, 999999);
     kvx_store_batch_put(full, keys, src, BATCH, NULL);
     raw_write1(over, raw, bytes, 1);
+    if (g_phase) {
+        bench_phase(full, keys, src, dst, over, raw, bytes, iters);
+        kvx_store_close(full);
+        kvx_store_close(empty);
+        for (b = 0; b < NBUF; b++) free(bufs[b].base);
+        free(raw);
+        for (k = 0; k < T_N; k++) free(t[k]);
+        return;
+    }
 
     p0 = cpu_pressure();
     memset(cpu, 0, sizeof cpu);
@@ -689,7 +757,16 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--keys")) nkeys = (size_t)atol(argv[i + 1]);
         else if (!strcmp(argv[i], "--only"))
             only = !strcmp(argv[i + 1], "put-get") ? 1 : !strcmp(argv[i + 1], "layers") ? 3 : 2;
-        else if (!strcmp(argv[i], "--dfs-pages")) dfs_pages = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--phase")) {
+            const char *v = argv[i + 1];
+            g_phase = !strcmp(v, "put") ? PH_PUT : !strcmp(v, "get") ? PH_GET :
+                      !strcmp(v, "raw-write") ? PH_RAW_WRITE : !strcmp(v, "raw-read") ? PH_RAW_READ : -1;
+            if (g_phase < 0) {
+                fprintf(stderr, "bench_store: --phase is put, get, raw-write or raw-read, not %s\n", v);
+                return 2;
+            }
+            only = 1;
+        } else if (!strcmp(argv[i], "--dfs-pages")) dfs_pages = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--scan-keys")) scan_keys = (size_t)atol(argv[i + 1]);
     }
     if (dfs_a && *dfs_a && dfs_b && *dfs_b) {
