@@ -15,9 +15,13 @@
      empty store puts go to new files (the previous batch removed, untimed)
                  | raw: write() the 512 MiB to a new file (the old one
                  unlinked, untimed)
-   Raw is one thread, one contiguous buffer, one file. A raw run with as
-   many threads as the store (pwrite/pread of disjoint stripes) is printed
-   too. Then exists lookups per second over 100,000 stored keys with a warm
+   Raw is one thread, one contiguous buffer, one file. Two more raw
+   baselines, each with its time and CPU: as many threads as the store
+   (pwrite/pread of disjoint stripes of the contiguous buffer), and one
+   thread moving the same bytes between the same scattered pool pages and
+   one file (pwritev/preadv of a page's 64 spans per call: what any store
+   of these pages must at least do). CPU is getrusage(RUSAGE_SELF): every
+   thread of the process (the store's I/O threads included), user + system. Then exists lookups per second over 100,000 stored keys with a warm
    cache, and how long opening a store of 100,000 blocks takes.
 
    Then the layer-wise load (kvx_store_load_*) of the same 4096-token
@@ -27,7 +31,7 @@
 
    Usage: bench_store [--dir DIR] [--iters N] [--threads N] [--keys N]
                       [--only put-get|layers|exists] [--dfs-pages N] [--scan-keys N]
-                      [--phase put|get|raw-write|raw-read]
+                      [--phase put|get|raw-write|raw-read|pool-write|pool-read|put-new]
    --phase runs only that operation of the put/get bench, --iters times,
    and prints its GB/s and GB per CPU-second (to profile it alone:
    perf record -g ./build/bench_store --phase get --iters 40).
@@ -54,6 +58,7 @@
 #include <pthread.h>
 #include <sys/stat.h>
 #include <sys/resource.h>
+#include <sys/uio.h>
 
 #define NBUF 64
 #define ITEM (32u << 10)
@@ -161,6 +166,42 @@ static double raw_parallel(const char *path, char *buf, size_t len, int nt, int 
     return now_s() - t0;
 }
 
+/* The same bytes between the same scattered pool pages and one file: a
+   pwritev / preadv of each page's NBUF spans (2 MiB, one call) at the
+   page's offset, one thread, no checksum, no per-block file: the least any
+   store of these pages must do (the pages are where the engine keeps them). */
+static double raw_pool(const char *path, kvx_buffer *bufs, const int32_t *pages, int write) {
+    struct iovec v[NBUF];
+    double t0 = now_s();
+    int fd = open(path, write ? O_WRONLY | O_CREAT : O_RDONLY, 0644), j, b;
+    if (fd < 0) die("open raw file");
+    for (j = 0; j < BATCH; j++) {
+        size_t done = 0, len = (size_t)NBUF * ITEM;
+        for (b = 0; b < NBUF; b++) {
+            v[b].iov_base = (char *)bufs[b].base + (size_t)pages[j] * ITEM;
+            v[b].iov_len = ITEM;
+        }
+        while (done < len) { /* short transfers: rebuild the tail */
+            struct iovec t[NBUF];
+            int n = 0;
+            size_t skip = done;
+            ssize_t r;
+            for (b = 0; b < NBUF; b++) {
+                if (skip >= ITEM) { skip -= ITEM; continue; }
+                t[n].iov_base = (char *)v[b].iov_base + skip;
+                t[n++].iov_len = ITEM - skip;
+                skip = 0;
+            }
+            r = write ? pwritev(fd, t, n, (off_t)((size_t)j * len + done))
+                      : preadv(fd, t, n, (off_t)((size_t)j * len + done));
+            if (r <= 0) die("raw pool-page I/O");
+            done += (size_t)r;
+        }
+    }
+    close(fd);
+    return now_s() - t0;
+}
+
 /* ---- the store ---- */
 
 static kvx_store *open_store(const char *dir, const kvx_layout *l, int threads, const char *model,
@@ -216,11 +257,12 @@ static double cpu_pressure(void) {
     return v;
 }
 
-enum { T_PUT_FULL, T_RAW_OVER, T_GET, T_RAW_READ, T_PUT_EMPTY, T_RAW_NEW, T_RAW_NW, T_RAW_NR, T_N };
+enum { T_PUT_FULL, T_RAW_OVER, T_GET, T_RAW_READ, T_PUT_EMPTY, T_RAW_NEW, T_RAW_NW, T_RAW_NR,
+       T_RAW_PW, T_RAW_PR, T_N };
 
 /* --phase: only one operation of the throughput bench, iters times (for
    perf record / perf stat of that operation alone); 0 = the whole bench. */
-enum { PH_ALL, PH_PUT, PH_GET, PH_RAW_WRITE, PH_RAW_READ };
+enum { PH_ALL, PH_PUT, PH_GET, PH_RAW_WRITE, PH_RAW_READ, PH_POOL_WRITE, PH_POOL_READ, PH_PUT_NEW };
 static int g_phase;
 
 /* perf record --control: with BENCH_PERF_CTL (and BENCH_PERF_ACK) naming
@@ -243,9 +285,10 @@ static void perf_ctl(const char *cmd) {
 }
 
 /* Runs only phase g_phase iters times; prints its GB/s and GB per CPU-second. */
-static void bench_phase(kvx_store *full, kvx_store_key *keys, const int32_t *src, const int32_t *dst,
-                        const char *over, char *raw, size_t bytes, int iters) {
-    static const char *names[] = {"", "put (full store)", "get", "raw overwrite", "raw read"};
+static void bench_phase(kvx_store *full, kvx_store *empty, kvx_store_key *keys, const int32_t *src, const int32_t *dst,
+                        const char *over, char *raw, size_t bytes, int iters, kvx_buffer *bufs) {
+    static const char *names[] = {"", "put (full store)", "get", "raw overwrite", "raw read",
+                                  "raw pool-page write", "raw pool-page read", "put (new files)"};
     double t0, c0, wall, cpu;
     int it, bad = 0;
     perf_ctl("enable\n");
@@ -260,6 +303,15 @@ static void bench_phase(kvx_store *full, kvx_store_key *keys, const int32_t *src
             if (kvx_store_batch_get(full, keys, dst, BATCH, &loaded) != KVX_OK || loaded != BATCH) bad++;
         } else if (g_phase == PH_RAW_WRITE) {
             raw_write1(over, raw, bytes, 0);
+        } else if (g_phase == PH_PUT_NEW) { /* the removal of the previous batch is counted too */
+            size_t i;
+            make_keys(keys, BATCH, 6000000 + (uint64_t)it);
+            if (kvx_store_batch_put(empty, keys, src, BATCH, NULL) != KVX_OK) bad++;
+            for (i = 0; i < BATCH; i++) kvx_store_remove(empty, &keys[i]);
+        } else if (g_phase == PH_POOL_WRITE) {
+            raw_pool(over, bufs, src, 1);
+        } else if (g_phase == PH_POOL_READ) {
+            raw_pool(over, bufs, dst, 0);
         } else {
             raw_read1(over, raw, bytes);
         }
@@ -340,7 +392,7 @@ static void bench_throughput(const char *dir, int iters, int threads) {
     kvx_store_batch_put(full, keys, src, BATCH, NULL);
     raw_write1(over, raw, bytes, 1);
     if (g_phase) {
-        bench_phase(full, keys, src, dst, over, raw, bytes, iters);
+        bench_phase(full, empty, keys, src, dst, over, raw, bytes, iters, bufs);
         kvx_store_close(full);
         kvx_store_close(empty);
         for (b = 0; b < NBUF; b++) free(bufs[b].base);
@@ -384,8 +436,18 @@ static void bench_throughput(const char *dir, int iters, int threads) {
         t[T_RAW_NEW][it] = raw_write1(fresh, raw, bytes, 1);
         cpu[T_RAW_NEW] += cpu_s() - c0;
 
+        c0 = cpu_s();
         t[T_RAW_NW][it] = raw_parallel(over, raw, bytes, threads, 1);
+        cpu[T_RAW_NW] += cpu_s() - c0;
+        c0 = cpu_s();
         t[T_RAW_NR][it] = raw_parallel(over, raw, bytes, threads, 0);
+        cpu[T_RAW_NR] += cpu_s() - c0;
+        c0 = cpu_s();
+        t[T_RAW_PW][it] = raw_pool(over, bufs, src, 1);
+        cpu[T_RAW_PW] += cpu_s() - c0;
+        c0 = cpu_s();
+        t[T_RAW_PR][it] = raw_pool(over, bufs, dst, 0);
+        cpu[T_RAW_PR] += cpu_s() - c0;
     }
     unlink(fresh);
     /* the loaded pages equal the stored ones */
@@ -421,6 +483,14 @@ static void bench_throughput(const char *dir, int iters, int threads) {
     printf("raw with %d threads (pwrite/pread stripes): overwrite %.2f (%.2f), read %.2f (%.2f); "
            "store/raw medians: put %.2fx, get %.2fx\n", threads, g[T_RAW_NW], bb[T_RAW_NW], g[T_RAW_NR],
            bb[T_RAW_NR], g[T_PUT_FULL] / g[T_RAW_NW], g[T_GET] / g[T_RAW_NR]);
+    printf("raw between the same scattered pool pages and one file (pwritev/preadv of a page's %d "
+           "spans, 2 MiB per call, 1 thread): write %.2f (%.2f), read %.2f (%.2f); store/raw medians: "
+           "put %.2fx, get %.2fx\n", NBUF, g[T_RAW_PW], bb[T_RAW_PW], g[T_RAW_PR], bb[T_RAW_PR],
+           g[T_PUT_FULL] / g[T_RAW_PW], g[T_GET] / g[T_RAW_PR]);
+    printf("CPU per byte, store / other raw baselines of this run: / raw of the same pool pages "
+           "(1 thread): put %.2fx, get %.2fx; / raw with %d threads (contiguous stripes): put %.2fx, "
+           "get %.2fx\n", cpu[T_PUT_FULL] / cpu[T_RAW_PW], cpu[T_GET] / cpu[T_RAW_PR], threads,
+           cpu[T_PUT_FULL] / cpu[T_RAW_NW], cpu[T_GET] / cpu[T_RAW_NR]);
     printf("check : %s\n", bad ? "FAILED: a put or get failed or a page differs" :
                                  "every loaded page equals the stored one");
     kvx_store_close(full);
@@ -760,9 +830,12 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--phase")) {
             const char *v = argv[i + 1];
             g_phase = !strcmp(v, "put") ? PH_PUT : !strcmp(v, "get") ? PH_GET :
-                      !strcmp(v, "raw-write") ? PH_RAW_WRITE : !strcmp(v, "raw-read") ? PH_RAW_READ : -1;
+                      !strcmp(v, "raw-write") ? PH_RAW_WRITE : !strcmp(v, "raw-read") ? PH_RAW_READ :
+                      !strcmp(v, "pool-write") ? PH_POOL_WRITE : !strcmp(v, "pool-read") ? PH_POOL_READ :
+                      !strcmp(v, "put-new") ? PH_PUT_NEW : -1;
             if (g_phase < 0) {
-                fprintf(stderr, "bench_store: --phase is put, get, raw-write or raw-read, not %s\n", v);
+                fprintf(stderr, "bench_store: --phase is put, get, raw-write, raw-read, pool-write, "
+                        "pool-read or put-new, not %s\n", v);
                 return 2;
             }
             only = 1;
