@@ -32,9 +32,13 @@
    Usage: bench_store [--dir DIR] [--iters N] [--threads N] [--keys N]
                       [--only put-get|layers|exists] [--dfs-pages N] [--scan-keys N]
                       [--phase put|get|raw-write|raw-read|pool-write|pool-read|put-new]
+                      [--hugepages 1]
    --phase runs only that operation of the put/get bench, --iters times,
    and prints its GB/s and GB per CPU-second (to profile it alone:
    perf record -g ./build/bench_store --phase get --iters 40).
+   --hugepages 1 puts the put/get bench's pool and raw buffer in transparent
+   huge pages (madvise MADV_HUGEPAGE): the kernel's copy to or from 32 KiB
+   pieces scattered over 4 KiB pages costs more than to a contiguous buffer.
    Env: KVX_STORE_* apply to the store as usual.
 
    Shared filesystem (KVX_DFS_A and KVX_DFS_B: one directory seen through
@@ -59,6 +63,7 @@
 #include <sys/stat.h>
 #include <sys/resource.h>
 #include <sys/uio.h>
+#include <sys/mman.h>
 
 #define NBUF 64
 #define ITEM (32u << 10)
@@ -286,6 +291,17 @@ enum { T_PUT_FULL, T_RAW_OVER, T_GET, T_RAW_READ, T_PUT_EMPTY, T_RAW_NEW, T_RAW_
    perf record / perf stat of that operation alone); 0 = the whole bench. */
 enum { PH_ALL, PH_PUT, PH_GET, PH_RAW_WRITE, PH_RAW_READ, PH_POOL_WRITE, PH_POOL_READ, PH_PUT_NEW };
 static int g_phase;
+static int g_huge; /* --hugepages 1: the pool and the raw buffer in transparent huge pages */
+
+/* posix_memalign, 2 MiB-aligned and MADV_HUGEPAGE with --hugepages 1. */
+static void *bench_alloc(size_t n) {
+    void *p = NULL;
+    if (posix_memalign(&p, g_huge ? (size_t)2 << 20 : 4096, n)) return NULL;
+#ifdef MADV_HUGEPAGE
+    if (g_huge && madvise(p, n, MADV_HUGEPAGE)) die("madvise(MADV_HUGEPAGE)");
+#endif
+    return p;
+}
 
 /* perf record --control: with BENCH_PERF_CTL (and BENCH_PERF_ACK) naming
    perf's control (ack) FIFO, the phase alone is recorded:
@@ -366,7 +382,7 @@ static void bench_throughput(const char *dir, int iters, int threads) {
         uint64_t *m;
         bufs[b].item_len = ITEM;
         bufs[b].length = (uint64_t)ITEM * POOL_PAGES;
-        if (posix_memalign(&bufs[b].base, 4096, (size_t)bufs[b].length)) die("pool");
+        if (!(bufs[b].base = bench_alloc((size_t)bufs[b].length))) die("pool");
         m = (uint64_t *)bufs[b].base;
         for (i = 0; i < bufs[b].length / 8; i++) {
             x ^= x << 13; x ^= x >> 7; x ^= x << 17;
@@ -390,7 +406,7 @@ static void bench_throughput(const char *dir, int iters, int threads) {
     }
     for (i = 0; i < BATCH; i++) { src[i] = perm[i]; dst[i] = perm[BATCH + i]; }
 
-    if (posix_memalign((void **)&raw, 4096, bytes)) die("raw buffer");
+    if (!(raw = (char *)bench_alloc(bytes))) die("raw buffer");
     for (b = 0, i = 0; b < NBUF; b++) { /* the same bytes, contiguous */
         size_t j;
         for (j = 0; j < BATCH; j++, i++)
@@ -407,7 +423,8 @@ static void bench_throughput(const char *dir, int iters, int threads) {
            "(%d block files of %llu bytes), pages scattered over a %d-page pool\n",
            BATCH, NBUF, ITEM >> 10, bytes >> 20, BATCH, (unsigned long long)block, POOL_PAGES);
     printf("bench_store: %s, store io_threads %d (caller included), fsync %d, %d iterations, "
-           "medians; GB = 1e9 bytes of KV\n", dir, threads, kvx_store_settings(full)->fsync, iters);
+           "medians; GB = 1e9 bytes of KV; pool and raw buffer in %s pages\n", dir, threads,
+           kvx_store_settings(full)->fsync, iters, g_huge ? "transparent huge (2 MiB)" : "4 KiB");
 
     /* fill the full store and the in-place raw file once */
     make_keys(keys, BATCH, 999999);
@@ -861,7 +878,8 @@ int main(int argc, char **argv) {
                 return 2;
             }
             only = 1;
-        } else if (!strcmp(argv[i], "--dfs-pages")) dfs_pages = atoi(argv[i + 1]);
+        } else if (!strcmp(argv[i], "--hugepages")) g_huge = atoi(argv[i + 1]) != 0;
+        else if (!strcmp(argv[i], "--dfs-pages")) dfs_pages = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--scan-keys")) scan_keys = (size_t)atol(argv[i + 1]);
     }
     if (dfs_a && *dfs_a && dfs_b && *dfs_b) {
