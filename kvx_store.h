@@ -340,8 +340,9 @@
      --phase, one I/O thread, 2026-12-08): get = the kernel's copy 76% (the
      same CPU as a raw preadv of the same bytes into the same pool pages),
      CRC32C 13% (the fold runs ~56 GB/s from L2 here: 512-bit VPCLMULQDQ at
-     half rate; 8 accumulators instead of 4 did not help), open, fstat,
-     header, futimens, close ~11%; put = the kernel's copy 58% and ext4
+     half rate; 8 accumulators instead of 4 did not help), the preadv
+     calls' own work (page-cache lookups, 9 calls a block) ~7%, open,
+     futimens, close ~3%; put = the kernel's copy 58% and ext4
      write_begin 12.5% (both as a raw pwritev from the same pages), CRC32C
      11%, the two renames 5%, fstatat/open/fstat/futimens/close ~4%. The
      kernel's copy to or from 32 KiB pieces scattered over pool memory in
