@@ -336,6 +336,26 @@
      folios): put 1.23-1.35x, get 1.25-1.55x (the get's remainder is the CRC
      and raw read()'s own spread). Wall time depends on free cores: the
      store's io_threads run in parallel, the raw baseline is one thread.
+     Profile on a 2-core AMD EPYC (Zen 4) VM (perf record of bench_store
+     --phase, one I/O thread, 2026-12-08): get = the kernel's copy 76% (the
+     same CPU as a raw preadv of the same bytes into the same pool pages),
+     CRC32C 13% (the fold runs ~56 GB/s from L2 here: 512-bit VPCLMULQDQ at
+     half rate; 8 accumulators instead of 4 did not help), the preadv
+     calls' own work (page-cache lookups, 9 calls a block) ~7%, open,
+     futimens, close ~3%; put = the kernel's copy 58% and ext4
+     write_begin 12.5% (both as a raw pwritev from the same pages), CRC32C
+     11%, the two renames 5%, fstatat/open/fstat/futimens/close ~4%. The
+     kernel's copy to or from 32 KiB pieces scattered over pool memory in
+     4 KiB pages costs 1.3-1.4x the same copy to one contiguous buffer,
+     which is most of the gap to bench_store's contiguous raw baseline.
+     Tried and dropped (same runs, --phase put, interleaved with the code
+     above): checksumming each block first and writing header + data in one
+     pwritev (9 calls -> 1): reused files -15% to +12% CPU per byte over
+     11 runs (no steady gain: the CRC then reads the pool from DRAM at ~12
+     GB/s, what the kernel's copy saved), new files 17-74% more CPU in 7
+     of 7 runs; the same with the header written last: within the noise;
+     512 KiB groups instead of 256 KiB: within the noise (+-10% on this
+     shared host); software prefetch in the fold: within the noise.
 
    LICENSE: MIT, see the end of this file.
 */

@@ -15,9 +15,14 @@
      empty store puts go to new files (the previous batch removed, untimed)
                  | raw: write() the 512 MiB to a new file (the old one
                  unlinked, untimed)
-   Raw is one thread, one contiguous buffer, one file. A raw run with as
-   many threads as the store (pwrite/pread of disjoint stripes) is printed
-   too. Then exists lookups per second over 100,000 stored keys with a warm
+   Raw is one thread, one contiguous buffer, one file. Two more raw
+   baselines, each with its time and CPU: as many threads as the store
+   (pwrite/pread of disjoint stripes of the contiguous buffer), and one
+   thread moving the same bytes between the same scattered pool pages and
+   one file (pwritev/preadv of a page's 64 spans per call: what any store
+   of these pages must at least do), once with one thread and once with as
+   many as the store (like for like: same pages, same parallelism). CPU is getrusage(RUSAGE_SELF): every
+   thread of the process (the store's I/O threads included), user + system. Then exists lookups per second over 100,000 stored keys with a warm
    cache, and how long opening a store of 100,000 blocks takes.
 
    Then the layer-wise load (kvx_store_load_*) of the same 4096-token
@@ -27,6 +32,14 @@
 
    Usage: bench_store [--dir DIR] [--iters N] [--threads N] [--keys N]
                       [--only put-get|layers|exists] [--dfs-pages N] [--scan-keys N]
+                      [--phase put|get|raw-write|raw-read|pool-write|pool-read|put-new]
+                      [--hugepages 1]
+   --phase runs only that operation of the put/get bench, --iters times,
+   and prints its GB/s and GB per CPU-second (to profile it alone:
+   perf record -g ./build/bench_store --phase get --iters 40).
+   --hugepages 1 puts the put/get bench's pool and raw buffer in transparent
+   huge pages (madvise MADV_HUGEPAGE): the kernel's copy to or from 32 KiB
+   pieces scattered over 4 KiB pages costs more than to a contiguous buffer.
    Env: KVX_STORE_* apply to the store as usual.
 
    Shared filesystem (KVX_DFS_A and KVX_DFS_B: one directory seen through
@@ -50,6 +63,8 @@
 #include <pthread.h>
 #include <sys/stat.h>
 #include <sys/resource.h>
+#include <sys/uio.h>
+#include <sys/mman.h>
 
 #define NBUF 64
 #define ITEM (32u << 10)
@@ -157,6 +172,102 @@ static double raw_parallel(const char *path, char *buf, size_t len, int nt, int 
     return now_s() - t0;
 }
 
+/* The same bytes between the same scattered pool pages and one file: a
+   pwritev / preadv of each page's NBUF spans (2 MiB, one call) at the
+   page's offset, one thread, no checksum, no per-block file: the least any
+   store of these pages must do (the pages are where the engine keeps them). */
+static void pool_io(int fd, const kvx_buffer *bufs, const int32_t *pages, int j0, int j1, int write) {
+    const int base = j0; /* the file holds pages j0.. from offset 0 */
+    struct iovec v[NBUF];
+    int j, b;
+    for (j = j0; j < j1; j++) {
+        size_t done = 0, len = (size_t)NBUF * ITEM;
+        for (b = 0; b < NBUF; b++) {
+            v[b].iov_base = (char *)bufs[b].base + (size_t)pages[j] * ITEM;
+            v[b].iov_len = ITEM;
+        }
+        while (done < len) { /* short transfers: rebuild the tail */
+            struct iovec t[NBUF];
+            int n = 0;
+            size_t skip = done;
+            ssize_t r;
+            for (b = 0; b < NBUF; b++) {
+                if (skip >= ITEM) { skip -= ITEM; continue; }
+                t[n].iov_base = (char *)v[b].iov_base + skip;
+                t[n++].iov_len = ITEM - skip;
+                skip = 0;
+            }
+            r = write ? pwritev(fd, t, n, (off_t)((size_t)(j - base) * len + done))
+                      : preadv(fd, t, n, (off_t)((size_t)(j - base) * len + done));
+            if (r <= 0) die("raw pool-page I/O");
+            done += (size_t)r;
+        }
+    }
+}
+
+typedef struct pool_stripe {
+    int fd, write, j0, j1;
+    const kvx_buffer *bufs;
+    const int32_t *pages;
+} pool_stripe;
+
+static void *pool_main(void *a) {
+    pool_stripe *s = (pool_stripe *)a;
+    pool_io(s->fd, s->bufs, s->pages, s->j0, s->j1, s->write);
+    return NULL;
+}
+
+/* raw_pool with nt threads, each a contiguous run of the pages in a file of
+   its own (path.pool<i>; nt 1: the caller alone, path): one file per
+   thread as the store has one per block, so no thread waits on another's
+   inode lock. */
+static double raw_pool(const char *path, const kvx_buffer *bufs, const int32_t *pages, int write,
+                       int nt) {
+    pthread_t th[64];
+    pool_stripe st[64];
+    char p[700];
+    double t0 = now_s();
+    int i;
+    for (i = 0; i < nt; i++) {
+        if (nt > 1) snprintf(p, sizeof p, "%s.pool%d", path, i);
+        else snprintf(p, sizeof p, "%s", path);
+        st[i].fd = open(p, write ? O_WRONLY | O_CREAT : O_RDONLY, 0644);
+        if (st[i].fd < 0) die("open raw file");
+        st[i].write = write;
+        st[i].bufs = bufs;
+        st[i].pages = pages;
+        st[i].j0 = BATCH * i / nt;
+        st[i].j1 = BATCH * (i + 1) / nt;
+        if (i && pthread_create(&th[i], NULL, pool_main, &st[i])) die("pthread_create");
+    }
+    pool_main(&st[0]);
+    for (i = 1; i < nt; i++) pthread_join(th[i], NULL);
+    for (i = 0; i < nt; i++) close(st[i].fd);
+    return now_s() - t0;
+}
+
+/* How many of the BATCH pages differ between src and dst (untimed checks). */
+/* Overwrites the first and last 64 bytes of each dst page (untimed): a load
+   that skips a page, or any part of one, then shows in pages_differ. */
+static void scribble(const kvx_buffer *bufs, const int32_t *dst) {
+    int b, i;
+    for (b = 0; b < NBUF; b++)
+        for (i = 0; i < BATCH; i++) {
+            char *p = (char *)bufs[b].base + (size_t)dst[i] * ITEM;
+            memset(p, 0xA5, 64);
+            memset(p + ITEM - 64, 0x5A, 64);
+        }
+}
+
+static int pages_differ(const kvx_buffer *bufs, const int32_t *src, const int32_t *dst) {
+    int b, i, n = 0;
+    for (b = 0; b < NBUF; b++)
+        for (i = 0; i < BATCH; i++)
+            if (memcmp((const char *)bufs[b].base + (size_t)src[i] * ITEM,
+                       (const char *)bufs[b].base + (size_t)dst[i] * ITEM, ITEM)) n++;
+    return n;
+}
+
 /* ---- the store ---- */
 
 static kvx_store *open_store(const char *dir, const kvx_layout *l, int threads, const char *model,
@@ -212,7 +323,84 @@ static double cpu_pressure(void) {
     return v;
 }
 
-enum { T_PUT_FULL, T_RAW_OVER, T_GET, T_RAW_READ, T_PUT_EMPTY, T_RAW_NEW, T_RAW_NW, T_RAW_NR, T_N };
+enum { T_PUT_FULL, T_RAW_OVER, T_GET, T_RAW_READ, T_PUT_EMPTY, T_RAW_NEW, T_RAW_NW, T_RAW_NR,
+       T_RAW_PW, T_RAW_PR, T_RAW_PNW, T_RAW_PNR, T_N };
+
+/* --phase: only one operation of the throughput bench, iters times (for
+   perf record / perf stat of that operation alone); 0 = the whole bench. */
+enum { PH_ALL, PH_PUT, PH_GET, PH_RAW_WRITE, PH_RAW_READ, PH_POOL_WRITE, PH_POOL_READ, PH_PUT_NEW };
+static int g_phase;
+static int g_huge; /* --hugepages 1: the pool and the raw buffer in transparent huge pages */
+
+/* posix_memalign, 2 MiB-aligned and MADV_HUGEPAGE with --hugepages 1. */
+static void *bench_alloc(size_t n) {
+    void *p = NULL;
+    if (posix_memalign(&p, g_huge ? (size_t)2 << 20 : 4096, n)) return NULL;
+#ifdef MADV_HUGEPAGE
+    if (g_huge && madvise(p, n, MADV_HUGEPAGE)) die("madvise(MADV_HUGEPAGE)");
+#endif
+    return p;
+}
+
+/* perf record --control: with BENCH_PERF_CTL (and BENCH_PERF_ACK) naming
+   perf's control (ack) FIFO, the phase alone is recorded:
+     mkfifo ctl ack; BENCH_PERF_CTL=ctl BENCH_PERF_ACK=ack perf record -D -1 \
+       --control fifo:ctl,ack -g ./build/bench_store --phase get --iters 40 */
+static void perf_ctl(const char *cmd) {
+    const char *c = getenv("BENCH_PERF_CTL"), *a = getenv("BENCH_PERF_ACK");
+    char ack[16];
+    int fd;
+    if (!c || !*c) return;
+    if ((fd = open(c, O_WRONLY)) < 0) die("open BENCH_PERF_CTL");
+    if (write(fd, cmd, strlen(cmd)) != (ssize_t)strlen(cmd)) die("write BENCH_PERF_CTL");
+    close(fd);
+    if (a && *a) {
+        if ((fd = open(a, O_RDONLY)) < 0) die("open BENCH_PERF_ACK");
+        if (read(fd, ack, sizeof ack) <= 0) die("read BENCH_PERF_ACK");
+        close(fd);
+    }
+}
+
+/* Runs only phase g_phase iters times; prints its GB/s and GB per CPU-second. */
+static void bench_phase(kvx_store *full, kvx_store *empty, kvx_store_key *keys, const int32_t *src, const int32_t *dst,
+                        const char *over, char *raw, size_t bytes, int iters, kvx_buffer *bufs) {
+    static const char *names[] = {"", "put (full store)", "get", "raw overwrite", "raw read",
+                                  "raw pool-page write", "raw pool-page read", "put (new files)"};
+    double t0, c0, wall, cpu;
+    int it, bad = 0;
+    perf_ctl("enable\n");
+    t0 = now_s();
+    c0 = cpu_s();
+    for (it = 0; it < iters; it++) {
+        size_t loaded = 0;
+        if (g_phase == PH_PUT) {
+            make_keys(keys, BATCH, 5000000 + (uint64_t)it); /* new keys: every put evicts and writes */
+            if (kvx_store_batch_put(full, keys, src, BATCH, NULL) != KVX_OK) bad++;
+        } else if (g_phase == PH_GET) {
+            if (kvx_store_batch_get(full, keys, dst, BATCH, &loaded) != KVX_OK || loaded != BATCH) bad++;
+        } else if (g_phase == PH_RAW_WRITE) {
+            raw_write1(over, raw, bytes, 0);
+        } else if (g_phase == PH_PUT_NEW) { /* the removal of the previous batch is counted too */
+            size_t i;
+            make_keys(keys, BATCH, 6000000 + (uint64_t)it);
+            if (kvx_store_batch_put(empty, keys, src, BATCH, NULL) != KVX_OK) bad++;
+            for (i = 0; i < BATCH; i++) kvx_store_remove(empty, &keys[i]);
+        } else if (g_phase == PH_POOL_WRITE) {
+            raw_pool(over, bufs, src, 1, 1);
+        } else if (g_phase == PH_POOL_READ) {
+            raw_pool(over, bufs, dst, 0, 1);
+        } else {
+            raw_read1(over, raw, bytes);
+        }
+    }
+    wall = now_s() - t0;
+    cpu = cpu_s() - c0;
+    perf_ctl("disable\n");
+    printf("phase %s: %d x %zu MiB: %.2f GB/s, %.2f GB per CPU-second (%.3f CPU s)%s\n", names[g_phase],
+           iters, bytes >> 20, (double)bytes * iters / wall / 1e9, (double)bytes * iters / cpu / 1e9,
+           cpu, bad ? "; FAILED" : "");
+    if (bad) exit(1);
+}
 
 static void bench_throughput(const char *dir, int iters, int threads) {
     kvx_buffer bufs[NBUF];
@@ -233,7 +421,7 @@ static void bench_throughput(const char *dir, int iters, int threads) {
         uint64_t *m;
         bufs[b].item_len = ITEM;
         bufs[b].length = (uint64_t)ITEM * POOL_PAGES;
-        if (posix_memalign(&bufs[b].base, 4096, (size_t)bufs[b].length)) die("pool");
+        if (!(bufs[b].base = bench_alloc((size_t)bufs[b].length))) die("pool");
         m = (uint64_t *)bufs[b].base;
         for (i = 0; i < bufs[b].length / 8; i++) {
             x ^= x << 13; x ^= x >> 7; x ^= x << 17;
@@ -257,7 +445,7 @@ static void bench_throughput(const char *dir, int iters, int threads) {
     }
     for (i = 0; i < BATCH; i++) { src[i] = perm[i]; dst[i] = perm[BATCH + i]; }
 
-    if (posix_memalign((void **)&raw, 4096, bytes)) die("raw buffer");
+    if (!(raw = (char *)bench_alloc(bytes))) die("raw buffer");
     for (b = 0, i = 0; b < NBUF; b++) { /* the same bytes, contiguous */
         size_t j;
         for (j = 0; j < BATCH; j++, i++)
@@ -274,12 +462,23 @@ static void bench_throughput(const char *dir, int iters, int threads) {
            "(%d block files of %llu bytes), pages scattered over a %d-page pool\n",
            BATCH, NBUF, ITEM >> 10, bytes >> 20, BATCH, (unsigned long long)block, POOL_PAGES);
     printf("bench_store: %s, store io_threads %d (caller included), fsync %d, %d iterations, "
-           "medians; GB = 1e9 bytes of KV\n", dir, threads, kvx_store_settings(full)->fsync, iters);
+           "medians; GB = 1e9 bytes of KV; pool and raw buffer in %s pages\n", dir, threads,
+           kvx_store_settings(full)->fsync, iters, g_huge ? "transparent huge (2 MiB)" : "4 KiB");
 
     /* fill the full store and the in-place raw file once */
     make_keys(keys, BATCH, 999999);
     kvx_store_batch_put(full, keys, src, BATCH, NULL);
     raw_write1(over, raw, bytes, 1);
+    if (threads > 1) raw_pool(over, bufs, src, 1, threads); /* its files exist before the timed runs */
+    if (g_phase) {
+        bench_phase(full, empty, keys, src, dst, over, raw, bytes, iters, bufs);
+        kvx_store_close(full);
+        kvx_store_close(empty);
+        for (b = 0; b < NBUF; b++) free(bufs[b].base);
+        free(raw);
+        for (k = 0; k < T_N; k++) free(t[k]);
+        return;
+    }
 
     p0 = cpu_pressure();
     memset(cpu, 0, sizeof cpu);
@@ -295,11 +494,13 @@ static void bench_throughput(const char *dir, int iters, int threads) {
         c0 = cpu_s();
         t[T_RAW_OVER][it] = raw_write1(over, raw, bytes, 0);
         cpu[T_RAW_OVER] += cpu_s() - c0;
+        scribble(bufs, dst);
         c0 = cpu_s();
         t0 = now_s();
         if (kvx_store_batch_get(full, keys, dst, BATCH, &loaded) != KVX_OK || loaded != BATCH) bad++;
         t[T_GET][it] = now_s() - t0;
         cpu[T_GET] += cpu_s() - c0;
+        bad += pages_differ(bufs, src, dst); /* the store's get (raw_pool below reads into dst too) */
         c0 = cpu_s();
         t[T_RAW_READ][it] = raw_read1(over, raw, bytes);
         cpu[T_RAW_READ] += cpu_s() - c0;
@@ -316,15 +517,30 @@ static void bench_throughput(const char *dir, int iters, int threads) {
         t[T_RAW_NEW][it] = raw_write1(fresh, raw, bytes, 1);
         cpu[T_RAW_NEW] += cpu_s() - c0;
 
+        c0 = cpu_s();
         t[T_RAW_NW][it] = raw_parallel(over, raw, bytes, threads, 1);
+        cpu[T_RAW_NW] += cpu_s() - c0;
+        c0 = cpu_s();
         t[T_RAW_NR][it] = raw_parallel(over, raw, bytes, threads, 0);
+        cpu[T_RAW_NR] += cpu_s() - c0;
+        c0 = cpu_s();
+        t[T_RAW_PNW][it] = raw_pool(over, bufs, src, 1, threads);
+        cpu[T_RAW_PNW] += cpu_s() - c0;
+        scribble(bufs, dst);
+        c0 = cpu_s();
+        t[T_RAW_PNR][it] = raw_pool(over, bufs, dst, 0, threads);
+        cpu[T_RAW_PNR] += cpu_s() - c0;
+        bad += pages_differ(bufs, src, dst);
+        c0 = cpu_s();
+        t[T_RAW_PW][it] = raw_pool(over, bufs, src, 1, 1);
+        cpu[T_RAW_PW] += cpu_s() - c0;
+        scribble(bufs, dst);
+        c0 = cpu_s();
+        t[T_RAW_PR][it] = raw_pool(over, bufs, dst, 0, 1);
+        cpu[T_RAW_PR] += cpu_s() - c0;
     }
     unlink(fresh);
-    /* the loaded pages equal the stored ones */
-    for (b = 0; b < NBUF; b++)
-        for (i = 0; i < BATCH; i++)
-            if (memcmp((char *)bufs[b].base + (size_t)src[i] * ITEM,
-                       (char *)bufs[b].base + (size_t)dst[i] * ITEM, ITEM)) bad++;
+    bad += pages_differ(bufs, src, dst); /* raw_pool's read, last into dst */
     for (k = 0; k < T_N; k++) {
         bb[k] = best(bytes, t[k], iters);
         g[k] = gbps(bytes, t[k], iters);
@@ -353,8 +569,22 @@ static void bench_throughput(const char *dir, int iters, int threads) {
     printf("raw with %d threads (pwrite/pread stripes): overwrite %.2f (%.2f), read %.2f (%.2f); "
            "store/raw medians: put %.2fx, get %.2fx\n", threads, g[T_RAW_NW], bb[T_RAW_NW], g[T_RAW_NR],
            bb[T_RAW_NR], g[T_PUT_FULL] / g[T_RAW_NW], g[T_GET] / g[T_RAW_NR]);
+    printf("raw between the same scattered pool pages and one file (pwritev/preadv of a page's %d "
+           "spans, 2 MiB per call, 1 thread): write %.2f (%.2f), read %.2f (%.2f); store/raw medians: "
+           "put %.2fx, get %.2fx\n", NBUF, g[T_RAW_PW], bb[T_RAW_PW], g[T_RAW_PR], bb[T_RAW_PR],
+           g[T_PUT_FULL] / g[T_RAW_PW], g[T_GET] / g[T_RAW_PR]);
+    printf("the same with %d threads (each a run of the pages, a file each): write %.2f (%.2f), read %.2f (%.2f); "
+           "store/raw medians: put %.2fx, get %.2fx\n", threads, g[T_RAW_PNW], bb[T_RAW_PNW],
+           g[T_RAW_PNR], bb[T_RAW_PNR], g[T_PUT_FULL] / g[T_RAW_PNW], g[T_GET] / g[T_RAW_PNR]);
+    printf("CPU per byte, store / other raw baselines of this run: / raw of the same pool pages: "
+           "1 thread put %.2fx, get %.2fx; %d threads, a file each, put %.2fx, get %.2fx (like "
+           "for like: same pages, same threads) | / raw with %d threads (contiguous stripes): put %.2fx, get %.2fx\n",
+           cpu[T_PUT_FULL] / cpu[T_RAW_PW], cpu[T_GET] / cpu[T_RAW_PR], threads,
+           cpu[T_PUT_FULL] / cpu[T_RAW_PNW], cpu[T_GET] / cpu[T_RAW_PNR], threads,
+           cpu[T_PUT_FULL] / cpu[T_RAW_NW], cpu[T_GET] / cpu[T_RAW_NR]);
     printf("check : %s\n", bad ? "FAILED: a put or get failed or a page differs" :
-                                 "every loaded page equals the stored one");
+                                 "every page the store's get (each iteration) and the raw "
+                                 "pool-page read loaded equals the stored one");
     kvx_store_close(full);
     kvx_store_close(empty);
     for (b = 0; b < NBUF; b++) free(bufs[b].base);
@@ -689,6 +919,19 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--keys")) nkeys = (size_t)atol(argv[i + 1]);
         else if (!strcmp(argv[i], "--only"))
             only = !strcmp(argv[i + 1], "put-get") ? 1 : !strcmp(argv[i + 1], "layers") ? 3 : 2;
+        else if (!strcmp(argv[i], "--phase")) {
+            const char *v = argv[i + 1];
+            g_phase = !strcmp(v, "put") ? PH_PUT : !strcmp(v, "get") ? PH_GET :
+                      !strcmp(v, "raw-write") ? PH_RAW_WRITE : !strcmp(v, "raw-read") ? PH_RAW_READ :
+                      !strcmp(v, "pool-write") ? PH_POOL_WRITE : !strcmp(v, "pool-read") ? PH_POOL_READ :
+                      !strcmp(v, "put-new") ? PH_PUT_NEW : -1;
+            if (g_phase < 0) {
+                fprintf(stderr, "bench_store: --phase is put, get, raw-write, raw-read, pool-write, "
+                        "pool-read or put-new, not %s\n", v);
+                return 2;
+            }
+            only = 1;
+        } else if (!strcmp(argv[i], "--hugepages")) g_huge = atoi(argv[i + 1]) != 0;
         else if (!strcmp(argv[i], "--dfs-pages")) dfs_pages = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--scan-keys")) scan_keys = (size_t)atol(argv[i + 1]);
     }
