@@ -246,7 +246,6 @@ static double raw_pool(const char *path, const kvx_buffer *bufs, const int32_t *
     return now_s() - t0;
 }
 
-/* How many of the BATCH pages differ between src and dst (untimed checks). */
 /* Overwrites the first and last 64 bytes of each dst page (untimed): a load
    that skips a page, or any part of one, then shows in pages_differ. */
 static void scribble(const kvx_buffer *bufs, const int32_t *dst) {
@@ -259,6 +258,7 @@ static void scribble(const kvx_buffer *bufs, const int32_t *dst) {
         }
 }
 
+/* How many of the BATCH pages differ between src and dst (untimed checks). */
 static int pages_differ(const kvx_buffer *bufs, const int32_t *src, const int32_t *dst) {
     int b, i, n = 0;
     for (b = 0; b < NBUF; b++)
