@@ -3209,8 +3209,7 @@ static kvx_result kvx__plan_state_runs(kvx_plan *p, const kvx_layout *l, const i
     uint32_t b;
     size_t runs = 0, i;
     if (!n) return KVX_OK;
-    for (i = 0; i < n; i++)
-        runs += i == 0 || (si && si[i] != si[i - 1] + 1) || (di && di[i] != di[i - 1] + 1);
+    for (i = 0; i < n; i = kvx__run_end(si, di, n, i)) runs++;
     if (kvx__plan_reserve(p, p->count + runs * l->num_state)) {
         snprintf(p->error, sizeof p->error, "out of memory adding %zu state rows", n);
         return KVX_ERR_NO_MEMORY;
@@ -3219,9 +3218,8 @@ static kvx_result kvx__plan_state_runs(kvx_plan *p, const kvx_layout *l, const i
         uint64_t item = l->state[b].item_len;
         i = 0;
         while (i < n) {
-            size_t j = i + 1;
+            size_t j = kvx__run_end(si, di, n, i);
             kvx_span *s = kvx__plan_push(p);
-            while (j < n && (!si || si[j] == si[j - 1] + 1) && (!di || di[j] == di[j - 1] + 1)) j++;
             memset(s, 0, sizeof *s);
             s->buffer = s->dst_buffer = b;
             s->kind = KVX_SPAN_STATE;
@@ -4643,6 +4641,14 @@ static KVX__UNUSED kvx_result kvx__dir_check(int fd, const char *path, int flags
     return KVX_OK;
 }
 
+/* Sleeps us microseconds (a backoff between retries; never a wait for a state). */
+static KVX__UNUSED void kvx__sleep_us(long us) {
+    struct timespec ts;
+    ts.tv_sec = us / 1000000L;
+    ts.tv_nsec = (us % 1000000L) * 1000L;
+    nanosleep(&ts, NULL);
+}
+
 /* mkdirat(dfd, name, mode) for shared filesystems whose mkdir can answer
    EEXIST for a directory that then does not exist: GlusterFS does when
    another client looks the new name up while the brick makes it (the
@@ -4654,14 +4660,6 @@ static KVX__UNUSED kvx_result kvx__dir_check(int fd, const char *path, int flags
    already there: 0; it may be something other than a directory: open it
    with O_DIRECTORY | O_NOFOLLOW and see), -1 with errno otherwise.
    made may be NULL. */
-/* Sleeps us microseconds (a backoff between retries; never a wait for a state). */
-static KVX__UNUSED void kvx__sleep_us(long us) {
-    struct timespec ts;
-    ts.tv_sec = us / 1000000L;
-    ts.tv_nsec = (us % 1000000L) * 1000L;
-    nanosleep(&ts, NULL);
-}
-
 static KVX__UNUSED int kvx__mkdirat(int dfd, const char *name, unsigned mode, int *made) {
     struct stat st;
     long wait_us = 1000;
@@ -4721,16 +4719,17 @@ static KVX__UNUSED kvx_result kvx__dir_open(const char *path, unsigned mode, int
         last = i >= n;
         tmp[end] = 0;
         for (tries = 0;; tries++) {
-            if (fstatat(fd, tmp + start, &lst, AT_SYMLINK_NOFOLLOW) && errno == ENOENT &&
-                (flags & KVX__DIR_CREATE)) {
+            int gone = fstatat(fd, tmp + start, &lst, AT_SYMLINK_NOFOLLOW);
+            if (gone && errno == ENOENT && (flags & KVX__DIR_CREATE)) {
                 if (kvx__mkdirat(fd, tmp + start, mode, NULL)) {
                     err = errno;
                     kvx__set_why(why, wl, "cannot create directory %s: %s", tmp, strerror(err));
                     close(fd);
                     return kvx__errno_result(err);
                 }
-                if (fstatat(fd, tmp + start, &lst, AT_SYMLINK_NOFOLLOW)) memset(&lst, 0, sizeof lst);
+                gone = fstatat(fd, tmp + start, &lst, AT_SYMLINK_NOFOLLOW);
             }
+            if (gone) memset(&lst, 0, sizeof lst); /* not a link, as far as we know: openat says */
             if (S_ISLNK(lst.st_mode)) {
                 char desc[300];
                 kvx__dir_describe(&lst, desc, sizeof desc);

@@ -6,7 +6,8 @@
    component it removes the directory and answers ENOENT the first `vanish`
    times. A few such answers: the directory is made again and opened; more
    than the retries allow: a clear error, not a loop; without
-   KVX__DIR_CREATE: the first ENOENT is the answer. */
+   KVX__DIR_CREATE: the first ENOENT is the answer; a missing first
+   component is "not found", never a link read from a stat that failed. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -38,6 +39,11 @@ static int kt_openat(int dfd, const char *name, int flags, ...) {
     return openat(dfd, name, flags, mode);
 }
 #define openat kt_openat
+#if defined(__GNUC__)
+#define KVX__NOINLINE_TEST __attribute__((noinline))
+#else
+#define KVX__NOINLINE_TEST
+#endif
 
 #define KVX_IMPLEMENTATION
 #include "../../kvx.h"
@@ -62,6 +68,16 @@ static kvx_result try_open(const char *leaf, int spoil, int flags, char *why, si
         close(fd);
     }
     return r;
+}
+
+/* Leaves the stack below the caller full of bytes that read as a symbolic
+   link's st_mode (0xA1A1A1A1 & S_IFMT == S_IFLNK), so a struct stat that
+   a failed fstatat left unset would claim a link. */
+static void KVX__NOINLINE_TEST dirty_stack(void) {
+    volatile unsigned char junk[32768];
+    size_t i;
+    for (i = 0; i < sizeof junk; i++) junk[i] = 0xA1;
+    (void)junk[0];
 }
 
 int main(void) {
@@ -90,6 +106,18 @@ int main(void) {
     r = try_open("b", 1, 0, why, sizeof why);
     CHECK(r == KVX_ERR_NOT_FOUND && opens == 1, "without KVX__DIR_CREATE the first ENOENT is the "
           "answer (%s, %d opens): %s", kvx_result_str(r), opens, why);
+
+    /* a missing first component, not to be made: the answer is that it is
+       not there (its stat failed: nothing is known of a link) */
+    {
+        int fd = -1;
+        snprintf(path, sizeof path, "/kvx_test_%d_missing", (int)getpid());
+        dirty_stack();
+        r = kvx__dir_open(path, 0700, 0, &fd, why, sizeof why);
+        CHECK(r == KVX_ERR_NOT_FOUND && fd < 0 && strstr(why, "cannot open directory") != NULL,
+              "a missing directory without KVX__DIR_CREATE: KVX_ERR_NOT_FOUND, not a link (%s): %s",
+              kvx_result_str(r), why);
+    }
 
     snprintf(path, sizeof path, "%s/a", root);
     rmdir(path);
