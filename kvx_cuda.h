@@ -1975,23 +1975,25 @@ static kvx_result kvx__cu_check_side(const kvx_layout *l, uint32_t b, uint64_t o
     return KVX_OK;
 }
 
-/* Every row of every span against both layouts, before any copy: the
-   source in src->buffers[buffer], the destination in
-   dst->buffers[dst_buffer]. */
 /* Span i of a copy: of the plan pl (kvx_plan_span), or sp[i] without one. */
 static const kvx_span *kvx__cu_span(const kvx_plan *pl, const kvx_span *sp, size_t i,
                                     kvx_span *tmp) {
     return pl ? kvx_plan_span(pl, i, tmp) : &sp[i];
 }
 
+/* Every row of every span against both layouts, before any copy: the
+   source in src->buffers[buffer], the destination in
+   dst->buffers[dst_buffer]; *bytes: what the spans move. */
 static kvx_result kvx__cu_check_spans(const kvx_layout *src, const kvx_layout *dst,
-                                      const kvx_plan *pl, const kvx_span *sp, size_t n, char *why,
-                                      size_t wl) {
+                                      const kvx_plan *pl, const kvx_span *sp, size_t n,
+                                      uint64_t *bytes, char *why, size_t wl) {
     size_t i;
     kvx_result r;
+    *bytes = 0;
     for (i = 0; i < n; i++) {
         kvx_span tmp;
         const kvx_span *x = kvx__cu_span(pl, sp, i, &tmp);
+        *bytes += x->length;
         if (x->kind != KVX_SPAN_PAGES && x->kind != KVX_SPAN_STATE)
             return kvx__why(KVX_ERR_INVALID_ARGUMENT, why, wl, "span %zu is of kind %u: only "
                                "page and state spans are copied on the GPU (aux rows are host "
@@ -2137,7 +2139,6 @@ static kvx_result kvx__cu_copy_spans(kvx_cuda_stream *s, const kvx_layout *src,
                                      char *why, size_t why_len) {
     kvx_cuda *cu;
     kvx__cu_scope sc;
-    size_t i;
     uint64_t bytes = 0;
     kvx_result r;
     if (ticket) *ticket = 0;
@@ -2146,12 +2147,11 @@ static kvx_result kvx__cu_copy_spans(kvx_cuda_stream *s, const kvx_layout *src,
         return kvx__why(KVX_ERR_INVALID_ARGUMENT, why, why_len, "kvx_cuda_copy_%s: NULL "
                            "argument", pl ? "plan" : "spans");
     cu = s->cu;
-    if ((r = kvx__cu_check_spans(src, dst, pl, spans, n, why, why_len)) != KVX_OK) return r;
+    if ((r = kvx__cu_check_spans(src, dst, pl, spans, n, &bytes, why, why_len)) != KVX_OK)
+        return r;
     if (kvx__cu_scratch(s, n < KVX_CUDA_BATCH_MAX ? (n ? n : 1) : KVX_CUDA_BATCH_MAX))
         return kvx__why(KVX_ERR_NO_MEMORY, why, why_len, "out of memory for %zu copy "
                            "descriptors", n);
-    if (pl) bytes = pl->total_bytes;
-    for (i = 0; !pl && i < n; i++) bytes += spans[i].length;
     if ((r = kvx__cu_enter(cu, s->device, &sc, why, why_len)) != KVX_OK) return r;
     r = kvx__cu_queue_spans(s, src, dst, pl, spans, n, why, why_len);
     if (r == KVX_OK) r = kvx__cu_mark(s, s->submitted + 1, why, why_len);
