@@ -9,33 +9,12 @@
 #include "../../kvx.h"
 #include "../../examples/kvx_example.h"
 #include "../kvx_test.h"
+#include "plan_same.h"
 
 #define POOL 512
 
 static const ex_model llama = {"llama", 6, 2, 8, 2, 0, "bfloat16"};
 static const ex_model mla = {"mla", 5, 1, 36, 2, 1, "bfloat16"};
-
-/* Compares plan c (compact) with x (expanded), span by span. */
-static void same(const kvx_plan *x, const kvx_plan *c, size_t paged, const char *what) {
-    size_t k, bad = 0, first = (size_t)-1;
-    CHECK(c->count == x->count && c->total_bytes == x->total_bytes && c->strided == x->strided &&
-              c->packed_bytes == x->packed_bytes,
-          "%s: compact %zu spans, %llu bytes, %llu packed; expanded %zu, %llu, %llu", what,
-          c->count, (unsigned long long)c->total_bytes, (unsigned long long)c->packed_bytes,
-          x->count, (unsigned long long)x->total_bytes, (unsigned long long)x->packed_bytes);
-    CHECK(c->paged == paged && c->nbufs * c->nruns == paged,
-          "%s: %zu page spans kept as %zu buffers x %zu runs (expected %zu)", what, c->paged,
-          c->nbufs, c->nruns, paged);
-    for (k = 0; k < x->count && k < c->count; k++) {
-        kvx_span t;
-        const kvx_span *b = kvx_plan_span(c, k, &t);
-        if (memcmp(&x->spans[k], b, sizeof *b)) {
-            if (first == (size_t)-1) first = k;
-            bad++;
-        }
-    }
-    CHECK(bad == 0, "%s: %zu of %zu spans differ (first at %zu)", what, bad, x->count, first);
-}
 
 /* n request pages: runs of random length (1..8) at random places, distinct
    unless `repeat` (a gather's source may repeat). */
@@ -101,7 +80,7 @@ static void builders(const ex_model *m, size_t n, uint64_t seed) {
                 kept += !le || (layer >= lb && layer < le);
             }
             CHECK(c.nbufs == kept, "%s: %zu buffer entries, %u buffers kept", what, c.nbufs, kept);
-            same(&x, &c, c.nbufs * c.nruns, what);
+            plan_same(&x, &c, c.nbufs * c.nruns, what);
             CHECK(!c.spans, "%s: the compact page spans took span storage", what);
             kvx_plan_free(&x);
             kvx_plan_free(&c);
@@ -142,7 +121,7 @@ static void appended(void) {
               kvx_plan_aux(&c, &a.layout, 1, &b.layout, 3) == KVX_OK &&
               kvx_plan_state(&c, &a.layout, si, &b.layout, di, 3) == KVX_OK,
           "appended: compact plan: %s", c.error);
-    same(&x, &c, c.nbufs * c.nruns, "pages + aux + state");
+    plan_same(&x, &c, c.nbufs * c.nruns, "pages + aux + state");
     CHECK(c.count - c.paged == a.layout.num_aux + 3 * 2 && c.capacity >= c.count - c.paged &&
               c.spans && c.spans[0].kind == KVX_SPAN_AUX,
           "appended: spans[] holds the %zu aux and state spans only (%zu)",
@@ -178,7 +157,7 @@ static void appended(void) {
                   "%s: built", what);
             CHECK(kvx_plan_aux_gather(&x, &a.layout, 2) == KVX_OK &&
                       kvx_plan_aux_gather(&c, &a.layout, 2) == KVX_OK, "%s: aux", what);
-            same(&x, &c, sizes[i] ? c.nbufs * c.nruns : 0, what);
+            plan_same(&x, &c, sizes[i] ? c.nbufs * c.nruns : 0, what);
         }
     }
     kvx_plan_free(&x);
@@ -226,7 +205,7 @@ static void out_of_memory(void) {
         CHECK(kvx_plan_gather(&c, &a.layout, sp, 64) == KVX_OK &&
                   kvx_plan_gather(&x, &a.layout, sp, 64) == KVX_OK,
               "oom at allocation %d: builds again with memory", at);
-        same(&x, &c, c.nbufs * c.nruns, "after running out of memory");
+        plan_same(&x, &c, c.nbufs * c.nruns, "after running out of memory");
         kvx_plan_free(&c);
         kvx_plan_free(&x);
     }

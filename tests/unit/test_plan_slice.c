@@ -7,6 +7,7 @@
 #include "../../kvx.h"
 #include "../../examples/kvx_example.h"
 #include "../kvx_test.h"
+#include "plan_same.h"
 
 #define NPAGES 24 /* request pages */
 #define POOL 64
@@ -41,29 +42,6 @@ static void shuffle_pages(int32_t *pg, uint32_t n, uint64_t seed) {
     for (i = 0; i < run; i++) pg[k++] = 40 + (int32_t)i;
     for (i = 0; k < n; i++)
         if (all[i] < 40 || all[i] >= 40 + (int32_t)run) pg[k++] = all[i];
-}
-
-/* The compact form of a plan (COMPACT PLANS) gives the same spans as the
-   expanded one: every field of every span, through kvx_plan_span, and the
-   same totals; its page spans take no span storage. */
-static void same_plan(const kvx_plan *x, const kvx_plan *c, const char *label) {
-    size_t k, bad = 0;
-    CHECK(c->count == x->count && c->total_bytes == x->total_bytes && c->strided == x->strided &&
-              c->packed_bytes == x->packed_bytes,
-          "%s: compact plan: %zu spans, %llu bytes, %zu strided, %llu packed; expanded %zu, %llu, "
-          "%zu, %llu", label, c->count, (unsigned long long)c->total_bytes, c->strided,
-          (unsigned long long)c->packed_bytes, x->count, (unsigned long long)x->total_bytes,
-          x->strided, (unsigned long long)x->packed_bytes);
-    CHECK(c->paged == c->count && c->nbufs * c->nruns == c->paged && !x->paged,
-          "%s: compact plan keeps %zu buffers x %zu runs for %zu spans", label, c->nbufs, c->nruns,
-          c->count);
-    for (k = 0; k < x->count && k < c->count; k++) {
-        kvx_span t, u;
-        const kvx_span *a = kvx_plan_span(x, k, &u), *b = kvx_plan_span(c, k, &t);
-        bad += a != &x->spans[k] || memcmp(a, b, sizeof *a) != 0;
-    }
-    CHECK(bad == 0, "%s: %zu of %zu compact spans differ from the expanded plan's", label, bad,
-          x->count);
 }
 
 /* Runs one topology through both plan forms. */
@@ -114,7 +92,7 @@ static void topo(const ex_model *m, uint32_t ptp, uint32_t dtp, uint32_t ppp, ui
                               "%s: plan: %s", label, pl.error);
                         CHECK(kvx_plan_pages(&cp, &s->layout, sp, &d->layout, dp, NPAGES) == KVX_OK,
                               "%s: compact plan: %s", label, cp.error);
-                        same_plan(&pl, &cp, label);
+                        plan_same(&pl, &cp, cp.count, label);
                         for (i = 0; i < cp.count; i++) {
                             kvx_span t;
                             const kvx_span *x = kvx_plan_span(&cp, i, &t);
@@ -129,7 +107,7 @@ static void topo(const ex_model *m, uint32_t ptp, uint32_t dtp, uint32_t ppp, ui
                         CHECK(kvx_plan_gather(&g, &s->layout, sp, NPAGES) == KVX_OK, "%s: gather", label);
                         CHECK(kvx_plan_gather(&cg, &s->layout, sp, NPAGES) == KVX_OK, "%s: compact gather",
                               label);
-                        same_plan(&g, &cg, label);
+                        plan_same(&g, &cg, cg.count, label);
                         for (i = 0; i < cg.count; i++) {
                             kvx_span t;
                             const kvx_span *x = kvx_plan_span(&cg, i, &t);
@@ -139,7 +117,7 @@ static void topo(const ex_model *m, uint32_t ptp, uint32_t dtp, uint32_t ppp, ui
                               "%s: scatter_from: %s", label, pl.error);
                         CHECK(kvx_plan_scatter_from(&cp, &d->layout, dp, NPAGES, &s->layout) == KVX_OK,
                               "%s: compact scatter_from: %s", label, cp.error);
-                        same_plan(&pl, &cp, label);
+                        plan_same(&pl, &cp, cp.count, label);
                         CHECK(pl.packed_bytes == g.packed_bytes, "%s: packed sizes agree", label);
                         for (i = 0; i < cp.count; i++) {
                             kvx_span t;
