@@ -466,7 +466,9 @@ KVX_API kvx_result kvx_cuda_copy_spans(kvx_cuda_stream *s, const kvx_layout *src
                                        uint64_t *ticket, char *why, size_t why_len);
 /* The same for every span of a plan, read with kvx_plan_span: a compact
    plan (kvx.h COMPACT PLANS) is expanded span by span as it is queued,
-   never into an array. NULL plan: KVX_ERR_INVALID_ARGUMENT. */
+   never into an array. NULL plan, or one whose counts disagree (paged
+   beyond count or not nbufs x nruns, a list missing or beyond its
+   capacity): KVX_ERR_INVALID_ARGUMENT, nothing queued. */
 KVX_API kvx_result kvx_cuda_copy_plan(kvx_cuda_stream *s, const kvx_layout *src,
                                       const kvx_layout *dst, const kvx_plan *plan,
                                       uint64_t *ticket, char *why, size_t why_len);
@@ -2181,6 +2183,16 @@ KVX_API kvx_result kvx_cuda_copy_plan(kvx_cuda_stream *s, const kvx_layout *src,
     if (!plan) {
         if (ticket) *ticket = 0;
         return kvx__why(KVX_ERR_INVALID_ARGUMENT, why, why_len, "kvx_cuda_copy_plan: NULL plan");
+    }
+    /* the plan's own counts, before kvx_plan_span reads by them */
+    if (plan->paged > plan->count ||
+        (plan->paged && (!plan->runs || !plan->bufs || plan->nruns > plan->runs_cap ||
+                         plan->nbufs > plan->bufs_cap || plan->paged != plan->nbufs * plan->nruns)) ||
+        (plan->count > plan->paged && !plan->spans)) {
+        if (ticket) *ticket = 0;
+        return kvx__why(KVX_ERR_INVALID_ARGUMENT, why, why_len, "kvx_cuda_copy_plan: the plan "
+                        "is inconsistent: %zu spans, %zu of them computed from %zu buffer entries "
+                        "x %zu runs", plan->count, plan->paged, plan->nbufs, plan->nruns);
     }
     return kvx__cu_copy_spans(s, src, dst, plan, NULL, plan->count, ticket, why, why_len);
 }

@@ -162,6 +162,22 @@ static void check_plan_copy(kvx_cuda *cu, int dst_device, const char *what) {
         CHECK(kvx_cuda_copy_plan(s, &src.layout, &dst.layout, NULL, &t4, why, sizeof why) ==
                   KVX_ERR_INVALID_ARGUMENT && t4 == 0, "a NULL plan is refused");
         CHECK_STR(why, "NULL plan");
+        {   /* counts that disagree are refused before a span is read */
+            size_t keep = cp.paged, nruns = cp.nruns;
+            cp.paged = keep + 1;
+            CHECK(kvx_cuda_copy_plan(s, &src.layout, &dst.layout, &cp, &t4, why, sizeof why) ==
+                      KVX_ERR_INVALID_ARGUMENT && t4 == 0, "paged beyond nbufs x nruns is refused");
+            CHECK_STR(why, "the plan is inconsistent");
+            cp.paged = keep;
+            cp.nruns = cp.runs_cap + 1;
+            CHECK(kvx_cuda_copy_plan(s, &src.layout, &dst.layout, &cp, &t4, why, sizeof why) ==
+                      KVX_ERR_INVALID_ARGUMENT, "runs beyond their capacity are refused");
+            cp.nruns = nruns;
+            cp.count = cp.paged + 1; /* one more span, and no span storage */
+            CHECK(kvx_cuda_copy_plan(s, &src.layout, &dst.layout, &cp, &t4, why, sizeof why) ==
+                      KVX_ERR_INVALID_ARGUMENT, "a span beyond the computed ones with no storage");
+            cp.count = cp.paged;
+        }
         kvx_plan_free(&cp);
     }
     kvx_cuda_stream_destroy(s);
